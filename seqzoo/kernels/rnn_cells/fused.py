@@ -1,0 +1,96 @@
+"""Fused Elman RNN / LSTM / GRU layers through torch's own kernels (cuDNN on GPU, oneDNN / ATen on CPU).
+
+Same signature and semantics as ``reference.py``. Padding is handled exactly with packed sequences: each row's
+valid tokens must form one contiguous block (left padding, right padding or both), which rows are shifted to the
+front, packed, run, and shifted back. Masks with holes are declined in :func:`supports` (the reference backend
+handles them).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
+
+_OPS = {"tanh": torch.rnn_tanh, "relu": torch.rnn_relu, "lstm": torch.lstm, "gru": torch.gru}
+
+
+def padding_layout(mask):
+    """Return None when no position is padded, else (starts, lengths) of each row's contiguous valid block.
+
+    Raises ValueError if a row's valid positions are not contiguous.
+    """
+    if mask is None:
+        return None
+    valid = mask.to(torch.bool)
+    if bool(valid.all()):
+        return None
+    lengths = valid.sum(dim=1)
+    positions = torch.arange(valid.shape[1], device=valid.device).expand_as(valid)
+    first = torch.where(valid, positions, valid.shape[1]).amin(dim=1)
+    last = torch.where(valid, positions, -1).amax(dim=1)
+    contiguous = (lengths == 0) | (last - first + 1 == lengths)
+    if not bool(contiguous.all()):
+        raise ValueError("attention_mask rows must have contiguous valid positions for the fused backend")
+    return torch.where(lengths > 0, first, 0), lengths
+
+
+def supports(x, *args, mask=None, **kwargs):
+    try:
+        padding_layout(mask)
+    except ValueError as err:
+        return False, str(err)
+    return True, ""
+
+
+def _run(kind, x, hx, params, mask):
+    has_biases = len(params) == 4
+    op = _OPS[kind]
+    train = torch.is_grad_enabled()
+    layout = padding_layout(mask)
+    if layout is None:
+        y, *state = op(x, hx, params, has_biases, 1, 0.0, train, False, True)
+        return y, state
+    starts, lengths = layout
+    T = x.shape[1]
+    steps = torch.arange(T, device=x.device)
+    # Rotate each row so its valid block starts at position 0 (right padding), which packing understands.
+    to_front = (steps[None, :] + starts[:, None]) % T
+    x_front = x.gather(1, to_front[..., None].expand_as(x))
+    packed = pack_padded_sequence(x_front, lengths.clamp(min=1).cpu(), batch_first=True, enforce_sorted=False)
+    order = packed.sorted_indices
+    hx_sorted = [h.index_select(1, order) for h in hx]
+    y_data, *state = op(packed.data, packed.batch_sizes, hx_sorted, params, has_biases, 1, 0.0, train, False)
+    y_front, _ = pad_packed_sequence(
+        packed._replace(data=y_data), batch_first=True, total_length=T
+    )
+    back = (steps[None, :] - starts[:, None]) % T
+    y = y_front.gather(1, back[..., None].expand_as(y_front))
+    state = [s.index_select(1, packed.unsorted_indices) for s in state]
+    empty = lengths == 0
+    if bool(empty.any()):  # a fully padded row: no output, state untouched
+        y = y * (~empty)[:, None, None].to(y.dtype)
+        state = [torch.where(empty[None, :, None], h, s) for h, s in zip(hx, state)]
+    return y, state
+
+
+def _params(weight_ih, weight_hh, bias_ih, bias_hh):
+    if bias_ih is None and bias_hh is None:
+        return [weight_ih, weight_hh]
+    if bias_ih is None or bias_hh is None:
+        raise ValueError("the fused backend needs both bias_ih and bias_hh, or neither")
+    return [weight_ih, weight_hh, bias_ih, bias_hh]
+
+
+def rnn(x, h0, weight_ih, weight_hh, bias_ih=None, bias_hh=None, *, nonlinearity="tanh", mask=None):
+    y, (h,) = _run(nonlinearity, x, [h0[None]], _params(weight_ih, weight_hh, bias_ih, bias_hh), mask)
+    return y, h[0]
+
+
+def lstm(x, h0, c0, weight_ih, weight_hh, bias_ih=None, bias_hh=None, *, mask=None):
+    y, (h, c) = _run("lstm", x, [h0[None], c0[None]], _params(weight_ih, weight_hh, bias_ih, bias_hh), mask)
+    return y, (h[0], c[0])
+
+
+def gru(x, h0, weight_ih, weight_hh, bias_ih=None, bias_hh=None, *, mask=None):
+    y, (h,) = _run("gru", x, [h0[None]], _params(weight_ih, weight_hh, bias_ih, bias_hh), mask)
+    return y, h[0]
