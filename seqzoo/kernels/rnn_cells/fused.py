@@ -42,14 +42,24 @@ def supports(x, *args, mask=None, **kwargs):
     return True, ""
 
 
+def _hx(kind, hx):
+    # The ATen LSTM takes a list of (1, B, H) states, the others a single tensor.
+    return hx if kind == "lstm" else hx[0]
+
+
+def _states(kind, result):
+    # -> (output, [final states])
+    return (result[0], list(result[1:])) if kind == "lstm" else (result[0], [result[1]])
+
+
 def _run(kind, x, hx, params, mask):
     has_biases = len(params) == 4
+    params = tuple(params)
     op = _OPS[kind]
     train = torch.is_grad_enabled()
     layout = padding_layout(mask)
     if layout is None:
-        y, *state = op(x, hx, params, has_biases, 1, 0.0, train, False, True)
-        return y, state
+        return _states(kind, op(x, _hx(kind, hx), params, has_biases, 1, 0.0, train, False, True))
     starts, lengths = layout
     T = x.shape[1]
     steps = torch.arange(T, device=x.device)
@@ -57,12 +67,10 @@ def _run(kind, x, hx, params, mask):
     to_front = (steps[None, :] + starts[:, None]) % T
     x_front = x.gather(1, to_front[..., None].expand_as(x))
     packed = pack_padded_sequence(x_front, lengths.clamp(min=1).cpu(), batch_first=True, enforce_sorted=False)
-    order = packed.sorted_indices
-    hx_sorted = [h.index_select(1, order) for h in hx]
-    y_data, *state = op(packed.data, packed.batch_sizes, hx_sorted, params, has_biases, 1, 0.0, train, False)
-    y_front, _ = pad_packed_sequence(
-        packed._replace(data=y_data), batch_first=True, total_length=T
-    )
+    hx_sorted = [h.index_select(1, packed.sorted_indices) for h in hx]
+    result = op(packed.data, packed.batch_sizes, _hx(kind, hx_sorted), params, has_biases, 1, 0.0, train, False)
+    y_data, state = _states(kind, result)
+    y_front, _ = pad_packed_sequence(packed._replace(data=y_data), batch_first=True, total_length=T)
     back = (steps[None, :] - starts[:, None]) % T
     y = y_front.gather(1, back[..., None].expand_as(y_front))
     state = [s.index_select(1, packed.unsorted_indices) for s in state]

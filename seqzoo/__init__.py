@@ -1,0 +1,71 @@
+"""seqzoo: sequence models from the Elman RNN to Mamba-2 as Hugging Face transformers models.
+
+``import seqzoo`` registers every built-in architecture (and entry-point plugins) with ``AutoConfig``,
+``AutoModel`` and ``AutoModelForCausalLM``.
+"""
+
+from seqzoo.cache import RecurrentCache
+from seqzoo.kernels import list_kernels
+from seqzoo.kernels import set_backend as set_kernel_backend
+from seqzoo.kernels import use_backend as use_kernel_backend
+from seqzoo.models import builtin_architectures
+from seqzoo.models.gru import GRUConfig, GRUForCausalLM, GRUModel, GRUPreTrainedModel
+from seqzoo.models.lstm import LSTMConfig, LSTMForCausalLM, LSTMModel, LSTMPreTrainedModel
+from seqzoo.models.rnn import RNNConfig, RNNForCausalLM, RNNModel, RNNPreTrainedModel
+from seqzoo.models.transformer import (
+    TransformerConfig,
+    TransformerForCausalLM,
+    TransformerModel,
+    TransformerPreTrainedModel,
+)
+from seqzoo.registry import (
+    ModelSpec,
+    create_model,
+    get_architecture,
+    get_config,
+    list_architectures,
+    list_models,
+    load_plugins,
+    register_architecture,
+)
+from seqzoo.tokenizer import byte_tokenizer
+
+__version__ = "0.1.0"
+
+for _spec in builtin_architectures():
+    register_architecture(_spec, exist_ok=True)
+del _spec
+
+load_plugins()
+
+__all__ = [
+    "GRUConfig",
+    "GRUForCausalLM",
+    "GRUModel",
+    "GRUPreTrainedModel",
+    "LSTMConfig",
+    "LSTMForCausalLM",
+    "LSTMModel",
+    "LSTMPreTrainedModel",
+    "RNNConfig",
+    "RNNForCausalLM",
+    "RNNModel",
+    "RNNPreTrainedModel",
+    "TransformerConfig",
+    "TransformerForCausalLM",
+    "TransformerModel",
+    "TransformerPreTrainedModel",
+    "ModelSpec",
+    "RecurrentCache",
+    "byte_tokenizer",
+    "create_model",
+    "get_architecture",
+    "get_config",
+    "list_architectures",
+    "list_kernels",
+    "list_models",
+    "load_plugins",
+    "register_architecture",
+    "set_kernel_backend",
+    "use_kernel_backend",
+]

@@ -1,0 +1,32 @@
+"""Normalisation layers."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+class RMSNorm(nn.Module):
+    """Root-mean-square norm (Zhang & Sennrich 2019), computed in float32 and cast back, as Llama does."""
+
+    def __init__(self, hidden_size: int, eps: float = 1e-6) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(hidden_size))
+        self.eps = eps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        dtype = x.dtype
+        x = x.float()
+        x = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps)
+        return self.weight * x.to(dtype)
+
+    def extra_repr(self) -> str:
+        return f"{self.weight.shape[0]}, eps={self.eps}"
+
+
+def make_norm(kind: str, hidden_size: int, eps: float, bias: bool = True) -> nn.Module:
+    if kind == "rmsnorm":
+        return RMSNorm(hidden_size, eps)
+    if kind == "layernorm":
+        return nn.LayerNorm(hidden_size, eps=eps, bias=bias)
+    raise ValueError(f"unknown norm {kind!r}; allowed: 'rmsnorm', 'layernorm'")

@@ -1,0 +1,19 @@
+"""Hugging Face wrappers, one package per architecture; :func:`builtin_architectures` lists them for the registry."""
+
+from __future__ import annotations
+
+
+def builtin_architectures() -> list:
+    from seqzoo.models.gru import GRUConfig, GRUForCausalLM, GRUModel
+    from seqzoo.models.lstm import LSTMConfig, LSTMForCausalLM, LSTMModel
+    from seqzoo.models.rnn import RNNConfig, RNNForCausalLM, RNNModel
+    from seqzoo.models.transformer import TransformerConfig, TransformerForCausalLM, TransformerModel
+    from seqzoo.registry import ModelSpec
+
+    return [
+        ModelSpec("rnn", RNNConfig, RNNModel, RNNForCausalLM, description="Elman RNN (tanh or relu)"),
+        ModelSpec("lstm", LSTMConfig, LSTMModel, LSTMForCausalLM, description="LSTM"),
+        ModelSpec("gru", GRUConfig, GRUModel, GRUForCausalLM, description="GRU"),
+        ModelSpec("transformer", TransformerConfig, TransformerModel, TransformerForCausalLM,
+                  description="decoder-only Transformer (Vaswani / GPT-2 / Llama variants)"),
+    ]

@@ -1,0 +1,115 @@
+"""Shared configuration base: the fields every seqzoo architecture has, and validation helpers.
+
+Every field is validated when the config is built (also when it is loaded from a config.json); a bad value raises
+``ValueError`` naming the field, the value seen and what is allowed.
+"""
+
+from __future__ import annotations
+
+import difflib
+from typing import Any, Iterable
+
+from transformers import PreTrainedConfig
+
+
+class SeqzooConfig(PreTrainedConfig):
+    """Fields common to all seqzoo architectures (HF names)."""
+
+    model_type = ""
+
+    vocab_size: int = 258
+    hidden_size: int = 256
+    num_hidden_layers: int = 2
+    initializer_range: float = 0.02
+    tie_word_embeddings: bool = True
+    use_cache: bool = True
+    pad_token_id: int | None = None
+    bos_token_id: int | None = None
+    eos_token_id: int | list[int] | None = None
+
+    def __post_init__(self, **kwargs: Any) -> None:
+        super().__post_init__(**kwargs)
+        self.validate_architecture()
+
+    def validate_architecture(self) -> None:
+        """Raise ValueError on the first invalid field. Subclasses extend this and call super()."""
+        require_int(self, "vocab_size", minimum=1)
+        require_int(self, "hidden_size", minimum=1)
+        require_int(self, "num_hidden_layers", minimum=1)
+        require_float(self, "initializer_range", minimum=0.0)
+        require_bool(self, "tie_word_embeddings")
+        require_bool(self, "use_cache")
+        for name in ("pad_token_id", "bos_token_id"):
+            require_token_id(self, name)
+        eos = self.eos_token_id
+        for token in eos if isinstance(eos, (list, tuple)) else [eos]:
+            if token is not None and not (_is_int(token) and 0 <= token < self.vocab_size):
+                raise ValueError(
+                    f"{type(self).__name__}.eos_token_id={eos!r} is invalid: token ids must be integers in "
+                    f"[0, vocab_size={self.vocab_size})"
+                )
+
+    # Bytes of recurrent state one sequence carries between tokens (excluding any KV cache). Used by model cards,
+    # the lab and the benchmarks; architectures with a growing KV cache report their per-token cost instead.
+    def state_bytes_per_sequence(self, dtype_bytes: int = 4) -> int:
+        raise NotImplementedError
+
+    def kv_bytes_per_token(self, dtype_bytes: int = 4) -> int:
+        return 0
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _fail(config: Any, name: str, value: Any, allowed: str) -> None:
+    raise ValueError(f"{type(config).__name__}.{name}={value!r} is invalid: {allowed}")
+
+
+def require_int(config: Any, name: str, minimum: int | None = None, maximum: int | None = None) -> None:
+    value = getattr(config, name)
+    if not _is_int(value):
+        _fail(config, name, value, "expected an integer")
+    if minimum is not None and value < minimum:
+        _fail(config, name, value, f"must be >= {minimum}")
+    if maximum is not None and value > maximum:
+        _fail(config, name, value, f"must be <= {maximum}")
+
+
+def require_float(
+    config: Any, name: str, minimum: float | None = None, maximum: float | None = None, exclusive_min: bool = False
+) -> None:
+    value = getattr(config, name)
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value != value:
+        _fail(config, name, value, "expected a number")
+    if minimum is not None and (value <= minimum if exclusive_min else value < minimum):
+        _fail(config, name, value, f"must be {'>' if exclusive_min else '>='} {minimum}")
+    if maximum is not None and value > maximum:
+        _fail(config, name, value, f"must be <= {maximum}")
+
+
+def require_probability(config: Any, name: str) -> None:
+    value = getattr(config, name)
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value <= 1.0:
+        _fail(config, name, value, "must be a probability in [0, 1]")
+
+
+def require_bool(config: Any, name: str) -> None:
+    value = getattr(config, name)
+    if not isinstance(value, bool):
+        _fail(config, name, value, "expected true or false")
+
+
+def require_choice(config: Any, name: str, choices: Iterable[str]) -> None:
+    value = getattr(config, name)
+    choices = list(choices)
+    if value not in choices:
+        close = difflib.get_close_matches(str(value), choices, n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        _fail(config, name, value, f"allowed values are {', '.join(map(repr, choices))}{hint}")
+
+
+def require_token_id(config: Any, name: str) -> None:
+    value = getattr(config, name)
+    if value is not None and not (_is_int(value) and 0 <= value < config.vocab_size):
+        _fail(config, name, value, f"token ids must be integers in [0, vocab_size={config.vocab_size}) or null")

@@ -1,0 +1,173 @@
+"""Shared model plumbing: the PreTrainedModel base, input checks, and the causal-LM head every architecture uses."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+from transformers import GenerationMixin, PreTrainedModel
+from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutputWithPast
+
+from seqzoo.cache import RecurrentCache
+
+
+def check_inputs(
+    config: Any,
+    input_ids: torch.Tensor | None,
+    inputs_embeds: torch.Tensor | None,
+    attention_mask: torch.Tensor | None,
+) -> tuple[int, int]:
+    """Validate what a user passes to forward(); return (batch, length). Errors name the value and what is allowed."""
+    if (input_ids is None) == (inputs_embeds is None):
+        raise ValueError("pass exactly one of input_ids or inputs_embeds")
+    if input_ids is not None:
+        if input_ids.dim() != 2:
+            raise ValueError(
+                f"input_ids must have shape (batch, sequence_length); got a {input_ids.dim()}-d tensor of shape "
+                f"{tuple(input_ids.shape)}"
+            )
+        if input_ids.dtype.is_floating_point or input_ids.dtype == torch.bool:
+            raise ValueError(f"input_ids must be an integer tensor, got dtype {input_ids.dtype}")
+        if input_ids.numel():
+            low, high = torch.aminmax(input_ids)
+            low, high = int(low), int(high)
+            if low < 0 or high >= config.vocab_size:
+                bad = low if low < 0 else high
+                raise ValueError(
+                    f"input_ids contain token id {bad}, outside the vocabulary: ids must be in "
+                    f"[0, vocab_size={config.vocab_size})"
+                )
+        batch, length = input_ids.shape
+    else:
+        if inputs_embeds.dim() != 3 or inputs_embeds.shape[-1] != config.embedding_dim:
+            raise ValueError(
+                f"inputs_embeds must have shape (batch, sequence_length, {config.embedding_dim}); got "
+                f"{tuple(inputs_embeds.shape)}"
+            )
+        batch, length = inputs_embeds.shape[:2]
+    if attention_mask is not None and attention_mask.dim() == 2:
+        if attention_mask.shape[0] != batch or attention_mask.shape[1] < length:
+            raise ValueError(
+                f"attention_mask of shape {tuple(attention_mask.shape)} does not fit the inputs of shape "
+                f"({batch}, {length}): expected (batch, past_length + sequence_length)"
+            )
+    elif attention_mask is not None and attention_mask.dim() != 4:
+        raise ValueError(
+            f"attention_mask must be 2-d (batch, length); got shape {tuple(attention_mask.shape)}"
+        )
+    return batch, length
+
+
+def padding_mask_for(attention_mask: torch.Tensor | None, length: int) -> torch.Tensor | None:
+    """The (B, T) 0/1 mask of the current positions, or None when nothing is padded."""
+    if attention_mask is None or attention_mask.dim() != 2:
+        return None
+    mask = attention_mask[:, -length:]
+    if bool(mask.all()):
+        return None
+    return mask.to(torch.bool)
+
+
+class SeqzooPreTrainedModel(PreTrainedModel):
+    """Base of every seqzoo model. Recurrent architectures keep their state in a :class:`RecurrentCache`."""
+
+    base_model_prefix = "model"
+    main_input_name = "input_ids"
+    _skip_keys_device_placement = ["past_key_values"]
+    is_recurrent = True
+
+    @classmethod
+    def _supports_default_dynamic_cache(cls) -> bool:
+        # Recurrent models build their own RecurrentCache in forward(); generate() must not build a DynamicCache.
+        return not cls.is_recurrent
+
+    def _init_weights(self, module: nn.Module) -> None:
+        super()._init_weights(module)
+
+
+class SeqzooForCausalLM(SeqzooPreTrainedModel, GenerationMixin):
+    """Embedding backbone (``self.model``) + linear head over the vocabulary (``self.lm_head``)."""
+
+    _tied_weights_keys = {"lm_head.weight": "model.embed_tokens.weight"}
+    base_model_class: type[nn.Module]
+
+    def __init__(self, config: Any) -> None:
+        super().__init__(config)
+        self.model = self.base_model_class(config)
+        self.lm_head = nn.Linear(config.output_dim, config.vocab_size, bias=getattr(config, "decoder_bias", False))
+        self.post_init()
+
+    def get_output_embeddings(self) -> nn.Module:
+        return self.lm_head
+
+    def set_output_embeddings(self, new_embeddings: nn.Module) -> None:
+        self.lm_head = new_embeddings
+
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.LongTensor | None = None,
+        past_key_values: Any = None,
+        inputs_embeds: torch.Tensor | None = None,
+        labels: torch.LongTensor | None = None,
+        use_cache: bool | None = None,
+        output_hidden_states: bool | None = None,
+        return_dict: bool | None = None,
+        logits_to_keep: int | torch.Tensor = 0,
+        **kwargs: Any,
+    ) -> CausalLMOutputWithPast | tuple:
+        r"""
+        labels: (batch, sequence_length) token ids; shifted inside, -100 is ignored.
+        logits_to_keep: if an int > 0, compute logits only for the last that many positions (generation).
+        """
+        return_dict = return_dict if return_dict is not None else self.config.return_dict
+        outputs: BaseModelOutputWithPast = self.model(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            past_key_values=past_key_values,
+            inputs_embeds=inputs_embeds,
+            use_cache=use_cache,
+            output_hidden_states=output_hidden_states,
+            **kwargs,
+        )
+        hidden_states = outputs.last_hidden_state
+        if isinstance(logits_to_keep, int):
+            hidden_states = hidden_states[:, -logits_to_keep:] if logits_to_keep > 0 else hidden_states
+        else:
+            hidden_states = hidden_states[:, logits_to_keep]
+        logits = self.lm_head(hidden_states)
+
+        loss = None
+        if labels is not None:
+            if labels.shape != logits.shape[:2]:
+                raise ValueError(
+                    f"labels must have shape {tuple(logits.shape[:2])} (batch, sequence_length); got "
+                    f"{tuple(labels.shape)}"
+                )
+            loss = self.loss_function(logits=logits, labels=labels, vocab_size=self.config.vocab_size, **kwargs)
+
+        if not return_dict:
+            output = (logits, outputs.past_key_values, outputs.hidden_states)
+            output = tuple(v for v in output if v is not None)
+            return (loss, *output) if loss is not None else output
+        return CausalLMOutputWithPast(
+            loss=loss,
+            logits=logits,
+            past_key_values=outputs.past_key_values,
+            hidden_states=outputs.hidden_states,
+            attentions=getattr(outputs, "attentions", None),
+        )
+
+
+def new_recurrent_cache(config: Any, past_key_values: Any, use_cache: bool) -> RecurrentCache | None:
+    if past_key_values is not None:
+        if not isinstance(past_key_values, RecurrentCache):
+            raise ValueError(
+                f"past_key_values must be a seqzoo RecurrentCache for {type(config).__name__}; got "
+                f"{type(past_key_values).__name__}"
+            )
+        return past_key_values
+    return RecurrentCache(config.num_hidden_layers) if use_cache else None

@@ -1,0 +1,190 @@
+"""Decoder-only Transformer (Vaswani / GPT-2 / Llama variants by config) on transformers' attention and caches."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+from torch import nn
+from transformers import initialization as init
+from transformers.cache_utils import DynamicCache
+from transformers.masking_utils import create_causal_mask
+from transformers.modeling_layers import GradientCheckpointingLayer
+from transformers.modeling_outputs import BaseModelOutputWithPast
+
+from seqzoo.layers.attention import SelfAttention
+from seqzoo.layers.mlp import MLP, GatedMLP
+from seqzoo.layers.norms import make_norm
+from seqzoo.layers.positions import RotaryEmbedding, SinusoidalPositions
+from seqzoo.models.modeling_utils import SeqzooForCausalLM, SeqzooPreTrainedModel, check_inputs
+
+from .configuration_transformer import TransformerConfig
+
+
+class TransformerBlock(GradientCheckpointingLayer):
+    def __init__(self, config: TransformerConfig, layer_idx: int) -> None:
+        super().__init__()
+        self.pre_norm = config.norm_position == "pre"
+        bias = config.norm_type == "layernorm"
+        self.attn_norm = make_norm(config.norm_type, config.hidden_size, config.layer_norm_eps, bias)
+        self.self_attn = SelfAttention(config, layer_idx)
+        self.mlp_norm = make_norm(config.norm_type, config.hidden_size, config.layer_norm_eps, bias)
+        mlp_class = GatedMLP if config.mlp_type == "gated" else MLP
+        self.mlp = mlp_class(config.hidden_size, config.intermediate_size, config.hidden_act, bias=config.mlp_bias)
+        self.dropout = nn.Dropout(config.dropout)
+
+    def forward(
+        self,
+        hidden_states: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        position_embeddings: tuple[torch.Tensor, torch.Tensor] | None = None,
+        past_key_values: Any = None,
+        **kwargs: Any,
+    ) -> torch.Tensor:
+        if self.pre_norm:
+            attn, _ = self.self_attn(self.attn_norm(hidden_states), attention_mask, position_embeddings,
+                                     past_key_values, **kwargs)
+            hidden_states = hidden_states + self.dropout(attn)
+            return hidden_states + self.dropout(self.mlp(self.mlp_norm(hidden_states)))
+        attn, _ = self.self_attn(hidden_states, attention_mask, position_embeddings, past_key_values, **kwargs)
+        hidden_states = self.attn_norm(hidden_states + self.dropout(attn))
+        return self.mlp_norm(hidden_states + self.dropout(self.mlp(hidden_states)))
+
+
+class TransformerPreTrainedModel(SeqzooPreTrainedModel):
+    config_class = TransformerConfig
+    is_recurrent = False
+    supports_gradient_checkpointing = True
+    _no_split_modules = ["TransformerBlock"]
+    _supports_flash_attn = True
+    _supports_sdpa = True
+    _supports_flex_attn = True
+    _supports_attention_backend = True
+    _can_compile_fullgraph = True
+
+    def _init_weights(self, module: nn.Module) -> None:
+        std = self.config.initializer_range
+        if isinstance(module, (nn.Linear, nn.Embedding)):
+            init.normal_(module.weight, mean=0.0, std=std)
+            if getattr(module, "bias", None) is not None:
+                init.zeros_(module.bias)
+        elif hasattr(module, "weight") and module.__class__.__name__ in ("RMSNorm", "LayerNorm"):
+            init.ones_(module.weight)
+            if getattr(module, "bias", None) is not None:
+                init.zeros_(module.bias)
+        elif isinstance(module, RotaryEmbedding):
+            head_dim = self.config.head_dim
+            inv_freq = 1.0 / (self.config.rope_theta ** (torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim))
+            init.copy_(module.inv_freq, inv_freq)
+        elif isinstance(module, SinusoidalPositions):
+            from seqzoo.layers.positions import sinusoidal_table
+
+            init.copy_(module.table, sinusoidal_table(*module.table.shape))
+
+
+class TransformerModel(TransformerPreTrainedModel):
+    def __init__(self, config: TransformerConfig) -> None:
+        super().__init__(config)
+        self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size)
+        self.embed_positions: nn.Module | None = None
+        self.rotary_emb: RotaryEmbedding | None = None
+        if config.position_embedding == "learned":
+            self.embed_positions = nn.Embedding(config.max_position_embeddings, config.hidden_size)
+        elif config.position_embedding == "sinusoidal":
+            self.embed_positions = SinusoidalPositions(config.max_position_embeddings, config.hidden_size)
+        else:
+            self.rotary_emb = RotaryEmbedding(config.head_dim, config.rope_theta)
+        self.embed_scale = math.sqrt(config.hidden_size) if config.scale_embeddings else 1.0
+        self.dropout = nn.Dropout(config.dropout)
+        self.layers = nn.ModuleList(TransformerBlock(config, i) for i in range(config.num_hidden_layers))
+        # Post-norm blocks end in a norm already; pre-norm stacks need a final one.
+        self.norm = (
+            make_norm(config.norm_type, config.hidden_size, config.layer_norm_eps, config.norm_type == "layernorm")
+            if config.norm_position == "pre" else None
+        )
+        self.gradient_checkpointing = False
+        self.post_init()
+
+    def get_input_embeddings(self) -> nn.Module:
+        return self.embed_tokens
+
+    def set_input_embeddings(self, value: nn.Module) -> None:
+        self.embed_tokens = value
+
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.LongTensor | None = None,
+        past_key_values: Any = None,
+        inputs_embeds: torch.Tensor | None = None,
+        use_cache: bool | None = None,
+        output_hidden_states: bool | None = None,
+        **kwargs: Any,
+    ) -> BaseModelOutputWithPast:
+        _, length = check_inputs(self.config, input_ids, inputs_embeds, attention_mask)
+        use_cache = use_cache if use_cache is not None else (self.config.use_cache and not self.training)
+        output_hidden_states = (
+            output_hidden_states if output_hidden_states is not None else self.config.output_hidden_states
+        )
+        if inputs_embeds is None:
+            inputs_embeds = self.embed_tokens(input_ids)
+        if use_cache and past_key_values is None:
+            past_key_values = DynamicCache(config=self.config)
+        past_length = past_key_values.get_seq_length() if past_key_values is not None else 0
+        if position_ids is None:
+            position_ids = self._position_ids(attention_mask, past_length, length, inputs_embeds.device)
+        if self.embed_positions is not None and int(position_ids.max()) >= self.config.max_position_embeddings:
+            raise ValueError(
+                f"position {int(position_ids.max())} is beyond max_position_embeddings="
+                f"{self.config.max_position_embeddings} of this model"
+            )
+
+        causal_mask = create_causal_mask(
+            config=self.config,
+            inputs_embeds=inputs_embeds,
+            attention_mask=attention_mask,
+            past_key_values=past_key_values,
+            position_ids=position_ids,
+        )
+        hidden_states = inputs_embeds * self.embed_scale  # (B, T, D)
+        if self.embed_positions is not None:
+            hidden_states = hidden_states + self.embed_positions(position_ids).to(hidden_states.dtype)
+        rotary = self.rotary_emb(hidden_states, position_ids) if self.rotary_emb is not None else None
+        hidden_states = self.dropout(hidden_states)
+
+        all_hidden_states = (hidden_states,) if output_hidden_states else None
+        for layer in self.layers:
+            hidden_states = layer(
+                hidden_states,
+                attention_mask=causal_mask,
+                position_embeddings=rotary,
+                past_key_values=past_key_values,
+                **kwargs,
+            )
+            if output_hidden_states:
+                all_hidden_states += (hidden_states,)
+        if self.norm is not None:
+            hidden_states = self.norm(hidden_states)
+        return BaseModelOutputWithPast(
+            last_hidden_state=hidden_states,
+            past_key_values=past_key_values if use_cache else None,
+            hidden_states=all_hidden_states,
+        )
+
+    @staticmethod
+    def _position_ids(
+        attention_mask: torch.Tensor | None, past_length: int, length: int, device: torch.device
+    ) -> torch.Tensor:
+        # With a 2-d padding mask, positions count real tokens only, so a left-padded row sees the same positions
+        # as the prompt alone.
+        if attention_mask is not None and attention_mask.dim() == 2:
+            positions = attention_mask.long().cumsum(-1) - 1
+            positions = positions.clamp(min=0)
+            return positions[:, -length:]
+        return torch.arange(past_length, past_length + length, device=device)[None]
+
+
+class TransformerForCausalLM(TransformerPreTrainedModel, SeqzooForCausalLM):
+    base_model_class = TransformerModel

@@ -1,0 +1,157 @@
+"""Model registry: architectures (config + model classes), named presets, and entry-point plugins.
+
+Built-in architectures are registered by ``import seqzoo``; each registration also registers the classes with
+``AutoConfig``, ``AutoModel`` and ``AutoModelForCausalLM``. Presets are ``configs/<name>.json`` files -- each a
+valid config.json -- plus any presets a plugin declares.
+
+Third-party architectures arrive through the ``seqzoo.models`` entry-point group. An entry point names a callable;
+seqzoo calls it with no arguments, and it returns a :class:`ModelSpec` (or a list of them) or registers itself with
+:func:`register_architecture`. A plugin that raises is logged with its traceback and skipped.
+"""
+
+from __future__ import annotations
+
+import difflib
+import fnmatch
+import json
+import logging
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+logger = logging.getLogger("seqzoo")
+
+ENTRY_POINT_GROUP = "seqzoo.models"
+PRESET_DIR = Path(__file__).resolve().parent / "configs"
+
+
+@dataclass
+class ModelSpec:
+    """One architecture: its name (``"lstm"``), classes, and presets beyond ``configs/`` (name -> config dict)."""
+
+    name: str
+    config_class: type
+    model_class: type
+    causal_lm_class: type
+    presets: dict[str, dict[str, Any]] = field(default_factory=dict)
+    description: str = ""
+
+    @property
+    def model_type(self) -> str:
+        return self.config_class.model_type
+
+
+_ARCHITECTURES: dict[str, ModelSpec] = {}
+_PLUGIN_PRESETS: dict[str, tuple[str, dict[str, Any]]] = {}
+_plugins_loaded = False
+
+
+def register_architecture(spec: ModelSpec, *, exist_ok: bool = False) -> ModelSpec:
+    from transformers import AutoConfig, AutoModel, AutoModelForCausalLM
+
+    if not spec.model_type:
+        raise ValueError(f"architecture {spec.name!r}: its config class must set model_type")
+    if spec.name in _ARCHITECTURES and not exist_ok and _ARCHITECTURES[spec.name] is not spec:
+        raise ValueError(f"architecture {spec.name!r} is already registered")
+    AutoConfig.register(spec.model_type, spec.config_class, exist_ok=True)
+    AutoModel.register(spec.config_class, spec.model_class, exist_ok=True)
+    AutoModelForCausalLM.register(spec.config_class, spec.causal_lm_class, exist_ok=True)
+    _ARCHITECTURES[spec.name] = spec
+    for preset, values in spec.presets.items():
+        _PLUGIN_PRESETS[preset] = (spec.name, dict(values))
+    return spec
+
+
+def load_plugins(force: bool = False) -> None:
+    """Load architectures from the ``seqzoo.models`` entry points (once, unless ``force``)."""
+    global _plugins_loaded
+    if _plugins_loaded and not force:
+        return
+    _plugins_loaded = True
+    from importlib.metadata import entry_points
+
+    for ep in entry_points(group=ENTRY_POINT_GROUP):
+        try:
+            result = ep.load()()
+            for spec in result if isinstance(result, (list, tuple)) else [result]:
+                if spec is not None:
+                    register_architecture(spec, exist_ok=True)
+        except Exception:
+            logger.error("seqzoo model plugin %r (%s) failed to load and is skipped", ep.name, ep.value, exc_info=True)
+
+
+def list_architectures() -> list[str]:
+    return sorted(_ARCHITECTURES)
+
+
+def get_architecture(name: str) -> ModelSpec:
+    if name not in _ARCHITECTURES:
+        raise ValueError(_unknown("architecture", name, list_architectures()))
+    return _ARCHITECTURES[name]
+
+
+def architecture_for_model_type(model_type: str) -> ModelSpec:
+    for spec in _ARCHITECTURES.values():
+        if spec.model_type == model_type:
+            return spec
+    allowed = sorted(spec.model_type for spec in _ARCHITECTURES.values())
+    raise ValueError(_unknown("model_type", model_type, allowed))
+
+
+def _file_presets() -> dict[str, Path]:
+    return {path.stem: path for path in sorted(PRESET_DIR.glob("*.json"))}
+
+
+def list_models(pattern: str | None = None) -> list[str]:
+    """Names of all presets, optionally filtered by a shell-style pattern (``"lstm-*"``, ``"*tiny"``)."""
+    names = set(_PLUGIN_PRESETS)
+    for name, path in _file_presets().items():
+        model_type = json.loads(path.read_text()).get("model_type")
+        if any(spec.model_type == model_type for spec in _ARCHITECTURES.values()):
+            names.add(name)
+    names = sorted(names)
+    return [n for n in names if fnmatch.fnmatch(n, pattern)] if pattern else names
+
+
+def preset_values(name: str) -> tuple[ModelSpec, dict[str, Any]]:
+    """The architecture of preset ``name`` and its config values."""
+    if name in _PLUGIN_PRESETS:
+        arch, values = _PLUGIN_PRESETS[name]
+        return get_architecture(arch), dict(values)
+    path = _file_presets().get(name)
+    if path is None or name not in list_models():
+        raise ValueError(_unknown("model preset", name, list_models()))
+    values = json.loads(path.read_text())
+    spec = architecture_for_model_type(values.pop("model_type"))
+    for key in ("architectures", "transformers_version", "auto_map"):
+        values.pop(key, None)
+    return spec, values
+
+
+def get_config(name: str, **overrides: Any) -> Any:
+    """The config of preset ``name`` with ``overrides`` applied; unknown field names raise."""
+    spec, values = preset_values(name)
+    allowed = {f.name for f in fields(spec.config_class)} - {"transformers_version", "architectures"}
+    unknown = sorted(set(overrides) - allowed)
+    if unknown:
+        hints = []
+        for key in unknown:
+            close = difflib.get_close_matches(key, sorted(allowed), n=1)
+            hints.append(f"{key!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
+        raise ValueError(
+            f"unknown config field(s) {', '.join(hints)} for preset {name!r} ({spec.config_class.__name__})"
+        )
+    values.update(overrides)
+    return spec.config_class(**values)
+
+
+def create_model(name: str, **overrides: Any) -> Any:
+    """A randomly initialised causal LM of preset ``name`` (e.g. ``create_model("lstm-small", dropout=0.2)``)."""
+    config = get_config(name, **overrides)
+    return architecture_for_model_type(config.model_type).causal_lm_class(config)
+
+
+def _unknown(what: str, value: str, allowed: list[str]) -> str:
+    close = difflib.get_close_matches(value, allowed, n=3)
+    hint = f" Did you mean {', '.join(map(repr, close))}?" if close else ""
+    return f"unknown {what} {value!r}.{hint} Available: {', '.join(allowed)}"

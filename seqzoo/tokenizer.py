@@ -1,0 +1,51 @@
+"""The byte-level tokenizer that ships with seqzoo: every UTF-8 byte is a token, no download, no merges.
+
+Ids 0-255 are the bytes themselves, 256 is ``<|pad|>`` and 257 is ``<|endoftext|>`` (beginning and end of text), so
+``vocab_size=258``. It is a plain ``tokenizers`` model saved as tokenizer.json, so ``AutoTokenizer.from_pretrained``
+loads it anywhere transformers is installed, with or without seqzoo.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+from transformers import PreTrainedTokenizerFast
+
+PAD_TOKEN = "<|pad|>"
+EOS_TOKEN = "<|endoftext|>"
+PAD_TOKEN_ID = 256
+EOS_TOKEN_ID = 257
+VOCAB_SIZE = 258
+
+
+@lru_cache(maxsize=1)
+def _byte_symbols() -> dict[int, str]:
+    # The GPT-2 byte-to-unicode table: printable bytes map to themselves, the rest to unused code points, so every
+    # byte has a visible, distinct symbol inside the BPE vocabulary.
+    printable = list(range(ord("!"), ord("~") + 1)) + list(range(0xA1, 0xAD)) + list(range(0xAE, 0x100))
+    symbols = dict(zip(printable, map(chr, printable)))
+    extra = 0
+    for byte in range(256):
+        if byte not in symbols:
+            symbols[byte] = chr(256 + extra)
+            extra += 1
+    return symbols
+
+
+def byte_tokenizer(model_max_length: int = 1_000_000) -> PreTrainedTokenizerFast:
+    vocab = {symbol: byte for byte, symbol in _byte_symbols().items()}
+    backend = Tokenizer(models.BPE(vocab=vocab, merges=[]))
+    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
+    backend.decoder = decoders.ByteLevel()
+    backend.add_special_tokens([PAD_TOKEN, EOS_TOKEN])
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=backend,
+        pad_token=PAD_TOKEN,
+        eos_token=EOS_TOKEN,
+        bos_token=EOS_TOKEN,
+        model_max_length=model_max_length,
+        padding_side="left",
+    )
+    assert tokenizer.pad_token_id == PAD_TOKEN_ID and tokenizer.eos_token_id == EOS_TOKEN_ID
+    return tokenizer

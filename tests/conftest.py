@@ -1,0 +1,53 @@
+"""Shared fixtures. Model tests are driven by the registry: every registered preset family is enrolled."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+import torch
+
+import seqzoo
+from seqzoo.registry import architecture_for_model_type, preset_values
+
+# Tiny, deliberately odd sizes so shape bugs cannot hide behind powers of two.
+TINY = dict(vocab_size=99, hidden_size=32, num_hidden_layers=2, pad_token_id=0, bos_token_id=1, eos_token_id=2)
+SIZE_SUFFIX = re.compile(r"-(tiny|small|medium|large|base|\d+[mkb])$")
+SIZE_ORDER = ["tiny", "small", "base", "medium", "large"]
+
+
+def preset_families() -> dict[str, str]:
+    """family name -> its smallest preset (``lstm`` -> ``lstm-tiny``, ``transformer-gpt2`` -> ``...-small``)."""
+    best: dict[str, tuple[int, str]] = {}
+    for name in seqzoo.list_models():
+        match = SIZE_SUFFIX.search(name)
+        family = name[: match.start()] if match else name
+        size = match.group(1) if match else ""
+        rank = SIZE_ORDER.index(size) if size in SIZE_ORDER else len(SIZE_ORDER)
+        if family not in best or rank < best[family][0]:
+            best[family] = (rank, name)
+    return {family: name for family, (_, name) in sorted(best.items())}
+
+
+FAMILIES = preset_families()
+
+
+def tiny_config(preset: str, **overrides):
+    spec, values = preset_values(preset)
+    values.update(TINY)
+    # Fields derived from the sizes are recomputed for the tiny sizes.
+    values.update(getattr(spec.config_class, "tiny_test_overrides", {}))
+    values.update(overrides)
+    return spec.config_class(**values)
+
+
+def tiny_model(preset: str, seed: int = 0, **overrides):
+    torch.manual_seed(seed)
+    config = tiny_config(preset, **overrides)
+    model = architecture_for_model_type(config.model_type).causal_lm_class(config)
+    return model.eval()
+
+
+@pytest.fixture(params=sorted(FAMILIES), ids=sorted(FAMILIES))
+def family_preset(request) -> str:
+    return FAMILIES[request.param]

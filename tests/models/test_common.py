@@ -1,0 +1,193 @@
+"""Registry-driven tests: every registered preset family gets the same checks."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from safetensors import safe_open
+from transformers import AutoConfig, AutoModel, AutoModelForCausalLM
+
+import seqzoo
+from tests.conftest import tiny_model
+
+PROMPTS = [[5, 17, 33, 8, 61, 12, 40], [9, 3, 77], [44, 21, 6, 90, 13]]  # odd, unequal lengths
+NEW_TOKENS = 6
+
+
+def left_pad(prompts, pad_id=0):
+    width = max(map(len, prompts))
+    ids = torch.full((len(prompts), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(prompts), width), dtype=torch.long)
+    for row, prompt in enumerate(prompts):
+        ids[row, width - len(prompt):] = torch.tensor(prompt)
+        mask[row, width - len(prompt):] = 1
+    return ids, mask
+
+
+def greedy(model, ids, mask=None, **kwargs):
+    out = model.generate(
+        ids, attention_mask=mask if mask is not None else torch.ones_like(ids), max_new_tokens=NEW_TOKENS,
+        do_sample=False, output_logits=True, return_dict_in_generate=True, pad_token_id=0, **kwargs,
+    )
+    return out.sequences[:, ids.shape[1]:], torch.stack(out.logits, dim=1)
+
+
+def test_forward_backward(family_preset):
+    model = tiny_model(family_preset).train()
+    ids = torch.randint(3, 99, (2, 7))
+    out = model(ids, labels=ids)
+    assert out.logits.shape == (2, 7, 99)
+    assert torch.isfinite(out.loss)
+    out.loss.backward()
+    missing = [n for n, p in model.named_parameters() if p.requires_grad and p.grad is None]
+    assert not missing, f"parameters without gradient: {missing}"
+    assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
+
+
+def test_auto_classes_resolve(family_preset):
+    model = tiny_model(family_preset)
+    values = model.config.to_diff_dict()
+    config = AutoConfig.for_model(values.pop("model_type"), **values)
+    assert type(config) is type(model.config)
+    assert type(AutoModelForCausalLM.from_config(config)) is type(model)
+    assert type(AutoModel.from_config(config)) is type(model.model)
+
+
+def test_save_load_roundtrip(family_preset, tmp_path):
+    model = tiny_model(family_preset)
+    model.save_pretrained(tmp_path)
+    assert (tmp_path / "model.safetensors").exists()
+    loaded = AutoModelForCausalLM.from_pretrained(tmp_path).eval()
+    assert type(loaded) is type(model)
+    original, restored = model.state_dict(), loaded.state_dict()
+    assert original.keys() == restored.keys()
+    for key in original:
+        assert torch.equal(original[key], restored[key]), key
+    ids = torch.randint(3, 99, (2, 7))
+    torch.testing.assert_close(loaded(ids).logits, model(ids).logits, rtol=0, atol=0)
+    with safe_open(tmp_path / "model.safetensors", "pt") as f:
+        keys = set(f.keys())
+    if model.config.tie_word_embeddings:
+        assert "lm_head.weight" not in keys and "model.embed_tokens.weight" in keys
+        assert loaded.lm_head.weight.data_ptr() == loaded.model.embed_tokens.weight.data_ptr()
+    else:
+        assert "lm_head.weight" in keys
+
+
+def test_load_in_bfloat16(family_preset, tmp_path):
+    model = tiny_model(family_preset)
+    model.save_pretrained(tmp_path)
+    loaded = AutoModelForCausalLM.from_pretrained(tmp_path, dtype=torch.bfloat16).eval()
+    assert all(p.dtype == torch.bfloat16 for p in loaded.parameters())
+    ids = torch.randint(3, 99, (2, 7))
+    logits = loaded(ids).logits
+    assert logits.dtype == torch.bfloat16
+    torch.testing.assert_close(logits.float(), model(ids).logits, atol=0.05, rtol=0.05)
+
+
+def test_cached_generation_equals_full_recompute(family_preset):
+    model = tiny_model(family_preset)
+    ids = torch.tensor([PROMPTS[0]])
+    cached_tokens, cached_logits = greedy(model, ids, use_cache=True)
+    full_tokens, full_logits = greedy(model, ids, use_cache=False)
+    assert torch.equal(cached_tokens, full_tokens)
+    torch.testing.assert_close(cached_logits, full_logits, atol=1e-4, rtol=1e-4)
+
+
+def test_chunked_forward_equals_token_by_token(family_preset):
+    model = tiny_model(family_preset)
+    ids = torch.tensor([PROMPTS[0], PROMPTS[0][::-1]])
+    full = model(ids, use_cache=False).logits
+    out = model(ids[:, :3], use_cache=True)
+    steps = [out.logits]
+    cache = out.past_key_values
+    for t in range(3, ids.shape[1]):
+        out = model(ids[:, t:t + 1], past_key_values=cache, use_cache=True)
+        cache = out.past_key_values
+        steps.append(out.logits)
+    torch.testing.assert_close(torch.cat(steps, dim=1), full, atol=1e-5, rtol=1e-4)
+    assert cache.get_seq_length() == ids.shape[1]
+
+
+def test_left_padded_rows_equal_alone(family_preset):
+    model = tiny_model(family_preset)
+    ids, mask = left_pad(PROMPTS)
+    batch_tokens, batch_logits = greedy(model, ids, mask)
+    for row, prompt in enumerate(PROMPTS):
+        alone_tokens, alone_logits = greedy(model, torch.tensor([prompt]))
+        assert torch.equal(batch_tokens[row], alone_tokens[0]), f"row {row} differs from its prompt alone"
+        torch.testing.assert_close(batch_logits[row], alone_logits[0], atol=1e-4, rtol=1e-4)
+
+
+def test_padded_forward_logits_equal_alone(family_preset):
+    model = tiny_model(family_preset)
+    ids, mask = left_pad(PROMPTS)
+    logits = model(ids, attention_mask=mask).logits
+    for row, prompt in enumerate(PROMPTS):
+        alone = model(torch.tensor([prompt])).logits[0]
+        torch.testing.assert_close(logits[row, -len(prompt):], alone, atol=1e-5, rtol=1e-4)
+
+
+def test_beam_search_with_cache_equals_without(family_preset):
+    model = tiny_model(family_preset)
+    ids, mask = left_pad(PROMPTS[:2])
+    kwargs = dict(attention_mask=mask, max_new_tokens=NEW_TOKENS, num_beams=3, num_return_sequences=2,
+                  do_sample=False, pad_token_id=0, output_scores=True, return_dict_in_generate=True)
+    cached = model.generate(ids, use_cache=True, **kwargs)
+    uncached = model.generate(ids, use_cache=False, **kwargs)
+    assert cached.sequences.shape[0] == 4
+    assert torch.equal(cached.sequences, uncached.sequences)
+    torch.testing.assert_close(cached.sequences_scores, uncached.sequences_scores, atol=1e-4, rtol=1e-4)
+
+
+def test_beam_search_rows_equal_alone(family_preset):
+    model = tiny_model(family_preset)
+    ids, mask = left_pad(PROMPTS[:2])
+    kwargs = dict(max_new_tokens=NEW_TOKENS, num_beams=3, do_sample=False, pad_token_id=0)
+    batch = model.generate(ids, attention_mask=mask, **kwargs)[:, ids.shape[1]:]
+    for row, prompt in enumerate(PROMPTS[:2]):
+        alone = model.generate(torch.tensor([prompt]), **kwargs)[0, len(prompt):]
+        assert torch.equal(batch[row], alone)
+
+
+def test_sampling(family_preset):
+    model = tiny_model(family_preset)
+    ids = torch.tensor([PROMPTS[1]])
+    kwargs = dict(max_new_tokens=NEW_TOKENS, do_sample=True, pad_token_id=0)
+    torch.manual_seed(1)
+    first = model.generate(ids, temperature=0.7, top_p=0.9, **kwargs)
+    torch.manual_seed(1)
+    second = model.generate(ids, temperature=0.7, top_p=0.9, **kwargs)
+    assert torch.equal(first, second)
+    # top_k=1 sampling must pick the argmax at every step, i.e. reproduce greedy decoding.
+    top1 = model.generate(ids, top_k=1, **kwargs)
+    greedy_ids = model.generate(ids, max_new_tokens=NEW_TOKENS, do_sample=False, pad_token_id=0)
+    assert torch.equal(top1, greedy_ids)
+    many = model.generate(ids, num_return_sequences=3, top_k=50, temperature=1.5, **kwargs)
+    assert many.shape == (3, ids.shape[1] + NEW_TOKENS)
+
+
+def test_bad_token_ids_raise(family_preset):
+    model = tiny_model(family_preset)
+    with pytest.raises(ValueError, match="outside the vocabulary"):
+        model(torch.tensor([[1, 99]]))
+    with pytest.raises(ValueError, match="outside the vocabulary"):
+        model(torch.tensor([[-1, 5]]))
+    with pytest.raises(ValueError, match="shape"):
+        model(torch.tensor([1, 2, 3]))
+    with pytest.raises(ValueError, match="integer"):
+        model(torch.tensor([[1.0, 2.0]]))
+
+
+def test_state_size_is_reported(family_preset):
+    model = tiny_model(family_preset)
+    config = model.config
+    out = model(torch.tensor([PROMPTS[0]]), use_cache=True)
+    cache = out.past_key_values
+    if isinstance(cache, seqzoo.RecurrentCache):
+        assert cache.state_bytes() == config.state_bytes_per_sequence(dtype_bytes=4)
+    else:
+        assert config.kv_bytes_per_token(4) > 0
+    json.dumps(config.to_dict())  # configs stay JSON-serialisable
