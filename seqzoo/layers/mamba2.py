@@ -1,0 +1,137 @@
+"""Mamba-2 mixer (Dao & Gu 2024): in_proj -> causal depthwise conv over (x, B, C) -> SSD scan -> gated RMSNorm ->
+out_proj.
+
+Parameter names and layouts are those of transformers' ``Mamba2Mixer`` (and mamba_ssm's ``Mamba2``): ``in_proj``
+produces [z, x, B, C, dt] in that order, ``conv1d`` has the depthwise (C, 1, K) layout, ``dt_bias``, ``A_log`` and
+``D`` are per head. The compute goes through the kernel registry (ops ``causal_conv1d``, ``ssd``).
+
+Padding is exact, as in the Mamba mixer: pad positions are skipped by the convolution and get a time step of
+exactly 0, the identity step of the SSD recurrence.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import initialization as init
+
+from seqzoo.kernels import dispatch
+from seqzoo.layers.mamba import CausalDepthwiseConv1d, MambaState, inverse_softplus, log_uniform_time_steps
+
+
+class GatedRMSNorm(nn.Module):
+    """RMSNorm over groups of channels, gated by silu(z): ``norm(y * silu(z))`` or ``norm(y) * silu(z)``.
+
+    Normalising per group (one group per B/C group) keeps the layer independent of how heads are split across
+    devices in tensor-parallel training, which is why Mamba-2 does it.
+    """
+
+    def __init__(self, hidden_size: int, group_size: int, eps: float = 1e-5, norm_before_gate: bool = False) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(hidden_size))
+        self.group_size = group_size
+        self.eps = eps
+        self.norm_before_gate = norm_before_gate
+
+    def extra_repr(self) -> str:
+        return f"{self.weight.shape[0]}, group_size={self.group_size}, eps={self.eps}, " \
+               f"norm_before_gate={self.norm_before_gate}"
+
+    def forward(self, y: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+        # y, z: (..., E); computed in float32 and cast back, as transformers and mamba_ssm do.
+        dtype = y.dtype
+        y = y.float()
+        gate = F.silu(z.float())
+        if not self.norm_before_gate:
+            y = y * gate
+        groups = y.unflatten(-1, (-1, self.group_size))  # (..., G, E/G)
+        y = (groups * torch.rsqrt(groups.pow(2).mean(-1, keepdim=True) + self.eps)).flatten(-2)
+        if self.norm_before_gate:
+            y = y * gate
+        return self.weight * y.to(dtype)
+
+
+class Mamba2Mixer(nn.Module):
+    """SSD mixer over (B, T, hidden_size); state ``conv`` (B, E + 2GN, K-1) and ``ssm`` (B, H, P, N)."""
+
+    def __init__(
+        self,
+        hidden_size: int,
+        state_size: int = 64,
+        expand: int = 2,
+        head_dim: int = 64,
+        n_groups: int = 1,
+        conv_kernel: int = 4,
+        use_conv_bias: bool = True,
+        use_bias: bool = False,
+        chunk_size: int = 256,
+        time_step_limit: tuple[float, float] = (0.0, float("inf")),
+        rms_norm: bool = True,
+        norm_before_gate: bool = False,
+        layer_norm_epsilon: float = 1e-5,
+    ) -> None:
+        super().__init__()
+        self.hidden_size = hidden_size
+        self.state_size = state_size
+        self.intermediate_size = inner = expand * hidden_size
+        self.head_dim = head_dim
+        self.num_heads = inner // head_dim
+        self.n_groups = n_groups
+        self.chunk_size = chunk_size
+        self.time_step_limit = tuple(time_step_limit)
+        self.conv_dim = inner + 2 * n_groups * state_size
+
+        # z (gate), then the conv input x, B, C, then one time step per head -- transformers' packing.
+        self.in_proj = nn.Linear(hidden_size, inner + self.conv_dim + self.num_heads, bias=use_bias)
+        self.conv1d = CausalDepthwiseConv1d(self.conv_dim, conv_kernel, bias=use_conv_bias)
+        self.dt_bias = nn.Parameter(torch.empty(self.num_heads))
+        # One scalar decay per head (Mamba-1 had one per channel and state entry): A = -exp(A_log).
+        self.A_log = nn.Parameter(torch.empty(self.num_heads))
+        self.D = nn.Parameter(torch.empty(self.num_heads))
+        self.norm = (
+            GatedRMSNorm(inner, inner // n_groups, layer_norm_epsilon, norm_before_gate) if rms_norm else None
+        )
+        self.out_proj = nn.Linear(inner, hidden_size, bias=use_bias)
+
+    def reset_ssm_parameters(self, time_step_min: float, time_step_max: float, time_step_floor: float) -> None:
+        """Mamba-2's init: A_h = -(h + 1) (transformers' choice of mamba_ssm's A range), D = 1, and dt_bias with
+        softplus(dt_bias) log-uniform in [time_step_min, time_step_max]."""
+        init.copy_(self.A_log, torch.log(torch.arange(1, self.num_heads + 1, dtype=torch.float32)))
+        init.ones_(self.D)
+        dt = log_uniform_time_steps(self.num_heads, time_step_min, time_step_max, time_step_floor)
+        init.copy_(self.dt_bias, inverse_softplus(dt))
+
+    def forward(
+        self, hidden_states: torch.Tensor, state: MambaState | None = None, mask: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, MambaState]:
+        # hidden_states: (B, T, H); mask: (B, T) bool, False at padding, or None.
+        state = state or {}
+        batch, length, _ = hidden_states.shape
+        groups_n = self.n_groups * self.state_size
+        z, xBC, dt = self.in_proj(hidden_states).split([self.intermediate_size, self.conv_dim, self.num_heads], -1)
+        xBC, conv_state = self.conv1d(xBC, state.get("conv"), mask, activation="silu")  # (B, T, E + 2GN)
+        x, B, C = xBC.split([self.intermediate_size, groups_n, groups_n], dim=-1)
+
+        dt = F.softplus(dt.float() + self.dt_bias.float())  # (B, T, heads), float32 like the state
+        low, high = self.time_step_limit
+        if low > 0.0 or high != float("inf"):
+            dt = dt.clamp(min=low, max=high)
+        if mask is not None:
+            dt = dt.masked_fill(~mask[..., None], 0.0)  # the recurrence's identity step
+        A = -torch.exp(self.A_log.float())  # (heads,)
+
+        y, ssm_state = dispatch(
+            "ssd",
+            x.reshape(batch, length, self.num_heads, self.head_dim),
+            dt,
+            A,
+            B.reshape(batch, length, self.n_groups, self.state_size),
+            C.reshape(batch, length, self.n_groups, self.state_size),
+            self.D.float(),
+            initial_state=state.get("ssm"),
+            chunk_size=self.chunk_size,
+        )  # y: (B, T, heads, P); ssm_state: (B, heads, P, N)
+        y = y.reshape(batch, length, self.intermediate_size)
+        y = self.norm(y, z) if self.norm is not None else y * F.silu(z)
+        return self.out_proj(y.to(hidden_states.dtype)), {"conv": conv_state, "ssm": ssm_state}

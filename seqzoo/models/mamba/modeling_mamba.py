@@ -1,0 +1,166 @@
+"""Mamba language model: pre-norm residual blocks of selective-scan mixers, numerically aligned with transformers'
+MambaForCausalLM (same block, norms, residual precision and parameter layouts; see conversions/hf_mamba.py).
+
+The state of every layer (``conv`` and ``ssm``) lives in a :class:`RecurrentCache`, so decoding costs O(1) per token.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+from transformers import initialization as init
+from transformers.modeling_layers import GradientCheckpointingLayer
+from transformers.modeling_outputs import BaseModelOutputWithPast
+
+from seqzoo.cache import RecurrentCache
+from seqzoo.layers.mamba import CausalDepthwiseConv1d, MambaMixer, MambaState, init_linear_like_torch
+from seqzoo.layers.norms import RMSNorm
+from seqzoo.models.modeling_utils import (
+    SeqzooForCausalLM,
+    SeqzooPreTrainedModel,
+    check_inputs,
+    new_recurrent_cache,
+    padding_mask_for,
+)
+
+from .configuration_mamba import MambaConfig
+
+STATE_NAMES = ("conv", "ssm")
+
+
+class MambaBlock(GradientCheckpointingLayer):
+    """x + mixer(RMSNorm(x)); the residual stream stays in float32 when ``residual_in_fp32`` (as in transformers)."""
+
+    def __init__(self, config: MambaConfig, layer_idx: int) -> None:
+        super().__init__()
+        self.layer_idx = layer_idx
+        self.residual_in_fp32 = config.residual_in_fp32
+        self.norm = RMSNorm(config.hidden_size, eps=config.layer_norm_epsilon)
+        self.mixer = MambaMixer(
+            config.hidden_size,
+            state_size=config.state_size,
+            expand=config.expand,
+            conv_kernel=config.conv_kernel,
+            time_step_rank=config.time_step_rank,
+            use_conv_bias=config.use_conv_bias,
+            use_bias=config.use_bias,
+        )
+
+    def forward(
+        self, hidden_states: torch.Tensor, state: MambaState | None = None, mask: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, MambaState]:
+        residual = hidden_states.float() if self.residual_in_fp32 else hidden_states
+        mixed, new_state = self.mixer(self.norm(hidden_states.to(self.norm.weight.dtype)), state, mask)
+        return residual + mixed, new_state
+
+
+def run_state_space_stack(
+    model: nn.Module,
+    config: Any,
+    input_ids: torch.LongTensor | None,
+    attention_mask: torch.Tensor | None,
+    past_key_values: Any,
+    inputs_embeds: torch.Tensor | None,
+    use_cache: bool | None,
+    output_hidden_states: bool | None,
+    cache_params: Any,
+) -> BaseModelOutputWithPast:
+    """The backbone forward shared by Mamba and Mamba-2: embed, run the blocks with their cached states, norm."""
+    _, length = check_inputs(config, input_ids, inputs_embeds, attention_mask)
+    if cache_params is not None:
+        # transformers' Mamba calls the cache ``cache_params``; accept it as an alias.
+        if past_key_values is not None and past_key_values is not cache_params:
+            raise ValueError("pass the cache as past_key_values or as cache_params, not two different caches")
+        past_key_values = cache_params
+    use_cache = use_cache if use_cache is not None else (config.use_cache and not model.training)
+    output_hidden_states = output_hidden_states if output_hidden_states is not None else config.output_hidden_states
+    cache: RecurrentCache | None = new_recurrent_cache(config, past_key_values, use_cache or past_key_values is not None)
+    mask = padding_mask_for(attention_mask, length)
+
+    hidden_states = model.embed_tokens(input_ids) if inputs_embeds is None else inputs_embeds  # (B, T, H)
+    output_dtype = hidden_states.dtype
+    all_hidden_states = (hidden_states,) if output_hidden_states else None
+    for idx, layer in enumerate(model.layers):
+        state = None
+        if cache is not None and cache.get(idx, "ssm") is not None:
+            state = {name: cache.get(idx, name) for name in STATE_NAMES}
+        hidden_states, new_state = layer(hidden_states, state, mask)  # (B, T, H), float32 if residual_in_fp32
+        if cache is not None:
+            for name in STATE_NAMES:
+                cache.set(idx, name, new_state[name])
+        if output_hidden_states:
+            all_hidden_states += (hidden_states,)
+    if cache is not None:
+        cache.advance(length)
+    # Normalise the (possibly float32) residual stream, then return to the model's dtype for the head.
+    hidden_states = model.norm(hidden_states).to(output_dtype)
+    return BaseModelOutputWithPast(last_hidden_state=hidden_states, past_key_values=cache, hidden_states=all_hidden_states)
+
+
+class MambaPreTrainedModel(SeqzooPreTrainedModel):
+    config_class = MambaConfig
+    supports_gradient_checkpointing = True
+    _no_split_modules = ["MambaBlock"]
+
+    def _init_weights(self, module: nn.Module) -> None:
+        # mamba_ssm's scheme: torch's default init for projections and the convolution, normal embeddings, and the
+        # special A / D / time-step init of the mixer. Children are initialised before their parents, so the
+        # mixer's own choices (dt_proj, out_proj rescaling) win over the generic Linear rule.
+        config = self.config
+        if isinstance(module, nn.Embedding):
+            init.normal_(module.weight, mean=0.0, std=config.initializer_range)
+        elif isinstance(module, (nn.Linear, CausalDepthwiseConv1d)):
+            init_linear_like_torch(module)
+        elif isinstance(module, RMSNorm):
+            init.ones_(module.weight)
+        elif isinstance(module, MambaMixer):
+            module.reset_ssm_parameters(
+                config.time_step_min, config.time_step_max, config.time_step_floor,
+                config.time_step_init_scheme, config.time_step_scale,
+            )
+            if config.rescale_prenorm_residual:
+                init_linear_like_torch(module.out_proj, scale=config.num_hidden_layers**-0.5)
+
+
+class MambaModel(MambaPreTrainedModel):
+    def __init__(self, config: MambaConfig) -> None:
+        super().__init__(config)
+        self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size)
+        self.layers = nn.ModuleList(MambaBlock(config, i) for i in range(config.num_hidden_layers))
+        self.norm = RMSNorm(config.hidden_size, eps=config.layer_norm_epsilon)
+        self.gradient_checkpointing = False
+        self.post_init()
+
+    def get_input_embeddings(self) -> nn.Module:
+        return self.embed_tokens
+
+    def set_input_embeddings(self, value: nn.Module) -> None:
+        self.embed_tokens = value
+
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        past_key_values: RecurrentCache | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        use_cache: bool | None = None,
+        output_hidden_states: bool | None = None,
+        cache_params: RecurrentCache | None = None,
+        **kwargs: Any,
+    ) -> BaseModelOutputWithPast:
+        r"""
+        attention_mask: (batch, past_length + sequence_length) 0/1; positions with 0 never change any state.
+        past_key_values / cache_params: a :class:`RecurrentCache` to continue from (``cache_params`` is the name
+            transformers' Mamba uses; either works).
+        """
+        return run_state_space_stack(self, self.config, input_ids, attention_mask, past_key_values, inputs_embeds,
+                                     use_cache, output_hidden_states, cache_params)
+
+
+class MambaForCausalLM(MambaPreTrainedModel, SeqzooForCausalLM):
+    base_model_class = MambaModel
+
+
+__all__ = ["MambaForCausalLM", "MambaModel", "MambaPreTrainedModel"]
