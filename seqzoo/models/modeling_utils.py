@@ -6,7 +6,7 @@ from typing import Any
 
 import torch
 from torch import nn
-from transformers import GenerationMixin, PreTrainedModel
+from transformers import GenerationMixin, PreTrainedConfig, PreTrainedModel
 from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutputWithPast
 
 from seqzoo.cache import RecurrentCache
@@ -82,8 +82,36 @@ class SeqzooPreTrainedModel(PreTrainedModel):
         # Recurrent models build their own RecurrentCache in forward(); generate() must not build a DynamicCache.
         return not cls.is_recurrent
 
-    def _init_weights(self, module: nn.Module) -> None:
-        super()._init_weights(module)
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path: Any, *args: Any, strict: bool = True, **kwargs: Any):
+        """transformers' loading, made strict: a checkpoint of another architecture, or with missing or mis-shaped
+        tensors, raises ``ValueError`` instead of silently initialising weights at random.
+        ``strict=False`` restores transformers' lenient behaviour."""
+        if strict and not isinstance(kwargs.get("config"), PreTrainedConfig):
+            _check_checkpoint_model_type(cls, pretrained_model_name_or_path, kwargs)
+        want_info = kwargs.pop("output_loading_info", False)
+        allow_mismatch = kwargs.pop("ignore_mismatched_sizes", False)
+        # Load leniently and judge here, so the error names every offending tensor with both shapes.
+        model, info = super().from_pretrained(
+            pretrained_model_name_or_path, *args, output_loading_info=True,
+            ignore_mismatched_sizes=strict or allow_mismatch, **kwargs,
+        )
+        if strict:
+            tied = set(getattr(model, "all_tied_weights_keys", {}) or {})
+            missing = sorted(set(info.get("missing_keys", [])) - tied)
+            mismatched = [] if allow_mismatch else sorted(info.get("mismatched_keys", []))
+            problems = []
+            if missing:
+                problems.append(f"missing tensors: {', '.join(missing[:8])}{' ...' if len(missing) > 8 else ''}")
+            if mismatched:
+                shown = ", ".join(f"{key} (checkpoint {tuple(a)}, model {tuple(b)})" for key, a, b in mismatched[:8])
+                problems.append(f"mis-shaped tensors: {shown}")
+            if problems:
+                raise ValueError(
+                    f"checkpoint {str(pretrained_model_name_or_path)!r} does not fit {cls.__name__}: "
+                    f"{'; '.join(problems)}. Pass strict=False to load it anyway with those weights re-initialised."
+                )
+        return (model, info) if want_info else model
 
 
 class SeqzooForCausalLM(SeqzooPreTrainedModel, GenerationMixin):
@@ -159,6 +187,23 @@ class SeqzooForCausalLM(SeqzooPreTrainedModel, GenerationMixin):
             past_key_values=outputs.past_key_values,
             hidden_states=outputs.hidden_states,
             attentions=getattr(outputs, "attentions", None),
+        )
+
+
+_HUB_KWARGS = ("cache_dir", "force_download", "local_files_only", "token", "revision", "subfolder", "proxies")
+
+
+def _check_checkpoint_model_type(cls: type, source: Any, kwargs: dict[str, Any]) -> None:
+    expected = getattr(cls.config_class, "model_type", None)
+    if source is None or not expected:
+        return
+    hub_kwargs = {k: kwargs[k] for k in _HUB_KWARGS if k in kwargs}
+    config_dict, _ = PreTrainedConfig.get_config_dict(source, **hub_kwargs)
+    found = config_dict.get("model_type")
+    if found != expected:
+        raise ValueError(
+            f"checkpoint {str(source)!r} holds a {found!r} model, not {expected!r} ({cls.__name__}); load it with "
+            f"AutoModelForCausalLM.from_pretrained, or with the class of its architecture"
         )
 
 

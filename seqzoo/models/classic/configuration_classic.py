@@ -43,7 +43,6 @@ class ClassicRecurrentConfig(SeqzooConfig):
     initializer_range: float = 0.02
 
     cell: ClassVar[str] = ""  # "rnn" | "lstm" | "gru", set by each architecture
-    tiny_test_overrides: ClassVar[dict[str, Any]] = {"embedding_size": None}
 
     def __post_init__(self, **kwargs: Any) -> None:
         if self.embedding_size is None:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from typing import Any
 
 from seqzoo.models.configuration_utils import (
     SeqzooConfig,
@@ -54,9 +54,6 @@ class TransformerConfig(SeqzooConfig):
 
     model_type = "seqzoo_transformer"
     keys_to_ignore_at_inference = ["past_key_values"]
-    # Size-derived fields a test resets when it shrinks a preset (see tests/conftest.py).
-    tiny_test_overrides: ClassVar[dict[str, Any]] = {"head_dim": None, "intermediate_size": None,
-                                                     "num_attention_heads": 4, "num_key_value_heads": None}
 
     variant: str = "llama"
     num_attention_heads: int = 4

@@ -1,0 +1,215 @@
+"""Model registry, presets, entry-point plugins, and the kernel registry's selection contract."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+from transformers import AutoConfig, AutoModelForCausalLM
+
+import seqzoo
+from seqzoo import registry
+from seqzoo.kernels import KernelError, available_backends, get_kernel, register_backend, select
+from seqzoo.kernels import registry as kernel_registry
+
+PRESETS = seqzoo.list_models()
+
+
+def test_list_models_and_patterns():
+    assert {"lstm-tiny", "lstm-small", "gru-tiny", "rnn-tiny", "transformer-tiny"} <= set(PRESETS)
+    assert seqzoo.list_models("lstm-*") == [p for p in PRESETS if p.startswith("lstm-")]
+    assert all(p.endswith("-tiny") for p in seqzoo.list_models("*-tiny"))
+    assert seqzoo.list_models("nothing-*") == []
+
+
+@pytest.mark.parametrize("preset", PRESETS)
+def test_every_preset_is_a_valid_config_json(preset):
+    path = registry.PRESET_DIR / f"{preset}.json"
+    config = AutoConfig.from_pretrained(path)
+    spec, values = registry.preset_values(preset)
+    assert type(config) is spec.config_class
+    for key, value in values.items():
+        assert getattr(config, key) == value, key
+
+
+def test_create_model_with_overrides():
+    model = seqzoo.create_model("lstm-tiny", hidden_size=48, dropout=0.25)
+    assert isinstance(model, seqzoo.LSTMForCausalLM)
+    assert model.config.hidden_size == 48 and model.config.dropout == 0.25
+    assert model.model.layers[0].hidden_size == 48
+
+
+def test_unknown_preset_suggests_close_matches():
+    with pytest.raises(ValueError, match="Did you mean 'lstm-tiny'"):
+        seqzoo.create_model("lstm-tiyn")
+
+
+def test_unknown_override_names_the_field():
+    with pytest.raises(ValueError, match="hiden_size.*did you mean 'hidden_size'"):
+        seqzoo.create_model("lstm-tiny", hiden_size=32)
+
+
+PLUGIN_MODULE = '''
+from seqzoo.models.lstm import LSTMConfig, LSTMForCausalLM, LSTMModel
+from seqzoo.registry import ModelSpec
+
+
+class PluginConfig(LSTMConfig):
+    model_type = "seqzoo_testplugin"
+
+
+class PluginModel(LSTMModel):
+    config_class = PluginConfig
+
+
+class PluginForCausalLM(LSTMForCausalLM):
+    config_class = PluginConfig
+    base_model_class = PluginModel
+
+
+def register():
+    return ModelSpec("testplugin", PluginConfig, PluginModel, PluginForCausalLM,
+                     presets={"testplugin-tiny": {"vocab_size": 50, "hidden_size": 16, "num_hidden_layers": 1}})
+
+
+def broken():
+    raise RuntimeError("this plugin is broken on purpose")
+'''
+
+
+@pytest.fixture
+def plugin_dist(tmp_path, monkeypatch):
+    (tmp_path / "seqzoo_testplugin.py").write_text(textwrap.dedent(PLUGIN_MODULE))
+    dist = tmp_path / "seqzoo_testplugin-0.1.dist-info"
+    dist.mkdir()
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: seqzoo-testplugin\nVersion: 0.1\n")
+    (dist / "entry_points.txt").write_text(
+        "[seqzoo.models]\ntestplugin = seqzoo_testplugin:register\nbroken = seqzoo_testplugin:broken\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    yield
+    sys.modules.pop("seqzoo_testplugin", None)
+    registry._ARCHITECTURES.pop("testplugin", None)
+    registry._PLUGIN_PRESETS.pop("testplugin-tiny", None)
+
+
+def test_entry_point_plugin_is_registered_and_broken_one_is_skipped(plugin_dist, caplog):
+    with caplog.at_level(logging.ERROR, logger="seqzoo"):
+        registry.load_plugins(force=True)
+    assert "testplugin" in seqzoo.list_architectures()
+    assert "testplugin-tiny" in seqzoo.list_models()
+    model = seqzoo.create_model("testplugin-tiny")
+    assert type(model).__name__ == "PluginForCausalLM"
+    config = AutoConfig.for_model("seqzoo_testplugin", vocab_size=50, hidden_size=16, num_hidden_layers=1)
+    assert type(AutoModelForCausalLM.from_config(config)).__name__ == "PluginForCausalLM"
+    broken = [r for r in caplog.records if "broken" in r.getMessage()]
+    assert broken and broken[0].exc_info is not None, "a failing plugin must be logged with its traceback"
+    assert "this plugin is broken on purpose" in caplog.text
+
+
+# --- kernel registry -------------------------------------------------------------------------------------------
+
+
+def lstm_call(mask=None):
+    x = torch.randn(2, 5, 4)
+    h = torch.zeros(2, 3)
+    w = [torch.randn(12, 4), torch.randn(12, 3), torch.zeros(12), torch.zeros(12)]
+    return (x, h, h, *w), {"mask": mask}
+
+
+def test_automatic_selection_prefers_priority_then_supports():
+    args, kwargs = lstm_call()
+    assert select("lstm", *args, **kwargs).name == "torch"
+    holes = torch.tensor([[1, 0, 1, 1, 1], [1, 1, 1, 1, 1]])
+    assert select("lstm", *args, mask=holes).name == "reference"
+
+
+def test_env_var_forces_backend(monkeypatch):
+    args, kwargs = lstm_call()
+    monkeypatch.setenv("SEQZOO_KERNELS", "lstm=reference, gru=torch")
+    assert select("lstm", *args, **kwargs).name == "reference"
+    monkeypatch.setenv("SEQZOO_KERNELS", "lstm=nonsense")
+    with pytest.raises(KernelError, match="valid: reference, torch"):
+        select("lstm", *args, **kwargs)
+    monkeypatch.setenv("SEQZOO_KERNELS", "lstm")
+    with pytest.raises(KernelError, match="op=backend"):
+        select("lstm", *args, **kwargs)
+
+
+def test_api_forcing_and_context_manager():
+    args, kwargs = lstm_call()
+    with seqzoo.use_kernel_backend("lstm", "reference"):
+        assert select("lstm", *args, **kwargs).name == "reference"
+    assert select("lstm", *args, **kwargs).name == "torch"
+    with pytest.raises(KernelError, match="unknown kernel backend for op 'lstm'.*'refrence'.*Did you mean 'reference'"):
+        seqzoo.set_kernel_backend("lstm", "refrence")
+    with pytest.raises(KernelError, match="unknown kernel op"):
+        seqzoo.set_kernel_backend("lsmt", "torch")
+
+
+def test_forced_backend_that_cannot_run_the_call_raises_instead_of_falling_back():
+    holes = torch.tensor([[1, 0, 1, 1, 1], [1, 1, 1, 1, 1]])
+    args, _ = lstm_call()
+    with seqzoo.use_kernel_backend("lstm", "torch"):
+        with pytest.raises(KernelError, match="cannot run this call.*contiguous"):
+            select("lstm", *args, mask=holes)
+
+
+def test_unavailable_backend_raises_with_available_list():
+    register_backend("lstm", "phantom", lambda *a, **k: None, priority=100, is_available=lambda: False,
+                     description="never available", replace=True)
+    try:
+        args, kwargs = lstm_call()
+        assert select("lstm", *args, **kwargs).name == "torch"  # unavailable backends are skipped automatically
+        with pytest.raises(KernelError, match="not available.*available backends: torch, reference"):
+            seqzoo.set_kernel_backend("lstm", "phantom")
+        assert available_backends("lstm") == ["torch", "reference"]
+        rows = [r for r in seqzoo.list_kernels() if r["op"] == "lstm"]
+        assert {r["backend"]: r["available"] for r in rows}["phantom"] is False
+        assert [r["backend"] for r in rows if r["selected"]] == ["torch"]
+    finally:
+        kernel_registry._OPS["lstm"].backends.pop("phantom")
+
+
+def test_choice_is_logged_once(caplog):
+    register_backend("gru", "loud", get_kernel("gru", "reference"), priority=50, replace=True)
+    try:
+        x = torch.randn(1, 2, 3)
+        h = torch.zeros(1, 2)
+        w = [torch.randn(6, 3), torch.randn(6, 2), None, None]
+        with caplog.at_level(logging.INFO, logger="seqzoo.kernels"):
+            for _ in range(3):
+                seqzoo.kernels.dispatch("gru", x, h, *w)
+        assert sum("backend 'loud'" in r.getMessage() for r in caplog.records) == 1
+    finally:
+        kernel_registry._OPS["gru"].backends.pop("loud")
+        kernel_registry._LOGGED.discard(("gru", "loud"))
+
+
+def test_kernel_plugin_entry_point(tmp_path, monkeypatch, caplog):
+    (tmp_path / "seqzoo_kernelplugin.py").write_text(
+        "def register(registry):\n"
+        "    registry.register_backend('rnn', 'plugged', 'seqzoo.kernels.rnn_cells.reference:rnn', priority=-5)\n"
+        "def broken(registry):\n"
+        "    raise ImportError('missing extension')\n"
+    )
+    dist = tmp_path / "seqzoo_kernelplugin-0.1.dist-info"
+    dist.mkdir()
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: seqzoo-kernelplugin\nVersion: 0.1\n")
+    (dist / "entry_points.txt").write_text(
+        "[seqzoo.kernels]\nplugged = seqzoo_kernelplugin:register\nbroken = seqzoo_kernelplugin:broken\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    try:
+        with caplog.at_level(logging.ERROR, logger="seqzoo.kernels"):
+            kernel_registry._load_entry_point_plugins()
+        assert "plugged" in available_backends("rnn")
+        assert "missing extension" in caplog.text
+    finally:
+        kernel_registry._OPS["rnn"].backends.pop("plugged", None)
+        sys.modules.pop("seqzoo_kernelplugin", None)
