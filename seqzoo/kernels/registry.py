@@ -22,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import difflib
 import importlib
+import importlib.util
 import logging
 import os
 import threading
@@ -69,9 +70,14 @@ class Backend:
                 self._loaded = getattr(importlib.import_module(module_name), attr)
         return self._loaded
 
+    def _module_found(self) -> bool:
+        # A lazy "module:attr" whose module is not installed cannot run here. This happens to seqzoo's own lazy
+        # backends inside the self-contained Hub export, which runs where seqzoo is not installed.
+        return callable(self.impl) or importlib.util.find_spec(self.impl.partition(":")[0]) is not None
+
     def available(self) -> bool:
         try:
-            return bool(self.is_available())
+            return bool(self.is_available()) and self._module_found()
         except Exception:  # an availability probe must never break selection
             logger.debug("availability check of %s/%s raised", self.op, self.name, exc_info=True)
             return False
@@ -125,7 +131,8 @@ def register_backend(
 
 
 def _ensure_loaded() -> None:
-    # Built-in backends are declared by importing the op packages; plugins come from entry points.
+    # Built-in backends are declared by the op packages that ``seqzoo.kernels`` imports, and Python always imports
+    # that package before this module; plugins come from entry points.
     global _plugins_loaded
     if _plugins_loaded:
         return
@@ -133,7 +140,6 @@ def _ensure_loaded() -> None:
         if _plugins_loaded:
             return
         _plugins_loaded = True
-        importlib.import_module("seqzoo.kernels")
         _load_entry_point_plugins()
 
 
