@@ -1,0 +1,123 @@
+"""Every bad input a user can give gets a ValueError naming what was wrong and what is allowed."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+from transformers import AutoModelForCausalLM
+
+import seqzoo
+
+BASE = dict(vocab_size=99, hidden_size=32, num_hidden_layers=2)
+
+
+@pytest.mark.parametrize("cls", [seqzoo.RNNConfig, seqzoo.LSTMConfig, seqzoo.GRUConfig, seqzoo.TransformerConfig])
+@pytest.mark.parametrize(
+    "field,value,message",
+    [
+        ("vocab_size", 0, "vocab_size=0 is invalid: must be >= 1"),
+        ("hidden_size", -4, "hidden_size=-4 is invalid: must be >= 1"),
+        ("num_hidden_layers", 0, "num_hidden_layers=0 is invalid: must be >= 1"),
+        ("hidden_size", 32.5, "hidden_size=32.5 is invalid: expected an integer"),
+        ("dropout", 1.5, r"dropout=1.5 is invalid: must be a probability in \[0, 1\]"),
+        ("dropout", -0.1, r"dropout=-0.1 is invalid: must be a probability"),
+        ("pad_token_id", 99, r"pad_token_id=99 is invalid: token ids must be integers in \[0, vocab_size=99\)"),
+        ("eos_token_id", -1, "eos_token_id=-1 is invalid"),
+        ("tie_word_embeddings", "yes", "tie_word_embeddings='yes' is invalid: expected true or false"),
+    ],
+)
+def test_shared_fields(cls, field, value, message):
+    kwargs = {**BASE, field: value}
+    if cls is seqzoo.TransformerConfig and field == "hidden_size" and isinstance(value, int):
+        message = "hidden_size"  # the head arithmetic may trip first; the field is still named
+    with pytest.raises(ValueError, match=message):
+        cls(**kwargs)
+
+
+@pytest.mark.parametrize(
+    "cls,kwargs,message",
+    [
+        (seqzoo.RNNConfig, dict(nonlinearity="sigmoid"), "nonlinearity='sigmoid' is invalid: allowed values are 'tanh', 'relu'"),
+        (seqzoo.RNNConfig, dict(nonlinearity="rleu"), "did you mean 'relu'"),
+        (seqzoo.LSTMConfig, dict(forget_bias="big"), "forget_bias='big' is invalid: expected a number"),
+        (seqzoo.LSTMConfig, dict(embedding_size=16), "tie_word_embeddings=True needs embedding_size == hidden_size"),
+        (seqzoo.GRUConfig, dict(embedding_size=0, tie_word_embeddings=False), "embedding_size=0 is invalid"),
+        (seqzoo.TransformerConfig, dict(num_attention_heads=5), "num_attention_heads=5 does not divide hidden_size=32"),
+        (seqzoo.TransformerConfig, dict(num_attention_heads=4, num_key_value_heads=3),
+         "num_key_value_heads=3 must divide num_attention_heads=4"),
+        (seqzoo.TransformerConfig, dict(variant="gpt3"), "variant='gpt3' is invalid: allowed values are 'vaswani', 'gpt2', 'llama'"),
+        (seqzoo.TransformerConfig, dict(hidden_act="gleu"), "hidden_act='gleu' is invalid.*did you mean 'gelu'"),
+        (seqzoo.TransformerConfig, dict(position_embedding="alibi"), "position_embedding='alibi' is invalid"),
+        (seqzoo.TransformerConfig, dict(norm_type="batchnorm"), "norm_type='batchnorm' is invalid"),
+        (seqzoo.TransformerConfig, dict(attention_dropout=2.0), "attention_dropout=2.0 is invalid"),
+        (seqzoo.TransformerConfig, dict(rope_theta=0.0), "rope_theta=0.0 is invalid: must be > 0"),
+        (seqzoo.TransformerConfig, dict(max_position_embeddings=0), "max_position_embeddings=0 is invalid"),
+        (seqzoo.TransformerConfig, dict(num_attention_heads=4, head_dim=7), "rotary positions need an even head_dim"),
+    ],
+)
+def test_architecture_fields(cls, kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        cls(**{**BASE, **kwargs})
+
+
+def test_config_json_with_bad_value_fails_on_load(tmp_path):
+    (tmp_path / "config.json").write_text('{"model_type": "seqzoo_gru", "hidden_size": 0}')
+    with pytest.raises(ValueError, match="hidden_size=0"):
+        AutoModelForCausalLM.from_pretrained(tmp_path)
+
+
+def test_positions_beyond_learned_table_raise():
+    config = seqzoo.TransformerConfig(**BASE, variant="gpt2", num_attention_heads=4, max_position_embeddings=8)
+    model = seqzoo.TransformerForCausalLM(config)
+    with pytest.raises(ValueError, match="beyond max_position_embeddings=8"):
+        model(torch.zeros(1, 9, dtype=torch.long))
+
+
+def test_inputs_embeds_and_mask_shapes():
+    model = seqzoo.LSTMForCausalLM(seqzoo.LSTMConfig(**BASE))
+    with pytest.raises(ValueError, match="exactly one of input_ids or inputs_embeds"):
+        model()
+    with pytest.raises(ValueError, match=r"inputs_embeds must have shape \(batch, sequence_length, 32\)"):
+        model(inputs_embeds=torch.zeros(1, 3, 31))
+    with pytest.raises(ValueError, match="attention_mask of shape"):
+        model(torch.zeros(2, 3, dtype=torch.long), attention_mask=torch.ones(1, 3))
+    with pytest.raises(ValueError, match="labels must have shape"):
+        model(torch.zeros(2, 3, dtype=torch.long), labels=torch.zeros(2, 4, dtype=torch.long))
+    with pytest.raises(ValueError, match="RecurrentCache"):
+        model(torch.zeros(2, 3, dtype=torch.long), past_key_values=("not", "a cache"))
+
+
+@pytest.fixture
+def saved_lstm(tmp_path):
+    model = seqzoo.LSTMForCausalLM(seqzoo.LSTMConfig(**BASE))
+    model.save_pretrained(tmp_path)
+    return tmp_path
+
+
+def test_checkpoint_of_another_architecture(saved_lstm):
+    with pytest.raises(ValueError, match="holds a 'seqzoo_lstm' model, not 'seqzoo_gru'"):
+        seqzoo.GRUForCausalLM.from_pretrained(saved_lstm)
+
+
+def test_checkpoint_with_missing_tensor(saved_lstm):
+    weights = load_file(saved_lstm / "model.safetensors")
+    del weights["model.layers.1.weight_hh"]
+    save_file(weights, saved_lstm / "model.safetensors", metadata={"format": "pt"})
+    with pytest.raises(ValueError, match="missing tensors: model.layers.1.weight_hh"):
+        AutoModelForCausalLM.from_pretrained(saved_lstm)
+    model = AutoModelForCausalLM.from_pretrained(saved_lstm, strict=False)  # explicit opt-out still loads
+    assert model.model.layers[1].weight_hh.shape == (128, 32)
+
+
+def test_checkpoint_with_misshaped_tensor(saved_lstm):
+    weights = load_file(saved_lstm / "model.safetensors")
+    weights["model.layers.0.bias_ih"] = torch.zeros(7)
+    save_file(weights, saved_lstm / "model.safetensors", metadata={"format": "pt"})
+    with pytest.raises(ValueError, match=r"mis-shaped tensors: model.layers.0.bias_ih \(checkpoint \(7,\), model \(128,\)\)"):
+        AutoModelForCausalLM.from_pretrained(saved_lstm)
+
+
+def test_missing_checkpoint_folder(tmp_path):
+    with pytest.raises(OSError):
+        AutoModelForCausalLM.from_pretrained(tmp_path / "nowhere")
