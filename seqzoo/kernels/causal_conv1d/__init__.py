@@ -1,0 +1,11 @@
+"""Op ``causal_conv1d``: depthwise causal convolution over (B, T, D) with a carried (B, D, K-1) input history."""
+
+from seqzoo.kernels.registry import register_backend, register_op
+
+from . import chunked, reference
+
+register_op("causal_conv1d", "depthwise causal conv1d with exact padding (masked positions are skipped)")
+register_backend("causal_conv1d", "reference", reference.causal_conv1d, priority=0,
+                 description="explicit per-token window loop in PyTorch")
+register_backend("causal_conv1d", "chunked", chunked.causal_conv1d, priority=10, supports=chunked.supports,
+                 description="one grouped F.conv1d over the (compacted) sequence")

@@ -1,0 +1,61 @@
+"""Vectorized depthwise causal conv: the whole sequence in one grouped ``F.conv1d``.
+
+Same signature and semantics as ``reference.py``. A convolution has no recurrence to chunk, so "chunked" is a single
+call over all T positions. Padding is made exact by compaction: each row's valid tokens are gathered to the front in
+order (a stable sort of the mask), initial_state is prepended, the convolution runs on the compacted rows, and each
+valid position reads back the output at its compacted index (cumsum(mask) - 1). The final state is the K-1 inputs
+that precede compacted position n (n = number of valid tokens), i.e. the last K-1 inputs the row really saw.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from .reference import activate, check_inputs, compute_dtype
+
+
+def supports(x, weight, bias=None, *, initial_state=None, activation=None, mask=None):
+    # Every valid call runs here; invalid ones fall through so that the kernel raises a precise ValueError.
+    return True, ""
+
+
+def causal_conv1d(x, weight, bias=None, *, initial_state=None, activation=None, mask=None):
+    """Depthwise causal conv over (B, T, D); returns (y, final_state). Formulas in ``reference.py``."""
+    check_inputs(x, weight, bias, initial_state, activation, mask)
+    batch, length, channels = x.shape
+    dtype = compute_dtype(x, weight, bias, initial_state)
+    width = weight.shape[1]
+    if initial_state is None:
+        history = x.new_zeros(batch, width - 1, channels, dtype=dtype)
+    else:
+        history = initial_state.to(dtype).transpose(1, 2)  # (B, K-1, D)
+    if length == 0:
+        return x.new_zeros(batch, 0, channels), history.transpose(1, 2)
+
+    xs = x.to(dtype)
+    valid = None
+    if mask is not None:
+        valid = mask.to(torch.bool)
+        if bool(valid.all()):
+            valid = None
+    if valid is not None:
+        # Valid tokens first, in their original order; the padded tail only feeds outputs that are never read.
+        order = torch.sort((~valid).to(torch.uint8), dim=1, stable=True).indices  # (B, T)
+        xs = xs.gather(1, order[..., None].expand(-1, -1, channels))
+
+    sequence = torch.cat([history, xs], dim=1)  # (B, K-1+T, D)
+    bias_c = None if bias is None else bias.to(dtype)
+    y = F.conv1d(sequence.transpose(1, 2), weight.to(dtype)[:, None, :], bias_c, groups=channels)  # (B, D, T)
+    y = activate(y.transpose(1, 2), activation)  # (B, T, D)
+
+    if valid is None:
+        final = sequence[:, length:]  # (B, K-1, D)
+    else:
+        compact_pos = (valid.long().cumsum(dim=1) - 1).clamp(min=0)  # (B, T)
+        y = y.gather(1, compact_pos[..., None].expand(-1, -1, channels))
+        y = torch.where(valid[..., None], y, torch.zeros_like(y))
+        count = valid.sum(dim=1)  # (B,)
+        tail = count[:, None] + torch.arange(width - 1, device=x.device)  # (B, K-1)
+        final = sequence.gather(1, tail[..., None].expand(-1, -1, channels))
+    return y.to(x.dtype), final.transpose(1, 2).contiguous()
