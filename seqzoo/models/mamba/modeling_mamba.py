@@ -56,6 +56,15 @@ class MambaBlock(GradientCheckpointingLayer):
         return residual + mixed, new_state
 
 
+def resolve_cache_alias(past_key_values: Any, cache_params: Any) -> Any:
+    """transformers' Mamba calls the cache ``cache_params``; seqzoo accepts either name (not two different caches)."""
+    if cache_params is None:
+        return past_key_values
+    if past_key_values is not None and past_key_values is not cache_params:
+        raise ValueError("pass the cache as past_key_values or as cache_params, not two different caches")
+    return cache_params
+
+
 def run_state_space_stack(
     model: nn.Module,
     config: Any,
@@ -69,11 +78,7 @@ def run_state_space_stack(
 ) -> BaseModelOutputWithPast:
     """The backbone forward shared by Mamba and Mamba-2: embed, run the blocks with their cached states, norm."""
     _, length = check_inputs(config, input_ids, inputs_embeds, attention_mask)
-    if cache_params is not None:
-        # transformers' Mamba calls the cache ``cache_params``; accept it as an alias.
-        if past_key_values is not None and past_key_values is not cache_params:
-            raise ValueError("pass the cache as past_key_values or as cache_params, not two different caches")
-        past_key_values = cache_params
+    past_key_values = resolve_cache_alias(past_key_values, cache_params)
     use_cache = use_cache if use_cache is not None else (config.use_cache and not model.training)
     output_hidden_states = output_hidden_states if output_hidden_states is not None else config.output_hidden_states
     cache: RecurrentCache | None = new_recurrent_cache(config, past_key_values, use_cache or past_key_values is not None)
@@ -161,6 +166,14 @@ class MambaModel(MambaPreTrainedModel):
 
 class MambaForCausalLM(MambaPreTrainedModel, SeqzooForCausalLM):
     base_model_class = MambaModel
+
+    def generate(self, *args: Any, cache_params: RecurrentCache | None = None, **kwargs: Any) -> Any:
+        """transformers' ``generate``; ``cache_params=`` (transformers' Mamba name) is an alias of ``past_key_values``
+        (generate only slices already-cached prompt tokens off for the latter)."""
+        cache = resolve_cache_alias(kwargs.pop("past_key_values", None), cache_params)
+        if cache is not None:
+            kwargs["past_key_values"] = cache
+        return super().generate(*args, **kwargs)
 
 
 __all__ = ["MambaForCausalLM", "MambaModel", "MambaPreTrainedModel"]

@@ -18,7 +18,7 @@ from seqzoo.cache import RecurrentCache
 from seqzoo.layers.mamba import CausalDepthwiseConv1d, MambaState, init_linear_like_torch
 from seqzoo.layers.mamba2 import GatedRMSNorm, Mamba2Mixer
 from seqzoo.layers.norms import RMSNorm
-from seqzoo.models.mamba.modeling_mamba import run_state_space_stack
+from seqzoo.models.mamba.modeling_mamba import resolve_cache_alias, run_state_space_stack
 from seqzoo.models.modeling_utils import SeqzooForCausalLM, SeqzooPreTrainedModel
 
 from .configuration_mamba2 import Mamba2Config
@@ -114,6 +114,14 @@ class Mamba2Model(Mamba2PreTrainedModel):
 
 class Mamba2ForCausalLM(Mamba2PreTrainedModel, SeqzooForCausalLM):
     base_model_class = Mamba2Model
+
+    def generate(self, *args: Any, cache_params: RecurrentCache | None = None, **kwargs: Any) -> Any:
+        """transformers' ``generate``; ``cache_params=`` (transformers' Mamba-2 name) is an alias of
+        ``past_key_values`` (generate only slices already-cached prompt tokens off for the latter)."""
+        cache = resolve_cache_alias(kwargs.pop("past_key_values", None), cache_params)
+        if cache is not None:
+            kwargs["past_key_values"] = cache
+        return super().generate(*args, **kwargs)
 
 
 __all__ = ["Mamba2ForCausalLM", "Mamba2Model", "Mamba2PreTrainedModel"]
