@@ -1,0 +1,100 @@
+"""The RWKV-LM x070 ``.pth`` converter: files, the CLI, dtypes, and clear errors for anything that is not x070.
+(Numerical parity with the reference formulas is tests/models/test_rwkv7_reference.py.)"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM
+
+import seqzoo
+from seqzoo.cli import main as seqzoo_main
+from seqzoo.conversions.rwkv7 import convert_rwkv7, convert_rwkv7_file
+from tests.models.test_rwkv7_reference import random_x070_checkpoint
+
+IDS = torch.tensor([[5, 17, 33, 8, 61, 12, 40, 3, 50], [9, 3, 60, 44, 21, 6, 2, 13, 7]])
+
+
+@pytest.fixture(scope="module")
+def checkpoint():
+    return random_x070_checkpoint(vocab=67, hidden=32, layers=2, head_size=16, ffn=72, seed=5)
+
+
+@pytest.fixture
+def pth(checkpoint, tmp_path):
+    path = tmp_path / "rwkv7.pth"
+    torch.save({k: v.to(torch.bfloat16) for k, v in checkpoint.items()}, path)  # RWKV-LM saves bf16
+    return path
+
+
+def test_file_to_folder_and_back(pth, tmp_path):
+    model = convert_rwkv7_file(pth, tmp_path / "out", bos_token_id=0, eos_token_id=0)
+    assert isinstance(model, seqzoo.RWKV7ForCausalLM)
+    assert model.dtype == torch.bfloat16  # the checkpoint's dtype by default
+    assert model.config.bos_token_id == 0 and model.config.num_hidden_layers == 2 and model.config.head_size == 16
+    loaded = AutoModelForCausalLM.from_pretrained(tmp_path / "out").eval()
+    assert type(loaded) is seqzoo.RWKV7ForCausalLM
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(IDS).logits, model(IDS).logits, rtol=0, atol=0)
+
+
+def test_cli_converts_and_sets_fields(pth, tmp_path, capsys):
+    code = seqzoo_main(["convert", "rwkv7", str(pth), str(tmp_path / "cli"), "--dtype", "float32",
+                        "--set", "eos_token_id=0"])
+    assert code == 0 and "RWKV7ForCausalLM" in capsys.readouterr().out
+    loaded = AutoModelForCausalLM.from_pretrained(tmp_path / "cli")
+    assert loaded.dtype == torch.float32 and loaded.config.eos_token_id == 0
+    direct = convert_rwkv7(pth, dtype=torch.float32)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(IDS).logits, direct(IDS).logits, rtol=0, atol=0)
+
+
+def test_cli_reports_a_bad_checkpoint_plainly(checkpoint, tmp_path, capsys):
+    bad = dict(checkpoint)
+    del bad["blocks.1.att.k_k"]
+    torch.save(bad, tmp_path / "bad.pth")
+    assert seqzoo_main(["convert", "rwkv7", str(tmp_path / "bad.pth"), str(tmp_path / "out")]) == 2
+    assert "missing tensors blocks.1.att.k_k" in capsys.readouterr().err
+
+
+def renamed(checkpoint, old, new):
+    return {key.replace(old, new): value for key, value in checkpoint.items()}
+
+
+@pytest.mark.parametrize(
+    "make, message",
+    [
+        # other RWKV generations, recognised by their keys
+        (lambda sd: {**sd, "blocks.0.att.time_maa_x": torch.zeros(1, 1, 32)}, r"RWKV-6 \(x060\), not RWKV-7 x070"),
+        (lambda sd: {**sd, "blocks.0.att.time_faaaa": torch.zeros(2, 16)}, r"RWKV-5 \(x052\)"),
+        (lambda sd: {**sd, "blocks.0.att.time_first": torch.zeros(32)}, r"RWKV-4, not RWKV-7"),
+        (lambda sd: {**sd, "blocks.0.ffn.s_emb.weight": torch.zeros(67, 32)}, r"RWKV-7 with DeepEmbed"),
+        # not RWKV at all
+        (lambda sd: {"transformer.wte.weight": torch.zeros(3, 4)}, r"not an RWKV-7 x070 checkpoint: missing "
+                                                                    r"'emb.weight'"),
+        # x070, but damaged
+        (lambda sd: {k: v for k, v in sd.items() if k != "ln_out.bias"}, r"missing tensors ln_out.bias"),
+        (lambda sd: {**sd, "blocks.1.att.w2": torch.zeros(9, 32)},
+         r"mis-shaped tensors blocks.1.att.w2 \(source \(9, 32\), expected \(8, 32\)\)"),
+        (lambda sd: {**sd, "blocks.0.att.x_r": torch.zeros(1, 1, 31)},
+         r"blocks.0.att.x_r \(source \(1, 1, 31\), expected \(32,\)\)"),
+        (lambda sd: {**sd, "blocks.1.att.extra": torch.zeros(3)}, r"unexpected tensors blocks.1.att.extra"),
+        (lambda sd: {**sd, "blocks.0.att.r_k": torch.zeros(2, 8)}, r"heads \* head_size must equal the "
+                                                                    r"embedding width 32"),
+        (lambda sd: renamed(sd, "blocks.1.", "blocks.2."), r"missing tensors blocks.1.ln1.weight, blocks.1.ln1.bias"),
+        (lambda sd: [1, 2], r"must be a dict of tensor names to tensors"),
+    ],
+    ids=["rwkv6", "rwkv5", "rwkv4", "deepembed", "not-rwkv", "missing", "misshaped-lora", "misshaped-vector",
+         "unexpected", "head-size", "layer-gap", "not-a-dict"],
+)
+def test_not_x070_raises_naming_the_problem(checkpoint, make, message):
+    # make: builds the bad source from a good x070 state dict; message: what the error must say
+    with pytest.raises(ValueError, match=message):
+        convert_rwkv7(make(dict(checkpoint)))
+
+
+def test_settable_fields_only(checkpoint, tmp_path):
+    with pytest.raises(ValueError, match="cannot set hidden_size when converting.*settable fields are pad_token_id"):
+        convert_rwkv7(checkpoint, hidden_size=64)
+    with pytest.raises(ValueError, match="does not exist"):
+        convert_rwkv7(tmp_path / "nothing.pth")
