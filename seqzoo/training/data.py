@@ -1,0 +1,321 @@
+"""Training data that needs no download: synthetic memory tasks and byte-level text corpora.
+
+Every source answers two questions with tensors of shape (batch, seq_len): ``train_batch(step, batch_size)`` --
+the global batch of optimizer step ``step`` -- and ``eval_sets()`` -- fixed named evaluation sets. Inputs and
+targets are already aligned (``targets[:, t]`` is the token after ``inputs[:, t]``, -100 where nothing is scored),
+so a sequence can be cut into chunks for truncated BPTT without losing the targets at chunk borders.
+
+A batch is a pure function of (seed, step). Every process builds the same global batch and takes its own rows, so
+one process and N processes train on identical data, and a resumed run needs nothing but the step to continue.
+
+Memory tasks (vocabulary: 0 pad, 1 blank, 2 go/cue, then ``symbols`` content tokens). ``distance`` is the number
+of filler tokens between what must be remembered and the moment it is asked for:
+
+- ``copy``: k symbols, ``distance`` blanks, go, then the k symbols again (Hochreiter & Schmidhuber 1997).
+- ``selective_copy``: k symbols scattered among ``distance`` blanks, go, then the k symbols in order (Gu & Dao 2023).
+- ``associative_recall``: k key-value pairs, ``distance`` blanks, then every key again in random order, each
+  followed by its value -- many queries per sequence (Ba et al. 2016; Arora et al. 2023, MQAR).
+- ``induction``: cue, k symbols, ``distance`` random symbols, cue, then the same k symbols (Olsson et al. 2022).
+
+A sample is right-aligned in ``seq_len`` tokens and preceded by blanks, so samples of different distances share
+one batch without padding masks.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+from seqzoo.tokenizer import EOS_TOKEN_ID, VOCAB_SIZE
+
+IGNORE = -100
+PAD, BLANK, GO = 0, 1, 2
+FIRST_SYMBOL = 3
+DEFAULT_TEXT_SEQ_LEN = 128
+_EVAL_STREAM = 1 << 31  # eval sets draw from a random stream no training step reaches
+
+
+def _generator(seed: int, stream: int) -> torch.Generator:
+    # torch's CPU generator keeps only the low 32 bits of a seed, so (seed, stream) is hashed into them rather
+    # than packed side by side (which would make every seed draw the same batches).
+    digest = hashlib.blake2b(f"{seed}/{stream}".encode(), digest_size=4).digest()
+    return torch.Generator().manual_seed(int.from_bytes(digest, "little"))
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Memory tasks: each returns the full token sequences S (B, n + 1) and a bool mask of the tokens that are answers.
+
+
+def _symbols(gen: torch.Generator, shape: tuple[int, ...], low: int, high: int) -> torch.Tensor:
+    return torch.randint(FIRST_SYMBOL + low, FIRST_SYMBOL + high, shape, generator=gen)
+
+
+def _answers_at_end(batch: int, length: int, count: int) -> torch.Tensor:
+    answer = torch.zeros(batch, length, dtype=torch.bool)
+    answer[:, length - count:] = True
+    return answer
+
+
+def copy_task(gen: torch.Generator, batch: int, distance: int, symbols: int, items: int):
+    content = _symbols(gen, (batch, items), 0, symbols)
+    blanks = torch.full((batch, distance), BLANK)
+    go = torch.full((batch, 1), GO)
+    seq = torch.cat([content, blanks, go, content], dim=1)
+    return seq, _answers_at_end(batch, seq.shape[1], items)
+
+
+def selective_copy_task(gen: torch.Generator, batch: int, distance: int, symbols: int, items: int):
+    region = torch.full((batch, distance), BLANK)
+    # Random distinct positions, kept in order: the model must output the symbols in the order they appeared.
+    positions = torch.rand(batch, distance, generator=gen).argsort(dim=1)[:, :items].sort(dim=1).values
+    content = _symbols(gen, (batch, items), 0, symbols)
+    region.scatter_(1, positions, content)
+    seq = torch.cat([region, torch.full((batch, 1), GO), content], dim=1)
+    return seq, _answers_at_end(batch, seq.shape[1], items)
+
+
+def associative_recall_task(gen: torch.Generator, batch: int, distance: int, symbols: int, items: int):
+    half = symbols // 2  # keys come from the first half of the symbols, values from the second
+    keys = torch.rand(batch, half, generator=gen).argsort(dim=1)[:, :items] + FIRST_SYMBOL  # distinct per row
+    values = _symbols(gen, (batch, items), half, symbols)
+    order = torch.rand(batch, items, generator=gen).argsort(dim=1)
+    pairs = torch.stack([keys, values], dim=2).reshape(batch, 2 * items)
+    queries = torch.stack([keys.gather(1, order), values.gather(1, order)], dim=2).reshape(batch, 2 * items)
+    seq = torch.cat([pairs, torch.full((batch, distance), BLANK), queries], dim=1)
+    answer = torch.zeros_like(seq, dtype=torch.bool)
+    answer[:, -2 * items + 1::2] = True  # the value after each queried key
+    return seq, answer
+
+
+def induction_task(gen: torch.Generator, batch: int, distance: int, symbols: int, items: int):
+    pattern = _symbols(gen, (batch, items), 0, symbols)
+    noise = _symbols(gen, (batch, distance), 0, symbols)
+    cue = torch.full((batch, 1), GO)
+    seq = torch.cat([cue, pattern, noise, cue, pattern], dim=1)
+    return seq, _answers_at_end(batch, seq.shape[1], items)
+
+
+TaskFn = Callable[[torch.Generator, int, int, int, int], tuple[torch.Tensor, torch.Tensor]]
+TASKS: dict[str, TaskFn] = {
+    "copy": copy_task,
+    "selective_copy": selective_copy_task,
+    "associative_recall": associative_recall_task,
+    "induction": induction_task,
+}
+
+
+def task_length(task: str, distance: int, items: int) -> int:
+    """Tokens a model reads for one sample (inputs, i.e. the sequence minus its last token)."""
+    return {"copy": 2 * items + distance, "selective_copy": distance + items,
+            "associative_recall": 4 * items + distance - 1, "induction": 2 * items + distance + 1}[task]
+
+
+class MemoryTask:
+    """A synthetic memory task at one or more distances; each training sample draws its distance uniformly."""
+
+    def __init__(self, task: str, distances: list[int], symbols: int, items: int, seq_len: int | None,
+                 eval_samples: int, seed: int) -> None:
+        if task not in TASKS:
+            raise ValueError(f"unknown task {task!r}; allowed: {', '.join(TASKS)}")
+        if task == "associative_recall" and items > symbols // 2:
+            raise ValueError(
+                f"associative_recall with items={items} needs items <= symbols // 2 distinct keys; symbols={symbols} "
+                f"allows at most {symbols // 2}"
+            )
+        if task == "selective_copy" and min(distances) < items:
+            raise ValueError(
+                f"selective_copy scatters items={items} symbols among `distance` blanks, so every distance must be "
+                f">= {items}; got distances={distances}"
+            )
+        needed = max(task_length(task, d, items) for d in distances)
+        if seq_len is not None and seq_len < needed:
+            raise ValueError(
+                f"data.seq_len={seq_len} is shorter than task {task!r} needs at distance {max(distances)} with "
+                f"items={items}: {needed} tokens"
+            )
+        self.task, self.distances, self.symbols, self.items = task, sorted(distances), symbols, items
+        self.seq_len = seq_len or needed
+        self.eval_samples, self.seed = eval_samples, seed
+        self.vocab_size = FIRST_SYMBOL + symbols
+        self.name = f"task:{task}"
+
+    def model_overrides(self) -> dict[str, Any]:
+        """Config fields a model needs for this vocabulary (the byte tokenizer's special ids do not exist here)."""
+        return {"vocab_size": self.vocab_size, "pad_token_id": PAD, "bos_token_id": None, "eos_token_id": None}
+
+    def describe(self) -> dict[str, Any]:
+        return {"name": self.name, "task": self.task, "distances": self.distances, "symbols": self.symbols,
+                "items": self.items, "seq_len": self.seq_len, "vocab_size": self.vocab_size}
+
+    def _samples(self, gen: torch.Generator, distances: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        batch, width = distances.shape[0], self.seq_len + 1
+        seq = torch.full((batch, width), BLANK, dtype=torch.long)
+        answer = torch.zeros((batch, width), dtype=torch.bool)
+        for distance in distances.unique().tolist():
+            rows = (distances == distance).nonzero().squeeze(1)
+            part, part_answer = TASKS[self.task](gen, rows.numel(), distance, self.symbols, self.items)
+            seq[rows, width - part.shape[1]:] = part
+            answer[rows, width - part.shape[1]:] = part_answer
+        targets = torch.where(answer[:, 1:], seq[:, 1:], IGNORE)
+        return seq[:, :-1].contiguous(), targets
+
+    def train_batch(self, step: int, batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+        gen = _generator(self.seed, step)
+        choice = torch.randint(len(self.distances), (batch_size,), generator=gen)
+        return self._samples(gen, torch.tensor(self.distances)[choice])
+
+    def eval_sets(self) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+        sets = {}
+        for distance in self.distances:
+            gen = _generator(self.seed, _EVAL_STREAM + distance)
+            sets[f"distance={distance}"] = self._samples(gen, torch.full((self.eval_samples,), distance))
+        return sets
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Byte-level corpora: documents -> one token stream (bytes, EOS after each document) -> windows.
+
+
+class TokenStream:
+    """Non-overlapping windows of a token stream; the last ``eval_fraction`` of it is held out for evaluation.
+
+    Training samples are visited in a fresh random order each epoch (seeded), so batch ``step`` is fixed.
+    """
+
+    def __init__(self, tokens: torch.Tensor, name: str, seq_len: int | None, eval_fraction: float,
+                 eval_samples: int, seed: int) -> None:
+        self.seq_len = seq_len or DEFAULT_TEXT_SEQ_LEN
+        self.name, self.seed, self.eval_samples = name, seed, eval_samples
+        split = int(len(tokens) * (1 - eval_fraction))
+        self.train_tokens, self.eval_tokens = tokens[:split], tokens[split:]
+        for part, what in ((self.train_tokens, "training"), (self.eval_tokens, "evaluation")):
+            if len(part) < self.seq_len + 1:
+                raise ValueError(
+                    f"data.seq_len={self.seq_len} is longer than the {what} split of {name} ({len(part):,} tokens "
+                    f"of {len(tokens):,}; each sample needs seq_len + 1): use a shorter seq_len or more text"
+                )
+        self.num_samples = (len(self.train_tokens) - 1) // self.seq_len
+        self.vocab_size = VOCAB_SIZE
+        self._order: tuple[int, torch.Tensor] | None = None
+
+    def model_overrides(self) -> dict[str, Any]:
+        return {}
+
+    def describe(self) -> dict[str, Any]:
+        return {"name": self.name, "seq_len": self.seq_len, "train_tokens": len(self.train_tokens),
+                "eval_tokens": len(self.eval_tokens), "tokenizer": "seqzoo byte tokenizer (UTF-8 bytes, EOS 257)"}
+
+    def _epoch_order(self, epoch: int) -> torch.Tensor:
+        if self._order is None or self._order[0] != epoch:
+            self._order = (epoch, torch.randperm(self.num_samples, generator=_generator(self.seed, epoch)))
+        return self._order[1]
+
+    def _window(self, tokens: torch.Tensor, index: int) -> torch.Tensor:
+        start = index * self.seq_len
+        return tokens[start:start + self.seq_len + 1].long()
+
+    def train_batch(self, step: int, batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+        rows = []
+        for sample in range(step * batch_size, (step + 1) * batch_size):
+            epoch, position = divmod(sample, self.num_samples)
+            rows.append(self._window(self.train_tokens, int(self._epoch_order(epoch)[position])))
+        windows = torch.stack(rows)
+        return windows[:, :-1], windows[:, 1:]
+
+    def eval_sets(self) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+        count = min(self.eval_samples, (len(self.eval_tokens) - 1) // self.seq_len)
+        windows = torch.stack([self._window(self.eval_tokens, i) for i in range(count)])
+        return {"validation": (windows[:, :-1], windows[:, 1:])}
+
+
+def tokens_from_documents(documents: list[str]) -> torch.Tensor:
+    """UTF-8 bytes of each document followed by EOS -- exactly what the byte tokenizer produces for them."""
+    pieces = []
+    eos = torch.tensor([EOS_TOKEN_ID], dtype=torch.int16)
+    for doc in documents:
+        pieces.append(torch.frombuffer(bytearray(doc.encode("utf-8")), dtype=torch.uint8).to(torch.int16))
+        pieces.append(eos)
+    if not pieces:
+        raise ValueError("the corpus has no documents")
+    return torch.cat(pieces)
+
+
+def pydoc_documents() -> list[str]:
+    """The Python documentation topics that ship with every CPython (``pydoc_data.topics``), in a fixed order."""
+    try:
+        from pydoc_data.topics import topics
+    except ImportError as err:
+        raise ValueError(
+            "data.source='pydoc' reads pydoc_data.topics, which this Python install lacks (some distributions "
+            "split it off); use data.source='text' with a text file instead"
+        ) from err
+    return [topics[key] for key in sorted(topics)]
+
+
+def read_text_file(path: str | Path) -> str:
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"data file {str(path)!r} does not exist" if not path.exists()
+                         else f"data file {str(path)!r} is not a file")
+    raw = path.read_bytes()
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise ValueError(
+            f"data file {str(path)!r} is not UTF-8 text: byte 0x{raw[err.start]:02x} at offset {err.start} is "
+            f"invalid (data.source='text' trains on UTF-8 text files)"
+        ) from err
+    if "\x00" in text:
+        raise ValueError(
+            f"data file {str(path)!r} is not text: it holds NUL bytes (first at offset {text.index(chr(0))}); "
+            f"data.source='text' trains on UTF-8 text files"
+        )
+    return text
+
+
+def dataset_documents(dataset: Any, column: str) -> list[str]:
+    """Texts from a ``datasets.Dataset`` (or any object indexable by column name), or a DatasetDict's train split."""
+    if hasattr(dataset, "keys") and hasattr(dataset, "column_names") and isinstance(dataset.column_names, dict):
+        if "train" not in dataset:
+            raise ValueError(f"the DatasetDict has no 'train' split; it has {', '.join(dataset.keys())}")
+        dataset = dataset["train"]
+    columns = getattr(dataset, "column_names", None)
+    if columns is not None and column not in columns:
+        raise ValueError(f"the dataset has no column {column!r} (data.text_column); columns: {', '.join(columns)}")
+    texts = dataset[column]
+    bad = next((i for i, t in enumerate(texts) if not isinstance(t, str)), None)
+    if bad is not None:
+        raise ValueError(f"dataset column {column!r} must hold strings; row {bad} is {type(texts[bad]).__name__}")
+    return list(texts)
+
+
+def load_dataset_folder(path: str) -> Any:
+    if not Path(path).exists():
+        raise ValueError(f"data.path {path!r} does not exist (data.source='dataset' expects a save_to_disk folder)")
+    try:
+        import datasets
+    except ImportError as err:
+        raise ValueError("data.source='dataset' needs the `datasets` package: pip install datasets") from err
+    return datasets.load_from_disk(path)
+
+
+def build_data(data: Any, seed: int, dataset: Any = None) -> MemoryTask | TokenStream:
+    """The training data a recipe's ``data`` section describes. ``dataset`` (a datasets object) overrides the
+    source for the Python API."""
+    if dataset is not None or data.source == "dataset":
+        source = dataset if dataset is not None else load_dataset_folder(data.path)
+        name = f"dataset:{data.path}" if dataset is None else f"dataset:{type(dataset).__name__}"
+        tokens = tokens_from_documents(dataset_documents(source, data.text_column))
+    elif data.source == "task":
+        return MemoryTask(data.task, data.distances, data.symbols, data.items, data.seq_len, data.eval_samples, seed)
+    elif data.source == "text":
+        paths = [data.path] if isinstance(data.path, str) else list(data.path)
+        tokens = tokens_from_documents([read_text_file(p) for p in paths])
+        name = "text:" + ",".join(paths)
+    else:
+        tokens = tokens_from_documents(pydoc_documents())
+        name = "pydoc_data.topics"
+    return TokenStream(tokens, name, data.seq_len, data.eval_fraction, data.eval_samples, seed)

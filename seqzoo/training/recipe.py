@@ -1,0 +1,339 @@
+"""Training recipes: a YAML file (or a preset in ``configs/``) read into a validated dataclass tree.
+
+A recipe has four sections -- ``model``, ``data``, ``optim``, ``train`` -- plus ``name`` and ``output_dir``.
+Every field is checked when the recipe is built; an unknown or badly typed field raises ``ValueError`` naming the
+field, the value seen and what is allowed. Overrides from the command line are ``key=value`` pairs where ``key`` is
+a dotted path (``train.max_steps=100``, ``model.config.dropout=0.1``) or a field name that exists in only one
+section (``max_steps=100``).
+
+``run_id`` hashes the fields that shape the training trajectory, so ``--resume`` can refuse a checkpoint that
+another recipe wrote.
+"""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+import json
+import types
+import typing
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+RECIPE_DIR = Path(__file__).resolve().parent.parent / "configs"
+DATA_SOURCES = ("pydoc", "text", "dataset", "task")
+SCHEDULES = ("cosine", "linear", "constant")
+MIXED_PRECISION = ("no", "fp16", "bf16")
+# Fields that change what is logged or kept on disk but never the weights a run ends with; a resumed run may
+# change them (for example to checkpoint more often).
+NOT_IN_RUN_ID = ("name", "output_dir", "data.eval_samples", "train.eval_every", "train.save_every",
+                 "train.save_total_limit", "train.log_every")
+
+
+@dataclass
+class ModelSection:
+    preset: str = "lstm-tiny"  # a name from seqzoo.list_models()
+    config: dict[str, Any] = field(default_factory=dict)  # config field overrides, e.g. {dropout: 0.1}
+
+
+@dataclass
+class DataSection:
+    source: str = "pydoc"  # pydoc | text | dataset | task
+    path: str | list[str] | None = None  # text: file(s); dataset: a folder written by datasets' save_to_disk
+    text_column: str = "text"  # dataset: the column holding the text
+    seq_len: int | None = None  # tokens per training sequence; corpora default to 128, tasks to what they need
+    eval_fraction: float = 0.05  # corpora: the tail of the token stream held out for evaluation
+    eval_samples: int = 64  # sequences evaluated (per distance for tasks)
+    task: str | None = None  # copy | associative_recall | selective_copy | induction
+    distances: list[int] = field(default_factory=lambda: [8, 32])  # tasks: each sample draws one of these
+    symbols: int = 16  # tasks: size of the content vocabulary
+    items: int = 4  # tasks: symbols to copy, key-value pairs to recall
+
+
+@dataclass
+class OptimSection:
+    lr: float = 3e-3
+    weight_decay: float = 0.01
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.95])
+    eps: float = 1e-8
+    warmup_steps: int = 20
+    schedule: str = "cosine"  # cosine | linear | constant (after warmup)
+    min_lr_ratio: float = 0.1  # where cosine/linear decay ends, as a fraction of lr
+    max_grad_norm: float = 1.0  # 0 disables clipping (the norm is still measured)
+
+
+@dataclass
+class TrainSection:
+    max_steps: int = 200
+    batch_size: int = 32  # global: sequences per optimizer step over all processes and accumulation steps
+    gradient_accumulation_steps: int = 1
+    mixed_precision: str = "no"  # no | fp16 | bf16
+    seed: int = 0
+    eval_every: int = 100  # 0 = only at the end
+    save_every: int = 0  # checkpoint every N steps; 0 = no checkpoints
+    save_total_limit: int = 2  # checkpoints kept (oldest deleted first)
+    log_every: int = 10
+    tbptt_chunk: int = 0  # > 0: truncated BPTT in chunks of this many tokens (recurrent architectures only)
+    deterministic: bool = False  # torch.use_deterministic_algorithms(True)
+    vanishing_grad_norm: float = 1e-6  # a step whose gradient norm falls below this is flagged "vanishing"
+    exploding_grad_norm: float = 1e3  # above this (or non-finite) it is flagged "exploding"
+    skip_nonfinite_steps: bool = True  # drop the update of a step whose gradient is NaN/inf
+
+
+@dataclass
+class Recipe:
+    name: str = "run"
+    output_dir: str | None = None  # default: runs/<name>
+    model: ModelSection = field(default_factory=ModelSection)
+    data: DataSection = field(default_factory=DataSection)
+    optim: OptimSection = field(default_factory=OptimSection)
+    train: TrainSection = field(default_factory=TrainSection)
+
+    def __post_init__(self) -> None:
+        if self.output_dir is None:
+            self.output_dir = str(Path("runs") / self.name)
+        self.validate()
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+    @property
+    def run_id(self) -> str:
+        """12 hex digits identifying the training trajectory this recipe describes."""
+        canonical = json.dumps(trajectory_fields(self.to_dict()), sort_keys=True)
+        return hashlib.sha256(canonical.encode()).hexdigest()[:12]
+
+    def validate(self) -> None:
+        import seqzoo
+
+        d, o, t = self.data, self.optim, self.train
+        _check(isinstance(self.name, str) and self.name != "", "name", self.name, "a non-empty string")
+        presets = seqzoo.list_models()
+        _check(self.model.preset in presets, "model.preset", self.model.preset,
+               f"a model preset, one of {', '.join(presets)}", choices=presets)
+        _check(d.source in DATA_SOURCES, "data.source", d.source, f"one of {', '.join(DATA_SOURCES)}")
+        if d.source in ("text", "dataset"):
+            _check(d.path is not None, "data.path", d.path, f"a path (data.source={d.source!r} reads one)")
+        if d.source == "task":
+            from seqzoo.training.data import TASKS
+
+            _check(d.task in TASKS, "data.task", d.task, f"one of {', '.join(TASKS)}", choices=list(TASKS))
+            _check(len(d.distances) > 0 and all(x >= 1 for x in d.distances), "data.distances", d.distances,
+                   "a non-empty list of integers >= 1")
+            _check(d.symbols >= 2, "data.symbols", d.symbols, "an integer >= 2")
+            _check(d.items >= 1, "data.items", d.items, "an integer >= 1")
+        _check(d.seq_len is None or d.seq_len >= 1, "data.seq_len", d.seq_len, "an integer >= 1 or null")
+        _check(0.0 < d.eval_fraction < 1.0, "data.eval_fraction", d.eval_fraction, "a number in (0, 1)")
+        _check(d.eval_samples >= 1, "data.eval_samples", d.eval_samples, "an integer >= 1")
+        _check(o.lr > 0, "optim.lr", o.lr, "a number > 0")
+        _check(o.weight_decay >= 0, "optim.weight_decay", o.weight_decay, "a number >= 0")
+        _check(len(o.betas) == 2 and all(0 <= b < 1 for b in o.betas), "optim.betas", o.betas,
+               "two numbers in [0, 1)")
+        _check(o.eps > 0, "optim.eps", o.eps, "a number > 0")
+        _check(o.warmup_steps >= 0, "optim.warmup_steps", o.warmup_steps, "an integer >= 0")
+        _check(o.schedule in SCHEDULES, "optim.schedule", o.schedule, f"one of {', '.join(SCHEDULES)}",
+               choices=list(SCHEDULES))
+        _check(0 <= o.min_lr_ratio <= 1, "optim.min_lr_ratio", o.min_lr_ratio, "a number in [0, 1]")
+        _check(o.max_grad_norm >= 0, "optim.max_grad_norm", o.max_grad_norm, "a number >= 0 (0 = no clipping)")
+        _check(t.max_steps >= 1, "train.max_steps", t.max_steps, "an integer >= 1")
+        _check(t.batch_size >= 1, "train.batch_size", t.batch_size, "an integer >= 1")
+        _check(t.gradient_accumulation_steps >= 1, "train.gradient_accumulation_steps",
+               t.gradient_accumulation_steps, "an integer >= 1")
+        _check(t.mixed_precision in MIXED_PRECISION, "train.mixed_precision", t.mixed_precision,
+               f"one of {', '.join(MIXED_PRECISION)}", choices=list(MIXED_PRECISION))
+        for name in ("eval_every", "save_every", "tbptt_chunk"):
+            _check(getattr(t, name) >= 0, f"train.{name}", getattr(t, name), "an integer >= 0 (0 = off)")
+        _check(t.save_total_limit >= 1, "train.save_total_limit", t.save_total_limit, "an integer >= 1")
+        _check(t.log_every >= 1, "train.log_every", t.log_every, "an integer >= 1")
+        _check(0 <= t.vanishing_grad_norm < t.exploding_grad_norm, "train.vanishing_grad_norm",
+               t.vanishing_grad_norm, f"a number in [0, exploding_grad_norm={t.exploding_grad_norm})")
+
+
+def _check(ok: bool, name: str, value: Any, allowed: str, choices: list[str] | None = None) -> None:
+    if not ok:
+        close = difflib.get_close_matches(str(value), choices, n=1) if choices else []
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        raise ValueError(f"recipe field {name}={value!r} is invalid: expected {allowed}{hint}")
+
+
+def trajectory_fields(values: dict[str, Any]) -> dict[str, Any]:
+    """The recipe as a flat dotted dict, without the fields in NOT_IN_RUN_ID."""
+    return {k: v for k, v in flatten(values).items() if k not in NOT_IN_RUN_ID}
+
+
+def flatten(values: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    flat: dict[str, Any] = {}
+    for key, value in values.items():
+        if isinstance(value, dict) and key != "config":
+            flat.update(flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Building a recipe from plain values (YAML, overrides), with type checks per field.
+
+SECTIONS = {"model": ModelSection, "data": DataSection, "optim": OptimSection, "train": TrainSection}
+
+
+def recipe_from_dict(values: dict[str, Any], source: str = "recipe") -> Recipe:
+    if not isinstance(values, dict):
+        raise ValueError(f"{source}: a recipe must be a mapping of sections, got {type(values).__name__}")
+    top = {"name", "output_dir", *SECTIONS}
+    _reject_unknown(values, top, source, "")
+    kwargs: dict[str, Any] = {}
+    top_hints = typing.get_type_hints(Recipe)
+    for key in ("name", "output_dir"):
+        if key in values:
+            kwargs[key] = _coerce(values[key], top_hints[key], key)
+    for section, cls in SECTIONS.items():
+        body = values.get(section) or {}
+        if not isinstance(body, dict):
+            raise ValueError(f"{source}: section {section!r} must be a mapping of fields, got {body!r}")
+        _reject_unknown(body, {f.name for f in fields(cls)}, source, f"{section}.")
+        hints = typing.get_type_hints(cls)
+        kwargs[section] = cls(**{k: _coerce(v, hints[k], f"{section}.{k}") for k, v in body.items()})
+    return Recipe(**kwargs)
+
+
+def _reject_unknown(values: dict[str, Any], allowed: set[str], source: str, prefix: str) -> None:
+    unknown = sorted(set(values) - allowed)
+    if unknown:
+        key = unknown[0]
+        close = difflib.get_close_matches(key, sorted(allowed), n=1)
+        hint = f" Did you mean {prefix}{close[0]}?" if close else ""
+        raise ValueError(
+            f"{source}: unknown recipe field {prefix}{key!r}.{hint} Allowed in "
+            f"{prefix.rstrip('.') or 'the top level'}: {', '.join(sorted(allowed))}"
+        )
+
+
+def _coerce(value: Any, annotation: Any, name: str) -> Any:
+    """Check ``value`` against a field's annotation; YAML reads ``3e-3`` as a string, so numbers are parsed."""
+    options = typing.get_args(annotation) if _is_union(annotation) else (annotation,)
+    if value is None:
+        if type(None) in options:
+            return None
+        raise ValueError(f"recipe field {name}=None is invalid: a value is required ({_describe(annotation)})")
+    for option in options:
+        ok, converted = _try(value, option)
+        if ok:
+            return converted
+    raise ValueError(f"recipe field {name}={value!r} is invalid: expected {_describe(annotation)}")
+
+
+def _is_union(annotation: Any) -> bool:
+    return typing.get_origin(annotation) in (typing.Union, types.UnionType)
+
+
+def _try(value: Any, option: Any) -> tuple[bool, Any]:
+    origin = typing.get_origin(option)
+    if option is type(None):
+        return False, None
+    if option is bool:
+        return isinstance(value, bool), value
+    if option is int:
+        return (isinstance(value, int) and not isinstance(value, bool)), value
+    if option is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return True, float(value)
+        if isinstance(value, str):
+            try:
+                return True, float(value)
+            except ValueError:
+                return False, None
+        return False, None
+    if option is str:
+        return isinstance(value, str), value
+    if origin is list:
+        (item,) = typing.get_args(option)
+        if not isinstance(value, (list, tuple)):
+            return False, None
+        converted = [_try(v, item) for v in value]
+        return all(ok for ok, _ in converted), [v for _, v in converted]
+    if origin is dict:
+        return isinstance(value, dict), dict(value) if isinstance(value, dict) else None
+    return False, None
+
+
+def _describe(annotation: Any) -> str:
+    options = typing.get_args(annotation) if _is_union(annotation) else (annotation,)
+    names = []
+    for option in options:
+        if option is type(None):
+            names.append("null")
+        elif typing.get_origin(option) is list:
+            names.append(f"a list of {typing.get_args(option)[0].__name__}")
+        elif typing.get_origin(option) is dict:
+            names.append("a mapping")
+        else:
+            names.append({int: "an integer", float: "a number", str: "a string", bool: "true/false"}[option])
+    return " or ".join(names)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Loading: a YAML path, a recipe preset (configs/<name>.yaml) or a model preset (default recipe for that model).
+
+
+def list_recipes() -> list[str]:
+    return sorted(path.stem for path in RECIPE_DIR.glob("*.yaml"))
+
+
+def load_recipe(source: str, overrides: dict[str, Any] | None = None) -> Recipe:
+    """Read ``source`` -- a YAML file, a recipe preset or a model preset -- and apply dotted ``overrides``."""
+    import seqzoo
+
+    path = Path(source)
+    if path.suffix in (".yaml", ".yml") or path.exists():
+        if not path.is_file():
+            raise ValueError(f"recipe file {str(path)!r} does not exist")
+        try:
+            values = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as err:
+            raise ValueError(f"recipe file {str(path)!r} is not valid YAML: {err}") from err
+        values.setdefault("name", path.stem)
+    elif source in list_recipes():
+        values = yaml.safe_load((RECIPE_DIR / f"{source}.yaml").read_text()) or {}
+        values.setdefault("name", source)
+    elif source in seqzoo.list_models():
+        values = {"name": f"{source}-pydoc", "model": {"preset": source}}
+    else:
+        close = difflib.get_close_matches(source, list_recipes() + seqzoo.list_models(), n=3)
+        hint = f" Did you mean {', '.join(map(repr, close))}?" if close else ""
+        raise ValueError(
+            f"unknown recipe {source!r}: not a YAML file, a recipe preset or a model preset.{hint} "
+            f"Recipe presets: {', '.join(list_recipes()) or '(none)'}; model presets: see `seqzoo list`"
+        )
+    if not isinstance(values, dict):
+        raise ValueError(f"recipe {source!r} must be a mapping of sections, got {type(values).__name__}")
+    for key, value in (overrides or {}).items():
+        apply_override(values, key, value)
+    return recipe_from_dict(values, source=f"recipe {source!r}")
+
+
+def apply_override(values: dict[str, Any], key: str, value: Any) -> None:
+    """Set ``key`` (dotted, or a field name unique to one section) in the plain-dict recipe ``values``."""
+    parts = key.split(".")
+    if len(parts) == 1 and key not in ("name", "output_dir"):
+        owners = [s for s, cls in SECTIONS.items() if key in {f.name for f in fields(cls)}]
+        if len(owners) != 1:
+            every = sorted({f"{s}.{f.name}" for s, cls in SECTIONS.items() for f in fields(cls)})
+            close = difflib.get_close_matches(key, [e.split(".")[1] for e in every], n=1)
+            why = "is in several sections, write section.field" if owners else "is not a recipe field"
+            hint = f" Did you mean {close[0]!r}?" if close and not owners else ""
+            raise ValueError(f"override {key}={value!r}: {key!r} {why}.{hint} Fields: {', '.join(every)}")
+        parts = [owners[0], key]
+    target = values
+    for part in parts[:-1]:
+        nested = target.setdefault(part, {})
+        if not isinstance(nested, dict):
+            raise ValueError(f"override {key}={value!r}: {part!r} is not a section")
+        target = nested
+    target[parts[-1]] = value

@@ -1,0 +1,106 @@
+"""Truncated backpropagation through time (Williams & Peng 1990; the recipe of Zaremba et al. 2014).
+
+A long sequence is cut into consecutive chunks. Each chunk runs forward starting from the recurrent state the
+previous chunk ended with, then backward; between chunks the state is detached, so gradients flow at most one
+chunk back while information still flows forward through the whole sequence. Gradients of all chunks accumulate
+into one optimizer step. Activation memory is that of one chunk.
+
+Only recurrent architectures (``model.is_recurrent``; their cache is a fixed-size :class:`RecurrentCache`) can
+carry a state across chunks. A Transformer's "state" is its KV cache, which grows with the context and cannot be
+truncated this way, so asking for TBPTT with one is an error rather than a silent fall-back to independent
+windows (which would train a different model than the recipe says).
+"""
+
+from __future__ import annotations
+
+from contextlib import nullcontext
+from typing import Any, Callable, ContextManager
+
+import torch
+import torch.nn.functional as F
+
+from seqzoo.cache import RecurrentCache
+from seqzoo.training.data import IGNORE
+
+
+def unwrap(model: Any) -> Any:
+    """The model inside DDP/FSDP/compile wrappers."""
+    while hasattr(model, "module"):
+        model = model.module
+    return getattr(model, "_orig_mod", model)
+
+
+def check_tbptt_supported(model: Any, chunk: int) -> None:
+    if chunk > 0 and not getattr(unwrap(model), "is_recurrent", False):
+        name = type(unwrap(model)).__name__
+        raise ValueError(
+            f"train.tbptt_chunk={chunk} needs a recurrent architecture that carries a fixed-size state across "
+            f"chunks; {name} keeps a growing KV cache instead. Set train.tbptt_chunk=0 for it"
+        )
+
+
+def chunk_slices(length: int, chunk: int) -> list[slice]:
+    """Consecutive slices covering ``length`` positions; one slice when ``chunk`` is 0 or >= length."""
+    if chunk <= 0 or chunk >= length:
+        return [slice(0, length)]
+    return [slice(start, min(start + chunk, length)) for start in range(0, length, chunk)]
+
+
+def token_loss_sum(logits: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Summed cross-entropy over scored positions (targets != -100) and the number of correct argmax predictions."""
+    flat_logits = logits.float().reshape(-1, logits.shape[-1])  # (B*T, V)
+    flat_targets = targets.reshape(-1)
+    loss = F.cross_entropy(flat_logits, flat_targets, ignore_index=IGNORE, reduction="sum")
+    scored = flat_targets != IGNORE
+    correct = (flat_logits.detach().argmax(-1)[scored] == flat_targets[scored]).sum()
+    return loss, correct
+
+
+def chunked_forward(model: Any, input_ids: torch.Tensor, chunk: int,
+                    cache: RecurrentCache | None = None) -> tuple[torch.Tensor, RecurrentCache | None]:
+    """Logits of ``input_ids`` computed chunk by chunk with the state carried (and detached) between chunks.
+
+    Equals one full-sequence forward; this is what the TBPTT tests check and what evaluation uses to bound memory.
+    """
+    logits = []
+    for piece in chunk_slices(input_ids.shape[1], chunk):
+        out = model(input_ids=input_ids[:, piece], past_key_values=cache, use_cache=True)
+        logits.append(out.logits)
+        cache = out.past_key_values.detach() if isinstance(out.past_key_values, RecurrentCache) else None
+    return torch.cat(logits, dim=1), cache
+
+
+def backward_sequence(
+    model: Any,
+    inputs: torch.Tensor,
+    targets: torch.Tensor,
+    chunk: int,
+    loss_scale: float,
+    backward: Callable[[torch.Tensor], None],
+    sync_last: Callable[[bool], ContextManager] = lambda last: nullcontext(),
+    last_micro_batch: bool = True,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Forward + backward of one micro-batch (B, T), in TBPTT chunks when ``chunk`` > 0.
+
+    ``backward`` is called with each chunk's summed loss times ``loss_scale``. ``sync_last(is_last)`` gives the
+    context to run a chunk in: distributed training synchronises gradients only on the last chunk of the last
+    micro-batch of a step. Returns the summed loss and the number of correct predictions (detached).
+    """
+    total_loss = torch.zeros((), dtype=torch.float32, device=inputs.device)
+    total_correct = torch.zeros((), dtype=torch.long, device=inputs.device)
+    cache = None
+    pieces = chunk_slices(inputs.shape[1], chunk)
+    for index, piece in enumerate(pieces):
+        is_last = last_micro_batch and index == len(pieces) - 1
+        with sync_last(is_last):
+            if chunk > 0:
+                out = model(input_ids=inputs[:, piece], past_key_values=cache, use_cache=True)
+            else:
+                out = model(input_ids=inputs[:, piece], use_cache=False)
+            loss, correct = token_loss_sum(out.logits, targets[:, piece])
+            backward(loss * loss_scale)
+        if chunk > 0:
+            cache = out.past_key_values.detach()
+        total_loss += loss.detach()
+        total_correct += correct
+    return total_loss, total_correct

@@ -1,0 +1,348 @@
+"""The training loop on Accelerate: one process, DDP (``accelerate launch`` / ``torchrun``) or FSDP.
+
+What a step does, whatever the number of processes:
+
+1. the data source builds the *global* batch of this step (a pure function of seed and step);
+2. each process takes its rows and splits them into ``gradient_accumulation_steps`` micro-batches;
+3. each micro-batch runs forward/backward (in TBPTT chunks for recurrent models), its summed token loss scaled by
+   ``num_processes / scored tokens in the global batch`` -- DDP averages gradients over processes, so the result
+   is exactly the gradient of the mean token loss over the global batch, as one process would compute it;
+4. gradients are clipped (their norm is measured and flagged by :mod:`grad_health`), the optimizer and the
+   warmup + cosine/linear schedule step.
+
+The dataloader is not Accelerate's: sharding it by rank changes the sample order with the number of processes,
+and then a 2-process run could not reproduce a 1-process one.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.optim.lr_scheduler import LambdaLR
+
+from seqzoo.training.checkpoint import (
+    check_same_run,
+    list_checkpoints,
+    read_state,
+    resolve_resume,
+    save_checkpoint,
+)
+from seqzoo.training.data import IGNORE, MemoryTask, build_data
+from seqzoo.training.grad_health import EXPLODING, GradientHealth
+from seqzoo.training.recipe import Recipe
+from seqzoo.training.tbptt import backward_sequence, check_tbptt_supported, chunked_forward, token_loss_sum, unwrap
+
+METRICS_FILE = "metrics.jsonl"
+TRAINING_INFO_FILE = "seqzoo_training.json"
+
+
+@dataclass
+class TrainResult:
+    output_dir: Path
+    steps: int
+    tokens_seen: int
+    eval: dict[str, Any]
+    grad_health: dict[str, Any]
+    train_tokens_per_second: float
+    history: list[dict[str, Any]] = field(default_factory=list)
+    model: Any = None  # the trained (unwrapped) model, for callers in the same process
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Building blocks: model, optimizer, schedule.
+
+
+def build_model(recipe: Recipe, data: Any) -> Any:
+    import seqzoo
+
+    overrides = dict(data.model_overrides())
+    overrides.update(recipe.model.config)  # an explicit config value wins; the vocabulary check below still applies
+    model = seqzoo.create_model(recipe.model.preset, **overrides)
+    if model.config.vocab_size < data.vocab_size:
+        raise ValueError(
+            f"model vocab_size={model.config.vocab_size} is smaller than the data's vocabulary ({data.vocab_size} "
+            f"token ids from {data.name}); raise model.config.vocab_size or use another preset"
+        )
+    check_tbptt_supported(model, recipe.train.tbptt_chunk)
+    return model
+
+
+def make_optimizer(model: Any, recipe: Recipe) -> torch.optim.Optimizer:
+    # Weight decay on matrices only (embeddings included, as in GPT-2); never on biases and norm gains.
+    decay = [p for p in model.parameters() if p.requires_grad and p.dim() >= 2]
+    no_decay = [p for p in model.parameters() if p.requires_grad and p.dim() < 2]
+    o = recipe.optim
+    groups = [{"params": decay, "weight_decay": o.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    return torch.optim.AdamW(groups, lr=o.lr, betas=tuple(o.betas), eps=o.eps)
+
+
+def lr_factor(step: int, recipe: Recipe) -> float:
+    """Multiplier of the base learning rate at optimizer step ``step`` (0-based): linear warmup, then decay."""
+    o, total = recipe.optim, recipe.train.max_steps
+    if step < o.warmup_steps:
+        return (step + 1) / o.warmup_steps
+    if o.schedule == "constant":
+        return 1.0
+    progress = min(1.0, (step - o.warmup_steps) / max(1, total - o.warmup_steps))
+    if o.schedule == "linear":
+        return 1.0 - (1.0 - o.min_lr_ratio) * progress
+    return o.min_lr_ratio + (1.0 - o.min_lr_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Evaluation.
+
+
+@torch.no_grad()
+def evaluate(model: Any, eval_sets: dict[str, tuple[torch.Tensor, torch.Tensor]], accelerator: Any,
+             batch_size: int, chunk: int) -> dict[str, Any]:
+    """Loss, perplexity and accuracy (of argmax predictions) per evaluation set and over all of them.
+
+    Every process runs the same number of equally sized batches -- rows appended to fill the last one score
+    nothing -- because a wrapped model's forward may talk to the other processes.
+    """
+    was_training = model.training
+    model.eval()
+    world, rank = accelerator.num_processes, accelerator.process_index
+    results: dict[str, Any] = {}
+    total = torch.zeros(3, dtype=torch.float64)
+    for name, (inputs, targets) in eval_sets.items():
+        per_step = world * batch_size
+        padding = (-inputs.shape[0]) % per_step
+        if padding:
+            inputs = torch.cat([inputs, inputs[:1].expand(padding, -1)])
+            targets = torch.cat([targets, torch.full((padding, targets.shape[1]), IGNORE)])
+        sums = torch.zeros(3, dtype=torch.float64, device=accelerator.device)  # loss, correct, scored
+        for start in range(0, inputs.shape[0], per_step):
+            rows = slice(start + rank * batch_size, start + (rank + 1) * batch_size)
+            x, y = inputs[rows].to(accelerator.device), targets[rows].to(accelerator.device)
+            with accelerator.autocast():
+                logits, _ = chunked_forward(model, x, chunk) if chunk else (model(input_ids=x, use_cache=False).logits,
+                                                                           None)
+            loss, correct = token_loss_sum(logits, y)
+            sums += torch.stack([loss.double(), correct.double(), (y != IGNORE).sum().double()])
+        sums = accelerator.reduce(sums, "sum").cpu()
+        total += sums
+        results[name] = _eval_figures(sums)
+    model.train(was_training)
+    return {**_eval_figures(total), "sets": results}
+
+
+def _eval_figures(sums: torch.Tensor) -> dict[str, float]:
+    loss = float(sums[0] / max(float(sums[2]), 1.0))
+    return {"loss": loss, "perplexity": math.exp(min(loss, 50.0)), "accuracy": float(sums[1] / max(float(sums[2]), 1.0)),
+            "scored_tokens": int(sums[2])}
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The loop.
+
+
+def train(recipe: Recipe, *, resume: str | Path | bool | None = None, dataset: Any = None,
+          progress: bool = True) -> TrainResult:
+    """Train what ``recipe`` describes; ``resume`` continues from a checkpoint (True: the newest in output_dir).
+
+    ``dataset`` (a ``datasets.Dataset`` or any object indexable by column name) replaces the recipe's data
+    source. Returns the final evaluation, gradient health and throughput; the model, its tokenizer and
+    ``seqzoo_training.json`` are saved in ``recipe.output_dir``.
+    """
+    from accelerate import Accelerator
+    from accelerate.utils import set_seed
+
+    t = recipe.train
+    accelerator = Accelerator(mixed_precision=t.mixed_precision)
+    world = accelerator.num_processes
+    per_micro = world * t.gradient_accumulation_steps
+    if t.batch_size % per_micro:
+        raise ValueError(
+            f"train.batch_size={t.batch_size} (global) must be divisible by num_processes ({world}) x "
+            f"gradient_accumulation_steps ({t.gradient_accumulation_steps}) = {per_micro}"
+        )
+    micro_batch = t.batch_size // per_micro
+    run_dir = Path(recipe.output_dir)
+    if not resume and list_checkpoints(run_dir):
+        raise ValueError(
+            f"{str(run_dir)!r} already holds checkpoints of a run; pass --resume to continue it, or choose another "
+            f"output_dir (or delete the folder) to start over"
+        )
+    checkpoint = resolve_resume(resume, run_dir) if resume else None
+
+    previous_determinism = torch.are_deterministic_algorithms_enabled()
+    if t.deterministic:
+        torch.use_deterministic_algorithms(True)
+    try:
+        set_seed(t.seed)  # identical initial weights on every process
+        data = build_data(recipe.data, t.seed, dataset)
+        model = build_model(recipe, data)
+        torch.manual_seed(t.seed + accelerator.process_index)  # dropout masks differ between processes
+        model = accelerator.prepare(model)  # FSDP must wrap the model before the optimizer sees its parameters
+        optimizer = accelerator.prepare(make_optimizer(model, recipe))
+        scheduler = LambdaLR(optimizer, lambda step: lr_factor(step, recipe))
+        accelerator.register_for_checkpointing(scheduler)
+        return _run(recipe, accelerator, model, optimizer, scheduler, data, micro_batch, run_dir, checkpoint,
+                    progress)
+    finally:
+        torch.use_deterministic_algorithms(previous_determinism)
+
+
+def _run(recipe: Recipe, accelerator: Any, model: Any, optimizer: Any, scheduler: Any, data: Any, micro_batch: int,
+         run_dir: Path, checkpoint: Path | None, progress: bool) -> TrainResult:
+    from tqdm.auto import tqdm
+
+    t = recipe.train
+    world, rank = accelerator.num_processes, accelerator.process_index
+    run_id = recipe.run_id
+    health = GradientHealth(t.vanishing_grad_norm, t.exploding_grad_norm)
+    step, tokens_seen = 0, 0
+    history: list[dict[str, Any]] = []
+    if checkpoint is not None:
+        state = read_state(checkpoint)
+        check_same_run(state, run_id, recipe.to_dict(), checkpoint, world)
+        accelerator.load_state(str(checkpoint))
+        step, tokens_seen = state["step"], state["tokens_seen"]
+        health.load_state_dict(state["grad_health"])
+    metrics_path = run_dir / "metrics.jsonl"
+    if accelerator.is_main_process:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / "recipe.yaml").write_text(recipe.to_yaml())
+        history = _read_history(metrics_path, up_to=step)  # a killed run may have logged steps past its checkpoint
+        metrics_path.write_text("".join(json.dumps(row) + "\n" for row in history))
+
+    chunk = t.tbptt_chunk
+    eval_sets = data.eval_sets()
+    model.train()
+    bar = tqdm(total=t.max_steps, initial=step, disable=not (progress and accelerator.is_main_process),
+               desc=recipe.name, dynamic_ncols=True)
+    train_seconds, train_tokens = 0.0, 0
+    last_eval: dict[str, Any] | None = None
+    while step < t.max_steps:
+        started = time.perf_counter()
+        inputs, targets = data.train_batch(step, t.batch_size)  # (B, T) global batch
+        scored = int((targets != IGNORE).sum())
+        rows = slice(rank * micro_batch * t.gradient_accumulation_steps,
+                     (rank + 1) * micro_batch * t.gradient_accumulation_steps)
+        local_inputs, local_targets = inputs[rows], targets[rows]
+        sums = torch.zeros(2, device=accelerator.device)  # summed loss, correct predictions (this process)
+        for micro in range(t.gradient_accumulation_steps):
+            part = slice(micro * micro_batch, (micro + 1) * micro_batch)
+            loss_sum, correct = backward_sequence(
+                model,
+                local_inputs[part].to(accelerator.device),
+                local_targets[part].to(accelerator.device),
+                chunk,
+                loss_scale=world / max(scored, 1),
+                backward=accelerator.backward,
+                sync_last=lambda last: nullcontext() if last else accelerator.no_sync(model),
+                last_micro_batch=micro == t.gradient_accumulation_steps - 1,
+            )
+            sums += torch.stack([loss_sum, correct.float()])
+        # max_norm=inf measures the norm without clipping.
+        grad_norm = float(accelerator.clip_grad_norm_(model.parameters(), recipe.optim.max_grad_norm or math.inf))
+        flag = health.record(step + 1, grad_norm)
+        # Under fp16 the gradient scaler already skips steps with inf/NaN gradients (and lowers its scale).
+        skipped = t.skip_nonfinite_steps and not math.isfinite(grad_norm) and t.mixed_precision != "fp16"
+        lr = scheduler.get_last_lr()[0]
+        if not skipped:
+            optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        step += 1
+        tokens_seen += inputs.numel()
+        sums = accelerator.reduce(sums, "sum")
+        train_seconds += time.perf_counter() - started
+        train_tokens += inputs.numel()
+
+        row = {"step": step, "loss": float(sums[0]) / max(scored, 1), "lr": lr, "grad_norm": grad_norm,
+               "grad_flag": flag, "tokens_seen": tokens_seen}
+        if isinstance(data, MemoryTask):
+            row["accuracy"] = float(sums[1]) / max(scored, 1)
+        if skipped:
+            row["skipped"] = True
+        history.append(row)
+        if accelerator.is_main_process:
+            with metrics_path.open("a") as handle:
+                handle.write(json.dumps(row) + "\n")
+        bar.update(1)
+        bar.set_postfix(loss=f"{row['loss']:.4f}", lr=f"{lr:.2e}", gnorm=f"{grad_norm:.2g}", refresh=False)
+        talk = progress and accelerator.is_main_process
+        if talk and (step % t.log_every == 0 or flag == EXPLODING):
+            bar.write(f"step {step}/{t.max_steps}  loss {row['loss']:.4f}  lr {lr:.3e}  grad_norm {grad_norm:.3g}"
+                      + (f"  [{flag}]" if flag != "ok" else ""))
+        if (t.eval_every and step % t.eval_every == 0) or step == t.max_steps:
+            last_eval = evaluate(model, eval_sets, accelerator, micro_batch, chunk if _is_recurrent(model) else 0)
+            eval_row = {"step": step, "eval": last_eval}
+            history.append(eval_row)
+            if accelerator.is_main_process:
+                with metrics_path.open("a") as handle:
+                    handle.write(json.dumps(eval_row) + "\n")
+            if talk:
+                bar.write(f"step {step}/{t.max_steps}  eval loss {last_eval['loss']:.4f}  "
+                          f"perplexity {last_eval['perplexity']:.3f}  accuracy {last_eval['accuracy']:.3f}")
+        if t.save_every and step % t.save_every == 0:
+            save_checkpoint(accelerator, run_dir, step, {
+                "run_id": run_id, "recipe": recipe.to_dict(), "step": step, "tokens_seen": tokens_seen,
+                "samples_seen": step * t.batch_size, "data": data.describe(), "num_processes": world,
+                "grad_health": health.state_dict(),
+            }, keep=t.save_total_limit)
+    bar.close()
+
+    if last_eval is None:  # resumed from the final checkpoint: nothing left to train
+        last_eval = evaluate(model, eval_sets, accelerator, micro_batch, chunk if _is_recurrent(model) else 0)
+    final_model = _save_final(accelerator, model, recipe, data, run_dir, step, tokens_seen, last_eval, health)
+    return TrainResult(output_dir=run_dir, steps=step, tokens_seen=tokens_seen, eval=last_eval,
+                       grad_health=health.summary(),
+                       train_tokens_per_second=train_tokens / train_seconds if train_seconds else 0.0,
+                       history=history, model=final_model)
+
+
+def _is_recurrent(model: Any) -> bool:
+    return bool(getattr(unwrap(model), "is_recurrent", False))
+
+
+def _read_history(path: Path, up_to: int) -> list[dict[str, Any]]:
+    if up_to == 0 or not path.is_file():
+        return []
+    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return [row for row in rows if row["step"] <= up_to]
+
+
+def _save_final(accelerator: Any, model: Any, recipe: Recipe, data: Any, run_dir: Path, step: int, tokens_seen: int,
+                last_eval: dict[str, Any], health: GradientHealth) -> Any:
+    """save_pretrained (+ the byte tokenizer for text data) and seqzoo_training.json, which model cards read."""
+    from seqzoo.tokenizer import VOCAB_SIZE, byte_tokenizer
+
+    accelerator.wait_for_everyone()
+    state_dict = accelerator.get_state_dict(model)  # gathers FSDP shards; the plain state dict otherwise
+    unwrapped = accelerator.unwrap_model(model)
+    unwrapped.save_pretrained(run_dir, state_dict=state_dict, is_main_process=accelerator.is_main_process,
+                              save_function=accelerator.save)
+    if accelerator.is_main_process:
+        # Memory tasks use their own small vocabulary, which the byte tokenizer does not describe.
+        with_tokenizer = not isinstance(data, MemoryTask) and unwrapped.config.vocab_size >= VOCAB_SIZE
+        if with_tokenizer:
+            byte_tokenizer().save_pretrained(run_dir)
+        info = {
+            "dataset": data.name,
+            "data": data.describe(),
+            "tokenizer": "seqzoo byte tokenizer" if with_tokenizer else None,
+            "tokens_seen": tokens_seen,
+            "steps": step,
+            "eval": {"loss": last_eval["loss"], "perplexity": last_eval["perplexity"],
+                     "accuracy": last_eval["accuracy"],
+                     "sets": {k: {"loss": v["loss"], "perplexity": v["perplexity"], "accuracy": v["accuracy"]}
+                              for k, v in last_eval["sets"].items()}},
+            "grad_health": health.summary(),
+            "num_processes": accelerator.num_processes,
+            "run_id": recipe.run_id,
+            "recipe": recipe.to_dict(),
+        }
+        (run_dir / TRAINING_INFO_FILE).write_text(json.dumps(info, indent=2))
+    accelerator.wait_for_everyone()
+    return unwrapped

@@ -1,0 +1,156 @@
+"""Data sources: memory tasks put the answer where the task says, batches are a function of (seed, step), corpora
+tokenise like the byte tokenizer, and bad files get clear errors."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from seqzoo.tokenizer import byte_tokenizer
+from seqzoo.training.data import (
+    BLANK,
+    FIRST_SYMBOL,
+    GO,
+    IGNORE,
+    MemoryTask,
+    TokenStream,
+    build_data,
+    dataset_documents,
+    pydoc_documents,
+    read_text_file,
+    task_length,
+    tokens_from_documents,
+)
+from seqzoo.training.recipe import recipe_from_dict
+
+
+def _answers(inputs, targets):
+    scored = targets != IGNORE
+    return scored, targets[scored].view(inputs.shape[0], -1)
+
+
+def test_copy_answers_are_the_first_symbols_after_the_gap():
+    task = MemoryTask("copy", [5], symbols=10, items=3, seq_len=None, eval_samples=4, seed=0)
+    inputs, targets = task.eval_sets()["distance=5"]
+    assert inputs.shape == (4, task_length("copy", 5, 3)) == (4, 11)
+    _, answers = _answers(inputs, targets)
+    torch.testing.assert_close(answers, inputs[:, :3])  # what was shown first must come back
+    assert (inputs[:, 3:8] == BLANK).all() and (inputs[:, 8] == GO).all()
+
+
+def test_selective_copy_returns_the_scattered_symbols_in_order():
+    task = MemoryTask("selective_copy", [9], symbols=10, items=3, seq_len=20, eval_samples=5, seed=1)
+    inputs, targets = task.eval_sets()["distance=9"]
+    _, answers = _answers(inputs, targets)
+    region = inputs[:, -12:-3]  # the 9 positions before "go" (inputs end: region, go, 2 of 3 answers)
+    for row in range(5):
+        assert region[row][region[row] >= FIRST_SYMBOL].tolist() == answers[row].tolist()
+
+
+def test_associative_recall_asks_every_key_once():
+    task = MemoryTask("associative_recall", [4], symbols=12, items=5, seq_len=None, eval_samples=6, seed=2)
+    inputs, targets = task.eval_sets()["distance=4"]
+    pairs = inputs[:, :10].reshape(6, 5, 2)
+    _, answers = _answers(inputs, targets)
+    for row in range(6):
+        table = dict(pairs[row].tolist())
+        assert len(table) == 5  # keys are distinct
+        queried = inputs[row, -9::2].tolist()  # the queried keys (the last value is only a target)
+        assert sorted(queried) == sorted(table)
+        assert answers[row].tolist() == [table[k] for k in queried]
+
+
+def test_induction_answer_follows_the_second_cue():
+    task = MemoryTask("induction", [6], symbols=10, items=2, seq_len=None, eval_samples=3, seed=3)
+    inputs, targets = task.eval_sets()["distance=6"]
+    _, answers = _answers(inputs, targets)
+    torch.testing.assert_close(answers, inputs[:, 1:3])
+    assert (inputs[:, 0] == GO).all() and (inputs[:, 9] == GO).all()
+
+
+def test_batches_are_a_function_of_seed_and_step_and_mix_distances():
+    task = MemoryTask("copy", [2, 20], symbols=8, items=2, seq_len=None, eval_samples=2, seed=0)
+    a, b = task.train_batch(5, 64), task.train_batch(5, 64)
+    assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
+    assert not torch.equal(task.train_batch(6, 64)[0], a[0])
+    assert {int((row == GO).nonzero()[0]) for row in a[0]} == {a[0].shape[1] - 2}  # right-aligned
+    starts = {int((row != BLANK).nonzero()[0]) for row in a[0]}
+    assert starts == {0, 18}  # both distances (20 and 2) occur in one batch
+    other_seed = MemoryTask("copy", [2, 20], symbols=8, items=2, seq_len=None, eval_samples=2, seed=1)
+    assert not torch.equal(other_seed.train_batch(5, 64)[0], a[0])
+    assert a[0].max() < task.vocab_size == FIRST_SYMBOL + 8
+
+
+def test_task_errors_name_the_problem():
+    with pytest.raises(ValueError, match="data.seq_len=10 is shorter than task 'copy' needs at distance 20"):
+        MemoryTask("copy", [20], symbols=8, items=2, seq_len=10, eval_samples=2, seed=0)
+    with pytest.raises(ValueError, match="items=5 needs items <= symbols // 2 distinct keys; symbols=8"):
+        MemoryTask("associative_recall", [4], symbols=8, items=5, seq_len=None, eval_samples=2, seed=0)
+    with pytest.raises(ValueError, match="unknown task 'recall'"):
+        MemoryTask("recall", [4], symbols=8, items=2, seq_len=None, eval_samples=2, seed=0)
+
+
+def test_text_tokens_match_the_byte_tokenizer():
+    docs = ["héllo wörld", "def f():\n    return 1"]
+    tokenizer = byte_tokenizer()
+    expected = []
+    for doc in docs:
+        expected += tokenizer(doc)["input_ids"] + [tokenizer.eos_token_id]
+    assert tokens_from_documents(docs).tolist() == expected
+
+
+def test_token_stream_epochs_visit_every_window_once():
+    tokens = torch.arange(1001, dtype=torch.int16) % 250
+    stream = TokenStream(tokens, "t", seq_len=10, eval_fraction=0.1, eval_samples=4, seed=0)
+    assert stream.num_samples == 89
+    starts = []
+    for step in range(89):  # batch 1: one epoch is 89 steps
+        inputs, targets = stream.train_batch(step, 1)
+        assert torch.equal(inputs[0, 1:], targets[0, :-1])  # targets are the next tokens
+        starts.append(int(inputs[0, 0]))
+    assert sorted(starts) == sorted(int(tokens[i * 10]) for i in range(89))
+    assert stream.eval_sets()["validation"][0].shape == (4, 10)
+
+
+def test_sequence_longer_than_the_data_is_an_error():
+    with pytest.raises(ValueError, match=r"data.seq_len=500 is longer than the training split of t \(450 tokens "):
+        TokenStream(torch.zeros(500, dtype=torch.int16), "t", seq_len=500, eval_fraction=0.1, eval_samples=1, seed=0)
+    with pytest.raises(ValueError, match=r"longer than the evaluation split of t \(50 tokens"):
+        TokenStream(torch.zeros(500, dtype=torch.int16), "t", seq_len=60, eval_fraction=0.1, eval_samples=1, seed=0)
+
+
+def test_text_file_errors(tmp_path):
+    with pytest.raises(ValueError, match=r"data file '.*nope.txt' does not exist"):
+        read_text_file(tmp_path / "nope.txt")
+    binary = tmp_path / "weights.bin"
+    binary.write_bytes(b"abc\xff\xfe\x00")
+    with pytest.raises(ValueError, match=r"is not UTF-8 text: byte 0xff at offset 3 is invalid"):
+        read_text_file(binary)
+    nul = tmp_path / "nul.txt"
+    nul.write_bytes(b"ab\x00cd")
+    with pytest.raises(ValueError, match="is not text: it holds NUL bytes"):
+        read_text_file(nul)
+    good = tmp_path / "good.txt"
+    good.write_text("x" * 400)
+    data = recipe_from_dict({"data": {"source": "text", "path": str(good), "seq_len": 16}}).data
+    assert build_data(data, seed=0).name == f"text:{good}"
+
+
+def test_pydoc_corpus_is_there():
+    docs = pydoc_documents()
+    assert len(docs) > 50 and sum(map(len, docs)) > 100_000
+
+
+def test_dataset_objects():
+    class Columns(dict):  # the part of datasets.Dataset the loader uses
+        column_names = ["text", "id"]
+
+    rows = Columns(text=["first doc", "second doc"], id=[1, 2])
+    assert dataset_documents(rows, "text") == ["first doc", "second doc"]
+    with pytest.raises(ValueError, match="no column 'body' .*columns: text, id"):
+        dataset_documents(rows, "body")
+    with pytest.raises(ValueError, match="column 'id' must hold strings; row 0 is int"):
+        dataset_documents(Columns(text=[], id=[1]), "id")
+    data = recipe_from_dict({"data": {"source": "pydoc", "seq_len": 4, "eval_fraction": 0.3}}).data
+    stream = build_data(data, seed=0, dataset=Columns(text=["abcdefghij"] * 3, id=[0, 1, 2]))
+    assert stream.name == "dataset:Columns" and len(stream.train_tokens) == 23

@@ -1,0 +1,72 @@
+"""Recipes: presets load, bad fields are named with the value seen and what is allowed, overrides, run identity."""
+
+from __future__ import annotations
+
+import pytest
+
+from seqzoo.training.recipe import list_recipes, load_recipe, recipe_from_dict
+
+
+@pytest.mark.parametrize("name", list_recipes())
+def test_every_recipe_preset_loads(name):
+    recipe = load_recipe(name)
+    assert recipe.name == name
+    assert recipe.output_dir.endswith(name)
+
+
+def test_model_preset_gives_a_default_text_recipe():
+    recipe = load_recipe("gru-tiny")
+    assert recipe.model.preset == "gru-tiny" and recipe.data.source == "pydoc"
+
+
+def test_yaml_file_and_typed_overrides(tmp_path):
+    path = tmp_path / "mine.yaml"
+    # PyYAML reads 3e-3 (no dot) as a string; the schema still takes it as a number.
+    path.write_text("model: {preset: lstm-tiny}\noptim: {lr: 3e-3}\ntrain: {max_steps: 5}\n")
+    recipe = load_recipe(str(path), {"train.batch_size": 4, "seq_len": 33, "model.config.dropout": 0.5,
+                                     "distances": [3, 5]})
+    assert recipe.name == "mine" and recipe.optim.lr == 0.003
+    assert recipe.train.batch_size == 4 and recipe.data.seq_len == 33 and recipe.data.distances == [3, 5]
+    assert recipe.model.config == {"dropout": 0.5}
+
+
+@pytest.mark.parametrize("values, message", [
+    ({"trian": {}}, "unknown recipe field 'trian'. Did you mean train?"),
+    ({"train": {"max_step": 3}}, "unknown recipe field train.'max_step'. Did you mean train.max_steps?"),
+    ({"optim": {"lr": "fast"}}, "optim.lr='fast' is invalid: expected a number"),
+    ({"optim": {"lr": -1.0}}, "optim.lr=-1.0 is invalid: expected a number > 0"),
+    ({"train": {"batch_size": 2.5}}, "train.batch_size=2.5 is invalid: expected an integer"),
+    ({"optim": {"schedule": "cosin"}}, "optim.schedule='cosin' is invalid: expected one of cosine, linear, constant "
+                                       "(did you mean 'cosine'?)"),
+    ({"data": {"source": "text"}}, "data.path=None is invalid: expected a path (data.source='text' reads one)"),
+    ({"data": {"source": "task", "task": "copying"}}, "data.task='copying' is invalid: expected one of copy"),
+    ({"data": {"source": "task", "task": "copy", "distances": []}}, "data.distances=[] is invalid"),
+    ({"model": {"preset": "lstm-huge"}}, "model.preset='lstm-huge' is invalid: expected a model preset"),
+    ({"train": {"mixed_precision": "fp8"}}, "train.mixed_precision='fp8' is invalid"),
+    ({"train": "fast"}, "section 'train' must be a mapping of fields, got 'fast'"),
+])
+def test_bad_fields_are_named(values, message):
+    with pytest.raises(ValueError) as info:
+        recipe_from_dict(values)
+    assert message in str(info.value)
+
+
+def test_unknown_recipe_and_bad_overrides(tmp_path):
+    with pytest.raises(ValueError, match="unknown recipe 'lstm-pydok'.*Did you mean 'lstm-pydoc'"):
+        load_recipe("lstm-pydok")
+    with pytest.raises(ValueError, match=r"recipe file '.*missing.yaml' does not exist"):
+        load_recipe(str(tmp_path / "missing.yaml"))
+    with pytest.raises(ValueError, match="'max_stepz' is not a recipe field. Did you mean 'max_steps'"):
+        load_recipe("gru-tiny", {"max_stepz": 3})
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("train: [1, 2\n")
+    with pytest.raises(ValueError, match="is not valid YAML"):
+        load_recipe(str(bad))
+
+
+def test_run_id_follows_the_trajectory_not_the_bookkeeping():
+    base = load_recipe("gru-tiny")
+    assert load_recipe("gru-tiny").run_id == base.run_id
+    assert load_recipe("gru-tiny", {"save_every": 7, "output_dir": "elsewhere", "eval_every": 3}).run_id == base.run_id
+    assert load_recipe("gru-tiny", {"lr": 1e-4}).run_id != base.run_id
+    assert load_recipe("gru-tiny", {"model.config.dropout": 0.2}).run_id != base.run_id

@@ -1,0 +1,180 @@
+"""The training loop in one process: outputs, accumulation, exact resume after an interrupted checkpoint write,
+run identity, gradient health."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from transformers import AutoModelForCausalLM
+
+import seqzoo.training.tbptt as tbptt
+from seqzoo.training.checkpoint import list_checkpoints
+from seqzoo.training.grad_health import classify
+from seqzoo.training.recipe import recipe_from_dict
+from seqzoo.training.trainer import lr_factor, train
+
+SMALL_LSTM = {"preset": "lstm-tiny", "config": {"hidden_size": 16, "embedding_size": 16}}
+
+
+def make_recipe(tmp_path: Path, name: str = "run", **sections) -> object:
+    values = {
+        "name": name,
+        "output_dir": str(tmp_path / name),
+        "model": SMALL_LSTM,
+        "data": {"source": "task", "task": "copy", "distances": [2, 5], "symbols": 6, "items": 2,
+                 "eval_samples": 16},
+        "optim": {"lr": 0.01, "warmup_steps": 2},
+        "train": {"max_steps": 6, "batch_size": 8, "eval_every": 3, "log_every": 100},
+    }
+    for section, body in sections.items():
+        values[section] = {**values.get(section, {}), **body} if isinstance(body, dict) else body
+    return recipe_from_dict(values)
+
+
+def weights(folder: Path) -> dict[str, torch.Tensor]:
+    return load_file(str(folder / "model.safetensors"))
+
+
+def assert_same_weights(a: dict, b: dict, exact: bool = True) -> None:
+    assert a.keys() == b.keys()
+    for key in a:
+        if exact:
+            assert torch.equal(a[key], b[key]), key
+        else:
+            torch.testing.assert_close(a[key], b[key], rtol=1e-5, atol=1e-6, msg=key)
+
+
+def test_text_run_learns_and_saves_model_tokenizer_and_training_info(tmp_path):
+    recipe = make_recipe(tmp_path, data={"source": "pydoc", "seq_len": 32, "eval_samples": 8},
+                         train={"max_steps": 12, "eval_every": 6})
+    result = train(recipe, progress=False)
+    out = tmp_path / "run"
+    losses = [row["loss"] for row in result.history if "loss" in row]
+    assert len(losses) == 12 and losses[-1] < losses[0] - 0.5
+    info = json.loads((out / "seqzoo_training.json").read_text())
+    assert info["dataset"] == "pydoc_data.topics" and info["steps"] == 12
+    assert info["tokens_seen"] == result.tokens_seen == 12 * 8 * 32
+    assert math.isclose(info["eval"]["perplexity"], math.exp(info["eval"]["loss"]))
+    assert info["recipe"]["train"]["max_steps"] == 12 and info["tokenizer"] == "seqzoo byte tokenizer"
+    assert info["grad_health"]["flagged_steps"] == {"vanishing": 0, "exploding": 0, "nonfinite": 0}
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows if "eval" in r] == [6, 12]
+    assert all(r["grad_flag"] == "ok" and r["grad_norm"] > 0 for r in rows if "loss" in r)
+    loaded = AutoModelForCausalLM.from_pretrained(out)
+    assert_same_weights(loaded.state_dict(), result.model.state_dict())
+    assert (out / "tokenizer.json").exists()
+
+
+def test_task_run_reports_accuracy_per_distance_without_a_tokenizer(tmp_path):
+    result = train(make_recipe(tmp_path), progress=False)
+    assert set(result.eval["sets"]) == {"distance=2", "distance=5"}
+    assert all(0 <= s["accuracy"] <= 1 and s["scored_tokens"] == 16 * 2 for s in result.eval["sets"].values())
+    assert result.model.config.vocab_size == 3 + 6
+    assert not (tmp_path / "run" / "tokenizer.json").exists()
+
+
+def test_gradient_accumulation_equals_one_big_batch(tmp_path):
+    one = train(make_recipe(tmp_path, "one", train={"max_steps": 3}), progress=False)
+    four = train(make_recipe(tmp_path, "four", train={"max_steps": 3, "gradient_accumulation_steps": 4}),
+                 progress=False)
+    assert_same_weights(one.model.state_dict(), four.model.state_dict(), exact=False)
+    for a, b in zip(one.history, four.history):
+        if "loss" in a:
+            assert math.isclose(a["loss"], b["loss"], rel_tol=1e-5)
+
+
+def test_interrupted_checkpoint_write_leaves_the_previous_one_and_resume_is_exact(tmp_path, monkeypatch):
+    # Dropout and TBPTT on: resuming must restore the RNG state and the data position, not only the weights.
+    sections = dict(model={"preset": "lstm-tiny", "config": {"hidden_size": 16, "embedding_size": 16,
+                                                             "dropout": 0.2}},
+                    train={"save_every": 2, "tbptt_chunk": 4, "deterministic": True})
+    reference = train(make_recipe(tmp_path, "reference", **sections), progress=False)
+
+    from accelerate import Accelerator
+
+    real_save_state = Accelerator.save_state
+
+    def dies_while_writing_step_4(self, output_dir=None, **kwargs):
+        if output_dir.endswith("checkpoint-4.tmp"):
+            Path(output_dir).mkdir(parents=True)
+            (Path(output_dir) / "model.safetensors").write_bytes(b"half a file")
+            raise KeyboardInterrupt("killed while writing a checkpoint")
+        return real_save_state(self, output_dir, **kwargs)
+
+    recipe = make_recipe(tmp_path, "interrupted", **sections)
+    monkeypatch.setattr(Accelerator, "save_state", dies_while_writing_step_4)
+    with pytest.raises(KeyboardInterrupt):
+        train(recipe, progress=False)
+    monkeypatch.undo()
+    run = tmp_path / "interrupted"
+    assert [step for step, _ in list_checkpoints(run)] == [2]
+    assert (run / "checkpoints" / "checkpoint-4.tmp").is_dir()
+
+    resumed = train(recipe, resume=True, progress=False)
+    assert resumed.steps == 6
+    assert_same_weights(weights(run), weights(tmp_path / "reference"))
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows if "loss" in r] == list(range(1, 7))  # steps 3-4 of the dead run are gone
+    assert [r["loss"] for r in rows if "loss" in r] == [r["loss"] for r in reference.history if "loss" in r]
+    assert [step for step, _ in list_checkpoints(run)] == [4, 6]  # save_total_limit=2
+    assert not (run / "checkpoints" / "checkpoint-4.tmp").exists()
+
+
+def test_resume_refuses_another_runs_checkpoint_and_fresh_runs_refuse_a_used_folder(tmp_path):
+    train(make_recipe(tmp_path, "a", train={"max_steps": 2, "save_every": 2}), progress=False)
+    other = make_recipe(tmp_path, "b", optim={"lr": 0.02})
+    with pytest.raises(ValueError, match=r"belongs to another run .*optim.lr: 0.01 \(checkpoint\) vs 0.02"):
+        train(other, resume=str(tmp_path / "a"), progress=False)
+    with pytest.raises(ValueError, match="already holds checkpoints of a run; pass --resume"):
+        train(make_recipe(tmp_path, "a", train={"max_steps": 2, "save_every": 2}), progress=False)
+    with pytest.raises(ValueError, match="--resume: no complete checkpoint in"):
+        train(make_recipe(tmp_path, "c"), resume=True, progress=False)
+    with pytest.raises(ValueError, match="--resume: '.*nowhere' does not exist"):
+        train(make_recipe(tmp_path, "c"), resume=str(tmp_path / "nowhere"), progress=False)
+
+
+def test_bad_batch_split_and_tbptt_on_a_transformer_are_errors(tmp_path):
+    with pytest.raises(ValueError, match=r"train.batch_size=6 \(global\) must be divisible by num_processes \(1\) x "
+                                         r"gradient_accumulation_steps \(4\) = 4"):
+        train(make_recipe(tmp_path, train={"batch_size": 6, "gradient_accumulation_steps": 4}), progress=False)
+    with pytest.raises(ValueError, match="train.tbptt_chunk=4 needs a recurrent architecture"):
+        train(make_recipe(tmp_path, model={"preset": "transformer-tiny", "config": {}},
+                          train={"tbptt_chunk": 4}), progress=False)
+    with pytest.raises(ValueError, match=r"model vocab_size=5 is smaller than the data's vocabulary \(9 token ids"):
+        train(make_recipe(tmp_path, model={"preset": "lstm-tiny", "config": {"vocab_size": 5}}), progress=False)
+
+
+def test_gradient_health_flags_and_skips_nonfinite_steps(tmp_path, monkeypatch):
+    assert classify(1e-9, 1e-6, 1e3) == "vanishing" and classify(5e3, 1e-6, 1e3) == "exploding"
+    assert classify(float("nan"), 1e-6, 1e3) == "exploding" and classify(1.0, 1e-6, 1e3) == "ok"
+
+    real = tbptt.token_loss_sum
+    calls = {"n": 0}
+
+    def nan_on_second_step(logits, targets):
+        calls["n"] += 1
+        loss, correct = real(logits, targets)
+        return (loss * float("nan"), correct) if calls["n"] == 2 else (loss, correct)
+
+    monkeypatch.setattr(tbptt, "token_loss_sum", nan_on_second_step)
+    recipe = make_recipe(tmp_path, train={"max_steps": 3, "eval_every": 0, "vanishing_grad_norm": 1e2,
+                                          "exploding_grad_norm": 1e9})
+    result = train(recipe, progress=False)
+    flags = [row["grad_flag"] for row in result.history if "loss" in row]
+    assert flags == ["vanishing", "exploding", "vanishing"]  # every finite norm here is below 100
+    assert [row.get("skipped", False) for row in result.history if "loss" in row] == [False, True, False]
+    assert result.grad_health["flagged_steps"] == {"vanishing": 2, "exploding": 1, "nonfinite": 1}
+    assert all(torch.isfinite(p).all() for p in result.model.parameters())
+
+
+def test_schedule_warms_up_then_decays_to_the_floor():
+    recipe = recipe_from_dict({"optim": {"warmup_steps": 4, "min_lr_ratio": 0.1}, "train": {"max_steps": 20}})
+    factors = [lr_factor(s, recipe) for s in range(20)]
+    assert factors[:4] == [0.25, 0.5, 0.75, 1.0]
+    assert all(a >= b for a, b in zip(factors[4:], factors[5:])) and math.isclose(factors[-1], 0.1 + 0.9 * 0.5 * (
+        1 + math.cos(math.pi * 15 / 16)))
