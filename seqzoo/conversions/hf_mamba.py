@@ -1,0 +1,207 @@
+"""Convert transformers' ``MambaForCausalLM`` / ``Mamba2ForCausalLM`` into seqzoo Mamba / Mamba-2.
+
+seqzoo's mixers keep transformers' parameter names and layouts, so conversion is a config translation plus a key
+rename (``backbone.`` -> ``model.``, ``embeddings`` -> ``embed_tokens``, ``norm_f`` -> ``norm``). The converted
+model computes the same function: logits agree to float32 rounding.
+
+    from seqzoo.conversions.hf_mamba import convert_hf_mamba
+    model = convert_hf_mamba("path/to/mamba-130m-hf")      # or a MambaForCausalLM object
+    model.save_pretrained("mamba-130m-seqzoo")
+
+From the shell: ``seqzoo convert hf-mamba <source> <destination>``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import shutil
+from pathlib import Path
+from typing import Any
+
+import torch
+
+logger = logging.getLogger("seqzoo")
+
+SUPPORTED_MODEL_TYPES = ("mamba", "mamba2")
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.json", "merges.txt",
+                   "tokenizer.model", "generation_config.json")
+
+# (pattern, replacement) applied in order to every transformers key. mamba_ssm-era checkpoints name the embedding
+# ``embedding`` (transformers renames it on load, and so do we).
+KEY_RENAMES = (
+    (r"^backbone\.embeddings?\.", "model.embed_tokens."),
+    (r"^backbone\.norm_f\.", "model.norm."),
+    (r"^backbone\.layers\.", "model.layers."),
+)
+
+
+def _fields(hf_config: Any, names: tuple[str, ...]) -> dict[str, Any]:
+    return {name: getattr(hf_config, name) for name in names if hasattr(hf_config, name)}
+
+
+COMMON_FIELDS = ("vocab_size", "hidden_size", "num_hidden_layers", "state_size", "expand", "conv_kernel",
+                 "use_bias", "use_conv_bias", "layer_norm_epsilon", "residual_in_fp32", "time_step_min",
+                 "time_step_max", "time_step_floor", "rescale_prenorm_residual", "initializer_range",
+                 "tie_word_embeddings", "use_cache", "pad_token_id", "bos_token_id", "eos_token_id")
+
+
+def config_from_hf(hf_config: Any) -> Any:
+    """The seqzoo config (MambaConfig or Mamba2Config) equivalent to a transformers Mamba / Mamba2 config."""
+    from seqzoo.models.mamba import MambaConfig
+    from seqzoo.models.mamba2 import Mamba2Config
+
+    model_type = _require_supported(getattr(hf_config, "model_type", None))
+    act = getattr(hf_config, "hidden_act", "silu")
+    if act not in ("silu", "swish"):
+        raise ValueError(f"source config has hidden_act={act!r}; seqzoo's Mamba mixers support only 'silu'")
+    values = _fields(hf_config, COMMON_FIELDS)
+    if model_type == "mamba":
+        values.update(_fields(hf_config, ("time_step_rank", "time_step_scale", "time_step_init_scheme")))
+        inner = getattr(hf_config, "intermediate_size", values["expand"] * values["hidden_size"])
+        if inner != values["expand"] * values["hidden_size"]:
+            raise ValueError(
+                f"source config has intermediate_size={inner}, but seqzoo derives it as expand * hidden_size = "
+                f"{values['expand'] * values['hidden_size']}; the two must agree"
+            )
+        return MambaConfig(**values)
+    values.update(_fields(hf_config, ("num_heads", "head_dim", "n_groups", "chunk_size")))
+    values["time_step_limit"] = tuple(getattr(hf_config, "time_step_limit", (0.0, float("inf"))))
+    # transformers' Mamba2Mixer always applies norm(y * silu(z)); a checkpoint that declares otherwise (these are
+    # mamba_ssm's names) was trained with that, so honour it -- transformers would not.
+    for name, transformers_value in (("rms_norm", True), ("norm_before_gate", False)):
+        value = getattr(hf_config, name, transformers_value)
+        if value != transformers_value:
+            logger.warning("source config sets %s=%r; transformers ignores it, seqzoo honours it", name, value)
+        values[name] = value
+    return Mamba2Config(**values)
+
+
+def convert_state_dict(state_dict: dict[str, torch.Tensor], config: Any) -> dict[str, torch.Tensor]:
+    """Rename transformers' keys to seqzoo's. Raises ValueError naming every missing, unexpected or mis-shaped
+    tensor (compared with a seqzoo model of ``config``)."""
+    from seqzoo.registry import architecture_for_model_type
+
+    renamed = {}
+    for key, value in state_dict.items():
+        new_key = key
+        for pattern, replacement in KEY_RENAMES:
+            new_key = re.sub(pattern, replacement, new_key)
+        renamed[new_key] = value
+    with torch.device("meta"):
+        expected = architecture_for_model_type(config.model_type).causal_lm_class(config).state_dict()
+    tied = config.tie_word_embeddings
+    if tied:
+        renamed.pop("lm_head.weight", None)  # the head is the embedding; the source may store it twice
+    required = {k: v for k, v in expected.items() if not (tied and k == "lm_head.weight")}
+
+    problems = []
+    missing = sorted(set(required) - set(renamed))
+    if missing:
+        problems.append(f"missing tensors {_show(missing)}")
+    unexpected = sorted(set(renamed) - set(required))
+    if unexpected:
+        problems.append(f"unexpected tensors {_show(unexpected)}")
+    shapes = [f"{key} (source {tuple(renamed[key].shape)}, expected {tuple(required[key].shape)})"
+              for key in sorted(set(required) & set(renamed)) if renamed[key].shape != required[key].shape]
+    if shapes:
+        problems.append(f"mis-shaped tensors {_show(shapes)}")
+    if problems:
+        raise ValueError(f"the source weights do not fit a {config.model_type} model of its config: "
+                         f"{'; '.join(problems)}")
+    return renamed
+
+
+def convert_hf_mamba(source: Any, dtype: torch.dtype | None = None) -> Any:
+    """A seqzoo Mamba / Mamba-2 causal LM with the weights of ``source``: a transformers ``MambaForCausalLM`` /
+    ``Mamba2ForCausalLM`` object, a folder saved from one, or a Hub repo id. ``dtype`` defaults to the source's."""
+    from seqzoo.registry import architecture_for_model_type
+
+    hf_config, state_dict = _load_source(source)
+    config = config_from_hf(hf_config)
+    weights = convert_state_dict(state_dict, config)
+    model = architecture_for_model_type(config.model_type).causal_lm_class(config)
+    if config.tie_word_embeddings:
+        weights["lm_head.weight"] = weights["model.embed_tokens.weight"]
+    model.load_state_dict(weights, strict=True)
+    dtype = dtype or weights["model.embed_tokens.weight"].dtype
+    return model.to(dtype).eval()
+
+
+def convert_hf_mamba_folder(source: Any, destination: str | Path, dtype: torch.dtype | None = None) -> Any:
+    """Convert ``source`` and save it to ``destination`` with safetensors, plus the source's tokenizer and
+    generation config files when it is a folder that has them. Returns the converted model."""
+    model = convert_hf_mamba(source, dtype)
+    destination = Path(destination)
+    model.save_pretrained(destination)
+    folder = _local_folder(source)
+    if folder is not None:
+        for name in TOKENIZER_FILES:
+            if (folder / name).is_file():
+                shutil.copy2(folder / name, destination / name)
+    return model
+
+
+def _load_source(source: Any) -> tuple[Any, dict[str, torch.Tensor]]:
+    from transformers import PreTrainedModel
+
+    if isinstance(source, PreTrainedModel):
+        return source.config, {k: v.detach() for k, v in source.state_dict().items()}
+    if not isinstance(source, (str, Path)):
+        raise ValueError(
+            f"source must be a transformers MambaForCausalLM / Mamba2ForCausalLM, a folder or a Hub repo id; got "
+            f"{type(source).__name__}"
+        )
+    folder = _local_folder(source) or _download(str(source))
+    config_path = folder / "config.json"
+    if not config_path.is_file():
+        raise ValueError(f"{str(source)!r} has no config.json; expected a folder saved by save_pretrained")
+    from transformers import AutoConfig
+
+    _require_supported(json.loads(config_path.read_text()).get("model_type"))
+    return AutoConfig.from_pretrained(folder), _read_weights(folder)
+
+
+def _require_supported(model_type: Any) -> str:
+    if model_type not in SUPPORTED_MODEL_TYPES:
+        raise ValueError(
+            f"cannot convert a {model_type!r} model with hf-mamba: the source must be a transformers Mamba or "
+            f"Mamba-2 model (model_type {' or '.join(map(repr, SUPPORTED_MODEL_TYPES))})"
+        )
+    return model_type
+
+
+def _local_folder(source: Any) -> Path | None:
+    if isinstance(source, (str, Path)) and Path(source).is_dir():
+        return Path(source)
+    return None
+
+
+def _download(repo_id: str) -> Path:
+    from huggingface_hub import snapshot_download
+
+    try:
+        return Path(snapshot_download(repo_id, allow_patterns=["*.json", "*.safetensors", "*.bin", "*.txt",
+                                                                "*.model"]))
+    except Exception as err:
+        raise ValueError(f"{repo_id!r} is neither a local folder nor a downloadable Hub repo: {err}") from err
+
+
+def _read_weights(folder: Path) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    files = sorted(folder.glob("*.safetensors"))
+    if files:
+        return {k: v for f in files for k, v in load_file(f).items()}
+    files = sorted(folder.glob("pytorch_model*.bin"))
+    if files:
+        return {k: v for f in files for k, v in torch.load(f, map_location="cpu", weights_only=True).items()}
+    raise ValueError(f"{str(folder)!r} holds no weights (*.safetensors or pytorch_model*.bin)")
+
+
+def _show(items: list[str], limit: int = 8) -> str:
+    return ", ".join(items[:limit]) + (f" ... ({len(items)} in all)" if len(items) > limit else "")
+
+
+__all__ = ["config_from_hf", "convert_hf_mamba", "convert_hf_mamba_folder", "convert_state_dict"]
