@@ -1,0 +1,11 @@
+"""Op ``selective_scan``: the Mamba-1 selective state-space scan over (B, T, Dm) with a (B, Dm, N) state."""
+
+from seqzoo.kernels.registry import register_backend, register_op
+
+from . import chunked, reference
+
+register_op("selective_scan", "Mamba-1 selective scan (delta already softplus'ed); delta = 0 is an identity step")
+register_backend("selective_scan", "reference", reference.selective_scan, priority=0,
+                 description="explicit per-token state update in PyTorch")
+register_backend("selective_scan", "chunked", chunked.selective_scan, priority=10, supports=chunked.supports,
+                 description="two-level doubling scan over chunks in pure PyTorch, no per-token loop")

@@ -1,0 +1,87 @@
+"""Reference selective scan (Mamba-1): one explicit state update per token, in plain PyTorch.
+
+Shapes (batch-first, channels-last): u, delta (B, T, Dm) with delta already softplus'ed; A (Dm, N), negative reals;
+B, C (B, T, N), shared by all channels; D (Dm,) or None; z (B, T, Dm) or None; initial_state (B, Dm, N), zeros when
+None. Returns y (B, T, Dm) in u's dtype and final_state (B, Dm, N) in float32 (float64 for float64 inputs).
+
+Per channel d and state index n:
+
+    h_t[d, n] = exp(delta_t[d] * A[d, n]) * h_{t-1}[d, n] + delta_t[d] * u_t[d] * B_t[n]
+    y_t[d]    = sum_n h_t[d, n] * C_t[n] + D[d] * u_t[d]
+    y_t[d]   *= silu(z_t[d])                                   (only when z is given)
+
+delta_t == 0 is an identity step: exp(0) = 1 and the input term is 0, so the state is unchanged bit for bit. Model
+layers mask padding this way, so the kernel takes no mask. These are the semantics of mamba_ssm's
+``selective_scan_fn`` with ``delta_softplus`` already applied (transformers' MambaMixer slow path), channels-last.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+def compute_dtype(*tensors):
+    """float64 if any input is float64, else float32: the state is never kept in half precision."""
+    return torch.float64 if any(t is not None and t.dtype == torch.float64 for t in tensors) else torch.float32
+
+
+def check_inputs(u, delta, A, B, C, D, z, initial_state):
+    """Raise ValueError naming the offending argument, its shape, and the expected one."""
+    if u.dim() != 3:
+        raise ValueError(f"selective_scan: u must be (B, T, Dm), got shape {tuple(u.shape)}")
+    batch, length, channels = u.shape
+    if tuple(delta.shape) != (batch, length, channels):
+        raise ValueError(
+            f"selective_scan: delta must match u's shape (B, T, Dm) = {tuple(u.shape)}, got {tuple(delta.shape)}"
+        )
+    if A.dim() != 2 or A.shape[0] != channels:
+        raise ValueError(f"selective_scan: A must be (Dm, N) = ({channels}, N), got shape {tuple(A.shape)}")
+    state_size = A.shape[1]
+    for name, t in (("B", B), ("C", C)):
+        if tuple(t.shape) != (batch, length, state_size):
+            raise ValueError(
+                f"selective_scan: {name} must be (B, T, N) = ({batch}, {length}, {state_size}), "
+                f"got shape {tuple(t.shape)}"
+            )
+    if D is not None and tuple(D.shape) != (channels,):
+        raise ValueError(f"selective_scan: D must be (Dm,) = ({channels},), got shape {tuple(D.shape)}")
+    if z is not None and tuple(z.shape) != (batch, length, channels):
+        raise ValueError(f"selective_scan: z must match u's shape {tuple(u.shape)}, got {tuple(z.shape)}")
+    if initial_state is not None and tuple(initial_state.shape) != (batch, channels, state_size):
+        raise ValueError(
+            f"selective_scan: initial_state must be (B, Dm, N) = ({batch}, {channels}, {state_size}), "
+            f"got shape {tuple(initial_state.shape)}"
+        )
+
+
+def skip_and_gate(y, u, D, z, dtype):
+    """y + D * u, then * silu(z); everything in the compute dtype."""
+    if D is not None:
+        y = y + D.to(dtype) * u.to(dtype)
+    if z is not None:
+        y = y * F.silu(z.to(dtype))
+    return y
+
+
+def selective_scan(u, delta, A, B, C, D=None, z=None, *, initial_state=None):
+    """Mamba-1 selective scan over (B, T, Dm); returns (y, final_state). Formulas in the module docstring."""
+    check_inputs(u, delta, A, B, C, D, z, initial_state)
+    batch, length, channels = u.shape
+    dtype = compute_dtype(u, delta, A, B, C, D, z, initial_state)
+    A_c = A.to(dtype)
+    if initial_state is None:
+        h = u.new_zeros(batch, channels, A.shape[1], dtype=dtype)
+    else:
+        h = initial_state.to(dtype)
+    outputs = []
+    for t in range(length):
+        delta_t = delta[:, t].to(dtype)  # (B, Dm)
+        decay = torch.exp(delta_t[:, :, None] * A_c)  # (B, Dm, N)
+        write = (delta_t * u[:, t].to(dtype))[:, :, None] * B[:, t, None, :].to(dtype)  # (B, Dm, N)
+        h = decay * h + write
+        outputs.append((h * C[:, t, None, :].to(dtype)).sum(dim=-1))  # (B, Dm)
+    if not outputs:
+        return u.new_zeros(batch, 0, channels), h
+    y = skip_and_gate(torch.stack(outputs, dim=1), u, D, z, dtype)
+    return y.to(u.dtype), h
