@@ -56,7 +56,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         print(recipe.to_yaml(), end="")
         return 0
     result = train(recipe, resume=args.resume, progress=not args.no_progress)
-    print(f"trained {recipe.model.preset} for {result.steps} steps ({result.tokens_seen:,} tokens): eval loss "
-          f"{result.eval['loss']:.4f}, perplexity {result.eval['perplexity']:.3f}, accuracy "
-          f"{result.eval['accuracy']:.3f}; saved to {result.output_dir}")
+    if result.is_main_process:
+            print(f"trained {recipe.model.preset} for {result.steps} steps ({result.tokens_seen:,} tokens): eval loss "
+              f"{result.eval['loss']:.4f}, perplexity {result.eval['perplexity']:.3f}, accuracy "
+              f"{result.eval['accuracy']:.3f}; saved to {result.output_dir}")
     return 0

@@ -53,6 +53,7 @@ class TrainResult:
     train_tokens_per_second: float
     history: list[dict[str, Any]] = field(default_factory=list)
     model: Any = None  # the trained (unwrapped) model, for callers in the same process
+    is_main_process: bool = True
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -157,7 +158,7 @@ def train(recipe: Recipe, *, resume: str | Path | bool | None = None, dataset: A
     from accelerate.utils import set_seed
 
     t = recipe.train
-    accelerator = Accelerator(mixed_precision=t.mixed_precision)
+    accelerator = Accelerator(mixed_precision=t.mixed_precision, cpu=_launched_on_cpu_only())
     world = accelerator.num_processes
     per_micro = world * t.gradient_accumulation_steps
     if t.batch_size % per_micro:
@@ -190,6 +191,15 @@ def train(recipe: Recipe, *, resume: str | Path | bool | None = None, dataset: A
                     progress)
     finally:
         torch.use_deterministic_algorithms(previous_determinism)
+
+
+def _launched_on_cpu_only() -> bool:
+    # Accelerate runs torchrun-launched processes as independent single-process runs unless told they are CPU
+    # processes (then it joins them over gloo); `accelerate launch --cpu` says so itself, torchrun does not.
+    import os
+
+    launched = int(os.environ.get("WORLD_SIZE", "1")) > 1 or "LOCAL_RANK" in os.environ
+    return launched and not torch.cuda.is_available()
 
 
 def _run(recipe: Recipe, accelerator: Any, model: Any, optimizer: Any, scheduler: Any, data: Any, micro_batch: int,
@@ -299,7 +309,7 @@ def _run(recipe: Recipe, accelerator: Any, model: Any, optimizer: Any, scheduler
     return TrainResult(output_dir=run_dir, steps=step, tokens_seen=tokens_seen, eval=last_eval,
                        grad_health=health.summary(),
                        train_tokens_per_second=train_tokens / train_seconds if train_seconds else 0.0,
-                       history=history, model=final_model)
+                       history=history, model=final_model, is_main_process=accelerator.is_main_process)
 
 
 def _is_recurrent(model: Any) -> bool:

@@ -1,0 +1,108 @@
+"""`seqzoo train` as real processes: two gloo processes under torchrun match one process, and a run killed with
+SIGKILL resumes from its last checkpoint to bit-identical weights."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from seqzoo.training.recipe import load_recipe
+from seqzoo.training.trainer import train
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def write_recipe(path: Path, **train_fields) -> Path:
+    train_section = {"batch_size": 8, "eval_every": 0, "log_every": 1000, **train_fields}
+    path.write_text(json.dumps({  # JSON is YAML
+        "model": {"preset": "lstm-tiny", "config": {"hidden_size": 16, "embedding_size": 16, "dropout": 0.1}},
+        "data": {"source": "pydoc", "seq_len": 32, "eval_samples": 8},
+        "optim": {"lr": 0.01, "warmup_steps": 2},
+        "train": train_section,
+    }))
+    return path
+
+
+def env() -> dict[str, str]:
+    # One thread per process: the in-process reference runs with one thread too, so float sums are ordered alike.
+    return {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT), "TOKENIZERS_PARALLELISM": "false"}
+
+
+def seqzoo_train(*args: str) -> list[str]:
+    return [sys.executable, "-m", "seqzoo", "train", *args, "--no-progress"]
+
+
+def in_process_reference(recipe_path: Path, output_dir: Path):
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return train(load_recipe(str(recipe_path), {"output_dir": str(output_dir)}), progress=False)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def losses(run: Path) -> list[float]:
+    return [json.loads(line)["loss"] for line in (run / "metrics.jsonl").read_text().splitlines()
+            if "loss" in json.loads(line)]
+
+
+def test_two_gloo_processes_match_one_process(tmp_path):
+    # Dropout off: each process draws its own masks, so only a dropout-free run can match one process exactly.
+    recipe = write_recipe(tmp_path / "ddp.yaml", max_steps=4, gradient_accumulation_steps=2, tbptt_chunk=8)
+    recipe.write_text(recipe.read_text().replace('"dropout": 0.1', '"dropout": 0.0'))
+    two = tmp_path / "two"
+    launch = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "seqzoo",
+              "train", str(recipe), "--output-dir", str(two), "--no-progress"]
+    done = subprocess.run(launch, env=env(), capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.count("trained lstm-tiny for 4 steps") == 1  # printed by the main process only
+    info = json.loads((two / "seqzoo_training.json").read_text())
+    assert info["num_processes"] == 2
+
+    one = in_process_reference(recipe, tmp_path / "one")
+    assert one.steps == 4
+    assert losses(two) == pytest.approx(losses(tmp_path / "one"), rel=1e-5)
+    ours, theirs = load_file(str(two / "model.safetensors")), load_file(str(tmp_path / "one" / "model.safetensors"))
+    for key in ours:
+        torch.testing.assert_close(ours[key], theirs[key], rtol=1e-5, atol=1e-6, msg=key)
+    changed = load_file(str(two / "model.safetensors"))["model.embed_tokens.weight"]
+    assert not torch.equal(changed, torch.zeros_like(changed))
+
+
+def test_sigkill_mid_run_then_resume_gives_bit_identical_weights(tmp_path):
+    recipe = write_recipe(tmp_path / "kill.yaml", max_steps=150, save_every=10, tbptt_chunk=8, deterministic=True)
+    run = tmp_path / "killed"
+    process = subprocess.Popen(seqzoo_train(str(recipe), "--output-dir", str(run)), env=env(),
+                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 240
+    while not (run / "checkpoints" / "checkpoint-20" / "trainer_state.json").exists():
+        assert process.poll() is None, f"the run ended before it could be killed: {process.stderr.read()[-2000:]}"
+        assert time.monotonic() < deadline, "no checkpoint-20 within 240 s"
+        time.sleep(0.02)
+    process.send_signal(signal.SIGKILL)
+    process.wait(timeout=30)
+    process.stderr.close()
+    assert process.returncode == -signal.SIGKILL
+    assert not (run / "model.safetensors").exists(), "killed before the end, so no final model"
+
+    resumed = subprocess.run(seqzoo_train(str(recipe), "--output-dir", str(run), "--resume"), env=env(),
+                             capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+
+    reference = in_process_reference(recipe, tmp_path / "uninterrupted")
+    assert reference.steps == 150
+    ours, theirs = load_file(str(run / "model.safetensors")), load_file(str(tmp_path / "uninterrupted" /
+                                                                              "model.safetensors"))
+    assert ours.keys() == theirs.keys()
+    for key in ours:
+        assert torch.equal(ours[key], theirs[key]), f"{key} differs after SIGKILL + resume"
+    assert losses(run) == losses(tmp_path / "uninterrupted")
