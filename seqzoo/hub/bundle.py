@@ -1,0 +1,246 @@
+"""The flat code bundle that lets ``trust_remote_code=True`` load a seqzoo checkpoint where seqzoo is not installed.
+
+transformers loads remote code from the files beside config.json and copies (or downloads) only the files that an
+entry module names in ``from .x import y`` lines, recursively. seqzoo's modules live in packages and import each
+other as ``from seqzoo.a.b import c`` or ``from .x import y``, so the exporter turns the modules one architecture
+needs into a flat set of sibling files:
+
+* which modules: start from the modules that define the architecture's config, backbone and causal-LM classes and
+  follow every import (at any depth, so lazy imports inside functions come along) that points into a bundled
+  package -- ``seqzoo`` and the top-level package of a plugin architecture. Anything else (torch, transformers,
+  the standard library, optional accelerators) stays an ordinary import; the tests audit what that leaves.
+* names: ``seqzoo/kernels/registry.py`` becomes ``seqzoo_kernels_registry.py``, a package's ``__init__.py`` takes
+  the package name (``seqzoo_kernels.py``), and the config and model modules take the names transformers expects
+  in ``auto_map``: ``configuration_<model_type>.py`` and ``modeling_<model_type>.py``.
+* imports: each import of a bundled module is rewritten in place as a flat relative import. An imported *module
+  object* (``from seqzoo.kernels import rnn_cells``, ``from . import reference``) becomes
+  ``from . import seqzoo_kernels_rnn_cells as rnn_cells``, preceded by ``from .seqzoo_kernels_rnn_cells import
+  __name__ as ...`` because transformers only fetches files named in ``from .x import`` lines.
+
+Parent packages are not bundled: their ``__init__`` (``seqzoo/__init__.py`` registers every architecture) is not
+needed by the modules themselves. Kernel backends registered lazily as ``"seqzoo....:fn"`` strings are not
+followed; inside the bundle their module cannot be found, so the kernel registry reports them unavailable and the
+always-present pure-PyTorch backends run.
+"""
+
+from __future__ import annotations
+
+import ast
+import importlib.util
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+BUNDLE_NOTE = (
+    "# {source} from seqzoo {version}, copied into the self-contained code of this checkpoint with its\n"
+    "# imports of {packages} modules rewritten as flat sibling imports, so that transformers can load it with\n"
+    "# trust_remote_code=True where seqzoo is not installed. Change seqzoo, not this copy.\n"
+)
+
+
+class BundleError(ValueError):
+    """An architecture's code cannot be turned into a flat bundle (the message names the file, line and fix)."""
+
+
+@dataclass
+class Bundle:
+    """Flat module name -> source text, plus the ``auto_map`` that points transformers at the classes."""
+
+    files: dict[str, str]
+    auto_map: dict[str, str]
+    origins: dict[str, str] = field(default_factory=dict)  # flat module name -> original module name
+
+    def write(self, folder: str | Path) -> list[Path]:
+        paths = []
+        for name, text in sorted(self.files.items()):
+            path = Path(folder) / f"{name}.py"
+            path.write_text(text, encoding="utf-8")
+            paths.append(path)
+        return paths
+
+
+def build_bundle(spec: Any) -> Bundle:
+    """The bundle of one registered architecture (a :class:`seqzoo.registry.ModelSpec`)."""
+    model_type = re.sub(r"\W", "_", spec.model_type)
+    config_module = spec.config_class.__module__
+    model_module = spec.model_class.__module__
+    lm_module = spec.causal_lm_class.__module__
+    fixed_names = {lm_module: f"modeling_{model_type}"}
+    fixed_names.setdefault(config_module, f"configuration_{model_type}")
+    packages = {"seqzoo"} | {name.partition(".")[0] for name in (config_module, model_module, lm_module)}
+
+    bundler = _Bundler(packages, fixed_names)
+    for module in (config_module, model_module, lm_module):
+        bundler.add(module)
+    auto_map = {
+        "AutoConfig": f"{bundler.flat_name(config_module)}.{spec.config_class.__name__}",
+        "AutoModel": f"{bundler.flat_name(model_module)}.{spec.model_class.__name__}",
+        "AutoModelForCausalLM": f"{bundler.flat_name(lm_module)}.{spec.causal_lm_class.__name__}",
+    }
+    return Bundle(bundler.files, auto_map, bundler.origins)
+
+
+class _Bundler:
+    def __init__(self, packages: set[str], fixed_names: dict[str, str]) -> None:
+        self.packages = packages
+        self.fixed_names = fixed_names
+        self.files: dict[str, str] = {}
+        self.origins: dict[str, str] = {}
+
+    def flat_name(self, module: str) -> str:
+        return self.fixed_names.get(module) or module.replace(".", "_")
+
+    def add(self, module: str) -> None:
+        pending = [module]
+        while pending:
+            name = pending.pop()
+            flat = self.flat_name(name)
+            if flat in self.origins:
+                if self.origins[flat] != name:
+                    raise BundleError(
+                        f"modules {self.origins[flat]!r} and {name!r} would both be bundled as {flat}.py; "
+                        "rename one of them"
+                    )
+                continue
+            path = _source_file(name)
+            text, imported = self._rewrite(name, path)
+            self.origins[flat] = name
+            self.files[flat] = _note(name, path, self.packages) + text
+            pending.extend(imported)
+
+    def _rewrite(self, module: str, path: Path) -> tuple[str, list[str]]:
+        """The module's source with its bundled imports rewritten, and the modules those imports need."""
+        source = path.read_bytes()
+        tree = ast.parse(source, filename=str(path))
+        package = module if path.name == "__init__.py" else module.rpartition(".")[0]
+        edits: list[tuple[ast.stmt, list[str]]] = []
+        imported: list[str] = []
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom):
+                statements = self._rewrite_from(node, package, path, imported)
+            elif isinstance(node, ast.Import):
+                statements = self._rewrite_import(node, path, imported)
+            else:
+                continue
+            if statements is not None:
+                edits.append((node, statements))
+        return _apply_edits(source, edits), imported
+
+    def _bundled(self, module: str) -> bool:
+        return module.partition(".")[0] in self.packages
+
+    def _rewrite_from(self, node: ast.ImportFrom, package: str, path: Path, imported: list[str]) -> list[str] | None:
+        target = _absolute_module(node, package, path)
+        if not self._bundled(target):
+            return None
+        statements: list[str] = []
+        names: list[str] = []
+        for alias in node.names:
+            if alias.name != "*" and _is_submodule(target, alias.name):
+                submodule = f"{target}.{alias.name}"
+                imported.append(submodule)
+                statements += self._module_object(submodule, alias.asname or alias.name)
+            else:
+                names.append(alias.name if alias.asname is None else f"{alias.name} as {alias.asname}")
+        if names:
+            imported.append(target)
+            statements.insert(0, _from_import(self.flat_name(target), names, node.col_offset))
+        return statements
+
+    def _rewrite_import(self, node: ast.Import, path: Path, imported: list[str]) -> list[str] | None:
+        if not any(self._bundled(alias.name) for alias in node.names):
+            return None
+        statements = []
+        for alias in node.names:
+            if not self._bundled(alias.name):
+                statements.append(f"import {alias.name}" + (f" as {alias.asname}" if alias.asname else ""))
+            elif alias.asname is None:
+                parent, _, last = alias.name.rpartition(".")
+                fix = f"`from {parent} import {last}`" if parent else "imports of the names it needs"
+                raise BundleError(
+                    f"{path}:{node.lineno}: `import {alias.name}` binds the package name "
+                    f"{alias.name.partition('.')[0]!r}, which a flat code bundle cannot provide; use {fix} instead"
+                )
+            else:
+                imported.append(alias.name)
+                statements += self._module_object(alias.name, alias.asname)
+        return statements
+
+    def _module_object(self, module: str, bind_as: str) -> list[str]:
+        flat = self.flat_name(module)
+        # The first line is what transformers reads to copy or download the file; the second binds the module.
+        return [f"from .{flat} import __name__ as _bundled_{flat}", f"from . import {flat} as {bind_as}"]
+
+
+def _from_import(module: str, names: list[str], indent: int) -> str:
+    line = f"from .{module} import {', '.join(names)}"
+    if indent + len(line) <= 120:
+        return line
+    inner = " " * (indent + 4)
+    return f"from .{module} import (\n" + "".join(f"{inner}{name},\n" for name in names) + " " * indent + ")"
+
+
+def _source_file(module: str) -> Path:
+    try:
+        spec = importlib.util.find_spec(module)
+    except ModuleNotFoundError as err:
+        raise BundleError(f"cannot bundle module {module!r}: {err}") from err
+    origin = spec.origin if spec is not None else None
+    if origin is None or not origin.endswith(".py"):
+        raise BundleError(
+            f"cannot bundle module {module!r}: it has no Python source file (found {origin!r}); only modules "
+            "written in Python (and packages with an __init__.py) can go into the code bundle"
+        )
+    return Path(origin)
+
+
+def _absolute_module(node: ast.ImportFrom, package: str, path: Path) -> str:
+    if node.level == 0:
+        return node.module or ""
+    parts = package.split(".")
+    if node.level > len(parts):
+        raise BundleError(f"{path}:{node.lineno}: relative import goes above the top-level package {parts[0]!r}")
+    base = ".".join(parts[: len(parts) - node.level + 1])
+    return f"{base}.{node.module}" if node.module else base
+
+
+def _is_submodule(package: str, name: str) -> bool:
+    spec = importlib.util.find_spec(package)
+    if spec is None or spec.submodule_search_locations is None:
+        return False  # a plain module has no submodules: the name is an attribute
+    return importlib.util.find_spec(f"{package}.{name}") is not None
+
+
+def _note(module: str, path: Path, packages: set[str]) -> str:
+    import seqzoo
+
+    top = module.partition(".")[0]
+    root = Path(importlib.util.find_spec(top).origin).parent.parent
+    try:
+        source = path.relative_to(root).as_posix()
+    except ValueError:
+        source = module
+    return BUNDLE_NOTE.format(version=seqzoo.__version__, source=source, packages="/".join(sorted(packages)))
+
+
+def _apply_edits(source: bytes, edits: list[tuple[ast.stmt, list[str]]]) -> str:
+    """Replace each import statement's exact span (ast offsets are UTF-8 byte offsets) with its rewrite."""
+    line_starts = [0]
+    for line in source.splitlines(keepends=True):
+        line_starts.append(line_starts[-1] + len(line))
+    result = source
+    for node, statements in sorted(edits, key=lambda edit: (edit[0].lineno, edit[0].col_offset), reverse=True):
+        start = line_starts[node.lineno - 1] + node.col_offset
+        end = line_starts[node.end_lineno - 1] + node.end_col_offset
+        prefix = source[line_starts[node.lineno - 1] : start]
+        starts_line = not prefix.strip()
+        indent = prefix.decode("utf-8")
+        # A statement that owns its line keeps one statement per line; one sharing a line (`if x: import y`) is
+        # rewritten on that line.
+        joined = ("\n" + indent).join(statements) if starts_line else "; ".join(statements)
+        result = result[:start] + joined.encode("utf-8") + result[end:]
+    return result.decode("utf-8")
+
+
+__all__ = ["Bundle", "BundleError", "build_bundle"]

@@ -1,0 +1,299 @@
+"""Model cards for published checkpoints, rendered from ``hub_cards/<architecture>.md`` with huggingface_hub.
+
+A template is Markdown with Jinja2 placeholders, rendered by ``huggingface_hub.ModelCard.from_template``; it starts
+with the ``{{ card_data }}`` metadata block and arranges the prose about how its architecture remembers around the
+sections seqzoo computes for every card (see :func:`card_sections`). An architecture without its own template
+(a plugin) gets ``hub_cards/generic.md`` and a logged warning.
+
+The training record
+-------------------
+Data and evaluation figures come from ``seqzoo_training.json`` in the model folder, written at the end of training.
+Every key is optional; unknown keys are ignored with a warning::
+
+    {
+      "dataset": "roneneldan/TinyStories",         # a Hub dataset id or a name; or a list of them
+      "tokens_seen": 52428800,                     # training tokens consumed (int >= 0)
+      "steps": 12800,                              # optimizer steps (int >= 0)
+      "eval": {"loss": 1.42, "perplexity": 4.14},  # metric name -> number, measured on held-out data
+      "recipe": {"learning_rate": 0.0006, "batch_size": 32, "sequence_length": 128}   # any JSON object
+    }
+
+Datasets go into the card's ``datasets`` metadata and, with the evaluation figures, into its ``model-index``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from dataclasses import fields
+from pathlib import Path
+from typing import Any
+
+from huggingface_hub import EvalResult, ModelCard, ModelCardData
+
+logger = logging.getLogger("seqzoo.hub")
+
+TEMPLATE_DIR = Path(__file__).resolve().parent.parent / "hub_cards"
+GENERIC_TEMPLATE = "generic"
+TRAINING_FILE = "seqzoo_training.json"
+TRAINING_KEYS = ("dataset", "tokens_seen", "steps", "eval", "recipe")
+DEFAULT_LICENSE = "apache-2.0"
+USAGE_PROMPT = "Once upon a time"
+CONTEXT_EXAMPLE = 4096  # context length at which a card quotes the size of a growing KV cache
+
+
+def template_path(architecture: str) -> Path:
+    """``hub_cards/<architecture>.md``, or the generic template (with a warning) when there is none."""
+    path = TEMPLATE_DIR / f"{architecture}.md"
+    if path.is_file():
+        return path
+    logger.warning(
+        "no model-card template %s for architecture %r; using the generic one (add hub_cards/%s.md to describe it)",
+        path, architecture, architecture,
+    )
+    return TEMPLATE_DIR / f"{GENERIC_TEMPLATE}.md"
+
+
+def load_training_record(folder: str | Path) -> dict[str, Any] | None:
+    """The validated ``seqzoo_training.json`` of a model folder, or None when the folder has none."""
+    path = Path(folder) / TRAINING_FILE
+    if not path.is_file():
+        return None
+    try:
+        record = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{path} is not valid JSON: {err}") from err
+    return validate_training_record(record, source=str(path))
+
+
+def validate_training_record(record: Any, source: str = TRAINING_FILE) -> dict[str, Any]:
+    """Check a training record (format in the module docstring); return its known keys."""
+    if not isinstance(record, dict):
+        raise ValueError(f"{source}: expected a JSON object with keys {', '.join(TRAINING_KEYS)}; got {record!r}")
+    unknown = sorted(set(record) - set(TRAINING_KEYS))
+    if unknown:
+        logger.warning("%s: ignoring unknown keys %s (known: %s)", source, unknown, ", ".join(TRAINING_KEYS))
+    dataset = record.get("dataset")
+    names = [dataset] if isinstance(dataset, str) else dataset
+    if dataset is not None and not (
+        isinstance(names, list) and names and all(isinstance(n, str) and n.strip() for n in names)
+    ):
+        raise ValueError(f"{source}: 'dataset' must be a non-empty string or list of strings; got {dataset!r}")
+    for key in ("tokens_seen", "steps"):
+        value = record.get(key)
+        if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 0):
+            raise ValueError(f"{source}: {key!r} must be an integer >= 0; got {value!r}")
+    evaluation = record.get("eval")
+    if evaluation is not None:
+        if not isinstance(evaluation, dict):
+            raise ValueError(f"{source}: 'eval' must map metric names to numbers; got {evaluation!r}")
+        for name, value in evaluation.items():
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+                raise ValueError(f"{source}: eval metric {name!r} must be a finite number; got {value!r}")
+    if record.get("recipe") is not None and not isinstance(record["recipe"], dict):
+        raise ValueError(f"{source}: 'recipe' must be a JSON object; got {record['recipe']!r}")
+    return {key: record[key] for key in TRAINING_KEYS if record.get(key) is not None}
+
+
+def render_model_card(
+    model: Any,
+    spec: Any,
+    *,
+    repo_id: str,
+    code_files: list[str],
+    license: str = DEFAULT_LICENSE,
+    training: dict[str, Any] | None = None,
+) -> ModelCard:
+    """The card of ``model`` (an architecture of ``spec``) published as ``repo_id``."""
+    model_name = repo_id.rsplit("/", 1)[-1]
+    datasets = _datasets(training)
+    evaluation = (training or {}).get("eval", {})
+    eval_results = [
+        EvalResult(task_type="text-generation", dataset_type=datasets[0], dataset_name=datasets[0],
+                   metric_type=name, metric_value=value)
+        for name, value in evaluation.items()
+    ] if datasets else None
+    card_data = ModelCardData(
+        license=license,
+        library_name="seqzoo",
+        pipeline_tag="text-generation",
+        tags=["seqzoo", spec.name, spec.model_type, "custom_code"],
+        datasets=datasets or None,
+        model_name=model_name,
+        eval_results=eval_results or None,
+    )
+    sections = card_sections(model, spec, repo_id=repo_id, code_files=code_files, training=training)
+    return ModelCard.from_template(card_data, template_path=str(template_path(spec.name)), **sections)
+
+
+def card_sections(
+    model: Any, spec: Any, *, repo_id: str, code_files: list[str], training: dict[str, Any] | None
+) -> dict[str, Any]:
+    """The template variables: names, parameter counts and the Markdown sections every card shows."""
+    config = model.config
+    counts = parameter_counts(model)
+    dtype = next(model.parameters()).dtype
+    return {
+        "repo_id": repo_id,
+        "model_name": repo_id.rsplit("/", 1)[-1],
+        "architecture": spec.name,
+        "description": spec.description or spec.name,
+        "model_type": spec.model_type,
+        "config": config,  # templates may read any field or property: {{ config.hidden_size }}
+        "parameters": {key: f"{value:,}" for key, value in counts.items()},
+        "memory_table": memory_table(config, counts, dtype),
+        "parameters_table": _table(["parameters", "count"], [
+            ["total (tied weights counted once)", f"{counts['total']:,}"],
+            ["embeddings (token and position tables)", f"{counts['embedding']:,}"],
+            ["everything else", f"{counts['total'] - counts['embedding']:,}"],
+        ]),
+        "config_table": config_table(config),
+        "training_section": training_section(training),
+        "usage": usage_section(repo_id),
+        "files_section": files_section(spec, code_files),
+    }
+
+
+def parameter_counts(model: Any) -> dict[str, int]:
+    """Total and embedding parameters, and the weights one decoded token multiplies through (``per_token``)."""
+    from torch import nn
+
+    parameters = list(model.parameters())  # shared (tied) tensors appear once
+    embedding_ids = {id(m.weight) for m in model.modules() if isinstance(m, nn.Embedding)}
+    total = sum(p.numel() for p in parameters)
+    embedding = sum(p.numel() for p in parameters if id(p) in embedding_ids)
+    # An embedding lookup costs no multiplications, but a head tied to the embedding multiplies through it again.
+    head = model.get_output_embeddings()
+    tied_head = head.weight.numel() if head is not None and id(head.weight) in embedding_ids else 0
+    return {"total": total, "embedding": embedding, "per_token": total - embedding + tied_head}
+
+
+def memory_table(config: Any, counts: dict[str, int], dtype: Any) -> str:
+    """What the model keeps between tokens, and what one decode step costs."""
+    width = dtype.itemsize
+    dtype_name = str(dtype).removeprefix("torch.")
+    try:
+        state = config.state_bytes_per_sequence(width)
+    except NotImplementedError:
+        state = None
+    kv = config.kv_bytes_per_token(width)
+    rows = []
+    if state is None:
+        rows.append(["state per sequence", "not reported by this architecture"])
+    elif state:
+        rows.append(["state carried per sequence", f"{_bytes(state)} ({dtype_name} weights), the same at every "
+                     "context length"])
+    if kv:
+        rows.append(["KV cache per token of context", f"{_bytes(kv)}; {_bytes(kv * CONTEXT_EXAMPLE)} at "
+                     f"{CONTEXT_EXAMPLE:,} tokens"])
+    flops = f"≈ {2 * counts['per_token']:,} FLOPs in weight products ({counts['per_token']:,} weights, 2 FLOPs each)"
+    if kv:
+        step = f"{flops}, plus attention that reads the KV cache of every earlier token: grows with the context"
+    else:
+        step = f"{flops}; constant: it does not grow with the context"
+    rows.append(["cost per decoded token", step])
+    return _table(["memory", "per sequence"], rows)
+
+
+def config_table(config: Any) -> str:
+    """The architecture's own config fields (not transformers' generic ones) and their values."""
+    from transformers import PreTrainedConfig
+
+    generic = {f.name for f in fields(PreTrainedConfig)}
+    values = config.to_dict()
+    rows = [["model_type", f"`{config.model_type}`"]]
+    for f in fields(config):
+        if f.name not in generic and f.name in values:
+            rows.append([f.name, f"`{json.dumps(values[f.name])}`"])
+    return _table(["field", "value"], rows)
+
+
+def training_section(training: dict[str, Any] | None) -> str:
+    if not training:
+        return (
+            f"This checkpoint was published without a training record (`{TRAINING_FILE}`), so its training data "
+            "and quality are unknown. An untrained checkpoint generates noise."
+        )
+    lines = []
+    if "dataset" in training:
+        lines.append(f"- Data: {', '.join(f'`{name}`' for name in _datasets(training))}")
+    if "tokens_seen" in training:
+        lines.append(f"- Tokens seen: {training['tokens_seen']:,}")
+    if "steps" in training:
+        lines.append(f"- Optimizer steps: {training['steps']:,}")
+    if training.get("eval"):
+        lines += ["", "Evaluation on held-out data:", "",
+                  _table(["metric", "value"], [[name, f"{value:.4g}"] for name, value in training["eval"].items()])]
+    if training.get("recipe"):
+        lines += ["", "Recipe:", "",
+                  _table(["setting", "value"], [[key, f"`{json.dumps(value)}`"]
+                                                for key, value in training["recipe"].items()])]
+    return "\n".join(lines).strip()
+
+
+def usage_section(repo_id: str) -> str:
+    """Two snippets that run as written (the tests execute both) and the command-line equivalent."""
+
+    def snippet(first_line: str, flag: str) -> str:
+        return (
+            f"{first_line}from transformers import AutoModelForCausalLM, AutoTokenizer\n\n"
+            f'tokenizer = AutoTokenizer.from_pretrained("{repo_id}"{flag})\n'
+            f'model = AutoModelForCausalLM.from_pretrained("{repo_id}"{flag})\n'
+            f'inputs = tokenizer("{USAGE_PROMPT}", return_tensors="pt")\n'
+            "output = model.generate(**inputs, max_new_tokens=20, do_sample=False)\n"
+            "print(tokenizer.decode(output[0], skip_special_tokens=True))\n"
+        )
+
+    native = snippet("import seqzoo  # registers the seqzoo architectures with transformers\n", "")
+    # AutoTokenizer reads config.json as well, and without the flag it would stop to ask about the auto_map.
+    remote = snippet("", ", trust_remote_code=True")
+    return (
+        "With seqzoo installed (`pip install seqzoo`), its own classes and kernels load the checkpoint:\n\n"
+        f"```python\n{native}```\n\n"
+        "With only `torch` and `transformers`, the code bundled in this repository loads it:\n\n"
+        f"```python\n{remote}```\n\n"
+        f"From the command line: `seqzoo generate {repo_id} \"{USAGE_PROMPT}\" --max-new-tokens 40`."
+    )
+
+
+def files_section(spec: Any, code_files: list[str]) -> str:
+    listed = ", ".join(f"`{name}`" for name in sorted(code_files))
+    return (
+        "`config.json` (with `auto_map`), `model.safetensors`, `generation_config.json`, the tokenizer files, and "
+        f"the self-contained code that seqzoo bundled for `trust_remote_code=True`: {listed}. The bundle carries "
+        "seqzoo's PyTorch kernels; GPU kernels that seqzoo loads on demand need seqzoo installed."
+    )
+
+
+def _datasets(training: dict[str, Any] | None) -> list[str]:
+    dataset = (training or {}).get("dataset")
+    if dataset is None:
+        return []
+    return [dataset] if isinstance(dataset, str) else list(dataset)
+
+
+def _bytes(count: int) -> str:
+    for unit, size in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+        if count >= size:
+            return f"{count:,} bytes ({count / size:.1f} {unit})"
+    return f"{count:,} bytes"
+
+
+def _table(header: list[str], rows: list[list[str]]) -> str:
+    def cell(value: Any) -> str:
+        return str(value).replace("|", "\\|").replace("\n", " ")
+
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+__all__ = [
+    "DEFAULT_LICENSE",
+    "TRAINING_FILE",
+    "load_training_record",
+    "render_model_card",
+    "template_path",
+    "validate_training_record",
+]

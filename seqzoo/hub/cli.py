@@ -1,0 +1,51 @@
+"""``seqzoo publish``: export a saved model as a self-contained Hub repository and upload it (or only build it)."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+DESCRIPTION = """\
+Export a saved seqzoo model folder as a Hub repository -- weights (safetensors), config.json with auto_map,
+tokenizer, generation config, model card and the self-contained code that lets trust_remote_code=True load it
+without seqzoo -- and upload it in one commit. The token comes from HF_TOKEN or `hf auth login`; the endpoint
+from HF_ENDPOINT. With --dry-run --output DIR the folder is only built, and nothing is uploaded."""
+
+
+def register(subparsers: Any) -> None:
+    from seqzoo.hub.cards import DEFAULT_LICENSE
+
+    p = subparsers.add_parser("publish", help="export a saved model for the Hub and upload it", description=DESCRIPTION)
+    p.add_argument("model_dir", help="folder written by save_pretrained, `seqzoo new` or `seqzoo train`")
+    p.add_argument("repo_id", help="Hub model repository, e.g. your-name/lstm-tinystories")
+    p.add_argument("--private", action="store_true", help="create the repository as private (if it is new)")
+    p.add_argument("--revision", default=None, help="branch to commit to, created from main if missing")
+    p.add_argument("--commit-message", default=None)
+    p.add_argument("--license", default=DEFAULT_LICENSE, help=f"license id for the model card (default {DEFAULT_LICENSE})")
+    p.add_argument("--dry-run", action="store_true", help="only build the repository folder (needs --output)")
+    p.add_argument("--output", default=None, metavar="DIR", help="with --dry-run: where to build the folder")
+    p.set_defaults(func=cmd_publish)
+
+
+def cmd_publish(args: argparse.Namespace) -> int:
+    from seqzoo.hub.publish import PublishError, export_folder, publish
+
+    if args.dry_run != (args.output is not None):
+        raise SystemExit("error: --dry-run and --output go together: --dry-run --output DIR builds the repository "
+                         "folder in DIR and uploads nothing")
+    if args.dry_run:
+        upload_only = [flag for flag, value in (("--private", args.private), ("--revision", args.revision),
+                                                ("--commit-message", args.commit_message)) if value]
+        if upload_only:
+            raise SystemExit(f"error: {', '.join(upload_only)} only apply to an upload; --dry-run uploads nothing")
+        folder = export_folder(args.model_dir, args.output, repo_id=args.repo_id, license=args.license)
+        files = sorted(path.name for path in folder.iterdir())
+        print(f"built {folder} for {args.repo_id} ({len(files)} files, nothing uploaded): {', '.join(files)}")
+        return 0
+    try:
+        url = publish(args.model_dir, args.repo_id, private=args.private or None, revision=args.revision,
+                      commit_message=args.commit_message, license=args.license)
+    except PublishError as err:
+        raise SystemExit(f"error: {err}") from err
+    print(f"published {args.model_dir} to {args.repo_id}: {url}")
+    return 0

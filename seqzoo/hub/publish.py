@@ -1,0 +1,244 @@
+"""Export a seqzoo checkpoint as a self-contained Hub repository, and publish it through huggingface_hub.
+
+The exported folder holds ``config.json`` (with ``auto_map``), ``model.safetensors``, ``generation_config.json``,
+the tokenizer files, the flat code bundle (:mod:`seqzoo.hub.bundle`), ``README.md`` (the model card,
+:mod:`seqzoo.hub.cards`) and, when the model has one, its ``seqzoo_training.json``. Where seqzoo is imported the
+folder loads with seqzoo's own classes; elsewhere ``trust_remote_code=True`` loads the bundled copy.
+
+Nothing is left half-written: :func:`export_folder` builds beside its destination and renames the finished folder
+into place, and :func:`publish` builds in a temporary folder that is removed whatever happens.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import sys
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator
+
+from seqzoo.hub.bundle import build_bundle
+from seqzoo.hub.cards import (
+    DEFAULT_LICENSE,
+    TRAINING_FILE,
+    load_training_record,
+    render_model_card,
+    validate_training_record,
+)
+
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json")
+
+
+class PublishError(RuntimeError):
+    """Publishing failed: no token, the Hub refused, or the connection broke. The message says which and why."""
+
+
+@dataclass
+class _Checkpoint:
+    model: Any
+    spec: Any
+    tokenizer: Any
+    training: dict[str, Any] | None
+
+
+def export_folder(
+    source: str | os.PathLike | Any,
+    output: str | os.PathLike,
+    *,
+    repo_id: str,
+    license: str = DEFAULT_LICENSE,
+    tokenizer: Any = None,
+    training: dict[str, Any] | None = None,
+) -> Path:
+    """Build the folder that :func:`publish` would upload as ``repo_id``, at ``output`` (which must not exist or
+    be empty), without uploading. ``source`` is a saved model folder or a seqzoo model (then pass ``tokenizer``)."""
+    output = Path(output)
+    if output.exists() and (not output.is_dir() or any(output.iterdir())):
+        raise ValueError(f"output {output} already exists and is not an empty folder; choose a new path")
+    _validate_repo_id(repo_id)
+    checkpoint = _load_checkpoint(source, tokenizer, training)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    # Built beside the destination so that the final rename stays on one filesystem and is atomic.
+    staging = Path(tempfile.mkdtemp(prefix=f".{output.name}.", suffix=".partial", dir=output.parent))
+    try:
+        _write_folder(checkpoint, staging, repo_id=repo_id, license=license)
+        staging.chmod(0o755)  # mkdtemp makes it private to the user; a model folder is not
+        if output.exists():
+            output.rmdir()
+        staging.rename(output)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return output
+
+
+def publish(
+    source: str | os.PathLike | Any,
+    repo_id: str,
+    *,
+    private: bool | None = None,
+    revision: str | None = None,
+    commit_message: str | None = None,
+    token: str | None = None,
+    license: str = DEFAULT_LICENSE,
+    tokenizer: Any = None,
+    training: dict[str, Any] | None = None,
+) -> str:
+    """Export ``source`` and upload it to the Hub model repository ``repo_id`` in one commit; return its URL.
+
+    The repository is created if missing (``private`` applies only then). ``revision`` names the branch to
+    commit to, created from ``main`` if missing. The token is ``token``, else ``HF_TOKEN``, else the one saved by
+    ``hf auth login``. The Hub endpoint is ``HF_ENDPOINT`` (https://huggingface.co by default).
+    """
+    from huggingface_hub import CommitOperationAdd, HfApi, get_token
+
+    _validate_repo_id(repo_id)
+    token = token or get_token()
+    if not token:
+        raise PublishError(
+            f"no Hugging Face token, so nothing can be uploaded to {repo_id!r}: set HF_TOKEN to a token with write "
+            "access, or run `hf auth login` (tokens: https://huggingface.co/settings/tokens)"
+        )
+    checkpoint = _load_checkpoint(source, tokenizer, training)
+    api = HfApi(token=token)
+    with tempfile.TemporaryDirectory(prefix="seqzoo-publish-") as staging:
+        files = _write_folder(checkpoint, Path(staging), repo_id=repo_id, license=license)
+        operations = [CommitOperationAdd(path_in_repo=name, path_or_fileobj=str(Path(staging) / name))
+                      for name in files]
+        message = commit_message or f"Publish a seqzoo {checkpoint.spec.name} checkpoint"
+        with _hub_errors(api.endpoint, repo_id, "creating the repository", committed=False):
+            api.create_repo(repo_id, private=private, exist_ok=True)
+        if revision is not None and revision != "main":
+            with _hub_errors(api.endpoint, repo_id, f"creating the branch {revision!r}", committed=False):
+                api.create_branch(repo_id, branch=revision, exist_ok=True)
+        with _hub_errors(api.endpoint, repo_id, "uploading the files", committed=None):
+            info = api.create_commit(repo_id, operations, commit_message=message, revision=revision)
+    return info.commit_url
+
+
+def build_hub_folder(
+    source: str | os.PathLike | Any,
+    folder: str | os.PathLike,
+    *,
+    repo_id: str,
+    license: str = DEFAULT_LICENSE,
+    tokenizer: Any = None,
+    training: dict[str, Any] | None = None,
+) -> list[str]:
+    """Write the Hub files of ``source`` into the existing folder ``folder``; return the file names."""
+    _validate_repo_id(repo_id)
+    return _write_folder(_load_checkpoint(source, tokenizer, training), Path(folder), repo_id=repo_id,
+                         license=license)
+
+
+def _load_checkpoint(source: Any, tokenizer: Any, training: dict[str, Any] | None) -> _Checkpoint:
+    import seqzoo  # noqa: F401  (registers the architectures, so a config.json resolves to seqzoo's classes)
+    from seqzoo.registry import architecture_for_model_type
+
+    if isinstance(source, (str, os.PathLike)):
+        folder = Path(source)
+        config_file = folder / "config.json"
+        if not config_file.is_file():
+            raise ValueError(
+                f"{folder} is not a saved model folder (it has no config.json); pass a folder written by "
+                "save_pretrained, `seqzoo new` or `seqzoo train`"
+            )
+        spec = architecture_for_model_type(json.loads(config_file.read_text()).get("model_type"))
+        model = spec.causal_lm_class.from_pretrained(folder, dtype="auto")
+        if tokenizer is None:
+            tokenizer = _load_tokenizer(folder)
+        if training is None:
+            training = load_training_record(folder)
+    else:
+        model = source
+        spec = architecture_for_model_type(getattr(getattr(model, "config", None), "model_type", None))
+        if tokenizer is None:
+            raise ValueError("publishing a model object needs its tokenizer: pass tokenizer=... "
+                             "(seqzoo.byte_tokenizer() for seqzoo's byte-level vocabulary)")
+    if training is not None:
+        training = validate_training_record(training)
+    return _Checkpoint(model, spec, tokenizer, training)
+
+
+def _load_tokenizer(folder: Path) -> Any:
+    from transformers import AutoTokenizer
+
+    if not any((folder / name).is_file() for name in TOKENIZER_FILES):
+        raise ValueError(
+            f"{folder} has no tokenizer ({' or '.join(TOKENIZER_FILES)}); save the model's tokenizer into it with "
+            "tokenizer.save_pretrained(folder) (`seqzoo new` and `seqzoo train` do this)"
+        )
+    return AutoTokenizer.from_pretrained(folder)
+
+
+def _write_folder(checkpoint: _Checkpoint, folder: Path, *, repo_id: str, license: str) -> list[str]:
+    model, spec = checkpoint.model, checkpoint.spec
+    bundle = build_bundle(spec)
+    model.save_pretrained(folder)
+    model.generation_config.save_pretrained(folder)
+    checkpoint.tokenizer.save_pretrained(folder)
+    code_files = [path.name for path in bundle.write(folder)]
+    config_file = folder / "config.json"
+    config = json.loads(config_file.read_text())
+    config["auto_map"] = bundle.auto_map
+    config_file.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+    if checkpoint.training:
+        (folder / TRAINING_FILE).write_text(json.dumps(checkpoint.training, indent=2) + "\n")
+    card = render_model_card(model, spec, repo_id=repo_id, code_files=code_files, license=license,
+                             training=checkpoint.training)
+    card.save(folder / "README.md")
+    return sorted(path.name for path in folder.iterdir())
+
+
+def _validate_repo_id(repo_id: str) -> None:
+    from huggingface_hub.utils import validate_repo_id
+
+    validate_repo_id(repo_id)  # raises a ValueError that names the rule
+
+
+def _transport_errors() -> tuple[type[BaseException], ...]:
+    # huggingface_hub talks HTTP through httpx2 (2.x) or httpx (1.x); their TransportError covers refused, dropped
+    # and timed-out connections. Whichever it uses is already imported.
+    modules = [sys.modules.get(name) for name in ("httpx2", "httpx")]
+    return tuple(module.TransportError for module in modules if module is not None)
+
+
+@contextlib.contextmanager
+def _hub_errors(endpoint: str, repo_id: str, step: str, committed: bool | None) -> Iterator[None]:
+    """Turn what the Hub or the network raised during ``step`` into a PublishError that says what to do."""
+    from huggingface_hub.errors import HfHubHTTPError
+
+    try:
+        yield
+    except HfHubHTTPError as err:
+        status = err.response.status_code if err.response is not None else None
+        raise PublishError(_http_message(status, err, endpoint, repo_id, step)) from err
+    except _transport_errors() as err:
+        outcome = ("nothing was committed" if committed is False else
+                   f"the commit may or may not have been made: check {endpoint}/{repo_id} and run the command "
+                   "again (uploading the same files again changes nothing)")
+        raise PublishError(
+            f"lost the connection to {endpoint} while {step} ({type(err).__name__}: {err}); {outcome}"
+        ) from err
+
+
+def _http_message(status: int | None, err: Exception, endpoint: str, repo_id: str, step: str) -> str:
+    namespace = repo_id.split("/")[0] if "/" in repo_id else "your user"
+    if status == 401:
+        return (f"the Hub at {endpoint} did not accept the token (401 Unauthorized) while {step}: set HF_TOKEN to "
+                "a valid token with write access, or run `hf auth login`")
+    if status == 403:
+        return (f"the token may not write to {repo_id!r} (403 Forbidden) while {step}: use a token with write "
+                f"access to the namespace {namespace!r}")
+    if status == 404:
+        return (f"{repo_id!r} was not found (404 Not Found) while {step}: check the namespace and the repository "
+                "name, and that the token can see them")
+    detail = getattr(err, "server_message", None) or str(err).splitlines()[0]
+    return f"the Hub at {endpoint} answered {status} while {step}: {detail}"
+
+
+__all__ = ["PublishError", "build_hub_folder", "export_folder", "publish"]

@@ -1,0 +1,120 @@
+"""Shared fixtures for the Hub tests: one tiny exported checkpoint per registered architecture, a standard Hub cache
+holding them as ``seqzoo-test/tiny-<arch>``, and what seqzoo itself generates from each (the reference)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+import seqzoo
+from seqzoo.cli import save_with_tokenizer
+from seqzoo.hub import export_folder
+from seqzoo.registry import architecture_for_model_type, preset_values
+from tests.conftest import SIZE_ORDER, SIZE_SUFFIX, tiny_config
+
+ARCHITECTURES = seqzoo.list_architectures()
+NAMESPACE = "seqzoo-test"
+PROMPT = "Once upon a time"
+NEW_TOKENS = 8
+HERE = Path(__file__).resolve().parent
+TRAINING_RECORD = {
+    "dataset": "roneneldan/TinyStories",
+    "tokens_seen": 1_234_567,
+    "steps": 300,
+    "eval": {"loss": 2.5, "perplexity": 12.18},
+    "recipe": {"learning_rate": 0.001, "batch_size": 16},
+}
+
+
+def repo_id(arch: str) -> str:
+    return f"{NAMESPACE}/tiny-{arch}"
+
+
+def smallest_preset(arch: str) -> str:
+    presets = [name for name in seqzoo.list_models() if preset_values(name)[0].name == arch]
+    if not presets:
+        pytest.fail(f"architecture {arch!r} has no preset to build a test model from")
+
+    def rank(name: str) -> int:
+        match = SIZE_SUFFIX.search(name)
+        size = match.group(1) if match else ""
+        return SIZE_ORDER.index(size) if size in SIZE_ORDER else len(SIZE_ORDER)
+
+    return min(presets, key=lambda name: (rank(name), name))
+
+
+def tiny_byte_model(arch: str, seed: int = 0):
+    """A tiny model of ``arch`` whose vocabulary fits seqzoo's byte tokenizer (258 ids)."""
+    torch.manual_seed(seed)
+    config = tiny_config(smallest_preset(arch), vocab_size=258, pad_token_id=256, bos_token_id=257,
+                         eos_token_id=257)
+    return architecture_for_model_type(config.model_type).causal_lm_class(config).eval()
+
+
+def greedy(model, tokenizer) -> tuple[list[int], torch.Tensor]:
+    """Greedy continuation of PROMPT and the logits of the prompt's forward pass."""
+    inputs = tokenizer(PROMPT, return_tensors="pt")
+    with torch.no_grad():
+        tokens = model.generate(**inputs, max_new_tokens=NEW_TOKENS, do_sample=False,
+                                pad_token_id=tokenizer.pad_token_id)
+        logits = model(**inputs).logits
+    return tokens[0].tolist(), logits[0]
+
+
+@pytest.fixture(scope="session")
+def saved_models(tmp_path_factory) -> dict[str, Path]:
+    """arch -> a model folder as `seqzoo new` writes it (the lstm one also carries a training record)."""
+    root = tmp_path_factory.mktemp("saved")
+    folders = {}
+    for arch in ARCHITECTURES:
+        folder = root / arch
+        save_with_tokenizer(tiny_byte_model(arch), folder)
+        folders[arch] = folder
+    (folders["lstm"] / "seqzoo_training.json").write_text(json.dumps(TRAINING_RECORD))
+    return folders
+
+
+@pytest.fixture(scope="session")
+def exports(saved_models, tmp_path_factory) -> dict[str, Path]:
+    """arch -> the exported Hub folder of its saved model (folder named after the architecture)."""
+    root = tmp_path_factory.mktemp("exports")
+    return {arch: export_folder(folder, root / arch, repo_id=repo_id(arch)) for arch, folder in saved_models.items()}
+
+
+@pytest.fixture(scope="session")
+def hub_cache(exports, tmp_path_factory) -> Path:
+    """HF_HOME whose hub cache holds every export as `seqzoo-test/tiny-<arch>` at `main`, laid out as
+    huggingface_hub does: models--org--name/refs/main holds the commit, snapshots/<commit>/ the files."""
+    home = tmp_path_factory.mktemp("hf-home")
+    for arch, folder in exports.items():
+        repo = home / "hub" / f"models--{repo_id(arch).replace('/', '--')}"
+        commit = hashlib.sha1(arch.encode()).hexdigest()
+        (repo / "refs").mkdir(parents=True)
+        (repo / "refs" / "main").write_text(commit)
+        shutil.copytree(folder, repo / "snapshots" / commit)
+    return home
+
+
+def hub_env(home: Path, **extra: str) -> dict[str, str]:
+    """Environment for a subprocess that uses ``home`` as its whole Hugging Face home, offline unless overridden."""
+    env = {key: value for key, value in os.environ.items() if not key.startswith(("HF_", "HUGGING_FACE"))}
+    env.update(HF_HOME=str(home), HF_HUB_CACHE=str(home / "hub"), HF_MODULES_CACHE=str(home / "modules"),
+               HF_HUB_OFFLINE="1", HF_HUB_DISABLE_PROGRESS_BARS="1", NO_PROXY="127.0.0.1,localhost",
+               TRANSFORMERS_VERBOSITY="error", PYTHONPATH=str(HERE.parent.parent))
+    env.update(extra)
+    return env
+
+
+def run_python(args: list[str], env: dict[str, str], cwd: Path, timeout: float = 240) -> subprocess.CompletedProcess:
+    result = subprocess.run([sys.executable, *args], env=env, cwd=cwd, capture_output=True, text=True,
+                            timeout=timeout)
+    assert result.returncode == 0, f"exit {result.returncode}\nstdout:\n{result.stdout}\nstderr:\n{result.stderr}"
+    return result
