@@ -1,0 +1,11 @@
+"""Op ``ssd``: the Mamba-2 state-space recurrence over (B, T, H, P) with a (B, H, P, N) state."""
+
+from seqzoo.kernels.registry import register_backend, register_op
+
+from . import chunked, reference
+
+register_op("ssd", "Mamba-2 state-space duality scan (dt already softplus'ed); dt = 0 is an identity step")
+register_backend("ssd", "reference", reference.ssd, priority=0,
+                 description="explicit per-token state update in PyTorch (ignores chunk_size)")
+register_backend("ssd", "chunked", chunked.ssd, priority=10, supports=chunked.supports,
+                 description="SSD block decomposition: intra-chunk quadratic form + inter-chunk state passing")

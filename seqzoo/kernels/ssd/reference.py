@@ -1,0 +1,83 @@
+"""Reference Mamba-2 state-space recurrence (SSD, scalar decay per head): one state update per token.
+
+Shapes (batch-first, channels-last): x (B, T, H, P); dt (B, T, H), already softplus'ed and clamped; A (H,), negative;
+B, C (B, T, G, N) with H % G == 0, head h reading group h // (H // G); D (H,) or None; initial_state (B, H, P, N),
+zeros when None. Returns y (B, T, H, P) in x's dtype and final_state (B, H, P, N) in float32 (float64 for float64
+inputs). ``chunk_size`` is accepted for signature parity with the chunked backend and ignored here.
+
+Per head h (with g = h // (H // G)):
+
+    state_t = exp(dt_t[h] * A[h]) * state_{t-1} + dt_t[h] * x_t[h] (outer) B_t[g]        (P x N)
+    y_t[h]  = state_t @ C_t[g] + D[h] * x_t[h]                                           (P,)
+
+dt_t == 0 is an identity step (exp(0) = 1, nothing written): the state is unchanged bit for bit. These are the
+semantics of transformers' Mamba2Mixer ``torch_forward`` / mamba_ssm's ``mamba_chunk_scan_combined`` without the
+gate, channels-last.
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+def compute_dtype(*tensors):
+    """float64 if any input is float64, else float32: the state is never kept in half precision."""
+    return torch.float64 if any(t is not None and t.dtype == torch.float64 for t in tensors) else torch.float32
+
+
+def check_inputs(x, dt, A, B, C, D, initial_state):
+    """Raise ValueError naming the offending argument, its shape, and the expected one."""
+    if x.dim() != 4:
+        raise ValueError(f"ssd: x must be (B, T, H, P), got shape {tuple(x.shape)}")
+    batch, length, heads, head_dim = x.shape
+    if tuple(dt.shape) != (batch, length, heads):
+        raise ValueError(f"ssd: dt must be (B, T, H) = ({batch}, {length}, {heads}), got shape {tuple(dt.shape)}")
+    if tuple(A.shape) != (heads,):
+        raise ValueError(f"ssd: A must be (H,) = ({heads},), got shape {tuple(A.shape)}")
+    if B.dim() != 4 or tuple(B.shape[:2]) != (batch, length):
+        raise ValueError(f"ssd: B must be (B, T, G, N) with (B, T) = ({batch}, {length}), got shape {tuple(B.shape)}")
+    groups, state_size = B.shape[2:]
+    if groups < 1 or heads % groups != 0:
+        raise ValueError(f"ssd: the number of heads H={heads} must be a multiple of the groups G={groups} "
+                         f"(B has shape {tuple(B.shape)})")
+    if tuple(C.shape) != tuple(B.shape):
+        raise ValueError(f"ssd: C must have B's shape {tuple(B.shape)}, got {tuple(C.shape)}")
+    if D is not None and tuple(D.shape) != (heads,):
+        raise ValueError(f"ssd: D must be (H,) = ({heads},), got shape {tuple(D.shape)}")
+    if initial_state is not None and tuple(initial_state.shape) != (batch, heads, head_dim, state_size):
+        raise ValueError(
+            f"ssd: initial_state must be (B, H, P, N) = ({batch}, {heads}, {head_dim}, {state_size}), "
+            f"got shape {tuple(initial_state.shape)}"
+        )
+
+
+def initial(x, B, initial_state, dtype):
+    batch, _, heads, head_dim = x.shape
+    if initial_state is None:
+        return x.new_zeros(batch, heads, head_dim, B.shape[-1], dtype=dtype)
+    return initial_state.to(dtype)
+
+
+def ssd(x, dt, A, B, C, D=None, *, initial_state=None, chunk_size=64):
+    """Mamba-2 SSD recurrence over (B, T, H, P); returns (y, final_state). Formulas in the module docstring."""
+    check_inputs(x, dt, A, B, C, D, initial_state)
+    batch, length, heads, head_dim = x.shape
+    repeat = heads // B.shape[2]
+    dtype = compute_dtype(x, dt, A, B, C, D, initial_state)
+    state = initial(x, B, initial_state, dtype)
+    A_c = A.to(dtype)
+    outputs = []
+    for t in range(length):
+        x_t = x[:, t].to(dtype)  # (B, H, P)
+        dt_t = dt[:, t].to(dtype)  # (B, H)
+        B_t = B[:, t].to(dtype).repeat_interleave(repeat, dim=1)  # (B, H, N)
+        C_t = C[:, t].to(dtype).repeat_interleave(repeat, dim=1)  # (B, H, N)
+        decay = torch.exp(dt_t * A_c)[:, :, None, None]  # (B, H, 1, 1)
+        state = decay * state + (dt_t[:, :, None] * x_t)[..., None] * B_t[:, :, None, :]
+        y_t = (state * C_t[:, :, None, :]).sum(dim=-1)  # (B, H, P)
+        if D is not None:
+            y_t = y_t + D.to(dtype)[:, None] * x_t
+        outputs.append(y_t)
+    if not outputs:
+        return x.new_zeros(batch, 0, heads, head_dim), state
+    return torch.stack(outputs, dim=1).to(x.dtype), state
