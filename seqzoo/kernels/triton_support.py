@@ -1,0 +1,73 @@
+"""What every Triton backend shares: a cheap availability probe and the ``supports()`` checks.
+
+Nothing here imports Triton. ``import seqzoo`` registers the Triton backends through this module, so it must stay
+light; the kernels themselves live in ``seqzoo/kernels/<op>/triton.py`` and are imported on first selection.
+
+Availability: Triton is installed and kernels can run, i.e. CUDA is present, or ``TRITON_INTERPRET=1`` asks Triton
+to run its kernels on CPU tensors with numpy (slow; for tests). Even then the registry never picks the Triton
+backend for CPU tensors on its own: every ``supports()`` below declines them, so under the interpreter the kernels
+are reached only through ``seqzoo.kernels.get_kernel(op, "triton")``.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib.util
+import os
+
+import torch
+
+# Inputs the kernels read: half and single precision. float64 stays on the reference and chunked backends, which
+# compute in float64; the kernels accumulate in float32.
+SUPPORTED_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+
+
+@functools.lru_cache(maxsize=None)
+def triton_installed() -> bool:
+    return importlib.util.find_spec("triton") is not None
+
+
+def interpreter_requested() -> bool:
+    """Whether ``TRITON_INTERPRET`` is set to a true value (Triton reads it when a kernel is decorated)."""
+    return os.environ.get("TRITON_INTERPRET", "").strip().lower() in ("1", "true", "on", "yes")
+
+
+def triton_available() -> bool:
+    """The Triton backends can run here: Triton is installed, and CUDA or the interpreter is present."""
+    return triton_installed() and (interpreter_requested() or torch.cuda.is_available())
+
+
+def check_tensors(op: str, named: dict[str, torch.Tensor | None]) -> tuple[bool, str]:
+    """(ok, reason) for the device and dtype of the tensors the kernel reads; ``None`` entries are skipped."""
+    present = {name: t for name, t in named.items() if t is not None}
+    for name, t in present.items():
+        if t.device.type != "cuda":
+            return False, f"needs CUDA tensors (got {t.device.type})"
+    devices = {t.device for t in present.values()}
+    if len(devices) > 1:
+        return False, f"needs all tensors on one device, got {sorted(map(str, devices))}"
+    for name, t in present.items():
+        if t.dtype not in SUPPORTED_DTYPES:
+            allowed = ", ".join(str(d).replace("torch.", "") for d in SUPPORTED_DTYPES)
+            return False, f"{op}: {name} has dtype {str(t.dtype).replace('torch.', '')}; supported: {allowed}"
+    return True, ""
+
+
+def is_power_of_two(n: int) -> bool:
+    return n > 0 and n & (n - 1) == 0
+
+
+# ---- supports() of each op's Triton backend: cheap shape/dtype/device checks, no Triton import. ----
+
+CONV_MAX_WIDTH = 32  # causal_conv1d unrolls its K taps at compile time
+
+
+def supports_causal_conv1d(x, weight, bias=None, *, initial_state=None, activation=None, mask=None):
+    """CUDA tensors in float32/float16/bfloat16 and a kernel width K <= 32."""
+    ok, reason = check_tensors("causal_conv1d", {"x": x, "weight": weight, "bias": bias,
+                                                 "initial_state": initial_state})
+    if not ok:
+        return ok, reason
+    if weight.dim() == 2 and weight.shape[1] > CONV_MAX_WIDTH:
+        return False, f"kernel width K={weight.shape[1]} is larger than the {CONV_MAX_WIDTH} taps the kernel unrolls"
+    return True, ""
