@@ -20,7 +20,7 @@ from seqzoo.kernels.registry import (
 )
 
 # Built-in op packages: importing each registers its backends.
-from seqzoo.kernels import rnn_cells, causal_conv1d, selective_scan, ssd  # noqa: E402,F401
+from seqzoo.kernels import rnn_cells, causal_conv1d, selective_scan, ssd, wkv7  # noqa: E402,F401
 
 __all__ = [
     "KernelError",

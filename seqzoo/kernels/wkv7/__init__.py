@@ -1,0 +1,17 @@
+"""Op ``wkv7``: the RWKV-7 (x070) generalized delta rule over (B, T, H, K) with a (B, H, V, K) state.
+
+``wkv7_step`` is the single-token update for decoding (any backend gives the same result for T == 1).
+"""
+
+from seqzoo.kernels.registry import register_backend, register_op
+
+from . import chunked, reference
+from .reference import wkv7_step
+
+register_op("wkv7", "RWKV-7 x070 WKV (log decay w); w = k = b = 0 is an identity step")
+register_backend("wkv7", "reference", reference.wkv7, priority=0,
+                 description="explicit per-token state update in PyTorch")
+register_backend("wkv7", "chunked", chunked.wkv7, priority=10, supports=chunked.supports,
+                 description="chunked generalized delta rule (triangular solve per chunk, loop over chunks)")
+
+__all__ = ["wkv7_step"]

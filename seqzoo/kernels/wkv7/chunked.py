@@ -1,0 +1,106 @@
+"""Chunked RWKV-7 WKV in pure PyTorch: the generalized delta rule with diagonal decay, solved per chunk with a
+triangular (UT / WY-style) solve, and a Python loop over chunks only. The derivation is in README.md.
+
+Same signature and semantics as ``reference.py``. Inside a chunk of Q tokens, with c_t = w_0 + ... + w_t (the
+cumulative log decay, per key channel) and E[t, s] = exp(c_t - c_s) for s <= t (every decay ratio is a difference
+with s <= t, so it is <= 1 and nothing is divided by a small product):
+
+    u_t = S_{t-1} a_t   (the "removed" value) solves  (I - A_ab) u = aw S^T + A_ak v
+    y    = rw S^T + A_rb u + A_rk v
+    S_Q  = S diag(exp(c_{Q-1})) + u^T (b * E[Q-1]) + v^T (k * E[Q-1])
+
+with A_xy[t, s] = sum_i x_t[i] y_s[i] E[t, s, i] (s <= t; for A_ab, A_ak the decay stops at t-1 and s < t),
+aw_t = a_t exp(c_{t-1}), rw_t = r_t exp(c_t), and S the chunk's start state. Splitting u into the part that
+depends on S (W S^T, W = (I - A_ab)^{-1} aw) and the part that does not (U0) makes every chunk's work independent
+of S except one (V x K) @ (K x K) product per chunk: S_next = S M + N.
+
+T == 1 goes straight through the single-token update (``wkv7_step``), so decoding does no chunk work.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from .reference import check_inputs, compute_dtype, initial, update
+
+CHUNK = 16
+
+
+def supports(r, w, k, v, a, b, *, initial_state=None):
+    for name, t in (("r", r), ("w", w), ("k", k), ("v", v), ("a", a), ("b", b)):
+        if not t.is_floating_point():
+            return False, f"needs real floating-point inputs; {name} has dtype {t.dtype}"
+    return True, ""
+
+
+def _shift_down(m):
+    """Rows move down by one (row 0 becomes zeros): turns 'decay up to t' into 'decay up to t-1' for row t+1."""
+    return F.pad(m[..., :-1, :], (0, 0, 1, 0))
+
+
+def wkv7(r, w, k, v, a, b, *, initial_state=None):
+    """RWKV-7 WKV over (B, T, H, *); returns (y, final_state). Formulas in ``reference.py``."""
+    check_inputs(r, w, k, v, a, b, initial_state)
+    batch, length, heads, key_dim = r.shape
+    value_dim = v.shape[-1]
+    dtype = compute_dtype(r, w, k, v, a, b, initial_state)
+    state = initial(r, v, initial_state, dtype)
+    if length == 0:
+        return r.new_zeros(batch, 0, heads, value_dim), state
+    if length == 1:
+        y, state = update(state, *(x[:, 0].to(dtype) for x in (r, w, k, v, a, b)))
+        return y.unsqueeze(1).to(r.dtype), state
+
+    chunk = min(CHUNK, length)
+    pad = (-length) % chunk
+    chunks = (length + pad) // chunk
+
+    def blocks(t):
+        # (B, T, H, D) -> (B, H, nc, Q, D); padded steps are all-zero: w = k = b = 0 is the identity step.
+        t = t.to(dtype)
+        if pad:
+            t = F.pad(t, (0, 0, 0, 0, 0, pad))
+        return t.reshape(batch, chunks, chunk, heads, t.shape[-1]).permute(0, 3, 1, 2, 4)
+
+    r_, w_, k_, v_, a_, b_ = (blocks(t) for t in (r, w, k, v, a, b))
+    cum = w_.cumsum(dim=-2)  # c_t, (B, H, nc, Q, K)
+    cum_before = F.pad(cum[..., :-1, :], (0, 0, 1, 0))  # c_{t-1}, with c_{-1} = 0
+
+    causal = torch.ones(chunk, chunk, dtype=torch.bool, device=r.device).tril()
+    span = cum.unsqueeze(-2) - cum.unsqueeze(-3)  # [t, s] = c_t - c_s, (B, H, nc, Q, Q, K)
+    ratio = torch.exp(span.masked_fill_(~causal[:, :, None], float("-inf")))  # E[t, s], 0 for s > t
+
+    # All four score matrices in one product: keys (b, k) at s against queries (r_t, a_{t+1}) at t.
+    keys = torch.stack([b_, k_], dim=-2)  # (B, H, nc, Q, 2, K)
+    queries = torch.stack([r_, F.pad(a_[..., 1:, :], (0, 0, 0, 1))], dim=-1)  # (B, H, nc, Q, K, 2)
+    weighted = ratio.unsqueeze(-2) * keys.unsqueeze(-4)  # (B, H, nc, Q_t, Q_s, 2, K)
+    scores = (weighted.flatten(-3, -2) @ queries).unflatten(-2, (chunk, 2))  # (B, H, nc, Q_t, Q_s, 2_key, 2_query)
+    A_rb, A_rk = scores[..., 0, 0], scores[..., 1, 0]
+    A_ab, A_ak = _shift_down(scores[..., 0, 1]), _shift_down(scores[..., 1, 1])
+
+    a_decayed = a_ * torch.exp(cum_before)  # aw, (B, H, nc, Q, K)
+    r_decayed = r_ * torch.exp(cum)  # rw, (B, H, nc, Q, K)
+    # unitriangular: the solver reads only the strict lower part, so -A_ab stands for I - A_ab.
+    solved = torch.linalg.solve_triangular(
+        -A_ab, torch.cat([a_decayed, A_ak @ v_], dim=-1), upper=False, unitriangular=True
+    )
+    W, U0 = solved.split([key_dim, value_dim], dim=-1)  # (.., Q, K), (.., Q, V)
+    R = r_decayed + A_rb @ W  # y = R S^T + Y0
+    Y0 = A_rb @ U0 + A_rk @ v_  # (B, H, nc, Q, V)
+
+    to_end = ratio[..., -1, :, :]  # E[Q-1, s], (B, H, nc, Q, K)
+    b_end, k_end = b_ * to_end, k_ * to_end
+    M = torch.diag_embed(torch.exp(cum[..., -1, :])) + W.transpose(-1, -2) @ b_end  # (B, H, nc, K, K)
+    N = U0.transpose(-1, -2) @ b_end + v_.transpose(-1, -2) @ k_end  # (B, H, nc, V, K)
+    starts = []
+    # Chunk-major copies, then unbind: each product reads a contiguous slice, and the backward is a single stack
+    # rather than one full-size zero gradient per indexed chunk.
+    for M_c, N_c in zip(M.movedim(2, 0).contiguous().unbind(), N.movedim(2, 0).contiguous().unbind()):
+        starts.append(state)
+        state = state @ M_c + N_c
+    starts = torch.stack(starts, dim=2)  # (B, H, nc, V, K)
+
+    y = Y0 + R @ starts.transpose(-1, -2)  # (B, H, nc, Q, V)
+    y = y.permute(0, 2, 3, 1, 4).reshape(batch, chunks * chunk, heads, value_dim)[:, :length]
+    return y.to(r.dtype), state
