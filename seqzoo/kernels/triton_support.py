@@ -57,6 +57,47 @@ def is_power_of_two(n: int) -> bool:
     return n > 0 and n & (n - 1) == 0
 
 
+
+def vectorize_interpreter_scans() -> None:
+    """Let Triton's interpreter run ``tl.associative_scan`` one scan step at a time over whole slices.
+
+    The interpreter's generic scan calls the combine function once per element (numpy scalars), which makes a
+    (16, 16, 16) tile scan take about a second. The combine functions of these kernels are elementwise, so
+    applying them to the whole slice at scan position i gives the same numbers. Tests and the benchmark's dry run
+    call this after setting ``TRITON_INTERPRET=1``; compiled kernels are unaffected. Imports Triton.
+    """
+    import numpy as np
+    from triton.runtime import interpreter
+
+    if getattr(interpreter.ScanOps, "_seqzoo_vectorized", False):
+        return
+
+    def generic_scan(self, inputs):
+        data = [arg.handle.data for arg in inputs]
+        outputs = [np.empty_like(d) for d in data]
+        axis = self.axis
+
+        def at(d, i):
+            return np.ascontiguousarray(np.take(d, i, axis=axis))
+
+        def put(i, values):
+            for out, value in zip(outputs, values):
+                index = [slice(None)] * out.ndim
+                index[axis] = i
+                out[tuple(index)] = value.handle.data if hasattr(value, "handle") else value
+
+        acc = tuple(self.to_tensor(at(d, 0), arg.dtype) for d, arg in zip(data, inputs))
+        put(0, acc)
+        for i in range(1, data[0].shape[axis]):
+            current = tuple(self.to_tensor(at(d, i), arg.dtype) for d, arg in zip(data, inputs))
+            result = self.combine_fn.fn(*acc, *current)
+            acc = result if isinstance(result, tuple) else (result,)
+            put(i, acc)
+        return [self.to_tensor(out, arg.dtype) for out, arg in zip(outputs, inputs)]
+
+    interpreter.ScanOps.generic_scan = generic_scan
+    interpreter.ScanOps._seqzoo_vectorized = True
+
 # ---- supports() of each op's Triton backend: cheap shape/dtype/device checks, no Triton import. ----
 
 CONV_MAX_WIDTH = 32  # causal_conv1d unrolls its K taps at compile time
@@ -70,4 +111,18 @@ def supports_causal_conv1d(x, weight, bias=None, *, initial_state=None, activati
         return ok, reason
     if weight.dim() == 2 and weight.shape[1] > CONV_MAX_WIDTH:
         return False, f"kernel width K={weight.shape[1]} is larger than the {CONV_MAX_WIDTH} taps the kernel unrolls"
+    return True, ""
+
+
+SCAN_MAX_STATE = 64  # selective_scan keeps (16, 16, N) float32 tiles in registers
+
+
+def supports_selective_scan(u, delta, A, B, C, D=None, z=None, *, initial_state=None):
+    """CUDA tensors in float32/float16/bfloat16, real A, state size N <= 64."""
+    ok, reason = check_tensors("selective_scan", {"u": u, "delta": delta, "A": A, "B": B, "C": C, "D": D, "z": z,
+                                                  "initial_state": initial_state})
+    if not ok:
+        return ok, reason
+    if A.dim() == 2 and A.shape[1] > SCAN_MAX_STATE:
+        return False, f"state size N={A.shape[1]} is larger than {SCAN_MAX_STATE}, the most the kernel keeps in registers"
     return True, ""

@@ -39,6 +39,10 @@ def triton_kernel(op: str):
     if DEVICE == "cpu" and not interpreter_active():
         pytest.skip("no CUDA: Triton kernels run on CPU only when TRITON_INTERPRET=1 is set before Triton is "
                     "imported; tests/kernels_triton/test_interpreter.py runs these tests that way in a subprocess")
+    if DEVICE == "cpu":
+        from seqzoo.kernels.triton_support import vectorize_interpreter_scans
+
+        vectorize_interpreter_scans()
     return get_kernel(op, "triton")
 
 

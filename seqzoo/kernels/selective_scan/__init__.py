@@ -9,3 +9,10 @@ register_backend("selective_scan", "reference", reference.selective_scan, priori
                  description="explicit per-token state update in PyTorch")
 register_backend("selective_scan", "chunked", chunked.selective_scan, priority=10, supports=chunked.supports,
                  description="two-level doubling scan over chunks in pure PyTorch, no per-token loop")
+
+from seqzoo.kernels import triton_support  # noqa: E402  (no Triton import: availability and supports() only)
+
+register_backend("selective_scan", "triton", "seqzoo.kernels.selective_scan.triton:selective_scan", priority=20,
+                 devices=("cuda",), is_available=triton_support.triton_available,
+                 supports=triton_support.supports_selective_scan,
+                 description="Triton tile scan (forward, checkpointed reverse-time backward, fused decode step)")
