@@ -11,6 +11,8 @@ from seqzoo.kernels import use_backend as use_kernel_backend
 from seqzoo.models import builtin_architectures
 from seqzoo.models.gru import GRUConfig, GRUForCausalLM, GRUModel, GRUPreTrainedModel
 from seqzoo.models.lstm import LSTMConfig, LSTMForCausalLM, LSTMModel, LSTMPreTrainedModel
+from seqzoo.models.mamba import MambaConfig, MambaForCausalLM, MambaModel, MambaPreTrainedModel
+from seqzoo.models.mamba2 import Mamba2Config, Mamba2ForCausalLM, Mamba2Model, Mamba2PreTrainedModel
 from seqzoo.models.rnn import RNNConfig, RNNForCausalLM, RNNModel, RNNPreTrainedModel
 from seqzoo.models.transformer import (
     TransformerConfig,
@@ -47,6 +49,14 @@ __all__ = [
     "LSTMForCausalLM",
     "LSTMModel",
     "LSTMPreTrainedModel",
+    "MambaConfig",
+    "MambaForCausalLM",
+    "MambaModel",
+    "MambaPreTrainedModel",
+    "Mamba2Config",
+    "Mamba2ForCausalLM",
+    "Mamba2Model",
+    "Mamba2PreTrainedModel",
     "RNNConfig",
     "RNNForCausalLM",
     "RNNModel",

@@ -6,6 +6,8 @@ from __future__ import annotations
 def builtin_architectures() -> list:
     from seqzoo.models.gru import GRUConfig, GRUForCausalLM, GRUModel
     from seqzoo.models.lstm import LSTMConfig, LSTMForCausalLM, LSTMModel
+    from seqzoo.models.mamba import MambaConfig, MambaForCausalLM, MambaModel
+    from seqzoo.models.mamba2 import Mamba2Config, Mamba2ForCausalLM, Mamba2Model
     from seqzoo.models.rnn import RNNConfig, RNNForCausalLM, RNNModel
     from seqzoo.models.transformer import TransformerConfig, TransformerForCausalLM, TransformerModel
     from seqzoo.registry import ModelSpec
@@ -16,4 +18,6 @@ def builtin_architectures() -> list:
         ModelSpec("gru", GRUConfig, GRUModel, GRUForCausalLM, description="GRU"),
         ModelSpec("transformer", TransformerConfig, TransformerModel, TransformerForCausalLM,
                   description="decoder-only Transformer (Vaswani / GPT-2 / Llama variants)"),
+        ModelSpec("mamba", MambaConfig, MambaModel, MambaForCausalLM, description="Mamba (selective scan)"),
+        ModelSpec("mamba2", Mamba2Config, Mamba2Model, Mamba2ForCausalLM, description="Mamba-2 (SSD)"),
     ]

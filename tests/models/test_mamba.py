@@ -1,0 +1,119 @@
+"""Mamba / Mamba-2 specifics beyond the registry-driven tests: padding in the middle of a cached continuation,
+several SSD chunks, the ``cache_params`` alias, O(1) decode state, gradient checkpointing and the norm variants."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from tests.conftest import tiny_model
+from tests.models.test_common import left_pad
+
+# Mamba-2 with chunk_size 4 so that 7-13 token sequences cross several SSD chunks.
+VARIANTS = {"mamba": ("mamba-tiny", {}), "mamba2": ("mamba2-tiny", {"chunk_size": 4, "n_groups": 2})}
+
+
+@pytest.fixture(params=sorted(VARIANTS))
+def model(request):
+    preset, overrides = VARIANTS[request.param]
+    return tiny_model(preset, **overrides)
+
+
+def states(cache, row):
+    return [cache.get(i, name)[row] for i in range(len(cache)) for name in ("conv", "ssm")]
+
+
+def test_padding_inside_a_cached_continuation_changes_nothing(model):
+    # Two calls, each left-padded per row: row 0 has padding *between* its first and second part, which
+    # transformers' Mamba would feed into the state. Each row must end exactly where its tokens alone end.
+    first, second = [[5, 17, 33, 8, 61], [9, 3]], [[12, 40], [77, 44, 21, 6]]
+    ids1, mask1 = left_pad(first)
+    ids2, mask2 = left_pad(second)
+    out = model(ids1, attention_mask=mask1, use_cache=True)
+    out = model(ids2, attention_mask=torch.cat([mask1, mask2], 1), past_key_values=out.past_key_values)
+    for row in range(2):
+        alone = model(torch.tensor([first[row] + second[row]]), use_cache=True)
+        torch.testing.assert_close(out.logits[row, -1], alone.logits[0, -1], atol=1e-5, rtol=1e-4)
+        for batched, single in zip(states(out.past_key_values, row), states(alone.past_key_values, 0)):
+            torch.testing.assert_close(batched, single, atol=1e-5, rtol=1e-4)
+
+
+def test_all_padding_row_keeps_a_zero_state(model):
+    ids = torch.tensor([[0, 0, 0], [5, 6, 7]])
+    out = model(ids, attention_mask=torch.tensor([[0, 0, 0], [1, 1, 1]]), use_cache=True)
+    assert all(bool((state == 0).all()) for state in states(out.past_key_values, 0))
+    assert any(bool((state != 0).any()) for state in states(out.past_key_values, 1))
+
+
+def test_cache_params_alias(model):
+    ids = torch.tensor([[5, 17, 33, 8, 61, 12, 40]])
+    prefix = model(ids[:, :4], use_cache=True).past_key_values
+    via_alias = model(ids[:, 4:], cache_params=prefix).logits
+    prefix = model(ids[:, :4], use_cache=True).past_key_values
+    via_name = model(ids[:, 4:], past_key_values=prefix).logits
+    torch.testing.assert_close(via_alias, via_name, rtol=0, atol=0)
+    other = model(ids[:, :4], use_cache=True).past_key_values
+    with pytest.raises(ValueError, match="not two different caches"):
+        model(ids[:, 4:], past_key_values=prefix, cache_params=other)
+
+
+def test_generate_continues_from_a_user_cache(model):
+    ids = torch.tensor([[5, 17, 33, 8, 61, 12, 40]])
+    kwargs = dict(max_new_tokens=5, do_sample=False, pad_token_id=0)
+    expected = model.generate(ids, **kwargs)
+    for name in ("cache_params", "past_key_values"):
+        cache = model(ids[:, :4], use_cache=True).past_key_values
+        assert torch.equal(model.generate(ids, **{name: cache}, **kwargs), expected), name
+        assert cache.get_seq_length() == ids.shape[1] + 4  # the prompt and all but the last new token
+
+
+def test_decoding_state_is_constant_size(model):
+    out = model(torch.tensor([[5, 17, 33]]), use_cache=True)
+    cache = out.past_key_values
+    shapes = [tuple(t.shape) for t in cache.tensors()]
+    nbytes = cache.state_bytes()
+    token = out.logits[:, -1:].argmax(-1)
+    for _ in range(20):
+        out = model(token, past_key_values=cache)
+        token = out.logits[:, -1:].argmax(-1)
+    assert [tuple(t.shape) for t in cache.tensors()] == shapes
+    assert cache.state_bytes() == nbytes == model.config.state_bytes_per_sequence(4)
+    assert all(t.dtype == torch.float32 for t in cache.tensors())
+
+
+def test_gradient_checkpointing_gives_the_same_gradients(model):
+    ids = torch.randint(3, 99, (2, 9))
+    model.train()
+    model(ids, labels=ids).loss.backward()
+    plain = {n: p.grad.clone() for n, p in model.named_parameters()}
+    model.zero_grad()
+    model.activation_checkpointing_enable()
+    assert all(layer.gradient_checkpointing for layer in model.model.layers)
+    model(ids, labels=ids).loss.backward()
+    for name, p in model.named_parameters():
+        torch.testing.assert_close(p.grad, plain[name], atol=1e-6, rtol=1e-5, msg=name)
+
+
+@pytest.mark.parametrize("overrides", [{"norm_before_gate": True}, {"rms_norm": False}])
+def test_mamba2_gate_variants_run_and_differ(overrides):
+    ids = torch.tensor([[5, 17, 33, 8, 61, 12, 40]])
+    base = tiny_model("mamba2-tiny")
+    variant = tiny_model("mamba2-tiny", **overrides)
+    assert (variant.model.layers[0].mixer.norm is None) == ("rms_norm" in overrides)
+    with torch.no_grad():  # make the gated norm's weight matter before comparing
+        for m in (base, variant):
+            for layer in m.model.layers:
+                if layer.mixer.norm is not None:
+                    layer.mixer.norm.weight.copy_(torch.linspace(0.5, 1.5, layer.mixer.norm.weight.numel()))
+    assert not torch.allclose(base(ids).logits, variant(ids).logits, atol=1e-4)
+
+
+def test_init_follows_mamba():
+    model = tiny_model("mamba-tiny", time_step_min=0.01, time_step_max=0.02)
+    mixer = model.model.layers[0].mixer
+    torch.testing.assert_close(mixer.A_log.exp()[0], torch.arange(1, mixer.state_size + 1, dtype=torch.float32))
+    dt = torch.nn.functional.softplus(mixer.dt_proj.bias)
+    assert bool(((dt >= 0.01 - 1e-6) & (dt <= 0.02 + 1e-6)).all())
+    mixer2 = tiny_model("mamba2-tiny").model.layers[1].mixer
+    assert torch.equal(mixer2.D, torch.ones_like(mixer2.D))
+    torch.testing.assert_close(mixer2.A_log.exp(), torch.arange(1, mixer2.num_heads + 1, dtype=torch.float32))
