@@ -66,8 +66,11 @@ def vectorize_interpreter_scans() -> None:
     applying them to the whole slice at scan position i gives the same numbers. Tests and the benchmark's dry run
     call this after setting ``TRITON_INTERPRET=1``; compiled kernels are unaffected. Imports Triton.
     """
-    import numpy as np
-    from triton.runtime import interpreter
+    try:  # guarded: this module is part of the self-contained Hub export, which must load where Triton is absent
+        import numpy as np
+        from triton.runtime import interpreter
+    except ImportError as err:
+        raise RuntimeError("vectorize_interpreter_scans() patches Triton's interpreter: it needs triton and numpy") from err
 
     if getattr(interpreter.ScanOps, "_seqzoo_vectorized", False):
         return
