@@ -61,17 +61,19 @@ def causal_conv1d(x, weight, bias=None, *, initial_state=None, activation=None, 
     batch, length, channels = x.shape
     dtype = compute_dtype(x, weight, bias, initial_state)
     width = weight.shape[1]
-    w = weight.to(dtype)
+    # Convert once: a per-step cast of a bf16 parameter would also accumulate its gradient in bf16.
+    xs, w = x.to(dtype), weight.to(dtype)
+    bias_c = None if bias is None else bias.to(dtype)
     if initial_state is None:
         state = x.new_zeros(batch, channels, width - 1, dtype=dtype)
     else:
         state = initial_state.to(dtype)
     outputs = []
     for t in range(length):
-        window = torch.cat([state, x[:, t, :, None].to(dtype)], dim=-1)  # (B, D, K)
+        window = torch.cat([state, xs[:, t, :, None]], dim=-1)  # (B, D, K)
         y = (window * w).sum(dim=-1)  # (B, D)
-        if bias is not None:
-            y = y + bias.to(dtype)
+        if bias_c is not None:
+            y = y + bias_c
         y = activate(y, activation)
         if mask is None:
             state = window[..., 1:]

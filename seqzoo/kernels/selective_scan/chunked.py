@@ -140,5 +140,8 @@ def selective_scan(u, delta, A, B, C, D=None, z=None, *, initial_state=None):
         h0 = initial_state.to(dtype)
     if length == 0:
         return u.new_zeros(batch, 0, channels), h0
-    y, h = _SelectiveScan.apply(*(t.to(dtype) for t in (u, delta, A, B, C)), h0)
-    return skip_and_gate(y, u, D, z, dtype).to(u.dtype), h
+    u_c = u.to(dtype)
+    y, h = _SelectiveScan.apply(u_c, *(t.to(dtype) for t in (delta, A, B, C)), h0)
+    D_c = None if D is None else D.to(dtype)
+    z_c = None if z is None else z.to(dtype)
+    return skip_and_gate(y, u_c, D_c, z_c).to(u.dtype), h

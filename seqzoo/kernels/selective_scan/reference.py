@@ -55,12 +55,12 @@ def check_inputs(u, delta, A, B, C, D, z, initial_state):
         )
 
 
-def skip_and_gate(y, u, D, z, dtype):
-    """y + D * u, then * silu(z); everything in the compute dtype."""
+def skip_and_gate(y, u, D, z):
+    """y + D * u, then * silu(z); all already in the compute dtype."""
     if D is not None:
-        y = y + D.to(dtype) * u.to(dtype)
+        y = y + D * u
     if z is not None:
-        y = y * F.silu(z.to(dtype))
+        y = y * F.silu(z)
     return y
 
 
@@ -69,19 +69,23 @@ def selective_scan(u, delta, A, B, C, D=None, z=None, *, initial_state=None):
     check_inputs(u, delta, A, B, C, D, z, initial_state)
     batch, length, channels = u.shape
     dtype = compute_dtype(u, delta, A, B, C, D, z, initial_state)
-    A_c = A.to(dtype)
+    out_dtype = u.dtype
+    # Convert once: a per-step cast of a bf16 parameter would also accumulate its gradient in bf16.
+    u, delta, A, B, C = (t.to(dtype) for t in (u, delta, A, B, C))
+    D = None if D is None else D.to(dtype)
+    z = None if z is None else z.to(dtype)
     if initial_state is None:
-        h = u.new_zeros(batch, channels, A.shape[1], dtype=dtype)
+        h = u.new_zeros(batch, channels, A.shape[1])
     else:
         h = initial_state.to(dtype)
     outputs = []
     for t in range(length):
-        delta_t = delta[:, t].to(dtype)  # (B, Dm)
-        decay = torch.exp(delta_t[:, :, None] * A_c)  # (B, Dm, N)
-        write = (delta_t * u[:, t].to(dtype))[:, :, None] * B[:, t, None, :].to(dtype)  # (B, Dm, N)
+        decay = torch.exp(delta[:, t, :, None] * A)  # (B, Dm, N)
+        write = (delta[:, t] * u[:, t])[:, :, None] * B[:, t, None, :]  # (B, Dm, N)
         h = decay * h + write
-        outputs.append((h * C[:, t, None, :].to(dtype)).sum(dim=-1))  # (B, Dm)
+        y = (h * C[:, t, None, :]).sum(dim=-1)  # (B, Dm)
+        # Per step, like everything else here, so a sequence run in pieces gives bit-identical outputs.
+        outputs.append(skip_and_gate(y, u[:, t], D, None if z is None else z[:, t]))
     if not outputs:
-        return u.new_zeros(batch, 0, channels), h
-    y = skip_and_gate(torch.stack(outputs, dim=1), u, D, z, dtype)
-    return y.to(u.dtype), h
+        return u.new_zeros(batch, 0, channels, dtype=out_dtype), h
+    return torch.stack(outputs, dim=1).to(out_dtype), h

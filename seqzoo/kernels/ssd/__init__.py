@@ -9,3 +9,10 @@ register_backend("ssd", "reference", reference.ssd, priority=0,
                  description="explicit per-token state update in PyTorch (ignores chunk_size)")
 register_backend("ssd", "chunked", chunked.ssd, priority=10, supports=chunked.supports,
                  description="SSD block decomposition: intra-chunk quadratic form + inter-chunk state passing")
+
+from seqzoo.kernels import triton_support  # noqa: E402  (no Triton import: availability and supports() only)
+
+register_backend("ssd", "triton", "seqzoo.kernels.ssd.triton:ssd", priority=20,
+                 devices=("cuda",), is_available=triton_support.triton_available,
+                 supports=triton_support.supports_ssd,
+                 description="Triton chunked SSD (states, output, reverse state pass, chunk backward; fused decode)")

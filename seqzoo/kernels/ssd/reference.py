@@ -65,19 +65,20 @@ def ssd(x, dt, A, B, C, D=None, *, initial_state=None, chunk_size=64):
     repeat = heads // B.shape[2]
     dtype = compute_dtype(x, dt, A, B, C, D, initial_state)
     state = initial(x, B, initial_state, dtype)
-    A_c = A.to(dtype)
+    out_dtype = x.dtype
+    # Convert once: a per-step cast of a bf16 parameter would also accumulate its gradient in bf16.
+    x, dt, A = x.to(dtype), dt.to(dtype), A.to(dtype)
+    B, C = (t.to(dtype).repeat_interleave(repeat, dim=2) for t in (B, C))  # (B, T, H, N): head h reads its group
+    D = None if D is None else D.to(dtype)
     outputs = []
     for t in range(length):
-        x_t = x[:, t].to(dtype)  # (B, H, P)
-        dt_t = dt[:, t].to(dtype)  # (B, H)
-        B_t = B[:, t].to(dtype).repeat_interleave(repeat, dim=1)  # (B, H, N)
-        C_t = C[:, t].to(dtype).repeat_interleave(repeat, dim=1)  # (B, H, N)
-        decay = torch.exp(dt_t * A_c)[:, :, None, None]  # (B, H, 1, 1)
-        state = decay * state + (dt_t[:, :, None] * x_t)[..., None] * B_t[:, :, None, :]
-        y_t = (state * C_t[:, :, None, :]).sum(dim=-1)  # (B, H, P)
+        decay = torch.exp(dt[:, t] * A)[:, :, None, None]  # (B, H, 1, 1)
+        write = (dt[:, t, :, None] * x[:, t])[..., None] * B[:, t, :, None, :]  # (B, H, P, N)
+        state = decay * state + write
+        y = (state * C[:, t, :, None, :]).sum(dim=-1)  # (B, H, P)
         if D is not None:
-            y_t = y_t + D.to(dtype)[:, None] * x_t
-        outputs.append(y_t)
+            y = y + D[:, None] * x[:, t]
+        outputs.append(y)
     if not outputs:
-        return x.new_zeros(batch, 0, heads, head_dim), state
-    return torch.stack(outputs, dim=1).to(x.dtype), state
+        return x.new_zeros(batch, 0, heads, head_dim, dtype=out_dtype), state
+    return torch.stack(outputs, dim=1).to(out_dtype), state

@@ -82,9 +82,10 @@ def wkv7(r, w, k, v, a, b, *, initial_state=None):
     batch, length, heads, _ = r.shape
     dtype = compute_dtype(r, w, k, v, a, b, initial_state)
     state = initial(r, v, initial_state, dtype)
+    inputs = [t.to(dtype) for t in (r, w, k, v, a, b)]
     outputs = []
     for t in range(length):
-        y, state = update(state, *(x[:, t].to(dtype) for x in (r, w, k, v, a, b)))
+        y, state = update(state, *(x[:, t] for x in inputs))
         outputs.append(y)
     if not outputs:
         return r.new_zeros(batch, 0, heads, v.shape[-1]), state
