@@ -70,7 +70,9 @@ def vectorize_interpreter_scans() -> None:
         import numpy as np
         from triton.runtime import interpreter
     except ImportError as err:
-        raise RuntimeError("vectorize_interpreter_scans() patches Triton's interpreter: it needs triton and numpy") from err
+        raise RuntimeError(
+            "vectorize_interpreter_scans() patches Triton's interpreter: it needs triton and numpy"
+        ) from err
 
     if getattr(interpreter.ScanOps, "_seqzoo_vectorized", False):
         return
@@ -127,5 +129,23 @@ def supports_selective_scan(u, delta, A, B, C, D=None, z=None, *, initial_state=
     if not ok:
         return ok, reason
     if A.dim() == 2 and A.shape[1] > SCAN_MAX_STATE:
-        return False, f"state size N={A.shape[1]} is larger than {SCAN_MAX_STATE}, the most the kernel keeps in registers"
+        return False, (f"state size N={A.shape[1]} is larger than {SCAN_MAX_STATE}, "
+                       "the most the kernel keeps in registers")
+    return True, ""
+
+
+SSD_MAX_HEAD_DIM = 128  # the chunk backward holds a whole (L, P) head block
+SSD_MAX_STATE = 128
+
+
+def supports_ssd(x, dt, A, B, C, D=None, *, initial_state=None, chunk_size=64):
+    """CUDA tensors in float32/float16/bfloat16, head dim P <= 128, state size N <= 128."""
+    ok, reason = check_tensors("ssd", {"x": x, "dt": dt, "A": A, "B": B, "C": C, "D": D,
+                                       "initial_state": initial_state})
+    if not ok:
+        return ok, reason
+    if x.dim() == 4 and x.shape[-1] > SSD_MAX_HEAD_DIM:
+        return False, f"head dim P={x.shape[-1]} is larger than {SSD_MAX_HEAD_DIM}, the most the kernels tile"
+    if B.dim() == 4 and B.shape[-1] > SSD_MAX_STATE:
+        return False, f"state size N={B.shape[-1]} is larger than {SSD_MAX_STATE}, the most the kernels tile"
     return True, ""

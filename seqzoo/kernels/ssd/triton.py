@@ -44,6 +44,16 @@ def _chunk_decay(dt_ptr, A_ptr, bidx, h, t, length, sdb, sdt, sdh):
 
 
 @triton.jit
+def _mm(a, b, DOT_DTYPE: tl.constexpr, PRECISION: tl.constexpr, EMULATE: tl.constexpr):
+    # a @ b with operands rounded to DOT_DTYPE and float32 accumulation. Triton's interpreter multiplies bf16/fp16
+    # operands wrongly, so there the rounded operands are widened back to float32 first: the same numbers, since
+    # a product of two 16-bit floats is exact in float32.
+    if EMULATE:
+        return tl.dot(a.to(DOT_DTYPE).to(tl.float32), b.to(DOT_DTYPE).to(tl.float32), input_precision="ieee")
+    return tl.dot(a.to(DOT_DTYPE), b.to(DOT_DTYPE), input_precision=PRECISION)
+
+
+@triton.jit
 def _last(values, idx, L: tl.constexpr):
     return tl.sum(tl.where(idx == L - 1, values, 0.0), axis=0)
 
@@ -59,7 +69,7 @@ def _ssd_states_kernel(x_ptr, dt_ptr, A_ptr, b_ptr, h0_ptr, states_ptr, hT_ptr,
                        length, heads, head_dim, state_size, heads_per_group, num_chunks,
                        sxb, sxt, sxh, sxp, sdb, sdt, sdh, sbb, sbt, sbg, sbn,
                        L: tl.constexpr, BP: tl.constexpr, BN: tl.constexpr, HAS_H0: tl.constexpr,
-                       DOT_DTYPE: tl.constexpr, PRECISION: tl.constexpr):
+                       DOT_DTYPE: tl.constexpr, PRECISION: tl.constexpr, EMULATE: tl.constexpr):
     pid_p, pid_bh = tl.program_id(0), tl.program_id(1)
     bidx, h = pid_bh // heads, pid_bh % heads
     g = h // heads_per_group
@@ -80,8 +90,8 @@ def _ssd_states_kernel(x_ptr, dt_ptr, A_ptr, b_ptr, h0_ptr, states_ptr, hT_ptr,
         cs_last = _last(cs, idx, L)
         x = _load_2d(x_ptr, bidx * sxb + h * sxh, t, p, sxt, sxp, length, head_dim).to(tl.float32)  # (L, BP)
         bm = _load_2d(b_ptr, bidx * sbb + g * sbg, t, n, sbt, sbn, length, state_size)  # (L, BN)
-        xw = (x * (dt * tl.exp(cs_last - cs))[:, None]).to(DOT_DTYPE)
-        S = tl.exp(cs_last) * S + tl.dot(tl.trans(xw), bm.to(DOT_DTYPE), input_precision=PRECISION)
+        xw = x * (dt * tl.exp(cs_last - cs))[:, None]
+        S = tl.exp(cs_last) * S + _mm(tl.trans(xw), bm, DOT_DTYPE, PRECISION, EMULATE)
     tl.store(hT_ptr + state_off, S, mask=m_pn)
 
 
@@ -90,7 +100,7 @@ def _ssd_output_kernel(x_ptr, dt_ptr, A_ptr, b_ptr, c_ptr, D_ptr, states_ptr, y_
                        length, heads, head_dim, state_size, heads_per_group, num_chunks,
                        sxb, sxt, sxh, sxp, sdb, sdt, sdh, sbb, sbt, sbg, sbn, scb, sct, scg, scn,
                        L: tl.constexpr, BP: tl.constexpr, BN: tl.constexpr, HAS_D: tl.constexpr,
-                       DOT_DTYPE: tl.constexpr, PRECISION: tl.constexpr):
+                       DOT_DTYPE: tl.constexpr, PRECISION: tl.constexpr, EMULATE: tl.constexpr):
     c, pid_p, pid_bh = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     bidx, h = pid_bh // heads, pid_bh % heads
     g = h // heads_per_group
@@ -104,11 +114,11 @@ def _ssd_output_kernel(x_ptr, dt_ptr, A_ptr, b_ptr, c_ptr, D_ptr, states_ptr, y_
     cm = _load_2d(c_ptr, bidx * scb + g * scg, t, n, sct, scn, length, state_size).to(DOT_DTYPE)
     S = _load_2d(states_ptr, (pid_bh * num_chunks + c) * head_dim * state_size, p, n, state_size, 1,
                  head_dim, state_size)  # (BP, BN) float32
-    y = tl.exp(cs)[:, None] * tl.dot(cm, tl.trans(S.to(DOT_DTYPE)), input_precision=PRECISION)
+    y = tl.exp(cs)[:, None] * _mm(cm, tl.trans(S), DOT_DTYPE, PRECISION, EMULATE)
     causal = idx[:, None] >= idx[None, :]
     decay = tl.exp(tl.where(causal, cs[:, None] - cs[None, :], float("-inf")))  # (L, L), 0 above the diagonal
-    M = tl.dot(cm, tl.trans(bm), input_precision=PRECISION) * decay * dt[None, :]
-    y += tl.dot(M.to(DOT_DTYPE), x.to(DOT_DTYPE), input_precision=PRECISION)
+    M = _mm(cm, tl.trans(bm), DOT_DTYPE, PRECISION, EMULATE) * decay * dt[None, :]
+    y += _mm(M, x, DOT_DTYPE, PRECISION, EMULATE)
     if HAS_D:
         y += tl.load(D_ptr + h).to(tl.float32) * x.to(tl.float32)
     out = ((bidx * length + t[:, None]) * heads + h) * head_dim + p[None, :]  # y: contiguous (B, T, H, P)
@@ -120,7 +130,7 @@ def _ssd_dstates_kernel(dy_ptr, dt_ptr, A_ptr, c_ptr, dhT_ptr, dstates_ptr, dh0_
                         length, heads, head_dim, state_size, heads_per_group, num_chunks,
                         sgb, sgt, sgh, sgp, sdb, sdt, sdh, scb, sct, scg, scn,
                         L: tl.constexpr, BP: tl.constexpr, BN: tl.constexpr, HAS_DHT: tl.constexpr,
-                        DOT_DTYPE: tl.constexpr, PRECISION: tl.constexpr):
+                        DOT_DTYPE: tl.constexpr, PRECISION: tl.constexpr, EMULATE: tl.constexpr):
     pid_p, pid_bh = tl.program_id(0), tl.program_id(1)
     bidx, h = pid_bh // heads, pid_bh % heads
     g = h // heads_per_group
@@ -141,8 +151,8 @@ def _ssd_dstates_kernel(dy_ptr, dt_ptr, A_ptr, c_ptr, dhT_ptr, dstates_ptr, dh0_
         dt, cs = _chunk_decay(dt_ptr, A_ptr, bidx, h, t, length, sdb, sdt, sdh)
         dy = _load_2d(dy_ptr, bidx * sgb + h * sgh, t, p, sgt, sgp, length, head_dim).to(tl.float32)
         cm = _load_2d(c_ptr, bidx * scb + g * scg, t, n, sct, scn, length, state_size)
-        dyw = (dy * tl.exp(cs)[:, None]).to(DOT_DTYPE)
-        dS = tl.exp(_last(cs, idx, L)) * dS + tl.dot(tl.trans(dyw), cm.to(DOT_DTYPE), input_precision=PRECISION)
+        dyw = dy * tl.exp(cs)[:, None]
+        dS = tl.exp(_last(cs, idx, L)) * dS + _mm(tl.trans(dyw), cm, DOT_DTYPE, PRECISION, EMULATE)
     tl.store(dh0_ptr + state_off, dS, mask=m_pn)
 
 
@@ -153,7 +163,7 @@ def _ssd_chunk_bwd_kernel(x_ptr, dt_ptr, A_ptr, b_ptr, c_ptr, D_ptr, dy_ptr, sta
                           sxb, sxt, sxh, sxp, sdb, sdt, sdh, sbb, sbt, sbg, sbn, scb, sct, scg, scn,
                           sgb, sgt, sgh, sgp,
                           L: tl.constexpr, BP: tl.constexpr, BN: tl.constexpr, HAS_D: tl.constexpr,
-                          DOT_DTYPE: tl.constexpr, PRECISION: tl.constexpr):
+                          DOT_DTYPE: tl.constexpr, PRECISION: tl.constexpr, EMULATE: tl.constexpr):
     # One chunk of one (batch, head), the whole head dim (BP >= P): gradients of everything the chunk read.
     c, pid_bh = tl.program_id(0), tl.program_id(1)
     bidx, h = pid_bh // heads, pid_bh % heads
@@ -172,35 +182,34 @@ def _ssd_chunk_bwd_kernel(x_ptr, dt_ptr, A_ptr, b_ptr, c_ptr, D_ptr, dy_ptr, sta
     chunk_state = (pid_bh * num_chunks + c) * head_dim * state_size
     S = _load_2d(states_ptr, chunk_state, p, n, state_size, 1, head_dim, state_size)  # (P, N) at chunk start
     dS = _load_2d(dstates_ptr, chunk_state, p, n, state_size, 1, head_dim, state_size)  # d(state at chunk end)
-    x_d, dy_d, b_d, c_d = x.to(DOT_DTYPE), dy.to(DOT_DTYPE), bm.to(DOT_DTYPE), cm.to(DOT_DTYPE)
 
     decay_in = tl.exp(cs)  # (L,) from the chunk start to step l
     decay_out = tl.exp(cs_last - cs)  # (L,) from step l to the chunk end
     causal = idx[:, None] >= idx[None, :]
     E = tl.exp(tl.where(causal, cs[:, None] - cs[None, :], float("-inf")))  # (L, L)
-    CB = tl.dot(c_d, tl.trans(b_d), input_precision=PRECISION)  # (L, L)
-    G = tl.dot(dy_d, tl.trans(x_d), input_precision=PRECISION)  # (L, L): dy_l . x_s
+    CB = _mm(cm, tl.trans(bm), DOT_DTYPE, PRECISION, EMULATE)  # (L, L)
+    G = _mm(dy, tl.trans(x), DOT_DTYPE, PRECISION, EMULATE)  # (L, L): dy_l . x_s
     M0 = CB * E
     Q = M0 * G * dt[None, :]  # (L, L): d y_l . (intra term s -> l), the quantity whose log-decay gradient we need
 
     # Intra-chunk term y_l += sum_s M0[l, s] dt_s x_s.
-    dx = dt[:, None] * tl.dot(tl.trans(M0).to(DOT_DTYPE), dy_d, input_precision=PRECISION)  # (L, P)
+    dx = dt[:, None] * _mm(tl.trans(M0), dy, DOT_DTYPE, PRECISION, EMULATE)  # (L, P)
     ddt = tl.sum(M0 * G, axis=0)  # (L,) over l, for each s
     dCB = E * G * dt[None, :]
-    dC = tl.dot(dCB.to(DOT_DTYPE), b_d, input_precision=PRECISION)  # (L, N)
-    dB = tl.dot(tl.trans(dCB).to(DOT_DTYPE), c_d, input_precision=PRECISION)  # (L, N)
+    dC = _mm(dCB, bm, DOT_DTYPE, PRECISION, EMULATE)  # (L, N)
+    dB = _mm(tl.trans(dCB), cm, DOT_DTYPE, PRECISION, EMULATE)  # (L, N)
     dcs = tl.sum(Q, axis=1) - tl.sum(Q, axis=0)
 
     # Inter-chunk term y_l += exp(cs_l) C_l S^T.
-    dyS = tl.dot(dy_d, S.to(DOT_DTYPE), input_precision=PRECISION)  # (L, N)
+    dyS = _mm(dy, S, DOT_DTYPE, PRECISION, EMULATE)  # (L, N)
     dC += decay_in[:, None] * dyS
     dcs += decay_in * tl.sum(dyS * cm, axis=1)
 
     # End state S_end = exp(cs_last) S + sum_s decay_out_s dt_s x_s (outer) B_s.
-    BdS = tl.dot(b_d, tl.trans(dS.to(DOT_DTYPE)), input_precision=PRECISION)  # (L, P): dS B_s
+    BdS = _mm(bm, tl.trans(dS), DOT_DTYPE, PRECISION, EMULATE)  # (L, P): dS B_s
     w_out = dt * decay_out
     dx += w_out[:, None] * BdS
-    dB += w_out[:, None] * tl.dot(x_d, dS.to(DOT_DTYPE), input_precision=PRECISION)
+    dB += w_out[:, None] * _mm(x, dS, DOT_DTYPE, PRECISION, EMULATE)
     R = decay_out * tl.sum(x * BdS, axis=1)  # (L,): d S_end . (x_s outer B_s) exp(cs_last - cs_s)
     ddt += R
     dcs -= dt * R
@@ -254,6 +263,8 @@ def _ssd_step_kernel(x_ptr, dt_ptr, A_ptr, b_ptr, c_ptr, D_ptr, h0_ptr, y_ptr, h
     tl.store(h1_ptr + state_off, S, mask=m_pn)
 
 
+# Whether these kernels run under Triton's interpreter (decided when this module was imported).
+_INTERPRETED = type(_ssd_output_kernel).__name__ == "InterpretedFunction"
 _DOT_DTYPES = {torch.float32: tl.float32, torch.float16: tl.float16, torch.bfloat16: tl.bfloat16}
 
 
@@ -287,11 +298,13 @@ def _forward(x, dt, A, B, C, D, h0):
     _ssd_states_kernel[(triton.cdiv(head_dim, block_p), batch * heads)](
         x, dt, A, B, h0, states, hT, *common, *x.stride(), *dt.stride(), *B.stride(),
         L=CHUNK, BP=block_p, BN=block_n, HAS_H0=h0 is not None, DOT_DTYPE=dot_dtype, PRECISION=precision,
+        EMULATE=_INTERPRETED,
     )
     y = torch.empty(batch, length, heads, head_dim, device=dev, dtype=x.dtype)
     _ssd_output_kernel[(num_chunks, triton.cdiv(head_dim, block_p), batch * heads)](
         x, dt, A, B, C, D, states, y, *common, *x.stride(), *dt.stride(), *B.stride(), *C.stride(),
         L=CHUNK, BP=block_p, BN=block_n, HAS_D=D is not None, DOT_DTYPE=dot_dtype, PRECISION=precision,
+        EMULATE=_INTERPRETED,
         num_warps=8,
     )
     return y, hT, states
@@ -320,6 +333,7 @@ class _SSDFn(torch.autograd.Function):
         _ssd_dstates_kernel[(triton.cdiv(head_dim, block_p), batch * heads)](
             dy, dt, A, C, dhT, dstates, dh0, *common, *dy.stride(), *dt.stride(), *C.stride(),
             L=CHUNK, BP=block_p, BN=block_n, HAS_DHT=dhT is not None, DOT_DTYPE=dot_dtype, PRECISION=precision,
+        EMULATE=_INTERPRETED,
         )
         dx = torch.empty(batch, length, heads, head_dim, device=dev, dtype=f32)
         ddt = torch.empty(batch, length, heads, device=dev, dtype=f32)
@@ -331,6 +345,7 @@ class _SSDFn(torch.autograd.Function):
             x, dt, A, B, C, D, dy, states, dstates, dx, ddt, dB_heads, dC_heads, dA_part, dD_part, *common,
             *x.stride(), *dt.stride(), *B.stride(), *C.stride(), *dy.stride(),
             L=CHUNK, BP=block_p_full, BN=block_n, HAS_D=D is not None, DOT_DTYPE=dot_dtype, PRECISION=precision,
+        EMULATE=_INTERPRETED,
             num_warps=8,
         )
         groups = heads // per_group

@@ -1,0 +1,88 @@
+"""Triton ``ssd`` against the reference: outputs, final states and the gradients of x, dt, A, B, C, D and the
+initial state; odd lengths across several chunks, grouped B/C, float32 and bfloat16, identity steps (dt = 0) and
+the fused decode step."""
+
+import importlib
+
+import pytest
+import torch
+
+from seqzoo.kernels import get_kernel
+from tests.kernels_triton.support import DEVICE, check_parity, leaves, triton_kernel
+
+
+def _inputs(batch, length, heads, head_dim, groups, state_size, seed, with_optional=True):
+    g = torch.Generator().manual_seed(seed)
+    dt = torch.rand(batch, length, heads, generator=g) * 0.5
+    dt[0, 1:3] = 0.0  # padding-style identity steps
+    return {
+        "x": torch.randn(batch, length, heads, head_dim, generator=g),
+        "dt": dt,
+        "A": -(torch.rand(heads, generator=g) * 2 + 0.1),
+        "B": torch.randn(batch, length, groups, state_size, generator=g),
+        "C": torch.randn(batch, length, groups, state_size, generator=g),
+        "D": torch.randn(heads, generator=g) if with_optional else None,
+        "initial_state": torch.randn(batch, heads, head_dim, state_size, generator=g) if with_optional else None,
+    }
+
+
+def _call(f, t):
+    return f(t["x"], t["dt"], t["A"], t["B"], t["C"], t["D"], initial_state=t["initial_state"], chunk_size=16)
+
+
+@pytest.fixture
+def small_chunks(monkeypatch):
+    # Chunks of 16 (the smallest tl.dot tile), so that T = 33 spans three chunks, the last one partial.
+    monkeypatch.setattr(importlib.import_module("seqzoo.kernels.ssd.triton"), "CHUNK", 16)
+
+
+@pytest.mark.parametrize("length", [1, 7, 33])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+def test_parity(length, dtype, small_chunks):
+    fn = triton_kernel("ssd")
+    # 4 heads in 2 groups; P = 5 and N = 6 are padded to 16 inside the kernels.
+    inputs = _inputs(2, length, 4, 5, 2, 6, seed=length)
+    # As in the Mamba-2 layer: x, B, C in the model dtype; dt, A, D in float32.
+    backend, reference = leaves(inputs, dtype, low_precision=("x", "B", "C"))
+    check_parity(f"ssd T={length}", fn, get_kernel("ssd", "reference"), backend, reference, _call, dtype,
+                 out_dtype=dtype)
+
+
+def test_parity_default_chunk_without_optional_inputs():
+    fn = triton_kernel("ssd")
+    inputs = _inputs(1, 70, 2, 16, 1, 16, seed=3, with_optional=False)  # 64-step chunks: one full, one partial
+    backend, reference = leaves(inputs, torch.float32, low_precision=())
+    check_parity("ssd plain", fn, get_kernel("ssd", "reference"), backend, reference, _call, torch.float32,
+                 out_dtype=torch.float32)
+
+
+def test_zero_dt_keeps_the_state_bit_for_bit_and_decode_steps_match_the_sequence(small_chunks):
+    fn = triton_kernel("ssd")
+    t = {k: (v.to(DEVICE) if v is not None else None) for k, v in _inputs(2, 7, 4, 5, 2, 6, seed=4).items()}
+    with torch.no_grad():
+        _, state = _call(fn, dict(t, dt=torch.zeros_like(t["dt"])))
+        assert torch.equal(state, t["initial_state"]), "dt = 0 must leave the state unchanged"
+
+        y_full, state_full = _call(fn, t)
+        state, outputs = t["initial_state"], []
+        for step in range(7):  # T = 1 without gradients takes the fused decode kernel
+            one = {k: v[:, step:step + 1] for k, v in t.items() if k in ("x", "dt", "B", "C")}
+            y, state = _call(fn, dict(t, **one, initial_state=state))
+            outputs.append(y)
+    torch.testing.assert_close(torch.cat(outputs, dim=1), y_full, atol=2e-5, rtol=1e-4)
+    torch.testing.assert_close(state, state_full, atol=2e-5, rtol=1e-4)
+
+
+def test_supports_declines_what_the_kernels_cannot_run():
+    from seqzoo.kernels.triton_support import supports_ssd
+
+    t = _inputs(1, 3, 2, 4, 1, 4, seed=0)
+    ok, reason = supports_ssd(t["x"], t["dt"], t["A"], t["B"], t["C"])
+    assert not ok and reason == "needs CUDA tensors (got cpu)"
+    if torch.cuda.is_available():
+        c = {k: v.cuda() for k, v in t.items() if v is not None}
+        ok, reason = supports_ssd(c["x"].double(), c["dt"], c["A"], c["B"], c["C"])
+        assert not ok and "float64" in reason
+        wide = torch.randn(1, 3, 2, 256, device="cuda")
+        ok, reason = supports_ssd(wide, c["dt"], c["A"], c["B"], c["C"])
+        assert not ok and "P=256" in reason
