@@ -4,6 +4,7 @@ holding them as ``seqzoo-test/tiny-<arch>``, and what seqzoo itself generates fr
 from __future__ import annotations
 
 import hashlib
+import importlib
 import json
 import os
 import shutil
@@ -16,8 +17,8 @@ import torch
 
 import seqzoo
 from seqzoo.cli import save_with_tokenizer
-from seqzoo.hub import export_folder
-from seqzoo.registry import architecture_for_model_type, preset_values
+from seqzoo.hub import build_bundle, export_folder
+from seqzoo.registry import ModelSpec, architecture_for_model_type, preset_values
 from tests.conftest import SIZE_ORDER, SIZE_SUFFIX, tiny_config
 
 ARCHITECTURES = seqzoo.list_architectures()
@@ -31,6 +32,53 @@ TRAINING_RECORD = {
     "steps": 300,
     "eval": {"loss": 2.5, "perplexity": 12.18},
     "recipe": {"learning_rate": 0.001, "batch_size": 16},
+}
+
+
+# A plugin architecture outside seqzoo, written the ways seqzoo code imports: a module object from a package, an
+# `import ... as`, a sibling module object, and a lazy import inside a function. Its bundle must cover them all.
+TOY_PLUGIN = {
+    "__init__.py": "",
+    "configuration_toy.py": """
+from seqzoo.models.lstm.configuration_lstm import LSTMConfig
+
+
+class ToyConfig(LSTMConfig):
+    model_type = "toyzoo_lstm"
+""",
+    "helpers.py": """
+SIGN = -1.0
+
+
+def logit_scale(config):
+    return 0.5 + 0.0 * config.hidden_size
+""",
+    "modeling_toy.py": """
+import seqzoo.models.modeling_utils as modeling_utils
+from seqzoo.models.lstm import modeling_lstm
+
+from . import helpers
+from .configuration_toy import ToyConfig
+
+
+class ToyModel(modeling_lstm.LSTMModel):
+    config_class = ToyConfig
+
+
+class ToyForCausalLM(modeling_lstm.LSTMForCausalLM):
+    config_class = ToyConfig
+    base_model_class = ToyModel
+
+    def forward(self, *args, **kwargs):
+        from toyzoo.helpers import logit_scale
+
+        output = super().forward(*args, **kwargs)
+        output.logits = output.logits * logit_scale(self.config) * helpers.SIGN
+        return output
+
+
+assert issubclass(ToyForCausalLM, modeling_utils.SeqzooForCausalLM)
+""",
 }
 
 
@@ -87,6 +135,40 @@ def exports(saved_models, tmp_path_factory) -> dict[str, Path]:
     """arch -> the exported Hub folder of its saved model (folder named after the architecture)."""
     root = tmp_path_factory.mktemp("exports")
     return {arch: export_folder(folder, root / arch, repo_id=repo_id(arch)) for arch, folder in saved_models.items()}
+
+
+@pytest.fixture(scope="session")
+def toy_plugin(tmp_path_factory):
+    """The `toyzoo` plugin package, importable while the session lasts: its ModelSpec (not registered)."""
+    root = tmp_path_factory.mktemp("plugin")
+    (root / "toyzoo").mkdir()
+    for name, text in TOY_PLUGIN.items():
+        (root / "toyzoo" / name).write_text(text.lstrip())
+    sys.path.insert(0, str(root))
+    try:
+        modeling = importlib.import_module("toyzoo.modeling_toy")
+        yield ModelSpec("toyzoo", modeling.ToyConfig, modeling.ToyModel, modeling.ToyForCausalLM)
+    finally:
+        sys.path.remove(str(root))
+        for name in [name for name in sys.modules if name == "toyzoo" or name.startswith("toyzoo.")]:
+            del sys.modules[name]
+
+
+@pytest.fixture(scope="session")
+def toy_export(toy_plugin, tmp_path_factory):
+    """(folder, model): a toyzoo checkpoint with its code bundle and auto_map, assembled by hand because the
+    plugin is not registered with seqzoo."""
+    torch.manual_seed(0)
+    config = toy_plugin.config_class(vocab_size=258, hidden_size=32, num_hidden_layers=2, pad_token_id=256,
+                                     bos_token_id=257, eos_token_id=257)
+    model = toy_plugin.causal_lm_class(config).eval()
+    folder = tmp_path_factory.mktemp("toy-export") / "toyzoo"
+    save_with_tokenizer(model, folder)
+    bundle = build_bundle(toy_plugin)
+    bundle.write(folder)
+    config_json = json.loads((folder / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps({**config_json, "auto_map": bundle.auto_map}))
+    return folder, model
 
 
 @pytest.fixture(scope="session")

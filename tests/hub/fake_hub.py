@@ -25,6 +25,8 @@ ROUTES = [  # (name, method, path pattern)
     ("preupload", "POST", re.compile(rf"/api/models/{REPO}/preupload/(?P<revision>[^/]+)")),
     ("commit", "POST", re.compile(rf"/api/models/{REPO}/commit/(?P<revision>[^/]+)")),
     ("repo_info", "GET", re.compile(rf"/api/models/{REPO}(/revision/.*)?")),
+    # huggingface_hub fetches this list for its user-agent string; it is not part of publishing.
+    ("agent_harnesses", "GET", re.compile(r"/api/agent-harnesses")),
 ]
 
 
@@ -33,7 +35,7 @@ class Request:
     route: str
     method: str
     path: str
-    headers: dict[str, str]
+    headers: dict[str, str]  # names in lower case
     body: bytes
 
 
@@ -67,7 +69,12 @@ class FakeHub:
         self._server.server_close()
 
     def routes(self) -> list[str]:
-        return [request.route for request in self.requests]
+        """The routes publishing called, in order."""
+        return [request.route for request in self.requests if request.route != "agent_harnesses"]
+
+    def request(self, route: str) -> Request:
+        """The first request made to ``route``."""
+        return next(request for request in self.requests if request.route == route)
 
     def answer(self, route: str, match: re.Match, body: bytes) -> tuple[int, dict, dict[str, str]]:
         if route in self.fail:
@@ -124,7 +131,8 @@ class FakeHub:
                 path = self.path.split("?")[0]
                 route, match = next(((name, m) for name, verb, pattern in ROUTES
                                      if verb == method and (m := pattern.fullmatch(path))), ("unknown", None))
-                hub.requests.append(Request(route, method, self.path, dict(self.headers), body))
+                headers = {key.lower(): value for key, value in self.headers.items()}
+                hub.requests.append(Request(route, method, self.path, headers, body))
                 if hub.fail.get(route) == "drop":
                     self.close_connection = True  # the socket closes with no response: a dropped connection
                     return

@@ -1,14 +1,15 @@
-"""Run by the Hub tests in a fresh process: load exported checkpoints through transformers' Auto classes and
-record what they generate.
+"""Run by the Hub tests in a fresh process in which seqzoo cannot be imported: load exported checkpoints with
+torch and transformers alone (``trust_remote_code=True``) and record what they generate.
 
     python load_checkpoints.py JOB.json RESULT.json
 
-JOB: {"hide_seqzoo": bool, "prompt": str, "new_tokens": int,
-      "checkpoints": [{"arch": str, "sources": [folder or repo id, ...], "snippet": str, "cli_repo_id": str|null}]}
+JOB: {"prompt": str, "new_tokens": int, "checkpoints": [{"arch": str, "sources": [folder or repo id, ...],
+                                                          "snippet": python code to run, optional}]}
 
-With ``hide_seqzoo`` seqzoo is made unimportable before anything else is imported, so only torch and transformers
-(with ``trust_remote_code=True``) can load the checkpoints. Otherwise seqzoo is imported and they load natively.
-A failure is recorded per checkpoint, with its traceback, so one broken architecture does not hide the others.
+seqzoo, and the optional GPU kernel packages seqzoo can use, are made unimportable before anything else is
+imported, as on a machine that has only torch and transformers. The result also describes the kernel registries
+the bundled code created. A failure is recorded per checkpoint, with its traceback, so one broken architecture does not
+hide the others.
 """
 
 from __future__ import annotations
@@ -21,11 +22,14 @@ import sys
 import traceback
 
 
-class HideSeqzoo(importlib.abc.MetaPathFinder):
-    """Placed first on sys.meta_path: whatever else is installed, `import seqzoo` fails as if it were not."""
+HIDDEN = ("seqzoo", "triton", "mamba_ssm", "causal_conv1d", "fla")
+
+
+class Hide(importlib.abc.MetaPathFinder):
+    """Placed first on sys.meta_path: whatever is installed, importing a HIDDEN package fails as if it were not."""
 
     def find_spec(self, name, path=None, target=None):
-        if name == "seqzoo" or name.startswith("seqzoo."):
+        if name.split(".")[0] in HIDDEN:
             raise ModuleNotFoundError(f"No module named {name!r} (hidden for this test)", name=name)
         return None
 
@@ -42,9 +46,8 @@ def load_and_generate(source: str, job: dict) -> dict:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    kwargs = {"trust_remote_code": True} if job["hide_seqzoo"] else {}
-    model = AutoModelForCausalLM.from_pretrained(source, **kwargs).eval()
-    tokenizer = AutoTokenizer.from_pretrained(source, **kwargs)
+    model = AutoModelForCausalLM.from_pretrained(source, trust_remote_code=True).eval()
+    tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=True)
     inputs = tokenizer(job["prompt"], return_tensors="pt")
     with torch.no_grad():
         tokens = model.generate(**inputs, max_new_tokens=job["new_tokens"], do_sample=False,
@@ -64,28 +67,43 @@ def printed_by(run) -> str:
 
 def check(item: dict, job: dict) -> dict:
     result = {source: load_and_generate(source, job) for source in item["sources"]}
-    code = compile(item["snippet"], "README.md usage snippet", "exec")
-    result["snippet"] = printed_by(lambda: exec(code, {"__name__": "__main__"}))
-    if item.get("cli_repo_id"):
-        from seqzoo.cli import main
-
-        args = ["generate", item["cli_repo_id"], job["prompt"], "--max-new-tokens", "20", "--no-stream"]
-        result["cli"] = printed_by(lambda: main(args))
+    if item.get("snippet"):
+        code = compile(item["snippet"], "README.md usage snippet", "exec")
+        result["snippet"] = printed_by(lambda: exec(code, {"__name__": "__main__"}))
     return result
+
+
+def bundled_kernels() -> dict:
+    """Across the kernel registries of the bundled code: ops with no available backend, and each backend given as
+    a lazy "module:attr" string with whether it would load if its own availability probe said yes."""
+    import dataclasses
+
+    empty_ops, lazy = set(), {}
+    for name, module in list(sys.modules.items()):
+        if not name.endswith(".seqzoo_kernels_registry"):
+            continue
+        for op in module.list_ops():
+            if not module.available_backends(op):
+                empty_ops.add(op)
+            for backend in module.get_op(op).backends.values():
+                if isinstance(backend.impl, str):
+                    probe_says_yes = dataclasses.replace(backend, is_available=lambda: True)
+                    lazy[f"{op}/{backend.name}"] = {"impl": backend.impl, "available": probe_says_yes.available()}
+    return {"ops_without_backend": sorted(empty_ops), "lazy_backends": lazy}
 
 
 def main() -> None:
     job_path, result_path = sys.argv[1:3]
     with open(job_path) as f:
         job = json.load(f)
-    if job["hide_seqzoo"]:
-        sys.meta_path.insert(0, HideSeqzoo())
+    sys.meta_path.insert(0, Hide())
     results = {"seqzoo_importable": seqzoo_importable(), "checkpoints": {}}
     for item in job["checkpoints"]:
         try:
             results["checkpoints"][item["arch"]] = check(item, job)
         except Exception:
             results["checkpoints"][item["arch"]] = {"error": traceback.format_exc()}
+    results["kernels"] = bundled_kernels()
     with open(result_path, "w") as f:
         json.dump(results, f)
 

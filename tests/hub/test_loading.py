@@ -10,9 +10,11 @@ from functools import lru_cache
 
 import pytest
 import torch
+from huggingface_hub import constants
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
 import seqzoo
+from seqzoo.cli import main
 from tests.hub.conftest import (
     ARCHITECTURES,
     HERE,
@@ -55,28 +57,27 @@ def reference(exports):
     return compute
 
 
-def run_job(tmp_path_factory, hub_cache, hide_seqzoo: bool, checkpoints: list[dict]) -> dict:
-    work = tmp_path_factory.mktemp("remote" if hide_seqzoo else "native")
-    job = {"hide_seqzoo": hide_seqzoo, "prompt": PROMPT, "new_tokens": NEW_TOKENS, "checkpoints": checkpoints}
-    (work / "job.json").write_text(json.dumps(job))
+@pytest.fixture(scope="session")
+def without_seqzoo(exports, toy_export, hub_cache, tmp_path_factory) -> dict:
+    """One process in which seqzoo cannot be imported loads every architecture's folder and repo id (offline, from
+    the Hub cache), runs each card's trust_remote_code snippet, and loads the toyzoo plugin's folder."""
+    checkpoints = [{"arch": arch, "sources": [str(exports[arch]), repo_id(arch)],
+                    "snippet": usage_snippets(exports[arch])["remote"]} for arch in ARCHITECTURES]
+    checkpoints.append({"arch": "toyzoo", "sources": [str(toy_export[0])]})
+    work = tmp_path_factory.mktemp("without-seqzoo")
+    (work / "job.json").write_text(json.dumps({"prompt": PROMPT, "new_tokens": NEW_TOKENS,
+                                               "checkpoints": checkpoints}))
     run_python([str(HERE / "load_checkpoints.py"), "job.json", "result.json"], env=hub_env(hub_cache), cwd=work)
     return json.loads((work / "result.json").read_text())
 
 
-@pytest.fixture(scope="session")
-def without_seqzoo(exports, hub_cache, tmp_path_factory) -> dict:
-    """One process in which seqzoo cannot be imported loads every architecture's folder and repo id."""
-    checkpoints = [{"arch": arch, "sources": [str(exports[arch]), repo_id(arch)],
-                    "snippet": usage_snippets(exports[arch])["remote"]} for arch in ARCHITECTURES]
-    return run_job(tmp_path_factory, hub_cache, hide_seqzoo=True, checkpoints=checkpoints)
-
-
-@pytest.fixture(scope="session")
-def with_seqzoo(exports, hub_cache, tmp_path_factory) -> dict:
-    """One process with seqzoo loads every repo id natively, runs the card's seqzoo snippet and `seqzoo generate`."""
-    checkpoints = [{"arch": arch, "sources": [repo_id(arch)], "snippet": usage_snippets(exports[arch])["native"],
-                    "cli_repo_id": repo_id(arch)} for arch in ARCHITECTURES]
-    return run_job(tmp_path_factory, hub_cache, hide_seqzoo=False, checkpoints=checkpoints)
+@pytest.fixture
+def offline_hub(hub_cache, monkeypatch):
+    """This process, offline, reading the test Hub cache: what HF_HUB_OFFLINE=1 and HF_HUB_CACHE do (huggingface_hub
+    reads both when it is imported, so the test sets its constants as well)."""
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(hub_cache / "hub"))
 
 
 def checkpoint_result(results: dict, arch: str) -> dict:
@@ -86,8 +87,8 @@ def checkpoint_result(results: dict, arch: str) -> dict:
 
 
 def assert_same_generation(got: dict, expected: dict) -> None:
-    assert got["tokens"] == expected["tokens"]
-    torch.testing.assert_close(torch.tensor(got["logits"]), expected["logits"], rtol=0, atol=1e-5)
+    assert list(got["tokens"]) == list(expected["tokens"])
+    torch.testing.assert_close(torch.as_tensor(got["logits"]), expected["logits"], rtol=0, atol=1e-5)
 
 
 @pytest.mark.parametrize("arch", ARCHITECTURES)
@@ -113,10 +114,35 @@ def test_remote_code_without_seqzoo_matches_seqzoo(arch, without_seqzoo, exports
 
 
 @pytest.mark.parametrize("arch", ARCHITECTURES)
-def test_repo_id_loads_natively_offline(arch, with_seqzoo, reference):
-    result = checkpoint_result(with_seqzoo, arch)
+def test_repo_id_loads_natively_offline(arch, offline_hub, exports, reference, capsys):
     spec = seqzoo.get_architecture(arch)
-    assert result[repo_id(arch)]["class"] == f"{spec.causal_lm_class.__module__}.{spec.causal_lm_class.__name__}"
-    assert_same_generation(result[repo_id(arch)], reference(arch))
-    assert result["snippet"] == reference(arch)["text"]
-    assert result["cli"] == reference(arch)["text"]  # `seqzoo generate org/name ...`
+    model = AutoModelForCausalLM.from_pretrained(repo_id(arch)).eval()
+    assert type(model) is spec.causal_lm_class
+    tokens, logits = greedy(model, AutoTokenizer.from_pretrained(repo_id(arch)))
+    assert_same_generation({"tokens": tokens, "logits": logits}, reference(arch))
+
+    exec(compile(usage_snippets(exports[arch])["native"], "README.md usage snippet", "exec"), {})
+    assert capsys.readouterr().out == reference(arch)["text"]
+    assert main(["generate", repo_id(arch), PROMPT, "--max-new-tokens", "20", "--no-stream"]) == 0
+    assert capsys.readouterr().out == reference(arch)["text"]
+
+
+def test_plugin_architecture_bundle_loads_without_seqzoo(without_seqzoo, toy_export):
+    folder, model = toy_export
+    result = checkpoint_result(without_seqzoo, "toyzoo")[str(folder)]
+    assert result["class"].startswith("transformers_modules.") and result["class"].endswith(
+        "modeling_toyzoo_lstm.ToyForCausalLM")
+    tokens, logits = greedy(model, AutoTokenizer.from_pretrained(folder))
+    assert_same_generation(result, {"tokens": tokens, "logits": logits})
+
+
+def test_lazy_kernel_backends_stay_unavailable_in_the_bundle(without_seqzoo):
+    """Backends that seqzoo imports on demand ("seqzoo....:fn" strings, e.g. Triton kernels) are not bundled; the
+    bundled registry must report them unavailable even where their own probe says yes, and keep every op usable."""
+    kernels = without_seqzoo["kernels"]
+    assert kernels["ops_without_backend"] == []
+    for name, row in kernels["lazy_backends"].items():
+        assert row["available"] is False, (name, row)
+    seqzoo_lazy = {f"{r['op']}/{r['backend']}" for r in seqzoo.list_kernels()
+                   if isinstance(seqzoo.kernels.registry.get_op(r["op"]).backends[r["backend"]].impl, str)}
+    assert seqzoo_lazy <= set(kernels["lazy_backends"])  # the check above saw every one the bundles carry

@@ -1,0 +1,144 @@
+"""The flat code bundle: what it may import, that transformers fetches all of it, and how imports are rewritten."""
+
+from __future__ import annotations
+
+import ast
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+from transformers.dynamic_module_utils import get_imports, get_relative_import_files
+
+import seqzoo
+from seqzoo.hub import BundleError, build_bundle
+from seqzoo.kernels.registry import Backend
+from tests.hub.conftest import ARCHITECTURES
+
+ALLOWED = {"torch", "transformers", "__future__"} | set(sys.stdlib_module_names)
+IMPORT_ERRORS = {"ImportError", "ModuleNotFoundError", "Exception"}
+
+
+def guarded(ancestors: list[ast.AST]) -> bool:
+    """Inside the body of a `try` whose handlers catch a failed import."""
+    for parent, child in zip(ancestors, ancestors[1:]):
+        if isinstance(parent, ast.Try) and child in parent.body:
+            caught = set()
+            for handler in parent.handlers:
+                types = handler.type.elts if isinstance(handler.type, ast.Tuple) else [handler.type]
+                caught |= {getattr(t, "id", None) for t in types}
+            if caught & IMPORT_ERRORS:
+                return True
+    return False
+
+
+def import_problems(path: Path, bundle_files: set[str]) -> list[str]:
+    """Every import in the file must be torch, transformers, the standard library, a guarded optional import, or a
+    flat sibling import of a file in the bundle."""
+    problems = []
+
+    def visit(node: ast.AST, ancestors: list[ast.AST]) -> None:
+        where = f"{path.name}:{getattr(node, 'lineno', '?')}"
+        if isinstance(node, ast.ImportFrom) and node.level:
+            siblings = [node.module] if node.module else [alias.name for alias in node.names]
+            if node.level != 1 or any(f"{name}.py" not in bundle_files for name in siblings):
+                problems.append(f"{where}: relative import of {'.' * node.level}{node.module or ''} "
+                                f"{[a.name for a in node.names]} is not a flat sibling in the bundle")
+        elif isinstance(node, (ast.Import, ast.ImportFrom)):
+            names = [node.module] if isinstance(node, ast.ImportFrom) else [alias.name for alias in node.names]
+            for name in names:
+                if name.split(".")[0] not in ALLOWED and not guarded(ancestors + [node]):
+                    problems.append(f"{where}: unguarded import of {name}")
+        for child in ast.iter_child_nodes(node):
+            visit(child, ancestors + [node])
+
+    visit(ast.parse(path.read_text()), [])
+    return problems
+
+
+def code_files(folder: Path) -> set[str]:
+    return {path.name for path in folder.glob("*.py")}
+
+
+@pytest.mark.parametrize("arch", ARCHITECTURES)
+def test_bundle_imports_only_torch_transformers_stdlib_and_guarded_extras(arch, exports):
+    folder = exports[arch]
+    files = code_files(folder)
+    for name in sorted(files):
+        assert import_problems(folder / name, files) == []
+        # transformers' own check (it refuses to load a file whose unguarded imports are not installed)
+        assert set(get_imports(folder / name)) <= ALLOWED, name
+        assert "seqzoo." not in "".join(line for line in (folder / name).read_text().splitlines()
+                                        if line.lstrip().startswith(("import ", "from ")))
+
+
+@pytest.mark.parametrize("arch", ARCHITECTURES)
+def test_transformers_fetches_exactly_the_bundle(arch, exports):
+    """transformers copies (or downloads) the files an entry module names in `from .x import`, recursively: from
+    the auto_map entry modules that must reach every bundled file, and every class auto_map names must exist."""
+    folder = exports[arch]
+    spec = seqzoo.get_architecture(arch)
+    auto_map = build_bundle(spec).auto_map
+    assert auto_map == {
+        "AutoConfig": f"configuration_{spec.model_type}.{spec.config_class.__name__}",
+        "AutoModel": f"modeling_{spec.model_type}.{spec.model_class.__name__}",
+        "AutoModelForCausalLM": f"modeling_{spec.model_type}.{spec.causal_lm_class.__name__}",
+    }
+    entries = {target.split(".")[0] + ".py" for target in auto_map.values()}
+    reached = set(entries)
+    for entry in entries:
+        reached |= {Path(path).name for path in get_relative_import_files(folder / entry)}
+    assert reached == code_files(folder)
+    for target in auto_map.values():
+        module, name = target.split(".")
+        tree = ast.parse((folder / f"{module}.py").read_text())
+        assert name in {node.name for node in tree.body if isinstance(node, ast.ClassDef)}, target
+
+
+def test_bundle_rewrites_every_way_of_importing(toy_plugin):
+    """Module objects, `import ... as`, sibling modules of a plugin package and lazy imports inside functions all
+    become flat sibling imports; the plugin's own package is bundled with seqzoo's modules."""
+    bundle = build_bundle(toy_plugin)
+    assert bundle.origins["modeling_toyzoo_lstm"] == "toyzoo.modeling_toy"
+    assert bundle.origins["configuration_toyzoo_lstm"] == "toyzoo.configuration_toy"
+    assert bundle.origins["toyzoo_helpers"] == "toyzoo.helpers"
+    assert bundle.origins["seqzoo_models_lstm_modeling_lstm"] == "seqzoo.models.lstm.modeling_lstm"
+    modeling = bundle.files["modeling_toyzoo_lstm"]
+    for line in [
+        "from .seqzoo_models_modeling_utils import __name__ as _bundled_seqzoo_models_modeling_utils",
+        "from . import seqzoo_models_modeling_utils as modeling_utils",
+        "from . import seqzoo_models_lstm_modeling_lstm as modeling_lstm",
+        "from . import toyzoo_helpers as helpers",
+        "from .configuration_toyzoo_lstm import ToyConfig",
+        "        from .toyzoo_helpers import logit_scale",  # still inside forward(), same indentation
+    ]:
+        assert f"\n{line}\n" in modeling, line
+    # seqzoo's own `from .configuration_lstm import LSTMConfig` follows the flat name of that module
+    assert "from .seqzoo_models_lstm_configuration_lstm import LSTMConfig" in (
+        bundle.files["seqzoo_models_lstm_modeling_lstm"])
+    assert modeling.startswith("# toyzoo/modeling_toy.py from seqzoo ")
+
+
+def test_bundle_refuses_an_import_that_binds_the_package_name(tmp_path, monkeypatch):
+    (tmp_path / "badzoo").mkdir()
+    (tmp_path / "badzoo" / "__init__.py").write_text("")
+    (tmp_path / "badzoo" / "modeling_bad.py").write_text(
+        "import seqzoo.cache\n\n\nclass BadConfig:\n    model_type = 'badzoo'\n\n\nclass BadModel:\n    pass\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    from badzoo import modeling_bad
+
+    spec = SimpleNamespace(model_type="badzoo", config_class=modeling_bad.BadConfig,
+                           model_class=modeling_bad.BadModel, causal_lm_class=modeling_bad.BadModel)
+    with pytest.raises(BundleError, match=r"modeling_bad\.py:1: `import seqzoo\.cache` binds the package name "
+                                          r"'seqzoo'.*use `from seqzoo import cache` instead"):
+        build_bundle(spec)
+    for name in [name for name in sys.modules if name.startswith("badzoo")]:
+        del sys.modules[name]
+
+
+def test_lazy_backend_whose_module_is_missing_is_unavailable():
+    """The kernel registry's rule that keeps lazy (Triton) backends out of the bundle's way."""
+    assert Backend("op", "present", "math:sqrt").available()
+    assert not Backend("op", "missing", "seqzoo.kernels.no_such_module:kernel").available()
+    assert not Backend("op", "not-installed", "no_such_package.kernels:kernel").available()
+    assert Backend("op", "callable", len).available()

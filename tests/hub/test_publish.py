@@ -1,0 +1,123 @@
+"""Uploading through huggingface_hub to a loopback Hub: what is committed, and the errors when it cannot be."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+
+import pytest
+from huggingface_hub import constants
+
+from seqzoo.cli import main
+from seqzoo.hub import PublishError, publish
+from tests.hub.conftest import hub_env, repo_id, run_python
+from tests.hub.fake_hub import FakeHub
+
+TOKEN = "hf_fake_write_token"
+
+
+@pytest.fixture
+def hub(monkeypatch, tmp_path):
+    """A loopback Hub that the in-process huggingface_hub talks to (what HF_ENDPOINT sets), a token in HF_TOKEN,
+    and a private temporary directory, so a test can see whether publishing left anything behind."""
+    staging_root = tmp_path / "tmp"
+    staging_root.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(staging_root))
+    monkeypatch.setenv("HF_TOKEN", TOKEN)
+    with FakeHub() as fake:
+        monkeypatch.setattr(constants, "ENDPOINT", fake.endpoint)
+        fake.staging_root = staging_root
+        yield fake
+
+
+def folder_bytes(folder) -> dict[str, bytes]:
+    return {path.name: path.read_bytes() for path in folder.iterdir()}
+
+
+def test_publish_commits_the_exported_folder(hub, saved_models, exports):
+    url = publish(saved_models["lstm"], repo_id("lstm"), private=True, revision="v1", commit_message="First upload")
+
+    assert hub.routes() == ["create_repo", "branch", "validate_yaml", "preupload", "commit"]
+    assert json.loads(hub.request("create_repo").body) == {
+        "name": "tiny-lstm", "organization": "seqzoo-test", "visibility": "private"}
+    assert all(r.headers.get("authorization") == f"Bearer {TOKEN}" for r in hub.requests if r.route != "agent_harnesses")
+    assert [r.path for r in hub.requests if r.route == "branch"] == [f"/api/models/{repo_id('lstm')}/branch/v1"]
+    (commit,) = hub.commits
+    assert (commit.repo_id, commit.revision, commit.summary) == (repo_id("lstm"), "v1", "First upload")
+    # Exactly the folder a dry run builds, byte for byte: weights, config with auto_map, card, code, tokenizer.
+    expected = folder_bytes(exports["lstm"])
+    assert sorted(commit.files) == sorted(expected)
+    for name in ("config.json", "model.safetensors", "README.md", "modeling_seqzoo_lstm.py"):
+        assert commit.files[name] == expected[name], name
+    assert json.loads(commit.files["config.json"])["auto_map"]["AutoModelForCausalLM"] == (
+        "modeling_seqzoo_lstm.LSTMForCausalLM")
+    assert url.startswith(f"{hub.endpoint}/{repo_id('lstm')}/commit/")
+    assert list(hub.staging_root.iterdir()) == []
+
+
+def test_publish_defaults_commit_to_main_with_a_default_message(hub, saved_models):
+    publish(saved_models["gru"], repo_id("gru"))
+    assert hub.routes() == ["create_repo", "validate_yaml", "preupload", "commit"]
+    assert "visibility" not in json.loads(hub.request("create_repo").body)
+    (commit,) = hub.commits
+    assert (commit.revision, commit.summary) == ("main", "Publish a seqzoo gru checkpoint")
+
+
+def test_publish_without_a_token_fails_before_any_request(hub, monkeypatch, tmp_path, saved_models):
+    for name in ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "HF_OIDC_RESOURCE"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setattr(constants, "HF_TOKEN_PATH", str(tmp_path / "no-token-here"))
+    with pytest.raises(PublishError, match="no Hugging Face token.*HF_TOKEN.*hf auth login"):
+        publish(saved_models["lstm"], repo_id("lstm"))
+    assert hub.requests == []
+    assert list(hub.staging_root.iterdir()) == []
+
+
+@pytest.mark.parametrize(
+    "route, failure, message",
+    [
+        ("create_repo", 401, r"did not accept the token \(401 Unauthorized\) while creating the repository.*HF_TOKEN"),
+        ("create_repo", 403, r"may not write to 'seqzoo-test/tiny-lstm' \(403 Forbidden\).*namespace 'seqzoo-test'"),
+        ("preupload", 404, r"'seqzoo-test/tiny-lstm' was not found \(404 Not Found\) while uploading the files"),
+        ("create_repo", "drop", r"lost the connection to http://127\.0\.0\.1:\d+ while creating the repository "
+                                r"\(RemoteProtocolError.*\); nothing was committed"),
+        ("commit", "drop", r"lost the connection .* while uploading the files .*may or may not have been made"),
+    ],
+)
+def test_publish_failures_are_clear_and_leave_nothing_behind(hub, saved_models, route, failure, message):
+    before = folder_bytes(saved_models["lstm"])
+    hub.fail[route] = failure
+    with pytest.raises(PublishError, match=message):
+        publish(saved_models["lstm"], repo_id("lstm"))
+    assert route in hub.routes()
+    assert hub.commits == []
+    assert list(hub.staging_root.iterdir()) == []  # the staging folder is gone
+    assert folder_bytes(saved_models["lstm"]) == before  # and the model folder untouched
+
+
+def test_cli_publish_uses_HF_ENDPOINT_and_HF_TOKEN(saved_models, tmp_path):
+    with FakeHub() as hub:
+        env = hub_env(tmp_path / "home", HF_ENDPOINT=hub.endpoint, HF_TOKEN=TOKEN, HF_HUB_OFFLINE="0")
+        result = run_python(["-m", "seqzoo", "publish", str(saved_models["rnn"]), repo_id("rnn"),
+                             "--commit-message", "from the CLI", "--license", "mit"], env=env, cwd=tmp_path)
+    (commit,) = hub.commits
+    assert commit.summary == "from the CLI"
+    assert f"{hub.endpoint}/{repo_id('rnn')}/commit/" in result.stdout
+    assert json.loads(commit.files["config.json"])["auto_map"]["AutoConfig"] == "configuration_seqzoo_rnn.RNNConfig"
+    assert commit.files["README.md"].startswith(b"---\n") and b"license: mit\n" in commit.files["README.md"]
+
+
+def test_cli_publish_reports_errors_plainly(saved_models, monkeypatch, tmp_path):
+    for name in ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "HF_OIDC_RESOURCE"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setattr(constants, "HF_TOKEN_PATH", str(tmp_path / "no-token-here"))
+    with pytest.raises(SystemExit) as exit_info:
+        main(["publish", str(saved_models["lstm"]), repo_id("lstm")])
+    assert str(exit_info.value.code).startswith("error: no Hugging Face token")
+    with pytest.raises(SystemExit, match="--dry-run and --output go together"):
+        main(["publish", str(saved_models["lstm"]), repo_id("lstm"), "--dry-run"])
+    with pytest.raises(SystemExit, match="--private, --revision only apply to an upload"):
+        main(["publish", str(saved_models["lstm"]), repo_id("lstm"), "--dry-run", "--output", str(tmp_path / "x"),
+              "--private", "--revision", "v2"])
+    assert not os.path.exists(tmp_path / "x")
