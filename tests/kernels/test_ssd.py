@@ -1,0 +1,205 @@
+"""ssd (Mamba-2): chunked vs reference parity, continuation, identity steps, chunk_size handling, registry, shapes.
+
+bf16 contract (see tolerances.py): both backends run on bf16 inputs and each is compared with the float32 reference
+computed from the same bf16-rounded inputs, with bf16-representable loss weights so that every run backpropagates the
+same output gradient.
+"""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from seqzoo.kernels import KernelError, dispatch, get_kernel, select, use_backend
+from seqzoo.kernels.ssd import chunked
+from tests.kernels.tolerances import assert_close
+
+OP = "ssd"
+BATCH, HEADS, HEAD_DIM, GROUPS, STATE = 2, 4, 3, 2, 5
+SEQUENCE_ARGS = ("x", "dt", "B", "C")
+
+
+def make_inputs(length, dtype=torch.float32, seed=0, batch=BATCH, heads=HEADS, head_dim=HEAD_DIM, groups=GROUPS,
+                state=STATE):
+    """Mamba-2-like magnitudes: dt in roughly [0.05, 1.3], A = -exp(N(0, 0.5)), unit-scale x, B, C."""
+    g = torch.Generator().manual_seed(seed)
+
+    def randn(*shape):
+        return torch.randn(*shape, generator=g)
+
+    tensors = {
+        "x": randn(batch, length, heads, head_dim),
+        "dt": F.softplus(randn(batch, length, heads) - 1.0),
+        "A": -torch.exp(0.5 * randn(heads)),
+        "B": randn(batch, length, groups, state),
+        "C": randn(batch, length, groups, state),
+        "D": randn(heads),
+    }
+    tensors = {name: t.to(dtype) for name, t in tensors.items()}
+    state_dtype = torch.float64 if dtype == torch.float64 else torch.float32
+    tensors["initial_state"] = randn(batch, heads, head_dim, state).to(state_dtype)
+    return tensors
+
+
+def run(backend, t, chunk_size=16):
+    fn = get_kernel(OP, backend)
+    return fn(t["x"], t["dt"], t["A"], t["B"], t["C"], t["D"], initial_state=t["initial_state"], chunk_size=chunk_size)
+
+
+def leaves(tensors, dtype=None):
+    return {name: (t.detach().to(dtype) if dtype else t.detach().clone()).requires_grad_() for name, t in tensors.items()}
+
+
+def backward(y, state, seed=1):
+    g = torch.Generator().manual_seed(seed)
+    wy = torch.randn(y.shape, generator=g).bfloat16().double()
+    ws = torch.randn(state.shape, generator=g).bfloat16().double()
+    ((y.double() * wy).sum() + (state.double() * ws).sum()).backward()
+
+
+def slice_time(tensors, start, stop):
+    return {name: t[:, start:stop] if name in SEQUENCE_ARGS else t for name, t in tensors.items()}
+
+
+@pytest.mark.parametrize("length", [1, 63, 77, 500])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_chunked_matches_reference(length, dtype):
+    # chunk_size 16: 63 and 77 end in a partial chunk, 500 spans 32 chunks.
+    tensors = make_inputs(length, dtype)
+    expected = leaves(tensors, torch.float32)
+    ref_y, ref_state = run("reference", expected)
+    backward(ref_y, ref_state)
+    backends = ["chunked", "reference"] if dtype == torch.bfloat16 else ["chunked"]
+    for backend in backends:
+        actual = leaves(tensors)
+        y, state = run(backend, actual)
+        assert y.dtype == dtype and state.dtype == torch.float32
+        assert_close(y, ref_y, dtype, "output", f"{backend} y")
+        assert_close(state, ref_state, dtype, "state", f"{backend} state")
+        backward(y, state)
+        for name, leaf in actual.items():
+            assert leaf.grad is not None, name
+            assert_close(leaf.grad, expected[name].grad, dtype, "grad", f"{backend} d{name}")
+
+
+@pytest.mark.parametrize("groups", [1, HEADS])
+@pytest.mark.parametrize("chunk_size", [1, 7, 64, 1000])
+def test_groups_and_chunk_sizes_float64(groups, chunk_size):
+    tensors = make_inputs(45, torch.float64, groups=groups)
+    expected, actual = leaves(tensors), leaves(tensors)
+    ref = run("reference", expected)
+    out = run("chunked", actual, chunk_size=chunk_size)
+    for got, want, what in zip(out, ref, ("output", "state")):
+        assert_close(got, want, torch.float64, what, f"chunk_size={chunk_size}")
+    backward(*ref)
+    backward(*out)
+    for name in tensors:
+        assert_close(actual[name].grad, expected[name].grad, torch.float64, "grad", f"d{name}")
+
+
+def test_long_sequence_is_finite():
+    g = torch.Generator().manual_seed(0)
+    length, heads = 4096, 4
+    tensors = make_inputs(length, batch=1, heads=heads, head_dim=8, groups=1, state=16)
+    # Mamba-2's initialisation: dt log-uniform in [1e-3, 1e-1], A = -U(1, 16).
+    tensors["dt"] = torch.exp(torch.empty(1, length, heads).uniform_(-6.9, -2.3, generator=g))
+    tensors["A"] = -torch.empty(heads).uniform_(1.0, 16.0, generator=g)
+    actual = leaves(tensors)
+    y, final = run("chunked", actual, chunk_size=64)
+    assert torch.isfinite(y).all() and torch.isfinite(final).all()
+    backward(y, final)
+    assert all(torch.isfinite(leaf.grad).all() for leaf in actual.values())
+
+
+@pytest.mark.parametrize("backend", ["reference", "chunked"])
+@pytest.mark.parametrize("split", [1, 50, 64])
+def test_two_pieces_equal_whole(backend, split):
+    tensors = make_inputs(130, torch.float64)
+    whole_y, whole_state = run(backend, tensors)
+    first_y, first_state = run(backend, slice_time(tensors, 0, split))
+    second = slice_time(tensors, split, None)
+    second["initial_state"] = first_state
+    second_y, second_state = run(backend, second)
+    y = torch.cat([first_y, second_y], dim=1)
+    if backend == "reference":
+        assert torch.equal(y, whole_y) and torch.equal(second_state, whole_state)
+    else:
+        assert_close(y, whole_y, torch.float64, "output", "continued")
+        assert_close(second_state, whole_state, torch.float64, "state", "continued")
+
+
+@pytest.mark.parametrize("backend", ["reference", "chunked"])
+def test_identity_steps_leave_state_unchanged(backend):
+    tensors = make_inputs(37)
+    tensors["dt"] = torch.zeros_like(tensors["dt"])
+    _, final = run(backend, tensors)
+    assert torch.equal(final, tensors["initial_state"])
+
+
+@pytest.mark.parametrize("backend", ["reference", "chunked"])
+def test_identity_steps_are_skipped(backend):
+    tensors = make_inputs(40, torch.float64)
+    keep = torch.ones(40, dtype=torch.bool)
+    keep[:5] = False
+    keep[12:15] = False
+    keep[33:] = False
+    tensors["dt"] = tensors["dt"] * keep[None, :, None]
+    y, final = run(backend, tensors)
+    compact_y, compact_final = run(backend, {n: t[:, keep] if n in SEQUENCE_ARGS else t for n, t in tensors.items()})
+    if backend == "reference":
+        assert torch.equal(y[:, keep], compact_y) and torch.equal(final, compact_final)
+    else:
+        assert_close(y[:, keep], compact_y, torch.float64, "output", "identity steps")
+        assert_close(final, compact_final, torch.float64, "state", "identity steps")
+
+
+def call_args(t):
+    return (t["x"], t["dt"], t["A"], t["B"], t["C"], t["D"]), {"initial_state": t["initial_state"]}
+
+
+def test_registry_selects_chunked_and_can_force_reference(monkeypatch):
+    monkeypatch.delenv("SEQZOO_KERNELS", raising=False)
+    t = make_inputs(9)
+    args, kwargs = call_args(t)
+    assert select(OP, *args, **kwargs).name == "chunked"
+    monkeypatch.setenv("SEQZOO_KERNELS", f"{OP}=reference")
+    assert select(OP, *args, **kwargs).name == "reference"
+    monkeypatch.delenv("SEQZOO_KERNELS")
+    with use_backend(OP, "reference"):
+        assert select(OP, *args, **kwargs).name == "reference"
+        y, state = dispatch(OP, *args, **kwargs)
+    ref_y, ref_state = get_kernel(OP, "reference")(*args, **kwargs)
+    assert torch.equal(y, ref_y) and torch.equal(state, ref_state)
+    assert select(OP, *args, **kwargs).name == "chunked"
+
+
+@pytest.mark.parametrize("chunk_size", [0, -4])
+def test_non_positive_chunk_size(monkeypatch, chunk_size):
+    monkeypatch.delenv("SEQZOO_KERNELS", raising=False)
+    args, kwargs = call_args(make_inputs(9))
+    ok, reason = chunked.supports(*args, chunk_size=chunk_size, **kwargs)
+    assert not ok and "chunk_size" in reason and str(chunk_size) in reason
+    # Automatic selection falls back to the reference, which ignores chunk_size.
+    assert select(OP, *args, chunk_size=chunk_size, **kwargs).name == "reference"
+    with use_backend(OP, "chunked"), pytest.raises(KernelError, match="chunk_size"):
+        dispatch(OP, *args, chunk_size=chunk_size, **kwargs)
+    with pytest.raises(ValueError, match=f"chunk_size must be a positive integer, got {chunk_size}"):
+        get_kernel(OP, "chunked")(*args, chunk_size=chunk_size, **kwargs)
+
+
+@pytest.mark.parametrize("backend", ["reference", "chunked", None])
+@pytest.mark.parametrize(
+    "name,shape",
+    [("x", (BATCH, 5, HEADS)), ("dt", (BATCH, 5, HEADS + 1)), ("A", (HEADS, 1)), ("B", (BATCH, 5, 3, STATE)),
+     ("C", (BATCH, 5, GROUPS, STATE + 1)), ("D", (HEADS + 1,)), ("initial_state", (BATCH, HEADS, HEAD_DIM, 1))],
+)
+def test_bad_shape_raises_value_error(backend, name, shape):
+    t = make_inputs(5)
+    t[name] = torch.zeros(shape)
+    args, kwargs = call_args(t)
+    call = (lambda *a, **k: dispatch(OP, *a, **k)) if backend is None else get_kernel(OP, backend)
+    with pytest.raises(ValueError, match=re.escape(str(tuple(shape)))):
+        call(*args, **kwargs)
