@@ -1,0 +1,203 @@
+"""wkv7 (RWKV-7 x070): chunked vs reference parity, continuation, identity steps, decoding step, registry, shapes.
+
+bf16 contract (see tolerances.py): both backends run on bf16 inputs and each is compared with the float32 reference
+computed from the same bf16-rounded inputs, with bf16-representable loss weights so that every run backpropagates the
+same output gradient. Inputs follow the model: a = -kk, b = kk * iclr (kk unit-norm, iclr in (0, 1)), log decay
+w in [-exp(-0.5), 0].
+"""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from seqzoo.kernels import dispatch, get_kernel, select, use_backend
+from seqzoo.kernels.wkv7 import wkv7_step
+from tests.kernels.tolerances import assert_close
+
+OP = "wkv7"
+BATCH, HEADS, KEY = 2, 2, 8
+NAMES = ("r", "w", "k", "v", "a", "b")
+MAX_LOG_DECAY = 0.6065306597126334  # exp(-0.5): the model's largest per-step -w
+
+
+def make_inputs(length, dtype=torch.float32, seed=0, batch=BATCH, heads=HEADS, key=KEY, value=None, decay_scale=1.0):
+    g = torch.Generator().manual_seed(seed)
+    value = key if value is None else value
+
+    def randn(*shape):
+        return torch.randn(*shape, generator=g)
+
+    kk = F.normalize(randn(batch, length, heads, key), dim=-1)
+    tensors = {
+        "r": randn(batch, length, heads, key) * 0.5,
+        "w": -MAX_LOG_DECAY * decay_scale * torch.sigmoid(randn(batch, length, heads, key)),
+        "k": randn(batch, length, heads, key) * 0.5,
+        "v": randn(batch, length, heads, value),
+        "a": -kk,
+        "b": kk * torch.sigmoid(randn(batch, length, heads, key)),
+    }
+    tensors = {name: t.to(dtype) for name, t in tensors.items()}
+    state_dtype = torch.float64 if dtype == torch.float64 else torch.float32
+    tensors["initial_state"] = (randn(batch, heads, value, key) * 0.5).to(state_dtype)
+    return tensors
+
+
+def run(backend, t):
+    return get_kernel(OP, backend)(*(t[n] for n in NAMES), initial_state=t["initial_state"])
+
+
+def leaves(tensors, dtype=None):
+    return {name: (t.detach().to(dtype) if dtype else t.detach().clone()).requires_grad_() for name, t in tensors.items()}
+
+
+def backward(y, state, seed=1):
+    g = torch.Generator().manual_seed(seed)
+    wy = torch.randn(y.shape, generator=g).bfloat16().double()
+    ws = torch.randn(state.shape, generator=g).bfloat16().double()
+    ((y.double() * wy).sum() + (state.double() * ws).sum()).backward()
+
+
+def slice_time(tensors, start, stop):
+    return {name: t[:, start:stop] if name in NAMES else t for name, t in tensors.items()}
+
+
+@pytest.mark.parametrize("length", [1, 63, 77, 500])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_chunked_matches_reference(length, dtype):
+    # Chunks of 16: 63 and 77 end in a partial chunk.
+    tensors = make_inputs(length, dtype)
+    expected = leaves(tensors, torch.float32)
+    ref_y, ref_state = run("reference", expected)
+    backward(ref_y, ref_state)
+    backends = ["chunked", "reference"] if dtype == torch.bfloat16 else ["chunked"]
+    for backend in backends:
+        actual = leaves(tensors)
+        y, state = run(backend, actual)
+        assert y.dtype == dtype and state.dtype == torch.float32
+        assert_close(y, ref_y, dtype, "output", f"{backend} y")
+        assert_close(state, ref_state, dtype, "state", f"{backend} state")
+        backward(y, state)
+        for name, leaf in actual.items():
+            assert leaf.grad is not None, name
+            assert_close(leaf.grad, expected[name].grad, dtype, "grad", f"{backend} d{name}")
+
+
+@pytest.mark.parametrize("value,decay_scale", [(5, 1.0), (KEY, 50.0)])
+def test_value_size_and_fast_decay_float64(value, decay_scale):
+    # V != K, and per-step decays down to exp(-30): ratios stay exp(c_t - c_s) <= 1, nothing overflows.
+    tensors = make_inputs(45, torch.float64, value=value, decay_scale=decay_scale)
+    expected, actual = leaves(tensors), leaves(tensors)
+    ref = run("reference", expected)
+    out = run("chunked", actual)
+    for got, want, what in zip(out, ref, ("output", "state")):
+        assert_close(got, want, torch.float64, what, f"V={value}")
+    backward(*ref)
+    backward(*out)
+    for name in tensors:
+        assert_close(actual[name].grad, expected[name].grad, torch.float64, "grad", f"d{name}")
+
+
+@pytest.mark.parametrize("decay_scale", [1.0, 50.0])
+def test_long_sequence_is_finite(decay_scale):
+    tensors = make_inputs(4096, batch=1, heads=2, key=16, decay_scale=decay_scale)
+    actual = leaves(tensors)
+    y, final = run("chunked", actual)
+    assert torch.isfinite(y).all() and torch.isfinite(final).all()
+    backward(y, final)
+    assert all(torch.isfinite(leaf.grad).all() for leaf in actual.values())
+
+
+@pytest.mark.parametrize("backend", ["reference", "chunked"])
+@pytest.mark.parametrize("split", [1, 50, 64])
+def test_two_pieces_equal_whole(backend, split):
+    tensors = make_inputs(130, torch.float64)
+    whole_y, whole_state = run(backend, tensors)
+    first_y, first_state = run(backend, slice_time(tensors, 0, split))
+    second = slice_time(tensors, split, None)
+    second["initial_state"] = first_state
+    second_y, second_state = run(backend, second)
+    y = torch.cat([first_y, second_y], dim=1)
+    if backend == "reference":
+        assert torch.equal(y, whole_y) and torch.equal(second_state, whole_state)
+    else:
+        assert_close(y, whole_y, torch.float64, "output", "continued")
+        assert_close(second_state, whole_state, torch.float64, "state", "continued")
+
+
+def identity(tensors, keep):
+    """w = k = b = 0 where keep is False: the model's padding."""
+    out = dict(tensors)
+    for name in ("w", "k", "b"):
+        out[name] = tensors[name] * keep[None, :, None, None]
+    return out
+
+
+@pytest.mark.parametrize("backend", ["reference", "chunked"])
+@pytest.mark.parametrize("length", [1, 37])
+def test_identity_steps_leave_state_unchanged(backend, length):
+    tensors = identity(make_inputs(length), torch.zeros(length, dtype=torch.bool))
+    _, final = run(backend, tensors)
+    assert torch.equal(final, tensors["initial_state"])
+
+
+@pytest.mark.parametrize("backend", ["reference", "chunked"])
+def test_identity_steps_are_skipped(backend):
+    tensors = make_inputs(40, torch.float64)
+    keep = torch.ones(40, dtype=torch.bool)
+    keep[:5] = False
+    keep[12:15] = False
+    keep[33:] = False
+    y, final = run(backend, identity(tensors, keep))
+    compact_y, compact_final = run(backend, {n: t[:, keep] if n in NAMES else t for n, t in tensors.items()})
+    if backend == "reference":
+        assert torch.equal(y[:, keep], compact_y) and torch.equal(final, compact_final)
+    else:
+        assert_close(y[:, keep], compact_y, torch.float64, "output", "identity steps")
+        assert_close(final, compact_final, torch.float64, "state", "identity steps")
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_step_matches_one_token_of_each_backend(dtype):
+    tensors = make_inputs(1, dtype)
+    y, state = wkv7_step(*(tensors[n][:, 0] for n in NAMES), tensors["initial_state"])
+    assert y.dtype == dtype and state.dtype == torch.float32
+    for backend in ("reference", "chunked"):
+        ref_y, ref_state = run(backend, tensors)
+        assert torch.equal(y, ref_y[:, 0]) and torch.equal(state, ref_state)
+    with pytest.raises(ValueError, match=re.escape(str((BATCH, HEADS, KEY)))):
+        wkv7_step(*(tensors[n][:, 0] for n in NAMES), tensors["initial_state"][:, :, 0])
+
+
+def test_registry_selects_chunked_and_can_force_reference(monkeypatch):
+    monkeypatch.delenv("SEQZOO_KERNELS", raising=False)
+    t = make_inputs(9)
+    args, kwargs = [t[n] for n in NAMES], {"initial_state": t["initial_state"]}
+    assert select(OP, *args, **kwargs).name == "chunked"
+    monkeypatch.setenv("SEQZOO_KERNELS", f"{OP}=reference")
+    assert select(OP, *args, **kwargs).name == "reference"
+    monkeypatch.delenv("SEQZOO_KERNELS")
+    with use_backend(OP, "reference"):
+        assert select(OP, *args, **kwargs).name == "reference"
+        y, state = dispatch(OP, *args, **kwargs)
+    ref_y, ref_state = run("reference", t)
+    assert torch.equal(y, ref_y) and torch.equal(state, ref_state)
+    assert select(OP, *args, **kwargs).name == "chunked"
+
+
+@pytest.mark.parametrize("backend", ["reference", "chunked", None])
+@pytest.mark.parametrize(
+    "name,shape",
+    [("r", (BATCH, 5, HEADS)), ("w", (BATCH, 5, HEADS, KEY + 1)), ("k", (BATCH, 4, HEADS, KEY)),
+     ("v", (BATCH, 5, HEADS + 1, KEY)), ("a", (BATCH, 5, HEADS, 1)), ("b", (1, 5, HEADS, KEY)),
+     ("initial_state", (BATCH, HEADS, KEY, KEY + 1))],
+)
+def test_bad_shape_raises_value_error(backend, name, shape):
+    t = make_inputs(5)
+    t[name] = torch.zeros(shape)
+    call = (lambda *a, **k: dispatch(OP, *a, **k)) if backend is None else get_kernel(OP, backend)
+    with pytest.raises(ValueError, match=re.escape(str(tuple(shape)))):
+        call(*(t[n] for n in NAMES), initial_state=t["initial_state"])
