@@ -8,7 +8,7 @@ cards rendered from ``hub_cards/`` templates, and upload through huggingface_hub
 
 from seqzoo.hub.bundle import Bundle, BundleError, build_bundle
 from seqzoo.hub.cards import DEFAULT_LICENSE, TRAINING_FILE, load_training_record, render_model_card
-from seqzoo.hub.publish import PublishError, build_hub_folder, export_folder, publish
+from seqzoo.hub.publishing import PublishError, build_hub_folder, export_folder, publish
 
 __all__ = [
     "DEFAULT_LICENSE",

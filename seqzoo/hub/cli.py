@@ -28,7 +28,7 @@ def register(subparsers: Any) -> None:
 
 
 def cmd_publish(args: argparse.Namespace) -> int:
-    from seqzoo.hub.publish import PublishError, export_folder, publish
+    from seqzoo.hub.publishing import PublishError, export_folder, publish
 
     if args.dry_run != (args.output is not None):
         raise SystemExit("error: --dry-run and --output go together: --dry-run --output DIR builds the repository "

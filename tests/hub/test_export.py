@@ -1,0 +1,163 @@
+"""The exported folder and its model card, and that building it never leaves a partial folder behind."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+
+import jinja2
+import pytest
+import torch
+from huggingface_hub import ModelCard
+
+import seqzoo
+from seqzoo.cli import main
+from seqzoo.hub import export_folder
+from seqzoo.hub import publishing
+from seqzoo.hub.cards import TEMPLATE_DIR, card_sections, parameter_counts, render_model_card, template_path
+from seqzoo.hub.cards import validate_training_record
+from seqzoo.tokenizer import byte_tokenizer
+from tests.hub.conftest import ARCHITECTURES, TRAINING_RECORD, repo_id, tiny_byte_model
+
+
+@pytest.mark.parametrize("arch", ARCHITECTURES)
+def test_export_folder_holds_a_complete_repository(arch, exports):
+    folder = exports[arch]
+    spec = seqzoo.get_architecture(arch)
+    names = {path.name for path in folder.iterdir()}
+    assert {"config.json", "model.safetensors", "generation_config.json", "tokenizer.json", "tokenizer_config.json",
+            "README.md", f"configuration_{spec.model_type}.py", f"modeling_{spec.model_type}.py"} <= names
+    assert not any(path.is_dir() for path in folder.iterdir())
+    config = json.loads((folder / "config.json").read_text())
+    assert config["model_type"] == spec.model_type
+    assert config["architectures"] == [spec.causal_lm_class.__name__]
+    assert set(config["auto_map"]) == {"AutoConfig", "AutoModel", "AutoModelForCausalLM"}
+    generation = json.loads((folder / "generation_config.json").read_text())
+    assert (generation["pad_token_id"], generation["eos_token_id"]) == (256, 257)
+    assert ("seqzoo_training.json" in names) == (arch == "lstm")
+
+
+@pytest.mark.parametrize("arch", ARCHITECTURES)
+def test_model_card_renders_with_parseable_metadata(arch, exports):
+    folder = exports[arch]
+    spec = seqzoo.get_architecture(arch)
+    card = ModelCard.load(folder / "README.md")
+    data = card.data.to_dict()
+    assert data["license"] == "apache-2.0"
+    assert data["library_name"] == "seqzoo"
+    assert data["pipeline_tag"] == "text-generation"
+    assert {"seqzoo", arch, spec.model_type} <= set(data["tags"])
+    assert card.data.model_name == f"tiny-{arch}"
+
+    model = seqzoo.get_architecture(arch).causal_lm_class.from_pretrained(folder)
+    counts = parameter_counts(model)
+    assert f"| total (tied weights counted once) | {counts['total']:,} |" in card.text
+    state, kv = model.config.state_bytes_per_sequence(4), model.config.kv_bytes_per_token(4)
+    assert (f"| state carried per sequence | {state:,} bytes" in card.text) == (state > 0)
+    assert (f"| KV cache per token of context | {kv:,} bytes" in card.text) == (kv > 0)
+    assert f"≈ {2 * counts['per_token']:,} FLOPs" in card.text
+    assert f"| hidden_size | `{model.config.hidden_size}` |" in card.text
+    assert f"| num_hidden_layers | `{model.config.num_hidden_layers}` |" in card.text
+    assert "{{" not in card.text and "{%" not in card.text
+
+
+@pytest.mark.parametrize("arch", ARCHITECTURES)
+def test_every_builtin_architecture_has_its_own_template_with_no_undefined_names(arch):
+    spec = seqzoo.get_architecture(arch)
+    assert spec.config_class.__module__.startswith("seqzoo.")  # built in: it must describe itself
+    path = TEMPLATE_DIR / f"{arch}.md"
+    assert template_path(arch) == path and path.is_file()
+    # ModelCard renders missing names as empty text; rendering strictly catches a misspelt placeholder.
+    sections = card_sections(tiny_byte_model(arch), spec, repo_id=repo_id(arch), code_files=["x.py"], training=None)
+    text = jinja2.Environment(undefined=jinja2.StrictUndefined).from_string(path.read_text()).render(
+        card_data="license: mit", **sections)
+    assert text.startswith("---\nlicense: mit\n---\n")
+
+
+def test_training_record_fills_metadata_and_the_training_section(exports):
+    card = ModelCard.load(exports["lstm"] / "README.md")
+    assert card.data.datasets == ["roneneldan/TinyStories"]
+    results = {r.metric_type: r.metric_value for r in card.data.eval_results}
+    assert results == {"loss": 2.5, "perplexity": 12.18}
+    assert all(r.dataset_name == "roneneldan/TinyStories" for r in card.data.eval_results)
+    for line in ["- Data: `roneneldan/TinyStories`", "- Tokens seen: 1,234,567", "- Optimizer steps: 300",
+                 "| perplexity | 12.18 |", "| learning_rate | `0.001` |"]:
+        assert line in card.text
+    assert json.loads((exports["lstm"] / "seqzoo_training.json").read_text()) == TRAINING_RECORD
+    assert "without a training record" in ModelCard.load(exports["gru"] / "README.md").text
+
+
+def test_architecture_without_a_template_gets_the_generic_card(caplog):
+    spec = dataclasses.replace(seqzoo.get_architecture("gru"), name="plugin_gru", description="plugin GRU")
+    with caplog.at_level(logging.WARNING, logger="seqzoo.hub"):
+        card = render_model_card(tiny_byte_model("gru"), spec, repo_id="someone/plugin-gru", code_files=["a.py"])
+    assert "hub_cards/plugin_gru.md" in caplog.text and "generic" in caplog.text
+    assert card.text.lstrip().startswith("# plugin-gru\n\nA **plugin GRU** language model")
+    assert card.data.library_name == "seqzoo"
+
+
+@pytest.mark.parametrize(
+    "record, message",
+    [
+        (["not", "an", "object"], "expected a JSON object"),
+        ({"dataset": ""}, "'dataset' must be a non-empty string or list of strings"),
+        ({"tokens_seen": -1}, "'tokens_seen' must be an integer >= 0; got -1"),
+        ({"steps": 2.5}, "'steps' must be an integer >= 0; got 2.5"),
+        ({"eval": {"loss": "low"}}, "eval metric 'loss' must be a finite number; got 'low'"),
+        ({"eval": {"loss": float("nan")}}, "eval metric 'loss' must be a finite number"),
+        ({"recipe": "adamw"}, "'recipe' must be a JSON object"),
+    ],
+)
+def test_training_record_errors_name_the_field(record, message):
+    with pytest.raises(ValueError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        validate_training_record(record)
+
+
+def test_dry_run_builds_the_folder_and_uploads_nothing(saved_models, tmp_path, capsys):
+    output = tmp_path / "out" / "tiny-gru"
+    assert main(["publish", str(saved_models["gru"]), repo_id("gru"), "--dry-run", "--output", str(output)]) == 0
+    assert "nothing uploaded" in capsys.readouterr().out
+    assert (output / "modeling_seqzoo_gru.py").is_file() and (output / "README.md").is_file()
+    assert [path.name for path in output.parent.iterdir()] == ["tiny-gru"]  # no staging folder left beside it
+
+
+def test_a_failed_export_leaves_no_partial_folder(saved_models, tmp_path, monkeypatch):
+    def broken_card(*args, **kwargs):
+        raise RuntimeError("card renderer broke")
+
+    monkeypatch.setattr(publishing, "render_model_card", broken_card)  # fails after weights and code are written
+    with pytest.raises(RuntimeError, match="card renderer broke"):
+        export_folder(saved_models["gru"], tmp_path / "tiny-gru", repo_id=repo_id("gru"))
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_export_refuses_unusable_inputs(saved_models, tmp_path):
+    taken = tmp_path / "taken"
+    taken.mkdir()
+    (taken / "keep.txt").write_text("mine")
+    with pytest.raises(ValueError, match="already exists and is not an empty folder"):
+        export_folder(saved_models["gru"], taken, repo_id=repo_id("gru"))
+    assert [path.name for path in taken.iterdir()] == ["keep.txt"]
+    with pytest.raises(ValueError, match="has no config.json"):
+        export_folder(tmp_path / "missing", tmp_path / "a", repo_id=repo_id("gru"))
+    bare = tmp_path / "bare"
+    tiny_byte_model("gru").save_pretrained(bare)
+    with pytest.raises(ValueError, match="has no tokenizer"):
+        export_folder(bare, tmp_path / "b", repo_id=repo_id("gru"))
+    with pytest.raises(ValueError, match="needs its tokenizer"):
+        export_folder(tiny_byte_model("gru"), tmp_path / "c", repo_id=repo_id("gru"))
+    with pytest.raises(ValueError, match="Repo id"):
+        export_folder(saved_models["gru"], tmp_path / "d", repo_id="not a/valid/repo id")
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["bare", "taken"]
+
+
+def test_export_from_a_model_object(tmp_path):
+    model = tiny_byte_model("rnn")
+    folder = export_folder(model, tmp_path / "rnn", repo_id="someone/rnn", tokenizer=byte_tokenizer(),
+                           training={"dataset": ["a/b", "c/d"], "steps": 3}, license="mit")
+    card = ModelCard.load(folder / "README.md")
+    assert card.data.license == "mit" and card.data.datasets == ["a/b", "c/d"]
+    loaded = seqzoo.get_architecture("rnn").causal_lm_class.from_pretrained(folder)
+    for key, value in model.state_dict().items():
+        assert torch.equal(loaded.state_dict()[key], value), key
