@@ -1,0 +1,182 @@
+"""causal_conv1d: chunked vs reference parity, exact padding semantics, continuation, registry, shape errors.
+
+bf16 contract (see tolerances.py): both backends run on bf16 inputs and each is compared with the float32 reference
+computed from the same bf16-rounded inputs, with bf16-representable loss weights.
+"""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+import torch
+
+from seqzoo.kernels import dispatch, get_kernel, select, use_backend
+from tests.kernels.tolerances import assert_close
+
+OP = "causal_conv1d"
+BATCH, CHANNELS, WIDTH = 4, 5, 4
+
+
+def make_inputs(length, dtype=torch.float32, seed=0, batch=BATCH, channels=CHANNELS, width=WIDTH):
+    g = torch.Generator().manual_seed(seed)
+
+    def randn(*shape):
+        return torch.randn(*shape, generator=g)
+
+    tensors = {"x": randn(batch, length, channels), "weight": randn(channels, width) * 0.5, "bias": randn(channels)}
+    tensors = {name: t.to(dtype) for name, t in tensors.items()}
+    state_dtype = torch.float64 if dtype == torch.float64 else torch.float32
+    tensors["initial_state"] = randn(batch, channels, width - 1).to(state_dtype)
+    return tensors
+
+
+def run(backend, t, activation="silu", mask=None):
+    fn = get_kernel(OP, backend)
+    return fn(t["x"], t["weight"], t["bias"], initial_state=t["initial_state"], activation=activation, mask=mask)
+
+
+def leaves(tensors, dtype=None):
+    return {name: (t.detach().to(dtype) if dtype else t.detach().clone()).requires_grad_() for name, t in tensors.items()}
+
+
+def backward(y, state, seed=1):
+    g = torch.Generator().manual_seed(seed)
+    wy = torch.randn(y.shape, generator=g).bfloat16().double()
+    ws = torch.randn(state.shape, generator=g).bfloat16().double()
+    ((y.double() * wy).sum() + (state.double() * ws).sum()).backward()
+
+
+def padding_mask(length, batch=BATCH):
+    """Row 0 unpadded, row 1 left-padded, row 2 right-padded, row 3 with holes (and a padded start)."""
+    mask = torch.ones(batch, length, dtype=torch.bool)
+    if length > 1:
+        mask[1, : length // 3] = False
+        mask[2, length - length // 4:] = False
+        mask[3, ::3] = False
+    return mask
+
+
+@pytest.mark.parametrize("length", [1, 63, 77, 500])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("masked", [False, True])
+def test_chunked_matches_reference(length, dtype, masked):
+    mask = padding_mask(length) if masked else None
+    tensors = make_inputs(length, dtype)
+    expected = leaves(tensors, torch.float32)
+    ref_y, ref_state = run("reference", expected, mask=mask)
+    backward(ref_y, ref_state)
+    backends = ["chunked", "reference"] if dtype == torch.bfloat16 else ["chunked"]
+    for backend in backends:
+        actual = leaves(tensors)
+        y, state = run(backend, actual, mask=mask)
+        assert y.dtype == dtype and state.dtype == torch.float32
+        assert_close(y, ref_y, dtype, "output", f"{backend} y")
+        assert_close(state, ref_state, dtype, "state", f"{backend} state")
+        backward(y, state)
+        for name, leaf in actual.items():
+            assert leaf.grad is not None, name
+            assert_close(leaf.grad, expected[name].grad, dtype, "grad", f"{backend} d{name}")
+
+
+@pytest.mark.parametrize("backend", ["reference", "chunked"])
+@pytest.mark.parametrize("width", [1, 2, 4])
+@pytest.mark.parametrize("mask_dtype", [torch.bool, torch.long, torch.float32])
+@pytest.mark.parametrize("activation", [None, "silu"])
+def test_padding_equals_the_compacted_sequence(backend, width, mask_dtype, activation):
+    length = 23
+    tensors = make_inputs(length, torch.float64, width=width)
+    mask = padding_mask(length)
+    mask[0, 5:9] = False  # a hole in an otherwise unpadded row
+    y, final = run(backend, tensors, activation, mask.to(mask_dtype))
+    assert torch.equal(y[~mask], torch.zeros_like(y[~mask]))
+    for row in range(BATCH):
+        alone = {
+            "x": tensors["x"][row:row + 1, mask[row]],
+            "weight": tensors["weight"],
+            "bias": tensors["bias"],
+            "initial_state": tensors["initial_state"][row:row + 1],
+        }
+        alone_y, alone_final = run(backend, alone, activation)
+        assert_close(y[row, mask[row]], alone_y[0], torch.float64, "output", f"row {row}")
+        assert_close(final[row], alone_final[0], torch.float64, "state", f"row {row}")
+
+
+@pytest.mark.parametrize("backend", ["reference", "chunked"])
+def test_padding_leaves_state_unchanged(backend):
+    tensors = make_inputs(9)
+    mask = torch.zeros(BATCH, 9, dtype=torch.bool)
+    mask[0, 4] = True  # one real token in row 0; rows 1..3 fully padded
+    y, final = run(backend, tensors, mask=mask)
+    assert torch.equal(final[1:], tensors["initial_state"][1:])
+    assert torch.equal(y[1:], torch.zeros_like(y[1:]))
+    expected = torch.cat([tensors["initial_state"][0, :, 1:], tensors["x"][0, 4, :, None]], dim=-1)
+    assert torch.equal(final[0], expected)
+
+
+@pytest.mark.parametrize("backend", ["reference", "chunked"])
+@pytest.mark.parametrize("split", [1, 2, 50])
+@pytest.mark.parametrize("masked", [False, True])
+def test_two_pieces_equal_whole(backend, split, masked):
+    length = 130
+    tensors = make_inputs(length, torch.float64)
+    mask = padding_mask(length) if masked else None
+    whole_y, whole_state = run(backend, tensors, mask=mask)
+    first = dict(tensors, x=tensors["x"][:, :split])
+    first_y, first_state = run(backend, first, mask=None if mask is None else mask[:, :split])
+    second = dict(tensors, x=tensors["x"][:, split:], initial_state=first_state)
+    second_y, second_state = run(backend, second, mask=None if mask is None else mask[:, split:])
+    y = torch.cat([first_y, second_y], dim=1)
+    if backend == "reference":
+        assert torch.equal(y, whole_y) and torch.equal(second_state, whole_state)
+    else:
+        assert_close(y, whole_y, torch.float64, "output", "continued")
+        assert_close(second_state, whole_state, torch.float64, "state", "continued")
+
+
+def test_long_sequence_is_finite():
+    tensors = make_inputs(4096, channels=16)
+    actual = leaves(tensors)
+    y, final = run("chunked", actual, mask=padding_mask(4096))
+    assert torch.isfinite(y).all() and torch.isfinite(final).all()
+    backward(y, final)
+    assert all(torch.isfinite(leaf.grad).all() for leaf in actual.values())
+
+
+def test_registry_selects_chunked_and_can_force_reference(monkeypatch):
+    monkeypatch.delenv("SEQZOO_KERNELS", raising=False)
+    t = make_inputs(9)
+    args = (t["x"], t["weight"], t["bias"])
+    kwargs = {"initial_state": t["initial_state"], "activation": "silu", "mask": padding_mask(9)}
+    assert select(OP, *args, **kwargs).name == "chunked"
+    monkeypatch.setenv("SEQZOO_KERNELS", f"{OP}=reference")
+    assert select(OP, *args, **kwargs).name == "reference"
+    monkeypatch.delenv("SEQZOO_KERNELS")
+    with use_backend(OP, "reference"):
+        assert select(OP, *args, **kwargs).name == "reference"
+        y, state = dispatch(OP, *args, **kwargs)
+    ref_y, ref_state = get_kernel(OP, "reference")(*args, **kwargs)
+    assert torch.equal(y, ref_y) and torch.equal(state, ref_state)
+    assert select(OP, *args, **kwargs).name == "chunked"
+
+
+@pytest.mark.parametrize("backend", ["reference", "chunked", None])
+@pytest.mark.parametrize(
+    "name,shape",
+    [("x", (BATCH, 5)), ("weight", (CHANNELS + 1, WIDTH)), ("weight", (CHANNELS, 1, WIDTH)), ("bias", (CHANNELS, 1)),
+     ("initial_state", (BATCH, CHANNELS, WIDTH)), ("mask", (BATCH, 6))],
+)
+def test_bad_shape_raises_value_error(backend, name, shape):
+    t = make_inputs(5)
+    t["mask"] = torch.ones(BATCH, 5, dtype=torch.bool)
+    t[name] = torch.zeros(shape)
+    call = (lambda *a, **k: dispatch(OP, *a, **k)) if backend is None else get_kernel(OP, backend)
+    with pytest.raises(ValueError, match=re.escape(str(tuple(shape)))):
+        call(t["x"], t["weight"], t["bias"], initial_state=t["initial_state"], mask=t["mask"])
+
+
+@pytest.mark.parametrize("backend", ["reference", "chunked"])
+def test_unknown_activation_raises(backend):
+    t = make_inputs(5)
+    with pytest.raises(ValueError, match="'relu'"):
+        run(backend, t, activation="relu")
