@@ -149,3 +149,19 @@ def supports_ssd(x, dt, A, B, C, D=None, *, initial_state=None, chunk_size=64):
     if B.dim() == 4 and B.shape[-1] > SSD_MAX_STATE:
         return False, f"state size N={B.shape[-1]} is larger than {SSD_MAX_STATE}, the most the kernels tile"
     return True, ""
+
+
+WKV7_MAX_HEAD_SIZE = 128  # the backward holds a whole (V, K) state per program
+
+
+def supports_wkv7(r, w, k, v, a, b, *, initial_state=None):
+    """CUDA tensors in float32/float16/bfloat16, key and value head sizes <= 128."""
+    ok, reason = check_tensors("wkv7", {"r": r, "w": w, "k": k, "v": v, "a": a, "b": b,
+                                        "initial_state": initial_state})
+    if not ok:
+        return ok, reason
+    for name, t in (("key", r), ("value", v)):
+        if t.dim() == 4 and t.shape[-1] > WKV7_MAX_HEAD_SIZE:
+            return False, (f"{name} head size {t.shape[-1]} is larger than {WKV7_MAX_HEAD_SIZE}, "
+                           "the most the kernels hold per program")
+    return True, ""

@@ -14,4 +14,11 @@ register_backend("wkv7", "reference", reference.wkv7, priority=0,
 register_backend("wkv7", "chunked", chunked.wkv7, priority=10, supports=chunked.supports,
                  description="chunked generalized delta rule (triangular solve per chunk, loop over chunks)")
 
+from seqzoo.kernels import triton_support  # noqa: E402  (no Triton import: availability and supports() only)
+
+register_backend("wkv7", "triton", "seqzoo.kernels.wkv7.triton:wkv7", priority=20,
+                 devices=("cuda",), is_available=triton_support.triton_available,
+                 supports=triton_support.supports_wkv7,
+                 description="Triton fused recurrent WKV (state in registers; checkpointed backward; T=1 decode)")
+
 __all__ = ["wkv7_step"]
