@@ -7,18 +7,24 @@ sections seqzoo computes for every card (see :func:`card_sections`). An architec
 
 The training record
 -------------------
-Data and evaluation figures come from ``seqzoo_training.json`` in the model folder, written at the end of training.
-Every key is optional; unknown keys are ignored with a warning::
+Data and evaluation figures come from ``seqzoo_training.json`` in the model folder, which ``seqzoo train`` writes
+at the end of training. Every key is optional. The keys below are checked and shown on the card; any other key
+(``run_id``, ``grad_health`` ...) is carried into the published repository unchanged::
 
     {
-      "dataset": "roneneldan/TinyStories",         # a Hub dataset id or a name; or a list of them
-      "tokens_seen": 52428800,                     # training tokens consumed (int >= 0)
-      "steps": 12800,                              # optimizer steps (int >= 0)
-      "eval": {"loss": 1.42, "perplexity": 4.14},  # metric name -> number, measured on held-out data
-      "recipe": {"learning_rate": 0.0006, "batch_size": 32, "sequence_length": 128}   # any JSON object
+      "dataset": "roneneldan/TinyStories",     # a Hub dataset id or a name, or a list of them
+      "tokens_seen": 52428800,                 # training tokens consumed (int >= 0)
+      "steps": 12800,                          # optimizer steps (int >= 0)
+      "eval": {                                # measured on held-out data: metric name -> number
+        "loss": 1.42, "perplexity": 4.14, "accuracy": 0.61,
+        "sets": {"validation": {"loss": 1.42, "perplexity": 4.14}}   # optional: the same, per evaluation set
+      },
+      "data": {"seq_len": 256, "train_tokens": 1048576},             # any JSON object describing the data
+      "recipe": {"learning_rate": 0.0006, "batch_size": 32}          # any JSON object: how it was trained
     }
 
-Datasets go into the card's ``datasets`` metadata and, with the evaluation figures, into its ``model-index``.
+Datasets go into the card's ``datasets`` metadata and, with the overall evaluation figures, into its
+``model-index``.
 """
 
 from __future__ import annotations
@@ -37,7 +43,7 @@ logger = logging.getLogger("seqzoo.hub")
 TEMPLATE_DIR = Path(__file__).resolve().parent.parent / "hub_cards"
 GENERIC_TEMPLATE = "generic"
 TRAINING_FILE = "seqzoo_training.json"
-TRAINING_KEYS = ("dataset", "tokens_seen", "steps", "eval", "recipe")
+TRAINING_KEYS = ("dataset", "tokens_seen", "steps", "eval", "data", "recipe")  # checked and shown
 DEFAULT_LICENSE = "apache-2.0"
 USAGE_PROMPT = "Once upon a time"
 CONTEXT_EXAMPLE = 4096  # context length at which a card quotes the size of a growing KV cache
@@ -68,12 +74,9 @@ def load_training_record(folder: str | Path) -> dict[str, Any] | None:
 
 
 def validate_training_record(record: Any, source: str = TRAINING_FILE) -> dict[str, Any]:
-    """Check a training record (format in the module docstring); return its known keys."""
+    """Check the keys of a training record that cards show (format in the module docstring); return the record."""
     if not isinstance(record, dict):
-        raise ValueError(f"{source}: expected a JSON object with keys {', '.join(TRAINING_KEYS)}; got {record!r}")
-    unknown = sorted(set(record) - set(TRAINING_KEYS))
-    if unknown:
-        logger.warning("%s: ignoring unknown keys %s (known: %s)", source, unknown, ", ".join(TRAINING_KEYS))
+        raise ValueError(f"{source}: expected a JSON object (keys such as {', '.join(TRAINING_KEYS)}); got {record!r}")
     dataset = record.get("dataset")
     names = [dataset] if isinstance(dataset, str) else dataset
     if dataset is not None and not (
@@ -88,12 +91,22 @@ def validate_training_record(record: Any, source: str = TRAINING_FILE) -> dict[s
     if evaluation is not None:
         if not isinstance(evaluation, dict):
             raise ValueError(f"{source}: 'eval' must map metric names to numbers; got {evaluation!r}")
-        for name, value in evaluation.items():
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-                raise ValueError(f"{source}: eval metric {name!r} must be a finite number; got {value!r}")
-    if record.get("recipe") is not None and not isinstance(record["recipe"], dict):
-        raise ValueError(f"{source}: 'recipe' must be a JSON object; got {record['recipe']!r}")
-    return {key: record[key] for key in TRAINING_KEYS if record.get(key) is not None}
+        sets = evaluation.get("sets", {})
+        if not isinstance(sets, dict) or not all(isinstance(v, dict) for v in sets.values()):
+            raise ValueError(f"{source}: eval 'sets' must map set names to {{metric: number}} objects; got {sets!r}")
+        _check_metrics(source, "eval", {k: v for k, v in evaluation.items() if k != "sets"})
+        for name, metrics in sets.items():
+            _check_metrics(source, f"eval set {name!r}", metrics)
+    for key in ("data", "recipe"):
+        if record.get(key) is not None and not isinstance(record[key], dict):
+            raise ValueError(f"{source}: {key!r} must be a JSON object; got {record[key]!r}")
+    return dict(record)
+
+
+def _check_metrics(source: str, where: str, metrics: dict[str, Any]) -> None:
+    for name, value in metrics.items():
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            raise ValueError(f"{source}: {where} metric {name!r} must be a finite number; got {value!r}")
 
 
 def render_model_card(
@@ -108,7 +121,7 @@ def render_model_card(
     """The card of ``model`` (an architecture of ``spec``) published as ``repo_id``."""
     model_name = repo_id.rsplit("/", 1)[-1]
     datasets = _datasets(training)
-    evaluation = (training or {}).get("eval", {})
+    evaluation = _overall_metrics(training)
     eval_results = [
         EvalResult(task_type="text-generation", dataset_type=datasets[0], dataset_name=datasets[0],
                    metric_type=name, metric_value=value)
@@ -182,7 +195,7 @@ def memory_table(config: Any, counts: dict[str, int], dtype: Any) -> str:
     if state is None:
         rows.append(["state per sequence", "not reported by this architecture"])
     elif state:
-        rows.append(["state carried per sequence", f"{_bytes(state)} ({dtype_name} weights), the same at every "
+        rows.append(["state carried per sequence", f"{_bytes(state)} with {dtype_name} weights; the same at every "
                      "context length"])
     if kv:
         rows.append(["KV cache per token of context", f"{_bytes(kv)}; {_bytes(kv * CONTEXT_EXAMPLE)} at "
@@ -193,7 +206,7 @@ def memory_table(config: Any, counts: dict[str, int], dtype: Any) -> str:
     else:
         step = f"{flops}; constant: it does not grow with the context"
     rows.append(["cost per decoded token", step])
-    return _table(["memory", "per sequence"], rows)
+    return _table(["memory", "size or cost"], rows)
 
 
 def config_table(config: Any) -> str:
@@ -222,14 +235,25 @@ def training_section(training: dict[str, Any] | None) -> str:
         lines.append(f"- Tokens seen: {training['tokens_seen']:,}")
     if "steps" in training:
         lines.append(f"- Optimizer steps: {training['steps']:,}")
-    if training.get("eval"):
+    overall = _overall_metrics(training)
+    if overall:
         lines += ["", "Evaluation on held-out data:", "",
-                  _table(["metric", "value"], [[name, f"{value:.4g}"] for name, value in training["eval"].items()])]
-    if training.get("recipe"):
-        lines += ["", "Recipe:", "",
-                  _table(["setting", "value"], [[key, f"`{json.dumps(value)}`"]
-                                                for key, value in training["recipe"].items()])]
+                  _table(["metric", "value"], [[name, f"{value:.4g}"] for name, value in overall.items()])]
+    sets = (training.get("eval") or {}).get("sets") or {}
+    if sets:
+        metrics = sorted({metric for values in sets.values() for metric in values})
+        rows = [[name] + [f"{values[m]:.4g}" if m in values else "" for m in metrics] for name, values in sets.items()]
+        lines += ["", "Per evaluation set:", "", _table(["set"] + metrics, rows)]
+    for key, title in (("data", "Data details"), ("recipe", "Recipe")):
+        if training.get(key):
+            lines += ["", f"{title}:", "",
+                      _table(["setting", "value"], [[k, f"`{json.dumps(v)}`"] for k, v in training[key].items()])]
     return "\n".join(lines).strip()
+
+
+def _overall_metrics(training: dict[str, Any] | None) -> dict[str, float]:
+    evaluation = (training or {}).get("eval") or {}
+    return {name: value for name, value in evaluation.items() if name != "sets"}
 
 
 def usage_section(repo_id: str) -> str:

@@ -26,12 +26,16 @@ NAMESPACE = "seqzoo-test"
 PROMPT = "Once upon a time"
 NEW_TOKENS = 8
 HERE = Path(__file__).resolve().parent
-TRAINING_RECORD = {
+TRAINING_RECORD = {  # shaped like the record `seqzoo train` writes, including keys cards do not show
     "dataset": "roneneldan/TinyStories",
     "tokens_seen": 1_234_567,
     "steps": 300,
-    "eval": {"loss": 2.5, "perplexity": 12.18},
+    "eval": {"loss": 2.5, "perplexity": 12.18, "accuracy": 0.31,
+             "sets": {"validation": {"loss": 2.5, "perplexity": 12.18}, "long": {"loss": 2.75}}},
+    "data": {"seq_len": 128, "train_tokens": 900_000},
     "recipe": {"learning_rate": 0.001, "batch_size": 16},
+    "run_id": "run-42",
+    "grad_health": {"flagged_steps": {}},
 }
 
 
