@@ -160,9 +160,10 @@ class RWKV7TimeMix(nn.Module):
             wkv_state = wkv_state.float()
         y, wkv_state = dispatch("wkv7", r_h, log_decay, k_in, v_h, -kk, b_h, initial_state=wkv_state)
 
-        y = self.ln_x(y.reshape(B * T, C).to(x.dtype)).view(B, T, C)
+        # Per-head GroupNorm and the bonus in float32 (the kernel's output precision), then back to the model dtype.
+        y = F.group_norm(y.reshape(B * T, C), H, self.ln_x.weight.float(), self.ln_x.bias.float(), self.ln_x.eps)
         bonus = (r_h * k_h * self.r_k.float()).sum(dim=-1, keepdim=True) * v_h  # (B, T, H, N)
-        y = y + bonus.view(B, T, C).to(x.dtype)
+        y = (y.view(B, T, C) + bonus.view(B, T, C)).to(x.dtype)
         return self.output(y * g), v_first, shift_state, wkv_state
 
 

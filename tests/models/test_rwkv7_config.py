@@ -57,6 +57,7 @@ def test_round_trips_through_auto_config(tmp_path):
         (dict(layer_norm_eps=0.0), r"layer_norm_eps=0.0 is invalid: must be > 0.0"),
         (dict(group_norm_eps=-1e-5), r"group_norm_eps=-1e-05 is invalid: must be > 0.0"),
         (dict(group_norm_eps="64e-5"), r"group_norm_eps='64e-5' is invalid: expected a number"),
+        (dict(output_init_gain=-0.1), r"output_init_gain=-0.1 is invalid: must be >= 0.0"),
         (dict(vocab_size=258, pad_token_id=258), r"pad_token_id=258 is invalid: token ids must be integers in \[0"),
         (dict(tie_word_embeddings="no"), r"tie_word_embeddings='no' is invalid: expected true or false"),
     ],

@@ -2,7 +2,8 @@
 chunks), state layout, init, gradient checkpointing.
 
 The x070 init zeroes every output projection, so a freshly initialised model is the identity in each block and
-padding bugs could not show; these tests use a model with random weights in every tensor instead.
+padding bugs could not show; these tests use a model with random weights in every tensor instead (a converted
+random RWKV-LM-style state dict).
 """
 
 from __future__ import annotations
@@ -145,7 +146,8 @@ def test_gradient_checkpointing_gives_the_same_gradients(model):
 
 
 def test_init_follows_the_x070_scheme():
-    model = tiny_model("rwkv7-tiny")
+    # The x070 values of the two fields the tiny test sizes override (see RWKV7Config.tiny_test_overrides).
+    model = tiny_model("rwkv7-tiny", output_init_gain=0.0, tie_word_embeddings=False)
     config = model.config
     L, C = config.num_hidden_layers, config.hidden_size
     assert model.model.embed_tokens.weight.abs().max() <= 1e-4
@@ -164,3 +166,9 @@ def test_init_follows_the_x070_scheme():
         decay = torch.exp(-math.exp(-0.5) * torch.sigmoid(attn.w0))
         assert decay.min() > math.exp(-math.exp(-0.5)) and decay.max() < 1
     assert model.model.layers[0].attn.x_k.mean() > model.model.layers[-1].attn.x_k.mean()
+    # The head is orthogonal with gain 0.5 * sqrt(vocab / hidden); tied, the shared matrix takes the head's init.
+    gain = 0.5 * math.sqrt(config.vocab_size / C)
+    torch.testing.assert_close(model.lm_head.weight.T @ model.lm_head.weight, gain**2 * torch.eye(C), atol=1e-4, rtol=0)
+    tied = tiny_model("rwkv7-tiny", tie_word_embeddings=True)
+    assert tied.lm_head.weight.data_ptr() == tied.model.embed_tokens.weight.data_ptr()
+    torch.testing.assert_close(tied.lm_head.weight.T @ tied.lm_head.weight, gain**2 * torch.eye(C), atol=1e-4, rtol=0)

@@ -41,14 +41,22 @@ class RWKV7Config(SeqzooConfig):
         layer_norm_eps: eps of the LayerNorms (ln0, ln1, ln2, ln_out).
         group_norm_eps: eps of the per-head GroupNorm ``ln_x`` after the WKV (x070 uses 64e-5, i.e. 1e-5 * 8**2).
         tie_word_embeddings: share the head with the embedding (the reference does not).
+        output_init_gain: gain of the orthogonal init of the two projections that write into the residual stream
+            (time-mix ``output``, channel-mix ``value``). 0, as in RWKV-LM x070, starts every block as the identity;
+            a positive gain makes a fresh model mix across positions from the first step.
     """
 
     model_type = "seqzoo_rwkv7"
-    # Size-derived fields a test resets when it shrinks a preset (see tests/conftest.py). The low-rank widths are
-    # deliberately all different and different from the hidden size so a transposed LoRA cannot pass a test.
+    # Fields a test resets when it shrinks a preset (see tests/conftest.py). The low-rank widths are deliberately
+    # all different and different from the hidden size, so a transposed LoRA cannot pass a test. With the x070 zero
+    # init of the output projections a fresh model is position-wise (each block the identity), and padding, cache
+    # and truncated-BPTT tests could not fail; a non-zero gain makes them test the recurrence. Untied, the x070
+    # embedding is uniform(+-1e-4), which ln0's eps (1e-5) leaves at ~0.02 scale: the residual stream is tiny and
+    # bf16 / summation-order rounding is magnified ~50x in the shared tests' absolute tolerances; tied, the
+    # embedding takes the head's unit-scale init. (tests/models/test_rwkv7_model.py covers the x070 values.)
     tiny_test_overrides: ClassVar[dict[str, Any]] = {
         "head_size": 16, "intermediate_size": None, "decay_low_rank_dim": 8, "a_low_rank_dim": 12,
-        "v_low_rank_dim": 4, "gate_low_rank_dim": 20,
+        "v_low_rank_dim": 4, "gate_low_rank_dim": 20, "output_init_gain": 0.5, "tie_word_embeddings": True,
     }
 
     vocab_size: int = 258
@@ -63,6 +71,7 @@ class RWKV7Config(SeqzooConfig):
     layer_norm_eps: float = 1e-5
     group_norm_eps: float = 64e-5
     tie_word_embeddings: bool = False
+    output_init_gain: float = 0.0
 
     def __post_init__(self, **kwargs: Any) -> None:
         if isinstance(self.hidden_size, int) and not isinstance(self.hidden_size, bool) and self.hidden_size > 0:
@@ -86,6 +95,7 @@ class RWKV7Config(SeqzooConfig):
             require_int(self, field, minimum=1)
         require_float(self, "layer_norm_eps", minimum=0.0, exclusive_min=True)
         require_float(self, "group_norm_eps", minimum=0.0, exclusive_min=True)
+        require_float(self, "output_init_gain", minimum=0.0)
 
     @property
     def num_heads(self) -> int:

@@ -73,11 +73,12 @@ class RWKV7PreTrainedModel(SeqzooPreTrainedModel):
         config = self.config
         if isinstance(module, RWKV7TimeMix):
             _init_time_mix(module, config.num_hidden_layers)
+            _init_residual_output(module.output.weight, config.output_init_gain)
         elif isinstance(module, RWKV7ChannelMix):
             ddd = torch.arange(module.x_k.numel(), dtype=torch.float32) / module.x_k.numel()
             init.copy_(module.x_k, 1.0 - ddd ** (_depth_ratios(module.layer_idx, config.num_hidden_layers)[1] ** 4))
             init.orthogonal_(module.key.weight, gain=1.0)
-            init.zeros_(module.value.weight)
+            _init_residual_output(module.value.weight, config.output_init_gain)
         elif isinstance(module, nn.LayerNorm):
             init.ones_(module.weight)
             init.zeros_(module.bias)
@@ -103,6 +104,14 @@ def _depth_ratios(layer_idx: int, num_layers: int) -> tuple[float, float]:
 def _init_head(weight: torch.Tensor, config: RWKV7Config) -> None:
     vocab, hidden = config.vocab_size, config.hidden_size
     init.orthogonal_(weight, gain=0.5 * math.sqrt(vocab / hidden) if vocab > hidden else 0.5)
+
+
+def _init_residual_output(weight: torch.Tensor, gain: float) -> None:
+    # x070: zero, so that every block starts as the identity on the residual stream.
+    if gain > 0:
+        init.orthogonal_(weight, gain=gain)
+    else:
+        init.zeros_(weight)
 
 
 def _init_lora_out(weight: torch.Tensor, scale: float = 0.1) -> None:
@@ -142,7 +151,6 @@ def _init_time_mix(module: RWKV7TimeMix, num_layers: int) -> None:
     init.orthogonal_(module.receptance.weight, gain=1.0)
     init.orthogonal_(module.key.weight, gain=0.1)
     init.orthogonal_(module.value.weight, gain=1.0)
-    init.zeros_(module.output.weight)
     init.constant_(module.ln_x.weight, ((1 + module.layer_idx) / num_layers) ** 0.7)
     init.zeros_(module.ln_x.bias)
 
