@@ -2,14 +2,14 @@
 
 The convolution itself is one kernel over (time block, channel block, batch) tiles, channels-last so that a tile's
 loads are contiguous along D. Each output reads its K inputs directly; positions before the sequence come from
-``initial_state``. The backward is two kernels: the first recomputes the pre-activation, forms
-ds = dy * act'(s) and per-tile partial sums of dweight/dbias; the second gathers dx (and d initial_state, the
-K-1 positions before the sequence) from ds.
+``initial_state``. The same launch writes the final state (the last K-1 inputs), so a decoding step is one kernel.
+The backward is two kernels: the first recomputes the pre-activation, forms ds = dy * act'(s) and per-tile partial
+sums of dweight/dbias; the second gathers dx (and d initial_state, the K-1 positions before the sequence) from ds.
 
 Padding is exact by compaction around the kernel, as in ``chunked.py``: each row's valid tokens are gathered to the
 front in order, the kernel convolves the compacted rows, and each valid position reads its output back at its
-compacted index. Gathers are torch ops, so autograd routes their gradients; only the convolution is custom. The final
-state (the last K-1 inputs each row really saw) is a (B, K-1, D) gather, also in torch.
+compacted index. Gathers are torch ops, so autograd routes their gradients; only the convolution is custom. With a
+mask, the final state (the last K-1 inputs each row really saw) is a (B, K-1, D) gather, also in torch.
 """
 
 from __future__ import annotations
@@ -56,13 +56,20 @@ def _preactivation(x_ptr, w_ptr, bias_ptr, init_ptr, b, t, d, length, channels,
 
 
 @triton.jit
-def _conv_fwd_kernel(x_ptr, w_ptr, bias_ptr, init_ptr, y_ptr, length, channels,
+def _conv_fwd_kernel(x_ptr, w_ptr, bias_ptr, init_ptr, y_ptr, final_ptr, length, channels,
                      sxb, sxt, sxd, sib, sid, sik, syb, syt, syd,
-                     K: tl.constexpr, BT: tl.constexpr, BD: tl.constexpr,
+                     K: tl.constexpr, KM: tl.constexpr, BT: tl.constexpr, BD: tl.constexpr,
                      HAS_BIAS: tl.constexpr, HAS_INIT: tl.constexpr, SILU: tl.constexpr):
     pid_t, pid_d, b = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     t = pid_t * BT + tl.arange(0, BT)
     d = pid_d * BD + tl.arange(0, BD)
+    if pid_t == 0:
+        # The final state, the last K-1 inputs (oldest first), in the same launch: a decoding step is one kernel.
+        j = tl.arange(0, KM)
+        last = _window_value(x_ptr, init_ptr, b, length - (K - 1) + j, d, length, channels,
+                             sxb, sxt, sxd, sib, sid, sik, K, HAS_INIT)  # (KM, BD)
+        tl.store(final_ptr + (b * channels + d[None, :]) * (K - 1) + j[:, None], last,
+                 mask=(j[:, None] < K - 1) & (d[None, :] < channels))
     s = _preactivation(x_ptr, w_ptr, bias_ptr, init_ptr, b, t, d, length, channels,
                        sxb, sxt, sxd, sib, sid, sik, K, HAS_BIAS, HAS_INIT)
     if SILU:
@@ -126,33 +133,43 @@ def _blocks(length: int, channels: int) -> tuple[int, int]:
     return block_t, block_d
 
 
+def _conv_forward(x, weight, bias, initial_state, activation):
+    """y = act(conv(cat(initial_state, x)) + bias) (B, T, D) and the last K-1 inputs (B, D, K-1), one launch."""
+    batch, length, channels = x.shape
+    width = weight.shape[1]
+    y = torch.empty(batch, length, channels, device=x.device, dtype=x.dtype)
+    final = torch.empty(batch, channels, width - 1, device=x.device, dtype=torch.float32)
+    block_t, block_d = _blocks(length, channels)
+    init_strides = initial_state.stride() if initial_state is not None else (0, 0, 0)
+    grid = (triton.cdiv(length, block_t), triton.cdiv(channels, block_d), batch)
+    _conv_fwd_kernel[grid](
+        x, weight, bias, initial_state, y, final, length, channels,
+        *x.stride(), *init_strides, *y.stride(),
+        K=width, KM=max(1, triton.next_power_of_2(width - 1)), BT=block_t, BD=block_d,
+        HAS_BIAS=bias is not None, HAS_INIT=initial_state is not None, SILU=activation == "silu",
+    )
+    return y, final
+
+
 class _CausalConv1dFn(torch.autograd.Function):
-    """The convolution over already compacted rows: y = act(conv(cat(initial_state, x)) + bias)."""
+    """The convolution over (already compacted) rows, and the inputs it ends with as the final state."""
 
     @staticmethod
     def forward(ctx, x, weight, bias, initial_state, activation):
-        batch, length, channels = x.shape
-        width = weight.shape[1]
         weight_c = weight.contiguous()
-        y = torch.empty_like(x)
-        block_t, block_d = _blocks(length, channels)
-        init_strides = initial_state.stride() if initial_state is not None else (0, 0, 0)
-        grid = (triton.cdiv(length, block_t), triton.cdiv(channels, block_d), batch)
-        _conv_fwd_kernel[grid](
-            x, weight_c, bias, initial_state, y, length, channels,
-            *x.stride(), *init_strides, *y.stride(),
-            K=width, BT=block_t, BD=block_d, HAS_BIAS=bias is not None,
-            HAS_INIT=initial_state is not None, SILU=activation == "silu",
-        )
+        y, final = _conv_forward(x, weight_c, bias, initial_state, activation)
         ctx.save_for_backward(x, weight_c, bias, initial_state)
         ctx.activation = activation
-        return y
+        ctx.set_materialize_grads(False)
+        return y, final
 
     @staticmethod
-    def backward(ctx, dy):
+    def backward(ctx, dy, dfinal):
         x, weight, bias, initial_state = ctx.saved_tensors
         batch, length, channels = x.shape
         width = weight.shape[1]
+        if dy is None:
+            dy = torch.zeros_like(x)
         block_t, block_d = _blocks(length, channels)
         num_t_blocks = triton.cdiv(length, block_t)
         ds = torch.empty(batch, length, channels, device=x.device, dtype=torch.float32)
@@ -172,6 +189,12 @@ class _CausalConv1dFn(torch.autograd.Function):
         grid = (triton.cdiv(length + width - 1, block_t), triton.cdiv(channels, block_d), batch)
         _conv_bwd_dx_kernel[grid](ds, weight, dx, dinit, length, channels,
                                   K=width, BT=block_t, BD=block_d, HAS_INIT=initial_state is not None)
+        if dfinal is not None and width > 1:
+            # final[..., j] is the input at position T-(K-1)+j: x where that is >= 0, else initial_state[T+j].
+            from_x = min(width - 1, length)
+            dx[:, length - from_x:] += dfinal[:, :, width - 1 - from_x:].transpose(1, 2)
+            if dinit is not None and width - 1 > length:
+                dinit[:, :, length:] += dfinal[:, :, :width - 1 - length]
         dweight = dw_part.sum(dim=(0, 1)).transpose(0, 1).to(weight.dtype)  # (D, K)
         dbias = db_part.sum(dim=(0, 1)).to(bias.dtype) if bias is not None else None
         dinit = dinit.to(initial_state.dtype) if dinit is not None else None
@@ -195,16 +218,21 @@ def causal_conv1d(x, weight, bias=None, *, initial_state=None, activation=None, 
         valid = mask.to(torch.bool)
         if bool(valid.all()):
             valid = None
-    xs = x
-    if valid is not None:
-        # Valid tokens first, in order; the padded tail only feeds outputs that are never read.
-        order = torch.sort((~valid).to(torch.uint8), dim=1, stable=True).indices  # (B, T)
-        xs = x.gather(1, order[..., None].expand(-1, -1, channels))
+    needs_grad = torch.is_grad_enabled() and any(
+        t is not None and t.requires_grad for t in (x, weight, bias, initial_state))
+    if valid is None:
+        if not needs_grad:
+            return _conv_forward(x, weight.contiguous(), bias, initial_state, activation)
+        return _CausalConv1dFn.apply(x, weight, bias, initial_state, activation)
 
-    y = _CausalConv1dFn.apply(xs, weight, bias, initial_state, activation)  # (B, T, D)
+    # Valid tokens first, in order; the padded tail only feeds outputs that are never read.
+    order = torch.sort((~valid).to(torch.uint8), dim=1, stable=True).indices  # (B, T)
+    xs = x.gather(1, order[..., None].expand(-1, -1, channels))
+    y, _ = _CausalConv1dFn.apply(xs, weight, bias, initial_state, activation)  # (B, T, D)
 
-    count = valid.sum(dim=1) if valid is not None else torch.full((batch,), length, device=x.device)
-    # The K-1 inputs before compacted position `count`: from xs where that index is >= 0, else the initial state.
+    # The final state: the K-1 inputs before compacted position `count`, from xs where that index is >= 0, else
+    # from the initial state.
+    count = valid.sum(dim=1)  # (B,)
     index = count[:, None] - (width - 1) + torch.arange(width - 1, device=x.device)  # (B, K-1)
     from_x = xs.gather(1, index.clamp(min=0)[..., None].expand(-1, -1, channels)).float()  # (B, K-1, D)
     if initial_state is not None:
@@ -214,8 +242,7 @@ def causal_conv1d(x, weight, bias=None, *, initial_state=None, activation=None, 
         from_init = torch.zeros_like(from_x)
     final = torch.where((index >= 0)[..., None], from_x, from_init).transpose(1, 2).contiguous()  # (B, D, K-1)
 
-    if valid is not None:
-        compact_pos = (valid.long().cumsum(dim=1) - 1).clamp(min=0)  # (B, T)
-        y = y.gather(1, compact_pos[..., None].expand(-1, -1, channels))
-        y = torch.where(valid[..., None], y, torch.zeros_like(y))
+    compact_pos = (valid.long().cumsum(dim=1) - 1).clamp(min=0)  # (B, T)
+    y = y.gather(1, compact_pos[..., None].expand(-1, -1, channels))
+    y = torch.where(valid[..., None], y, torch.zeros_like(y))
     return y, final
