@@ -14,6 +14,7 @@ from seqzoo.models.lstm import LSTMConfig, LSTMForCausalLM, LSTMModel, LSTMPreTr
 from seqzoo.models.mamba import MambaConfig, MambaForCausalLM, MambaModel, MambaPreTrainedModel
 from seqzoo.models.mamba2 import Mamba2Config, Mamba2ForCausalLM, Mamba2Model, Mamba2PreTrainedModel
 from seqzoo.models.rnn import RNNConfig, RNNForCausalLM, RNNModel, RNNPreTrainedModel
+from seqzoo.models.rwkv7 import RWKV7Config, RWKV7ForCausalLM, RWKV7Model, RWKV7PreTrainedModel
 from seqzoo.models.transformer import (
     TransformerConfig,
     TransformerForCausalLM,
@@ -61,6 +62,10 @@ __all__ = [
     "RNNForCausalLM",
     "RNNModel",
     "RNNPreTrainedModel",
+    "RWKV7Config",
+    "RWKV7ForCausalLM",
+    "RWKV7Model",
+    "RWKV7PreTrainedModel",
     "TransformerConfig",
     "TransformerForCausalLM",
     "TransformerModel",

@@ -9,6 +9,7 @@ def builtin_architectures() -> list:
     from seqzoo.models.mamba import MambaConfig, MambaForCausalLM, MambaModel
     from seqzoo.models.mamba2 import Mamba2Config, Mamba2ForCausalLM, Mamba2Model
     from seqzoo.models.rnn import RNNConfig, RNNForCausalLM, RNNModel
+    from seqzoo.models.rwkv7 import RWKV7Config, RWKV7ForCausalLM, RWKV7Model
     from seqzoo.models.transformer import TransformerConfig, TransformerForCausalLM, TransformerModel
     from seqzoo.registry import ModelSpec
 
@@ -20,4 +21,6 @@ def builtin_architectures() -> list:
                   description="decoder-only Transformer (Vaswani / GPT-2 / Llama variants)"),
         ModelSpec("mamba", MambaConfig, MambaModel, MambaForCausalLM, description="Mamba (selective scan)"),
         ModelSpec("mamba2", Mamba2Config, Mamba2Model, Mamba2ForCausalLM, description="Mamba-2 (SSD)"),
+        ModelSpec("rwkv7", RWKV7Config, RWKV7Model, RWKV7ForCausalLM,
+                  description='RWKV-7 "Goose" (x070): generalised delta-rule WKV, data-dependent decay'),
     ]
