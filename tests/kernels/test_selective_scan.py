@@ -39,7 +39,8 @@ def make_inputs(length, dtype=torch.float32, seed=0, batch=BATCH, channels=CHANN
         "z": randn(batch, length, channels),
     }
     tensors = {name: t.to(dtype) for name, t in tensors.items()}
-    tensors["initial_state"] = randn(batch, channels, state).to(torch.float64 if dtype == torch.float64 else torch.float32)
+    state_dtype = torch.float64 if dtype == torch.float64 else torch.float32
+    tensors["initial_state"] = randn(batch, channels, state).to(state_dtype)
     return tensors
 
 
@@ -49,7 +50,8 @@ def run(backend, t):
 
 
 def leaves(tensors, dtype=None):
-    return {name: (t.detach().to(dtype) if dtype else t.detach().clone()).requires_grad_() for name, t in tensors.items()}
+    """Fresh leaf copies (converted to ``dtype`` when given) that collect gradients."""
+    return {name: t.detach().to(dtype or t.dtype, copy=True).requires_grad_() for name, t in tensors.items()}
 
 
 def backward(y, state, seed=1):

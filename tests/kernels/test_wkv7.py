@@ -51,7 +51,8 @@ def run(backend, t):
 
 
 def leaves(tensors, dtype=None):
-    return {name: (t.detach().to(dtype) if dtype else t.detach().clone()).requires_grad_() for name, t in tensors.items()}
+    """Fresh leaf copies (converted to ``dtype`` when given) that collect gradients."""
+    return {name: t.detach().to(dtype or t.dtype, copy=True).requires_grad_() for name, t in tensors.items()}
 
 
 def backward(y, state, seed=1):
