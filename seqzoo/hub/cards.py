@@ -133,7 +133,7 @@ def render_model_card(
         pipeline_tag="text-generation",
         tags=["seqzoo", spec.name, spec.model_type, "custom_code"],
         datasets=datasets or None,
-        model_name=model_name,
+        model_name=model_name if eval_results else None,  # names the model-index entry; not a key on its own
         eval_results=eval_results or None,
     )
     sections = card_sections(model, spec, repo_id=repo_id, code_files=code_files, training=training)

@@ -21,7 +21,8 @@ def register(subparsers: Any) -> None:
     p.add_argument("--private", action="store_true", help="create the repository as private (if it is new)")
     p.add_argument("--revision", default=None, help="branch to commit to, created from main if missing")
     p.add_argument("--commit-message", default=None)
-    p.add_argument("--license", default=DEFAULT_LICENSE, help=f"license id for the model card (default {DEFAULT_LICENSE})")
+    p.add_argument("--license", default=DEFAULT_LICENSE,
+                   help=f"license id for the model card (default {DEFAULT_LICENSE})")
     p.add_argument("--dry-run", action="store_true", help="only build the repository folder (needs --output)")
     p.add_argument("--output", default=None, metavar="DIR", help="with --dry-run: where to build the folder")
     p.set_defaults(func=cmd_publish)

@@ -110,12 +110,12 @@ def publish(
         operations = [CommitOperationAdd(path_in_repo=name, path_or_fileobj=str(Path(staging) / name))
                       for name in files]
         message = commit_message or f"Publish a seqzoo {checkpoint.spec.name} checkpoint"
-        with _hub_errors(api.endpoint, repo_id, "creating the repository", committed=False):
+        with _hub_errors(api.endpoint, repo_id, "creating the repository", may_have_committed=False):
             api.create_repo(repo_id, private=private, exist_ok=True)
         if revision is not None and revision != "main":
-            with _hub_errors(api.endpoint, repo_id, f"creating the branch {revision!r}", committed=False):
+            with _hub_errors(api.endpoint, repo_id, f"creating the branch {revision!r}", may_have_committed=False):
                 api.create_branch(repo_id, branch=revision, exist_ok=True)
-        with _hub_errors(api.endpoint, repo_id, "uploading the files", committed=None):
+        with _hub_errors(api.endpoint, repo_id, "uploading the files", may_have_committed=True):
             info = api.create_commit(repo_id, operations, commit_message=message, revision=revision)
     return info.commit_url
 
@@ -208,7 +208,7 @@ def _transport_errors() -> tuple[type[BaseException], ...]:
 
 
 @contextlib.contextmanager
-def _hub_errors(endpoint: str, repo_id: str, step: str, committed: bool | None) -> Iterator[None]:
+def _hub_errors(endpoint: str, repo_id: str, step: str, may_have_committed: bool) -> Iterator[None]:
     """Turn what the Hub or the network raised during ``step`` into a PublishError that says what to do."""
     from huggingface_hub.errors import HfHubHTTPError
 
@@ -218,9 +218,10 @@ def _hub_errors(endpoint: str, repo_id: str, step: str, committed: bool | None) 
         status = err.response.status_code if err.response is not None else None
         raise PublishError(_http_message(status, err, endpoint, repo_id, step)) from err
     except _transport_errors() as err:
-        outcome = ("nothing was committed" if committed is False else
-                   f"the commit may or may not have been made: check {endpoint}/{repo_id} and run the command "
-                   "again (uploading the same files again changes nothing)")
+        # A commit request whose answer was lost may still have been carried out by the Hub.
+        outcome = (f"the commit may or may not have been made: check {endpoint}/{repo_id} and run the command "
+                   "again (uploading the same files again changes nothing)" if may_have_committed else
+                   "nothing was committed")
         raise PublishError(
             f"lost the connection to {endpoint} while {step} ({type(err).__name__}: {err}); {outcome}"
         ) from err

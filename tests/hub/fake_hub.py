@@ -53,7 +53,8 @@ class FakeHub:
         self.commits: list[Commit] = []
         self.fail: dict[str, int | str] = {}
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler_class())
-        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+        self._thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.05},
+                                        daemon=True)
 
     @property
     def endpoint(self) -> str:

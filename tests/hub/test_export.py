@@ -49,7 +49,6 @@ def test_model_card_renders_with_parseable_metadata(arch, exports):
     assert data["library_name"] == "seqzoo"
     assert data["pipeline_tag"] == "text-generation"
     assert {"seqzoo", arch, spec.model_type} <= set(data["tags"])
-    assert card.data.model_name == f"tiny-{arch}"
 
     model = seqzoo.get_architecture(arch).causal_lm_class.from_pretrained(folder)
     counts = parameter_counts(model)
@@ -79,6 +78,7 @@ def test_every_builtin_architecture_has_its_own_template_with_no_undefined_names
 def test_training_record_fills_metadata_and_the_training_section(exports):
     card = ModelCard.load(exports["lstm"] / "README.md")
     assert card.data.datasets == ["roneneldan/TinyStories"]
+    assert card.data.model_name == "tiny-lstm"  # the model-index entry
     results = {r.metric_type: r.metric_value for r in card.data.eval_results}
     assert results == {"loss": 2.5, "perplexity": 12.18, "accuracy": 0.31}
     assert all(r.dataset_name == "roneneldan/TinyStories" for r in card.data.eval_results)
