@@ -5,6 +5,7 @@ call over all T positions. Padding is made exact by compaction: each row's valid
 order (a stable sort of the mask), initial_state is prepended, the convolution runs on the compacted rows, and each
 valid position reads back the output at its compacted index (cumsum(mask) - 1). The final state is the K-1 inputs
 that precede compacted position n (n = number of valid tokens), i.e. the last K-1 inputs the row really saw.
+T == 1 (a decode step) runs the reference's single window directly.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from . import reference
 from .reference import activate, check_inputs, compute_dtype
 
 
@@ -24,6 +26,8 @@ def causal_conv1d(x, weight, bias=None, *, initial_state=None, activation=None, 
     """Depthwise causal conv over (B, T, D); returns (y, final_state). Formulas in ``reference.py``."""
     check_inputs(x, weight, bias, initial_state, activation, mask)
     batch, length, channels = x.shape
+    if length == 1:  # a decode step: the single window of the reference is the cheapest form
+        return reference.causal_conv1d(x, weight, bias, initial_state=initial_state, activation=activation, mask=mask)
     dtype = compute_dtype(x, weight, bias, initial_state)
     width = weight.shape[1]
     if initial_state is None:

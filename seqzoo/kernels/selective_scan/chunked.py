@@ -22,13 +22,15 @@ of g_t = gy_t C_t + a_{t+1} g_{t+1}, seeded at the chunk end by the gradient flo
     d B_t = sum_d g_t[d] delta_t[d] u_t[d]     d C_t = sum_d gy_t[d] h_t[d]     d h_init = a_0 * g_0
 
 D and z are applied outside the Function with ordinary autograd. Double backward is not supported.
-The chunk length adapts to B * Dm * N so that one chunk's (B, Q, Dm, N) tensors stay cache-sized.
+The chunk length adapts to B * Dm * N so that one chunk's (B, Q, Dm, N) tensors stay cache-sized. T == 1 (a decode
+step) runs the reference's single update directly.
 """
 
 from __future__ import annotations
 
 import torch
 
+from . import reference
 from .reference import check_inputs, compute_dtype, skip_and_gate
 
 CHUNK_ELEMENTS = 1 << 17  # target size of one chunk's (B, Q, Dm, N) tensors
@@ -133,6 +135,8 @@ def selective_scan(u, delta, A, B, C, D=None, z=None, *, initial_state=None):
     """Mamba-1 selective scan over (B, T, Dm); returns (y, final_state). Formulas in ``reference.py``."""
     check_inputs(u, delta, A, B, C, D, z, initial_state)
     batch, length, channels = u.shape
+    if length == 1:  # a decode step: the reference's single update is the cheapest form
+        return reference.selective_scan(u, delta, A, B, C, D, z, initial_state=initial_state)
     dtype = compute_dtype(u, delta, A, B, C, D, z, initial_state)
     if initial_state is None:
         h0 = u.new_zeros(batch, channels, A.shape[1], dtype=dtype)

@@ -14,7 +14,8 @@ unrolls, inside a chunk of Q steps starting from state S, to
 4. Off-diagonal blocks: exp(l_0 + ... + l_t) start_c C_t, added to step 1's output.
 
 A length that is not a multiple of the chunk is padded with dt = 0, an identity step. Chunks are
-min(chunk_size, T) long, so short calls (decoding, T == 1) do no padded work.
+min(chunk_size, T) long, so short calls do no padded work, and T == 1 (a decode step) runs the reference's single
+update directly.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from . import reference
 from .reference import check_inputs, compute_dtype, initial
 
 
@@ -55,6 +57,8 @@ def ssd(x, dt, A, B, C, D=None, *, initial_state=None, chunk_size=64):
     if problem:
         raise ValueError(f"ssd: {problem}")
     batch, length, heads, head_dim = x.shape
+    if length == 1:  # a decode step: the reference's single update is the cheapest form
+        return reference.ssd(x, dt, A, B, C, D, initial_state=initial_state)
     groups, state_size = B.shape[2:]
     repeat = heads // groups
     dtype = compute_dtype(x, dt, A, B, C, D, initial_state)
