@@ -20,6 +20,10 @@ from seqzoo.kernels import get_kernel
 from tests.kernels.tolerances import assert_close
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+# (length, dtype) of the parity tests: odd lengths, one of them across several chunks / checkpoint segments; bf16
+# once, at the longest (the interpreter is slow, and bf16 adds roundings, not code paths).
+CASES = [(1, torch.float32), (7, torch.float32), (33, torch.float32), (33, torch.bfloat16)]
+CASE_IDS = ["T1-fp32", "T7-fp32", "T33-fp32", "T33-bf16"]
 TRITON_MISSING = importlib.util.find_spec("triton") is None
 
 

@@ -4,8 +4,8 @@ with and without padding masks, odd lengths, float32 and bfloat16."""
 import pytest
 import torch
 
-from tests.kernels_triton.support import DEVICE, check_parity, leaves, triton_kernel
 from seqzoo.kernels import get_kernel
+from tests.kernels_triton.support import CASE_IDS, CASES, DEVICE, check_parity, leaves, triton_kernel
 
 
 def _inputs(batch, length, channels, width, seed):
@@ -18,8 +18,7 @@ def _inputs(batch, length, channels, width, seed):
     }
 
 
-@pytest.mark.parametrize("length", [1, 7, 33])
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+@pytest.mark.parametrize("length, dtype", CASES, ids=CASE_IDS)
 @pytest.mark.parametrize("masked", [False, True], ids=["dense", "padded"])
 def test_parity(length, dtype, masked):
     fn = triton_kernel("causal_conv1d")

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from seqzoo.kernels import get_kernel
-from tests.kernels_triton.support import DEVICE, check_parity, leaves, triton_kernel
+from tests.kernels_triton.support import CASE_IDS, CASES, DEVICE, check_parity, leaves, triton_kernel
 
 
 def _inputs(batch, length, channels, state_size, seed, with_optional=True):
@@ -31,8 +31,7 @@ def _call(f, t):
     return f(t["u"], t["delta"], t["A"], t["B"], t["C"], t["D"], t["z"], initial_state=t["initial_state"])
 
 
-@pytest.mark.parametrize("length", [1, 7, 33])
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+@pytest.mark.parametrize("length, dtype", CASES, ids=CASE_IDS)
 def test_parity(length, dtype):
     fn = triton_kernel("selective_scan")
     # N = 5 is padded to 8 inside the kernel; Dm = 19 spans two channel blocks.

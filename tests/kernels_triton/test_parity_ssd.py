@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from seqzoo.kernels import get_kernel
-from tests.kernels_triton.support import DEVICE, check_parity, leaves, triton_kernel
+from tests.kernels_triton.support import CASE_IDS, CASES, DEVICE, check_parity, leaves, triton_kernel
 
 
 def _inputs(batch, length, heads, head_dim, groups, state_size, seed, with_optional=True):
@@ -36,8 +36,7 @@ def small_chunks(monkeypatch):
     monkeypatch.setattr(importlib.import_module("seqzoo.kernels.ssd.triton"), "CHUNK", 16)
 
 
-@pytest.mark.parametrize("length", [1, 7, 33])
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+@pytest.mark.parametrize("length, dtype", CASES, ids=CASE_IDS)
 def test_parity(length, dtype, small_chunks):
     fn = triton_kernel("ssd")
     # 4 heads in 2 groups; P = 5 and N = 6 are padded to 16 inside the kernels.

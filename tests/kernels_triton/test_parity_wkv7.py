@@ -10,7 +10,7 @@ import torch.nn.functional as F
 
 from seqzoo.kernels import get_kernel
 from seqzoo.kernels.wkv7 import wkv7_step
-from tests.kernels_triton.support import DEVICE, check_parity, leaves, triton_kernel
+from tests.kernels_triton.support import CASE_IDS, CASES, DEVICE, check_parity, leaves, triton_kernel
 
 
 def _inputs(batch, length, heads, key_dim, value_dim, seed, with_state=True):
@@ -39,8 +39,7 @@ def short_checkpoints(monkeypatch):
     monkeypatch.setattr(importlib.import_module("seqzoo.kernels.wkv7.triton"), "CHECKPOINT", 8)
 
 
-@pytest.mark.parametrize("length", [1, 7, 33])
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+@pytest.mark.parametrize("length, dtype", CASES, ids=CASE_IDS)
 def test_parity(length, dtype, short_checkpoints):
     fn = triton_kernel("wkv7")
     inputs = _inputs(1, length, 2, 16, 12, seed=length)  # V = 12 is padded to 16 inside the kernels

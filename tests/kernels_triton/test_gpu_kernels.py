@@ -1,0 +1,64 @@
+"""On a GPU, at real sizes: each Triton kernel against its reference (outputs, final states, all gradients) for
+sequences up to 4096 tokens, head size 64, float32 and bfloat16. Skipped without CUDA."""
+
+import pytest
+import torch
+
+from seqzoo.kernels import get_kernel
+from tests.kernels_triton import (test_parity_causal_conv1d as conv, test_parity_selective_scan as scan,
+                                  test_parity_ssd as ssd, test_parity_wkv7 as wkv7)
+from tests.kernels_triton.support import TRITON_MISSING, check_parity, leaves, triton_kernel
+
+pytestmark = [
+    pytest.mark.gpu,
+    pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU"),
+    pytest.mark.skipif(TRITON_MISSING, reason="triton is not installed (pip install 'triton>=3')"),
+]
+
+LENGTHS = [1023, 4096]
+DTYPES = pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+
+
+def _run(op, inputs, call, dtype, low_precision, name):
+    backend, reference = leaves(inputs, dtype, low_precision)
+    check_parity(name, triton_kernel(op), get_kernel(op, "reference"), backend, reference, call, dtype,
+                 out_dtype=dtype)
+
+
+@pytest.mark.parametrize("length", LENGTHS)
+@DTYPES
+def test_causal_conv1d(length, dtype):
+    _run("causal_conv1d", conv._inputs(2, length, 512, 4, seed=1),
+         lambda f, t: f(t["x"], t["weight"], t["bias"], initial_state=t["initial_state"], activation="silu"),
+         dtype, ("x", "weight", "bias"), f"causal_conv1d T={length}")
+
+
+@pytest.mark.parametrize("length", LENGTHS)
+@DTYPES
+def test_selective_scan(length, dtype):
+    _run("selective_scan", scan._inputs(2, length, 256, 16, seed=2), scan._call, dtype, ("u", "B", "C", "z"),
+         f"selective_scan T={length}")
+
+
+@pytest.mark.parametrize("length", LENGTHS)
+@pytest.mark.parametrize("state_size", [64, 128])
+@DTYPES
+def test_ssd(length, state_size, dtype):
+    _run("ssd", ssd._inputs(2, length, 4, 64, 1, state_size, seed=3), ssd._call, dtype, ("x", "B", "C"),
+         f"ssd T={length} N={state_size}")
+
+
+@pytest.mark.parametrize("length", LENGTHS)
+@DTYPES
+def test_wkv7(length, dtype):
+    _run("wkv7", wkv7._inputs(2, length, 2, 64, 64, seed=4), wkv7._call, dtype, ("r", "w", "k", "v", "a", "b"),
+         f"wkv7 T={length}")
+
+
+def test_registry_selects_triton_for_cuda_tensors():
+    from seqzoo.kernels import select
+
+    x = torch.randn(1, 8, 16, device="cuda")
+    assert select("causal_conv1d", x, torch.randn(16, 4, device="cuda")).name == "triton"
+    t = {k: (v.cuda() if v is not None else None) for k, v in wkv7._inputs(1, 4, 1, 64, 64, seed=0).items()}
+    assert select("wkv7", t["r"], t["w"], t["k"], t["v"], t["a"], t["b"]).name == "triton"
