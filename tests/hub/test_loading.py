@@ -61,8 +61,8 @@ def reference(exports):
 def without_seqzoo(exports, toy_export, hub_cache, tmp_path_factory) -> dict:
     """One process in which seqzoo cannot be imported loads every architecture's folder and repo id (offline, from
     the Hub cache), runs each card's trust_remote_code snippet, and loads the toyzoo plugin's folder."""
-    checkpoints = [{"arch": arch, "sources": [str(exports[arch]), repo_id(arch)],
-                    "snippet": usage_snippets(exports[arch])["remote"]} for arch in ARCHITECTURES]
+    checkpoints = [{"arch": arch, "sources": [str(folder), repo_id(arch)], "snippet": usage_snippets(folder)["remote"]}
+                   for arch, folder in exports.items()]
     checkpoints.append({"arch": "toyzoo", "sources": [str(toy_export[0])]})
     work = tmp_path_factory.mktemp("without-seqzoo")
     (work / "job.json").write_text(json.dumps({"prompt": PROMPT, "new_tokens": NEW_TOKENS,
@@ -102,9 +102,10 @@ def test_loads_natively_without_trust_remote_code(arch, exports, reference):
 
 @pytest.mark.parametrize("arch", ARCHITECTURES)
 def test_remote_code_without_seqzoo_matches_seqzoo(arch, without_seqzoo, exports, reference):
+    folder = exports[arch]
     assert without_seqzoo["seqzoo_importable"] is False
     result = checkpoint_result(without_seqzoo, arch)
-    for source in (str(exports[arch]), repo_id(arch)):
+    for source in (str(folder), repo_id(arch)):
         class_path = result[source]["class"]
         assert class_path.startswith("transformers_modules."), class_path  # the bundled code, not seqzoo
         assert class_path.endswith(f"modeling_{seqzoo.get_architecture(arch).model_type}."
@@ -115,13 +116,14 @@ def test_remote_code_without_seqzoo_matches_seqzoo(arch, without_seqzoo, exports
 
 @pytest.mark.parametrize("arch", ARCHITECTURES)
 def test_repo_id_loads_natively_offline(arch, offline_hub, exports, reference, capsys):
+    snippet = usage_snippets(exports[arch])["native"]
     spec = seqzoo.get_architecture(arch)
     model = AutoModelForCausalLM.from_pretrained(repo_id(arch)).eval()
     assert type(model) is spec.causal_lm_class
     tokens, logits = greedy(model, AutoTokenizer.from_pretrained(repo_id(arch)))
     assert_same_generation({"tokens": tokens, "logits": logits}, reference(arch))
 
-    exec(compile(usage_snippets(exports[arch])["native"], "README.md usage snippet", "exec"), {})
+    exec(compile(snippet, "README.md usage snippet", "exec"), {})
     assert capsys.readouterr().out == reference(arch)["text"]
     assert main(["generate", repo_id(arch), PROMPT, "--max-new-tokens", "20", "--no-stream"]) == 0
     assert capsys.readouterr().out == reference(arch)["text"]

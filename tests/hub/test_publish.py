@@ -27,6 +27,7 @@ def hub(monkeypatch, tmp_path):
     monkeypatch.setenv("HF_TOKEN", TOKEN)
     with FakeHub() as fake:
         monkeypatch.setattr(constants, "ENDPOINT", fake.endpoint)
+        monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)  # the loopback Hub is reachable even then
         fake.staging_root = staging_root
         yield fake
 
