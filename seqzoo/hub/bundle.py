@@ -215,12 +215,7 @@ def _is_submodule(package: str, name: str) -> bool:
 def _note(module: str, path: Path, packages: set[str]) -> str:
     import seqzoo
 
-    top = module.partition(".")[0]
-    root = Path(importlib.util.find_spec(top).origin).parent.parent
-    try:
-        source = path.relative_to(root).as_posix()
-    except ValueError:
-        source = module
+    source = module.replace(".", "/") + ("/__init__.py" if path.name == "__init__.py" else ".py")
     return BUNDLE_NOTE.format(version=seqzoo.__version__, source=source, packages="/".join(sorted(packages)))
 
 

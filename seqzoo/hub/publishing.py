@@ -178,8 +178,7 @@ def _load_tokenizer(folder: Path) -> Any:
 def _write_folder(checkpoint: _Checkpoint, folder: Path, *, repo_id: str, license: str) -> list[str]:
     model, spec = checkpoint.model, checkpoint.spec
     bundle = build_bundle(spec)
-    model.save_pretrained(folder)
-    model.generation_config.save_pretrained(folder)
+    model.save_pretrained(folder)  # model.safetensors, config.json and generation_config.json
     checkpoint.tokenizer.save_pretrained(folder)
     code_files = [path.name for path in bundle.write(folder)]
     config_file = folder / "config.json"
