@@ -164,7 +164,7 @@ def card_sections(
         "config_table": config_table(config),
         "training_section": training_section(training),
         "usage": usage_section(repo_id),
-        "files_section": files_section(spec, code_files),
+        "files_section": files_section(code_files),
     }
 
 
@@ -281,7 +281,7 @@ def usage_section(repo_id: str) -> str:
     )
 
 
-def files_section(spec: Any, code_files: list[str]) -> str:
+def files_section(code_files: list[str]) -> str:
     listed = ", ".join(f"`{name}`" for name in sorted(code_files))
     return (
         "`config.json` (with `auto_map`), `model.safetensors`, `generation_config.json`, the tokenizer files, and "
