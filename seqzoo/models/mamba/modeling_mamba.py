@@ -85,7 +85,6 @@ def run_state_space_stack(
     mask = padding_mask_for(attention_mask, length)
 
     hidden_states = model.embed_tokens(input_ids) if inputs_embeds is None else inputs_embeds  # (B, T, H)
-    output_dtype = hidden_states.dtype
     all_hidden_states = (hidden_states,) if output_hidden_states else None
     for idx, layer in enumerate(model.layers):
         state = None
@@ -100,7 +99,7 @@ def run_state_space_stack(
     if cache is not None:
         cache.advance(length)
     # Normalise the (possibly float32) residual stream, then return to the model's dtype for the head.
-    hidden_states = model.norm(hidden_states).to(output_dtype)
+    hidden_states = model.norm(hidden_states).to(model.norm.weight.dtype)
     return BaseModelOutputWithPast(last_hidden_state=hidden_states, past_key_values=cache, hidden_states=all_hidden_states)
 
 
