@@ -147,12 +147,13 @@ def _eval_figures(sums: torch.Tensor) -> dict[str, float]:
 
 
 def train(recipe: Recipe, *, resume: str | Path | bool | None = None, dataset: Any = None,
-          progress: bool = True) -> TrainResult:
+          progress: bool = True, save_model: bool = True) -> TrainResult:
     """Train what ``recipe`` describes; ``resume`` continues from a checkpoint (True: the newest in output_dir).
 
     ``dataset`` (a ``datasets.Dataset`` or any object indexable by column name) replaces the recipe's data
     source. Returns the final evaluation, gradient health and throughput; the model, its tokenizer and
-    ``seqzoo_training.json`` are saved in ``recipe.output_dir``.
+    ``seqzoo_training.json`` are saved in ``recipe.output_dir`` unless ``save_model`` is False (the lab keeps only
+    the models worth loading again).
     """
     from accelerate import Accelerator
     from accelerate.utils import set_seed
@@ -188,7 +189,7 @@ def train(recipe: Recipe, *, resume: str | Path | bool | None = None, dataset: A
         scheduler = LambdaLR(optimizer, lambda step: lr_factor(step, recipe))
         accelerator.register_for_checkpointing(scheduler)
         return _run(recipe, accelerator, model, optimizer, scheduler, data, micro_batch, run_dir, checkpoint,
-                    progress)
+                    progress, save_model)
     finally:
         torch.use_deterministic_algorithms(previous_determinism)
 
@@ -203,7 +204,7 @@ def _launched_on_cpu_only() -> bool:
 
 
 def _run(recipe: Recipe, accelerator: Any, model: Any, optimizer: Any, scheduler: Any, data: Any, micro_batch: int,
-         run_dir: Path, checkpoint: Path | None, progress: bool) -> TrainResult:
+         run_dir: Path, checkpoint: Path | None, progress: bool, save_model: bool) -> TrainResult:
     from tqdm.auto import tqdm
 
     t = recipe.train
@@ -305,7 +306,10 @@ def _run(recipe: Recipe, accelerator: Any, model: Any, optimizer: Any, scheduler
 
     if last_eval is None:  # resumed from the final checkpoint: nothing left to train
         last_eval = evaluate(model, eval_sets, accelerator, micro_batch, chunk if _is_recurrent(model) else 0)
-    final_model = _save_final(accelerator, model, recipe, data, run_dir, step, tokens_seen, last_eval, health)
+    if save_model:
+        final_model = _save_final(accelerator, model, recipe, data, run_dir, step, tokens_seen, last_eval, health)
+    else:
+        final_model = accelerator.unwrap_model(model)
     return TrainResult(output_dir=run_dir, steps=step, tokens_seen=tokens_seen, eval=last_eval,
                        grad_health=health.summary(),
                        train_tokens_per_second=train_tokens / train_seconds if train_seconds else 0.0,
