@@ -33,7 +33,9 @@ def _call(f, t):
 @pytest.fixture
 def small_chunks(monkeypatch):
     # Chunks of 16 (the smallest tl.dot tile), so that T = 33 spans three chunks, the last one partial.
-    monkeypatch.setattr(importlib.import_module("seqzoo.kernels.ssd.triton"), "CHUNK", 16)
+    module = importlib.import_module("seqzoo.kernels.ssd.triton")
+    monkeypatch.setattr(module, "CHUNK", 16)
+    monkeypatch.setattr(module, "CHUNK_FP32", 16)
 
 
 @pytest.mark.parametrize("length, dtype", CASES, ids=CASE_IDS)
@@ -49,7 +51,7 @@ def test_parity(length, dtype, small_chunks):
 
 def test_parity_default_chunk_without_optional_inputs():
     fn = triton_kernel("ssd")
-    inputs = _inputs(1, 70, 2, 16, 1, 16, seed=3, with_optional=False)  # 64-step chunks: one full, one partial
+    inputs = _inputs(1, 70, 2, 16, 1, 16, seed=3, with_optional=False)  # float32: 32-step chunks, the last partial
     backend, reference = leaves(inputs, torch.float32, low_precision=())
     check_parity("ssd plain", fn, get_kernel("ssd", "reference"), backend, reference, _call, torch.float32,
                  out_dtype=torch.float32)

@@ -128,7 +128,8 @@ def _conv_bwd_dx_kernel(ds_ptr, w_ptr, dx_ptr, dinit_ptr, length, channels,
 
 def _blocks(length: int, channels: int) -> tuple[int, int]:
     # Short calls (decoding: T = 1) use a small time block so that no work is spent on masked rows.
-    block_t = min(64, triton.next_power_of_2(max(length, 1)))
+    # (16, 128) tiles: the backward's recomputed windows of larger tiles spill registers (ptxas, sm_90).
+    block_t = min(16, triton.next_power_of_2(max(length, 1)))
     block_d = min(128, max(16, triton.next_power_of_2(channels)))
     return block_t, block_d
 

@@ -18,9 +18,10 @@ group) and of dA, dD:
   4. ``_ssd_chunk_bwd_kernel``, all chunks in parallel: dx, ddt, dB, dC, dA, dD of one chunk from its start state
      and end-state gradient, including the gradient through the decays (a reverse cumulative sum of d cs).
 
-Chunks are CHUNK steps regardless of ``chunk_size`` (a tile size here, not a semantic choice: results agree up to
-rounding). A partial last chunk is padded with dt = 0, the identity step. Products run on tensor cores in the
-input dtype (bf16/fp16 operands, float32 accumulation); float32 inputs use exact float32 ("ieee") dots.
+Chunks are CHUNK steps (CHUNK_FP32 for float32 inputs) regardless of ``chunk_size`` (a tile size here, not a
+semantic choice: results agree up to rounding). A partial last chunk is padded with dt = 0, the identity step.
+Products run on tensor cores in the input dtype (bf16/fp16 operands, float32 accumulation); float32 inputs use
+exact float32 ("ieee") dots.
 """
 
 from __future__ import annotations
@@ -31,7 +32,11 @@ import triton.language as tl
 
 from .reference import check_inputs
 
-CHUNK = 64  # untuned (no GPU was available when this was written)
+# Chunk lengths (untuned: no GPU was available when this was written). float32 inputs use shorter chunks: exact
+# float32 dots need about twice the shared memory and registers of bf16 ones, and 64-step chunks would need 182 KB of
+# shared memory at N = 128 in the chunk backward (ptxas, sm_90), more than an A100 has.
+CHUNK = 64
+CHUNK_FP32 = 32
 STEP_BLOCK_P = 16
 
 
@@ -282,6 +287,10 @@ def _tiles(head_dim, state_size):
     return block_p, block_p_full, block_n
 
 
+def _chunk(x):
+    return CHUNK_FP32 if x.dtype == torch.float32 else CHUNK
+
+
 def _dot_config(x):
     return _DOT_DTYPES[x.dtype], "ieee" if x.dtype == torch.float32 else "tf32"
 
@@ -289,7 +298,8 @@ def _dot_config(x):
 def _forward(x, dt, A, B, C, D, h0):
     batch, length, heads, head_dim, state_size, per_group = _dims(x, B)
     block_p, _, block_n = _tiles(head_dim, state_size)
-    num_chunks = triton.cdiv(length, CHUNK)
+    chunk = _chunk(x)
+    num_chunks = triton.cdiv(length, chunk)
     dot_dtype, precision = _dot_config(x)
     dev = x.device
     states = torch.empty(batch * heads, num_chunks, head_dim, state_size, device=dev, dtype=torch.float32)
@@ -297,13 +307,13 @@ def _forward(x, dt, A, B, C, D, h0):
     common = (length, heads, head_dim, state_size, per_group, num_chunks)
     _ssd_states_kernel[(triton.cdiv(head_dim, block_p), batch * heads)](
         x, dt, A, B, h0, states, hT, *common, *x.stride(), *dt.stride(), *B.stride(),
-        L=CHUNK, BP=block_p, BN=block_n, HAS_H0=h0 is not None, DOT_DTYPE=dot_dtype, PRECISION=precision,
+        L=chunk, BP=block_p, BN=block_n, HAS_H0=h0 is not None, DOT_DTYPE=dot_dtype, PRECISION=precision,
         EMULATE=_INTERPRETED,
     )
     y = torch.empty(batch, length, heads, head_dim, device=dev, dtype=x.dtype)
     _ssd_output_kernel[(num_chunks, triton.cdiv(head_dim, block_p), batch * heads)](
         x, dt, A, B, C, D, states, y, *common, *x.stride(), *dt.stride(), *B.stride(), *C.stride(),
-        L=CHUNK, BP=block_p, BN=block_n, HAS_D=D is not None, DOT_DTYPE=dot_dtype, PRECISION=precision,
+        L=chunk, BP=block_p, BN=block_n, HAS_D=D is not None, DOT_DTYPE=dot_dtype, PRECISION=precision,
         EMULATE=_INTERPRETED,
         num_warps=8,
     )
@@ -323,6 +333,7 @@ class _SSDFn(torch.autograd.Function):
         batch, length, heads, head_dim, state_size, per_group = _dims(x, B)
         block_p, block_p_full, block_n = _tiles(head_dim, state_size)
         num_chunks = states.shape[1]
+        chunk = _chunk(x)
         dot_dtype, precision = _dot_config(x)
         dev, f32 = x.device, torch.float32
         if dy is None:
@@ -332,7 +343,7 @@ class _SSDFn(torch.autograd.Function):
         dh0 = torch.empty(batch, heads, head_dim, state_size, device=dev, dtype=f32)
         _ssd_dstates_kernel[(triton.cdiv(head_dim, block_p), batch * heads)](
             dy, dt, A, C, dhT, dstates, dh0, *common, *dy.stride(), *dt.stride(), *C.stride(),
-            L=CHUNK, BP=block_p, BN=block_n, HAS_DHT=dhT is not None, DOT_DTYPE=dot_dtype, PRECISION=precision,
+            L=chunk, BP=block_p, BN=block_n, HAS_DHT=dhT is not None, DOT_DTYPE=dot_dtype, PRECISION=precision,
         EMULATE=_INTERPRETED,
         )
         dx = torch.empty(batch, length, heads, head_dim, device=dev, dtype=f32)
@@ -344,7 +355,7 @@ class _SSDFn(torch.autograd.Function):
         _ssd_chunk_bwd_kernel[(num_chunks, batch * heads)](
             x, dt, A, B, C, D, dy, states, dstates, dx, ddt, dB_heads, dC_heads, dA_part, dD_part, *common,
             *x.stride(), *dt.stride(), *B.stride(), *C.stride(), *dy.stride(),
-            L=CHUNK, BP=block_p_full, BN=block_n, HAS_D=D is not None, DOT_DTYPE=dot_dtype, PRECISION=precision,
+            L=chunk, BP=block_p_full, BN=block_n, HAS_D=D is not None, DOT_DTYPE=dot_dtype, PRECISION=precision,
         EMULATE=_INTERPRETED,
             num_warps=8,
         )
@@ -374,7 +385,7 @@ def _step(x, dt, A, B, C, D, h0):
 
 def ssd(x, dt, A, B, C, D=None, *, initial_state=None, chunk_size=64):
     """Mamba-2 SSD over (B, T, H, P); returns (y, final_state). Formulas in ``reference.py``; ``chunk_size`` is
-    accepted for signature parity, the kernels use chunks of CHUNK steps."""
+    accepted for signature parity, the kernels use chunks of CHUNK (CHUNK_FP32 for float32) steps."""
     check_inputs(x, dt, A, B, C, D, initial_state)
     batch, length, heads, head_dim = x.shape
     h0 = initial_state.float().contiguous() if initial_state is not None else None
