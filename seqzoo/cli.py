@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 # Modules that add sub-commands: each has ``register(subparsers)``; missing ones are skipped (optional features).
-COMMAND_MODULES: list[str] = ["seqzoo.conversions.cli", "seqzoo.hub.cli", "seqzoo.training.cli"]
+COMMAND_MODULES: list[str] = ["seqzoo.conversions.cli", "seqzoo.hub.cli", "seqzoo.training.cli", "seqzoo.lab.cli"]
 
 
 def parse_overrides(items: list[str]) -> dict[str, Any]:
