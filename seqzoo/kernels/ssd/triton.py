@@ -15,8 +15,9 @@ Backward, two kernels, all in Triton; torch only sums the per-head partials of d
 group) and of dA, dD:
   3. ``_ssd_dstates_kernel``, sequential over chunks in reverse: the gradient of each chunk's end state,
      dS_start = exp(cs_{L-1}) dS_end + (exp(cs) dy)^T C, and d initial_state.
-  4. ``_ssd_chunk_bwd_kernel``, all chunks in parallel: dx, ddt, dB, dC, dA, dD of one chunk from its start state
-     and end-state gradient, including the gradient through the decays (a reverse cumulative sum of d cs).
+  4. ``_ssd_chunk_bwd_kernel``, all chunks in parallel, launched twice (dx, ddt, dA, dD; then dB, dC): the
+     gradients of one chunk from its start state and end-state gradient, including the gradient through the decays
+     (a reverse cumulative sum of d cs).
 
 Chunks are CHUNK steps (CHUNK_FP32 for float32 inputs) regardless of ``chunk_size`` (a tile size here, not a
 semantic choice: results agree up to rounding). A partial last chunk is padded with dt = 0, the identity step.
@@ -168,8 +169,10 @@ def _ssd_chunk_bwd_kernel(x_ptr, dt_ptr, A_ptr, b_ptr, c_ptr, D_ptr, dy_ptr, sta
                           sxb, sxt, sxh, sxp, sdb, sdt, sdh, sbb, sbt, sbg, sbn, scb, sct, scg, scn,
                           sgb, sgt, sgh, sgp,
                           L: tl.constexpr, BP: tl.constexpr, BN: tl.constexpr, HAS_D: tl.constexpr,
-                          DOT_DTYPE: tl.constexpr, PRECISION: tl.constexpr, EMULATE: tl.constexpr):
-    # One chunk of one (batch, head), the whole head dim (BP >= P): gradients of everything the chunk read.
+                          DOT_DTYPE: tl.constexpr, PRECISION: tl.constexpr, EMULATE: tl.constexpr,
+                          PART: tl.constexpr):
+    # One chunk of one (batch, head), the whole head dim (BP >= P). Launched twice: PART 0 computes dx, ddt, dA,
+    # dD; PART 1 dB, dC. Split so that fewer (L, L) and (L, N) tiles are live at once (register spills).
     c, pid_bh = tl.program_id(0), tl.program_id(1)
     bidx, h = pid_bh // heads, pid_bh % heads
     g = h // heads_per_group
@@ -190,54 +193,53 @@ def _ssd_chunk_bwd_kernel(x_ptr, dt_ptr, A_ptr, b_ptr, c_ptr, D_ptr, dy_ptr, sta
 
     decay_in = tl.exp(cs)  # (L,) from the chunk start to step l
     decay_out = tl.exp(cs_last - cs)  # (L,) from step l to the chunk end
+    w_out = dt * decay_out
     causal = idx[:, None] >= idx[None, :]
     E = tl.exp(tl.where(causal, cs[:, None] - cs[None, :], float("-inf")))  # (L, L)
-    CB = _mm(cm, tl.trans(bm), DOT_DTYPE, PRECISION, EMULATE)  # (L, L)
     G = _mm(dy, tl.trans(x), DOT_DTYPE, PRECISION, EMULATE)  # (L, L): dy_l . x_s
-    M0 = CB * E
-    Q = M0 * G * dt[None, :]  # (L, L): d y_l . (intra term s -> l), the quantity whose log-decay gradient we need
-
-    # Intra-chunk term y_l += sum_s M0[l, s] dt_s x_s.
-    dx = dt[:, None] * _mm(tl.trans(M0), dy, DOT_DTYPE, PRECISION, EMULATE)  # (L, P)
-    ddt = tl.sum(M0 * G, axis=0)  # (L,) over l, for each s
-    dCB = E * G * dt[None, :]
-    dC = _mm(dCB, bm, DOT_DTYPE, PRECISION, EMULATE)  # (L, N)
-    dB = _mm(tl.trans(dCB), cm, DOT_DTYPE, PRECISION, EMULATE)  # (L, N)
-    dcs = tl.sum(Q, axis=1) - tl.sum(Q, axis=0)
-
-    # Inter-chunk term y_l += exp(cs_l) C_l S^T.
-    dyS = _mm(dy, S, DOT_DTYPE, PRECISION, EMULATE)  # (L, N)
-    dC += decay_in[:, None] * dyS
-    dcs += decay_in * tl.sum(dyS * cm, axis=1)
-
-    # End state S_end = exp(cs_last) S + sum_s decay_out_s dt_s x_s (outer) B_s.
-    BdS = _mm(bm, tl.trans(dS), DOT_DTYPE, PRECISION, EMULATE)  # (L, P): dS B_s
-    w_out = dt * decay_out
-    dx += w_out[:, None] * BdS
-    dB += w_out[:, None] * _mm(x, dS, DOT_DTYPE, PRECISION, EMULATE)
-    R = decay_out * tl.sum(x * BdS, axis=1)  # (L,): d S_end . (x_s outer B_s) exp(cs_last - cs_s)
-    ddt += R
-    dcs -= dt * R
-    dcs += tl.where(idx == L - 1, tl.sum(dt * R, axis=0) + tl.exp(cs_last) * tl.sum(tl.sum(dS * S, axis=1), axis=0),
-                    0.0)
-
-    if HAS_D:
-        Dh = tl.load(D_ptr + h).to(tl.float32)
-        dx += Dh * dy
-        tl.store(dD_ptr + pid_bh * num_chunks + c, tl.sum(tl.sum(dy * x, axis=1), axis=0))
-    # cs_l = sum_{j<=l} dt_j A: the gradient of dt_j A is the reverse cumulative sum of dcs.
-    d_dtA = tl.cumsum(dcs, axis=0, reverse=True)
-    ddt += A * d_dtA
-    tl.store(dA_ptr + pid_bh * num_chunks + c, tl.sum(dt * d_dtA, axis=0))
-
     in_t = t < length
-    tl.store(dx_ptr + ((bidx * length + t[:, None]) * heads + h) * head_dim + p[None, :], dx,
-             mask=in_t[:, None] & (p[None, :] < head_dim))
-    tl.store(ddt_ptr + (bidx * length + t) * heads + h, ddt, mask=in_t)
-    per_head = ((bidx * length + t[:, None]) * heads + h) * state_size + n[None, :]  # (B, T, H, N) buffers
-    m_tn = in_t[:, None] & (n[None, :] < state_size)
-    tl.store(dB_ptr + per_head, dB, mask=m_tn)
-    tl.store(dC_ptr + per_head, dC, mask=m_tn)
+
+    if PART == 0:
+        # dx, ddt (through dt directly and through the decays), dA, dD.
+        M0 = _mm(cm, tl.trans(bm), DOT_DTYPE, PRECISION, EMULATE) * E  # (L, L): (C_l . B_s) exp(cs_l - cs_s)
+        # Intra-chunk term y_l += sum_s M0[l, s] dt_s x_s.
+        dx = dt[:, None] * _mm(tl.trans(M0), dy, DOT_DTYPE, PRECISION, EMULATE)  # (L, P)
+        Q = M0 * G  # (L, L)
+        ddt = tl.sum(Q, axis=0)  # (L,) over l, for each s
+        Q = Q * dt[None, :]  # d y_l . (intra term s -> l): its log-decay gradient is +Q at l, -Q at s
+        dcs = tl.sum(Q, axis=1) - tl.sum(Q, axis=0)
+        # Inter-chunk term y_l += exp(cs_l) C_l S^T.
+        dcs += decay_in * tl.sum(_mm(dy, S, DOT_DTYPE, PRECISION, EMULATE) * cm, axis=1)
+        # End state S_end = exp(cs_last) S + sum_s decay_out_s dt_s x_s (outer) B_s.
+        BdS = _mm(bm, tl.trans(dS), DOT_DTYPE, PRECISION, EMULATE)  # (L, P): dS B_s
+        dx += w_out[:, None] * BdS
+        R = decay_out * tl.sum(x * BdS, axis=1)  # (L,): d S_end . (x_s outer B_s) exp(cs_last - cs_s)
+        ddt += R
+        dcs -= dt * R
+        dcs += tl.where(idx == L - 1,
+                        tl.sum(dt * R, axis=0) + tl.exp(cs_last) * tl.sum(tl.sum(dS * S, axis=1), axis=0), 0.0)
+        if HAS_D:
+            Dh = tl.load(D_ptr + h).to(tl.float32)
+            dx += Dh * dy
+            tl.store(dD_ptr + pid_bh * num_chunks + c, tl.sum(tl.sum(dy * x, axis=1), axis=0))
+        # cs_l = sum_{j<=l} dt_j A: the gradient of dt_j A is the reverse cumulative sum of dcs.
+        d_dtA = tl.cumsum(dcs, axis=0, reverse=True)
+        ddt += A * d_dtA
+        tl.store(dA_ptr + pid_bh * num_chunks + c, tl.sum(dt * d_dtA, axis=0))
+        tl.store(dx_ptr + ((bidx * length + t[:, None]) * heads + h) * head_dim + p[None, :], dx,
+                 mask=in_t[:, None] & (p[None, :] < head_dim))
+        tl.store(ddt_ptr + (bidx * length + t) * heads + h, ddt, mask=in_t)
+    else:
+        # dB, dC of this head (summed over the heads of a group in torch).
+        dCB = E * G * dt[None, :]  # (L, L)
+        dC = _mm(dCB, bm, DOT_DTYPE, PRECISION, EMULATE)  # (L, N)
+        dC += decay_in[:, None] * _mm(dy, S, DOT_DTYPE, PRECISION, EMULATE)
+        dB = _mm(tl.trans(dCB), cm, DOT_DTYPE, PRECISION, EMULATE)  # (L, N)
+        dB += w_out[:, None] * _mm(x, dS, DOT_DTYPE, PRECISION, EMULATE)
+        per_head = ((bidx * length + t[:, None]) * heads + h) * state_size + n[None, :]  # (B, T, H, N) buffers
+        m_tn = in_t[:, None] & (n[None, :] < state_size)
+        tl.store(dB_ptr + per_head, dB, mask=m_tn)
+        tl.store(dC_ptr + per_head, dC, mask=m_tn)
 
 
 @triton.jit
@@ -352,13 +354,13 @@ class _SSDFn(torch.autograd.Function):
         dC_heads = torch.empty_like(dB_heads)
         dA_part = torch.empty(batch, heads, num_chunks, device=dev, dtype=f32)
         dD_part = torch.empty_like(dA_part) if D is not None else None
-        _ssd_chunk_bwd_kernel[(num_chunks, batch * heads)](
-            x, dt, A, B, C, D, dy, states, dstates, dx, ddt, dB_heads, dC_heads, dA_part, dD_part, *common,
-            *x.stride(), *dt.stride(), *B.stride(), *C.stride(), *dy.stride(),
-            L=chunk, BP=block_p_full, BN=block_n, HAS_D=D is not None, DOT_DTYPE=dot_dtype, PRECISION=precision,
-        EMULATE=_INTERPRETED,
-            num_warps=8,
-        )
+        for part in (0, 1):
+            _ssd_chunk_bwd_kernel[(num_chunks, batch * heads)](
+                x, dt, A, B, C, D, dy, states, dstates, dx, ddt, dB_heads, dC_heads, dA_part, dD_part, *common,
+                *x.stride(), *dt.stride(), *B.stride(), *C.stride(), *dy.stride(),
+                L=chunk, BP=block_p_full, BN=block_n, HAS_D=D is not None, DOT_DTYPE=dot_dtype,
+                PRECISION=precision, EMULATE=_INTERPRETED, PART=part, num_warps=8,
+            )
         groups = heads // per_group
         dB = dB_heads.view(batch, length, groups, per_group, state_size).sum(3)
         dC = dC_heads.view(batch, length, groups, per_group, state_size).sum(3)
