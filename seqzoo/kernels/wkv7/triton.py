@@ -66,17 +66,27 @@ def _wkv7_fwd_kernel(r_ptr, w_ptr, k_ptr, v_ptr, a_ptr, b_ptr, h0_ptr, y_ptr, hT
         S = tl.load(h0_ptr + state_off, mask=m_vk, other=0.0)
     else:
         S = tl.zeros((BV, BK), dtype=tl.float32)
+    row = bidx * length * heads + h  # inputs: contiguous (B, T, H, K) and (B, T, H, V); row of step t = row + t*H
+    r, w, k, a, b, v = _load_step(r_ptr, w_ptr, k_ptr, a_ptr, b_ptr, v_ptr,
+                                  row * key_dim + ki, row * value_dim + vi, mk, mv)
     for t in range(0, length):
         if SAVE:
             if t % CKPT == 0:
                 ckpt = ((pid_bh * num_ckpts + t // CKPT) * value_dim + vi[:, None]) * key_dim + ki[None, :]
                 tl.store(ckpt_ptr + ckpt, S, mask=m_vk)
-        row = (bidx * length + t) * heads + h  # inputs: contiguous (B, T, H, K) and (B, T, H, V)
-        r, w, k, a, b, v = _load_step(r_ptr, w_ptr, k_ptr, a_ptr, b_ptr, v_ptr,
-                                      row * key_dim + ki, row * value_dim + vi, mk, mv)
+        # Issue the next step's loads before this step's arithmetic, so that their latency overlaps it: the loop
+        # is a chain of T dependent steps, bound by latency rather than bandwidth (Triton does not pipeline these
+        # vector loads by itself; checked in the PTX).
+        nxt = row + heads
+        more_k = mk & (tl.full((BK,), t + 1, tl.int32) < length)
+        more_v = mv & (tl.full((BV,), t + 1, tl.int32) < length)
+        r_n, w_n, k_n, a_n, b_n, v_n = _load_step(r_ptr, w_ptr, k_ptr, a_ptr, b_ptr, v_ptr,
+                                                  nxt * key_dim + ki, nxt * value_dim + vi, more_k, more_v)
         S = _update(S, w, k, a, b, v)
         y = tl.sum(S * r[None, :], axis=1)
         tl.store(y_ptr + row * value_dim + vi, y.to(y_ptr.dtype.element_ty), mask=mv)
+        row = nxt
+        r, w, k, a, b, v = r_n, w_n, k_n, a_n, b_n, v_n
     tl.store(hT_ptr + state_off, S, mask=m_vk)
 
 
