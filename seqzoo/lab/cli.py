@@ -70,8 +70,8 @@ def cmd_gradients(args: argparse.Namespace) -> int:
     print(table)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    text = (f"# Gradient reach at initialisation\n\n‖∂ loss(last position) / ∂ input embedding(t)‖ over {args.length} "
-            f"random bytes, seed {seed}, relative to distance 0.\n\n")
+    text = (f"# Gradient reach at initialisation\n\n‖∂ loss(last position) / ∂ input embedding(t)‖ over "
+            f"{args.length} random bytes, seed {seed}, relative to distance 0.\n\n")
     if plots.matplotlib_available():
         plots.gradient_plot({"at initialisation": profiles}, out / "gradients.png")
         text += "![gradient norm against distance](gradients.png)\n\n"

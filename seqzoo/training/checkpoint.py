@@ -116,8 +116,9 @@ def read_state(checkpoint: Path) -> dict[str, Any]:
 
 
 def check_same_run(state: dict[str, Any], run_id: str, recipe: dict[str, Any], checkpoint: Path,
-                   num_processes: int) -> None:
-    """Refuse a checkpoint written by a different recipe or a different number of processes."""
+                   num_processes: int, data: dict[str, Any]) -> None:
+    """Refuse a checkpoint written by a different recipe, on different data (a text file that changed since), or
+    by a different number of processes."""
     from seqzoo.training.recipe import trajectory_fields
 
     if state.get("run_id") != run_id:
@@ -128,6 +129,14 @@ def check_same_run(state: dict[str, Any], run_id: str, recipe: dict[str, Any], c
         raise ValueError(
             f"--resume: {str(checkpoint)!r} belongs to another run (run id {state.get('run_id')!r}, this recipe is "
             f"{run_id!r}). Fields that differ: {'; '.join(differ) or 'unknown (no recipe stored)'}"
+        )
+    if state.get("data") != data:
+        theirs = state.get("data", {})
+        differ = [f"{k}: {theirs.get(k)!r} (checkpoint) vs {data.get(k)!r} (now)"
+                  for k in sorted(set(theirs) | set(data)) if theirs.get(k) != data.get(k)]
+        raise ValueError(
+            f"--resume: the training data changed since {str(checkpoint)!r} was written, so its data position means "
+            f"nothing now: {'; '.join(differ)}"
         )
     if state.get("num_processes") != num_processes:
         raise ValueError(

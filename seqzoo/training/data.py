@@ -162,6 +162,10 @@ class MemoryTask:
         targets = torch.where(answer[:, 1:], seq[:, 1:], IGNORE)
         return seq[:, :-1].contiguous(), targets
 
+    def position(self, samples_seen: int) -> dict[str, int]:
+        """Where training stands in the data (each step draws fresh samples: there are no epochs)."""
+        return {"samples_seen": samples_seen}
+
     def train_batch(self, step: int, batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
         gen = _generator(self.seed, step)
         choice = torch.randint(len(self.distances), (batch_size,), generator=gen)
@@ -216,6 +220,11 @@ class TokenStream:
     def _window(self, tokens: torch.Tensor, index: int) -> torch.Tensor:
         start = index * self.seq_len
         return tokens[start:start + self.seq_len + 1].long()
+
+    def position(self, samples_seen: int) -> dict[str, int]:
+        """Where training stands in the data: the epoch, and how far into that epoch's seeded sample order."""
+        epoch, index = divmod(samples_seen, self.num_samples)
+        return {"samples_seen": samples_seen, "epoch": epoch, "index_in_epoch": index}
 
     def train_batch(self, step: int, batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
         rows = []

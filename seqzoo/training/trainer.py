@@ -35,7 +35,7 @@ from seqzoo.training.checkpoint import (
     save_checkpoint,
 )
 from seqzoo.training.data import IGNORE, MemoryTask, build_data
-from seqzoo.training.grad_health import EXPLODING, GradientHealth
+from seqzoo.training.grad_health import EXPLODING, OK, GradientHealth
 from seqzoo.training.recipe import Recipe
 from seqzoo.training.tbptt import backward_sequence, check_tbptt_supported, chunked_forward, token_loss_sum, unwrap
 
@@ -137,8 +137,10 @@ def evaluate(model: Any, eval_sets: dict[str, tuple[torch.Tensor, torch.Tensor]]
 
 
 def _eval_figures(sums: torch.Tensor) -> dict[str, float]:
-    loss = float(sums[0] / max(float(sums[2]), 1.0))
-    return {"loss": loss, "perplexity": math.exp(min(loss, 50.0)), "accuracy": float(sums[1] / max(float(sums[2]), 1.0)),
+    """(summed loss, correct, scored) -> mean loss, perplexity (capped so a diverged run still prints), accuracy."""
+    scored = max(float(sums[2]), 1.0)
+    loss = float(sums[0]) / scored
+    return {"loss": loss, "perplexity": math.exp(min(loss, 50.0)), "accuracy": float(sums[1]) / scored,
             "scored_tokens": int(sums[2])}
 
 
@@ -208,14 +210,14 @@ def _run(recipe: Recipe, accelerator: Any, model: Any, optimizer: Any, scheduler
     from tqdm.auto import tqdm
 
     t = recipe.train
-    world, rank = accelerator.num_processes, accelerator.process_index
+    world = accelerator.num_processes
     run_id = recipe.run_id
     health = GradientHealth(t.vanishing_grad_norm, t.exploding_grad_norm)
     step, tokens_seen = 0, 0
     history: list[dict[str, Any]] = []
     if checkpoint is not None:
         state = read_state(checkpoint)
-        check_same_run(state, run_id, recipe.to_dict(), checkpoint, world)
+        check_same_run(state, run_id, recipe.to_dict(), checkpoint, world, data.describe())
         accelerator.load_state(str(checkpoint))
         step, tokens_seen = state["step"], state["tokens_seen"]
         health.load_state_dict(state["grad_health"])
@@ -227,85 +229,48 @@ def _run(recipe: Recipe, accelerator: Any, model: Any, optimizer: Any, scheduler
         metrics_path.write_text("".join(json.dumps(row) + "\n" for row in history))
 
     chunk = t.tbptt_chunk
+    eval_chunk = chunk if _is_recurrent(model) else 0
     eval_sets = data.eval_sets()
     model.train()
-    bar = tqdm(total=t.max_steps, initial=step, disable=not (progress and accelerator.is_main_process),
-               desc=recipe.name, dynamic_ncols=True)
+    talk = progress and accelerator.is_main_process
+    bar = tqdm(total=t.max_steps, initial=step, disable=not talk, desc=recipe.name, dynamic_ncols=True)
     train_seconds, train_tokens = 0.0, 0
     last_eval: dict[str, Any] | None = None
     while step < t.max_steps:
         started = time.perf_counter()
         inputs, targets = data.train_batch(step, t.batch_size)  # (B, T) global batch
-        scored = int((targets != IGNORE).sum())
-        rows = slice(rank * micro_batch * t.gradient_accumulation_steps,
-                     (rank + 1) * micro_batch * t.gradient_accumulation_steps)
-        local_inputs, local_targets = inputs[rows], targets[rows]
-        sums = torch.zeros(2, device=accelerator.device)  # summed loss, correct predictions (this process)
-        for micro in range(t.gradient_accumulation_steps):
-            part = slice(micro * micro_batch, (micro + 1) * micro_batch)
-            loss_sum, correct = backward_sequence(
-                model,
-                local_inputs[part].to(accelerator.device),
-                local_targets[part].to(accelerator.device),
-                chunk,
-                loss_scale=world / max(scored, 1),
-                backward=accelerator.backward,
-                sync_last=lambda last: nullcontext() if last else accelerator.no_sync(model),
-                last_micro_batch=micro == t.gradient_accumulation_steps - 1,
-            )
-            sums += torch.stack([loss_sum, correct.float()])
-        # max_norm=inf measures the norm without clipping.
-        grad_norm = float(accelerator.clip_grad_norm_(model.parameters(), recipe.optim.max_grad_norm or math.inf))
-        flag = health.record(step + 1, grad_norm)
-        # Under fp16 the gradient scaler already skips steps with inf/NaN gradients (and lowers its scale).
-        skipped = t.skip_nonfinite_steps and not math.isfinite(grad_norm) and t.mixed_precision != "fp16"
-        lr = scheduler.get_last_lr()[0]
-        if not skipped:
-            optimizer.step()
-        scheduler.step()
-        optimizer.zero_grad(set_to_none=True)
+        row = _train_step(recipe, accelerator, model, optimizer, scheduler, inputs, targets, micro_batch, health,
+                          step)
         step += 1
         tokens_seen += inputs.numel()
-        sums = accelerator.reduce(sums, "sum")
         train_seconds += time.perf_counter() - started
         train_tokens += inputs.numel()
-
-        row = {"step": step, "loss": float(sums[0]) / max(scored, 1), "lr": lr, "grad_norm": grad_norm,
-               "grad_flag": flag, "tokens_seen": tokens_seen}
-        if isinstance(data, MemoryTask):
-            row["accuracy"] = float(sums[1]) / max(scored, 1)
-        if skipped:
-            row["skipped"] = True
-        history.append(row)
-        if accelerator.is_main_process:
-            with metrics_path.open("a") as handle:
-                handle.write(json.dumps(row) + "\n")
+        row = {"step": step, **row, "tokens_seen": tokens_seen}
+        if not isinstance(data, MemoryTask):
+            row.pop("accuracy")  # next-byte accuracy of text says little; the eval reports it anyway
+        _record(row, history, metrics_path, accelerator)
         bar.update(1)
-        bar.set_postfix(loss=f"{row['loss']:.4f}", lr=f"{lr:.2e}", gnorm=f"{grad_norm:.2g}", refresh=False)
-        talk = progress and accelerator.is_main_process
-        if talk and (step % t.log_every == 0 or flag == EXPLODING):
-            bar.write(f"step {step}/{t.max_steps}  loss {row['loss']:.4f}  lr {lr:.3e}  grad_norm {grad_norm:.3g}"
-                      + (f"  [{flag}]" if flag != "ok" else ""))
+        bar.set_postfix(loss=f"{row['loss']:.4f}", lr=f"{row['lr']:.2e}", gnorm=f"{row['grad_norm']:.2g}",
+                        refresh=False)
+        if talk and (step % t.log_every == 0 or row["grad_flag"] == EXPLODING):
+            bar.write(f"step {step}/{t.max_steps}  loss {row['loss']:.4f}  lr {row['lr']:.3e}  grad_norm "
+                      f"{row['grad_norm']:.3g}" + (f"  [{row['grad_flag']}]" if row["grad_flag"] != OK else ""))
         if (t.eval_every and step % t.eval_every == 0) or step == t.max_steps:
-            last_eval = evaluate(model, eval_sets, accelerator, micro_batch, chunk if _is_recurrent(model) else 0)
-            eval_row = {"step": step, "eval": last_eval}
-            history.append(eval_row)
-            if accelerator.is_main_process:
-                with metrics_path.open("a") as handle:
-                    handle.write(json.dumps(eval_row) + "\n")
+            last_eval = evaluate(model, eval_sets, accelerator, micro_batch, eval_chunk)
+            _record({"step": step, "eval": last_eval}, history, metrics_path, accelerator)
             if talk:
                 bar.write(f"step {step}/{t.max_steps}  eval loss {last_eval['loss']:.4f}  "
                           f"perplexity {last_eval['perplexity']:.3f}  accuracy {last_eval['accuracy']:.3f}")
         if t.save_every and step % t.save_every == 0:
             save_checkpoint(accelerator, run_dir, step, {
                 "run_id": run_id, "recipe": recipe.to_dict(), "step": step, "tokens_seen": tokens_seen,
-                "samples_seen": step * t.batch_size, "data": data.describe(), "num_processes": world,
-                "grad_health": health.state_dict(),
+                "data_position": data.position(step * t.batch_size), "data": data.describe(),
+                "num_processes": world, "grad_health": health.state_dict(),
             }, keep=t.save_total_limit)
     bar.close()
 
     if last_eval is None:  # resumed from the final checkpoint: nothing left to train
-        last_eval = evaluate(model, eval_sets, accelerator, micro_batch, chunk if _is_recurrent(model) else 0)
+        last_eval = evaluate(model, eval_sets, accelerator, micro_batch, eval_chunk)
     if save_model:
         final_model = _save_final(accelerator, model, recipe, data, run_dir, step, tokens_seen, last_eval, health)
     else:
@@ -314,6 +279,54 @@ def _run(recipe: Recipe, accelerator: Any, model: Any, optimizer: Any, scheduler
                        grad_health=health.summary(),
                        train_tokens_per_second=train_tokens / train_seconds if train_seconds else 0.0,
                        history=history, model=final_model, is_main_process=accelerator.is_main_process)
+
+
+def _train_step(recipe: Recipe, accelerator: Any, model: Any, optimizer: Any, scheduler: Any,
+                inputs: torch.Tensor, targets: torch.Tensor, micro_batch: int, health: GradientHealth,
+                step: int) -> dict[str, Any]:
+    """One optimizer step on the global batch (inputs, targets); returns the figures logged for it."""
+    t = recipe.train
+    world, rank = accelerator.num_processes, accelerator.process_index
+    scored = int((targets != IGNORE).sum())
+    local = slice(rank * micro_batch * t.gradient_accumulation_steps,
+                  (rank + 1) * micro_batch * t.gradient_accumulation_steps)
+    sums = torch.zeros(2, device=accelerator.device)  # summed loss, correct predictions (this process)
+    for micro in range(t.gradient_accumulation_steps):
+        rows = slice(local.start + micro * micro_batch, local.start + (micro + 1) * micro_batch)
+        loss_sum, correct = backward_sequence(
+            model,
+            inputs[rows].to(accelerator.device),
+            targets[rows].to(accelerator.device),
+            t.tbptt_chunk,
+            loss_scale=world / max(scored, 1),
+            backward=accelerator.backward,
+            sync_last=lambda last: nullcontext() if last else accelerator.no_sync(model),
+            last_micro_batch=micro == t.gradient_accumulation_steps - 1,
+        )
+        sums += torch.stack([loss_sum, correct.float()])
+    # max_norm=inf measures the norm without clipping.
+    grad_norm = float(accelerator.clip_grad_norm_(model.parameters(), recipe.optim.max_grad_norm or math.inf))
+    flag = health.record(step + 1, grad_norm)
+    # Under fp16 the gradient scaler already skips steps with inf/NaN gradients (and lowers its scale).
+    skipped = t.skip_nonfinite_steps and not math.isfinite(grad_norm) and t.mixed_precision != "fp16"
+    lr = scheduler.get_last_lr()[0]
+    if not skipped:
+        optimizer.step()
+    scheduler.step()
+    optimizer.zero_grad(set_to_none=True)
+    sums = accelerator.reduce(sums, "sum")
+    row = {"loss": float(sums[0]) / max(scored, 1), "accuracy": float(sums[1]) / max(scored, 1), "lr": lr,
+           "grad_norm": grad_norm, "grad_flag": flag}
+    if skipped:
+        row["skipped"] = True
+    return row
+
+
+def _record(row: dict[str, Any], history: list[dict[str, Any]], path: Path, accelerator: Any) -> None:
+    history.append(row)
+    if accelerator.is_main_process:
+        with path.open("a") as handle:
+            handle.write(json.dumps(row) + "\n")
 
 
 def _is_recurrent(model: Any) -> bool:

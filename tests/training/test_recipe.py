@@ -70,3 +70,17 @@ def test_run_id_follows_the_trajectory_not_the_bookkeeping():
     assert load_recipe("gru-tiny", {"save_every": 7, "output_dir": "elsewhere", "eval_every": 3}).run_id == base.run_id
     assert load_recipe("gru-tiny", {"lr": 1e-4}).run_id != base.run_id
     assert load_recipe("gru-tiny", {"model.config.dropout": 0.2}).run_id != base.run_id
+
+
+def test_cli_prints_bad_input_plainly(tmp_path, capsys):
+    from seqzoo.cli import main
+
+    assert main(["train", "lstm-pydok"]) == 2
+    assert "error: unknown recipe 'lstm-pydok'" in capsys.readouterr().err
+    assert main(["train", "gru-tiny", "max_steps"]) == 2
+    assert "override 'max_steps' is not of the form key=value" in capsys.readouterr().err
+    assert main(["train", "gru-tiny", "data.source=text", "data.path=" + str(tmp_path / "gone.txt"),
+                 "--output-dir", str(tmp_path / "out")]) == 2
+    assert "data file '" in capsys.readouterr().err
+    assert main(["train", "gru-tiny", "max_steps=7", "--print-recipe"]) == 0
+    assert "max_steps: 7" in capsys.readouterr().out

@@ -138,6 +138,20 @@ def test_resume_refuses_another_runs_checkpoint_and_fresh_runs_refuse_a_used_fol
         train(make_recipe(tmp_path, "c"), resume=str(tmp_path / "nowhere"), progress=False)
 
 
+def test_resume_refuses_a_text_file_that_changed(tmp_path):
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("the quick brown fox jumps over the lazy dog. " * 40)
+    data = {"source": "text", "path": str(corpus), "seq_len": 16, "eval_samples": 2}
+    recipe = make_recipe(tmp_path, "text", data=data, train={"max_steps": 2, "save_every": 2})
+    train(recipe, progress=False)
+    state = json.loads((tmp_path / "text" / "checkpoints" / "checkpoint-2" / "trainer_state.json").read_text())
+    assert state["data_position"] == {"samples_seen": 16, "epoch": 0, "index_in_epoch": 16}
+    corpus.write_text("a different text " * 30)
+    changed = r"the training data changed since .*train_tokens: 1710 \(checkpoint\) vs 485 \(now\)"
+    with pytest.raises(ValueError, match=changed):
+        train(recipe, resume=True, progress=False)
+
+
 def test_bad_batch_split_and_tbptt_on_a_transformer_are_errors(tmp_path):
     with pytest.raises(ValueError, match=r"train.batch_size=6 \(global\) must be divisible by num_processes \(1\) x "
                                          r"gradient_accumulation_steps \(4\) = 4"):
