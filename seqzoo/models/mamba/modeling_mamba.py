@@ -1,5 +1,5 @@
 """Mamba language model: pre-norm residual blocks of selective-scan mixers, numerically aligned with transformers'
-MambaForCausalLM (same block, norms, residual precision and parameter layouts; see conversions/hf_mamba.py).
+MambaForCausalLM (same block, norms, residual precision and parameter layouts; see seqzoo/conversions/hf_mamba.py).
 
 The state of every layer (``conv`` and ``ssm``) lives in a :class:`RecurrentCache`, so decoding costs O(1) per token.
 """

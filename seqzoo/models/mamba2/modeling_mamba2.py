@@ -1,5 +1,5 @@
 """Mamba-2 language model: pre-norm residual blocks of SSD mixers, numerically aligned with transformers'
-Mamba2ForCausalLM (same block, norms, residual precision and parameter layouts; see conversions/hf_mamba.py).
+Mamba2ForCausalLM (same block, norms, residual precision and parameter layouts; see seqzoo/conversions/hf_mamba.py).
 
 The state of every layer (``conv`` and ``ssm``) lives in a :class:`RecurrentCache`, so decoding costs O(1) per token.
 """
