@@ -291,19 +291,20 @@ def load_recipe(source: str, overrides: dict[str, Any] | None = None) -> Recipe:
     import seqzoo
 
     path = Path(source)
-    if path.suffix in (".yaml", ".yml") or path.exists():
+    # A folder that happens to share a preset's name (an output folder, say) is not a recipe file.
+    if path.suffix in (".yaml", ".yml", ".json") or path.is_file():
         if not path.is_file():
             raise ValueError(f"recipe file {str(path)!r} does not exist")
         try:
             values = yaml.safe_load(path.read_text()) or {}
         except yaml.YAMLError as err:
             raise ValueError(f"recipe file {str(path)!r} is not valid YAML: {err}") from err
-        values.setdefault("name", path.stem)
+        default_name = path.stem
     elif source in list_recipes():
         values = yaml.safe_load((RECIPE_DIR / f"{source}.yaml").read_text()) or {}
-        values.setdefault("name", source)
+        default_name = source
     elif source in seqzoo.list_models():
-        values = {"name": f"{source}-pydoc", "model": {"preset": source}}
+        values, default_name = {"model": {"preset": source}}, f"{source}-pydoc"
     else:
         close = difflib.get_close_matches(source, list_recipes() + seqzoo.list_models(), n=3)
         hint = f" Did you mean {', '.join(map(repr, close))}?" if close else ""
@@ -313,6 +314,7 @@ def load_recipe(source: str, overrides: dict[str, Any] | None = None) -> Recipe:
         )
     if not isinstance(values, dict):
         raise ValueError(f"recipe {source!r} must be a mapping of sections, got {type(values).__name__}")
+    values.setdefault("name", default_name)
     for key, value in (overrides or {}).items():
         apply_override(values, key, value)
     return recipe_from_dict(values, source=f"recipe {source!r}")

@@ -62,6 +62,9 @@ def test_unknown_recipe_and_bad_overrides(tmp_path):
     bad.write_text("train: [1, 2\n")
     with pytest.raises(ValueError, match="is not valid YAML"):
         load_recipe(str(bad))
+    bad.write_text("- a list\n- not sections\n")
+    with pytest.raises(ValueError, match="must be a mapping of sections, got list"):
+        load_recipe(str(bad))
 
 
 def test_run_id_follows_the_trajectory_not_the_bookkeeping():
