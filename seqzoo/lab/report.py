@@ -99,16 +99,19 @@ def _gradient_tables(profiles: dict[str, dict[str, list[float]]]) -> str:
     return "\n\n".join(parts)
 
 
+def _run_name(run: dict[str, Any]) -> str:
+    return f"{run['arch']} / {run['task']}" + (f" at distance {run['distance']}" if run["distance"] else "")
+
+
 def _health_and_failures(results: dict[str, Any]) -> str:
     lines = []
     for run in results["runs"]:
         if run["ok"]:
             flagged = {k: v for k, v in run["grad_health"]["flagged_steps"].items() if v}
             if flagged:
-                lines.append(f"- {run['arch']} / {run['task']}: " + ", ".join(f"{v} {k} step(s)"
-                                                                           for k, v in flagged.items()))
+                lines.append(f"- {_run_name(run)}: " + ", ".join(f"{v} {k} step(s)" for k, v in flagged.items()))
     health = "\n".join(lines) or "No run had a vanishing (< 1e-6) or exploding (> 1e3 or non-finite) gradient norm."
-    failures = [f"- **{r['arch']} / {r['task']}** failed: `{r['error']}`" for r in results["runs"] if not r["ok"]]
+    failures = [f"- **{_run_name(r)}** failed: `{r['error']}`" for r in results["runs"] if not r["ok"]]
     text = f"## Gradient health during training\n\n{health}\n"
     if failures:
         text += "\n## Failed runs\n\n" + "\n".join(failures) + "\n"
@@ -164,7 +167,7 @@ trained {cfg['task_steps']} steps of {cfg['batch_size']} sequences over {cfg['sy
 
 {figure(TEXT_PNG, "training loss on text")}{cfg['text_steps']} steps of {cfg['batch_size']} × {cfg['text_seq_len']}
 bytes of `pydoc_data.topics` (the documentation every Python ships with); perplexity per byte on the held-out
-last 5%. The trained models are in `runs/<architecture>/text/` (`seqzoo generate {out.name}/runs/lstm/text "def "`).
+last 5%. The trained models are in `runs/<architecture>/text/` (`seqzoo generate {out}/runs/lstm/text "def "`).
 
 ## Cost at inference
 
