@@ -17,9 +17,11 @@ not use two threads well, and one thread per run makes every figure independent 
 from __future__ import annotations
 
 import json
+import multiprocessing
 import os
 import platform
 import shutil
+import threading
 import time
 import traceback
 from concurrent.futures import ProcessPoolExecutor, as_completed
@@ -136,14 +138,28 @@ def job_recipe(job: dict[str, Any]) -> Any:
     })
 
 
-def run_job(job: dict[str, Any]) -> dict[str, Any]:
-    """Train one lab model; never raises (a failure is a result, reported next to the others)."""
+def _worker_setup() -> None:
+    """A lab worker: CPU (the lab compares architectures on a laptop, also where a GPU exists), one thread."""
     import torch
 
-    from seqzoo.training.trainer import train
-
+    os.environ["ACCELERATE_USE_CPU"] = "true"
     torch.set_num_threads(1)
     _quiet_libraries()
+    threading.Thread(target=_exit_with_parent, args=(os.getppid(),), daemon=True).start()
+
+
+def _exit_with_parent(parent: int) -> None:
+    # A lab killed with SIGTERM/SIGKILL cannot tell its workers; without this each would finish its current run
+    # (minutes) before noticing. Ctrl-C reaches them directly (same process group).
+    while os.getppid() == parent:
+        time.sleep(1.0)
+    os._exit(1)
+
+
+def run_job(job: dict[str, Any]) -> dict[str, Any]:
+    """Train one lab model; never raises (a failure is a result, reported next to the others)."""
+    from seqzoo.training.trainer import train
+
     started = time.perf_counter()
     base = {"arch": job["arch"], "preset": job["preset"], "task": job["task"], "distance": job["distance"]}
     try:
@@ -177,14 +193,9 @@ def _run_jobs(jobs: list[dict[str, Any]], workers: int, log: Callable[[str], Non
         log(f"[{len(results):>{len(str(len(jobs)))}}/{len(jobs)}] {result['arch']:<12} {what:<24} "
             f"{_job_summary(result)}")
 
-    if workers == 1:
-        for job in jobs:
-            report(run_job(job))
-        return results
-    import multiprocessing
-
     # spawn, not fork: a forked copy of a process that already ran torch threads can deadlock.
-    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
+                             initializer=_worker_setup) as pool:
         for future in as_completed([pool.submit(run_job, job) for job in jobs]):
             report(future.result())
     return results
