@@ -76,6 +76,9 @@ class SeqzooPreTrainedModel(PreTrainedModel):
     main_input_name = "input_ids"
     _skip_keys_device_placement = ["past_key_values"]
     is_recurrent = True
+    # A recurrent state cannot be rolled back to an earlier token, so generate() refuses assisted decoding (which
+    # needs that) with a clear error instead of failing deep inside.
+    _is_stateful = True
 
     @classmethod
     def _supports_default_dynamic_cache(cls) -> bool:

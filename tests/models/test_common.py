@@ -191,3 +191,24 @@ def test_state_size_is_reported(family_preset):
     else:
         assert config.kv_bytes_per_token(4) > 0
     json.dumps(config.to_dict())  # configs stay JSON-serialisable
+
+
+def test_generate_continues_from_a_user_cache(family_preset):
+    model = tiny_model(family_preset)
+    ids = torch.tensor([PROMPTS[0]])
+    kwargs = dict(max_new_tokens=5, do_sample=False, pad_token_id=0)
+    expected = model.generate(ids, **kwargs)
+    cache = model(ids[:, :4], use_cache=True).past_key_values
+    assert torch.equal(model.generate(ids, past_key_values=cache, **kwargs), expected)
+
+
+def test_assisted_decoding(family_preset):
+    model = tiny_model(family_preset)
+    ids = torch.tensor([[5, 6, 7, 5, 6, 7]])
+    kwargs = dict(max_new_tokens=4, do_sample=False, pad_token_id=0)
+    if model.is_recurrent:
+        # A recurrent state cannot be cropped back after rejected draft tokens: refused clearly, not mis-decoded.
+        with pytest.raises(ValueError, match="stateful"):
+            model.generate(ids, prompt_lookup_num_tokens=2, **kwargs)
+    else:
+        assert torch.equal(model.generate(ids, prompt_lookup_num_tokens=2, **kwargs), model.generate(ids, **kwargs))

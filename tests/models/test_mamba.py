@@ -67,13 +67,6 @@ def test_generate_continues_from_a_user_cache(model):
         assert cache.get_seq_length() == ids.shape[1] + 4  # the prompt and all but the last new token
 
 
-def test_assisted_decoding_is_refused_clearly(model):
-    # A recurrent state cannot be cropped back after rejected draft tokens.
-    with pytest.raises(ValueError, match="stateful"):
-        model.generate(torch.tensor([[5, 6, 7, 5, 6, 7]]), prompt_lookup_num_tokens=2, max_new_tokens=3,
-                       do_sample=False, pad_token_id=0)
-
-
 def test_decoding_state_is_constant_size(model):
     out = model(torch.tensor([[5, 17, 33]]), use_cache=True)
     cache = out.past_key_values

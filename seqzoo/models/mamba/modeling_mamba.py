@@ -107,8 +107,6 @@ class MambaPreTrainedModel(SeqzooPreTrainedModel):
     config_class = MambaConfig
     supports_gradient_checkpointing = True
     _no_split_modules = ["MambaBlock"]
-    # The state cannot be rolled back to an earlier token, so generate() refuses assisted decoding with a clear error.
-    _is_stateful = True
 
     def _init_weights(self, module: nn.Module) -> None:
         # mamba_ssm's scheme: torch's default init for projections and the convolution, normal embeddings, and the

@@ -60,8 +60,6 @@ class Mamba2PreTrainedModel(SeqzooPreTrainedModel):
     config_class = Mamba2Config
     supports_gradient_checkpointing = True
     _no_split_modules = ["Mamba2Block"]
-    # The state cannot be rolled back to an earlier token, so generate() refuses assisted decoding with a clear error.
-    _is_stateful = True
 
     def _init_weights(self, module: nn.Module) -> None:
         # mamba_ssm's scheme, as for Mamba: torch's default init for projections and the convolution, normal

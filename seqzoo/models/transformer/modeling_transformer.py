@@ -55,6 +55,7 @@ class TransformerBlock(GradientCheckpointingLayer):
 class TransformerPreTrainedModel(SeqzooPreTrainedModel):
     config_class = TransformerConfig
     is_recurrent = False
+    _is_stateful = False
     supports_gradient_checkpointing = True
     _no_split_modules = ["TransformerBlock"]
     _supports_flash_attn = True
