@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 from typing import Any, Callable
 
-# Modules that add sub-commands: each has ``register(subparsers)``; missing ones are skipped (optional features).
+# Modules that add sub-commands, each with ``register(subparsers)``.
 COMMAND_MODULES: list[str] = ["seqzoo.conversions.cli", "seqzoo.hub.cli", "seqzoo.training.cli", "seqzoo.lab.cli"]
 
 
