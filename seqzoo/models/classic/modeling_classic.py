@@ -45,8 +45,9 @@ class ClassicRecurrentPreTrainedModel(SeqzooPreTrainedModel):
                 init.copy_(module.bias_hh, bias_hh)
         elif isinstance(module, nn.Embedding):
             init.normal_(module.weight, mean=0.0, std=config.initializer_range)
-        elif isinstance(module, nn.Linear):
-            init.normal_(module.weight, mean=0.0, std=config.initializer_range)
+        elif isinstance(module, nn.Linear):  # the decoder, when untied: torch.nn.Linear's default bound
+            bound = 1.0 / module.in_features**0.5
+            init.uniform_(module.weight, -bound, bound)
             if module.bias is not None:
                 init.zeros_(module.bias)
 
