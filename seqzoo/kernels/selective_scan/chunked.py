@@ -4,26 +4,30 @@ Same signature and semantics as ``reference.py``. The recurrence is elementwise 
 
     h_t = a_t * h_{t-1} + b_t,   a_t = exp(delta_t A),   b_t = (delta_t u_t) B_t
 
-Forward, per chunk of Q tokens starting from state H (the previous chunk's last state):
+Forward: the sequence is cut into chunks of Q tokens and processed in three passes whose Python loops run over the
+Q positions of a chunk and over the chunks -- never over tokens -- with every chunk advanced at once:
 
-1. a (B, Q, Dm, N) step decays and b (B, Q, Dm, N) writes for the chunk.
-2. Hillis-Steele doubling scan from a zero state, for k = 1, 2, 4, ... < Q:
-   h[t] += a[t] * h[t-k];  a[t] *= a[t-k]   (t >= k).
-   Afterwards a[t] = prod_{j<=t} a_j, the decay from the chunk start, and h[t] the state reached from zero.
-   Products of decays <= 1 only shrink, so nothing is ever divided by a small product.
-3. h[t] += a[t] * H;  y_t = h_t . C_t;  the next chunk starts from h[Q-1].
+1. from a zero state, run the recurrence over the Q positions of all chunks together, step by step (each step one
+   (B, chunks, Dm, N) tensor), giving each chunk's end state E_c as if it started from zero;
+2. pass states across chunks: H_0 = initial state, H_{c+1} = exp(A * sum_{t in c} delta_t) * H_c + E_c;
+3. run the recurrence over the Q positions again, every chunk starting from its true start state H_c, and read
+   y_t = h_t . C_t at each step.
+
+The step decays exp(delta_t A) are recomputed in pass 3 rather than stored: one step's decays for all chunks stay in
+cache, a stored (B, T, Dm, N) tensor does not, and recomputing was measured faster. Q ~ sqrt(T) balances the Q-step
+loops against the chunk loop. Products of decays <= 1 only shrink, so nothing is ever divided by a small product.
 
 Backward (a hand-written ``autograd.Function``, so only chunk-start states are stored): chunks in reverse order,
-recompute the chunk's states from its saved start state, then the adjoint g_t = dL/dh_t by the mirrored doubling scan
-of g_t = gy_t C_t + a_{t+1} g_{t+1}, seeded at the chunk end by the gradient flowing back from the next chunk. Then
+recompute the chunk's states from its saved start state by a Hillis-Steele doubling scan (h[t] += a[t] * h[t-k],
+a[t] *= a[t-k] for k = 1, 2, 4, ...), then the adjoint g_t = dL/dh_t by the mirrored doubling scan of
+g_t = gy_t C_t + a_{t+1} g_{t+1}, seeded at the chunk end by the gradient flowing back from the next chunk. Then
 
     d log a_t = g_t * a_t * h_{t-1}       dA = sum_t d log a_t * delta_t      d delta_t += sum_n d log a_t * A
     d b_t = g_t                           d u_t = delta_t (g_t . B_t)        d delta_t += u_t (g_t . B_t)
     d B_t = sum_d g_t[d] delta_t[d] u_t[d]     d C_t = sum_d gy_t[d] h_t[d]     d h_init = a_0 * g_0
 
 D and z are applied outside the Function with ordinary autograd. Double backward is not supported.
-The chunk length adapts to B * Dm * N so that one chunk's (B, Q, Dm, N) tensors stay cache-sized. T == 1 (a decode
-step) runs the reference's single update directly.
+T == 1 (a decode step) runs the reference's single update directly.
 """
 
 from __future__ import annotations
@@ -33,8 +37,8 @@ import torch
 from . import reference
 from .reference import check_inputs, compute_dtype, skip_and_gate
 
-CHUNK_ELEMENTS = 1 << 17  # target size of one chunk's (B, Q, Dm, N) tensors
 MIN_CHUNK, MAX_CHUNK = 4, 64
+LOG2_E = 1.4426950408889634
 
 
 def supports(u, delta, A, B, C, D=None, z=None, *, initial_state=None):
@@ -45,12 +49,60 @@ def supports(u, delta, A, B, C, D=None, z=None, *, initial_state=None):
     return True, ""
 
 
-def chunk_length(width):
-    """Tokens per chunk for a state of ``width`` = B * Dm * N elements: a power of two in [4, 64]."""
-    length = MIN_CHUNK
-    while length < MAX_CHUNK and 2 * length * width <= CHUNK_ELEMENTS:
-        length *= 2
-    return length
+def chunk_length(length):
+    """Tokens per chunk: the power of two nearest sqrt(T) in [4, 64], which balances the two Q-step passes against
+    the pass over T / Q chunks."""
+    chunk = MIN_CHUNK
+    while chunk < MAX_CHUNK and chunk * chunk < length:
+        chunk *= 2
+    return chunk
+
+
+def _step_major(x, chunks, chunk):
+    """(B, T, ...) zero-padded to chunks * chunk tokens -> (B, chunk, chunks, ...): [:, q] holds position q of every
+    chunk, contiguous, so one step of all chunks is one dense tensor."""
+    pad = chunks * chunk - x.shape[1]
+    if pad:
+        x = torch.nn.functional.pad(x, (0, 0, 0, pad))
+    return x.unflatten(1, (chunks, chunk)).transpose(1, 2).contiguous()
+
+
+def _forward(u, delta, A, B, C, h0, chunk):
+    """The three-pass forward; returns y (B, T, Dm), the chunk start states (B, chunks, Dm, N) and the final state.
+    Padding positions added to fill the last chunk have delta = 0: identity steps that change no state.
+
+    Inside, states are laid out (B, chunks, N, Dm): the read-out sum over N is then a (1, N) x (N, Dm) matrix
+    product per chunk, about 3x faster than a matrix-vector product over the (Dm, N) layout."""
+    batch, length, channels = u.shape
+    chunks = -(-length // chunk)
+    delta_q = _step_major(delta, chunks, chunk)  # (B, Q, chunks, Dm)
+    write_q = _step_major(delta * u, chunks, chunk)  # (B, Q, chunks, Dm)
+    B_q = _step_major(B, chunks, chunk)  # (B, Q, chunks, N)
+    C_q = _step_major(C, chunks, chunk).unsqueeze(-2)  # (B, Q, chunks, 1, N)
+    # exp(x) = 2^(x log2 e): torch's exp2 is about twice as fast as exp on CPU, and 2^0 is still exactly 1.
+    A2 = (A * LOG2_E).t()  # (N, Dm)
+    decay = torch.empty(batch, chunks, A.shape[1], channels, dtype=u.dtype, device=u.device)  # (B, chunks, N, Dm)
+
+    def advance(h, q):  # h <- exp(delta_q A) * h + (delta_q u_q) B_q, for every chunk at once, in place
+        torch.mul(delta_q[:, q, :, None, :], A2, out=decay)
+        h.mul_(decay.exp2_()).addcmul_(B_q[:, q, :, :, None], write_q[:, q, :, None, :])
+
+    ends = torch.zeros_like(decay)  # pass 1: each chunk's end state from a zero start
+    for q in range(chunk):
+        advance(ends, q)
+    chunk_decay = torch.exp2(delta_q.sum(dim=1).unsqueeze(-2) * A2)  # (B, chunks, N, Dm)
+    starts = torch.empty_like(decay)  # pass 2: true start states
+    state = h0.transpose(-1, -2)  # (B, N, Dm)
+    for c in range(chunks):
+        starts[:, c] = state
+        state = torch.addcmul(ends[:, c], chunk_decay[:, c], state)
+    h = starts.clone()  # pass 3: outputs from the true start states
+    y = u.new_empty(batch, chunk, chunks, 1, channels)
+    for q in range(chunk):
+        advance(h, q)
+        torch.matmul(C_q[:, q], h, out=y[:, q])  # (B, chunks, 1, N) @ (B, chunks, N, Dm)
+    y = y.squeeze(-2).transpose(1, 2).flatten(1, 2)[:, :length]
+    return y, starts.transpose(-1, -2), state.transpose(-1, -2).contiguous()
 
 
 def _chunk_states(u, delta, A, B, start):
@@ -93,19 +145,13 @@ def _spans(length, chunk):
 class _SelectiveScan(torch.autograd.Function):
     @staticmethod
     def forward(ctx, u, delta, A, B, C, h0):
-        batch, length, channels = u.shape
-        spans = _spans(length, chunk_length(batch * channels * A.shape[1]))
-        y = u.new_empty(batch, length, channels)
-        starts = []
-        h = h0
-        for t0, t1 in spans:  # autograd is off inside Function.forward, so the in-place scan records nothing
-            starts.append(h)
-            states, _ = _chunk_states(u[:, t0:t1], delta[:, t0:t1], A, B[:, t0:t1], h)
-            y[:, t0:t1] = torch.matmul(states, C[:, t0:t1].unsqueeze(-1)).squeeze(-1)
-            h = states[:, -1].clone()
-        ctx.spans = spans
-        ctx.save_for_backward(u, delta, A, B, C, *starts)
-        return y, h
+        # autograd is off inside Function.forward, so the in-place passes record nothing.
+        length = u.shape[1]
+        chunk = chunk_length(length)
+        y, starts, final = _forward(u, delta, A, B, C, h0, chunk)
+        ctx.spans = _spans(length, chunk)
+        ctx.save_for_backward(u, delta, A, B, C, *starts.unbind(1))
+        return y, final
 
     @staticmethod
     def backward(ctx, grad_y, grad_h):
