@@ -49,6 +49,16 @@ class SeqzooConfig(PreTrainedConfig):
                     f"[0, vocab_size={self.vocab_size})"
                 )
 
+    @property
+    def embedding_dim(self) -> int:
+        """Width of the token embedding (what ``inputs_embeds`` must have as its last dimension)."""
+        return self.hidden_size
+
+    @property
+    def output_dim(self) -> int:
+        """Width of the backbone's output, the input of the LM head."""
+        return self.hidden_size
+
     # Bytes of recurrent state one sequence carries between tokens (excluding any KV cache). Used by model cards,
     # the lab and the benchmarks; architectures with a growing KV cache report their per-token cost instead.
     def state_bytes_per_sequence(self, dtype_bytes: int = 4) -> int:

@@ -59,6 +59,16 @@ def check_inputs(
     return batch, length
 
 
+def resolve_output_flags(model: nn.Module, use_cache: bool | None, output_hidden_states: bool | None) -> tuple[bool, bool]:
+    """``use_cache`` and ``output_hidden_states`` as passed, else from the config (no cache while training)."""
+    config = model.config
+    if use_cache is None:
+        use_cache = config.use_cache and not model.training
+    if output_hidden_states is None:
+        output_hidden_states = config.output_hidden_states
+    return use_cache, output_hidden_states
+
+
 def padding_mask_for(attention_mask: torch.Tensor | None, length: int) -> torch.Tensor | None:
     """The (B, T) 0/1 mask of the current positions, or None when nothing is padded."""
     if attention_mask is None or attention_mask.dim() != 2:

@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from seqzoo.kernels import dispatch, get_kernel, select, use_backend
+from tests.kernels.scan_checks import backward, leaves
 from tests.kernels.tolerances import assert_close
 
 OP = "causal_conv1d"
@@ -34,18 +35,6 @@ def make_inputs(length, dtype=torch.float32, seed=0, batch=BATCH, channels=CHANN
 def run(backend, t, activation="silu", mask=None):
     fn = get_kernel(OP, backend)
     return fn(t["x"], t["weight"], t["bias"], initial_state=t["initial_state"], activation=activation, mask=mask)
-
-
-def leaves(tensors, dtype=None):
-    """Fresh leaf copies (converted to ``dtype`` when given) that collect gradients."""
-    return {name: t.detach().to(dtype or t.dtype, copy=True).requires_grad_() for name, t in tensors.items()}
-
-
-def backward(y, state, seed=1):
-    g = torch.Generator().manual_seed(seed)
-    wy = torch.randn(y.shape, generator=g).bfloat16().double()
-    ws = torch.randn(state.shape, generator=g).bfloat16().double()
-    ((y.double() * wy).sum() + (state.double() * ws).sum()).backward()
 
 
 def padding_mask(length, batch=BATCH):

@@ -15,6 +15,7 @@ import torch.nn.functional as F
 
 from seqzoo.kernels import dispatch, get_kernel, select, use_backend
 from seqzoo.kernels.selective_scan import chunked
+from tests.kernels.scan_checks import backward, check_two_pieces_equal_whole, leaves
 from tests.kernels.tolerances import assert_close
 
 OP = "selective_scan"
@@ -47,23 +48,6 @@ def make_inputs(length, dtype=torch.float32, seed=0, batch=BATCH, channels=CHANN
 def run(backend, t):
     fn = get_kernel(OP, backend)
     return fn(t["u"], t["delta"], t["A"], t["B"], t["C"], t["D"], t["z"], initial_state=t["initial_state"])
-
-
-def leaves(tensors, dtype=None):
-    """Fresh leaf copies (converted to ``dtype`` when given) that collect gradients."""
-    return {name: t.detach().to(dtype or t.dtype, copy=True).requires_grad_() for name, t in tensors.items()}
-
-
-def backward(y, state, seed=1):
-    g = torch.Generator().manual_seed(seed)
-    # bf16-representable weights: every run sees the same output gradient whatever its output dtype.
-    wy = torch.randn(y.shape, generator=g).bfloat16().double()
-    ws = torch.randn(state.shape, generator=g).bfloat16().double()
-    ((y.double() * wy).sum() + (state.double() * ws).sum()).backward()
-
-
-def slice_time(tensors, start, stop):
-    return {name: t[:, start:stop] if name in SEQUENCE_ARGS else t for name, t in tensors.items()}
 
 
 @pytest.mark.parametrize("length", [1, 63, 77, 500])
@@ -119,17 +103,7 @@ def test_long_sequence_is_finite():
 @pytest.mark.parametrize("split", [1, 50, 64])
 def test_two_pieces_equal_whole(backend, split):
     tensors = make_inputs(130, torch.float64)
-    whole_y, whole_state = run(backend, tensors)
-    first_y, first_state = run(backend, slice_time(tensors, 0, split))
-    second = slice_time(tensors, split, None)
-    second["initial_state"] = first_state
-    second_y, second_state = run(backend, second)
-    y = torch.cat([first_y, second_y], dim=1)
-    if backend == "reference":
-        assert torch.equal(y, whole_y) and torch.equal(second_state, whole_state)
-    else:
-        assert_close(y, whole_y, torch.float64, "output", "continued")
-        assert_close(second_state, whole_state, torch.float64, "state", "continued")
+    check_two_pieces_equal_whole(run, backend, tensors, split, SEQUENCE_ARGS)
 
 
 @pytest.mark.parametrize("backend", ["reference", "chunked"])

@@ -41,12 +41,12 @@ def test_import_seqzoo_loads_no_triton_backend_and_works_without_triton():
 
 @pytest.mark.skipif(TRITON_MISSING, reason="triton is not installed (pip install 'triton>=3')")
 def test_triton_backend_is_available_under_the_interpreter_but_declines_cpu_tensors():
-    _run(f"""
+    _run("""
         import os
         os.environ["TRITON_INTERPRET"] = "1"
         import seqzoo, torch, sys
         from seqzoo.kernels import available_backends, list_kernels, select
-        for op in {{r["op"] for r in list_kernels() if r["backend"] == "triton"}}:
+        for op in {r["op"] for r in list_kernels() if r["backend"] == "triton"}:
             assert "triton" in available_backends(op), op
         x, w = torch.randn(1, 5, 3), torch.randn(3, 4)
         from seqzoo.kernels.registry import get_op

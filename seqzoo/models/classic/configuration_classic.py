@@ -69,10 +69,6 @@ class ClassicRecurrentConfig(SeqzooConfig):
     def embedding_dim(self) -> int:
         return self.embedding_size
 
-    @property
-    def output_dim(self) -> int:
-        return self.hidden_size
-
     def state_bytes_per_sequence(self, dtype_bytes: int = 4) -> int:
         states = 2 if self.cell == "lstm" else 1
         return self.num_hidden_layers * states * self.hidden_size * dtype_bytes

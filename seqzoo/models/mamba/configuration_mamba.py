@@ -88,14 +88,6 @@ class MambaConfig(SeqzooConfig):
     def intermediate_size(self) -> int:
         return self.expand * self.hidden_size
 
-    @property
-    def embedding_dim(self) -> int:
-        return self.hidden_size
-
-    @property
-    def output_dim(self) -> int:
-        return self.hidden_size
-
     def state_bytes_per_sequence(self, dtype_bytes: int = 4) -> int:
         # Per layer: the last K-1 conv inputs of every inner channel, and an N-wide SSM state per inner channel.
         conv = self.intermediate_size * (self.conv_kernel - 1)

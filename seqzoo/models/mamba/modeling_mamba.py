@@ -22,6 +22,7 @@ from seqzoo.models.modeling_utils import (
     SeqzooPreTrainedModel,
     check_inputs,
     new_recurrent_cache,
+    resolve_output_flags,
     padding_mask_for,
 )
 
@@ -30,15 +31,28 @@ from .configuration_mamba import MambaConfig
 STATE_NAMES = ("conv", "ssm")
 
 
-class MambaBlock(GradientCheckpointingLayer):
-    """x + mixer(RMSNorm(x)); the residual stream stays in float32 when ``residual_in_fp32`` (as in transformers)."""
+class StateSpaceBlock(GradientCheckpointingLayer):
+    """x + mixer(RMSNorm(x)); the residual stream stays in float32 when ``residual_in_fp32`` (as in transformers).
+    Shared by Mamba and Mamba-2, which differ only in their mixer."""
 
-    def __init__(self, config: MambaConfig, layer_idx: int) -> None:
+    def __init__(self, config: Any, layer_idx: int, mixer: nn.Module) -> None:
         super().__init__()
         self.layer_idx = layer_idx
         self.residual_in_fp32 = config.residual_in_fp32
         self.norm = RMSNorm(config.hidden_size, eps=config.layer_norm_epsilon)
-        self.mixer = MambaMixer(
+        self.mixer = mixer
+
+    def forward(
+        self, hidden_states: torch.Tensor, state: MambaState | None = None, mask: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, MambaState]:
+        residual = hidden_states.float() if self.residual_in_fp32 else hidden_states
+        mixed, new_state = self.mixer(self.norm(hidden_states.to(self.norm.weight.dtype)), state, mask)
+        return residual + mixed, new_state
+
+
+class MambaBlock(StateSpaceBlock):
+    def __init__(self, config: MambaConfig, layer_idx: int) -> None:
+        mixer = MambaMixer(
             config.hidden_size,
             state_size=config.state_size,
             expand=config.expand,
@@ -47,13 +61,7 @@ class MambaBlock(GradientCheckpointingLayer):
             use_conv_bias=config.use_conv_bias,
             use_bias=config.use_bias,
         )
-
-    def forward(
-        self, hidden_states: torch.Tensor, state: MambaState | None = None, mask: torch.Tensor | None = None
-    ) -> tuple[torch.Tensor, MambaState]:
-        residual = hidden_states.float() if self.residual_in_fp32 else hidden_states
-        mixed, new_state = self.mixer(self.norm(hidden_states.to(self.norm.weight.dtype)), state, mask)
-        return residual + mixed, new_state
+        super().__init__(config, layer_idx, mixer)
 
 
 def resolve_cache_alias(past_key_values: Any, cache_params: Any) -> Any:
@@ -79,8 +87,7 @@ def run_state_space_stack(
     """The backbone forward shared by Mamba and Mamba-2: embed, run the blocks with their cached states, norm."""
     _, length = check_inputs(config, input_ids, inputs_embeds, attention_mask)
     past_key_values = resolve_cache_alias(past_key_values, cache_params)
-    use_cache = use_cache if use_cache is not None else (config.use_cache and not model.training)
-    output_hidden_states = output_hidden_states if output_hidden_states is not None else config.output_hidden_states
+    use_cache, output_hidden_states = resolve_output_flags(model, use_cache, output_hidden_states)
     cache: RecurrentCache | None = new_recurrent_cache(config, past_key_values, use_cache or past_key_values is not None)
     mask = padding_mask_for(attention_mask, length)
 
@@ -128,20 +135,19 @@ class MambaPreTrainedModel(SeqzooPreTrainedModel):
                 init_linear_like_torch(module.out_proj, scale=config.num_hidden_layers**-0.5)
 
 
-class MambaModel(MambaPreTrainedModel):
-    def __init__(self, config: MambaConfig) -> None:
+class StateSpaceBackbone:
+    """The Mamba / Mamba-2 backbone: embedding, ``block_class`` blocks, final RMSNorm. Mixed into each
+    architecture's ``<Arch>Model`` (which brings its own ``PreTrainedModel`` base and config class)."""
+
+    block_class: type[nn.Module]
+
+    def __init__(self, config: Any) -> None:
         super().__init__(config)
         self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size)
-        self.layers = nn.ModuleList(MambaBlock(config, i) for i in range(config.num_hidden_layers))
+        self.layers = nn.ModuleList(self.block_class(config, i) for i in range(config.num_hidden_layers))
         self.norm = RMSNorm(config.hidden_size, eps=config.layer_norm_epsilon)
         self.gradient_checkpointing = False
         self.post_init()
-
-    def get_input_embeddings(self) -> nn.Module:
-        return self.embed_tokens
-
-    def set_input_embeddings(self, value: nn.Module) -> None:
-        self.embed_tokens = value
 
     def forward(
         self,
@@ -157,22 +163,29 @@ class MambaModel(MambaPreTrainedModel):
         r"""
         attention_mask: (batch, past_length + sequence_length) 0/1; positions with 0 never change any state.
         past_key_values / cache_params: a :class:`RecurrentCache` to continue from (``cache_params`` is the name
-            transformers' Mamba uses; either works).
+            transformers' Mamba and Mamba-2 use; either works).
         """
         return run_state_space_stack(self, self.config, input_ids, attention_mask, past_key_values, inputs_embeds,
                                      use_cache, output_hidden_states, cache_params)
 
 
-class MambaForCausalLM(MambaPreTrainedModel, SeqzooForCausalLM):
-    base_model_class = MambaModel
+class StateSpaceGeneration:
+    """``generate`` accepting ``cache_params=`` (transformers' Mamba name) as an alias of ``past_key_values``."""
 
     def generate(self, *args: Any, cache_params: RecurrentCache | None = None, **kwargs: Any) -> Any:
-        """transformers' ``generate``; ``cache_params=`` (transformers' Mamba name) is an alias of ``past_key_values``
-        (generate only slices already-cached prompt tokens off for the latter)."""
+        # generate only slices already-cached prompt tokens off for past_key_values, so pass the cache under that name.
         cache = resolve_cache_alias(kwargs.pop("past_key_values", None), cache_params)
         if cache is not None:
             kwargs["past_key_values"] = cache
         return super().generate(*args, **kwargs)
+
+
+class MambaModel(StateSpaceBackbone, MambaPreTrainedModel):
+    block_class = MambaBlock
+
+
+class MambaForCausalLM(StateSpaceGeneration, MambaPreTrainedModel, SeqzooForCausalLM):
+    base_model_class = MambaModel
 
 
 __all__ = ["MambaForCausalLM", "MambaModel", "MambaPreTrainedModel"]

@@ -131,14 +131,6 @@ class Mamba2Config(SeqzooConfig):
         # The convolution runs over x and over every group's B and C.
         return self.intermediate_size + 2 * self.n_groups * self.state_size
 
-    @property
-    def embedding_dim(self) -> int:
-        return self.hidden_size
-
-    @property
-    def output_dim(self) -> int:
-        return self.hidden_size
-
     def state_bytes_per_sequence(self, dtype_bytes: int = 4) -> int:
         # Per layer: the last K-1 conv inputs of every conv channel, and a head_dim x state_size state per head.
         conv = self.conv_dim * (self.conv_kernel - 1)

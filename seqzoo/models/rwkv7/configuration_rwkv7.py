@@ -101,14 +101,6 @@ class RWKV7Config(SeqzooConfig):
     def num_heads(self) -> int:
         return self.hidden_size // self.head_size
 
-    @property
-    def embedding_dim(self) -> int:
-        return self.hidden_size
-
-    @property
-    def output_dim(self) -> int:
-        return self.hidden_size
-
     def state_bytes_per_sequence(self, dtype_bytes: int = 4) -> int:
         # Per layer: two token-shift vectors (the previous token's normed input to the time mix and the channel
         # mix) in the model dtype, and one (head_size x head_size) WKV matrix per head kept in float32.

@@ -23,6 +23,7 @@ from seqzoo.models.modeling_utils import (
     SeqzooPreTrainedModel,
     check_inputs,
     new_recurrent_cache,
+    resolve_output_flags,
     padding_mask_for,
 )
 
@@ -165,12 +166,6 @@ class RWKV7Model(RWKV7PreTrainedModel):
         self.gradient_checkpointing = False
         self.post_init()
 
-    def get_input_embeddings(self) -> nn.Module:
-        return self.embed_tokens
-
-    def set_input_embeddings(self, value: nn.Module) -> None:
-        self.embed_tokens = value
-
     def forward(
         self,
         input_ids: torch.LongTensor | None = None,
@@ -182,10 +177,7 @@ class RWKV7Model(RWKV7PreTrainedModel):
         **kwargs: Any,
     ) -> BaseModelOutputWithPast:
         _, length = check_inputs(self.config, input_ids, inputs_embeds, attention_mask)
-        use_cache = use_cache if use_cache is not None else (self.config.use_cache and not self.training)
-        output_hidden_states = (
-            output_hidden_states if output_hidden_states is not None else self.config.output_hidden_states
-        )
+        use_cache, output_hidden_states = resolve_output_flags(self, use_cache, output_hidden_states)
         cache = new_recurrent_cache(self.config, past_key_values, use_cache or past_key_values is not None)
         mask = padding_mask_for(attention_mask, length)
 

@@ -123,14 +123,6 @@ class TransformerConfig(SeqzooConfig):
         if self.position_embedding == "rope" and self.head_dim % 2:
             raise ValueError(f"TransformerConfig: rotary positions need an even head_dim, got {self.head_dim}")
 
-    @property
-    def embedding_dim(self) -> int:
-        return self.hidden_size
-
-    @property
-    def output_dim(self) -> int:
-        return self.hidden_size
-
     def state_bytes_per_sequence(self, dtype_bytes: int = 4) -> int:
         return 0  # no fixed-size state: memory grows with the context, see kv_bytes_per_token
 

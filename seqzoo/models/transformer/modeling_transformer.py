@@ -17,7 +17,12 @@ from seqzoo.layers.attention import SelfAttention
 from seqzoo.layers.mlp import MLP, GatedMLP
 from seqzoo.layers.norms import make_norm
 from seqzoo.layers.positions import RotaryEmbedding, SinusoidalPositions
-from seqzoo.models.modeling_utils import SeqzooForCausalLM, SeqzooPreTrainedModel, check_inputs
+from seqzoo.models.modeling_utils import (
+    SeqzooForCausalLM,
+    SeqzooPreTrainedModel,
+    check_inputs,
+    resolve_output_flags,
+)
 
 from .configuration_transformer import TransformerConfig
 
@@ -107,12 +112,6 @@ class TransformerModel(TransformerPreTrainedModel):
         self.gradient_checkpointing = False
         self.post_init()
 
-    def get_input_embeddings(self) -> nn.Module:
-        return self.embed_tokens
-
-    def set_input_embeddings(self, value: nn.Module) -> None:
-        self.embed_tokens = value
-
     def forward(
         self,
         input_ids: torch.LongTensor | None = None,
@@ -125,10 +124,7 @@ class TransformerModel(TransformerPreTrainedModel):
         **kwargs: Any,
     ) -> BaseModelOutputWithPast:
         _, length = check_inputs(self.config, input_ids, inputs_embeds, attention_mask)
-        use_cache = use_cache if use_cache is not None else (self.config.use_cache and not self.training)
-        output_hidden_states = (
-            output_hidden_states if output_hidden_states is not None else self.config.output_hidden_states
-        )
+        use_cache, output_hidden_states = resolve_output_flags(self, use_cache, output_hidden_states)
         if inputs_embeds is None:
             inputs_embeds = self.embed_tokens(input_ids)
         if use_cache and past_key_values is None:
