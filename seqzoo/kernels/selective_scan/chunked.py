@@ -80,7 +80,7 @@ def _forward(u, delta, A, B, C, h0, chunk):
     B_q = _step_major(B, chunks, chunk)  # (B, Q, chunks, N)
     C_q = _step_major(C, chunks, chunk).unsqueeze(-2)  # (B, Q, chunks, 1, N)
     # exp(x) = 2^(x log2 e): torch's exp2 is about twice as fast as exp on CPU, and 2^0 is still exactly 1.
-    A2 = (A * LOG2_E).t()  # (N, Dm)
+    A2 = (A * LOG2_E).t().contiguous()  # (N, Dm); contiguous, or every step reads it with stride N
     decay = torch.empty(batch, chunks, A.shape[1], channels, dtype=u.dtype, device=u.device)  # (B, chunks, N, Dm)
 
     def advance(h, q):  # h <- exp(delta_q A) * h + (delta_q u_q) B_q, for every chunk at once, in place
