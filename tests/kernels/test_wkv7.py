@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from seqzoo.kernels import dispatch, get_kernel, select, use_backend
-from seqzoo.kernels.wkv7 import wkv7_step
+from seqzoo.kernels.wkv7 import chunked, wkv7_step
 from tests.kernels.scan_checks import backward, check_two_pieces_equal_whole, leaves
 from tests.kernels.tolerances import assert_close
 
@@ -70,6 +70,34 @@ def test_chunked_matches_reference(length, dtype):
         for name, leaf in actual.items():
             assert leaf.grad is not None, name
             assert_close(leaf.grad, expected[name].grad, dtype, "grad", f"{backend} d{name}")
+
+
+@pytest.mark.parametrize("form", ["factored", "pairwise"])
+@pytest.mark.parametrize("length,decay_scale", [(77, 1.0), (40, 4.0)])
+def test_each_score_form_matches_reference(monkeypatch, form, length, decay_scale):
+    # The chunked kernel takes the factored products unless a chunk decays by more than FACTORED_MAX_DECAY; force
+    # each form in turn (decay_scale 4: chunk totals near -39, factors up to exp(20)) and compare in float64.
+    monkeypatch.setattr(chunked, "FACTORED_MAX_DECAY", float("inf") if form == "factored" else -1.0)
+    tensors = make_inputs(length, torch.float64, decay_scale=decay_scale)
+    expected, actual = leaves(tensors), leaves(tensors)
+    ref, out = run("reference", expected), run("chunked", actual)
+    for got, want, what in zip(out, ref, ("output", "state")):
+        assert_close(got, want, torch.float64, what, form)
+    backward(*ref)
+    backward(*out)
+    for name in tensors:
+        assert_close(actual[name].grad, expected[name].grad, torch.float64, "grad", f"{form} d{name}")
+
+
+def test_strong_decay_takes_the_pairwise_form(monkeypatch):
+    # Per-step decays down to exp(-30): a factored chunk would need exp(+-480) and overflow; the guard must route
+    # such chunks to the pairwise form.
+    calls = []
+    pairwise = chunked._scores_pairwise
+    monkeypatch.setattr(chunked, "_scores_pairwise", lambda *args: calls.append(1) or pairwise(*args))
+    tensors = make_inputs(64, decay_scale=50.0)
+    y, state = run("chunked", tensors)
+    assert calls and torch.isfinite(y).all() and torch.isfinite(state).all()
 
 
 @pytest.mark.parametrize("value,decay_scale", [(5, 1.0), (KEY, 50.0)])

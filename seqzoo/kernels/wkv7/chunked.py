@@ -14,6 +14,11 @@ aw_t = a_t exp(c_{t-1}), rw_t = r_t exp(c_t), and S the chunk's start state. Spl
 depends on S (W S^T, W = (I - A_ab)^{-1} aw) and the part that does not (U0) makes every chunk's work independent
 of S except one (V x K) @ (K x K) product per chunk: S_next = S M + N.
 
+The score matrices are plain matrix products, E[t, s] = exp(c_t - m) exp(m - c_s) with m half the chunk's total
+decay, whenever every chunk decays by at most FACTORED_MAX_DECAY in every channel (always, in RWKV-7 models);
+otherwise (possible through the kernel API) they come from the (Q, Q, K) tensor of ratios, which never forms a
+factor above 1.
+
 T == 1 goes straight through the single-token update (``wkv7_step``), so decoding does no chunk work.
 """
 
@@ -24,7 +29,11 @@ import torch.nn.functional as F
 
 from .reference import check_inputs, compute_dtype, initial, update
 
-CHUNK = 16
+CHUNK = 32
+# The factored score products form exp(+-(c_t - m)) with m the chunk's mid decay: factors up to exp(30) for a chunk
+# whose total log decay is -60, far inside float32. RWKV-7 models stay below 32 * exp(-0.5) = 19.4 per chunk of 32;
+# stronger decays (possible through the kernel API) take the pairwise path, which never forms a factor above 1.
+FACTORED_MAX_DECAY = 60.0
 
 
 def supports(r, w, k, v, a, b, *, initial_state=None):
@@ -37,6 +46,41 @@ def supports(r, w, k, v, a, b, *, initial_state=None):
 def _shift_down(m):
     """Rows move down by one (row 0 becomes zeros): turns 'decay up to t' into 'decay up to t-1' for row t+1."""
     return F.pad(m[..., :-1, :], (0, 0, 1, 0))
+
+
+def _scores_factored(r_, k_, a_, b_, cum, cum_before, total):
+    """The four Q x Q score matrices as plain matrix products: E[t, s] = exp(c_t - m) exp(m - c_s), m = c_{Q-1} / 2.
+
+    Queries (r_t, a_t) carry exp(c_t - m) resp. exp(c_{t-1} - m), keys (b_s, k_s) carry exp(m - c_s); one
+    (2Q x K) @ (K x 2Q) product per chunk gives all four, then the causal masks (s <= t for r, s < t for a)."""
+    chunk = cum.shape[-2]
+    mid = 0.5 * total
+    grow = torch.exp(mid - cum)  # exp(m - c_s)
+    queries = torch.cat([r_ * torch.exp(cum - mid), a_ * torch.exp(cum_before - mid)], dim=-2)  # (.., 2Q, K)
+    keys = torch.cat([b_ * grow, k_ * grow], dim=-2)  # (.., 2Q, K)
+    scores = queries @ keys.transpose(-1, -2)  # (.., 2Q_query, 2Q_key): [r; a] x [b, k]
+    top, bottom = scores[..., :chunk, :], scores[..., chunk:, :]
+    A_rb, A_rk = top[..., :chunk].tril(), top[..., chunk:].tril()
+    A_ab, A_ak = bottom[..., :chunk].tril(-1), bottom[..., chunk:].tril(-1)
+    return A_rb, A_rk, A_ab, A_ak
+
+
+def _scores_pairwise(r_, k_, a_, b_, cum):
+    """The same four matrices from the (Q, Q, K) tensor of decay ratios E[t, s] = exp(c_t - c_s), s <= t: every
+    factor is <= 1 whatever the decay, at Q times the memory of the factored form."""
+    chunk = cum.shape[-2]
+    causal = torch.ones(chunk, chunk, dtype=torch.bool, device=cum.device).tril()
+    span = cum.unsqueeze(-2) - cum.unsqueeze(-3)  # [t, s] = c_t - c_s, (B, H, nc, Q, Q, K)
+    ratio = torch.exp(span.masked_fill_(~causal[:, :, None], float("-inf")))  # E[t, s], 0 for s > t
+    # Keys (b, k) at s against queries (r_t, a_{t+1}) at t in one product; the a-rows then move down one row,
+    # turning "decay up to t" into "decay up to t-1".
+    keys = torch.stack([b_, k_], dim=-2)  # (B, H, nc, Q, 2, K)
+    queries = torch.stack([r_, F.pad(a_[..., 1:, :], (0, 0, 0, 1))], dim=-1)  # (B, H, nc, Q, K, 2)
+    weighted = ratio.unsqueeze(-2) * keys.unsqueeze(-4)  # (B, H, nc, Q_t, Q_s, 2, K)
+    scores = (weighted.flatten(-3, -2) @ queries).unflatten(-2, (chunk, 2))  # (.., Q_t, Q_s, 2_key, 2_query)
+    A_rb, A_rk = scores[..., 0, 0], scores[..., 1, 0]
+    A_ab, A_ak = _shift_down(scores[..., 0, 1]), _shift_down(scores[..., 1, 1])
+    return A_rb, A_rk, A_ab, A_ak
 
 
 def wkv7(r, w, k, v, a, b, *, initial_state=None):
@@ -66,18 +110,11 @@ def wkv7(r, w, k, v, a, b, *, initial_state=None):
     r_, w_, k_, v_, a_, b_ = (blocks(t) for t in (r, w, k, v, a, b))
     cum = w_.cumsum(dim=-2)  # c_t, (B, H, nc, Q, K)
     cum_before = F.pad(cum[..., :-1, :], (0, 0, 1, 0))  # c_{t-1}, with c_{-1} = 0
-
-    causal = torch.ones(chunk, chunk, dtype=torch.bool, device=r.device).tril()
-    span = cum.unsqueeze(-2) - cum.unsqueeze(-3)  # [t, s] = c_t - c_s, (B, H, nc, Q, Q, K)
-    ratio = torch.exp(span.masked_fill_(~causal[:, :, None], float("-inf")))  # E[t, s], 0 for s > t
-
-    # All four score matrices in one product: keys (b, k) at s against queries (r_t, a_{t+1}) at t.
-    keys = torch.stack([b_, k_], dim=-2)  # (B, H, nc, Q, 2, K)
-    queries = torch.stack([r_, F.pad(a_[..., 1:, :], (0, 0, 0, 1))], dim=-1)  # (B, H, nc, Q, K, 2)
-    weighted = ratio.unsqueeze(-2) * keys.unsqueeze(-4)  # (B, H, nc, Q_t, Q_s, 2, K)
-    scores = (weighted.flatten(-3, -2) @ queries).unflatten(-2, (chunk, 2))  # (B, H, nc, Q_t, Q_s, 2_key, 2_query)
-    A_rb, A_rk = scores[..., 0, 0], scores[..., 1, 0]
-    A_ab, A_ak = _shift_down(scores[..., 0, 1]), _shift_down(scores[..., 1, 1])
+    total = cum[..., -1:, :]  # c_{Q-1}, (B, H, nc, 1, K)
+    if bool(total.min() >= -FACTORED_MAX_DECAY):
+        A_rb, A_rk, A_ab, A_ak = _scores_factored(r_, k_, a_, b_, cum, cum_before, total)
+    else:
+        A_rb, A_rk, A_ab, A_ak = _scores_pairwise(r_, k_, a_, b_, cum)
 
     a_decayed = a_ * torch.exp(cum_before)  # aw, (B, H, nc, Q, K)
     r_decayed = r_ * torch.exp(cum)  # rw, (B, H, nc, Q, K)
@@ -89,9 +126,9 @@ def wkv7(r, w, k, v, a, b, *, initial_state=None):
     R = r_decayed + A_rb @ W  # y = R S^T + Y0
     Y0 = A_rb @ U0 + A_rk @ v_  # (B, H, nc, Q, V)
 
-    to_end = ratio[..., -1, :, :]  # E[Q-1, s], (B, H, nc, Q, K)
+    to_end = torch.exp(total - cum)  # E[Q-1, s], (B, H, nc, Q, K)
     b_end, k_end = b_ * to_end, k_ * to_end
-    M = torch.diag_embed(torch.exp(cum[..., -1, :])) + W.transpose(-1, -2) @ b_end  # (B, H, nc, K, K)
+    M = torch.diag_embed(torch.exp(total[..., 0, :])) + W.transpose(-1, -2) @ b_end  # (B, H, nc, K, K)
     N = U0.transpose(-1, -2) @ b_end + v_.transpose(-1, -2) @ k_end  # (B, H, nc, V, K)
     starts = []
     # Chunk-major copies, then unbind: each product reads a contiguous slice, and the backward is a single stack
