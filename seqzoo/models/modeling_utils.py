@@ -59,7 +59,9 @@ def check_inputs(
     return batch, length
 
 
-def resolve_output_flags(model: nn.Module, use_cache: bool | None, output_hidden_states: bool | None) -> tuple[bool, bool]:
+def resolve_output_flags(
+    model: nn.Module, use_cache: bool | None, output_hidden_states: bool | None
+) -> tuple[bool, bool]:
     """``use_cache`` and ``output_hidden_states`` as passed, else from the config (no cache while training)."""
     config = model.config
     if use_cache is None:

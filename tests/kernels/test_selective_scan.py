@@ -70,9 +70,12 @@ def test_chunked_matches_reference(length, dtype):
             assert_close(leaf.grad, expected[name].grad, dtype, "grad", f"{backend} d{name}")
 
 
-def test_many_small_chunks_match_reference(monkeypatch):
-    # Chunks of 4 with a partial last chunk: exercises the chunk carry and the backward's incoming gradient.
+@pytest.mark.parametrize("group_elements", [1, 1 << 30])
+def test_many_small_chunks_match_reference(monkeypatch, group_elements):
+    # Chunks of 4 with a partial last chunk: exercises the chunk carry and the backward's incoming gradient, with
+    # the backward's recompute groups of one chunk each and of all chunks at once.
     monkeypatch.setattr(chunked, "MAX_CHUNK", 4)
+    monkeypatch.setattr(chunked, "GROUP_ELEMENTS", group_elements)
     tensors = make_inputs(23, torch.float64)
     expected, actual = leaves(tensors), leaves(tensors)
     ref = run("reference", expected)

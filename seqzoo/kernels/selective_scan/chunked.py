@@ -17,10 +17,12 @@ The step decays exp(delta_t A) are recomputed in pass 3 rather than stored: one 
 cache, a stored (B, T, Dm, N) tensor does not, and recomputing was measured faster. Q ~ sqrt(T) balances the Q-step
 loops against the chunk loop. Products of decays <= 1 only shrink, so nothing is ever divided by a small product.
 
-Backward (a hand-written ``autograd.Function``, so only chunk-start states are stored): chunks in reverse order,
-recompute the chunk's states from its saved start state by a Hillis-Steele doubling scan (h[t] += a[t] * h[t-k],
-a[t] *= a[t-k] for k = 1, 2, 4, ...), then the adjoint g_t = dL/dh_t by the mirrored doubling scan of
-g_t = gy_t C_t + a_{t+1} g_{t+1}, seeded at the chunk end by the gradient flowing back from the next chunk. Then
+Backward (a hand-written ``autograd.Function``; only the chunk start states are saved): the adjoint
+g_t = dL/dh_t obeys g_t = gy_t C_t + a_{t+1} g_{t+1}, seeded at the end by the final state's gradient, and is
+solved with the forward's three passes mirrored -- from a zero seed over the Q positions of all chunks at once in
+reverse, across chunks last to first, then again over the positions from each chunk's true incoming gradient --
+while the states are recomputed forward from the saved starts (for groups of chunks of at most GROUP_ELEMENTS
+elements per step buffer). Each step then gives
 
     d log a_t = g_t * a_t * h_{t-1}       dA = sum_t d log a_t * delta_t      d delta_t += sum_n d log a_t * A
     d b_t = g_t                           d u_t = delta_t (g_t . B_t)        d delta_t += u_t (g_t . B_t)
@@ -39,6 +41,9 @@ from .reference import check_inputs, compute_dtype, skip_and_gate
 
 MIN_CHUNK, MAX_CHUNK = 4, 64
 LOG2_E = 1.4426950408889634
+# Backward: the recomputed states h_{t-1} of a group of chunks (every step) hold at most this many elements (64 MiB
+# in float32); more chunks per group means fewer, larger operations per step.
+GROUP_ELEMENTS = 1 << 24
 
 
 def supports(u, delta, A, B, C, D=None, z=None, *, initial_state=None):
@@ -68,7 +73,7 @@ def _step_major(x, chunks, chunk):
 
 
 def _forward(u, delta, A, B, C, h0, chunk):
-    """The three-pass forward; returns y (B, T, Dm), the chunk start states (B, chunks, Dm, N) and the final state.
+    """The three-pass forward; returns y (B, T, Dm), the chunk start states (B, chunks, N, Dm) and the final state.
     Padding positions added to fill the last chunk have delta = 0: identity steps that change no state.
 
     Inside, states are laid out (B, chunks, N, Dm): the read-out sum over N is then a (1, N) x (N, Dm) matrix
@@ -102,78 +107,115 @@ def _forward(u, delta, A, B, C, h0, chunk):
         advance(h, q)
         torch.matmul(C_q[:, q], h, out=y[:, q])  # (B, chunks, 1, N) @ (B, chunks, N, Dm)
     y = y.squeeze(-2).transpose(1, 2).flatten(1, 2)[:, :length]
-    return y, starts.transpose(-1, -2), state.transpose(-1, -2).contiguous()
+    return y, starts, state.transpose(-1, -2).contiguous()
 
 
-def _chunk_states(u, delta, A, B, start):
-    """States of one chunk. u, delta (Bt, Q, Dm); B (Bt, Q, N); start (Bt, Dm, N).
-
-    Returns h (Bt, Q, Dm, N) and the step decays a (Bt, Q, Dm, N)."""
-    steps = torch.exp(delta.unsqueeze(-1) * A)  # (Bt, Q, Dm, N)
-    h = (delta * u).unsqueeze(-1) * B.unsqueeze(2)  # (Bt, Q, Dm, N)
-    decay = steps.clone()
-    length = h.shape[1]
-    shift = 1
-    while shift < length:
-        h[:, shift:] += decay[:, shift:] * h[:, :-shift]
-        decay[:, shift:] = decay[:, shift:] * decay[:, :-shift]
-        shift *= 2
-    h.addcmul_(decay, start.unsqueeze(1))
-    return h, steps
+def _from_step_major(x, length):
+    """Inverse of ``_step_major``: (B, Q, chunks, ...) -> (B, T, ...)."""
+    return x.transpose(1, 2).flatten(1, 2)[:, :length]
 
 
-def _adjoint(direct, steps, incoming):
-    """g_t = direct_t + steps_{t+1} * g_{t+1}, with g_{Q-1} = direct_{Q-1} + incoming. All (Bt, Q, Dm, N) but
-    incoming (Bt, Dm, N)."""
-    g = direct
-    g[:, -1] += incoming
-    carry = torch.ones_like(steps)
-    carry[:, :-1] = steps[:, 1:]  # carry[t] = decay from h_t to h_{t+1}
-    length = g.shape[1]
-    shift = 1
-    while shift < length:
-        g[:, :-shift] += carry[:, :-shift] * g[:, shift:]
-        carry[:, :-shift] = carry[:, :-shift] * carry[:, shift:]
-        shift *= 2
-    return g
+def _backward(u, delta, A, B, C, starts, grad_y, grad_h, chunk):
+    """Gradients of (y, final state) with respect to (u, delta, A, B, C, h0), step-major like the forward.
 
+    The adjoint g_t = dL/dh_t runs backwards: g_t = gy_t C_t + a_{t+1} g_{t+1}, g_{T-1} = gy C + grad_h.
+    A. from a zero incoming gradient, run it over the Q positions of all chunks at once (reverse order), giving each
+       chunk's local adjoint L_c at its first position;
+    B. pass gradients across chunks, last to first: I_last = grad_h, I_{c-1} = a_{c,0} L_c + exp(A sum_c delta) I_c
+       (I_c: the gradient entering chunk c at its end; I_{-1} is the gradient of the initial state);
+    C. in groups of chunks: recompute the states forward from the saved chunk starts (keeping h_{t-1} of every step
+       of the group), then run the adjoint backwards from the true I_c and read every input gradient off each step.
+    """
+    batch, length, channels = u.shape
+    state = A.shape[1]
+    chunks = starts.shape[1]
+    delta_q = _step_major(delta, chunks, chunk)  # (B, Q, chunks, Dm); padding: delta = 0, the identity step
+    u_q = _step_major(u, chunks, chunk)
+    write_q = delta_q * u_q
+    B_q = _step_major(B, chunks, chunk)  # (B, Q, chunks, N)
+    C_q = _step_major(C, chunks, chunk)
+    gy_q = _step_major(grad_y.to(u.dtype), chunks, chunk)  # zero at padding
+    A_t = A.t().contiguous()  # (N, Dm)
+    A2 = A_t * LOG2_E
 
-def _spans(length, chunk):
-    return [(start, min(start + chunk, length)) for start in range(0, length, chunk)]
+    def decay_at(q, out, group=slice(None)):  # out <- exp(delta_q A), (B, G, N, Dm)
+        torch.mul(delta_q[:, q, group, None, :], A2, out=out)
+        return out.exp2_()
+
+    # A. local adjoints from a zero incoming gradient
+    decay = torch.empty(batch, chunks, state, channels, dtype=u.dtype, device=u.device)
+    local = torch.zeros_like(decay)
+    for q in reversed(range(chunk)):
+        if q < chunk - 1:
+            local.mul_(decay_at(q + 1, decay))
+        local.addcmul_(C_q[:, q, :, :, None], gy_q[:, q, :, None, :])
+    sent = local.mul_(decay_at(0, decay))  # a_{c,0} L_c: what chunk c passes to chunk c - 1
+    # B. across chunks
+    chunk_decay = torch.exp2(delta_q.sum(dim=1).unsqueeze(-2) * A2)  # (B, chunks, N, Dm)
+    incoming = torch.empty_like(decay)
+    carry = grad_h.to(u.dtype).transpose(-1, -2)  # (B, N, Dm)
+    for c in reversed(range(chunks)):
+        incoming[:, c] = carry
+        carry = torch.addcmul(sent[:, c], chunk_decay[:, c], carry)
+    grad_h0 = carry.transpose(-1, -2)
+    del decay, local, sent, chunk_decay
+
+    # C. per group of chunks
+    grad_u_q, grad_delta_q = torch.empty_like(u_q), torch.empty_like(delta_q)
+    grad_B_q, grad_C_q = torch.empty_like(B_q), torch.empty_like(C_q)
+    grad_A = torch.zeros_like(A_t)
+    size = max(1, min(chunks, GROUP_ELEMENTS // (batch * chunk * state * channels)))
+    for first in range(0, chunks, size):
+        group = slice(first, min(first + size, chunks))
+        # states[q] = h_{q-1} for every step of the group (step-first, so each step is one contiguous block)
+        states = u.new_empty(chunk, batch, group.stop - group.start, state, channels)
+        states[0] = starts[:, group]
+        step = torch.empty_like(states[0])
+        for q in range(chunk - 1):
+            torch.mul(states[q], decay_at(q, step, group), out=states[q + 1])
+            states[q + 1].addcmul_(B_q[:, q, group, :, None], write_q[:, q, group, None, :])
+            # sum_d h_q[n, d] gy_q[d]
+            grad_C_q[:, q, group] = torch.matmul(states[q + 1], gy_q[:, q, group, :, None]).squeeze(-1)
+        last = states[-1] * decay_at(chunk - 1, step, group)
+        last.addcmul_(B_q[:, -1, group, :, None], write_q[:, -1, group, None, :])
+        grad_C_q[:, -1, group] = torch.matmul(last, gy_q[:, -1, group, :, None]).squeeze(-1)
+        del last
+        g = incoming[:, group].clone()
+        buffers = (torch.empty_like(g), torch.empty_like(g))
+        after = None  # a_{q+1}
+        grad_A_group = torch.zeros_like(g)
+        for q in reversed(range(chunk)):
+            if after is not None:
+                g.mul_(after)
+            g.addcmul_(C_q[:, q, group, :, None], gy_q[:, q, group, None, :])
+            after = decay_at(q, buffers[q % 2], group)  # a_q, also the next (earlier) step's factor
+            dlog = torch.mul(g, after).mul_(states[q])  # d log a_q = g_q a_q h_{q-1}
+            grad_A_group.addcmul_(dlog, delta_q[:, q, group, None, :])
+            g_dot_B = torch.matmul(B_q[:, q, group, None, :], g).squeeze(-2)  # sum_n B[n] g[n, d], (B, G, Dm)
+            grad_delta_q[:, q, group] = dlog.mul_(A_t).sum(dim=-2) + g_dot_B * u_q[:, q, group]
+            grad_u_q[:, q, group] = g_dot_B * delta_q[:, q, group]
+            grad_B_q[:, q, group] = torch.matmul(g, write_q[:, q, group, :, None]).squeeze(-1)  # sum_d g w
+        grad_A += grad_A_group.sum(dim=(0, 1))
+    grad_u, grad_delta, grad_B, grad_C = (
+        _from_step_major(x, length) for x in (grad_u_q, grad_delta_q, grad_B_q, grad_C_q)
+    )
+    return grad_u, grad_delta, grad_A.t(), grad_B, grad_C, grad_h0
 
 
 class _SelectiveScan(torch.autograd.Function):
     @staticmethod
     def forward(ctx, u, delta, A, B, C, h0):
         # autograd is off inside Function.forward, so the in-place passes record nothing.
-        length = u.shape[1]
-        chunk = chunk_length(length)
+        chunk = chunk_length(u.shape[1])
         y, starts, final = _forward(u, delta, A, B, C, h0, chunk)
-        ctx.spans = _spans(length, chunk)
-        ctx.save_for_backward(u, delta, A, B, C, *starts.unbind(1))
+        ctx.chunk = chunk
+        ctx.save_for_backward(u, delta, A, B, C, starts)
         return y, final
 
     @staticmethod
     def backward(ctx, grad_y, grad_h):
-        u, delta, A, B, C, *starts = ctx.saved_tensors
-        grads = [torch.zeros_like(t) for t in (u, delta, A, B, C)]
-        grad_u, grad_delta, grad_A, grad_B, grad_C = grads
-        incoming = grad_h
-        for (t0, t1), start in zip(reversed(ctx.spans), reversed(starts)):
-            u_c, delta_c, B_c, C_c, gy = u[:, t0:t1], delta[:, t0:t1], B[:, t0:t1], C[:, t0:t1], grad_y[:, t0:t1]
-            states, steps = _chunk_states(u_c, delta_c, A, B_c, start)
-            direct = gy.unsqueeze(-1) * C_c.unsqueeze(2)  # (Bt, Q, Dm, N)
-            g = _adjoint(direct, steps, incoming)
-            previous = torch.cat([start.unsqueeze(1), states[:, :-1]], dim=1)  # h_{t-1}
-            dlog = g * steps * previous  # (Bt, Q, Dm, N)
-            g_dot_B = torch.matmul(g, B_c.unsqueeze(-1)).squeeze(-1)  # (Bt, Q, Dm)
-            grad_delta[:, t0:t1] = (dlog * A).sum(dim=-1) + g_dot_B * u_c
-            grad_u[:, t0:t1] = g_dot_B * delta_c
-            grad_A += torch.einsum("bqdn,bqd->dn", dlog, delta_c)
-            grad_B[:, t0:t1] = torch.einsum("bqdn,bqd->bqn", g, delta_c * u_c)
-            grad_C[:, t0:t1] = torch.einsum("bqdn,bqd->bqn", states, gy)
-            incoming = steps[:, 0] * g[:, 0]
-        return grad_u, grad_delta, grad_A, grad_B, grad_C, incoming
+        u, delta, A, B, C, starts = ctx.saved_tensors
+        return _backward(u, delta, A, B, C, starts, grad_y, grad_h, ctx.chunk)
 
 
 def selective_scan(u, delta, A, B, C, D=None, z=None, *, initial_state=None):
