@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from seqzoo.kernels import dispatch, get_kernel, select, use_backend
-from tests.kernels.scan_checks import backward, leaves
+from tests.kernels.scan_checks import backward, check_continued, leaves
 from tests.kernels.tolerances import assert_close
 
 OP = "causal_conv1d"
@@ -116,12 +116,7 @@ def test_two_pieces_equal_whole(backend, split, masked):
     first_y, first_state = run(backend, first, mask=None if mask is None else mask[:, :split])
     second = dict(tensors, x=tensors["x"][:, split:], initial_state=first_state)
     second_y, second_state = run(backend, second, mask=None if mask is None else mask[:, split:])
-    y = torch.cat([first_y, second_y], dim=1)
-    if backend == "reference":
-        assert torch.equal(y, whole_y) and torch.equal(second_state, whole_state)
-    else:
-        assert_close(y, whole_y, torch.float64, "output", "continued")
-        assert_close(second_state, whole_state, torch.float64, "state", "continued")
+    check_continued(backend, torch.cat([first_y, second_y], dim=1), second_state, whole_y, whole_state)
 
 
 def test_long_sequence_is_finite():
