@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import statistics
-import time
 
 import torch
 from transformers import MambaConfig as HFMambaConfig
@@ -22,7 +20,7 @@ from transformers import MambaForCausalLM as HFMambaForCausalLM
 import seqzoo
 from seqzoo.conversions.hf_mamba import convert_hf_mamba
 from seqzoo.kernels import use_backend
-from timing import compare, machine, table
+from timing import compare, decode_ms_per_token, machine, table
 
 
 def paired_models() -> tuple[torch.nn.Module, torch.nn.Module]:
@@ -70,20 +68,6 @@ def versus_transformers(repeats: int) -> list[list[object]]:
         rows.append(["seqzoo Mamba forward T=1024: chunked vs reference kernels", f"{chunked * 1e3:.1f}",
                      f"{reference * 1e3:.1f}", f"{reference / chunked:.2f}x"])
     return rows
-
-
-def decode_ms_per_token(model: torch.nn.Module, context: int, steps: int) -> float:
-    """Median time of one cached decode step after a ``context``-token prefill."""
-    with torch.no_grad():
-        out = model(torch.randint(0, 256, (1, context)), use_cache=True)
-        cache, token = out.past_key_values, out.logits[:, -1:].argmax(-1)
-        samples = []
-        for _ in range(steps):
-            start = time.perf_counter()
-            out = model(token, past_key_values=cache, use_cache=True)
-            samples.append(time.perf_counter() - start)
-            cache, token = out.past_key_values, out.logits[:, -1:].argmax(-1)
-    return statistics.median(samples) * 1e3
 
 
 def decode_and_architecture_rows(repeats: int, steps: int) -> tuple[list[list[object]], list[list[object]]]:

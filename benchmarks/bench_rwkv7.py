@@ -11,14 +11,12 @@ reference / chunked (> 1 means RWKV-7, resp. the chunked kernel, is faster).
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
 
 import torch
 
 import seqzoo
 from seqzoo.kernels import available_backends, use_backend
-from timing import compare, machine, table
+from timing import compare, decode_ms_per_token, machine, table
 
 
 def models() -> dict[str, torch.nn.Module]:
@@ -40,20 +38,6 @@ def forward_rows(pair: dict[str, torch.nn.Module], repeats: int) -> list[list[ob
             rows.append([f"forward B=1 T={length}", f"{rwkv * 1e3:.1f}", f"{transformer * 1e3:.1f}",
                          f"{transformer / rwkv:.2f}x"])
     return rows
-
-
-def decode_ms_per_token(model: torch.nn.Module, context: int, steps: int) -> float:
-    """Median time of one cached decode step after a ``context``-token prefill."""
-    with torch.no_grad():
-        out = model(torch.randint(0, 256, (1, context)), use_cache=True)
-        cache, token = out.past_key_values, out.logits[:, -1:].argmax(-1)
-        samples = []
-        for _ in range(steps):
-            start = time.perf_counter()
-            out = model(token, past_key_values=cache, use_cache=True)
-            samples.append(time.perf_counter() - start)
-            cache, token = out.past_key_values, out.logits[:, -1:].argmax(-1)
-    return statistics.median(samples) * 1e3
 
 
 def decode_rows(pair: dict[str, torch.nn.Module], steps: int) -> list[list[object]]:

@@ -31,6 +31,21 @@ def compare(fns: dict[str, Callable[[], object]], repeats: int = 7, warmup: int 
     return {name: statistics.median(values) for name, values in samples.items()}
 
 
+
+def decode_ms_per_token(model: torch.nn.Module, context: int, steps: int) -> float:
+    """Median time of one cached decode step after a ``context``-token prefill."""
+    with torch.no_grad():
+        out = model(torch.randint(0, 256, (1, context)), use_cache=True)
+        cache, token = out.past_key_values, out.logits[:, -1:].argmax(-1)
+        samples = []
+        for _ in range(steps):
+            start = time.perf_counter()
+            out = model(token, past_key_values=cache, use_cache=True)
+            samples.append(time.perf_counter() - start)
+            cache, token = out.past_key_values, out.logits[:, -1:].argmax(-1)
+    return statistics.median(samples) * 1e3
+
+
 def machine() -> str:
     import platform
 

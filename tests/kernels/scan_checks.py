@@ -48,3 +48,36 @@ def check_continued(backend, y, state, whole_y, whole_state):
     else:
         assert_close(y, whole_y, torch.float64, "output", "continued")
         assert_close(state, whole_state, torch.float64, "state", "continued")
+
+
+def check_chunked_matches_reference(run, tensors, dtype):
+    """``chunked`` (and, in bf16, ``reference`` itself) against the reference computed in float32 from the same
+    inputs: outputs, final state and every input's gradient, within the dtype's tolerances."""
+    expected = leaves(tensors, torch.float32)
+    ref_y, ref_state = run("reference", expected)
+    backward(ref_y, ref_state)
+    backends = ["chunked", "reference"] if dtype == torch.bfloat16 else ["chunked"]
+    for backend in backends:
+        actual = leaves(tensors)
+        y, state = run(backend, actual)
+        assert y.dtype == dtype and state.dtype == torch.float32
+        assert_close(y, ref_y, dtype, "output", f"{backend} y")
+        assert_close(state, ref_state, dtype, "state", f"{backend} state")
+        backward(y, state)
+        for name, leaf in actual.items():
+            assert leaf.grad is not None, name
+            assert_close(leaf.grad, expected[name].grad, dtype, "grad", f"{backend} d{name}")
+
+
+def check_float64_matches_reference(run, tensors, label, **chunked_kwargs):
+    """``chunked`` (called with ``chunked_kwargs``) against ``reference`` in float64: outputs, final state and
+    every input's gradient."""
+    expected, actual = leaves(tensors), leaves(tensors)
+    ref = run("reference", expected)
+    out = run("chunked", actual, **chunked_kwargs)
+    for got, want, what in zip(out, ref, ("output", "state")):
+        assert_close(got, want, torch.float64, what, label)
+    backward(*ref)
+    backward(*out)
+    for name in tensors:
+        assert_close(actual[name].grad, expected[name].grad, torch.float64, "grad", f"{label} d{name}")

@@ -15,7 +15,13 @@ import torch.nn.functional as F
 
 from seqzoo.kernels import dispatch, get_kernel, select, use_backend
 from seqzoo.kernels.selective_scan import chunked
-from tests.kernels.scan_checks import backward, check_two_pieces_equal_whole, leaves
+from tests.kernels.scan_checks import (
+    backward,
+    check_chunked_matches_reference,
+    check_float64_matches_reference,
+    check_two_pieces_equal_whole,
+    leaves,
+)
 from tests.kernels.tolerances import assert_close
 
 OP = "selective_scan"
@@ -53,21 +59,7 @@ def run(backend, t):
 @pytest.mark.parametrize("length", [1, 63, 77, 500])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_chunked_matches_reference(length, dtype):
-    tensors = make_inputs(length, dtype)
-    expected = leaves(tensors, torch.float32)
-    ref_y, ref_state = run("reference", expected)
-    backward(ref_y, ref_state)
-    backends = ["chunked", "reference"] if dtype == torch.bfloat16 else ["chunked"]
-    for backend in backends:
-        actual = leaves(tensors)
-        y, state = run(backend, actual)
-        assert y.dtype == dtype and state.dtype == torch.float32
-        assert_close(y, ref_y, dtype, "output", f"{backend} y")
-        assert_close(state, ref_state, dtype, "state", f"{backend} state")
-        backward(y, state)
-        for name, leaf in actual.items():
-            assert leaf.grad is not None, name
-            assert_close(leaf.grad, expected[name].grad, dtype, "grad", f"{backend} d{name}")
+    check_chunked_matches_reference(run, make_inputs(length, dtype), dtype)
 
 
 @pytest.mark.parametrize("group_elements", [1, 1 << 30])
@@ -77,15 +69,7 @@ def test_many_small_chunks_match_reference(monkeypatch, group_elements):
     monkeypatch.setattr(chunked, "MAX_CHUNK", 4)
     monkeypatch.setattr(chunked, "GROUP_ELEMENTS", group_elements)
     tensors = make_inputs(23, torch.float64)
-    expected, actual = leaves(tensors), leaves(tensors)
-    ref = run("reference", expected)
-    out = run("chunked", actual)
-    for got, want, what in zip(out, ref, ("output", "state")):
-        assert_close(got, want, torch.float64, what, "selective_scan")
-    backward(*ref)
-    backward(*out)
-    for name in tensors:
-        assert_close(actual[name].grad, expected[name].grad, torch.float64, "grad", f"d{name}")
+    check_float64_matches_reference(run, tensors, "selective_scan")
 
 
 def test_long_sequence_is_finite():

@@ -15,7 +15,13 @@ import torch.nn.functional as F
 
 from seqzoo.kernels import KernelError, dispatch, get_kernel, select, use_backend
 from seqzoo.kernels.ssd import chunked
-from tests.kernels.scan_checks import backward, check_two_pieces_equal_whole, leaves
+from tests.kernels.scan_checks import (
+    backward,
+    check_chunked_matches_reference,
+    check_float64_matches_reference,
+    check_two_pieces_equal_whole,
+    leaves,
+)
 from tests.kernels.tolerances import assert_close
 
 OP = "ssd"
@@ -54,36 +60,14 @@ def run(backend, t, chunk_size=16):
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_chunked_matches_reference(length, dtype):
     # chunk_size 16: 63 and 77 end in a partial chunk, 500 spans 32 chunks.
-    tensors = make_inputs(length, dtype)
-    expected = leaves(tensors, torch.float32)
-    ref_y, ref_state = run("reference", expected)
-    backward(ref_y, ref_state)
-    backends = ["chunked", "reference"] if dtype == torch.bfloat16 else ["chunked"]
-    for backend in backends:
-        actual = leaves(tensors)
-        y, state = run(backend, actual)
-        assert y.dtype == dtype and state.dtype == torch.float32
-        assert_close(y, ref_y, dtype, "output", f"{backend} y")
-        assert_close(state, ref_state, dtype, "state", f"{backend} state")
-        backward(y, state)
-        for name, leaf in actual.items():
-            assert leaf.grad is not None, name
-            assert_close(leaf.grad, expected[name].grad, dtype, "grad", f"{backend} d{name}")
+    check_chunked_matches_reference(run, make_inputs(length, dtype), dtype)
 
 
 @pytest.mark.parametrize("groups", [1, HEADS])
 @pytest.mark.parametrize("chunk_size", [1, 7, 64, 1000])
 def test_groups_and_chunk_sizes_float64(groups, chunk_size):
     tensors = make_inputs(45, torch.float64, groups=groups)
-    expected, actual = leaves(tensors), leaves(tensors)
-    ref = run("reference", expected)
-    out = run("chunked", actual, chunk_size=chunk_size)
-    for got, want, what in zip(out, ref, ("output", "state")):
-        assert_close(got, want, torch.float64, what, f"chunk_size={chunk_size}")
-    backward(*ref)
-    backward(*out)
-    for name in tensors:
-        assert_close(actual[name].grad, expected[name].grad, torch.float64, "grad", f"d{name}")
+    check_float64_matches_reference(run, tensors, f"chunk_size={chunk_size}", chunk_size=chunk_size)
 
 
 def test_long_sequence_is_finite():

@@ -16,7 +16,13 @@ import torch.nn.functional as F
 
 from seqzoo.kernels import dispatch, get_kernel, select, use_backend
 from seqzoo.kernels.wkv7 import chunked, wkv7_step
-from tests.kernels.scan_checks import backward, check_two_pieces_equal_whole, leaves
+from tests.kernels.scan_checks import (
+    backward,
+    check_chunked_matches_reference,
+    check_float64_matches_reference,
+    check_two_pieces_equal_whole,
+    leaves,
+)
 from tests.kernels.tolerances import assert_close
 
 OP = "wkv7"
@@ -54,22 +60,8 @@ def run(backend, t):
 @pytest.mark.parametrize("length", [1, 63, 77, 500])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_chunked_matches_reference(length, dtype):
-    # Chunks of 16: 63 and 77 end in a partial chunk.
-    tensors = make_inputs(length, dtype)
-    expected = leaves(tensors, torch.float32)
-    ref_y, ref_state = run("reference", expected)
-    backward(ref_y, ref_state)
-    backends = ["chunked", "reference"] if dtype == torch.bfloat16 else ["chunked"]
-    for backend in backends:
-        actual = leaves(tensors)
-        y, state = run(backend, actual)
-        assert y.dtype == dtype and state.dtype == torch.float32
-        assert_close(y, ref_y, dtype, "output", f"{backend} y")
-        assert_close(state, ref_state, dtype, "state", f"{backend} state")
-        backward(y, state)
-        for name, leaf in actual.items():
-            assert leaf.grad is not None, name
-            assert_close(leaf.grad, expected[name].grad, dtype, "grad", f"{backend} d{name}")
+    # Chunks of 32: 63, 77 and 500 end in a partial chunk.
+    check_chunked_matches_reference(run, make_inputs(length, dtype), dtype)
 
 
 @pytest.mark.parametrize("form", ["factored", "pairwise"])
@@ -79,14 +71,7 @@ def test_each_score_form_matches_reference(monkeypatch, form, length, decay_scal
     # each form in turn (decay_scale 4: chunk totals near -39, factors up to exp(20)) and compare in float64.
     monkeypatch.setattr(chunked, "FACTORED_MAX_DECAY", float("inf") if form == "factored" else -1.0)
     tensors = make_inputs(length, torch.float64, decay_scale=decay_scale)
-    expected, actual = leaves(tensors), leaves(tensors)
-    ref, out = run("reference", expected), run("chunked", actual)
-    for got, want, what in zip(out, ref, ("output", "state")):
-        assert_close(got, want, torch.float64, what, form)
-    backward(*ref)
-    backward(*out)
-    for name in tensors:
-        assert_close(actual[name].grad, expected[name].grad, torch.float64, "grad", f"{form} d{name}")
+    check_float64_matches_reference(run, tensors, form)
 
 
 def test_strong_decay_takes_the_pairwise_form(monkeypatch):
@@ -104,15 +89,7 @@ def test_strong_decay_takes_the_pairwise_form(monkeypatch):
 def test_value_size_and_fast_decay_float64(value, decay_scale):
     # V != K, and per-step decays down to exp(-30): ratios stay exp(c_t - c_s) <= 1, nothing overflows.
     tensors = make_inputs(45, torch.float64, value=value, decay_scale=decay_scale)
-    expected, actual = leaves(tensors), leaves(tensors)
-    ref = run("reference", expected)
-    out = run("chunked", actual)
-    for got, want, what in zip(out, ref, ("output", "state")):
-        assert_close(got, want, torch.float64, what, f"V={value}")
-    backward(*ref)
-    backward(*out)
-    for name in tensors:
-        assert_close(actual[name].grad, expected[name].grad, torch.float64, "grad", f"d{name}")
+    check_float64_matches_reference(run, tensors, f"V={value}")
 
 
 @pytest.mark.parametrize("decay_scale", [1.0, 50.0])

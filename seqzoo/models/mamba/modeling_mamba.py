@@ -110,29 +110,44 @@ def run_state_space_stack(
     return BaseModelOutputWithPast(last_hidden_state=hidden_states, past_key_values=cache, hidden_states=all_hidden_states)
 
 
-class MambaPreTrainedModel(SeqzooPreTrainedModel):
-    config_class = MambaConfig
+class StateSpacePreTrainedModel(SeqzooPreTrainedModel):
+    """mamba_ssm's initialisation, shared by Mamba and Mamba-2: torch's default init for projections and the
+    convolution, normal embeddings, unit norms, and the mixer's own A / D / time-step init. Children are initialised
+    before their parents, so the mixer's choices (its time-step projection, the out_proj rescaling) win over the
+    generic Linear rule. Subclasses name their norm and mixer classes and how to reset the mixer."""
+
     supports_gradient_checkpointing = True
-    _no_split_modules = ["MambaBlock"]
+    norm_classes: tuple[type[nn.Module], ...] = (RMSNorm,)
+    mixer_class: type[nn.Module]
+
+    def reset_mixer(self, mixer: nn.Module) -> None:
+        raise NotImplementedError
 
     def _init_weights(self, module: nn.Module) -> None:
-        # mamba_ssm's scheme: torch's default init for projections and the convolution, normal embeddings, and the
-        # special A / D / time-step init of the mixer. Children are initialised before their parents, so the
-        # mixer's own choices (dt_proj, out_proj rescaling) win over the generic Linear rule.
         config = self.config
         if isinstance(module, nn.Embedding):
             init.normal_(module.weight, mean=0.0, std=config.initializer_range)
         elif isinstance(module, (nn.Linear, CausalDepthwiseConv1d)):
             init_linear_like_torch(module)
-        elif isinstance(module, RMSNorm):
+        elif isinstance(module, self.norm_classes):
             init.ones_(module.weight)
-        elif isinstance(module, MambaMixer):
-            module.reset_ssm_parameters(
-                config.time_step_min, config.time_step_max, config.time_step_floor,
-                config.time_step_init_scheme, config.time_step_scale,
-            )
+        elif isinstance(module, self.mixer_class):
+            self.reset_mixer(module)
             if config.rescale_prenorm_residual:
                 init_linear_like_torch(module.out_proj, scale=config.num_hidden_layers**-0.5)
+
+
+class MambaPreTrainedModel(StateSpacePreTrainedModel):
+    config_class = MambaConfig
+    _no_split_modules = ["MambaBlock"]
+    mixer_class = MambaMixer
+
+    def reset_mixer(self, mixer: nn.Module) -> None:
+        config = self.config
+        mixer.reset_ssm_parameters(
+            config.time_step_min, config.time_step_max, config.time_step_floor,
+            config.time_step_init_scheme, config.time_step_scale,
+        )
 
 
 class StateSpaceBackbone:

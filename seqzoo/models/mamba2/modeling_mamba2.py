@@ -7,13 +7,16 @@ The state of every layer (``conv`` and ``ssm``) lives in a :class:`RecurrentCach
 from __future__ import annotations
 
 from torch import nn
-from transformers import initialization as init
 
-from seqzoo.layers.mamba import CausalDepthwiseConv1d, init_linear_like_torch
 from seqzoo.layers.mamba2 import GatedRMSNorm, Mamba2Mixer
 from seqzoo.layers.norms import RMSNorm
-from seqzoo.models.mamba.modeling_mamba import StateSpaceBackbone, StateSpaceBlock, StateSpaceGeneration
-from seqzoo.models.modeling_utils import SeqzooForCausalLM, SeqzooPreTrainedModel
+from seqzoo.models.mamba.modeling_mamba import (
+    StateSpaceBackbone,
+    StateSpaceBlock,
+    StateSpaceGeneration,
+    StateSpacePreTrainedModel,
+)
+from seqzoo.models.modeling_utils import SeqzooForCausalLM
 
 from .configuration_mamba2 import Mamba2Config
 
@@ -38,25 +41,15 @@ class Mamba2Block(StateSpaceBlock):
         super().__init__(config, layer_idx, mixer)
 
 
-class Mamba2PreTrainedModel(SeqzooPreTrainedModel):
+class Mamba2PreTrainedModel(StateSpacePreTrainedModel):
     config_class = Mamba2Config
-    supports_gradient_checkpointing = True
     _no_split_modules = ["Mamba2Block"]
+    norm_classes = (RMSNorm, GatedRMSNorm)
+    mixer_class = Mamba2Mixer
 
-    def _init_weights(self, module: nn.Module) -> None:
-        # mamba_ssm's scheme, as for Mamba: torch's default init for projections and the convolution, normal
-        # embeddings, and the mixer's A / D / dt_bias init (the mixer runs after its children, so it wins).
+    def reset_mixer(self, mixer: nn.Module) -> None:
         config = self.config
-        if isinstance(module, nn.Embedding):
-            init.normal_(module.weight, mean=0.0, std=config.initializer_range)
-        elif isinstance(module, (nn.Linear, CausalDepthwiseConv1d)):
-            init_linear_like_torch(module)
-        elif isinstance(module, (RMSNorm, GatedRMSNorm)):
-            init.ones_(module.weight)
-        elif isinstance(module, Mamba2Mixer):
-            module.reset_ssm_parameters(config.time_step_min, config.time_step_max, config.time_step_floor)
-            if config.rescale_prenorm_residual:
-                init_linear_like_torch(module.out_proj, scale=config.num_hidden_layers**-0.5)
+        mixer.reset_ssm_parameters(config.time_step_min, config.time_step_max, config.time_step_floor)
 
 
 class Mamba2Model(StateSpaceBackbone, Mamba2PreTrainedModel):
