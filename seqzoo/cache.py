@@ -50,6 +50,13 @@ class RecurrentCache:
         return self.seen_tokens
 
     @property
+    def is_linear(self) -> list[bool]:
+        # transformers >= 5.24 does not slice already-cached prompt tokens off for a cache whose layers are all
+        # "linear", because its own linear caches do not count positions. This one does, so it answers like an
+        # attention cache, and generate() continues from it exactly as on 5.23.
+        return [False] * len(self.layers)
+
+    @property
     def batch_size(self) -> int | None:
         first = next(self.tensors(), None)
         return None if first is None else first.shape[0]

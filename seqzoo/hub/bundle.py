@@ -32,6 +32,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+RECORD_FILE = "seqzoo_bundle.json"
+
 BUNDLE_NOTE = (
     "# {source} from seqzoo {version}, copied into the self-contained code of this checkpoint with its\n"
     "# imports of {packages} modules rewritten as flat sibling imports, so that transformers can load it with\n"
@@ -58,6 +60,30 @@ class Bundle:
             path.write_text(text, encoding="utf-8")
             paths.append(path)
         return paths
+
+
+def bundle_record() -> dict[str, Any]:
+    """What ``seqzoo_bundle.json`` says of a bundle: the seqzoo, transformers and torch it was exported with, and the
+    transformers releases this seqzoo is tested against (its declared dependency range), so a user of a later
+    release can tell whether the bundled code predates it (``seqzoo publish --refresh-code`` rewrites it)."""
+    from importlib import metadata
+
+    import torch
+    import transformers
+
+    import seqzoo
+
+    try:
+        requirements = metadata.requires("seqzoo") or []
+    except metadata.PackageNotFoundError:  # seqzoo run from a source tree without being installed
+        requirements = []
+    tested = next((r.split(";")[0].strip()[len("transformers"):] for r in requirements
+                   if re.match(r"transformers\s*[<>=!~]", r)), "unknown")
+    return {
+        "seqzoo_version": seqzoo.__version__,
+        "exported_with": {"transformers": transformers.__version__, "torch": torch.__version__.split("+")[0]},
+        "tested_transformers": tested,
+    }
 
 
 def build_bundle(spec: Any) -> Bundle:
@@ -238,4 +264,4 @@ def _apply_edits(source: bytes, edits: list[tuple[ast.stmt, list[str]]]) -> str:
     return result.decode("utf-8")
 
 
-__all__ = ["Bundle", "BundleError", "build_bundle"]
+__all__ = ["RECORD_FILE", "Bundle", "BundleError", "bundle_record", "build_bundle"]

@@ -286,7 +286,9 @@ def files_section(code_files: list[str]) -> str:
     return (
         "`config.json` (with `auto_map`), `model.safetensors`, `generation_config.json`, the tokenizer files, and "
         f"the self-contained code that seqzoo bundled for `trust_remote_code=True`: {listed}. The bundle carries "
-        "seqzoo's PyTorch kernels; GPU kernels that seqzoo loads on demand need seqzoo installed."
+        "seqzoo's PyTorch kernels; GPU kernels that seqzoo loads on demand need seqzoo installed. "
+        "`seqzoo_bundle.json` records the seqzoo, transformers and torch versions the code was exported with and "
+        "the transformers releases that seqzoo version is tested against."
     )
 
 

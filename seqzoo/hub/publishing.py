@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
-from seqzoo.hub.bundle import build_bundle
+from seqzoo.hub.bundle import RECORD_FILE, build_bundle, bundle_record
 from seqzoo.hub.cards import (
     DEFAULT_LICENSE,
     TRAINING_FILE,
@@ -185,6 +185,7 @@ def _write_folder(checkpoint: _Checkpoint, folder: Path, *, repo_id: str, licens
     config = json.loads(config_file.read_text())
     config["auto_map"] = bundle.auto_map
     config_file.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+    (folder / RECORD_FILE).write_text(json.dumps(bundle_record(), indent=2) + "\n")
     if checkpoint.training:
         (folder / TRAINING_FILE).write_text(json.dumps(checkpoint.training, indent=2) + "\n")
     card = render_model_card(model, spec, repo_id=repo_id, code_files=code_files, license=license,

@@ -16,6 +16,8 @@ class SeqzooConfig(PreTrainedConfig):
     """Fields common to all seqzoo architectures (HF names)."""
 
     model_type = ""
+    # Output fields Trainer's evaluation leaves out of the gathered predictions (the decoding cache, by every name).
+    keys_to_ignore_at_inference = ["cache", "past_key_values", "cache_params"]
 
     vocab_size: int = 258
     hidden_size: int = 256

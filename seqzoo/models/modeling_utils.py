@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 from typing import Any
 
 import torch
@@ -10,6 +11,14 @@ from transformers import GenerationMixin, PreTrainedConfig, PreTrainedModel
 from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutputWithPast
 
 from seqzoo.cache import RecurrentCache
+from seqzoo.models.compat import (
+    CACHE_ALIASES,
+    GENERATE_CACHE_KWARG,
+    check_kwargs,
+    model_output,
+    output_cache,
+    take_cache,
+)
 
 
 def check_inputs(
@@ -86,7 +95,10 @@ class SeqzooPreTrainedModel(PreTrainedModel):
 
     base_model_prefix = "model"
     main_input_name = "input_ids"
-    _skip_keys_device_placement = ["past_key_values"]
+    _skip_keys_device_placement = ["cache", *CACHE_ALIASES]
+    # Keyword arguments this model's forward passes on to its layers beyond its own parameters (attention kernels'
+    # arguments for the Transformer); checked like the parameters.
+    extra_forward_kwargs: tuple[str, ...] = ()
     is_recurrent = True
     # A recurrent state cannot be rolled back to an earlier token, so generate() refuses assisted decoding (which
     # needs that) with a clear error instead of failing deep inside.
@@ -152,7 +164,7 @@ class SeqzooForCausalLM(SeqzooPreTrainedModel, GenerationMixin):
         input_ids: torch.LongTensor | None = None,
         attention_mask: torch.Tensor | None = None,
         position_ids: torch.LongTensor | None = None,
-        past_key_values: Any = None,
+        cache: Any = None,
         inputs_embeds: torch.Tensor | None = None,
         labels: torch.LongTensor | None = None,
         use_cache: bool | None = None,
@@ -162,19 +174,25 @@ class SeqzooForCausalLM(SeqzooPreTrainedModel, GenerationMixin):
         **kwargs: Any,
     ) -> CausalLMOutputWithPast | tuple:
         r"""
+        cache: the decoding state to continue from (``past_key_values`` and ``cache_params`` are accepted as older
+            names of the same argument).
         labels: (batch, sequence_length) token ids; shifted inside, -100 is ignored.
         logits_to_keep: if an int > 0, compute logits only for the last that many positions (generation).
+        kwargs: only what :data:`seqzoo.models.compat.PASSTHROUGH_KWARGS` lists, or what the backbone names in
+            ``extra_forward_kwargs``; anything else raises.
         """
+        cache = take_cache(cache, kwargs)
+        check_kwargs(kwargs, forward_parameters(self), f"{type(self).__name__}.forward")
         return_dict = return_dict if return_dict is not None else self.config.return_dict
         outputs: BaseModelOutputWithPast = self.model(
             input_ids=input_ids,
             attention_mask=attention_mask,
             position_ids=position_ids,
-            past_key_values=past_key_values,
+            cache=cache,
             inputs_embeds=inputs_embeds,
             use_cache=use_cache,
             output_hidden_states=output_hidden_states,
-            **kwargs,
+            **{k: v for k, v in kwargs.items() if k != "num_items_in_batch"},
         )
         hidden_states = outputs.last_hidden_state
         if isinstance(logits_to_keep, int):
@@ -190,19 +208,46 @@ class SeqzooForCausalLM(SeqzooPreTrainedModel, GenerationMixin):
                     f"labels must have shape {tuple(logits.shape[:2])} (batch, sequence_length); got "
                     f"{tuple(labels.shape)}"
                 )
-            loss = self.loss_function(logits=logits, labels=labels, vocab_size=self.config.vocab_size, **kwargs)
+            loss = self.loss_function(
+                logits=logits, labels=labels, vocab_size=self.config.vocab_size,
+                num_items_in_batch=kwargs.get("num_items_in_batch"),
+            )
 
+        new_cache = output_cache(outputs)
         if not return_dict:
-            output = (logits, outputs.past_key_values, outputs.hidden_states)
+            output = (logits, new_cache, outputs.hidden_states)
             output = tuple(v for v in output if v is not None)
             return (loss, *output) if loss is not None else output
-        return CausalLMOutputWithPast(
+        return model_output(
+            CausalLMOutputWithPast,
+            cache=new_cache,
             loss=loss,
             logits=logits,
-            past_key_values=outputs.past_key_values,
             hidden_states=outputs.hidden_states,
             attentions=getattr(outputs, "attentions", None),
         )
+
+    def generate(self, *args: Any, cache: Any = None, **kwargs: Any) -> Any:
+        """transformers' ``generate``; a cache to continue from may be passed as ``cache`` on every supported
+        release (or under its older names ``past_key_values`` / ``cache_params``)."""
+        cache = take_cache(cache, kwargs)
+        if cache is not None:
+            # Under the name the installed release looks for, so that it slices the already-cached prompt tokens off.
+            kwargs[GENERATE_CACHE_KWARG] = cache
+        return super().generate(*args, **kwargs)
+
+
+def forward_parameters(module: nn.Module) -> tuple[str, ...]:
+    """The keyword arguments ``module.forward`` names, plus those its backbone forwards (``extra_forward_kwargs``)."""
+    cls = type(module)
+    names = _FORWARD_PARAMETERS.get(cls)
+    if names is None:
+        names = tuple(inspect.signature(cls.forward).parameters)[1:] + tuple(module.extra_forward_kwargs)
+        _FORWARD_PARAMETERS[cls] = names
+    return names
+
+
+_FORWARD_PARAMETERS: dict[type, tuple[str, ...]] = {}
 
 
 _HUB_KWARGS = ("cache_dir", "force_download", "local_files_only", "token", "revision", "subfolder", "proxies")
@@ -222,12 +267,18 @@ def _check_checkpoint_model_type(cls: type, source: Any, kwargs: dict[str, Any])
         )
 
 
-def new_recurrent_cache(config: Any, past_key_values: Any, use_cache: bool) -> RecurrentCache | None:
-    if past_key_values is not None:
-        if not isinstance(past_key_values, RecurrentCache):
+def new_recurrent_cache(config: Any, cache: Any, use_cache: bool) -> RecurrentCache | None:
+    if cache is not None:
+        if not isinstance(cache, RecurrentCache):
             raise ValueError(
-                f"past_key_values must be a seqzoo RecurrentCache for {type(config).__name__}; got "
-                f"{type(past_key_values).__name__}"
+                f"cache must be a seqzoo RecurrentCache for {type(config).__name__}; got {type(cache).__name__}"
             )
-        return past_key_values
+        return cache
     return RecurrentCache(config.num_hidden_layers) if use_cache else None
+
+
+def backbone_cache_argument(model: nn.Module, cache: Any, kwargs: dict[str, Any]) -> Any:
+    """A backbone forward's first step: the cache under any of its names, and no keyword argument it does not use."""
+    cache = take_cache(cache, kwargs)
+    check_kwargs(kwargs, forward_parameters(model), f"{type(model).__name__}.forward")
+    return cache

@@ -10,11 +10,13 @@ import os
 import shutil
 import subprocess
 import sys
+from functools import lru_cache
 from pathlib import Path
 from typing import Any, Callable
 
 import pytest
 import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
 
 import seqzoo
 from seqzoo.cli import save_with_tokenizer
@@ -164,6 +166,25 @@ def exports(saved_models, tmp_path_factory) -> PerArchitecture:
 
 
 @pytest.fixture(scope="session")
+def reference(exports):
+    """arch -> what seqzoo generates from the exported folder, loaded natively (computed once, on demand)."""
+
+    @lru_cache(maxsize=None)
+    def compute(arch: str) -> dict:
+        folder = exports[arch]
+        model = AutoModelForCausalLM.from_pretrained(folder).eval()
+        tokenizer = AutoTokenizer.from_pretrained(folder)
+        tokens, logits = greedy(model, tokenizer)
+        inputs = tokenizer(PROMPT, return_tensors="pt")
+        with torch.no_grad():
+            long = model.generate(**inputs, max_new_tokens=20, do_sample=False)
+        return {"model": model, "tokens": tokens, "logits": logits,
+                "text": tokenizer.decode(long[0], skip_special_tokens=True) + "\n"}
+
+    return compute
+
+
+@pytest.fixture(scope="session")
 def toy_plugin(tmp_path_factory):
     """The `toyzoo` plugin package, importable while the session lasts: its ModelSpec (not registered)."""
     root = tmp_path_factory.mktemp("plugin")
@@ -221,8 +242,8 @@ def hub_env(home: Path, **extra: str) -> dict[str, str]:
     return env
 
 
-def run_python(args: list[str], env: dict[str, str], cwd: Path, timeout: float = 240) -> subprocess.CompletedProcess:
-    result = subprocess.run([sys.executable, *args], env=env, cwd=cwd, capture_output=True, text=True,
-                            timeout=timeout)
+def run_python(args: list[str], env: dict[str, str], cwd: Path, timeout: float = 240,
+               python: str = sys.executable) -> subprocess.CompletedProcess:
+    result = subprocess.run([python, *args], env=env, cwd=cwd, capture_output=True, text=True, timeout=timeout)
     assert result.returncode == 0, f"exit {result.returncode}\nstdout:\n{result.stdout}\nstderr:\n{result.stderr}"
     return result

@@ -97,7 +97,10 @@ def main() -> None:
     with open(job_path) as f:
         job = json.load(f)
     sys.meta_path.insert(0, Hide())
-    results = {"seqzoo_importable": seqzoo_importable(), "checkpoints": {}}
+    import transformers
+
+    results = {"seqzoo_importable": seqzoo_importable(), "transformers_version": transformers.__version__,
+               "checkpoints": {}}
     for item in job["checkpoints"]:
         try:
             results["checkpoints"][item["arch"]] = check(item, job)

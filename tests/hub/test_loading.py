@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import re
-from functools import lru_cache
 
 import pytest
 import torch
@@ -36,25 +35,6 @@ def usage_snippets(folder) -> dict[str, str]:
     remote = [b for b in blocks if "trust_remote_code=True" in b and "import seqzoo" not in b]
     assert len(native) == 1 and len(remote) == 1, blocks
     return {"native": native[0], "remote": remote[0]}
-
-
-@pytest.fixture(scope="session")
-def reference(exports):
-    """arch -> what seqzoo generates from the exported folder, loaded natively (computed once, on demand)."""
-
-    @lru_cache(maxsize=None)
-    def compute(arch: str) -> dict:
-        folder = exports[arch]
-        model = AutoModelForCausalLM.from_pretrained(folder).eval()
-        tokenizer = AutoTokenizer.from_pretrained(folder)
-        tokens, logits = greedy(model, tokenizer)
-        inputs = tokenizer(PROMPT, return_tensors="pt")
-        with torch.no_grad():
-            long = model.generate(**inputs, max_new_tokens=20, do_sample=False)
-        return {"model": model, "tokens": tokens, "logits": logits,
-                "text": tokenizer.decode(long[0], skip_special_tokens=True) + "\n"}
-
-    return compute
 
 
 @pytest.fixture(scope="session")

@@ -10,6 +10,7 @@ from safetensors import safe_open
 from transformers import AutoConfig, AutoModel, AutoModelForCausalLM
 
 import seqzoo
+from seqzoo.models.compat import output_cache
 from tests.conftest import tiny_model
 
 PROMPTS = [[5, 17, 33, 8, 61, 12, 40], [9, 3, 77], [44, 21, 6, 90, 13]]  # odd, unequal lengths
@@ -102,10 +103,10 @@ def test_chunked_forward_equals_token_by_token(family_preset):
     full = model(ids, use_cache=False).logits
     out = model(ids[:, :3], use_cache=True)
     steps = [out.logits]
-    cache = out.past_key_values
+    cache = output_cache(out)
     for t in range(3, ids.shape[1]):
-        out = model(ids[:, t:t + 1], past_key_values=cache, use_cache=True)
-        cache = out.past_key_values
+        out = model(ids[:, t:t + 1], cache=cache, use_cache=True)
+        cache = output_cache(out)
         steps.append(out.logits)
     torch.testing.assert_close(torch.cat(steps, dim=1), full, atol=1e-5, rtol=1e-4)
     assert cache.get_seq_length() == ids.shape[1]
@@ -185,7 +186,7 @@ def test_state_size_is_reported(family_preset):
     model = tiny_model(family_preset)
     config = model.config
     out = model(torch.tensor([PROMPTS[0]]), use_cache=True)
-    cache = out.past_key_values
+    cache = output_cache(out)
     if isinstance(cache, seqzoo.RecurrentCache):
         assert cache.state_bytes() == config.state_bytes_per_sequence(dtype_bytes=4)
     else:
@@ -198,8 +199,8 @@ def test_generate_continues_from_a_user_cache(family_preset):
     ids = torch.tensor([PROMPTS[0]])
     kwargs = dict(max_new_tokens=5, do_sample=False, pad_token_id=0)
     expected = model.generate(ids, **kwargs)
-    cache = model(ids[:, :4], use_cache=True).past_key_values
-    assert torch.equal(model.generate(ids, past_key_values=cache, **kwargs), expected)
+    cache = output_cache(model(ids[:, :4], use_cache=True))
+    assert torch.equal(model.generate(ids, cache=cache, **kwargs), expected)
 
 
 def test_assisted_decoding(family_preset):

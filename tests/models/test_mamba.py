@@ -1,11 +1,12 @@
 """Mamba / Mamba-2 specifics beyond the registry-driven tests: padding in the middle of a cached continuation,
-several SSD chunks, the ``cache_params`` alias, O(1) decode state, gradient checkpointing and the norm variants."""
+several SSD chunks, O(1) decode state, gradient checkpointing and the norm variants."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
+from seqzoo.models.compat import output_cache
 from tests.conftest import tiny_model
 from tests.models.test_common import left_pad
 
@@ -30,51 +31,29 @@ def test_padding_inside_a_cached_continuation_changes_nothing(model):
     ids1, mask1 = left_pad(first)
     ids2, mask2 = left_pad(second)
     out = model(ids1, attention_mask=mask1, use_cache=True)
-    out = model(ids2, attention_mask=torch.cat([mask1, mask2], 1), past_key_values=out.past_key_values)
+    out = model(ids2, attention_mask=torch.cat([mask1, mask2], 1), cache=output_cache(out))
     for row in range(2):
         alone = model(torch.tensor([first[row] + second[row]]), use_cache=True)
         torch.testing.assert_close(out.logits[row, -1], alone.logits[0, -1], atol=1e-5, rtol=1e-4)
-        for batched, single in zip(states(out.past_key_values, row), states(alone.past_key_values, 0)):
+        for batched, single in zip(states(output_cache(out), row), states(output_cache(alone), 0)):
             torch.testing.assert_close(batched, single, atol=1e-5, rtol=1e-4)
 
 
 def test_all_padding_row_keeps_a_zero_state(model):
     ids = torch.tensor([[0, 0, 0], [5, 6, 7]])
     out = model(ids, attention_mask=torch.tensor([[0, 0, 0], [1, 1, 1]]), use_cache=True)
-    assert all(bool((state == 0).all()) for state in states(out.past_key_values, 0))
-    assert any(bool((state != 0).any()) for state in states(out.past_key_values, 1))
-
-
-def test_cache_params_alias(model):
-    ids = torch.tensor([[5, 17, 33, 8, 61, 12, 40]])
-    prefix = model(ids[:, :4], use_cache=True).past_key_values
-    via_alias = model(ids[:, 4:], cache_params=prefix).logits
-    prefix = model(ids[:, :4], use_cache=True).past_key_values
-    via_name = model(ids[:, 4:], past_key_values=prefix).logits
-    torch.testing.assert_close(via_alias, via_name, rtol=0, atol=0)
-    other = model(ids[:, :4], use_cache=True).past_key_values
-    with pytest.raises(ValueError, match="not two different caches"):
-        model(ids[:, 4:], past_key_values=prefix, cache_params=other)
-
-
-def test_generate_continues_from_a_user_cache(model):
-    ids = torch.tensor([[5, 17, 33, 8, 61, 12, 40]])
-    kwargs = dict(max_new_tokens=5, do_sample=False, pad_token_id=0)
-    expected = model.generate(ids, **kwargs)
-    for name in ("cache_params", "past_key_values"):
-        cache = model(ids[:, :4], use_cache=True).past_key_values
-        assert torch.equal(model.generate(ids, **{name: cache}, **kwargs), expected), name
-        assert cache.get_seq_length() == ids.shape[1] + 4  # the prompt and all but the last new token
+    assert all(bool((state == 0).all()) for state in states(output_cache(out), 0))
+    assert any(bool((state != 0).any()) for state in states(output_cache(out), 1))
 
 
 def test_decoding_state_is_constant_size(model):
     out = model(torch.tensor([[5, 17, 33]]), use_cache=True)
-    cache = out.past_key_values
+    cache = output_cache(out)
     shapes = [tuple(t.shape) for t in cache.tensors()]
     nbytes = cache.state_bytes()
     token = out.logits[:, -1:].argmax(-1)
     for _ in range(20):
-        out = model(token, past_key_values=cache)
+        out = model(token, cache=cache)
         token = out.logits[:, -1:].argmax(-1)
     assert [tuple(t.shape) for t in cache.tensors()] == shapes
     assert cache.state_bytes() == nbytes == model.config.state_bytes_per_sequence(4)

@@ -14,6 +14,7 @@ import pytest
 import torch
 
 from seqzoo.conversions.rwkv7 import convert_rwkv7
+from seqzoo.models.compat import output_cache
 from tests.conftest import tiny_model
 from tests.models.test_rwkv7_reference import random_x070_checkpoint
 
@@ -54,21 +55,21 @@ def test_pads_anywhere_change_nothing_also_across_cached_chunks(model):
     # ... and chunk by chunk through the cache, with chunks that start, end, or consist of padding.
     cache, logits = None, []
     for start, stop in ((0, 3), (3, 4), (4, 8), (8, 9), (9, ids.shape[1])):
-        out = model(ids[:, start:stop], attention_mask=mask[:, :stop], past_key_values=cache, use_cache=True)
-        cache = out.past_key_values
+        out = model(ids[:, start:stop], attention_mask=mask[:, :stop], cache=cache, use_cache=True)
+        cache = output_cache(out)
         logits.append(out.logits)
     torch.testing.assert_close(torch.cat(logits, 1)[0, valid], compact.logits[0], atol=1e-5, rtol=1e-4)
-    for key, value in cache_tensors(compact.past_key_values).items():
+    for key, value in cache_tensors(output_cache(compact)).items():
         torch.testing.assert_close(cache.layers[key[0]][key[1]], value, atol=1e-6, rtol=1e-5, msg=str(key))
 
 
 @torch.no_grad()
 def test_a_chunk_of_only_padding_leaves_the_state_bit_identical(model):
     out = model(torch.tensor([PROMPTS[0]]), use_cache=True)
-    before = cache_tensors(out.past_key_values)
+    before = cache_tensors(output_cache(out))
     mask = torch.tensor([[1] * len(PROMPTS[0]) + [0] * 4])
-    model(torch.tensor([[7, 8, 9, 10]]), attention_mask=mask, past_key_values=out.past_key_values, use_cache=True)
-    after = cache_tensors(out.past_key_values)
+    model(torch.tensor([[7, 8, 9, 10]]), attention_mask=mask, cache=output_cache(out), use_cache=True)
+    after = cache_tensors(output_cache(out))
     assert before.keys() == after.keys()
     assert all(torch.equal(before[key], after[key]) for key in before)
 
@@ -107,8 +108,8 @@ def test_chunked_forward_equals_token_by_token(model):
     full = model(ids, use_cache=False).logits
     cache, steps = None, []
     for t in range(ids.shape[1]):
-        out = model(ids[:, t:t + 1], past_key_values=cache, use_cache=True)
-        cache = out.past_key_values
+        out = model(ids[:, t:t + 1], cache=cache, use_cache=True)
+        cache = output_cache(out)
         steps.append(out.logits)
     torch.testing.assert_close(torch.cat(steps, 1), full, atol=1e-5, rtol=1e-4)
 
@@ -116,7 +117,7 @@ def test_chunked_forward_equals_token_by_token(model):
 @torch.no_grad()
 def test_state_layout_and_size(model):
     config = model.config
-    cache = model(torch.tensor([PROMPTS[1]]), use_cache=True).past_key_values
+    cache = output_cache(model(torch.tensor([PROMPTS[1]]), use_cache=True))
     H, N = config.num_heads, config.head_size
     for layer in cache.layers:
         assert set(layer) == {"attn_shift", "wkv", "ffn_shift"}
@@ -125,7 +126,7 @@ def test_state_layout_and_size(model):
     # In bfloat16 the shift states follow the model dtype and the WKV matrices stay float32.
     half = convert_rwkv7({k: v for k, v in random_x070_checkpoint(vocab=99, hidden=32, layers=2, ffn=72).items()},
                          dtype=torch.bfloat16)
-    cache = half(torch.tensor([PROMPTS[1]]), use_cache=True).past_key_values
+    cache = output_cache(half(torch.tensor([PROMPTS[1]]), use_cache=True))
     assert cache.layers[0]["attn_shift"].dtype == torch.bfloat16 and cache.layers[0]["wkv"].dtype == torch.float32
     assert cache.state_bytes() == half.config.state_bytes_per_sequence(dtype_bytes=2)
 

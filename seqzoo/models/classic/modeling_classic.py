@@ -10,9 +10,11 @@ from transformers import initialization as init
 from transformers.modeling_outputs import BaseModelOutputWithPast
 
 from seqzoo.layers.recurrent import RecurrentLayer, STATE_NAMES
+from seqzoo.models.compat import model_output
 from seqzoo.models.modeling_utils import (
     SeqzooForCausalLM,
     SeqzooPreTrainedModel,
+    backbone_cache_argument,
     check_inputs,
     new_recurrent_cache,
     resolve_output_flags,
@@ -71,15 +73,17 @@ class ClassicRecurrentModel(ClassicRecurrentPreTrainedModel):
         self,
         input_ids: torch.LongTensor | None = None,
         attention_mask: torch.Tensor | None = None,
-        past_key_values: Any = None,
+        position_ids: torch.LongTensor | None = None,
+        cache: Any = None,
         inputs_embeds: torch.Tensor | None = None,
         use_cache: bool | None = None,
         output_hidden_states: bool | None = None,
         **kwargs: Any,
     ) -> BaseModelOutputWithPast:
+        cache = backbone_cache_argument(self, cache, kwargs)
         _, length = check_inputs(self.config, input_ids, inputs_embeds, attention_mask)
         use_cache, output_hidden_states = resolve_output_flags(self, use_cache, output_hidden_states)
-        cache = new_recurrent_cache(self.config, past_key_values, use_cache or past_key_values is not None)
+        cache = new_recurrent_cache(self.config, cache, use_cache or cache is not None)
         mask = padding_mask_for(attention_mask, length)
 
         hidden_states = self.embed_tokens(input_ids) if inputs_embeds is None else inputs_embeds
@@ -98,8 +102,8 @@ class ClassicRecurrentModel(ClassicRecurrentPreTrainedModel):
                 all_hidden_states += (hidden_states,)
         if cache is not None:
             cache.advance(length)
-        return BaseModelOutputWithPast(
-            last_hidden_state=hidden_states, past_key_values=cache, hidden_states=all_hidden_states
+        return model_output(
+            BaseModelOutputWithPast, cache=cache, last_hidden_state=hidden_states, hidden_states=all_hidden_states
         )
 
 

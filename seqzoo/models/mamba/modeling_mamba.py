@@ -17,9 +17,11 @@ from transformers.modeling_outputs import BaseModelOutputWithPast
 from seqzoo.cache import RecurrentCache
 from seqzoo.layers.mamba import CausalDepthwiseConv1d, MambaMixer, MambaState, init_linear_like_torch
 from seqzoo.layers.norms import RMSNorm
+from seqzoo.models.compat import model_output
 from seqzoo.models.modeling_utils import (
     SeqzooForCausalLM,
     SeqzooPreTrainedModel,
+    backbone_cache_argument,
     check_inputs,
     new_recurrent_cache,
     resolve_output_flags,
@@ -64,31 +66,20 @@ class MambaBlock(StateSpaceBlock):
         super().__init__(config, layer_idx, mixer)
 
 
-def resolve_cache_alias(past_key_values: Any, cache_params: Any) -> Any:
-    """transformers' Mamba calls the cache ``cache_params``; seqzoo accepts either name (not two different caches)."""
-    if cache_params is None:
-        return past_key_values
-    if past_key_values is not None and past_key_values is not cache_params:
-        raise ValueError("pass the cache as past_key_values or as cache_params, not two different caches")
-    return cache_params
-
-
 def run_state_space_stack(
     model: nn.Module,
     config: Any,
     input_ids: torch.LongTensor | None,
     attention_mask: torch.Tensor | None,
-    past_key_values: Any,
+    cache: Any,
     inputs_embeds: torch.Tensor | None,
     use_cache: bool | None,
     output_hidden_states: bool | None,
-    cache_params: Any,
 ) -> BaseModelOutputWithPast:
     """The backbone forward shared by Mamba and Mamba-2: embed, run the blocks with their cached states, norm."""
     _, length = check_inputs(config, input_ids, inputs_embeds, attention_mask)
-    past_key_values = resolve_cache_alias(past_key_values, cache_params)
     use_cache, output_hidden_states = resolve_output_flags(model, use_cache, output_hidden_states)
-    cache: RecurrentCache | None = new_recurrent_cache(config, past_key_values, use_cache or past_key_values is not None)
+    cache: RecurrentCache | None = new_recurrent_cache(config, cache, use_cache or cache is not None)
     mask = padding_mask_for(attention_mask, length)
 
     hidden_states = model.embed_tokens(input_ids) if inputs_embeds is None else inputs_embeds  # (B, T, H)
@@ -107,7 +98,9 @@ def run_state_space_stack(
         cache.advance(length)
     # Normalise the (possibly float32) residual stream, then return to the model's dtype for the head.
     hidden_states = model.norm(hidden_states).to(model.norm.weight.dtype)
-    return BaseModelOutputWithPast(last_hidden_state=hidden_states, past_key_values=cache, hidden_states=all_hidden_states)
+    return model_output(
+        BaseModelOutputWithPast, cache=cache, last_hidden_state=hidden_states, hidden_states=all_hidden_states
+    )
 
 
 class StateSpacePreTrainedModel(SeqzooPreTrainedModel):
@@ -168,38 +161,28 @@ class StateSpaceBackbone:
         self,
         input_ids: torch.LongTensor | None = None,
         attention_mask: torch.Tensor | None = None,
-        past_key_values: RecurrentCache | None = None,
+        position_ids: torch.LongTensor | None = None,
+        cache: RecurrentCache | None = None,
         inputs_embeds: torch.Tensor | None = None,
         use_cache: bool | None = None,
         output_hidden_states: bool | None = None,
-        cache_params: RecurrentCache | None = None,
         **kwargs: Any,
     ) -> BaseModelOutputWithPast:
         r"""
         attention_mask: (batch, past_length + sequence_length) 0/1; positions with 0 never change any state.
-        past_key_values / cache_params: a :class:`RecurrentCache` to continue from (``cache_params`` is the name
-            transformers' Mamba and Mamba-2 use; either works).
+        cache: a :class:`RecurrentCache` to continue from (``cache_params``, the name transformers' Mamba and
+            Mamba-2 used, and ``past_key_values`` are accepted too).
         """
-        return run_state_space_stack(self, self.config, input_ids, attention_mask, past_key_values, inputs_embeds,
-                                     use_cache, output_hidden_states, cache_params)
-
-
-class StateSpaceGeneration:
-    """``generate`` accepting ``cache_params=`` (transformers' Mamba name) as an alias of ``past_key_values``."""
-
-    def generate(self, *args: Any, cache_params: RecurrentCache | None = None, **kwargs: Any) -> Any:
-        # generate only slices already-cached prompt tokens off for past_key_values, so pass the cache under that name.
-        cache = resolve_cache_alias(kwargs.pop("past_key_values", None), cache_params)
-        if cache is not None:
-            kwargs["past_key_values"] = cache
-        return super().generate(*args, **kwargs)
+        cache = backbone_cache_argument(self, cache, kwargs)
+        return run_state_space_stack(self, self.config, input_ids, attention_mask, cache, inputs_embeds,
+                                     use_cache, output_hidden_states)
 
 
 class MambaModel(StateSpaceBackbone, MambaPreTrainedModel):
     block_class = MambaBlock
 
 
-class MambaForCausalLM(StateSpaceGeneration, MambaPreTrainedModel, SeqzooForCausalLM):
+class MambaForCausalLM(MambaPreTrainedModel, SeqzooForCausalLM):
     base_model_class = MambaModel
 
 

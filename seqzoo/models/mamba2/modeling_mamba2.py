@@ -13,7 +13,6 @@ from seqzoo.layers.norms import RMSNorm
 from seqzoo.models.mamba.modeling_mamba import (
     StateSpaceBackbone,
     StateSpaceBlock,
-    StateSpaceGeneration,
     StateSpacePreTrainedModel,
 )
 from seqzoo.models.modeling_utils import SeqzooForCausalLM
@@ -56,7 +55,7 @@ class Mamba2Model(StateSpaceBackbone, Mamba2PreTrainedModel):
     block_class = Mamba2Block
 
 
-class Mamba2ForCausalLM(StateSpaceGeneration, Mamba2PreTrainedModel, SeqzooForCausalLM):
+class Mamba2ForCausalLM(Mamba2PreTrainedModel, SeqzooForCausalLM):
     base_model_class = Mamba2Model
 
 

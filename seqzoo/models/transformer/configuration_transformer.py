@@ -53,7 +53,6 @@ class TransformerConfig(SeqzooConfig):
     """
 
     model_type = "seqzoo_transformer"
-    keys_to_ignore_at_inference = ["past_key_values"]
 
     variant: str = "llama"
     num_attention_heads: int = 4

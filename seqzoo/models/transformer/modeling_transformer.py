@@ -9,7 +9,6 @@ import torch
 from torch import nn
 from transformers import initialization as init
 from transformers.cache_utils import DynamicCache
-from transformers.masking_utils import create_causal_mask
 from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_outputs import BaseModelOutputWithPast
 
@@ -17,9 +16,12 @@ from seqzoo.layers.attention import SelfAttention
 from seqzoo.layers.mlp import MLP, GatedMLP
 from seqzoo.layers.norms import make_norm
 from seqzoo.layers.positions import RotaryEmbedding, SinusoidalPositions
+from seqzoo.models.compat import causal_mask as causal_mask_for
+from seqzoo.models.compat import model_output
 from seqzoo.models.modeling_utils import (
     SeqzooForCausalLM,
     SeqzooPreTrainedModel,
+    backbone_cache_argument,
     check_inputs,
     resolve_output_flags,
 )
@@ -44,15 +46,15 @@ class TransformerBlock(GradientCheckpointingLayer):
         hidden_states: torch.Tensor,
         attention_mask: torch.Tensor | None = None,
         position_embeddings: tuple[torch.Tensor, torch.Tensor] | None = None,
-        past_key_values: Any = None,
+        cache: Any = None,
         **kwargs: Any,
     ) -> torch.Tensor:
         if self.pre_norm:
             attn, _ = self.self_attn(self.attn_norm(hidden_states), attention_mask, position_embeddings,
-                                     past_key_values, **kwargs)
+                                     cache, **kwargs)
             hidden_states = hidden_states + self.dropout(attn)
             return hidden_states + self.dropout(self.mlp(self.mlp_norm(hidden_states)))
-        attn, _ = self.self_attn(hidden_states, attention_mask, position_embeddings, past_key_values, **kwargs)
+        attn, _ = self.self_attn(hidden_states, attention_mask, position_embeddings, cache, **kwargs)
         hidden_states = self.attn_norm(hidden_states + self.dropout(attn))
         return self.mlp_norm(hidden_states + self.dropout(self.mlp(hidden_states)))
 
@@ -68,6 +70,8 @@ class TransformerPreTrainedModel(SeqzooPreTrainedModel):
     _supports_flex_attn = True
     _supports_attention_backend = True
     _can_compile_fullgraph = True
+    # Packed-sequence arguments of transformers' flash / flex attention, passed on to the attention kernels.
+    extra_forward_kwargs = ("cu_seq_lens_q", "cu_seq_lens_k", "max_length_q", "max_length_k")
 
     def _init_weights(self, module: nn.Module) -> None:
         std = self.config.initializer_range
@@ -117,19 +121,20 @@ class TransformerModel(TransformerPreTrainedModel):
         input_ids: torch.LongTensor | None = None,
         attention_mask: torch.Tensor | None = None,
         position_ids: torch.LongTensor | None = None,
-        past_key_values: Any = None,
+        cache: Any = None,
         inputs_embeds: torch.Tensor | None = None,
         use_cache: bool | None = None,
         output_hidden_states: bool | None = None,
         **kwargs: Any,
     ) -> BaseModelOutputWithPast:
+        cache = backbone_cache_argument(self, cache, kwargs)
         _, length = check_inputs(self.config, input_ids, inputs_embeds, attention_mask)
         use_cache, output_hidden_states = resolve_output_flags(self, use_cache, output_hidden_states)
         if inputs_embeds is None:
             inputs_embeds = self.embed_tokens(input_ids)
-        if use_cache and past_key_values is None:
-            past_key_values = DynamicCache(config=self.config)
-        past_length = past_key_values.get_seq_length() if past_key_values is not None else 0
+        if use_cache and cache is None:
+            cache = DynamicCache(config=self.config)
+        past_length = cache.get_seq_length() if cache is not None else 0
         if position_ids is None:
             position_ids = self._position_ids(attention_mask, past_length, length, inputs_embeds.device)
         if self.embed_positions is not None and int(position_ids.max()) >= self.config.max_position_embeddings:
@@ -138,11 +143,11 @@ class TransformerModel(TransformerPreTrainedModel):
                 f"{self.config.max_position_embeddings} of this model"
             )
 
-        causal_mask = create_causal_mask(
+        causal_mask = causal_mask_for(
             config=self.config,
             inputs_embeds=inputs_embeds,
             attention_mask=attention_mask,
-            past_key_values=past_key_values,
+            cache=cache,
             position_ids=position_ids,
         )
         hidden_states = inputs_embeds * self.embed_scale  # (B, T, D)
@@ -157,16 +162,17 @@ class TransformerModel(TransformerPreTrainedModel):
                 hidden_states,
                 attention_mask=causal_mask,
                 position_embeddings=rotary,
-                past_key_values=past_key_values,
+                cache=cache,
                 **kwargs,
             )
             if output_hidden_states:
                 all_hidden_states += (hidden_states,)
         if self.norm is not None:
             hidden_states = self.norm(hidden_states)
-        return BaseModelOutputWithPast(
+        return model_output(
+            BaseModelOutputWithPast,
+            cache=cache if use_cache else None,
             last_hidden_state=hidden_states,
-            past_key_values=past_key_values if use_cache else None,
             hidden_states=all_hidden_states,
         )
 

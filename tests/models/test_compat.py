@@ -1,0 +1,112 @@
+"""The cache argument's names and the keyword arguments a forward accepts, on whichever transformers is installed.
+
+transformers <= 5.23 passes the decoding state as ``past_key_values`` (``cache_params`` for Mamba-named classes),
+5.24 as ``cache``; a forward that swallowed unknown keywords decoded from an empty state on 5.24 without a word.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import warnings
+
+import pytest
+import torch
+from transformers.modeling_outputs import CausalLMOutputWithPast
+
+from seqzoo.models import compat
+from seqzoo.models.compat import CACHE_ALIASES, output_cache
+from tests.conftest import tiny_model
+
+IDS = torch.tensor([[5, 17, 33, 8, 61, 12, 40]])
+NAMES = ("cache", *CACHE_ALIASES)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_every_cache_name_continues_the_same_state(family_preset, name):
+    model = tiny_model(family_preset)
+    full = model(IDS).logits[:, 4:]
+    prefix = output_cache(model(IDS[:, :4], use_cache=True))
+    continued = model(IDS[:, 4:], attention_mask=torch.ones_like(IDS), **{name: prefix}).logits
+    torch.testing.assert_close(continued, full, rtol=1e-5, atol=1e-5)
+
+
+def test_two_different_caches_raise(family_preset):
+    model = tiny_model(family_preset)
+    first = output_cache(model(IDS[:, :4], use_cache=True))
+    second = output_cache(model(IDS[:, :4], use_cache=True))
+    with pytest.raises(ValueError, match="two different caches"):
+        model(IDS[:, 4:], cache=first, past_key_values=second)
+    with pytest.raises(ValueError, match="two different caches"):
+        model.model(IDS[:, 4:], cache=first, cache_params=second)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_generate_continues_from_a_cache_under_every_name(family_preset, name):
+    model = tiny_model(family_preset)
+    kwargs = dict(max_new_tokens=5, do_sample=False, pad_token_id=0)
+    expected = model.generate(IDS, **kwargs)
+    cache = output_cache(model(IDS[:, :4], use_cache=True))
+    assert torch.equal(model.generate(IDS, **{name: cache}, **kwargs), expected)
+    assert cache.get_seq_length() == IDS.shape[1] + 4  # the prompt and all but the last new token
+
+
+@pytest.mark.parametrize("typo, suggestion", [("attention_mak", "attention_mask"), ("past_key_value", "past_key_values"),
+                                              ("caches", "cache"), ("use_cach", "use_cache")])
+def test_a_misspelt_keyword_raises_with_a_suggestion(family_preset, typo, suggestion):
+    model = tiny_model(family_preset)
+    value = output_cache(model(IDS[:, :4], use_cache=True)) if "cache" in typo else torch.ones_like(IDS)
+    for module in (model, model.model):
+        with pytest.raises(TypeError, match=rf"'{typo}' \(did you mean '{suggestion}'\?\)"):
+            module(IDS, **{typo: value})
+
+
+def test_an_unrelated_keyword_raises_and_lists_what_is_accepted(family_preset):
+    model = tiny_model(family_preset)
+    with pytest.raises(TypeError, match=r"unexpected keyword argument\(s\) 'temperature_schedule'.*It accepts"):
+        model(IDS, temperature_schedule=3)
+
+
+def test_what_transformers_passes_through_is_accepted(family_preset):
+    model = tiny_model(family_preset)
+    expected = model(IDS).logits
+    passed = model(IDS, cache_position=torch.arange(7), output_attentions=False, num_items_in_batch=torch.tensor(6),
+                   return_dict=True).logits
+    torch.testing.assert_close(passed, expected, rtol=0, atol=0)
+
+
+def test_plugins_extend_the_pass_through_list(family_preset, monkeypatch):
+    monkeypatch.setattr(compat, "PASSTHROUGH_KWARGS", set(compat.PASSTHROUGH_KWARGS))
+    model = tiny_model(family_preset)
+    with pytest.raises(TypeError):
+        model(IDS, my_plugin_flag=True)
+    compat.register_passthrough_kwargs("my_plugin_flag")
+    model(IDS, my_plugin_flag=True)
+    with pytest.raises(ValueError, match="identifier"):
+        compat.register_passthrough_kwargs("not a name")
+
+
+def test_bundled_code_is_lenient_but_catches_misspellings(family_preset, monkeypatch):
+    # A published bundle cannot be updated when a newer transformers passes a keyword it has never seen.
+    monkeypatch.setattr(compat, "STRICT", False)
+    monkeypatch.setattr(compat, "_WARNED", set())
+    model = tiny_model(family_preset)
+    expected = model(IDS).logits
+    with pytest.warns(UserWarning, match="ignores the keyword argument 'brand_new_generate_flag'"):
+        logits = model(IDS, brand_new_generate_flag=1).logits
+    torch.testing.assert_close(logits, expected, rtol=0, atol=0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        model(IDS, brand_new_generate_flag=1)  # warned once only
+    with pytest.raises(TypeError, match="did you mean 'attention_mask'"):
+        model(IDS, attention_mak=torch.ones_like(IDS))
+    cache = output_cache(model(IDS[:, :4], use_cache=True))
+    torch.testing.assert_close(model(IDS[:, 4:], cache_params=cache).logits, expected[:, 4:], rtol=1e-5, atol=1e-5)
+
+
+def test_outputs_carry_the_cache_where_the_installed_release_reads_it(family_preset):
+    model = tiny_model(family_preset)
+    out = model(IDS, use_cache=True)
+    field = compat.OUTPUT_CACHE_FIELD
+    assert field in {f.name for f in dataclasses.fields(CausalLMOutputWithPast)}
+    assert out[field] is output_cache(out) is not None
+    assert model(IDS, return_dict=False)[1] is not None  # (logits, cache)
