@@ -27,6 +27,8 @@ from typing import Callable
 
 import torch
 
+from seqzoo.models.compat import output_cache
+
 OPS = ("causal_conv1d", "selective_scan", "ssd", "wkv7")
 
 # Peak HBM bandwidth in GB/s by device-name fragment (vendor data sheets), most specific first.
@@ -249,7 +251,7 @@ class GreedyDecoder:
         self.model = model
         with torch.no_grad():
             out = model(prompt_ids, use_cache=True)
-        self.cache = out.past_key_values
+        self.cache = output_cache(out)
         self.token = out.logits[:, -1:].argmax(-1)  # (B, 1), read and written by every step
         # The fixed state tensors every step reads and overwrites.
         self.fixed = {(i, name): value.clone() for i, layer in enumerate(self.cache.layers)
@@ -276,7 +278,7 @@ class GreedyDecoder:
     def _step(self) -> None:
         with torch.no_grad():
             embeds = self.model.get_input_embeddings()(self.token)
-            logits = self.model(inputs_embeds=embeds, past_key_values=self.cache, use_cache=True).logits
+            logits = self.model(inputs_embeds=embeds, cache=self.cache, use_cache=True).logits
             for (i, name), fixed in self.fixed.items():
                 fixed.copy_(self.cache.get(i, name))
                 self.cache.set(i, name, fixed)
@@ -296,11 +298,11 @@ class GreedyDecoder:
 def eager_greedy(model, prompt_ids: torch.Tensor, steps: int) -> torch.Tensor:
     with torch.no_grad():
         out = model(prompt_ids, use_cache=True)
-        cache, token = out.past_key_values, out.logits[:, -1:].argmax(-1)
+        cache, token = output_cache(out), out.logits[:, -1:].argmax(-1)
         tokens = [token]
         for _ in range(steps - 1):
-            out = model(token, past_key_values=cache, use_cache=True)
-            cache, token = out.past_key_values, out.logits[:, -1:].argmax(-1)
+            out = model(token, cache=cache, use_cache=True)
+            cache, token = output_cache(out), out.logits[:, -1:].argmax(-1)
             tokens.append(token)
     return torch.cat(tokens, dim=1)
 

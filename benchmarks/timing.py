@@ -12,6 +12,8 @@ from typing import Callable
 
 import torch
 
+from seqzoo.models.compat import output_cache
+
 
 def _once(fn: Callable[[], object]) -> float:
     start = time.perf_counter()
@@ -36,13 +38,13 @@ def decode_ms_per_token(model: torch.nn.Module, context: int, steps: int) -> flo
     """Median time of one cached decode step after a ``context``-token prefill."""
     with torch.no_grad():
         out = model(torch.randint(0, 256, (1, context)), use_cache=True)
-        cache, token = out.past_key_values, out.logits[:, -1:].argmax(-1)
+        cache, token = output_cache(out), out.logits[:, -1:].argmax(-1)
         samples = []
         for _ in range(steps):
             start = time.perf_counter()
-            out = model(token, past_key_values=cache, use_cache=True)
+            out = model(token, cache=cache, use_cache=True)
             samples.append(time.perf_counter() - start)
-            cache, token = out.past_key_values, out.logits[:, -1:].argmax(-1)
+            cache, token = output_cache(out), out.logits[:, -1:].argmax(-1)
     return statistics.median(samples) * 1e3
 
 

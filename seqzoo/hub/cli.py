@@ -9,15 +9,20 @@ DESCRIPTION = """\
 Export a saved seqzoo model folder as a Hub repository -- weights (safetensors), config.json with auto_map,
 tokenizer, generation config, model card and the self-contained code that lets trust_remote_code=True load it
 without seqzoo -- and upload it in one commit. The token comes from HF_TOKEN or `hf auth login`; the endpoint
-from HF_ENDPOINT. With --dry-run --output DIR the folder is only built, and nothing is uploaded."""
+from HF_ENDPOINT. With --dry-run --output DIR the folder is only built, and nothing is uploaded.
+
+`seqzoo publish --refresh-code REPO_ID` rewrites only the code of an existing repository with this seqzoo's
+(weights, tokenizer and card stay): code published by an older seqzoo may not work with a newer transformers."""
 
 
 def register(subparsers: Any) -> None:
     from seqzoo.hub.cards import DEFAULT_LICENSE
 
     p = subparsers.add_parser("publish", help="export a saved model for the Hub and upload it", description=DESCRIPTION)
-    p.add_argument("model_dir", help="folder written by save_pretrained, `seqzoo new` or `seqzoo train`")
-    p.add_argument("repo_id", help="Hub model repository, e.g. your-name/lstm-tinystories")
+    p.add_argument("model_dir", nargs="?", help="folder written by save_pretrained, `seqzoo new` or `seqzoo train`")
+    p.add_argument("repo_id", nargs="?", help="Hub model repository, e.g. your-name/lstm-tinystories")
+    p.add_argument("--refresh-code", metavar="REPO_ID", default=None,
+                   help="rewrite only the bundled code of this existing repository (no model folder needed)")
     p.add_argument("--private", action="store_true", help="create the repository as private (if it is new)")
     p.add_argument("--revision", default=None, help="branch to commit to, created from main if missing")
     p.add_argument("--commit-message", default=None)
@@ -29,8 +34,20 @@ def register(subparsers: Any) -> None:
 
 
 def cmd_publish(args: argparse.Namespace) -> int:
-    from seqzoo.hub.publishing import PublishError, export_folder, publish
+    from seqzoo.hub.publishing import PublishError, export_folder, publish, refresh_code
 
+    if args.refresh_code is not None:
+        if args.model_dir or args.repo_id or args.dry_run or args.private:
+            raise SystemExit("error: --refresh-code REPO_ID takes no model folder or second repository, and "
+                             "no --dry-run or --private: it rewrites the code of REPO_ID in place")
+        try:
+            url = refresh_code(args.refresh_code, revision=args.revision, commit_message=args.commit_message)
+        except PublishError as err:
+            raise SystemExit(f"error: {err}") from err
+        print(f"refreshed the code of {args.refresh_code}: {url}")
+        return 0
+    if not (args.model_dir and args.repo_id):
+        raise SystemExit("error: seqzoo publish needs MODEL_DIR and REPO_ID (or --refresh-code REPO_ID)")
     if args.dry_run != (args.output is not None):
         raise SystemExit("error: --dry-run and --output go together: --dry-run --output DIR builds the repository "
                          "folder in DIR and uploads nothing")

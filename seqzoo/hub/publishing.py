@@ -94,15 +94,10 @@ def publish(
     commit to, created from ``main`` if missing. The token is ``token``, else ``HF_TOKEN``, else the one saved by
     ``hf auth login``. The Hub endpoint is ``HF_ENDPOINT`` (https://huggingface.co by default).
     """
-    from huggingface_hub import CommitOperationAdd, HfApi, get_token
+    from huggingface_hub import CommitOperationAdd, HfApi
 
     _validate_repo_id(repo_id)
-    token = token or get_token()
-    if not token:
-        raise PublishError(
-            f"no Hugging Face token, so nothing can be uploaded to {repo_id!r}: set HF_TOKEN to a token with write "
-            "access, or run `hf auth login` (tokens: https://huggingface.co/settings/tokens)"
-        )
+    token = _write_token(token, repo_id)
     checkpoint = _load_checkpoint(source, tokenizer, training)
     api = HfApi(token=token)
     with tempfile.TemporaryDirectory(prefix="seqzoo-publish-") as staging:
@@ -118,6 +113,75 @@ def publish(
         with _hub_errors(api.endpoint, repo_id, "uploading the files", may_have_committed=True):
             info = api.create_commit(repo_id, operations, commit_message=message, revision=revision)
     return info.commit_url
+
+
+def refresh_code(
+    repo_id: str,
+    *,
+    revision: str | None = None,
+    commit_message: str | None = None,
+    token: str | None = None,
+) -> str:
+    """Rewrite the code of the existing Hub repository ``repo_id`` with this seqzoo's bundle, in one commit; return
+    its URL. Weights, tokenizer, card and every other file stay as they are; config.json changes only in its
+    ``auto_map``, and ``seqzoo_bundle.json`` records the new code's versions. Bundled files the new code no longer
+    needs are deleted.
+
+    Code published by an older seqzoo may not work with a newer transformers (bundles exported before seqzoo
+    handled transformers 5.24 decode from an empty state there); this brings such a repository up to date without
+    re-uploading its weights."""
+    from huggingface_hub import CommitOperationAdd, CommitOperationDelete, HfApi
+
+    import seqzoo  # noqa: F401  (registers the architectures)
+    from seqzoo.registry import architecture_for_model_type
+
+    _validate_repo_id(repo_id)
+    api = HfApi(token=_write_token(token, repo_id))
+    with tempfile.TemporaryDirectory(prefix="seqzoo-refresh-") as staging:
+        folder = Path(staging)
+        with _hub_errors(api.endpoint, repo_id, "reading the repository", may_have_committed=False):
+            existing = [sibling.rfilename for sibling in api.model_info(repo_id, revision=revision).siblings or []]
+            if "config.json" not in existing:
+                raise PublishError(f"{repo_id!r} has no config.json, so it holds no model whose code could be "
+                                   "refreshed")
+            downloaded = api.hf_hub_download(repo_id, "config.json", revision=revision, local_dir=folder / "old")
+        config = json.loads(Path(downloaded).read_text())
+        try:
+            spec = architecture_for_model_type(config.get("model_type"))
+        except ValueError as err:
+            raise PublishError(f"{repo_id!r} does not hold a seqzoo model this seqzoo knows: {err}") from err
+        bundle = build_bundle(spec)
+        packages = {origin.partition(".")[0] for origin in bundle.origins.values()}
+        stale = sorted(
+            name for name in existing
+            if "/" not in name and name.endswith(".py") and name[:-3] not in bundle.files
+            and name.startswith((*(f"{package}_" for package in packages), "configuration_", "modeling_"))
+        )
+        files = [path.name for path in bundle.write(folder)]
+        (folder / RECORD_FILE).write_text(json.dumps(bundle_record(), indent=2) + "\n")
+        files.append(RECORD_FILE)
+        if config.get("auto_map") != bundle.auto_map:
+            config["auto_map"] = bundle.auto_map
+            (folder / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+            files.append("config.json")
+        operations = [CommitOperationAdd(path_in_repo=name, path_or_fileobj=str(folder / name)) for name in files]
+        operations += [CommitOperationDelete(path_in_repo=name) for name in stale]
+        message = commit_message or f"Refresh the bundled code with seqzoo {seqzoo.__version__}"
+        with _hub_errors(api.endpoint, repo_id, "uploading the code", may_have_committed=True):
+            info = api.create_commit(repo_id, operations, commit_message=message, revision=revision)
+    return info.commit_url
+
+
+def _write_token(token: str | None, repo_id: str) -> str:
+    from huggingface_hub import get_token
+
+    token = token or get_token()
+    if not token:
+        raise PublishError(
+            f"no Hugging Face token, so nothing can be uploaded to {repo_id!r}: set HF_TOKEN to a token with write "
+            "access, or run `hf auth login` (tokens: https://huggingface.co/settings/tokens)"
+        )
+    return token
 
 
 def build_hub_folder(
@@ -242,4 +306,4 @@ def _http_message(status: int | None, err: Exception, endpoint: str, repo_id: st
     return f"the Hub at {endpoint} answered {status} while {step}: {detail}"
 
 
-__all__ = ["PublishError", "build_hub_folder", "export_folder", "publish"]
+__all__ = ["PublishError", "build_hub_folder", "export_folder", "publish", "refresh_code"]

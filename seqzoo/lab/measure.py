@@ -8,6 +8,8 @@ from typing import Any, Iterator
 
 import torch
 
+from seqzoo.models.compat import output_cache
+
 
 def cache_tensors(cache: Any) -> Iterator[torch.Tensor]:
     """Every tensor a cache holds: a seqzoo RecurrentCache or a transformers DynamicCache."""
@@ -36,13 +38,13 @@ def decode_profile(model: Any, contexts: list[int], steps: int = 16, seed: int =
     for context in contexts:
         prompt = torch.randint(0, high, (1, context), generator=generator)
         out = model(input_ids=prompt, use_cache=True)
-        cache, token = out.past_key_values, out.logits[:, -1:].argmax(-1)
+        cache, token = output_cache(out), out.logits[:, -1:].argmax(-1)
         timings = []
         for _ in range(steps):
             start = time.perf_counter()
-            out = model(input_ids=token, past_key_values=cache, use_cache=True)
+            out = model(input_ids=token, cache=cache, use_cache=True)
             timings.append(time.perf_counter() - start)
-            cache, token = out.past_key_values, out.logits[:, -1:].argmax(-1)
+            cache, token = output_cache(out), out.logits[:, -1:].argmax(-1)
         rows.append({"context": context, "ms_per_token": 1000 * statistics.median(timings),
                      "state_bytes": cache_bytes_per_sequence(cache)})
     return rows

@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from seqzoo.cache import RecurrentCache
+from seqzoo.models.compat import output_cache
 from seqzoo.training.data import IGNORE
 
 
@@ -64,9 +65,10 @@ def chunked_forward(model: Any, input_ids: torch.Tensor, chunk: int,
     """
     logits = []
     for piece in chunk_slices(input_ids.shape[1], chunk):
-        out = model(input_ids=input_ids[:, piece], past_key_values=cache, use_cache=True)
+        out = model(input_ids=input_ids[:, piece], cache=cache, use_cache=True)
         logits.append(out.logits)
-        cache = out.past_key_values.detach() if isinstance(out.past_key_values, RecurrentCache) else None
+        cache = output_cache(out)
+        cache = cache.detach() if isinstance(cache, RecurrentCache) else None
     return torch.cat(logits, dim=1), cache
 
 
@@ -94,13 +96,13 @@ def backward_sequence(
         is_last = last_micro_batch and index == len(pieces) - 1
         with sync_last(is_last):
             if chunk > 0:
-                out = model(input_ids=inputs[:, piece], past_key_values=cache, use_cache=True)
+                out = model(input_ids=inputs[:, piece], cache=cache, use_cache=True)
             else:
                 out = model(input_ids=inputs[:, piece], use_cache=False)
             loss, correct = token_loss_sum(out.logits, targets[:, piece])
             backward(loss * loss_scale)
         if chunk > 0:
-            cache = out.past_key_values.detach()
+            cache = output_cache(out).detach()
         total_loss += loss.detach()
         total_correct += correct
     return total_loss, total_correct

@@ -1,5 +1,8 @@
 """A loopback stand-in for the Hub API routes that publishing uses; it records every request it receives.
 
+``repos[repo_id] = {path: bytes}`` gives a repository existing files: its info lists them and ``resolve`` serves
+them (what refreshing an existing repository's code reads); a commit applies its additions and deletions to them.
+
 It answers the calls huggingface_hub makes for ``create_repo``, ``create_branch`` and ``create_commit`` (metadata
 validation, preupload, commit) with the payloads the real Hub sends, tells the client to send every file inline
 ("regular" upload mode), and decodes the NDJSON commit so a test can read back exactly what was committed.
@@ -25,6 +28,8 @@ ROUTES = [  # (name, method, path pattern)
     ("preupload", "POST", re.compile(rf"/api/models/{REPO}/preupload/(?P<revision>[^/]+)")),
     ("commit", "POST", re.compile(rf"/api/models/{REPO}/commit/(?P<revision>[^/]+)")),
     ("repo_info", "GET", re.compile(rf"/api/models/{REPO}(/revision/.*)?")),
+    ("resolve", "GET", re.compile(rf"/{REPO}/resolve/(?P<revision>[^/]+)/(?P<path>.+)")),
+    ("resolve", "HEAD", re.compile(rf"/{REPO}/resolve/(?P<revision>[^/]+)/(?P<path>.+)")),
     # huggingface_hub fetches this list for its user-agent string; it is not part of publishing.
     ("agent_harnesses", "GET", re.compile(r"/api/agent-harnesses")),
 ]
@@ -45,6 +50,7 @@ class Commit:
     revision: str
     summary: str
     files: dict[str, bytes] = field(default_factory=dict)
+    deleted: list[str] = field(default_factory=list)
 
 
 class FakeHub:
@@ -52,6 +58,7 @@ class FakeHub:
         self.requests: list[Request] = []
         self.commits: list[Commit] = []
         self.fail: dict[str, int | str] = {}
+        self.repos: dict[str, dict[str, bytes]] = {}
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler_class())
         self._thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.05},
                                         daemon=True)
@@ -97,10 +104,26 @@ class FakeHub:
         if route == "commit":
             commit = self._decode_commit(match["repo"], match["revision"], body)
             self.commits.append(commit)
+            files = self.repos.setdefault(commit.repo_id, {})
+            for path in commit.deleted:
+                files.pop(path, None)
+            files.update(commit.files)
             oid = hashlib.sha1(body).hexdigest()
             return 200, {"commitUrl": f"{self.endpoint}/{commit.repo_id}/commit/{oid}", "commitOid": oid,
                          "pullRequestUrl": None}, {}
+        if route == "repo_info" and match["repo"] in self.repos:
+            siblings = [{"rfilename": path} for path in sorted(self.repos[match["repo"]])]
+            return 200, {"id": match["repo"], "sha": self._sha(match["repo"]), "siblings": siblings}, {}
+        if route == "resolve" and match["path"] in self.repos.get(match["repo"], {}):
+            data = self.repos[match["repo"]][match["path"]]
+            return 200, data, {"ETag": f'"{hashlib.sha1(data).hexdigest()}"', "X-Repo-Commit": self._sha(match["repo"])}
+        if route == "resolve":
+            return 404, {"error": "fake hub: entry not found"}, {"X-Error-Code": "EntryNotFound"}
         return 404, {"error": "fake hub: repository not found"}, {"X-Error-Code": "RepoNotFound"}
+
+    def _sha(self, repo_id: str) -> str:
+        files = self.repos.get(repo_id, {})
+        return hashlib.sha1(b"".join(path.encode() + data for path, data in sorted(files.items()))).hexdigest()
 
     @staticmethod
     def _decode_commit(repo_id: str, revision: str, body: bytes) -> Commit:
@@ -113,6 +136,8 @@ class FakeHub:
                 value = item["value"]
                 assert value["encoding"] == "base64", value
                 commit.files[value["path"]] = base64.b64decode(value["content"])
+            elif item["key"] == "deletedFile":
+                commit.deleted.append(item["value"]["path"])
             else:
                 raise AssertionError(f"fake hub: unexpected commit operation {item['key']!r}")
         return commit
@@ -127,6 +152,9 @@ class FakeHub:
             def do_POST(self) -> None:
                 self._serve("POST")
 
+            def do_HEAD(self) -> None:
+                self._serve("HEAD")
+
             def _serve(self, method: str) -> None:
                 body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
                 path = self.path.split("?")[0]
@@ -138,14 +166,16 @@ class FakeHub:
                     self.close_connection = True  # the socket closes with no response: a dropped connection
                     return
                 status, payload, headers = hub.answer(route, match, body)
-                data = json.dumps(payload).encode()
+                data = payload if isinstance(payload, bytes) else json.dumps(payload).encode()
                 self.send_response(status)
-                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Type", "application/octet-stream" if isinstance(payload, bytes)
+                                 else "application/json")
                 self.send_header("Content-Length", str(len(data)))
                 for key, value in headers.items():
                     self.send_header(key, value)
                 self.end_headers()
-                self.wfile.write(data)
+                if method != "HEAD":
+                    self.wfile.write(data)
 
             def log_message(self, format: str, *args: object) -> None:
                 pass  # keep test output clean; requests are recorded instead

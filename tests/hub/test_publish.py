@@ -27,6 +27,9 @@ def hub(monkeypatch, tmp_path):
     monkeypatch.setenv("HF_TOKEN", TOKEN)
     with FakeHub() as fake:
         monkeypatch.setattr(constants, "ENDPOINT", fake.endpoint)
+        # File URLs are built from this template, which huggingface_hub fills from HF_ENDPOINT at import.
+        monkeypatch.setattr(constants, "HUGGINGFACE_CO_URL_TEMPLATE",
+                            fake.endpoint + "/{repo_id}/resolve/{revision}/{filename}")
         monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)  # the loopback Hub is reachable even then
         fake.staging_root = staging_root
         yield fake
@@ -123,3 +126,48 @@ def test_cli_publish_reports_errors_plainly(saved_models, monkeypatch, tmp_path)
         main(["publish", str(saved_models["lstm"]), repo_id("lstm"), "--dry-run", "--output", str(tmp_path / "x"),
               "--private", "--revision", "v2"])
     assert not os.path.exists(tmp_path / "x")
+
+
+def test_refresh_code_rewrites_only_the_code_of_an_existing_repository(hub, exports):
+    folder = exports["lstm"]
+    repo = repo_id("lstm")
+    old = folder_bytes(folder)
+    # As an older seqzoo published it: other code, a bundled module the new code no longer has, no version record.
+    old["modeling_seqzoo_lstm.py"] = b"# code of an older seqzoo\n"
+    old["seqzoo_layers_retired.py"] = b"# a module the new bundle no longer needs\n"
+    old.pop("seqzoo_bundle.json")
+    config = json.loads(old["config.json"])
+    config["auto_map"]["AutoModel"] = "modeling_seqzoo_lstm.OldName"
+    old["config.json"] = json.dumps(config).encode()
+    old["notes.py"] = b"# the user's own file\n"
+    hub.repos[repo] = dict(old)
+
+    assert main(["publish", "--refresh-code", repo, "--commit-message", "New code"]) == 0
+
+    (commit,) = hub.commits
+    assert commit.summary == "New code"
+    assert commit.deleted == ["seqzoo_layers_retired.py"]
+    fresh = folder_bytes(folder)
+    code = sorted(name for name in fresh if name.endswith(".py"))
+    assert sorted(commit.files) == sorted(code + ["config.json", "seqzoo_bundle.json"])
+    for name in code:
+        assert commit.files[name] == fresh[name], name
+    new_config = json.loads(commit.files["config.json"])
+    assert new_config["auto_map"] == json.loads(fresh["config.json"])["auto_map"]
+    assert {k: v for k, v in new_config.items() if k != "auto_map"} == {
+        k: v for k, v in config.items() if k != "auto_map"}
+    after = hub.repos[repo]
+    for name in ("model.safetensors", "README.md", "tokenizer.json", "notes.py"):
+        assert after[name] == old[name], name
+
+
+def test_refresh_code_refuses_what_is_not_a_seqzoo_model(hub, capsys):
+    hub.repos["someone/gpt"] = {"config.json": b'{"model_type": "gpt2"}'}
+    with pytest.raises(SystemExit, match="does not hold a seqzoo model"):
+        main(["publish", "--refresh-code", "someone/gpt"])
+    hub.repos["someone/data"] = {"data.csv": b"a,b\n"}
+    with pytest.raises(SystemExit, match="has no config.json"):
+        main(["publish", "--refresh-code", "someone/data"])
+    with pytest.raises(SystemExit, match="takes no model folder"):
+        main(["publish", "--refresh-code", "someone/data", "some-folder"])
+    assert hub.commits == []
