@@ -100,13 +100,16 @@ class SeqzooPreTrainedModel(PreTrainedModel):
     # arguments for the Transformer); checked like the parameters.
     extra_forward_kwargs: tuple[str, ...] = ()
     is_recurrent = True
-    # A recurrent state cannot be rolled back to an earlier token, so generate() refuses assisted decoding (which
-    # needs that) with a clear error instead of failing deep inside.
+    # transformers' generate() (5.23 and 5.24 alike) refuses assisted decoding for a model with _is_stateful = True:
+    # a recurrent state cannot be rolled back to an earlier token, which assisted decoding needs. The refusal is a
+    # clear error instead of a failure deep inside.
     _is_stateful = True
 
     @classmethod
     def _supports_default_dynamic_cache(cls) -> bool:
-        # Recurrent models build their own RecurrentCache in forward(); generate() must not build a DynamicCache.
+        # generate() builds a DynamicCache (and passes it as cache= / past_key_values=, see seqzoo.models.compat)
+        # only when this returns True. Recurrent models build their own RecurrentCache in forward() on the first
+        # call and return it; generate() feeds it back on every later step.
         return not cls.is_recurrent
 
     @classmethod

@@ -53,9 +53,28 @@ def load_and_generate(source: str, job: dict) -> dict:
         tokens = model.generate(**inputs, max_new_tokens=job["new_tokens"], do_sample=False,
                                 pad_token_id=tokenizer.pad_token_id)
         logits = model(**inputs).logits
+        lenient = keyword_leniency(model, inputs, logits)
     cls = type(model)
     return {"class": f"{cls.__module__}.{cls.__qualname__}", "tokens": tokens[0].tolist(),
-            "logits": logits[0].tolist()}
+            "logits": logits[0].tolist(), "lenient": lenient}
+
+
+def keyword_leniency(model, inputs, logits) -> dict:
+    """How the bundled forward treats keywords it does not know: a future transformers' new one (a warning, same
+    logits) and a misspelling of one it knows (an error), as a bundle must."""
+    import warnings
+
+    import torch
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        same = torch.equal(model(**inputs, a_future_generate_flag=True).logits, logits)
+    try:
+        model(**inputs, attention_mak=inputs["attention_mask"])
+        misspelling = "accepted"
+    except TypeError as err:
+        misspelling = str(err)
+    return {"same_logits": same, "warnings": [str(w.message) for w in caught], "misspelling": misspelling}
 
 
 def printed_by(run) -> str:
