@@ -254,10 +254,9 @@ class GreedyDecoder:
         self.cache = output_cache(out)
         self.token = out.logits[:, -1:].argmax(-1)  # (B, 1), read and written by every step
         # The fixed state tensors every step reads and overwrites.
-        self.fixed = {(i, name): value.clone() for i, layer in enumerate(self.cache.layers)
-                      for name, value in layer.items()}
-        for (i, name), value in self.fixed.items():
-            self.cache.set(i, name, value)
+        self.fixed = {(i, name): value.clone() for i in range(len(self.cache.layers))
+                      for name, value in self.cache.layer(i).items()}
+        self._point_cache_at_fixed()
         self.graph = None
         if use_graph:
             saved = {key: value.clone() for key, value in self.fixed.items()}
@@ -280,9 +279,13 @@ class GreedyDecoder:
             embeds = self.model.get_input_embeddings()(self.token)
             logits = self.model(inputs_embeds=embeds, cache=self.cache, use_cache=True).logits
             for (i, name), fixed in self.fixed.items():
-                fixed.copy_(self.cache.get(i, name))
-                self.cache.set(i, name, fixed)
+                fixed.copy_(self.cache.layer(i)[name])
+            self._point_cache_at_fixed()
             self.token.copy_(logits[:, -1:].argmax(-1))
+
+    def _point_cache_at_fixed(self) -> None:
+        for i in range(len(self.cache.layers)):
+            self.cache.update_layer(i, {name: self.fixed[(i, name)] for name in self.cache.layer(i)})
 
     def generate(self, steps: int) -> torch.Tensor:
         tokens = [self.token.clone()]

@@ -4,7 +4,7 @@
 ``AutoModel`` and ``AutoModelForCausalLM``.
 """
 
-from seqzoo.cache import RecurrentCache
+from seqzoo.cache import RecurrentCache, SeqzooCache
 from seqzoo.kernels import list_kernels
 from seqzoo.kernels import set_backend as set_kernel_backend
 from seqzoo.kernels import use_backend as use_kernel_backend
@@ -72,6 +72,7 @@ __all__ = [
     "TransformerPreTrainedModel",
     "ModelSpec",
     "RecurrentCache",
+    "SeqzooCache",
     "byte_tokenizer",
     "create_model",
     "get_architecture",

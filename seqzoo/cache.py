@@ -1,50 +1,154 @@
-"""RecurrentCache: the O(1) state a recurrent model carries between calls.
+"""SeqzooCache: the one decoding cache of every seqzoo model, one entry per layer.
 
-Each layer owns a small dict of named tensors whose first dimension is the batch (``"h"``/``"c"`` for an LSTM,
-``"conv"``/``"ssm"`` for Mamba, ``"shift"``/``"wkv"`` for RWKV-7 ...). Layers of a hybrid that attend keep their
-keys and values under ``"k"``/``"v"`` in the same dict. The cache counts every position it has seen, padding
-included, because generation compares that count with the length of the attention mask.
+A recurrent layer's entry is a small dict of named tensors whose first dimension is the batch (``"h"``/``"c"`` for
+an LSTM, ``"conv"``/``"ssm"`` for Mamba, ``"attn_shift"``/``"wkv"``/``"ffn_shift"`` for RWKV-7): a constant size,
+however long the context. An attention layer's entry is transformers' own ``DynamicLayer``, whose keys and values
+grow by one position per token. A hybrid model mixes both kinds, layer by layer.
 
-It is deliberately not a ``transformers.Cache``: generation only needs ``get_seq_length`` and ``reorder_cache``
-from it, and the owning model declares ``_supports_default_dynamic_cache() -> False`` so none is built for it.
+Why a subclass of ``transformers.Cache`` (decided when the model layer was reshaped around one mixer protocol):
+transformers' ``create_causal_mask`` and ``generate()`` expect a real ``Cache`` (mask sizes, beam reordering, batch
+selection), and its attention layers already do the K/V bookkeeping, so seqzoo's attention layers keep exactly
+transformers' semantics; seqzoo adds the layer kind transformers lacks -- a named recurrent state that is replaced,
+not appended to -- and counts the positions it has seen itself, padding included, because generation compares that
+count with the length of the attention mask (transformers' own linear-attention layers count nothing, and a cache of
+them is never asked its length). transformers' ``LinearAttentionLayer`` is not used: it stores one conv and one
+recurrent tensor per state index, in place, with a fixed shape, while seqzoo's mixers return new named states (an
+LSTM has ``h`` and ``c``, RWKV-7 three) and truncated backpropagation needs them as autograd values.
+
+The model that owns the cache declares ``_supports_default_dynamic_cache() -> False``, so ``generate()`` builds
+none; the first forward builds this one.
 """
 
 from __future__ import annotations
 
-from typing import Iterator
+import warnings
+from typing import Any, Iterator, Sequence
 
 import torch
+from transformers.cache_utils import Cache, DynamicLayer
+
+State = dict[str, torch.Tensor]
+
+ATTENTION = "attention"
+RECURRENT = "recurrent"
+LAYER_KINDS = (ATTENTION, RECURRENT)
 
 
-class RecurrentCache:
+class StateLayer:
+    """One recurrent layer's entry: its named state tensors (None until the layer has run)."""
+
+    is_sliding = False
     is_compileable = False
     is_croppable = False
+    # transformers' Cache.early_initialization skips layers that say no.
+    supports_early_init = False
 
-    def __init__(self, num_layers: int) -> None:
-        if num_layers < 1:
-            raise ValueError(f"RecurrentCache needs at least one layer, got num_layers={num_layers}")
-        self.layers: list[dict[str, torch.Tensor]] = [{} for _ in range(num_layers)]
-        self.seen_tokens = 0
-
-    def __len__(self) -> int:
-        return len(self.layers)
+    def __init__(self) -> None:
+        self.state: State | None = None
 
     def __repr__(self) -> str:
-        names = sorted({name for layer in self.layers for name in layer})
-        return f"RecurrentCache(layers={len(self.layers)}, states={names}, seen_tokens={self.seen_tokens})"
-
-    def get(self, layer_idx: int, name: str) -> torch.Tensor | None:
-        return self.layers[layer_idx].get(name)
-
-    def set(self, layer_idx: int, name: str, value: torch.Tensor) -> None:
-        self.layers[layer_idx][name] = value
+        names = sorted(self.state) if self.state else []
+        return f"StateLayer({', '.join(names)})"
 
     def tensors(self) -> Iterator[torch.Tensor]:
-        for layer in self.layers:
-            yield from layer.values()
+        yield from (self.state or {}).values()
+
+    def _map(self, fn) -> None:
+        if self.state is not None:
+            self.state = {name: fn(value) for name, value in self.state.items()}
+
+    def reorder_cache(self, beam_idx: torch.LongTensor) -> None:
+        self._map(lambda value: value.index_select(0, beam_idx.to(value.device)))
+
+    def batch_repeat_interleave(self, repeats: int) -> None:
+        self._map(lambda value: value.repeat_interleave(repeats, dim=0))
+
+    def batch_select_indices(self, indices: torch.Tensor) -> None:
+        self._map(lambda value: value[indices.to(value.device)])
+
+    def crop(self, *args: Any, **kwargs: Any) -> None:
+        raise ValueError(
+            "a recurrent state cannot be rolled back to an earlier position: this cache holds recurrent layers, "
+            "so it cannot be cropped (decoding that needs rollback, such as assisted decoding, is refused)"
+        )
+
+    def reset(self) -> None:
+        self.state = None
+
+    def get_max_length(self) -> int:
+        return -1
+
+    def offload(self) -> None:
+        self._map(lambda value: value.to("cpu", non_blocking=True))
+
+    def prefetch(self) -> None:
+        pass  # states move back with the first operation that needs them on the device
+
+
+class SeqzooCache(Cache):
+    """The decoding cache of a seqzoo model: per layer, a recurrent state (a dict of tensors) or growing K/V.
+
+    Build one with :meth:`for_model` (or let the model's first forward build it). ``layer(i)`` is what layer ``i``
+    continues from and ``update_layer(i, state)`` stores what it returned; ``get_seq_length()`` counts every
+    position seen, padding included.
+    """
+
+    def __init__(self, layer_kinds: Sequence[str], model_type: str | None = None) -> None:
+        layer_kinds = list(layer_kinds)
+        if not layer_kinds:
+            raise ValueError("SeqzooCache needs at least one layer")
+        bad = [kind for kind in layer_kinds if kind not in LAYER_KINDS]
+        if bad:
+            raise ValueError(f"unknown cache layer kind(s) {bad}; allowed: {', '.join(LAYER_KINDS)}")
+        super().__init__(layers=[DynamicLayer() if kind == ATTENTION else StateLayer() for kind in layer_kinds])
+        self.layer_kinds = tuple(layer_kinds)
+        self.model_type = model_type
+        self.seen_tokens = 0
+
+    @classmethod
+    def for_model(cls, model: Any) -> "SeqzooCache":
+        """An empty cache laid out for ``model`` (a seqzoo model or its config)."""
+        config = getattr(model, "config", model)
+        return cls(config.cache_layer_kinds, config.model_type)
+
+    def __repr__(self) -> str:
+        return f"SeqzooCache(layers={self.layers}, seen_tokens={self.seen_tokens})"
+
+    # -- per layer ------------------------------------------------------------------------------------------------
+
+    def layer(self, idx: int) -> Any:
+        """What layer ``idx`` continues from: its state dict (None before its first call) or its K/V layer."""
+        entry = self.layers[idx]
+        return entry.state if isinstance(entry, StateLayer) else entry
+
+    def update_layer(self, idx: int, state: Any) -> None:
+        """Store what layer ``idx`` returned. An attention layer updates its K/V in place and returns them."""
+        entry = self.layers[idx]
+        if isinstance(entry, StateLayer):
+            entry.state = state
+        elif state is not entry:
+            raise ValueError(f"layer {idx} of this cache is an attention layer; it updates its own keys and values")
 
     def advance(self, num_positions: int) -> None:
         self.seen_tokens += num_positions
+
+    def check_fits(self, config: Any, batch: int, where: str) -> None:
+        """Raise if this cache was built for another architecture or layout, or holds another batch size."""
+        if (self.model_type not in (None, config.model_type)
+                or tuple(config.cache_layer_kinds) != self.layer_kinds):
+            raise ValueError(
+                f"{where}: the cache was built for a {self.model_type or 'seqzoo'} model with layers "
+                f"{list(self.layer_kinds)}, not this {config.model_type} model with layers "
+                f"{list(config.cache_layer_kinds)}; pass a cache this model returned, or SeqzooCache.for_model(model)"
+            )
+        cached = self.batch_size
+        if cached is not None and cached != batch:
+            raise ValueError(
+                f"{where}: the cache holds {cached} sequence(s) but the inputs have batch size {batch}; a cache "
+                "continues the sequences it was built from (select rows with cache.batch_select_indices)"
+            )
+
+    # -- what transformers asks of a cache -------------------------------------------------------------------------
 
     def get_seq_length(self, layer_idx: int = 0) -> int:
         return self.seen_tokens
@@ -53,36 +157,90 @@ class RecurrentCache:
     def is_linear(self) -> list[bool]:
         # transformers >= 5.24 does not slice already-cached prompt tokens off for a cache whose layers are all
         # "linear", because its own linear caches do not count positions. This one does, so it answers like an
-        # attention cache, and generate() continues from it exactly as on 5.23.
+        # attention cache and generate() continues from it as on 5.23.
         return [False] * len(self.layers)
+
+    @property
+    def is_compileable(self) -> bool:
+        return False
+
+    @property
+    def is_croppable(self) -> bool:
+        return all(kind == ATTENTION for kind in self.layer_kinds)
+
+    def crop(self, *args: Any, **kwargs: Any) -> None:
+        # transformers' arguments differ between releases; every layer crops its own, and a recurrent one refuses.
+        super().crop(*args, **kwargs)
+        self.seen_tokens = self.layers[0].get_seq_length()
+
+    def reset(self) -> None:
+        super().reset()
+        self.seen_tokens = 0
+
+    # -- seqzoo's own ----------------------------------------------------------------------------------------------
+
+    def tensors(self) -> Iterator[torch.Tensor]:
+        for entry in self.layers:
+            if isinstance(entry, StateLayer):
+                yield from entry.tensors()
+            elif getattr(entry, "is_initialized", False) and entry.keys is not None:
+                yield entry.keys
+                yield entry.values
 
     @property
     def batch_size(self) -> int | None:
         first = next(self.tensors(), None)
         return None if first is None else first.shape[0]
 
-    def reorder_cache(self, beam_idx: torch.LongTensor) -> None:
-        """Select / reorder batch rows in place (beam search)."""
-        for layer in self.layers:
-            for name, value in layer.items():
-                layer[name] = value.index_select(0, beam_idx.to(value.device))
-
-    def batch_repeat_interleave(self, repeats: int) -> None:
-        for layer in self.layers:
-            for name, value in layer.items():
-                layer[name] = value.repeat_interleave(repeats, dim=0)
-
-    def batch_select_indices(self, indices: torch.Tensor) -> None:
-        self.reorder_cache(indices)
-
-    def detach(self) -> "RecurrentCache":
-        """Cut the autograd graph at this point (truncated backpropagation through time)."""
-        for layer in self.layers:
-            for name, value in layer.items():
-                layer[name] = value.detach()
+    def detach(self) -> "SeqzooCache":
+        """Cut the autograd graph here (truncated backpropagation through time)."""
+        for entry in self.layers:
+            if isinstance(entry, StateLayer):
+                entry._map(torch.Tensor.detach)
+            elif getattr(entry, "is_initialized", False):
+                entry.keys, entry.values = entry.keys.detach(), entry.values.detach()
         return self
 
-    def state_bytes(self) -> int:
-        """Bytes held per sequence (all layers, all states)."""
+    def layer_bytes(self) -> list[int]:
+        """Bytes each layer holds per sequence (recurrent state, or K/V so far)."""
         batch = self.batch_size or 1
-        return sum(t.numel() * t.element_size() for t in self.tensors()) // batch
+        sizes = []
+        for entry in self.layers:
+            tensors = list(entry.tensors()) if isinstance(entry, StateLayer) else (
+                [entry.keys, entry.values] if getattr(entry, "is_initialized", False) and entry.keys is not None
+                else [])
+            sizes.append(sum(t.numel() * t.element_size() for t in tensors) // batch)
+        return sizes
+
+    def state_bytes(self) -> int:
+        """Bytes held per sequence (all layers)."""
+        return sum(self.layer_bytes())
+
+    # -- the RecurrentCache API of seqzoo 0.1, kept for one release ----------------------------------------------
+
+    def get(self, layer_idx: int, name: str) -> torch.Tensor | None:
+        _deprecated("get(layer_idx, name)", "layer(layer_idx)[name]")
+        return (self.layer(layer_idx) or {}).get(name)
+
+    def set(self, layer_idx: int, name: str, value: torch.Tensor) -> None:
+        _deprecated("set(layer_idx, name, value)", "update_layer(layer_idx, {...})")
+        self.update_layer(layer_idx, {**(self.layer(layer_idx) or {}), name: value})
+
+
+class RecurrentCache(SeqzooCache):
+    """Deprecated name of :class:`SeqzooCache` for an all-recurrent model (seqzoo 0.1); removed in the next
+    release."""
+
+    def __init__(self, num_layers: int) -> None:
+        _deprecated("RecurrentCache(num_layers)", "SeqzooCache.for_model(model)")
+        if num_layers < 1:
+            raise ValueError(f"RecurrentCache needs at least one layer, got num_layers={num_layers}")
+        super().__init__([RECURRENT] * num_layers)
+
+
+def _deprecated(old: str, new: str) -> None:
+    warnings.warn(f"seqzoo: {old} is deprecated and will be removed in the next release; use {new}",
+                  FutureWarning, stacklevel=3)
+
+
+__all__ = ["ATTENTION", "LAYER_KINDS", "RECURRENT", "RecurrentCache", "SeqzooCache", "State", "StateLayer"]

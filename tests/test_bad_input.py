@@ -84,7 +84,7 @@ def test_inputs_embeds_and_mask_shapes():
         model(torch.zeros(2, 3, dtype=torch.long), attention_mask=torch.ones(1, 3))
     with pytest.raises(ValueError, match="labels must have shape"):
         model(torch.zeros(2, 3, dtype=torch.long), labels=torch.zeros(2, 4, dtype=torch.long))
-    with pytest.raises(ValueError, match="RecurrentCache"):
+    with pytest.raises(ValueError, match="SeqzooCache"):
         model(torch.zeros(2, 3, dtype=torch.long), past_key_values=("not", "a cache"))
 
 

@@ -1,7 +1,9 @@
 """seqzoo kernels: plain functions behind a registry (see ``registry.py`` for the selection rules).
 
-Importing this package declares the built-in ops and backends; implementations that need optional dependencies
-(Triton, third-party kernels) are only imported when first selected.
+Each op is a package (``rnn_cells``, ``causal_conv1d``, ``selective_scan``, ``ssd``, ``wkv7``) that declares its
+backends when imported. The layers import the op packages they use, so a Hub bundle carries only the kernels of its
+architecture; listing the ops (``seqzoo kernels``) imports every built-in one. Implementations that need optional
+dependencies (Triton, third-party kernels) are only imported when first selected.
 """
 
 from seqzoo.kernels.registry import (
@@ -18,9 +20,6 @@ from seqzoo.kernels.registry import (
     set_backend,
     use_backend,
 )
-
-# Built-in op packages: importing each registers its backends.
-from seqzoo.kernels import rnn_cells, causal_conv1d, selective_scan, ssd, wkv7  # noqa: E402,F401
 
 __all__ = [
     "KernelError",

@@ -130,9 +130,13 @@ def register_backend(
         return backend
 
 
+BUILTIN_OP_PACKAGES = ("rnn_cells", "causal_conv1d", "selective_scan", "ssd", "wkv7")
+
+
 def _ensure_loaded() -> None:
-    # Built-in backends are declared by the op packages that ``seqzoo.kernels`` imports, and Python always imports
-    # that package before this module; plugins come from entry points.
+    # Built-in backends are declared by the op packages, which the layers import as they need them; listing and
+    # looking up ops imports every one (inside a Hub bundle, where only its architecture's op packages exist, the
+    # others are not importable and simply absent). Plugins come from entry points.
     global _plugins_loaded
     if _plugins_loaded:
         return
@@ -140,6 +144,12 @@ def _ensure_loaded() -> None:
         if _plugins_loaded:
             return
         _plugins_loaded = True
+        for package in BUILTIN_OP_PACKAGES:
+            try:
+                importlib.import_module(f"seqzoo.kernels.{package}")
+            except ModuleNotFoundError as err:
+                if not (err.name or "").startswith("seqzoo"):
+                    raise
         _load_entry_point_plugins()
 
 

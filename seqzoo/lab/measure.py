@@ -4,27 +4,11 @@ from __future__ import annotations
 
 import statistics
 import time
-from typing import Any, Iterator
+from typing import Any
 
 import torch
 
 from seqzoo.models.compat import output_cache
-
-
-def cache_tensors(cache: Any) -> Iterator[torch.Tensor]:
-    """Every tensor a cache holds: a seqzoo RecurrentCache or a transformers DynamicCache."""
-    if hasattr(cache, "tensors"):
-        yield from cache.tensors()
-        return
-    for layer in getattr(cache, "layers", []):
-        for name in ("keys", "values"):
-            value = getattr(layer, name, None)
-            if isinstance(value, torch.Tensor):
-                yield value
-
-
-def cache_bytes_per_sequence(cache: Any, batch: int = 1) -> int:
-    return sum(t.numel() * t.element_size() for t in cache_tensors(cache)) // batch
 
 
 @torch.no_grad()
@@ -46,7 +30,7 @@ def decode_profile(model: Any, contexts: list[int], steps: int = 16, seed: int =
             timings.append(time.perf_counter() - start)
             cache, token = output_cache(out), out.logits[:, -1:].argmax(-1)
         rows.append({"context": context, "ms_per_token": 1000 * statistics.median(timings),
-                     "state_bytes": cache_bytes_per_sequence(cache)})
+                     "state_bytes": cache.state_bytes()})
     return rows
 
 

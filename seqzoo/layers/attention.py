@@ -10,6 +10,8 @@ import torch
 from torch import nn
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
+from seqzoo.cache import ATTENTION
+from seqzoo.layers.mixer import Mixer
 from seqzoo.layers.positions import apply_rotary
 
 
@@ -42,11 +44,16 @@ def eager_attention_forward(
     return output, weights
 
 
-class SelfAttention(nn.Module):
+class SelfAttention(Mixer):
+    """Multi-head causal self-attention with grouped-query heads. Its cache entry is transformers' K/V layer, which
+    grows by one position per token; ``attention_mask`` (the causal mask that ``create_causal_mask`` built) and
+    ``position_embeddings`` (RoPE's cos/sin, or None) come in the context."""
+
+    cache_kind = ATTENTION
+
     def __init__(self, config: Any, layer_idx: int) -> None:
-        super().__init__()
+        super().__init__(config, layer_idx)
         self.config = config
-        self.layer_idx = layer_idx
         self.head_dim = config.head_dim
         self.num_heads = config.num_attention_heads
         self.num_key_value_heads = config.num_key_value_heads
@@ -63,11 +70,14 @@ class SelfAttention(nn.Module):
     def forward(
         self,
         hidden_states: torch.Tensor,
+        *,
+        state: Any = None,
+        mask: torch.Tensor | None = None,
         attention_mask: torch.Tensor | None = None,
         position_embeddings: tuple[torch.Tensor, torch.Tensor] | None = None,
-        cache: Any = None,
-        **kwargs: Any,
-    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        attention_kwargs: dict[str, Any] | None = None,
+        **context: Any,
+    ) -> tuple[torch.Tensor, Any]:
         input_shape = hidden_states.shape[:-1]
         shape = (*input_shape, -1, self.head_dim)
         query = self.q_proj(hidden_states).view(shape).transpose(1, 2)  # (B, H, T, D)
@@ -75,8 +85,8 @@ class SelfAttention(nn.Module):
         value = self.v_proj(hidden_states).view(shape).transpose(1, 2)
         if position_embeddings is not None:
             query, key = apply_rotary(query, key, *position_embeddings)
-        if cache is not None:
-            key, value = cache.update(key, value, self.layer_idx)
+        if state is not None:
+            key, value = state.update(key, value)  # all positions so far
 
         attention = ALL_ATTENTION_FUNCTIONS.get_interface(self.config._attn_implementation, eager_attention_forward)
         output, weights = attention(
@@ -87,7 +97,7 @@ class SelfAttention(nn.Module):
             attention_mask,
             dropout=self.attention_dropout if self.training else 0.0,
             scaling=self.scaling,
-            **kwargs,
+            **(attention_kwargs or {}),
         )
         output = self.o_proj(output.reshape(*input_shape, -1).contiguous())
-        return output, weights
+        return output, state

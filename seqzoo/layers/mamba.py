@@ -10,113 +10,63 @@ added). So pad positions never change any state, also when a padded batch contin
 
 from __future__ import annotations
 
-import math
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 from transformers import initialization as init
 
-from seqzoo.kernels import dispatch
-
-MambaState = dict[str, torch.Tensor]  # {"conv": (B, channels, K-1), "ssm": (B, ...)}, float32
-
-
-def inverse_softplus(x: torch.Tensor) -> torch.Tensor:
-    """The y with softplus(y) = x, for x > 0 (written to stay accurate for small x)."""
-    return x + torch.log(-torch.expm1(-x))
-
-
-def log_uniform_time_steps(count: int, low: float, high: float, floor: float) -> torch.Tensor:
-    """Initial time steps, log-uniform in [low, high] and at least ``floor`` (Mamba's dt init)."""
-    dt = torch.exp(torch.rand(count) * (math.log(high) - math.log(low)) + math.log(low))
-    return dt.clamp(min=floor)
+from seqzoo.kernels import dispatch, selective_scan  # noqa: F401  (the op package registers the op)
+from seqzoo.layers.mixer import Mixer
+from seqzoo.layers.state_space import (
+    MambaState,
+    causal_conv,
+    depthwise_conv,
+    init_linear_like_torch,
+    inverse_softplus,
+    log_uniform_time_steps,
+)
 
 
-def init_linear_like_torch(linear: nn.Module, scale: float = 1.0) -> None:
-    """torch.nn's default init (kaiming-uniform with a=sqrt(5), i.e. U(+-1/sqrt(fan_in))), which mamba_ssm keeps
-    for its projections and convolution; ``scale`` shrinks the bound (GPT-2-style residual rescaling)."""
-    fan_in = linear.weight[0].numel()
-    bound = scale / math.sqrt(fan_in)
-    init.uniform_(linear.weight, -bound, bound)
-    if getattr(linear, "bias", None) is not None:
-        init.zeros_(linear.bias)
-
-
-class CausalDepthwiseConv1d(nn.Module):
-    """Causal depthwise convolution over (B, T, C) inputs, carrying the last K-1 inputs as its state.
-
-    ``weight`` has nn.Conv1d's depthwise layout (C, 1, K), as transformers and mamba_ssm checkpoints store it.
-    """
-
-    def __init__(self, channels: int, kernel_size: int, bias: bool = True) -> None:
-        super().__init__()
-        self.channels = channels
-        self.kernel_size = kernel_size
-        self.weight = nn.Parameter(torch.empty(channels, 1, kernel_size))
-        self.bias = nn.Parameter(torch.empty(channels)) if bias else None
-
-    def extra_repr(self) -> str:
-        return f"channels={self.channels}, kernel_size={self.kernel_size}, bias={self.bias is not None}"
-
-    def forward(
-        self,
-        x: torch.Tensor,
-        state: torch.Tensor | None = None,
-        mask: torch.Tensor | None = None,
-        activation: str | None = "silu",
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        # x: (B, T, C); state: (B, C, K-1) or None (zeros); mask: (B, T) bool or None. Returns y (B, T, C), state.
-        return dispatch(
-            "causal_conv1d", x, self.weight[:, 0], self.bias, initial_state=state, activation=activation, mask=mask
-        )
-
-
-class MambaMixer(nn.Module):
+class MambaMixer(Mixer):
     """Selective state-space mixer over (B, T, hidden_size); state ``conv`` (B, E, K-1) and ``ssm`` (B, E, N)."""
 
-    def __init__(
-        self,
-        hidden_size: int,
-        state_size: int = 16,
-        expand: int = 2,
-        conv_kernel: int = 4,
-        time_step_rank: int | None = None,
-        use_conv_bias: bool = True,
-        use_bias: bool = False,
-    ) -> None:
-        super().__init__()
+    def __init__(self, config: Any, layer_idx: int) -> None:
+        super().__init__(config, layer_idx)
+        hidden_size = config.hidden_size
         self.hidden_size = hidden_size
-        self.state_size = state_size
-        self.intermediate_size = expand * hidden_size
-        self.time_step_rank = time_step_rank or math.ceil(hidden_size / 16)
-        inner = self.intermediate_size
+        self.state_size = state_size = config.state_size
+        self.intermediate_size = inner = config.expand * hidden_size
+        self.time_step_rank = config.time_step_rank
+        self.init_settings = (config.time_step_min, config.time_step_max, config.time_step_floor,
+                              config.time_step_init_scheme, config.time_step_scale)
+        self.out_proj_scale = config.num_hidden_layers**-0.5 if config.rescale_prenorm_residual else None
 
         # x (the scanned signal) and z (the output gate), side by side.
-        self.in_proj = nn.Linear(hidden_size, 2 * inner, bias=use_bias)
-        self.conv1d = CausalDepthwiseConv1d(inner, conv_kernel, bias=use_conv_bias)
+        self.in_proj = nn.Linear(hidden_size, 2 * inner, bias=config.use_bias)
+        self.conv1d = depthwise_conv(inner, config.conv_kernel, bias=config.use_conv_bias)
         # The selective part: per-token time step (through a low-rank bottleneck), B and C.
         self.x_proj = nn.Linear(inner, self.time_step_rank + 2 * state_size, bias=False)
         self.dt_proj = nn.Linear(self.time_step_rank, inner, bias=True)
         # A = -exp(A_log) stays negative, so every step decays the state; stored as a log for that reason.
         self.A_log = nn.Parameter(torch.empty(inner, state_size))
         self.D = nn.Parameter(torch.empty(inner))
-        self.out_proj = nn.Linear(inner, hidden_size, bias=use_bias)
+        self.out_proj = nn.Linear(inner, hidden_size, bias=config.use_bias)
 
-    def reset_ssm_parameters(
-        self,
-        time_step_min: float,
-        time_step_max: float,
-        time_step_floor: float,
-        time_step_init_scheme: str = "random",
-        time_step_scale: float = 1.0,
-    ) -> None:
-        """Mamba's init of A (S4D-real: A[:, n] = -(n + 1)), D (ones) and the time-step projection."""
+    def init_weights(self) -> None:
+        """Mamba's init: torch's default for the projections and the convolution, A (S4D-real: A[:, n] = -(n + 1)),
+        D (ones) and the time-step projection."""
+        for module in (self.in_proj, self.conv1d, self.x_proj, self.dt_proj, self.out_proj):
+            init_linear_like_torch(module)
+        if self.out_proj_scale is not None:
+            init_linear_like_torch(self.out_proj, scale=self.out_proj_scale)
+        time_step_min, time_step_max, time_step_floor, scheme, scale = self.init_settings
         A = torch.arange(1, self.state_size + 1, dtype=torch.float32).expand(self.intermediate_size, -1)
         init.copy_(self.A_log, torch.log(A))
         init.ones_(self.D)
-        std = self.time_step_rank**-0.5 * time_step_scale
-        if time_step_init_scheme == "constant":
+        std = self.time_step_rank**-0.5 * scale
+        if scheme == "constant":
             init.constant_(self.dt_proj.weight, std)
         else:
             init.uniform_(self.dt_proj.weight, -std, std)
@@ -125,12 +75,13 @@ class MambaMixer(nn.Module):
         init.copy_(self.dt_proj.bias, inverse_softplus(dt))
 
     def forward(
-        self, hidden_states: torch.Tensor, state: MambaState | None = None, mask: torch.Tensor | None = None
+        self, hidden_states: torch.Tensor, *, state: MambaState | None = None, mask: torch.Tensor | None = None,
+        **context: Any,
     ) -> tuple[torch.Tensor, MambaState]:
         # hidden_states: (B, T, H); mask: (B, T) bool, False at padding, or None.
         state = state or {}
         x, z = self.in_proj(hidden_states).chunk(2, dim=-1)  # (B, T, E) each
-        x, conv_state = self.conv1d(x, state.get("conv"), mask, activation="silu")  # (B, T, E)
+        x, conv_state = causal_conv(self.conv1d, x, state.get("conv"), mask)  # (B, T, E)
 
         time_step, B, C = self.x_proj(x).split([self.time_step_rank, self.state_size, self.state_size], dim=-1)
         delta = F.softplus(self.dt_proj(time_step).float())  # (B, T, E), float32 like the state

@@ -11,13 +11,23 @@ exactly 0, the identity step of the SSD recurrence.
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 from transformers import initialization as init
 
-from seqzoo.kernels import dispatch
-from seqzoo.layers.mamba import CausalDepthwiseConv1d, MambaState, inverse_softplus, log_uniform_time_steps
+from seqzoo.kernels import dispatch, ssd  # noqa: F401  (the op package registers the op)
+from seqzoo.layers.mixer import Mixer
+from seqzoo.layers.state_space import (
+    MambaState,
+    causal_conv,
+    depthwise_conv,
+    init_linear_like_torch,
+    inverse_softplus,
+    log_uniform_time_steps,
+)
 
 
 class GatedRMSNorm(nn.Module):
@@ -52,65 +62,61 @@ class GatedRMSNorm(nn.Module):
         return self.weight * y.to(dtype)
 
 
-class Mamba2Mixer(nn.Module):
+class Mamba2Mixer(Mixer):
     """SSD mixer over (B, T, hidden_size); state ``conv`` (B, E + 2GN, K-1) and ``ssm`` (B, H, P, N)."""
 
-    def __init__(
-        self,
-        hidden_size: int,
-        state_size: int = 64,
-        expand: int = 2,
-        head_dim: int = 64,
-        n_groups: int = 1,
-        conv_kernel: int = 4,
-        use_conv_bias: bool = True,
-        use_bias: bool = False,
-        chunk_size: int = 256,
-        time_step_limit: tuple[float, float] = (0.0, float("inf")),
-        rms_norm: bool = True,
-        norm_before_gate: bool = False,
-        layer_norm_epsilon: float = 1e-5,
-    ) -> None:
-        super().__init__()
-        self.hidden_size = hidden_size
-        self.state_size = state_size
-        self.intermediate_size = inner = expand * hidden_size
-        self.head_dim = head_dim
-        self.num_heads = inner // head_dim
-        self.n_groups = n_groups
-        self.chunk_size = chunk_size
-        self.time_step_limit = tuple(time_step_limit)
-        self.conv_dim = inner + 2 * n_groups * state_size
+    def __init__(self, config: Any, layer_idx: int) -> None:
+        super().__init__(config, layer_idx)
+        self.hidden_size = hidden_size = config.hidden_size
+        self.state_size = config.state_size
+        self.intermediate_size = inner = config.expand * hidden_size
+        self.head_dim = config.head_dim
+        self.num_heads = inner // config.head_dim
+        self.n_groups = config.n_groups
+        self.chunk_size = config.chunk_size
+        self.time_step_limit = tuple(config.time_step_limit)
+        self.conv_dim = inner + 2 * config.n_groups * config.state_size
+        self.init_settings = (config.time_step_min, config.time_step_max, config.time_step_floor)
+        self.out_proj_scale = config.num_hidden_layers**-0.5 if config.rescale_prenorm_residual else None
 
         # z (gate), then the conv input x, B, C, then one time step per head -- transformers' packing.
-        self.in_proj = nn.Linear(hidden_size, inner + self.conv_dim + self.num_heads, bias=use_bias)
-        self.conv1d = CausalDepthwiseConv1d(self.conv_dim, conv_kernel, bias=use_conv_bias)
+        self.in_proj = nn.Linear(hidden_size, inner + self.conv_dim + self.num_heads, bias=config.use_bias)
+        self.conv1d = depthwise_conv(self.conv_dim, config.conv_kernel, bias=config.use_conv_bias)
         self.dt_bias = nn.Parameter(torch.empty(self.num_heads))
         # One scalar decay per head (Mamba-1 had one per channel and state entry): A = -exp(A_log).
         self.A_log = nn.Parameter(torch.empty(self.num_heads))
         self.D = nn.Parameter(torch.empty(self.num_heads))
         self.norm = (
-            GatedRMSNorm(inner, inner // n_groups, layer_norm_epsilon, norm_before_gate) if rms_norm else None
+            GatedRMSNorm(inner, inner // config.n_groups, config.layer_norm_epsilon, config.norm_before_gate)
+            if config.rms_norm else None
         )
-        self.out_proj = nn.Linear(inner, hidden_size, bias=use_bias)
+        self.out_proj = nn.Linear(inner, hidden_size, bias=config.use_bias)
 
-    def reset_ssm_parameters(self, time_step_min: float, time_step_max: float, time_step_floor: float) -> None:
-        """Mamba-2's init: A_h = -(h + 1) (transformers' choice of mamba_ssm's A range), D = 1, and dt_bias with
-        softplus(dt_bias) log-uniform in [time_step_min, time_step_max]."""
+    def init_weights(self) -> None:
+        """Mamba-2's init: torch's default for the projections and the convolution, A_h = -(h + 1) (transformers'
+        choice of mamba_ssm's A range), D = 1, and dt_bias with softplus(dt_bias) log-uniform in
+        [time_step_min, time_step_max]."""
+        for module in (self.in_proj, self.conv1d, self.out_proj):
+            init_linear_like_torch(module)
+        if self.out_proj_scale is not None:
+            init_linear_like_torch(self.out_proj, scale=self.out_proj_scale)
+        if self.norm is not None:
+            init.ones_(self.norm.weight)
         init.copy_(self.A_log, torch.log(torch.arange(1, self.num_heads + 1, dtype=torch.float32)))
         init.ones_(self.D)
-        dt = log_uniform_time_steps(self.num_heads, time_step_min, time_step_max, time_step_floor)
+        dt = log_uniform_time_steps(self.num_heads, *self.init_settings)
         init.copy_(self.dt_bias, inverse_softplus(dt))
 
     def forward(
-        self, hidden_states: torch.Tensor, state: MambaState | None = None, mask: torch.Tensor | None = None
+        self, hidden_states: torch.Tensor, *, state: MambaState | None = None, mask: torch.Tensor | None = None,
+        **context: Any,
     ) -> tuple[torch.Tensor, MambaState]:
         # hidden_states: (B, T, H); mask: (B, T) bool, False at padding, or None.
         state = state or {}
         batch, length, _ = hidden_states.shape
         groups_n = self.n_groups * self.state_size
         z, xBC, dt = self.in_proj(hidden_states).split([self.intermediate_size, self.conv_dim, self.num_heads], -1)
-        xBC, conv_state = self.conv1d(xBC, state.get("conv"), mask, activation="silu")  # (B, T, E + 2GN)
+        xBC, conv_state = causal_conv(self.conv1d, xBC, state.get("conv"), mask)  # (B, T, E + 2GN)
         x, B, C = xBC.split([self.intermediate_size, groups_n, groups_n], dim=-1)
 
         dt = F.softplus(dt.float() + self.dt_bias.float())  # (B, T, heads), float32 like the state

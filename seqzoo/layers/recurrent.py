@@ -1,67 +1,127 @@
-"""Classic recurrent layers (Elman RNN, LSTM, GRU) with the torch.nn weight layout; compute goes through the kernel
-registry (ops ``rnn``, ``lstm``, ``gru``)."""
+"""Classic recurrent mixers (Elman RNN, LSTM, GRU) with the torch.nn weight layout; compute goes through the kernel
+registry (ops ``rnn``, ``lstm``, ``gru``).
+
+The input of layer 0 is the token embedding (``config.embedding_dim`` wide, which the classic LM lets differ from
+the state size); every later layer reads the previous layer's ``hidden_size`` outputs.
+"""
 
 from __future__ import annotations
 
 import math
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
+from transformers import initialization as init
 
-from seqzoo.kernels import dispatch
+from seqzoo.kernels import dispatch, rnn_cells  # noqa: F401  (rnn_cells registers the ops)
+from seqzoo.layers.mixer import Mixer
 
 GATES = {"rnn": 1, "lstm": 4, "gru": 3}
-STATE_NAMES = {"rnn": ("h",), "lstm": ("h", "c"), "gru": ("h",)}
 
 
-class RecurrentLayer(nn.Module):
-    """One recurrent layer over a (B, T, input_size) sequence, carrying named states ``h`` (and ``c`` for LSTM)."""
+class RecurrentMixer(Mixer):
+    """One recurrent layer over a (B, T, input_size) sequence, carrying ``h`` (and ``c`` for the LSTM)."""
 
-    def __init__(self, cell: str, input_size: int, hidden_size: int, nonlinearity: str = "tanh", bias: bool = True):
-        super().__init__()
-        if cell not in GATES:
-            raise ValueError(f"unknown recurrent cell {cell!r}; allowed: {', '.join(GATES)}")
-        self.cell = cell
-        self.input_size = input_size
-        self.hidden_size = hidden_size
-        self.nonlinearity = nonlinearity
-        rows = GATES[cell] * hidden_size
-        self.weight_ih = nn.Parameter(torch.empty(rows, input_size))
-        self.weight_hh = nn.Parameter(torch.empty(rows, hidden_size))
-        if bias:
-            self.bias_ih = nn.Parameter(torch.empty(rows))
-            self.bias_hh = nn.Parameter(torch.empty(rows))
-        else:
-            self.register_parameter("bias_ih", None)
-            self.register_parameter("bias_hh", None)
-        self.reset_parameters()
+    cell: ClassVar[str]
+    state_names: ClassVar[tuple[str, ...]] = ("h",)
 
-    def reset_parameters(self) -> None:
-        # torch.nn's default: U(-1/sqrt(H), 1/sqrt(H)); the model's _init_weights applies the configured remedies.
+    def __init__(self, config: Any, layer_idx: int) -> None:
+        super().__init__(config, layer_idx)
+        self.input_size = config.embedding_dim if layer_idx == 0 else config.hidden_size
+        self.hidden_size = config.hidden_size
+        self.orthogonal_init = config.orthogonal_init
+        rows = GATES[self.cell] * self.hidden_size
+        self.weight_ih = nn.Parameter(torch.empty(rows, self.input_size))
+        self.weight_hh = nn.Parameter(torch.empty(rows, self.hidden_size))
+        self.bias_ih = nn.Parameter(torch.empty(rows))
+        self.bias_hh = nn.Parameter(torch.empty(rows))
+        # torch.nn's default until the model initialises it: U(-1/sqrt(H), 1/sqrt(H)).
         bound = 1.0 / math.sqrt(self.hidden_size)
         for p in self.parameters():
             nn.init.uniform_(p, -bound, bound)
 
     def extra_repr(self) -> str:
-        act = f", nonlinearity={self.nonlinearity}" if self.cell == "rnn" else ""
-        return f"{self.cell}, {self.input_size} -> {self.hidden_size}{act}"
+        return f"{self.input_size} -> {self.hidden_size}"
 
-    def initial_state(self, batch: int, reference: torch.Tensor) -> dict[str, torch.Tensor]:
-        zeros = reference.new_zeros(batch, self.hidden_size)
-        return {name: zeros for name in STATE_NAMES[self.cell]}
+    def init_weights(self) -> None:
+        bound = 1.0 / self.hidden_size**0.5
+        init.uniform_(self.weight_ih, -bound, bound)
+        if self.orthogonal_init:
+            # One orthogonal matrix per gate block keeps each gate's recurrence norm-preserving at init (Saxe 2014).
+            blocks = [init.orthogonal_(torch.empty(self.hidden_size, self.hidden_size))
+                      for _ in range(GATES[self.cell])]
+            init.copy_(self.weight_hh, torch.cat(blocks, dim=0))
+        else:
+            init.uniform_(self.weight_hh, -bound, bound)
+        init.zeros_(self.bias_ih)
+        init.copy_(self.bias_hh, self.initial_bias_hh())
+
+    def initial_bias_hh(self) -> torch.Tensor:
+        return torch.zeros_like(self.bias_hh)
 
     def forward(
-        self, x: torch.Tensor, state: dict[str, torch.Tensor] | None = None, mask: torch.Tensor | None = None
+        self, hidden_states: torch.Tensor, *, state: dict | None = None, mask: torch.Tensor | None = None,
+        **context: Any,
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        # x: (B, T, I); mask: (B, T) bool or None; returns y (B, T, H) and the new state.
+        # hidden_states: (B, T, I); mask: (B, T) bool or None. Returns (B, T, H) and the new state.
         if state is None:
-            state = self.initial_state(x.shape[0], x)
-        weights = (self.weight_ih, self.weight_hh, self.bias_ih, self.bias_hh)
-        if self.cell == "lstm":
-            y, (h, c) = dispatch("lstm", x, state["h"].to(x.dtype), state["c"].to(x.dtype), *weights, mask=mask)
-            return y, {"h": h, "c": c}
-        if self.cell == "gru":
-            y, h = dispatch("gru", x, state["h"].to(x.dtype), *weights, mask=mask)
-        else:
-            y, h = dispatch("rnn", x, state["h"].to(x.dtype), *weights, nonlinearity=self.nonlinearity, mask=mask)
+            zeros = hidden_states.new_zeros(hidden_states.shape[0], self.hidden_size)
+            state = {name: zeros for name in self.state_names}
+        return self.run(hidden_states, state, mask)
+
+    def weights(self) -> tuple[torch.Tensor, ...]:
+        return self.weight_ih, self.weight_hh, self.bias_ih, self.bias_hh
+
+
+class RNNMixer(RecurrentMixer):
+    """Elman RNN (tanh or relu): h_t = act(W_ih x_t + b_ih + W_hh h_{t-1} + b_hh)."""
+
+    cell = "rnn"
+
+    def __init__(self, config: Any, layer_idx: int) -> None:
+        super().__init__(config, layer_idx)
+        self.nonlinearity = config.nonlinearity
+
+    def extra_repr(self) -> str:
+        return f"{super().extra_repr()}, nonlinearity={self.nonlinearity}"
+
+    def run(self, x, state, mask):
+        y, h = dispatch("rnn", x, state["h"].to(x.dtype), *self.weights(), nonlinearity=self.nonlinearity, mask=mask)
         return y, {"h": h}
+
+
+class LSTMMixer(RecurrentMixer):
+    """LSTM (gate order i, f, g, o), with the forget-gate bias remedy."""
+
+    cell = "lstm"
+    state_names = ("h", "c")
+
+    def __init__(self, config: Any, layer_idx: int) -> None:
+        super().__init__(config, layer_idx)
+        self.forget_bias = config.forget_bias
+
+    def initial_bias_hh(self) -> torch.Tensor:
+        # A positive forget bias lets gradients flow early in training (Gers et al. 2000; Jozefowicz et al. 2015).
+        bias = torch.zeros_like(self.bias_hh)
+        bias[self.hidden_size : 2 * self.hidden_size] = self.forget_bias
+        return bias
+
+    def run(self, x, state, mask):
+        y, (h, c) = dispatch("lstm", x, state["h"].to(x.dtype), state["c"].to(x.dtype), *self.weights(), mask=mask)
+        return y, {"h": h, "c": c}
+
+
+class GRUMixer(RecurrentMixer):
+    """GRU (gate order r, z, n; torch.nn's convention)."""
+
+    cell = "gru"
+
+    def run(self, x, state, mask):
+        y, h = dispatch("gru", x, state["h"].to(x.dtype), *self.weights(), mask=mask)
+        return y, {"h": h}
+
+
+RECURRENT_MIXERS: dict[str, type[RecurrentMixer]] = {"rnn": RNNMixer, "lstm": LSTMMixer, "gru": GRUMixer}
+
+__all__ = ["GATES", "GRUMixer", "LSTMMixer", "RECURRENT_MIXERS", "RNNMixer", "RecurrentMixer"]

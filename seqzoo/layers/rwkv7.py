@@ -12,12 +12,15 @@ Padding is exact: a position whose mask is False changes no state. The token shi
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 from torch import nn
 from torch.nn import functional as F
+from transformers import initialization as init
 
-from seqzoo.kernels import dispatch
+from seqzoo.kernels import dispatch, wkv7  # noqa: F401  (the op package registers the op)
+from seqzoo.layers.mixer import Mixer
 
 # The reference writes the decay as exp(-exp(w)) with w = -softplus(-z) - 0.5. Since exp(-softplus(-z)) =
 # sigmoid(z), its log is -exp(-0.5) * sigmoid(z): the per-channel decay lies in (exp(-exp(-0.5)), 1) ~ (0.545, 1).
@@ -49,33 +52,23 @@ def token_shift(
     return gathered[:, :length], gathered[:, length]
 
 
-class RWKV7TimeMix(nn.Module):
+class RWKV7TimeMix(Mixer):
     """The x070 time mix: token-shift lerps, low-rank decay / in-context learning rate / value residual / gate,
     the WKV recurrence, per-head GroupNorm, the ``r * k * r_k`` bonus, and the output projection.
 
-    Carries two states: ``shift`` (B, C), the previous token's input, and ``wkv`` (B, H, N, N) float32, one
-    (value x key) matrix per head.
+    Carries two states: ``attn_shift`` (B, C), the previous token's input, and ``wkv`` (B, H, N, N) float32, one
+    (value x key) matrix per head. The first time mix of a model produces ``v_first`` (its values) for the value
+    residual of the later ones; it travels in ``context["shared"]``.
     """
 
-    def __init__(
-        self,
-        hidden_size: int,
-        head_size: int,
-        decay_low_rank_dim: int,
-        a_low_rank_dim: int,
-        v_low_rank_dim: int,
-        gate_low_rank_dim: int,
-        layer_idx: int,
-        group_norm_eps: float = 64e-5,
-    ) -> None:
-        super().__init__()
-        if hidden_size % head_size:
-            raise ValueError(f"head_size={head_size} must divide hidden_size={hidden_size}")
-        C = hidden_size
-        self.hidden_size = hidden_size
+    def __init__(self, config: Any, layer_idx: int) -> None:
+        super().__init__(config, layer_idx)
+        C, head_size = config.hidden_size, config.head_size
+        self.hidden_size = C
         self.head_size = head_size
-        self.num_heads = hidden_size // head_size
-        self.layer_idx = layer_idx
+        self.num_heads = C // head_size
+        self.num_layers = config.num_hidden_layers
+        self.output_init_gain = config.output_init_gain
         # Layer 0 produces v_first; the value residual towards it only exists from layer 1 on. (RWKV-LM checkpoints
         # carry unused blocks.0.att.v0/v1/v2; the conversion drops them.)
         self.has_value_residual = layer_idx > 0
@@ -89,17 +82,17 @@ class RWKV7TimeMix(nn.Module):
         self.x_g = nn.Parameter(torch.zeros(C))
         # Low-rank maps in the reference layout: x @ w1 @ w2 with w1 (C, D) and w2 (D, C).
         self.w0 = nn.Parameter(torch.zeros(C))
-        self.w1 = nn.Parameter(torch.zeros(C, decay_low_rank_dim))
-        self.w2 = nn.Parameter(torch.zeros(decay_low_rank_dim, C))
+        self.w1 = nn.Parameter(torch.zeros(C, config.decay_low_rank_dim))
+        self.w2 = nn.Parameter(torch.zeros(config.decay_low_rank_dim, C))
         self.a0 = nn.Parameter(torch.zeros(C))
-        self.a1 = nn.Parameter(torch.zeros(C, a_low_rank_dim))
-        self.a2 = nn.Parameter(torch.zeros(a_low_rank_dim, C))
+        self.a1 = nn.Parameter(torch.zeros(C, config.a_low_rank_dim))
+        self.a2 = nn.Parameter(torch.zeros(config.a_low_rank_dim, C))
         if self.has_value_residual:
             self.v0 = nn.Parameter(torch.zeros(C))
-            self.v1 = nn.Parameter(torch.zeros(C, v_low_rank_dim))
-            self.v2 = nn.Parameter(torch.zeros(v_low_rank_dim, C))
-        self.g1 = nn.Parameter(torch.zeros(C, gate_low_rank_dim))
-        self.g2 = nn.Parameter(torch.zeros(gate_low_rank_dim, C))
+            self.v1 = nn.Parameter(torch.zeros(C, config.v_low_rank_dim))
+            self.v2 = nn.Parameter(torch.zeros(config.v_low_rank_dim, C))
+        self.g1 = nn.Parameter(torch.zeros(C, config.gate_low_rank_dim))
+        self.g2 = nn.Parameter(torch.zeros(config.gate_low_rank_dim, C))
         self.k_k = nn.Parameter(torch.zeros(C))
         self.k_a = nn.Parameter(torch.zeros(C))
         self.r_k = nn.Parameter(torch.zeros(self.num_heads, head_size))
@@ -108,24 +101,60 @@ class RWKV7TimeMix(nn.Module):
         self.key = nn.Linear(C, C, bias=False)
         self.value = nn.Linear(C, C, bias=False)
         self.output = nn.Linear(C, C, bias=False)
-        self.ln_x = nn.GroupNorm(self.num_heads, C, eps=group_norm_eps)
+        self.ln_x = nn.GroupNorm(self.num_heads, C, eps=config.group_norm_eps)
 
     def extra_repr(self) -> str:
         return f"layer={self.layer_idx}, heads={self.num_heads}x{self.head_size}"
 
+    def init_weights(self) -> None:
+        """The RWKV-LM x070 init: RWKV_Tmix_x070's constructor for the vectors and LoRAs, then
+        ``generate_init_weight`` for the matrices (orthogonal with per-matrix gains, zero output projection, ln_x
+        weights growing with depth), as train.py builds the initial checkpoint."""
+        C, N = self.hidden_size, self.head_size
+        ratio_0_to_1, ratio_1_to_almost0 = depth_ratios(self.layer_idx, self.num_layers)
+        n = torch.arange(C, dtype=torch.float32)
+        ddd = n / C
+        linear = n / max(C - 1, 1) - 0.5
+        # A per-head pattern from -1 to 1 (squared, sign kept), so every head starts with a spread of timescales.
+        zigzag = ((n % N) - (N - 1) / 2) / ((N - 1) / 2) if N > 1 else torch.zeros(C)
+        zigzag = zigzag * zigzag.abs()
+        decay_speed = -6 + 6 * (n / max(C - 1, 1)) ** (1 + ratio_0_to_1**0.3)
+
+        for name, power in (("x_r", 0.2), ("x_w", 0.9), ("x_k", 0.7), ("x_v", 0.7), ("x_a", 0.9), ("x_g", 0.2)):
+            init.copy_(getattr(self, name), 1.0 - ddd ** (power * ratio_1_to_almost0))
+        init.copy_(self.w0, decay_speed + 0.5 + zigzag * 2.5)  # +0.5 offsets the -0.5 of the decay soft-clamp
+        init.copy_(self.a0, -0.19 + zigzag * 0.3 + linear * 0.4)
+        init.copy_(self.k_k, 0.71 - linear * 0.1)
+        init.constant_(self.k_a, 1.02)
+        init.constant_(self.r_k, -0.04)
+        lora_in = [self.w1, self.a1, self.g1]
+        lora_out = [self.w2, self.a2, self.g2]
+        if self.has_value_residual:
+            init.copy_(self.v0, 0.73 - linear * 0.4)
+            lora_in.append(self.v1)
+            lora_out.append(self.v2)
+        for weight in lora_in:
+            init.zeros_(weight)
+        for weight in lora_out:
+            _init_lora_out(weight)
+        init.orthogonal_(self.receptance.weight, gain=1.0)
+        init.orthogonal_(self.key.weight, gain=0.1)
+        init.orthogonal_(self.value.weight, gain=1.0)
+        init_residual_output(self.output.weight, self.output_init_gain)
+        init.constant_(self.ln_x.weight, ((1 + self.layer_idx) / self.num_layers) ** 0.7)
+        init.zeros_(self.ln_x.bias)
+
     def forward(
-        self,
-        x: torch.Tensor,
-        v_first: torch.Tensor | None,
-        shift_state: torch.Tensor | None = None,
-        wkv_state: torch.Tensor | None = None,
-        mask: torch.Tensor | None = None,
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-        # x: (B, T, C), already normed (ln1); v_first: (B, T, C) from layer 0 (None in layer 0).
-        # Returns the output (B, T, C), v_first, the new shift state (B, C) and WKV state (B, H, N, N).
+        self, x: torch.Tensor, *, state: dict | None = None, mask: torch.Tensor | None = None,
+        shared: dict | None = None, **context: Any,
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        # x: (B, T, C), already normed (ln1). Returns the output (B, T, C) and the new attn_shift (B, C) and
+        # wkv (B, H, N, N) states.
         B, T, C = x.shape
         H, N = self.num_heads, self.head_size
-        prev, shift_state = token_shift(x, shift_state, mask)
+        state = state or {}
+        shared = {} if shared is None else shared
+        prev, shift_state = token_shift(x, state.get("attn_shift"), mask)
         xx = prev - x
         xr, xw, xk = x + xx * self.x_r, x + xx * self.x_w, x + xx * self.x_k
         xv, xa, xg = x + xx * self.x_v, x + xx * self.x_a, x + xx * self.x_g
@@ -134,11 +163,11 @@ class RWKV7TimeMix(nn.Module):
         k = self.key(xk)
         v = self.value(xv)
         if self.has_value_residual:
-            if v_first is None:
-                raise ValueError(f"RWKV7TimeMix layer {self.layer_idx} needs v_first from layer 0")
-            v = v + (v_first - v) * torch.sigmoid(self.v0 + (xv @ self.v1) @ self.v2)
+            if "v_first" not in shared:
+                raise ValueError(f"RWKV7TimeMix layer {self.layer_idx} needs v_first from the first time mix")
+            v = v + (shared["v_first"] - v) * torch.sigmoid(self.v0 + (xv @ self.v1) @ self.v2)
         else:
-            v_first = v
+            shared["v_first"] = v
         a = torch.sigmoid(self.a0 + (xa @ self.a1) @ self.a2)  # in-context learning rate, (B, T, C)
         g = torch.sigmoid(xg @ self.g1) @ self.g2
         kk = F.normalize((k * self.k_k).view(B, T, H, N), dim=-1, p=2.0)  # unit removal key per head
@@ -156,6 +185,7 @@ class RWKV7TimeMix(nn.Module):
             k_in, b_h = torch.where(keep, k_h, 0.0), torch.where(keep, b_h, 0.0)
         else:
             k_in = k_h
+        wkv_state = state.get("wkv")
         if wkv_state is not None:
             wkv_state = wkv_state.float()
         y, wkv_state = dispatch("wkv7", r_h, log_decay, k_in, v_h, -kk, b_h, initial_state=wkv_state)
@@ -164,26 +194,54 @@ class RWKV7TimeMix(nn.Module):
         y = F.group_norm(y.reshape(B * T, C), H, self.ln_x.weight.float(), self.ln_x.bias.float(), self.ln_x.eps)
         bonus = (r_h * k_h * self.r_k.float()).sum(dim=-1, keepdim=True) * v_h  # (B, T, H, N)
         y = (y.view(B, T, C) + bonus.view(B, T, C)).to(x.dtype)
-        return self.output(y * g), v_first, shift_state, wkv_state
+        return self.output(y * g), {"attn_shift": shift_state, "wkv": wkv_state}
 
 
-class RWKV7ChannelMix(nn.Module):
-    """The x070 channel mix: token-shift lerp, then ``value(relu(key(x))**2)``. Carries the shift state (B, C)."""
+class RWKV7ChannelMix(Mixer):
+    """The x070 channel mix: token-shift lerp, then ``value(relu(key(x))**2)``. It is RWKV-7's MLP, but carries a
+    state between tokens, ``ffn_shift`` (B, C), so it follows the mixer protocol."""
 
-    def __init__(self, hidden_size: int, intermediate_size: int, layer_idx: int) -> None:
-        super().__init__()
-        self.layer_idx = layer_idx
+    def __init__(self, config: Any, layer_idx: int) -> None:
+        super().__init__(config, layer_idx)
+        hidden_size = config.hidden_size
+        self.num_layers = config.num_hidden_layers
+        self.output_init_gain = config.output_init_gain
         self.x_k = nn.Parameter(torch.zeros(hidden_size))
-        self.key = nn.Linear(hidden_size, intermediate_size, bias=False)
-        self.value = nn.Linear(intermediate_size, hidden_size, bias=False)
+        self.key = nn.Linear(hidden_size, config.intermediate_size, bias=False)
+        self.value = nn.Linear(config.intermediate_size, hidden_size, bias=False)
+
+    def init_weights(self) -> None:
+        ddd = torch.arange(self.x_k.numel(), dtype=torch.float32) / self.x_k.numel()
+        init.copy_(self.x_k, 1.0 - ddd ** (depth_ratios(self.layer_idx, self.num_layers)[1] ** 4))
+        init.orthogonal_(self.key.weight, gain=1.0)
+        init_residual_output(self.value.weight, self.output_init_gain)
 
     def forward(
-        self, x: torch.Tensor, shift_state: torch.Tensor | None = None, mask: torch.Tensor | None = None
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        # x: (B, T, C), already normed (ln2). Returns the output (B, T, C) and the new shift state (B, C).
-        prev, shift_state = token_shift(x, shift_state, mask)
+        self, x: torch.Tensor, *, state: dict | None = None, mask: torch.Tensor | None = None, **context: Any
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        # x: (B, T, C), already normed (ln2). Returns the output (B, T, C) and the new ffn_shift state (B, C).
+        prev, shift_state = token_shift(x, (state or {}).get("ffn_shift"), mask)
         k = x + (prev - x) * self.x_k
-        return self.value(torch.relu(self.key(k)) ** 2), shift_state
+        return self.value(torch.relu(self.key(k)) ** 2), {"ffn_shift": shift_state}
 
 
-__all__ = ["RWKV7ChannelMix", "RWKV7TimeMix", "token_shift", "DECAY_LOG_SCALE"]
+def depth_ratios(layer_idx: int, num_layers: int) -> tuple[float, float]:
+    # (0 -> 1 over the layers, 1 -> ~0 over the layers). The reference divides by n_layer - 1; one layer gives 0.
+    return (layer_idx / (num_layers - 1) if num_layers > 1 else 0.0), 1.0 - layer_idx / num_layers
+
+
+def init_residual_output(weight: torch.Tensor, gain: float) -> None:
+    # x070: zero, so that every block starts as the identity on the residual stream.
+    if gain > 0:
+        init.orthogonal_(weight, gain=gain)
+    else:
+        init.zeros_(weight)
+
+
+def _init_lora_out(weight: torch.Tensor, scale: float = 0.1) -> None:
+    # The reference's ortho_init for a (D, C) matrix: gain sqrt(D / C) when D > C.
+    rows, cols = weight.shape
+    init.orthogonal_(weight, gain=(math.sqrt(rows / cols) if rows > cols else 1.0) * scale)
+
+
+__all__ = ["DECAY_LOG_SCALE", "RWKV7ChannelMix", "RWKV7TimeMix", "depth_ratios", "init_residual_output", "token_shift"]

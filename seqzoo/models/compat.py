@@ -12,7 +12,7 @@ oldest and the newest supported release, and ``tests/models/test_compat.py`` pin
   when remote code names it in its ``forward`` signature, so seqzoo never does).
 * Either way, ``generate()`` builds a ``DynamicCache`` only for a model whose ``_supports_default_dynamic_cache()``
   returns True. seqzoo's recurrent models return False: their ``forward`` builds a
-  :class:`~seqzoo.cache.RecurrentCache` on the first call and returns it, and ``generate()`` feeds it back.
+  :class:`~seqzoo.cache.SeqzooCache` on the first call and returns it, and ``generate()`` feeds it back.
 * A model with ``_is_stateful = True`` is refused assisted decoding (which must roll a state back) with a clear error.
 
 seqzoo's forwards take the state as ``cache`` and accept the two older names through one alias rule

@@ -7,15 +7,43 @@ Every field is validated when the config is built (also when it is loaded from a
 from __future__ import annotations
 
 import difflib
-from typing import Any, Iterable
+from dataclasses import dataclass
+from typing import Any, ClassVar, Iterable
 
 from transformers import PreTrainedConfig
+
+from seqzoo.cache import ATTENTION, RECURRENT
+
+
+@dataclass(frozen=True)
+class Capabilities:
+    """What a model built from a config can do, derived from its layers (and flags such as bidirectionality), so
+    code and tests ask for a capability instead of an architecture's name."""
+
+    constant_state_decode: bool  # O(1) memory and time per decoded token: every layer carries a fixed-size state
+    supports_tbptt: bool  # truncated backpropagation through time: every layer hands a state to the next chunk
+    can_crop_cache: bool  # the cache can be rolled back (assisted decoding): every layer keeps K/V
+    can_generate: bool  # causal: a token's output depends only on earlier tokens
+
+    @classmethod
+    def of_layers(cls, cache_layer_kinds: Iterable[str], causal: bool = True) -> "Capabilities":
+        kinds = list(cache_layer_kinds)
+        recurrent = all(kind == RECURRENT for kind in kinds)
+        return cls(
+            constant_state_decode=causal and recurrent,
+            supports_tbptt=causal and recurrent,
+            can_crop_cache=causal and all(kind == ATTENTION for kind in kinds),
+            can_generate=causal,
+        )
 
 
 class SeqzooConfig(PreTrainedConfig):
     """Fields common to all seqzoo architectures (HF names)."""
 
     model_type = ""
+    # The token mixer of every layer (a hybrid lists one per layer instead) and the kind of cache entry it keeps.
+    mixer_type: ClassVar[str] = ""
+    mixer_cache_kind: ClassVar[str] = RECURRENT
     # Output fields Trainer's evaluation leaves out of the gathered predictions (the decoding cache, by every name).
     keys_to_ignore_at_inference = ["cache", "past_key_values", "cache_params"]
 
@@ -50,6 +78,19 @@ class SeqzooConfig(PreTrainedConfig):
                     f"{type(self).__name__}.eos_token_id={eos!r} is invalid: token ids must be integers in "
                     f"[0, vocab_size={self.vocab_size})"
                 )
+
+    def layer_mixer_types(self) -> list[str]:
+        """The token mixer of each layer (``"lstm"``, ``"attention"``, ``"mamba"`` ...)."""
+        return [self.mixer_type] * self.num_hidden_layers
+
+    @property
+    def cache_layer_kinds(self) -> list[str]:
+        """The kind of cache entry of each layer: recurrent state or growing keys and values."""
+        return [self.mixer_cache_kind] * self.num_hidden_layers
+
+    @property
+    def capabilities(self) -> Capabilities:
+        return Capabilities.of_layers(self.cache_layer_kinds)
 
     @property
     def embedding_dim(self) -> int:

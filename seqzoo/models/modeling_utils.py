@@ -10,7 +10,8 @@ from torch import nn
 from transformers import GenerationMixin, PreTrainedConfig, PreTrainedModel
 from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutputWithPast
 
-from seqzoo.cache import RecurrentCache
+from seqzoo.cache import SeqzooCache
+from seqzoo.layers.mixer import Mixer
 from seqzoo.models.compat import (
     CACHE_ALIASES,
     GENERATE_CACHE_KWARG,
@@ -91,7 +92,8 @@ def padding_mask_for(attention_mask: torch.Tensor | None, length: int) -> torch.
 
 
 class SeqzooPreTrainedModel(PreTrainedModel):
-    """Base of every seqzoo model. Recurrent architectures keep their state in a :class:`RecurrentCache`."""
+    """Base of every seqzoo model. Its decoding state lives in a :class:`~seqzoo.cache.SeqzooCache`; what it can do
+    (constant-size decoding, truncated BPTT, cache cropping, generation) is ``config.capabilities``."""
 
     base_model_prefix = "model"
     main_input_name = "input_ids"
@@ -99,18 +101,26 @@ class SeqzooPreTrainedModel(PreTrainedModel):
     # Keyword arguments this model's forward passes on to its layers beyond its own parameters (attention kernels'
     # arguments for the Transformer); checked like the parameters.
     extra_forward_kwargs: tuple[str, ...] = ()
-    is_recurrent = True
-    # transformers' generate() (5.23 and 5.24 alike) refuses assisted decoding for a model with _is_stateful = True:
-    # a recurrent state cannot be rolled back to an earlier token, which assisted decoding needs. The refusal is a
-    # clear error instead of a failure deep inside.
-    _is_stateful = True
+
+    @property
+    def _is_stateful(self) -> bool:
+        # transformers' generate() (5.23 and 5.24 alike) refuses assisted decoding for a model with _is_stateful:
+        # a recurrent state cannot be rolled back to an earlier token, which assisted decoding needs. The refusal is a
+        # clear error instead of a failure deep inside.
+        return not self.config.capabilities.can_crop_cache
 
     @classmethod
     def _supports_default_dynamic_cache(cls) -> bool:
         # generate() builds a DynamicCache (and passes it as cache= / past_key_values=, see seqzoo.models.compat)
-        # only when this returns True. Recurrent models build their own RecurrentCache in forward() on the first
-        # call and return it; generate() feeds it back on every later step.
-        return not cls.is_recurrent
+        # only when this returns True. seqzoo models build their own SeqzooCache in forward() on the first call and
+        # return it; generate() feeds it back on every later step.
+        return False
+
+    def _init_weights(self, module: nn.Module) -> None:
+        # Every token mixer initialises itself the way its paper does, in whichever architecture it sits; children
+        # are initialised before their parents, so the mixer's choices win over an architecture's generic rules.
+        if isinstance(module, Mixer):
+            module.init_weights()
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path: Any, *args: Any, strict: bool = True, **kwargs: Any):
@@ -234,6 +244,11 @@ class SeqzooForCausalLM(SeqzooPreTrainedModel, GenerationMixin):
         """transformers' ``generate``; a cache to continue from may be passed as ``cache`` on every supported
         release (or under its older names ``past_key_values`` / ``cache_params``)."""
         cache = take_cache(cache, kwargs)
+        config = kwargs.get("generation_config") or self.generation_config
+        if cache is None and kwargs.get("use_cache", config.use_cache) is not False:
+            # generate() builds no cache for a model that declines the default DynamicCache, but some of its modes
+            # (assisted decoding) need one before the first forward.
+            cache = SeqzooCache.for_model(self)
         if cache is not None:
             # Under the name the installed release looks for, so that it slices the already-cached prompt tokens off.
             kwargs[GENERATE_CACHE_KWARG] = cache
@@ -270,18 +285,22 @@ def _check_checkpoint_model_type(cls: type, source: Any, kwargs: dict[str, Any])
         )
 
 
-def new_recurrent_cache(config: Any, cache: Any, use_cache: bool) -> RecurrentCache | None:
-    if cache is not None:
-        if not isinstance(cache, RecurrentCache):
-            raise ValueError(
-                f"cache must be a seqzoo RecurrentCache for {type(config).__name__}; got {type(cache).__name__}"
-            )
-        return cache
-    return RecurrentCache(config.num_hidden_layers) if use_cache else None
-
-
 def backbone_cache_argument(model: nn.Module, cache: Any, kwargs: dict[str, Any]) -> Any:
     """A backbone forward's first step: the cache under any of its names, and no keyword argument it does not use."""
     cache = take_cache(cache, kwargs)
     check_kwargs(kwargs, forward_parameters(model), f"{type(model).__name__}.forward")
+    return cache
+
+
+def prepare_cache(model: nn.Module, cache: Any, use_cache: bool, batch: int) -> SeqzooCache | None:
+    """The cache this forward continues from and writes to: the one passed (checked against this model and batch),
+    a new one when caching, else None."""
+    if cache is None:
+        return SeqzooCache.for_model(model.config) if use_cache else None
+    if not isinstance(cache, SeqzooCache):
+        raise ValueError(
+            f"cache must be a seqzoo SeqzooCache (what this model returns, or SeqzooCache.for_model(model)); got "
+            f"{type(cache).__name__}"
+        )
+    cache.check_fits(model.config, batch, type(model).__name__)
     return cache

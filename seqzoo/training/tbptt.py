@@ -5,10 +5,10 @@ previous chunk ended with, then backward; between chunks the state is detached, 
 chunk back while information still flows forward through the whole sequence. Gradients of all chunks accumulate
 into one optimizer step. Activation memory is that of one chunk.
 
-Only recurrent architectures (``model.is_recurrent``; their cache is a fixed-size :class:`RecurrentCache`) can
-carry a state across chunks. A Transformer's "state" is its KV cache, which grows with the context and cannot be
-truncated this way, so asking for TBPTT with one is an error rather than a silent fall-back to independent
-windows (which would train a different model than the recipe says).
+Only models whose every layer carries a fixed-size state (``config.capabilities.supports_tbptt``) can carry it
+across chunks. An attention layer's "state" is its KV cache, which grows with the context and cannot be truncated
+this way, so asking for TBPTT with a Transformer or a hybrid with attention layers is an error rather than a silent
+fall-back to independent windows (which would train a different model than the recipe says).
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from typing import Any, Callable, ContextManager
 import torch
 import torch.nn.functional as F
 
-from seqzoo.cache import RecurrentCache
+from seqzoo.cache import SeqzooCache
 from seqzoo.models.compat import output_cache
 from seqzoo.training.data import IGNORE
 
@@ -32,12 +32,19 @@ def unwrap(model: Any) -> Any:
 
 
 def check_tbptt_supported(model: Any, chunk: int) -> None:
-    if chunk > 0 and not getattr(unwrap(model), "is_recurrent", False):
-        name = type(unwrap(model)).__name__
+    if chunk > 0 and not supports_tbptt(model):
+        config = unwrap(model).config
+        growing = sorted({t for t, kind in zip(config.layer_mixer_types(), config.cache_layer_kinds)
+                          if kind != "recurrent"})
         raise ValueError(
-            f"train.tbptt_chunk={chunk} needs a recurrent architecture that carries a fixed-size state across "
-            f"chunks; {name} keeps a growing KV cache instead. Set train.tbptt_chunk=0 for it"
+            f"train.tbptt_chunk={chunk} needs every layer to carry a fixed-size state across chunks; "
+            f"{type(unwrap(model)).__name__} has {', '.join(growing)} layers, which keep a growing KV cache instead. "
+            "Set train.tbptt_chunk=0 for it"
         )
+
+
+def supports_tbptt(model: Any) -> bool:
+    return unwrap(model).config.capabilities.supports_tbptt
 
 
 def chunk_slices(length: int, chunk: int) -> list[slice]:
@@ -58,7 +65,7 @@ def token_loss_sum(logits: torch.Tensor, targets: torch.Tensor) -> tuple[torch.T
 
 
 def chunked_forward(model: Any, input_ids: torch.Tensor, chunk: int,
-                    cache: RecurrentCache | None = None) -> tuple[torch.Tensor, RecurrentCache | None]:
+                    cache: SeqzooCache | None = None) -> tuple[torch.Tensor, SeqzooCache | None]:
     """Logits of ``input_ids`` computed chunk by chunk with the state carried (and detached) between chunks.
 
     Equals one full-sequence forward; this is what the TBPTT tests check and what evaluation uses to bound memory.
@@ -68,7 +75,7 @@ def chunked_forward(model: Any, input_ids: torch.Tensor, chunk: int,
         out = model(input_ids=input_ids[:, piece], cache=cache, use_cache=True)
         logits.append(out.logits)
         cache = output_cache(out)
-        cache = cache.detach() if isinstance(cache, RecurrentCache) else None
+        cache = cache.detach() if isinstance(cache, SeqzooCache) else None
     return torch.cat(logits, dim=1), cache
 
 

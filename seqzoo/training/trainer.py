@@ -37,7 +37,14 @@ from seqzoo.training.checkpoint import (
 from seqzoo.training.data import IGNORE, MemoryTask, build_data
 from seqzoo.training.grad_health import EXPLODING, OK, GradientHealth
 from seqzoo.training.recipe import Recipe
-from seqzoo.training.tbptt import backward_sequence, check_tbptt_supported, chunked_forward, token_loss_sum, unwrap
+from seqzoo.training.tbptt import (
+    backward_sequence,
+    check_tbptt_supported,
+    chunked_forward,
+    supports_tbptt,
+    token_loss_sum,
+    unwrap,
+)
 
 METRICS_FILE = "metrics.jsonl"
 TRAINING_INFO_FILE = "seqzoo_training.json"
@@ -229,7 +236,7 @@ def _run(recipe: Recipe, accelerator: Any, model: Any, optimizer: Any, scheduler
         metrics_path.write_text("".join(json.dumps(row) + "\n" for row in history))
 
     chunk = t.tbptt_chunk
-    eval_chunk = chunk if _is_recurrent(model) else 0
+    eval_chunk = chunk if supports_tbptt(model) else 0
     eval_sets = data.eval_sets()
     model.train()
     talk = progress and accelerator.is_main_process
@@ -327,10 +334,6 @@ def _record(row: dict[str, Any], history: list[dict[str, Any]], path: Path, acce
     if accelerator.is_main_process:
         with path.open("a") as handle:
             handle.write(json.dumps(row) + "\n")
-
-
-def _is_recurrent(model: Any) -> bool:
-    return bool(getattr(unwrap(model), "is_recurrent", False))
 
 
 def _read_history(path: Path, up_to: int) -> list[dict[str, Any]]:

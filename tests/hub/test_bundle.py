@@ -142,3 +142,18 @@ def test_lazy_backend_whose_module_is_missing_is_unavailable():
     assert not Backend("op", "missing", "seqzoo.kernels.no_such_module:kernel").available()
     assert not Backend("op", "not-installed", "no_such_package.kernels:kernel").available()
     assert Backend("op", "callable", len).available()
+
+
+# The kernel op packages each architecture's layers use; a bundle carries those and no others.
+OPS_BY_ARCHITECTURE = {
+    "rnn": {"rnn_cells"}, "lstm": {"rnn_cells"}, "gru": {"rnn_cells"}, "transformer": set(), "rwkv7": {"wkv7"},
+    "mamba": {"causal_conv1d", "selective_scan"}, "mamba2": {"causal_conv1d", "ssd"},
+}
+
+
+@pytest.mark.parametrize("arch", sorted(OPS_BY_ARCHITECTURE))
+def test_a_bundle_holds_only_the_kernels_its_architecture_uses(arch, exports):
+    ops = {name[len("seqzoo_kernels_"):].split("_reference")[0].split("_chunked")[0].split("_fused")[0]
+           .split("_triton")[0] for name in code_files(exports[arch]) if name.startswith("seqzoo_kernels_")}
+    ops -= {"registry.py", "triton_support.py"}
+    assert {op.removesuffix(".py") for op in ops} == OPS_BY_ARCHITECTURE[arch]

@@ -11,7 +11,7 @@ from transformers import AutoConfig, AutoModel, AutoModelForCausalLM
 
 import seqzoo
 from seqzoo.models.compat import output_cache
-from tests.conftest import tiny_model
+from tests.conftest import families_where, tiny_model
 
 PROMPTS = [[5, 17, 33, 8, 61, 12, 40], [9, 3, 77], [44, 21, 6, 90, 13]]  # odd, unequal lengths
 NEW_TOKENS = 6
@@ -187,10 +187,9 @@ def test_state_size_is_reported(family_preset):
     config = model.config
     out = model(torch.tensor([PROMPTS[0]]), use_cache=True)
     cache = output_cache(out)
-    if isinstance(cache, seqzoo.RecurrentCache):
-        assert cache.state_bytes() == config.state_bytes_per_sequence(dtype_bytes=4)
-    else:
-        assert config.kv_bytes_per_token(4) > 0
+    # What the config reports is what the cache holds: a fixed state, plus K/V growing with every position.
+    expected = config.state_bytes_per_sequence(dtype_bytes=4) + len(PROMPTS[0]) * config.kv_bytes_per_token(4)
+    assert cache.state_bytes() == expected > 0
     json.dumps(config.to_dict())  # configs stay JSON-serialisable
 
 
@@ -203,13 +202,19 @@ def test_generate_continues_from_a_user_cache(family_preset):
     assert torch.equal(model.generate(ids, cache=cache, **kwargs), expected)
 
 
-def test_assisted_decoding(family_preset):
-    model = tiny_model(family_preset)
+ASSISTED = dict(max_new_tokens=4, do_sample=False, pad_token_id=0)
+
+
+@pytest.mark.parametrize("preset", families_where("can_crop_cache"))
+def test_assisted_decoding_equals_plain_decoding(preset):
+    model = tiny_model(preset)
     ids = torch.tensor([[5, 6, 7, 5, 6, 7]])
-    kwargs = dict(max_new_tokens=4, do_sample=False, pad_token_id=0)
-    if model.is_recurrent:
-        # A recurrent state cannot be cropped back after rejected draft tokens: refused clearly, not mis-decoded.
-        with pytest.raises(ValueError, match="stateful"):
-            model.generate(ids, prompt_lookup_num_tokens=2, **kwargs)
-    else:
-        assert torch.equal(model.generate(ids, prompt_lookup_num_tokens=2, **kwargs), model.generate(ids, **kwargs))
+    assert torch.equal(model.generate(ids, prompt_lookup_num_tokens=2, **ASSISTED), model.generate(ids, **ASSISTED))
+
+
+@pytest.mark.parametrize("preset", families_where("can_crop_cache", False))
+def test_assisted_decoding_is_refused_when_the_cache_cannot_be_cropped(preset):
+    # A recurrent state cannot be cropped back after rejected draft tokens: refused clearly, not mis-decoded.
+    model = tiny_model(preset)
+    with pytest.raises(ValueError, match="stateful"):
+        model.generate(torch.tensor([[5, 6, 7, 5, 6, 7]]), prompt_lookup_num_tokens=2, **ASSISTED)

@@ -21,7 +21,7 @@ def model(request):
 
 
 def states(cache, row):
-    return [cache.get(i, name)[row] for i in range(len(cache)) for name in ("conv", "ssm")]
+    return [cache.layer(i)[name][row] for i in range(len(cache)) for name in ("conv", "ssm")]
 
 
 def test_padding_inside_a_cached_continuation_changes_nothing(model):

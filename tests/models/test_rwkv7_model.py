@@ -40,7 +40,7 @@ def with_pads(tokens, pad_after):
 
 
 def cache_tensors(cache):
-    return {(i, name): value.clone() for i, layer in enumerate(cache.layers) for name, value in layer.items()}
+    return {(i, name): value.clone() for i in range(len(cache)) for name, value in cache.layer(i).items()}
 
 
 @torch.no_grad()
@@ -60,7 +60,7 @@ def test_pads_anywhere_change_nothing_also_across_cached_chunks(model):
         logits.append(out.logits)
     torch.testing.assert_close(torch.cat(logits, 1)[0, valid], compact.logits[0], atol=1e-5, rtol=1e-4)
     for key, value in cache_tensors(output_cache(compact)).items():
-        torch.testing.assert_close(cache.layers[key[0]][key[1]], value, atol=1e-6, rtol=1e-5, msg=str(key))
+        torch.testing.assert_close(cache.layer(key[0])[key[1]], value, atol=1e-6, rtol=1e-5, msg=str(key))
 
 
 @torch.no_grad()
@@ -119,7 +119,7 @@ def test_state_layout_and_size(model):
     config = model.config
     cache = output_cache(model(torch.tensor([PROMPTS[1]]), use_cache=True))
     H, N = config.num_heads, config.head_size
-    for layer in cache.layers:
+    for layer in map(cache.layer, range(len(cache))):
         assert set(layer) == {"attn_shift", "wkv", "ffn_shift"}
         assert layer["wkv"].shape == (1, H, N, N) and layer["wkv"].dtype == torch.float32
         assert layer["attn_shift"].shape == layer["ffn_shift"].shape == (1, config.hidden_size)
@@ -127,7 +127,7 @@ def test_state_layout_and_size(model):
     half = convert_rwkv7({k: v for k, v in random_x070_checkpoint(vocab=99, hidden=32, layers=2, ffn=72).items()},
                          dtype=torch.bfloat16)
     cache = output_cache(half(torch.tensor([PROMPTS[1]]), use_cache=True))
-    assert cache.layers[0]["attn_shift"].dtype == torch.bfloat16 and cache.layers[0]["wkv"].dtype == torch.float32
+    assert cache.layer(0)["attn_shift"].dtype == torch.bfloat16 and cache.layer(0)["wkv"].dtype == torch.float32
     assert cache.state_bytes() == half.config.state_bytes_per_sequence(dtype_bytes=2)
 
 
@@ -147,7 +147,7 @@ def test_gradient_checkpointing_gives_the_same_gradients(model):
 
 
 def test_init_follows_the_x070_scheme():
-    # The x070 values of the two fields the tiny test sizes override (see RWKV7Config.tiny_test_overrides).
+    # The x070 values of the two fields the tiny test sizes override (see TINY_OVERRIDES in tests/conftest.py).
     model = tiny_model("rwkv7-tiny", output_init_gain=0.0, tie_word_embeddings=False)
     config = model.config
     L, C = config.num_hidden_layers, config.hidden_size

@@ -9,7 +9,7 @@ from seqzoo.models.compat import output_cache
 from seqzoo.training.tbptt import backward_sequence, check_tbptt_supported, chunk_slices, chunked_forward
 from tests.conftest import FAMILIES, tiny_model
 
-RECURRENT = sorted(f for f, p in FAMILIES.items() if getattr(tiny_model(p), "is_recurrent", False))
+RECURRENT = sorted(f for f, p in FAMILIES.items() if tiny_model(p).config.capabilities.supports_tbptt)
 NON_RECURRENT = sorted(set(FAMILIES) - set(RECURRENT))
 
 
@@ -65,6 +65,6 @@ def test_truncation_cuts_gradients_at_chunk_borders(family):
 
 @pytest.mark.parametrize("family", NON_RECURRENT)
 def test_tbptt_is_refused_for_kv_cache_models(family):
-    with pytest.raises(ValueError, match="train.tbptt_chunk=8 needs a recurrent architecture"):
+    with pytest.raises(ValueError, match="train.tbptt_chunk=8 needs every layer to carry a fixed-size state.*attention layers"):
         check_tbptt_supported(tiny_model(FAMILIES[family]), 8)
     check_tbptt_supported(tiny_model(FAMILIES[family]), 0)

@@ -156,7 +156,7 @@ def test_bad_batch_split_and_tbptt_on_a_transformer_are_errors(tmp_path):
     with pytest.raises(ValueError, match=r"train.batch_size=6 \(global\) must be divisible by num_processes \(1\) x "
                                          r"gradient_accumulation_steps \(4\) = 4"):
         train(make_recipe(tmp_path, train={"batch_size": 6, "gradient_accumulation_steps": 4}), progress=False)
-    with pytest.raises(ValueError, match="train.tbptt_chunk=4 needs a recurrent architecture"):
+    with pytest.raises(ValueError, match="train.tbptt_chunk=4 needs every layer to carry a fixed-size state"):
         train(make_recipe(tmp_path, model={"preset": "transformer-tiny", "config": {}},
                           train={"tbptt_chunk": 4}), progress=False)
     with pytest.raises(ValueError, match=r"model vocab_size=5 is smaller than the data's vocabulary \(9 token ids"):

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from typing import Any
 
 from seqzoo.models.configuration_utils import (
     SeqzooConfig,
@@ -46,8 +46,6 @@ class ClassicRecurrentConfig(SeqzooConfig):
     orthogonal_init: bool = True
     initializer_range: float = 1.0
 
-    cell: ClassVar[str] = ""  # "rnn" | "lstm" | "gru", set by each architecture
-
     def __post_init__(self, **kwargs: Any) -> None:
         if self.embedding_size is None:
             self.embedding_size = self.hidden_size
@@ -70,5 +68,5 @@ class ClassicRecurrentConfig(SeqzooConfig):
         return self.embedding_size
 
     def state_bytes_per_sequence(self, dtype_bytes: int = 4) -> int:
-        states = 2 if self.cell == "lstm" else 1
+        states = 2 if self.mixer_type == "lstm" else 1
         return self.num_hidden_layers * states * self.hidden_size * dtype_bytes

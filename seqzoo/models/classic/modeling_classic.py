@@ -1,4 +1,8 @@
-"""Backbone and causal LM of the classic recurrent language model (shared by RNN, LSTM and GRU)."""
+"""Backbone and causal LM of the classic recurrent language model (shared by RNN, LSTM and GRU).
+
+The classic LM shape has no blocks, norms or residuals: embedding -> dropout -> [recurrent mixer -> dropout] x N.
+The mixers sit directly in ``layers`` (so checkpoint keys are ``model.layers.0.weight_ih`` ..., torch.nn's names).
+"""
 
 from __future__ import annotations
 
@@ -9,45 +13,26 @@ from torch import nn
 from transformers import initialization as init
 from transformers.modeling_outputs import BaseModelOutputWithPast
 
-from seqzoo.layers.recurrent import RecurrentLayer, STATE_NAMES
+from seqzoo.layers.recurrent import RECURRENT_MIXERS
 from seqzoo.models.compat import model_output
 from seqzoo.models.modeling_utils import (
     SeqzooForCausalLM,
     SeqzooPreTrainedModel,
     backbone_cache_argument,
     check_inputs,
-    new_recurrent_cache,
-    resolve_output_flags,
     padding_mask_for,
+    prepare_cache,
+    resolve_output_flags,
 )
 
 
 class ClassicRecurrentPreTrainedModel(SeqzooPreTrainedModel):
-    _no_split_modules = ["RecurrentLayer"]
+    supports_gradient_checkpointing = True
 
     def _init_weights(self, module: nn.Module) -> None:
-        config = self.config
-        if isinstance(module, RecurrentLayer):
-            bound = 1.0 / module.hidden_size**0.5
-            init.uniform_(module.weight_ih, -bound, bound)
-            if config.orthogonal_init:
-                # One orthogonal matrix per gate block keeps each gate's recurrence norm-preserving at init.
-                blocks = [init.orthogonal_(torch.empty(module.hidden_size, module.hidden_size))
-                          for _ in range(module.weight_hh.shape[0] // module.hidden_size)]
-                init.copy_(module.weight_hh, torch.cat(blocks, dim=0))
-            else:
-                init.uniform_(module.weight_hh, -bound, bound)
-            if module.bias_ih is not None:
-                init.zeros_(module.bias_ih)
-                bias_hh = torch.zeros_like(module.bias_hh)
-                forget_bias = getattr(config, "forget_bias", 0.0)
-                if module.cell == "lstm" and forget_bias:
-                    # Gate order i, f, g, o: a positive forget bias lets gradients flow early in training
-                    # (Gers et al. 2000; Jozefowicz et al. 2015).
-                    bias_hh[module.hidden_size : 2 * module.hidden_size] = forget_bias
-                init.copy_(module.bias_hh, bias_hh)
-        elif isinstance(module, nn.Embedding):
-            init.normal_(module.weight, mean=0.0, std=config.initializer_range)
+        super()._init_weights(module)  # the recurrent mixers: orthogonal hidden-to-hidden blocks, forget-gate bias
+        if isinstance(module, nn.Embedding):
+            init.normal_(module.weight, mean=0.0, std=self.config.initializer_range)
         elif isinstance(module, nn.Linear):  # the decoder, when untied: torch.nn.Linear's default bound
             bound = 1.0 / module.in_features**0.5
             init.uniform_(module.weight, -bound, bound)
@@ -61,12 +46,10 @@ class ClassicRecurrentModel(ClassicRecurrentPreTrainedModel):
     def __init__(self, config: Any) -> None:
         super().__init__(config)
         self.embed_tokens = nn.Embedding(config.vocab_size, config.embedding_size)
-        sizes = [config.embedding_size] + [config.hidden_size] * config.num_hidden_layers
-        self.layers = nn.ModuleList(
-            RecurrentLayer(config.cell, sizes[i], sizes[i + 1], nonlinearity=getattr(config, "nonlinearity", "tanh"))
-            for i in range(config.num_hidden_layers)
-        )
+        mixer = RECURRENT_MIXERS[config.mixer_type]
+        self.layers = nn.ModuleList(mixer(config, i) for i in range(config.num_hidden_layers))
         self.dropout = nn.Dropout(config.dropout)
+        self.gradient_checkpointing = False
         self.post_init()
 
     def forward(
@@ -81,23 +64,24 @@ class ClassicRecurrentModel(ClassicRecurrentPreTrainedModel):
         **kwargs: Any,
     ) -> BaseModelOutputWithPast:
         cache = backbone_cache_argument(self, cache, kwargs)
-        _, length = check_inputs(self.config, input_ids, inputs_embeds, attention_mask)
+        batch, length = check_inputs(self.config, input_ids, inputs_embeds, attention_mask)
         use_cache, output_hidden_states = resolve_output_flags(self, use_cache, output_hidden_states)
-        cache = new_recurrent_cache(self.config, cache, use_cache or cache is not None)
+        cache = prepare_cache(self, cache, use_cache, batch)
         mask = padding_mask_for(attention_mask, length)
 
         hidden_states = self.embed_tokens(input_ids) if inputs_embeds is None else inputs_embeds
         hidden_states = self.dropout(hidden_states)  # (B, T, E)
         all_hidden_states = (hidden_states,) if output_hidden_states else None
         for idx, layer in enumerate(self.layers):
-            state = None
-            if cache is not None and cache.get(idx, "h") is not None:
-                state = {name: cache.get(idx, name) for name in STATE_NAMES[layer.cell]}
-            hidden_states, new_state = layer(hidden_states, state, mask)  # (B, T, H)
+            state = cache.layer(idx) if cache is not None else None
+            if self.gradient_checkpointing and self.training and torch.is_grad_enabled():
+                hidden_states, state = self._gradient_checkpointing_func(
+                    lambda x, s=state, m=mask, f=layer: f(x, state=s, mask=m), hidden_states)
+            else:
+                hidden_states, state = layer(hidden_states, state=state, mask=mask)  # (B, T, H)
             hidden_states = self.dropout(hidden_states)
             if cache is not None:
-                for name, value in new_state.items():
-                    cache.set(idx, name, value)
+                cache.update_layer(idx, state)
             if output_hidden_states:
                 all_hidden_states += (hidden_states,)
         if cache is not None:

@@ -11,7 +11,7 @@ class GRUConfig(ClassicRecurrentConfig):
     r"""GRU language model. See :class:`ClassicRecurrentConfig` for the fields."""
 
     model_type = "seqzoo_gru"
-    cell: ClassVar[str] = "gru"
+    mixer_type: ClassVar[str] = "gru"
 
 
 __all__ = ["GRUConfig"]

@@ -11,6 +11,7 @@ from .configuration_gru import GRUConfig
 
 class GRUPreTrainedModel(ClassicRecurrentPreTrainedModel):
     config_class = GRUConfig
+    _no_split_modules = ["GRUMixer"]
 
 
 class GRUModel(GRUPreTrainedModel, ClassicRecurrentModel):

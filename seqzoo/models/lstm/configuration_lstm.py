@@ -18,7 +18,7 @@ class LSTMConfig(ClassicRecurrentConfig):
     """
 
     model_type = "seqzoo_lstm"
-    cell: ClassVar[str] = "lstm"
+    mixer_type: ClassVar[str] = "lstm"
 
     forget_bias: float = 1.0
 

@@ -11,6 +11,7 @@ from .configuration_lstm import LSTMConfig
 
 class LSTMPreTrainedModel(ClassicRecurrentPreTrainedModel):
     config_class = LSTMConfig
+    _no_split_modules = ["LSTMMixer"]
 
 
 class LSTMModel(LSTMPreTrainedModel, ClassicRecurrentModel):

@@ -37,8 +37,8 @@ class MambaConfig(SeqzooConfig):
     """
 
     model_type = "seqzoo_mamba"
+    mixer_type: ClassVar[str] = "mamba"
     # Size-derived fields a test resets when it shrinks a preset (see tests/conftest.py).
-    tiny_test_overrides: ClassVar[dict[str, Any]] = {"time_step_rank": "auto"}
 
     hidden_size: int = 256
     num_hidden_layers: int = 4

@@ -44,8 +44,8 @@ class Mamba2Config(SeqzooConfig):
     """
 
     model_type = "seqzoo_mamba2"
+    mixer_type: ClassVar[str] = "mamba2"
     # Size-derived fields a test resets when it shrinks a preset (see tests/conftest.py).
-    tiny_test_overrides: ClassVar[dict[str, Any]] = {"num_heads": None, "head_dim": 16}
 
     hidden_size: int = 256
     num_hidden_layers: int = 4

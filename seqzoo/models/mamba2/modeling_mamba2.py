@@ -1,58 +1,112 @@
 """Mamba-2 language model: pre-norm residual blocks of SSD mixers, numerically aligned with transformers'
 Mamba2ForCausalLM (same block, norms, residual precision and parameter layouts; see seqzoo/conversions/hf_mamba.py).
 
-The state of every layer (``conv`` and ``ssm``) lives in a :class:`RecurrentCache`, so decoding costs O(1) per token.
+The state of every layer (``conv`` and ``ssm``) lives in a :class:`~seqzoo.cache.SeqzooCache`, so decoding costs
+O(1) per token.
 """
 
 from __future__ import annotations
 
-from torch import nn
+from typing import Any
 
-from seqzoo.layers.mamba2 import GatedRMSNorm, Mamba2Mixer
+import torch
+from torch import nn
+from transformers import initialization as init
+from transformers.modeling_outputs import BaseModelOutputWithPast
+
+from seqzoo.layers.mamba2 import Mamba2Mixer
+from seqzoo.layers.mixer import Block
 from seqzoo.layers.norms import RMSNorm
-from seqzoo.models.mamba.modeling_mamba import (
-    StateSpaceBackbone,
-    StateSpaceBlock,
-    StateSpacePreTrainedModel,
+from seqzoo.models.compat import model_output
+from seqzoo.models.modeling_utils import (
+    SeqzooForCausalLM,
+    SeqzooPreTrainedModel,
+    backbone_cache_argument,
+    check_inputs,
+    padding_mask_for,
+    prepare_cache,
+    resolve_output_flags,
 )
-from seqzoo.models.modeling_utils import SeqzooForCausalLM
 
 from .configuration_mamba2 import Mamba2Config
 
 
-class Mamba2Block(StateSpaceBlock):
+class Mamba2Block(Block):
+    """x + mixer(RMSNorm(x)); the residual stream stays in float32 when ``residual_in_fp32`` (as in transformers)."""
+
     def __init__(self, config: Mamba2Config, layer_idx: int) -> None:
-        mixer = Mamba2Mixer(
-            config.hidden_size,
-            state_size=config.state_size,
-            expand=config.expand,
-            head_dim=config.head_dim,
-            n_groups=config.n_groups,
-            conv_kernel=config.conv_kernel,
-            use_conv_bias=config.use_conv_bias,
-            use_bias=config.use_bias,
-            chunk_size=config.chunk_size,
-            time_step_limit=config.time_step_limit,
-            rms_norm=config.rms_norm,
-            norm_before_gate=config.norm_before_gate,
-            layer_norm_epsilon=config.layer_norm_epsilon,
+        super().__init__(
+            Mamba2Mixer(config, layer_idx),
+            norm=RMSNorm(config.hidden_size, eps=config.layer_norm_epsilon),
+            residual_in_fp32=config.residual_in_fp32,
         )
-        super().__init__(config, layer_idx, mixer)
 
 
-class Mamba2PreTrainedModel(StateSpacePreTrainedModel):
+class Mamba2PreTrainedModel(SeqzooPreTrainedModel):
+    """mamba_ssm's initialisation: normal embeddings, unit norms, and the mixer's own (torch's default for its
+    projections and convolution, A / D / dt_bias init, its gated norm)."""
+
     config_class = Mamba2Config
+    supports_gradient_checkpointing = True
     _no_split_modules = ["Mamba2Block"]
-    norm_classes = (RMSNorm, GatedRMSNorm)
-    mixer_class = Mamba2Mixer
 
-    def reset_mixer(self, mixer: nn.Module) -> None:
-        config = self.config
-        mixer.reset_ssm_parameters(config.time_step_min, config.time_step_max, config.time_step_floor)
+    def _init_weights(self, module: nn.Module) -> None:
+        super()._init_weights(module)
+        if isinstance(module, nn.Embedding):
+            init.normal_(module.weight, mean=0.0, std=self.config.initializer_range)
+        elif isinstance(module, RMSNorm):
+            init.ones_(module.weight)
 
 
-class Mamba2Model(StateSpaceBackbone, Mamba2PreTrainedModel):
-    block_class = Mamba2Block
+class Mamba2Model(Mamba2PreTrainedModel):
+    """Embedding -> [RMSNorm -> SSD mixer, residual] x N -> RMSNorm."""
+
+    def __init__(self, config: Mamba2Config) -> None:
+        super().__init__(config)
+        self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size)
+        self.layers = nn.ModuleList(Mamba2Block(config, i) for i in range(config.num_hidden_layers))
+        self.norm = RMSNorm(config.hidden_size, eps=config.layer_norm_epsilon)
+        self.gradient_checkpointing = False
+        self.post_init()
+
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.LongTensor | None = None,
+        cache: Any = None,
+        inputs_embeds: torch.Tensor | None = None,
+        use_cache: bool | None = None,
+        output_hidden_states: bool | None = None,
+        **kwargs: Any,
+    ) -> BaseModelOutputWithPast:
+        r"""
+        attention_mask: (batch, past_length + sequence_length) 0/1; positions with 0 never change any state.
+        cache: a :class:`~seqzoo.cache.SeqzooCache` to continue from (``cache_params``, the name transformers'
+            Mamba-2 used, and ``past_key_values`` are accepted too).
+        """
+        cache = backbone_cache_argument(self, cache, kwargs)
+        batch, length = check_inputs(self.config, input_ids, inputs_embeds, attention_mask)
+        use_cache, output_hidden_states = resolve_output_flags(self, use_cache, output_hidden_states)
+        cache = prepare_cache(self, cache, use_cache, batch)
+        mask = padding_mask_for(attention_mask, length)
+
+        hidden_states = self.embed_tokens(input_ids) if inputs_embeds is None else inputs_embeds  # (B, T, H)
+        all_hidden_states = (hidden_states,) if output_hidden_states else None
+        for idx, layer in enumerate(self.layers):
+            state = cache.layer(idx) if cache is not None else None
+            hidden_states, state = layer(hidden_states, state=state, mask=mask)  # float32 if residual_in_fp32
+            if cache is not None:
+                cache.update_layer(idx, state)
+            if output_hidden_states:
+                all_hidden_states += (hidden_states,)
+        if cache is not None:
+            cache.advance(length)
+        # Normalise the (possibly float32) residual stream, then return to the model's dtype for the head.
+        hidden_states = self.norm(hidden_states).to(self.norm.weight.dtype)
+        return model_output(
+            BaseModelOutputWithPast, cache=cache, last_hidden_state=hidden_states, hidden_states=all_hidden_states
+        )
 
 
 class Mamba2ForCausalLM(Mamba2PreTrainedModel, SeqzooForCausalLM):

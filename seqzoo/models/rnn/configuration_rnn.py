@@ -19,7 +19,7 @@ class RNNConfig(ClassicRecurrentConfig):
     """
 
     model_type = "seqzoo_rnn"
-    cell: ClassVar[str] = "rnn"
+    mixer_type: ClassVar[str] = "rnn"
 
     nonlinearity: str = "tanh"
 

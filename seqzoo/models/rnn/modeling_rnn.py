@@ -11,6 +11,7 @@ from .configuration_rnn import RNNConfig
 
 class RNNPreTrainedModel(ClassicRecurrentPreTrainedModel):
     config_class = RNNConfig
+    _no_split_modules = ["RNNMixer"]
 
 
 class RNNModel(RNNPreTrainedModel, ClassicRecurrentModel):

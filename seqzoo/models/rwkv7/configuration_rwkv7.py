@@ -47,17 +47,7 @@ class RWKV7Config(SeqzooConfig):
     """
 
     model_type = "seqzoo_rwkv7"
-    # Fields a test resets when it shrinks a preset (see tests/conftest.py). The low-rank widths are deliberately
-    # all different and different from the hidden size, so a transposed LoRA cannot pass a test. With the x070 zero
-    # init of the output projections a fresh model is position-wise (each block the identity), and padding, cache
-    # and truncated-BPTT tests could not fail; a non-zero gain makes them test the recurrence. Untied, the x070
-    # embedding is uniform(+-1e-4), which ln0's eps (1e-5) leaves at ~0.02 scale: the residual stream is tiny and
-    # bf16 / summation-order rounding is magnified ~50x in the shared tests' absolute tolerances; tied, the
-    # embedding takes the head's unit-scale init. (tests/models/test_rwkv7_model.py covers the x070 values.)
-    tiny_test_overrides: ClassVar[dict[str, Any]] = {
-        "head_size": 16, "intermediate_size": None, "decay_low_rank_dim": 8, "a_low_rank_dim": 12,
-        "v_low_rank_dim": 4, "gate_low_rank_dim": 20, "output_init_gain": 0.5, "tie_word_embeddings": True,
-    }
+    mixer_type: ClassVar[str] = "rwkv7"
 
     vocab_size: int = 258
     hidden_size: int = 256

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar
+
+from seqzoo.cache import ATTENTION
 
 from seqzoo.models.configuration_utils import (
     SeqzooConfig,
@@ -53,6 +55,8 @@ class TransformerConfig(SeqzooConfig):
     """
 
     model_type = "seqzoo_transformer"
+    mixer_type: ClassVar[str] = "attention"
+    mixer_cache_kind: ClassVar[str] = ATTENTION
 
     variant: str = "llama"
     num_attention_heads: int = 4

@@ -8,11 +8,10 @@ from typing import Any
 import torch
 from torch import nn
 from transformers import initialization as init
-from transformers.cache_utils import DynamicCache
-from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_outputs import BaseModelOutputWithPast
 
 from seqzoo.layers.attention import SelfAttention
+from seqzoo.layers.mixer import Block
 from seqzoo.layers.mlp import MLP, GatedMLP
 from seqzoo.layers.norms import make_norm
 from seqzoo.layers.positions import RotaryEmbedding, SinusoidalPositions
@@ -23,46 +22,34 @@ from seqzoo.models.modeling_utils import (
     SeqzooPreTrainedModel,
     backbone_cache_argument,
     check_inputs,
+    prepare_cache,
     resolve_output_flags,
 )
 
 from .configuration_transformer import TransformerConfig
 
 
-class TransformerBlock(GradientCheckpointingLayer):
-    def __init__(self, config: TransformerConfig, layer_idx: int) -> None:
-        super().__init__()
-        self.pre_norm = config.norm_position == "pre"
-        bias = config.norm_type == "layernorm"
-        self.attn_norm = make_norm(config.norm_type, config.hidden_size, config.layer_norm_eps, bias)
-        self.self_attn = SelfAttention(config, layer_idx)
-        self.mlp_norm = make_norm(config.norm_type, config.hidden_size, config.layer_norm_eps, bias)
-        mlp_class = GatedMLP if config.mlp_type == "gated" else MLP
-        self.mlp = mlp_class(config.hidden_size, config.intermediate_size, config.hidden_act, bias=config.mlp_bias)
-        self.dropout = nn.Dropout(config.dropout)
+class TransformerBlock(Block):
+    """``attn_norm -> self_attn -> residual -> mlp_norm -> mlp -> residual`` (pre-norm; post-norm normalises after
+    each residual sum instead, as Vaswani et al.)."""
 
-    def forward(
-        self,
-        hidden_states: torch.Tensor,
-        attention_mask: torch.Tensor | None = None,
-        position_embeddings: tuple[torch.Tensor, torch.Tensor] | None = None,
-        cache: Any = None,
-        **kwargs: Any,
-    ) -> torch.Tensor:
-        if self.pre_norm:
-            attn, _ = self.self_attn(self.attn_norm(hidden_states), attention_mask, position_embeddings,
-                                     cache, **kwargs)
-            hidden_states = hidden_states + self.dropout(attn)
-            return hidden_states + self.dropout(self.mlp(self.mlp_norm(hidden_states)))
-        attn, _ = self.self_attn(hidden_states, attention_mask, position_embeddings, cache, **kwargs)
-        hidden_states = self.attn_norm(hidden_states + self.dropout(attn))
-        return self.mlp_norm(hidden_states + self.dropout(self.mlp(hidden_states)))
+    part_names = ("attn_norm", "self_attn", "mlp_norm", "mlp")
+
+    def __init__(self, config: TransformerConfig, layer_idx: int) -> None:
+        bias = config.norm_type == "layernorm"
+        mlp_class = GatedMLP if config.mlp_type == "gated" else MLP
+        super().__init__(
+            SelfAttention(config, layer_idx),
+            norm=make_norm(config.norm_type, config.hidden_size, config.layer_norm_eps, bias),
+            mlp=mlp_class(config.hidden_size, config.intermediate_size, config.hidden_act, bias=config.mlp_bias),
+            mlp_norm=make_norm(config.norm_type, config.hidden_size, config.layer_norm_eps, bias),
+            norm_position=config.norm_position,
+            dropout=config.dropout,
+        )
 
 
 class TransformerPreTrainedModel(SeqzooPreTrainedModel):
     config_class = TransformerConfig
-    is_recurrent = False
-    _is_stateful = False
     supports_gradient_checkpointing = True
     _no_split_modules = ["TransformerBlock"]
     _supports_flash_attn = True
@@ -74,6 +61,7 @@ class TransformerPreTrainedModel(SeqzooPreTrainedModel):
     extra_forward_kwargs = ("cu_seq_lens_q", "cu_seq_lens_k", "max_length_q", "max_length_k")
 
     def _init_weights(self, module: nn.Module) -> None:
+        super()._init_weights(module)
         std = self.config.initializer_range
         if isinstance(module, (nn.Linear, nn.Embedding)):
             init.normal_(module.weight, mean=0.0, std=std)
@@ -128,12 +116,11 @@ class TransformerModel(TransformerPreTrainedModel):
         **kwargs: Any,
     ) -> BaseModelOutputWithPast:
         cache = backbone_cache_argument(self, cache, kwargs)
-        _, length = check_inputs(self.config, input_ids, inputs_embeds, attention_mask)
+        batch, length = check_inputs(self.config, input_ids, inputs_embeds, attention_mask)
         use_cache, output_hidden_states = resolve_output_flags(self, use_cache, output_hidden_states)
+        cache = prepare_cache(self, cache, use_cache, batch)
         if inputs_embeds is None:
             inputs_embeds = self.embed_tokens(input_ids)
-        if use_cache and cache is None:
-            cache = DynamicCache(config=self.config)
         past_length = cache.get_seq_length() if cache is not None else 0
         if position_ids is None:
             position_ids = self._position_ids(attention_mask, past_length, length, inputs_embeds.device)
@@ -156,17 +143,20 @@ class TransformerModel(TransformerPreTrainedModel):
         rotary = self.rotary_emb(hidden_states, position_ids) if self.rotary_emb is not None else None
         hidden_states = self.dropout(hidden_states)
 
+        attention_kwargs = {k: v for k, v in kwargs.items() if k in self.extra_forward_kwargs}
         all_hidden_states = (hidden_states,) if output_hidden_states else None
-        for layer in self.layers:
-            hidden_states = layer(
+        for idx, layer in enumerate(self.layers):
+            hidden_states, _ = layer(
                 hidden_states,
+                state=cache.layer(idx) if cache is not None else None,
                 attention_mask=causal_mask,
                 position_embeddings=rotary,
-                cache=cache,
-                **kwargs,
+                attention_kwargs=attention_kwargs,
             )
             if output_hidden_states:
                 all_hidden_states += (hidden_states,)
+        if cache is not None:
+            cache.advance(length)
         if self.norm is not None:
             hidden_states = self.norm(hidden_states)
         return model_output(

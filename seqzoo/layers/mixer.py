@@ -1,0 +1,113 @@
+"""The protocol every token mixer follows, and the residual block that holds one.
+
+A token mixer is the part of a layer that moves information between positions: an RNN/LSTM/GRU cell, attention,
+RWKV-7's time mix, Mamba's selective scan, Mamba-2's SSD. Every one is built the same way and called the same way::
+
+    mixer = MambaMixer(config, layer_idx)
+    hidden_states, state = mixer(hidden_states, state=state, mask=mask, **context)
+
+* ``config`` is a config of the mixer's own architecture (a hybrid model hands each mixer one built from its
+  ``mixer_config``); ``layer_idx`` is the layer's index in the whole model.
+* ``state`` is this layer's entry of the :class:`~seqzoo.cache.SeqzooCache`: for a recurrent mixer a dict of named
+  tensors (None on the first call), returned anew; for attention transformers' K/V layer, updated in place and
+  returned.
+* ``mask`` is the (B, T) bool padding mask of the current positions (False at padding), or None when nothing is
+  padded. A padded position never changes a recurrent state.
+* ``context`` carries, by name, what only some mixers need: ``attention_mask`` (the causal mask for attention),
+  ``position_embeddings`` (RoPE's cos/sin), ``shared`` (a dict that lives for one forward pass: RWKV-7's value
+  residual from its first layer). A mixer ignores what it does not use.
+
+Each mixer declares the kind of cache entry it keeps (``cache_kind``) and initialises its own parameters in
+``init_weights`` (called by the model's ``_init_weights``), so any architecture, hybrids included, initialises a
+mixer the way the mixer's paper does.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+import torch
+from torch import nn
+from transformers.modeling_layers import GradientCheckpointingLayer
+
+from seqzoo.cache import RECURRENT
+
+
+class Mixer(nn.Module):
+    """Base of every token mixer (see the module docstring for the protocol)."""
+
+    cache_kind: ClassVar[str] = RECURRENT
+
+    def __init__(self, config: Any, layer_idx: int) -> None:
+        super().__init__()
+        self.layer_idx = layer_idx
+
+    def forward(
+        self, hidden_states: torch.Tensor, *, state: Any = None, mask: torch.Tensor | None = None, **context: Any
+    ) -> tuple[torch.Tensor, Any]:
+        raise NotImplementedError
+
+    def init_weights(self) -> None:
+        """Initialise this mixer's parameters (with ``transformers.initialization``, which respects loaded
+        weights)."""
+
+
+class Block(GradientCheckpointingLayer):
+    """``norm -> mixer -> residual (-> norm -> MLP -> residual)``, with the mixer, MLP and norms as parameters
+    (mamba_ssm's ``Block(dim, mixer_cls, mlp_cls, norm_cls)``).
+
+    ``norm_position="post"`` normalises after each residual sum instead (the original Transformer). The MLP may be a
+    :class:`Mixer` itself when it carries state between tokens (RWKV-7's channel mix shifts tokens); its state entries
+    sit beside the mixer's in the layer's dict. ``residual_in_fp32`` keeps the residual stream in float32 (Mamba).
+
+    Existing checkpoints name the four parts differently per architecture (``self_attn`` in the Transformer, ``attn``
+    and ``ffn`` in RWKV-7); a subclass keeps its names in ``part_names`` (norm, mixer, MLP norm, MLP).
+    """
+
+    part_names: ClassVar[tuple[str, str, str, str]] = ("norm", "mixer", "mlp_norm", "mlp")
+
+    def __init__(
+        self,
+        mixer: Mixer,
+        norm: nn.Module | None = None,
+        mlp: nn.Module | None = None,
+        mlp_norm: nn.Module | None = None,
+        *,
+        norm_position: str = "pre",
+        dropout: float = 0.0,
+        residual_in_fp32: bool = False,
+    ) -> None:
+        super().__init__()
+        if norm_position not in ("pre", "post"):
+            raise ValueError(f"norm_position must be 'pre' or 'post', got {norm_position!r}")
+        for name, module in zip(self.part_names, (norm, mixer, mlp_norm, mlp)):
+            setattr(self, name, module)
+        self.pre_norm = norm_position == "pre"
+        self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
+        self.residual_in_fp32 = residual_in_fp32
+
+    def forward(
+        self, hidden_states: torch.Tensor, *, state: Any = None, mask: torch.Tensor | None = None, **context: Any
+    ) -> tuple[torch.Tensor, Any]:
+        norm, mixer, mlp_norm, mlp = (getattr(self, name) for name in self.part_names)
+        hidden_states, new_state = self._residual(hidden_states, mixer, norm, state, mask, context)
+        if mlp is not None:
+            hidden_states, mlp_state = self._residual(hidden_states, mlp, mlp_norm, state, mask, {})
+            if mlp_state is not None:  # a stateful MLP's entries join the mixer's
+                new_state = {**new_state, **mlp_state}
+        return hidden_states, new_state
+
+    def _residual(self, x, module, norm, state, mask, context):
+        residual = x.float() if self.residual_in_fp32 else x
+        inputs = norm(x.to(norm.weight.dtype) if self.residual_in_fp32 else x) if self.pre_norm and norm else x
+        if isinstance(module, Mixer):
+            out, new_state = module(inputs, state=state, mask=mask, **context)
+        else:
+            out, new_state = module(inputs), None
+        out = residual + self.dropout(out)
+        if not self.pre_norm and norm is not None:
+            out = norm(out)
+        return out, new_state
+
+
+__all__ = ["Block", "Mixer"]
