@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import sys
 import textwrap
-from pathlib import Path
 
 import pytest
 import torch

@@ -43,7 +43,6 @@ from seqzoo.training.tbptt import (
     chunked_forward,
     supports_tbptt,
     token_loss_sum,
-    unwrap,
 )
 
 METRICS_FILE = "metrics.jsonl"

@@ -9,7 +9,6 @@ import torch
 from safetensors import safe_open
 from transformers import AutoConfig, AutoModel, AutoModelForCausalLM
 
-import seqzoo
 from seqzoo.models.compat import output_cache
 from tests.conftest import families_where, tiny_model
 
