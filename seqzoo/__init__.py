@@ -10,6 +10,7 @@ from seqzoo.kernels import set_backend as set_kernel_backend
 from seqzoo.kernels import use_backend as use_kernel_backend
 from seqzoo.models import builtin_architectures
 from seqzoo.models.gru import GRUConfig, GRUForCausalLM, GRUModel, GRUPreTrainedModel
+from seqzoo.models.hybrid import HybridConfig, HybridForCausalLM, HybridModel, HybridPreTrainedModel
 from seqzoo.models.lstm import LSTMConfig, LSTMForCausalLM, LSTMModel, LSTMPreTrainedModel
 from seqzoo.models.mamba import MambaConfig, MambaForCausalLM, MambaModel, MambaPreTrainedModel
 from seqzoo.models.mamba2 import Mamba2Config, Mamba2ForCausalLM, Mamba2Model, Mamba2PreTrainedModel
@@ -46,6 +47,10 @@ __all__ = [
     "GRUForCausalLM",
     "GRUModel",
     "GRUPreTrainedModel",
+    "HybridConfig",
+    "HybridForCausalLM",
+    "HybridModel",
+    "HybridPreTrainedModel",
     "LSTMConfig",
     "LSTMForCausalLM",
     "LSTMModel",

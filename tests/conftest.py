@@ -47,9 +47,29 @@ def preset_families() -> dict[str, str]:
 FAMILIES = preset_families()
 
 
+# A hybrid preset shrinks to three layers, its recurrent mixer on both sides of an attention layer (so RWKV-7's value
+# residual crosses it), with the recurrent mixer's tiny sizes.
+HYBRID_TINY_SETTINGS = {
+    "rwkv7": {k: v for k, v in TINY_OVERRIDES["seqzoo_rwkv7"].items() if k not in ("intermediate_size",
+                                                                                  "tie_word_embeddings")},
+    "mamba2": {"head_dim": 16},
+    "attention": {"num_attention_heads": 4, "num_key_value_heads": 2},
+}
+
+
+def _tiny_hybrid(values: dict) -> None:
+    recurrent = next(kind for kind in values["mixer_types"] if kind != "attention")
+    values["mixer_types"] = [recurrent, "attention", recurrent]
+    values["num_hidden_layers"] = values["mlp_layers"] = values["intermediate_size"] = None
+    values["mixer_config"] = {kind: {**settings, **HYBRID_TINY_SETTINGS.get(kind, {})}
+                              for kind, settings in values.get("mixer_config", {}).items()}
+
+
 def tiny_config(preset: str, **overrides):
     spec, values = preset_values(preset)
     values.update(TINY)
+    if spec.model_type == "seqzoo_hybrid":
+        _tiny_hybrid(values)
     # Fields derived from the sizes are recomputed for the tiny sizes.
     values.update(TINY_OVERRIDES.get(spec.model_type, {}))
     values.update(overrides)

@@ -67,6 +67,10 @@ class SelfAttention(Mixer):
         self.v_proj = nn.Linear(config.hidden_size, self.num_key_value_heads * self.head_dim, bias=bias)
         self.o_proj = nn.Linear(self.num_heads * self.head_dim, config.hidden_size, bias=bias)
 
+    @classmethod
+    def kv_bytes_per_token(cls, config: Any, dtype_bytes: int = 4) -> int:
+        return 2 * config.num_key_value_heads * config.head_dim * dtype_bytes
+
     def forward(
         self,
         hidden_states: torch.Tensor,

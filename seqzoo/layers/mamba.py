@@ -21,7 +21,6 @@ from seqzoo.kernels import dispatch, selective_scan  # noqa: F401  (the op packa
 from seqzoo.layers.mixer import Mixer
 from seqzoo.layers.state_space import (
     MambaState,
-    causal_conv,
     depthwise_conv,
     init_linear_like_torch,
     inverse_softplus,
@@ -54,6 +53,12 @@ class MambaMixer(Mixer):
         self.D = nn.Parameter(torch.empty(inner))
         self.out_proj = nn.Linear(inner, hidden_size, bias=config.use_bias)
 
+    @classmethod
+    def state_bytes(cls, config: Any, dtype_bytes: int = 4) -> int:
+        # The last K-1 conv inputs of every inner channel, and an N-wide SSM state per inner channel.
+        inner = config.expand * config.hidden_size
+        return inner * (config.conv_kernel - 1 + config.state_size) * dtype_bytes
+
     def init_weights(self) -> None:
         """Mamba's init: torch's default for the projections and the convolution, A (S4D-real: A[:, n] = -(n + 1)),
         D (ones) and the time-step projection."""
@@ -81,7 +86,10 @@ class MambaMixer(Mixer):
         # hidden_states: (B, T, H); mask: (B, T) bool, False at padding, or None.
         state = state or {}
         x, z = self.in_proj(hidden_states).chunk(2, dim=-1)  # (B, T, E) each
-        x, conv_state = causal_conv(self.conv1d, x, state.get("conv"), mask)  # (B, T, E)
+        x, conv_state = dispatch(
+            "causal_conv1d", x, self.conv1d.weight[:, 0], self.conv1d.bias, initial_state=state.get("conv"),
+            activation="silu", mask=mask,
+        )  # (B, T, E)
 
         time_step, B, C = self.x_proj(x).split([self.time_step_rank, self.state_size, self.state_size], dim=-1)
         delta = F.softplus(self.dt_proj(time_step).float())  # (B, T, E), float32 like the state

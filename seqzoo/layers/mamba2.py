@@ -22,7 +22,6 @@ from seqzoo.kernels import dispatch, ssd  # noqa: F401  (the op package register
 from seqzoo.layers.mixer import Mixer
 from seqzoo.layers.state_space import (
     MambaState,
-    causal_conv,
     depthwise_conv,
     init_linear_like_torch,
     inverse_softplus,
@@ -92,6 +91,14 @@ class Mamba2Mixer(Mixer):
         )
         self.out_proj = nn.Linear(inner, hidden_size, bias=config.use_bias)
 
+    @classmethod
+    def state_bytes(cls, config: Any, dtype_bytes: int = 4) -> int:
+        # The last K-1 conv inputs of every conv channel (x and each group's B and C), and a head_dim x state_size
+        # state per head.
+        inner = config.expand * config.hidden_size
+        conv = (inner + 2 * config.n_groups * config.state_size) * (config.conv_kernel - 1)
+        return (conv + inner * config.state_size) * dtype_bytes
+
     def init_weights(self) -> None:
         """Mamba-2's init: torch's default for the projections and the convolution, A_h = -(h + 1) (transformers'
         choice of mamba_ssm's A range), D = 1, and dt_bias with softplus(dt_bias) log-uniform in
@@ -116,7 +123,10 @@ class Mamba2Mixer(Mixer):
         batch, length, _ = hidden_states.shape
         groups_n = self.n_groups * self.state_size
         z, xBC, dt = self.in_proj(hidden_states).split([self.intermediate_size, self.conv_dim, self.num_heads], -1)
-        xBC, conv_state = causal_conv(self.conv1d, xBC, state.get("conv"), mask)  # (B, T, E + 2GN)
+        xBC, conv_state = dispatch(
+            "causal_conv1d", xBC, self.conv1d.weight[:, 0], self.conv1d.bias, initial_state=state.get("conv"),
+            activation="silu", mask=mask,
+        )  # (B, T, E + 2GN)
         x, B, C = xBC.split([self.intermediate_size, groups_n, groups_n], dim=-1)
 
         dt = F.softplus(dt.float() + self.dt_bias.float())  # (B, T, heads), float32 like the state

@@ -51,6 +51,16 @@ class Mixer(nn.Module):
         """Initialise this mixer's parameters (with ``transformers.initialization``, which respects loaded
         weights)."""
 
+    @classmethod
+    def state_bytes(cls, config: Any, dtype_bytes: int = 4) -> int:
+        """Bytes of fixed-size state one layer of this mixer carries per sequence."""
+        return 0
+
+    @classmethod
+    def kv_bytes_per_token(cls, config: Any, dtype_bytes: int = 4) -> int:
+        """Bytes one layer of this mixer adds to its cache per sequence and token (keys and values)."""
+        return 0
+
 
 class Block(GradientCheckpointingLayer):
     """``norm -> mixer -> residual (-> norm -> MLP -> residual)``, with the mixer, MLP and norms as parameters
@@ -90,24 +100,29 @@ class Block(GradientCheckpointingLayer):
         self, hidden_states: torch.Tensor, *, state: Any = None, mask: torch.Tensor | None = None, **context: Any
     ) -> tuple[torch.Tensor, Any]:
         norm, mixer, mlp_norm, mlp = (getattr(self, name) for name in self.part_names)
-        hidden_states, new_state = self._residual(hidden_states, mixer, norm, state, mask, context)
-        if mlp is not None:
-            hidden_states, mlp_state = self._residual(hidden_states, mlp, mlp_norm, state, mask, {})
-            if mlp_state is not None:  # a stateful MLP's entries join the mixer's
-                new_state = {**new_state, **mlp_state}
-        return hidden_states, new_state
+        residual = hidden_states.float() if self.residual_in_fp32 else hidden_states
+        if self.pre_norm and norm is not None:
+            # A float32 residual stream enters the norm in the weights' dtype (as transformers' Mamba does).
+            hidden_states = norm(hidden_states.to(norm.weight.dtype) if self.residual_in_fp32 else hidden_states)
+        mixed, new_state = mixer(hidden_states, state=state, mask=mask, **context)
+        hidden_states = residual + self.dropout(mixed)
+        if not self.pre_norm:
+            hidden_states = norm(hidden_states)
+        if mlp is None:
+            return hidden_states, new_state
 
-    def _residual(self, x, module, norm, state, mask, context):
-        residual = x.float() if self.residual_in_fp32 else x
-        inputs = norm(x.to(norm.weight.dtype) if self.residual_in_fp32 else x) if self.pre_norm and norm else x
-        if isinstance(module, Mixer):
-            out, new_state = module(inputs, state=state, mask=mask, **context)
+        residual = hidden_states
+        if self.pre_norm:
+            hidden_states = mlp_norm(hidden_states)
+        if isinstance(mlp, Mixer):  # a stateful MLP: its state entries join the mixer's
+            mixed, mlp_state = mlp(hidden_states, state=state, mask=mask)
+            new_state = {**new_state, **mlp_state}
         else:
-            out, new_state = module(inputs), None
-        out = residual + self.dropout(out)
-        if not self.pre_norm and norm is not None:
-            out = norm(out)
-        return out, new_state
+            mixed = mlp(hidden_states)
+        hidden_states = residual + self.dropout(mixed)
+        if not self.pre_norm:
+            hidden_states = mlp_norm(hidden_states)
+        return hidden_states, new_state
 
 
 __all__ = ["Block", "Mixer"]

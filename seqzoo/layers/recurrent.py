@@ -44,6 +44,10 @@ class RecurrentMixer(Mixer):
     def extra_repr(self) -> str:
         return f"{self.input_size} -> {self.hidden_size}"
 
+    @classmethod
+    def state_bytes(cls, config: Any, dtype_bytes: int = 4) -> int:
+        return len(cls.state_names) * config.hidden_size * dtype_bytes
+
     def init_weights(self) -> None:
         bound = 1.0 / self.hidden_size**0.5
         init.uniform_(self.weight_ih, -bound, bound)

@@ -106,6 +106,12 @@ class RWKV7TimeMix(Mixer):
     def extra_repr(self) -> str:
         return f"layer={self.layer_idx}, heads={self.num_heads}x{self.head_size}"
 
+    @classmethod
+    def state_bytes(cls, config: Any, dtype_bytes: int = 4) -> int:
+        # The previous token's normed input in the model dtype, and one (N x N) WKV matrix per head in float32.
+        heads = config.hidden_size // config.head_size
+        return config.hidden_size * dtype_bytes + heads * config.head_size**2 * 4
+
     def init_weights(self) -> None:
         """The RWKV-LM x070 init: RWKV_Tmix_x070's constructor for the vectors and LoRAs, then
         ``generate_init_weight`` for the matrices (orthogonal with per-matrix gains, zero output projection, ln_x
@@ -209,6 +215,10 @@ class RWKV7ChannelMix(Mixer):
         self.x_k = nn.Parameter(torch.zeros(hidden_size))
         self.key = nn.Linear(hidden_size, config.intermediate_size, bias=False)
         self.value = nn.Linear(config.intermediate_size, hidden_size, bias=False)
+
+    @classmethod
+    def state_bytes(cls, config: Any, dtype_bytes: int = 4) -> int:
+        return config.hidden_size * dtype_bytes  # the previous token's normed input
 
     def init_weights(self) -> None:
         ddd = torch.arange(self.x_k.numel(), dtype=torch.float32) / self.x_k.numel()

@@ -9,7 +9,7 @@ import torch
 from torch import nn
 from transformers import initialization as init
 
-from seqzoo.kernels import causal_conv1d, dispatch  # noqa: F401  (the op package registers the op)
+from seqzoo.kernels import causal_conv1d  # noqa: F401  (the op package registers the op the mixers run)
 
 MambaState = dict[str, torch.Tensor]  # {"conv": (B, channels, K-1), "ssm": (B, ...)}, float32
 
@@ -30,12 +30,6 @@ def depthwise_conv(channels: int, kernel_size: int, bias: bool) -> nn.Conv1d:
     transformers and mamba_ssm checkpoints store them; the mixers run it through the ``causal_conv1d`` op, which
     carries the last K-1 inputs as state and skips padded positions."""
     return nn.Conv1d(channels, channels, kernel_size, groups=channels, padding=kernel_size - 1, bias=bias)
-
-
-def causal_conv(conv: nn.Conv1d, x: torch.Tensor, state: torch.Tensor | None, mask: torch.Tensor | None):
-    # x: (B, T, C); state: (B, C, K-1) or None (zeros). Returns silu(conv(x)) (B, T, C) and the new state.
-    return dispatch("causal_conv1d", x, conv.weight[:, 0], conv.bias, initial_state=state, activation="silu",
-                    mask=mask)
 
 
 def init_linear_like_torch(linear: nn.Module, scale: float = 1.0) -> None:

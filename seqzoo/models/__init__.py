@@ -5,6 +5,7 @@ from __future__ import annotations
 
 def builtin_architectures() -> list:
     from seqzoo.models.gru import GRUConfig, GRUForCausalLM, GRUModel
+    from seqzoo.models.hybrid import HybridConfig, HybridForCausalLM, HybridModel
     from seqzoo.models.lstm import LSTMConfig, LSTMForCausalLM, LSTMModel
     from seqzoo.models.mamba import MambaConfig, MambaForCausalLM, MambaModel
     from seqzoo.models.mamba2 import Mamba2Config, Mamba2ForCausalLM, Mamba2Model
@@ -21,6 +22,8 @@ def builtin_architectures() -> list:
                   description="decoder-only Transformer (Vaswani / GPT-2 / Llama variants)"),
         ModelSpec("mamba", MambaConfig, MambaModel, MambaForCausalLM, description="Mamba (selective scan)"),
         ModelSpec("mamba2", Mamba2Config, Mamba2Model, Mamba2ForCausalLM, description="Mamba-2 (SSD)"),
+        ModelSpec("hybrid", HybridConfig, HybridModel, HybridForCausalLM,
+                  description="hybrid: any token mixer per layer (Mamba / RWKV-7 layers with attention, ...)"),
         ModelSpec("rwkv7", RWKV7Config, RWKV7Model, RWKV7ForCausalLM,
                   description='RWKV-7 "Goose" (x070): generalised delta-rule WKV, data-dependent decay'),
     ]

@@ -91,6 +91,18 @@ def padding_mask_for(attention_mask: torch.Tensor | None, length: int) -> torch.
     return mask.to(torch.bool)
 
 
+def position_ids_from_mask(
+    attention_mask: torch.Tensor | None, past_length: int, length: int, device: torch.device
+) -> torch.Tensor:
+    """Positions of the current tokens. With a 2-d padding mask they count real tokens only, so a left-padded row
+    sees the same positions as the prompt alone."""
+    if attention_mask is not None and attention_mask.dim() == 2:
+        positions = attention_mask.long().cumsum(-1) - 1
+        positions = positions.clamp(min=0)
+        return positions[:, -length:]
+    return torch.arange(past_length, past_length + length, device=device)[None]
+
+
 class SeqzooPreTrainedModel(PreTrainedModel):
     """Base of every seqzoo model. Its decoding state lives in a :class:`~seqzoo.cache.SeqzooCache`; what it can do
     (constant-size decoding, truncated BPTT, cache cropping, generation) is ``config.capabilities``."""

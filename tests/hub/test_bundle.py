@@ -148,6 +148,7 @@ def test_lazy_backend_whose_module_is_missing_is_unavailable():
 OPS_BY_ARCHITECTURE = {
     "rnn": {"rnn_cells"}, "lstm": {"rnn_cells"}, "gru": {"rnn_cells"}, "transformer": set(), "rwkv7": {"wkv7"},
     "mamba": {"causal_conv1d", "selective_scan"}, "mamba2": {"causal_conv1d", "ssd"},
+    "hybrid": {"rnn_cells", "wkv7", "causal_conv1d", "selective_scan", "ssd"},  # any mixer, per layer
 }
 
 

@@ -68,5 +68,6 @@ class ClassicRecurrentConfig(SeqzooConfig):
         return self.embedding_size
 
     def state_bytes_per_sequence(self, dtype_bytes: int = 4) -> int:
-        states = 2 if self.mixer_type == "lstm" else 1
-        return self.num_hidden_layers * states * self.hidden_size * dtype_bytes
+        from seqzoo.layers.recurrent import RECURRENT_MIXERS
+
+        return self.num_hidden_layers * RECURRENT_MIXERS[self.mixer_type].state_bytes(self, dtype_bytes)

@@ -89,10 +89,9 @@ class MambaConfig(SeqzooConfig):
         return self.expand * self.hidden_size
 
     def state_bytes_per_sequence(self, dtype_bytes: int = 4) -> int:
-        # Per layer: the last K-1 conv inputs of every inner channel, and an N-wide SSM state per inner channel.
-        conv = self.intermediate_size * (self.conv_kernel - 1)
-        ssm = self.intermediate_size * self.state_size
-        return self.num_hidden_layers * (conv + ssm) * dtype_bytes
+        from seqzoo.layers.mamba import MambaMixer
+
+        return self.num_hidden_layers * MambaMixer.state_bytes(self, dtype_bytes)
 
 
 def _positive_int(value: Any) -> bool:

@@ -132,10 +132,9 @@ class Mamba2Config(SeqzooConfig):
         return self.intermediate_size + 2 * self.n_groups * self.state_size
 
     def state_bytes_per_sequence(self, dtype_bytes: int = 4) -> int:
-        # Per layer: the last K-1 conv inputs of every conv channel, and a head_dim x state_size state per head.
-        conv = self.conv_dim * (self.conv_kernel - 1)
-        ssm = self.num_heads * self.head_dim * self.state_size
-        return self.num_hidden_layers * (conv + ssm) * dtype_bytes
+        from seqzoo.layers.mamba2 import Mamba2Mixer
+
+        return self.num_hidden_layers * Mamba2Mixer.state_bytes(self, dtype_bytes)
 
 
 def _positive_int(value: Any) -> bool:

@@ -92,11 +92,10 @@ class RWKV7Config(SeqzooConfig):
         return self.hidden_size // self.head_size
 
     def state_bytes_per_sequence(self, dtype_bytes: int = 4) -> int:
-        # Per layer: two token-shift vectors (the previous token's normed input to the time mix and the channel
-        # mix) in the model dtype, and one (head_size x head_size) WKV matrix per head kept in float32.
-        shifts = 2 * self.hidden_size * dtype_bytes
-        wkv = self.num_heads * self.head_size * self.head_size * 4
-        return self.num_hidden_layers * (shifts + wkv)
+        from seqzoo.layers.rwkv7 import RWKV7ChannelMix, RWKV7TimeMix
+
+        per_layer = RWKV7TimeMix.state_bytes(self, dtype_bytes) + RWKV7ChannelMix.state_bytes(self, dtype_bytes)
+        return self.num_hidden_layers * per_layer
 
 
 __all__ = ["RWKV7Config"]

@@ -130,7 +130,9 @@ class TransformerConfig(SeqzooConfig):
         return 0  # no fixed-size state: memory grows with the context, see kv_bytes_per_token
 
     def kv_bytes_per_token(self, dtype_bytes: int = 4) -> int:
-        return 2 * self.num_hidden_layers * self.num_key_value_heads * self.head_dim * dtype_bytes
+        from seqzoo.layers.attention import SelfAttention
+
+        return self.num_hidden_layers * SelfAttention.kv_bytes_per_token(self, dtype_bytes)
 
 
 def _positive_int(value: Any) -> bool:

@@ -22,6 +22,7 @@ from seqzoo.models.modeling_utils import (
     SeqzooPreTrainedModel,
     backbone_cache_argument,
     check_inputs,
+    position_ids_from_mask,
     prepare_cache,
     resolve_output_flags,
 )
@@ -123,7 +124,7 @@ class TransformerModel(TransformerPreTrainedModel):
             inputs_embeds = self.embed_tokens(input_ids)
         past_length = cache.get_seq_length() if cache is not None else 0
         if position_ids is None:
-            position_ids = self._position_ids(attention_mask, past_length, length, inputs_embeds.device)
+            position_ids = position_ids_from_mask(attention_mask, past_length, length, inputs_embeds.device)
         if self.embed_positions is not None and int(position_ids.max()) >= self.config.max_position_embeddings:
             raise ValueError(
                 f"position {int(position_ids.max())} is beyond max_position_embeddings="
@@ -165,18 +166,6 @@ class TransformerModel(TransformerPreTrainedModel):
             last_hidden_state=hidden_states,
             hidden_states=all_hidden_states,
         )
-
-    @staticmethod
-    def _position_ids(
-        attention_mask: torch.Tensor | None, past_length: int, length: int, device: torch.device
-    ) -> torch.Tensor:
-        # With a 2-d padding mask, positions count real tokens only, so a left-padded row sees the same positions
-        # as the prompt alone.
-        if attention_mask is not None and attention_mask.dim() == 2:
-            positions = attention_mask.long().cumsum(-1) - 1
-            positions = positions.clamp(min=0)
-            return positions[:, -length:]
-        return torch.arange(past_length, past_length + length, device=device)[None]
 
 
 class TransformerForCausalLM(TransformerPreTrainedModel, SeqzooForCausalLM):

@@ -1,0 +1,153 @@
+"""Hybrid configuration: any registered token mixer per layer (Jamba-, Zamba- and Samba-like stacks of Mamba or
+RWKV-7 layers with a few attention layers)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from seqzoo.cache import RECURRENT
+from seqzoo.models.configuration_utils import (
+    SeqzooConfig,
+    require_bool,
+    require_choice,
+    require_float,
+    require_int,
+    require_probability,
+)
+from seqzoo.models.mixers import get_mixer, mixer_config
+
+ACTIVATIONS = ("relu", "gelu", "gelu_new", "gelu_pytorch_tanh", "silu", "swish")
+
+
+class HybridConfig(SeqzooConfig):
+    r"""
+    A stack of pre-norm residual blocks, each ``norm -> mixer -> residual`` with an optional
+    ``norm -> MLP -> residual``, where every layer names its own token mixer.
+
+    Args:
+        mixer_types: one mixer name per layer, any of ``seqzoo.models.mixers.list_mixers()`` (``"mamba"``,
+            ``"mamba2"``, ``"rwkv7"``, ``"attention"``, ``"lstm"``, ``"gru"``, ``"rnn"`` and plugin mixers), e.g.
+            ``["mamba", "mamba", "mamba", "attention"] * 2``. (transformers reserves ``layer_types`` for its own
+            vocabulary and rewrites "mamba" and "attention" in it when a config is built, hence the other name.)
+        num_hidden_layers: ``len(mixer_types)`` (derived when left unset).
+        mixer_config: per mixer name, the settings of that mixer, named as in its own architecture's config
+            (``{"mamba": {"state_size": 16}, "attention": {"num_attention_heads": 4, "num_key_value_heads": 2}}``);
+            anything left out takes that architecture's default. Each mixer is built as if the layers of its kind
+            formed a model of their own: its config's ``num_hidden_layers`` counts them, and its layer index is its
+            position among them (RWKV-7's first time mix produces the value residual; depth-dependent inits use it).
+        mlp_layers: per layer, whether an MLP follows the mixer (default: every layer, as in Jamba).
+        mlp_type: ``"gated"`` (SwiGLU) | ``"standard"``;  intermediate_size: MLP width (default as the
+            Transformer's);  hidden_act, mlp_bias: the MLP's activation and biases.
+        norm_type: ``"rmsnorm"`` | ``"layernorm"``;  norm_eps: its epsilon.
+        position_embedding: ``"rope"`` (rotary positions in the attention layers) | ``"none"`` (the recurrent
+            layers already know where they are, as in Jamba);  rope_theta: RoPE base.
+        dropout: on the embeddings and the residual branches.
+    """
+
+    model_type = "seqzoo_hybrid"
+
+    vocab_size: int = 258
+    hidden_size: int = 256
+    num_hidden_layers: int | None = None
+    mixer_types: list[str] | None = None
+    mixer_config: dict[str, dict[str, Any]] | None = None
+    mlp_layers: list[bool] | None = None
+    mlp_type: str = "gated"
+    intermediate_size: int | None = None
+    hidden_act: str = "silu"
+    mlp_bias: bool = False
+    norm_type: str = "rmsnorm"
+    norm_eps: float = 1e-5
+    position_embedding: str = "rope"
+    rope_theta: float = 10000.0
+    dropout: float = 0.0
+
+    def __post_init__(self, **kwargs: Any) -> None:
+        if self.mixer_types is None:
+            self.mixer_types = ["mamba", "mamba", "mamba", "attention"] * 2
+        if isinstance(self.mixer_types, (list, tuple)):
+            self.mixer_types = list(self.mixer_types)
+            if self.num_hidden_layers is None:
+                self.num_hidden_layers = len(self.mixer_types)
+            if self.mlp_layers is None:
+                self.mlp_layers = [True] * len(self.mixer_types)
+        if self.mixer_config is None:
+            self.mixer_config = {}
+        if self.intermediate_size is None and isinstance(self.hidden_size, int) and self.hidden_size > 0:
+            self.intermediate_size = (-(-(8 * self.hidden_size // 3) // 32) * 32 if self.mlp_type == "gated"
+                                      else 4 * self.hidden_size)
+        super().__post_init__(**kwargs)
+
+    def validate_architecture(self) -> None:
+        super().validate_architecture()
+        name = type(self).__name__
+        if not isinstance(self.mixer_types, list) or not self.mixer_types:
+            raise ValueError(f"{name}.mixer_types={self.mixer_types!r} is invalid: expected a non-empty list of "
+                             "mixer names, one per layer")
+        if self.num_hidden_layers != len(self.mixer_types):
+            raise ValueError(f"{name}.num_hidden_layers={self.num_hidden_layers} is invalid: mixer_types names "
+                             f"{len(self.mixer_types)} layers")
+        for kind in self.mixer_types:
+            get_mixer(kind)  # unknown names raise with a did-you-mean
+        if not isinstance(self.mixer_config, dict) or any(
+                not isinstance(v, dict) for v in self.mixer_config.values()):
+            raise ValueError(f"{name}.mixer_config={self.mixer_config!r} is invalid: expected a mapping from mixer "
+                             "name to a mapping of its settings")
+        unused = sorted(set(self.mixer_config) - set(self.mixer_types))
+        if unused:
+            raise ValueError(f"{name}.mixer_config has settings for {unused}, which no layer in mixer_types uses")
+        if (not isinstance(self.mlp_layers, list) or len(self.mlp_layers) != len(self.mixer_types)
+                or any(not isinstance(flag, bool) for flag in self.mlp_layers)):
+            raise ValueError(f"{name}.mlp_layers={self.mlp_layers!r} is invalid: expected one true/false per layer "
+                             f"({len(self.mixer_types)})")
+        require_choice(self, "mlp_type", ("gated", "standard"))
+        require_int(self, "intermediate_size", minimum=1)
+        require_choice(self, "hidden_act", ACTIVATIONS)
+        require_bool(self, "mlp_bias")
+        require_choice(self, "norm_type", ("rmsnorm", "layernorm"))
+        require_float(self, "norm_eps", minimum=0.0, exclusive_min=True)
+        require_choice(self, "position_embedding", ("rope", "none"))
+        require_float(self, "rope_theta", minimum=0.0, exclusive_min=True)
+        require_probability(self, "dropout")
+        for kind in set(self.mixer_types):
+            self.mixer_settings(kind)  # each mixer's settings are valid for its architecture
+        if self.position_embedding == "rope" and "attention" in self.mixer_types:
+            if self.mixer_settings("attention").head_dim % 2:
+                raise ValueError(f"{name}: rotary positions need an even attention head_dim")
+
+    def mixer_settings(self, kind: str) -> Any:
+        """The config the layers of mixer ``kind`` are built from (a config of that mixer's architecture)."""
+        spec = get_mixer(kind)
+        shared = {"vocab_size": self.vocab_size, "hidden_size": self.hidden_size,
+                  "num_hidden_layers": self.mixer_types.count(kind), "initializer_range": self.initializer_range,
+                  "tie_word_embeddings": False}
+        return mixer_config(spec, shared, self.mixer_config.get(kind, {}), type(self).__name__)
+
+    def layer_mixer_types(self) -> list[str]:
+        return list(self.mixer_types)
+
+    @property
+    def cache_layer_kinds(self) -> list[str]:
+        return [get_mixer(kind).cache_kind for kind in self.mixer_types]
+
+    def state_bytes_per_sequence(self, dtype_bytes: int = 4) -> int:
+        """The fixed-size state of the recurrent layers (attention layers add :meth:`kv_bytes_per_token`)."""
+        total = 0
+        for kind in set(self.mixer_types):
+            spec = get_mixer(kind)
+            if spec.cache_kind == RECURRENT:
+                total += self.mixer_types.count(kind) * spec.mixer_class.state_bytes(self.mixer_settings(kind),
+                                                                                     dtype_bytes)
+        return total
+
+    def kv_bytes_per_token(self, dtype_bytes: int = 4) -> int:
+        total = 0
+        for kind in set(self.mixer_types):
+            spec = get_mixer(kind)
+            if spec.cache_kind != RECURRENT:
+                total += self.mixer_types.count(kind) * spec.mixer_class.kv_bytes_per_token(
+                    self.mixer_settings(kind), dtype_bytes)
+        return total
+
+
+__all__ = ["HybridConfig"]

@@ -1,0 +1,147 @@
+"""Hybrid language model: embedding -> [norm -> mixer -> residual (-> norm -> MLP -> residual)] x N -> norm, with
+any registered token mixer per layer (``config.mixer_types``).
+
+Recurrent layers keep a fixed-size state and attention layers their growing keys and values, side by side in one
+:class:`~seqzoo.cache.SeqzooCache`. Padding is exact in both: a recurrent layer skips pad positions, an attention
+layer masks them and its positions count real tokens only.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+from transformers import initialization as init
+from transformers.modeling_outputs import BaseModelOutputWithPast
+
+from seqzoo.layers.attention import SelfAttention
+from seqzoo.layers.mixer import Block
+from seqzoo.layers.mlp import MLP, GatedMLP
+from seqzoo.layers.norms import RMSNorm, make_norm
+from seqzoo.layers.positions import RotaryEmbedding
+from seqzoo.models.compat import causal_mask as causal_mask_for
+from seqzoo.models.compat import model_output
+from seqzoo.models.mixers import get_mixer
+from seqzoo.models.modeling_utils import (
+    SeqzooForCausalLM,
+    SeqzooPreTrainedModel,
+    backbone_cache_argument,
+    check_inputs,
+    padding_mask_for,
+    position_ids_from_mask,
+    prepare_cache,
+    resolve_output_flags,
+)
+
+from .configuration_hybrid import HybridConfig
+
+
+class HybridBlock(Block):
+    def __init__(self, config: HybridConfig, layer_idx: int) -> None:
+        kind = config.mixer_types[layer_idx]
+        # Each mixer sees a config of its own architecture and its position among the layers of its kind.
+        mixer = get_mixer(kind).mixer_class(config.mixer_settings(kind), config.mixer_types[:layer_idx].count(kind))
+        if isinstance(mixer, SelfAttention):
+            mixer.config = config  # the attention implementation is chosen on the model's own config
+        mlp = mlp_norm = None
+        if config.mlp_layers[layer_idx]:
+            mlp_class = GatedMLP if config.mlp_type == "gated" else MLP
+            mlp = mlp_class(config.hidden_size, config.intermediate_size, config.hidden_act, bias=config.mlp_bias)
+            mlp_norm = make_norm(config.norm_type, config.hidden_size, config.norm_eps)
+        super().__init__(mixer, norm=make_norm(config.norm_type, config.hidden_size, config.norm_eps), mlp=mlp,
+                         mlp_norm=mlp_norm, dropout=config.dropout)
+
+
+class HybridPreTrainedModel(SeqzooPreTrainedModel):
+    config_class = HybridConfig
+    supports_gradient_checkpointing = True
+    _no_split_modules = ["HybridBlock"]
+    _supports_sdpa = True
+    _supports_flash_attn = True
+    _supports_flex_attn = True
+    _supports_attention_backend = True
+
+    def _init_weights(self, module: nn.Module) -> None:
+        # The rest as Jamba does: normal embeddings and MLPs, unit norms. The mixers initialise themselves (super), after
+    # this rule has visited their own projections, as children come before their parents.
+        super()._init_weights(module)
+        std = self.config.initializer_range
+        if isinstance(module, (nn.Linear, nn.Embedding)):
+            init.normal_(module.weight, mean=0.0, std=std)
+            if getattr(module, "bias", None) is not None:
+                init.zeros_(module.bias)
+        elif isinstance(module, (RMSNorm, nn.LayerNorm)):
+            init.ones_(module.weight)
+            if getattr(module, "bias", None) is not None:
+                init.zeros_(module.bias)
+        elif isinstance(module, RotaryEmbedding):
+            head_dim = self.config.mixer_settings("attention").head_dim
+            inv_freq = 1.0 / (self.config.rope_theta ** (torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim))
+            init.copy_(module.inv_freq, inv_freq)
+
+
+class HybridModel(HybridPreTrainedModel):
+    def __init__(self, config: HybridConfig) -> None:
+        super().__init__(config)
+        self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size)
+        self.rotary_emb = None
+        if config.position_embedding == "rope" and "attention" in config.mixer_types:
+            self.rotary_emb = RotaryEmbedding(config.mixer_settings("attention").head_dim, config.rope_theta)
+        self.dropout = nn.Dropout(config.dropout)
+        self.layers = nn.ModuleList(HybridBlock(config, i) for i in range(config.num_hidden_layers))
+        self.norm = make_norm(config.norm_type, config.hidden_size, config.norm_eps)
+        self.gradient_checkpointing = False
+        self.post_init()
+
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.LongTensor | None = None,
+        cache: Any = None,
+        inputs_embeds: torch.Tensor | None = None,
+        use_cache: bool | None = None,
+        output_hidden_states: bool | None = None,
+        **kwargs: Any,
+    ) -> BaseModelOutputWithPast:
+        cache = backbone_cache_argument(self, cache, kwargs)
+        batch, length = check_inputs(self.config, input_ids, inputs_embeds, attention_mask)
+        use_cache, output_hidden_states = resolve_output_flags(self, use_cache, output_hidden_states)
+        cache = prepare_cache(self, cache, use_cache, batch)
+        mask = padding_mask_for(attention_mask, length)  # for the recurrent layers
+        if inputs_embeds is None:
+            inputs_embeds = self.embed_tokens(input_ids)
+        past_length = cache.get_seq_length() if cache is not None else 0
+        if position_ids is None:
+            position_ids = position_ids_from_mask(attention_mask, past_length, length, inputs_embeds.device)
+        causal_mask = None
+        if "attention" in self.config.mixer_types:
+            causal_mask = causal_mask_for(config=self.config, inputs_embeds=inputs_embeds,
+                                          attention_mask=attention_mask, cache=cache, position_ids=position_ids)
+        rotary = self.rotary_emb(inputs_embeds, position_ids) if self.rotary_emb is not None else None
+
+        hidden_states = self.dropout(inputs_embeds)  # (B, T, D)
+        all_hidden_states = (hidden_states,) if output_hidden_states else None
+        shared: dict[str, torch.Tensor] = {}  # what one layer hands to later ones (RWKV-7's value residual)
+        for idx, layer in enumerate(self.layers):
+            state = cache.layer(idx) if cache is not None else None
+            hidden_states, state = layer(hidden_states, state=state, mask=mask, attention_mask=causal_mask,
+                                         position_embeddings=rotary, shared=shared)
+            if cache is not None:
+                cache.update_layer(idx, state)
+            if output_hidden_states:
+                all_hidden_states += (hidden_states,)
+        if cache is not None:
+            cache.advance(length)
+        hidden_states = self.norm(hidden_states)
+        return model_output(
+            BaseModelOutputWithPast, cache=cache, last_hidden_state=hidden_states, hidden_states=all_hidden_states
+        )
+
+
+class HybridForCausalLM(HybridPreTrainedModel, SeqzooForCausalLM):
+    base_model_class = HybridModel
+
+
+__all__ = ["HybridForCausalLM", "HybridModel", "HybridPreTrainedModel"]

@@ -1,0 +1,145 @@
+"""The token mixers a hybrid model can stack, by name: built-in ones and plugins from the ``seqzoo.mixers`` entry
+points.
+
+A :class:`MixerSpec` names a :class:`~seqzoo.layers.mixer.Mixer` class, the config class whose fields the mixer
+reads, and which of those fields a hybrid's ``mixer_config`` may set. A hybrid builds each mixer from a config of
+that class, holding the hybrid's shared sizes and its ``mixer_config`` entry, validated as that architecture
+validates its own config. A plugin's entry point returns a MixerSpec (or a list); a plugin that fails to load is
+logged with its traceback and skipped.
+"""
+
+from __future__ import annotations
+
+import difflib
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+from seqzoo.layers.attention import SelfAttention
+from seqzoo.layers.mamba import MambaMixer
+from seqzoo.layers.mamba2 import Mamba2Mixer
+from seqzoo.layers.mixer import Mixer
+from seqzoo.layers.recurrent import GRUMixer, LSTMMixer, RNNMixer
+from seqzoo.layers.rwkv7 import RWKV7TimeMix
+from seqzoo.models.classic.configuration_classic import ClassicRecurrentConfig
+from seqzoo.models.gru.configuration_gru import GRUConfig
+from seqzoo.models.lstm.configuration_lstm import LSTMConfig
+from seqzoo.models.mamba.configuration_mamba import MambaConfig
+from seqzoo.models.mamba2.configuration_mamba2 import Mamba2Config
+from seqzoo.models.rnn.configuration_rnn import RNNConfig
+from seqzoo.models.rwkv7.configuration_rwkv7 import RWKV7Config
+from seqzoo.models.transformer.configuration_transformer import TransformerConfig
+
+logger = logging.getLogger("seqzoo")
+
+ENTRY_POINT_GROUP = "seqzoo.mixers"
+
+
+@dataclass(frozen=True)
+class MixerSpec:
+    """One token mixer a hybrid can use: ``name`` (what ``mixer_types`` says), its class, the config class whose
+    fields it reads, and the names of those fields a hybrid's ``mixer_config[name]`` may set."""
+
+    name: str
+    mixer_class: type
+    config_class: type
+    fields: tuple[str, ...]
+    description: str = ""
+
+    def __post_init__(self) -> None:
+        if not (isinstance(self.mixer_class, type) and issubclass(self.mixer_class, Mixer)):
+            raise TypeError(f"mixer {self.name!r}: mixer_class must be a seqzoo.layers.mixer.Mixer subclass")
+
+    @property
+    def cache_kind(self) -> str:
+        return self.mixer_class.cache_kind
+
+
+_CLASSIC = ("orthogonal_init",)
+_TIME_STEPS = ("time_step_min", "time_step_max", "time_step_floor")
+BUILTIN_MIXERS = (
+    MixerSpec("rnn", RNNMixer, RNNConfig, (*_CLASSIC, "nonlinearity"), "Elman RNN"),
+    MixerSpec("lstm", LSTMMixer, LSTMConfig, (*_CLASSIC, "forget_bias"), "LSTM"),
+    MixerSpec("gru", GRUMixer, GRUConfig, _CLASSIC, "GRU"),
+    MixerSpec("attention", SelfAttention, TransformerConfig,
+              ("num_attention_heads", "num_key_value_heads", "head_dim", "attention_bias", "attention_dropout"),
+              "causal self-attention (grouped-query heads), K/V cache"),
+    MixerSpec("rwkv7", RWKV7TimeMix, RWKV7Config,
+              ("head_size", "decay_low_rank_dim", "a_low_rank_dim", "v_low_rank_dim", "gate_low_rank_dim",
+               "group_norm_eps", "output_init_gain"),
+              "RWKV-7 time mix (generalised delta rule)"),
+    MixerSpec("mamba", MambaMixer, MambaConfig,
+              ("state_size", "expand", "conv_kernel", "time_step_rank", "use_conv_bias", "use_bias", *_TIME_STEPS,
+               "time_step_init_scheme", "time_step_scale", "rescale_prenorm_residual"),
+              "Mamba selective scan"),
+    MixerSpec("mamba2", Mamba2Mixer, Mamba2Config,
+              ("state_size", "expand", "head_dim", "n_groups", "conv_kernel", "use_conv_bias", "use_bias",
+               "chunk_size", *_TIME_STEPS, "time_step_limit", "rms_norm", "norm_before_gate", "layer_norm_epsilon",
+               "rescale_prenorm_residual"),
+              "Mamba-2 SSD"),
+)
+
+_MIXERS: dict[str, MixerSpec] = {spec.name: spec for spec in BUILTIN_MIXERS}
+_plugins_loaded = False
+
+
+def register_mixer(spec: MixerSpec, *, exist_ok: bool = False) -> MixerSpec:
+    if spec.name in _MIXERS and _MIXERS[spec.name] is not spec and not exist_ok:
+        raise ValueError(f"mixer {spec.name!r} is already registered")
+    _MIXERS[spec.name] = spec
+    return spec
+
+
+def load_mixer_plugins(force: bool = False) -> None:
+    """Register the mixers of the ``seqzoo.mixers`` entry points (once, unless ``force``)."""
+    global _plugins_loaded
+    if _plugins_loaded and not force:
+        return
+    _plugins_loaded = True
+    from importlib.metadata import entry_points
+
+    for ep in entry_points(group=ENTRY_POINT_GROUP):
+        try:
+            result = ep.load()()
+            for spec in result if isinstance(result, (list, tuple)) else [result]:
+                register_mixer(spec, exist_ok=True)
+        except Exception:
+            logger.error("seqzoo mixer plugin %r (%s) failed to load and is skipped", ep.name, ep.value, exc_info=True)
+
+
+def list_mixers() -> list[str]:
+    load_mixer_plugins()
+    return sorted(_MIXERS)
+
+
+def get_mixer(name: str) -> MixerSpec:
+    load_mixer_plugins()
+    if name not in _MIXERS:
+        close = difflib.get_close_matches(str(name), sorted(_MIXERS), n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        raise ValueError(f"unknown mixer {name!r}{hint}; available: {', '.join(sorted(_MIXERS))}")
+    return _MIXERS[name]
+
+
+def mixer_config(spec: MixerSpec, shared: dict[str, Any], settings: dict[str, Any], where: str) -> Any:
+    """The config a hybrid's mixer of ``spec`` is built from: the hybrid's shared fields plus its own settings,
+    validated by the mixer's config class (a bad value raises naming the field)."""
+    unknown = sorted(set(settings) - set(spec.fields))
+    if unknown:
+        hints = []
+        for key in unknown:
+            close = difflib.get_close_matches(key, spec.fields, n=1)
+            hints.append(f"{key!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
+        raise ValueError(f"{where}: unknown setting(s) {', '.join(hints)} for the {spec.name!r} mixer; it takes "
+                         f"{', '.join(spec.fields)}")
+    values = dict(shared)
+    if issubclass(spec.config_class, ClassicRecurrentConfig):
+        values["embedding_size"] = values["hidden_size"]  # inside a hybrid every layer reads hidden_size inputs
+    try:
+        return spec.config_class(**values, **settings)
+    except ValueError as err:
+        raise ValueError(f"{where}: mixer_config[{spec.name!r}]: {err}") from err
+
+
+__all__ = ["BUILTIN_MIXERS", "MixerSpec", "get_mixer", "list_mixers", "load_mixer_plugins", "mixer_config",
+           "register_mixer"]

@@ -1,0 +1,158 @@
+"""The shape of the model layer: at most four seqzoo frames from a causal LM's forward to a kernel (head, backbone,
+block, mixer), one mixer protocol, and hybrids that stack any registered mixer, plugins included."""
+
+from __future__ import annotations
+
+import sys
+import traceback
+from pathlib import Path
+
+import pytest
+import torch
+
+import seqzoo
+from seqzoo.cache import RECURRENT
+from seqzoo.kernels import registry
+from seqzoo.layers.mixer import Mixer
+from seqzoo.models import mixers
+from seqzoo.models.mixers import MixerSpec, get_mixer, list_mixers, register_mixer
+from seqzoo.models.rnn.configuration_rnn import RNNConfig
+from tests.conftest import FAMILIES, tiny_config, tiny_model
+
+PACKAGE = str(Path(seqzoo.__file__).resolve().parent)
+KERNELS = str(Path(seqzoo.kernels.__file__).resolve().parent)
+
+
+def seqzoo_frames_above_dispatch() -> list[str]:
+    frames = []
+    for frame in traceback.extract_stack()[:-2]:  # this function and the patched dispatch
+        path = str(Path(frame.filename).resolve())
+        if path.startswith(PACKAGE) and not path.startswith(KERNELS):
+            frames.append(f"{Path(path).relative_to(PACKAGE)}:{frame.name}")
+    return frames
+
+
+@pytest.mark.parametrize("family", sorted(FAMILIES))
+def test_at_most_four_seqzoo_frames_from_the_head_to_a_kernel(family, monkeypatch):
+    model = tiny_model(FAMILIES[family])
+    seen = []
+    real = registry.dispatch
+
+    def spy(op, *args, **kwargs):
+        seen.append(seqzoo_frames_above_dispatch())
+        return real(op, *args, **kwargs)
+
+    for module in list(sys.modules.values()):
+        if getattr(module, "dispatch", None) is real and getattr(module, "__name__", "").startswith("seqzoo"):
+            monkeypatch.setattr(module, "dispatch", spy)
+    model(torch.tensor([[5, 17, 33, 8]]))
+    if model.config.mixer_type == "attention":
+        assert not seen  # attention goes through transformers' attention interface, not seqzoo's kernels
+        return
+    assert seen, "no kernel was dispatched"
+    for frames in seen:
+        assert len(frames) <= 4, frames
+        assert frames[0].endswith(":forward") and "modeling_utils" in frames[0], frames  # the causal-LM head
+
+
+def test_every_mixer_follows_the_protocol():
+    for name in list_mixers():
+        spec = get_mixer(name)
+        assert issubclass(spec.mixer_class, Mixer)
+        config = spec.config_class(hidden_size=32, num_hidden_layers=2, vocab_size=99, **(
+            {"head_size": 16} if name == "rwkv7" else {"head_dim": 16} if name == "mamba2" else {}))
+        mixer = spec.mixer_class(config, 1)
+        x = torch.randn(2, 5, 32)
+        context = {"shared": {"v_first": torch.randn(2, 5, 32)}}
+        y, state = mixer(x, state=None, mask=None, **context)
+        assert y.shape == x.shape
+        if spec.cache_kind == RECURRENT:
+            assert isinstance(state, dict) and state
+            assert sum(t[0].numel() * t.element_size() for t in state.values()) == spec.mixer_class.state_bytes(
+                config, 4)
+
+
+class ScaledIdentityMixer(Mixer):
+    """A plugin mixer: y = scale * x, carrying the running sum of its inputs as state (to see the cache work)."""
+
+    def __init__(self, config, layer_idx):
+        super().__init__(config, layer_idx)
+        self.scale = torch.nn.Parameter(torch.tensor(float(config.forget_bias)))
+
+    def forward(self, hidden_states, *, state=None, mask=None, **context):
+        total = hidden_states.sum(1) + ((state or {}).get("total", 0))
+        return hidden_states * self.scale, {"total": total}
+
+    @classmethod
+    def state_bytes(cls, config, dtype_bytes=4):
+        return config.hidden_size * dtype_bytes
+
+
+@pytest.fixture
+def plugin_mixer(monkeypatch):
+    monkeypatch.setattr(mixers, "_MIXERS", dict(mixers._MIXERS))
+    from seqzoo.models.lstm.configuration_lstm import LSTMConfig
+
+    spec = MixerSpec("scaled", ScaledIdentityMixer, LSTMConfig, ("forget_bias",), "a test plugin")
+    entry = type("EntryPoint", (), {"name": "scaled", "value": "tests:scaled", "load": lambda self: lambda: spec})()
+    broken = type("EntryPoint", (), {"name": "broken", "value": "nowhere:x",
+                                     "load": lambda self: (_ for _ in ()).throw(ImportError("no module"))})()
+    monkeypatch.setattr("importlib.metadata.entry_points",
+                        lambda group=None: [entry, broken] if group == mixers.ENTRY_POINT_GROUP else [])
+    mixers.load_mixer_plugins(force=True)
+    return spec
+
+
+def test_a_plugin_mixer_from_an_entry_point_stacks_in_a_hybrid(plugin_mixer, caplog):
+    assert get_mixer("scaled") is plugin_mixer
+    config = seqzoo.HybridConfig(hidden_size=32, vocab_size=99, mixer_types=["scaled", "attention", "scaled"],
+                                 mixer_config={"scaled": {"forget_bias": 0.5}})
+    model = seqzoo.HybridForCausalLM(config).eval()
+    assert model.config.state_bytes_per_sequence(4) == 2 * 32 * 4
+    ids = torch.tensor([[5, 17, 33, 8]])
+    full = model(ids).logits
+    cache = model(ids[:, :2], use_cache=True).cache if hasattr(model(ids[:, :2]), "cache") else None
+    out = model(ids[:, :2], use_cache=True)
+    from seqzoo.models.compat import output_cache
+
+    continued = model(ids[:, 2:], cache=output_cache(out)).logits
+    torch.testing.assert_close(continued, full[:, 2:], rtol=1e-5, atol=1e-5)
+    del cache
+    with pytest.raises(ValueError, match=r"unknown setting\(s\) 'forget_bais' \(did you mean 'forget_bias'\?\)"):
+        seqzoo.HybridConfig(hidden_size=32, mixer_types=["scaled"], mixer_config={"scaled": {"forget_bais": 1.0}})
+    with pytest.raises(ValueError, match="forget_bias"):
+        seqzoo.HybridConfig(hidden_size=32, mixer_types=["scaled"], mixer_config={"scaled": {"forget_bias": "x"}})
+
+
+def test_a_broken_mixer_plugin_is_logged_and_skipped(plugin_mixer, caplog):
+    assert "broken" not in list_mixers()
+
+
+def test_hybrid_config_errors_name_what_is_wrong():
+    with pytest.raises(ValueError, match=r"unknown mixer 'mambaa' \(did you mean 'mamba'\?\)"):
+        seqzoo.HybridConfig(mixer_types=["mambaa", "attention"])
+    with pytest.raises(ValueError, match="mixer_config has settings for \\['rwkv7'\\]"):
+        seqzoo.HybridConfig(mixer_types=["mamba"], mixer_config={"rwkv7": {}})
+    with pytest.raises(ValueError, match=r"mixer_config\['mamba'\].*state_size"):
+        seqzoo.HybridConfig(mixer_types=["mamba"], mixer_config={"mamba": {"state_size": 0}})
+    with pytest.raises(ValueError, match="mlp_layers"):
+        seqzoo.HybridConfig(mixer_types=["mamba", "mamba"], mlp_layers=[True])
+    with pytest.raises(ValueError, match="num_hidden_layers=3 is invalid"):
+        seqzoo.HybridConfig(mixer_types=["mamba", "mamba"], num_hidden_layers=3)
+
+
+def test_register_mixer_refuses_a_second_mixer_of_the_same_name(monkeypatch):
+    monkeypatch.setattr(mixers, "_MIXERS", dict(mixers._MIXERS))
+    with pytest.raises(ValueError, match="already registered"):
+        register_mixer(MixerSpec("lstm", ScaledIdentityMixer, RNNConfig, ()))
+    with pytest.raises(TypeError, match="Mixer subclass"):
+        MixerSpec("bad", torch.nn.Linear, RNNConfig, ())
+
+
+def test_hybrid_capabilities_come_from_its_layers():
+    all_recurrent = seqzoo.HybridConfig(hidden_size=32, mixer_types=["mamba", "lstm", "rwkv7"],
+                                        mixer_config={"rwkv7": {"head_size": 16}})
+    assert all_recurrent.capabilities.supports_tbptt and all_recurrent.capabilities.constant_state_decode
+    with_attention = tiny_config(FAMILIES["hybrid"])
+    assert not with_attention.capabilities.supports_tbptt and not with_attention.capabilities.can_crop_cache
+    assert with_attention.capabilities.can_generate
