@@ -100,9 +100,10 @@ def save_with_tokenizer(model: Any, directory: Path) -> None:
 
 def cmd_generate(args: argparse.Namespace) -> int:
     import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer, TextStreamer
+    from transformers import AutoModelForCausalLM, TextStreamer
 
     import seqzoo  # noqa: F401  (registers the architectures)
+    from seqzoo.tokenizer import load_tokenizer
     from seqzoo.kernels import set_backend
 
     for op, backend in parse_overrides(args.kernel).items():
@@ -111,7 +112,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
     source = args.model
     try:
         model = AutoModelForCausalLM.from_pretrained(source, dtype=_dtype(args.dtype)).to(args.device).eval()
-        tokenizer = AutoTokenizer.from_pretrained(source)
+        tokenizer = load_tokenizer(source)
     except (OSError, ValueError) as err:
         raise SystemExit(f"error: cannot load a model and tokenizer from {source!r}: {err}") from err
     inputs = tokenizer(args.prompt, return_tensors="pt").to(args.device)

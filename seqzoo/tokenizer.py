@@ -7,7 +7,10 @@ loads it anywhere transformers is installed, with or without seqzoo.
 
 from __future__ import annotations
 
+import os
 from functools import lru_cache
+from pathlib import Path
+from typing import Any
 
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers
 from transformers import PreTrainedTokenizerFast
@@ -49,3 +52,22 @@ def byte_tokenizer(model_max_length: int = 1_000_000) -> PreTrainedTokenizerFast
     )
     assert tokenizer.pad_token_id == PAD_TOKEN_ID and tokenizer.eos_token_id == EOS_TOKEN_ID
     return tokenizer
+
+
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json")
+
+
+def load_tokenizer(source: Any) -> PreTrainedTokenizerFast:
+    """``AutoTokenizer.from_pretrained(source)``, with a clear error for a local folder that holds no tokenizer
+    (transformers would otherwise talk about sentencepiece or tiktoken not being installed)."""
+    from transformers import AutoTokenizer
+
+    folder = Path(source) if isinstance(source, (str, os.PathLike)) else None
+    if folder is not None and folder.is_dir() and not any((folder / name).is_file() for name in TOKENIZER_FILES):
+        raise ValueError(
+            f"{folder} has no tokenizer ({' or '.join(TOKENIZER_FILES)}); save the model's tokenizer into it with "
+            "tokenizer.save_pretrained(folder) (seqzoo.byte_tokenizer() is seqzoo's byte-level one; `seqzoo new` and "
+            "`seqzoo train` save it)"
+        )
+    return AutoTokenizer.from_pretrained(source)
+

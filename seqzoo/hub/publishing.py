@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from seqzoo.hub.bundle import RECORD_FILE, build_bundle, bundle_record
+from seqzoo.tokenizer import load_tokenizer
 from seqzoo.hub.cards import (
     DEFAULT_LICENSE,
     TRAINING_FILE,
@@ -30,7 +31,6 @@ from seqzoo.hub.cards import (
     validate_training_record,
 )
 
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json")
 
 
 class PublishError(RuntimeError):
@@ -214,7 +214,7 @@ def _load_checkpoint(source: Any, tokenizer: Any, training: dict[str, Any] | Non
         spec = architecture_for_model_type(json.loads(config_file.read_text()).get("model_type"))
         model = spec.causal_lm_class.from_pretrained(folder, dtype="auto")
         if tokenizer is None:
-            tokenizer = _load_tokenizer(folder)
+            tokenizer = load_tokenizer(folder)
         if training is None:
             training = load_training_record(folder)
     else:
@@ -226,17 +226,6 @@ def _load_checkpoint(source: Any, tokenizer: Any, training: dict[str, Any] | Non
     if training is not None:
         training = validate_training_record(training)
     return _Checkpoint(model, spec, tokenizer, training)
-
-
-def _load_tokenizer(folder: Path) -> Any:
-    from transformers import AutoTokenizer
-
-    if not any((folder / name).is_file() for name in TOKENIZER_FILES):
-        raise ValueError(
-            f"{folder} has no tokenizer ({' or '.join(TOKENIZER_FILES)}); save the model's tokenizer into it with "
-            "tokenizer.save_pretrained(folder) (`seqzoo new` and `seqzoo train` do this)"
-        )
-    return AutoTokenizer.from_pretrained(folder)
 
 
 def _write_folder(checkpoint: _Checkpoint, folder: Path, *, repo_id: str, license: str) -> list[str]:

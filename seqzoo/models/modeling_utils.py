@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import inspect
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -22,51 +23,123 @@ from seqzoo.models.compat import (
 )
 
 
-def check_inputs(
-    config: Any,
+@dataclass
+class ForwardInputs:
+    """What a backbone's forward works from, checked: the embeddings of the current positions, the masks, and the
+    cache it continues from."""
+
+    embeds: torch.Tensor  # (B, T, E), in the embedding's dtype
+    attention_mask: torch.Tensor | None  # as given: (B, past + T) 0/1, or a 4-d mask for attention-only models
+    padding_mask: torch.Tensor | None  # (B, T) bool of the current positions, None when nothing is padded
+    cache: SeqzooCache | None
+    past_length: int
+
+    @property
+    def length(self) -> int:
+        return self.embeds.shape[1]
+
+
+def prepare_inputs(
+    model: nn.Module,
     input_ids: torch.Tensor | None,
     inputs_embeds: torch.Tensor | None,
     attention_mask: torch.Tensor | None,
-) -> tuple[int, int]:
-    """Validate what a user passes to forward(); return (batch, length). Errors name the value and what is allowed."""
+    cache: Any,
+    use_cache: bool,
+) -> ForwardInputs:
+    """Check what a user passes to forward() and embed it. Every error names the value and what is allowed.
+
+    Token ids of any integer dtype are accepted (and cast to int64), and ``inputs_embeds`` are cast to the model's
+    dtype, the same in every architecture. Checks that read tensor values (id range, 0/1 masks) are skipped while
+    ``torch.compile`` traces, where they would force a graph break."""
+    config = model.config
     if (input_ids is None) == (inputs_embeds is None):
         raise ValueError("pass exactly one of input_ids or inputs_embeds")
+    values_checked = not torch.compiler.is_compiling()
     if input_ids is not None:
         if input_ids.dim() != 2:
             raise ValueError(
                 f"input_ids must have shape (batch, sequence_length); got a {input_ids.dim()}-d tensor of shape "
                 f"{tuple(input_ids.shape)}"
             )
-        if input_ids.dtype.is_floating_point or input_ids.dtype == torch.bool:
+        if input_ids.dtype.is_floating_point or input_ids.dtype.is_complex or input_ids.dtype == torch.bool:
             raise ValueError(f"input_ids must be an integer tensor, got dtype {input_ids.dtype}")
-        if input_ids.numel():
-            low, high = torch.aminmax(input_ids)
-            low, high = int(low), int(high)
+        _check_not_empty("input_ids", input_ids.shape)
+        if values_checked:
+            low, high = (int(v) for v in torch.aminmax(input_ids))
             if low < 0 or high >= config.vocab_size:
-                bad = low if low < 0 else high
                 raise ValueError(
-                    f"input_ids contain token id {bad}, outside the vocabulary: ids must be in "
+                    f"input_ids contain token id {low if low < 0 else high}, outside the vocabulary: ids must be in "
                     f"[0, vocab_size={config.vocab_size})"
                 )
-        batch, length = input_ids.shape
+        embeds = model.embed_tokens(input_ids if input_ids.dtype in (torch.int64, torch.int32) else input_ids.long())
     else:
         if inputs_embeds.dim() != 3 or inputs_embeds.shape[-1] != config.embedding_dim:
             raise ValueError(
                 f"inputs_embeds must have shape (batch, sequence_length, {config.embedding_dim}); got "
                 f"{tuple(inputs_embeds.shape)}"
             )
-        batch, length = inputs_embeds.shape[:2]
+        if not inputs_embeds.dtype.is_floating_point:
+            raise ValueError(f"inputs_embeds must be a floating-point tensor, got dtype {inputs_embeds.dtype}")
+        _check_not_empty("inputs_embeds", inputs_embeds.shape[:2])
+        embeds = inputs_embeds.to(model.embed_tokens.weight.dtype)
+    batch, length = embeds.shape[:2]
+    cache = _prepare_cache(model, cache, use_cache, batch)
+    past_length = cache.get_seq_length() if cache is not None else 0
+    _check_attention_mask(model, attention_mask, batch, length, past_length, values_checked)
+    padding_mask = None
     if attention_mask is not None and attention_mask.dim() == 2:
-        if attention_mask.shape[0] != batch or attention_mask.shape[1] < length:
-            raise ValueError(
-                f"attention_mask of shape {tuple(attention_mask.shape)} does not fit the inputs of shape "
-                f"({batch}, {length}): expected (batch, past_length + sequence_length)"
-            )
-    elif attention_mask is not None and attention_mask.dim() != 4:
+        current = attention_mask[:, -length:].to(torch.bool)
+        padding_mask = None if values_checked and bool(current.all()) else current
+    return ForwardInputs(embeds, attention_mask, padding_mask, cache, past_length)
+
+
+def _check_not_empty(name: str, shape: tuple[int, ...]) -> None:
+    if shape[0] == 0 or shape[1] == 0:
         raise ValueError(
-            f"attention_mask must be 2-d (batch, length); got shape {tuple(attention_mask.shape)}"
+            f"{name} of shape {tuple(shape)} is empty: pass at least one sequence with at least one position"
         )
-    return batch, length
+
+
+def _check_attention_mask(model, attention_mask, batch, length, past_length, values_checked) -> None:
+    if attention_mask is None:
+        return
+    config = model.config
+    if attention_mask.dim() == 4:
+        if not config.capabilities.can_crop_cache:  # a 4-d mask describes attention only
+            raise ValueError(
+                f"{type(model).__name__} takes a 2-d padding mask (batch, past_length + sequence_length) of 0/1; "
+                f"a 4-d attention mask (got shape {tuple(attention_mask.shape)}) only means something to a model "
+                "whose every layer attends"
+            )
+        return
+    if attention_mask.dim() != 2:
+        raise ValueError(f"attention_mask must be 2-d (batch, past_length + sequence_length); got shape "
+                         f"{tuple(attention_mask.shape)}")
+    if attention_mask.shape[0] != batch or not length <= attention_mask.shape[1] <= past_length + length:
+        raise ValueError(
+            f"attention_mask of shape {tuple(attention_mask.shape)} does not fit the inputs of shape "
+            f"({batch}, {length}) after {past_length} cached position(s): expected (batch, L) with "
+            f"{length} <= L <= {past_length + length}, the mask of the cached and the current positions"
+        )
+    if values_checked:
+        bad = attention_mask[(attention_mask != 0) & (attention_mask != 1)]
+        if bad.numel():
+            raise ValueError(f"attention_mask must hold 1 (a token) and 0 (padding) only; found {bad[0].item()}")
+
+
+def _prepare_cache(model: nn.Module, cache: Any, use_cache: bool, batch: int) -> SeqzooCache | None:
+    """The cache this forward continues from and writes to: the one passed (checked against this model and batch),
+    a new one when caching, else None."""
+    if cache is None:
+        return SeqzooCache.for_model(model.config) if use_cache else None
+    if not isinstance(cache, SeqzooCache):
+        raise ValueError(
+            f"cache must be a seqzoo SeqzooCache (what this model returns, or SeqzooCache.for_model(model)); got "
+            f"{type(cache).__name__}"
+        )
+    cache.check_fits(model.config, batch, type(model).__name__)
+    return cache
 
 
 def resolve_output_flags(
@@ -79,16 +152,6 @@ def resolve_output_flags(
     if output_hidden_states is None:
         output_hidden_states = config.output_hidden_states
     return use_cache, output_hidden_states
-
-
-def padding_mask_for(attention_mask: torch.Tensor | None, length: int) -> torch.Tensor | None:
-    """The (B, T) 0/1 mask of the current positions, or None when nothing is padded."""
-    if attention_mask is None or attention_mask.dim() != 2:
-        return None
-    mask = attention_mask[:, -length:]
-    if bool(mask.all()):
-        return None
-    return mask.to(torch.bool)
 
 
 def position_ids_from_mask(
@@ -135,19 +198,40 @@ class SeqzooPreTrainedModel(PreTrainedModel):
             module.init_weights()
 
     @classmethod
-    def from_pretrained(cls, pretrained_model_name_or_path: Any, *args: Any, strict: bool = True, **kwargs: Any):
-        """transformers' loading, made strict: a checkpoint of another architecture, or with missing or mis-shaped
-        tensors, raises ``ValueError`` instead of silently initialising weights at random.
-        ``strict=False`` restores transformers' lenient behaviour."""
+    def from_pretrained(
+        cls, pretrained_model_name_or_path: Any, *args: Any, strict: bool = True, allow_nonfinite: bool = False,
+        **kwargs: Any,
+    ):
+        """transformers' loading, made strict: a checkpoint of another architecture, with missing or mis-shaped
+        tensors, or holding NaN or infinite weights raises ``ValueError`` instead of silently initialising weights
+        at random or computing garbage; a damaged weights file raises naming the file. ``strict=False`` restores
+        transformers' lenient behaviour for the tensors, ``allow_nonfinite=True`` accepts non-finite weights."""
         if strict and not isinstance(kwargs.get("config"), PreTrainedConfig):
             _check_checkpoint_model_type(cls, pretrained_model_name_or_path, kwargs)
         want_info = kwargs.pop("output_loading_info", False)
         allow_mismatch = kwargs.pop("ignore_mismatched_sizes", False)
         # Load leniently and judge here, so the error names every offending tensor with both shapes.
-        model, info = super().from_pretrained(
-            pretrained_model_name_or_path, *args, output_loading_info=True,
-            ignore_mismatched_sizes=strict or allow_mismatch, **kwargs,
-        )
+        try:
+            model, info = super().from_pretrained(
+                pretrained_model_name_or_path, *args, output_loading_info=True,
+                ignore_mismatched_sizes=strict or allow_mismatch, **kwargs,
+            )
+        except Exception as err:
+            if type(err).__name__ != "SafetensorError":
+                raise
+            raise ValueError(
+                f"the weights of {str(pretrained_model_name_or_path)!r} cannot be read, the file is damaged or not a "
+                f"safetensors file ({err}); save or download the checkpoint again"
+            ) from err
+        if not allow_nonfinite:
+            bad = [name for name, tensor in model.state_dict().items()
+                   if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all())]
+            if bad:
+                raise ValueError(
+                    f"checkpoint {str(pretrained_model_name_or_path)!r} holds NaN or infinite weights in "
+                    f"{', '.join(bad[:8])}{' ...' if len(bad) > 8 else ''}; a model with them computes NaN. Pass "
+                    "allow_nonfinite=True to load it anyway (to inspect it)"
+                )
         if strict:
             tied = set(getattr(model, "all_tied_weights_keys", {}) or {})
             missing = sorted(set(info.get("missing_keys", [])) - tied)
@@ -233,6 +317,11 @@ class SeqzooForCausalLM(SeqzooPreTrainedModel, GenerationMixin):
                     f"labels must have shape {tuple(logits.shape[:2])} (batch, sequence_length); got "
                     f"{tuple(labels.shape)}"
                 )
+            if not torch.compiler.is_compiling():
+                bad = labels[(labels != -100) & ((labels < 0) | (labels >= self.config.vocab_size))]
+                if bad.numel():
+                    raise ValueError(f"labels contain {int(bad[0])}: labels must be token ids in "
+                                     f"[0, vocab_size={self.config.vocab_size}) or -100 (ignored)")
             loss = self.loss_function(
                 logits=logits, labels=labels, vocab_size=self.config.vocab_size,
                 num_items_in_batch=kwargs.get("num_items_in_batch"),
@@ -301,18 +390,4 @@ def backbone_cache_argument(model: nn.Module, cache: Any, kwargs: dict[str, Any]
     """A backbone forward's first step: the cache under any of its names, and no keyword argument it does not use."""
     cache = take_cache(cache, kwargs)
     check_kwargs(kwargs, forward_parameters(model), f"{type(model).__name__}.forward")
-    return cache
-
-
-def prepare_cache(model: nn.Module, cache: Any, use_cache: bool, batch: int) -> SeqzooCache | None:
-    """The cache this forward continues from and writes to: the one passed (checked against this model and batch),
-    a new one when caching, else None."""
-    if cache is None:
-        return SeqzooCache.for_model(model.config) if use_cache else None
-    if not isinstance(cache, SeqzooCache):
-        raise ValueError(
-            f"cache must be a seqzoo SeqzooCache (what this model returns, or SeqzooCache.for_model(model)); got "
-            f"{type(cache).__name__}"
-        )
-    cache.check_fits(model.config, batch, type(model).__name__)
     return cache

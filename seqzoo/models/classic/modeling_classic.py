@@ -19,9 +19,7 @@ from seqzoo.models.modeling_utils import (
     SeqzooForCausalLM,
     SeqzooPreTrainedModel,
     backbone_cache_argument,
-    check_inputs,
-    padding_mask_for,
-    prepare_cache,
+    prepare_inputs,
     resolve_output_flags,
 )
 
@@ -64,13 +62,11 @@ class ClassicRecurrentModel(ClassicRecurrentPreTrainedModel):
         **kwargs: Any,
     ) -> BaseModelOutputWithPast:
         cache = backbone_cache_argument(self, cache, kwargs)
-        batch, length = check_inputs(self.config, input_ids, inputs_embeds, attention_mask)
         use_cache, output_hidden_states = resolve_output_flags(self, use_cache, output_hidden_states)
-        cache = prepare_cache(self, cache, use_cache, batch)
-        mask = padding_mask_for(attention_mask, length)
+        inputs = prepare_inputs(self, input_ids, inputs_embeds, attention_mask, cache, use_cache)
+        cache, mask = inputs.cache, inputs.padding_mask
 
-        hidden_states = self.embed_tokens(input_ids) if inputs_embeds is None else inputs_embeds
-        hidden_states = self.dropout(hidden_states)  # (B, T, E)
+        hidden_states = self.dropout(inputs.embeds)  # (B, T, E)
         all_hidden_states = (hidden_states,) if output_hidden_states else None
         for idx, layer in enumerate(self.layers):
             state = cache.layer(idx) if cache is not None else None
@@ -85,7 +81,7 @@ class ClassicRecurrentModel(ClassicRecurrentPreTrainedModel):
             if output_hidden_states:
                 all_hidden_states += (hidden_states,)
         if cache is not None:
-            cache.advance(length)
+            cache.advance(inputs.length)
         return model_output(
             BaseModelOutputWithPast, cache=cache, last_hidden_state=hidden_states, hidden_states=all_hidden_states
         )

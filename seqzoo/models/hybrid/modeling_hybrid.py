@@ -27,10 +27,8 @@ from seqzoo.models.modeling_utils import (
     SeqzooForCausalLM,
     SeqzooPreTrainedModel,
     backbone_cache_argument,
-    check_inputs,
-    padding_mask_for,
     position_ids_from_mask,
-    prepare_cache,
+    prepare_inputs,
     resolve_output_flags,
 )
 
@@ -106,22 +104,19 @@ class HybridModel(HybridPreTrainedModel):
         **kwargs: Any,
     ) -> BaseModelOutputWithPast:
         cache = backbone_cache_argument(self, cache, kwargs)
-        batch, length = check_inputs(self.config, input_ids, inputs_embeds, attention_mask)
         use_cache, output_hidden_states = resolve_output_flags(self, use_cache, output_hidden_states)
-        cache = prepare_cache(self, cache, use_cache, batch)
-        mask = padding_mask_for(attention_mask, length)  # for the recurrent layers
-        if inputs_embeds is None:
-            inputs_embeds = self.embed_tokens(input_ids)
-        past_length = cache.get_seq_length() if cache is not None else 0
+        inputs = prepare_inputs(self, input_ids, inputs_embeds, attention_mask, cache, use_cache)
+        cache, mask = inputs.cache, inputs.padding_mask  # the padding mask is for the recurrent layers
         if position_ids is None:
-            position_ids = position_ids_from_mask(attention_mask, past_length, length, inputs_embeds.device)
+            position_ids = position_ids_from_mask(attention_mask, inputs.past_length, inputs.length,
+                                                  inputs.embeds.device)
         causal_mask = None
         if "attention" in self.config.mixer_types:
-            causal_mask = causal_mask_for(config=self.config, inputs_embeds=inputs_embeds,
+            causal_mask = causal_mask_for(config=self.config, inputs_embeds=inputs.embeds,
                                           attention_mask=attention_mask, cache=cache, position_ids=position_ids)
-        rotary = self.rotary_emb(inputs_embeds, position_ids) if self.rotary_emb is not None else None
+        rotary = self.rotary_emb(inputs.embeds, position_ids) if self.rotary_emb is not None else None
 
-        hidden_states = self.dropout(inputs_embeds)  # (B, T, D)
+        hidden_states = self.dropout(inputs.embeds)  # (B, T, D)
         all_hidden_states = (hidden_states,) if output_hidden_states else None
         shared: dict[str, torch.Tensor] = {}  # what one layer hands to later ones (RWKV-7's value residual)
         for idx, layer in enumerate(self.layers):
@@ -133,7 +128,7 @@ class HybridModel(HybridPreTrainedModel):
             if output_hidden_states:
                 all_hidden_states += (hidden_states,)
         if cache is not None:
-            cache.advance(length)
+            cache.advance(inputs.length)
         hidden_states = self.norm(hidden_states)
         return model_output(
             BaseModelOutputWithPast, cache=cache, last_hidden_state=hidden_states, hidden_states=all_hidden_states

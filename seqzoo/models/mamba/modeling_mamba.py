@@ -22,9 +22,7 @@ from seqzoo.models.modeling_utils import (
     SeqzooForCausalLM,
     SeqzooPreTrainedModel,
     backbone_cache_argument,
-    check_inputs,
-    padding_mask_for,
-    prepare_cache,
+    prepare_inputs,
     resolve_output_flags,
 )
 
@@ -86,12 +84,11 @@ class MambaModel(MambaPreTrainedModel):
             Mamba used, and ``past_key_values`` are accepted too).
         """
         cache = backbone_cache_argument(self, cache, kwargs)
-        batch, length = check_inputs(self.config, input_ids, inputs_embeds, attention_mask)
         use_cache, output_hidden_states = resolve_output_flags(self, use_cache, output_hidden_states)
-        cache = prepare_cache(self, cache, use_cache, batch)
-        mask = padding_mask_for(attention_mask, length)
+        inputs = prepare_inputs(self, input_ids, inputs_embeds, attention_mask, cache, use_cache)
+        cache, mask = inputs.cache, inputs.padding_mask
 
-        hidden_states = self.embed_tokens(input_ids) if inputs_embeds is None else inputs_embeds  # (B, T, H)
+        hidden_states = inputs.embeds  # (B, T, H)
         all_hidden_states = (hidden_states,) if output_hidden_states else None
         for idx, layer in enumerate(self.layers):
             state = cache.layer(idx) if cache is not None else None
@@ -101,7 +98,7 @@ class MambaModel(MambaPreTrainedModel):
             if output_hidden_states:
                 all_hidden_states += (hidden_states,)
         if cache is not None:
-            cache.advance(length)
+            cache.advance(inputs.length)
         # Normalise the (possibly float32) residual stream, then return to the model's dtype for the head.
         hidden_states = self.norm(hidden_states).to(self.norm.weight.dtype)
         return model_output(

@@ -23,9 +23,7 @@ from seqzoo.models.modeling_utils import (
     SeqzooForCausalLM,
     SeqzooPreTrainedModel,
     backbone_cache_argument,
-    check_inputs,
-    padding_mask_for,
-    prepare_cache,
+    prepare_inputs,
     resolve_output_flags,
 )
 
@@ -100,13 +98,11 @@ class RWKV7Model(RWKV7PreTrainedModel):
         **kwargs: Any,
     ) -> BaseModelOutputWithPast:
         cache = backbone_cache_argument(self, cache, kwargs)
-        batch, length = check_inputs(self.config, input_ids, inputs_embeds, attention_mask)
         use_cache, output_hidden_states = resolve_output_flags(self, use_cache, output_hidden_states)
-        cache = prepare_cache(self, cache, use_cache, batch)
-        mask = padding_mask_for(attention_mask, length)
+        inputs = prepare_inputs(self, input_ids, inputs_embeds, attention_mask, cache, use_cache)
+        cache, mask = inputs.cache, inputs.padding_mask
 
-        hidden_states = self.embed_tokens(input_ids) if inputs_embeds is None else inputs_embeds
-        hidden_states = self.embed_norm(hidden_states)  # (B, T, C)
+        hidden_states = self.embed_norm(inputs.embeds)  # (B, T, C)
         all_hidden_states = (hidden_states,) if output_hidden_states else None
         shared: dict[str, torch.Tensor] = {}  # layer 0's values (v_first), for the value residual of the others
         for idx, layer in enumerate(self.layers):
@@ -118,7 +114,7 @@ class RWKV7Model(RWKV7PreTrainedModel):
                 all_hidden_states += (hidden_states,)
         hidden_states = self.norm(hidden_states)
         if cache is not None:
-            cache.advance(length)
+            cache.advance(inputs.length)
         return model_output(
             BaseModelOutputWithPast, cache=cache, last_hidden_state=hidden_states, hidden_states=all_hidden_states
         )

@@ -21,9 +21,8 @@ from seqzoo.models.modeling_utils import (
     SeqzooForCausalLM,
     SeqzooPreTrainedModel,
     backbone_cache_argument,
-    check_inputs,
     position_ids_from_mask,
-    prepare_cache,
+    prepare_inputs,
     resolve_output_flags,
 )
 
@@ -117,15 +116,14 @@ class TransformerModel(TransformerPreTrainedModel):
         **kwargs: Any,
     ) -> BaseModelOutputWithPast:
         cache = backbone_cache_argument(self, cache, kwargs)
-        batch, length = check_inputs(self.config, input_ids, inputs_embeds, attention_mask)
         use_cache, output_hidden_states = resolve_output_flags(self, use_cache, output_hidden_states)
-        cache = prepare_cache(self, cache, use_cache, batch)
-        if inputs_embeds is None:
-            inputs_embeds = self.embed_tokens(input_ids)
-        past_length = cache.get_seq_length() if cache is not None else 0
+        inputs = prepare_inputs(self, input_ids, inputs_embeds, attention_mask, cache, use_cache)
+        cache, inputs_embeds = inputs.cache, inputs.embeds
         if position_ids is None:
-            position_ids = position_ids_from_mask(attention_mask, past_length, length, inputs_embeds.device)
-        if self.embed_positions is not None and int(position_ids.max()) >= self.config.max_position_embeddings:
+            position_ids = position_ids_from_mask(attention_mask, inputs.past_length, inputs.length,
+                                                  inputs_embeds.device)
+        if (self.embed_positions is not None and not torch.compiler.is_compiling()
+                and int(position_ids.max()) >= self.config.max_position_embeddings):
             raise ValueError(
                 f"position {int(position_ids.max())} is beyond max_position_embeddings="
                 f"{self.config.max_position_embeddings} of this model"
@@ -157,7 +155,7 @@ class TransformerModel(TransformerPreTrainedModel):
             if output_hidden_states:
                 all_hidden_states += (hidden_states,)
         if cache is not None:
-            cache.advance(length)
+            cache.advance(inputs.length)
         if self.norm is not None:
             hidden_states = self.norm(hidden_states)
         return model_output(

@@ -1,0 +1,138 @@
+"""Bad inputs to a model's forward, for every family: a clear error naming what was wrong and what is allowed, or,
+where the input is legitimate, the right answer -- never a crash deep inside torch or a silently wrong result."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM
+
+import seqzoo
+from seqzoo.models.compat import output_cache
+from seqzoo.tokenizer import load_tokenizer
+from tests.conftest import FAMILIES, families_where, tiny_model
+
+IDS = torch.tensor([[5, 17, 33, 8], [9, 3, 77, 21]])
+
+
+def test_a_cache_of_another_batch_size_is_refused(family_preset):
+    # The fused LSTM kernel crashed the process (double free) on a state of the wrong batch size.
+    model = tiny_model(family_preset)
+    cache = output_cache(model(IDS, use_cache=True))
+    with pytest.raises(ValueError, match=r"the cache holds 2 sequence\(s\) but the inputs have batch size 3"):
+        model(torch.tensor([[1], [2], [3]]), cache=cache)
+
+
+def test_a_cache_of_another_architecture_is_refused(family_preset):
+    model = tiny_model(family_preset)
+    other = "gru" if model.config.model_type != "seqzoo_gru" else "lstm"
+    cache = output_cache(tiny_model(FAMILIES[other])(IDS, use_cache=True))
+    with pytest.raises(ValueError, match=f"the cache was built for a seqzoo_{other} model"):
+        model(IDS[:, :1], cache=cache)
+    with pytest.raises(ValueError, match="cache must be a seqzoo SeqzooCache"):
+        model(IDS, cache={"h": torch.zeros(2, 32)})
+
+
+@pytest.mark.parametrize("preset", families_where("can_crop_cache", False))
+def test_a_4d_mask_is_refused_where_layers_keep_a_state(preset):
+    model = tiny_model(preset)
+    with pytest.raises(ValueError, match="takes a 2-d padding mask"):
+        model(IDS, attention_mask=torch.zeros(2, 1, 4, 4))
+
+
+@pytest.mark.parametrize("preset", families_where("can_crop_cache"))
+def test_a_4d_mask_reaches_attention(preset):
+    model = tiny_model(preset)
+    causal = torch.full((4, 4), float("-inf")).triu(1)[None, None].expand(2, 1, 4, 4)
+    torch.testing.assert_close(model(IDS, attention_mask=causal).logits, model(IDS).logits, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("value", [2, 0.5, -1])
+def test_a_mask_that_is_not_0_1_is_refused(family_preset, value):
+    model = tiny_model(family_preset)
+    mask = torch.ones(2, 4)
+    mask[1, 1] = value
+    with pytest.raises(ValueError, match=rf"attention_mask must hold 1 \(a token\) and 0 \(padding\) only; found"):
+        model(IDS, attention_mask=mask)
+
+
+def test_a_mask_longer_than_inputs_and_cache_is_refused(family_preset):
+    model = tiny_model(family_preset)
+    with pytest.raises(ValueError, match=r"expected \(batch, L\) with 4 <= L <= 4"):
+        model(IDS, attention_mask=torch.ones(2, 6))
+    cache = output_cache(model(IDS[:, :2], use_cache=True))
+    model(IDS[:, 2:], attention_mask=torch.ones(2, 4), cache=cache)  # cached + current positions: fine
+
+
+@pytest.mark.parametrize("shape", [(2, 0), (0, 4)])
+def test_empty_inputs_are_refused(family_preset, shape):
+    model = tiny_model(family_preset)
+    with pytest.raises(ValueError, match=rf"input_ids of shape \({shape[0]}, {shape[1]}\) is empty"):
+        model(torch.zeros(shape, dtype=torch.long))
+    with pytest.raises(ValueError, match="inputs_embeds of shape .* is empty"):
+        model(inputs_embeds=torch.zeros(*shape, model.config.embedding_dim))
+
+
+@pytest.mark.parametrize("dtype", [torch.uint8, torch.int16, torch.int32])
+def test_ids_of_any_integer_dtype_give_the_same_logits(family_preset, dtype):
+    model = tiny_model(family_preset)
+    torch.testing.assert_close(model(IDS.to(dtype)).logits, model(IDS).logits, rtol=0, atol=0)
+
+
+def test_float32_embeddings_in_a_bfloat16_model_are_cast(family_preset):
+    model = tiny_model(family_preset).to(torch.bfloat16)
+    embeds = model.get_input_embeddings()(IDS)
+    expected = model(inputs_embeds=embeds).logits
+    got = model(inputs_embeds=embeds.float()).logits
+    assert got.dtype == torch.bfloat16
+    torch.testing.assert_close(got, expected, rtol=0, atol=0)
+    with pytest.raises(ValueError, match="inputs_embeds must be a floating-point tensor"):
+        model(inputs_embeds=torch.ones(2, 4, model.config.embedding_dim, dtype=torch.long))
+
+
+def test_labels_outside_the_vocabulary_are_refused(family_preset):
+    model = tiny_model(family_preset)
+    labels = IDS.clone()
+    labels[0, 0] = -100  # ignored: fine
+    model(IDS, labels=labels)
+    labels[1, 2] = 99
+    with pytest.raises(ValueError, match=r"labels contain 99: labels must be token ids in \[0, vocab_size=99\) or -100"):
+        model(IDS, labels=labels)
+
+
+@pytest.fixture
+def saved(tmp_path):
+    model = tiny_model(FAMILIES["mamba"])
+    model.save_pretrained(tmp_path)
+    return tmp_path, model
+
+
+@pytest.mark.parametrize("damage", ["truncated", "random"])
+def test_a_damaged_weights_file_names_the_checkpoint(saved, damage):
+    folder, _ = saved
+    weights = folder / "model.safetensors"
+    data = weights.read_bytes()
+    weights.write_bytes(data[: len(data) // 2] if damage == "truncated" else os.urandom(4096))
+    with pytest.raises(ValueError, match=rf"the weights of '{folder}' cannot be read, the file is damaged"):
+        AutoModelForCausalLM.from_pretrained(folder)
+
+
+def test_non_finite_weights_are_refused_unless_allowed(saved):
+    folder, model = saved
+    with torch.no_grad():
+        model.model.layers[1].mixer.D[3] = float("nan")
+    model.save_pretrained(folder)
+    with pytest.raises(ValueError, match="holds NaN or infinite weights in model.layers.1.mixer.D"):
+        AutoModelForCausalLM.from_pretrained(folder)
+    loaded = AutoModelForCausalLM.from_pretrained(folder, allow_nonfinite=True)
+    assert torch.isnan(loaded.model.layers[1].mixer.D[3])
+
+
+def test_a_folder_without_tokenizer_files_says_so(saved):
+    folder, _ = saved
+    with pytest.raises(ValueError, match="has no tokenizer .*tokenizer.save_pretrained"):
+        load_tokenizer(folder)
+    seqzoo.byte_tokenizer().save_pretrained(folder)
+    assert load_tokenizer(folder).pad_token_id == 256
