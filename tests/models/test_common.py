@@ -217,3 +217,20 @@ def test_assisted_decoding_is_refused_when_the_cache_cannot_be_cropped(preset):
     model = tiny_model(preset)
     with pytest.raises(ValueError, match="stateful"):
         model.generate(torch.tensor([[5, 6, 7, 5, 6, 7]]), prompt_lookup_num_tokens=2, **ASSISTED)
+
+
+def test_hf_trainer_trains_and_evaluates(family_preset, tmp_path):
+    from transformers import Trainer, TrainingArguments
+
+    model = tiny_model(family_preset).train()
+    rows = [torch.randint(3, 99, (12,)) for _ in range(8)]
+    dataset = [{"input_ids": r, "labels": r} for r in rows]
+    args = TrainingArguments(output_dir=str(tmp_path), max_steps=3, per_device_train_batch_size=4,
+                             per_device_eval_batch_size=4, learning_rate=1e-2, report_to=[], save_strategy="no",
+                             use_cpu=True, seed=0, disable_tqdm=True)
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    trainer = Trainer(model=model, args=args, train_dataset=dataset, eval_dataset=dataset)
+    trainer.train()
+    assert any(not torch.equal(before[n], p) for n, p in model.named_parameters())
+    metrics = trainer.evaluate()  # the decoding cache stays out of the gathered predictions
+    assert torch.isfinite(torch.tensor(metrics["eval_loss"]))
