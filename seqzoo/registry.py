@@ -25,20 +25,54 @@ ENTRY_POINT_GROUP = "seqzoo.models"
 PRESET_DIR = Path(__file__).resolve().parent / "configs"
 
 
+# What a model can be asked to do, each with its transformers Auto class and the Hub's pipeline tag.
+TASKS: dict[str, tuple[str, str]] = {
+    "causal-lm": ("AutoModelForCausalLM", "text-generation"),
+    "sequence-classification": ("AutoModelForSequenceClassification", "text-classification"),
+    "token-classification": ("AutoModelForTokenClassification", "token-classification"),
+    "seq2seq": ("AutoModelForSeq2SeqLM", "text2text-generation"),
+}
+
+
 @dataclass
 class ModelSpec:
-    """One architecture: its name (``"lstm"``), classes, and presets beyond ``configs/`` (name -> config dict)."""
+    """One architecture: its name (``"lstm"``), config and backbone classes, a head class per task (``heads``:
+    task -> class, tasks from :data:`TASKS`), and presets beyond ``configs/`` (name -> config dict).
+
+    ``causal_lm_class`` is the ``"causal-lm"`` head, given on its own for the architectures (and plugins) of
+    seqzoo 0.1; it joins ``heads``. The Auto classes, a Hub bundle's ``auto_map`` and a model card's
+    ``pipeline_tag`` all come from ``heads``."""
 
     name: str
     config_class: type
     model_class: type
-    causal_lm_class: type
+    causal_lm_class: type | None = None
     presets: dict[str, dict[str, Any]] = field(default_factory=dict)
     description: str = ""
+    heads: dict[str, type] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.causal_lm_class is not None:
+            self.heads = {"causal-lm": self.causal_lm_class, **self.heads}
+        self.causal_lm_class = self.heads.get("causal-lm")
+        unknown = sorted(set(self.heads) - set(TASKS))
+        if unknown:
+            raise ValueError(f"architecture {self.name!r}: unknown task(s) {unknown} in heads; tasks are "
+                             f"{', '.join(TASKS)}")
+        if not self.heads:
+            raise ValueError(f"architecture {self.name!r} has no head: give heads={{task: class}}")
 
     @property
     def model_type(self) -> str:
         return self.config_class.model_type
+
+    def task_of(self, model_class: type) -> str:
+        """The task whose head ``model_class`` is (or subclasses)."""
+        for task, head in self.heads.items():
+            if issubclass(model_class, head):
+                return task
+        raise ValueError(f"{model_class.__name__} is not a head of architecture {self.name!r}: its heads are "
+                         f"{', '.join(h.__name__ for h in self.heads.values())}")
 
 
 _ARCHITECTURES: dict[str, ModelSpec] = {}
@@ -47,7 +81,8 @@ _plugins_loaded = False
 
 
 def register_architecture(spec: ModelSpec, *, exist_ok: bool = False) -> ModelSpec:
-    from transformers import AutoConfig, AutoModel, AutoModelForCausalLM
+    import transformers
+    from transformers import AutoConfig, AutoModel
 
     if not spec.model_type:
         raise ValueError(f"architecture {spec.name!r}: its config class must set model_type")
@@ -55,7 +90,8 @@ def register_architecture(spec: ModelSpec, *, exist_ok: bool = False) -> ModelSp
         raise ValueError(f"architecture {spec.name!r} is already registered")
     AutoConfig.register(spec.model_type, spec.config_class, exist_ok=True)
     AutoModel.register(spec.config_class, spec.model_class, exist_ok=True)
-    AutoModelForCausalLM.register(spec.config_class, spec.causal_lm_class, exist_ok=True)
+    for task, head in spec.heads.items():
+        getattr(transformers, TASKS[task][0]).register(spec.config_class, head, exist_ok=True)
     _ARCHITECTURES[spec.name] = spec
     for preset, values in spec.presets.items():
         _PLUGIN_PRESETS[preset] = (spec.name, dict(values))
@@ -131,7 +167,8 @@ def preset_values(name: str) -> tuple[ModelSpec, dict[str, Any]]:
 def get_config(name: str, **overrides: Any) -> Any:
     """The config of preset ``name`` with ``overrides`` applied; unknown field names raise."""
     spec, values = preset_values(name)
-    allowed = {f.name for f in fields(spec.config_class)} - {"transformers_version", "architectures"}
+    # Dataclass fields, and num_labels, which transformers' configs take as a property (it sets id2label).
+    allowed = {f.name for f in fields(spec.config_class)} - {"transformers_version", "architectures"} | {"num_labels"}
     unknown = sorted(set(overrides) - allowed)
     if unknown:
         hints = []
@@ -145,10 +182,15 @@ def get_config(name: str, **overrides: Any) -> Any:
     return spec.config_class(**values)
 
 
-def create_model(name: str, **overrides: Any) -> Any:
-    """A randomly initialised causal LM of preset ``name`` (e.g. ``create_model("lstm-small", dropout=0.2)``)."""
+def create_model(name: str, task: str = "causal-lm", **overrides: Any) -> Any:
+    """A randomly initialised model of preset ``name`` with the head of ``task`` (default the causal LM; e.g.
+    ``create_model("lstm-small", dropout=0.2)``, ``create_model("lstm-small", "token-classification",
+    num_labels=5)``)."""
     config = get_config(name, **overrides)
-    return architecture_for_model_type(config.model_type).causal_lm_class(config)
+    spec = architecture_for_model_type(config.model_type)
+    if task not in spec.heads:
+        raise ValueError(_unknown(f"task for architecture {spec.name!r}:", task, list(spec.heads)))
+    return spec.heads[task](config)
 
 
 def _unknown(what: str, value: str, allowed: list[str]) -> str:

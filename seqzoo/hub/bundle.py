@@ -88,22 +88,20 @@ def bundle_record() -> dict[str, Any]:
 
 def build_bundle(spec: Any) -> Bundle:
     """The bundle of one registered architecture (a :class:`seqzoo.registry.ModelSpec`)."""
+    from seqzoo.registry import TASKS
+
     model_type = re.sub(r"\W", "_", spec.model_type)
-    config_module = spec.config_class.__module__
-    model_module = spec.model_class.__module__
-    lm_module = spec.causal_lm_class.__module__
-    fixed_names = {lm_module: f"modeling_{model_type}"}
-    fixed_names.setdefault(config_module, f"configuration_{model_type}")
-    packages = {"seqzoo"} | {name.partition(".")[0] for name in (config_module, model_module, lm_module)}
+    classes = {"AutoConfig": spec.config_class, "AutoModel": spec.model_class}
+    classes.update({TASKS[task][0]: head for task, head in spec.heads.items()})
+    first_head = next(iter(spec.heads.values())).__module__
+    fixed_names = {first_head: f"modeling_{model_type}"}
+    fixed_names.setdefault(spec.config_class.__module__, f"configuration_{model_type}")
+    packages = {"seqzoo"} | {cls.__module__.partition(".")[0] for cls in classes.values()}
 
     bundler = _Bundler(packages, fixed_names)
-    for module in (config_module, model_module, lm_module):
-        bundler.add(module)
-    auto_map = {
-        "AutoConfig": f"{bundler.flat_name(config_module)}.{spec.config_class.__name__}",
-        "AutoModel": f"{bundler.flat_name(model_module)}.{spec.model_class.__name__}",
-        "AutoModelForCausalLM": f"{bundler.flat_name(lm_module)}.{spec.causal_lm_class.__name__}",
-    }
+    for cls in classes.values():
+        bundler.add(cls.__module__)
+    auto_map = {auto: f"{bundler.flat_name(cls.__module__)}.{cls.__name__}" for auto, cls in classes.items()}
     return Bundle(bundler.files, auto_map, bundler.origins)
 
 

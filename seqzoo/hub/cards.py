@@ -38,6 +38,8 @@ from typing import Any
 
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
+from seqzoo.registry import TASKS
+
 logger = logging.getLogger("seqzoo.hub")
 
 TEMPLATE_DIR = Path(__file__).resolve().parent.parent / "hub_cards"
@@ -130,7 +132,7 @@ def render_model_card(
     card_data = ModelCardData(
         license=license,
         library_name="seqzoo",
-        pipeline_tag="text-generation",
+        pipeline_tag=TASKS[spec.task_of(type(model))][1],
         tags=["seqzoo", spec.name, spec.model_type, "custom_code"],
         datasets=datasets or None,
         model_name=model_name if eval_results else None,  # names the model-index entry; not a key on its own
@@ -163,7 +165,7 @@ def card_sections(
         ]),
         "config_table": config_table(config),
         "training_section": training_section(training),
-        "usage": usage_section(repo_id),
+        "usage": usage_section(repo_id, spec.task_of(type(model))),
         "files_section": files_section(code_files),
     }
 
@@ -256,29 +258,40 @@ def _overall_metrics(training: dict[str, Any] | None) -> dict[str, float]:
     return {name: value for name, value in evaluation.items() if name != "sets"}
 
 
-def usage_section(repo_id: str) -> str:
-    """Two snippets that run as written (the tests execute both) and the command-line equivalent."""
+def usage_section(repo_id: str, task: str = "causal-lm") -> str:
+    """Two snippets that run as written (the tests execute both) and, for generating models, the command-line
+    equivalent. Which Auto class and pipeline they use comes from the task table (seqzoo.registry.TASKS)."""
+    auto_class, pipeline_tag = TASKS[task]
 
     def snippet(first_line: str, flag: str) -> str:
-        return (
-            f"{first_line}from transformers import AutoModelForCausalLM, AutoTokenizer\n\n"
-            f'tokenizer = AutoTokenizer.from_pretrained("{repo_id}"{flag})\n'
-            f'model = AutoModelForCausalLM.from_pretrained("{repo_id}"{flag})\n'
-            f'inputs = tokenizer("{USAGE_PROMPT}", return_tensors="pt")\n'
-            "output = model.generate(**inputs, max_new_tokens=20, do_sample=False)\n"
-            "print(tokenizer.decode(output[0], skip_special_tokens=True))\n"
+        head = (f"{first_line}from transformers import {auto_class}, AutoTokenizer"
+                + (", pipeline" if task != "causal-lm" else "") + "\n\n"
+                f'tokenizer = AutoTokenizer.from_pretrained("{repo_id}"{flag})\n'
+                f'model = {auto_class}.from_pretrained("{repo_id}"{flag})\n')
+        if task in ("causal-lm", "seq2seq"):
+            return head + (
+                f'inputs = tokenizer("{USAGE_PROMPT}", return_tensors="pt")\n'
+                "output = model.generate(**inputs, max_new_tokens=20, do_sample=False)\n"
+                "print(tokenizer.decode(output[0], skip_special_tokens=True))\n"
+            )
+        return head + (
+            f'classify = pipeline("{pipeline_tag}", model=model, tokenizer=tokenizer)\n'
+            f'print(classify("{USAGE_PROMPT}"))\n'
         )
 
     native = snippet("import seqzoo  # registers the seqzoo architectures with transformers\n", "")
     # AutoTokenizer reads config.json as well, and without the flag it would stop to ask about the auto_map.
     remote = snippet("", ", trust_remote_code=True")
-    return (
-        "With seqzoo installed (`pip install seqzoo`), its own classes and kernels load the checkpoint:\n\n"
+    text = (
+        "With seqzoo installed (from its source, `pip install -e .` in a seqzoo checkout: it is not on a package "
+        "index), its own classes and kernels load the checkpoint:\n\n"
         f"```python\n{native}```\n\n"
         "With only `torch` and `transformers`, the code bundled in this repository loads it:\n\n"
-        f"```python\n{remote}```\n\n"
-        f"From the command line: `seqzoo generate {repo_id} \"{USAGE_PROMPT}\" --max-new-tokens 40`."
+        f"```python\n{remote}```"
     )
+    if task == "causal-lm":
+        text += f"\n\nFrom the command line: `seqzoo generate {repo_id} \"{USAGE_PROMPT}\" --max-new-tokens 40`."
+    return text
 
 
 def files_section(code_files: list[str]) -> str:

@@ -211,8 +211,12 @@ def _load_checkpoint(source: Any, tokenizer: Any, training: dict[str, Any] | Non
                 f"{folder} is not a saved model folder (it has no config.json); pass a folder written by "
                 "save_pretrained, `seqzoo new` or `seqzoo train`"
             )
-        spec = architecture_for_model_type(json.loads(config_file.read_text()).get("model_type"))
-        model = spec.causal_lm_class.from_pretrained(folder, dtype="auto")
+        config = json.loads(config_file.read_text())
+        spec = architecture_for_model_type(config.get("model_type"))
+        # The head the folder was saved with (transformers records its class name); a causal LM by default.
+        saved_as = (config.get("architectures") or [None])[0]
+        head = next((cls for cls in spec.heads.values() if cls.__name__ == saved_as), spec.causal_lm_class)
+        model = head.from_pretrained(folder, dtype="auto")
         if tokenizer is None:
             tokenizer = load_tokenizer(folder)
         if training is None:

@@ -2,28 +2,35 @@
 
 from __future__ import annotations
 
+from types import ModuleType
 
-def builtin_architectures() -> list:
-    from seqzoo.models.gru import GRUConfig, GRUForCausalLM, GRUModel
-    from seqzoo.models.hybrid import HybridConfig, HybridForCausalLM, HybridModel
-    from seqzoo.models.lstm import LSTMConfig, LSTMForCausalLM, LSTMModel
-    from seqzoo.models.mamba import MambaConfig, MambaForCausalLM, MambaModel
-    from seqzoo.models.mamba2 import Mamba2Config, Mamba2ForCausalLM, Mamba2Model
-    from seqzoo.models.rnn import RNNConfig, RNNForCausalLM, RNNModel
-    from seqzoo.models.rwkv7 import RWKV7Config, RWKV7ForCausalLM, RWKV7Model
-    from seqzoo.models.transformer import TransformerConfig, TransformerForCausalLM, TransformerModel
+# Every architecture package exports <Prefix>Config, <Prefix>Model and one class per head, named by the task.
+HEAD_CLASS_SUFFIXES = {
+    "causal-lm": "ForCausalLM",
+    "sequence-classification": "ForSequenceClassification",
+    "token-classification": "ForTokenClassification",
+}
+
+
+def spec_of(name: str, package: ModuleType, prefix: str, description: str):
+    """The ModelSpec of an architecture package that follows seqzoo's naming."""
     from seqzoo.registry import ModelSpec
 
+    heads = {task: getattr(package, prefix + suffix) for task, suffix in HEAD_CLASS_SUFFIXES.items()}
+    return ModelSpec(name, getattr(package, f"{prefix}Config"), getattr(package, f"{prefix}Model"), heads=heads,
+                     description=description)
+
+
+def builtin_architectures() -> list:
+    from seqzoo.models import gru, hybrid, lstm, mamba, mamba2, rnn, rwkv7, transformer
+
     return [
-        ModelSpec("rnn", RNNConfig, RNNModel, RNNForCausalLM, description="Elman RNN (tanh or relu)"),
-        ModelSpec("lstm", LSTMConfig, LSTMModel, LSTMForCausalLM, description="LSTM"),
-        ModelSpec("gru", GRUConfig, GRUModel, GRUForCausalLM, description="GRU"),
-        ModelSpec("transformer", TransformerConfig, TransformerModel, TransformerForCausalLM,
-                  description="decoder-only Transformer (Vaswani / GPT-2 / Llama variants)"),
-        ModelSpec("mamba", MambaConfig, MambaModel, MambaForCausalLM, description="Mamba (selective scan)"),
-        ModelSpec("mamba2", Mamba2Config, Mamba2Model, Mamba2ForCausalLM, description="Mamba-2 (SSD)"),
-        ModelSpec("hybrid", HybridConfig, HybridModel, HybridForCausalLM,
-                  description="hybrid: any token mixer per layer (Mamba / RWKV-7 layers with attention, ...)"),
-        ModelSpec("rwkv7", RWKV7Config, RWKV7Model, RWKV7ForCausalLM,
-                  description='RWKV-7 "Goose" (x070): generalised delta-rule WKV, data-dependent decay'),
+        spec_of("rnn", rnn, "RNN", "Elman RNN (tanh or relu)"),
+        spec_of("lstm", lstm, "LSTM", "LSTM"),
+        spec_of("gru", gru, "GRU", "GRU"),
+        spec_of("transformer", transformer, "Transformer", "decoder-only Transformer (Vaswani / GPT-2 / Llama)"),
+        spec_of("mamba", mamba, "Mamba", "Mamba (selective scan)"),
+        spec_of("mamba2", mamba2, "Mamba2", "Mamba-2 (SSD)"),
+        spec_of("rwkv7", rwkv7, "RWKV7", 'RWKV-7 "Goose" (x070): generalised delta-rule WKV, data-dependent decay'),
+        spec_of("hybrid", hybrid, "Hybrid", "hybrid: any token mixer per layer (Mamba / RWKV-7 with attention, ...)"),
     ]

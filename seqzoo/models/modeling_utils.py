@@ -9,6 +9,7 @@ from typing import Any
 import torch
 from torch import nn
 from transformers import GenerationMixin, PreTrainedConfig, PreTrainedModel
+from transformers import initialization as init
 from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutputWithPast
 
 from seqzoo.cache import SeqzooCache
@@ -191,11 +192,18 @@ class SeqzooPreTrainedModel(PreTrainedModel):
         # return it; generate() feeds it back on every later step.
         return False
 
+    # The modules of this class's own head: when a checkpoint saved with another head (a causal LM loaded into a
+    # classifier) lacks them, they are initialised anew instead of refusing the checkpoint.
+    head_modules: tuple[str, ...] = ()
+
     def _init_weights(self, module: nn.Module) -> None:
         # Every token mixer initialises itself the way its paper does, in whichever architecture it sits; children
         # are initialised before their parents, so the mixer's choices win over an architecture's generic rules.
         if isinstance(module, Mixer):
             module.init_weights()
+        elif module is getattr(self, "score", None):  # a classification head: torch.nn.Linear's default scale
+            bound = 1.0 / module.in_features**0.5
+            init.uniform_(module.weight, -bound, bound)
 
     @classmethod
     def from_pretrained(
@@ -206,8 +214,9 @@ class SeqzooPreTrainedModel(PreTrainedModel):
         tensors, or holding NaN or infinite weights raises ``ValueError`` instead of silently initialising weights
         at random or computing garbage; a damaged weights file raises naming the file. ``strict=False`` restores
         transformers' lenient behaviour for the tensors, ``allow_nonfinite=True`` accepts non-finite weights."""
+        saved_as = None
         if strict and not isinstance(kwargs.get("config"), PreTrainedConfig):
-            _check_checkpoint_model_type(cls, pretrained_model_name_or_path, kwargs)
+            saved_as = _check_checkpoint_model_type(cls, pretrained_model_name_or_path, kwargs)
         want_info = kwargs.pop("output_loading_info", False)
         allow_mismatch = kwargs.pop("ignore_mismatched_sizes", False)
         # Load leniently and judge here, so the error names every offending tensor with both shapes.
@@ -235,6 +244,8 @@ class SeqzooPreTrainedModel(PreTrainedModel):
         if strict:
             tied = set(getattr(model, "all_tied_weights_keys", {}) or {})
             missing = sorted(set(info.get("missing_keys", [])) - tied)
+            if saved_as not in (None, cls.__name__):  # saved with another head: this head starts fresh
+                missing = [key for key in missing if not key.startswith(tuple(f"{m}." for m in cls.head_modules))]
             mismatched = [] if allow_mismatch else sorted(info.get("mismatched_keys", []))
             problems = []
             if missing:
@@ -252,6 +263,8 @@ class SeqzooPreTrainedModel(PreTrainedModel):
 
 class SeqzooForCausalLM(SeqzooPreTrainedModel, GenerationMixin):
     """Embedding backbone (``self.model``) + linear head over the vocabulary (``self.lm_head``)."""
+
+    head_modules = ("lm_head",)
 
     _tied_weights_keys = {"lm_head.weight": "model.embed_tokens.weight"}
     base_model_class: type[nn.Module]
@@ -372,10 +385,11 @@ _FORWARD_PARAMETERS: dict[type, tuple[str, ...]] = {}
 _HUB_KWARGS = ("cache_dir", "force_download", "local_files_only", "token", "revision", "subfolder", "proxies")
 
 
-def _check_checkpoint_model_type(cls: type, source: Any, kwargs: dict[str, Any]) -> None:
+def _check_checkpoint_model_type(cls: type, source: Any, kwargs: dict[str, Any]) -> str | None:
+    """Raise unless ``source`` holds a model of ``cls``'s architecture; return the class it was saved as."""
     expected = getattr(cls.config_class, "model_type", None)
     if source is None or not expected:
-        return
+        return None
     hub_kwargs = {k: kwargs[k] for k in _HUB_KWARGS if k in kwargs}
     config_dict, _ = PreTrainedConfig.get_config_dict(source, **hub_kwargs)
     found = config_dict.get("model_type")
@@ -384,6 +398,7 @@ def _check_checkpoint_model_type(cls: type, source: Any, kwargs: dict[str, Any])
             f"checkpoint {str(source)!r} holds a {found!r} model, not {expected!r} ({cls.__name__}); load it with "
             f"AutoModelForCausalLM.from_pretrained, or with the class of its architecture"
         )
+    return (config_dict.get("architectures") or [None])[0]
 
 
 def backbone_cache_argument(model: nn.Module, cache: Any, kwargs: dict[str, Any]) -> Any:

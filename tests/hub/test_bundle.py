@@ -82,7 +82,8 @@ def test_transformers_fetches_exactly_the_bundle(arch, exports):
     assert auto_map == {
         "AutoConfig": f"configuration_{spec.model_type}.{spec.config_class.__name__}",
         "AutoModel": f"modeling_{spec.model_type}.{spec.model_class.__name__}",
-        "AutoModelForCausalLM": f"modeling_{spec.model_type}.{spec.causal_lm_class.__name__}",
+        **{seqzoo.registry.TASKS[task][0]: f"modeling_{spec.model_type}.{head.__name__}"
+           for task, head in spec.heads.items()},
     }
     entries = {target.split(".")[0] + ".py" for target in auto_map.values()}
     reached = set(entries)
@@ -128,7 +129,7 @@ def test_bundle_refuses_an_import_that_binds_the_package_name(tmp_path, monkeypa
     from badzoo import modeling_bad
 
     spec = SimpleNamespace(model_type="badzoo", config_class=modeling_bad.BadConfig,
-                           model_class=modeling_bad.BadModel, causal_lm_class=modeling_bad.BadModel)
+                           model_class=modeling_bad.BadModel, heads={"causal-lm": modeling_bad.BadModel})
     with pytest.raises(BundleError, match=r"modeling_bad\.py:1: `import seqzoo\.cache` binds the package name "
                                           r"'seqzoo'.*use `from seqzoo import cache` instead"):
         build_bundle(spec)

@@ -33,7 +33,8 @@ def test_export_folder_holds_a_complete_repository(arch, exports):
     config = json.loads((folder / "config.json").read_text())
     assert config["model_type"] == spec.model_type
     assert config["architectures"] == [spec.causal_lm_class.__name__]
-    assert set(config["auto_map"]) == {"AutoConfig", "AutoModel", "AutoModelForCausalLM"}
+    assert set(config["auto_map"]) == {"AutoConfig", "AutoModel", "AutoModelForCausalLM",
+                                       "AutoModelForSequenceClassification", "AutoModelForTokenClassification"}
     generation = json.loads((folder / "generation_config.json").read_text())
     assert (generation["pad_token_id"], generation["eos_token_id"]) == (256, 257)
     assert ("seqzoo_training.json" in names) == (arch == "lstm")

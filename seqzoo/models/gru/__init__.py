@@ -1,4 +1,17 @@
 from .configuration_gru import GRUConfig
-from .modeling_gru import GRUForCausalLM, GRUModel, GRUPreTrainedModel
+from .modeling_gru import (
+    GRUForCausalLM,
+    GRUForSequenceClassification,
+    GRUForTokenClassification,
+    GRUModel,
+    GRUPreTrainedModel,
+)
 
-__all__ = ["GRUConfig", "GRUForCausalLM", "GRUModel", "GRUPreTrainedModel"]
+__all__ = [
+    "GRUConfig",
+    "GRUForCausalLM",
+    "GRUForSequenceClassification",
+    "GRUForTokenClassification",
+    "GRUModel",
+    "GRUPreTrainedModel",
+]

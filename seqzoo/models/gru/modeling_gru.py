@@ -5,6 +5,7 @@ from seqzoo.models.classic.modeling_classic import (
     ClassicRecurrentModel,
     ClassicRecurrentPreTrainedModel,
 )
+from seqzoo.models.heads import SeqzooForSequenceClassification, SeqzooForTokenClassification
 
 from .configuration_gru import GRUConfig
 
@@ -22,4 +23,18 @@ class GRUForCausalLM(GRUPreTrainedModel, ClassicRecurrentForCausalLM):
     base_model_class = GRUModel
 
 
-__all__ = ["GRUForCausalLM", "GRUModel", "GRUPreTrainedModel"]
+class GRUForSequenceClassification(GRUPreTrainedModel, SeqzooForSequenceClassification):
+    base_model_class = GRUModel
+
+
+class GRUForTokenClassification(GRUPreTrainedModel, SeqzooForTokenClassification):
+    base_model_class = GRUModel
+
+
+__all__ = [
+    "GRUForCausalLM",
+    "GRUForSequenceClassification",
+    "GRUForTokenClassification",
+    "GRUModel",
+    "GRUPreTrainedModel",
+]

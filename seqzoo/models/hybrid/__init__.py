@@ -1,4 +1,17 @@
 from .configuration_hybrid import HybridConfig
-from .modeling_hybrid import HybridForCausalLM, HybridModel, HybridPreTrainedModel
+from .modeling_hybrid import (
+    HybridForCausalLM,
+    HybridForSequenceClassification,
+    HybridForTokenClassification,
+    HybridModel,
+    HybridPreTrainedModel,
+)
 
-__all__ = ["HybridConfig", "HybridForCausalLM", "HybridModel", "HybridPreTrainedModel"]
+__all__ = [
+    "HybridConfig",
+    "HybridForCausalLM",
+    "HybridForSequenceClassification",
+    "HybridForTokenClassification",
+    "HybridModel",
+    "HybridPreTrainedModel",
+]

@@ -22,6 +22,7 @@ from seqzoo.layers.norms import RMSNorm, make_norm
 from seqzoo.layers.positions import RotaryEmbedding
 from seqzoo.models.compat import causal_mask as causal_mask_for
 from seqzoo.models.compat import model_output
+from seqzoo.models.heads import SeqzooForSequenceClassification, SeqzooForTokenClassification
 from seqzoo.models.mixers import get_mixer
 from seqzoo.models.modeling_utils import (
     SeqzooForCausalLM,
@@ -61,8 +62,8 @@ class HybridPreTrainedModel(SeqzooPreTrainedModel):
     _supports_attention_backend = True
 
     def _init_weights(self, module: nn.Module) -> None:
-        # The rest as Jamba does: normal embeddings and MLPs, unit norms. The mixers initialise themselves (super), after
-    # this rule has visited their own projections, as children come before their parents.
+        # As Jamba does: normal embeddings, MLPs and heads, unit norms. The mixers initialise themselves (super),
+        # after this rule has visited their own projections, as children come before their parents.
         super()._init_weights(module)
         std = self.config.initializer_range
         if isinstance(module, (nn.Linear, nn.Embedding)):
@@ -139,4 +140,18 @@ class HybridForCausalLM(HybridPreTrainedModel, SeqzooForCausalLM):
     base_model_class = HybridModel
 
 
-__all__ = ["HybridForCausalLM", "HybridModel", "HybridPreTrainedModel"]
+class HybridForSequenceClassification(HybridPreTrainedModel, SeqzooForSequenceClassification):
+    base_model_class = HybridModel
+
+
+class HybridForTokenClassification(HybridPreTrainedModel, SeqzooForTokenClassification):
+    base_model_class = HybridModel
+
+
+__all__ = [
+    "HybridForCausalLM",
+    "HybridForSequenceClassification",
+    "HybridForTokenClassification",
+    "HybridModel",
+    "HybridPreTrainedModel",
+]

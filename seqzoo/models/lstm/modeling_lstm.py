@@ -5,6 +5,7 @@ from seqzoo.models.classic.modeling_classic import (
     ClassicRecurrentModel,
     ClassicRecurrentPreTrainedModel,
 )
+from seqzoo.models.heads import SeqzooForSequenceClassification, SeqzooForTokenClassification
 
 from .configuration_lstm import LSTMConfig
 
@@ -22,4 +23,18 @@ class LSTMForCausalLM(LSTMPreTrainedModel, ClassicRecurrentForCausalLM):
     base_model_class = LSTMModel
 
 
-__all__ = ["LSTMForCausalLM", "LSTMModel", "LSTMPreTrainedModel"]
+class LSTMForSequenceClassification(LSTMPreTrainedModel, SeqzooForSequenceClassification):
+    base_model_class = LSTMModel
+
+
+class LSTMForTokenClassification(LSTMPreTrainedModel, SeqzooForTokenClassification):
+    base_model_class = LSTMModel
+
+
+__all__ = [
+    "LSTMForCausalLM",
+    "LSTMForSequenceClassification",
+    "LSTMForTokenClassification",
+    "LSTMModel",
+    "LSTMPreTrainedModel",
+]

@@ -1,4 +1,17 @@
 from .configuration_mamba import MambaConfig
-from .modeling_mamba import MambaForCausalLM, MambaModel, MambaPreTrainedModel
+from .modeling_mamba import (
+    MambaForCausalLM,
+    MambaForSequenceClassification,
+    MambaForTokenClassification,
+    MambaModel,
+    MambaPreTrainedModel,
+)
 
-__all__ = ["MambaConfig", "MambaForCausalLM", "MambaModel", "MambaPreTrainedModel"]
+__all__ = [
+    "MambaConfig",
+    "MambaForCausalLM",
+    "MambaForSequenceClassification",
+    "MambaForTokenClassification",
+    "MambaModel",
+    "MambaPreTrainedModel",
+]

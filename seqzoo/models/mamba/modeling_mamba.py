@@ -18,6 +18,7 @@ from seqzoo.layers.mamba import MambaMixer
 from seqzoo.layers.mixer import Block
 from seqzoo.layers.norms import RMSNorm
 from seqzoo.models.compat import model_output
+from seqzoo.models.heads import SeqzooForSequenceClassification, SeqzooForTokenClassification
 from seqzoo.models.modeling_utils import (
     SeqzooForCausalLM,
     SeqzooPreTrainedModel,
@@ -110,4 +111,18 @@ class MambaForCausalLM(MambaPreTrainedModel, SeqzooForCausalLM):
     base_model_class = MambaModel
 
 
-__all__ = ["MambaForCausalLM", "MambaModel", "MambaPreTrainedModel"]
+class MambaForSequenceClassification(MambaPreTrainedModel, SeqzooForSequenceClassification):
+    base_model_class = MambaModel
+
+
+class MambaForTokenClassification(MambaPreTrainedModel, SeqzooForTokenClassification):
+    base_model_class = MambaModel
+
+
+__all__ = [
+    "MambaForCausalLM",
+    "MambaForSequenceClassification",
+    "MambaForTokenClassification",
+    "MambaModel",
+    "MambaPreTrainedModel",
+]

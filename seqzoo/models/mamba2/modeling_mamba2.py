@@ -18,6 +18,7 @@ from seqzoo.layers.mamba2 import Mamba2Mixer
 from seqzoo.layers.mixer import Block
 from seqzoo.layers.norms import RMSNorm
 from seqzoo.models.compat import model_output
+from seqzoo.models.heads import SeqzooForSequenceClassification, SeqzooForTokenClassification
 from seqzoo.models.modeling_utils import (
     SeqzooForCausalLM,
     SeqzooPreTrainedModel,
@@ -110,4 +111,18 @@ class Mamba2ForCausalLM(Mamba2PreTrainedModel, SeqzooForCausalLM):
     base_model_class = Mamba2Model
 
 
-__all__ = ["Mamba2ForCausalLM", "Mamba2Model", "Mamba2PreTrainedModel"]
+class Mamba2ForSequenceClassification(Mamba2PreTrainedModel, SeqzooForSequenceClassification):
+    base_model_class = Mamba2Model
+
+
+class Mamba2ForTokenClassification(Mamba2PreTrainedModel, SeqzooForTokenClassification):
+    base_model_class = Mamba2Model
+
+
+__all__ = [
+    "Mamba2ForCausalLM",
+    "Mamba2ForSequenceClassification",
+    "Mamba2ForTokenClassification",
+    "Mamba2Model",
+    "Mamba2PreTrainedModel",
+]

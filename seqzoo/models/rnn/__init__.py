@@ -1,4 +1,17 @@
 from .configuration_rnn import RNNConfig
-from .modeling_rnn import RNNForCausalLM, RNNModel, RNNPreTrainedModel
+from .modeling_rnn import (
+    RNNForCausalLM,
+    RNNForSequenceClassification,
+    RNNForTokenClassification,
+    RNNModel,
+    RNNPreTrainedModel,
+)
 
-__all__ = ["RNNConfig", "RNNForCausalLM", "RNNModel", "RNNPreTrainedModel"]
+__all__ = [
+    "RNNConfig",
+    "RNNForCausalLM",
+    "RNNForSequenceClassification",
+    "RNNForTokenClassification",
+    "RNNModel",
+    "RNNPreTrainedModel",
+]

@@ -5,6 +5,7 @@ from seqzoo.models.classic.modeling_classic import (
     ClassicRecurrentModel,
     ClassicRecurrentPreTrainedModel,
 )
+from seqzoo.models.heads import SeqzooForSequenceClassification, SeqzooForTokenClassification
 
 from .configuration_rnn import RNNConfig
 
@@ -22,4 +23,18 @@ class RNNForCausalLM(RNNPreTrainedModel, ClassicRecurrentForCausalLM):
     base_model_class = RNNModel
 
 
-__all__ = ["RNNForCausalLM", "RNNModel", "RNNPreTrainedModel"]
+class RNNForSequenceClassification(RNNPreTrainedModel, SeqzooForSequenceClassification):
+    base_model_class = RNNModel
+
+
+class RNNForTokenClassification(RNNPreTrainedModel, SeqzooForTokenClassification):
+    base_model_class = RNNModel
+
+
+__all__ = [
+    "RNNForCausalLM",
+    "RNNForSequenceClassification",
+    "RNNForTokenClassification",
+    "RNNModel",
+    "RNNPreTrainedModel",
+]

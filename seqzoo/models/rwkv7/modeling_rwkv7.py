@@ -19,6 +19,7 @@ from transformers.modeling_outputs import BaseModelOutputWithPast
 from seqzoo.layers.mixer import Block
 from seqzoo.layers.rwkv7 import RWKV7ChannelMix, RWKV7TimeMix
 from seqzoo.models.compat import model_output
+from seqzoo.models.heads import SeqzooForSequenceClassification, SeqzooForTokenClassification
 from seqzoo.models.modeling_utils import (
     SeqzooForCausalLM,
     SeqzooPreTrainedModel,
@@ -28,6 +29,7 @@ from seqzoo.models.modeling_utils import (
 )
 
 from .configuration_rwkv7 import RWKV7Config
+
 
 class RWKV7Block(Block):
     """``ln1 -> time mix -> residual -> ln2 -> channel mix -> residual``; the channel mix carries a token-shift
@@ -124,4 +126,18 @@ class RWKV7ForCausalLM(RWKV7PreTrainedModel, SeqzooForCausalLM):
     base_model_class = RWKV7Model
 
 
-__all__ = ["RWKV7ForCausalLM", "RWKV7Model", "RWKV7PreTrainedModel"]
+class RWKV7ForSequenceClassification(RWKV7PreTrainedModel, SeqzooForSequenceClassification):
+    base_model_class = RWKV7Model
+
+
+class RWKV7ForTokenClassification(RWKV7PreTrainedModel, SeqzooForTokenClassification):
+    base_model_class = RWKV7Model
+
+
+__all__ = [
+    "RWKV7ForCausalLM",
+    "RWKV7ForSequenceClassification",
+    "RWKV7ForTokenClassification",
+    "RWKV7Model",
+    "RWKV7PreTrainedModel",
+]

@@ -1,4 +1,17 @@
 from .configuration_transformer import TransformerConfig
-from .modeling_transformer import TransformerForCausalLM, TransformerModel, TransformerPreTrainedModel
+from .modeling_transformer import (
+    TransformerForCausalLM,
+    TransformerForSequenceClassification,
+    TransformerForTokenClassification,
+    TransformerModel,
+    TransformerPreTrainedModel,
+)
 
-__all__ = ["TransformerConfig", "TransformerForCausalLM", "TransformerModel", "TransformerPreTrainedModel"]
+__all__ = [
+    "TransformerConfig",
+    "TransformerForCausalLM",
+    "TransformerForSequenceClassification",
+    "TransformerForTokenClassification",
+    "TransformerModel",
+    "TransformerPreTrainedModel",
+]

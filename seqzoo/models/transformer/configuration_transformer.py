@@ -5,7 +5,6 @@ from __future__ import annotations
 from typing import Any, ClassVar
 
 from seqzoo.cache import ATTENTION
-
 from seqzoo.models.configuration_utils import (
     SeqzooConfig,
     require_bool,

@@ -17,6 +17,7 @@ from seqzoo.layers.norms import make_norm
 from seqzoo.layers.positions import RotaryEmbedding, SinusoidalPositions
 from seqzoo.models.compat import causal_mask as causal_mask_for
 from seqzoo.models.compat import model_output
+from seqzoo.models.heads import SeqzooForSequenceClassification, SeqzooForTokenClassification
 from seqzoo.models.modeling_utils import (
     SeqzooForCausalLM,
     SeqzooPreTrainedModel,
@@ -167,4 +168,12 @@ class TransformerModel(TransformerPreTrainedModel):
 
 
 class TransformerForCausalLM(TransformerPreTrainedModel, SeqzooForCausalLM):
+    base_model_class = TransformerModel
+
+
+class TransformerForSequenceClassification(TransformerPreTrainedModel, SeqzooForSequenceClassification):
+    base_model_class = TransformerModel
+
+
+class TransformerForTokenClassification(TransformerPreTrainedModel, SeqzooForTokenClassification):
     base_model_class = TransformerModel

@@ -1,0 +1,131 @@
+"""Task heads shared by every architecture: sequence classification and token classification, following
+transformers' conventions (``num_labels``, ``id2label`` / ``label2id``, ``problem_type`` single-label / multi-label /
+regression, ``labels`` giving the loss, -100 ignored when tagging).
+
+Each architecture declares ``<Arch>ForSequenceClassification`` and ``<Arch>ForTokenClassification`` as its
+``PreTrainedModel`` plus one of these, with ``base_model_class`` naming its backbone; the registry registers them
+with ``AutoModelForSequenceClassification`` / ``AutoModelForTokenClassification``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+from transformers.modeling_outputs import SequenceClassifierOutput, TokenClassifierOutput
+
+from seqzoo.models.compat import check_kwargs
+from seqzoo.models.modeling_utils import SeqzooPreTrainedModel, forward_parameters
+
+
+class _ClassifierHead(SeqzooPreTrainedModel):
+    """Backbone (``self.model``) + linear ``score`` over ``num_labels``; no decoding cache."""
+
+    base_model_class: type[nn.Module]
+    head_modules = ("score",)
+
+    def __init__(self, config: Any) -> None:
+        super().__init__(config)
+        self.num_labels = config.num_labels
+        self.model = self.base_model_class(config)
+        self.score = nn.Linear(config.output_dim, config.num_labels, bias=False)
+        self.post_init()
+
+    def _run_backbone(self, input_ids, attention_mask, position_ids, inputs_embeds, output_hidden_states, kwargs):
+        check_kwargs(kwargs, forward_parameters(self), f"{type(self).__name__}.forward")
+        return self.model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+                          inputs_embeds=inputs_embeds, use_cache=False, output_hidden_states=output_hidden_states,
+                          **{k: v for k, v in kwargs.items() if k != "num_items_in_batch"})
+
+
+class SeqzooForSequenceClassification(_ClassifierHead):
+    """One label (or one value) per sequence, read at the sequence's last real token: a causal model has seen the
+    whole sequence there. With an attention mask that is exact for left and right padding alike."""
+
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.LongTensor | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,
+        output_hidden_states: bool | None = None,
+        return_dict: bool | None = None,
+        **kwargs: Any,
+    ) -> SequenceClassifierOutput | tuple:
+        r"""
+        labels: (batch,) class indices (single-label), (batch, num_labels) 0/1 floats (multi-label) or values
+            (regression); ``config.problem_type`` says which, else it is inferred as transformers does.
+        """
+        outputs = self._run_backbone(input_ids, attention_mask, position_ids, inputs_embeds, output_hidden_states,
+                                     kwargs)
+        hidden_states = outputs.last_hidden_state  # (B, T, H)
+        last = last_token_index(attention_mask, input_ids, self.config.pad_token_id, hidden_states.shape[1])
+        pooled = hidden_states[torch.arange(hidden_states.shape[0], device=hidden_states.device), last]
+        logits = self.score(pooled)  # (B, num_labels)
+        loss = None
+        if labels is not None:
+            loss = self.loss_function(labels=labels, pooled_logits=logits, config=self.config)
+        return_dict = return_dict if return_dict is not None else self.config.return_dict
+        if not return_dict:
+            output = tuple(v for v in (logits, outputs.hidden_states) if v is not None)
+            return (loss, *output) if loss is not None else output
+        return SequenceClassifierOutput(loss=loss, logits=logits, hidden_states=outputs.hidden_states)
+
+
+class SeqzooForTokenClassification(_ClassifierHead):
+    """One label per position (tagging); a label of -100 is ignored by the loss."""
+
+    def __init__(self, config: Any) -> None:
+        super().__init__(config)
+        dropout = getattr(config, "classifier_dropout", None)
+        self.dropout = nn.Dropout(0.0 if dropout is None else dropout)
+
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.LongTensor | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        labels: torch.LongTensor | None = None,
+        output_hidden_states: bool | None = None,
+        return_dict: bool | None = None,
+        **kwargs: Any,
+    ) -> TokenClassifierOutput | tuple:
+        r"""
+        labels: (batch, sequence_length) class indices, -100 where a position has no label (padding, the bytes of
+            a word after its first).
+        """
+        outputs = self._run_backbone(input_ids, attention_mask, position_ids, inputs_embeds, output_hidden_states,
+                                     kwargs)
+        logits = self.score(self.dropout(outputs.last_hidden_state))  # (B, T, num_labels)
+        loss = None
+        if labels is not None:
+            if labels.shape != logits.shape[:2]:
+                raise ValueError(f"labels must have shape {tuple(logits.shape[:2])} (batch, sequence_length); got "
+                                 f"{tuple(labels.shape)}")
+            loss = self.loss_function(logits=logits, labels=labels, config=self.config)
+        return_dict = return_dict if return_dict is not None else self.config.return_dict
+        if not return_dict:
+            output = tuple(v for v in (logits, outputs.hidden_states) if v is not None)
+            return (loss, *output) if loss is not None else output
+        return TokenClassifierOutput(loss=loss, logits=logits, hidden_states=outputs.hidden_states)
+
+
+def last_token_index(
+    attention_mask: torch.Tensor | None, input_ids: torch.Tensor | None, pad_token_id: int | None, length: int
+) -> torch.Tensor | int:
+    """Per row, the index of the last real token: the last 1 of the attention mask; without a mask the last token
+    that is not the pad token (transformers' rule, exact for right padding); else the last position."""
+    if attention_mask is not None and attention_mask.dim() == 2:
+        mask = attention_mask[:, -length:].to(torch.long)
+        positions = torch.arange(length, device=mask.device)
+        return (positions * mask).argmax(-1)
+    if input_ids is not None and pad_token_id is not None:
+        positions = torch.arange(length, device=input_ids.device)
+        return (positions * (input_ids != pad_token_id).long()).argmax(-1)
+    return length - 1
+
+
+__all__ = ["SeqzooForSequenceClassification", "SeqzooForTokenClassification", "last_token_index"]
