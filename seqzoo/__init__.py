@@ -9,16 +9,67 @@ from seqzoo.kernels import list_kernels
 from seqzoo.kernels import set_backend as set_kernel_backend
 from seqzoo.kernels import use_backend as use_kernel_backend
 from seqzoo.models import builtin_architectures
-from seqzoo.models.gru import GRUConfig, GRUForCausalLM, GRUModel, GRUPreTrainedModel
-from seqzoo.models.hybrid import HybridConfig, HybridForCausalLM, HybridModel, HybridPreTrainedModel
-from seqzoo.models.lstm import LSTMConfig, LSTMForCausalLM, LSTMModel, LSTMPreTrainedModel
-from seqzoo.models.mamba import MambaConfig, MambaForCausalLM, MambaModel, MambaPreTrainedModel
-from seqzoo.models.mamba2 import Mamba2Config, Mamba2ForCausalLM, Mamba2Model, Mamba2PreTrainedModel
-from seqzoo.models.rnn import RNNConfig, RNNForCausalLM, RNNModel, RNNPreTrainedModel
-from seqzoo.models.rwkv7 import RWKV7Config, RWKV7ForCausalLM, RWKV7Model, RWKV7PreTrainedModel
+from seqzoo.models.gru import (
+    GRUConfig,
+    GRUForCausalLM,
+    GRUForSequenceClassification,
+    GRUForTokenClassification,
+    GRUModel,
+    GRUPreTrainedModel,
+)
+from seqzoo.models.hybrid import (
+    HybridConfig,
+    HybridForCausalLM,
+    HybridForSequenceClassification,
+    HybridForTokenClassification,
+    HybridModel,
+    HybridPreTrainedModel,
+)
+from seqzoo.models.lstm import (
+    LSTMConfig,
+    LSTMForCausalLM,
+    LSTMForSequenceClassification,
+    LSTMForTokenClassification,
+    LSTMModel,
+    LSTMPreTrainedModel,
+)
+from seqzoo.models.mamba import (
+    MambaConfig,
+    MambaForCausalLM,
+    MambaForSequenceClassification,
+    MambaForTokenClassification,
+    MambaModel,
+    MambaPreTrainedModel,
+)
+from seqzoo.models.mamba2 import (
+    Mamba2Config,
+    Mamba2ForCausalLM,
+    Mamba2ForSequenceClassification,
+    Mamba2ForTokenClassification,
+    Mamba2Model,
+    Mamba2PreTrainedModel,
+)
+from seqzoo.models.rnn import (
+    RNNConfig,
+    RNNForCausalLM,
+    RNNForSequenceClassification,
+    RNNForTokenClassification,
+    RNNModel,
+    RNNPreTrainedModel,
+)
+from seqzoo.models.rwkv7 import (
+    RWKV7Config,
+    RWKV7ForCausalLM,
+    RWKV7ForSequenceClassification,
+    RWKV7ForTokenClassification,
+    RWKV7Model,
+    RWKV7PreTrainedModel,
+)
 from seqzoo.models.transformer import (
     TransformerConfig,
     TransformerForCausalLM,
+    TransformerForSequenceClassification,
+    TransformerForTokenClassification,
     TransformerModel,
     TransformerPreTrainedModel,
 )
@@ -45,39 +96,55 @@ load_plugins()
 __all__ = [
     "GRUConfig",
     "GRUForCausalLM",
+    "GRUForSequenceClassification",
+    "GRUForTokenClassification",
     "GRUModel",
     "GRUPreTrainedModel",
     "HybridConfig",
     "HybridForCausalLM",
+    "HybridForSequenceClassification",
+    "HybridForTokenClassification",
     "HybridModel",
     "HybridPreTrainedModel",
     "LSTMConfig",
     "LSTMForCausalLM",
+    "LSTMForSequenceClassification",
+    "LSTMForTokenClassification",
     "LSTMModel",
     "LSTMPreTrainedModel",
-    "MambaConfig",
-    "MambaForCausalLM",
-    "MambaModel",
-    "MambaPreTrainedModel",
     "Mamba2Config",
     "Mamba2ForCausalLM",
+    "Mamba2ForSequenceClassification",
+    "Mamba2ForTokenClassification",
     "Mamba2Model",
     "Mamba2PreTrainedModel",
+    "MambaConfig",
+    "MambaForCausalLM",
+    "MambaForSequenceClassification",
+    "MambaForTokenClassification",
+    "MambaModel",
+    "MambaPreTrainedModel",
+    "ModelSpec",
     "RNNConfig",
     "RNNForCausalLM",
+    "RNNForSequenceClassification",
+    "RNNForTokenClassification",
     "RNNModel",
     "RNNPreTrainedModel",
     "RWKV7Config",
     "RWKV7ForCausalLM",
+    "RWKV7ForSequenceClassification",
+    "RWKV7ForTokenClassification",
     "RWKV7Model",
     "RWKV7PreTrainedModel",
-    "TransformerConfig",
-    "TransformerForCausalLM",
-    "TransformerModel",
-    "TransformerPreTrainedModel",
-    "ModelSpec",
     "RecurrentCache",
     "SeqzooCache",
+    "TransformerConfig",
+    "TransformerForCausalLM",
+    "TransformerForSequenceClassification",
+    "TransformerForTokenClassification",
+    "TransformerModel",
+    "TransformerPreTrainedModel",
     "byte_tokenizer",
     "create_model",
     "get_architecture",

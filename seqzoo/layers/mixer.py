@@ -116,7 +116,7 @@ class Block(GradientCheckpointingLayer):
             hidden_states = mlp_norm(hidden_states)
         if isinstance(mlp, Mixer):  # a stateful MLP: its state entries join the mixer's
             mixed, mlp_state = mlp(hidden_states, state=state, mask=mask)
-            new_state = {**new_state, **mlp_state}
+            new_state = {**(new_state or {}), **mlp_state}
         else:
             mixed = mlp(hidden_states)
         hidden_states = residual + self.dropout(mixed)
@@ -125,4 +125,52 @@ class Block(GradientCheckpointingLayer):
         return hidden_states, new_state
 
 
-__all__ = ["Block", "Mixer"]
+class BidirectionalMixer(Mixer):
+    """A mixer run left to right and a twin run right to left over the same inputs, joined per position by
+    concatenation or sum (the classic BiRNN; Schuster & Paliwal 1997). Its output at a position depends on the
+    whole sequence, so a model of such layers encodes but cannot generate, and keeps no state between calls.
+
+    The right-to-left pass reads the time-reversed sequence and mask. A padded position is an identity step in
+    every seqzoo mixer, so over a left-padded row the reversed pass starts at the row's last real token, exactly as
+    over the row alone. The two directions are separate parameters (``left_to_right``, ``right_to_left``); the
+    kernels are the same.
+    """
+
+    def __init__(self, left_to_right: Mixer, right_to_left: Mixer, merge: str) -> None:
+        super().__init__(None, left_to_right.layer_idx)
+        if merge not in ("concat", "sum"):
+            raise ValueError(f"merge must be 'concat' or 'sum', got {merge!r}")
+        self.left_to_right = left_to_right
+        self.right_to_left = right_to_left
+        self.merge = merge
+
+    def extra_repr(self) -> str:
+        return f"merge={self.merge}"
+
+    def forward(
+        self, hidden_states: torch.Tensor, *, state: Any = None, mask: torch.Tensor | None = None,
+        shared: dict | None = None, **context: Any,
+    ) -> tuple[torch.Tensor, None]:
+        if state is not None:
+            raise ValueError("a bidirectional layer reads the whole sequence at once; it has no state to continue")
+        shared = {} if shared is None else shared
+        forward, _ = self.left_to_right(hidden_states, mask=mask, shared=shared, **context)
+        backward, _ = self.right_to_left(
+            hidden_states.flip(1), mask=None if mask is None else mask.flip(1),
+            shared=shared.setdefault("right_to_left", {}), **context,
+        )
+        backward = backward.flip(1)
+        joined = torch.cat([forward, backward], dim=-1) if self.merge == "concat" else forward + backward
+        return joined, None
+
+
+def build_mixer(mixer_class: type[Mixer], config: Any, layer_idx: int) -> Mixer:
+    """``mixer_class(config, layer_idx)``, or a left-to-right and right-to-left pair of them when the config asks
+    for a bidirectional model."""
+    if not config.bidirectional:
+        return mixer_class(config, layer_idx)
+    return BidirectionalMixer(mixer_class(config, layer_idx), mixer_class(config, layer_idx),
+                              config.bidirectional_merge)
+
+
+__all__ = ["BidirectionalMixer", "Block", "Mixer", "build_mixer"]

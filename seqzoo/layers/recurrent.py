@@ -28,7 +28,7 @@ class RecurrentMixer(Mixer):
 
     def __init__(self, config: Any, layer_idx: int) -> None:
         super().__init__(config, layer_idx)
-        self.input_size = config.embedding_dim if layer_idx == 0 else config.hidden_size
+        self.input_size = config.layer_input_size(layer_idx)
         self.hidden_size = config.hidden_size
         self.orthogonal_init = config.orthogonal_init
         rows = GATES[self.cell] * self.hidden_size

@@ -38,12 +38,25 @@ class Capabilities:
 
 
 class SeqzooConfig(PreTrainedConfig):
-    """Fields common to all seqzoo architectures (HF names)."""
+    """Fields common to all seqzoo architectures (HF names), and:
+
+    Args:
+        bidirectional: run every layer left to right and right to left and join the two (an encoder for
+            classification and tagging; it cannot generate). For the recurrent families only.
+        bidirectional_merge: ``"concat"`` (the classic BiRNN; RNN, LSTM and GRU, whose next layer reads both) or
+            ``"sum"`` (every family; blocks with a residual stream keep its width).
+        classifier_pooling: what sequence classification reads: ``"last"`` real token (default; where a causal
+            model has seen everything), ``"mean"`` of the real tokens, or ``"first+last"`` side by side (a
+            bidirectional encoder's two directions each see everything at one end).
+    """
 
     model_type = ""
     # The token mixer of every layer (a hybrid lists one per layer instead) and the kind of cache entry it keeps.
     mixer_type: ClassVar[str] = ""
     mixer_cache_kind: ClassVar[str] = RECURRENT
+    # Whether a right-to-left pass is well defined for this architecture's layers (a recurrence can run either
+    # way; causal attention and a hybrid's attention layers are the Transformer's, kept causal here).
+    supports_bidirectional: ClassVar[bool] = False
     # Output fields Trainer's evaluation leaves out of the gathered predictions (the decoding cache, by every name).
     keys_to_ignore_at_inference = ["cache", "past_key_values", "cache_params"]
 
@@ -56,6 +69,9 @@ class SeqzooConfig(PreTrainedConfig):
     pad_token_id: int | None = None
     bos_token_id: int | None = None
     eos_token_id: int | list[int] | None = None
+    bidirectional: bool = False
+    bidirectional_merge: str = "sum"
+    classifier_pooling: str = "last"
 
     def __post_init__(self, **kwargs: Any) -> None:
         super().__post_init__(**kwargs)
@@ -71,6 +87,14 @@ class SeqzooConfig(PreTrainedConfig):
         require_bool(self, "use_cache")
         for name in ("pad_token_id", "bos_token_id"):
             require_token_id(self, name)
+        require_bool(self, "bidirectional")
+        require_choice(self, "bidirectional_merge", self.bidirectional_merges)
+        require_choice(self, "classifier_pooling", ("last", "mean", "first+last"))
+        if self.bidirectional and not self.supports_bidirectional:
+            raise ValueError(
+                f"{type(self).__name__}.bidirectional=True is invalid: {self.mixer_type or 'this'} layers run "
+                "left to right only here (bidirectional encoders: RNN, LSTM, GRU, Mamba, Mamba-2, RWKV-7)"
+            )
         eos = self.eos_token_id
         for token in eos if isinstance(eos, (list, tuple)) else [eos]:
             if token is not None and not (_is_int(token) and 0 <= token < self.vocab_size):
@@ -88,9 +112,18 @@ class SeqzooConfig(PreTrainedConfig):
         """The kind of cache entry of each layer: recurrent state or growing keys and values."""
         return [self.mixer_cache_kind] * self.num_hidden_layers
 
+    # How a bidirectional layer joins its two directions. Blocks with a residual stream sum them (a concatenation
+    # would widen the stream); the classic recurrent LMs may also concatenate, as the classic BiRNN does.
+    bidirectional_merges: ClassVar[tuple[str, ...]] = ("sum",)
+
     @property
     def capabilities(self) -> Capabilities:
-        return Capabilities.of_layers(self.cache_layer_kinds)
+        return Capabilities.of_layers(self.cache_layer_kinds, causal=not self.bidirectional)
+
+    @property
+    def directions(self) -> int:
+        """Feature blocks a layer outputs side by side: 2 for a bidirectional layer that concatenates."""
+        return 2 if self.bidirectional and self.bidirectional_merge == "concat" else 1
 
     @property
     def embedding_dim(self) -> int:

@@ -29,8 +29,11 @@ class _ClassifierHead(SeqzooPreTrainedModel):
         super().__init__(config)
         self.num_labels = config.num_labels
         self.model = self.base_model_class(config)
-        self.score = nn.Linear(config.output_dim, config.num_labels, bias=False)
+        self.score = nn.Linear(self.feature_size(config), config.num_labels, bias=False)
         self.post_init()
+
+    def feature_size(self, config: Any) -> int:
+        return config.output_dim
 
     def _run_backbone(self, input_ids, attention_mask, position_ids, inputs_embeds, output_hidden_states, kwargs):
         check_kwargs(kwargs, forward_parameters(self), f"{type(self).__name__}.forward")
@@ -40,8 +43,17 @@ class _ClassifierHead(SeqzooPreTrainedModel):
 
 
 class SeqzooForSequenceClassification(_ClassifierHead):
-    """One label (or one value) per sequence, read at the sequence's last real token: a causal model has seen the
-    whole sequence there. With an attention mask that is exact for left and right padding alike."""
+    """One label (or one value) per sequence, from the positions ``config.classifier_pooling`` names:
+
+    * ``"last"`` (default): the last real token, where a causal model has seen the whole sequence;
+    * ``"mean"``: the mean over the real tokens;
+    * ``"first+last"``: the first and the last real token side by side, for a bidirectional encoder: its
+      right-to-left direction has seen the whole sequence at the first token, its left-to-right one at the last.
+
+    With an attention mask every pooling is exact for left and right padding alike."""
+
+    def feature_size(self, config: Any) -> int:
+        return config.output_dim * (2 if config.classifier_pooling == "first+last" else 1)
 
     def forward(
         self,
@@ -60,9 +72,8 @@ class SeqzooForSequenceClassification(_ClassifierHead):
         """
         outputs = self._run_backbone(input_ids, attention_mask, position_ids, inputs_embeds, output_hidden_states,
                                      kwargs)
-        hidden_states = outputs.last_hidden_state  # (B, T, H)
-        last = last_token_index(attention_mask, input_ids, self.config.pad_token_id, hidden_states.shape[1])
-        pooled = hidden_states[torch.arange(hidden_states.shape[0], device=hidden_states.device), last]
+        pooled = pool(outputs.last_hidden_state, self.config.classifier_pooling,
+                      real_tokens(attention_mask, input_ids, self.config.pad_token_id, outputs.last_hidden_state))
         logits = self.score(pooled)  # (B, num_labels)
         loss = None
         if labels is not None:
@@ -113,19 +124,32 @@ class SeqzooForTokenClassification(_ClassifierHead):
         return TokenClassifierOutput(loss=loss, logits=logits, hidden_states=outputs.hidden_states)
 
 
-def last_token_index(
-    attention_mask: torch.Tensor | None, input_ids: torch.Tensor | None, pad_token_id: int | None, length: int
-) -> torch.Tensor | int:
-    """Per row, the index of the last real token: the last 1 of the attention mask; without a mask the last token
-    that is not the pad token (transformers' rule, exact for right padding); else the last position."""
+def real_tokens(
+    attention_mask: torch.Tensor | None, input_ids: torch.Tensor | None, pad_token_id: int | None,
+    hidden_states: torch.Tensor,
+) -> torch.Tensor:
+    """(B, T) bool of the real tokens: the attention mask; without one, the tokens that are not the pad token
+    (transformers' rule, exact for right padding); else every position."""
+    batch, length = hidden_states.shape[:2]
     if attention_mask is not None and attention_mask.dim() == 2:
-        mask = attention_mask[:, -length:].to(torch.long)
-        positions = torch.arange(length, device=mask.device)
-        return (positions * mask).argmax(-1)
+        return attention_mask[:, -length:].to(torch.bool)
     if input_ids is not None and pad_token_id is not None:
-        positions = torch.arange(length, device=input_ids.device)
-        return (positions * (input_ids != pad_token_id).long()).argmax(-1)
-    return length - 1
+        return input_ids != pad_token_id
+    return torch.ones(batch, length, dtype=torch.bool, device=hidden_states.device)
 
 
-__all__ = ["SeqzooForSequenceClassification", "SeqzooForTokenClassification", "last_token_index"]
+def pool(hidden_states: torch.Tensor, how: str, real: torch.Tensor) -> torch.Tensor:
+    """(B, T, H) -> (B, H) (or (B, 2H) for "first+last") over the real tokens."""
+    positions = torch.arange(hidden_states.shape[1], device=hidden_states.device)
+    rows = torch.arange(hidden_states.shape[0], device=hidden_states.device)
+    last = (positions * real).argmax(-1)
+    if how == "last":
+        return hidden_states[rows, last]
+    if how == "mean":
+        weights = real.to(hidden_states.dtype)[..., None]
+        return (hidden_states * weights).sum(1) / weights.sum(1).clamp(min=1)
+    first = torch.where(real, positions, hidden_states.shape[1]).argmin(-1)
+    return torch.cat([hidden_states[rows, first], hidden_states[rows, last]], dim=-1)
+
+
+__all__ = ["SeqzooForSequenceClassification", "SeqzooForTokenClassification", "pool", "real_tokens"]

@@ -148,6 +148,11 @@ def resolve_output_flags(
 ) -> tuple[bool, bool]:
     """``use_cache`` and ``output_hidden_states`` as passed, else from the config (no cache while training)."""
     config = model.config
+    if not config.capabilities.can_generate:  # a bidirectional encoder has no state to carry between calls
+        if use_cache:
+            raise ValueError(f"{type(model).__name__} is bidirectional: it reads the whole sequence at once and keeps "
+                             "no decoding cache; do not pass use_cache=True")
+        use_cache = False
     if use_cache is None:
         use_cache = config.use_cache and not model.training
     if output_hidden_states is None:
@@ -214,9 +219,13 @@ class SeqzooPreTrainedModel(PreTrainedModel):
         tensors, or holding NaN or infinite weights raises ``ValueError`` instead of silently initialising weights
         at random or computing garbage; a damaged weights file raises naming the file. ``strict=False`` restores
         transformers' lenient behaviour for the tensors, ``allow_nonfinite=True`` accepts non-finite weights."""
-        saved_as = None
-        if strict and not isinstance(kwargs.get("config"), PreTrainedConfig):
+        config = kwargs.get("config")
+        if isinstance(config, PreTrainedConfig):  # the Auto classes pass the checkpoint's own config
+            saved_as = (config.architectures or [None])[0]
+        elif strict:
             saved_as = _check_checkpoint_model_type(cls, pretrained_model_name_or_path, kwargs)
+        else:
+            saved_as = None
         want_info = kwargs.pop("output_loading_info", False)
         allow_mismatch = kwargs.pop("ignore_mismatched_sizes", False)
         # Load leniently and judge here, so the error names every offending tensor with both shapes.
@@ -270,6 +279,12 @@ class SeqzooForCausalLM(SeqzooPreTrainedModel, GenerationMixin):
     base_model_class: type[nn.Module]
 
     def __init__(self, config: Any) -> None:
+        if not config.capabilities.can_generate:
+            raise ValueError(
+                f"{type(self).__name__} needs a causal model, but this config is bidirectional: every position's "
+                "output depends on the tokens after it, so it cannot predict the next token. Use it as an encoder: "
+                "AutoModelForSequenceClassification or AutoModelForTokenClassification"
+            )
         super().__init__(config)
         self.model = self.base_model_class(config)
         self.lm_head = nn.Linear(config.output_dim, config.vocab_size, bias=getattr(config, "decoder_bias", False))

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar
 
 from seqzoo.models.configuration_utils import (
     SeqzooConfig,
@@ -45,6 +45,7 @@ class ClassicRecurrentConfig(SeqzooConfig):
     decoder_bias: bool = True
     orthogonal_init: bool = True
     initializer_range: float = 1.0
+    bidirectional_merge: str = "concat"
 
     def __post_init__(self, **kwargs: Any) -> None:
         if self.embedding_size is None:
@@ -63,9 +64,21 @@ class ClassicRecurrentConfig(SeqzooConfig):
                 f"embedding_size={self.embedding_size}, hidden_size={self.hidden_size}"
             )
 
+    supports_bidirectional: ClassVar[bool] = True
+    bidirectional_merges: ClassVar[tuple[str, ...]] = ("sum", "concat")
+
     @property
     def embedding_dim(self) -> int:
         return self.embedding_size
+
+    @property
+    def output_dim(self) -> int:
+        return self.directions * self.hidden_size
+
+    def layer_input_size(self, layer_idx: int) -> int:
+        """Layer 0 reads the embedding; later layers read the previous layer's output (both directions when a
+        bidirectional layer concatenates them)."""
+        return self.embedding_dim if layer_idx == 0 else self.output_dim
 
     def state_bytes_per_sequence(self, dtype_bytes: int = 4) -> int:
         from seqzoo.layers.recurrent import RECURRENT_MIXERS

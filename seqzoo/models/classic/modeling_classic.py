@@ -13,6 +13,7 @@ from torch import nn
 from transformers import initialization as init
 from transformers.modeling_outputs import BaseModelOutputWithPast
 
+from seqzoo.layers.mixer import build_mixer
 from seqzoo.layers.recurrent import RECURRENT_MIXERS
 from seqzoo.models.compat import model_output
 from seqzoo.models.modeling_utils import (
@@ -45,7 +46,7 @@ class ClassicRecurrentModel(ClassicRecurrentPreTrainedModel):
         super().__init__(config)
         self.embed_tokens = nn.Embedding(config.vocab_size, config.embedding_size)
         mixer = RECURRENT_MIXERS[config.mixer_type]
-        self.layers = nn.ModuleList(mixer(config, i) for i in range(config.num_hidden_layers))
+        self.layers = nn.ModuleList(build_mixer(mixer, config, i) for i in range(config.num_hidden_layers))
         self.dropout = nn.Dropout(config.dropout)
         self.gradient_checkpointing = False
         self.post_init()

@@ -38,6 +38,7 @@ class MambaConfig(SeqzooConfig):
 
     model_type = "seqzoo_mamba"
     mixer_type: ClassVar[str] = "mamba"
+    supports_bidirectional: ClassVar[bool] = True
     # Size-derived fields a test resets when it shrinks a preset (see tests/conftest.py).
 
     hidden_size: int = 256

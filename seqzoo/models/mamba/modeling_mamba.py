@@ -15,7 +15,7 @@ from transformers import initialization as init
 from transformers.modeling_outputs import BaseModelOutputWithPast
 
 from seqzoo.layers.mamba import MambaMixer
-from seqzoo.layers.mixer import Block
+from seqzoo.layers.mixer import Block, build_mixer
 from seqzoo.layers.norms import RMSNorm
 from seqzoo.models.compat import model_output
 from seqzoo.models.heads import SeqzooForSequenceClassification, SeqzooForTokenClassification
@@ -35,7 +35,7 @@ class MambaBlock(Block):
 
     def __init__(self, config: MambaConfig, layer_idx: int) -> None:
         super().__init__(
-            MambaMixer(config, layer_idx),
+            build_mixer(MambaMixer, config, layer_idx),
             norm=RMSNorm(config.hidden_size, eps=config.layer_norm_epsilon),
             residual_in_fp32=config.residual_in_fp32,
         )

@@ -45,6 +45,7 @@ class Mamba2Config(SeqzooConfig):
 
     model_type = "seqzoo_mamba2"
     mixer_type: ClassVar[str] = "mamba2"
+    supports_bidirectional: ClassVar[bool] = True
     # Size-derived fields a test resets when it shrinks a preset (see tests/conftest.py).
 
     hidden_size: int = 256

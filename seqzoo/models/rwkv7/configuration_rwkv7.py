@@ -48,6 +48,7 @@ class RWKV7Config(SeqzooConfig):
 
     model_type = "seqzoo_rwkv7"
     mixer_type: ClassVar[str] = "rwkv7"
+    supports_bidirectional: ClassVar[bool] = True
 
     vocab_size: int = 258
     hidden_size: int = 256

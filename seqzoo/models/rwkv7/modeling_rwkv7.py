@@ -16,7 +16,7 @@ from torch import nn
 from transformers import initialization as init
 from transformers.modeling_outputs import BaseModelOutputWithPast
 
-from seqzoo.layers.mixer import Block
+from seqzoo.layers.mixer import Block, build_mixer
 from seqzoo.layers.rwkv7 import RWKV7ChannelMix, RWKV7TimeMix
 from seqzoo.models.compat import model_output
 from seqzoo.models.heads import SeqzooForSequenceClassification, SeqzooForTokenClassification
@@ -39,7 +39,7 @@ class RWKV7Block(Block):
 
     def __init__(self, config: RWKV7Config, layer_idx: int) -> None:
         super().__init__(
-            RWKV7TimeMix(config, layer_idx),
+            build_mixer(RWKV7TimeMix, config, layer_idx),
             norm=nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps),  # reference: ln1
             mlp=RWKV7ChannelMix(config, layer_idx),
             mlp_norm=nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps),  # reference: ln2
