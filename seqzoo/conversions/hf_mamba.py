@@ -143,6 +143,40 @@ def convert_hf_mamba_folder(source: Any, destination: str | Path, dtype: torch.d
     return model
 
 
+def native_config(config: Any) -> Any:
+    """transformers' MambaConfig / Mamba2Config computing what the seqzoo ``config`` computes; refuses what
+    transformers' mixers ignore (a Mamba-2 without the gated norm, or normalising before the gate)."""
+    from transformers import Mamba2Config as HFMamba2Config
+    from transformers import MambaConfig as HFMambaConfig
+
+    values = {name: getattr(config, name) for name in COMMON_FIELDS}
+    values["hidden_act"] = "silu"
+    if config.model_type == "seqzoo_mamba":
+        values.update(time_step_rank=config.time_step_rank, time_step_scale=config.time_step_scale,
+                      time_step_init_scheme=config.time_step_init_scheme, intermediate_size=config.intermediate_size)
+        return HFMambaConfig(**values)
+    for name, transformers_value in (("rms_norm", True), ("norm_before_gate", False)):
+        if getattr(config, name) != transformers_value:
+            raise ValueError(f"cannot export to mamba2: {name}={getattr(config, name)!r}, but transformers' "
+                             f"Mamba2ForCausalLM always computes {name}={transformers_value!r}")
+    values.update(num_heads=config.num_heads, head_dim=config.head_dim, n_groups=config.n_groups,
+                  chunk_size=config.chunk_size, time_step_limit=tuple(config.time_step_limit))
+    return HFMamba2Config(**values)
+
+
+def native_weights(state_dict: dict[str, torch.Tensor], config: Any) -> dict[str, torch.Tensor]:
+    """seqzoo Mamba / Mamba-2 tensors -> transformers names (the inverse of :data:`KEY_RENAMES`)."""
+    renames = (("model.embed_tokens.", "backbone.embeddings."), ("model.norm.", "backbone.norm_f."),
+               ("model.layers.", "backbone.layers."))
+    out = {}
+    for key, tensor in state_dict.items():
+        for ours, theirs in renames:
+            if key.startswith(ours):
+                key = theirs + key[len(ours):]
+        out[key] = tensor
+    return out
+
+
 def _load_source(source: Any) -> tuple[Any, dict[str, torch.Tensor]]:
     from transformers import PreTrainedModel
 
@@ -204,4 +238,5 @@ def _show(items: list[str], limit: int = 8) -> str:
     return ", ".join(items[:limit]) + (f" ... ({len(items)} in all)" if len(items) > limit else "")
 
 
-__all__ = ["config_from_hf", "convert_hf_mamba", "convert_hf_mamba_folder", "convert_state_dict"]
+__all__ = ["config_from_hf", "convert_hf_mamba", "convert_hf_mamba_folder", "convert_state_dict", "native_config",
+           "native_weights"]
