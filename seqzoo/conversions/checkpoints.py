@@ -202,10 +202,20 @@ def copy_tokenizer_files(source: Any, destination: Path, names: tuple[str, ...] 
     """Copy the tokenizer and generation-config files a source folder has; returns the names copied."""
     if not (isinstance(source, (str, Path)) and Path(source).is_dir()):
         return []
+    folder = Path(source)
+    wanted = list(names)
+    config_path = folder / "tokenizer_config.json"
+    if config_path.is_file():
+        # A tokenizer with its own code names its module in auto_map; the module and its vocabulary come along.
+        auto_map = read_json(config_path, "tokenizer config").get("auto_map") or {}
+        refs = auto_map.get("AutoTokenizer", []) if isinstance(auto_map, dict) else auto_map
+        wanted += [ref.split(".")[0] + ".py" for ref in refs if isinstance(ref, str) and "--" not in ref]
+        if refs:
+            wanted += [p.name for p in folder.glob("*vocab*") if p.is_file()]
     copied = []
-    for name in names:
-        if (Path(source) / name).is_file():
-            shutil.copy2(Path(source) / name, destination / name)
+    for name in dict.fromkeys(wanted):
+        if (folder / name).is_file():
+            shutil.copy2(folder / name, destination / name)
             copied.append(name)
     return copied
 
