@@ -13,20 +13,18 @@ From the shell: ``seqzoo convert hf-mamba <source> <destination>``.
 
 from __future__ import annotations
 
-import json
 import logging
 import re
-import shutil
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from seqzoo.conversions.checkpoints import build_model, copy_tokenizer_files, load_transformers_source
+
 logger = logging.getLogger("seqzoo")
 
 SUPPORTED_MODEL_TYPES = ("mamba", "mamba2")
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.json", "merges.txt",
-                   "tokenizer.model", "generation_config.json")
 
 # (pattern, replacement) applied in order to every transformers key. mamba_ssm-era checkpoints name the embedding
 # ``embedding`` (transformers renames it on load, and so do we).
@@ -115,31 +113,21 @@ def convert_state_dict(state_dict: dict[str, torch.Tensor], config: Any) -> dict
 
 def convert_hf_mamba(source: Any, dtype: torch.dtype | None = None) -> Any:
     """A seqzoo Mamba / Mamba-2 causal LM with the weights of ``source``: a transformers ``MambaForCausalLM`` /
-    ``Mamba2ForCausalLM`` object, a folder saved from one, or a Hub repo id. ``dtype`` defaults to the source's."""
-    from seqzoo.registry import architecture_for_model_type
-
-    hf_config, state_dict = _load_source(source)
+    ``Mamba2ForCausalLM`` object, a folder saved from one (sharded safetensors are read tensor by tensor), or a Hub
+    repo id. ``dtype`` defaults to the source's."""
+    hf_config, source_weights = load_transformers_source(source, SUPPORTED_MODEL_TYPES, "hf-mamba")
     config = config_from_hf(hf_config)
-    weights = convert_state_dict(state_dict, config)
-    model = architecture_for_model_type(config.model_type).causal_lm_class(config)
-    if config.tie_word_embeddings:
-        weights["lm_head.weight"] = weights["model.embed_tokens.weight"]
-    model.load_state_dict(weights, strict=True)
+    weights = convert_state_dict(dict(source_weights.items()), config)
     dtype = dtype or weights["model.embed_tokens.weight"].dtype
-    return model.to(dtype).eval()
+    return build_model(config, weights, dtype, f"the {hf_config.model_type} source")
 
 
 def convert_hf_mamba_folder(source: Any, destination: str | Path, dtype: torch.dtype | None = None) -> Any:
     """Convert ``source`` and save it to ``destination`` with safetensors, plus the source's tokenizer and
     generation config files when it is a folder that has them. Returns the converted model."""
     model = convert_hf_mamba(source, dtype)
-    destination = Path(destination)
-    model.save_pretrained(destination)
-    folder = _local_folder(source)
-    if folder is not None:
-        for name in TOKENIZER_FILES:
-            if (folder / name).is_file():
-                shutil.copy2(folder / name, destination / name)
+    model.save_pretrained(Path(destination))
+    copy_tokenizer_files(source, Path(destination))
     return model
 
 
@@ -177,26 +165,6 @@ def native_weights(state_dict: dict[str, torch.Tensor], config: Any) -> dict[str
     return out
 
 
-def _load_source(source: Any) -> tuple[Any, dict[str, torch.Tensor]]:
-    from transformers import PreTrainedModel
-
-    if isinstance(source, PreTrainedModel):
-        return source.config, {k: v.detach() for k, v in source.state_dict().items()}
-    if not isinstance(source, (str, Path)):
-        raise ValueError(
-            f"source must be a transformers MambaForCausalLM / Mamba2ForCausalLM, a folder or a Hub repo id; got "
-            f"{type(source).__name__}"
-        )
-    folder = _local_folder(source) or _download(str(source))
-    config_path = folder / "config.json"
-    if not config_path.is_file():
-        raise ValueError(f"{str(source)!r} has no config.json; expected a folder saved by save_pretrained")
-    from transformers import AutoConfig
-
-    _require_supported(json.loads(config_path.read_text()).get("model_type"))
-    return AutoConfig.from_pretrained(folder), _read_weights(folder)
-
-
 def _require_supported(model_type: Any) -> str:
     if model_type not in SUPPORTED_MODEL_TYPES:
         raise ValueError(
@@ -204,34 +172,6 @@ def _require_supported(model_type: Any) -> str:
             f"Mamba-2 model (model_type {' or '.join(map(repr, SUPPORTED_MODEL_TYPES))})"
         )
     return model_type
-
-
-def _local_folder(source: Any) -> Path | None:
-    if isinstance(source, (str, Path)) and Path(source).is_dir():
-        return Path(source)
-    return None
-
-
-def _download(repo_id: str) -> Path:
-    from huggingface_hub import snapshot_download
-
-    try:
-        return Path(snapshot_download(repo_id, allow_patterns=["*.json", "*.safetensors", "*.bin", "*.txt",
-                                                                "*.model"]))
-    except Exception as err:
-        raise ValueError(f"{repo_id!r} is neither a local folder nor a downloadable Hub repo: {err}") from err
-
-
-def _read_weights(folder: Path) -> dict[str, torch.Tensor]:
-    from safetensors.torch import load_file
-
-    files = sorted(folder.glob("*.safetensors"))
-    if files:
-        return {k: v for f in files for k, v in load_file(f).items()}
-    files = sorted(folder.glob("pytorch_model*.bin"))
-    if files:
-        return {k: v for f in files for k, v in torch.load(f, map_location="cpu", weights_only=True).items()}
-    raise ValueError(f"{str(folder)!r} holds no weights (*.safetensors or pytorch_model*.bin)")
 
 
 def _show(items: list[str], limit: int = 8) -> str:
