@@ -236,9 +236,9 @@ def valid_token_ids(values: dict[str, Any], vocab_size: int, origin: str) -> dic
 
 
 def build_model(config: Any, weights: dict[str, torch.Tensor], dtype: torch.dtype, origin: str) -> Any:
-    """The seqzoo causal LM of ``config`` holding ``weights`` (seqzoo names) cast to ``dtype``, in eval mode.
-
-    Raises ValueError naming every missing, unexpected or mis-shaped tensor. A tied head may be left out."""
+    """The seqzoo causal LM of ``config`` holding copies of ``weights`` (seqzoo names; the dict is emptied) cast to
+    ``dtype``, in eval mode. Raises ValueError naming every missing, unexpected or mis-shaped tensor. A tied head may
+    be left out."""
     from seqzoo.registry import architecture_for_model_type
 
     with torch.device("meta"):
@@ -250,9 +250,14 @@ def build_model(config: Any, weights: dict[str, torch.Tensor], dtype: torch.dtyp
     required = {k: v for k, v in expected.items() if not (tied and k == "lm_head.weight")}
     check_tensors(weights, required, f"the weights of {origin} do not fit the seqzoo {config.model_type} model "
                                      f"of the sizes read from it")
+    # Copies, one tensor at a time: the model must not share memory with a source the caller still holds (a model
+    # object, a state dict), and each source tensor is released as soon as it is copied.
+    state = {}
+    for key in list(weights):
+        state[key] = weights.pop(key).to(dtype, copy=True).contiguous()
     if tied:
-        weights["lm_head.weight"] = weights["model.embed_tokens.weight"]
-    model.load_state_dict({k: v.to(dtype).contiguous() for k, v in weights.items()}, strict=True, assign=True)
+        state["lm_head.weight"] = state["model.embed_tokens.weight"]
+    model.load_state_dict(state, strict=True, assign=True)
     if tied:
         model.tie_weights()
     _materialize_buffers(model)
