@@ -260,7 +260,7 @@ def build_model(config: Any, weights: dict[str, torch.Tensor], dtype: torch.dtyp
     model.load_state_dict(state, strict=True, assign=True)
     if tied:
         model.tie_weights()
-    _materialize_buffers(model)
+    materialize_buffers(model)
     return model.eval()
 
 
@@ -280,7 +280,8 @@ def check_tensors(found: Mapping[str, torch.Tensor], expected: Mapping[str, Any]
         raise ValueError(f"{message}: {'; '.join(problems)}")
 
 
-def _materialize_buffers(model: torch.nn.Module) -> None:
+def materialize_buffers(model: torch.nn.Module) -> None:
+    """Give values to the buffers a model built on the meta device still lacks, with the model's own init."""
     # Non-persistent buffers (rotary frequencies, the sinusoidal table) are functions of the config, absent from
     # checkpoints: compute them with the model's own init, module by module.
     for module in model.modules():
@@ -296,13 +297,8 @@ def show(items: list[str], limit: int = 8) -> str:
     return ", ".join(items[:limit]) + (f" ... ({len(items)} in all)" if len(items) > limit else "")
 
 
-def source_dtype(weights: Mapping[str, torch.Tensor], key: str, dtype: torch.dtype | None) -> torch.dtype:
-    """``dtype`` if given, else the dtype of the source's ``key`` tensor (its embedding)."""
-    return dtype if dtype is not None else weights[key].dtype
-
-
 __all__ = ["DTYPES", "Reader", "SourceWeights", "TOKENIZER_FILES", "build_model", "check_tensors", "copy_tokenizer_files", "download", "load_transformers_source",
-           "load_torch_file", "read_folder_weights", "read_json", "show", "source_dtype", "valid_token_ids"]
+           "load_torch_file", "materialize_buffers", "read_folder_weights", "read_json", "show", "valid_token_ids"]
 
 
 def load_transformers_source(source: Any, model_types: tuple[str, ...], command: str) -> tuple[Any, SourceWeights]:

@@ -17,7 +17,7 @@ from typing import Any
 import torch
 
 from seqzoo.conversions import gpt2, hf_mamba, llama
-from seqzoo.conversions.checkpoints import copy_tokenizer_files
+from seqzoo.conversions.checkpoints import copy_tokenizer_files, materialize_buffers
 
 # target -> (seqzoo model_type it exports from, transformers class name, module with native_config/native_weights)
 TARGETS: dict[str, tuple[str, str, Any]] = {
@@ -46,6 +46,7 @@ def to_native(model: Any, target: str) -> Any:
         native = native_class(native_config)
     native.load_state_dict(weights, strict=True, assign=True)
     native.tie_weights()
+    materialize_buffers(native)
     return native.to(model.dtype).eval()
 
 

@@ -163,6 +163,7 @@ def test_export_loads_in_transformers_with_the_same_logits(target, tmp_path):
     assert (tmp_path / "out" / "tokenizer_config.json").is_file()
     native = native_class.from_pretrained(tmp_path / "out").eval()
     torch.testing.assert_close(logits(native), logits(model), atol=2e-5, rtol=1e-5)
+    torch.testing.assert_close(logits(to_native(model, target)), logits(model), atol=2e-5, rtol=1e-5)
 
 
 @pytest.mark.parametrize(
