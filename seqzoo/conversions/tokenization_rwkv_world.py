@@ -61,6 +61,9 @@ class RWKVWorldTokenizer(PreTrainedTokenizer):
 
     vocab_files_names = {"vocab_file": VOCAB_FILE}
     model_input_names = ["input_ids", "attention_mask"]
+    # save_pretrained always writes this file and auto_map beside the vocabulary, so every saved copy (a converted
+    # model, a `seqzoo publish` bundle) loads where seqzoo is absent.
+    _auto_class = "AutoTokenizer"
 
     def __init__(self, vocab_file: str, eos_token: str = END_OF_TEXT, pad_token: str = END_OF_TEXT,
                  bos_token: str = END_OF_TEXT, split_special_tokens: bool = True, **kwargs: Any) -> None:

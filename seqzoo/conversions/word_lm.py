@@ -22,6 +22,7 @@ when the vocabulary has it, decoded as words joined by spaces.
 from __future__ import annotations
 
 import re
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -190,7 +191,7 @@ def word_tokenizer(vocabulary: Any) -> Any:
         if words and words[-1] == "":
             words.pop()  # the file's final newline
     words = list(words)
-    duplicates = sorted({w for w in words if words.count(w) > 1}) if len(set(words)) != len(words) else []
+    duplicates = sorted(w for w, n in Counter(words).items() if n > 1)
     bad = [w for w in words if not w or any(c.isspace() for c in w)]
     if duplicates or bad:
         raise ValueError(f"the vocabulary must hold distinct words without whitespace, one per id; "

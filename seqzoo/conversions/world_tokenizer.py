@@ -70,9 +70,7 @@ def world_tokenizer(vocab_path: str | Path | None = None, **kwargs: Any) -> RWKV
     with tempfile.TemporaryDirectory() as folder:
         vocab_file = Path(folder) / VOCAB_FILE
         vocab_file.write_text(json.dumps(vocab, ensure_ascii=False), encoding="utf-8")
-        tokenizer = RWKVWorldTokenizer(str(vocab_file), model_max_length=1_000_000, **kwargs)
-    RWKVWorldTokenizer.register_for_auto_class("AutoTokenizer")
-    return tokenizer
+        return RWKVWorldTokenizer(str(vocab_file), model_max_length=1_000_000, **kwargs)
 
 
 def register_world_tokenizer() -> None:

@@ -88,19 +88,26 @@ def test_converted_folder_generates_through_a_pipeline(converted, tokenizer):
 
 
 def test_loads_with_trust_remote_code_where_seqzoo_is_absent(converted, tmp_path):
+    # The converted folder, and the bundle `seqzoo publish` builds from it, both carry the tokenizer's code.
+    bundle = tmp_path / "bundle"
+    assert seqzoo_main(["publish", str(converted), "someone/rwkv7-world", "--dry-run", "--output", str(bundle)]) == 0
+    assert (bundle / "tokenization_rwkv_world.py").is_file() and (bundle / "rwkv_world_vocab.json").is_file()
     script = (
         "import json, sys\n"
         "sys.modules['seqzoo'] = None  # import seqzoo now fails\n"
         "from transformers import AutoTokenizer\n"
-        "tokenizer = AutoTokenizer.from_pretrained(sys.argv[1], trust_remote_code=True)\n"
-        "ids = tokenizer(sys.argv[2])['input_ids']\n"
-        "print(json.dumps([type(tokenizer).__module__, ids, tokenizer.decode(ids)]))\n"
+        "results = []\n"
+        "for folder in sys.argv[2:]:\n"
+        "    tokenizer = AutoTokenizer.from_pretrained(folder, trust_remote_code=True)\n"
+        "    ids = tokenizer(sys.argv[1])['input_ids']\n"
+        "    results.append([type(tokenizer).__module__, ids, tokenizer.decode(ids)])\n"
+        "print(json.dumps(results))\n"
     )
     text = "seqzoo-free 中文 😀\n\tdef f(): pass"
     env = {**os.environ, "HF_MODULES_CACHE": str(tmp_path / "modules")}
-    result = subprocess.run([sys.executable, "-c", script, str(converted), text], env=env, capture_output=True,
-                            text=True, timeout=300)
+    result = subprocess.run([sys.executable, "-c", script, text, str(converted), str(bundle)], env=env,
+                            capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr
-    module, ids, decoded = json.loads(result.stdout.strip().splitlines()[-1])
-    assert module.startswith("transformers_modules.") and decoded == text
-    assert ids == TRIE_TOKENIZER(str(rwkv_vocab_path())).encode(text)
+    expected = TRIE_TOKENIZER(str(rwkv_vocab_path())).encode(text)
+    for module, ids, decoded in json.loads(result.stdout.strip().splitlines()[-1]):
+        assert module.startswith("transformers_modules.") and ids == expected and decoded == text
