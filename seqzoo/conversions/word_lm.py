@@ -10,7 +10,7 @@ whole module, and such a file is refused with the one line that saves a state di
 
 The example's output is ``log_softmax`` of the decoder; seqzoo returns the decoder's logits, so
 ``logits.log_softmax(-1)`` is the example's output. Its hidden state (``(L, B, H)``, or ``(h, c)`` for an LSTM)
-becomes a :class:`~seqzoo.cache.RecurrentCache` with :func:`hidden_to_cache`.
+becomes a :class:`~seqzoo.cache.SeqzooCache` with :func:`hidden_to_cache`.
 
 The vocabulary is not in the checkpoint (the example keeps it in ``corpus.dictionary``). Without one the converted
 model works on token ids (``model.generate(ids)``). With ``vocabulary`` (a list of words in id order, or a text file
@@ -108,7 +108,7 @@ def seqzoo_weights(state_dict: dict[str, torch.Tensor], config: Any) -> dict[str
     """Word-language-model names -> seqzoo names. Layers without biases (``bias=False``) get zero biases."""
     read = Reader(state_dict)
     V, E, H = config.vocab_size, config.embedding_size, config.hidden_size
-    rows = {"rnn": 1, "gru": 3, "lstm": 4}[config.cell] * H
+    rows = {"rnn": 1, "gru": 3, "lstm": 4}[config.mixer_type] * H
     out = {"model.embed_tokens.weight": read("encoder.weight", (V, E))}
     if config.tie_word_embeddings:
         read.used.add("decoder.weight")
@@ -138,22 +138,22 @@ def convert_word_lm(source: Any, nonlinearity: str | None = None, key_map: dict[
 
 
 def hidden_to_cache(hidden: Any, config: Any) -> Any:
-    """The example's hidden state -- ``(L, B, H)`` for RNN / GRU, ``(h, c)`` for LSTM -- as a RecurrentCache that
-    ``generate`` (``past_key_values=``) continues from, before any token of the inputs it is given."""
-    from seqzoo.cache import RecurrentCache
+    """The example's hidden state -- ``(L, B, H)`` for RNN / GRU, ``(h, c)`` for LSTM -- as a SeqzooCache that
+    ``generate`` (``cache=``) continues from, before any token of the inputs it is given."""
+    from seqzoo.cache import SeqzooCache
 
-    names = ("h", "c") if config.cell == "lstm" else ("h",)
+    names = ("h", "c") if config.mixer_type == "lstm" else ("h",)
     parts = tuple(hidden) if isinstance(hidden, (tuple, list)) else (hidden,)
     if len(parts) != len(names) or not all(isinstance(p, torch.Tensor) for p in parts):
-        raise ValueError(f"an nn.{config.cell.upper()} hidden state is {' and '.join(names)}: "
+        raise ValueError(f"an nn.{config.mixer_type.upper()} hidden state is {' and '.join(names)}: "
                          f"{len(names)} tensor(s) of shape (layers, batch, hidden); got {type(hidden).__name__}")
-    cache = RecurrentCache(config.num_hidden_layers)
     for name, part in zip(names, parts):
         if part.dim() != 3 or part.shape[0] != config.num_hidden_layers or part.shape[2] != config.hidden_size:
             raise ValueError(f"hidden state {name!r} has shape {tuple(part.shape)}; expected (layers="
                              f"{config.num_hidden_layers}, batch, hidden={config.hidden_size})")
-        for i in range(config.num_hidden_layers):
-            cache.set(i, name, part[i].detach().clone())
+    cache = SeqzooCache.for_model(config)
+    for i in range(config.num_hidden_layers):
+        cache.update_layer(i, {name: part[i].detach().clone() for name, part in zip(names, parts)})
     return cache
 
 
@@ -162,16 +162,16 @@ def save_hidden_state(hidden: Any, config: Any, path: str | Path) -> None:
     from safetensors.torch import save_file
 
     cache = hidden_to_cache(hidden, config)
-    save_file({f"layers.{i}.{name}": value.contiguous() for i, layer in enumerate(cache.layers)
-               for name, value in layer.items()}, str(path))
+    save_file({f"layers.{i}.{name}": value.contiguous() for i in range(config.num_hidden_layers)
+               for name, value in cache.layer(i).items()}, str(path))
 
 
 def load_hidden_state(path: str | Path, config: Any) -> Any:
-    """The RecurrentCache saved by :func:`save_hidden_state`."""
+    """The SeqzooCache saved by :func:`save_hidden_state`."""
     from safetensors.torch import load_file
 
     tensors = load_file(str(path))
-    names = ("h", "c") if config.cell == "lstm" else ("h",)
+    names = ("h", "c") if config.mixer_type == "lstm" else ("h",)
     try:
         stacked = [torch.stack([tensors[f"layers.{i}.{name}"] for i in range(config.num_hidden_layers)])
                    for name in names]

@@ -72,7 +72,7 @@ def test_hidden_state_carries_over_into_a_cache(case):
     hidden = random_hidden(ref)
     with torch.no_grad():
         expected, _ = ref(IDS.t(), hidden)
-    out = model.generate(IDS, attention_mask=torch.ones_like(IDS), past_key_values=hidden_to_cache(hidden, model.config),
+    out = model.generate(IDS, attention_mask=torch.ones_like(IDS), cache=hidden_to_cache(hidden, model.config),
                          max_new_tokens=1, do_sample=False, pad_token_id=0, output_logits=True,
                          return_dict_in_generate=True)
     torch.testing.assert_close(out.logits[0].log_softmax(-1), expected[-1], atol=1e-5, rtol=1e-5)
@@ -100,7 +100,7 @@ def test_cli_with_key_map_vocabulary_and_hidden_state(tmp_path, capsys):
     ids = torch.tensor([[5, 7, 9]])
     with torch.no_grad():
         expected, _ = ref(ids.t(), hidden)
-    generated = model.generate(ids, attention_mask=torch.ones_like(ids), past_key_values=cache, max_new_tokens=1,
+    generated = model.generate(ids, attention_mask=torch.ones_like(ids), cache=cache, max_new_tokens=1,
                                do_sample=False, output_logits=True, return_dict_in_generate=True)
     torch.testing.assert_close(generated.logits[0].log_softmax(-1), expected[-1], atol=1e-5, rtol=1e-5)
 
