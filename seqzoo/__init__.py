@@ -5,6 +5,7 @@
 """
 
 from seqzoo.cache import RecurrentCache, SeqzooCache
+from seqzoo.conversions.world_tokenizer import register_world_tokenizer
 from seqzoo.kernels import list_kernels
 from seqzoo.kernels import set_backend as set_kernel_backend
 from seqzoo.kernels import use_backend as use_kernel_backend
@@ -90,6 +91,7 @@ __version__ = "0.1.0"
 for _spec in builtin_architectures():
     register_architecture(_spec, exist_ok=True)
 del _spec
+register_world_tokenizer()
 
 load_plugins()
 

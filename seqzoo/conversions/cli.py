@@ -1,4 +1,4 @@
-"""``seqzoo convert <source> <src> <dst>``: one sub-command per converter.
+"""``seqzoo convert <source> <src> <dst>`` (one sub-command per source format) and ``seqzoo export --to <format>``.
 
 To add a source, write an ``add_<source>(sources)`` function that adds its parser (with ``func`` set) and append it
 to ``SOURCES``.
@@ -7,61 +7,170 @@ to ``SOURCES``.
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 from typing import Any, Callable
+
+DTYPE_CHOICES = ["float32", "bfloat16", "float16"]
+
+
+def _common(p: argparse.ArgumentParser, source_help: str) -> None:
+    p.add_argument("source", help=source_help)
+    p.add_argument("destination", help="folder to write the seqzoo model to")
+    p.add_argument("--dtype", default=None, choices=DTYPE_CHOICES,
+                   help="dtype of the converted weights (default: the source's)")
+
+
+def _dtype(args: argparse.Namespace) -> Any:
+    from seqzoo.conversions.checkpoints import DTYPES
+
+    return DTYPES[args.dtype] if args.dtype else None
+
+
+def _report(args: argparse.Namespace, model: Any, extra: str = "") -> int:
+    params = sum(p.numel() for p in model.parameters())
+    print(f"converted {args.source} -> {args.destination} ({type(model).__name__}, {params:,} parameters, "
+          f"{model.dtype}){extra}")
+    return 0
+
+
+def _world_tokenizer(args: argparse.Namespace) -> str:
+    if not getattr(args, "world_tokenizer", False):
+        return ""
+    from seqzoo.conversions.world_tokenizer import save_world_tokenizer
+
+    save_world_tokenizer(args.destination)
+    return "; RWKV World tokenizer saved with it"
+
+
+def add_transformers_source(sources: Any, name: str, help_text: str, module: str, function: str) -> None:
+    p = sources.add_parser(name, help=help_text)
+    _common(p, "folder saved by save_pretrained (sharded safetensors are read tensor by tensor), or a Hub repo id")
+
+    def run(args: argparse.Namespace) -> int:
+        import importlib
+
+        import seqzoo  # noqa: F401  (registers the architectures)
+
+        convert = getattr(importlib.import_module(f"seqzoo.conversions.{module}"), function)
+        return _report(args, convert(args.source, args.destination, dtype=_dtype(args)))
+
+    p.set_defaults(func=run)
 
 
 def add_hf_mamba(sources: Any) -> None:
-    p = sources.add_parser(
-        "hf-mamba",
-        help="transformers MambaForCausalLM / Mamba2ForCausalLM (folder or Hub id) -> seqzoo Mamba / Mamba-2",
-    )
-    p.add_argument("source", help="folder saved by save_pretrained, or a Hub repo id")
-    p.add_argument("destination", help="folder to write the seqzoo model to")
-    p.add_argument("--dtype", default=None, choices=["float32", "bfloat16", "float16"],
-                   help="dtype of the converted weights (default: the source's)")
-    p.set_defaults(func=cmd_hf_mamba)
+    add_transformers_source(sources, "hf-mamba", "transformers MambaForCausalLM / Mamba2ForCausalLM -> seqzoo Mamba / "
+                            "Mamba-2", "hf_mamba", "convert_hf_mamba_folder")
 
 
-def cmd_hf_mamba(args: argparse.Namespace) -> int:
-    import torch
+def add_llama(sources: Any) -> None:
+    add_transformers_source(sources, "llama", "transformers LlamaForCausalLM (and Mistral / Qwen2) -> seqzoo "
+                            "Transformer", "llama", "convert_llama_folder")
 
-    import seqzoo  # noqa: F401  (registers the architectures)
-    from seqzoo.conversions.hf_mamba import convert_hf_mamba_folder
 
-    dtype = getattr(torch, args.dtype) if args.dtype else None
-    model = convert_hf_mamba_folder(args.source, args.destination, dtype=dtype)
-    params = sum(p.numel() for p in model.parameters())
-    print(f"converted {args.source} -> {args.destination} ({type(model).__name__}, {params:,} parameters)")
-    return 0
+def add_gpt2(sources: Any) -> None:
+    add_transformers_source(sources, "gpt2", "transformers GPT2LMHeadModel -> seqzoo Transformer", "gpt2",
+                            "convert_gpt2_folder")
+
+
+def add_mamba_ssm(sources: Any) -> None:
+    p = sources.add_parser("mamba-ssm", help="raw mamba_ssm checkpoint folder (d_model, n_layer, ssm_cfg) -> seqzoo "
+                                             "Mamba / Mamba-2")
+    _common(p, "folder with mamba_ssm's config.json and pytorch_model.bin (or safetensors)")
+
+    def run(args: argparse.Namespace) -> int:
+        import seqzoo  # noqa: F401
+        from seqzoo.conversions.mamba_ssm import convert_mamba_ssm_folder
+
+        return _report(args, convert_mamba_ssm_folder(args.source, args.destination, dtype=_dtype(args)))
+
+    p.set_defaults(func=run)
 
 
 def add_rwkv7(sources: Any) -> None:
     p = sources.add_parser("rwkv7", help="RWKV-LM RWKV-7 'x070' .pth checkpoint -> seqzoo RWKV-7")
-    p.add_argument("source", help=".pth state dict saved by RWKV-LM (RWKV-7 x070)")
-    p.add_argument("destination", help="folder to write the seqzoo model to")
-    p.add_argument("--dtype", default=None, choices=["float32", "bfloat16", "float16"],
-                   help="dtype of the converted weights (default: the checkpoint's)")
+    _common(p, ".pth state dict saved by RWKV-LM (RWKV-7 x070)")
     p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
                    help="config fields the checkpoint does not fix: pad/bos/eos_token_id, layer_norm_eps, "
                         "group_norm_eps (RWKV World models use bos_token_id=0 eos_token_id=0)")
-    p.set_defaults(func=cmd_rwkv7)
+    p.add_argument("--world-tokenizer", action="store_true",
+                   help="save the RWKV World tokenizer with the model (built from the installed rwkv package)")
+
+    def run(args: argparse.Namespace) -> int:
+        import seqzoo  # noqa: F401
+        from seqzoo.cli import parse_overrides
+        from seqzoo.conversions.rwkv7 import convert_rwkv7_file
+
+        model = convert_rwkv7_file(args.source, args.destination, dtype=_dtype(args), **parse_overrides(args.set))
+        return _report(args, model, _world_tokenizer(args))
+
+    p.set_defaults(func=run)
 
 
-def cmd_rwkv7(args: argparse.Namespace) -> int:
-    import torch
+def add_fla_rwkv7(sources: Any) -> None:
+    p = sources.add_parser("fla-rwkv7", help="flash-linear-attention RWKV7ForCausalLM folder -> seqzoo RWKV-7")
+    _common(p, "folder saved by fla's RWKV7ForCausalLM (config.json with model_type rwkv7)")
+    p.add_argument("--world-tokenizer", action="store_true",
+                   help="save seqzoo's RWKV World tokenizer instead of copying the folder's tokenizer files")
 
-    import seqzoo  # noqa: F401  (registers the architectures)
-    from seqzoo.cli import parse_overrides
-    from seqzoo.conversions.rwkv7 import convert_rwkv7_file
+    def run(args: argparse.Namespace) -> int:
+        import seqzoo  # noqa: F401
+        from seqzoo.conversions.fla_rwkv7 import convert_fla_rwkv7, convert_fla_rwkv7_folder
 
-    dtype = getattr(torch, args.dtype) if args.dtype else None
-    model = convert_rwkv7_file(args.source, args.destination, dtype=dtype, **parse_overrides(args.set))
-    params = sum(p.numel() for p in model.parameters())
-    print(f"converted {args.source} -> {args.destination} ({type(model).__name__}, {params:,} parameters)")
+        if args.world_tokenizer:
+            model = convert_fla_rwkv7(args.source, dtype=_dtype(args))
+            model.save_pretrained(Path(args.destination))
+        else:
+            model = convert_fla_rwkv7_folder(args.source, args.destination, dtype=_dtype(args))
+        return _report(args, model, _world_tokenizer(args))
+
+    p.set_defaults(func=run)
+
+
+def add_word_lm(sources: Any) -> None:
+    p = sources.add_parser("word-lm", help="PyTorch word-language-model nn.RNN / nn.LSTM / nn.GRU state dict -> "
+                                           "seqzoo RNN / LSTM / GRU")
+    _common(p, ".pt file of torch.save(model.state_dict(), f) (encoder.weight, rnn.weight_ih_l0 ..., decoder.*)")
+    p.add_argument("--nonlinearity", choices=["tanh", "relu"], default=None,
+                   help="the nonlinearity of an nn.RNN (its state dict does not record it; required for one)")
+    p.add_argument("--key-map", nargs="*", default=[], metavar="THEIRS=OURS",
+                   help="rename modules or keys onto the example's names, e.g. embedding=encoder lstm=rnn fc=decoder")
+    p.add_argument("--vocab", default=None, metavar="FILE",
+                   help="the vocabulary, one word per line in id order; saves a word-level tokenizer with the model")
+    p.add_argument("--hidden", default=None, metavar="FILE",
+                   help="a hidden state saved with torch.save(hidden, f); written as hidden_state.safetensors")
+    p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="dropout, pad/bos/eos_token_id")
+
+    def run(args: argparse.Namespace) -> int:
+        import seqzoo  # noqa: F401
+        from seqzoo.cli import parse_overrides
+        from seqzoo.conversions.word_lm import convert_word_lm_file
+
+        key_map = {}
+        for item in args.key_map:
+            theirs, sep, ours = item.partition("=")
+            if not sep or not theirs or not ours:
+                raise ValueError(f"--key-map entry {item!r} is not of the form THEIRS=OURS")
+            key_map[theirs] = ours
+        model = convert_word_lm_file(args.source, args.destination, nonlinearity=args.nonlinearity, key_map=key_map,
+                                     vocabulary=args.vocab, hidden=args.hidden, dtype=_dtype(args),
+                                     **parse_overrides(args.set))
+        extra = "" if args.vocab else "; no vocabulary given, so no tokenizer: the model works on token ids"
+        return _report(args, model, extra)
+
+    p.set_defaults(func=run)
+
+
+SOURCES: list[Callable[[Any], None]] = [add_hf_mamba, add_llama, add_gpt2, add_mamba_ssm, add_rwkv7, add_fla_rwkv7,
+                                        add_word_lm]
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    import seqzoo  # noqa: F401
+    from seqzoo.conversions.export import export_native
+
+    native = export_native(args.source, args.destination, args.to)
+    print(f"exported {args.source} -> {args.destination} ({type(native).__name__}; loads with transformers alone)")
     return 0
-
-
-SOURCES: list[Callable[[Any], None]] = [add_hf_mamba, add_rwkv7]
 
 
 def register(subparsers: Any) -> None:
@@ -69,3 +178,9 @@ def register(subparsers: Any) -> None:
     sources = parser.add_subparsers(dest="source_format", required=True, metavar="SOURCE")
     for add_source in SOURCES:
         add_source(sources)
+    p = subparsers.add_parser("export", help="export a seqzoo model as transformers' own Llama / GPT-2 / Mamba / "
+                                             "Mamba-2 model (no custom code)")
+    p.add_argument("--to", required=True, choices=["llama", "gpt2", "mamba", "mamba2"], help="the target format")
+    p.add_argument("source", help="seqzoo model folder")
+    p.add_argument("destination", help="folder to write the transformers model to")
+    p.set_defaults(func=cmd_export)

@@ -13,20 +13,18 @@ From the shell: ``seqzoo convert hf-mamba <source> <destination>``.
 
 from __future__ import annotations
 
-import json
 import logging
 import re
-import shutil
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from seqzoo.conversions.checkpoints import build_model, copy_tokenizer_files, load_transformers_source
+
 logger = logging.getLogger("seqzoo")
 
 SUPPORTED_MODEL_TYPES = ("mamba", "mamba2")
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.json", "merges.txt",
-                   "tokenizer.model", "generation_config.json")
 
 # (pattern, replacement) applied in order to every transformers key. mamba_ssm-era checkpoints name the embedding
 # ``embedding`` (transformers renames it on load, and so do we).
@@ -115,52 +113,56 @@ def convert_state_dict(state_dict: dict[str, torch.Tensor], config: Any) -> dict
 
 def convert_hf_mamba(source: Any, dtype: torch.dtype | None = None) -> Any:
     """A seqzoo Mamba / Mamba-2 causal LM with the weights of ``source``: a transformers ``MambaForCausalLM`` /
-    ``Mamba2ForCausalLM`` object, a folder saved from one, or a Hub repo id. ``dtype`` defaults to the source's."""
-    from seqzoo.registry import architecture_for_model_type
-
-    hf_config, state_dict = _load_source(source)
+    ``Mamba2ForCausalLM`` object, a folder saved from one (sharded safetensors are read tensor by tensor), or a Hub
+    repo id. ``dtype`` defaults to the source's."""
+    hf_config, source_weights = load_transformers_source(source, SUPPORTED_MODEL_TYPES, "hf-mamba")
     config = config_from_hf(hf_config)
-    weights = convert_state_dict(state_dict, config)
-    model = architecture_for_model_type(config.model_type).causal_lm_class(config)
-    if config.tie_word_embeddings:
-        weights["lm_head.weight"] = weights["model.embed_tokens.weight"]
-    model.load_state_dict(weights, strict=True)
+    weights = convert_state_dict(dict(source_weights.items()), config)
     dtype = dtype or weights["model.embed_tokens.weight"].dtype
-    return model.to(dtype).eval()
+    return build_model(config, weights, dtype, f"the {hf_config.model_type} source")
 
 
 def convert_hf_mamba_folder(source: Any, destination: str | Path, dtype: torch.dtype | None = None) -> Any:
     """Convert ``source`` and save it to ``destination`` with safetensors, plus the source's tokenizer and
     generation config files when it is a folder that has them. Returns the converted model."""
     model = convert_hf_mamba(source, dtype)
-    destination = Path(destination)
-    model.save_pretrained(destination)
-    folder = _local_folder(source)
-    if folder is not None:
-        for name in TOKENIZER_FILES:
-            if (folder / name).is_file():
-                shutil.copy2(folder / name, destination / name)
+    model.save_pretrained(Path(destination))
+    copy_tokenizer_files(source, Path(destination))
     return model
 
 
-def _load_source(source: Any) -> tuple[Any, dict[str, torch.Tensor]]:
-    from transformers import PreTrainedModel
+def native_config(config: Any) -> Any:
+    """transformers' MambaConfig / Mamba2Config computing what the seqzoo ``config`` computes; refuses what
+    transformers' mixers ignore (a Mamba-2 without the gated norm, or normalising before the gate)."""
+    from transformers import Mamba2Config as HFMamba2Config
+    from transformers import MambaConfig as HFMambaConfig
 
-    if isinstance(source, PreTrainedModel):
-        return source.config, {k: v.detach() for k, v in source.state_dict().items()}
-    if not isinstance(source, (str, Path)):
-        raise ValueError(
-            f"source must be a transformers MambaForCausalLM / Mamba2ForCausalLM, a folder or a Hub repo id; got "
-            f"{type(source).__name__}"
-        )
-    folder = _local_folder(source) or _download(str(source))
-    config_path = folder / "config.json"
-    if not config_path.is_file():
-        raise ValueError(f"{str(source)!r} has no config.json; expected a folder saved by save_pretrained")
-    from transformers import AutoConfig
+    values = {name: getattr(config, name) for name in COMMON_FIELDS}
+    values["hidden_act"] = "silu"
+    if config.model_type == "seqzoo_mamba":
+        values.update(time_step_rank=config.time_step_rank, time_step_scale=config.time_step_scale,
+                      time_step_init_scheme=config.time_step_init_scheme, intermediate_size=config.intermediate_size)
+        return HFMambaConfig(**values)
+    for name, transformers_value in (("rms_norm", True), ("norm_before_gate", False)):
+        if getattr(config, name) != transformers_value:
+            raise ValueError(f"cannot export to mamba2: {name}={getattr(config, name)!r}, but transformers' "
+                             f"Mamba2ForCausalLM always computes {name}={transformers_value!r}")
+    values.update(num_heads=config.num_heads, head_dim=config.head_dim, n_groups=config.n_groups,
+                  chunk_size=config.chunk_size, time_step_limit=tuple(config.time_step_limit))
+    return HFMamba2Config(**values)
 
-    _require_supported(json.loads(config_path.read_text()).get("model_type"))
-    return AutoConfig.from_pretrained(folder), _read_weights(folder)
+
+def native_weights(state_dict: dict[str, torch.Tensor], config: Any) -> dict[str, torch.Tensor]:
+    """seqzoo Mamba / Mamba-2 tensors -> transformers names (the inverse of :data:`KEY_RENAMES`)."""
+    renames = (("model.embed_tokens.", "backbone.embeddings."), ("model.norm.", "backbone.norm_f."),
+               ("model.layers.", "backbone.layers."))
+    out = {}
+    for key, tensor in state_dict.items():
+        for ours, theirs in renames:
+            if key.startswith(ours):
+                key = theirs + key[len(ours):]
+        out[key] = tensor
+    return out
 
 
 def _require_supported(model_type: Any) -> str:
@@ -172,36 +174,9 @@ def _require_supported(model_type: Any) -> str:
     return model_type
 
 
-def _local_folder(source: Any) -> Path | None:
-    if isinstance(source, (str, Path)) and Path(source).is_dir():
-        return Path(source)
-    return None
-
-
-def _download(repo_id: str) -> Path:
-    from huggingface_hub import snapshot_download
-
-    try:
-        return Path(snapshot_download(repo_id, allow_patterns=["*.json", "*.safetensors", "*.bin", "*.txt",
-                                                                "*.model"]))
-    except Exception as err:
-        raise ValueError(f"{repo_id!r} is neither a local folder nor a downloadable Hub repo: {err}") from err
-
-
-def _read_weights(folder: Path) -> dict[str, torch.Tensor]:
-    from safetensors.torch import load_file
-
-    files = sorted(folder.glob("*.safetensors"))
-    if files:
-        return {k: v for f in files for k, v in load_file(f).items()}
-    files = sorted(folder.glob("pytorch_model*.bin"))
-    if files:
-        return {k: v for f in files for k, v in torch.load(f, map_location="cpu", weights_only=True).items()}
-    raise ValueError(f"{str(folder)!r} holds no weights (*.safetensors or pytorch_model*.bin)")
-
-
 def _show(items: list[str], limit: int = 8) -> str:
     return ", ".join(items[:limit]) + (f" ... ({len(items)} in all)" if len(items) > limit else "")
 
 
-__all__ = ["config_from_hf", "convert_hf_mamba", "convert_hf_mamba_folder", "convert_state_dict"]
+__all__ = ["config_from_hf", "convert_hf_mamba", "convert_hf_mamba_folder", "convert_state_dict", "native_config",
+           "native_weights"]

@@ -53,10 +53,9 @@ OVERRIDABLE = ("pad_token_id", "bos_token_id", "eos_token_id", "use_cache", "lay
 def load_rwkv7_state_dict(source: str | Path | dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """The state dict of ``source``: a ``.pth`` file saved by RWKV-LM, or a state dict already in memory."""
     if isinstance(source, (str, Path)):
-        path = Path(source)
-        if not path.is_file():
-            raise ValueError(f"RWKV-7 checkpoint {str(path)!r} does not exist or is not a file")
-        state_dict = torch.load(path, map_location="cpu", weights_only=True)
+        from seqzoo.conversions.checkpoints import load_torch_file
+
+        state_dict = load_torch_file(source)
     else:
         state_dict = source
     if not isinstance(state_dict, dict) or not all(isinstance(v, torch.Tensor) for v in state_dict.values()):
@@ -176,11 +175,11 @@ def convert_rwkv7(
     config = config_from_state_dict(state_dict, **config_overrides)
     weights = convert_state_dict(state_dict, config)
     dtype = dtype or state_dict["emb.weight"].dtype
-    # Built on the meta device, so no time is spent on an init the checkpoint replaces; assign=True adopts the
-    # checkpoint's tensors as the parameters.
+    # Built on the meta device, so no time is spent on an init the checkpoint replaces; assign=True adopts copies of
+    # the checkpoint's tensors as the parameters (copies: the caller may hold the state dict).
     with torch.device("meta"):
         model = RWKV7ForCausalLM(config)
-    model.load_state_dict({k: v.to(dtype) for k, v in weights.items()}, strict=True, assign=True)
+    model.load_state_dict({k: v.to(dtype, copy=True) for k, v in weights.items()}, strict=True, assign=True)
     return model.eval()
 
 

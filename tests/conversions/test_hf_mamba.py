@@ -84,7 +84,7 @@ def test_config_fields_carry_over():
 
 def test_wrong_architecture_is_named(tmp_path):
     seqzoo.create_model("lstm-tiny").save_pretrained(tmp_path)
-    with pytest.raises(ValueError, match="'seqzoo_lstm'.*Mamba"):
+    with pytest.raises(ValueError, match="'seqzoo_lstm'.*'mamba'"):
         convert_hf_mamba(tmp_path)
     with pytest.raises(ValueError, match="seqzoo_lstm"):
         convert_hf_mamba(seqzoo.create_model("lstm-tiny"))

@@ -1,0 +1,335 @@
+"""What every converter shares: reading a source checkpoint one tensor at a time, building the seqzoo model from
+mapped tensors without a random init, copying tokenizer files, and the errors that name what did not fit.
+
+Sources are read lazily. A folder's safetensors (one file, or shards with ``model.safetensors.index.json``) are
+opened with ``safe_open`` and each tensor is read when the mapping asks for it; ``pytorch_model*.bin`` files are
+loaded with ``weights_only=True`` and ``mmap=True``. The seqzoo model is built on the meta device and adopts the
+mapped tensors (``assign=True``), so peak memory stays near one copy of the weights.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+logger = logging.getLogger("seqzoo")
+
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.json", "merges.txt",
+                   "tokenizer.model", "added_tokens.json", "chat_template.jinja", "generation_config.json")
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+class SourceWeights(Mapping):
+    """Read-only ``{name: tensor}`` view of a checkpoint whose tensors are read on access (and not kept)."""
+
+    def __init__(self, keys: dict[str, Callable[[], torch.Tensor]], origin: str) -> None:
+        self._readers = keys
+        self.origin = origin
+
+    def __getitem__(self, key: str) -> torch.Tensor:
+        return self._readers[key]()
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._readers)
+
+    def __len__(self) -> int:
+        return len(self._readers)
+
+    @classmethod
+    def from_dict(cls, state_dict: Mapping[str, torch.Tensor], origin: str = "the state dict") -> "SourceWeights":
+        if not isinstance(state_dict, Mapping) or not all(isinstance(v, torch.Tensor) for v in state_dict.values()):
+            raise ValueError(f"{origin} must be a dict of tensor names to tensors; got {type(state_dict).__name__}")
+        return cls({key: (lambda value=value: value) for key, value in state_dict.items()}, origin)
+
+
+def read_folder_weights(folder: str | Path) -> SourceWeights:
+    """The weights of a checkpoint folder: sharded or single safetensors, else ``pytorch_model*.bin``."""
+    folder = Path(folder)
+    index = folder / "model.safetensors.index.json"
+    if index.is_file():
+        weight_map = _read_index(index)
+        return _safetensors_weights({key: folder / shard for key, shard in weight_map.items()}, str(folder))
+    files = sorted(folder.glob("*.safetensors"))
+    if files:
+        return _safetensors_weights({key: f for f in files for key in _safetensors_keys(f)}, str(folder))
+    bin_index = folder / "pytorch_model.bin.index.json"
+    files = sorted({folder / shard for shard in _read_index(bin_index).values()}) if bin_index.is_file() \
+        else sorted(folder.glob("pytorch_model*.bin"))
+    if files:
+        tensors: dict[str, torch.Tensor] = {}
+        for f in files:
+            tensors.update(load_torch_file(f))
+        return SourceWeights.from_dict(tensors, str(folder))
+    raise ValueError(f"{str(folder)!r} holds no weights (model*.safetensors, with or without an index, or "
+                     f"pytorch_model*.bin)")
+
+
+def load_torch_file(path: str | Path) -> dict[str, torch.Tensor]:
+    """A ``torch.save``-d state dict, loaded without running code from the file (``weights_only=True``)."""
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"checkpoint {str(path)!r} does not exist or is not a file")
+    try:
+        loaded = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except RuntimeError as err:  # not a zip archive: a legacy-format file cannot be memory-mapped
+        if "mmap" not in str(err):
+            raise ValueError(f"cannot read {str(path)!r} as a PyTorch checkpoint: {err}") from err
+        loaded = _load_weights_only(path)
+    except Exception as err:
+        raise _weights_only_error(path, err) from err
+    if not isinstance(loaded, dict) or not all(isinstance(v, torch.Tensor) for v in loaded.values()):
+        raise ValueError(f"{str(path)!r} holds a {type(loaded).__name__}, not a state dict (a dict of tensor names "
+                         f"to tensors)")
+    return loaded
+
+
+def _load_weights_only(path: Path) -> Any:
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:
+        raise _weights_only_error(path, err) from err
+
+
+def _weights_only_error(path: Path, err: Exception) -> ValueError:
+    if "Weights only load failed" in str(err) or "Unsupported global" in str(err):
+        return ValueError(
+            f"{str(path)!r} holds pickled Python objects (a whole model saved with torch.save(model, f)?), which "
+            f"seqzoo does not load because unpickling runs code from the file. In the program that trained it, "
+            f"save the weights instead:  torch.save(model.state_dict(), {path.stem + '-state_dict.pt'!r})"
+        )
+    return ValueError(f"cannot read {str(path)!r} as a PyTorch checkpoint: {err}")
+
+
+def _read_index(path: Path) -> dict[str, str]:
+    try:
+        weight_map = json.loads(path.read_text())["weight_map"]
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        raise ValueError(f"{str(path)!r} is not a checkpoint index (a JSON object with a 'weight_map'): {err}") from err
+    missing = sorted({shard for shard in weight_map.values() if not (path.parent / shard).is_file()})
+    if missing:
+        raise ValueError(f"{str(path)!r} names shards that are not in the folder: {', '.join(missing)}")
+    return weight_map
+
+
+def _safetensors_keys(path: Path) -> list[str]:
+    from safetensors import safe_open
+
+    try:
+        with safe_open(path, framework="pt") as f:
+            return list(f.keys())
+    except Exception as err:
+        raise ValueError(f"cannot read {str(path)!r} as safetensors (damaged or truncated?): {err}") from err
+
+
+def _safetensors_weights(locations: dict[str, Path], origin: str) -> SourceWeights:
+    from safetensors import safe_open
+
+    handles: dict[Path, Any] = {}
+
+    def reader(key: str, path: Path) -> Callable[[], torch.Tensor]:
+        def read() -> torch.Tensor:
+            try:
+                if path not in handles:
+                    handles[path] = safe_open(path, framework="pt")
+                return handles[path].get_tensor(key)
+            except Exception as err:
+                raise ValueError(f"cannot read tensor {key!r} from {str(path)!r}: {err}") from err
+        return read
+
+    return SourceWeights({key: reader(key, path) for key, path in locations.items()}, origin)
+
+
+class Reader:
+    """Reads source tensors for a mapping, checking each one's shape, and collects every problem (missing,
+    mis-shaped, left unused) so that one error names them all. A tensor that is missing or mis-shaped reads as
+    zeros of the expected shape, so the mapping runs to the end."""
+
+    def __init__(self, source: Mapping[str, torch.Tensor], ignored: tuple[str, ...] = ()) -> None:
+        self.source = source
+        self.ignored = ignored  # regular expressions of source keys that carry nothing (buffers, unused LoRAs)
+        self.used: set[str] = set()
+        self.missing: list[str] = []
+        self.misshaped: list[str] = []
+
+    def has(self, key: str) -> bool:
+        return key in self.source
+
+    def __call__(self, key: str, shape: tuple[int, ...]) -> torch.Tensor:
+        self.used.add(key)
+        if key not in self.source:
+            self.missing.append(key)
+            return torch.zeros(shape)
+        tensor = self.source[key]
+        if tuple(tensor.shape) != tuple(shape):
+            self.misshaped.append(f"{key} (source {tuple(tensor.shape)}, expected {tuple(shape)})")
+            return torch.zeros(shape, dtype=tensor.dtype)
+        return tensor
+
+    def finish(self, message: str) -> None:
+        """Raise ValueError(message: problems) if any tensor was missing, mis-shaped or not used."""
+        import re
+
+        unexpected = sorted(key for key in self.source
+                            if key not in self.used and not any(re.fullmatch(p, key) for p in self.ignored))
+        problems = []
+        if self.missing:
+            problems.append(f"missing tensors {show(self.missing)}")
+        if unexpected:
+            problems.append(f"unexpected tensors {show(unexpected)}")
+        if self.misshaped:
+            problems.append(f"mis-shaped tensors {show(self.misshaped)}")
+        if problems:
+            raise ValueError(f"{message}: {'; '.join(problems)}")
+
+
+def read_json(path: Path, what: str) -> dict[str, Any]:
+    try:
+        value = json.loads(path.read_text())
+    except (OSError, ValueError) as err:
+        raise ValueError(f"cannot read {what} {str(path)!r}: {err}") from err
+    if not isinstance(value, dict):
+        raise ValueError(f"{what} {str(path)!r} must hold a JSON object, got {type(value).__name__}")
+    return value
+
+
+def copy_tokenizer_files(source: Any, destination: Path, names: tuple[str, ...] = TOKENIZER_FILES) -> list[str]:
+    """Copy the tokenizer and generation-config files a source folder has; returns the names copied."""
+    if not (isinstance(source, (str, Path)) and Path(source).is_dir()):
+        return []
+    folder = Path(source)
+    wanted = list(names)
+    config_path = folder / "tokenizer_config.json"
+    if config_path.is_file():
+        # A tokenizer with its own code names its module in auto_map; the module and its vocabulary come along.
+        auto_map = read_json(config_path, "tokenizer config").get("auto_map") or {}
+        refs = auto_map.get("AutoTokenizer", []) if isinstance(auto_map, dict) else auto_map
+        wanted += [ref.split(".")[0] + ".py" for ref in refs if isinstance(ref, str) and "--" not in ref]
+        if refs:
+            wanted += [p.name for p in folder.glob("*vocab*") if p.is_file()]
+    copied = []
+    for name in dict.fromkeys(wanted):
+        if (folder / name).is_file():
+            shutil.copy2(folder / name, destination / name)
+            copied.append(name)
+    return copied
+
+
+def valid_token_ids(values: dict[str, Any], vocab_size: int, origin: str) -> dict[str, Any]:
+    """pad/bos/eos ids of a source config, with those outside the vocabulary dropped (and said so)."""
+    kept = {}
+    for name in ("pad_token_id", "bos_token_id", "eos_token_id"):
+        value = values.get(name)
+        ids = value if isinstance(value, (list, tuple)) else [value]
+        if value is None or all(isinstance(i, int) and 0 <= i < vocab_size for i in ids):
+            kept[name] = list(value) if isinstance(value, tuple) else value
+        else:
+            logger.warning("%s sets %s=%r, outside its vocabulary of %d; the converted config leaves it unset",
+                           origin, name, value, vocab_size)
+            kept[name] = None
+    return kept
+
+
+def build_model(config: Any, weights: dict[str, torch.Tensor], dtype: torch.dtype, origin: str) -> Any:
+    """The seqzoo causal LM of ``config`` holding copies of ``weights`` (seqzoo names; the dict is emptied) cast to
+    ``dtype``, in eval mode. Raises ValueError naming every missing, unexpected or mis-shaped tensor. A tied head may
+    be left out."""
+    from seqzoo.registry import architecture_for_model_type
+
+    with torch.device("meta"):
+        model = architecture_for_model_type(config.model_type).causal_lm_class(config)
+    expected = model.state_dict()
+    tied = bool(getattr(config, "tie_word_embeddings", False))
+    if tied:
+        weights.pop("lm_head.weight", None)
+    required = {k: v for k, v in expected.items() if not (tied and k == "lm_head.weight")}
+    check_tensors(weights, required, f"the weights of {origin} do not fit the seqzoo {config.model_type} model "
+                                     f"of the sizes read from it")
+    # Copies, one tensor at a time: the model must not share memory with a source the caller still holds (a model
+    # object, a state dict), and each source tensor is released as soon as it is copied.
+    state = {}
+    for key in list(weights):
+        state[key] = weights.pop(key).to(dtype, copy=True).contiguous()
+    if tied:
+        state["lm_head.weight"] = state["model.embed_tokens.weight"]
+    model.load_state_dict(state, strict=True, assign=True)
+    if tied:
+        model.tie_weights()
+    materialize_buffers(model)
+    return model.eval()
+
+
+def check_tensors(found: Mapping[str, torch.Tensor], expected: Mapping[str, Any], message: str) -> None:
+    problems = []
+    missing = sorted(set(expected) - set(found))
+    if missing:
+        problems.append(f"missing tensors {show(missing)}")
+    unexpected = sorted(set(found) - set(expected))
+    if unexpected:
+        problems.append(f"unexpected tensors {show(unexpected)}")
+    shapes = [f"{key} (source {tuple(found[key].shape)}, expected {tuple(expected[key].shape)})"
+              for key in sorted(set(expected) & set(found)) if tuple(found[key].shape) != tuple(expected[key].shape)]
+    if shapes:
+        problems.append(f"mis-shaped tensors {show(shapes)}")
+    if problems:
+        raise ValueError(f"{message}: {'; '.join(problems)}")
+
+
+def materialize_buffers(model: torch.nn.Module) -> None:
+    """Give values to the buffers a model built on the meta device still lacks, with the model's own init."""
+    # Non-persistent buffers (rotary frequencies, the sinusoidal table) are functions of the config, absent from
+    # checkpoints: compute them with the model's own init, module by module.
+    for module in model.modules():
+        if any(buffer.is_meta for buffer in module.buffers(recurse=False)):
+            module.to_empty(device="cpu", recurse=False)
+            model._init_weights(module)
+    left = [name for name, tensor in [*model.named_parameters(), *model.named_buffers()] if tensor.is_meta]
+    if left:
+        raise RuntimeError(f"conversion left tensors without values: {show(left)}")
+
+
+def show(items: list[str], limit: int = 8) -> str:
+    return ", ".join(items[:limit]) + (f" ... ({len(items)} in all)" if len(items) > limit else "")
+
+
+__all__ = ["DTYPES", "Reader", "SourceWeights", "TOKENIZER_FILES", "build_model", "check_tensors", "copy_tokenizer_files", "download", "load_transformers_source",
+           "load_torch_file", "materialize_buffers", "read_folder_weights", "read_json", "show", "valid_token_ids"]
+
+
+def load_transformers_source(source: Any, model_types: tuple[str, ...], command: str) -> tuple[Any, SourceWeights]:
+    """(config, lazily read weights) of a transformers model object, a folder saved from one, or a Hub repo id,
+    refusing any ``model_type`` outside ``model_types`` with an error that names it."""
+    from transformers import AutoConfig, PreTrainedModel
+
+    if isinstance(source, PreTrainedModel):
+        _require_model_type(getattr(source.config, "model_type", None), model_types, command)
+        return source.config, SourceWeights.from_dict({k: v.detach() for k, v in source.state_dict().items()},
+                                                      type(source).__name__)
+    if not isinstance(source, (str, Path)):
+        raise ValueError(f"source must be a transformers model, a folder or a Hub repo id; got {type(source).__name__}")
+    folder = Path(source) if Path(source).is_dir() else download(str(source))
+    if not (folder / "config.json").is_file():
+        raise ValueError(f"{str(source)!r} has no config.json; expected a folder saved by save_pretrained")
+    _require_model_type(read_json(folder / "config.json", "config").get("model_type"), model_types, command)
+    return AutoConfig.from_pretrained(folder), read_folder_weights(folder)
+
+
+def _require_model_type(model_type: Any, allowed: tuple[str, ...], command: str) -> None:
+    if model_type not in allowed:
+        raise ValueError(f"cannot convert a {model_type!r} model with {command}: the source must have model_type "
+                         f"{' or '.join(map(repr, allowed))}")
+
+
+def download(repo_id: str) -> Path:
+    from huggingface_hub import snapshot_download
+
+    try:
+        return Path(snapshot_download(repo_id, allow_patterns=["*.json", "*.safetensors", "*.bin", "*.txt",
+                                                                "*.model", "*.jinja"]))
+    except Exception as err:
+        raise ValueError(f"{repo_id!r} is neither a local folder nor a downloadable Hub repo: {err}") from err

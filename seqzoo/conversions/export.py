@@ -1,0 +1,75 @@
+"""seqzoo -> transformers' own classes, for the tools that serve those (vLLM, TGI, llama.cpp's converter).
+
+``export_native(source, destination, target)`` writes a folder that ``LlamaForCausalLM`` / ``GPT2LMHeadModel`` /
+``MambaForCausalLM`` / ``Mamba2ForCausalLM`` load with no custom code and that gives the same logits; the source
+folder's tokenizer and generation-config files come along. A config with no native equivalent (a Vaswani
+Transformer, a Mamba-2 without the gated norm, a classic RNN or RWKV-7, which transformers has no class for) is
+refused with the reason.
+
+From the shell: ``seqzoo export --to llama|gpt2|mamba|mamba2 <seqzoo folder> <destination>``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from seqzoo.conversions import gpt2, hf_mamba, llama
+from seqzoo.conversions.checkpoints import copy_tokenizer_files, materialize_buffers
+
+# target -> (seqzoo model_type it exports from, transformers class name, module with native_config/native_weights)
+TARGETS: dict[str, tuple[str, str, Any]] = {
+    "llama": ("seqzoo_transformer", "LlamaForCausalLM", llama),
+    "gpt2": ("seqzoo_transformer", "GPT2LMHeadModel", gpt2),
+    "mamba": ("seqzoo_mamba", "MambaForCausalLM", hf_mamba),
+    "mamba2": ("seqzoo_mamba2", "Mamba2ForCausalLM", hf_mamba),
+}
+
+
+def to_native(model: Any, target: str) -> Any:
+    """The transformers model (``target``'s class) holding the weights of the seqzoo ``model``."""
+    import transformers
+
+    if target not in TARGETS:
+        raise ValueError(f"unknown export target {target!r}; allowed: {', '.join(TARGETS)}")
+    model_type, class_name, module = TARGETS[target]
+    found = model.config.model_type
+    if found != model_type:
+        raise ValueError(f"cannot export a {found!r} model to {target}: {class_name} holds {model_type!r} models "
+                         f"only (transformers has no native class for every seqzoo architecture)")
+    native_config = module.native_config(model.config)
+    weights = module.native_weights({k: v.detach() for k, v in model.state_dict().items()}, model.config)
+    native_class = getattr(transformers, class_name)
+    with torch.device("meta"):
+        native = native_class(native_config)
+    native.load_state_dict(weights, strict=True, assign=True)
+    native.tie_weights()
+    materialize_buffers(native)
+    return native.to(model.dtype).eval()
+
+
+def export_native(source: Any, destination: str | Path, target: str) -> Any:
+    """Export a seqzoo model (object or saved folder) as a ``target`` folder; returns the transformers model."""
+    model = _load_seqzoo(source)
+    native = to_native(model, target)
+    destination = Path(destination)
+    native.save_pretrained(destination)
+    copy_tokenizer_files(source, destination)
+    return native
+
+
+def _load_seqzoo(source: Any) -> Any:
+    from transformers import AutoModelForCausalLM, PreTrainedModel
+
+    import seqzoo  # noqa: F401  (registers the architectures)
+
+    if isinstance(source, PreTrainedModel):
+        return source
+    if not (isinstance(source, (str, Path)) and (Path(source) / "config.json").is_file()):
+        raise ValueError(f"export source {str(source)!r} is not a saved seqzoo model folder (no config.json)")
+    return AutoModelForCausalLM.from_pretrained(source)
+
+
+__all__ = ["TARGETS", "export_native", "to_native"]

@@ -1,0 +1,189 @@
+"""transformers ``LlamaForCausalLM`` (and its relatives ``MistralForCausalLM``, ``Qwen2ForCausalLM``) <-> the seqzoo
+Transformer's ``llama`` variant.
+
+The two compute the same function: RoPE (half-split layout), pre-norm RMSNorm, SwiGLU, grouped-query attention. The
+weight mapping is a rename (``input_layernorm`` <-> ``attn_norm``, ``post_attention_layernorm`` <-> ``mlp_norm``);
+Qwen2's q/k/v biases come with a zero ``o_proj`` bias, because seqzoo's ``attention_bias`` covers all four
+projections. What has no seqzoo equivalent is refused with an error naming the field: RoPE scaling
+(``rope_parameters.rope_type`` other than ``default``), partial rotary factors, sliding-window attention.
+
+    from seqzoo.conversions.llama import convert_llama
+    model = convert_llama("path/to/llama-folder")            # or a LlamaForCausalLM object, or a Hub repo id
+    model.save_pretrained("llama-seqzoo")
+
+From the shell: ``seqzoo convert llama <source> <destination>``; back: ``seqzoo export --to llama <seqzoo> <out>``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from seqzoo.conversions.checkpoints import (
+    Reader,
+    build_model,
+    copy_tokenizer_files,
+    load_transformers_source,
+    valid_token_ids,
+)
+
+MODEL_TYPES = ("llama", "mistral", "qwen2")
+PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj")
+MLP_PROJECTIONS = ("gate_proj", "up_proj", "down_proj")
+# (seqzoo name inside a layer, transformers name): the whole mapping, both ways.
+LAYER_NAMES = (("attn_norm", "input_layernorm"), ("mlp_norm", "post_attention_layernorm"),
+               *((f"self_attn.{p}", f"self_attn.{p}") for p in PROJECTIONS),
+               *((f"mlp.{p}", f"mlp.{p}") for p in MLP_PROJECTIONS))
+# Buffers older transformers releases saved with the weights.
+IGNORED = (r"model\.layers\.\d+\.self_attn\.rotary_emb\.inv_freq",)
+
+
+def rope_theta_of(hf_config: Any) -> float:
+    """The RoPE base of a transformers config; refuses every RoPE variant seqzoo does not compute."""
+    parameters = getattr(hf_config, "rope_parameters", None) or {}
+    legacy = getattr(hf_config, "rope_scaling", None) or {}
+    rope_type = parameters.get("rope_type", legacy.get("rope_type", legacy.get("type", "default")))
+    if rope_type != "default":
+        raise ValueError(
+            f"the source uses rope_parameters.rope_type={rope_type!r}; seqzoo's Transformer computes plain RoPE "
+            f"(rope_type 'default') only, so its logits would differ beyond the original context"
+        )
+    factor = parameters.get("partial_rotary_factor", getattr(hf_config, "partial_rotary_factor", 1.0))
+    if factor not in (None, 1, 1.0):
+        raise ValueError(f"the source uses partial_rotary_factor={factor!r}; seqzoo rotates every channel of a "
+                         f"head (1.0)")
+    theta = parameters.get("rope_theta", getattr(hf_config, "rope_theta", None))
+    return 10000.0 if theta is None else float(theta)
+
+
+def config_from_llama(hf_config: Any, source: Any = None) -> Any:
+    """The seqzoo TransformerConfig equivalent to a Llama / Mistral / Qwen2 config. ``source`` (the weights, read
+    lazily) decides the biases: Llama's ``attention_bias`` covers q, k, v and o, Qwen2 has q/k/v biases only."""
+    from seqzoo.models.transformer import TransformerConfig
+    from seqzoo.models.transformer.configuration_transformer import ACTIVATIONS
+
+    model_type = hf_config.model_type
+    window = getattr(hf_config, "sliding_window", None)
+    if window is not None and (model_type != "qwen2" or getattr(hf_config, "use_sliding_window", False)):
+        raise ValueError(
+            f"the source uses sliding_window={window!r}; seqzoo's Transformer attends over the whole context. For a "
+            f"checkpoint that will only see contexts of at most {window} tokens (where the two agree), set "
+            f"sliding_window to null in its config.json and convert again"
+        )
+    act = hf_config.hidden_act
+    if act not in ACTIVATIONS:
+        raise ValueError(f"the source uses hidden_act={act!r}; seqzoo's Transformer supports {', '.join(ACTIVATIONS)}")
+    attention_bias = bool(getattr(hf_config, "attention_bias", model_type == "qwen2"))
+    mlp_bias = bool(getattr(hf_config, "mlp_bias", False))
+    if source is not None:
+        attention_bias = any(f"model.layers.0.self_attn.{p}.bias" in source for p in PROJECTIONS)
+        mlp_bias = any(f"model.layers.0.mlp.{p}.bias" in source for p in MLP_PROJECTIONS)
+    heads = hf_config.num_attention_heads
+    values = dict(
+        variant="llama",
+        vocab_size=hf_config.vocab_size,
+        hidden_size=hf_config.hidden_size,
+        intermediate_size=hf_config.intermediate_size,
+        num_hidden_layers=hf_config.num_hidden_layers,
+        num_attention_heads=heads,
+        num_key_value_heads=getattr(hf_config, "num_key_value_heads", None) or heads,
+        head_dim=getattr(hf_config, "head_dim", None) or hf_config.hidden_size // heads,
+        max_position_embeddings=hf_config.max_position_embeddings,
+        rope_theta=rope_theta_of(hf_config),
+        hidden_act=act,
+        attention_bias=attention_bias,
+        mlp_bias=mlp_bias,
+        layer_norm_eps=hf_config.rms_norm_eps,
+        attention_dropout=float(getattr(hf_config, "attention_dropout", 0.0)),
+        initializer_range=hf_config.initializer_range,
+        tie_word_embeddings=bool(hf_config.tie_word_embeddings),
+        **valid_token_ids(hf_config.to_dict(), hf_config.vocab_size, f"the {model_type} config"),
+    )
+    return TransformerConfig(**values)
+
+
+def seqzoo_weights(source: Any, config: Any) -> dict[str, torch.Tensor]:
+    """transformers Llama-family tensors -> seqzoo Transformer names. A bias the source lacks where seqzoo has one
+    (Qwen2's ``o_proj``) is zero. Raises ValueError naming every missing, unexpected or mis-shaped tensor."""
+    read = Reader(source, IGNORED)
+    D, V, F = config.hidden_size, config.vocab_size, config.intermediate_size
+    q, kv = config.num_attention_heads * config.head_dim, config.num_key_value_heads * config.head_dim
+    out = {"model.embed_tokens.weight": read("model.embed_tokens.weight", (V, D)),
+           "model.norm.weight": read("model.norm.weight", (D,))}
+    if not config.tie_word_embeddings:
+        out["lm_head.weight"] = read("lm_head.weight", (V, D))
+    elif read.has("lm_head.weight"):
+        read.used.add("lm_head.weight")  # a tied head saved twice
+    shapes = {"self_attn.q_proj": (q, D), "self_attn.k_proj": (kv, D), "self_attn.v_proj": (kv, D),
+              "self_attn.o_proj": (D, q), "mlp.gate_proj": (F, D), "mlp.up_proj": (F, D), "mlp.down_proj": (D, F)}
+    for i in range(config.num_hidden_layers):
+        ours, theirs = f"model.layers.{i}.", f"model.layers.{i}."
+        for norm, hf_norm in LAYER_NAMES[:2]:
+            out[f"{ours}{norm}.weight"] = read(f"{theirs}{hf_norm}.weight", (D,))
+        for name, shape in shapes.items():
+            out[f"{ours}{name}.weight"] = read(f"{theirs}{name}.weight", shape)
+            if config.attention_bias if name.startswith("self_attn") else config.mlp_bias:
+                key = f"{theirs}{name}.bias"
+                out[f"{ours}{name}.bias"] = read(key, shape[:1]) if read.has(key) else torch.zeros(shape[0])
+    read.finish(f"the weights of {getattr(source, 'origin', 'the source')} do not fit a Llama-family model of its "
+                f"config")
+    return out
+
+
+def convert_llama(source: Any, dtype: torch.dtype | None = None) -> Any:
+    """A seqzoo Transformer with the weights of ``source``: a transformers ``LlamaForCausalLM`` /
+    ``MistralForCausalLM`` / ``Qwen2ForCausalLM`` object, a folder saved from one (sharded safetensors are read
+    tensor by tensor), or a Hub repo id. ``dtype`` defaults to the source's (its embedding's)."""
+    hf_config, source_weights = load_transformers_source(source, MODEL_TYPES, "convert llama")
+    config = config_from_llama(hf_config, source_weights)
+    weights = seqzoo_weights(source_weights, config)
+    dtype = dtype or weights["model.embed_tokens.weight"].dtype
+    return build_model(config, weights, dtype, f"the {hf_config.model_type} source")
+
+
+def convert_llama_folder(source: Any, destination: str | Path, dtype: torch.dtype | None = None) -> Any:
+    """Convert ``source`` and save it to ``destination`` with the source folder's tokenizer files."""
+    model = convert_llama(source, dtype)
+    model.save_pretrained(Path(destination))
+    copy_tokenizer_files(source, Path(destination))
+    return model
+
+
+def native_config(config: Any) -> Any:
+    """transformers' LlamaConfig computing what the seqzoo Transformer ``config`` computes; refuses configs with
+    no Llama equivalent, naming the field."""
+    from transformers import LlamaConfig
+
+    wanted = dict(position_embedding="rope", norm_type="rmsnorm", norm_position="pre", mlp_type="gated",
+                  scale_embeddings=False)
+    for name, value in wanted.items():
+        if getattr(config, name) != value:
+            raise ValueError(f"cannot export to llama: {name}={getattr(config, name)!r} has no Llama equivalent "
+                             f"(Llama needs {name}={value!r})")
+    return LlamaConfig(
+        vocab_size=config.vocab_size, hidden_size=config.hidden_size, intermediate_size=config.intermediate_size,
+        num_hidden_layers=config.num_hidden_layers, num_attention_heads=config.num_attention_heads,
+        num_key_value_heads=config.num_key_value_heads, head_dim=config.head_dim, hidden_act=config.hidden_act,
+        max_position_embeddings=config.max_position_embeddings, rms_norm_eps=config.layer_norm_eps,
+        rope_parameters={"rope_type": "default", "rope_theta": config.rope_theta},
+        attention_bias=config.attention_bias, mlp_bias=config.mlp_bias, attention_dropout=config.attention_dropout,
+        initializer_range=config.initializer_range, tie_word_embeddings=config.tie_word_embeddings,
+        pad_token_id=config.pad_token_id, bos_token_id=config.bos_token_id, eos_token_id=config.eos_token_id,
+    )
+
+
+def native_weights(state_dict: dict[str, torch.Tensor], config: Any) -> dict[str, torch.Tensor]:
+    """seqzoo Transformer tensors -> transformers Llama names (the inverse of :func:`seqzoo_weights`)."""
+    renames = {f".{ours}.": f".{theirs}." for ours, theirs in LAYER_NAMES}
+    out = {}
+    for key, tensor in state_dict.items():
+        for ours, theirs in renames.items():
+            key = key.replace(ours, theirs)
+        out[key] = tensor
+    return out
+
+
+__all__ = ["config_from_llama", "convert_llama", "convert_llama_folder", "native_config", "native_weights",
+           "rope_theta_of", "seqzoo_weights"]

@@ -1,0 +1,244 @@
+"""PyTorch ``nn.RNN`` / ``nn.LSTM`` / ``nn.GRU`` language models -> seqzoo RNN / LSTM / GRU.
+
+The source is a state dict in the shape of PyTorch's word-language-model example (``examples/word_language_model``:
+``encoder.weight`` -> ``rnn.weight_ih_l{k}`` ... -> ``decoder.weight`` / ``decoder.bias``); ``key_map`` renames other
+module names onto those (``{"embedding": "encoder", "lstm": "rnn", "fc": "decoder"}``). The cell is read from the
+gate rows of ``weight_hh_l0`` (1, 3 or 4 times the hidden size); an ``nn.RNN`` does not record its nonlinearity, so
+``nonlinearity="tanh" | "relu"`` must be given for one. Tied embeddings are recognised (the two tensors share
+storage or are equal). Files load with ``weights_only=True``: the example's own ``torch.save(model, f)`` pickles the
+whole module, and such a file is refused with the one line that saves a state dict instead.
+
+The example's output is ``log_softmax`` of the decoder; seqzoo returns the decoder's logits, so
+``logits.log_softmax(-1)`` is the example's output. Its hidden state (``(L, B, H)``, or ``(h, c)`` for an LSTM)
+becomes a :class:`~seqzoo.cache.SeqzooCache` with :func:`hidden_to_cache`.
+
+The vocabulary is not in the checkpoint (the example keeps it in ``corpus.dictionary``). Without one the converted
+model works on token ids (``model.generate(ids)``). With ``vocabulary`` (a list of words in id order, or a text file
+with one word per line: ``"\\n".join(corpus.dictionary.idx2word)``) a word-level tokenizer is saved beside the model:
+whitespace-split words, a newline read as ``<eos>`` (as the example's ``data.py`` does), ``<unk>`` for unknown words
+when the vocabulary has it, decoded as words joined by spaces.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from seqzoo.conversions.checkpoints import Reader, SourceWeights, build_model, load_torch_file
+
+GATES = {1: "rnn", 3: "gru", 4: "lstm"}
+NONLINEARITIES = ("tanh", "relu")
+OVERRIDABLE = ("dropout", "pad_token_id", "bos_token_id", "eos_token_id")
+# Keys of other model kinds the example trains, and what they are.
+OTHER_MODELS = (("transformer_encoder.", "the example's TransformerModel (not a recurrent LM)"),
+                ("pos_encoder.", "the example's TransformerModel (not a recurrent LM)"))
+
+
+def load_word_lm_state_dict(source: Any, key_map: dict[str, str] | None = None) -> dict[str, torch.Tensor]:
+    """The state dict of ``source`` (a ``.pt`` path or a dict), with ``key_map`` applied: each entry renames a whole
+    key, or a module prefix (``"lstm"`` renames ``lstm.weight_ih_l0`` to ``rnn.weight_ih_l0``)."""
+    state_dict = load_torch_file(source) if isinstance(source, (str, Path)) else dict(
+        SourceWeights.from_dict(source, "the word-language-model state dict"))
+    if not key_map:
+        return state_dict
+    renamed = {}
+    for key, value in state_dict.items():
+        new = key_map.get(key)
+        if new is None:
+            prefix = next((p for p in key_map if key.startswith(p + ".")), None)
+            new = key_map[prefix] + key[len(prefix):] if prefix is not None else key
+        if new in renamed:
+            raise ValueError(f"key_map maps two tensors onto {new!r}")
+        renamed[new] = value
+    return renamed
+
+
+def config_from_state_dict(state_dict: dict[str, torch.Tensor], nonlinearity: str | None = None,
+                           **overrides: Any) -> Any:
+    """The seqzoo RNN / LSTM / GRU config whose sizes match a word-language-model state dict."""
+    from seqzoo.registry import get_architecture
+
+    for marker, what in OTHER_MODELS:
+        if any(key.startswith(marker) for key in state_dict):
+            raise ValueError(f"the checkpoint is {what}; `convert word-lm` takes nn.RNN / nn.LSTM / nn.GRU models")
+    for key in ("encoder.weight", "rnn.weight_hh_l0", "decoder.weight"):
+        if key not in state_dict:
+            names = ", ".join(sorted({k.split(".")[0] for k in state_dict}))
+            raise ValueError(f"not a word-language-model state dict: missing {key!r} (its modules: {names}); pass "
+                             f"key_map / --key-map to rename them, e.g. embedding=encoder lstm=rnn fc=decoder")
+    for key in state_dict:
+        if key.endswith("_reverse") or "weight_hr_l" in key:
+            raise ValueError(f"{key!r}: bidirectional and projected (proj_size) recurrent layers have no seqzoo "
+                             f"equivalent")
+    unknown = sorted(set(overrides) - set(OVERRIDABLE))
+    if unknown:
+        raise ValueError(f"cannot set {', '.join(unknown)} when converting: the checkpoint's tensors fix them; "
+                         f"settable fields are {', '.join(OVERRIDABLE)}")
+    vocab_size, embedding_size = state_dict["encoder.weight"].shape
+    rows, hidden_size = state_dict["rnn.weight_hh_l0"].shape
+    if rows % hidden_size or rows // hidden_size not in GATES:
+        raise ValueError(f"rnn.weight_hh_l0 has shape {tuple(state_dict['rnn.weight_hh_l0'].shape)}: its rows must "
+                         f"be 1, 3 or 4 times its columns (nn.RNN, nn.GRU, nn.LSTM)")
+    cell = GATES[rows // hidden_size]
+    values: dict[str, Any] = {}
+    if cell == "rnn":
+        if nonlinearity not in NONLINEARITIES:
+            raise ValueError(f"the checkpoint is an nn.RNN, whose state dict does not record its nonlinearity; pass "
+                             f"nonlinearity='tanh' or 'relu' (--nonlinearity), as the model was built with "
+                             f"(got {nonlinearity!r})")
+        values["nonlinearity"] = nonlinearity
+    elif nonlinearity is not None:
+        raise ValueError(f"nonlinearity={nonlinearity!r} applies to nn.RNN only; the checkpoint is an nn.{cell.upper()}")
+    layers = 1 + max(int(m.group(1)) for key in state_dict if (m := re.fullmatch(r"rnn\.weight_ih_l(\d+)", key)))
+    encoder, decoder = state_dict["encoder.weight"], state_dict["decoder.weight"]
+    tied = encoder.shape == decoder.shape and (
+        encoder.untyped_storage().data_ptr() == decoder.untyped_storage().data_ptr() or torch.equal(encoder, decoder))
+    values.update(vocab_size=vocab_size, hidden_size=hidden_size, embedding_size=embedding_size,
+                  num_hidden_layers=layers, tie_word_embeddings=tied, decoder_bias="decoder.bias" in state_dict,
+                  dropout=0.0, pad_token_id=None, bos_token_id=None, eos_token_id=None)
+    values.update(overrides)
+    return get_architecture(cell).config_class(**values)
+
+
+def seqzoo_weights(state_dict: dict[str, torch.Tensor], config: Any) -> dict[str, torch.Tensor]:
+    """Word-language-model names -> seqzoo names. Layers without biases (``bias=False``) get zero biases."""
+    read = Reader(state_dict)
+    V, E, H = config.vocab_size, config.embedding_size, config.hidden_size
+    rows = {"rnn": 1, "gru": 3, "lstm": 4}[config.mixer_type] * H
+    out = {"model.embed_tokens.weight": read("encoder.weight", (V, E))}
+    if config.tie_word_embeddings:
+        read.used.add("decoder.weight")
+    else:
+        out["lm_head.weight"] = read("decoder.weight", (V, H))
+    if config.decoder_bias:
+        out["lm_head.bias"] = read("decoder.bias", (V,))
+    for i in range(config.num_hidden_layers):
+        ours = f"model.layers.{i}."
+        out[ours + "weight_ih"] = read(f"rnn.weight_ih_l{i}", (rows, E if i == 0 else H))
+        out[ours + "weight_hh"] = read(f"rnn.weight_hh_l{i}", (rows, H))
+        for name in ("bias_ih", "bias_hh"):
+            key = f"rnn.{name}_l{i}"
+            out[ours + name] = read(key, (rows,)) if read.has(key) else torch.zeros(rows)
+    read.finish("the checkpoint does not fit a word-language model of the sizes read from it")
+    return out
+
+
+def convert_word_lm(source: Any, nonlinearity: str | None = None, key_map: dict[str, str] | None = None,
+                    dtype: torch.dtype | None = None, **config_overrides: Any) -> Any:
+    """A seqzoo RNN / LSTM / GRU causal LM with the weights of ``source`` (a ``.pt`` state-dict file or a dict).
+    ``config_overrides`` may set ``dropout`` and the special token ids (all unset by default)."""
+    state_dict = load_word_lm_state_dict(source, key_map)
+    config = config_from_state_dict(state_dict, nonlinearity, **config_overrides)
+    weights = seqzoo_weights(state_dict, config)
+    return build_model(config, weights, dtype or state_dict["encoder.weight"].dtype, "the word-language model")
+
+
+def hidden_to_cache(hidden: Any, config: Any) -> Any:
+    """The example's hidden state -- ``(L, B, H)`` for RNN / GRU, ``(h, c)`` for LSTM -- as a SeqzooCache that
+    ``generate`` (``cache=``) continues from, before any token of the inputs it is given."""
+    from seqzoo.cache import SeqzooCache
+
+    names = ("h", "c") if config.mixer_type == "lstm" else ("h",)
+    parts = tuple(hidden) if isinstance(hidden, (tuple, list)) else (hidden,)
+    if len(parts) != len(names) or not all(isinstance(p, torch.Tensor) for p in parts):
+        raise ValueError(f"an nn.{config.mixer_type.upper()} hidden state is {' and '.join(names)}: "
+                         f"{len(names)} tensor(s) of shape (layers, batch, hidden); got {type(hidden).__name__}")
+    for name, part in zip(names, parts):
+        if part.dim() != 3 or part.shape[0] != config.num_hidden_layers or part.shape[2] != config.hidden_size:
+            raise ValueError(f"hidden state {name!r} has shape {tuple(part.shape)}; expected (layers="
+                             f"{config.num_hidden_layers}, batch, hidden={config.hidden_size})")
+    cache = SeqzooCache.for_model(config)
+    for i in range(config.num_hidden_layers):
+        cache.update_layer(i, {name: part[i].detach().clone() for name, part in zip(names, parts)})
+    return cache
+
+
+def save_hidden_state(hidden: Any, config: Any, path: str | Path) -> None:
+    """Save a hidden state (as :func:`hidden_to_cache` takes it) to a safetensors file."""
+    from safetensors.torch import save_file
+
+    cache = hidden_to_cache(hidden, config)
+    save_file({f"layers.{i}.{name}": value.contiguous() for i in range(config.num_hidden_layers)
+               for name, value in cache.layer(i).items()}, str(path))
+
+
+def load_hidden_state(path: str | Path, config: Any) -> Any:
+    """The SeqzooCache saved by :func:`save_hidden_state`."""
+    from safetensors.torch import load_file
+
+    tensors = load_file(str(path))
+    names = ("h", "c") if config.mixer_type == "lstm" else ("h",)
+    try:
+        stacked = [torch.stack([tensors[f"layers.{i}.{name}"] for i in range(config.num_hidden_layers)])
+                   for name in names]
+    except KeyError as err:
+        raise ValueError(f"{str(path)!r} is not a hidden state of this model: missing {err}") from err
+    return hidden_to_cache(stacked if len(stacked) > 1 else stacked[0], config)
+
+
+def word_tokenizer(vocabulary: Any) -> Any:
+    """A transformers tokenizer over a word vocabulary (a list of words in id order, or a file with one per line)."""
+    from tokenizers import Regex, Tokenizer, models, normalizers, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    words = vocabulary
+    if isinstance(vocabulary, (str, Path)):
+        words = Path(vocabulary).read_text(encoding="utf-8").split("\n")
+        if words and words[-1] == "":
+            words.pop()  # the file's final newline
+    words = list(words)
+    duplicates = sorted(w for w, n in Counter(words).items() if n > 1)
+    bad = [w for w in words if not w or any(c.isspace() for c in w)]
+    if duplicates or bad:
+        raise ValueError(f"the vocabulary must hold distinct words without whitespace, one per id; "
+                         f"{'duplicates ' + repr(duplicates[:5]) if duplicates else 'empty or spaced ' + repr(bad[:5])}")
+    vocab = {word: i for i, word in enumerate(words)}
+    unk = "<unk>" if "<unk>" in vocab else None
+    backend = Tokenizer(models.WordLevel(vocab=vocab, unk_token=unk))
+    if "<eos>" in vocab:
+        backend.normalizer = normalizers.Replace(Regex(r"\r?\n"), " <eos> ")
+    backend.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    specials = {"unk_token": unk} if unk else {}
+    if "<eos>" in vocab:
+        specials["eos_token"] = "<eos>"
+    return PreTrainedTokenizerFast(tokenizer_object=backend, clean_up_tokenization_spaces=False, **specials)
+
+
+def convert_word_lm_file(source: Any, destination: str | Path, nonlinearity: str | None = None,
+                         key_map: dict[str, str] | None = None, vocabulary: Any = None, hidden: Any = None,
+                         dtype: torch.dtype | None = None, **config_overrides: Any) -> Any:
+    """Convert ``source`` and save it to ``destination``, with a word tokenizer when ``vocabulary`` is given and the
+    hidden state (a tensor / tuple, or a ``.pt`` file of one) as ``hidden_state.safetensors`` when ``hidden`` is."""
+    model = convert_word_lm(source, nonlinearity, key_map, dtype, **config_overrides)
+    destination = Path(destination)
+    if vocabulary is not None:
+        tokenizer = word_tokenizer(vocabulary)
+        if len(tokenizer) != model.config.vocab_size:
+            raise ValueError(f"the vocabulary has {len(tokenizer)} words, the checkpoint's embedding "
+                             f"{model.config.vocab_size} rows; they must match")
+    if isinstance(hidden, (str, Path)):
+        hidden = _load_hidden_file(Path(hidden))
+    model.save_pretrained(destination)
+    if vocabulary is not None:
+        tokenizer.save_pretrained(destination)
+    if hidden is not None:
+        save_hidden_state(hidden, model.config, destination / "hidden_state.safetensors")
+    return model
+
+
+def _load_hidden_file(path: Path) -> Any:
+    if not path.is_file():
+        raise ValueError(f"hidden state file {str(path)!r} does not exist")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:
+        raise ValueError(f"cannot read {str(path)!r} as a hidden state saved with torch.save(hidden, f) (a tensor "
+                         f"or a tuple of tensors): {err}") from err
+
+
+__all__ = ["config_from_state_dict", "convert_word_lm", "convert_word_lm_file", "hidden_to_cache",
+           "load_hidden_state", "load_word_lm_state_dict", "save_hidden_state", "seqzoo_weights", "word_tokenizer"]

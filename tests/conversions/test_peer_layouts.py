@@ -1,0 +1,213 @@
+"""Checkpoints of peers that do not run on a CPU, built here in the peer's exact layout (key names and shapes read
+from the peer's code) and checked against a path that does run:
+
+- raw ``mamba_ssm`` folders (``MambaLMHeadModel.save_pretrained``: config.json with d_model / n_layer / ssm_cfg,
+  ``pytorch_model.bin`` with ``backbone.embedding.weight``) against transformers' Mamba / Mamba-2 classes holding
+  the same weights;
+- flash-linear-attention ``RWKV7ForCausalLM`` state dicts (``model.layers.N.attn.r_proj`` ... ``w_lora.lora.0``)
+  against the RWKV-LM ``.pth`` path, which tests/models/test_rwkv7_blinkdl.py checks against BlinkDL's package.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from transformers import Mamba2Config, Mamba2ForCausalLM, MambaConfig, MambaForCausalLM
+
+from seqzoo.cli import main as seqzoo_main
+from seqzoo.conversions.fla_rwkv7 import convert_fla_rwkv7
+from seqzoo.conversions.mamba_ssm import convert_mamba_ssm
+from seqzoo.conversions.rwkv7 import convert_rwkv7
+from tests.models.test_rwkv7_reference import random_x070_checkpoint
+from tests.models.test_transformer_reference import randomize
+
+IDS = torch.tensor([[5, 17, 33, 8, 61, 12, 40, 3, 50], [9, 3, 60, 44, 21, 6, 2, 13, 7]])
+
+
+def logits(model):
+    with torch.no_grad():
+        return model(IDS).logits
+
+
+# ---- mamba_ssm ------------------------------------------------------------------------------------------------
+
+def mamba_ssm_folder(folder, peer, config):
+    """Save ``peer``'s weights as mamba_ssm does: its key names (``embedding``), pytorch_model.bin, its config."""
+    folder.mkdir()
+    state = {k.replace("backbone.embeddings.", "backbone.embedding."): v for k, v in peer.state_dict().items()}
+    torch.save(state, folder / "pytorch_model.bin")
+    (folder / "config.json").write_text(json.dumps(config))
+    return folder
+
+
+def mamba1_pair():
+    # vocab 99 padded to 104 (pad_vocab_size_multiple 8), as MambaLMHeadModel pads it.
+    peer = MambaForCausalLM(MambaConfig(vocab_size=104, hidden_size=32, num_hidden_layers=2, state_size=8,
+                                        conv_kernel=3, expand=2, time_step_rank=3, use_conv_bias=True))
+    config = {"d_model": 32, "d_intermediate": 0, "n_layer": 2, "vocab_size": 99,
+              "ssm_cfg": {"d_state": 8, "d_conv": 3, "dt_rank": 3, "use_fast_path": True}, "attn_layer_idx": [],
+              "attn_cfg": {}, "rms_norm": True, "residual_in_fp32": True, "fused_add_norm": True,
+              "pad_vocab_size_multiple": 8, "tie_embeddings": True}
+    return randomize(peer, seed=5, scale=0.2), config
+
+
+def mamba2_pair():
+    peer = Mamba2ForCausalLM(Mamba2Config(vocab_size=104, hidden_size=32, num_hidden_layers=2, state_size=8,
+                                          num_heads=4, head_dim=16, n_groups=2, chunk_size=4, conv_kernel=4,
+                                          tie_word_embeddings=False))
+    config = {"d_model": 32, "n_layer": 2, "vocab_size": 100, "tie_embeddings": False, "rms_norm": True,
+              "ssm_cfg": {"layer": "Mamba2", "d_state": 8, "headdim": 16, "ngroups": 2, "chunk_size": 4,
+                          "A_init_range": [1, 16]}}
+    peer = randomize(peer, seed=6, scale=0.2)
+    with torch.no_grad():  # keep the decays and time steps in their trained ranges
+        for layer in peer.backbone.layers:
+            layer.mixer.A_log.uniform_(-1, 1)
+            layer.mixer.dt_bias.uniform_(-3, -1)
+    return peer, config
+
+
+@pytest.mark.parametrize("make", [mamba1_pair, mamba2_pair], ids=["mamba1", "mamba2"])
+def test_mamba_ssm_folder_matches_transformers(make, tmp_path):
+    peer, config = make()
+    folder = mamba_ssm_folder(tmp_path / "src", peer.eval(), config)
+    assert seqzoo_main(["convert", "mamba-ssm", str(folder), str(tmp_path / "out")]) == 0
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(tmp_path / "out").eval()
+    assert model.config.vocab_size == 104 and model.config.tie_word_embeddings == config["tie_embeddings"]
+    torch.testing.assert_close(logits(model), logits(peer), atol=1e-4, rtol=1e-4)
+
+
+def test_mamba2_defaults_are_mamba_ssm_defaults():
+    peer, config = mamba2_pair()
+    del config["ssm_cfg"]["chunk_size"]
+    model = convert_mamba_ssm(
+        {k.replace("embeddings", "embedding"): v for k, v in peer.state_dict().items()}, config=config)
+    assert model.config.chunk_size == 256 and model.config.time_step_limit == (0.0, float("inf"))
+    config["ssm_cfg"].pop("d_state")  # mamba_ssm's default is 128: the tensors no longer fit
+    with pytest.raises(ValueError, match=r"mis-shaped tensors"):
+        convert_mamba_ssm({k.replace("embeddings", "embedding"): v for k, v in peer.state_dict().items()},
+                          config=config)
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        (lambda c: c.update(attn_layer_idx=[1]), r"attn_layer_idx=\[1\]: attention layers"),
+        (lambda c: c.update(d_intermediate=64), r"d_intermediate=64: MLP blocks"),
+        (lambda c: c.update(rms_norm=False), r"rms_norm=False"),
+        (lambda c: c["ssm_cfg"].update(layer="Mamba3"), r"ssm_cfg.layer='Mamba3'"),
+        (lambda c: c["ssm_cfg"].update(dt_softcap=1.0), r"ssm_cfg.dt_softcap=1.0, which seqzoo does not know"),
+        (lambda c: c.update(n_embd=32), r"fields seqzoo does not know: n_embd"),
+        (lambda c: c.update(model_type="mamba"), r"a transformers Mamba folder converts with hf-mamba"),
+    ],
+    ids=["attention", "mlp", "layernorm", "mamba3", "unknown-ssm-cfg", "unknown-field", "transformers-folder"],
+)
+def test_mamba_ssm_refusals_name_the_field(change, message, tmp_path):
+    peer, config = mamba1_pair()
+    change(config)
+    folder = mamba_ssm_folder(tmp_path / "src", peer, config)
+    with pytest.raises(ValueError, match=message):
+        convert_mamba_ssm(folder)
+
+
+def test_mamba2_refusals():
+    peer, config = mamba2_pair()
+    state = {k.replace("embeddings", "embedding"): v for k, v in peer.state_dict().items()}
+    for key, value, message in (("D_has_hdim", True, "one skip weight per channel"),
+                                ("d_ssm", 32, "less than the inner width 64")):
+        bad = json.loads(json.dumps(config))
+        bad["ssm_cfg"][key] = value
+        with pytest.raises(ValueError, match=message):
+            convert_mamba_ssm(state, config=bad)
+
+
+# ---- flash-linear-attention RWKV-7 ----------------------------------------------------------------------------
+
+FLA_CONFIG = {"model_type": "rwkv7", "hidden_size": 32, "head_dim": 16, "num_hidden_layers": 2, "norm_eps": 1e-5,
+              "hidden_act": "sqrelu", "norm_first": True, "norm_bias": True, "attn": None, "value_dim": [32, 32],
+              "bos_token_id": 0, "eos_token_id": 0, "vocab_size": 67, "tie_word_embeddings": False}
+
+
+def fla_layout(pth):
+    """An RWKV-LM x070 state dict in fla's RWKV7ForCausalLM layout: nn.Linear LoRAs (``lora.0`` (D, C),
+    ``lora.2`` (C, D) with the x0 vector as its bias; the gate has none; layer 0 has no v_lora), ``k_k`` / ``k_a`` /
+    ``ffn.x_k`` flat, the token-shift mixes (1, 1, C), ``pre_norm`` on layer 0 only."""
+    layers = 1 + max(int(k.split(".")[1]) for k in pth if k.startswith("blocks."))
+    sd = {"model.embeddings.weight": pth["emb.weight"], "lm_head.weight": pth["head.weight"],
+          "model.norm.weight": pth["ln_out.weight"], "model.norm.bias": pth["ln_out.bias"],
+          "model.layers.0.pre_norm.weight": pth["blocks.0.ln0.weight"],
+          "model.layers.0.pre_norm.bias": pth["blocks.0.ln0.bias"]}
+    for i in range(layers):
+        b, m = f"blocks.{i}.", f"model.layers.{i}."
+        for ours, theirs in (("ln1", "attn_norm"), ("ln2", "ffn_norm")):
+            sd[f"{m}{theirs}.weight"], sd[f"{m}{theirs}.bias"] = pth[f"{b}{ours}.weight"], pth[f"{b}{ours}.bias"]
+        for name in ("x_r", "x_w", "x_k", "x_v", "x_a", "x_g"):
+            sd[f"{m}attn.{name}"] = pth[f"{b}att.{name}"].reshape(1, 1, -1)
+        sd[f"{m}attn.k_k"], sd[f"{m}attn.k_a"] = pth[f"{b}att.k_k"].reshape(-1), pth[f"{b}att.k_a"].reshape(-1)
+        sd[f"{m}attn.r_k"] = pth[f"{b}att.r_k"]
+        for ours, theirs in (("receptance", "r_proj"), ("key", "k_proj"), ("value", "v_proj"), ("output", "o_proj")):
+            sd[f"{m}attn.{theirs}.weight"] = pth[f"{b}att.{ours}.weight"]
+        for lora in ("w", "a", "v", "g"):
+            if lora == "v" and i == 0:
+                continue
+            sd[f"{m}attn.{lora}_lora.lora.0.weight"] = pth[f"{b}att.{lora}1"].t().contiguous()
+            sd[f"{m}attn.{lora}_lora.lora.2.weight"] = pth[f"{b}att.{lora}2"].t().contiguous()
+            if lora != "g":
+                sd[f"{m}attn.{lora}_lora.lora.2.bias"] = pth[f"{b}att.{lora}0"].reshape(-1)
+        sd[f"{m}attn.g_norm.weight"], sd[f"{m}attn.g_norm.bias"] = pth[f"{b}att.ln_x.weight"], pth[f"{b}att.ln_x.bias"]
+        sd[f"{m}ffn.x_k"] = pth[f"{b}ffn.x_k"].reshape(-1)
+        sd[f"{m}ffn.key.weight"], sd[f"{m}ffn.value.weight"] = pth[f"{b}ffn.key.weight"], pth[f"{b}ffn.value.weight"]
+    return sd
+
+
+@pytest.fixture(scope="module")
+def pth():
+    return random_x070_checkpoint(vocab=67, hidden=32, layers=2, head_size=16, ffn=72, seed=7)
+
+
+def test_fla_layout_matches_the_pth_path(pth):
+    model = convert_fla_rwkv7(fla_layout(pth), config=FLA_CONFIG)
+    # fla's GroupNorm eps is head_dim * norm_eps (x070's 64e-5 at head size 64; 16e-5 here).
+    assert model.config.group_norm_eps == pytest.approx(16e-5) and model.config.eos_token_id == 0
+    torch.testing.assert_close(logits(model), logits(convert_rwkv7(pth, group_norm_eps=16e-5)), rtol=0, atol=0)
+
+
+def test_fla_folder_and_first_layout(pth, tmp_path):
+    from safetensors.torch import save_file
+
+    sd = fla_layout(pth)
+    for i in range(2):  # fla's first layout: the six token-shift mixes stacked in attn.x_x
+        names = [f"model.layers.{i}.attn.x_{c}" for c in "rwkvag"]
+        sd[f"model.layers.{i}.attn.x_x"] = torch.stack([sd.pop(n).reshape(-1) for n in names])
+    (tmp_path / "src").mkdir()
+    save_file({k: v.contiguous() for k, v in sd.items()}, tmp_path / "src" / "model.safetensors")
+    (tmp_path / "src" / "config.json").write_text(json.dumps(FLA_CONFIG))
+    assert seqzoo_main(["convert", "fla-rwkv7", str(tmp_path / "src"), str(tmp_path / "out")]) == 0
+    from transformers import AutoModelForCausalLM
+
+    loaded = AutoModelForCausalLM.from_pretrained(tmp_path / "out").eval()
+    torch.testing.assert_close(logits(loaded), logits(convert_rwkv7(pth, group_norm_eps=16e-5)), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        (lambda c, sd: c.update(attn={"layers": [1], "num_heads": 2}), r"attn=.*hybrid attention layers"),
+        (lambda c, sd: c.update(value_dim=64), r"value_dim=64"),
+        (lambda c, sd: c.update(norm_first=False), r"norm_first=False"),
+        (lambda c, sd: c.update(hidden_act="relu"), r"hidden_act='relu'"),
+        (lambda c, sd: sd.update({"model.layers.1.attn.extra.weight": torch.zeros(2)}),
+         r"not part of fla's RWKV7ForCausalLM: model.layers.1.attn.extra.weight"),
+        (lambda c, sd: sd.pop("model.layers.1.attn.a_lora.lora.2.bias"), r"missing tensors blocks.1.att.a0.*fla's "
+                                                                        r"model.layers.N.attn.\* is blocks.N.att.\*"),
+    ],
+    ids=["hybrid", "value-dim", "no-ln0", "activation", "unknown-tensor", "missing"],
+)
+def test_fla_refusals(pth, change, message):
+    config, sd = dict(FLA_CONFIG), fla_layout(pth)
+    change(config, sd)
+    with pytest.raises(ValueError, match=message):
+        convert_fla_rwkv7(sd, config=config)

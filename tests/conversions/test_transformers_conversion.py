@@ -1,0 +1,187 @@
+"""``seqzoo convert llama|gpt2`` from folders, and ``seqzoo export --to llama|gpt2|mamba|mamba2`` back: sharded
+safetensors, dtypes, tokenizer files, the CLI, and clear refusals. (Logit parity of the mappings with transformers'
+own classes is tests/models/test_transformer_reference.py.)"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+from transformers import (
+    AutoModelForCausalLM,
+    GPT2LMHeadModel,
+    LlamaForCausalLM,
+    Mamba2ForCausalLM,
+    MambaForCausalLM,
+    MistralConfig,
+    MistralForCausalLM,
+)
+
+import seqzoo
+from seqzoo.cli import main as seqzoo_main
+from seqzoo.conversions.checkpoints import read_folder_weights
+from seqzoo.conversions.export import to_native
+from seqzoo.conversions.gpt2 import convert_gpt2
+from seqzoo.conversions.llama import convert_llama
+from tests.conftest import tiny_model
+from tests.models.test_transformer_reference import IDS, gpt2, llama, randomize
+
+TOKENIZER_CONFIG = {"model_max_length": 64, "tokenizer_class": "PreTrainedTokenizerFast"}
+
+
+def logits(model, ids=IDS):
+    with torch.no_grad():
+        return model(ids).logits.float()
+
+
+def save_sharded(model, folder, dtype=torch.float32):
+    model.to(dtype).save_pretrained(folder, max_shard_size="20KB")
+    (folder / "tokenizer_config.json").write_text(json.dumps(TOKENIZER_CONFIG))
+    assert (folder / "model.safetensors.index.json").is_file(), "the test needs a sharded checkpoint"
+
+
+@pytest.mark.parametrize("kind", ["llama", "gpt2"])
+def test_sharded_folder_through_the_cli(kind, tmp_path):
+    peer = llama() if kind == "llama" else gpt2()
+    save_sharded(peer, tmp_path / "src")
+    assert seqzoo_main(["convert", kind, str(tmp_path / "src"), str(tmp_path / "out")]) == 0
+    loaded = AutoModelForCausalLM.from_pretrained(tmp_path / "out").eval()
+    assert type(loaded) is seqzoo.TransformerForCausalLM and loaded.config.variant == kind
+    assert json.loads((tmp_path / "out" / "tokenizer_config.json").read_text()) == TOKENIZER_CONFIG
+    torch.testing.assert_close(logits(loaded), logits(peer), atol=2e-5, rtol=1e-5)
+
+
+def test_reader_is_lazy_over_shards(tmp_path):
+    save_sharded(llama(), tmp_path)
+    weights = read_folder_weights(tmp_path)
+    index = json.loads((tmp_path / "model.safetensors.index.json").read_text())["weight_map"]
+    assert sorted(weights) == sorted(index) and len(set(index.values())) > 2
+    first = next(iter(weights))
+    assert torch.equal(weights[first], load_file(tmp_path / index[first])[first])
+
+
+def test_dtype_is_kept_unless_asked(tmp_path):
+    save_sharded(gpt2(), tmp_path / "bf16", dtype=torch.bfloat16)
+    assert convert_gpt2(tmp_path / "bf16").dtype == torch.bfloat16
+    assert seqzoo_main(["convert", "gpt2", str(tmp_path / "bf16"), str(tmp_path / "out"), "--dtype", "float32"]) == 0
+    assert AutoModelForCausalLM.from_pretrained(tmp_path / "out").dtype == torch.float32
+
+
+def test_original_gpt2_layout_without_prefix(tmp_path):
+    # The OpenAI-era files have no "transformer." prefix and carry the attention-mask buffers.
+    peer = gpt2()
+    peer.save_pretrained(tmp_path)
+    weights = {k.removeprefix("transformer."): v for k, v in load_file(tmp_path / "model.safetensors").items()}
+    weights["h.0.attn.bias"] = torch.ones(1, 1, 64, 64)
+    weights["h.1.attn.masked_bias"] = torch.tensor(-1e4)
+    save_file(weights, tmp_path / "model.safetensors", metadata={"format": "pt"})
+    torch.testing.assert_close(logits(convert_gpt2(tmp_path)), logits(peer), atol=2e-5, rtol=1e-5)
+
+
+def test_converted_model_does_not_share_memory_with_the_source():
+    peer = llama()
+    model = convert_llama(peer)
+    before = logits(peer)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.zero_()
+    torch.testing.assert_close(logits(peer), before, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize(
+    "make, message",
+    [
+        (lambda: llama(rope_parameters={"rope_type": "linear", "factor": 2.0, "rope_theta": 1e4}),
+         r"rope_parameters.rope_type='linear'"),
+        (lambda: randomize(MistralForCausalLM(MistralConfig(vocab_size=99, hidden_size=32, intermediate_size=40,
+                                                            num_hidden_layers=1, num_attention_heads=4,
+                                                            num_key_value_heads=2, sliding_window=16))),
+         r"sliding_window=16.*set sliding_window to null"),
+        (lambda: llama(hidden_act="gelu_fast"), r"hidden_act='gelu_fast'"),
+        (lambda: gpt2(scale_attn_weights=False), r"scale_attn_weights=False"),
+        (lambda: gpt2(scale_attn_by_inverse_layer_idx=True), r"scale_attn_by_inverse_layer_idx=True"),
+    ],
+    ids=["rope-scaling", "sliding-window", "activation", "unscaled-attention", "layer-scaled-attention"],
+)
+def test_what_does_not_map_is_refused_naming_the_field(make, message):
+    peer = make()
+    convert = convert_gpt2 if peer.config.model_type == "gpt2" else convert_llama
+    with pytest.raises(ValueError, match=message):
+        convert(peer)
+
+
+def test_mistral_without_window_converts():
+    peer = randomize(MistralForCausalLM(MistralConfig(vocab_size=99, hidden_size=32, intermediate_size=40,
+                                                      num_hidden_layers=2, num_attention_heads=4,
+                                                      num_key_value_heads=2, sliding_window=None)))
+    torch.testing.assert_close(logits(convert_llama(peer)), logits(peer), atol=2e-5, rtol=1e-5)
+
+
+def test_bad_tensors_and_wrong_sources_are_named(tmp_path):
+    llama().save_pretrained(tmp_path / "bad")
+    weights = load_file(tmp_path / "bad" / "model.safetensors")
+    del weights["model.layers.1.mlp.up_proj.weight"]
+    weights["model.layers.0.self_attn.k_proj.weight"] = torch.zeros(8, 32)
+    weights["model.layers.0.extra.weight"] = torch.zeros(3)
+    save_file(weights, tmp_path / "bad" / "model.safetensors", metadata={"format": "pt"})
+    with pytest.raises(ValueError) as err:
+        convert_llama(tmp_path / "bad")
+    text = str(err.value)
+    assert "missing tensors model.layers.1.mlp.up_proj.weight" in text
+    assert "unexpected tensors model.layers.0.extra.weight" in text
+    assert "model.layers.0.self_attn.k_proj.weight (source (8, 32), expected (16, 32))" in text
+    with pytest.raises(ValueError, match="cannot convert a 'gpt2' model with convert llama"):
+        convert_llama(gpt2())
+    (tmp_path / "broken").mkdir()
+    llama().config.save_pretrained(tmp_path / "broken")
+    (tmp_path / "broken" / "model.safetensors").write_bytes(b"not a safetensors file")
+    with pytest.raises(ValueError, match="model.safetensors.*as safetensors"):
+        convert_llama(tmp_path / "broken")
+
+
+# ---- export ---------------------------------------------------------------------------------------------------
+
+EXPORTS = {
+    "llama": ("transformer-tiny", dict(num_key_value_heads=2, attention_bias=True), LlamaForCausalLM),
+    "gpt2": ("transformer-gpt2-small", dict(num_key_value_heads=2, tie_word_embeddings=False), GPT2LMHeadModel),
+    "mamba": ("mamba-tiny", {}, MambaForCausalLM),
+    "mamba2": ("mamba2-tiny", dict(n_groups=2), Mamba2ForCausalLM),
+}
+
+
+@pytest.mark.parametrize("target", sorted(EXPORTS))
+def test_export_loads_in_transformers_with_the_same_logits(target, tmp_path):
+    preset, overrides, native_class = EXPORTS[target]
+    model = randomize(tiny_model(preset, **overrides), seed=4, scale=0.2)
+    model.save_pretrained(tmp_path / "seqzoo")
+    (tmp_path / "seqzoo" / "tokenizer_config.json").write_text(json.dumps(TOKENIZER_CONFIG))
+    assert seqzoo_main(["export", "--to", target, str(tmp_path / "seqzoo"), str(tmp_path / "out")]) == 0
+    config = json.loads((tmp_path / "out" / "config.json").read_text())
+    assert "auto_map" not in config and not config["model_type"].startswith("seqzoo")
+    assert (tmp_path / "out" / "tokenizer_config.json").is_file()
+    native = native_class.from_pretrained(tmp_path / "out").eval()
+    torch.testing.assert_close(logits(native), logits(model), atol=2e-5, rtol=1e-5)
+    torch.testing.assert_close(logits(to_native(model, target)), logits(model), atol=2e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize(
+    "preset, overrides, target, message",
+    [
+        ("transformer-vaswani-small", {}, "llama", r"position_embedding='sinusoidal' has no Llama equivalent"),
+        ("transformer-vaswani-small", {}, "gpt2", r"position_embedding='sinusoidal' has no GPT-2 equivalent"),
+        ("transformer-gpt2-small", {}, "llama", r"position_embedding='learned' has no Llama equivalent"),
+        ("transformer-tiny", {}, "gpt2", r"position_embedding='rope' has no GPT-2 equivalent"),
+        ("mamba2-tiny", dict(norm_before_gate=True), "mamba2", r"norm_before_gate=True"),
+        ("rwkv7-tiny", {}, "mamba", r"cannot export a 'seqzoo_rwkv7' model to mamba"),
+        ("lstm-tiny", {}, "llama", r"cannot export a 'seqzoo_lstm' model to llama"),
+    ],
+)
+def test_export_refuses_what_has_no_native_equivalent(preset, overrides, target, message, tmp_path, capsys):
+    model = tiny_model(preset, **overrides)
+    with pytest.raises(ValueError, match=message):
+        to_native(model, target)
+    model.save_pretrained(tmp_path)
+    assert seqzoo_main(["export", "--to", target, str(tmp_path), str(tmp_path / "out")]) == 2
+    assert "error: cannot export" in capsys.readouterr().err

@@ -1,0 +1,151 @@
+"""``seqzoo convert word-lm``: PyTorch's word-language-model nn.RNN / LSTM / GRU LMs, checked against the torch.nn
+model itself (built here in the example's shape: encoder -> rnn -> decoder, seq-first, log_softmax output)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from seqzoo.cli import main as seqzoo_main
+from seqzoo.conversions.word_lm import convert_word_lm, hidden_to_cache, load_hidden_state
+
+IDS = torch.tensor([[5, 17, 33, 8, 61, 12, 40], [9, 3, 60, 44, 21, 6, 2]])
+
+
+class WordLM(nn.Module):
+    """The example's RNNModel: embedding -> nn.RNN/LSTM/GRU -> linear decoder, (T, B) inputs, log-probabilities."""
+
+    def __init__(self, cell, ntoken=99, ninp=24, nhid=32, nlayers=2, tie=False, nonlinearity="tanh"):
+        super().__init__()
+        self.encoder = nn.Embedding(ntoken, ninp)
+        if cell == "rnn":
+            self.rnn = nn.RNN(ninp, nhid, nlayers, nonlinearity=nonlinearity)
+        else:
+            self.rnn = getattr(nn, cell.upper())(ninp, nhid, nlayers)
+        self.decoder = nn.Linear(nhid, ntoken)
+        if tie:
+            self.decoder.weight = self.encoder.weight
+
+    def forward(self, tokens, hidden=None):
+        output, hidden = self.rnn(self.encoder(tokens), hidden)
+        return torch.log_softmax(self.decoder(output), dim=-1), hidden
+
+
+CASES = {
+    "lstm": dict(cell="lstm"),
+    "gru-tied": dict(cell="gru", ninp=32, tie=True),
+    "rnn-relu": dict(cell="rnn", nonlinearity="relu"),
+    "rnn-tanh-1layer": dict(cell="rnn", nlayers=1),
+}
+
+
+def reference(case, seed=0):
+    torch.manual_seed(seed)
+    return WordLM(**CASES[case]).eval()
+
+
+def random_hidden(ref, batch=2):
+    shape = (ref.rnn.num_layers, batch, ref.rnn.hidden_size)
+    return (torch.randn(shape), torch.randn(shape)) if isinstance(ref.rnn, nn.LSTM) else torch.randn(shape)
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_log_probabilities_match_the_example(case, tmp_path):
+    ref = reference(case)
+    torch.save(ref.state_dict(), tmp_path / "model.pt")
+    model = convert_word_lm(tmp_path / "model.pt", nonlinearity=CASES[case].get("nonlinearity", "tanh")
+                            if CASES[case]["cell"] == "rnn" else None)
+    assert model.config.model_type == f"seqzoo_{CASES[case]['cell']}"
+    assert model.config.tie_word_embeddings == CASES[case].get("tie", False)
+    with torch.no_grad():
+        expected, _ = ref(IDS.t())
+        actual = model(IDS).logits.log_softmax(-1)
+    torch.testing.assert_close(actual, expected.transpose(0, 1), atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("case", ["lstm", "gru-tied", "rnn-relu"])
+def test_hidden_state_carries_over_into_a_cache(case):
+    ref = reference(case, seed=1)
+    model = convert_word_lm(ref.state_dict(), nonlinearity=CASES[case].get("nonlinearity"))
+    hidden = random_hidden(ref)
+    with torch.no_grad():
+        expected, _ = ref(IDS.t(), hidden)
+    out = model.generate(IDS, attention_mask=torch.ones_like(IDS), cache=hidden_to_cache(hidden, model.config),
+                         max_new_tokens=1, do_sample=False, pad_token_id=0, output_logits=True,
+                         return_dict_in_generate=True)
+    torch.testing.assert_close(out.logits[0].log_softmax(-1), expected[-1], atol=1e-5, rtol=1e-5)
+
+
+def test_cli_with_key_map_vocabulary_and_hidden_state(tmp_path, capsys):
+    ref = reference("lstm", seed=2)
+    renamed = {k.replace("encoder.", "embedding.").replace("rnn.", "lstm.").replace("decoder.", "fc."): v
+               for k, v in ref.state_dict().items()}
+    torch.save(renamed, tmp_path / "model.pt")
+    words = ["<unk>", "<eos>", *[f"w{i}" for i in range(97)]]
+    (tmp_path / "vocab.txt").write_text("\n".join(words) + "\n")
+    hidden = random_hidden(ref, batch=1)
+    torch.save(hidden, tmp_path / "hidden.pt")
+    out = tmp_path / "out"
+    assert seqzoo_main(["convert", "word-lm", str(tmp_path / "model.pt"), str(out), "--key-map", "embedding=encoder",
+                        "lstm=rnn", "fc=decoder", "--vocab", str(tmp_path / "vocab.txt"), "--hidden",
+                        str(tmp_path / "hidden.pt"), "--set", "dropout=0.2"]) == 0
+    model = AutoModelForCausalLM.from_pretrained(out).eval()
+    assert model.config.dropout == 0.2 and model.config.pad_token_id is None
+    tokenizer = AutoTokenizer.from_pretrained(out)
+    assert tokenizer("w3 w5 zzz\nw7")["input_ids"] == [5, 7, 0, 1, 9]
+    assert tokenizer.decode([5, 7, 1, 9], skip_special_tokens=True) == "w3 w5 w7"
+    cache = load_hidden_state(out / "hidden_state.safetensors", model.config)
+    ids = torch.tensor([[5, 7, 9]])
+    with torch.no_grad():
+        expected, _ = ref(ids.t(), hidden)
+    generated = model.generate(ids, attention_mask=torch.ones_like(ids), cache=cache, max_new_tokens=1,
+                               do_sample=False, output_logits=True, return_dict_in_generate=True)
+    torch.testing.assert_close(generated.logits[0].log_softmax(-1), expected[-1], atol=1e-5, rtol=1e-5)
+
+
+def test_without_vocabulary_the_model_works_on_ids(tmp_path, capsys):
+    torch.save(reference("gru-tied").state_dict(), tmp_path / "model.pt")
+    assert seqzoo_main(["convert", "word-lm", str(tmp_path / "model.pt"), str(tmp_path / "out")]) == 0
+    assert "no tokenizer: the model works on token ids" in capsys.readouterr().out
+    assert not (tmp_path / "out" / "tokenizer_config.json").exists()
+    model = AutoModelForCausalLM.from_pretrained(tmp_path / "out")
+    assert model.generate(IDS, attention_mask=torch.ones_like(IDS), max_new_tokens=3, do_sample=False).shape == (2, 10)
+
+
+def test_pickled_module_is_refused_with_the_fix(tmp_path, capsys):
+    torch.save(reference("lstm"), tmp_path / "model.pt")  # what the example's main.py does
+    assert seqzoo_main(["convert", "word-lm", str(tmp_path / "model.pt"), str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert "pickled Python objects" in err and "torch.save(model.state_dict(), 'model-state_dict.pt')" in err
+
+
+@pytest.mark.parametrize(
+    "make, kwargs, message",
+    [
+        (lambda sd: sd, {}, r"nn.RNN, whose state dict does not record its nonlinearity"),
+        (lambda sd: {k.replace("rnn.", "gru."): v for k, v in sd.items()}, {"nonlinearity": "tanh"},
+         r"missing 'rnn.weight_hh_l0' \(its modules: decoder, encoder, gru\); pass key_map"),
+        (lambda sd: {**sd, "rnn.weight_ih_l0_reverse": torch.zeros(1)}, {"nonlinearity": "tanh"}, r"bidirectional"),
+        (lambda sd: {k: v for k, v in sd.items() if k != "rnn.weight_hh_l1"}, {"nonlinearity": "tanh"},
+         r"missing tensors rnn.weight_hh_l1"),
+        (lambda sd: {**sd, "rnn.weight_ih_l1": torch.zeros(32, 5)}, {"nonlinearity": "tanh"},
+         r"rnn.weight_ih_l1 \(source \(32, 5\), expected \(32, 32\)\)"),
+        (lambda sd: {"pos_encoder.pe": torch.zeros(3), **sd}, {}, r"TransformerModel"),
+        (lambda sd: sd, {"nonlinearity": "tanh", "hidden_size": 8}, r"cannot set hidden_size"),
+    ],
+    ids=["nonlinearity", "names", "bidirectional", "missing", "misshaped", "transformer", "sizes"],
+)
+def test_bad_sources_are_named(make, kwargs, message):
+    state_dict = make(dict(reference("rnn-relu").state_dict()))
+    with pytest.raises(ValueError, match=message):
+        convert_word_lm(state_dict, **kwargs)
+
+
+def test_hidden_state_of_the_wrong_shape_is_refused():
+    model = convert_word_lm(reference("lstm").state_dict())
+    with pytest.raises(ValueError, match=r"h and c"):
+        hidden_to_cache(torch.zeros(2, 1, 32), model.config)
+    with pytest.raises(ValueError, match=r"shape \(3, 1, 32\); expected \(layers=2"):
+        hidden_to_cache((torch.zeros(3, 1, 32), torch.zeros(3, 1, 32)), model.config)

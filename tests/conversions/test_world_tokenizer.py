@@ -1,0 +1,113 @@
+"""The RWKV World tokenizer against BlinkDL's ``rwkv`` package's own tokenizer, and in the places users meet it:
+a converted model folder, ``pipeline("text-generation")``, and a Python without seqzoo (``trust_remote_code``)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+pytest.importorskip("rwkv", reason="BlinkDL's rwkv package is not installed (pip install rwkv; it is in the dev extra)")
+
+from rwkv.rwkv_tokenizer import TRIE_TOKENIZER  # noqa: E402
+from transformers import AutoTokenizer, pipeline  # noqa: E402
+
+from seqzoo.cli import main as seqzoo_main  # noqa: E402
+from seqzoo.conversions.world_tokenizer import WORLD_VOCAB_SIZE, rwkv_vocab_path, world_tokenizer  # noqa: E402
+from tests.models.test_rwkv7_reference import random_x070_checkpoint  # noqa: E402
+
+CORPUS = [
+    "Hello, world! The quick brown fox jumps over the lazy dog.",
+    "Grüße aus Köln — naïve café, façade, Ångström, Ελληνικά, русский текст",
+    "自然语言处理是人工智能领域中的一个重要方向。它研究能实现人与计算机之间用自然语言进行有效通信的各种理论和方法，" * 12,
+    "日本語のテキスト、한국어 문장, ภาษาไทย, العربية, עברית, हिन्दी",
+    "emoji 😀🎉 family 👩‍👩‍👧‍👦 flags 🇩🇪🇯🇵 skin 👍🏽 keycap 1️⃣",
+    "def fib(n: int) -> int:\n\tif n < 2:\n\t\treturn n\n    return fib(n - 1) + fib(n - 2)  # recursion\n\n\n",
+    "    \t  \n\r\n   \u3000 leading and trailing whitespace runs" + " " * 300 + "\n" * 40 + "\t" * 9,
+    "<|endoftext|> is text here, as in the rwkv package; so is <s> and [UNK]",
+    "x" * 2000 + "=" * 500 + "https://example.com/a/very/long/url?with=query&and=params#fragment" * 5,
+    "mixed 中文English混合 text…\n。\n，\n",
+    "",
+]
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    return world_tokenizer()
+
+
+@pytest.fixture(scope="module")
+def reference():
+    return TRIE_TOKENIZER(str(rwkv_vocab_path()))
+
+
+@pytest.mark.parametrize("text", CORPUS, ids=range(len(CORPUS)))
+def test_encode_and_decode_as_the_rwkv_package(tokenizer, reference, text):
+    expected = reference.encode(text)
+    ids = tokenizer(text)["input_ids"]
+    assert ids == expected
+    assert tokenizer.decode(ids) == text == (reference.decode(expected) if expected else "")
+
+
+def test_vocabulary_and_special_tokens(tokenizer):
+    assert tokenizer.vocab_size == 65530 and max(tokenizer.get_vocab().values()) < WORLD_VOCAB_SIZE
+    assert tokenizer.eos_token_id == tokenizer.pad_token_id == tokenizer.bos_token_id == 0
+    assert tokenizer.decode([0, 33, 34, 35], skip_special_tokens=True) == " !\""
+    batch = tokenizer(["a b c", "中文"], padding=True)
+    assert batch["input_ids"][1][0] == 0 and batch["attention_mask"][1][0] == 0  # left padding with id 0
+    with pytest.raises(ValueError, match="outside the RWKV World vocabulary"):
+        tokenizer.decode([70000])
+
+
+@pytest.fixture(scope="module")
+def converted(tmp_path_factory):
+    """A random x070 checkpoint with the World vocabulary size, converted with the tokenizer by the CLI."""
+    folder = tmp_path_factory.mktemp("world")
+    sd = random_x070_checkpoint(vocab=WORLD_VOCAB_SIZE, hidden=32, layers=1, head_size=16, ffn=64, seed=3)
+    torch.save(sd, folder / "model.pth")
+    assert seqzoo_main(["convert", "rwkv7", str(folder / "model.pth"), str(folder / "out"), "--world-tokenizer",
+                        "--set", "bos_token_id=0", "eos_token_id=0", "pad_token_id=0"]) == 0
+    return folder / "out"
+
+
+def test_converted_folder_generates_through_a_pipeline(converted, tokenizer):
+    assert sorted(p.name for p in converted.iterdir() if "token" in p.name or "vocab" in p.name) == [
+        "rwkv_world_vocab.json", "tokenization_rwkv_world.py", "tokenizer_config.json"]
+    loaded = AutoTokenizer.from_pretrained(converted)  # seqzoo is imported: no trust_remote_code needed
+    assert loaded("中文 😀 code\n\t")["input_ids"] == tokenizer("中文 😀 code\n\t")["input_ids"]
+    generator = pipeline("text-generation", model=str(converted))
+    prompt = "The RWKV 语言模型 🚀"
+    text = generator(prompt, max_new_tokens=8, do_sample=False)[0]["generated_text"]
+    ids = torch.tensor([tokenizer(prompt)["input_ids"]])
+    direct = generator.model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=8, do_sample=False)
+    assert text == tokenizer.decode(direct[0], skip_special_tokens=True) and text.startswith(prompt)
+
+
+def test_loads_with_trust_remote_code_where_seqzoo_is_absent(converted, tmp_path):
+    # The converted folder, and the bundle `seqzoo publish` builds from it, both carry the tokenizer's code.
+    bundle = tmp_path / "bundle"
+    assert seqzoo_main(["publish", str(converted), "someone/rwkv7-world", "--dry-run", "--output", str(bundle)]) == 0
+    assert (bundle / "tokenization_rwkv_world.py").is_file() and (bundle / "rwkv_world_vocab.json").is_file()
+    script = (
+        "import json, sys\n"
+        "sys.modules['seqzoo'] = None  # import seqzoo now fails\n"
+        "from transformers import AutoTokenizer\n"
+        "results = []\n"
+        "for folder in sys.argv[2:]:\n"
+        "    tokenizer = AutoTokenizer.from_pretrained(folder, trust_remote_code=True)\n"
+        "    ids = tokenizer(sys.argv[1])['input_ids']\n"
+        "    results.append([type(tokenizer).__module__, ids, tokenizer.decode(ids)])\n"
+        "print(json.dumps(results))\n"
+    )
+    text = "seqzoo-free 中文 😀\n\tdef f(): pass"
+    env = {**os.environ, "HF_MODULES_CACHE": str(tmp_path / "modules")}
+    result = subprocess.run([sys.executable, "-c", script, text, str(converted), str(bundle)], env=env,
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    expected = TRIE_TOKENIZER(str(rwkv_vocab_path())).encode(text)
+    for module, ids, decoded in json.loads(result.stdout.strip().splitlines()[-1]):
+        assert module.startswith("transformers_modules.") and ids == expected and decoded == text
