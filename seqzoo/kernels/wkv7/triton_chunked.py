@@ -13,18 +13,19 @@ Forward, two launches:
   1. ``_fwd_intra_kernel``, one program per (chunk, batch * head): everything that does not need S, as
      u = W S^T + U0 and y = R S^T + Y0 with W = P^-1 aw, U0 = P^-1 A_ak v, R = rw + A_rb W, Y0 = A_rb U0 + A_rk v.
   2. ``_fwd_state_kernel``, one program per (block of value rows, batch * head), sequential over chunks: u, the
-     output y and the next state; stores each chunk's start state when a backward will follow.
+     output y and the next state; stores each chunk's start state and u when a backward will follow.
 Backward, three launches, with dS' the gradient of a chunk's end state:
   3. ``_bwd_intra_kernel`` (parallel over chunks): Gy = P^-T A_rb^T dy and Bt = P^-T bend.
   4. ``_bwd_state_kernel`` (sequential, last chunk first): dz = Gy + Bt dS'^T (dz = P^-T du, du = dL/du) and
-     dS = dS' diag(exp(g)) + dz^T aw + dy^T rw; stores each chunk's dS'; its last value is d initial_state.
-  5. ``_bwd_grads_kernel`` (parallel over chunks): from S, dS' and dy, every input gradient of the chunk.
+     dS = dS' diag(exp(g)) + dz^T aw + dy^T rw; stores each chunk's dS' and dz; its last value is d initial_state.
+  5. ``_bwd_grads_kernel`` (parallel over chunks): from S, dS', u, dz and dy, every input gradient of the chunk
+     (no triangular inverse: u and dz carry it).
 
 Score matrices: E[t, s] = exp(c_t - c_s) is factored as exp(c_t - m) exp(m - c_s), m = g / 2, so each matrix is one
 (Q x K)(K x Q) product, when the chunk decays by at most FACTORED_MAX_DECAY in every channel (always in RWKV-7
 models); a chunk that decays more takes the pairwise form, one key at a time with every ratio <= 1. The choice is
-made per chunk inside the kernels, so no value check reaches the host. Everything is float32; the products are
-exact ("ieee") for float32 inputs and run on tensor cores with tf32 operands for bf16 and float16 inputs.
+made per chunk inside the kernels, so no value check reaches the host. Everything is float32; the products run
+on tensor cores, with float32 accuracy (3xTF32) for float32 inputs and tf32 operands for bf16 and float16 inputs.
 
 T == 1 runs the fused recurrent kernel of ``triton.py`` (one launch, the decode step).
 """
@@ -40,6 +41,9 @@ from .reference import check_inputs
 
 CHUNK = 32  # tokens per chunk (a tile size: results agree up to rounding); untuned
 STATE_BLOCK_V = 32  # value rows per program of the sequential kernels; untuned
+# Software-pipelining depth of the sequential kernels (their loads do not depend on the state, so the next chunk's
+# are issued early); 3 stages of float32 tiles would exceed Hopper's shared memory at head size 128.
+STATE_STAGES = 2
 # exp(+-g/2) factors stay below exp(30) for chunks that decay by at most 60, far inside float32 (the CPU backend's
 # bound). RWKV-7 models decay by at most 32 * exp(-0.5) = 19.4 per chunk of 32.
 FACTORED_MAX_DECAY = 60.0
@@ -53,12 +57,13 @@ def _tf32(x):
 
 @triton.jit
 def _dot(a, b, PRECISION: tl.constexpr, EMULATE: tl.constexpr):
-    # a @ b of float32 tiles with float32 accumulation, exact ("ieee") or with tf32 operands. The interpreter
-    # multiplies tf32 operands exactly, so there they are rounded first (the 13 low mantissa bits cleared, as the
-    # tensor cores read them) and multiplied exactly.
-    if EMULATE and PRECISION == "tf32":
-        a = (a.to(tl.int32, bitcast=True) & -8192).to(tl.float32, bitcast=True)
-        b = (b.to(tl.int32, bitcast=True) & -8192).to(tl.float32, bitcast=True)
+    # a @ b of float32 tiles with float32 accumulation, on tensor cores: tf32 operands, or three tf32 products that
+    # recover float32 accuracy ("tf32x3"). The interpreter multiplies exactly, so there tf32 operands are rounded
+    # first (the 13 low mantissa bits cleared, as the tensor cores read them); tf32x3 stands in as exact.
+    if EMULATE:
+        if PRECISION == "tf32":
+            a = (a.to(tl.int32, bitcast=True) & -8192).to(tl.float32, bitcast=True)
+            b = (b.to(tl.int32, bitcast=True) & -8192).to(tl.float32, bitcast=True)
         return tl.dot(a, b, input_precision="ieee")
     return tl.dot(a, b, input_precision=PRECISION)
 
@@ -223,7 +228,7 @@ def _chunk_setup(r_ptr, w_ptr, k_ptr, a_ptr, b_ptr, bidx, h, chunk, length, head
     b = _load_chunk(b_ptr, bidx, h, chunk, length, heads, key_dim, 0, Q, BK)
     c, cb, gamma = _decays(w, Q)
     A_rb, A_rk, A_ab, A_ak = _scores(r, k, a, b, c, cb, gamma, max_decay, Q, PRECISION, EMULATE)
-    return r, k, a, b, c, cb, gamma, A_rb, A_rk, A_ab, A_ak, _unit_lower_inverse(A_ab, Q)
+    return r, k, a, b, c, cb, gamma, A_rb, A_rk, A_ab, A_ak
 
 
 @triton.jit
@@ -233,9 +238,10 @@ def _fwd_intra_kernel(r_ptr, w_ptr, k_ptr, v_ptr, a_ptr, b_ptr, W_ptr, U0_ptr, R
                       PRECISION: tl.constexpr, EMULATE: tl.constexpr):
     chunk, pid_bh = tl.program_id(0), tl.program_id(1)
     bidx, h = pid_bh // heads, pid_bh % heads
-    r, k, a, b, c, cb, gamma, A_rb, A_rk, A_ab, A_ak, P_inv = _chunk_setup(
+    r, k, a, b, c, cb, gamma, A_rb, A_rk, A_ab, A_ak = _chunk_setup(
         r_ptr, w_ptr, k_ptr, a_ptr, b_ptr, bidx, h, chunk, length, heads, key_dim, max_decay, Q, BK,
         PRECISION, EMULATE)
+    P_inv = _unit_lower_inverse(A_ab, Q)
     v = _load_chunk(v_ptr, bidx, h, chunk, length, heads, value_dim, 0, Q, BV)
     W = _dot(P_inv, a * tl.exp(cb), PRECISION, EMULATE)  # (Q, BK)
     U0 = _dot(P_inv, _dot(A_ak, v, PRECISION, EMULATE), PRECISION, EMULATE)  # (Q, BV)
@@ -250,7 +256,7 @@ def _fwd_intra_kernel(r_ptr, w_ptr, k_ptr, v_ptr, a_ptr, b_ptr, W_ptr, U0_ptr, R
 
 
 @triton.jit
-def _fwd_state_kernel(w_ptr, k_ptr, v_ptr, b_ptr, W_ptr, U0_ptr, R_ptr, Y0_ptr, h0_ptr, y_ptr, hT_ptr, states_ptr,
+def _fwd_state_kernel(w_ptr, k_ptr, v_ptr, b_ptr, W_ptr, U0_ptr, R_ptr, Y0_ptr, h0_ptr, y_ptr, hT_ptr, states_ptr, u_ptr,
                       length, heads, key_dim, value_dim, num_chunks,
                       Q: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, BVS: tl.constexpr,
                       HAS_H0: tl.constexpr, SAVE: tl.constexpr,
@@ -274,6 +280,8 @@ def _fwd_state_kernel(w_ptr, k_ptr, v_ptr, b_ptr, W_ptr, U0_ptr, R_ptr, Y0_ptr, 
         to_end = tl.exp(gamma[None, :] - c)
         S_t = tl.trans(S)
         u = _dot(_tile(W_ptr, 0, rows, ki, BK), S_t, PRECISION, EMULATE) + _tile(U0_ptr, 0, rows, vi, BV)
+        if SAVE:
+            _put(u_ptr, 0, rows, vi, BV, u)
         y = _dot(_tile(R_ptr, 0, rows, ki, BK), S_t, PRECISION, EMULATE) + _tile(Y0_ptr, 0, rows, vi, BV)
         _store_chunk(y_ptr, y, bidx, h, chunk, length, heads, value_dim, pid_v * BVS, Q, BVS)
         b_end = _load_chunk(b_ptr, bidx, h, chunk, length, heads, key_dim, 0, Q, BK) * to_end
@@ -291,11 +299,11 @@ def _bwd_intra_kernel(r_ptr, w_ptr, k_ptr, a_ptr, b_ptr, dy_ptr, Gy_ptr, Bt_ptr,
                       PRECISION: tl.constexpr, EMULATE: tl.constexpr):
     chunk, pid_bh = tl.program_id(0), tl.program_id(1)
     bidx, h = pid_bh // heads, pid_bh % heads
-    r, k, a, b, c, cb, gamma, A_rb, A_rk, A_ab, A_ak, P_inv = _chunk_setup(
+    r, k, a, b, c, cb, gamma, A_rb, A_rk, A_ab, A_ak = _chunk_setup(
         r_ptr, w_ptr, k_ptr, a_ptr, b_ptr, bidx, h, chunk, length, heads, key_dim, max_decay, Q, BK,
         PRECISION, EMULATE)
+    P_inv_t = tl.trans(_unit_lower_inverse(A_ab, Q))
     dy = _load_chunk(dy_ptr, bidx, h, chunk, length, heads, value_dim, 0, Q, BV)
-    P_inv_t = tl.trans(P_inv)
     Gy = _dot(P_inv_t, _dot(tl.trans(A_rb), dy, PRECISION, EMULATE), PRECISION, EMULATE)
     Bt = _dot(P_inv_t, b * tl.exp(gamma[None, :] - c), PRECISION, EMULATE)
     rows = (pid_bh * num_chunks + chunk) * Q + tl.arange(0, Q)
@@ -304,7 +312,7 @@ def _bwd_intra_kernel(r_ptr, w_ptr, k_ptr, a_ptr, b_ptr, dy_ptr, Gy_ptr, Bt_ptr,
 
 
 @triton.jit
-def _bwd_state_kernel(r_ptr, w_ptr, a_ptr, dy_ptr, Gy_ptr, Bt_ptr, dhT_ptr, dh0_ptr, dends_ptr,
+def _bwd_state_kernel(r_ptr, w_ptr, a_ptr, dy_ptr, Gy_ptr, Bt_ptr, dhT_ptr, dh0_ptr, dends_ptr, dz_ptr,
                       length, heads, key_dim, value_dim, num_chunks,
                       Q: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, BVS: tl.constexpr,
                       HAS_DHT: tl.constexpr,
@@ -330,13 +338,14 @@ def _bwd_state_kernel(r_ptr, w_ptr, a_ptr, dy_ptr, Gy_ptr, Bt_ptr, dhT_ptr, dh0_
         dy = _load_chunk(dy_ptr, bidx, h, chunk, length, heads, value_dim, pid_v * BVS, Q, BVS)
         dz_t = (_dot(dS, tl.trans(_tile(Bt_ptr, 0, rows, ki, BK)), PRECISION, EMULATE)
                 + tl.trans(_tile(Gy_ptr, 0, rows, vi, BV)))  # (BVS, Q)
+        _put(dz_ptr, 0, rows, vi, BV, tl.trans(dz_t))
         dS = (dS * tl.exp(gamma)[None, :] + _dot(dz_t, aw, PRECISION, EMULATE)
               + _dot(tl.trans(dy), rw, PRECISION, EMULATE))
     tl.store(dh0_ptr + state_off, dS, mask=m_vk)
 
 
 @triton.jit
-def _bwd_grads_kernel(r_ptr, w_ptr, k_ptr, v_ptr, a_ptr, b_ptr, dy_ptr, states_ptr, dends_ptr,
+def _bwd_grads_kernel(r_ptr, w_ptr, k_ptr, v_ptr, a_ptr, b_ptr, dy_ptr, states_ptr, dends_ptr, u_ptr, dz_ptr,
                       dr_ptr, dw_ptr, dk_ptr, dv_ptr, da_ptr, db_ptr,
                       length, heads, key_dim, value_dim, num_chunks, max_decay,
                       Q: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
@@ -344,7 +353,7 @@ def _bwd_grads_kernel(r_ptr, w_ptr, k_ptr, v_ptr, a_ptr, b_ptr, dy_ptr, states_p
     chunk, pid_bh = tl.program_id(0), tl.program_id(1)
     bidx, h = pid_bh // heads, pid_bh % heads
     idx = tl.arange(0, Q)
-    r, k, a, b, c, cb, gamma, A_rb, A_rk, A_ab, A_ak, P_inv = _chunk_setup(
+    r, k, a, b, c, cb, gamma, A_rb, A_rk, A_ab, A_ak = _chunk_setup(
         r_ptr, w_ptr, k_ptr, a_ptr, b_ptr, bidx, h, chunk, length, heads, key_dim, max_decay, Q, BK,
         PRECISION, EMULATE)
     v = _load_chunk(v_ptr, bidx, h, chunk, length, heads, value_dim, 0, Q, BV)
@@ -357,10 +366,9 @@ def _bwd_grads_kernel(r_ptr, w_ptr, k_ptr, v_ptr, a_ptr, b_ptr, dy_ptr, states_p
     to_end = tl.exp(gamma[None, :] - c)
     rw, aw, b_end, k_end = r * e_c, a * e_cb, b * to_end, k * to_end
 
-    u = _dot(P_inv, _dot(aw, tl.trans(S), PRECISION, EMULATE)
-             + _dot(A_ak, v, PRECISION, EMULATE), PRECISION, EMULATE)  # (Q, BV)
-    dz = _dot(tl.trans(P_inv), _dot(tl.trans(A_rb), dy, PRECISION, EMULATE)
-              + _dot(b_end, tl.trans(dS_end), PRECISION, EMULATE), PRECISION, EMULATE)
+    rows = (pid_bh * num_chunks + chunk) * Q + idx
+    u = _tile(u_ptr, 0, rows, vi, BV)  # the removed values, from the forward
+    dz = _tile(dz_ptr, 0, rows, vi, BV)  # P^-T du, from the sequential backward
     d_rw = _dot(dy, S, PRECISION, EMULATE)  # (Q, BK)
     d_aw = _dot(dz, S, PRECISION, EMULATE)
     d_bend = _dot(u, dS_end, PRECISION, EMULATE)
@@ -400,10 +408,11 @@ _INTERPRETED = type(_fwd_intra_kernel).__name__ == "InterpretedFunction"
 
 
 def _precision(x) -> str:
-    """Products for inputs of x's dtype: exact float32 for float32, tf32 operands for bf16/fp16 (bf16 operands
-    would round the decayed keys and queries, the inverse and the state to 8 bits: about 3x the error of tf32 at the
-    parity tests' sizes, beyond the bf16 tolerance; float16 cannot hold the factored operands)."""
-    return "ieee" if x.dtype == torch.float32 else "tf32"
+    """Products for inputs of x's dtype: float32 accuracy (3xTF32) for float32 inputs; tf32 operands for bf16 and
+    float16 (bf16 operands would round the decayed keys and queries, the inverse and the state to 8 bits: about 3x
+    the error of tf32 at the parity tests' sizes, beyond the bf16 tolerance; float16 cannot hold the factored
+    operands). Exact float32 ("ieee") products would run on the CUDA cores and spill registers heavily."""
+    return "tf32x3" if x.dtype == torch.float32 else "tf32"
 
 
 def _sizes(r, v):
@@ -423,27 +432,30 @@ def _forward(r, w, k, v, a, b, h0, save: bool):
     dots = dict(PRECISION=_precision(r), EMULATE=_INTERPRETED)
     common = (length, heads, key_dim, value_dim, num_chunks)
     _fwd_intra_kernel[(num_chunks, batch * heads)](
-        r, w, k, v, a, b, W, U0, R, Y0, *common, float(FACTORED_MAX_DECAY), Q=CHUNK, BK=block_k, BV=block_v, **dots, num_warps=4)
+        r, w, k, v, a, b, W, U0, R, Y0, *common, float(FACTORED_MAX_DECAY), Q=CHUNK, BK=block_k, BV=block_v, **dots,
+        num_warps=8)
     y = torch.empty(batch, length, heads, value_dim, device=dev, dtype=r.dtype)
     hT = torch.empty(batch, heads, value_dim, key_dim, device=dev, dtype=f32)
     states = torch.empty(batch * heads * num_chunks, block_v, block_k, device=dev, dtype=f32) if save else None
+    u = torch.empty(rows, block_v, device=dev, dtype=f32) if save else None
     block_vs = min(STATE_BLOCK_V, block_v)
     _fwd_state_kernel[(triton.cdiv(value_dim, block_vs), batch * heads)](
-        w, k, v, b, W, U0, R, Y0, h0, y, hT, states, *common,
-        Q=CHUNK, BK=block_k, BV=block_v, BVS=block_vs, HAS_H0=h0 is not None, SAVE=save, **dots, num_warps=4)
-    return y, hT, states
+        w, k, v, b, W, U0, R, Y0, h0, y, hT, states, u, *common,
+        Q=CHUNK, BK=block_k, BV=block_v, BVS=block_vs, HAS_H0=h0 is not None, SAVE=save, **dots,
+        num_warps=4, num_stages=STATE_STAGES)
+    return y, hT, states, u
 
 
 class _ChunkedWKV7Fn(torch.autograd.Function):
     @staticmethod
     def forward(ctx, r, w, k, v, a, b, h0):
-        y, hT, states = _forward(r, w, k, v, a, b, h0, save=True)
-        ctx.save_for_backward(r, w, k, v, a, b, h0, states)
+        y, hT, states, u = _forward(r, w, k, v, a, b, h0, save=True)
+        ctx.save_for_backward(r, w, k, v, a, b, h0, states, u)
         return y, hT
 
     @staticmethod
     def backward(ctx, dy, dhT):
-        r, w, k, v, a, b, h0, states = ctx.saved_tensors
+        r, w, k, v, a, b, h0, states, u = ctx.saved_tensors
         batch, length, heads, key_dim, value_dim, block_k, block_v, num_chunks = _sizes(r, v)
         dev, f32 = r.device, torch.float32
         dy = torch.zeros_like(v) if dy is None else dy.contiguous()
@@ -454,17 +466,19 @@ class _ChunkedWKV7Fn(torch.autograd.Function):
         Gy = torch.empty(rows, block_v, device=dev, dtype=f32)
         Bt = torch.empty(rows, block_k, device=dev, dtype=f32)
         _bwd_intra_kernel[(num_chunks, batch * heads)](
-            r, w, k, a, b, dy, Gy, Bt, *common, float(FACTORED_MAX_DECAY), Q=CHUNK, BK=block_k, BV=block_v, **dots, num_warps=4)
-        dends = torch.empty_like(states)
+            r, w, k, a, b, dy, Gy, Bt, *common, float(FACTORED_MAX_DECAY), Q=CHUNK, BK=block_k, BV=block_v,
+            **dots, num_warps=8)
+        dends, dz = torch.empty_like(states), torch.empty_like(u)
         dh0 = torch.empty(batch, heads, value_dim, key_dim, device=dev, dtype=f32)
         block_vs = min(STATE_BLOCK_V, block_v)
         _bwd_state_kernel[(triton.cdiv(value_dim, block_vs), batch * heads)](
-            r, w, a, dy, Gy, Bt, dhT, dh0, dends, *common,
-            Q=CHUNK, BK=block_k, BV=block_v, BVS=block_vs, HAS_DHT=dhT is not None, **dots, num_warps=4)
+            r, w, a, dy, Gy, Bt, dhT, dh0, dends, dz, *common,
+            Q=CHUNK, BK=block_k, BV=block_v, BVS=block_vs, HAS_DHT=dhT is not None, **dots,
+            num_warps=4, num_stages=STATE_STAGES)
         dr, dw, dk, da, db = (torch.empty(r.shape, device=dev, dtype=f32) for _ in range(5))
         dv = torch.empty(v.shape, device=dev, dtype=f32)
         _bwd_grads_kernel[(num_chunks, batch * heads)](
-            r, w, k, v, a, b, dy, states, dends, dr, dw, dk, dv, da, db, *common, float(FACTORED_MAX_DECAY),
+            r, w, k, v, a, b, dy, states, dends, u, dz, dr, dw, dk, dv, da, db, *common, float(FACTORED_MAX_DECAY),
             Q=CHUNK, BK=block_k, BV=block_v, **dots, num_warps=8)
         return (dr.to(r.dtype), dw.to(w.dtype), dk.to(k.dtype), dv.to(v.dtype), da.to(a.dtype), db.to(b.dtype),
                 dh0.to(h0.dtype) if h0 is not None else None)
@@ -482,5 +496,5 @@ def wkv7(r, w, k, v, a, b, *, initial_state=None):
     inputs = (r, w, k, v, a, b, initial_state)
     if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in inputs):
         return _ChunkedWKV7Fn.apply(r, w, k, v, a, b, h0)
-    y, hT, _ = _forward(r, w, k, v, a, b, h0, save=False)
+    y, hT, _, _ = _forward(r, w, k, v, a, b, h0, save=False)
     return y, hT
