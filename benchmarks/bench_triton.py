@@ -261,7 +261,9 @@ def time_backend(fn, call, inputs, dy, sizes, chunk):
     return fwd, both, note
 
 
-def kernel_rows(sizes: Sizes, device: torch.device, dtype: torch.dtype, ops, interpret: bool) -> list[dict]:
+def kernel_rows(sizes: Sizes, device: torch.device, dtype: torch.dtype, ops, interpret: bool,
+                on_op: Callable[[list[dict]], None] = lambda rows: None) -> list[dict]:
+    """Rows for every op, length and backend; ``on_op`` sees the rows so far after each op."""
     rows = []
     for op in ops:
         entries, default = kernel_entries(op, device, interpret)
@@ -296,6 +298,7 @@ def kernel_rows(sizes: Sizes, device: torch.device, dtype: torch.dtype, ops, int
                                      for k in ("fwd_ms", "fwd_bwd_ms")]
             rows += block
             print(f"  {op} T={length}: done", file=sys.stderr, flush=True)
+        on_op(rows)
     return rows
 
 
@@ -534,21 +537,23 @@ def allow_triton_on_cpu() -> None:
 
 
 class Report:
-    """What the run measured so far, as JSON and markdown files rewritten after every section."""
+    """What the run measured so far, as JSON and markdown files rewritten after every section (and after every op of
+    the kernel section, with ``final=False``: a run cut short keeps what it measured)."""
 
     def __init__(self, args) -> None:
-        self.args, self.data, self.sections = args, {}, []
+        self.args, self.data, self.sections = args, {}, {}
 
-    def add(self, key, value, markdown: str) -> None:
+    def add(self, key, value, markdown: str, final: bool = True) -> None:
         self.data[key] = value
-        self.sections.append(markdown)
-        print(markdown + "\n", flush=True)
+        self.sections[key] = markdown
+        if final:
+            print(markdown + "\n", flush=True)
         if self.args.json:
             with open(self.args.json, "w") as f:
                 json.dump(self.data, f, indent=1, default=str)
         if self.args.markdown:
             with open(self.args.markdown, "w") as f:
-                f.write("\n\n".join(self.sections) + "\n")
+                f.write("\n\n".join(self.sections.values()) + "\n")
 
 
 def main(args) -> None:
@@ -573,15 +578,18 @@ def main(args) -> None:
         f"bandwidth {fmt(bw['peak_gbps'], '.0f')} GB/s ({bw['peak_source']}), device-to-device copy "
         f"{fmt(bw['copy_gbps'], '.0f')} GB/s (1 GiB, bytes read + written)\n\ncommand: `{meta['command']}`"))
 
-    ops = args.ops or OPS
-    rows = kernel_rows(sizes, device, dtype, ops, args.interpret)
-    report.add("kernels", rows, (
-        f"## Kernels, B={sizes.batch}: forward and forward+backward\n\n"
-        f"Sizes: conv/selective_scan D={sizes.channels} (N={sizes.scan_state}); ssd H={sizes.ssd_heads} "
-        f"P={sizes.ssd_head_dim} N={sizes.ssd_state} G=1; wkv7 H={sizes.wkv_heads} K=V={sizes.wkv_head_size}. "
-        "GB/s: minimum traffic / time (% of the data-sheet peak / % of the measured copy). Time / default: that "
-        "backend's time over the time of the backend the registry picks for CUDA tensors (forward / "
-        "forward+backward); > 1 means the default is faster.\n\n" + kernel_table(rows, bw)))
+    def kernel_section(rows: list[dict], final: bool = True) -> None:
+        report.add("kernels", rows, (
+            f"## Kernels, B={sizes.batch}, {args.dtype}: forward and forward+backward\n\n"
+            f"Sizes: conv/selective_scan D={sizes.channels} (N={sizes.scan_state}); ssd H={sizes.ssd_heads} "
+            f"P={sizes.ssd_head_dim} N={sizes.ssd_state} G=1; wkv7 H={sizes.wkv_heads} K=V={sizes.wkv_head_size}. "
+            "GB/s: minimum traffic / time (% of the data-sheet peak / % of the measured copy). Time / default: "
+            "that backend's time over the time of the backend the registry picks for CUDA tensors (forward / "
+            "forward+backward); > 1 means the default is faster.\n\n" + kernel_table(rows, bw)), final)
+
+    rows = kernel_rows(sizes, device, dtype, args.ops or OPS, args.interpret,
+                       on_op=lambda so_far: kernel_section(so_far, final=False))
+    kernel_section(rows)
 
     if args.skip_models:
         return
