@@ -333,7 +333,7 @@ class GreedyDecoder:
     The step reads the token's embedding and the cached states from fixed tensors and writes the next token and the
     new states back into them, so a replay needs no Python or launches per layer. Embeddings go in as
     ``inputs_embeds`` because the model checks the range of ``input_ids`` on the host, which a capture forbids.
-    Needs a cache of fixed-size states (seqzoo's RecurrentCache). With ``use_graph=False`` the same step runs
+    Needs fixed-size recurrent states in every layer (a key/value cache grows). With ``use_graph=False`` the step runs
     eagerly (the dry run checks the state handling that way).
     """
 
@@ -342,8 +342,8 @@ class GreedyDecoder:
         with torch.no_grad():
             out = model(prompt_ids, use_cache=True)
         self.cache = output_cache(out)
-        if not hasattr(self.cache, "layers") or not all(isinstance(layer, dict) for layer in self.cache.layers):
-            raise TypeError(f"GreedyDecoder needs fixed-size recurrent states, got {type(self.cache).__name__}")
+        if not all(isinstance(self.cache.layer(i), dict) for i in range(len(self.cache.layers))):
+            raise TypeError(f"GreedyDecoder needs fixed-size recurrent states in every layer, got {self.cache!r}")
         self.token = out.logits[:, -1:].argmax(-1)  # (B, 1), read and written by every step
         # The fixed state tensors every step reads and overwrites.
         self.fixed = {(i, name): value.clone() for i in range(len(self.cache.layers))
