@@ -1,7 +1,7 @@
 """The one prepared GPU check: installs the carried wheels, then runs the gpu-marked tests, the Triton benchmark and a
 greedy-decode check of a tiny model of every family, each step in its own process with its own time limit, and
 writes what it found to a few files. Built for one H200 with Python 3.12, torch 2.11, Triton 3.6 and no package
-registry; expected wall time about 5-6 minutes, never more than --budget (450 s) plus a few seconds.
+registry; expected wall time about 6-7 minutes, never more than --budget (465 s) plus a few seconds.
 
 On the GPU machine, from the repository root, with the wheel folder .whl carried (see benchmarks/gpu_wheels.txt):
 
@@ -19,7 +19,8 @@ Steps, in order (a step that fails or times out is recorded and the next one run
               CUDA graphs for families with fixed-size recurrent states (one graph replay per token,
               benchmarks/bench_triton.py's GreedyDecoder) and against torch.compile for attention families (their
               key/value cache grows, which a captured graph cannot); tokens compared.
-  gpu_tests   python -m pytest -m gpu tests, 120 s per test.
+  gpu_tests   the parity tests (tests/kernels_triton/test_parity_*.py), compiled, then python -m pytest -m gpu
+              tests; 120 s per test.
   bench       benchmarks/bench_triton.py: kernels (bf16; wkv7 first), then the model-level tables (4 layers).
 
 Files written to --out (at most 8, as the GPU machine returns): results.json (every step's status, time and
@@ -35,6 +36,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -46,7 +48,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 # Distributions a carried wheel must never replace: the machine's own torch, Triton and CUDA libraries.
 PROTECTED = ("torch", "triton", "nvidia", "cuda", "pytorch_triton")
-STEP_CAPS = {"install": 60, "env": 45, "decode": 120, "gpu_tests": 200, "bench": 170}  # seconds, before the budget
+STEP_CAPS = {"install": 60, "env": 45, "decode": 120, "gpu_tests": 220, "bench": 170}  # seconds, before the budget
 STEP_FLOORS = {"install": 20, "env": 15, "decode": 30, "gpu_tests": 60, "bench": 60}  # kept for later steps
 
 
@@ -217,11 +219,6 @@ class Runner:
         (self.out / "results.md").write_text(summary_markdown(self.results))
 
 
-def tail_line(path: Path, needle: str) -> str:
-    lines = [line for line in path.read_text(errors="replace").splitlines() if needle in line]
-    return lines[-1].strip("= ") if lines else ""
-
-
 def summary_markdown(results: dict) -> str:
     parts = [f"# GPU check, {results['started']}" + (" (dry run)" if results["dry_run"] else "")]
     env = results.get("env") or {}
@@ -280,14 +277,21 @@ def orchestrate(args) -> int:
     runner.results["decode"] = runner.load(runner.child_json("decode"))
     later.remove("gpu_tests")
 
-    targets = ["tests/kernels_triton/test_gpu_kernels.py"] if args.dry_run else ["tests"]
-    runner.run("gpu_tests", [py, "-m", "pytest", "-m", "gpu", *targets, "-q", "-rfE", "-p", "no:cacheprovider",
-                             "--continue-on-collection-errors", "-o", "timeout=120"], later)
+    # Two pytest runs in one step (one log): the interpreter-sized parity tests, compiled here (odd sizes, padding
+    # masks, both wkv7 score forms), then every gpu-marked test.
+    options = "-q -rfE -p no:cacheprovider --continue-on-collection-errors -o timeout=120"
+    parity = " ".join(sorted(str(p.relative_to(REPO))
+                             for p in (REPO / "tests" / "kernels_triton").glob("test_parity_*.py")))
+    marked = "tests/kernels_triton/test_gpu_kernels.py" if args.dry_run else "tests"
+    script = (f"{sys.executable} -m pytest {options} {parity}; first=$?; "
+              f"{sys.executable} -m pytest {options} -m gpu {marked}; second=$?; exit $((first | second))")
+    runner.run("gpu_tests", ["bash", "-c", script], later)
     log = runner.out / "gpu_tests.log"
+    lines = log.read_text(errors="replace").splitlines() if log.exists() else []
     runner.results["gpu_tests"] = {
-        "summary": tail_line(log, " in ") if log.exists() else "",
-        "failures": [line for line in log.read_text(errors="replace").splitlines()
-                     if line.startswith(("FAILED", "ERROR"))][:60] if log.exists() else []}
+        "summary": "; ".join(line.strip("= ") for line in lines
+                             if re.search(r"\d+ (passed|failed|skipped|error)", line) and " in " in line),
+        "failures": [line for line in lines if line.startswith(("FAILED", "ERROR"))][:60]}
     runner.save()
     later.remove("bench")
 
@@ -312,7 +316,7 @@ def parse_args(argv=None):
                         help="folder for the result files (default: $OUT, else ./gpu-check-out)")
     parser.add_argument("--wheels", default=".whl", help="folder of the wheels to install (default .whl)")
     parser.add_argument("--site", default="/tmp/site", help="pip --target folder for the wheels")
-    parser.add_argument("--budget", type=int, default=450, help="seconds for all steps together")
+    parser.add_argument("--budget", type=int, default=465, help="seconds for all steps together")
     parser.add_argument("--dry-run", action="store_true", help="CPU: the plumbing, GPU-only parts skipped")
     parser.add_argument("--child", choices=("env", "decode"), help=argparse.SUPPRESS)
     parser.add_argument("--child-out", help=argparse.SUPPRESS)

@@ -24,8 +24,8 @@ def chunk16(monkeypatch):
 
 def _check(name, inputs, dtype=torch.float32):
     backend, reference = leaves(inputs, dtype, low_precision=ALL if dtype != torch.float32 else ())
-    check_parity(name, triton_kernel("wkv7", "triton_chunked"), get_kernel("wkv7", "reference"), backend, reference, _call,
-                 dtype, out_dtype=dtype)
+    check_parity(name, triton_kernel("wkv7", "triton_chunked"), get_kernel("wkv7", "reference"), backend, reference,
+                 _call, dtype, out_dtype=dtype)
 
 
 @pytest.mark.parametrize("length, dtype", [(1, torch.float32), (63, torch.float32), (63, torch.bfloat16)],

@@ -256,7 +256,8 @@ def _fwd_intra_kernel(r_ptr, w_ptr, k_ptr, v_ptr, a_ptr, b_ptr, W_ptr, U0_ptr, R
 
 
 @triton.jit
-def _fwd_state_kernel(w_ptr, k_ptr, v_ptr, b_ptr, W_ptr, U0_ptr, R_ptr, Y0_ptr, h0_ptr, y_ptr, hT_ptr, states_ptr, u_ptr,
+def _fwd_state_kernel(w_ptr, k_ptr, v_ptr, b_ptr, W_ptr, U0_ptr, R_ptr, Y0_ptr, h0_ptr, y_ptr, hT_ptr,
+                      states_ptr, u_ptr,
                       length, heads, key_dim, value_dim, num_chunks,
                       Q: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, BVS: tl.constexpr,
                       HAS_H0: tl.constexpr, SAVE: tl.constexpr,
