@@ -18,7 +18,7 @@ Steps, in order (a step that fails or times out is recorded and the next one run
   decode      greedy decoding of a tiny model of every registered family (tests/conftest.py's sizes), eager against
               CUDA graphs for families with fixed-size recurrent states (one graph replay per token,
               benchmarks/bench_triton.py's GreedyDecoder) and against torch.compile for attention families (their
-              key/value cache grows, which a captured graph cannot); tokens compared.
+              key/value cache grows, which a captured graph cannot: transformers, hybrids); tokens compared.
   gpu_tests   the parity tests (tests/kernels_triton/test_parity_*.py), compiled, then python -m pytest -m gpu
               tests; 120 s per test.
   bench       benchmarks/bench_triton.py: kernels (bf16; wkv7 first), then the model-level tables (4 layers).
@@ -86,13 +86,16 @@ def decode_check(dry_run: bool, steps: int = 10, save=lambda rows: None) -> list
     sys.path.insert(0, str(REPO / "benchmarks"))
     from bench_triton import GreedyDecoder, eager_greedy
 
-    from tests.conftest import FAMILIES, tiny_model
+    from tests.conftest import FAMILIES, tiny_config, tiny_model
 
     cuda = torch.cuda.is_available() and not dry_run
     device = "cuda" if cuda else "cpu"
     rows = []
-    # Attention families (their names start with "transformer") after the others.
-    for family, preset in sorted(FAMILIES.items(), key=lambda item: (item[0].startswith("transformer"), item[0])):
+    def fixed_state(preset: str) -> bool:
+        return all(kind == "recurrent" for kind in tiny_config(preset).cache_layer_kinds)
+
+    # Families with an attention layer (transformers, hybrids) after the fixed-state ones.
+    for family, preset in sorted(FAMILIES.items(), key=lambda item: (not fixed_state(item[1]), item[0])):
         row = {"family": family, "preset": preset, "method": "", "result": "", "seconds": None}
         start = time.monotonic()
         try:
