@@ -1,23 +1,30 @@
 """Triton kernels on a GPU: each op's forward and forward+backward against the chunked torch backend on the same GPU,
-achieved memory bandwidth against the card's peak, flash-linear-attention's RWKV-7 kernels and mamba_ssm's scans
-when they are installed, and model-level prefill, training step and decode (eager, CUDA graphs, torch.compile).
+achieved memory bandwidth against the card's peak and a measured device-to-device copy, flash-linear-attention's
+RWKV-7 kernels and mamba_ssm's scans when they import, and model-level prefill, training step and decode (eager and
+CUDA graphs; torch.compile with --compile).
 
-    python benchmarks/bench_triton.py                # on a CUDA GPU; prints markdown tables for BENCHMARKS.md
-    python benchmarks/bench_triton.py --dry-run      # CPU, TRITON_INTERPRET=1, tiny sizes: checks that it all runs
+    python benchmarks/bench_triton.py                            # on a CUDA GPU; prints markdown for BENCHMARKS.md
+    python benchmarks/bench_triton.py --json r.json --markdown r.md
+    python benchmarks/bench_triton.py --dry-run                  # CPU, tiny sizes: the plumbing, GPU-only parts skipped
+    python benchmarks/bench_triton.py --dry-run --interpret      # ... with the Triton backends under the interpreter
 
 Bandwidth is the minimum traffic of the call (every input read once, every output written once; for the backward
-also the output gradient read and the input gradients written) divided by the measured time, against the peak from
-a table of cards, or measured with a large device-to-device copy for cards not in the table. Times are medians of
-CUDA-event timings.
+also the output gradient read and the input gradients written) divided by the measured time; it is given against
+the data-sheet peak and against a large device-to-device copy measured in the same run. Times are medians of
+CUDA-event timings. Rows time every Triton backend of an op (for wkv7 also the chunked kernel with chunks of 16),
+the ``chunked`` torch backend and the peers; the last column is each time over the time of the backend the registry
+picks for CUDA tensors.
 
-In a dry run the Triton backends are allowed on CPU tensors (Triton interprets them with numpy), every section runs
-once at tiny sizes, and times mean nothing.
+A dry run times only what runs on CPU (the chunked backends, tiny models); the Triton backends, peers and CUDA
+graphs are listed with the reason they were skipped. Results go to stdout, and to --json / --markdown files, which
+are rewritten after every section so that a run cut short keeps what it measured.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import os
 import statistics
 import sys
@@ -37,6 +44,8 @@ PEAK_GBPS = (
     ("B200", 8000), ("A100-SXM4-80GB", 2039), ("A100 80GB PCIe", 1935), ("A100", 1555), ("L40S", 864), ("L40", 864),
     ("L4", 300), ("A10G", 600), ("A10", 600), ("RTX 4090", 1008), ("RTX 3090", 936), ("V100", 900), ("T4", 320),
 )
+# fla's RWKV7 layer calls chunk_rwkv7 with this bound on the log decay (-exp(-0.5)) and chunks of 64.
+FLA_LOWER_BOUND = -0.6065306597126334
 
 
 @dataclass
@@ -81,29 +90,34 @@ def median_seconds(fn: Callable[[], object], repeats: int, warmup: int) -> float
     return statistics.median(samples)
 
 
-def peak_bandwidth_gbps(device: torch.device) -> tuple[float, str]:
-    """The card's peak (GB/s) and where the figure comes from."""
+def bandwidths(device: torch.device) -> dict:
+    """Data-sheet peak and a measured device-to-device copy (GB/s, bytes read + written), with sources."""
     if device.type != "cuda":
-        return float("nan"), "no GPU"
+        return {"peak_gbps": None, "peak_source": "no GPU", "copy_gbps": None}
     name = torch.cuda.get_device_name(device)
-    for fragment, gbps in PEAK_GBPS:
-        if fragment in name:
-            return float(gbps), f"data sheet ({fragment})"
-    src = torch.empty(1 << 28, dtype=torch.uint8, device=device)  # 256 MiB, far beyond any L2
+    peak = next((float(gbps) for fragment, gbps in PEAK_GBPS if fragment in name), None)
+    src = torch.empty(1 << 30, dtype=torch.uint8, device=device)  # 1 GiB, far beyond any L2
     dst = torch.empty_like(src)
-    seconds = median_seconds(lambda: dst.copy_(src), repeats=20, warmup=3)
-    return 2 * src.numel() / seconds / 1e9, "measured device-to-device copy"
+    copy = 2 * src.numel() / median_seconds(lambda: dst.copy_(src), repeats=20, warmup=3) / 1e9
+    del src, dst
+    return {"peak_gbps": peak, "peak_source": f"data sheet ({name})" if peak else f"not in the table ({name})",
+            "copy_gbps": copy}
 
 
-def bandwidth(num_bytes: int, seconds: float, peak: float) -> str:
-    if not seconds > 0:
-        return "-"
-    gbps = num_bytes / seconds / 1e9
-    return f"{gbps:.0f} ({100 * gbps / peak:.0f}%)" if peak == peak else f"{gbps:.2f}"
+def gbps(num_bytes: int, seconds: float) -> float | None:
+    return num_bytes / seconds / 1e9 if seconds and seconds > 0 else None
 
 
 def nbytes(tensors) -> int:
     return sum(t.numel() * t.element_size() for t in tensors if t is not None)
+
+
+def fmt(value, spec=".3f", none="-") -> str:
+    return none if value is None or value != value else format(value, spec)
+
+
+def pct(value, of) -> str:
+    return "-" if value is None or not of else f"{100 * value / of:.0f}%"
 
 
 # ---- one case per op: inputs at a size, and how to call a backend on them ----
@@ -136,6 +150,7 @@ def op_case(op: str, sizes: Sizes, length: int, dtype: torch.dtype, device: torc
         H, K = sizes.wkv_heads, sizes.wkv_head_size
         kk = torch.nn.functional.normalize(torch.randn(B, T, H, K, generator=g), dim=-1)
         iclr = torch.rand(B, T, H, K, generator=g)
+        # RWKV-7's ranges: log decay in (-exp(-0.5), 0], a = -kk, b = kk * iclr.
         inputs = {"r": rnd(B, T, H, K), "w": (-0.6 * torch.rand(B, T, H, K, generator=g)).to(device, dtype),
                   "k": rnd(B, T, H, K, scale=0.3), "v": rnd(B, T, H, K), "a": (-kk).to(device, dtype),
                   "b": (kk * iclr).to(device, dtype)}
@@ -143,22 +158,27 @@ def op_case(op: str, sizes: Sizes, length: int, dtype: torch.dtype, device: torc
     raise ValueError(f"unknown op {op!r}; valid: {', '.join(OPS)}")
 
 
-def peer_kernels(op: str) -> dict[str, Callable]:
-    """Third-party kernels for ``op`` that are importable here, as functions with seqzoo's signature."""
+def peer_kernels(op: str) -> tuple[dict[str, Callable], list[str]]:
+    """Third-party kernels for ``op`` that import here, as functions with seqzoo's signature, and why others don't."""
     peers: dict[str, Callable] = {}
+    missing: list[str] = []
     if op == "wkv7":
-        with contextlib.suppress(Exception):
+        try:
             from fla.ops.rwkv7 import chunk_rwkv7, fused_recurrent_rwkv7
 
             # fla keeps the state as (K, V), seqzoo as (V, K); outputs are (B, T, H, V) in both.
-            def fla(fn):
+            def fla(fn, **options):
                 return lambda r, w, k, v, a, b: fn(r=r, w=w, k=k, v=v, a=a, b=b, scale=1.0,
-                                                   output_final_state=True)
+                                                   output_final_state=True, **options)
 
-            peers["fla chunk_rwkv7"] = fla(chunk_rwkv7)
+            peers["fla chunk_rwkv7 (as its RWKV7 layer: chunk 64, safe_gate)"] = fla(
+                chunk_rwkv7, safe_gate=True, lower_bound=FLA_LOWER_BOUND, chunk_size=64)
+            peers["fla chunk_rwkv7 (defaults)"] = fla(chunk_rwkv7)
             peers["fla fused_recurrent_rwkv7"] = fla(fused_recurrent_rwkv7)
+        except Exception as err:  # reported in the output: a missing peer is a finding, not a crash
+            missing.append(f"flash-linear-attention: {type(err).__name__}: {str(err)[:120]}")
     if op == "selective_scan":
-        with contextlib.suppress(Exception):
+        try:
             from mamba_ssm.ops.selective_scan_interface import selective_scan_fn
 
             def mamba_scan(u, delta, A, B, C, D, z):
@@ -168,72 +188,141 @@ def peer_kernels(op: str) -> dict[str, Callable]:
                 return y.transpose(1, 2), last
 
             peers["mamba_ssm selective_scan_fn"] = mamba_scan
+        except Exception as err:
+            missing.append(f"mamba_ssm: {type(err).__name__}: {str(err)[:120]}")
     if op == "ssd":
-        with contextlib.suppress(Exception):
+        try:
             from mamba_ssm.ops.triton.ssd_combined import mamba_chunk_scan_combined
 
             peers["mamba_ssm mamba_chunk_scan_combined"] = lambda x, dt, A, B, C, D, chunk_size: \
                 mamba_chunk_scan_combined(x, dt, A, B, C, chunk_size=256, D=D, return_final_states=True)
-    return peers
+        except Exception as err:
+            missing.append(f"mamba_ssm: {type(err).__name__}: {str(err)[:120]}")
+    return peers, missing
 
 
-def kernel_rows(sizes: Sizes, device: torch.device, dtype: torch.dtype, peak: float) -> list[list[object]]:
+@contextlib.contextmanager
+def wkv7_chunk(size: int | None):
+    """Run the triton_chunked wkv7 kernels with chunks of ``size`` (a tile size; None keeps the default)."""
+    if size is None:
+        yield
+        return
+    import importlib
+
+    module = importlib.import_module("seqzoo.kernels.wkv7.triton_chunked")
+    saved, module.CHUNK = module.CHUNK, size
+    try:
+        yield
+    finally:
+        module.CHUNK = saved
+
+
+def kernel_entries(op: str, device: torch.device, interpret: bool):
+    """(label, function, chunk-size override, skip reason) for every backend and peer timed for ``op``."""
     from seqzoo.kernels import get_kernel
+    from seqzoo.kernels.registry import get_op
 
+    gpu = device.type == "cuda" or interpret
+    entries = []
+    tritons = sorted((b for b in get_op(op).backends.values() if b.name.startswith("triton")),
+                     key=lambda b: -b.priority)
+    for backend in tritons:
+        skip = "" if gpu else "needs a GPU (pass --interpret to run it under Triton's interpreter)"
+        entries.append((backend.name, None if skip else get_kernel(op, backend.name), None, skip))
+        if backend.name == "triton_chunked":
+            entries.append(("triton_chunked (chunks of 16)", None if skip else get_kernel(op, backend.name), 16, skip))
+    entries.append(("chunked", get_kernel(op, "chunked"), None, ""))
+    if device.type == "cuda":
+        peers, missing = peer_kernels(op)
+        entries += [(name, fn, None, "") for name, fn in peers.items()]
+        entries += [(name.split(":")[0], None, None, f"not importable: {name}") for name in missing]
+    return entries, (tritons[0].name if tritons and gpu else "chunked")
+
+
+def time_backend(fn, call, inputs, dy, sizes, chunk):
+    leaves = {k: v.detach().requires_grad_(v.is_floating_point()) for k, v in inputs.items()}
+
+    def forward():
+        with torch.no_grad(), wkv7_chunk(chunk):
+            call(fn, inputs)
+
+    def forward_backward():
+        with wkv7_chunk(chunk):
+            out, _ = call(fn, leaves)
+            torch.autograd.backward([out], [dy])
+        for t in leaves.values():
+            t.grad = None
+
+    fwd = median_seconds(forward, sizes.repeats, sizes.warmup)
+    try:
+        both, note = median_seconds(forward_backward, sizes.repeats, sizes.warmup), ""
+    except (NotImplementedError, RuntimeError) as err:  # some peers have no backward
+        both, note = None, f"no backward ({type(err).__name__}: {str(err)[:80]})"
+    return fwd, both, note
+
+
+def kernel_rows(sizes: Sizes, device: torch.device, dtype: torch.dtype, ops, interpret: bool,
+                on_op: Callable[[list[dict]], None] = lambda rows: None) -> list[dict]:
+    """Rows for every op, length and backend; ``on_op`` sees the rows so far after each op."""
     rows = []
-    for op in OPS:
-        backends = {"triton": get_kernel(op, "triton"), "chunked": get_kernel(op, "chunked")}
-        backends.update(peer_kernels(op))
+    for op in ops:
+        entries, default = kernel_entries(op, device, interpret)
         for length in sizes.lengths:
             inputs, call = op_case(op, sizes, length, dtype, device)
             float_inputs = [t for t in inputs.values() if t.is_floating_point()]
             with torch.no_grad():
-                y_ref, _ = call(backends["chunked"], inputs)
+                y_ref, _ = call(dict((e[0], e[1]) for e in entries)["chunked"], inputs)
             dy = torch.randn_like(y_ref)
             fwd_bytes = nbytes(float_inputs) + nbytes([y_ref])
             bwd_bytes = 2 * nbytes(float_inputs) + nbytes([dy])
-            times: dict[str, tuple[float, float]] = {}
-            for name, fn in backends.items():
-                with torch.no_grad():
-                    y, _ = call(fn, inputs)
-                error = ((y.float() - y_ref.float()).abs().max() / y_ref.float().abs().max()).item()
-                leaves = {k: v.detach().requires_grad_(v.is_floating_point()) for k, v in inputs.items()}
-
-                def forward(fn=fn):
-                    with torch.no_grad():
-                        call(fn, inputs)
-
-                def forward_backward(fn=fn):
-                    out, _ = call(fn, leaves)
-                    torch.autograd.backward([out], [dy])
-                    for t in leaves.values():
-                        t.grad = None
-
-                fwd = median_seconds(forward, sizes.repeats, sizes.warmup)
-                try:
-                    both = median_seconds(forward_backward, sizes.repeats, sizes.warmup)
-                except (NotImplementedError, RuntimeError) as err:  # some peers have no backward
-                    both = float("nan")
-                    print(f"  {op} {name}: no backward ({type(err).__name__}: {str(err)[:80]})", file=sys.stderr)
-                times[name] = (fwd, both)
-                bwd = both - fwd
-                rows.append([op, length, name, f"{fwd * 1e3:.3f}", f"{both * 1e3:.3f}", bandwidth(fwd_bytes, fwd, peak),
-                             bandwidth(bwd_bytes, bwd, peak), f"{error:.1e}"])
-            ours = times["triton"]
-            for row in rows[-len(backends):]:
-                other = times[row[2]]
-                row.append(f"{other[0] / ours[0]:.2f}x / {other[1] / ours[1]:.2f}x")
+            block = []
+            for label, fn, chunk, skip in entries:
+                row = {"op": op, "T": length, "backend": label, "fwd_ms": None, "fwd_bwd_ms": None,
+                       "fwd_gbps": None, "bwd_gbps": None, "rel_err": None, "note": skip}
+                if not skip:
+                    try:
+                        with torch.no_grad(), wkv7_chunk(chunk):
+                            y, _ = call(fn, inputs)
+                        row["rel_err"] = ((y.float() - y_ref.float()).abs().max()
+                                          / y_ref.float().abs().max()).item()
+                        fwd, both, row["note"] = time_backend(fn, call, inputs, dy, sizes, chunk)
+                        row.update(fwd_ms=fwd * 1e3, fwd_bwd_ms=None if both is None else both * 1e3,
+                                   fwd_gbps=gbps(fwd_bytes, fwd),
+                                   bwd_gbps=None if both is None else gbps(bwd_bytes, both - fwd))
+                    except Exception as err:  # one failing backend must not hide the others' figures
+                        row["note"] = f"failed: {type(err).__name__}: {str(err)[:160]}"
+                block.append(row)
+            ours = next(r for r in block if r["backend"] == default)
+            for row in block:
+                row["vs_default"] = [None if not (row[k] and ours[k]) else row[k] / ours[k]
+                                     for k in ("fwd_ms", "fwd_bwd_ms")]
+            rows += block
+            print(f"  {op} T={length}: done", file=sys.stderr, flush=True)
+        on_op(rows)
     return rows
+
+
+def kernel_table(rows: list[dict], bw: dict) -> str:
+    body = []
+    for r in rows:
+        ratio = r.get("vs_default", [None, None])
+        body.append([r["op"], r["T"], r["backend"], fmt(r["fwd_ms"]), fmt(r["fwd_bwd_ms"]),
+                     f"{fmt(r['fwd_gbps'], '.0f')} ({pct(r['fwd_gbps'], bw['peak_gbps'])} / "
+                     f"{pct(r['fwd_gbps'], bw['copy_gbps'])})",
+                     fmt(r["bwd_gbps"], ".0f"), fmt(r["rel_err"], ".1e"),
+                     f"{fmt(ratio[0], '.2f')}x / {fmt(ratio[1], '.2f')}x", r["note"]])
+    return table(["op", "T", "backend", "fwd ms", "fwd+bwd ms", "fwd GB/s (% peak / % copy)", "bwd GB/s",
+                  "max|y - chunked| / max|y|", "time / default", "note"], body)
 
 
 # ---- model level ----
 
 @contextlib.contextmanager
-def kernel_backend(name: str):
+def kernel_backends(choice: dict[str, str]):
     from seqzoo.kernels import use_backend
 
     with contextlib.ExitStack() as stack:
-        for op in OPS:
+        for op, name in choice.items():
             stack.enter_context(use_backend(op, name))
         yield
 
@@ -244,7 +333,8 @@ class GreedyDecoder:
     The step reads the token's embedding and the cached states from fixed tensors and writes the next token and the
     new states back into them, so a replay needs no Python or launches per layer. Embeddings go in as
     ``inputs_embeds`` because the model checks the range of ``input_ids`` on the host, which a capture forbids.
-    With ``use_graph=False`` the same step runs eagerly (the dry run checks the state handling that way).
+    Needs fixed-size recurrent states in every layer (a key/value cache grows). With ``use_graph=False`` the step runs
+    eagerly (the dry run checks the state handling that way).
     """
 
     def __init__(self, model, prompt_ids: torch.Tensor, use_graph: bool) -> None:
@@ -252,6 +342,8 @@ class GreedyDecoder:
         with torch.no_grad():
             out = model(prompt_ids, use_cache=True)
         self.cache = output_cache(out)
+        if not all(isinstance(self.cache.layer(i), dict) for i in range(len(self.cache.layers))):
+            raise TypeError(f"GreedyDecoder needs fixed-size recurrent states in every layer, got {self.cache!r}")
         self.token = out.logits[:, -1:].argmax(-1)  # (B, 1), read and written by every step
         # The fixed state tensors every step reads and overwrites.
         self.fixed = {(i, name): value.clone() for i in range(len(self.cache.layers))
@@ -310,81 +402,121 @@ def eager_greedy(model, prompt_ids: torch.Tensor, steps: int) -> torch.Tensor:
     return torch.cat(tokens, dim=1)
 
 
-def model_rows(args, device: torch.device, dtype: torch.dtype) -> tuple[list[list[object]], list[list[object]]]:
-    import seqzoo
-
-    dry = args.dry_run
-    presets = {"Mamba": "mamba-tiny" if dry else "mamba-small", "Mamba-2": "mamba2-tiny" if dry else "mamba2-small",
-               "RWKV-7": "rwkv7-tiny" if dry else "rwkv7-small"}
-    overrides = {} if dry else {"hidden_size": args.hidden_size, "num_hidden_layers": args.layers}
-    batch, length, steps = (1, 9, 3) if dry else (args.model_batch, args.model_length, args.decode_steps)
-    repeats, warmup = (1, 0) if dry else (5, 2)
-    throughput, decode = [], []
-    for family, preset in presets.items():
-        torch.manual_seed(0)
-        model = seqzoo.create_model(preset, **overrides).to(device=device, dtype=dtype).eval()
-        vocab = model.config.vocab_size
-        ids = torch.randint(0, vocab - 2, (batch, length), device=device)
-        labels = ids.clone()
-        result = {}
-        for backend in ("triton", "chunked"):
-            with kernel_backend(backend):
-                def prefill():
-                    with torch.no_grad():
-                        model(ids, use_cache=False)
-
-                def train_step():
-                    model(ids, labels=labels, use_cache=False).loss.backward()
-                    model.zero_grad(set_to_none=True)
-
-                prompt = ids[:1, : max(1, length // 4)]
-                result[backend] = (
-                    median_seconds(prefill, repeats, warmup),
-                    median_seconds(train_step, repeats, warmup),
-                    median_seconds(lambda: eager_greedy(model, prompt, steps), repeats, warmup) / steps,
-                )
-        for label, index in (("prefill (no grad)", 0), ("training step (fwd+bwd)", 1)):
-            ours, other = result["triton"][index], result["chunked"][index]
-            throughput.append([family, label, f"{batch}x{length}", f"{ours * 1e3:.2f}", f"{other * 1e3:.2f}",
-                               f"{other / ours:.2f}x", f"{batch * length / ours / 1e3:.1f}"])
-
-        prompt = ids[:1, : max(1, length // 4)]
-        with kernel_backend("triton"):
-            expected = eager_greedy(model, prompt, steps)
-            graph_note = "skipped (no CUDA)"
-            per_token_graph = float("nan")
-            if device.type == "cuda":
-                try:
-                    decoder = GreedyDecoder(model, prompt, use_graph=True)
-                    tokens = decoder.generate(steps)
-                    same = torch.equal(tokens, expected)
-                    decoder = GreedyDecoder(model, prompt, use_graph=True)
-                    per_token_graph = median_seconds(lambda: decoder.generate(steps), repeats, warmup) / steps
-                    graph_note = "same tokens" if same else "DIFFERENT tokens"
-                except Exception as err:  # report, do not hide: the table says why there is no figure
-                    graph_note = f"failed: {type(err).__name__}: {str(err)[:100]}"
-            else:
-                tokens = GreedyDecoder(model, prompt, use_graph=False).generate(steps)
-                graph_note = "eager replay of the graph step: " + ("same tokens" if torch.equal(tokens, expected)
-                                                                     else "DIFFERENT tokens")
-            compile_note, per_token_compiled = "skipped (dry run)", float("nan")
-            if not dry:
-                compile_note, per_token_compiled = compiled_decode(model, prompt, steps, expected, repeats, warmup)
-        decode.append([family, f"{result['triton'][2] * 1e3:.2f}", f"{result['chunked'][2] * 1e3:.2f}",
-                       f"{per_token_graph * 1e3:.2f}", graph_note, f"{per_token_compiled * 1e3:.2f}", compile_note])
-    return throughput, decode
+def graphed_prefill(model, embeds: torch.Tensor):
+    """A CUDA graph of ``model(inputs_embeds=embeds)`` without gradients; returns its replay function."""
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream), torch.no_grad():
+        for _ in range(2):
+            model(inputs_embeds=embeds, use_cache=False)
+    torch.cuda.current_stream().wait_stream(stream)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph), torch.no_grad():
+        model(inputs_embeds=embeds, use_cache=False)
+    return graph.replay
 
 
-def compiled_decode(model, prompt, steps, expected, repeats, warmup) -> tuple[str, float]:
+def compiled_decode(model, prompt, steps, expected, repeats, warmup) -> tuple[str, float | None]:
     """Greedy decoding with the model's forward under torch.compile(mode="reduce-overhead") (CUDA graphs by
     inductor). Reports failures instead of raising: whether this works is one of the things measured."""
-    compiled = torch.compile(model, mode="reduce-overhead", dynamic=False)
     try:
+        compiled = torch.compile(model, mode="reduce-overhead", dynamic=False)
         tokens = eager_greedy(compiled, prompt, steps)
         note = "same tokens" if torch.equal(tokens, expected) else "DIFFERENT tokens"
         return note, median_seconds(lambda: eager_greedy(compiled, prompt, steps), repeats, warmup) / steps
     except Exception as err:
-        return f"failed: {type(err).__name__}: {str(err)[:100]}", float("nan")
+        return f"failed: {type(err).__name__}: {str(err)[:100]}", None
+
+
+MODEL_FAMILIES = {  # label -> (preset, the backend choices compared: label -> {op: backend})
+    "Mamba": ("mamba", {"default": {}, "chunked": {"causal_conv1d": "chunked", "selective_scan": "chunked"}}),
+    "Mamba-2": ("mamba2", {"default": {}, "chunked": {"causal_conv1d": "chunked", "ssd": "chunked"}}),
+    "RWKV-7": ("rwkv7", {"default": {}, "triton (fused recurrent)": {"wkv7": "triton"},
+                         "chunked": {"wkv7": "chunked"}}),
+}
+
+
+def model_rows(args, device: torch.device, dtype: torch.dtype) -> list[dict]:
+    import seqzoo
+
+    dry = args.dry_run
+    cuda = device.type == "cuda"
+    overrides = {} if dry else {"hidden_size": args.hidden_size, "num_hidden_layers": args.layers}
+    batch, length, steps = (1, 9, 3) if dry else (args.model_batch, args.model_length, args.decode_steps)
+    repeats, warmup = (1, 0) if dry else (5, 2)
+    rows = []
+    for family, (preset, choices) in MODEL_FAMILIES.items():
+        if not cuda:  # on CPU the Triton backends cannot run: time the chunked kernels only
+            choices = {"chunked": choices["chunked"]}
+        torch.manual_seed(0)
+        model = seqzoo.create_model(f"{preset}-{'tiny' if dry else 'small'}", **overrides)
+        model = model.to(device=device, dtype=dtype).eval()
+        vocab = model.config.vocab_size
+        ids = torch.randint(3, vocab - 2, (batch, length), device=device)
+        prompt = ids[:1, : max(1, length // 4)]
+        for label, choice in choices.items():
+            row = {"model": family, "kernels": label, "B": batch, "T": length, "prefill_ms": None,
+                   "prefill_graph_ms": None, "train_ms": None, "decode_ms": None, "decode_graph_ms": None,
+                   "graph_check": "skipped: needs CUDA" if not cuda else "", "decode_compile_ms": None,
+                   "compile_check": "not run (pass --compile)" if not args.compile else "", "note": ""}
+            try:
+                with kernel_backends(choice):
+                    def prefill():
+                        with torch.no_grad():
+                            model(ids, use_cache=False)
+
+                    def train_step():
+                        model(ids, labels=ids, use_cache=False).loss.backward()
+                        model.zero_grad(set_to_none=True)
+
+                    row["prefill_ms"] = median_seconds(prefill, repeats, warmup) * 1e3
+                    row["train_ms"] = median_seconds(train_step, repeats, warmup) * 1e3
+                    row["decode_ms"] = median_seconds(lambda: eager_greedy(model, prompt, steps), repeats,
+                                                      warmup) / steps * 1e3
+                    expected = eager_greedy(model, prompt, steps)
+                    if cuda:
+                        embeds = model.get_input_embeddings()(ids).detach()
+                        row["prefill_graph_ms"] = median_seconds(graphed_prefill(model, embeds), repeats,
+                                                                 warmup) * 1e3
+                        decoder = GreedyDecoder(model, prompt, use_graph=True)
+                        same = torch.equal(decoder.generate(steps), expected)
+                        decoder = GreedyDecoder(model, prompt, use_graph=True)
+                        row["decode_graph_ms"] = median_seconds(lambda: decoder.generate(steps), repeats,
+                                                                warmup) / steps * 1e3
+                        row["graph_check"] = "same tokens" if same else "DIFFERENT tokens"
+                        if args.compile:
+                            row["compile_check"], per_token = compiled_decode(model, prompt, steps, expected,
+                                                                              repeats, warmup)
+                            row["decode_compile_ms"] = None if per_token is None else per_token * 1e3
+                    else:
+                        tokens = GreedyDecoder(model, prompt, use_graph=False).generate(steps)
+                        row["graph_check"] = ("skipped: needs CUDA; the graph's step replayed eagerly gives the "
+                                              + ("same tokens" if torch.equal(tokens, expected) else
+                                                 "DIFFERENT tokens"))
+            except Exception as err:  # the row says what failed; the other rows still run
+                row["note"] = f"failed: {type(err).__name__}: {str(err)[:160]}"
+            rows.append(row)
+            print(f"  {family} / {label}: done", file=sys.stderr, flush=True)
+        del model
+        if cuda:
+            torch.cuda.empty_cache()
+    return rows
+
+
+def model_tables(rows: list[dict]) -> tuple[str, str]:
+    tokens = {id(r): r["B"] * r["T"] for r in rows}
+    first = table(
+        ["model", "kernels", "B x T", "prefill ms", "prefill ms (CUDA graph)", "training step ms",
+         "k tokens/s (training)", "note"],
+        [[r["model"], r["kernels"], f"{r['B']}x{r['T']}", fmt(r["prefill_ms"], ".2f"),
+          fmt(r["prefill_graph_ms"], ".2f"), fmt(r["train_ms"], ".2f"),
+          fmt(None if not r["train_ms"] else tokens[id(r)] / r["train_ms"], ".1f"), r["note"]] for r in rows])
+    second = table(
+        ["model", "kernels", "eager ms/token", "CUDA graph ms/token", "graph check",
+         "torch.compile reduce-overhead ms/token", "compile check"],
+        [[r["model"], r["kernels"], fmt(r["decode_ms"], ".2f"), fmt(r["decode_graph_ms"], ".2f"), r["graph_check"],
+          fmt(r["decode_compile_ms"], ".2f"), r["compile_check"]] for r in rows])
+    return first, second
 
 
 def table(header: list[str], rows: list[list[object]]) -> str:
@@ -393,13 +525,35 @@ def table(header: list[str], rows: list[list[object]]) -> str:
 
 
 def allow_triton_on_cpu() -> None:
-    """Dry run only: let the registry run the Triton backends on CPU tensors (under the interpreter)."""
+    """--interpret only: let the registry run the Triton backends on CPU tensors (under the interpreter)."""
     from seqzoo.kernels.registry import get_op
-    from seqzoo.kernels.triton_support import vectorize_interpreter_scans
+    from seqzoo.kernels.triton_support import speed_up_interpreter
 
-    vectorize_interpreter_scans()
+    speed_up_interpreter()
     for op in OPS:
-        get_op(op).backends["triton"].supports = lambda *args, **kwargs: (True, "")
+        for backend in get_op(op).backends.values():
+            if backend.name.startswith("triton"):
+                backend.supports = lambda *args, **kwargs: (True, "")
+
+
+class Report:
+    """What the run measured so far, as JSON and markdown files rewritten after every section (and after every op of
+    the kernel section, with ``final=False``: a run cut short keeps what it measured)."""
+
+    def __init__(self, args) -> None:
+        self.args, self.data, self.sections = args, {}, {}
+
+    def add(self, key, value, markdown: str, final: bool = True) -> None:
+        self.data[key] = value
+        self.sections[key] = markdown
+        if final:
+            print(markdown + "\n", flush=True)
+        if self.args.json:
+            with open(self.args.json, "w") as f:
+                json.dump(self.data, f, indent=1, default=str)
+        if self.args.markdown:
+            with open(self.args.markdown, "w") as f:
+                f.write("\n\n".join(self.sections.values()) + "\n")
 
 
 def main(args) -> None:
@@ -408,49 +562,72 @@ def main(args) -> None:
     import seqzoo  # noqa: F401  (registers the kernels)
 
     device = torch.device("cpu" if args.dry_run else "cuda")
-    if args.dry_run:
+    if args.interpret:
         allow_triton_on_cpu()
-    elif not torch.cuda.is_available():
+    if not args.dry_run and not torch.cuda.is_available():
         raise SystemExit("no CUDA device: run on a GPU, or pass --dry-run to check the script on CPU")
     dtype = {"bf16": torch.bfloat16, "fp32": torch.float32}[args.dtype]
     sizes = DRY_SIZES if args.dry_run else GPU_SIZES
-    peak, source = peak_bandwidth_gbps(device)
-    name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU (Triton interpreter, dry run)"
-    print(f"device: {name}; peak bandwidth {peak:.0f} GB/s ({source}); torch {torch.__version__}, "
-          f"triton {triton.__version__}; inputs {args.dtype}\n")
+    bw = bandwidths(device)
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU (dry run)"
+    report = Report(args)
+    meta = {"device": name, "torch": torch.__version__, "triton": triton.__version__, "dtype": args.dtype,
+            "command": " ".join([os.path.basename(sys.executable)] + sys.argv), **bw}
+    report.add("meta", meta, (
+        f"device: {name}; torch {torch.__version__}, triton {triton.__version__}; inputs {args.dtype}; peak "
+        f"bandwidth {fmt(bw['peak_gbps'], '.0f')} GB/s ({bw['peak_source']}), device-to-device copy "
+        f"{fmt(bw['copy_gbps'], '.0f')} GB/s (1 GiB, bytes read + written)\n\ncommand: `{meta['command']}`"))
 
-    print(f"## Kernels, B={sizes.batch}: forward and forward+backward (ms), achieved GB/s (% of peak)\n")
-    print(f"Sizes: conv/selective_scan D={sizes.channels} (N={sizes.scan_state}); ssd H={sizes.ssd_heads} "
-          f"P={sizes.ssd_head_dim} N={sizes.ssd_state} G=1; wkv7 H={sizes.wkv_heads} K=V={sizes.wkv_head_size}. "
-          "Last column: that backend's time / triton's (forward / forward+backward); > 1 means triton is faster.\n")
-    print(table(["op", "T", "backend", "fwd ms", "fwd+bwd ms", "fwd GB/s", "bwd GB/s", "max|y - chunked| / max|y|",
-                 "time / triton"], kernel_rows(sizes, device, dtype, peak)))
+    def kernel_section(rows: list[dict], final: bool = True) -> None:
+        report.add("kernels", rows, (
+            f"## Kernels, B={sizes.batch}, {args.dtype}: forward and forward+backward\n\n"
+            f"Sizes: conv/selective_scan D={sizes.channels} (N={sizes.scan_state}); ssd H={sizes.ssd_heads} "
+            f"P={sizes.ssd_head_dim} N={sizes.ssd_state} G=1; wkv7 H={sizes.wkv_heads} K=V={sizes.wkv_head_size}. "
+            "GB/s: minimum traffic / time (% of the data-sheet peak / % of the measured copy). Time / default: "
+            "that backend's time over the time of the backend the registry picks for CUDA tensors (forward / "
+            "forward+backward); > 1 means the default is faster.\n\n" + kernel_table(rows, bw)), final)
 
-    throughput, decode = model_rows(args, device, dtype)
-    print(f"\n## Models ({'tiny presets' if args.dry_run else f'hidden {args.hidden_size}, {args.layers} layers'}, "
-          f"{args.dtype}): triton vs chunked kernels\n")
-    print(table(["model", "workload", "B x T", "triton ms", "chunked ms", "chunked / triton", "k tokens/s (triton)"],
-                throughput))
-    print("\n## Greedy decode, B=1, ms per token\n")
-    print(table(["model", "eager triton", "eager chunked", "CUDA graph (triton)", "graph check",
-                 "torch.compile reduce-overhead (triton)", "compile check"], decode))
+    rows = kernel_rows(sizes, device, dtype, args.ops or OPS, args.interpret,
+                       on_op=lambda so_far: kernel_section(so_far, final=False))
+    kernel_section(rows)
+
+    if args.skip_models:
+        return
+    rows = model_rows(args, device, dtype)
+    first, second = model_tables(rows)
+    where = "tiny presets" if args.dry_run else f"hidden {args.hidden_size}, {args.layers} layers"
+    report.add("models", rows, (
+        f"## Models ({where}, {args.dtype}): prefill and training step\n\nkernels: `default` is the registry's "
+        "choice for CUDA tensors (Triton), the others force a backend.\n\n" + first
+        + f"\n\n## Greedy decode ({where}, B=1, ms per token)\n\n" + second))
 
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--dry-run", action="store_true", help="CPU, TRITON_INTERPRET=1, tiny sizes, one repeat")
+    parser.add_argument("--dry-run", action="store_true", help="CPU, tiny sizes, one repeat; GPU-only parts skipped")
+    parser.add_argument("--interpret", action="store_true",
+                        help="with --dry-run: run the Triton backends under Triton's interpreter (slow)")
     parser.add_argument("--dtype", choices=("bf16", "fp32"), default="bf16")
+    parser.add_argument("--ops", nargs="+", choices=OPS, help="kernel ops to time (default: all)")
+    parser.add_argument("--skip-models", action="store_true", help="kernels only")
+    parser.add_argument("--compile", action="store_true",
+                        help="also decode under torch.compile(mode='reduce-overhead') (compiles each model: slow)")
     parser.add_argument("--hidden-size", type=int, default=768)
     parser.add_argument("--layers", type=int, default=12)
     parser.add_argument("--model-batch", type=int, default=4)
     parser.add_argument("--model-length", type=int, default=2048)
     parser.add_argument("--decode-steps", type=int, default=64)
-    return parser.parse_args(argv)
+    parser.add_argument("--json", help="write the results as JSON to this file")
+    parser.add_argument("--markdown", help="write the markdown tables to this file")
+    args = parser.parse_args(argv)
+    if args.interpret and not args.dry_run:
+        parser.error("--interpret goes with --dry-run (on a GPU the Triton backends run compiled)")
+    return args
 
 
 if __name__ == "__main__":
     arguments = parse_args()
-    if arguments.dry_run:
+    if arguments.interpret:
         # Triton decides between compiling and interpreting when it is imported, and importing seqzoo imports it.
         os.environ["TRITON_INTERPRET"] = "1"
     main(arguments)

@@ -57,25 +57,41 @@ def is_power_of_two(n: int) -> bool:
     return n > 0 and n & (n - 1) == 0
 
 
+def speed_up_interpreter() -> None:
+    """Two changes to Triton's interpreter that keep its numbers and make the parity tests several times faster.
 
-def vectorize_interpreter_scans() -> None:
-    """Let Triton's interpreter run ``tl.associative_scan`` one scan step at a time over whole slices.
+    1. ``tl.associative_scan`` runs one scan step at a time over whole slices. The interpreter's generic scan calls
+       the combine function once per element (numpy scalars), which makes a (16, 16, 16) tile scan take about a
+       second. The combine functions of these kernels are elementwise, so applying them to the whole slice at scan
+       position i gives the same numbers.
+    2. A call of a ``@triton.jit`` helper inside a running kernel (``tl.sum`` is one) skips re-patching
+       ``triton.language`` when the modules it uses are already patched: the interpreter repeats the whole patch
+       (an ``inspect.getmembers`` walk, about 3 ms) on every such call, and with the patch in place it changes
+       nothing. The chunked wkv7 kernels call ``tl.sum`` inside loops.
 
-    The interpreter's generic scan calls the combine function once per element (numpy scalars), which makes a
-    (16, 16, 16) tile scan take about a second. The combine functions of these kernels are elementwise, so
-    applying them to the whole slice at scan position i gives the same numbers. Tests and the benchmark's dry run
-    call this after setting ``TRITON_INTERPRET=1``; compiled kernels are unaffected. Imports Triton.
+    Tests and the benchmark's dry run call this after setting ``TRITON_INTERPRET=1``; compiled kernels are
+    unaffected. Imports Triton.
     """
     try:  # guarded: this module is part of the self-contained Hub export, which must load where Triton is absent
+        import inspect
+
         import numpy as np
+        import triton.language as tl
         from triton.runtime import interpreter
     except ImportError as err:
-        raise RuntimeError(
-            "vectorize_interpreter_scans() patches Triton's interpreter: it needs triton and numpy"
-        ) from err
+        raise RuntimeError("speed_up_interpreter() patches Triton's interpreter: it needs triton and numpy") from err
 
     if getattr(interpreter.ScanOps, "_seqzoo_vectorized", False):
         return
+
+    patch_lang = interpreter._patch_lang
+
+    def patch_lang_once(fn):
+        langs = [v for v in fn.__globals__.values() if inspect.ismodule(v) and v in (tl, tl.core)]
+        # While patched, a module's builtins (tl.load among them) are the interpreter's plain wrappers.
+        if langs and not any(tl.core.is_builtin(lang.load) for lang in langs):
+            return interpreter._LangPatchScope()
+        return patch_lang(fn)
 
     def generic_scan(self, inputs):
         data = [arg.handle.data for arg in inputs]
@@ -101,6 +117,7 @@ def vectorize_interpreter_scans() -> None:
         return [self.to_tensor(out, arg.dtype) for out, arg in zip(outputs, inputs)]
 
     interpreter.ScanOps.generic_scan = generic_scan
+    interpreter._patch_lang = patch_lang_once
     interpreter.ScanOps._seqzoo_vectorized = True
 
 # ---- supports() of each op's Triton backend: cheap shape/dtype/device checks, no Triton import. ----

@@ -1,6 +1,7 @@
 """Compile every Triton kernel launch of seqzoo's Triton backends for real GPU targets, on a machine without a GPU.
 
     python -m tests.kernels_triton.aot_compile            # sm_80 and sm_90; exit status 1 on any failure
+    python -m tests.kernels_triton.aot_compile wkv7.triton_chunked     # only that module's kernels
 
 The backends' Python wrappers run forward, backward and decode calls on CPU tensors with the kernel launches
 replaced by a recorder; each distinct launch (kernel, constexprs, argument dtypes) is then compiled by Triton for
@@ -22,7 +23,9 @@ import tempfile
 
 import torch
 
-OPS = ("causal_conv1d", "selective_scan", "ssd", "wkv7")
+# name -> module of every Triton backend
+MODULES = {"causal_conv1d": "causal_conv1d.triton", "selective_scan": "selective_scan.triton", "ssd": "ssd.triton",
+           "wkv7": "wkv7.triton", "wkv7_chunked": "wkv7.triton_chunked"}
 SHARED_MEMORY_LIMIT = {80: 166912, 90: 232448}  # bytes per block, opt-in maximum (A100, H100)
 TYPES = {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16", torch.int64: "i64",
          torch.int32: "i32", torch.bool: "i1"}
@@ -72,12 +75,14 @@ def exercise(modules) -> None:
             with torch.no_grad():
                 ssd.ssd(x[:, :1], dt[:, :1], A, B[:, :1], C[:, :1], D, initial_state=h0)
 
-        wkv7 = modules["wkv7"]
-        for head_size in (64, 128):
-            *inputs, h0 = _leaves(*(rnd(2, 70, 2, head_size) for _ in range(6)),
-                                  torch.randn(2, 2, head_size, head_size))
-            y, s = wkv7.wkv7(*inputs, initial_state=h0)
-            (y.float().sum() + s.sum()).backward()
+        for wkv7 in (modules["wkv7"], modules["wkv7_chunked"]):
+            for head_size in (64, 128):
+                *inputs, h0 = _leaves(*(rnd(2, 70, 2, head_size) for _ in range(6)),
+                                      torch.randn(2, 2, head_size, head_size))
+                y, s = wkv7.wkv7(*inputs, initial_state=h0)
+                (y.float().sum() + s.sum()).backward()
+                with torch.no_grad():
+                    wkv7.wkv7(*inputs, initial_state=h0)  # inference: no saved states
 
 
 def _signature(fn, args, kwargs):
@@ -128,15 +133,15 @@ def compile_launch(fn, args, kwargs, arch: int) -> tuple[int, str]:
     return compiled.metadata.shared, report or "ptxas: " + " ".join(lines)[-200:]
 
 
-def main(archs=(80, 90)) -> int:
+def main(archs=(80, 90), only: tuple[str, ...] = ()) -> int:
     if os.environ.get("TRITON_INTERPRET") == "1":
         raise SystemExit("unset TRITON_INTERPRET: interpreted kernels cannot be compiled")
     import seqzoo  # noqa: F401
 
     launches = []
     modules = {}
-    for op in OPS:
-        module = importlib.import_module(f"seqzoo.kernels.{op}.triton")
+    for op, path in MODULES.items():
+        module = importlib.import_module(f"seqzoo.kernels.{path}")
         for name, value in list(vars(module).items()):
             if type(value).__name__ == "JITFunction" and name.endswith("_kernel"):
                 setattr(module, name, _Recorder(value, launches))
@@ -145,13 +150,15 @@ def main(archs=(80, 90)) -> int:
 
     failures, seen = 0, set()
     for fn, args, kwargs in launches:
+        if only and not any(fn.fn.__module__.endswith(name) for name in only):
+            continue
         key = (fn.__name__, tuple(sorted((k, str(v)) for k, v in kwargs.items())),
                tuple(str(a.dtype) if isinstance(a, torch.Tensor) else type(a).__name__ for a in args))
         if key in seen:
             continue
         seen.add(key)
         config = {k: str(v).replace("triton.language.", "") for k, v in kwargs.items()
-                  if k in ("BT", "BD", "BN", "BP", "BV", "BK", "L", "DOT_DTYPE", "num_warps")}
+                  if k in ("BT", "BD", "BN", "BP", "BV", "BVS", "BK", "L", "Q", "DOT_DTYPE", "PRECISION", "num_warps")}
         for arch in archs:
             try:
                 shared, report = compile_launch(fn, args, kwargs, arch)
@@ -169,4 +176,5 @@ def main(archs=(80, 90)) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # Optional arguments: module-name endings to compile alone (e.g. "triton_chunked"); default every backend.
+    sys.exit(main(only=tuple(sys.argv[1:])))

@@ -36,18 +36,18 @@ def interpreter_active() -> bool:
     return type(tl.zeros).__name__ == "InterpretedFunction"
 
 
-def triton_kernel(op: str):
-    """The ``triton`` backend of ``op``, runnable on DEVICE, or a skip saying why it cannot run here."""
+def triton_kernel(op: str, backend: str = "triton"):
+    """A Triton backend of ``op``, runnable on DEVICE, or a skip saying why it cannot run here."""
     if TRITON_MISSING:
         pytest.skip("triton is not installed (pip install 'triton>=3')")
     if DEVICE == "cpu" and not interpreter_active():
         pytest.skip("no CUDA: Triton kernels run on CPU only when TRITON_INTERPRET=1 is set before Triton is "
                     "imported; tests/kernels_triton/test_interpreter.py runs these tests that way in a subprocess")
     if DEVICE == "cpu":
-        from seqzoo.kernels.triton_support import vectorize_interpreter_scans
+        from seqzoo.kernels.triton_support import speed_up_interpreter
 
-        vectorize_interpreter_scans()
-    return get_kernel(op, "triton")
+        speed_up_interpreter()
+    return get_kernel(op, backend)
 
 
 def leaves(tensors: dict, dtype: torch.dtype, low_precision: tuple[str, ...]):

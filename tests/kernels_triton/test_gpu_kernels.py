@@ -1,5 +1,7 @@
 """On a GPU, at real sizes: each Triton kernel against its reference (outputs, final states, all gradients) for
-sequences up to 4096 tokens, head size 64, float32 and bfloat16. Skipped without CUDA."""
+sequences up to 4096 tokens, head size 64 (wkv7 also 128), float32 and bfloat16. Skipped without CUDA."""
+
+import importlib
 
 import pytest
 import torch
@@ -19,9 +21,9 @@ LENGTHS = [1023, 4096]
 DTYPES = pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
 
 
-def _run(op, inputs, call, dtype, low_precision, name):
+def _run(op, inputs, call, dtype, low_precision, name, backend_name="triton"):
     backend, reference = leaves(inputs, dtype, low_precision)
-    check_parity(name, triton_kernel(op), get_kernel(op, "reference"), backend, reference, call, dtype,
+    check_parity(name, triton_kernel(op, backend_name), get_kernel(op, "reference"), backend, reference, call, dtype,
                  out_dtype=dtype)
 
 
@@ -55,10 +57,28 @@ def test_wkv7(length, dtype):
          f"wkv7 T={length}")
 
 
+@pytest.mark.parametrize("length", LENGTHS)
+@DTYPES
+def test_wkv7_chunked(length, dtype):
+    _run("wkv7", wkv7._inputs(2, length, 2, 64, 64, seed=5), wkv7._call, dtype, ("r", "w", "k", "v", "a", "b"),
+         f"wkv7 chunked T={length}", backend_name="triton_chunked")
+
+
+@pytest.mark.parametrize("chunk", [16, 32])
+def test_wkv7_chunked_head_size_128_strong_decays_and_chunk_sizes(chunk, monkeypatch):
+    # Head size 128 (the largest supported), both chunk sizes the benchmark times, and a stretch of strong decays
+    # (chunks that take the pairwise score matrices) between ordinary ones.
+    monkeypatch.setattr(importlib.import_module("seqzoo.kernels.wkv7.triton_chunked"), "CHUNK", chunk)
+    inputs = wkv7._inputs(1, 300, 2, 128, 128, seed=6)
+    inputs["w"][:, 100:164] = -4.0 * torch.rand(1, 64, 2, 128, generator=torch.Generator().manual_seed(6)) - 2.0
+    _run("wkv7", inputs, wkv7._call, torch.float32, (), f"wkv7 chunked K=128 Q={chunk}",
+         backend_name="triton_chunked")
+
+
 def test_registry_selects_triton_for_cuda_tensors():
     from seqzoo.kernels import select
 
     x = torch.randn(1, 8, 16, device="cuda")
     assert select("causal_conv1d", x, torch.randn(16, 4, device="cuda")).name == "triton"
     t = {k: (v.cuda() if v is not None else None) for k, v in wkv7._inputs(1, 4, 1, 64, 64, seed=0).items()}
-    assert select("wkv7", t["r"], t["w"], t["k"], t["v"], t["a"], t["b"]).name == "triton"
+    assert select("wkv7", t["r"], t["w"], t["k"], t["v"], t["a"], t["b"]).name == "triton_chunked"

@@ -19,22 +19,27 @@ pytestmark = [
     pytest.mark.skipif(TRITON_MISSING, reason="triton is not installed (pip install 'triton>=3')"),
 ]
 
-FAMILY_OPS = {"mamba": ("causal_conv1d", "selective_scan"), "mamba2": ("causal_conv1d", "ssd"), "rwkv7": ("wkv7",)}
-PRESENT = [family for family in FAMILY_OPS if family in FAMILIES]
+# case -> (family, {op: Triton backend}); RWKV-7 once with each wkv7 kernel (decoding runs the fused step in both).
+CASES = {"mamba": ("mamba", {"causal_conv1d": "triton", "selective_scan": "triton"}),
+         "mamba2": ("mamba2", {"causal_conv1d": "triton", "ssd": "triton"}),
+         "rwkv7": ("rwkv7", {"wkv7": "triton"}),
+         "rwkv7-chunked": ("rwkv7", {"wkv7": "triton_chunked"})}
+PRESENT = [case for case, (family, _) in CASES.items() if family in FAMILIES]
 # Logits pass through every layer of both backends; float32 kernels differ by accumulation order only.
 LOGITS_TOL = dict(atol=1e-4, rtol=1e-4)
 
 
 @contextlib.contextmanager
-def backend(ops, name):
+def backend(case, name=None):
+    """The case's Triton backends, or ``name`` (e.g. "reference") for each of its ops."""
     with contextlib.ExitStack() as stack:
-        for op in ops:
-            stack.enter_context(use_backend(op, name))
+        for op, triton_name in CASES[case][1].items():
+            stack.enter_context(use_backend(op, name or triton_name))
         yield
 
 
-def _model_and_batch(family):
-    model = tiny_model(FAMILIES[family]).cuda()
+def _model_and_batch(case):
+    model = tiny_model(FAMILIES[CASES[case][0]]).cuda()
     generator = torch.Generator().manual_seed(0)
     ids = torch.randint(3, model.config.vocab_size, (2, 37), generator=generator).cuda()
     mask = torch.ones_like(ids)
@@ -42,17 +47,17 @@ def _model_and_batch(family):
     return model, ids, mask
 
 
-@pytest.mark.parametrize("family", PRESENT)
-def test_logits_and_gradients_match_the_reference_kernels(family):
-    model, ids, mask = _model_and_batch(family)
+@pytest.mark.parametrize("case", PRESENT)
+def test_logits_and_gradients_match_the_reference_kernels(case):
+    model, ids, mask = _model_and_batch(case)
     results = {}
-    for name in ("reference", "triton"):
-        with backend(FAMILY_OPS[family], name):
+    for name in ("reference", None):
+        with backend(case, name):
             model.zero_grad(set_to_none=True)
             out = model(ids, attention_mask=mask, labels=ids)
             out.loss.backward()
             grads = {k: p.grad.clone() for k, p in model.named_parameters() if p.grad is not None}
-            results[name] = (out.logits.detach(), grads)
+            results[name or "triton"] = (out.logits.detach(), grads)
     logits, grads = results["triton"]
     ref_logits, ref_grads = results["reference"]
     torch.testing.assert_close(logits, ref_logits, **LOGITS_TOL)
@@ -60,18 +65,18 @@ def test_logits_and_gradients_match_the_reference_kernels(family):
     for key in grads:
         scale = max(1.0, ref_grads[key].abs().max().item())
         torch.testing.assert_close(grads[key] / scale, ref_grads[key] / scale, atol=1e-4, rtol=1e-3,
-                                   msg=lambda m, key=key: f"{family} gradient of {key}: {m}")
+                                   msg=lambda m, key=key: f"{case} gradient of {key}: {m}")
 
 
-@pytest.mark.parametrize("family", PRESENT)
-def test_greedy_generation_matches_the_reference_kernels(family):
-    model, ids, mask = _model_and_batch(family)
+@pytest.mark.parametrize("case", PRESENT)
+def test_greedy_generation_matches_the_reference_kernels(case):
+    model, ids, mask = _model_and_batch(case)
     kwargs = dict(attention_mask=mask, max_new_tokens=12, min_new_tokens=12, do_sample=False,
                   pad_token_id=model.config.pad_token_id)
     with torch.no_grad():
-        with backend(FAMILY_OPS[family], "reference"):
+        with backend(case, "reference"):
             expected = model.generate(ids, **kwargs)
-        with backend(FAMILY_OPS[family], "triton"):
+        with backend(case):
             tokens = model.generate(ids, **kwargs)
     assert torch.equal(tokens, expected)
 
@@ -84,12 +89,12 @@ def _bench_module():
     return module
 
 
-@pytest.mark.parametrize("family", PRESENT)
-def test_greedy_decoding_under_cuda_graphs(family):
+@pytest.mark.parametrize("case", PRESENT)
+def test_greedy_decoding_under_cuda_graphs(case):
     bench = _bench_module()
-    model, ids, _ = _model_and_batch(family)
+    model, ids, _ = _model_and_batch(case)
     prompt = ids[:1, :16]
-    with backend(FAMILY_OPS[family], "triton"):
+    with backend(case):
         expected = bench.eager_greedy(model, prompt, 10)
         tokens = bench.GreedyDecoder(model, prompt, use_graph=True).generate(10)
     assert torch.equal(tokens, expected)

@@ -1,0 +1,103 @@
+"""benchmarks/gpu_check.py, the one prepared GPU check, in its CPU dry run: every step runs (the wheels checked, not
+installed; the decode check with the graph step replayed eagerly; the gpu-marked tests, which skip; the benchmark's
+dry run), the result files are written, and a step that overruns its limit is stopped, its children too."""
+
+import importlib.util
+import json
+import subprocess
+import sys
+import time
+import zipfile
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _module():
+    spec = importlib.util.spec_from_file_location("gpu_check", REPO / "benchmarks" / "gpu_check.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _wheel(folder: Path, name: str) -> Path:
+    path = folder / name
+    with zipfile.ZipFile(path, "w") as archive:
+        archive.writestr("pkg/__init__.py", "")
+    return path
+
+
+def test_dry_run_runs_every_step_and_writes_the_result_files(tmp_path):
+    wheels = tmp_path / "wheels"
+    wheels.mkdir()
+    _wheel(wheels, "transformers-5.24.0-py3-none-any.whl")
+    _wheel(wheels, "regex-2026.11.19-cp312-cp312-manylinux_2_17_x86_64.manylinux2014_x86_64.whl")
+    out = tmp_path / "out"
+    result = subprocess.run([sys.executable, "benchmarks/gpu_check.py", "--dry-run", "--out", str(out),
+                             "--wheels", str(wheels)], cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, (result.stdout + result.stderr)[-4000:]
+    data = json.loads((out / "results.json").read_text())
+    status = {name: step["status"] for name, step in data["steps"].items()}
+    assert status.pop("install").startswith("skipped: dry run: 2 wheels checked"), data["steps"]
+    assert status == {"env": "ok", "decode": "ok", "gpu_tests": "ok", "bench": "ok"}, data["steps"]
+    assert data["env"]["seqzoo"]["version"] and data["env"]["gpu"] is None
+
+    replayed = [row for row in data["decode"] if row["method"] == "graph step replayed eagerly"]
+    assert {"lstm", "mamba", "mamba2", "rwkv7"} <= {row["family"] for row in replayed}
+    assert all(row["result"] == "same tokens" for row in replayed), data["decode"]
+    others = [row for row in data["decode"] if row not in replayed]  # with attention layers: compiled on a GPU only
+    assert {"transformer"} <= {row["family"] for row in others}
+    assert all(row["result"].startswith("skipped: dry run") for row in others), data["decode"]
+    assert " skipped" in data["gpu_tests"]["summary"] and not data["gpu_tests"]["failures"]
+
+    rows = {row["backend"]: row for row in data["bench"]["kernels"]}
+    assert rows["chunked"]["fwd_ms"] > 0 and rows["chunked"]["fwd_bwd_ms"] > 0
+    assert rows["triton_chunked"]["note"].startswith("needs a GPU") and rows["triton_chunked"]["fwd_ms"] is None
+    markdown = (out / "results.md").read_text()
+    assert "| wkv7 | 33 | triton_chunked |" in markdown and "## Greedy decode" in markdown
+    # The GPU machine returns at most 8 files; console.log (from tee) is the eighth.
+    assert len(list(out.iterdir())) <= 7
+
+
+def test_wheel_checks_refuse_what_would_break_the_gpu_machine(tmp_path):
+    check_wheels = _module().check_wheels
+    _wheel(tmp_path, "fla_core-0.6.0-py3-none-any.whl")
+    _wheel(tmp_path, "torch-2.13.0-cp312-cp312-manylinux_2_28_x86_64.whl")
+    _wheel(tmp_path, "regex-2026.11.19-cp311-cp311-manylinux_2_17_x86_64.whl")
+    _wheel(tmp_path, "regex-2026.10.1-cp312-cp312-manylinux_2_17_x86_64.whl")
+    (tmp_path / "tokenizers-0.23.2-cp39-abi3-manylinux_2_17_x86_64.whl").write_text("not a zip")
+    wheels, problems = check_wheels(tmp_path)
+    assert len(wheels) == 5
+    text = "\n".join(problems)
+    assert "torch" in text and "would replace" in text
+    assert "built for cp311" in text and "a second version of regex" in text
+    assert "tokenizers-0.23.2-cp39-abi3-manylinux_2_17_x86_64.whl: built for cp39" in text
+    assert "fla_core" not in text
+
+
+def test_a_step_past_its_limit_is_stopped_with_its_children(tmp_path, monkeypatch):
+    module = _module()
+    monkeypatch.setitem(module.STEP_CAPS, "env", 2)
+    monkeypatch.setitem(module.STEP_FLOORS, "env", 2)
+    runner = module.Runner(module.parse_args(["--out", str(tmp_path), "--budget", "300"]))
+    marker = tmp_path / "grandchild-alive"
+    grandchild = tmp_path / "grandchild.py"
+    grandchild.write_text(f"import time\ntime.sleep(4)\nopen({str(marker)!r}, 'w')\n")
+    child = tmp_path / "child.py"
+    child.write_text(f"import subprocess, sys, time\nsubprocess.Popen([sys.executable, {str(grandchild)!r}])\n"
+                     "time.sleep(60)\n")
+    start = time.monotonic()
+    step = runner.run("env", [sys.executable, str(child)], later=[])
+    assert step["status"] == "timed out after 2 s" and time.monotonic() - start < 10
+    time.sleep(4)
+    assert not marker.exists(), "the step's child process outlived the timeout"
+    assert json.loads((tmp_path / "results.json").read_text())["steps"]["env"]["status"] == step["status"]
+
+
+@pytest.mark.parametrize("argv, message", [(["--budget", "10"], "below"), (["--child", "env"], "--child-out")])
+def test_bad_arguments_are_refused(argv, message, capsys):
+    with pytest.raises(SystemExit):
+        _module().parse_args(argv)
+    assert message in capsys.readouterr().err
