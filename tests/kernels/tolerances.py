@@ -19,8 +19,8 @@ TOLERANCES = {
 }
 
 
-def assert_close(actual, expected, dtype, what, name=""):
-    atol, rtol = TOLERANCES[dtype][what]
+def assert_close(actual, expected, dtype, what, name="", override=None):
+    atol, rtol = override or TOLERANCES[dtype][what]
     torch.testing.assert_close(
         actual.float(), expected.float(), atol=atol, rtol=rtol,
         msg=lambda m: f"{name} {what} mismatch ({dtype}): {m}",

@@ -65,15 +65,18 @@ def leaves(tensors: dict, dtype: torch.dtype, low_precision: tuple[str, ...]):
     return backend, reference
 
 
-def check_parity(name, backend_fn, reference_fn, backend_inputs, reference_inputs, call, dtype, out_dtype, seed=1):
+def check_parity(name, backend_fn, reference_fn, backend_inputs, reference_inputs, call, dtype, out_dtype, seed=1,
+                 tolerances=None):
     """Run ``call(fn, inputs) -> (output, final_state)`` on both backends, backpropagate the same random cotangents
-    into output and final state, and compare outputs, final states and the gradient of every input."""
+    into output and final state, and compare outputs, final states and the gradient of every input. ``tolerances``
+    overrides the shared table's (atol, rtol) for some quantities, where a test says why."""
     out, state = call(backend_fn, backend_inputs)
     ref_out, ref_state = call(reference_fn, reference_inputs)
     assert out.dtype == out_dtype, f"{name}: output dtype {out.dtype}, expected {out_dtype}"
     assert state.dtype == torch.float32, f"{name}: final state must be float32, got {state.dtype}"
-    assert_close(out, ref_out, dtype, "output", name)
-    assert_close(state, ref_state, dtype, "state", name)
+    tolerances = tolerances or {}
+    assert_close(out, ref_out, dtype, "output", name, tolerances.get("output"))
+    assert_close(state, ref_state, dtype, "state", name, tolerances.get("state"))
 
     generator = torch.Generator(device="cpu").manual_seed(seed)
     d_out = torch.randn(ref_out.shape, generator=generator).to(DEVICE)

@@ -3,7 +3,9 @@ with the Triton kernels as with the reference kernels, padded batches included; 
 token is one CUDA-graph replay (benchmarks/bench_triton.py's GreedyDecoder). Skipped without CUDA."""
 
 import contextlib
+import importlib
 import importlib.util
+import sys
 from pathlib import Path
 
 import pytest
@@ -85,6 +87,9 @@ def _bench_module():
     path = Path(__file__).resolve().parents[2] / "benchmarks" / "bench_triton.py"
     spec = importlib.util.spec_from_file_location("bench_triton", path)
     module = importlib.util.module_from_spec(spec)
+    # Registered before it runs: its dataclasses look their module up in sys.modules (Python 3.12 fails otherwise,
+    # which the first GPU run found).
+    sys.modules[spec.name] = module
     spec.loader.exec_module(module)
     return module
 
