@@ -80,6 +80,8 @@ class SelfAttention(Mixer):
         attention_mask: torch.Tensor | None = None,
         position_embeddings: tuple[torch.Tensor, torch.Tensor] | None = None,
         attention_kwargs: dict[str, Any] | None = None,
+        output_attentions: bool = False,
+        shared: dict | None = None,
         **context: Any,
     ) -> tuple[torch.Tensor, Any]:
         input_shape = hidden_states.shape[:-1]
@@ -104,4 +106,6 @@ class SelfAttention(Mixer):
             **(attention_kwargs or {}),
         )
         output = self.o_proj(output.reshape(*input_shape, -1).contiguous())
+        if output_attentions and shared is not None:  # (B, H, T, past + T); None from kernels that never form them
+            shared.setdefault("attentions", []).append(weights)
         return output, state

@@ -234,3 +234,27 @@ def test_hf_trainer_trains_and_evaluates(family_preset, tmp_path):
     assert any(not torch.equal(before[n], p) for n, p in model.named_parameters())
     metrics = trainer.evaluate()  # the decoding cache stays out of the gathered predictions
     assert torch.isfinite(torch.tensor(metrics["eval_loss"]))
+
+
+def test_hidden_states_follow_transformers_conventions(family_preset):
+    model = tiny_model(family_preset)
+    ids = torch.tensor([PROMPTS[0]])
+    out = model.model(ids, output_hidden_states=True)
+    assert len(out.hidden_states) == model.config.num_hidden_layers + 1
+    # The first entry is the embedding stream entering layer 0, the last the backbone's final (normed) output.
+    torch.testing.assert_close(out.hidden_states[-1], out.last_hidden_state, rtol=0, atol=0)
+    assert model(ids, output_hidden_states=True).hidden_states[-1].shape == out.last_hidden_state.shape
+
+
+@pytest.mark.parametrize("preset", [p for p in families_where("can_generate")
+                                    if "transformer" in p.id or "hybrid" in p.id])
+def test_eager_attention_returns_its_weights(preset):
+    model = tiny_model(preset, attn_implementation="eager")
+    out = model(torch.tensor([PROMPTS[0]]), output_attentions=True)
+    layers = model.config.layer_mixer_types().count("attention")
+    assert len(out.attentions) == layers
+    for weights in out.attentions:
+        assert weights.shape[-2:] == (len(PROMPTS[0]), len(PROMPTS[0]))
+        torch.testing.assert_close(weights.sum(-1), torch.ones_like(weights.sum(-1)))
+        assert (weights.triu(1) == 0).all()  # causal
+    assert model(torch.tensor([PROMPTS[0]])).attentions is None

@@ -68,8 +68,10 @@ class ClassicRecurrentModel(ClassicRecurrentPreTrainedModel):
         cache, mask = inputs.cache, inputs.padding_mask
 
         hidden_states = self.dropout(inputs.embeds)  # (B, T, E)
-        all_hidden_states = (hidden_states,) if output_hidden_states else None
+        all_hidden_states = () if output_hidden_states else None  # the input of every layer, then the output
         for idx, layer in enumerate(self.layers):
+            if output_hidden_states:
+                all_hidden_states += (hidden_states,)
             state = cache.layer(idx) if cache is not None else None
             if self.gradient_checkpointing and self.training and torch.is_grad_enabled():
                 hidden_states, state = self._gradient_checkpointing_func(
@@ -79,10 +81,10 @@ class ClassicRecurrentModel(ClassicRecurrentPreTrainedModel):
             hidden_states = self.dropout(hidden_states)
             if cache is not None:
                 cache.update_layer(idx, state)
-            if output_hidden_states:
-                all_hidden_states += (hidden_states,)
         if cache is not None:
             cache.advance(inputs.length)
+        if output_hidden_states:
+            all_hidden_states += (hidden_states,)  # after the final norm, as transformers' models do
         return model_output(
             BaseModelOutputWithPast, cache=cache, last_hidden_state=hidden_states, hidden_states=all_hidden_states
         )

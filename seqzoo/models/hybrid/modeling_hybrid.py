@@ -118,21 +118,26 @@ class HybridModel(HybridPreTrainedModel):
         rotary = self.rotary_emb(inputs.embeds, position_ids) if self.rotary_emb is not None else None
 
         hidden_states = self.dropout(inputs.embeds)  # (B, T, D)
-        all_hidden_states = (hidden_states,) if output_hidden_states else None
-        shared: dict[str, torch.Tensor] = {}  # what one layer hands to later ones (RWKV-7's value residual)
+        all_hidden_states = () if output_hidden_states else None  # the input of every layer, then the output
+        shared: dict[str, Any] = {}  # what layers hand on: RWKV-7's value residual, attention weights when asked
+        output_attentions = kwargs.get("output_attentions") or self.config.output_attentions
         for idx, layer in enumerate(self.layers):
-            state = cache.layer(idx) if cache is not None else None
-            hidden_states, state = layer(hidden_states, state=state, mask=mask, attention_mask=causal_mask,
-                                         position_embeddings=rotary, shared=shared)
-            if cache is not None:
-                cache.update_layer(idx, state)
             if output_hidden_states:
                 all_hidden_states += (hidden_states,)
+            state = cache.layer(idx) if cache is not None else None
+            hidden_states, state = layer(hidden_states, state=state, mask=mask, attention_mask=causal_mask,
+                                         position_embeddings=rotary, shared=shared,
+                                         output_attentions=output_attentions)
+            if cache is not None:
+                cache.update_layer(idx, state)
         if cache is not None:
             cache.advance(inputs.length)
         hidden_states = self.norm(hidden_states)
+        if output_hidden_states:
+            all_hidden_states += (hidden_states,)  # after the final norm, as transformers' models do
         return model_output(
-            BaseModelOutputWithPast, cache=cache, last_hidden_state=hidden_states, hidden_states=all_hidden_states
+            BaseModelOutputWithPast, cache=cache, last_hidden_state=hidden_states, hidden_states=all_hidden_states,
+            attentions=tuple(shared.get("attentions", [])) if output_attentions else None,
         )
 
 

@@ -90,18 +90,20 @@ class Mamba2Model(Mamba2PreTrainedModel):
         cache, mask = inputs.cache, inputs.padding_mask
 
         hidden_states = inputs.embeds  # (B, T, H)
-        all_hidden_states = (hidden_states,) if output_hidden_states else None
+        all_hidden_states = () if output_hidden_states else None  # the input of every layer, then the output
         for idx, layer in enumerate(self.layers):
+            if output_hidden_states:
+                all_hidden_states += (hidden_states,)
             state = cache.layer(idx) if cache is not None else None
             hidden_states, state = layer(hidden_states, state=state, mask=mask)  # float32 if residual_in_fp32
             if cache is not None:
                 cache.update_layer(idx, state)
-            if output_hidden_states:
-                all_hidden_states += (hidden_states,)
         if cache is not None:
             cache.advance(inputs.length)
         # Normalise the (possibly float32) residual stream, then return to the model's dtype for the head.
         hidden_states = self.norm(hidden_states).to(self.norm.weight.dtype)
+        if output_hidden_states:
+            all_hidden_states += (hidden_states,)  # after the final norm, as transformers' models do
         return model_output(
             BaseModelOutputWithPast, cache=cache, last_hidden_state=hidden_states, hidden_states=all_hidden_states
         )

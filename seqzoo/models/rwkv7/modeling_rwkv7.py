@@ -105,18 +105,20 @@ class RWKV7Model(RWKV7PreTrainedModel):
         cache, mask = inputs.cache, inputs.padding_mask
 
         hidden_states = self.embed_norm(inputs.embeds)  # (B, T, C)
-        all_hidden_states = (hidden_states,) if output_hidden_states else None
+        all_hidden_states = () if output_hidden_states else None  # the input of every layer, then the output
         shared: dict[str, torch.Tensor] = {}  # layer 0's values (v_first), for the value residual of the others
         for idx, layer in enumerate(self.layers):
+            if output_hidden_states:
+                all_hidden_states += (hidden_states,)
             state = cache.layer(idx) if cache is not None else None
             hidden_states, state = layer(hidden_states, state=state, mask=mask, shared=shared)
             if cache is not None:
                 cache.update_layer(idx, state)
-            if output_hidden_states:
-                all_hidden_states += (hidden_states,)
         hidden_states = self.norm(hidden_states)
         if cache is not None:
             cache.advance(inputs.length)
+        if output_hidden_states:
+            all_hidden_states += (hidden_states,)  # after the final norm, as transformers' models do
         return model_output(
             BaseModelOutputWithPast, cache=cache, last_hidden_state=hidden_states, hidden_states=all_hidden_states
         )

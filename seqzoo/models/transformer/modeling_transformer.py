@@ -144,26 +144,33 @@ class TransformerModel(TransformerPreTrainedModel):
         hidden_states = self.dropout(hidden_states)
 
         attention_kwargs = {k: v for k, v in kwargs.items() if k in self.extra_forward_kwargs}
-        all_hidden_states = (hidden_states,) if output_hidden_states else None
+        output_attentions = kwargs.get("output_attentions") or self.config.output_attentions
+        shared: dict[str, Any] = {}  # the attention weights of each layer, when asked for
+        all_hidden_states = () if output_hidden_states else None  # the input of every layer, then the output
         for idx, layer in enumerate(self.layers):
+            if output_hidden_states:
+                all_hidden_states += (hidden_states,)
             hidden_states, _ = layer(
                 hidden_states,
                 state=cache.layer(idx) if cache is not None else None,
                 attention_mask=causal_mask,
                 position_embeddings=rotary,
                 attention_kwargs=attention_kwargs,
+                output_attentions=output_attentions,
+                shared=shared,
             )
-            if output_hidden_states:
-                all_hidden_states += (hidden_states,)
         if cache is not None:
             cache.advance(inputs.length)
         if self.norm is not None:
             hidden_states = self.norm(hidden_states)
+        if output_hidden_states:
+            all_hidden_states += (hidden_states,)  # after the final norm, as transformers' models do
         return model_output(
             BaseModelOutputWithPast,
             cache=cache if use_cache else None,
             last_hidden_state=hidden_states,
             hidden_states=all_hidden_states,
+            attentions=tuple(shared["attentions"]) if output_attentions else None,
         )
 
 
