@@ -258,3 +258,31 @@ def test_eager_attention_returns_its_weights(preset):
         torch.testing.assert_close(weights.sum(-1), torch.ones_like(weights.sum(-1)))
         assert (weights.triu(1) == 0).all()  # causal
     assert model(torch.tensor([PROMPTS[0]])).attentions is None
+
+
+def test_gradient_checkpointing_gives_the_same_gradients(family_preset):
+    model = tiny_model(family_preset).train()
+    model.config.use_cache = False
+    ids = torch.tensor([PROMPTS[0], PROMPTS[0][::-1]])
+
+    def gradients():
+        model.zero_grad()
+        model(ids, labels=ids).loss.backward()
+        return {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+    from seqzoo.layers.mixer import Mixer
+
+    calls = []
+    mixer = next(m for m in model.model.layers[0].modules() if isinstance(m, Mixer))
+    mixer.register_forward_pre_hook(lambda *args: calls.append(1))  # (the recompute may stop early)
+    torch.manual_seed(0)
+    plain = gradients()
+    assert len(calls) == 1
+    model.activation_checkpointing_enable({"use_reentrant": False})
+    assert model.is_activation_checkpointing
+    torch.manual_seed(0)
+    checkpointed = gradients()
+    assert len(calls) == 3  # run again in the backward pass: the activations were not kept
+    assert plain.keys() == checkpointed.keys()
+    for name in plain:
+        torch.testing.assert_close(checkpointed[name], plain[name], rtol=1e-5, atol=1e-6, msg=name)
