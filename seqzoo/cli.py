@@ -72,9 +72,19 @@ def cmd_new(args: argparse.Namespace) -> int:
     torch.manual_seed(args.seed)
     model = seqzoo.create_model(args.preset, **parse_overrides(args.set))
     out = Path(args.directory)
-    if out.exists() and any(out.iterdir()) and not args.force:
+    if out.exists() and not out.is_dir():
+        raise SystemExit(f"error: {out} exists and is not a folder")
+    occupied = out.exists() and any(out.iterdir())
+    if occupied and not args.force:
         raise SystemExit(f"error: {out} exists and is not empty (pass --force to write into it)")
-    save_with_tokenizer(model, out)
+    from seqzoo.outputs import describe, staged_folder
+
+    try:
+        # Built beside `out` and moved into place whole, so a failure never leaves a config.json without weights.
+        with staged_folder(out, merge=occupied) as staging:
+            save_with_tokenizer(model, staging)
+    except OSError as err:
+        raise SystemExit(f"error: {describe(err)}") from err
     params = sum(p.numel() for p in model.parameters())
     print(f"saved {args.preset} ({type(model).__name__}, {params:,} parameters) to {out}")
     return 0
