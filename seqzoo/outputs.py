@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import shutil
 import tempfile
 from pathlib import Path
@@ -42,11 +43,9 @@ def describe(err: BaseException) -> str:
         where = err.filename if err.filename is not None else None
         return f"{err.strerror} ({where})" if where else err.strerror
     text = str(err).splitlines()[0] if str(err) else type(err).__name__
-    for marker, reason in (("StorageFull", "No space left on device"), ("PermissionDenied", "Permission denied"),
-                           ("ReadOnlyFilesystem", "Read-only file system")):
-        if marker in text:
-            return f"{reason} ({text})"
-    return text
+    # safetensors reports the OS error inside its own message: "... I/O error: ... (os error 28)".
+    code = re.search(r"(?:os error|code:) (\d+)", text)
+    return os.strerror(int(code.group(1))) if code else text
 
 
 @contextlib.contextmanager
