@@ -56,11 +56,17 @@ def _count_parameters(spec: Any, config: Any) -> int:
 
 def cmd_kernels(args: argparse.Namespace) -> int:
     import seqzoo
+    from seqzoo.kernels.registry import KernelError, check_environment
 
     rows = [[r["op"], r["backend"], r["priority"], "yes" if r["available"] else "no",
              ("forced" if r["forced"] else "yes") if r["selected"] else "", r["description"]]
             for r in seqzoo.list_kernels()]
     _print_table(["op", "backend", "priority", "available", "selected", "notes"], rows)
+    try:
+        check_environment()  # a misspelt SEQZOO_KERNELS entry would make every kernel call raise
+    except KernelError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
     return 0
 
 
@@ -243,6 +249,13 @@ def main(argv: list[str] | None = None) -> int:
         return args.func(args)
     except ValueError as err:  # bad user input from the library: print it plainly
         print(f"error: {err}", file=sys.stderr)
+        return 2
+    except RuntimeError as err:
+        from seqzoo.kernels.registry import KernelError  # imported already if it raised: no cost for other errors
+
+        if not isinstance(err, KernelError):
+            raise
+        print(f"error: {err}", file=sys.stderr)  # a kernel backend name that does not exist or cannot run here
         return 2
 
 
