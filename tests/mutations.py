@@ -222,20 +222,22 @@ MUTATIONS: dict[str, Mutation] = {
         "Mamba's pad step is not the identity (a small delta at pads)",
         lambda: edit("seqzoo.layers.mamba:MambaMixer.forward", "delta.masked_fill(~mask[..., None], 0.0)",
                      "delta.masked_fill(~mask[..., None], 1e-3)"),
-        ["tests/models/test_common.py", "tests/models/test_mamba.py"], "mamba",
+        ["tests/models/test_common.py", "tests/models/test_mamba.py", "tests/models/test_state_exactness.py"],
+        "mamba",
     ),
     "mamba2_pad_dt_unmasked": Mutation(
         "Mamba-2's dt is not zeroed at pads",
         lambda: edit("seqzoo.layers.mamba2:Mamba2Mixer.forward", "dt = dt.masked_fill(~mask[..., None], 0.0)",
                      "dt = dt"),
-        ["tests/models/test_common.py", "tests/models/test_mamba.py"], "mamba",
+        ["tests/models/test_common.py", "tests/models/test_mamba.py", "tests/models/test_state_exactness.py"],
+        "mamba",
     ),
     "beam_reorder_skips_lstm_c": Mutation(
         "beam search reorders the LSTM's h but not its c",
         lambda: edit("seqzoo.cache:RecurrentCache.reorder_cache",
                      "layer[name] = value.index_select(0, beam_idx.to(value.device))",
                      "layer[name] = value if name == 'c' else value.index_select(0, beam_idx.to(value.device))"),
-        ["tests/models/test_common.py"], "lstm",
+        ["tests/models/test_common.py", "tests/models/test_state_exactness.py"], "lstm",
     ),
     "rng_not_restored": Mutation(
         "resume does not restore the RNG states",
@@ -332,7 +334,7 @@ def main() -> int:
     if unknown:
         parser.error(f"unknown mutation(s) {', '.join(unknown)}; --list shows them")
     names = args.names or list(MUTATIONS)
-    print(f"| mutation | caught | failing tests | passing | tests run | seconds |")
+    print("| mutation | caught | failing tests | passing | tests run | seconds |")
     print("|---|---|---|---|---|---|")
     uncaught = 0
     for name in names:

@@ -18,11 +18,9 @@ import torch.nn.functional as F
 from seqzoo.kernels import KernelError, dispatch, get_kernel, select, use_backend
 from seqzoo.kernels.ssd import chunked
 from tests.kernels.scan_checks import (
-    backward,
     check_chunked_matches_reference,
     check_float64_matches_reference,
     check_two_pieces_equal_whole,
-    leaves,
 )
 from tests.kernels.tolerances import assert_close
 

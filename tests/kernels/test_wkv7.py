@@ -19,11 +19,9 @@ import torch.nn.functional as F
 from seqzoo.kernels import dispatch, get_kernel, select, use_backend
 from seqzoo.kernels.wkv7 import chunked, wkv7_step
 from tests.kernels.scan_checks import (
-    backward,
     check_chunked_matches_reference,
     check_float64_matches_reference,
     check_two_pieces_equal_whole,
-    leaves,
 )
 from tests.kernels.tolerances import assert_close
 

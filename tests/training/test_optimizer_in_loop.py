@@ -50,13 +50,17 @@ def test_the_optimizer_steps_with_the_scheduled_learning_rate(optimizer_steps, t
     assert [row["lr"] for row in result.history if "lr" in row] == pytest.approx(lrs)  # the log tells the truth
 
 
-def test_clipping_caps_the_gradient_the_optimizer_applies(optimizer_steps, tmp_path):
-    recipe = make_recipe(tmp_path, optim={"max_grad_norm": 0.05}, train={"max_steps": 4, "eval_every": 0})
+@pytest.mark.parametrize("cap,accumulation", [(0.05, 1), (0.08, 2)])
+def test_clipping_caps_the_gradient_the_optimizer_applies(optimizer_steps, tmp_path, cap, accumulation):
+    # With accumulation the cap applies to the summed gradient of all micro-batches, once per step.
+    recipe = make_recipe(tmp_path, optim={"max_grad_norm": cap},
+                         train={"max_steps": 4, "eval_every": 0, "gradient_accumulation_steps": accumulation})
     result = train(recipe, progress=False)
     logged = [row["grad_norm"] for row in result.history if "grad_norm" in row]
-    assert all(norm > 0.1 for norm in logged)  # so the cap binds on every step
+    assert all(norm > 2 * cap for norm in logged)  # so the cap binds on every step
+    assert len(optimizer_steps) == 4
     for _, applied in optimizer_steps:
-        assert applied == pytest.approx(0.05, rel=1e-4)
+        assert applied == pytest.approx(cap, rel=1e-4)
 
 
 def test_max_grad_norm_zero_applies_the_gradient_unclipped(optimizer_steps, tmp_path):
