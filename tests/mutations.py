@@ -87,7 +87,9 @@ def wrap(anchor: str, wrapper: Callable[[Callable], Callable]) -> None:
 
 
 def edit(anchor: str, old: str, new: str) -> None:
-    """Recompile the function at ``anchor`` with the text ``old`` (which must occur exactly once) replaced."""
+    """Recompile the function at ``anchor`` with the text ``old`` (which must occur exactly once) replaced.
+
+    The function is compiled alone, so one that calls zero-argument ``super()`` cannot be edited: wrap it."""
     owner, name = resolve(anchor)
     function = inspect.getattr_static(owner, name)
     source = textwrap.dedent(inspect.getsource(function))
@@ -193,9 +195,7 @@ MUTATIONS: dict[str, Mutation] = {
     ),
     "lstm_forget_bias_dropped": Mutation(
         "the LSTM forget-gate bias is not initialised",
-        lambda: edit("seqzoo.models.classic.modeling_classic:ClassicRecurrentPreTrainedModel._init_weights",
-                     "bias_hh[module.hidden_size : 2 * module.hidden_size] = forget_bias",
-                     "bias_hh[module.hidden_size : 2 * module.hidden_size] = 0.0"),
+        lambda: edit("seqzoo.layers.recurrent:LSTMMixer.initial_bias_hh", "= self.forget_bias", "= 0.0"),
         ["tests/models/test_classic_reference.py", "tests/models/test_common.py"], "lstm or forget",
     ),
     "classic_dropout_disabled": Mutation(
@@ -234,9 +234,10 @@ MUTATIONS: dict[str, Mutation] = {
     ),
     "beam_reorder_skips_lstm_c": Mutation(
         "beam search reorders the LSTM's h but not its c",
-        lambda: edit("seqzoo.cache:RecurrentCache.reorder_cache",
-                     "layer[name] = value.index_select(0, beam_idx.to(value.device))",
-                     "layer[name] = value if name == 'c' else value.index_select(0, beam_idx.to(value.device))"),
+        lambda: edit("seqzoo.cache:StateLayer.reorder_cache",
+                     "self._map(lambda value: value.index_select(0, beam_idx.to(value.device)))",
+                     "self.state = self.state and {name: value if name == 'c' else value.index_select(0, beam_idx) "
+                     "for name, value in self.state.items()}"),
         ["tests/models/test_common.py", "tests/models/test_state_exactness.py"], "lstm",
     ),
     "rng_not_restored": Mutation(

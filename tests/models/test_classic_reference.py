@@ -25,7 +25,7 @@ VARIANTS = {
 
 
 def cell_of(model):
-    return model.config.cell
+    return model.config.mixer_type
 
 
 def by_hand(model, ids):
@@ -119,10 +119,13 @@ def test_embedding_init_has_the_configured_scale():
 
 
 def recorded_inputs(model, ids):
-    """The tensors entering each recurrent layer and the decoder, in order."""
+    """The tensors entering each recurrent layer and the decoder, in order. A layer is the module that holds a
+    ``weight_ih`` (found by parameter name, which checkpoints fix, not by class)."""
     seen = []
-    hooks = [module.register_forward_pre_hook(lambda _, args: seen.append(args[0].detach().clone()))
-             for name, module in model.named_modules() if type(module).__name__ == "RecurrentLayer"]
+    layers = [model.get_submodule(name.rsplit(".", 1)[0]) for name, _ in model.named_parameters()
+              if name.endswith(".weight_ih")]
+    hooks = [layer.register_forward_pre_hook(lambda _, args: seen.append(args[0].detach().clone()))
+             for layer in layers]
     hooks.append(model.lm_head.register_forward_pre_hook(lambda _, args: seen.append(args[0].detach().clone())))
     try:
         model(ids)

@@ -71,6 +71,7 @@ def test_beam_scores_equal_a_plain_forward_over_each_returned_sequence(family):
     # over the returned sequence (no cache), it must be the same: a beam that carried another beam's state (one
     # state tensor not reordered) scored its tokens with the wrong state.
     model = model_of(family)
+    model.generation_config.eos_token_id = None  # every beam runs the full length: no finished, padded beams
     prompt = torch.tensor([TOKENS[:4]])
     new = 5
     with torch.no_grad():
