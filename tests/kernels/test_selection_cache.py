@@ -209,3 +209,17 @@ def test_the_cache_stays_bounded(monkeypatch):
     for chunk_size in range(1, 21):  # every chunk size is a new key
         select("ssd", *args, **kwargs, chunk_size=chunk_size)
     assert 0 < len(registry._current().chosen) <= 8
+
+
+def test_an_entry_for_a_built_in_op_absent_here_is_ignored(monkeypatch):
+    # A Hub bundle holds only its architecture's ops: SEQZOO_KERNELS set for other models must not break it.
+    monkeypatch.setattr(registry, "_OPS", {name: op for name, op in registry._OPS.items() if name != "lstm"})
+    registry.refresh()
+    monkeypatch.setenv("SEQZOO_KERNELS", "lstm=torch,wkv7=reference")
+    t = test_wkv7.make_inputs(2)
+    assert select("wkv7", *(t[n] for n in test_wkv7.NAMES), initial_state=t["initial_state"]).name == "reference"
+    monkeypatch.setenv("SEQZOO_KERNELS", "lsmt=torch")
+    with pytest.raises(KernelError, match="unknown kernel op 'lsmt'"):
+        registry.check_environment()
+    monkeypatch.undo()
+    registry.refresh()
