@@ -526,7 +526,7 @@ def table(header: list[str], rows: list[list[object]]) -> str:
 
 def allow_triton_on_cpu() -> None:
     """--interpret only: let the registry run the Triton backends on CPU tensors (under the interpreter)."""
-    from seqzoo.kernels.registry import get_op
+    from seqzoo.kernels.registry import get_op, refresh
     from seqzoo.kernels.triton_support import speed_up_interpreter
 
     speed_up_interpreter()
@@ -534,6 +534,7 @@ def allow_triton_on_cpu() -> None:
         for backend in get_op(op).backends.values():
             if backend.name.startswith("triton"):
                 backend.supports = lambda *args, **kwargs: (True, "")
+    refresh()  # selection is cached: drop choices made with the old supports()
 
 
 class Report:

@@ -56,11 +56,17 @@ def _count_parameters(spec: Any, config: Any) -> int:
 
 def cmd_kernels(args: argparse.Namespace) -> int:
     import seqzoo
+    from seqzoo.kernels.registry import KernelError, check_environment
 
     rows = [[r["op"], r["backend"], r["priority"], "yes" if r["available"] else "no",
              ("forced" if r["forced"] else "yes") if r["selected"] else "", r["description"]]
             for r in seqzoo.list_kernels()]
     _print_table(["op", "backend", "priority", "available", "selected", "notes"], rows)
+    try:
+        check_environment()  # a misspelt SEQZOO_KERNELS entry would make every kernel call raise
+    except KernelError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
     return 0
 
 
@@ -72,9 +78,19 @@ def cmd_new(args: argparse.Namespace) -> int:
     torch.manual_seed(args.seed)
     model = seqzoo.create_model(args.preset, **parse_overrides(args.set))
     out = Path(args.directory)
-    if out.exists() and any(out.iterdir()) and not args.force:
+    if out.exists() and not out.is_dir():
+        raise SystemExit(f"error: {out} exists and is not a folder")
+    occupied = out.exists() and any(out.iterdir())
+    if occupied and not args.force:
         raise SystemExit(f"error: {out} exists and is not empty (pass --force to write into it)")
-    save_with_tokenizer(model, out)
+    from seqzoo.outputs import describe, staged_folder
+
+    try:
+        # Built beside `out` and moved into place whole, so a failure never leaves a config.json without weights.
+        with staged_folder(out, merge=occupied) as staging:
+            save_with_tokenizer(model, staging)
+    except OSError as err:
+        raise SystemExit(f"error: {describe(err)}") from err
     params = sum(p.numel() for p in model.parameters())
     print(f"saved {args.preset} ({type(model).__name__}, {params:,} parameters) to {out}")
     return 0
@@ -233,6 +249,13 @@ def main(argv: list[str] | None = None) -> int:
         return args.func(args)
     except ValueError as err:  # bad user input from the library: print it plainly
         print(f"error: {err}", file=sys.stderr)
+        return 2
+    except RuntimeError as err:
+        from seqzoo.kernels.registry import KernelError  # imported already if it raised: no cost for other errors
+
+        if not isinstance(err, KernelError):
+            raise
+        print(f"error: {err}", file=sys.stderr)  # a kernel backend name that does not exist or cannot run here
         return 2
 
 

@@ -171,7 +171,7 @@ def test_unavailable_backend_raises_with_available_list():
         assert {r["backend"]: r["available"] for r in rows}["phantom"] is False
         assert [r["backend"] for r in rows if r["selected"]] == ["torch"]
     finally:
-        kernel_registry._OPS["lstm"].backends.pop("phantom")
+        kernel_registry.unregister_backend("lstm", "phantom")
 
 
 def test_choice_is_logged_once(caplog):
@@ -185,7 +185,7 @@ def test_choice_is_logged_once(caplog):
                 seqzoo.kernels.dispatch("gru", x, h, *w)
         assert sum("backend 'loud'" in r.getMessage() for r in caplog.records) == 1
     finally:
-        kernel_registry._OPS["gru"].backends.pop("loud")
+        kernel_registry.unregister_backend("gru", "loud")
         kernel_registry._LOGGED.discard(("gru", "loud"))
 
 
@@ -209,5 +209,5 @@ def test_kernel_plugin_entry_point(tmp_path, monkeypatch, caplog):
         assert "plugged" in available_backends("rnn")
         assert "missing extension" in caplog.text
     finally:
-        kernel_registry._OPS["rnn"].backends.pop("plugged", None)
+        kernel_registry.unregister_backend("rnn", "plugged")
         sys.modules.pop("seqzoo_kernelplugin", None)

@@ -35,6 +35,7 @@ def register(subparsers: Any) -> None:
 
 def cmd_publish(args: argparse.Namespace) -> int:
     from seqzoo.hub.publishing import PublishError, export_folder, publish, refresh_code
+    from seqzoo.outputs import describe
 
     if args.refresh_code is not None:
         if args.model_dir or args.repo_id or args.dry_run or args.private:
@@ -56,7 +57,10 @@ def cmd_publish(args: argparse.Namespace) -> int:
                                                 ("--commit-message", args.commit_message)) if value]
         if upload_only:
             raise SystemExit(f"error: {', '.join(upload_only)} only apply to an upload; --dry-run uploads nothing")
-        folder = export_folder(args.model_dir, args.output, repo_id=args.repo_id, license=args.license)
+        try:
+            folder = export_folder(args.model_dir, args.output, repo_id=args.repo_id, license=args.license)
+        except OSError as err:  # a read-only folder, a full disk: one line, and nothing left at --output
+            raise SystemExit(f"error: {describe(err)}") from err
         files = sorted(path.name for path in folder.iterdir())
         print(f"built {folder} for {args.repo_id} ({len(files)} files, nothing uploaded): {', '.join(files)}")
         return 0
@@ -65,5 +69,7 @@ def cmd_publish(args: argparse.Namespace) -> int:
                       commit_message=args.commit_message, license=args.license)
     except PublishError as err:
         raise SystemExit(f"error: {err}") from err
+    except OSError as err:  # the local staging folder could not be written
+        raise SystemExit(f"error: {describe(err)}") from err
     print(f"published {args.model_dir} to {args.repo_id}: {url}")
     return 0

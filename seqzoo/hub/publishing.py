@@ -6,7 +6,8 @@ the tokenizer files, the flat code bundle (:mod:`seqzoo.hub.bundle`), ``README.m
 folder loads with seqzoo's own classes; elsewhere ``trust_remote_code=True`` loads the bundled copy.
 
 Nothing is left half-written: :func:`export_folder` builds beside its destination and renames the finished folder
-into place, and :func:`publish` builds in a temporary folder that is removed whatever happens.
+into place (:func:`seqzoo.outputs.staged_folder`; a failed write raises ``OutputError``), and :func:`publish`
+builds in a temporary folder that is removed whatever happens.
 """
 
 from __future__ import annotations
@@ -14,7 +15,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import shutil
 import sys
 import tempfile
 from dataclasses import dataclass
@@ -23,6 +23,7 @@ from typing import Any, Iterator
 
 from seqzoo.hub.bundle import RECORD_FILE, build_bundle, bundle_record
 from seqzoo.tokenizer import load_tokenizer
+from seqzoo.outputs import staged_folder
 from seqzoo.hub.cards import (
     DEFAULT_LICENSE,
     TRAINING_FILE,
@@ -61,18 +62,8 @@ def export_folder(
         raise ValueError(f"output {output} already exists and is not an empty folder; choose a new path")
     _validate_repo_id(repo_id)
     checkpoint = _load_checkpoint(source, tokenizer, training)
-    output.parent.mkdir(parents=True, exist_ok=True)
-    # Built beside the destination so that the final rename stays on one filesystem and is atomic.
-    staging = Path(tempfile.mkdtemp(prefix=f".{output.name}.", suffix=".partial", dir=output.parent))
-    try:
+    with staged_folder(output) as staging:  # built beside the destination and renamed into place when complete
         _write_folder(checkpoint, staging, repo_id=repo_id, license=license)
-        staging.chmod(0o755)  # mkdtemp makes it private to the user; a model folder is not
-        if output.exists():
-            output.rmdir()
-        staging.rename(output)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
     return output
 
 

@@ -7,11 +7,22 @@ installed third-party kernels). All backends of an op share one signature.
 Selection for a call, in order:
   1. an explicit request: :func:`set_backend` / :func:`use_backend` (API) or ``SEQZOO_KERNELS="op=backend,..."``;
      the requested backend must be available and must support the call, otherwise the call raises, naming the
-     reason and the valid backends. Nothing falls back silently.
+     reason and the valid backends. Nothing falls back silently. A ``SEQZOO_KERNELS`` entry naming an op or backend
+     that does not exist makes every selection raise (with a did-you-mean), so a typo is never ignored.
   2. otherwise the highest-priority available backend whose ``supports(...)`` accepts the call.
 
 The choice is logged once per (op, backend). Implementations given as ``"module:attr"`` strings are imported on
 first use, so ``import seqzoo`` never imports Triton or CUDA extensions.
+
+Selection is cached, so a decode step does not pay for probing (2-4 selections per token). Availability is probed
+once per backend. A backend whose ``supports()`` looks at the call declares ``cache_key(*args, **kwargs)``: a cheap,
+hashable summary of everything its ``supports()`` depends on (dtypes, devices, a head size, whether a mask has
+holes), or ``None`` when the call cannot be summarised cheaply (then ``supports()`` runs for that call). The choice
+for a call is cached under the keys of every candidate backend, so a cached choice is the one ``supports()`` would
+make. A backend with a custom ``supports()`` and no ``cache_key`` is never cached. :func:`set_backend`,
+:func:`use_backend`, registering or unregistering a backend, :func:`refresh` and a change of ``SEQZOO_KERNELS``
+drop the cache. The hot path takes no lock (a cache that is dropped while a call fills it is simply replaced), so
+it adds no graph break under ``torch.compile``.
 
 Third-party packages add backends through the ``seqzoo.kernels`` entry-point group: each entry point is a callable
 that receives this module and calls :func:`register_backend`. A plugin that fails is logged and skipped.
@@ -27,14 +38,16 @@ import logging
 import os
 import threading
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Hashable, Iterator
 
 logger = logging.getLogger("seqzoo.kernels")
 
 ENV_VAR = "SEQZOO_KERNELS"
 ENTRY_POINT_GROUP = "seqzoo.kernels"
+CACHE_LIMIT = 4096  # cached choices per state; a stream of ever-new keys (shapes) cannot grow memory without bound
 
 SupportsFn = Callable[..., "tuple[bool, str]"]
+CacheKeyFn = Callable[..., "Hashable | None"]
 
 
 def _always_available() -> bool:
@@ -59,7 +72,9 @@ class Backend:
     supports: SupportsFn = _supports_everything
     description: str = ""
     devices: tuple[str, ...] = ("cpu", "cuda")
+    cache_key: CacheKeyFn | None = None
     _loaded: Callable[..., Any] | None = field(default=None, repr=False)
+    _available: bool | None = field(default=None, repr=False)
 
     def load(self) -> Callable[..., Any]:
         if self._loaded is None:
@@ -76,11 +91,14 @@ class Backend:
         return callable(self.impl) or importlib.util.find_spec(self.impl.partition(":")[0]) is not None
 
     def available(self) -> bool:
-        try:
-            return bool(self.is_available()) and self._module_found()
-        except Exception:  # an availability probe must never break selection
-            logger.debug("availability check of %s/%s raised", self.op, self.name, exc_info=True)
-            return False
+        """Whether this backend can run here; probed once (:func:`refresh` probes again)."""
+        if self._available is None:
+            try:
+                self._available = bool(self.is_available()) and self._module_found()
+            except Exception:  # an availability probe must never break selection
+                logger.debug("availability check of %s/%s raised", self.op, self.name, exc_info=True)
+                self._available = False
+        return self._available
 
 
 @dataclass
@@ -90,17 +108,42 @@ class Op:
     backends: dict[str, Backend] = field(default_factory=dict)
 
 
+@dataclass
+class _Plan:
+    """How one op is selected under the current settings: the forced backend (or None) and the candidates in
+    priority order, available ones only; ``keyed`` are the candidates whose key is not constant."""
+
+    forced: str | None
+    candidates: tuple[Backend, ...]
+    keyed: tuple[Backend, ...]
+    cacheable: bool
+
+
+@dataclass
+class _State:
+    """Everything selection caches. Replaced as a whole (never cleared in place) when it is invalidated, so a call
+    that filled the old one concurrently cannot leave a stale choice in the new one."""
+
+    env: Any  # SEQZOO_KERNELS as it was read (bytes or str; None when unset)
+    env_forced: dict[str, str]
+    env_error: str | None
+    plans: dict[str, _Plan] = field(default_factory=dict)
+    chosen: dict[tuple, Backend] = field(default_factory=dict)
+
+
 _OPS: dict[str, Op] = {}
 _FORCED: dict[str, str] = {}  # set through the API; wins over the environment variable
 _LOGGED: set[tuple[str, str]] = set()
-_LOCK = threading.RLock()
+_LOCK = threading.RLock()  # registration and plugin loading only; selection reads without it
 _plugins_loaded = False
+_state: _State | None = None
 
 
 def register_op(name: str, description: str = "") -> Op:
     with _LOCK:
         if name not in _OPS:
             _OPS[name] = Op(name, description)
+            _invalidate()
         elif description and not _OPS[name].description:
             _OPS[name].description = description
         return _OPS[name]
@@ -114,23 +157,52 @@ def register_backend(
     priority: int = 0,
     is_available: Callable[[], bool] = _always_available,
     supports: SupportsFn = _supports_everything,
+    cache_key: CacheKeyFn | None = None,
     description: str = "",
     devices: tuple[str, ...] = ("cpu", "cuda"),
     replace: bool = False,
 ) -> Backend:
-    """Add backend ``name`` for ``op``. ``impl`` is a function or a lazy ``"module:attr"`` path."""
+    """Add backend ``name`` for ``op``. ``impl`` is a function or a lazy ``"module:attr"`` path; ``cache_key``
+    summarises what ``supports`` reads from a call (see the module docstring)."""
     if not name or not name.replace("_", "").replace("-", "").isalnum():
         raise ValueError(f"backend name must be a non-empty identifier, got {name!r}")
     with _LOCK:
         entry = register_op(op)
         if name in entry.backends and not replace:
             raise ValueError(f"backend {name!r} is already registered for op {op!r}; pass replace=True to override")
-        backend = Backend(op, name, impl, priority, is_available, supports, description, tuple(devices))
+        backend = Backend(op, name, impl, priority, is_available, supports, description, tuple(devices), cache_key)
         entry.backends[name] = backend
+        _invalidate()
         return backend
 
 
+def unregister_backend(op: str, name: str) -> None:
+    """Remove backend ``name`` of ``op`` (a plugin's or a test's); a forced request for it is dropped too."""
+    with _LOCK:
+        get_op(op).backends.pop(name, None)
+        if _FORCED.get(op) == name:
+            _FORCED.pop(op)
+        _invalidate()
+
+
+def refresh() -> None:
+    """Forget every cached availability probe and choice (after installing a package or changing the device)."""
+    with _LOCK:
+        for entry in _OPS.values():
+            for backend in entry.backends.values():
+                backend._available = None
+        _invalidate()
+
+
+def _invalidate() -> None:
+    global _state
+    _state = None
+
+
 BUILTIN_OP_PACKAGES = ("rnn_cells", "causal_conv1d", "selective_scan", "ssd", "wkv7")
+# The ops those packages declare. A Hub bundle holds only its architecture's: a SEQZOO_KERNELS entry for another
+# built-in op is then not a typo but an op that is not here, and is ignored.
+BUILTIN_OPS = ("rnn", "lstm", "gru", "causal_conv1d", "selective_scan", "ssd", "wkv7")
 
 
 def _ensure_loaded() -> None:
@@ -179,27 +251,72 @@ def _unknown(value: str, allowed: list[str], what: str) -> str:
     return f"unknown {what} {value!r}; valid: {', '.join(allowed)}.{hint}"
 
 
-def _parse_env() -> dict[str, str]:
-    raw = os.environ.get(ENV_VAR, "").strip()
-    if not raw:
-        return {}
+def _parse_env(raw: str) -> dict[str, str]:
+    """``SEQZOO_KERNELS`` -> {op: backend}; every op and backend must exist (KernelError otherwise)."""
     forced: dict[str, str] = {}
     for item in raw.split(","):
         item = item.strip()
         if not item:
             continue
         op, sep, backend = item.partition("=")
-        if not sep or not op.strip() or not backend.strip():
+        op, backend = op.strip(), backend.strip()
+        if not sep or not op or not backend:
             raise KernelError(f"{ENV_VAR} entry {item!r} is not of the form op=backend (for example 'lstm=reference')")
-        forced[op.strip()] = backend.strip()
+        if op not in _OPS and op in BUILTIN_OPS:
+            continue
+        try:
+            _check_name(op, backend)
+        except KernelError as err:
+            raise KernelError(f"{ENV_VAR} entry {item!r}: {err}") from None
+        forced[op] = backend
     return forced
+
+
+# Reading os.environ costs about a microsecond per call (it encodes the key and decodes the value); the mapping
+# it wraps is read directly where it exists (CPython on POSIX keeps it as ``os.environ._data``, byte keys).
+_ENV_DATA = getattr(os.environ, "_data", None)
+_ENV_KEY = os.environ.encodekey(ENV_VAR) if _ENV_DATA is not None else None
+
+
+def _raw_env() -> Any:
+    return _ENV_DATA.get(_ENV_KEY) if _ENV_DATA is not None else os.environ.get(ENV_VAR)
+
+
+def _current() -> _State:
+    """The selection state for the current ``SEQZOO_KERNELS``; rebuilt when it changed or was invalidated."""
+    state = _state
+    raw = _raw_env()
+    if state is not None and state.env == raw:
+        return state
+    return _rebuild(raw)
+
+
+def _rebuild(raw: Any) -> _State:
+    global _state
+    _ensure_loaded()
+    text = raw.decode() if isinstance(raw, bytes) else (raw or "")
+    try:
+        forced, error = _parse_env(text), None
+    except KernelError as err:
+        forced, error = {}, str(err)
+    state = _State(raw, forced, error)
+    _state = state
+    return state
+
+
+def check_environment() -> None:
+    """Raise KernelError if ``SEQZOO_KERNELS`` names an op or backend that does not exist or is malformed."""
+    error = _current().env_error
+    if error is not None:
+        raise KernelError(error)
 
 
 def requested_backend(op: str) -> str | None:
     """The backend explicitly requested for ``op`` (API first, then the environment), or None."""
     if op in _FORCED:
         return _FORCED[op]
-    return _parse_env().get(op)
+    check_environment()
+    return _current().env_forced.get(op)
 
 
 def _check_name(op: str, backend: str) -> Backend:
@@ -211,16 +328,18 @@ def _check_name(op: str, backend: str) -> Backend:
 
 def set_backend(op: str, backend: str | None) -> None:
     """Force ``backend`` for every call of ``op`` (``None`` restores automatic selection)."""
-    if backend is None:
-        _FORCED.pop(op, None)
-        return
-    chosen = _check_name(op, backend)
-    if not chosen.available():
-        raise KernelError(
-            f"kernel backend {backend!r} for op {op!r} is not available on this machine; "
-            f"available backends: {', '.join(available_backends(op))}"
-        )
-    _FORCED[op] = backend
+    with _LOCK:
+        if backend is None:
+            _FORCED.pop(op, None)
+        else:
+            chosen = _check_name(op, backend)
+            if not chosen.available():
+                raise KernelError(
+                    f"kernel backend {backend!r} for op {op!r} is not available on this machine; "
+                    f"available backends: {', '.join(available_backends(op))}"
+                )
+            _FORCED[op] = backend
+        _invalidate()
 
 
 @contextlib.contextmanager
@@ -231,10 +350,12 @@ def use_backend(op: str, backend: str | None) -> Iterator[None]:
     try:
         yield
     finally:
-        if previous is None:
-            _FORCED.pop(op, None)
-        else:
-            _FORCED[op] = previous
+        with _LOCK:
+            if previous is None:
+                _FORCED.pop(op, None)
+            else:
+                _FORCED[op] = previous
+            _invalidate()
 
 
 def available_backends(op: str) -> list[str]:
@@ -243,10 +364,12 @@ def available_backends(op: str) -> list[str]:
     return [b.name for b in ordered if b.available()]
 
 
-def select(op: str, *args: Any, **kwargs: Any) -> Backend:
-    """Pick the backend that will run ``op(*args, **kwargs)`` (see the module docstring for the rules)."""
+def _plan(state: _State, op: str) -> _Plan:
+    plan = state.plans.get(op)
+    if plan is not None:
+        return plan
     entry = get_op(op)
-    forced = requested_backend(op)
+    forced = _FORCED.get(op) or state.env_forced.get(op)
     if forced is not None:
         backend = _check_name(op, forced)
         if not backend.available():
@@ -254,18 +377,62 @@ def select(op: str, *args: Any, **kwargs: Any) -> Backend:
                 f"kernel backend {forced!r} was requested for op {op!r} but is not available on this machine; "
                 f"available backends: {', '.join(available_backends(op))}"
             )
+        candidates: tuple[Backend, ...] = (backend,)
+    else:
+        ordered = sorted(entry.backends.values(), key=lambda b: -b.priority)
+        candidates = tuple(b for b in ordered if b.available())
+    keyed = tuple(b for b in candidates if b.cache_key is not None)
+    cacheable = all(b.cache_key is not None or b.supports is _supports_everything for b in candidates)
+    plan = _Plan(forced, candidates, keyed, cacheable)
+    state.plans[op] = plan
+    return plan
+
+
+def select(op: str, *args: Any, **kwargs: Any) -> Backend:
+    """Pick the backend that will run ``op(*args, **kwargs)`` (see the module docstring for the rules)."""
+    # The hot path of every kernel call: plain reads, no lock, no generator.
+    state = _state
+    if state is None or state.env != _raw_env():
+        state = _current()
+    if state.env_error is not None:
+        raise KernelError(state.env_error)
+    plan = state.plans.get(op) or _plan(state, op)
+    key = None
+    if plan.cacheable:
+        keyed = plan.keyed
+        if not keyed:
+            key = op
+        elif len(keyed) == 1:
+            part = keyed[0].cache_key(*args, **kwargs)
+            key = None if part is None else (op, part)
+        else:
+            parts = [b.cache_key(*args, **kwargs) for b in keyed]
+            key = None if None in parts else (op, *parts)
+        if key is not None:
+            chosen = state.chosen.get(key)
+            if chosen is not None:
+                return chosen
+    chosen = _choose(op, plan, args, kwargs)
+    if key is not None:
+        if len(state.chosen) >= CACHE_LIMIT:
+            state.chosen.clear()
+        state.chosen[key] = chosen
+    return chosen
+
+
+def _choose(op: str, plan: _Plan, args: tuple, kwargs: dict) -> Backend:
+    if plan.forced is not None:
+        (backend,) = plan.candidates
         ok, reason = backend.supports(*args, **kwargs)
         if not ok:
             raise KernelError(
-                f"kernel backend {forced!r} was requested for op {op!r} but cannot run this call: {reason}. "
+                f"kernel backend {plan.forced!r} was requested for op {op!r} but cannot run this call: {reason}. "
                 f"Request another backend ({', '.join(available_backends(op))}) or none to select automatically."
             )
         _log_choice(backend, "requested")
         return backend
     reasons = []
-    for backend in sorted(entry.backends.values(), key=lambda b: -b.priority):
-        if not backend.available():
-            continue
+    for backend in plan.candidates:
         ok, reason = backend.supports(*args, **kwargs)
         if ok:
             _log_choice(backend, "auto")
@@ -306,13 +473,15 @@ def list_kernels() -> list[dict[str, Any]]:
     """One row per (op, backend): availability here, priority, and whether it is the one selected.
 
     "selected" is the explicitly requested backend, else the highest-priority available backend that runs on
-    this machine's default device (CUDA when present, else CPU).
+    this machine's default device (CUDA when present, else CPU). A malformed ``SEQZOO_KERNELS`` is left out of
+    the rows; :func:`check_environment` reports it.
     """
     _ensure_loaded()
+    env_forced = _current().env_forced
     rows = []
     for op_name in sorted(_OPS):
         entry = _OPS[op_name]
-        forced = requested_backend(op_name)
+        forced = _FORCED.get(op_name) or env_forced.get(op_name)
         ordered = sorted(entry.backends.values(), key=lambda b: -b.priority)
         default = forced
         if default is None:

@@ -53,6 +53,15 @@ def check_tensors(op: str, named: dict[str, torch.Tensor | None]) -> tuple[bool,
     return True, ""
 
 
+def tensors_key(*tensors: torch.Tensor | None) -> tuple:
+    """Device and dtype of each tensor (None kept in place): what :func:`check_tensors` reads, as a cache key."""
+    return tuple(None if t is None else (t.device, t.dtype) for t in tensors)
+
+
+def _last_dim(t: torch.Tensor, dims: int) -> int | None:
+    return t.shape[-1] if t.dim() == dims else None
+
+
 def is_power_of_two(n: int) -> bool:
     return n > 0 and n & (n - 1) == 0
 
@@ -125,6 +134,10 @@ def speed_up_interpreter() -> None:
 CONV_MAX_WIDTH = 32  # causal_conv1d unrolls its K taps at compile time
 
 
+def supports_key_causal_conv1d(x, weight, bias=None, *, initial_state=None, activation=None, mask=None):
+    return tensors_key(x, weight, bias, initial_state), _last_dim(weight, 2)
+
+
 def supports_causal_conv1d(x, weight, bias=None, *, initial_state=None, activation=None, mask=None):
     """CUDA tensors in float32/float16/bfloat16 and a kernel width K <= 32."""
     ok, reason = check_tensors("causal_conv1d", {"x": x, "weight": weight, "bias": bias,
@@ -137,6 +150,10 @@ def supports_causal_conv1d(x, weight, bias=None, *, initial_state=None, activati
 
 
 SCAN_MAX_STATE = 64  # selective_scan keeps (16, 16, N) float32 tiles in registers
+
+
+def supports_key_selective_scan(u, delta, A, B, C, D=None, z=None, *, initial_state=None):
+    return tensors_key(u, delta, A, B, C, D, z, initial_state), _last_dim(A, 2)
 
 
 def supports_selective_scan(u, delta, A, B, C, D=None, z=None, *, initial_state=None):
@@ -155,6 +172,10 @@ SSD_MAX_HEAD_DIM = 128  # the chunk backward holds a whole (L, P) head block
 SSD_MAX_STATE = 128
 
 
+def supports_key_ssd(x, dt, A, B, C, D=None, *, initial_state=None, chunk_size=64):
+    return tensors_key(x, dt, A, B, C, D, initial_state), _last_dim(x, 4), _last_dim(B, 4)
+
+
 def supports_ssd(x, dt, A, B, C, D=None, *, initial_state=None, chunk_size=64):
     """CUDA tensors in float32/float16/bfloat16, head dim P <= 128, state size N <= 128."""
     ok, reason = check_tensors("ssd", {"x": x, "dt": dt, "A": A, "B": B, "C": C, "D": D,
@@ -169,6 +190,10 @@ def supports_ssd(x, dt, A, B, C, D=None, *, initial_state=None, chunk_size=64):
 
 
 WKV7_MAX_HEAD_SIZE = 128  # the backward holds a whole (V, K) state per program
+
+
+def supports_key_wkv7(r, w, k, v, a, b, *, initial_state=None):
+    return tensors_key(r, w, k, v, a, b, initial_state), _last_dim(r, 4), _last_dim(v, 4)
 
 
 def supports_wkv7(r, w, k, v, a, b, *, initial_state=None):

@@ -7,6 +7,7 @@ Every field is validated when the config is built (also when it is loaded from a
 from __future__ import annotations
 
 import difflib
+import math
 from dataclasses import dataclass
 from typing import Any, ClassVar, Iterable
 
@@ -79,6 +80,11 @@ class SeqzooConfig(PreTrainedConfig):
 
     def validate_architecture(self) -> None:
         """Raise ValueError on the first invalid field. Subclasses extend this and call super()."""
+        # Every float field of every architecture (and of plugins) must be finite: an inf init range, norm eps or
+        # time step gives NaN weights or logits without an error. Fields that may hold infinity are containers.
+        for name, value in vars(self).items():
+            if isinstance(value, float) and not math.isfinite(value):
+                _fail(self, name, value, "expected a finite number")
         require_int(self, "vocab_size", minimum=1)
         require_int(self, "hidden_size", minimum=1)
         require_int(self, "num_hidden_layers", minimum=1)
@@ -166,8 +172,10 @@ def require_float(
     config: Any, name: str, minimum: float | None = None, maximum: float | None = None, exclusive_min: bool = False
 ) -> None:
     value = getattr(config, name)
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or value != value:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
         _fail(config, name, value, "expected a number")
+    if not math.isfinite(value):
+        _fail(config, name, value, "expected a finite number")
     if minimum is not None and (value <= minimum if exclusive_min else value < minimum):
         _fail(config, name, value, f"must be {'>' if exclusive_min else '>='} {minimum}")
     if maximum is not None and value > maximum:

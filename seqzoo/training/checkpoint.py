@@ -1,40 +1,39 @@
-"""Checkpoints that survive a crash: atomic writes, run identity, and finding the checkpoint to resume from.
+"""Checkpoints that survive a crash and never run code: atomic writes, run identity, exact restore.
 
 Layout of a run folder::
 
-    <output_dir>/checkpoints/checkpoint-<step>/   accelerator.save_state (model, optimizer, scheduler, RNG states of
-                                                  every process) + trainer_state.json (step, data position, run id)
+    <output_dir>/checkpoints/checkpoint-<step>/   model, optimizer, scheduler (and fp16 scaler) state, every
+                                                  process's RNG state (see :mod:`seqzoo.training.state`: safetensors
+                                                  and JSON, no pickle) + trainer_state.json (step, data position, run
+                                                  id, and the size and SHA-256 of every other file)
     <output_dir>/checkpoints/checkpoint-<step>.tmp/   a checkpoint being written; never read
 
 Every process writes its part into ``checkpoint-N.tmp``; when all are done the main process writes
 ``trainer_state.json`` last, flushes everything to disk and renames the folder to ``checkpoint-N``. A rename is
 atomic, so a run killed at any moment leaves either the complete new checkpoint or none, and the previous
 checkpoint stays loadable.
+
+Restoring checks every file against the recorded checksums first and refuses, naming the file, anything it cannot
+restore exactly. Checkpoints of seqzoo before format 2 (accelerate's ``save_state``: optimizer, scheduler and RNG
+states as pickles) are refused without reading them.
 """
 
 from __future__ import annotations
 
 import json
-import logging
 import os
 import re
 import shutil
 from pathlib import Path
 from typing import Any
 
+from seqzoo.outputs import OutputError, describe, fsync_tree, write_errors
+from seqzoo.training import state as files
+from seqzoo.training.state import CheckpointError
+
 CHECKPOINTS = "checkpoints"
 STATE_FILE = "trainer_state.json"
 _NAME = re.compile(r"^checkpoint-(\d+)$")
-
-
-class _DropTiedWeightsWarning(logging.Filter):
-    # Tied embeddings share one tensor; accelerate saves it once and warns on every save. Loading re-ties them
-    # (the resume tests check the weights bit for bit), so the warning would only be noise in every run's log.
-    def filter(self, record: logging.LogRecord) -> bool:
-        return "Removed shared tensor" not in record.getMessage()
-
-
-logging.getLogger("accelerate.utils.other").addFilter(_DropTiedWeightsWarning())
 
 
 def list_checkpoints(run_dir: str | Path) -> list[tuple[int, Path]]:
@@ -49,41 +48,125 @@ def list_checkpoints(run_dir: str | Path) -> list[tuple[int, Path]]:
     return sorted(found)
 
 
-def _fsync_tree(folder: Path) -> None:
-    # The rename must not become visible before the files it publishes are on disk (power loss, not just SIGKILL).
-    for path in sorted(folder.rglob("*")):
-        if path.is_file():
-            with open(path, "rb") as handle:
-                os.fsync(handle.fileno())
-    descriptor = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(descriptor)
-    finally:
-        os.close(descriptor)
-
-
-def save_checkpoint(accelerator: Any, run_dir: str | Path, step: int, state: dict[str, Any], keep: int) -> Path:
+def save_checkpoint(accelerator: Any, model: Any, optimizer: Any, scheduler: Any, run_dir: str | Path, step: int,
+                    state: dict[str, Any], keep: int) -> Path:
     """Write checkpoint ``step`` atomically on all processes; keep the newest ``keep`` checkpoints."""
     folder = Path(run_dir) / CHECKPOINTS
     final = folder / f"checkpoint-{step}"
     tmp = folder / f"checkpoint-{step}.tmp"
-    if accelerator.is_main_process:
-        folder.mkdir(parents=True, exist_ok=True)
-        if tmp.exists():  # left over from a run killed while writing
-            shutil.rmtree(tmp)
-    accelerator.wait_for_everyone()
-    accelerator.save_state(str(tmp))
-    accelerator.wait_for_everyone()
-    if accelerator.is_main_process:
-        (tmp / STATE_FILE).write_text(json.dumps(state, indent=2))
-        _fsync_tree(tmp)
-        if final.exists():  # a resumed run passing a step it had already saved before it was killed
-            shutil.rmtree(final)
-        os.replace(tmp, final)
-        for _, old in list_checkpoints(run_dir)[:-keep]:
-            shutil.rmtree(old)
+    try:
+        if accelerator.is_main_process:
+            folder.mkdir(parents=True, exist_ok=True)
+            if tmp.exists():  # left over from a run killed while writing
+                shutil.rmtree(tmp)
+            tmp.mkdir()
+        accelerator.wait_for_everyone()
+        write_training_state(accelerator, model, optimizer, scheduler, tmp)
+        accelerator.wait_for_everyone()
+        if accelerator.is_main_process:
+            records = {path.name: files.file_record(path) for path in sorted(tmp.iterdir())}
+            (tmp / STATE_FILE).write_text(json.dumps({**state, "format": files.FORMAT, "files": records}, indent=2))
+            fsync_tree(tmp)
+            if final.exists():  # a resumed run passing a step it had already saved before it was killed
+                shutil.rmtree(final)
+            os.replace(tmp, final)
+            for _, old in list_checkpoints(run_dir)[:-keep]:
+                shutil.rmtree(old)
+    except write_errors() as err:
+        if accelerator.is_main_process:
+            shutil.rmtree(tmp, ignore_errors=True)  # a full disk gets its space back
+        previous = list_checkpoints(run_dir)
+        left = (f"the newest complete checkpoint, {str(previous[-1][1])!r}, is intact: continue from it with "
+                "--resume once the problem is fixed" if previous else "there is no earlier checkpoint to resume from")
+        raise OutputError(f"cannot write checkpoint {str(final)!r}: {describe(err)}; {left}") from err
     accelerator.wait_for_everyone()
     return final
+
+
+def _full_state_options(**kwargs: Any) -> Any:
+    from torch.distributed.checkpoint.state_dict import StateDictOptions
+
+    # Full (unsharded) state keyed by parameter name: the same files for one process, DDP and FSDP.
+    return StateDictOptions(full_state_dict=True, **kwargs)
+
+
+def _inner(optimizer: Any) -> Any:
+    return getattr(optimizer, "optimizer", optimizer)  # accelerate's AcceleratedOptimizer wraps the torch one
+
+
+def write_training_state(accelerator: Any, model: Any, optimizer: Any, scheduler: Any, folder: Path) -> None:
+    """Every process writes its RNG state; the main process writes model, optimizer, scheduler (and scaler)."""
+    from torch.distributed.checkpoint.state_dict import get_model_state_dict, get_optimizer_state_dict
+
+    options = _full_state_options(cpu_offload=True)
+    model_state = get_model_state_dict(model, options=options)  # a collective under FSDP: every process calls it
+    optimizer_state = get_optimizer_state_dict(model, _inner(optimizer), options=options)
+    if accelerator.is_main_process:
+        files.save_model_state(model_state, folder / files.MODEL_FILE)
+        files.save_optimizer_state(optimizer_state, folder / files.OPTIMIZER_FILE)
+        files.save_json_state(scheduler.state_dict(), folder / files.SCHEDULER_FILE)
+        if accelerator.scaler is not None:
+            files.save_json_state(accelerator.scaler.state_dict(), folder / files.SCALER_FILE)
+    files.save_rng_state(folder / files.rng_file(accelerator.process_index))
+
+
+def expected_files(num_processes: int, with_scaler: bool) -> list[str]:
+    names = [files.MODEL_FILE, files.OPTIMIZER_FILE, files.SCHEDULER_FILE]
+    names += [files.rng_file(rank) for rank in range(num_processes)]
+    return names + ([files.SCALER_FILE] if with_scaler else [])
+
+
+def restore_training_state(checkpoint: Path, state: dict[str, Any], accelerator: Any, model: Any, optimizer: Any,
+                           scheduler: Any) -> None:
+    """Restore what :func:`write_training_state` wrote, after checking every file against ``trainer_state.json``.
+
+    Raises :class:`CheckpointError` naming the file that is missing, damaged or does not fit this run.
+    """
+    from torch.distributed.checkpoint.state_dict import set_model_state_dict, set_optimizer_state_dict
+
+    scaler = accelerator.scaler
+    files.verify_files(checkpoint, state.get("files"), expected_files(accelerator.num_processes, scaler is not None))
+    model_file, optimizer_file = checkpoint / files.MODEL_FILE, checkpoint / files.OPTIMIZER_FILE
+    try:
+        set_model_state_dict(model, files.load_model_state(model_file), options=_full_state_options(strict=True))
+    except CheckpointError:
+        raise
+    except Exception as err:
+        raise _does_not_fit(model_file, err) from err
+    try:
+        set_optimizer_state_dict(model, _inner(optimizer), files.load_optimizer_state(optimizer_file),
+                                 options=_full_state_options())
+    except CheckpointError:
+        raise
+    except Exception as err:
+        raise _does_not_fit(optimizer_file, err) from err
+    _restore_scheduler(checkpoint / files.SCHEDULER_FILE, scheduler, state["step"])
+    if scaler is not None:
+        scaler_file = checkpoint / files.SCALER_FILE
+        try:
+            scaler.load_state_dict(files.load_json_state(scaler_file))
+        except CheckpointError:
+            raise
+        except Exception as err:
+            raise _does_not_fit(scaler_file, err) from err
+    files.restore_rng_state(checkpoint / files.rng_file(accelerator.process_index))
+
+
+def _restore_scheduler(path: Path, scheduler: Any, step: int) -> None:
+    saved = files.load_json_state(path)
+    ours = scheduler.state_dict()
+    # LambdaLR.load_state_dict copies whatever keys it is given into the scheduler: check them first.
+    if set(saved) != set(ours) or saved.get("last_epoch") != step:
+        raise CheckpointError(
+            f"checkpoint file {str(path)!r} does not hold this run's LR schedule position at step {step} (keys "
+            f"{sorted(saved)}, last_epoch {saved.get('last_epoch')!r}); the run cannot be resumed exactly"
+        )
+    scheduler.load_state_dict(saved)
+
+
+def _does_not_fit(path: Path, err: Exception) -> CheckpointError:
+    return CheckpointError(f"checkpoint file {str(path)!r} does not fit this run's model ({type(err).__name__}: "
+                           f"{err}); the run cannot be resumed exactly from it")
 
 
 def resolve_resume(resume: str | Path | bool, run_dir: str | Path) -> Path:
@@ -109,10 +192,36 @@ def resolve_resume(resume: str | Path | bool, run_dir: str | Path) -> Path:
 
 
 def read_state(checkpoint: Path) -> dict[str, Any]:
+    """``trainer_state.json`` of ``checkpoint``, checked for what a resume reads from it. A checkpoint written in
+    accelerate's pickle format is refused without reading any of its pickles."""
+    path = checkpoint / STATE_FILE
     try:
-        return json.loads((checkpoint / STATE_FILE).read_text())
-    except (OSError, json.JSONDecodeError) as err:
-        raise ValueError(f"--resume: cannot read {str(checkpoint / STATE_FILE)!r}: {err}") from err
+        state = json.loads(path.read_text())
+    except (OSError, ValueError) as err:
+        raise CheckpointError(f"--resume: cannot read {str(path)!r}: {err}") from err
+    if not isinstance(state, dict):
+        raise CheckpointError(f"--resume: {str(path)!r} is damaged: expected a JSON object, got {type(state).__name__}")
+    legacy = sorted(name for name in files.LEGACY_FILES if (checkpoint / name).exists())
+    if "format" not in state or legacy:
+        raise CheckpointError(
+            f"--resume: {str(checkpoint)!r} was written by an older seqzoo with accelerate's save_state, which "
+            f"keeps the optimizer, LR scheduler and RNG states as pickles ({', '.join(legacy) or 'no format field'}). "
+            "Loading a pickle can run any code stored in it, so seqzoo no longer reads them, and without them the "
+            "run cannot continue exactly. Start the run again (a new output_dir, or delete "
+            f"{str(checkpoint.parent)!r}); its final weights will be saved in safetensors as before"
+        )
+    if state["format"] != files.FORMAT:
+        raise CheckpointError(
+            f"--resume: {str(path)!r} has checkpoint format {state['format']!r}; this seqzoo reads format "
+            f"{files.FORMAT}. Resume it with the seqzoo version that wrote it"
+        )
+    for key, kind in (("step", int), ("tokens_seen", int), ("data_position", dict), ("grad_health", dict),
+                      ("files", dict)):
+        if not isinstance(state.get(key), kind) or isinstance(state.get(key), bool):
+            raise CheckpointError(
+                f"--resume: {str(path)!r} is damaged: {key!r} is {state.get(key)!r}, expected a {kind.__name__}"
+            )
+    return state
 
 
 def check_same_run(state: dict[str, Any], run_id: str, recipe: dict[str, Any], checkpoint: Path,

@@ -45,7 +45,9 @@ def parse_values(items: list[str]) -> dict[str, Any]:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    from seqzoo.outputs import describe
     from seqzoo.training.recipe import load_recipe
+    from seqzoo.training.state import NonFiniteError
     from seqzoo.training.trainer import train
 
     overrides = parse_values(args.overrides)
@@ -55,9 +57,12 @@ def cmd_train(args: argparse.Namespace) -> int:
     if args.print_recipe:
         print(recipe.to_yaml(), end="")
         return 0
-    result = train(recipe, resume=args.resume, progress=not args.no_progress)
+    try:
+        result = train(recipe, resume=args.resume, progress=not args.no_progress)
+    except (NonFiniteError, OSError) as err:  # a diverged run, a read-only folder, a full disk: one line each
+        raise SystemExit(f"error: {describe(err) if isinstance(err, OSError) else err}") from err
     if result.is_main_process:
-            print(f"trained {recipe.model.preset} for {result.steps} steps ({result.tokens_seen:,} tokens): eval loss "
+        print(f"trained {recipe.model.preset} for {result.steps} steps ({result.tokens_seen:,} tokens): eval loss "
               f"{result.eval['loss']:.4f}, perplexity {result.eval['perplexity']:.3f}, accuracy "
               f"{result.eval['accuracy']:.3f}; saved to {result.output_dir}")
     return 0

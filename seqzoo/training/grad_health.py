@@ -34,13 +34,16 @@ class GradientHealth:
     counts: dict[str, int] = field(default_factory=lambda: {VANISHING: 0, EXPLODING: 0, "nonfinite": 0})
     first_step: dict[str, int] = field(default_factory=dict)
     max_norm: float = 0.0
+    nonfinite_streak: int = 0  # consecutive steps with a NaN/inf gradient norm, up to the last one recorded
 
     def record(self, step: int, norm: float) -> str:
         flag = classify(norm, self.vanishing, self.exploding)
         if math.isfinite(norm):
             self.max_norm = max(self.max_norm, norm)
+            self.nonfinite_streak = 0
         else:
             self.counts["nonfinite"] += 1
+            self.nonfinite_streak += 1
         if flag != OK:
             self.counts[flag] += 1
             self.first_step.setdefault(flag, step)
@@ -59,9 +62,11 @@ class GradientHealth:
         }
 
     def state_dict(self) -> dict:
-        return {"counts": dict(self.counts), "first_step": dict(self.first_step), "max_norm": self.max_norm}
+        return {"counts": dict(self.counts), "first_step": dict(self.first_step), "max_norm": self.max_norm,
+                "nonfinite_streak": self.nonfinite_streak}
 
     def load_state_dict(self, state: dict) -> None:
-        self.counts = dict(state["counts"])
+        self.counts = {k: int(state["counts"][k]) for k in self.counts}
         self.first_step = {k: int(v) for k, v in state["first_step"].items()}
         self.max_norm = float(state["max_norm"])
+        self.nonfinite_streak = int(state["nonfinite_streak"])

@@ -15,6 +15,7 @@ from __future__ import annotations
 import difflib
 import hashlib
 import json
+import math
 import types
 import typing
 from dataclasses import asdict, dataclass, field, fields
@@ -30,7 +31,7 @@ MIXED_PRECISION = ("no", "fp16", "bf16")
 # Fields that change what is logged or kept on disk but never the weights a run ends with; a resumed run may
 # change them (for example to checkpoint more often).
 NOT_IN_RUN_ID = ("name", "output_dir", "data.eval_samples", "train.eval_every", "train.save_every",
-                 "train.save_total_limit", "train.log_every")
+                 "train.save_total_limit", "train.log_every", "train.max_nonfinite_steps")
 
 
 @dataclass
@@ -81,6 +82,9 @@ class TrainSection:
     vanishing_grad_norm: float = 1e-6  # a step whose gradient norm falls below this is flagged "vanishing"
     exploding_grad_norm: float = 1e3  # above this (or non-finite) it is flagged "exploding"
     skip_nonfinite_steps: bool = True  # drop the update of a step whose gradient is NaN/inf
+    # With skip_nonfinite_steps: up to this many consecutive NaN/inf-gradient steps are skipped, one more stops the
+    # run (0: stop at the first). Non-finite weights after a step always stop it. See the README (Training).
+    max_nonfinite_steps: int = 3
 
 
 @dataclass
@@ -113,6 +117,11 @@ class Recipe:
         import seqzoo
 
         d, o, t = self.data, self.optim, self.train
+        for section in SECTIONS:
+            for name, value in asdict(getattr(self, section)).items():
+                numbers = value if isinstance(value, list) else [value]
+                finite = all(math.isfinite(v) for v in numbers if isinstance(v, float))
+                _check(finite, f"{section}.{name}", value, "finite numbers (not inf or nan)")
         _check(isinstance(self.name, str) and self.name != "", "name", self.name, "a non-empty string")
         presets = seqzoo.list_models()
         _check(self.model.preset in presets, "model.preset", self.model.preset,
@@ -153,6 +162,8 @@ class Recipe:
         _check(t.log_every >= 1, "train.log_every", t.log_every, "an integer >= 1")
         _check(0 <= t.vanishing_grad_norm < t.exploding_grad_norm, "train.vanishing_grad_norm",
                t.vanishing_grad_norm, f"a number in [0, exploding_grad_norm={t.exploding_grad_norm})")
+        _check(t.max_nonfinite_steps >= 0, "train.max_nonfinite_steps", t.max_nonfinite_steps,
+               "an integer >= 0 (0 = stop at the first non-finite gradient)")
 
 
 def _check(ok: bool, name: str, value: Any, allowed: str, choices: list[str] | None = None) -> None:
@@ -242,13 +253,16 @@ def _try(value: Any, option: Any) -> tuple[bool, Any]:
     if option is int:
         return (isinstance(value, int) and not isinstance(value, bool)), value
     if option is float:
+        # Every float field needs a finite value: YAML's .inf / .nan (or "inf" on the command line) would reach the
+        # optimizer and turn every weight into NaN.
         if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return True, float(value)
+            return math.isfinite(value), float(value)
         if isinstance(value, str):
             try:
-                return True, float(value)
+                number = float(value)
             except ValueError:
                 return False, None
+            return math.isfinite(number), number
         return False, None
     if option is str:
         return isinstance(value, str), value
@@ -270,11 +284,12 @@ def _describe(annotation: Any) -> str:
         if option is type(None):
             names.append("null")
         elif typing.get_origin(option) is list:
-            names.append(f"a list of {typing.get_args(option)[0].__name__}")
+            item = typing.get_args(option)[0]
+            names.append(f"a list of {'finite numbers' if item is float else item.__name__}")
         elif typing.get_origin(option) is dict:
             names.append("a mapping")
         else:
-            names.append({int: "an integer", float: "a number", str: "a string", bool: "true/false"}[option])
+            names.append({int: "an integer", float: "a finite number", str: "a string", bool: "true/false"}[option])
     return " or ".join(names)
 
 

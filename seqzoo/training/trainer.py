@@ -27,16 +27,21 @@ from typing import Any
 import torch
 from torch.optim.lr_scheduler import LambdaLR
 
+from seqzoo.outputs import OutputError, staged_folder
 from seqzoo.training.checkpoint import (
+    STATE_FILE,
+    CheckpointError,
     check_same_run,
     list_checkpoints,
     read_state,
     resolve_resume,
+    restore_training_state,
     save_checkpoint,
 )
 from seqzoo.training.data import IGNORE, MemoryTask, build_data
 from seqzoo.training.grad_health import EXPLODING, OK, GradientHealth
 from seqzoo.training.recipe import Recipe
+from seqzoo.training.state import NonFiniteError, nonfinite_names, require_finite
 from seqzoo.training.tbptt import (
     backward_sequence,
     check_tbptt_supported,
@@ -195,7 +200,6 @@ def train(recipe: Recipe, *, resume: str | Path | bool | None = None, dataset: A
         model = accelerator.prepare(model)  # FSDP must wrap the model before the optimizer sees its parameters
         optimizer = accelerator.prepare(make_optimizer(model, recipe))
         scheduler = LambdaLR(optimizer, lambda step: lr_factor(step, recipe))
-        accelerator.register_for_checkpointing(scheduler)
         return _run(recipe, accelerator, model, optimizer, scheduler, data, micro_batch, run_dir, checkpoint,
                     progress, save_model)
     finally:
@@ -224,9 +228,18 @@ def _run(recipe: Recipe, accelerator: Any, model: Any, optimizer: Any, scheduler
     if checkpoint is not None:
         state = read_state(checkpoint)
         check_same_run(state, run_id, recipe.to_dict(), checkpoint, world, data.describe())
-        accelerator.load_state(str(checkpoint))
         step, tokens_seen = state["step"], state["tokens_seen"]
-        health.load_state_dict(state["grad_health"])
+        if state["data_position"] != data.position(step * t.batch_size):
+            raise CheckpointError(
+                f"--resume: {str(checkpoint / STATE_FILE)!r} is damaged: data position {state['data_position']!r} "
+                f"does not match step {step} ({data.position(step * t.batch_size)!r})"
+            )
+        try:
+            health.load_state_dict(state["grad_health"])
+        except (KeyError, TypeError, ValueError, AttributeError) as err:
+            raise CheckpointError(f"--resume: {str(checkpoint / STATE_FILE)!r} is damaged: grad_health "
+                                  f"{state['grad_health']!r} ({type(err).__name__}: {err})") from err
+        restore_training_state(checkpoint, state, accelerator, model, optimizer, scheduler)
     metrics_path = run_dir / "metrics.jsonl"
     if accelerator.is_main_process:
         run_dir.mkdir(parents=True, exist_ok=True)
@@ -268,7 +281,7 @@ def _run(recipe: Recipe, accelerator: Any, model: Any, optimizer: Any, scheduler
                 bar.write(f"step {step}/{t.max_steps}  eval loss {last_eval['loss']:.4f}  "
                           f"perplexity {last_eval['perplexity']:.3f}  accuracy {last_eval['accuracy']:.3f}")
         if t.save_every and step % t.save_every == 0:
-            save_checkpoint(accelerator, run_dir, step, {
+            save_checkpoint(accelerator, model, optimizer, scheduler, run_dir, step, {
                 "run_id": run_id, "recipe": recipe.to_dict(), "step": step, "tokens_seen": tokens_seen,
                 "data_position": data.position(step * t.batch_size), "data": data.describe(),
                 "num_processes": world, "grad_health": health.state_dict(),
@@ -313,11 +326,20 @@ def _train_step(recipe: Recipe, accelerator: Any, model: Any, optimizer: Any, sc
     # max_norm=inf measures the norm without clipping.
     grad_norm = float(accelerator.clip_grad_norm_(model.parameters(), recipe.optim.max_grad_norm or math.inf))
     flag = health.record(step + 1, grad_norm)
-    # Under fp16 the gradient scaler already skips steps with inf/NaN gradients (and lowers its scale).
+    # Under fp16 the gradient scaler already skips steps with inf/NaN gradients (and lowers its scale) by design;
+    # those steps neither count as skipped here nor towards max_nonfinite_steps.
     skipped = t.skip_nonfinite_steps and not math.isfinite(grad_norm) and t.mixed_precision != "fp16"
+    if skipped and health.nonfinite_streak > t.max_nonfinite_steps:
+        raise NonFiniteError(
+            f"step {step + 1}: the gradient norm was NaN/inf on {health.nonfinite_streak} consecutive steps, more "
+            f"than train.max_nonfinite_steps={t.max_nonfinite_steps}; each was skipped, but the run is not "
+            "recovering. The weights are still finite and every checkpoint written is intact. Lower optim.lr, "
+            "check the data, or raise train.max_nonfinite_steps and continue with --resume"
+        )
     lr = scheduler.get_last_lr()[0]
     if not skipped:
         optimizer.step()
+        check_finite_parameters(model, accelerator, step + 1, grad_norm, lr)
     scheduler.step()
     optimizer.zero_grad(set_to_none=True)
     sums = accelerator.reduce(sums, "sum")
@@ -326,6 +348,29 @@ def _train_step(recipe: Recipe, accelerator: Any, model: Any, optimizer: Any, sc
     if skipped:
         row["skipped"] = True
     return row
+
+
+def check_finite_parameters(model: Any, accelerator: Any, step: int, grad_norm: float, lr: float) -> None:
+    """Raise NonFiniteError if any parameter holds NaN/inf after optimizer step ``step``.
+
+    A finite gradient does not make a finite update (an infinite learning rate, an optimizer overflow), so the
+    weights themselves are checked, before anything can save them.
+    """
+    # FSDP keeps a shard of each parameter per process (possibly empty); each process checks its own.
+    bad = nonfinite_names([(name, p.to_local() if hasattr(p, "to_local") else p)
+                           for name, p in model.named_parameters()])
+    if accelerator.num_processes > 1:  # FSDP shards differ per process; every process must stop together
+        total = accelerator.reduce(torch.tensor([float(len(bad))], device=accelerator.device), "sum")
+        if float(total) and not bad:
+            bad = ["(on another process)"]
+    if bad:
+        shown = ", ".join(bad[:5]) + (f" and {len(bad) - 5} more" if len(bad) > 5 else "")
+        raise NonFiniteError(
+            f"step {step}: after the optimizer step {len(bad)} parameter tensor(s) hold NaN or inf ({shown}), with "
+            f"a gradient norm of {grad_norm:.4g} and a learning rate of {lr:.4g}. The run stopped before saving "
+            "anything from this step; every checkpoint written is intact. Lower optim.lr (or check the optimizer "
+            "settings) and start again, or continue with --resume if the cause is gone"
+        )
 
 
 def _record(row: dict[str, Any], history: list[dict[str, Any]], path: Path, accelerator: Any) -> None:
@@ -350,13 +395,10 @@ def _save_final(accelerator: Any, model: Any, recipe: Recipe, data: Any, run_dir
     accelerator.wait_for_everyone()
     state_dict = accelerator.get_state_dict(model)  # gathers FSDP shards; the plain state dict otherwise
     unwrapped = accelerator.unwrap_model(model)
-    unwrapped.save_pretrained(run_dir, state_dict=state_dict, is_main_process=accelerator.is_main_process,
-                              save_function=accelerator.save)
     if accelerator.is_main_process:
+        require_finite(state_dict, "the final model")
         # Memory tasks use their own small vocabulary, which the byte tokenizer does not describe.
         with_tokenizer = not isinstance(data, MemoryTask) and unwrapped.config.vocab_size >= VOCAB_SIZE
-        if with_tokenizer:
-            byte_tokenizer().save_pretrained(run_dir)
         info = {
             "dataset": data.name,
             "data": data.describe(),
@@ -372,6 +414,19 @@ def _save_final(accelerator: Any, model: Any, recipe: Recipe, data: Any, run_dir
             "run_id": recipe.run_id,
             "recipe": recipe.to_dict(),
         }
-        (run_dir / TRAINING_INFO_FILE).write_text(json.dumps(info, indent=2))
+        try:
+            # The run folder keeps checkpoints/ and metrics.jsonl: the model's files are renamed into it one by
+            # one from a staging folder, config.json last (see seqzoo.outputs).
+            with staged_folder(run_dir, merge=True) as staging:
+                unwrapped.save_pretrained(staging, state_dict=state_dict)
+                if with_tokenizer:
+                    byte_tokenizer().save_pretrained(staging)
+                (staging / TRAINING_INFO_FILE).write_text(json.dumps(info, indent=2))
+        except OutputError as err:
+            checkpoints = list_checkpoints(run_dir)
+            left = (f"the newest checkpoint, {str(checkpoints[-1][1])!r}, is intact: continue from it with --resume "
+                    "once the problem is fixed" if checkpoints else
+                    "the run wrote no checkpoints (train.save_every=0), so it must start again")
+            raise OutputError(f"training finished but the final model could not be saved: {err}; {left}") from err
     accelerator.wait_for_everyone()
     return unwrapped

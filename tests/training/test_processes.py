@@ -1,10 +1,11 @@
-"""`seqzoo train` as real processes: two gloo processes under torchrun match one process, and a run killed with
-SIGKILL resumes from its last checkpoint to bit-identical weights."""
+"""`seqzoo train` as real processes: two gloo processes under torchrun match one process and resume exactly from
+their checkpoint, and a run killed with SIGKILL resumes from its last checkpoint to bit-identical weights."""
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -55,18 +56,25 @@ def losses(run: Path) -> list[float]:
             if "loss" in json.loads(line)]
 
 
-def test_two_gloo_processes_match_one_process(tmp_path):
+def test_two_gloo_processes_match_one_process_and_resume_exactly(tmp_path):
     # Dropout off: each process draws its own masks, so only a dropout-free run can match one process exactly.
-    recipe = write_recipe(tmp_path / "ddp.yaml", max_steps=4, gradient_accumulation_steps=2, tbptt_chunk=8)
+    recipe = write_recipe(tmp_path / "ddp.yaml", max_steps=4, gradient_accumulation_steps=2, tbptt_chunk=8,
+                          save_every=2)
     recipe.write_text(recipe.read_text().replace('"dropout": 0.1', '"dropout": 0.0'))
     two = tmp_path / "two"
-    launch = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "seqzoo",
-              "train", str(recipe), "--output-dir", str(two), "--no-progress"]
-    done = subprocess.run(launch, env=env(), capture_output=True, text=True, timeout=300)
+
+    def launch(*extra: str) -> subprocess.CompletedProcess:
+        command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m",
+                   "seqzoo", "train", str(recipe), "--output-dir", str(two), "--no-progress", *extra]
+        return subprocess.run(command, env=env(), capture_output=True, text=True, timeout=300)
+
+    done = launch()
     assert done.returncode == 0, done.stderr[-3000:]
     assert done.stdout.count("trained lstm-tiny for 4 steps") == 1  # printed by the main process only
     info = json.loads((two / "seqzoo_training.json").read_text())
     assert info["num_processes"] == 2
+    checkpoint = two / "checkpoints" / "checkpoint-2"
+    assert {"rng_state_0.json", "rng_state_1.json"} <= {p.name for p in checkpoint.iterdir()}
 
     one = in_process_reference(recipe, tmp_path / "one")
     assert one.steps == 4
@@ -76,6 +84,14 @@ def test_two_gloo_processes_match_one_process(tmp_path):
         torch.testing.assert_close(ours[key], theirs[key], rtol=1e-5, atol=1e-6, msg=key)
     changed = load_file(str(two / "model.safetensors"))["model.embed_tokens.weight"]
     assert not torch.equal(changed, torch.zeros_like(changed))
+
+    # Back to step 2, as if the run had died there: two processes resume to the same weights, bit for bit.
+    shutil.rmtree(two / "checkpoints" / "checkpoint-4")
+    (two / "model.safetensors").unlink()
+    resumed = launch("--resume")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    for key, value in load_file(str(two / "model.safetensors")).items():
+        assert torch.equal(value, ours[key]), f"{key} differs after a two-process resume"
 
 
 def test_sigkill_mid_run_then_resume_gives_bit_identical_weights(tmp_path):

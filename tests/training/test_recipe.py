@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from seqzoo.training.recipe import list_recipes, load_recipe, recipe_from_dict
+from seqzoo.training.recipe import DataSection, OptimSection, Recipe, list_recipes, load_recipe, recipe_from_dict
 
 
 @pytest.mark.parametrize("name", list_recipes())
@@ -33,7 +33,14 @@ def test_yaml_file_and_typed_overrides(tmp_path):
 @pytest.mark.parametrize("values, message", [
     ({"trian": {}}, "unknown recipe field 'trian'. Did you mean train?"),
     ({"train": {"max_step": 3}}, "unknown recipe field train.'max_step'. Did you mean train.max_steps?"),
-    ({"optim": {"lr": "fast"}}, "optim.lr='fast' is invalid: expected a number"),
+    ({"optim": {"lr": "fast"}}, "optim.lr='fast' is invalid: expected a finite number"),
+    ({"optim": {"lr": float("inf")}}, "optim.lr=inf is invalid: expected a finite number"),
+    ({"optim": {"lr": "inf"}}, "optim.lr='inf' is invalid: expected a finite number"),
+    ({"optim": {"eps": float("nan")}}, "optim.eps=nan is invalid: expected a finite number"),
+    ({"optim": {"max_grad_norm": float("inf")}}, "optim.max_grad_norm=inf is invalid: expected a finite number"),
+    ({"optim": {"betas": [0.9, float("nan")]}}, "optim.betas=[0.9, nan] is invalid: expected a list of finite"),
+    ({"train": {"exploding_grad_norm": ".inf"}}, "train.exploding_grad_norm='.inf' is invalid"),
+    ({"train": {"max_nonfinite_steps": -1}}, "train.max_nonfinite_steps=-1 is invalid: expected an integer >= 0"),
     ({"optim": {"lr": -1.0}}, "optim.lr=-1.0 is invalid: expected a number > 0"),
     ({"train": {"batch_size": 2.5}}, "train.batch_size=2.5 is invalid: expected an integer"),
     ({"optim": {"schedule": "cosin"}}, "optim.schedule='cosin' is invalid: expected one of cosine, linear, constant "
@@ -49,6 +56,17 @@ def test_bad_fields_are_named(values, message):
     with pytest.raises(ValueError) as info:
         recipe_from_dict(values)
     assert message in str(info.value)
+
+
+def test_yaml_infinity_and_direct_construction_are_refused(tmp_path):
+    recipe = tmp_path / "inf.yaml"
+    recipe.write_text("optim:\n  lr: .inf\n")
+    with pytest.raises(ValueError, match="optim.lr=inf is invalid: expected a finite number"):
+        load_recipe(str(recipe))
+    with pytest.raises(ValueError, match="optim.lr=inf is invalid: expected finite numbers"):
+        Recipe(optim=OptimSection(lr=float("inf")))
+    with pytest.raises(ValueError, match="data.eval_fraction=nan is invalid"):
+        Recipe(data=DataSection(eval_fraction=float("nan")))
 
 
 def test_unknown_recipe_and_bad_overrides(tmp_path):

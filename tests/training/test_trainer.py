@@ -12,6 +12,7 @@ import torch
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM
 
+import seqzoo.training.checkpoint as checkpoint
 import seqzoo.training.tbptt as tbptt
 from seqzoo.training.checkpoint import list_checkpoints
 from seqzoo.training.grad_health import classify
@@ -95,19 +96,16 @@ def test_interrupted_checkpoint_write_leaves_the_previous_one_and_resume_is_exac
                     train={"save_every": 2, "tbptt_chunk": 4, "deterministic": True})
     reference = train(make_recipe(tmp_path, "reference", **sections), progress=False)
 
-    from accelerate import Accelerator
+    real_write = checkpoint.write_training_state
 
-    real_save_state = Accelerator.save_state
-
-    def dies_while_writing_step_4(self, output_dir=None, **kwargs):
-        if output_dir.endswith("checkpoint-4.tmp"):
-            Path(output_dir).mkdir(parents=True)
-            (Path(output_dir) / "model.safetensors").write_bytes(b"half a file")
+    def dies_while_writing_step_4(accelerator, model, optimizer, scheduler, folder):
+        if folder.name == "checkpoint-4.tmp":
+            (folder / "model.safetensors").write_bytes(b"half a file")
             raise KeyboardInterrupt("killed while writing a checkpoint")
-        return real_save_state(self, output_dir, **kwargs)
+        return real_write(accelerator, model, optimizer, scheduler, folder)
 
     recipe = make_recipe(tmp_path, "interrupted", **sections)
-    monkeypatch.setattr(Accelerator, "save_state", dies_while_writing_step_4)
+    monkeypatch.setattr(checkpoint, "write_training_state", dies_while_writing_step_4)
     with pytest.raises(KeyboardInterrupt):
         train(recipe, progress=False)
     monkeypatch.undo()

@@ -8,6 +8,7 @@ register_op("causal_conv1d", "depthwise causal conv1d with exact padding (masked
 register_backend("causal_conv1d", "reference", reference.causal_conv1d, priority=0,
                  description="explicit per-token window loop in PyTorch")
 register_backend("causal_conv1d", "chunked", chunked.causal_conv1d, priority=10, supports=chunked.supports,
+                 cache_key=chunked.supports_key,
                  description="one grouped F.conv1d over the (compacted) sequence")
 
 from seqzoo.kernels import triton_support  # noqa: E402  (no Triton import: availability and supports() only)
@@ -15,4 +16,5 @@ from seqzoo.kernels import triton_support  # noqa: E402  (no Triton import: avai
 register_backend("causal_conv1d", "triton", "seqzoo.kernels.causal_conv1d.triton:causal_conv1d", priority=20,
                  devices=("cuda",), is_available=triton_support.triton_available,
                  supports=triton_support.supports_causal_conv1d,
+                 cache_key=triton_support.supports_key_causal_conv1d,
                  description="Triton forward/backward conv kernels; padding by compaction around the kernel")

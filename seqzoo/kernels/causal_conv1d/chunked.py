@@ -22,6 +22,10 @@ def supports(x, weight, bias=None, *, initial_state=None, activation=None, mask=
     return True, ""
 
 
+def supports_key(*args, **kwargs):
+    return ()  # supports() reads nothing from the call
+
+
 def causal_conv1d(x, weight, bias=None, *, initial_state=None, activation=None, mask=None):
     """Depthwise causal conv over (B, T, D); returns (y, final_state). Formulas in ``reference.py``."""
     check_inputs(x, weight, bias, initial_state, activation, mask)

@@ -13,4 +13,5 @@ for _op, _doc in (
     register_backend(_op, "reference", getattr(reference, _op), priority=0,
                      description="explicit cell loop in PyTorch; handles any padding mask")
     register_backend(_op, "torch", getattr(fused, _op), priority=10, supports=fused.supports,
+                     cache_key=fused.supports_key,
                      description="torch's fused kernels (cuDNN / oneDNN); contiguous padding via packed sequences")

@@ -42,6 +42,12 @@ def supports(x, *args, mask=None, **kwargs):
     return True, ""
 
 
+def supports_key(x, *args, mask=None, **kwargs):
+    """What :func:`supports` reads, for the registry's cache: nothing without a mask or for one token (every row
+    is contiguous); a longer mask's holes cannot be summarised without reading it (None: not cached)."""
+    return "contiguous" if mask is None or mask.shape[-1] <= 1 else None
+
+
 def _hx(kind, hx):
     # The ATen LSTM takes a list of (1, B, H) states, the others a single tensor.
     return hx if kind == "lstm" else hx[0]

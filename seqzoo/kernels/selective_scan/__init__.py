@@ -8,6 +8,7 @@ register_op("selective_scan", "Mamba-1 selective scan (delta already softplus'ed
 register_backend("selective_scan", "reference", reference.selective_scan, priority=0,
                  description="explicit per-token state update in PyTorch")
 register_backend("selective_scan", "chunked", chunked.selective_scan, priority=10, supports=chunked.supports,
+                 cache_key=chunked.supports_key,
                  description="two-level doubling scan over chunks in pure PyTorch, no per-token loop")
 
 from seqzoo.kernels import triton_support  # noqa: E402  (no Triton import: availability and supports() only)
@@ -15,4 +16,5 @@ from seqzoo.kernels import triton_support  # noqa: E402  (no Triton import: avai
 register_backend("selective_scan", "triton", "seqzoo.kernels.selective_scan.triton:selective_scan", priority=20,
                  devices=("cuda",), is_available=triton_support.triton_available,
                  supports=triton_support.supports_selective_scan,
+                 cache_key=triton_support.supports_key_selective_scan,
                  description="Triton tile scan (forward, checkpointed reverse-time backward, fused decode step)")

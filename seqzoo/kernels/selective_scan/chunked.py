@@ -54,6 +54,10 @@ def supports(u, delta, A, B, C, D=None, z=None, *, initial_state=None):
     return True, ""
 
 
+def supports_key(u, delta, A, B, C, D=None, z=None, *, initial_state=None):
+    return u.dtype, delta.dtype, A.dtype, B.dtype, C.dtype  # all that supports() reads
+
+
 def chunk_length(length):
     """Tokens per chunk: the power of two nearest sqrt(T) in [4, 64], which balances the two Q-step passes against
     the pass over T / Q chunks."""

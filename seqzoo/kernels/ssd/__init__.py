@@ -8,6 +8,7 @@ register_op("ssd", "Mamba-2 state-space duality scan (dt already softplus'ed); d
 register_backend("ssd", "reference", reference.ssd, priority=0,
                  description="explicit per-token state update in PyTorch (ignores chunk_size)")
 register_backend("ssd", "chunked", chunked.ssd, priority=10, supports=chunked.supports,
+                 cache_key=chunked.supports_key,
                  description="SSD block decomposition: intra-chunk quadratic form + inter-chunk state passing")
 
 from seqzoo.kernels import triton_support  # noqa: E402  (no Triton import: availability and supports() only)
@@ -15,4 +16,5 @@ from seqzoo.kernels import triton_support  # noqa: E402  (no Triton import: avai
 register_backend("ssd", "triton", "seqzoo.kernels.ssd.triton:ssd", priority=20,
                  devices=("cuda",), is_available=triton_support.triton_available,
                  supports=triton_support.supports_ssd,
+                 cache_key=triton_support.supports_key_ssd,
                  description="Triton chunked SSD (states, output, reverse state pass, chunk backward; fused decode)")

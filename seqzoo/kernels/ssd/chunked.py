@@ -40,6 +40,11 @@ def supports(x, dt, A, B, C, D=None, *, initial_state=None, chunk_size=64):
     return True, ""
 
 
+def supports_key(x, dt, A, B, C, D=None, *, initial_state=None, chunk_size=64):
+    # supports() reads only chunk_size; its type is part of the key (True == 1, but only 1 is a chunk size).
+    return (type(chunk_size), chunk_size) if isinstance(chunk_size, (int, float, str, type(None))) else None
+
+
 def segsum(log_decay):
     """log_decay (..., Q) -> (..., Q, Q) with [t, s] = sum_{j=s+1}^{t} log_decay[j] for s <= t, -inf above."""
     length = log_decay.shape[-1]

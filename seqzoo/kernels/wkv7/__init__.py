@@ -12,6 +12,7 @@ register_op("wkv7", "RWKV-7 x070 WKV (log decay w); w = k = b = 0 is an identity
 register_backend("wkv7", "reference", reference.wkv7, priority=0,
                  description="explicit per-token state update in PyTorch")
 register_backend("wkv7", "chunked", chunked.wkv7, priority=10, supports=chunked.supports,
+                 cache_key=chunked.supports_key,
                  description="chunked generalized delta rule (triangular solve per chunk, loop over chunks)")
 
 from seqzoo.kernels import triton_support  # noqa: E402  (no Triton import: availability and supports() only)
@@ -19,10 +20,12 @@ from seqzoo.kernels import triton_support  # noqa: E402  (no Triton import: avai
 register_backend("wkv7", "triton", "seqzoo.kernels.wkv7.triton:wkv7", priority=20,
                  devices=("cuda",), is_available=triton_support.triton_available,
                  supports=triton_support.supports_wkv7,
+                 cache_key=triton_support.supports_key_wkv7,
                  description="Triton fused recurrent WKV (state in registers; checkpointed backward; T=1 decode)")
 register_backend("wkv7", "triton_chunked", "seqzoo.kernels.wkv7.triton_chunked:wkv7", priority=30,
                  devices=("cuda",), is_available=triton_support.triton_available,
                  supports=triton_support.supports_wkv7,
+                 cache_key=triton_support.supports_key_wkv7,
                  description="Triton chunked WKV for training and prefill (tensor-core products per chunk of 32, "
                              "sequential pass over chunks only); T=1 runs the fused step")
 

@@ -43,6 +43,10 @@ def supports(r, w, k, v, a, b, *, initial_state=None):
     return True, ""
 
 
+def supports_key(r, w, k, v, a, b, *, initial_state=None):
+    return r.dtype, w.dtype, k.dtype, v.dtype, a.dtype, b.dtype  # all that supports() reads
+
+
 def _shift_down(m):
     """Rows move down by one (row 0 becomes zeros): turns 'decay up to t' into 'decay up to t-1' for row t+1."""
     return F.pad(m[..., :-1, :], (0, 0, 1, 0))

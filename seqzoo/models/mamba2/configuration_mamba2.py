@@ -105,11 +105,11 @@ class Mamba2Config(SeqzooConfig):
         if (
             not isinstance(limit, (tuple, list)) or len(limit) != 2
             or any(isinstance(v, bool) or not isinstance(v, (int, float)) or v != v for v in limit)
-            or not 0.0 <= limit[0] <= limit[1]
+            or not 0.0 <= limit[0] <= limit[1] or not math.isfinite(limit[0])
         ):
             raise ValueError(
-                f"Mamba2Config.time_step_limit={limit!r} is invalid: expected [low, high] with 0 <= low <= high "
-                "(high may be infinity)"
+                f"Mamba2Config.time_step_limit={limit!r} is invalid: expected [low, high] with 0 <= low <= high, "
+                "low finite (high may be infinity)"
             )
         if self.num_heads * self.head_dim != self.intermediate_size:
             raise ValueError(

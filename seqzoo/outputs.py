@@ -1,0 +1,105 @@
+"""Final outputs that appear whole or not at all, and write errors that say what happened.
+
+``seqzoo new``, ``seqzoo train`` and ``seqzoo publish --dry-run`` build their folder in a temporary sibling
+(``.<name>.<random>.partial``, on the same filesystem) and move it into place only when every file is written:
+
+- a destination that does not exist, or an empty folder, is replaced by one rename (atomic);
+- an existing folder that keeps other files (a training run's folder holds ``checkpoints/`` and
+  ``metrics.jsonl``; ``seqzoo new --force``) receives the files one rename each, ``config.json`` last, so a
+  folder never shows a ``config.json`` whose weights are missing or half-written.
+
+A failed write (a read-only folder, a full disk) removes the partial folder and raises :class:`OutputError`, an
+``OSError`` whose message names the destination and the reason in one line.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Iterator
+
+LAST = "config.json"  # the file whose presence makes a folder a model folder
+
+
+class OutputError(OSError):
+    """An output could not be written; nothing partial was left at the destination."""
+
+
+def write_errors() -> tuple[type[BaseException], ...]:
+    """What a failed write raises: OSError from Python, SafetensorError from the safetensors writer (a Rust
+    io::Error, e.g. ``StorageFull``, that is not an OSError)."""
+    from safetensors import SafetensorError
+
+    return OSError, SafetensorError
+
+
+def describe(err: BaseException) -> str:
+    """One line for a failed write: ``[Errno 28] No space left on device: 'x'`` -> ``No space left on device ('x')``."""
+    if isinstance(err, OSError) and err.strerror:
+        where = err.filename if err.filename is not None else None
+        return f"{err.strerror} ({where})" if where else err.strerror
+    text = str(err).splitlines()[0] if str(err) else type(err).__name__
+    # safetensors reports the OS error inside its own message: "... I/O error: ... (os error 28)".
+    code = re.search(r"(?:os error|code:) (\d+)", text)
+    return os.strerror(int(code.group(1))) if code else text
+
+
+@contextlib.contextmanager
+def staged_folder(destination: str | os.PathLike, *, merge: bool = False) -> Iterator[Path]:
+    """Yield an empty temporary folder beside ``destination``; on success move its files into ``destination``.
+
+    ``merge=False``: ``destination`` must be missing or an empty folder, and appears in one rename. ``merge=True``:
+    files are renamed into an existing folder one by one, ``config.json`` last (see the module docstring).
+    """
+    destination = Path(destination)
+    parent = destination if merge else destination.parent
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=f".{destination.name}.", suffix=".partial", dir=parent))
+    except OSError as err:
+        raise OutputError(f"cannot write {destination}: {describe(err)}") from err
+    try:
+        yield staging
+        staging.chmod(0o755)  # mkdtemp makes it private to the user; a model folder is not
+        fsync_tree(staging)  # the rename must not become visible before the files are on disk
+        if merge:
+            _move_files(staging, destination)
+        else:
+            if destination.exists():
+                destination.rmdir()  # raises unless empty: a non-empty destination is the caller's mistake
+            os.replace(staging, destination)
+    except BaseException as err:
+        shutil.rmtree(staging, ignore_errors=True)
+        if isinstance(err, write_errors()) and not isinstance(err, OutputError):
+            raise OutputError(f"cannot write {destination}: {describe(err)}; nothing was left there") from err
+        raise
+
+
+def _move_files(staging: Path, destination: Path) -> None:
+    names = sorted(p.name for p in staging.iterdir())
+    ordered = [n for n in names if n != LAST] + ([LAST] if LAST in names else [])
+    for name in ordered:
+        target = destination / name
+        if target.is_dir() and not (staging / name).is_dir():
+            raise OutputError(f"cannot write {target}: a folder of that name is in the way")
+        if (staging / name).is_dir() and target.exists():
+            shutil.rmtree(target) if target.is_dir() else target.unlink()
+        os.replace(staging / name, target)
+    staging.rmdir()
+
+
+def fsync_tree(folder: Path) -> None:
+    """Flush every file of ``folder`` and the folder itself to disk (power loss, not just a killed process)."""
+    for path in sorted(folder.rglob("*")):
+        if path.is_file():
+            with open(path, "rb") as handle:
+                os.fsync(handle.fileno())
+    descriptor = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)

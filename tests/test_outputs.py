@@ -1,0 +1,250 @@
+"""Final outputs appear whole or not at all: `seqzoo new`, `train` and `publish --dry-run` into a read-only folder or
+onto a full disk give one `error:` line and leave nothing half-written; a run whose writes fail stays resumable.
+
+A real read-only folder and a real full disk need either a non-root user (chmod) or the right to mount a tiny tmpfs
+(root in a container). Where neither works the test skips and says why; the monkeypatched faults always run.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import subprocess
+import uuid
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+import seqzoo.outputs as outputs
+from seqzoo.cli import main
+from seqzoo.outputs import OutputError, staged_folder
+from seqzoo.training.checkpoint import list_checkpoints
+
+
+def _mount_tmpfs(path: Path, options: str) -> bool:
+    path.mkdir(parents=True, exist_ok=True)
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(path)], capture_output=True)
+    return done.returncode == 0
+
+
+@pytest.fixture
+def readonly_dir(tmp_path):
+    folder = tmp_path / "readonly"
+    if os.geteuid() != 0:
+        folder.mkdir()
+        folder.chmod(0o555)
+        yield folder
+        folder.chmod(0o755)
+        return
+    # root ignores permission bits; a tmpfs mounted read-only refuses root too.
+    if not _mount_tmpfs(folder, "ro,size=64k"):
+        pytest.skip("running as root (chmod does not stop root) and cannot mount a read-only tmpfs here")
+    yield folder
+    subprocess.run(["umount", str(folder)], check=True)
+
+
+@pytest.fixture
+def full_disk(tmp_path):
+    folder = tmp_path / "full"
+    if not _mount_tmpfs(folder, "size=64k"):
+        pytest.skip("cannot mount a 64 KiB tmpfs here (needs root in a container); the monkeypatched full-disk "
+                    "tests cover the same paths")
+    yield folder
+    subprocess.run(["umount", str(folder)], check=True)
+
+
+def error_line(argv: list[str], capsys) -> str:
+    """Run the CLI and return its single error line (SystemExit message, or what main() printed)."""
+    try:
+        code = main(argv)
+        message = capsys.readouterr().err.strip()
+        assert code != 0, "the command succeeded"
+    except SystemExit as exit_:
+        message = str(exit_.code)
+    assert message.startswith("error: ") and "\n" not in message and "Traceback" not in message, message
+    return message
+
+
+def leftovers(folder: Path) -> list[str]:
+    return sorted(p.name for p in folder.iterdir()) if folder.exists() else []
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# staged_folder itself.
+
+
+def test_staged_folder_appears_in_one_rename_or_not_at_all(tmp_path):
+    with staged_folder(tmp_path / "out") as staging:
+        assert staging.parent == tmp_path and staging.name.startswith(".out.")
+        (staging / "config.json").write_text("{}")
+        assert not (tmp_path / "out").exists()
+    assert leftovers(tmp_path / "out") == ["config.json"] and leftovers(tmp_path) == ["out"]
+
+    with pytest.raises(RuntimeError, match="boom"), staged_folder(tmp_path / "second") as staging:
+        (staging / "model.safetensors").write_bytes(b"half")
+        raise RuntimeError("boom")
+    assert leftovers(tmp_path) == ["out"]
+
+
+def test_merge_renames_config_json_last(tmp_path, monkeypatch):
+    run = tmp_path / "run"
+    (run / "checkpoints").mkdir(parents=True)
+    moved = []
+    real_replace = os.replace
+    monkeypatch.setattr(outputs.os, "replace", lambda a, b: moved.append(Path(b).name) or real_replace(a, b))
+    with staged_folder(run, merge=True) as staging:
+        for name in ("config.json", "model.safetensors", "tokenizer.json", "zz.json"):
+            (staging / name).write_text(name)
+    assert moved[-1] == "config.json" and sorted(moved) == ["config.json", "model.safetensors", "tokenizer.json",
+                                                            "zz.json"]
+    assert leftovers(run) == ["checkpoints", "config.json", "model.safetensors", "tokenizer.json", "zz.json"]
+
+
+def test_a_safetensors_write_error_becomes_one_line(tmp_path):
+    from safetensors import SafetensorError
+
+    with pytest.raises(OutputError) as info, staged_folder(tmp_path / "out"):
+        raise SafetensorError('Error while serializing: IoError(Os { code: 28, kind: StorageFull, message: "No '
+                              'space left on device" })')
+    assert str(info.value) == f"cannot write {tmp_path / 'out'}: No space left on device; nothing was left there"
+    assert leftovers(tmp_path) == []
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# seqzoo new.
+
+
+def no_space(*args, **kwargs):
+    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), "model.safetensors")
+
+
+def test_new_on_a_full_disk_leaves_nothing(tmp_path, monkeypatch, capsys):
+    # save_pretrained writes config.json first; a failing weights write must not leave it behind.
+    import transformers.modeling_utils
+
+    monkeypatch.setattr(transformers.modeling_utils, "safe_save_file", no_space)
+    message = error_line(["new", "lstm-tiny", str(tmp_path / "m")], capsys)
+    assert f"cannot write {tmp_path / 'm'}: No space left on device" in message
+    assert leftovers(tmp_path) == []
+
+
+def test_new_into_a_real_full_disk(full_disk, capsys):
+    message = error_line(["new", "lstm-tiny", str(full_disk / "m")], capsys)
+    assert "No space left on device" in message
+    assert leftovers(full_disk) == []
+
+
+def test_new_into_a_read_only_folder(readonly_dir, capsys):
+    message = error_line(["new", "lstm-tiny", str(readonly_dir / "m")], capsys)
+    assert f"cannot write {readonly_dir / 'm'}: " in message
+    assert "Read-only file system" in message or "Permission denied" in message
+
+
+def test_new_force_into_a_used_folder_keeps_other_files(tmp_path, capsys):
+    out = tmp_path / "m"
+    out.mkdir()
+    (out / "notes.txt").write_text("mine")
+    assert main(["new", "gru-tiny", str(out), "--force"]) == 0
+    assert {"notes.txt", "config.json", "model.safetensors", "tokenizer.json"} <= set(leftovers(out))
+    assert not [name for name in leftovers(tmp_path) if name.endswith(".partial")]
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# seqzoo publish --dry-run.
+
+
+def test_publish_dry_run_into_a_read_only_folder(tmp_path, readonly_dir, capsys):
+    assert main(["new", "gru-tiny", str(tmp_path / "m")]) == 0
+    message = error_line(["publish", str(tmp_path / "m"), "me/gru", "--dry-run", "--output",
+                          str(readonly_dir / "bundle")], capsys)
+    assert f"cannot write {readonly_dir / 'bundle'}" in message
+
+
+def test_publish_dry_run_on_a_full_disk_leaves_nothing(tmp_path, monkeypatch, capsys):
+    import transformers.modeling_utils
+
+    assert main(["new", "gru-tiny", str(tmp_path / "m")]) == 0
+    monkeypatch.setattr(transformers.modeling_utils, "safe_save_file", no_space)
+    (tmp_path / "hub").mkdir()
+    message = error_line(["publish", str(tmp_path / "m"), "me/gru", "--dry-run", "--output",
+                          str(tmp_path / "hub" / "bundle")], capsys)
+    assert "No space left on device" in message and leftovers(tmp_path / "hub") == []
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# seqzoo train.
+
+TRAIN = ["train", "lstm-tiny", "model.config.hidden_size=16", "model.config.embedding_size=16", "data.source=task",
+         "data.task=copy", "data.distances=[2, 5]", "data.symbols=6", "data.items=2", "data.eval_samples=8",
+         "max_steps=4", "batch_size=8", "save_every=2", "eval_every=0", "warmup_steps=2", "--no-progress"]
+
+
+def final_weights(run: Path) -> dict:
+    return load_file(str(run / "model.safetensors"))
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory):
+    run = tmp_path_factory.mktemp("straight") / "run"
+    assert main(TRAIN + ["--output-dir", str(run)]) == 0
+    return final_weights(run)
+
+
+def test_a_checkpoint_write_failing_leaves_the_previous_one_and_the_run_resumes(tmp_path, monkeypatch, capsys,
+                                                                               uninterrupted):
+    import seqzoo.training.state as state
+
+    real = state.save_optimizer_state
+
+    def full_at_step_4(value, path):
+        if path.parent.name == "checkpoint-4.tmp":
+            path.write_bytes(b"half")
+            no_space()
+        return real(value, path)
+
+    run = tmp_path / "run"
+    monkeypatch.setattr(state, "save_optimizer_state", full_at_step_4)
+    message = error_line(TRAIN + ["--output-dir", str(run)], capsys)
+    assert f"cannot write checkpoint '{run / 'checkpoints' / 'checkpoint-4'}': No space left on device" in message
+    assert f"the newest complete checkpoint, '{run / 'checkpoints' / 'checkpoint-2'}', is intact" in message
+    assert leftovers(run / "checkpoints") == ["checkpoint-2"]  # the partial one was removed to free the space
+    assert "config.json" not in leftovers(run)
+
+    monkeypatch.undo()
+    assert main(TRAIN + ["--output-dir", str(run), "--resume"]) == 0
+    for name, tensor in final_weights(run).items():
+        assert torch.equal(tensor, uninterrupted[name]), name
+
+
+def test_the_final_save_failing_leaves_no_half_model_and_the_run_resumes(tmp_path, monkeypatch, capsys,
+                                                                         uninterrupted):
+    import transformers.modeling_utils
+
+    run = tmp_path / "run"
+    monkeypatch.setattr(transformers.modeling_utils, "safe_save_file", no_space)
+    message = error_line(TRAIN + ["--output-dir", str(run)], capsys)
+    assert "training finished but the final model could not be saved" in message
+    assert "No space left on device" in message and "checkpoint-4'" in message
+    assert not [n for n in leftovers(run) if n in ("config.json", "model.safetensors") or n.endswith(".partial")]
+    assert [step for step, _ in list_checkpoints(run)] == [2, 4]
+
+    monkeypatch.undo()
+    assert main(TRAIN + ["--output-dir", str(run), "--resume"]) == 0
+    for name, tensor in final_weights(run).items():
+        assert torch.equal(tensor, uninterrupted[name]), name
+
+
+def test_train_into_a_read_only_folder(readonly_dir, capsys):
+    message = error_line(TRAIN + ["--output-dir", str(readonly_dir / f"run-{uuid.uuid4().hex[:6]}")], capsys)
+    assert "Read-only file system" in message or "Permission denied" in message
+
+
+def test_train_onto_a_real_full_disk(full_disk, capsys):
+    # 64 KiB holds the run's recipe and metrics but not its first checkpoint (~70 KB of state).
+    run = full_disk / "run"
+    message = error_line(TRAIN + ["--output-dir", str(run)], capsys)
+    assert f"cannot write checkpoint '{run / 'checkpoints' / 'checkpoint-2'}': No space left on device" in message
+    assert "there is no earlier checkpoint" in message
+    assert leftovers(run / "checkpoints") == [] and "config.json" not in leftovers(run)

@@ -1,0 +1,171 @@
+"""Checkpoints never run code and never resume inexactly: no pickle is read (a planted one never runs), accelerate's
+pickle checkpoints are refused, and a missing or damaged state file is refused with its name."""
+
+from __future__ import annotations
+
+import json
+import pickle
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+
+from seqzoo.training.checkpoint import STATE_FILE, list_checkpoints
+from seqzoo.training.state import CheckpointError, file_record
+from seqzoo.training.trainer import train
+from tests.training.test_trainer import make_recipe
+
+DROPOUT_LSTM = {"preset": "lstm-tiny", "config": {"hidden_size": 16, "embedding_size": 16, "dropout": 0.2}}
+RUN = dict(model=DROPOUT_LSTM, train={"max_steps": 4, "save_every": 2})
+
+
+class Planted:
+    """A pickle that writes a marker file when it is loaded (what an attacker's would do, harmlessly)."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (Path.write_text, (self.marker, "the pickle ran"))
+
+
+def plant(path: Path, marker: Path) -> None:
+    path.write_bytes(pickle.dumps(Planted(marker)))
+
+
+@pytest.fixture(scope="module")
+def saved_run(tmp_path_factory):
+    """A 4-step run cut back to what a run killed after step 2 leaves: the checkpoint of step 2, no final model."""
+    root = tmp_path_factory.mktemp("saved")
+    train(make_recipe(root, **RUN), progress=False)
+    run = root / "run"
+    shutil.rmtree(run / "checkpoints" / "checkpoint-4")
+    for path in run.iterdir():
+        if path.is_file() and path.name not in ("recipe.yaml", "metrics.jsonl"):
+            path.unlink()
+    return run
+
+
+def copy_run(saved_run: Path, tmp_path: Path) -> tuple[object, Path]:
+    """A copy of the saved run, the recipe that resumes it, and its checkpoint."""
+    shutil.copytree(saved_run, tmp_path / "run")
+    return make_recipe(tmp_path, **RUN), list_checkpoints(tmp_path / "run")[-1][1]
+
+
+def write_accelerate_checkpoint(checkpoint: Path, recipe) -> None:
+    """Rewrite ``checkpoint`` the way seqzoo wrote checkpoints before format 2: accelerate's save_state with the LR
+    scheduler registered for checkpointing (custom_checkpoint_0.pkl), and trainer_state.json without a format."""
+    from accelerate import Accelerator
+    from torch.optim.lr_scheduler import LambdaLR
+
+    from seqzoo.training.data import build_data
+    from seqzoo.training.trainer import build_model, lr_factor, make_optimizer
+
+    state = json.loads((checkpoint / STATE_FILE).read_text())
+    for path in checkpoint.iterdir():
+        path.unlink()
+    accelerator = Accelerator(cpu=True)
+    model = accelerator.prepare(build_model(recipe, build_data(recipe.data, recipe.train.seed)))
+    optimizer = accelerator.prepare(make_optimizer(model, recipe))
+    scheduler = LambdaLR(optimizer, lambda step: lr_factor(step, recipe))
+    accelerator.register_for_checkpointing(scheduler)
+    accelerator.save_state(str(checkpoint))
+    accelerator._custom_objects.clear()
+    del state["format"], state["files"]
+    (checkpoint / STATE_FILE).write_text(json.dumps(state))
+
+
+def test_accelerate_pickle_checkpoint_is_refused_and_its_planted_pickle_never_runs(saved_run, tmp_path):
+    # The row of issue 11: a scheduler pickle planted in someone else's checkpoint ran on --resume.
+    recipe, checkpoint = copy_run(saved_run, tmp_path)
+    write_accelerate_checkpoint(checkpoint, recipe)
+    assert (checkpoint / "custom_checkpoint_0.pkl").is_file() and (checkpoint / "random_states_0.pkl").is_file()
+    marker = tmp_path / "pwned"
+    plant(checkpoint / "custom_checkpoint_0.pkl", marker)
+    with pytest.raises(CheckpointError, match=r"written by an older seqzoo with accelerate's save_state.*pickles "
+                                              r"\(custom_checkpoint_0.pkl, optimizer.bin, random_states_0.pkl\).*"
+                                              r"Start the run again"):
+        train(recipe, resume=True, progress=False)
+    assert not marker.exists(), "a pickle in the checkpoint was loaded"
+
+
+@pytest.mark.parametrize("name", ["custom_checkpoint_0.pkl", "random_states_0.pkl", "optimizer.bin"])
+def test_pickles_planted_in_a_current_checkpoint_never_run(saved_run, tmp_path, name):
+    recipe, checkpoint = copy_run(saved_run, tmp_path)
+    marker = tmp_path / "pwned"
+    plant(checkpoint / name, marker)
+    with pytest.raises(CheckpointError, match=f"pickles \\({name}\\)"):
+        train(recipe, resume=True, progress=False)
+    assert not marker.exists()
+
+
+def test_no_file_of_a_checkpoint_is_a_pickle(saved_run):
+    checkpoint = list_checkpoints(saved_run)[-1][1]
+    names = sorted(path.name for path in checkpoint.iterdir())
+    assert names == ["model.safetensors", "optimizer.safetensors", "rng_state_0.json", "scheduler.json", STATE_FILE]
+    for path in checkpoint.iterdir():
+        head = path.read_bytes()[:2]
+        assert head != b"PK" and head[:1] != b"\x80", f"{path.name} looks like a zip or pickle"
+
+
+def damage(checkpoint: Path, name: str, how: str) -> None:
+    path = checkpoint / name
+    if how == "missing":
+        path.unlink()
+    elif how == "truncated":
+        path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    elif how == "flipped":  # one changed byte in the middle: only the checksum can tell
+        data = bytearray(path.read_bytes())
+        data[len(data) // 2] ^= 0x01
+        path.write_bytes(bytes(data))
+    elif how == "unparsable":  # damaged in a way the checksum was updated for (someone edited it by hand)
+        path.write_text("{ not json")
+        state = json.loads((checkpoint / STATE_FILE).read_text())
+        state["files"][name] = file_record(path)
+        (checkpoint / STATE_FILE).write_text(json.dumps(state))
+
+
+@pytest.mark.parametrize("name,how,message", [
+    ("rng_state_0.json", "missing", "is missing, so the run cannot be resumed exactly .*random generator states"),
+    ("rng_state_0.json", "flipped", "is damaged: its size or SHA-256 differs"),
+    ("rng_state_0.json", "unparsable", "cannot be read"),
+    ("optimizer.safetensors", "truncated", "is damaged: its size or SHA-256 differs .*optimizer state"),
+    ("optimizer.safetensors", "missing", "is missing"),
+    ("scheduler.json", "flipped", "is damaged.*LR schedule position"),
+    ("scheduler.json", "unparsable", "cannot be read"),
+    ("model.safetensors", "flipped", "is damaged.*model weights"),
+])
+def test_missing_or_damaged_state_file_is_refused_by_name(saved_run, tmp_path, name, how, message):
+    recipe, checkpoint = copy_run(saved_run, tmp_path)
+    damage(checkpoint, name, how)
+    with pytest.raises(CheckpointError, match=f"{name}'? {message}" if how != "unparsable" else message) as info:
+        train(recipe, resume=True, progress=False)
+    assert str(checkpoint / name) in str(info.value)
+    assert not (tmp_path / "run" / "model.safetensors").exists(), "the run went on"
+
+
+@pytest.mark.parametrize("edit,message", [
+    (lambda s: s.update(data_position={"samples_seen": 3}), "data position .* does not match step 2"),
+    (lambda s: s.pop("files"), "'files' is None, expected a dict"),
+    (lambda s: s["files"].pop("rng_state_0.json"), "records no checksum for 'rng_state_0.json'"),
+    (lambda s: s.update(step="2"), "'step' is '2', expected a int"),
+    (lambda s: s.update(format=3), "has checkpoint format 3; this seqzoo reads format 2"),
+    (lambda s: s["grad_health"].pop("counts"), "grad_health"),
+])
+def test_damaged_trainer_state_is_refused(saved_run, tmp_path, edit, message):
+    recipe, checkpoint = copy_run(saved_run, tmp_path)
+    state = json.loads((checkpoint / STATE_FILE).read_text())
+    edit(state)
+    (checkpoint / STATE_FILE).write_text(json.dumps(state))
+    with pytest.raises(CheckpointError, match=message):
+        train(recipe, resume=True, progress=False)
+
+
+def test_resume_from_a_checkpoint_equals_an_uninterrupted_run(saved_run, tmp_path):
+    # Dropout draws from the restored RNG: a resume that lost it would differ from the uninterrupted run.
+    recipe, _ = copy_run(saved_run, tmp_path)
+    resumed = train(recipe, resume=True, progress=False)
+    straight = train(make_recipe(tmp_path, "straight", **RUN), progress=False)
+    for (name, a), b in zip(resumed.model.state_dict().items(), straight.model.state_dict().values()):
+        assert torch.equal(a, b), name
