@@ -16,6 +16,13 @@ from seqzoo.models.mamba import MambaConfig, MambaForCausalLM, MambaModel, Mamba
 from seqzoo.models.mamba2 import Mamba2Config, Mamba2ForCausalLM, Mamba2Model, Mamba2PreTrainedModel
 from seqzoo.models.rnn import RNNConfig, RNNForCausalLM, RNNModel, RNNPreTrainedModel
 from seqzoo.models.rwkv7 import RWKV7Config, RWKV7ForCausalLM, RWKV7Model, RWKV7PreTrainedModel
+from seqzoo.models.seq2seq import (
+    Seq2SeqConfig,
+    Seq2SeqForConditionalGeneration,
+    Seq2SeqModel,
+    Seq2SeqPreTrainedModel,
+)
+from seqzoo.models.seq2seq.inspection import AttentionMap, attention_map, seq2seq_generate
 from seqzoo.models.transformer import (
     TransformerConfig,
     TransformerForCausalLM,
@@ -71,13 +78,19 @@ __all__ = [
     "RWKV7ForCausalLM",
     "RWKV7Model",
     "RWKV7PreTrainedModel",
+    "Seq2SeqConfig",
+    "Seq2SeqForConditionalGeneration",
+    "Seq2SeqModel",
+    "Seq2SeqPreTrainedModel",
     "TransformerConfig",
     "TransformerForCausalLM",
     "TransformerModel",
     "TransformerPreTrainedModel",
+    "AttentionMap",
     "ModelSpec",
     "RecurrentCache",
     "SeqzooCache",
+    "attention_map",
     "byte_tokenizer",
     "create_model",
     "get_architecture",
@@ -87,6 +100,7 @@ __all__ = [
     "list_models",
     "load_plugins",
     "register_architecture",
+    "seq2seq_generate",
     "set_kernel_backend",
     "use_kernel_backend",
 ]
