@@ -33,7 +33,8 @@ def masked_softmax(scores: torch.Tensor, mask: torch.Tensor | None) -> torch.Ten
     """Softmax over the last dimension (source positions), exactly 0 where ``mask`` (B, S) is False."""
     if mask is not None:
         scores = scores.masked_fill(~mask[:, None, :], float("-inf"))
-    return torch.softmax(scores.float(), dim=-1).to(scores.dtype)
+    # In at least float32 (bf16 / fp16 scores lose the small weights), in float64 when the model is.
+    return torch.softmax(scores, dim=-1, dtype=torch.promote_types(scores.dtype, torch.float32)).to(scores.dtype)
 
 
 class SourceAttention(nn.Module):
