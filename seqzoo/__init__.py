@@ -66,6 +66,17 @@ from seqzoo.models.rwkv7 import (
     RWKV7Model,
     RWKV7PreTrainedModel,
 )
+from seqzoo.models.seq2seq import (
+    Seq2SeqConfig,
+    Seq2SeqForConditionalGeneration,
+    Seq2SeqModel,
+    Seq2SeqPreTrainedModel,
+)
+from seqzoo.models.seq2seq.inspection import (
+    AttentionMap,
+    attention_map,
+    seq2seq_generate,
+)
 from seqzoo.models.transformer import (
     TransformerConfig,
     TransformerForCausalLM,
@@ -96,6 +107,7 @@ register_world_tokenizer()
 load_plugins()
 
 __all__ = [
+    "AttentionMap",
     "GRUConfig",
     "GRUForCausalLM",
     "GRUForSequenceClassification",
@@ -140,6 +152,10 @@ __all__ = [
     "RWKV7Model",
     "RWKV7PreTrainedModel",
     "RecurrentCache",
+    "Seq2SeqConfig",
+    "Seq2SeqForConditionalGeneration",
+    "Seq2SeqModel",
+    "Seq2SeqPreTrainedModel",
     "SeqzooCache",
     "TransformerConfig",
     "TransformerForCausalLM",
@@ -147,6 +163,7 @@ __all__ = [
     "TransformerForTokenClassification",
     "TransformerModel",
     "TransformerPreTrainedModel",
+    "attention_map",
     "byte_tokenizer",
     "create_model",
     "get_architecture",
@@ -156,6 +173,7 @@ __all__ = [
     "list_models",
     "load_plugins",
     "register_architecture",
+    "seq2seq_generate",
     "set_kernel_backend",
     "use_kernel_backend",
 ]

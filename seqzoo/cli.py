@@ -50,7 +50,7 @@ def _count_parameters(spec: Any, config: Any) -> int:
     import torch
 
     with torch.device("meta"):
-        model = spec.causal_lm_class(config)
+        model = spec.default_head(config)
     return sum(p.numel() for p in model.parameters())
 
 
@@ -116,7 +116,7 @@ def save_with_tokenizer(model: Any, directory: Path) -> None:
 
 def cmd_generate(args: argparse.Namespace) -> int:
     import torch
-    from transformers import AutoModelForCausalLM, TextStreamer
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSeq2SeqLM, TextStreamer
 
     import seqzoo  # noqa: F401  (registers the architectures)
     from seqzoo.tokenizer import load_tokenizer
@@ -127,23 +127,47 @@ def cmd_generate(args: argparse.Namespace) -> int:
     torch.manual_seed(args.seed)
     source = args.model
     try:
-        model = AutoModelForCausalLM.from_pretrained(source, dtype=_dtype(args.dtype)).to(args.device).eval()
+        seq2seq = getattr(AutoConfig.from_pretrained(source), "is_encoder_decoder", False)
+        auto = AutoModelForSeq2SeqLM if seq2seq else AutoModelForCausalLM
+        model = auto.from_pretrained(source, dtype=_dtype(args.dtype)).to(args.device).eval()
         tokenizer = load_tokenizer(source)
     except (OSError, ValueError) as err:
         raise SystemExit(f"error: cannot load a model and tokenizer from {source!r}: {err}") from err
     inputs = tokenizer(args.prompt, return_tensors="pt").to(args.device)
     if inputs["input_ids"].shape[1] == 0:
         raise SystemExit("error: the prompt is empty")
+    if args.show_attention or args.attention_plot or args.target is not None:
+        if not seq2seq:
+            raise SystemExit("error: --show-attention, --attention-plot and --target need an encoder-decoder "
+                             f"(seq2seq) model; {source!r} holds a {model.config.model_type} language model")
+        return _show_attention(model, tokenizer, args)
     sample = args.temperature > 0
     kwargs = dict(max_new_tokens=args.max_new_tokens, num_beams=args.num_beams, do_sample=sample,
                   pad_token_id=tokenizer.pad_token_id)
     if sample:
         kwargs.update(temperature=args.temperature, top_p=args.top_p, top_k=args.top_k)
-    streamer = TextStreamer(tokenizer, skip_prompt=False) if args.num_beams == 1 and not args.no_stream else None
+    # An encoder-decoder's output is the target alone, which starts with the decoder's start token.
+    decode = {"skip_special_tokens": True} if seq2seq else {}
+    streamer = (TextStreamer(tokenizer, skip_prompt=False, **decode)
+                if args.num_beams == 1 and not args.no_stream else None)
     with torch.no_grad():
         output = model.generate(**inputs, streamer=streamer, **kwargs)
     if streamer is None:
         print(tokenizer.decode(output[0], skip_special_tokens=True))
+    return 0
+
+
+def _show_attention(model: Any, tokenizer: Any, args: argparse.Namespace) -> int:
+    """The seeds' exercise: which source positions each target token attends to (printed, and plotted)."""
+    from seqzoo.models.seq2seq.inspection import attention_map
+
+    weights = attention_map(model, tokenizer, args.prompt, args.target, max_new_tokens=args.max_new_tokens)
+    target = "".join(token for token in weights.target_tokens if token != "<eos>").replace("␣", " ")
+    print(f"source: {args.prompt}\ntarget: {target}" + ("" if args.target is not None else " (greedy)") + "\n")
+    print(weights.text())
+    if args.attention_plot:
+        path = weights.plot(args.attention_plot, title=f"{weights.description}: {args.prompt!r} -> {target!r}")
+        print(f"wrote {path}")
     return 0
 
 
@@ -172,7 +196,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
             output = model.generate(**inputs, max_new_tokens=args.max_new_tokens, do_sample=False,
                                     pad_token_id=tokenizer.pad_token_id)
         elapsed = time.perf_counter() - start
-        text = tokenizer.decode(output[0, inputs["input_ids"].shape[1]:], skip_special_tokens=True)
+        new_tokens = output[0] if model.config.is_encoder_decoder else output[0, inputs["input_ids"].shape[1]:]
+        text = tokenizer.decode(new_tokens, skip_special_tokens=True)
         params = sum(p.numel() for p in model.parameters())
         rows.append([preset, f"{params:,}", f"{1000 * elapsed / args.max_new_tokens:.1f}", repr(text[:40])])
     _print_table(["preset", "params", "ms/token", "greedy continuation (untrained)"], rows)
@@ -216,7 +241,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--force", action="store_true", help="write into a non-empty directory")
     p.set_defaults(func=cmd_new)
 
-    p = sub.add_parser("generate", help="generate text from a saved model (folder or Hub repo id)")
+    p = sub.add_parser("generate", help="generate text from a saved model (folder or Hub repo id); for a seq2seq "
+                       "model the prompt is the source")
     p.add_argument("model")
     p.add_argument("prompt")
     p.add_argument("--max-new-tokens", type=int, default=64)
@@ -229,6 +255,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dtype", default="float32")
     p.add_argument("--kernel", nargs="*", default=[], metavar="OP=BACKEND", help="force kernel backends")
     p.add_argument("--no-stream", action="store_true", help="print once at the end instead of streaming")
+    p.add_argument("--show-attention", action="store_true",
+                   help="seq2seq models: print which source tokens each generated token attends to")
+    p.add_argument("--attention-plot", metavar="PNG", help="seq2seq models: save the attention heat map there")
+    p.add_argument("--target", help="seq2seq models: show the attention of this target instead of a generated one")
     p.set_defaults(func=cmd_generate)
 
     p = sub.add_parser("demo", help="build a tiny model of every architecture and generate from each")

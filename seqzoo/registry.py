@@ -66,6 +66,16 @@ class ModelSpec:
     def model_type(self) -> str:
         return self.config_class.model_type
 
+    @property
+    def default_task(self) -> str:
+        """The task a model of this architecture is built for when none is named: the causal LM where there is
+        one (every decoder-only architecture), else its first head (``"seq2seq"`` for an encoder-decoder)."""
+        return next(iter(self.heads))
+
+    @property
+    def default_head(self) -> type:
+        return self.heads[self.default_task]
+
     def task_of(self, model_class: type) -> str:
         """The task whose head ``model_class`` is (or subclasses)."""
         for task, head in self.heads.items():
@@ -116,8 +126,12 @@ def load_plugins(force: bool = False) -> None:
             logger.error("seqzoo model plugin %r (%s) failed to load and is skipped", ep.name, ep.value, exc_info=True)
 
 
-def list_architectures() -> list[str]:
-    return sorted(_ARCHITECTURES)
+def list_architectures(task: str | None = None) -> list[str]:
+    """Names of the registered architectures; with ``task``, those with a head for it (``"causal-lm"``: the
+    language models, ``"seq2seq"``: the encoder-decoders)."""
+    if task is not None and task not in TASKS:
+        raise ValueError(_unknown("task", task, list(TASKS)))
+    return sorted(name for name, spec in _ARCHITECTURES.items() if task is None or task in spec.heads)
 
 
 def get_architecture(name: str) -> ModelSpec:
@@ -182,12 +196,14 @@ def get_config(name: str, **overrides: Any) -> Any:
     return spec.config_class(**values)
 
 
-def create_model(name: str, task: str = "causal-lm", **overrides: Any) -> Any:
-    """A randomly initialised model of preset ``name`` with the head of ``task`` (default the causal LM; e.g.
+def create_model(name: str, task: str | None = None, **overrides: Any) -> Any:
+    """A randomly initialised model of preset ``name`` with the head of ``task`` (default the architecture's
+    :attr:`ModelSpec.default_task`: the causal LM, or seq2seq for an encoder-decoder; e.g.
     ``create_model("lstm-small", dropout=0.2)``, ``create_model("lstm-small", "token-classification",
     num_labels=5)``)."""
     config = get_config(name, **overrides)
     spec = architecture_for_model_type(config.model_type)
+    task = spec.default_task if task is None else task
     if task not in spec.heads:
         raise ValueError(_unknown(f"task for architecture {spec.name!r}:", task, list(spec.heads)))
     return spec.heads[task](config)

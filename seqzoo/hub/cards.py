@@ -265,7 +265,7 @@ def usage_section(repo_id: str, task: str = "causal-lm") -> str:
 
     def snippet(first_line: str, flag: str) -> str:
         head = (f"{first_line}from transformers import {auto_class}, AutoTokenizer"
-                + (", pipeline" if task != "causal-lm" else "") + "\n\n"
+                + (", pipeline" if task not in ("causal-lm", "seq2seq") else "") + "\n\n"
                 f'tokenizer = AutoTokenizer.from_pretrained("{repo_id}"{flag})\n'
                 f'model = {auto_class}.from_pretrained("{repo_id}"{flag})\n')
         if task in ("causal-lm", "seq2seq"):
@@ -289,7 +289,7 @@ def usage_section(repo_id: str, task: str = "causal-lm") -> str:
         "With only `torch` and `transformers`, the code bundled in this repository loads it:\n\n"
         f"```python\n{remote}```"
     )
-    if task == "causal-lm":
+    if task in ("causal-lm", "seq2seq"):
         text += f"\n\nFrom the command line: `seqzoo generate {repo_id} \"{USAGE_PROMPT}\" --max-new-tokens 40`."
     return text
 

@@ -31,6 +31,17 @@ def register(subparsers: Any) -> None:
     _common(g)
     g.set_defaults(func=cmd_gradients)
 
+    s = sub.add_parser("seq2seq", help="encoder-decoders with and without attention on growing sources: the "
+                       "bottleneck, with attention heat maps (about 90 s on two cores; --larger for more)")
+    s.add_argument("--out", default="lab-seq2seq", help="report folder (default: lab-seq2seq)")
+    s.add_argument("--larger", action="store_true", help="all four tasks, longer sources, 3x the steps")
+    s.add_argument("--smoke", action="store_true", help="a seconds-long run of every code path (for CI)")
+    s.add_argument("--tasks", nargs="+", help="reverse copy sort digits dates (default: reverse digits)")
+    s.add_argument("--steps", type=int, help="training steps per model (default: 200)")
+    s.add_argument("--workers", type=int, help="parallel single-threaded training processes")
+    s.add_argument("--seed", type=int, default=None, help="seed (default: 0)")
+    s.set_defaults(func=cmd_seq2seq)
+
 
 def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--architectures", nargs="+", help="architectures to include (default: every registered one)")
@@ -79,3 +90,15 @@ def cmd_gradients(args: argparse.Namespace) -> int:
     (out / "gradients.md").write_text(text + table + "\n")
     print(f"wrote {out / 'gradients.md'}")
     return 0
+
+
+def cmd_seq2seq(args: argparse.Namespace) -> int:
+    from seqzoo.lab.seq2seq import Seq2SeqLabConfig, run_seq2seq_lab
+
+    chosen = {k: v for k, v in {"tasks": args.tasks, "steps": args.steps, "workers": args.workers,
+                                "seed": args.seed}.items() if v is not None}
+    if args.larger and args.smoke:
+        raise ValueError("--larger and --smoke are opposites; pass one")
+    make = Seq2SeqLabConfig.larger if args.larger else Seq2SeqLabConfig.smoke if args.smoke else Seq2SeqLabConfig
+    results = run_seq2seq_lab(make(**chosen), args.out)
+    return 1 if any(not run["ok"] for run in results["runs"]) else 0

@@ -86,7 +86,7 @@ def lab_presets(architectures: list[str] | None = None) -> dict[str, str]:
     from seqzoo.cli import _count_parameters
     from seqzoo.registry import preset_values
 
-    registered = seqzoo.list_architectures()
+    registered = seqzoo.list_architectures("causal-lm")  # the lab's tasks train language models
     chosen = registered if architectures is None else architectures
     for arch in chosen:
         if arch not in registered:

@@ -22,7 +22,8 @@ def spec_of(name: str, package: ModuleType, prefix: str, description: str):
 
 
 def builtin_architectures() -> list:
-    from seqzoo.models import gru, hybrid, lstm, mamba, mamba2, rnn, rwkv7, transformer
+    from seqzoo.models import gru, hybrid, lstm, mamba, mamba2, rnn, rwkv7, seq2seq, transformer
+    from seqzoo.registry import ModelSpec
 
     return [
         spec_of("rnn", rnn, "RNN", "Elman RNN (tanh or relu)"),
@@ -33,4 +34,9 @@ def builtin_architectures() -> list:
         spec_of("mamba2", mamba2, "Mamba2", "Mamba-2 (SSD)"),
         spec_of("rwkv7", rwkv7, "RWKV7", 'RWKV-7 "Goose" (x070): generalised delta-rule WKV, data-dependent decay'),
         spec_of("hybrid", hybrid, "Hybrid", "hybrid: any token mixer per layer (Mamba / RWKV-7 with attention, ...)"),
+        # An encoder-decoder has one head, for one task.
+        ModelSpec("seq2seq", seq2seq.Seq2SeqConfig, seq2seq.Seq2SeqModel,
+                  heads={"seq2seq": seq2seq.Seq2SeqForConditionalGeneration},
+                  description="encoder-decoder: RNN / LSTM / GRU with Bahdanau or Luong attention (or none), or the "
+                              "Vaswani Transformer"),
     ]

@@ -25,7 +25,8 @@ from typing import Any
 import yaml
 
 RECIPE_DIR = Path(__file__).resolve().parent.parent / "configs"
-DATA_SOURCES = ("pydoc", "text", "dataset", "task")
+DATA_SOURCES = ("pydoc", "text", "dataset", "task", "jsonl")
+TRAINED_TASKS = ("causal-lm", "seq2seq")  # the heads `seqzoo train` trains (seqzoo.registry.TASKS names them)
 SCHEDULES = ("cosine", "linear", "constant")
 MIXED_PRECISION = ("no", "fp16", "bf16")
 # Fields that change what is logged or kept on disk but never the weights a run ends with; a resumed run may
@@ -48,10 +49,14 @@ class DataSection:
     seq_len: int | None = None  # tokens per training sequence; corpora default to 128, tasks to what they need
     eval_fraction: float = 0.05  # corpora: the tail of the token stream held out for evaluation
     eval_samples: int = 64  # sequences evaluated (per distance for tasks)
-    task: str | None = None  # copy | associative_recall | selective_copy | induction
+    task: str | None = None  # copy | associative_recall | selective_copy | induction; seq2seq: see below
     distances: list[int] = field(default_factory=lambda: [8, 32])  # tasks: each sample draws one of these
     symbols: int = 16  # tasks: size of the content vocabulary
     items: int = 4  # tasks: symbols to copy, key-value pairs to recall
+    # task: seq2seq recipes (seqzoo.training.seq2seq): source jsonl (path: {"source", "target"} lines) or task
+    # copy | reverse | sort | digits | dates, each training pair drawing one of source_lengths.
+    source_lengths: list[int] = field(default_factory=lambda: [4, 8, 16])
+    max_source_length: int | None = None  # longer sources are cut (with a warning); None: never
 
 
 @dataclass
@@ -91,6 +96,7 @@ class TrainSection:
 class Recipe:
     name: str = "run"
     output_dir: str | None = None  # default: runs/<name>
+    task: str | None = None  # causal-lm | seq2seq; default: what the model preset's architecture does
     model: ModelSection = field(default_factory=ModelSection)
     data: DataSection = field(default_factory=DataSection)
     optim: OptimSection = field(default_factory=OptimSection)
@@ -126,10 +132,20 @@ class Recipe:
         presets = seqzoo.list_models()
         _check(self.model.preset in presets, "model.preset", self.model.preset,
                f"a model preset, one of {', '.join(presets)}", choices=presets)
+        heads = seqzoo.registry.preset_values(self.model.preset)[0].heads
+        if self.task is None:
+            self.task = next(iter(heads))
+        _check(self.task in TRAINED_TASKS and self.task in heads, "task", self.task,
+               f"a task model.preset={self.model.preset!r} has a head for: "
+               f"{', '.join(t for t in heads if t in TRAINED_TASKS)}", choices=list(TRAINED_TASKS))
         _check(d.source in DATA_SOURCES, "data.source", d.source, f"one of {', '.join(DATA_SOURCES)}")
-        if d.source in ("text", "dataset"):
+        if d.source in ("text", "dataset", "jsonl"):
             _check(d.path is not None, "data.path", d.path, f"a path (data.source={d.source!r} reads one)")
-        if d.source == "task":
+        if self.task == "seq2seq":
+            self._validate_seq2seq_data()
+        elif d.source == "jsonl":
+            _check(False, "data.source", d.source, "pydoc, text, dataset or task (jsonl pairs train task: seq2seq)")
+        elif d.source == "task":
             from seqzoo.training.data import TASKS
 
             _check(d.task in TASKS, "data.task", d.task, f"one of {', '.join(TASKS)}", choices=list(TASKS))
@@ -166,6 +182,24 @@ class Recipe:
                "an integer >= 0 (0 = stop at the first non-finite gradient)")
 
 
+    def _validate_seq2seq_data(self) -> None:
+        from seqzoo.training.seq2seq import SEQ2SEQ_TASKS
+
+        d = self.data
+        _check(d.source in ("jsonl", "task"), "data.source", d.source, "jsonl or task (a task: seq2seq recipe "
+               "trains on pairs)", choices=["jsonl", "task"])
+        if d.source == "task":
+            _check(d.task in SEQ2SEQ_TASKS, "data.task", d.task, f"a seq2seq task, one of {', '.join(SEQ2SEQ_TASKS)}",
+                   choices=list(SEQ2SEQ_TASKS))
+            _check(len(d.source_lengths) > 0 and all(x >= 1 for x in d.source_lengths), "data.source_lengths",
+                   d.source_lengths, "a non-empty list of integers >= 1")
+            _check(2 <= d.symbols <= 26, "data.symbols", d.symbols, "an integer in [2, 26] (letters)")
+        _check(d.max_source_length is None or d.max_source_length >= 1, "data.max_source_length",
+               d.max_source_length, "an integer >= 1 or null")
+        _check(self.train.tbptt_chunk == 0, "train.tbptt_chunk", self.train.tbptt_chunk,
+               "0 for task: seq2seq (encoder-decoders train on whole pairs)")
+
+
 def _check(ok: bool, name: str, value: Any, allowed: str, choices: list[str] | None = None) -> None:
     if not ok:
         close = difflib.get_close_matches(str(value), choices, n=1) if choices else []
@@ -197,11 +231,11 @@ SECTIONS = {"model": ModelSection, "data": DataSection, "optim": OptimSection, "
 def recipe_from_dict(values: dict[str, Any], source: str = "recipe") -> Recipe:
     if not isinstance(values, dict):
         raise ValueError(f"{source}: a recipe must be a mapping of sections, got {type(values).__name__}")
-    top = {"name", "output_dir", *SECTIONS}
+    top = {"name", "output_dir", "task", *SECTIONS}
     _reject_unknown(values, top, source, "")
     kwargs: dict[str, Any] = {}
     top_hints = typing.get_type_hints(Recipe)
-    for key in ("name", "output_dir"):
+    for key in ("name", "output_dir", "task"):
         if key in values:
             kwargs[key] = _coerce(values[key], top_hints[key], key)
     for section, cls in SECTIONS.items():
@@ -319,7 +353,11 @@ def load_recipe(source: str, overrides: dict[str, Any] | None = None) -> Recipe:
         values = yaml.safe_load((RECIPE_DIR / f"{source}.yaml").read_text()) or {}
         default_name = source
     elif source in seqzoo.list_models():
-        values, default_name = {"model": {"preset": source}}, f"{source}-pydoc"
+        if seqzoo.registry.preset_values(source)[0].default_task == "seq2seq":  # an encoder-decoder: a built-in task
+            values, default_name = {"model": {"preset": source}, "data": {"source": "task", "task": "reverse"}}, \
+                f"{source}-reverse"
+        else:
+            values, default_name = {"model": {"preset": source}}, f"{source}-pydoc"
     else:
         close = difflib.get_close_matches(source, list_recipes() + seqzoo.list_models(), n=3)
         hint = f" Did you mean {', '.join(map(repr, close))}?" if close else ""
@@ -338,6 +376,7 @@ def load_recipe(source: str, overrides: dict[str, Any] | None = None) -> Recipe:
 def apply_override(values: dict[str, Any], key: str, value: Any) -> None:
     """Set ``key`` (dotted, or a field name unique to one section) in the plain-dict recipe ``values``."""
     parts = key.split(".")
+    # A bare "task" is data.task (the memory task), as before recipes had a top-level task.
     if len(parts) == 1 and key not in ("name", "output_dir"):
         owners = [s for s, cls in SECTIONS.items() if key in {f.name for f in fields(cls)}]
         if len(owners) != 1:

@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from seqzoo.cache import SeqzooCache
 from seqzoo.models.compat import output_cache
 from seqzoo.training.data import IGNORE
+from seqzoo.training.seq2seq import is_seq2seq, seq2seq_logits
 
 
 def unwrap(model: Any) -> Any:
@@ -97,6 +98,11 @@ def backward_sequence(
     """
     total_loss = torch.zeros((), dtype=torch.float32, device=inputs.device)
     total_correct = torch.zeros((), dtype=torch.long, device=inputs.device)
+    if is_seq2seq(model):  # inputs are the sources, targets the labels: one pass over whole pairs
+        with sync_last(last_micro_batch):
+            loss, correct = token_loss_sum(seq2seq_logits(model, inputs, targets), targets)
+            backward(loss * loss_scale)
+        return loss.detach(), correct
     cache = None
     pieces = chunk_slices(inputs.shape[1], chunk)
     for index, piece in enumerate(pieces):

@@ -41,6 +41,7 @@ from seqzoo.training.checkpoint import (
 from seqzoo.training.data import IGNORE, MemoryTask, build_data
 from seqzoo.training.grad_health import EXPLODING, OK, GradientHealth
 from seqzoo.training.recipe import Recipe
+from seqzoo.training.seq2seq import build_seq2seq_data, is_seq2seq, seq2seq_logits
 from seqzoo.training.state import NonFiniteError, nonfinite_names, require_finite
 from seqzoo.training.tbptt import (
     backward_sequence,
@@ -136,8 +137,11 @@ def evaluate(model: Any, eval_sets: dict[str, tuple[torch.Tensor, torch.Tensor]]
             rows = slice(start + rank * batch_size, start + (rank + 1) * batch_size)
             x, y = inputs[rows].to(accelerator.device), targets[rows].to(accelerator.device)
             with accelerator.autocast():
-                logits, _ = chunked_forward(model, x, chunk) if chunk else (model(input_ids=x, use_cache=False).logits,
-                                                                           None)
+                if is_seq2seq(model):
+                    logits = seq2seq_logits(model, x, y)
+                else:
+                    logits, _ = chunked_forward(model, x, chunk) if chunk else (
+                        model(input_ids=x, use_cache=False).logits, None)
             loss, correct = token_loss_sum(logits, y)
             sums += torch.stack([loss.double(), correct.double(), (y != IGNORE).sum().double()])
         sums = accelerator.reduce(sums, "sum").cpu()
@@ -194,7 +198,11 @@ def train(recipe: Recipe, *, resume: str | Path | bool | None = None, dataset: A
         torch.use_deterministic_algorithms(True)
     try:
         set_seed(t.seed)  # identical initial weights on every process
-        data = build_data(recipe.data, t.seed, dataset)
+        if recipe.task == "seq2seq" and dataset is not None:
+            raise ValueError("train(dataset=...) passes text to a language model; a task: seq2seq recipe reads its "
+                             "pairs from data.source (jsonl or task)")
+        data = (build_seq2seq_data(recipe.data, t.seed) if recipe.task == "seq2seq"
+                else build_data(recipe.data, t.seed, dataset))
         model = build_model(recipe, data)
         torch.manual_seed(t.seed + accelerator.process_index)  # dropout masks differ between processes
         model = accelerator.prepare(model)  # FSDP must wrap the model before the optimizer sees its parameters

@@ -31,7 +31,7 @@ def test_smoke_lab_reports_every_architecture(tmp_path):
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
 
     results = json.loads((out / "results.json").read_text())
-    architectures = seqzoo.list_architectures()
+    architectures = seqzoo.list_architectures("causal-lm")
     assert sorted(results["presets"]) == architectures
     failed = [f"{r['arch']}/{r['task']}: {r['error']}" for r in results["runs"] if not r["ok"]]
     assert not failed, failed
@@ -83,7 +83,7 @@ def test_decode_profile_state_is_fixed_for_recurrent_models_and_grows_for_attent
 
 def test_lab_picks_tiny_presets_and_names_bad_input(tmp_path):
     presets = lab_presets()
-    assert sorted(presets) == seqzoo.list_architectures()
+    assert sorted(presets) == seqzoo.list_architectures("causal-lm")
     assert presets["lstm"] == "lstm-tiny" and presets["transformer"] == "transformer-tiny"
     with pytest.raises(ValueError, match="unknown architecture 'lstmm'; registered: "):
         lab_presets(["lstmm"])

@@ -1,0 +1,301 @@
+"""`seqzoo lab seq2seq`: the bottleneck. Encoder-decoders without attention (Sutskever et al. 2014), with Bahdanau's
+and Luong's attention, and the Transformer, trained with the same budget on tasks whose sources grow longer; their
+exact-match accuracy against source length, and heat maps of where each target token looks in its source.
+
+The seeds' picture: a decoder that sees the source only through the encoder's final state loses the long sources
+first; attention reads every source position at every step and holds up. Every model is an ordinary
+``task: seq2seq`` recipe of :func:`seqzoo.training.train`, trained in a single-threaded worker process (one per
+core). The default run fits about 90 seconds on two cores; ``larger=True`` (``--larger``) trains longer on more
+tasks and longer sources.
+
+Self-contained: :func:`run_seq2seq_lab` writes ``seq2seq.md``, ``seq2seq-results.json`` and the PNGs into its
+folder and returns the results with the Markdown section under ``"markdown"``, for the main lab report to include.
+"""
+
+from __future__ import annotations
+
+import json
+import multiprocessing
+import os
+import time
+import traceback
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+RESULTS_FILE, REPORT_FILE = "seq2seq-results.json", "seq2seq.md"
+ACCURACY_PNG = "seq2seq-accuracy.png"
+TASK_TITLES = {"reverse": "reversal", "copy": "copy", "sort": "sorting", "digits": "spelled digits → digits",
+               "dates": "dates"}
+LENGTH_UNITS = {"digits": "digits"}  # else characters
+MAP_MAX_SOURCE = 24  # characters of the example each heat map shows
+
+
+@dataclass
+class Seq2SeqLabConfig:
+    # name -> preset (and config overrides); the names label the plots.
+    models: dict[str, dict[str, Any]] = field(default_factory=lambda: {
+        "no attention": {"preset": "seq2seq-sutskever-tiny"},
+        "bahdanau": {"preset": "seq2seq-bahdanau-tiny"},
+        "luong-dot": {"preset": "seq2seq-luong-dot-tiny"},
+        "luong-general": {"preset": "seq2seq-luong-general-tiny"},
+        "transformer": {"preset": "seq2seq-transformer-tiny"},
+    })
+    tasks: list[str] = field(default_factory=lambda: ["reverse", "digits"])
+    source_lengths: dict[str, list[int]] = field(default_factory=lambda: {
+        "reverse": [4, 8, 16], "copy": [4, 8, 16], "sort": [4, 8, 16], "digits": [2, 4, 8]})
+    steps: int = 200
+    batch_size: int = 32
+    lr: float = 3e-3
+    symbols: int = 8
+    eval_samples: int = 64  # per source length
+    workers: int = 0  # 0: one per available core, at most 8
+    seed: int = 0
+
+    @classmethod
+    def larger(cls, **overrides: Any) -> "Seq2SeqLabConfig":
+        """All four tasks, longer sources, three times the steps (tens of minutes on two cores)."""
+        values = dict(tasks=["reverse", "copy", "sort", "digits"], steps=600, eval_samples=128,
+                      source_lengths={"reverse": [4, 8, 16, 32], "copy": [4, 8, 16, 32], "sort": [4, 8, 16, 32],
+                                      "digits": [2, 4, 8, 16]})
+        values.update(overrides)
+        return cls(**values)
+
+    @classmethod
+    def smoke(cls, **overrides: Any) -> "Seq2SeqLabConfig":
+        """Every code path in seconds: for tests."""
+        values = dict(steps=3, eval_samples=4, batch_size=8, source_lengths={"reverse": [2, 4], "digits": [1, 2]})
+        values.update(overrides)
+        return cls(**values)
+
+    def validate(self) -> None:
+        import seqzoo
+        from seqzoo.training.seq2seq import SEQ2SEQ_TASKS
+
+        for task in self.tasks:
+            if task not in SEQ2SEQ_TASKS:
+                raise ValueError(f"unknown seq2seq task {task!r}; allowed: {', '.join(SEQ2SEQ_TASKS)}")
+            if task not in self.source_lengths:
+                raise ValueError(f"no source_lengths for task {task!r}; give them, e.g. {{{task!r}: [4, 8, 16]}}")
+        for name, model in self.models.items():
+            if model.get("preset") not in seqzoo.list_models("seq2seq-*"):
+                raise ValueError(f"model {name!r}: preset {model.get('preset')!r} is not a seq2seq preset; "
+                                 f"available: {', '.join(seqzoo.list_models('seq2seq-*'))}")
+        for key in ("steps", "batch_size", "eval_samples"):
+            if getattr(self, key) < 1:
+                raise ValueError(f"seq2seq lab setting {key}={getattr(self, key)} is invalid: must be >= 1")
+
+    def worker_count(self, jobs: int) -> int:
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+        return max(1, min(self.workers or min(cores, 8), jobs))
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# One job: train one model on one task, score it, and read its attention on one example.
+
+
+def job_recipe(job: dict[str, Any]) -> Any:
+    from seqzoo.training.recipe import recipe_from_dict
+
+    cfg = Seq2SeqLabConfig(**job["config"])
+    model = cfg.models[job["model"]]
+    return recipe_from_dict({
+        "name": f"lab-seq2seq-{job['model'].replace(' ', '-')}-{job['task']}",
+        "output_dir": job["output_dir"],
+        "task": "seq2seq",
+        "model": {"preset": model["preset"], "config": model.get("config", {})},
+        "data": {"source": "task", "task": job["task"], "source_lengths": cfg.source_lengths[job["task"]],
+                 "symbols": cfg.symbols, "eval_samples": cfg.eval_samples},
+        "optim": {"lr": cfg.lr, "warmup_steps": min(20, cfg.steps), "weight_decay": 0.0},
+        "train": {"max_steps": cfg.steps, "batch_size": cfg.batch_size, "eval_every": 0, "seed": cfg.seed},
+    })
+
+
+def run_job(job: dict[str, Any]) -> dict[str, Any]:
+    """Train and score one model; never raises (a failure is a result, reported beside the others)."""
+    from seqzoo.models.seq2seq.inspection import attention_map
+    from seqzoo.tokenizer import byte_tokenizer
+    from seqzoo.training.seq2seq import exact_match, task_pairs
+    from seqzoo.training.trainer import train
+
+    started = time.perf_counter()
+    base = {"model": job["model"], "task": job["task"]}
+    try:
+        recipe = job_recipe(job)
+        result = train(recipe, progress=False, save_model=False)
+        model = result.model.eval()
+        data = task_pairs(recipe.data.task, recipe.data.source_lengths, recipe.data.symbols, recipe.data.eval_samples,
+                          recipe.train.seed)
+        pairs = data.eval_pairs()
+        accuracy = {int(name.split("=")[1]): exact_match(model, examples) for name, examples in pairs.items()}
+        row = {**base, "ok": True, "preset": recipe.model.preset, "steps": result.steps,
+               "params": sum(p.numel() for p in model.parameters()), "accuracy": accuracy,
+               "tokens_per_second": result.train_tokens_per_second, "loss": result.eval["loss"]}
+        if model.config.has_attention:
+            # The longest source that still reads as a heat map (spelled digits run ~5 characters a digit).
+            fitting = [n for n in accuracy if len(pairs[f"length={n}"][0][0]) <= MAP_MAX_SOURCE] or [min(accuracy)]
+            source, target = pairs[f"length={max(fitting)}"][0]
+            tokenizer = byte_tokenizer()
+            generated = attention_map(model, tokenizer, source, max_new_tokens=len(target) + 4)
+            row["attention"] = {"source": generated.source_tokens, "target": generated.target_tokens,
+                                "weights": generated.weights.tolist(), "expected": target}
+    except Exception as err:  # noqa: BLE001 -- one model's failure must not hide the others' results
+        return {**base, "ok": False, "error": f"{type(err).__name__}: {err}", "traceback": traceback.format_exc(),
+                "seconds": time.perf_counter() - started}
+    return {**row, "seconds": time.perf_counter() - started}
+
+
+def _worker_setup() -> None:
+    # One thread per worker: tiny models do not use two threads well, and every figure stays independent of how
+    # runs were scheduled. Library log lines would interleave between runs.
+    import logging
+
+    import torch
+    from transformers.utils import logging as hf_logging
+
+    os.environ["ACCELERATE_USE_CPU"] = "true"
+    torch.set_num_threads(1)
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    logging.getLogger("seqzoo.training").setLevel(logging.ERROR)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The whole seq2seq lab.
+
+
+def run_seq2seq_lab(cfg: Seq2SeqLabConfig, out: str | Path,
+                    log: Callable[[str], None] = print) -> dict[str, Any]:
+    """Train every model on every task, then write the report section and its figures into ``out``."""
+    cfg.validate()
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    started = time.perf_counter()
+    jobs = [{"model": name, "task": task, "config": asdict(cfg), "output_dir": str(out / "runs" / f"{name}-{task}")}
+            for task in cfg.tasks for name in cfg.models]
+    # The decoders that step in Python first, so the pool ends on quick runs.
+    jobs.sort(key=lambda job: "luong" not in job["model"] and job["model"] != "bahdanau")
+    workers = cfg.worker_count(len(jobs))
+    log(f"seqzoo lab seq2seq: {len(cfg.models)} models x {len(cfg.tasks)} task(s), {len(jobs)} training runs on "
+        f"{workers} worker(s) -> {out}")
+    runs = []
+    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
+                             initializer=_worker_setup) as pool:
+        for future in as_completed([pool.submit(run_job, job) for job in jobs]):
+            run = future.result()
+            runs.append(run)
+            figures = (" ".join(f"{n}:{a:.2f}" for n, a in sorted(run["accuracy"].items())) if run["ok"]
+                       else f"FAILED: {run['error']}")
+            log(f"[{len(runs):>2}/{len(jobs)}] {run['model']:<14} {run['task']:<8} exact match by length {figures} "
+                f"({run['seconds']:.1f} s)")
+    order = {(j["model"], j["task"]): i for i, j in enumerate(sorted(jobs, key=lambda j: (
+        cfg.tasks.index(j["task"]), list(cfg.models).index(j["model"]))))}
+    runs.sort(key=lambda run: order[(run["model"], run["task"])])
+    results = {"config": asdict(cfg), "runs": runs, "workers": workers,
+               "seconds": time.perf_counter() - started}
+    results["markdown"] = write_report(results, out)
+    (out / RESULTS_FILE).write_text(json.dumps(results, indent=1))
+    log(f"wrote {out / REPORT_FILE} in {results['seconds']:.0f} s")
+    return results
+
+
+def write_report(results: dict[str, Any], out: Path) -> str:
+    """``seq2seq.md`` and its figures; returns the Markdown (headed "## Sequence to sequence: the bottleneck")."""
+    from seqzoo.lab import plots
+
+    cfg, runs = results["config"], [run for run in results["runs"] if run["ok"]]
+    lines = ["## Sequence to sequence: the bottleneck", "",
+             f"Each model trained {cfg['steps']} steps of {cfg['batch_size']} pairs (learning rate {cfg['lr']}) on "
+             "sources of every length at once, then generated greedily: exact-match accuracy on "
+             f"{cfg['eval_samples']} held-out sources per length. Without attention the decoder sees the source only "
+             "through the encoder's final state, and the long sources go first.", ""]
+    if plots.matplotlib_available() and runs:
+        accuracy_plot(results, out / ACCURACY_PNG)
+        lines += [f"![exact match against source length]({ACCURACY_PNG})", ""]
+    for task in cfg["tasks"]:
+        lengths = cfg["source_lengths"][task]
+        unit = LENGTH_UNITS.get(task, "characters")
+        header = ["model", "preset", "parameters", *(f"{n} {unit}" for n in lengths), "seconds"]
+        rows = [[f"**{run['model']}**", f"`{run['preset']}`", f"{run['params']:,}",
+                 *(f"{run['accuracy'].get(n, run['accuracy'].get(str(n), 0.0)):.2f}" for n in lengths),
+                 f"{run['seconds']:.0f}"] for run in runs if run["task"] == task]
+        lines += [f"**{TASK_TITLES.get(task, task)}** (exact match by source length)", "",
+                  _table(header, rows), ""]
+        maps = [run for run in runs if run["task"] == task and "attention" in run]
+        if maps and plots.matplotlib_available():
+            name = f"seq2seq-attention-{task}.png"
+            heat_maps(maps, task, out / name)
+            lines += [f"![attention heat maps, {TASK_TITLES.get(task, task)}]({name})", ""]
+    failed = [run for run in results["runs"] if not run["ok"]]
+    if failed:
+        lines += ["Failed runs:", ""] + [f"- {run['model']} / {run['task']}: {run['error']}" for run in failed] + [""]
+    lines.append(f"{len(results['runs'])} runs on {results['workers']} single-threaded worker(s) in "
+                 f"{results['seconds']:.0f} s.")
+    text = "\n".join(lines) + "\n"
+    (out / REPORT_FILE).write_text(text)
+    return text
+
+
+def _table(header: list[str], rows: list[list[Any]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    return "\n".join(lines + ["| " + " | ".join(str(cell) for cell in row) + " |" for row in rows])
+
+
+def accuracy_plot(results: dict[str, Any], path: Path) -> None:
+    from seqzoo.lab.plots import _colors, _pyplot
+
+    plt = _pyplot()
+    cfg, runs = results["config"], [run for run in results["runs"] if run["ok"]]
+    models = list(cfg["models"])
+    colors = _colors(models)
+    tasks = cfg["tasks"]
+    fig, axes = plt.subplots(1, len(tasks), figsize=(3.4 * len(tasks) + 1.6, 3.2), sharey=True, squeeze=False)
+    for ax, task in zip(axes[0], tasks):
+        for run in (run for run in runs if run["task"] == task):
+            points = sorted((int(n), a) for n, a in run["accuracy"].items())
+            ax.plot([n for n, _ in points], [a for _, a in points], marker="o", label=run["model"],
+                    color=colors[run["model"]])
+        ax.set_xscale("log", base=2)
+        ax.set_title(TASK_TITLES.get(task, task), fontsize=10)
+        ax.set_xlabel(f"source length ({LENGTH_UNITS.get(task, 'characters')})")
+        ax.set_ylim(-0.02, 1.02)
+        ax.grid(alpha=0.3)
+    axes[0][0].set_ylabel("exact match")
+    axes[0][-1].legend(loc="center left", bbox_to_anchor=(1.02, 0.5), frameon=False, fontsize=8)
+    fig.suptitle("Longer sources: without attention the bottleneck fills up", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def heat_maps(runs: list[dict[str, Any]], task: str, path: Path) -> None:
+    """One panel per model: its attention over one source (across) for each generated token (down)."""
+    from seqzoo.lab.plots import _pyplot
+
+    plt = _pyplot()
+    source = runs[0]["attention"]["source"]
+    rows = max(len(run["attention"]["target"]) for run in runs)
+    columns = len(runs) if len(source) <= 16 else 2
+    lines = -(-len(runs) // columns)
+    fig, axes = plt.subplots(lines, columns, figsize=((0.22 * len(source) + 0.8) * columns + 0.6,
+                                                      (0.22 * rows + 1.2) * lines + 0.4), squeeze=False)
+    for ax, run in zip(axes.flat, runs):
+        attention = run["attention"]
+        ax.imshow(attention["weights"], cmap="viridis", vmin=0.0, vmax=1.0, aspect="auto")
+        ax.set_xticks(range(len(attention["source"])), attention["source"], fontsize=7)
+        ax.set_yticks(range(len(attention["target"])), attention["target"], fontsize=7)
+        ax.set_title(run["model"], fontsize=9)
+        ax.set_xlabel("source", fontsize=8)
+    for ax in list(axes.flat)[len(runs):]:
+        ax.axis("off")
+    for row in axes:
+        row[0].set_ylabel("generated", fontsize=8)
+    fig.suptitle(f"{TASK_TITLES.get(task, task)}: {''.join(source).replace('␣', ' ')!r} -> expected "
+                 f"{runs[0]['attention']['expected']!r}\n(the Transformer: its last layer, heads averaged)", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+__all__ = ["Seq2SeqLabConfig", "run_seq2seq_lab", "write_report"]

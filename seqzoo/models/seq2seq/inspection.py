@@ -1,0 +1,142 @@
+"""Using and looking into a trained encoder-decoder: text in, text out (transformers 5 has no text-to-text
+pipeline), and which source positions each target token attends to.
+
+    from seqzoo import attention_map, seq2seq_generate
+    seq2seq_generate(model, tokenizer, ["2024-03-09"])        # -> ["09/03/2024"]
+    weights = attention_map(model, tokenizer, "2024-03-09")    # generates the target greedily
+    print(weights.text())                                      # one row per target token, one column per source
+    weights.plot("attention.png")                              # the heat map (matplotlib)
+
+Not part of the models' Hub bundle: these helpers need seqzoo.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+
+def seq2seq_generate(model: Any, tokenizer: Any, sources: str | list[str], **generate_kwargs: Any) -> list[str]:
+    """Decode the generated target of each source (greedy unless ``generate_kwargs`` say otherwise; at most 64
+    new tokens by default)."""
+    sources = [sources] if isinstance(sources, str) else list(sources)
+    inputs = tokenizer(sources, return_tensors="pt", padding=True).to(model.device)
+    generate_kwargs.setdefault("max_new_tokens", 64)
+    generate_kwargs.setdefault("pad_token_id", tokenizer.pad_token_id)
+    with torch.no_grad():
+        output = model.generate(**inputs, **generate_kwargs)
+    return tokenizer.batch_decode(output, skip_special_tokens=True)
+
+
+@dataclass
+class AttentionMap:
+    """The attention weights of one source and target: ``weights[t, j]`` is how much target token ``t`` (the
+    token predicted at decoder step t) attends to source token ``j``; each row sums to 1."""
+
+    source_tokens: list[str]
+    target_tokens: list[str]
+    weights: torch.Tensor  # (T, S)
+    description: str = ""
+
+    def favourite(self) -> list[tuple[str, str, float]]:
+        """Per target token: the source token it attends to most, and that weight."""
+        best = self.weights.max(dim=-1)
+        return [(target, self.source_tokens[j], float(w))
+                for target, j, w in zip(self.target_tokens, best.indices.tolist(), best.values)]
+
+    def text(self, digits: int = 2) -> str:
+        """A table: one row per target token, one column per source token, and each row's favourite."""
+        width = max(digits + 2, *(len(token) for token in self.source_tokens))
+        label = max(6, *(len(token) for token in self.target_tokens))
+        lines = [" " * label + " | " + " ".join(token.rjust(width) for token in self.source_tokens) + " | attends most to"]
+        lines.append("-" * len(lines[0]))
+        for row, (target, source, weight) in zip(self.weights.tolist(), self.favourite()):
+            cells = " ".join(f"{w:.{digits}f}".rjust(width) for w in row)
+            lines.append(f"{target.rjust(label)} | {cells} | {source} ({weight:.{digits}f})")
+        return "\n".join(lines)
+
+    def plot(self, path: str | Path, title: str | None = None) -> Path:
+        """Save the heat map (source across, target down) as a PNG."""
+        plt = _pyplot()
+        rows, cols = self.weights.shape
+        fig, ax = plt.subplots(figsize=(1.2 + 0.32 * cols, 1.0 + 0.32 * rows))
+        image = ax.imshow(self.weights.float().numpy(), cmap="viridis", vmin=0.0, vmax=1.0, aspect="auto")
+        ax.set_xticks(range(cols), self.source_tokens, fontsize=8)
+        ax.set_yticks(range(rows), self.target_tokens, fontsize=8)
+        ax.set_xlabel("source")
+        ax.set_ylabel("target")
+        ax.set_title(title or self.description, fontsize=9)
+        fig.colorbar(image, ax=ax, fraction=0.04, pad=0.02)
+        fig.tight_layout()
+        fig.savefig(path, dpi=110)
+        plt.close(fig)
+        return Path(path)
+
+
+def attention_map(
+    model: Any, tokenizer: Any, source: str, target: str | None = None, *, layer: int = -1,
+    head: int | None = None, max_new_tokens: int = 64,
+) -> AttentionMap:
+    """The attention weights over ``source`` of each token of ``target`` -- or, without ``target``, of the target
+    the model generates greedily (stopping at its end-of-sequence token, which is shown as a row too).
+
+    A recurrent decoder has one attention; the Transformer has one per layer (``layer``, default the last) and
+    several heads (``head``, default their mean). A model without attention (``attention="none"``) has no
+    weights to show: it raises."""
+    config = model.config
+    if not getattr(config, "is_encoder_decoder", False) or not getattr(config, "has_attention", True):
+        what = "has no attention over its source (attention='none'" if getattr(config, "attention", None) == "none" \
+            else "is not an encoder-decoder ("
+        raise ValueError(f"{type(model).__name__} {what}); attention maps need a seq2seq model with attention")
+    inputs = tokenizer(source, return_tensors="pt").to(model.device)
+    if inputs["input_ids"].shape[1] == 0:
+        raise ValueError("the source is empty")
+    start = torch.tensor([[config.decoder_start_token_id]], device=model.device)
+    with torch.no_grad():
+        if target is None:
+            generated = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False,
+                                       pad_token_id=tokenizer.pad_token_id)
+            decoder_input_ids = generated[:, :-1] if generated.shape[1] > 1 else generated
+            predicted = generated[0, 1:].tolist()
+        else:
+            ids = tokenizer(target, add_special_tokens=False)["input_ids"]
+            eos = tokenizer.eos_token_id
+            predicted = ids + ([eos] if eos is not None else [])
+            decoder_input_ids = torch.cat([start, torch.tensor([predicted[:-1]], device=model.device)], dim=1)
+        output = model(**inputs, decoder_input_ids=decoder_input_ids, output_attentions=True)
+    layers = output.cross_attentions
+    weights = layers[layer][0]  # (heads, T, S)
+    weights = weights.mean(0) if head is None else weights[head]
+    source_ids = inputs["input_ids"][0].tolist()
+    where = "" if len(layers) == 1 else f", layer {layer % len(layers)}" + ("" if head is None else f", head {head}")
+    description = f"{getattr(config, 'attention', 'attention')} attention{where}"
+    return AttentionMap([_shown(tokenizer, i) for i in source_ids], [_shown(tokenizer, i) for i in predicted],
+                        weights[: len(predicted)].float().cpu(), description)
+
+
+def _shown(tokenizer: Any, token_id: int) -> str:
+    """A token as one readable cell: special tokens by a short name, spaces as a visible mark."""
+    if token_id in (tokenizer.eos_token_id, tokenizer.bos_token_id):
+        return "<eos>"
+    if token_id == tokenizer.pad_token_id:
+        return "<pad>"
+    text = tokenizer.decode([token_id])
+    return {" ": "␣", "\n": "⏎", "\t": "⇥"}.get(text, text if text.isprintable() and text else f"<{token_id}>")
+
+
+def _pyplot() -> Any:
+    try:
+        import matplotlib
+    except ImportError as err:
+        raise ValueError("plotting attention needs matplotlib: pip install matplotlib (or seqzoo's `lab` extra)") \
+            from err
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+__all__ = ["AttentionMap", "attention_map", "seq2seq_generate"]

@@ -1,0 +1,329 @@
+"""Encoder-decoder models as transformers' ``AutoModelForSeq2SeqLM``: RNN / LSTM / GRU encoder-decoders with
+Sutskever's bridge, Bahdanau's or Luong's attention (``recurrent.py``), and the Vaswani Transformer
+(``transformer.py``).
+
+``generate()`` runs the encoder once per source (``get_encoder``), repeats its output for beams and returned
+sequences, and calls ``forward`` with ``encoder_outputs``, the source ``attention_mask``, the new
+``decoder_input_ids`` and the decoding cache, which holds the decoder's state and whatever it computed from the
+source once (the attention's keys). Beam search reorders the cache like any other. ``labels`` are shifted right
+into ``decoder_input_ids`` (``decoder_start_token_id`` first, -100 as padding) as transformers' seq2seq models do.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import GenerationMixin
+from transformers import initialization as init
+from transformers.modeling_outputs import Seq2SeqLMOutput, Seq2SeqModelOutput
+
+from seqzoo.cache import SeqzooCache
+from seqzoo.layers.positions import SinusoidalPositions, sinusoidal_table
+from seqzoo.models.compat import GENERATE_CACHE_KWARG, check_kwargs, model_output, output_cache, take_cache
+from seqzoo.models.modeling_utils import (
+    SeqzooPreTrainedModel,
+    forward_parameters,
+    prepare_inputs,
+    resolve_output_flags,
+)
+
+from .configuration_seq2seq import Seq2SeqConfig
+from .outputs import Seq2SeqEncoderOutput
+from .recurrent import RecurrentDecoder, RecurrentEncoder
+from .transformer import TransformerDecoder, TransformerEncoder
+
+
+class Seq2SeqPreTrainedModel(SeqzooPreTrainedModel):
+    config_class = Seq2SeqConfig
+    main_input_name = "input_ids"
+    _no_split_modules = ["RecurrentEncoder", "RecurrentDecoder", "EncoderLayer", "DecoderLayer"]
+    _supports_sdpa = True
+
+    def _init_weights(self, module: nn.Module) -> None:
+        # The recurrent mixers initialise themselves (super). Embeddings: normal(0, initializer_range). Other
+        # linear layers: torch.nn's default U(+-1/sqrt(fan_in)) in recurrent models; Xavier-uniform in the
+        # Transformer, as in Vaswani et al.'s reference code. A tied output layer takes the embedding's weight.
+        super()._init_weights(module)
+        if isinstance(module, nn.Embedding):
+            init.normal_(module.weight, mean=0.0, std=self.config.initializer_range)
+        elif isinstance(module, nn.Linear):
+            if self.config.is_transformer:
+                init.xavier_uniform_(module.weight)
+            else:
+                bound = 1.0 / module.in_features**0.5
+                init.uniform_(module.weight, -bound, bound)
+            if module.bias is not None:
+                init.zeros_(module.bias)
+        elif isinstance(module, nn.LayerNorm):
+            init.ones_(module.weight)
+            init.zeros_(module.bias)
+        elif isinstance(module, SinusoidalPositions):
+            init.copy_(module.table, sinusoidal_table(*module.table.shape))
+
+
+class Seq2SeqModel(Seq2SeqPreTrainedModel):
+    """Encoder + decoder, sharing one token embedding (owned by the encoder). Returns the decoder's output."""
+
+    def __init__(self, config: Seq2SeqConfig) -> None:
+        super().__init__(config)
+        embed_tokens = nn.Embedding(config.vocab_size, config.embedding_size)
+        if config.is_transformer:
+            self.encoder = TransformerEncoder(config, embed_tokens)
+            self.decoder = TransformerDecoder(config)
+        else:
+            self.encoder = RecurrentEncoder(config, embed_tokens)
+            self.decoder = RecurrentDecoder(config)
+        self.post_init()
+
+    @property
+    def embed_tokens(self) -> nn.Embedding:
+        # The decoder's inputs are embedded with the encoder's table (read by prepare_inputs).
+        return self.encoder.embed_tokens
+
+    def get_input_embeddings(self) -> nn.Module:
+        return self.encoder.embed_tokens
+
+    def set_input_embeddings(self, value: nn.Module) -> None:
+        self.encoder.embed_tokens = value
+
+    def get_encoder(self, modality: str | None = None) -> nn.Module:
+        return self.encoder
+
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        decoder_input_ids: torch.LongTensor | None = None,
+        decoder_attention_mask: torch.Tensor | None = None,
+        encoder_outputs: Any = None,
+        cache: Any = None,
+        inputs_embeds: torch.Tensor | None = None,
+        decoder_inputs_embeds: torch.Tensor | None = None,
+        use_cache: bool | None = None,
+        output_attentions: bool | None = None,
+        output_hidden_states: bool | None = None,
+        return_dict: bool | None = None,
+        **kwargs: Any,
+    ) -> Seq2SeqModelOutput:
+        r"""
+        encoder_outputs: what the encoder returned for this source (``generate()`` passes it on every step), as a
+            ``Seq2SeqEncoderOutput`` or the tuple ``(last_hidden_state, final_state)``; computed from
+            ``input_ids`` when None.
+        cache: the decoding state to continue from (``past_key_values`` and ``cache_params`` are older names).
+        """
+        cache = take_cache(cache, kwargs)
+        check_kwargs(kwargs, forward_parameters(self), f"{type(self).__name__}.forward")
+        use_cache, output_hidden_states = resolve_output_flags(self, use_cache, output_hidden_states)
+        output_attentions = bool(output_attentions)
+        if encoder_outputs is None:
+            encoder_outputs = self.encoder(input_ids=input_ids, attention_mask=attention_mask,
+                                           inputs_embeds=inputs_embeds, output_attentions=output_attentions,
+                                           output_hidden_states=output_hidden_states)
+        encoder_outputs = _as_encoder_output(encoder_outputs)
+        memory = encoder_outputs.last_hidden_state  # (B, S, D)
+        source_mask = _source_mask(attention_mask, memory)
+
+        if decoder_input_ids is None and decoder_inputs_embeds is None:
+            raise ValueError(f"{type(self).__name__} needs the decoder's inputs: pass decoder_input_ids (or "
+                             "decoder_inputs_embeds), or labels to the ForConditionalGeneration head, which shifts "
+                             "them into decoder_input_ids")
+        try:
+            inputs = prepare_inputs(self, decoder_input_ids, decoder_inputs_embeds, decoder_attention_mask, cache,
+                                    use_cache)
+        except ValueError as err:
+            raise ValueError(f"decoder inputs: {err}") from err
+        if inputs.embeds.shape[0] != memory.shape[0]:
+            raise ValueError(f"the decoder inputs hold {inputs.embeds.shape[0]} sequence(s) but the source "
+                             f"{memory.shape[0]}; pass one decoder sequence per source")
+        cache = inputs.cache
+        # A recurrent decoder starts from the bridge and the source's keys; the Transformer's cache layers fill
+        # themselves on the first step.
+        if cache is not None and (inputs.past_length > 0 or self.config.is_transformer):
+            entries = [cache.layer(i) for i in range(len(self.config.cache_layer_kinds))]
+        else:
+            entries = self.decoder.start(encoder_outputs)
+        decoded = self.decoder(inputs, memory, source_mask, entries, output_attentions, output_hidden_states)
+        if cache is not None:
+            for idx, entry in enumerate(decoded.cache_entries):
+                cache.update_layer(idx, entry)
+            cache.advance(inputs.length)
+        return model_output(
+            Seq2SeqModelOutput,
+            cache=cache if use_cache else None,
+            last_hidden_state=decoded.output,
+            decoder_hidden_states=decoded.hidden_states,
+            decoder_attentions=decoded.self_attentions,
+            cross_attentions=decoded.cross_attentions,
+            encoder_last_hidden_state=memory,
+            encoder_hidden_states=encoder_outputs.hidden_states,
+            encoder_attentions=encoder_outputs.attentions,
+        )
+
+
+def _as_encoder_output(encoder_outputs: Any) -> Seq2SeqEncoderOutput:
+    if isinstance(encoder_outputs, Seq2SeqEncoderOutput):
+        return encoder_outputs
+    if isinstance(encoder_outputs, (tuple, list)) and encoder_outputs and torch.is_tensor(encoder_outputs[0]):
+        fields = ("last_hidden_state", "final_state", "hidden_states", "attentions")
+        return Seq2SeqEncoderOutput(**dict(zip(fields, encoder_outputs)))
+    raise ValueError(f"encoder_outputs must be what this model's encoder returned (a Seq2SeqEncoderOutput, or the "
+                     f"tuple (last_hidden_state, final_state)); got {type(encoder_outputs).__name__}")
+
+
+def _source_mask(attention_mask: torch.Tensor | None, memory: torch.Tensor) -> torch.Tensor | None:
+    """The source's padding mask (B, S) bool, None when nothing is padded."""
+    if attention_mask is None:
+        return None
+    if attention_mask.shape != memory.shape[:2]:
+        raise ValueError(f"attention_mask of shape {tuple(attention_mask.shape)} does not fit the source of shape "
+                         f"{tuple(memory.shape[:2])}: pass the source's (batch, source_length) 0/1 mask")
+    mask = attention_mask.to(torch.bool)
+    return None if not torch.compiler.is_compiling() and bool(mask.all()) else mask
+
+
+class Seq2SeqForConditionalGeneration(Seq2SeqPreTrainedModel, GenerationMixin):
+    """The encoder-decoder with a linear layer over the vocabulary (tied to the embedding unless
+    ``tie_word_embeddings=False``); ``AutoModelForSeq2SeqLM``."""
+
+    head_modules = ("lm_head",)
+    _tied_weights_keys = {"lm_head.weight": "model.encoder.embed_tokens.weight"}
+
+    def __init__(self, config: Seq2SeqConfig) -> None:
+        super().__init__(config)
+        self.model = Seq2SeqModel(config)
+        self.lm_head = nn.Linear(config.output_dim, config.vocab_size, bias=False)
+        self.post_init()
+
+    def get_encoder(self, modality: str | None = None) -> nn.Module:
+        return self.model.encoder
+
+    def get_input_embeddings(self) -> nn.Module:
+        return self.model.get_input_embeddings()
+
+    def set_input_embeddings(self, value: nn.Module) -> None:
+        self.model.set_input_embeddings(value)
+
+    def get_output_embeddings(self) -> nn.Module:
+        return self.lm_head
+
+    def set_output_embeddings(self, new_embeddings: nn.Module) -> None:
+        self.lm_head = new_embeddings
+
+    def prepare_decoder_input_ids_from_labels(self, labels: torch.Tensor) -> torch.Tensor:
+        """``labels`` shifted right (what DataCollatorForSeq2Seq asks for)."""
+        return shift_tokens_right(labels, self.config.pad_token_id, self.config.decoder_start_token_id)
+
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        decoder_input_ids: torch.LongTensor | None = None,
+        decoder_attention_mask: torch.Tensor | None = None,
+        encoder_outputs: Any = None,
+        cache: Any = None,
+        inputs_embeds: torch.Tensor | None = None,
+        decoder_inputs_embeds: torch.Tensor | None = None,
+        labels: torch.LongTensor | None = None,
+        use_cache: bool | None = None,
+        output_attentions: bool | None = None,
+        output_hidden_states: bool | None = None,
+        return_dict: bool | None = None,
+        **kwargs: Any,
+    ) -> Seq2SeqLMOutput | tuple:
+        r"""
+        input_ids, attention_mask: the source (B, S) and its 0/1 padding mask (left or right padding).
+        decoder_input_ids, decoder_attention_mask: the decoder's inputs (B, T); from ``labels`` when None.
+        labels: (B, T) target token ids, -100 where nothing is scored; the loss is their mean cross-entropy.
+        encoder_outputs: the encoder's output for this source (``generate()`` computes it once and passes it on).
+        cache: the decoding state (``past_key_values`` / ``cache_params`` accepted as older names).
+        output_attentions: return ``cross_attentions``, the attention weights over the source (per attention layer,
+            (B, heads, T, S); a recurrent decoder has one layer and one head), and the Transformer's self-attention
+            weights as ``encoder_attentions`` / ``decoder_attentions``.
+        kwargs: only what :data:`seqzoo.models.compat.PASSTHROUGH_KWARGS` lists; anything else raises.
+        """
+        cache = take_cache(cache, kwargs)
+        check_kwargs(kwargs, forward_parameters(self), f"{type(self).__name__}.forward")
+        return_dict = return_dict if return_dict is not None else self.config.return_dict
+        if labels is not None:
+            self._check_labels(labels)
+            if decoder_input_ids is None and decoder_inputs_embeds is None:
+                decoder_input_ids = self.prepare_decoder_input_ids_from_labels(labels)
+        outputs = self.model(
+            input_ids=input_ids, attention_mask=attention_mask, decoder_input_ids=decoder_input_ids,
+            decoder_attention_mask=decoder_attention_mask, encoder_outputs=encoder_outputs, cache=cache,
+            inputs_embeds=inputs_embeds, decoder_inputs_embeds=decoder_inputs_embeds, use_cache=use_cache,
+            output_attentions=output_attentions, output_hidden_states=output_hidden_states,
+        )
+        logits = self.lm_head(outputs.last_hidden_state)  # (B, T, V)
+        loss = None
+        if labels is not None:
+            if labels.shape != logits.shape[:2]:
+                raise ValueError(f"labels of shape {tuple(labels.shape)} do not fit the decoder inputs of shape "
+                                 f"{tuple(logits.shape[:2])}: pass one label per decoder position")
+            loss = _token_loss(logits, labels, kwargs.get("num_items_in_batch"))
+        new_cache = output_cache(outputs)
+        if not return_dict:
+            output = tuple(v for v in (logits, new_cache, outputs.encoder_last_hidden_state) if v is not None)
+            return (loss, *output) if loss is not None else output
+        return model_output(
+            Seq2SeqLMOutput,
+            cache=new_cache,
+            loss=loss,
+            logits=logits,
+            decoder_hidden_states=outputs.decoder_hidden_states,
+            decoder_attentions=outputs.decoder_attentions,
+            cross_attentions=outputs.cross_attentions,
+            encoder_last_hidden_state=outputs.encoder_last_hidden_state,
+            encoder_hidden_states=outputs.encoder_hidden_states,
+            encoder_attentions=outputs.encoder_attentions,
+        )
+
+    def _check_labels(self, labels: torch.Tensor) -> None:
+        if labels.dim() != 2 or labels.dtype.is_floating_point:
+            raise ValueError(f"labels must be integer token ids of shape (batch, target_length); got a "
+                             f"{labels.dtype} tensor of shape {tuple(labels.shape)}")
+        if not torch.compiler.is_compiling():
+            bad = labels[(labels != -100) & ((labels < 0) | (labels >= self.config.vocab_size))]
+            if bad.numel():
+                raise ValueError(f"labels contain {int(bad[0])}: labels must be token ids in "
+                                 f"[0, vocab_size={self.config.vocab_size}) or -100 (ignored)")
+
+    def generate(self, *args: Any, cache: Any = None, **kwargs: Any) -> Any:
+        """transformers' ``generate``; a cache to continue from may be passed as ``cache`` on every supported
+        release (or under its older names ``past_key_values`` / ``cache_params``)."""
+        cache = take_cache(cache, kwargs)
+        if cache is not None:
+            kwargs[GENERATE_CACHE_KWARG] = cache
+        return super().generate(*args, **kwargs)
+
+
+def shift_tokens_right(labels: torch.Tensor, pad_token_id: int | None, decoder_start_token_id: int | None):
+    """``[start, y_1, ..., y_{T-1}]`` from ``[y_1, ..., y_T]``, -100 replaced by the pad token (transformers'
+    rule for seq2seq models)."""
+    if decoder_start_token_id is None:
+        raise ValueError("config.decoder_start_token_id (or bos_token_id) must be set to shift labels into "
+                         "decoder_input_ids")
+    shifted = labels.new_full(labels.shape, decoder_start_token_id)
+    shifted[:, 1:] = labels[:, :-1]
+    if bool((shifted == -100).any()):
+        if pad_token_id is None:
+            raise ValueError("labels hold -100 (ignored positions), which become the pad token in "
+                             "decoder_input_ids: set config.pad_token_id")
+        shifted = shifted.masked_fill(shifted == -100, pad_token_id)
+    return shifted
+
+
+def _token_loss(logits: torch.Tensor, labels: torch.Tensor, num_items_in_batch: Any = None) -> torch.Tensor:
+    """Mean cross-entropy over the scored labels; with ``num_items_in_batch`` (Trainer under gradient
+    accumulation), the sum divided by it."""
+    flat_logits, flat_labels = logits.float().reshape(-1, logits.shape[-1]), labels.reshape(-1).to(logits.device)
+    if num_items_in_batch is None:
+        return F.cross_entropy(flat_logits, flat_labels, ignore_index=-100)
+    total = F.cross_entropy(flat_logits, flat_labels, ignore_index=-100, reduction="sum")
+    return total / torch.as_tensor(num_items_in_batch, device=total.device)
+
+
+__all__ = ["Seq2SeqForConditionalGeneration", "Seq2SeqModel", "Seq2SeqPreTrainedModel", "shift_tokens_right"]

@@ -1,0 +1,231 @@
+"""The recurrent encoder-decoder: an RNN / LSTM / GRU encoder (optionally bidirectional), a bridge from its final
+states to the decoder's initial ones, and an RNN / LSTM / GRU decoder with no attention (Sutskever et al. 2014),
+Bahdanau's (2015) or Luong's (2015).
+
+Both sides are stacks of seqzoo's recurrent mixers (``seqzoo.layers.recurrent``), so their compute goes through
+the kernel registry (ops ``rnn``, ``lstm``, ``gru``) and a padded position never changes a state. The decoder at
+step t, with s the top layer's state, c the context, h~ the attentional vector Luong calls it:
+
+    none            s_t = f(s_{t-1}, y_{t-1});                     output s_t
+    bahdanau        c_t = attend(s_{t-1});  s_t = f(s_{t-1}, [y_{t-1}; c_t]);       output h~_t = tanh(W_c [c_t; s_t])
+    luong           s_t = f(s_{t-1}, y_{t-1});  c_t = attend(s_t);                  output h~_t = tanh(W_c [c_t; s_t])
+    luong + feeding s_t = f(s_{t-1}, [y_{t-1}; h~_{t-1}]); c_t = attend(s_t);       output h~_t
+
+Bahdanau's and input feeding's decoders need step t-1's attention to form step t's input, so they step token by
+token in Python (one kernel call per layer and step); the other two run the whole target through each layer's
+kernel at once and attend to every position in parallel.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+from seqzoo.layers.recurrent import RECURRENT_MIXERS
+from seqzoo.layers.seq2seq_attention import SourceAttention
+from seqzoo.models.modeling_utils import ForwardInputs, prepare_inputs
+
+from .configuration_seq2seq import STATE_NAMES, Seq2SeqConfig
+from .outputs import DecoderOutput, Seq2SeqEncoderOutput
+
+
+def recurrent_layer(config: Seq2SeqConfig, cell: str, input_size: int) -> nn.Module:
+    """One recurrent mixer reading ``input_size`` inputs. The mixer protocol sizes a layer's input from its config:
+    a mixer built as layer 0 reads the config's embedding width, which ``cell_config`` sets to ``input_size``."""
+    return RECURRENT_MIXERS[cell](config.cell_config(cell, input_size), 0)
+
+
+def check_sources_not_empty(mask: torch.Tensor | None) -> None:
+    if mask is None or torch.compiler.is_compiling():
+        return
+    empty = (~mask.any(dim=1)).nonzero().flatten().tolist()
+    if empty:
+        raise ValueError(f"source row(s) {empty[:8]} have no real token (their attention_mask is all 0): a decoder "
+                         "cannot attend to, or start from, an empty source")
+
+
+class RecurrentEncoder(nn.Module):
+    """Embedding -> dropout -> [recurrent layer (and its backward twin) -> dropout] x N.
+
+    The bidirectional encoder is built here, not in the mixers: the backward layer is the same mixer class run
+    over the time-reversed source and mask (a pad position never changes a state, so left and right padding are
+    both exact), its outputs reversed back and concatenated with the forward ones (Bahdanau et al.)."""
+
+    def __init__(self, config: Seq2SeqConfig, embed_tokens: nn.Embedding) -> None:
+        super().__init__()
+        self.config = config
+        self.embed_tokens = embed_tokens
+        cell, count = config.encoder_type, config.num_hidden_layers
+        width = [config.embedding_size] + [config.annotation_size] * (count - 1)
+        self.layers = nn.ModuleList(recurrent_layer(config, cell, width[i]) for i in range(count))
+        self.backward_layers = (nn.ModuleList(recurrent_layer(config, cell, width[i]) for i in range(count))
+                                if config.bidirectional else None)
+        self.dropout = nn.Dropout(config.dropout)
+
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        output_attentions: bool | None = None,
+        output_hidden_states: bool | None = None,
+        return_dict: bool | None = None,
+    ) -> Seq2SeqEncoderOutput:
+        inputs = prepare_inputs(self, input_ids, inputs_embeds, attention_mask, None, False)
+        mask = inputs.padding_mask  # (B, S) bool, None when nothing is padded
+        check_sources_not_empty(mask)
+        hidden_states = self.dropout(inputs.embeds)  # (B, S, E)
+        all_hidden_states = (hidden_states,) if output_hidden_states else None
+        finals = []
+        for idx, layer in enumerate(self.layers):
+            output, state = layer(hidden_states, mask=mask)  # (B, S, H)
+            parts = [state[name] for name in layer.state_names]
+            if self.backward_layers is not None:
+                reversed_mask = None if mask is None else mask.flip(1)
+                backward, backward_state = self.backward_layers[idx](hidden_states.flip(1), mask=reversed_mask)
+                output = torch.cat([output, backward.flip(1)], dim=-1)  # (B, S, 2H)
+                parts += [backward_state[name] for name in layer.state_names]
+            finals.append(torch.cat(parts, dim=-1))
+            hidden_states = self.dropout(output)
+            if output_hidden_states:
+                all_hidden_states += (hidden_states,)
+        return Seq2SeqEncoderOutput(last_hidden_state=hidden_states, final_state=torch.stack(finals, dim=1),
+                                    hidden_states=all_hidden_states)
+
+
+class Bridge(nn.Module):
+    """The decoder's initial state per layer from the encoder's final states (``config.bridge``): ``copy``
+    (Sutskever et al.), ``projection`` (Bahdanau et al.'s s_0 = tanh(W_s h_1^<-), here of both directions'
+    final states and of every named state: s_0 = tanh(W [h->; h<-] + b)), or ``zeros``."""
+
+    def __init__(self, config: Seq2SeqConfig) -> None:
+        super().__init__()
+        self.kind, self.hidden_size = config.bridge, config.hidden_size
+        self.names = STATE_NAMES[config.decoder_type]
+        source_width = len(STATE_NAMES[config.encoder_type]) * config.annotation_size
+        self.projections = (nn.ModuleList(nn.Linear(source_width, len(self.names) * config.hidden_size)
+                                          for _ in range(config.num_decoder_layers))
+                            if self.kind == "projection" else None)
+        self.num_layers = config.num_decoder_layers
+
+    def forward(self, final_state: torch.Tensor | None, memory: torch.Tensor) -> list[dict[str, torch.Tensor]]:
+        if self.kind == "zeros":
+            zeros = memory.new_zeros(memory.shape[0], self.hidden_size)
+            return [{name: zeros for name in self.names} for _ in range(self.num_layers)]
+        if final_state is None:
+            raise ValueError(f"bridge={self.kind!r} starts the decoder from the encoder's final states, but the "
+                             "encoder_outputs passed hold none (final_state); pass what the model's encoder returned")
+        states = []
+        for idx in range(self.num_layers):
+            source = final_state[:, idx]  # (B, F)
+            if self.projections is not None:
+                source = torch.tanh(self.projections[idx](source))
+            states.append(dict(zip(self.names, source.split(self.hidden_size, dim=-1))))
+        return states
+
+
+class RecurrentDecoder(nn.Module):
+    """The decoder's recurrent layers, its attention over the source and Luong's output layer ``W_c``."""
+
+    def __init__(self, config: Seq2SeqConfig) -> None:
+        super().__init__()
+        self.config = config
+        hidden, cell = config.hidden_size, config.decoder_type
+        if config.attention == "bahdanau":
+            extra = config.annotation_size  # the context joins the input
+        else:
+            extra = hidden if config.input_feeding else 0  # the previous attentional vector joins it
+        width = [config.embedding_size + extra] + [hidden] * (config.num_decoder_layers - 1)
+        self.layers = nn.ModuleList(recurrent_layer(config, cell, width[i]) for i in range(len(width)))
+        self.bridge = Bridge(config)
+        self.attention = self.readout = None
+        if config.has_attention:
+            self.attention = SourceAttention(config.attention, hidden, config.annotation_size, config.attention_size)
+            self.readout = nn.Linear(config.annotation_size + hidden, hidden, bias=False)  # W_c
+        self.dropout = nn.Dropout(config.dropout)
+
+    def start(self, encoder_outputs: Seq2SeqEncoderOutput) -> list[Any]:
+        """The cache entries a decoder starts from: each layer's state, then the attention's keys (and Luong's
+        input-feeding vector, zeros at first)."""
+        memory = encoder_outputs.last_hidden_state
+        entries: list[Any] = self.bridge(encoder_outputs.final_state, memory)
+        if self.attention is not None:
+            attention_state = {"keys": self.attention.keys(memory)}
+            if self.config.input_feeding:
+                attention_state["feed"] = memory.new_zeros(memory.shape[0], self.config.hidden_size)
+            entries.append(attention_state)
+        return entries
+
+    def _layers(self, x: torch.Tensor, states: list[dict], mask: torch.Tensor | None,
+                outputs: list[list[torch.Tensor]] | None) -> tuple[torch.Tensor, list[dict]]:
+        """x (B, T, I) through every layer, dropout between them; ``outputs`` collects each layer's output."""
+        new_states = []
+        for idx, layer in enumerate(self.layers):
+            x, state = layer(self.dropout(x) if idx else x, state=states[idx], mask=mask)
+            new_states.append(state)
+            if outputs is not None:
+                outputs[idx].append(x)
+        return x, new_states
+
+    def forward(
+        self,
+        inputs: ForwardInputs,
+        memory: torch.Tensor,
+        source_mask: torch.Tensor | None,
+        entries: list[Any],
+        output_attentions: bool,
+        output_hidden_states: bool,
+    ) -> DecoderOutput:
+        """``inputs``: the decoder inputs, checked and embedded (B, T, E); memory (B, S, D) the annotations;
+        ``entries`` from :meth:`start` or the cache; ``source_mask`` (B, S) False at source padding."""
+        count = len(self.layers)
+        states, attention_state = entries[:count], (entries[count] if self.attention is not None else None)
+        target_mask = inputs.padding_mask  # (B, T) False at padding of the decoder inputs
+        x = self.dropout(inputs.embeds)
+        per_layer: list[list[torch.Tensor]] | None = [[] for _ in range(count)] if output_hidden_states else None
+        weights = None
+        if self.attention is None:
+            output, states = self._layers(x, states, target_mask, per_layer)
+        elif not self.config.steps_in_python:
+            # Luong without input feeding: the whole target through each layer, then every position attends.
+            top, states = self._layers(x, states, target_mask, per_layer)
+            context, weights = self.attention(top, attention_state["keys"], memory, source_mask)
+            output = torch.tanh(self.readout(torch.cat([context, top], dim=-1)))
+        else:
+            output, states, attention_state, weights = self._step_by_step(x, memory, source_mask, states,
+                                                                          attention_state, target_mask, per_layer)
+        hidden_states = None
+        if output_hidden_states:
+            hidden_states = (x, *(torch.cat(outputs, dim=1) for outputs in per_layer))
+            if self.attention is not None:
+                hidden_states += (output,)
+        cross = (weights[:, None],) if output_attentions and weights is not None else None  # (B, 1, T, S)
+        entries = states + ([attention_state] if attention_state is not None else [])
+        return DecoderOutput(self.dropout(output), entries, hidden_states=hidden_states, cross_attentions=cross)
+
+    def _step_by_step(self, x, memory, source_mask, states, attention_state, target_mask, per_layer):
+        keys, feed = attention_state["keys"], attention_state.get("feed")
+        bahdanau = self.config.attention == "bahdanau"
+        outputs, all_weights = [], []
+        for t in range(x.shape[1]):
+            step_mask = None if target_mask is None else target_mask[:, t : t + 1]  # (B, 1)
+            if bahdanau:  # the previous state queries; the context joins this step's input
+                context, weights = self.attention(states[-1]["h"][:, None], keys, memory, source_mask)
+                step_input = torch.cat([x[:, t : t + 1], context], dim=-1)
+            else:
+                step_input = torch.cat([x[:, t : t + 1], feed[:, None]], dim=-1)
+            top, states = self._layers(step_input, states, step_mask, per_layer)  # (B, 1, H)
+            if not bahdanau:  # Luong: the current state queries
+                context, weights = self.attention(top, keys, memory, source_mask)
+            attentional = torch.tanh(self.readout(torch.cat([context, top], dim=-1)))  # h~_t (B, 1, H)
+            if feed is not None:  # a padded step leaves the fed vector as it was, like every state
+                feed = attentional[:, 0] if step_mask is None else torch.where(step_mask, attentional[:, 0], feed)
+            outputs.append(attentional)
+            all_weights.append(weights)
+        attention_state = {"keys": keys, **({"feed": feed} if feed is not None else {})}
+        return torch.cat(outputs, dim=1), states, attention_state, torch.cat(all_weights, dim=1)
+
+
+__all__ = ["Bridge", "RecurrentDecoder", "RecurrentEncoder", "check_sources_not_empty", "recurrent_layer"]

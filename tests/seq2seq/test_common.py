@@ -1,0 +1,286 @@
+"""The shared tests of the encoder-decoders: every seq2seq preset family (tests/conftest.py: SEQ2SEQ_FAMILIES) gets
+the same checks -- gradients, labels, caches, generation, padding, attention weights, saving, Trainer."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from transformers import AutoConfig, AutoModel, AutoModelForSeq2SeqLM
+
+from seqzoo.models.compat import CACHE_ALIASES, OUTPUT_CACHE_FIELD, output_cache
+from tests.conftest import SEQ2SEQ_FAMILIES, tiny_model
+
+SOURCES = [[5, 17, 33, 8, 61, 12, 40], [9, 3, 77], [44, 21, 6, 90, 13]]  # odd, unequal lengths
+NEW_TOKENS = 6
+
+
+@pytest.fixture(params=sorted(SEQ2SEQ_FAMILIES), ids=sorted(SEQ2SEQ_FAMILIES))
+def preset(request) -> str:
+    return SEQ2SEQ_FAMILIES[request.param]
+
+
+def padded(sources=SOURCES, side="left", pad_id=0):
+    width = max(map(len, sources))
+    ids = torch.full((len(sources), width), pad_id, dtype=torch.long)
+    mask = torch.zeros_like(ids)
+    for row, source in enumerate(sources):
+        where = slice(width - len(source), width) if side == "left" else slice(0, len(source))
+        ids[row, where], mask[row, where] = torch.tensor(source), 1
+    return ids, mask
+
+
+def greedy(model, ids, mask, **kwargs):
+    out = model.generate(ids, attention_mask=mask, max_new_tokens=NEW_TOKENS, do_sample=False, eos_token_id=None,
+                         output_logits=True, return_dict_in_generate=True, pad_token_id=0, **kwargs)
+    return out.sequences, torch.stack(out.logits, dim=1)
+
+
+def test_gradients_reach_every_parameter_and_the_encoder(preset):
+    model = tiny_model(preset).train()
+    ids, mask = padded()
+    labels = torch.randint(3, 99, (3, 5))
+    labels[1, 3:] = -100
+    out = model(ids, attention_mask=mask, labels=labels)
+    assert out.logits.shape == (3, 5, 99) and torch.isfinite(out.loss)
+    out.loss.backward()
+    missing = [n for n, p in model.named_parameters() if p.grad is None]
+    assert not missing, f"parameters without gradient: {missing}"
+    encoder = [n for n, p in model.model.encoder.named_parameters() if not p.grad.abs().sum() > 0]
+    assert not encoder, f"encoder parameters with zero gradient: {encoder}"
+
+
+@pytest.mark.parametrize("preset", [SEQ2SEQ_FAMILIES[f] for f in sorted(SEQ2SEQ_FAMILIES)
+                                    if f not in ("seq2seq-sutskever", "seq2seq-transformer")])
+def test_gradients_reach_the_encoder_through_attention_alone(preset):
+    model = tiny_model(preset, bridge="zeros").train()  # the decoder starts from zeros: no other path
+    ids, mask = padded()
+    model(ids, attention_mask=mask, labels=torch.randint(3, 99, (3, 5))).loss.backward()
+    assert all(p.grad.abs().sum() > 0 for p in model.model.encoder.layers.parameters())
+
+
+def test_loss_is_the_cross_entropy_of_the_labels_shifted_in(preset):
+    model = tiny_model(preset)
+    ids, mask = padded()
+    labels = torch.randint(3, 99, (3, 5))
+    labels[2, 2:] = -100
+    out = model(ids, attention_mask=mask, labels=labels)
+    start = model.config.decoder_start_token_id
+    shifted = torch.cat([torch.full((3, 1), start), labels[:, :-1].masked_fill(labels[:, :-1] == -100, 0)], dim=1)
+    logits = model(ids, attention_mask=mask, decoder_input_ids=shifted).logits
+    torch.testing.assert_close(out.logits, logits)
+    torch.testing.assert_close(out.loss, F.cross_entropy(logits.reshape(-1, 99), labels.reshape(-1)))
+    torch.testing.assert_close(model.prepare_decoder_input_ids_from_labels(labels), shifted)
+
+
+def test_cached_decoding_equals_full_recompute(preset):
+    model = tiny_model(preset)
+    ids, mask = padded()
+    target = torch.randint(3, 99, (3, 6))
+    with torch.no_grad():
+        full = model(ids, attention_mask=mask, decoder_input_ids=target).logits
+        encoded = model.get_encoder()(input_ids=ids, attention_mask=mask)
+        out = model(attention_mask=mask, encoder_outputs=encoded, decoder_input_ids=target[:, :2], use_cache=True)
+        pieces, cache = [out.logits], output_cache(out)
+        for t in range(2, 6):
+            out = model(attention_mask=mask, encoder_outputs=encoded, decoder_input_ids=target[:, t:t + 1],
+                        cache=cache)
+            pieces.append(out.logits)
+            cache = output_cache(out)
+    torch.testing.assert_close(torch.cat(pieces, dim=1), full, rtol=1e-5, atol=1e-5)
+    assert cache.get_seq_length() == 6
+
+
+def test_greedy_generation_with_cache_equals_without(preset):
+    model = tiny_model(preset)
+    ids, mask = padded()
+    tokens, logits = greedy(model, ids, mask)
+    assert tokens.shape == (3, NEW_TOKENS + 1) and (tokens[:, 0] == model.config.decoder_start_token_id).all()
+    uncached, uncached_logits = greedy(model, ids, mask, use_cache=False)
+    assert torch.equal(tokens, uncached)
+    torch.testing.assert_close(logits, uncached_logits, rtol=1e-5, atol=1e-5)
+
+
+def test_beam_search_with_cache_equals_without(preset):
+    model = tiny_model(preset)
+    ids, mask = padded()
+    kwargs = dict(attention_mask=mask, max_new_tokens=NEW_TOKENS, num_beams=3, num_return_sequences=2,
+                  do_sample=False, pad_token_id=0, eos_token_id=None)
+    cached = model.generate(ids, **kwargs)
+    assert cached.shape == (6, NEW_TOKENS + 1)
+    assert torch.equal(cached, model.generate(ids, use_cache=False, **kwargs))
+
+
+def test_the_encoder_runs_once_per_generate(preset):
+    model = tiny_model(preset)
+    calls = []
+    model.get_encoder().register_forward_hook(lambda module, args, output: calls.append(1))
+    ids, mask = padded()
+    model.generate(ids, attention_mask=mask, max_new_tokens=NEW_TOKENS, num_beams=3, do_sample=False,
+                   pad_token_id=0)
+    assert len(calls) == 1
+
+
+@pytest.mark.parametrize("side", ["left", "right"])
+def test_padded_rows_equal_alone(preset, side):
+    model = tiny_model(preset)
+    ids, mask = padded(side=side)
+    tokens, logits = greedy(model, ids, mask)
+    beams = model.generate(ids, attention_mask=mask, max_new_tokens=NEW_TOKENS, num_beams=3, do_sample=False,
+                           pad_token_id=0, eos_token_id=None)
+    for row, source in enumerate(SOURCES):
+        alone = torch.tensor([source])
+        tokens_alone, logits_alone = greedy(model, alone, torch.ones_like(alone))
+        assert torch.equal(tokens[row], tokens_alone[0]), row
+        torch.testing.assert_close(logits[row], logits_alone[0], rtol=1e-5, atol=1e-5)
+        beam_alone = model.generate(alone, max_new_tokens=NEW_TOKENS, num_beams=3, do_sample=False,
+                                    pad_token_id=0, eos_token_id=None)
+        assert torch.equal(beams[row], beam_alone[0]), row
+
+
+def test_attention_weights_sum_to_one_and_are_zero_on_padding(preset):
+    model = tiny_model(preset)
+    ids, mask = padded()
+    target = torch.randint(3, 99, (3, 4))
+    out = model(ids, attention_mask=mask, decoder_input_ids=target, output_attentions=True)
+    generated = model.generate(ids, attention_mask=mask, max_new_tokens=3, do_sample=False, pad_token_id=0,
+                               eos_token_id=None, output_attentions=True, return_dict_in_generate=True)
+    if not model.config.has_attention:  # Sutskever's decoder sees the source only through its initial state
+        assert out.cross_attentions is None and generated.cross_attentions[0] is None
+        return
+    layers = model.config.num_decoder_layers if model.config.is_transformer else 1
+    assert len(out.cross_attentions) == layers
+    per_step = [torch.cat(step, dim=0) for step in generated.cross_attentions]  # 3 steps x (layers * B, heads, 1, S)
+    for weights in [*out.cross_attentions, *per_step]:
+        rows = weights.shape[0] // 3
+        pads = (mask == 0).repeat(rows, 1)[:, None, None, :].expand_as(weights)
+        assert (weights[pads] == 0).all()  # exactly
+        torch.testing.assert_close(weights.sum(-1), torch.ones(weights.shape[:-1]), rtol=0, atol=1e-6)
+    # The weights generation reports per step are the ones a full forward computes at each position.
+    forward = model(ids, attention_mask=mask, decoder_input_ids=generated.sequences[:, :-1], output_attentions=True)
+    for step, weights in enumerate(generated.cross_attentions):
+        torch.testing.assert_close(weights[-1][:, :, 0], forward.cross_attentions[-1][:, :, step], rtol=1e-5,
+                                   atol=1e-6)
+
+
+def test_sampling_is_reproducible_and_returns_several_sequences(preset):
+    model = tiny_model(preset)
+    ids, mask = padded()
+    kwargs = dict(attention_mask=mask, max_new_tokens=NEW_TOKENS, do_sample=True, top_k=20, num_return_sequences=2,
+                  pad_token_id=0, eos_token_id=None)
+    torch.manual_seed(3)
+    first = model.generate(ids, **kwargs)
+    torch.manual_seed(3)
+    assert first.shape == (6, NEW_TOKENS + 1) and torch.equal(first, model.generate(ids, **kwargs))
+
+
+def test_save_load_roundtrip_and_auto_classes(preset, tmp_path):
+    model = tiny_model(preset)
+    ids, mask = padded()
+    target = torch.randint(3, 99, (3, 4))
+    model.save_pretrained(tmp_path)
+    loaded = AutoModelForSeq2SeqLM.from_pretrained(tmp_path).eval()
+    assert type(loaded) is type(model) and type(AutoConfig.from_pretrained(tmp_path)) is type(model.config)
+    assert type(AutoModel.from_config(model.config)) is type(model.model)
+    original, restored = model.state_dict(), loaded.state_dict()
+    assert original.keys() == restored.keys() and all(torch.equal(original[k], restored[k]) for k in original)
+    if model.config.tie_word_embeddings:
+        assert loaded.lm_head.weight.data_ptr() == loaded.get_input_embeddings().weight.data_ptr()
+    with torch.no_grad():
+        # The same weights; small products may sum in another order in memory laid out differently (~1e-7).
+        torch.testing.assert_close(loaded(ids, attention_mask=mask, decoder_input_ids=target).logits,
+                                   model(ids, attention_mask=mask, decoder_input_ids=target).logits, rtol=1e-6,
+                                   atol=1e-6)
+    half = AutoModelForSeq2SeqLM.from_pretrained(tmp_path, dtype=torch.bfloat16).eval()
+    assert half.dtype == torch.bfloat16
+    assert half.generate(ids, attention_mask=mask, max_new_tokens=3, pad_token_id=0).shape[0] == 3
+
+
+@pytest.mark.parametrize("name", ("cache", *CACHE_ALIASES))
+def test_every_cache_name_continues_the_same_state(preset, name):
+    model = tiny_model(preset)
+    ids, mask = padded()
+    target = torch.randint(3, 99, (3, 5))
+    full = model(ids, attention_mask=mask, decoder_input_ids=target).logits[:, 3:]
+    start = output_cache(model(ids, attention_mask=mask, decoder_input_ids=target[:, :3], use_cache=True))
+    out = model(ids, attention_mask=mask, decoder_input_ids=target[:, 3:], **{name: start})
+    torch.testing.assert_close(out.logits, full, rtol=1e-5, atol=1e-5)
+    assert getattr(out, OUTPUT_CACHE_FIELD) is start  # where the installed release's generate() reads it
+
+
+def test_keywords_are_checked(preset):
+    model = tiny_model(preset)
+    ids, mask = padded()
+    target = torch.randint(3, 99, (3, 4))
+    for module in (model, model.model):
+        with pytest.raises(TypeError, match=r"'decoder_attention_mak' \(did you mean 'decoder_attention_mask'\?\)"):
+            module(ids, decoder_input_ids=target, decoder_attention_mak=torch.ones_like(target))
+        with pytest.raises(TypeError, match=r"'encoder_output' \(did you mean 'encoder_outputs'\?\)"):
+            module(ids, decoder_input_ids=target, encoder_output=None)
+    # What transformers passes to every model (generate on 5.23, Trainer) is accepted.
+    out = model(ids, attention_mask=mask, decoder_input_ids=target, cache_position=torch.arange(4),
+                num_items_in_batch=7, output_attentions=False, return_dict=True)
+    assert out.logits.shape == (3, 4, 99)
+    first = output_cache(model(ids, decoder_input_ids=target, use_cache=True))
+    second = output_cache(model(ids, decoder_input_ids=target, use_cache=True))
+    with pytest.raises(ValueError, match="two different caches"):
+        model(ids, decoder_input_ids=target[:, :1], cache=first, past_key_values=second)
+
+
+def test_bad_inputs_are_refused_clearly(preset):
+    model = tiny_model(preset)
+    ids, mask = padded()
+    target = torch.randint(3, 99, (3, 4))
+    with pytest.raises(ValueError, match="needs the decoder's inputs: pass decoder_input_ids"):
+        model(ids, attention_mask=mask)
+    empty = mask.clone()
+    empty[1] = 0
+    with pytest.raises(ValueError, match=r"source row\(s\) \[1\] have no real token"):
+        model(ids, attention_mask=empty, decoder_input_ids=target)
+    with pytest.raises(ValueError, match="labels contain 99"):
+        model(ids, attention_mask=mask, labels=torch.full((3, 4), 99))
+    with pytest.raises(ValueError, match="decoder inputs: input_ids contain token id 120"):
+        model(ids, attention_mask=mask, decoder_input_ids=torch.full((3, 4), 120))
+    with pytest.raises(ValueError, match="the decoder inputs hold 2 sequence"):
+        model(ids, attention_mask=mask, decoder_input_ids=target[:2])
+    with pytest.raises(ValueError, match="attention_mask of shape \\(3, 6\\) does not fit the source"):
+        encoded = model.get_encoder()(input_ids=ids, attention_mask=mask)
+        model(attention_mask=mask[:, 1:], encoder_outputs=encoded, decoder_input_ids=target)
+    with pytest.raises(ValueError, match="encoder_outputs must be what this model's encoder returned"):
+        model(encoder_outputs={"x": 1}, decoder_input_ids=target)
+
+
+def test_encoder_outputs_as_a_tuple_and_outputs_as_tuples(preset):
+    model = tiny_model(preset)
+    ids, mask = padded()
+    target = torch.randint(3, 99, (3, 4))
+    encoded = model.get_encoder()(input_ids=ids, attention_mask=mask)
+    want = model(ids, attention_mask=mask, decoder_input_ids=target).logits
+    as_tuple = (encoded.last_hidden_state, encoded.final_state)
+    torch.testing.assert_close(model(attention_mask=mask, encoder_outputs=as_tuple, decoder_input_ids=target).logits,
+                               want)
+    loss, logits, *_ = model(ids, attention_mask=mask, decoder_input_ids=target, labels=target, return_dict=False)
+    torch.testing.assert_close(logits, want)
+    assert torch.isfinite(loss)
+
+
+def test_hf_trainer_and_seq2seq_trainer(preset, tmp_path):
+    from transformers import Seq2SeqTrainer, Seq2SeqTrainingArguments
+
+    model = tiny_model(preset).train()
+    torch.manual_seed(0)
+    rows = [torch.randint(3, 99, (7,)) for _ in range(8)]
+    dataset = [{"input_ids": r, "attention_mask": torch.ones(7, dtype=torch.long), "labels": r.flip(0)[:5]}
+               for r in rows]
+    args = Seq2SeqTrainingArguments(output_dir=str(tmp_path), max_steps=2, per_device_train_batch_size=4,
+                                    per_device_eval_batch_size=4, learning_rate=1e-2, report_to=[],
+                                    save_strategy="no", use_cpu=True, seed=0, disable_tqdm=True,
+                                    predict_with_generate=True, generation_max_length=6)
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    trainer = Seq2SeqTrainer(model=model, args=args, train_dataset=dataset, eval_dataset=dataset)
+    trainer.train()
+    assert any(not torch.equal(before[n], p) for n, p in model.named_parameters())
+    metrics = trainer.evaluate()
+    assert torch.isfinite(torch.tensor(metrics["eval_loss"]))
+    predictions = trainer.predict(dataset[:4]).predictions  # generated by generate()
+    assert predictions.shape[0] == 4 and (predictions[:, 0] == model.config.decoder_start_token_id).all()
