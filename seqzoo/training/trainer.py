@@ -22,7 +22,7 @@ import time
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 from torch.optim.lr_scheduler import LambdaLR
@@ -149,13 +149,16 @@ def _eval_figures(sums: torch.Tensor) -> dict[str, float]:
 
 
 def train(recipe: Recipe, *, resume: str | Path | bool | None = None, dataset: Any = None,
-          progress: bool = True, save_model: bool = True) -> TrainResult:
+          progress: bool = True, save_model: bool = True,
+          stop: Callable[[dict[str, Any]], bool] | None = None) -> TrainResult:
     """Train what ``recipe`` describes; ``resume`` continues from a checkpoint (True: the newest in output_dir).
 
     ``dataset`` (a ``datasets.Dataset`` or any object indexable by column name) replaces the recipe's data
     source. Returns the final evaluation, gradient health and throughput; the model, its tokenizer and
     ``seqzoo_training.json`` are saved in ``recipe.output_dir`` unless ``save_model`` is False (the lab keeps only
-    the models worth loading again).
+    the models worth loading again). ``stop``, called with each step's logged row (step, loss, accuracy, ...),
+    ends training early when it returns True: the final evaluation and save happen as after the last step (the lab
+    stops a memory-task run once it is solved).
     """
     from accelerate import Accelerator
     from accelerate.utils import set_seed
@@ -191,7 +194,7 @@ def train(recipe: Recipe, *, resume: str | Path | bool | None = None, dataset: A
         scheduler = LambdaLR(optimizer, lambda step: lr_factor(step, recipe))
         accelerator.register_for_checkpointing(scheduler)
         return _run(recipe, accelerator, model, optimizer, scheduler, data, micro_batch, run_dir, checkpoint,
-                    progress, save_model)
+                    progress, save_model, stop)
     finally:
         torch.use_deterministic_algorithms(previous_determinism)
 
@@ -206,7 +209,8 @@ def _launched_on_cpu_only() -> bool:
 
 
 def _run(recipe: Recipe, accelerator: Any, model: Any, optimizer: Any, scheduler: Any, data: Any, micro_batch: int,
-         run_dir: Path, checkpoint: Path | None, progress: bool, save_model: bool) -> TrainResult:
+         run_dir: Path, checkpoint: Path | None, progress: bool, save_model: bool,
+         stop: Callable[[dict[str, Any]], bool] | None = None) -> TrainResult:
     from tqdm.auto import tqdm
 
     t = recipe.train
@@ -267,6 +271,11 @@ def _run(recipe: Recipe, accelerator: Any, model: Any, optimizer: Any, scheduler
                 "data_position": data.position(step * t.batch_size), "data": data.describe(),
                 "num_processes": world, "grad_health": health.state_dict(),
             }, keep=t.save_total_limit)
+        if stop is not None and step < t.max_steps and stop(row):
+            if last_eval is None or history[-1].get("step") != step or "eval" not in history[-1]:
+                last_eval = evaluate(model, eval_sets, accelerator, micro_batch, eval_chunk)
+                _record({"step": step, "eval": last_eval}, history, metrics_path, accelerator)
+            break
     bar.close()
 
     if last_eval is None:  # resumed from the final checkpoint: nothing left to train
