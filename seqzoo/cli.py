@@ -172,6 +172,9 @@ def check_model_source(source: str) -> None:
     """A source that is not a folder here must look like a Hub id (owner/name); else it is a mistyped folder."""
     path = Path(source)
     if path.is_dir():
+        if not (path / "config.json").is_file():
+            raise ValueError(f"{source!r} holds no config.json, so it is no saved model (`seqzoo new`, `seqzoo "
+                             f"train` and save_pretrained write one)")
         return
     if path.exists():
         raise ValueError(f"{source!r} is a file; give the folder that holds config.json and the weights")
@@ -205,8 +208,9 @@ def cmd_generate(args: argparse.Namespace) -> int:
     torch.manual_seed(args.seed)
     source = args.model
     try:
-        model = AutoModelForCausalLM.from_pretrained(source, dtype=_dtype(args.dtype)).to(device).eval()
-        tokenizer = AutoTokenizer.from_pretrained(source)
+        with quiet_transformers():
+            model = AutoModelForCausalLM.from_pretrained(source, dtype=_dtype(args.dtype)).to(device).eval()
+            tokenizer = AutoTokenizer.from_pretrained(source)
     except (OSError, ValueError) as err:
         where = "the folder" if Path(source).is_dir() else "the Hub repository"
         first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
@@ -242,12 +246,16 @@ class quiet_transformers:
         warnings.simplefilter("ignore", DeprecationWarning)
         warnings.simplefilter("ignore", UserWarning)
         self._verbosity = hf_logging.get_verbosity()
+        self._bars = hf_logging.is_progress_bar_enabled()
         hf_logging.set_verbosity_error()
+        hf_logging.disable_progress_bar()
 
     def __exit__(self, *exc: Any) -> None:
         from transformers.utils import logging as hf_logging
 
         hf_logging.set_verbosity(self._verbosity)
+        if self._bars:
+            hf_logging.enable_progress_bar()
         self._warnings.__exit__(*exc)
 
 

@@ -27,12 +27,16 @@ def describe_environment(command: str, workers: int) -> dict[str, Any]:
         "transformers": transformers.__version__,
         "platform": platform.platform(),
         "cpu": cpu_model(),
-        "cores": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
+        "cores": available_cores(),
         "workers": workers,
         "threads_per_worker": 1,
         "load_average_at_start": [round(x, 2) for x in load] if load else None,
         "started": time.strftime("%Y-%m-%d %H:%M %Z"),
     }
+
+
+def available_cores() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
 def cpu_model() -> str:

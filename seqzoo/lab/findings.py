@@ -32,8 +32,8 @@ def accuracy_by_task(results: dict[str, Any]) -> dict[str, dict[str, dict[int, l
     table: dict[str, dict[str, dict[int, list[float]]]] = {task: {} for task in results["config"]["tasks"]}
     for run in sorted(results["runs"], key=lambda r: r["seed"]):
         if run["ok"] and run["task"] in table:
-            table[run["task"]].setdefault(run["arch"], {}).setdefault(run["distance"], []).append(
-                run["eval"]["accuracy"])
+            for distance, accuracy in run["accuracy"].items():
+                table[run["task"]].setdefault(run["arch"], {}).setdefault(int(distance), []).append(accuracy)
     return table
 
 
@@ -228,8 +228,7 @@ def gradient_health_notes(results: dict[str, Any]) -> str:
         flagged = {k: v for k, v in health["flagged_steps"].items() if v}
         if not flagged:
             continue
-        name = f"{run['arch']} / {run['task']}" + (f" at distance {run['distance']}" if run["distance"] else "") \
-            + f", seed {run['seed']}"
+        name = f"{run['arch']} / {run['task']}, seed {run['seed']}"
         losses = run.get("losses") or [math.nan]
         tail = statistics.mean(losses[-10:])
         outcome = (f"accuracy {run['eval']['accuracy']:.2f}" if run["task"] != "text"

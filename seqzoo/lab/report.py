@@ -138,8 +138,7 @@ def _gradient_tables(profiles: dict[str, dict[str, list[float]]]) -> str:
 
 
 def _run_name(run: dict[str, Any]) -> str:
-    return (f"{run['arch']} / {run['task']}" + (f" at distance {run['distance']}" if run["distance"] else "")
-            + f", seed {run['seed']}")
+    return f"{run['arch']} / {run['task']}, seed {run['seed']}"
 
 
 def _failures(results: dict[str, Any]) -> str:

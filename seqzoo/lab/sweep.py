@@ -1,43 +1,44 @@
-"""``seqzoo lab sweep``: the learning-rate and step-count sweep behind the lab's recipes (:mod:`seqzoo.lab.recipes`).
+"""``seqzoo lab sweep``: the learning-rate sweep behind the lab's recipes (:mod:`seqzoo.lab.recipes`).
 
-Every architecture trains every memory task at each rate and each step count (one seed, no early stop), and text
-at each rate. The sweep then proposes, by rules written down here rather than by taste:
+Every architecture trains every memory task (all distances at once, as in the lab; one seed) at each rate, for at
+most ``steps`` steps with the lab's stop-when-solved rule, and text at each rate. The sweep then proposes, by
+rules written down here rather than by taste:
 
-- per task, the fewest steps after which more steps no longer help any architecture (at its best rate) by more
-  than ``ENOUGH`` accuracy;
-- per architecture, the memory-task rate with the best mean accuracy over tasks and distances at those steps, and
-  the text rate with the lowest validation perplexity (a tie within ``TIE`` goes to the lower rate).
+- per architecture, the memory-task rate with the best mean accuracy over tasks and distances, and the text rate
+  with the lowest validation perplexity (a tie within ``TIE`` goes to the lower rate);
+- per task, a step budget: 1.25 times the most steps any architecture needed to solve it (at its chosen rate),
+  rounded up to 50, between ``MIN_STEPS`` and the sweep's ``steps``. A run that has not solved its task by then
+  would not solve it in the lab's budget anyway; the report shows how far it got.
 
-It is a few hundred short runs: about an hour on 2 CPU cores, minutes on a machine with many cores or a GPU
-(``--device cuda``). The lab's recipes record the command and machine that produced the rates they hold.
+It is about a hundred short runs: some 10 minutes on 2 idle CPU cores, less with more cores (``--workers``) or on
+a GPU (``--device cuda``). The lab's recipes record the command and machine that produced the rates they hold.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import statistics
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from seqzoo.lab.runner import TEXT, LabConfig, lab_presets, make_job, prepare_output, run_jobs
+from seqzoo.lab.runner import TEXT, LabConfig, lab_presets, longest_first, make_job, prepare_output, run_jobs
 from seqzoo.training.data import TASKS
 
-ENOUGH = 0.05  # accuracy that more steps must add, for some architecture, to be worth them
 TIE = 0.01  # accuracy (or relative perplexity) within which two rates count as equal
-
+MIN_STEPS = 150
+GROWTH = 1.25
 
 @dataclass
 class SweepConfig:
     architectures: list[str] | None = None
-    rates: list[float] = field(default_factory=lambda: [1e-3, 3e-3, 1e-2, 3e-2])
-    steps: list[int] = field(default_factory=lambda: [250, 600])
+    rates: list[float] = field(default_factory=lambda: [3e-3, 1e-2, 3e-2])
+    steps: int = 600  # most steps of a memory-task run (it stops earlier once solved)
+    text_steps: int = 250
     tasks: list[str] = field(default_factory=lambda: list(TASKS))
-    distances: list[int] = field(default_factory=lambda: [16, 64])
-    mixed_distances: list[int] = field(default_factory=lambda: [4, 16, 64])  # one run per rate on all at once
-    long_steps: int = 1500  # the tasks that need the most steps also run this long (queued last)
-    long_tasks: list[str] = field(default_factory=lambda: ["selective_copy", "associative_recall"])
+    distances: list[int] = field(default_factory=lambda: [4, 16, 64])
     seed: int = 0
     workers: int = 0
     device: str = "cpu"
@@ -46,45 +47,24 @@ class SweepConfig:
     def validate(self) -> None:
         if not self.rates or min(self.rates) <= 0 or max(self.rates) >= 1:
             raise ValueError(f"--rates {self.rates} is invalid: learning rates in (0, 1)")
-        if not self.steps or min(self.steps) < 1:
-            raise ValueError(f"sweep steps {self.steps} is invalid: step counts >= 1")
+        if self.steps < MIN_STEPS:
+            raise ValueError(f"sweep steps={self.steps} is invalid: at least {MIN_STEPS}")
         if self.device not in ("cpu", "cuda"):
             raise ValueError(f"--device {self.device!r} is invalid: cpu or cuda")
 
 
 def sweep_jobs(cfg: SweepConfig, presets: dict[str, str], out: Path) -> list[dict[str, Any]]:
-    """The runs, shortest step count first for every architecture, so a deadline cuts the least informative."""
-    lab = LabConfig(tasks=cfg.tasks, distances=sorted(set(cfg.distances + cfg.mixed_distances)), seeds=[cfg.seed])
+    lab = LabConfig(tasks=cfg.tasks, distances=cfg.distances, seeds=[cfg.seed], task_steps=cfg.steps,
+                    text_steps=cfg.text_steps)
     jobs = []
-    for steps in sorted(cfg.steps):
-        for arch, preset in presets.items():
-            for rate in cfg.rates:
-                jobs += [_job(lab, arch, preset, task, distance, rate, steps, cfg, out)
-                         for task in cfg.tasks for distance in cfg.distances]
-                if steps == min(cfg.steps):
-                    jobs.append(_job(lab, arch, preset, TEXT, None, rate, max(steps, 250), cfg, out))
     for arch, preset in presets.items():
         for rate in cfg.rates:
-            if cfg.mixed_distances:
-                job = _job(lab, arch, preset, "selective_copy", max(cfg.mixed_distances), rate, max(cfg.steps), cfg,
-                           out)
-                job["train_distances"] = list(cfg.mixed_distances)
-                job["output_dir"] += "-mixed"
+            for task in [*cfg.tasks, TEXT]:
+                job = make_job(lab, arch, preset, task, cfg.seed, out)
+                job.update(lr=rate, keep_model=False)
+                job["output_dir"] += f"-lr{rate:g}"
                 jobs.append(job)
-    if cfg.long_steps > max(cfg.steps):
-        for arch, preset in presets.items():
-            for rate in cfg.rates:
-                jobs += [_job(lab, arch, preset, task, distance, rate, cfg.long_steps, cfg, out)
-                         for task in cfg.long_tasks if task in cfg.tasks for distance in cfg.distances]
-    return jobs
-
-
-def _job(lab: LabConfig, arch: str, preset: str, task: str, distance: int | None, rate: float, steps: int,
-         cfg: SweepConfig, out: Path) -> dict[str, Any]:
-    job = make_job(lab, arch, preset, task, distance, cfg.seed, out)
-    job.update(lr=rate, steps=steps, stop_when_solved=False, keep_model=False)
-    job["output_dir"] += f"-lr{rate:g}-n{steps}"
-    return job
+    return longest_first(jobs, lab)
 
 
 def run_sweep(cfg: SweepConfig, out: str | Path, log: Callable[[str], None] = print, command: str = "",
@@ -119,76 +99,66 @@ def run_sweep(cfg: SweepConfig, out: str | Path, log: Callable[[str], None] = pr
     return results
 
 
-def _accuracy(runs: list[dict[str, Any]], arch: str, task: str, rate: float, steps: int) -> float | None:
-    values = [r["eval"]["accuracy"] for r in runs if r["ok"] and r["arch"] == arch and r["task"] == task
-              and r["lr"] == rate and r["steps"] == steps and not r.get("train_distances")]
-    return statistics.mean(values) if values else None
+def _memory_runs(runs: list[dict[str, Any]], arch: str, rate: float) -> list[dict[str, Any]]:
+    return [r for r in runs if r["ok"] and r["arch"] == arch and r["lr"] == rate and r["task"] != TEXT]
+
+
+def _mean_accuracy(run: dict[str, Any]) -> float:
+    return statistics.mean(run["accuracy"].values())
 
 
 def propose(results: dict[str, Any]) -> dict[str, Any]:
-    """Steps per task and rates per architecture, by the rules in the module docstring."""
+    """Rates per architecture and steps per task, by the rules in the module docstring."""
     cfg, runs = results["config"], results["runs"]
-    archs = list(results["presets"])
-    task_steps = {}
-    for task in cfg["tasks"]:
-        def best(arch: str, steps: int) -> float:
-            return max((a for rate in cfg["rates"] if (a := _accuracy(runs, arch, task, rate, steps)) is not None),
-                       default=0.0)
-
-        candidates = sorted({r["steps"] for r in runs if r["task"] == task and r["ok"]})
-        longest = max(candidates, default=max(cfg["steps"]))
-        task_steps[task] = next((s for s in candidates
-                                 if all(best(a, longest) - best(a, s) <= ENOUGH for a in archs)), longest)
     rates: dict[str, dict[str, float]] = {}
-    for arch in archs:
-        def memory_score(rate: float) -> float:
-            scores = [_accuracy(runs, arch, task, rate, task_steps[task]) for task in cfg["tasks"]]
-            scores = [s for s in scores if s is not None]
-            return statistics.mean(scores) if scores else -1.0
-
-        text = {r["lr"]: r["eval"]["perplexity"] for r in runs
-                if r["ok"] and r["arch"] == arch and r["task"] == TEXT}
-        best_memory = max(memory_score(rate) for rate in cfg["rates"])
-        memory = min(rate for rate in cfg["rates"] if memory_score(rate) >= best_memory - TIE)
-        entry = {"memory": memory}
+    needed: dict[str, list[int]] = {task: [] for task in cfg["tasks"]}
+    for arch in results["presets"]:
+        scores = {rate: statistics.mean(map(_mean_accuracy, done)) for rate in cfg["rates"]
+                  if (done := _memory_runs(runs, arch, rate))}
+        entry: dict[str, float] = {}
+        if scores:
+            best = max(scores.values())
+            entry["memory"] = min(rate for rate, score in scores.items() if score >= best - TIE)
+            for run in _memory_runs(runs, arch, entry["memory"]):
+                if run["steps_run"] < run["steps"]:
+                    needed[run["task"]].append(run["steps_run"])
+        text = {r["lr"]: r["eval"]["perplexity"] for r in runs if r["ok"] and r["arch"] == arch and r["task"] == TEXT}
         if text:
             best_text = min(text.values())
             entry["text"] = min(rate for rate, p in text.items() if p <= best_text * (1 + TIE))
         rates[arch] = entry
-    return {"task_steps": task_steps, "learning_rates": rates}
+    steps = {}
+    for task, solved_at in needed.items():
+        want = math.ceil(GROWTH * max(solved_at) / 50) * 50 if solved_at else cfg["steps"]
+        steps[task] = int(min(cfg["steps"], max(MIN_STEPS, want)))
+    return {"task_steps": steps, "learning_rates": rates}
 
 
 def sweep_report(results: dict[str, Any]) -> str:
     from seqzoo.lab.report import markdown_table
 
-    cfg, runs = results["config"], results["runs"]
-    env = results["environment"]
+    cfg, runs, env = results["config"], results["runs"], results["environment"]
     parts = [f"# seqzoo lab sweep\n\nCommand: `{env['command']}` · seqzoo {env['seqzoo']}"
              + (f" (git {env['git']})" if env.get("git") else "") + f" · {env['cpu']}, {env['workers']} workers on "
-             f"{cfg['device']} · seed {cfg['seed']} · {len(runs)} runs in {results['seconds'] / 60:.1f} min\n"]
+             f"{cfg['device']} · seed {cfg['seed']} · {len(runs)} runs in {results['seconds'] / 60:.1f} min\n\n"
+             f"Memory tasks: accuracy at distances {', '.join(map(str, cfg['distances']))} and the steps run (at most "
+             f"{cfg['steps']}; fewer: solved). Text: validation perplexity after {cfg['text_steps']} steps."]
     for arch in results["presets"]:
-        counts = sorted({r["steps"] for r in runs if r["task"] != TEXT})
-        header = ["rate"] + [f"{t} @{s}" for s in counts for t in cfg["tasks"]] + ["text ppl"]
+        header = ["rate"] + [t.replace("_", " ") for t in cfg["tasks"]] + ["mean accuracy", "text perplexity"]
         rows = []
         for rate in cfg["rates"]:
+            done = {r["task"]: r for r in _memory_runs(runs, arch, rate)}
             row = [f"{rate:g}"]
-            for steps in counts:
-                for task in cfg["tasks"]:
-                    a = _accuracy(runs, arch, task, rate, steps)
-                    row.append("–" if a is None else f"{a:.2f}")
+            for task in cfg["tasks"]:
+                run = done.get(task)
+                row.append("–" if run is None else
+                           " / ".join(f"{a:.2f}" for a in run["accuracy"].values()) + f" ({run['steps_run']})")
+            row.append(f"{statistics.mean(map(_mean_accuracy, done.values())):.3f}" if done else "–")
             text = [r["eval"]["perplexity"] for r in runs if r["ok"] and r["arch"] == arch and r["task"] == TEXT
                     and r["lr"] == rate]
             row.append(f"{text[0]:.2f}" if text else "–")
             rows.append(row)
-        parts.append(f"## {arch}\n\nAccuracy (mean over distances {', '.join(map(str, cfg['distances']))}) by task "
-                     f"and steps; text: validation perplexity.\n\n" + markdown_table(header, rows))
-        mixed = [r for r in runs if r["ok"] and r["arch"] == arch and r.get("train_distances")]
-        if mixed:
-            parts.append("Selective copy trained on distances " + ", ".join(map(str, cfg["mixed_distances"]))
-                         + " at once: " + "; ".join(
-                             f"rate {r['lr']:g}: " + ", ".join(f"{k} {v['accuracy']:.2f}"
-                                                               for k, v in r["eval"]["sets"].items())
-                             for r in mixed))
+        parts.append(f"## {arch}\n\n" + markdown_table(header, rows))
     parts.append("## Proposed recipes\n\n```json\n" + json.dumps(results["proposal"], indent=1) + "\n```")
     failed = [f"- {r['arch']} {r['task']} lr {r['lr']:g}: {r['error']}" for r in runs if not r["ok"]]
     if failed:

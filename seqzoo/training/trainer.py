@@ -86,12 +86,12 @@ def make_optimizer(model: Any, recipe: Recipe) -> torch.optim.Optimizer:
 
 def lr_factor(step: int, recipe: Recipe) -> float:
     """Multiplier of the base learning rate at optimizer step ``step`` (0-based): linear warmup, then decay."""
-    o, total = recipe.optim, recipe.train.max_steps
-    if step < o.warmup_steps:
-        return (step + 1) / o.warmup_steps
+    o, total, warmup = recipe.optim, recipe.train.max_steps, recipe.warmup
+    if step < warmup:
+        return (step + 1) / warmup
     if o.schedule == "constant":
         return 1.0
-    progress = min(1.0, (step - o.warmup_steps) / max(1, total - o.warmup_steps))
+    progress = min(1.0, (step - warmup) / max(1, total - warmup))
     if o.schedule == "linear":
         return 1.0 - (1.0 - o.min_lr_ratio) * progress
     return o.min_lr_ratio + (1.0 - o.min_lr_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
@@ -179,6 +179,12 @@ def train(recipe: Recipe, *, resume: str | Path | bool | None = None, dataset: A
             f"{str(run_dir)!r} already holds checkpoints of a run; pass --resume to continue it, or choose another "
             f"output_dir (or delete the folder) to start over"
         )
+    if resume is True and not list_checkpoints(run_dir):
+        why = ("this recipe writes none (train.save_every=0)" if t.save_every == 0 else
+               f"the run stopped before its first one (written every train.save_every={t.save_every} steps)")
+        raise ValueError(f"--resume: no complete checkpoint in {str(run_dir / 'checkpoints')!r} to resume from: "
+                         f"{why}. Start the run again without --resume (add save_every=N to checkpoint every N "
+                         f"steps)")
     checkpoint = resolve_resume(resume, run_dir) if resume else None
 
     previous_determinism = torch.are_deterministic_algorithms_enabled()
@@ -238,7 +244,9 @@ def _run(recipe: Recipe, accelerator: Any, model: Any, optimizer: Any, scheduler
     model.train()
     talk = progress and accelerator.is_main_process
     bar = tqdm(total=t.max_steps, initial=step, disable=not talk, desc=recipe.name, dynamic_ncols=True)
-    train_seconds, train_tokens = 0.0, 0
+    if talk and checkpoint is not None:
+        bar.write(f"resumed from {checkpoint} at step {step} of {t.max_steps}")
+    train_seconds, train_tokens, first_step = 0.0, 0, step
     last_eval: dict[str, Any] | None = None
     while step < t.max_steps:
         started = time.perf_counter()
@@ -257,8 +265,10 @@ def _run(recipe: Recipe, accelerator: Any, model: Any, optimizer: Any, scheduler
         bar.set_postfix(loss=f"{row['loss']:.4f}", lr=f"{row['lr']:.2e}", gnorm=f"{row['grad_norm']:.2g}",
                         refresh=False)
         if talk and (step % t.log_every == 0 or row["grad_flag"] == EXPLODING):
+            left = train_seconds / (step - first_step) * (t.max_steps - step)
             bar.write(f"step {step}/{t.max_steps}  loss {row['loss']:.4f}  lr {row['lr']:.3e}  grad_norm "
-                      f"{row['grad_norm']:.3g}" + (f"  [{row['grad_flag']}]" if row["grad_flag"] != OK else ""))
+                      f"{row['grad_norm']:.3g}  eta {int(left) // 60}:{int(left) % 60:02d}"
+                      + (f"  [{row['grad_flag']}]" if row["grad_flag"] != OK else ""))
         if (t.eval_every and step % t.eval_every == 0) or step == t.max_steps:
             last_eval = evaluate(model, eval_sets, accelerator, micro_batch, eval_chunk)
             _record({"step": step, "eval": last_eval}, history, metrics_path, accelerator)
