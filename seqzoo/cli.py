@@ -32,8 +32,7 @@ INTERRUPT_HINTS = {
 
 def cmd_list(args: argparse.Namespace) -> int:
     import seqzoo
-    from seqzoo.registry import preset_values
-    from seqzoo.utils import count_parameters
+    from seqzoo.registry import preset_parameter_count, preset_values
 
     names = seqzoo.list_models(args.pattern)
     if not names:
@@ -50,10 +49,7 @@ def cmd_list(args: argparse.Namespace) -> int:
         config = spec.config_class(**values)
         row = [name, spec.name, config.hidden_size, config.num_hidden_layers]
         if args.params:
-            import torch
-
-            with torch.device("meta"):
-                row.append(f"{count_parameters(spec.causal_lm_class(config)):,}")
+            row.append(f"{preset_parameter_count(name):,}")
         rows.append(row + [f"{config.state_bytes_per_sequence():,}", f"{config.kv_bytes_per_token():,}"])
     header = ["preset", "architecture", "hidden", "layers"] + (["params"] if args.params else []) + [
         "state bytes/seq", "KV bytes/token"]

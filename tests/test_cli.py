@@ -79,7 +79,7 @@ def test_user_mistakes_are_one_line_and_debug_shows_the_traceback(model_dir, tmp
     assert bad_env.returncode == 2 and "SEQZOO_DEBUG='yes'" in one_error_line(bad_env.stderr)
 
 
-def _interrupt_when(process: subprocess.Popen, ready: callable, timeout: float = 120) -> tuple[str, str]:
+def _interrupt_when(process: subprocess.Popen, ready: callable, timeout: float = 600) -> tuple[str, str]:
     deadline = time.monotonic() + timeout
     while not ready():
         assert process.poll() is None, process.communicate()

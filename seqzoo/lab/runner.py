@@ -173,6 +173,11 @@ def _worker_setup(device: str = "cpu") -> None:
     if device == "cpu":
         os.environ["ACCELERATE_USE_CPU"] = "true"
     torch.set_num_threads(1)
+    # tqdm's default lock is a multiprocessing one: a worker stopped by Ctrl-C would leave it behind, and
+    # multiprocessing would warn about it after the lab's one-line message. A worker draws no bars anyway.
+    from tqdm import tqdm
+
+    tqdm.set_lock(threading.RLock())
     _quiet_libraries()
     threading.Thread(target=_exit_with_parent, args=(os.getppid(),), daemon=True).start()
 
@@ -298,10 +303,13 @@ def run_jobs(jobs: list[dict[str, Any]], workers: int, log: Callable[[str], None
                 deadline = None
     except BaseException:
         # Ctrl-C (or any failure here): drop the queued runs and stop the running ones now, not after they finish.
-        processes = list(getattr(pool, "_processes", {}).values())
+        processes = list((getattr(pool, "_processes", None) or {}).values())
         pool.shutdown(wait=False, cancel_futures=True)
         for process in processes:
             process.terminate()
+        for process in processes:
+            process.join(timeout=10)
+        pool.shutdown(wait=True)  # releases the pool's queues (else multiprocessing warns of leaked semaphores)
         raise
     pool.shutdown()
     return results

@@ -4,8 +4,9 @@ Every architecture trains every memory task (all distances at once, as in the la
 most ``steps`` steps with the lab's stop-when-solved rule, and text at each rate. The sweep then proposes, by
 rules written down here rather than by taste:
 
-- per architecture, the memory-task rate with the best mean accuracy over tasks and distances, and the text rate
-  with the lowest validation perplexity (a tie within ``TIE`` goes to the lower rate);
+- per architecture, the memory-task rate with the best mean accuracy over tasks and distances (among rates within
+  ``TIE`` of the best, the one that needed the fewest steps in all), and the text rate with the lowest validation
+  perplexity (a tie within ``TIE`` goes to the lower rate);
 - per task, a step budget: 1.25 times the most steps any architecture needed to solve it (at its chosen rate),
   rounded up to 50, between ``MIN_STEPS`` and the sweep's ``steps``. A run that has not solved its task by then
   would not solve it in the lab's budget anyway; the report shows how far it got.
@@ -118,7 +119,9 @@ def propose(results: dict[str, Any]) -> dict[str, Any]:
         entry: dict[str, float] = {}
         if scores:
             best = max(scores.values())
-            entry["memory"] = min(rate for rate, score in scores.items() if score >= best - TIE)
+            near = [rate for rate, score in scores.items() if score >= best - TIE]
+            entry["memory"] = min(near, key=lambda rate: (sum(r["steps_run"] for r in _memory_runs(runs, arch, rate)),
+                                                          rate))
             for run in _memory_runs(runs, arch, entry["memory"]):
                 if run["steps_run"] < run["steps"]:
                     needed[run["task"]].append(run["steps_run"])
