@@ -1,98 +1,118 @@
-"""The ``seqzoo`` command line: ``seqzoo list | kernels | new | generate`` (+ commands that other modules add)."""
+"""The seqzoo command line: list presets and kernels, create, generate, train, convert, publish, and run the lab.
+
+Every command answers a user mistake with one line that starts with "error:" (exit status 2) and Ctrl-C with one
+line (status 130). --debug, or SEQZOO_DEBUG=1, shows the traceback instead.
+"""
 
 from __future__ import annotations
 
 import argparse
 import importlib
-import json
+import os
 import sys
 from pathlib import Path
 from typing import Any, Callable
 
-# Modules that add sub-commands, each with ``register(subparsers)``.
+from seqzoo.utils import installed_version, parse_overrides
+
+# Modules that add sub-commands, each with ``register(subparsers)``. Registering must stay light (no torch): the
+# parser is built, and --help answered, before torch is imported.
 COMMAND_MODULES: list[str] = ["seqzoo.conversions.cli", "seqzoo.hub.cli", "seqzoo.training.cli", "seqzoo.lab.cli"]
 
+DEBUG_ENV = "SEQZOO_DEBUG"
+EXIT_USAGE, EXIT_INTERNAL, EXIT_INTERRUPTED = 2, 1, 130
 
-def parse_overrides(items: list[str]) -> dict[str, Any]:
-    """``["hidden_size=64", "dropout=0.1", "variant=gpt2"]`` -> typed dict (JSON values, else strings)."""
-    values = {}
-    for item in items:
-        key, sep, raw = item.partition("=")
-        if not sep or not key:
-            raise SystemExit(f"error: override {item!r} is not of the form key=value")
-        try:
-            values[key] = json.loads(raw)
-        except json.JSONDecodeError:
-            values[key] = raw
-    return values
+# What to do after Ctrl-C, per command; the message is one line either way.
+INTERRUPT_HINTS = {
+    "train": "run the same command with --resume to continue from the newest checkpoint (one is written every "
+             "train.save_every steps)",
+    "lab": "the report folder holds no finished report; run `seqzoo lab` again",
+}
 
 
 def cmd_list(args: argparse.Namespace) -> int:
     import seqzoo
-    from seqzoo.registry import preset_values
+    from seqzoo.registry import preset_parameter_count, preset_values
 
+    names = seqzoo.list_models(args.pattern)
+    if not names:
+        import difflib
+
+        every = seqzoo.list_models()
+        close = difflib.get_close_matches(args.pattern, every, n=3)
+        hint = f" Did you mean {', '.join(map(repr, close))}?" if close else ""
+        raise ValueError(f"no preset matches {args.pattern!r}.{hint} Patterns are shell-style ('lstm-*', '*tiny'); "
+                         f"presets: {', '.join(every)}")
     rows = []
-    for name in seqzoo.list_models(args.pattern):
+    for name in names:
         spec, values = preset_values(name)
         config = spec.config_class(**values)
-        params = _count_parameters(spec, config) if args.params else None
-        rows.append((name, spec.name, config.hidden_size, config.num_hidden_layers, params,
-                     config.state_bytes_per_sequence(), config.kv_bytes_per_token()))
+        row = [name, spec.name, config.hidden_size, config.num_hidden_layers]
+        if args.params:
+            row.append(f"{preset_parameter_count(name):,}")
+        rows.append(row + [f"{config.state_bytes_per_sequence():,}", f"{config.kv_bytes_per_token():,}"])
     header = ["preset", "architecture", "hidden", "layers"] + (["params"] if args.params else []) + [
         "state bytes/seq", "KV bytes/token"]
-    table = [[r[0], r[1], r[2], r[3]] + ([f"{r[4]:,}"] if args.params else []) + [f"{r[5]:,}", f"{r[6]:,}"]
-             for r in rows]
-    _print_table(header, table)
+    print_table(header, rows)
     return 0
-
-
-def _count_parameters(spec: Any, config: Any) -> int:
-    import torch
-
-    with torch.device("meta"):
-        model = spec.default_head(config)
-    return sum(p.numel() for p in model.parameters())
 
 
 def cmd_kernels(args: argparse.Namespace) -> int:
     import seqzoo
-    from seqzoo.kernels.registry import KernelError, check_environment
+    from seqzoo.kernels.registry import check_environment
 
-    rows = [[r["op"], r["backend"], r["priority"], "yes" if r["available"] else "no",
-             ("forced" if r["forced"] else "yes") if r["selected"] else "", r["description"]]
-            for r in seqzoo.list_kernels()]
-    _print_table(["op", "backend", "priority", "available", "selected", "notes"], rows)
-    try:
-        check_environment()  # a misspelt SEQZOO_KERNELS entry would make every kernel call raise
-    except KernelError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    rows, reasons = [], {}  # reason -> footnote number
+    for r in seqzoo.list_kernels():
+        available = "yes" if r["available"] else "no"
+        reason = "" if r["available"] else _unavailable_reason(r["backend"])
+        if reason:
+            available = f"no [{reasons.setdefault(reason, len(reasons) + 1)}]"
+        rows.append([r["op"], r["backend"], r["priority"], available,
+                     ("forced" if r["forced"] else "yes") if r["selected"] else "", r["description"]])
+    print_table(["op", "backend", "priority", "available", "selected", "notes"], rows)
+    for reason, mark in reasons.items():
+        print(f"[{mark}] {reason}")
+    check_environment()  # a misspelt SEQZOO_KERNELS entry would make every kernel call raise: one error line
     return 0
+
+
+def _unavailable_reason(backend: str) -> str:
+    if backend != "triton":
+        return ""
+    import torch
+
+    from seqzoo.kernels.triton_support import triton_installed
+
+    if not triton_installed():
+        return "Triton is not installed (pip install 'seqzoo[triton]'), and the Triton kernels need a CUDA GPU"
+    if not torch.cuda.is_available():
+        return "the Triton kernels need a CUDA GPU and torch sees none here (CPU runs use the chunked backends)"
+    return ""
 
 
 def cmd_new(args: argparse.Namespace) -> int:
     import torch
 
     import seqzoo
+    from seqzoo.utils import count_parameters
 
-    torch.manual_seed(args.seed)
-    model = seqzoo.create_model(args.preset, **parse_overrides(args.set))
     out = Path(args.directory)
     if out.exists() and not out.is_dir():
-        raise SystemExit(f"error: {out} exists and is not a folder")
+        raise ValueError(f"{str(out)!r} is a file, not a folder")
     occupied = out.exists() and any(out.iterdir())
     if occupied and not args.force:
-        raise SystemExit(f"error: {out} exists and is not empty (pass --force to write into it)")
+        raise ValueError(f"{str(out)!r} exists and is not empty (pass --force to write into it)")
     from seqzoo.outputs import describe, staged_folder
 
+    torch.manual_seed(args.seed)
+    model = seqzoo.create_model(args.preset, **parse_overrides(args.set, "--set"))
     try:
         # Built beside `out` and moved into place whole, so a failure never leaves a config.json without weights.
         with staged_folder(out, merge=occupied) as staging:
             save_with_tokenizer(model, staging)
     except OSError as err:
-        raise SystemExit(f"error: {describe(err)}") from err
-    params = sum(p.numel() for p in model.parameters())
-    print(f"saved {args.preset} ({type(model).__name__}, {params:,} parameters) to {out}")
+        raise ValueError(describe(err)) from err
+    print(f"saved {args.preset} ({type(model).__name__}, {count_parameters(model):,} parameters) to {out}")
     return 0
 
 
@@ -114,43 +134,121 @@ def save_with_tokenizer(model: Any, directory: Path) -> None:
     tokenizer.save_pretrained(directory)
 
 
+def check_generation_args(args: argparse.Namespace) -> None:
+    """Refuse values generate() would reject deep inside, or silently ignore."""
+    if args.max_new_tokens < 1:
+        raise ValueError(f"--max-new-tokens={args.max_new_tokens} is invalid: must be >= 1")
+    if args.num_beams < 1:
+        raise ValueError(f"--num-beams={args.num_beams} is invalid: must be >= 1 (1 = no beam search)")
+    if not args.temperature >= 0:  # also catches NaN
+        raise ValueError(f"--temperature={args.temperature} is invalid: must be >= 0 (0 = greedy)")
+    if args.top_p is not None and not 0 < args.top_p <= 1:
+        raise ValueError(f"--top-p={args.top_p} is invalid: must be in (0, 1]")
+    if args.top_k is not None and args.top_k < 0:
+        raise ValueError(f"--top-k={args.top_k} is invalid: must be >= 0 (0 = no top-k filter)")
+    if args.temperature == 0:
+        given = [flag for flag, value in (("--top-p", args.top_p), ("--top-k", args.top_k)) if value is not None]
+        if given:
+            raise ValueError(f"{' and '.join(given)} only apply when sampling; add --temperature T (> 0), "
+                             f"e.g. --temperature 0.8")
+    if args.temperature > 0 and args.num_beams > 1:
+        raise ValueError("--num-beams and --temperature together would be beam sampling, which seqzoo's CLI does "
+                         "not offer; use one of them")
+
+
+def resolve_device(name: str) -> str:
+    import torch
+
+    try:
+        device = torch.device(name)
+    except RuntimeError as err:
+        raise ValueError(f"--device {name!r} is not a device name (cpu, cuda, cuda:1, mps): {err}") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"--device {name}: torch sees no CUDA GPU on this machine (torch {torch.__version__}); "
+                         f"use --device cpu")
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise ValueError(f"--device {name}: this machine has {torch.cuda.device_count()} CUDA device(s), "
+                         f"numbered from 0")
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise ValueError(f"--device {name}: MPS is not available on this machine; use --device cpu")
+    return name
+
+
+def check_model_source(source: str) -> None:
+    """A source that is not a folder here must look like a Hub id (owner/name); else it is a mistyped folder."""
+    path = Path(source)
+    if path.is_dir():
+        if not (path / "config.json").is_file():
+            raise ValueError(f"{source!r} holds no config.json, so it is no saved model (`seqzoo new`, `seqzoo "
+                             f"train` and save_pretrained write one)")
+        return
+    if path.exists():
+        raise ValueError(f"{source!r} is a file; give the folder that holds config.json and the weights")
+    parts = source.split("/")
+    looks_like_hub_id = (len(parts) == 2 and all(parts) and not source.startswith((".", "~"))
+                         and "\\" not in source and not Path(parts[0]).is_dir())
+    if not looks_like_hub_id:
+        near = ""
+        parent = path.parent if str(path.parent) else Path(".")
+        if parent.is_dir():
+            import difflib
+
+            siblings = [p.name for p in parent.iterdir() if p.is_dir()]
+            close = difflib.get_close_matches(path.name, siblings, n=3)
+            near = f" Did you mean {', '.join(repr(str(parent / c)) for c in close)}?" if close else ""
+        raise ValueError(f"no folder {source!r} here.{near} (A Hub model is named owner/name.)")
+
+
 def cmd_generate(args: argparse.Namespace) -> int:
     import torch
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSeq2SeqLM, TextStreamer
+    from transformers import (
+        AutoConfig,
+        AutoModelForCausalLM,
+        AutoModelForSeq2SeqLM,
+        TextStreamer,
+    )
 
     import seqzoo  # noqa: F401  (registers the architectures)
-    from seqzoo.tokenizer import load_tokenizer
     from seqzoo.kernels import set_backend
+    from seqzoo.tokenizer import load_tokenizer
 
-    for op, backend in parse_overrides(args.kernel).items():
+    check_generation_args(args)
+    device = resolve_device(args.device)
+    check_model_source(args.model)
+    for op, backend in parse_overrides(args.kernel, "--kernel").items():
         set_backend(op, str(backend))
     torch.manual_seed(args.seed)
     source = args.model
     try:
-        seq2seq = getattr(AutoConfig.from_pretrained(source), "is_encoder_decoder", False)
-        auto = AutoModelForSeq2SeqLM if seq2seq else AutoModelForCausalLM
-        model = auto.from_pretrained(source, dtype=_dtype(args.dtype)).to(args.device).eval()
-        tokenizer = load_tokenizer(source)
+        with quiet_transformers():
+            seq2seq = getattr(AutoConfig.from_pretrained(source), "is_encoder_decoder", False)
+            auto = AutoModelForSeq2SeqLM if seq2seq else AutoModelForCausalLM
+            model = auto.from_pretrained(source, dtype=_dtype(args.dtype)).to(device).eval()
+            tokenizer = load_tokenizer(source)
     except (OSError, ValueError) as err:
-        raise SystemExit(f"error: cannot load a model and tokenizer from {source!r}: {err}") from err
-    inputs = tokenizer(args.prompt, return_tensors="pt").to(args.device)
+        where = "the folder" if Path(source).is_dir() else "the Hub repository"
+        first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise ValueError(f"cannot load a model and tokenizer from {where} {source!r}: {first_line}") from err
+    inputs = tokenizer(args.prompt, return_tensors="pt").to(device)
     if inputs["input_ids"].shape[1] == 0:
-        raise SystemExit("error: the prompt is empty")
+        raise ValueError("the prompt is empty: give at least one character")
     if args.show_attention or args.attention_plot or args.target is not None:
         if not seq2seq:
-            raise SystemExit("error: --show-attention, --attention-plot and --target need an encoder-decoder "
-                             f"(seq2seq) model; {source!r} holds a {model.config.model_type} language model")
-        return _show_attention(model, tokenizer, args)
+            raise ValueError("--show-attention, --attention-plot and --target need an encoder-decoder (seq2seq) "
+                             f"model; {source!r} holds a {model.config.model_type} language model")
+        with quiet_transformers():
+            return _show_attention(model, tokenizer, args)
     sample = args.temperature > 0
     kwargs = dict(max_new_tokens=args.max_new_tokens, num_beams=args.num_beams, do_sample=sample,
                   pad_token_id=tokenizer.pad_token_id)
     if sample:
-        kwargs.update(temperature=args.temperature, top_p=args.top_p, top_k=args.top_k)
+        kwargs.update(temperature=args.temperature, top_p=1.0 if args.top_p is None else args.top_p,
+                      top_k=0 if args.top_k is None else args.top_k)
     # An encoder-decoder's output is the target alone, which starts with the decoder's start token.
     decode = {"skip_special_tokens": True} if seq2seq else {}
     streamer = (TextStreamer(tokenizer, skip_prompt=False, **decode)
                 if args.num_beams == 1 and not args.no_stream else None)
-    with torch.no_grad():
+    with torch.no_grad(), quiet_transformers():
         output = model.generate(**inputs, streamer=streamer, **kwargs)
     if streamer is None:
         print(tokenizer.decode(output[0], skip_special_tokens=True))
@@ -171,49 +269,82 @@ def _show_attention(model: Any, tokenizer: Any, args: argparse.Namespace) -> int
     return 0
 
 
+class quiet_transformers:
+    """transformers' deprecation warnings and log lines would land in the middle of streamed text."""
+
+    def __enter__(self) -> None:
+        import warnings
+
+        from transformers.utils import logging as hf_logging
+
+        self._warnings = warnings.catch_warnings()
+        self._warnings.__enter__()
+        warnings.simplefilter("ignore", FutureWarning)
+        warnings.simplefilter("ignore", DeprecationWarning)
+        warnings.simplefilter("ignore", UserWarning)
+        self._verbosity = hf_logging.get_verbosity()
+        self._bars = hf_logging.is_progress_bar_enabled()
+        hf_logging.set_verbosity_error()
+        hf_logging.disable_progress_bar()
+
+    def __exit__(self, *exc: Any) -> None:
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.set_verbosity(self._verbosity)
+        if self._bars:
+            hf_logging.enable_progress_bar()
+        self._warnings.__exit__(*exc)
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
-    """Build a tiny model of every registered architecture and generate from each (untrained: the text is noise;
-    the point is that every architecture runs end to end through the same transformers API)."""
+    """Build the smallest model of every registered architecture and generate from each (untrained: the text is
+    noise; the point is that every architecture runs end to end through the same transformers API)."""
     import time
 
     import torch
 
     import seqzoo
+    from seqzoo.registry import smallest_preset
     from seqzoo.tokenizer import byte_tokenizer
+    from seqzoo.utils import count_parameters
 
+    if args.max_new_tokens < 2:
+        raise ValueError(f"--max-new-tokens={args.max_new_tokens} is invalid: must be >= 2 (the first token is "
+                         f"the warm-up)")
     tokenizer = byte_tokenizer()
     inputs = tokenizer(args.prompt, return_tensors="pt")
+    if inputs["input_ids"].shape[1] == 0:
+        raise ValueError("--prompt is empty: give at least one character")
     rows = []
     for arch in seqzoo.list_architectures():
-        presets = seqzoo.list_models(f"{arch}-*")
-        preset = next((p for p in presets if p.endswith("-tiny")), presets[0] if presets else None)
-        if preset is None:
-            continue
+        preset = smallest_preset(arch)
         torch.manual_seed(args.seed)
         model = seqzoo.create_model(preset).eval()
-        start = time.perf_counter()
-        with torch.no_grad():
-            output = model.generate(**inputs, max_new_tokens=args.max_new_tokens, do_sample=False,
-                                    pad_token_id=tokenizer.pad_token_id)
-        elapsed = time.perf_counter() - start
+        greedy = dict(do_sample=False, pad_token_id=tokenizer.pad_token_id)
+        with torch.no_grad(), quiet_transformers():
+            start = time.perf_counter()
+            model.generate(**inputs, max_new_tokens=1, **greedy)  # warm-up, and the prompt's own cost
+            first = time.perf_counter() - start
+            start = time.perf_counter()
+            output = model.generate(**inputs, max_new_tokens=args.max_new_tokens, **greedy)
+            elapsed = time.perf_counter() - start
+        decode_ms = 1000 * max(elapsed - first, 0.0) / (args.max_new_tokens - 1)
         new_tokens = output[0] if model.config.is_encoder_decoder else output[0, inputs["input_ids"].shape[1]:]
         text = tokenizer.decode(new_tokens, skip_special_tokens=True)
-        params = sum(p.numel() for p in model.parameters())
-        rows.append([preset, f"{params:,}", f"{1000 * elapsed / args.max_new_tokens:.1f}", repr(text[:40])])
-    _print_table(["preset", "params", "ms/token", "greedy continuation (untrained)"], rows)
+        rows.append([preset, f"{count_parameters(model):,}", f"{decode_ms:.1f}", repr(text[:40])])
+    print_table(["preset", "params", "decode ms/token", "greedy continuation (untrained)"], rows)
+    print(f"decode ms/token: the time of tokens 2..{args.max_new_tokens}, after the prompt and the first token, "
+          f"on {torch.get_num_threads()} thread(s).")
     return 0
 
 
 def _dtype(name: str) -> Any:
     import torch
 
-    allowed = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-    if name not in allowed:
-        raise SystemExit(f"error: unknown --dtype {name!r}; allowed: {', '.join(allowed)}")
-    return allowed[name]
+    return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[name]
 
 
-def _print_table(header: list[str], rows: list[list[Any]]) -> None:
+def print_table(header: list[str], rows: list[list[Any]]) -> None:
     widths = [max(len(str(x)) for x in column) for column in zip(header, *rows)] if rows else [len(h) for h in header]
     print("  ".join(str(h).ljust(w) for h, w in zip(header, widths)).rstrip())
     print("  ".join("-" * w for w in widths))
@@ -222,38 +353,58 @@ def _print_table(header: list[str], rows: list[list[Any]]) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="seqzoo", description=__doc__)
-    sub = parser.add_subparsers(dest="command", required=True)
+    parser = argparse.ArgumentParser(prog="seqzoo", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--version", action="version", version=f"seqzoo {installed_version()}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    p = sub.add_parser("list", help="list model presets")
-    p.add_argument("pattern", nargs="?", default=None, help="shell-style filter, e.g. 'lstm-*'")
+    p = sub.add_parser("list", help="list model presets", description="List model presets with their sizes, the "
+                       "state a sequence carries between tokens and the KV cache bytes per token.")
+    p.add_argument("pattern", nargs="?", default=None, help="shell-style filter, e.g. 'lstm-*' or '*tiny'")
     p.add_argument("--params", action="store_true", help="also count parameters")
     p.set_defaults(func=cmd_list)
 
-    p = sub.add_parser("kernels", help="list kernel ops, their backends and the one selected here")
+    p = sub.add_parser("kernels", help="list kernel ops, their backends and the one selected here",
+                       description="List every kernel op and backend, whether it can run here (and why not) and "
+                                   "which one a call on this machine's default device gets.")
     p.set_defaults(func=cmd_kernels)
 
-    p = sub.add_parser("new", help="create a randomly initialised model from a preset and save it with its tokenizer")
-    p.add_argument("preset")
-    p.add_argument("directory")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="config overrides")
-    p.add_argument("--force", action="store_true", help="write into a non-empty directory")
+    p = sub.add_parser("new", help="create a randomly initialised model from a preset and save it with its tokenizer",
+                       description="Create a randomly initialised model from a preset and save it, with the byte "
+                                   "tokenizer and a generation config, so `seqzoo generate`, `seqzoo train` and "
+                                   "AutoModelForCausalLM.from_pretrained take the folder as it is.")
+    p.add_argument("preset", help="a model preset from `seqzoo list`, e.g. lstm-small")
+    p.add_argument("directory", help="folder to write (created; must be empty unless --force)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the random initialisation (default: 0)")
+    p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
+                   help="config field overrides, e.g. --set hidden_size=128 dropout=0.1")
+    p.add_argument("--force", action="store_true", help="write into a folder that is not empty")
     p.set_defaults(func=cmd_new)
 
     p = sub.add_parser("generate", help="generate text from a saved model (folder or Hub repo id); for a seq2seq "
-                       "model the prompt is the source")
-    p.add_argument("model")
-    p.add_argument("prompt")
-    p.add_argument("--max-new-tokens", type=int, default=64)
-    p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
-    p.add_argument("--top-p", type=float, default=1.0)
-    p.add_argument("--top-k", type=int, default=50)
-    p.add_argument("--num-beams", type=int, default=1)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--dtype", default="float32")
-    p.add_argument("--kernel", nargs="*", default=[], metavar="OP=BACKEND", help="force kernel backends")
+                       "model the prompt is the source",
+                       description="Generate text from a model folder (written by `seqzoo new`, `seqzoo train` or "
+                                   "save_pretrained) or a Hub repository id (owner/name). Greedy by default; "
+                                   "--temperature > 0 samples (then --top-p and --top-k apply); --num-beams > 1 "
+                                   "runs beam search. For an encoder-decoder (seq2seq) model the prompt is the "
+                                   "source, and --show-attention shows what each target token attends to.")
+    p.add_argument("model", help="a model folder, or a Hub repository id owner/name")
+    p.add_argument("prompt", help="the text to continue")
+    p.add_argument("--max-new-tokens", type=int, default=64, help="tokens to generate (default: 64)")
+    p.add_argument("--temperature", type=float, default=0.0,
+                   help="0 = greedy (default); > 0 samples with this temperature")
+    p.add_argument("--top-p", type=float, default=None,
+                   help="nucleus sampling: keep the most likely tokens up to this probability mass, in (0, 1] "
+                        "(sampling only; default 1 = off)")
+    p.add_argument("--top-k", type=int, default=None,
+                   help="keep only the k most likely tokens (sampling only; default 0 = off)")
+    p.add_argument("--num-beams", type=int, default=1, help="beam search with this many beams (default: 1 = none)")
+    p.add_argument("--seed", type=int, default=0, help="seed for sampling (default: 0)")
+    p.add_argument("--device", default="cpu", help="cpu (default), cuda, cuda:N or mps")
+    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"],
+                   help="dtype to load the weights in (default: float32)")
+    p.add_argument("--kernel", nargs="*", default=[], metavar="OP=BACKEND",
+                   help="force kernel backends, e.g. --kernel lstm=reference (see `seqzoo kernels`)")
     p.add_argument("--no-stream", action="store_true", help="print once at the end instead of streaming")
     p.add_argument("--show-attention", action="store_true",
                    help="seq2seq models: print which source tokens each generated token attends to")
@@ -261,32 +412,86 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--target", help="seq2seq models: show the attention of this target instead of a generated one")
     p.set_defaults(func=cmd_generate)
 
-    p = sub.add_parser("demo", help="build a tiny model of every architecture and generate from each")
-    p.add_argument("--prompt", default="How does a network remember? ")
-    p.add_argument("--max-new-tokens", type=int, default=24)
-    p.add_argument("--seed", type=int, default=0)
+    p = sub.add_parser("demo", help="build a tiny model of every architecture and generate from each",
+                       description="Build the smallest preset of every registered architecture, untrained, and "
+                                   "generate from each: the text is noise; the point is that every architecture "
+                                   "runs end to end through the same transformers API. The timing is decode only "
+                                   "(the prompt and the first token are timed apart).")
+    p.add_argument("--prompt", default="How does a network remember? ", help="text to continue")
+    p.add_argument("--max-new-tokens", type=int, default=24, help="tokens to generate per model (default: 24)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the random initialisation (default: 0)")
     p.set_defaults(func=cmd_demo)
 
     for module_name in COMMAND_MODULES:
         register: Callable[[Any], None] = getattr(importlib.import_module(module_name), "register")
         register(sub)
+    _add_debug_flag(parser)
     return parser
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    try:
-        return args.func(args)
-    except ValueError as err:  # bad user input from the library: print it plainly
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    except RuntimeError as err:
-        from seqzoo.kernels.registry import KernelError  # imported already if it raised: no cost for other errors
+def _add_debug_flag(parser: argparse.ArgumentParser) -> None:
+    """--debug on every (sub-)command, so it may go anywhere on the line."""
+    parser.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
+                        help=f"show the full traceback of an error (or set {DEBUG_ENV}=1)")
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for child in set(action.choices.values()):
+                _add_debug_flag(child)
 
-        if not isinstance(err, KernelError):
+
+def debug_requested(args: argparse.Namespace | None = None) -> bool:
+    raw = os.environ.get(DEBUG_ENV, "").strip().lower()
+    if raw not in ("", "0", "1", "false", "true"):
+        raise ValueError(f"{DEBUG_ENV}={os.environ[DEBUG_ENV]!r} is invalid: 1 (show tracebacks) or 0")
+    return raw in ("1", "true") or bool(getattr(args, "debug", False))
+
+
+def main(argv: list[str] | None = None, *, before_command: Callable[[], None] | None = None) -> int:
+    """Parse ``argv`` and run the command. ``before_command`` runs between the two (the console script imports
+    the package there, so that --help and --version answer without torch)."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = build_parser().parse_args(argv)
+    args.argv = argv  # the exact command line, for reports that say what produced them
+    try:
+        debug = debug_requested(args)
+    except ValueError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return EXIT_USAGE
+    try:
+        if before_command is not None:
+            before_command()
+        return args.func(args)
+    except KeyboardInterrupt:
+        if debug:
             raise
-        print(f"error: {err}", file=sys.stderr)  # a kernel backend name that does not exist or cannot run here
-        return 2
+        hint = INTERRUPT_HINTS.get(args.command)
+        print("\ninterrupted" + (f"; {hint}" if hint else ""), file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except Exception as err:  # noqa: BLE001 -- one line for the user; --debug shows the traceback
+        if debug:
+            raise
+        print(f"error: {describe_error(err)}", file=sys.stderr)
+        if not is_user_error(err):
+            print(f"(an unexpected {type(err).__name__}; run again with --debug for the traceback and report it)",
+                  file=sys.stderr)
+            return EXIT_INTERNAL
+        return EXIT_USAGE
+
+
+def is_user_error(err: BaseException) -> bool:
+    """Errors that mean the input was wrong (bad values, files, backends), not that seqzoo is broken."""
+    from seqzoo.kernels.registry import KernelError
+
+    return isinstance(err, (ValueError, KernelError, OSError))
+
+
+def describe_error(err: BaseException) -> str:
+    text = str(err).strip()
+    if isinstance(err, OSError) and err.filename is not None and err.strerror:
+        return f"{err.strerror}: {str(err.filename)!r}"
+    if not text:
+        return type(err).__name__
+    return " ".join(text.splitlines()) if len(text) < 400 else text.splitlines()[0]
 
 
 if __name__ == "__main__":

@@ -209,6 +209,36 @@ def create_model(name: str, task: str | None = None, **overrides: Any) -> Any:
     return spec.heads[task](config)
 
 
+def architecture_presets(architecture: str) -> list[str]:
+    """The presets of ``architecture`` (``"rnn"`` -> rnn-tiny, rnn-relu-small, ...; never another architecture's)."""
+    get_architecture(architecture)  # an unknown name raises with the registered ones
+    return [name for name in list_models() if preset_values(name)[0].name == architecture]
+
+
+def preset_parameter_count(name: str, **overrides: Any) -> int:
+    """Parameters of preset ``name``, counted on the meta device (no memory allocated, no weights initialised)."""
+    import torch
+
+    from seqzoo.utils import count_parameters
+
+    config = get_config(name, **overrides)
+    with torch.device("meta"):
+        model = architecture_for_model_type(config.model_type).default_head(config)
+    return count_parameters(model)
+
+
+def smallest_preset(architecture: str | None = None, *, among: list[str] | None = None) -> str:
+    """The preset with the fewest parameters: of ``architecture``, or ``among`` the given names (ties: by name).
+
+    The one rule every "a small model of each architecture" place uses (the lab, ``seqzoo demo``, the tests).
+    """
+    names = list(among) if among is not None else architecture_presets(architecture or "")
+    if not names:
+        raise ValueError(f"architecture {architecture!r} has no preset; add configs/{architecture}-tiny.json or "
+                         f"declare presets in its ModelSpec")
+    return min(names, key=lambda name: (preset_parameter_count(name), name))
+
+
 def _unknown(what: str, value: str, allowed: list[str]) -> str:
     close = difflib.get_close_matches(value, allowed, n=3)
     hint = f" Did you mean {', '.join(map(repr, close))}?" if close else ""

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import seqzoo
-from seqzoo.registry import architecture_for_model_type, preset_values
+from seqzoo.registry import architecture_for_model_type, preset_values, smallest_preset
 
 # Tiny, deliberately odd sizes so shape bugs cannot hide behind powers of two.
 TINY = dict(vocab_size=99, hidden_size=32, num_hidden_layers=2, pad_token_id=0, bos_token_id=1, eos_token_id=2)
@@ -28,20 +28,15 @@ TINY_OVERRIDES = {
                      "tie_word_embeddings": True},
 }
 SIZE_SUFFIX = re.compile(r"-(tiny|small|medium|large|base|\d+[mkb])$")
-SIZE_ORDER = ["tiny", "small", "base", "medium", "large"]
 
 
 def preset_families() -> dict[str, str]:
     """family name -> its smallest preset (``lstm`` -> ``lstm-tiny``, ``transformer-gpt2`` -> ``...-small``)."""
-    best: dict[str, tuple[int, str]] = {}
+    families: dict[str, list[str]] = {}
     for name in seqzoo.list_models():
         match = SIZE_SUFFIX.search(name)
-        family = name[: match.start()] if match else name
-        size = match.group(1) if match else ""
-        rank = SIZE_ORDER.index(size) if size in SIZE_ORDER else len(SIZE_ORDER)
-        if family not in best or rank < best[family][0]:
-            best[family] = (rank, name)
-    return {family: name for family, (_, name) in sorted(best.items())}
+        families.setdefault(name[: match.start()] if match else name, []).append(name)
+    return {family: smallest_preset(among=names) for family, names in sorted(families.items())}
 
 
 # The shared tests of the language models (forward, generation, padding, caches, truncated BPTT, ...) enrol every

@@ -283,8 +283,8 @@ def usage_section(repo_id: str, task: str = "causal-lm") -> str:
     # AutoTokenizer reads config.json as well, and without the flag it would stop to ask about the auto_map.
     remote = snippet("", ", trust_remote_code=True")
     text = (
-        "With seqzoo installed (from its source, `pip install -e .` in a seqzoo checkout: it is not on a package "
-        "index), its own classes and kernels load the checkpoint:\n\n"
+        "With seqzoo installed (from its source tree: `pip install -e .`; seqzoo is not on PyPI), its own classes "
+        "and kernels load the checkpoint:\n\n"
         f"```python\n{native}```\n\n"
         "With only `torch` and `transformers`, the code bundled in this repository loads it:\n\n"
         f"```python\n{remote}```"

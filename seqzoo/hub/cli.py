@@ -25,7 +25,7 @@ def register(subparsers: Any) -> None:
                    help="rewrite only the bundled code of this existing repository (no model folder needed)")
     p.add_argument("--private", action="store_true", help="create the repository as private (if it is new)")
     p.add_argument("--revision", default=None, help="branch to commit to, created from main if missing")
-    p.add_argument("--commit-message", default=None)
+    p.add_argument("--commit-message", default=None, help="message of the upload commit (default: names the model)")
     p.add_argument("--license", default=DEFAULT_LICENSE,
                    help=f"license id for the model card (default {DEFAULT_LICENSE})")
     p.add_argument("--dry-run", action="store_true", help="only build the repository folder (needs --output)")

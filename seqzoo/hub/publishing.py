@@ -22,7 +22,6 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from seqzoo.hub.bundle import RECORD_FILE, build_bundle, bundle_record
-from seqzoo.tokenizer import load_tokenizer
 from seqzoo.outputs import staged_folder
 from seqzoo.hub.cards import (
     DEFAULT_LICENSE,
@@ -209,6 +208,8 @@ def _load_checkpoint(source: Any, tokenizer: Any, training: dict[str, Any] | Non
         head = next((cls for cls in spec.heads.values() if cls.__name__ == saved_as), spec.causal_lm_class)
         model = head.from_pretrained(folder, dtype="auto")
         if tokenizer is None:
+            from seqzoo.tokenizer import load_tokenizer  # (transformers: imported only when publishing)
+
             tokenizer = load_tokenizer(folder)
         if training is None:
             training = load_training_record(folder)

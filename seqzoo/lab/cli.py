@@ -1,34 +1,62 @@
-"""``seqzoo lab`` (train, measure, report) and ``seqzoo lab gradients`` (gradient reach at initialisation)."""
+"""``seqzoo lab`` (train, measure, report), ``seqzoo lab gradients`` (gradient reach at initialisation) and
+``seqzoo lab sweep`` (the learning-rate sweep behind the lab's recipes)."""
 
 from __future__ import annotations
 
 import argparse
+import shlex
 from pathlib import Path
 from typing import Any
+
+# The memory tasks, by name (seqzoo.training.data.TASKS, which a test keeps equal). Spelled out here so that the
+# parser, and `seqzoo lab --help`, need no torch.
+TASK_NAMES = ("copy", "selective_copy", "associative_recall", "induction")
+ARCHITECTURES_HELP = ("architectures to include (default: every registered one; the names in the architecture column "
+                      "of `seqzoo list`: rnn lstm gru transformer rwkv7 mamba mamba2, and any plugin's)")
+
+DESCRIPTION = """\
+How does each architecture remember, and at what cost? Trains a tiny model of every registered architecture on
+copy, selective copy, associative recall and induction at growing distances (three seeds each) and on byte-level
+text, times decoding, weighs the state, measures gradients, and writes report.md with plots. About 6 minutes on a
+2-core CPU machine. Each architecture trains with its own learning rate from the lab's recipes
+(seqzoo/lab/recipes.py, measured by `seqzoo lab sweep`).
+
+A folder that already holds a finished report is never replaced unless --force is given."""
 
 
 def register(subparsers: Any) -> None:
     p = subparsers.add_parser(
         "lab", help="train tiny models of every architecture on memory tasks and text; write a report",
-        description="How does each architecture remember, at what cost? Trains a tiny model of every registered "
-                    "architecture on copy / selective copy / associative recall / induction at growing distances "
-                    "and on byte-level text, times decoding, measures gradients, and writes report.md + plots.")
-    p.add_argument("--out", default="lab-report", help="report folder (default: lab-report)")
-    p.add_argument("--smoke", action="store_true", help="a seconds-long run of every code path (for CI)")
-    _common(p)
-    p.add_argument("--tasks", nargs="+", help="memory tasks (default: all)")
-    p.add_argument("--distances", nargs="+", type=int, help="distances in tokens (default: 4 16 64)")
-    p.add_argument("--steps", type=int, help="training steps per memory-task model (default: 250)")
-    p.add_argument("--text-steps", type=int, help="training steps per text model (default: 250)")
-    p.add_argument("--lr", type=float, help="learning rate of every run (default: 3e-3)")
-    p.add_argument("--workers", type=int, help="parallel single-threaded training processes (default: one per core)")
+        description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--out", default=None,
+                   help="report folder (default: lab-report, or lab-report-smoke with --smoke)")
+    p.add_argument("--force", action="store_true", help="replace the report already in --out")
+    p.add_argument("--smoke", action="store_true", help="a seconds-long run of every code path (for CI); its "
+                   "figures mean nothing")
+    p.add_argument("--architectures", nargs="+", metavar="ARCH", help=ARCHITECTURES_HELP)
+    p.add_argument("--tasks", nargs="+", choices=TASK_NAMES, metavar="TASK",
+                   help=f"memory tasks (default: all: {' '.join(TASK_NAMES)})")
+    p.add_argument("--distances", nargs="+", type=int, metavar="D",
+                   help="distances in tokens between what is stored and when it is asked for (default: 4 16 64)")
+    p.add_argument("--seeds", nargs="+", type=int, metavar="SEED",
+                   help="seeds of the memory-task models; the spread across them is reported (default: 0 1 2)")
+    p.add_argument("--steps", type=int,
+                   help="training steps of every memory-task model (default: per task, from the lab's recipes)")
+    p.add_argument("--text-steps", type=int, help="training steps of every text model (default: from the recipes)")
+    p.add_argument("--lr", type=float,
+                   help="one learning rate for every run (default: each architecture's rate from the recipes)")
+    p.add_argument("--workers", type=int,
+                   help="parallel single-threaded training processes (default: one per core, at most 8)")
     p.set_defaults(func=cmd_lab)
 
-    sub = p.add_subparsers(dest="lab_command")
-    g = sub.add_parser("gradients", help="‖d loss(last) / d input(t)‖ against distance, for every architecture")
+    sub = p.add_subparsers(dest="lab_command", metavar="[gradients | sweep]",
+                           description="or, instead of the whole lab:")
+    g = sub.add_parser("gradients", help="‖∂ loss(last) / ∂ input(t)‖ against distance, for every architecture",
+                       description="How far back does the gradient reach at initialisation? Seconds of work.")
     g.add_argument("--out", default="lab-gradients", help="folder for gradients.md and gradients.png")
     g.add_argument("--length", type=int, default=256, help="sequence length in tokens (default: 256)")
-    _common(g)
+    g.add_argument("--architectures", nargs="+", metavar="ARCH", help=ARCHITECTURES_HELP)
+    g.add_argument("--seed", type=int, default=0, help="seed of the model and the input (default: 0)")
     g.set_defaults(func=cmd_gradients)
 
     s = sub.add_parser("seq2seq", help="encoder-decoders with and without attention on growing sources: the "
@@ -42,22 +70,47 @@ def register(subparsers: Any) -> None:
     s.add_argument("--seed", type=int, default=None, help="seed (default: 0)")
     s.set_defaults(func=cmd_seq2seq)
 
+    s = sub.add_parser("sweep", help="the learning-rate sweep behind the lab's recipes (about an hour on 2 cores)",
+                       description="Train every architecture at each learning rate on every memory task (at the "
+                                   "lab's longest distance) and on text, one seed, and print the rates to keep in "
+                                   "seqzoo/lab/recipes.py. Writes sweep.md and sweep.json.")
+    s.add_argument("--out", default="lab-sweep", help="folder for sweep.md and sweep.json (default: lab-sweep)")
+    s.add_argument("--force", action="store_true", help="replace the sweep already in --out")
+    s.add_argument("--architectures", nargs="+", metavar="ARCH", help=ARCHITECTURES_HELP)
+    s.add_argument("--rates", nargs="+", type=float, metavar="LR", help="learning rates (default: 3e-3 1e-2 3e-2)")
+    s.add_argument("--workers", type=int, help="parallel single-threaded training processes")
+    s.add_argument("--device", default="cpu", choices=["cpu", "cuda"],
+                   help="where the runs train (default: cpu; rates found on cuda carry over: same models, same data)")
+    s.add_argument("--deadline-minutes", type=float, default=0.0,
+                   help="stop queueing runs after this long and report what ran (default: no deadline)")
+    s.set_defaults(func=cmd_sweep)
 
-def _common(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--architectures", nargs="+", help="architectures to include (default: every registered one)")
-    p.add_argument("--seed", type=int, default=None, help="seed (default: 0)")
+
+def command_line(args: argparse.Namespace) -> str:
+    return "seqzoo " + shlex.join(getattr(args, "argv", None) or ["lab"])
 
 
 def cmd_lab(args: argparse.Namespace) -> int:
     from seqzoo.lab.runner import LabConfig, run_lab
 
     chosen = {"architectures": args.architectures, "tasks": args.tasks, "distances": args.distances,
-              "task_steps": args.steps, "text_steps": args.text_steps, "workers": args.workers, "seed": args.seed,
-              "lr": args.lr}
+              "seeds": args.seeds, "task_steps": args.steps, "text_steps": args.text_steps, "lr": args.lr,
+              "workers": args.workers}
     chosen = {k: v for k, v in chosen.items() if v is not None}
     cfg = LabConfig.smoke(**chosen) if args.smoke else LabConfig(**chosen)
-    results = run_lab(cfg, args.out)
+    out = args.out or ("lab-report-smoke" if args.smoke else "lab-report")
+    results = run_lab(cfg, out, command=command_line(args), force=args.force)
     return 1 if any(not run["ok"] for run in results["runs"]) else 0
+
+
+def cmd_sweep(args: argparse.Namespace) -> int:
+    from seqzoo.lab.sweep import SweepConfig, run_sweep
+
+    chosen = {"architectures": args.architectures, "rates": args.rates, "workers": args.workers,
+              "device": args.device, "deadline_seconds": 60 * args.deadline_minutes}
+    cfg = SweepConfig(**{k: v for k, v in chosen.items() if v is not None})
+    run_sweep(cfg, args.out, command=command_line(args), force=args.force)
+    return 0
 
 
 def cmd_gradients(args: argparse.Namespace) -> int:
@@ -71,18 +124,17 @@ def cmd_gradients(args: argparse.Namespace) -> int:
 
     if args.length < 2:
         raise ValueError(f"--length={args.length} is invalid: must be >= 2")
-    seed = args.seed or 0
     profiles = {}
     for arch, preset in lab_presets(args.architectures).items():
-        torch.manual_seed(seed)
-        profiles[arch] = gradient_profile(seqzoo.create_model(preset), args.length, seed=seed)
+        torch.manual_seed(args.seed)
+        profiles[arch] = gradient_profile(seqzoo.create_model(preset), args.length, seed=args.seed)
     header, rows = table_rows(profiles)
     table = markdown_table(header, rows)
     print(table)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     text = (f"# Gradient reach at initialisation\n\n‖∂ loss(last position) / ∂ input embedding(t)‖ over "
-            f"{args.length} random bytes, seed {seed}, relative to distance 0.\n\n")
+            f"{args.length} random bytes, seed {args.seed}, relative to distance 0.\n\n")
     if plots.matplotlib_available():
         plots.gradient_plot({"at initialisation": profiles}, out / "gradients.png")
         text += "![gradient norm against distance](gradients.png)\n\n"

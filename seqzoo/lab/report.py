@@ -1,11 +1,20 @@
-"""The lab report: ``report.md`` with tables for every figure, and the PNG plots beside it."""
+"""The lab report: ``report.md`` with takeaways, tables for every figure, and the PNG plots beside it."""
 
 from __future__ import annotations
 
+import statistics
 from pathlib import Path
 from typing import Any
 
 from seqzoo.lab import plots
+from seqzoo.lab.findings import (
+    accuracy_by_task,
+    architecture_lines,
+    chance_level,
+    gradient_health_notes,
+    reproduction_notes,
+    takeaways,
+)
 from seqzoo.lab.gradients import table_rows
 from seqzoo.training.data import task_length
 
@@ -19,41 +28,43 @@ TASK_NOTES = {
 }
 
 
-def chance_level(task: str, symbols: int) -> float:
-    # Recall answers are values, drawn from the second half of the symbols; every other task draws from all.
-    return 1.0 / (symbols - symbols // 2) if task == "associative_recall" else 1.0 / symbols
-
-
 def markdown_table(header: list[str], rows: list[list[Any]]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(str(cell) for cell in row) + " |" for row in rows]
     return "\n".join(lines)
 
 
-def accuracy_by_task(results: dict[str, Any]) -> dict[str, dict[str, dict[int, float]]]:
-    """accuracy[task][arch][distance] of every successful memory-task run."""
-    table: dict[str, dict[str, dict[int, float]]] = {task: {} for task in results["config"]["tasks"]}
-    for run in results["runs"]:
-        if run["ok"] and run["task"] in table:
-            table[run["task"]].setdefault(run["arch"], {})[run["distance"]] = run["eval"]["accuracy"]
-    return table
+def spread(values: list[float]) -> str:
+    """``0.93 (0.88–0.97)``: the mean across seeds, then the lowest and highest seed; one seed: the value."""
+    mean = sum(values) / len(values)
+    if len(values) == 1 or max(values) - min(values) < 0.005:
+        return f"{mean:.2f}"
+    return f"{mean:.2f} ({min(values):.2f}–{max(values):.2f})"
 
 
-def _text_runs(results: dict[str, Any]) -> dict[str, dict[str, Any]]:
+def text_runs(results: dict[str, Any]) -> dict[str, dict[str, Any]]:
     return {run["arch"]: run for run in results["runs"] if run["task"] == "text" and run["ok"]}
 
 
-def _summary(results: dict[str, Any], accuracy: dict[str, dict[str, dict[int, float]]]) -> str:
-    cfg, measured, text = results["config"], results["measurements"], _text_runs(results)
+def memory_mean_by_seed(accuracy: dict[str, dict[str, dict[int, list[float]]]], arch: str) -> list[float]:
+    """Per seed: the mean accuracy over every task and distance."""
+    cells = [values for per_arch in accuracy.values() for values in per_arch.get(arch, {}).values()]
+    if not cells:
+        return []
+    return [statistics.mean(cell[i] for cell in cells) for i in range(min(len(c) for c in cells))]
+
+
+def _summary(results: dict[str, Any], accuracy: dict[str, dict[str, dict[int, list[float]]]]) -> str:
+    cfg, measured, text = results["config"], results["measurements"], text_runs(results)
     first, last = cfg["decode_contexts"][0], cfg["decode_contexts"][-1]
     header = ["architecture", "preset", "parameters", f"state bytes / seq @ {first} → {last} tokens",
               "training tokens/s", "validation perplexity", f"decode ms/token @ {first} → {last}",
-              "memory accuracy (mean)"]
+              "memory accuracy (mean; seeds' range)"]
     rows = []
     for arch, preset in results["presets"].items():
         m = measured.get(arch, {})
         decode = m.get("decode", [])
-        scores = [a for per_arch in accuracy.values() for a in per_arch.get(arch, {}).values()]
+        by_seed = memory_mean_by_seed(accuracy, arch)
         run = text.get(arch)
         rows.append([
             f"**{arch}**", f"`{preset}`", f"{m['params']:,}" if m else "–",
@@ -61,23 +72,33 @@ def _summary(results: dict[str, Any], accuracy: dict[str, dict[str, dict[int, fl
             f"{run['tokens_per_second']:,.0f}" if run else "–",
             f"{run['eval']['perplexity']:.2f}" if run else "–",
             f"{decode[0]['ms_per_token']:.2f} → {decode[-1]['ms_per_token']:.2f}" if decode else "–",
-            f"{sum(scores) / len(scores):.2f}" if scores else "–",
+            spread(by_seed) if by_seed else "–",
         ])
     return markdown_table(header, rows)
 
 
-def _memory_section(results: dict[str, Any], accuracy: dict[str, dict[str, dict[int, float]]]) -> str:
+def _memory_section(results: dict[str, Any], accuracy: dict[str, dict[str, dict[int, list[float]]]]) -> str:
     cfg = results["config"]
     parts = []
     for task, per_arch in accuracy.items():
         lengths = ", ".join(str(task_length(task, d, cfg["items"])) for d in cfg["distances"])
+        steps = {r["steps"] for r in results["runs"] if r["task"] == task}
         header = ["architecture"] + [f"distance {d}" for d in cfg["distances"]]
-        rows = [[arch] + [f"{per_arch[arch].get(d, float('nan')):.2f}" for d in cfg["distances"]]
+        rows = [[arch] + [spread(per_arch[arch][d]) if d in per_arch[arch] else "–" for d in cfg["distances"]]
                 for arch in results["presets"] if arch in per_arch]
         parts.append(f"**{plots.TASK_TITLES.get(task, task)}** — {TASK_NOTES[task]} (k={cfg['items']}; "
-                     f"{lengths} tokens; chance {chance_level(task, cfg['symbols']):.2f})\n\n"
-                     + markdown_table(header, rows))
+                     f"{lengths} tokens; {'/'.join(map(str, sorted(steps)))} steps; chance "
+                     f"{chance_level(task, cfg['symbols']):.2f})\n\n" + markdown_table(header, rows))
     return "\n\n".join(parts)
+
+
+def _recipe_table(results: dict[str, Any]) -> str:
+    header = ["architecture", "learning rate (memory tasks)", "learning rate (text)"]
+    rows = []
+    for arch in results["presets"]:
+        rates = {r["task"] == "text": r["lr"] for r in results["runs"] if r["arch"] == arch}
+        rows.append([arch, f"{rates.get(False, float('nan')):g}", f"{rates.get(True, float('nan')):g}"])
+    return markdown_table(header, rows)
 
 
 def _cost_table(results: dict[str, Any]) -> str:
@@ -90,6 +111,23 @@ def _cost_table(results: dict[str, Any]) -> str:
     return markdown_table(header, rows)
 
 
+def _text_section(results: dict[str, Any]) -> str:
+    cfg, runs = results["config"], text_runs(results)
+    if not runs:
+        return "No text model trained successfully."
+    header = ["architecture", "validation perplexity", "training tokens/s", "learning rate", "steps"]
+    rows = [[arch, f"{run['eval']['perplexity']:.2f}", f"{run['tokens_per_second']:,.0f}", f"{run['lr']:g}",
+             run["steps"]] for arch, run in sorted(runs.items(), key=lambda kv: kv[1]["eval"]["perplexity"])]
+    samples = "\n".join(f"- **{arch}**: `{cfg['sample_prompt']}` → `{_one_line(run.get('sample', ''))}`"
+                        for arch, run in runs.items())
+    return (markdown_table(header, rows) + f"\n\nWhat each text model writes after `{cfg['sample_prompt']}` "
+            f"({cfg['sample_tokens']} bytes, sampled at temperature 0.7; newlines shown as ⏎):\n\n" + samples)
+
+
+def _one_line(text: str) -> str:
+    return text.replace("\n", "⏎").replace("`", "'")
+
+
 def _gradient_tables(profiles: dict[str, dict[str, list[float]]]) -> str:
     parts = []
     for label, per_arch in profiles.items():
@@ -100,28 +138,36 @@ def _gradient_tables(profiles: dict[str, dict[str, list[float]]]) -> str:
 
 
 def _run_name(run: dict[str, Any]) -> str:
-    return f"{run['arch']} / {run['task']}" + (f" at distance {run['distance']}" if run["distance"] else "")
+    return f"{run['arch']} / {run['task']}, seed {run['seed']}"
 
 
-def _health_and_failures(results: dict[str, Any]) -> str:
-    lines = []
-    for run in results["runs"]:
-        if run["ok"]:
-            flagged = {k: v for k, v in run["grad_health"]["flagged_steps"].items() if v}
-            if flagged:
-                lines.append(f"- {_run_name(run)}: " + ", ".join(f"{v} {k} step(s)" for k, v in flagged.items()))
-    health = "\n".join(lines) or "No run had a vanishing (< 1e-6) or exploding (> 1e3 or non-finite) gradient norm."
+def _failures(results: dict[str, Any]) -> str:
     failures = [f"- **{_run_name(r)}** failed: `{r['error']}`" for r in results["runs"] if not r["ok"]]
-    text = f"## Gradient health during training\n\n{health}\n"
-    if failures:
-        text += "\n## Failed runs\n\n" + "\n".join(failures) + "\n"
-    return text
+    return ("\n## Failed runs\n\n" + "\n".join(failures) + "\n") if failures else ""
+
+
+def _provenance(results: dict[str, Any]) -> str:
+    env, cfg, seconds = results["environment"], results["config"], results["seconds"]
+    load = env.get("load_average_at_start")
+    minutes, secs = divmod(int(round(seconds["total"])), 60)
+    lines = [
+        f"- Command: `{env['command']}`",
+        f"- Code: seqzoo {env['seqzoo']}" + (f" (git {env['git']})" if env.get("git") else "")
+        + f"; Python {env['python']}, torch {env['torch']}, transformers {env['transformers']}",
+        f"- Machine: {env['cpu']}, {env['cores']} core(s) available; {env['workers']} worker process(es) of "
+        f"{env['threads_per_worker']} thread each" + (f"; load average {load[0]:.1f} when the lab started "
+                                                     f"(other work on the machine slows every timing)" if load else ""),
+        f"- Seeds: {', '.join(map(str, cfg['seeds']))} (memory tasks); {cfg['seeds'][0]} (text, decode, gradients)",
+        f"- {len(results['runs'])} training runs; wall time {minutes} min {secs:02d} s "
+        f"({env['started']} → {env.get('finished', '?')})",
+    ]
+    return "\n".join(lines)
 
 
 def write_report(results: dict[str, Any], out: Path) -> None:
     cfg = results["config"]
     accuracy = accuracy_by_task(results)
-    text_runs = _text_runs(results)
+    runs = text_runs(results)
     profiles = {"at initialisation": {a: m["gradients_init"] for a, m in results["measurements"].items()},
                 "after training on text": {a: m["gradients_trained"] for a, m in results["measurements"].items()
                                            if "gradients_trained" in m}}
@@ -129,45 +175,68 @@ def write_report(results: dict[str, Any], out: Path) -> None:
     has_plots = plots.matplotlib_available()
     if has_plots:
         plots.memory_plot(accuracy, {t: chance_level(t, cfg["symbols"]) for t in accuracy}, out / MEMORY_PNG)
-        if text_runs:
-            plots.text_plot({arch: run["losses"] for arch, run in text_runs.items()}, out / TEXT_PNG)
+        if runs:
+            plots.text_plot({arch: run["validation"] for arch, run in runs.items()}, out / TEXT_PNG)
         plots.cost_plot({a: m["decode"] for a, m in results["measurements"].items()}, out / COST_PNG)
         plots.gradient_plot(profiles, out / GRADIENTS_PNG)
 
     def figure(name: str, alt: str) -> str:
         return f"![{alt}]({name})\n\n" if has_plots and (out / name).exists() else ""
 
-    env, seconds = results["environment"], results["seconds"]
+    smoke = ("\n> **Smoke run** (`--smoke`): every code path with a handful of steps. Its figures mean nothing.\n"
+             if cfg["smoke"] else "")
     no_plots = "" if has_plots else "\n> Plots skipped: matplotlib is not installed (`pip install 'seqzoo[lab]'`).\n"
+    notes = reproduction_notes(results, accuracy)
     report = f"""# seqzoo memory lab
 
-How does each architecture remember, and at what cost? Tiny models of every registered architecture, trained
-the same way with the same budget (seed {cfg['seed']}), on synthetic memory tasks at growing distances and on
-byte-level text. Runs are short: read the figures as a comparison, not as each architecture's best.
-{no_plots}
-Reproduce: `seqzoo lab` · {len(results['runs'])} training runs in {seconds['training']:.0f} s on
-{env['workers']} single-threaded worker(s); Python {env['python']}, torch {env['torch']}, {env['platform']}.
+How does each architecture remember, and at what cost? The smallest model of every registered architecture,
+trained on synthetic memory tasks at growing distances and on byte-level text, each architecture with its own
+learning rate (from the lab's sweep), every memory-task model with {len(cfg['seeds'])} seeds. Runs are short: read
+the figures as what each architecture learns *quickly*, not as its best.
+{smoke}{no_plots}
+{_provenance(results)}
+
+## Takeaways
+
+{takeaways(results, accuracy)}
+
+## How each architecture remembers
+
+{architecture_lines(results)}
 
 ## Summary
 
 {_summary(results, accuracy)}
 
 State bytes are what one sequence carries between tokens (recurrent state, or the KV cache that grows with the
-context); decode time is one greedy step at batch 1 on one thread after a prompt of that length.
+context), measured right after a prompt of that length; decode time is the median of 16 greedy steps through
+`generate()` at batch 1 on one thread after that prompt. Timings depend on the machine and its load; everything
+else comes back the same on a re-run on the same machine and library versions, up to float rounding in threaded
+kernels.
 
 ## Memory: accuracy against distance
 
-{figure(MEMORY_PNG, "accuracy against distance per architecture")}One model per task and distance, each
-trained {cfg['task_steps']} steps of {cfg['batch_size']} sequences over {cfg['symbols']} symbols (learning rate
-{cfg['lr']:g}, warmup + cosine); accuracy is over the answer tokens of {cfg['eval_samples']} held-out sequences.
+{figure(MEMORY_PNG, "accuracy against distance per architecture")}One model per task, distance and seed, each
+trained on batches of {cfg['batch_size']} sequences over {cfg['symbols']} symbols (warmup + cosine decay; steps per
+task below); accuracy is over the answer tokens of {cfg['eval_samples']} held-out sequences. Cells give the mean
+over seeds {', '.join(map(str, cfg['seeds']))} and, in brackets, the lowest and the highest seed.
+
+{notes}
+
+Learning rates (from `seqzoo lab sweep`, kept in `seqzoo/lab/recipes.py`):
+
+{_recipe_table(results)}
 
 {_memory_section(results, accuracy)}
 
 ## Language modelling on the Python documentation
 
-{figure(TEXT_PNG, "training loss on text")}{cfg['text_steps']} steps of {cfg['batch_size']} × {cfg['text_seq_len']}
-bytes of `pydoc_data.topics` (the documentation every Python ships with); perplexity per byte on the held-out
-last 5%. The trained models are in `runs/<architecture>/text/` (`seqzoo generate {out}/runs/lstm/text "def "`).
+{figure(TEXT_PNG, "validation perplexity against training step")}Batches of {cfg['batch_size']} ×
+{cfg['text_seq_len']} bytes of `pydoc_data.topics` (the documentation every Python ships with); perplexity per byte
+on the held-out last 5%, {cfg['text_evaluations']} times along each run; seed {cfg['seeds'][0]}. The trained models
+are in `runs/<architecture>/text-s{cfg['seeds'][0]}/` (`seqzoo generate {out}/runs/lstm/text-s{cfg['seeds'][0]} "def "`).
+
+{_text_section(results)}
 
 ## Cost at inference
 
@@ -175,13 +244,18 @@ last 5%. The trained models are in `runs/<architecture>/text/` (`seqzoo generate
 
 ## Gradients: how far back does learning reach?
 
-{figure(GRADIENTS_PNG, "gradient norm against distance")}‖∂ loss at the last position / ∂ input embedding
-at distance d‖, mean over 8 random sequences of {cfg['gradient_length']} bytes, relative to distance 0. A
-recurrent network's gradient is a product of one Jacobian per step and fades (or blows up) geometrically; attention
-reaches any position in one step. A line that stops has an exactly zero gradient beyond that point (no path from
-those inputs at all, or underflow). `seqzoo lab gradients` measures this alone in seconds.
+{figure(GRADIENTS_PNG, "relative gradient norm against distance")}‖∂ loss at the last position / ∂ input embedding
+at distance d‖, mean over 8 random sequences of {cfg['gradient_length']} bytes, relative to distance 0 (plot and
+tables alike). A recurrent network's gradient is a product of one Jacobian per step and fades (or blows up)
+geometrically; attention reaches any position in one step. An exact zero means no path at all from that input to
+the last prediction (RWKV-7 initialises its output projections to zero, as RWKV-LM does, so at initialisation
+every block adds nothing and the last prediction sees only the last token). `seqzoo lab gradients` measures this
+alone in seconds.
 
 {_gradient_tables(profiles)}
 
-{_health_and_failures(results)}"""
+## Gradient health during training
+
+{gradient_health_notes(results)}
+{_failures(results)}"""
     (out / "report.md").write_text(report)

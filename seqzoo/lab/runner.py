@@ -1,17 +1,21 @@
 """`seqzoo lab`: how does each architecture remember, and at what cost? Measured on a laptop in minutes.
 
-For every registered architecture (its ``-tiny`` preset, else its smallest) the lab
+For every registered architecture (its smallest preset) the lab
 
-1. trains one model per memory task and distance, and scores its accuracy on held-out sequences (one model
-   per distance: a model trained on a mix of distances spends its few steps on the long ones and, for the
-   recurrent architectures, learns none of them in the lab's budget);
-2. trains one byte-level language model on the Python documentation and scores its validation perplexity;
+1. trains one model per memory task and seed on every distance at once (each training sequence draws one), and
+   scores its accuracy at each distance on held-out sequences. The short distances are the curriculum: a model
+   learns the mechanism where it is easy and carries it to the long ones (Mamba solves selective copy at distance
+   64 this way in a few hundred steps, and at none of 600 steps trained on distance 64 alone). A run stops once
+   its training accuracy holds 0.99, so the budget goes to the runs that are still learning;
+2. trains one byte-level language model on the Python documentation, scores its validation perplexity along the
+   way, and samples a continuation from it;
 3. times one decode step after contexts of growing length and weighs the state a sequence carries;
 4. measures how far back the gradient reaches, at initialisation and after training.
 
-Every training run is an ordinary :func:`seqzoo.training.train` recipe, so anything the lab shows can be scaled
-up with ``seqzoo train``. Runs go to a pool of single-threaded worker processes (one per core): tiny models do
-not use two threads well, and one thread per run makes every figure independent of how runs were scheduled.
+Every training run is an ordinary :func:`seqzoo.training.train` recipe (steps and learning rates from
+:mod:`seqzoo.lab.recipes`), so anything the lab shows can be scaled up with ``seqzoo train``. Runs go to a pool
+of single-threaded worker processes (one per core): tiny models do not use two threads well, and one thread per
+run makes every figure independent of how runs were scheduled.
 """
 
 from __future__ import annotations
@@ -19,8 +23,7 @@ from __future__ import annotations
 import json
 import multiprocessing
 import os
-import platform
-import shutil
+import signal
 import threading
 import time
 import traceback
@@ -29,6 +32,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
+from seqzoo.lab import recipes
+from seqzoo.lab.environment import available_cores, describe_environment
 from seqzoo.training.data import TASKS, task_length
 
 TEXT = "text"
@@ -39,25 +44,30 @@ class LabConfig:
     architectures: list[str] | None = None  # None: every registered architecture
     tasks: list[str] = field(default_factory=lambda: list(TASKS))
     distances: list[int] = field(default_factory=lambda: [4, 16, 64])
+    seeds: list[int] = field(default_factory=lambda: [0, 1, 2])  # memory-task models; text trains with seeds[0]
     symbols: int = 8  # content vocabulary of the memory tasks
     items: int = 4  # symbols to copy / key-value pairs / pattern length
-    task_steps: int = 250
-    text_steps: int = 250
+    task_steps: int | None = None  # None: per task, from the recipes
+    text_steps: int | None = None  # None: from the recipes
     batch_size: int = 16
     text_seq_len: int = 64
-    lr: float = 3e-3
+    lr: float | None = None  # None: per architecture, from the recipes
     warmup_steps: int = 20
     eval_samples: int = 128  # per distance
+    text_evaluations: int = 10  # validation perplexity this many times along each text run
+    sample_prompt: str = "The "
+    sample_tokens: int = 120
     decode_contexts: list[int] = field(default_factory=lambda: [64, 256, 1024, 4096])
     gradient_length: int = 256
     workers: int = 0  # 0: one per available core, at most 8
-    seed: int = 0
+    smoke: bool = False  # set by smoke(): the report says its figures mean nothing
 
     @classmethod
     def smoke(cls, **overrides: Any) -> "LabConfig":
         """Every code path, seconds of work: for CI."""
-        values = dict(distances=[2, 6], task_steps=6, text_steps=6, batch_size=8, text_seq_len=32, warmup_steps=2,
-                      eval_samples=16, decode_contexts=[16, 64], gradient_length=32, items=2)
+        values = dict(distances=[2, 6], seeds=[0, 1], task_steps=6, text_steps=6, batch_size=8, text_seq_len=32,
+                      warmup_steps=2, eval_samples=16, text_evaluations=2, sample_tokens=8,
+                      decode_contexts=[16, 64], gradient_length=32, items=2, smoke=True)
         values.update(overrides)
         return cls(**values)
 
@@ -65,150 +75,258 @@ class LabConfig:
         unknown = [t for t in self.tasks if t not in TASKS]
         if unknown:
             raise ValueError(f"unknown task {unknown[0]!r}; allowed: {', '.join(TASKS)}")
-        for name in ("task_steps", "text_steps", "batch_size", "text_seq_len", "eval_samples", "gradient_length",
-                     "symbols", "items"):
+        for name in ("batch_size", "text_seq_len", "eval_samples", "gradient_length", "symbols", "items",
+                     "text_evaluations", "sample_tokens"):
             if getattr(self, name) < 1:
                 raise ValueError(f"lab setting {name}={getattr(self, name)} is invalid: must be >= 1")
+        for name in ("task_steps", "text_steps"):
+            if getattr(self, name) is not None and getattr(self, name) < 1:
+                raise ValueError(f"lab setting {name}={getattr(self, name)} is invalid: must be >= 1")
+        if self.lr is not None and not 0 < self.lr < 1:
+            raise ValueError(f"lab setting lr={self.lr} is invalid: must be in (0, 1)")
         if not self.distances or min(self.distances) < 1:
             raise ValueError(f"lab setting distances={self.distances} is invalid: a non-empty list of integers >= 1")
+        if not self.seeds or len(set(self.seeds)) != len(self.seeds):
+            raise ValueError(f"lab setting seeds={self.seeds} is invalid: a non-empty list of distinct integers")
         if "selective_copy" in self.tasks and min(self.distances) < self.items:
             raise ValueError(f"selective_copy scatters items={self.items} symbols among `distance` blanks: every "
                              f"distance must be >= {self.items}; got distances={self.distances}")
+        if not self.sample_prompt:
+            raise ValueError("lab setting sample_prompt is empty")
 
     def worker_count(self, jobs: int) -> int:
-        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-        return max(1, min(self.workers or min(cores, 8), jobs))
+        return max(1, min(self.workers or min(available_cores(), 8), jobs))
+
+    def steps_for(self, task: str) -> int:
+        if task == TEXT:
+            return self.text_steps or recipes.TEXT_STEPS
+        return self.task_steps or recipes.task_steps(task)
+
+    def lr_for(self, arch: str, task: str) -> float:
+        return self.lr or recipes.learning_rate(arch, "text" if task == TEXT else "memory")
 
 
 def lab_presets(architectures: list[str] | None = None) -> dict[str, str]:
-    """architecture -> the preset the lab trains: ``<arch>-tiny`` if there is one, else the smallest preset."""
+    """architecture -> the preset the lab trains: the architecture's smallest preset."""
     import seqzoo
-    from seqzoo.cli import _count_parameters
-    from seqzoo.registry import preset_values
+    from seqzoo.registry import architecture_presets, smallest_preset
 
     registered = seqzoo.list_architectures("causal-lm")  # the lab's tasks train language models
     chosen = registered if architectures is None else architectures
     for arch in chosen:
         if arch not in registered:
-            raise ValueError(f"unknown architecture {arch!r}; registered: {', '.join(registered)}")
-    presets = {}
-    for arch in chosen:
-        names = seqzoo.list_models(f"{arch}-*")
-        names = [n for n in names if preset_values(n)[0].name == arch]  # "rnn-*" must not pick up "rnn2-*"
-        if not names:
-            continue
-        if f"{arch}-tiny" in names:
-            presets[arch] = f"{arch}-tiny"
-        else:
-            sizes = {n: _count_parameters(*_spec_and_config(n)) for n in names}
-            presets[arch] = min(names, key=lambda n: (sizes[n], n))
-    return presets
+            import difflib
 
-
-def _spec_and_config(name: str) -> tuple[Any, Any]:
-    from seqzoo.registry import preset_values
-
-    spec, values = preset_values(name)
-    return spec, spec.config_class(**values)
+            close = difflib.get_close_matches(arch, registered, n=1)
+            hint = f" Did you mean {close[0]!r}?" if close else ""
+            raise ValueError(f"unknown architecture {arch!r}.{hint} Registered: {', '.join(registered)}")
+    return {arch: smallest_preset(arch) for arch in chosen if architecture_presets(arch)}
 
 
 # ----------------------------------------------------------------------------------------------------------------
 # Jobs: one training run each, described by a plain dict so it can cross into a worker process.
 
 
+def make_job(cfg: LabConfig, arch: str, preset: str, task: str, seed: int, out: Path,
+             distances: list[int] | None = None) -> dict[str, Any]:
+    """One training run: a memory task on ``distances`` (default: the lab's), or text."""
+    distances = [] if task == TEXT else sorted(distances or cfg.distances)
+    folder = out / "runs" / arch / f"{task}-s{seed}"
+    return {"arch": arch, "preset": preset, "task": task, "distances": distances, "seed": seed,
+            "steps": cfg.steps_for(task), "lr": cfg.lr_for(arch, task), "config": asdict(cfg),
+            "output_dir": str(folder)}
+
+
 def job_recipe(job: dict[str, Any]) -> Any:
     from seqzoo.training.recipe import recipe_from_dict
 
     cfg = LabConfig(**job["config"])
-    name = f"lab-{job['arch']}-{job['task']}" + (f"-d{job['distance']}" if job["distance"] else "")
+    name = f"lab-{job['arch']}-{job['task']}"
+    steps = job["steps"]
     if job["task"] == TEXT:
         data = {"source": "pydoc", "seq_len": cfg.text_seq_len, "eval_samples": cfg.eval_samples}
-        steps = cfg.text_steps
+        eval_every = max(1, steps // cfg.text_evaluations)
     else:
-        data = {"source": "task", "task": job["task"], "distances": [job["distance"]], "symbols": cfg.symbols,
+        data = {"source": "task", "task": job["task"], "distances": job["distances"], "distance_mix": "batch",
+                "symbols": cfg.symbols,
                 "items": cfg.items, "eval_samples": cfg.eval_samples}
-        steps = cfg.task_steps
+        eval_every = job.get("eval_every", 0)
     return recipe_from_dict({
         "name": name,
         "output_dir": job["output_dir"],
         "model": {"preset": job["preset"]},
         "data": data,
-        "optim": {"lr": cfg.lr, "warmup_steps": min(cfg.warmup_steps, steps), "weight_decay": 0.0},
-        "train": {"max_steps": steps, "batch_size": cfg.batch_size, "eval_every": 0, "seed": cfg.seed},
+        "optim": {"lr": job["lr"], "warmup_steps": min(cfg.warmup_steps, steps), "weight_decay": 0.0},
+        "train": {"max_steps": steps, "batch_size": cfg.batch_size, "eval_every": eval_every, "seed": job["seed"],
+                  "save_every": 0},
     })
 
 
-def _worker_setup() -> None:
-    """A lab worker: CPU (the lab compares architectures on a laptop, also where a GPU exists), one thread."""
+def _worker_setup(device: str = "cpu") -> None:
+    """A lab worker: one thread, on the CPU (the lab compares architectures as a laptop runs them, also where a GPU
+    exists) unless ``device`` is "cuda" (the sweep may run there)."""
     import torch
 
-    os.environ["ACCELERATE_USE_CPU"] = "true"
+    # Ctrl-C reaches every process of the terminal's group; the parent alone stops the lab, so a worker neither
+    # prints a traceback nor dies half-way through writing a file.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    if device == "cpu":
+        os.environ["ACCELERATE_USE_CPU"] = "true"
     torch.set_num_threads(1)
+    # tqdm's default lock is a multiprocessing one: a worker stopped by Ctrl-C would leave it behind, and
+    # multiprocessing would warn about it after the lab's one-line message. A worker draws no bars anyway.
+    from tqdm import tqdm
+
+    tqdm.set_lock(threading.RLock())
     _quiet_libraries()
     threading.Thread(target=_exit_with_parent, args=(os.getppid(),), daemon=True).start()
 
 
 def _exit_with_parent(parent: int) -> None:
     # A lab killed with SIGTERM/SIGKILL cannot tell its workers; without this each would finish its current run
-    # (minutes) before noticing. Ctrl-C reaches them directly (same process group).
+    # (minutes) before noticing.
     while os.getppid() == parent:
         time.sleep(1.0)
     os._exit(1)
 
 
+SOLVED_ACCURACY, SOLVED_WINDOW = 0.99, 20  # a memory-task run stops once its training accuracy holds this
+
+
+def solved(window: int = SOLVED_WINDOW, accuracy: float = SOLVED_ACCURACY) -> Callable[[dict[str, Any]], bool]:
+    """A stop rule: the mean training accuracy (answer tokens) of the last ``window`` steps is >= ``accuracy``."""
+    recent: list[float] = []
+
+    def stop(row: dict[str, Any]) -> bool:
+        recent.append(row["accuracy"])
+        del recent[:-window]
+        return len(recent) == window and sum(recent) / window >= accuracy
+
+    return stop
+
+
 def run_job(job: dict[str, Any]) -> dict[str, Any]:
-    """Train one lab model; never raises (a failure is a result, reported next to the others)."""
+    """Train one lab model; never raises (a failure is a result, reported next to the others).
+
+    A memory-task run stops once solved (``job["stop_when_solved"]``); a text run keeps its model and writes a
+    sample when ``job["keep_model"]``."""
     from seqzoo.training.trainer import train
 
     started = time.perf_counter()
-    base = {"arch": job["arch"], "preset": job["preset"], "task": job["task"], "distance": job["distance"]}
+    base = {k: job[k] for k in ("arch", "preset", "task", "distances", "seed", "steps", "lr")}
+    keep = job.get("keep_model", job["task"] == TEXT)
     try:
-        result = train(job_recipe(job), progress=False, save_model=job["task"] == TEXT)
+        stop = solved() if job.get("stop_when_solved", job["task"] != TEXT) else None
+        result = train(job_recipe(job), progress=False, save_model=keep, stop=stop)
+        extra: dict[str, Any] = {"steps_run": result.steps}
+        if job["task"] == TEXT:
+            extra["validation"] = [(row["step"], row["eval"]["perplexity"]) for row in result.history
+                                   if "eval" in row]
+        else:
+            extra["accuracy"] = {int(name.split("=")[1]): figures["accuracy"]
+                                 for name, figures in result.eval["sets"].items()}
+            if job.get("eval_every"):
+                extra["curve"] = [(row["step"], row["eval"]["accuracy"]) for row in result.history if "eval" in row]
+        if job["task"] == TEXT and keep:
+            cfg = LabConfig(**job["config"])
+            extra["sample"] = sample_text(result.model, cfg.sample_prompt, cfg.sample_tokens, seed=job["seed"])
     except Exception as err:  # noqa: BLE001 -- one architecture's failure must not hide the others' results
         return {**base, "ok": False, "error": f"{type(err).__name__}: {err}", "traceback": traceback.format_exc(),
                 "seconds": time.perf_counter() - started}
-    return {**base, "ok": True, "seconds": time.perf_counter() - started, "steps": result.steps,
-            "tokens_per_second": result.train_tokens_per_second, "eval": result.eval,
-            "grad_health": result.grad_health, "losses": [r["loss"] for r in result.history if "loss" in r]}
+    return {**base, "ok": True, "seconds": time.perf_counter() - started, "tokens_per_second":
+            result.train_tokens_per_second, "eval": result.eval, "grad_health": result.grad_health,
+            "losses": [r["loss"] for r in result.history if "loss" in r], **extra}
+
+
+def sample_text(model: Any, prompt: str, tokens: int, seed: int, temperature: float = 0.7) -> str:
+    """A sampled continuation of ``prompt`` (a greedy one from a tiny byte model loops on one word)."""
+    import torch
+
+    from seqzoo.tokenizer import byte_tokenizer
+
+    tokenizer = byte_tokenizer()
+    inputs = tokenizer(prompt, return_tensors="pt")
+    torch.manual_seed(seed)
+    model.eval()
+    with torch.no_grad():
+        output = model.generate(**inputs, max_new_tokens=tokens, do_sample=True, temperature=temperature,
+                                top_k=0, top_p=1.0, pad_token_id=tokenizer.pad_token_id)
+    return tokenizer.decode(output[0, inputs["input_ids"].shape[1]:], skip_special_tokens=True)
 
 
 def _quiet_libraries() -> None:
     # A worker's log lines would interleave without saying which run they belong to; the report lists
     # flagged gradients per run instead.
     import logging
+    import warnings
 
     from transformers.utils import logging as hf_logging
 
     hf_logging.set_verbosity_error()
     hf_logging.disable_progress_bar()
     logging.getLogger("seqzoo.training").setLevel(logging.ERROR)
+    warnings.simplefilter("ignore", FutureWarning)
 
 
-def _run_jobs(jobs: list[dict[str, Any]], workers: int, log: Callable[[str], None]) -> list[dict[str, Any]]:
+def run_jobs(jobs: list[dict[str, Any]], workers: int, log: Callable[[str], None], device: str = "cpu",
+             deadline: float | None = None,
+             on_result: Callable[[dict[str, Any]], None] | None = None) -> list[dict[str, Any]]:
+    """Run ``jobs`` on ``workers`` single-threaded processes; Ctrl-C stops them all and re-raises. With a
+    ``deadline`` (a perf_counter time), runs not started by then are dropped."""
     results: list[dict[str, Any]] = []
+    started = time.perf_counter()
 
     def report(result: dict[str, Any]) -> None:
         results.append(result)
-        what = result["task"] + (f" d={result['distance']}" if result["distance"] else "")
-        log(f"[{len(results):>{len(str(len(jobs)))}}/{len(jobs)}] {result['arch']:<12} {what:<24} "
-            f"{_job_summary(result)}")
+        if on_result is not None:
+            on_result(result)
+        what = f"{result['task']} s={result['seed']}"
+        if len(jobs) > 1 and len({j["lr"] for j in jobs}) > 1:
+            what += f" lr={result['lr']:g} n={result['steps']}"
+        elapsed = time.perf_counter() - started
+        left = elapsed / len(results) * (len(jobs) - len(results))
+        log(f"[{len(results):>{len(str(len(jobs)))}}/{len(jobs)} {_clock(elapsed)}, ~{_clock(left)} left] "
+            f"{result['arch']:<12} {what:<28} {_job_summary(result)}")
 
     # spawn, not fork: a forked copy of a process that already ran torch threads can deadlock.
-    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
-                             initializer=_worker_setup) as pool:
-        for future in as_completed([pool.submit(run_job, job) for job in jobs]):
+    pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"), initializer=_worker_setup,
+                               initargs=(device,))
+    try:
+        futures = [pool.submit(run_job, job) for job in jobs]
+        for future in as_completed(futures):
+            if future.cancelled():
+                continue
             report(future.result())
+            if deadline is not None and time.perf_counter() > deadline:
+                dropped = sum(f.cancel() for f in futures)
+                log(f"deadline reached: {dropped} queued run(s) dropped")
+                deadline = None
+    except BaseException:
+        # Ctrl-C (or any failure here): drop the queued runs and stop the running ones now, not after they finish.
+        processes = list((getattr(pool, "_processes", None) or {}).values())
+        pool.shutdown(wait=False, cancel_futures=True)
+        for process in processes:
+            process.terminate()
+        for process in processes:
+            process.join(timeout=10)
+        pool.shutdown(wait=True)  # releases the pool's queues (else multiprocessing warns of leaked semaphores)
+        raise
+    pool.shutdown()
     return results
+
+
+def _clock(seconds: float) -> str:
+    return f"{int(seconds) // 60}:{int(seconds) % 60:02d}"
 
 
 def _job_summary(result: dict[str, Any]) -> str:
     if not result["ok"]:
         return f"FAILED: {result['error']}"
-    ev = result["eval"]
     if result["task"] == TEXT:
-        figures = f"validation perplexity {ev['perplexity']:.2f}"
+        figures = f"validation perplexity {result['eval']['perplexity']:.2f}"
     else:
-        figures = f"accuracy {ev['accuracy']:.2f}"
+        figures = "accuracy " + " ".join(f"{a:.2f}@{d}" for d, a in result["accuracy"].items())
+        figures += f" in {result['steps_run']} steps" + (" (solved)" if result["steps_run"] < result["steps"] else "")
     return f"{figures}  ({result['seconds']:.1f} s, {result['tokens_per_second']:,.0f} tokens/s)"
 
 
@@ -217,30 +335,33 @@ def _job_summary(result: dict[str, Any]) -> str:
 
 
 def measure_architectures(presets: dict[str, str], cfg: LabConfig, out: Path,
-                          trained: set[str]) -> dict[str, dict[str, Any]]:
+                          trained: dict[str, int]) -> dict[str, dict[str, Any]]:
     import torch
     from transformers import AutoModelForCausalLM
+    from transformers.utils import logging as hf_logging
 
     import seqzoo
     from seqzoo.lab.gradients import gradient_profile
-    from seqzoo.lab.measure import decode_profile, parameter_count
-
-    from transformers.utils import logging as hf_logging
+    from seqzoo.lab.measure import decode_profile, describe_state
+    from seqzoo.utils import count_parameters
 
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # the same single thread the training runs had
     hf_logging.disable_progress_bar()  # "Loading weights" bars, one per text model
+    seed = cfg.seeds[0]
     measured = {}
     try:
         for arch, preset in presets.items():
-            torch.manual_seed(cfg.seed)
+            torch.manual_seed(seed)
             model = seqzoo.create_model(preset)
-            row: dict[str, Any] = {"params": parameter_count(model),
-                                   "decode": decode_profile(model, cfg.decode_contexts, seed=cfg.seed),
-                                   "gradients_init": gradient_profile(model, cfg.gradient_length, seed=cfg.seed)}
+            decode = decode_profile(model, cfg.decode_contexts, seed=seed)
+            row: dict[str, Any] = {"params": count_parameters(model), "decode": decode,
+                                   "state": describe_state(model, cfg.decode_contexts[0], cfg.decode_contexts[-1]),
+                                   "gradients_init": gradient_profile(model, cfg.gradient_length, seed=seed)}
             if arch in trained:
-                text_model = AutoModelForCausalLM.from_pretrained(out / "runs" / arch / TEXT)
-                row["gradients_trained"] = gradient_profile(text_model, cfg.gradient_length, seed=cfg.seed)
+                folder = out / "runs" / arch / f"{TEXT}-s{trained[arch]}"
+                text_model = AutoModelForCausalLM.from_pretrained(folder)
+                row["gradients_trained"] = gradient_profile(text_model, cfg.gradient_length, seed=seed)
             measured[arch] = row
     finally:
         torch.set_num_threads(threads)
@@ -252,19 +373,58 @@ def measure_architectures(presets: dict[str, str], cfg: LabConfig, out: Path,
 # The whole lab.
 
 
-def prepare_output(out: Path) -> None:
-    """Create ``out``; replace it only if it holds a previous lab report (never someone else's files)."""
+def prepare_output(out: Path, force: bool, log: Callable[[str], None]) -> None:
+    """Create ``out``. A finished report there is replaced only with ``force``; an unfinished run (interrupted or
+    crashed) is replaced with a note; a folder that is not a lab report is never touched."""
+    import shutil
+
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"{str(out)!r} is a file; choose a folder for --out")
     if out.exists() and any(out.iterdir()):
-        if not (out / "results.json").is_file():
+        marker = out / "results.json"
+        if not marker.is_file():
             raise ValueError(f"{str(out)!r} exists and is not a seqzoo lab report; choose another --out folder")
+        try:
+            previous = json.loads(marker.read_text())
+        except (OSError, json.JSONDecodeError):
+            previous = {"status": "unreadable"}
+        if previous.get("status") == "finished" and not force:
+            made = previous.get("environment", {})
+            raise ValueError(
+                f"{str(out)!r} already holds a finished lab report (`{made.get('command', 'seqzoo lab')}`, "
+                f"{made.get('finished', 'date unknown')}); pass --out NEW_FOLDER to keep it, or --force to replace it")
+        if previous.get("status") != "finished":
+            log(f"replacing the unfinished lab run in {out} (status: {previous.get('status', 'unknown')})")
         shutil.rmtree(out)
     out.mkdir(parents=True, exist_ok=True)
 
 
-def run_lab(cfg: LabConfig, out: str | Path, log: Callable[[str], None] = print) -> dict[str, Any]:
-    """Train, measure, and write ``report.md``, ``results.json`` and the plots into ``out``."""
-    import torch
+def build_jobs(cfg: LabConfig, presets: dict[str, str], out: Path) -> list[dict[str, Any]]:
+    """Every training run, in report order: architectures, then tasks and seeds, then text."""
+    jobs = []
+    for arch, preset in presets.items():
+        jobs += [make_job(cfg, arch, preset, task, seed, out) for task in cfg.tasks for seed in cfg.seeds]
+        jobs.append(make_job(cfg, arch, preset, TEXT, cfg.seeds[0], out))
+    return jobs
 
+
+def longest_first(jobs: list[dict[str, Any]], cfg: LabConfig) -> list[dict[str, Any]]:
+    """So that the pool ends on short runs instead of waiting for one long one."""
+    def cost(job: dict[str, Any]) -> int:
+        length = (cfg.text_seq_len if job["task"] == TEXT
+                  else task_length(job["task"], max(job["distances"]), cfg.items))
+        return length * job["steps"]
+
+    return sorted(jobs, key=lambda j: -cost(j))
+
+
+def _key(job: dict[str, Any]) -> tuple[Any, ...]:
+    return job["arch"], job["task"], job["seed"]
+
+
+def run_lab(cfg: LabConfig, out: str | Path, log: Callable[[str], None] = print, command: str = "seqzoo lab",
+            force: bool = False) -> dict[str, Any]:
+    """Train, measure, and write ``report.md``, ``results.json`` and the plots into ``out``."""
     from seqzoo.lab.report import write_report
 
     cfg.validate()
@@ -272,42 +432,35 @@ def run_lab(cfg: LabConfig, out: str | Path, log: Callable[[str], None] = print)
     if not presets:
         raise ValueError("no architecture with a preset to train; see `seqzoo list`")
     out = Path(out)
-    prepare_output(out)
-    (out / "results.json").write_text(json.dumps({"status": "running"}))  # marks the folder as a lab report
+    prepare_output(out, force, log)
     started = time.perf_counter()
-    jobs = []
-    for arch, preset in presets.items():
-        for task, distance in [(t, d) for t in cfg.tasks for d in cfg.distances] + [(TEXT, None)]:
-            folder = out / "runs" / arch / (f"{task}-d{distance}" if distance else task)
-            jobs.append({"arch": arch, "preset": preset, "task": task, "distance": distance, "config": asdict(cfg),
-                         "output_dir": str(folder)})
-    order = {(j["arch"], j["task"], j["distance"]): i for i, j in enumerate(jobs)}
-    # Longest sequences first, so the pool ends on short runs instead of waiting for one long one.
-    jobs.sort(key=lambda j: -(cfg.text_seq_len if j["task"] == TEXT else task_length(j["task"], j["distance"],
-                                                                                     cfg.items)))
+    jobs = build_jobs(cfg, presets, out)
+    order = {_key(job): i for i, job in enumerate(jobs)}
     workers = cfg.worker_count(len(jobs))
+    environment = describe_environment(command, workers)
+    marker = out / "results.json"
+    marker.write_text(json.dumps({"status": "running", "environment": environment}))  # marks a lab folder
     log(f"seqzoo lab: {len(presets)} architectures ({', '.join(presets.values())}), {len(jobs)} training runs on "
         f"{workers} worker(s) -> {out}")
-    runs = _run_jobs(jobs, workers, log)
-    runs.sort(key=lambda r: order[(r["arch"], r["task"], r["distance"])])
+    try:
+        runs = run_jobs(longest_first(jobs, cfg), workers, log)
+    except KeyboardInterrupt:
+        marker.write_text(json.dumps({"status": "interrupted", "environment": environment}))
+        raise
+    runs.sort(key=lambda r: order[_key(r)])
     training_seconds = time.perf_counter() - started
 
     log("measuring decode speed, state size and gradients ...")
-    trained = {r["arch"] for r in runs if r["task"] == TEXT and r["ok"]}
+    trained = {r["arch"]: r["seed"] for r in runs if r["task"] == TEXT and r["ok"]}
     measured = measure_architectures(presets, cfg, out, trained)
-    results = {
-        "config": asdict(cfg),
-        "presets": presets,
-        "runs": runs,
-        "measurements": measured,
-        "environment": {"python": platform.python_version(), "torch": torch.__version__,
-                        "platform": platform.platform(), "cores": cfg.worker_count(1 << 30), "workers": workers},
-        "seconds": {"training": training_seconds, "total": time.perf_counter() - started},
-    }
+    results = {"status": "finished", "config": asdict(cfg), "presets": presets, "runs": runs,
+               "measurements": measured, "environment": environment,
+               "seconds": {"training": training_seconds, "total": time.perf_counter() - started}}
+    results["environment"]["finished"] = time.strftime("%Y-%m-%d %H:%M %Z")
     write_report(results, out)
     results["seconds"]["total"] = time.perf_counter() - started
-    (out / "results.json").write_text(json.dumps(results, indent=1))
+    marker.write_text(json.dumps(results, indent=1))
     failed = [r for r in runs if not r["ok"]]
-    log(f"wrote {out / 'report.md'} in {results['seconds']['total']:.0f} s"
+    log(f"wrote {out / 'report.md'} in {_clock(results['seconds']['total'])} (min:s)"
         + (f"; {len(failed)} run(s) FAILED (see the report)" if failed else ""))
     return results

@@ -6,7 +6,19 @@
     result = train(load_recipe("lstm-pydoc", {"train.max_steps": 100}))
 """
 
-from seqzoo.training.recipe import Recipe, list_recipes, load_recipe, recipe_from_dict
-from seqzoo.training.trainer import TrainResult, train
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+# Imported on first use, so that ``seqzoo train --help`` (which imports seqzoo.training.cli) does not load torch.
+_EXPORTS = {"Recipe": "recipe", "list_recipes": "recipe", "load_recipe": "recipe", "recipe_from_dict": "recipe",
+            "TrainResult": "trainer", "train": "trainer"}
 
 __all__ = ["Recipe", "TrainResult", "list_recipes", "load_recipe", "recipe_from_dict", "train"]
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'seqzoo.training' has no attribute {name!r}")
+    return getattr(importlib.import_module(f"seqzoo.training.{_EXPORTS[name]}"), name)

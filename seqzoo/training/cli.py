@@ -1,9 +1,13 @@
-"""``seqzoo train <recipe.yaml | recipe preset | model preset> [key=value ...] [--resume [PATH]]``.
+"""seqzoo train <recipe.yaml | recipe preset | model preset> [key=value ...] [--resume [PATH]]
 
-One process: ``seqzoo train configs/lstm-pydoc.yaml``. Several (DDP, or FSDP through an accelerate config)::
+Trains what the recipe describes and saves the model with its tokenizer in the output folder. One process:
+`seqzoo train lstm-pydoc`. Several (DDP, or FSDP through an accelerate config):
 
     accelerate launch --num_processes 2 -m seqzoo train lstm-pydoc
     torchrun --nproc_per_node 2 -m seqzoo train lstm-pydoc
+
+Checkpoints go to OUTPUT_DIR/checkpoints every train.save_every steps (default 100); --resume continues from the
+newest one. Ctrl-C stops the run; the newest checkpoint stays complete.
 """
 
 from __future__ import annotations
@@ -28,29 +32,14 @@ def register(subparsers: Any) -> None:
     p.set_defaults(func=cmd_train)
 
 
-def parse_values(items: list[str]) -> dict[str, Any]:
-    """``["train.max_steps=100", "distances=[8, 32]"]`` -> {key: YAML-typed value}."""
-    import yaml
-
-    values = {}
-    for item in items:
-        key, sep, raw = item.partition("=")
-        if not sep or not key:
-            raise ValueError(f"override {item!r} is not of the form key=value")
-        try:
-            values[key] = yaml.safe_load(raw) if raw else ""
-        except yaml.YAMLError:
-            values[key] = raw
-    return values
-
-
 def cmd_train(args: argparse.Namespace) -> int:
     from seqzoo.outputs import describe
     from seqzoo.training.recipe import load_recipe
     from seqzoo.training.state import NonFiniteError
     from seqzoo.training.trainer import train
+    from seqzoo.utils import parse_overrides
 
-    overrides = parse_values(args.overrides)
+    overrides = parse_overrides(args.overrides)
     if args.output_dir:
         overrides["output_dir"] = args.output_dir
     recipe = load_recipe(args.recipe, overrides)

@@ -113,11 +113,18 @@ def task_length(task: str, distance: int, items: int) -> int:
             "associative_recall": 4 * items + distance - 1, "induction": 2 * items + distance + 1}[task]
 
 
+DISTANCE_MIXES = ("sample", "batch")
+
+
 class MemoryTask:
-    """A synthetic memory task at one or more distances; each training sample draws its distance uniformly."""
+    """A synthetic memory task at one or more distances. ``distance_mix="sample"``: each training sample draws its
+    distance uniformly (a batch is as long as the longest distance needs); ``"batch"``: each step takes the
+    distances in turn, and a batch is only as long as its distance needs (cheaper when distances differ a lot)."""
 
     def __init__(self, task: str, distances: list[int], symbols: int, items: int, seq_len: int | None,
-                 eval_samples: int, seed: int) -> None:
+                 eval_samples: int, seed: int, distance_mix: str = "sample") -> None:
+        if distance_mix not in DISTANCE_MIXES:
+            raise ValueError(f"distance_mix={distance_mix!r} is invalid: one of {', '.join(DISTANCE_MIXES)}")
         if task not in TASKS:
             raise ValueError(f"unknown task {task!r}; allowed: {', '.join(TASKS)}")
         if task == "associative_recall" and items > symbols // 2:
@@ -138,6 +145,7 @@ class MemoryTask:
             )
         self.task, self.distances, self.symbols, self.items = task, sorted(distances), symbols, items
         self.seq_len = seq_len or needed
+        self.fixed_seq_len, self.distance_mix = seq_len, distance_mix
         self.eval_samples, self.seed = eval_samples, seed
         self.vocab_size = FIRST_SYMBOL + symbols
         self.name = f"task:{task}"
@@ -148,10 +156,18 @@ class MemoryTask:
 
     def describe(self) -> dict[str, Any]:
         return {"name": self.name, "task": self.task, "distances": self.distances, "symbols": self.symbols,
-                "items": self.items, "seq_len": self.seq_len, "vocab_size": self.vocab_size}
+                "items": self.items, "seq_len": self.seq_len, "vocab_size": self.vocab_size,
+                "distance_mix": self.distance_mix}
 
-    def _samples(self, gen: torch.Generator, distances: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        batch, width = distances.shape[0], self.seq_len + 1
+    def _length(self, distance: int) -> int:
+        """Tokens per sequence of a batch of one distance: the recipe's seq_len, else what that distance needs."""
+        if self.distance_mix == "sample":
+            return self.seq_len
+        return self.fixed_seq_len or task_length(self.task, distance, self.items)
+
+    def _samples(self, gen: torch.Generator, distances: torch.Tensor,
+                 seq_len: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        batch, width = distances.shape[0], (seq_len or self.seq_len) + 1
         seq = torch.full((batch, width), BLANK, dtype=torch.long)
         answer = torch.zeros((batch, width), dtype=torch.bool)
         for distance in distances.unique().tolist():
@@ -168,6 +184,9 @@ class MemoryTask:
 
     def train_batch(self, step: int, batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
         gen = _generator(self.seed, step)
+        if self.distance_mix == "batch":
+            distance = self.distances[step % len(self.distances)]
+            return self._samples(gen, torch.full((batch_size,), distance), self._length(distance))
         choice = torch.randint(len(self.distances), (batch_size,), generator=gen)
         return self._samples(gen, torch.tensor(self.distances)[choice])
 
@@ -175,7 +194,8 @@ class MemoryTask:
         sets = {}
         for distance in self.distances:
             gen = _generator(self.seed, _EVAL_STREAM + distance)
-            sets[f"distance={distance}"] = self._samples(gen, torch.full((self.eval_samples,), distance))
+            sets[f"distance={distance}"] = self._samples(gen, torch.full((self.eval_samples,), distance),
+                                                         self._length(distance))
         return sets
 
 
@@ -319,7 +339,8 @@ def build_data(data: Any, seed: int, dataset: Any = None) -> MemoryTask | TokenS
         name = f"dataset:{data.path}" if dataset is None else f"dataset:{type(dataset).__name__}"
         tokens = tokens_from_documents(dataset_documents(source, data.text_column))
     elif data.source == "task":
-        return MemoryTask(data.task, data.distances, data.symbols, data.items, data.seq_len, data.eval_samples, seed)
+        return MemoryTask(data.task, data.distances, data.symbols, data.items, data.seq_len, data.eval_samples, seed,
+                          data.distance_mix)
     elif data.source == "text":
         paths = [data.path] if isinstance(data.path, str) else list(data.path)
         tokens = tokens_from_documents([read_text_file(p) for p in paths])

@@ -53,6 +53,7 @@ class DataSection:
     distances: list[int] = field(default_factory=lambda: [8, 32])  # tasks: each sample draws one of these
     symbols: int = 16  # tasks: size of the content vocabulary
     items: int = 4  # tasks: symbols to copy, key-value pairs to recall
+    distance_mix: str = "sample"  # tasks: each sequence draws a distance (sample), or each step one in turn (batch)
     # task: seq2seq recipes (seqzoo.training.seq2seq): source jsonl (path: {"source", "target"} lines) or task
     # copy | reverse | sort | digits | dates, each training pair drawing one of source_lengths.
     source_lengths: list[int] = field(default_factory=lambda: [4, 8, 16])
@@ -65,7 +66,7 @@ class OptimSection:
     weight_decay: float = 0.01
     betas: list[float] = field(default_factory=lambda: [0.9, 0.95])
     eps: float = 1e-8
-    warmup_steps: int = 20
+    warmup_steps: int | None = None  # None: 10% of train.max_steps, at most 100
     schedule: str = "cosine"  # cosine | linear | constant (after warmup)
     min_lr_ratio: float = 0.1  # where cosine/linear decay ends, as a fraction of lr
     max_grad_norm: float = 1.0  # 0 disables clipping (the norm is still measured)
@@ -79,7 +80,7 @@ class TrainSection:
     mixed_precision: str = "no"  # no | fp16 | bf16
     seed: int = 0
     eval_every: int = 100  # 0 = only at the end
-    save_every: int = 0  # checkpoint every N steps; 0 = no checkpoints
+    save_every: int = 100  # checkpoint every N steps (what --resume continues from); 0 = no checkpoints
     save_total_limit: int = 2  # checkpoints kept (oldest deleted first)
     log_every: int = 10
     tbptt_chunk: int = 0  # > 0: truncated BPTT in chunks of this many tokens (recurrent architectures only)
@@ -112,6 +113,13 @@ class Recipe:
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+    @property
+    def warmup(self) -> int:
+        """Warmup steps: ``optim.warmup_steps``, or 10% of ``train.max_steps`` (at most 100) when unset."""
+        if self.optim.warmup_steps is not None:
+            return self.optim.warmup_steps
+        return min(100, self.train.max_steps // 10)
 
     @property
     def run_id(self) -> str:
@@ -153,6 +161,8 @@ class Recipe:
                    "a non-empty list of integers >= 1")
             _check(d.symbols >= 2, "data.symbols", d.symbols, "an integer >= 2")
             _check(d.items >= 1, "data.items", d.items, "an integer >= 1")
+            _check(d.distance_mix in ("sample", "batch"), "data.distance_mix", d.distance_mix, "sample or batch",
+                   choices=["sample", "batch"])
         _check(d.seq_len is None or d.seq_len >= 1, "data.seq_len", d.seq_len, "an integer >= 1 or null")
         _check(0.0 < d.eval_fraction < 1.0, "data.eval_fraction", d.eval_fraction, "a number in (0, 1)")
         _check(d.eval_samples >= 1, "data.eval_samples", d.eval_samples, "an integer >= 1")
@@ -161,7 +171,8 @@ class Recipe:
         _check(len(o.betas) == 2 and all(0 <= b < 1 for b in o.betas), "optim.betas", o.betas,
                "two numbers in [0, 1)")
         _check(o.eps > 0, "optim.eps", o.eps, "a number > 0")
-        _check(o.warmup_steps >= 0, "optim.warmup_steps", o.warmup_steps, "an integer >= 0")
+        _check(o.warmup_steps is None or o.warmup_steps >= 0, "optim.warmup_steps", o.warmup_steps,
+               "an integer >= 0, or null (10% of train.max_steps, at most 100)")
         _check(o.schedule in SCHEDULES, "optim.schedule", o.schedule, f"one of {', '.join(SCHEDULES)}",
                choices=list(SCHEDULES))
         _check(0 <= o.min_lr_ratio <= 1, "optim.min_lr_ratio", o.min_lr_ratio, "a number in [0, 1]")

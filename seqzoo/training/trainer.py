@@ -22,7 +22,7 @@ import time
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 from torch.optim.lr_scheduler import LambdaLR
@@ -98,12 +98,12 @@ def make_optimizer(model: Any, recipe: Recipe) -> torch.optim.Optimizer:
 
 def lr_factor(step: int, recipe: Recipe) -> float:
     """Multiplier of the base learning rate at optimizer step ``step`` (0-based): linear warmup, then decay."""
-    o, total = recipe.optim, recipe.train.max_steps
-    if step < o.warmup_steps:
-        return (step + 1) / o.warmup_steps
+    o, total, warmup = recipe.optim, recipe.train.max_steps, recipe.warmup
+    if step < warmup:
+        return (step + 1) / warmup
     if o.schedule == "constant":
         return 1.0
-    progress = min(1.0, (step - o.warmup_steps) / max(1, total - o.warmup_steps))
+    progress = min(1.0, (step - warmup) / max(1, total - warmup))
     if o.schedule == "linear":
         return 1.0 - (1.0 - o.min_lr_ratio) * progress
     return o.min_lr_ratio + (1.0 - o.min_lr_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
@@ -164,13 +164,16 @@ def _eval_figures(sums: torch.Tensor) -> dict[str, float]:
 
 
 def train(recipe: Recipe, *, resume: str | Path | bool | None = None, dataset: Any = None,
-          progress: bool = True, save_model: bool = True) -> TrainResult:
+          progress: bool = True, save_model: bool = True,
+          stop: Callable[[dict[str, Any]], bool] | None = None) -> TrainResult:
     """Train what ``recipe`` describes; ``resume`` continues from a checkpoint (True: the newest in output_dir).
 
     ``dataset`` (a ``datasets.Dataset`` or any object indexable by column name) replaces the recipe's data
     source. Returns the final evaluation, gradient health and throughput; the model, its tokenizer and
     ``seqzoo_training.json`` are saved in ``recipe.output_dir`` unless ``save_model`` is False (the lab keeps only
-    the models worth loading again).
+    the models worth loading again). ``stop``, called with each step's logged row (step, loss, accuracy, ...),
+    ends training early when it returns True: the final evaluation and save happen as after the last step (the lab
+    stops a memory-task run once it is solved).
     """
     from accelerate import Accelerator
     from accelerate.utils import set_seed
@@ -191,6 +194,12 @@ def train(recipe: Recipe, *, resume: str | Path | bool | None = None, dataset: A
             f"{str(run_dir)!r} already holds checkpoints of a run; pass --resume to continue it, or choose another "
             f"output_dir (or delete the folder) to start over"
         )
+    if resume is True and not list_checkpoints(run_dir):
+        why = ("this recipe writes none (train.save_every=0)" if t.save_every == 0 else
+               f"the run stopped before its first one (written every train.save_every={t.save_every} steps)")
+        raise ValueError(f"--resume: no complete checkpoint in {str(run_dir / 'checkpoints')!r} to resume from: "
+                         f"{why}. Start the run again without --resume (add save_every=N to checkpoint every N "
+                         f"steps)")
     checkpoint = resolve_resume(resume, run_dir) if resume else None
 
     previous_determinism = torch.are_deterministic_algorithms_enabled()
@@ -209,7 +218,7 @@ def train(recipe: Recipe, *, resume: str | Path | bool | None = None, dataset: A
         optimizer = accelerator.prepare(make_optimizer(model, recipe))
         scheduler = LambdaLR(optimizer, lambda step: lr_factor(step, recipe))
         return _run(recipe, accelerator, model, optimizer, scheduler, data, micro_batch, run_dir, checkpoint,
-                    progress, save_model)
+                    progress, save_model, stop)
     finally:
         torch.use_deterministic_algorithms(previous_determinism)
 
@@ -224,7 +233,8 @@ def _launched_on_cpu_only() -> bool:
 
 
 def _run(recipe: Recipe, accelerator: Any, model: Any, optimizer: Any, scheduler: Any, data: Any, micro_batch: int,
-         run_dir: Path, checkpoint: Path | None, progress: bool, save_model: bool) -> TrainResult:
+         run_dir: Path, checkpoint: Path | None, progress: bool, save_model: bool,
+         stop: Callable[[dict[str, Any]], bool] | None = None) -> TrainResult:
     from tqdm.auto import tqdm
 
     t = recipe.train
@@ -261,7 +271,9 @@ def _run(recipe: Recipe, accelerator: Any, model: Any, optimizer: Any, scheduler
     model.train()
     talk = progress and accelerator.is_main_process
     bar = tqdm(total=t.max_steps, initial=step, disable=not talk, desc=recipe.name, dynamic_ncols=True)
-    train_seconds, train_tokens = 0.0, 0
+    if talk and checkpoint is not None:
+        bar.write(f"resumed from {checkpoint} at step {step} of {t.max_steps}")
+    train_seconds, train_tokens, first_step = 0.0, 0, step
     last_eval: dict[str, Any] | None = None
     while step < t.max_steps:
         started = time.perf_counter()
@@ -280,8 +292,10 @@ def _run(recipe: Recipe, accelerator: Any, model: Any, optimizer: Any, scheduler
         bar.set_postfix(loss=f"{row['loss']:.4f}", lr=f"{row['lr']:.2e}", gnorm=f"{row['grad_norm']:.2g}",
                         refresh=False)
         if talk and (step % t.log_every == 0 or row["grad_flag"] == EXPLODING):
+            left = train_seconds / (step - first_step) * (t.max_steps - step)
             bar.write(f"step {step}/{t.max_steps}  loss {row['loss']:.4f}  lr {row['lr']:.3e}  grad_norm "
-                      f"{row['grad_norm']:.3g}" + (f"  [{row['grad_flag']}]" if row["grad_flag"] != OK else ""))
+                      f"{row['grad_norm']:.3g}  eta {int(left) // 60}:{int(left) % 60:02d}"
+                      + (f"  [{row['grad_flag']}]" if row["grad_flag"] != OK else ""))
         if (t.eval_every and step % t.eval_every == 0) or step == t.max_steps:
             last_eval = evaluate(model, eval_sets, accelerator, micro_batch, eval_chunk)
             _record({"step": step, "eval": last_eval}, history, metrics_path, accelerator)
@@ -294,6 +308,11 @@ def _run(recipe: Recipe, accelerator: Any, model: Any, optimizer: Any, scheduler
                 "data_position": data.position(step * t.batch_size), "data": data.describe(),
                 "num_processes": world, "grad_health": health.state_dict(),
             }, keep=t.save_total_limit)
+        if stop is not None and step < t.max_steps and stop(row):
+            if last_eval is None or history[-1].get("step") != step or "eval" not in history[-1]:
+                last_eval = evaluate(model, eval_sets, accelerator, micro_batch, eval_chunk)
+                _record({"step": step, "eval": last_eval}, history, metrics_path, accelerator)
+            break
     bar.close()
 
     if last_eval is None:  # resumed from the final checkpoint: nothing left to train

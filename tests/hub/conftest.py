@@ -21,8 +21,8 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 import seqzoo
 from seqzoo.cli import save_with_tokenizer
 from seqzoo.hub import build_bundle, export_folder
-from seqzoo.registry import ModelSpec, architecture_for_model_type, preset_values
-from tests.conftest import SIZE_ORDER, SIZE_SUFFIX, tiny_config
+from seqzoo.registry import ModelSpec, architecture_for_model_type, smallest_preset
+from tests.conftest import tiny_config
 
 # The language models; the encoder-decoders' bundles are tested in tests/seq2seq/test_hub.py.
 ARCHITECTURES = seqzoo.list_architectures("causal-lm")
@@ -92,19 +92,6 @@ assert issubclass(ToyForCausalLM, modeling_utils.SeqzooForCausalLM)
 
 def repo_id(arch: str) -> str:
     return f"{NAMESPACE}/tiny-{arch}"
-
-
-def smallest_preset(arch: str) -> str:
-    presets = [name for name in seqzoo.list_models() if preset_values(name)[0].name == arch]
-    if not presets:
-        pytest.fail(f"architecture {arch!r} has no preset to build a test model from")
-
-    def rank(name: str) -> int:
-        match = SIZE_SUFFIX.search(name)
-        size = match.group(1) if match else ""
-        return SIZE_ORDER.index(size) if size in SIZE_ORDER else len(SIZE_ORDER)
-
-    return min(presets, key=lambda name: (rank(name), name))
 
 
 def tiny_byte_model(arch: str, seed: int = 0):

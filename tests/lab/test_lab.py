@@ -1,4 +1,4 @@
-"""The memory lab: `seqzoo lab --smoke` end to end, and the measurements it is built from."""
+"""The memory lab: `seqzoo lab --smoke` end to end, and the pieces it is built from."""
 
 from __future__ import annotations
 
@@ -14,9 +14,12 @@ import torch
 
 import seqzoo
 from seqzoo.cli import main
+from seqzoo.lab import findings, recipes
+from seqzoo.lab.cli import TASK_NAMES
 from seqzoo.lab.gradients import gradient_profile
-from seqzoo.lab.measure import decode_profile
-from seqzoo.lab.runner import LabConfig, lab_presets, run_lab
+from seqzoo.lab.measure import decode_profile, describe_state
+from seqzoo.lab.runner import LabConfig, lab_presets, run_lab, solved
+from seqzoo.training.data import TASKS
 from tests.conftest import tiny_model
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -27,18 +30,26 @@ def test_smoke_lab_reports_every_architecture(tmp_path):
     out = tmp_path / "report"
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     done = subprocess.run([sys.executable, "-m", "seqzoo", "lab", "--smoke", "--out", str(out)], env=env,
-                          capture_output=True, text=True, timeout=300)
+                          capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
 
     results = json.loads((out / "results.json").read_text())
     architectures = seqzoo.list_architectures("causal-lm")
-    assert sorted(results["presets"]) == architectures
+    assert results["status"] == "finished" and sorted(results["presets"]) == architectures
     failed = [f"{r['arch']}/{r['task']}: {r['error']}" for r in results["runs"] if not r["ok"]]
     assert not failed, failed
     smoke = LabConfig.smoke()
-    assert len(results["runs"]) == len(architectures) * (len(smoke.tasks) * len(smoke.distances) + 1)
+    assert len(results["runs"]) == len(architectures) * (len(smoke.tasks) * len(smoke.seeds) + 1)
+    for run in results["runs"]:
+        if run["task"] != "text":
+            assert sorted(int(d) for d in run["accuracy"]) == smoke.distances
 
     report = (out / "report.md").read_text()
+    assert "**Smoke run**" in report
+    assert f"Command: `seqzoo lab --smoke --out {out}`" in report  # the exact command that made it
+    assert re.search(r"\d+ core\(s\) available; \d+ worker process", report)
+    for section in ("## Takeaways", "## How each architecture remembers", "## Summary", "## Gradient health"):
+        assert section in report, section
     for name in ("lab-memory.png", "lab-text.png", "lab-cost.png", "lab-gradients.png"):
         assert (out / name).read_bytes()[:8] == PNG_MAGIC, name
         assert f"]({name})" in report
@@ -46,16 +57,33 @@ def test_smoke_lab_reports_every_architecture(tmp_path):
     assert sorted(re.match(r"\| \*\*(\w+)\*\*", row).group(1) for row in summary) == architectures
     for row in summary:
         cells = [c.strip() for c in row.strip("|").split("|")]
-        params, perplexity, accuracy = int(cells[2].replace(",", "")), float(cells[5]), float(cells[7])
+        params, perplexity = int(cells[2].replace(",", "")), float(cells[5])
+        accuracy = float(cells[7].split()[0])
         assert params > 0 and 1.0 < perplexity < 1000 and 0.0 <= accuracy <= 1.0, row
         first_bytes, last_bytes = (int(v.replace(",", "")) for v in cells[3].split("→"))
         assert 0 < first_bytes <= last_bytes, row
-        tokens_per_second = float(cells[4].replace(",", ""))
-        assert tokens_per_second > 0, row
-    for arch in architectures:  # every trained text model loads again
-        assert (out / "runs" / arch / "text" / "model.safetensors").is_file()
-        assert not (out / "runs" / arch / "copy-d2" / "model.safetensors").exists()  # task models are not kept
-        assert (out / "runs" / arch / "copy-d2" / "metrics.jsonl").is_file()
+    for arch in architectures:
+        assert f"- **{arch}** (" in report  # its state, measured
+        assert (out / "runs" / arch / "text-s0" / "model.safetensors").is_file()  # text models are kept
+        assert not (out / "runs" / arch / "copy-s0" / "model.safetensors").exists()  # task models are not
+        assert (out / "runs" / arch / "copy-s0" / "metrics.jsonl").is_file()
+        assert f"- **{arch}**: `The ` → `" in report  # a sample from every text model
+
+
+def test_lab_never_replaces_a_finished_report_silently(tmp_path):
+    out = tmp_path / "lab-report"
+    out.mkdir()
+    (out / "results.json").write_text(json.dumps({"status": "finished", "environment": {
+        "command": "seqzoo lab", "finished": "2026-01-01 10:00 UTC"}}))
+    (out / "report.md").write_text("nineteen minutes of work")
+    with pytest.raises(ValueError, match=r"already holds a finished lab report \(`seqzoo lab`, 2026-01-01 .*--force"):
+        run_lab(LabConfig.smoke(architectures=["rnn"]), out)
+    assert (out / "report.md").read_text() == "nineteen minutes of work"
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "thesis.tex").write_text("precious")
+    with pytest.raises(ValueError, match="exists and is not a seqzoo lab report"):
+        run_lab(LabConfig.smoke(architectures=["rnn"]), tmp_path / "mine", force=True)
+    assert (tmp_path / "mine" / "thesis.tex").read_text() == "precious"
 
 
 def test_gradient_reach_is_zero_without_recurrence_and_nonzero_with_attention():
@@ -70,30 +98,77 @@ def test_gradient_reach_is_zero_without_recurrence_and_nonzero_with_attention():
     assert all(v > 0 for v in gradient_profile(transformer, length=12))
 
 
-def test_decode_profile_state_is_fixed_for_recurrent_models_and_grows_for_attention():
+def test_state_is_measured_right_after_the_prompt():
     lstm = tiny_model("lstm-tiny")
     rows = decode_profile(lstm, [8, 40], steps=2)
     assert [r["context"] for r in rows] == [8, 40] and all(r["ms_per_token"] > 0 for r in rows)
     assert rows[0]["state_bytes"] == rows[1]["state_bytes"] == lstm.config.state_bytes_per_sequence()
     transformer = tiny_model("transformer-tiny")
     rows = decode_profile(transformer, [8, 40], steps=2)
-    # After the prompt and 2 decoded tokens the cache holds context + 2 positions.
-    assert rows[1]["state_bytes"] - rows[0]["state_bytes"] == 32 * transformer.config.kv_bytes_per_token()
+    per_token = transformer.config.kv_bytes_per_token()
+    assert (rows[0]["state_bytes"], rows[1]["state_bytes"]) == (8 * per_token, 40 * per_token)
+
+    state = describe_state(lstm, 8, 40)
+    assert [(t["name"], t["shape"]) for t in state["tensors"]] == [("h", [32]), ("c", [32])]
+    assert state["layers"] == 2 and state["bytes"] == {8: 512, 40: 512}
+    state = describe_state(transformer, 8, 40)
+    assert all("T" in t["shape"] for t in state["tensors"]) and state["bytes"][40] == 5 * state["bytes"][8]
+    assert "the same after 8 and after 40 tokens" in findings.state_line(describe_state(lstm, 8, 40))
+    assert "(5×: T is the number of tokens read)" in findings.state_line(state)
 
 
-def test_lab_picks_tiny_presets_and_names_bad_input(tmp_path):
+def test_lab_picks_the_smallest_presets_and_names_bad_input(tmp_path):
     presets = lab_presets()
     assert sorted(presets) == seqzoo.list_architectures("causal-lm")
     assert presets["lstm"] == "lstm-tiny" and presets["transformer"] == "transformer-tiny"
-    with pytest.raises(ValueError, match="unknown architecture 'lstmm'; registered: "):
+    with pytest.raises(ValueError, match="unknown architecture 'lstmm'. Did you mean 'lstm'"):
         lab_presets(["lstmm"])
     with pytest.raises(ValueError, match="unknown task 'recall'; allowed: copy"):
         run_lab(LabConfig.smoke(tasks=["recall"]), tmp_path / "x")
-    (tmp_path / "mine").mkdir()
-    (tmp_path / "mine" / "thesis.tex").write_text("precious")
-    with pytest.raises(ValueError, match="exists and is not a seqzoo lab report"):
-        run_lab(LabConfig.smoke(architectures=["rnn"]), tmp_path / "mine")
-    assert (tmp_path / "mine" / "thesis.tex").read_text() == "precious"
+    with pytest.raises(ValueError, match="seeds=.* distinct"):
+        run_lab(LabConfig.smoke(seeds=[1, 1]), tmp_path / "x")
+
+
+def test_cli_knows_every_task_and_every_architecture_has_a_recipe():
+    assert list(TASK_NAMES) == list(TASKS)
+    assert set(recipes.LEARNING_RATES) >= set(seqzoo.list_architectures("causal-lm"))
+    assert set(recipes.TASK_STEPS) == set(TASKS)
+
+
+def test_stop_rule_waits_for_a_full_window_of_solved_steps():
+    stop = solved(window=3, accuracy=0.9)
+    assert [stop({"accuracy": a}) for a in (1.0, 1.0, 0.5, 1.0, 1.0, 1.0)] == [False, False, False, False, False,
+                                                                              True]
+
+
+def test_training_stops_early_when_told(tmp_path):
+    from seqzoo.training import recipe_from_dict, train
+
+    recipe = recipe_from_dict({"output_dir": str(tmp_path), "model": {"preset": "gru-tiny"},
+                               "data": {"source": "task", "task": "copy", "distances": [2], "symbols": 4,
+                                        "items": 2, "eval_samples": 8},
+                               "train": {"max_steps": 50, "batch_size": 4, "save_every": 0}})
+    result = train(recipe, progress=False, save_model=False, stop=lambda row: row["step"] >= 3)
+    assert result.steps == 3 and result.history[-1]["step"] == 3 and "eval" in result.history[-1]
+
+
+def _results(accuracy_by_arch: dict[str, float], seeds: int = 3) -> dict:
+    runs = [{"ok": True, "arch": arch, "task": "selective_copy", "seed": s, "steps": 600, "steps_run": 600,
+             "lr": 0.01, "accuracy": {4: acc, 16: acc, 64: acc}} for arch, acc in accuracy_by_arch.items()
+            for s in range(seeds)]
+    return {"config": {"tasks": ["selective_copy"], "distances": [4, 16, 64], "seeds": list(range(seeds)),
+                       "batch_size": 16, "symbols": 8}, "runs": runs,
+            "presets": {arch: f"{arch}-tiny" for arch in accuracy_by_arch}}
+
+
+def test_report_says_which_published_result_it_does_not_reproduce():
+    results = _results({"mamba": 0.95, "mamba2": 0.5})
+    accuracy = findings.accuracy_by_task(results)
+    notes = findings.reproduction_notes(results, accuracy)
+    assert "**Reproduced**" in notes and "mamba: 0.95 at 4" in notes
+    assert "**Not reproduced here**" in notes and "mamba2: 0.50 at 4" in notes and "600 steps" in notes
+    checks = {c["arch"]: c["reproduced"] for c in findings.reproduction_checks(results, accuracy)}
+    assert checks == {"mamba": True, "mamba2": False}
 
 
 def test_lab_gradients_command(tmp_path, capsys):

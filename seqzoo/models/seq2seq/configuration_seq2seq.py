@@ -71,6 +71,8 @@ class Seq2SeqConfig(SeqzooConfig):
     """
 
     model_type = "seqzoo_seq2seq"
+    # Its recurrent encoder reads both ways (Bahdanau et al.); the Transformer refuses the flag on its own.
+    supports_bidirectional: ClassVar[bool] = True
     # Trainer's evaluation keeps the logits and drops the cache and the encoder's output.
     keys_to_ignore_at_inference = ["cache", "past_key_values", "cache_params", "encoder_last_hidden_state"]
 

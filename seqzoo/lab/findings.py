@@ -1,0 +1,248 @@
+"""What the lab's numbers say, in sentences: the takeaways, how each architecture's state is built, which published
+results the lab reproduces, and what flagged gradients mean. Everything here is computed from ``results`` (the
+content of ``results.json``), so the text changes when the numbers do."""
+
+from __future__ import annotations
+
+import math
+import re
+import statistics
+from pathlib import Path
+from typing import Any
+
+SOLVED, NEAR_CHANCE = 0.9, 0.1  # accuracy at or above SOLVED solves a task; within NEAR_CHANCE of chance fails it
+CARD_DIR = Path(__file__).resolve().parent.parent / "hub_cards"
+
+# Published qualitative results the lab's tasks are built to show: (task, architectures, paper, claim).
+PUBLISHED = [
+    ("selective_copy", ["mamba", "mamba2"], "Gu & Dao 2023 (Mamba), the selective copying task",
+     "a selective state space model solves selective copying"),
+    ("induction", ["transformer"], "Olsson et al. 2022 (induction heads)",
+     "attention (two layers) solves the induction task at any distance"),
+]
+
+
+def chance_level(task: str, symbols: int) -> float:
+    # Recall answers are values, drawn from the second half of the symbols; every other task draws from all.
+    return 1.0 / (symbols - symbols // 2) if task == "associative_recall" else 1.0 / symbols
+
+
+def accuracy_by_task(results: dict[str, Any]) -> dict[str, dict[str, dict[int, list[float]]]]:
+    """accuracy[task][arch][distance] = the accuracies of every successful seed, in seed order."""
+    table: dict[str, dict[str, dict[int, list[float]]]] = {task: {} for task in results["config"]["tasks"]}
+    for run in sorted(results["runs"], key=lambda r: r["seed"]):
+        if run["ok"] and run["task"] in table:
+            for distance, accuracy in run["accuracy"].items():
+                table[run["task"]].setdefault(run["arch"], {}).setdefault(int(distance), []).append(accuracy)
+    return table
+
+
+def _mean(values: list[float]) -> float:
+    return sum(values) / len(values)
+
+
+def _names(archs: list[str]) -> str:
+    if not archs:
+        return "none"
+    return ", ".join(archs[:-1]) + (" and " if len(archs) > 1 else "") + archs[-1]
+
+
+def _bytes(n: float) -> str:
+    for unit, size in (("MiB", 1 << 20), ("KiB", 1 << 10)):
+        if n >= size:
+            return f"{n / size:.1f} {unit}"
+    return f"{int(n)} bytes"
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Published results: reproduced, or said why not (next to the memory figure and in the takeaways).
+
+
+def reproduction_checks(results: dict[str, Any], accuracy: dict[str, dict[str, dict[int, list[float]]]]
+                        ) -> list[dict[str, Any]]:
+    checks = []
+    for task, archs, paper, claim in PUBLISHED:
+        for arch in archs:
+            per_distance = accuracy.get(task, {}).get(arch)
+            if not per_distance:
+                continue
+            means = {d: _mean(v) for d, v in sorted(per_distance.items())}
+            failing = {d: a for d, a in means.items() if a < SOLVED}
+            checks.append({"task": task, "arch": arch, "paper": paper, "claim": claim, "means": means,
+                           "reproduced": not failing, "failing": failing})
+    return checks
+
+
+def reproduction_notes(results: dict[str, Any], accuracy: dict[str, dict[str, dict[int, list[float]]]]) -> str:
+    cfg = results["config"]
+    lines = []
+    for check in reproduction_checks(results, accuracy):
+        figures = ", ".join(f"{a:.2f} at {d}" for d, a in check["means"].items())
+        steps = sorted({r["steps"] for r in results["runs"] if r["task"] == check["task"] and r["arch"] == check["arch"]})
+        if check["reproduced"]:
+            lines.append(f"- **Reproduced**: {check['paper']}: {check['claim']}. {check['arch']}: {figures} "
+                         f"(mean of {len(cfg['seeds'])} seeds, every distance >= {SOLVED}).")
+        else:
+            lines.append(
+                f"- **Not reproduced here**: {check['paper']}: {check['claim']}. {check['arch']}: {figures} "
+                f"(below {SOLVED} at distance {', '.join(map(str, check['failing']))}). The paper trains for "
+                f"hundreds of thousands of steps; this lab trains {'/'.join(map(str, steps))} steps of "
+                f"{cfg['batch_size']} sequences at the `{results['presets'][check['arch']]}` size, so what fails here "
+                f"is learning the task within the budget, not the architecture's capacity.")
+    return "\n".join(lines) if lines else ""
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Per architecture: how it remembers (the prose of its model card) and what its state is (measured).
+
+
+def how_it_remembers(arch: str) -> str:
+    """The first paragraph of the model card template's "How it remembers" section, if there is one."""
+    path = CARD_DIR / f"{arch}.md"
+    if not path.is_file():
+        return ""
+    text = path.read_text()
+    match = re.search(r"^## How it remembers\s*\n+(.+?)(?:\n\s*\n|$)", text, re.S | re.M)
+    if not match or "{{" in match.group(1):
+        return ""
+    return " ".join(match.group(1).split())
+
+
+def state_line(state: dict[str, Any]) -> str:
+    """``h (64), c (64) per layer × 2 layers, float32: 1,024 bytes, the same at 64 and 4,096 tokens``."""
+    tensors = ", ".join(f"{t['name']} ({' × '.join(map(str, t['shape']))}{'' if t['dtype'] == 'float32' else ', ' + t['dtype']})"
+                        for t in state["tensors"])
+    dtypes = {t["dtype"] for t in state["tensors"]}
+    per_layer = "per layer" if state["same_in_every_layer"] else "in layer 0 (other layers differ)"
+    (short, short_bytes), (long, long_bytes) = sorted((int(k), v) for k, v in state["bytes"].items())
+    size = (f"{short_bytes:,} bytes, the same after {short:,} and after {long:,} tokens" if short_bytes == long_bytes
+            else f"{short_bytes:,} bytes after {short:,} tokens, {long_bytes:,} after {long:,} "
+                 f"({long_bytes / short_bytes:.0f}×: T is the number of tokens read)")
+    dtype = "float32" if dtypes == {"float32"} else "/".join(sorted(dtypes))
+    return f"{tensors} {per_layer} × {state['layers']} layers, {dtype}: {size}"
+
+
+def architecture_lines(results: dict[str, Any]) -> str:
+    lines = []
+    for arch, preset in results["presets"].items():
+        m = results["measurements"].get(arch)
+        if not m:
+            continue
+        prose = how_it_remembers(arch)
+        lines.append(f"- **{arch}** (`{preset}`, {m['params']:,} parameters). " + (f"{prose} " if prose else "")
+                     + f"*Its state, measured:* {state_line(m['state'])}.")
+    return "\n".join(lines)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Takeaways.
+
+
+def takeaways(results: dict[str, Any], accuracy: dict[str, dict[str, dict[int, list[float]]]]) -> str:
+    cfg, measured = results["config"], results["measurements"]
+    bullets = []
+    far = max(cfg["distances"])
+    for task, per_arch in accuracy.items():
+        at_far = {arch: _mean(v[far]) for arch, v in per_arch.items() if far in v}
+        if not at_far:
+            continue
+        chance = chance_level(task, cfg["symbols"])
+        solved = sorted((a for a, acc in at_far.items() if acc >= SOLVED), key=lambda a: -at_far[a])
+        failed = sorted(a for a, acc in at_far.items() if acc <= chance + NEAR_CHANCE)
+        middle = sorted((a for a in at_far if a not in solved and a not in failed), key=lambda a: -at_far[a])
+        text = f"**{task.replace('_', ' ')} at distance {far}**: "
+        text += (f"solved by {_names([f'{a} ({at_far[a]:.2f})' for a in solved])}" if solved else "solved by none")
+        if middle:
+            text += f"; partly learnt by {_names([f'{a} ({at_far[a]:.2f})' for a in middle])}"
+        if failed:
+            text += f"; at chance ({chance:.2f}) for {_names(failed)}"
+        bullets.append(text + ".")
+    for check in reproduction_checks(results, accuracy):
+        if not check["reproduced"]:
+            bullets.append(f"{check['arch']} does not reach {SOLVED} on {check['task'].replace('_', ' ')} at "
+                           f"distance {', '.join(map(str, check['failing']))} within the lab's budget: "
+                           f"{check['paper']} is not reproduced here (see the memory section).")
+    bullets += _cost_takeaways(measured, cfg)
+    bullets += _text_takeaways(results)
+    bullets += _gradient_takeaways(measured, cfg)
+    return "\n".join(f"- {b}" for b in bullets)
+
+
+def _cost_takeaways(measured: dict[str, Any], cfg: dict[str, Any]) -> list[str]:
+    first, last = cfg["decode_contexts"][0], cfg["decode_contexts"][-1]
+    growing = {a: m["decode"] for a, m in measured.items() if m["decode"][-1]["state_bytes"] > m["decode"][0]["state_bytes"]}
+    fixed = {a: m["decode"][0]["state_bytes"] for a, m in measured.items() if a not in growing}
+    out = []
+    for arch, rows in growing.items():
+        out.append(f"{arch}'s state (its KV cache) grows {rows[-1]['state_bytes'] / rows[0]['state_bytes']:.0f}× from "
+                   f"{first:,} to {last:,} tokens ({_bytes(rows[0]['state_bytes'])} → {_bytes(rows[-1]['state_bytes'])}), "
+                   f"and its decode step takes {rows[-1]['ms_per_token'] / rows[0]['ms_per_token']:.1f}× as long.")
+    if fixed:
+        smallest, largest = min(fixed, key=fixed.get), max(fixed, key=fixed.get)
+        out.append(f"Every other state stays the same size at any context: from {_bytes(fixed[smallest])} "
+                   f"({smallest}) to {_bytes(fixed[largest])} ({largest}) per sequence.")
+    return out
+
+
+def _text_takeaways(results: dict[str, Any]) -> list[str]:
+    runs = {r["arch"]: r for r in results["runs"] if r["task"] == "text" and r["ok"]}
+    if not runs:
+        return []
+    ranked = sorted(runs, key=lambda a: runs[a]["eval"]["perplexity"])
+    figures = ", ".join(f"{a} {runs[a]['eval']['perplexity']:.2f}" for a in ranked)
+    return [f"On text, validation perplexity per byte after {runs[ranked[0]]['steps']} steps (one seed; lower is "
+            f"better): {figures}."]
+
+
+def _gradient_takeaways(measured: dict[str, Any], cfg: dict[str, Any]) -> list[str]:
+    reach = min(64, cfg["gradient_length"] - 1)
+    rel = {}
+    for arch, m in measured.items():
+        profile = m.get("gradients_trained") or m["gradients_init"]
+        if profile[0] > 0 and len(profile) > reach:
+            rel[arch] = profile[reach] / profile[0]
+    if not rel:
+        return []
+    fading = sorted(a for a, r in rel.items() if 0 < r < 1e-4)
+    dead = sorted(a for a, r in rel.items() if r == 0)
+    label = "after training on text" if any("gradients_trained" in m for m in measured.values()) else "at initialisation"
+    parts = [f"{a} {rel[a]:.0e}" for a in sorted(rel, key=lambda a: rel[a], reverse=True) if rel[a] > 0]
+    text = (f"Gradient {reach} tokens back, relative to the last token ({label}): {', '.join(parts)}"
+            + (f"; exactly 0 for {_names(dead)}" if dead else "") + ".")
+    if fading:
+        text += (f" {_names(fading)} barely learn{'s' if len(fading) == 1 else ''} from that far back: the vanishing "
+                 f"gradient of Hochreiter (1991) and Bengio et al. (1994), measured.")
+    return [text]
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Gradient health: flagged steps, with what they mean.
+
+
+def gradient_health_notes(results: dict[str, Any]) -> str:
+    lines = []
+    for run in results["runs"]:
+        if not run["ok"]:
+            continue
+        health = run["grad_health"]
+        flagged = {k: v for k, v in health["flagged_steps"].items() if v}
+        if not flagged:
+            continue
+        name = f"{run['arch']} / {run['task']}, seed {run['seed']}"
+        losses = run.get("losses") or [math.nan]
+        tail = statistics.mean(losses[-10:])
+        outcome = (f"accuracy {run['eval']['accuracy']:.2f}" if run["task"] != "text"
+                   else f"perplexity {run['eval']['perplexity']:.2f}")
+        recovered = tail <= min(losses) * 1.5 if all(math.isfinite(x) for x in losses) else False
+        meaning = ("clipping capped each of those updates, and the run ended near its best loss: large raw "
+                   "gradients, not divergence" if recovered else
+                   "the run ended well above its best loss: these steps set it back")
+        first = health.get("first_flagged_step", {})
+        lines.append(f"- {name}: " + ", ".join(f"{v} {k} step(s) (first at step {first.get(k, '?')})"
+                                               for k, v in flagged.items())
+                     + f"; largest norm {health.get('max_grad_norm', math.nan):.3g}; {meaning} ({outcome}).")
+    if not lines:
+        return ("No run had a vanishing (< 1e-6) or exploding (> 1e3 or non-finite) gradient norm before clipping.")
+    thresholds = "a norm below 1e-6 is flagged vanishing, above 1e3 (or non-finite) exploding"
+    return (f"The global gradient norm is measured before clipping (to 1.0) at every step; {thresholds}.\n\n"
+            + "\n".join(lines))

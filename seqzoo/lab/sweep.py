@@ -1,0 +1,169 @@
+"""``seqzoo lab sweep``: the learning-rate sweep behind the lab's recipes (:mod:`seqzoo.lab.recipes`).
+
+Every architecture trains every memory task (all distances at once, as in the lab; one seed) at each rate, for at
+most ``steps`` steps with the lab's stop-when-solved rule, and text at each rate. The sweep then proposes, by
+rules written down here rather than by taste:
+
+- per architecture, the memory-task rate with the best mean accuracy over tasks and distances (among rates within
+  ``TIE`` of the best, the one that needed the fewest steps in all), and the text rate with the lowest validation
+  perplexity (a tie within ``TIE`` goes to the lower rate);
+- per task, a step budget: 1.25 times the most steps any architecture needed to solve it (at its chosen rate),
+  rounded up to 50, between ``MIN_STEPS`` and the sweep's ``steps``. A run that has not solved its task by then
+  would not solve it in the lab's budget anyway; the report shows how far it got.
+
+It is about a hundred short runs: some 10 minutes on 2 idle CPU cores, less with more cores (``--workers``) or on
+a GPU (``--device cuda``). The lab's recipes record the command and machine that produced the rates they hold.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import statistics
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from seqzoo.lab.runner import TEXT, LabConfig, lab_presets, longest_first, make_job, prepare_output, run_jobs
+from seqzoo.training.data import TASKS
+
+TIE = 0.01  # accuracy (or relative perplexity) within which two rates count as equal
+MIN_STEPS = 150
+GROWTH = 1.25
+
+@dataclass
+class SweepConfig:
+    architectures: list[str] | None = None
+    rates: list[float] = field(default_factory=lambda: [3e-3, 1e-2, 3e-2])
+    steps: int = 600  # most steps of a memory-task run (it stops earlier once solved)
+    text_steps: int = 250
+    tasks: list[str] = field(default_factory=lambda: list(TASKS))
+    distances: list[int] = field(default_factory=lambda: [4, 16, 64])
+    seed: int = 0
+    workers: int = 0
+    device: str = "cpu"
+    deadline_seconds: float = 0.0  # > 0: stop queueing runs after this long (what ran is still reported)
+
+    def validate(self) -> None:
+        if not self.rates or min(self.rates) <= 0 or max(self.rates) >= 1:
+            raise ValueError(f"--rates {self.rates} is invalid: learning rates in (0, 1)")
+        if self.steps < MIN_STEPS:
+            raise ValueError(f"sweep steps={self.steps} is invalid: at least {MIN_STEPS}")
+        if self.device not in ("cpu", "cuda"):
+            raise ValueError(f"--device {self.device!r} is invalid: cpu or cuda")
+
+
+def sweep_jobs(cfg: SweepConfig, presets: dict[str, str], out: Path) -> list[dict[str, Any]]:
+    lab = LabConfig(tasks=cfg.tasks, distances=cfg.distances, seeds=[cfg.seed], task_steps=cfg.steps,
+                    text_steps=cfg.text_steps)
+    jobs = []
+    for arch, preset in presets.items():
+        for rate in cfg.rates:
+            for task in [*cfg.tasks, TEXT]:
+                job = make_job(lab, arch, preset, task, cfg.seed, out)
+                job.update(lr=rate, keep_model=False)
+                job["output_dir"] += f"-lr{rate:g}"
+                jobs.append(job)
+    return longest_first(jobs, lab)
+
+
+def run_sweep(cfg: SweepConfig, out: str | Path, log: Callable[[str], None] = print, command: str = "",
+              force: bool = False) -> dict[str, Any]:
+    from seqzoo.lab.environment import describe_environment
+
+    cfg.validate()
+    presets = lab_presets(cfg.architectures)
+    out = Path(out)
+    prepare_output(out, force, log)
+    jobs = sweep_jobs(cfg, presets, out)
+    workers = max(1, cfg.workers or LabConfig().worker_count(len(jobs)))
+    environment = describe_environment(command or "seqzoo lab sweep", workers)
+    (out / "results.json").write_text(json.dumps({"status": "running", "environment": environment}))
+    started = time.perf_counter()
+    log(f"seqzoo lab sweep: {len(presets)} architectures, {len(jobs)} runs on {workers} worker(s) ({cfg.device})")
+    partial = out / "runs.jsonl"  # one line per finished run: what survives if the sweep is killed
+
+    def keep(result: dict[str, Any]) -> None:
+        result.pop("losses", None)  # hundreds of runs x every step: too much to keep
+        with partial.open("a") as f:
+            f.write(json.dumps(result) + "\n")
+
+    runs = run_jobs(jobs, workers, log, device=cfg.device, on_result=keep,
+                    deadline=started + cfg.deadline_seconds if cfg.deadline_seconds else None)
+    results = {"status": "finished", "config": asdict(cfg), "presets": presets, "runs": runs,
+               "environment": environment, "seconds": time.perf_counter() - started}
+    results["proposal"] = propose(results)
+    (out / "results.json").write_text(json.dumps(results, indent=1))
+    (out / "sweep.md").write_text(sweep_report(results))
+    log(f"wrote {out / 'sweep.md'}; proposed recipes:\n{json.dumps(results['proposal'], indent=1)}")
+    return results
+
+
+def _memory_runs(runs: list[dict[str, Any]], arch: str, rate: float) -> list[dict[str, Any]]:
+    return [r for r in runs if r["ok"] and r["arch"] == arch and r["lr"] == rate and r["task"] != TEXT]
+
+
+def _mean_accuracy(run: dict[str, Any]) -> float:
+    return statistics.mean(run["accuracy"].values())
+
+
+def propose(results: dict[str, Any]) -> dict[str, Any]:
+    """Rates per architecture and steps per task, by the rules in the module docstring."""
+    cfg, runs = results["config"], results["runs"]
+    rates: dict[str, dict[str, float]] = {}
+    needed: dict[str, list[int]] = {task: [] for task in cfg["tasks"]}
+    for arch in results["presets"]:
+        scores = {rate: statistics.mean(map(_mean_accuracy, done)) for rate in cfg["rates"]
+                  if (done := _memory_runs(runs, arch, rate))}
+        entry: dict[str, float] = {}
+        if scores:
+            best = max(scores.values())
+            near = [rate for rate, score in scores.items() if score >= best - TIE]
+            entry["memory"] = min(near, key=lambda rate: (sum(r["steps_run"] for r in _memory_runs(runs, arch, rate)),
+                                                          rate))
+            for run in _memory_runs(runs, arch, entry["memory"]):
+                if run["steps_run"] < run["steps"]:
+                    needed[run["task"]].append(run["steps_run"])
+        text = {r["lr"]: r["eval"]["perplexity"] for r in runs if r["ok"] and r["arch"] == arch and r["task"] == TEXT}
+        if text:
+            best_text = min(text.values())
+            entry["text"] = min(rate for rate, p in text.items() if p <= best_text * (1 + TIE))
+        rates[arch] = entry
+    steps = {}
+    for task, solved_at in needed.items():
+        want = math.ceil(GROWTH * max(solved_at) / 50) * 50 if solved_at else cfg["steps"]
+        steps[task] = int(min(cfg["steps"], max(MIN_STEPS, want)))
+    return {"task_steps": steps, "learning_rates": rates}
+
+
+def sweep_report(results: dict[str, Any]) -> str:
+    from seqzoo.lab.report import markdown_table
+
+    cfg, runs, env = results["config"], results["runs"], results["environment"]
+    parts = [f"# seqzoo lab sweep\n\nCommand: `{env['command']}` · seqzoo {env['seqzoo']}"
+             + (f" (git {env['git']})" if env.get("git") else "") + f" · {env['cpu']}, {env['workers']} workers on "
+             f"{cfg['device']} · seed {cfg['seed']} · {len(runs)} runs in {results['seconds'] / 60:.1f} min\n\n"
+             f"Memory tasks: accuracy at distances {', '.join(map(str, cfg['distances']))} and the steps run (at most "
+             f"{cfg['steps']}; fewer: solved). Text: validation perplexity after {cfg['text_steps']} steps."]
+    for arch in results["presets"]:
+        header = ["rate"] + [t.replace("_", " ") for t in cfg["tasks"]] + ["mean accuracy", "text perplexity"]
+        rows = []
+        for rate in cfg["rates"]:
+            done = {r["task"]: r for r in _memory_runs(runs, arch, rate)}
+            row = [f"{rate:g}"]
+            for task in cfg["tasks"]:
+                run = done.get(task)
+                row.append("–" if run is None else
+                           " / ".join(f"{a:.2f}" for a in run["accuracy"].values()) + f" ({run['steps_run']})")
+            row.append(f"{statistics.mean(map(_mean_accuracy, done.values())):.3f}" if done else "–")
+            text = [r["eval"]["perplexity"] for r in runs if r["ok"] and r["arch"] == arch and r["task"] == TEXT
+                    and r["lr"] == rate]
+            row.append(f"{text[0]:.2f}" if text else "–")
+            rows.append(row)
+        parts.append(f"## {arch}\n\n" + markdown_table(header, rows))
+    parts.append("## Proposed recipes\n\n```json\n" + json.dumps(results["proposal"], indent=1) + "\n```")
+    failed = [f"- {r['arch']} {r['task']} lr {r['lr']:g}: {r['error']}" for r in runs if not r["ok"]]
+    if failed:
+        parts.append("## Failed runs\n\n" + "\n".join(failed))
+    return "\n\n".join(parts) + "\n"

@@ -1,0 +1,74 @@
+"""Small helpers that several parts of seqzoo share (the CLI, the lab, training, conversions).
+
+Nothing here imports torch at module level: the command line parses its arguments before torch is loaded.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import Any
+
+# Numbers JSON does not accept but people type: ".5", "5.", "+3", "1.E-3".
+_LOOSE_NUMBER = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?")
+
+
+def installed_version() -> str:
+    """seqzoo's version as installed (``pip install -e .`` included), without importing the package."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("seqzoo")
+    except PackageNotFoundError:  # a source tree that was never installed
+        return "unknown (not installed)"
+
+
+def count_parameters(model: Any) -> int:
+    """Parameters of ``model``; a tied weight is one tensor and counts once (``parameters()`` yields it once)."""
+    return sum(p.numel() for p in model.parameters())
+
+
+def parse_value(raw: str) -> Any:
+    """A command-line value: JSON (``64``, ``1e-3``, ``true``, ``null``, ``[8, 32]``, ``"7"``; also ``.5``), a flow
+    list or mapping (``[mamba, attention]``, ``{dropout: 0.1}``), else the text itself (``gpt2``, ``no``).
+
+    Only structured YAML is read as YAML: a bare ``no``, ``on`` or ``1e-3`` means what it says (YAML 1.1 would
+    turn them into False, True and the string "1e-3").
+    """
+    try:
+        return json.loads(raw)
+    except json.JSONDecodeError:
+        pass
+    if _LOOSE_NUMBER.fullmatch(raw.strip()):
+        return float(raw)
+    lowered = raw.strip().lower()
+    if lowered in ("true", "false", "null"):
+        return json.loads(lowered)
+    if raw.strip()[:1] in ("[", "{"):
+        import yaml
+
+        try:
+            value = yaml.safe_load(raw)
+        except yaml.YAMLError as err:
+            raise ValueError(f"{raw!r} looks like a list or mapping but does not parse: {err}") from err
+        if isinstance(value, (list, dict)):
+            return value
+    return raw
+
+
+def parse_overrides(items: list[str], what: str = "override") -> dict[str, Any]:
+    """``["hidden_size=64", "lr=1e-3", "variant=gpt2", "distances=[8, 32]"]`` -> ``{key: typed value}``.
+
+    The one parser for every ``key=value`` list on the command line (config overrides, recipe overrides, kernel
+    choices); values are read with :func:`parse_value`. A repeated key is an error, not a silent last-one-wins.
+    """
+    values: dict[str, Any] = {}
+    for item in items:
+        key, sep, raw = item.partition("=")
+        key = key.strip()
+        if not sep or not key:
+            raise ValueError(f"{what} {item!r} is not of the form key=value")
+        if key in values:
+            raise ValueError(f"{what} {key!r} is given twice ({values[key]!r} and {raw!r}); give it once")
+        values[key] = parse_value(raw)
+    return values
