@@ -96,16 +96,27 @@ def reproduction_notes(results: dict[str, Any], accuracy: dict[str, dict[str, di
 # Per architecture: how it remembers (the prose of its model card) and what its state is (measured).
 
 
-def how_it_remembers(arch: str) -> str:
-    """The first paragraph of the model card template's "How it remembers" section, if there is one."""
+def how_it_remembers(arch: str, preset: str | None = None) -> str:
+    """The first paragraph of the model card template's "How it remembers" section, if there is one, with its
+    ``{{ config.field }}`` placeholders filled from ``preset`` (a paragraph with other placeholders is left out)."""
     path = CARD_DIR / f"{arch}.md"
     if not path.is_file():
         return ""
-    text = path.read_text()
-    match = re.search(r"^## How it remembers\s*\n+(.+?)(?:\n\s*\n|$)", text, re.S | re.M)
-    if not match or "{{" in match.group(1):
+    match = re.search(r"^## How it remembers[ \t]*\n+(.+?)(?:\n[ \t]*\n|\Z)", path.read_text(), re.S | re.M)
+    if not match:
         return ""
-    return " ".join(match.group(1).split())
+    text = match.group(1)
+    if preset is not None and "{{" in text:
+        from seqzoo.registry import get_config
+
+        config = get_config(preset)
+
+        def fill(found: re.Match) -> str:
+            value = getattr(config, found.group(1), None)
+            return found.group(0) if value is None else f"{value:,}" if isinstance(value, int) else str(value)
+
+        text = re.sub(r"\{\{\s*config\.(\w+)\s*\}\}", fill, text)
+    return "" if "{{" in text else " ".join(text.split())
 
 
 def state_line(state: dict[str, Any]) -> str:
@@ -128,7 +139,7 @@ def architecture_lines(results: dict[str, Any]) -> str:
         m = results["measurements"].get(arch)
         if not m:
             continue
-        prose = how_it_remembers(arch)
+        prose = how_it_remembers(arch, preset)
         lines.append(f"- **{arch}** (`{preset}`, {m['params']:,} parameters). " + (f"{prose} " if prose else "")
                      + f"*Its state, measured:* {state_line(m['state'])}.")
     return "\n".join(lines)

@@ -30,6 +30,14 @@ DEFAULT_LR = 3e-3  # an architecture the sweep has not seen (a plugin): the rate
 SWEEP = "not run yet"
 
 
+def rates_source() -> str:
+    """Where the rates come from, for the report: the sweep that chose them, or the plain truth that none has."""
+    if SWEEP == "not run yet":
+        return (f"`seqzoo/lab/recipes.py`; `seqzoo lab sweep` has not been run for them yet, so every architecture "
+                f"trains at the same default rate ({DEFAULT_LR:g})")
+    return f"`seqzoo lab sweep` ({SWEEP}), kept in `seqzoo/lab/recipes.py`"
+
+
 def learning_rate(architecture: str, kind: str) -> float:
     """The recipe's rate for ``kind`` ("memory" or "text") jobs of ``architecture``."""
     return LEARNING_RATES.get(architecture, {}).get(kind, DEFAULT_LR)

@@ -16,6 +16,7 @@ from seqzoo.lab.findings import (
     takeaways,
 )
 from seqzoo.lab.gradients import table_rows
+from seqzoo.lab.recipes import rates_source
 from seqzoo.training.data import task_length
 
 MEMORY_PNG, TEXT_PNG, COST_PNG, GRADIENTS_PNG = "lab-memory.png", "lab-text.png", "lab-cost.png", "lab-gradients.png"
@@ -184,14 +185,14 @@ def write_report(results: dict[str, Any], out: Path) -> None:
         return f"![{alt}]({name})\n\n" if has_plots and (out / name).exists() else ""
 
     smoke = ("\n> **Smoke run** (`--smoke`): every code path with a handful of steps. Its figures mean nothing.\n"
-             if cfg["smoke"] else "")
+             if cfg.get("is_smoke") else "")
     no_plots = "" if has_plots else "\n> Plots skipped: matplotlib is not installed (`pip install 'seqzoo[lab]'`).\n"
     notes = reproduction_notes(results, accuracy)
     report = f"""# seqzoo memory lab
 
 How does each architecture remember, and at what cost? The smallest model of every registered architecture,
-trained on synthetic memory tasks at growing distances and on byte-level text, each architecture with its own
-learning rate (from the lab's sweep), every memory-task model with {len(cfg['seeds'])} seeds. Runs are short: read
+trained on synthetic memory tasks at growing distances and on byte-level text (learning rates: {rates_source()}),
+every memory-task model with {len(cfg['seeds'])} seeds. Runs are short: read
 the figures as what each architecture learns *quickly*, not as its best.
 {smoke}{no_plots}
 {_provenance(results)}
@@ -223,7 +224,7 @@ over seeds {', '.join(map(str, cfg['seeds']))} and, in brackets, the lowest and 
 
 {notes}
 
-Learning rates (from `seqzoo lab sweep`, kept in `seqzoo/lab/recipes.py`):
+Learning rates (from {rates_source()}):
 
 {_recipe_table(results)}
 

@@ -60,14 +60,14 @@ class LabConfig:
     decode_contexts: list[int] = field(default_factory=lambda: [64, 256, 1024, 4096])
     gradient_length: int = 256
     workers: int = 0  # 0: one per available core, at most 8
-    smoke: bool = False  # set by smoke(): the report says its figures mean nothing
+    is_smoke: bool = False  # set by smoke(): the report says its figures mean nothing
 
     @classmethod
     def smoke(cls, **overrides: Any) -> "LabConfig":
         """Every code path, seconds of work: for CI."""
         values = dict(distances=[2, 6], seeds=[0, 1], task_steps=6, text_steps=6, batch_size=8, text_seq_len=32,
                       warmup_steps=2, eval_samples=16, text_evaluations=2, sample_tokens=8,
-                      decode_contexts=[16, 64], gradient_length=32, items=2, smoke=True)
+                      decode_contexts=[16, 64], gradient_length=32, items=2, is_smoke=True)
         values.update(overrides)
         return cls(**values)
 

@@ -180,3 +180,13 @@ def test_lab_gradients_command(tmp_path, capsys):
     assert (tmp_path / "gradients.png").read_bytes()[:8] == PNG_MAGIC
     assert "d=15 (relative)" in (tmp_path / "gradients.md").read_text()
     assert main(["lab", "gradients", "--architectures", "nope"]) == 2  # a clear error, not a traceback
+
+
+def test_only_a_smoke_config_is_marked_as_one_and_the_card_prose_is_whole():
+    # A full run's report must not carry the smoke banner (a field shadowed by the smoke() constructor once did).
+    assert LabConfig().is_smoke is False and LabConfig.smoke().is_smoke is True
+    from seqzoo.lab.findings import how_it_remembers
+
+    mamba = how_it_remembers("mamba", "mamba-tiny")
+    assert "128 channels" in mamba and mamba.endswith(".") and "{{" not in mamba
+    assert how_it_remembers("gru").endswith("at token 10 and at token 10,000.")  # the whole paragraph
