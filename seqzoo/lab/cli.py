@@ -62,6 +62,7 @@ def register(subparsers: Any) -> None:
     s = sub.add_parser("seq2seq", help="encoder-decoders with and without attention on growing sources: the "
                        "bottleneck, with attention heat maps (about 90 s on two cores; --larger for more)")
     s.add_argument("--out", default="lab-seq2seq", help="report folder (default: lab-seq2seq)")
+    s.add_argument("--force", action="store_true", help="replace the seq2seq report already in --out")
     s.add_argument("--larger", action="store_true", help="all four tasks, longer sources, 3x the steps")
     s.add_argument("--smoke", action="store_true", help="a seconds-long run of every code path (for CI)")
     s.add_argument("--tasks", nargs="+", help="reverse copy sort digits dates (default: reverse digits)")
@@ -152,5 +153,5 @@ def cmd_seq2seq(args: argparse.Namespace) -> int:
     if args.larger and args.smoke:
         raise ValueError("--larger and --smoke are opposites; pass one")
     make = Seq2SeqLabConfig.larger if args.larger else Seq2SeqLabConfig.smoke if args.smoke else Seq2SeqLabConfig
-    results = run_seq2seq_lab(make(**chosen), args.out)
+    results = run_seq2seq_lab(make(**chosen), args.out, force=args.force)
     return 1 if any(not run["ok"] for run in results["runs"]) else 0

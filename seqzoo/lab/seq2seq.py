@@ -165,11 +165,17 @@ def _worker_setup() -> None:
 # The whole seq2seq lab.
 
 
-def run_seq2seq_lab(cfg: Seq2SeqLabConfig, out: str | Path,
-                    log: Callable[[str], None] = print) -> dict[str, Any]:
-    """Train every model on every task, then write the report section and its figures into ``out``."""
+def run_seq2seq_lab(cfg: Seq2SeqLabConfig, out: str | Path, log: Callable[[str], None] = print, *,
+                    force: bool = False) -> dict[str, Any]:
+    """Train every model on every task, then write the report section and its figures into ``out`` (a finished
+    report there is replaced only with ``force``)."""
     cfg.validate()
     out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"{str(out)!r} is a file; choose a folder for --out")
+    if (out / RESULTS_FILE).is_file() and not force:
+        raise ValueError(f"{str(out)!r} already holds a seq2seq lab report ({RESULTS_FILE}); pass --out NEW_FOLDER "
+                         "to keep it, or --force to replace it")
     out.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
     jobs = [{"model": name, "task": task, "config": asdict(cfg), "output_dir": str(out / "runs" / f"{name}-{task}")}
@@ -243,19 +249,17 @@ def _table(header: list[str], rows: list[list[Any]]) -> str:
 
 
 def accuracy_plot(results: dict[str, Any], path: Path) -> None:
-    from seqzoo.lab.plots import _colors, _pyplot
+    from seqzoo.lab.plots import _pyplot, styles
 
     plt = _pyplot()
     cfg, runs = results["config"], [run for run in results["runs"] if run["ok"]]
-    models = list(cfg["models"])
-    colors = _colors(models)
+    looks = styles(list(cfg["models"]))
     tasks = cfg["tasks"]
     fig, axes = plt.subplots(1, len(tasks), figsize=(3.4 * len(tasks) + 1.6, 3.2), sharey=True, squeeze=False)
     for ax, task in zip(axes[0], tasks):
         for run in (run for run in runs if run["task"] == task):
             points = sorted((int(n), a) for n, a in run["accuracy"].items())
-            ax.plot([n for n, _ in points], [a for _, a in points], marker="o", label=run["model"],
-                    color=colors[run["model"]])
+            ax.plot([n for n, _ in points], [a for _, a in points], label=run["model"], **looks[run["model"]])
         ax.set_xscale("log", base=2)
         ax.set_title(TASK_TITLES.get(task, task), fontsize=10)
         ax.set_xlabel(f"source length ({LENGTH_UNITS.get(task, 'characters')})")

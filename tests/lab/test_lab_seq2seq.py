@@ -1,0 +1,22 @@
+"""`seqzoo lab seq2seq`: every code path of the bottleneck lab, in seconds."""
+
+import json
+
+import pytest
+
+from seqzoo.lab.seq2seq import REPORT_FILE, RESULTS_FILE, Seq2SeqLabConfig, run_seq2seq_lab
+
+
+def test_smoke_seq2seq_lab_writes_its_report_and_keeps_a_finished_one(tmp_path):
+    out = tmp_path / "s2s"
+    cfg = Seq2SeqLabConfig.smoke(tasks=["reverse"], workers=1)
+    results = run_seq2seq_lab(cfg, out, log=lambda line: None)
+    failed = [f"{run['model']}: {run['error']}" for run in results["runs"] if not run["ok"]]
+    assert not failed, failed
+    assert {run["model"] for run in results["runs"]} == set(cfg.models)
+    report = (out / REPORT_FILE).read_text()
+    assert "seq2seq-accuracy.png" in report and "seq2seq-attention-reverse.png" in report
+    assert (out / "seq2seq-accuracy.png").stat().st_size > 0
+    assert json.loads((out / RESULTS_FILE).read_text())["config"]["tasks"] == ["reverse"]
+    with pytest.raises(ValueError, match="already holds a seq2seq lab report.*--force"):
+        run_seq2seq_lab(cfg, out, log=lambda line: None)
