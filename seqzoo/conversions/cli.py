@@ -27,7 +27,9 @@ def _dtype(args: argparse.Namespace) -> Any:
 
 
 def _report(args: argparse.Namespace, model: Any, extra: str = "") -> int:
-    params = sum(p.numel() for p in model.parameters())
+    from seqzoo.utils import count_parameters
+
+    params = count_parameters(model)
     print(f"converted {args.source} -> {args.destination} ({type(model).__name__}, {params:,} parameters, "
           f"{model.dtype}){extra}")
     return 0
@@ -97,10 +99,11 @@ def add_rwkv7(sources: Any) -> None:
 
     def run(args: argparse.Namespace) -> int:
         import seqzoo  # noqa: F401
-        from seqzoo.cli import parse_overrides
         from seqzoo.conversions.rwkv7 import convert_rwkv7_file
+        from seqzoo.utils import parse_overrides
 
-        model = convert_rwkv7_file(args.source, args.destination, dtype=_dtype(args), **parse_overrides(args.set))
+        model = convert_rwkv7_file(args.source, args.destination, dtype=_dtype(args),
+                                   **parse_overrides(args.set, "--set"))
         return _report(args, model, _world_tokenizer(args))
 
     p.set_defaults(func=run)
@@ -114,7 +117,10 @@ def add_fla_rwkv7(sources: Any) -> None:
 
     def run(args: argparse.Namespace) -> int:
         import seqzoo  # noqa: F401
-        from seqzoo.conversions.fla_rwkv7 import convert_fla_rwkv7, convert_fla_rwkv7_folder
+        from seqzoo.conversions.fla_rwkv7 import (
+            convert_fla_rwkv7,
+            convert_fla_rwkv7_folder,
+        )
 
         if args.world_tokenizer:
             model = convert_fla_rwkv7(args.source, dtype=_dtype(args))
@@ -142,8 +148,8 @@ def add_word_lm(sources: Any) -> None:
 
     def run(args: argparse.Namespace) -> int:
         import seqzoo  # noqa: F401
-        from seqzoo.cli import parse_overrides
         from seqzoo.conversions.word_lm import convert_word_lm_file
+        from seqzoo.utils import parse_overrides
 
         key_map = {}
         for item in args.key_map:
@@ -153,7 +159,7 @@ def add_word_lm(sources: Any) -> None:
             key_map[theirs] = ours
         model = convert_word_lm_file(args.source, args.destination, nonlinearity=args.nonlinearity, key_map=key_map,
                                      vocabulary=args.vocab, hidden=args.hidden, dtype=_dtype(args),
-                                     **parse_overrides(args.set))
+                                     **parse_overrides(args.set, "--set"))
         extra = "" if args.vocab else "; no vocabulary given, so no tokenizer: the model works on token ids"
         return _report(args, model, extra)
 

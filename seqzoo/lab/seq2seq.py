@@ -118,6 +118,7 @@ def run_job(job: dict[str, Any]) -> dict[str, Any]:
     from seqzoo.tokenizer import byte_tokenizer
     from seqzoo.training.seq2seq import exact_match, task_pairs
     from seqzoo.training.trainer import train
+    from seqzoo.utils import count_parameters
 
     started = time.perf_counter()
     base = {"model": job["model"], "task": job["task"]}
@@ -130,7 +131,7 @@ def run_job(job: dict[str, Any]) -> dict[str, Any]:
         pairs = data.eval_pairs()
         accuracy = {int(name.split("=")[1]): exact_match(model, examples) for name, examples in pairs.items()}
         row = {**base, "ok": True, "preset": recipe.model.preset, "steps": result.steps,
-               "params": sum(p.numel() for p in model.parameters()), "accuracy": accuracy,
+               "params": count_parameters(model), "accuracy": accuracy,
                "tokens_per_second": result.train_tokens_per_second, "loss": result.eval["loss"]}
         if model.config.has_attention:
             # The longest source that still reads as a heat map (spelled digits run ~5 characters a digit).

@@ -156,3 +156,22 @@ def test_hybrid_capabilities_come_from_its_layers():
     with_attention = tiny_config(FAMILIES["hybrid"])
     assert not with_attention.capabilities.supports_tbptt and not with_attention.capabilities.can_crop_cache
     assert with_attention.capabilities.can_generate
+
+
+def test_library_code_never_imports_the_command_line_module():
+    # seqzoo.cli imports lazily from everywhere; library modules importing it back make import cycles.
+    import ast
+    from pathlib import Path
+
+    import seqzoo
+
+    root = Path(seqzoo.__file__).parent
+    offenders = []
+    for path in root.rglob("*.py"):
+        if path.relative_to(root).as_posix() in ("cli.py", "__main__.py"):
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = ([node.module] if isinstance(node, ast.ImportFrom) and node.module else
+                     [alias.name for alias in node.names] if isinstance(node, ast.Import) else [])
+            offenders += [f"{path.relative_to(root)}:{node.lineno}" for name in names if name == "seqzoo.cli"]
+    assert not offenders, offenders
