@@ -4,20 +4,26 @@ RWKV-7 kernels and mamba_ssm's scans when they import, and model-level prefill, 
 CUDA graphs; torch.compile with --compile).
 
     python benchmarks/bench_triton.py                            # on a CUDA GPU; prints markdown for BENCHMARKS.md
-    python benchmarks/bench_triton.py --json r.json --markdown r.md
+    python benchmarks/bench_triton.py --json r.json --markdown r.md --budget 250 --skip-models
     python benchmarks/bench_triton.py --dry-run                  # CPU, tiny sizes: the plumbing, GPU-only parts skipped
     python benchmarks/bench_triton.py --dry-run --interpret      # ... with the Triton backends under the interpreter
 
 Bandwidth is the minimum traffic of the call (every input read once, every output written once; for the backward
 also the output gradient read and the input gradients written) divided by the measured time; it is given against
 the data-sheet peak and against a large device-to-device copy measured in the same run. Times are medians of
-CUDA-event timings. Rows time every Triton backend of an op (for wkv7 also the chunked kernel with chunks of 16),
-the ``chunked`` torch backend and the peers; the last column is each time over the time of the backend the registry
-picks for CUDA tensors.
+CUDA-event timings. Rows time every Triton backend of an op, the peers and the ``chunked`` torch backend (never the
+per-token ``reference``); the last column is each time over the time of the backend the registry picks for CUDA
+tensors. Every op's main rows come first, then the extra ones (wkv7's chunked kernel with chunks of 16, fla's
+chunk_rwkv7 with its default chunks of 16, which autotunes a second set of kernels).
+
+Built for a short GPU slot (bench_limits.py): each row has a wall-clock cap (--row-cap, --model-row-cap; compiling and
+autotuning included), a row past it keeps what it measured and says so, and that backend skips the op's longer
+lengths; with --budget, rows that would start too late are listed as skipped. flash-linear-attention's autotuned
+kernels search a reduced space unless --fla-autotune full. Each row is printed when measured, and --json /
+--markdown are rewritten after every row, so a run cut short keeps what it measured.
 
 A dry run times only what runs on CPU (the chunked backends, tiny models); the Triton backends, peers and CUDA
-graphs are listed with the reason they were skipped. Results go to stdout, and to --json / --markdown files, which
-are rewritten after every section so that a run cut short keeps what it measured.
+graphs are listed with the reason they were skipped.
 """
 
 from __future__ import annotations
@@ -30,11 +36,15 @@ import statistics
 import sys
 import time
 from dataclasses import dataclass
-from typing import Callable
+from pathlib import Path
+from typing import Callable, NamedTuple
 
 import torch
 
 from seqzoo.models.compat import output_cache
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench_limits, also when a test loads this file by path
+from bench_limits import Clock, OverTime, reduced_autotune, time_cap  # noqa: E402
 
 OPS = ("causal_conv1d", "selective_scan", "ssd", "wkv7")
 
@@ -63,7 +73,7 @@ class Sizes:
     warmup: int
 
 
-GPU_SIZES = Sizes(batch=4, lengths=(512, 2048, 4096), channels=1536, scan_state=16, ssd_heads=24, ssd_head_dim=64,
+GPU_SIZES = Sizes(batch=4, lengths=(2048, 8192), channels=1536, scan_state=16, ssd_heads=24, ssd_head_dim=64,
                   ssd_state=128, wkv_heads=12, wkv_head_size=64, repeats=10, warmup=3)
 DRY_SIZES = Sizes(batch=1, lengths=(33,), channels=16, scan_state=16, ssd_heads=2, ssd_head_dim=16, ssd_state=16,
                   wkv_heads=1, wkv_head_size=16, repeats=1, warmup=0)
@@ -158,23 +168,33 @@ def op_case(op: str, sizes: Sizes, length: int, dtype: torch.dtype, device: torc
     raise ValueError(f"unknown op {op!r}; valid: {', '.join(OPS)}")
 
 
-def peer_kernels(op: str) -> tuple[dict[str, Callable], list[str]]:
-    """Third-party kernels for ``op`` that import here, as functions with seqzoo's signature, and why others don't."""
-    peers: dict[str, Callable] = {}
+# Autotuned fla kernels keep num_warps 4/8, num_stages 2/3 and blocks up to the head size (bench_limits.py says
+# why); --fla-autotune full keeps fla's own spaces. What was kept is reported in the run's metadata.
+FLA_AUTOTUNE: dict = {"mode": "reduced", "max_block": 64, "kernels": []}
+
+
+def peer_kernels(op: str) -> tuple[dict[str, tuple[Callable, bool]], list[str]]:
+    """Third-party kernels for ``op`` that import here, as label -> (function with seqzoo's signature, extra), and
+    why others don't. Extra rows are timed after every op's main rows."""
+    peers: dict[str, tuple[Callable, bool]] = {}
     missing: list[str] = []
     if op == "wkv7":
         try:
-            from fla.ops.rwkv7 import chunk_rwkv7, fused_recurrent_rwkv7
+            reduce = FLA_AUTOTUNE["mode"] == "reduced"
+            with (reduced_autotune(FLA_AUTOTUNE["max_block"], log=FLA_AUTOTUNE["kernels"]) if reduce
+                  else contextlib.nullcontext()):
+                from fla.ops.rwkv7 import chunk_rwkv7, fused_recurrent_rwkv7
 
             # fla keeps the state as (K, V), seqzoo as (V, K); outputs are (B, T, H, V) in both.
             def fla(fn, **options):
                 return lambda r, w, k, v, a, b: fn(r=r, w=w, k=k, v=v, a=a, b=b, scale=1.0,
                                                    output_final_state=True, **options)
 
-            peers["fla chunk_rwkv7 (as its RWKV7 layer: chunk 64, safe_gate)"] = fla(
-                chunk_rwkv7, safe_gate=True, lower_bound=FLA_LOWER_BOUND, chunk_size=64)
-            peers["fla chunk_rwkv7 (defaults)"] = fla(chunk_rwkv7)
-            peers["fla fused_recurrent_rwkv7"] = fla(fused_recurrent_rwkv7)
+            peers["fla chunk_rwkv7 (as its RWKV7 layer: chunk 64, safe_gate)"] = (fla(
+                chunk_rwkv7, safe_gate=True, lower_bound=FLA_LOWER_BOUND, chunk_size=64), False)
+            peers["fla fused_recurrent_rwkv7"] = (fla(fused_recurrent_rwkv7), False)
+            # Chunks of 16: a second set of autotuned kernels (their keys hold the chunk size), so it comes last.
+            peers["fla chunk_rwkv7 (defaults)"] = (fla(chunk_rwkv7), True)
         except Exception as err:  # reported in the output: a missing peer is a finding, not a crash
             missing.append(f"flash-linear-attention: {type(err).__name__}: {str(err)[:120]}")
     if op == "selective_scan":
@@ -187,15 +207,15 @@ def peer_kernels(op: str) -> tuple[dict[str, Callable], list[str]]:
                                             C.transpose(1, 2), D, z.transpose(1, 2), return_last_state=True)
                 return y.transpose(1, 2), last
 
-            peers["mamba_ssm selective_scan_fn"] = mamba_scan
+            peers["mamba_ssm selective_scan_fn"] = (mamba_scan, False)
         except Exception as err:
             missing.append(f"mamba_ssm: {type(err).__name__}: {str(err)[:120]}")
     if op == "ssd":
         try:
             from mamba_ssm.ops.triton.ssd_combined import mamba_chunk_scan_combined
 
-            peers["mamba_ssm mamba_chunk_scan_combined"] = lambda x, dt, A, B, C, D, chunk_size: \
-                mamba_chunk_scan_combined(x, dt, A, B, C, chunk_size=256, D=D, return_final_states=True)
+            peers["mamba_ssm mamba_chunk_scan_combined"] = (lambda x, dt, A, B, C, D, chunk_size: \
+                mamba_chunk_scan_combined(x, dt, A, B, C, chunk_size=256, D=D, return_final_states=True), False)
         except Exception as err:
             missing.append(f"mamba_ssm: {type(err).__name__}: {str(err)[:120]}")
     return peers, missing
@@ -217,29 +237,39 @@ def wkv7_chunk(size: int | None):
         module.CHUNK = saved
 
 
-def kernel_entries(op: str, device: torch.device, interpret: bool):
-    """(label, function, chunk-size override, skip reason) for every backend and peer timed for ``op``."""
+class Entry(NamedTuple):
+    label: str
+    fn: Callable | None
+    chunk: int | None  # triton_chunked's chunk size override
+    skip: str  # why it is not timed ("" when it is)
+    extra: bool  # timed after every op's main rows
+
+
+def kernel_entries(op: str, device: torch.device, interpret: bool) -> tuple[list[Entry], str]:
+    """Every backend and peer timed for ``op``, the registry's CUDA choice first, and that choice's label. The
+    per-token ``reference`` backend is never timed (at T = 8192 on a GPU it is seconds per call); ``chunked`` is the
+    torch baseline."""
     from seqzoo.kernels import get_kernel
     from seqzoo.kernels.registry import get_op
 
     gpu = device.type == "cuda" or interpret
-    entries = []
     tritons = sorted((b for b in get_op(op).backends.values() if b.name.startswith("triton")),
                      key=lambda b: -b.priority)
-    for backend in tritons:
-        skip = "" if gpu else "needs a GPU (pass --interpret to run it under Triton's interpreter)"
-        entries.append((backend.name, None if skip else get_kernel(op, backend.name), None, skip))
-        if backend.name == "triton_chunked":
-            entries.append(("triton_chunked (chunks of 16)", None if skip else get_kernel(op, backend.name), 16, skip))
-    entries.append(("chunked", get_kernel(op, "chunked"), None, ""))
-    if device.type == "cuda":
-        peers, missing = peer_kernels(op)
-        entries += [(name, fn, None, "") for name, fn in peers.items()]
-        entries += [(name.split(":")[0], None, None, f"not importable: {name}") for name in missing]
+    skip = "" if gpu else "needs a GPU (pass --interpret to run it under Triton's interpreter)"
+    entries = [Entry(b.name, None if skip else get_kernel(op, b.name), None, skip, False) for b in tritons]
+    peers, missing = peer_kernels(op) if device.type == "cuda" else ({}, [])
+    entries[1:1] = [Entry(name, fn, None, "", extra) for name, (fn, extra) in peers.items()]
+    entries.append(Entry("chunked", get_kernel(op, "chunked"), None, "", False))
+    if any(b.name == "triton_chunked" for b in tritons):
+        entries.append(Entry("triton_chunked (chunks of 16)", None if skip else get_kernel(op, "triton_chunked"),
+                             16, skip, True))
+    entries += [Entry(name.split(":")[0], None, None, f"not importable: {name}", False) for name in missing]
     return entries, (tritons[0].name if tritons and gpu else "chunked")
 
 
-def time_backend(fn, call, inputs, dy, sizes, chunk):
+def time_backend(fn, call, inputs, dy, sizes, chunk, row):
+    """Forward, then forward+backward, each the median of ``sizes.repeats`` timings, written into ``row`` as soon as
+    measured (a row stopped by its cap keeps its forward time)."""
     leaves = {k: v.detach().requires_grad_(v.is_floating_point()) for k, v in inputs.items()}
 
     def forward():
@@ -253,58 +283,93 @@ def time_backend(fn, call, inputs, dy, sizes, chunk):
         for t in leaves.values():
             t.grad = None
 
-    fwd = median_seconds(forward, sizes.repeats, sizes.warmup)
+    row["stage"] = "forward"
+    row["fwd_ms"] = median_seconds(forward, sizes.repeats, sizes.warmup) * 1e3
+    row["stage"] = "forward+backward"
     try:
-        both, note = median_seconds(forward_backward, sizes.repeats, sizes.warmup), ""
+        row["fwd_bwd_ms"] = median_seconds(forward_backward, sizes.repeats, sizes.warmup) * 1e3
     except (NotImplementedError, RuntimeError) as err:  # some peers have no backward
-        both, note = None, f"no backward ({type(err).__name__}: {str(err)[:80]})"
-    return fwd, both, note
+        row["note"] = f"no backward ({type(err).__name__}: {str(err)[:80]})"
+    row.pop("stage")
 
 
-def kernel_rows(sizes: Sizes, device: torch.device, dtype: torch.dtype, ops, interpret: bool,
-                on_op: Callable[[list[dict]], None] = lambda rows: None) -> list[dict]:
-    """Rows for every op, length and backend; ``on_op`` sees the rows so far after each op."""
-    rows = []
-    for op in ops:
-        entries, default = kernel_entries(op, device, interpret)
-        for length in sizes.lengths:
-            inputs, call = op_case(op, sizes, length, dtype, device)
-            float_inputs = [t for t in inputs.values() if t.is_floating_point()]
-            with torch.no_grad():
-                y_ref, _ = call(dict((e[0], e[1]) for e in entries)["chunked"], inputs)
-            dy = torch.randn_like(y_ref)
-            fwd_bytes = nbytes(float_inputs) + nbytes([y_ref])
-            bwd_bytes = 2 * nbytes(float_inputs) + nbytes([dy])
-            block = []
-            for label, fn, chunk, skip in entries:
-                row = {"op": op, "T": length, "backend": label, "fwd_ms": None, "fwd_bwd_ms": None,
-                       "fwd_gbps": None, "bwd_gbps": None, "rel_err": None, "note": skip}
-                if not skip:
-                    try:
-                        with torch.no_grad(), wkv7_chunk(chunk):
-                            y, _ = call(fn, inputs)
-                        row["rel_err"] = ((y.float() - y_ref.float()).abs().max()
-                                          / y_ref.float().abs().max()).item()
-                        fwd, both, row["note"] = time_backend(fn, call, inputs, dy, sizes, chunk)
-                        row.update(fwd_ms=fwd * 1e3, fwd_bwd_ms=None if both is None else both * 1e3,
-                                   fwd_gbps=gbps(fwd_bytes, fwd),
-                                   bwd_gbps=None if both is None else gbps(bwd_bytes, both - fwd))
-                    except Exception as err:  # one failing backend must not hide the others' figures
-                        row["note"] = f"failed: {type(err).__name__}: {str(err)[:160]}"
-                block.append(row)
-            ours = next(r for r in block if r["backend"] == default)
-            for row in block:
-                row["vs_default"] = [None if not (row[k] and ours[k]) else row[k] / ours[k]
-                                     for k in ("fwd_ms", "fwd_bwd_ms")]
-            rows += block
-            print(f"  {op} T={length}: done", file=sys.stderr, flush=True)
-        on_op(rows)
+def kernel_rows(sizes: Sizes, device: torch.device, dtype: torch.dtype, ops, interpret: bool, clock: Clock,
+                on_row: Callable[[list[dict]], None] = lambda rows: None) -> list[dict]:
+    """Rows for every op, length and backend: every op's main rows, then the extra ones. ``on_row`` sees the rows so
+    far after each row. A row past its cap keeps what it measured and says so; that backend then skips the longer
+    lengths of its op. Rows that would start with less than a few seconds of the budget left are skipped."""
+    plan = {op: kernel_entries(op, device, interpret) for op in ops}
+    rows: list[dict] = []
+    over: dict[tuple[str, str], str] = {}  # (op, backend) -> why its longer lengths are skipped
+    for extra in (False, True):
+        for op in ops:
+            entries, default = plan[op]
+            for length in sizes.lengths:
+                todo = [e for e in entries if e.extra == extra]
+                if not todo:
+                    continue
+                inputs, call = op_case(op, sizes, length, dtype, device)
+                float_inputs = [t for t in inputs.values() if t.is_floating_point()]
+                y_ref = dy = None
+                for entry in todo:
+                    row = {"op": op, "T": length, "backend": entry.label, "default": entry.label == default,
+                           "fwd_ms": None, "fwd_bwd_ms": None, "fwd_gbps": None, "bwd_gbps": None,
+                           "rel_err": None, "note": entry.skip, "seconds": None}
+                    start = time.monotonic()
+                    if not entry.skip and (op, entry.label) in over:
+                        row["note"] = over[(op, entry.label)]
+                    elif not entry.skip and clock.out_of_time():
+                        row["note"] = f"skipped: out of time (section budget {clock.budget:.0f} s)"
+                    elif not entry.skip:
+                        cap = clock.cap()
+                        try:
+                            with time_cap(cap):
+                                if y_ref is None:  # the chunked backend's output: the error reference
+                                    with torch.no_grad():
+                                        y_ref, _ = call(dict((e.label, e.fn) for e in entries)["chunked"], inputs)
+                                    dy = torch.randn_like(y_ref)
+                                with torch.no_grad(), wkv7_chunk(entry.chunk):
+                                    y, _ = call(entry.fn, inputs)
+                                row["rel_err"] = ((y.float() - y_ref.float()).abs().max()
+                                                  / y_ref.float().abs().max()).item()
+                                time_backend(entry.fn, call, inputs, dy, sizes, entry.chunk, row)
+                        except OverTime:
+                            stage = row.pop("stage", "the reference output or compiling")
+                            row["note"] = f"skipped: over {cap:.0f} s (in {stage})"
+                            over[(op, entry.label)] = f"skipped: over {cap:.0f} s at T={length}"
+                        except Exception as err:  # one failing backend must not hide the others' figures
+                            row.pop("stage", None)
+                            row["note"] = f"failed: {type(err).__name__}: {str(err)[:160]}"
+                        fwd, both = row["fwd_ms"], row["fwd_bwd_ms"]
+                        fwd_bytes = nbytes(float_inputs) + (nbytes([y_ref]) if y_ref is not None else 0)
+                        bwd_bytes = 2 * nbytes(float_inputs) + (nbytes([dy]) if dy is not None else 0)
+                        row["fwd_gbps"] = gbps(fwd_bytes, fwd / 1e3) if fwd else None
+                        row["bwd_gbps"] = gbps(bwd_bytes, (both - fwd) / 1e3) if fwd and both else None
+                    row["seconds"] = round(time.monotonic() - start, 1)
+                    rows.append(row)
+                    add_ratios(rows)
+                    print(f"  row: {op} T={length} {entry.label}: fwd {fmt(row['fwd_ms'])} ms, fwd+bwd "
+                          f"{fmt(row['fwd_bwd_ms'])} ms, {row['seconds']} s {row['note']}", flush=True)
+                    on_row(rows)
+                del inputs, y_ref, dy
+                if device.type == "cuda":
+                    torch.cuda.empty_cache()
     return rows
+
+
+def add_ratios(rows: list[dict]) -> None:
+    """Each row's times over those of the registry's CUDA choice for the same op and length."""
+    defaults = {(r["op"], r["T"]): r for r in rows if r["default"]}
+    for row in rows:
+        ours = defaults.get((row["op"], row["T"]))
+        row["vs_default"] = [None if not (ours and row[k] and ours[k]) else row[k] / ours[k]
+                             for k in ("fwd_ms", "fwd_bwd_ms")]
 
 
 def kernel_table(rows: list[dict], bw: dict) -> str:
     body = []
-    for r in rows:
+    order = list(dict.fromkeys(r["op"] for r in rows))  # ops in the order they ran; extra rows join their op
+    for r in sorted(rows, key=lambda r: (order.index(r["op"]), r["T"])):
         ratio = r.get("vs_default", [None, None])
         body.append([r["op"], r["T"], r["backend"], fmt(r["fwd_ms"]), fmt(r["fwd_bwd_ms"]),
                      f"{fmt(r['fwd_gbps'], '.0f')} ({pct(r['fwd_gbps'], bw['peak_gbps'])} / "
@@ -436,7 +501,11 @@ MODEL_FAMILIES = {  # label -> (preset, the backend choices compared: label -> {
 }
 
 
-def model_rows(args, device: torch.device, dtype: torch.dtype) -> list[dict]:
+def model_rows(args, device: torch.device, dtype: torch.dtype, clock: Clock,
+               on_row: Callable[[list[dict]], None] = lambda rows: None) -> list[dict]:
+    """Every family with the registry's kernels first, then the forced backends. Each row has its own cap (a row
+    stopped by it keeps the phases it finished); rows that would start with too little of the budget left are
+    skipped, and say so."""
     import seqzoo
 
     dry = args.dry_run
@@ -444,23 +513,39 @@ def model_rows(args, device: torch.device, dtype: torch.dtype) -> list[dict]:
     overrides = {} if dry else {"hidden_size": args.hidden_size, "num_hidden_layers": args.layers}
     batch, length, steps = (1, 9, 3) if dry else (args.model_batch, args.model_length, args.decode_steps)
     repeats, warmup = (1, 0) if dry else (5, 2)
+    models: dict[str, torch.nn.Module] = {}
+    plan = []
+    for first in (True, False):
+        for family, (preset, choices) in MODEL_FAMILIES.items():
+            if not cuda:  # on CPU the Triton backends cannot run: time the chunked kernels only
+                choices = {"chunked": choices["chunked"]}
+            plan += [(family, preset, label, choice) for i, (label, choice) in enumerate(choices.items())
+                     if (i == 0) == first]
     rows = []
-    for family, (preset, choices) in MODEL_FAMILIES.items():
-        if not cuda:  # on CPU the Triton backends cannot run: time the chunked kernels only
-            choices = {"chunked": choices["chunked"]}
-        torch.manual_seed(0)
-        model = seqzoo.create_model(f"{preset}-{'tiny' if dry else 'small'}", **overrides)
-        model = model.to(device=device, dtype=dtype).eval()
-        vocab = model.config.vocab_size
-        ids = torch.randint(3, vocab - 2, (batch, length), device=device)
-        prompt = ids[:1, : max(1, length // 4)]
-        for label, choice in choices.items():
-            row = {"model": family, "kernels": label, "B": batch, "T": length, "prefill_ms": None,
-                   "prefill_graph_ms": None, "train_ms": None, "decode_ms": None, "decode_graph_ms": None,
-                   "graph_check": "skipped: needs CUDA" if not cuda else "", "decode_compile_ms": None,
-                   "compile_check": "not run (pass --compile)" if not args.compile else "", "note": ""}
+    for family, preset, label, choice in plan:
+        row = {"model": family, "kernels": label, "B": batch, "T": length, "prefill_ms": None,
+               "prefill_graph_ms": None, "train_ms": None, "decode_ms": None, "decode_graph_ms": None,
+               "graph_check": "skipped: needs CUDA" if not cuda else "", "decode_compile_ms": None,
+               "compile_check": "not run (pass --compile)" if not args.compile else "", "note": "",
+               "seconds": None}
+        start = time.monotonic()
+        cap = clock.cap()
+        phase = "building the model"
+        if clock.out_of_time():
+            row["note"] = f"skipped: out of time (section budget {clock.budget:.0f} s)"
+        else:
             try:
-                with kernel_backends(choice):
+                with time_cap(cap), kernel_backends(choice):
+                    if family not in models:
+                        torch.manual_seed(0)
+                        model = seqzoo.create_model(f"{preset}-{'tiny' if dry else 'small'}", **overrides)
+                        models[family] = model.to(device=device, dtype=dtype).eval()
+                    model = models[family]
+                    vocab = model.config.vocab_size
+                    ids = torch.randint(3, vocab - 2, (batch, length), device=device,
+                                        generator=torch.Generator(device=device).manual_seed(0))
+                    prompt = ids[:1, : max(1, length // 4)]
+
                     def prefill():
                         with torch.no_grad():
                             model(ids, use_cache=False)
@@ -469,22 +554,28 @@ def model_rows(args, device: torch.device, dtype: torch.dtype) -> list[dict]:
                         model(ids, labels=ids, use_cache=False).loss.backward()
                         model.zero_grad(set_to_none=True)
 
+                    phase = "prefill"
                     row["prefill_ms"] = median_seconds(prefill, repeats, warmup) * 1e3
+                    phase = "training step"
                     row["train_ms"] = median_seconds(train_step, repeats, warmup) * 1e3
+                    phase = "eager decode"
                     row["decode_ms"] = median_seconds(lambda: eager_greedy(model, prompt, steps), repeats,
                                                       warmup) / steps * 1e3
                     expected = eager_greedy(model, prompt, steps)
                     if cuda:
-                        embeds = model.get_input_embeddings()(ids).detach()
-                        row["prefill_graph_ms"] = median_seconds(graphed_prefill(model, embeds), repeats,
-                                                                 warmup) * 1e3
+                        phase = "CUDA-graph decode"
                         decoder = GreedyDecoder(model, prompt, use_graph=True)
                         same = torch.equal(decoder.generate(steps), expected)
                         decoder = GreedyDecoder(model, prompt, use_graph=True)
                         row["decode_graph_ms"] = median_seconds(lambda: decoder.generate(steps), repeats,
                                                                 warmup) / steps * 1e3
                         row["graph_check"] = "same tokens" if same else "DIFFERENT tokens"
+                        phase = "CUDA-graph prefill"
+                        embeds = model.get_input_embeddings()(ids).detach()
+                        row["prefill_graph_ms"] = median_seconds(graphed_prefill(model, embeds), repeats,
+                                                                 warmup) * 1e3
                         if args.compile:
+                            phase = "torch.compile decode"
                             row["compile_check"], per_token = compiled_decode(model, prompt, steps, expected,
                                                                               repeats, warmup)
                             row["decode_compile_ms"] = None if per_token is None else per_token * 1e3
@@ -493,17 +584,25 @@ def model_rows(args, device: torch.device, dtype: torch.dtype) -> list[dict]:
                         row["graph_check"] = ("skipped: needs CUDA; the graph's step replayed eagerly gives the "
                                               + ("same tokens" if torch.equal(tokens, expected) else
                                                  "DIFFERENT tokens"))
+            except OverTime:
+                row["note"] = f"stopped: over {cap:.0f} s (in {phase})"
             except Exception as err:  # the row says what failed; the other rows still run
-                row["note"] = f"failed: {type(err).__name__}: {str(err)[:160]}"
-            rows.append(row)
-            print(f"  {family} / {label}: done", file=sys.stderr, flush=True)
-        del model
-        if cuda:
-            torch.cuda.empty_cache()
+                row["note"] = f"failed in {phase}: {type(err).__name__}: {str(err)[:160]}"
+            model = None
+            if cuda:
+                torch.cuda.empty_cache()
+        row["seconds"] = round(time.monotonic() - start, 1)
+        rows.append(row)
+        print(f"  row: {family} / {label}: prefill {fmt(row['prefill_ms'], '.2f')} ms, train "
+              f"{fmt(row['train_ms'], '.2f')} ms, decode {fmt(row['decode_ms'], '.2f')} / graph "
+              f"{fmt(row['decode_graph_ms'], '.2f')} ms/token, {row['seconds']} s {row['note']}", flush=True)
+        on_row(rows)
     return rows
 
 
 def model_tables(rows: list[dict]) -> tuple[str, str]:
+    order = {family: i for i, family in enumerate(MODEL_FAMILIES)}
+    rows = sorted(rows, key=lambda r: order.get(r["model"], 0))  # each family's rows together, as they ran
     tokens = {id(r): r["B"] * r["T"] for r in rows}
     first = table(
         ["model", "kernels", "B x T", "prefill ms", "prefill ms (CUDA graph)", "training step ms",
@@ -538,8 +637,8 @@ def allow_triton_on_cpu() -> None:
 
 
 class Report:
-    """What the run measured so far, as JSON and markdown files rewritten after every section (and after every op of
-    the kernel section, with ``final=False``: a run cut short keeps what it measured)."""
+    """What the run measured so far, as JSON and markdown files rewritten after every row (``final=False``) and
+    every section: a run cut short keeps what it measured."""
 
     def __init__(self, args) -> None:
         self.args, self.data, self.sections = args, {}, {}
@@ -569,15 +668,31 @@ def main(args) -> None:
         raise SystemExit("no CUDA device: run on a GPU, or pass --dry-run to check the script on CPU")
     dtype = {"bf16": torch.bfloat16, "fp32": torch.float32}[args.dtype]
     sizes = DRY_SIZES if args.dry_run else GPU_SIZES
+    if args.lengths:
+        sizes = Sizes(**{**sizes.__dict__, "lengths": tuple(args.lengths)})
+    FLA_AUTOTUNE.update(mode=args.fla_autotune, max_block=sizes.wkv_head_size)
+    started = time.monotonic()
     bw = bandwidths(device)
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU (dry run)"
     report = Report(args)
     meta = {"device": name, "torch": torch.__version__, "triton": triton.__version__, "dtype": args.dtype,
-            "command": " ".join([os.path.basename(sys.executable)] + sys.argv), **bw}
-    report.add("meta", meta, (
-        f"device: {name}; torch {torch.__version__}, triton {triton.__version__}; inputs {args.dtype}; peak "
-        f"bandwidth {fmt(bw['peak_gbps'], '.0f')} GB/s ({bw['peak_source']}), device-to-device copy "
-        f"{fmt(bw['copy_gbps'], '.0f')} GB/s (1 GiB, bytes read + written)\n\ncommand: `{meta['command']}`"))
+            "command": " ".join([os.path.basename(sys.executable)] + sys.argv), **bw,
+            "budget_s": args.budget, "row_cap_s": args.row_cap, "fla_autotune": FLA_AUTOTUNE}
+
+    def meta_section() -> None:
+        kernels = FLA_AUTOTUNE["kernels"]
+        tuned = (f"; flash-linear-attention autotuned over a reduced space (num_warps 4/8, num_stages 2/3, blocks <= "
+                 f"{FLA_AUTOTUNE['max_block']}): {sum(k[2] for k in kernels)} of {sum(k[1] for k in kernels)} "
+                 f"configurations in {len(kernels)} kernels" if kernels else "")
+        report.add("meta", meta, (
+            f"device: {name}; torch {torch.__version__}, triton {triton.__version__}; inputs {args.dtype}; peak "
+            f"bandwidth {fmt(bw['peak_gbps'], '.0f')} GB/s ({bw['peak_source']}), device-to-device copy "
+            f"{fmt(bw['copy_gbps'], '.0f')} GB/s (1 GiB, bytes read + written){tuned}\n\n"
+            f"command: `{meta['command']}`"), final=False)
+
+    meta_section()
+    print(f"device: {name}; peak {fmt(bw['peak_gbps'], '.0f')} GB/s, copy {fmt(bw['copy_gbps'], '.0f')} GB/s",
+          flush=True)
 
     def kernel_section(rows: list[dict], final: bool = True) -> None:
         report.add("kernels", rows, (
@@ -586,21 +701,33 @@ def main(args) -> None:
             f"P={sizes.ssd_head_dim} N={sizes.ssd_state} G=1; wkv7 H={sizes.wkv_heads} K=V={sizes.wkv_head_size}. "
             "GB/s: minimum traffic / time (% of the data-sheet peak / % of the measured copy). Time / default: "
             "that backend's time over the time of the backend the registry picks for CUDA tensors (forward / "
-            "forward+backward); > 1 means the default is faster.\n\n" + kernel_table(rows, bw)), final)
+            "forward+backward); > 1 means the default is faster. Each row is capped at "
+            f"{fmt(args.row_cap, '.0f', 'no')} s, compiling and autotuning included.\n\n" + kernel_table(rows, bw)),
+            final)
 
-    rows = kernel_rows(sizes, device, dtype, args.ops or OPS, args.interpret,
-                       on_op=lambda so_far: kernel_section(so_far, final=False))
-    kernel_section(rows)
-
+    if not args.models_only:
+        budget = None if args.budget is None else args.budget - (time.monotonic() - started)
+        clock = Clock(budget if args.skip_models or budget is None else budget * args.kernel_share, args.row_cap)
+        rows = kernel_rows(sizes, device, dtype, args.ops or OPS, args.interpret, clock,
+                           on_row=lambda so_far: kernel_section(so_far, final=False))
+        meta_section()
+        kernel_section(rows)
     if args.skip_models:
         return
-    rows = model_rows(args, device, dtype)
-    first, second = model_tables(rows)
+
     where = "tiny presets" if args.dry_run else f"hidden {args.hidden_size}, {args.layers} layers"
-    report.add("models", rows, (
-        f"## Models ({where}, {args.dtype}): prefill and training step\n\nkernels: `default` is the registry's "
-        "choice for CUDA tensors (Triton), the others force a backend.\n\n" + first
-        + f"\n\n## Greedy decode ({where}, B=1, ms per token)\n\n" + second))
+
+    def model_section(rows: list[dict], final: bool = True) -> None:
+        first, second = model_tables(rows)
+        report.add("models", rows, (
+            f"## Models ({where}, {args.dtype}): prefill and training step\n\nkernels: `default` is the registry's "
+            "choice for CUDA tensors (Triton), the others force a backend.\n\n" + first
+            + f"\n\n## Greedy decode ({where}, B=1, ms per token)\n\n" + second), final)
+
+    budget = None if args.budget is None else args.budget - (time.monotonic() - started)
+    rows = model_rows(args, device, dtype, Clock(budget, args.model_row_cap),
+                      on_row=lambda so_far: model_section(so_far, final=False))
+    model_section(rows)
 
 
 def parse_args(argv=None):
@@ -609,8 +736,24 @@ def parse_args(argv=None):
     parser.add_argument("--interpret", action="store_true",
                         help="with --dry-run: run the Triton backends under Triton's interpreter (slow)")
     parser.add_argument("--dtype", choices=("bf16", "fp32"), default="bf16")
-    parser.add_argument("--ops", nargs="+", choices=OPS, help="kernel ops to time (default: all)")
+    parser.add_argument("--ops", nargs="+", choices=OPS, help="kernel ops to time, in this order (default: all)")
+    parser.add_argument("--lengths", nargs="+", type=int, help="kernel sequence lengths (default: 2048 8192 on a GPU)")
     parser.add_argument("--skip-models", action="store_true", help="kernels only")
+    parser.add_argument("--models-only", action="store_true", help="the model tables only")
+    parser.add_argument("--budget", type=float,
+                        help="seconds for the whole run: rows that would start with less than 3 s left are skipped "
+                             "and say so (default: no limit)")
+    parser.add_argument("--kernel-share", type=float, default=0.6,
+                        help="with --budget and both sections: the kernels' share of it (default 0.6)")
+    parser.add_argument("--row-cap", type=float, default=60.0,
+                        help="seconds per kernel row (one backend at one length, compiling and autotuning "
+                             "included); a row past it is stopped, says so, and that backend skips the longer "
+                             "lengths (default 60; 0: no cap)")
+    parser.add_argument("--model-row-cap", type=float, default=60.0,
+                        help="seconds per model row (one family with one kernel choice; default 60; 0: no cap)")
+    parser.add_argument("--fla-autotune", choices=("reduced", "full"), default="reduced",
+                        help="flash-linear-attention's autotuning space: reduced (num_warps 4/8, num_stages 2/3, "
+                             "blocks <= the head size; tens of seconds) or fla's own (minutes per chunk size)")
     parser.add_argument("--compile", action="store_true",
                         help="also decode under torch.compile(mode='reduce-overhead') (compiles each model: slow)")
     parser.add_argument("--hidden-size", type=int, default=768)
@@ -618,11 +761,21 @@ def parse_args(argv=None):
     parser.add_argument("--model-batch", type=int, default=4)
     parser.add_argument("--model-length", type=int, default=2048)
     parser.add_argument("--decode-steps", type=int, default=64)
-    parser.add_argument("--json", help="write the results as JSON to this file")
-    parser.add_argument("--markdown", help="write the markdown tables to this file")
+    parser.add_argument("--json", help="write the results as JSON to this file (rewritten after every row)")
+    parser.add_argument("--markdown", help="write the markdown tables to this file (rewritten after every row)")
     args = parser.parse_args(argv)
     if args.interpret and not args.dry_run:
         parser.error("--interpret goes with --dry-run (on a GPU the Triton backends run compiled)")
+    if args.skip_models and args.models_only:
+        parser.error("--skip-models and --models-only leave nothing to run; pass at most one")
+    if args.lengths and min(args.lengths) < 2:
+        parser.error(f"--lengths must be at least 2 (a prefill), got {args.lengths}")
+    if not 0 < args.kernel_share < 1:
+        parser.error(f"--kernel-share must be between 0 and 1, got {args.kernel_share}")
+    if args.budget is not None and args.budget <= 0:
+        parser.error(f"--budget must be positive, got {args.budget}")
+    args.row_cap = args.row_cap or None
+    args.model_row_cap = args.model_row_cap or None
     return args
 
 

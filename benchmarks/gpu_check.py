@@ -48,8 +48,12 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 # Distributions a carried wheel must never replace: the machine's own torch, Triton and CUDA libraries.
 PROTECTED = ("torch", "triton", "nvidia", "cuda", "pytorch_triton")
-STEP_CAPS = {"install": 60, "env": 45, "bench": 170, "gpu_tests": 180, "decode": 150}  # seconds, before the budget
-STEP_FLOORS = {"install": 20, "env": 15, "decode": 30, "gpu_tests": 60, "bench": 60}  # kept for later steps
+# Seconds per step, before the budget; the benchmark runs as two processes (kernels, then models), so that a hang
+# in one (a CUDA wait cannot be interrupted from Python) cannot take the other's time.
+STEP_CAPS = {"install": 60, "env": 45, "bench_kernels": 250, "bench_models": 180, "gpu_tests": 180, "decode": 150}
+STEP_FLOORS = {"install": 20, "env": 15, "bench_kernels": 60, "bench_models": 40, "gpu_tests": 60, "decode": 30}
+STEPS = ("bench", "gpu_tests", "decode")  # what --only chooses from; install (with wheels) and env always run
+BENCH_MARGIN = 20  # seconds of a bench step's limit not given to the script's own --budget (imports, last write)
 
 
 # ---- steps that run inside this file, in a child process ----
@@ -180,12 +184,13 @@ class Runner:
         left = self.deadline - time.monotonic() - sum(STEP_FLOORS[n] for n in later)
         return int(max(STEP_FLOORS[name] if left > 0 else 5, min(STEP_CAPS[name], left)))
 
-    def run(self, name: str, command: list[str], later: list[str]) -> dict:
-        limit = self.timeout(name, later)
-        log = self.out / f"{name}.log"
+    def run(self, name: str, command: list[str], later: list[str], log_name: str | None = None,
+            append: bool = False, limit: int | None = None) -> dict:
+        limit = limit or self.timeout(name, later)
+        log = self.out / (log_name or f"{name}.log")
         print(f"== {name} (limit {limit} s): {' '.join(command)}", flush=True)
         start = time.monotonic()
-        with open(log, "w") as handle:
+        with open(log, "a" if append else "w") as handle:
             # A session of its own, so that a timeout ends the step's children too (compile workers, pytest).
             proc = subprocess.Popen(command, cwd=REPO, env=self.env, stdout=handle, stderr=subprocess.STDOUT,
                                     start_new_session=True)
@@ -252,13 +257,16 @@ def summary_markdown(results: dict) -> str:
 def orchestrate(args) -> int:
     runner = Runner(args)
     py = sys.executable
+    chosen = set(args.only or STEPS)
+    runner.results["only"] = sorted(chosen) if args.only else None
 
     wheels, problems = check_wheels(Path(args.wheels)) if Path(args.wheels).is_dir() else ([], [])
     runner.results["wheels"] = [w.name for w in wheels]
     runner.results["install_problems"] = problems
     # The benchmark first, then the tests, then the decode check: the first GPU run (2026-11-30) spent its time on
     # torch.compile in the decode check and on the long-sequence tests, and the benchmark got none.
-    later = ["env", "bench", "gpu_tests", "decode"]
+    later = ["env"] + [n for n, step in (("bench_kernels", "bench"), ("bench_models", "bench"),
+                                         ("gpu_tests", "gpu_tests"), ("decode", "decode")) if step in chosen]
     if not wheels:
         runner.skip("install", f"no wheels in {args.wheels}")
     elif problems:
@@ -271,44 +279,57 @@ def orchestrate(args) -> int:
                           later)
         if step["status"] == "ok":
             runner.env["PYTHONPATH"] = os.pathsep.join([args.site, runner.env["PYTHONPATH"]])
-    later.remove("env")
 
+    later.remove("env")
     runner.run("env", [py, __file__, "--child", "env", "--child-out", str(runner.child_json("env"))], later)
     runner.results["env"] = runner.load(runner.child_json("env"))
-    later.remove("bench")
 
-    bench_json, bench_md = runner.child_json("bench"), runner.scratch / "bench.md"
-    bench = [py, "benchmarks/bench_triton.py", "--json", str(bench_json), "--markdown", str(bench_md)]
-    # wkv7 first (the comparison with flash-linear-attention); 4-layer models keep the model tables inside the
-    # step's limit (chunked torch backends at hidden 768, T = 2048 take seconds per training step).
-    runner.run("bench", bench + (["--dry-run", "--ops", "wkv7"] if args.dry_run else
-                                 ["--ops", "wkv7", "selective_scan", "ssd", "causal_conv1d", "--layers", "4"]), later)
-    runner.results["bench"] = runner.load(bench_json)
-    runner.results["bench_markdown"] = bench_md.read_text() if bench_md.exists() else ""
-    runner.save()
-    later.remove("gpu_tests")
+    if "bench" in chosen:
+        # Two processes, one log: the kernels (wkv7 first: the comparison with flash-linear-attention), then the
+        # models (4 layers keep the chunked torch backends' training steps inside their rows' caps). Each gets its
+        # step's limit, less a margin, as its own --budget, so it skips rows rather than being killed mid-row.
+        runner.results["bench"], markdown = {}, []
+        ops = ["wkv7"] if args.dry_run else ["wkv7", "selective_scan", "ssd", "causal_conv1d"]
+        for part, extra in (("kernels", ["--skip-models", "--ops", *ops]), ("models", ["--models-only", "--layers", "4"])):
+            name = f"bench_{part}"
+            later.remove(name)
+            limit = runner.timeout(name, later)
+            out_json, out_md = runner.child_json(name), runner.scratch / f"{name}.md"
+            command = [py, "benchmarks/bench_triton.py", "--json", str(out_json), "--markdown", str(out_md),
+                       "--budget", str(max(10, limit - BENCH_MARGIN)), *extra]
+            if args.dry_run:
+                command.append("--dry-run")
+            runner.run(name, command, later, log_name="bench.log", append=part == "models", limit=limit)
+            runner.results["bench"][part] = runner.load(out_json)
+            if out_md.exists():
+                markdown.append(out_md.read_text())
+            runner.results["bench_markdown"] = "\n\n".join(markdown)
+            runner.save()
 
-    # Two pytest runs in one step (one log): the interpreter-sized parity tests, compiled here (odd sizes, padding
-    # masks, both wkv7 score forms), then every gpu-marked test.
-    options = "-q -rfE -p no:cacheprovider --continue-on-collection-errors -o timeout=120"
-    parity = " ".join(sorted(str(p.relative_to(REPO))
-                             for p in (REPO / "tests" / "kernels_triton").glob("test_parity_*.py")))
-    marked = "tests/kernels_triton/test_gpu_kernels.py" if args.dry_run else "tests"
-    script = (f"{sys.executable} -m pytest {options} {parity}; first=$?; "
-              f"{sys.executable} -m pytest {options} -m gpu {marked}; second=$?; exit $((first | second))")
-    runner.run("gpu_tests", ["bash", "-c", script], later)
-    log = runner.out / "gpu_tests.log"
-    lines = log.read_text(errors="replace").splitlines() if log.exists() else []
-    runner.results["gpu_tests"] = {
-        "summary": "; ".join(line.strip("= ") for line in lines
-                             if re.search(r"\d+ (passed|failed|skipped|error)", line) and " in " in line),
-        "failures": [line for line in lines if line.startswith(("FAILED", "ERROR"))][:60]}
-    runner.save()
-    later.remove("decode")
+    if "gpu_tests" in chosen:
+        later.remove("gpu_tests")
+        # Two pytest runs in one step (one log): the interpreter-sized parity tests, compiled here (odd sizes,
+        # padding masks, both wkv7 score forms), then every gpu-marked test.
+        options = "-q -rfE -p no:cacheprovider --continue-on-collection-errors -o timeout=120"
+        parity = " ".join(sorted(str(p.relative_to(REPO))
+                                 for p in (REPO / "tests" / "kernels_triton").glob("test_parity_*.py")))
+        marked = "tests/kernels_triton/test_gpu_kernels.py" if args.dry_run else "tests"
+        script = (f"{sys.executable} -m pytest {options} {parity}; first=$?; "
+                  f"{sys.executable} -m pytest {options} -m gpu {marked}; second=$?; exit $((first | second))")
+        runner.run("gpu_tests", ["bash", "-c", script], later)
+        log = runner.out / "gpu_tests.log"
+        lines = log.read_text(errors="replace").splitlines() if log.exists() else []
+        runner.results["gpu_tests"] = {
+            "summary": "; ".join(line.strip("= ") for line in lines
+                                 if re.search(r"\d+ (passed|failed|skipped|error)", line) and " in " in line),
+            "failures": [line for line in lines if line.startswith(("FAILED", "ERROR"))][:60]}
+        runner.save()
 
-    decode = [py, __file__, "--child", "decode", "--child-out", str(runner.child_json("decode"))]
-    runner.run("decode", decode + (["--dry-run"] if args.dry_run else []), later)
-    runner.results["decode"] = runner.load(runner.child_json("decode"))
+    if "decode" in chosen:
+        later.remove("decode")
+        decode = [py, __file__, "--child", "decode", "--child-out", str(runner.child_json("decode"))]
+        runner.run("decode", decode + (["--dry-run"] if args.dry_run else []), later)
+        runner.results["decode"] = runner.load(runner.child_json("decode"))
 
     runner.results["finished"] = time.strftime("%Y-%m-%d %H:%M:%S %Z")
     runner.save()
@@ -324,12 +345,17 @@ def parse_args(argv=None):
     parser.add_argument("--wheels", default=".whl", help="folder of the wheels to install (default .whl)")
     parser.add_argument("--site", default="/tmp/site", help="pip --target folder for the wheels")
     parser.add_argument("--budget", type=int, default=465, help="seconds for all steps together")
+    parser.add_argument("--only", nargs="+", choices=STEPS,
+                        help="run only these steps (install, with wheels, and env always run), e.g. --only bench")
     parser.add_argument("--dry-run", action="store_true", help="CPU: the plumbing, GPU-only parts skipped")
     parser.add_argument("--child", choices=("env", "decode"), help=argparse.SUPPRESS)
     parser.add_argument("--child-out", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
-    if args.budget < sum(STEP_FLOORS.values()):
-        parser.error(f"--budget {args.budget} is below the {sum(STEP_FLOORS.values())} s the steps need at least")
+    parts = {"bench": ("bench_kernels", "bench_models"), "gpu_tests": ("gpu_tests",), "decode": ("decode",)}
+    least = STEP_FLOORS["install"] + STEP_FLOORS["env"] + sum(
+        STEP_FLOORS[n] for step in (args.only or STEPS) for n in parts[step])
+    if args.budget < least:
+        parser.error(f"--budget {args.budget} is below the {least} s the chosen steps need at least")
     if args.child and not args.child_out:
         parser.error("--child needs --child-out")
     return args
