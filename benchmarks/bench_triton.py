@@ -41,7 +41,12 @@ from typing import Callable, NamedTuple
 
 import torch
 
-from seqzoo.models.compat import output_cache
+if __name__ == "__main__" and "--interpret" in sys.argv:
+    # Triton decides between compiling and interpreting as each kernel is defined, and importing seqzoo defines
+    # shared helpers: the choice must be made before that import, or interpreted kernels call compiled helpers.
+    os.environ["TRITON_INTERPRET"] = "1"
+
+from seqzoo.models.compat import output_cache  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench_limits, also when a test loads this file by path
 from bench_limits import Clock, OverTime, reduced_autotune, time_cap  # noqa: E402
@@ -335,8 +340,8 @@ def kernel_rows(sizes: Sizes, device: torch.device, dtype: torch.dtype, ops, int
                                 time_backend(entry.fn, call, inputs, dy, sizes, entry.chunk, row)
                         except OverTime:
                             stage = row.pop("stage", "the reference output or compiling")
-                            row["note"] = f"skipped: over {cap:.0f} s (in {stage})"
-                            over[(op, entry.label)] = f"skipped: over {cap:.0f} s at T={length}"
+                            row["note"] = f"skipped: over {cap:.3g} s (in {stage})"
+                            over[(op, entry.label)] = f"skipped: over {cap:.3g} s at T={length}"
                         except Exception as err:  # one failing backend must not hide the others' figures
                             row.pop("stage", None)
                             row["note"] = f"failed: {type(err).__name__}: {str(err)[:160]}"
@@ -585,7 +590,7 @@ def model_rows(args, device: torch.device, dtype: torch.dtype, clock: Clock,
                                               + ("same tokens" if torch.equal(tokens, expected) else
                                                  "DIFFERENT tokens"))
             except OverTime:
-                row["note"] = f"stopped: over {cap:.0f} s (in {phase})"
+                row["note"] = f"stopped: over {cap:.3g} s (in {phase})"
             except Exception as err:  # the row says what failed; the other rows still run
                 row["note"] = f"failed in {phase}: {type(err).__name__}: {str(err)[:160]}"
             model = None
@@ -780,8 +785,4 @@ def parse_args(argv=None):
 
 
 if __name__ == "__main__":
-    arguments = parse_args()
-    if arguments.interpret:
-        # Triton decides between compiling and interpreting when it is imported, and importing seqzoo imports it.
-        os.environ["TRITON_INTERPRET"] = "1"
-    main(arguments)
+    main(parse_args())

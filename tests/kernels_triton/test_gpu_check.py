@@ -41,7 +41,8 @@ def test_dry_run_runs_every_step_and_writes_the_result_files(tmp_path):
     data = json.loads((out / "results.json").read_text())
     status = {name: step["status"] for name, step in data["steps"].items()}
     assert status.pop("install").startswith("skipped: dry run: 2 wheels checked"), data["steps"]
-    assert status == {"env": "ok", "decode": "ok", "gpu_tests": "ok", "bench": "ok"}, data["steps"]
+    assert status == {"env": "ok", "bench_kernels": "ok", "bench_models": "ok", "gpu_tests": "ok", "decode": "ok"}, \
+        data["steps"]
     assert data["env"]["seqzoo"]["version"] and data["env"]["gpu"] is None
 
     replayed = [row for row in data["decode"] if row["method"] == "graph step replayed eagerly"]
@@ -52,13 +53,34 @@ def test_dry_run_runs_every_step_and_writes_the_result_files(tmp_path):
     assert all(row["result"].startswith("skipped: dry run") for row in others), data["decode"]
     assert " skipped" in data["gpu_tests"]["summary"] and not data["gpu_tests"]["failures"]
 
-    rows = {row["backend"]: row for row in data["bench"]["kernels"]}
+    rows = {row["backend"]: row for row in data["bench"]["kernels"]["kernels"]}
     assert rows["chunked"]["fwd_ms"] > 0 and rows["chunked"]["fwd_bwd_ms"] > 0
     assert rows["triton_chunked"]["note"].startswith("needs a GPU") and rows["triton_chunked"]["fwd_ms"] is None
+    assert "reference" not in rows  # per-token: never timed
+    models = data["bench"]["models"]["models"]
+    assert {row["model"] for row in models} == {"Mamba", "Mamba-2", "RWKV-7"}
+    assert all(row["train_ms"] > 0 and row["decode_ms"] > 0 for row in models), models
     markdown = (out / "results.md").read_text()
     assert "| wkv7 | 33 | triton_chunked |" in markdown and "## Greedy decode" in markdown
+    assert "| RWKV-7 | chunked | 1x9 |" in markdown
+    # Both benchmark processes print each row as it is measured, into one log.
+    log = (out / "bench.log").read_text()
+    assert "row: wkv7 T=33 chunked: fwd" in log and "row: RWKV-7 / chunked: prefill" in log
     # The GPU machine returns at most 8 files; console.log (from tee) is the eighth.
     assert len(list(out.iterdir())) <= 7
+
+
+def test_only_bench_runs_install_env_and_the_benchmark(tmp_path):
+    out = tmp_path / "out"
+    result = subprocess.run([sys.executable, "benchmarks/gpu_check.py", "--dry-run", "--out", str(out),
+                             "--wheels", str(tmp_path / "none"), "--only", "bench", "--budget", "200"],
+                            cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, (result.stdout + result.stderr)[-4000:]
+    data = json.loads((out / "results.json").read_text())
+    assert list(data["steps"]) == ["install", "env", "bench_kernels", "bench_models"], data["steps"]
+    assert data["only"] == ["bench"] and "decode" not in data and "gpu_tests" not in data
+    assert data["bench"]["kernels"]["kernels"] and data["bench"]["models"]["models"]
+    assert sorted(p.name for p in out.iterdir()) == ["bench.log", "env.log", "results.json", "results.md"]
 
 
 def test_wheel_checks_refuse_what_would_break_the_gpu_machine(tmp_path):
@@ -96,7 +118,9 @@ def test_a_step_past_its_limit_is_stopped_with_its_children(tmp_path, monkeypatc
     assert json.loads((tmp_path / "results.json").read_text())["steps"]["env"]["status"] == step["status"]
 
 
-@pytest.mark.parametrize("argv, message", [(["--budget", "10"], "below"), (["--child", "env"], "--child-out")])
+@pytest.mark.parametrize("argv, message", [(["--budget", "10"], "below"), (["--child", "env"], "--child-out"),
+                                           (["--only", "bench", "--budget", "100"], "below the 135 s"),
+                                           (["--only", "env"], "invalid choice")])
 def test_bad_arguments_are_refused(argv, message, capsys):
     with pytest.raises(SystemExit):
         _module().parse_args(argv)
