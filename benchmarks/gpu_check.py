@@ -1,31 +1,40 @@
-"""The one prepared GPU check: installs the carried wheels, then runs the gpu-marked tests, the Triton benchmark and a
+"""The one prepared GPU check: installs the carried wheels, then runs the Triton benchmark, the gpu-marked tests and a
 greedy-decode check of a tiny model of every family, each step in its own process with its own time limit, and
 writes what it found to a few files. Built for one H200 with Python 3.12, torch 2.11, Triton 3.6 and no package
-registry; expected wall time about 6-7 minutes, never more than --budget (465 s) plus a few seconds.
+registry; never more than --budget (465 s) plus a few seconds.
 
 On the GPU machine, from the repository root, with the wheel folder .whl carried (see benchmarks/gpu_wheels.txt):
 
     PYTHONUNBUFFERED=1 python3 benchmarks/gpu_check.py --out "$OUT" --wheels .whl 2>&1 | tee "$OUT/console.log"
+    PYTHONUNBUFFERED=1 python3 benchmarks/gpu_check.py --out "$OUT" --wheels .whl --only bench --budget 450 \
+        2>&1 | tee "$OUT/console.log"                     # the benchmark alone: about 7 minutes
 
 On a machine without a GPU (CI runs this in tests/kernels_triton/test_gpu_check.py):
 
     python benchmarks/gpu_check.py --dry-run --out /tmp/gpu-check
 
-Steps, in order (a step that fails or times out is recorded and the next one runs):
-  install     pip install --no-index --no-deps --target SITE of every wheel in --wheels, after checking that none
-              would replace torch, triton or a CUDA library; later steps run with PYTHONPATH=SITE:repo.
-  env         versions and origins of python, torch, triton, transformers, huggingface_hub, tokenizers, fla; GPU.
-  decode      greedy decoding of a tiny model of every registered family (tests/conftest.py's sizes), eager against
-              CUDA graphs for families with fixed-size recurrent states (one graph replay per token,
-              benchmarks/bench_triton.py's GreedyDecoder) and against torch.compile for attention families (their
-              key/value cache grows, which a captured graph cannot: transformers, hybrids); tokens compared.
-  gpu_tests   the parity tests (tests/kernels_triton/test_parity_*.py), compiled, then python -m pytest -m gpu
-              tests; 120 s per test.
-  bench       benchmarks/bench_triton.py: kernels (bf16; wkv7 first), then the model-level tables (4 layers).
+Steps, in order (a step that fails or times out is recorded and the next one runs; --only picks among bench,
+gpu_tests and decode, install and env always run):
+  install        pip install --no-index --no-deps --target SITE of every wheel in --wheels, after checking that none
+                 would replace torch, triton or a CUDA library; later steps run with PYTHONPATH=SITE:repo.
+  env            versions and origins of python, torch, triton, transformers, huggingface_hub, tokenizers, fla; GPU.
+  bench_kernels  benchmarks/bench_triton.py --skip-models: wkv7 (with flash-linear-attention's kernels),
+                 selective_scan, ssd, causal_conv1d at T = 2048 and 8192, bf16; 120 s per row, up to 250 s.
+  bench_models   benchmarks/bench_triton.py --models-only: Mamba, Mamba-2, RWKV-7 at hidden 768, 4 layers: prefill,
+                 training step, decode eager and under CUDA graphs; 60 s per row, up to 180 s. Both benchmark
+                 processes get their step's limit less 25 s as --budget, print each row as it is measured into
+                 bench.log, and skip (and list) the rows they have no time for.
+  gpu_tests      the parity tests (tests/kernels_triton/test_parity_*.py), compiled, then python -m pytest -m gpu
+                 tests; 120 s per test.
+  decode         greedy decoding of a tiny model of every registered family (tests/conftest.py's sizes), eager against
+                 CUDA graphs for families with fixed-size recurrent states (one graph replay per token,
+                 benchmarks/bench_triton.py's GreedyDecoder) and against torch.compile for attention families (their
+                 key/value cache grows, which a captured graph cannot: transformers, hybrids); tokens compared.
 
 Files written to --out (at most 8, as the GPU machine returns): results.json (every step's status, time and
 results), results.md (the same for people; its benchmark tables paste into BENCHMARKS.md), install.log, env.log,
-decode.log, gpu_tests.log, bench.log (console.log comes from the tee above).
+bench.log (both benchmark processes, one line per row as measured), gpu_tests.log, decode.log (console.log comes
+from the tee above). results.json and results.md are rewritten after every step.
 
 A dry run (CPU) checks the wheels it finds without installing them, runs decode with the graph step replayed
 eagerly, runs the gpu-marked kernel tests (which skip) and the benchmark's dry run: the plumbing, in seconds.
@@ -53,7 +62,7 @@ PROTECTED = ("torch", "triton", "nvidia", "cuda", "pytorch_triton")
 STEP_CAPS = {"install": 60, "env": 45, "bench_kernels": 250, "bench_models": 180, "gpu_tests": 180, "decode": 150}
 STEP_FLOORS = {"install": 20, "env": 15, "bench_kernels": 60, "bench_models": 40, "gpu_tests": 60, "decode": 30}
 STEPS = ("bench", "gpu_tests", "decode")  # what --only chooses from; install (with wheels) and env always run
-BENCH_MARGIN = 20  # seconds of a bench step's limit not given to the script's own --budget (imports, last write)
+BENCH_MARGIN = 25  # seconds of a bench step's limit not given to the script's own --budget (imports, last write)
 
 
 # ---- steps that run inside this file, in a child process ----
@@ -290,7 +299,9 @@ def orchestrate(args) -> int:
         # step's limit, less a margin, as its own --budget, so it skips rows rather than being killed mid-row.
         runner.results["bench"], markdown = {}, []
         ops = ["wkv7"] if args.dry_run else ["wkv7", "selective_scan", "ssd", "causal_conv1d"]
-        for part, extra in (("kernels", ["--skip-models", "--ops", *ops]), ("models", ["--models-only", "--layers", "4"])):
+        # 120 s per kernel row: flash-linear-attention's first call autotunes its forward and backward kernels.
+        for part, extra in (("kernels", ["--skip-models", "--row-cap", "120", "--ops", *ops]),
+                            ("models", ["--models-only", "--layers", "4", "--model-row-cap", "60"])):
             name = f"bench_{part}"
             later.remove(name)
             limit = runner.timeout(name, later)
@@ -298,7 +309,7 @@ def orchestrate(args) -> int:
             command = [py, "benchmarks/bench_triton.py", "--json", str(out_json), "--markdown", str(out_md),
                        "--budget", str(max(10, limit - BENCH_MARGIN)), *extra]
             if args.dry_run:
-                command.append("--dry-run")
+                command += ["--dry-run", "--interpret"] if args.interpret else ["--dry-run"]
             runner.run(name, command, later, log_name="bench.log", append=part == "models", limit=limit)
             runner.results["bench"][part] = runner.load(out_json)
             if out_md.exists():
@@ -348,6 +359,8 @@ def parse_args(argv=None):
     parser.add_argument("--only", nargs="+", choices=STEPS,
                         help="run only these steps (install, with wheels, and env always run), e.g. --only bench")
     parser.add_argument("--dry-run", action="store_true", help="CPU: the plumbing, GPU-only parts skipped")
+    parser.add_argument("--interpret", action="store_true",
+                        help="with --dry-run: the benchmark also times the Triton backends under Triton's interpreter")
     parser.add_argument("--child", choices=("env", "decode"), help=argparse.SUPPRESS)
     parser.add_argument("--child-out", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -356,6 +369,8 @@ def parse_args(argv=None):
         STEP_FLOORS[n] for step in (args.only or STEPS) for n in parts[step])
     if args.budget < least:
         parser.error(f"--budget {args.budget} is below the {least} s the chosen steps need at least")
+    if args.interpret and not args.dry_run:
+        parser.error("--interpret goes with --dry-run (on a GPU the Triton backends run compiled)")
     if args.child and not args.child_out:
         parser.error("--child needs --child-out")
     return args

@@ -3,8 +3,6 @@ measured and says so, and its backend skips the longer lengths while the other b
 start too late are skipped; a third-party package's autotuning space is reduced as documented."""
 
 import importlib.util
-import json
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -82,16 +80,18 @@ def test_a_slow_backend_is_stopped_and_skips_longer_lengths(monkeypatch):
     assert seen == [1, 2, 3, 4]  # the caller saw every row as it was measured
 
 
-def test_rows_that_would_start_too_late_are_skipped(tmp_path):
-    out = tmp_path / "bench.json"
-    result = subprocess.run([sys.executable, "benchmarks/bench_triton.py", "--dry-run", "--ops", "wkv7",
-                             "--budget", "1", "--json", str(out)], cwd=REPO, capture_output=True, text=True,
-                            timeout=300)
-    assert result.returncode == 0, result.stderr[-3000:]
-    data = json.loads(out.read_text())
-    timed = [r for r in data["kernels"] if not r["note"].startswith("needs a GPU")]
-    assert timed and all(r["note"].startswith("skipped: out of time") for r in timed), data["kernels"]
-    assert all(r["note"].startswith("skipped: out of time") for r in data["models"]), data["models"]
+def test_rows_that_would_start_too_late_are_skipped():
+    bench = _bench()
+    import seqzoo  # noqa: F401  (registers the kernels)
+
+    cpu = torch.device("cpu")
+    rows = bench.kernel_rows(bench.DRY_SIZES, cpu, torch.float32, ["wkv7"], False, Clock(1, 60))
+    timed = [r for r in rows if not r["note"].startswith("needs a GPU")]
+    assert timed and all(r["note"].startswith("skipped: out of time (section budget 1 s)") for r in timed), rows
+    assert all(r["fwd_ms"] is None for r in rows)
+    args = bench.parse_args(["--dry-run"])
+    models = bench.model_rows(args, cpu, torch.float32, Clock(1, 60))
+    assert len(models) == 3 and all(r["note"].startswith("skipped: out of time") for r in models), models
 
 
 def test_reduced_autotune_keeps_the_documented_space():

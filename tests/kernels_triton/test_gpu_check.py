@@ -70,17 +70,30 @@ def test_dry_run_runs_every_step_and_writes_the_result_files(tmp_path):
     assert len(list(out.iterdir())) <= 7
 
 
-def test_only_bench_runs_install_env_and_the_benchmark(tmp_path):
-    out = tmp_path / "out"
-    result = subprocess.run([sys.executable, "benchmarks/gpu_check.py", "--dry-run", "--out", str(out),
-                             "--wheels", str(tmp_path / "none"), "--only", "bench", "--budget", "200"],
-                            cwd=REPO, capture_output=True, text=True, timeout=600)
-    assert result.returncode == 0, (result.stdout + result.stderr)[-4000:]
-    data = json.loads((out / "results.json").read_text())
-    assert list(data["steps"]) == ["install", "env", "bench_kernels", "bench_models"], data["steps"]
+def test_only_bench_runs_install_env_and_the_benchmark(tmp_path, monkeypatch):
+    module = _module()
+    wheels = tmp_path / "wheels"
+    wheels.mkdir()
+    _wheel(wheels, "transformers-5.24.0-py3-none-any.whl")
+    ran = {}
+
+    def run(self, name, command, later, log_name=None, append=False, limit=None):
+        ran[name] = (limit or self.timeout(name, later), command, log_name)
+        self.results["steps"][name] = {"status": "ok", "seconds": 0}
+        return self.results["steps"][name]
+
+    monkeypatch.setattr(module.Runner, "run", run)
+    args = module.parse_args(["--out", str(tmp_path / "out"), "--wheels", str(wheels), "--only", "bench",
+                              "--budget", "450"])
+    assert module.orchestrate(args) == 0
+    assert list(ran) == ["install", "env", "bench_kernels", "bench_models"]
+    assert ran["bench_kernels"][0] == 250 and ran["bench_kernels"][2] == ran["bench_models"][2] == "bench.log"
+    # Each benchmark process gets its step's limit less a margin as its own budget, so it skips, not dies.
+    kernels, models = ran["bench_kernels"][1], ran["bench_models"][1]
+    assert kernels[kernels.index("--budget") + 1] == str(250 - module.BENCH_MARGIN)
+    assert "--skip-models" in kernels and kernels[kernels.index("--ops") + 1] == "wkv7" and "--models-only" in models
+    data = json.loads((tmp_path / "out" / "results.json").read_text())
     assert data["only"] == ["bench"] and "decode" not in data and "gpu_tests" not in data
-    assert data["bench"]["kernels"]["kernels"] and data["bench"]["models"]["models"]
-    assert sorted(p.name for p in out.iterdir()) == ["bench.log", "env.log", "results.json", "results.md"]
 
 
 def test_wheel_checks_refuse_what_would_break_the_gpu_machine(tmp_path):
