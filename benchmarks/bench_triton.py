@@ -266,11 +266,14 @@ def kernel_entries(op: str, device: torch.device, interpret: bool) -> tuple[list
     skip = "" if gpu else "needs a GPU (pass --interpret to run it under Triton's interpreter)"
     entries = [Entry(b.name, None if skip else get_kernel(op, b.name), None, skip, False) for b in tritons]
     peers, missing = peer_kernels(op) if device.type == "cuda" else ({}, [])
-    entries[1:1] = [Entry(name, fn, None, "", extra) for name, (fn, extra) in peers.items()]
+    # The registry's choice, the peers' main rows, the other Triton backends, chunked; then the extras, the cheap
+    # ones (our own kernels, already compiled) before a peer's second autotuning.
+    entries[1:1] = [Entry(name, fn, None, "", False) for name, (fn, extra) in peers.items() if not extra]
     entries.append(Entry("chunked", get_kernel(op, "chunked"), None, "", False))
     if any(b.name == "triton_chunked" for b in tritons):
         entries.append(Entry("triton_chunked (chunks of 16)", None if skip else get_kernel(op, "triton_chunked"),
                              16, skip, True))
+    entries += [Entry(name, fn, None, "", True) for name, (fn, extra) in peers.items() if extra]
     entries += [Entry(name.split(":")[0], None, None, f"not importable: {name}", False) for name in missing]
     return entries, (tritons[0].name if tritons and gpu else "chunked")
 
