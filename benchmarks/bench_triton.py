@@ -13,8 +13,9 @@ also the output gradient read and the input gradients written) divided by the me
 the data-sheet peak and against a large device-to-device copy measured in the same run. Times are medians of
 CUDA-event timings. Rows time every Triton backend of an op, the peers and the ``chunked`` torch backend (never the
 per-token ``reference``); the last column is each time over the time of the backend the registry picks for CUDA
-tensors. Every op's main rows come first, then the extra ones (wkv7's chunked kernel with chunks of 16, fla's
-chunk_rwkv7 with its default chunks of 16, which autotunes a second set of kernels).
+tensors. Rows run in tiers over all ops: our backends (compiling only), then the peers (fla autotunes on its first
+call), then our extras (wkv7's chunked kernel with chunks of 16), then the peers' (fla's chunk_rwkv7 with its default
+chunks of 16, which autotunes a second set of kernels).
 
 Built for a short GPU slot (bench_limits.py): each row has a wall-clock cap (--row-cap, --model-row-cap; compiling and
 autotuning included), a row past it keeps what it measured and says so, and that backend skips the op's longer
@@ -250,7 +251,7 @@ class Entry(NamedTuple):
     fn: Callable | None
     chunk: int | None  # triton_chunked's chunk size override
     skip: str  # why it is not timed ("" when it is)
-    extra: bool  # timed after every op's main rows
+    tier: int  # timing order over all ops: 0 our backends, 1 peers, 2 our extras, 3 peers' extras
 
 
 def kernel_entries(op: str, device: torch.device, interpret: bool) -> tuple[list[Entry], str]:
@@ -264,17 +265,14 @@ def kernel_entries(op: str, device: torch.device, interpret: bool) -> tuple[list
     tritons = sorted((b for b in get_op(op).backends.values() if b.name.startswith("triton")),
                      key=lambda b: -b.priority)
     skip = "" if gpu else "needs a GPU (pass --interpret to run it under Triton's interpreter)"
-    entries = [Entry(b.name, None if skip else get_kernel(op, b.name), None, skip, False) for b in tritons]
+    entries = [Entry(b.name, None if skip else get_kernel(op, b.name), None, skip, 0) for b in tritons]
+    entries.append(Entry("chunked", get_kernel(op, "chunked"), None, "", 0))
     peers, missing = peer_kernels(op) if device.type == "cuda" else ({}, [])
-    # The registry's choice, the peers' main rows, the other Triton backends, chunked; then the extras, the cheap
-    # ones (our own kernels, already compiled) before a peer's second autotuning.
-    entries[1:1] = [Entry(name, fn, None, "", False) for name, (fn, extra) in peers.items() if not extra]
-    entries.append(Entry("chunked", get_kernel(op, "chunked"), None, "", False))
+    entries += [Entry(name, fn, None, "", 3 if extra else 1) for name, (fn, extra) in peers.items()]
     if any(b.name == "triton_chunked" for b in tritons):
         entries.append(Entry("triton_chunked (chunks of 16)", None if skip else get_kernel(op, "triton_chunked"),
-                             16, skip, True))
-    entries += [Entry(name, fn, None, "", True) for name, (fn, extra) in peers.items() if extra]
-    entries += [Entry(name.split(":")[0], None, None, f"not importable: {name}", False) for name in missing]
+                             16, skip, 2))
+    entries += [Entry(name.split(":")[0], None, None, f"not importable: {name}", 1) for name in missing]
     return entries, (tritons[0].name if tritons and gpu else "chunked")
 
 
@@ -306,17 +304,18 @@ def time_backend(fn, call, inputs, dy, sizes, chunk, row):
 
 def kernel_rows(sizes: Sizes, device: torch.device, dtype: torch.dtype, ops, interpret: bool, clock: Clock,
                 on_row: Callable[[list[dict]], None] = lambda rows: None) -> list[dict]:
-    """Rows for every op, length and backend: every op's main rows, then the extra ones. ``on_row`` sees the rows so
-    far after each row. A row past its cap keeps what it measured and says so; that backend then skips the longer
+    """Rows for every op, length and backend, by tier over all ops: our backends (compiling only: the figures every
+    op needs), the peers (fla autotunes on its first call), our extras, the peers' extras. ``on_row`` sees the rows
+    so far after each row. A row past its cap keeps what it measured and says so; that backend then skips the longer
     lengths of its op. Rows that would start with less than a few seconds of the budget left are skipped."""
     plan = {op: kernel_entries(op, device, interpret) for op in ops}
     rows: list[dict] = []
     over: dict[tuple[str, str], str] = {}  # (op, backend) -> why its longer lengths are skipped
-    for extra in (False, True):
+    for tier in range(4):
         for op in ops:
             entries, default = plan[op]
             for length in sizes.lengths:
-                todo = [e for e in entries if e.extra == extra]
+                todo = [e for e in entries if e.tier == tier]
                 if not todo:
                     continue
                 inputs, call = op_case(op, sizes, length, dtype, device)

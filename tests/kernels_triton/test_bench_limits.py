@@ -65,7 +65,7 @@ def test_a_slow_backend_is_stopped_and_skips_longer_lengths(monkeypatch):
         time.sleep(5)
         return chunked(*args, **kwargs)
 
-    entries = [bench.Entry("slow", slow, None, "", False), bench.Entry("chunked", chunked, None, "", False)]
+    entries = [bench.Entry("slow", slow, None, "", 0), bench.Entry("chunked", chunked, None, "", 0)]
     monkeypatch.setattr(bench, "kernel_entries", lambda op, device, interpret: (entries, "chunked"))
     sizes = bench.Sizes(**{**bench.DRY_SIZES.__dict__, "lengths": (9, 17)})
     seen = []
