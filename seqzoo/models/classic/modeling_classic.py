@@ -31,9 +31,9 @@ class ClassicRecurrentPreTrainedModel(SeqzooPreTrainedModel):
     def _init_weights(self, module: nn.Module) -> None:
         super()._init_weights(module)  # the recurrent mixers: orthogonal hidden-to-hidden blocks, forget-gate bias
         config = self.config
+        # (transformers initialises the backbone's modules through the backbone's own _init_weights.)
         layers = getattr(getattr(self, "model", self), "layers", None)
-        if (config.tie_word_embeddings and getattr(self, "lm_head", None) is not None and layers is not None
-                and module is layers[-1]):
+        if config.tie_word_embeddings and layers is not None and module is layers[-1] and hasattr(module, "weight_ih"):
             # The decoder is tied to the N(0, 1) embedding, so an O(1) top-layer state would give logits of std
             # ~sqrt(hidden_size) and a first loss far above ln(vocab_size) (29 nats for rnn-small). The top layer's
             # input weights start hidden_size times smaller: its state starts near 0, the first loss at
