@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import ast
 import importlib.util
+import json
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -84,6 +85,35 @@ def bundle_record() -> dict[str, Any]:
         "exported_with": {"transformers": transformers.__version__, "torch": torch.__version__.split("+")[0]},
         "tested_transformers": tested,
     }
+
+
+def write_bundle(folder: str | Path, spec: Any) -> list[str]:
+    """Make the saved model folder ``folder`` load where seqzoo is absent: write the code bundle of ``spec`` beside
+    its config.json, set the config's ``auto_map`` and write ``seqzoo_bundle.json``. Returns the code file names.
+
+    ``save_pretrained`` of every seqzoo model calls this, so a folder from ``save_pretrained``, ``seqzoo new``,
+    ``seqzoo train`` or ``seqzoo publish`` carries the same code."""
+    folder = Path(folder)
+    bundle = _cached_bundle(spec)
+    names = [path.name for path in bundle.write(folder)]
+    config_file = folder / "config.json"
+    config = json.loads(config_file.read_text())
+    config["auto_map"] = bundle.auto_map
+    config_file.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+    (folder / RECORD_FILE).write_text(json.dumps(bundle_record(), indent=2) + "\n")
+    return names
+
+
+# Built once per architecture and process: a bundle reads and parses a dozen to forty source files, and a training
+# run or a test session saves the same architecture many times. Sources do not change under a running process.
+_BUNDLES: dict[int, tuple[Any, Bundle]] = {}
+
+
+def _cached_bundle(spec: Any) -> Bundle:
+    held = _BUNDLES.get(id(spec))
+    if held is None or held[0] is not spec:
+        held = _BUNDLES[id(spec)] = (spec, build_bundle(spec))
+    return held[1]
 
 
 def build_bundle(spec: Any) -> Bundle:
@@ -262,4 +292,4 @@ def _apply_edits(source: bytes, edits: list[tuple[ast.stmt, list[str]]]) -> str:
     return result.decode("utf-8")
 
 
-__all__ = ["RECORD_FILE", "Bundle", "BundleError", "bundle_record", "build_bundle"]
+__all__ = ["RECORD_FILE", "Bundle", "BundleError", "bundle_record", "build_bundle", "write_bundle"]

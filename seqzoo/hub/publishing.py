@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
-from seqzoo.hub.bundle import RECORD_FILE, build_bundle, bundle_record
+from seqzoo.hub.bundle import RECORD_FILE, build_bundle, bundle_record, write_bundle
 from seqzoo.outputs import staged_folder
 from seqzoo.hub.cards import (
     DEFAULT_LICENSE,
@@ -226,15 +226,11 @@ def _load_checkpoint(source: Any, tokenizer: Any, training: dict[str, Any] | Non
 
 def _write_folder(checkpoint: _Checkpoint, folder: Path, *, repo_id: str, license: str) -> list[str]:
     model, spec = checkpoint.model, checkpoint.spec
-    bundle = build_bundle(spec)
-    model.save_pretrained(folder)  # model.safetensors, config.json and generation_config.json
+    model.save_pretrained(folder)  # model.safetensors, config.json, generation_config.json and the code bundle
     checkpoint.tokenizer.save_pretrained(folder)
-    code_files = [path.name for path in bundle.write(folder)]
-    config_file = folder / "config.json"
-    config = json.loads(config_file.read_text())
-    config["auto_map"] = bundle.auto_map
-    config_file.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
-    (folder / RECORD_FILE).write_text(json.dumps(bundle_record(), indent=2) + "\n")
+    # Again here, for a model whose save_pretrained is not seqzoo's own (one loaded with trust_remote_code=True):
+    # the card lists the files, and the published code is always this seqzoo's.
+    code_files = write_bundle(folder, spec)
     if checkpoint.training:
         (folder / TRAINING_FILE).write_text(json.dumps(checkpoint.training, indent=2) + "\n")
     card = render_model_card(model, spec, repo_id=repo_id, code_files=code_files, license=license,

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import importlib
 import inspect
+import logging
 from dataclasses import dataclass
 from typing import Any
 
@@ -22,6 +24,8 @@ from seqzoo.models.compat import (
     output_cache,
     take_cache,
 )
+
+logger = logging.getLogger("seqzoo")
 
 
 @dataclass
@@ -210,6 +214,46 @@ class SeqzooPreTrainedModel(PreTrainedModel):
             bound = 1.0 / module.in_features**0.5
             init.uniform_(module.weight, -bound, bound)
 
+    def save_pretrained(self, save_directory: Any, *args: Any, push_to_hub: bool = False, **kwargs: Any) -> None:
+        """transformers' ``save_pretrained``, plus the flat code bundle and ``auto_map`` (as ``seqzoo publish``
+        writes them), so the folder loads with the Auto classes and ``trust_remote_code=True`` where seqzoo is not
+        installed (the lm-eval command line, a serving tool)."""
+        if push_to_hub:
+            raise ValueError(
+                "save_pretrained(push_to_hub=True) would upload the folder without its model card and tokenizer; "
+                "use model.push_to_hub(repo_id, tokenizer=...) or `seqzoo publish FOLDER REPO_ID`"
+            )
+        super().save_pretrained(save_directory, *args, **kwargs)
+        is_main_process = args[0] if args else kwargs.get("is_main_process", True)
+        # A class loaded with trust_remote_code=True has _auto_class set: transformers then copies its own code.
+        if self._auto_class is None and is_main_process:
+            spec = _own_architecture(self)
+            if spec is not None:
+                _seqzoo_module("hub.bundle").write_bundle(save_directory, spec)
+
+    def push_to_hub(
+        self, repo_id: str, *, tokenizer: Any = None, private: bool | None = None, revision: str | None = None,
+        commit_message: str | None = None, token: str | None = None, **kwargs: Any,
+    ) -> str:
+        """Upload this model as ``seqzoo publish`` does: weights, config with ``auto_map``, the code bundle, the
+        tokenizer (``tokenizer``, required: ``seqzoo.byte_tokenizer()`` for seqzoo's byte vocabulary) and the
+        model card, in one commit. ``license`` and ``training`` (a training record for the card) are passed on to
+        :func:`seqzoo.hub.publish`; transformers' other upload options are refused by name."""
+        if self._auto_class is not None:  # the bundled copy, where seqzoo's publisher is absent
+            return super().push_to_hub(repo_id, private=private, revision=revision, commit_message=commit_message,
+                                       token=token, **kwargs)
+        unsupported = sorted(set(kwargs) - {"license", "training"})
+        if unsupported:
+            raise TypeError(
+                f"{type(self).__name__}.push_to_hub does not take {', '.join(unsupported)}: it publishes as "
+                "`seqzoo publish` does and takes tokenizer, private, revision, commit_message, token, license and "
+                "training; for anything else save the folder and upload it with huggingface_hub"
+            )
+        return _seqzoo_module("hub.publishing").publish(
+            self, repo_id, tokenizer=tokenizer, private=private, revision=revision, commit_message=commit_message,
+            token=token, **kwargs,
+        )
+
     @classmethod
     def from_pretrained(
         cls, pretrained_model_name_or_path: Any, *args: Any, strict: bool = True, allow_nonfinite: bool = False,
@@ -395,6 +439,25 @@ def forward_parameters(module: nn.Module) -> tuple[str, ...]:
 
 
 _FORWARD_PARAMETERS: dict[type, tuple[str, ...]] = {}
+
+
+def _seqzoo_module(name: str) -> Any:
+    # By name, so that the code bundle, which follows every import statement, does not take seqzoo's publishing
+    # code along: a bundled model saves and uploads through transformers' own remote-code support instead.
+    return importlib.import_module(f"seqzoo.{name}")
+
+
+def _own_architecture(model: nn.Module) -> Any:
+    """The registered architecture of ``model``, or None (with a warning) for a model seqzoo does not know, whose
+    folder then carries no code bundle."""
+    registry = _seqzoo_module("registry")
+    try:
+        return registry.architecture_for_model_type(model.config.model_type)
+    except ValueError:
+        logger.warning("%s (model_type %r) is not a registered seqzoo architecture, so its saved folder carries no "
+                       "code bundle and loads only where its code is imported; register it with "
+                       "seqzoo.register_architecture", type(model).__name__, model.config.model_type)
+        return None
 
 
 _HUB_KWARGS = ("cache_dir", "force_download", "local_files_only", "token", "revision", "subfolder", "proxies")

@@ -10,8 +10,9 @@ import pytest
 from huggingface_hub import constants
 
 from seqzoo.cli import main
-from seqzoo.hub import PublishError, publish
-from tests.hub.conftest import hub_env, repo_id, run_python
+from seqzoo.hub import PublishError, export_folder, publish
+from seqzoo.tokenizer import byte_tokenizer
+from tests.hub.conftest import hub_env, repo_id, run_python, tiny_byte_model
 from tests.hub.fake_hub import FakeHub
 
 TOKEN = "hf_fake_write_token"
@@ -171,3 +172,29 @@ def test_refresh_code_refuses_what_is_not_a_seqzoo_model(hub, capsys):
     with pytest.raises(SystemExit, match="takes no model folder"):
         main(["publish", "--refresh-code", "someone/data", "some-folder"])
     assert hub.commits == []
+
+
+def test_model_push_to_hub_commits_what_seqzoo_publish_exports(hub, tmp_path):
+    model = tiny_byte_model("gru")
+    url = model.push_to_hub(repo_id("gru"), tokenizer=byte_tokenizer(), commit_message="pushed")
+    expected = folder_bytes(export_folder(model, tmp_path / "export", repo_id=repo_id("gru"),
+                                          tokenizer=byte_tokenizer()))
+    (commit,) = hub.commits
+    assert commit.summary == "pushed" and url.startswith(f"{hub.endpoint}/{repo_id('gru')}/commit/")
+    assert sorted(commit.files) == sorted(expected)
+    for name in ("config.json", "model.safetensors", "README.md", "modeling_seqzoo_gru.py", "tokenizer.json"):
+        assert commit.files[name] == expected[name], name
+    assert list(hub.staging_root.iterdir()) == []
+
+
+def test_model_push_to_hub_refuses_what_it_cannot_publish_before_any_request(hub, tmp_path):
+    model = tiny_byte_model("gru")
+    with pytest.raises(ValueError, match=r"needs its tokenizer: pass tokenizer=\.\.\..*seqzoo\.byte_tokenizer\(\)"):
+        model.push_to_hub(repo_id("gru"))
+    with pytest.raises(TypeError, match=r"does not take create_pr, max_shard_size: it publishes as `seqzoo publish`"):
+        model.push_to_hub(repo_id("gru"), tokenizer=byte_tokenizer(), create_pr=True, max_shard_size="1GB")
+    with pytest.raises(ValueError, match=r"push_to_hub=True.*model\.push_to_hub\(repo_id, tokenizer=\.\.\.\) or "
+                                         r"`seqzoo publish FOLDER REPO_ID`"):
+        model.save_pretrained(tmp_path / "folder", push_to_hub=True)
+    assert hub.requests == [] and hub.commits == []
+    assert not (tmp_path / "folder").exists()
