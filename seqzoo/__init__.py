@@ -4,6 +4,7 @@
 ``AutoModel`` and ``AutoModelForCausalLM``.
 """
 
+from seqzoo.adapters import peft_config, peft_targets
 from seqzoo.cache import RecurrentCache, SeqzooCache
 from seqzoo.conversions.world_tokenizer import register_world_tokenizer
 from seqzoo.kernels import list_kernels
@@ -172,6 +173,8 @@ __all__ = [
     "list_kernels",
     "list_models",
     "load_plugins",
+    "peft_config",
+    "peft_targets",
     "register_architecture",
     "seq2seq_generate",
     "set_kernel_backend",

@@ -1,0 +1,97 @@
+"""Parameter-efficient fine-tuning with peft: which weights of a seqzoo model an adapter trains, as a peft config.
+
+    from peft import get_peft_model
+    model = get_peft_model(model, seqzoo.peft_config(model))            # LoRA, task type from the model's head
+    model = get_peft_model(model, seqzoo.peft_config(model, "ia3"))     # (IA)^3
+
+Why a function and not entries in peft's ``TRANSFORMERS_MODELS_TO_*_TARGET_MODULES_MAPPING`` tables: peft offers no
+supported way to add to them (they are module-level dicts, and writing into another library's globals at import
+would be a side effect of ``import seqzoo``); a table holds one list per ``model_type``, while a hybrid's layers
+depend on its config; and the classic RNN/LSTM/GRU keep their weights as parameters of the recurrent layer, which a
+table of module names cannot express (LoRA reaches them through ``target_parameters``).
+
+The targets are read from the model itself: every ``nn.Linear`` of the backbone (the task head is left to peft,
+which trains a classifier head in full for ``SEQ_CLS`` / ``TOKEN_CLS``) and, for LoRA, every parameter a mixer
+lists in ``adapter_parameters``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from torch import nn
+
+from seqzoo.layers.mixer import Mixer
+
+METHODS = ("lora", "ia3")
+# seqzoo task (registry.TASKS) -> peft's TaskType name
+PEFT_TASK_TYPES = {
+    "causal-lm": "CAUSAL_LM",
+    "sequence-classification": "SEQ_CLS",
+    "token-classification": "TOKEN_CLS",
+    "seq2seq": "SEQ_2_SEQ_LM",
+}
+LORA_DEFAULTS = {"r": 8, "lora_alpha": 16, "lora_dropout": 0.0}
+
+
+def peft_targets(model: nn.Module) -> dict[str, list[str]]:
+    """``target_modules``: the names (last component, as peft matches them) of the backbone's ``nn.Linear`` layers;
+    ``target_parameters``: the parameter names the mixers list in ``adapter_parameters``. Both sorted."""
+    heads = tuple(getattr(type(model), "head_modules", ()))
+    modules, parameters = set(), set()
+    for name, module in model.named_modules():
+        if name.split(".")[0] in heads:
+            continue
+        if isinstance(module, nn.Linear):
+            modules.add(name.rpartition(".")[2])
+        elif isinstance(module, Mixer):
+            parameters.update(module.adapter_parameters)
+    clashes = sorted(
+        name for name, module in model.named_modules()
+        if name.rpartition(".")[2] in modules and not isinstance(module, nn.Linear)
+    )
+    if clashes:  # peft matches by the last name component, and would wrap these too
+        raise ValueError(f"{type(model).__name__} has modules that are not nn.Linear but share a Linear layer's name "
+                         f"({', '.join(clashes[:4])}); pass target_modules explicitly")
+    return {"target_modules": sorted(modules), "target_parameters": sorted(parameters)}
+
+
+def peft_config(model: nn.Module, method: str = "lora", task_type: Any = None, **overrides: Any) -> Any:
+    """A peft config that adapts ``model`` (a seqzoo model) with ``method`` ("lora" or "ia3") and no other argument.
+
+    ``task_type`` defaults to the model's head (``CAUSAL_LM``, ``SEQ_CLS``, ``TOKEN_CLS``, ``SEQ_2_SEQ_LM``); a
+    different one raises. ``overrides`` go to the peft config (``r=16``, ``target_modules=[...]``) and replace the
+    defaults: LoRA r=8, alpha=16, no dropout (peft's LoRA on parameters takes none), every Linear layer of the
+    backbone and the recurrent cells' ``weight_ih`` / ``weight_hh``; IA3 scales the output of every Linear layer
+    of the backbone. The classic RNN/LSTM/GRU have no Linear layer in their backbone, so for them IA3 is refused
+    (peft's IA3 adapts Linear and convolution layers only)."""
+    import peft
+
+    from seqzoo.registry import architecture_for_model_type
+
+    if method not in METHODS:
+        raise ValueError(f"unknown adapter method {method!r}; seqzoo.peft_config knows {', '.join(METHODS)}")
+    spec = architecture_for_model_type(getattr(getattr(model, "config", None), "model_type", None))
+    expected = PEFT_TASK_TYPES[spec.task_of(type(model))]
+    if task_type is not None and str(getattr(task_type, "value", task_type)) != expected:
+        raise ValueError(f"task_type={task_type!r} does not fit {type(model).__name__}, whose head needs "
+                         f"{expected!r}; pass that, or leave task_type out")
+    targets = peft_targets(model)
+    if method == "lora":
+        values = {**LORA_DEFAULTS, **targets, "task_type": expected}
+        if not values["target_parameters"]:
+            values.pop("target_parameters")
+        values.update(overrides)
+        return peft.LoraConfig(**values)
+    if not targets["target_modules"] and "target_modules" not in overrides:
+        raise ValueError(
+            f"{type(model).__name__} has no nn.Linear layer in its backbone for IA3 to scale: its recurrent weights "
+            f"({', '.join(targets['target_parameters'])}) are parameters of the recurrent layer, which peft adapts "
+            "only with LoRA (method='lora')"
+        )
+    values = {"target_modules": targets["target_modules"], "feedforward_modules": [], "task_type": expected}
+    values.update(overrides)
+    return peft.IA3Config(**values)
+
+
+__all__ = ["METHODS", "PEFT_TASK_TYPES", "peft_config", "peft_targets"]

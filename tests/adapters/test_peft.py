@@ -1,0 +1,147 @@
+"""peft on every architecture with no argument beyond what the model says: LoRA (the classic cells' recurrent weights
+included, through ``target_parameters``) and IA3, for the causal LM, sequence and token classification heads. Each
+adapter trains a step, saves and loads, and merges into the same logits."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from peft import PeftModel, get_peft_model
+from peft.tuners.ia3 import IA3Layer
+from peft.tuners.lora import LoraLayer, ParamWrapper
+from torch import nn
+
+import seqzoo
+from seqzoo.layers.recurrent import RecurrentMixer
+from seqzoo.registry import smallest_preset
+from tests.conftest import tiny_config
+
+ARCHITECTURES = seqzoo.list_architectures("causal-lm")
+IDS = torch.tensor([[5, 17, 3, 44, 9, 21, 8], [11, 2, 30, 7, 60, 4, 13]])
+MASK = torch.tensor([[1, 1, 1, 1, 1, 1, 1], [0, 0, 1, 1, 1, 1, 1]])
+
+
+def build(arch: str, task: str) -> nn.Module:
+    torch.manual_seed(0)
+    extra = {"num_labels": 3} if "classification" in task else {}
+    return seqzoo.get_architecture(arch).heads[task](tiny_config(smallest_preset(arch), **extra)).eval()
+
+
+def labels_for(task: str) -> torch.Tensor:
+    if task == "causal-lm":
+        return IDS.masked_fill(MASK == 0, -100)
+    if task == "sequence-classification":
+        return torch.tensor([2, 0])
+    return (IDS % 3).masked_fill(MASK == 0, -100)
+
+
+def logits(model: nn.Module) -> torch.Tensor:
+    with torch.no_grad():
+        return model(input_ids=IDS, attention_mask=MASK).logits
+
+
+def backbone_linears(model: nn.Module) -> set[str]:
+    return {name for name, module in model.named_modules()
+            if isinstance(module, nn.Linear) and name.split(".")[0] not in type(model).head_modules}
+
+
+def train_step(peft_model: nn.Module, task: str) -> None:
+    peft_model.train()
+    trainable = [p for p in peft_model.parameters() if p.requires_grad]
+    optimizer = torch.optim.Adam(trainable, lr=0.05)
+    loss = peft_model(input_ids=IDS, attention_mask=MASK, labels=labels_for(task)).loss
+    loss.backward()
+    assert all(p.grad is not None for p in trainable)
+    optimizer.step()
+    peft_model.eval()
+
+
+def check_round_trip(arch: str, task: str, method: str, tmp_path) -> tuple[nn.Module, nn.Module]:
+    """Train a step, save and reload the adapter, merge: the same logits at every stage. Returns (trained peft
+    model, a fresh base model)."""
+    base_logits = logits(build(arch, task))
+    model = get_peft_model(build(arch, task), seqzoo.peft_config(build(arch, task), method))
+    frozen = {name: p.detach().clone() for name, p in model.named_parameters() if not p.requires_grad}
+    train_step(model, task)
+    trained = logits(model)
+    assert not torch.allclose(trained, base_logits, atol=1e-4), "training the adapter changed nothing"
+    for name, p in model.named_parameters():
+        if name in frozen:
+            assert torch.equal(p, frozen[name]), f"{name} is frozen but changed"
+
+    model.save_pretrained(tmp_path / "adapter")
+    loaded = PeftModel.from_pretrained(build(arch, task), tmp_path / "adapter").eval()
+    torch.testing.assert_close(logits(loaded), trained, rtol=1e-5, atol=1e-5)
+
+    merged = loaded.merge_and_unload()
+    assert type(merged) is type(build(arch, task))
+    assert not any(isinstance(m, (LoraLayer, IA3Layer)) for m in merged.modules())
+    torch.testing.assert_close(logits(merged), trained, rtol=1e-4, atol=1e-5)
+    return model, merged
+
+
+# The causal LM of every architecture; the classification heads are one shared class each (seqzoo/models/heads.py),
+# tried on a classic recurrent model and a block model.
+LORA_CASES = [(arch, "causal-lm") for arch in ARCHITECTURES] + [
+    (arch, task) for arch in ("gru", "rwkv7") for task in ("sequence-classification", "token-classification")]
+
+
+@pytest.mark.parametrize("arch, task", LORA_CASES)
+def test_lora_with_no_arguments_adapts_every_layer_trains_saves_loads_and_merges(arch, task, tmp_path):
+    model, merged = check_round_trip(arch, task, "lora", tmp_path)
+    linears = backbone_linears(build(arch, task))
+    adapted = {name.removeprefix("base_model.model.") for name, module in model.named_modules()
+               if isinstance(module, LoraLayer) and not isinstance(module, ParamWrapper)}
+    assert adapted == linears
+    mixers = [m for m in build(arch, task).modules() if isinstance(m, RecurrentMixer)]
+    wrapped = {(name.removeprefix("base_model.model."), module.parameter_name)
+               for name, module in model.named_modules() if isinstance(module, ParamWrapper)}
+    assert len(wrapped) == 2 * len(mixers)
+    assert {p for _, p in wrapped} == ({"weight_ih", "weight_hh"} if mixers else set())
+    if task != "causal-lm":  # peft trains the new classifier head in full
+        assert any("score" in name and p.requires_grad for name, p in model.named_parameters())
+
+
+@pytest.mark.parametrize("arch", [a for a in ARCHITECTURES
+                                  if not any(isinstance(m, RecurrentMixer) for m in build(a, "causal-lm").modules())])
+def test_ia3_with_no_arguments_scales_every_linear_layer_and_merges(arch, tmp_path):
+    model, _ = check_round_trip(arch, "causal-lm", "ia3", tmp_path)
+    adapted = {name.removeprefix("base_model.model.") for name, module in model.named_modules()
+               if isinstance(module, IA3Layer)}
+    assert adapted == backbone_linears(build(arch, "causal-lm"))
+
+
+@pytest.mark.parametrize("task", ["sequence-classification", "token-classification"])
+def test_ia3_on_the_classification_heads(task, tmp_path):
+    check_round_trip("mamba", task, "ia3", tmp_path)
+
+
+@pytest.mark.parametrize("arch", ["rnn", "lstm", "gru"])
+def test_lora_adapts_the_recurrent_weights_as_the_merged_weights_say(arch):
+    """With only the recurrent parameters adapted (the classic LM's backbone has no Linear layer), the merged
+    weight is W + (alpha / r) B A, computed here by hand from the adapter's factors."""
+    model = get_peft_model(build(arch, "causal-lm"), seqzoo.peft_config(build(arch, "causal-lm"),
+                                                                       init_lora_weights=False))
+    wrappers = {(name, m.parameter_name): m for name, m in model.named_modules() if isinstance(m, ParamWrapper)}
+    expected = {}
+    for (name, parameter), wrapper in wrappers.items():
+        layer = name.removeprefix("base_model.model.").split(".weight_")[0].removesuffix(".base_layer")
+        base = dict(build(arch, "causal-lm").named_parameters())[f"{layer}.{parameter}"]
+        a, b = wrapper.lora_A["default"].weight, wrapper.lora_B["default"].weight
+        expected[f"{layer}.{parameter}"] = base + wrapper.scaling["default"] * (b @ a)
+    merged = dict(model.merge_and_unload().named_parameters())
+    assert len(expected) == 4
+    for key, weight in expected.items():
+        torch.testing.assert_close(merged[key], weight.detach(), rtol=1e-5, atol=1e-6)
+
+
+def test_peft_config_refuses_what_it_cannot_do():
+    lstm = build("lstm", "causal-lm")
+    with pytest.raises(ValueError, match=r"no nn.Linear layer in its backbone for IA3.*weight_hh, weight_ih.*"
+                                         r"method='lora'"):
+        seqzoo.peft_config(lstm, "ia3")
+    with pytest.raises(ValueError, match=r"unknown adapter method 'dora'.*lora, ia3"):
+        seqzoo.peft_config(lstm, "dora")
+    with pytest.raises(ValueError, match=r"task_type='SEQ_CLS' does not fit LSTMForCausalLM.*'CAUSAL_LM'"):
+        seqzoo.peft_config(lstm, task_type="SEQ_CLS")
+    assert seqzoo.peft_config(lstm, task_type="CAUSAL_LM", r=4).r == 4
