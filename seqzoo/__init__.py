@@ -86,6 +86,7 @@ from seqzoo.models.transformer import (
     TransformerModel,
     TransformerPreTrainedModel,
 )
+from seqzoo.quantization import int8_targets, quantize_int8
 from seqzoo.registry import (
     ModelSpec,
     create_model,
@@ -169,12 +170,14 @@ __all__ = [
     "create_model",
     "get_architecture",
     "get_config",
+    "int8_targets",
     "list_architectures",
     "list_kernels",
     "list_models",
     "load_plugins",
     "peft_config",
     "peft_targets",
+    "quantize_int8",
     "register_architecture",
     "seq2seq_generate",
     "set_kernel_backend",

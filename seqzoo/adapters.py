@@ -12,7 +12,7 @@ table of module names cannot express (LoRA reaches them through ``target_paramet
 
 The targets are read from the model itself: every ``nn.Linear`` of the backbone (the task head is left to peft,
 which trains a classifier head in full for ``SEQ_CLS`` / ``TOKEN_CLS``) and, for LoRA, every parameter a mixer
-lists in ``adapter_parameters``.
+lists in ``projection_parameters``.
 """
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ LORA_DEFAULTS = {"r": 8, "lora_alpha": 16, "lora_dropout": 0.0}
 
 def peft_targets(model: nn.Module) -> dict[str, list[str]]:
     """``target_modules``: the names (last component, as peft matches them) of the backbone's ``nn.Linear`` layers;
-    ``target_parameters``: the parameter names the mixers list in ``adapter_parameters``. Both sorted."""
+    ``target_parameters``: the parameter names the mixers list in ``projection_parameters``. Both sorted."""
     heads = tuple(getattr(type(model), "head_modules", ()))
     modules, parameters = set(), set()
     for name, module in model.named_modules():
@@ -45,7 +45,7 @@ def peft_targets(model: nn.Module) -> dict[str, list[str]]:
         if isinstance(module, nn.Linear):
             modules.add(name.rpartition(".")[2])
         elif isinstance(module, Mixer):
-            parameters.update(module.adapter_parameters)
+            parameters.update(module.projection_parameters)
     clashes = sorted(
         name for name, module in model.named_modules()
         if name.rpartition(".")[2] in modules and not isinstance(module, nn.Linear)

@@ -37,10 +37,10 @@ class Mixer(nn.Module):
     """Base of every token mixer (see the module docstring for the protocol)."""
 
     cache_kind: ClassVar[str] = RECURRENT
-    # Weights held as plain parameters of the mixer rather than inside an nn.Linear (the classic recurrent cells'
-    # weight_ih / weight_hh, which torch's fused kernels take whole): what an adapter must target by parameter name
-    # (peft's LoRA ``target_parameters``; see seqzoo/adapters.py).
-    adapter_parameters: ClassVar[tuple[str, ...]] = ()
+    # Projection weights (applied as x @ W^T) held as plain parameters of the mixer rather than inside an nn.Linear
+    # (the classic recurrent cells' weight_ih / weight_hh, which torch's fused kernels take whole): what adapters and
+    # quantisation must reach by parameter name (seqzoo/adapters.py, seqzoo/quantization.py).
+    projection_parameters: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, config: Any, layer_idx: int) -> None:
         super().__init__()

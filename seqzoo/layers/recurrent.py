@@ -25,7 +25,7 @@ class RecurrentMixer(Mixer):
 
     cell: ClassVar[str]
     state_names: ClassVar[tuple[str, ...]] = ("h",)
-    adapter_parameters = ("weight_ih", "weight_hh")
+    projection_parameters = ("weight_ih", "weight_hh")
 
     def __init__(self, config: Any, layer_idx: int) -> None:
         super().__init__(config, layer_idx)

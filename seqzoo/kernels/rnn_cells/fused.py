@@ -34,7 +34,17 @@ def padding_layout(mask):
     return torch.where(lengths > 0, first, 0), lengths
 
 
+def _plain(tensors) -> bool:
+    # torch's fused kernels read a float weight's storage directly; a quantised weight is a tensor subclass (torchao's
+    # Int8Tensor) that only its own operators understand.
+    return all(type(t) in (torch.Tensor, torch.nn.Parameter) for t in tensors if t is not None)
+
+
 def supports(x, *args, mask=None, **kwargs):
+    if not _plain(args):
+        kinds = sorted({type(t).__name__ for t in args if t is not None} - {"Tensor", "Parameter"})
+        return False, (f"weights of type {', '.join(kinds)} (quantised): torch's fused kernels take plain float "
+                       "weights; the reference backend runs them through their own F.linear")
     try:
         padding_layout(mask)
     except ValueError as err:
@@ -43,9 +53,12 @@ def supports(x, *args, mask=None, **kwargs):
 
 
 def supports_key(x, *args, mask=None, **kwargs):
-    """What :func:`supports` reads, for the registry's cache: nothing without a mask or for one token (every row
-    is contiguous); a longer mask's holes cannot be summarised without reading it (None: not cached)."""
-    return "contiguous" if mask is None or mask.shape[-1] <= 1 else None
+    """What :func:`supports` reads, for the registry's cache: the weights' types, and nothing of a missing mask or
+    of one token's (every row is contiguous); a longer mask's holes cannot be summarised without reading it (None:
+    not cached)."""
+    if mask is not None and mask.shape[-1] > 1:
+        return None
+    return "contiguous" if _plain(args) else "quantised"
 
 
 def _hx(kind, hx):

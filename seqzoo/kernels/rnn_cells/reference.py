@@ -11,17 +11,18 @@ so a left-padded row ends in exactly the state of the same prompt alone.
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 
 
+# Projections go through F.linear, so a quantised weight (a tensor subclass such as torchao's Int8Tensor, which
+# implements F.linear and not a transposed matmul) runs here; the fused backend declines it.
 def _input_projection(x, weight_ih, bias_ih):
     # The input half of every gate does not depend on the state: compute it for all steps at once.
-    proj = x @ weight_ih.t()  # (B, T, G*H)
-    return proj if bias_ih is None else proj + bias_ih
+    return F.linear(x, weight_ih, bias_ih)  # (B, T, G*H)
 
 
 def _hidden_projection(h, weight_hh, bias_hh):
-    proj = h @ weight_hh.t()  # (B, G*H)
-    return proj if bias_hh is None else proj + bias_hh
+    return F.linear(h, weight_hh, bias_hh)  # (B, G*H)
 
 
 def _masked(mask, t, new, old):

@@ -1,0 +1,81 @@
+"""Int8 dynamic quantisation: the classic cells' recurrent projections are quantised along with every Linear layer
+(torchao), run in the reference backend, and stay close to the float model; the fused backend declines quantised
+weights with a reason instead of reading their storage."""
+
+from __future__ import annotations
+
+import sys
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import seqzoo
+from seqzoo.kernels import dispatch
+from seqzoo.kernels.registry import select
+from seqzoo.kernels.rnn_cells import fused
+from seqzoo.registry import smallest_preset
+from tests.conftest import tiny_model
+
+IDS = torch.tensor([[5, 17, 3, 44, 9, 21, 8], [0, 0, 30, 7, 60, 4, 13]])
+MASK = torch.tensor([[1, 1, 1, 1, 1, 1, 1], [0, 0, 1, 1, 1, 1, 1]])
+
+
+class Marked(torch.Tensor):
+    """A tensor subclass standing in for a quantised weight: it computes as a float tensor through F.linear."""
+
+
+def lstm_args(marked: bool):
+    torch.manual_seed(0)
+    x, h, c = torch.randn(2, 5, 8), torch.zeros(2, 6), torch.zeros(2, 6)
+    w_ih, w_hh, b_ih, b_hh = torch.randn(24, 8), torch.randn(24, 6), torch.randn(24), torch.randn(24)
+    if marked:
+        w_ih, w_hh = w_ih.as_subclass(Marked), w_hh.as_subclass(Marked)
+    return x, h, c, w_ih, w_hh, b_ih, b_hh
+
+
+def test_the_fused_backend_declines_quantised_weights_and_the_reference_runs_them():
+    ok, reason = fused.supports(*lstm_args(marked=True))
+    assert not ok and "Marked" in reason and "plain float weights" in reason
+    assert fused.supports(*lstm_args(marked=False)) == (True, "")
+    assert fused.supports_key(*lstm_args(marked=True)) != fused.supports_key(*lstm_args(marked=False))
+    assert select("lstm", *lstm_args(marked=False)).name == "torch"
+    assert select("lstm", *lstm_args(marked=True)).name == "reference"
+    y_marked, _ = dispatch("lstm", *lstm_args(marked=True))
+    y_float, _ = dispatch("lstm", *lstm_args(marked=False))
+    torch.testing.assert_close(y_marked.as_subclass(torch.Tensor), y_float, rtol=1e-5, atol=1e-6)
+
+
+def test_quantize_int8_names_the_extra_it_needs(monkeypatch):
+    monkeypatch.setitem(sys.modules, "torchao.quantization", None)
+    with pytest.raises(ImportError, match=r"needs torchao.*seqzoo\[quant\]"):
+        seqzoo.quantize_int8(tiny_model("lstm-tiny"))
+
+
+@pytest.fixture(scope="module")
+def torchao_quantization():
+    return pytest.importorskip("torchao.quantization", reason="torchao is not installed (pip install 'seqzoo[quant]')")
+
+
+def logits(model, ids=IDS, mask=MASK):
+    with torch.no_grad():
+        return model(input_ids=ids, attention_mask=mask).logits
+
+
+@pytest.mark.parametrize("arch", ["rnn", "lstm", "gru", "transformer", "mamba"])
+def test_int8_quantises_recurrent_projections_and_linear_layers_and_stays_close(arch, torchao_quantization):
+    model = tiny_model(smallest_preset(arch))
+    reference = logits(model)
+    targets = seqzoo.int8_targets(model)
+    seqzoo.quantize_int8(model)
+    quantised = {name for name, p in model.named_parameters() if isinstance(p, torchao_quantization.Int8Tensor)}
+    assert quantised == {t if t.rsplit(".", 1)[-1].startswith("weight_") else f"{t}.weight" for t in targets}
+    if arch in ("rnn", "lstm", "gru"):
+        assert {name.rsplit(".", 1)[-1] for name in quantised} == {"weight_ih", "weight_hh", "weight"}
+        assert len(quantised) == 2 * model.config.num_hidden_layers + 1  # + lm_head
+    got = logits(model)
+    assert not torch.equal(got, reference)  # the int8 weights are in use
+    assert (got - reference).abs().max() <= 0.05 * reference.abs().max()
+    # Activations are quantised per token, so a left-padded row still computes what the prompt alone computes.
+    alone = logits(model, IDS[1:, 2:], MASK[1:, 2:])
+    torch.testing.assert_close(got[1:, 2:], alone, rtol=1e-4, atol=1e-4)
