@@ -145,3 +145,16 @@ def test_peft_config_refuses_what_it_cannot_do():
     with pytest.raises(ValueError, match=r"task_type='SEQ_CLS' does not fit LSTMForCausalLM.*'CAUSAL_LM'"):
         seqzoo.peft_config(lstm, task_type="SEQ_CLS")
     assert seqzoo.peft_config(lstm, task_type="CAUSAL_LM", r=4).r == 4
+
+
+@pytest.mark.parametrize("arch", ["gru", "transformer", "mamba2", "hybrid"])
+def test_a_peft_model_generates_what_its_merged_model_generates(arch):
+    model = get_peft_model(build(arch, "causal-lm"), seqzoo.peft_config(build(arch, "causal-lm"),
+                                                                       init_lora_weights=False))
+    prompt = {"input_ids": IDS[:, :5], "attention_mask": MASK[:, :5]}
+    with torch.no_grad():
+        adapted = model.generate(**prompt, max_new_tokens=4, do_sample=False)
+        merged = model.merge_and_unload().generate(**prompt, max_new_tokens=4, do_sample=False)
+        plain = build(arch, "causal-lm").generate(**prompt, max_new_tokens=4, do_sample=False)
+    assert torch.equal(adapted, merged)
+    assert not torch.equal(adapted, plain)  # the adapter (random, not zero-initialised) takes part in decoding
