@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 from typing import Any, Callable
 
-from seqzoo.utils import installed_version, parse_overrides
+from seqzoo.utils import installed_version, parse_overrides, quiet_transformers
 
 # Modules that add sub-commands, each with ``register(subparsers)``. Registering must stay light (no torch): the
 # parser is built, and --help answered, before torch is imported.
@@ -130,7 +130,8 @@ def save_with_tokenizer(model: Any, directory: Path) -> None:
     generation.pad_token_id = tokenizer.pad_token_id
     generation.eos_token_id = tokenizer.eos_token_id
     generation.bos_token_id = tokenizer.bos_token_id
-    model.save_pretrained(directory)
+    with quiet_transformers():  # its "Writing model shards" bar for one small file is noise on the console
+        model.save_pretrained(directory)
     tokenizer.save_pretrained(directory)
 
 
@@ -267,33 +268,6 @@ def _show_attention(model: Any, tokenizer: Any, args: argparse.Namespace) -> int
         path = weights.plot(args.attention_plot, title=f"{weights.description}: {args.prompt!r} -> {target!r}")
         print(f"wrote {path}")
     return 0
-
-
-class quiet_transformers:
-    """transformers' deprecation warnings and log lines would land in the middle of streamed text."""
-
-    def __enter__(self) -> None:
-        import warnings
-
-        from transformers.utils import logging as hf_logging
-
-        self._warnings = warnings.catch_warnings()
-        self._warnings.__enter__()
-        warnings.simplefilter("ignore", FutureWarning)
-        warnings.simplefilter("ignore", DeprecationWarning)
-        warnings.simplefilter("ignore", UserWarning)
-        self._verbosity = hf_logging.get_verbosity()
-        self._bars = hf_logging.is_progress_bar_enabled()
-        hf_logging.set_verbosity_error()
-        hf_logging.disable_progress_bar()
-
-    def __exit__(self, *exc: Any) -> None:
-        from transformers.utils import logging as hf_logging
-
-        hf_logging.set_verbosity(self._verbosity)
-        if self._bars:
-            hf_logging.enable_progress_bar()
-        self._warnings.__exit__(*exc)
 
 
 def cmd_demo(args: argparse.Namespace) -> int:

@@ -72,3 +72,31 @@ def parse_overrides(items: list[str], what: str = "override") -> dict[str, Any]:
             raise ValueError(f"{what} {key!r} is given twice ({values[key]!r} and {raw!r}); give it once")
         values[key] = parse_value(raw)
     return values
+
+
+class quiet_transformers:
+    """Silence transformers' warnings, log lines and progress bars for a block (they would land in the middle of
+    streamed text, or print a bar for saving one small file)."""
+
+    def __enter__(self) -> None:
+        import warnings
+
+        from transformers.utils import logging as hf_logging
+
+        self._warnings = warnings.catch_warnings()
+        self._warnings.__enter__()
+        warnings.simplefilter("ignore", FutureWarning)
+        warnings.simplefilter("ignore", DeprecationWarning)
+        warnings.simplefilter("ignore", UserWarning)
+        self._verbosity = hf_logging.get_verbosity()
+        self._bars = hf_logging.is_progress_bar_enabled()
+        hf_logging.set_verbosity_error()
+        hf_logging.disable_progress_bar()
+
+    def __exit__(self, *exc: Any) -> None:
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.set_verbosity(self._verbosity)
+        if self._bars:
+            hf_logging.enable_progress_bar()
+        self._warnings.__exit__(*exc)

@@ -50,6 +50,7 @@ from seqzoo.training.tbptt import (
     supports_tbptt,
     token_loss_sum,
 )
+from seqzoo.utils import quiet_transformers
 
 METRICS_FILE = "metrics.jsonl"
 TRAINING_INFO_FILE = "seqzoo_training.json"
@@ -445,7 +446,8 @@ def _save_final(accelerator: Any, model: Any, recipe: Recipe, data: Any, run_dir
             # The run folder keeps checkpoints/ and metrics.jsonl: the model's files are renamed into it one by
             # one from a staging folder, config.json last (see seqzoo.outputs).
             with staged_folder(run_dir, merge=True) as staging:
-                unwrapped.save_pretrained(staging, state_dict=state_dict)
+                with quiet_transformers():  # no "Writing model shards" bar under the run's own progress
+                    unwrapped.save_pretrained(staging, state_dict=state_dict)
                 if with_tokenizer:
                     byte_tokenizer().save_pretrained(staging)
                 (staging / TRAINING_INFO_FILE).write_text(json.dumps(info, indent=2))

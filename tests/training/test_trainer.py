@@ -41,13 +41,13 @@ def weights(folder: Path) -> dict[str, torch.Tensor]:
     return load_file(str(folder / "model.safetensors"))
 
 
-def assert_same_weights(a: dict, b: dict, exact: bool = True) -> None:
+def assert_same_weights(a: dict, b: dict, exact: bool = True, atol: float = 1e-6) -> None:
     assert a.keys() == b.keys()
     for key in a:
         if exact:
             assert torch.equal(a[key], b[key]), key
         else:
-            torch.testing.assert_close(a[key], b[key], rtol=1e-5, atol=1e-6, msg=key)
+            torch.testing.assert_close(a[key], b[key], rtol=1e-5, atol=atol, msg=key)
 
 
 def test_text_run_learns_and_saves_model_tokenizer_and_training_info(tmp_path):
@@ -83,7 +83,10 @@ def test_gradient_accumulation_equals_one_big_batch(tmp_path):
     one = train(make_recipe(tmp_path, "one", train={"max_steps": 3}), progress=False)
     four = train(make_recipe(tmp_path, "four", train={"max_steps": 3, "gradient_accumulation_steps": 4}),
                  progress=False)
-    assert_same_weights(one.model.state_dict(), four.model.state_dict(), exact=False)
+    # Adam divides by the gradient's own scale, so the summation-order noise of accumulating (~1e-7 relative in
+    # the gradients) reaches ~2e-6 in weights whose gradients are near zero (the classic LMs' small top-layer input
+    # weights); a lost or doubled micro-batch changes the gradient itself, and the logged losses below.
+    assert_same_weights(one.model.state_dict(), four.model.state_dict(), exact=False, atol=1e-5)
     for a, b in zip(one.history, four.history):
         if "loss" in a:
             assert math.isclose(a["loss"], b["loss"], rel_tol=1e-5)
