@@ -132,7 +132,7 @@ def evaluate(model: Any, eval_sets: dict[str, tuple[torch.Tensor, torch.Tensor]]
         padding = (-inputs.shape[0]) % per_step
         if padding:
             inputs = torch.cat([inputs, inputs[:1].expand(padding, -1)])
-            targets = torch.cat([targets, torch.full((padding, targets.shape[1]), IGNORE)])
+            targets = torch.cat([targets, torch.full((padding, *targets.shape[1:]), IGNORE)])  # (B,) or (B, T)
         sums = torch.zeros(3, dtype=torch.float64, device=accelerator.device)  # loss, correct, scored
         for start in range(0, inputs.shape[0], per_step):
             rows = slice(start + rank * batch_size, start + (rank + 1) * batch_size)
