@@ -174,16 +174,29 @@ def run_bidirectional_lab(cfg: BidirectionalLabConfig, out: str | Path, command:
     runs.sort(key=lambda run: order[(run["arch"], run["task"], run["direction"])])
     results = {"config": asdict(cfg), "presets": presets, "runs": runs, "workers": workers, "command": command,
                "seconds": time.perf_counter() - started}
+    results["baselines"] = baselines(results["config"])
     results["markdown"] = write_report(results, out)
     (out / RESULTS_FILE).write_text(json.dumps(results, indent=1))
     log(f"wrote {out / REPORT_FILE} in {results['seconds']:.0f} s")
     return results
 
 
-def chance(task: str, cfg: dict[str, Any]) -> float:
-    """Accuracy of always answering the commonest label: first_letter, 1 / symbols; appears_later, the share of
-    the commoner tag, which depends on the distance (reported per distance in the table instead)."""
-    return 1.0 / cfg["symbols"] if task == "first_letter" else float("nan")
+def baselines(cfg: dict[str, Any]) -> dict[str, dict[int, float]]:
+    """baseline[task][distance]: the accuracy of always answering the commonest label of the held-out set."""
+    from collections import Counter
+
+    from seqzoo.training.classification import generated_texts
+
+    table = {}
+    for task in cfg["tasks"]:
+        head = TASKS[task][0]
+        data = generated_texts(head, task, cfg["distances"], cfg["symbols"], cfg["eval_samples"], cfg["seed"])
+        table[task] = {}
+        for name, rows in data.eval_rows().items():
+            labels = Counter(tag for _, tags in rows for tag in tags) if head == "token-classification" else \
+                Counter(label for _, label in rows)
+            table[task][int(name.split("=")[1])] = max(labels.values()) / sum(labels.values())
+    return table
 
 
 def gaps(results: dict[str, Any]) -> dict[str, dict[str, dict[int, float]]]:
@@ -243,6 +256,8 @@ def write_report(results: dict[str, Any], out: Path) -> str:
         rows = [[f"**{run['arch']}**", f"`{run['preset']}`", run["direction"],
                  *(f"{_accuracy(run, d):.2f}" for d in cfg["distances"]), f"{run['seconds']:.0f}"]
                 for run in runs if run["task"] == task]
+        base = results["baselines"][task]
+        rows.append(["commonest label", "", "always", *(f"{base[d]:.2f}" for d in cfg["distances"]), ""])
         lines += [f"**{TASKS[task][1]}** (accuracy by distance; task `{task}`)", "", markdown_table(header, rows), ""]
     failed = [run for run in results["runs"] if not run["ok"]]
     if failed:
@@ -275,8 +290,9 @@ def accuracy_plot(results: dict[str, Any], path: Path) -> None:
             ax.plot([d for d, _ in points], [a for _, a in points], color=look[run["arch"]]["color"],
                     marker=look[run["arch"]]["marker"], linestyle="-" if bi else ":", alpha=1.0 if bi else 0.8,
                     label=f"{run['arch']}, {run['direction']}")
-        if task == "first_letter":
-            ax.axhline(chance(task, cfg), color="grey", linewidth=0.8, linestyle="--")
+        base = sorted((int(d), a) for d, a in results["baselines"][task].items())
+        ax.plot([d for d, _ in base], [a for _, a in base], color="grey", linewidth=1.0, linestyle="--",
+                label="commonest label, always")
         _log2_ticks(ax, cfg["distances"])
         ax.set_title(TASKS[task][1], fontsize=9)
         ax.set_xlabel("distance (words per text)")

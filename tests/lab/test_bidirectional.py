@@ -34,6 +34,14 @@ def test_smoke_run_compares_both_directions_of_every_architecture(tmp_path):
     for run in results["runs"]:
         cells = " | ".join(f"{run['accuracy'][str(d)]:.2f}" for d in smoke.distances)
         assert f"| **{run['arch']}** | `{run['preset']}` | {run['direction']} | {cells} |" in report
+    # The commonest-label baseline, counted here from the held-out texts the runs were scored on.
+    data = build_label_data("token-classification", job_recipe({
+        "arch": "lstm", "preset": "lstm-tiny", "task": "appears_later", "direction": "bidirectional",
+        "config": results["config"], "output_dir": str(tmp_path)}).data, smoke.seed)
+    for distance in smoke.distances:
+        tags = [tag for _, row_tags in data.eval_rows()[f"distance={distance}"] for tag in row_tags]
+        share = max(tags.count("again"), tags.count("last")) / len(tags)
+        assert results["baselines"]["appears_later"][str(distance)] == pytest.approx(share)
 
 
 @pytest.mark.parametrize("task", ["appears_later", "first_letter"])
