@@ -275,32 +275,37 @@ def _accuracy(run: dict[str, Any], distance: int) -> float:
 
 
 def accuracy_plot(results: dict[str, Any], path: Path) -> None:
-    """One panel per task: accuracy against distance, a colour per architecture, dashed left to right."""
-    from seqzoo.lab.plots import _log2_ticks, _pyplot, styles
+    """A column per task, a row per direction: accuracy against distance, one line per architecture."""
+    from seqzoo.lab.plots import _dodged, _log2_ticks, _pyplot, styles
 
     plt = _pyplot()
     cfg, runs = results["config"], [run for run in results["runs"] if run["ok"]]
-    look = styles(sorted({run["arch"] for run in runs}))
-    fig, axes = plt.subplots(1, len(cfg["tasks"]), figsize=(4.2 * len(cfg["tasks"]) + 1.8, 3.6), sharey=True,
-                             squeeze=False)
-    for ax, task in zip(axes[0], cfg["tasks"]):
-        for run in (run for run in runs if run["task"] == task):
-            points = sorted((int(d), a) for d, a in run["accuracy"].items())
-            bi = run["direction"] == "bidirectional"
-            ax.plot([d for d, _ in points], [a for _, a in points], color=look[run["arch"]]["color"],
-                    marker=look[run["arch"]]["marker"], linestyle="-" if bi else ":", alpha=1.0 if bi else 0.8,
-                    label=f"{run['arch']}, {run['direction']}")
+    archs = sorted({run["arch"] for run in runs})
+    look = styles(archs)
+    fig, axes = plt.subplots(2, len(cfg["tasks"]), figsize=(4.2 * len(cfg["tasks"]) + 1.8, 6.0), sharey=True,
+                             sharex=True, squeeze=False)
+    for column, task in enumerate(cfg["tasks"]):
         base = sorted((int(d), a) for d, a in results["baselines"][task].items())
-        ax.plot([d for d, _ in base], [a for _, a in base], color="grey", linewidth=1.0, linestyle="--",
-                label="commonest label, always")
-        _log2_ticks(ax, cfg["distances"])
-        ax.set_title(TASKS[task][1], fontsize=9)
-        ax.set_xlabel("distance (words per text)")
-        ax.set_ylim(-0.02, 1.02)
-        ax.grid(alpha=0.3)
-    axes[0][0].set_ylabel("accuracy (held out)")
-    axes[0][-1].legend(loc="center left", bbox_to_anchor=(1.02, 0.5), frameon=False, fontsize=7)
-    fig.suptitle("Solid: bidirectional; dotted: left to right only", fontsize=10)
+        for row, direction in enumerate(DIRECTIONS):
+            ax = axes[row][column]
+            for run in (r for r in runs if r["task"] == task and r["direction"] == direction):
+                points = sorted((int(d), a) for d, a in run["accuracy"].items())
+                # Several runs at the same accuracy (1.0) would hide each other: each architecture has its slot.
+                ax.plot(_dodged([d for d, _ in points], archs.index(run["arch"]), len(archs)),
+                        [a for _, a in points], label=run["arch"], **look[run["arch"]])
+            ax.plot([d for d, _ in base], [a for _, a in base], color="grey", linewidth=1.0, linestyle=(0, (2, 2)),
+                    label="commonest label, always")
+            _log2_ticks(ax, cfg["distances"])
+            ax.set_ylim(-0.02, 1.04)
+            ax.grid(alpha=0.3)
+            if row == 0:
+                ax.set_title(TASKS[task][1], fontsize=9)
+            if column == 0:
+                ax.set_ylabel(f"{direction}\naccuracy (held out)", fontsize=9)
+            if row == 1:
+                ax.set_xlabel("distance (words per text)")
+    axes[0][-1].legend(loc="center left", bbox_to_anchor=(1.02, 0.0), frameon=False, fontsize=8)
+    fig.suptitle("The same models read left to right only (top) and both ways (bottom)", fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
