@@ -25,12 +25,12 @@ from typing import Any
 import yaml
 
 # The classification tasks a recipe can train (seqzoo.training.classification.LABEL_TASKS; a test keeps them equal).
-# Spelled out here so that reading a recipe does not import torch.
 LABEL_TASKS = ("sequence-classification", "token-classification")
 
 RECIPE_DIR = Path(__file__).resolve().parent.parent / "configs"
 DATA_SOURCES = ("pydoc", "text", "dataset", "task", "jsonl")
-TRAINED_TASKS = ("causal-lm", "seq2seq", "sequence-classification", "token-classification")  # the heads `seqzoo train` trains (seqzoo.registry.TASKS names them)
+# The heads `seqzoo train` trains (seqzoo.registry.TASKS names them).
+TRAINED_TASKS = ("causal-lm", "seq2seq", *LABEL_TASKS)
 SCHEDULES = ("cosine", "linear", "constant")
 MIXED_PRECISION = ("no", "fp16", "bf16")
 # Fields that change what is logged or kept on disk but never the weights a run ends with; a resumed run may
@@ -47,7 +47,7 @@ class ModelSection:
 
 @dataclass
 class DataSection:
-    source: str = "pydoc"  # pydoc | text | dataset | task
+    source: str = "pydoc"  # pydoc | text | dataset | task | jsonl (seq2seq and classification recipes)
     path: str | list[str] | None = None  # text: file(s); dataset: a folder written by datasets' save_to_disk
     text_column: str = "text"  # dataset: the column holding the text
     seq_len: int | None = None  # tokens per training sequence; corpora default to 128, tasks to what they need
