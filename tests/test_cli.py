@@ -233,7 +233,7 @@ def test_every_option_has_help_and_no_description_prints_markup():
             if action.option_strings and action.help is None:
                 raise AssertionError(f"`{name}` option {action.option_strings} has no help text")
     lab_usage = build_parser()._subparsers._group_actions[0].choices["lab"].format_usage()
-    assert "[gradients | sweep]" in lab_usage and "{gradients" not in lab_usage
+    assert "[gradients | seq2seq | bidirectional | sweep]" in lab_usage and "{gradients" not in lab_usage
 
 
 def test_one_override_parser():
