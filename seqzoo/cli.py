@@ -54,6 +54,12 @@ def cmd_list(args: argparse.Namespace) -> int:
     header = ["preset", "architecture", "hidden", "layers"] + (["params"] if args.params else []) + [
         "state bytes/seq", "KV bytes/token"]
     print_table(header, rows)
+    # What each listed architecture can be built for: one head per task (seqzoo.create_model(preset, task)).
+    specs = {preset_values(name)[0].name: preset_values(name)[0] for name in names}
+    print()
+    print_table(["architecture", "heads (tasks)", "bidirectional"],
+                [[name, ", ".join(spec.heads), "yes" if spec.config_class.supports_bidirectional else "no"]
+                 for name, spec in sorted(specs.items())])
     return 0
 
 
@@ -333,7 +339,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("list", help="list model presets", description="List model presets with their sizes, the "
-                       "state a sequence carries between tokens and the KV cache bytes per token.")
+                       "state a sequence carries between tokens and the KV cache bytes per token; then the heads "
+                       "(tasks) each architecture offers and whether it can be a bidirectional encoder.")
     p.add_argument("pattern", nargs="?", default=None, help="shell-style filter, e.g. 'lstm-*' or '*tiny'")
     p.add_argument("--params", action="store_true", help="also count parameters")
     p.set_defaults(func=cmd_list)

@@ -16,6 +16,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from seqzoo.cli import build_parser, main
+from seqzoo.registry import get_architecture
 from seqzoo.utils import parse_overrides, parse_value
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -124,6 +125,16 @@ def test_list_and_kernels(capsys):
     out = capsys.readouterr().out
     assert "lstm-tiny" in out and "gru-tiny" not in out and "state bytes/seq" in out
     assert "Did you mean 'mamba-" in _error(capsys, ["list", "mambaa"])
+    assert main(["list", "*tiny"]) == 0
+    heads = capsys.readouterr().out.split("heads (tasks)")[1]
+    for name in ("lstm", "transformer", "seq2seq"):
+        spec = get_architecture(name)
+        row = next(line for line in heads.splitlines() if line.startswith(name + " "))
+        bidirectional = "yes" if spec.config_class.supports_bidirectional else "no"
+        assert row.split() == [name, *", ".join(spec.heads).split(), bidirectional]
+    assert {name: row.split()[-1] for row in heads.splitlines()[2:] for name in row.split()[:1]} == {
+        "gru": "yes", "hybrid": "no", "lstm": "yes", "mamba": "yes", "mamba2": "yes", "rnn": "yes", "rwkv7": "yes",
+        "seq2seq": "yes", "transformer": "no"}
     assert main(["kernels"]) == 0
     out = capsys.readouterr().out
     assert "lstm" in out and "reference" in out and "torch" in out
@@ -222,7 +233,7 @@ def test_every_option_has_help_and_no_description_prints_markup():
             if action.option_strings and action.help is None:
                 raise AssertionError(f"`{name}` option {action.option_strings} has no help text")
     lab_usage = build_parser()._subparsers._group_actions[0].choices["lab"].format_usage()
-    assert "[gradients | sweep]" in lab_usage and "{gradients" not in lab_usage
+    assert "[gradients | seq2seq | bidirectional | sweep]" in lab_usage and "{gradients" not in lab_usage
 
 
 def test_one_override_parser():

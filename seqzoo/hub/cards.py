@@ -48,6 +48,9 @@ TRAINING_FILE = "seqzoo_training.json"
 TRAINING_KEYS = ("dataset", "tokens_seen", "steps", "eval", "data", "recipe")  # checked and shown
 DEFAULT_LICENSE = "apache-2.0"
 USAGE_PROMPT = "Once upon a time"
+# How a card's first line names the model, by task (its head).
+MODEL_KINDS = {"causal-lm": "language model", "sequence-classification": "text classifier",
+               "token-classification": "tagger (token classifier)", "seq2seq": "encoder-decoder"}
 CONTEXT_EXAMPLE = 4096  # context length at which a card quotes the size of a growing KV cache
 
 
@@ -124,15 +127,16 @@ def render_model_card(
     model_name = repo_id.rsplit("/", 1)[-1]
     datasets = _datasets(training)
     evaluation = _overall_metrics(training)
+    pipeline_tag = TASKS[spec.task_of(type(model))][1]
     eval_results = [
-        EvalResult(task_type="text-generation", dataset_type=datasets[0], dataset_name=datasets[0],
+        EvalResult(task_type=pipeline_tag, dataset_type=datasets[0], dataset_name=datasets[0],
                    metric_type=name, metric_value=value)
         for name, value in evaluation.items()
     ] if datasets else None
     card_data = ModelCardData(
         license=license,
         library_name="seqzoo",
-        pipeline_tag=TASKS[spec.task_of(type(model))][1],
+        pipeline_tag=pipeline_tag,
         tags=["seqzoo", spec.name, spec.model_type, "custom_code"],
         datasets=datasets or None,
         model_name=model_name if eval_results else None,  # names the model-index entry; not a key on its own
@@ -166,6 +170,8 @@ def card_sections(
         "config_table": config_table(config),
         "training_section": training_section(training),
         "usage": usage_section(repo_id, spec.task_of(type(model))),
+        "heads_section": heads_section(spec, type(model), config),
+        "model_kind": MODEL_KINDS.get(spec.task_of(type(model)), "model"),
         "files_section": files_section(code_files),
     }
 
@@ -292,6 +298,24 @@ def usage_section(repo_id: str, task: str = "causal-lm") -> str:
     if task in ("causal-lm", "seq2seq"):
         text += f"\n\nFrom the command line: `seqzoo generate {repo_id} \"{USAGE_PROMPT}\" --max-new-tokens 40`."
     return text
+
+
+def heads_section(spec: Any, model_class: type, config: Any) -> str:
+    """Which head this checkpoint is, its labels, and every head its architecture offers (the registry's table)."""
+    task = spec.task_of(model_class)
+    lines = [f"This checkpoint is `{model_class.__name__}`, the `{task}` head (pipeline `{TASKS[task][1]}`)."]
+    if getattr(config, "bidirectional", False) and task != "seq2seq":
+        lines[0] += (" It is a bidirectional encoder: every layer reads the text left to right and right to left, so "
+                     "it sees the whole text at once and cannot generate.")
+    if task in ("sequence-classification", "token-classification"):
+        labels = ", ".join(f"{i} `{name}`" for i, name in sorted(config.id2label.items()))
+        lines.append(f"Its labels (`id2label`): {labels}.")
+    rows = [[f"`{name}`", f"`{head.__name__}`", f"`{TASKS[name][0]}`", f"`{TASKS[name][1]}`"]
+            for name, head in spec.heads.items()]
+    lines += ["", f"The {spec.name} architecture offers these heads; the checkpoint's backbone loads into any of them "
+              "that its configuration allows (a bidirectional one only into the classification heads), and the head "
+              "it lacks starts newly initialised:", "", _table(["task", "class", "Auto class", "pipeline"], rows)]
+    return "\n".join(lines)
 
 
 def files_section(code_files: list[str]) -> str:

@@ -11,6 +11,7 @@ from typing import Any
 # The memory tasks, by name (seqzoo.training.data.TASKS, which a test keeps equal). Spelled out here so that the
 # parser, and `seqzoo lab --help`, need no torch.
 TASK_NAMES = ("copy", "selective_copy", "associative_recall", "induction")
+BIDIRECTIONAL_TASKS = ("appears_later", "first_letter")  # seqzoo.lab.bidirectional.TASKS (a test keeps them equal)
 ARCHITECTURES_HELP = ("architectures to include (default: every registered one; the names in the architecture column "
                       "of `seqzoo list`: rnn lstm gru transformer rwkv7 mamba mamba2, and any plugin's)")
 
@@ -49,7 +50,7 @@ def register(subparsers: Any) -> None:
                    help="parallel single-threaded training processes (default: one per core, at most 8)")
     p.set_defaults(func=cmd_lab)
 
-    sub = p.add_subparsers(dest="lab_command", metavar="[gradients | sweep]",
+    sub = p.add_subparsers(dest="lab_command", metavar="[gradients | seq2seq | bidirectional | sweep]",
                            description="or, instead of the whole lab:")
     g = sub.add_parser("gradients", help="‖∂ loss(last) / ∂ input(t)‖ against distance, for every architecture",
                        description="How far back does the gradient reach at initialisation? Seconds of work.")
@@ -70,6 +71,25 @@ def register(subparsers: Any) -> None:
     s.add_argument("--workers", type=int, help="parallel single-threaded training processes")
     s.add_argument("--seed", type=int, default=None, help="seed (default: 0)")
     s.set_defaults(func=cmd_seq2seq)
+
+    b = sub.add_parser("bidirectional", help="left to right against bidirectional encoders on tagging and "
+                       "classification at growing distances (about 2 minutes on two cores)",
+                       description="Why reading both ways matters: every architecture that can be bidirectional "
+                                   "(RNN, LSTM, GRU, Mamba, Mamba-2, RWKV-7) trained left to right and bidirectional "
+                                   "on a tag that depends on what follows each word and a label that sits at the "
+                                   "start of the text. Writes bidirectional.md, bidirectional.png and "
+                                   "bidirectional-results.json. Not part of the default `seqzoo lab` run.")
+    b.add_argument("--out", default="lab-bidirectional", help="report folder (default: lab-bidirectional)")
+    b.add_argument("--smoke", action="store_true", help="a seconds-long run of every code path (for CI)")
+    b.add_argument("--architectures", nargs="+", metavar="ARCH",
+                   help="architectures (default: every one that can be bidirectional: rnn lstm gru mamba mamba2 rwkv7)")
+    b.add_argument("--tasks", nargs="+", choices=BIDIRECTIONAL_TASKS, metavar="TASK",
+                   help=f"tasks (default: both: {' '.join(BIDIRECTIONAL_TASKS)})")
+    b.add_argument("--distances", nargs="+", type=int, metavar="WORDS", help="words per text (default: 8 16 32)")
+    b.add_argument("--steps", type=int, help="training steps per model (default: 150)")
+    b.add_argument("--workers", type=int, help="parallel single-threaded training processes")
+    b.add_argument("--seed", type=int, default=None, help="seed (default: 0)")
+    b.set_defaults(func=cmd_bidirectional)
 
     s = sub.add_parser("sweep", help="the learning-rate sweep behind the lab's recipes (about an hour on 2 cores)",
                        description="Train every architecture at each learning rate on every memory task (at the "
@@ -154,4 +174,15 @@ def cmd_seq2seq(args: argparse.Namespace) -> int:
         raise ValueError("--larger and --smoke are opposites; pass one")
     make = Seq2SeqLabConfig.larger if args.larger else Seq2SeqLabConfig.smoke if args.smoke else Seq2SeqLabConfig
     results = run_seq2seq_lab(make(**chosen), args.out, force=args.force)
+    return 1 if any(not run["ok"] for run in results["runs"]) else 0
+
+
+def cmd_bidirectional(args: argparse.Namespace) -> int:
+    from seqzoo.lab.bidirectional import BidirectionalLabConfig, run_bidirectional_lab
+
+    chosen = {k: v for k, v in {"architectures": args.architectures, "tasks": args.tasks, "distances": args.distances,
+                                "steps": args.steps, "workers": args.workers, "seed": args.seed}.items()
+              if v is not None}
+    cfg = BidirectionalLabConfig.smoke(**chosen) if args.smoke else BidirectionalLabConfig(**chosen)
+    results = run_bidirectional_lab(cfg, args.out, command=command_line(args))
     return 1 if any(not run["ok"] for run in results["runs"]) else 0

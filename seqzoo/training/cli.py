@@ -51,7 +51,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     except (NonFiniteError, OSError) as err:  # a diverged run, a read-only folder, a full disk: one line each
         raise SystemExit(f"error: {describe(err) if isinstance(err, OSError) else err}") from err
     if result.is_main_process:
-        print(f"trained {recipe.model.preset} for {result.steps} steps ({result.tokens_seen:,} tokens): eval loss "
-              f"{result.eval['loss']:.4f}, perplexity {result.eval['perplexity']:.3f}, accuracy "
-              f"{result.eval['accuracy']:.3f}; saved to {result.output_dir}")
+        perplexity = f", perplexity {result.eval['perplexity']:.3f}" if "perplexity" in result.eval else ""
+        print(f"trained {recipe.model.preset} for {result.steps} steps ({result.tokens_seen:,} tokens, task "
+              f"{recipe.task}): eval loss {result.eval['loss']:.4f}{perplexity}, accuracy {result.eval['accuracy']:.3f}; "
+              f"saved to {result.output_dir}")
     return 0

@@ -24,9 +24,13 @@ from typing import Any
 
 import yaml
 
+# The classification tasks a recipe can train (seqzoo.training.classification.LABEL_TASKS; a test keeps them equal).
+LABEL_TASKS = ("sequence-classification", "token-classification")
+
 RECIPE_DIR = Path(__file__).resolve().parent.parent / "configs"
 DATA_SOURCES = ("pydoc", "text", "dataset", "task", "jsonl")
-TRAINED_TASKS = ("causal-lm", "seq2seq")  # the heads `seqzoo train` trains (seqzoo.registry.TASKS names them)
+# The heads `seqzoo train` trains (seqzoo.registry.TASKS names them).
+TRAINED_TASKS = ("causal-lm", "seq2seq", *LABEL_TASKS)
 SCHEDULES = ("cosine", "linear", "constant")
 MIXED_PRECISION = ("no", "fp16", "bf16")
 # Fields that change what is logged or kept on disk but never the weights a run ends with; a resumed run may
@@ -43,7 +47,7 @@ class ModelSection:
 
 @dataclass
 class DataSection:
-    source: str = "pydoc"  # pydoc | text | dataset | task
+    source: str = "pydoc"  # pydoc | text | dataset | task | jsonl (seq2seq and classification recipes)
     path: str | list[str] | None = None  # text: file(s); dataset: a folder written by datasets' save_to_disk
     text_column: str = "text"  # dataset: the column holding the text
     seq_len: int | None = None  # tokens per training sequence; corpora default to 128, tasks to what they need
@@ -58,6 +62,10 @@ class DataSection:
     # copy | reverse | sort | digits | dates, each training pair drawing one of source_lengths.
     source_lengths: list[int] = field(default_factory=lambda: [4, 8, 16])
     max_source_length: int | None = None  # longer sources are cut (with a warning); None: never
+    # task: sequence-classification | token-classification recipes (seqzoo.training.classification): source jsonl
+    # (path: {"text", "label"} or {"tokens", "tags"} lines) or task appears_later | first_letter. labels: the label
+    # names in id order (id2label); None: the distinct labels of the data, sorted.
+    labels: list[str] | None = None
 
 
 @dataclass
@@ -97,7 +105,9 @@ class TrainSection:
 class Recipe:
     name: str = "run"
     output_dir: str | None = None  # default: runs/<name>
-    task: str | None = None  # causal-lm | seq2seq; default: what the model preset's architecture does
+    # causal-lm | seq2seq | sequence-classification | token-classification; default: what the model preset's
+    # architecture does (its first head: causal-lm, or seq2seq for an encoder-decoder)
+    task: str | None = None
     model: ModelSection = field(default_factory=ModelSection)
     data: DataSection = field(default_factory=DataSection)
     optim: OptimSection = field(default_factory=OptimSection)
@@ -149,10 +159,16 @@ class Recipe:
         _check(d.source in DATA_SOURCES, "data.source", d.source, f"one of {', '.join(DATA_SOURCES)}")
         if d.source in ("text", "dataset", "jsonl"):
             _check(d.path is not None, "data.path", d.path, f"a path (data.source={d.source!r} reads one)")
+        if self.task != "causal-lm" or d.labels is not None:
+            _check(self.task in LABEL_TASKS or d.labels is None, "data.labels", d.labels,
+                   "null: label names belong to task: sequence-classification | token-classification recipes")
         if self.task == "seq2seq":
             self._validate_seq2seq_data()
+        elif self.task in LABEL_TASKS:
+            self._validate_label_data()
         elif d.source == "jsonl":
-            _check(False, "data.source", d.source, "pydoc, text, dataset or task (jsonl pairs train task: seq2seq)")
+            _check(False, "data.source", d.source, "pydoc, text, dataset or task (jsonl files train task: seq2seq, "
+                   "sequence-classification or token-classification)")
         elif d.source == "task":
             from seqzoo.training.data import TASKS
 
@@ -209,6 +225,28 @@ class Recipe:
                d.max_source_length, "an integer >= 1 or null")
         _check(self.train.tbptt_chunk == 0, "train.tbptt_chunk", self.train.tbptt_chunk,
                "0 for task: seq2seq (encoder-decoders train on whole pairs)")
+
+
+    def _validate_label_data(self) -> None:
+        from seqzoo.training.classification import GENERATED_TASKS
+
+        d, generated = self.data, GENERATED_TASKS[self.task]
+        _check(d.source in ("jsonl", "task"), "data.source", d.source, f"jsonl or task (a task: {self.task} recipe "
+               "trains on labelled texts)", choices=["jsonl", "task"])
+        if d.source == "task":
+            _check(d.task in generated, "data.task", d.task, f"a {self.task} task, one of {', '.join(generated)}",
+                   choices=list(generated))
+            _check(len(d.distances) > 0 and all(x >= 1 for x in d.distances), "data.distances", d.distances,
+                   "a non-empty list of integers >= 1 (words per text)")
+            _check(2 <= d.symbols <= 26, "data.symbols", d.symbols, "an integer in [2, 26] (letters)")
+        if d.labels is not None:
+            _check(len(d.labels) >= 2 and len(set(d.labels)) == len(d.labels), "data.labels", d.labels,
+                   "a list of at least two distinct label names, in id order")
+        given = sorted({"num_labels", "id2label", "label2id"} & set(self.model.config))
+        _check(not given, f"model.config.{given[0] if given else ''}", self.model.config.get(given[0]) if given
+               else None, "unset: a classifier's labels come from the data, or from data.labels")
+        _check(self.train.tbptt_chunk == 0, "train.tbptt_chunk", self.train.tbptt_chunk,
+               f"0 for task: {self.task} (a classifier reads each text whole)")
 
 
 def _check(ok: bool, name: str, value: Any, allowed: str, choices: list[str] | None = None) -> None:

@@ -21,6 +21,7 @@ import torch.nn.functional as F
 
 from seqzoo.cache import SeqzooCache
 from seqzoo.models.compat import output_cache
+from seqzoo.training.classification import classifier_logits, is_classifier
 from seqzoo.training.data import IGNORE
 from seqzoo.training.seq2seq import is_seq2seq, seq2seq_logits
 
@@ -101,6 +102,11 @@ def backward_sequence(
     if is_seq2seq(model):  # inputs are the sources, targets the labels: one pass over whole pairs
         with sync_last(last_micro_batch):
             loss, correct = token_loss_sum(seq2seq_logits(model, inputs, targets), targets)
+            backward(loss * loss_scale)
+        return loss.detach(), correct
+    if is_classifier(model):  # a label per text or per byte: one pass over whole texts
+        with sync_last(last_micro_batch):
+            loss, correct = token_loss_sum(classifier_logits(model, inputs), targets)
             backward(loss * loss_scale)
         return loss.detach(), correct
     cache = None

@@ -28,6 +28,7 @@ import torch
 from torch.optim.lr_scheduler import LambdaLR
 
 from seqzoo.outputs import OutputError, staged_folder
+from seqzoo.training.classification import LabelledTexts, build_label_data, classifier_logits, is_classifier
 from seqzoo.training.checkpoint import (
     STATE_FILE,
     CheckpointError,
@@ -78,7 +79,7 @@ def build_model(recipe: Recipe, data: Any) -> Any:
 
     overrides = dict(data.model_overrides())
     overrides.update(recipe.model.config)  # an explicit config value wins; the vocabulary check below still applies
-    model = seqzoo.create_model(recipe.model.preset, **overrides)
+    model = seqzoo.create_model(recipe.model.preset, recipe.task, **overrides)
     if model.config.vocab_size < data.vocab_size:
         raise ValueError(
             f"model vocab_size={model.config.vocab_size} is smaller than the data's vocabulary ({data.vocab_size} "
@@ -132,7 +133,7 @@ def evaluate(model: Any, eval_sets: dict[str, tuple[torch.Tensor, torch.Tensor]]
         padding = (-inputs.shape[0]) % per_step
         if padding:
             inputs = torch.cat([inputs, inputs[:1].expand(padding, -1)])
-            targets = torch.cat([targets, torch.full((padding, targets.shape[1]), IGNORE)])
+            targets = torch.cat([targets, torch.full((padding, *targets.shape[1:]), IGNORE)])  # (B,) or (B, T)
         sums = torch.zeros(3, dtype=torch.float64, device=accelerator.device)  # loss, correct, scored
         for start in range(0, inputs.shape[0], per_step):
             rows = slice(start + rank * batch_size, start + (rank + 1) * batch_size)
@@ -140,6 +141,8 @@ def evaluate(model: Any, eval_sets: dict[str, tuple[torch.Tensor, torch.Tensor]]
             with accelerator.autocast():
                 if is_seq2seq(model):
                     logits = seq2seq_logits(model, x, y)
+                elif is_classifier(model):
+                    logits = classifier_logits(model, x)
                 else:
                     logits, _ = chunked_forward(model, x, chunk) if chunk else (
                         model(input_ids=x, use_cache=False).logits, None)
@@ -147,17 +150,23 @@ def evaluate(model: Any, eval_sets: dict[str, tuple[torch.Tensor, torch.Tensor]]
             sums += torch.stack([loss.double(), correct.double(), (y != IGNORE).sum().double()])
         sums = accelerator.reduce(sums, "sum").cpu()
         total += sums
-        results[name] = _eval_figures(sums)
+        results[name] = _eval_figures(sums, is_classifier(model))
     model.train(was_training)
-    return {**_eval_figures(total), "sets": results}
+    return {**_eval_figures(total, is_classifier(model)), "sets": results}
 
 
-def _eval_figures(sums: torch.Tensor) -> dict[str, float]:
-    """(summed loss, correct, scored) -> mean loss, perplexity (capped so a diverged run still prints), accuracy."""
+def _eval_figures(sums: torch.Tensor, classifier: bool = False) -> dict[str, float]:
+    """(summed loss, correct, scored) -> mean loss, perplexity (capped so a diverged run still prints), accuracy.
+    A classifier's figures are its loss and accuracy over the scored labels (a perplexity over labels means
+    nothing)."""
     scored = max(float(sums[2]), 1.0)
     loss = float(sums[0]) / scored
-    return {"loss": loss, "perplexity": math.exp(min(loss, 50.0)), "accuracy": float(sums[1]) / scored,
-            "scored_tokens": int(sums[2])}
+    figures = {"loss": loss, "perplexity": math.exp(min(loss, 50.0)), "accuracy": float(sums[1]) / scored,
+               "scored_tokens": int(sums[2])}
+    if classifier:
+        figures.pop("perplexity")
+        figures["scored_labels"] = figures.pop("scored_tokens")
+    return figures
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -208,11 +217,15 @@ def train(recipe: Recipe, *, resume: str | Path | bool | None = None, dataset: A
         torch.use_deterministic_algorithms(True)
     try:
         set_seed(t.seed)  # identical initial weights on every process
-        if recipe.task == "seq2seq" and dataset is not None:
-            raise ValueError("train(dataset=...) passes text to a language model; a task: seq2seq recipe reads its "
-                             "pairs from data.source (jsonl or task)")
-        data = (build_seq2seq_data(recipe.data, t.seed) if recipe.task == "seq2seq"
-                else build_data(recipe.data, t.seed, dataset))
+        if recipe.task != "causal-lm" and dataset is not None:
+            raise ValueError(f"train(dataset=...) passes text to a language model; a task: {recipe.task} recipe "
+                             "reads its data from data.source (jsonl or task)")
+        if recipe.task == "seq2seq":
+            data = build_seq2seq_data(recipe.data, t.seed)
+        elif recipe.task in ("sequence-classification", "token-classification"):
+            data = build_label_data(recipe.task, recipe.data, t.seed)
+        else:
+            data = build_data(recipe.data, t.seed, dataset)
         model = build_model(recipe, data)
         torch.manual_seed(t.seed + accelerator.process_index)  # dropout masks differ between processes
         model = accelerator.prepare(model)  # FSDP must wrap the model before the optimizer sees its parameters
@@ -286,7 +299,7 @@ def _run(recipe: Recipe, accelerator: Any, model: Any, optimizer: Any, scheduler
         train_seconds += time.perf_counter() - started
         train_tokens += inputs.numel()
         row = {"step": step, **row, "tokens_seen": tokens_seen}
-        if not isinstance(data, MemoryTask):
+        if not isinstance(data, (MemoryTask, LabelledTexts)):
             row.pop("accuracy")  # next-byte accuracy of text says little; the eval reports it anyway
         _record(row, history, metrics_path, accelerator)
         bar.update(1)
@@ -302,7 +315,8 @@ def _run(recipe: Recipe, accelerator: Any, model: Any, optimizer: Any, scheduler
             _record({"step": step, "eval": last_eval}, history, metrics_path, accelerator)
             if talk:
                 bar.write(f"step {step}/{t.max_steps}  eval loss {last_eval['loss']:.4f}  "
-                          f"perplexity {last_eval['perplexity']:.3f}  accuracy {last_eval['accuracy']:.3f}")
+                          + (f"perplexity {last_eval['perplexity']:.3f}  " if "perplexity" in last_eval else "")
+                          + f"accuracy {last_eval['accuracy']:.3f}")
         if t.save_every and step % t.save_every == 0:
             save_checkpoint(accelerator, model, optimizer, scheduler, run_dir, step, {
                 "run_id": run_id, "recipe": recipe.to_dict(), "step": step, "tokens_seen": tokens_seen,
@@ -415,6 +429,10 @@ def _read_history(path: Path, up_to: int) -> list[dict[str, Any]]:
     return [row for row in rows if row["step"] <= up_to]
 
 
+def _figures(evaluation: dict[str, Any]) -> dict[str, float]:
+    return {k: evaluation[k] for k in ("loss", "perplexity", "accuracy") if k in evaluation}
+
+
 def _save_final(accelerator: Any, model: Any, recipe: Recipe, data: Any, run_dir: Path, step: int, tokens_seen: int,
                 last_eval: dict[str, Any], health: GradientHealth) -> Any:
     """save_pretrained (+ the byte tokenizer for text data) and seqzoo_training.json, which model cards read."""
@@ -433,10 +451,7 @@ def _save_final(accelerator: Any, model: Any, recipe: Recipe, data: Any, run_dir
             "tokenizer": "seqzoo byte tokenizer" if with_tokenizer else None,
             "tokens_seen": tokens_seen,
             "steps": step,
-            "eval": {"loss": last_eval["loss"], "perplexity": last_eval["perplexity"],
-                     "accuracy": last_eval["accuracy"],
-                     "sets": {k: {"loss": v["loss"], "perplexity": v["perplexity"], "accuracy": v["accuracy"]}
-                              for k, v in last_eval["sets"].items()}},
+            "eval": {**_figures(last_eval), "sets": {k: _figures(v) for k, v in last_eval["sets"].items()}},
             "grad_health": health.summary(),
             "num_processes": accelerator.num_processes,
             "run_id": recipe.run_id,

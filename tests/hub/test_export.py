@@ -61,6 +61,10 @@ def test_model_card_renders_with_parseable_metadata(arch, exports):
     assert f"| hidden_size | `{model.config.hidden_size}` |" in card.text
     assert f"| num_hidden_layers | `{model.config.num_hidden_layers}` |" in card.text
     assert "{{" not in card.text and "{%" not in card.text
+    # Every head the registry holds for the architecture, this one named first.
+    assert f"This checkpoint is `{spec.causal_lm_class.__name__}`, the `causal-lm` head" in card.text
+    for task, head in spec.heads.items():
+        assert f"| `{task}` | `{head.__name__}` | `{seqzoo.registry.TASKS[task][0]}` |" in card.text
 
 
 @pytest.mark.parametrize("arch", ARCHITECTURES)
@@ -74,6 +78,25 @@ def test_every_builtin_architecture_has_its_own_template_with_no_undefined_names
     text = jinja2.Environment(undefined=jinja2.StrictUndefined).from_string(path.read_text()).render(
         card_data="license: mit", **sections)
     assert text.startswith("---\nlicense: mit\n---\n")
+
+
+@pytest.mark.parametrize("arch, task", [("lstm", "token-classification"), ("transformer",
+                                                                        "sequence-classification")])
+def test_a_classifier_card_says_which_head_and_labels_it_has(arch, task):
+    spec = seqzoo.get_architecture(arch)
+    bidirectional = {"bidirectional": True} if spec.config_class.supports_bidirectional else {}
+    model = seqzoo.create_model(f"{arch}-tiny", task, num_labels=2, id2label={0: "NO", 1: "YES"},
+                                label2id={"NO": 0, "YES": 1}, **bidirectional)
+    card = render_model_card(model, spec, repo_id=f"someone/{arch}-{task}", code_files=["a.py"],
+                             training={"dataset": "mine", "eval": {"accuracy": 0.9}})
+    pipeline_tag = seqzoo.registry.TASKS[task][1]
+    assert card.data.pipeline_tag == pipeline_tag
+    assert [r.task_type for r in card.data.eval_results] == [pipeline_tag]
+    assert f"This checkpoint is `{spec.heads[task].__name__}`, the `{task}` head" in card.text
+    assert "Its labels (`id2label`): 0 `NO`, 1 `YES`." in card.text
+    assert ("It is a bidirectional encoder" in card.text) == bool(bidirectional)
+    kind = {"token-classification": "tagger (token classifier)", "sequence-classification": "text classifier"}[task]
+    assert f"** {kind}" in card.text.split("\n\n")[1] and "language model" not in card.text.split("\n\n")[1]
 
 
 def test_training_record_fills_metadata_and_the_training_section(exports):

@@ -1,0 +1,234 @@
+"""Classification recipes (task: sequence-classification | token-classification): the JSONL formats, tags on each
+word's first byte, id2label from the recipe or the data, bad rows named by line, exact padding in both directions,
+and a short run whose reported accuracy is recomputed through transformers' pipelines."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from transformers import AutoModelForTokenClassification, pipeline
+
+import seqzoo
+from seqzoo.training import classification, recipe as recipe_module
+from seqzoo.training.classification import (
+    classifier_logits,
+    encode_words,
+    generated_texts,
+    jsonl_texts,
+    read_labelled_jsonl,
+)
+from seqzoo.training.data import IGNORE
+from seqzoo.training.recipe import recipe_from_dict
+from seqzoo.training.trainer import train
+
+SMALL_LSTM = {"preset": "lstm-tiny", "config": {"hidden_size": 16, "embedding_size": 16, "bidirectional": True}}
+TAGGED = [{"tokens": ["Ada", "met", "Zoë"], "tags": ["PER", "O", "PER"]},
+          {"tokens": ["Bob", "ran"], "tags": ["PER", "O"]}]
+
+
+def write_jsonl(path: Path, rows: list) -> Path:
+    path.write_text("".join((row if isinstance(row, str) else json.dumps(row)) + "\n" for row in rows))
+    return path
+
+
+def test_the_recipe_and_the_data_module_name_the_same_tasks():
+    assert recipe_module.LABEL_TASKS == classification.LABEL_TASKS
+    assert set(classification.GENERATED_TASKS) == set(classification.LABEL_TASKS)
+
+
+def test_each_tag_sits_on_its_words_first_byte_as_the_tokenizers_offsets_place_it():
+    words = ["Ada", "met", "Zoë", "x"]
+    ids, labels = encode_words(words, [1, 0, 1, 2])
+    text = " ".join(words)
+    tokenizer = seqzoo.byte_tokenizer()
+    encoded = tokenizer(text, return_offsets_mapping=True)
+    assert ids == encoded["input_ids"]
+    # The first byte of each word, found from character offsets: the token whose span starts where a word starts.
+    starts, position = [], 0
+    for word in words:
+        starts.append(position)
+        position += len(word) + 1
+    expected = [IGNORE] * len(ids)
+    first_token = {}
+    for index, (start, _end) in enumerate(encoded["offset_mapping"]):
+        first_token.setdefault(start, index)
+    for start, tag in zip(starts, [1, 0, 1, 2]):
+        expected[first_token[start]] = tag
+    assert labels == expected
+    assert labels[8:12] == [1, IGNORE, IGNORE, IGNORE]  # "Zoë": 4 bytes, one tag
+
+
+def test_jsonl_labels_come_from_the_data_sorted_or_from_the_recipe_in_its_order(tmp_path):
+    path = write_jsonl(tmp_path / "tags.jsonl", TAGGED * 3)
+    data = jsonl_texts("token-classification", str(path), 0.3, 8, seed=0)
+    assert data.id2label == ["O", "PER"]
+    assert data.model_overrides() == {"num_labels": 2, "id2label": {0: "O", 1: "PER"},
+                                      "label2id": {"O": 0, "PER": 1}}
+    ordered = jsonl_texts("token-classification", str(path), 0.3, 8, seed=0, labels=["PER", "O", "LOC"])
+    assert ordered.id2label == ["PER", "O", "LOC"]
+    inputs, targets = ordered.batch([(["Bob", "ran"], ["PER", "O"])])
+    assert inputs.tolist() == [list(b"Bob ran")]
+    assert targets.tolist() == [[0, IGNORE, IGNORE, IGNORE, 1, IGNORE, IGNORE]]
+    texts = write_jsonl(tmp_path / "texts.jsonl", [{"text": "great", "label": "pos"}, {"text": "bad!", "label": "neg"}])
+    data = jsonl_texts("sequence-classification", str(texts), 0.5, 8, seed=0)
+    inputs, targets = data.batch([("great", "pos"), ("bad!", "neg")])
+    assert data.id2label == ["neg", "pos"] and targets.tolist() == [1, 0]
+    assert inputs.tolist() == [list(b"great"), list(b"bad!") + [seqzoo.tokenizer.PAD_TOKEN_ID]]
+
+
+@pytest.mark.parametrize("task, rows, message", [
+    ("token-classification", [TAGGED[0], {"tokens": ["a", "b"], "tags": ["O"]}],
+     "tags.jsonl:2: 2 tokens but 1 tags; each word needs exactly one tag"),
+    ("token-classification", [TAGGED[0], TAGGED[1], {"tokens": ["a"]}], "tags.jsonl:3: missing field(s) 'tags'"),
+    ("token-classification", [{"tokens": ["a"], "tags": ["O", "O"]}], "tags.jsonl:1: 1 tokens but 2 tags"),
+    ("token-classification", [{"words": ["a"], "tags": ["O"]}], "tags.jsonl:1: missing field(s) 'tokens'"),
+    ("token-classification", [TAGGED[0], {"tokens": ["a", ""], "tags": ["O", "O"]}],
+     "tags.jsonl:2: 'tokens' must be a non-empty list of non-empty strings"),
+    ("token-classification", [TAGGED[0], {"tokens": ["a"], "tags": [3]}],
+     "tags.jsonl:2: 'tags' must be a list of tag names (strings)"),
+    ("sequence-classification", [{"text": "ok", "label": "a"}, {"text": "ok"}], "tags.jsonl:2: missing field(s) "
+     "'label'; each line must be {\"text\": \"...\", \"label\": \"...\"} (fields seen: 'text')"),
+    ("sequence-classification", [{"text": "ok", "label": 1}], "tags.jsonl:1: 'label' must be a label name"),
+    ("sequence-classification", [{"text": "", "label": "a"}], "tags.jsonl:1: 'text' must be a non-empty string"),
+    ("sequence-classification", ["{not json"], "tags.jsonl:1 is not valid JSON"),
+    ("sequence-classification", [{"text": "a", "label": "x"}, {"text": "b", "label": "x"}],
+     "the data holds a single label ('x'): a classifier needs at least two"),
+])
+def test_bad_rows_are_named_by_file_and_line(tmp_path, task, rows, message):
+    path = write_jsonl(tmp_path / "tags.jsonl", rows)
+    with pytest.raises(ValueError) as info:
+        jsonl_texts(task, str(path), 0.5, 8, seed=0)
+    assert message in str(info.value)
+
+
+def test_a_label_missing_from_the_recipes_labels_names_its_line(tmp_path):
+    path = write_jsonl(tmp_path / "tags.jsonl", [TAGGED[0], TAGGED[1], {"tokens": ["in", "Rome"],
+                                                                         "tags": ["O", "LOC"]}])
+    with pytest.raises(ValueError, match=r"tags.jsonl:3: tag 'LOC' is not in data.labels \('O', 'PER'\)"):
+        jsonl_texts("token-classification", str(path), 0.3, 8, seed=0, labels=["O", "PER"])
+    texts = write_jsonl(tmp_path / "texts.jsonl", [{"text": "a", "label": "pos"}, {"text": "b", "label": "meh"}])
+    with pytest.raises(ValueError, match=r"texts.jsonl:2: label 'meh' is not in data.labels"):
+        jsonl_texts("sequence-classification", str(texts), 0.5, 8, seed=0, labels=["neg", "pos"])
+    assert len(read_labelled_jsonl(texts, "sequence-classification")) == 2
+
+
+def test_generated_tasks_follow_their_rules():
+    tagging = generated_texts("token-classification", "appears_later", [12], 16, eval_samples=20, seed=3)
+    for words, tags in tagging.eval_rows()["distance=12"]:
+        assert len(words) == 12 and set(words) <= set("abcdef")
+        assert tags == ["again" if w in words[i + 1:] else "last" for i, w in enumerate(words)]
+    assert tagging.id2label == ["again", "last"]
+    opening = generated_texts("sequence-classification", "first_letter", [5], 3, eval_samples=20, seed=3)
+    for text, label in opening.eval_rows()["distance=5"]:
+        assert text.split(" ")[0] == label and len(text.split(" ")) == 5 and set(text) <= set("abc ")
+    assert opening.id2label == ["a", "b", "c"]
+    with pytest.raises(ValueError, match="leave data.labels unset"):
+        generated_texts("token-classification", "appears_later", [4], 4, 4, 0, labels=["x", "y"])
+
+
+@pytest.mark.parametrize("task", ["sequence-classification", "token-classification"])
+def test_the_training_forward_masks_pads_so_padded_rows_equal_rows_alone(task):
+    # A bidirectional model: without the mask its right-to-left pass would start on the pads.
+    torch.manual_seed(0)
+    model = seqzoo.create_model("lstm-tiny", task, num_labels=3, bidirectional=True, hidden_size=16,
+                                embedding_size=16).eval()
+    texts = classification.LabelledTexts(task, lambda s, b: [], {}, ["a", "b", "c"], "t", None, {})
+    rows = [("a longer text", "a"), ("short", "b")] if task == "sequence-classification" else [
+        (["a", "longer", "text"], ["a", "b", "c"]), (["short"], ["b"])]
+    inputs, _ = texts.batch(rows)
+    with torch.no_grad():
+        batched = classifier_logits(model, inputs)
+        for row, (content, _) in enumerate(rows):
+            alone, _ = texts.batch([(content, rows[row][1])])
+            single = classifier_logits(model, alone)[0]
+            got = batched[row] if task == "sequence-classification" else batched[row, : alone.shape[1]]
+            torch.testing.assert_close(got, single, rtol=1e-5, atol=1e-6)
+
+
+def label_recipe(tmp_path: Path, task: str, data: dict, **train) -> object:
+    return recipe_from_dict({
+        "name": task, "output_dir": str(tmp_path / task), "task": task, "model": SMALL_LSTM, "data": data,
+        "optim": {"lr": 0.01, "warmup_steps": 1},
+        "train": {"max_steps": 4, "batch_size": 8, "eval_every": 0, "log_every": 100, **train},
+    })
+
+
+def test_a_tagger_trains_on_jsonl_and_its_accuracy_is_what_the_pipeline_finds(tmp_path):
+    rows = []
+    gen = torch.Generator().manual_seed(0)
+    for _ in range(40):
+        words = ["".join(chr(97 + int(c)) for c in torch.randint(4, (int(torch.randint(1, 4, (1,), generator=gen)),),
+                                                                   generator=gen)) for _ in range(4)]
+        rows.append({"tokens": words, "tags": ["LONG" if len(w) > 1 else "SHORT" for w in words]})
+    path = write_jsonl(tmp_path / "tags.jsonl", rows)
+    recipe = label_recipe(tmp_path, "token-classification", {"source": "jsonl", "path": str(path),
+                                                            "eval_fraction": 0.25})
+    result = train(recipe, progress=False)
+    folder = result.output_dir
+    saved = json.loads((folder / "config.json").read_text())
+    assert saved["architectures"] == ["LSTMForTokenClassification"]
+    assert saved["id2label"] == {"0": "LONG", "1": "SHORT"}
+    record = json.loads((folder / "seqzoo_training.json").read_text())
+    assert "perplexity" not in record["eval"] and set(record["eval"]["sets"]) == {"validation"}
+    tag = pipeline("token-classification", model=str(folder))
+    correct = total = 0
+    for row in rows[-10:]:
+        text = " ".join(row["tokens"])
+        firsts = [e for e in tag(text) if e["start"] == 0 or text[e["start"] - 1] == " "]
+        assert len(firsts) == len(row["tags"])
+        correct += sum(e["entity"] == want for e, want in zip(firsts, row["tags"]))
+        total += len(row["tags"])
+    assert result.eval["accuracy"] == pytest.approx(correct / total)
+    assert result.eval["scored_labels"] == total
+    # The reported loss, recomputed row by row with no padding at all: the batched evaluation masked its pads.
+    model = AutoModelForTokenClassification.from_pretrained(folder).eval()
+    losses = []
+    with torch.no_grad():
+        for row in rows[-10:]:
+            ids, labels = encode_words(row["tokens"], [model.config.label2id[t] for t in row["tags"]])
+            logits = model(torch.tensor([ids])).logits[0]
+            losses.append(torch.nn.functional.cross_entropy(logits, torch.tensor(labels), reduction="none")[
+                torch.tensor(labels) != IGNORE])
+    assert result.eval["loss"] == pytest.approx(float(torch.cat(losses).mean()), rel=1e-5)
+
+
+def test_a_sequence_classifier_trains_on_a_generated_task_and_classifies_text(tmp_path):
+    recipe = label_recipe(tmp_path, "sequence-classification", {"source": "task", "task": "first_letter",
+                                                               "distances": [3, 6], "symbols": 3,
+                                                               "eval_samples": 6})
+    result = train(recipe, progress=False)
+    assert set(result.eval["sets"]) == {"distance=3", "distance=6"} and result.eval["scored_labels"] == 12
+    data = classification.build_label_data(recipe.task, recipe.data, recipe.train.seed)
+    classify = pipeline("text-classification", model=str(result.output_dir))
+    for name, rows in data.eval_rows().items():
+        hits = [classify(text)[0]["label"] == label for text, label in rows]
+        assert result.eval["sets"][name]["accuracy"] == pytest.approx(sum(hits) / len(hits))
+
+
+@pytest.mark.parametrize("values, message", [
+    ({"data": {"source": "pydoc"}}, "data.source='pydoc' is invalid: expected jsonl or task"),
+    ({"data": {"source": "task", "task": "copy"}}, "data.task='copy' is invalid: expected a token-classification "
+                                                   "task, one of appears_later"),
+    ({"data": {"source": "task", "task": "appears_later", "labels": ["x"]}}, "data.labels=['x'] is invalid"),
+    ({"data": {"source": "task", "task": "appears_later"}, "model": {"preset": "lstm-tiny",
+                                                                      "config": {"num_labels": 4}}},
+     "model.config.num_labels=4 is invalid: expected unset: a classifier's labels come from the data"),
+    ({"data": {"source": "task", "task": "appears_later"}, "train": {"tbptt_chunk": 8}},
+     "train.tbptt_chunk=8 is invalid: expected 0 for task: token-classification"),
+    ({"task": "causal-lm", "data": {"labels": ["a", "b"]}}, "data.labels=['a', 'b'] is invalid: expected null"),
+    ({"task": "causal-lm", "data": {"source": "jsonl", "path": "x.jsonl"}}, "jsonl files train task: seq2seq, "
+                                                                             "sequence-classification or token"),
+])
+def test_bad_classification_recipes_are_named(values, message):
+    base = {"task": "token-classification", "model": {"preset": "lstm-tiny"}}
+    with pytest.raises(ValueError) as info:
+        recipe_from_dict({**base, **values})
+    assert message in str(info.value)
+
+
+def test_the_tagger_preset_loads_as_a_bidirectional_token_classifier():
+    recipe = recipe_module.load_recipe("bilstm-tagger")
+    assert recipe.task == "token-classification" and recipe.model.config["bidirectional"] is True
