@@ -197,7 +197,8 @@ def test_exact_match_counts_whole_targets_ending_in_eos(monkeypatch):
     model = tiny_model("seq2seq-luong-dot-tiny", vocab_size=258, pad_token_id=256, bos_token_id=257,
                        eos_token_id=257, decoder_start_token_id=257)
     produced = torch.tensor([[EOS_TOKEN_ID, 99, 98, 97, EOS_TOKEN_ID, PAD_TOKEN_ID]])  # start, "cba", end, pad
-    monkeypatch.setattr(model, "generate", lambda sources, **kwargs: produced[:, : kwargs["max_new_tokens"] + 1].expand(len(sources), -1))
+    monkeypatch.setattr(model, "generate",
+                        lambda sources, **kwargs: produced[:, : kwargs["max_new_tokens"] + 1].expand(len(sources), -1))
     assert exact_match(model, [("abc", "cba")]) == 1.0
     assert exact_match(model, [("abc", "cb")]) == 0.0  # a prefix: the model did not stop there
     assert exact_match(model, [("abc", "cbaa")]) == 0.0
