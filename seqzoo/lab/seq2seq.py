@@ -5,7 +5,7 @@ exact-match accuracy against source length, and heat maps of where each target t
 The seeds' picture: a decoder that sees the source only through the encoder's final state loses the long sources
 first; attention reads every source position at every step and holds up. Every model is an ordinary
 ``task: seq2seq`` recipe of :func:`seqzoo.training.train`, trained in a single-threaded worker process (one per
-core). The default run costs about 200 CPU-seconds (under two minutes on two idle cores; the report states the CPU
+core). The default run costs under 200 CPU-seconds (under two minutes on two idle cores; the report states the CPU
 time beside the wall time, which a shared machine stretches); ``larger=True`` (``--larger``) trains longer on more
 tasks and longer sources.
 
@@ -305,6 +305,9 @@ def accuracy_plot(results: dict[str, Any], path: Path) -> None:
             points = sorted((int(n), a) for n, a in run["accuracy"].items())
             ax.plot([n for n, _ in points], [a for _, a in points], label=run["model"], **looks[run["model"]])
         ax.set_xscale("log", base=2)
+        lengths = cfg["source_lengths"][task]
+        ax.set_xticks(lengths, [str(n) for n in lengths])
+        ax.minorticks_off()
         ax.set_title(TASK_TITLES.get(task, task), fontsize=10)
         ax.set_xlabel(f"source length ({LENGTH_UNITS.get(task, 'characters')})")
         ax.set_ylim(-0.02, 1.02)
