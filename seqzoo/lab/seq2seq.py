@@ -247,8 +247,8 @@ def write_report(results: dict[str, Any], out: Path) -> str:
     cpu = sum(run.get("cpu_seconds", 0.0) for run in results["runs"])
     lines.append(f"{len(results['runs'])} runs on {results['workers']} single-threaded worker(s): {cpu:.0f} "
                  f"CPU-seconds of training and scoring, {results['seconds']:.0f} s of wall time (longer than CPU / "
-                 "workers when the machine is shared). Training tokens/s counts target tokens, measured while the other runs "
-                 "shared the machine: compare them within one report, not across reports.")
+                 "workers when the machine is shared). Training tokens/s counts target tokens, measured while the "
+                 "other runs shared the machine: compare them within one report, not across reports.")
     text = "\n".join(lines) + "\n"
     (out / REPORT_FILE).write_text(text)
     return text
