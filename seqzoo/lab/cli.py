@@ -61,7 +61,8 @@ def register(subparsers: Any) -> None:
     g.set_defaults(func=cmd_gradients)
 
     s = sub.add_parser("seq2seq", help="encoder-decoders with and without attention on growing sources: the "
-                       "bottleneck, with attention heat maps (about 90 s on two cores; --larger for more)")
+                       "bottleneck, with attention heat maps (under 200 CPU-seconds: under two minutes on two idle "
+                       "cores; --larger for more)")
     s.add_argument("--out", default="lab-seq2seq", help="report folder (default: lab-seq2seq)")
     s.add_argument("--force", action="store_true", help="replace the seq2seq report already in --out")
     s.add_argument("--larger", action="store_true", help="all four tasks, longer sources, 3x the steps")

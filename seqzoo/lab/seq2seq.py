@@ -5,7 +5,8 @@ exact-match accuracy against source length, and heat maps of where each target t
 The seeds' picture: a decoder that sees the source only through the encoder's final state loses the long sources
 first; attention reads every source position at every step and holds up. Every model is an ordinary
 ``task: seq2seq`` recipe of :func:`seqzoo.training.train`, trained in a single-threaded worker process (one per
-core). The default run fits about 90 seconds on two cores; ``larger=True`` (``--larger``) trains longer on more
+core). The default run costs under 200 CPU-seconds (under two minutes on two idle cores; the report states the CPU
+time beside the wall time, which a shared machine stretches); ``larger=True`` (``--larger``) trains longer on more
 tasks and longer sources.
 
 Self-contained: :func:`run_seq2seq_lab` writes ``seq2seq.md``, ``seq2seq-results.json`` and the PNGs into its
@@ -108,7 +109,9 @@ def job_recipe(job: dict[str, Any]) -> Any:
         "data": {"source": "task", "task": job["task"], "source_lengths": cfg.source_lengths[job["task"]],
                  "symbols": cfg.symbols, "eval_samples": cfg.eval_samples},
         "optim": {"lr": cfg.lr, "warmup_steps": min(20, cfg.steps), "weight_decay": 0.0},
-        "train": {"max_steps": cfg.steps, "batch_size": cfg.batch_size, "eval_every": 0, "seed": cfg.seed},
+        # No checkpoints: the lab keeps its figures, not its models (a run is seconds to repeat).
+        "train": {"max_steps": cfg.steps, "batch_size": cfg.batch_size, "eval_every": 0, "save_every": 0,
+                  "seed": cfg.seed},
     })
 
 
@@ -120,7 +123,7 @@ def run_job(job: dict[str, Any]) -> dict[str, Any]:
     from seqzoo.training.trainer import train
     from seqzoo.utils import count_parameters
 
-    started = time.perf_counter()
+    started, cpu_started = time.perf_counter(), time.process_time()
     base = {"model": job["model"], "task": job["task"]}
     try:
         recipe = job_recipe(job)
@@ -139,12 +142,14 @@ def run_job(job: dict[str, Any]) -> dict[str, Any]:
             source, target = pairs[f"length={max(fitting)}"][0]
             tokenizer = byte_tokenizer()
             generated = attention_map(model, tokenizer, source, max_new_tokens=len(target) + 4)
+            produced = "".join(t for t in generated.target_tokens if t != "<eos>").replace("␣", " ")
             row["attention"] = {"source": generated.source_tokens, "target": generated.target_tokens,
-                                "weights": generated.weights.tolist(), "expected": target}
+                                "weights": generated.weights.tolist(), "expected": target,
+                                "generated": produced, "correct": generated.target_tokens == [*target, "<eos>"]}
     except Exception as err:  # noqa: BLE001 -- one model's failure must not hide the others' results
         return {**base, "ok": False, "error": f"{type(err).__name__}: {err}", "traceback": traceback.format_exc(),
                 "seconds": time.perf_counter() - started}
-    return {**row, "seconds": time.perf_counter() - started}
+    return {**row, "seconds": time.perf_counter() - started, "cpu_seconds": time.process_time() - cpu_started}
 
 
 def _worker_setup() -> None:
@@ -216,17 +221,19 @@ def write_report(results: dict[str, Any], out: Path) -> str:
              f"Each model trained {cfg['steps']} steps of {cfg['batch_size']} pairs (learning rate {cfg['lr']}) on "
              "sources of every length at once, then generated greedily: exact-match accuracy on "
              f"{cfg['eval_samples']} held-out sources per length. Without attention the decoder sees the source only "
-             "through the encoder's final state, and the long sources go first.", ""]
+             "through the encoder's final state, so the seeds' picture is that its accuracy falls first as sources "
+             "grow, while attention reads every source position at every step.", "", *findings(results), ""]
     if plots.matplotlib_available() and runs:
         accuracy_plot(results, out / ACCURACY_PNG)
         lines += [f"![exact match against source length]({ACCURACY_PNG})", ""]
     for task in cfg["tasks"]:
         lengths = cfg["source_lengths"][task]
         unit = LENGTH_UNITS.get(task, "characters")
-        header = ["model", "preset", "parameters", *(f"{n} {unit}" for n in lengths), "seconds"]
+        header = ["model", "preset", "parameters", *(f"{n} {unit}" for n in lengths), "train tokens/s", "CPU s"]
         rows = [[f"**{run['model']}**", f"`{run['preset']}`", f"{run['params']:,}",
                  *(f"{run['accuracy'].get(n, run['accuracy'].get(str(n), 0.0)):.2f}" for n in lengths),
-                 f"{run['seconds']:.0f}"] for run in runs if run["task"] == task]
+                 f"{run['tokens_per_second']:,.0f}", f"{run.get('cpu_seconds', float('nan')):.0f}"]
+                for run in runs if run["task"] == task]
         lines += [f"**{TASK_TITLES.get(task, task)}** (exact match by source length)", "",
                   _table(header, rows), ""]
         maps = [run for run in runs if run["task"] == task and "attention" in run]
@@ -237,11 +244,47 @@ def write_report(results: dict[str, Any], out: Path) -> str:
     failed = [run for run in results["runs"] if not run["ok"]]
     if failed:
         lines += ["Failed runs:", ""] + [f"- {run['model']} / {run['task']}: {run['error']}" for run in failed] + [""]
-    lines.append(f"{len(results['runs'])} runs on {results['workers']} single-threaded worker(s) in "
-                 f"{results['seconds']:.0f} s.")
+    cpu = sum(run.get("cpu_seconds", 0.0) for run in results["runs"])
+    lines.append(f"{len(results['runs'])} runs on {results['workers']} single-threaded worker(s): {cpu:.0f} "
+                 f"CPU-seconds of training and scoring, {results['seconds']:.0f} s of wall time (longer than CPU / "
+                 "workers when the machine is shared). Training tokens/s counts target tokens, measured while the "
+                 "other runs shared the machine: compare them within one report, not across reports.")
     text = "\n".join(lines) + "\n"
     (out / REPORT_FILE).write_text(text)
     return text
+
+
+def findings(results: dict[str, Any]) -> list[str]:
+    """What this run's own numbers show, per task: how no attention fares at the longest sources against the
+    attention models, and which models fall short already at the shortest sources (there the bottleneck does not
+    bind, so a shortfall says the step budget was too small for that model, not that its memory ran out)."""
+    cfg, runs = results["config"], [run for run in results["runs"] if run["ok"]]
+    lines = []
+    for task in cfg["tasks"]:
+        lengths = cfg["source_lengths"][task]
+        shortest, longest = min(lengths), max(lengths)
+        at = {run["model"]: {int(n): a for n, a in run["accuracy"].items()} for run in runs if run["task"] == task}
+        if not at:
+            continue
+        title = TASK_TITLES.get(task, task)
+        unit = LENGTH_UNITS.get(task, "characters")
+        undertrained = [name for name, acc in at.items() if acc[shortest] < 0.9]
+        baseline = next((name for name in at if cfg["models"][name].get("preset", "").startswith(
+            "seq2seq-sutskever")), None)
+        text = f"- **{title}**: "
+        if baseline is not None:
+            better = sorted((name for name in at if name != baseline and at[name][longest] > at[baseline][longest]),
+                            key=lambda name: -at[name][longest])
+            text += (f"without attention, {at[baseline][shortest]:.2f} at {shortest} {unit} and "
+                     f"{at[baseline][longest]:.2f} at {longest}; ")
+            text += (f"at {longest} {unit}, " + ", ".join(f"{name} {at[name][longest]:.2f}" for name in better)
+                     if better else f"no attention model beats it at {longest} {unit}")
+            text += ". "
+        if undertrained:
+            text += (f"Below 0.9 already at {shortest} {unit}: {', '.join(undertrained)} -- under-trained at "
+                     f"{cfg['steps']} steps, so their fall with length does not measure the bottleneck.")
+        lines.append(text.rstrip())
+    return lines
 
 
 def _table(header: list[str], rows: list[list[Any]]) -> str:
@@ -262,13 +305,16 @@ def accuracy_plot(results: dict[str, Any], path: Path) -> None:
             points = sorted((int(n), a) for n, a in run["accuracy"].items())
             ax.plot([n for n, _ in points], [a for _, a in points], label=run["model"], **looks[run["model"]])
         ax.set_xscale("log", base=2)
+        lengths = cfg["source_lengths"][task]
+        ax.set_xticks(lengths, [str(n) for n in lengths])
+        ax.minorticks_off()
         ax.set_title(TASK_TITLES.get(task, task), fontsize=10)
         ax.set_xlabel(f"source length ({LENGTH_UNITS.get(task, 'characters')})")
         ax.set_ylim(-0.02, 1.02)
         ax.grid(alpha=0.3)
     axes[0][0].set_ylabel("exact match")
     axes[0][-1].legend(loc="center left", bbox_to_anchor=(1.02, 0.5), frameon=False, fontsize=8)
-    fig.suptitle("Longer sources: without attention the bottleneck fills up", fontsize=10)
+    fig.suptitle(f"Exact match against source length ({cfg['steps']} training steps for every model)", fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -284,21 +330,23 @@ def heat_maps(runs: list[dict[str, Any]], task: str, path: Path) -> None:
     columns = len(runs) if len(source) <= 16 else 2
     lines = -(-len(runs) // columns)
     fig, axes = plt.subplots(lines, columns, figsize=((0.22 * len(source) + 0.8) * columns + 0.6,
-                                                      (0.22 * rows + 1.2) * lines + 0.4), squeeze=False)
+                                                      (0.22 * rows + 1.2) * lines + 0.4), squeeze=False,
+                             layout="constrained")
     for ax, run in zip(axes.flat, runs):
         attention = run["attention"]
-        ax.imshow(attention["weights"], cmap="viridis", vmin=0.0, vmax=1.0, aspect="auto")
+        image = ax.imshow(attention["weights"], cmap="viridis", vmin=0.0, vmax=1.0, aspect="auto")
         ax.set_xticks(range(len(attention["source"])), attention["source"], fontsize=7)
         ax.set_yticks(range(len(attention["target"])), attention["target"], fontsize=7)
-        ax.set_title(run["model"], fontsize=9)
+        verdict = "right" if attention.get("correct") else "wrong"
+        ax.set_title(f"{run['model']}: {verdict}", fontsize=9)
         ax.set_xlabel("source", fontsize=8)
     for ax in list(axes.flat)[len(runs):]:
         ax.axis("off")
     for row in axes:
         row[0].set_ylabel("generated", fontsize=8)
+    fig.colorbar(image, ax=list(axes.flat), fraction=0.02, pad=0.01, label="attention weight")
     fig.suptitle(f"{TASK_TITLES.get(task, task)}: {''.join(source).replace('␣', ' ')!r} -> expected "
                  f"{runs[0]['attention']['expected']!r}\n(the Transformer: its last layer, heads averaged)", fontsize=9)
-    fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
 

@@ -1,10 +1,11 @@
 """`seqzoo lab seq2seq`: every code path of the bottleneck lab, in seconds."""
 
 import json
+from dataclasses import asdict
 
 import pytest
 
-from seqzoo.lab.seq2seq import REPORT_FILE, RESULTS_FILE, Seq2SeqLabConfig, run_seq2seq_lab
+from seqzoo.lab.seq2seq import REPORT_FILE, RESULTS_FILE, Seq2SeqLabConfig, job_recipe, run_seq2seq_lab
 
 
 def test_smoke_seq2seq_lab_writes_its_report_and_keeps_a_finished_one(tmp_path):
@@ -18,5 +19,12 @@ def test_smoke_seq2seq_lab_writes_its_report_and_keeps_a_finished_one(tmp_path):
     assert "seq2seq-accuracy.png" in report and "seq2seq-attention-reverse.png" in report
     assert (out / "seq2seq-accuracy.png").stat().st_size > 0
     assert json.loads((out / RESULTS_FILE).read_text())["config"]["tasks"] == ["reverse"]
+    assert "CPU-seconds" in report and "- **reversal**: without attention" in report  # the run's own findings
+    assert all(run["cpu_seconds"] > 0 for run in results["runs"])
+    # The lab keeps figures, not checkpoints (2 MB per run every 100 steps in a default run).
+    job = {"model": "bahdanau", "task": "reverse", "config": asdict(cfg), "output_dir": str(tmp_path / "job")}
+    assert job_recipe(job).train.save_every == 0
+    maps = [run["attention"] for run in results["runs"] if "attention" in run]
+    assert maps and all(m["correct"] == (m["generated"] == m["expected"]) for m in maps)
     with pytest.raises(ValueError, match="already holds a seq2seq lab report.*--force"):
         run_seq2seq_lab(cfg, out, log=lambda line: None)

@@ -138,6 +138,24 @@ def test_padded_rows_equal_alone(preset, side):
         assert torch.equal(beams[row], beam_alone[0]), row
 
 
+@pytest.mark.parametrize("side", ["left", "right"])
+@pytest.mark.parametrize("cell", ["rnn", "lstm", "gru"])
+@pytest.mark.parametrize("bidirectional", [False, True])
+def test_padding_never_enters_the_encoders_final_state(side, cell, bidirectional):
+    """What the decoder starts from (the bridge reads the final states) and what it attends to, per row of a
+    padded batch, equal that source encoded alone: a pad position changes no state in either direction."""
+    encoder = tiny_model("seq2seq-bahdanau-tiny", encoder_type=cell, decoder_type=cell,
+                         bidirectional=bidirectional).get_encoder()
+    ids, mask = padded(side=side)
+    with torch.no_grad():
+        together = encoder(input_ids=ids, attention_mask=mask)
+        for row, source in enumerate(SOURCES):
+            alone = encoder(input_ids=torch.tensor([source]))
+            torch.testing.assert_close(together.final_state[row], alone.final_state[0], rtol=1e-6, atol=1e-6)
+            real = together.last_hidden_state[row][mask[row].bool()]
+            torch.testing.assert_close(real, alone.last_hidden_state[0], rtol=1e-6, atol=1e-6)
+
+
 def test_attention_weights_sum_to_one_and_are_zero_on_padding(preset):
     model = tiny_model(preset)
     ids, mask = padded()
