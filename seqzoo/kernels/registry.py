@@ -449,8 +449,39 @@ def _log_choice(backend: Backend, how: str) -> None:
 
 
 def dispatch(op: str, *args: Any, **kwargs: Any) -> Any:
-    """Run ``op`` on the selected backend."""
-    return select(op, *args, **kwargs).load()(*args, **kwargs)
+    """Run ``op`` on the selected backend.
+
+    Under ``torch.autocast`` every kernel is one of autocast's float32 ops: it runs with autocast off, on its
+    half-precision floating inputs cast to float32, and returns float32. Otherwise the caller's autocast would reach
+    into the kernel's internal math (matmuls of decays and triangular solves that need float32, and ops with no
+    bfloat16 implementation on CPU such as ``triangular_solve`` and oneDNN's LSTM)."""
+    device_type = _autocast_device_type(args[0]) if args else None
+    if device_type is None:
+        return select(op, *args, **kwargs).load()(*args, **kwargs)
+    import torch
+
+    args = tuple(_to_float32(a) for a in args)
+    kwargs = {k: _to_float32(v) for k, v in kwargs.items()}
+    with torch.autocast(device_type, enabled=False):
+        return select(op, *args, **kwargs).load()(*args, **kwargs)
+
+
+def _autocast_device_type(tensor: Any) -> str | None:
+    """The device type of ``tensor`` when autocast is on for it, else None."""
+    import torch
+
+    if not isinstance(tensor, torch.Tensor):
+        return None
+    device_type = tensor.device.type
+    return device_type if torch.is_autocast_enabled(device_type) else None
+
+
+def _to_float32(value: Any) -> Any:
+    import torch
+
+    if isinstance(value, torch.Tensor) and value.dtype in (torch.float16, torch.bfloat16):
+        return value.float()
+    return value
 
 
 def get_kernel(op: str, backend: str) -> Callable[..., Any]:
