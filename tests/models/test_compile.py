@@ -35,6 +35,22 @@ def test_compiled_forward_and_decode_step_have_no_graph_break(family):
     assert got.cache.get_seq_length() == want.cache.get_seq_length() == IDS.shape[1]
 
 
+@pytest.mark.parametrize("family", ["lstm", "mamba", "transformer"])
+def test_decoding_compiles_at_most_twice(family):
+    """The first compiled step is specialised to the token count; dynamo's automatic dynamic shapes make the second
+    general, and no later step compiles again (a recompile per token would make compiled decoding useless)."""
+    from torch._dynamo.utils import counters
+
+    model = tiny_model(FAMILIES[family])
+    cache = model(IDS[:1], use_cache=True).cache
+    step = torch.compile(lambda ids, cache: model(ids, cache=cache, use_cache=True), fullgraph=True, backend="eager")
+    counters.clear()
+    token = IDS[:1, -1:]
+    for _ in range(6):
+        token = step(token, cache).logits[:, -1:].argmax(-1)
+    assert counters["stats"]["unique_graphs"] <= 2
+
+
 # One family per modeling file and kernel op (every family exports; tracing each costs seconds on CI's CPUs).
 EXPORTED = ["lstm", "gru", "mamba", "mamba2", "rwkv7", "transformer-gpt2", "hybrid-rwkv7"]
 
