@@ -496,7 +496,8 @@ def _autocast_device_type(tensor: Any) -> str | None:
     """The device type of ``tensor`` when autocast is on for it, else None."""
     import torch
 
-    if not isinstance(tensor, torch.Tensor):
+    # The cheap test first: every kernel call pays it (reading a tensor's device costs more than a selection).
+    if not torch._C._is_any_autocast_enabled() or not isinstance(tensor, torch.Tensor):
         return None
     device_type = tensor.device.type
     return device_type if torch.is_autocast_enabled(device_type) else None
