@@ -23,6 +23,7 @@ from timing import compare, machine, table
 
 
 def bench(preset: str, repeats: int, steps: int) -> list[object]:
+    torch._dynamo.reset()  # each preset's step is the same code object: its compiled entries must not pile up
     torch.manual_seed(0)
     model = seqzoo.create_model(preset).eval()
     vocab = model.config.vocab_size

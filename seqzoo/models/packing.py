@@ -114,8 +114,16 @@ def find_packing(
             _refuse_packing_with_padding(name, position_ids, attention_mask, batch, length)
         return None
     if torch.compiler.is_compiling():
-        if model.config.capabilities.can_crop_cache:
-            return None  # attention-only: create_causal_mask builds the block-diagonal mask while tracing
+        if model.config.capabilities.can_crop_cache and position_ids is not None:
+            # Attention-only: create_causal_mask builds the block-diagonal mask from the position ids while tracing,
+            # but only when there is no cache.
+            if use_cache or (use_cache is None and not model.training and model.config.use_cache):
+                raise ValueError(
+                    f"{name}: position_ids without an attention_mask may mark packed rows, whose block-diagonal mask "
+                    "is built only without a cache; pass use_cache=False to a compiled forward of packed rows (or an "
+                    "attention_mask for rows that are not packed)"
+                )
+            return None
         raise ValueError(
             f"{name}: position_ids / seq_idx / cu_seq_lens without an attention_mask may mark packed rows, which a "
             "model with recurrent layers cannot detect while torch.compile traces (the documents' lengths are data); "

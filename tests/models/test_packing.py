@@ -132,3 +132,20 @@ def test_sequence_classification_refuses_packed_rows():
     batch = collate()
     with pytest.raises(ValueError, match="pools one label per row, but these rows are packed"):
         model(input_ids=batch["input_ids"], position_ids=batch["position_ids"])
+
+
+def test_packed_rows_under_torch_compile():
+    """The Transformer traces packed rows (its block-diagonal mask needs no cache); a model with recurrent layers
+    cannot find the documents' lengths while tracing and says so, as does the Transformer asked for a cache."""
+    torch._dynamo.reset()
+    batch = collate()
+    model = tiny_model(FAMILIES["transformer"])
+    compiled = torch.compile(model, fullgraph=True, backend="eager")
+    logits = compiled(input_ids=batch["input_ids"], position_ids=batch["position_ids"], use_cache=False).logits
+    torch.testing.assert_close(logits[0], torch.cat(alone(model)[0]), rtol=1e-5, atol=1e-6)
+    for preset, kwargs in ((FAMILIES["transformer"], {}), (FAMILIES["lstm"], {"use_cache": False})):
+        torch._dynamo.reset()
+        compiled = torch.compile(tiny_model(preset), fullgraph=True, backend="eager")
+        with pytest.raises(Exception, match="packed rows"):
+            compiled(input_ids=batch["input_ids"], position_ids=batch["position_ids"], **kwargs)
+    torch._dynamo.reset()
