@@ -413,7 +413,7 @@ def select(op: str, *args: Any, **kwargs: Any) -> Backend:
             if chosen is not None:
                 return chosen
     chosen = _choose(op, plan, args, kwargs)
-    if key is not None:
+    if key is not None and not _compiling():  # left to the first eager call, which also logs the choice
         if len(state.chosen) >= CACHE_LIMIT:
             state.chosen.clear()
         state.chosen[key] = chosen
@@ -443,14 +443,72 @@ def _choose(op: str, plan: _Plan, args: tuple, kwargs: dict) -> Backend:
 
 def _log_choice(backend: Backend, how: str) -> None:
     key = (backend.op, backend.name)
-    if key not in _LOGGED:
+    if key not in _LOGGED and not _compiling():  # dynamo cannot trace a logger: the next eager choice logs it
         _LOGGED.add(key)
         logger.info("seqzoo kernel %s -> backend %r (%s)", backend.op, backend.name, how)
 
 
+def prepare() -> None:
+    """Do now what the first selection would otherwise do inside a ``torch.compile`` trace, which cannot take a
+    lock, import a module or probe a device without a graph break: load the op packages and plugins, read
+    ``SEQZOO_KERNELS`` and probe every backend's availability. Every mixer calls it when it is built."""
+    _current()
+    for entry in list(_OPS.values()):
+        for backend in list(entry.backends.values()):
+            if backend.available() and not callable(backend.impl) and _on_this_machine(backend):
+                try:
+                    backend.load()
+                except Exception:  # raised again, with its traceback, if this backend is ever selected
+                    logger.debug("loading %s/%s ahead failed", backend.op, backend.name, exc_info=True)
+
+
+def _on_this_machine(backend: Backend) -> bool:
+    # Only backends that can run on this machine's default device are imported ahead (Triton's modules, which need
+    # a GPU, stay unimported on a CPU machine).
+    return _default_device() in backend.devices
+
+
+def _compiling() -> bool:
+    import torch
+
+    return torch.compiler.is_compiling()
+
+
 def dispatch(op: str, *args: Any, **kwargs: Any) -> Any:
-    """Run ``op`` on the selected backend."""
-    return select(op, *args, **kwargs).load()(*args, **kwargs)
+    """Run ``op`` on the selected backend.
+
+    Under ``torch.autocast`` every kernel is one of autocast's float32 ops: it runs with autocast off, on its
+    half-precision floating inputs cast to float32, and returns float32. Otherwise the caller's autocast would reach
+    into the kernel's internal math (matmuls of decays and triangular solves that need float32, and ops with no
+    bfloat16 implementation on CPU such as ``triangular_solve`` and oneDNN's LSTM)."""
+    device_type = _autocast_device_type(args[0]) if args else None
+    if device_type is None:
+        return select(op, *args, **kwargs).load()(*args, **kwargs)
+    import torch
+
+    args = tuple(_to_float32(a) for a in args)
+    kwargs = {k: _to_float32(v) for k, v in kwargs.items()}
+    with torch.autocast(device_type, enabled=False):
+        return select(op, *args, **kwargs).load()(*args, **kwargs)
+
+
+def _autocast_device_type(tensor: Any) -> str | None:
+    """The device type of ``tensor`` when autocast is on for it, else None."""
+    import torch
+
+    # The cheap test first: every kernel call pays it (reading a tensor's device costs more than a selection).
+    if not torch._C._is_any_autocast_enabled() or not isinstance(tensor, torch.Tensor):
+        return None
+    device_type = tensor.device.type
+    return device_type if torch.is_autocast_enabled(device_type) else None
+
+
+def _to_float32(value: Any) -> Any:
+    import torch
+
+    if isinstance(value, torch.Tensor) and value.dtype in (torch.float16, torch.bfloat16):
+        return value.float()
+    return value
 
 
 def get_kernel(op: str, backend: str) -> Callable[..., Any]:

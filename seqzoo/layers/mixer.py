@@ -31,6 +31,7 @@ from torch import nn
 from transformers.modeling_layers import GradientCheckpointingLayer
 
 from seqzoo.cache import RECURRENT
+from seqzoo.kernels import registry as kernel_registry
 
 
 class Mixer(nn.Module):
@@ -45,6 +46,9 @@ class Mixer(nn.Module):
     def __init__(self, config: Any, layer_idx: int) -> None:
         super().__init__()
         self.layer_idx = layer_idx
+        # The kernel registry's one-time work happens here, eagerly, so that a torch.compile trace of the model
+        # only reads it.
+        kernel_registry.prepare()
 
     def forward(
         self, hidden_states: torch.Tensor, *, state: Any = None, mask: torch.Tensor | None = None, **context: Any

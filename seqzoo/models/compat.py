@@ -105,12 +105,14 @@ _WARNED: set[tuple[str, str]] = set()
 
 
 def check_kwargs(kwargs: dict[str, Any], known: Iterable[str], where: str) -> dict[str, Any]:
-    """Raise on keyword arguments that are neither ``known`` (the caller's own parameters, used to suggest a
-    spelling) nor on :data:`PASSTHROUGH_KWARGS`; return ``kwargs`` unchanged. Lenient inside a Hub bundle."""
-    unknown = [name for name in kwargs if name not in PASSTHROUGH_KWARGS]
+    """Raise on keyword arguments that are neither ``known`` (the caller's own parameters and the extra keywords it
+    takes, also used to suggest a spelling) nor on :data:`PASSTHROUGH_KWARGS`; return ``kwargs`` unchanged. Lenient
+    inside a Hub bundle."""
+    known = set(known)
+    unknown = [name for name in kwargs if name not in PASSTHROUGH_KWARGS and name not in known]
     if not unknown:
         return kwargs
-    allowed = sorted(set(known) | PASSTHROUGH_KWARGS | {CACHE_ARGUMENT, *CACHE_ALIASES})
+    allowed = sorted(known | PASSTHROUGH_KWARGS | {CACHE_ARGUMENT, *CACHE_ALIASES})
     problems = []
     for name in unknown:
         close = difflib.get_close_matches(name, allowed, n=1, cutoff=0.8 if not STRICT else 0.6)

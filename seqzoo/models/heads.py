@@ -17,6 +17,7 @@ from transformers.modeling_outputs import SequenceClassifierOutput, TokenClassif
 
 from seqzoo.models.compat import check_kwargs
 from seqzoo.models.modeling_utils import SeqzooPreTrainedModel, forward_parameters
+from seqzoo.models.packing import find_packing
 
 
 class _ClassifierHead(SeqzooPreTrainedModel):
@@ -70,6 +71,12 @@ class SeqzooForSequenceClassification(_ClassifierHead):
         labels: (batch,) class indices (single-label), (batch, num_labels) 0/1 floats (multi-label) or values
             (regression); ``config.problem_type`` says which, else it is inferred as transformers does.
         """
+        if find_packing(self, input_ids, inputs_embeds, attention_mask, position_ids, None, False, dict(kwargs)):
+            raise ValueError(
+                f"{type(self).__name__} pools one label per row, but these rows are packed (position_ids restart, "
+                "seq_idx or cu_seq_lens mark several documents in a row); pass one document per row, padded with an "
+                "attention_mask"
+            )
         outputs = self._run_backbone(input_ids, attention_mask, position_ids, inputs_embeds, output_hidden_states,
                                      kwargs)
         pooled = pool(outputs.last_hidden_state, self.config.classifier_pooling,

@@ -24,6 +24,7 @@ from seqzoo.models.compat import (
     output_cache,
     take_cache,
 )
+from seqzoo.models.packing import PACKING_KWARGS
 
 logger = logging.getLogger("seqzoo")
 
@@ -183,9 +184,9 @@ class SeqzooPreTrainedModel(PreTrainedModel):
     base_model_prefix = "model"
     main_input_name = "input_ids"
     _skip_keys_device_placement = ["cache", *CACHE_ALIASES]
-    # Keyword arguments this model's forward passes on to its layers beyond its own parameters (attention kernels'
-    # arguments for the Transformer); checked like the parameters.
-    extra_forward_kwargs: tuple[str, ...] = ()
+    # Keyword arguments this model's forward takes beyond its own parameters: the markers of packed rows
+    # (seqzoo/models/packing.py), which every causal architecture reads; checked like the parameters.
+    extra_forward_kwargs: tuple[str, ...] = PACKING_KWARGS
 
     @property
     def _is_stateful(self) -> bool:

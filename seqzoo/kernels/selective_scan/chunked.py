@@ -109,7 +109,10 @@ def _forward(u, delta, A, B, C, h0, chunk):
     y = u.new_empty(batch, chunk, chunks, 1, channels)
     for q in range(chunk):
         advance(h, q)
-        torch.matmul(C_q[:, q], h, out=y[:, q])  # (B, chunks, 1, N) @ (B, chunks, N, Dm)
+        if torch.compiler.is_compiling():  # dynamo refuses a non-contiguous out=
+            y[:, q] = torch.matmul(C_q[:, q], h)
+        else:
+            torch.matmul(C_q[:, q], h, out=y[:, q])  # (B, chunks, 1, N) @ (B, chunks, N, Dm)
     y = y.squeeze(-2).transpose(1, 2).flatten(1, 2)[:, :length]
     return y, starts, state.transpose(-1, -2).contiguous()
 
@@ -209,9 +212,11 @@ def _backward(u, delta, A, B, C, starts, grad_y, grad_h, chunk):
 class _SelectiveScan(torch.autograd.Function):
     @staticmethod
     def forward(ctx, u, delta, A, B, C, h0):
-        # autograd is off inside Function.forward, so the in-place passes record nothing.
+        # autograd is off inside Function.forward, so the in-place passes record nothing; torch.export traces this
+        # body with autograd on, hence no_grad.
         chunk = chunk_length(u.shape[1])
-        y, starts, final = _forward(u, delta, A, B, C, h0, chunk)
+        with torch.no_grad():
+            y, starts, final = _forward(u, delta, A, B, C, h0, chunk)
         ctx.chunk = chunk
         ctx.save_for_backward(u, delta, A, B, C, starts)
         return y, final

@@ -23,6 +23,7 @@ from seqzoo.models.modeling_utils import (
     prepare_inputs,
     resolve_output_flags,
 )
+from seqzoo.models.packing import find_packing
 
 
 class ClassicRecurrentPreTrainedModel(SeqzooPreTrainedModel):
@@ -74,6 +75,9 @@ class ClassicRecurrentModel(ClassicRecurrentPreTrainedModel):
         **kwargs: Any,
     ) -> BaseModelOutputWithPast:
         cache = backbone_cache_argument(self, cache, kwargs)
+        packing = find_packing(self, input_ids, inputs_embeds, attention_mask, position_ids, cache, use_cache, kwargs)
+        if packing is not None:  # several documents in a row: each runs alone (see seqzoo/models/packing.py)
+            return packing.run(self, input_ids, inputs_embeds, output_hidden_states, kwargs)
         use_cache, output_hidden_states = resolve_output_flags(self, use_cache, output_hidden_states)
         inputs = prepare_inputs(self, input_ids, inputs_embeds, attention_mask, cache, use_cache)
         cache, mask = inputs.cache, inputs.padding_mask

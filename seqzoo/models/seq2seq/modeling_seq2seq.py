@@ -41,6 +41,7 @@ class Seq2SeqPreTrainedModel(SeqzooPreTrainedModel):
     main_input_name = "input_ids"
     _no_split_modules = ["RecurrentEncoder", "RecurrentDecoder", "EncoderLayer", "DecoderLayer"]
     _supports_sdpa = True
+    extra_forward_kwargs = ()  # an encoder-decoder takes no packed rows
 
     def _init_weights(self, module: nn.Module) -> None:
         # The recurrent mixers initialise themselves (super). Embeddings: normal(0, initializer_range). Other

@@ -26,6 +26,7 @@ from seqzoo.models.modeling_utils import (
     prepare_inputs,
     resolve_output_flags,
 )
+from seqzoo.models.packing import PACKING_KWARGS, find_packing
 
 from .configuration_transformer import TransformerConfig
 
@@ -58,8 +59,9 @@ class TransformerPreTrainedModel(SeqzooPreTrainedModel):
     _supports_flex_attn = True
     _supports_attention_backend = True
     _can_compile_fullgraph = True
-    # Packed-sequence arguments of transformers' flash / flex attention, passed on to the attention kernels.
-    extra_forward_kwargs = ("cu_seq_lens_q", "cu_seq_lens_k", "max_length_q", "max_length_k")
+    # The packing markers: cu_seq_lens / max_length are passed on to the attention kernels (flash attention reads
+    # them); seq_idx is turned into position ids (seqzoo/models/packing.py).
+    extra_forward_kwargs = PACKING_KWARGS
 
     def _init_weights(self, module: nn.Module) -> None:
         super()._init_weights(module)
@@ -117,6 +119,13 @@ class TransformerModel(TransformerPreTrainedModel):
         **kwargs: Any,
     ) -> BaseModelOutputWithPast:
         cache = backbone_cache_argument(self, cache, kwargs)
+        packing = find_packing(self, input_ids, inputs_embeds, attention_mask, position_ids, cache, use_cache, kwargs)
+        if packing is not None:
+            # Several documents in a row stay packed: the position ids restart at each, and create_causal_mask turns
+            # them into a block-diagonal causal mask (with no cache, in training and evaluation alike).
+            use_cache = False
+            if position_ids is None:
+                position_ids = packing.position_ids()
         use_cache, output_hidden_states = resolve_output_flags(self, use_cache, output_hidden_states)
         inputs = prepare_inputs(self, input_ids, inputs_embeds, attention_mask, cache, use_cache)
         cache, inputs_embeds = inputs.cache, inputs.embeds

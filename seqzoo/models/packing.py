@@ -1,0 +1,218 @@
+"""Packed rows: several documents in one row of a batch, each computed exactly as if it were alone.
+
+transformers marks packed rows the way its ``DataCollatorWithFlattening`` writes them: ``position_ids`` that restart
+(any step other than +1 begins a new document, ``position_ids_start`` included), and, when asked, ``seq_idx`` (the
+document each token belongs to) or ``cu_seq_lens_q`` / ``cu_seq_lens_k`` (cumulative document lengths over the
+flattened batch, FlashAttention's convention) with ``max_length_q`` / ``max_length_k``. seqzoo reads any of them;
+given together they must agree. As in transformers, the markers mean packing only when no ``attention_mask`` and no
+cache to continue from is passed (with a padding mask, ``generate()``'s position ids restart at every left pad).
+
+How a document is kept alone:
+
+* Attention-only models (the Transformer) keep the packed layout and attend through a block-diagonal causal mask
+  built from the position ids (transformers' ``create_causal_mask``), in training and in evaluation alike.
+* Every model with a recurrent layer (RNN, LSTM, GRU, RWKV-7, Mamba, Mamba-2, hybrids) unpacks the documents into a
+  batch of their own, one document per row, right-padded to the longest, runs its layers on that batch, and gathers
+  each token's output back to its packed place. Every recurrent state therefore starts from zero at a document's
+  first token, whatever the kernel: the scan kernels themselves take no reset input. Right padding after a
+  document changes none of its outputs in a causal model, so the padded batch runs unmasked (the kernels' fast
+  path); a bidirectional model passes the padding mask. Cost: the padding up to the longest document of the batch.
+
+A packed forward returns no cache (a row of several documents has no one state to continue from): ``use_cache``
+defaults to False for it and ``use_cache=True`` raises.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+from transformers.modeling_outputs import BaseModelOutputWithPast
+
+from seqzoo.models.compat import model_output
+
+# The keyword arguments that mark packed rows (DataCollatorWithFlattening's names).
+PACKING_KWARGS = ("cu_seq_lens_q", "cu_seq_lens_k", "max_length_q", "max_length_k", "seq_idx")
+
+
+@dataclass
+class Packing:
+    """Where each token of a packed (B, T) batch sits in a batch of its documents (N, L)."""
+
+    document: torch.Tensor  # (B, T) int64: the index of each token's document, counted over the whole batch
+    offset: torch.Tensor  # (B, T) int64: the token's index within its document
+    lengths: torch.Tensor  # (N,) tokens per document
+    first_position: torch.Tensor  # (N,) the position id of each document's first token
+
+    @property
+    def num_documents(self) -> int:
+        return self.lengths.shape[0]
+
+    def position_ids(self) -> torch.Tensor:
+        """(B, T) position ids restarting at every document (from ``first_position``)."""
+        return self.first_position[self.document] + self.offset
+
+    def unpack(self, packed: torch.Tensor, fill: Any = 0) -> torch.Tensor:
+        """(B, T, ...) -> (N, L, ...), each document in a row of its own, right-padded with ``fill``."""
+        length = int(self.lengths.max())
+        out = packed.new_full((self.num_documents, length, *packed.shape[2:]), fill)
+        return out.index_put((self.document, self.offset), packed)
+
+    def repack(self, unpacked: torch.Tensor) -> torch.Tensor:
+        """(N, L, ...) -> (B, T, ...): the inverse of :meth:`unpack` on the real tokens (differentiable)."""
+        return unpacked[self.document, self.offset]
+
+    def run(self, model: nn.Module, input_ids, inputs_embeds, output_hidden_states, kwargs) -> BaseModelOutputWithPast:
+        """Run a backbone on the unpacked documents and return its outputs in the packed layout."""
+        if kwargs.get("output_attentions"):
+            raise ValueError(
+                "output_attentions=True cannot be combined with packed rows in a model with recurrent layers: the "
+                "documents are computed in a batch of their own, whose attention weights have no packed layout. "
+                "Pass the documents as separate rows (with an attention_mask) to see them"
+            )
+        length = int(self.lengths.max())
+        mask = None
+        if not model.config.capabilities.can_generate:  # a bidirectional model must not read the right padding
+            mask = (torch.arange(length, device=self.lengths.device)[None] < self.lengths[:, None]).long()
+        positions = self.first_position[:, None] + torch.arange(length, device=self.lengths.device)
+        outputs = model(
+            input_ids=None if input_ids is None else self.unpack(input_ids, model.config.pad_token_id or 0),
+            inputs_embeds=None if inputs_embeds is None else self.unpack(inputs_embeds),
+            attention_mask=mask, position_ids=positions, use_cache=False, output_hidden_states=output_hidden_states,
+        )
+        hidden_states = outputs.hidden_states
+        return model_output(
+            BaseModelOutputWithPast, cache=None, last_hidden_state=self.repack(outputs.last_hidden_state),
+            hidden_states=None if hidden_states is None else tuple(self.repack(h) for h in hidden_states),
+        )
+
+
+def find_packing(
+    model: nn.Module, input_ids, inputs_embeds, attention_mask, position_ids, cache, use_cache, kwargs: dict
+) -> Packing | None:
+    """The documents of a packed batch, or None when no row holds more than one. Pops the packing markers off
+    ``kwargs`` except ``cu_seq_lens_*`` / ``max_length_*``, which attention kernels may read."""
+    seq_idx = kwargs.pop("seq_idx", None)
+    cu_q, cu_k = kwargs.get("cu_seq_lens_q"), kwargs.get("cu_seq_lens_k")
+    if position_ids is None and seq_idx is None and cu_q is None and cu_k is None:
+        return None
+    given = input_ids if input_ids is not None else inputs_embeds
+    if given is None or given.dim() < 2:
+        return None  # prepare_inputs names the problem
+    batch, length = given.shape[:2]
+    name = type(model).__name__
+    if attention_mask is not None or cache is not None:
+        if seq_idx is not None or cu_q is not None or cu_k is not None:
+            raise ValueError(
+                f"{name}: seq_idx / cu_seq_lens mark packed rows, which take no attention_mask and no cache to "
+                "continue from (got " + ("an attention_mask" if attention_mask is not None else "a cache") + "); "
+                "pass packed rows without padding, or separate rows with an attention_mask"
+            )
+        if position_ids is not None and attention_mask is not None and attention_mask.dim() == 2:
+            _refuse_packing_with_padding(name, position_ids, attention_mask, batch, length)
+        return None
+    if torch.compiler.is_compiling():
+        if model.config.capabilities.can_crop_cache and position_ids is not None:
+            # Attention-only: create_causal_mask builds the block-diagonal mask from the position ids while tracing,
+            # but only when there is no cache.
+            if use_cache or (use_cache is None and not model.training and model.config.use_cache):
+                raise ValueError(
+                    f"{name}: position_ids without an attention_mask may mark packed rows, whose block-diagonal mask "
+                    "is built only without a cache; pass use_cache=False to a compiled forward of packed rows (or an "
+                    "attention_mask for rows that are not packed)"
+                )
+            return None
+        raise ValueError(
+            f"{name}: position_ids / seq_idx / cu_seq_lens without an attention_mask may mark packed rows, which a "
+            "model with recurrent layers cannot detect while torch.compile traces (the documents' lengths are data); "
+            "compile a call without them, or run packed rows eagerly"
+        )
+    starts = None
+    if position_ids is not None:
+        position_ids = _check_shape("position_ids", position_ids, batch, length)
+        step = torch.diff(position_ids, dim=-1)
+        starts = _with_row_starts(step != 1)
+    if seq_idx is not None:
+        seq_idx = _check_shape("seq_idx", seq_idx, batch, length)
+        starts = _agree(starts, _with_row_starts(torch.diff(seq_idx, dim=-1) != 0), "seq_idx", name)
+    for key, cu in (("cu_seq_lens_q", cu_q), ("cu_seq_lens_k", cu_k)):
+        if cu is not None:
+            starts = _agree(starts, _starts_from_cu_seq_lens(key, cu, batch, length, given.device), key, name)
+    if bool(starts[:, 1:].any()) is False:
+        return None
+    if use_cache:
+        raise ValueError(
+            f"{name}: use_cache=True cannot be combined with packed rows (position_ids restarting, seq_idx or "
+            "cu_seq_lens): a row of several documents has no one state to continue from"
+        )
+    flat = starts.reshape(-1)
+    document = (flat.long().cumsum(0) - 1).view(batch, length)
+    index = torch.arange(batch * length, device=flat.device)
+    start_index = index[flat]
+    offset = (index - start_index[document.reshape(-1)]).view(batch, length)
+    lengths = torch.bincount(document.reshape(-1), minlength=start_index.shape[0])
+    if position_ids is not None:
+        first_position = position_ids.reshape(-1)[start_index]
+    else:
+        first_position = torch.zeros_like(lengths)
+    return Packing(document, offset, lengths, first_position)
+
+
+def _with_row_starts(boundaries: torch.Tensor) -> torch.Tensor:
+    """(B, T-1) 'a new document starts here' -> (B, T), with every row's first token a start."""
+    return torch.cat([torch.ones_like(boundaries[:, :1]), boundaries], dim=1)
+
+
+def _check_shape(key: str, value: torch.Tensor, batch: int, length: int) -> torch.Tensor:
+    if not isinstance(value, torch.Tensor) or value.dim() != 2 or value.shape[1] != length \
+            or value.shape[0] not in (1, batch):
+        shape = tuple(value.shape) if isinstance(value, torch.Tensor) else type(value).__name__
+        raise ValueError(f"{key} must have shape ({batch}, {length}) (batch, sequence_length) or (1, {length}); "
+                         f"got {shape}")
+    if value.dtype.is_floating_point or value.dtype == torch.bool:
+        raise ValueError(f"{key} must be an integer tensor, got dtype {value.dtype}")
+    return value.expand(batch, length)
+
+
+def _starts_from_cu_seq_lens(key: str, cu: Any, batch: int, length: int, device: torch.device) -> torch.Tensor:
+    cu = torch.as_tensor(cu, device=device).reshape(-1).long()
+    total = batch * length
+    if cu.numel() < 2 or int(cu[0]) != 0 or int(cu[-1]) != total or bool((cu.diff() <= 0).any()):
+        raise ValueError(
+            f"{key} must rise strictly from 0 to {total} (the batch's {batch} x {length} tokens, flattened): the "
+            f"cumulative lengths of the documents; got {cu.tolist()}"
+        )
+    starts = torch.zeros(total, dtype=torch.bool, device=device)
+    starts[cu[:-1]] = True
+    starts = starts.view(batch, length)
+    starts[:, 0] = True  # a document cannot run on into the next row
+    return starts
+
+
+def _agree(starts: torch.Tensor | None, other: torch.Tensor, key: str, name: str) -> torch.Tensor:
+    if starts is not None and not torch.equal(starts, other):
+        raise ValueError(f"{name}: {key} marks other document boundaries than the arguments before it "
+                         "(position_ids restarting, seq_idx, cu_seq_lens); pass markers of the same documents")
+    return other
+
+
+def _refuse_packing_with_padding(name, position_ids, attention_mask, batch, length) -> None:
+    """Packed documents with a padding mask are ambiguous (transformers then ignores the packing); refuse them rather
+    than let a recurrent state run on from one document into the next."""
+    if torch.compiler.is_compiling() or position_ids.dim() != 2 or position_ids.shape[-1] != length:
+        return
+    real = attention_mask[:, -length:].bool()
+    if real.shape[0] != batch:
+        return
+    restart = (torch.diff(position_ids.expand(batch, length), dim=-1) != 1) & real[:, 1:] & real[:, :-1]
+    if bool(restart.any()):
+        raise ValueError(
+            f"{name}: position_ids restart between two real tokens of a row while an attention_mask is passed; "
+            "packed rows (several documents in a row) take no attention_mask. Pass them without one, or pass the "
+            "documents as separate padded rows"
+        )
+
+
+__all__ = ["PACKING_KWARGS", "Packing", "find_packing"]
