@@ -2,8 +2,8 @@
 runtime its users have, and ``generate()`` against the model's own raw cached step loop -- interleaved, one run.
 
     pip install -r benchmarks/requirements-decode.txt
-    python benchmarks/bench_decode.py            # the sizes BENCHMARKS.md reports (tens of minutes on one thread)
-    python benchmarks/bench_decode.py --quick    # one size per family, fewer repeats (a couple of minutes)
+    python benchmarks/bench_decode.py            # the sizes BENCHMARKS.md reports (about 20 minutes, one thread)
+    python benchmarks/bench_decode.py --quick    # the -small sizes, fewer repeats (a couple of minutes)
     python benchmarks/bench_decode.py --smoke    # tiny sizes, one repeat: checks that the script runs (seconds)
 
 Peers, each holding the same weights as the seqzoo model it is timed against (checked: same logits first):
@@ -52,9 +52,9 @@ from seqzoo.models.compat import output_cache
 # name -> what to time: (RWKV-7 sizes as (hidden, layers, vocab)), the other families' (preset, overrides) pairs.
 MODES = {
     "full": dict(rwkv7=[(256, 4, 300), (512, 8, 300), (768, 12, 300), (768, 12, 65536)],
-                 others=[{}, "larger"], steps=32, repeats=5, prefill=512, prefill_repeats=3, new_tokens=64),
-    "quick": dict(rwkv7=[(256, 4, 300), (512, 8, 300)], others=[{}], steps=16, repeats=3, prefill=512,
-                  prefill_repeats=2, new_tokens=32),
+                 others=[{}, "larger"], steps=16, repeats=3, prefill=512, prefill_repeats=2, new_tokens=32),
+    "quick": dict(rwkv7=[(256, 4, 300)], others=[{}], steps=8, repeats=3, prefill=512, prefill_repeats=1,
+                  new_tokens=16),
     "smoke": dict(rwkv7=[(128, 2, 99)], others=["tiny"], steps=2, repeats=1, prefill=16, prefill_repeats=1,
                   new_tokens=4),
 }
