@@ -2,7 +2,7 @@
 runtime its users have, and ``generate()`` against the model's own raw cached step loop -- interleaved, one run.
 
     pip install -r benchmarks/requirements-decode.txt
-    python benchmarks/bench_decode.py            # the sizes BENCHMARKS.md reports (about 20 minutes, one thread)
+    python benchmarks/bench_decode.py            # the sizes BENCHMARKS.md reports (half an hour, one thread)
     python benchmarks/bench_decode.py --quick    # the -small sizes, fewer repeats (a couple of minutes)
     python benchmarks/bench_decode.py --smoke    # tiny sizes, one repeat: checks that the script runs (seconds)
 
@@ -52,7 +52,7 @@ from seqzoo.models.compat import output_cache
 # name -> what to time: (RWKV-7 sizes as (hidden, layers, vocab)), the other families' (preset, overrides) pairs.
 MODES = {
     "full": dict(rwkv7=[(256, 4, 300), (512, 8, 300), (768, 12, 300), (768, 12, 65536)],
-                 others=[{}, "larger"], steps=16, repeats=3, prefill=512, prefill_repeats=2, new_tokens=32),
+                 others=[{}, "larger"], steps=8, repeats=3, prefill=512, prefill_repeats=1, new_tokens=16),
     "quick": dict(rwkv7=[(256, 4, 300)], others=[{}], steps=8, repeats=3, prefill=512, prefill_repeats=1,
                   new_tokens=16),
     "smoke": dict(rwkv7=[(128, 2, 99)], others=["tiny"], steps=2, repeats=1, prefill=16, prefill_repeats=1,
@@ -307,9 +307,12 @@ def check_same_function(pair: Pair, vocab: int) -> None:
     token = a.argmax(-1)
     a, _ = ours.step(token, state_a)
     b, _ = peer.step(token, state_b)
-    if not torch.allclose(a, b, atol=2e-4, rtol=2e-4):
+    # float32 sums in a different order drift with depth and width: the bound is relative to the logits' scale.
+    scale = float(b.abs().max())
+    if float((a - b).abs().max()) > 1e-5 * scale + 1e-5:
         raise SystemExit(f"bench_decode: {pair.family} {pair.size}: seqzoo and {pair.peer_name} disagree "
-                         f"(max |diff| {float((a - b).abs().max()):.2e}); the comparison would be meaningless")
+                         f"(max |diff| {float((a - b).abs().max()):.2e} at logits up to {scale:.1f}); the comparison "
+                         "would be meaningless")
 
 
 def decode_case(runner: Runner, ids: torch.Tensor, steps: int) -> Callable[[], Callable[[], object]]:
@@ -356,7 +359,8 @@ def measure(pair: Pair, mode: dict) -> dict[str, Any]:
     gen = torch.Generator().manual_seed(0)
     check_same_function(pair, vocab)
     ours = SeqzooRunner(pair.ours)
-    result: dict[str, Any] = {"family": pair.family, "size": pair.size, "peer": pair.peer_name}
+    result: dict[str, Any] = {"family": pair.family, "size": pair.size, "peer": pair.peer_name,
+                              "settings": {k: mode[k] for k in ("steps", "repeats", "prefill", "new_tokens")}}
     for batch in BATCHES:
         ids = torch.randint(0, vocab, (batch, PROMPT), generator=gen)
         times = interleaved({"seqzoo": decode_case(ours, ids, mode["steps"]),
@@ -381,28 +385,25 @@ def ratio(a: float, b: float) -> str:
 
 def report(results: list[dict[str, Any]], args: argparse.Namespace) -> str:
     lines = [f"torch {torch.__version__}, transformers {transformers.__version__}, rwkv "
-             f"{_version('rwkv')}, Python {platform.python_version()}, {torch.get_num_threads()} torch thread(s), "
-             f"mode {args.mode}", ""]
+             f"{_version('rwkv')}, Python {platform.python_version()}, {torch.get_num_threads()} torch thread(s)", ""]
     lines += ["| family | size | peer | B | seqzoo ms/token | peer ms/token | peer / seqzoo |", "|---|---|---|---|---|---|---|"]
     for r in results:
         for batch in BATCHES:
             t = r[f"decode_b{batch}"]
             lines.append(f"| {r['family']} | {r['size']} | {r['peer']} | {batch} | {t['seqzoo'] * 1e3:.2f} | "
                          f"{t['peer'] * 1e3:.2f} | {ratio(t['peer'], t['seqzoo'])} |")
-    prefill = MODES[args.mode]["prefill"]
-    lines += ["", f"| family | size | seqzoo prefill {prefill} ms | peer ms | peer / seqzoo |", "|---|---|---|---|---|"]
+    lines += ["", "| family | size | prefill tokens | seqzoo ms | peer ms | peer / seqzoo |", "|---|---|---|---|---|---|"]
     for r in results:
         t = r["prefill"]
-        lines.append(f"| {r['family']} | {r['size']} | {t['seqzoo'] * 1e3:.1f} | {t['peer'] * 1e3:.1f} | "
-                     f"{ratio(t['peer'], t['seqzoo'])} |")
-    new = MODES[args.mode]["new_tokens"]
-    lines += ["", f"| family | size | raw loop ms ({new} tokens, B=1) | generate ms | generate / raw | "
-              "Llama generate / raw |", "|---|---|---|---|---|---|"]
+        lines.append(f"| {r['family']} | {r['size']} | {r['settings']['prefill']} | {t['seqzoo'] * 1e3:.1f} | "
+                     f"{t['peer'] * 1e3:.1f} | {ratio(t['peer'], t['seqzoo'])} |")
+    lines += ["", "| family | size | new tokens (B=1) | raw loop ms | generate ms | generate / raw | "
+              "Llama generate / raw |", "|---|---|---|---|---|---|---|"]
     for r in results:
         t = r["generate"]
         floor = ratio(t["peer generate"], t["peer raw"]) if "peer generate" in t else ""
-        lines.append(f"| {r['family']} | {r['size']} | {t['seqzoo raw'] * 1e3:.1f} | {t['seqzoo generate'] * 1e3:.1f} | "
-                     f"{ratio(t['seqzoo generate'], t['seqzoo raw'])} | {floor} |")
+        lines.append(f"| {r['family']} | {r['size']} | {r['settings']['new_tokens']} | {t['seqzoo raw'] * 1e3:.1f} | "
+                     f"{t['seqzoo generate'] * 1e3:.1f} | {ratio(t['seqzoo generate'], t['seqzoo raw'])} | {floor} |")
     return "\n".join(lines)
 
 
@@ -424,8 +425,16 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     parser.add_argument("--families", default=",".join(FAMILIES),
                         help=f"comma-separated subset of {', '.join(FAMILIES)}")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
+    parser.add_argument("--rwkv7-sizes", help="RWKV-7 sizes instead of the mode's, as HIDDENxLAYERSxVOCAB,... "
+                        "(hidden a multiple of 64)")
     parser.add_argument("--json", type=Path, help="also write the raw medians (seconds) to this file")
+    parser.add_argument("--report", type=Path, nargs="+", metavar="JSON",
+                        help="print the tables of earlier --json files (concatenated) instead of measuring")
     args = parser.parse_args(argv)
+    if args.report:
+        results = [r for path in args.report for r in json.loads(path.read_text())]
+        print(report(results, args))
+        return results
     families = [f for f in args.families.split(",") if f]
     unknown = sorted(set(families) - set(FAMILIES))
     if unknown:
@@ -433,7 +442,16 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     if args.threads < 1:
         parser.error(f"--threads must be at least 1, got {args.threads}")
     torch.set_num_threads(args.threads)
-    mode = MODES[args.mode]
+    mode = dict(MODES[args.mode])
+    if args.rwkv7_sizes:
+        try:
+            mode["rwkv7"] = [tuple(int(n) for n in size.split("x")) for size in args.rwkv7_sizes.split(",")]
+        except ValueError:
+            parser.error(f"--rwkv7-sizes takes HIDDENxLAYERSxVOCAB,...; got {args.rwkv7_sizes!r}")
+        bad = [size for size in mode["rwkv7"] if len(size) != 3 or size[0] % 64 or min(size) < 1]
+        if bad:
+            parser.error(f"--rwkv7-sizes: {bad[0]} is not HIDDENxLAYERSxVOCAB with hidden a multiple of 64 "
+                         "(the rwkv package's head size)")
     results = []
     with torch.no_grad(), tempfile.TemporaryDirectory() as folder:
         for family in families:
@@ -441,9 +459,9 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
                 pair = family_pair(family, size, Path(folder))
                 results.append(measure(pair, mode))
                 print(f"measured {family} {pair.size}", file=sys.stderr, flush=True)
+                if args.json:  # after every pair, so that an interrupted run keeps what it measured
+                    args.json.write_text(json.dumps(results, indent=1))
     print(report(results, args))
-    if args.json:
-        args.json.write_text(json.dumps(results, indent=1))
     return results
 
 
