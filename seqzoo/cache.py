@@ -104,6 +104,7 @@ class SeqzooCache(Cache):
         self.layer_kinds = tuple(layer_kinds)
         self.model_type = model_type
         self.seen_tokens = 0
+        self._fits_config: Any = None  # the config check_fits last accepted
 
     @classmethod
     def for_model(cls, model: Any) -> "SeqzooCache":
@@ -134,13 +135,16 @@ class SeqzooCache(Cache):
 
     def check_fits(self, config: Any, batch: int, where: str) -> None:
         """Raise if this cache was built for another architecture or layout, or holds another batch size."""
-        if (self.model_type not in (None, config.model_type)
-                or tuple(config.cache_layer_kinds) != self.layer_kinds):
+        # The layout check reads config properties (slow attribute access in transformers' configs); a decode loop
+        # passes the same config every token, and a built model's layer kinds do not change.
+        if config is not self._fits_config and (self.model_type not in (None, config.model_type)
+                                                or tuple(config.cache_layer_kinds) != self.layer_kinds):
             raise ValueError(
                 f"{where}: the cache was built for a {self.model_type or 'seqzoo'} model with layers "
                 f"{list(self.layer_kinds)}, not this {config.model_type} model with layers "
                 f"{list(config.cache_layer_kinds)}; pass a cache this model returned, or SeqzooCache.for_model(model)"
             )
+        self._fits_config = config
         cached = self.batch_size
         if cached is not None and cached != batch:
             raise ValueError(

@@ -102,18 +102,21 @@ class Block(GradientCheckpointingLayer):
             setattr(self, name, module)
         self.pre_norm = norm_position == "pre"
         self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
+        self.has_dropout = dropout > 0  # an Identity call per part and token is measurable when decoding
         self.residual_in_fp32 = residual_in_fp32
 
     def forward(
         self, hidden_states: torch.Tensor, *, state: Any = None, mask: torch.Tensor | None = None, **context: Any
     ) -> tuple[torch.Tensor, Any]:
-        norm, mixer, mlp_norm, mlp = (getattr(self, name) for name in self.part_names)
+        norm_name, mixer_name, mlp_norm_name, mlp_name = self.part_names
+        norm, mixer = getattr(self, norm_name), getattr(self, mixer_name)
+        mlp_norm, mlp = getattr(self, mlp_norm_name), getattr(self, mlp_name)
         residual = hidden_states.float() if self.residual_in_fp32 else hidden_states
         if self.pre_norm and norm is not None:
             # A float32 residual stream enters the norm in the weights' dtype (as transformers' Mamba does).
             hidden_states = norm(hidden_states.to(norm.weight.dtype) if self.residual_in_fp32 else hidden_states)
         mixed, new_state = mixer(hidden_states, state=state, mask=mask, **context)
-        hidden_states = residual + self.dropout(mixed)
+        hidden_states = residual + (self.dropout(mixed) if self.has_dropout else mixed)
         if not self.pre_norm:
             hidden_states = norm(hidden_states)
         if mlp is None:
@@ -127,7 +130,7 @@ class Block(GradientCheckpointingLayer):
             new_state = {**(new_state or {}), **mlp_state}
         else:
             mixed = mlp(hidden_states)
-        hidden_states = residual + self.dropout(mixed)
+        hidden_states = residual + (self.dropout(mixed) if self.has_dropout else mixed)
         if not self.pre_norm:
             hidden_states = mlp_norm(hidden_states)
         return hidden_states, new_state

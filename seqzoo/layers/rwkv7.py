@@ -40,6 +40,8 @@ def token_shift(
     if last is None:
         last = x.new_zeros(batch, channels)
     last = last.to(x.dtype)
+    if length == 1:  # decoding: the carried state is the previous token; a padded token carries it on unchanged
+        return last[:, None], (x[:, 0] if mask is None else torch.where(mask, x[:, 0], last))
     if mask is None:
         return torch.cat([last[:, None], x[:, :-1]], dim=1), x[:, -1]
     # Index 0 of `extended` is the carried state; the running maximum of valid indices finds, for every index,
@@ -160,6 +162,8 @@ class RWKV7TimeMix(Mixer):
         H, N = self.num_heads, self.head_size
         state = state or {}
         shared = {} if shared is None else shared
+        if T == 1:
+            return self._step(x, state, mask, shared)
         prev, shift_state = token_shift(x, state.get("attn_shift"), mask)
         xx = prev - x
         xr, xw, xk = x + xx * self.x_r, x + xx * self.x_w, x + xx * self.x_k
@@ -201,6 +205,55 @@ class RWKV7TimeMix(Mixer):
         bonus = (r_h * k_h * self.r_k.float()).sum(dim=-1, keepdim=True) * v_h  # (B, T, H, N)
         y = (y.view(B, T, C) + bonus.view(B, T, C)).to(x.dtype)
         return self.output(y * g), {"attn_shift": shift_state, "wkv": wkv_state}
+
+    def _step(
+        self, x: torch.Tensor, state: dict, mask: torch.Tensor | None, shared: dict
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """One token (T == 1), the function of :meth:`forward` in fewer operations: at decode sizes each operation
+        costs more in dispatch than in arithmetic. The six token-shift lerps are one ``addcmul`` against the
+        stacked mix vectors, LoRA biases ride in ``addmm``, the per-token tensors stay (B, C) / (B, H, N), and the
+        per-head GroupNorm is a LayerNorm over each head's N channels."""
+        B, _, C = x.shape
+        H, N = self.num_heads, self.head_size
+        x = x[:, 0]  # (B, C)
+        prev, shift_state = token_shift(x[:, None], state.get("attn_shift"), mask)
+        mix = torch.stack((self.x_r, self.x_w, self.x_k, self.x_v, self.x_a, self.x_g))  # (6, C)
+        xr, xw, xk, xv, xa, xg = torch.addcmul(x[:, None], prev - x[:, None], mix).unbind(1)
+
+        r = self.receptance(xr)
+        k = self.key(xk)
+        v = self.value(xv)
+        if self.has_value_residual:
+            if "v_first" not in shared:
+                raise ValueError(f"RWKV7TimeMix layer {self.layer_idx} needs v_first from the first time mix")
+            v = torch.lerp(v, shared["v_first"][:, 0], torch.sigmoid(torch.addmm(self.v0, xv @ self.v1, self.v2)))
+        else:
+            shared["v_first"] = v[:, None]
+        a = torch.sigmoid(torch.addmm(self.a0, xa @ self.a1, self.a2))  # (B, C)
+        g = torch.sigmoid(xg @ self.g1) @ self.g2
+        kk = (k * self.k_k).float().view(B, 1, H, N)
+        kk = kk / torch.linalg.vector_norm(kk, dim=-1, keepdim=True).clamp_min(1e-12)  # F.normalize, unrolled
+        k = k * torch.addcmul(1 - self.k_a, a, self.k_a)  # k * (1 + (a - 1) * k_a)
+        log_decay = torch.sigmoid(torch.addmm(self.w0, torch.tanh(xw @ self.w1), self.w2).float())
+        log_decay = (log_decay * -DECAY_LOG_SCALE).view(B, 1, H, N)
+
+        r_h, k_h, v_h, a_h = (t.float().view(B, 1, H, N) for t in (r, k, v, a))
+        b_h = kk * a_h
+        k_in = k_h
+        if mask is not None:  # identity step for a padded token, as in forward
+            keep = mask.view(B, 1, 1, 1)
+            log_decay = torch.where(keep, log_decay, 0.0)
+            k_in, b_h = torch.where(keep, k_h, 0.0), torch.where(keep, b_h, 0.0)
+        wkv_state = state.get("wkv")
+        if wkv_state is not None:
+            wkv_state = wkv_state.float()
+        y, wkv_state = dispatch("wkv7", r_h, log_decay, k_in, v_h, -kk, b_h, initial_state=wkv_state)
+
+        y = F.layer_norm(y.view(B, H, N), (N,), eps=self.ln_x.eps)  # (B, H, N): GroupNorm without its affine
+        y = torch.addcmul(self.ln_x.bias.float().view(H, N), y, self.ln_x.weight.float().view(H, N))
+        bonus = (r_h * k_h * self.r_k.float()).sum(dim=-1, keepdim=True)  # (B, 1, H, 1)
+        y = torch.addcmul(y.view(B, 1, H, N), bonus, v_h).view(B, 1, C).to(x.dtype)
+        return self.output(y * g[:, None]), {"attn_shift": shift_state, "wkv": wkv_state}
 
 
 class RWKV7ChannelMix(Mixer):

@@ -91,6 +91,22 @@ def test_padding_leaves_state_untouched(op, backend):
         assert torch.equal(f, s)
 
 
+@pytest.mark.parametrize("op,nonlinearity", [("rnn", "tanh"), ("rnn", "relu"), ("lstm", None), ("gru", None)])
+def test_one_token_with_a_padded_row_matches_reference(op, nonlinearity):
+    # A decode step runs torch's fused cell; a padded row outputs zeros and keeps its state, as in the reference.
+    x, states, params = make_inputs(op, 1, torch.float64, seed=4)
+    mask = torch.tensor([[True], [False], [True]])
+    extra = {"nonlinearity": nonlinearity} if op == "rnn" else {}
+    y, finals = run(op, "torch", x, states, params, mask, **extra)
+    ref_y, ref_finals = run(op, "reference", x, states, params, mask, **extra)
+    torch.testing.assert_close(y, ref_y)
+    assert torch.equal(y[1], torch.zeros_like(y[1]))
+    for f, r, s in zip(finals, ref_finals, states):
+        torch.testing.assert_close(f, r)
+        assert torch.equal(f[1], s[1])
+        assert not torch.equal(f[0], s[0])
+
+
 def test_fused_declines_masks_with_holes_and_reference_handles_them():
     from seqzoo.kernels import select
 

@@ -182,9 +182,12 @@ def test_step_matches_one_token_of_each_backend(dtype):
     tensors = make_inputs(1, dtype)
     y, state = wkv7_step(*(tensors[n][:, 0] for n in NAMES), tensors["initial_state"])
     assert y.dtype == dtype and state.dtype == torch.float32
-    for backend in ("reference", "chunked"):
-        ref_y, ref_state = run(backend, tensors)
-        assert torch.equal(y, ref_y[:, 0]) and torch.equal(state, ref_state)
+    ref_y, ref_state = run("reference", tensors)
+    assert torch.equal(y, ref_y[:, 0]) and torch.equal(state, ref_state)
+    # chunked runs the same update as one rank-2 product: the same values up to rounding.
+    chunked_y, chunked_state = run("chunked", tensors)
+    assert_close(chunked_y, ref_y, dtype, "output", "chunked T=1")
+    assert_close(chunked_state, ref_state, torch.float32, "state", "chunked T=1")
     with pytest.raises(ValueError, match=re.escape(str((BATCH, HEADS, KEY)))):
         wkv7_step(*(tensors[n][:, 0] for n in NAMES), tensors["initial_state"][:, :, 0])
 

@@ -3,7 +3,7 @@
 Same signature and semantics as ``reference.py``. Padding is handled exactly with packed sequences: each row's
 valid tokens must form one contiguous block (left padding, right padding or both), which rows are shifted to the
 front, packed, run, and shifted back. Masks with holes are declined in :func:`supports` (the reference backend
-handles them).
+handles them). One token (a decode step) runs torch's fused cell (``torch.gru_cell`` ...), one call per layer.
 """
 
 from __future__ import annotations
@@ -12,6 +12,8 @@ import torch
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 _OPS = {"tanh": torch.rnn_tanh, "relu": torch.rnn_relu, "lstm": torch.lstm, "gru": torch.gru}
+# One token (decoding): the fused cell, one ATen call without the sequence kernel's set-up (what nn.GRUCell runs).
+_CELLS = {"tanh": torch.rnn_tanh_cell, "relu": torch.rnn_relu_cell, "lstm": torch.lstm_cell, "gru": torch.gru_cell}
 
 
 def padding_layout(mask):
@@ -71,7 +73,25 @@ def _states(kind, result):
     return (result[0], list(result[1:])) if kind == "lstm" else (result[0], [result[1]])
 
 
+def _step(kind, x, hx, params, mask):
+    """One token: x (B, 1, I), hx a list of (1, B, H). A padded row outputs zeros and keeps its state, as a fully
+    padded row of the sequence path does."""
+    cell = _CELLS[kind]
+    if kind == "lstm":
+        new = list(cell(x[:, 0], (hx[0][0], hx[1][0]), *params))
+    else:
+        new = [cell(x[:, 0], hx[0][0], *params)]
+    y = new[0]
+    if mask is not None:
+        keep = mask.to(torch.bool)  # (B, 1)
+        new = [torch.where(keep, n, h[0]) for n, h in zip(new, hx)]
+        y = torch.where(keep, y, torch.zeros_like(y))
+    return y[:, None], [n[None] for n in new]
+
+
 def _run(kind, x, hx, params, mask):
+    if x.shape[1] == 1:
+        return _step(kind, x, hx, params, mask)
     has_biases = len(params) == 4
     params = tuple(params)
     op = _OPS[kind]

@@ -19,7 +19,8 @@ decay, whenever every chunk decays by at most FACTORED_MAX_DECAY in every channe
 otherwise (possible through the kernel API) they come from the (Q, Q, K) tensor of ratios, which never forms a
 factor above 1.
 
-T == 1 goes straight through the single-token update (``wkv7_step``), so decoding does no chunk work.
+T == 1 goes straight through a single-token update (``step``: the reference's update as one rank-2 batched
+product), so decoding does no chunk work.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from .reference import check_inputs, compute_dtype, initial, update
+from .reference import check_inputs, compute_dtype, initial
 
 CHUNK = 32
 # The factored score products form exp(+-(c_t - m)) with m the chunk's mid decay: factors up to exp(30) for a chunk
@@ -87,6 +88,22 @@ def _scores_pairwise(r_, k_, a_, b_, cum):
     return A_rb, A_rk, A_ab, A_ak
 
 
+def step(state, r, w, k, v, a, b):
+    """One token, as ``reference.update`` computes it, in four batched products over the B*H heads: the removal
+    and the write are one rank-2 update, S diag(exp(w)) + [S a, v] [b, k]^T. r, w, k, a, b (B, H, K) or
+    (B, 1, H, K); v likewise with V; state (B, H, V, K). Returns y (B, H, V) and the new state. Decoding calls this
+    once per layer and token, where every operation saved counts."""
+    batch, heads, value_dim, key_dim = state.shape
+    n = batch * heads
+    S = state.reshape(n, value_dim, key_dim)
+    removed = torch.bmm(S, a.reshape(n, key_dim, 1))  # S a, (BH, V, 1)
+    left = torch.cat((removed, v.reshape(n, value_dim, 1)), dim=-1)  # (BH, V, 2)
+    right = torch.stack((b.reshape(n, key_dim), k.reshape(n, key_dim)), dim=1)  # (BH, 2, K)
+    S = torch.baddbmm(S * torch.exp(w).reshape(n, 1, key_dim), left, right)
+    y = torch.bmm(S, r.reshape(n, key_dim, 1))
+    return y.view(batch, heads, value_dim), S.view(batch, heads, value_dim, key_dim)
+
+
 def wkv7(r, w, k, v, a, b, *, initial_state=None):
     """RWKV-7 WKV over (B, T, H, *); returns (y, final_state). Formulas in ``reference.py``."""
     check_inputs(r, w, k, v, a, b, initial_state)
@@ -97,8 +114,8 @@ def wkv7(r, w, k, v, a, b, *, initial_state=None):
     if length == 0:
         return r.new_zeros(batch, 0, heads, value_dim), state
     if length == 1:
-        y, state = update(state, *(x[:, 0].to(dtype) for x in (r, w, k, v, a, b)))
-        return y.unsqueeze(1).to(r.dtype), state
+        y, state = step(state, *(x.to(dtype) for x in (r, w, k, v, a, b)))
+        return y.view(batch, 1, heads, value_dim).to(r.dtype), state
 
     chunk = min(CHUNK, length)
     pad = (-length) % chunk

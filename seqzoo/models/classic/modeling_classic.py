@@ -82,7 +82,9 @@ class ClassicRecurrentModel(ClassicRecurrentPreTrainedModel):
         inputs = prepare_inputs(self, input_ids, inputs_embeds, attention_mask, cache, use_cache)
         cache, mask = inputs.cache, inputs.padding_mask
 
-        hidden_states = self.dropout(inputs.embeds)  # (B, T, E)
+        # Dropout only in training: in eval it is the identity, and three calls per token show in decoding.
+        dropout = self.dropout if self.training else _identity
+        hidden_states = dropout(inputs.embeds)  # (B, T, E)
         all_hidden_states = () if output_hidden_states else None  # the input of every layer, then the output
         for idx, layer in enumerate(self.layers):
             if output_hidden_states:
@@ -93,7 +95,7 @@ class ClassicRecurrentModel(ClassicRecurrentPreTrainedModel):
                     lambda x, s=state, m=mask, f=layer: f(x, state=s, mask=m), hidden_states)
             else:
                 hidden_states, state = layer(hidden_states, state=state, mask=mask)  # (B, T, H)
-            hidden_states = self.dropout(hidden_states)
+            hidden_states = dropout(hidden_states)
             if cache is not None:
                 cache.update_layer(idx, state)
         if cache is not None:
@@ -103,6 +105,10 @@ class ClassicRecurrentModel(ClassicRecurrentPreTrainedModel):
         return model_output(
             BaseModelOutputWithPast, cache=cache, last_hidden_state=hidden_states, hidden_states=all_hidden_states
         )
+
+
+def _identity(x: torch.Tensor) -> torch.Tensor:
+    return x
 
 
 class ClassicRecurrentForCausalLM(ClassicRecurrentPreTrainedModel, SeqzooForCausalLM):

@@ -1,0 +1,471 @@
+"""Decode benchmark: every family's per-token decode step (B=1 and B=8) and 512-token prefill against the fastest CPU
+runtime its users have, and ``generate()`` against the model's own raw cached step loop -- interleaved, one run.
+
+    pip install -r benchmarks/requirements-decode.txt
+    python benchmarks/bench_decode.py            # the sizes BENCHMARKS.md reports (half an hour, one thread)
+    python benchmarks/bench_decode.py --quick    # the -small sizes, fewer repeats (a couple of minutes)
+    python benchmarks/bench_decode.py --smoke    # tiny sizes, one repeat: checks that the script runs (seconds)
+
+Peers, each holding the same weights as the seqzoo model it is timed against (checked: same logits first):
+
+* RWKV-7: BlinkDL's ``rwkv`` package (its x070 CPU path, TorchScript, ``cpu fp32``) on a random x070 ``.pth``,
+  which seqzoo loads through its converter (``seqzoo convert rwkv7``). The package decodes one sequence per call,
+  so its B=8 step is eight calls, as its users batch.
+* Mamba / Mamba-2: transformers' ``MambaForCausalLM`` / ``Mamba2ForCausalLM`` (its pure-PyTorch path; the CUDA
+  kernels do not install on CPU), built from the seqzoo config by the hf-mamba exporter.
+* Transformer: transformers' ``LlamaForCausalLM`` (sdpa), built by the llama exporter.
+* RNN / LSTM / GRU: the classic LM written by hand on ``nn.RNN`` / ``nn.LSTM`` / ``nn.GRU`` (PyTorch's
+  word-language-model shape), stepped one token at a time with its (h, c).
+
+Every peer runs under ``torch.no_grad()`` as seqzoo does. ``generate()`` is greedy with a fixed number of new
+tokens; its raw loop is prefill + one cached forward and an argmax per token. Llama's own generate / raw-loop ratio
+is measured beside the Transformer's, as the floor transformers' loop sets. Ratios are peer / seqzoo (above 1:
+seqzoo is faster) and generate / raw loop (1.00x: no overhead). One torch thread unless ``--threads`` says
+otherwise; medians over interleaved repeats (``timing.py``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import inspect
+import json
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+import transformers
+from torch import nn
+
+import seqzoo
+from seqzoo.conversions import hf_mamba, llama
+from seqzoo.conversions.rwkv7 import convert_rwkv7
+from seqzoo.models.compat import output_cache
+
+# name -> what to time: (RWKV-7 sizes as (hidden, layers, vocab)), the other families' (preset, overrides) pairs.
+MODES = {
+    "full": dict(rwkv7=[(256, 4, 300), (512, 8, 300), (768, 12, 300), (768, 12, 65536)],
+                 others=[{}, "larger"], steps=8, repeats=3, prefill=512, prefill_repeats=1, new_tokens=16),
+    "quick": dict(rwkv7=[(256, 4, 300)], others=[{}], steps=8, repeats=3, prefill=512, prefill_repeats=1,
+                  new_tokens=16),
+    "smoke": dict(rwkv7=[(128, 2, 99)], others=["tiny"], steps=2, repeats=1, prefill=16, prefill_repeats=1,
+                  new_tokens=4),
+}
+# The other families' "larger" size: about four times the -small presets' parameters.
+LARGER = {"mamba": dict(hidden_size=512, num_hidden_layers=8), "mamba2": dict(hidden_size=512, num_hidden_layers=8),
+          "transformer": dict(hidden_size=512, num_hidden_layers=8, num_attention_heads=8, num_key_value_heads=4),
+          "lstm": dict(hidden_size=1024), "gru": dict(hidden_size=1024), "rnn": dict(hidden_size=1024)}
+TINY = dict(hidden_size=64, num_hidden_layers=2, vocab_size=99, pad_token_id=98, bos_token_id=97, eos_token_id=97)
+FAMILIES = ("rwkv7", "mamba", "mamba2", "transformer", "lstm", "gru", "rnn")
+PROMPT = 16  # tokens before the timed decode steps
+BATCHES = (1, 8)
+
+
+# ---- timing ---------------------------------------------------------------------------------------------------
+
+def interleaved(cases: dict[str, Callable[[], Callable[[], object]]], repeats: int, warmup: int = 1) -> dict[str, float]:
+    """Median seconds of each case's timed part, interleaved. A case is ``prepare() -> run``: only ``run`` is timed
+    (the prefill before a decode loop is not)."""
+    samples: dict[str, list[float]] = {name: [] for name in cases}
+    for index in range(warmup + repeats):
+        for name, prepare in cases.items():
+            run = prepare()
+            start = time.perf_counter()
+            run()
+            if index >= warmup:
+                samples[name].append(time.perf_counter() - start)
+    return {name: statistics.median(values) for name, values in samples.items()}
+
+
+# ---- one interface over seqzoo models and their peers -----------------------------------------------------------
+
+class Runner:
+    """What the benchmark does with a model: prefill a (B, T) batch into a state, step a state by one token."""
+
+    def prefill(self, ids: torch.Tensor) -> tuple[torch.Tensor, Any]:  # last logits (B, V), state
+        raise NotImplementedError
+
+    def step(self, tokens: torch.Tensor, state: Any) -> tuple[torch.Tensor, Any]:  # tokens (B,) -> logits (B, V)
+        raise NotImplementedError
+
+
+class SeqzooRunner(Runner):
+    def __init__(self, model: nn.Module) -> None:
+        self.model = model
+
+    def prefill(self, ids):
+        out = self.model(ids, use_cache=True)
+        return out.logits[:, -1], output_cache(out)
+
+    def step(self, tokens, state):
+        out = self.model(tokens[:, None], cache=state, use_cache=True)
+        return out.logits[:, -1], output_cache(out)
+
+
+class TransformersRunner(Runner):
+    """A transformers causal LM stepped by hand with its own cache, under the keyword the installed release takes
+    (``cache`` from 5.24; ``past_key_values`` / ``cache_params`` with ``cache_position`` before)."""
+
+    def __init__(self, model: nn.Module) -> None:
+        self.model = model
+        params = inspect.signature(type(model).forward).parameters
+        self.cache_kwarg = next(n for n in ("cache", "past_key_values", "cache_params") if n in params)
+        self.needs_position = "cache_position" in params and self.cache_kwarg != "cache"
+
+    def _cache(self, out):
+        return next(getattr(out, n) for n in ("cache", "past_key_values", "cache_params") if hasattr(out, n)
+                    and getattr(out, n) is not None)
+
+    def prefill(self, ids):
+        extra = {"cache_position": torch.arange(ids.shape[1])} if self.needs_position else {}
+        out = self.model(ids, use_cache=True, **extra)
+        self.length = ids.shape[1]
+        return out.logits[:, -1], (self._cache(out), ids.shape[1])
+
+    def step(self, tokens, state):
+        cache, length = state
+        extra = {"cache_position": torch.tensor([length])} if self.needs_position else {}
+        out = self.model(tokens[:, None], use_cache=True, **{self.cache_kwarg: cache}, **extra)
+        return out.logits[:, -1], (self._cache(out), length + 1)
+
+
+class RWKVPackageRunner(Runner):
+    """BlinkDL's ``rwkv`` package: one sequence per call, a list of tensors as its state."""
+
+    def __init__(self, model: Any) -> None:
+        self.model = model
+
+    def prefill(self, ids):
+        rows = [self.model.forward(row.tolist(), None) for row in ids]
+        return torch.stack([logits for logits, _ in rows]), [state for _, state in rows]
+
+    def step(self, tokens, states):
+        rows = [self.model.forward([int(token)], state) for token, state in zip(tokens, states)]
+        return torch.stack([logits for logits, _ in rows]), [state for _, state in rows]
+
+
+class ClassicPeer(nn.Module):
+    """The classic LM on torch.nn's fused recurrent layer, as a user writes it: embed -> nn.LSTM -> decoder."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        config = model.config
+        cell = {"seqzoo_lstm": nn.LSTM, "seqzoo_gru": nn.GRU, "seqzoo_rnn": nn.RNN}[config.model_type]
+        extra = {"nonlinearity": config.nonlinearity} if cell is nn.RNN else {}
+        self.embed = nn.Embedding(config.vocab_size, config.embedding_size)
+        self.rnn = cell(config.embedding_size, config.hidden_size, config.num_hidden_layers, batch_first=True, **extra)
+        self.decoder = nn.Linear(config.output_dim, config.vocab_size, bias=model.lm_head.bias is not None)
+        self.embed.weight = nn.Parameter(model.model.embed_tokens.weight.detach().clone())
+        self.decoder.load_state_dict(model.lm_head.state_dict())
+        for i, layer in enumerate(model.model.layers):
+            for name in ("weight_ih", "weight_hh", "bias_ih", "bias_hh"):
+                getattr(self.rnn, f"{name}_l{i}").data.copy_(getattr(layer, name).detach())
+        self.eval()
+
+
+class ClassicRunner(Runner):
+    def __init__(self, peer: ClassicPeer) -> None:
+        self.peer = peer
+
+    def prefill(self, ids):
+        out, state = self.peer.rnn(self.peer.embed(ids))
+        return self.peer.decoder(out[:, -1]), state
+
+    def step(self, tokens, state):
+        out, state = self.peer.rnn(self.peer.embed(tokens[:, None]), state)
+        return self.peer.decoder(out[:, -1]), state
+
+
+# ---- building each family's pair ----------------------------------------------------------------------------
+
+@dataclass
+class Pair:
+    family: str
+    size: str
+    ours: nn.Module
+    peer: Runner
+    peer_name: str
+    peer_generate: nn.Module | None = None  # a transformers model whose own generate() sets the floor
+    notes: list[str] = field(default_factory=list)
+
+
+def random_x070(hidden: int, layers: int, vocab: int, seed: int = 0) -> dict[str, torch.Tensor]:
+    """A random RWKV-7 x070 state dict in RWKV-LM's names and shapes (head size 64, as the package assumes),
+    magnitudes chosen so that every term of the recurrence matters."""
+    gen = torch.Generator().manual_seed(seed)
+    C, N = hidden, 64
+    H, ffn = C // N, 4 * C
+    ranks = {"w": max(32, C // 16), "a": max(32, C // 16), "v": max(16, C // 32), "g": max(64, C // 8)}
+
+    def randn(*shape, scale=1.0, shift=0.0):
+        return torch.randn(*shape, generator=gen) * scale + shift
+
+    sd = {"emb.weight": randn(vocab, C), "head.weight": randn(vocab, C, scale=C**-0.5)}
+    for norm in ("blocks.0.ln0", "ln_out"):
+        sd[f"{norm}.weight"], sd[f"{norm}.bias"] = randn(C, scale=0.1, shift=1.0), randn(C, scale=0.1)
+    for i in range(layers):
+        p = f"blocks.{i}."
+        for norm in ("ln1", "ln2"):
+            sd[f"{p}{norm}.weight"], sd[f"{p}{norm}.bias"] = randn(C, scale=0.1, shift=1.0), randn(C, scale=0.1)
+        for name in ("x_r", "x_w", "x_k", "x_v", "x_a", "x_g"):
+            sd[f"{p}att.{name}"] = torch.rand(1, 1, C, generator=gen)
+        for prefix in ("w", "a", "v"):
+            sd[f"{p}att.{prefix}0"] = randn(1, 1, C)
+            sd[f"{p}att.{prefix}1"] = randn(C, ranks[prefix], scale=0.3)
+            sd[f"{p}att.{prefix}2"] = randn(ranks[prefix], C, scale=0.3)
+        sd[f"{p}att.g1"], sd[f"{p}att.g2"] = randn(C, ranks["g"], scale=0.3), randn(ranks["g"], C, scale=0.3)
+        sd[f"{p}att.k_k"] = randn(1, 1, C, scale=0.2, shift=0.7)
+        sd[f"{p}att.k_a"] = randn(1, 1, C, scale=0.2, shift=1.0)
+        sd[f"{p}att.r_k"] = randn(H, N, scale=0.3)
+        for name in ("receptance", "key", "value", "output"):
+            sd[f"{p}att.{name}.weight"] = randn(C, C, scale=C**-0.5)
+        sd[f"{p}att.ln_x.weight"], sd[f"{p}att.ln_x.bias"] = randn(C, scale=0.1, shift=1.0), randn(C, scale=0.1)
+        sd[f"{p}ffn.x_k"] = torch.rand(1, 1, C, generator=gen)
+        sd[f"{p}ffn.key.weight"] = randn(ffn, C, scale=C**-0.5)
+        sd[f"{p}ffn.value.weight"] = randn(C, ffn, scale=ffn**-0.5)
+    return sd
+
+
+def rwkv_package() -> Any:
+    """BlinkDL's RWKV class on its CPU path. The package reads its switches from the environment when imported."""
+    for name, value in (("RWKV_V7_ON", "1"), ("RWKV_JIT_ON", "1"), ("RWKV_CUDA_ON", "0")):
+        if os.environ.setdefault(name, value) != value:
+            raise SystemExit(f"bench_decode: {name}={os.environ[name]!r} is set; the benchmark needs {name}={value}")
+    try:
+        with contextlib.redirect_stdout(sys.stderr):
+            from rwkv.model import RWKV
+    except ImportError as error:
+        raise SystemExit(f"bench_decode: BlinkDL's rwkv package is needed for the RWKV-7 peer ({error}); "
+                         "pip install -r benchmarks/requirements-decode.txt") from error
+    return RWKV
+
+
+def rwkv7_pair(hidden: int, layers: int, vocab: int, folder: Path) -> Pair:
+    path = folder / f"x070-{hidden}-{layers}-{vocab}.pth"
+    torch.save(random_x070(hidden, layers, vocab), path)
+    ours = convert_rwkv7(path, dtype=torch.float32)
+    with contextlib.redirect_stdout(sys.stderr):  # the package prints as it loads
+        peer = rwkv_package()(str(path.with_suffix("")), strategy="cpu fp32")  # it appends .pth
+    return Pair("rwkv7", f"{hidden} / {layers} / {vocab}", ours, RWKVPackageRunner(peer), "rwkv package")
+
+
+def preset_model(family: str, size: Any) -> tuple[nn.Module, str]:
+    overrides = {"tiny": TINY, "larger": LARGER[family]}.get(size, size) if isinstance(size, str) else size
+    if family in ("lstm", "gru", "rnn"):
+        overrides = {**overrides, "dropout": 0.0}
+    torch.manual_seed(0)
+    model = seqzoo.create_model(f"{family}-small", **overrides).eval()
+    if family in ("lstm", "gru", "rnn"):
+        # The classic init starts the top layer near zero, so all logits nearly tie and greedy tokens would hang on
+        # rounding (the generate / raw-loop check compares them); torch.nn's default scale changes no timing.
+        top = model.model.layers[-1]
+        nn.init.uniform_(top.weight_ih, -top.hidden_size**-0.5, top.hidden_size**-0.5)
+    c = model.config
+    label = f"{c.hidden_size} x {c.num_hidden_layers} ({sum(p.numel() for p in model.parameters()) / 1e6:.1f}M)"
+    return model, label
+
+
+def family_pair(family: str, size: Any, folder: Path) -> Pair:
+    if family == "rwkv7":
+        return rwkv7_pair(*size, folder)
+    ours, label = preset_model(family, size)
+    if family in ("mamba", "mamba2"):
+        peer = transformers_peer(ours, hf_mamba)
+        name = type(peer).__name__
+        return Pair(family, label, ours, TransformersRunner(peer), name)
+    if family == "transformer":
+        ours.set_attn_implementation("sdpa")
+        peer = transformers_peer(ours, llama)
+        peer.set_attn_implementation("sdpa")
+        return Pair(family, label, ours, TransformersRunner(peer), "LlamaForCausalLM", peer_generate=peer)
+    peer = ClassicPeer(ours)
+    return Pair(family, label, ours, ClassicRunner(peer), f"nn.{type(peer.rnn).__name__} step loop")
+
+
+def transformers_peer(ours: nn.Module, exporter: Any) -> nn.Module:
+    hf_config = exporter.native_config(ours.config)
+    peer = transformers.AutoModelForCausalLM.from_config(hf_config)
+    peer.load_state_dict(exporter.native_weights(ours.state_dict(), ours.config), strict=True)
+    return peer.eval()
+
+
+# ---- the measurements ---------------------------------------------------------------------------------------------
+
+def check_same_function(pair: Pair, vocab: int) -> None:
+    """Refuse to time two models that do not compute the same logits (prefill and one cached step, B=2)."""
+    ids = torch.randint(0, vocab, (2, PROMPT), generator=torch.Generator().manual_seed(1))
+    ours, peer = SeqzooRunner(pair.ours), pair.peer
+    a, state_a = ours.prefill(ids)
+    b, state_b = peer.prefill(ids)
+    token = a.argmax(-1)
+    a, _ = ours.step(token, state_a)
+    b, _ = peer.step(token, state_b)
+    # float32 sums in another order drift with depth and width (random weights amplify them: at 768 x 12 seqzoo's own
+    # step and sequence paths differ by 3e-5 of the logits' scale), so the bound is relative to that scale; a wrong
+    # weight mapping differs at O(1).
+    scale = float(b.abs().max())
+    if float((a - b).abs().max()) > 2e-4 * scale + 1e-5:
+        raise SystemExit(f"bench_decode: {pair.family} {pair.size}: seqzoo and {pair.peer_name} disagree "
+                         f"(max |diff| {float((a - b).abs().max()):.2e} at logits up to {scale:.1f}); the comparison "
+                         "would be meaningless")
+
+
+def decode_case(runner: Runner, ids: torch.Tensor, steps: int) -> Callable[[], Callable[[], object]]:
+    def prepare():
+        logits, state = runner.prefill(ids)
+        holder = [logits.argmax(-1), state]
+
+        def run():
+            token, state = holder
+            for _ in range(steps):
+                logits, state = runner.step(token, state)
+                token = logits.argmax(-1)
+        return run
+    return prepare
+
+
+def prefill_case(runner: Runner, ids: torch.Tensor) -> Callable[[], Callable[[], object]]:
+    return lambda: (lambda: runner.prefill(ids))
+
+
+def raw_loop(runner: Runner, prompt: torch.Tensor, new_tokens: int) -> torch.Tensor:
+    logits, state = runner.prefill(prompt)
+    tokens = [logits.argmax(-1)]
+    for _ in range(new_tokens - 1):
+        logits, state = runner.step(tokens[-1], state)
+        tokens.append(logits.argmax(-1))
+    return torch.stack(tokens, dim=1)
+
+
+def generate_cases(model: nn.Module, prompt: torch.Tensor, new_tokens: int) -> dict[str, Callable]:
+    runner = SeqzooRunner(model) if model.__module__.startswith("seqzoo") else TransformersRunner(model)
+    # No EOS: generate() then runs exactly new_tokens steps and picks what the raw loop picks.
+    kwargs = dict(max_new_tokens=new_tokens, do_sample=False, pad_token_id=model.config.pad_token_id,
+                  eos_token_id=None)
+    generated = model.generate(prompt, **kwargs)[:, prompt.shape[1]:]
+    if not torch.equal(generated, raw_loop(runner, prompt, new_tokens)):
+        raise SystemExit(f"bench_decode: {type(model).__name__}.generate() and its raw loop produce different tokens")
+    return {"generate": lambda: (lambda: model.generate(prompt, **kwargs)),
+            "raw": lambda: (lambda: raw_loop(runner, prompt, new_tokens))}
+
+
+def measure(pair: Pair, mode: dict) -> dict[str, Any]:
+    vocab = pair.ours.config.vocab_size - 3  # the presets' special tokens sit at the top: a pad would be masked
+    gen = torch.Generator().manual_seed(0)
+    check_same_function(pair, vocab)
+    ours = SeqzooRunner(pair.ours)
+    result: dict[str, Any] = {"family": pair.family, "size": pair.size, "peer": pair.peer_name,
+                              "settings": {k: mode[k] for k in ("steps", "repeats", "prefill", "new_tokens")}}
+    for batch in BATCHES:
+        ids = torch.randint(0, vocab, (batch, PROMPT), generator=gen)
+        times = interleaved({"seqzoo": decode_case(ours, ids, mode["steps"]),
+                             "peer": decode_case(pair.peer, ids, mode["steps"])}, mode["repeats"])
+        result[f"decode_b{batch}"] = {k: v / mode["steps"] for k, v in times.items()}
+    ids = torch.randint(0, vocab, (1, mode["prefill"]), generator=gen)
+    result["prefill"] = interleaved({"seqzoo": prefill_case(ours, ids), "peer": prefill_case(pair.peer, ids)},
+                                    mode["prefill_repeats"])
+    prompt = torch.randint(0, vocab, (1, PROMPT), generator=gen)
+    cases = {f"seqzoo {k}": v for k, v in generate_cases(pair.ours, prompt, mode["new_tokens"]).items()}
+    if pair.peer_generate is not None:
+        cases.update({f"peer {k}": v for k, v in generate_cases(pair.peer_generate, prompt, mode["new_tokens"]).items()})
+    result["generate"] = interleaved(cases, mode["repeats"])
+    return result
+
+
+# ---- report ---------------------------------------------------------------------------------------------------
+
+def ratio(a: float, b: float) -> str:
+    return f"{a / b:.2f}x"
+
+
+def report(results: list[dict[str, Any]], args: argparse.Namespace) -> str:
+    lines = [f"torch {torch.__version__}, transformers {transformers.__version__}, rwkv "
+             f"{_version('rwkv')}, Python {platform.python_version()}, {torch.get_num_threads()} torch thread(s)", ""]
+    lines += ["| family | size | peer | B | seqzoo ms/token | peer ms/token | peer / seqzoo |", "|---|---|---|---|---|---|---|"]
+    for r in results:
+        for batch in BATCHES:
+            t = r[f"decode_b{batch}"]
+            lines.append(f"| {r['family']} | {r['size']} | {r['peer']} | {batch} | {t['seqzoo'] * 1e3:.2f} | "
+                         f"{t['peer'] * 1e3:.2f} | {ratio(t['peer'], t['seqzoo'])} |")
+    lines += ["", "| family | size | prefill tokens | seqzoo ms | peer ms | peer / seqzoo |", "|---|---|---|---|---|---|"]
+    for r in results:
+        t = r["prefill"]
+        lines.append(f"| {r['family']} | {r['size']} | {r['settings']['prefill']} | {t['seqzoo'] * 1e3:.1f} | "
+                     f"{t['peer'] * 1e3:.1f} | {ratio(t['peer'], t['seqzoo'])} |")
+    lines += ["", "| family | size | new tokens (B=1) | raw loop ms | generate ms | generate / raw | "
+              "Llama generate / raw |", "|---|---|---|---|---|---|---|"]
+    for r in results:
+        t = r["generate"]
+        floor = ratio(t["peer generate"], t["peer raw"]) if "peer generate" in t else ""
+        lines.append(f"| {r['family']} | {r['size']} | {r['settings']['new_tokens']} | {t['seqzoo raw'] * 1e3:.1f} | "
+                     f"{t['seqzoo generate'] * 1e3:.1f} | {ratio(t['seqzoo generate'], t['seqzoo raw'])} | {floor} |")
+    return "\n".join(lines)
+
+
+def _version(name: str) -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version(name)
+    except PackageNotFoundError:
+        return "not installed"
+
+
+def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    group = parser.add_mutually_exclusive_group()
+    group.add_argument("--quick", dest="mode", action="store_const", const="quick")
+    group.add_argument("--smoke", dest="mode", action="store_const", const="smoke")
+    parser.set_defaults(mode="full")
+    parser.add_argument("--families", default=",".join(FAMILIES),
+                        help=f"comma-separated subset of {', '.join(FAMILIES)}")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
+    parser.add_argument("--rwkv7-sizes", help="RWKV-7 sizes instead of the mode's, as HIDDENxLAYERSxVOCAB,... "
+                        "(hidden a multiple of 64)")
+    parser.add_argument("--json", type=Path, help="also write the raw medians (seconds) to this file")
+    parser.add_argument("--report", type=Path, nargs="+", metavar="JSON",
+                        help="print the tables of earlier --json files (concatenated) instead of measuring")
+    args = parser.parse_args(argv)
+    if args.report:
+        results = [r for path in args.report for r in json.loads(path.read_text())]
+        print(report(results, args))
+        return results
+    families = [f for f in args.families.split(",") if f]
+    unknown = sorted(set(families) - set(FAMILIES))
+    if unknown:
+        parser.error(f"unknown family {', '.join(unknown)}; choose from {', '.join(FAMILIES)}")
+    if args.threads < 1:
+        parser.error(f"--threads must be at least 1, got {args.threads}")
+    torch.set_num_threads(args.threads)
+    mode = dict(MODES[args.mode])
+    if args.rwkv7_sizes:
+        try:
+            mode["rwkv7"] = [tuple(int(n) for n in size.split("x")) for size in args.rwkv7_sizes.split(",")]
+        except ValueError:
+            parser.error(f"--rwkv7-sizes takes HIDDENxLAYERSxVOCAB,...; got {args.rwkv7_sizes!r}")
+        bad = [size for size in mode["rwkv7"] if len(size) != 3 or size[0] % 64 or min(size) < 1]
+        if bad:
+            parser.error(f"--rwkv7-sizes: {bad[0]} is not HIDDENxLAYERSxVOCAB with hidden a multiple of 64 "
+                         "(the rwkv package's head size)")
+    results = []
+    with torch.no_grad(), tempfile.TemporaryDirectory() as folder:
+        for family in families:
+            for size in (mode["rwkv7"] if family == "rwkv7" else mode["others"]):
+                pair = family_pair(family, size, Path(folder))
+                results.append(measure(pair, mode))
+                print(f"measured {family} {pair.size}", file=sys.stderr, flush=True)
+                if args.json:  # after every pair, so that an interrupted run keeps what it measured
+                    args.json.write_text(json.dumps(results, indent=1))
+    print(report(results, args))
+    return results
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,48 @@
+"""benchmarks/bench_decode.py in its smoke mode: every family against its peer at tiny sizes, one repeat.
+
+Run in a child process: BlinkDL's ``rwkv`` package (the RWKV-7 peer) sets process-wide torch flags when imported.
+The script itself refuses to time two models that compute different logits, or a generate() whose tokens differ
+from the raw loop's, so a run that finishes is also a check that every peer holds the same weights.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+pytest.importorskip("rwkv", reason="BlinkDL's rwkv package is not installed (pip install rwkv; it is in the dev extra)")
+
+
+def test_smoke_run_measures_every_family(tmp_path):
+    out = tmp_path / "decode.json"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
+    result = subprocess.run([sys.executable, "benchmarks/bench_decode.py", "--smoke", "--json", str(out)],
+                            cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, f"bench_decode --smoke failed:\n{result.stdout}\n{result.stderr[-4000:]}"
+    results = json.loads(out.read_text())
+    assert [r["family"] for r in results] == ["rwkv7", "mamba", "mamba2", "transformer", "lstm", "gru", "rnn"]
+    for r in results:
+        for part in ("decode_b1", "decode_b8", "prefill"):
+            assert r[part]["seqzoo"] > 0 and r[part]["peer"] > 0, (r["family"], part)
+        assert {"seqzoo generate", "seqzoo raw"} <= set(r["generate"])
+    assert "peer generate" in results[3]["generate"]  # Llama's own generate / raw loop, the floor
+    assert "| rwkv7 | 128 / 2 / 99 | rwkv package | 8 |" in result.stdout
+
+
+def test_unknown_family_is_refused(capsys, monkeypatch):
+    spec = importlib.util.spec_from_file_location("bench_decode", REPO / "benchmarks" / "bench_decode.py")
+    bench = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, "bench_decode", bench)  # dataclasses look their module up there
+    spec.loader.exec_module(bench)  # the rwkv package is imported only when an RWKV-7 pair is built
+    with pytest.raises(SystemExit) as exit_info:
+        bench.main(["--smoke", "--families", "rwkv7,rwkv8"])
+    assert exit_info.value.code == 2
+    assert "unknown family rwkv8; choose from rwkv7, mamba" in capsys.readouterr().err
