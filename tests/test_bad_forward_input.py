@@ -54,7 +54,7 @@ def test_a_mask_that_is_not_0_1_is_refused(family_preset, value):
     model = tiny_model(family_preset)
     mask = torch.ones(2, 4)
     mask[1, 1] = value
-    with pytest.raises(ValueError, match=rf"attention_mask must hold 1 \(a token\) and 0 \(padding\) only; found"):
+    with pytest.raises(ValueError, match=r"attention_mask must hold 1 \(a token\) and 0 \(padding\) only; found"):
         model(IDS, attention_mask=mask)
 
 

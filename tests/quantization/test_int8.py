@@ -9,7 +9,6 @@ import sys
 
 import pytest
 import torch
-import torch.nn.functional as F
 
 import seqzoo
 from seqzoo.kernels import dispatch

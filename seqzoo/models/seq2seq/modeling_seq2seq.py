@@ -20,7 +20,6 @@ from transformers import GenerationMixin
 from transformers import initialization as init
 from transformers.modeling_outputs import Seq2SeqLMOutput, Seq2SeqModelOutput
 
-from seqzoo.cache import SeqzooCache
 from seqzoo.layers.positions import SinusoidalPositions, sinusoidal_table
 from seqzoo.models.compat import GENERATE_CACHE_KWARG, check_kwargs, model_output, output_cache, take_cache
 from seqzoo.models.modeling_utils import (
