@@ -61,7 +61,7 @@ def decode_profile(model: Any, contexts: list[int], steps: int = 16, seed: int =
     for context in contexts:
         prompt = torch.randint(0, high, (1, context), generator=generator)
         clock = _StepClock()
-        with quiet_transformers():  # 4096 + 17 tokens passes a preset's max_position_embeddings: no RoPE limit here
+        with quiet_transformers():  # 4096 + 17 tokens passes max_position_embeddings: transformers reminds, on stderr
             model.generate(input_ids=prompt, attention_mask=torch.ones_like(prompt), max_new_tokens=steps + 1,
                            min_new_tokens=steps + 1, do_sample=False, logits_processor=LogitsProcessorList([clock]),
                            pad_token_id=model.config.pad_token_id)
