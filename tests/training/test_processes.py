@@ -81,7 +81,8 @@ def test_two_gloo_processes_match_one_process_and_resume_exactly(tmp_path):
     assert losses(two) == pytest.approx(losses(tmp_path / "one"), rel=1e-5)
     ours, theirs = load_file(str(two / "model.safetensors")), load_file(str(tmp_path / "one" / "model.safetensors"))
     for key in ours:
-        torch.testing.assert_close(ours[key], theirs[key], rtol=1e-5, atol=1e-6, msg=key)
+        # (atol: Adam turns the all-reduce's summation-order noise into ~1e-6 in weights with near-zero gradients)
+        torch.testing.assert_close(ours[key], theirs[key], rtol=1e-5, atol=1e-5, msg=key)
     changed = load_file(str(two / "model.safetensors"))["model.embed_tokens.weight"]
     assert not torch.equal(changed, torch.zeros_like(changed))
 
