@@ -7,6 +7,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from seqzoo.models.compat import output_cache
 from tests.conftest import FAMILIES, tiny_model
 
 IDS = torch.tensor([[5, 17, 33, 8, 61, 40, 9], [70, 12, 3, 98, 44, 27, 15]])
@@ -26,13 +27,13 @@ def test_compiled_forward_and_decode_step_have_no_graph_break(family):
     torch.testing.assert_close(compiled(IDS, use_cache=False).logits, model(IDS, use_cache=False).logits)
 
     # One decode step after a prompt, each side from its own cache (attention caches grow in place).
-    eager_cache = model(IDS[:, :-1], use_cache=True).cache
-    compiled_cache = model(IDS[:, :-1], use_cache=True).cache
+    eager_cache = output_cache(model(IDS[:, :-1], use_cache=True))
+    compiled_cache = output_cache(model(IDS[:, :-1], use_cache=True))
     step = torch.compile(lambda ids, cache: model(ids, cache=cache, use_cache=True), fullgraph=True, backend="eager")
     got = step(IDS[:, -1:], compiled_cache)
     want = model(IDS[:, -1:], cache=eager_cache, use_cache=True)
     torch.testing.assert_close(got.logits, want.logits)
-    assert got.cache.get_seq_length() == want.cache.get_seq_length() == IDS.shape[1]
+    assert output_cache(got).get_seq_length() == output_cache(want).get_seq_length() == IDS.shape[1]
 
 
 @pytest.mark.parametrize("family", ["lstm", "mamba", "transformer"])
@@ -42,7 +43,7 @@ def test_decoding_compiles_at_most_twice(family):
     from torch._dynamo.utils import counters
 
     model = tiny_model(FAMILIES[family])
-    cache = model(IDS[:1], use_cache=True).cache
+    cache = output_cache(model(IDS[:1], use_cache=True))
     step = torch.compile(lambda ids, cache: model(ids, cache=cache, use_cache=True), fullgraph=True, backend="eager")
     counters.clear()
     token = IDS[:1, -1:]
