@@ -41,7 +41,7 @@ from typing import Any, Callable
 import torch
 
 from seqzoo.tokenizer import PAD_TOKEN_ID, VOCAB_SIZE
-from seqzoo.training.data import IGNORE, _EVAL_STREAM, _generator
+from seqzoo.training.data import IGNORE, _EVAL_STREAM, _generator, epoch_sampler
 
 logger = logging.getLogger("seqzoo.training")
 
@@ -200,17 +200,7 @@ def jsonl_texts(task: str, paths: str | list[str], eval_fraction: float, eval_sa
         raise ValueError(f"{', '.join(paths)} hold {len(rows)} row(s): too few to hold out {held_out} for evaluation "
                          "and train on the rest")
     train_rows, eval_rows = rows[:-held_out], rows[-held_out:][:eval_samples]
-    orders: dict[int, torch.Tensor] = {}  # a fresh seeded order each epoch
-
-    def train(step: int, batch_size: int) -> list[Row]:
-        chosen = []
-        for sample in range(step * batch_size, (step + 1) * batch_size):
-            epoch, position = divmod(sample, len(train_rows))
-            if epoch not in orders:
-                orders.clear()
-                orders[epoch] = torch.randperm(len(train_rows), generator=_generator(seed, epoch))
-            chosen.append(train_rows[int(orders[epoch][position])])
-        return chosen
+    train = epoch_sampler(train_rows, seed)
 
     return LabelledTexts(task, train, {"validation": eval_rows}, id2label, "jsonl:" + ",".join(paths), seq_len,
                          {"train_rows": len(train_rows), "eval_rows": len(eval_rows)}, num_train=len(train_rows))

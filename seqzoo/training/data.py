@@ -349,3 +349,21 @@ def build_data(data: Any, seed: int, dataset: Any = None) -> MemoryTask | TokenS
         tokens = tokens_from_documents(pydoc_documents())
         name = "pydoc_data.topics"
     return TokenStream(tokens, name, data.seq_len, data.eval_fraction, data.eval_samples, seed)
+
+
+def epoch_sampler(items: list, seed: int):
+    """``batch(step, batch_size)``: the step's rows of ``items``, each epoch in a fresh seeded order (so a resumed
+    run at step N draws exactly what an uninterrupted run drew)."""
+    orders: dict[int, torch.Tensor] = {}
+
+    def batch(step: int, batch_size: int) -> list:
+        chosen = []
+        for sample in range(step * batch_size, (step + 1) * batch_size):
+            epoch, position = divmod(sample, len(items))
+            if epoch not in orders:
+                orders.clear()
+                orders[epoch] = torch.randperm(len(items), generator=_generator(seed, epoch))
+            chosen.append(items[int(orders[epoch][position])])
+        return chosen
+
+    return batch

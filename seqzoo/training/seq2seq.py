@@ -30,7 +30,7 @@ from typing import Any, Callable
 import torch
 
 from seqzoo.tokenizer import EOS_TOKEN_ID, PAD_TOKEN_ID, VOCAB_SIZE
-from seqzoo.training.data import IGNORE, _EVAL_STREAM, _generator
+from seqzoo.training.data import IGNORE, _EVAL_STREAM, _generator, epoch_sampler
 
 logger = logging.getLogger("seqzoo.training")
 
@@ -158,17 +158,7 @@ def jsonl_pairs(paths: str | list[str], eval_fraction: float, eval_samples: int,
         raise ValueError(f"{', '.join(paths)} hold {len(pairs)} pair(s): too few to hold out {held_out} for "
                          "evaluation and train on the rest")
     train_pairs, eval_pairs = pairs[:-held_out], pairs[-held_out:][:eval_samples]
-    orders: dict[int, torch.Tensor] = {}  # a fresh seeded order each epoch
-
-    def train(step: int, batch_size: int) -> list[tuple[str, str]]:
-        rows = []
-        for sample in range(step * batch_size, (step + 1) * batch_size):
-            epoch, position = divmod(sample, len(train_pairs))
-            if epoch not in orders:
-                orders.clear()
-                orders[epoch] = torch.randperm(len(train_pairs), generator=_generator(seed, epoch))
-            rows.append(train_pairs[int(orders[epoch][position])])
-        return rows
+    train = epoch_sampler(train_pairs, seed)
 
     return Seq2SeqPairs(train, {"validation": eval_pairs}, "jsonl:" + ",".join(paths), max_source_length,
                         {"train_pairs": len(train_pairs), "eval_pairs": len(eval_pairs)}, num_train=len(train_pairs))
