@@ -203,15 +203,31 @@ class MemoryTask:
 # Byte-level corpora: documents -> one token stream (bytes, EOS after each document) -> windows.
 
 
+def document_position_ids(inputs: torch.Tensor) -> torch.Tensor:
+    """(B, T) position ids that restart at 0 at every EOS token of ``inputs`` and at each row's start.
+
+    In a stream of documents each followed by EOS, a document's EOS is the last target of that document and the
+    first input of the next: the next document starts at it, as a sequence starts at its BOS, so its first byte is
+    predicted from an empty context. Given to a model as ``position_ids``, these mark packed rows
+    (``seqzoo.models.packing``): every document is computed as if it were alone.
+    """
+    index = torch.arange(inputs.shape[1], device=inputs.device).expand_as(inputs)
+    starts = torch.where(inputs == EOS_TOKEN_ID, index, torch.zeros_like(index))
+    return index - starts.cummax(dim=1).values
+
+
 class TokenStream:
     """Non-overlapping windows of a token stream; the last ``eval_fraction`` of it is held out for evaluation.
 
-    Training samples are visited in a fresh random order each epoch (seeded), so batch ``step`` is fixed.
+    Training samples are visited in a fresh random order each epoch (seeded), so batch ``step`` is fixed. With
+    ``packing`` a window's documents are kept apart (``document_position_ids``); without it the context runs on
+    from one document into the next, as in one long text.
     """
 
     def __init__(self, tokens: torch.Tensor, name: str, seq_len: int | None, eval_fraction: float,
-                 eval_samples: int, seed: int) -> None:
+                 eval_samples: int, seed: int, packing: bool = False) -> None:
         self.seq_len = seq_len or DEFAULT_TEXT_SEQ_LEN
+        self.packing = packing
         self.name, self.seed, self.eval_samples = name, seed, eval_samples
         split = int(len(tokens) * (1 - eval_fraction))
         self.train_tokens, self.eval_tokens = tokens[:split], tokens[split:]
@@ -230,7 +246,8 @@ class TokenStream:
 
     def describe(self) -> dict[str, Any]:
         return {"name": self.name, "seq_len": self.seq_len, "train_tokens": len(self.train_tokens),
-                "eval_tokens": len(self.eval_tokens), "tokenizer": "seqzoo byte tokenizer (UTF-8 bytes, EOS 257)"}
+                "eval_tokens": len(self.eval_tokens), "tokenizer": "seqzoo byte tokenizer (UTF-8 bytes, EOS 257)",
+                "packing": self.packing}
 
     def _epoch_order(self, epoch: int) -> torch.Tensor:
         if self._order is None or self._order[0] != epoch:
@@ -265,7 +282,8 @@ def tokens_from_documents(documents: list[str]) -> torch.Tensor:
     pieces = []
     eos = torch.tensor([EOS_TOKEN_ID], dtype=torch.int16)
     for doc in documents:
-        pieces.append(torch.frombuffer(bytearray(doc.encode("utf-8")), dtype=torch.uint8).to(torch.int16))
+        if doc:  # an empty document (a blank dataset row) is its EOS alone; frombuffer refuses an empty buffer
+            pieces.append(torch.frombuffer(bytearray(doc.encode("utf-8")), dtype=torch.uint8).to(torch.int16))
         pieces.append(eos)
     if not pieces:
         raise ValueError("the corpus has no documents")
@@ -348,7 +366,8 @@ def build_data(data: Any, seed: int, dataset: Any = None) -> MemoryTask | TokenS
     else:
         tokens = tokens_from_documents(pydoc_documents())
         name = "pydoc_data.topics"
-    return TokenStream(tokens, name, data.seq_len, data.eval_fraction, data.eval_samples, seed)
+    return TokenStream(tokens, name, data.seq_len, data.eval_fraction, data.eval_samples, seed,
+                       packing=bool(data.packing))
 
 
 def epoch_sampler(items: list, seed: int):

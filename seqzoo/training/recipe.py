@@ -29,6 +29,7 @@ LABEL_TASKS = ("sequence-classification", "token-classification")
 
 RECIPE_DIR = Path(__file__).resolve().parent.parent / "configs"
 DATA_SOURCES = ("pydoc", "text", "dataset", "task", "jsonl")
+CORPORA = ("pydoc", "text", "dataset")  # the sources of documents that data.packing applies to
 # The heads `seqzoo train` trains (seqzoo.registry.TASKS names them).
 TRAINED_TASKS = ("causal-lm", "seq2seq", *LABEL_TASKS)
 SCHEDULES = ("cosine", "linear", "constant")
@@ -53,6 +54,11 @@ class DataSection:
     seq_len: int | None = None  # tokens per training sequence; corpora default to 128, tasks to what they need
     eval_fraction: float = 0.05  # corpora: the tail of the token stream held out for evaluation
     eval_samples: int = 64  # sequences evaluated (per distance for tasks)
+    # corpora: true -- each document is trained on alone (positions restart at every document, so no state or
+    # attention crosses into the next one; rows are filled with documents, never padded); false -- the stream: the
+    # context runs on across documents (what TBPTT needs). null: true, unless train.tbptt_chunk > 0. A document is
+    # a pydoc topic, a text file, or a dataset row; see the README (Training, "Documents and packing").
+    packing: bool | None = None
     task: str | None = None  # copy | associative_recall | selective_copy | induction; seq2seq: see below
     distances: list[int] = field(default_factory=lambda: [8, 32])  # tasks: each sample draws one of these
     symbols: int = 16  # tasks: size of the content vocabulary
@@ -179,6 +185,7 @@ class Recipe:
             _check(d.items >= 1, "data.items", d.items, "an integer >= 1")
             _check(d.distance_mix in ("sample", "batch"), "data.distance_mix", d.distance_mix, "sample or batch",
                    choices=["sample", "batch"])
+        self._validate_packing()
         _check(d.seq_len is None or d.seq_len >= 1, "data.seq_len", d.seq_len, "an integer >= 1 or null")
         _check(0.0 < d.eval_fraction < 1.0, "data.eval_fraction", d.eval_fraction, "a number in (0, 1)")
         _check(d.eval_samples >= 1, "data.eval_samples", d.eval_samples, "an integer >= 1")
@@ -208,6 +215,22 @@ class Recipe:
         _check(t.max_nonfinite_steps >= 0, "train.max_nonfinite_steps", t.max_nonfinite_steps,
                "an integer >= 0 (0 = stop at the first non-finite gradient)")
 
+
+    def _validate_packing(self) -> None:
+        d, chunk = self.data, self.train.tbptt_chunk
+        corpus = self.task == "causal-lm" and d.source in CORPORA
+        _check(d.packing is None or isinstance(d.packing, bool), "data.packing", d.packing, "true, false or null")
+        if not corpus:
+            _check(d.packing is None, "data.packing", d.packing,
+                   f"null: packing applies to causal-lm text ({', '.join(CORPORA)}); with data.source="
+                   f"{d.source!r} and task {self.task!r} every sample is a row of its own already")
+            return
+        if d.packing is None:
+            d.packing = chunk == 0
+        _check(not (d.packing and chunk > 0), "data.packing", d.packing,
+               f"false with train.tbptt_chunk={chunk}: TBPTT carries each row's state from chunk to chunk, and a "
+               "packed row has no one state to carry (several documents); set data.packing: false to train on the "
+               "stream (context runs on across documents), or train.tbptt_chunk: 0")
 
     def _validate_seq2seq_data(self) -> None:
         from seqzoo.training.seq2seq import SEQ2SEQ_TASKS

@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from seqzoo.cache import SeqzooCache
 from seqzoo.models.compat import output_cache
 from seqzoo.training.classification import classifier_logits, is_classifier
-from seqzoo.training.data import IGNORE
+from seqzoo.training.data import IGNORE, document_position_ids
 from seqzoo.training.seq2seq import is_seq2seq, seq2seq_logits
 
 
@@ -90,8 +90,12 @@ def backward_sequence(
     backward: Callable[[torch.Tensor], None],
     sync_last: Callable[[bool], ContextManager] = lambda last: nullcontext(),
     last_micro_batch: bool = True,
+    packed: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Forward + backward of one micro-batch (B, T), in TBPTT chunks when ``chunk`` > 0.
+
+    ``packed``: the rows hold several documents each, separated by EOS, and each is trained on alone
+    (``document_position_ids``; the recipe refuses packing with TBPTT).
 
     ``backward`` is called with each chunk's summed loss times ``loss_scale``. ``sync_last(is_last)`` gives the
     context to run a chunk in: distributed training synchronises gradients only on the last chunk of the last
@@ -116,6 +120,8 @@ def backward_sequence(
         with sync_last(is_last):
             if chunk > 0:
                 out = model(input_ids=inputs[:, piece], cache=cache, use_cache=True)
+            elif packed:
+                out = model(input_ids=inputs, position_ids=document_position_ids(inputs), use_cache=False)
             else:
                 out = model(input_ids=inputs[:, piece], use_cache=False)
             loss, correct = token_loss_sum(out.logits, targets[:, piece])

@@ -39,7 +39,7 @@ from seqzoo.training.checkpoint import (
     restore_training_state,
     save_checkpoint,
 )
-from seqzoo.training.data import IGNORE, MemoryTask, build_data
+from seqzoo.training.data import IGNORE, MemoryTask, build_data, document_position_ids
 from seqzoo.training.grad_health import EXPLODING, OK, GradientHealth
 from seqzoo.training.recipe import Recipe
 from seqzoo.training.seq2seq import build_seq2seq_data, is_seq2seq, seq2seq_logits
@@ -117,8 +117,10 @@ def lr_factor(step: int, recipe: Recipe) -> float:
 
 @torch.no_grad()
 def evaluate(model: Any, eval_sets: dict[str, tuple[torch.Tensor, torch.Tensor]], accelerator: Any,
-             batch_size: int, chunk: int) -> dict[str, Any]:
+             batch_size: int, chunk: int, packed: bool = False) -> dict[str, Any]:
     """Loss, perplexity and accuracy (of argmax predictions) per evaluation set and over all of them.
+
+    ``packed``: rows of several documents, each scored alone, as in training (``document_position_ids``).
 
     Every process runs the same number of equally sized batches -- rows appended to fill the last one score
     nothing -- because a wrapped model's forward may talk to the other processes.
@@ -144,8 +146,9 @@ def evaluate(model: Any, eval_sets: dict[str, tuple[torch.Tensor, torch.Tensor]]
                 elif is_classifier(model):
                     logits = classifier_logits(model, x)
                 else:
+                    position_ids = document_position_ids(x) if packed else None
                     logits, _ = chunked_forward(model, x, chunk) if chunk else (
-                        model(input_ids=x, use_cache=False).logits, None)
+                        model(input_ids=x, position_ids=position_ids, use_cache=False).logits, None)
             loss, correct = token_loss_sum(logits, y)
             sums += torch.stack([loss.double(), correct.double(), (y != IGNORE).sum().double()])
         sums = accelerator.reduce(sums, "sum").cpu()
@@ -281,6 +284,7 @@ def _run(recipe: Recipe, accelerator: Any, model: Any, optimizer: Any, scheduler
 
     chunk = t.tbptt_chunk
     eval_chunk = chunk if supports_tbptt(model) else 0
+    packed = getattr(data, "packing", False)  # corpora only: tasks, pairs and labelled texts are one sample a row
     eval_sets = data.eval_sets()
     model.train()
     talk = progress and accelerator.is_main_process
@@ -293,7 +297,7 @@ def _run(recipe: Recipe, accelerator: Any, model: Any, optimizer: Any, scheduler
         started = time.perf_counter()
         inputs, targets = data.train_batch(step, t.batch_size)  # (B, T) global batch
         row = _train_step(recipe, accelerator, model, optimizer, scheduler, inputs, targets, micro_batch, health,
-                          step)
+                          step, packed)
         step += 1
         tokens_seen += inputs.numel()
         train_seconds += time.perf_counter() - started
@@ -311,7 +315,7 @@ def _run(recipe: Recipe, accelerator: Any, model: Any, optimizer: Any, scheduler
                       f"{row['grad_norm']:.3g}  eta {int(left) // 60}:{int(left) % 60:02d}"
                       + (f"  [{row['grad_flag']}]" if row["grad_flag"] != OK else ""))
         if (t.eval_every and step % t.eval_every == 0) or step == t.max_steps:
-            last_eval = evaluate(model, eval_sets, accelerator, micro_batch, eval_chunk)
+            last_eval = evaluate(model, eval_sets, accelerator, micro_batch, eval_chunk, packed)
             _record({"step": step, "eval": last_eval}, history, metrics_path, accelerator)
             if talk:
                 bar.write(f"step {step}/{t.max_steps}  eval loss {last_eval['loss']:.4f}  "
@@ -325,13 +329,13 @@ def _run(recipe: Recipe, accelerator: Any, model: Any, optimizer: Any, scheduler
             }, keep=t.save_total_limit)
         if stop is not None and step < t.max_steps and stop(row):
             if last_eval is None or history[-1].get("step") != step or "eval" not in history[-1]:
-                last_eval = evaluate(model, eval_sets, accelerator, micro_batch, eval_chunk)
+                last_eval = evaluate(model, eval_sets, accelerator, micro_batch, eval_chunk, packed)
                 _record({"step": step, "eval": last_eval}, history, metrics_path, accelerator)
             break
     bar.close()
 
     if last_eval is None:  # resumed from the final checkpoint: nothing left to train
-        last_eval = evaluate(model, eval_sets, accelerator, micro_batch, eval_chunk)
+        last_eval = evaluate(model, eval_sets, accelerator, micro_batch, eval_chunk, packed)
     if save_model:
         final_model = _save_final(accelerator, model, recipe, data, run_dir, step, tokens_seen, last_eval, health)
     else:
@@ -344,7 +348,7 @@ def _run(recipe: Recipe, accelerator: Any, model: Any, optimizer: Any, scheduler
 
 def _train_step(recipe: Recipe, accelerator: Any, model: Any, optimizer: Any, scheduler: Any,
                 inputs: torch.Tensor, targets: torch.Tensor, micro_batch: int, health: GradientHealth,
-                step: int) -> dict[str, Any]:
+                step: int, packed: bool = False) -> dict[str, Any]:
     """One optimizer step on the global batch (inputs, targets); returns the figures logged for it."""
     t = recipe.train
     world, rank = accelerator.num_processes, accelerator.process_index
@@ -363,6 +367,7 @@ def _train_step(recipe: Recipe, accelerator: Any, model: Any, optimizer: Any, sc
             backward=accelerator.backward,
             sync_last=lambda last: nullcontext() if last else accelerator.no_sync(model),
             last_micro_batch=micro == t.gradient_accumulation_steps - 1,
+            packed=packed,
         )
         sums += torch.stack([loss_sum, correct.float()])
     # max_norm=inf measures the norm without clipping.
