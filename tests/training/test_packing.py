@@ -33,7 +33,7 @@ def test_packed_step_equals_each_document_alone(family):
     model = tiny_model(f"{family}-tiny", vocab_size=258).train()
     tokens = tokens_from_documents(["abc", "de", "", "fghijklmnopq", "r", "stuvw"]).long()
     inputs, targets = tokens[:-1].reshape(2, -1), tokens[1:].reshape(2, -1)
-    loss, correct = backward_sequence(model, inputs, targets, chunk=0, loss_scale=1.0,
+    loss, _ = backward_sequence(model, inputs, targets, chunk=0, loss_scale=1.0,
                                       backward=lambda value: value.backward(), packed=True)
     packed_grads = {name: p.grad.clone() for name, p in model.named_parameters() if p.grad is not None}
     model.zero_grad()
