@@ -233,7 +233,8 @@ Learning rates (from {rates_source()}):
 ## Language modelling on the Python documentation
 
 {figure(TEXT_PNG, "validation perplexity against training step")}Batches of {cfg['batch_size']} ×
-{cfg['text_seq_len']} bytes of `pydoc_data.topics` (the documentation every Python ships with); perplexity per byte
+{cfg['text_seq_len']} bytes of `pydoc_data.topics` (the documentation every Python ships with), read as one stream
+(`data.packing: false`: the context runs on from one topic into the next); perplexity per byte
 on the held-out last 5%, {cfg['text_evaluations']} times along each run; seed {cfg['seeds'][0]}. The trained models
 are in `runs/<architecture>/text-s{cfg['seeds'][0]}/` (`seqzoo generate {out}/runs/lstm/text-s{cfg['seeds'][0]} "def "`).
 
