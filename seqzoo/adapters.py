@@ -3,6 +3,7 @@
     from peft import get_peft_model
     model = get_peft_model(model, seqzoo.peft_config(model))            # LoRA, task type from the model's head
     model = get_peft_model(model, seqzoo.peft_config(model, "ia3"))     # (IA)^3
+    model = get_peft_model(model, seqzoo.peft_config(model, "prompt_tuning"))  # a trained soft prompt
 
 Why a function and not entries in peft's ``TRANSFORMERS_MODELS_TO_*_TARGET_MODULES_MAPPING`` tables: peft offers no
 supported way to add to them (they are module-level dicts, and writing into another library's globals at import
@@ -23,7 +24,7 @@ from torch import nn
 
 from seqzoo.layers.mixer import Mixer
 
-METHODS = ("lora", "ia3")
+METHODS = ("lora", "ia3", "prompt_tuning")
 # seqzoo task (registry.TASKS) -> peft's TaskType name
 PEFT_TASK_TYPES = {
     "causal-lm": "CAUSAL_LM",
@@ -57,14 +58,17 @@ def peft_targets(model: nn.Module) -> dict[str, list[str]]:
 
 
 def peft_config(model: nn.Module, method: str = "lora", task_type: Any = None, **overrides: Any) -> Any:
-    """A peft config that adapts ``model`` (a seqzoo model) with ``method`` ("lora" or "ia3") and no other argument.
+    """A peft config that adapts ``model`` (a seqzoo model) with ``method`` ("lora", "ia3" or "prompt_tuning") and no
+    other argument.
 
     ``task_type`` defaults to the model's head (``CAUSAL_LM``, ``SEQ_CLS``, ``TOKEN_CLS``, ``SEQ_2_SEQ_LM``); a
     different one raises. ``overrides`` go to the peft config (``r=16``, ``target_modules=[...]``) and replace the
     defaults: LoRA r=8, alpha=16, no dropout (peft's LoRA on parameters takes none), every Linear layer of the
     backbone and the recurrent cells' ``weight_ih`` / ``weight_hh``; IA3 scales the output of every Linear layer
     of the backbone. The classic RNN/LSTM/GRU have no Linear layer in their backbone, so for them IA3 is refused
-    (peft's IA3 adapts Linear and convolution layers only)."""
+    (peft's IA3 adapts Linear and convolution layers only). Prompt tuning trains ``num_virtual_tokens`` (default 8)
+    input embeddings placed before every sequence and leaves every weight alone, so it works on every architecture
+    (causal LMs and sequence classifiers); there is nothing to merge into the weights."""
     import peft
 
     from seqzoo.registry import architecture_for_model_type
@@ -76,6 +80,8 @@ def peft_config(model: nn.Module, method: str = "lora", task_type: Any = None, *
     if task_type is not None and str(getattr(task_type, "value", task_type)) != expected:
         raise ValueError(f"task_type={task_type!r} does not fit {type(model).__name__}, whose head needs "
                          f"{expected!r}; pass that, or leave task_type out")
+    if method == "prompt_tuning":
+        return _prompt_tuning_config(model, expected, overrides)
     targets = peft_targets(model)
     if method == "lora":
         values = {**LORA_DEFAULTS, **targets, "task_type": expected}
@@ -92,6 +98,25 @@ def peft_config(model: nn.Module, method: str = "lora", task_type: Any = None, *
     values = {"target_modules": targets["target_modules"], "feedforward_modules": [], "task_type": expected}
     values.update(overrides)
     return peft.IA3Config(**values)
+
+
+def _prompt_tuning_config(model: nn.Module, task_type: str, overrides: dict[str, Any]) -> Any:
+    import peft
+
+    if task_type not in ("CAUSAL_LM", "SEQ_CLS"):
+        # For TOKEN_CLS peft prepends the prompt to the inputs but not to the labels (a mismatch for any model).
+        raise ValueError(f"prompt_tuning is offered for causal LMs and sequence classifiers; {type(model).__name__} "
+                         f"needs {task_type}, for which peft does not line the labels up with the prompted inputs "
+                         "(use method='lora')")
+    config = model.config
+    # peft reads these sizes from the model's config under transformers' names, which only attention models have.
+    # A soft prompt uses token_dim alone; the head count and layer count size the past key values of prefix
+    # tuning, which this method does not build, and are given so that peft does not ask for them.
+    values = {"task_type": task_type, "num_virtual_tokens": 8, "token_dim": config.embedding_dim,
+              "num_transformer_submodules": 1, "num_layers": config.num_hidden_layers,
+              "num_attention_heads": getattr(config, "num_attention_heads", None) or 1}
+    values.update(overrides)
+    return peft.PromptTuningConfig(**values)
 
 
 __all__ = ["METHODS", "PEFT_TASK_TYPES", "peft_config", "peft_targets"]

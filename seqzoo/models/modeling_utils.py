@@ -414,14 +414,40 @@ class SeqzooForCausalLM(SeqzooPreTrainedModel, GenerationMixin):
             attentions=getattr(outputs, "attentions", None),
         )
 
+    def prepare_inputs_for_generation(self, *args: Any, **kwargs: Any) -> dict[str, Any]:
+        inputs = super().prepare_inputs_for_generation(*args, **kwargs)
+        if GENERATE_CACHE_KWARG != "past_key_values" and inputs.get(GENERATE_CACHE_KWARG) is not None:
+            # Callers written for the older name read the step's cache as past_key_values (peft's prompt tuning
+            # decides from it whether to prepend the soft prompt again); the forward takes the same object under
+            # both names.
+            inputs["past_key_values"] = inputs[GENERATE_CACHE_KWARG]
+        return inputs
+
+    # generate() validates its keyword arguments against this method's signature: keep transformers' own.
+    prepare_inputs_for_generation.__signature__ = inspect.signature(GenerationMixin.prepare_inputs_for_generation)
+
     def generate(self, *args: Any, cache: Any = None, **kwargs: Any) -> Any:
         """transformers' ``generate``; a cache to continue from may be passed as ``cache`` on every supported
         release (or under its older names ``past_key_values`` / ``cache_params``)."""
         cache = take_cache(cache, kwargs)
         config = kwargs.get("generation_config") or self.generation_config
-        if cache is None and kwargs.get("use_cache", config.use_cache) is not False:
+        implementation = kwargs.get("cache_implementation", getattr(config, "cache_implementation", None))
+        if implementation not in (None, "dynamic"):
+            raise ValueError(
+                f"{type(self).__name__}.generate: cache_implementation={implementation!r} is not supported. seqzoo "
+                "models decode with their own cache, SeqzooCache (a fixed-size state per recurrent layer, keys and "
+                "values growing per attention layer, like transformers' dynamic cache): leave cache_implementation "
+                "unset (or 'dynamic'), or pass cache=SeqzooCache.for_model(model)"
+            )
+        if implementation is not None:
+            # "dynamic" is what SeqzooCache does; generate() refuses a cache_implementation beside a cache object.
+            kwargs["cache_implementation"] = None
+        takes_cache = GENERATE_CACHE_KWARG in inspect.signature(self.prepare_inputs_for_generation).parameters
+        if cache is None and kwargs.get("use_cache", config.use_cache) is not False and takes_cache:
             # generate() builds no cache for a model that declines the default DynamicCache, but some of its modes
-            # (assisted decoding) need one before the first forward.
+            # (assisted decoding) need one before the first forward. Not when a wrapper has replaced the step's
+            # input preparation with one that does not name the cache (peft's prompt tuning): generate() would
+            # refuse the keyword there, and the first forward builds the cache instead.
             cache = SeqzooCache.for_model(self)
         if cache is not None:
             # Under the name the installed release looks for, so that it slices the already-cached prompt tokens off.

@@ -1,6 +1,7 @@
 """peft on every architecture with no argument beyond what the model says: LoRA (the classic cells' recurrent weights
-included, through ``target_parameters``) and IA3, for the causal LM, sequence and token classification heads. Each
-adapter trains a step, saves and loads, and merges into the same logits."""
+included, through ``target_parameters``) and IA3, for the causal LM, sequence and token classification heads, each
+adapter training a step, saving and loading, and merging into the same logits; and prompt tuning (a soft prompt,
+nothing to merge) on every architecture."""
 
 from __future__ import annotations
 
@@ -140,11 +141,14 @@ def test_peft_config_refuses_what_it_cannot_do():
     with pytest.raises(ValueError, match=r"no nn.Linear layer in its backbone for IA3.*weight_hh, weight_ih.*"
                                          r"method='lora'"):
         seqzoo.peft_config(lstm, "ia3")
-    with pytest.raises(ValueError, match=r"unknown adapter method 'dora'.*lora, ia3"):
+    with pytest.raises(ValueError, match=r"unknown adapter method .dora.*lora, ia3, prompt_tuning"):
         seqzoo.peft_config(lstm, "dora")
     with pytest.raises(ValueError, match=r"task_type='SEQ_CLS' does not fit LSTMForCausalLM.*'CAUSAL_LM'"):
         seqzoo.peft_config(lstm, task_type="SEQ_CLS")
     assert seqzoo.peft_config(lstm, task_type="CAUSAL_LM", r=4).r == 4
+    with pytest.raises(ValueError, match=r"prompt_tuning is offered for causal LMs and sequence classifiers.*"
+                                         r"TOKEN_CLS.*method='lora'"):
+        seqzoo.peft_config(build("lstm", "token-classification"), "prompt_tuning")
 
 
 @pytest.mark.parametrize("arch", ["gru", "transformer", "mamba2", "hybrid"])
@@ -158,3 +162,57 @@ def test_a_peft_model_generates_what_its_merged_model_generates(arch):
         plain = build(arch, "causal-lm").generate(**prompt, max_new_tokens=4, do_sample=False)
     assert torch.equal(adapted, merged)
     assert not torch.equal(adapted, plain)  # the adapter (random, not zero-initialised) takes part in decoding
+
+
+def prompted_logits(base: nn.Module, prompt: torch.Tensor, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """What a soft prompt means, computed without peft: the prompt's embeddings before every row's token
+    embeddings, the attention mask extended with ones over them (peft returns the logits of every position)."""
+    embeds = base.get_input_embeddings()(ids)
+    rows = prompt[None].expand(ids.shape[0], -1, -1)
+    full_mask = torch.cat([torch.ones(ids.shape[0], prompt.shape[0], dtype=mask.dtype), mask], dim=1)
+    with torch.no_grad():
+        return base(inputs_embeds=torch.cat([rows, embeds], dim=1), attention_mask=full_mask).logits
+
+
+PROMPT_CASES = [(arch, "causal-lm") for arch in ARCHITECTURES] + [
+    ("lstm", "sequence-classification"), ("mamba", "sequence-classification")]
+
+
+@pytest.mark.parametrize("arch, task", PROMPT_CASES)
+def test_prompt_tuning_with_no_arguments_trains_a_soft_prompt_on_every_architecture(arch, task, tmp_path):
+    """Prompt tuning, the method that reaches the classic RNN/LSTM/GRU as well as the block models without a Linear
+    layer to wrap: only the prompt trains, the logits are those of the prompt's embeddings placed before the
+    tokens (computed here without peft), and the adapter saves and loads."""
+    config = seqzoo.peft_config(build(arch, task), "prompt_tuning")
+    model = get_peft_model(build(arch, task), config)
+    trainable = [name for name, p in model.named_parameters() if p.requires_grad]
+    assert trainable and all("prompt_encoder" in name or "classifier" in name or "score" in name for name in trainable)
+    train_step(model, task)
+    prompt = model.get_prompt_embedding_to_save("default").detach()
+    assert prompt.shape == (config.num_virtual_tokens, build(arch, task).config.embedding_dim)
+    expected = prompted_logits(model.get_base_model(), prompt, IDS, MASK)
+    torch.testing.assert_close(logits(model), expected, rtol=1e-5, atol=1e-5)
+    real_tokens = logits(model)[:, -IDS.shape[1]:] if task != "sequence-classification" else logits(model)
+    assert not torch.allclose(real_tokens, logits(build(arch, task)), atol=1e-4)  # the prompt is read
+
+    model.save_pretrained(tmp_path / "adapter")
+    loaded = PeftModel.from_pretrained(build(arch, task), tmp_path / "adapter").eval()
+    torch.testing.assert_close(logits(loaded), logits(model), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("arch", ["lstm", "rwkv7", "hybrid"])
+def test_a_prompt_tuned_model_generates_by_greedy_recompute(arch):
+    """peft feeds the prompt's embeddings on the first step and decodes from the cache after it; each token must
+    be the argmax of a full recompute over prompt + tokens so far."""
+    model = get_peft_model(build(arch, "causal-lm"), seqzoo.peft_config(build(arch, "causal-lm"), "prompt_tuning"))
+    model.eval()
+    ids, mask = IDS[:, :5], MASK[:, :5]
+    with torch.no_grad():
+        generated = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=4, do_sample=False)
+    prompt = model.get_prompt_embedding_to_save("default").detach()
+    tokens = ids
+    for _ in range(4):
+        full_mask = torch.cat([mask, torch.ones(2, tokens.shape[1] - ids.shape[1], dtype=mask.dtype)], dim=1)
+        step = prompted_logits(model.get_base_model(), prompt, tokens, full_mask)[:, -1].argmax(-1)
+        tokens = torch.cat([tokens, step[:, None]], dim=1)
+    assert torch.equal(generated[:, -4:], tokens[:, -4:])

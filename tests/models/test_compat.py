@@ -110,3 +110,22 @@ def test_outputs_carry_the_cache_where_the_installed_release_reads_it(family_pre
     assert field in {f.name for f in dataclasses.fields(CausalLMOutputWithPast)}
     assert out[field] is output_cache(out) is not None
     assert model(IDS, return_dict=False)[1] is not None  # (logits, cache)
+
+
+@pytest.mark.parametrize("preset", ["transformer-tiny", "mamba-tiny"])
+def test_cache_implementation_dynamic_is_the_default_and_others_are_refused(preset):
+    """generate() builds a SeqzooCache itself; "dynamic" (what it is) gives the same tokens, and a cache transformers
+    would build instead (static, offloaded, ...) is refused naming what works, from a keyword or the model's
+    generation config."""
+    model = tiny_model(preset)
+    ids = torch.randint(3, 90, (2, 6), generator=torch.Generator().manual_seed(0))
+    settings = dict(max_new_tokens=4, do_sample=False, pad_token_id=0)
+    expected = model.generate(ids, **settings)
+    assert torch.equal(model.generate(ids, cache_implementation="dynamic", **settings), expected)
+    with pytest.raises(ValueError, match=r"cache_implementation='static' is not supported.*SeqzooCache"):
+        model.generate(ids, cache_implementation="static", **settings)
+    model.generation_config.cache_implementation = "dynamic"
+    assert torch.equal(model.generate(ids, **settings), expected)
+    model.generation_config.cache_implementation = "offloaded"
+    with pytest.raises(ValueError, match=r"cache_implementation='offloaded' is not supported"):
+        model.generate(ids, **settings)
