@@ -3,10 +3,11 @@
 ``accelerate launch --use_fsdp --fsdp_version 2 ...`` puts ``ACCELERATE_USE_FSDP=true`` and the ``FSDP_*`` settings
 in every process's environment (setting them by hand under ``torchrun`` does the same). On GPUs Accelerate then
 shards the model itself. On CPU it joins the processes over gloo but ignores FSDP: the run would train with DDP,
-unsharded, without a word. There seqzoo applies ``fully_shard`` itself, as Accelerate's FSDP2 does on GPUs: one
-unit per layer (the classes a model names in ``_no_split_modules``, Accelerate's ``TRANSFORMER_BASED_WRAP``), then
-the root for the rest (embeddings, final norm, head). Settings of Accelerate's FSDP plugin that this CPU path does
-not implement stop the run with the flag to drop.
+unsharded, without a word. There seqzoo applies ``fully_shard`` itself, as Accelerate's FSDP2 does on GPUs and
+with the same meaning of its flags: with ``--fsdp_auto_wrap_policy TRANSFORMER_BASED_WRAP`` one unit per layer (the
+classes a model names in ``_no_split_modules``, or those in ``--fsdp_transformer_layer_cls_to_wrap``), then the
+root for the rest (embeddings, final norm, head); without a policy the root alone. Settings of Accelerate's FSDP
+plugin that this CPU path does not implement stop the run with the flag to drop.
 
 Whichever shards the model, seqzoo's checkpoints and the final model hold full (gathered) state dicts in
 safetensors, so ``fsdp_state_dict_type`` does not apply: a checkpoint written under FSDP resumes under FSDP with the
@@ -82,11 +83,9 @@ def shard_on_cpu(model: Any, mixed_precision: str) -> Any:
             "implements them"
         )
 
-    names = list(model._no_split_modules or [])
-    if plugin.auto_wrap_policy is transformer_auto_wrap_policy and plugin.transformer_cls_names_to_wrap:
-        names = list(plugin.transformer_cls_names_to_wrap)
-    elif os.environ.get("FSDP_AUTO_WRAP_POLICY", "").upper() == "NO_WRAP":
-        names = []  # one unit: the whole model is gathered for every forward
+    names: list[str] = []  # no policy (or NO_WRAP): one unit, the whole model gathered for every forward
+    if plugin.auto_wrap_policy is transformer_auto_wrap_policy:
+        names = list(plugin.transformer_cls_names_to_wrap or model._no_split_modules or [])
     classes = []
     for name in names:
         cls = get_module_class_from_name(model, name)

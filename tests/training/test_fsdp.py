@@ -33,12 +33,17 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def launch_fsdp(recipe: Path, output_dir: Path, *extra: str) -> subprocess.CompletedProcess:
+SEQZOO = ("-m", "seqzoo")
+ACCELERATE_FSDP2_FORCED = (str(Path(__file__).with_name("accelerate_fsdp2_on_cpu.py")),)
+
+
+def launch_fsdp(recipe: Path, output_dir: Path, *extra: str, program: tuple[str, ...] = SEQZOO
+                ) -> subprocess.CompletedProcess:
     # The README's CPU command (with the defaults accelerate would otherwise warn about spelled out).
     command = [sys.executable, "-m", "accelerate.commands.launch", "--use_fsdp", "--fsdp_version", "2",
-               "--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-               "--main_process_port", str(free_port()),
-               "-m", "seqzoo", "train", str(recipe), "--output-dir", str(output_dir), "--no-progress", *extra]
+               "--fsdp_auto_wrap_policy", "TRANSFORMER_BASED_WRAP", "--num_processes", "2", "--num_machines", "1",
+               "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(free_port()),
+               *program, "train", str(recipe), "--output-dir", str(output_dir), "--no-progress", *extra]
     return subprocess.run(command, env=env(), capture_output=True, text=True, timeout=300)
 
 
@@ -52,11 +57,12 @@ def assert_close_to_one_process(fsdp: dict[str, torch.Tensor], one: dict[str, to
         torch.testing.assert_close(fsdp[key], one[key], rtol=1e-5, atol=1e-5, msg=f"{what}: {key}")
 
 
-def run_and_compare(tmp_path: Path, model: dict, **train_fields) -> tuple[Path, Path]:
+def run_and_compare(tmp_path: Path, model: dict, program: tuple[str, ...] = SEQZOO, **train_fields
+                    ) -> tuple[Path, Path]:
     recipe = write_recipe(tmp_path / "fsdp.yaml", model=model, max_steps=4, gradient_accumulation_steps=2,
                           save_every=2, **train_fields)
     two = tmp_path / "two"
-    done = launch_fsdp(recipe, two)
+    done = launch_fsdp(recipe, two, program=program)
     assert done.returncode == 0, done.stderr[-3000:]
     assert done.stdout.count(f"trained {model['preset']} for 4 steps") == 1  # printed by the main process only
     info = json.loads((two / "seqzoo_training.json").read_text())
@@ -104,6 +110,12 @@ def test_fsdp_lstm_with_tbptt_matches_one_process(tmp_path):
     run_and_compare(tmp_path, TINY_LSTM, tbptt_chunk=8)
 
 
+def test_accelerates_fsdp2_path_forced_onto_cpu_matches_one_process(tmp_path):
+    # The path GPUs take: Accelerate shards model and optimizer in one prepare() call, clips and skips gradient
+    # syncs its own way; seqzoo gathers checkpoints and the final model as on CPU.
+    run_and_compare(tmp_path, TINY_LSTM, program=ACCELERATE_FSDP2_FORCED, tbptt_chunk=8)
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # What the CPU path refuses (before any process group is needed).
 
@@ -146,3 +158,22 @@ def test_fsdp_asked_for_one_process_or_misspelt_is_an_error(monkeypatch):
         seqzoo_shards(one)
     monkeypatch.delenv("ACCELERATE_USE_FSDP")
     assert not seqzoo_shards(one)
+
+
+@pytest.mark.parametrize("policy, units_per_layer", [("TRANSFORMER_BASED_WRAP", True), (None, False)])
+def test_cpu_fsdp_units_follow_accelerates_wrap_policy(monkeypatch, policy, units_per_layer):
+    import torch.distributed as dist
+    from torch.distributed.fsdp import FSDPModule
+
+    monkeypatch.setenv("FSDP_VERSION", "2")
+    if policy:
+        monkeypatch.setenv("FSDP_AUTO_WRAP_POLICY", policy)
+    model = tiny_model(FAMILIES["transformer"])
+    dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
+    try:
+        sharded = shard_on_cpu(model, "no")
+    finally:
+        dist.destroy_process_group()
+    units = [m for m in sharded.modules() if isinstance(m, FSDPModule)]
+    assert units[0] is sharded
+    assert [type(m).__name__ for m in units[1:]] == (["FSDPTransformerBlock"] * 2 if units_per_layer else [])

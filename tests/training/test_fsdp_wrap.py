@@ -1,6 +1,6 @@
 """FSDP through `accelerate launch --use_fsdp --fsdp_auto_wrap_policy TRANSFORMER_BASED_WRAP` wraps the classes a
-model names in ``_no_split_modules`` (accelerate raises if one is missing). FSDP itself needs an accelerator
-device, so on CPU CI checks what decides whether it can work: every family names real classes, one per layer."""
+model names in ``_no_split_modules`` (accelerate, and seqzoo's CPU path, raise if one is missing). test_fsdp.py
+trains two families under FSDP; this checks for every family that the names are real classes, one per layer."""
 
 from __future__ import annotations
 
