@@ -68,7 +68,7 @@ class TrainResult:
     grad_health: dict[str, Any]
     train_tokens_per_second: float
     history: list[dict[str, Any]] = field(default_factory=list)
-    model: Any = None  # the trained (unwrapped) model, for callers in the same process
+    model: Any = None  # the trained (unwrapped) model, for callers in the same process; sharded under FSDP
     is_main_process: bool = True
 
 
