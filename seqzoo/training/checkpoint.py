@@ -94,15 +94,22 @@ def _inner(optimizer: Any) -> Any:
     return getattr(optimizer, "optimizer", optimizer)  # accelerate's AcceleratedOptimizer wraps the torch one
 
 
+def full_model_state(model: Any) -> dict[str, Any]:
+    """The whole model's state dict on the main process, gathered from the shards under FSDP (a collective: every
+    process calls it; the others get an empty dict)."""
+    from torch.distributed.checkpoint.state_dict import get_model_state_dict
+
+    return get_model_state_dict(model, options=_full_state_options(cpu_offload=True))
+
+
 def write_training_state(accelerator: Any, model: Any, optimizer: Any, scheduler: Any, folder: Path) -> None:
     """Every process writes its RNG state; the main process writes model, optimizer, scheduler (and scaler)."""
-    from torch.distributed.checkpoint.state_dict import get_model_state_dict, get_optimizer_state_dict
+    from torch.distributed.checkpoint.state_dict import get_optimizer_state_dict
 
-    options = _full_state_options(cpu_offload=True)
-    model_state = get_model_state_dict(model, options=options)  # a collective under FSDP: every process calls it
-    optimizer_state = get_optimizer_state_dict(model, _inner(optimizer), options=options)
+    model_state = full_model_state(model)
+    optimizer_state = get_optimizer_state_dict(model, _inner(optimizer), options=_full_state_options(cpu_offload=True))
     if accelerator.is_main_process:
-        files.save_model_state(model_state, folder / files.MODEL_FILE)
+        files.save_model_state(model_state, folder / files.MODEL_FILE, files.tied_parameter_names(model))
         files.save_optimizer_state(optimizer_state, folder / files.OPTIMIZER_FILE)
         files.save_json_state(scheduler.state_dict(), folder / files.SCHEDULER_FILE)
         if accelerator.scaler is not None:

@@ -87,8 +87,22 @@ def _write_json(path: Path, value: Any, indent: int | None = 1) -> None:
 # Writing.
 
 
-def _unique_tensors(state: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
-    """Tensors that share storage (tied weights) are stored once; ``aliases`` maps each other name to the stored
+def tied_parameter_names(model: torch.nn.Module) -> dict[str, str]:
+    """{name: name it is tied to} for every parameter registered under a second name (a tied head). FSDP gathers
+    each name into its own tensor, so storage alone no longer shows the tie."""
+    first: dict[int, str] = {}
+    tied: dict[str, str] = {}
+    for name, parameter in model.named_parameters(remove_duplicate=False):
+        if id(parameter) in first:
+            tied[name] = first[id(parameter)]
+        else:
+            first[id(parameter)] = name
+    return tied
+
+
+def _unique_tensors(state: dict[str, torch.Tensor], tied: dict[str, str]) -> tuple[dict[str, torch.Tensor],
+                                                                                  dict[str, str]]:
+    """Tensors that share storage or are ``tied`` are stored once; ``aliases`` maps each other name to the stored
     one."""
     stored: dict[str, torch.Tensor] = {}
     seen: dict[tuple, str] = {}
@@ -96,7 +110,9 @@ def _unique_tensors(state: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Ten
     for name, tensor in state.items():
         key = (tensor.device, tensor.untyped_storage().data_ptr(), tensor.storage_offset(), tuple(tensor.shape),
                tuple(tensor.stride()), tensor.dtype)
-        if tensor.numel() and key in seen:
+        if tied.get(name) in stored:
+            aliases[name] = tied[name]
+        elif tensor.numel() and key in seen:
             aliases[name] = seen[key]
         else:
             seen[key] = name
@@ -104,11 +120,12 @@ def _unique_tensors(state: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Ten
     return stored, aliases
 
 
-def save_model_state(state: dict[str, torch.Tensor], path: Path) -> None:
+def save_model_state(state: dict[str, torch.Tensor], path: Path, tied: dict[str, str] | None = None) -> None:
+    """``tied``: {name: name it is tied to} (:func:`tied_parameter_names`), stored once like shared storage."""
     from safetensors.torch import save_file
 
     require_finite(state, "a checkpoint")
-    stored, aliases = _unique_tensors(state)
+    stored, aliases = _unique_tensors(state, tied or {})
     save_file(stored, str(path), metadata={"format": str(FORMAT), "aliases": json.dumps(aliases)})
 
 

@@ -33,6 +33,7 @@ from seqzoo.training.checkpoint import (
     STATE_FILE,
     CheckpointError,
     check_same_run,
+    full_model_state,
     list_checkpoints,
     read_state,
     resolve_resume,
@@ -40,10 +41,11 @@ from seqzoo.training.checkpoint import (
     save_checkpoint,
 )
 from seqzoo.training.data import IGNORE, MemoryTask, build_data, document_position_ids
+from seqzoo.training.fsdp import gradient_sync_off, is_sharded, seqzoo_shards, shard_on_cpu
 from seqzoo.training.grad_health import EXPLODING, OK, GradientHealth
 from seqzoo.training.recipe import Recipe
 from seqzoo.training.seq2seq import build_seq2seq_data, is_seq2seq, seq2seq_logits
-from seqzoo.training.state import NonFiniteError, nonfinite_names, require_finite
+from seqzoo.training.state import NonFiniteError, nonfinite_names, require_finite, tied_parameter_names
 from seqzoo.training.tbptt import (
     backward_sequence,
     check_tbptt_supported,
@@ -66,7 +68,7 @@ class TrainResult:
     grad_health: dict[str, Any]
     train_tokens_per_second: float
     history: list[dict[str, Any]] = field(default_factory=list)
-    model: Any = None  # the trained (unwrapped) model, for callers in the same process
+    model: Any = None  # the trained (unwrapped) model, for callers in the same process; sharded under FSDP
     is_main_process: bool = True
 
 
@@ -231,13 +233,23 @@ def train(recipe: Recipe, *, resume: str | Path | bool | None = None, dataset: A
             data = build_data(recipe.data, t.seed, dataset)
         model = build_model(recipe, data)
         torch.manual_seed(t.seed + accelerator.process_index)  # dropout masks differ between processes
-        model = accelerator.prepare(model)  # FSDP must wrap the model before the optimizer sees its parameters
-        optimizer = accelerator.prepare(make_optimizer(model, recipe))
+        model, optimizer = _prepare(accelerator, model, recipe)
         scheduler = LambdaLR(optimizer, lambda step: lr_factor(step, recipe))
         return _run(recipe, accelerator, model, optimizer, scheduler, data, micro_batch, run_dir, checkpoint,
                     progress, save_model, stop)
     finally:
         torch.use_deterministic_algorithms(previous_determinism)
+
+
+def _prepare(accelerator: Any, model: Any, recipe: Recipe) -> tuple[Any, Any]:
+    """Wrap the model for this launch (DDP, FSDP) and build its optimizer over the wrapped parameters."""
+    if seqzoo_shards(accelerator):  # FSDP on CPU, which Accelerate leaves to us
+        model = shard_on_cpu(model, recipe.train.mixed_precision)
+        return model, accelerator.prepare(make_optimizer(model, recipe))
+    if accelerator.is_fsdp2:  # Accelerate's FSDP2 swaps the optimizer's parameters for their shards itself
+        return accelerator.prepare(model, make_optimizer(model, recipe))
+    model = accelerator.prepare(model)  # DDP and FSDP1 wrap the model before the optimizer sees its parameters
+    return model, accelerator.prepare(make_optimizer(model, recipe))
 
 
 def _launched_on_cpu_only() -> bool:
@@ -365,7 +377,7 @@ def _train_step(recipe: Recipe, accelerator: Any, model: Any, optimizer: Any, sc
             t.tbptt_chunk,
             loss_scale=world / max(scored, 1),
             backward=accelerator.backward,
-            sync_last=lambda last: nullcontext() if last else accelerator.no_sync(model),
+            sync_last=lambda last: nullcontext() if last else gradient_sync_off(accelerator, model),
             last_micro_batch=micro == t.gradient_accumulation_steps - 1,
             packed=packed,
         )
@@ -441,11 +453,20 @@ def _figures(evaluation: dict[str, Any]) -> dict[str, float]:
 def _save_final(accelerator: Any, model: Any, recipe: Recipe, data: Any, run_dir: Path, step: int, tokens_seen: int,
                 last_eval: dict[str, Any], health: GradientHealth) -> Any:
     """save_pretrained (+ the byte tokenizer for text data) and seqzoo_training.json, which model cards read."""
+    from accelerate.utils import DistributedType
+
     from seqzoo.tokenizer import VOCAB_SIZE, byte_tokenizer
 
     accelerator.wait_for_everyone()
-    state_dict = accelerator.get_state_dict(model)  # gathers FSDP shards; the plain state dict otherwise
     unwrapped = accelerator.unwrap_model(model)
+    if is_sharded(model):
+        state_dict = full_model_state(model)  # a collective: gathered on the main process, empty on the others
+        # Gathering gives each name of a tied weight its own copy; shared again, save_pretrained stores it once.
+        for name, target in tied_parameter_names(unwrapped).items():
+            if target in state_dict:
+                state_dict[name] = state_dict[target]
+    else:
+        state_dict = accelerator.get_state_dict(model)
     if accelerator.is_main_process:
         require_finite(state_dict, "the final model")
         # Memory tasks use their own small vocabulary, which the byte tokenizer does not describe.
@@ -459,6 +480,7 @@ def _save_final(accelerator: Any, model: Any, recipe: Recipe, data: Any, run_dir
             "eval": {**_figures(last_eval), "sets": {k: _figures(v) for k, v in last_eval["sets"].items()}},
             "grad_health": health.summary(),
             "num_processes": accelerator.num_processes,
+            "fsdp": is_sharded(model) or accelerator.distributed_type == DistributedType.FSDP,
             "run_id": recipe.run_id,
             "recipe": recipe.to_dict(),
         }

@@ -22,10 +22,13 @@ from seqzoo.training.trainer import train
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def write_recipe(path: Path, **train_fields) -> Path:
+TINY_LSTM = {"preset": "lstm-tiny", "config": {"hidden_size": 16, "embedding_size": 16, "dropout": 0.1}}
+
+
+def write_recipe(path: Path, model: dict | None = None, **train_fields) -> Path:
     train_section = {"batch_size": 8, "eval_every": 0, "log_every": 1000, **train_fields}
     path.write_text(json.dumps({  # JSON is YAML
-        "model": {"preset": "lstm-tiny", "config": {"hidden_size": 16, "embedding_size": 16, "dropout": 0.1}},
+        "model": model or TINY_LSTM,
         "data": {"source": "pydoc", "seq_len": 32, "eval_samples": 8},
         "optim": {"lr": 0.01, "warmup_steps": 2},
         "train": train_section,

@@ -38,9 +38,21 @@ from .transformer import TransformerDecoder, TransformerEncoder
 class Seq2SeqPreTrainedModel(SeqzooPreTrainedModel):
     config_class = Seq2SeqConfig
     main_input_name = "input_ids"
-    _no_split_modules = ["RecurrentEncoder", "RecurrentDecoder", "EncoderLayer", "DecoderLayer"]
+    _no_split_modules = ["EncoderLayer", "DecoderLayer", "RNNMixer", "LSTMMixer", "GRUMixer"]  # see post_init
     _supports_sdpa = True
     extra_forward_kwargs = ()  # an encoder-decoder takes no packed rows
+
+    def post_init(self) -> None:
+        # FSDP's wrap units (TRANSFORMER_BASED_WRAP) are the classes this config builds: accelerate refuses a model
+        # that lacks a class its _no_split_modules names. A recurrent encoder holds the embedding the decoder
+        # shares, and FSDP cannot split a shared parameter between units, so its recurrent layers are the units.
+        if self.config.is_transformer:
+            self._no_split_modules = ["EncoderLayer", "DecoderLayer"]
+        else:
+            self._no_split_modules = sorted({type(layer).__name__ for module in self.modules()
+                                             if isinstance(module, (RecurrentEncoder, RecurrentDecoder))
+                                             for layer in module.layers})
+        super().post_init()
 
     def _init_weights(self, module: nn.Module) -> None:
         # The recurrent mixers initialise themselves (super). Embeddings: normal(0, initializer_range). Other
