@@ -18,7 +18,7 @@ ARCHITECTURES_HELP = ("architectures to include (default: every registered one; 
 DESCRIPTION = """\
 How does each architecture remember, and at what cost? Trains a tiny model of every registered architecture on
 copy, selective copy, associative recall and induction at growing distances (three seeds each) and on byte-level
-text, times decoding, weighs the state, measures gradients, and writes report.md with plots. About 6 minutes on a
+text, times decoding, weighs the state, measures gradients, and writes report.md with plots. About 10 minutes on a
 2-core CPU machine. Each architecture trains with its own learning rate from the lab's recipes
 (seqzoo/lab/recipes.py, measured by `seqzoo lab sweep`).
 
