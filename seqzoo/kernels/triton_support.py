@@ -17,6 +17,8 @@ import os
 
 import torch
 
+from seqzoo.kernels.reset import refuse_reset
+
 # Inputs the kernels read: half and single precision. float64 stays on the reference and chunked backends, which
 # compute in float64; the kernels accumulate in float32.
 SUPPORTED_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
@@ -134,12 +136,15 @@ def speed_up_interpreter() -> None:
 CONV_MAX_WIDTH = 32  # causal_conv1d unrolls its K taps at compile time
 
 
-def supports_key_causal_conv1d(x, weight, bias=None, *, initial_state=None, activation=None, mask=None):
-    return tensors_key(x, weight, bias, initial_state), _last_dim(weight, 2)
+def supports_key_causal_conv1d(x, weight, bias=None, *, initial_state=None, activation=None, mask=None, reset=None):
+    return tensors_key(x, weight, bias, initial_state), _last_dim(weight, 2), reset is None
 
 
-def supports_causal_conv1d(x, weight, bias=None, *, initial_state=None, activation=None, mask=None):
-    """CUDA tensors in float32/float16/bfloat16 and a kernel width K <= 32."""
+def supports_causal_conv1d(x, weight, bias=None, *, initial_state=None, activation=None, mask=None, reset=None):
+    """No reset input; CUDA tensors in float32/float16/bfloat16 and a kernel width K <= 32."""
+    ok, reason = refuse_reset(reset)
+    if not ok:
+        return ok, reason
     ok, reason = check_tensors("causal_conv1d", {"x": x, "weight": weight, "bias": bias,
                                                  "initial_state": initial_state})
     if not ok:
@@ -152,12 +157,15 @@ def supports_causal_conv1d(x, weight, bias=None, *, initial_state=None, activati
 SCAN_MAX_STATE = 64  # selective_scan keeps (16, 16, N) float32 tiles in registers
 
 
-def supports_key_selective_scan(u, delta, A, B, C, D=None, z=None, *, initial_state=None):
-    return tensors_key(u, delta, A, B, C, D, z, initial_state), _last_dim(A, 2)
+def supports_key_selective_scan(u, delta, A, B, C, D=None, z=None, *, initial_state=None, reset=None):
+    return tensors_key(u, delta, A, B, C, D, z, initial_state), _last_dim(A, 2), reset is None
 
 
-def supports_selective_scan(u, delta, A, B, C, D=None, z=None, *, initial_state=None):
-    """CUDA tensors in float32/float16/bfloat16, real A, state size N <= 64."""
+def supports_selective_scan(u, delta, A, B, C, D=None, z=None, *, initial_state=None, reset=None):
+    """No reset input; CUDA tensors in float32/float16/bfloat16, real A, state size N <= 64."""
+    ok, reason = refuse_reset(reset)
+    if not ok:
+        return ok, reason
     ok, reason = check_tensors("selective_scan", {"u": u, "delta": delta, "A": A, "B": B, "C": C, "D": D, "z": z,
                                                   "initial_state": initial_state})
     if not ok:
@@ -172,12 +180,15 @@ SSD_MAX_HEAD_DIM = 128  # the chunk backward holds a whole (L, P) head block
 SSD_MAX_STATE = 128
 
 
-def supports_key_ssd(x, dt, A, B, C, D=None, *, initial_state=None, chunk_size=64):
-    return tensors_key(x, dt, A, B, C, D, initial_state), _last_dim(x, 4), _last_dim(B, 4)
+def supports_key_ssd(x, dt, A, B, C, D=None, *, initial_state=None, chunk_size=64, reset=None):
+    return tensors_key(x, dt, A, B, C, D, initial_state), _last_dim(x, 4), _last_dim(B, 4), reset is None
 
 
-def supports_ssd(x, dt, A, B, C, D=None, *, initial_state=None, chunk_size=64):
-    """CUDA tensors in float32/float16/bfloat16, head dim P <= 128, state size N <= 128."""
+def supports_ssd(x, dt, A, B, C, D=None, *, initial_state=None, chunk_size=64, reset=None):
+    """No reset input; CUDA tensors in float32/float16/bfloat16, head dim P <= 128, state size N <= 128."""
+    ok, reason = refuse_reset(reset)
+    if not ok:
+        return ok, reason
     ok, reason = check_tensors("ssd", {"x": x, "dt": dt, "A": A, "B": B, "C": C, "D": D,
                                        "initial_state": initial_state})
     if not ok:
@@ -192,12 +203,15 @@ def supports_ssd(x, dt, A, B, C, D=None, *, initial_state=None, chunk_size=64):
 WKV7_MAX_HEAD_SIZE = 128  # the backward holds a whole (V, K) state per program
 
 
-def supports_key_wkv7(r, w, k, v, a, b, *, initial_state=None):
-    return tensors_key(r, w, k, v, a, b, initial_state), _last_dim(r, 4), _last_dim(v, 4)
+def supports_key_wkv7(r, w, k, v, a, b, *, initial_state=None, reset=None):
+    return tensors_key(r, w, k, v, a, b, initial_state), _last_dim(r, 4), _last_dim(v, 4), reset is None
 
 
-def supports_wkv7(r, w, k, v, a, b, *, initial_state=None):
-    """CUDA tensors in float32/float16/bfloat16, key and value head sizes <= 128."""
+def supports_wkv7(r, w, k, v, a, b, *, initial_state=None, reset=None):
+    """No reset input; CUDA tensors in float32/float16/bfloat16, key and value head sizes <= 128."""
+    ok, reason = refuse_reset(reset)
+    if not ok:
+        return ok, reason
     ok, reason = check_tensors("wkv7", {"r": r, "w": w, "k": k, "v": v, "a": a, "b": b,
                                         "initial_state": initial_state})
     if not ok:

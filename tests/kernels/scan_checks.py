@@ -81,3 +81,47 @@ def check_float64_matches_reference(run, tensors, label, **chunked_kwargs):
     backward(*out)
     for name in tensors:
         assert_close(actual[name].grad, expected[name].grad, torch.float64, "grad", f"{label} d{name}")
+
+
+def reset_from_documents(documents, length):
+    """(B, T) bool, True at each document's first token, from per-row document lengths. Row 0's first document
+    is not marked: it continues the initial state, while every other row starts afresh at its first token."""
+    reset = torch.zeros(len(documents), length, dtype=torch.bool)
+    for row, lengths in enumerate(documents):
+        assert sum(lengths) == length, (row, lengths)
+        reset[row, torch.tensor([0, *lengths[:-1]]).cumsum(0)] = True
+    reset[0, 0] = False
+    return reset
+
+
+def check_resets_match_separate_documents(run, backend, tensors, documents, sequence_args, label="", **kwargs):
+    """``backend`` on rows holding several documents, with ``reset`` at each document's first token, against the
+    reference on each document alone (from the row's initial state for row 0's first document, from zeros for every
+    other): outputs, each row's final state (its last document's) and every input's gradient, in float64.
+    ``run(backend, tensors, reset=None, **kwargs)``."""
+    length = next(tensors[name] for name in sequence_args).shape[1]
+    reset = reset_from_documents(documents, length)
+    actual, expected = leaves(tensors), leaves(tensors)
+    y, state = run(backend, actual, reset=reset, **kwargs)
+    outputs, finals = [], []
+    for row, lengths in enumerate(documents):
+        start, pieces = 0, []
+        for index, size in enumerate(lengths):
+            piece = {name: t[row:row + 1, start:start + size] if name in sequence_args else t
+                     for name, t in expected.items()}
+            piece["initial_state"] = expected["initial_state"][row:row + 1]
+            if index > 0 or row > 0:
+                piece["initial_state"] = torch.zeros_like(piece["initial_state"])
+            piece_y, carried = run("reference", piece)
+            pieces.append(piece_y)
+            start += size
+        outputs.append(torch.cat(pieces, dim=1))
+        finals.append(carried)
+    want_y, want_state = torch.cat(outputs), torch.cat(finals)
+    assert_close(y, want_y, torch.float64, "output", f"{backend} {label}")
+    assert_close(state, want_state, torch.float64, "state", f"{backend} {label}")
+    backward(y, state)
+    backward(want_y, want_state)
+    for name, leaf in actual.items():
+        assert leaf.grad is not None, name
+        assert_close(leaf.grad, expected[name].grad, torch.float64, "grad", f"{backend} {label} d{name}")

@@ -21,6 +21,7 @@ from seqzoo.kernels.wkv7 import chunked, wkv7_step
 from tests.kernels.scan_checks import (
     check_chunked_matches_reference,
     check_float64_matches_reference,
+    check_resets_match_separate_documents,
     check_two_pieces_equal_whole,
 )
 from tests.kernels.tolerances import assert_close
@@ -53,8 +54,8 @@ def make_inputs(length, dtype=torch.float32, seed=0, batch=BATCH, heads=HEADS, k
     return tensors
 
 
-def run(backend, t):
-    return get_kernel(OP, backend)(*(t[n] for n in NAMES), initial_state=t["initial_state"])
+def run(backend, t, reset=None):
+    return get_kernel(OP, backend)(*(t[n] for n in NAMES), initial_state=t["initial_state"], reset=reset)
 
 
 @pytest.mark.parametrize("length", [63, 77, 500])
@@ -221,3 +222,57 @@ def test_bad_shape_raises_value_error(backend, name, shape):
     call = (lambda *a, **k: dispatch(OP, *a, **k)) if backend is None else get_kernel(OP, backend)
     with pytest.raises(ValueError, match=re.escape(str(tuple(shape)))):
         call(*(t[n] for n in NAMES), initial_state=t["initial_state"])
+
+
+# Chunks of 32: boundaries at a chunk edge (32, 64) and inside chunks, documents of 1 token, odd lengths, documents
+# longer than a chunk; row 0's first document continues the initial state, row 1 starts afresh.
+DOCUMENTS = [[1, 31, 45, 23], [37, 1, 26, 35, 1]]
+
+
+@pytest.mark.parametrize("backend", ["reference", "chunked"])
+def test_resets_match_separate_documents(backend):
+    check_resets_match_separate_documents(run, backend, make_inputs(100, torch.float64), DOCUMENTS, NAMES)
+
+
+@pytest.mark.parametrize("form", ["factored", "pairwise"])
+def test_resets_in_each_score_form(monkeypatch, form):
+    monkeypatch.setattr(chunked, "FACTORED_MAX_DECAY", float("inf") if form == "factored" else -1.0)
+    tensors = make_inputs(100, torch.float64, decay_scale=4.0)
+    check_resets_match_separate_documents(run, "chunked", tensors, DOCUMENTS, NAMES, form)
+
+
+@pytest.mark.parametrize("backend", ["reference", "chunked"])
+def test_reset_of_one_token(backend):
+    # T == 1 (the decode path): row 0 continues its state, row 1 resets.
+    check_resets_match_separate_documents(run, backend, make_inputs(1, torch.float64), [[1], [1]], NAMES)
+
+
+def test_reset_in_float32_matches_float64():
+    tensors = make_inputs(100, torch.float32)
+    reset = torch.zeros(BATCH, 100, dtype=torch.bool)
+    reset[:, [5, 32, 70]] = True
+    y, state = run("chunked", tensors, reset=reset)
+    want_y, want_state = run("reference", {n: t.double() for n, t in tensors.items()}, reset=reset)
+    assert_close(y, want_y, torch.float32, "output", "reset")
+    assert_close(state, want_state, torch.float32, "state", "reset")
+
+
+def test_reset_selects_a_backend_that_takes_it(monkeypatch):
+    from seqzoo.kernels import triton_support
+
+    monkeypatch.delenv("SEQZOO_KERNELS", raising=False)
+    t = make_inputs(9)
+    args = [t[n] for n in NAMES]
+    reset = torch.zeros(BATCH, 9, dtype=torch.bool)
+    assert select(OP, *args, initial_state=None, reset=reset).name == "chunked"
+    ok, reason = triton_support.supports_wkv7(*args, reset=reset)
+    assert not ok and "reset" in reason
+
+
+@pytest.mark.parametrize("backend", ["reference", "chunked"])
+@pytest.mark.parametrize("reset", [torch.zeros(BATCH, 4, dtype=torch.bool), torch.zeros(BATCH, 5),
+                                   [[True] * 5] * BATCH])
+def test_bad_reset_raises_value_error(backend, reset):
+    t = make_inputs(5)
+    with pytest.raises(ValueError, match="reset must be"):
+        run(backend, t, reset=reset)

@@ -202,8 +202,10 @@ class _CausalConv1dFn(torch.autograd.Function):
         return dx.to(x.dtype), dweight, dbias, dinit, None
 
 
-def causal_conv1d(x, weight, bias=None, *, initial_state=None, activation=None, mask=None):
+def causal_conv1d(x, weight, bias=None, *, initial_state=None, activation=None, mask=None, reset=None):
     """Depthwise causal conv over (B, T, D); returns (y, final_state). Formulas in ``reference.py``."""
+    if reset is not None:  # supports() declines it; reached only by a direct call
+        raise ValueError("causal_conv1d: the Triton backend takes no reset input; use the chunked or reference backend")
     check_inputs(x, weight, bias, initial_state, activation, mask)
     batch, length, channels = x.shape
     width = weight.shape[1]

@@ -325,8 +325,10 @@ def _step(u, delta, A, B, C, D, z, h0):
     return y, h1
 
 
-def selective_scan(u, delta, A, B, C, D=None, z=None, *, initial_state=None):
+def selective_scan(u, delta, A, B, C, D=None, z=None, *, initial_state=None, reset=None):
     """Mamba-1 selective scan over (B, T, Dm); returns (y, final_state). Formulas in ``reference.py``."""
+    if reset is not None:  # supports() declines it; reached only by a direct call
+        raise ValueError("selective_scan: the Triton backend takes no reset input; use the chunked or reference backend")
     check_inputs(u, delta, A, B, C, D, z, initial_state)
     batch, length, channels = u.shape
     h0 = initial_state.float().contiguous() if initial_state is not None else None

@@ -385,9 +385,11 @@ def _step(x, dt, A, B, C, D, h0):
     return y, h1
 
 
-def ssd(x, dt, A, B, C, D=None, *, initial_state=None, chunk_size=64):
+def ssd(x, dt, A, B, C, D=None, *, initial_state=None, chunk_size=64, reset=None):
     """Mamba-2 SSD over (B, T, H, P); returns (y, final_state). Formulas in ``reference.py``; ``chunk_size`` is
     accepted for signature parity, the kernels use chunks of CHUNK (CHUNK_FP32 for float32) steps."""
+    if reset is not None:  # supports() declines it; reached only by a direct call
+        raise ValueError("ssd: the Triton backend takes no reset input; use the chunked or reference backend")
     check_inputs(x, dt, A, B, C, D, initial_state)
     batch, length, heads, head_dim = x.shape
     h0 = initial_state.float().contiguous() if initial_state is not None else None

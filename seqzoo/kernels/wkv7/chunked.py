@@ -28,6 +28,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from seqzoo.kernels.reset import check_reset, chunk_segments
+
 from .reference import check_inputs, compute_dtype, initial
 
 CHUNK = 32
@@ -37,14 +39,14 @@ CHUNK = 32
 FACTORED_MAX_DECAY = 60.0
 
 
-def supports(r, w, k, v, a, b, *, initial_state=None):
+def supports(r, w, k, v, a, b, *, initial_state=None, reset=None):
     for name, t in (("r", r), ("w", w), ("k", k), ("v", v), ("a", a), ("b", b)):
         if not t.is_floating_point():
             return False, f"needs real floating-point inputs; {name} has dtype {t.dtype}"
     return True, ""
 
 
-def supports_key(r, w, k, v, a, b, *, initial_state=None):
+def supports_key(r, w, k, v, a, b, *, initial_state=None, reset=None):
     return r.dtype, w.dtype, k.dtype, v.dtype, a.dtype, b.dtype  # all that supports() reads
 
 
@@ -104,16 +106,19 @@ def step(state, r, w, k, v, a, b):
     return y.view(batch, heads, value_dim), S.view(batch, heads, value_dim, key_dim)
 
 
-def wkv7(r, w, k, v, a, b, *, initial_state=None):
-    """RWKV-7 WKV over (B, T, H, *); returns (y, final_state). Formulas in ``reference.py``."""
+def wkv7(r, w, k, v, a, b, *, initial_state=None, reset=None):
+    """RWKV-7 WKV over (B, T, H, *); returns (y, final_state). Formulas in ``reference.py``; resets in README.md."""
     check_inputs(r, w, k, v, a, b, initial_state)
     batch, length, heads, key_dim = r.shape
+    reset = check_reset("wkv7", reset, batch, length)
     value_dim = v.shape[-1]
     dtype = compute_dtype(r, w, k, v, a, b, initial_state)
     state = initial(r, v, initial_state, dtype)
     if length == 0:
         return r.new_zeros(batch, 0, heads, value_dim), state
     if length == 1:
+        if reset is not None:
+            state = torch.where(reset[:, 0, None, None, None], 0.0, state)
         y, state = step(state, *(x.to(dtype) for x in (r, w, k, v, a, b)))
         return y.view(batch, 1, heads, value_dim).to(r.dtype), state
 
@@ -141,6 +146,17 @@ def wkv7(r, w, k, v, a, b, *, initial_state=None):
 
     a_decayed = a_ * torch.exp(cum_before)  # aw, (B, H, nc, Q, K)
     r_decayed = r_ * torch.exp(cum)  # rw, (B, H, nc, Q, K)
+    to_end = torch.exp(total - cum)  # E[Q-1, s], (B, H, nc, Q, K)
+    start_to_end = torch.exp(total[..., 0, :])  # (B, H, nc, K)
+    if reset is not None:
+        # Documents inside a chunk: every term that would carry a state across a reset is multiplied by 0 (the
+        # decays stay those of the data, so no log-space sum meets log 0).
+        reset_blocks = F.pad(reset, (0, pad)).view(batch, 1, chunks, chunk)  # (B, 1, nc, Q)
+        same, first, last, open_ = (m.to(dtype) for m in chunk_segments(reset_blocks))
+        A_rb, A_rk, A_ab, A_ak = (A * same for A in (A_rb, A_rk, A_ab, A_ak))
+        a_decayed, r_decayed = a_decayed * first[..., None], r_decayed * first[..., None]
+        to_end = to_end * last[..., None]
+        start_to_end = start_to_end * open_[..., None]
     # unitriangular: the solver reads only the strict lower part, so -A_ab stands for I - A_ab.
     solved = torch.linalg.solve_triangular(
         -A_ab, torch.cat([a_decayed, A_ak @ v_], dim=-1), upper=False, unitriangular=True
@@ -149,9 +165,8 @@ def wkv7(r, w, k, v, a, b, *, initial_state=None):
     R = r_decayed + A_rb @ W  # y = R S^T + Y0
     Y0 = A_rb @ U0 + A_rk @ v_  # (B, H, nc, Q, V)
 
-    to_end = torch.exp(total - cum)  # E[Q-1, s], (B, H, nc, Q, K)
     b_end, k_end = b_ * to_end, k_ * to_end
-    M = torch.diag_embed(torch.exp(total[..., 0, :])) + W.transpose(-1, -2) @ b_end  # (B, H, nc, K, K)
+    M = torch.diag_embed(start_to_end) + W.transpose(-1, -2) @ b_end  # (B, H, nc, K, K)
     N = U0.transpose(-1, -2) @ b_end + v_.transpose(-1, -2) @ k_end  # (B, H, nc, V, K)
     starts = []
     # Chunk-major copies, then unbind: each product reads a contiguous slice, and the backward is a single stack

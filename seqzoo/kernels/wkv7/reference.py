@@ -22,6 +22,8 @@ from __future__ import annotations
 
 import torch
 
+from seqzoo.kernels.reset import check_reset
+
 
 def compute_dtype(*tensors):
     """float64 if any input is float64, else float32: the state is never kept in half precision."""
@@ -76,15 +78,19 @@ def wkv7_step(r, w, k, v, a, b, state):
     return y.to(r.dtype), state
 
 
-def wkv7(r, w, k, v, a, b, *, initial_state=None):
-    """RWKV-7 WKV over (B, T, H, *); returns (y, final_state). Formulas in the module docstring."""
+def wkv7(r, w, k, v, a, b, *, initial_state=None, reset=None):
+    """RWKV-7 WKV over (B, T, H, *); returns (y, final_state). Formulas in the module docstring; ``reset`` (B, T):
+    the state entering a token marked True is zero (seqzoo/kernels/reset.py)."""
     check_inputs(r, w, k, v, a, b, initial_state)
     batch, length, heads, _ = r.shape
+    reset = check_reset("wkv7", reset, batch, length)
     dtype = compute_dtype(r, w, k, v, a, b, initial_state)
     state = initial(r, v, initial_state, dtype)
     inputs = [t.to(dtype) for t in (r, w, k, v, a, b)]
     outputs = []
     for t in range(length):
+        if reset is not None:
+            state = torch.where(reset[:, t, None, None, None], 0.0, state)
         y, state = update(state, *(x[:, t] for x in inputs))
         outputs.append(y)
     if not outputs:
