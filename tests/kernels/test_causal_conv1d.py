@@ -12,9 +12,16 @@ import re
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from seqzoo.kernels import dispatch, get_kernel, select, use_backend
-from tests.kernels.scan_checks import backward, check_continued, leaves
+from tests.kernels.scan_checks import (
+    backward,
+    check_continued,
+    check_resets_match_separate_documents,
+    leaves,
+    reset_from_documents,
+)
 from tests.kernels.tolerances import assert_close
 
 OP = "causal_conv1d"
@@ -34,9 +41,10 @@ def make_inputs(length, dtype=torch.float32, seed=0, batch=BATCH, channels=CHANN
     return tensors
 
 
-def run(backend, t, activation="silu", mask=None):
+def run(backend, t, activation="silu", mask=None, reset=None):
     fn = get_kernel(OP, backend)
-    return fn(t["x"], t["weight"], t["bias"], initial_state=t["initial_state"], activation=activation, mask=mask)
+    return fn(t["x"], t["weight"], t["bias"], initial_state=t["initial_state"], activation=activation, mask=mask,
+              reset=reset)
 
 
 def padding_mask(length, batch=BATCH):
@@ -203,3 +211,62 @@ def test_unknown_activation_raises(backend):
     t = make_inputs(5)
     with pytest.raises(ValueError, match="'relu'"):
         run(backend, t, activation="relu")
+
+
+# Documents of 1 and 2 tokens (shorter than the K - 1 = 3 inputs a window reaches back, also last in a row, where
+# the final state must not reach into the document before), odd lengths, longer ones; row 0's first document
+# continues the initial state, the other rows start afresh. Row 2's last document begins in its right padding.
+DOCUMENTS = [[1, 2, 9, 11], [3, 18, 2], [20, 3], [12, 1, 9, 1]]
+
+
+@pytest.mark.parametrize("backend", ["reference", "chunked"])
+@pytest.mark.parametrize("width", [1, 2, 4])
+def test_resets_match_separate_documents(backend, width):
+    tensors = make_inputs(23, torch.float64, width=width)
+    check_resets_match_separate_documents(run, backend, tensors, DOCUMENTS, ("x",), f"K={width}")
+
+
+@pytest.mark.parametrize("backend", ["reference", "chunked"])
+def test_reset_of_one_token(backend):
+    check_resets_match_separate_documents(run, backend, make_inputs(1, torch.float64), [[1]] * BATCH, ("x",))
+
+
+@pytest.mark.parametrize("backend", ["reference", "chunked"])
+def test_resets_with_padding_equal_the_compacted_sequence(backend):
+    # A reset at a padded position still starts a document: the next real token reads nothing before it.
+    tensors = make_inputs(23, torch.float64)
+    reset = reset_from_documents(DOCUMENTS, 23)
+    mask = padding_mask(23)
+    mask[0, 11:13] = False  # row 0's third document begins at a padded position (index 12)
+    assert reset[0, 12] and not mask[0, 12]
+    y, final = run(backend, tensors, mask=mask, reset=reset)
+    for row in range(BATCH):
+        keep = mask[row]
+        # The compacted row: each real token keeps its document (the resets counted over the whole row).
+        document = reset[row].long().cumsum(0)[keep]
+        compact_reset = document != F.pad(document[:-1], (1, 0))  # a new document, or the first after the history
+        one = {"x": tensors["x"][row:row + 1, keep], "weight": tensors["weight"], "bias": tensors["bias"],
+               "initial_state": tensors["initial_state"][row:row + 1]}
+        want_y, want_final = run(backend, one, reset=compact_reset[None])
+        if int(reset[row].sum()) > int(document[-1]):  # a reset after the last real token
+            want_final = torch.zeros_like(want_final)
+        assert_close(y[row:row + 1, keep], want_y, torch.float64, "output", f"row {row}")
+        assert torch.equal(y[row, ~keep], torch.zeros_like(y[row, ~keep]))
+        assert_close(final[row:row + 1], want_final, torch.float64, "state", f"row {row}")
+
+
+def test_reset_selects_a_backend_that_takes_it(monkeypatch):
+    from seqzoo.kernels import triton_support
+
+    monkeypatch.delenv("SEQZOO_KERNELS", raising=False)
+    t = make_inputs(9)
+    reset = torch.zeros(BATCH, 9, dtype=torch.bool)
+    assert select(OP, t["x"], t["weight"], t["bias"], reset=reset).name == "chunked"
+    ok, reason = triton_support.supports_causal_conv1d(t["x"], t["weight"], t["bias"], reset=reset)
+    assert not ok and "reset" in reason
+
+
+@pytest.mark.parametrize("backend", ["reference", "chunked"])
+def test_bad_reset_raises_value_error(backend):
+    with pytest.raises(ValueError, match="reset must be bool"):
+        run(backend, make_inputs(5), reset=torch.zeros(BATCH, 5))

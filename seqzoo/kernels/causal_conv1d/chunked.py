@@ -13,11 +13,13 @@ from __future__ import annotations
 
 import torch
 
+from seqzoo.kernels.reset import check_reset
+
 from . import reference
 from .reference import activate, check_inputs, compute_dtype
 
 
-def supports(x, weight, bias=None, *, initial_state=None, activation=None, mask=None):
+def supports(x, weight, bias=None, *, initial_state=None, activation=None, mask=None, reset=None):
     # Every valid call runs here; invalid ones fall through so that the kernel raises a precise ValueError.
     return True, ""
 
@@ -26,12 +28,15 @@ def supports_key(*args, **kwargs):
     return ()  # supports() reads nothing from the call
 
 
-def causal_conv1d(x, weight, bias=None, *, initial_state=None, activation=None, mask=None):
-    """Depthwise causal conv over (B, T, D); returns (y, final_state). Formulas in ``reference.py``."""
+def causal_conv1d(x, weight, bias=None, *, initial_state=None, activation=None, mask=None, reset=None):
+    """Depthwise causal conv over (B, T, D); returns (y, final_state). Formulas in ``reference.py``; resets in
+    README.md."""
     check_inputs(x, weight, bias, initial_state, activation, mask)
     batch, length, channels = x.shape
+    reset = check_reset("causal_conv1d", reset, batch, length)
     if length == 1:  # a decode step: the single window of the reference is the cheapest form
-        return reference.causal_conv1d(x, weight, bias, initial_state=initial_state, activation=activation, mask=mask)
+        return reference.causal_conv1d(x, weight, bias, initial_state=initial_state, activation=activation, mask=mask,
+                                       reset=reset)
     dtype = compute_dtype(x, weight, bias, initial_state)
     width = weight.shape[1]
     if initial_state is None:
@@ -47,24 +52,39 @@ def causal_conv1d(x, weight, bias=None, *, initial_state=None, activation=None, 
         valid = mask.to(torch.bool)
         if bool(valid.all()):
             valid = None
+    # Each token's document: the resets up to it (the history is document 0). A tap reads an input only from the
+    # token's own document; counted on the uncompacted row, a reset at a padded position still starts a document.
+    document = None if reset is None else reset.long().cumsum(dim=1)  # (B, T)
     if valid is not None:
         # Valid tokens first, in their original order; the padded tail only feeds outputs that are never read.
         order = torch.sort((~valid).to(torch.uint8), dim=1, stable=True).indices  # (B, T)
         xs = xs.gather(1, order[..., None].expand(-1, -1, channels))
+        if document is not None:
+            document = document.gather(1, order)
 
     sequence = torch.cat([history, xs], dim=1)  # (B, K-1+T, D)
     w = weight.to(dtype)
     # K shifted multiply-adds in the (B, T, D) layout: on CPU about 4x faster than a grouped F.conv1d, which
     # also needs two layout transposes. In place on a fresh tensor; autograd saves only the inputs of each product.
-    y = sequence[:, :length] * w[:, 0]  # (B, T, D)
-    for j in range(1, width):
-        y.addcmul_(sequence[:, j:j + length], w[:, j])
+    if document is None:
+        y = sequence[:, :length] * w[:, 0]  # (B, T, D)
+        for j in range(1, width):
+            y.addcmul_(sequence[:, j:j + length], w[:, j])
+    else:
+        # Taps reaching into an earlier document are multiplied by 0 (the inputs before a reset read as zeros).
+        documents = torch.cat([document.new_zeros(batch, width - 1), document], dim=1)  # (B, K-1+T)
+        y = sequence[:, width - 1:] * w[:, -1]  # the token's own input, always read
+        for j in range(width - 1):
+            same = (documents[:, j:j + length] == document)[..., None].to(dtype)
+            y.addcmul_(sequence[:, j:j + length] * same, w[:, j])
     if bias is not None:
         y.add_(bias.to(dtype))
     y = activate(y, activation)
 
     if valid is None:
         final = sequence[:, length:]  # (B, K-1, D)
+        if document is not None:
+            final = final * (documents[:, length:] == document[:, -1:])[..., None].to(dtype)
     else:
         compact_pos = (valid.long().cumsum(dim=1) - 1).clamp(min=0)  # (B, T)
         y = y.gather(1, compact_pos[..., None].expand(-1, -1, channels))
@@ -72,4 +92,7 @@ def causal_conv1d(x, weight, bias=None, *, initial_state=None, activation=None, 
         count = valid.sum(dim=1)  # (B,)
         tail = count[:, None] + torch.arange(width - 1, device=x.device)  # (B, K-1)
         final = sequence.gather(1, tail[..., None].expand(-1, -1, channels))
+        if document is not None:  # the row's last document, whose resets count padded positions too
+            last = reset.sum(dim=1, keepdim=True)
+            final = final * (documents.gather(1, tail) == last)[..., None].to(dtype)
     return y.to(x.dtype), final.transpose(1, 2).contiguous()

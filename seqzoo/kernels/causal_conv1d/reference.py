@@ -19,6 +19,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from seqzoo.kernels.reset import check_reset
+
 ACTIVATIONS = (None, "silu")
 
 
@@ -55,10 +57,12 @@ def activate(y, activation):
     return F.silu(y) if activation == "silu" else y
 
 
-def causal_conv1d(x, weight, bias=None, *, initial_state=None, activation=None, mask=None):
-    """Depthwise causal conv over (B, T, D); returns (y, final_state). See the module docstring for the formulas."""
+def causal_conv1d(x, weight, bias=None, *, initial_state=None, activation=None, mask=None, reset=None):
+    """Depthwise causal conv over (B, T, D); returns (y, final_state). See the module docstring for the formulas;
+    ``reset`` (B, T): the inputs before a token marked True read as zeros (seqzoo/kernels/reset.py)."""
     check_inputs(x, weight, bias, initial_state, activation, mask)
     batch, length, channels = x.shape
+    reset = check_reset("causal_conv1d", reset, batch, length)
     dtype = compute_dtype(x, weight, bias, initial_state)
     width = weight.shape[1]
     # Convert once: a per-step cast of a bf16 parameter would also accumulate its gradient in bf16.
@@ -70,6 +74,8 @@ def causal_conv1d(x, weight, bias=None, *, initial_state=None, activation=None, 
         state = initial_state.to(dtype)
     outputs = []
     for t in range(length):
+        if reset is not None:
+            state = torch.where(reset[:, t, None, None], 0.0, state)
         window = torch.cat([state, xs[:, t, :, None]], dim=-1)  # (B, D, K)
         y = (window * w).sum(dim=-1)  # (B, D)
         if bias_c is not None:

@@ -36,6 +36,8 @@ from __future__ import annotations
 
 import torch
 
+from seqzoo.kernels.reset import check_reset
+
 from . import reference
 from .reference import check_inputs, compute_dtype, skip_and_gate
 
@@ -46,7 +48,7 @@ LOG2_E = 1.4426950408889634
 GROUP_ELEMENTS = 1 << 24
 
 
-def supports(u, delta, A, B, C, D=None, z=None, *, initial_state=None):
+def supports(u, delta, A, B, C, D=None, z=None, *, initial_state=None, reset=None):
     tensors = {"u": u, "delta": delta, "A": A, "B": B, "C": C}
     for name, t in tensors.items():
         if not t.is_floating_point():
@@ -54,7 +56,7 @@ def supports(u, delta, A, B, C, D=None, z=None, *, initial_state=None):
     return True, ""
 
 
-def supports_key(u, delta, A, B, C, D=None, z=None, *, initial_state=None):
+def supports_key(u, delta, A, B, C, D=None, z=None, *, initial_state=None, reset=None):
     return u.dtype, delta.dtype, A.dtype, B.dtype, C.dtype  # all that supports() reads
 
 
@@ -76,7 +78,18 @@ def _step_major(x, chunks, chunk):
     return x.unflatten(1, (chunks, chunk)).transpose(1, 2).contiguous()
 
 
-def _forward(u, delta, A, B, C, h0, chunk):
+def _keep(reset, chunks, chunk, dtype):
+    """Resets -> step-major factors on the step decays, 0 at a reset (the state entering it is zero) and 1 elsewhere
+    (padding included), (B, Q, chunks, 1, 1); and on each chunk's decay, 0 when the chunk holds a reset,
+    (B, chunks, 1, 1). None without resets."""
+    if reset is None:
+        return None, None
+    resets = _step_major(reset[..., None].to(dtype), chunks, chunk)  # (B, Q, chunks, 1), padding 0
+    keep = (1 - resets)[..., None]
+    return keep, keep.prod(dim=1)
+
+
+def _forward(u, delta, A, B, C, h0, chunk, reset=None):
     """The three-pass forward; returns y (B, T, Dm), the chunk start states (B, chunks, N, Dm) and the final state.
     Padding positions added to fill the last chunk have delta = 0: identity steps that change no state.
 
@@ -91,15 +104,21 @@ def _forward(u, delta, A, B, C, h0, chunk):
     # exp(x) = 2^(x log2 e): torch's exp2 is about twice as fast as exp on CPU, and 2^0 is still exactly 1.
     A2 = (A * LOG2_E).t().contiguous()  # (N, Dm); contiguous, or every step reads it with stride N
     decay = torch.empty(batch, chunks, A.shape[1], channels, dtype=u.dtype, device=u.device)  # (B, chunks, N, Dm)
+    keep, chunk_keep = _keep(reset, chunks, chunk, u.dtype)
 
     def advance(h, q):  # h <- exp(delta_q A) * h + (delta_q u_q) B_q, for every chunk at once, in place
         torch.mul(delta_q[:, q, :, None, :], A2, out=decay)
-        h.mul_(decay.exp2_()).addcmul_(B_q[:, q, :, :, None], write_q[:, q, :, None, :])
+        decay.exp2_()
+        if keep is not None:  # a reset: the step's decay is 0, so no state enters it
+            decay.mul_(keep[:, q])
+        h.mul_(decay).addcmul_(B_q[:, q, :, :, None], write_q[:, q, :, None, :])
 
     ends = torch.zeros_like(decay)  # pass 1: each chunk's end state from a zero start
     for q in range(chunk):
         advance(ends, q)
     chunk_decay = torch.exp2(delta_q.sum(dim=1).unsqueeze(-2) * A2)  # (B, chunks, N, Dm)
+    if chunk_keep is not None:
+        chunk_decay.mul_(chunk_keep)
     starts = torch.empty_like(decay)  # pass 2: true start states
     state = h0.transpose(-1, -2)  # (B, N, Dm)
     for c in range(chunks):
@@ -122,7 +141,7 @@ def _from_step_major(x, length):
     return x.transpose(1, 2).flatten(1, 2)[:, :length]
 
 
-def _backward(u, delta, A, B, C, starts, grad_y, grad_h, chunk):
+def _backward(u, delta, A, B, C, starts, grad_y, grad_h, chunk, reset=None):
     """Gradients of (y, final state) with respect to (u, delta, A, B, C, h0), step-major like the forward.
 
     The adjoint g_t = dL/dh_t runs backwards: g_t = gy_t C_t + a_{t+1} g_{t+1}, g_{T-1} = gy C + grad_h.
@@ -145,9 +164,12 @@ def _backward(u, delta, A, B, C, starts, grad_y, grad_h, chunk):
     A_t = A.t().contiguous()  # (N, Dm)
     A2 = A_t * LOG2_E
 
-    def decay_at(q, out, group=slice(None)):  # out <- exp(delta_q A), (B, G, N, Dm)
+    keep, chunk_keep = _keep(reset, chunks, chunk, u.dtype)
+
+    def decay_at(q, out, group=slice(None)):  # out <- exp(delta_q A), times 0 at a reset, (B, G, N, Dm)
         torch.mul(delta_q[:, q, group, None, :], A2, out=out)
-        return out.exp2_()
+        out.exp2_()
+        return out if keep is None else out.mul_(keep[:, q, group])
 
     # A. local adjoints from a zero incoming gradient
     decay = torch.empty(batch, chunks, state, channels, dtype=u.dtype, device=u.device)
@@ -159,6 +181,8 @@ def _backward(u, delta, A, B, C, starts, grad_y, grad_h, chunk):
     sent = local.mul_(decay_at(0, decay))  # a_{c,0} L_c: what chunk c passes to chunk c - 1
     # B. across chunks
     chunk_decay = torch.exp2(delta_q.sum(dim=1).unsqueeze(-2) * A2)  # (B, chunks, N, Dm)
+    if chunk_keep is not None:
+        chunk_decay.mul_(chunk_keep)
     incoming = torch.empty_like(decay)
     carry = grad_h.to(u.dtype).transpose(-1, -2)  # (B, N, Dm)
     for c in reversed(range(chunks)):
@@ -211,28 +235,30 @@ def _backward(u, delta, A, B, C, starts, grad_y, grad_h, chunk):
 
 class _SelectiveScan(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, u, delta, A, B, C, h0):
+    def forward(ctx, u, delta, A, B, C, h0, reset):
         # autograd is off inside Function.forward, so the in-place passes record nothing; torch.export traces this
         # body with autograd on, hence no_grad.
         chunk = chunk_length(u.shape[1])
         with torch.no_grad():
-            y, starts, final = _forward(u, delta, A, B, C, h0, chunk)
+            y, starts, final = _forward(u, delta, A, B, C, h0, chunk, reset)
         ctx.chunk = chunk
-        ctx.save_for_backward(u, delta, A, B, C, starts)
+        ctx.save_for_backward(u, delta, A, B, C, starts, reset)
         return y, final
 
     @staticmethod
     def backward(ctx, grad_y, grad_h):
-        u, delta, A, B, C, starts = ctx.saved_tensors
-        return _backward(u, delta, A, B, C, starts, grad_y, grad_h, ctx.chunk)
+        u, delta, A, B, C, starts, reset = ctx.saved_tensors
+        return *_backward(u, delta, A, B, C, starts, grad_y, grad_h, ctx.chunk, reset), None
 
 
-def selective_scan(u, delta, A, B, C, D=None, z=None, *, initial_state=None):
-    """Mamba-1 selective scan over (B, T, Dm); returns (y, final_state). Formulas in ``reference.py``."""
+def selective_scan(u, delta, A, B, C, D=None, z=None, *, initial_state=None, reset=None):
+    """Mamba-1 selective scan over (B, T, Dm); returns (y, final_state). Formulas in ``reference.py``; a reset
+    multiplies its step's decay by 0 (README.md)."""
     check_inputs(u, delta, A, B, C, D, z, initial_state)
     batch, length, channels = u.shape
+    reset = check_reset("selective_scan", reset, batch, length)
     if length == 1:  # a decode step: the reference's single update is the cheapest form
-        return reference.selective_scan(u, delta, A, B, C, D, z, initial_state=initial_state)
+        return reference.selective_scan(u, delta, A, B, C, D, z, initial_state=initial_state, reset=reset)
     dtype = compute_dtype(u, delta, A, B, C, D, z, initial_state)
     if initial_state is None:
         h0 = u.new_zeros(batch, channels, A.shape[1], dtype=dtype)
@@ -241,7 +267,7 @@ def selective_scan(u, delta, A, B, C, D=None, z=None, *, initial_state=None):
     if length == 0:
         return u.new_zeros(batch, 0, channels), h0
     u_c = u.to(dtype)
-    y, h = _SelectiveScan.apply(u_c, *(t.to(dtype) for t in (delta, A, B, C)), h0)
+    y, h = _SelectiveScan.apply(u_c, *(t.to(dtype) for t in (delta, A, B, C)), h0, reset)
     D_c = None if D is None else D.to(dtype)
     z_c = None if z is None else z.to(dtype)
     return skip_and_gate(y, u_c, D_c, z_c).to(u.dtype), h

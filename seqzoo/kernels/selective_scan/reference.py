@@ -20,6 +20,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from seqzoo.kernels.reset import check_reset
+
 
 def compute_dtype(*tensors):
     """float64 if any input is float64, else float32: the state is never kept in half precision."""
@@ -64,10 +66,12 @@ def skip_and_gate(y, u, D, z):
     return y
 
 
-def selective_scan(u, delta, A, B, C, D=None, z=None, *, initial_state=None):
-    """Mamba-1 selective scan over (B, T, Dm); returns (y, final_state). Formulas in the module docstring."""
+def selective_scan(u, delta, A, B, C, D=None, z=None, *, initial_state=None, reset=None):
+    """Mamba-1 selective scan over (B, T, Dm); returns (y, final_state). Formulas in the module docstring;
+    ``reset`` (B, T): the state entering a token marked True is zero (seqzoo/kernels/reset.py)."""
     check_inputs(u, delta, A, B, C, D, z, initial_state)
     batch, length, channels = u.shape
+    reset = check_reset("selective_scan", reset, batch, length)
     dtype = compute_dtype(u, delta, A, B, C, D, z, initial_state)
     out_dtype = u.dtype
     # Convert once: a per-step cast of a bf16 parameter would also accumulate its gradient in bf16.
@@ -80,6 +84,8 @@ def selective_scan(u, delta, A, B, C, D=None, z=None, *, initial_state=None):
         h = initial_state.to(dtype)
     outputs = []
     for t in range(length):
+        if reset is not None:
+            h = torch.where(reset[:, t, None, None], 0.0, h)
         decay = torch.exp(delta[:, t, :, None] * A)  # (B, Dm, N)
         write = (delta[:, t] * u[:, t])[:, :, None] * B[:, t, None, :]  # (B, Dm, N)
         h = decay * h + write
