@@ -20,6 +20,7 @@ from seqzoo.kernels.ssd import chunked
 from tests.kernels.scan_checks import (
     check_chunked_matches_reference,
     check_float64_matches_reference,
+    check_resets_match_separate_documents,
     check_two_pieces_equal_whole,
 )
 from tests.kernels.tolerances import assert_close
@@ -51,9 +52,10 @@ def make_inputs(length, dtype=torch.float32, seed=0, batch=BATCH, heads=HEADS, h
     return tensors
 
 
-def run(backend, t, chunk_size=16):
+def run(backend, t, chunk_size=16, reset=None):
     fn = get_kernel(OP, backend)
-    return fn(t["x"], t["dt"], t["A"], t["B"], t["C"], t["D"], initial_state=t["initial_state"], chunk_size=chunk_size)
+    return fn(t["x"], t["dt"], t["A"], t["B"], t["C"], t["D"], initial_state=t["initial_state"], chunk_size=chunk_size,
+              reset=reset)
 
 
 @pytest.mark.parametrize("length", [63, 77, 500])
@@ -188,3 +190,38 @@ def test_bad_shape_raises_value_error(backend, name, shape):
     call = (lambda *a, **k: dispatch(OP, *a, **k)) if backend is None else get_kernel(OP, backend)
     with pytest.raises(ValueError, match=re.escape(str(tuple(shape)))):
         call(*args, **kwargs)
+
+
+# Chunks of 16: boundaries at a chunk edge (16, 64) and inside chunks, documents of 1 token, odd lengths, documents
+# longer than a chunk; row 0's first document continues the initial state, row 1 starts afresh.
+DOCUMENTS = [[1, 15, 45, 39], [37, 1, 26, 35, 1]]
+
+
+@pytest.mark.parametrize("backend", ["reference", "chunked"])
+@pytest.mark.parametrize("chunk_size", [16, 7])
+def test_resets_match_separate_documents(backend, chunk_size):
+    tensors = make_inputs(100, torch.float64)
+    check_resets_match_separate_documents(run, backend, tensors, DOCUMENTS, SEQUENCE_ARGS, chunk_size=chunk_size)
+
+
+@pytest.mark.parametrize("backend", ["reference", "chunked"])
+def test_reset_of_one_token(backend):
+    check_resets_match_separate_documents(run, backend, make_inputs(1, torch.float64), [[1], [1]], SEQUENCE_ARGS)
+
+
+def test_reset_selects_a_backend_that_takes_it(monkeypatch):
+    from seqzoo.kernels import triton_support
+
+    monkeypatch.delenv("SEQZOO_KERNELS", raising=False)
+    t = make_inputs(9)
+    args = [t[n] for n in ("x", "dt", "A", "B", "C", "D")]
+    reset = torch.zeros(BATCH, 9, dtype=torch.bool)
+    assert select(OP, *args, initial_state=None, reset=reset).name == "chunked"
+    ok, reason = triton_support.supports_ssd(*args, reset=reset)
+    assert not ok and "reset" in reason
+
+
+@pytest.mark.parametrize("backend", ["reference", "chunked"])
+def test_bad_reset_raises_value_error(backend):
+    with pytest.raises(ValueError, match=re.escape("reset must be (B, T) = (2, 5)")):
+        run(backend, make_inputs(5), reset=torch.ones(1, 5, dtype=torch.bool))

@@ -23,6 +23,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from seqzoo.kernels.reset import check_reset, chunk_segments
+
 from . import reference
 from .reference import check_inputs, compute_dtype, initial
 
@@ -33,14 +35,14 @@ def check_chunk_size(chunk_size):
     return ""
 
 
-def supports(x, dt, A, B, C, D=None, *, initial_state=None, chunk_size=64):
+def supports(x, dt, A, B, C, D=None, *, initial_state=None, chunk_size=64, reset=None):
     problem = check_chunk_size(chunk_size)
     if problem:
         return False, problem
     return True, ""
 
 
-def supports_key(x, dt, A, B, C, D=None, *, initial_state=None, chunk_size=64):
+def supports_key(x, dt, A, B, C, D=None, *, initial_state=None, chunk_size=64, reset=None):
     # supports() reads only chunk_size; its type is part of the key (True == 1, but only 1 is a chunk size).
     return (type(chunk_size), chunk_size) if isinstance(chunk_size, (int, float, str, type(None))) else None
 
@@ -55,15 +57,16 @@ def segsum(log_decay):
     return sums.masked_fill(~ones.tril(0), float("-inf"))
 
 
-def ssd(x, dt, A, B, C, D=None, *, initial_state=None, chunk_size=64):
-    """Mamba-2 SSD over (B, T, H, P); returns (y, final_state). Formulas in ``reference.py``."""
+def ssd(x, dt, A, B, C, D=None, *, initial_state=None, chunk_size=64, reset=None):
+    """Mamba-2 SSD over (B, T, H, P); returns (y, final_state). Formulas in ``reference.py``; resets in README.md."""
     check_inputs(x, dt, A, B, C, D, initial_state)
     problem = check_chunk_size(chunk_size)
     if problem:
         raise ValueError(f"ssd: {problem}")
     batch, length, heads, head_dim = x.shape
+    reset = check_reset("ssd", reset, batch, length)
     if length == 1:  # a decode step: the reference's single update is the cheapest form
-        return reference.ssd(x, dt, A, B, C, D, initial_state=initial_state)
+        return reference.ssd(x, dt, A, B, C, D, initial_state=initial_state, reset=reset)
     groups, state_size = B.shape[2:]
     repeat = heads // groups
     dtype = compute_dtype(x, dt, A, B, C, D, initial_state)
@@ -92,13 +95,24 @@ def ssd(x, dt, A, B, C, D=None, *, initial_state=None, chunk_size=64):
     seg = segsum(log_decay.permute(0, 1, 3, 4, 2))  # (B, nc, G, R, Q, Q) as [t, s]
     scores = torch.einsum("bclgn,bcsgn->bcgls", Cs, Bs)  # (B, nc, G, Q, Q)
     mixing = torch.exp(seg) * scores.unsqueeze(3)  # (B, nc, G, R, Q, Q)
+    if reset is not None:
+        # Documents inside a chunk: every term that would carry a state across a reset is multiplied by 0 (the
+        # decays stay those of the data, so segsum never meets log 0).
+        same, first, last, open_ = (m.to(dtype) for m in chunk_segments(blocks(reset)))  # (B, nc, Q[, Q]), (B, nc)
+        mixing = mixing * same[:, :, None, None]
     y = torch.einsum("bcgrls,bcsgrp->bclgrp", mixing, inputs)  # (B, nc, Q, G, R, P)
 
     to_end = torch.exp(seg[..., -1, :]).permute(0, 1, 4, 2, 3)  # decay from step s to the chunk end, (B, nc, Q, G, R)
+    if reset is not None:
+        to_end = to_end * last[..., None, None]
     chunk_states = torch.einsum("bclgn,bclgrp->bcgrpn", Bs, inputs * to_end.unsqueeze(-1))  # (B, nc, G, R, P, N)
 
     cumulative = log_decay.cumsum(dim=2)  # (B, nc, Q, G, R): l_0 + ... + l_t
     chunk_decay = torch.exp(cumulative[:, :, -1])[..., None, None]  # (B, nc, G, R, 1, 1)
+    from_start_decay = torch.exp(cumulative)  # (B, nc, Q, G, R)
+    if reset is not None:
+        chunk_decay = chunk_decay * open_[:, :, None, None, None, None]
+        from_start_decay = from_start_decay * first[..., None, None]
     running = state.view(batch, groups, repeat, head_dim, state_size)
     starts = []
     # unbind, not indexing: one stack in the backward instead of a full-size zero gradient per chunk.
@@ -108,7 +122,7 @@ def ssd(x, dt, A, B, C, D=None, *, initial_state=None, chunk_size=64):
     starts = torch.stack(starts, dim=1)  # (B, nc, G, R, P, N)
 
     from_start = torch.einsum("bclgn,bcgrpn->bclgrp", Cs, starts)  # (B, nc, Q, G, R, P)
-    y = y + from_start * torch.exp(cumulative).unsqueeze(-1)
+    y = y + from_start * from_start_decay.unsqueeze(-1)
     y = y.reshape(batch, chunks * chunk, heads, head_dim)[:, :length]
     if D is not None:
         y = y + D.to(dtype)[:, None] * x.to(dtype)

@@ -19,6 +19,8 @@ from __future__ import annotations
 
 import torch
 
+from seqzoo.kernels.reset import check_reset
+
 
 def compute_dtype(*tensors):
     """float64 if any input is float64, else float32: the state is never kept in half precision."""
@@ -58,10 +60,12 @@ def initial(x, B, initial_state, dtype):
     return initial_state.to(dtype)
 
 
-def ssd(x, dt, A, B, C, D=None, *, initial_state=None, chunk_size=64):
-    """Mamba-2 SSD recurrence over (B, T, H, P); returns (y, final_state). Formulas in the module docstring."""
+def ssd(x, dt, A, B, C, D=None, *, initial_state=None, chunk_size=64, reset=None):
+    """Mamba-2 SSD recurrence over (B, T, H, P); returns (y, final_state). Formulas in the module docstring;
+    ``reset`` (B, T): the state entering a token marked True is zero (seqzoo/kernels/reset.py)."""
     check_inputs(x, dt, A, B, C, D, initial_state)
     batch, length, heads, head_dim = x.shape
+    reset = check_reset("ssd", reset, batch, length)
     repeat = heads // B.shape[2]
     dtype = compute_dtype(x, dt, A, B, C, D, initial_state)
     state = initial(x, B, initial_state, dtype)
@@ -72,6 +76,8 @@ def ssd(x, dt, A, B, C, D=None, *, initial_state=None, chunk_size=64):
     D = None if D is None else D.to(dtype)
     outputs = []
     for t in range(length):
+        if reset is not None:
+            state = torch.where(reset[:, t, None, None, None], 0.0, state)
         decay = torch.exp(dt[:, t] * A)[:, :, None, None]  # (B, H, 1, 1)
         write = (dt[:, t, :, None] * x[:, t])[..., None] * B[:, t, :, None, :]  # (B, H, P, N)
         state = decay * state + write
