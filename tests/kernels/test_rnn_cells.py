@@ -27,10 +27,10 @@ def make_inputs(op, length, dtype, seed=0):
     return x, states, weights + biases
 
 
-def run(op, backend, x, states, params, mask=None, nonlinearity="tanh"):
+def run(op, backend, x, states, params, mask=None, nonlinearity="tanh", reset=None):
     fn = get_kernel(op, backend)
     extra = {"nonlinearity": nonlinearity} if op == "rnn" else {}
-    y, final = fn(x, *states, *params, mask=mask, **extra)
+    y, final = fn(x, *states, *params, mask=mask, reset=reset, **extra)
     finals = list(final) if isinstance(final, tuple) else [final]
     return y, finals
 
@@ -129,3 +129,84 @@ def test_continuation_from_final_state_is_exact():
         torch.testing.assert_close(torch.cat([y1, y2], 1), y, rtol=0, atol=1e-12)
         for a, b in zip(finals, finals2):
             torch.testing.assert_close(a, b, rtol=0, atol=1e-12)
+
+
+# Row 0's first document continues the row's state; the other rows reset at their first token. Documents of one
+# token, also last in a row, where the final state is that document's.
+DOCUMENTS = [[1, 6, 10], [17], [4, 1, 11, 1]]
+TORCH_MODULES = {"rnn": torch.nn.RNN, "lstm": torch.nn.LSTM, "gru": torch.nn.GRU}
+
+
+def torch_module(op, params, nonlinearity):
+    """torch.nn's own layer holding copies of the kernel's weights (a peer seqzoo did not write)."""
+    extra = {"nonlinearity": nonlinearity} if op == "rnn" else {}
+    module = TORCH_MODULES[op](I, H, batch_first=True, **extra).double()
+    with torch.no_grad():
+        for name, p in zip(("weight_ih_l0", "weight_hh_l0", "bias_ih_l0", "bias_hh_l0"), params):
+            getattr(module, name).copy_(p)
+    return module
+
+
+@pytest.mark.parametrize("op,nonlinearity", [("rnn", "tanh"), ("rnn", "relu"), ("lstm", None), ("gru", None)])
+@pytest.mark.parametrize("backend", ["torch", "reference"])
+def test_resets_match_torch_nn_on_each_document(op, nonlinearity, backend):
+    from tests.kernels.scan_checks import reset_from_documents
+
+    x, states, params = make_inputs(op, 17, torch.float64)
+    reset = reset_from_documents(DOCUMENTS, 17)
+    extra = {"nonlinearity": nonlinearity} if nonlinearity else {}
+    y, finals = run(op, backend, x, states, params, reset=reset, **extra)
+    module = torch_module(op, params, nonlinearity)
+    x_alone = x.detach().clone().requires_grad_()
+    states_alone = [s.detach().clone().requires_grad_() for s in states]
+    outputs, last_states = [], []
+    for row, lengths in enumerate(DOCUMENTS):
+        start, pieces = 0, []
+        for index, size in enumerate(lengths):
+            carried = [s[row:row + 1] if index == 0 and row == 0 else torch.zeros_like(s[row:row + 1])
+                       for s in states_alone]
+            hx = tuple(c[None] for c in carried) if op == "lstm" else carried[0][None]
+            piece, final = module(x_alone[row:row + 1, start:start + size], hx)
+            pieces.append(piece)
+            start += size
+        outputs.append(torch.cat(pieces, dim=1))
+        last_states.append([f[0] for f in (final if op == "lstm" else (final,))])
+    want_y = torch.cat(outputs)
+    want_finals = [torch.cat(parts) for parts in zip(*last_states)]
+    torch.testing.assert_close(y, want_y)
+    for f, w in zip(finals, want_finals):
+        torch.testing.assert_close(f, w)
+    weights = torch.randn(y.shape, dtype=torch.float64, generator=torch.Generator().manual_seed(3))
+    ((y * weights).sum() + sum(f.sum() for f in finals)).backward()
+    ((want_y * weights).sum() + sum(f.sum() for f in want_finals)).backward()
+    torch.testing.assert_close(x.grad, x_alone.grad)
+    for s, s_alone in zip(states, states_alone):
+        torch.testing.assert_close(s.grad, s_alone.grad)
+    for p, name in zip(params, ("weight_ih_l0", "weight_hh_l0", "bias_ih_l0", "bias_hh_l0")):
+        torch.testing.assert_close(p.grad, getattr(module, name).grad)
+
+
+@pytest.mark.parametrize("op", ["lstm", "gru"])
+@pytest.mark.parametrize("backend", ["torch", "reference"])
+def test_reset_of_one_token(op, backend):
+    x, states, params = make_inputs(op, 1, torch.float64)
+    reset = torch.tensor([[False], [True], [True]])
+    y, finals = run(op, backend, x, states, params, reset=reset)
+    zeroed = [torch.where(reset[:, :1], 0.0, s) for s in states]
+    want_y, want_finals = run(op, "reference", x, zeroed, params)
+    torch.testing.assert_close(y, want_y)
+    for f, w in zip(finals, want_finals):
+        torch.testing.assert_close(f, w)
+
+
+def test_fused_declines_a_reset_with_padding():
+    from seqzoo.kernels import select
+
+    x, states, params = make_inputs("lstm", 6, torch.float64)
+    reset = torch.zeros(B, 6, dtype=torch.bool)
+    padded = torch.ones(B, 6, dtype=torch.bool)
+    padded[0, :2] = False
+    assert select("lstm", x, *states, *params, reset=reset).name == "torch"
+    assert select("lstm", x, *states, *params, mask=padded, reset=reset).name == "reference"
+    with pytest.raises(ValueError, match="reset only without padding"):
+        run("lstm", "torch", x, states, params, padded, reset=reset)

@@ -4,12 +4,20 @@ Same signature and semantics as ``reference.py``. Padding is handled exactly wit
 valid tokens must form one contiguous block (left padding, right padding or both), which rows are shifted to the
 front, packed, run, and shifted back. Masks with holes are declined in :func:`supports` (the reference backend
 handles them). One token (a decode step) runs torch's fused cell (``torch.gru_cell`` ...), one call per layer.
+
+torch's fused ops take no reset input, so rows with resets (several documents in a row) are re-packed: every
+document becomes a sequence of its own in one packed batch (``PackedSequence``, no padded steps computed), each
+starting from zero (a row's first document from the row's state unless it is reset too), and the outputs are
+gathered back to their places; a row's final state is its last document's. Resets together with a padding mask are
+declined (the reference takes both).
 """
 
 from __future__ import annotations
 
 import torch
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
+
+from seqzoo.kernels.reset import check_reset
 
 _OPS = {"tanh": torch.rnn_tanh, "relu": torch.rnn_relu, "lstm": torch.lstm, "gru": torch.gru}
 # One token (decoding): the fused cell, one ATen call without the sequence kernel's set-up (what nn.GRUCell runs).
@@ -42,25 +50,27 @@ def _plain(tensors) -> bool:
     return all(type(t) in (torch.Tensor, torch.nn.Parameter) for t in tensors if t is not None)
 
 
-def supports(x, *args, mask=None, **kwargs):
+def supports(x, *args, mask=None, reset=None, **kwargs):
     if not _plain(args):
         kinds = sorted({type(t).__name__ for t in args if t is not None} - {"Tensor", "Parameter"})
         return False, (f"weights of type {', '.join(kinds)} (quantised): torch's fused kernels take plain float "
                        "weights; the reference backend runs them through their own F.linear")
     try:
-        padding_layout(mask)
+        layout = padding_layout(mask)
     except ValueError as err:
         return False, str(err)
+    if reset is not None and layout is not None:
+        return False, "takes a reset input only without padding (its documents are re-packed as sequences)"
     return True, ""
 
 
-def supports_key(x, *args, mask=None, **kwargs):
-    """What :func:`supports` reads, for the registry's cache: the weights' types, and nothing of a missing mask or
-    of one token's (every row is contiguous); a longer mask's holes cannot be summarised without reading it (None:
-    not cached)."""
+def supports_key(x, *args, mask=None, reset=None, **kwargs):
+    """What :func:`supports` reads, for the registry's cache: the weights' types, whether a reset is given, and
+    nothing of a missing mask or of one token's (every row is contiguous); a longer mask's holes cannot be
+    summarised without reading it (None: not cached)."""
     if mask is not None and mask.shape[-1] > 1:
         return None
-    return "contiguous" if _plain(args) else "quantised"
+    return ("contiguous" if _plain(args) else "quantised"), reset is None or mask is None
 
 
 def _hx(kind, hx):
@@ -89,7 +99,44 @@ def _step(kind, x, hx, params, mask):
     return y[:, None], [n[None] for n in new]
 
 
-def _run(kind, x, hx, params, mask):
+def _run_documents(kind, x, hx, params, reset):
+    """Rows holding several documents (``reset`` True at each one's first token): every document a sequence of
+    its own in one packed batch. x (B, T, I); hx a list of (1, B, H). Returns y (B, T, H) and the final states."""
+    batch, length = x.shape[:2]
+    starts = reset.clone()
+    starts[:, 0] = True
+    flat = starts.reshape(-1)
+    document = flat.long().cumsum(0) - 1  # (B*T,): the document of each token
+    first = torch.arange(batch * length, device=x.device)[flat]  # (N,): each document's first token, flattened
+    lengths = torch.bincount(document, minlength=first.shape[0])  # (N,)
+    offset = torch.arange(batch * length, device=x.device) - first[document]  # (B*T,): index within its document
+    row = torch.div(first, length, rounding_mode="floor")  # (N,): the row each document lies in
+    # A row's first document carries the row's state on unless that token is reset too.
+    carried = (first % length == 0) & ~reset.reshape(-1)[first]
+    hx_docs = [torch.where(carried[None, :, None], h[:, row], 0.0) for h in hx]  # (1, N, H)
+    longest = int(lengths.max())
+    # (N, L): each document's tokens from the front; indices past a document's end are never read by the packed
+    # sequence, so they are clamped rather than masked.
+    tokens = (first[:, None] + torch.arange(longest, device=x.device)).clamp(max=batch * length - 1)
+    x_docs = x.reshape(batch * length, -1)[tokens]  # (N, L, I)
+    packed = pack_padded_sequence(x_docs, lengths.cpu(), batch_first=True, enforce_sorted=False)
+    hx_sorted = [h.index_select(1, packed.sorted_indices) for h in hx_docs]
+    has_biases = len(params) == 4
+    result = _OPS[kind](packed.data, packed.batch_sizes, _hx(kind, hx_sorted), tuple(params), has_biases, 1, 0.0,
+                        torch.is_grad_enabled(), False)
+    y_data, state = _states(kind, result)
+    y_docs, _ = pad_packed_sequence(packed._replace(data=y_data), batch_first=True, total_length=longest)
+    y = y_docs[document, offset].view(batch, length, -1)
+    last = document.view(batch, length)[:, -1]  # (B,): each row's last document
+    state = [s.index_select(1, packed.unsorted_indices)[:, last] for s in state]
+    return y, state
+
+
+def _run(kind, x, hx, params, mask, reset=None):
+    if reset is not None:
+        if x.shape[1] > 1:
+            return _run_documents(kind, x, hx, params, reset)
+        hx = [torch.where(reset[None, :, 0, None], 0.0, h) for h in hx]
     if x.shape[1] == 1:
         return _step(kind, x, hx, params, mask)
     has_biases = len(params) == 4
@@ -128,16 +175,26 @@ def _params(weight_ih, weight_hh, bias_ih, bias_hh):
     return [weight_ih, weight_hh, bias_ih, bias_hh]
 
 
-def rnn(x, h0, weight_ih, weight_hh, bias_ih=None, bias_hh=None, *, nonlinearity="tanh", mask=None):
-    y, (h,) = _run(nonlinearity, x, [h0[None]], _params(weight_ih, weight_hh, bias_ih, bias_hh), mask)
+def _checked_reset(op, x, mask, reset):
+    reset = check_reset(op, reset, *x.shape[:2])
+    if reset is not None and padding_layout(mask) is not None:
+        raise ValueError(f"{op}: the fused backend takes a reset only without padding; use the reference backend")
+    return reset
+
+
+def rnn(x, h0, weight_ih, weight_hh, bias_ih=None, bias_hh=None, *, nonlinearity="tanh", mask=None, reset=None):
+    reset = _checked_reset("rnn", x, mask, reset)
+    y, (h,) = _run(nonlinearity, x, [h0[None]], _params(weight_ih, weight_hh, bias_ih, bias_hh), mask, reset)
     return y, h[0]
 
 
-def lstm(x, h0, c0, weight_ih, weight_hh, bias_ih=None, bias_hh=None, *, mask=None):
-    y, (h, c) = _run("lstm", x, [h0[None], c0[None]], _params(weight_ih, weight_hh, bias_ih, bias_hh), mask)
+def lstm(x, h0, c0, weight_ih, weight_hh, bias_ih=None, bias_hh=None, *, mask=None, reset=None):
+    reset = _checked_reset("lstm", x, mask, reset)
+    y, (h, c) = _run("lstm", x, [h0[None], c0[None]], _params(weight_ih, weight_hh, bias_ih, bias_hh), mask, reset)
     return y, (h[0], c[0])
 
 
-def gru(x, h0, weight_ih, weight_hh, bias_ih=None, bias_hh=None, *, mask=None):
-    y, (h,) = _run("gru", x, [h0[None]], _params(weight_ih, weight_hh, bias_ih, bias_hh), mask)
+def gru(x, h0, weight_ih, weight_hh, bias_ih=None, bias_hh=None, *, mask=None, reset=None):
+    reset = _checked_reset("gru", x, mask, reset)
+    y, (h,) = _run("gru", x, [h0[None]], _params(weight_ih, weight_hh, bias_ih, bias_hh), mask, reset)
     return y, h[0]
