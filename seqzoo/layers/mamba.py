@@ -31,6 +31,8 @@ from seqzoo.layers.state_space import (
 class MambaMixer(Mixer):
     """Selective state-space mixer over (B, T, hidden_size); state ``conv`` (B, E, K-1) and ``ssm`` (B, E, N)."""
 
+    takes_reset = True
+
     def __init__(self, config: Any, layer_idx: int) -> None:
         super().__init__(config, layer_idx)
         hidden_size = config.hidden_size
@@ -81,14 +83,14 @@ class MambaMixer(Mixer):
 
     def forward(
         self, hidden_states: torch.Tensor, *, state: MambaState | None = None, mask: torch.Tensor | None = None,
-        **context: Any,
+        reset: torch.Tensor | None = None, **context: Any,
     ) -> tuple[torch.Tensor, MambaState]:
-        # hidden_states: (B, T, H); mask: (B, T) bool, False at padding, or None.
+        # hidden_states: (B, T, H); mask: (B, T) bool, False at padding, or None; reset: (B, T) bool or None.
         state = state or {}
         x, z = self.in_proj(hidden_states).chunk(2, dim=-1)  # (B, T, E) each
         x, conv_state = dispatch(
             "causal_conv1d", x, self.conv1d.weight[:, 0], self.conv1d.bias, initial_state=state.get("conv"),
-            activation="silu", mask=mask,
+            activation="silu", mask=mask, reset=reset,
         )  # (B, T, E)
 
         time_step, B, C = self.x_proj(x).split([self.time_step_rank, self.state_size, self.state_size], dim=-1)
@@ -98,6 +100,6 @@ class MambaMixer(Mixer):
         A = -torch.exp(self.A_log.float())  # (E, N)
 
         y, ssm_state = dispatch(
-            "selective_scan", x, delta, A, B, C, self.D.float(), z, initial_state=state.get("ssm")
+            "selective_scan", x, delta, A, B, C, self.D.float(), z, initial_state=state.get("ssm"), reset=reset
         )  # y: (B, T, E); ssm_state: (B, E, N)
         return self.out_proj(y.to(hidden_states.dtype)), {"conv": conv_state, "ssm": ssm_state}

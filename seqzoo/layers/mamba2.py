@@ -64,6 +64,8 @@ class GatedRMSNorm(nn.Module):
 class Mamba2Mixer(Mixer):
     """SSD mixer over (B, T, hidden_size); state ``conv`` (B, E + 2GN, K-1) and ``ssm`` (B, H, P, N)."""
 
+    takes_reset = True
+
     def __init__(self, config: Any, layer_idx: int) -> None:
         super().__init__(config, layer_idx)
         self.hidden_size = hidden_size = config.hidden_size
@@ -116,16 +118,16 @@ class Mamba2Mixer(Mixer):
 
     def forward(
         self, hidden_states: torch.Tensor, *, state: MambaState | None = None, mask: torch.Tensor | None = None,
-        **context: Any,
+        reset: torch.Tensor | None = None, **context: Any,
     ) -> tuple[torch.Tensor, MambaState]:
-        # hidden_states: (B, T, H); mask: (B, T) bool, False at padding, or None.
+        # hidden_states: (B, T, H); mask: (B, T) bool, False at padding, or None; reset: (B, T) bool or None.
         state = state or {}
         batch, length, _ = hidden_states.shape
         groups_n = self.n_groups * self.state_size
         z, xBC, dt = self.in_proj(hidden_states).split([self.intermediate_size, self.conv_dim, self.num_heads], -1)
         xBC, conv_state = dispatch(
             "causal_conv1d", xBC, self.conv1d.weight[:, 0], self.conv1d.bias, initial_state=state.get("conv"),
-            activation="silu", mask=mask,
+            activation="silu", mask=mask, reset=reset,
         )  # (B, T, E + 2GN)
         x, B, C = xBC.split([self.intermediate_size, groups_n, groups_n], dim=-1)
 
@@ -147,6 +149,7 @@ class Mamba2Mixer(Mixer):
             self.D.float(),
             initial_state=state.get("ssm"),
             chunk_size=self.chunk_size,
+            reset=reset,
         )  # y: (B, T, heads, P); ssm_state: (B, heads, P, N)
         y = y.reshape(batch, length, self.intermediate_size)
         y = self.norm(y, z) if self.norm is not None else y * F.silu(z)

@@ -15,7 +15,9 @@ RWKV-7's time mix, Mamba's selective scan, Mamba-2's SSD. Every one is built the
   padded. A padded position never changes a recurrent state.
 * ``context`` carries, by name, what only some mixers need: ``attention_mask`` (the causal mask for attention),
   ``position_embeddings`` (RoPE's cos/sin), ``shared`` (a dict that lives for one forward pass: RWKV-7's value
-  residual from its first layer). A mixer ignores what it does not use.
+  residual from its first layer), ``reset`` ((B, T) bool, True at the first token of each document of a packed
+  row: the state entering it is zero; a model passes it only when every one of its mixers declares
+  ``takes_reset``). A mixer ignores what it does not use.
 
 Each mixer declares the kind of cache entry it keeps (``cache_kind``) and initialises its own parameters in
 ``init_weights`` (called by the model's ``_init_weights``), so any architecture, hybrids included, initialises a
@@ -38,6 +40,10 @@ class Mixer(nn.Module):
     """Base of every token mixer (see the module docstring for the protocol)."""
 
     cache_kind: ClassVar[str] = RECURRENT
+    # Whether the mixer honours context["reset"] (documents of a packed row, each starting from a zero state) by
+    # passing it to its kernels. A model whose every mixer does runs packed rows as they are; any other model
+    # unpacks the documents into rows of their own (seqzoo/models/packing.py).
+    takes_reset: ClassVar[bool] = False
     # Projection weights (applied as x @ W^T) held as plain parameters of the mixer rather than inside an nn.Linear
     # (the classic recurrent cells' weight_ih / weight_hh, which torch's fused kernels take whole): what adapters and
     # quantisation must reach by parameter name (seqzoo/adapters.py, seqzoo/quantization.py).
@@ -126,7 +132,7 @@ class Block(GradientCheckpointingLayer):
         if self.pre_norm:
             hidden_states = mlp_norm(hidden_states)
         if isinstance(mlp, Mixer):  # a stateful MLP: its state entries join the mixer's
-            mixed, mlp_state = mlp(hidden_states, state=state, mask=mask)
+            mixed, mlp_state = mlp(hidden_states, state=state, mask=mask, **context)
             new_state = {**(new_state or {}), **mlp_state}
         else:
             mixed = mlp(hidden_states)

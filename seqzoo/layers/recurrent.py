@@ -26,6 +26,7 @@ class RecurrentMixer(Mixer):
     cell: ClassVar[str]
     state_names: ClassVar[tuple[str, ...]] = ("h",)
     projection_parameters = ("weight_ih", "weight_hh")
+    takes_reset = True
 
     def __init__(self, config: Any, layer_idx: int) -> None:
         super().__init__(config, layer_idx)
@@ -67,13 +68,13 @@ class RecurrentMixer(Mixer):
 
     def forward(
         self, hidden_states: torch.Tensor, *, state: dict | None = None, mask: torch.Tensor | None = None,
-        **context: Any,
+        reset: torch.Tensor | None = None, **context: Any,
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        # hidden_states: (B, T, I); mask: (B, T) bool or None. Returns (B, T, H) and the new state.
+        # hidden_states: (B, T, I); mask, reset: (B, T) bool or None. Returns (B, T, H) and the new state.
         if state is None:
             zeros = hidden_states.new_zeros(hidden_states.shape[0], self.hidden_size)
             state = {name: zeros for name in self.state_names}
-        return self.run(hidden_states, state, mask)
+        return self.run(hidden_states, state, mask, reset)
 
     def weights(self) -> tuple[torch.Tensor, ...]:
         return self.weight_ih, self.weight_hh, self.bias_ih, self.bias_hh
@@ -91,8 +92,9 @@ class RNNMixer(RecurrentMixer):
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, nonlinearity={self.nonlinearity}"
 
-    def run(self, x, state, mask):
-        y, h = dispatch("rnn", x, state["h"].to(x.dtype), *self.weights(), nonlinearity=self.nonlinearity, mask=mask)
+    def run(self, x, state, mask, reset):
+        y, h = dispatch("rnn", x, state["h"].to(x.dtype), *self.weights(), nonlinearity=self.nonlinearity, mask=mask,
+                        reset=reset)
         return y, {"h": h}
 
 
@@ -112,8 +114,9 @@ class LSTMMixer(RecurrentMixer):
         bias[self.hidden_size : 2 * self.hidden_size] = self.forget_bias
         return bias
 
-    def run(self, x, state, mask):
-        y, (h, c) = dispatch("lstm", x, state["h"].to(x.dtype), state["c"].to(x.dtype), *self.weights(), mask=mask)
+    def run(self, x, state, mask, reset):
+        y, (h, c) = dispatch("lstm", x, state["h"].to(x.dtype), state["c"].to(x.dtype), *self.weights(), mask=mask,
+                             reset=reset)
         return y, {"h": h, "c": c}
 
 
@@ -122,8 +125,8 @@ class GRUMixer(RecurrentMixer):
 
     cell = "gru"
 
-    def run(self, x, state, mask):
-        y, h = dispatch("gru", x, state["h"].to(x.dtype), *self.weights(), mask=mask)
+    def run(self, x, state, mask, reset):
+        y, h = dispatch("gru", x, state["h"].to(x.dtype), *self.weights(), mask=mask, reset=reset)
         return y, {"h": h}
 
 

@@ -7,6 +7,9 @@ reader can hold the two side by side. The WKV recurrence itself runs through the
 Padding is exact: a position whose mask is False changes no state. The token shift of a position reads the last
 *valid* earlier token (or the carried shift state), and the WKV step at a padded position is the identity
 (log-decay 0, key 0, b 0).
+
+Packed rows are exact too: with ``reset`` (True at each document's first token), the token shift of a document's
+first token reads zeros (as at the start of a sequence) and the WKV kernel starts its state from zero there.
 """
 
 from __future__ import annotations
@@ -29,17 +32,23 @@ DECAY_LOG_SCALE = math.exp(-0.5)
 
 
 def token_shift(
-    x: torch.Tensor, last: torch.Tensor | None, mask: torch.Tensor | None
+    x: torch.Tensor, last: torch.Tensor | None, mask: torch.Tensor | None, reset: torch.Tensor | None = None
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """For each position, the input of the previous *valid* token; and the shift state to carry on.
 
     x: (B, T, C); last: (B, C) carried from the previous call, or None (zeros, as the reference's ZeroPad2d);
-    mask: (B, T) bool, False at padding, or None. Returns prev (B, T, C) and the new carried state (B, C).
+    mask: (B, T) bool, False at padding, or None; reset: (B, T) bool, True at a document's first token, or None.
+    Returns prev (B, T, C) and the new carried state (B, C).
     """
     batch, length, channels = x.shape
     if last is None:
         last = x.new_zeros(batch, channels)
     last = last.to(x.dtype)
+    if reset is not None:
+        if mask is not None:
+            raise ValueError("token_shift: reset marks the documents of packed rows, which carry no padding mask")
+        prev, carried = token_shift(x, last, None)
+        return torch.where(reset[..., None], 0.0, prev), carried
     if length == 1:  # decoding: the carried state is the previous token; a padded token carries it on unchanged
         return last[:, None], (x[:, 0] if mask is None else torch.where(mask, x[:, 0], last))
     if mask is None:
@@ -62,6 +71,8 @@ class RWKV7TimeMix(Mixer):
     (value x key) matrix per head. The first time mix of a model produces ``v_first`` (its values) for the value
     residual of the later ones; it travels in ``context["shared"]``.
     """
+
+    takes_reset = True
 
     def __init__(self, config: Any, layer_idx: int) -> None:
         super().__init__(config, layer_idx)
@@ -154,7 +165,7 @@ class RWKV7TimeMix(Mixer):
 
     def forward(
         self, x: torch.Tensor, *, state: dict | None = None, mask: torch.Tensor | None = None,
-        shared: dict | None = None, **context: Any,
+        shared: dict | None = None, reset: torch.Tensor | None = None, **context: Any,
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         # x: (B, T, C), already normed (ln1). Returns the output (B, T, C) and the new attn_shift (B, C) and
         # wkv (B, H, N, N) states.
@@ -162,9 +173,9 @@ class RWKV7TimeMix(Mixer):
         H, N = self.num_heads, self.head_size
         state = state or {}
         shared = {} if shared is None else shared
-        if T == 1:
+        if T == 1 and reset is None:
             return self._step(x, state, mask, shared)
-        prev, shift_state = token_shift(x, state.get("attn_shift"), mask)
+        prev, shift_state = token_shift(x, state.get("attn_shift"), mask, reset)
         xx = prev - x
         xr, xw, xk = x + xx * self.x_r, x + xx * self.x_w, x + xx * self.x_k
         xv, xa, xg = x + xx * self.x_v, x + xx * self.x_a, x + xx * self.x_g
@@ -198,7 +209,7 @@ class RWKV7TimeMix(Mixer):
         wkv_state = state.get("wkv")
         if wkv_state is not None:
             wkv_state = wkv_state.float()
-        y, wkv_state = dispatch("wkv7", r_h, log_decay, k_in, v_h, -kk, b_h, initial_state=wkv_state)
+        y, wkv_state = dispatch("wkv7", r_h, log_decay, k_in, v_h, -kk, b_h, initial_state=wkv_state, reset=reset)
 
         # Per-head GroupNorm and the bonus in float32 (the kernel's output precision), then back to the model dtype.
         y = F.group_norm(y.reshape(B * T, C), H, self.ln_x.weight.float(), self.ln_x.bias.float(), self.ln_x.eps)
@@ -260,6 +271,8 @@ class RWKV7ChannelMix(Mixer):
     """The x070 channel mix: token-shift lerp, then ``value(relu(key(x))**2)``. It is RWKV-7's MLP, but carries a
     state between tokens, ``ffn_shift`` (B, C), so it follows the mixer protocol."""
 
+    takes_reset = True
+
     def __init__(self, config: Any, layer_idx: int) -> None:
         super().__init__(config, layer_idx)
         hidden_size = config.hidden_size
@@ -280,10 +293,11 @@ class RWKV7ChannelMix(Mixer):
         init_residual_output(self.value.weight, self.output_init_gain)
 
     def forward(
-        self, x: torch.Tensor, *, state: dict | None = None, mask: torch.Tensor | None = None, **context: Any
+        self, x: torch.Tensor, *, state: dict | None = None, mask: torch.Tensor | None = None,
+        reset: torch.Tensor | None = None, **context: Any,
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         # x: (B, T, C), already normed (ln2). Returns the output (B, T, C) and the new ffn_shift state (B, C).
-        prev, shift_state = token_shift(x, (state or {}).get("ffn_shift"), mask)
+        prev, shift_state = token_shift(x, (state or {}).get("ffn_shift"), mask, reset)
         k = x + (prev - x) * self.x_k
         return self.value(torch.relu(self.key(k)) ** 2), {"ffn_shift": shift_state}
 

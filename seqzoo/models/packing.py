@@ -11,12 +11,16 @@ How a document is kept alone:
 
 * Attention-only models (the Transformer) keep the packed layout and attend through a block-diagonal causal mask
   built from the position ids (transformers' ``create_causal_mask``), in training and in evaluation alike.
-* Every model with a recurrent layer (RNN, LSTM, GRU, RWKV-7, Mamba, Mamba-2, hybrids) unpacks the documents into a
-  batch of their own, one document per row, right-padded to the longest, runs its layers on that batch, and gathers
-  each token's output back to its packed place. Every recurrent state therefore starts from zero at a document's
-  first token, whatever the kernel: the scan kernels themselves take no reset input. Right padding after a
-  document changes none of its outputs in a causal model, so the padded batch runs unmasked (the kernels' fast
-  path); a bidirectional model passes the padding mask. Cost: the padding up to the longest document of the batch.
+* Causal models whose every token mixer takes a reset (``Mixer.takes_reset``: RNN, LSTM, GRU, RWKV-7, Mamba,
+  Mamba-2) keep the packed layout too: the model passes ``reset`` ((B, T) bool, True at each document's first
+  token) through its mixers to the kernels, which start every recurrent state (and every token shift and
+  convolution window) from zero there (seqzoo/kernels/reset.py). No padding is computed.
+* Every other model with a recurrent layer (hybrids, whose attention layers have no reset, and bidirectional
+  models, whose right-to-left pass would need the documents' ends) unpacks the documents into a batch of their
+  own, one document per row, right-padded to the longest, runs its layers on that batch, and gathers each token's
+  output back to its packed place. Right padding after a document changes none of its outputs in a causal model,
+  so the padded batch runs unmasked (the kernels' fast path); a bidirectional model passes the padding mask. Cost:
+  the padding up to the longest document of the batch.
 
 A packed forward returns no cache (a row of several documents has no one state to continue from): ``use_cache``
 defaults to False for it and ``use_cache=True`` raises.
@@ -31,6 +35,7 @@ import torch
 from torch import nn
 from transformers.modeling_outputs import BaseModelOutputWithPast
 
+from seqzoo.layers.mixer import Mixer
 from seqzoo.models.compat import model_output
 
 # The keyword arguments that mark packed rows (DataCollatorWithFlattening's names).
@@ -45,6 +50,13 @@ class Packing:
     offset: torch.Tensor  # (B, T) int64: the token's index within its document
     lengths: torch.Tensor  # (N,) tokens per document
     first_position: torch.Tensor  # (N,) the position id of each document's first token
+    starts: torch.Tensor  # (B, T) bool: True at each document's first token (every row's first token included)
+
+    def takes_resets(self, model: nn.Module) -> bool:
+        """Whether ``model`` runs these rows as they are, passing :attr:`starts` to its kernels as ``reset``: a causal
+        model whose every token mixer takes a reset. Otherwise :meth:`run` unpacks the documents."""
+        mixers = [m for m in model.modules() if isinstance(m, Mixer)]
+        return model.config.capabilities.can_generate and bool(mixers) and all(m.takes_reset for m in mixers)
 
     @property
     def num_documents(self) -> int:
@@ -157,7 +169,7 @@ def find_packing(
         first_position = position_ids.reshape(-1)[start_index]
     else:
         first_position = torch.zeros_like(lengths)
-    return Packing(document, offset, lengths, first_position)
+    return Packing(document, offset, lengths, first_position, starts)
 
 
 def _with_row_starts(boundaries: torch.Tensor) -> torch.Tensor:

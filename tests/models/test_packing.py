@@ -149,3 +149,37 @@ def test_packed_rows_under_torch_compile():
         with pytest.raises(Exception, match="packed rows"):
             compiled(input_ids=batch["input_ids"], position_ids=batch["position_ids"], **kwargs)
     torch._dynamo.reset()
+
+
+@pytest.mark.parametrize("family", sorted(FAMILIES))
+def test_which_models_pass_resets_to_their_kernels(family, monkeypatch):
+    """Causal models of recurrent mixers run packed rows as they are, with resets in the kernels; hybrids (attention
+    has no reset) unpack the documents; the Transformer keeps its block-diagonal mask."""
+    from seqzoo.models.packing import Packing
+
+    model = tiny_model(FAMILIES[family]).double()
+    unpacked = []
+    run = Packing.run
+    monkeypatch.setattr(Packing, "run", lambda self, *args: unpacked.append(1) or run(self, *args))
+    batch = collate()
+    model(**batch)
+    kernel_resets = family in ("rnn", "rnn-relu", "lstm", "gru", "rwkv7", "mamba", "mamba2")
+    assert bool(unpacked) == family.startswith("hybrid"), family
+    if not family.startswith("transformer"):
+        assert bool(unpacked) != kernel_resets
+
+
+def test_a_bidirectional_model_unpacks_packed_rows(monkeypatch):
+    """The right-to-left pass would need each document's end: a bidirectional model takes the unpack path."""
+    from seqzoo.models.packing import Packing
+    from seqzoo.registry import architecture_for_model_type
+    from tests.conftest import tiny_config
+
+    config = tiny_config(FAMILIES["gru"], bidirectional=True)
+    model = architecture_for_model_type(config.model_type).heads["token-classification"](config)
+    unpacked = []
+    run = Packing.run
+    monkeypatch.setattr(Packing, "run", lambda self, *args: unpacked.append(1) or run(self, *args))
+    batch = collate()
+    model(input_ids=batch["input_ids"], position_ids=batch["position_ids"])
+    assert unpacked

@@ -76,8 +76,11 @@ class ClassicRecurrentModel(ClassicRecurrentPreTrainedModel):
     ) -> BaseModelOutputWithPast:
         cache = backbone_cache_argument(self, cache, kwargs)
         packing = find_packing(self, input_ids, inputs_embeds, attention_mask, position_ids, cache, use_cache, kwargs)
-        if packing is not None:  # several documents in a row: each runs alone (see seqzoo/models/packing.py)
-            return packing.run(self, input_ids, inputs_embeds, output_hidden_states, kwargs)
+        reset = None  # several documents in a row: each runs alone (see seqzoo/models/packing.py)
+        if packing is not None:
+            if not packing.takes_resets(self):
+                return packing.run(self, input_ids, inputs_embeds, output_hidden_states, kwargs)
+            reset, use_cache = packing.starts, False
         use_cache, output_hidden_states = resolve_output_flags(self, use_cache, output_hidden_states)
         inputs = prepare_inputs(self, input_ids, inputs_embeds, attention_mask, cache, use_cache)
         cache, mask = inputs.cache, inputs.padding_mask
@@ -92,9 +95,9 @@ class ClassicRecurrentModel(ClassicRecurrentPreTrainedModel):
             state = cache.layer(idx) if cache is not None else None
             if self.gradient_checkpointing and self.training and torch.is_grad_enabled():
                 hidden_states, state = self._gradient_checkpointing_func(
-                    lambda x, s=state, m=mask, f=layer: f(x, state=s, mask=m), hidden_states)
+                    lambda x, s=state, m=mask, f=layer: f(x, state=s, mask=m, reset=reset), hidden_states)
             else:
-                hidden_states, state = layer(hidden_states, state=state, mask=mask)  # (B, T, H)
+                hidden_states, state = layer(hidden_states, state=state, mask=mask, reset=reset)  # (B, T, H)
             hidden_states = dropout(hidden_states)
             if cache is not None:
                 cache.update_layer(idx, state)

@@ -87,8 +87,11 @@ class Mamba2Model(Mamba2PreTrainedModel):
         """
         cache = backbone_cache_argument(self, cache, kwargs)
         packing = find_packing(self, input_ids, inputs_embeds, attention_mask, position_ids, cache, use_cache, kwargs)
-        if packing is not None:  # several documents in a row: each runs alone (see seqzoo/models/packing.py)
-            return packing.run(self, input_ids, inputs_embeds, output_hidden_states, kwargs)
+        reset = None  # several documents in a row: each runs alone (see seqzoo/models/packing.py)
+        if packing is not None:
+            if not packing.takes_resets(self):
+                return packing.run(self, input_ids, inputs_embeds, output_hidden_states, kwargs)
+            reset, use_cache = packing.starts, False
         use_cache, output_hidden_states = resolve_output_flags(self, use_cache, output_hidden_states)
         inputs = prepare_inputs(self, input_ids, inputs_embeds, attention_mask, cache, use_cache)
         cache, mask = inputs.cache, inputs.padding_mask
@@ -99,7 +102,7 @@ class Mamba2Model(Mamba2PreTrainedModel):
             if output_hidden_states:
                 all_hidden_states += (hidden_states,)
             state = cache.layer(idx) if cache is not None else None
-            hidden_states, state = layer(hidden_states, state=state, mask=mask)  # float32 if residual_in_fp32
+            hidden_states, state = layer(hidden_states, state=state, mask=mask, reset=reset)  # float32 if residual_in_fp32
             if cache is not None:
                 cache.update_layer(idx, state)
         if cache is not None:

@@ -102,8 +102,11 @@ class RWKV7Model(RWKV7PreTrainedModel):
     ) -> BaseModelOutputWithPast:
         cache = backbone_cache_argument(self, cache, kwargs)
         packing = find_packing(self, input_ids, inputs_embeds, attention_mask, position_ids, cache, use_cache, kwargs)
-        if packing is not None:  # several documents in a row: each runs alone (see seqzoo/models/packing.py)
-            return packing.run(self, input_ids, inputs_embeds, output_hidden_states, kwargs)
+        reset = None  # several documents in a row: each runs alone (see seqzoo/models/packing.py)
+        if packing is not None:
+            if not packing.takes_resets(self):
+                return packing.run(self, input_ids, inputs_embeds, output_hidden_states, kwargs)
+            reset, use_cache = packing.starts, False
         use_cache, output_hidden_states = resolve_output_flags(self, use_cache, output_hidden_states)
         inputs = prepare_inputs(self, input_ids, inputs_embeds, attention_mask, cache, use_cache)
         cache, mask = inputs.cache, inputs.padding_mask
@@ -115,7 +118,7 @@ class RWKV7Model(RWKV7PreTrainedModel):
             if output_hidden_states:
                 all_hidden_states += (hidden_states,)
             state = cache.layer(idx) if cache is not None else None
-            hidden_states, state = layer(hidden_states, state=state, mask=mask, shared=shared)
+            hidden_states, state = layer(hidden_states, state=state, mask=mask, shared=shared, reset=reset)
             if cache is not None:
                 cache.update_layer(idx, state)
         hidden_states = self.norm(hidden_states)
