@@ -40,9 +40,9 @@ class Mixer(nn.Module):
     """Base of every token mixer (see the module docstring for the protocol)."""
 
     cache_kind: ClassVar[str] = RECURRENT
-    # Whether the mixer honours context["reset"] (documents of a packed row, each starting from a zero state) by
-    # passing it to its kernels. A model whose every mixer does runs packed rows as they are; any other model
-    # unpacks the documents into rows of their own (seqzoo/models/packing.py).
+    # Whether a model runs packed rows through this mixer as they are, with context["reset"] (each document's first
+    # token) passed on to its kernels, which start every state from zero there. A model whose every mixer does keeps
+    # the packed layout; any other model unpacks the documents into rows of their own (seqzoo/models/packing.py).
     takes_reset: ClassVar[bool] = False
     # Projection weights (applied as x @ W^T) held as plain parameters of the mixer rather than inside an nn.Linear
     # (the classic recurrent cells' weight_ih / weight_hh, which torch's fused kernels take whole): what adapters and

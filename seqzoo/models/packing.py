@@ -11,13 +11,14 @@ How a document is kept alone:
 
 * Attention-only models (the Transformer) keep the packed layout and attend through a block-diagonal causal mask
   built from the position ids (transformers' ``create_causal_mask``), in training and in evaluation alike.
-* Causal models whose every token mixer takes a reset (``Mixer.takes_reset``: RNN, LSTM, GRU, RWKV-7, Mamba,
-  Mamba-2) keep the packed layout too: the model passes ``reset`` ((B, T) bool, True at each document's first
-  token) through its mixers to the kernels, which start every recurrent state (and every token shift and
-  convolution window) from zero there (seqzoo/kernels/reset.py). No padding is computed.
-* Every other model with a recurrent layer (hybrids, whose attention layers have no reset, and bidirectional
-  models, whose right-to-left pass would need the documents' ends) unpacks the documents into a batch of their
-  own, one document per row, right-padded to the longest, runs its layers on that batch, and gathers each token's
+* Causal models whose every token mixer takes a reset (``Mixer.takes_reset``: RWKV-7, Mamba, Mamba-2) keep the
+  packed layout too: the model passes ``reset`` ((B, T) bool, True at each document's first token) through its
+  mixers to the kernels, which start every recurrent state (and every token shift and convolution window) from
+  zero there (seqzoo/kernels/reset.py). No padding is computed.
+* Every other model with a recurrent layer (hybrids, whose attention layers have no reset; bidirectional models,
+  whose right-to-left pass would need the documents' ends; RNN, LSTM and GRU, for which unpacking measured faster
+  than torch's fused kernels on packed sequences, see seqzoo/layers/recurrent.py) unpacks the documents into a
+  batch of their own, one document per row, right-padded to the longest, runs its layers on that batch, and gathers each token's
   output back to its packed place. Right padding after a document changes none of its outputs in a causal model,
   so the padded batch runs unmasked (the kernels' fast path); a bidirectional model passes the padding mask. Cost:
   the padding up to the longest document of the batch.

@@ -153,8 +153,9 @@ def test_packed_rows_under_torch_compile():
 
 @pytest.mark.parametrize("family", sorted(FAMILIES))
 def test_which_models_pass_resets_to_their_kernels(family, monkeypatch):
-    """Causal models of recurrent mixers run packed rows as they are, with resets in the kernels; hybrids (attention
-    has no reset) unpack the documents; the Transformer keeps its block-diagonal mask."""
+    """RWKV-7, Mamba and Mamba-2 run packed rows as they are, with resets in the kernels; hybrids (attention has no
+    reset) and the classic RNNs (faster unpacked, seqzoo/layers/recurrent.py) unpack the documents; the Transformer
+    keeps its block-diagonal mask."""
     from seqzoo.models.packing import Packing
 
     model = tiny_model(FAMILIES[family]).double()
@@ -163,10 +164,8 @@ def test_which_models_pass_resets_to_their_kernels(family, monkeypatch):
     monkeypatch.setattr(Packing, "run", lambda self, *args: unpacked.append(1) or run(self, *args))
     batch = collate()
     model(**batch)
-    kernel_resets = family in ("rnn", "rnn-relu", "lstm", "gru", "rwkv7", "mamba", "mamba2")
-    assert bool(unpacked) == family.startswith("hybrid"), family
-    if not family.startswith("transformer"):
-        assert bool(unpacked) != kernel_resets
+    kernel_resets = family in ("rwkv7", "mamba", "mamba2")
+    assert bool(unpacked) == (not kernel_resets and not family.startswith("transformer")), family
 
 
 def test_a_bidirectional_model_unpacks_packed_rows(monkeypatch):
@@ -183,3 +182,15 @@ def test_a_bidirectional_model_unpacks_packed_rows(monkeypatch):
     batch = collate()
     model(input_ids=batch["input_ids"], position_ids=batch["position_ids"])
     assert unpacked
+
+
+@pytest.mark.parametrize("family", ["rnn", "lstm", "gru"])
+def test_classic_models_with_resets_in_their_kernels(family, monkeypatch):
+    """The classic RNNs unpack by default (faster on CPU); the reset path through their fused kernels, which the
+    benchmark times, is exact too."""
+    from seqzoo.layers.recurrent import RecurrentMixer
+    from seqzoo.models.packing import Packing
+
+    monkeypatch.setattr(RecurrentMixer, "takes_reset", True)
+    monkeypatch.setattr(Packing, "run", lambda *args: pytest.fail("unpacked"))
+    test_packed_documents_match_each_alone(family, training=True)
