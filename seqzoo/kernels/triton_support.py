@@ -207,11 +207,16 @@ def supports_key_wkv7(r, w, k, v, a, b, *, initial_state=None, reset=None):
     return tensors_key(r, w, k, v, a, b, initial_state), _last_dim(r, 4), _last_dim(v, 4), reset is None
 
 
-def supports_wkv7(r, w, k, v, a, b, *, initial_state=None, reset=None):
-    """No reset input; CUDA tensors in float32/float16/bfloat16, key and value head sizes <= 128."""
+def supports_wkv7_chunked(r, w, k, v, a, b, *, initial_state=None, reset=None):
+    """``triton_chunked``: no reset input (the fused ``triton`` backend takes one); otherwise as :func:`supports_wkv7`."""
     ok, reason = refuse_reset(reset)
     if not ok:
-        return ok, reason
+        return False, reason + " (so does the fused triton backend)"
+    return supports_wkv7(r, w, k, v, a, b, initial_state=initial_state)
+
+
+def supports_wkv7(r, w, k, v, a, b, *, initial_state=None, reset=None):
+    """CUDA tensors in float32/float16/bfloat16, key and value head sizes <= 128; any reset."""
     ok, reason = check_tensors("wkv7", {"r": r, "w": w, "k": k, "v": v, "a": a, "b": b,
                                         "initial_state": initial_state})
     if not ok:

@@ -94,13 +94,14 @@ def reset_from_documents(documents, length):
     return reset
 
 
-def check_resets_match_separate_documents(run, backend, tensors, documents, sequence_args, label="", **kwargs):
+def check_resets_match_separate_documents(run, backend, tensors, documents, sequence_args, label="",
+                                          dtype=torch.float64, **kwargs):
     """``backend`` on rows holding several documents, with ``reset`` at each document's first token, against the
     reference on each document alone (from the row's initial state for row 0's first document, from zeros for every
-    other): outputs, each row's final state (its last document's) and every input's gradient, in float64.
-    ``run(backend, tensors, reset=None, **kwargs)``."""
+    other): outputs, each row's final state (its last document's) and every input's gradient, within ``dtype``'s
+    tolerances (the tensors' dtype). ``run(backend, tensors, reset=None, **kwargs)``."""
     length = next(tensors[name] for name in sequence_args).shape[1]
-    reset = reset_from_documents(documents, length)
+    reset = reset_from_documents(documents, length).to(next(iter(tensors.values())).device)
     actual, expected = leaves(tensors), leaves(tensors)
     y, state = run(backend, actual, reset=reset, **kwargs)
     outputs, finals = [], []
@@ -118,10 +119,10 @@ def check_resets_match_separate_documents(run, backend, tensors, documents, sequ
         outputs.append(torch.cat(pieces, dim=1))
         finals.append(carried)
     want_y, want_state = torch.cat(outputs), torch.cat(finals)
-    assert_close(y, want_y, torch.float64, "output", f"{backend} {label}")
-    assert_close(state, want_state, torch.float64, "state", f"{backend} {label}")
+    assert_close(y, want_y, dtype, "output", f"{backend} {label}")
+    assert_close(state, want_state, dtype, "state", f"{backend} {label}")
     backward(y, state)
     backward(want_y, want_state)
     for name, leaf in actual.items():
         assert leaf.grad is not None, name
-        assert_close(leaf.grad, expected[name].grad, torch.float64, "grad", f"{backend} {label} d{name}")
+        assert_close(leaf.grad, expected[name].grad, dtype, "grad", f"{backend} {label} d{name}")

@@ -265,7 +265,7 @@ def test_reset_selects_a_backend_that_takes_it(monkeypatch):
     args = [t[n] for n in NAMES]
     reset = torch.zeros(BATCH, 9, dtype=torch.bool)
     assert select(OP, *args, initial_state=None, reset=reset).name == "chunked"
-    ok, reason = triton_support.supports_wkv7(*args, reset=reset)
+    ok, reason = triton_support.supports_wkv7_chunked(*args, reset=reset)
     assert not ok and "reset" in reason
 
 

@@ -89,3 +89,30 @@ def test_supports_declines_what_the_kernels_cannot_run():
         big = {key: torch.zeros(1, 2, 1, 256, device="cuda") for key in "rwkab"}
         ok, reason = supports_wkv7(big["r"], big["w"], big["k"], c["v"], big["a"], big["b"])
         assert not ok and "256" in reason
+
+
+def test_resets_match_separate_documents(short_checkpoints):
+    # Checkpoints every 8 steps: documents cross segments, one begins on a segment's first step (16), documents of
+    # one token, the last one included; row 0's first document continues the initial state, row 1 starts afresh.
+    from tests.kernels.scan_checks import check_resets_match_separate_documents
+
+    fn = triton_kernel("wkv7")
+    tensors = {key: value.to(DEVICE) for key, value in _inputs(2, 33, 2, 16, 12, seed=9).items()}
+
+    def run(backend, t, reset=None):
+        kernel = fn if backend == "triton" else get_kernel("wkv7", backend)
+        return kernel(t["r"], t["w"], t["k"], t["v"], t["a"], t["b"], initial_state=t["initial_state"], reset=reset)
+
+    check_resets_match_separate_documents(run, "triton", tensors, [[1, 15, 9, 8], [5, 1, 26, 1]], tuple("rwkvab"),
+                                          dtype=torch.float32)
+
+
+def test_supports_takes_a_reset_and_the_chunked_kernel_declines_it():
+    from seqzoo.kernels.triton_support import supports_wkv7, supports_wkv7_chunked
+
+    t = _inputs(1, 4, 1, 16, 16, seed=1)
+    reset = torch.zeros(1, 4, dtype=torch.bool)
+    ok, reason = supports_wkv7_chunked(*(t[key] for key in "rwkvab"), reset=reset)
+    assert not ok and "reset" in reason
+    ok, reason = supports_wkv7(*(t[key] for key in "rwkvab"), reset=reset)
+    assert "reset" not in reason

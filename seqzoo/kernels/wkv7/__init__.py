@@ -24,7 +24,7 @@ register_backend("wkv7", "triton", "seqzoo.kernels.wkv7.triton:wkv7", priority=2
                  description="Triton fused recurrent WKV (state in registers; checkpointed backward; T=1 decode)")
 register_backend("wkv7", "triton_chunked", "seqzoo.kernels.wkv7.triton_chunked:wkv7", priority=30,
                  devices=("cuda",), is_available=triton_support.triton_available,
-                 supports=triton_support.supports_wkv7,
+                 supports=triton_support.supports_wkv7_chunked,
                  cache_key=triton_support.supports_key_wkv7,
                  description="Triton chunked WKV for training and prefill (tensor-core products per chunk of 32, "
                              "sequential pass over chunks only); T=1 runs the fused step")

@@ -18,6 +18,10 @@ rows), with dS = dL/dS_t carried from the end:
 S_{t-1} is needed in reverse order: segments of CHECKPOINT steps are taken last to first; each is re-run forward
 from its saved state, writing every step's state to a per-program scratch (CHECKPOINT * V * K floats), then walked
 backwards.
+
+Resets (``reset`` (B, T), True at a document's first token): the state entering a reset step is multiplied by 0
+before the update, in the forward and in the backward's re-run (so the scratch holds the state the step really
+read), and the gradient passed on to the previous step is multiplied by the same 0.
 """
 
 from __future__ import annotations
@@ -25,6 +29,8 @@ from __future__ import annotations
 import torch
 import triton
 import triton.language as tl
+
+from seqzoo.kernels.reset import check_reset
 
 from .reference import check_inputs
 
@@ -51,10 +57,18 @@ def _update(S, w, k, a, b, v):
 
 
 @triton.jit
-def _wkv7_fwd_kernel(r_ptr, w_ptr, k_ptr, v_ptr, a_ptr, b_ptr, h0_ptr, y_ptr, hT_ptr, ckpt_ptr,
+def _keep(keep_ptr, bidx, length, t, HAS_RESET: tl.constexpr):
+    # 0.0 where step t of row bidx begins a document (its entering state is zero), else 1.0
+    if HAS_RESET:
+        return tl.load(keep_ptr + bidx * length + t)
+    return 1.0
+
+
+@triton.jit
+def _wkv7_fwd_kernel(r_ptr, w_ptr, k_ptr, v_ptr, a_ptr, b_ptr, h0_ptr, keep_ptr, y_ptr, hT_ptr, ckpt_ptr,
                      length, heads, key_dim, value_dim, num_ckpts,
                      BV: tl.constexpr, BK: tl.constexpr, CKPT: tl.constexpr,
-                     HAS_H0: tl.constexpr, SAVE: tl.constexpr):
+                     HAS_H0: tl.constexpr, SAVE: tl.constexpr, HAS_RESET: tl.constexpr):
     pid_v, pid_bh = tl.program_id(0), tl.program_id(1)
     bidx, h = pid_bh // heads, pid_bh % heads
     vi = pid_v * BV + tl.arange(0, BV)
@@ -82,6 +96,8 @@ def _wkv7_fwd_kernel(r_ptr, w_ptr, k_ptr, v_ptr, a_ptr, b_ptr, h0_ptr, y_ptr, hT
         more_v = mv & (tl.full((BV,), t + 1, tl.int32) < length)
         r_n, w_n, k_n, a_n, b_n, v_n = _load_step(r_ptr, w_ptr, k_ptr, a_ptr, b_ptr, v_ptr,
                                                   nxt * key_dim + ki, nxt * value_dim + vi, more_k, more_v)
+        if HAS_RESET:
+            S = S * _keep(keep_ptr, bidx, length, t, HAS_RESET)
         S = _update(S, w, k, a, b, v)
         y = tl.sum(S * r[None, :], axis=1)
         tl.store(y_ptr + row * value_dim + vi, y.to(y_ptr.dtype.element_ty), mask=mv)
@@ -91,10 +107,11 @@ def _wkv7_fwd_kernel(r_ptr, w_ptr, k_ptr, v_ptr, a_ptr, b_ptr, h0_ptr, y_ptr, hT
 
 
 @triton.jit
-def _wkv7_bwd_kernel(r_ptr, w_ptr, k_ptr, v_ptr, a_ptr, b_ptr, dy_ptr, dhT_ptr, ckpt_ptr, scratch_ptr,
+def _wkv7_bwd_kernel(r_ptr, w_ptr, k_ptr, v_ptr, a_ptr, b_ptr, keep_ptr, dy_ptr, dhT_ptr, ckpt_ptr, scratch_ptr,
                      dr_ptr, dw_ptr, dk_ptr, dv_ptr, da_ptr, db_ptr, dh0_ptr,
                      length, heads, key_dim, value_dim, num_ckpts,
-                     BV: tl.constexpr, BK: tl.constexpr, CKPT: tl.constexpr, HAS_DHT: tl.constexpr):
+                     BV: tl.constexpr, BK: tl.constexpr, CKPT: tl.constexpr, HAS_DHT: tl.constexpr,
+                     HAS_RESET: tl.constexpr):
     pid_bh = tl.program_id(0)
     bidx, h = pid_bh // heads, pid_bh % heads
     vi = tl.arange(0, BV)
@@ -115,7 +132,9 @@ def _wkv7_bwd_kernel(r_ptr, w_ptr, k_ptr, v_ptr, a_ptr, b_ptr, dy_ptr, dhT_ptr, 
         S = tl.load(ckpt_ptr + ckpt, mask=m_vk, other=0.0)
         tl.debug_barrier()  # the previous segment's reads of the scratch are done before it is overwritten
         for i in range(0, count):
-            tl.store(scratch + i * BV * BK, S)  # S_{t-1} for t = start + i
+            if HAS_RESET:
+                S = S * _keep(keep_ptr, bidx, length, start + i, HAS_RESET)
+            tl.store(scratch + i * BV * BK, S)  # S_{t-1} for t = start + i (as step t reads it, after a reset)
             row = (bidx * length + start + i) * heads + h
             r, w, k, a, b, v = _load_step(r_ptr, w_ptr, k_ptr, a_ptr, b_ptr, v_ptr,
                                           row * key_dim + ki, row * value_dim + vi, mk, mv)
@@ -140,6 +159,8 @@ def _wkv7_bwd_kernel(r_ptr, w_ptr, k_ptr, v_ptr, a_ptr, b_ptr, dy_ptr, dhT_ptr, 
             tl.store(da_ptr + key_off, tl.sum(S_prev * dSb[:, None], axis=0), mask=mk)
             tl.store(db_ptr + key_off, tl.sum(dS * sa[:, None], axis=0), mask=mk)
             dS = dS * decay[None, :] + dSb[:, None] * a[None, :]
+            if HAS_RESET:
+                dS = dS * _keep(keep_ptr, bidx, length, start + i, HAS_RESET)
     tl.store(dh0_ptr + state_off, dS, mask=m_vk)
 
 
@@ -147,7 +168,7 @@ def _block(n: int) -> int:
     return max(16, triton.next_power_of_2(n))
 
 
-def _forward(r, w, k, v, a, b, h0, save: bool):
+def _forward(r, w, k, v, a, b, h0, keep, save: bool):
     batch, length, heads, key_dim = r.shape
     value_dim = v.shape[-1]
     dev = r.device
@@ -158,22 +179,23 @@ def _forward(r, w, k, v, a, b, h0, save: bool):
             if save else None)
     block_v = min(FWD_BLOCK_V, _block(value_dim))
     _wkv7_fwd_kernel[(triton.cdiv(value_dim, block_v), batch * heads)](
-        r, w, k, v, a, b, h0, y, hT, ckpt, length, heads, key_dim, value_dim, num_ckpts,
+        r, w, k, v, a, b, h0, keep, y, hT, ckpt, length, heads, key_dim, value_dim, num_ckpts,
         BV=block_v, BK=_block(key_dim), CKPT=CHECKPOINT, HAS_H0=h0 is not None, SAVE=save,
+        HAS_RESET=keep is not None,
     )
     return y, hT, ckpt
 
 
 class _WKV7Fn(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, r, w, k, v, a, b, h0):
-        y, hT, ckpt = _forward(r, w, k, v, a, b, h0, save=True)
-        ctx.save_for_backward(r, w, k, v, a, b, h0, ckpt)
+    def forward(ctx, r, w, k, v, a, b, h0, keep):
+        y, hT, ckpt = _forward(r, w, k, v, a, b, h0, keep, save=True)
+        ctx.save_for_backward(r, w, k, v, a, b, h0, keep, ckpt)
         return y, hT
 
     @staticmethod
     def backward(ctx, dy, dhT):
-        r, w, k, v, a, b, h0, ckpt = ctx.saved_tensors
+        r, w, k, v, a, b, h0, keep, ckpt = ctx.saved_tensors
         batch, length, heads, key_dim = r.shape
         value_dim = v.shape[-1]
         block_v, block_k = _block(value_dim), _block(key_dim)
@@ -185,21 +207,22 @@ class _WKV7Fn(torch.autograd.Function):
         dv = torch.empty(v.shape, device=dev, dtype=f32)
         dh0 = torch.empty(batch, heads, value_dim, key_dim, device=dev, dtype=f32)
         _wkv7_bwd_kernel[(batch * heads,)](
-            r, w, k, v, a, b, dy, dhT, ckpt, scratch, dr, dw, dk, dv, da, db, dh0,
+            r, w, k, v, a, b, keep, dy, dhT, ckpt, scratch, dr, dw, dk, dv, da, db, dh0,
             length, heads, key_dim, value_dim, ckpt.shape[1],
-            BV=block_v, BK=block_k, CKPT=CHECKPOINT, HAS_DHT=dhT is not None,
+            BV=block_v, BK=block_k, CKPT=CHECKPOINT, HAS_DHT=dhT is not None, HAS_RESET=keep is not None,
             num_warps=4 if block_v * block_k <= 64 * 64 else 8,
         )
         return (dr.to(r.dtype), dw.to(w.dtype), dk.to(k.dtype), dv.to(v.dtype), da.to(a.dtype), db.to(b.dtype),
-                dh0.to(h0.dtype) if h0 is not None else None)
+                dh0.to(h0.dtype) if h0 is not None else None, None)
 
 
 def wkv7(r, w, k, v, a, b, *, initial_state=None, reset=None):
-    """RWKV-7 WKV over (B, T, H, *); returns (y, final_state). Formulas in ``reference.py``."""
-    if reset is not None:  # supports() declines it; reached only by a direct call
-        raise ValueError("wkv7: the Triton backend takes no reset input; use the chunked or reference backend")
+    """RWKV-7 WKV over (B, T, H, *); returns (y, final_state). Formulas in ``reference.py``; ``reset`` (B, T): the
+    state entering a token marked True is zero."""
     check_inputs(r, w, k, v, a, b, initial_state)
     batch, length, heads, key_dim = r.shape
+    reset = check_reset("wkv7", reset, batch, length)
+    keep = None if reset is None else (~reset).float().contiguous()  # (B, T): 0 where a document begins
     h0 = initial_state.float().contiguous() if initial_state is not None else None
     if length == 0:
         final = h0 if h0 is not None else r.new_zeros(batch, heads, v.shape[-1], key_dim, dtype=torch.float32)
@@ -208,6 +231,6 @@ def wkv7(r, w, k, v, a, b, *, initial_state=None, reset=None):
     r, w, k, v, a, b = (t.contiguous() for t in (r, w, k, v, a, b))
     inputs = (r, w, k, v, a, b, initial_state)
     if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in inputs):
-        return _WKV7Fn.apply(r, w, k, v, a, b, h0)
-    y, hT, _ = _forward(r, w, k, v, a, b, h0, save=False)
+        return _WKV7Fn.apply(r, w, k, v, a, b, h0, keep)
+    y, hT, _ = _forward(r, w, k, v, a, b, h0, keep, save=False)
     return y, hT

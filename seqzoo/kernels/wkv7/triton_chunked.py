@@ -488,7 +488,8 @@ class _ChunkedWKV7Fn(torch.autograd.Function):
 def wkv7(r, w, k, v, a, b, *, initial_state=None, reset=None):
     """RWKV-7 WKV over (B, T, H, *); returns (y, final_state). Formulas in ``reference.py``."""
     if reset is not None:  # supports() declines it; reached only by a direct call
-        raise ValueError("wkv7: the Triton backend takes no reset input; use the chunked or reference backend")
+        raise ValueError("wkv7: the triton_chunked backend takes no reset input; the triton, chunked and "
+                         "reference backends do")
     check_inputs(r, w, k, v, a, b, initial_state)
     batch, length, heads, key_dim = r.shape
     if length <= 1:  # decoding: the recurrent kernel's single fused step
