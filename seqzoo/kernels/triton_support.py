@@ -162,10 +162,7 @@ def supports_key_selective_scan(u, delta, A, B, C, D=None, z=None, *, initial_st
 
 
 def supports_selective_scan(u, delta, A, B, C, D=None, z=None, *, initial_state=None, reset=None):
-    """No reset input; CUDA tensors in float32/float16/bfloat16, real A, state size N <= 64."""
-    ok, reason = refuse_reset(reset)
-    if not ok:
-        return ok, reason
+    """CUDA tensors in float32/float16/bfloat16, real A, state size N <= 64; any reset."""
     ok, reason = check_tensors("selective_scan", {"u": u, "delta": delta, "A": A, "B": B, "C": C, "D": D, "z": z,
                                                   "initial_state": initial_state})
     if not ok:

@@ -94,3 +94,28 @@ def test_supports_declines_what_the_kernel_cannot_run():
         wide = -torch.ones(4, 128, device="cuda")
         ok, reason = supports_selective_scan(c["u"], c["delta"], wide, c["B"], c["C"])
         assert not ok and "N=128" in reason
+
+
+def test_resets_match_separate_documents(monkeypatch):
+    # Tiles of 16, one per backward segment: documents cross tiles and segments, one begins on a tile's first step
+    # (16), documents of one token; row 0's first document continues the initial state, row 1 starts afresh.
+    from tests.kernels.scan_checks import check_resets_match_separate_documents
+
+    fn = triton_kernel("selective_scan")
+    monkeypatch.setattr(importlib.import_module("seqzoo.kernels.selective_scan.triton"), "SEGMENT_TILES", 1)
+    tensors = {k: v.to(DEVICE) for k, v in _inputs(2, 40, 19, 5, seed=12).items()}
+
+    def run(backend, t, reset=None):
+        kernel = fn if backend == "triton" else get_kernel("selective_scan", backend)
+        return kernel(t["u"], t["delta"], t["A"], t["B"], t["C"], t["D"], t["z"], initial_state=t["initial_state"],
+                      reset=reset)
+
+    check_resets_match_separate_documents(run, "triton", tensors, [[1, 15, 9, 15], [5, 1, 32, 2]],
+                                          ("u", "delta", "B", "C", "z"), dtype=torch.float32)
+    with torch.no_grad():  # T = 1 without gradients: the fused decode step
+        one = {k: (v[:, :1] if v.dim() == 3 and v.shape[1] == 40 else v) for k, v in tensors.items()}
+        reset = torch.tensor([[False], [True]], device=DEVICE)
+        y, state = run("triton", one, reset=reset)
+        y_ref, state_ref = run("reference", one, reset=reset)
+    torch.testing.assert_close(y, y_ref, atol=2e-5, rtol=1e-4)
+    torch.testing.assert_close(state, state_ref, atol=2e-5, rtol=1e-4)

@@ -20,6 +20,10 @@ segment's tiles in reverse. Saved memory is 1/(SEGMENT_TILES * BT) of storing ev
 
 Padding: steps past T are loaded as delta = 0, u = 0, which are identity steps, so a partial last tile needs no
 special case. Decoding (T = 1 without gradients) uses one fused step kernel: state update and output in one launch.
+
+Resets (``reset`` (B, T), True at a document's first token): the step's decay a_t is multiplied by 0 there, in the
+forward, the backward's re-run and its reverse scan (a_{t+1}), and in d h_init = a_0 g_0; ``a_t h_{t-1}`` is then 0,
+so no gradient crosses a document boundary either.
 """
 
 from __future__ import annotations
@@ -27,6 +31,8 @@ from __future__ import annotations
 import torch
 import triton
 import triton.language as tl
+
+from seqzoo.kernels.reset import check_reset
 
 from .reference import check_inputs
 
@@ -65,9 +71,17 @@ def _load_tile(u_ptr, dl_ptr, b_ptr, c_ptr, bidx, t, d, n, length, channels, sta
 
 
 @triton.jit
-def _tile_states(h, dl, u, bm, A, rows):
+def _keep_tile(keep_ptr, bidx, t, length, HAS_RESET: tl.constexpr):
+    # (BT,): 0.0 at the steps that begin a document (their entering state is zero), 1.0 elsewhere and past the end
+    if HAS_RESET:
+        return tl.load(keep_ptr + bidx * length + t, mask=t < length, other=1.0)
+    return tl.full(t.shape, 1.0, tl.float32)
+
+
+@triton.jit
+def _tile_states(h, dl, u, bm, A, rows, kp):
     # States after each of the tile's steps, from the state h before it: (BT, BD, N); also a and w.
-    a = tl.exp(dl[:, :, None] * A[None, :, :])
+    a = tl.exp(dl[:, :, None] * A[None, :, :]) * kp[:, None, None]
     w = (dl * u)[:, :, None] * bm[:, None, :]
     w_first = w + tl.where(rows[:, None, None] == 0, a * h[None, :, :], 0.0)
     _, hs = tl.associative_scan((a, w_first), 0, _linear_combine)
@@ -75,12 +89,13 @@ def _tile_states(h, dl, u, bm, A, rows):
 
 
 @triton.jit
-def _scan_fwd_kernel(u_ptr, dl_ptr, A_ptr, b_ptr, c_ptr, D_ptr, z_ptr, h0_ptr, y_ptr, hT_ptr, ckpt_ptr,
+def _scan_fwd_kernel(u_ptr, dl_ptr, A_ptr, b_ptr, c_ptr, D_ptr, z_ptr, h0_ptr, keep_ptr, y_ptr, hT_ptr, ckpt_ptr,
                      length, channels, state_size, num_tiles,
                      sub, sut, sud, sdb, sdt, sdd, sbb, sbt, sbn, scb, sct, scn, szb, szt, szd,
                      syb, syt, syd, num_segments,
                      BT: tl.constexpr, BD: tl.constexpr, BN: tl.constexpr, SEGMENT: tl.constexpr,
-                     HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_H0: tl.constexpr, SAVE: tl.constexpr):
+                     HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_H0: tl.constexpr, SAVE: tl.constexpr,
+                     HAS_RESET: tl.constexpr):
     pid_d, bidx = tl.program_id(0), tl.program_id(1)
     d = pid_d * BD + tl.arange(0, BD)
     n = tl.arange(0, BN)
@@ -102,7 +117,7 @@ def _scan_fwd_kernel(u_ptr, dl_ptr, A_ptr, b_ptr, c_ptr, D_ptr, z_ptr, h0_ptr, y
         t = i * BT + rows
         u, dl, bm, cm = _load_tile(u_ptr, dl_ptr, b_ptr, c_ptr, bidx, t, d, n, length, channels, state_size,
                                    sub, sut, sud, sdb, sdt, sdd, sbb, sbt, sbn, scb, sct, scn)
-        hs, a, w = _tile_states(h, dl, u, bm, A, rows)
+        hs, a, w = _tile_states(h, dl, u, bm, A, rows, _keep_tile(keep_ptr, bidx, t, length, HAS_RESET))
         y = tl.sum(hs * cm[:, None, :], axis=2)  # (BT, BD)
         if HAS_D:
             y += Dv[None, :] * u
@@ -117,13 +132,14 @@ def _scan_fwd_kernel(u_ptr, dl_ptr, A_ptr, b_ptr, c_ptr, D_ptr, z_ptr, h0_ptr, y
 
 
 @triton.jit
-def _scan_bwd_kernel(u_ptr, dl_ptr, A_ptr, b_ptr, c_ptr, D_ptr, z_ptr, dy_ptr, dhT_ptr, ckpt_ptr, scratch_ptr,
+def _scan_bwd_kernel(u_ptr, dl_ptr, A_ptr, b_ptr, c_ptr, D_ptr, z_ptr, keep_ptr, dy_ptr, dhT_ptr, ckpt_ptr,
+                     scratch_ptr,
                      du_ptr, ddl_ptr, dz_ptr, dB_ptr, dC_ptr, dA_ptr, dD_ptr, dh0_ptr,
                      length, channels, state_size, num_tiles, num_segments,
                      sub, sut, sud, sdb, sdt, sdd, sbb, sbt, sbn, scb, sct, scn, szb, szt, szd,
                      sgb, sgt, sgd,
                      BT: tl.constexpr, BD: tl.constexpr, BN: tl.constexpr, SEGMENT: tl.constexpr,
-                     HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_DHT: tl.constexpr):
+                     HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_DHT: tl.constexpr, HAS_RESET: tl.constexpr):
     pid_d, bidx = tl.program_id(0), tl.program_id(1)
     d = pid_d * BD + tl.arange(0, BD)
     n = tl.arange(0, BN)
@@ -154,7 +170,7 @@ def _scan_bwd_kernel(u_ptr, dl_ptr, A_ptr, b_ptr, c_ptr, D_ptr, z_ptr, dy_ptr, d
             t = (first + r) * BT + rows
             u, dl, bm, cm = _load_tile(u_ptr, dl_ptr, b_ptr, c_ptr, bidx, t, d, n, length, channels, state_size,
                                        sub, sut, sud, sdb, sdt, sdd, sbb, sbt, sbn, scb, sct, scn)
-            hs, a, w = _tile_states(h, dl, u, bm, A, rows)
+            hs, a, w = _tile_states(h, dl, u, bm, A, rows, _keep_tile(keep_ptr, bidx, t, length, HAS_RESET))
             h = _row(hs, rows[:, None, None], BT - 1)
         tl.debug_barrier()
         for r2 in range(0, count):
@@ -163,7 +179,7 @@ def _scan_bwd_kernel(u_ptr, dl_ptr, A_ptr, b_ptr, c_ptr, D_ptr, z_ptr, dy_ptr, d
             t = (first + r) * BT + rows
             u, dl, bm, cm = _load_tile(u_ptr, dl_ptr, b_ptr, c_ptr, bidx, t, d, n, length, channels, state_size,
                                        sub, sut, sud, sdb, sdt, sdd, sbb, sbt, sbn, scb, sct, scn)
-            hs, a, w = _tile_states(h, dl, u, bm, A, rows)
+            hs, a, w = _tile_states(h, dl, u, bm, A, rows, _keep_tile(keep_ptr, bidx, t, length, HAS_RESET))
             m_td = (t[:, None] < length) & (d[None, :] < channels)
             dy = tl.load(dy_ptr + bidx * sgb + t[:, None] * sgt + d[None, :] * sgd, mask=m_td, other=0.0)
             dy = dy.to(tl.float32)
@@ -182,6 +198,8 @@ def _scan_bwd_kernel(u_ptr, dl_ptr, A_ptr, b_ptr, c_ptr, D_ptr, z_ptr, dy_ptr, d
             dl_next = tl.load(dl_ptr + bidx * sdb + tn[:, None] * sdt + d[None, :] * sdd,
                               mask=(tn[:, None] < length) & (d[None, :] < channels), other=0.0).to(tl.float32)
             a_next = tl.exp(dl_next[:, :, None] * A[None, :, :])
+            if HAS_RESET:
+                a_next = a_next * _keep_tile(keep_ptr, bidx, tn, length, HAS_RESET)[:, None, None]
             c = dy[:, :, None] * cm[:, None, :] + tl.where(rows[:, None, None] == BT - 1, a_next * g_next[None], 0.0)
             _, g = tl.associative_scan((a_next, c), 0, _linear_combine, reverse=True)  # (BT, BD, N)
             ah = hs - w  # a_t h_{t-1}
@@ -202,17 +220,20 @@ def _scan_bwd_kernel(u_ptr, dl_ptr, A_ptr, b_ptr, c_ptr, D_ptr, z_ptr, dy_ptr, d
             g_next = _row(g, rows[:, None, None], 0)
     # dL/dh_init = a_0 g_0.
     dl0 = tl.load(dl_ptr + bidx * sdb + d * sdd, mask=d < channels, other=0.0).to(tl.float32)
-    tl.store(dh0_ptr + state_off, tl.exp(dl0[:, None] * A) * g_next, mask=m_dn)
+    a0 = tl.exp(dl0[:, None] * A)
+    if HAS_RESET:
+        a0 = a0 * tl.load(keep_ptr + bidx * length)
+    tl.store(dh0_ptr + state_off, a0 * g_next, mask=m_dn)
     tl.store(dA_ptr + state_off, dA_acc, mask=m_dn)
     if HAS_D:
         tl.store(dD_ptr + bidx * channels + d, dD_acc, mask=d < channels)
 
 
 @triton.jit
-def _scan_step_kernel(u_ptr, dl_ptr, A_ptr, b_ptr, c_ptr, D_ptr, z_ptr, h0_ptr, y_ptr, h1_ptr,
+def _scan_step_kernel(u_ptr, dl_ptr, A_ptr, b_ptr, c_ptr, D_ptr, z_ptr, h0_ptr, keep_ptr, y_ptr, h1_ptr,
                       channels, state_size, sub, sud, sdb, sdd, sbb, sbn, scb, scn, szb, szd, syb, syd,
                       BD: tl.constexpr, BN: tl.constexpr,
-                      HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_H0: tl.constexpr):
+                      HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_H0: tl.constexpr, HAS_RESET: tl.constexpr):
     # One decoding step for BD channels of one row: state update and output in one launch.
     pid_d, bidx = tl.program_id(0), tl.program_id(1)
     d = pid_d * BD + tl.arange(0, BD)
@@ -227,7 +248,10 @@ def _scan_step_kernel(u_ptr, dl_ptr, A_ptr, b_ptr, c_ptr, D_ptr, z_ptr, h0_ptr, 
     state_off = (bidx * channels + d[:, None]) * state_size + n[None, :]
     h = (dl * u)[:, None] * bm[None, :]
     if HAS_H0:
-        h += tl.exp(dl[:, None] * A) * tl.load(h0_ptr + state_off, mask=m_dn, other=0.0)
+        decay = tl.exp(dl[:, None] * A)
+        if HAS_RESET:
+            decay = decay * tl.load(keep_ptr + bidx)  # (B, 1) keep: 0 when this token begins a document
+        h += decay * tl.load(h0_ptr + state_off, mask=m_dn, other=0.0)
     y = tl.sum(h * cm[None, :], axis=1)
     if HAS_D:
         y += tl.load(D_ptr + d, mask=md, other=0.0).to(tl.float32) * u
@@ -246,7 +270,7 @@ def _block_n(state_size: int) -> int:
     return max(2, triton.next_power_of_2(state_size))
 
 
-def _forward(u, delta, A, B, C, D, z, h0, save: bool):
+def _forward(u, delta, A, B, C, D, z, h0, keep, save: bool):
     batch, length, channels = u.shape
     state_size = A.shape[1]
     num_tiles = triton.cdiv(length, BLOCK_T)
@@ -257,25 +281,26 @@ def _forward(u, delta, A, B, C, D, z, h0, save: bool):
             if save else None)
     grid = (triton.cdiv(channels, BLOCK_D), batch)
     _scan_fwd_kernel[grid](
-        u, delta, A, B, C, D, z, h0, y, hT, ckpt, length, channels, state_size, num_tiles,
+        u, delta, A, B, C, D, z, h0, keep, y, hT, ckpt, length, channels, state_size, num_tiles,
         *u.stride(), *delta.stride(), *B.stride(), *C.stride(), *_strides(z), *y.stride(), num_segments,
         BT=BLOCK_T, BD=BLOCK_D, BN=_block_n(state_size), SEGMENT=SEGMENT_TILES,
-        HAS_D=D is not None, HAS_Z=z is not None, HAS_H0=h0 is not None, SAVE=save, num_warps=FWD_WARPS,
+        HAS_D=D is not None, HAS_Z=z is not None, HAS_H0=h0 is not None, SAVE=save, HAS_RESET=keep is not None,
+        num_warps=FWD_WARPS,
     )
     return y, hT, ckpt
 
 
 class _SelectiveScanFn(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, u, delta, A, B, C, D, z, h0):
+    def forward(ctx, u, delta, A, B, C, D, z, h0, keep):
         A_c = A.contiguous()
-        y, hT, ckpt = _forward(u, delta, A_c, B, C, D, z, h0, save=True)
-        ctx.save_for_backward(u, delta, A_c, B, C, D, z, h0, ckpt)
+        y, hT, ckpt = _forward(u, delta, A_c, B, C, D, z, h0, keep, save=True)
+        ctx.save_for_backward(u, delta, A_c, B, C, D, z, h0, keep, ckpt)
         return y, hT
 
     @staticmethod
     def backward(ctx, dy, dhT):
-        u, delta, A, B, C, D, z, h0, ckpt = ctx.saved_tensors
+        u, delta, A, B, C, D, z, h0, keep, ckpt = ctx.saved_tensors
         batch, length, channels = u.shape
         state_size = A.shape[1]
         block_n = _block_n(state_size)
@@ -295,21 +320,23 @@ class _SelectiveScanFn(torch.autograd.Function):
         if dy is None:
             dy = torch.zeros(batch, length, channels, device=dev, dtype=u.dtype)
         _scan_bwd_kernel[(blocks_d, batch)](
-            u, delta, A, B, C, D, z, dy, dhT, ckpt, scratch, du, ddelta, dz, dB, dC, dA, dD, dh0,
+            u, delta, A, B, C, D, z, keep, dy, dhT, ckpt, scratch, du, ddelta, dz, dB, dC, dA, dD, dh0,
             length, channels, state_size, num_tiles, num_segments,
             *u.stride(), *delta.stride(), *B.stride(), *C.stride(), *_strides(z), *dy.stride(),
             BT=BLOCK_T, BD=BLOCK_D, BN=block_n, SEGMENT=SEGMENT_TILES,
-            HAS_D=D is not None, HAS_Z=z is not None, HAS_DHT=dhT is not None, num_warps=BWD_WARPS,
+            HAS_D=D is not None, HAS_Z=z is not None, HAS_DHT=dhT is not None, HAS_RESET=keep is not None,
+            num_warps=BWD_WARPS,
         )
         return (
             du.to(u.dtype), ddelta.to(delta.dtype), dA.sum(0).to(A.dtype), dB.to(B.dtype), dC.to(C.dtype),
             dD.sum(0).to(D.dtype) if D is not None else None,
             dz.to(z.dtype) if z is not None else None,
             dh0.to(h0.dtype) if h0 is not None else None,
+            None,
         )
 
 
-def _step(u, delta, A, B, C, D, z, h0):
+def _step(u, delta, A, B, C, D, z, h0, keep):
     batch, _, channels = u.shape
     state_size = A.shape[1]
     A = A.contiguous()
@@ -317,20 +344,22 @@ def _step(u, delta, A, B, C, D, z, h0):
     h1 = torch.empty(batch, channels, state_size, device=u.device, dtype=torch.float32)
     zs = (z.stride(0), z.stride(2)) if z is not None else (0, 0)
     _scan_step_kernel[(triton.cdiv(channels, BLOCK_D * 4), batch)](
-        u, delta, A, B, C, D, z, h0, y, h1, channels, state_size,
+        u, delta, A, B, C, D, z, h0, keep, y, h1, channels, state_size,
         u.stride(0), u.stride(2), delta.stride(0), delta.stride(2), B.stride(0), B.stride(2),
         C.stride(0), C.stride(2), *zs, y.stride(0), y.stride(2),
         BD=BLOCK_D * 4, BN=_block_n(state_size), HAS_D=D is not None, HAS_Z=z is not None, HAS_H0=h0 is not None,
+        HAS_RESET=keep is not None,
     )
     return y, h1
 
 
 def selective_scan(u, delta, A, B, C, D=None, z=None, *, initial_state=None, reset=None):
-    """Mamba-1 selective scan over (B, T, Dm); returns (y, final_state). Formulas in ``reference.py``."""
-    if reset is not None:  # supports() declines it; reached only by a direct call
-        raise ValueError("selective_scan: the Triton backend takes no reset input; use the chunked or reference backend")
+    """Mamba-1 selective scan over (B, T, Dm); returns (y, final_state). Formulas in ``reference.py``; ``reset``
+    (B, T): the state entering a token marked True is zero."""
     check_inputs(u, delta, A, B, C, D, z, initial_state)
     batch, length, channels = u.shape
+    reset = check_reset("selective_scan", reset, batch, length)
+    keep = None if reset is None else (~reset).float().contiguous()  # (B, T): 0 where a document begins
     h0 = initial_state.float().contiguous() if initial_state is not None else None
     if length == 0:
         final = h0 if h0 is not None else u.new_zeros(batch, channels, A.shape[1], dtype=torch.float32)
@@ -339,7 +368,7 @@ def selective_scan(u, delta, A, B, C, D=None, z=None, *, initial_state=None, res
     needs_grad = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in inputs)
     if not needs_grad:
         if length == 1:
-            return _step(u, delta, A, B, C, D, z, h0)
-        y, hT, _ = _forward(u, delta, A.contiguous(), B, C, D, z, h0, save=False)
+            return _step(u, delta, A, B, C, D, z, h0, keep)
+        y, hT, _ = _forward(u, delta, A.contiguous(), B, C, D, z, h0, keep, save=False)
         return y, hT
-    return _SelectiveScanFn.apply(u, delta, A, B, C, D, z, h0)
+    return _SelectiveScanFn.apply(u, delta, A, B, C, D, z, h0, keep)
