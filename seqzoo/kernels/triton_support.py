@@ -141,10 +141,7 @@ def supports_key_causal_conv1d(x, weight, bias=None, *, initial_state=None, acti
 
 
 def supports_causal_conv1d(x, weight, bias=None, *, initial_state=None, activation=None, mask=None, reset=None):
-    """No reset input; CUDA tensors in float32/float16/bfloat16 and a kernel width K <= 32."""
-    ok, reason = refuse_reset(reset)
-    if not ok:
-        return ok, reason
+    """CUDA tensors in float32/float16/bfloat16 and a kernel width K <= 32; any mask and reset."""
     ok, reason = check_tensors("causal_conv1d", {"x": x, "weight": weight, "bias": bias,
                                                  "initial_state": initial_state})
     if not ok:

@@ -49,3 +49,44 @@ def test_no_bias_no_state_identity_activation():
 
     check_parity("causal_conv1d no bias/state", fn, get_kernel("causal_conv1d", "reference"), backend, reference,
                  call, torch.float32, out_dtype=torch.float32)
+
+
+# Time blocks of 16: documents cross a block edge, one begins at 16; documents of 1 and 2 tokens (shorter than the
+# K - 1 = 3 inputs a window reaches back), also last in a row; row 0 continues its initial state.
+DOCUMENTS = [[1, 2, 13, 7], [3, 18, 2], [16, 7], [12, 1, 9, 1]]
+
+
+@pytest.mark.parametrize("width", [2, 4])
+def test_resets_match_separate_documents(width):
+    from tests.kernels.scan_checks import check_resets_match_separate_documents
+
+    fn = triton_kernel("causal_conv1d")
+    tensors = {k: v.to(DEVICE) for k, v in _inputs(4, 23, 5, width, seed=7).items()}
+
+    def run(backend, t, reset=None):
+        kernel = fn if backend == "triton" else get_kernel("causal_conv1d", backend)
+        return kernel(t["x"], t["weight"], t["bias"], initial_state=t["initial_state"], activation="silu",
+                      reset=reset)
+
+    check_resets_match_separate_documents(run, "triton", tensors, DOCUMENTS, ("x",), f"K={width}",
+                                          dtype=torch.float32)
+
+
+def test_resets_with_padding_match_the_reference():
+    # A reset at a padded position still starts a document; the reference takes both inputs the same way.
+    from tests.kernels.scan_checks import reset_from_documents
+
+    fn = triton_kernel("causal_conv1d")
+    inputs = _inputs(4, 23, 5, 4, seed=8)
+    mask = torch.rand(4, 23, generator=torch.Generator().manual_seed(4)) > 0.3
+    reset = reset_from_documents(DOCUMENTS, 23)
+    mask[0, 3] = False  # row 0's third document begins at a padded position
+    mask, reset = mask.to(DEVICE), reset.to(DEVICE)
+    backend, reference = leaves(inputs, torch.float32, low_precision=())
+
+    def call(f, t):
+        return f(t["x"], t["weight"], t["bias"], initial_state=t["initial_state"], activation="silu", mask=mask,
+                 reset=reset)
+
+    check_parity("causal_conv1d resets + padding", fn, get_kernel("causal_conv1d", "reference"), backend,
+                 reference, call, torch.float32, out_dtype=torch.float32)
