@@ -9,6 +9,10 @@ final state is the state of the row's last document. ``None`` (the default) rese
 A reset at a padded position (a mask of 0 in ``causal_conv1d`` and the recurrent cells, an identity step in the
 scans) still resets: the padded step carries the zero state on, so the next real token starts a fresh document.
 
+Every backend takes it except wkv7's ``triton_chunked``, whose ``supports()`` declines a call with one
+(:func:`refuse_reset`), so the registry picks another; and the fused rnn/lstm/gru backend, which takes it only
+without padding.
+
 The chunked backends never put a zero decay into a log-space cumulative sum (log 0 = -inf, and -inf - -inf is nan):
 they keep the cumulative decays of the data and multiply the terms that would cross a reset by 0 (the masks
 below), or, in a step-by-step scan, multiply the step's decay by 0.

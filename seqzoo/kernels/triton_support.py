@@ -179,10 +179,7 @@ def supports_key_ssd(x, dt, A, B, C, D=None, *, initial_state=None, chunk_size=6
 
 
 def supports_ssd(x, dt, A, B, C, D=None, *, initial_state=None, chunk_size=64, reset=None):
-    """No reset input; CUDA tensors in float32/float16/bfloat16, head dim P <= 128, state size N <= 128."""
-    ok, reason = refuse_reset(reset)
-    if not ok:
-        return ok, reason
+    """CUDA tensors in float32/float16/bfloat16, head dim P <= 128, state size N <= 128; any reset."""
     ok, reason = check_tensors("ssd", {"x": x, "dt": dt, "A": A, "B": B, "C": C, "D": D,
                                        "initial_state": initial_state})
     if not ok:

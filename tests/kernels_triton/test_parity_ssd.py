@@ -87,3 +87,27 @@ def test_supports_declines_what_the_kernels_cannot_run():
         wide = torch.randn(1, 3, 2, 256, device="cuda")
         ok, reason = supports_ssd(wide, c["dt"], c["A"], c["B"], c["C"])
         assert not ok and "P=256" in reason
+
+
+def test_resets_match_separate_documents(small_chunks):
+    # Chunks of 16: documents cross chunks, one begins on a chunk's first step (16), documents of one token, the last
+    # one included; row 0's first document continues the initial state, row 1 starts afresh.
+    from tests.kernels.scan_checks import check_resets_match_separate_documents
+
+    fn = triton_kernel("ssd")
+    tensors = {k: v.to(DEVICE) for k, v in _inputs(2, 33, 4, 5, 2, 6, seed=13).items()}
+
+    def run(backend, t, reset=None):
+        kernel = fn if backend == "triton" else get_kernel("ssd", backend)
+        return kernel(t["x"], t["dt"], t["A"], t["B"], t["C"], t["D"], initial_state=t["initial_state"],
+                      chunk_size=16, reset=reset)
+
+    check_resets_match_separate_documents(run, "triton", tensors, [[1, 15, 9, 8], [5, 1, 26, 1]],
+                                          ("x", "dt", "B", "C"), dtype=torch.float32)
+    with torch.no_grad():  # T = 1 without gradients: the fused decode step
+        one = {k: (v[:, :1] if k in ("x", "dt", "B", "C") else v) for k, v in tensors.items()}
+        reset = torch.tensor([[False], [True]], device=DEVICE)
+        y, state = run("triton", one, reset=reset)
+        y_ref, state_ref = run("reference", one, reset=reset)
+    torch.testing.assert_close(y, y_ref, atol=2e-5, rtol=1e-4)
+    torch.testing.assert_close(state, state_ref, atol=2e-5, rtol=1e-4)

@@ -23,6 +23,12 @@ Chunks are CHUNK steps (CHUNK_FP32 for float32 inputs) regardless of ``chunk_siz
 semantic choice: results agree up to rounding). A partial last chunk is padded with dt = 0, the identity step.
 Products run on tensor cores in the input dtype (bf16/fp16 operands, float32 accumulation); float32 inputs use
 exact float32 ("ieee") dots.
+
+Resets (``reset`` (B, T), True at a document's first token), as in ``chunked.py``: the running log decay cs stays
+that of the data, and every term that would cross a reset is multiplied by 0. With seg_l the resets in the chunk up
+to l: the (L, L) decays by [seg_l == seg_s], exp(cs_l) (the start state's reach) by [seg_l == 0], exp(cs_last - cs_s)
+(the reach to the chunk's end) by [seg_s == seg_last], and the chunk decay exp(cs_last) by [seg_last == 0], in every
+kernel, so the backward's gradients through the decays see the same zeros.
 """
 
 from __future__ import annotations
@@ -30,6 +36,8 @@ from __future__ import annotations
 import torch
 import triton
 import triton.language as tl
+
+from seqzoo.kernels.reset import check_reset
 
 from .reference import check_inputs
 
@@ -47,6 +55,22 @@ def _chunk_decay(dt_ptr, A_ptr, bidx, h, t, length, sdb, sdt, sdh):
     dt = tl.load(dt_ptr + bidx * sdb + t * sdt + h * sdh, mask=t < length, other=0.0).to(tl.float32)
     A = tl.load(A_ptr + h).to(tl.float32)
     return dt, tl.cumsum(dt * A, axis=0)
+
+
+@triton.jit
+def _segments(reset_ptr, bidx, t, length, idx, L: tl.constexpr, HAS_RESET: tl.constexpr):
+    # The reset masks of one chunk (float32, 1.0 = kept): same (L, L) [l, s] in one document; first (L,) reached by
+    # the chunk's start state; last (L,) reaching its end; open (scalar) the start state reaching the end.
+    if HAS_RESET:
+        resets = tl.load(reset_ptr + bidx * length + t, mask=t < length, other=0.0)
+        seg = tl.cumsum(resets, axis=0)
+        seg_last = _last(seg, idx, L)
+        same = tl.where(seg[:, None] == seg[None, :], 1.0, 0.0)
+        first = tl.where(seg == 0.0, 1.0, 0.0)
+        last = tl.where(seg == seg_last, 1.0, 0.0)
+        return same, first, last, tl.where(seg_last == 0.0, 1.0, 0.0)
+    ones = tl.full((L,), 1.0, tl.float32)
+    return ones[:, None] * ones[None, :], ones, ones, 1.0
 
 
 @triton.jit
@@ -71,11 +95,12 @@ def _load_2d(ptr, base, rows, cols, row_stride, col_stride, row_limit, col_limit
 
 
 @triton.jit
-def _ssd_states_kernel(x_ptr, dt_ptr, A_ptr, b_ptr, h0_ptr, states_ptr, hT_ptr,
+def _ssd_states_kernel(x_ptr, dt_ptr, A_ptr, b_ptr, h0_ptr, reset_ptr, states_ptr, hT_ptr,
                        length, heads, head_dim, state_size, heads_per_group, num_chunks,
                        sxb, sxt, sxh, sxp, sdb, sdt, sdh, sbb, sbt, sbg, sbn,
                        L: tl.constexpr, BP: tl.constexpr, BN: tl.constexpr, HAS_H0: tl.constexpr,
-                       DOT_DTYPE: tl.constexpr, PRECISION: tl.constexpr, EMULATE: tl.constexpr):
+                       DOT_DTYPE: tl.constexpr, PRECISION: tl.constexpr, EMULATE: tl.constexpr,
+                       HAS_RESET: tl.constexpr):
     pid_p, pid_bh = tl.program_id(0), tl.program_id(1)
     bidx, h = pid_bh // heads, pid_bh % heads
     g = h // heads_per_group
@@ -96,17 +121,19 @@ def _ssd_states_kernel(x_ptr, dt_ptr, A_ptr, b_ptr, h0_ptr, states_ptr, hT_ptr,
         cs_last = _last(cs, idx, L)
         x = _load_2d(x_ptr, bidx * sxb + h * sxh, t, p, sxt, sxp, length, head_dim).to(tl.float32)  # (L, BP)
         bm = _load_2d(b_ptr, bidx * sbb + g * sbg, t, n, sbt, sbn, length, state_size)  # (L, BN)
-        xw = x * (dt * tl.exp(cs_last - cs))[:, None]
-        S = tl.exp(cs_last) * S + _mm(tl.trans(xw), bm, DOT_DTYPE, PRECISION, EMULATE)
+        _, _, last, open_ = _segments(reset_ptr, bidx, t, length, idx, L, HAS_RESET)
+        xw = x * (dt * tl.exp(cs_last - cs) * last)[:, None]
+        S = tl.exp(cs_last) * open_ * S + _mm(tl.trans(xw), bm, DOT_DTYPE, PRECISION, EMULATE)
     tl.store(hT_ptr + state_off, S, mask=m_pn)
 
 
 @triton.jit
-def _ssd_output_kernel(x_ptr, dt_ptr, A_ptr, b_ptr, c_ptr, D_ptr, states_ptr, y_ptr,
+def _ssd_output_kernel(x_ptr, dt_ptr, A_ptr, b_ptr, c_ptr, D_ptr, reset_ptr, states_ptr, y_ptr,
                        length, heads, head_dim, state_size, heads_per_group, num_chunks,
                        sxb, sxt, sxh, sxp, sdb, sdt, sdh, sbb, sbt, sbg, sbn, scb, sct, scg, scn,
                        L: tl.constexpr, BP: tl.constexpr, BN: tl.constexpr, HAS_D: tl.constexpr,
-                       DOT_DTYPE: tl.constexpr, PRECISION: tl.constexpr, EMULATE: tl.constexpr):
+                       DOT_DTYPE: tl.constexpr, PRECISION: tl.constexpr, EMULATE: tl.constexpr,
+                       HAS_RESET: tl.constexpr):
     c, pid_p, pid_bh = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     bidx, h = pid_bh // heads, pid_bh % heads
     g = h // heads_per_group
@@ -120,9 +147,11 @@ def _ssd_output_kernel(x_ptr, dt_ptr, A_ptr, b_ptr, c_ptr, D_ptr, states_ptr, y_
     cm = _load_2d(c_ptr, bidx * scb + g * scg, t, n, sct, scn, length, state_size).to(DOT_DTYPE)
     S = _load_2d(states_ptr, (pid_bh * num_chunks + c) * head_dim * state_size, p, n, state_size, 1,
                  head_dim, state_size)  # (BP, BN) float32
-    y = tl.exp(cs)[:, None] * _mm(cm, tl.trans(S), DOT_DTYPE, PRECISION, EMULATE)
+    same, first, _, _ = _segments(reset_ptr, bidx, t, length, idx, L, HAS_RESET)
+    y = (tl.exp(cs) * first)[:, None] * _mm(cm, tl.trans(S), DOT_DTYPE, PRECISION, EMULATE)
     causal = idx[:, None] >= idx[None, :]
     decay = tl.exp(tl.where(causal, cs[:, None] - cs[None, :], float("-inf")))  # (L, L), 0 above the diagonal
+    decay = decay * same
     M = _mm(cm, tl.trans(bm), DOT_DTYPE, PRECISION, EMULATE) * decay * dt[None, :]
     y += _mm(M, x, DOT_DTYPE, PRECISION, EMULATE)
     if HAS_D:
@@ -132,11 +161,12 @@ def _ssd_output_kernel(x_ptr, dt_ptr, A_ptr, b_ptr, c_ptr, D_ptr, states_ptr, y_
 
 
 @triton.jit
-def _ssd_dstates_kernel(dy_ptr, dt_ptr, A_ptr, c_ptr, dhT_ptr, dstates_ptr, dh0_ptr,
+def _ssd_dstates_kernel(dy_ptr, dt_ptr, A_ptr, c_ptr, reset_ptr, dhT_ptr, dstates_ptr, dh0_ptr,
                         length, heads, head_dim, state_size, heads_per_group, num_chunks,
                         sgb, sgt, sgh, sgp, sdb, sdt, sdh, scb, sct, scg, scn,
                         L: tl.constexpr, BP: tl.constexpr, BN: tl.constexpr, HAS_DHT: tl.constexpr,
-                        DOT_DTYPE: tl.constexpr, PRECISION: tl.constexpr, EMULATE: tl.constexpr):
+                        DOT_DTYPE: tl.constexpr, PRECISION: tl.constexpr, EMULATE: tl.constexpr,
+                        HAS_RESET: tl.constexpr):
     pid_p, pid_bh = tl.program_id(0), tl.program_id(1)
     bidx, h = pid_bh // heads, pid_bh % heads
     g = h // heads_per_group
@@ -157,20 +187,21 @@ def _ssd_dstates_kernel(dy_ptr, dt_ptr, A_ptr, c_ptr, dhT_ptr, dstates_ptr, dh0_
         dt, cs = _chunk_decay(dt_ptr, A_ptr, bidx, h, t, length, sdb, sdt, sdh)
         dy = _load_2d(dy_ptr, bidx * sgb + h * sgh, t, p, sgt, sgp, length, head_dim).to(tl.float32)
         cm = _load_2d(c_ptr, bidx * scb + g * scg, t, n, sct, scn, length, state_size)
-        dyw = dy * tl.exp(cs)[:, None]
-        dS = tl.exp(_last(cs, idx, L)) * dS + _mm(tl.trans(dyw), cm, DOT_DTYPE, PRECISION, EMULATE)
+        _, first, _, open_ = _segments(reset_ptr, bidx, t, length, idx, L, HAS_RESET)
+        dyw = dy * (tl.exp(cs) * first)[:, None]
+        dS = tl.exp(_last(cs, idx, L)) * open_ * dS + _mm(tl.trans(dyw), cm, DOT_DTYPE, PRECISION, EMULATE)
     tl.store(dh0_ptr + state_off, dS, mask=m_pn)
 
 
 @triton.jit
-def _ssd_chunk_bwd_kernel(x_ptr, dt_ptr, A_ptr, b_ptr, c_ptr, D_ptr, dy_ptr, states_ptr, dstates_ptr,
+def _ssd_chunk_bwd_kernel(x_ptr, dt_ptr, A_ptr, b_ptr, c_ptr, D_ptr, reset_ptr, dy_ptr, states_ptr, dstates_ptr,
                           dx_ptr, ddt_ptr, dB_ptr, dC_ptr, dA_ptr, dD_ptr,
                           length, heads, head_dim, state_size, heads_per_group, num_chunks,
                           sxb, sxt, sxh, sxp, sdb, sdt, sdh, sbb, sbt, sbg, sbn, scb, sct, scg, scn,
                           sgb, sgt, sgh, sgp,
                           L: tl.constexpr, BP: tl.constexpr, BN: tl.constexpr, HAS_D: tl.constexpr,
                           DOT_DTYPE: tl.constexpr, PRECISION: tl.constexpr, EMULATE: tl.constexpr,
-                          PART: tl.constexpr):
+                          PART: tl.constexpr, HAS_RESET: tl.constexpr):
     # One chunk of one (batch, head), the whole head dim (BP >= P). Launched twice: PART 0 computes dx, ddt, dA,
     # dD; PART 1 dB, dC. Split so that fewer (L, L) and (L, N) tiles are live at once (register spills).
     c, pid_bh = tl.program_id(0), tl.program_id(1)
@@ -191,11 +222,12 @@ def _ssd_chunk_bwd_kernel(x_ptr, dt_ptr, A_ptr, b_ptr, c_ptr, D_ptr, dy_ptr, sta
     S = _load_2d(states_ptr, chunk_state, p, n, state_size, 1, head_dim, state_size)  # (P, N) at chunk start
     dS = _load_2d(dstates_ptr, chunk_state, p, n, state_size, 1, head_dim, state_size)  # d(state at chunk end)
 
-    decay_in = tl.exp(cs)  # (L,) from the chunk start to step l
-    decay_out = tl.exp(cs_last - cs)  # (L,) from step l to the chunk end
+    same, first, last, open_ = _segments(reset_ptr, bidx, t, length, idx, L, HAS_RESET)
+    decay_in = tl.exp(cs) * first  # (L,) from the chunk start to step l
+    decay_out = tl.exp(cs_last - cs) * last  # (L,) from step l to the chunk end
     w_out = dt * decay_out
     causal = idx[:, None] >= idx[None, :]
-    E = tl.exp(tl.where(causal, cs[:, None] - cs[None, :], float("-inf")))  # (L, L)
+    E = tl.exp(tl.where(causal, cs[:, None] - cs[None, :], float("-inf"))) * same  # (L, L)
     G = _mm(dy, tl.trans(x), DOT_DTYPE, PRECISION, EMULATE)  # (L, L): dy_l . x_s
     in_t = t < length
 
@@ -217,7 +249,8 @@ def _ssd_chunk_bwd_kernel(x_ptr, dt_ptr, A_ptr, b_ptr, c_ptr, D_ptr, dy_ptr, sta
         ddt += R
         dcs -= dt * R
         dcs += tl.where(idx == L - 1,
-                        tl.sum(dt * R, axis=0) + tl.exp(cs_last) * tl.sum(tl.sum(dS * S, axis=1), axis=0), 0.0)
+                        tl.sum(dt * R, axis=0) + tl.exp(cs_last) * open_ * tl.sum(tl.sum(dS * S, axis=1), axis=0),
+                        0.0)
         if HAS_D:
             Dh = tl.load(D_ptr + h).to(tl.float32)
             dx += Dh * dy
@@ -243,10 +276,11 @@ def _ssd_chunk_bwd_kernel(x_ptr, dt_ptr, A_ptr, b_ptr, c_ptr, D_ptr, dy_ptr, sta
 
 
 @triton.jit
-def _ssd_step_kernel(x_ptr, dt_ptr, A_ptr, b_ptr, c_ptr, D_ptr, h0_ptr, y_ptr, h1_ptr,
+def _ssd_step_kernel(x_ptr, dt_ptr, A_ptr, b_ptr, c_ptr, D_ptr, h0_ptr, reset_ptr, y_ptr, h1_ptr,
                      heads, head_dim, state_size, heads_per_group,
                      sxb, sxh, sxp, sdb, sdh, sbb, sbg, sbn, scb, scg, scn,
-                     BP: tl.constexpr, BN: tl.constexpr, HAS_D: tl.constexpr, HAS_H0: tl.constexpr):
+                     BP: tl.constexpr, BN: tl.constexpr, HAS_D: tl.constexpr, HAS_H0: tl.constexpr,
+                     HAS_RESET: tl.constexpr):
     # One decoding step for a block of P rows of one (batch, head): state update and output in one launch.
     pid_p, pid_bh = tl.program_id(0), tl.program_id(1)
     bidx, h = pid_bh // heads, pid_bh % heads
@@ -262,7 +296,10 @@ def _ssd_step_kernel(x_ptr, dt_ptr, A_ptr, b_ptr, c_ptr, D_ptr, h0_ptr, y_ptr, h
     state_off = (pid_bh * head_dim + p[:, None]) * state_size + n[None, :]
     S = (dt * x)[:, None] * bm[None, :]
     if HAS_H0:
-        S += tl.exp(dt * tl.load(A_ptr + h).to(tl.float32)) * tl.load(h0_ptr + state_off, mask=m_pn, other=0.0)
+        decay = tl.exp(dt * tl.load(A_ptr + h).to(tl.float32))
+        if HAS_RESET:
+            decay = decay * (1.0 - tl.load(reset_ptr + bidx))  # (B, 1) resets: no state enters a document's start
+        S += decay * tl.load(h0_ptr + state_off, mask=m_pn, other=0.0)
     y = tl.sum(S * cm[None, :], axis=1)
     if HAS_D:
         y += tl.load(D_ptr + h).to(tl.float32) * x
@@ -297,7 +334,7 @@ def _dot_config(x):
     return _DOT_DTYPES[x.dtype], "ieee" if x.dtype == torch.float32 else "tf32"
 
 
-def _forward(x, dt, A, B, C, D, h0):
+def _forward(x, dt, A, B, C, D, h0, resets):
     batch, length, heads, head_dim, state_size, per_group = _dims(x, B)
     block_p, _, block_n = _tiles(head_dim, state_size)
     chunk = _chunk(x)
@@ -308,15 +345,15 @@ def _forward(x, dt, A, B, C, D, h0):
     hT = torch.empty(batch, heads, head_dim, state_size, device=dev, dtype=torch.float32)
     common = (length, heads, head_dim, state_size, per_group, num_chunks)
     _ssd_states_kernel[(triton.cdiv(head_dim, block_p), batch * heads)](
-        x, dt, A, B, h0, states, hT, *common, *x.stride(), *dt.stride(), *B.stride(),
+        x, dt, A, B, h0, resets, states, hT, *common, *x.stride(), *dt.stride(), *B.stride(),
         L=chunk, BP=block_p, BN=block_n, HAS_H0=h0 is not None, DOT_DTYPE=dot_dtype, PRECISION=precision,
-        EMULATE=_INTERPRETED,
+        EMULATE=_INTERPRETED, HAS_RESET=resets is not None,
     )
     y = torch.empty(batch, length, heads, head_dim, device=dev, dtype=x.dtype)
     _ssd_output_kernel[(num_chunks, triton.cdiv(head_dim, block_p), batch * heads)](
-        x, dt, A, B, C, D, states, y, *common, *x.stride(), *dt.stride(), *B.stride(), *C.stride(),
+        x, dt, A, B, C, D, resets, states, y, *common, *x.stride(), *dt.stride(), *B.stride(), *C.stride(),
         L=chunk, BP=block_p, BN=block_n, HAS_D=D is not None, DOT_DTYPE=dot_dtype, PRECISION=precision,
-        EMULATE=_INTERPRETED,
+        EMULATE=_INTERPRETED, HAS_RESET=resets is not None,
         num_warps=8,
     )
     return y, hT, states
@@ -324,14 +361,14 @@ def _forward(x, dt, A, B, C, D, h0):
 
 class _SSDFn(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x, dt, A, B, C, D, h0):
-        y, hT, states = _forward(x, dt, A, B, C, D, h0)
-        ctx.save_for_backward(x, dt, A, B, C, D, h0, states)
+    def forward(ctx, x, dt, A, B, C, D, h0, resets):
+        y, hT, states = _forward(x, dt, A, B, C, D, h0, resets)
+        ctx.save_for_backward(x, dt, A, B, C, D, h0, resets, states)
         return y, hT
 
     @staticmethod
     def backward(ctx, dy, dhT):
-        x, dt, A, B, C, D, h0, states = ctx.saved_tensors
+        x, dt, A, B, C, D, h0, resets, states = ctx.saved_tensors
         batch, length, heads, head_dim, state_size, per_group = _dims(x, B)
         block_p, block_p_full, block_n = _tiles(head_dim, state_size)
         num_chunks = states.shape[1]
@@ -344,9 +381,9 @@ class _SSDFn(torch.autograd.Function):
         dstates = torch.empty_like(states)
         dh0 = torch.empty(batch, heads, head_dim, state_size, device=dev, dtype=f32)
         _ssd_dstates_kernel[(triton.cdiv(head_dim, block_p), batch * heads)](
-            dy, dt, A, C, dhT, dstates, dh0, *common, *dy.stride(), *dt.stride(), *C.stride(),
+            dy, dt, A, C, resets, dhT, dstates, dh0, *common, *dy.stride(), *dt.stride(), *C.stride(),
             L=chunk, BP=block_p, BN=block_n, HAS_DHT=dhT is not None, DOT_DTYPE=dot_dtype, PRECISION=precision,
-        EMULATE=_INTERPRETED,
+            EMULATE=_INTERPRETED, HAS_RESET=resets is not None,
         )
         dx = torch.empty(batch, length, heads, head_dim, device=dev, dtype=f32)
         ddt = torch.empty(batch, length, heads, device=dev, dtype=f32)
@@ -356,10 +393,11 @@ class _SSDFn(torch.autograd.Function):
         dD_part = torch.empty_like(dA_part) if D is not None else None
         for part in (0, 1):
             _ssd_chunk_bwd_kernel[(num_chunks, batch * heads)](
-                x, dt, A, B, C, D, dy, states, dstates, dx, ddt, dB_heads, dC_heads, dA_part, dD_part, *common,
+                x, dt, A, B, C, D, resets, dy, states, dstates, dx, ddt, dB_heads, dC_heads, dA_part, dD_part,
+                *common,
                 *x.stride(), *dt.stride(), *B.stride(), *C.stride(), *dy.stride(),
                 L=chunk, BP=block_p_full, BN=block_n, HAS_D=D is not None, DOT_DTYPE=dot_dtype,
-                PRECISION=precision, EMULATE=_INTERPRETED, PART=part, num_warps=8,
+                PRECISION=precision, EMULATE=_INTERPRETED, PART=part, HAS_RESET=resets is not None, num_warps=8,
             )
         groups = heads // per_group
         dB = dB_heads.view(batch, length, groups, per_group, state_size).sum(3)
@@ -368,30 +406,32 @@ class _SSDFn(torch.autograd.Function):
             dx.to(x.dtype), ddt.to(dt.dtype), dA_part.sum((0, 2)).to(A.dtype), dB.to(B.dtype), dC.to(C.dtype),
             dD_part.sum((0, 2)).to(D.dtype) if D is not None else None,
             dh0.to(h0.dtype) if h0 is not None else None,
+            None,
         )
 
 
-def _step(x, dt, A, B, C, D, h0):
+def _step(x, dt, A, B, C, D, h0, resets):
     batch, _, heads, head_dim, state_size, per_group = _dims(x, B)
     block_n = max(16, triton.next_power_of_2(state_size))
     y = torch.empty(batch, 1, heads, head_dim, device=x.device, dtype=x.dtype)
     h1 = torch.empty(batch, heads, head_dim, state_size, device=x.device, dtype=torch.float32)
     _ssd_step_kernel[(triton.cdiv(head_dim, STEP_BLOCK_P), batch * heads)](
-        x, dt, A, B, C, D, h0, y, h1, heads, head_dim, state_size, per_group,
+        x, dt, A, B, C, D, h0, resets, y, h1, heads, head_dim, state_size, per_group,
         x.stride(0), x.stride(2), x.stride(3), dt.stride(0), dt.stride(2),
         B.stride(0), B.stride(2), B.stride(3), C.stride(0), C.stride(2), C.stride(3),
-        BP=STEP_BLOCK_P, BN=block_n, HAS_D=D is not None, HAS_H0=h0 is not None,
+        BP=STEP_BLOCK_P, BN=block_n, HAS_D=D is not None, HAS_H0=h0 is not None, HAS_RESET=resets is not None,
     )
     return y, h1
 
 
 def ssd(x, dt, A, B, C, D=None, *, initial_state=None, chunk_size=64, reset=None):
     """Mamba-2 SSD over (B, T, H, P); returns (y, final_state). Formulas in ``reference.py``; ``chunk_size`` is
-    accepted for signature parity, the kernels use chunks of CHUNK (CHUNK_FP32 for float32) steps."""
-    if reset is not None:  # supports() declines it; reached only by a direct call
-        raise ValueError("ssd: the Triton backend takes no reset input; use the chunked or reference backend")
+    accepted for signature parity, the kernels use chunks of CHUNK (CHUNK_FP32 for float32) steps; ``reset``
+    (B, T): the state entering a token marked True is zero."""
     check_inputs(x, dt, A, B, C, D, initial_state)
     batch, length, heads, head_dim = x.shape
+    reset = check_reset("ssd", reset, batch, length)
+    resets = None if reset is None else reset.float().contiguous()  # (B, T): 1.0 where a document begins
     h0 = initial_state.float().contiguous() if initial_state is not None else None
     if length == 0:
         final = h0 if h0 is not None else x.new_zeros(batch, heads, head_dim, B.shape[-1], dtype=torch.float32)
@@ -400,7 +440,7 @@ def ssd(x, dt, A, B, C, D=None, *, initial_state=None, chunk_size=64, reset=None
     needs_grad = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in inputs)
     if not needs_grad:
         if length == 1:
-            return _step(x, dt, A, B, C, D, h0)
-        y, hT, _ = _forward(x, dt, A, B, C, D, h0)
+            return _step(x, dt, A, B, C, D, h0, resets)
+        y, hT, _ = _forward(x, dt, A, B, C, D, h0, resets)
         return y, hT
-    return _SSDFn.apply(x, dt, A, B, C, D, h0)
+    return _SSDFn.apply(x, dt, A, B, C, D, h0, resets)
