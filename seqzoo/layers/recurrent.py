@@ -27,9 +27,9 @@ class RecurrentMixer(Mixer):
     state_names: ClassVar[tuple[str, ...]] = ("h",)
     projection_parameters = ("weight_ih", "weight_hh")
     # The mixer passes a reset to its kernel, whose fused backend re-packs the documents as a PackedSequence; but on
-    # CPU torch's fused RNNs run a PackedSequence's backward about twice as slowly per token as a padded batch, and a
-    # packed training step measured 0.80x (GRU) to 0.91x (LSTM) the speed of unpacking the documents
-    # (BENCHMARKS.md, "Packed rows"). So the classic models unpack.
+    # CPU torch's fused RNNs run a PackedSequence's backward several times more slowly per token than a padded batch,
+    # and a packed training step measured 0.66-0.94x (LSTM) and mostly 0.8-0.9x (GRU) the speed of unpacking the
+    # documents (BENCHMARKS.md, "Packed rows"). So the classic models unpack.
     takes_reset = False
 
     def __init__(self, config: Any, layer_idx: int) -> None:
