@@ -56,5 +56,5 @@ def refuse_reset(reset) -> tuple[bool, str]:
     """``supports()`` of a backend that has no reset input: declines a call with one, so the registry picks a
     backend that has (never silently ignored)."""
     if reset is not None:
-        return False, "takes no reset input (document boundaries inside a row); the reference and chunked do"
+        return False, "takes no reset input (document boundaries inside a row); the op's other backends do"
     return True, ""
