@@ -80,21 +80,32 @@ def test_user_mistakes_are_one_line_and_debug_shows_the_traceback(model_dir, tmp
     assert bad_env.returncode == 2 and "SEQZOO_DEBUG='yes'" in one_error_line(bad_env.stderr)
 
 
+def _start(args: list[str]) -> subprocess.Popen:
+    # A shell without job control starts background commands with SIGINT ignored, and a child inherits that: the
+    # command under test gets Ctrl-C's default action back whatever launched the test run.
+    return subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+
+
 def _interrupt_when(process: subprocess.Popen, ready: callable, timeout: float = 600) -> tuple[str, str]:
-    deadline = time.monotonic() + timeout
-    while not ready():
-        assert process.poll() is None, process.communicate()
-        assert time.monotonic() < deadline, "the command never got going"
-        time.sleep(0.2)
-    time.sleep(0.5)
-    process.send_signal(signal.SIGINT)
-    return process.communicate(timeout=60)
+    try:
+        deadline = time.monotonic() + timeout
+        while not ready():
+            assert process.poll() is None, process.communicate()
+            assert time.monotonic() < deadline, "the command never got going"
+            time.sleep(0.2)
+        time.sleep(0.5)
+        process.send_signal(signal.SIGINT)
+        return process.communicate(timeout=60)
+    finally:
+        if process.poll() is None:  # a failed test leaves no training run behind
+            process.kill()
+            process.communicate()
 
 
 def test_ctrl_c_in_train_is_one_line_with_the_way_to_resume(tmp_path):
     out = tmp_path / "run"
-    process = subprocess.Popen([str(SCRIPT), "train", "gru-tiny", "max_steps=100000", "--output-dir", str(out),
-                                "--no-progress"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    process = _start([str(SCRIPT), "train", "gru-tiny", "max_steps=100000", "--output-dir", str(out), "--no-progress"])
     _, stderr = _interrupt_when(process, lambda: (out / "metrics.jsonl").exists())
     assert process.returncode == 130, stderr
     assert "Traceback" not in stderr
@@ -103,8 +114,7 @@ def test_ctrl_c_in_train_is_one_line_with_the_way_to_resume(tmp_path):
 
 def test_ctrl_c_in_lab_stops_every_worker_without_tracebacks(tmp_path):
     out = tmp_path / "lab"
-    process = subprocess.Popen([str(SCRIPT), "lab", "--smoke", "--out", str(out), "--architectures", "gru"],
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    process = _start([str(SCRIPT), "lab", "--smoke", "--out", str(out), "--architectures", "gru"])
     _, stderr = _interrupt_when(process, lambda: any((out / "runs").glob("gru/*/metrics.jsonl")))
     assert process.returncode == 130, stderr
     assert "Traceback" not in stderr and stderr.strip().splitlines()[-1].startswith("interrupted")
