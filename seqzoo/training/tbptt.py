@@ -101,6 +101,9 @@ def backward_sequence(
     context to run a chunk in: distributed training synchronises gradients only on the last chunk of the last
     micro-batch of a step. Returns the summed loss and the number of correct predictions (detached).
     """
+    if packed and chunk > 0:
+        raise ValueError(f"packed rows cannot be trained in TBPTT chunks (chunk={chunk}): a row of several documents "
+                         "has no one state to carry into its next chunk")
     total_loss = torch.zeros((), dtype=torch.float32, device=inputs.device)
     total_correct = torch.zeros((), dtype=torch.long, device=inputs.device)
     if is_seq2seq(model):  # inputs are the sources, targets the labels: one pass over whole pairs
@@ -120,10 +123,9 @@ def backward_sequence(
         with sync_last(is_last):
             if chunk > 0:
                 out = model(input_ids=inputs[:, piece], cache=cache, use_cache=True)
-            elif packed:
-                out = model(input_ids=inputs, position_ids=document_position_ids(inputs), use_cache=False)
             else:
-                out = model(input_ids=inputs[:, piece], use_cache=False)
+                position_ids = document_position_ids(inputs[:, piece]) if packed else None
+                out = model(input_ids=inputs[:, piece], position_ids=position_ids, use_cache=False)
             loss, correct = token_loss_sum(out.logits, targets[:, piece])
             backward(loss * loss_scale)
         if chunk > 0:

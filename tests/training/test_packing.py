@@ -54,6 +54,8 @@ def test_packed_step_equals_each_document_alone(family):
     stream_loss, _ = backward_sequence(model, inputs, targets, chunk=0, loss_scale=1.0,
                                        backward=lambda value: value.backward())
     assert abs(float(stream_loss) - float(expected)) > 1e-3
+    with pytest.raises(ValueError, match=r"packed rows cannot be trained in TBPTT chunks \(chunk=4\)"):
+        backward_sequence(model, inputs, targets, chunk=4, loss_scale=1.0, backward=lambda value: None, packed=True)
 
 
 def text_recipe(tmp_path, **data):
