@@ -94,6 +94,12 @@ def test_one_token_matches_a_step_written_by_hand(backend, value):
     assert_close(state, want_state, torch.float64, "state", backend)
 
 
+def test_one_token_gradients_match_reference():
+    # The decoding step (elementwise updates, products against the state's transpose) differentiates like the
+    # reference's update: every input's gradient and the initial state's, float64.
+    check_float64_matches_reference(run, make_inputs(1, torch.float64), "T=1")
+
+
 @pytest.mark.parametrize("form", ["factored", "pairwise"])
 @pytest.mark.parametrize("length,decay_scale", [(77, 1.0), (40, 4.0)])
 def test_each_score_form_matches_reference(monkeypatch, form, length, decay_scale):

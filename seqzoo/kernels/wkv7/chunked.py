@@ -19,8 +19,7 @@ decay, whenever every chunk decays by at most FACTORED_MAX_DECAY in every channe
 otherwise (possible through the kernel API) they come from the (Q, Q, K) tensor of ratios, which never forms a
 factor above 1.
 
-T == 1 goes straight through a single-token update (``step``: the reference's update as one rank-2 batched
-product), so decoding does no chunk work.
+T == 1 goes straight through a single-token update (``step``), so decoding does no chunk work.
 """
 
 from __future__ import annotations
@@ -91,18 +90,18 @@ def _scores_pairwise(r_, k_, a_, b_, cum):
 
 
 def step(state, r, w, k, v, a, b):
-    """One token, as ``reference.update`` computes it, in four batched products over the B*H heads: the removal
-    and the write are one rank-2 update, S diag(exp(w)) + [S a, v] [b, k]^T. r, w, k, a, b (B, H, K) or
-    (B, 1, H, K); v likewise with V; state (B, H, V, K). Returns y (B, H, V) and the new state. Decoding calls this
-    once per layer and token, where every operation saved counts."""
+    """One token, as ``reference.update`` computes it: S diag(exp(w)) + (S a) b^T + v k^T, then y = S r. r, w, k,
+    a, b (B, H, K) or (B, 1, H, K); v likewise with V; state (B, H, V, K). Returns y (B, H, V) and the new state.
+    Decoding calls this once per layer and token, where every operation counts: the two matrix-vector products
+    run as (1 x K) @ (K x V) against the state's transpose, which torch's CPU batched product does 3-4x faster than
+    (V x K) @ (K x 1), and the two rank-1 updates are elementwise ``addcmul``s."""
     batch, heads, value_dim, key_dim = state.shape
     n = batch * heads
     S = state.reshape(n, value_dim, key_dim)
-    removed = torch.bmm(S, a.reshape(n, key_dim, 1))  # S a, (BH, V, 1)
-    left = torch.cat((removed, v.reshape(n, value_dim, 1)), dim=-1)  # (BH, V, 2)
-    right = torch.stack((b.reshape(n, key_dim), k.reshape(n, key_dim)), dim=1)  # (BH, 2, K)
-    S = torch.baddbmm(S * torch.exp(w).reshape(n, 1, key_dim), left, right)
-    y = torch.bmm(S, r.reshape(n, key_dim, 1))
+    removed = torch.bmm(a.reshape(n, 1, key_dim), S.transpose(1, 2))  # (S a)^T, (BH, 1, V)
+    S = torch.addcmul(S * torch.exp(w).reshape(n, 1, key_dim), removed.view(n, value_dim, 1), b.reshape(n, 1, key_dim))
+    S.addcmul_(v.reshape(n, value_dim, 1), k.reshape(n, 1, key_dim))
+    y = torch.bmm(r.reshape(n, 1, key_dim), S.transpose(1, 2))  # (S r)^T
     return y.view(batch, heads, value_dim), S.view(batch, heads, value_dim, key_dim)
 
 
