@@ -221,15 +221,18 @@ class RWKV7TimeMix(Mixer):
         self, x: torch.Tensor, state: dict, mask: torch.Tensor | None, shared: dict
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """One token (T == 1), the function of :meth:`forward` in fewer operations: at decode sizes each operation
-        costs more in dispatch than in arithmetic. The six token-shift lerps are one ``addcmul`` against the
-        stacked mix vectors, LoRA biases ride in ``addmm``, the per-token tensors stay (B, C) / (B, H, N), and the
-        per-head GroupNorm is a LayerNorm over each head's N channels."""
+        costs more in dispatch than in arithmetic. The per-token tensors stay (B, C) / (B, H, N); the six
+        token-shift lerps are one ``addcmul`` against the stacked mix vectors; LoRA biases ride in ``addmm``; the
+        per-head GroupNorm runs on the (B, C) row directly."""
         B, _, C = x.shape
         H, N = self.num_heads, self.head_size
         x = x[:, 0]  # (B, C)
-        prev, shift_state = token_shift(x[:, None], state.get("attn_shift"), mask)
-        mix = torch.stack((self.x_r, self.x_w, self.x_k, self.x_v, self.x_a, self.x_g))  # (6, C)
-        xr, xw, xk, xv, xa, xg = torch.addcmul(x[:, None], prev - x[:, None], mix).unbind(1)
+        last = state.get("attn_shift")
+        prev = x.new_zeros(B, C) if last is None else last.to(x.dtype)
+        # A padded token carries the previous token's input on unchanged.
+        shift_state = x if mask is None else torch.where(mask, x, prev)
+        mix = torch.stack((self.x_r, self.x_k, self.x_v, self.x_w, self.x_a, self.x_g))[:, None]  # (6, 1, C)
+        xr, xk, xv, xw, xa, xg = torch.addcmul(x, prev - x, mix).unbind(0)
 
         r = self.receptance(xr)
         k = self.key(xk)
@@ -242,13 +245,15 @@ class RWKV7TimeMix(Mixer):
             shared["v_first"] = v[:, None]
         a = torch.sigmoid(torch.addmm(self.a0, xa @ self.a1, self.a2))  # (B, C)
         g = torch.sigmoid(xg @ self.g1) @ self.g2
-        kk = (k * self.k_k).float().view(B, 1, H, N)
-        kk = kk / torch.linalg.vector_norm(kk, dim=-1, keepdim=True).clamp_min(1e-12)  # F.normalize, unrolled
+        kk = k * self.k_k
         k = k * torch.addcmul(1 - self.k_a, a, self.k_a)  # k * (1 + (a - 1) * k_a)
-        log_decay = torch.sigmoid(torch.addmm(self.w0, torch.tanh(xw @ self.w1), self.w2).float())
-        log_decay = (log_decay * -DECAY_LOG_SCALE).view(B, 1, H, N)
-
-        r_h, k_h, v_h, a_h = (t.float().view(B, 1, H, N) for t in (r, k, v, a))
+        log_decay = torch.sigmoid(torch.addmm(self.w0, torch.tanh(xw @ self.w1), self.w2)) * -DECAY_LOG_SCALE
+        if x.dtype != torch.float32:  # the kernel and the GroupNorm work in float32
+            r, k, v, a, kk, log_decay = (t.float() for t in (r, k, v, a, kk, log_decay))
+        r_h, k_h, v_h, a_h = (t.view(B, 1, H, N) for t in (r, k, v, a))
+        kk = kk.view(B, 1, H, N)
+        kk = kk / torch.linalg.vector_norm(kk, dim=-1, keepdim=True).clamp_min(1e-12)  # F.normalize, unrolled
+        log_decay = log_decay.view(B, 1, H, N)
         b_h = kk * a_h
         k_in = k_h
         if mask is not None:  # identity step for a padded token, as in forward
@@ -260,10 +265,12 @@ class RWKV7TimeMix(Mixer):
             wkv_state = wkv_state.float()
         y, wkv_state = dispatch("wkv7", r_h, log_decay, k_in, v_h, -kk, b_h, initial_state=wkv_state)
 
-        y = F.layer_norm(y.view(B, H, N), (N,), eps=self.ln_x.eps)  # (B, H, N): GroupNorm without its affine
-        y = torch.addcmul(self.ln_x.bias.float().view(H, N), y, self.ln_x.weight.float().view(H, N))
-        bonus = (r_h * k_h * self.r_k.float()).sum(dim=-1, keepdim=True)  # (B, 1, H, 1)
-        y = torch.addcmul(y.view(B, 1, H, N), bonus, v_h).view(B, 1, C).to(x.dtype)
+        weight, bias = self.ln_x.weight, self.ln_x.bias
+        if weight.dtype != torch.float32:
+            weight, bias = weight.float(), bias.float()
+        y = F.group_norm(y.view(B, C), H, weight, bias, self.ln_x.eps).view(B, H, N)
+        bonus = (r_h * k_h * self.r_k.float()).sum(dim=-1).view(B, H, 1)
+        y = torch.addcmul(y, bonus, v_h.view(B, H, N)).view(B, 1, C).to(x.dtype)
         return self.output(y * g[:, None]), {"attn_shift": shift_state, "wkv": wkv_state}
 
 
@@ -298,8 +305,8 @@ class RWKV7ChannelMix(Mixer):
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         # x: (B, T, C), already normed (ln2). Returns the output (B, T, C) and the new ffn_shift state (B, C).
         prev, shift_state = token_shift(x, (state or {}).get("ffn_shift"), mask, reset)
-        k = x + (prev - x) * self.x_k
-        return self.value(torch.relu(self.key(k)) ** 2), {"ffn_shift": shift_state}
+        k = torch.addcmul(x, prev - x, self.x_k)
+        return self.value(torch.relu(self.key(k)).square()), {"ffn_shift": shift_state}
 
 
 def depth_ratios(layer_idx: int, num_layers: int) -> tuple[float, float]:

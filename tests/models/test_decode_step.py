@@ -79,6 +79,28 @@ def test_time_mix_steps_equal_the_sequence(config, layer_idx, mask_index, batch)
         assert one["v_first"].shape == (batch, 1, config.hidden_size)
 
 
+@torch.no_grad()
+@pytest.mark.parametrize("layer_idx", [0, 1])
+def test_time_mix_steps_in_bfloat16(config, layer_idx):
+    # A bfloat16 model: the step casts to float32 for the WKV and the norm, and back, in other places than the
+    # sequence path does; the two agree to bfloat16 rounding (a wrong cast or term is off at O(1)). The carried
+    # states keep their dtypes: the shift in the model's, the WKV matrices in float32.
+    mixer = randomised(RWKV7TimeMix(config, layer_idx), seed=layer_idx).to(torch.bfloat16)
+    gen = torch.Generator().manual_seed(6)
+    x = torch.randn(3, LENGTH, config.hidden_size, generator=gen).to(torch.bfloat16)
+    v_first = torch.randn(3, LENGTH, config.hidden_size, generator=gen).to(torch.bfloat16)
+    mask = masks(3)[1]
+    shared = {} if layer_idx == 0 else {"v_first": v_first}
+    whole, whole_state = mixer(x, mask=mask, shared=shared)
+    steps, step_state = step_by_step(mixer, x, mask, None, None if layer_idx == 0 else v_first)
+    assert steps.dtype == torch.bfloat16
+    assert step_state["attn_shift"].dtype == torch.bfloat16 and step_state["wkv"].dtype == torch.float32
+    scale = float(whole.float().abs().max())
+    assert float((steps.float() - whole.float()).abs().max()) <= 0.03 * scale
+    torch.testing.assert_close(step_state["wkv"], whole_state["wkv"], atol=0.03 * float(whole_state["wkv"].abs().max()),
+                               rtol=0)
+
+
 @pytest.mark.parametrize("mask_index", [0, 1])
 def test_channel_mix_steps_equal_the_sequence(config, mask_index):
     mixer = randomised(RWKV7ChannelMix(config, 0), seed=3)
