@@ -5,6 +5,7 @@ runtime its users have, and ``generate()`` against the model's own raw cached st
     python benchmarks/bench_decode.py            # the sizes BENCHMARKS.md reports (half an hour, one thread)
     python benchmarks/bench_decode.py --quick    # the -small sizes, fewer repeats (a couple of minutes)
     python benchmarks/bench_decode.py --smoke    # tiny sizes, one repeat: checks that the script runs (seconds)
+    python benchmarks/bench_decode.py --compile  # also seqzoo's compiled decode step (model.compile_decoding())
 
 Peers, each holding the same weights as the seqzoo model it is timed against (checked: same logits first):
 
@@ -28,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import copy
 import inspect
 import json
 import os
@@ -363,10 +365,21 @@ def measure(pair: Pair, mode: dict) -> dict[str, Any]:
     ours = SeqzooRunner(pair.ours)
     result: dict[str, Any] = {"family": pair.family, "size": pair.size, "peer": pair.peer_name,
                               "settings": {k: mode[k] for k in ("steps", "repeats", "prefill", "new_tokens")}}
+    compiled = None
+    if mode.get("compile"):
+        # A copy of the model whose decode steps run compiled (model.compile_decoding(), inductor); the compile is
+        # paid on its first steps, timed here once per batch size before the interleaved repeats.
+        compiled = SeqzooRunner(copy.deepcopy(pair.ours).compile_decoding(backend=mode["compile"]))
+        result["compile_s"] = {}
     for batch in BATCHES:
         ids = torch.randint(0, vocab, (batch, PROMPT), generator=gen)
-        times = interleaved({"seqzoo": decode_case(ours, ids, mode["steps"]),
-                             "peer": decode_case(pair.peer, ids, mode["steps"])}, mode["repeats"])
+        cases = {"seqzoo": decode_case(ours, ids, mode["steps"]), "peer": decode_case(pair.peer, ids, mode["steps"])}
+        if compiled is not None:
+            start = time.perf_counter()
+            decode_case(compiled, ids, 2)()()
+            result["compile_s"][f"b{batch}"] = time.perf_counter() - start
+            cases["seqzoo compiled"] = decode_case(compiled, ids, mode["steps"])
+        times = interleaved(cases, mode["repeats"])
         result[f"decode_b{batch}"] = {k: v / mode["steps"] for k, v in times.items()}
     ids = torch.randint(0, vocab, (1, mode["prefill"]), generator=gen)
     result["prefill"] = interleaved({"seqzoo": prefill_case(ours, ids), "peer": prefill_case(pair.peer, ids)},
@@ -394,6 +407,16 @@ def report(results: list[dict[str, Any]], args: argparse.Namespace) -> str:
             t = r[f"decode_b{batch}"]
             lines.append(f"| {r['family']} | {r['size']} | {r['peer']} | {batch} | {t['seqzoo'] * 1e3:.2f} | "
                          f"{t['peer'] * 1e3:.2f} | {ratio(t['peer'], t['seqzoo'])} |")
+    if any("seqzoo compiled" in r["decode_b1"] for r in results):
+        lines += ["", "| family | size | B | seqzoo compiled ms/token | peer ms/token | peer / compiled | "
+                  "eager / compiled | compile s |", "|---|---|---|---|---|---|---|---|"]
+        for r in results:
+            for batch in BATCHES:
+                t = r[f"decode_b{batch}"]
+                if "seqzoo compiled" in t:
+                    lines.append(f"| {r['family']} | {r['size']} | {batch} | {t['seqzoo compiled'] * 1e3:.2f} | "
+                                 f"{t['peer'] * 1e3:.2f} | {ratio(t['peer'], t['seqzoo compiled'])} | "
+                                 f"{ratio(t['seqzoo'], t['seqzoo compiled'])} | {r['compile_s'][f'b{batch}']:.0f} |")
     lines += ["", "| family | size | prefill tokens | seqzoo ms | peer ms | peer / seqzoo |", "|---|---|---|---|---|---|"]
     for r in results:
         t = r["prefill"]
@@ -429,6 +452,9 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
     parser.add_argument("--rwkv7-sizes", help="RWKV-7 sizes instead of the mode's, as HIDDENxLAYERSxVOCAB,... "
                         "(hidden a multiple of 64)")
+    parser.add_argument("--compile", nargs="?", const="inductor", metavar="BACKEND",
+                        help="also time seqzoo's decode step compiled (model.compile_decoding(), inductor unless a "
+                             "backend is named), with the compile time of its first steps")
     parser.add_argument("--json", type=Path, help="also write the raw medians (seconds) to this file")
     parser.add_argument("--report", type=Path, nargs="+", metavar="JSON",
                         help="print the tables of earlier --json files (concatenated) instead of measuring")
@@ -444,7 +470,7 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     if args.threads < 1:
         parser.error(f"--threads must be at least 1, got {args.threads}")
     torch.set_num_threads(args.threads)
-    mode = dict(MODES[args.mode])
+    mode = dict(MODES[args.mode], compile=args.compile)
     if args.rwkv7_sizes:
         try:
             mode["rwkv7"] = [tuple(int(n) for n in size.split("x")) for size in args.rwkv7_sizes.split(",")]

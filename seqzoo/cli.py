@@ -245,6 +245,15 @@ def cmd_generate(args: argparse.Namespace) -> int:
                              f"model; {source!r} holds a {model.config.model_type} language model")
         with quiet_transformers():
             return _show_attention(model, tokenizer, args)
+    if args.compile is not None:
+        if seq2seq:
+            raise ValueError("--compile compiles a causal language model's decode step; "
+                             f"{source!r} holds an encoder-decoder (seq2seq) model, whose steps run eagerly")
+        if args.compile not in torch._dynamo.list_backends(exclude_tags=()):
+            usual = sorted({*torch._dynamo.list_backends(), "eager", "aot_eager"})
+            raise ValueError(f"--compile {args.compile!r} is not a torch.compile backend here; choose from "
+                             f"{', '.join(usual)} (default inductor)")
+        model.compile_decoding(backend=args.compile)
     sample = args.temperature > 0
     kwargs = dict(max_new_tokens=args.max_new_tokens, num_beams=args.num_beams, do_sample=sample,
                   pad_token_id=tokenizer.pad_token_id)
@@ -387,6 +396,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--kernel", nargs="*", default=[], metavar="OP=BACKEND",
                    help="force kernel backends, e.g. --kernel lstm=reference (see `seqzoo kernels`)")
     p.add_argument("--no-stream", action="store_true", help="print once at the end instead of streaming")
+    p.add_argument("--compile", nargs="?", const="inductor", metavar="BACKEND",
+                   help="compile the decode step with torch.compile (backend inductor unless named): faster tokens "
+                        "after a compile of seconds to minutes on the first ones (causal LMs; see BENCHMARKS.md)")
     p.add_argument("--show-attention", action="store_true",
                    help="seq2seq models: print which source tokens each generated token attends to")
     p.add_argument("--attention-plot", metavar="PNG", help="seq2seq models: save the attention heat map there")

@@ -172,6 +172,21 @@ def test_new_then_generate(model_dir, capsys):
     assert capsys.readouterr().out == first  # sampling with a seed is reproducible
 
 
+def test_generate_with_a_compiled_decode_step(model_dir, capsys):
+    torch._dynamo.reset()
+    assert main(["generate", str(model_dir), "Hi", "--max-new-tokens", "5", "--no-stream"]) == 0
+    eager = capsys.readouterr().out
+    from torch._dynamo.utils import counters
+
+    counters.clear()
+    assert main(["generate", str(model_dir), "Hi", "--max-new-tokens", "5", "--no-stream", "--compile", "eager"]) == 0
+    assert capsys.readouterr().out == eager
+    assert counters["stats"]["unique_graphs"] >= 1  # the steps did run compiled
+    torch._dynamo.reset()
+    assert "is not a torch.compile backend here; choose from" in _error(
+        capsys, ["generate", str(model_dir), "Hi", "--compile", "inductr"])
+
+
 @pytest.mark.parametrize("flags, expected", [
     (["--num-beams", "0"], "--num-beams=0 is invalid: must be >= 1"),
     (["--temperature", "-1"], "--temperature=-1.0 is invalid: must be >= 0"),

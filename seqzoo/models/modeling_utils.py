@@ -72,12 +72,7 @@ def prepare_inputs(
             raise ValueError(f"input_ids must be an integer tensor, got dtype {input_ids.dtype}")
         _check_not_empty("input_ids", input_ids.shape)
         if values_checked:
-            low, high = (int(v) for v in torch.aminmax(input_ids))
-            if low < 0 or high >= config.vocab_size:
-                raise ValueError(
-                    f"input_ids contain token id {low if low < 0 else high}, outside the vocabulary: ids must be in "
-                    f"[0, vocab_size={config.vocab_size})"
-                )
+            check_token_ids(input_ids, config.vocab_size)
         embeds = model.embed_tokens(input_ids if input_ids.dtype in (torch.int64, torch.int32) else input_ids.long())
     else:
         if inputs_embeds.dim() != 3 or inputs_embeds.shape[-1] != config.embedding_dim:
@@ -129,9 +124,22 @@ def _check_attention_mask(model, attention_mask, batch, length, past_length, val
             f"{length} <= L <= {past_length + length}, the mask of the cached and the current positions"
         )
     if values_checked:
-        bad = attention_mask[(attention_mask != 0) & (attention_mask != 1)]
-        if bad.numel():
-            raise ValueError(f"attention_mask must hold 1 (a token) and 0 (padding) only; found {bad[0].item()}")
+        check_mask_values(attention_mask)
+
+
+def check_token_ids(input_ids: torch.Tensor, vocab_size: int) -> None:
+    low, high = (int(v) for v in torch.aminmax(input_ids))
+    if low < 0 or high >= vocab_size:
+        raise ValueError(
+            f"input_ids contain token id {low if low < 0 else high}, outside the vocabulary: ids must be in "
+            f"[0, vocab_size={vocab_size})"
+        )
+
+
+def check_mask_values(attention_mask: torch.Tensor) -> None:
+    bad = attention_mask[(attention_mask != 0) & (attention_mask != 1)]
+    if bad.numel():
+        raise ValueError(f"attention_mask must hold 1 (a token) and 0 (padding) only; found {bad[0].item()}")
 
 
 def _prepare_cache(model: nn.Module, cache: Any, use_cache: bool, batch: int) -> SeqzooCache | None:
@@ -363,6 +371,13 @@ class SeqzooForCausalLM(SeqzooPreTrainedModel, GenerationMixin):
         kwargs: only what :data:`seqzoo.models.compat.PASSTHROUGH_KWARGS` lists, or what the backbone names in
             ``extra_forward_kwargs``; anything else raises.
         """
+        compiled = self.__dict__.get("_compiled_decoding")
+        if (compiled is not None and input_ids is not None and input_ids.shape[-1] == 1 and labels is None
+                and not torch.is_grad_enabled() and not torch.compiler.is_compiling()
+                and (cache is not None or any(kwargs.get(name) is not None for name in CACHE_ALIASES))):
+            args = (input_ids, attention_mask, position_ids, cache, inputs_embeds, labels, use_cache,
+                    output_hidden_states, return_dict, logits_to_keep)
+            return self._compiled_step(compiled, args, kwargs)
         cache = take_cache(cache, kwargs)
         check_kwargs(kwargs, forward_parameters(self), f"{type(self).__name__}.forward")
         return_dict = return_dict if return_dict is not None else self.config.return_dict
@@ -413,6 +428,46 @@ class SeqzooForCausalLM(SeqzooPreTrainedModel, GenerationMixin):
             hidden_states=outputs.hidden_states,
             attentions=getattr(outputs, "attentions", None),
         )
+
+    def compile_decoding(self, enabled: bool = True, **options: Any) -> SeqzooForCausalLM:
+        """Run every later decode step of this model (one token per row, continuing a cache, gradients off: what
+        ``generate()`` and a hand-written cached loop do) through ``torch.compile`` of this forward; every other
+        call stays eager. ``options`` go to ``torch.compile`` (default ``fullgraph=True``, inductor).
+
+        On CPU, inductor fuses each layer's chain of small operations, which costs more in dispatch than in
+        arithmetic at decode sizes: BENCHMARKS.md ("Compiled decoding") gives the speed-up and the compile time,
+        paid once per process on the first steps (up to minutes for a large model on a small CPU). Shapes recompile
+        once (dynamo then makes the batch and cache length symbolic). ``compile_decoding(False)`` returns to eager
+        steps. Returns the model."""
+        if not enabled:
+            if options:
+                raise TypeError(f"compile_decoding(False) takes no torch.compile options; got {', '.join(options)}")
+            self.__dict__.pop("_compiled_decoding", None)
+            return self
+        options = {"fullgraph": True, **options}
+        self.__dict__["_compiled_decoding"] = torch.compile(self.forward, **options)
+        return self
+
+    def _compiled_step(self, compiled: Any, args: tuple, kwargs: dict[str, Any]) -> Any:
+        """A decode step of a model whose steps were compiled (compile_decoding): the same forward, traced. What a
+        trace skips (checks that read tensor values) or cannot raise from runs here first."""
+        check_kwargs({k: v for k, v in kwargs.items() if k not in CACHE_ALIASES}, forward_parameters(self),
+                     f"{type(self).__name__}.forward")
+        input_ids, attention_mask = args[:2]
+        if not (input_ids.is_floating_point() or input_ids.is_complex() or input_ids.dtype == torch.bool):
+            check_token_ids(input_ids, self.config.vocab_size)
+            if isinstance(attention_mask, torch.Tensor) and attention_mask.dim() == 2:
+                check_mask_values(attention_mask)
+            try:
+                return compiled(*args, **kwargs)
+            except torch._dynamo.exc.Unsupported:
+                pass  # the trace stopped before anything ran (fullgraph: a check that raises for this input)
+        # Eagerly: the forward raises the check's own error (or computes the step).
+        del self.__dict__["_compiled_decoding"]
+        try:
+            return type(self).forward(self, *args, **kwargs)
+        finally:
+            self.__dict__["_compiled_decoding"] = compiled
 
     def prepare_inputs_for_generation(self, *args: Any, **kwargs: Any) -> dict[str, Any]:
         inputs = super().prepare_inputs_for_generation(*args, **kwargs)

@@ -1,0 +1,82 @@
+"""``model.compile_decoding()``: later decode steps run through ``torch.compile`` of the forward, every other call
+stays eager, and what is computed does not change. Dynamo traces with the cheap "eager" backend here; what inductor
+buys is measured in benchmarks/bench_compile.py and benchmarks/bench_decode.py."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch._dynamo.utils import counters
+
+from seqzoo.models.compat import output_cache
+from tests.conftest import FAMILIES, tiny_model
+
+PROMPT = torch.tensor([[5, 17, 33, 8, 61], [70, 12, 3, 98, 44]])
+
+
+@pytest.fixture(autouse=True)
+def fresh_dynamo():
+    torch._dynamo.reset()
+    counters.clear()
+    yield
+    torch._dynamo.reset()
+
+
+def graphs() -> int:
+    return counters["stats"]["unique_graphs"]
+
+
+@pytest.mark.parametrize("family", ["lstm", "rwkv7", "mamba2", "transformer", "hybrid-rwkv7"])
+def test_compiled_steps_generate_what_eager_steps_do(family):
+    model = tiny_model(FAMILIES[family])
+    settings = dict(max_new_tokens=6, do_sample=False)
+    with torch.no_grad():
+        greedy, beams = model.generate(PROMPT, **settings), model.generate(PROMPT, num_beams=3, **settings)
+        assert model.compile_decoding(backend="eager") is model
+        assert torch.equal(model.generate(PROMPT, **settings), greedy)
+        assert 1 <= graphs() <= 2  # compiled on the first steps, once more with symbolic sizes, then reused
+        assert torch.equal(model.generate(PROMPT, num_beams=3, **settings), beams)
+
+
+def test_only_decode_steps_are_compiled():
+    model = tiny_model(FAMILIES["rwkv7"]).compile_decoding(backend="eager")
+    with torch.no_grad():
+        out = model(PROMPT, use_cache=True)  # a prefill: eager
+        model(PROMPT[:, :1])  # one token without a cache: eager
+    assert graphs() == 0
+    step = model(PROMPT[:, :1], cache=output_cache(out))  # gradients on (training through a step): eager
+    assert step.logits.requires_grad and graphs() == 0
+    with torch.no_grad():
+        compiled = model(PROMPT[:, :1], cache=output_cache(model(PROMPT, use_cache=True)))
+    assert graphs() == 1
+    torch.testing.assert_close(compiled.logits, step.logits.detach())
+    # Back to eager steps; no options without compiling.
+    model.compile_decoding(False)
+    with torch.no_grad():
+        model(PROMPT[:, :1], cache=output_cache(model(PROMPT, use_cache=True)))
+    assert graphs() == 1
+    with pytest.raises(TypeError, match="takes no torch.compile options; got backend"):
+        model.compile_decoding(False, backend="eager")
+
+
+def test_a_compiled_step_still_refuses_bad_input():
+    # The value checks a trace skips run before it, and a check that raises inside the trace raises as in eager.
+    model = tiny_model(FAMILIES["lstm"]).compile_decoding(backend="eager")
+    with torch.no_grad():
+        cache = output_cache(model(PROMPT, use_cache=True))
+        with pytest.raises(TypeError, match="cache_positon"):
+            model(PROMPT[:, :1], cache=cache, cache_positon=torch.tensor([5]))
+        with pytest.raises(ValueError, match=r"token id 500, outside the vocabulary: ids must be in \[0, vocab_size"):
+            model(torch.tensor([[500], [3]]), cache=cache)
+        with pytest.raises(ValueError, match="attention_mask must hold 1"):
+            model(PROMPT[:, :1], cache=cache, attention_mask=torch.full((2, 6), 2))
+        with pytest.raises(ValueError, match="input_ids must be an integer tensor"):
+            model(torch.tensor([[5.0], [3.0]]), cache=cache)
+        before = cache.get_seq_length()
+        with pytest.raises(ValueError, match="the cache holds 2 sequence"):  # 3 rows of input
+            model(torch.tensor([[5], [3], [4]]), cache=cache)
+        assert cache.get_seq_length() == before
+        # The cache is intact: the next step is the eager one.
+        eager_cache = output_cache(model(PROMPT, use_cache=True))
+        torch.testing.assert_close(model(PROMPT[:, :1], cache=cache).logits,
+                                   type(model).forward(model, PROMPT[:, :1], cache=eager_cache).logits)
