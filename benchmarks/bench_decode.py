@@ -309,11 +309,12 @@ def check_same_function(pair: Pair, vocab: int) -> None:
     token = a.argmax(-1)
     a, _ = ours.step(token, state_a)
     b, _ = peer.step(token, state_b)
-    # float32 sums in another order drift with depth and width (random weights amplify them: at 768 x 12 seqzoo's own
-    # step and sequence paths differ by 3e-5 of the logits' scale), so the bound is relative to that scale; a wrong
-    # weight mapping differs at O(1).
+    # float32 sums in another order drift with depth and width (random weights amplify them: at 768 x 12, against
+    # the same step in float64, seqzoo's step is off by 1.4e-4 of the logits' scale, its sequence path by 1.1e-4
+    # and the package by 0.9e-4, so the two float32 runtimes can differ by twice that), so the bound is relative to
+    # that scale; a wrong weight mapping differs at O(1).
     scale = float(b.abs().max())
-    if float((a - b).abs().max()) > 2e-4 * scale + 1e-5:
+    if float((a - b).abs().max()) > 4e-4 * scale + 1e-5:
         raise SystemExit(f"bench_decode: {pair.family} {pair.size}: seqzoo and {pair.peer_name} disagree "
                          f"(max |diff| {float((a - b).abs().max()):.2e} at logits up to {scale:.1f}); the comparison "
                          "would be meaningless")
