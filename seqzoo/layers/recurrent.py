@@ -8,13 +8,15 @@ the state size); every later layer reads the previous layer's ``hidden_size`` ou
 from __future__ import annotations
 
 import math
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Sequence
 
 import torch
 from torch import nn
 from transformers import initialization as init
 
 from seqzoo.kernels import dispatch, rnn_cells  # noqa: F401  (rnn_cells registers the ops)
+from seqzoo.kernels import registry as kernel_registry
+from seqzoo.kernels.rnn_cells import fused
 from seqzoo.layers.mixer import Mixer
 
 GATES = {"rnn": 1, "lstm": 4, "gru": 3}
@@ -135,5 +137,65 @@ class GRUMixer(RecurrentMixer):
 
 
 RECURRENT_MIXERS: dict[str, type[RecurrentMixer]] = {"rnn": RNNMixer, "lstm": LSTMMixer, "gru": GRUMixer}
+_FUSED = {"rnn": fused.rnn, "lstm": fused.lstm, "gru": fused.gru}
 
-__all__ = ["GATES", "GRUMixer", "LSTMMixer", "RECURRENT_MIXERS", "RNNMixer", "RecurrentMixer"]
+
+def step_stack(
+    layers: Sequence[nn.Module], hidden_states: torch.Tensor, states: Sequence[dict | None],
+    mask: torch.Tensor | None,
+) -> tuple[torch.Tensor, list[dict[str, torch.Tensor]]] | None:
+    """One token through a stack of recurrent layers with one kernel call per layer and no per-layer Python, or None
+    when the stack must run layer by layer.
+
+    Decoding one token at B=1 costs a classic model more in the Python around each layer (module call, dispatch,
+    padding checks) than in the cell itself; this runs the exact cell calls the layers would run, in a row
+    (``fused.step_layers``). It applies only when that is what the layers would do: every layer an unmodified
+    RNN/LSTM/GRU mixer of one kind (no subclass, no hooks on it nor global module hooks: they would not be called),
+    no autocast, plain float weights, and the kernel registry choosing the ``torch`` backend for layer 0's call (so
+    a forced ``reference`` backend, or a plugin's, is honoured: the layers then run one by one through dispatch).
+    hidden_states: (B, 1, I); ``states[i]``: layer i's cache entry (None: zeros); mask: (B, 1) bool or None.
+    Returns the last layer's (B, 1, H) output and each layer's new state dict."""
+    cls = type(layers[0])
+    if (cls not in _STACKABLE or torch._C._is_any_autocast_enabled() or _global_module_hooks()
+            or any(type(layer) is not cls or _has_hooks(layer) for layer in layers)):
+        return None
+    extra = {}
+    if cls.cell == "rnn":
+        extra["nonlinearity"] = layers[0].nonlinearity
+        if any(layer.nonlinearity != extra["nonlinearity"] for layer in layers):
+            return None
+    batch, dtype = hidden_states.shape[0], hidden_states.dtype
+    hx = []
+    for layer, state in zip(layers, states):
+        if state is None:
+            zeros = hidden_states.new_zeros(batch, layer.hidden_size)
+            hx.append([zeros] * len(cls.state_names))
+        else:
+            hx.append([state[name].to(dtype) for name in cls.state_names])
+    weights = [layer.weights() for layer in layers]
+    backend = kernel_registry.select(cls.cell, hidden_states, *hx[0], *weights[0], mask=mask, reset=None, **extra)
+    if backend.load() is not _FUSED[cls.cell] or not all(fused._plain(w) for w in weights[1:]):
+        return None
+    try:
+        params = [fused._params(*w) for w in weights]
+    except ValueError:  # one bias without the other: the layer's own call raises it, naming the backend
+        return None
+    kind = extra.get("nonlinearity", cls.cell)
+    y, new = fused.step_layers(kind, hidden_states, hx, params, mask)
+    return y, [dict(zip(cls.state_names, layer_new)) for layer_new in new]
+
+
+_STACKABLE = frozenset(RECURRENT_MIXERS.values())
+
+
+def _has_hooks(module: nn.Module) -> bool:
+    return bool(module._forward_hooks or module._forward_pre_hooks or module._backward_hooks
+                or module._backward_pre_hooks)
+
+
+def _global_module_hooks() -> bool:
+    hooks = torch.nn.modules.module
+    return bool(hooks._global_forward_hooks or hooks._global_forward_pre_hooks or hooks._global_backward_hooks
+                or hooks._global_backward_pre_hooks)
+
+__all__ = ["GATES", "GRUMixer", "LSTMMixer", "RECURRENT_MIXERS", "RNNMixer", "RecurrentMixer", "step_stack"]

@@ -3,7 +3,8 @@
 Same signature and semantics as ``reference.py``. Padding is handled exactly with packed sequences: each row's
 valid tokens must form one contiguous block (left padding, right padding or both), which rows are shifted to the
 front, packed, run, and shifted back. Masks with holes are declined in :func:`supports` (the reference backend
-handles them). One token (a decode step) runs torch's fused cell (``torch.gru_cell`` ...), one call per layer.
+handles them). One token (a decode step) runs torch's fused cell (``torch.gru_cell`` ...), one call per layer;
+:func:`step_layers` runs those calls for a whole stack of layers at once (a classic model's decode step).
 
 torch's fused ops take no reset input, so rows with resets (several documents in a row) are re-packed: every
 document becomes a sequence of its own in one packed batch (``PackedSequence``, no padded steps computed), each
@@ -97,6 +98,34 @@ def _step(kind, x, hx, params, mask):
         new = [torch.where(keep, n, h[0]) for n, h in zip(new, hx)]
         y = torch.where(keep, y, torch.zeros_like(y))
     return y[:, None], [n[None] for n in new]
+
+
+def step_layers(kind, x, hx, params, mask=None):
+    """One token through a stack of layers: ``kind``'s fused cell once per layer, with nothing between the calls.
+
+    What a classic model's decode step runs when every layer would dispatch to this backend (see
+    ``seqzoo.layers.recurrent.step_stack``, which decides): the per-layer cell calls of :func:`_step`, without the
+    per-layer mixer, dispatch and padding work. x (B, 1, I); ``hx[i]`` layer i's states, a list of (B, H) (h, and c
+    for the LSTM); ``params[i]`` its weights as :func:`_params` lists them. Returns y (B, 1, H) and each layer's new
+    states. A padded row (``mask`` (B, 1) False) outputs zeros and keeps every layer's state, as :func:`_step` does
+    layer by layer (its intermediate outputs are not zeroed: nothing of them is kept)."""
+    cell = _CELLS[kind]
+    y = x[:, 0]
+    new = []
+    for states, weights in zip(hx, params):
+        if kind == "lstm":
+            h, c = cell(y, (states[0], states[1]), *weights)
+            new.append([h, c])
+        else:
+            h = cell(y, states[0], *weights)
+            new.append([h])
+        y = h
+    if mask is not None:
+        keep = mask.to(torch.bool)  # (B, 1)
+        new = [[torch.where(keep, n, old) for n, old in zip(layer_new, layer_old)] for layer_new, layer_old in
+               zip(new, hx)]
+        y = torch.where(keep, y, torch.zeros_like(y))
+    return y[:, None], new
 
 
 def _run_documents(kind, x, hx, params, reset):

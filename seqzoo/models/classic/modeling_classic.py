@@ -14,7 +14,7 @@ from transformers import initialization as init
 from transformers.modeling_outputs import BaseModelOutputWithPast
 
 from seqzoo.layers.mixer import build_mixer
-from seqzoo.layers.recurrent import RECURRENT_MIXERS
+from seqzoo.layers.recurrent import RECURRENT_MIXERS, step_stack
 from seqzoo.models.compat import model_output
 from seqzoo.models.modeling_utils import (
     SeqzooForCausalLM,
@@ -89,6 +89,17 @@ class ClassicRecurrentModel(ClassicRecurrentPreTrainedModel):
         dropout = self.dropout if self.training else _identity
         hidden_states = dropout(inputs.embeds)  # (B, T, E)
         all_hidden_states = () if output_hidden_states else None  # the input of every layer, then the output
+        if inputs.length == 1 and reset is None and not output_hidden_states and not self.training:
+            # A decode step: every layer's cell in a row, when that is what the layers would run (else None).
+            states = [cache.layer(i) if cache is not None else None for i in range(len(self.layers))]
+            stepped = step_stack(self.layers, hidden_states, states, mask)
+            if stepped is not None:
+                hidden_states, states = stepped
+                if cache is not None:
+                    for idx, state in enumerate(states):
+                        cache.update_layer(idx, state)
+                    cache.advance(1)
+                return model_output(BaseModelOutputWithPast, cache=cache, last_hidden_state=hidden_states)
         for idx, layer in enumerate(self.layers):
             if output_hidden_states:
                 all_hidden_states += (hidden_states,)

@@ -1,0 +1,185 @@
+"""The classic models' one-token decode step (``seqzoo.layers.recurrent.step_stack``: every layer's fused cell in a
+row, without the per-layer module and dispatch calls) against the layer-by-layer path and against torch.nn's
+multi-layer RNN/LSTM/GRU stepped with the model's weights; and the cases where it must step aside (a forced or
+plugin backend, hooks, autocast, training)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from seqzoo.kernels import registry, use_backend
+from seqzoo.kernels.rnn_cells import fused
+from seqzoo.models.compat import output_cache
+from tests.conftest import tiny_model
+
+VARIANTS = {
+    "rnn-tanh": ("rnn-tiny", {"nonlinearity": "tanh"}),
+    "rnn-relu": ("rnn-tiny", {"nonlinearity": "relu"}),
+    "lstm": ("lstm-tiny", {}),
+    "gru": ("gru-tiny", {}),
+    "gru-untied": ("gru-tiny", {"tie_word_embeddings": False, "embedding_size": 24, "num_hidden_layers": 3}),
+}
+TORCH_NN = {"rnn": nn.RNN, "lstm": nn.LSTM, "gru": nn.GRU}
+
+
+@pytest.fixture
+def stacked_calls(monkeypatch):
+    """How many times the stacked step ran."""
+    calls = []
+    real = fused.step_layers
+
+    def spy(*args, **kwargs):
+        calls.append(1)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(fused, "step_layers", spy)
+    return calls
+
+
+def decode(model, prompt, prompt_mask, steps, step_masks):
+    """Prefill ``prompt`` then feed ``steps`` (B, N) one token at a time; returns the logits of every step and the
+    final cache's per-layer states."""
+    with torch.no_grad():
+        out = model(prompt, attention_mask=prompt_mask, use_cache=True)
+        cache, mask = output_cache(out), prompt_mask
+        logits = []
+        for t in range(steps.shape[1]):
+            mask = torch.cat([mask, step_masks[:, t : t + 1]], dim=1)
+            out = model(steps[:, t : t + 1], attention_mask=mask, cache=cache, use_cache=True)
+            cache = output_cache(out)
+            logits.append(out.logits[:, -1])
+    states = [dict(cache.layer(i)) for i in range(model.config.num_hidden_layers)]
+    return torch.stack(logits, 1), states
+
+
+def inputs(model, batch):
+    gen = torch.Generator().manual_seed(3)
+    vocab = model.config.vocab_size - 3
+    prompt = torch.randint(0, vocab, (batch, 5), generator=gen)
+    prompt_mask = torch.ones(batch, 5, dtype=torch.long)
+    steps = torch.randint(0, vocab, (batch, 4), generator=gen)
+    step_masks = torch.ones(batch, 4, dtype=torch.long)
+    if batch > 1:
+        prompt_mask[1, :2] = 0  # a left-padded row
+        step_masks[1, 2] = 0  # a padded token while decoding: its row's states must not move
+        step_masks[-1, 0] = 0
+    return prompt, prompt_mask, steps, step_masks
+
+
+@pytest.mark.parametrize("batch", [1, 3])
+@pytest.mark.parametrize("variant", sorted(VARIANTS))
+def test_stacked_step_equals_the_layer_by_layer_path(variant, batch, stacked_calls):
+    preset, overrides = VARIANTS[variant]
+    model = tiny_model(preset, **overrides)
+    args = inputs(model, batch)
+    fast_logits, fast_states = decode(model, *args)
+    assert len(stacked_calls) == 4
+    # A forward hook on a layer must be called, so it sends every step through the layers one by one.
+    seen = []
+    handle = model.model.layers[-1].register_forward_hook(lambda *a: seen.append(1))
+    try:
+        slow_logits, slow_states = decode(model, *args)
+    finally:
+        handle.remove()
+    assert len(stacked_calls) == 4 and len(seen) == 5
+    torch.testing.assert_close(fast_logits, slow_logits, rtol=0, atol=0)
+    for fast, slow in zip(fast_states, slow_states):
+        assert fast.keys() == slow.keys()
+        for name in fast:
+            torch.testing.assert_close(fast[name], slow[name], rtol=0, atol=0)
+
+
+def test_a_padded_token_leaves_every_layer_state_unchanged(stacked_calls):
+    model = tiny_model("lstm-tiny")
+    prompt = torch.randint(0, 90, (2, 4), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        cache = output_cache(model(prompt, use_cache=True))
+        before = [{k: v.clone() for k, v in cache.layer(i).items()} for i in range(2)]
+        out = model(torch.tensor([[5], [6]]), attention_mask=torch.tensor([[1] * 4 + [0], [1] * 5]), cache=cache)
+    assert stacked_calls
+    for i in range(2):
+        for name in ("h", "c"):
+            assert torch.equal(cache.layer(i)[name][0], before[i][name][0])
+            assert not torch.equal(cache.layer(i)[name][1], before[i][name][1])
+    assert out.logits.shape == (2, 1, model.config.vocab_size)
+
+
+def torch_nn_twin(model):
+    config = model.config
+    kind = config.mixer_type
+    extra = {"nonlinearity": config.nonlinearity} if kind == "rnn" else {}
+    twin = TORCH_NN[kind](config.embedding_size, config.hidden_size, config.num_hidden_layers, batch_first=True,
+                          **extra).double()
+    with torch.no_grad():
+        for i, layer in enumerate(model.model.layers):
+            for name in ("weight_ih", "weight_hh", "bias_ih", "bias_hh"):
+                getattr(twin, f"{name}_l{i}").copy_(getattr(layer, name))
+    return twin
+
+
+@pytest.mark.parametrize("batch", [1, 3])
+@pytest.mark.parametrize("variant", sorted(VARIANTS))
+def test_stacked_step_equals_torch_nn_stepped(variant, batch, stacked_calls):
+    preset, overrides = VARIANTS[variant]
+    model = tiny_model(preset, **overrides).double()
+    twin = torch_nn_twin(model)
+    prompt, _, steps, _ = inputs(model, batch)
+    ones = torch.ones(batch, 5 + steps.shape[1], dtype=torch.long)
+    logits, states = decode(model, prompt, ones[:, :5], steps, ones[:, 5:])
+    assert len(stacked_calls) == steps.shape[1]
+    embed, head = model.model.embed_tokens.weight, model.lm_head
+    with torch.no_grad():
+        _, state = twin(F.embedding(prompt, embed))
+        expected = []
+        for t in range(steps.shape[1]):
+            y, state = twin(F.embedding(steps[:, t : t + 1], embed), state)
+            expected.append(head(y[:, -1]))
+    torch.testing.assert_close(logits, torch.stack(expected, 1), rtol=1e-10, atol=1e-10)
+    names = ("h", "c") if model.config.mixer_type == "lstm" else ("h",)
+    state = state if isinstance(state, tuple) else (state,)
+    for name, stacked in zip(names, state):
+        for i, layer_state in enumerate(states):
+            torch.testing.assert_close(layer_state[name], stacked[i], rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize("op,preset", [("gru", "gru-tiny"), ("rnn", "rnn-tiny"), ("lstm", "lstm-tiny")])
+def test_a_forced_reference_backend_runs_every_layer(op, preset, stacked_calls, monkeypatch):
+    model = tiny_model(preset)
+    calls = []
+    reference = registry.get_kernel(op, "reference")
+    monkeypatch.setattr(registry.get_op(op).backends["reference"], "_loaded",
+                        lambda *a, **k: calls.append(1) or reference(*a, **k))
+    prompt, mask, steps, step_masks = inputs(model, 2)
+    with use_backend(op, "reference"):
+        decode(model, prompt, mask, steps, step_masks)
+    assert not stacked_calls
+    assert len(calls) == 2 * (1 + steps.shape[1])  # every layer, the prompt and each step
+
+
+def test_a_plugin_backend_of_higher_priority_is_called_for_each_layer(stacked_calls):
+    model = tiny_model("gru-tiny")
+    calls = []
+
+    def plugin(*args, **kwargs):
+        calls.append(1)
+        return fused.gru(*args, **kwargs)
+
+    registry.register_backend("gru", "test_plugin", plugin, priority=50)
+    try:
+        decode(model, *inputs(model, 2))
+    finally:
+        registry.unregister_backend("gru", "test_plugin")
+    assert not stacked_calls and len(calls) == 2 * 5
+
+
+def test_autocast_and_training_run_layer_by_layer(stacked_calls):
+    model = tiny_model("gru-tiny")
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        logits, _ = decode(model, *inputs(model, 2))
+    assert not stacked_calls and torch.isfinite(logits).all()
+    model.train()
+    decode(model, *inputs(model, 2))
+    assert not stacked_calls
