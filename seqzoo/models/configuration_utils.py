@@ -122,8 +122,32 @@ class SeqzooConfig(PreTrainedConfig):
     # would widen the stream); the classic recurrent LMs may also concatenate, as the classic BiRNN does.
     bidirectional_merges: ClassVar[tuple[str, ...]] = ("sum",)
 
+    # The fields (beside the class) that ``capabilities`` is derived from, through ``cache_layer_kinds``: a read
+    # looks them up instead of deriving it again (attribute reads on a transformers config cost microseconds each,
+    # and a forward asks several times). A subclass that derives its cache layer kinds from other fields declares
+    # its own list; one that overrides ``cache_layer_kinds`` without declaring one is derived on every read.
+    capability_fields: ClassVar[tuple[str, ...] | None] = ("num_hidden_layers", "bidirectional")
+
     @property
     def capabilities(self) -> Capabilities:
+        fields = _capability_fields(type(self))
+        if fields is None:
+            return self.derive_capabilities()
+        values = vars(self)  # the fields' current values, so that a changed config is never answered from the cache
+        try:
+            key = (type(self), *(_frozen(values.get(name)) for name in fields))
+            found = _CAPABILITIES.get(key)
+        except TypeError:  # a value that cannot be a key (an unhashable object in a field): derive it
+            return self.derive_capabilities()
+        if found is None:
+            found = self.derive_capabilities()
+            if len(_CAPABILITIES) >= 1024:
+                _CAPABILITIES.clear()
+            _CAPABILITIES[key] = found
+        return found
+
+    def derive_capabilities(self) -> Capabilities:
+        """What :attr:`capabilities` returns, derived from the layers (uncached)."""
         return Capabilities.of_layers(self.cache_layer_kinds, causal=not self.bidirectional)
 
     @property
@@ -148,6 +172,35 @@ class SeqzooConfig(PreTrainedConfig):
 
     def kv_bytes_per_token(self, dtype_bytes: int = 4) -> int:
         return 0
+
+
+_CAPABILITIES: dict[tuple, Capabilities] = {}
+_FIELDS_OF: dict[type, tuple[str, ...] | None] = {}
+
+
+def _capability_fields(cls: type) -> tuple[str, ...] | None:
+    """``cls.capability_fields``, or None when a class overrides ``cache_layer_kinds`` below the class that declared
+    them (its capabilities may read fields the list does not name)."""
+    if cls in _FIELDS_OF:
+        return _FIELDS_OF[cls]
+    fields = cls.capability_fields
+    for klass in cls.__mro__:
+        if "capability_fields" in vars(klass):
+            break
+        if "cache_layer_kinds" in vars(klass):
+            fields = None
+            break
+    _FIELDS_OF[cls] = fields
+    return fields
+
+
+def _frozen(value: Any) -> Any:
+    if isinstance(value, (list, tuple)):
+        return (type(value), *(_frozen(item) for item in value))
+    if isinstance(value, dict):
+        return (dict, *sorted((key, _frozen(item)) for key, item in value.items()))
+    hash(value)
+    return value
 
 
 def _is_int(value: Any) -> bool:

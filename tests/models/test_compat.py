@@ -129,3 +129,58 @@ def test_cache_implementation_dynamic_is_the_default_and_others_are_refused(pres
     model.generation_config.cache_implementation = "offloaded"
     with pytest.raises(ValueError, match=r"cache_implementation='offloaded' is not supported"):
         model.generate(ids, **settings)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# model_output builds what the output class's own constructor builds.
+
+from transformers.modeling_outputs import BaseModelOutputWithPast  # noqa: E402
+from transformers.utils import ModelOutput  # noqa: E402
+
+OUTPUT_CASES = {
+    "all fields": dict(last_hidden_state=torch.ones(2, 3), hidden_states=(torch.zeros(1),), attentions=(IDS,)),
+    "some None": dict(last_hidden_state=torch.ones(2, 3), hidden_states=None),
+    "head, no loss": dict(loss=None, logits=torch.ones(2, 3)),
+    "head, loss": dict(loss=torch.tensor(1.5), logits=torch.ones(2, 3), hidden_states=(torch.ones(1),)),
+}
+
+
+def _same_output(built, reference):
+    assert type(built) is type(reference)
+    assert list(built.keys()) == list(reference.keys())
+    assert all(built[k] is reference[k] for k in reference.keys())
+    assert vars(built).keys() == vars(reference).keys()
+    assert all(vars(built)[k] is vars(reference)[k] for k in vars(reference))
+    assert len(built.to_tuple()) == len(reference.to_tuple())
+
+
+@pytest.mark.parametrize("case", sorted(OUTPUT_CASES))
+def test_model_output_builds_what_the_constructor_builds(case):
+    fields = OUTPUT_CASES[case]
+    cls = CausalLMOutputWithPast if "logits" in fields else BaseModelOutputWithPast
+    cache = object()
+    built = compat.model_output(cls, cache=cache, **fields)
+    reference = cls(**fields, **{compat.OUTPUT_CACHE_FIELD: cache})
+    assert compat._BUILDERS[cls].__name__ == "fast"  # the fast path, not the constructor, built it
+    _same_output(built, reference)
+    assert output_cache(built) is cache
+    none = compat.model_output(cls, **fields)
+    _same_output(none, cls(**fields))
+    with pytest.raises(TypeError):
+        compat.model_output(cls, not_a_field=1, **fields)
+
+
+def test_model_output_falls_back_to_the_constructor_where_it_stores_more():
+    def post_init(self):
+        ModelOutput.__post_init__(self)
+        self.extra = "set by __post_init__"
+
+    stores = dataclasses.make_dataclass(
+        "Stores", [("last_hidden_state", object, None), (compat.OUTPUT_CACHE_FIELD, object, None)],
+        bases=(ModelOutput,), namespace={"__post_init__": post_init},
+    )
+    assert stores(last_hidden_state=torch.ones(1)).extra == "set by __post_init__"
+
+    built = compat.model_output(stores, last_hidden_state=torch.ones(1))
+    assert built.extra == "set by __post_init__"
+    assert compat._BUILDERS[stores].__name__ == "<lambda>"

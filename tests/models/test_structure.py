@@ -158,6 +158,41 @@ def test_hybrid_capabilities_come_from_its_layers():
     assert with_attention.capabilities.can_generate
 
 
+def test_capabilities_follow_a_changed_config():
+    # config.capabilities is looked up by the fields it derives from: a config changed after it was read (by
+    # assignment or in place) must answer anew.
+    hybrid = tiny_config(FAMILIES["hybrid"])
+    assert not hybrid.capabilities.constant_state_decode
+    recurrent = [kind for kind in hybrid.mixer_types if kind != "attention"][0]
+    hybrid.mixer_types = [recurrent] * len(hybrid.mixer_types)
+    assert hybrid.capabilities.constant_state_decode and hybrid.capabilities.supports_tbptt
+    hybrid.mixer_types[0] = "attention"  # in place
+    assert not hybrid.capabilities.constant_state_decode
+    gru = tiny_config("gru-tiny")
+    assert gru.capabilities.can_generate
+    gru.bidirectional = True
+    assert not gru.capabilities.can_generate and not gru.capabilities.supports_tbptt
+    gru.bidirectional = False
+    assert gru.capabilities.can_generate
+
+
+def test_capabilities_of_a_subclass_with_its_own_layer_kinds_are_not_looked_up():
+    class Undeclared(RNNConfig):
+        model_type = "seqzoo_test_undeclared"
+        attention_every: int = 0
+
+        @property
+        def cache_layer_kinds(self):
+            kinds = super().cache_layer_kinds
+            return ["attention" if self.attention_every and i % self.attention_every == 0 else kind
+                    for i, kind in enumerate(kinds)]
+
+    config = Undeclared(hidden_size=8)
+    assert config.capabilities.constant_state_decode
+    config.attention_every = 2  # a field capability_fields does not name
+    assert not config.capabilities.constant_state_decode
+
+
 def test_library_code_never_imports_the_command_line_module():
     # seqzoo.cli imports lazily from everywhere; library modules importing it back make import cycles.
     import ast

@@ -126,6 +126,8 @@ class HybridConfig(SeqzooConfig):
     def layer_mixer_types(self) -> list[str]:
         return list(self.mixer_types)
 
+    capability_fields = ("mixer_types", "bidirectional")
+
     @property
     def cache_layer_kinds(self) -> list[str]:
         return [get_mixer(kind).cache_kind for kind in self.mixer_types]
