@@ -49,13 +49,19 @@ def test_a_4d_mask_reaches_attention(preset):
     torch.testing.assert_close(model(IDS, attention_mask=causal).logits, model(IDS).logits, rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.parametrize("value", [2, 0.5, -1])
-def test_a_mask_that_is_not_0_1_is_refused(family_preset, value):
+@pytest.mark.parametrize("value,dtype", [(2, torch.float32), (0.5, torch.float32), (-1, torch.float32),
+                                         (2, torch.long), (-1, torch.long), (3, torch.uint8)])
+def test_a_mask_that_is_not_0_1_is_refused(family_preset, value, dtype):
     model = tiny_model(family_preset)
-    mask = torch.ones(2, 4)
+    mask = torch.ones(2, 4, dtype=dtype)
     mask[1, 1] = value
-    with pytest.raises(ValueError, match=r"attention_mask must hold 1 \(a token\) and 0 \(padding\) only; found"):
+    match = rf"attention_mask must hold 1 \(a token\) and 0 \(padding\) only; found {value}"
+    with pytest.raises(ValueError, match=match):
         model(IDS, attention_mask=mask)
+    # One token after a cache (a decode step): the whole mask is still read.
+    cache = output_cache(model(IDS[:, :3], use_cache=True))
+    with pytest.raises(ValueError, match=match):
+        model(IDS[:, 3:], attention_mask=mask, cache=cache)
 
 
 def test_a_mask_longer_than_inputs_and_cache_is_refused(family_preset):

@@ -87,9 +87,9 @@ def prepare_inputs(
     batch, length = embeds.shape[:2]
     cache = _prepare_cache(model, cache, use_cache, batch)
     past_length = cache.get_seq_length() if cache is not None else 0
-    _check_attention_mask(model, attention_mask, batch, length, past_length, values_checked)
+    unpadded = _check_attention_mask(model, attention_mask, batch, length, past_length, values_checked)
     padding_mask = None
-    if attention_mask is not None and attention_mask.dim() == 2:
+    if attention_mask is not None and attention_mask.dim() == 2 and not unpadded:
         current = attention_mask[:, -length:].to(torch.bool)
         padding_mask = None if values_checked and bool(current.all()) else current
     return ForwardInputs(embeds, attention_mask, padding_mask, cache, past_length)
@@ -102,9 +102,10 @@ def _check_not_empty(name: str, shape: tuple[int, ...]) -> None:
         )
 
 
-def _check_attention_mask(model, attention_mask, batch, length, past_length, values_checked) -> None:
+def _check_attention_mask(model, attention_mask, batch, length, past_length, values_checked) -> bool:
+    """Raise on a mask that does not fit the inputs; return True when its values were read and hold no padding."""
     if attention_mask is None:
-        return
+        return False
     config = model.config
     if attention_mask.dim() == 4:
         if not config.capabilities.can_crop_cache:  # a 4-d mask describes attention only
@@ -113,7 +114,7 @@ def _check_attention_mask(model, attention_mask, batch, length, past_length, val
                 f"a 4-d attention mask (got shape {tuple(attention_mask.shape)}) only means something to a model "
                 "whose every layer attends"
             )
-        return
+        return False
     if attention_mask.dim() != 2:
         raise ValueError(f"attention_mask must be 2-d (batch, past_length + sequence_length); got shape "
                          f"{tuple(attention_mask.shape)}")
@@ -123,8 +124,7 @@ def _check_attention_mask(model, attention_mask, batch, length, past_length, val
             f"({batch}, {length}) after {past_length} cached position(s): expected (batch, L) with "
             f"{length} <= L <= {past_length + length}, the mask of the cached and the current positions"
         )
-    if values_checked:
-        check_mask_values(attention_mask)
+    return check_mask_values(attention_mask) if values_checked else False
 
 
 def check_token_ids(input_ids: torch.Tensor, vocab_size: int) -> None:
@@ -136,10 +136,21 @@ def check_token_ids(input_ids: torch.Tensor, vocab_size: int) -> None:
         )
 
 
-def check_mask_values(attention_mask: torch.Tensor) -> None:
+def check_mask_values(attention_mask: torch.Tensor) -> bool:
+    """Raise unless the mask holds only 1 (a token) and 0 (padding); return True when it was found to hold no 0."""
+    dtype = attention_mask.dtype
+    if dtype == torch.bool:
+        return False
+    if not (dtype.is_floating_point or dtype.is_complex):
+        # An integer mask holds only 0 and 1 when its least value is >= 0 and its greatest <= 1: one reduction
+        # (generate() passes the whole growing mask with every token), which also tells whether anything is padded.
+        low, high = (int(v) for v in torch.aminmax(attention_mask))
+        if low >= 0 and high <= 1:
+            return low == 1
     bad = attention_mask[(attention_mask != 0) & (attention_mask != 1)]
     if bad.numel():
         raise ValueError(f"attention_mask must hold 1 (a token) and 0 (padding) only; found {bad[0].item()}")
+    return False
 
 
 def _prepare_cache(model: nn.Module, cache: Any, use_cache: bool, batch: int) -> SeqzooCache | None:

@@ -214,8 +214,8 @@ def _agree(starts: torch.Tensor | None, other: torch.Tensor, key: str, name: str
 def _refuse_packing_with_padding(name, position_ids, attention_mask, batch, length) -> None:
     """Packed documents with a padding mask are ambiguous (transformers then ignores the packing); refuse them rather
     than let a recurrent state run on from one document into the next."""
-    if torch.compiler.is_compiling() or position_ids.dim() != 2 or position_ids.shape[-1] != length:
-        return
+    if torch.compiler.is_compiling() or position_ids.dim() != 2 or position_ids.shape[-1] != length or length < 2:
+        return  # (one token, a decode step, cannot restart: the check would cost a tenth of a small model's step)
     real = attention_mask[:, -length:].bool()
     if real.shape[0] != batch:
         return
