@@ -111,6 +111,8 @@ def check_kwargs(kwargs: dict[str, Any], known: Iterable[str], where: str) -> di
     """Raise on keyword arguments that are neither ``known`` (the caller's own parameters and the extra keywords it
     takes, also used to suggest a spelling) nor on :data:`PASSTHROUGH_KWARGS`; return ``kwargs`` unchanged. Lenient
     inside a Hub bundle."""
+    if not kwargs:  # most calls, every decode step of a raw loop
+        return kwargs
     known = set(known)
     unknown = [name for name in kwargs if name not in PASSTHROUGH_KWARGS and name not in known]
     if not unknown:
