@@ -137,8 +137,10 @@ def model_output(output_class: type, cache: Any = None, **fields: Any) -> Any:
     """``output_class(...)`` with the cache under the field the installed release reads (no deprecation logged).
 
     Built the fast way where that gives the very object the class's own constructor gives (see
-    :func:`_output_builder`)."""
+    :func:`_output_builder`); by the constructor while ``torch.compile`` traces."""
     fields[OUTPUT_CACHE_FIELD] = cache
+    if torch.compiler.is_compiling():  # dynamo traces transformers' outputs through their constructor only
+        return output_class(**fields)
     build = _BUILDERS.get(output_class)
     if build is None:
         build = _BUILDERS[output_class] = _output_builder(output_class)
