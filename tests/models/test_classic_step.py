@@ -183,3 +183,20 @@ def test_autocast_and_training_run_layer_by_layer(stacked_calls):
     model.train()
     decode(model, *inputs(model, 2))
     assert not stacked_calls
+
+
+class Marked(torch.Tensor):
+    """A tensor subclass, as quantised weights are (torchao's): the fused backend declines it."""
+
+
+@pytest.mark.parametrize("layer", [0, 1])
+def test_a_layer_with_subclass_weights_runs_layer_by_layer(layer, stacked_calls):
+    model = tiny_model("gru-tiny")
+    plain_logits, _ = decode(model, *inputs(model, 2))
+    assert stacked_calls
+    stacked_calls.clear()
+    cell = model.model.layers[layer]
+    cell.weight_ih = nn.Parameter(cell.weight_ih.detach().as_subclass(Marked))
+    logits, _ = decode(model, *inputs(model, 2))
+    assert not stacked_calls
+    torch.testing.assert_close(logits, plain_logits, rtol=1e-6, atol=1e-6)  # the reference backend, for that layer
