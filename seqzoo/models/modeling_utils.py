@@ -459,6 +459,13 @@ class SeqzooForCausalLM(SeqzooPreTrainedModel, GenerationMixin):
         self.__dict__["_compiled_decoding"] = torch.compile(self.forward, **options)
         return self
 
+    def __getstate__(self) -> dict[str, Any]:
+        # As torch drops what Module.compile() sets: a copy or a pickle decodes eagerly (the compiled forward is
+        # this model's own: a copy holding it would decode with the original's weights).
+        state = super().__getstate__()
+        state.pop("_compiled_decoding", None)
+        return state
+
     def _compiled_step(self, compiled: Any, args: tuple, kwargs: dict[str, Any]) -> Any:
         """A decode step of a model whose steps were compiled (compile_decoding): the same forward, traced. What a
         trace skips (checks that read tensor values) or cannot raise from runs here first."""

@@ -4,6 +4,9 @@ buys is measured in benchmarks/bench_compile.py and benchmarks/bench_decode.py."
 
 from __future__ import annotations
 
+import copy
+import pickle
+
 import pytest
 import torch
 from torch._dynamo.utils import counters
@@ -80,3 +83,18 @@ def test_a_compiled_step_still_refuses_bad_input():
         eager_cache = output_cache(model(PROMPT, use_cache=True))
         torch.testing.assert_close(model(PROMPT[:, :1], cache=cache).logits,
                                    type(model).forward(model, PROMPT[:, :1], cache=eager_cache).logits)
+
+
+def test_a_copy_decodes_eagerly_with_its_own_weights():
+    # The compiled forward belongs to the model it was made for: a deep copy (or a pickle) does not carry it, so a
+    # copy whose weights then change decodes with its own weights.
+    model = tiny_model(FAMILIES["lstm"]).compile_decoding(backend="eager")
+    twin = copy.deepcopy(model)
+    assert "_compiled_decoding" not in vars(twin) and "_compiled_decoding" in vars(model)
+    assert "_compiled_decoding" not in vars(pickle.loads(pickle.dumps(model)))
+    with torch.no_grad():
+        twin.lm_head.weight.mul_(2)
+        cache, twin_cache = (output_cache(m(PROMPT, use_cache=True)) for m in (model, twin))
+        ours, theirs = model(PROMPT[:, :1], cache=cache).logits, twin(PROMPT[:, :1], cache=twin_cache).logits
+    assert not torch.allclose(ours, theirs)
+    assert graphs() == 1  # the original's step only
