@@ -20,9 +20,10 @@ Peers, each holding the same weights as the seqzoo model it is timed against (ch
 
 Every peer runs under ``torch.no_grad()`` as seqzoo does. ``generate()`` is greedy with a fixed number of new
 tokens; its raw loop is prefill + one cached forward and an argmax per token. Llama's own generate / raw-loop ratio
-is measured beside the Transformer's, as the floor transformers' loop sets. Ratios are peer / seqzoo (above 1:
-seqzoo is faster) and generate / raw loop (1.00x: no overhead). One torch thread unless ``--threads`` says
-otherwise; medians over interleaved repeats (``timing.py``).
+is measured beside each family's (the Transformer's Llama peer; for the other families a ``LlamaForCausalLM`` of the
+same width, depth and vocabulary), as the floor transformers' loop sets. Ratios are peer / seqzoo (above 1: seqzoo
+is faster) and generate / raw loop (1.00x: no overhead). One torch thread unless ``--threads`` says otherwise;
+medians over interleaved repeats (``timing.py``).
 """
 
 from __future__ import annotations
@@ -291,6 +292,21 @@ def family_pair(family: str, size: Any, folder: Path) -> Pair:
     return Pair(family, label, ours, ClassicRunner(peer), f"nn.{type(peer.rnn).__name__} step loop")
 
 
+def llama_of_equal_size(ours: nn.Module) -> nn.Module:
+    """A ``LlamaForCausalLM`` (random weights) of the model's width, depth and vocabulary, whose own generate() /
+    raw-loop ratio is the floor transformers' loop sets for a model of that size (issue 18's yardstick)."""
+    c = ours.config
+    hidden = c.hidden_size
+    config = transformers.LlamaConfig(
+        vocab_size=c.vocab_size, hidden_size=hidden, intermediate_size=4 * hidden, num_hidden_layers=c.num_hidden_layers,
+        num_attention_heads=max(1, hidden // 64), num_key_value_heads=max(1, hidden // 64),
+        pad_token_id=c.pad_token_id, bos_token_id=c.bos_token_id, eos_token_id=c.eos_token_id)
+    torch.manual_seed(0)
+    llama = transformers.LlamaForCausalLM(config).eval()
+    llama.set_attn_implementation("sdpa")
+    return llama
+
+
 def transformers_peer(ours: nn.Module, exporter: Any) -> nn.Module:
     hf_config = exporter.native_config(ours.config)
     peer = transformers.AutoModelForCausalLM.from_config(hf_config)
@@ -387,8 +403,8 @@ def measure(pair: Pair, mode: dict) -> dict[str, Any]:
                                     mode["prefill_repeats"])
     prompt = torch.randint(0, vocab, (1, PROMPT), generator=gen)
     cases = {f"seqzoo {k}": v for k, v in generate_cases(pair.ours, prompt, mode["new_tokens"]).items()}
-    if pair.peer_generate is not None:
-        cases.update({f"peer {k}": v for k, v in generate_cases(pair.peer_generate, prompt, mode["new_tokens"]).items()})
+    floor = pair.peer_generate if pair.peer_generate is not None else llama_of_equal_size(pair.ours)
+    cases.update({f"peer {k}": v for k, v in generate_cases(floor, prompt, mode["new_tokens"]).items()})
     result["generate"] = interleaved(cases, mode["repeats"])
     return result
 
