@@ -381,6 +381,7 @@ def measure(pair: Pair, mode: dict) -> dict[str, Any]:
     check_same_function(pair, vocab)
     ours = SeqzooRunner(pair.ours)
     result: dict[str, Any] = {"family": pair.family, "size": pair.size, "peer": pair.peer_name,
+                              "threads": torch.get_num_threads(),
                               "settings": {k: mode[k] for k in ("steps", "repeats", "prefill", "new_tokens")}}
     compiled = None
     if mode.get("compile"):
@@ -417,7 +418,8 @@ def ratio(a: float, b: float) -> str:
 
 def report(results: list[dict[str, Any]], args: argparse.Namespace) -> str:
     lines = [f"torch {torch.__version__}, transformers {transformers.__version__}, rwkv "
-             f"{_version('rwkv')}, Python {platform.python_version()}, {torch.get_num_threads()} torch thread(s)", ""]
+             f"{_version('rwkv')}, Python {platform.python_version()}, "
+             f"{results[0].get('threads', '?') if results else torch.get_num_threads()} torch thread(s)", ""]
     lines += ["| family | size | peer | B | seqzoo ms/token | peer ms/token | peer / seqzoo |", "|---|---|---|---|---|---|---|"]
     for r in results:
         for batch in BATCHES:
