@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib
 import inspect
 import logging
+import types
 from dataclasses import dataclass
 from typing import Any
 
@@ -456,7 +457,14 @@ class SeqzooForCausalLM(SeqzooPreTrainedModel, GenerationMixin):
             self.__dict__.pop("_compiled_decoding", None)
             return self
         options = {"fullgraph": True, **options}
-        self.__dict__["_compiled_decoding"] = torch.compile(self.forward, **options)
+        # Dynamo keeps its compiled graphs, and counts them against its recompile limit (8), per code object: every
+        # seqzoo causal LM shares this class's forward, so each model compiles a copy of it, and a process holding
+        # several compiled models (or one decoding at several batch sizes) does not run out.
+        forward = SeqzooForCausalLM.forward
+        own = types.FunctionType(forward.__code__.replace(), forward.__globals__, forward.__name__,
+                                 forward.__defaults__, forward.__closure__)
+        own.__kwdefaults__ = forward.__kwdefaults__
+        self.__dict__["_compiled_decoding"] = torch.compile(types.MethodType(own, self), **options)
         return self
 
     def __getstate__(self) -> dict[str, Any]:
@@ -480,6 +488,13 @@ class SeqzooForCausalLM(SeqzooPreTrainedModel, GenerationMixin):
                 return compiled(*args, **kwargs)
             except torch._dynamo.exc.Unsupported:
                 pass  # the trace stopped before anything ran (fullgraph: a check that raises for this input)
+            except torch._dynamo.exc.FailOnRecompileLimitHit:
+                if not self.__dict__.get("_warned_recompile_limit"):
+                    self.__dict__["_warned_recompile_limit"] = True
+                    logger.warning(
+                        "%s.compile_decoding: dynamo's recompile limit (torch._dynamo.config.recompile_limit = %d) "
+                        "is reached for this model's decode step; steps of shapes not compiled yet run eagerly. Raise "
+                        "the limit to compile them too", type(self).__name__, torch._dynamo.config.recompile_limit)
         # Eagerly: the forward raises the check's own error (or computes the step).
         del self.__dict__["_compiled_decoding"]
         try:

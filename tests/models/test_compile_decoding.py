@@ -98,3 +98,26 @@ def test_a_copy_decodes_eagerly_with_its_own_weights():
         ours, theirs = model(PROMPT[:, :1], cache=cache).logits, twin(PROMPT[:, :1], cache=twin_cache).logits
     assert not torch.allclose(ours, theirs)
     assert graphs() == 1  # the original's step only
+
+
+def test_each_model_has_its_own_compiled_step(monkeypatch, caplog):
+    # Dynamo counts compiled graphs per code object against its recompile limit: three models compiled in one
+    # process must each get theirs (they share the class's forward), and a model past the limit decodes eagerly,
+    # saying so once.
+    monkeypatch.setattr(torch._dynamo.config, "recompile_limit", 1)
+    models = [tiny_model(FAMILIES["lstm"]).compile_decoding(backend="eager") for _ in range(3)]
+    with torch.no_grad():
+        for model in models:
+            model(PROMPT[:, :1], cache=output_cache(model(PROMPT, use_cache=True)))
+        assert graphs() == 3
+        model = models[0]
+        three = torch.cat([PROMPT, PROMPT[:1]])  # another batch size: a second graph, past the limit of 1
+        with caplog.at_level("WARNING", logger="seqzoo"):
+            for _ in range(2):
+                got = model(three[:, :1], cache=output_cache(model(three, use_cache=True))).logits
+        model.compile_decoding(False)
+        want = model(three[:, :1], cache=output_cache(model(three, use_cache=True))).logits
+    torch.testing.assert_close(got, want)
+    assert graphs() == 3
+    warnings = [r for r in caplog.records if "recompile limit" in r.getMessage()]
+    assert len(warnings) == 1 and "run eagerly" in warnings[0].getMessage()
