@@ -209,6 +209,13 @@ class SeqzooPreTrainedModel(PreTrainedModel):
     extra_forward_kwargs: tuple[str, ...] = PACKING_KWARGS
 
     @property
+    def device(self) -> torch.device:
+        """The first parameter's device, as transformers' ``device`` (``next(self.parameters())``), found without
+        building the parameter generator: ``generate()`` reads it twice per token, at about 30 µs a read."""
+        first = _first_parameter(self)
+        return super().device if first is None else first.device
+
+    @property
     def _is_stateful(self) -> bool:
         # transformers' generate() (5.23 and 5.24 alike) refuses assisted decoding for a model with _is_stateful:
         # a recurrent state cannot be rolled back to an earlier token, which assisted decoding needs. The refusal is a
@@ -541,6 +548,20 @@ class SeqzooForCausalLM(SeqzooPreTrainedModel, GenerationMixin):
             # Under the name the installed release looks for, so that it slices the already-cached prompt tokens off.
             kwargs[GENERATE_CACHE_KWARG] = cache
         return super().generate(*args, **kwargs)
+
+
+def _first_parameter(module: nn.Module) -> nn.Parameter | None:
+    """What ``next(module.parameters())`` yields (own parameters first, then each child's in registration order), or
+    None for a module without parameters."""
+    for parameter in module._parameters.values():
+        if parameter is not None:
+            return parameter
+    for child in module._modules.values():
+        if child is not None:
+            found = _first_parameter(child)
+            if found is not None:
+                return found
+    return None
 
 
 def forward_parameters(module: nn.Module) -> tuple[str, ...]:

@@ -286,3 +286,18 @@ def test_gradient_checkpointing_gives_the_same_gradients(family_preset):
     assert plain.keys() == checkpointed.keys()
     for name in plain:
         torch.testing.assert_close(checkpointed[name], plain[name], rtol=1e-5, atol=1e-6, msg=name)
+
+
+def test_device_is_the_first_parameters(family_preset):
+    # seqzoo finds the first parameter without transformers' parameter generator; the answer must be the same,
+    # with parameters spread over devices too (the meta device stands in for a second one).
+    model = tiny_model(family_preset)
+    first = next(model.parameters())
+    assert model.device == first.device
+    for name, module in model.named_modules():
+        if module._parameters:
+            for pname, parameter in list(module._parameters.items()):
+                if parameter is not None:
+                    module._parameters[pname] = torch.nn.Parameter(parameter.detach().to("meta"))
+            break  # only the first module holding parameters moves
+    assert model.device == next(model.parameters()).device == torch.device("meta")
