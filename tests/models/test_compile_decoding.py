@@ -100,13 +100,12 @@ def test_a_copy_decodes_eagerly_with_its_own_weights():
     assert graphs() == 1  # the original's step only
 
 
-def test_each_model_has_its_own_compiled_step(monkeypatch, caplog):
+def test_each_model_has_its_own_compiled_step(caplog):
     # Dynamo counts compiled graphs per code object against its recompile limit: three models compiled in one
     # process must each get theirs (they share the class's forward), and a model past the limit decodes eagerly,
-    # saying so once.
-    monkeypatch.setattr(torch._dynamo.config, "recompile_limit", 1)
+    # saying so once. (Dynamo's config is patched through its own context: monkeypatch's restore hides the option.)
     models = [tiny_model(FAMILIES["lstm"]).compile_decoding(backend="eager") for _ in range(3)]
-    with torch.no_grad():
+    with torch._dynamo.config.patch(recompile_limit=1), torch.no_grad():
         for model in models:
             model(PROMPT[:, :1], cache=output_cache(model(PROMPT, use_cache=True)))
         assert graphs() == 3
