@@ -454,10 +454,10 @@ class SeqzooForCausalLM(SeqzooPreTrainedModel, GenerationMixin):
         call stays eager. ``options`` go to ``torch.compile`` (default ``fullgraph=True``, inductor).
 
         On CPU, inductor fuses each layer's chain of small operations, which costs more in dispatch than in
-        arithmetic at decode sizes: BENCHMARKS.md ("Compiled decoding") gives the speed-up and the compile time,
-        paid once per process on the first steps (up to minutes for a large model on a small CPU). Shapes recompile
-        once (dynamo then makes the batch and cache length symbolic). ``compile_decoding(False)`` returns to eager
-        steps. Returns the model."""
+        arithmetic at decode sizes. BENCHMARKS.md ("Decode against each family's CPU runtime") gives the speed-up
+        and the compile time, paid once per process on the first steps (up to minutes for a large model on a small
+        CPU). Shapes recompile once (dynamo then makes the batch and cache length symbolic).
+        ``compile_decoding(False)`` returns to eager steps. Returns the model."""
         if not enabled:
             if options:
                 raise TypeError(f"compile_decoding(False) takes no torch.compile options; got {', '.join(options)}")
@@ -467,7 +467,7 @@ class SeqzooForCausalLM(SeqzooPreTrainedModel, GenerationMixin):
         # Dynamo keeps its compiled graphs, and counts them against its recompile limit (8), per code object: every
         # seqzoo causal LM shares this class's forward, so each model compiles a copy of it, and a process holding
         # several compiled models (or one decoding at several batch sizes) does not run out.
-        forward = SeqzooForCausalLM.forward
+        forward = type(self).forward
         own = types.FunctionType(forward.__code__.replace(), forward.__globals__, forward.__name__,
                                  forward.__defaults__, forward.__closure__)
         own.__kwdefaults__ = forward.__kwdefaults__
