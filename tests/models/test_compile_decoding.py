@@ -29,7 +29,7 @@ def graphs() -> int:
     return counters["stats"]["unique_graphs"]
 
 
-@pytest.mark.parametrize("family", ["lstm", "rwkv7", "transformer", "hybrid-rwkv7"])
+@pytest.mark.parametrize("family", ["lstm", "rwkv7", "transformer"])
 def test_compiled_steps_generate_what_eager_steps_do(family):
     model = tiny_model(FAMILIES[family])
     settings = dict(max_new_tokens=6, do_sample=False)
