@@ -89,29 +89,29 @@ class ClassicRecurrentModel(ClassicRecurrentPreTrainedModel):
         dropout = self.dropout if self.training else _identity
         hidden_states = dropout(inputs.embeds)  # (B, T, E)
         all_hidden_states = () if output_hidden_states else None  # the input of every layer, then the output
+        stepped = None
         if inputs.length == 1 and reset is None and not output_hidden_states and not self.training:
             # A decode step: every layer's cell in a row, when that is what the layers would run (else None).
             states = [cache.layer(i) if cache is not None else None for i in range(len(self.layers))]
             stepped = step_stack(self.layers, hidden_states, states, mask)
-            if stepped is not None:
-                hidden_states, states = stepped
-                if cache is not None:
-                    for idx, state in enumerate(states):
-                        cache.update_layer(idx, state)
-                    cache.advance(1)
-                return model_output(BaseModelOutputWithPast, cache=cache, last_hidden_state=hidden_states)
-        for idx, layer in enumerate(self.layers):
-            if output_hidden_states:
-                all_hidden_states += (hidden_states,)
-            state = cache.layer(idx) if cache is not None else None
-            if self.gradient_checkpointing and self.training and torch.is_grad_enabled():
-                hidden_states, state = self._gradient_checkpointing_func(
-                    lambda x, s=state, m=mask, f=layer: f(x, state=s, mask=m, reset=reset), hidden_states)
-            else:
-                hidden_states, state = layer(hidden_states, state=state, mask=mask, reset=reset)  # (B, T, H)
-            hidden_states = dropout(hidden_states)
+        if stepped is not None:
+            hidden_states, states = stepped
             if cache is not None:
-                cache.update_layer(idx, state)
+                for idx, state in enumerate(states):
+                    cache.update_layer(idx, state)
+        else:
+            for idx, layer in enumerate(self.layers):
+                if output_hidden_states:
+                    all_hidden_states += (hidden_states,)
+                state = cache.layer(idx) if cache is not None else None
+                if self.gradient_checkpointing and self.training and torch.is_grad_enabled():
+                    hidden_states, state = self._gradient_checkpointing_func(
+                        lambda x, s=state, m=mask, f=layer: f(x, state=s, mask=m, reset=reset), hidden_states)
+                else:
+                    hidden_states, state = layer(hidden_states, state=state, mask=mask, reset=reset)  # (B, T, H)
+                hidden_states = dropout(hidden_states)
+                if cache is not None:
+                    cache.update_layer(idx, state)
         if cache is not None:
             cache.advance(inputs.length)
         if output_hidden_states:
