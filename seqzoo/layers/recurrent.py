@@ -150,15 +150,15 @@ def step_stack(
     Decoding one token at B=1 costs a classic model more in the Python around each layer (module call, dispatch,
     padding checks) than in the cell itself; this runs the exact cell calls the layers would run, in a row
     (``fused.step_layers``). It applies only when that is what the layers would do: every layer an unmodified
-    RNN/LSTM/GRU mixer of one kind (no subclass, no hooks on it nor global module hooks: they would not be called),
-    no autocast, plain float weights, and the kernel registry choosing the ``torch`` backend for layer 0's call (so
-    a forced ``reference`` backend, or a plugin's, is honoured: the layers then run one by one through dispatch).
+    RNN/LSTM/GRU mixer of one kind (no subclass, no hooks on it nor global module hooks, no forward replaced on the
+    instance: they would not be called), no autocast, plain float weights, and the kernel registry choosing the
+    ``torch`` backend for layer 0's call (so a forced ``reference`` backend, or a plugin's, is honoured: the layers
+    then run one by one through dispatch).
     hidden_states: (B, 1, I); ``states[i]``: layer i's cache entry (None: zeros); mask: (B, 1) bool or None.
     Returns the last layer's (B, 1, H) output and each layer's new state dict."""
-    cls = type(layers[0])
-    if (cls not in _STACKABLE or torch._C._is_any_autocast_enabled() or _global_module_hooks()
-            or any(type(layer) is not cls or _has_hooks(layer) for layer in layers)):
+    if not can_step_stack(layers):
         return None
+    cls = type(layers[0])
     extra = {}
     if cls.cell == "rnn":
         extra["nonlinearity"] = layers[0].nonlinearity
@@ -171,8 +171,13 @@ def step_stack(
             zeros = hidden_states.new_zeros(batch, layer.hidden_size)
             hx.append([zeros] * len(cls.state_names))
         else:
-            hx.append([state[name].to(dtype) for name in cls.state_names])
-    weights = [layer.weights() for layer in layers]
+            hx.append([_as_dtype(state[name], dtype) for name in cls.state_names])
+    # The mixers' own parameters, read from the parameter dict (what layer.weights() returns, without a module
+    # attribute lookup per tensor); a layer whose weights are not all there (one replaced by a plain attribute) runs
+    # through its own call instead.
+    weights = [tuple(layer._parameters.get(name, _MISSING) for name in _WEIGHTS) for layer in layers]
+    if any(t is _MISSING for w in weights for t in w):
+        return None
     backend = kernel_registry.select(cls.cell, hidden_states, *hx[0], *weights[0], mask=mask, reset=None, **extra)
     if backend.load() is not _FUSED[cls.cell] or not all(fused._plain(w) for w in weights[1:]):
         return None
@@ -185,12 +190,27 @@ def step_stack(
     return y, [dict(zip(cls.state_names, layer_new)) for layer_new in new]
 
 
+def can_step_stack(layers: Sequence[nn.Module]) -> bool:
+    """Whether the layers themselves let :func:`step_stack` run them (it may still decline for the call's inputs,
+    weights or kernel backend): unmodified mixers of one kind, nothing that their own calls would run."""
+    cls = type(layers[0])
+    return not (cls not in _STACKABLE or torch._C._is_any_autocast_enabled() or _global_module_hooks()
+                or any(type(layer) is not cls or _has_hooks(layer) for layer in layers))
+
+
 _STACKABLE = frozenset(RECURRENT_MIXERS.values())
+_WEIGHTS = ("weight_ih", "weight_hh", "bias_ih", "bias_hh")  # the order of RecurrentMixer.weights()
+_MISSING = object()
+
+
+def _as_dtype(tensor: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    return tensor if tensor.dtype == dtype else tensor.to(dtype)
 
 
 def _has_hooks(module: nn.Module) -> bool:
+    # A forward set on the instance (accelerate's offloading and device-placement hooks wrap it so) must be called.
     return bool(module._forward_hooks or module._forward_pre_hooks or module._backward_hooks
-                or module._backward_pre_hooks)
+                or module._backward_pre_hooks or "forward" in module.__dict__)
 
 
 def _global_module_hooks() -> bool:
@@ -198,4 +218,6 @@ def _global_module_hooks() -> bool:
     return bool(hooks._global_forward_hooks or hooks._global_forward_pre_hooks or hooks._global_backward_hooks
                 or hooks._global_backward_pre_hooks)
 
-__all__ = ["GATES", "GRUMixer", "LSTMMixer", "RECURRENT_MIXERS", "RNNMixer", "RecurrentMixer", "step_stack"]
+__all__ = [
+    "GATES", "GRUMixer", "LSTMMixer", "RECURRENT_MIXERS", "RNNMixer", "RecurrentMixer", "can_step_stack", "step_stack",
+]

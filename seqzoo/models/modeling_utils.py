@@ -64,17 +64,7 @@ def prepare_inputs(
         raise ValueError("pass exactly one of input_ids or inputs_embeds")
     values_checked = not torch.compiler.is_compiling()
     if input_ids is not None:
-        if input_ids.dim() != 2:
-            raise ValueError(
-                f"input_ids must have shape (batch, sequence_length); got a {input_ids.dim()}-d tensor of shape "
-                f"{tuple(input_ids.shape)}"
-            )
-        if input_ids.dtype.is_floating_point or input_ids.dtype.is_complex or input_ids.dtype == torch.bool:
-            raise ValueError(f"input_ids must be an integer tensor, got dtype {input_ids.dtype}")
-        _check_not_empty("input_ids", input_ids.shape)
-        if values_checked:
-            check_token_ids(input_ids, config.vocab_size)
-        embeds = model.embed_tokens(input_ids if input_ids.dtype in (torch.int64, torch.int32) else input_ids.long())
+        embeds = model.embed_tokens(_checked_token_ids(input_ids, config, values_checked))
     else:
         if inputs_embeds.dim() != 3 or inputs_embeds.shape[-1] != config.embedding_dim:
             raise ValueError(
@@ -88,12 +78,44 @@ def prepare_inputs(
     batch, length = embeds.shape[:2]
     cache = _prepare_cache(model, cache, use_cache, batch)
     past_length = cache.get_seq_length() if cache is not None else 0
-    unpadded = _check_attention_mask(model, attention_mask, batch, length, past_length, values_checked)
-    padding_mask = None
-    if attention_mask is not None and attention_mask.dim() == 2 and not unpadded:
-        current = attention_mask[:, -length:].to(torch.bool)
-        padding_mask = None if values_checked and bool(current.all()) else current
+    padding_mask = _padding_mask(model, attention_mask, batch, length, past_length, values_checked)
     return ForwardInputs(embeds, attention_mask, padding_mask, cache, past_length)
+
+
+def prepare_step_inputs(
+    model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor | None, cache: SeqzooCache
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """:func:`prepare_inputs` for a decode step in eager mode (``input_ids`` (B, 1) continuing ``cache``, both
+    given), with the same checks and errors: the embedded token (B, 1, E) and the (B, 1) padding mask, None when the
+    token is not padding."""
+    embeds = model.embed_tokens(_checked_token_ids(input_ids, model.config, True))
+    cache.check_fits(model.config, input_ids.shape[0], type(model).__name__)
+    return embeds, _padding_mask(model, attention_mask, input_ids.shape[0], 1, cache.get_seq_length(), True)
+
+
+def _checked_token_ids(input_ids: torch.Tensor, config: Any, values_checked: bool) -> torch.Tensor:
+    """``input_ids`` checked (shape, dtype, range when ``values_checked``) and in a dtype the embedding takes."""
+    if input_ids.dim() != 2:
+        raise ValueError(
+            f"input_ids must have shape (batch, sequence_length); got a {input_ids.dim()}-d tensor of shape "
+            f"{tuple(input_ids.shape)}"
+        )
+    if input_ids.dtype.is_floating_point or input_ids.dtype.is_complex or input_ids.dtype == torch.bool:
+        raise ValueError(f"input_ids must be an integer tensor, got dtype {input_ids.dtype}")
+    _check_not_empty("input_ids", input_ids.shape)
+    if values_checked:
+        check_token_ids(input_ids, config.vocab_size)
+    return input_ids if input_ids.dtype in (torch.int64, torch.int32) else input_ids.long()
+
+
+def _padding_mask(model, attention_mask, batch, length, past_length, values_checked) -> torch.Tensor | None:
+    """The (B, T) bool mask of the current positions from a 2-d ``attention_mask`` (checked), None when nothing
+    is padded."""
+    unpadded = _check_attention_mask(model, attention_mask, batch, length, past_length, values_checked)
+    if attention_mask is None or attention_mask.dim() != 2 or unpadded:
+        return None
+    current = attention_mask[:, -length:].to(torch.bool)
+    return None if values_checked and bool(current.all()) else current
 
 
 def _check_not_empty(name: str, shape: tuple[int, ...]) -> None:
@@ -129,12 +151,20 @@ def _check_attention_mask(model, attention_mask, batch, length, past_length, val
 
 
 def check_token_ids(input_ids: torch.Tensor, vocab_size: int) -> None:
-    low, high = (int(v) for v in torch.aminmax(input_ids))
+    if 0 < input_ids.numel() <= _FEW_IDS:
+        # A decode step's few ids are read at once: one copy to Python instead of a reduction and two reads of it.
+        ids = input_ids.reshape(-1).tolist()
+        low, high = min(ids), max(ids)
+    else:
+        low, high = (int(v) for v in torch.aminmax(input_ids))
     if low < 0 or high >= vocab_size:
         raise ValueError(
             f"input_ids contain token id {low if low < 0 else high}, outside the vocabulary: ids must be in "
             f"[0, vocab_size={vocab_size})"
         )
+
+
+_FEW_IDS = 64
 
 
 def check_mask_values(attention_mask: torch.Tensor) -> bool:

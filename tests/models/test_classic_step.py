@@ -200,3 +200,141 @@ def test_a_layer_with_subclass_weights_runs_layer_by_layer(layer, stacked_calls)
     logits, _ = decode(model, *inputs(model, 2))
     assert not stacked_calls
     torch.testing.assert_close(logits, plain_logits, rtol=1e-6, atol=1e-6)  # the reference backend, for that layer
+
+
+@pytest.fixture
+def decode_branch(monkeypatch):
+    """What each call of the classic backbone's decode branch returned: True when it ran the step, False when it
+    declined (and the generic forward ran)."""
+    from seqzoo.models.classic.modeling_classic import ClassicRecurrentModel
+
+    taken = []
+    real = ClassicRecurrentModel._decode_step
+
+    def spy(self, *args):
+        result = real(self, *args)
+        taken.append(result is not None)
+        return result
+
+    monkeypatch.setattr(ClassicRecurrentModel, "_decode_step", spy)
+    return taken
+
+
+def test_generate_steps_take_the_decode_branch_and_match_a_full_recompute(decode_branch):
+    model = tiny_model("gru-tiny")
+    prompt = torch.tensor([[5, 9, 2, 7], [0, 0, 4, 8]])
+    mask = torch.tensor([[1, 1, 1, 1], [0, 0, 1, 1]])
+    with torch.no_grad():
+        out = model.generate(prompt, attention_mask=mask, max_new_tokens=5, min_new_tokens=5, do_sample=False,
+                             pad_token_id=model.config.pad_token_id)
+        full = torch.cat([mask, torch.ones(2, 4, dtype=torch.long)], dim=1)
+        logits = model(out[:, :-1], attention_mask=full).logits  # no cache: the sequence path
+    assert decode_branch == [True] * 4
+    torch.testing.assert_close(logits[:, 3:].argmax(-1), out[:, 4:])
+
+
+@pytest.mark.parametrize("call", ["hidden_states", "embeds", "training", "bidirectional"])
+def test_the_decode_branch_leaves_other_calls_to_the_generic_forward(call, decode_branch):
+    model = tiny_model("lstm-tiny")
+    if call == "bidirectional":
+        from seqzoo.cache import SeqzooCache
+        from seqzoo.models.classic.modeling_classic import ClassicRecurrentModel
+
+        config = type(model.config).from_dict({**model.config.to_dict(), "bidirectional": True})
+        encoder = ClassicRecurrentModel(config).eval()
+        with pytest.raises(ValueError, match="is bidirectional"):
+            encoder(torch.tensor([[3]]), cache=SeqzooCache.for_model(model), use_cache=True)
+        assert decode_branch == [False]
+        return
+    with torch.no_grad():
+        cache = output_cache(model(torch.tensor([[1, 2, 3]]), use_cache=True))
+        kwargs = {"hidden_states": {"output_hidden_states": True},
+                  "embeds": {"inputs_embeds": model.model.embed_tokens(torch.tensor([[4]]))}}.get(call, {})
+        if call == "training":
+            model.train()
+        ids = None if call == "embeds" else torch.tensor([[4]])
+        out = model(ids, cache=cache, **kwargs)
+    assert not any(decode_branch)
+    assert cache.get_seq_length() == 4
+    if call == "hidden_states":
+        assert len(out.hidden_states) == model.config.num_hidden_layers + 1
+
+
+BAD_STEPS = {
+    "id past the vocabulary": (lambda v: torch.tensor([[v], [1]]), None),
+    "negative id": (lambda v: torch.tensor([[-1], [1]]), None),
+    "float ids": (lambda v: torch.tensor([[1.0], [2.0]]), None),
+    "another batch size": (lambda v: torch.tensor([[1]]), None),
+    "mask of 2": (lambda v: torch.tensor([[1], [2]]), torch.tensor([[1, 1, 1, 2], [1, 1, 1, 1]])),
+    "mask too long": (lambda v: torch.tensor([[1], [2]]), torch.ones(2, 5, dtype=torch.long)),
+    "mask of another batch": (lambda v: torch.tensor([[1], [2]]), torch.ones(3, 4, dtype=torch.long)),
+}
+
+
+@pytest.mark.parametrize("bad", sorted(BAD_STEPS))
+def test_a_bad_decode_step_raises_as_the_generic_forward_and_leaves_the_cache(bad, decode_branch):
+    model = tiny_model("rnn-tiny")
+    ids, mask = BAD_STEPS[bad]
+    ids = ids(model.config.vocab_size)
+    errors = []
+    for generic in (False, True):
+        with torch.no_grad():
+            cache = output_cache(model(torch.tensor([[1, 2, 3], [4, 5, 6]]), use_cache=True))
+            before = [cache.layer(i)["h"].clone() for i in range(2)]
+            # A hook on a layer sends the step through the generic forward (the layers must run one by one).
+            handle = model.model.layers[0].register_forward_hook(lambda *a: None) if generic else None
+            try:
+                with pytest.raises((ValueError, TypeError)) as err:
+                    model(ids, attention_mask=mask, cache=cache)
+            finally:
+                if handle is not None:
+                    handle.remove()
+        errors.append(str(err.value))
+        assert cache.get_seq_length() == 3
+        assert all(torch.equal(cache.layer(i)["h"], before[i]) for i in range(2))
+    assert errors[0] == errors[1]
+    assert decode_branch == [False]  # the hooked call declined at once; the first raised inside the branch
+
+
+def test_a_hook_on_the_embedding_is_called_by_decode_steps(decode_branch):
+    model = tiny_model("lstm-tiny")
+    seen = []
+    model.model.embed_tokens.register_forward_hook(lambda module, args, out: seen.append(tuple(out.shape)))
+    with torch.no_grad():
+        cache = output_cache(model(torch.tensor([[1, 2]]), use_cache=True))
+        model(torch.tensor([[3]]), cache=cache)
+    assert decode_branch == [True] and seen == [(1, 2, model.config.embedding_size), (1, 1, model.config.embedding_size)]
+
+
+def test_a_forward_replaced_on_a_layer_is_called(stacked_calls):
+    """accelerate's hooks (offloading, device placement) replace a module's forward on the instance: the step must
+    call it, so the layers run one by one."""
+    model = tiny_model("gru-tiny")
+    plain, _ = decode(model, *inputs(model, 2))
+    stacked_calls.clear()
+    layer = model.model.layers[1]
+    calls = []
+    original = layer.forward
+
+    def wrapped(*args, **kwargs):
+        calls.append(1)
+        return original(*args, **kwargs)
+
+    layer.forward = wrapped
+    logits, _ = decode(model, *inputs(model, 2))
+    assert not stacked_calls and len(calls) == 5
+    torch.testing.assert_close(logits, plain, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("count", [1, 64, 65, 300])
+def test_token_ids_are_checked_at_every_count(count):
+    from seqzoo.models.modeling_utils import check_token_ids
+
+    ids = torch.zeros(1, count, dtype=torch.long)
+    check_token_ids(ids, 10)
+    for bad, shown in ((10, 10), (-2, -2)):
+        ids[0, count // 2] = bad
+        with pytest.raises(ValueError, match=f"token id {shown}, outside the vocabulary"):
+            check_token_ids(ids, 10)
+        ids[0, count // 2] = 9
+        check_token_ids(ids, 10)
