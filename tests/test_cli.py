@@ -31,6 +31,25 @@ def seqzoo(*args: str, timeout: float = 120, env: dict[str, str] | None = None) 
                           env={**os.environ, **(env or {})})
 
 
+def seqzoo_together(*calls: tuple[tuple[str, ...], dict[str, str] | None], timeout: float = 120):
+    """Several runs of the console script at once (each mostly waits on its own imports); their results in order."""
+    if not SCRIPT.exists():
+        pytest.skip(f"the seqzoo console script is not installed next to {sys.executable} (pip install -e .)")
+    running = [subprocess.Popen([str(SCRIPT), *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                env={**os.environ, **(env or {})}) for args, env in calls]
+    done = []
+    try:
+        for (args, _), process in zip(calls, running):
+            stdout, stderr = process.communicate(timeout=timeout)
+            done.append(subprocess.CompletedProcess(args, process.returncode, stdout, stderr))
+    finally:
+        for process in running:
+            if process.poll() is None:
+                process.kill()
+                process.communicate()
+    return done
+
+
 def one_error_line(stderr: str) -> str:
     lines = [line for line in stderr.strip().splitlines() if line.strip()]
     assert "Traceback" not in stderr, stderr
@@ -63,20 +82,22 @@ def test_help_and_version_answer_without_torch():
 
 
 def test_user_mistakes_are_one_line_and_debug_shows_the_traceback(model_dir, tmp_path):
-    missing = seqzoo("generate", str(tmp_path / "no-such-folder"), "hi")
+    missing, forced, debug, env_debug, bad_env = seqzoo_together(
+        (("generate", str(tmp_path / "no-such-folder"), "hi"), None),
+        (("generate", str(model_dir), "hi", "--kernel", "lstm=fast", "--max-new-tokens", "2"), None),
+        (("generate", str(model_dir), "hi", "--kernel", "lstm=fast", "--debug"), None),
+        (("list", "mambaa"), {"SEQZOO_DEBUG": "1"}),
+        (("list",), {"SEQZOO_DEBUG": "yes"}),
+    )
     assert missing.returncode == 2
     assert "no folder" in one_error_line(missing.stderr)
 
-    forced = seqzoo("generate", str(model_dir), "hi", "--kernel", "lstm=fast", "--max-new-tokens", "2")
     assert forced.returncode == 2
     line = one_error_line(forced.stderr)
     assert "'fast'" in line and "reference" in line  # names what was asked for and what exists
 
-    debug = seqzoo("generate", str(model_dir), "hi", "--kernel", "lstm=fast", "--debug")
     assert debug.returncode != 0 and "Traceback" in debug.stderr and "KernelError" in debug.stderr
-    env_debug = seqzoo("list", "mambaa", env={"SEQZOO_DEBUG": "1"})
     assert "Traceback" in env_debug.stderr
-    bad_env = seqzoo("list", env={"SEQZOO_DEBUG": "yes"})
     assert bad_env.returncode == 2 and "SEQZOO_DEBUG='yes'" in one_error_line(bad_env.stderr)
 
 
@@ -103,6 +124,7 @@ def _interrupt_when(process: subprocess.Popen, ready: callable, timeout: float =
             process.communicate()
 
 
+@pytest.mark.release_independent  # signal handling: the same on every transformers release
 def test_ctrl_c_in_train_is_one_line_with_the_way_to_resume(tmp_path):
     out = tmp_path / "run"
     process = _start([str(SCRIPT), "train", "gru-tiny", "max_steps=100000", "--output-dir", str(out), "--no-progress"])
@@ -112,6 +134,7 @@ def test_ctrl_c_in_train_is_one_line_with_the_way_to_resume(tmp_path):
     assert stderr.strip().splitlines()[-1].startswith("interrupted; run the same command with --resume")
 
 
+@pytest.mark.release_independent  # signal handling: the same on every transformers release
 def test_ctrl_c_in_lab_stops_every_worker_without_tracebacks(tmp_path):
     out = tmp_path / "lab"
     process = _start([str(SCRIPT), "lab", "--smoke", "--out", str(out), "--architectures", "gru"])

@@ -19,6 +19,10 @@ from safetensors.torch import load_file
 from seqzoo.training.recipe import load_recipe
 from seqzoo.training.trainer import train
 
+# Process launch, gloo and signals: nothing here differs between transformers releases (CI's oldest-release pass skips
+# it).
+pytestmark = pytest.mark.release_independent
+
 ROOT = Path(__file__).resolve().parents[2]
 
 
