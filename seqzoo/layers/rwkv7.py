@@ -246,7 +246,7 @@ class RWKV7TimeMix(Mixer):
         a = torch.sigmoid(torch.addmm(self.a0, xa @ self.a1, self.a2))  # (B, C)
         g = torch.sigmoid(xg @ self.g1) @ self.g2
         kk = k * self.k_k
-        k = k * torch.addcmul(1 - self.k_a, a, self.k_a)  # k * (1 + (a - 1) * k_a)
+        k = k * torch.addcmul(torch.rsub(self.k_a, 1), a, self.k_a)  # k * (1 + (a - 1) * k_a); rsub: no Python __rsub__
         log_decay = torch.sigmoid(torch.addmm(self.w0, torch.tanh(xw @ self.w1), self.w2)) * -DECAY_LOG_SCALE
         if x.dtype != torch.float32:  # the kernel and the GroupNorm work in float32
             r, k, v, a, kk, log_decay = (t.float() for t in (r, k, v, a, kk, log_decay))

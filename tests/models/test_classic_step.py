@@ -303,7 +303,8 @@ def test_a_hook_on_the_embedding_is_called_by_decode_steps(decode_branch):
     with torch.no_grad():
         cache = output_cache(model(torch.tensor([[1, 2]]), use_cache=True))
         model(torch.tensor([[3]]), cache=cache)
-    assert decode_branch == [True] and seen == [(1, 2, model.config.embedding_size), (1, 1, model.config.embedding_size)]
+    width = model.config.embedding_size
+    assert decode_branch == [True] and seen == [(1, 2, width), (1, 1, width)]
 
 
 def test_a_forward_replaced_on_a_layer_is_called(stacked_calls):
