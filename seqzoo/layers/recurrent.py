@@ -156,9 +156,10 @@ def step_stack(
     then run one by one through dispatch).
     hidden_states: (B, 1, I); ``states[i]``: layer i's cache entry (None: zeros); mask: (B, 1) bool or None.
     Returns the last layer's (B, 1, H) output and each layer's new state dict."""
-    if not can_step_stack(layers):
-        return None
     cls = type(layers[0])
+    if (cls not in _STACKABLE or torch._C._is_any_autocast_enabled() or _global_module_hooks()
+            or any(type(layer) is not cls or _has_hooks(layer) for layer in layers)):
+        return None
     extra = {}
     if cls.cell == "rnn":
         extra["nonlinearity"] = layers[0].nonlinearity
@@ -190,14 +191,6 @@ def step_stack(
     return y, [dict(zip(cls.state_names, layer_new)) for layer_new in new]
 
 
-def can_step_stack(layers: Sequence[nn.Module]) -> bool:
-    """Whether the layers themselves let :func:`step_stack` run them (it may still decline for the call's inputs,
-    weights or kernel backend): unmodified mixers of one kind, nothing that their own calls would run."""
-    cls = type(layers[0])
-    return not (cls not in _STACKABLE or torch._C._is_any_autocast_enabled() or _global_module_hooks()
-                or any(type(layer) is not cls or _has_hooks(layer) for layer in layers))
-
-
 _STACKABLE = frozenset(RECURRENT_MIXERS.values())
 _WEIGHTS = ("weight_ih", "weight_hh", "bias_ih", "bias_hh")  # the order of RecurrentMixer.weights()
 _MISSING = object()
@@ -218,6 +211,4 @@ def _global_module_hooks() -> bool:
     return bool(hooks._global_forward_hooks or hooks._global_forward_pre_hooks or hooks._global_backward_hooks
                 or hooks._global_backward_pre_hooks)
 
-__all__ = [
-    "GATES", "GRUMixer", "LSTMMixer", "RECURRENT_MIXERS", "RNNMixer", "RecurrentMixer", "can_step_stack", "step_stack",
-]
+__all__ = ["GATES", "GRUMixer", "LSTMMixer", "RECURRENT_MIXERS", "RNNMixer", "RecurrentMixer", "step_stack"]

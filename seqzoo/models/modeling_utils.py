@@ -103,9 +103,11 @@ def _checked_token_ids(input_ids: torch.Tensor, config: Any, values_checked: boo
     if input_ids.dtype.is_floating_point or input_ids.dtype.is_complex or input_ids.dtype == torch.bool:
         raise ValueError(f"input_ids must be an integer tensor, got dtype {input_ids.dtype}")
     _check_not_empty("input_ids", input_ids.shape)
+    if input_ids.dtype not in (torch.int64, torch.int32):  # what the embedding takes (and torch's reductions: not
+        input_ids = input_ids.long()  # uint16/32/64)
     if values_checked:
         check_token_ids(input_ids, config.vocab_size)
-    return input_ids if input_ids.dtype in (torch.int64, torch.int32) else input_ids.long()
+    return input_ids
 
 
 def _padding_mask(model, attention_mask, batch, length, past_length, values_checked) -> torch.Tensor | None:

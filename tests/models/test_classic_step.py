@@ -204,19 +204,17 @@ def test_a_layer_with_subclass_weights_runs_layer_by_layer(layer, stacked_calls)
 
 @pytest.fixture
 def decode_branch(monkeypatch):
-    """What each call of the classic backbone's decode branch returned: True when it ran the step, False when it
-    declined (and the generic forward ran)."""
-    from seqzoo.models.classic.modeling_classic import ClassicRecurrentModel
+    """One entry per call of the classic backbone's decode branch (the common decode step), made on entry."""
+    from seqzoo.models.classic import modeling_classic
 
     taken = []
-    real = ClassicRecurrentModel._decode_step
+    real = modeling_classic.prepare_step_inputs
 
-    def spy(self, *args):
-        result = real(self, *args)
-        taken.append(result is not None)
-        return result
+    def spy(*args):
+        taken.append(True)
+        return real(*args)
 
-    monkeypatch.setattr(ClassicRecurrentModel, "_decode_step", spy)
+    monkeypatch.setattr(modeling_classic, "prepare_step_inputs", spy)
     return taken
 
 
@@ -244,7 +242,7 @@ def test_the_decode_branch_leaves_other_calls_to_the_generic_forward(call, decod
         encoder = ClassicRecurrentModel(config).eval()
         with pytest.raises(ValueError, match="is bidirectional"):
             encoder(torch.tensor([[3]]), cache=SeqzooCache.for_model(model), use_cache=True)
-        assert decode_branch == [False]
+        assert not decode_branch
         return
     with torch.no_grad():
         cache = output_cache(model(torch.tensor([[1, 2, 3]]), use_cache=True))
@@ -281,30 +279,47 @@ def test_a_bad_decode_step_raises_as_the_generic_forward_and_leaves_the_cache(ba
         with torch.no_grad():
             cache = output_cache(model(torch.tensor([[1, 2, 3], [4, 5, 6]]), use_cache=True))
             before = [cache.layer(i)["h"].clone() for i in range(2)]
-            # A hook on a layer sends the step through the generic forward (the layers must run one by one).
-            handle = model.model.layers[0].register_forward_hook(lambda *a: None) if generic else None
-            try:
-                with pytest.raises((ValueError, TypeError)) as err:
-                    model(ids, attention_mask=mask, cache=cache)
-            finally:
-                if handle is not None:
-                    handle.remove()
+            # Asking for the hidden states sends the step through the generic forward.
+            with pytest.raises((ValueError, TypeError)) as err:
+                model(ids, attention_mask=mask, cache=cache, output_hidden_states=generic)
         errors.append(str(err.value))
         assert cache.get_seq_length() == 3
         assert all(torch.equal(cache.layer(i)["h"], before[i]) for i in range(2))
     assert errors[0] == errors[1]
-    assert decode_branch == [False]  # the hooked call declined at once; the first raised inside the branch
+    assert decode_branch == [True]  # the first call raised inside the branch, the second never entered it
 
 
-def test_a_hook_on_the_embedding_is_called_by_decode_steps(decode_branch):
+@pytest.mark.parametrize("layers", ["stacked", "reference backend", "subclass weights", "hooked"])
+def test_each_decode_step_checks_and_embeds_once_however_its_layers_run(layers, decode_branch, stacked_calls,
+                                                                       monkeypatch):
+    """The decode branch runs the layers one by one itself when the stacked step declines (a forced backend,
+    quantised weights, a hook): the embedding (and its hooks) and the id check run once per token, and the step
+    gives the layer-by-layer logits."""
+    import seqzoo.models.modeling_utils as modeling_utils
+
     model = tiny_model("lstm-tiny")
-    seen = []
-    model.model.embed_tokens.register_forward_hook(lambda module, args, out: seen.append(tuple(out.shape)))
-    with torch.no_grad():
-        cache = output_cache(model(torch.tensor([[1, 2]]), use_cache=True))
-        model(torch.tensor([[3]]), cache=cache)
-    width = model.config.embedding_size
-    assert decode_branch == [True] and seen == [(1, 2, width), (1, 1, width)]
+    prompt, mask, steps, step_masks = inputs(model, 2)
+    expected, expected_states = decode(model, prompt, mask, steps, step_masks)
+    stacked_calls.clear()
+    decode_branch.clear()
+    if layers == "subclass weights":
+        cell = model.model.layers[1]
+        cell.weight_hh = nn.Parameter(cell.weight_hh.detach().as_subclass(Marked))
+    elif layers == "hooked":
+        model.model.layers[0].register_forward_hook(lambda *a: None)
+    seen, checked = [], []
+    model.model.embed_tokens.register_forward_hook(lambda module, args, out: seen.append(out.shape[1]))
+    real_check = modeling_utils.check_token_ids
+    monkeypatch.setattr(modeling_utils, "check_token_ids", lambda *a: checked.append(1) or real_check(*a))
+    context = use_backend("lstm", "reference") if layers == "reference backend" else torch.no_grad()
+    with context:
+        logits, states = decode(model, prompt, mask, steps, step_masks)
+    assert seen == [5, 1, 1, 1, 1] and len(checked) == 5 and len(decode_branch) == 4
+    assert len(stacked_calls) == (4 if layers == "stacked" else 0)
+    torch.testing.assert_close(logits, expected, rtol=1e-6, atol=1e-6)
+    for state, expected_state in zip(states, expected_states):
+        for name in state:
+            torch.testing.assert_close(state[name], expected_state[name], rtol=1e-6, atol=1e-6)
 
 
 def test_a_forward_replaced_on_a_layer_is_called(stacked_calls):
@@ -325,6 +340,16 @@ def test_a_forward_replaced_on_a_layer_is_called(stacked_calls):
     logits, _ = decode(model, *inputs(model, 2))
     assert not stacked_calls and len(calls) == 5
     torch.testing.assert_close(logits, plain, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("dtype", [torch.uint8, torch.uint16, torch.uint32, torch.int16, torch.int32])
+@pytest.mark.parametrize("count", [1, 65])
+def test_token_ids_of_any_integer_dtype_and_count_are_taken(dtype, count):
+    model = tiny_model("gru-tiny")
+    ids = torch.randint(0, 90, (1, count), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        expected = model(ids).logits
+        torch.testing.assert_close(model(ids.to(dtype)).logits, expected, rtol=0, atol=0)
 
 
 @pytest.mark.parametrize("count", [1, 64, 65, 300])

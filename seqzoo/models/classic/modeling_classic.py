@@ -13,9 +13,9 @@ from torch import nn
 from transformers import initialization as init
 from transformers.modeling_outputs import BaseModelOutputWithPast
 
-from seqzoo.layers.mixer import build_mixer
 from seqzoo.cache import SeqzooCache
-from seqzoo.layers.recurrent import RECURRENT_MIXERS, can_step_stack, step_stack
+from seqzoo.layers.mixer import build_mixer
+from seqzoo.layers.recurrent import RECURRENT_MIXERS, step_stack
 from seqzoo.models.compat import model_output
 from seqzoo.models.modeling_utils import (
     SeqzooForCausalLM,
@@ -78,28 +78,31 @@ class ClassicRecurrentModel(ClassicRecurrentPreTrainedModel):
     ) -> BaseModelOutputWithPast:
         cache = backbone_cache_argument(self, cache, kwargs)
         packing = find_packing(self, input_ids, inputs_embeds, attention_mask, position_ids, cache, use_cache, kwargs)
+        reset = None  # several documents in a row: each runs alone (see seqzoo/models/packing.py)
         if (packing is None and isinstance(cache, SeqzooCache) and input_ids is not None and input_ids.dim() == 2
                 and input_ids.shape[1] == 1 and inputs_embeds is None and not kwargs and not self.training
-                and not torch.compiler.is_compiling()
+                and not torch.compiler.is_compiling() and self.config.capabilities.can_generate
                 and not (self.config.output_hidden_states if output_hidden_states is None else output_hidden_states)):
-            hidden_states = self._decode_step(input_ids, attention_mask, cache)
-            if hidden_states is not None:
-                return model_output(BaseModelOutputWithPast, cache=cache, last_hidden_state=hidden_states)
-        reset = None  # several documents in a row: each runs alone (see seqzoo/models/packing.py)
-        if packing is not None:
-            if not packing.takes_resets(self):
-                return packing.run(self, input_ids, inputs_embeds, output_hidden_states, kwargs)
-            reset, use_cache = packing.starts, False
-        use_cache, output_hidden_states = resolve_output_flags(self, use_cache, output_hidden_states)
-        inputs = prepare_inputs(self, input_ids, inputs_embeds, attention_mask, cache, use_cache)
-        cache, mask = inputs.cache, inputs.padding_mask
+            # The common decode step, a plain (B, 1) token continuing a cache in eval: the same checks and errors as
+            # below, without the general plumbing (packing, output flags), which at decode sizes cost as much as
+            # the cells.
+            embeds, mask = prepare_step_inputs(self, input_ids, attention_mask, cache)
+            length, output_hidden_states = 1, False
+        else:
+            if packing is not None:
+                if not packing.takes_resets(self):
+                    return packing.run(self, input_ids, inputs_embeds, output_hidden_states, kwargs)
+                reset, use_cache = packing.starts, False
+            use_cache, output_hidden_states = resolve_output_flags(self, use_cache, output_hidden_states)
+            inputs = prepare_inputs(self, input_ids, inputs_embeds, attention_mask, cache, use_cache)
+            embeds, cache, mask, length = inputs.embeds, inputs.cache, inputs.padding_mask, inputs.length
 
         # Dropout only in training: in eval it is the identity, and three calls per token show in decoding.
         dropout = self.dropout if self.training else _identity
-        hidden_states = dropout(inputs.embeds)  # (B, T, E)
+        hidden_states = dropout(embeds)  # (B, T, E)
         all_hidden_states = () if output_hidden_states else None  # the input of every layer, then the output
         stepped = None
-        if inputs.length == 1 and reset is None and not output_hidden_states and not self.training:
+        if length == 1 and reset is None and not output_hidden_states and not self.training:
             # A decode step: every layer's cell in a row, when that is what the layers would run (else None).
             states = [cache.layer(i) if cache is not None else None for i in range(len(self.layers))]
             stepped = step_stack(self.layers, hidden_states, states, mask)
@@ -122,30 +125,12 @@ class ClassicRecurrentModel(ClassicRecurrentPreTrainedModel):
                 if cache is not None:
                     cache.update_layer(idx, state)
         if cache is not None:
-            cache.advance(inputs.length)
+            cache.advance(length)
         if output_hidden_states:
             all_hidden_states += (hidden_states,)  # after the final norm, as transformers' models do
         return model_output(
             BaseModelOutputWithPast, cache=cache, last_hidden_state=hidden_states, hidden_states=all_hidden_states
         )
-
-
-    def _decode_step(self, input_ids: torch.Tensor, attention_mask: Any, cache: SeqzooCache) -> torch.Tensor | None:
-        """The common decode step, a plain (B, 1) token continuing a cache, in eval, with the generic forward's
-        checks and results but without its general plumbing (packing, output flags, hidden states): at decode sizes
-        that plumbing cost as much as the cells. Returns the (B, 1, H) output, having advanced the cache; None, with
-        nothing changed, when the layers must run one by one (then the generic path does)."""
-        if not can_step_stack(self.layers):
-            return None
-        embeds, mask = prepare_step_inputs(self, input_ids, attention_mask, cache)
-        stepped = step_stack(self.layers, embeds, [cache.layer(i) for i in range(len(self.layers))], mask)
-        if stepped is None:
-            return None
-        hidden_states, states = stepped
-        for idx, state in enumerate(states):
-            cache.update_layer(idx, state)
-        cache.advance(1)
-        return hidden_states
 
 
 def _identity(x: torch.Tensor) -> torch.Tensor:
