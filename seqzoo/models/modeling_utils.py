@@ -157,8 +157,9 @@ def check_token_ids(input_ids: torch.Tensor, vocab_size: int) -> None:
         # A decode step's few ids are read at once: one copy to Python instead of a reduction and two reads of it.
         ids = input_ids.reshape(-1).tolist()
         low, high = min(ids), max(ids)
-    else:
-        low, high = (int(v) for v in torch.aminmax(input_ids))
+    else:  # torch has no reductions of uint16/32/64 on CPU
+        wide = input_ids.dtype in (torch.uint16, torch.uint32, torch.uint64)
+        low, high = (int(v) for v in torch.aminmax(input_ids.long() if wide else input_ids))
     if low < 0 or high >= vocab_size:
         raise ValueError(
             f"input_ids contain token id {low if low < 0 else high}, outside the vocabulary: ids must be in "

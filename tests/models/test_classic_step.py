@@ -358,6 +358,9 @@ def test_token_ids_are_checked_at_every_count(count):
 
     ids = torch.zeros(1, count, dtype=torch.long)
     check_token_ids(ids, 10)
+    check_token_ids(ids.to(torch.uint32), 10)
+    with pytest.raises(ValueError, match="token id 10, outside the vocabulary"):
+        check_token_ids(torch.full((1, count), 10, dtype=torch.uint32), 10)
     for bad, shown in ((10, 10), (-2, -2)):
         ids[0, count // 2] = bad
         with pytest.raises(ValueError, match=f"token id {shown}, outside the vocabulary"):
