@@ -20,8 +20,6 @@ import os
 from contextlib import contextmanager
 from typing import Any, Iterator
 
-import torch
-
 USE_FSDP = "ACCELERATE_USE_FSDP"
 
 
