@@ -103,8 +103,7 @@ def _checked_token_ids(input_ids: torch.Tensor, config: Any, values_checked: boo
     if input_ids.dtype.is_floating_point or input_ids.dtype.is_complex or input_ids.dtype == torch.bool:
         raise ValueError(f"input_ids must be an integer tensor, got dtype {input_ids.dtype}")
     _check_not_empty("input_ids", input_ids.shape)
-    if input_ids.dtype not in (torch.int64, torch.int32):
-        # What the embedding takes; the range check's reductions do not take uint16/32/64 either.
+    if input_ids.dtype not in (torch.int64, torch.int32):  # what the embedding takes
         input_ids = input_ids.long()
     if values_checked:
         check_token_ids(input_ids, config.vocab_size)
