@@ -181,6 +181,22 @@ class BidirectionalMixer(Mixer):
         return joined, None
 
 
+def has_hooks(module: nn.Module) -> bool:
+    """Whether ``module(...)`` runs more than ``type(module).forward``: a hook on the module, or a forward set on the
+    instance (accelerate's offloading and device-placement hooks wrap it so). Code that runs a module's operations
+    itself, to save the call, does so only when this and :func:`global_module_hooks` are False."""
+    return bool(module._forward_hooks or module._forward_pre_hooks or module._backward_hooks
+                or module._backward_pre_hooks or "forward" in module.__dict__)
+
+
+def global_module_hooks() -> bool:
+    """Whether hooks registered for every module (``torch.nn.modules.module.register_module_forward_hook`` ...) are
+    set: every module call then runs them."""
+    hooks = torch.nn.modules.module
+    return bool(hooks._global_forward_hooks or hooks._global_forward_pre_hooks or hooks._global_backward_hooks
+                or hooks._global_backward_pre_hooks)
+
+
 def build_mixer(mixer_class: type[Mixer], config: Any, layer_idx: int) -> Mixer:
     """``mixer_class(config, layer_idx)``, or a left-to-right and right-to-left pair of them when the config asks
     for a bidirectional model."""
@@ -190,4 +206,4 @@ def build_mixer(mixer_class: type[Mixer], config: Any, layer_idx: int) -> Mixer:
                               config.bidirectional_merge)
 
 
-__all__ = ["BidirectionalMixer", "Block", "Mixer", "build_mixer"]
+__all__ = ["BidirectionalMixer", "Block", "Mixer", "build_mixer", "global_module_hooks", "has_hooks"]

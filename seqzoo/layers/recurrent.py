@@ -17,7 +17,7 @@ from transformers import initialization as init
 from seqzoo.kernels import dispatch, rnn_cells  # noqa: F401  (rnn_cells registers the ops)
 from seqzoo.kernels import registry as kernel_registry
 from seqzoo.kernels.rnn_cells import fused
-from seqzoo.layers.mixer import Mixer
+from seqzoo.layers.mixer import Mixer, global_module_hooks, has_hooks
 
 GATES = {"rnn": 1, "lstm": 4, "gru": 3}
 
@@ -156,9 +156,10 @@ def step_stack(
     then run one by one through dispatch).
     hidden_states: (B, 1, I); ``states[i]``: layer i's cache entry (None: zeros); mask: (B, 1) bool or None.
     Returns the last layer's (B, 1, H) output and each layer's new state dict."""
+    layers = list(layers)  # (indexing a ModuleList costs a string conversion per lookup)
     cls = type(layers[0])
-    if (cls not in _STACKABLE or torch._C._is_any_autocast_enabled() or _global_module_hooks()
-            or any(type(layer) is not cls or _has_hooks(layer) for layer in layers)):
+    if (cls not in _STACKABLE or torch._C._is_any_autocast_enabled() or global_module_hooks()
+            or any(type(layer) is not cls or has_hooks(layer) for layer in layers)):
         return None
     extra = {}
     if cls.cell == "rnn":
@@ -199,16 +200,5 @@ _MISSING = object()
 def _as_dtype(tensor: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     return tensor if tensor.dtype == dtype else tensor.to(dtype)
 
-
-def _has_hooks(module: nn.Module) -> bool:
-    # A forward set on the instance (accelerate's offloading and device-placement hooks wrap it so) must be called.
-    return bool(module._forward_hooks or module._forward_pre_hooks or module._backward_hooks
-                or module._backward_pre_hooks or "forward" in module.__dict__)
-
-
-def _global_module_hooks() -> bool:
-    hooks = torch.nn.modules.module
-    return bool(hooks._global_forward_hooks or hooks._global_forward_pre_hooks or hooks._global_backward_hooks
-                or hooks._global_backward_pre_hooks)
 
 __all__ = ["GATES", "GRUMixer", "LSTMMixer", "RECURRENT_MIXERS", "RNNMixer", "RecurrentMixer", "step_stack"]

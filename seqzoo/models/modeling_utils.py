@@ -16,7 +16,7 @@ from transformers import initialization as init
 from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutputWithPast
 
 from seqzoo.cache import SeqzooCache
-from seqzoo.layers.mixer import Mixer
+from seqzoo.layers.mixer import Mixer, global_module_hooks, has_hooks
 from seqzoo.models.compat import (
     CACHE_ALIASES,
     GENERATE_CACHE_KWARG,
@@ -25,7 +25,7 @@ from seqzoo.models.compat import (
     output_cache,
     take_cache,
 )
-from seqzoo.models.packing import PACKING_KWARGS
+from seqzoo.models.packing import PACKING_KWARGS, find_packing
 
 logger = logging.getLogger("seqzoo")
 
@@ -88,9 +88,22 @@ def prepare_step_inputs(
     """:func:`prepare_inputs` for a decode step in eager mode (``input_ids`` (B, 1) continuing ``cache``, both
     given), with the same checks and errors: the embedded token (B, 1, E) and the (B, 1) padding mask, None when the
     token is not padding."""
-    embeds = model.embed_tokens(_checked_token_ids(input_ids, model.config, True))
+    embeds = call_plainly(model.embed_tokens, _checked_token_ids(input_ids, model.config, True))
     cache.check_fits(model.config, input_ids.shape[0], type(model).__name__)
     return embeds, _padding_mask(model, attention_mask, input_ids.shape[0], 1, cache.get_seq_length(), True)
+
+
+def call_plainly(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """``module(x)`` for the decode step's embedding and vocabulary head. An unhooked ``nn.Embedding`` or
+    ``nn.Linear`` (that exact class: not a subclass, nor a peft or quantisation wrapper) runs its one operation
+    directly, as its forward would: at decode sizes the module call costs a few per cent of the step."""
+    cls = type(module)
+    if (cls is nn.Linear or cls is nn.Embedding) and not has_hooks(module) and not global_module_hooks():
+        if cls is nn.Linear:
+            return torch.nn.functional.linear(x, module.weight, module.bias)
+        return torch.nn.functional.embedding(x, module.weight, module.padding_idx, module.max_norm,
+                                             module.norm_type, module.scale_grad_by_freq, module.sparse)
+    return module(x)
 
 
 def _checked_token_ids(input_ids: torch.Tensor, config: Any, values_checked: bool) -> torch.Tensor:
@@ -240,6 +253,14 @@ class SeqzooPreTrainedModel(PreTrainedModel):
     # Keyword arguments this model's forward takes beyond its own parameters: the markers of packed rows
     # (seqzoo/models/packing.py), which every causal architecture reads; checked like the parameters.
     extra_forward_kwargs: tuple[str, ...] = PACKING_KWARGS
+
+    def takes_step(self, input_ids: Any, inputs_embeds: Any, cache: Any, output_hidden_states: bool | None,
+                   kwargs: dict[str, Any]) -> bool:
+        """Whether this backbone's ``decode_step(input_ids, attention_mask, cache)`` computes a forward call with these
+        arguments (no packed rows): a backbone with a lean decode step overrides both (the classic recurrent one
+        does). The causal-LM head then calls ``decode_step`` itself, skipping the backbone's module call, unless
+        something hooks that call."""
+        return False
 
     @property
     def device(self) -> torch.device:
@@ -433,22 +454,34 @@ class SeqzooForCausalLM(SeqzooPreTrainedModel, GenerationMixin):
         cache = take_cache(cache, kwargs)
         check_kwargs(kwargs, forward_parameters(self), f"{type(self).__name__}.forward")
         return_dict = return_dict if return_dict is not None else self.config.return_dict
-        outputs: BaseModelOutputWithPast = self.model(
-            input_ids=input_ids,
-            attention_mask=attention_mask,
-            position_ids=position_ids,
-            cache=cache,
-            inputs_embeds=inputs_embeds,
-            use_cache=use_cache,
-            output_hidden_states=output_hidden_states,
-            **{k: v for k, v in kwargs.items() if k != "num_items_in_batch"},
-        )
-        hidden_states = outputs.last_hidden_state
+        backbone = self.model
+        stepped = (labels is None and not kwargs and not global_module_hooks() and not has_hooks(backbone)
+                   and find_packing(backbone, input_ids, inputs_embeds, attention_mask, position_ids, cache,
+                                    use_cache, kwargs) is None
+                   and backbone.takes_step(input_ids, inputs_embeds, cache, output_hidden_states, kwargs))
+        if stepped:
+            # A decode step the backbone runs itself: called directly, since nothing hooks its module call.
+            hidden_states = backbone.decode_step(input_ids, attention_mask, cache)
+            new_cache, all_hidden_states, attentions = cache, None, None
+        else:
+            outputs: BaseModelOutputWithPast = backbone(
+                input_ids=input_ids,
+                attention_mask=attention_mask,
+                position_ids=position_ids,
+                cache=cache,
+                inputs_embeds=inputs_embeds,
+                use_cache=use_cache,
+                output_hidden_states=output_hidden_states,
+                **{k: v for k, v in kwargs.items() if k != "num_items_in_batch"},
+            )
+            hidden_states = outputs.last_hidden_state
+            new_cache = output_cache(outputs)
+            all_hidden_states, attentions = outputs.hidden_states, getattr(outputs, "attentions", None)
         if isinstance(logits_to_keep, int):
             hidden_states = hidden_states[:, -logits_to_keep:] if logits_to_keep > 0 else hidden_states
         else:
             hidden_states = hidden_states[:, logits_to_keep]
-        logits = self.lm_head(hidden_states)
+        logits = call_plainly(self.lm_head, hidden_states) if stepped else self.lm_head(hidden_states)
 
         loss = None
         if labels is not None:
@@ -467,9 +500,8 @@ class SeqzooForCausalLM(SeqzooPreTrainedModel, GenerationMixin):
                 num_items_in_batch=kwargs.get("num_items_in_batch"),
             )
 
-        new_cache = output_cache(outputs)
         if not return_dict:
-            output = (logits, new_cache, outputs.hidden_states)
+            output = (logits, new_cache, all_hidden_states)
             output = tuple(v for v in output if v is not None)
             return (loss, *output) if loss is not None else output
         return model_output(
@@ -477,8 +509,8 @@ class SeqzooForCausalLM(SeqzooPreTrainedModel, GenerationMixin):
             cache=new_cache,
             loss=loss,
             logits=logits,
-            hidden_states=outputs.hidden_states,
-            attentions=getattr(outputs, "attentions", None),
+            hidden_states=all_hidden_states,
+            attentions=attentions,
         )
 
     def compile_decoding(self, enabled: bool = True, **options: Any) -> SeqzooForCausalLM:

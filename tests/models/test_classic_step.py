@@ -367,3 +367,85 @@ def test_token_ids_are_checked_at_every_count(count):
             check_token_ids(ids, 10)
         ids[0, count // 2] = 9
         check_token_ids(ids, 10)
+
+
+class CountingLinear(nn.Linear):
+    calls = 0
+
+    def forward(self, x):
+        type(self).calls += 1
+        return super().forward(x)
+
+
+HEAD_ROUTES = ["plain", "backbone hook", "backbone forward replaced", "global hook", "head hook", "head subclass"]
+
+
+@pytest.mark.parametrize("route", HEAD_ROUTES)
+def test_the_head_runs_the_backbone_step_itself_only_when_nothing_hooks_a_skipped_call(route, monkeypatch):
+    """A decode step of a classic causal LM skips the backbone's module call and runs the embedding and vocabulary
+    head's operations directly, unless something would have seen those calls: a hook on them (or on every module),
+    a forward replaced on the backbone (accelerate), a head of another class (peft, quantisation). Whatever runs,
+    the logits are the same."""
+    from torch.nn.modules.module import register_module_forward_hook
+
+    from seqzoo.models.classic.modeling_classic import ClassicRecurrentModel
+
+    model = tiny_model("gru-tiny", tie_word_embeddings=False)
+    plain, _ = decode(model, *inputs(model, 2))
+    backbone_forwards = []
+    real_forward = ClassicRecurrentModel.forward
+    monkeypatch.setattr(ClassicRecurrentModel, "forward",
+                        lambda self, *a, **k: backbone_forwards.append(1) or real_forward(self, *a, **k))
+    seen = []  # the modules whose calls something saw, per call
+    if route == "backbone hook":
+        model.model.register_forward_hook(lambda module, args, out: seen.append("backbone"))
+    elif route == "backbone forward replaced":
+        original = model.model.forward
+        model.model.forward = lambda *a, **k: seen.append("backbone") or original(*a, **k)
+    elif route == "global hook":
+        names = {model.model: "backbone", model.model.embed_tokens: "embedding", model.lm_head: "head"}
+        handle = register_module_forward_hook(lambda module, args, out: seen.append(names.get(module)))
+    elif route == "head hook":
+        model.lm_head.register_forward_hook(lambda module, args, out: seen.append("head"))
+    elif route == "head subclass":
+        head = CountingLinear(model.lm_head.in_features, model.lm_head.out_features, bias=False)
+        head.weight = model.lm_head.weight
+        model.lm_head = head
+        CountingLinear.calls = 0
+    try:
+        logits, _ = decode(model, *inputs(model, 2))
+    finally:
+        if route == "global hook":
+            handle.remove()
+    torch.testing.assert_close(logits, plain, rtol=0, atol=0)
+    # The prompt and four steps: the prompt always through the backbone's module call.
+    skipped = route in ("plain", "head hook", "head subclass")
+    assert len(backbone_forwards) == (1 if skipped else 5)
+    if route == "global hook":
+        assert [name for name in seen if name] == ["embedding", "backbone", "head"] * 5
+    elif route == "head subclass":
+        assert CountingLinear.calls == 5
+    else:
+        assert seen == {"plain": [], "head hook": ["head"] * 5}.get(route, ["backbone"] * 5)
+
+
+@pytest.mark.parametrize("module", ["embedding", "embedding with max_norm", "linear", "linear without bias"])
+def test_calling_a_plain_module_directly_is_its_forward(module):
+    from seqzoo.models.modeling_utils import call_plainly
+
+    torch.manual_seed(0)
+    if module.startswith("embedding"):
+        build = lambda: nn.Embedding(11, 6, padding_idx=3, max_norm=0.5 if "max_norm" in module else None)  # noqa: E731
+        x = torch.tensor([[3, 4, 10], [0, 4, 1]])
+    else:
+        build = lambda: nn.Linear(6, 5, bias=module == "linear")  # noqa: E731
+        x = torch.randn(2, 3, 6)
+    torch.manual_seed(1)
+    direct = build()
+    torch.manual_seed(1)
+    called = build()
+    out = call_plainly(direct, x)
+    torch.testing.assert_close(out, called(x), rtol=0, atol=0)
+    torch.testing.assert_close(direct.weight, called.weight, rtol=0, atol=0)  # max_norm renormalises in place
+    if "max_norm" in module:
+        assert direct.weight[4].norm() <= 0.5 + 1e-6

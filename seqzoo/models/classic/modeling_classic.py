@@ -78,24 +78,17 @@ class ClassicRecurrentModel(ClassicRecurrentPreTrainedModel):
     ) -> BaseModelOutputWithPast:
         cache = backbone_cache_argument(self, cache, kwargs)
         packing = find_packing(self, input_ids, inputs_embeds, attention_mask, position_ids, cache, use_cache, kwargs)
+        if packing is None and self.takes_step(input_ids, inputs_embeds, cache, output_hidden_states, kwargs):
+            hidden_states = self.decode_step(input_ids, attention_mask, cache)
+            return model_output(BaseModelOutputWithPast, cache=cache, last_hidden_state=hidden_states)
         reset = None  # several documents in a row: each runs alone (see seqzoo/models/packing.py)
-        if (packing is None and isinstance(cache, SeqzooCache) and input_ids is not None and input_ids.dim() == 2
-                and input_ids.shape[1] == 1 and inputs_embeds is None and not kwargs and not self.training
-                and not torch.compiler.is_compiling() and self.config.capabilities.can_generate
-                and not (self.config.output_hidden_states if output_hidden_states is None else output_hidden_states)):
-            # The common decode step, a plain (B, 1) token continuing a cache in eval: the same checks and errors as
-            # below, without the general plumbing (packing, output flags), which at decode sizes cost as much as
-            # the cells.
-            embeds, mask = prepare_step_inputs(self, input_ids, attention_mask, cache)
-            length, output_hidden_states = 1, False
-        else:
-            if packing is not None:
-                if not packing.takes_resets(self):
-                    return packing.run(self, input_ids, inputs_embeds, output_hidden_states, kwargs)
-                reset, use_cache = packing.starts, False
-            use_cache, output_hidden_states = resolve_output_flags(self, use_cache, output_hidden_states)
-            inputs = prepare_inputs(self, input_ids, inputs_embeds, attention_mask, cache, use_cache)
-            embeds, cache, mask, length = inputs.embeds, inputs.cache, inputs.padding_mask, inputs.length
+        if packing is not None:
+            if not packing.takes_resets(self):
+                return packing.run(self, input_ids, inputs_embeds, output_hidden_states, kwargs)
+            reset, use_cache = packing.starts, False
+        use_cache, output_hidden_states = resolve_output_flags(self, use_cache, output_hidden_states)
+        inputs = prepare_inputs(self, input_ids, inputs_embeds, attention_mask, cache, use_cache)
+        embeds, cache, mask, length = inputs.embeds, inputs.cache, inputs.padding_mask, inputs.length
 
         # Dropout only in training: in eval it is the identity, and three calls per token show in decoding.
         dropout = self.dropout if self.training else _identity
@@ -131,6 +124,37 @@ class ClassicRecurrentModel(ClassicRecurrentPreTrainedModel):
         return model_output(
             BaseModelOutputWithPast, cache=cache, last_hidden_state=hidden_states, hidden_states=all_hidden_states
         )
+
+    def takes_step(self, input_ids: Any, inputs_embeds: Any, cache: Any, output_hidden_states: bool | None,
+                   kwargs: dict[str, Any]) -> bool:
+        """Whether a forward call (with no packed rows) is the common decode step that :meth:`decode_step` runs: a
+        plain (B, 1) token continuing a ``SeqzooCache``, in eval, with no other keyword and no hidden states asked
+        for."""
+        return (isinstance(cache, SeqzooCache) and isinstance(input_ids, torch.Tensor) and input_ids.dim() == 2
+                and input_ids.shape[1] == 1 and inputs_embeds is None and not kwargs and not self.training
+                and not torch.compiler.is_compiling() and self.config.capabilities.can_generate
+                and not (self.config.output_hidden_states if output_hidden_states is None else output_hidden_states))
+
+    def decode_step(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None,
+                    cache: SeqzooCache) -> torch.Tensor:
+        """The forward of a call :meth:`takes_step` accepts, without the general plumbing (packing, output flags,
+        hidden states), which at decode sizes costs as much as the cells: the same checks and errors, then every
+        layer's cell in a row (``step_stack``), or the layers one by one where that declines. Returns the last
+        layer's (B, 1, H) output; ``cache`` holds the new states and has advanced by one position."""
+        embeds, mask = prepare_step_inputs(self, input_ids, attention_mask, cache)
+        states = [cache.layer(i) for i in range(len(self.layers))]
+        stepped = step_stack(self.layers, embeds, states, mask)
+        if stepped is None:  # (dropout is the identity in eval)
+            hidden_states, stepped_states = embeds, []
+            for layer, state in zip(self.layers, states):
+                hidden_states, state = layer(hidden_states, state=state, mask=mask, reset=None)
+                stepped_states.append(state)
+        else:
+            hidden_states, stepped_states = stepped
+        for idx, state in enumerate(stepped_states):
+            cache.update_layer(idx, state)
+        cache.advance(1)
+        return hidden_states
 
 
 def _identity(x: torch.Tensor) -> torch.Tensor:
