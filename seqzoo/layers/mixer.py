@@ -182,11 +182,13 @@ class BidirectionalMixer(Mixer):
 
 
 def has_hooks(module: nn.Module) -> bool:
-    """Whether ``module(...)`` runs more than ``type(module).forward``: a hook on the module, or a forward set on the
-    instance (accelerate's offloading and device-placement hooks wrap it so). Code that runs a module's operations
-    itself, to save the call, does so only when this and :func:`global_module_hooks` are False."""
+    """Whether ``module(...)`` runs more than ``type(module).forward``: a hook on the module, a forward set on the
+    instance (accelerate's offloading and device-placement hooks wrap it so), or ``module.compile()`` (the call then
+    runs the compiled graph). Code that runs a module's operations itself, to save the call, does so only when this
+    and :func:`global_module_hooks` are False."""
     return bool(module._forward_hooks or module._forward_pre_hooks or module._backward_hooks
-                or module._backward_pre_hooks or "forward" in module.__dict__)
+                or module._backward_pre_hooks or "forward" in module.__dict__
+                or module.__dict__.get("_compiled_call_impl") is not None)
 
 
 def global_module_hooks() -> bool:

@@ -455,10 +455,14 @@ class SeqzooForCausalLM(SeqzooPreTrainedModel, GenerationMixin):
         check_kwargs(kwargs, forward_parameters(self), f"{type(self).__name__}.forward")
         return_dict = return_dict if return_dict is not None else self.config.return_dict
         backbone = self.model
-        stepped = (labels is None and not kwargs and not global_module_hooks() and not has_hooks(backbone)
+        # Looked up on the class: a module put in the backbone's place (a wrapper, perhaps one that hands attribute
+        # reads on to the backbone it wraps) is always called.
+        takes_step = getattr(type(backbone), "takes_step", None)
+        stepped = (labels is None and not kwargs and takes_step is not None
+                   and takes_step(backbone, input_ids, inputs_embeds, cache, output_hidden_states, kwargs)
+                   and not global_module_hooks() and not has_hooks(backbone)
                    and find_packing(backbone, input_ids, inputs_embeds, attention_mask, position_ids, cache,
-                                    use_cache, kwargs) is None
-                   and backbone.takes_step(input_ids, inputs_embeds, cache, output_hidden_states, kwargs))
+                                    use_cache, kwargs) is None)
         if stepped:
             # A decode step the backbone runs itself: called directly, since nothing hooks its module call.
             hidden_states = backbone.decode_step(input_ids, attention_mask, cache)

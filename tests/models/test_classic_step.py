@@ -377,7 +377,26 @@ class CountingLinear(nn.Linear):
         return super().forward(x)
 
 
-HEAD_ROUTES = ["plain", "backbone hook", "backbone forward replaced", "global hook", "head hook", "head subclass"]
+HEAD_ROUTES = ["plain", "backbone hook", "backbone forward replaced", "global hook", "head hook", "head subclass",
+               "backbone subclass", "backbone wrapper", "backbone compiled", "head compiled"]
+
+
+class Wrapper(nn.Module):
+    """A module put in the backbone's place that hands attribute reads on to it (as FSDP1's wrapper does)."""
+
+    def __init__(self, inner, seen):
+        super().__init__()
+        self.inner, self.seen = inner, seen
+
+    def forward(self, *args, **kwargs):
+        self.seen.append("backbone")
+        return self.inner(*args, **kwargs)
+
+    def __getattr__(self, name):
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            return getattr(super().__getattr__("inner"), name)
 
 
 @pytest.mark.parametrize("route", HEAD_ROUTES)
@@ -412,6 +431,21 @@ def test_the_head_runs_the_backbone_step_itself_only_when_nothing_hooks_a_skippe
         head.weight = model.lm_head.weight
         model.lm_head = head
         CountingLinear.calls = 0
+    elif route == "backbone subclass":
+        class Subclassed(type(model.model)):
+            def forward(self, *args, **kwargs):
+                seen.append("backbone")
+                return super().forward(*args, **kwargs)
+
+        model.model.__class__ = Subclassed
+    elif route == "backbone wrapper":
+        model.model = Wrapper(model.model, seen)
+    elif route in ("backbone compiled", "head compiled"):
+        # module.compile() makes every call run torch.compile(module._call_impl): seen here without compiling.
+        module = model.model if route == "backbone compiled" else model.lm_head
+        module.compile()
+        name = route.split()[0]
+        module._compiled_call_impl = lambda *a, m=module, **k: seen.append(name) or m._call_impl(*a, **k)
     try:
         logits, _ = decode(model, *inputs(model, 2))
     finally:
@@ -419,14 +453,15 @@ def test_the_head_runs_the_backbone_step_itself_only_when_nothing_hooks_a_skippe
             handle.remove()
     torch.testing.assert_close(logits, plain, rtol=0, atol=0)
     # The prompt and four steps: the prompt always through the backbone's module call.
-    skipped = route in ("plain", "head hook", "head subclass")
+    skipped = route in ("plain", "head hook", "head subclass", "head compiled")
     assert len(backbone_forwards) == (1 if skipped else 5)
     if route == "global hook":
         assert [name for name in seen if name] == ["embedding", "backbone", "head"] * 5
     elif route == "head subclass":
         assert CountingLinear.calls == 5
     else:
-        assert seen == {"plain": [], "head hook": ["head"] * 5}.get(route, ["backbone"] * 5)
+        assert seen == {"plain": [], "head hook": ["head"] * 5, "head compiled": ["head"] * 5}.get(
+            route, ["backbone"] * 5)
 
 
 @pytest.mark.parametrize("module", ["embedding", "embedding with max_norm", "linear", "linear without bias"])

@@ -129,8 +129,9 @@ class ClassicRecurrentModel(ClassicRecurrentPreTrainedModel):
                    kwargs: dict[str, Any]) -> bool:
         """Whether a forward call (with no packed rows) is the common decode step that :meth:`decode_step` runs: a
         plain (B, 1) token continuing a ``SeqzooCache``, in eval, with no other keyword and no hidden states asked
-        for."""
-        return (isinstance(cache, SeqzooCache) and isinstance(input_ids, torch.Tensor) and input_ids.dim() == 2
+        for; never for a subclass with a forward of its own (the causal LM's head would skip it)."""
+        return (type(self).forward is ClassicRecurrentModel.forward and isinstance(cache, SeqzooCache)
+                and isinstance(input_ids, torch.Tensor) and input_ids.dim() == 2
                 and input_ids.shape[1] == 1 and inputs_embeds is None and not kwargs and not self.training
                 and not torch.compiler.is_compiling() and self.config.capabilities.can_generate
                 and not (self.config.output_hidden_states if output_hidden_states is None else output_hidden_states))
