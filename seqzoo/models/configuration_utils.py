@@ -130,12 +130,20 @@ class SeqzooConfig(PreTrainedConfig):
 
     @property
     def capabilities(self) -> Capabilities:
-        fields = _capability_fields(type(self))
+        cls = type(self)
+        fields = _FIELDS_OF[cls] if cls in _FIELDS_OF else _capability_fields(cls)
         if fields is None:
             return self.derive_capabilities()
-        values = vars(self)  # the fields' current values, so that a changed config is never answered from the cache
+        # The fields' current values, so that a changed config is never answered from the cache. (The instance dict
+        # read directly: vars() and attribute reads go through transformers' __getattribute__, a decode step's
+        # largest share of this read.)
+        values = object.__getattribute__(self, "__dict__")
+        key = [cls]
         try:
-            key = (type(self), *(_frozen(values.get(name)) for name in fields))
+            for name in fields:
+                value = values.get(name)
+                key.append(value if type(value) in _SCALARS else _frozen(value))
+            key = tuple(key)
             found = _CAPABILITIES.get(key)
         except TypeError:  # a value that cannot be a key (an unhashable object in a field): derive it
             return self.derive_capabilities()
@@ -175,6 +183,7 @@ class SeqzooConfig(PreTrainedConfig):
 
 
 _CAPABILITIES: dict[tuple, Capabilities] = {}
+_SCALARS = frozenset({int, bool, float, str, type(None)})  # hashable as they are
 _FIELDS_OF: dict[type, tuple[str, ...] | None] = {}
 
 
