@@ -11,6 +11,7 @@ import math
 from dataclasses import dataclass
 from typing import Any, ClassVar, Iterable
 
+import torch
 from transformers import PreTrainedConfig
 
 from seqzoo.cache import ATTENTION, RECURRENT
@@ -134,10 +135,10 @@ class SeqzooConfig(PreTrainedConfig):
         fields = _FIELDS_OF[cls] if cls in _FIELDS_OF else _capability_fields(cls)
         if fields is None:
             return self.derive_capabilities()
-        # The fields' current values, so that a changed config is never answered from the cache. (The instance dict
-        # read directly: vars() and attribute reads go through transformers' __getattribute__, a decode step's
-        # largest share of this read.)
-        values = object.__getattribute__(self, "__dict__")
+        # The fields' current values, so that a changed config is never answered from the cache. Eagerly the instance
+        # dict is read directly: vars() goes through transformers' __getattribute__ (a third of this read's time),
+        # which dynamo traces where it cannot trace object.__getattribute__.
+        values = vars(self) if torch.compiler.is_compiling() else object.__getattribute__(self, "__dict__")
         key = [cls]
         try:
             for name in fields:
