@@ -342,6 +342,21 @@ def test_a_forward_replaced_on_a_layer_is_called(stacked_calls):
     torch.testing.assert_close(logits, plain, rtol=0, atol=0)
 
 
+def test_a_compiled_layer_is_called(stacked_calls):
+    """``layer.compile()`` makes the layer's call run the compiled graph: the step must call it (seen here by
+    replacing the compiled call with a counting one, without compiling)."""
+    model = tiny_model("rnn-tiny")
+    plain, _ = decode(model, *inputs(model, 2))
+    stacked_calls.clear()
+    layer = model.model.layers[0]
+    layer.compile()
+    calls = []
+    layer._compiled_call_impl = lambda *a, **k: calls.append(1) or layer._call_impl(*a, **k)
+    logits, _ = decode(model, *inputs(model, 2))
+    assert not stacked_calls and len(calls) == 5
+    torch.testing.assert_close(logits, plain, rtol=0, atol=0)
+
+
 @pytest.mark.parametrize("dtype", [torch.uint8, torch.uint16, torch.uint32, torch.int16, torch.int32])
 @pytest.mark.parametrize("count", [1, 65])
 def test_token_ids_of_any_integer_dtype_and_count_are_taken(dtype, count):
