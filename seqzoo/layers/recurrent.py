@@ -150,8 +150,9 @@ def step_stack(
     Decoding one token at B=1 costs a classic model more in the Python around each layer (module call, dispatch,
     padding checks) than in the cell itself; this runs the exact cell calls the layers would run, in a row
     (``fused.step_layers``). It applies only when that is what the layers would do: every layer an unmodified
-    RNN/LSTM/GRU mixer of one kind (no subclass, no hooks on it nor global module hooks, no forward replaced on the
-    instance: they would not be called), no autocast, plain float weights, and the kernel registry choosing the
+    RNN/LSTM/GRU mixer of one kind (no subclass, nothing :func:`~seqzoo.layers.mixer.has_hooks` finds on it -- a
+    hook, a forward replaced on the instance, ``compile()`` -- and no global module hooks: they would not be called),
+    no autocast, plain float weights, and the kernel registry choosing the
     ``torch`` backend for layer 0's call (so a forced ``reference`` backend, or a plugin's, is honoured: the layers
     then run one by one through dispatch).
     hidden_states: (B, 1, I); ``states[i]``: layer i's cache entry (None: zeros); mask: (B, 1) bool or None.

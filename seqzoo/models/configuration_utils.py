@@ -132,7 +132,7 @@ class SeqzooConfig(PreTrainedConfig):
     @property
     def capabilities(self) -> Capabilities:
         cls = type(self)
-        fields = _FIELDS_OF[cls] if cls in _FIELDS_OF else _capability_fields(cls)
+        fields = _capability_fields(cls)
         if fields is None:
             return self.derive_capabilities()
         # The fields' current values, so that a changed config is never answered from the cache. Eagerly the instance
