@@ -6,6 +6,7 @@ runtime its users have, and ``generate()`` against the model's own raw cached st
     python benchmarks/bench_decode.py --quick    # the -small sizes, fewer repeats (a couple of minutes)
     python benchmarks/bench_decode.py --smoke    # tiny sizes, one repeat: checks that the script runs (seconds)
     python benchmarks/bench_decode.py --compile  # also seqzoo's compiled decode step (model.compile_decoding())
+    python benchmarks/bench_decode.py --head-layout columns  # also the vocabulary head stored by columns
 
 Peers, each holding the same weights as the seqzoo model it is timed against (checked: same logits first):
 
@@ -383,20 +384,27 @@ def measure(pair: Pair, mode: dict) -> dict[str, Any]:
     result: dict[str, Any] = {"family": pair.family, "size": pair.size, "peer": pair.peer_name,
                               "threads": torch.get_num_threads(),
                               "settings": {k: mode[k] for k in ("steps", "repeats", "prefill", "new_tokens")}}
-    compiled = None
+    # Variants of seqzoo's model timed beside it: compiled decode steps (model.compile_decoding(); the compile is
+    # paid on their first steps, timed here once per batch size before the interleaved repeats) and the vocabulary
+    # head stored by columns (model.set_head_layout("columns")), each on a copy of the model.
+    variants: dict[str, SeqzooRunner] = {}
+    if mode.get("head_layout") == "columns":
+        variants["seqzoo columns"] = SeqzooRunner(copy.deepcopy(pair.ours).set_head_layout("columns"))
     if mode.get("compile"):
-        # A copy of the model whose decode steps run compiled (model.compile_decoding(), inductor); the compile is
-        # paid on its first steps, timed here once per batch size before the interleaved repeats.
-        compiled = SeqzooRunner(copy.deepcopy(pair.ours).compile_decoding(backend=mode["compile"]))
-        result["compile_s"] = {}
+        for name in [*variants]:
+            variants[name.replace("seqzoo", "seqzoo compiled")] = SeqzooRunner(
+                copy.deepcopy(variants[name].model).compile_decoding(backend=mode["compile"]))
+        variants["seqzoo compiled"] = SeqzooRunner(copy.deepcopy(pair.ours).compile_decoding(backend=mode["compile"]))
+    result["compile_s"] = {}
     for batch in BATCHES:
         ids = torch.randint(0, vocab, (batch, PROMPT), generator=gen)
         cases = {"seqzoo": decode_case(ours, ids, mode["steps"]), "peer": decode_case(pair.peer, ids, mode["steps"])}
-        if compiled is not None:
-            start = time.perf_counter()
-            decode_case(compiled, ids, 2)()()
-            result["compile_s"][f"b{batch}"] = time.perf_counter() - start
-            cases["seqzoo compiled"] = decode_case(compiled, ids, mode["steps"])
+        for name, runner in variants.items():
+            if "compiled" in name:
+                start = time.perf_counter()
+                decode_case(runner, ids, 2)()()
+                result["compile_s"][f"{name} b{batch}"] = time.perf_counter() - start
+            cases[name] = decode_case(runner, ids, mode["steps"])
         times = interleaved(cases, mode["repeats"])
         result[f"decode_b{batch}"] = {k: v / mode["steps"] for k, v in times.items()}
     ids = torch.randint(0, vocab, (1, mode["prefill"]), generator=gen)
@@ -426,16 +434,18 @@ def report(results: list[dict[str, Any]], args: argparse.Namespace) -> str:
             t = r[f"decode_b{batch}"]
             lines.append(f"| {r['family']} | {r['size']} | {r['peer']} | {batch} | {t['seqzoo'] * 1e3:.2f} | "
                          f"{t['peer'] * 1e3:.2f} | {ratio(t['peer'], t['seqzoo'])} |")
-    if any("seqzoo compiled" in r["decode_b1"] for r in results):
-        lines += ["", "| family | size | B | seqzoo compiled ms/token | peer ms/token | peer / compiled | "
-                  "eager / compiled | compile s |", "|---|---|---|---|---|---|---|---|"]
+    if any(len(r["decode_b1"]) > 2 for r in results):
+        lines += ["", "| family | size | B | variant | ms/token | peer ms/token | peer / variant | eager / variant | "
+                  "compile s |", "|---|---|---|---|---|---|---|---|---|"]
         for r in results:
             for batch in BATCHES:
                 t = r[f"decode_b{batch}"]
-                if "seqzoo compiled" in t:
-                    lines.append(f"| {r['family']} | {r['size']} | {batch} | {t['seqzoo compiled'] * 1e3:.2f} | "
-                                 f"{t['peer'] * 1e3:.2f} | {ratio(t['peer'], t['seqzoo compiled'])} | "
-                                 f"{ratio(t['seqzoo'], t['seqzoo compiled'])} | {r['compile_s'][f'b{batch}']:.0f} |")
+                for name in (n for n in t if n not in ("seqzoo", "peer")):
+                    # Older --json files name the compile time by batch alone.
+                    seconds = r.get("compile_s", {}).get(f"{name} b{batch}", r.get("compile_s", {}).get(f"b{batch}"))
+                    lines.append(f"| {r['family']} | {r['size']} | {batch} | {name} | {t[name] * 1e3:.2f} | "
+                                 f"{t['peer'] * 1e3:.2f} | {ratio(t['peer'], t[name])} | {ratio(t['seqzoo'], t[name])} | "
+                                 f"{'' if 'compiled' not in name or seconds is None else f'{seconds:.0f}'} |")
     lines += ["", "| family | size | prefill tokens | seqzoo ms | peer ms | peer / seqzoo |", "|---|---|---|---|---|---|"]
     for r in results:
         t = r["prefill"]
@@ -474,6 +484,9 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     parser.add_argument("--compile", nargs="?", const="inductor", metavar="BACKEND",
                         help="also time seqzoo's decode step compiled (model.compile_decoding(), inductor unless a "
                              "backend is named), with the compile time of its first steps")
+    parser.add_argument("--head-layout", choices=["rows", "columns"], default="rows",
+                        help="columns: also time seqzoo's model with its vocabulary head stored by columns "
+                             "(model.set_head_layout('columns')), and compiled if --compile is given")
     parser.add_argument("--json", type=Path, help="also write the raw medians (seconds) to this file")
     parser.add_argument("--report", type=Path, nargs="+", metavar="JSON",
                         help="print the tables of earlier --json files (concatenated) instead of measuring")
@@ -489,7 +502,7 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     if args.threads < 1:
         parser.error(f"--threads must be at least 1, got {args.threads}")
     torch.set_num_threads(args.threads)
-    mode = dict(MODES[args.mode], compile=args.compile)
+    mode = dict(MODES[args.mode], compile=args.compile, head_layout=args.head_layout)
     if args.rwkv7_sizes:
         try:
             mode["rwkv7"] = [tuple(int(n) for n in size.split("x")) for size in args.rwkv7_sizes.split(",")]
