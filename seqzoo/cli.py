@@ -254,6 +254,11 @@ def cmd_generate(args: argparse.Namespace) -> int:
             raise ValueError(f"--compile {args.compile!r} is not a torch.compile backend here; choose from "
                              f"{', '.join(usual)} (default inductor)")
         model.compile_decoding(backend=args.compile)
+    if args.head_layout != "rows":
+        if seq2seq:
+            raise ValueError(f"--head-layout {args.head_layout} lays out a causal language model's vocabulary head; "
+                             f"{source!r} holds an encoder-decoder (seq2seq) model")
+        model.set_head_layout(args.head_layout)
     sample = args.temperature > 0
     kwargs = dict(max_new_tokens=args.max_new_tokens, num_beams=args.num_beams, do_sample=sample,
                   pad_token_id=tokenizer.pad_token_id)
@@ -399,6 +404,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--compile", nargs="?", const="inductor", metavar="BACKEND",
                    help="compile the decode step with torch.compile (backend inductor unless named): faster tokens "
                         "after a compile of seconds to minutes on the first ones (causal LMs; see BENCHMARKS.md)")
+    p.add_argument("--head-layout", choices=["rows", "columns"], default="rows",
+                   help="columns: store the vocabulary head's weight by columns, faster for one sequence on CPU with "
+                        "a large vocabulary (model.set_head_layout; see BENCHMARKS.md)")
     p.add_argument("--show-attention", action="store_true",
                    help="seq2seq models: print which source tokens each generated token attends to")
     p.add_argument("--attention-plot", metavar="PNG", help="seq2seq models: save the attention heat map there")

@@ -39,16 +39,20 @@ def test_smoke_run_measures_every_family(tmp_path):
 
 def test_smoke_run_with_compiled_steps(tmp_path):
     # --compile adds seqzoo's compiled decode step (model.compile_decoding()); dynamo's eager backend keeps it fast.
+    # --head-layout columns adds the model with its vocabulary head stored by columns, eager and compiled.
     out = tmp_path / "decode.json"
     env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
     result = subprocess.run([sys.executable, "benchmarks/bench_decode.py", "--smoke", "--families", "gru",
-                             "--compile", "eager", "--json", str(out)],
+                             "--compile", "eager", "--head-layout", "columns", "--json", str(out)],
                             cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, f"bench_decode --compile failed:\n{result.stdout}\n{result.stderr[-4000:]}"
+    variants = ("seqzoo compiled", "seqzoo columns", "seqzoo compiled columns")
     for r in json.loads(out.read_text()):
-        assert r["decode_b1"]["seqzoo compiled"] > 0 and r["decode_b8"]["seqzoo compiled"] > 0
-        assert set(r["compile_s"]) == {"b1", "b8"}
-    assert "| gru | 64 x 2 (0.1M) | 8 |" in result.stdout and "eager / compiled" in result.stdout
+        for batch in (1, 8):
+            assert all(r[f"decode_b{batch}"][name] > 0 for name in variants)
+        assert set(r["compile_s"]) == {f"{name} b{batch}" for name in variants[::2] for batch in (1, 8)}
+    assert "| gru | 64 x 2 (0.1M) | 8 | seqzoo compiled columns |" in result.stdout
+    assert "eager / variant" in result.stdout
 
 
 def test_unknown_family_is_refused(capsys, monkeypatch):

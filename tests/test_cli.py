@@ -210,6 +210,23 @@ def test_generate_with_a_compiled_decode_step(model_dir, capsys):
         capsys, ["generate", str(model_dir), "Hi", "--compile", "inductr"])
 
 
+def test_generate_with_the_head_by_columns(model_dir, capsys, monkeypatch):
+    assert main(["generate", str(model_dir), "Hi", "--max-new-tokens", "5", "--no-stream"]) == 0
+    rows = capsys.readouterr().out
+    from seqzoo.models.modeling_utils import SeqzooForCausalLM
+
+    layouts = []
+    original = SeqzooForCausalLM.set_head_layout
+    monkeypatch.setattr(SeqzooForCausalLM, "set_head_layout",
+                        lambda self, layout: (layouts.append(layout), original(self, layout))[1])
+    assert main(["generate", str(model_dir), "Hi", "--max-new-tokens", "5", "--no-stream",
+                 "--head-layout", "columns"]) == 0
+    assert layouts == ["columns"] and capsys.readouterr().out == rows
+    with pytest.raises(SystemExit):
+        main(["generate", str(model_dir), "Hi", "--head-layout", "cols"])
+    assert "--head-layout: invalid choice: 'cols' (choose from 'rows', 'columns')" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("flags, expected", [
     (["--num-beams", "0"], "--num-beams=0 is invalid: must be >= 1"),
     (["--temperature", "-1"], "--temperature=-1.0 is invalid: must be >= 0"),
