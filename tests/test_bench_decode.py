@@ -64,3 +64,17 @@ def test_unknown_family_is_refused(capsys, monkeypatch):
         bench.main(["--smoke", "--families", "rwkv7,rwkv8"])
     assert exit_info.value.code == 2
     assert "unknown family rwkv8; choose from rwkv7, mamba" in capsys.readouterr().err
+
+
+def test_head_layout_benchmark_runs_and_refuses_nonsense():
+    result = subprocess.run([sys.executable, "benchmarks/bench_head_layout.py", "--hidden", "32", "--vocab", "50",
+                             "--batch", "1", "3", "--repeats", "1"],
+                            cwd=REPO, env={**os.environ, "CUDA_VISIBLE_DEVICES": ""}, capture_output=True, text=True,
+                            timeout=120)
+    assert result.returncode == 0, result.stderr[-4000:]
+    rows = [line for line in result.stdout.splitlines() if line.startswith("| 32 | 50 |")]
+    assert [row.split("|")[3].strip() for row in rows] == ["1", "3"]
+    assert all(row.rstrip(" |").endswith("x") for row in rows)
+    result = subprocess.run([sys.executable, "benchmarks/bench_head_layout.py", "--vocab", "0"],
+                            cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2 and "--vocab takes positive sizes; got [0]" in result.stderr

@@ -1,0 +1,68 @@
+"""The vocabulary head's product with one decode step's rows, the weight stored by rows (as built and loaded) against
+by columns (``model.set_head_layout("columns")``), interleaved in one run.
+
+    python benchmarks/bench_head_layout.py                 # hidden 256 / 768 x vocab 300-65536, B = 1, 2, 8
+    python benchmarks/bench_head_layout.py --hidden 2048 --vocab 65536 --batch 1 4
+
+Times ``torch.nn.functional.linear`` of a (B, hidden) input with the (vocab, hidden) weight in each memory order, as
+the head of a decode step runs it. One torch thread unless ``--threads`` says otherwise; medians of interleaved
+repeats (``timing.py``). Ratio: rows / columns (above 1: by columns is faster).
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import sys
+from pathlib import Path
+
+import torch
+from torch.nn import functional as F
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from timing import compare  # noqa: E402
+
+
+def measure(hidden: int, vocab: int, batch: int, repeats: int) -> tuple[float, float]:
+    rows = torch.randn(vocab, hidden)
+    columns = rows.t().contiguous().t()  # what set_head_layout("columns") stores: strides (1, vocab)
+    x = torch.randn(batch, hidden)
+    torch.testing.assert_close(F.linear(x, columns), F.linear(x, rows), rtol=1e-4, atol=1e-4)
+    calls = max(1, 4_000_000 // (vocab * hidden * batch))  # each sample runs about as long at every size
+    times = compare({
+        "rows": lambda: [F.linear(x, rows) for _ in range(calls)],
+        "columns": lambda: [F.linear(x, columns) for _ in range(calls)],
+    }, repeats=repeats)
+    return times["rows"] / calls, times["columns"] / calls
+
+
+def main(argv: list[str] | None = None) -> str:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--hidden", type=int, nargs="+", default=[256, 768])
+    parser.add_argument("--vocab", type=int, nargs="+", default=[300, 4096, 16384, 32768, 65536])
+    parser.add_argument("--batch", type=int, nargs="+", default=[1, 2, 8])
+    parser.add_argument("--repeats", type=int, default=9)
+    parser.add_argument("--threads", type=int, default=1)
+    args = parser.parse_args(argv)
+    for name in ("hidden", "vocab", "batch"):
+        if min(getattr(args, name)) < 1:
+            parser.error(f"--{name} takes positive sizes; got {getattr(args, name)}")
+    if args.repeats < 1 or args.threads < 1:
+        parser.error("--repeats and --threads must be at least 1")
+    torch.set_num_threads(args.threads)
+    lines = [f"torch {torch.__version__}, Python {platform.python_version()}, {args.threads} torch thread(s)", "",
+             "| hidden | vocab | B | by rows µs | by columns µs | rows / columns |", "|---|---|---|---|---|---|"]
+    with torch.no_grad():
+        for hidden in args.hidden:
+            for vocab in args.vocab:
+                for batch in args.batch:
+                    rows, columns = measure(hidden, vocab, batch, args.repeats)
+                    lines.append(f"| {hidden} | {vocab} | {batch} | {rows * 1e6:.0f} | {columns * 1e6:.0f} | "
+                                 f"{rows / columns:.2f}x |")
+    report = "\n".join(lines)
+    print(report)
+    return report
+
+
+if __name__ == "__main__":
+    main()
