@@ -552,9 +552,9 @@ class SeqzooForCausalLM(SeqzooPreTrainedModel, GenerationMixin):
 
         Only the memory order changes: the parameter stays the same object with the same shape, values, name and
         gradient behaviour (an embedding tied to it changes with it), and ``save_pretrained`` writes the same file.
-        On CPU the product of one or two rows with the head runs 1.5-3.4x faster by columns for vocabularies of
-        4096 tokens and more, and 0.6-1.0x at eight rows (BENCHMARKS.md, "The vocabulary head's layout"): use
-        ``"columns"`` to decode one sequence at a time, and keep ``"rows"`` for batched decoding and training.
+        On a CPU the product of one or two rows with a head of 4096 tokens or more ran 1.1-3.1x faster by columns,
+        and that of eight rows 0.75-1.5x as fast (BENCHMARKS.md, "The vocabulary head's layout"): use ``"columns"``
+        to decode one sequence at a time, and keep ``"rows"`` for batched decoding and training.
         The order lasts until changed back; a loaded model starts by rows. Returns the model."""
         if layout not in ("rows", "columns"):
             raise ValueError(f"set_head_layout: layout must be 'rows' or 'columns', got {layout!r}")
