@@ -560,10 +560,12 @@ class SeqzooForCausalLM(SeqzooPreTrainedModel, GenerationMixin):
             raise ValueError(f"set_head_layout: layout must be 'rows' or 'columns', got {layout!r}")
         head = self.get_output_embeddings()
         weight = getattr(head, "weight", None)
-        if not isinstance(weight, nn.Parameter) or weight.dim() != 2 or not weight.is_floating_point():
+        # A tensor subclass (torchao's quantised weights, a DTensor shard) lays itself out: only plain tensors here.
+        if (not isinstance(weight, nn.Parameter) or type(weight.data) is not torch.Tensor or weight.dim() != 2
+                or not weight.is_floating_point()):
             raise ValueError(
                 f"set_head_layout: the vocabulary head ({type(head).__name__}) has no floating-point (vocab, hidden) "
-                "weight parameter to lay out (a quantised head keeps its own layout)"
+                "weight parameter of plain tensors to lay out (a quantised or sharded head keeps its own layout)"
             )
         if weight.is_meta:
             raise ValueError("set_head_layout: the vocabulary head's weight is on the meta device (not loaded yet)")

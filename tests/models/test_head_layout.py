@@ -73,6 +73,13 @@ def test_bad_layouts_are_refused():
     model.lm_head = torch.nn.Identity()
     with pytest.raises(ValueError, match="has no floating-point .* weight parameter"):
         model.set_head_layout("columns")
+    class Marked(torch.Tensor):  # a tensor subclass, as torchao's quantised weights and DTensor shards are
+        pass
+
+    model = tiny_model(FAMILIES["lstm"])
+    model.lm_head.weight = torch.nn.Parameter(model.lm_head.weight.detach().as_subclass(Marked))
+    with pytest.raises(ValueError, match="a quantised or sharded head keeps its own layout"):
+        model.set_head_layout("columns")
     with torch.device("meta"):
         meta = tiny_model(FAMILIES["lstm"])
     with pytest.raises(ValueError, match="meta device"):
