@@ -239,12 +239,6 @@ def cmd_generate(args: argparse.Namespace) -> int:
     inputs = tokenizer(args.prompt, return_tensors="pt").to(device)
     if inputs["input_ids"].shape[1] == 0:
         raise ValueError("the prompt is empty: give at least one character")
-    if args.show_attention or args.attention_plot or args.target is not None:
-        if not seq2seq:
-            raise ValueError("--show-attention, --attention-plot and --target need an encoder-decoder (seq2seq) "
-                             f"model; {source!r} holds a {model.config.model_type} language model")
-        with quiet_transformers():
-            return _show_attention(model, tokenizer, args)
     if args.compile is not None:
         if seq2seq:
             raise ValueError("--compile compiles a causal language model's decode step; "
@@ -259,6 +253,12 @@ def cmd_generate(args: argparse.Namespace) -> int:
             raise ValueError(f"--head-layout {args.head_layout} lays out a causal language model's vocabulary head; "
                              f"{source!r} holds an encoder-decoder (seq2seq) model")
         model.set_head_layout(args.head_layout)
+    if args.show_attention or args.attention_plot or args.target is not None:
+        if not seq2seq:
+            raise ValueError("--show-attention, --attention-plot and --target need an encoder-decoder (seq2seq) "
+                             f"model; {source!r} holds a {model.config.model_type} language model")
+        with quiet_transformers():
+            return _show_attention(model, tokenizer, args)
     sample = args.temperature > 0
     kwargs = dict(max_new_tokens=args.max_new_tokens, num_beams=args.num_beams, do_sample=sample,
                   pad_token_id=tokenizer.pad_token_id)

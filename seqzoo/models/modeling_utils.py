@@ -307,6 +307,8 @@ class SeqzooPreTrainedModel(PreTrainedModel):
                 "save_pretrained(push_to_hub=True) would upload the folder without its model card and tokenizer; "
                 "use model.push_to_hub(repo_id, tokenizer=...) or `seqzoo publish FOLDER REPO_ID`"
             )
+        if kwargs.get("state_dict") is not None:
+            kwargs["state_dict"] = _contiguous_state_dict(kwargs["state_dict"])
         with _contiguous_parameters(self):
             super().save_pretrained(save_directory, *args, **kwargs)
         is_main_process = args[0] if args else kwargs.get("is_main_process", True)
@@ -555,20 +557,37 @@ class SeqzooForCausalLM(SeqzooPreTrainedModel, GenerationMixin):
         On a CPU the product of one or two rows with a head of 4096 tokens or more ran 1.1-3.1x faster by columns,
         and that of eight rows 0.75-1.5x as fast (BENCHMARKS.md, "The vocabulary head's layout"): use ``"columns"``
         to decode one sequence at a time, and keep ``"rows"`` for batched decoding and training.
-        The order lasts until changed back; a loaded model starts by rows. Returns the model."""
+
+        The order lasts while the parameter does: what puts a new one in its place starts by rows again (loading,
+        ``resize_token_embeddings``, ``load_state_dict(..., assign=True)``). Set it after those, and before
+        accelerate offloads the head. Returns the model."""
         if layout not in ("rows", "columns"):
             raise ValueError(f"set_head_layout: layout must be 'rows' or 'columns', got {layout!r}")
         head = self.get_output_embeddings()
+        where = f"set_head_layout: the vocabulary head ({type(head).__name__})"
+        if torch.nn.utils.parametrize.is_parametrized(head, "weight"):
+            raise ValueError(f"{where} computes its weight on every call (a parametrization such as weight_norm): "
+                             "there is no stored weight whose order could change")
+        hooks = getattr(getattr(head, "_hf_hook", None), "hooks", None) or [getattr(head, "_hf_hook", None)]
+        if any(getattr(hook, "offload", False) for hook in hooks):
+            raise ValueError(f"{where} is offloaded by accelerate (cpu_offload / dispatch_model), which keeps its own "
+                             "copy of the weight: set the layout before offloading")
         weight = getattr(head, "weight", None)
         # A tensor subclass (torchao's quantised weights, a DTensor shard) lays itself out: only plain tensors here.
         if (not isinstance(weight, nn.Parameter) or type(weight.data) is not torch.Tensor or weight.dim() != 2
                 or not weight.is_floating_point()):
-            raise ValueError(
-                f"set_head_layout: the vocabulary head ({type(head).__name__}) has no floating-point (vocab, hidden) "
-                "weight parameter of plain tensors to lay out (a quantised or sharded head keeps its own layout)"
-            )
+            if weight is None:
+                seen = "no weight"
+            elif isinstance(weight, nn.Parameter):
+                seen = f"a Parameter of {type(weight.data).__name__}"
+            else:
+                seen = f"a {type(weight).__name__} that is not a Parameter"
+            if isinstance(weight, torch.Tensor):
+                seen += f", dtype {weight.dtype}, shape {tuple(weight.shape)}"
+            raise ValueError(f"{where} has {seen}; a layout applies to a floating-point (vocab, hidden) Parameter "
+                             "of plain tensors (a quantised or sharded head keeps its own layout)")
         if weight.is_meta:
-            raise ValueError("set_head_layout: the vocabulary head's weight is on the meta device (not loaded yet)")
+            raise ValueError(f"{where}: its weight is on the meta device (offloaded, or not loaded yet)")
         # `.data` swaps the storage under the same Parameter, so optimizers, ties and hooks keep their reference.
         # By columns, the (vocab, hidden) view's transpose is contiguous: strides (1, vocab).
         weight.data = weight.data.t().contiguous().t() if layout == "columns" else weight.data.contiguous()
@@ -663,6 +682,19 @@ def _contiguous_parameters(module: nn.Module) -> Iterator[None]:
     finally:
         for parameter, data in moved:
             parameter.data = data
+
+
+def _contiguous_state_dict(state_dict: dict[str, Any]) -> dict[str, Any]:
+    """``state_dict`` with each tensor stored in another memory order replaced by a contiguous copy, one per stored
+    tensor: entries that shared one (a tied head and embedding) share the copy, so ties are still found."""
+    copies: dict[tuple, torch.Tensor] = {}
+    out = {}
+    for name, tensor in state_dict.items():
+        if isinstance(tensor, torch.Tensor) and type(tensor) is torch.Tensor and not tensor.is_contiguous():
+            key = (tensor.device, tensor.data_ptr(), tensor.dtype, tuple(tensor.shape), tensor.stride())
+            tensor = copies.setdefault(key, tensor.contiguous())
+        out[name] = tensor
+    return out
 
 
 def _first_parameter(module: nn.Module) -> nn.Parameter | None:

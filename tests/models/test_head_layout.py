@@ -47,11 +47,13 @@ def test_columns_save_load_and_train_as_rows_do(tmp_path, tied):
     model.set_head_layout("columns")
     model.save_pretrained(tmp_path)  # transformers' tied-tensor check flattens with view(): by rows while saving
     assert by_columns(model.lm_head.weight)  # and by columns again after
-    loaded = AutoModelForCausalLM.from_pretrained(tmp_path).eval()
-    assert torch.equal(loaded.lm_head.weight, model.lm_head.weight)
-    assert torch.equal(loaded.get_input_embeddings().weight, model.get_input_embeddings().weight)
-    assert loaded.lm_head.weight.is_contiguous()  # a loaded model starts by rows
-    assert (loaded.lm_head.weight is loaded.get_input_embeddings().weight) == tied
+    model.save_pretrained(tmp_path / "given", state_dict=model.state_dict())  # as seqzoo's trainer saves
+    for folder in (tmp_path, tmp_path / "given"):
+        loaded = AutoModelForCausalLM.from_pretrained(folder).eval()
+        assert torch.equal(loaded.lm_head.weight, model.lm_head.weight)
+        assert torch.equal(loaded.get_input_embeddings().weight, model.get_input_embeddings().weight)
+        assert loaded.lm_head.weight.is_contiguous()  # a loaded model starts by rows
+        assert (loaded.lm_head.weight is loaded.get_input_embeddings().weight) == tied
 
     # An optimizer created before the change keeps training the same Parameter, which stays by columns.
     model.train()
@@ -71,16 +73,35 @@ def test_bad_layouts_are_refused():
     with pytest.raises(ValueError, match=r"layout must be 'rows' or 'columns', got 'column'"):
         model.set_head_layout("column")
     model.lm_head = torch.nn.Identity()
-    with pytest.raises(ValueError, match="has no floating-point .* weight parameter"):
+    with pytest.raises(ValueError, match=r"\(Identity\) has no weight; a layout applies to a floating-point"):
+        model.set_head_layout("columns")
+    model = tiny_model(FAMILIES["lstm"], tie_word_embeddings=False)
+    torch.nn.utils.parametrizations.weight_norm(model.lm_head)
+    with pytest.raises(ValueError, match="computes its weight on every call .* no stored weight"):
         model.set_head_layout("columns")
     class Marked(torch.Tensor):  # a tensor subclass, as torchao's quantised weights and DTensor shards are
         pass
 
     model = tiny_model(FAMILIES["lstm"])
     model.lm_head.weight = torch.nn.Parameter(model.lm_head.weight.detach().as_subclass(Marked))
-    with pytest.raises(ValueError, match="a quantised or sharded head keeps its own layout"):
+    with pytest.raises(ValueError, match="has a Parameter of Marked, dtype torch.float32, shape .*; a layout applies"):
         model.set_head_layout("columns")
     with torch.device("meta"):
         meta = tiny_model(FAMILIES["lstm"])
-    with pytest.raises(ValueError, match="meta device"):
+    with pytest.raises(ValueError, match=r"on the meta device \(offloaded, or not loaded yet\)"):
         meta.set_head_layout("columns")
+
+
+def test_a_head_accelerate_offloads_is_refused_until_set_before(tmp_path):
+    accelerate = pytest.importorskip("accelerate")
+    model = tiny_model(FAMILIES["lstm"])  # tied: the head's Parameter is still on the CPU beside the embedding
+    device_map = {name: "cpu" for name, _ in model.named_children()}
+    device_map["lm_head"] = "disk"
+    offloaded = accelerate.dispatch_model(model, device_map=device_map, offload_dir=str(tmp_path))
+    with pytest.raises(ValueError, match="is offloaded by accelerate .*: set the layout before offloading"):
+        offloaded.set_head_layout("columns")
+    first = tiny_model(FAMILIES["lstm"], tie_word_embeddings=False)
+    reference = first(PROMPT).logits
+    first.set_head_layout("columns")
+    accelerate.cpu_offload(first, execution_device="cpu")  # set before: accelerate keeps the order it found
+    torch.testing.assert_close(first(PROMPT).logits, reference, rtol=1e-5, atol=1e-5)
