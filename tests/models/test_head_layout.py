@@ -48,6 +48,10 @@ def test_columns_save_load_and_train_as_rows_do(tmp_path, tied):
     model.save_pretrained(tmp_path)  # transformers' tied-tensor check flattens with view(): by rows while saving
     assert by_columns(model.lm_head.weight)  # and by columns again after
     model.save_pretrained(tmp_path / "given", state_dict=model.state_dict())  # as seqzoo's trainer saves
+    model.set_head_layout("rows").save_pretrained(tmp_path / "rows")
+    model.set_head_layout("columns")
+    for folder in (tmp_path, tmp_path / "given"):  # the same file (a tied head written once, as by rows)
+        assert (folder / "model.safetensors").read_bytes() == (tmp_path / "rows" / "model.safetensors").read_bytes()
     for folder in (tmp_path, tmp_path / "given"):
         loaded = AutoModelForCausalLM.from_pretrained(folder).eval()
         assert torch.equal(loaded.lm_head.weight, model.lm_head.weight)
