@@ -568,8 +568,8 @@ class SeqzooForCausalLM(SeqzooPreTrainedModel, GenerationMixin):
         if torch.nn.utils.parametrize.is_parametrized(head, "weight"):
             raise ValueError(f"{where} computes its weight on every call (a parametrization such as weight_norm): "
                              "there is no stored weight whose order could change")
-        hooks = getattr(getattr(head, "_hf_hook", None), "hooks", None) or [getattr(head, "_hf_hook", None)]
-        if any(getattr(hook, "offload", False) for hook in hooks):
+        hook = getattr(head, "_hf_hook", None)
+        if any(getattr(h, "offload", False) for h in getattr(hook, "hooks", None) or [hook]):  # SequentialHook: several
             raise ValueError(f"{where} is offloaded by accelerate (cpu_offload / dispatch_model), which keeps its own "
                              "copy of the weight: set the layout before offloading")
         weight = getattr(head, "weight", None)
@@ -690,9 +690,11 @@ def _contiguous_state_dict(state_dict: dict[str, Any]) -> dict[str, Any]:
     copies: dict[tuple, torch.Tensor] = {}
     out = {}
     for name, tensor in state_dict.items():
-        if isinstance(tensor, torch.Tensor) and type(tensor) is torch.Tensor and not tensor.is_contiguous():
+        if type(tensor) is torch.Tensor and not tensor.is_contiguous():
             key = (tensor.device, tensor.data_ptr(), tensor.dtype, tuple(tensor.shape), tensor.stride())
-            tensor = copies.setdefault(key, tensor.contiguous())
+            if key not in copies:  # a tied head is copied once, not once per name
+                copies[key] = tensor.contiguous()
+            tensor = copies[key]
         out[name] = tensor
     return out
 
