@@ -95,6 +95,19 @@ def prepare_step_inputs(
     return embeds, _padding_mask(model, attention_mask, input_ids.shape[0], 1, cache.get_seq_length(), True)
 
 
+def is_plain_decode_step(backbone: nn.Module, own_forward: Any, input_ids: Any, inputs_embeds: Any, cache: Any,
+                         output_hidden_states: bool | None, kwargs: dict[str, Any]) -> bool:
+    """What a backbone's ``takes_step`` answers: whether a forward call (with no packed rows) is the common decode
+    step -- a plain (B, 1) token continuing a ``SeqzooCache``, in eval, with no other keyword and no hidden states
+    asked for -- and ``backbone``'s forward is ``own_forward`` (a subclass with a forward of its own is always
+    called, since the causal LM's head would skip it)."""
+    return (type(backbone).forward is own_forward and isinstance(cache, SeqzooCache)
+            and isinstance(input_ids, torch.Tensor) and input_ids.dim() == 2
+            and input_ids.shape[1] == 1 and inputs_embeds is None and not kwargs and not backbone.training
+            and not torch.compiler.is_compiling() and backbone.config.capabilities.can_generate
+            and not (backbone.config.output_hidden_states if output_hidden_states is None else output_hidden_states))
+
+
 def call_plainly(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
     """``module(x)`` for the decode step's embedding and vocabulary head. An unhooked ``nn.Embedding`` or
     ``nn.Linear`` (that exact class: not a subclass, nor a peft or quantisation wrapper) runs its one operation

@@ -21,6 +21,7 @@ from seqzoo.models.modeling_utils import (
     SeqzooForCausalLM,
     SeqzooPreTrainedModel,
     backbone_cache_argument,
+    is_plain_decode_step,
     prepare_inputs,
     prepare_step_inputs,
     resolve_output_flags,
@@ -130,11 +131,8 @@ class ClassicRecurrentModel(ClassicRecurrentPreTrainedModel):
         """Whether a forward call (with no packed rows) is the common decode step that :meth:`decode_step` runs: a
         plain (B, 1) token continuing a ``SeqzooCache``, in eval, with no other keyword and no hidden states asked
         for; never for a subclass with a forward of its own (the causal LM's head would skip it)."""
-        return (type(self).forward is ClassicRecurrentModel.forward and isinstance(cache, SeqzooCache)
-                and isinstance(input_ids, torch.Tensor) and input_ids.dim() == 2
-                and input_ids.shape[1] == 1 and inputs_embeds is None and not kwargs and not self.training
-                and not torch.compiler.is_compiling() and self.config.capabilities.can_generate
-                and not (self.config.output_hidden_states if output_hidden_states is None else output_hidden_states))
+        return is_plain_decode_step(self, ClassicRecurrentModel.forward, input_ids, inputs_embeds, cache,
+                                    output_hidden_states, kwargs)
 
     def decode_step(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None,
                     cache: SeqzooCache) -> torch.Tensor:

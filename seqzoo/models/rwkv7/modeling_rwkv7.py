@@ -16,15 +16,19 @@ from torch import nn
 from transformers import initialization as init
 from transformers.modeling_outputs import BaseModelOutputWithPast
 
+from seqzoo.cache import SeqzooCache
 from seqzoo.layers.mixer import Block, build_mixer
 from seqzoo.layers.rwkv7 import RWKV7ChannelMix, RWKV7TimeMix
+from seqzoo.layers.rwkv7_step import step_blocks
 from seqzoo.models.compat import model_output
 from seqzoo.models.heads import SeqzooForSequenceClassification, SeqzooForTokenClassification
 from seqzoo.models.modeling_utils import (
     SeqzooForCausalLM,
     SeqzooPreTrainedModel,
     backbone_cache_argument,
+    is_plain_decode_step,
     prepare_inputs,
+    prepare_step_inputs,
     resolve_output_flags,
 )
 from seqzoo.models.packing import find_packing
@@ -102,6 +106,9 @@ class RWKV7Model(RWKV7PreTrainedModel):
     ) -> BaseModelOutputWithPast:
         cache = backbone_cache_argument(self, cache, kwargs)
         packing = find_packing(self, input_ids, inputs_embeds, attention_mask, position_ids, cache, use_cache, kwargs)
+        if packing is None and self.takes_step(input_ids, inputs_embeds, cache, output_hidden_states, kwargs):
+            hidden_states = self.decode_step(input_ids, attention_mask, cache)
+            return model_output(BaseModelOutputWithPast, cache=cache, last_hidden_state=hidden_states)
         reset = None  # several documents in a row: each runs alone (see seqzoo/models/packing.py)
         if packing is not None:
             if not packing.takes_resets(self):
@@ -130,6 +137,35 @@ class RWKV7Model(RWKV7PreTrainedModel):
             BaseModelOutputWithPast, cache=cache, last_hidden_state=hidden_states, hidden_states=all_hidden_states
         )
 
+
+    def takes_step(self, input_ids: Any, inputs_embeds: Any, cache: Any, output_hidden_states: bool | None,
+                   kwargs: dict[str, Any]) -> bool:
+        """Whether a forward call (with no packed rows) is the common decode step :meth:`decode_step` runs."""
+        return is_plain_decode_step(self, RWKV7Model.forward, input_ids, inputs_embeds, cache, output_hidden_states,
+                                    kwargs)
+
+    def decode_step(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None,
+                    cache: SeqzooCache) -> torch.Tensor:
+        """The forward of a call :meth:`takes_step` accepts, without the general plumbing: the same checks and
+        errors, then every block in TorchScript (``layers/rwkv7_step.py: step_blocks``), or the blocks one by one
+        where that declines. Returns the (B, 1, C) output of the final norm; ``cache`` holds the new states and has
+        advanced by one position."""
+        embeds, mask = prepare_step_inputs(self, input_ids, attention_mask, cache)
+        hidden_states = self.embed_norm(embeds)
+        states = [cache.layer(i) for i in range(len(self.layers))]
+        stepped = step_blocks(self.layers, RWKV7Block, hidden_states, states, mask)
+        if stepped is None:
+            shared: dict[str, torch.Tensor] = {}
+            new_states = []
+            for layer, state in zip(self.layers, states):
+                hidden_states, state = layer(hidden_states, state=state, mask=mask, shared=shared, reset=None)
+                new_states.append(state)
+        else:
+            hidden_states, new_states = stepped
+        for idx, state in enumerate(new_states):
+            cache.update_layer(idx, state)
+        cache.advance(1)
+        return self.norm(hidden_states)
 
 class RWKV7ForCausalLM(RWKV7PreTrainedModel, SeqzooForCausalLM):
     base_model_class = RWKV7Model

@@ -1,0 +1,224 @@
+"""RWKV-7's one-token decode step, every block in TorchScript.
+
+At decode sizes an RWKV-7 block costs more in Python than in arithmetic: about fifty small operations per time mix,
+each paying the Python binding's dispatch. BlinkDL's ``rwkv`` package runs the same operations as TorchScript, whose
+interpreter dispatches them for less. :func:`step_blocks` does the same for seqzoo's blocks: one call of a scripted
+function per block, computing exactly what ``RWKV7Block`` computes for a (B, 1) token (``RWKV7TimeMix._step``, the
+channel mix, the two LayerNorms and residuals), with the WKV update by the ``chunked`` backend's own ``step``.
+
+It applies only when that is what the blocks would run (otherwise it returns None and the blocks run one by one):
+every block an unmodified ``RWKV7Block`` of unmodified parts (no subclass, nothing :func:`has_hooks` finds on any of
+its modules, no global module hooks, the linear maps exactly ``nn.Linear`` without bias -- a peft or quantisation
+wrapper runs as a module), plain float32 CPU weights, no autocast, no gradient recording, not inside a
+``torch.compile`` trace (``compile_decoding()`` traces the Python path), and the kernel registry choosing the
+``chunked`` backend for the step's ``wkv7`` call (a forced ``reference`` backend, or a plugin's, is honoured). The
+parameters are read from the modules on every call: nothing is copied, so a weight changed in place is seen.
+
+The function is scripted on first use. Where TorchScript cannot script it (a torch without it, sources not
+shipped), a warning says so once and decoding runs the Python path.
+"""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from collections.abc import Sequence
+from typing import Any, List, Optional, Tuple  # noqa: UP035 -- TorchScript reads these annotations
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from seqzoo.kernels import registry as kernel_registry
+from seqzoo.kernels.wkv7 import chunked
+from seqzoo.layers.mixer import global_module_hooks, has_hooks
+from seqzoo.layers.rwkv7 import DECAY_LOG_SCALE, RWKV7ChannelMix, RWKV7TimeMix
+
+logger = logging.getLogger(__name__)
+
+# The order of the parameters handed to the scripted block (see _parameters).
+_TIME_MIX = ("x_r", "x_k", "x_v", "x_w", "x_a", "x_g", "w0", "w1", "w2", "a0", "a1", "a2", "g1", "g2", "k_k", "k_a",
+             "r_k")
+_VALUE_RESIDUAL = ("v0", "v1", "v2")
+
+
+def _block_step(
+    x: torch.Tensor, p: List[torch.Tensor], shift: torch.Tensor, wkv: torch.Tensor, ffn_shift: torch.Tensor,
+    v_first: Optional[torch.Tensor], mask: Optional[torch.Tensor], heads: int, norm_eps: float,
+    ffn_norm_eps: float, group_norm_eps: float, decay_log_scale: float,
+) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """One RWKV7Block on one token. x (B, C) the block's input; p its parameters in _parameters' order; shift,
+    ffn_shift (B, C) and wkv (B, H, N, N) its state; v_first (B, C) layer 0's values (None in layer 0); mask (B, 1)
+    bool or None. Returns the block's output, its new attn_shift, wkv and ffn_shift, and v_first."""
+    (norm_w, norm_b, x_r, x_k, x_v, x_w, x_a, x_g, w0, w1, w2, a0, a1, a2, g1, g2, k_k, k_a, r_k, receptance, key,
+     value, output, ln_x_w, ln_x_b, ffn_norm_w, ffn_norm_b, ffn_x_k, ffn_key, ffn_value) = p[:30]
+    B, C = x.shape
+    N = C // heads
+    # The time mix (RWKV7TimeMix._step).
+    xn = F.layer_norm(x, [C], norm_w, norm_b, norm_eps)
+    new_shift = xn if mask is None else torch.where(mask, xn, shift)
+    mix = torch.stack([x_r, x_k, x_v, x_w, x_a, x_g])[:, None]  # (6, 1, C)
+    xr, xk, xv, xw, xa, xg = torch.addcmul(xn, shift - xn, mix).unbind(0)
+    r = F.linear(xr, receptance)
+    k = F.linear(xk, key)
+    v = F.linear(xv, value)
+    if v_first is None:
+        v_first = v
+    else:
+        v0, v1, v2 = p[30], p[31], p[32]
+        v = torch.lerp(v, v_first, torch.sigmoid(torch.addmm(v0, xv @ v1, v2)))
+    a = torch.sigmoid(torch.addmm(a0, xa @ a1, a2))
+    g = torch.sigmoid(xg @ g1) @ g2
+    kk = k * k_k
+    k = k * torch.addcmul(torch.rsub(k_a, 1), a, k_a)
+    log_decay = torch.sigmoid(torch.addmm(w0, torch.tanh(xw @ w1), w2)) * -decay_log_scale
+    kk = kk.view(B, heads, N)
+    kk = kk / torch.linalg.vector_norm(kk, dim=-1, keepdim=True).clamp_min(1e-12)
+    r_h, k_h, v_h = r.view(B, heads, N), k.view(B, heads, N), v.view(B, heads, N)
+    b_h = kk * a.view(B, heads, N)
+    log_decay = log_decay.view(B, heads, N)
+    k_in = k_h
+    if mask is not None:  # an identity step for a padded token
+        keep = mask.view(B, 1, 1)
+        log_decay = torch.where(keep, log_decay, 0.0)
+        k_in = torch.where(keep, k_h, 0.0)
+        b_h = torch.where(keep, b_h, 0.0)
+    y, wkv = chunked.step(wkv, r_h, log_decay, k_in, v_h, -kk, b_h)
+    y = F.group_norm(y.reshape(B, C), heads, ln_x_w, ln_x_b, group_norm_eps).view(B, heads, N)
+    bonus = (r_h * k_h * r_k).sum(dim=-1).view(B, heads, 1)
+    y = torch.addcmul(y, bonus, v_h).view(B, C)
+    x = x + F.linear(y * g, output)
+    # The channel mix (RWKV7ChannelMix.forward).
+    xn = F.layer_norm(x, [C], ffn_norm_w, ffn_norm_b, ffn_norm_eps)
+    new_ffn_shift = xn if mask is None else torch.where(mask, xn, ffn_shift)
+    mixed = torch.addcmul(xn, ffn_shift - xn, ffn_x_k)
+    x = x + F.linear(torch.relu(F.linear(mixed, ffn_key)).square(), ffn_value)
+    return x, new_shift, wkv, new_ffn_shift, v_first
+
+
+_FIRST = 30  # tensors of a block without the value residual (layer 0), and with it
+_LATER = 33
+
+_scripted: Any = None  # the scripted _block_step; False where scripting failed
+
+
+def scripted_block_step() -> Any:
+    """The scripted :func:`_block_step`, scripted on first use; None where TorchScript could not script it."""
+    global _scripted
+    if _scripted is None:
+        try:
+            with warnings.catch_warnings():
+                # torch marks TorchScript deprecated (it points to torch.compile, which compile_decoding() offers);
+                # where a release removes it, this path steps aside as below.
+                warnings.simplefilter("ignore", DeprecationWarning)
+                _scripted = torch.jit.script(_block_step)
+        except Exception as err:  # noqa: BLE001 -- any failure of TorchScript leaves the Python path, said once
+            logger.warning("RWKV-7's TorchScript decode step could not be scripted (%s: %s); decoding runs the "
+                           "blocks in Python, which is slower at small batch sizes", type(err).__name__, err)
+            _scripted = False
+    return _scripted or None
+
+
+def _plain(tensors: Sequence[Any]) -> bool:
+    # Float32 tensors of torch's own types: a quantised weight is a tensor subclass only its own operators read. (A
+    # weight on another device than the input fails in either path, with torch's error.)
+    return all(type(t) in _PLAIN_TYPES and t.dtype is torch.float32 for t in tensors)
+
+
+_PLAIN_TYPES = (torch.Tensor, nn.Parameter)
+_LINEARS = ("receptance", "key", "value", "output")
+
+
+def _parameters(block: nn.Module, block_class: type) -> tuple[list[torch.Tensor], tuple[float, float, float]] | None:
+    """The tensors _block_step takes for ``block`` (read from the modules now), and its three eps; None when the
+    block is not what _block_step computes. (Submodules and parameters are read from the modules' own dicts: a
+    module attribute read costs more than the check.)"""
+    if type(block) is not block_class or block.has_dropout or not block.pre_norm:
+        return None
+    try:
+        blocks = block._modules
+        norm, attn, ffn_norm, ffn = (blocks[name] for name in block.part_names)
+        attn_modules, ffn_modules = attn._modules, ffn._modules
+        linears = [attn_modules[name] for name in _LINEARS] + [ffn_modules["key"], ffn_modules["value"]]
+        group_norm = attn_modules["ln_x"]
+        modules = (block, norm, attn, ffn_norm, ffn, *linears)  # (ln_x is read, never called: see _step)
+        if (type(attn) is not RWKV7TimeMix or type(ffn) is not RWKV7ChannelMix or type(norm) is not nn.LayerNorm
+                or type(ffn_norm) is not nn.LayerNorm or type(group_norm) is not nn.GroupNorm
+                or any(type(linear) is not nn.Linear or linear.bias is not None for linear in linears)
+                or any(has_hooks(module) for module in modules)
+                or len(norm.normalized_shape) != 1 or len(ffn_norm.normalized_shape) != 1):
+            return None
+        own = attn._parameters
+        tensors = [norm._parameters["weight"], norm._parameters["bias"], *(own[name] for name in _TIME_MIX),
+                   *(linear._parameters["weight"] for linear in linears[:4]), group_norm._parameters["weight"],
+                   group_norm._parameters["bias"], ffn_norm._parameters["weight"], ffn_norm._parameters["bias"],
+                   ffn._parameters["x_k"], linears[4]._parameters["weight"], linears[5]._parameters["weight"]]
+        if attn.has_value_residual:
+            tensors += [own[name] for name in _VALUE_RESIDUAL]
+    except KeyError:  # a part or parameter removed or replaced by a plain attribute
+        return None
+    if not _plain(tensors):  # (None too: an affine-less norm)
+        return None
+    return tensors, (norm.eps, ffn_norm.eps, group_norm.eps)
+
+
+def step_blocks(
+    blocks: Sequence[nn.Module], block_class: type, hidden_states: torch.Tensor, states: Sequence[dict | None],
+    mask: torch.Tensor | None,
+) -> tuple[torch.Tensor, list[dict[str, torch.Tensor]]] | None:
+    """One token through a stack of RWKV-7 blocks, one scripted call per block, or None when the stack must run
+    block by block (see the module docstring for when).
+
+    hidden_states: (B, 1, C) the first block's input; ``states[i]``: block i's cache entry (None: zeros); mask:
+    (B, 1) bool or None. Returns the last block's (B, 1, C) output and each block's new state dict."""
+    blocks = list(blocks)
+    if (not blocks or torch.is_grad_enabled() or torch.compiler.is_compiling() or torch._C._is_any_autocast_enabled()
+            or global_module_hooks() or not _plain((hidden_states,)) or hidden_states.device.type != "cpu"
+            or hidden_states.dim() != 3 or hidden_states.shape[1] != 1):
+        return None
+    if type(blocks[0]) is not block_class:
+        return None
+    first = blocks[0]._modules.get("attn")
+    if type(first) is not RWKV7TimeMix:
+        return None
+    batch, _, channels = hidden_states.shape
+    heads, head_size = first.num_heads, first.head_size
+    blocks_parameters = []
+    for idx, block in enumerate(blocks):
+        found = _parameters(block, block_class)
+        # Layer 0 makes v_first, every later one reads it; all of the same width.
+        if (found is None or len(found[0]) != (_FIRST if idx == 0 else _LATER) or found[0][2].shape[-1] != channels
+                or block._modules["attn"].num_heads != heads):
+            return None
+        blocks_parameters.append(found)
+    probe = hidden_states.new_empty(batch, 1, heads, head_size)  # what the step's wkv7 call would be given
+    backend = kernel_registry.select("wkv7", probe, probe, probe, probe, probe, probe, initial_state=None)
+    if backend.load() is not chunked.wkv7:
+        return None
+    step = scripted_block_step()
+    if step is None:
+        return None
+    x = hidden_states[:, 0]
+    v_first: torch.Tensor | None = None
+    new_states = []
+    for (tensors, (norm_eps, ffn_norm_eps, group_norm_eps)), state in zip(blocks_parameters, states):
+        shift, wkv, ffn_shift = _state(state, batch, channels, heads, head_size, x)
+        x, shift, wkv, ffn_shift, v_first = step(x, tensors, shift, wkv, ffn_shift, v_first, mask, heads, norm_eps,
+                                                 ffn_norm_eps, group_norm_eps, DECAY_LOG_SCALE)
+        new_states.append({"attn_shift": shift, "wkv": wkv, "ffn_shift": ffn_shift})
+    return x[:, None], new_states
+
+
+def _state(state: dict | None, batch: int, channels: int, heads: int, head_size: int,
+           x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """A block's (attn_shift, wkv, ffn_shift) as the step reads them: zeros where the cache has none yet, in float32
+    (as the Python path casts them)."""
+    state = state or {}
+    shift, wkv, ffn_shift = state.get("attn_shift"), state.get("wkv"), state.get("ffn_shift")
+    shift = x.new_zeros(batch, channels) if shift is None else shift.float()
+    ffn_shift = x.new_zeros(batch, channels) if ffn_shift is None else ffn_shift.float()
+    wkv = x.new_zeros(batch, heads, head_size, head_size) if wkv is None else wkv.float()
+    return shift, wkv, ffn_shift
+
+
+__all__ = ["scripted_block_step", "step_blocks"]
