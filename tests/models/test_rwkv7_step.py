@@ -196,7 +196,18 @@ class LinearWithBias(nn.Linear):
     """A subclass of nn.Linear, as peft's and quantisation wrappers are modules of their own."""
 
 
-@pytest.mark.parametrize("change", ["subclass weight", "linear subclass", "block subclass", "bfloat16",
+def shifted(self, *args, **kwargs):
+    out, state = type(self).__mro__[1].forward(self, *args, **kwargs)
+    return out + torch.linspace(0, 1, out.shape[-1]), state  # (the final LayerNorm undoes a uniform change)
+
+
+def shifted_norm(self, x):
+    return nn.LayerNorm.forward(self, x) + torch.linspace(0, 1, x.shape[-1])
+
+
+@pytest.mark.parametrize("change", ["subclass weight", "linear subclass", "block subclass", "first block subclass",
+                                    "time mix subclass", "channel mix subclass", "norm subclass", "mlp norm subclass",
+                                    "bfloat16",
                                     "float64", "grad enabled", "reference backend"])
 def test_the_step_declines_what_it_does_not_compute(change, scripted_calls, python_path):
     model = random_model(num_hidden_layers=2)
@@ -208,9 +219,16 @@ def test_the_step_declines_what_it_does_not_compute(change, scripted_calls, pyth
         replacement = LinearWithBias(attn.key.in_features, attn.key.out_features, bias=False)
         replacement.weight = attn.key.weight
         attn.key = replacement
-    elif change == "block subclass":
-        block = model.model.layers[0]
-        block.__class__ = type("Block2", (type(block),), {})
+    elif change in ("block subclass", "first block subclass"):
+        # A subclass's own forward must run: it doubles the block's output.
+        block = model.model.layers[1 if change == "block subclass" else 0]
+        block.__class__ = type("Shifted", (type(block),), {"forward": shifted})
+    elif change in ("time mix subclass", "channel mix subclass"):
+        mixer = getattr(model.model.layers[1], "attn" if change == "time mix subclass" else "ffn")
+        mixer.__class__ = type("Shifted", (type(mixer),), {"forward": shifted})
+    elif change in ("norm subclass", "mlp norm subclass"):
+        norm = getattr(model.model.layers[1], "attn_norm" if change == "norm subclass" else "ffn_norm")
+        norm.__class__ = type("ShiftedNorm", (nn.LayerNorm,), {"forward": shifted_norm})
     elif change in ("bfloat16", "float64"):
         model.to(getattr(torch, change))
     if change == "grad enabled":
@@ -226,6 +244,10 @@ def test_the_step_declines_what_it_does_not_compute(change, scripted_calls, pyth
     else:
         result = decode(model, *args)
     assert scripted_calls == [False] * 4
+    if "subclass" in change and "weight" not in change and "linear" not in change:
+        # The subclass's forward ran: the logits are not those of the unmodified model.
+        plain = decode(random_model(num_hidden_layers=2), *args)[0]
+        assert not torch.allclose(result[0], plain, atol=1e-3)
     python_path()
     expected = decode(model, *args)
     torch.testing.assert_close(result[0], expected[0], rtol=1e-4, atol=1e-4)
