@@ -10,6 +10,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -35,6 +36,11 @@ def test_smoke_run_measures_every_family(tmp_path):
         assert {"seqzoo generate", "seqzoo raw"} <= set(r["generate"])
     assert all("peer generate" in r["generate"] for r in results)  # Llama's own generate / raw loop, the floor
     assert "| rwkv7 | 128 / 2 / 99 | rwkv package | 8 |" in result.stdout
+    # The generate table: what generate() adds per token, for the model and for a Llama of its size.
+    assert "| added µs/token | Llama added µs/token |" in result.stdout
+    rows = [line.split("|")[1:-1] for line in result.stdout.splitlines()
+            if line.startswith("| gru |") and len(line.split("|")) == 11]
+    assert len(rows) == 1 and all(re.fullmatch(r"-?\d+", cell.strip()) for cell in rows[0][-2:]), rows
 
 
 def test_smoke_run_with_compiled_steps(tmp_path):

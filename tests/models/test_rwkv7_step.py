@@ -277,3 +277,19 @@ def test_scripting_shows_no_deprecation_warning(monkeypatch, recwarn):
     monkeypatch.setattr(rwkv7_step, "_scripted", None)
     assert rwkv7_step.scripted_block_step() is not None
     assert not [w for w in recwarn if issubclass(w.category, DeprecationWarning)]
+
+
+def test_a_peft_adapter_sends_the_step_through_the_blocks_and_merged_it_is_scripted(scripted_calls):
+    peft = pytest.importorskip("peft")
+    model = random_model(num_hidden_layers=2)
+    args = inputs(model, 2)
+    config = peft.LoraConfig(r=4, target_modules=["receptance", "value"], init_lora_weights=False)
+    adapted = peft.get_peft_model(model, config)
+    result = decode(adapted, *args)
+    assert scripted_calls == [False] * 4  # the LoRA layers run as modules
+    merged = adapted.merge_and_unload()
+    expected = decode(merged, *args)
+    assert scripted_calls[4:] == [True] * 4
+    torch.testing.assert_close(result[0], expected[0], rtol=1e-4, atol=1e-4)
+    plain = decode(random_model(num_hidden_layers=2), *args)[0]
+    assert not torch.allclose(result[0], plain, atol=1e-3)  # the adapter changed the model
