@@ -293,3 +293,13 @@ def test_a_peft_adapter_sends_the_step_through_the_blocks_and_merged_it_is_scrip
     torch.testing.assert_close(result[0], expected[0], rtol=1e-4, atol=1e-4)
     plain = decode(random_model(num_hidden_layers=2), *args)[0]
     assert not torch.allclose(result[0], plain, atol=1e-3)  # the adapter changed the model
+
+
+def test_inference_mode_takes_the_scripted_step(scripted_calls):
+    model = random_model(num_hidden_layers=2)
+    args = inputs(model, 2)
+    expected = decode(model, *args)
+    with torch.inference_mode():
+        result = decode(model, *args)
+    assert scripted_calls == [True] * 8
+    assert_same(result, expected, atol=0)
