@@ -176,8 +176,6 @@ def step_blocks(
             or global_module_hooks() or not _plain((hidden_states,)) or hidden_states.device.type != "cpu"
             or hidden_states.dim() != 3 or hidden_states.shape[1] != 1):
         return None
-    if type(blocks[0]) is not block_class:
-        return None
     first = blocks[0]._modules.get("attn")
     if type(first) is not RWKV7TimeMix:
         return None
