@@ -83,6 +83,21 @@ def tiny_model(preset: str, seed: int = 0, **overrides):
     return model.eval()
 
 
+def decode_step_inputs(batch: int, vocab: int, seed: int = 3):
+    """A 5-token prompt, its mask, 4 tokens to feed one by one and their masks, for the decode-step tests. With
+    more than one row, row 1 is left-padded and two fed tokens are padding (a padded token's row keeps its states)."""
+    gen = torch.Generator().manual_seed(seed)
+    prompt = torch.randint(0, vocab, (batch, 5), generator=gen)
+    prompt_mask = torch.ones(batch, 5, dtype=torch.long)
+    steps = torch.randint(0, vocab, (batch, 4), generator=gen)
+    step_masks = torch.ones(batch, 4, dtype=torch.long)
+    if batch > 1:
+        prompt_mask[1, :2] = 0
+        step_masks[1, 2] = 0
+        step_masks[-1, 0] = 0
+    return prompt, prompt_mask, steps, step_masks
+
+
 @pytest.fixture(params=sorted(FAMILIES), ids=sorted(FAMILIES))
 def family_preset(request) -> str:
     return FAMILIES[request.param]

@@ -108,6 +108,25 @@ def is_plain_decode_step(backbone: nn.Module, own_forward: Any, input_ids: Any, 
             and not (backbone.config.output_hidden_states if output_hidden_states is None else output_hidden_states))
 
 
+def finish_decode_step(cache: SeqzooCache, layers: Any, stepped: Any, hidden_states: torch.Tensor,
+                       states: list, mask: torch.Tensor | None, **context: Any) -> torch.Tensor:
+    """The end of a backbone's ``decode_step``: its fused step over every layer either ran (``stepped``: the last
+    layer's output and each layer's new state) or declined (None: the layers then run one by one from
+    ``hidden_states``, given ``context``); the new states are stored and the cache advances by one position. Returns
+    the last layer's output."""
+    if stepped is None:
+        new_states = []
+        for layer, state in zip(layers, states):
+            hidden_states, state = layer(hidden_states, state=state, mask=mask, reset=None, **context)
+            new_states.append(state)
+    else:
+        hidden_states, new_states = stepped
+    for idx, state in enumerate(new_states):
+        cache.update_layer(idx, state)
+    cache.advance(1)
+    return hidden_states
+
+
 def call_plainly(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
     """``module(x)`` for the decode step's embedding and vocabulary head. An unhooked ``nn.Embedding`` or
     ``nn.Linear`` (that exact class: not a subclass, nor a peft or quantisation wrapper) runs its one operation

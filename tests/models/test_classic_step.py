@@ -13,7 +13,7 @@ from torch import nn
 from seqzoo.kernels import registry, use_backend
 from seqzoo.kernels.rnn_cells import fused
 from seqzoo.models.compat import output_cache
-from tests.conftest import tiny_model
+from tests.conftest import decode_step_inputs, tiny_model
 
 VARIANTS = {
     "rnn-tanh": ("rnn-tiny", {"nonlinearity": "tanh"}),
@@ -56,17 +56,7 @@ def decode(model, prompt, prompt_mask, steps, step_masks):
 
 
 def inputs(model, batch):
-    gen = torch.Generator().manual_seed(3)
-    vocab = model.config.vocab_size - 3
-    prompt = torch.randint(0, vocab, (batch, 5), generator=gen)
-    prompt_mask = torch.ones(batch, 5, dtype=torch.long)
-    steps = torch.randint(0, vocab, (batch, 4), generator=gen)
-    step_masks = torch.ones(batch, 4, dtype=torch.long)
-    if batch > 1:
-        prompt_mask[1, :2] = 0  # a left-padded row
-        step_masks[1, 2] = 0  # a padded token while decoding: its row's states must not move
-        step_masks[-1, 0] = 0
-    return prompt, prompt_mask, steps, step_masks
+    return decode_step_inputs(batch, model.config.vocab_size - 3)
 
 
 @pytest.mark.parametrize("batch", [1, 3])

@@ -15,7 +15,7 @@ from seqzoo.cache import SeqzooCache
 from seqzoo.kernels import use_backend
 from seqzoo.layers import rwkv7_step
 from seqzoo.models.compat import output_cache
-from tests.conftest import tiny_model
+from tests.conftest import decode_step_inputs, tiny_model
 
 
 def random_model(seed=0, **overrides):
@@ -55,18 +55,8 @@ def python_path(monkeypatch):
     return off
 
 
-def inputs(model, batch, seed=3):
-    gen = torch.Generator().manual_seed(seed)
-    vocab = model.config.vocab_size
-    prompt = torch.randint(0, vocab, (batch, 5), generator=gen)
-    prompt_mask = torch.ones(batch, 5, dtype=torch.long)
-    steps = torch.randint(0, vocab, (batch, 4), generator=gen)
-    step_masks = torch.ones(batch, 4, dtype=torch.long)
-    if batch > 1:
-        prompt_mask[1, :2] = 0  # a left-padded row
-        step_masks[1, 2] = 0  # a padded token while decoding: its row's states must not move
-        step_masks[-1, 0] = 0
-    return prompt, prompt_mask, steps, step_masks
+def inputs(model, batch):
+    return decode_step_inputs(batch, model.config.vocab_size)
 
 
 def decode(model, prompt, prompt_mask, steps, step_masks, cache=None):

@@ -21,6 +21,7 @@ from seqzoo.models.modeling_utils import (
     SeqzooForCausalLM,
     SeqzooPreTrainedModel,
     backbone_cache_argument,
+    finish_decode_step,
     is_plain_decode_step,
     prepare_inputs,
     prepare_step_inputs,
@@ -142,18 +143,9 @@ class ClassicRecurrentModel(ClassicRecurrentPreTrainedModel):
         layer's (B, 1, H) output; ``cache`` holds the new states and has advanced by one position."""
         embeds, mask = prepare_step_inputs(self, input_ids, attention_mask, cache)
         states = [cache.layer(i) for i in range(len(self.layers))]
-        stepped = step_stack(self.layers, embeds, states, mask)
-        if stepped is None:  # (dropout is the identity in eval)
-            hidden_states, stepped_states = embeds, []
-            for layer, state in zip(self.layers, states):
-                hidden_states, state = layer(hidden_states, state=state, mask=mask, reset=None)
-                stepped_states.append(state)
-        else:
-            hidden_states, stepped_states = stepped
-        for idx, state in enumerate(stepped_states):
-            cache.update_layer(idx, state)
-        cache.advance(1)
-        return hidden_states
+        # (dropout is the identity in eval)
+        return finish_decode_step(cache, self.layers, step_stack(self.layers, embeds, states, mask), embeds, states,
+                                  mask)
 
 
 def _identity(x: torch.Tensor) -> torch.Tensor:

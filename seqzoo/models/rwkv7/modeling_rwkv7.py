@@ -26,6 +26,7 @@ from seqzoo.models.modeling_utils import (
     SeqzooForCausalLM,
     SeqzooPreTrainedModel,
     backbone_cache_argument,
+    finish_decode_step,
     is_plain_decode_step,
     prepare_inputs,
     prepare_step_inputs,
@@ -154,18 +155,9 @@ class RWKV7Model(RWKV7PreTrainedModel):
         hidden_states = self.embed_norm(embeds)
         states = [cache.layer(i) for i in range(len(self.layers))]
         stepped = step_blocks(self.layers, RWKV7Block, hidden_states, states, mask)
-        if stepped is None:
-            shared: dict[str, torch.Tensor] = {}
-            new_states = []
-            for layer, state in zip(self.layers, states):
-                hidden_states, state = layer(hidden_states, state=state, mask=mask, shared=shared, reset=None)
-                new_states.append(state)
-        else:
-            hidden_states, new_states = stepped
-        for idx, state in enumerate(new_states):
-            cache.update_layer(idx, state)
-        cache.advance(1)
+        hidden_states = finish_decode_step(cache, self.layers, stepped, hidden_states, states, mask, shared={})
         return self.norm(hidden_states)
+
 
 class RWKV7ForCausalLM(RWKV7PreTrainedModel, SeqzooForCausalLM):
     base_model_class = RWKV7Model
