@@ -9,10 +9,14 @@ channel mix, the two LayerNorms and residuals), with the WKV update by the ``chu
 It applies only when that is what the blocks would run (otherwise it returns None and the blocks run one by one):
 every block an unmodified ``RWKV7Block`` of unmodified parts (no subclass, nothing :func:`has_hooks` finds on any of
 its modules, no global module hooks, the linear maps exactly ``nn.Linear`` without bias -- a peft or quantisation
-wrapper runs as a module), plain float32 CPU weights, no autocast, no gradient recording, not inside a
-``torch.compile`` trace (``compile_decoding()`` traces the Python path), and the kernel registry choosing the
-``chunked`` backend for the step's ``wkv7`` call (a forced ``reference`` backend, or a plugin's, is honoured). The
-parameters are read from the modules on every call: nothing is copied, so a weight changed in place is seen.
+wrapper runs as a module), no forward replaced on any of their classes (a library or a user patching
+``RWKV7TimeMix.forward``, ``nn.Linear.forward`` ...), plain float32 CPU weights, no autocast, no gradient recording,
+no ``TorchFunctionMode`` (TorchScript's interpreter runs below ``__torch_function__``), not inside a
+``torch.compile`` trace (``compile_decoding()`` traces the Python path), every cached state of the shape the blocks
+keep (the step reshapes freely: a cache of another head layout must meet the blocks' own error), and the kernel
+registry choosing the ``chunked`` backend for the step's ``wkv7`` call (a forced ``reference`` backend, or a
+plugin's, is honoured). The parameters are read from the modules on every call: nothing is copied, so a weight
+changed in place is seen.
 
 The function is scripted on first use. Where TorchScript cannot script it (a torch without it, sources not
 shipped), a warning says so once and decoding runs the Python path.
@@ -127,6 +131,10 @@ def _plain(tensors: Sequence[Any]) -> bool:
 
 _PLAIN_TYPES = (torch.Tensor, nn.Parameter)
 _LINEARS = ("receptance", "key", "value", "output")
+# The functions _block_step computes, as defined: one replaced on its class since (by a library or a user) must run.
+_FORWARDS = ((RWKV7TimeMix, "forward", RWKV7TimeMix.forward), (RWKV7TimeMix, "_step", RWKV7TimeMix._step),
+             (RWKV7ChannelMix, "forward", RWKV7ChannelMix.forward), (nn.LayerNorm, "forward", nn.LayerNorm.forward),
+             (nn.Linear, "forward", nn.Linear.forward))
 
 
 def _parameters(block: nn.Module, block_class: type) -> tuple[list[torch.Tensor], tuple[float, float, float]] | None:
@@ -163,18 +171,22 @@ def _parameters(block: nn.Module, block_class: type) -> tuple[list[torch.Tensor]
 
 
 def step_blocks(
-    blocks: Sequence[nn.Module], block_class: type, hidden_states: torch.Tensor, states: Sequence[dict | None],
-    mask: torch.Tensor | None,
+    blocks: Sequence[nn.Module], block_class: type, block_forward: Any, hidden_states: torch.Tensor,
+    states: Sequence[dict | None], mask: torch.Tensor | None,
 ) -> tuple[torch.Tensor, list[dict[str, torch.Tensor]]] | None:
     """One token through a stack of RWKV-7 blocks, one scripted call per block, or None when the stack must run
     block by block (see the module docstring for when).
 
+    block_class: the blocks' class; block_forward: its forward as defined (transformers wraps a layer's forward per
+    class, so only the defining module can keep it), declined when the class's forward is another now;
     hidden_states: (B, 1, C) the first block's input; ``states[i]``: block i's cache entry (None: zeros); mask:
     (B, 1) bool or None. Returns the last block's (B, 1, C) output and each block's new state dict."""
     blocks = list(blocks)
     if (not blocks or torch.is_grad_enabled() or torch.compiler.is_compiling() or torch._C._is_any_autocast_enabled()
-            or global_module_hooks() or not _plain((hidden_states,)) or hidden_states.device.type != "cpu"
-            or hidden_states.dim() != 3 or hidden_states.shape[1] != 1):
+            or torch._C._is_torch_function_mode_enabled() or global_module_hooks() or not _plain((hidden_states,))
+            or hidden_states.device.type != "cpu" or hidden_states.dim() != 3 or hidden_states.shape[1] != 1
+            or block_class.forward is not block_forward
+            or not all(getattr(cls, name) is fn for cls, name, fn in _FORWARDS)):
         return None
     first = blocks[0]._modules.get("attn")
     if type(first) is not RWKV7TimeMix:
@@ -193,14 +205,17 @@ def step_blocks(
     backend = kernel_registry.select("wkv7", probe, probe, probe, probe, probe, probe, initial_state=None)
     if backend.load() is not chunked.wkv7:
         return None
+    carried = [_state(state, batch, channels, heads, head_size, hidden_states) for state in states]
+    if None in carried:
+        return None
     step = scripted_block_step()
     if step is None:
         return None
     x = hidden_states[:, 0]
     v_first: torch.Tensor | None = None
     new_states = []
-    for (tensors, (norm_eps, ffn_norm_eps, group_norm_eps)), state in zip(blocks_parameters, states):
-        shift, wkv, ffn_shift = _state(state, batch, channels, heads, head_size, x)
+    for (tensors, (norm_eps, ffn_norm_eps, group_norm_eps)), (shift, wkv, ffn_shift) in zip(blocks_parameters,
+                                                                                            carried):
         x, shift, wkv, ffn_shift, v_first = step(x, tensors, shift, wkv, ffn_shift, v_first, mask, heads, norm_eps,
                                                  ffn_norm_eps, group_norm_eps, DECAY_LOG_SCALE)
         new_states.append({"attn_shift": shift, "wkv": wkv, "ffn_shift": ffn_shift})
@@ -208,11 +223,16 @@ def step_blocks(
 
 
 def _state(state: dict | None, batch: int, channels: int, heads: int, head_size: int,
-           x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+           x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None:
     """A block's (attn_shift, wkv, ffn_shift) as the step reads them: zeros where the cache has none yet, in float32
-    (as the Python path casts them)."""
+    (as the Python path casts them); None where one has another shape than the block keeps (the blocks then raise
+    their own error, or compute what they compute)."""
     state = state or {}
     shift, wkv, ffn_shift = state.get("attn_shift"), state.get("wkv"), state.get("ffn_shift")
+    if ((shift is not None and shift.shape != (batch, channels))
+            or (ffn_shift is not None and ffn_shift.shape != (batch, channels))
+            or (wkv is not None and wkv.shape != (batch, heads, head_size, head_size))):
+        return None
     shift = x.new_zeros(batch, channels) if shift is None else shift.float()
     ffn_shift = x.new_zeros(batch, channels) if ffn_shift is None else ffn_shift.float()
     wkv = x.new_zeros(batch, heads, head_size, head_size) if wkv is None else wkv.float()

@@ -99,8 +99,9 @@ def is_plain_decode_step(backbone: nn.Module, own_forward: Any, input_ids: Any, 
                          output_hidden_states: bool | None, kwargs: dict[str, Any]) -> bool:
     """What a backbone's ``takes_step`` answers: whether a forward call (with no packed rows) is the common decode
     step -- a plain (B, 1) token continuing a ``SeqzooCache``, in eval, with no other keyword and no hidden states
-    asked for -- and ``backbone``'s forward is ``own_forward`` (a subclass with a forward of its own is always
-    called, since the causal LM's head would skip it)."""
+    asked for -- and ``backbone``'s forward is ``own_forward``, the backbone class's forward as defined, kept by its
+    module (a subclass with a forward of its own, or a forward put on the class since by a library or a user, is
+    always called, since the causal LM's head would skip it)."""
     return (type(backbone).forward is own_forward and isinstance(cache, SeqzooCache)
             and isinstance(input_ids, torch.Tensor) and input_ids.dim() == 2
             and input_ids.shape[1] == 1 and inputs_embeds is None and not kwargs and not backbone.training
@@ -127,12 +128,16 @@ def finish_decode_step(cache: SeqzooCache, layers: Any, stepped: Any, hidden_sta
     return hidden_states
 
 
+_PLAIN_FORWARDS = {nn.Linear: nn.Linear.forward, nn.Embedding: nn.Embedding.forward}  # as torch defines them
+
+
 def call_plainly(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
     """``module(x)`` for the decode step's embedding and vocabulary head. An unhooked ``nn.Embedding`` or
     ``nn.Linear`` (that exact class: not a subclass, nor a peft or quantisation wrapper) runs its one operation
-    directly, as its forward would: at decode sizes the module call costs a few per cent of the step."""
+    directly, as its forward would: at decode sizes the module call costs a few per cent of the step. (A forward
+    replaced on the class since, by a library or a user, is called.)"""
     cls = type(module)
-    if (cls is nn.Linear or cls is nn.Embedding) and not has_hooks(module) and not global_module_hooks():
+    if _PLAIN_FORWARDS.get(cls) is cls.forward and not has_hooks(module) and not global_module_hooks():
         if cls is nn.Linear:
             return torch.nn.functional.linear(x, module.weight, module.bias)
         return torch.nn.functional.embedding(x, module.weight, module.padding_idx, module.max_norm,

@@ -332,6 +332,24 @@ def test_a_forward_replaced_on_a_layer_is_called(stacked_calls):
     torch.testing.assert_close(logits, plain, rtol=0, atol=0)
 
 
+def test_a_backbone_forward_replaced_on_the_class_is_called(monkeypatch, decode_branch):
+    """A library or a user patching ``ClassicRecurrentModel.forward`` on the class: the patched forward runs at every
+    decode step (the causal LM's head must not call the backbone's step itself, skipping it)."""
+    from seqzoo.models.classic.modeling_classic import ClassicRecurrentModel
+
+    model = tiny_model("gru-tiny")
+    original = ClassicRecurrentModel.forward
+    calls = []
+
+    def patched(self, *args, **kwargs):
+        calls.append(1)
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(ClassicRecurrentModel, "forward", patched)
+    decode(model, *inputs(model, 2))
+    assert len(calls) == 5 and not decode_branch  # the prompt and every step, each by the generic forward
+
+
 def test_a_compiled_layer_is_called(stacked_calls):
     """``layer.compile()`` makes the layer's call run the compiled graph: the step must call it (seen here by
     replacing the compiled call with a counting one, without compiling)."""
@@ -412,14 +430,15 @@ def test_the_head_runs_the_backbone_step_itself_only_when_nothing_hooks_a_skippe
     the logits are the same."""
     from torch.nn.modules.module import register_module_forward_hook
 
-    from seqzoo.models.classic.modeling_classic import ClassicRecurrentModel
+    from seqzoo.models.classic import modeling_classic
 
     model = tiny_model("gru-tiny", tie_word_embeddings=False)
     plain, _ = decode(model, *inputs(model, 2))
+    # Counted where the backbone's forward starts (a forward replaced on the class would itself be called every step).
     backbone_forwards = []
-    real_forward = ClassicRecurrentModel.forward
-    monkeypatch.setattr(ClassicRecurrentModel, "forward",
-                        lambda self, *a, **k: backbone_forwards.append(1) or real_forward(self, *a, **k))
+    real_start = modeling_classic.backbone_cache_argument
+    monkeypatch.setattr(modeling_classic, "backbone_cache_argument",
+                        lambda *a: backbone_forwards.append(1) or real_start(*a))
     seen = []  # the modules whose calls something saw, per call
     if route == "backbone hook":
         model.model.register_forward_hook(lambda module, args, out: seen.append("backbone"))
@@ -489,3 +508,14 @@ def test_calling_a_plain_module_directly_is_its_forward(module):
     torch.testing.assert_close(direct.weight, called.weight, rtol=0, atol=0)  # max_norm renormalises in place
     if "max_norm" in module:
         assert direct.weight[4].norm() <= 0.5 + 1e-6
+
+
+@pytest.mark.parametrize("cls", [nn.Linear, nn.Embedding])
+def test_a_forward_replaced_on_the_module_class_is_called(cls, monkeypatch):
+    from seqzoo.models.modeling_utils import call_plainly
+
+    module = nn.Linear(6, 5) if cls is nn.Linear else nn.Embedding(11, 6)
+    x = torch.randn(2, 6) if cls is nn.Linear else torch.tensor([[3, 4]])
+    original = cls.forward
+    monkeypatch.setattr(cls, "forward", lambda self, x: original(self, x) * 2)
+    torch.testing.assert_close(call_plainly(module, x), module(x), rtol=0, atol=0)

@@ -5,6 +5,7 @@ subclassed weights, another dtype, gradients, a forced backend, TorchScript fail
 
 from __future__ import annotations
 
+import copy
 import logging
 
 import pytest
@@ -292,4 +293,113 @@ def test_inference_mode_takes_the_scripted_step(scripted_calls):
     with torch.inference_mode():
         result = decode(model, *args)
     assert scripted_calls == [True] * 8
+    assert_same(result, expected, atol=0)
+
+
+def other_cache(change):
+    """(model, cache): a 2-layer model's cache after a prompt of 3 rows, where the cache does not fit the model's
+    states though the model type and layer kinds pass the cache's own check."""
+    model = random_model(num_hidden_layers=2)
+    prompt = torch.randint(3, 99, (3, 5), generator=torch.Generator().manual_seed(0))
+    if change == "head layout":  # same width, other heads: a wkv of (B, 4, 8, 8) for (B, 2, 16, 16)
+        source = random_model(num_hidden_layers=2, head_size=8)
+    elif change == "width":
+        source = random_model(num_hidden_layers=2, hidden_size=48)
+    else:
+        source = model
+    with torch.no_grad():
+        cache = output_cache(source(prompt, use_cache=True))
+    if change == "wkv rows":  # a hand-edited cache: one state of fewer rows than the others
+        cache.update_layer(1, {**cache.layer(1), "wkv": cache.layer(1)["wkv"][:2]})
+    elif change == "shift of one row":  # broadcasts in the blocks, which compute it: so must the step
+        cache.update_layer(1, {**cache.layer(1), "ffn_shift": cache.layer(1)["ffn_shift"][:1]})
+    return model, cache
+
+
+def outcome(model, cache):
+    """The logits of one step from a copy of ``cache``, or the error it raised (type and message), and whether the
+    copy was left as it was."""
+    cache = copy.deepcopy(cache)
+    before = [{k: v.clone() for k, v in cache.layer(i).items()} for i in range(2)]
+    try:
+        with torch.no_grad():
+            result = model(torch.tensor([[4], [5], [6]]), cache=cache).logits
+    except Exception as err:  # noqa: BLE001 -- compared below
+        result = f"{type(err).__name__}: {err}"
+    unchanged = all(cache.layer(i).keys() == before[i].keys()
+                    and all(torch.equal(cache.layer(i)[k], v) for k, v in before[i].items()) for i in range(2))
+    return result, unchanged
+
+
+@pytest.mark.parametrize("change", ["head layout", "width", "wkv rows", "shift of one row"])
+def test_a_cache_whose_states_do_not_fit_runs_as_in_python(change, scripted_calls, python_path):
+    """The step reshapes freely (a wkv of 4 heads of 8 reads as 2 heads of 16): a state of another shape than the
+    blocks' goes to the blocks, which raise their own error (or compute what they compute), never a silent answer."""
+    model, cache = other_cache(change)
+    fast = outcome(model, cache)
+    assert scripted_calls == [False]
+    python_path()
+    slow = outcome(model, cache)
+    if isinstance(slow[0], str):
+        assert fast == slow
+        assert "TorchScript" not in fast[0]
+    else:
+        torch.testing.assert_close(fast[0], slow[0])
+    if change in ("head layout", "wkv rows"):
+        assert fast == (slow[0], True) and "initial_state must be (B, H, V, K)" in slow[0]
+
+
+@pytest.mark.parametrize("where", ["RWKV7Model.forward", "RWKV7Block.forward", "RWKV7TimeMix.forward",
+                                   "RWKV7TimeMix._step", "RWKV7ChannelMix.forward", "LayerNorm.forward",
+                                   "Linear.forward"])
+def test_a_forward_replaced_on_the_class_runs(where, monkeypatch, scripted_calls, python_path):
+    """A library or a user patching a class's forward (not an instance's, not a subclass) is honoured as the general
+    forward honours it: the patched function runs at every decode step."""
+    from seqzoo.layers.rwkv7 import RWKV7ChannelMix, RWKV7TimeMix
+    from seqzoo.models.rwkv7.modeling_rwkv7 import RWKV7Block, RWKV7Model
+
+    classes = {"RWKV7Model": RWKV7Model, "RWKV7Block": RWKV7Block, "RWKV7TimeMix": RWKV7TimeMix,
+               "RWKV7ChannelMix": RWKV7ChannelMix, "LayerNorm": nn.LayerNorm, "Linear": nn.Linear}
+    name, attr = where.split(".")
+    cls = classes[name]
+    original = getattr(cls, attr)
+    ran = []
+
+    def patched(self, *args, **kwargs):
+        ran.append(1)
+        return original(self, *args, **kwargs)
+
+    model = random_model(num_hidden_layers=2)
+    prompt, prompt_mask, steps, step_masks = inputs(model, 2)
+    monkeypatch.setattr(cls, attr, patched)
+    with torch.no_grad():
+        cache = output_cache(model(prompt, attention_mask=prompt_mask, use_cache=True))
+        assert ran or attr == "_step"  # (the time mix's one-token form)
+        mask = prompt_mask
+        for t in range(steps.shape[1]):
+            ran.clear()
+            mask = torch.cat([mask, step_masks[:, t : t + 1]], dim=1)
+            model(steps[:, t : t + 1], attention_mask=mask, cache=cache)
+            assert ran, f"the patched {where} did not run at decode step {t}"
+    assert not any(scripted_calls)
+
+
+def test_a_torch_function_mode_sees_every_operation(scripted_calls, python_path):
+    """TorchScript's interpreter runs below Python's __torch_function__: under a TorchFunctionMode (a user's op
+    logger, a numerics simulator) the blocks run in Python, where the mode sees each operation."""
+    from torch.overrides import TorchFunctionMode
+
+    class Scaled(TorchFunctionMode):
+        def __torch_function__(self, func, types, args=(), kwargs=None):
+            out = func(*args, **(kwargs or {}))
+            return out * 1.25 if func is torch.nn.functional.linear else out
+
+    model = random_model(num_hidden_layers=2)
+    args = inputs(model, 2)
+    with Scaled():
+        result = decode(model, *args)
+    python_path()
+    with Scaled():
+        expected = decode(model, *args)
+    assert not any(scripted_calls)
     assert_same(result, expected, atol=0)

@@ -131,9 +131,10 @@ class ClassicRecurrentModel(ClassicRecurrentPreTrainedModel):
                    kwargs: dict[str, Any]) -> bool:
         """Whether a forward call (with no packed rows) is the common decode step that :meth:`decode_step` runs: a
         plain (B, 1) token continuing a ``SeqzooCache``, in eval, with no other keyword and no hidden states asked
-        for; never for a subclass with a forward of its own (the causal LM's head would skip it)."""
-        return is_plain_decode_step(self, ClassicRecurrentModel.forward, input_ids, inputs_embeds, cache,
-                                    output_hidden_states, kwargs)
+        for; never for a subclass with a forward of its own, nor where a forward was put on the class since (the
+        causal LM's head would skip it)."""
+        return is_plain_decode_step(self, _MODEL_FORWARD, input_ids, inputs_embeds, cache, output_hidden_states,
+                                    kwargs)
 
     def decode_step(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None,
                     cache: SeqzooCache) -> torch.Tensor:
@@ -146,6 +147,9 @@ class ClassicRecurrentModel(ClassicRecurrentPreTrainedModel):
         # (dropout is the identity in eval)
         return finish_decode_step(cache, self.layers, step_stack(self.layers, embeds, states, mask), embeds, states,
                                   mask)
+
+
+_MODEL_FORWARD = ClassicRecurrentModel.forward  # as defined: one replaced on the class since is called (takes_step)
 
 
 def _identity(x: torch.Tensor) -> torch.Tensor:

@@ -52,6 +52,11 @@ class RWKV7Block(Block):
         )
 
 
+# As defined (transformers wraps a layer's forward per class): a forward replaced on the class since, by a library or
+# a user, is called, never skipped by the decode step.
+_BLOCK_FORWARD = RWKV7Block.forward
+
+
 class RWKV7PreTrainedModel(SeqzooPreTrainedModel):
     config_class = RWKV7Config
     supports_gradient_checkpointing = True
@@ -138,11 +143,10 @@ class RWKV7Model(RWKV7PreTrainedModel):
             BaseModelOutputWithPast, cache=cache, last_hidden_state=hidden_states, hidden_states=all_hidden_states
         )
 
-
     def takes_step(self, input_ids: Any, inputs_embeds: Any, cache: Any, output_hidden_states: bool | None,
                    kwargs: dict[str, Any]) -> bool:
         """Whether a forward call (with no packed rows) is the common decode step :meth:`decode_step` runs."""
-        return is_plain_decode_step(self, RWKV7Model.forward, input_ids, inputs_embeds, cache, output_hidden_states,
+        return is_plain_decode_step(self, _MODEL_FORWARD, input_ids, inputs_embeds, cache, output_hidden_states,
                                     kwargs)
 
     def decode_step(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None,
@@ -154,9 +158,12 @@ class RWKV7Model(RWKV7PreTrainedModel):
         embeds, mask = prepare_step_inputs(self, input_ids, attention_mask, cache)
         hidden_states = self.embed_norm(embeds)
         states = [cache.layer(i) for i in range(len(self.layers))]
-        stepped = step_blocks(self.layers, RWKV7Block, hidden_states, states, mask)
+        stepped = step_blocks(self.layers, RWKV7Block, _BLOCK_FORWARD, hidden_states, states, mask)
         hidden_states = finish_decode_step(cache, self.layers, stepped, hidden_states, states, mask, shared={})
         return self.norm(hidden_states)
+
+
+_MODEL_FORWARD = RWKV7Model.forward  # as defined: one replaced on the class since is called (see takes_step)
 
 
 class RWKV7ForCausalLM(RWKV7PreTrainedModel, SeqzooForCausalLM):
