@@ -100,9 +100,6 @@ def _block_step(
     return x, new_shift, wkv, new_ffn_shift, v_first
 
 
-_FIRST = 30  # tensors of a block without the value residual (layer 0), and with it
-_LATER = 33
-
 _scripted: Any = None  # the scripted _block_step; False where scripting failed
 
 
@@ -196,9 +193,11 @@ def step_blocks(
     blocks_parameters = []
     for idx, block in enumerate(blocks):
         found = _parameters(block, block_class)
-        # Layer 0 makes v_first, every later one reads it; all of the same width.
-        if (found is None or len(found[0]) != (_FIRST if idx == 0 else _LATER) or found[0][2].shape[-1] != channels
-                or block._modules["attn"].num_heads != heads):
+        if found is None:
+            return None
+        attn = block._modules["attn"]
+        # Layer 0 makes v_first, every later one reads it; all of the same width and heads.
+        if attn.has_value_residual != (idx > 0) or attn.hidden_size != channels or attn.num_heads != heads:
             return None
         blocks_parameters.append(found)
     probe = hidden_states.new_empty(batch, 1, heads, head_size)  # what the step's wkv7 call would be given

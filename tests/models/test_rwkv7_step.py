@@ -199,7 +199,7 @@ def shifted_norm(self, x):
 @pytest.mark.parametrize("change", ["subclass weight", "linear subclass", "block subclass", "first block subclass",
                                     "time mix subclass", "channel mix subclass", "norm subclass", "mlp norm subclass",
                                     "bfloat16",
-                                    "float64", "grad enabled", "reference backend"])
+                                    "float64", "grad enabled", "reference backend", "no value residual"])
 def test_the_step_declines_what_it_does_not_compute(change, scripted_calls, python_path):
     model = random_model(num_hidden_layers=2)
     args = inputs(model, 2)
@@ -220,6 +220,8 @@ def test_the_step_declines_what_it_does_not_compute(change, scripted_calls, pyth
     elif change in ("norm subclass", "mlp norm subclass"):
         norm = getattr(model.model.layers[1], "attn_norm" if change == "norm subclass" else "ffn_norm")
         norm.__class__ = type("ShiftedNorm", (nn.LayerNorm,), {"forward": shifted_norm})
+    elif change == "no value residual":
+        attn.has_value_residual = False  # layer 1 then makes its own v_first instead of reading layer 0's
     elif change in ("bfloat16", "float64"):
         model.to(getattr(torch, change))
     if change == "grad enabled":
