@@ -405,3 +405,17 @@ def test_a_torch_function_mode_sees_every_operation(scripted_calls, python_path)
         expected = decode(model, *args)
     assert not any(scripted_calls)
     assert_same(result, expected, atol=0)
+
+
+def test_a_block_with_other_heads_than_the_first_is_left_to_the_blocks(scripted_calls):
+    """Blocks whose time mixes split the width into other heads than the first's: the step, which reshapes by the
+    first block's heads, declines, and the blocks meet their own error."""
+    model = random_model(num_hidden_layers=2)
+    prompt, prompt_mask, steps, step_masks = inputs(model, 2)
+    with torch.no_grad():
+        cache = output_cache(model(prompt, attention_mask=prompt_mask, use_cache=True))
+        attn = model.model.layers[1].attn
+        attn.num_heads, attn.head_size = attn.num_heads // 2, attn.head_size * 2
+        with pytest.raises((ValueError, RuntimeError)):
+            model(steps[:, :1], attention_mask=torch.cat([prompt_mask, step_masks[:, :1]], 1), cache=cache)
+    assert scripted_calls == [False]
