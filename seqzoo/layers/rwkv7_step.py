@@ -196,8 +196,9 @@ def step_blocks(
         if found is None:
             return None
         attn = block._modules["attn"]
-        # Layer 0 makes v_first, every later one reads it; all of the same width and heads.
-        if attn.has_value_residual != (idx > 0) or attn.hidden_size != channels or attn.num_heads != heads:
+        # Layer 0 makes v_first, every later one reads it; all split into the same heads. (A weight of another width
+        # fails in either path, with torch's error.)
+        if attn.has_value_residual != (idx > 0) or attn.num_heads != heads:
             return None
         blocks_parameters.append(found)
     probe = hidden_states.new_empty(batch, 1, heads, head_size)  # what the step's wkv7 call would be given
