@@ -7,6 +7,7 @@ runtime its users have, and ``generate()`` against the model's own raw cached st
     python benchmarks/bench_decode.py --smoke    # tiny sizes, one repeat: checks that the script runs (seconds)
     python benchmarks/bench_decode.py --compile  # also seqzoo's compiled decode step (model.compile_decoding())
     python benchmarks/bench_decode.py --head-layout columns  # also the vocabulary head stored by columns
+    python benchmarks/bench_decode.py --weight-layout columns  # also every weight matrix stored by columns
 
 Peers, each holding the same weights as the seqzoo model it is timed against (checked: same logits first):
 
@@ -385,11 +386,14 @@ def measure(pair: Pair, mode: dict) -> dict[str, Any]:
                               "threads": torch.get_num_threads(),
                               "settings": {k: mode[k] for k in ("steps", "repeats", "prefill", "new_tokens")}}
     # Variants of seqzoo's model timed beside it: compiled decode steps (model.compile_decoding(); the compile is
-    # paid on their first steps, timed here once per batch size before the interleaved repeats) and the vocabulary
-    # head stored by columns (model.set_head_layout("columns")), each on a copy of the model.
+    # paid on their first steps, timed here once per batch size before the interleaved repeats), the vocabulary
+    # head stored by columns (model.set_head_layout("columns")) and every weight matrix stored by columns
+    # (model.set_weight_layout("columns")), each on a copy of the model.
     variants: dict[str, SeqzooRunner] = {}
     if mode.get("head_layout") == "columns":
         variants["seqzoo columns"] = SeqzooRunner(copy.deepcopy(pair.ours).set_head_layout("columns"))
+    if mode.get("weight_layout") == "columns":
+        variants["seqzoo all columns"] = SeqzooRunner(copy.deepcopy(pair.ours).set_weight_layout("columns"))
     if mode.get("compile"):
         for name in [*variants]:
             variants[name.replace("seqzoo", "seqzoo compiled")] = SeqzooRunner(
@@ -408,8 +412,9 @@ def measure(pair: Pair, mode: dict) -> dict[str, Any]:
         times = interleaved(cases, mode["repeats"])
         result[f"decode_b{batch}"] = {k: v / mode["steps"] for k, v in times.items()}
     ids = torch.randint(0, vocab, (1, mode["prefill"]), generator=gen)
-    result["prefill"] = interleaved({"seqzoo": prefill_case(ours, ids), "peer": prefill_case(pair.peer, ids)},
-                                    mode["prefill_repeats"])
+    cases = {"seqzoo": prefill_case(ours, ids), "peer": prefill_case(pair.peer, ids)}
+    cases.update({name: prefill_case(runner, ids) for name, runner in variants.items() if "compiled" not in name})
+    result["prefill"] = interleaved(cases, mode["prefill_repeats"])
     prompt = torch.randint(0, vocab, (1, PROMPT), generator=gen)
     cases = {f"seqzoo {k}": v for k, v in generate_cases(pair.ours, prompt, mode["new_tokens"]).items()}
     floor = pair.peer_generate if pair.peer_generate is not None else llama_of_equal_size(pair.ours)
@@ -449,8 +454,10 @@ def report(results: list[dict[str, Any]], args: argparse.Namespace) -> str:
     lines += ["", "| family | size | prefill tokens | seqzoo ms | peer ms | peer / seqzoo |", "|---|---|---|---|---|---|"]
     for r in results:
         t = r["prefill"]
-        lines.append(f"| {r['family']} | {r['size']} | {r['settings']['prefill']} | {t['seqzoo'] * 1e3:.1f} | "
-                     f"{t['peer'] * 1e3:.1f} | {ratio(t['peer'], t['seqzoo'])} |")
+        for name in ("seqzoo", *(n for n in t if n not in ("seqzoo", "peer"))):  # the layout variants after
+            label = r["size"] if name == "seqzoo" else f"{r['size']}, {name}"
+            lines.append(f"| {r['family']} | {label} | {r['settings']['prefill']} | {t[name] * 1e3:.1f} | "
+                         f"{t['peer'] * 1e3:.1f} | {ratio(t['peer'], t[name])} |")
     # What generate() adds per new token, in µs: transformers' loop around the step, which costs about as much for any
     # model; a small step shows it as a large ratio.
     lines += ["", "| family | size | new tokens (B=1) | raw loop ms | generate ms | generate / raw | "
@@ -494,6 +501,9 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     parser.add_argument("--head-layout", choices=["rows", "columns"], default="rows",
                         help="columns: also time seqzoo's model with its vocabulary head stored by columns "
                              "(model.set_head_layout('columns')), and compiled if --compile is given")
+    parser.add_argument("--weight-layout", choices=["rows", "columns"], default="rows",
+                        help="columns: also time seqzoo's model with every weight matrix stored by columns "
+                             "(model.set_weight_layout('columns')), and compiled if --compile is given")
     parser.add_argument("--json", type=Path, help="also write the raw medians (seconds) to this file")
     parser.add_argument("--report", type=Path, nargs="+", metavar="JSON",
                         help="print the tables of earlier --json files (concatenated) instead of measuring")
@@ -509,7 +519,8 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     if args.threads < 1:
         parser.error(f"--threads must be at least 1, got {args.threads}")
     torch.set_num_threads(args.threads)
-    mode = dict(MODES[args.mode], compile=args.compile, head_layout=args.head_layout)
+    mode = dict(MODES[args.mode], compile=args.compile, head_layout=args.head_layout,
+                weight_layout=args.weight_layout)
     if args.rwkv7_sizes:
         try:
             mode["rwkv7"] = [tuple(int(n) for n in size.split("x")) for size in args.rwkv7_sizes.split(",")]

@@ -248,11 +248,16 @@ def cmd_generate(args: argparse.Namespace) -> int:
             raise ValueError(f"--compile {args.compile!r} is not a torch.compile backend here; choose from "
                              f"{', '.join(usual)} (default inductor)")
         model.compile_decoding(backend=args.compile)
-    if args.head_layout != "rows":
+    if args.weight_layout != "rows" or args.head_layout is not None:
         if seq2seq:
-            raise ValueError(f"--head-layout {args.head_layout} lays out a causal language model's vocabulary head; "
-                             f"{source!r} holds an encoder-decoder (seq2seq) model")
-        model.set_head_layout(args.head_layout)
+            flag = (f"--weight-layout {args.weight_layout}" if args.weight_layout != "rows"
+                    else f"--head-layout {args.head_layout}")
+            raise ValueError(f"{flag} lays out a causal language model's weights; {source!r} holds an "
+                             "encoder-decoder (seq2seq) model")
+        if args.weight_layout != "rows":
+            model.set_weight_layout(args.weight_layout)
+        if args.head_layout is not None:  # after: the head may be laid out otherwise than the other matrices
+            model.set_head_layout(args.head_layout)
     if args.show_attention or args.attention_plot or args.target is not None:
         if not seq2seq:
             raise ValueError("--show-attention, --attention-plot and --target need an encoder-decoder (seq2seq) "
@@ -404,9 +409,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--compile", nargs="?", const="inductor", metavar="BACKEND",
                    help="compile the decode step with torch.compile (backend inductor unless named): faster tokens "
                         "after a compile of seconds to minutes on the first ones (causal LMs; see BENCHMARKS.md)")
-    p.add_argument("--head-layout", choices=["rows", "columns"], default="rows",
-                   help="columns: store the vocabulary head's weight by columns, faster for one sequence on CPU with "
-                        "a large vocabulary (model.set_head_layout; see BENCHMARKS.md)")
+    p.add_argument("--weight-layout", choices=["rows", "columns"], default="rows",
+                   help="columns: store every weight matrix by columns (the vocabulary head's included), faster for "
+                        "one sequence on CPU (model.set_weight_layout; see BENCHMARKS.md)")
+    p.add_argument("--head-layout", choices=["rows", "columns"],
+                   help="the vocabulary head's alone (after --weight-layout): columns is faster for one sequence on "
+                        "CPU with a large vocabulary (model.set_head_layout; see BENCHMARKS.md)")
     p.add_argument("--show-attention", action="store_true",
                    help="seq2seq models: print which source tokens each generated token attends to")
     p.add_argument("--attention-plot", metavar="PNG", help="seq2seq models: save the attention heat map there")

@@ -45,19 +45,27 @@ def test_smoke_run_measures_every_family(tmp_path):
 
 def test_smoke_run_with_compiled_steps(tmp_path):
     # --compile adds seqzoo's compiled decode step (model.compile_decoding()); dynamo's eager backend keeps it fast.
-    # --head-layout columns adds the model with its vocabulary head stored by columns, eager and compiled.
+    # --head-layout columns adds the model with its vocabulary head stored by columns, eager and compiled;
+    # --weight-layout columns the model with every weight matrix stored by columns (its prefill timed too).
     out = tmp_path / "decode.json"
     env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
     result = subprocess.run([sys.executable, "benchmarks/bench_decode.py", "--smoke", "--families", "gru",
-                             "--compile", "eager", "--head-layout", "columns", "--json", str(out)],
+                             "--compile", "eager", "--head-layout", "columns", "--weight-layout", "columns",
+                             "--json", str(out)],
                             cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, f"bench_decode --compile failed:\n{result.stdout}\n{result.stderr[-4000:]}"
-    variants = ("seqzoo compiled", "seqzoo columns", "seqzoo compiled columns")
+    variants = ("seqzoo compiled", "seqzoo columns", "seqzoo all columns", "seqzoo compiled columns",
+                "seqzoo compiled all columns")
     for r in json.loads(out.read_text()):
         for batch in (1, 8):
+            assert set(r[f"decode_b{batch}"]) == {"seqzoo", "peer", *variants}
             assert all(r[f"decode_b{batch}"][name] > 0 for name in variants)
-        assert set(r["compile_s"]) == {f"{name} b{batch}" for name in variants[::2] for batch in (1, 8)}
+        compiled = [name for name in variants if "compiled" in name]
+        assert set(r["compile_s"]) == {f"{name} b{batch}" for name in compiled for batch in (1, 8)}
+        assert set(r["prefill"]) == {"seqzoo", "peer", "seqzoo columns", "seqzoo all columns"}
     assert "| gru | 64 x 2 (0.1M) | 8 | seqzoo compiled columns |" in result.stdout
+    assert "| gru | 64 x 2 (0.1M) | 1 | seqzoo all columns |" in result.stdout
+    assert "| gru | 64 x 2 (0.1M), seqzoo all columns | " in result.stdout
     assert "eager / variant" in result.stdout
 
 

@@ -225,6 +225,21 @@ def test_generate_with_the_head_by_columns(model_dir, capsys, monkeypatch):
     with pytest.raises(SystemExit):
         main(["generate", str(model_dir), "Hi", "--head-layout", "cols"])
     assert "--head-layout: invalid choice: 'cols' (choose from 'rows', 'columns')" in capsys.readouterr().err
+    # Every matrix by columns, then the head alone by rows again (in that order), with the same tokens.
+    original_weights = SeqzooForCausalLM.set_weight_layout
+    monkeypatch.setattr(SeqzooForCausalLM, "set_weight_layout",
+                        lambda self, layout: (layouts.append(("all", layout)), original_weights(self, layout))[1])
+    layouts.clear()
+    assert main(["generate", str(model_dir), "Hi", "--max-new-tokens", "5", "--no-stream",
+                 "--weight-layout", "columns"]) == 0
+    assert layouts == [("all", "columns")] and capsys.readouterr().out == rows
+    layouts.clear()
+    assert main(["generate", str(model_dir), "Hi", "--max-new-tokens", "5", "--no-stream",
+                 "--head-layout", "rows", "--weight-layout", "columns"]) == 0
+    assert layouts == [("all", "columns"), "rows"] and capsys.readouterr().out == rows
+    with pytest.raises(SystemExit):
+        main(["generate", str(model_dir), "Hi", "--weight-layout", "column"])
+    assert "--weight-layout: invalid choice: 'column' (choose from 'rows', 'columns')" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("flags, expected", [

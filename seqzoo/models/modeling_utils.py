@@ -594,40 +594,46 @@ class SeqzooForCausalLM(SeqzooPreTrainedModel, GenerationMixin):
         On a CPU the product of one or two rows with a head of 4096 tokens or more ran 1.1-3.1x faster by columns,
         and that of eight rows 0.75-1.5x as fast (BENCHMARKS.md, "The vocabulary head's layout"): use ``"columns"``
         to decode one sequence at a time, and keep ``"rows"`` for batched decoding and training.
+        :meth:`set_weight_layout` lays out every weight matrix of the model the same way.
 
         The order lasts while the parameter does: what puts a new one in its place starts by rows again (loading,
         ``resize_token_embeddings``, ``load_state_dict(..., assign=True)``). Set it after those, and before
         accelerate offloads the head. Returns the model."""
-        if layout not in ("rows", "columns"):
-            raise ValueError(f"set_head_layout: layout must be 'rows' or 'columns', got {layout!r}")
+        _check_layout_name("set_head_layout", layout)
         head = self.get_output_embeddings()
-        where = f"set_head_layout: the vocabulary head ({type(head).__name__})"
-        if torch.nn.utils.parametrize.is_parametrized(head, "weight"):
-            raise ValueError(f"{where} computes its weight on every call (a parametrization such as weight_norm): "
-                             "there is no stored weight whose order could change")
-        hook = getattr(head, "_hf_hook", None)
-        if any(getattr(h, "offload", False) for h in getattr(hook, "hooks", None) or [hook]):  # SequentialHook: several
-            raise ValueError(f"{where} is offloaded by accelerate (cpu_offload / dispatch_model), which keeps its own "
-                             "copy of the weight: set the layout before offloading")
-        weight = getattr(head, "weight", None)
-        # A tensor subclass (torchao's quantised weights, a DTensor shard) lays itself out: only plain tensors here.
-        if (not isinstance(weight, nn.Parameter) or type(weight.data) is not torch.Tensor or weight.dim() != 2
-                or not weight.is_floating_point()):
-            if weight is None:
-                seen = "no weight"
-            elif isinstance(weight, nn.Parameter):
-                seen = f"a Parameter of {type(weight.data).__name__}"
-            else:
-                seen = f"a {type(weight).__name__} that is not a Parameter"
-            if isinstance(weight, torch.Tensor):
-                seen += f", dtype {weight.dtype}, shape {tuple(weight.shape)}"
-            raise ValueError(f"{where} has {seen}; a layout applies to a floating-point (vocab, hidden) Parameter "
-                             "of plain tensors (a quantised or sharded head keeps its own layout)")
-        if weight.is_meta:
-            raise ValueError(f"{where}: its weight is on the meta device (offloaded, or not loaded yet)")
-        # `.data` swaps the storage under the same Parameter, so optimizers, ties and hooks keep their reference.
-        # By columns, the (vocab, hidden) view's transpose is contiguous: strides (1, vocab).
-        weight.data = weight.data.t().contiguous().t() if layout == "columns" else weight.data.contiguous()
+        weight = _layout_weight(head, "weight", f"set_head_layout: the vocabulary head ({type(head).__name__})",
+                                "a floating-point (vocab, hidden) Parameter")
+        _lay_out(weight, layout)
+        return self
+
+    def set_weight_layout(self, layout: str) -> SeqzooForCausalLM:
+        """How every weight matrix that a decode step multiplies by is stored: ``"rows"`` (contiguous (out, in), as
+        built, trained and loaded) or ``"columns"`` (its transpose contiguous, as BlinkDL's ``rwkv`` package holds
+        its matrices). The matrices are the weight of every ``nn.Linear`` (the vocabulary head's included; an
+        embedding tied to it changes with it) and the mixers' ``projection_parameters`` (the classic cells'
+        ``weight_ih`` / ``weight_hh``). Other parameters (embeddings, convolutions, RWKV-7's low-rank maps, which
+        are multiplied the other way round, norms) keep their order.
+
+        Only the memory order changes, as with :meth:`set_head_layout`: the same Parameters, values, names and
+        gradients, and ``save_pretrained`` writes the same file. On a 2-core CPU one sequence's decode step ran
+        1.1-1.4x faster by columns for the GRU, Elman RNN and LSTM, up to 1.1x for the others, with the prompt's
+        forward about as fast (BENCHMARKS.md, "Every weight matrix by columns"): use ``"columns"`` to decode one
+        sequence at a time on a CPU, and keep ``"rows"`` for training.
+
+        Every matrix is checked before any changes: a quantised or sharded weight (a tensor subclass), a weight a
+        parametrization computes (weight_norm, some adapters) or one accelerate offloads is refused by name. The
+        order lasts while the parameters do (see :meth:`set_head_layout`). Returns the model."""
+        _check_layout_name("set_weight_layout", layout)
+        head = self.get_output_embeddings()
+        weights: dict[int, nn.Parameter] = {}
+        for name, module in self.named_modules():
+            names = ("weight",) if isinstance(module, nn.Linear) or module is head else ()
+            for parameter_name in (*names, *getattr(type(module), "projection_parameters", ())):
+                where = f"set_weight_layout: {name or 'the model'}.{parameter_name} ({type(module).__name__})"
+                weight = _layout_weight(module, parameter_name, where, "a floating-point 2-d Parameter")
+                weights[id(weight)] = weight
+        for weight in weights.values():
+            _lay_out(weight, layout)
         return self
 
     def __getstate__(self) -> dict[str, Any]:
@@ -704,6 +710,46 @@ class SeqzooForCausalLM(SeqzooPreTrainedModel, GenerationMixin):
             # Under the name the installed release looks for, so that it slices the already-cached prompt tokens off.
             kwargs[GENERATE_CACHE_KWARG] = cache
         return super().generate(*args, **kwargs)
+
+
+def _check_layout_name(method: str, layout: str) -> None:
+    if layout not in ("rows", "columns"):
+        raise ValueError(f"{method}: layout must be 'rows' or 'columns', got {layout!r}")
+
+
+def _layout_weight(module: nn.Module, name: str, where: str, wanted: str) -> nn.Parameter:
+    """``module``'s parameter ``name``, checked for :meth:`SeqzooForCausalLM.set_head_layout` /
+    ``set_weight_layout``: a plain floating-point 2-d Parameter whose storage this process holds."""
+    if torch.nn.utils.parametrize.is_parametrized(module, name):
+        raise ValueError(f"{where} computes its weight on every call (a parametrization such as weight_norm): "
+                         "there is no stored weight whose order could change")
+    hook = getattr(module, "_hf_hook", None)
+    if any(getattr(h, "offload", False) for h in getattr(hook, "hooks", None) or [hook]):  # SequentialHook: several
+        raise ValueError(f"{where} is offloaded by accelerate (cpu_offload / dispatch_model), which keeps its own "
+                         "copy of the weight: set the layout before offloading")
+    weight = getattr(module, name, None)
+    # A tensor subclass (torchao's quantised weights, a DTensor shard) lays itself out: only plain tensors here.
+    if (not isinstance(weight, nn.Parameter) or type(weight.data) is not torch.Tensor or weight.dim() != 2
+            or not weight.is_floating_point()):
+        if weight is None:
+            seen = "no weight"
+        elif isinstance(weight, nn.Parameter):
+            seen = f"a Parameter of {type(weight.data).__name__}"
+        else:
+            seen = f"a {type(weight).__name__} that is not a Parameter"
+        if isinstance(weight, torch.Tensor):
+            seen += f", dtype {weight.dtype}, shape {tuple(weight.shape)}"
+        raise ValueError(f"{where} has {seen}; a layout applies to {wanted} of plain tensors (a quantised or "
+                         "sharded weight keeps its own layout)")
+    if weight.is_meta:
+        raise ValueError(f"{where}: its weight is on the meta device (offloaded, or not loaded yet)")
+    return weight
+
+
+def _lay_out(weight: nn.Parameter, layout: str) -> None:
+    # `.data` swaps the storage under the same Parameter, so optimizers, ties and hooks keep their reference.
+    # By columns, the (out, in) view's transpose is contiguous: strides (1, out).
+    weight.data = weight.data.t().contiguous().t() if layout == "columns" else weight.data.contiguous()
 
 
 @contextlib.contextmanager

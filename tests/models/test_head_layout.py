@@ -1,5 +1,6 @@
-"""``model.set_head_layout("columns")``: the vocabulary head's weight stored by columns changes its memory order only.
-What it buys (one-row products on CPU) is measured in benchmarks/bench_decode.py (``--head-layout columns``)."""
+"""``model.set_head_layout("columns")`` / ``set_weight_layout("columns")``: the vocabulary head's weight, or every
+weight matrix, stored by columns changes the memory order only. What it buys (one-row products on CPU) is measured in
+benchmarks/bench_decode.py (``--head-layout columns``, ``--weight-layout columns``)."""
 
 from __future__ import annotations
 
@@ -109,3 +110,99 @@ def test_a_head_accelerate_offloads_is_refused_until_set_before(tmp_path):
     first.set_head_layout("columns")
     accelerate.cpu_offload(first, execution_device="cpu")  # set before: accelerate keeps the order it found
     torch.testing.assert_close(first(PROMPT).logits, reference, rtol=1e-5, atol=1e-5)
+
+
+def matrices_by_columns(model) -> tuple[set[str], set[str]]:
+    """The names of the parameters stored by columns, and of the 2-d ones that are not."""
+    columns, other = set(), set()
+    for name, parameter in model.named_parameters(remove_duplicate=False):  # a tied head under both names
+        if parameter.dim() == 2:
+            (columns if by_columns(parameter) and not parameter.is_contiguous() else other).add(name)
+    return columns, other
+
+
+def expected_matrices(model) -> set[str]:
+    """What set_weight_layout lays out, listed independently: nn.Linear weights and the mixers' projections."""
+    names = set()
+    for module_name, module in model.named_modules():
+        prefix = f"{module_name}." if module_name else ""
+        if isinstance(module, torch.nn.Linear):
+            names.add(prefix + "weight")
+        names.update(prefix + name for name in getattr(module, "projection_parameters", ()))
+    head = model.get_output_embeddings().weight  # an embedding tied to the head is the same Parameter
+    return {name for name, p in model.named_parameters(remove_duplicate=False) if name in names or p is head}
+
+
+@pytest.mark.parametrize("family", sorted(FAMILIES))
+def test_every_matrix_by_columns_changes_the_order_not_the_model(family):
+    model = tiny_model(FAMILIES[family])
+    before = {name: p.detach().clone() for name, p in model.named_parameters()}
+    parameters = dict(model.named_parameters())
+    with torch.no_grad():
+        rows_out = model(PROMPT, use_cache=True)
+        rows_step = model(PROMPT[:, :1] + 1, cache=output_cache(rows_out), use_cache=True).logits
+        rows_tokens = model.generate(PROMPT, max_new_tokens=5, do_sample=False)
+        single = model.generate(PROMPT[:1], max_new_tokens=5, do_sample=False)
+        assert model.set_weight_layout("columns") is model
+        columns, other = matrices_by_columns(model)
+        expected = expected_matrices(model)
+        # A tied embedding (the head's Parameter) moves with the head; an untied one keeps its order.
+        embedding = model.get_input_embeddings().weight
+        assert by_columns(embedding) == model.config.tie_word_embeddings
+        assert columns == expected and len(expected) >= 3, sorted(columns ^ expected)
+        assert "lm_head.weight" in columns
+        for name, parameter in model.named_parameters():  # the same Parameters, the same values
+            assert parameter is parameters[name] and torch.equal(parameter, before[name])
+        cols_out = model(PROMPT, use_cache=True)
+        cols_step = model(PROMPT[:, :1] + 1, cache=output_cache(cols_out), use_cache=True).logits
+        assert torch.equal(model.generate(PROMPT, max_new_tokens=5, do_sample=False), rows_tokens)
+        assert torch.equal(model.generate(PROMPT[:1], max_new_tokens=5, do_sample=False), single)
+    torch.testing.assert_close(cols_out.logits, rows_out.logits, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(cols_step, rows_step, rtol=1e-5, atol=1e-5)
+    model.set_weight_layout("rows")
+    assert matrices_by_columns(model)[0] == set()
+    for name, parameter in model.named_parameters():
+        assert parameter is parameters[name] and parameter.is_contiguous() and torch.equal(parameter, before[name])
+
+
+@pytest.mark.parametrize("family", ["gru", "rwkv7"])
+def test_every_matrix_by_columns_saves_and_trains_as_rows_do(tmp_path, family):
+    model = tiny_model(FAMILIES[family]).set_weight_layout("columns")
+    model.save_pretrained(tmp_path / "columns")
+    assert matrices_by_columns(model)[0]  # by columns again after saving
+    model.set_weight_layout("rows").save_pretrained(tmp_path / "rows")
+    assert ((tmp_path / "columns" / "model.safetensors").read_bytes()
+            == (tmp_path / "rows" / "model.safetensors").read_bytes())
+    model.set_weight_layout("columns").train()
+    twin = tiny_model(FAMILIES[family]).train()
+    optimizers = [torch.optim.SGD(m.parameters(), lr=0.5) for m in (model, twin)]
+    for m, optimizer in zip((model, twin), optimizers):
+        torch.manual_seed(1)  # the same dropout masks
+        m(PROMPT, labels=PROMPT).loss.backward()
+        optimizer.step()
+    assert matrices_by_columns(model)[0] == expected_matrices(model)
+    for (name, p), q in zip(model.named_parameters(), twin.parameters()):
+        torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-6, msg=name)
+    assert not torch.equal(model.lm_head.weight, tiny_model(FAMILIES[family]).lm_head.weight)  # the step did change it
+
+
+def test_every_matrix_is_checked_before_any_changes():
+    with pytest.raises(ValueError, match=r"set_weight_layout: layout must be 'rows' or 'columns', got 'cols'"):
+        tiny_model(FAMILIES["gru"]).set_weight_layout("cols")
+    model = tiny_model(FAMILIES["gru"], tie_word_embeddings=False)
+    torch.nn.utils.parametrizations.weight_norm(model.model.layers[-1], "weight_hh")
+    with pytest.raises(ValueError, match=r"set_weight_layout: model.layers.1.weight_hh \(ParametrizedGRUMixer\) computes its "
+                                         r"weight on every call"):
+        model.set_weight_layout("columns")
+    assert matrices_by_columns(model)[0] == set()  # nothing changed, the head included
+
+    class Marked(torch.Tensor):
+        pass
+
+    model = tiny_model(FAMILIES["rwkv7"])
+    value = model.model.layers[0].attn.value
+    value.weight = torch.nn.Parameter(value.weight.detach().as_subclass(Marked))
+    with pytest.raises(ValueError, match=r"model.layers.0.attn.value.weight \(Linear\) has a Parameter of Marked, "
+                                         r"dtype torch.float32, shape .*; a layout applies to a floating-point 2-d"):
+        model.set_weight_layout("columns")
+    assert matrices_by_columns(model)[0] == set()

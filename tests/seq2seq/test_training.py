@@ -139,7 +139,9 @@ def test_seqzoo_train_writes_a_folder_that_generate_reads(trained, capsys):
     assert "--compile compiles a causal language model's decode step" in capsys.readouterr().err
     for extra in ([], ["--show-attention"]):
         assert main(["generate", str(trained), "hello", "--head-layout", "columns", *extra]) == 2
-        assert "--head-layout columns lays out a causal language model's vocabulary head" in capsys.readouterr().err
+        assert "--head-layout columns lays out a causal language model's weights" in capsys.readouterr().err
+        assert main(["generate", str(trained), "hello", "--weight-layout", "columns", *extra]) == 2
+        assert "--weight-layout columns lays out a causal language model's weights" in capsys.readouterr().err
 
 
 def test_generate_show_attention_prints_and_plots_the_weights(trained, tmp_path, capsys):
