@@ -3,10 +3,15 @@ by columns (``model.set_head_layout("columns")``), interleaved in one run.
 
     python benchmarks/bench_head_layout.py                 # hidden 256 / 768 x vocab 300-65536, B = 1, 2, 8
     python benchmarks/bench_head_layout.py --hidden 2048 --vocab 65536 --batch 1 4
+    python benchmarks/bench_head_layout.py --hidden 512 --vocab 1536 --set-mb 24   # a model's matrices: see below
 
 Times ``torch.nn.functional.linear`` of a (B, hidden) input with the (vocab, hidden) weight in each memory order, as
 the head of a decode step runs it. One torch thread unless ``--threads`` says otherwise; medians of interleaved
 repeats (``timing.py``). Ratio: rows / columns (above 1: by columns is faster).
+
+One weight stays in the caches between calls when it is small. A model's weight matrices do not: each step streams
+all of them (``set_weight_layout``). ``--set-mb N`` cycles through as many distinct weights of the shape as fill N
+MB, so that each product reads its weight from memory or the last-level cache, as a model's step does.
 """
 
 from __future__ import annotations
@@ -23,15 +28,17 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from timing import compare  # noqa: E402
 
 
-def measure(hidden: int, vocab: int, batch: int, repeats: int) -> tuple[float, float]:
-    rows = torch.randn(vocab, hidden)
-    columns = rows.t().contiguous().t()  # what set_head_layout("columns") stores: strides (1, vocab)
+def measure(hidden: int, vocab: int, batch: int, repeats: int, set_mb: float = 0.0) -> tuple[float, float]:
+    count = max(1, int(set_mb * 2**20 // (vocab * hidden * 4)))  # distinct weights, cycled through
+    rows = [torch.randn(vocab, hidden) for _ in range(count)]
+    columns = [w.t().contiguous().t() for w in rows]  # what set_head_layout("columns") stores: strides (1, vocab)
     x = torch.randn(batch, hidden)
-    torch.testing.assert_close(F.linear(x, columns), F.linear(x, rows), rtol=1e-4, atol=1e-4)
-    calls = max(1, 4_000_000 // (vocab * hidden * batch))  # each sample runs about as long at every size
+    torch.testing.assert_close(F.linear(x, columns[0]), F.linear(x, rows[0]), rtol=1e-4, atol=1e-4)
+    # Each sample runs about as long at every size, and reads every weight of the set at least once.
+    calls = max(count, 4_000_000 // (vocab * hidden * batch))
     times = compare({
-        "rows": lambda: [F.linear(x, rows) for _ in range(calls)],
-        "columns": lambda: [F.linear(x, columns) for _ in range(calls)],
+        "rows": lambda: [F.linear(x, rows[i % count]) for i in range(calls)],
+        "columns": lambda: [F.linear(x, columns[i % count]) for i in range(calls)],
     }, repeats=repeats)
     return times["rows"] / calls, times["columns"] / calls
 
@@ -43,20 +50,26 @@ def main(argv: list[str] | None = None) -> str:
     parser.add_argument("--batch", type=int, nargs="+", default=[1, 2, 8])
     parser.add_argument("--repeats", type=int, default=9)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--set-mb", type=float, default=0.0,
+                        help="cycle through distinct weights filling this many MB (default: one weight)")
     args = parser.parse_args(argv)
     for name in ("hidden", "vocab", "batch"):
         if min(getattr(args, name)) < 1:
             parser.error(f"--{name} takes positive sizes; got {getattr(args, name)}")
     if args.repeats < 1 or args.threads < 1:
         parser.error("--repeats and --threads must be at least 1")
+    if not 0 <= args.set_mb <= 4096:
+        parser.error(f"--set-mb takes 0-4096 MB; got {args.set_mb}")
     torch.set_num_threads(args.threads)
-    lines = [f"torch {torch.__version__}, Python {platform.python_version()}, {args.threads} torch thread(s)", "",
+    cycled = f", weights cycled through {args.set_mb:g} MB" if args.set_mb else ""
+    lines = [f"torch {torch.__version__}, Python {platform.python_version()}, {args.threads} torch thread(s)"
+             f"{cycled}", "",
              "| hidden | vocab | B | by rows µs | by columns µs | rows / columns |", "|---|---|---|---|---|---|"]
     with torch.no_grad():
         for hidden in args.hidden:
             for vocab in args.vocab:
                 for batch in args.batch:
-                    rows, columns = measure(hidden, vocab, batch, args.repeats)
+                    rows, columns = measure(hidden, vocab, batch, args.repeats, args.set_mb)
                     lines.append(f"| {hidden} | {vocab} | {batch} | {rows * 1e6:.0f} | {columns * 1e6:.0f} | "
                                  f"{rows / columns:.2f}x |")
     report = "\n".join(lines)

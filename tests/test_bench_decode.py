@@ -92,3 +92,13 @@ def test_head_layout_benchmark_runs_and_refuses_nonsense():
     result = subprocess.run([sys.executable, "benchmarks/bench_head_layout.py", "--vocab", "0"],
                             cwd=REPO, capture_output=True, text=True, timeout=120)
     assert result.returncode == 2 and "--vocab takes positive sizes; got [0]" in result.stderr
+    # --set-mb cycles through several weights of each shape (here 0.05 MB / 6.4 kB: 8 of them).
+    result = subprocess.run([sys.executable, "benchmarks/bench_head_layout.py", "--hidden", "32", "--vocab", "50",
+                             "--batch", "1", "--repeats", "1", "--set-mb", "0.05"],
+                            cwd=REPO, env={**os.environ, "CUDA_VISIBLE_DEVICES": ""}, capture_output=True, text=True,
+                            timeout=120)
+    assert result.returncode == 0 and "weights cycled through 0.05 MB" in result.stdout, result.stderr[-4000:]
+    assert [line for line in result.stdout.splitlines() if line.startswith("| 32 | 50 | 1 |")]
+    result = subprocess.run([sys.executable, "benchmarks/bench_head_layout.py", "--set-mb", "-1"],
+                            cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2 and "--set-mb takes 0-4096 MB; got -1.0" in result.stderr

@@ -46,7 +46,8 @@ class Mixer(nn.Module):
     takes_reset: ClassVar[bool] = False
     # Projection weights (applied as x @ W^T) held as plain parameters of the mixer rather than inside an nn.Linear
     # (the classic recurrent cells' weight_ih / weight_hh, which torch's fused kernels take whole): what adapters and
-    # quantisation must reach by parameter name (seqzoo/adapters.py, seqzoo/quantization.py).
+    # quantisation must reach by parameter name (seqzoo/adapters.py, seqzoo/quantization.py), and what a causal LM's
+    # set_weight_layout stores by columns with the nn.Linear weights.
     projection_parameters: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, config: Any, layer_idx: int) -> None:

@@ -607,18 +607,21 @@ class SeqzooForCausalLM(SeqzooPreTrainedModel, GenerationMixin):
         return self
 
     def set_weight_layout(self, layout: str) -> SeqzooForCausalLM:
-        """How every weight matrix that a decode step multiplies by is stored: ``"rows"`` (contiguous (out, in), as
-        built, trained and loaded) or ``"columns"`` (its transpose contiguous, as BlinkDL's ``rwkv`` package holds
-        its matrices). The matrices are the weight of every ``nn.Linear`` (the vocabulary head's included; an
-        embedding tied to it changes with it) and the mixers' ``projection_parameters`` (the classic cells'
-        ``weight_ih`` / ``weight_hh``). Other parameters (embeddings, convolutions, RWKV-7's low-rank maps, which
-        are multiplied the other way round, norms) keep their order.
+        """How the weight matrices that a decode step multiplies by are stored: ``"rows"`` (contiguous (out, in), as
+        built, trained and loaded) or ``"columns"``: each matrix whose output is at least as wide as its input (the
+        vocabulary head, up-projections, square maps) by columns, its transpose contiguous, as BlinkDL's ``rwkv``
+        package holds its matrices, and the narrower ones (down-projections) by rows, which is faster for them. The
+        matrices are the weight of every ``nn.Linear`` (the vocabulary head's included; an embedding tied to it
+        changes with it) and the mixers' ``projection_parameters`` (the classic cells' ``weight_ih`` /
+        ``weight_hh``). Other parameters (embeddings, convolutions, RWKV-7's low-rank maps, which are multiplied the
+        other way round, norms) keep their order.
 
         Only the memory order changes, as with :meth:`set_head_layout`: the same Parameters, values, names and
-        gradients, and ``save_pretrained`` writes the same file. On a 2-core CPU one sequence's decode step ran
-        1.1-1.4x faster by columns for the GRU, Elman RNN and LSTM, up to 1.1x for the others, with the prompt's
-        forward about as fast (BENCHMARKS.md, "Every weight matrix by columns"): use ``"columns"`` to decode one
-        sequence at a time on a CPU, and keep ``"rows"`` for training.
+        gradients, and ``save_pretrained`` writes the same file. On the 2-core CPU, a step of one sequence ran up to
+        1.35x faster this way, and the product of one row with a matrix streamed from memory 1.3-1.8x faster by
+        columns when the output is 2-6 times as wide as the input, 0.75-0.93x as fast when it is narrower
+        (BENCHMARKS.md, "Every weight matrix by columns"): use ``"columns"`` to decode one sequence at a time on a
+        CPU, and keep ``"rows"`` for training.
 
         Every matrix is checked before any changes: a quantised or sharded weight (a tensor subclass), a weight a
         parametrization computes (weight_norm, some adapters) or one accelerate offloads is refused by name. The
@@ -633,7 +636,7 @@ class SeqzooForCausalLM(SeqzooPreTrainedModel, GenerationMixin):
                 weight = _layout_weight(module, parameter_name, where, "a floating-point 2-d Parameter")
                 weights[id(weight)] = weight
         for weight in weights.values():
-            _lay_out(weight, layout)
+            _lay_out(weight, "columns" if layout == "columns" and weight.shape[0] >= weight.shape[1] else "rows")
         return self
 
     def __getstate__(self) -> dict[str, Any]:

@@ -84,5 +84,9 @@ def test_int8_quantises_recurrent_projections_and_linear_layers_and_stays_close(
     # Activations are quantised per token, so a left-padded row still computes what the prompt alone computes.
     alone = logits(model, IDS[1:, 2:], MASK[1:, 2:])
     torch.testing.assert_close(got[1:, 2:], alone, rtol=1e-4, atol=1e-4)
-    with pytest.raises(ValueError, match="a quantised or sharded head keeps its own layout"):
-        model.set_head_layout("columns")  # an Int8Tensor's memory order is torchao's
+    # An Int8Tensor's memory order is torchao's: the head, or any quantised matrix, is refused by name.
+    with pytest.raises(ValueError, match=r"the vocabulary head \(Linear\) has a Parameter of Int8Tensor.*a quantised "
+                                         "or sharded weight keeps its own layout"):
+        model.set_head_layout("columns")
+    with pytest.raises(ValueError, match=r"set_weight_layout: model\..* has a Parameter of Int8Tensor"):
+        model.set_weight_layout("columns")
