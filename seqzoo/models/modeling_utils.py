@@ -618,8 +618,8 @@ class SeqzooForCausalLM(SeqzooPreTrainedModel, GenerationMixin):
 
         Only the memory order changes, as with :meth:`set_head_layout`: the same Parameters, values, names and
         gradients, and ``save_pretrained`` writes the same file. On the 2-core CPU, a step of one sequence ran up to
-        1.35x faster this way, and the product of one row with a matrix streamed from memory 1.3-1.8x faster by
-        columns when the output is 2-6 times as wide as the input, 0.75-0.93x as fast when it is narrower
+        1.48x faster this way, and the product of one row with a matrix streamed from memory 1.15-1.8x faster by
+        columns when the output is 1.5-6 times as wide as the input, 0.75-0.93x as fast when it is narrower
         (BENCHMARKS.md, "Every weight matrix by columns"): use ``"columns"`` to decode one sequence at a time on a
         CPU, and keep ``"rows"`` for training.
 
