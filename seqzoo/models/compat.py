@@ -117,7 +117,9 @@ def check_kwargs(kwargs: dict[str, Any], known: Iterable[str], where: str) -> di
     unknown = [name for name in kwargs if name not in PASSTHROUGH_KWARGS and name not in known]
     if not unknown:
         return kwargs
-    allowed = sorted(known | PASSTHROUGH_KWARGS | {CACHE_ARGUMENT, *CACHE_ALIASES})
+    # The cache's older names only where the caller takes a cache (a classifier takes none).
+    cache_names = {CACHE_ARGUMENT, *CACHE_ALIASES} if CACHE_ARGUMENT in known else set()
+    allowed = sorted(known | PASSTHROUGH_KWARGS | cache_names)
     problems = []
     for name in unknown:
         close = difflib.get_close_matches(name, allowed, n=1, cutoff=0.8 if not STRICT else 0.6)

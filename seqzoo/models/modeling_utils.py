@@ -804,7 +804,10 @@ def forward_parameters(module: nn.Module) -> tuple[str, ...]:
     cls = type(module)
     names = _FORWARD_PARAMETERS.get(cls)
     if names is None:
-        names = tuple(inspect.signature(cls.forward).parameters)[1:] + tuple(module.extra_forward_kwargs)
+        parameters = list(inspect.signature(cls.forward).parameters.values())[1:]  # after self
+        # Named parameters only: `**kwargs` is where the unknown ones land, not a keyword called "kwargs".
+        names = tuple(p.name for p in parameters if p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD))
+        names += tuple(module.extra_forward_kwargs)
         _FORWARD_PARAMETERS[cls] = names
     return names
 

@@ -11,6 +11,7 @@ import warnings
 
 import pytest
 import torch
+from transformers import AutoModelForSequenceClassification
 from transformers.modeling_outputs import CausalLMOutputWithPast
 
 from seqzoo.models import compat
@@ -64,6 +65,18 @@ def test_an_unrelated_keyword_raises_and_lists_what_is_accepted(family_preset):
     model = tiny_model(family_preset)
     with pytest.raises(TypeError, match=r"unexpected keyword argument\(s\) 'temperature_schedule'.*It accepts"):
         model(IDS, temperature_schedule=3)
+
+
+def test_a_classifier_names_no_cache_it_does_not_take(family_preset):
+    config = tiny_model(family_preset).config
+    config.num_labels = 3
+    classifier = AutoModelForSequenceClassification.from_config(config).eval()
+    for name in ("cache", "past_key_values", "kwargs"):
+        with pytest.raises(TypeError, match=rf"unexpected keyword argument\(s\) '{name}'\. It accepts") as error:
+            classifier(IDS, **{name: 1})
+        accepted = str(error.value).split("It accepts ", 1)[1].split(", ")
+        assert not {"cache", "past_key_values", "cache_params", "kwargs"} & set(accepted), accepted
+    assert classifier(IDS).logits.shape == (IDS.shape[0], 3)
 
 
 def test_what_transformers_passes_through_is_accepted(family_preset):
