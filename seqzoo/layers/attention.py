@@ -11,7 +11,7 @@ from torch import nn
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
 from seqzoo.cache import ATTENTION
-from seqzoo.layers.mixer import Mixer
+from seqzoo.layers.mixer import Mixer, SharedValues
 from seqzoo.layers.positions import apply_rotary
 
 
@@ -81,7 +81,7 @@ class SelfAttention(Mixer):
         position_embeddings: tuple[torch.Tensor, torch.Tensor] | None = None,
         attention_kwargs: dict[str, Any] | None = None,
         output_attentions: bool = False,
-        shared: dict | None = None,
+        shared: SharedValues | None = None,
         **context: Any,
     ) -> tuple[torch.Tensor, Any]:
         input_shape = hidden_states.shape[:-1]

@@ -14,8 +14,8 @@ RWKV-7's time mix, Mamba's selective scan, Mamba-2's SSD. Every one is built the
 * ``mask`` is the (B, T) bool padding mask of the current positions (False at padding), or None when nothing is
   padded. A padded position never changes a recurrent state.
 * ``context`` carries, by name, what only some mixers need: ``attention_mask`` (the causal mask for attention),
-  ``position_embeddings`` (RoPE's cos/sin), ``shared`` (a dict that lives for one forward pass: RWKV-7's value
-  residual from its first layer), ``reset`` ((B, T) bool, True at the first token of each document of a packed
+  ``position_embeddings`` (RoPE's cos/sin), ``shared`` (a :class:`SharedValues` that lives for one forward pass:
+  RWKV-7's value residual from its first layer, attention weights when asked for), ``reset`` ((B, T) bool, True at the first token of each document of a packed
   row: the state entering it is zero; a model passes it only when every one of its mixers declares
   ``takes_reset``). A mixer ignores what it does not use.
 
@@ -26,6 +26,8 @@ mixer the way the mixer's paper does.
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from typing import Any, ClassVar
 
 import torch
@@ -34,6 +36,50 @@ from transformers.modeling_layers import GradientCheckpointingLayer
 
 from seqzoo.cache import RECURRENT
 from seqzoo.kernels import registry as kernel_registry
+
+
+class SharedValues:
+    """What the layers of one forward pass hand on to each other (RWKV-7's value residual, the attention weights when
+    asked for), read and written as a dict's items. Not a dict: hooks that move a module call's arguments to a device
+    (accelerate's offloading and ``dispatch_model``) rebuild every dict they find, so a layer's write would not reach
+    the next layer; an object of this class passes through them as it is."""
+
+    __slots__ = ("_values",)
+
+    def __init__(self) -> None:
+        self._values: dict[str, Any] = {}
+
+    def __contains__(self, key: str) -> bool:
+        return key in self._values
+
+    def __getitem__(self, key: str) -> Any:
+        return self._values[key]
+
+    def __setitem__(self, key: str, value: Any) -> None:
+        self._values[key] = value
+
+    def get(self, key: str, default: Any = None) -> Any:
+        return self._values.get(key, default)
+
+    def setdefault(self, key: str, default: Any) -> Any:
+        return self._values.setdefault(key, default)
+
+
+@contextlib.contextmanager
+def weights_present(*modules: nn.Module) -> Iterator[None]:
+    """Lets a mixer read the parameters of submodules it does not call (a kernel takes a convolution's or a norm's
+    weights directly) where accelerate offloads them: accelerate's hook on a module loads its weights before the
+    module's forward and offloads them again after it, so a module that is never called would be read on the meta
+    device. This runs those hooks around the read; without accelerate's hooks it does nothing. Tensors read inside
+    stay usable after (the hook swaps the module's parameters, not the tensors)."""
+    hooked = [(module, module._hf_hook) for module in modules if getattr(module, "_hf_hook", None) is not None]
+    for module, hook in hooked:
+        hook.pre_forward(module)
+    try:
+        yield
+    finally:
+        for module, hook in reversed(hooked):
+            hook.post_forward(module, None)
 
 
 class Mixer(nn.Module):
@@ -167,15 +213,15 @@ class BidirectionalMixer(Mixer):
 
     def forward(
         self, hidden_states: torch.Tensor, *, state: Any = None, mask: torch.Tensor | None = None,
-        shared: dict | None = None, **context: Any,
+        shared: SharedValues | None = None, **context: Any,
     ) -> tuple[torch.Tensor, None]:
         if state is not None:
             raise ValueError("a bidirectional layer reads the whole sequence at once; it has no state to continue")
-        shared = {} if shared is None else shared
+        shared = SharedValues() if shared is None else shared
         forward, _ = self.left_to_right(hidden_states, mask=mask, shared=shared, **context)
         backward, _ = self.right_to_left(
             hidden_states.flip(1), mask=None if mask is None else mask.flip(1),
-            shared=shared.setdefault("right_to_left", {}), **context,
+            shared=shared.setdefault("right_to_left", SharedValues()), **context,
         )
         backward = backward.flip(1)
         joined = torch.cat([forward, backward], dim=-1) if self.merge == "concat" else forward + backward

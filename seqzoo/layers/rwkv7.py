@@ -23,7 +23,7 @@ from torch.nn import functional as F
 from transformers import initialization as init
 
 from seqzoo.kernels import dispatch, wkv7  # noqa: F401  (the op package registers the op)
-from seqzoo.layers.mixer import Mixer
+from seqzoo.layers.mixer import Mixer, SharedValues, weights_present
 
 # The reference writes the decay as exp(-exp(w)) with w = -softplus(-z) - 0.5. Since exp(-softplus(-z)) =
 # sigmoid(z), its log is -exp(-0.5) * sigmoid(z): the per-channel decay lies in (exp(-exp(-0.5)), 1) ~ (0.545, 1).
@@ -61,6 +61,13 @@ def token_shift(
     last_valid = torch.where(valid, positions, 0).cummax(dim=1).values  # (B, T + 1)
     gathered = extended.gather(1, last_valid[:, :, None].expand(-1, -1, channels))  # (B, T + 1, C)
     return gathered[:, :length], gathered[:, length]
+
+
+def _v_first(shared: SharedValues, v: torch.Tensor) -> torch.Tensor:
+    """The first time mix's values, on this layer's device (a model dispatched over several devices keeps them where
+    the first layer ran)."""
+    v_first = shared["v_first"]
+    return v_first if v_first.device == v.device else v_first.to(v.device)
 
 
 class RWKV7TimeMix(Mixer):
@@ -165,14 +172,14 @@ class RWKV7TimeMix(Mixer):
 
     def forward(
         self, x: torch.Tensor, *, state: dict | None = None, mask: torch.Tensor | None = None,
-        shared: dict | None = None, reset: torch.Tensor | None = None, **context: Any,
+        shared: SharedValues | None = None, reset: torch.Tensor | None = None, **context: Any,
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         # x: (B, T, C), already normed (ln1). Returns the output (B, T, C) and the new attn_shift (B, C) and
         # wkv (B, H, N, N) states.
         B, T, C = x.shape
         H, N = self.num_heads, self.head_size
         state = state or {}
-        shared = {} if shared is None else shared
+        shared = SharedValues() if shared is None else shared
         if T == 1 and reset is None:
             return self._step(x, state, mask, shared)
         prev, shift_state = token_shift(x, state.get("attn_shift"), mask, reset)
@@ -186,7 +193,7 @@ class RWKV7TimeMix(Mixer):
         if self.has_value_residual:
             if "v_first" not in shared:
                 raise ValueError(f"RWKV7TimeMix layer {self.layer_idx} needs v_first from the first time mix")
-            v = v + (shared["v_first"] - v) * torch.sigmoid(self.v0 + (xv @ self.v1) @ self.v2)
+            v = v + (_v_first(shared, v) - v) * torch.sigmoid(self.v0 + (xv @ self.v1) @ self.v2)
         else:
             shared["v_first"] = v
         a = torch.sigmoid(self.a0 + (xa @ self.a1) @ self.a2)  # in-context learning rate, (B, T, C)
@@ -212,13 +219,15 @@ class RWKV7TimeMix(Mixer):
         y, wkv_state = dispatch("wkv7", r_h, log_decay, k_in, v_h, -kk, b_h, initial_state=wkv_state, reset=reset)
 
         # Per-head GroupNorm and the bonus in float32 (the kernel's output precision), then back to the model dtype.
-        y = F.group_norm(y.reshape(B * T, C), H, self.ln_x.weight.float(), self.ln_x.bias.float(), self.ln_x.eps)
+        with weights_present(self.ln_x):  # read without calling it
+            weight, bias = self.ln_x.weight.float(), self.ln_x.bias.float()
+        y = F.group_norm(y.reshape(B * T, C), H, weight, bias, self.ln_x.eps)
         bonus = (r_h * k_h * self.r_k.float()).sum(dim=-1, keepdim=True) * v_h  # (B, T, H, N)
         y = (y.view(B, T, C) + bonus.view(B, T, C)).to(x.dtype)
         return self.output(y * g), {"attn_shift": shift_state, "wkv": wkv_state}
 
     def _step(
-        self, x: torch.Tensor, state: dict, mask: torch.Tensor | None, shared: dict
+        self, x: torch.Tensor, state: dict, mask: torch.Tensor | None, shared: SharedValues
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """One token (T == 1), the function of :meth:`forward` in fewer operations: at decode sizes each operation
         costs more in dispatch than in arithmetic. The per-token tensors stay (B, C) / (B, H, N); the six
@@ -240,7 +249,7 @@ class RWKV7TimeMix(Mixer):
         if self.has_value_residual:
             if "v_first" not in shared:
                 raise ValueError(f"RWKV7TimeMix layer {self.layer_idx} needs v_first from the first time mix")
-            v = torch.lerp(v, shared["v_first"][:, 0], torch.sigmoid(torch.addmm(self.v0, xv @ self.v1, self.v2)))
+            v = torch.lerp(v, _v_first(shared, v)[:, 0], torch.sigmoid(torch.addmm(self.v0, xv @ self.v1, self.v2)))
         else:
             shared["v_first"] = v[:, None]
         a = torch.sigmoid(torch.addmm(self.a0, xa @ self.a1, self.a2))  # (B, C)
@@ -265,7 +274,8 @@ class RWKV7TimeMix(Mixer):
             wkv_state = wkv_state.float()
         y, wkv_state = dispatch("wkv7", r_h, log_decay, k_in, v_h, -kk, b_h, initial_state=wkv_state)
 
-        weight, bias = self.ln_x.weight, self.ln_x.bias
+        with weights_present(self.ln_x):
+            weight, bias = self.ln_x.weight, self.ln_x.bias
         if weight.dtype != torch.float32:
             weight, bias = weight.float(), bias.float()
         y = F.group_norm(y.view(B, C), H, weight, bias, self.ln_x.eps).view(B, H, N)

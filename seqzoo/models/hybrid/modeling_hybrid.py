@@ -16,7 +16,7 @@ from transformers import initialization as init
 from transformers.modeling_outputs import BaseModelOutputWithPast
 
 from seqzoo.layers.attention import SelfAttention
-from seqzoo.layers.mixer import Block
+from seqzoo.layers.mixer import Block, SharedValues
 from seqzoo.layers.mlp import MLP, GatedMLP
 from seqzoo.layers.norms import RMSNorm, make_norm
 from seqzoo.layers.positions import RotaryEmbedding
@@ -123,7 +123,7 @@ class HybridModel(HybridPreTrainedModel):
 
         hidden_states = self.dropout(inputs.embeds)  # (B, T, D)
         all_hidden_states = () if output_hidden_states else None  # the input of every layer, then the output
-        shared: dict[str, Any] = {}  # what layers hand on: RWKV-7's value residual, attention weights when asked
+        shared = SharedValues()  # what layers hand on: RWKV-7's value residual, attention weights when asked
         output_attentions = kwargs.get("output_attentions") or self.config.output_attentions
         for idx, layer in enumerate(self.layers):
             if output_hidden_states:

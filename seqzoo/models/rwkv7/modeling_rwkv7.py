@@ -17,7 +17,7 @@ from transformers import initialization as init
 from transformers.modeling_outputs import BaseModelOutputWithPast
 
 from seqzoo.cache import SeqzooCache
-from seqzoo.layers.mixer import Block, build_mixer
+from seqzoo.layers.mixer import Block, SharedValues, build_mixer
 from seqzoo.layers.rwkv7 import RWKV7ChannelMix, RWKV7TimeMix
 from seqzoo.layers.rwkv7_step import step_blocks
 from seqzoo.models.compat import model_output
@@ -126,7 +126,7 @@ class RWKV7Model(RWKV7PreTrainedModel):
 
         hidden_states = self.embed_norm(inputs.embeds)  # (B, T, C)
         all_hidden_states = () if output_hidden_states else None  # the input of every layer, then the output
-        shared: dict[str, torch.Tensor] = {}  # layer 0's values (v_first), for the value residual of the others
+        shared = SharedValues()  # layer 0's values (v_first), for the value residual of the others
         for idx, layer in enumerate(self.layers):
             if output_hidden_states:
                 all_hidden_states += (hidden_states,)
@@ -159,7 +159,8 @@ class RWKV7Model(RWKV7PreTrainedModel):
         hidden_states = self.embed_norm(embeds)
         states = [cache.layer(i) for i in range(len(self.layers))]
         stepped = step_blocks(self.layers, RWKV7Block, _BLOCK_FORWARD, hidden_states, states, mask)
-        hidden_states = finish_decode_step(cache, self.layers, stepped, hidden_states, states, mask, shared={})
+        hidden_states = finish_decode_step(cache, self.layers, stepped, hidden_states, states, mask,
+                                           shared=SharedValues())
         return self.norm(hidden_states)
 
 

@@ -11,7 +11,7 @@ from transformers import initialization as init
 from transformers.modeling_outputs import BaseModelOutputWithPast
 
 from seqzoo.layers.attention import SelfAttention
-from seqzoo.layers.mixer import Block
+from seqzoo.layers.mixer import Block, SharedValues
 from seqzoo.layers.mlp import MLP, GatedMLP
 from seqzoo.layers.norms import make_norm
 from seqzoo.layers.positions import RotaryEmbedding, SinusoidalPositions
@@ -154,7 +154,7 @@ class TransformerModel(TransformerPreTrainedModel):
 
         attention_kwargs = {k: v for k, v in kwargs.items() if k in self.extra_forward_kwargs}
         output_attentions = kwargs.get("output_attentions") or self.config.output_attentions
-        shared: dict[str, Any] = {}  # the attention weights of each layer, when asked for
+        shared = SharedValues()  # the attention weights of each layer, when asked for
         all_hidden_states = () if output_hidden_states else None  # the input of every layer, then the output
         for idx, layer in enumerate(self.layers):
             if output_hidden_states:
