@@ -410,8 +410,12 @@ class SeqzooPreTrainedModel(PreTrainedModel):
                 f"safetensors file ({err}); save or download the checkpoint again"
             ) from err
         if not allow_nonfinite:
-            bad = [name for name, tensor in model.state_dict().items()
-                   if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all())]
+            bad = []
+            for name, tensor in model.state_dict().items():
+                if tensor.is_meta:  # offloaded by a device_map: read back from accelerate's store
+                    tensor = _offloaded_value(model, name)
+                if tensor is not None and tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+                    bad.append(name)
             if bad:
                 raise ValueError(
                     f"checkpoint {str(pretrained_model_name_or_path)!r} holds NaN or infinite weights in "
@@ -713,6 +717,23 @@ class SeqzooForCausalLM(SeqzooPreTrainedModel, GenerationMixin):
             # Under the name the installed release looks for, so that it slices the already-cached prompt tokens off.
             kwargs[GENERATE_CACHE_KWARG] = cache
         return super().generate(*args, **kwargs)
+
+
+def _offloaded_value(model: nn.Module, name: str) -> torch.Tensor | None:
+    """The value of a state-dict entry that a ``device_map`` offloaded (its parameter is on the meta device), read from
+    the store of the accelerate hook that loads it for its module's call (the module or one above it); None where no
+    hook holds it."""
+    parts = name.split(".")
+    for depth in range(len(parts) - 1, -1, -1):
+        hook = getattr(model.get_submodule(".".join(parts[:depth])), "_hf_hook", None)
+        for part in getattr(hook, "hooks", None) or [hook]:  # SequentialHook: several
+            store = getattr(part, "weights_map", None)
+            if getattr(part, "offload", False) and store is not None:
+                try:
+                    return store[".".join(parts[depth:])]
+                except KeyError:
+                    continue
+    return None
 
 
 def _check_layout_name(method: str, layout: str) -> None:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from transformers import AutoModelForCausalLM
 
 from tests.conftest import FAMILIES, tiny_model
 
@@ -51,3 +52,24 @@ def test_attention_weights_reach_the_output_through_hooks():
     assert len(got) == len(expected) == model.config.num_hidden_layers
     for a, b in zip(got, expected):
         torch.testing.assert_close(a, b)
+
+
+@pytest.mark.parametrize("family", ["gru", "mamba", "rwkv7", "transformer", "hybrid-rwkv7"])
+def test_from_pretrained_with_layers_on_disk_loads_and_checks_them(family, tmp_path):
+    model = tiny_model(FAMILIES[family], tie_word_embeddings=False)
+    model.save_pretrained(tmp_path / "good")
+    device_map = {"lm_head": "cpu", **{f"model.{name}": "cpu" for name, _ in model.model.named_children()
+                                       if name != "layers"}}
+    device_map |= {f"model.layers.{i}": "disk" if i % 2 else "cpu" for i in range(model.config.num_hidden_layers)}
+    loaded = AutoModelForCausalLM.from_pretrained(tmp_path / "good", device_map=device_map,
+                                                  offload_folder=str(tmp_path / "offload"))
+    assert any(p.is_meta for p in loaded.model.layers[1].parameters())  # layer 1 does live on disk
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(PROMPT).logits, model(PROMPT).logits, rtol=1e-5, atol=1e-5)
+        # A damaged weight in the offloaded layer is found as one in memory is.
+        weight = next(p for p in model.model.layers[1].parameters() if p.dim() == 2)
+        weight[0, 0] = float("nan")
+    model.save_pretrained(tmp_path / "bad")
+    with pytest.raises(ValueError, match=r"holds NaN or infinite weights in model\.layers\.1\."):
+        AutoModelForCausalLM.from_pretrained(tmp_path / "bad", device_map=device_map,
+                                             offload_folder=str(tmp_path / "offload-bad"))
