@@ -18,7 +18,7 @@ from torch import nn
 from transformers import initialization as init
 
 from seqzoo.kernels import dispatch, selective_scan  # noqa: F401  (the op package registers the op)
-from seqzoo.layers.mixer import Mixer, weights_present
+from seqzoo.layers.mixer import Mixer, module_weights
 from seqzoo.layers.state_space import (
     MambaState,
     depthwise_conv,
@@ -88,10 +88,9 @@ class MambaMixer(Mixer):
         # hidden_states: (B, T, H); mask: (B, T) bool, False at padding, or None; reset: (B, T) bool or None.
         state = state or {}
         x, z = self.in_proj(hidden_states).chunk(2, dim=-1)  # (B, T, E) each
-        with weights_present(self.conv1d):  # the kernel takes its weights; it is never called
-            conv_weight, conv_bias = self.conv1d.weight[:, 0], self.conv1d.bias
+        conv_weight, conv_bias = module_weights(self.conv1d, "weight", "bias")  # the kernel takes them; never called
         x, conv_state = dispatch(
-            "causal_conv1d", x, conv_weight, conv_bias, initial_state=state.get("conv"),
+            "causal_conv1d", x, conv_weight[:, 0], conv_bias, initial_state=state.get("conv"),
             activation="silu", mask=mask, reset=reset,
         )  # (B, T, E)
 

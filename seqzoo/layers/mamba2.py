@@ -19,7 +19,7 @@ from torch import nn
 from transformers import initialization as init
 
 from seqzoo.kernels import dispatch, ssd  # noqa: F401  (the op package registers the op)
-from seqzoo.layers.mixer import Mixer, weights_present
+from seqzoo.layers.mixer import Mixer, module_weights
 from seqzoo.layers.state_space import (
     MambaState,
     depthwise_conv,
@@ -125,10 +125,9 @@ class Mamba2Mixer(Mixer):
         batch, length, _ = hidden_states.shape
         groups_n = self.n_groups * self.state_size
         z, xBC, dt = self.in_proj(hidden_states).split([self.intermediate_size, self.conv_dim, self.num_heads], -1)
-        with weights_present(self.conv1d):  # the kernel takes its weights; it is never called
-            conv_weight, conv_bias = self.conv1d.weight[:, 0], self.conv1d.bias
+        conv_weight, conv_bias = module_weights(self.conv1d, "weight", "bias")  # the kernel takes them; never called
         xBC, conv_state = dispatch(
-            "causal_conv1d", xBC, conv_weight, conv_bias, initial_state=state.get("conv"),
+            "causal_conv1d", xBC, conv_weight[:, 0], conv_bias, initial_state=state.get("conv"),
             activation="silu", mask=mask, reset=reset,
         )  # (B, T, E + 2GN)
         x, B, C = xBC.split([self.intermediate_size, groups_n, groups_n], dim=-1)

@@ -26,8 +26,6 @@ mixer the way the mixer's paper does.
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Iterator
 from typing import Any, ClassVar
 
 import torch
@@ -65,21 +63,20 @@ class SharedValues:
         return self._values.setdefault(key, default)
 
 
-@contextlib.contextmanager
-def weights_present(*modules: nn.Module) -> Iterator[None]:
-    """Lets a mixer read the parameters of submodules it does not call (a kernel takes a convolution's or a norm's
-    weights directly) where accelerate offloads them: accelerate's hook on a module loads its weights before the
-    module's forward and offloads them again after it, so a module that is never called would be read on the meta
-    device. This runs those hooks around the read; without accelerate's hooks it does nothing. Tensors read inside
-    stay usable after (the hook swaps the module's parameters, not the tensors)."""
-    hooked = [(module, module._hf_hook) for module in modules if getattr(module, "_hf_hook", None) is not None]
-    for module, hook in hooked:
-        hook.pre_forward(module)
+def module_weights(module: nn.Module, *names: str) -> tuple[Any, ...]:
+    """``module``'s parameters ``names``, for a mixer that reads them without calling the module (a kernel takes a
+    convolution's or a norm's weights directly). Where accelerate offloads the module, its hook loads the weights
+    before the module's forward and offloads them again after it, so a module that is never called would be read on
+    the meta device: this runs that hook around the read. The tensors read stay usable after (the hook swaps the
+    module's parameters, not the tensors). Without accelerate's hook it is a plain read."""
+    hook = getattr(module, "_hf_hook", None)
+    if hook is None:
+        return tuple(getattr(module, name) for name in names)
+    hook.pre_forward(module)
     try:
-        yield
+        return tuple(getattr(module, name) for name in names)
     finally:
-        for module, hook in reversed(hooked):
-            hook.post_forward(module, None)
+        hook.post_forward(module, None)
 
 
 class Mixer(nn.Module):

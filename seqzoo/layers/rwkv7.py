@@ -23,7 +23,7 @@ from torch.nn import functional as F
 from transformers import initialization as init
 
 from seqzoo.kernels import dispatch, wkv7  # noqa: F401  (the op package registers the op)
-from seqzoo.layers.mixer import Mixer, SharedValues, weights_present
+from seqzoo.layers.mixer import Mixer, SharedValues, module_weights
 
 # The reference writes the decay as exp(-exp(w)) with w = -softplus(-z) - 0.5. Since exp(-softplus(-z)) =
 # sigmoid(z), its log is -exp(-0.5) * sigmoid(z): the per-channel decay lies in (exp(-exp(-0.5)), 1) ~ (0.545, 1).
@@ -219,9 +219,8 @@ class RWKV7TimeMix(Mixer):
         y, wkv_state = dispatch("wkv7", r_h, log_decay, k_in, v_h, -kk, b_h, initial_state=wkv_state, reset=reset)
 
         # Per-head GroupNorm and the bonus in float32 (the kernel's output precision), then back to the model dtype.
-        with weights_present(self.ln_x):  # read without calling it
-            weight, bias = self.ln_x.weight.float(), self.ln_x.bias.float()
-        y = F.group_norm(y.reshape(B * T, C), H, weight, bias, self.ln_x.eps)
+        weight, bias = module_weights(self.ln_x, "weight", "bias")  # read without calling it
+        y = F.group_norm(y.reshape(B * T, C), H, weight.float(), bias.float(), self.ln_x.eps)
         bonus = (r_h * k_h * self.r_k.float()).sum(dim=-1, keepdim=True) * v_h  # (B, T, H, N)
         y = (y.view(B, T, C) + bonus.view(B, T, C)).to(x.dtype)
         return self.output(y * g), {"attn_shift": shift_state, "wkv": wkv_state}
@@ -274,8 +273,7 @@ class RWKV7TimeMix(Mixer):
             wkv_state = wkv_state.float()
         y, wkv_state = dispatch("wkv7", r_h, log_decay, k_in, v_h, -kk, b_h, initial_state=wkv_state)
 
-        with weights_present(self.ln_x):
-            weight, bias = self.ln_x.weight, self.ln_x.bias
+        weight, bias = module_weights(self.ln_x, "weight", "bias")
         if weight.dtype != torch.float32:
             weight, bias = weight.float(), bias.float()
         y = F.group_norm(y.view(B, C), H, weight, bias, self.ln_x.eps).view(B, H, N)
