@@ -18,6 +18,7 @@ import torch
 
 from seqzoo.conversions import gpt2, hf_mamba, llama
 from seqzoo.conversions.checkpoints import copy_tokenizer_files, materialize_buffers
+from seqzoo.models.modeling_utils import _contiguous_state_dict
 
 # target -> (seqzoo model_type it exports from, transformers class name, module with native_config/native_weights)
 TARGETS: dict[str, tuple[str, str, Any]] = {
@@ -40,7 +41,10 @@ def to_native(model: Any, target: str) -> Any:
         raise ValueError(f"cannot export a {found!r} model to {target}: {class_name} holds {model_type!r} models "
                          f"only (transformers has no native class for every seqzoo architecture)")
     native_config = module.native_config(model.config)
-    weights = module.native_weights({k: v.detach() for k, v in model.state_dict().items()}, model.config)
+    # By rows, as transformers builds its models: one stored by columns (set_weight_layout) fails its save's check of
+    # tied weights, which flattens them with view().
+    state = _contiguous_state_dict({k: v.detach() for k, v in model.state_dict().items()})
+    weights = module.native_weights(state, model.config)
     native_class = getattr(transformers, class_name)
     with torch.device("meta"):
         native = native_class(native_config)
