@@ -243,6 +243,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
         if seq2seq:
             raise ValueError("--compile compiles a causal language model's decode step; "
                              f"{source!r} holds an encoder-decoder (seq2seq) model, whose steps run eagerly")
+        _check_seqzoo_method(model, "compile_decoding", f"--compile {args.compile}", source)
         if args.compile not in torch._dynamo.list_backends(exclude_tags=()):
             usual = sorted({*torch._dynamo.list_backends(), "eager", "aot_eager"})
             raise ValueError(f"--compile {args.compile!r} is not a torch.compile backend here; choose from "
@@ -254,6 +255,10 @@ def cmd_generate(args: argparse.Namespace) -> int:
                     else f"--head-layout {args.head_layout}")
             raise ValueError(f"{flag} lays out a causal language model's weights; {source!r} holds an "
                              "encoder-decoder (seq2seq) model")
+        if args.weight_layout != "rows":
+            _check_seqzoo_method(model, "set_weight_layout", f"--weight-layout {args.weight_layout}", source)
+        if args.head_layout is not None:
+            _check_seqzoo_method(model, "set_head_layout", f"--head-layout {args.head_layout}", source)
         if args.weight_layout != "rows":
             model.set_weight_layout(args.weight_layout)
         if args.head_layout is not None:  # after: the head may be laid out otherwise than the other matrices
@@ -349,6 +354,14 @@ def print_table(header: list[str], rows: list[list[Any]]) -> None:
     print("  ".join("-" * w for w in widths))
     for row in rows:
         print("  ".join(str(x).ljust(w) for x, w in zip(row, widths)).rstrip())
+
+
+def _check_seqzoo_method(model: Any, method: str, flag: str, source: str) -> None:
+    # A folder of another library's class (transformers' GPT2LMHeadModel, an export) generates, but lacks seqzoo's
+    # decoding options.
+    if not callable(getattr(model, method, None)):
+        raise ValueError(f"{flag.split()[0]} needs a seqzoo causal language model; {source!r} holds a "
+                         f"{type(model).__name__}, which has no {method}(): generate without {flag}")
 
 
 def build_parser() -> argparse.ArgumentParser:

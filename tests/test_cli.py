@@ -242,6 +242,19 @@ def test_generate_with_the_head_by_columns(model_dir, capsys, monkeypatch):
     assert "--weight-layout: invalid choice: 'column' (choose from 'rows', 'columns')" in capsys.readouterr().err
 
 
+def test_seqzoo_decoding_flags_on_another_library_model_are_refused(model_dir, tmp_path, capsys):
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    GPT2LMHeadModel(GPT2Config(vocab_size=len(tokenizer), n_embd=16, n_layer=1, n_head=2)).save_pretrained(tmp_path)
+    tokenizer.save_pretrained(tmp_path)
+    assert main(["generate", str(tmp_path), "Hi", "--max-new-tokens", "2", "--no-stream"]) == 0
+    capsys.readouterr()
+    for flags in (["--compile", "eager"], ["--weight-layout", "columns"], ["--head-layout", "columns"]):
+        assert (f"{flags[0]} needs a seqzoo causal language model; {str(tmp_path)!r} holds a GPT2LMHeadModel"
+                in _error(capsys, ["generate", str(tmp_path), "Hi", *flags]))
+
+
 @pytest.mark.parametrize("flags, expected", [
     (["--num-beams", "0"], "--num-beams=0 is invalid: must be >= 1"),
     (["--temperature", "-1"], "--temperature=-1.0 is invalid: must be >= 0"),
