@@ -602,7 +602,10 @@ class SeqzooForCausalLM(SeqzooPreTrainedModel, GenerationMixin):
 
         The order lasts while the parameter does: what puts a new one in its place starts by rows again (loading,
         ``resize_token_embeddings``, ``load_state_dict(..., assign=True)``). Set it after those, and before
-        accelerate offloads the head. Returns the model."""
+        accelerate offloads the head. A gradient already there is laid out with the weight, but an optimizer's state
+        (Adam's moments) keeps the order it was made in: torch's fused optimizers (``fused=True``) then compute wrong
+        values on the CPU, without an error. Set the order before an optimizer's first step, or train with torch's
+        default implementation, which reads each tensor in its own order. Returns the model."""
         _check_layout_name("set_head_layout", layout)
         head = self.get_output_embeddings()
         weight = _layout_weight(head, "weight", f"set_head_layout: the vocabulary head ({type(head).__name__})",
@@ -629,7 +632,8 @@ class SeqzooForCausalLM(SeqzooPreTrainedModel, GenerationMixin):
 
         Every matrix is checked before any changes: a quantised or sharded weight (a tensor subclass), a weight a
         parametrization computes (weight_norm, some adapters) or one accelerate offloads is refused by name. The
-        order lasts while the parameters do (see :meth:`set_head_layout`). Returns the model."""
+        order lasts while the parameters do, and a fused optimizer with state from before the change computes wrong
+        values (see :meth:`set_head_layout`). Returns the model."""
         _check_layout_name("set_weight_layout", layout)
         head = self.get_output_embeddings()
         weights: dict[int, nn.Parameter] = {}
@@ -772,8 +776,12 @@ def _layout_weight(module: nn.Module, name: str, where: str, wanted: str) -> nn.
 
 def _lay_out(weight: nn.Parameter, layout: str) -> None:
     # `.data` swaps the storage under the same Parameter, so optimizers, ties and hooks keep their reference.
-    # By columns, the (out, in) view's transpose is contiguous: strides (1, out).
-    weight.data = weight.data.t().contiguous().t() if layout == "columns" else weight.data.contiguous()
+    # By columns, the (out, in) view's transpose is contiguous: strides (1, out). A gradient already there follows:
+    # torch's fused optimizers (fused=True) read a parameter and its gradient as one order, and on the CPU compute
+    # wrong values, without an error, where the two differ.
+    for tensor in (weight, weight.grad):
+        if tensor is not None:
+            tensor.data = tensor.data.t().contiguous().t() if layout == "columns" else tensor.data.contiguous()
 
 
 @contextlib.contextmanager

@@ -212,3 +212,23 @@ def test_every_matrix_is_checked_before_any_changes():
                                          r"dtype torch.float32, shape .*; a layout applies to a floating-point 2-d"):
         model.set_weight_layout("columns")
     assert matrices_by_columns(model)[0] == set()
+
+
+def test_gradients_follow_the_order():
+    # A gradient already there when the order changes is laid out with its Parameter: torch's fused optimizers
+    # (fused=True) read a parameter, its gradient and its state as one memory order, and on the CPU compute wrong
+    # values, without an error, where they differ.
+    model, twin = tiny_model(FAMILIES["gru"]).train(), tiny_model(FAMILIES["gru"]).train()
+    for m in (model, twin):
+        m(PROMPT, labels=PROMPT).loss.backward()
+    grads = {name: p.grad.clone() for name, p in model.named_parameters()}
+    model.set_weight_layout("columns")
+    for name, p in model.named_parameters():
+        assert p.grad.stride() == p.stride() and torch.equal(p.grad, grads[name]), name
+    assert matrices_by_columns(model)[0] == expected_matrices(model)
+    for m in (model, twin):  # its state is made now, in the parameters' order
+        torch.optim.AdamW(m.parameters(), lr=1e-2, fused=True).step()
+    for (name, p), q in zip(model.named_parameters(), twin.parameters()):
+        torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-6, msg=name)
+    model.set_weight_layout("rows")
+    assert all(p.grad.is_contiguous() and p.is_contiguous() for p in model.parameters())
