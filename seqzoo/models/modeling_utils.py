@@ -780,7 +780,7 @@ def _lay_out(weight: nn.Parameter, layout: str) -> None:
     # torch's fused optimizers (fused=True) read a parameter and its gradient as one order, and on the CPU compute
     # wrong values, without an error, where the two differ.
     for tensor in (weight, weight.grad):
-        if tensor is not None:
+        if tensor is not None and tensor.layout is torch.strided:  # (a sparse gradient has no memory order)
             tensor.data = tensor.data.t().contiguous().t() if layout == "columns" else tensor.data.contiguous()
 
 

@@ -232,3 +232,7 @@ def test_gradients_follow_the_order():
         torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-6, msg=name)
     model.set_weight_layout("rows")
     assert all(p.grad.is_contiguous() and p.is_contiguous() for p in model.parameters())
+    head = tiny_model(FAMILIES["gru"], tie_word_embeddings=False).lm_head.weight
+    model.lm_head.weight.grad = torch.randn(head.shape).to_sparse()  # a sparse gradient has no memory order
+    model.set_weight_layout("columns")
+    assert by_columns(model.lm_head.weight) and model.lm_head.weight.grad.layout is torch.sparse_coo
