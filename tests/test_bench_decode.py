@@ -92,13 +92,16 @@ def test_head_layout_benchmark_runs_and_refuses_nonsense():
     result = subprocess.run([sys.executable, "benchmarks/bench_head_layout.py", "--vocab", "0"],
                             cwd=REPO, capture_output=True, text=True, timeout=120)
     assert result.returncode == 2 and "--vocab takes positive sizes; got [0]" in result.stderr
+
+
+def test_head_layout_benchmark_cycles_through_a_set_of_weights(capsys):
+    spec = importlib.util.spec_from_file_location("bench_head_layout", REPO / "benchmarks" / "bench_head_layout.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
     # --set-mb cycles through several weights of each shape (here 0.05 MB / 6.4 kB: 8 of them).
-    result = subprocess.run([sys.executable, "benchmarks/bench_head_layout.py", "--hidden", "32", "--vocab", "50",
-                             "--batch", "1", "--repeats", "1", "--set-mb", "0.05"],
-                            cwd=REPO, env={**os.environ, "CUDA_VISIBLE_DEVICES": ""}, capture_output=True, text=True,
-                            timeout=120)
-    assert result.returncode == 0 and "weights cycled through 0.05 MB" in result.stdout, result.stderr[-4000:]
-    assert [line for line in result.stdout.splitlines() if line.startswith("| 32 | 50 | 1 |")]
-    result = subprocess.run([sys.executable, "benchmarks/bench_head_layout.py", "--set-mb", "-1"],
-                            cwd=REPO, capture_output=True, text=True, timeout=120)
-    assert result.returncode == 2 and "--set-mb takes 0-4096 MB; got -1.0" in result.stderr
+    report = bench.main(["--hidden", "32", "--vocab", "50", "--batch", "1", "--repeats", "1", "--set-mb", "0.05"])
+    assert "weights cycled through 0.05 MB" in report
+    assert [line for line in report.splitlines() if line.startswith("| 32 | 50 | 1 |")]
+    with pytest.raises(SystemExit) as exit_info:
+        bench.main(["--set-mb", "-1"])
+    assert exit_info.value.code == 2 and "--set-mb takes 0-4096 MB; got -1.0" in capsys.readouterr().err
