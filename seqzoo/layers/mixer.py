@@ -15,9 +15,9 @@ RWKV-7's time mix, Mamba's selective scan, Mamba-2's SSD. Every one is built the
   padded. A padded position never changes a recurrent state.
 * ``context`` carries, by name, what only some mixers need: ``attention_mask`` (the causal mask for attention),
   ``position_embeddings`` (RoPE's cos/sin), ``shared`` (a :class:`SharedValues` that lives for one forward pass:
-  RWKV-7's value residual from its first layer, attention weights when asked for), ``reset`` ((B, T) bool, True at the first token of each document of a packed
-  row: the state entering it is zero; a model passes it only when every one of its mixers declares
-  ``takes_reset``). A mixer ignores what it does not use.
+  RWKV-7's value residual from its first layer, attention weights when asked for), ``reset`` ((B, T) bool, True
+  at the first token of each document of a packed row: the state entering it is zero; a model passes it only when
+  every one of its mixers declares ``takes_reset``). A mixer ignores what it does not use.
 
 Each mixer declares the kind of cache entry it keeps (``cache_kind``) and initialises its own parameters in
 ``init_weights`` (called by the model's ``_init_weights``), so any architecture, hybrids included, initialises a

@@ -197,7 +197,8 @@ def test_every_matrix_is_checked_before_any_changes():
         tiny_model(FAMILIES["gru"]).set_weight_layout("cols")
     model = tiny_model(FAMILIES["gru"], tie_word_embeddings=False)
     torch.nn.utils.parametrizations.weight_norm(model.model.layers[-1], "weight_hh")
-    with pytest.raises(ValueError, match=r"set_weight_layout: model.layers.1.weight_hh \(ParametrizedGRUMixer\) computes its "
+    with pytest.raises(ValueError, match=r"set_weight_layout: model.layers.1.weight_hh \(ParametrizedGRUMixer\) "
+                                         r"computes its "
                                          r"weight on every call"):
         model.set_weight_layout("columns")
     assert matrices_by_columns(model)[0] == set()  # nothing changed, the head included
