@@ -249,20 +249,18 @@ def cmd_generate(args: argparse.Namespace) -> int:
             raise ValueError(f"--compile {args.compile!r} is not a torch.compile backend here; choose from "
                              f"{', '.join(usual)} (default inductor)")
         model.compile_decoding(backend=args.compile)
-    if args.weight_layout != "rows" or args.head_layout is not None:
-        if seq2seq:
-            flag = (f"--weight-layout {args.weight_layout}" if args.weight_layout != "rows"
-                    else f"--head-layout {args.head_layout}")
-            raise ValueError(f"{flag} lays out a causal language model's weights; {source!r} holds an "
-                             "encoder-decoder (seq2seq) model")
-        if args.weight_layout != "rows":
-            _check_seqzoo_method(model, "set_weight_layout", f"--weight-layout {args.weight_layout}", source)
-        if args.head_layout is not None:
-            _check_seqzoo_method(model, "set_head_layout", f"--head-layout {args.head_layout}", source)
-        if args.weight_layout != "rows":
-            model.set_weight_layout(args.weight_layout)
-        if args.head_layout is not None:  # after: the head may be laid out otherwise than the other matrices
-            model.set_head_layout(args.head_layout)
+    # (flag, method, layout), the head's last: it may be laid out otherwise than the other matrices.
+    layouts = [(f"--weight-layout {args.weight_layout}", "set_weight_layout", args.weight_layout)]
+    layouts = layouts if args.weight_layout != "rows" else []
+    if args.head_layout is not None:
+        layouts.append((f"--head-layout {args.head_layout}", "set_head_layout", args.head_layout))
+    if layouts and seq2seq:
+        raise ValueError(f"{layouts[0][0]} lays out a causal language model's weights; {source!r} holds an "
+                         "encoder-decoder (seq2seq) model")
+    for flag, method, _ in layouts:  # every flag checked before any applies
+        _check_seqzoo_method(model, method, flag, source)
+    for _, method, layout in layouts:
+        getattr(model, method)(layout)
     if args.show_attention or args.attention_plot or args.target is not None:
         if not seq2seq:
             raise ValueError("--show-attention, --attention-plot and --target need an encoder-decoder (seq2seq) "

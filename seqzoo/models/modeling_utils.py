@@ -729,15 +729,20 @@ def _offloaded_value(model: nn.Module, name: str) -> torch.Tensor | None:
     hook holds it."""
     parts = name.split(".")
     for depth in range(len(parts) - 1, -1, -1):
-        hook = getattr(model.get_submodule(".".join(parts[:depth])), "_hf_hook", None)
-        for part in getattr(hook, "hooks", None) or [hook]:  # SequentialHook: several
-            store = getattr(part, "weights_map", None)
-            if getattr(part, "offload", False) and store is not None:
+        for hook in _offloading_hooks(model.get_submodule(".".join(parts[:depth]))):
+            store = getattr(hook, "weights_map", None)
+            if store is not None:
                 try:
                     return store[".".join(parts[depth:])]
                 except KeyError:
                     continue
     return None
+
+
+def _offloading_hooks(module: nn.Module) -> list[Any]:
+    """The accelerate hooks on ``module`` that offload its weights (a SequentialHook holds several)."""
+    hook = getattr(module, "_hf_hook", None)
+    return [part for part in getattr(hook, "hooks", None) or [hook] if getattr(part, "offload", False)]
 
 
 def _check_layout_name(method: str, layout: str) -> None:
@@ -751,8 +756,7 @@ def _layout_weight(module: nn.Module, name: str, where: str, wanted: str) -> nn.
     if torch.nn.utils.parametrize.is_parametrized(module, name):
         raise ValueError(f"{where} computes its weight on every call (a parametrization such as weight_norm): "
                          "there is no stored weight whose order could change")
-    hook = getattr(module, "_hf_hook", None)
-    if any(getattr(h, "offload", False) for h in getattr(hook, "hooks", None) or [hook]):  # SequentialHook: several
+    if _offloading_hooks(module):
         raise ValueError(f"{where} is offloaded by accelerate (cpu_offload / dispatch_model), which keeps its own "
                          "copy of the weight: set the layout before offloading")
     weight = getattr(module, name, None)
