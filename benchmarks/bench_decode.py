@@ -8,6 +8,7 @@ runtime its users have, and ``generate()`` against the model's own raw cached st
     python benchmarks/bench_decode.py --compile  # also seqzoo's compiled decode step (model.compile_decoding())
     python benchmarks/bench_decode.py --head-layout columns  # also the vocabulary head stored by columns
     python benchmarks/bench_decode.py --weight-layout columns  # also every weight matrix stored by columns
+    python benchmarks/bench_decode.py --generate-only --repeats 15 --new-tokens 32  # generate() overhead alone
 
 Peers, each holding the same weights as the seqzoo model it is timed against (checked: same logits first):
 
@@ -400,7 +401,7 @@ def measure(pair: Pair, mode: dict) -> dict[str, Any]:
                 copy.deepcopy(variants[name].model).compile_decoding(backend=mode["compile"]))
         variants["seqzoo compiled"] = SeqzooRunner(copy.deepcopy(pair.ours).compile_decoding(backend=mode["compile"]))
     result["compile_s"] = {}
-    for batch in BATCHES:
+    for batch in () if mode.get("generate_only") else BATCHES:
         ids = torch.randint(0, vocab, (batch, PROMPT), generator=gen)
         cases = {"seqzoo": decode_case(ours, ids, mode["steps"]), "peer": decode_case(pair.peer, ids, mode["steps"])}
         for name, runner in variants.items():
@@ -411,10 +412,11 @@ def measure(pair: Pair, mode: dict) -> dict[str, Any]:
             cases[name] = decode_case(runner, ids, mode["steps"])
         times = interleaved(cases, mode["repeats"])
         result[f"decode_b{batch}"] = {k: v / mode["steps"] for k, v in times.items()}
-    ids = torch.randint(0, vocab, (1, mode["prefill"]), generator=gen)
-    cases = {"seqzoo": prefill_case(ours, ids), "peer": prefill_case(pair.peer, ids)}
-    cases.update({name: prefill_case(runner, ids) for name, runner in variants.items() if "compiled" not in name})
-    result["prefill"] = interleaved(cases, mode["prefill_repeats"])
+    if not mode.get("generate_only"):
+        ids = torch.randint(0, vocab, (1, mode["prefill"]), generator=gen)
+        cases = {"seqzoo": prefill_case(ours, ids), "peer": prefill_case(pair.peer, ids)}
+        cases.update({name: prefill_case(runner, ids) for name, runner in variants.items() if "compiled" not in name})
+        result["prefill"] = interleaved(cases, mode["prefill_repeats"])
     prompt = torch.randint(0, vocab, (1, PROMPT), generator=gen)
     cases = {f"seqzoo {k}": v for k, v in generate_cases(pair.ours, prompt, mode["new_tokens"]).items()}
     floor = pair.peer_generate if pair.peer_generate is not None else llama_of_equal_size(pair.ours)
@@ -433,16 +435,19 @@ def report(results: list[dict[str, Any]], args: argparse.Namespace) -> str:
     lines = [f"torch {torch.__version__}, transformers {transformers.__version__}, rwkv "
              f"{_version('rwkv')}, Python {platform.python_version()}, "
              f"{results[0].get('threads', '?') if results else torch.get_num_threads()} torch thread(s)", ""]
-    lines += ["| family | size | peer | B | seqzoo ms/token | peer ms/token | peer / seqzoo |", "|---|---|---|---|---|---|---|"]
-    for r in results:
+    decoded = [r for r in results if "decode_b1" in r]  # (not with --generate-only)
+    if decoded:
+        lines += ["| family | size | peer | B | seqzoo ms/token | peer ms/token | peer / seqzoo |",
+                  "|---|---|---|---|---|---|---|"]
+    for r in decoded:
         for batch in BATCHES:
             t = r[f"decode_b{batch}"]
             lines.append(f"| {r['family']} | {r['size']} | {r['peer']} | {batch} | {t['seqzoo'] * 1e3:.2f} | "
                          f"{t['peer'] * 1e3:.2f} | {ratio(t['peer'], t['seqzoo'])} |")
-    if any(len(r["decode_b1"]) > 2 for r in results):
+    if any(len(r["decode_b1"]) > 2 for r in decoded):
         lines += ["", "| family | size | B | variant | ms/token | peer ms/token | peer / variant | eager / variant | "
                   "compile s |", "|---|---|---|---|---|---|---|---|---|"]
-        for r in results:
+        for r in decoded:
             for batch in BATCHES:
                 t = r[f"decode_b{batch}"]
                 for name in (n for n in t if n not in ("seqzoo", "peer")):
@@ -451,8 +456,10 @@ def report(results: list[dict[str, Any]], args: argparse.Namespace) -> str:
                     lines.append(f"| {r['family']} | {r['size']} | {batch} | {name} | {t[name] * 1e3:.2f} | "
                                  f"{t['peer'] * 1e3:.2f} | {ratio(t['peer'], t[name])} | {ratio(t['seqzoo'], t[name])} | "
                                  f"{'' if 'compiled' not in name or seconds is None else f'{seconds:.0f}'} |")
-    lines += ["", "| family | size | prefill tokens | seqzoo ms | peer ms | peer / seqzoo |", "|---|---|---|---|---|---|"]
-    for r in results:
+    if decoded:
+        lines += ["", "| family | size | prefill tokens | seqzoo ms | peer ms | peer / seqzoo |",
+                  "|---|---|---|---|---|---|"]
+    for r in decoded:
         t = r["prefill"]
         for name in ("seqzoo", *(n for n in t if n not in ("seqzoo", "peer"))):  # the layout variants after
             label = r["size"] if name == "seqzoo" else f"{r['size']}, {name}"
@@ -460,8 +467,9 @@ def report(results: list[dict[str, Any]], args: argparse.Namespace) -> str:
                          f"{t['peer'] * 1e3:.1f} | {ratio(t['peer'], t[name])} |")
     # What generate() adds per new token, in µs: transformers' loop around the step, which costs about as much for any
     # model; a small step shows it as a large ratio.
-    lines += ["", "| family | size | new tokens (B=1) | raw loop ms | generate ms | generate / raw | "
-              "Llama generate / raw | added µs/token | Llama added µs/token |", "|---|---|---|---|---|---|---|---|---|"]
+    lines += [""] * bool(decoded) + [
+        "| family | size | new tokens (B=1) | raw loop ms | generate ms | generate / raw | Llama generate / raw | "
+        "added µs/token | Llama added µs/token |", "|---|---|---|---|---|---|---|---|---|"]
     for r in results:
         t = r["generate"]
         tokens = r["settings"]["new_tokens"]
@@ -504,6 +512,12 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     parser.add_argument("--weight-layout", choices=["rows", "columns"], default="rows",
                         help="columns: also time seqzoo's model with every weight matrix stored by columns "
                              "(model.set_weight_layout('columns')), and compiled if --compile is given")
+    parser.add_argument("--generate-only", action="store_true",
+                        help="time only generate() against the raw loop (and the Llama floor), not the decode step "
+                             "against the peer nor the prefill")
+    parser.add_argument("--repeats", type=int, help="interleaved repeats of every case instead of the mode's")
+    parser.add_argument("--new-tokens", type=int, help="tokens generate() and the raw loop produce instead of the "
+                        "mode's")
     parser.add_argument("--json", type=Path, help="also write the raw medians (seconds) to this file")
     parser.add_argument("--report", type=Path, nargs="+", metavar="JSON",
                         help="print the tables of earlier --json files (concatenated) instead of measuring")
@@ -519,8 +533,13 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     if args.threads < 1:
         parser.error(f"--threads must be at least 1, got {args.threads}")
     torch.set_num_threads(args.threads)
+    for flag, value in (("--repeats", args.repeats), ("--new-tokens", args.new_tokens)):
+        if value is not None and value < 1:
+            parser.error(f"{flag} must be at least 1, got {value}")
     mode = dict(MODES[args.mode], compile=args.compile, head_layout=args.head_layout,
-                weight_layout=args.weight_layout)
+                weight_layout=args.weight_layout, generate_only=args.generate_only)
+    mode.update({key: value for key, value in (("repeats", args.repeats), ("new_tokens", args.new_tokens))
+                 if value is not None})
     if args.rwkv7_sizes:
         try:
             mode["rwkv7"] = [tuple(int(n) for n in size.split("x")) for size in args.rwkv7_sizes.split(",")]

@@ -16,6 +16,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -69,15 +70,35 @@ def test_smoke_run_with_compiled_steps(tmp_path):
     assert "eager / variant" in result.stdout
 
 
-def test_unknown_family_is_refused(capsys, monkeypatch):
+def load_bench_decode(monkeypatch):
     spec = importlib.util.spec_from_file_location("bench_decode", REPO / "benchmarks" / "bench_decode.py")
     bench = importlib.util.module_from_spec(spec)
     monkeypatch.setitem(sys.modules, "bench_decode", bench)  # dataclasses look their module up there
     spec.loader.exec_module(bench)  # the rwkv package is imported only when an RWKV-7 pair is built
+    return bench
+
+
+def test_unknown_family_is_refused(capsys, monkeypatch):
+    bench = load_bench_decode(monkeypatch)
     with pytest.raises(SystemExit) as exit_info:
         bench.main(["--smoke", "--families", "rwkv7,rwkv8"])
     assert exit_info.value.code == 2
     assert "unknown family rwkv8; choose from rwkv7, mamba" in capsys.readouterr().err
+
+
+def test_generate_only_times_generate_alone_with_the_repeats_and_tokens_asked_for(capsys, monkeypatch):
+    bench = load_bench_decode(monkeypatch)
+    monkeypatch.setattr(torch, "set_num_threads", lambda n: None)  # (the suite's thread count stays as it is)
+    [result] = bench.main(["--smoke", "--families", "gru", "--generate-only", "--repeats", "2", "--new-tokens", "3"])
+    assert "decode_b1" not in result and "prefill" not in result
+    assert set(result["generate"]) == {"seqzoo generate", "seqzoo raw", "peer generate", "peer raw"}
+    assert result["settings"]["repeats"] == 2 and result["settings"]["new_tokens"] == 3
+    report = capsys.readouterr().out
+    assert "| gru | 64 x 2 (0.1M) | 3 |" in report and "peer / seqzoo |" not in report
+    for flag in ("--repeats", "--new-tokens"):
+        with pytest.raises(SystemExit) as exit_info:
+            bench.main(["--smoke", flag, "0"])
+        assert exit_info.value.code == 2 and f"{flag} must be at least 1, got 0" in capsys.readouterr().err
 
 
 def test_head_layout_benchmark_runs_and_refuses_nonsense():

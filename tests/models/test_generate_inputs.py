@@ -1,0 +1,139 @@
+"""What ``generate()`` hands the forward at each decode step.
+
+seqzoo prepares a plain decode step itself (``_decode_step_inputs``: one new token continuing a SeqzooCache), where
+transformers' general ``prepare_inputs_for_generation`` spends about 30 µs a token checking for inputs a seqzoo model
+never gets; and a model whose layers all keep a recurrent state builds no position ids in ``generate()``. Both are
+held here to transformers' own method, on whichever release is installed.
+"""
+
+from __future__ import annotations
+
+import inspect
+
+import pytest
+import torch
+from transformers import GenerationMixin
+
+import seqzoo.models.modeling_utils as modeling_utils
+from seqzoo.cache import SeqzooCache
+from seqzoo.models.compat import GENERATE_CACHE_KWARG
+from tests.conftest import FAMILIES, families_where, tiny_model
+
+PROMPT = torch.tensor([[5, 17, 33, 8, 61, 12, 40], [3, 3, 21, 9, 50, 14, 7]])
+MASK = torch.tensor([[1, 1, 1, 1, 1, 1, 1], [0, 0, 1, 1, 1, 1, 1]])
+
+
+def transformers_inputs(model, args, kwargs):
+    """What seqzoo's prepare_inputs_for_generation returned before its own decode-step path: transformers' method,
+    plus the cache under its older name."""
+    inputs = GenerationMixin.prepare_inputs_for_generation(model, *args, **kwargs)
+    if GENERATE_CACHE_KWARG != "past_key_values" and inputs.get(GENERATE_CACHE_KWARG) is not None:
+        inputs["past_key_values"] = inputs[GENERATE_CACHE_KWARG]
+    return inputs
+
+
+def assert_same_inputs(ours, theirs):
+    assert ours.keys() == theirs.keys()
+    for name, value in theirs.items():
+        if isinstance(value, torch.Tensor):
+            assert torch.equal(ours[name], value), name
+            assert ours[name].is_contiguous() == value.is_contiguous(), name
+        else:
+            assert ours[name] is value or ours[name] == value, name
+
+
+def recorded_steps(model, monkeypatch, **generate_kwargs):
+    """generate() with every call of ``_decode_step_inputs`` recorded: (args, a copy of kwargs, what it returned)."""
+    calls = []
+    real = modeling_utils._decode_step_inputs
+
+    def record(model_, args, kwargs):
+        result = real(model_, args, kwargs)
+        calls.append((args, dict(kwargs), result))
+        return result
+
+    monkeypatch.setattr(modeling_utils, "_decode_step_inputs", record)
+    model.generate(**{"max_new_tokens": 4, "do_sample": False, "pad_token_id": 0, **generate_kwargs})
+    return calls
+
+
+@pytest.mark.parametrize("padded", [False, True], ids=["one-row", "left-padded"])
+def test_decode_steps_get_what_transformers_prepares(family_preset, padded, monkeypatch):
+    model = tiny_model(family_preset)
+    inputs = dict(input_ids=PROMPT, attention_mask=MASK) if padded else dict(input_ids=PROMPT[:1])
+    calls = recorded_steps(model, monkeypatch, **inputs)
+    steps = [call for call in calls if call[2] is not None]
+    assert len(calls) == 4 and len(steps) == 3  # the prefill takes transformers' path, every decode step seqzoo's
+    for args, kwargs, ours in steps:
+        assert_same_inputs(ours, transformers_inputs(model, args, kwargs))
+
+
+def test_position_ids_and_other_keywords_are_handed_on_as_transformers_does():
+    model = tiny_model(FAMILIES["transformer"])
+    cache = SeqzooCache.for_model(model)
+    ids = PROMPT[:1]
+    base = {"next_sequence_length": 1, GENERATE_CACHE_KWARG: cache, "use_cache": True, "logits_to_keep": 1,
+            "attention_mask": None}
+    cases = [
+        {"position_ids": torch.arange(7)[None]},  # 2-D, sliced to the last
+        {"position_ids": torch.arange(7).expand(3, 1, 7)},  # 3-D, sliced on the last dimension
+        {"position_ids": torch.tensor([[6]])},  # already one long: handed on as it is
+        {"position_ids": None, "token_type_ids": None, "labels": None},  # dropped
+        {"output_hidden_states": True, "decoder_attention_mask": None},  # handed on
+        {"attention_mask": torch.ones(1, 7, dtype=torch.long)},
+        {"pixel_values": None},  # dropped after the prefill
+    ]
+    for extra in cases:
+        kwargs = {**base, **extra}
+        assert modeling_utils._decode_step_inputs(model, (ids,), kwargs) is not None, extra
+        ours = model.prepare_inputs_for_generation(ids, **kwargs)
+        assert_same_inputs(ours, transformers_inputs(model, (ids,), kwargs))
+
+
+@pytest.mark.parametrize("change", [
+    {"next_sequence_length": None}, {"next_sequence_length": 3}, {"is_first_iteration": True},
+    {"use_cache": False}, {"inputs_embeds": torch.zeros(1, 7, 32)}, {"token_type_ids": torch.zeros(1, 7)},
+    {"pixel_values": torch.zeros(1, 3)}, {"labels": torch.zeros(1, 7)}, {"cache": "not a cache"},
+], ids=lambda change: next(iter(change)))
+def test_other_calls_take_transformers_path(change):
+    model = tiny_model(FAMILIES["transformer"])
+    kwargs = {"next_sequence_length": 1, GENERATE_CACHE_KWARG: SeqzooCache.for_model(model), "use_cache": True}
+    if "cache" in change:
+        change = {GENERATE_CACHE_KWARG: change["cache"]}
+    assert modeling_utils._decode_step_inputs(model, (PROMPT[:1],), kwargs) is not None
+    assert modeling_utils._decode_step_inputs(model, (PROMPT[:1],), {**kwargs, **change}) is None
+    assert modeling_utils._decode_step_inputs(model, (PROMPT[:1].to("meta"),), kwargs) is None  # another device
+
+
+def forward_position_ids(model, monkeypatch, **generate_kwargs):
+    seen = []
+    forward = type(model).forward
+
+    def record(self, *args, **kwargs):
+        seen.append(kwargs.get("position_ids"))
+        return forward(self, *args, **kwargs)
+
+    record.__signature__ = inspect.signature(forward)  # generate() builds position ids for a forward that names them
+    monkeypatch.setattr(type(model), "forward", record)
+    out = model.generate(**{"max_new_tokens": 3, "do_sample": False, "pad_token_id": 0, **generate_kwargs})
+    monkeypatch.undo()
+    return seen, out
+
+
+@pytest.mark.parametrize("preset", families_where("constant_state_decode"))
+def test_a_recurrent_model_gets_no_position_ids_from_generate(preset, monkeypatch):
+    model = tiny_model(preset)
+    seen, out = forward_position_ids(model, monkeypatch, input_ids=PROMPT, attention_mask=MASK)
+    assert len(seen) == 3 and all(ids is None for ids in seen)
+    # They would change nothing: transformers' own position ids give the same tokens.
+    positions = (MASK.cumsum(-1) - 1).clamp(min=0)
+    with_positions = model.generate(PROMPT, attention_mask=MASK, position_ids=positions, max_new_tokens=3,
+                                    do_sample=False, pad_token_id=0)
+    assert torch.equal(out, with_positions)
+
+
+@pytest.mark.parametrize("preset", families_where("constant_state_decode", False))
+def test_attention_models_still_get_position_ids(preset, monkeypatch):
+    seen, _ = forward_position_ids(tiny_model(preset), monkeypatch, input_ids=PROMPT, attention_mask=MASK)
+    assert len(seen) == 3 and all(ids is not None for ids in seen)
+    assert seen[-1].tolist() == [[8], [6]]  # the third token of row 0 at 8; the left-padded row counts from 0 at 2
