@@ -466,10 +466,10 @@ def report(results: list[dict[str, Any]], args: argparse.Namespace) -> str:
             lines.append(f"| {r['family']} | {label} | {r['settings']['prefill']} | {t[name] * 1e3:.1f} | "
                          f"{t['peer'] * 1e3:.1f} | {ratio(t['peer'], t[name])} |")
     # What generate() adds per new token, in µs: transformers' loop around the step, which costs about as much for any
-    # model; a small step shows it as a large ratio.
+    # model; a small step shows it as a large ratio. The model's own ratio last (compare_revisions.py reads it).
     lines += [""] * bool(decoded) + [
-        "| family | size | new tokens (B=1) | raw loop ms | generate ms | generate / raw | Llama generate / raw | "
-        "added µs/token | Llama added µs/token |", "|---|---|---|---|---|---|---|---|---|"]
+        "| family | size | new tokens (B=1) | raw loop ms | generate ms | added µs/token | Llama added µs/token | "
+        "Llama generate / raw | generate / raw |", "|---|---|---|---|---|---|---|---|---|"]
     for r in results:
         t = r["generate"]
         tokens = r["settings"]["new_tokens"]
@@ -478,8 +478,8 @@ def report(results: list[dict[str, Any]], args: argparse.Namespace) -> str:
         added = (t["seqzoo generate"] - t["seqzoo raw"]) / tokens * 1e6
         floor_added = f"{(t['peer generate'] - t['peer raw']) / tokens * 1e6:.0f}" if has_floor else ""
         lines.append(f"| {r['family']} | {r['size']} | {tokens} | {t['seqzoo raw'] * 1e3:.1f} | "
-                     f"{t['seqzoo generate'] * 1e3:.1f} | {ratio(t['seqzoo generate'], t['seqzoo raw'])} | {floor} | "
-                     f"{added:.0f} | {floor_added} |")
+                     f"{t['seqzoo generate'] * 1e3:.1f} | {added:.0f} | {floor_added} | {floor} | "
+                     f"{ratio(t['seqzoo generate'], t['seqzoo raw'])} |")
     return "\n".join(lines)
 
 

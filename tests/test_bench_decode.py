@@ -38,10 +38,11 @@ def test_smoke_run_measures_every_family(tmp_path):
     assert all("peer generate" in r["generate"] for r in results)  # Llama's own generate / raw loop, the floor
     assert "| rwkv7 | 128 / 2 / 99 | rwkv package | 8 |" in result.stdout
     # The generate table: what generate() adds per token, for the model and for a Llama of its size.
-    assert "| added µs/token | Llama added µs/token |" in result.stdout
+    assert "| added µs/token | Llama added µs/token | Llama generate / raw | generate / raw |" in result.stdout
     rows = [line.split("|")[1:-1] for line in result.stdout.splitlines()
             if line.startswith("| gru |") and len(line.split("|")) == 11]
-    assert len(rows) == 1 and all(re.fullmatch(r"-?\d+", cell.strip()) for cell in rows[0][-2:]), rows
+    assert len(rows) == 1 and all(re.fullmatch(r"-?\d+", cell.strip()) for cell in rows[0][-4:-2]), rows
+    assert all(re.fullmatch(r"\d+\.\d\dx", cell.strip()) for cell in rows[0][-2:]), rows
 
 
 def test_smoke_run_with_compiled_steps(tmp_path):
