@@ -777,7 +777,6 @@ def _decode_step_inputs(model: SeqzooForCausalLM, args: tuple, kwargs: dict[str,
     return inputs
 
 
-
 def _offloaded_value(model: nn.Module, name: str) -> torch.Tensor | None:
     """The value of a state-dict entry that a ``device_map`` offloaded (its parameter is on the meta device), read from
     the store of the accelerate hook that loads it for its module's call (the module or one above it); None where no
