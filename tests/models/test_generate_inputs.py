@@ -137,3 +137,34 @@ def test_attention_models_still_get_position_ids(preset, monkeypatch):
     seen, _ = forward_position_ids(tiny_model(preset), monkeypatch, input_ids=PROMPT, attention_mask=MASK)
     assert len(seen) == 3 and all(ids is not None for ids in seen)
     assert seen[-1].tolist() == [[8], [6]]  # the third token of row 0 at 8; the left-padded row counts from 0 at 2
+
+
+GENERATE_MODES = {
+    "greedy": {},
+    "sampling": {"do_sample": True, "top_k": 5, "num_return_sequences": 2},
+    "beam search": {"num_beams": 3, "num_return_sequences": 2},
+    "scores": {"return_dict_in_generate": True, "output_scores": True, "output_logits": True},
+}
+
+
+@pytest.mark.parametrize("mode", sorted(GENERATE_MODES))
+def test_generate_gives_what_it_gave_through_transformers_preparation(family_preset, mode, monkeypatch):
+    """End to end: every decoding mode gives the same tokens (and scores) with seqzoo's decode-step preparation as
+    with transformers' own at every step."""
+    model = tiny_model(family_preset)
+    kwargs = {"input_ids": PROMPT, "attention_mask": MASK, "max_new_tokens": 4, "pad_token_id": 0,
+              **GENERATE_MODES[mode]}
+    runs = []
+    for fast in (True, False):
+        if not fast:
+            monkeypatch.setattr(modeling_utils, "_decode_step_inputs", lambda *args: None)
+        torch.manual_seed(0)
+        runs.append(model.generate(**kwargs))
+    ours, theirs = runs
+    if mode == "scores":
+        assert torch.equal(ours.sequences, theirs.sequences)
+        for name in ("scores", "logits"):
+            for a, b in zip(getattr(ours, name), getattr(theirs, name), strict=True):
+                torch.testing.assert_close(a, b, rtol=0, atol=0)
+    else:
+        assert torch.equal(ours, theirs)
