@@ -11,6 +11,7 @@ import pytest
 import torch
 from torch._dynamo.utils import counters
 
+from seqzoo.kernels import registry as kernel_registry
 from seqzoo.models.compat import output_cache
 from tests.conftest import FAMILIES, tiny_model
 
@@ -39,6 +40,20 @@ def test_compiled_steps_generate_what_eager_steps_do(family):
         assert torch.equal(model.generate(PROMPT, **settings), greedy)
         assert 1 <= graphs() <= 2  # compiled on the first steps, once more with symbolic sizes, then reused
         assert torch.equal(model.generate(PROMPT, num_beams=3, **settings), beams)
+
+
+@pytest.mark.parametrize("family", ["gru", "lstm", "rnn"])
+def test_a_left_padded_batch_decodes_compiled_from_the_first_step(family):
+    # The fused cell's first selection for a step with a padding mask happens inside the trace (the kernel registry
+    # caches it from eager calls only), where the one-token mask must not be read: fullgraph refused that read.
+    model = tiny_model(FAMILIES[family])
+    mask = torch.tensor([[1, 1, 1, 1, 1], [0, 0, 1, 1, 1]])
+    settings = dict(attention_mask=mask, max_new_tokens=4, do_sample=False, pad_token_id=0)
+    with torch.no_grad():
+        expected = model.generate(PROMPT, **settings)
+        kernel_registry.refresh()  # no choice cached from those eager steps
+        model.compile_decoding(backend="eager")
+        assert torch.equal(model.generate(PROMPT, **settings), expected)
 
 
 def test_only_decode_steps_are_compiled():

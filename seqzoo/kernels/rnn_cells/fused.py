@@ -56,6 +56,10 @@ def supports(x, *args, mask=None, reset=None, **kwargs):
         kinds = sorted({type(t).__name__ for t in args if t is not None} - {"Tensor", "Parameter"})
         return False, (f"weights of type {', '.join(kinds)} (quantised): torch's fused kernels take plain float "
                        "weights; the reference backend runs them through their own F.linear")
+    if reset is None and (mask is None or mask.shape[-1] == 1):
+        # One position per row is always contiguous: nothing to read (a decode step's mask, which a compiled
+        # step's trace could not read without a guard on its values).
+        return True, ""
     try:
         layout = padding_layout(mask)
     except ValueError as err:
