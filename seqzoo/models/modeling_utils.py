@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import contextlib
+import functools
+import hashlib
 import importlib
 import inspect
 import logging
@@ -15,7 +17,7 @@ import torch
 from torch import nn
 from transformers import GenerationMixin, PreTrainedConfig, PreTrainedModel
 from transformers import initialization as init
-from transformers.generation.utils import MULTIMODAL_INPUTS_TO_DROP_OUTSIDE_PREFILL
+from transformers.generation import utils as generation_utils
 from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutputWithPast
 
 from seqzoo.cache import SeqzooCache
@@ -735,11 +737,19 @@ class SeqzooForCausalLM(SeqzooPreTrainedModel, GenerationMixin):
         return super().generate(*args, **kwargs)
 
 
-# Inputs that transformers' prepare_inputs_for_generation slices, converts or drops by name, but for the position ids
-# (sliced below as it slices them): a decode step given one (not None) takes that method's own path.
+# transformers' prepare_inputs_for_generation as _decode_step_inputs was checked against (tests/models/
+# test_generate_inputs.py), by a fingerprint of its source (_preparation_fingerprint) on each supported release. On any
+# other, such as a later release loading a Hub bundle of this code, every step goes to transformers' method.
+_CHECKED_PREPARATIONS = frozenset({
+    "fd5e907d7a1b4023",  # transformers 5.23
+    "018a76f42a134e27",  # 5.24
+})
+# The multimodal inputs that method drops after the prefill (None where a release no longer names them).
+_MULTIMODAL_INPUTS = getattr(generation_utils, "MULTIMODAL_INPUTS_TO_DROP_OUTSIDE_PREFILL", None)
+# Inputs that it slices, converts or drops by name, but for the position ids (sliced below as it slices them): a
+# decode step given one (not None) takes that method's own path.
 _PREPARED_BY_NAME = frozenset({
-    "token_type_ids", "mm_token_type_ids", "moe_mm_token_type_ids", "labels",
-    *MULTIMODAL_INPUTS_TO_DROP_OUTSIDE_PREFILL,
+    "token_type_ids", "mm_token_type_ids", "moe_mm_token_type_ids", "labels", *(_MULTIMODAL_INPUTS or ()),
 })
 # What a decode step does not hand on to the forward as it is: those, and the method's own parameters.
 _NOT_HANDED_ON = _PREPARED_BY_NAME | {"next_sequence_length", "is_first_iteration", "inputs_embeds", "position_ids"}
@@ -750,15 +760,16 @@ _HANDED_ON_WHEN_SET = frozenset({GENERATE_CACHE_KWARG, "attention_mask"})
 def _decode_step_inputs(model: SeqzooForCausalLM, args: tuple, kwargs: dict[str, Any]) -> dict[str, Any] | None:
     """The inputs of one decode step of ``generate()`` (one new token, continuing a SeqzooCache), as transformers'
     ``prepare_inputs_for_generation`` builds them: the last token, the cache, a mask where there is one, and the
-    other keywords handed on. None for any other call, which that method then prepares: a prefill, several new
-    tokens, embeddings, an input it slices or converts by name, or an input on another device than the model. Its
-    general path checks for all of those at every token (about 30 µs); a test holds the two paths to the same
-    output."""
+    other keywords handed on (a prompt's embeddings no more: only the first step reads them). None for any other
+    call, which that method then prepares: a prefill, several new tokens, an input it slices or converts by name, an
+    input on another device than the model, or a release of transformers whose method this was not checked
+    against. Its general path checks for all of those at every token (about 30 µs); a test holds the two paths to
+    the same output."""
     if (len(args) != 1 or kwargs.get("next_sequence_length") != 1 or kwargs.get("is_first_iteration")
-            or not kwargs.get("use_cache", True)):
+            or not kwargs.get("use_cache", True) or not _preparation_checked()):
         return None
     cache = kwargs.get(GENERATE_CACHE_KWARG)
-    if not isinstance(cache, SeqzooCache) or cache.is_compileable or kwargs.get("inputs_embeds") is not None:
+    if not isinstance(cache, SeqzooCache) or cache.is_compileable:
         return None
     if any(kwargs[name] is not None for name in _PREPARED_BY_NAME.intersection(kwargs)):
         return None
@@ -775,6 +786,21 @@ def _decode_step_inputs(model: SeqzooForCausalLM, args: tuple, kwargs: dict[str,
         if name not in _NOT_HANDED_ON and (value is not None or name not in _HANDED_ON_WHEN_SET):
             inputs[name] = value
     return inputs
+
+
+def _preparation_fingerprint() -> str | None:
+    """A fingerprint of the installed transformers' ``prepare_inputs_for_generation`` (None without its source)."""
+    try:
+        source = inspect.getsource(GenerationMixin.prepare_inputs_for_generation)
+    except (OSError, TypeError):
+        return None
+    return hashlib.sha256(source.encode()).hexdigest()[:16]
+
+
+@functools.cache
+def _preparation_checked() -> bool:
+    """Whether ``_decode_step_inputs`` was checked against the installed transformers' method."""
+    return _MULTIMODAL_INPUTS is not None and _preparation_fingerprint() in _CHECKED_PREPARATIONS
 
 
 def _offloaded_value(model: nn.Module, name: str) -> torch.Tensor | None:

@@ -12,6 +12,7 @@ import inspect
 
 import pytest
 import torch
+import transformers
 from transformers import GenerationMixin
 
 import seqzoo.models.modeling_utils as modeling_utils
@@ -57,11 +58,12 @@ def recorded_steps(model, monkeypatch, **generate_kwargs):
     return calls
 
 
-@pytest.mark.parametrize("padded", [False, True], ids=["one-row", "left-padded"])
-def test_decode_steps_get_what_transformers_prepares(family_preset, padded, monkeypatch):
+@pytest.mark.parametrize("prompt", ["one-row", "left-padded", "embeddings"])
+def test_decode_steps_get_what_transformers_prepares(family_preset, prompt, monkeypatch):
     model = tiny_model(family_preset)
-    inputs = dict(input_ids=PROMPT, attention_mask=MASK) if padded else dict(input_ids=PROMPT[:1])
-    calls = recorded_steps(model, monkeypatch, **inputs)
+    inputs = {"one-row": {"input_ids": PROMPT[:1]}, "left-padded": {"input_ids": PROMPT, "attention_mask": MASK},
+              "embeddings": {"inputs_embeds": model.get_input_embeddings()(PROMPT).detach(), "attention_mask": MASK}}
+    calls = recorded_steps(model, monkeypatch, **inputs[prompt])
     steps = [call for call in calls if call[2] is not None]
     assert len(calls) == 4 and len(steps) == 3  # the prefill takes transformers' path, every decode step seqzoo's
     for args, kwargs, ours in steps:
@@ -82,6 +84,7 @@ def test_position_ids_and_other_keywords_are_handed_on_as_transformers_does():
         {"output_hidden_states": True, "decoder_attention_mask": None},  # handed on
         {"attention_mask": torch.ones(1, 7, dtype=torch.long)},
         {"pixel_values": None},  # dropped after the prefill
+        {"inputs_embeds": torch.zeros(1, 7, 32)},  # a prompt's embeddings: read by the first step only
     ]
     for extra in cases:
         kwargs = {**base, **extra}
@@ -92,7 +95,7 @@ def test_position_ids_and_other_keywords_are_handed_on_as_transformers_does():
 
 @pytest.mark.parametrize("change", [
     {"next_sequence_length": None}, {"next_sequence_length": 3}, {"is_first_iteration": True},
-    {"use_cache": False}, {"inputs_embeds": torch.zeros(1, 7, 32)}, {"token_type_ids": torch.zeros(1, 7)},
+    {"use_cache": False}, {"token_type_ids": torch.zeros(1, 7)},
     {"pixel_values": torch.zeros(1, 3)}, {"labels": torch.zeros(1, 7)}, {"cache": "not a cache"},
 ], ids=lambda change: next(iter(change)))
 def test_other_calls_take_transformers_path(change):
@@ -168,3 +171,28 @@ def test_generate_gives_what_it_gave_through_transformers_preparation(family_pre
                 torch.testing.assert_close(a, b, rtol=0, atol=0)
     else:
         assert torch.equal(ours, theirs)
+
+
+def test_the_installed_release_is_one_the_decode_step_was_checked_against():
+    fingerprint = modeling_utils._preparation_fingerprint()
+    assert fingerprint in modeling_utils._CHECKED_PREPARATIONS, (
+        f"transformers {transformers.__version__}'s prepare_inputs_for_generation (fingerprint {fingerprint}) is not "
+        "one that seqzoo's _decode_step_inputs was checked against, so every decode step takes transformers' method: "
+        "compare the two (this file's tests, with the fingerprint added), then add it to _CHECKED_PREPARATIONS")
+
+
+def test_an_unchecked_release_prepares_every_step_with_transformers_method(monkeypatch):
+    # A Hub bundle of this code loaded by a later release of transformers, whose method may prepare other inputs.
+    model = tiny_model(FAMILIES["transformer"])
+    expected = model.generate(PROMPT, attention_mask=MASK, max_new_tokens=4, do_sample=False, pad_token_id=0)
+    monkeypatch.setattr(modeling_utils, "_CHECKED_PREPARATIONS", frozenset())
+    modeling_utils._preparation_checked.cache_clear()
+    try:
+        calls = recorded_steps(model, monkeypatch, input_ids=PROMPT, attention_mask=MASK)
+        assert len(calls) == 4 and all(result is None for _, _, result in calls)
+        got = model.generate(PROMPT, attention_mask=MASK, max_new_tokens=4, do_sample=False, pad_token_id=0)
+        assert torch.equal(got, expected)
+    finally:
+        monkeypatch.undo()
+        modeling_utils._preparation_checked.cache_clear()
+    assert modeling_utils._preparation_checked()
