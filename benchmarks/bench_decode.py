@@ -515,7 +515,8 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     parser.add_argument("--generate-only", action="store_true",
                         help="time only generate() against the raw loop (and the Llama floor), not the decode step "
                              "against the peer nor the prefill")
-    parser.add_argument("--repeats", type=int, help="interleaved repeats of every case instead of the mode's")
+    parser.add_argument("--repeats", type=int, help="interleaved repeats of every decode and generate() case instead "
+                        "of the mode's (the prefill keeps its own)")
     parser.add_argument("--new-tokens", type=int, help="tokens generate() and the raw loop produce instead of the "
                         "mode's")
     parser.add_argument("--json", type=Path, help="also write the raw medians (seconds) to this file")

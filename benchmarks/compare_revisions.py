@@ -28,7 +28,8 @@ RATIO = re.compile(r"^(\d+(?:\.\d+)?)x$")
 
 def ratios(output: str) -> dict[str, float]:
     """Map each markdown table row to its last cell's ratio, for rows that end in one. A row is named by its first
-    cell, prefixed by its table's last column header when tables reuse row names ("4096 / 256: Mamba")."""
+    cell, prefixed by its table's last column header when tables reuse row names ("4096 / 256: Mamba"), and followed
+    by its second cell when an earlier row had the same name ("generate / raw: gru / 1024 x 2 (12.9M)")."""
     found: dict[str, float] = {}
     header = ""
     for line in output.splitlines():
@@ -41,7 +42,10 @@ def ratios(output: str) -> dict[str, float]:
             continue
         match = RATIO.match(cells[-1])
         if match:
-            found[f"{header}: {cells[0]}"] = float(match.group(1))
+            label = f"{header}: {cells[0]}"
+            if label in found and len(cells) > 2:  # a row name met again (one family at two sizes): add the second cell
+                label = f"{label} / {cells[1]}"
+            found[label] = float(match.group(1))
     return found
 
 
