@@ -51,7 +51,8 @@ def ratios(output: str) -> dict[str, float]:
 
 def run(script: str, checkout: Path, extra: list[str]) -> dict[str, float]:
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(checkout), str(HERE)]))
-    result = subprocess.run([sys.executable, str(HERE / script), *extra], env=env, capture_output=True, text=True, check=False)
+    result = subprocess.run([sys.executable, str(HERE / script), *extra], env=env, capture_output=True, text=True,
+                            check=False)
     if result.returncode != 0:
         raise SystemExit(f"{script} failed with {checkout}:\n{result.stdout[-2000:]}\n{result.stderr[-4000:]}")
     found = ratios(result.stdout)
