@@ -18,10 +18,10 @@ How a document is kept alone:
 * Every other model with a recurrent layer (hybrids, whose attention layers have no reset; bidirectional models,
   whose right-to-left pass would need the documents' ends; RNN, LSTM and GRU, for which unpacking measured faster
   than torch's fused kernels on packed sequences, see seqzoo/layers/recurrent.py) unpacks the documents into a
-  batch of their own, one document per row, right-padded to the longest, runs its layers on that batch, and gathers each token's
-  output back to its packed place. Right padding after a document changes none of its outputs in a causal model,
-  so the padded batch runs unmasked (the kernels' fast path); a bidirectional model passes the padding mask. Cost:
-  the padding up to the longest document of the batch.
+  batch of their own, one document per row, right-padded to the longest, runs its layers on that batch, and gathers
+  each token's output back to its packed place. Right padding after a document changes none of its outputs in a
+  causal model, so the padded batch runs unmasked (the kernels' fast path); a bidirectional model passes the padding
+  mask. Cost: the padding up to the longest document of the batch.
 
 A packed forward returns no cache (a row of several documents has no one state to continue from): ``use_cache``
 defaults to False for it and ``use_cache=True`` raises.
@@ -116,6 +116,8 @@ def find_packing(
         return None  # prepare_inputs names the problem
     batch, length = given.shape[:2]
     name = type(model).__name__
+    if position_ids is not None:  # checked whatever they are used for (positions, or documents here)
+        position_ids = _check_shape("position_ids", position_ids, batch, length)
     if attention_mask is not None or cache is not None:
         if seq_idx is not None or cu_q is not None or cu_k is not None:
             raise ValueError(
@@ -144,7 +146,6 @@ def find_packing(
         )
     starts = None
     if position_ids is not None:
-        position_ids = _check_shape("position_ids", position_ids, batch, length)
         step = torch.diff(position_ids, dim=-1)
         starts = _with_row_starts(step != 1)
     if seq_idx is not None:
@@ -182,8 +183,8 @@ def _check_shape(key: str, value: torch.Tensor, batch: int, length: int) -> torc
     if not isinstance(value, torch.Tensor) or value.dim() != 2 or value.shape[1] != length \
             or value.shape[0] not in (1, batch):
         shape = tuple(value.shape) if isinstance(value, torch.Tensor) else type(value).__name__
-        raise ValueError(f"{key} must have shape ({batch}, {length}) (batch, sequence_length) or (1, {length}); "
-                         f"got {shape}")
+        also = f" or (1, {length})" if batch != 1 else ""
+        raise ValueError(f"{key} must have shape ({batch}, {length}) (batch, sequence_length){also}; got {shape}")
     if value.dtype.is_floating_point or value.dtype == torch.bool:
         raise ValueError(f"{key} must be an integer tensor, got dtype {value.dtype}")
     return value.expand(batch, length)

@@ -123,6 +123,27 @@ def test_packing_refuses_what_it_cannot_honour(preset):
         model(batch["input_ids"], position_ids=batch["position_ids"][:, :5])
 
 
+BAD_POSITION_IDS = {"too short": (torch.arange(3)[None], r"must have shape \(2, 5\) \(batch, sequence_length\) or "
+                                                          r"\(1, 5\); got \(1, 3\)"),
+                    "one-dimensional": (torch.arange(5), r"must have shape \(2, 5\).*got \(5,\)"),
+                    "three-dimensional": (torch.arange(5)[None, None], r"must have shape \(2, 5\).*got \(1, 1, 5\)"),
+                    "float": (torch.arange(5.0)[None], "must be an integer tensor, got dtype torch.float32")}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_POSITION_IDS))
+def test_bad_position_ids_are_named_whatever_else_is_given(family_preset, case):
+    # Checked with a mask or a cache too (recurrent layers then ignore them; attention layers rotate by them), and
+    # through generate().
+    model = tiny_model(family_preset)
+    ids, mask = torch.tensor([[5, 17, 33, 8, 61], [70, 12, 3, 98, 44]]), torch.ones(2, 5, dtype=torch.long)
+    positions, message = BAD_POSITION_IDS[case]
+    for kwargs in ({}, {"attention_mask": mask}, {"use_cache": True}):
+        with pytest.raises(ValueError, match=f"position_ids {message}"):
+            model(ids, position_ids=positions, **kwargs)
+    with pytest.raises(ValueError, match=f"position_ids {message}"):
+        model.generate(ids, attention_mask=mask, position_ids=positions, max_new_tokens=2, pad_token_id=0)
+
+
 def test_sequence_classification_refuses_packed_rows():
     from seqzoo.registry import architecture_for_model_type
     from tests.conftest import tiny_config
