@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import importlib.util
 import re
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -81,6 +84,23 @@ def tiny_model(preset: str, seed: int = 0, **overrides):
     config = tiny_config(preset, **overrides)
     model = architecture_for_model_type(config.model_type).default_head(config)
     return model.eval()
+
+
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+
+
+def load_benchmark(name: str, monkeypatch: pytest.MonkeyPatch | None = None, register: bool = False):
+    """``benchmarks/<name>.py`` imported as a module (the benchmarks are scripts, not a package), registered in
+    ``sys.modules`` before it runs where its dataclasses look their module up there: for the test's duration with
+    ``monkeypatch``, for good with ``register``."""
+    spec = importlib.util.spec_from_file_location(name, BENCHMARKS / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    if monkeypatch is not None:
+        monkeypatch.setitem(sys.modules, name, module)
+    elif register:
+        sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
 
 
 def decode_step_inputs(batch: int, vocab: int, seed: int = 3):

@@ -7,7 +7,6 @@ from the raw loop's, so a run that finishes is also a check that every peer hold
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import re
@@ -17,6 +16,8 @@ from pathlib import Path
 
 import pytest
 import torch
+
+from tests.conftest import load_benchmark
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -72,11 +73,7 @@ def test_smoke_run_with_compiled_steps(tmp_path):
 
 
 def load_bench_decode(monkeypatch):
-    spec = importlib.util.spec_from_file_location("bench_decode", REPO / "benchmarks" / "bench_decode.py")
-    bench = importlib.util.module_from_spec(spec)
-    monkeypatch.setitem(sys.modules, "bench_decode", bench)  # dataclasses look their module up there
-    spec.loader.exec_module(bench)  # the rwkv package is imported only when an RWKV-7 pair is built
-    return bench
+    return load_benchmark("bench_decode", monkeypatch)  # it imports the rwkv package only to build an RWKV-7 pair
 
 
 def test_unknown_family_is_refused(capsys, monkeypatch):
@@ -117,9 +114,7 @@ def test_head_layout_benchmark_runs_and_refuses_nonsense():
 
 
 def test_head_layout_benchmark_cycles_through_a_set_of_weights(capsys):
-    spec = importlib.util.spec_from_file_location("bench_head_layout", REPO / "benchmarks" / "bench_head_layout.py")
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+    bench = load_benchmark("bench_head_layout")
     # --set-mb cycles through several weights of each shape (here 0.05 MB / 6.4 kB: 8 of them).
     report = bench.main(["--hidden", "32", "--vocab", "50", "--batch", "1", "--repeats", "1", "--set-mb", "0.05"])
     assert "weights cycled through 0.05 MB" in report

@@ -2,17 +2,7 @@
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
-REPO = Path(__file__).resolve().parents[1]
-
-
-def load():
-    spec = importlib.util.spec_from_file_location("compare_revisions", REPO / "benchmarks" / "compare_revisions.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from tests.conftest import load_benchmark
 
 
 def test_every_ratio_row_is_read_under_a_name_of_its_own():
@@ -29,7 +19,7 @@ def test_every_ratio_row_is_read_under_a_name_of_its_own():
 |---|---|
 | 4096 / 256 | 1.00x |
 """
-    assert load().ratios(output) == {
+    assert load_benchmark("compare_revisions").ratios(output) == {
         "generate / raw: gru": 1.19, "generate / raw: gru / 1024 x 2 (12.9M)": 1.10, "generate / raw: rnn": 1.39,
         "Mamba: 4096 / 256": 1.00,
     }

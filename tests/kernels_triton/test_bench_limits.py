@@ -2,7 +2,6 @@
 measured and says so, and its backend skips the longer lengths while the other backends still run; rows that would
 start too late are skipped; a third-party package's autotuning space is reduced as documented."""
 
-import importlib.util
 import sys
 import time
 from pathlib import Path
@@ -14,14 +13,11 @@ REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO / "benchmarks"))
 from bench_limits import Clock, OverTime, reduced_autotune, time_cap  # noqa: E402
 
+from tests.conftest import load_benchmark  # noqa: E402
+
 
 def _bench():
-    path = REPO / "benchmarks" / "bench_triton.py"
-    spec = importlib.util.spec_from_file_location("bench_triton", path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["bench_triton"] = module  # dataclasses look the module up while it runs
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("bench_triton", register=True)  # dataclasses look the module up while it runs
 
 
 def test_time_cap_stops_a_block_and_is_cleared_after():

@@ -2,7 +2,6 @@
 installed; the decode check with the graph step replayed eagerly; the gpu-marked tests, which skip; the benchmark's
 dry run), the result files are written, and a step that overruns its limit is stopped, its children too."""
 
-import importlib.util
 import json
 import subprocess
 import sys
@@ -12,14 +11,13 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import load_benchmark
+
 REPO = Path(__file__).resolve().parents[2]
 
 
 def _module():
-    spec = importlib.util.spec_from_file_location("gpu_check", REPO / "benchmarks" / "gpu_check.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("gpu_check")
 
 
 def _wheel(folder: Path, name: str) -> Path:

@@ -3,16 +3,12 @@ with the Triton kernels as with the reference kernels, padded batches included; 
 token is one CUDA-graph replay (benchmarks/bench_triton.py's GreedyDecoder). Skipped without CUDA."""
 
 import contextlib
-import importlib
-import importlib.util
-import sys
-from pathlib import Path
 
 import pytest
 import torch
 
 from seqzoo.kernels import use_backend
-from tests.conftest import FAMILIES, tiny_model
+from tests.conftest import FAMILIES, load_benchmark, tiny_model
 from tests.kernels_triton.support import TRITON_MISSING
 
 pytestmark = [
@@ -84,14 +80,9 @@ def test_greedy_generation_matches_the_reference_kernels(case):
 
 
 def _bench_module():
-    path = Path(__file__).resolve().parents[2] / "benchmarks" / "bench_triton.py"
-    spec = importlib.util.spec_from_file_location("bench_triton", path)
-    module = importlib.util.module_from_spec(spec)
     # Registered before it runs: its dataclasses look their module up in sys.modules (Python 3.12 fails otherwise,
     # which the first GPU run found).
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("bench_triton", register=True)
 
 
 @pytest.mark.parametrize("case", PRESENT)
