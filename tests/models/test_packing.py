@@ -119,7 +119,8 @@ def test_packing_refuses_what_it_cannot_honour(preset):
         model(**{**batch, "seq_idx": wrong})
     with pytest.raises(ValueError, match="cu_seq_lens_q must rise strictly from 0 to 14"):
         model(batch["input_ids"], cu_seq_lens_q=torch.tensor([0, 5, 4, 14], dtype=torch.int32))
-    with pytest.raises(ValueError, match=r"position_ids must have shape \(1, 14\)"):
+    with pytest.raises(ValueError, match=r"position_ids must have shape \(1, 14\) \(batch, sequence_length\); got "
+                                         r"\(1, 5\)$"):  # one batch row: the shape named once
         model(batch["input_ids"], position_ids=batch["position_ids"][:, :5])
 
 
