@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import hashlib
 import inspect
 import logging
 import warnings
@@ -199,6 +200,19 @@ def output_cache(output: Any) -> Any:
     return getattr(output, OUTPUT_CACHE_FIELD, None)
 
 
+def source_fingerprint(*functions: Any) -> str | None:
+    """A short fingerprint of the source of ``functions`` (transformers' methods that seqzoo matches with a faster
+    equivalent of its own, used only on the releases whose source it was checked against); None when a source
+    cannot be read."""
+    digest = hashlib.sha256()
+    for function in functions:
+        try:
+            digest.update(inspect.getsource(function).encode())
+        except (OSError, TypeError):
+            return None
+    return digest.hexdigest()[:16]
+
+
 def causal_mask(**kwargs: Any) -> Any:
     """transformers' ``create_causal_mask`` with the cache passed under the name the installed release takes."""
     kwargs[_MASK_CACHE_KWARG] = kwargs.pop(CACHE_ARGUMENT)
@@ -217,5 +231,6 @@ __all__ = [
     "model_output",
     "output_cache",
     "register_passthrough_kwargs",
+    "source_fingerprint",
     "take_cache",
 ]

@@ -15,6 +15,7 @@ import torch
 from transformers import PreTrainedConfig
 
 from seqzoo.cache import ATTENTION, RECURRENT
+from seqzoo.models.compat import source_fingerprint
 
 
 @dataclass(frozen=True)
@@ -181,6 +182,43 @@ class SeqzooConfig(PreTrainedConfig):
 
     def kv_bytes_per_token(self, dtype_bytes: int = 4) -> int:
         return 0
+
+
+# Reading a field of a transformers config goes through two Python ``__getattribute__`` methods (transformers'
+# own, which maps ``attribute_map`` aliases, and its heterogeneity mixin's, which guards per-layer fields of a
+# heterogeneous config), each calling ``super()``: 1.3-2.4 µs a read on this project's CPU, against 0.3-0.4 µs for
+# the same answer read directly. A decode step reads a config field about eight times (generate() a few more), the
+# Transformer's about twenty. So seqzoo's configs answer a read themselves when the config is not heterogeneous and
+# dynamo is not tracing, with the same alias mapping; else through transformers' chain. Only on the releases whose
+# chain this was checked against (tests/models/test_config_reads.py), recognised by a fingerprint of its source: on
+# any other, such as a later release loading a Hub bundle of this code, transformers' own method answers every read.
+_CHECKED_ATTRIBUTE_READS = frozenset({
+    "e4f8f0e5e930bf2c",  # transformers 5.23 and 5.24
+})
+_TRANSFORMERS_GETATTRIBUTE = PreTrainedConfig.__getattribute__
+_object_getattribute = object.__getattribute__
+
+
+def _attribute_read_fingerprint() -> str | None:
+    """A fingerprint of every ``__getattribute__`` that transformers' config base defines, in its MRO's order."""
+    return source_fingerprint(*(klass.__getattribute__ for klass in PreTrainedConfig.__mro__
+                                if klass is not object and "__getattribute__" in vars(klass)))
+
+
+def _seqzoo_config_getattribute(self: PreTrainedConfig, key: str) -> Any:
+    """What transformers' ``PreTrainedConfig.__getattribute__`` answers, without its ``super()`` calls."""
+    # (dynamo first: it traces object.__getattribute__ of such an object through this method again, endlessly)
+    if torch.compiler.is_compiling() or _object_getattribute(self, "__dict__").get("_heterogeneity_spec") is not None:
+        return _TRANSFORMERS_GETATTRIBUTE(self, key)
+    if key != "attribute_map":
+        attribute_map = _object_getattribute(self, "attribute_map")
+        if key in attribute_map:
+            key = attribute_map[key]
+    return _object_getattribute(self, key)
+
+
+if _attribute_read_fingerprint() in _CHECKED_ATTRIBUTE_READS:
+    SeqzooConfig.__getattribute__ = _seqzoo_config_getattribute
 
 
 _CAPABILITIES: dict[tuple, Capabilities] = {}

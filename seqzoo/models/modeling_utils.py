@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import hashlib
 import importlib
 import inspect
 import logging
@@ -28,6 +27,7 @@ from seqzoo.models.compat import (
     check_kwargs,
     model_output,
     output_cache,
+    source_fingerprint,
     take_cache,
 )
 from seqzoo.models.packing import PACKING_KWARGS, find_packing
@@ -790,11 +790,7 @@ def _decode_step_inputs(model: SeqzooForCausalLM, args: tuple, kwargs: dict[str,
 
 def _preparation_fingerprint() -> str | None:
     """A fingerprint of the installed transformers' ``prepare_inputs_for_generation`` (None without its source)."""
-    try:
-        source = inspect.getsource(GenerationMixin.prepare_inputs_for_generation)
-    except (OSError, TypeError):
-        return None
-    return hashlib.sha256(source.encode()).hexdigest()[:16]
+    return source_fingerprint(GenerationMixin.prepare_inputs_for_generation)
 
 
 @functools.cache
