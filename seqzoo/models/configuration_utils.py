@@ -186,7 +186,7 @@ class SeqzooConfig(PreTrainedConfig):
 
 # Reading a field of a transformers config goes through two Python ``__getattribute__`` methods (transformers'
 # own, which maps ``attribute_map`` aliases, and its heterogeneity mixin's, which guards per-layer fields of a
-# heterogeneous config), each calling ``super()``: 1.3-2.4 µs a read on this project's CPU, against 0.3-0.4 µs for
+# heterogeneous config), each calling ``super()``: 1.2-2.4 µs a read on this project's CPU, against 0.5-1.0 µs for
 # the same answer read directly. A decode step reads a config field about eight times (generate() a few more), the
 # Transformer's about twenty. So seqzoo's configs answer a read themselves when the config is not heterogeneous and
 # dynamo is not tracing, with the same alias mapping; else through transformers' chain. Only on the releases whose
