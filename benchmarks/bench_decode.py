@@ -534,6 +534,13 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     if args.threads < 1:
         parser.error(f"--threads must be at least 1, got {args.threads}")
     torch.set_num_threads(args.threads)
+    if args.generate_only:
+        variants = [flag for flag, asked in (("--compile", args.compile), ("--head-layout columns",
+                    args.head_layout == "columns"), ("--weight-layout columns", args.weight_layout == "columns"))
+                    if asked]
+        if variants:
+            parser.error(f"--generate-only times generate() of the model as built; {', '.join(variants)} would time "
+                         "nothing (they vary the decode step); drop them, or drop --generate-only")
     for flag, value in (("--repeats", args.repeats), ("--new-tokens", args.new_tokens)):
         if value is not None and value < 1:
             parser.error(f"{flag} must be at least 1, got {value}")

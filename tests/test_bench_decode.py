@@ -97,6 +97,13 @@ def test_generate_only_times_generate_alone_with_the_repeats_and_tokens_asked_fo
         with pytest.raises(SystemExit) as exit_info:
             bench.main(["--smoke", flag, "0"])
         assert exit_info.value.code == 2 and f"{flag} must be at least 1, got 0" in capsys.readouterr().err
+    # The variants of the decode step are not built when only generate() is timed: asking for one is refused.
+    for flags in (["--compile"], ["--head-layout", "columns"], ["--weight-layout", "columns", "--compile", "eager"]):
+        with pytest.raises(SystemExit) as exit_info:
+            bench.main(["--smoke", "--generate-only", *flags])
+        err = capsys.readouterr().err
+        assert exit_info.value.code == 2 and "--generate-only times generate() of the model as built; --" in err
+        assert all(flag in err for flag in flags if flag.startswith("--"))
 
 
 def test_head_layout_benchmark_runs_and_refuses_nonsense():
