@@ -26,6 +26,7 @@ mixer the way the mixer's paper does.
 
 from __future__ import annotations
 
+import sys
 from typing import Any, ClassVar
 
 import torch
@@ -243,6 +244,24 @@ def global_module_hooks() -> bool:
                 or hooks._global_backward_pre_hooks)
 
 
+def torch_forward(cls: type) -> Any:
+    """``cls.forward`` where it is the function torch's own source defines for that class, else a sentinel that is
+    no function. Code that runs a torch module's operation itself instead of calling the module (the decode step's
+    embedding, head, norms) does so only when the class's forward is this: a forward put on the class by a library
+    or a user, also before seqzoo was imported, is called. (A patch is a function of another file, a
+    ``functools.wraps`` wrapper too.)"""
+    forward = vars(cls).get("forward")
+    module = sys.modules.get(cls.__module__)
+    code = getattr(forward, "__code__", None)
+    if (code is None or module is None or code.co_filename != getattr(module, "__file__", None)
+            or getattr(forward, "__qualname__", None) != f"{cls.__qualname__}.forward"):
+        return _NOT_TORCHS
+    return forward
+
+
+_NOT_TORCHS = object()
+
+
 def build_mixer(mixer_class: type[Mixer], config: Any, layer_idx: int) -> Mixer:
     """``mixer_class(config, layer_idx)``, or a left-to-right and right-to-left pair of them when the config asks
     for a bidirectional model."""
@@ -252,4 +271,5 @@ def build_mixer(mixer_class: type[Mixer], config: Any, layer_idx: int) -> Mixer:
                               config.bidirectional_merge)
 
 
-__all__ = ["BidirectionalMixer", "Block", "Mixer", "build_mixer", "global_module_hooks", "has_hooks"]
+__all__ = ["BidirectionalMixer", "Block", "Mixer", "build_mixer", "global_module_hooks", "has_hooks",
+           "torch_forward"]

@@ -35,7 +35,7 @@ from torch.nn import functional as F
 
 from seqzoo.kernels import registry as kernel_registry
 from seqzoo.kernels.wkv7 import chunked
-from seqzoo.layers.mixer import global_module_hooks, has_hooks
+from seqzoo.layers.mixer import global_module_hooks, has_hooks, torch_forward
 from seqzoo.layers.rwkv7 import DECAY_LOG_SCALE, RWKV7ChannelMix, RWKV7TimeMix
 
 logger = logging.getLogger(__name__)
@@ -128,10 +128,11 @@ def _plain(tensors: Sequence[Any]) -> bool:
 
 _PLAIN_TYPES = (torch.Tensor, nn.Parameter)
 _LINEARS = ("receptance", "key", "value", "output")
-# The functions _block_step computes, as defined: one replaced on its class since (by a library or a user) must run.
+# The functions _block_step computes, as defined (torch's as its source defines them, whatever was put on the class
+# before seqzoo was imported): one replaced on its class (by a library or a user) must run.
 _FORWARDS = ((RWKV7TimeMix, "forward", RWKV7TimeMix.forward), (RWKV7TimeMix, "_step", RWKV7TimeMix._step),
-             (RWKV7ChannelMix, "forward", RWKV7ChannelMix.forward), (nn.LayerNorm, "forward", nn.LayerNorm.forward),
-             (nn.Linear, "forward", nn.Linear.forward))
+             (RWKV7ChannelMix, "forward", RWKV7ChannelMix.forward),
+             (nn.LayerNorm, "forward", torch_forward(nn.LayerNorm)), (nn.Linear, "forward", torch_forward(nn.Linear)))
 
 
 def _parameters(block: nn.Module, block_class: type) -> tuple[list[torch.Tensor], tuple[float, float, float]] | None:
@@ -146,7 +147,9 @@ def _parameters(block: nn.Module, block_class: type) -> tuple[list[torch.Tensor]
         attn_modules, ffn_modules = attn._modules, ffn._modules
         linears = [attn_modules[name] for name in _LINEARS] + [ffn_modules["key"], ffn_modules["value"]]
         group_norm = attn_modules["ln_x"]
-        modules = (block, norm, attn, ffn_norm, ffn, *linears)  # (ln_x is read, never called: see _step)
+        # (ln_x is read, never called (see _step), but the Python path reads it through module_weights, which runs
+        # an accelerate hook on it: a hooked ln_x runs there)
+        modules = (block, norm, attn, ffn_norm, ffn, group_norm, *linears)
         if (type(attn) is not RWKV7TimeMix or type(ffn) is not RWKV7ChannelMix or type(norm) is not nn.LayerNorm
                 or type(ffn_norm) is not nn.LayerNorm or type(group_norm) is not nn.GroupNorm
                 or any(type(linear) is not nn.Linear or linear.bias is not None for linear in linears)

@@ -20,7 +20,7 @@ from transformers.generation import utils as generation_utils
 from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutputWithPast
 
 from seqzoo.cache import SeqzooCache
-from seqzoo.layers.mixer import Mixer, global_module_hooks, has_hooks
+from seqzoo.layers.mixer import Mixer, global_module_hooks, has_hooks, torch_forward
 from seqzoo.models.compat import (
     CACHE_ALIASES,
     GENERATE_CACHE_KWARG,
@@ -131,7 +131,7 @@ def finish_decode_step(cache: SeqzooCache, layers: Any, stepped: Any, hidden_sta
     return hidden_states
 
 
-_PLAIN_FORWARDS = {nn.Linear: nn.Linear.forward, nn.Embedding: nn.Embedding.forward}  # as torch defines them
+_PLAIN_FORWARDS = {cls: torch_forward(cls) for cls in (nn.Linear, nn.Embedding)}  # as torch defines them
 
 
 def call_plainly(module: nn.Module, x: torch.Tensor) -> torch.Tensor:

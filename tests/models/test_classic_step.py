@@ -519,3 +519,51 @@ def test_a_forward_replaced_on_the_module_class_is_called(cls, monkeypatch):
     original = cls.forward
     monkeypatch.setattr(cls, "forward", lambda self, x: original(self, x) * 2)
     torch.testing.assert_close(call_plainly(module, x), module(x), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("cls", [nn.Linear, nn.Embedding, nn.LayerNorm])
+@pytest.mark.parametrize("how", ["function", "functools.wraps"])
+def test_a_forward_put_on_the_class_before_seqzoo_was_imported_is_called(cls, how, monkeypatch):
+    """seqzoo's table of torch's own forwards is built at import; a patch put on the class before (by a profiler or a
+    quantiser imported first) must not be taken for torch's: the shortcut then calls the module."""
+    import functools
+
+    from seqzoo.layers import rwkv7_step
+    from seqzoo.layers.mixer import torch_forward
+    from seqzoo.models import modeling_utils
+
+    assert torch_forward(cls) is cls.forward  # torch's own, unpatched
+    original = cls.forward
+
+    def patched(self, x):
+        return original(self, x) * 2
+
+    if how == "functools.wraps":
+        patched = functools.wraps(original)(patched)
+    monkeypatch.setattr(cls, "forward", patched)
+    assert torch_forward(cls) is not patched
+    # The tables as an import after the patch builds them:
+    monkeypatch.setattr(modeling_utils, "_PLAIN_FORWARDS",
+                        {kind: torch_forward(kind) for kind in (nn.Linear, nn.Embedding)})
+    monkeypatch.setattr(rwkv7_step, "_FORWARDS", tuple((kind, name, torch_forward(kind) if kind.__module__.startswith(
+        "torch.") else function) for kind, name, function in rwkv7_step._FORWARDS))
+    if cls is not nn.LayerNorm:
+        module = nn.Linear(6, 5) if cls is nn.Linear else nn.Embedding(11, 6)
+        x = torch.randn(2, 6) if cls is nn.Linear else torch.tensor([[3, 4]])
+        torch.testing.assert_close(modeling_utils.call_plainly(module, x), module(x), rtol=0, atol=0)
+    # Whole decode steps: the patched forward runs in the shortcut as in the general forward.
+    for preset in ("gru-tiny", "rwkv7-tiny"):
+        model = tiny_model(preset, tie_word_embeddings=False)
+        calls = []
+        monkeypatch.setattr(cls, "forward", lambda self, x, f=patched: calls.append(1) or f(self, x))
+        monkeypatch.setattr(modeling_utils, "_PLAIN_FORWARDS",
+                            {kind: torch_forward(kind) for kind in (nn.Linear, nn.Embedding)})
+        with torch.no_grad():
+            cache = output_cache(model(torch.tensor([[5, 9, 12]]), use_cache=True))
+            calls.clear()
+            model(torch.tensor([[3]]), cache=cache)
+            step_calls = len(calls)
+            calls.clear()
+            model(torch.tensor([[3]]), cache=cache, output_hidden_states=True)  # the general path
+        assert step_calls == len(calls), (preset, step_calls, len(calls))
+        assert step_calls or (cls is nn.LayerNorm and preset == "gru-tiny")  # (the GRU has no norm)

@@ -419,3 +419,18 @@ def test_a_block_with_other_heads_than_the_first_is_left_to_the_blocks(scripted_
         with pytest.raises((ValueError, RuntimeError)):
             model(steps[:, :1], attention_mask=torch.cat([prompt_mask, step_masks[:, :1]], 1), cache=cache)
     assert scripted_calls == [False]
+
+
+def test_an_offloaded_group_norm_sends_the_step_through_the_blocks(scripted_calls, python_path):
+    """ln_x is read, never called; the Python path reads it through module_weights, which loads accelerate's
+    offloaded weights. The scripted step, which reads the parameters themselves (on the meta device here), must
+    decline a hooked ln_x."""
+    accelerate = pytest.importorskip("accelerate")
+    model = random_model(num_hidden_layers=2)
+    args = inputs(model, 2)
+    expected = decode(model, *args)
+    accelerate.cpu_offload(model.model.layers[1].attn.ln_x, execution_device="cpu")
+    assert model.model.layers[1].attn.ln_x.weight.device.type == "meta"
+    scripted_calls.clear()
+    assert_same(decode(model, *args), expected)
+    assert scripted_calls and not any(scripted_calls)
