@@ -21,6 +21,7 @@ none; the first forward builds this one.
 
 from __future__ import annotations
 
+import contextlib
 import warnings
 from typing import Any, Iterator, Sequence
 
@@ -133,6 +134,28 @@ class SeqzooCache(Cache):
     def advance(self, num_positions: int) -> None:
         self.seen_tokens += num_positions
 
+    @contextlib.contextmanager
+    def unchanged_on_error(self) -> Iterator["SeqzooCache"]:
+        """Put the cache back as it was if the body raises part way through the layers (a layer's error, memory
+        running out): every recurrent layer's state, every attention layer's keys and values, the position count.
+        A forward that fails then leaves the cache as the caller passed it, to continue or retry, instead of some
+        layers one token ahead of the others. (Layers replace their state and transformers' ``DynamicLayer``
+        concatenates new keys to old ones, so holding the old objects is enough.)"""
+        saved = [entry.state if isinstance(entry, StateLayer) else dict(vars(entry)) for entry in self.layers]
+        seen = self.seen_tokens
+        try:
+            yield self
+        except BaseException:
+            for entry, was in zip(self.layers, saved):
+                if isinstance(entry, StateLayer):
+                    entry.state = was
+                else:
+                    attributes = vars(entry)
+                    attributes.clear()
+                    attributes.update(was)
+            self.seen_tokens = seen
+            raise
+
     def check_fits(self, config: Any, batch: int, where: str) -> None:
         """Raise if this cache was built for another architecture or layout, or holds another batch size."""
         # The layout check reads config properties (slow attribute access in transformers' configs); a decode loop
@@ -231,6 +254,14 @@ class SeqzooCache(Cache):
         self.update_layer(layer_idx, {**(self.layer(layer_idx) or {}), name: value})
 
 
+def unchanged_on_error(cache: Any) -> contextlib.AbstractContextManager:
+    """``cache.unchanged_on_error()`` for a SeqzooCache; nothing to keep for None, nor in a graph dynamo traces (a
+    compiled step either runs whole or raises before any state is stored)."""
+    if isinstance(cache, SeqzooCache) and not torch.compiler.is_compiling():
+        return cache.unchanged_on_error()
+    return contextlib.nullcontext()
+
+
 class RecurrentCache(SeqzooCache):
     """Deprecated name of :class:`SeqzooCache` for an all-recurrent model (seqzoo 0.1); removed in the next
     release."""
@@ -247,4 +278,5 @@ def _deprecated(old: str, new: str) -> None:
                   FutureWarning, stacklevel=3)
 
 
-__all__ = ["ATTENTION", "LAYER_KINDS", "RECURRENT", "RecurrentCache", "SeqzooCache", "State", "StateLayer"]
+__all__ = ["ATTENTION", "LAYER_KINDS", "RECURRENT", "RecurrentCache", "SeqzooCache", "State", "StateLayer",
+           "unchanged_on_error"]

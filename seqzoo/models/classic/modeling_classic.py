@@ -13,7 +13,7 @@ from torch import nn
 from transformers import initialization as init
 from transformers.modeling_outputs import BaseModelOutputWithPast
 
-from seqzoo.cache import SeqzooCache
+from seqzoo.cache import SeqzooCache, unchanged_on_error
 from seqzoo.layers.mixer import build_mixer
 from seqzoo.layers.recurrent import RECURRENT_MIXERS, step_stack
 from seqzoo.models.compat import model_output
@@ -107,18 +107,19 @@ class ClassicRecurrentModel(ClassicRecurrentPreTrainedModel):
                 for idx, state in enumerate(states):
                     cache.update_layer(idx, state)
         else:
-            for idx, layer in enumerate(self.layers):
-                if output_hidden_states:
-                    all_hidden_states += (hidden_states,)
-                state = cache.layer(idx) if cache is not None else None
-                if self.gradient_checkpointing and self.training and torch.is_grad_enabled():
-                    hidden_states, state = self._gradient_checkpointing_func(
-                        lambda x, s=state, m=mask, f=layer: f(x, state=s, mask=m, reset=reset), hidden_states)
-                else:
-                    hidden_states, state = layer(hidden_states, state=state, mask=mask, reset=reset)  # (B, T, H)
-                hidden_states = dropout(hidden_states)
-                if cache is not None:
-                    cache.update_layer(idx, state)
+            with unchanged_on_error(cache):  # (a layer that fails leaves the cache as it was)
+                for idx, layer in enumerate(self.layers):
+                    if output_hidden_states:
+                        all_hidden_states += (hidden_states,)
+                    state = cache.layer(idx) if cache is not None else None
+                    if self.gradient_checkpointing and self.training and torch.is_grad_enabled():
+                        hidden_states, state = self._gradient_checkpointing_func(
+                            lambda x, s=state, m=mask, f=layer: f(x, state=s, mask=m, reset=reset), hidden_states)
+                    else:
+                        hidden_states, state = layer(hidden_states, state=state, mask=mask, reset=reset)  # (B, T, H)
+                    hidden_states = dropout(hidden_states)
+                    if cache is not None:
+                        cache.update_layer(idx, state)
         if cache is not None:
             cache.advance(length)
         if output_hidden_states:

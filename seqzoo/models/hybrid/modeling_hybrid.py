@@ -15,6 +15,7 @@ from torch import nn
 from transformers import initialization as init
 from transformers.modeling_outputs import BaseModelOutputWithPast
 
+from seqzoo.cache import unchanged_on_error
 from seqzoo.layers.attention import SelfAttention
 from seqzoo.layers.mixer import Block, SharedValues
 from seqzoo.layers.mlp import MLP, GatedMLP
@@ -125,15 +126,16 @@ class HybridModel(HybridPreTrainedModel):
         all_hidden_states = () if output_hidden_states else None  # the input of every layer, then the output
         shared = SharedValues()  # what layers hand on: RWKV-7's value residual, attention weights when asked
         output_attentions = kwargs.get("output_attentions") or self.config.output_attentions
-        for idx, layer in enumerate(self.layers):
-            if output_hidden_states:
-                all_hidden_states += (hidden_states,)
-            state = cache.layer(idx) if cache is not None else None
-            hidden_states, state = layer(hidden_states, state=state, mask=mask, attention_mask=causal_mask,
-                                         position_embeddings=rotary, shared=shared,
-                                         output_attentions=output_attentions)
-            if cache is not None:
-                cache.update_layer(idx, state)
+        with unchanged_on_error(cache):  # (a layer that fails leaves the cache as it was)
+            for idx, layer in enumerate(self.layers):
+                if output_hidden_states:
+                    all_hidden_states += (hidden_states,)
+                state = cache.layer(idx) if cache is not None else None
+                hidden_states, state = layer(hidden_states, state=state, mask=mask, attention_mask=causal_mask,
+                                             position_embeddings=rotary, shared=shared,
+                                             output_attentions=output_attentions)
+                if cache is not None:
+                    cache.update_layer(idx, state)
         if cache is not None:
             cache.advance(inputs.length)
         hidden_states = self.norm(hidden_states)

@@ -14,6 +14,7 @@ from torch import nn
 from transformers import initialization as init
 from transformers.modeling_outputs import BaseModelOutputWithPast
 
+from seqzoo.cache import unchanged_on_error
 from seqzoo.layers.mamba2 import Mamba2Mixer
 from seqzoo.layers.mixer import Block, build_mixer
 from seqzoo.layers.norms import RMSNorm
@@ -98,13 +99,15 @@ class Mamba2Model(Mamba2PreTrainedModel):
 
         hidden_states = inputs.embeds  # (B, T, H)
         all_hidden_states = () if output_hidden_states else None  # the input of every layer, then the output
-        for idx, layer in enumerate(self.layers):
-            if output_hidden_states:
-                all_hidden_states += (hidden_states,)
-            state = cache.layer(idx) if cache is not None else None
-            hidden_states, state = layer(hidden_states, state=state, mask=mask, reset=reset)  # float32 if residual_in_fp32
-            if cache is not None:
-                cache.update_layer(idx, state)
+        with unchanged_on_error(cache):  # (a layer that fails leaves the cache as it was)
+            for idx, layer in enumerate(self.layers):
+                if output_hidden_states:
+                    all_hidden_states += (hidden_states,)
+                state = cache.layer(idx) if cache is not None else None
+                # (float32 if residual_in_fp32)
+                hidden_states, state = layer(hidden_states, state=state, mask=mask, reset=reset)
+                if cache is not None:
+                    cache.update_layer(idx, state)
         if cache is not None:
             cache.advance(inputs.length)
         # Normalise the (possibly float32) residual stream, then return to the model's dtype for the head.

@@ -16,7 +16,7 @@ from torch import nn
 from transformers import initialization as init
 from transformers.modeling_outputs import BaseModelOutputWithPast
 
-from seqzoo.cache import SeqzooCache
+from seqzoo.cache import SeqzooCache, unchanged_on_error
 from seqzoo.layers.mixer import Block, SharedValues, build_mixer
 from seqzoo.layers.rwkv7 import RWKV7ChannelMix, RWKV7TimeMix
 from seqzoo.layers.rwkv7_step import step_blocks
@@ -127,13 +127,14 @@ class RWKV7Model(RWKV7PreTrainedModel):
         hidden_states = self.embed_norm(inputs.embeds)  # (B, T, C)
         all_hidden_states = () if output_hidden_states else None  # the input of every layer, then the output
         shared = SharedValues()  # layer 0's values (v_first), for the value residual of the others
-        for idx, layer in enumerate(self.layers):
-            if output_hidden_states:
-                all_hidden_states += (hidden_states,)
-            state = cache.layer(idx) if cache is not None else None
-            hidden_states, state = layer(hidden_states, state=state, mask=mask, shared=shared, reset=reset)
-            if cache is not None:
-                cache.update_layer(idx, state)
+        with unchanged_on_error(cache):  # (a layer that fails leaves the cache as it was)
+            for idx, layer in enumerate(self.layers):
+                if output_hidden_states:
+                    all_hidden_states += (hidden_states,)
+                state = cache.layer(idx) if cache is not None else None
+                hidden_states, state = layer(hidden_states, state=state, mask=mask, shared=shared, reset=reset)
+                if cache is not None:
+                    cache.update_layer(idx, state)
         hidden_states = self.norm(hidden_states)
         if cache is not None:
             cache.advance(inputs.length)

@@ -20,6 +20,7 @@ from transformers import GenerationMixin
 from transformers import initialization as init
 from transformers.modeling_outputs import Seq2SeqLMOutput, Seq2SeqModelOutput
 
+from seqzoo.cache import unchanged_on_error
 from seqzoo.layers.positions import SinusoidalPositions, sinusoidal_table
 from seqzoo.models.compat import GENERATE_CACHE_KWARG, check_kwargs, model_output, output_cache, take_cache
 from seqzoo.models.modeling_utils import (
@@ -157,7 +158,8 @@ class Seq2SeqModel(Seq2SeqPreTrainedModel):
             entries = [cache.layer(i) for i in range(len(self.config.cache_layer_kinds))]
         else:
             entries = self.decoder.start(encoder_outputs)
-        decoded = self.decoder(inputs, memory, source_mask, entries, output_attentions, output_hidden_states)
+        with unchanged_on_error(cache):  # (a Transformer decoder's layers grow their keys and values as they run)
+            decoded = self.decoder(inputs, memory, source_mask, entries, output_attentions, output_hidden_states)
         if cache is not None:
             for idx, entry in enumerate(decoded.cache_entries):
                 cache.update_layer(idx, entry)

@@ -10,6 +10,7 @@ from torch import nn
 from transformers import initialization as init
 from transformers.modeling_outputs import BaseModelOutputWithPast
 
+from seqzoo.cache import unchanged_on_error
 from seqzoo.layers.attention import SelfAttention
 from seqzoo.layers.mixer import Block, SharedValues
 from seqzoo.layers.mlp import MLP, GatedMLP
@@ -156,18 +157,19 @@ class TransformerModel(TransformerPreTrainedModel):
         output_attentions = kwargs.get("output_attentions") or self.config.output_attentions
         shared = SharedValues()  # the attention weights of each layer, when asked for
         all_hidden_states = () if output_hidden_states else None  # the input of every layer, then the output
-        for idx, layer in enumerate(self.layers):
-            if output_hidden_states:
-                all_hidden_states += (hidden_states,)
-            hidden_states, _ = layer(
-                hidden_states,
-                state=cache.layer(idx) if cache is not None else None,
-                attention_mask=causal_mask,
-                position_embeddings=rotary,
-                attention_kwargs=attention_kwargs,
-                output_attentions=output_attentions,
-                shared=shared,
-            )
+        with unchanged_on_error(cache):  # (a layer that fails leaves the cache as it was)
+            for idx, layer in enumerate(self.layers):
+                if output_hidden_states:
+                    all_hidden_states += (hidden_states,)
+                hidden_states, _ = layer(
+                    hidden_states,
+                    state=cache.layer(idx) if cache is not None else None,
+                    attention_mask=causal_mask,
+                    position_embeddings=rotary,
+                    attention_kwargs=attention_kwargs,
+                    output_attentions=output_attentions,
+                    shared=shared,
+                )
         if cache is not None:
             cache.advance(inputs.length)
         if self.norm is not None:

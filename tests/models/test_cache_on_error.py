@@ -1,0 +1,125 @@
+"""A forward that fails part way through the layers (a layer's error, memory running out) leaves the cache it was
+given as it was: every recurrent state, every attention layer's keys and values, the position count. Retried, the
+step then gives what it would have given the first time (``SeqzooCache.unchanged_on_error``)."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+
+from seqzoo.cache import SeqzooCache, StateLayer
+from seqzoo.models.compat import output_cache
+from tests.conftest import FAMILIES, SEQ2SEQ_FAMILIES, tiny_model
+
+
+class OutOfMemory(RuntimeError):
+    """What a layer past the first raises here (as torch's out-of-memory error would)."""
+
+
+def snapshot(cache: SeqzooCache) -> tuple:
+    entries = []
+    for entry in cache.layers:
+        if isinstance(entry, StateLayer):
+            entries.append({name: value.clone() for name, value in (entry.state or {}).items()})
+        else:
+            entries.append((entry.keys.clone(), entry.values.clone()) if getattr(entry, "is_initialized", False)
+                           and entry.keys is not None else None)
+    return cache.get_seq_length(), entries
+
+
+def assert_same(a: tuple, b: tuple) -> None:
+    assert a[0] == b[0]
+    for x, y in zip(a[1], b[1]):
+        if isinstance(x, dict):
+            assert x.keys() == y.keys()
+            for name in x:
+                assert torch.equal(x[name], y[name]), name
+        elif x is None:
+            assert y is None
+        else:
+            assert torch.equal(x[0], y[0]) and torch.equal(x[1], y[1])
+
+
+def failing_last_layer(layers):
+    """Hook the last layer to raise after it ran (its state or keys already computed, the earlier layers' too)."""
+    def fail(*args):
+        raise OutOfMemory("out of memory in the last layer")
+    return layers[-1].register_forward_hook(fail)
+
+
+@pytest.mark.parametrize("preset", sorted(set(FAMILIES.values())))
+def test_a_causal_lm_step_that_fails_leaves_the_cache_as_it_was(preset):
+    model = tiny_model(preset)
+    ids = torch.randint(3, 30, (2, 5))
+    step = torch.randint(3, 30, (2, 1))
+    with torch.no_grad():
+        cache = output_cache(model(ids, use_cache=True))
+        expected = model(step, cache=copy.deepcopy(cache)).logits
+        before = snapshot(cache)
+        handle = failing_last_layer(model.model.layers)
+        for tokens in (step, torch.cat([step, step], dim=1)):  # a decode step, and several tokens at once
+            with pytest.raises(OutOfMemory):
+                model(tokens, cache=cache)
+            assert_same(snapshot(cache), before)
+        handle.remove()
+        torch.testing.assert_close(model(step, cache=cache).logits, expected, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("preset", ["rnn-tiny", "gru-tiny", "rwkv7-tiny", "hybrid-tiny"])
+def test_a_cache_whose_later_layer_does_not_fit_is_left_as_it_was(preset):
+    # No hook: the decode step's shortcut (classic, RWKV-7) and the general path both meet a state of the wrong width
+    # in the last layer, after the first has run.
+    model = tiny_model(preset)
+    with torch.no_grad():
+        cache = output_cache(model(torch.randint(3, 30, (1, 4)), use_cache=True))
+        last = len(cache.layers) - 1
+        entry = cache.layers[last]
+        if isinstance(entry, StateLayer):
+            entry.state = {name: torch.cat([value, value], dim=-1) for name, value in entry.state.items()}
+        else:
+            entry.keys = torch.cat([entry.keys, entry.keys], dim=-1)
+        before = snapshot(cache)
+        for general in (False, True):
+            with pytest.raises((RuntimeError, ValueError)):  # (torch's error, or a kernel's check)
+                model(torch.tensor([[5]]), cache=cache, output_hidden_states=general)
+            assert_same(snapshot(cache), before)
+
+
+@pytest.mark.parametrize("preset", sorted(SEQ2SEQ_FAMILIES.values()))
+def test_a_seq2seq_step_that_fails_leaves_the_cache_as_it_was(preset):
+    model = tiny_model(preset)
+    ids = torch.randint(3, 30, (2, 5))
+    target = torch.randint(3, 30, (2, 3))
+    with torch.no_grad():
+        encoded = model.get_encoder()(input_ids=ids)
+        cache = output_cache(model(encoder_outputs=encoded, decoder_input_ids=target, use_cache=True))
+        step = torch.randint(3, 30, (2, 1))
+        expected = model(encoder_outputs=encoded, decoder_input_ids=step, cache=copy.deepcopy(cache)).logits
+        before = snapshot(cache)
+        handle = failing_last_layer(model.model.decoder.layers)
+        with pytest.raises(OutOfMemory):
+            model(encoder_outputs=encoded, decoder_input_ids=step, cache=cache)
+        assert_same(snapshot(cache), before)
+        handle.remove()
+        torch.testing.assert_close(model(encoder_outputs=encoded, decoder_input_ids=step, cache=cache).logits,
+                                   expected, rtol=0, atol=0)
+
+
+def test_what_the_cache_keeps_is_restored_whatever_the_body_raised():
+    cache = SeqzooCache(["recurrent", "attention"])
+    cache.update_layer(0, {"h": torch.ones(1, 2)})
+    cache.layers[1].update(torch.ones(1, 1, 2, 4), torch.ones(1, 1, 2, 4))
+    cache.advance(2)
+    before = snapshot(cache)
+    with pytest.raises(KeyboardInterrupt):
+        with cache.unchanged_on_error():
+            cache.update_layer(0, {"h": torch.zeros(1, 2)})
+            cache.layers[1].update(torch.zeros(1, 1, 1, 4), torch.zeros(1, 1, 1, 4))
+            cache.advance(1)
+            raise KeyboardInterrupt
+    assert_same(snapshot(cache), before)
+    with cache.unchanged_on_error():  # without an error, what the body did stays
+        cache.advance(1)
+    assert cache.get_seq_length() == 3
