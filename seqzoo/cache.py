@@ -141,20 +141,28 @@ class SeqzooCache(Cache):
         A forward that fails then leaves the cache as the caller passed it, to continue or retry, instead of some
         layers one token ahead of the others. (Layers replace their state and transformers' ``DynamicLayer``
         concatenates new keys to old ones, so holding the old objects is enough.)"""
-        saved = [entry.state if isinstance(entry, StateLayer) else dict(vars(entry)) for entry in self.layers]
-        seen = self.seen_tokens
+        saved = self.saved()
         try:
             yield self
         except BaseException:
-            for entry, was in zip(self.layers, saved):
-                if isinstance(entry, StateLayer):
-                    entry.state = was
-                else:
-                    attributes = vars(entry)
-                    attributes.clear()
-                    attributes.update(was)
-            self.seen_tokens = seen
+            self.restore(saved)
             raise
+
+    def saved(self) -> tuple:
+        """What :meth:`restore` puts back: each layer's state or K/V objects and the position count (no copies)."""
+        return [entry.state if isinstance(entry, StateLayer) else dict(vars(entry)) for entry in self.layers], \
+            self.seen_tokens
+
+    def restore(self, saved: tuple) -> None:
+        """Put back what :meth:`saved` returned (see :meth:`unchanged_on_error`)."""
+        entries, self.seen_tokens = saved
+        for entry, was in zip(self.layers, entries):
+            if isinstance(entry, StateLayer):
+                entry.state = was
+            else:
+                attributes = vars(entry)
+                attributes.clear()
+                attributes.update(was)
 
     def check_fits(self, config: Any, batch: int, where: str) -> None:
         """Raise if this cache was built for another architecture or layout, or holds another batch size."""

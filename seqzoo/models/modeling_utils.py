@@ -512,46 +512,54 @@ class SeqzooForCausalLM(SeqzooPreTrainedModel, GenerationMixin):
                    and not global_module_hooks() and not has_hooks(backbone)
                    and find_packing(backbone, input_ids, inputs_embeds, attention_mask, position_ids, cache,
                                     use_cache, kwargs) is None)
-        if stepped:
-            # A decode step the backbone runs itself: called directly, since nothing hooks its module call.
-            hidden_states = backbone.decode_step(input_ids, attention_mask, cache)
-            new_cache, all_hidden_states, attentions = cache, None, None
-        else:
-            outputs: BaseModelOutputWithPast = backbone(
-                input_ids=input_ids,
-                attention_mask=attention_mask,
-                position_ids=position_ids,
-                cache=cache,
-                inputs_embeds=inputs_embeds,
-                use_cache=use_cache,
-                output_hidden_states=output_hidden_states,
-                **{k: v for k, v in kwargs.items() if k != "num_items_in_batch"},
-            )
-            hidden_states = outputs.last_hidden_state
-            new_cache = output_cache(outputs)
-            all_hidden_states, attentions = outputs.hidden_states, getattr(outputs, "attentions", None)
-        if isinstance(logits_to_keep, int):
-            hidden_states = hidden_states[:, -logits_to_keep:] if logits_to_keep > 0 else hidden_states
-        else:
-            hidden_states = hidden_states[:, logits_to_keep]
-        logits = call_plainly(self.lm_head, hidden_states) if stepped else self.lm_head(hidden_states)
-
-        loss = None
-        if labels is not None:
-            if labels.shape != logits.shape[:2]:
-                raise ValueError(
-                    f"labels must have shape {tuple(logits.shape[:2])} (batch, sequence_length); got "
-                    f"{tuple(labels.shape)}"
+        # A step that fails (in the head or the loss too: the logits of a long prompt are where memory runs out)
+        # leaves the cache it was given as it was, to retry or continue (the backbone keeps it so for its layers).
+        saved = cache.saved() if isinstance(cache, SeqzooCache) and not torch.compiler.is_compiling() else None
+        try:
+            if stepped:
+                # A decode step the backbone runs itself: called directly, since nothing hooks its module call.
+                hidden_states = backbone.decode_step(input_ids, attention_mask, cache)
+                new_cache, all_hidden_states, attentions = cache, None, None
+            else:
+                outputs: BaseModelOutputWithPast = backbone(
+                    input_ids=input_ids,
+                    attention_mask=attention_mask,
+                    position_ids=position_ids,
+                    cache=cache,
+                    inputs_embeds=inputs_embeds,
+                    use_cache=use_cache,
+                    output_hidden_states=output_hidden_states,
+                    **{k: v for k, v in kwargs.items() if k != "num_items_in_batch"},
                 )
-            if not torch.compiler.is_compiling():
-                bad = labels[(labels != -100) & ((labels < 0) | (labels >= self.config.vocab_size))]
-                if bad.numel():
-                    raise ValueError(f"labels contain {int(bad[0])}: labels must be token ids in "
-                                     f"[0, vocab_size={self.config.vocab_size}) or -100 (ignored)")
-            loss = self.loss_function(
-                logits=logits, labels=labels, vocab_size=self.config.vocab_size,
-                num_items_in_batch=kwargs.get("num_items_in_batch"),
-            )
+                hidden_states = outputs.last_hidden_state
+                new_cache = output_cache(outputs)
+                all_hidden_states, attentions = outputs.hidden_states, getattr(outputs, "attentions", None)
+            if isinstance(logits_to_keep, int):
+                hidden_states = hidden_states[:, -logits_to_keep:] if logits_to_keep > 0 else hidden_states
+            else:
+                hidden_states = hidden_states[:, logits_to_keep]
+            logits = call_plainly(self.lm_head, hidden_states) if stepped else self.lm_head(hidden_states)
+
+            loss = None
+            if labels is not None:
+                if labels.shape != logits.shape[:2]:
+                    raise ValueError(
+                        f"labels must have shape {tuple(logits.shape[:2])} (batch, sequence_length); got "
+                        f"{tuple(labels.shape)}"
+                    )
+                if not torch.compiler.is_compiling():
+                    bad = labels[(labels != -100) & ((labels < 0) | (labels >= self.config.vocab_size))]
+                    if bad.numel():
+                        raise ValueError(f"labels contain {int(bad[0])}: labels must be token ids in "
+                                         f"[0, vocab_size={self.config.vocab_size}) or -100 (ignored)")
+                loss = self.loss_function(
+                    logits=logits, labels=labels, vocab_size=self.config.vocab_size,
+                    num_items_in_batch=kwargs.get("num_items_in_batch"),
+                )
+        except BaseException:
+            if saved is not None:
+                cache.restore(saved)
+            raise
 
         if not return_dict:
             output = (logits, new_cache, all_hidden_states)

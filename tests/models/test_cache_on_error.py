@@ -67,6 +67,26 @@ def test_a_causal_lm_step_that_fails_leaves_the_cache_as_it_was(preset):
         torch.testing.assert_close(model(step, cache=cache).logits, expected, rtol=0, atol=0)
 
 
+@pytest.mark.parametrize("preset", ["gru-tiny", "rwkv7-tiny", "mamba-tiny", "transformer-tiny"])
+def test_a_failure_in_the_head_or_the_loss_leaves_the_cache_as_it_was(preset):
+    # After the layers: the vocabulary head (where a long prompt's logits run out of memory) and the labels' check.
+    model = tiny_model(preset)
+    with torch.no_grad():
+        cache = output_cache(model(torch.randint(3, 30, (2, 4)), use_cache=True))
+        before = snapshot(cache)
+        step = torch.randint(3, 30, (2, 1))
+        expected = model(step, cache=copy.deepcopy(cache)).logits
+        handle = failing_last_layer([model.lm_head])
+        with pytest.raises(OutOfMemory):  # the decode step's shortcut (its head is called as a module here)
+            model(step, cache=cache)
+        assert_same(snapshot(cache), before)
+        handle.remove()
+        with pytest.raises(ValueError, match="labels must have shape"):
+            model(step, cache=cache, labels=torch.zeros(2, 3, dtype=torch.long))
+        assert_same(snapshot(cache), before)
+        torch.testing.assert_close(model(step, cache=cache).logits, expected, rtol=0, atol=0)
+
+
 @pytest.mark.parametrize("preset", ["rnn-tiny", "gru-tiny", "rwkv7-tiny", "hybrid-tiny"])
 def test_a_cache_whose_later_layer_does_not_fit_is_left_as_it_was(preset):
     # No hook: the decode step's shortcut (classic, RWKV-7) and the general path both meet a state of the wrong width
@@ -98,11 +118,12 @@ def test_a_seq2seq_step_that_fails_leaves_the_cache_as_it_was(preset):
         step = torch.randint(3, 30, (2, 1))
         expected = model(encoder_outputs=encoded, decoder_input_ids=step, cache=copy.deepcopy(cache)).logits
         before = snapshot(cache)
-        handle = failing_last_layer(model.model.decoder.layers)
-        with pytest.raises(OutOfMemory):
-            model(encoder_outputs=encoded, decoder_input_ids=step, cache=cache)
-        assert_same(snapshot(cache), before)
-        handle.remove()
+        for failing in (model.model.decoder.layers, [model.lm_head]):
+            handle = failing_last_layer(failing)
+            with pytest.raises(OutOfMemory):
+                model(encoder_outputs=encoded, decoder_input_ids=step, cache=cache)
+            assert_same(snapshot(cache), before)
+            handle.remove()
         torch.testing.assert_close(model(encoder_outputs=encoded, decoder_input_ids=step, cache=cache).logits,
                                    expected, rtol=0, atol=0)
 

@@ -265,19 +265,20 @@ class Seq2SeqForConditionalGeneration(Seq2SeqPreTrainedModel, GenerationMixin):
             self._check_labels(labels)
             if decoder_input_ids is None and decoder_inputs_embeds is None:
                 decoder_input_ids = self.prepare_decoder_input_ids_from_labels(labels)
-        outputs = self.model(
-            input_ids=input_ids, attention_mask=attention_mask, decoder_input_ids=decoder_input_ids,
-            decoder_attention_mask=decoder_attention_mask, encoder_outputs=encoder_outputs, cache=cache,
-            inputs_embeds=inputs_embeds, decoder_inputs_embeds=decoder_inputs_embeds, use_cache=use_cache,
-            output_attentions=output_attentions, output_hidden_states=output_hidden_states,
-        )
-        logits = self.lm_head(outputs.last_hidden_state)  # (B, T, V)
-        loss = None
-        if labels is not None:
-            if labels.shape != logits.shape[:2]:
-                raise ValueError(f"labels of shape {tuple(labels.shape)} do not fit the decoder inputs of shape "
-                                 f"{tuple(logits.shape[:2])}: pass one label per decoder position")
-            loss = _token_loss(logits, labels, kwargs.get("num_items_in_batch"))
+        with unchanged_on_error(cache):  # (the head and the loss too: see SeqzooForCausalLM.forward)
+            outputs = self.model(
+                input_ids=input_ids, attention_mask=attention_mask, decoder_input_ids=decoder_input_ids,
+                decoder_attention_mask=decoder_attention_mask, encoder_outputs=encoder_outputs, cache=cache,
+                inputs_embeds=inputs_embeds, decoder_inputs_embeds=decoder_inputs_embeds, use_cache=use_cache,
+                output_attentions=output_attentions, output_hidden_states=output_hidden_states,
+            )
+            logits = self.lm_head(outputs.last_hidden_state)  # (B, T, V)
+            loss = None
+            if labels is not None:
+                if labels.shape != logits.shape[:2]:
+                    raise ValueError(f"labels of shape {tuple(labels.shape)} do not fit the decoder inputs of shape "
+                                     f"{tuple(logits.shape[:2])}: pass one label per decoder position")
+                loss = _token_loss(logits, labels, kwargs.get("num_items_in_batch"))
         new_cache = output_cache(outputs)
         if not return_dict:
             output = tuple(v for v in (logits, new_cache, outputs.encoder_last_hidden_state) if v is not None)
