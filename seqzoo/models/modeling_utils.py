@@ -597,7 +597,11 @@ class SeqzooForCausalLM(SeqzooPreTrainedModel, GenerationMixin):
         own = types.FunctionType(forward.__code__.replace(), forward.__globals__, forward.__name__,
                                  forward.__defaults__, forward.__closure__)
         own.__kwdefaults__ = forward.__kwdefaults__
-        self.__dict__["_compiled_decoding"] = torch.compile(types.MethodType(own, self), **options)
+        # What the graph was traced through (a forward put on a module's class later is not seen by dynamo's guards,
+        # so such a step runs eagerly; see _compiled_step).
+        forwards = tuple({type(module): type(module).forward for module in self.modules()}.items())
+        self.__dict__["_compiled_decoding"] = _CompiledDecoding(torch.compile(types.MethodType(own, self), **options),
+                                                                forwards)
         return self
 
     def set_head_layout(self, layout: str) -> SeqzooForCausalLM:
@@ -615,8 +619,10 @@ class SeqzooForCausalLM(SeqzooPreTrainedModel, GenerationMixin):
         ``resize_token_embeddings``, ``load_state_dict(..., assign=True)``). Set it after those, and before
         accelerate offloads the head. A gradient already there is laid out with the weight, but an optimizer's state
         (Adam's moments) keeps the order it was made in: torch's fused optimizers (``fused=True``) then compute wrong
-        values on the CPU, without an error. Set the order before an optimizer's first step, or train with torch's
-        default implementation, which reads each tensor in its own order. Returns the model."""
+        values on the CPU, without an error, and so does state loaded with ``optimizer.load_state_dict`` (it keeps
+        the order it was saved in). Set the order before an optimizer's first step and do not resume a fused
+        optimizer's state saved in the other order, or train with torch's default implementation, which reads each
+        tensor in its own order. Returns the model."""
         _check_layout_name("set_head_layout", layout)
         head = self.get_output_embeddings()
         weight = _layout_weight(head, "weight", f"set_head_layout: the vocabulary head ({type(head).__name__})",
@@ -665,18 +671,27 @@ class SeqzooForCausalLM(SeqzooPreTrainedModel, GenerationMixin):
         state.pop("_compiled_decoding", None)
         return state
 
-    def _compiled_step(self, compiled: Any, args: tuple, kwargs: dict[str, Any]) -> Any:
+    def _compiled_step(self, compiled: _CompiledDecoding, args: tuple, kwargs: dict[str, Any]) -> Any:
         """A decode step of a model whose steps were compiled (compile_decoding): the same forward, traced. What a
-        trace skips (checks that read tensor values) or cannot raise from runs here first."""
+        trace skips (checks that read tensor values) or cannot raise from runs here first.
+
+        Hooks: dynamo re-traces a step when a module's own hooks change only if told to guard on them
+        (``skip_nnmodule_hook_guards``, True by default: a hook added after the first step would be silently left
+        out), so every call here asks for those guards. Hooks on every module and a forward put on a module's class
+        since are not guarded by dynamo at all: such a step runs eagerly, and the hook or the new forward runs."""
         check_kwargs({k: v for k, v in kwargs.items() if k not in CACHE_ALIASES}, forward_parameters(self),
                      f"{type(self).__name__}.forward")
         input_ids, attention_mask = args[:2]
-        if not (input_ids.is_floating_point() or input_ids.is_complex() or input_ids.dtype == torch.bool):
+        if (not (input_ids.is_floating_point() or input_ids.is_complex() or input_ids.dtype == torch.bool)
+                and not global_module_hooks() and all(cls.forward is forward for cls, forward in compiled.forwards)):
             check_token_ids(input_ids, self.config.vocab_size)
             if isinstance(attention_mask, torch.Tensor) and attention_mask.dim() == 2:
                 check_mask_values(attention_mask)
+            config = torch._dynamo.config
+            skipped = config.skip_nnmodule_hook_guards
+            config.skip_nnmodule_hook_guards = False
             try:
-                return compiled(*args, **kwargs)
+                return compiled.step(*args, **kwargs)
             except torch._dynamo.exc.Unsupported:
                 pass  # the trace stopped before anything ran (fullgraph: a check that raises for this input)
             except torch._dynamo.exc.FailOnRecompileLimitHit:
@@ -684,8 +699,11 @@ class SeqzooForCausalLM(SeqzooPreTrainedModel, GenerationMixin):
                     self.__dict__["_warned_recompile_limit"] = True
                     logger.warning(
                         "%s.compile_decoding: dynamo's recompile limit (torch._dynamo.config.recompile_limit = %d) "
-                        "is reached for this model's decode step; steps of shapes not compiled yet run eagerly. Raise "
-                        "the limit to compile them too", type(self).__name__, torch._dynamo.config.recompile_limit)
+                        "is reached for this model's decode step: steps that no compiled graph fits (a shape not "
+                        "compiled yet, or a hook the graph depends on that changed) run eagerly. Raise the limit to "
+                        "compile them too", type(self).__name__, torch._dynamo.config.recompile_limit)
+            finally:
+                config.skip_nnmodule_hook_guards = skipped
         # Eagerly: the forward raises the check's own error (or computes the step).
         del self.__dict__["_compiled_decoding"]
         try:
@@ -763,6 +781,14 @@ _PREPARED_BY_NAME = frozenset({
 _NOT_HANDED_ON = _PREPARED_BY_NAME | {"next_sequence_length", "is_first_iteration", "inputs_embeds", "position_ids"}
 # Handed on only when not None.
 _HANDED_ON_WHEN_SET = frozenset({GENERATE_CACHE_KWARG, "attention_mask"})
+
+
+@dataclass(frozen=True)
+class _CompiledDecoding:
+    """What ``compile_decoding()`` keeps on a model: the compiled forward, and each module class's forward then."""
+
+    step: Any
+    forwards: tuple
 
 
 def _decode_step_inputs(model: SeqzooForCausalLM, args: tuple, kwargs: dict[str, Any]) -> dict[str, Any] | None:

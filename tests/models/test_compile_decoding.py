@@ -94,10 +94,11 @@ def test_a_compiled_step_still_refuses_bad_input():
         with pytest.raises(ValueError, match="the cache holds 2 sequence"):  # 3 rows of input
             model(torch.tensor([[5], [3], [4]]), cache=cache)
         assert cache.get_seq_length() == before
-        # The cache is intact: the next step is the eager one.
-        eager_cache = output_cache(model(PROMPT, use_cache=True))
+        # The cache is intact: the next step is the eager one (a copy decodes eagerly).
+        eager = copy.deepcopy(model)
+        eager_cache = output_cache(eager(PROMPT, use_cache=True))
         torch.testing.assert_close(model(PROMPT[:, :1], cache=cache).logits,
-                                   type(model).forward(model, PROMPT[:, :1], cache=eager_cache).logits)
+                                   eager(PROMPT[:, :1], cache=eager_cache).logits)
 
 
 def test_a_copy_decodes_eagerly_with_its_own_weights():
@@ -135,3 +136,44 @@ def test_each_model_has_its_own_compiled_step(caplog):
     assert graphs() == 3
     warnings = [r for r in caplog.records if "recompile limit" in r.getMessage()]
     assert len(warnings) == 1 and "run eagerly" in warnings[0].getMessage()
+
+
+def zeroed(module, inputs, output):
+    return output * 0 if isinstance(output, torch.Tensor) else (output[0] * 0, *output[1:])
+
+
+@pytest.mark.parametrize("family", ["lstm", "transformer"])
+def test_hooks_and_forwards_put_on_after_the_first_compiled_step_run(family, monkeypatch):
+    """A compiled step is what the eager forward computes, also once a hook or a patched forward changes that:
+    a hook added on a module (dynamo guards on it when asked), on every module, or a forward put on a module's
+    class (not guarded by dynamo: such steps run eagerly)."""
+    model = tiny_model(FAMILIES[family]).compile_decoding(backend="eager")
+    eager = copy.deepcopy(model)
+
+    def step(m):
+        with torch.no_grad():
+            return m(PROMPT[:, :1], cache=output_cache(m(PROMPT, use_cache=True))).logits
+
+    torch.testing.assert_close(step(model), step(eager))  # compiled
+    assert graphs() == 1
+    for where in ("head", "layer"):
+        handles = [(m.lm_head if where == "head" else m.model.layers[0]).register_forward_hook(zeroed)
+                   for m in (model, eager)]
+        hooked = step(model)
+        torch.testing.assert_close(hooked, step(eager))
+        assert where != "head" or hooked.abs().max() == 0
+        for handle in handles:
+            handle.remove()
+        torch.testing.assert_close(step(model), step(eager))
+    handle = torch.nn.modules.module.register_module_forward_hook(
+        lambda module, i, output: output * 0 if module is model.lm_head or module is eager.lm_head else output)
+    try:
+        assert step(model).abs().max() == 0 == step(eager).abs().max()
+    finally:
+        handle.remove()
+    original = torch.nn.Linear.forward
+    monkeypatch.setattr(torch.nn.Linear, "forward", lambda self, x: original(self, x) * 0)
+    assert step(model).abs().max() == 0 == step(eager).abs().max()
+    monkeypatch.setattr(torch.nn.Linear, "forward", original)
+    torch.testing.assert_close(step(model), step(eager))
+    assert torch._dynamo.config.skip_nnmodule_hook_guards  # dynamo's setting is left as it was
