@@ -149,20 +149,39 @@ class SeqzooCache(Cache):
             raise
 
     def saved(self) -> tuple:
-        """What :meth:`restore` puts back: each layer's state or K/V objects and the position count (no copies)."""
-        return [entry.state if isinstance(entry, StateLayer) else dict(vars(entry)) for entry in self.layers], \
-            self.seen_tokens
+        """What :meth:`restore` puts back: each recurrent layer's state (the objects, no copies), each attention
+        layer's attributes and the length of its keys (not the keys: holding them would keep every layer's old keys
+        and values alive beside the grown ones until the forward ends, twice the cache at its peak), and the
+        position count."""
+        entries = []
+        for entry in self.layers:
+            if isinstance(entry, StateLayer):
+                entries.append(entry.state)
+                continue
+            attributes = dict(vars(entry))
+            keys = attributes.get("keys")
+            length = None
+            if attributes.get("is_initialized") and isinstance(keys, torch.Tensor):
+                length = keys.shape[-2]
+                del attributes["keys"], attributes["values"]
+            entries.append((attributes, length))
+        return entries, self.seen_tokens
 
     def restore(self, saved: tuple) -> None:
-        """Put back what :meth:`saved` returned (see :meth:`unchanged_on_error`)."""
+        """Put back what :meth:`saved` returned (see :meth:`unchanged_on_error`): an attention layer's keys and values
+        are cut back to the length they had (transformers' ``DynamicLayer`` only ever appends)."""
         entries, self.seen_tokens = saved
         for entry, was in zip(self.layers, entries):
             if isinstance(entry, StateLayer):
                 entry.state = was
-            else:
-                attributes = vars(entry)
-                attributes.clear()
-                attributes.update(was)
+                continue
+            attributes, length = was
+            current = vars(entry)
+            keys, values = current.get("keys"), current.get("values")
+            current.clear()
+            current.update(attributes)
+            if length is not None:
+                current["keys"], current["values"] = keys[..., :length, :], values[..., :length, :]
 
     def check_fits(self, config: Any, batch: int, where: str) -> None:
         """Raise if this cache was built for another architecture or layout, or holds another batch size."""

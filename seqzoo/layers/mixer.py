@@ -26,6 +26,7 @@ mixer the way the mixer's paper does.
 
 from __future__ import annotations
 
+import os
 import sys
 from typing import Any, ClassVar
 
@@ -253,10 +254,17 @@ def torch_forward(cls: type) -> Any:
     forward = vars(cls).get("forward")
     module = sys.modules.get(cls.__module__)
     code = getattr(forward, "__code__", None)
-    if (code is None or module is None or code.co_filename != getattr(module, "__file__", None)
-            or getattr(forward, "__qualname__", None) != f"{cls.__qualname__}.forward"):
+    if (code is None or module is None or getattr(forward, "__module__", None) != cls.__module__
+            or getattr(forward, "__qualname__", None) != f"{cls.__qualname__}.forward"
+            or _stem(code.co_filename) != _stem(getattr(module, "__file__", None) or "")):
         return _NOT_TORCHS
     return forward
+
+
+def _stem(path: str) -> str:
+    # The file's name without folder or suffix: an install of compiled files only (no .py beside the .pyc) keeps the
+    # path the source had when it was compiled in co_filename, and the .pyc's in __file__.
+    return os.path.splitext(os.path.basename(path))[0]
 
 
 _NOT_TORCHS = object()

@@ -144,3 +144,27 @@ def test_what_the_cache_keeps_is_restored_whatever_the_body_raised():
     with cache.unchanged_on_error():  # without an error, what the body did stays
         cache.advance(1)
     assert cache.get_seq_length() == 3
+
+
+@pytest.mark.parametrize("preset", ["transformer-tiny", "hybrid-tiny"])
+def test_what_is_kept_does_not_hold_the_old_keys_and_values(preset):
+    # Keeping the layers' old keys for a rollback would hold twice the cache at the peak of every step: only their
+    # lengths are kept, so each layer's old keys are freed once it has grown them.
+    import gc
+    import weakref
+
+    model = tiny_model(preset)
+    with torch.no_grad():
+        cache = output_cache(model(torch.randint(3, 30, (1, 8)), use_cache=True))
+        attention = [entry for entry in cache.layers if not isinstance(entry, StateLayer)]
+        old = [weakref.ref(entry.keys) for entry in attention] + [weakref.ref(entry.values) for entry in attention]
+        alive = []
+
+        def at_last_layer(*args):
+            gc.collect()
+            alive.extend(ref() is not None for ref in old)
+
+        handle = model.model.layers[-1].register_forward_hook(at_last_layer)
+        model(torch.tensor([[5]]), cache=cache)
+        handle.remove()
+    assert alive and not any(alive)

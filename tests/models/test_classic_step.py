@@ -567,3 +567,30 @@ def test_a_forward_put_on_the_class_before_seqzoo_was_imported_is_called(cls, ho
             model(torch.tensor([[3]]), cache=cache, output_hidden_states=True)  # the general path
         assert step_calls == len(calls), (preset, step_calls, len(calls))
         assert step_calls or (cls is nn.LayerNorm and preset == "gru-tiny")  # (the GRU has no norm)
+
+
+def test_torchs_own_forward_is_recognised_in_an_install_of_compiled_files_only(tmp_path, monkeypatch):
+    # Some slim images ship .pyc files without their .py: co_filename then keeps the source's path at compile time
+    # and __file__ is the .pyc's. torch's own forward must still be recognised there (else no decode shortcut runs).
+    import compileall
+    import importlib
+    import sys
+
+    from seqzoo.layers.mixer import torch_forward
+
+    package = tmp_path / "sourceless_torchlike"
+    package.mkdir()
+    (package / "__init__.py").write_text("")
+    (package / "linear.py").write_text("from torch import nn\n\nclass Linear(nn.Module):\n"
+                                       "    def forward(self, x):\n        return x\n")
+    assert compileall.compile_dir(str(package), quiet=1, legacy=True)
+    for source in package.glob("*.py"):
+        source.unlink()
+    monkeypatch.syspath_prepend(str(tmp_path))
+    module = importlib.import_module("sourceless_torchlike.linear")
+    try:
+        assert module.__file__.endswith(".pyc")
+        assert torch_forward(module.Linear) is module.Linear.forward
+    finally:
+        sys.modules.pop("sourceless_torchlike.linear", None)
+        sys.modules.pop("sourceless_torchlike", None)
