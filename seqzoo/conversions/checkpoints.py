@@ -198,6 +198,31 @@ def read_json(path: Path, what: str) -> dict[str, Any]:
     return value
 
 
+# What a saved checkpoint folder holds: writing a model into a folder that has one would replace it (and a sharded
+# source's shards would be deleted by save_pretrained before anything else fails).
+CHECKPOINT_FILES = ("config.json", "*.safetensors", "*.safetensors.index.json", "*.bin", "*.bin.index.json")
+
+
+def check_destination(source: Any, destination: str | Path) -> Path:
+    """Refuse, before anything is read or written, a destination that is the source folder or holds a checkpoint
+    already (a config.json or weights: writing the model there would replace them, and ``save_pretrained`` deletes a
+    sharded checkpoint's old shards); returns it as a Path."""
+    destination = Path(destination)
+    if destination.exists() and not destination.is_dir():
+        raise ValueError(f"destination {str(destination)!r} is a file; pass a folder (new or empty) to write to")
+    target = destination.resolve()
+    if isinstance(source, (str, Path)) and Path(source).is_dir() and Path(source).resolve() == target:
+        raise ValueError(f"destination {str(destination)!r} is the source folder: converting there would overwrite "
+                         "the source; pass a new folder")
+    if target.is_dir():
+        found = sorted({path.name for pattern in CHECKPOINT_FILES for path in target.glob(pattern)})
+        if found:
+            raise ValueError(f"destination {str(destination)!r} already holds a checkpoint ({', '.join(found[:4])}"
+                             f"{' ...' if len(found) > 4 else ''}); writing there would replace it: pass a new or "
+                             "empty folder, or remove those files first")
+    return destination
+
+
 def copy_tokenizer_files(source: Any, destination: Path, names: tuple[str, ...] = TOKENIZER_FILES) -> list[str]:
     """Copy the tokenizer and generation-config files a source folder has; returns the names copied."""
     if not (isinstance(source, (str, Path)) and Path(source).is_dir()):
@@ -297,7 +322,8 @@ def show(items: list[str], limit: int = 8) -> str:
     return ", ".join(items[:limit]) + (f" ... ({len(items)} in all)" if len(items) > limit else "")
 
 
-__all__ = ["DTYPES", "Reader", "SourceWeights", "TOKENIZER_FILES", "build_model", "check_tensors", "copy_tokenizer_files", "download", "load_transformers_source",
+__all__ = ["CHECKPOINT_FILES", "DTYPES", "Reader", "SourceWeights", "TOKENIZER_FILES", "build_model",
+           "check_destination", "check_tensors", "copy_tokenizer_files", "download", "load_transformers_source",
            "load_torch_file", "materialize_buffers", "read_folder_weights", "read_json", "show", "valid_token_ids"]
 
 

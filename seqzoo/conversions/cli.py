@@ -117,12 +117,14 @@ def add_fla_rwkv7(sources: Any) -> None:
 
     def run(args: argparse.Namespace) -> int:
         import seqzoo  # noqa: F401
+        from seqzoo.conversions.checkpoints import check_destination
         from seqzoo.conversions.fla_rwkv7 import (
             convert_fla_rwkv7,
             convert_fla_rwkv7_folder,
         )
 
         if args.world_tokenizer:
+            check_destination(args.source, args.destination)
             model = convert_fla_rwkv7(args.source, dtype=_dtype(args))
             model.save_pretrained(Path(args.destination))
         else:

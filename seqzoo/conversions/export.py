@@ -17,7 +17,7 @@ from typing import Any
 import torch
 
 from seqzoo.conversions import gpt2, hf_mamba, llama
-from seqzoo.conversions.checkpoints import copy_tokenizer_files, materialize_buffers
+from seqzoo.conversions.checkpoints import check_destination, copy_tokenizer_files, materialize_buffers
 from seqzoo.models.modeling_utils import _contiguous_state_dict
 
 # target -> (seqzoo model_type it exports from, transformers class name, module with native_config/native_weights)
@@ -56,6 +56,7 @@ def to_native(model: Any, target: str) -> Any:
 
 def export_native(source: Any, destination: str | Path, target: str) -> Any:
     """Export a seqzoo model (object or saved folder) as a ``target`` folder; returns the transformers model."""
+    check_destination(source, destination)
     model = _load_seqzoo(source)
     native = to_native(model, target)
     destination = Path(destination)

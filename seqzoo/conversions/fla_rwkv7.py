@@ -25,6 +25,7 @@ from typing import Any
 import torch
 
 from seqzoo.conversions.checkpoints import (
+    check_destination,
     SourceWeights,
     copy_tokenizer_files,
     read_folder_weights,
@@ -137,6 +138,7 @@ def convert_fla_rwkv7(source: Any, config: dict[str, Any] | None = None, dtype: 
 def convert_fla_rwkv7_folder(source: str | Path, destination: str | Path, dtype: torch.dtype | None = None) -> Any:
     """Convert an fla folder and save it to ``destination`` with the folder's tokenizer files (fla's World-tokenizer
     checkpoints ship their own tokenizer code; ``seqzoo convert fla-rwkv7 --world-tokenizer`` builds seqzoo's)."""
+    check_destination(source, destination)
     model = convert_fla_rwkv7(source, dtype=dtype)
     model.save_pretrained(Path(destination))
     copy_tokenizer_files(source, Path(destination))

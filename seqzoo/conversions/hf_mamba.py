@@ -20,7 +20,12 @@ from typing import Any
 
 import torch
 
-from seqzoo.conversions.checkpoints import build_model, copy_tokenizer_files, load_transformers_source
+from seqzoo.conversions.checkpoints import (
+    build_model,
+    check_destination,
+    copy_tokenizer_files,
+    load_transformers_source,
+)
 
 logger = logging.getLogger("seqzoo")
 
@@ -125,6 +130,7 @@ def convert_hf_mamba(source: Any, dtype: torch.dtype | None = None) -> Any:
 def convert_hf_mamba_folder(source: Any, destination: str | Path, dtype: torch.dtype | None = None) -> Any:
     """Convert ``source`` and save it to ``destination`` with safetensors, plus the source's tokenizer and
     generation config files when it is a folder that has them. Returns the converted model."""
+    check_destination(source, destination)
     model = convert_hf_mamba(source, dtype)
     model.save_pretrained(Path(destination))
     copy_tokenizer_files(source, Path(destination))

@@ -22,6 +22,7 @@ from typing import Any
 import torch
 
 from seqzoo.conversions.checkpoints import (
+    check_destination,
     Reader,
     build_model,
     copy_tokenizer_files,
@@ -145,6 +146,7 @@ def convert_llama(source: Any, dtype: torch.dtype | None = None) -> Any:
 
 def convert_llama_folder(source: Any, destination: str | Path, dtype: torch.dtype | None = None) -> Any:
     """Convert ``source`` and save it to ``destination`` with the source folder's tokenizer files."""
+    check_destination(source, destination)
     model = convert_llama(source, dtype)
     model.save_pretrained(Path(destination))
     copy_tokenizer_files(source, Path(destination))

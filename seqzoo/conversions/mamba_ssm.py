@@ -24,6 +24,7 @@ from typing import Any
 import torch
 
 from seqzoo.conversions.checkpoints import (
+    check_destination,
     SourceWeights,
     build_model,
     copy_tokenizer_files,
@@ -136,6 +137,7 @@ def convert_mamba_ssm(source: Any, config: dict[str, Any] | None = None, dtype: 
 
 def convert_mamba_ssm_folder(source: str | Path, destination: str | Path, dtype: torch.dtype | None = None) -> Any:
     """Convert a mamba_ssm folder and save it to ``destination``, with any tokenizer files the folder has."""
+    check_destination(source, destination)
     model = convert_mamba_ssm(source, dtype=dtype)
     model.save_pretrained(Path(destination))
     copy_tokenizer_files(source, Path(destination))

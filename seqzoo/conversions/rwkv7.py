@@ -21,6 +21,8 @@ from typing import Any
 
 import torch
 
+from seqzoo.conversions.checkpoints import check_destination
+
 # (seqzoo pattern, reference replacement): the reference key of every seqzoo parameter.
 KEY_MAP = (
     (r"^model\.embed_tokens\.", "emb."),
@@ -187,6 +189,7 @@ def convert_rwkv7_file(
     source: str | Path, destination: str | Path, dtype: torch.dtype | None = None, **config_overrides: Any
 ) -> Any:
     """Convert ``source`` and save it to ``destination`` (safetensors + config.json). Returns the model."""
+    check_destination(source, destination)
     model = convert_rwkv7(source, dtype, **config_overrides)
     model.save_pretrained(Path(destination))
     return model

@@ -28,7 +28,7 @@ from typing import Any
 
 import torch
 
-from seqzoo.conversions.checkpoints import Reader, SourceWeights, build_model, load_torch_file
+from seqzoo.conversions.checkpoints import Reader, SourceWeights, build_model, check_destination, load_torch_file
 
 GATES = {1: "rnn", 3: "gru", 4: "lstm"}
 NONLINEARITIES = ("tanh", "relu")
@@ -213,8 +213,8 @@ def convert_word_lm_file(source: Any, destination: str | Path, nonlinearity: str
                          dtype: torch.dtype | None = None, **config_overrides: Any) -> Any:
     """Convert ``source`` and save it to ``destination``, with a word tokenizer when ``vocabulary`` is given and the
     hidden state (a tensor / tuple, or a ``.pt`` file of one) as ``hidden_state.safetensors`` when ``hidden`` is."""
+    destination = check_destination(source, destination)
     model = convert_word_lm(source, nonlinearity, key_map, dtype, **config_overrides)
-    destination = Path(destination)
     if vocabulary is not None:
         tokenizer = word_tokenizer(vocabulary)
         if len(tokenizer) != model.config.vocab_size:

@@ -1,0 +1,81 @@
+"""Every converter and exporter refuses, before reading or writing anything, a destination that is the source folder
+or already holds a checkpoint: converting a sharded folder into itself used to delete the source's shards and
+rewrite its config before failing."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+
+import pytest
+import torch
+from transformers import MambaConfig as HFMambaConfig
+from transformers import MambaForCausalLM as HFMambaForCausalLM
+
+from seqzoo.cli import main as seqzoo_main
+from seqzoo.conversions import export, fla_rwkv7, gpt2, hf_mamba, llama, mamba_ssm, rwkv7, word_lm
+
+
+def fingerprint(folder):
+    return {path.name: hashlib.sha256(path.read_bytes()).hexdigest() for path in sorted(folder.iterdir())}
+
+
+@pytest.fixture
+def sharded_source(tmp_path):
+    torch.manual_seed(0)
+    model = HFMambaForCausalLM(HFMambaConfig(vocab_size=99, hidden_size=32, num_hidden_layers=2, state_size=8))
+    folder = tmp_path / "hf"
+    model.save_pretrained(folder, max_shard_size="20KB")
+    assert len(list(folder.glob("model-*.safetensors"))) > 1
+    return folder
+
+
+def test_converting_a_folder_into_itself_is_refused_and_leaves_it_as_it_was(sharded_source, capsys):
+    before = fingerprint(sharded_source)
+    code = seqzoo_main(["convert", "hf-mamba", str(sharded_source), str(sharded_source), "--dtype", "bfloat16"])
+    assert code == 2
+    assert "is the source folder: converting there would overwrite the source" in capsys.readouterr().err
+    assert fingerprint(sharded_source) == before
+    assert json.loads((sharded_source / "config.json").read_text())["model_type"] == "mamba"
+
+
+def test_a_destination_holding_a_checkpoint_is_refused_and_kept(sharded_source, tmp_path, capsys):
+    out = tmp_path / "out"
+    assert seqzoo_main(["convert", "hf-mamba", str(sharded_source), str(out)]) == 0
+    before = fingerprint(out)
+    assert seqzoo_main(["convert", "hf-mamba", str(sharded_source), str(out), "--dtype", "bfloat16"]) == 2
+    err = capsys.readouterr().err
+    assert "already holds a checkpoint (config.json, model.safetensors)" in err and "pass a new or empty folder" in err
+    assert fingerprint(out) == before
+    # A folder inside the source, or one holding other files, is a fine destination.
+    (tmp_path / "notes").mkdir()
+    (tmp_path / "notes" / "README.txt").write_text("hello")
+    for destination in (sharded_source / "seqzoo", tmp_path / "notes"):
+        assert seqzoo_main(["convert", "hf-mamba", str(sharded_source), str(destination)]) == 0
+        assert (destination / "config.json").is_file()
+
+
+CONVERTERS = {
+    "rwkv7": lambda source, destination: rwkv7.convert_rwkv7_file(source, destination),
+    "word-lm": lambda source, destination: word_lm.convert_word_lm_file(source, destination),
+    "hf-mamba": lambda source, destination: hf_mamba.convert_hf_mamba_folder(source, destination),
+    "llama": lambda source, destination: llama.convert_llama_folder(source, destination),
+    "gpt2": lambda source, destination: gpt2.convert_gpt2_folder(source, destination),
+    "mamba-ssm": lambda source, destination: mamba_ssm.convert_mamba_ssm_folder(source, destination),
+    "fla-rwkv7": lambda source, destination: fla_rwkv7.convert_fla_rwkv7_folder(source, destination),
+    "export": lambda source, destination: export.export_native(source, destination, "llama"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(CONVERTERS))
+@pytest.mark.parametrize("holds", ["config.json", "model-00001-of-00002.safetensors", "pytorch_model.bin"])
+def test_every_converter_checks_its_destination_first(name, holds, tmp_path):
+    # The check comes before the source is read: this source does not even exist.
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / holds).write_text("{}")
+    with pytest.raises(ValueError, match=rf"already holds a checkpoint \({holds}\)"):
+        CONVERTERS[name](tmp_path / "no-such-source", out)
+    assert (out / holds).read_text() == "{}"
+    with pytest.raises(ValueError, match="is a file; pass a folder"):
+        CONVERTERS[name](tmp_path / "no-such-source", out / holds)
