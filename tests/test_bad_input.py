@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
-from transformers import AutoModelForCausalLM
+from transformers import AutoModel, AutoModelForCausalLM, AutoModelForSequenceClassification
 
 import seqzoo
 
@@ -116,8 +118,57 @@ def test_checkpoint_with_misshaped_tensor(saved_lstm):
     save_file(weights, saved_lstm / "model.safetensors", metadata={"format": "pt"})
     with pytest.raises(ValueError, match=r"mis-shaped tensors: model.layers.0.bias_ih \(checkpoint \(7,\), model \(128,\)\)"):
         AutoModelForCausalLM.from_pretrained(saved_lstm)
+    # What the error advises works: strict=False loads it, that tensor re-initialised (not transformers' own error).
+    model = AutoModelForCausalLM.from_pretrained(saved_lstm, strict=False)
+    assert model.model.layers[0].bias_ih.shape == (128,)
+
+
+def test_checkpoint_with_tensors_the_config_has_no_place_for(saved_lstm):
+    # A config.json of fewer layers than the weights: transformers only lists the extra tensors; seqzoo refuses.
+    config = json.loads((saved_lstm / "config.json").read_text())
+    config["num_hidden_layers"] = 1
+    (saved_lstm / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ValueError, match=r"tensors this model has no place for: model.layers.1.bias_hh, "):
+        AutoModelForCausalLM.from_pretrained(saved_lstm)
+    assert AutoModelForCausalLM.from_pretrained(saved_lstm, strict=False).config.num_hidden_layers == 1
+    # Another head's tensors are not in the way: the backbone and a classifier load from a causal LM's checkpoint.
+    assert type(AutoModel.from_pretrained(saved_lstm, num_hidden_layers=2)).__name__ == "LSTMModel"
+    classifier = AutoModelForSequenceClassification.from_pretrained(saved_lstm, num_hidden_layers=2, num_labels=3)
+    assert classifier.score.weight.shape == (3, 32)
+
+
+def test_what_does_not_fit_is_named_before_non_finite_weights(saved_lstm):
+    # A missing or mis-shaped tensor is left uninitialised by the lenient load (it may hold NaN): what does not fit
+    # is the error, checked before the weights' values.
+    weights = load_file(saved_lstm / "model.safetensors")
+    del weights["model.layers.1.weight_hh"]
+    weights["model.layers.0.bias_ih"][0] = float("nan")
+    save_file(weights, saved_lstm / "model.safetensors", metadata={"format": "pt"})
+    with pytest.raises(ValueError, match=r"missing tensors: model.layers.1.weight_hh\. Pass strict=False"):
+        AutoModelForCausalLM.from_pretrained(saved_lstm)
+    with pytest.raises(ValueError, match=r"holds NaN or infinite weights in model.layers.0.bias_ih"):
+        AutoModelForCausalLM.from_pretrained(saved_lstm, strict=False)
 
 
 def test_missing_checkpoint_folder(tmp_path):
     with pytest.raises(OSError):
         AutoModelForCausalLM.from_pretrained(tmp_path / "nowhere")
+
+
+@pytest.mark.parametrize("preset", ["mamba-tiny", "lstm-tiny", "rwkv7-tiny"])
+def test_strict_false_gives_a_missing_head_fresh_values(preset, tmp_path):
+    # The untied head has no initialisation rule of its own in these architectures: loaded leniently without it,
+    # it must get fresh values (normal(0, initializer_range)), not whatever memory the loader allocated.
+    from tests.conftest import tiny_model
+
+    tiny_model(preset, tie_word_embeddings=False).save_pretrained(tmp_path)
+    weights = load_file(tmp_path / "model.safetensors")
+    del weights["lm_head.weight"]
+    save_file(weights, tmp_path / "model.safetensors", metadata={"format": "pt"})
+    with pytest.raises(ValueError, match="missing tensors: lm_head.weight"):
+        AutoModelForCausalLM.from_pretrained(tmp_path)
+    model = AutoModelForCausalLM.from_pretrained(tmp_path, strict=False)
+    head = model.lm_head.weight
+    std = model.config.initializer_range
+    assert bool(torch.isfinite(head).all()) and 0.8 * std < float(head.std()) < 1.2 * std
+    torch.testing.assert_close(model.model.embed_tokens.weight, weights["model.embed_tokens.weight"])

@@ -260,18 +260,34 @@ def valid_token_ids(values: dict[str, Any], vocab_size: int, origin: str) -> dic
     return kept
 
 
+def head_is_tied(config: Any, head: torch.Tensor | None, embedding: torch.Tensor | None, origin: str) -> bool:
+    """Whether the converted model ties its head to the embedding: as the source config says, unless the source
+    also holds a head that differs from its embedding. transformers then loads that checkpoint untied, with the
+    file's head (and a warning); so does seqzoo: ``config.tie_word_embeddings`` is set to False, said in a warning.
+    (Dropping the file's head for the embedding would compute other logits than the source, silently.)"""
+    if not getattr(config, "tie_word_embeddings", False):
+        return False
+    if head is None or embedding is None or (head.shape == embedding.shape and torch.equal(head, embedding)):
+        return True
+    logger.warning("%s: its config ties the head to the embedding (tie_word_embeddings), but it holds an "
+                   "lm_head.weight that differs from the embedding; converted untied with that head, as transformers "
+                   "loads it", origin)
+    config.tie_word_embeddings = False
+    return False
+
+
 def build_model(config: Any, weights: dict[str, torch.Tensor], dtype: torch.dtype, origin: str) -> Any:
     """The seqzoo causal LM of ``config`` holding copies of ``weights`` (seqzoo names; the dict is emptied) cast to
     ``dtype``, in eval mode. Raises ValueError naming every missing, unexpected or mis-shaped tensor. A tied head may
     be left out."""
     from seqzoo.registry import architecture_for_model_type
 
+    tied = head_is_tied(config, weights.get("lm_head.weight"), weights.get("model.embed_tokens.weight"), origin)
+    if tied:
+        weights.pop("lm_head.weight", None)
     with torch.device("meta"):
         model = architecture_for_model_type(config.model_type).causal_lm_class(config)
     expected = model.state_dict()
-    tied = bool(getattr(config, "tie_word_embeddings", False))
-    if tied:
-        weights.pop("lm_head.weight", None)
     required = {k: v for k, v in expected.items() if not (tied and k == "lm_head.weight")}
     check_tensors(weights, required, f"the weights of {origin} do not fit the seqzoo {config.model_type} model "
                                      f"of the sizes read from it")
@@ -323,8 +339,9 @@ def show(items: list[str], limit: int = 8) -> str:
 
 
 __all__ = ["CHECKPOINT_FILES", "DTYPES", "Reader", "SourceWeights", "TOKENIZER_FILES", "build_model",
-           "check_destination", "check_tensors", "copy_tokenizer_files", "download", "load_transformers_source",
-           "load_torch_file", "materialize_buffers", "read_folder_weights", "read_json", "show", "valid_token_ids"]
+           "check_destination", "check_tensors", "copy_tokenizer_files", "download", "head_is_tied",
+           "load_transformers_source", "load_torch_file", "materialize_buffers", "read_folder_weights", "read_json",
+           "show", "valid_token_ids"]
 
 
 def load_transformers_source(source: Any, model_types: tuple[str, ...], command: str) -> tuple[Any, SourceWeights]:

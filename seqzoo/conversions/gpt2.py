@@ -84,8 +84,8 @@ def seqzoo_weights(source: Any, config: Any) -> dict[str, torch.Tensor]:
         out[f"model.norm.{part}"] = read(f"{prefix}ln_f.{part}", (D,))
     if not config.tie_word_embeddings:
         out["lm_head.weight"] = read("lm_head.weight", (V, D))
-    elif read.has("lm_head.weight"):
-        read.used.add("lm_head.weight")  # a tied head saved twice
+    elif read.has("lm_head.weight"):  # a tied head saved twice, or a head of its own (build_model decides)
+        out["lm_head.weight"] = read("lm_head.weight", (V, D))
     for i in range(config.num_hidden_layers):
         ours, theirs = f"model.layers.{i}.", f"{prefix}h.{i}."
         for norm, hf_norm in (("attn_norm", "ln_1"), ("mlp_norm", "ln_2")):

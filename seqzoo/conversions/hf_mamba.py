@@ -24,6 +24,7 @@ from seqzoo.conversions.checkpoints import (
     build_model,
     check_destination,
     copy_tokenizer_files,
+    head_is_tied,
     load_transformers_source,
 )
 
@@ -94,7 +95,8 @@ def convert_state_dict(state_dict: dict[str, torch.Tensor], config: Any) -> dict
         renamed[new_key] = value
     with torch.device("meta"):
         expected = architecture_for_model_type(config.model_type).causal_lm_class(config).state_dict()
-    tied = config.tie_word_embeddings
+    tied = head_is_tied(config, renamed.get("lm_head.weight"), renamed.get("model.embed_tokens.weight"),
+                        f"the {config.model_type} source")
     if tied:
         renamed.pop("lm_head.weight", None)  # the head is the embedding; the source may store it twice
     required = {k: v for k, v in expected.items() if not (tied and k == "lm_head.weight")}

@@ -115,8 +115,8 @@ def seqzoo_weights(source: Any, config: Any) -> dict[str, torch.Tensor]:
            "model.norm.weight": read("model.norm.weight", (D,))}
     if not config.tie_word_embeddings:
         out["lm_head.weight"] = read("lm_head.weight", (V, D))
-    elif read.has("lm_head.weight"):
-        read.used.add("lm_head.weight")  # a tied head saved twice
+    elif read.has("lm_head.weight"):  # a tied head saved twice, or a head of its own (build_model decides)
+        out["lm_head.weight"] = read("lm_head.weight", (V, D))
     shapes = {"self_attn.q_proj": (q, D), "self_attn.k_proj": (kv, D), "self_attn.v_proj": (kv, D),
               "self_attn.o_proj": (D, q), "mlp.gate_proj": (F, D), "mlp.up_proj": (F, D), "mlp.down_proj": (D, F)}
     for i in range(config.num_hidden_layers):

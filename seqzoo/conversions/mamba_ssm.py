@@ -102,11 +102,20 @@ def config_from_mamba_ssm(ssm_config: dict[str, Any], vocab_size: int) -> Any:
         values["time_step_limit"] = tuple(values["time_step_limit"])
     values.update(
         vocab_size=vocab_size, hidden_size=d_model, num_hidden_layers=ssm_config["n_layer"],
-        residual_in_fp32=bool(ssm_config.get("residual_in_fp32", True)),
-        tie_word_embeddings=bool(ssm_config.get("tie_embeddings", True)), layer_norm_epsilon=NORM_EPSILON,
+        residual_in_fp32=_flag(ssm_config, "residual_in_fp32"),
+        tie_word_embeddings=_flag(ssm_config, "tie_embeddings"), layer_norm_epsilon=NORM_EPSILON,
         **valid_token_ids(ssm_config, vocab_size, "the mamba_ssm config"),
     )
     return (MambaConfig if layer == "Mamba1" else Mamba2Config)(**values)
+
+
+def _flag(ssm_config: dict[str, Any], name: str) -> bool:
+    """A true/false field of a mamba_ssm config (true when absent, mamba_ssm's default for both it has); a string
+    such as "false" is refused, since bool() would read it as true."""
+    value = ssm_config.get(name, True)
+    if not isinstance(value, bool):
+        raise ValueError(f"mamba_ssm config has {name}={value!r}; expected true or false")
+    return value
 
 
 def convert_mamba_ssm(source: Any, config: dict[str, Any] | None = None, dtype: torch.dtype | None = None) -> Any:

@@ -387,9 +387,11 @@ class SeqzooPreTrainedModel(PreTrainedModel):
         **kwargs: Any,
     ):
         """transformers' loading, made strict: a checkpoint of another architecture, with missing or mis-shaped
-        tensors, or holding NaN or infinite weights raises ``ValueError`` instead of silently initialising weights
-        at random or computing garbage; a damaged weights file raises naming the file. ``strict=False`` restores
-        transformers' lenient behaviour for the tensors, ``allow_nonfinite=True`` accepts non-finite weights."""
+        tensors or tensors the model has no place for (a config.json of fewer layers than the weights; another
+        head's tensors are fine), or holding NaN or infinite weights raises ``ValueError`` instead of silently
+        initialising weights at random, dropping weights or computing garbage; a damaged weights file raises naming
+        the file. ``strict=False`` restores transformers' lenient behaviour for the tensors (missing and mis-shaped
+        ones initialised anew, others ignored), ``allow_nonfinite=True`` accepts non-finite weights."""
         config = kwargs.get("config")
         if isinstance(config, PreTrainedConfig):  # the Auto classes pass the checkpoint's own config
             saved_as = (config.architectures or [None])[0]
@@ -399,11 +401,12 @@ class SeqzooPreTrainedModel(PreTrainedModel):
             saved_as = None
         want_info = kwargs.pop("output_loading_info", False)
         allow_mismatch = kwargs.pop("ignore_mismatched_sizes", False)
-        # Load leniently and judge here, so the error names every offending tensor with both shapes.
+        # Load leniently and judge here, so the error names every offending tensor with both shapes. (Leniently also
+        # with strict=False: its mis-shaped tensors are then re-initialised, as the strict error says.)
         try:
             model, info = super().from_pretrained(
-                pretrained_model_name_or_path, *args, output_loading_info=True,
-                ignore_mismatched_sizes=strict or allow_mismatch, **kwargs,
+                pretrained_model_name_or_path, *args, output_loading_info=True, ignore_mismatched_sizes=True,
+                **kwargs,
             )
         except Exception as err:
             if type(err).__name__ != "SafetensorError":
@@ -412,6 +415,35 @@ class SeqzooPreTrainedModel(PreTrainedModel):
                 f"the weights of {str(pretrained_model_name_or_path)!r} cannot be read, the file is damaged or not a "
                 f"safetensors file ({err}); save or download the checkpoint again"
             ) from err
+        # What does not fit first: a tensor that was missing or mis-shaped is left uninitialised here, and would
+        # otherwise be reported as a non-finite weight of the checkpoint.
+        if strict:
+            tied = set(getattr(model, "all_tied_weights_keys", {}) or {})
+            missing = sorted(set(info.get("missing_keys", [])) - tied)
+            if saved_as not in (None, cls.__name__):  # saved with another head: this head starts fresh
+                missing = [key for key in missing if not key.startswith(tuple(f"{m}." for m in cls.head_modules))]
+            mismatched = [] if allow_mismatch else sorted(info.get("mismatched_keys", []))
+            # Tensors the model has no place for: a checkpoint of more layers than its config says, another layout.
+            # Those of another head's modules (a causal LM loaded into a backbone or a classifier) are fine.
+            heads = _head_module_names()
+            unexpected = sorted(key for key in info.get("unexpected_keys", []) if key.split(".")[0] not in heads)
+            problems = []
+            if missing:
+                problems.append(f"missing tensors: {', '.join(missing[:8])}{' ...' if len(missing) > 8 else ''}")
+            if mismatched:
+                shown = ", ".join(f"{key} (checkpoint {tuple(a)}, model {tuple(b)})" for key, a, b in mismatched[:8])
+                problems.append(f"mis-shaped tensors: {shown}")
+            if unexpected:
+                problems.append(f"tensors this model has no place for: {', '.join(unexpected[:8])}"
+                                f"{' ...' if len(unexpected) > 8 else ''} (does config.json match the weights?)")
+            if problems:
+                raise ValueError(
+                    f"checkpoint {str(pretrained_model_name_or_path)!r} does not fit {cls.__name__}: "
+                    f"{'; '.join(problems)}. Pass strict=False to load it anyway with the missing and mis-shaped "
+                    "weights re-initialised and the others ignored."
+                )
+        if not strict:
+            _initialise_anew(model, info)
         if not allow_nonfinite:
             bad = []
             for name, tensor in model.state_dict().items():
@@ -425,24 +457,44 @@ class SeqzooPreTrainedModel(PreTrainedModel):
                     f"{', '.join(bad[:8])}{' ...' if len(bad) > 8 else ''}; a model with them computes NaN. Pass "
                     "allow_nonfinite=True to load it anyway (to inspect it)"
                 )
-        if strict:
-            tied = set(getattr(model, "all_tied_weights_keys", {}) or {})
-            missing = sorted(set(info.get("missing_keys", [])) - tied)
-            if saved_as not in (None, cls.__name__):  # saved with another head: this head starts fresh
-                missing = [key for key in missing if not key.startswith(tuple(f"{m}." for m in cls.head_modules))]
-            mismatched = [] if allow_mismatch else sorted(info.get("mismatched_keys", []))
-            problems = []
-            if missing:
-                problems.append(f"missing tensors: {', '.join(missing[:8])}{' ...' if len(missing) > 8 else ''}")
-            if mismatched:
-                shown = ", ".join(f"{key} (checkpoint {tuple(a)}, model {tuple(b)})" for key, a, b in mismatched[:8])
-                problems.append(f"mis-shaped tensors: {shown}")
-            if problems:
-                raise ValueError(
-                    f"checkpoint {str(pretrained_model_name_or_path)!r} does not fit {cls.__name__}: "
-                    f"{'; '.join(problems)}. Pass strict=False to load it anyway with those weights re-initialised."
-                )
         return (model, info) if want_info else model
+
+
+def _initialise_anew(model: nn.Module, info: dict[str, Any]) -> None:
+    """Give the weight and bias of an ``nn.Linear`` or ``nn.Embedding`` that a lenient load left without a value
+    (missing from the checkpoint or mis-shaped in it) transformers' usual fresh values: normal(0,
+    initializer_range), biases zero. The mixers initialise their own parameters; these layers have no rule of
+    their own in seqzoo (an untied vocabulary head, a mixer's projections) and would otherwise keep whatever memory
+    the loader allocated. A classifier's ``score``, which has one, keeps it."""
+    std = getattr(model.config, "initializer_range", 0.02)
+    tied = set(getattr(model, "all_tied_weights_keys", {}) or {})
+    keys = {*info.get("missing_keys", []), *(key for key, *_ in info.get("mismatched_keys", []))} - tied
+    with torch.no_grad():
+        for key in sorted(keys):
+            path, _, name = key.rpartition(".")
+            try:
+                module = model.get_submodule(path)
+            except AttributeError:
+                continue
+            tensor = module._parameters.get(name)
+            if (tensor is None or tensor.is_meta or type(module) not in (nn.Linear, nn.Embedding)
+                    or module is getattr(model, "score", None)):
+                continue
+            if name == "weight":
+                tensor.normal_(0.0, std)
+            elif name == "bias":
+                tensor.zero_()
+
+
+def _head_module_names() -> set[str]:
+    """The head modules of every seqzoo model class (``lm_head``, ``score``, a plugin's): a checkpoint saved with one
+    of them loads into a class with another head, or into a backbone, without them."""
+    names, pending = set(), [SeqzooPreTrainedModel]
+    while pending:
+        klass = pending.pop()
+        names.update(klass.head_modules)
+        pending.extend(klass.__subclasses__())
+    return names
 
 
 class SeqzooForCausalLM(SeqzooPreTrainedModel, GenerationMixin):

@@ -102,8 +102,11 @@ def test_mamba2_defaults_are_mamba_ssm_defaults():
         (lambda c: c["ssm_cfg"].update(dt_softcap=1.0), r"ssm_cfg.dt_softcap=1.0, which seqzoo does not know"),
         (lambda c: c.update(n_embd=32), r"fields seqzoo does not know: n_embd"),
         (lambda c: c.update(model_type="mamba"), r"a transformers Mamba folder converts with hf-mamba"),
+        (lambda c: c.update(tie_embeddings="false"), r"tie_embeddings='false'; expected true or false"),
+        (lambda c: c.update(residual_in_fp32=1), r"residual_in_fp32=1; expected true or false"),
     ],
-    ids=["attention", "mlp", "layernorm", "mamba3", "unknown-ssm-cfg", "unknown-field", "transformers-folder"],
+    ids=["attention", "mlp", "layernorm", "mamba3", "unknown-ssm-cfg", "unknown-field", "transformers-folder",
+         "string-flag", "number-flag"],
 )
 def test_mamba_ssm_refusals_name_the_field(change, message, tmp_path):
     peer, config = mamba1_pair()

@@ -199,3 +199,45 @@ def test_export_refuses_what_has_no_native_equivalent(preset, overrides, target,
     model.save_pretrained(tmp_path)
     assert seqzoo_main(["export", "--to", target, str(tmp_path), str(tmp_path / "out")]) == 2
     assert "error: cannot export" in capsys.readouterr().err
+
+
+def _tied_peers():
+    from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM, MambaConfig, MambaForCausalLM
+
+    from seqzoo.conversions.hf_mamba import convert_hf_mamba
+
+    torch.manual_seed(0)
+    return {
+        "llama": (lambda: LlamaForCausalLM(LlamaConfig(vocab_size=99, hidden_size=32, intermediate_size=40,
+                                                       num_hidden_layers=1, num_attention_heads=4,
+                                                       tie_word_embeddings=True)), convert_llama),
+        "gpt2": (lambda: GPT2LMHeadModel(GPT2Config(vocab_size=99, n_embd=32, n_layer=1, n_head=4, n_positions=20)),
+                 convert_gpt2),
+        "hf-mamba": (lambda: MambaForCausalLM(MambaConfig(vocab_size=99, hidden_size=32, num_hidden_layers=1,
+                                                          state_size=8)), convert_hf_mamba),
+    }
+
+
+@pytest.mark.parametrize("kind", ["llama", "gpt2", "hf-mamba"])
+def test_a_tied_config_with_a_head_of_its_own_converts_as_transformers_loads_it(kind, tmp_path, caplog):
+    """config.json ties the head (tie_word_embeddings) but the weights hold a different lm_head.weight: transformers
+    loads it untied with the file's head; so must the converter (it dropped the head for the embedding)."""
+    from transformers import AutoModelForCausalLM
+
+    make, convert = _tied_peers()[kind]
+    make().save_pretrained(tmp_path / "src")
+    weights = load_file(tmp_path / "src" / "model.safetensors")
+    embedding = next(key for key in weights if "embed" in key or "wte" in key)
+    weights["lm_head.weight"] = torch.randn_like(weights[embedding])
+    save_file(weights, tmp_path / "src" / "model.safetensors", metadata={"format": "pt"})
+    peer = AutoModelForCausalLM.from_pretrained(tmp_path / "src").eval()
+    converted = convert(tmp_path / "src")
+    assert not converted.config.tie_word_embeddings
+    assert "holds an lm_head.weight that differs from the embedding; converted untied" in caplog.text
+    ids = torch.tensor([[5, 17, 33, 8, 61, 12]])
+    with torch.no_grad():
+        torch.testing.assert_close(converted(ids).logits, peer(ids).logits, atol=1e-5, rtol=1e-5)
+    # A tied head saved twice (equal to the embedding) stays tied.
+    weights["lm_head.weight"] = weights[embedding].clone()
+    save_file(weights, tmp_path / "src" / "model.safetensors", metadata={"format": "pt"})
+    assert convert(tmp_path / "src").config.tie_word_embeddings
