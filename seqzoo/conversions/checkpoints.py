@@ -347,6 +347,7 @@ __all__ = ["CHECKPOINT_FILES", "DTYPES", "Reader", "SourceWeights", "TOKENIZER_F
 def load_transformers_source(source: Any, model_types: tuple[str, ...], command: str) -> tuple[Any, SourceWeights]:
     """(config, lazily read weights) of a transformers model object, a folder saved from one, or a Hub repo id,
     refusing any ``model_type`` outside ``model_types`` with an error that names it."""
+    from huggingface_hub.errors import StrictDataclassClassValidationError, StrictDataclassFieldValidationError
     from transformers import AutoConfig, PreTrainedModel
 
     if isinstance(source, PreTrainedModel):
@@ -359,7 +360,13 @@ def load_transformers_source(source: Any, model_types: tuple[str, ...], command:
     if not (folder / "config.json").is_file():
         raise ValueError(f"{str(source)!r} has no config.json; expected a folder saved by save_pretrained")
     _require_model_type(read_json(folder / "config.json", "config").get("model_type"), model_types, command)
-    return AutoConfig.from_pretrained(folder), read_folder_weights(folder)
+    try:
+        config = AutoConfig.from_pretrained(folder)
+    except (StrictDataclassFieldValidationError, StrictDataclassClassValidationError) as err:
+        # transformers' configs check field types: '"hidden_size": "32"' in config.json fails here
+        raise ValueError(f"{str(folder / 'config.json')!r} has a value of the wrong type or range: "
+                         f"{' '.join(str(err).split())}") from err
+    return config, read_folder_weights(folder)
 
 
 def _require_model_type(model_type: Any, allowed: tuple[str, ...], command: str) -> None:

@@ -13,6 +13,7 @@ from transformers import (
     AutoModelForCausalLM,
     GPT2LMHeadModel,
     LlamaForCausalLM,
+    MambaConfig,
     Mamba2ForCausalLM,
     MambaForCausalLM,
     MistralConfig,
@@ -140,6 +141,21 @@ def test_bad_tensors_and_wrong_sources_are_named(tmp_path):
     with pytest.raises(ValueError, match="model.safetensors.*as safetensors"):
         convert_llama(tmp_path / "broken")
 
+
+
+@pytest.mark.parametrize("command, config, field, value", [
+    ("llama", lambda: llama().config, "hidden_size", "32"),
+    ("gpt2", lambda: gpt2().config, "layer_norm_epsilon", "1e-5"),
+    ("hf-mamba", lambda: MambaConfig(vocab_size=99, hidden_size=32, num_hidden_layers=2), "hidden_size", "32"),
+])
+def test_wrongly_typed_config_field_is_a_user_error(command, config, field, value, tmp_path, capsys):
+    config().save_pretrained(tmp_path / "src")
+    data = json.loads((tmp_path / "src" / "config.json").read_text())
+    data[field] = value
+    (tmp_path / "src" / "config.json").write_text(json.dumps(data))
+    assert seqzoo_main(["convert", command, str(tmp_path / "src"), str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert "config.json" in err and f"field '{field}'" in err and "unexpected" not in err
 
 # ---- export ---------------------------------------------------------------------------------------------------
 
