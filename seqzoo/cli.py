@@ -500,9 +500,13 @@ def main(argv: list[str] | None = None, *, before_command: Callable[[], None] | 
 
 def is_user_error(err: BaseException) -> bool:
     """Errors that mean the input was wrong (bad values, files, backends), not that seqzoo is broken."""
+    from huggingface_hub.errors import StrictDataclassClassValidationError, StrictDataclassFieldValidationError
+
     from seqzoo.kernels.registry import KernelError
 
-    return isinstance(err, (ValueError, KernelError, OSError))
+    # transformers' configs raise huggingface_hub's validation errors for a config.json field of the wrong type
+    return isinstance(err, (ValueError, KernelError, OSError, StrictDataclassFieldValidationError,
+                            StrictDataclassClassValidationError))
 
 
 def describe_error(err: BaseException) -> str:

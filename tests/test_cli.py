@@ -4,6 +4,7 @@ without torch), and the commands in-process where only their answer matters."""
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import signal
 import subprocess
@@ -304,6 +305,17 @@ def test_generate_with_forced_kernel_and_bad_source(tmp_path, capsys):
     assert "cannot load a model and tokenizer from the folder" in _error(capsys, ["generate", str(tmp_path / "empty"),
                                                                                 "ab"])
 
+
+
+def test_generate_names_a_wrongly_typed_config_field(tmp_path, capsys):
+    from transformers import MambaConfig
+
+    MambaConfig(vocab_size=99, hidden_size=32, num_hidden_layers=2).save_pretrained(tmp_path / "m")
+    config = json.loads((tmp_path / "m" / "config.json").read_text())
+    config["hidden_size"] = "32"  # transformers' own config classes check field types
+    (tmp_path / "m" / "config.json").write_text(json.dumps(config))
+    line = _error(capsys, ["generate", str(tmp_path / "m"), "ab"])
+    assert "'hidden_size'" in line
 
 def test_demo_times_decoding_only(capsys):
     assert main(["demo", "--max-new-tokens", "3"]) == 0
