@@ -48,6 +48,11 @@ OTHER_VERSIONS = (
 # Keys the sizes are read from.
 SHAPE_KEYS = ("emb.weight", "blocks.0.att.r_k", "blocks.0.att.w1", "blocks.0.att.a1", "blocks.0.att.g1",
               "blocks.0.ffn.key.weight")
+# The two dimensions of each matrix the sizes are read from, as RWKV-LM saves it.
+MATRIX_DIMS = {"emb.weight": "(vocab, n_embd)", "blocks.0.att.r_k": "(heads, head_size)",
+               "blocks.0.att.w1": "(n_embd, decay rank)", "blocks.0.att.a1": "(n_embd, a rank)",
+               "blocks.0.att.g1": "(n_embd, gate rank)", "blocks.0.ffn.key.weight": "(ffn width, n_embd)",
+               "blocks.0.att.v1": "(n_embd, value rank)", "blocks.1.att.v1": "(n_embd, value rank)"}
 # Config fields a caller may set; everything else follows from the tensors.
 OVERRIDABLE = ("pad_token_id", "bos_token_id", "eos_token_id", "use_cache", "layer_norm_eps", "group_norm_eps")
 
@@ -70,6 +75,10 @@ def load_rwkv7_state_dict(source: str | Path | dict[str, torch.Tensor]) -> dict[
 
 def check_x070(state_dict: dict[str, torch.Tensor]) -> None:
     """Raise ValueError unless ``state_dict`` looks like an RWKV-7 x070 checkpoint, naming what it is instead."""
+    odd = [key for key in state_dict if not isinstance(key, str)]
+    if odd:
+        raise ValueError(f"the checkpoint has keys that are not tensor names (strings): {', '.join(map(repr, odd[:5]))}"
+                         f"; an RWKV-7 x070 checkpoint maps names such as 'emb.weight' to tensors")
     for marker, version in OTHER_VERSIONS:
         found = next((key for key in state_dict if marker in key), None)
         if found is not None:
@@ -82,6 +91,10 @@ def check_x070(state_dict: dict[str, torch.Tensor]) -> None:
         raise ValueError(
             f"the checkpoint is not an RWKV-7 x070 checkpoint: missing {', '.join(map(repr, missing))}"
         )
+    for key, dims in MATRIX_DIMS.items():
+        if key in state_dict and state_dict[key].dim() != 2:
+            raise ValueError(f"the checkpoint's {key} has shape {tuple(state_dict[key].shape)}; expected a matrix "
+                             f"{dims}, as RWKV-LM saves x070 checkpoints")
 
 
 def config_from_state_dict(state_dict: dict[str, torch.Tensor], **overrides: Any) -> Any:

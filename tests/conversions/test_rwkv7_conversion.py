@@ -83,9 +83,18 @@ def renamed(checkpoint, old, new):
                                                                     r"embedding width 32"),
         (lambda sd: renamed(sd, "blocks.1.", "blocks.2."), r"missing tensors blocks.1.ln1.weight, blocks.1.ln1.bias"),
         (lambda sd: [1, 2], r"must be a dict of tensor names to tensors"),
+        # the tensors the sizes are read from, not matrices; a key that is not a name
+        (lambda sd: {**sd, "blocks.0.att.r_k": torch.zeros(1, 1, 32)},
+         r"blocks.0.att.r_k has shape \(1, 1, 32\); expected a matrix \(heads, head_size\)"),
+        (lambda sd: {**sd, "emb.weight": torch.zeros(67 * 32)},
+         r"emb.weight has shape \(2144,\); expected a matrix \(vocab, n_embd\)"),
+        (lambda sd: {**sd, "blocks.0.att.w1": torch.zeros(32)},
+         r"blocks.0.att.w1 has shape \(32,\); expected a matrix \(n_embd, decay rank\)"),
+        (lambda sd: {**sd, "blocks.1.att.v1": torch.zeros(32)}, r"blocks.1.att.v1 has shape \(32,\)"),
+        (lambda sd: {**sd, 5: torch.zeros(3)}, r"keys that are not tensor names \(strings\): 5"),
     ],
     ids=["rwkv6", "rwkv5", "rwkv4", "deepembed", "not-rwkv", "missing", "misshaped-lora", "misshaped-vector",
-         "unexpected", "head-size", "layer-gap", "not-a-dict"],
+         "unexpected", "head-size", "layer-gap", "not-a-dict", "r_k-3d", "emb-1d", "w1-1d", "v1-1d", "key-not-str"],
 )
 def test_not_x070_raises_naming_the_problem(checkpoint, make, message):
     # make: builds the bad source from a good x070 state dict; message: what the error must say
