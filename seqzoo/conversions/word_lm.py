@@ -78,6 +78,10 @@ def config_from_state_dict(state_dict: dict[str, torch.Tensor], nonlinearity: st
     if unknown:
         raise ValueError(f"cannot set {', '.join(unknown)} when converting: the checkpoint's tensors fix them; "
                          f"settable fields are {', '.join(OVERRIDABLE)}")
+    for key, dims in (("encoder.weight", "(vocab, embedding size)"),
+                      ("rnn.weight_hh_l0", "(gates * hidden size, hidden size)")):
+        if state_dict[key].dim() != 2 or 0 in state_dict[key].shape:
+            raise ValueError(f"{key} has shape {tuple(state_dict[key].shape)}; expected a non-empty matrix {dims}")
     vocab_size, embedding_size = state_dict["encoder.weight"].shape
     rows, hidden_size = state_dict["rnn.weight_hh_l0"].shape
     if rows % hidden_size or rows // hidden_size not in GATES:
@@ -93,7 +97,8 @@ def config_from_state_dict(state_dict: dict[str, torch.Tensor], nonlinearity: st
         values["nonlinearity"] = nonlinearity
     elif nonlinearity is not None:
         raise ValueError(f"nonlinearity={nonlinearity!r} applies to nn.RNN only; the checkpoint is an nn.{cell.upper()}")
-    layers = 1 + max(int(m.group(1)) for key in state_dict if (m := re.fullmatch(r"rnn\.weight_ih_l(\d+)", key)))
+    layers = 1 + max((int(m.group(1)) for key in state_dict if (m := re.fullmatch(r"rnn\.weight_ih_l(\d+)", key))),
+                     default=0)  # none at all: one layer, whose missing weight_ih_l0 the weight mapping names
     encoder, decoder = state_dict["encoder.weight"], state_dict["decoder.weight"]
     tied = encoder.shape == decoder.shape and (
         encoder.untyped_storage().data_ptr() == decoder.untyped_storage().data_ptr() or torch.equal(encoder, decoder))

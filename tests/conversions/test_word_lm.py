@@ -134,8 +134,17 @@ def test_pickled_module_is_refused_with_the_fix(tmp_path, capsys):
          r"rnn.weight_ih_l1 \(source \(32, 5\), expected \(32, 32\)\)"),
         (lambda sd: {"pos_encoder.pe": torch.zeros(3), **sd}, {}, r"TransformerModel"),
         (lambda sd: sd, {"nonlinearity": "tanh", "hidden_size": 8}, r"cannot set hidden_size"),
+        (lambda sd: {**sd, "rnn.weight_hh_l0": torch.zeros(32)}, {"nonlinearity": "tanh"},
+         r"rnn.weight_hh_l0 has shape \(32,\); expected a non-empty matrix \(gates \* hidden size, hidden size\)"),
+        (lambda sd: {**sd, "rnn.weight_hh_l0": torch.zeros(0, 0)}, {"nonlinearity": "tanh"},
+         r"rnn.weight_hh_l0 has shape \(0, 0\); expected a non-empty matrix"),
+        (lambda sd: {**sd, "encoder.weight": torch.zeros(99 * 24)}, {"nonlinearity": "tanh"},
+         r"encoder.weight has shape \(2376,\); expected a non-empty matrix \(vocab, embedding size\)"),
+        (lambda sd: {k: v for k, v in sd.items() if "weight_ih" not in k}, {"nonlinearity": "tanh"},
+         r"missing tensors rnn.weight_ih_l0"),
     ],
-    ids=["nonlinearity", "names", "bidirectional", "missing", "misshaped", "transformer", "sizes"],
+    ids=["nonlinearity", "names", "bidirectional", "missing", "misshaped", "transformer", "sizes", "hh-1d", "hh-empty",
+         "encoder-1d", "no-weight-ih"],
 )
 def test_bad_sources_are_named(make, kwargs, message):
     state_dict = make(dict(reference("rnn-relu").state_dict()))
