@@ -76,6 +76,13 @@ def config_from_mamba_ssm(ssm_config: dict[str, Any], vocab_size: int) -> Any:
         if value != supported and not (name == "attn_layer_idx" and not value):
             raise ValueError(f"mamba_ssm config sets {name}={value!r}: {what}, which seqzoo's Mamba models do not "
                              f"have")
+    for name in ("d_model", "n_layer"):
+        if name not in ssm_config:
+            raise ValueError(f"mamba_ssm config has no {name} (the {'width' if name == 'd_model' else 'layer count'} "
+                             f"of the model); MambaLMHeadModel.save_pretrained writes d_model, n_layer and ssm_cfg")
+    if not isinstance(ssm_config.get("ssm_cfg") or {}, dict):
+        raise ValueError(f"mamba_ssm config has ssm_cfg={ssm_config['ssm_cfg']!r}; expected an object of mixer "
+                         f"settings (layer, d_state, d_conv, expand ...)")
     ssm_cfg = dict(ssm_config.get("ssm_cfg") or {})
     layer = ssm_cfg.pop("layer", "Mamba1")
     if layer not in ("Mamba1", "Mamba2"):

@@ -104,9 +104,11 @@ def test_mamba2_defaults_are_mamba_ssm_defaults():
         (lambda c: c.update(model_type="mamba"), r"a transformers Mamba folder converts with hf-mamba"),
         (lambda c: c.update(tie_embeddings="false"), r"tie_embeddings='false'; expected true or false"),
         (lambda c: c.update(residual_in_fp32=1), r"residual_in_fp32=1; expected true or false"),
+        (lambda c: c.pop("n_layer"), r"mamba_ssm config has no n_layer \(the layer count"),
+        (lambda c: c.update(ssm_cfg=[1]), r"ssm_cfg=\[1\]; expected an object of mixer settings"),
     ],
     ids=["attention", "mlp", "layernorm", "mamba3", "unknown-ssm-cfg", "unknown-field", "transformers-folder",
-         "string-flag", "number-flag"],
+         "string-flag", "number-flag", "no-n_layer", "ssm_cfg-list"],
 )
 def test_mamba_ssm_refusals_name_the_field(change, message, tmp_path):
     peer, config = mamba1_pair()
