@@ -106,6 +106,17 @@ def _weights_only_error(path: Path, err: Exception) -> ValueError:
     return ValueError(f"cannot read {str(path)!r} as a PyTorch checkpoint: {err}")
 
 
+def require_floating_point(tensors: Mapping[str, torch.Tensor], origin: str) -> None:
+    """Refuse integer (quantized) or boolean weights: casting them to the model's dtype would keep their codes, not
+    the values they stand for."""
+    odd = [f"{key} ({str(tensor.dtype).removeprefix('torch.')})" for key, tensor in tensors.items()
+           if not tensor.is_floating_point()]
+    if odd:
+        raise ValueError(f"{origin} holds tensors that are not floating point: {show(odd)}; seqzoo converts "
+                         f"floating-point weights (float32, bfloat16, float16 ...): dequantize a quantized checkpoint "
+                         f"first")
+
+
 def _read_index(path: Path) -> dict[str, str]:
     try:
         weight_map = json.loads(path.read_text())["weight_map"]

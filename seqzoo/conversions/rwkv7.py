@@ -186,8 +186,11 @@ def convert_rwkv7(
     defaults to the checkpoint's (the embedding's); ``config_overrides`` may set token ids and norm eps values."""
     from seqzoo.models.rwkv7 import RWKV7ForCausalLM
 
+    from seqzoo.conversions.checkpoints import require_floating_point
+
     state_dict = load_rwkv7_state_dict(source)
     config = config_from_state_dict(state_dict, **config_overrides)
+    require_floating_point(state_dict, "the checkpoint")
     weights = convert_state_dict(state_dict, config)
     dtype = dtype or state_dict["emb.weight"].dtype
     # Built on the meta device, so no time is spent on an init the checkpoint replaces; assign=True adopts copies of

@@ -28,7 +28,14 @@ from typing import Any
 
 import torch
 
-from seqzoo.conversions.checkpoints import Reader, SourceWeights, build_model, check_destination, load_torch_file
+from seqzoo.conversions.checkpoints import (
+    Reader,
+    SourceWeights,
+    build_model,
+    check_destination,
+    load_torch_file,
+    require_floating_point,
+)
 
 GATES = {1: "rnn", 3: "gru", 4: "lstm"}
 NONLINEARITIES = ("tanh", "relu")
@@ -138,6 +145,7 @@ def convert_word_lm(source: Any, nonlinearity: str | None = None, key_map: dict[
     ``config_overrides`` may set ``dropout`` and the special token ids (all unset by default)."""
     state_dict = load_word_lm_state_dict(source, key_map)
     config = config_from_state_dict(state_dict, nonlinearity, **config_overrides)
+    require_floating_point(state_dict, "the checkpoint")
     weights = seqzoo_weights(state_dict, config)
     return build_model(config, weights, dtype or state_dict["encoder.weight"].dtype, "the word-language model")
 

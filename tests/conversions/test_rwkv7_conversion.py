@@ -102,6 +102,13 @@ def test_not_x070_raises_naming_the_problem(checkpoint, make, message):
         convert_rwkv7(make(dict(checkpoint)))
 
 
+def test_integer_tensors_are_refused_naming_the_dtype(checkpoint, tmp_path, capsys):
+    torch.save({k: (v * 10).to(torch.int8) for k, v in checkpoint.items()}, tmp_path / "int8.pth")
+    assert seqzoo_main(["convert", "rwkv7", str(tmp_path / "int8.pth"), str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert "not floating point: emb.weight (int8)" in err and "seqzoo converts floating-point weights" in err
+    assert not (tmp_path / "out").exists()
+
 def test_settable_fields_only(checkpoint, tmp_path):
     with pytest.raises(ValueError, match="cannot set hidden_size when converting.*settable fields are pad_token_id"):
         convert_rwkv7(checkpoint, hidden_size=64)

@@ -152,6 +152,11 @@ def test_bad_sources_are_named(make, kwargs, message):
         convert_word_lm(state_dict, **kwargs)
 
 
+def test_integer_tensors_are_refused_naming_the_dtype():
+    state_dict = {k: v.to(torch.int64) for k, v in reference("lstm").state_dict().items()}
+    with pytest.raises(ValueError, match=r"not floating point: encoder.weight \(int64\).*floating-point weights"):
+        convert_word_lm(state_dict)
+
 def test_hidden_state_of_the_wrong_shape_is_refused():
     model = convert_word_lm(reference("lstm").state_dict())
     with pytest.raises(ValueError, match=r"h and c"):
