@@ -75,11 +75,13 @@ def load_torch_file(path: str | Path) -> dict[str, torch.Tensor]:
     path = Path(path)
     if not path.is_file():
         raise ValueError(f"checkpoint {str(path)!r} does not exist or is not a file")
+    if path.stat().st_size == 0:
+        raise ValueError(f"checkpoint {str(path)!r} is empty (0 bytes): damaged or truncated?")
     try:
         loaded = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
     except RuntimeError as err:  # not a zip archive: a legacy-format file cannot be memory-mapped
         if "mmap" not in str(err):
-            raise ValueError(f"cannot read {str(path)!r} as a PyTorch checkpoint: {err}") from err
+            raise _unreadable(path, err) from err
         loaded = _load_weights_only(path)
     except Exception as err:
         raise _weights_only_error(path, err) from err
@@ -103,7 +105,13 @@ def _weights_only_error(path: Path, err: Exception) -> ValueError:
             f"seqzoo does not load because unpickling runs code from the file. In the program that trained it, "
             f"save the weights instead:  torch.save(model.state_dict(), {path.stem + '-state_dict.pt'!r})"
         )
-    return ValueError(f"cannot read {str(path)!r} as a PyTorch checkpoint: {err}")
+    return _unreadable(path, err)
+
+
+def _unreadable(path: Path, err: Exception) -> ValueError:
+    # torch says little: "[Errno 22] Invalid argument" for a truncated zip, nothing at all for some damaged files
+    return ValueError(f"cannot read {str(path)!r} as a PyTorch checkpoint (damaged or truncated?): "
+                      f"{str(err).strip() or type(err).__name__}")
 
 
 def require_floating_point(tensors: Mapping[str, torch.Tensor], origin: str) -> None:

@@ -102,6 +102,17 @@ def test_not_x070_raises_naming_the_problem(checkpoint, make, message):
         convert_rwkv7(make(dict(checkpoint)))
 
 
+@pytest.mark.parametrize("legacy, keep", [(False, 0.5), (True, 0.5), (False, 0), (False, 1e-3)],
+                         ids=["truncated", "truncated-legacy", "empty", "first-bytes"])
+def test_damaged_file_is_said_to_be_damaged(checkpoint, legacy, keep, tmp_path, capsys):
+    torch.save(checkpoint, tmp_path / "whole.pth", _use_new_zipfile_serialization=not legacy)
+    data = (tmp_path / "whole.pth").read_bytes()
+    (tmp_path / "cut.pth").write_bytes(data[: int(len(data) * keep)])
+    assert seqzoo_main(["convert", "rwkv7", str(tmp_path / "cut.pth"), str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert "'cut.pth'" in err.replace(str(tmp_path) + "/", "") and "damaged or truncated?" in err, err
+    assert not err.rstrip().endswith(":") and "report it" not in err
+
 def test_integer_tensors_are_refused_naming_the_dtype(checkpoint, tmp_path, capsys):
     torch.save({k: (v * 10).to(torch.int8) for k, v in checkpoint.items()}, tmp_path / "int8.pth")
     assert seqzoo_main(["convert", "rwkv7", str(tmp_path / "int8.pth"), str(tmp_path / "out")]) == 2
