@@ -235,6 +235,8 @@ def convert_word_lm_file(source: Any, destination: str | Path, nonlinearity: str
                              f"{model.config.vocab_size} rows; they must match")
     if isinstance(hidden, (str, Path)):
         hidden = _load_hidden_file(Path(hidden))
+    if hidden is not None:
+        hidden_to_cache(hidden, model.config)  # a hidden state of the wrong shape or type is refused before writing
     model.save_pretrained(destination)
     if vocabulary is not None:
         tokenizer.save_pretrained(destination)

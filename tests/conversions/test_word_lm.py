@@ -3,6 +3,8 @@ model itself (built here in the example's shape: encoder -> rnn -> decoder, seq-
 
 from __future__ import annotations
 
+import re
+
 import pytest
 import torch
 from torch import nn
@@ -151,6 +153,18 @@ def test_bad_sources_are_named(make, kwargs, message):
     with pytest.raises(ValueError, match=message):
         convert_word_lm(state_dict, **kwargs)
 
+
+@pytest.mark.parametrize("hidden, message", [
+    (lambda: (torch.zeros(3, 1, 32), torch.zeros(3, 1, 32)), r"shape \(3, 1, 32\); expected \(layers=2"),
+    (lambda: {"h": torch.zeros(2, 1, 32)}, r"is h and c: 2 tensor\(s\).*got dict"),
+], ids=["wrong-shape", "dict"])
+def test_bad_hidden_file_is_refused_before_anything_is_written(hidden, message, tmp_path, capsys):
+    torch.save(reference("lstm").state_dict(), tmp_path / "model.pt")
+    torch.save(hidden(), tmp_path / "hidden.pt")
+    assert seqzoo_main(["convert", "word-lm", str(tmp_path / "model.pt"), str(tmp_path / "out"), "--hidden",
+                        str(tmp_path / "hidden.pt")]) == 2
+    assert re.search(message, capsys.readouterr().err)
+    assert not (tmp_path / "out").exists()
 
 def test_integer_tensors_are_refused_naming_the_dtype():
     state_dict = {k: v.to(torch.int64) for k, v in reference("lstm").state_dict().items()}
