@@ -360,7 +360,7 @@ def show(items: list[str], limit: int = 8) -> str:
 __all__ = ["CHECKPOINT_FILES", "DTYPES", "Reader", "SourceWeights", "TOKENIZER_FILES", "build_model",
            "check_destination", "check_tensors", "copy_tokenizer_files", "download", "head_is_tied",
            "load_transformers_source", "load_torch_file", "materialize_buffers", "read_folder_weights", "read_json",
-           "show", "valid_token_ids"]
+           "require_floating_point", "show", "valid_token_ids"]
 
 
 def load_transformers_source(source: Any, model_types: tuple[str, ...], command: str) -> tuple[Any, SourceWeights]:
