@@ -463,9 +463,11 @@ class SeqzooPreTrainedModel(PreTrainedModel):
 def _initialise_anew(model: nn.Module, info: dict[str, Any]) -> None:
     """Give the weight and bias of an ``nn.Linear`` or ``nn.Embedding`` that a lenient load left without a value
     (missing from the checkpoint or mis-shaped in it) transformers' usual fresh values: normal(0,
-    initializer_range), biases zero. The mixers initialise their own parameters; these layers have no rule of
-    their own in seqzoo (an untied vocabulary head, a mixer's projections) and would otherwise keep whatever memory
-    the loader allocated. A classifier's ``score``, which has one, keeps it."""
+    initializer_range), biases zero. transformers initialises a missing tensor through ``_init_weights``, where
+    seqzoo's mixers set the parameters they have rules for; a plain layer with none (an untied vocabulary head,
+    some of a mixer's projections) would otherwise keep whatever memory the loader allocated. Every such layer gets
+    the same fresh values (a mixer's own rule, such as RWKV-7's zeroed output projections, is not replayed); a
+    classifier's ``score``, initialised by ``_init_weights`` itself, keeps its own."""
     std = getattr(model.config, "initializer_range", 0.02)
     tied = set(getattr(model, "all_tied_weights_keys", {}) or {})
     keys = {*info.get("missing_keys", []), *(key for key, *_ in info.get("mismatched_keys", []))} - tied
