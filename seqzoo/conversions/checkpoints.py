@@ -86,8 +86,13 @@ def load_torch_file(path: str | Path) -> dict[str, torch.Tensor]:
     except Exception as err:
         raise _weights_only_error(path, err) from err
     if not isinstance(loaded, dict) or not all(isinstance(v, torch.Tensor) for v in loaded.values()):
+        # A training checkpoint often nests the weights ({"state_dict": ..., "optimizer": ...}): name where they are.
+        nested = [key for key, value in (loaded.items() if isinstance(loaded, dict) else ())
+                  if isinstance(value, dict) and value and all(isinstance(v, torch.Tensor) for v in value.values())]
+        hint = (f"; its entry {nested[0]!r} is one: save that entry alone, torch.save(checkpoint[{nested[0]!r}], "
+                f"...)" if nested else "")
         raise ValueError(f"{str(path)!r} holds a {type(loaded).__name__}, not a state dict (a dict of tensor names "
-                         f"to tensors)")
+                         f"to tensors){hint}")
     return loaded
 
 

@@ -177,3 +177,16 @@ def test_hidden_state_of_the_wrong_shape_is_refused():
         hidden_to_cache(torch.zeros(2, 1, 32), model.config)
     with pytest.raises(ValueError, match=r"shape \(3, 1, 32\); expected \(layers=2"):
         hidden_to_cache((torch.zeros(3, 1, 32), torch.zeros(3, 1, 32)), model.config)
+
+
+def test_a_nested_training_checkpoint_names_the_entry_holding_the_weights(tmp_path):
+    from seqzoo.conversions.checkpoints import load_torch_file
+
+    weights = {"encoder.weight": torch.zeros(5, 3), "rnn.weight_hh_l0": torch.zeros(4, 4)}
+    torch.save({"state_dict": weights, "epoch": 3}, tmp_path / "trained.pt")
+    with pytest.raises(ValueError, match=r"holds a dict, not a state dict \(a dict of tensor names to tensors\); its "
+                                         r"entry 'state_dict' is one: save that entry alone"):
+        load_torch_file(tmp_path / "trained.pt")
+    torch.save([1, 2], tmp_path / "list.pt")
+    with pytest.raises(ValueError, match=r"holds a list, not a state dict \(a dict of tensor names to tensors\)$"):
+        load_torch_file(tmp_path / "list.pt")
