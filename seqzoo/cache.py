@@ -141,15 +141,15 @@ class SeqzooCache(Cache):
         A forward that fails then leaves the cache as the caller passed it, to continue or retry, instead of some
         layers one token ahead of the others. (Layers replace their state and transformers' ``DynamicLayer``
         concatenates new keys to old ones, so holding the old objects is enough.)"""
-        saved = self.saved()
+        saved = self._saved()
         try:
             yield self
         except BaseException:
-            self.restore(saved)
+            self._restore(saved)
             raise
 
-    def saved(self) -> tuple:
-        """What :meth:`restore` puts back: each recurrent layer's state (the objects, no copies), each attention
+    def _saved(self) -> tuple:
+        """What :meth:`_restore` puts back: each recurrent layer's state (the objects, no copies), each attention
         layer's attributes and the length of its keys (not the keys: holding them would keep every layer's old keys
         and values alive beside the grown ones until the forward ends, twice the cache at its peak), and the
         position count."""
@@ -167,8 +167,8 @@ class SeqzooCache(Cache):
             entries.append((attributes, length))
         return entries, self.seen_tokens
 
-    def restore(self, saved: tuple) -> None:
-        """Put back what :meth:`saved` returned (see :meth:`unchanged_on_error`): an attention layer's keys and values
+    def _restore(self, saved: tuple) -> None:
+        """Put back what :meth:`_saved` returned (see :meth:`unchanged_on_error`): an attention layer's keys and values
         are cut back to the length they had (transformers' ``DynamicLayer`` only ever appends)."""
         entries, self.seen_tokens = saved
         for entry, was in zip(self.layers, entries):

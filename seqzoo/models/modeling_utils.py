@@ -19,7 +19,7 @@ from transformers import initialization as init
 from transformers.generation import utils as generation_utils
 from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutputWithPast
 
-from seqzoo.cache import SeqzooCache
+from seqzoo.cache import SeqzooCache, unchanged_on_error
 from seqzoo.layers.mixer import Mixer, global_module_hooks, has_hooks, torch_forward
 from seqzoo.models.compat import (
     CACHE_ALIASES,
@@ -568,8 +568,7 @@ class SeqzooForCausalLM(SeqzooPreTrainedModel, GenerationMixin):
                                     use_cache, kwargs) is None)
         # A step that fails (in the head or the loss too: the logits of a long prompt are where memory runs out)
         # leaves the cache it was given as it was, to retry or continue (the backbone keeps it so for its layers).
-        saved = cache.saved() if isinstance(cache, SeqzooCache) and not torch.compiler.is_compiling() else None
-        try:
+        with unchanged_on_error(cache):
             if stepped:
                 # A decode step the backbone runs itself: called directly, since nothing hooks its module call.
                 hidden_states = backbone.decode_step(input_ids, attention_mask, cache)
@@ -610,10 +609,6 @@ class SeqzooForCausalLM(SeqzooPreTrainedModel, GenerationMixin):
                     logits=logits, labels=labels, vocab_size=self.config.vocab_size,
                     num_items_in_batch=kwargs.get("num_items_in_batch"),
                 )
-        except BaseException:
-            if saved is not None:
-                cache.restore(saved)
-            raise
 
         if not return_dict:
             output = (logits, new_cache, all_hidden_states)
