@@ -52,7 +52,7 @@ def scripted_calls(monkeypatch):
 def python_path(monkeypatch):
     """A switch that makes the scripted step unavailable, as where TorchScript cannot script it."""
     def off():
-        monkeypatch.setattr(rwkv7_step, "scripted_block_step", lambda: None)
+        monkeypatch.setattr(rwkv7_step, "scripted_stack_step", lambda: None)
     return off
 
 
@@ -97,6 +97,18 @@ def test_scripted_step_equals_the_blocks_in_python(batch, layers, scripted_calls
     slow = decode(model, *args)
     assert scripted_calls[4:] == [False] * 4
     assert_same(fast, slow)
+
+
+def test_each_block_steps_with_its_own_eps(scripted_calls, python_path):
+    """The whole stack runs in one scripted call: each block's own norm eps reach it, not the first block's."""
+    model = random_model(num_hidden_layers=3)
+    for idx, block in enumerate(model.model.layers):
+        block.attn_norm.eps, block.ffn_norm.eps, block.attn.ln_x.eps = 0.3 * (idx + 1), 0.2 * (idx + 1), 0.5 * (idx + 1)
+    args = inputs(model, 2)
+    fast = decode(model, *args)
+    assert scripted_calls == [True] * 4
+    python_path()
+    assert_same(fast, decode(model, *args))
 
 
 def test_scripted_step_from_an_empty_cache_equals_the_full_sequence(scripted_calls):
@@ -268,7 +280,7 @@ def test_when_torchscript_cannot_script_it_decoding_warns_once_and_runs_in_pytho
 
 def test_scripting_shows_no_deprecation_warning(monkeypatch, recwarn):
     monkeypatch.setattr(rwkv7_step, "_scripted", None)
-    assert rwkv7_step.scripted_block_step() is not None
+    assert rwkv7_step.scripted_stack_step() is not None
     assert not [w for w in recwarn if issubclass(w.category, DeprecationWarning)]
 
 
