@@ -270,12 +270,16 @@ def copy_tokenizer_files(source: Any, destination: Path, names: tuple[str, ...] 
 
 
 def valid_token_ids(values: dict[str, Any], vocab_size: int, origin: str) -> dict[str, Any]:
-    """pad/bos/eos ids of a source config, with those outside the vocabulary dropped (and said so)."""
+    """pad/bos/eos ids of a source config, with those outside the vocabulary dropped (and said so). A value that is
+    no token id at all (a string, a float, a bool, an empty list) is a damaged config: it raises, naming the field."""
     kept = {}
     for name in ("pad_token_id", "bos_token_id", "eos_token_id"):
         value = values.get(name)
         ids = value if isinstance(value, (list, tuple)) else [value]
-        if value is None or all(isinstance(i, int) and 0 <= i < vocab_size for i in ids):
+        if value is not None and (not ids or not all(isinstance(i, int) and not isinstance(i, bool) for i in ids)):
+            raise ValueError(f"{origin} sets {name}={value!r}: a token id is an integer (or a list of integers for "
+                             f"eos_token_id), or null")
+        if value is None or all(0 <= i < vocab_size for i in ids):
             kept[name] = list(value) if isinstance(value, tuple) else value
         else:
             logger.warning("%s sets %s=%r, outside its vocabulary of %d; the converted config leaves it unset",

@@ -11,6 +11,7 @@ from the peer's code) and checked against a path that does run:
 from __future__ import annotations
 
 import json
+import logging
 
 import pytest
 import torch
@@ -106,9 +107,14 @@ def test_mamba2_defaults_are_mamba_ssm_defaults():
         (lambda c: c.update(residual_in_fp32=1), r"residual_in_fp32=1; expected true or false"),
         (lambda c: c.pop("n_layer"), r"mamba_ssm config has no n_layer \(the layer count"),
         (lambda c: c.update(ssm_cfg=[1]), r"ssm_cfg=\[1\]; expected an object of mixer settings"),
+        (lambda c: c.update(eos_token_id="0"), r"eos_token_id='0': a token id is an integer"),
+        (lambda c: c.update(pad_token_id=1.0), r"pad_token_id=1.0: a token id is an integer"),
+        (lambda c: c.update(bos_token_id=True), r"bos_token_id=True: a token id is an integer"),
+        (lambda c: c.update(eos_token_id=[]), r"eos_token_id=\[\]: a token id is an integer"),
     ],
     ids=["attention", "mlp", "layernorm", "mamba3", "unknown-ssm-cfg", "unknown-field", "transformers-folder",
-         "string-flag", "number-flag", "no-n_layer", "ssm_cfg-list"],
+         "string-flag", "number-flag", "no-n_layer", "ssm_cfg-list", "string-id", "float-id", "bool-id",
+         "empty-id-list"],
 )
 def test_mamba_ssm_refusals_name_the_field(change, message, tmp_path):
     peer, config = mamba1_pair()
@@ -116,6 +122,16 @@ def test_mamba_ssm_refusals_name_the_field(change, message, tmp_path):
     folder = mamba_ssm_folder(tmp_path / "src", peer, config)
     with pytest.raises(ValueError, match=message):
         convert_mamba_ssm(folder)
+
+
+def test_a_token_id_outside_the_vocabulary_is_left_unset_and_said(tmp_path, caplog):
+    peer, config = mamba1_pair()
+    config.update(eos_token_id=[2, 10**6], bos_token_id=1)
+    folder = mamba_ssm_folder(tmp_path / "src", peer, config)
+    with caplog.at_level(logging.WARNING):
+        model = convert_mamba_ssm(folder)
+    assert model.config.eos_token_id is None and model.config.bos_token_id == 1
+    assert "eos_token_id=[2, 1000000], outside its vocabulary" in caplog.text
 
 
 def test_mamba2_refusals():
