@@ -40,6 +40,10 @@ class Capabilities:
         )
 
 
+# What ``config.problem_type`` may be (transformers' values; None: inferred from num_labels and the labels' dtype).
+PROBLEM_TYPES = (None, "regression", "single_label_classification", "multi_label_classification")
+
+
 class SeqzooConfig(PreTrainedConfig):
     """Fields common to all seqzoo architectures (HF names), and:
 
@@ -98,6 +102,8 @@ class SeqzooConfig(PreTrainedConfig):
         require_bool(self, "bidirectional")
         require_choice(self, "bidirectional_merge", self.bidirectional_merges)
         require_choice(self, "classifier_pooling", ("last", "mean", "first+last"))
+        require_choice(self, "problem_type", PROBLEM_TYPES)
+        require_int(self, "num_labels", minimum=1)
         if self.bidirectional and not self.supports_bidirectional:
             raise ValueError(
                 f"{type(self).__name__}.bidirectional=True is invalid: {self.mixer_type or 'this'} layers run "
@@ -299,7 +305,7 @@ def require_choice(config: Any, name: str, choices: Iterable[str]) -> None:
     value = getattr(config, name)
     choices = list(choices)
     if value not in choices:
-        close = difflib.get_close_matches(str(value), choices, n=1)
+        close = difflib.get_close_matches(str(value), [c for c in choices if isinstance(c, str)], n=1)
         hint = f" (did you mean {close[0]!r}?)" if close else ""
         _fail(config, name, value, f"allowed values are {', '.join(map(repr, choices))}{hint}")
 

@@ -16,6 +16,7 @@ from torch import nn
 from transformers.modeling_outputs import SequenceClassifierOutput, TokenClassifierOutput
 
 from seqzoo.models.compat import check_kwargs
+from seqzoo.models.configuration_utils import PROBLEM_TYPES
 from seqzoo.models.modeling_utils import SeqzooPreTrainedModel, forward_parameters
 from seqzoo.models.packing import find_packing
 
@@ -30,6 +31,8 @@ class _ClassifierHead(SeqzooPreTrainedModel):
         super().__init__(config)
         self.num_labels = config.num_labels
         self.model = self.base_model_class(config)
+        dropout = getattr(config, "classifier_dropout", None)
+        self.dropout = nn.Dropout(0.0 if dropout is None else dropout)
         self.score = nn.Linear(self.feature_size(config), config.num_labels, bias=False)
         self.post_init()
 
@@ -38,6 +41,10 @@ class _ClassifierHead(SeqzooPreTrainedModel):
 
     def _run_backbone(self, input_ids, attention_mask, position_ids, inputs_embeds, output_hidden_states, kwargs):
         check_kwargs(kwargs, forward_parameters(self), f"{type(self).__name__}.forward")
+        if input_ids is not None and input_ids.dim() == 2 and input_ids.shape[1]:
+            # Without a mask, padding is read as tokens by the layers (a bidirectional encoder's right-to-left pass
+            # starts in it; a causal model runs through left padding): said once, as transformers' heads say it.
+            self.warn_if_padding_and_no_attention_mask(input_ids, attention_mask)
         return self.model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
                           inputs_embeds=inputs_embeds, use_cache=False, output_hidden_states=output_hidden_states,
                           **{k: v for k, v in kwargs.items() if k != "num_items_in_batch"})
@@ -52,6 +59,10 @@ class SeqzooForSequenceClassification(_ClassifierHead):
       right-to-left direction has seen the whole sequence at the first token, its left-to-right one at the last.
 
     With an attention mask every pooling is exact for left and right padding alike."""
+
+    # transformers' Trainer hands a model that takes this its token count (num_items_in_batch) and then leaves the
+    # loss of an accumulated step unscaled; one loss per sequence is a mean over rows, so Trainer must scale it.
+    accepts_loss_kwargs = False
 
     def feature_size(self, config: Any) -> int:
         return config.output_dim * (2 if config.classifier_pooling == "first+last" else 1)
@@ -81,24 +92,24 @@ class SeqzooForSequenceClassification(_ClassifierHead):
                                      kwargs)
         pooled = pool(outputs.last_hidden_state, self.config.classifier_pooling,
                       real_tokens(attention_mask, input_ids, self.config.pad_token_id, outputs.last_hidden_state))
-        logits = self.score(pooled)  # (B, num_labels)
+        logits = self.score(self.dropout(pooled))  # (B, num_labels)
         loss = None
         if labels is not None:
+            labels = sequence_labels(labels, logits, self.config)
             loss = self.loss_function(labels=labels, pooled_logits=logits, config=self.config)
         return_dict = return_dict if return_dict is not None else self.config.return_dict
+        attentions = getattr(outputs, "attentions", None)
         if not return_dict:
-            output = tuple(v for v in (logits, outputs.hidden_states) if v is not None)
+            output = tuple(v for v in (logits, outputs.hidden_states, attentions) if v is not None)
             return (loss, *output) if loss is not None else output
-        return SequenceClassifierOutput(loss=loss, logits=logits, hidden_states=outputs.hidden_states)
+        return SequenceClassifierOutput(loss=loss, logits=logits, hidden_states=outputs.hidden_states,
+                                        attentions=attentions)
 
 
 class SeqzooForTokenClassification(_ClassifierHead):
-    """One label per position (tagging); a label of -100 is ignored by the loss."""
-
-    def __init__(self, config: Any) -> None:
-        super().__init__(config)
-        dropout = getattr(config, "classifier_dropout", None)
-        self.dropout = nn.Dropout(0.0 if dropout is None else dropout)
+    """One label per position (tagging); a label of -100 is ignored by the loss. Given ``num_items_in_batch`` (the
+    labelled positions of every micro-batch of an accumulated step, which transformers' Trainer passes), the loss is
+    the sum over this batch's labelled positions divided by it, so the accumulated step's loss is their mean."""
 
     def forward(
         self,
@@ -123,12 +134,59 @@ class SeqzooForTokenClassification(_ClassifierHead):
             if labels.shape != logits.shape[:2]:
                 raise ValueError(f"labels must have shape {tuple(logits.shape[:2])} (batch, sequence_length); got "
                                  f"{tuple(labels.shape)}")
-            loss = self.loss_function(logits=logits, labels=labels, config=self.config)
+            if labels.dtype.is_floating_point or labels.dtype.is_complex or labels.dtype == torch.bool:
+                raise ValueError(f"labels must be class indices (an integer tensor, -100 where unlabelled); got "
+                                 f"dtype {labels.dtype}")
+            loss = self.loss_function(logits=logits, labels=labels.long(), config=self.config,
+                                      num_items_in_batch=kwargs.get("num_items_in_batch"))
         return_dict = return_dict if return_dict is not None else self.config.return_dict
+        attentions = getattr(outputs, "attentions", None)
         if not return_dict:
-            output = tuple(v for v in (logits, outputs.hidden_states) if v is not None)
+            output = tuple(v for v in (logits, outputs.hidden_states, attentions) if v is not None)
             return (loss, *output) if loss is not None else output
-        return TokenClassifierOutput(loss=loss, logits=logits, hidden_states=outputs.hidden_states)
+        return TokenClassifierOutput(loss=loss, logits=logits, hidden_states=outputs.hidden_states,
+                                     attentions=attentions)
+
+
+def sequence_labels(labels: torch.Tensor, logits: torch.Tensor, config: Any) -> torch.Tensor:
+    """``labels`` checked against what the loss of ``config.problem_type`` takes (inferred as transformers infers it
+    when None: regression for one label, single-label for int64/int32 labels, else multi-label), in the dtype it
+    takes: a clear error instead of a broadcast loss or torch's error deep in the loss. logits (B, num_labels)."""
+    if not isinstance(labels, torch.Tensor):
+        raise TypeError(f"labels must be a tensor; got {type(labels).__name__}")
+    batch, num_labels = logits.shape
+    kind = config.problem_type
+    if kind not in PROBLEM_TYPES:
+        raise ValueError(f"config.problem_type={kind!r} is invalid: allowed values are "
+                         f"{', '.join(map(repr, PROBLEM_TYPES))}")
+    inferred = ""
+    if kind is None:
+        kind = ("regression" if num_labels == 1 else "single_label_classification"
+                if labels.dtype in (torch.int64, torch.int32) else "multi_label_classification")
+        inferred = " (config.problem_type is None: inferred from num_labels and the labels' dtype)"
+    if labels.dtype.is_complex:
+        raise ValueError(f"labels must be real numbers; got dtype {labels.dtype}")
+    if kind == "single_label_classification":
+        if labels.dtype.is_floating_point or labels.dtype == torch.bool:
+            raise ValueError(f"single-label classification{inferred} takes class indices (an integer tensor); got "
+                             f"labels of dtype {labels.dtype}")
+        wanted = [(batch,), (batch, 1)]
+    elif kind == "multi_label_classification":
+        wanted = [(batch, num_labels)]
+    else:
+        wanted = [(batch,), (batch, 1)] if num_labels == 1 else [(batch, num_labels)]
+    if tuple(labels.shape) not in wanted:
+        shapes = " or ".join(str(shape) for shape in wanted)
+        raise ValueError(f"{kind.replace('_', ' ')}{inferred} with num_labels={num_labels} takes labels of shape "
+                         f"{shapes}; got {tuple(labels.shape)}")
+    if kind == "single_label_classification":
+        labels = labels.long()
+        bad = labels[(labels != -100) & ((labels < 0) | (labels >= num_labels))]
+        if bad.numel():
+            raise ValueError(f"labels contain {int(bad[0])}: class indices must be in [0, num_labels={num_labels}) "
+                             "or -100 (ignored)")
+        return labels
+    return labels.to(logits.dtype)  # the losses of the other kinds take float targets
 
 
 def real_tokens(
@@ -159,4 +217,5 @@ def pool(hidden_states: torch.Tensor, how: str, real: torch.Tensor) -> torch.Ten
     return torch.cat([hidden_states[rows, first], hidden_states[rows, last]], dim=-1)
 
 
-__all__ = ["SeqzooForSequenceClassification", "SeqzooForTokenClassification", "pool", "real_tokens"]
+__all__ = ["SeqzooForSequenceClassification", "SeqzooForTokenClassification", "pool", "real_tokens",
+           "sequence_labels"]

@@ -96,6 +96,25 @@ def test_a_causal_lm_checkpoint_loads_into_a_head(family_preset, task, tmp_path,
         HEADS[task].from_pretrained(tmp_path / "head")
 
 
+def test_an_untied_head_a_checkpoint_lacks_gets_fresh_values(family_preset, tmp_path, monkeypatch):
+    """A classifier's checkpoint loaded as an untied causal LM: the missing vocabulary head is initialised, not left
+    as the loader's memory (which is filled with NaN here, so that a head left so cannot pass by luck)."""
+    torch.manual_seed(0)
+    HEADS["sequence-classification"].from_config(tiny_config(family_preset, num_labels=3)).save_pretrained(tmp_path)
+    real_empty = torch.empty
+
+    def poisoned_empty(*args, **kwargs):
+        tensor = real_empty(*args, **kwargs)
+        return tensor.fill_(float("nan")) if tensor.is_floating_point() and not tensor.is_meta else tensor
+
+    monkeypatch.setattr(torch, "empty", poisoned_empty)
+    lm = AutoModelForCausalLM.from_pretrained(tmp_path, tie_word_embeddings=False)
+    monkeypatch.undo()
+    weight = lm.lm_head.weight
+    assert weight.data_ptr() != lm.model.embed_tokens.weight.data_ptr()
+    assert torch.isfinite(weight).all() and 0 < weight.std() and weight.abs().max() < 1
+
+
 def test_a_head_refuses_a_checkpoint_of_another_architecture(tmp_path):
     tiny_model(FAMILIES["gru"]).save_pretrained(tmp_path)
     with pytest.raises(ValueError, match="holds a 'seqzoo_gru' model, not 'seqzoo_lstm'"):
@@ -114,7 +133,7 @@ def test_pipelines_and_trainer_on_a_saved_head(family, tmp_path):
         tokenizer.save_pretrained(folder)
         result = pipeline(name, model=str(folder))("a cat sat")
         assert result and all(r.get("label", r.get("entity")) in ("NO", "YES") for r in result)
-        rows = [torch.randint(3, 250, (10,)) for _ in range(8)]
+        rows = [torch.randint(3, 90, (10,)) for _ in range(8)]
         labels = [torch.tensor(1) for _ in rows] if task == "sequence-classification" else [r % 2 for r in rows]
         data = [{"input_ids": r, "labels": label} for r, label in zip(rows, labels)]
         args = TrainingArguments(output_dir=str(tmp_path / "run"), max_steps=2, per_device_train_batch_size=4,
@@ -173,3 +192,132 @@ def test_a_bidirectional_model_encodes_but_cannot_generate(preset):
     logits = model(ids, attention_mask=mask).logits
     for row, prompt in enumerate(PROMPTS):
         torch.testing.assert_close(logits[row], model(torch.tensor([prompt])).logits[0], rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("task", sorted(HEADS))
+def test_trainer_gradient_accumulation_gives_the_step_of_the_whole_batch(task, tmp_path):
+    """transformers' Trainer, one optimizer step over four rows taken whole or in 2 or 4 accumulated micro-batches:
+    the same loss and the same update. (A head that takes **kwargs but ignores num_items_in_batch made Trainer skip
+    its own scaling: the loss and the update grew with the accumulation steps.) The token labels leave a different
+    number of positions unlabelled in each row, so a mean per micro-batch would not be exact."""
+    from transformers import Trainer, TrainingArguments
+
+    gen = torch.Generator().manual_seed(1)
+    rows = [torch.randint(3, 90, (8,), generator=gen) for _ in range(4)]
+    if task == "sequence-classification":
+        data = [{"input_ids": row, "labels": torch.tensor(i % 3)} for i, row in enumerate(rows)]
+    else:
+        data = [{"input_ids": row, "labels": torch.where(torch.arange(8) < 2 * i + 1, row % 3, -100)}
+                for i, row in enumerate(rows)]
+    results = []
+    for accumulation in (1, 2, 4):
+        torch.manual_seed(0)
+        model = HEADS[task].from_config(tiny_config(FAMILIES["lstm"], num_labels=3))
+        before = model.score.weight.detach().clone()
+        args = TrainingArguments(output_dir=str(tmp_path), max_steps=1, per_device_train_batch_size=4 // accumulation,
+                                 gradient_accumulation_steps=accumulation, learning_rate=1.0, optim="sgd",
+                                 lr_scheduler_type="constant", max_grad_norm=0, report_to=[], save_strategy="no",
+                                 use_cpu=True, disable_tqdm=True, dataloader_drop_last=True)
+        loss = Trainer(model=model, args=args, train_dataset=data).train().training_loss
+        results.append((loss, model.score.weight.detach() - before))
+    for loss, update in results[1:]:
+        assert loss == pytest.approx(results[0][0], rel=1e-5)
+        torch.testing.assert_close(update, results[0][1], rtol=1e-4, atol=1e-7)
+
+
+@pytest.mark.parametrize("task", sorted(HEADS))
+def test_heads_return_the_attention_weights_asked_for(task):
+    model = HEADS[task].from_config(tiny_config(FAMILIES["transformer"], num_labels=3,
+                                                attn_implementation="eager")).eval()
+    ids = torch.tensor([PROMPTS[0]])
+    out = model(ids, output_attentions=True)
+    expected = model.model(ids, output_attentions=True).attentions
+    assert len(out.attentions) == len(expected) == model.config.num_hidden_layers
+    for got, want in zip(out.attentions, expected):
+        torch.testing.assert_close(got, want)
+    as_tuple = model(ids, output_attentions=True, output_hidden_states=True, return_dict=False)
+    assert len(as_tuple) == 3 and len(as_tuple[2]) == len(expected)  # logits, hidden states, attentions
+
+
+@pytest.mark.parametrize(
+    "num_labels, problem_type, labels, message",
+    [
+        (2, "regression", torch.tensor([0.5, -1.0]), r"regression with num_labels=2 takes labels of shape \(2, 2\)"),
+        (3, None, torch.tensor([[0, 1, 0], [1, 0, 0]], dtype=torch.uint8), None),
+        (3, None, torch.tensor([0, 2], dtype=torch.uint8),
+         r"multi label classification \(config.problem_type is None: inferred .*\) with num_labels=3 takes labels "
+         r"of shape \(2, 3\); got \(2,\)"),
+        (3, "single_label_classification", torch.tensor([0.0, 2.0]), r"takes class indices .* dtype torch.float32"),
+        (3, "single_label_classification", torch.tensor([0, 3]), r"labels contain 3: class indices must be in "
+                                                                 r"\[0, num_labels=3\)"),
+        (3, "single_label_classification", torch.tensor([[0, 1]]), r"takes labels of shape \(2,\) or \(2, 1\)"),
+        (3, None, torch.tensor([0, 2], dtype=torch.int32), None),
+        (1, None, torch.tensor([1, 2]), None),
+    ],
+    ids=["regression-shape", "multi-label-uint8", "inferred-multi-label-shape", "float-classes", "class-range",
+         "class-shape", "int32-classes", "integer-regression"],
+)
+def test_sequence_labels_are_checked_against_the_problem_type(num_labels, problem_type, labels, message):
+    torch.manual_seed(0)
+    model = HEADS["sequence-classification"].from_config(
+        tiny_config(FAMILIES["gru"], num_labels=num_labels, problem_type=problem_type)).eval()
+    ids = torch.randint(3, 90, (2, 5))
+    if message is not None:
+        with pytest.raises(ValueError, match=message):
+            model(ids, labels=labels)
+        return
+    loss = model(ids, labels=labels).loss
+    logits = model(ids).logits
+    kind = model.config.problem_type
+    if kind == "single_label_classification":
+        expected = torch.nn.functional.cross_entropy(logits, labels.long())
+    elif kind == "multi_label_classification":
+        expected = torch.nn.functional.binary_cross_entropy_with_logits(logits, labels.float())
+    else:
+        expected = torch.nn.functional.mse_loss(logits.squeeze(-1), labels.float())
+    torch.testing.assert_close(loss, expected)
+
+
+def test_token_labels_must_be_integers():
+    model = HEADS["token-classification"].from_config(tiny_config(FAMILIES["gru"], num_labels=3)).eval()
+    ids = torch.randint(3, 90, (2, 5))
+    with pytest.raises(ValueError, match="labels must be class indices .* dtype torch.float32"):
+        model(ids, labels=torch.zeros(2, 5))
+    int32 = model(ids, labels=(ids % 3).int()).loss
+    torch.testing.assert_close(int32, model(ids, labels=ids % 3).loss)
+
+
+@pytest.mark.parametrize("field, value, message", [
+    ("problem_type", "multilabel", r"problem_type='multilabel' is invalid: allowed values are None, 'regression', "
+                                   r"'single_label_classification', 'multi_label_classification'"),
+    ("num_labels", 0, r"num_labels=0 is invalid: must be >= 1"),
+])
+def test_classifier_config_fields_are_validated(field, value, message):
+    with pytest.raises(ValueError, match=message):
+        tiny_config(FAMILIES["gru"], **{field: value})
+
+
+def test_the_sequence_head_applies_classifier_dropout():
+    torch.manual_seed(0)
+    model = HEADS["sequence-classification"].from_config(tiny_config(FAMILIES["gru"], num_labels=3,
+                                                                     classifier_dropout=0.5))
+    ids = torch.randint(3, 90, (4, 5))
+    model.train()
+    assert not torch.equal(model(ids).logits, model(ids).logits)
+    model.eval()
+    assert torch.equal(model(ids).logits, model(ids).logits)
+
+
+@pytest.mark.parametrize("task", sorted(HEADS))
+def test_padding_without_a_mask_is_warned_about(task, caplog):
+    from transformers.utils import logging as hf_logging
+
+    model = HEADS[task].from_config(tiny_config(FAMILIES["gru"], num_labels=3, pad_token_id=0)).eval()
+    hf_logging.enable_propagation()
+    try:
+        with caplog.at_level("WARNING"):
+            model.warn_if_padding_and_no_attention_mask.__func__.__globals__["logger"].warning_once.cache_clear()
+            model(torch.tensor([[5, 6, 0], [5, 6, 7]]))
+    finally:
+        hf_logging.disable_propagation()
+    assert "attention_mask" in caplog.text

@@ -7,6 +7,7 @@ O(1) per token.
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import torch
@@ -57,6 +58,10 @@ class Mamba2PreTrainedModel(SeqzooPreTrainedModel):
             init.normal_(module.weight, mean=0.0, std=self.config.initializer_range)
         elif isinstance(module, RMSNorm):
             init.ones_(module.weight)
+        elif module is getattr(self, "lm_head", None) and not self.config.tie_word_embeddings:
+            # An untied head: torch.nn.Linear's default, which a fresh model's head has from its constructor. A
+            # checkpoint without one (saved by a classifier) gets it here, not the loader's uninitialised memory.
+            init.kaiming_uniform_(module.weight, a=math.sqrt(5))
 
 
 class Mamba2Model(Mamba2PreTrainedModel):
