@@ -301,3 +301,16 @@ def test_device_is_the_first_parameters(family_preset):
                     module._parameters[pname] = torch.nn.Parameter(parameter.detach().to("meta"))
             break  # only the first module holding parameters moves
     assert model.device == next(model.parameters()).device == torch.device("meta")
+
+
+@pytest.mark.parametrize("preset", [p for p in families_where("can_generate")
+                                    if "transformer" in p.id or "hybrid" in p.id])
+def test_eager_attention_in_float64_keeps_a_left_padded_row_exact(preset):
+    """The mask value of float64 scores is float64's minimum; a softmax taken in float32 turned it into -inf and a
+    row of padding into NaN, which the next layer carried into the real tokens."""
+    model = tiny_model(preset, attn_implementation="eager").double()
+    ids, mask = left_pad([PROMPTS[0], PROMPTS[0][:3]])
+    with torch.no_grad():
+        padded = model(ids, attention_mask=mask).logits[1, -3:]
+        alone = model(torch.tensor([PROMPTS[0][:3]])).logits[0]
+    torch.testing.assert_close(padded, alone)
