@@ -28,7 +28,10 @@ def register(subparsers: Any) -> None:
                    help="recipe overrides: train.max_steps=100, lr=1e-3, model.config.dropout=0.1, ...")
     p.add_argument("--resume", nargs="?", const=True, default=None, metavar="PATH",
                    help="continue from the newest checkpoint in output_dir, or from PATH (a run or checkpoint folder)")
-    p.add_argument("--output-dir", default=None, help="where checkpoints, metrics and the final model go")
+    p.add_argument("--output-dir", default=None, help="where checkpoints, metrics and the final model go (a fresh run "
+                   "needs it empty or new)")
+    p.add_argument("--force", action="store_true",
+                   help="start over in an output folder that is not empty, deleting what it holds first")
     p.add_argument("--no-progress", action="store_true", help="no progress bar or log lines")
     p.add_argument("--print-recipe", action="store_true", help="print the resolved recipe and exit")
     p.set_defaults(func=cmd_train)
@@ -49,7 +52,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         print(recipe.to_yaml(), end="")
         return 0
     try:
-        result = train(recipe, resume=args.resume, progress=not args.no_progress)
+        result = train(recipe, resume=args.resume, progress=not args.no_progress, force=args.force)
     except (NonFiniteError, OSError) as err:  # a diverged run, a read-only folder, a full disk: one line each
         raise SystemExit(f"error: {describe(err) if isinstance(err, OSError) else err}") from err
     if result.is_main_process:

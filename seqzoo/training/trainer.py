@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass, field
@@ -180,8 +181,13 @@ def _eval_figures(sums: torch.Tensor, classifier: bool = False) -> dict[str, flo
 
 def train(recipe: Recipe, *, resume: str | Path | bool | None = None, dataset: Any = None,
           progress: bool = True, save_model: bool = True,
-          stop: Callable[[dict[str, Any]], bool] | None = None) -> TrainResult:
+          stop: Callable[[dict[str, Any]], bool] | None = None, force: bool = False) -> TrainResult:
     """Train what ``recipe`` describes; ``resume`` continues from a checkpoint (True: the newest in output_dir).
+
+    A fresh run needs an empty (or new) output_dir: one holding anything, a finished run without checkpoints too,
+    is refused, unless ``force``, which deletes what it holds first (the old run's tokenizer or code files would
+    otherwise be left beside the new model). Resuming from a checkpoint elsewhere likewise needs an empty
+    output_dir, or that checkpoint's own run folder.
 
     ``dataset`` (a ``datasets.Dataset`` or any object indexable by column name) replaces the recipe's data
     source. Returns the final evaluation, gradient health and throughput; the model, its tokenizer and
@@ -204,11 +210,26 @@ def train(recipe: Recipe, *, resume: str | Path | bool | None = None, dataset: A
         )
     micro_batch = t.batch_size // per_micro
     run_dir = Path(recipe.output_dir)
-    if not resume and list_checkpoints(run_dir):
+    occupied = run_dir.is_dir() and any(run_dir.iterdir())
+    if run_dir.exists() and not run_dir.is_dir():
+        raise ValueError(f"output_dir {str(run_dir)!r} is a file, not a folder; choose another output_dir")
+    if not resume and occupied and not force:
+        held = "checkpoints of a run" if list_checkpoints(run_dir) else "files (a finished run, or others)"
         raise ValueError(
-            f"{str(run_dir)!r} already holds checkpoints of a run; pass --resume to continue it, or choose another "
-            f"output_dir (or delete the folder) to start over"
+            f"{str(run_dir)!r} already holds {held}; pass --resume to continue its run, choose another "
+            f"output_dir, or pass --force to start over in it (what it holds is deleted first)"
         )
+    if resume not in (None, False, True) and occupied:
+        source = resolve_resume(resume, run_dir).resolve()
+        if run_dir.resolve() not in source.parents:
+            raise ValueError(
+                f"--resume {str(resume)!r}: output_dir {str(run_dir)!r} holds files of another run; resume into an "
+                f"empty output_dir, or into the checkpoint's own run folder"
+            )
+    if not resume and occupied and force:
+        if accelerator.is_main_process:
+            shutil.rmtree(run_dir)
+        accelerator.wait_for_everyone()
     if resume is True and not list_checkpoints(run_dir):
         why = ("this recipe writes none (train.save_every=0)" if t.save_every == 0 else
                f"the run stopped before its first one (written every train.save_every={t.save_every} steps)")

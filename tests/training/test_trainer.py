@@ -139,6 +139,39 @@ def test_resume_refuses_another_runs_checkpoint_and_fresh_runs_refuse_a_used_fol
         train(make_recipe(tmp_path, "c"), resume=str(tmp_path / "nowhere"), progress=False)
 
 
+def test_a_fresh_run_refuses_a_folder_holding_anything_unless_forced(tmp_path):
+    """A finished run without checkpoints, or a folder of other files, is not written over (the old run's files
+    would stay beside the new model); --force starts over in it, deleting what it held."""
+    train(make_recipe(tmp_path, "a", train={"max_steps": 2, "save_every": 0}), progress=False)
+    (tmp_path / "a" / "stale.txt").write_text("of the first run")
+    before = weights(tmp_path / "a")
+    second = make_recipe(tmp_path, "a", train={"max_steps": 2, "save_every": 0}, optim={"lr": 0.5})
+    with pytest.raises(ValueError, match=r"already holds files \(a finished run, or others\); pass --resume .* "
+                                         r"--force to start over"):
+        train(second, progress=False)
+    assert_same_weights(weights(tmp_path / "a"), before)  # nothing touched
+    train(second, progress=False, force=True)
+    assert not (tmp_path / "a" / "stale.txt").exists()
+    assert (tmp_path / "a" / "model.safetensors").is_file()
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(ValueError, match="is a file, not a folder"):
+        train(make_recipe(tmp_path, "file"), progress=False)
+
+
+def test_resuming_a_checkpoint_into_a_folder_of_another_run_is_refused(tmp_path):
+    steps = {"max_steps": 4, "save_every": 2}
+    train(make_recipe(tmp_path, "a", train=steps), progress=False)
+    train(make_recipe(tmp_path, "b", train={"max_steps": 2, "save_every": 0}), progress=False)
+    before = weights(tmp_path / "b")
+    checkpoint = tmp_path / "a" / "checkpoints" / "checkpoint-2"
+    with pytest.raises(ValueError, match=r"output_dir '.*b' holds files of another run"):
+        train(make_recipe(tmp_path, "b", train=steps), resume=str(checkpoint), progress=False)
+    assert_same_weights(weights(tmp_path / "b"), before)
+    # into an empty folder, or into the checkpoint's own run folder: fine
+    assert train(make_recipe(tmp_path, "c", train=steps), resume=str(checkpoint), progress=False).steps == 4
+    assert train(make_recipe(tmp_path, "a", train=steps), resume=str(checkpoint), progress=False).steps == 4
+
+
 def test_resume_refuses_a_text_file_that_changed(tmp_path):
     corpus = tmp_path / "corpus.txt"
     corpus.write_text("the quick brown fox jumps over the lazy dog. " * 40)
