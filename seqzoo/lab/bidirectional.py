@@ -119,7 +119,7 @@ def run_job(job: dict[str, Any]) -> dict[str, Any]:
     started, cpu = time.perf_counter(), time.process_time()
     base = {key: job[key] for key in ("arch", "preset", "task", "direction")}
     try:
-        result = train(job_recipe(job), progress=False, save_model=False)
+        result = train(job_recipe(job), progress=False, save_model=False, force=True)  # (its own job folder)
         accuracy = {int(name.split("=")[1]): figures["accuracy"] for name, figures in result.eval["sets"].items()}
         row = {**base, "ok": True, "steps": result.steps, "accuracy": accuracy,
                "params": sum(p.numel() for p in result.model.parameters())}
@@ -140,11 +140,17 @@ def _worker_setup() -> None:
 
 
 def run_bidirectional_lab(cfg: BidirectionalLabConfig, out: str | Path, command: str = "seqzoo lab bidirectional",
-                          log: Callable[[str], None] = print) -> dict[str, Any]:
-    """Train every (architecture, task, direction), then write the report and its figure into ``out``."""
+                          log: Callable[[str], None] = print, force: bool = False) -> dict[str, Any]:
+    """Train every (architecture, task, direction), then write the report and its figure into ``out`` (a report
+    there is replaced only with ``force``)."""
     cfg.validate()
     presets = cfg.presets()
     out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"{str(out)!r} is a file; choose a folder for --out")
+    if (out / RESULTS_FILE).is_file() and not force:
+        raise ValueError(f"{str(out)!r} already holds a bidirectional lab report ({RESULTS_FILE}); pass --out "
+                         "NEW_FOLDER to keep it, or --force to replace it")
     out.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
     jobs = [{"arch": arch, "preset": preset, "task": task, "direction": direction, "config": asdict(cfg),

@@ -81,6 +81,7 @@ def register(subparsers: Any) -> None:
                                    "start of the text. Writes bidirectional.md, bidirectional.png and "
                                    "bidirectional-results.json. Not part of the default `seqzoo lab` run.")
     b.add_argument("--out", default="lab-bidirectional", help="report folder (default: lab-bidirectional)")
+    b.add_argument("--force", action="store_true", help="replace the bidirectional report already in --out")
     b.add_argument("--smoke", action="store_true", help="a seconds-long run of every code path (for CI)")
     b.add_argument("--architectures", nargs="+", metavar="ARCH",
                    help="architectures (default: every one that can be bidirectional: rnn lstm gru mamba mamba2 rwkv7)")
@@ -185,5 +186,5 @@ def cmd_bidirectional(args: argparse.Namespace) -> int:
                                 "steps": args.steps, "workers": args.workers, "seed": args.seed}.items()
               if v is not None}
     cfg = BidirectionalLabConfig.smoke(**chosen) if args.smoke else BidirectionalLabConfig(**chosen)
-    results = run_bidirectional_lab(cfg, args.out, command=command_line(args))
+    results = run_bidirectional_lab(cfg, args.out, command=command_line(args), force=args.force)
     return 1 if any(not run["ok"] for run in results["runs"]) else 0

@@ -220,7 +220,8 @@ def run_job(job: dict[str, Any]) -> dict[str, Any]:
     keep = job.get("keep_model", job["task"] == TEXT)
     try:
         stop = solved() if job.get("stop_when_solved", job["task"] != TEXT) else None
-        result = train(job_recipe(job), progress=False, save_model=keep, stop=stop)
+        # (force: the job's own folder, named by the lab, may hold an earlier lab run's job)
+        result = train(job_recipe(job), progress=False, save_model=keep, stop=stop, force=True)
         extra: dict[str, Any] = {"steps_run": result.steps}
         if job["task"] == TEXT:
             extra["validation"] = [(row["step"], row["eval"]["perplexity"]) for row in result.history
@@ -389,8 +390,15 @@ def prepare_output(out: Path, force: bool, log: Callable[[str], None]) -> None:
             raise ValueError(f"{str(out)!r} exists and is not a seqzoo lab report; choose another --out folder")
         try:
             previous = json.loads(marker.read_text())
-        except (OSError, json.JSONDecodeError):
-            previous = {"status": "unreadable"}
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+            previous = None
+        # Only a lab's own marker (its status and the command that made it) lets the folder be replaced: a
+        # results.json of anything else is no sign of a lab report.
+        environment = previous.get("environment") if isinstance(previous, dict) else None
+        if (not isinstance(previous, dict) or previous.get("status") not in ("running", "interrupted", "finished")
+                or not isinstance(environment, dict) or "command" not in environment):
+            raise ValueError(f"{str(out)!r} holds a results.json that is not a seqzoo lab's; choose another --out "
+                             "folder (nothing in it was touched)")
         if previous.get("status") == "finished" and not force:
             made = previous.get("environment", {})
             raise ValueError(
@@ -400,6 +408,14 @@ def prepare_output(out: Path, force: bool, log: Callable[[str], None]) -> None:
             log(f"replacing the unfinished lab run in {out} (status: {previous.get('status', 'unknown')})")
         shutil.rmtree(out)
     out.mkdir(parents=True, exist_ok=True)
+
+
+def write_atomically(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` whole or not at all (a file beside it, then renamed over it): a lab killed while
+    writing its final results leaves the marker it had, not a truncated file that no longer says it is a lab's."""
+    partial = path.with_name(path.name + ".partial")
+    partial.write_text(text)
+    os.replace(partial, path)
 
 
 def build_jobs(cfg: LabConfig, presets: dict[str, str], out: Path) -> list[dict[str, Any]]:
@@ -462,7 +478,7 @@ def run_lab(cfg: LabConfig, out: str | Path, log: Callable[[str], None] = print,
     results["environment"]["finished"] = time.strftime("%Y-%m-%d %H:%M %Z")
     write_report(results, out)
     results["seconds"]["total"] = time.perf_counter() - started
-    marker.write_text(json.dumps(results, indent=1))
+    write_atomically(marker, json.dumps(results, indent=1))
     failed = [r for r in runs if not r["ok"]]
     log(f"wrote {out / 'report.md'} in {_clock(results['seconds']['total'])} (min:s)"
         + (f"; {len(failed)} run(s) FAILED (see the report)" if failed else ""))

@@ -127,7 +127,7 @@ def run_job(job: dict[str, Any]) -> dict[str, Any]:
     base = {"model": job["model"], "task": job["task"]}
     try:
         recipe = job_recipe(job)
-        result = train(recipe, progress=False, save_model=False)
+        result = train(recipe, progress=False, save_model=False, force=True)  # (its own job folder)
         model = result.model.eval()
         data = task_pairs(recipe.data.task, recipe.data.source_lengths, recipe.data.symbols, recipe.data.eval_samples,
                           recipe.train.seed)

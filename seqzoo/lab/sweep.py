@@ -25,7 +25,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from seqzoo.lab.runner import TEXT, LabConfig, lab_presets, longest_first, make_job, prepare_output, run_jobs
+from seqzoo.lab.runner import (TEXT, LabConfig, lab_presets, longest_first, make_job, prepare_output, run_jobs,
+                               write_atomically)
 from seqzoo.training.data import TASKS
 
 TIE = 0.01  # accuracy (or relative perplexity) within which two rates count as equal
@@ -94,7 +95,7 @@ def run_sweep(cfg: SweepConfig, out: str | Path, log: Callable[[str], None] = pr
     results = {"status": "finished", "config": asdict(cfg), "presets": presets, "runs": runs,
                "environment": environment, "seconds": time.perf_counter() - started}
     results["proposal"] = propose(results)
-    (out / "results.json").write_text(json.dumps(results, indent=1))
+    write_atomically(out / "results.json", json.dumps(results, indent=1))
     (out / "sweep.md").write_text(sweep_report(results))
     log(f"wrote {out / 'sweep.md'}; proposed recipes:\n{json.dumps(results['proposal'], indent=1)}")
     return results

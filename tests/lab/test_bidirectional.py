@@ -17,7 +17,7 @@ from seqzoo.training.classification import build_label_data
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
-def test_smoke_run_compares_both_directions_of_every_architecture(tmp_path):
+def test_smoke_run_compares_both_directions_of_every_architecture(tmp_path, capsys):
     out = tmp_path / "bi"
     assert main(["lab", "bidirectional", "--smoke", "--workers", "1", "--out", str(out)]) == 0
     results = json.loads((out / "bidirectional-results.json").read_text())
@@ -42,6 +42,11 @@ def test_smoke_run_compares_both_directions_of_every_architecture(tmp_path):
         tags = [tag for _, row_tags in data.eval_rows()[f"distance={distance}"] for tag in row_tags]
         share = max(tags.count("again"), tags.count("last")) / len(tags)
         assert results["baselines"]["appears_later"][str(distance)] == pytest.approx(share)
+    # Its report is replaced only with --force; then every job starts over in its own folder.
+    assert main(["lab", "bidirectional", "--smoke", "--workers", "1", "--out", str(out)]) == 2
+    assert "already holds a bidirectional lab report" in capsys.readouterr().err
+    assert main(["lab", "bidirectional", "--smoke", "--workers", "1", "--out", str(out), "--force"]) == 0
+    assert all(r["ok"] for r in json.loads((out / "bidirectional-results.json").read_text())["runs"])
 
 
 @pytest.mark.parametrize("task", ["appears_later", "first_letter"])

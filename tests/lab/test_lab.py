@@ -84,6 +84,12 @@ def test_lab_never_replaces_a_finished_report_silently(tmp_path):
     with pytest.raises(ValueError, match="exists and is not a seqzoo lab report"):
         run_lab(LabConfig.smoke(architectures=["rnn"]), tmp_path / "mine", force=True)
     assert (tmp_path / "mine" / "thesis.tex").read_text() == "precious"
+    # A results.json of anything else (another tool's, a truncated one) is no lab marker, with --force too.
+    for text in ('{"accuracy": 0.93}', '{"status": "running"}', '{"status": "fini', "[1]"):
+        (tmp_path / "mine" / "results.json").write_text(text)
+        with pytest.raises(ValueError, match="holds a results.json that is not a seqzoo lab's"):
+            run_lab(LabConfig.smoke(architectures=["rnn"]), tmp_path / "mine", force=True)
+        assert (tmp_path / "mine" / "thesis.tex").read_text() == "precious"
 
 
 def test_gradient_reach_is_zero_without_recurrence_and_nonzero_with_attention():
