@@ -17,6 +17,7 @@ and then a 2-process run could not reproduce a 1-process one.
 from __future__ import annotations
 
 import json
+import logging
 import math
 import shutil
 import time
@@ -59,6 +60,8 @@ from seqzoo.utils import quiet_transformers
 METRICS_FILE = "metrics.jsonl"
 TRAINING_INFO_FILE = "seqzoo_training.json"
 
+
+logger = logging.getLogger(__name__)
 
 @dataclass
 class TrainResult:
@@ -463,7 +466,26 @@ def _record(row: dict[str, Any], history: list[dict[str, Any]], path: Path, acce
 def _read_history(path: Path, up_to: int) -> list[dict[str, Any]]:
     if up_to == 0 or not path.is_file():
         return []
-    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    """The logged rows of ``path`` (metrics.jsonl) up to step ``up_to``, the checkpoint resumed from. A last line
+    cut short (the run killed, or the disk full, while appending it) is dropped: it lies past the checkpoint, which
+    was complete before it. Any other damaged line is an error naming the file and the line."""
+    lines = path.read_text(encoding="utf-8", errors="replace").splitlines()
+    rows = []
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as err:
+            if number == len(lines):
+                logger.warning("%s: its last line is cut short (%s); dropped, it lies past the checkpoint", path, err)
+                continue
+            raise ValueError(f"{str(path)!r} line {number} is not a JSON object ({err}); repair or delete the line "
+                             "to resume") from err
+        if not isinstance(row, dict) or not isinstance(row.get("step"), int):
+            raise ValueError(f"{str(path)!r} line {number} is not a logged row with a step; repair or delete the "
+                             "line to resume")
+        rows.append(row)
     return [row for row in rows if row["step"] <= up_to]
 
 

@@ -172,6 +172,21 @@ def test_resuming_a_checkpoint_into_a_folder_of_another_run_is_refused(tmp_path)
     assert train(make_recipe(tmp_path, "a", train=steps), resume=str(checkpoint), progress=False).steps == 4
 
 
+def test_resume_drops_a_metrics_line_cut_short_and_names_a_damaged_one(tmp_path, caplog):
+    steps = {"max_steps": 4, "save_every": 2}
+    train(make_recipe(tmp_path, "a", train=steps), progress=False)
+    metrics = tmp_path / "a" / "metrics.jsonl"
+    whole = metrics.read_text()
+    metrics.write_text(whole + '{"step": 5, "loss": 1.2')  # killed while appending
+    resumed = train(make_recipe(tmp_path, "a", train=steps), resume=True, progress=False)
+    assert resumed.steps == 4 and "its last line is cut short" in caplog.text
+    assert all(json.loads(line)["step"] <= 4 for line in metrics.read_text().splitlines())
+    lines = whole.splitlines()
+    metrics.write_text("\n".join([lines[0], "{not json", *lines[1:]]) + "\n")
+    with pytest.raises(ValueError, match=r"metrics.jsonl' line 2 is not a JSON object"):
+        train(make_recipe(tmp_path, "a", train=steps), resume=True, progress=False)
+
+
 def test_resume_refuses_a_text_file_that_changed(tmp_path):
     corpus = tmp_path / "corpus.txt"
     corpus.write_text("the quick brown fox jumps over the lazy dog. " * 40)
