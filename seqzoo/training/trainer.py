@@ -204,6 +204,11 @@ def train(recipe: Recipe, *, resume: str | Path | bool | None = None, dataset: A
 
     t = recipe.train
     accelerator = Accelerator(mixed_precision=t.mixed_precision, cpu=_launched_on_cpu_only())
+    if t.mixed_precision == "fp16" and accelerator.device.type == "cpu":
+        # Accelerate sets up neither fp16 autocast nor a gradient scaler on the CPU: the run would train in float32
+        # while its records said fp16 (and skip no non-finite step, which the scaler handles where there is one).
+        raise ValueError("train.mixed_precision=fp16 needs a GPU: on the CPU it would train in float32; use bf16 "
+                         "(CPU autocast) or no")
     world = accelerator.num_processes
     per_micro = world * t.gradient_accumulation_steps
     if t.batch_size % per_micro:

@@ -187,6 +187,14 @@ def test_resume_drops_a_metrics_line_cut_short_and_names_a_damaged_one(tmp_path,
         train(make_recipe(tmp_path, "a", train=steps), resume=True, progress=False)
 
 
+def test_fp16_on_the_cpu_is_refused_rather_than_run_in_float32(tmp_path):
+    if torch.cuda.is_available():
+        pytest.skip("fp16 runs with a gradient scaler on a GPU")
+    with pytest.raises(ValueError, match="mixed_precision=fp16 needs a GPU: on the CPU it would train in float32"):
+        train(make_recipe(tmp_path, "a", train={"mixed_precision": "fp16"}), progress=False)
+    assert not (tmp_path / "a").exists()
+
+
 def test_resume_refuses_a_text_file_that_changed(tmp_path):
     corpus = tmp_path / "corpus.txt"
     corpus.write_text("the quick brown fox jumps over the lazy dog. " * 40)
