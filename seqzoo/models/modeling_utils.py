@@ -788,17 +788,7 @@ class SeqzooForCausalLM(SeqzooPreTrainedModel, GenerationMixin):
         release (or under its older names ``past_key_values`` / ``cache_params``)."""
         cache = take_cache(cache, kwargs)
         config = kwargs.get("generation_config") or self.generation_config
-        implementation = kwargs.get("cache_implementation", getattr(config, "cache_implementation", None))
-        if implementation not in (None, "dynamic"):
-            raise ValueError(
-                f"{type(self).__name__}.generate: cache_implementation={implementation!r} is not supported. seqzoo "
-                "models decode with their own cache, SeqzooCache (a fixed-size state per recurrent layer, keys and "
-                "values growing per attention layer, like transformers' dynamic cache): leave cache_implementation "
-                "unset (or 'dynamic'), or pass cache=SeqzooCache.for_model(model)"
-            )
-        if implementation is not None:
-            # "dynamic" is what SeqzooCache does; generate() refuses a cache_implementation beside a cache object.
-            kwargs["cache_implementation"] = None
+        check_cache_implementation(self, config, kwargs)
         takes_cache = GENERATE_CACHE_KWARG in inspect.signature(self.prepare_inputs_for_generation).parameters
         if cache is None and kwargs.get("use_cache", config.use_cache) is not False and takes_cache:
             # generate() builds no cache for a model that declines the default DynamicCache, but some of its modes
@@ -830,6 +820,23 @@ _PREPARED_BY_NAME = frozenset({
 _NOT_HANDED_ON = _PREPARED_BY_NAME | {"next_sequence_length", "is_first_iteration", "inputs_embeds", "position_ids"}
 # Handed on only when not None.
 _HANDED_ON_WHEN_SET = frozenset({GENERATE_CACHE_KWARG, "attention_mask"})
+
+
+def check_cache_implementation(model: nn.Module, config: Any, kwargs: dict[str, Any]) -> None:
+    """What ``generate()`` does with a ``cache_implementation`` (a keyword in ``kwargs``, or ``config``'s): seqzoo
+    models decode with their own cache, so any other than "dynamic" (what SeqzooCache is) is refused, not left for
+    transformers to ignore with a log line; "dynamic" is taken out of ``kwargs`` (generate() refuses one beside a
+    cache object)."""
+    implementation = kwargs.get("cache_implementation", getattr(config, "cache_implementation", None))
+    if implementation not in (None, "dynamic"):
+        raise ValueError(
+            f"{type(model).__name__}.generate: cache_implementation={implementation!r} is not supported. seqzoo "
+            "models decode with their own cache, SeqzooCache (a fixed-size state per recurrent layer, keys and "
+            "values growing per attention layer, like transformers' dynamic cache): leave cache_implementation "
+            "unset (or 'dynamic'), or pass cache=SeqzooCache.for_model(model)"
+        )
+    if implementation is not None:
+        kwargs["cache_implementation"] = None
 
 
 @dataclass(frozen=True)

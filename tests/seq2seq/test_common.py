@@ -282,6 +282,45 @@ def test_encoder_outputs_as_a_tuple_and_outputs_as_tuples(preset):
     assert torch.isfinite(loss)
 
 
+def test_tuple_outputs_keep_every_output_asked_for(preset):
+    """return_dict=False gives Seq2SeqLMOutput's set fields in order (attentions and hidden states were dropped),
+    and the backbone honours return_dict too."""
+    model = tiny_model(preset)
+    ids, mask = padded()
+    target = torch.randint(3, 99, (3, 4))
+    asked = dict(attention_mask=mask, decoder_input_ids=target, output_attentions=True, output_hidden_states=True)
+    as_dict = model(ids, **asked)
+    as_tuple = model(ids, **asked, return_dict=False)
+    expected = as_dict.to_tuple()
+    assert len(as_tuple) == len(expected)
+    assert as_dict.decoder_hidden_states is not None and as_dict.encoder_hidden_states is not None
+    for got, want in zip(as_tuple, expected):
+        if isinstance(want, torch.Tensor):
+            torch.testing.assert_close(got, want)
+        elif isinstance(want, tuple):
+            assert len(got) == len(want)
+    backbone = model.model(ids, **asked, return_dict=False)
+    assert isinstance(backbone, tuple) and len(backbone) == len(model.model(ids, **asked).to_tuple())
+
+
+def test_generate_refuses_a_cache_implementation_it_would_ignore(preset):
+    model = tiny_model(preset)
+    ids, mask = padded()
+    with pytest.raises(ValueError, match="cache_implementation='static' is not supported"):
+        model.generate(ids, attention_mask=mask, max_new_tokens=2, cache_implementation="static")
+    model.generate(ids, attention_mask=mask, max_new_tokens=2, cache_implementation="dynamic")
+
+
+def test_int32_labels_give_the_int64_loss(preset):
+    model = tiny_model(preset)
+    ids, mask = padded()
+    target = torch.randint(3, 99, (3, 4))
+    loss = model(ids, attention_mask=mask, labels=target).loss
+    torch.testing.assert_close(model(ids, attention_mask=mask, labels=target.int()).loss, loss)
+    with pytest.raises(ValueError, match="labels must be integer token ids"):
+        model(ids, attention_mask=mask, labels=target.bool())
+
+
 def test_hf_trainer_and_seq2seq_trainer(preset, tmp_path):
     from transformers import Seq2SeqTrainer, Seq2SeqTrainingArguments
 

@@ -25,6 +25,7 @@ from seqzoo.layers.positions import SinusoidalPositions, sinusoidal_table
 from seqzoo.models.compat import GENERATE_CACHE_KWARG, check_kwargs, model_output, output_cache, take_cache
 from seqzoo.models.modeling_utils import (
     SeqzooPreTrainedModel,
+    check_cache_implementation,
     forward_parameters,
     prepare_inputs,
     resolve_output_flags,
@@ -164,7 +165,7 @@ class Seq2SeqModel(Seq2SeqPreTrainedModel):
             for idx, entry in enumerate(decoded.cache_entries):
                 cache.update_layer(idx, entry)
             cache.advance(inputs.length)
-        return model_output(
+        output = model_output(
             Seq2SeqModelOutput,
             cache=cache if use_cache else None,
             last_hidden_state=decoded.output,
@@ -175,6 +176,7 @@ class Seq2SeqModel(Seq2SeqPreTrainedModel):
             encoder_hidden_states=encoder_outputs.hidden_states,
             encoder_attentions=encoder_outputs.attentions,
         )
+        return output if (self.config.return_dict if return_dict is None else return_dict) else output.to_tuple()
 
 
 def _as_encoder_output(encoder_outputs: Any) -> Seq2SeqEncoderOutput:
@@ -263,6 +265,7 @@ class Seq2SeqForConditionalGeneration(Seq2SeqPreTrainedModel, GenerationMixin):
         return_dict = return_dict if return_dict is not None else self.config.return_dict
         if labels is not None:
             self._check_labels(labels)
+            labels = labels.long()  # (int32 ids too: the loss takes int64)
             if decoder_input_ids is None and decoder_inputs_embeds is None:
                 decoder_input_ids = self.prepare_decoder_input_ids_from_labels(labels)
         with unchanged_on_error(cache):  # (the head and the loss too: see SeqzooForCausalLM.forward)
@@ -270,7 +273,7 @@ class Seq2SeqForConditionalGeneration(Seq2SeqPreTrainedModel, GenerationMixin):
                 input_ids=input_ids, attention_mask=attention_mask, decoder_input_ids=decoder_input_ids,
                 decoder_attention_mask=decoder_attention_mask, encoder_outputs=encoder_outputs, cache=cache,
                 inputs_embeds=inputs_embeds, decoder_inputs_embeds=decoder_inputs_embeds, use_cache=use_cache,
-                output_attentions=output_attentions, output_hidden_states=output_hidden_states,
+                output_attentions=output_attentions, output_hidden_states=output_hidden_states, return_dict=True,
             )
             logits = self.lm_head(outputs.last_hidden_state)  # (B, T, V)
             loss = None
@@ -280,8 +283,10 @@ class Seq2SeqForConditionalGeneration(Seq2SeqPreTrainedModel, GenerationMixin):
                                      f"{tuple(logits.shape[:2])}: pass one label per decoder position")
                 loss = _token_loss(logits, labels, kwargs.get("num_items_in_batch"))
         new_cache = output_cache(outputs)
-        if not return_dict:
-            output = tuple(v for v in (logits, new_cache, outputs.encoder_last_hidden_state) if v is not None)
+        if not return_dict:  # Seq2SeqLMOutput's fields in order, those set
+            output = tuple(v for v in (logits, new_cache, outputs.decoder_hidden_states, outputs.decoder_attentions,
+                                       outputs.cross_attentions, outputs.encoder_last_hidden_state,
+                                       outputs.encoder_hidden_states, outputs.encoder_attentions) if v is not None)
             return (loss, *output) if loss is not None else output
         return model_output(
             Seq2SeqLMOutput,
@@ -297,7 +302,8 @@ class Seq2SeqForConditionalGeneration(Seq2SeqPreTrainedModel, GenerationMixin):
         )
 
     def _check_labels(self, labels: torch.Tensor) -> None:
-        if labels.dim() != 2 or labels.dtype.is_floating_point:
+        if (labels.dim() != 2 or labels.dtype.is_floating_point or labels.dtype.is_complex
+                or labels.dtype == torch.bool):
             raise ValueError(f"labels must be integer token ids of shape (batch, target_length); got a "
                              f"{labels.dtype} tensor of shape {tuple(labels.shape)}")
         if not torch.compiler.is_compiling():
@@ -310,6 +316,7 @@ class Seq2SeqForConditionalGeneration(Seq2SeqPreTrainedModel, GenerationMixin):
         """transformers' ``generate``; a cache to continue from may be passed as ``cache`` on every supported
         release (or under its older names ``past_key_values`` / ``cache_params``)."""
         cache = take_cache(cache, kwargs)
+        check_cache_implementation(self, kwargs.get("generation_config") or self.generation_config, kwargs)
         if cache is not None:
             kwargs[GENERATE_CACHE_KWARG] = cache
         return super().generate(*args, **kwargs)
