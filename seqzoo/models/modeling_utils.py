@@ -296,6 +296,16 @@ class SeqzooPreTrainedModel(PreTrainedModel):
     # (seqzoo/models/packing.py), which every causal architecture reads; checked like the parameters.
     extra_forward_kwargs: tuple[str, ...] = PACKING_KWARGS
 
+    def __init__(self, config: Any, *args: Any, **kwargs: Any) -> None:
+        # A config is validated when built, but a field set since (``config.x = ...``, or a keyword of
+        # ``from_pretrained``, which transformers sets on the loaded config) was not: the model would be built from
+        # it silently (a hybrid of fewer layers than its mixer_types, a seq2seq model of a combination its config
+        # refuses).
+        validate = getattr(config, "validate_architecture", None)
+        if validate is not None:
+            validate()
+        super().__init__(config, *args, **kwargs)
+
     def takes_step(self, input_ids: Any, inputs_embeds: Any, cache: Any, output_hidden_states: bool | None,
                    kwargs: dict[str, Any]) -> bool:
         """Whether this backbone's ``decode_step(input_ids, attention_mask, cache)`` computes a forward call with these

@@ -321,3 +321,19 @@ def test_padding_without_a_mask_is_warned_about(task, caplog):
     finally:
         hf_logging.disable_propagation()
     assert "attention_mask" in caplog.text
+
+
+def test_a_config_changed_after_it_was_built_is_validated_when_the_model_is(tmp_path):
+    """Configs are validated when built; a field set since, or a keyword of from_pretrained (which transformers
+    sets on the loaded config), is validated when a model is built from it."""
+    from seqzoo.models.hybrid import HybridConfig, HybridForCausalLM
+
+    config = HybridConfig(vocab_size=99, hidden_size=32, mixer_types=["mamba", "attention"])
+    config.mixer_types = ["mamba", "attention", "gru"]  # num_hidden_layers stays 2: a layer would be dropped
+    with pytest.raises(ValueError, match="mixer_types names 3 layers"):
+        HybridForCausalLM(config)
+    tiny_model(FAMILIES["gru"]).save_pretrained(tmp_path)
+    with pytest.raises(ValueError, match=r"num_hidden_layers=0 is invalid"):
+        AutoModelForCausalLM.from_pretrained(tmp_path, num_hidden_layers=0)
+    with pytest.raises(ValueError, match=r"problem_type='multilabel' is invalid"):
+        HEADS["sequence-classification"].from_pretrained(tmp_path, problem_type="multilabel")
