@@ -94,7 +94,8 @@ class SeqzooCache(Cache):
     position seen, padding included.
     """
 
-    def __init__(self, layer_kinds: Sequence[str], model_type: str | None = None) -> None:
+    def __init__(self, layer_kinds: Sequence[str], model_type: str | None = None,
+                 mixer_types: Sequence[str] | None = None) -> None:
         layer_kinds = list(layer_kinds)
         if not layer_kinds:
             raise ValueError("SeqzooCache needs at least one layer")
@@ -104,6 +105,9 @@ class SeqzooCache(Cache):
         super().__init__(layers=[DynamicLayer() if kind == ATTENTION else StateLayer() for kind in layer_kinds])
         self.layer_kinds = tuple(layer_kinds)
         self.model_type = model_type
+        # Each layer's token mixer (a hybrid's differ): an RNN layer's state would be read by a GRU layer of the
+        # same kind and width without an error.
+        self.mixer_types = None if mixer_types is None else tuple(mixer_types)
         self.seen_tokens = 0
         self._fits_config: Any = None  # the config check_fits last accepted
 
@@ -111,7 +115,8 @@ class SeqzooCache(Cache):
     def for_model(cls, model: Any) -> "SeqzooCache":
         """An empty cache laid out for ``model`` (a seqzoo model or its config)."""
         config = getattr(model, "config", model)
-        return cls(config.cache_layer_kinds, config.model_type)
+        mixers = getattr(config, "layer_mixer_types", None)
+        return cls(config.cache_layer_kinds, config.model_type, mixers() if mixers is not None else None)
 
     def __repr__(self) -> str:
         return f"SeqzooCache(layers={self.layers}, seen_tokens={self.seen_tokens})"
@@ -187,13 +192,19 @@ class SeqzooCache(Cache):
         """Raise if this cache was built for another architecture or layout, or holds another batch size."""
         # The layout check reads config properties (slow attribute access in transformers' configs); a decode loop
         # passes the same config every token, and a built model's layer kinds do not change.
-        if config is not self._fits_config and (self.model_type not in (None, config.model_type)
-                                                or tuple(config.cache_layer_kinds) != self.layer_kinds):
-            raise ValueError(
-                f"{where}: the cache was built for a {self.model_type or 'seqzoo'} model with layers "
-                f"{list(self.layer_kinds)}, not this {config.model_type} model with layers "
-                f"{list(config.cache_layer_kinds)}; pass a cache this model returned, or SeqzooCache.for_model(model)"
-            )
+        if config is not self._fits_config:
+            mixers = getattr(config, "layer_mixer_types", None)
+            mixers = tuple(mixers()) if mixers is not None else None
+            if (self.model_type not in (None, config.model_type)
+                    or tuple(config.cache_layer_kinds) != self.layer_kinds
+                    or None not in (self.mixer_types, mixers) and mixers != self.mixer_types):
+                built = list(self.mixer_types or self.layer_kinds)
+                here = list(mixers if self.mixer_types is not None and mixers else config.cache_layer_kinds)
+                raise ValueError(
+                    f"{where}: the cache was built for a {self.model_type or 'seqzoo'} model with layers {built}, "
+                    f"not this {config.model_type} model with layers {here}; pass a cache this model returned, or "
+                    "SeqzooCache.for_model(model)"
+                )
         self._fits_config = config
         cached = self.batch_size
         if cached is not None and cached != batch:

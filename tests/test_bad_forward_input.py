@@ -35,6 +35,25 @@ def test_a_cache_of_another_architecture_is_refused(family_preset):
         model(IDS, cache={"h": torch.zeros(2, 32)})
 
 
+@pytest.mark.parametrize("built, used", [(["rnn", "attention"], ["gru", "attention"]),
+                                         (["mamba", "attention"], ["lstm", "attention"]),
+                                         (["mamba", "attention"], ["mamba2", "attention"])])
+def test_a_hybrids_cache_is_refused_by_a_hybrid_of_other_mixers(built, used):
+    """The same recurrent/attention layout is not enough: an RNN layer's state, read by a GRU layer of the same
+    width, gave a wrong answer without an error."""
+    from seqzoo.models.hybrid import HybridConfig, HybridForCausalLM
+
+    def hybrid(types):
+        return HybridForCausalLM(HybridConfig(vocab_size=99, hidden_size=32, mixer_types=types)).eval()
+
+    cache = output_cache(hybrid(built)(IDS, use_cache=True))
+    with pytest.raises(ValueError, match=rf"the cache was built for a seqzoo_hybrid model with layers "
+                                         rf"\['{built[0]}', 'attention'\], not this seqzoo_hybrid model with layers "
+                                         rf"\['{used[0]}', 'attention'\]"):
+        hybrid(used)(IDS[:, :1], cache=cache)
+    hybrid(built)(IDS[:, :1], cache=cache)  # its own kind of model continues it
+
+
 @pytest.mark.parametrize("preset", families_where("can_crop_cache", False))
 def test_a_4d_mask_is_refused_where_layers_keep_a_state(preset):
     model = tiny_model(preset)
