@@ -29,7 +29,7 @@ RATIO = re.compile(r"^(\d+(?:\.\d+)?)x$")
 def ratios(output: str) -> dict[str, float]:
     """Map each markdown table row to its last cell's ratio, for rows that end in one. A row is named by its first
     cell, prefixed by its table's last column header when tables reuse row names ("4096 / 256: Mamba"), and followed
-    by its second cell when an earlier row had the same name ("generate / raw: gru / 1024 x 2 (12.9M)")."""
+    by its next cells while an earlier row had the same name ("generate / raw: gru / 1024 x 2 (12.9M)")."""
     found: dict[str, float] = {}
     header = ""
     for line in output.splitlines():
@@ -43,8 +43,12 @@ def ratios(output: str) -> dict[str, float]:
         match = RATIO.match(cells[-1])
         if match:
             label = f"{header}: {cells[0]}"
-            if label in found and len(cells) > 2:  # a row name met again (one family at two sizes): add the second cell
-                label = f"{label} / {cells[1]}"
+            # A row name met again (one family at two sizes, or at B=1 and B=8, or in a later table of the same
+            # last header): add the next cells until the name is new, so that no row overwrites another.
+            for extra in cells[1:-1]:
+                if label not in found:
+                    break
+                label = f"{label} / {extra}"
             found[label] = float(match.group(1))
     return found
 
