@@ -106,8 +106,9 @@ class SeqzooConfig(PreTrainedConfig):
         require_int(self, "num_labels", minimum=1)
         if self.bidirectional and not self.supports_bidirectional:
             raise ValueError(
-                f"{type(self).__name__}.bidirectional=True is invalid: {self.mixer_type or 'this'} layers run "
-                "left to right only here (bidirectional encoders: RNN, LSTM, GRU, Mamba, Mamba-2, RWKV-7)"
+                f"{type(self).__name__}.bidirectional=True is invalid: "
+                f"{f'{self.mixer_type} layers run' if self.mixer_type else 'this architecture runs'} left to right "
+                "only here (bidirectional encoders: the RNN, LSTM, GRU, Mamba, Mamba-2 and RWKV-7 models)"
             )
         eos = self.eos_token_id
         for token in eos if isinstance(eos, (list, tuple)) else [eos]:

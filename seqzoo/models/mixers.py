@@ -114,6 +114,8 @@ def list_mixers() -> list[str]:
 
 def get_mixer(name: str) -> MixerSpec:
     load_mixer_plugins()
+    if not isinstance(name, str):
+        raise ValueError(f"a mixer is named by a string; got {name!r} (available: {', '.join(sorted(_MIXERS))})")
     if name not in _MIXERS:
         close = difflib.get_close_matches(str(name), sorted(_MIXERS), n=1)
         hint = f" (did you mean {close[0]!r}?)" if close else ""

@@ -128,6 +128,18 @@ def test_a_broken_mixer_plugin_is_logged_and_skipped(plugin_mixer, caplog):
     assert "broken" not in list_mixers()
 
 
+@pytest.mark.parametrize("mixer_types", [[["mamba"]], [{"mamba": 1}], "mamba", {"mamba", "attention"}, []],
+                         ids=["nested-list", "dict-entry", "string", "set", "empty"])
+def test_hybrid_mixer_types_of_the_wrong_shape_are_named(mixer_types):
+    with pytest.raises(ValueError, match=r"mixer_types=.* is invalid: expected a non-empty list of mixer names"):
+        seqzoo.HybridConfig(hidden_size=32, mixer_types=mixer_types)
+
+
+def test_a_bidirectional_hybrid_is_refused_in_words_that_fit_it():
+    with pytest.raises(ValueError, match=r"bidirectional=True is invalid: this architecture runs left to right only"):
+        seqzoo.HybridConfig(hidden_size=32, mixer_types=["mamba", "gru"], bidirectional=True)
+
+
 def test_hybrid_config_errors_name_what_is_wrong():
     with pytest.raises(ValueError, match=r"unknown mixer 'mambaa' \(did you mean 'mamba'\?\)"):
         seqzoo.HybridConfig(mixer_types=["mambaa", "attention"])

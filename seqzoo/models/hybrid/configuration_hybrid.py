@@ -79,11 +79,13 @@ class HybridConfig(SeqzooConfig):
         super().__post_init__(**kwargs)
 
     def validate_architecture(self) -> None:
-        super().validate_architecture()
         name = type(self).__name__
-        if not isinstance(self.mixer_types, list) or not self.mixer_types:
+        # mixer_types first: the layer count is derived from it, and would otherwise be the field an error names.
+        if (not isinstance(self.mixer_types, list) or not self.mixer_types
+                or not all(isinstance(kind, str) for kind in self.mixer_types)):
             raise ValueError(f"{name}.mixer_types={self.mixer_types!r} is invalid: expected a non-empty list of "
                              "mixer names, one per layer")
+        super().validate_architecture()
         if self.num_hidden_layers != len(self.mixer_types):
             raise ValueError(f"{name}.num_hidden_layers={self.num_hidden_layers} is invalid: mixer_types names "
                              f"{len(self.mixer_types)} layers")
