@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from seqzoo.lab import plots
+from seqzoo.lab.runner import SOLVED_ACCURACY, SOLVED_WINDOW, TEXT
 from seqzoo.lab.findings import (
     accuracy_by_task,
     architecture_lines,
@@ -167,6 +168,9 @@ def _provenance(results: dict[str, Any]) -> str:
 
 def write_report(results: dict[str, Any], out: Path) -> None:
     cfg = results["config"]
+    # (the runner evaluates a text run every steps // text_evaluations steps, then once more at its end)
+    text_steps = next((run["steps"] for run in results["runs"] if run["task"] == TEXT), cfg["text_evaluations"])
+    text_eval_every = max(1, text_steps // cfg["text_evaluations"])
     accuracy = accuracy_by_task(results)
     runs = text_runs(results)
     profiles = {"at initialisation": {a: m["gradients_init"] for a, m in results["measurements"].items()},
@@ -217,10 +221,12 @@ kernels.
 
 ## Memory: accuracy against distance
 
-{figure(MEMORY_PNG, "accuracy against distance per architecture")}One model per task, distance and seed, each
-trained on batches of {cfg['batch_size']} sequences over {cfg['symbols']} symbols (warmup + cosine decay; steps per
-task below); accuracy is over the answer tokens of {cfg['eval_samples']} held-out sequences. Cells give the mean
-over seeds {', '.join(map(str, cfg['seeds']))} and, in brackets, the lowest and the highest seed.
+{figure(MEMORY_PNG, "accuracy against distance per architecture")}One model per task and seed, trained on every
+distance (one distance per batch, in turn) with batches of {cfg['batch_size']} sequences over {cfg['symbols']}
+symbols (warmup + cosine decay; the step budget per task is below, and a run stops early once its training accuracy
+holds {SOLVED_ACCURACY:.0%} over {SOLVED_WINDOW} steps); accuracy is over the answer tokens of {cfg['eval_samples']}
+held-out sequences per distance. Cells give the mean over seeds {', '.join(map(str, cfg['seeds']))} and, in
+brackets, the lowest and the highest seed.
 
 {notes}
 
@@ -235,7 +241,8 @@ Learning rates (from {rates_source()}):
 {figure(TEXT_PNG, "validation perplexity against training step")}Batches of {cfg['batch_size']} ×
 {cfg['text_seq_len']} bytes of `pydoc_data.topics` (the documentation every Python ships with), read as one stream
 (`data.packing: false`: the context runs on from one topic into the next); perplexity per byte
-on the held-out last 5%, {cfg['text_evaluations']} times along each run; seed {cfg['seeds'][0]}. The trained models
+on the first {cfg['eval_samples']} × {cfg['text_seq_len']} bytes of the held-out last 5%, every
+{text_eval_every} steps along each run and at its end; seed {cfg['seeds'][0]}. The trained models
 are in `runs/<architecture>/text-s{cfg['seeds'][0]}/` (`seqzoo generate {out}/runs/lstm/text-s{cfg['seeds'][0]} "def "`).
 
 {_text_section(results)}
