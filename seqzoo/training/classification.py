@@ -215,7 +215,11 @@ def read_labelled_jsonl(path: str | Path, task: str) -> list[tuple[Row, str]]:
     tagging = task == "token-classification"
     expected = '{"tokens": ["word", ...], "tags": ["TAG", ...]}' if tagging else '{"text": "...", "label": "..."}'
     rows = []
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as err:
+        raise ValueError(f"data file {str(path)!r} is not UTF-8 text ({err})") from err
+    for number, line in enumerate(text.splitlines(), start=1):
         if not line.strip():
             continue
         where = f"{path}:{number}"

@@ -414,12 +414,19 @@ def load_recipe(source: str, overrides: dict[str, Any] | None = None) -> Recipe:
     path = Path(source)
     # A folder that happens to share a preset's name (an output folder, say) is not a recipe file.
     if path.suffix in (".yaml", ".yml", ".json") or path.is_file():
+        if path.is_dir():
+            raise ValueError(f"recipe file {str(path)!r} is a folder, not a YAML file")
         if not path.is_file():
             raise ValueError(f"recipe file {str(path)!r} does not exist")
         try:
-            values = yaml.safe_load(path.read_text()) or {}
+            values = yaml.safe_load(path.read_text(encoding="utf-8"))
+        except UnicodeDecodeError as err:
+            raise ValueError(f"recipe file {str(path)!r} is not UTF-8 text ({err})") from err
         except yaml.YAMLError as err:
             raise ValueError(f"recipe file {str(path)!r} is not valid YAML: {err}") from err
+        if values is None:  # empty, or comments only: it would train the default recipe without a word
+            raise ValueError(f"recipe file {str(path)!r} is empty (or only comments); a recipe names at least its "
+                             "model (model: {preset: lstm-tiny}), see configs/ for examples")
         default_name = path.stem
     elif source in list_recipes():
         values = yaml.safe_load((RECIPE_DIR / f"{source}.yaml").read_text()) or {}

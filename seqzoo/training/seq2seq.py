@@ -170,7 +170,11 @@ def read_jsonl(path: str | Path) -> list[tuple[str, str]]:
         raise ValueError(f"data file {str(path)!r} does not exist" if not path.exists()
                          else f"data file {str(path)!r} is not a file")
     pairs = []
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as err:
+        raise ValueError(f"data file {str(path)!r} is not UTF-8 text ({err})") from err
+    for number, line in enumerate(text.splitlines(), start=1):
         if not line.strip():
             continue
         try:

@@ -154,3 +154,15 @@ def test_dataset_objects():
     data = recipe_from_dict({"data": {"source": "pydoc", "seq_len": 4, "eval_fraction": 0.3}}).data
     stream = build_data(data, seed=0, dataset=Columns(text=["abcdefghij"] * 3, id=[0, 1, 2]))
     assert stream.name == "dataset:Columns" and len(stream.train_tokens) == 23
+
+
+def test_a_jsonl_data_file_that_is_not_utf8_is_named(tmp_path):
+    from seqzoo.training.classification import read_labelled_jsonl
+    from seqzoo.training.seq2seq import read_jsonl
+
+    path = tmp_path / "rows.jsonl"
+    path.write_bytes('{"source": "caf\xe9", "target": "x"}\n'.encode("latin-1"))
+    with pytest.raises(ValueError, match=r"data file '.*rows.jsonl' is not UTF-8 text"):
+        read_jsonl(path)
+    with pytest.raises(ValueError, match=r"data file '.*rows.jsonl' is not UTF-8 text"):
+        read_labelled_jsonl(path, "sequence-classification")

@@ -83,6 +83,16 @@ def test_unknown_recipe_and_bad_overrides(tmp_path):
     bad.write_text("- a list\n- not sections\n")
     with pytest.raises(ValueError, match="must be a mapping of sections, got list"):
         load_recipe(str(bad))
+    for text in ("", "# only a comment\n"):
+        bad.write_text(text)
+        with pytest.raises(ValueError, match=r"recipe file '.*bad.yaml' is empty \(or only comments\)"):
+            load_recipe(str(bad))
+    bad.write_bytes("model: {preset: caf\xe9}\n".encode("latin-1"))
+    with pytest.raises(ValueError, match=r"recipe file '.*bad.yaml' is not UTF-8 text"):
+        load_recipe(str(bad))
+    (tmp_path / "folder.yaml").mkdir()
+    with pytest.raises(ValueError, match=r"recipe file '.*folder.yaml' is a folder, not a YAML file"):
+        load_recipe(str(tmp_path / "folder.yaml"))
 
 
 def test_run_id_follows_the_trajectory_not_the_bookkeeping():
