@@ -7,6 +7,7 @@ line (status 130). --debug, or SEQZOO_DEBUG=1, shows the traceback instead.
 from __future__ import annotations
 
 import argparse
+import difflib
 import importlib
 import os
 import sys
@@ -466,12 +467,28 @@ def debug_requested(args: argparse.Namespace | None = None) -> bool:
     return raw in ("1", "true") or bool(getattr(args, "debug", False))
 
 
+# The environment variables seqzoo reads (the last three: its test suite's and benchmarks').
+KNOWN_ENV = ("SEQZOO_KERNELS", DEBUG_ENV, "SEQZOO_TRITON_AOT", "SEQZOO_OTHER_TRANSFORMERS_PYTHON",
+             "SEQZOO_REQUIRE_TORCHAO", "SEQZOO_MUTATION")
+
+
+def warn_unknown_env() -> None:
+    """One line on standard error for each ``SEQZOO_*`` variable seqzoo does not read: a misspelt name
+    (``SEQZOO_KERNEL``) would otherwise change nothing without a word."""
+    for name in sorted(n for n in os.environ if n.startswith("SEQZOO_") and n not in KNOWN_ENV):
+        close = difflib.get_close_matches(name, KNOWN_ENV, n=1)
+        hint = f" (did you mean {close[0]}?)" if close else ""
+        print(f"warning: the environment variable {name} is not one seqzoo reads{hint}; it reads "
+              f"{', '.join(KNOWN_ENV[:3])}", file=sys.stderr)
+
+
 def main(argv: list[str] | None = None, *, before_command: Callable[[], None] | None = None) -> int:
     """Parse ``argv`` and run the command. ``before_command`` runs between the two (the console script imports
     the package there, so that --help and --version answer without torch)."""
     argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
     args.argv = argv  # the exact command line, for reports that say what produced them
+    warn_unknown_env()
     try:
         debug = debug_requested(args)
     except ValueError as err:

@@ -363,3 +363,12 @@ def test_library_code_never_imports_the_cli():
             offenders.append(str(path.relative_to(ROOT)))
     known = {"seqzoo/conversions/cli.py"}  # being moved to seqzoo.utils.parse_overrides by its owner
     assert set(offenders) <= known, offenders
+
+
+def test_a_misspelt_seqzoo_environment_variable_is_said(monkeypatch, capsys):
+    monkeypatch.setenv("SEQZOO_KERNEL", "lstm=reference")
+    assert main(["list"]) == 0
+    err = capsys.readouterr().err
+    assert "SEQZOO_KERNEL is not one seqzoo reads (did you mean SEQZOO_KERNELS?)" in err
+    monkeypatch.delenv("SEQZOO_KERNEL")
+    assert main(["list"]) == 0 and "not one seqzoo reads" not in capsys.readouterr().err
