@@ -208,15 +208,17 @@ class RWKV7TimeMix(Mixer):
         b_h = kk * a_h
         if mask is not None:
             # Identity step at padding: no decay, nothing written, nothing removed.
+            # (v and the removal key too: a non-finite value at a pad would reach the state as NaN * 0.)
             keep = mask[:, :, None, None]
             log_decay = torch.where(keep, log_decay, 0.0)
             k_in, b_h = torch.where(keep, k_h, 0.0), torch.where(keep, b_h, 0.0)
+            v_in, a_in = torch.where(keep, v_h, 0.0), torch.where(keep, -kk, 0.0)
         else:
-            k_in = k_h
+            k_in, v_in, a_in = k_h, v_h, -kk
         wkv_state = state.get("wkv")
         if wkv_state is not None:
             wkv_state = wkv_state.float()
-        y, wkv_state = dispatch("wkv7", r_h, log_decay, k_in, v_h, -kk, b_h, initial_state=wkv_state, reset=reset)
+        y, wkv_state = dispatch("wkv7", r_h, log_decay, k_in, v_in, a_in, b_h, initial_state=wkv_state, reset=reset)
 
         # Per-head GroupNorm and the bonus in float32 (the kernel's output precision), then back to the model dtype.
         weight, bias = module_weights(self.ln_x, "weight", "bias")  # read without calling it
@@ -263,15 +265,16 @@ class RWKV7TimeMix(Mixer):
         kk = kk / torch.linalg.vector_norm(kk, dim=-1, keepdim=True).clamp_min(1e-12)  # F.normalize, unrolled
         log_decay = log_decay.view(B, 1, H, N)
         b_h = kk * a_h
-        k_in = k_h
+        k_in, v_in, a_in = k_h, v_h, -kk
         if mask is not None:  # identity step for a padded token, as in forward
             keep = mask.view(B, 1, 1, 1)
             log_decay = torch.where(keep, log_decay, 0.0)
             k_in, b_h = torch.where(keep, k_h, 0.0), torch.where(keep, b_h, 0.0)
+            v_in, a_in = torch.where(keep, v_h, 0.0), torch.where(keep, a_in, 0.0)
         wkv_state = state.get("wkv")
         if wkv_state is not None:
             wkv_state = wkv_state.float()
-        y, wkv_state = dispatch("wkv7", r_h, log_decay, k_in, v_h, -kk, b_h, initial_state=wkv_state)
+        y, wkv_state = dispatch("wkv7", r_h, log_decay, k_in, v_in, a_in, b_h, initial_state=wkv_state)
 
         weight, bias = module_weights(self.ln_x, "weight", "bias")
         if weight.dtype != torch.float32:

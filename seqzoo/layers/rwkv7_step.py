@@ -82,13 +82,15 @@ def _block_step(
     r_h, k_h, v_h = r.view(B, heads, N), k.view(B, heads, N), v.view(B, heads, N)
     b_h = kk * a.view(B, heads, N)
     log_decay = log_decay.view(B, heads, N)
-    k_in = k_h
-    if mask is not None:  # an identity step for a padded token
+    k_in, v_in, a_in = k_h, v_h, -kk
+    if mask is not None:  # an identity step for a padded token (nothing of it reaches the state, NaN neither)
         keep = mask.view(B, 1, 1)
         log_decay = torch.where(keep, log_decay, 0.0)
         k_in = torch.where(keep, k_h, 0.0)
         b_h = torch.where(keep, b_h, 0.0)
-    y, wkv = chunked.step(wkv, r_h, log_decay, k_in, v_h, -kk, b_h)
+        v_in = torch.where(keep, v_h, 0.0)
+        a_in = torch.where(keep, a_in, 0.0)
+    y, wkv = chunked.step(wkv, r_h, log_decay, k_in, v_in, a_in, b_h)
     y = F.group_norm(y.reshape(B, C), heads, ln_x_w, ln_x_b, group_norm_eps).view(B, heads, N)
     bonus = (r_h * k_h * r_k).sum(dim=-1).view(B, heads, 1)
     y = torch.addcmul(y, bonus, v_h).view(B, C)

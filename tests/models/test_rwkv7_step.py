@@ -446,3 +446,25 @@ def test_an_offloaded_group_norm_sends_the_step_through_the_blocks(scripted_call
     scripted_calls.clear()
     assert_same(decode(model, *args), expected)
     assert scripted_calls and not any(scripted_calls)
+
+
+@pytest.mark.parametrize("step", [False, True], ids=["forward", "one-token-steps"])
+def test_a_non_finite_value_at_a_pad_never_reaches_the_state(step):
+    """A padded position is an identity step: its value and removal key are masked too, so a NaN there (from an
+    earlier layer of a hybrid, say) cannot reach the state as NaN * 0."""
+    model = random_model(num_hidden_layers=2)
+    ids = torch.tensor([[5, 6, 7, 8, 9], [0, 0, 7, 8, 9]])
+    mask = torch.tensor([[1] * 5, [0, 0, 1, 1, 1]])
+    with torch.no_grad():
+        embeds = model.get_input_embeddings()(ids)
+        embeds[1, :2] = float("nan")
+        if step:
+            cache, logits = SeqzooCache.for_model(model), []
+            for t in range(5):
+                out = model(inputs_embeds=embeds[:, t : t + 1], attention_mask=mask[:, : t + 1], cache=cache)
+                logits.append(out.logits[:, -1])
+            logits = torch.stack(logits, 1)
+        else:
+            logits = model(inputs_embeds=embeds, attention_mask=mask).logits
+        alone = model(ids[1:, 2:]).logits[0]
+    torch.testing.assert_close(logits[1, 2:], alone, rtol=1e-4, atol=1e-4)
