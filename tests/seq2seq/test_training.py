@@ -187,6 +187,8 @@ def test_attention_map_of_a_given_target_is_the_models_cross_attention():
                      output_attentions=True).cross_attentions[0][0, 0]
     torch.testing.assert_close(found.weights, want)
     assert [source for _, source, _ in found.favourite()] == [found.source_tokens[j] for j in want.argmax(-1)]
+    empty = attention_map(model, tokenizer, "a b", target="")  # only the end of the sequence is predicted
+    assert empty.target_tokens == ["<eos>"] and empty.weights.shape == (1, 3)
 
 
 def test_seq2seq_generate_decodes_each_source_of_a_padded_batch_as_alone():

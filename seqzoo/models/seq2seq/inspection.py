@@ -105,7 +105,10 @@ def attention_map(
             ids = tokenizer(target, add_special_tokens=False)["input_ids"]
             eos = tokenizer.eos_token_id
             predicted = ids + ([eos] if eos is not None else [])
-            decoder_input_ids = torch.cat([start, torch.tensor([predicted[:-1]], device=model.device)], dim=1)
+            if not predicted:
+                raise ValueError("the target is empty (and the tokenizer has no end-of-sequence token to predict)")
+            decoder_input_ids = torch.cat(
+                [start, torch.tensor([predicted[:-1]], dtype=torch.long, device=model.device)], dim=1)
         output = model(**inputs, decoder_input_ids=decoder_input_ids, output_attentions=True)
     layers = output.cross_attentions
     weights = layers[layer][0]  # (heads, T, S)
