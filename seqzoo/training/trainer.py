@@ -63,6 +63,7 @@ TRAINING_INFO_FILE = "seqzoo_training.json"
 
 logger = logging.getLogger(__name__)
 
+
 @dataclass
 class TrainResult:
     output_dir: Path
@@ -203,12 +204,12 @@ def train(recipe: Recipe, *, resume: str | Path | bool | None = None, dataset: A
     from accelerate.utils import set_seed
 
     t = recipe.train
-    accelerator = Accelerator(mixed_precision=t.mixed_precision, cpu=_launched_on_cpu_only())
-    if t.mixed_precision == "fp16" and accelerator.device.type == "cpu":
+    if t.mixed_precision == "fp16" and (_launched_on_cpu_only() or not _has_accelerator()):
         # Accelerate sets up neither fp16 autocast nor a gradient scaler on the CPU: the run would train in float32
         # while its records said fp16 (and skip no non-finite step, which the scaler handles where there is one).
         raise ValueError("train.mixed_precision=fp16 needs a GPU: on the CPU it would train in float32; use bf16 "
                          "(CPU autocast) or no")
+    accelerator = Accelerator(mixed_precision=t.mixed_precision, cpu=_launched_on_cpu_only())
     world = accelerator.num_processes
     per_micro = world * t.gradient_accumulation_steps
     if t.batch_size % per_micro:
@@ -234,10 +235,10 @@ def train(recipe: Recipe, *, resume: str | Path | bool | None = None, dataset: A
                 f"--resume {str(resume)!r}: output_dir {str(run_dir)!r} holds files of another run; resume into an "
                 f"empty output_dir, or into the checkpoint's own run folder"
             )
-    if not resume and occupied and force:
-        if accelerator.is_main_process:
-            shutil.rmtree(run_dir)
-        accelerator.wait_for_everyone()
+    if not resume and occupied and force and accelerator.is_main_process:
+        shutil.rmtree(run_dir)
+    # Every process has looked at the folder before any writes to it (or the main process deletes it).
+    accelerator.wait_for_everyone()
     if resume is True and not list_checkpoints(run_dir):
         why = ("this recipe writes none (train.save_every=0)" if t.save_every == 0 else
                f"the run stopped before its first one (written every train.save_every={t.save_every} steps)")
@@ -468,12 +469,19 @@ def _record(row: dict[str, Any], history: list[dict[str, Any]], path: Path, acce
             handle.write(json.dumps(row) + "\n")
 
 
+def _has_accelerator() -> bool:
+    """Whether a device Accelerate runs fp16 on (with its autocast and gradient scaler) is present."""
+    xpu, mps = getattr(torch, "xpu", None), getattr(torch.backends, "mps", None)
+    return (torch.cuda.is_available() or (xpu is not None and xpu.is_available())
+            or (mps is not None and mps.is_available()))
+
+
 def _read_history(path: Path, up_to: int) -> list[dict[str, Any]]:
-    if up_to == 0 or not path.is_file():
-        return []
     """The logged rows of ``path`` (metrics.jsonl) up to step ``up_to``, the checkpoint resumed from. A last line
     cut short (the run killed, or the disk full, while appending it) is dropped: it lies past the checkpoint, which
     was complete before it. Any other damaged line is an error naming the file and the line."""
+    if up_to == 0 or not path.is_file():
+        return []
     lines = path.read_text(encoding="utf-8", errors="replace").splitlines()
     rows = []
     for number, line in enumerate(lines, 1):
