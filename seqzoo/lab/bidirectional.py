@@ -145,12 +145,10 @@ def run_bidirectional_lab(cfg: BidirectionalLabConfig, out: str | Path, command:
     there is replaced only with ``force``)."""
     cfg.validate()
     presets = cfg.presets()
+    from seqzoo.lab.runner import check_report_folder
+
     out = Path(out)
-    if out.exists() and not out.is_dir():
-        raise ValueError(f"{str(out)!r} is a file; choose a folder for --out")
-    if (out / RESULTS_FILE).is_file() and not force:
-        raise ValueError(f"{str(out)!r} already holds a bidirectional lab report ({RESULTS_FILE}); pass --out "
-                         "NEW_FOLDER to keep it, or --force to replace it")
+    check_report_folder(out, RESULTS_FILE, "bidirectional", force)
     out.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
     jobs = [{"arch": arch, "preset": preset, "task": task, "direction": direction, "config": asdict(cfg),

@@ -410,6 +410,16 @@ def prepare_output(out: Path, force: bool, log: Callable[[str], None]) -> None:
     out.mkdir(parents=True, exist_ok=True)
 
 
+def check_report_folder(out: Path, results_file: str, what: str, force: bool) -> None:
+    """The guard of a lab that writes its report beside others (``seqzoo lab seq2seq``, ``bidirectional``): ``out``
+    must be a folder, and one holding this lab's ``results_file`` is replaced only with ``force``."""
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"{str(out)!r} is a file; choose a folder for --out")
+    if (out / results_file).is_file() and not force:
+        raise ValueError(f"{str(out)!r} already holds a {what} lab report ({results_file}); pass --out NEW_FOLDER "
+                         "to keep it, or --force to replace it")
+
+
 def write_atomically(path: Path, text: str) -> None:
     """Write ``text`` to ``path`` whole or not at all (a file beside it, then renamed over it): a lab killed while
     writing its final results leaves the marker it had, not a truncated file that no longer says it is a lab's."""

@@ -176,12 +176,10 @@ def run_seq2seq_lab(cfg: Seq2SeqLabConfig, out: str | Path, log: Callable[[str],
     """Train every model on every task, then write the report section and its figures into ``out`` (a finished
     report there is replaced only with ``force``)."""
     cfg.validate()
+    from seqzoo.lab.runner import check_report_folder
+
     out = Path(out)
-    if out.exists() and not out.is_dir():
-        raise ValueError(f"{str(out)!r} is a file; choose a folder for --out")
-    if (out / RESULTS_FILE).is_file() and not force:
-        raise ValueError(f"{str(out)!r} already holds a seq2seq lab report ({RESULTS_FILE}); pass --out NEW_FOLDER "
-                         "to keep it, or --force to replace it")
+    check_report_folder(out, RESULTS_FILE, "seq2seq", force)
     out.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
     jobs = [{"model": name, "task": task, "config": asdict(cfg), "output_dir": str(out / "runs" / f"{name}-{task}")}

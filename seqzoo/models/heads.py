@@ -16,7 +16,7 @@ from torch import nn
 from transformers.modeling_outputs import SequenceClassifierOutput, TokenClassifierOutput
 
 from seqzoo.models.compat import check_kwargs
-from seqzoo.models.configuration_utils import PROBLEM_TYPES
+from seqzoo.models.configuration_utils import PROBLEM_TYPES, require_choice
 from seqzoo.models.modeling_utils import SeqzooPreTrainedModel, forward_parameters
 from seqzoo.models.packing import find_packing
 
@@ -155,10 +155,8 @@ def sequence_labels(labels: torch.Tensor, logits: torch.Tensor, config: Any) -> 
     if not isinstance(labels, torch.Tensor):
         raise TypeError(f"labels must be a tensor; got {type(labels).__name__}")
     batch, num_labels = logits.shape
+    require_choice(config, "problem_type", PROBLEM_TYPES)  # (set since the config was built, perhaps)
     kind = config.problem_type
-    if kind not in PROBLEM_TYPES:
-        raise ValueError(f"config.problem_type={kind!r} is invalid: allowed values are "
-                         f"{', '.join(map(repr, PROBLEM_TYPES))}")
     inferred = ""
     if kind is None:
         kind = ("regression" if num_labels == 1 else "single_label_classification"

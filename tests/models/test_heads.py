@@ -297,6 +297,13 @@ def test_classifier_config_fields_are_validated(field, value, message):
         tiny_config(FAMILIES["gru"], **{field: value})
 
 
+def test_a_problem_type_set_after_the_model_was_built_is_checked_at_the_loss():
+    model = HEADS["sequence-classification"].from_config(tiny_config(FAMILIES["gru"], num_labels=3)).eval()
+    model.config.problem_type = "multilabel"
+    with pytest.raises(ValueError, match=r"problem_type='multilabel' is invalid: allowed values are None"):
+        model(torch.randint(3, 90, (2, 5)), labels=torch.tensor([0, 1]))
+
+
 def test_the_sequence_head_applies_classifier_dropout():
     torch.manual_seed(0)
     model = HEADS["sequence-classification"].from_config(tiny_config(FAMILIES["gru"], num_labels=3,

@@ -283,12 +283,7 @@ class Seq2SeqForConditionalGeneration(Seq2SeqPreTrainedModel, GenerationMixin):
                                      f"{tuple(logits.shape[:2])}: pass one label per decoder position")
                 loss = _token_loss(logits, labels, kwargs.get("num_items_in_batch"))
         new_cache = output_cache(outputs)
-        if not return_dict:  # Seq2SeqLMOutput's fields in order, those set
-            output = tuple(v for v in (logits, new_cache, outputs.decoder_hidden_states, outputs.decoder_attentions,
-                                       outputs.cross_attentions, outputs.encoder_last_hidden_state,
-                                       outputs.encoder_hidden_states, outputs.encoder_attentions) if v is not None)
-            return (loss, *output) if loss is not None else output
-        return model_output(
+        output = model_output(
             Seq2SeqLMOutput,
             cache=new_cache,
             loss=loss,
@@ -300,6 +295,7 @@ class Seq2SeqForConditionalGeneration(Seq2SeqPreTrainedModel, GenerationMixin):
             encoder_hidden_states=outputs.encoder_hidden_states,
             encoder_attentions=outputs.encoder_attentions,
         )
+        return output if return_dict else output.to_tuple()  # (the fields set, in order)
 
     def _check_labels(self, labels: torch.Tensor) -> None:
         if (labels.dim() != 2 or labels.dtype.is_floating_point or labels.dtype.is_complex
