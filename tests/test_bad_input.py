@@ -7,7 +7,7 @@ import json
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
-from transformers import AutoModel, AutoModelForCausalLM, AutoModelForSequenceClassification
+from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoModelForSequenceClassification
 
 import seqzoo
 
@@ -67,6 +67,44 @@ def test_config_json_with_bad_value_fails_on_load(tmp_path):
     (tmp_path / "config.json").write_text('{"model_type": "seqzoo_gru", "hidden_size": 0}')
     with pytest.raises(ValueError, match="hidden_size=0"):
         AutoModelForCausalLM.from_pretrained(tmp_path)
+
+
+ALL_CONFIGS = [seqzoo.RNNConfig, seqzoo.LSTMConfig, seqzoo.GRUConfig, seqzoo.TransformerConfig, seqzoo.MambaConfig,
+               seqzoo.Mamba2Config, seqzoo.RWKV7Config, seqzoo.HybridConfig, seqzoo.Seq2SeqConfig]
+
+
+@pytest.mark.parametrize("cls", ALL_CONFIGS, ids=lambda cls: cls.__name__)
+def test_an_unknown_config_keyword_is_refused_by_name(cls):
+    with pytest.raises(TypeError, match=r"unknown keyword argument\(s\) 'hiden_size' \(did you mean 'hidden_size'\?\)"):
+        cls(hiden_size=32)
+    # transformers' own keywords are still taken
+    config = cls(num_labels=3, torch_dtype="float32", attn_implementation="eager", name_or_path="x")
+    assert config.num_labels == 3
+
+
+def test_a_loaded_config_with_a_field_this_seqzoo_does_not_know_loads_with_a_warning(tmp_path, caplog):
+    """A config.json saved by a later seqzoo (a field added since) still loads, and says what nothing reads."""
+    seqzoo.LSTMForCausalLM(seqzoo.LSTMConfig(**BASE)).save_pretrained(tmp_path)
+    values = json.loads((tmp_path / "config.json").read_text())
+    (tmp_path / "config.json").write_text(json.dumps({**values, "hidden_sise": 64}))
+    with caplog.at_level("WARNING", logger="seqzoo"):
+        config = AutoConfig.from_pretrained(tmp_path)
+        model = AutoModelForCausalLM.from_pretrained(tmp_path)
+    assert config.hidden_size == model.config.hidden_size == 32
+    assert "'hidden_sise' (did you mean 'hidden_size'?)" in caplog.text and "nothing reads them" in caplog.text
+    assert "vocab_size" not in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="seqzoo"):
+        assert AutoConfig.from_pretrained(tmp_path, vocab_size=48).vocab_size == 48  # an override is no field
+    assert "vocab_size" not in caplog.text
+    with pytest.raises(TypeError, match="hidden_sise"):  # and after a load, building one refuses again
+        seqzoo.LSTMConfig(**BASE, hidden_sise=1)
+
+
+def test_classifier_dropout_is_a_validated_field():
+    assert seqzoo.GRUConfig(classifier_dropout=0.25).classifier_dropout == 0.25
+    with pytest.raises(ValueError, match=r"classifier_dropout=1.5 is invalid: must be a probability"):
+        seqzoo.GRUConfig(classifier_dropout=1.5)
 
 
 def test_positions_beyond_learned_table_raise():

@@ -6,9 +6,11 @@ Every field is validated when the config is built (also when it is loaded from a
 
 from __future__ import annotations
 
+import contextvars
 import difflib
+import logging
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Any, ClassVar, Iterable
 
 import torch
@@ -16,6 +18,8 @@ from transformers import PreTrainedConfig
 
 from seqzoo.cache import ATTENTION, RECURRENT
 from seqzoo.models.compat import source_fingerprint
+
+logger = logging.getLogger("seqzoo")
 
 
 @dataclass(frozen=True)
@@ -55,6 +59,7 @@ class SeqzooConfig(PreTrainedConfig):
         classifier_pooling: what sequence classification reads: ``"last"`` real token (default; where a causal
             model has seen everything), ``"mean"`` of the real tokens, or ``"first+last"`` side by side (a
             bidirectional encoder's two directions each see everything at one end).
+        classifier_dropout: dropout before the classification heads' ``score`` (None: none).
     """
 
     model_type = ""
@@ -79,10 +84,23 @@ class SeqzooConfig(PreTrainedConfig):
     bidirectional: bool = False
     bidirectional_merge: str = "sum"
     classifier_pooling: str = "last"
+    classifier_dropout: float | None = None
 
     def __post_init__(self, **kwargs: Any) -> None:
+        # ``kwargs`` holds what the config's fields do not name: transformers' own keywords, or a mistake.
+        check_unknown_keywords(self, kwargs)
         super().__post_init__(**kwargs)
         self.validate_architecture()
+
+    @classmethod
+    def from_dict(cls, config_dict: dict[str, Any], **kwargs: Any) -> Any:
+        """transformers' ``from_dict`` (what ``from_pretrained`` and ``AutoConfig`` load through), where a field this
+        seqzoo does not know is a warning, not an error: a config.json saved by a later seqzoo still loads."""
+        token = _LOADING.set(True)
+        try:
+            return super().from_dict(config_dict, **kwargs)
+        finally:
+            _LOADING.reset(token)
 
     def validate_architecture(self) -> None:
         """Raise ValueError on the first invalid field. Subclasses extend this and call super()."""
@@ -102,6 +120,8 @@ class SeqzooConfig(PreTrainedConfig):
         require_bool(self, "bidirectional")
         require_choice(self, "bidirectional_merge", self.bidirectional_merges)
         require_choice(self, "classifier_pooling", ("last", "mean", "first+last"))
+        if self.classifier_dropout is not None:
+            require_probability(self, "classifier_dropout")
         require_choice(self, "problem_type", PROBLEM_TYPES)
         require_int(self, "num_labels", minimum=1)
         if self.bidirectional and not self.supports_bidirectional:
@@ -226,6 +246,60 @@ def _seqzoo_config_getattribute(self: PreTrainedConfig, key: str) -> Any:
 
 if _attribute_read_fingerprint() in _CHECKED_ATTRIBUTE_READS:
     SeqzooConfig.__getattribute__ = _seqzoo_config_getattribute
+
+
+# Keywords a seqzoo config takes beyond its fields: those transformers' config reads or drops itself, and what its
+# config.json carries besides the fields (5.23 and 5.24 read the same ones).
+TRANSFORMERS_KEYWORDS = frozenset({
+    "model_type", "transformers_version", "architectures", "auto_map", "quantization_config", "name_or_path",
+    "_name_or_path", "_commit_hash", "torch_dtype", "dtype", "num_labels", "output_attentions", "attn_implementation",
+    "experts_implementation", "per_layer_config", "_attn_implementation_internal", "_experts_implementation_internal",
+    "rope_scaling", "rope_theta", "_from_auto", "_from_pipeline",
+})
+_LOADING = contextvars.ContextVar("seqzoo_config_loading", default=False)
+
+
+def _generation_keywords() -> frozenset[str]:
+    """The generation parameters transformers drops from a config's keywords (they belong in generation_config)."""
+    try:
+        from transformers import GenerationConfig
+
+        return frozenset(GenerationConfig._get_default_generation_params())
+    except (ImportError, AttributeError):  # a release without the list drops none of them itself
+        return frozenset()
+
+
+_GENERATION_KEYWORDS = _generation_keywords()
+
+
+def loading_config() -> bool:
+    """Whether a config is being built from a loaded config.json (inside :meth:`SeqzooConfig.from_dict`)."""
+    return _LOADING.get()
+
+
+def check_unknown_keywords(config: PreTrainedConfig, kwargs: dict[str, Any]) -> None:
+    """Refuse a keyword that is no field of ``config``'s class, nor an alias, nor one transformers reads itself: it
+    would be stored on the config and read by nothing (``LSTMConfig(hiden_size=512)`` built a 256-wide model).
+    While a config.json loads (``from_pretrained``, ``AutoConfig``) it is a warning instead, so that a config saved
+    by a later seqzoo, with a field this one does not know, still loads (and the user learns that it is not read)."""
+    cls = type(config)
+    known = {f.name for f in fields(cls)}
+    unknown = sorted(key for key in kwargs if key not in known and key not in cls.attribute_map
+                     and key not in TRANSFORMERS_KEYWORDS and key not in _GENERATION_KEYWORDS)
+    if not unknown:
+        return
+    names = sorted(known - {f.name for f in fields(PreTrainedConfig)} | set(cls.attribute_map))
+    hints = []
+    for key in unknown:
+        close = difflib.get_close_matches(key, names, n=1)
+        hints.append(f"{key!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
+    if loading_config():
+        logger.warning("%s: the loaded config has field(s) %s that this seqzoo does not know; they are kept on the "
+                       "config, but nothing reads them (a config saved by a later seqzoo, or edited by hand?)",
+                       cls.__name__, ", ".join(hints))
+        return
+    raise TypeError(f"{cls.__name__} got unknown keyword argument(s) {', '.join(hints)}; its own fields are "
+                    f"{', '.join(names)}")
 
 
 _CAPABILITIES: dict[tuple, Capabilities] = {}

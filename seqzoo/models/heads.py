@@ -31,8 +31,7 @@ class _ClassifierHead(SeqzooPreTrainedModel):
         super().__init__(config)
         self.num_labels = config.num_labels
         self.model = self.base_model_class(config)
-        dropout = getattr(config, "classifier_dropout", None)
-        self.dropout = nn.Dropout(0.0 if dropout is None else dropout)
+        self.dropout = nn.Dropout(config.classifier_dropout or 0.0)
         self.score = nn.Linear(self.feature_size(config), config.num_labels, bias=False)
         self.post_init()
 

@@ -3,6 +3,8 @@ the same checks -- gradients, labels, caches, generation, padding, attention wei
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -212,6 +214,26 @@ def test_save_load_roundtrip_and_auto_classes(preset, tmp_path):
     half = AutoModelForSeq2SeqLM.from_pretrained(tmp_path, dtype=torch.bfloat16).eval()
     assert half.dtype == torch.bfloat16
     assert half.generate(ids, attention_mask=mask, max_new_tokens=3, pad_token_id=0).shape[0] == 3
+
+
+def test_a_bidirectional_encoder_says_it_concatenates(tmp_path):
+    """Its annotations are both directions side by side; a config.json saved when the field said "sum" (the generic
+    default, read by nothing here) loads as what it computes, and "sum" is refused when a config is built."""
+    model = tiny_model(SEQ2SEQ_FAMILIES["seq2seq-bahdanau"], bidirectional=True)
+    assert model.config.bidirectional_merge == "concat"
+    model.save_pretrained(tmp_path)
+    values = json.loads((tmp_path / "config.json").read_text())
+    assert values["bidirectional_merge"] == "concat"
+    (tmp_path / "config.json").write_text(json.dumps({**values, "bidirectional_merge": "sum"}))
+    loaded = AutoModelForSeq2SeqLM.from_pretrained(tmp_path).eval()
+    assert loaded.config.bidirectional_merge == "concat"
+    ids, mask = padded()
+    target = torch.randint(3, 99, (3, 4))
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(ids, attention_mask=mask, decoder_input_ids=target).logits,
+                                   model.eval()(ids, attention_mask=mask, decoder_input_ids=target).logits)
+    with pytest.raises(ValueError, match="bidirectional_merge='sum' is invalid: allowed values are 'concat'"):
+        type(model.config)(**{**model.config.to_diff_dict(), "bidirectional_merge": "sum"})
 
 
 @pytest.mark.parametrize("name", ("cache", *CACHE_ALIASES))

@@ -15,6 +15,7 @@ from seqzoo.cache import ATTENTION, RECURRENT
 from seqzoo.models.configuration_utils import (
     Capabilities,
     SeqzooConfig,
+    loading_config,
     require_bool,
     require_choice,
     require_float,
@@ -45,7 +46,9 @@ class Seq2SeqConfig(SeqzooConfig):
         hidden_size: state size of every recurrent layer (of each direction), or the Transformer's width.
         embedding_size: token embedding width of a recurrent model (default ``hidden_size``).
         bidirectional: the recurrent encoder reads the source in both directions; its annotations are
-            ``2 * hidden_size`` wide (Bahdanau et al.).
+            ``2 * hidden_size`` wide (Bahdanau et al.). ``bidirectional_merge`` is ``"concat"``, the only choice: the
+            two directions sit side by side (a config.json saved before it said ``"sum"``, read by nothing, loads as
+            ``"concat"``).
         attention: ``"none"`` (Sutskever: the decoder sees the source only through the state it starts from),
             ``"bahdanau"`` (additive, queried by the previous decoder state), ``"luong-dot"``, ``"luong-general"``,
             ``"luong-concat"`` (queried by the current decoder state) for recurrent decoders; ``"scaled-dot"``
@@ -73,6 +76,8 @@ class Seq2SeqConfig(SeqzooConfig):
     model_type = "seqzoo_seq2seq"
     # Its recurrent encoder reads both ways (Bahdanau et al.); the Transformer refuses the flag on its own.
     supports_bidirectional: ClassVar[bool] = True
+    # Its encoder's two directions always sit side by side in the annotations (2 * hidden_size wide).
+    bidirectional_merges: ClassVar[tuple[str, ...]] = ("concat",)
     # Trainer's evaluation keeps the logits and drops the cache and the encoder's output.
     keys_to_ignore_at_inference = ["cache", "past_key_values", "cache_params", "encoder_last_hidden_state"]
 
@@ -84,6 +89,7 @@ class Seq2SeqConfig(SeqzooConfig):
     encoder_type: str = "lstm"
     decoder_type: str | None = None
     bidirectional: bool = False
+    bidirectional_merge: str = "concat"
     attention: str | None = None
     input_feeding: bool | None = None
     attention_size: int | None = None
@@ -102,6 +108,10 @@ class Seq2SeqConfig(SeqzooConfig):
     decoder_start_token_id: int | None = None
 
     def __post_init__(self, **kwargs: Any) -> None:
+        if self.bidirectional_merge == "sum" and loading_config():
+            # Configs saved before this field was the encoder's said "sum", the generic default, which nothing here
+            # read: the encoder has always concatenated. Such a file loads as what it computes.
+            self.bidirectional_merge = "concat"
         # Defaults that depend on other fields; an explicit value always wins (and is validated below).
         if self.decoder_type is None:
             self.decoder_type = self.encoder_type
