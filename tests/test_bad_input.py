@@ -101,6 +101,17 @@ def test_a_loaded_config_with_a_field_this_seqzoo_does_not_know_loads_with_a_war
         seqzoo.LSTMConfig(**BASE, hidden_sise=1)
 
 
+def test_bundled_config_code_warns_about_an_unknown_keyword(monkeypatch, caplog):
+    """Code bundled into a published checkpoint cannot be updated when a later transformers builds configs with a
+    keyword of its own, so it warns instead of refusing (as its forwards do about keywords)."""
+    from seqzoo.models import configuration_utils
+
+    monkeypatch.setattr(configuration_utils, "STRICT", False)
+    with caplog.at_level("WARNING", logger="seqzoo"):
+        assert seqzoo.LSTMConfig(**BASE, hidden_sise=1).hidden_size == 32
+    assert "'hidden_sise' (did you mean 'hidden_size'?)" in caplog.text
+
+
 def test_classifier_dropout_is_a_validated_field():
     assert seqzoo.GRUConfig(classifier_dropout=0.25).classifier_dropout == 0.25
     with pytest.raises(ValueError, match=r"classifier_dropout=1.5 is invalid: must be a probability"):

@@ -17,7 +17,7 @@ import torch
 from transformers import PreTrainedConfig
 
 from seqzoo.cache import ATTENTION, RECURRENT
-from seqzoo.models.compat import source_fingerprint
+from seqzoo.models.compat import STRICT, source_fingerprint
 
 logger = logging.getLogger("seqzoo")
 
@@ -281,7 +281,9 @@ def check_unknown_keywords(config: PreTrainedConfig, kwargs: dict[str, Any]) -> 
     """Refuse a keyword that is no field of ``config``'s class, nor an alias, nor one transformers reads itself: it
     would be stored on the config and read by nothing (``LSTMConfig(hiden_size=512)`` built a 256-wide model).
     While a config.json loads (``from_pretrained``, ``AutoConfig``) it is a warning instead, so that a config saved
-    by a later seqzoo, with a field this one does not know, still loads (and the user learns that it is not read)."""
+    by a later seqzoo, with a field this one does not know, still loads (and the user learns that it is not read).
+    Code bundled into a published checkpoint (``STRICT`` False) always warns: it cannot be updated when a later
+    transformers builds configs with a keyword of its own."""
     cls = type(config)
     known = {f.name for f in fields(cls)}
     unknown = sorted(key for key in kwargs if key not in known and key not in cls.attribute_map
@@ -293,8 +295,8 @@ def check_unknown_keywords(config: PreTrainedConfig, kwargs: dict[str, Any]) -> 
     for key in unknown:
         close = difflib.get_close_matches(key, names, n=1)
         hints.append(f"{key!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
-    if loading_config():
-        logger.warning("%s: the loaded config has field(s) %s that this seqzoo does not know; they are kept on the "
+    if loading_config() or not STRICT:
+        logger.warning("%s: the config has field(s) %s that this seqzoo does not know; they are kept on the "
                        "config, but nothing reads them (a config saved by a later seqzoo, or edited by hand?)",
                        cls.__name__, ", ".join(hints))
         return
