@@ -141,20 +141,24 @@ def cmd_gradients(args: argparse.Namespace) -> int:
 
     import seqzoo
     from seqzoo.lab import plots
-    from seqzoo.lab.gradients import gradient_profile, table_rows
+    from seqzoo.lab.gradients import gradient_profile, identity_notes, table_rows
     from seqzoo.lab.report import markdown_table
     from seqzoo.lab.runner import lab_presets
 
     if args.length < 2:
         raise ValueError(f"--length={args.length} is invalid: must be >= 2")
+    out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"{str(out)!r} is a file; choose a folder for --out")
     profiles = {}
     for arch, preset in lab_presets(args.architectures).items():
         torch.manual_seed(args.seed)
         profiles[arch] = gradient_profile(seqzoo.create_model(preset), args.length, seed=args.seed)
     header, rows = table_rows(profiles)
     table = markdown_table(header, rows)
+    notes = identity_notes(profiles)
+    table += "".join(f"\n{note}" for note in notes)
     print(table)
-    out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     text = (f"# Gradient reach at initialisation\n\n‖∂ loss(last position) / ∂ input embedding(t)‖ over "
             f"{args.length} random bytes, seed {args.seed}, relative to distance 0.\n\n")

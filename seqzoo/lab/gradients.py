@@ -56,3 +56,23 @@ def table_rows(profiles: dict[str, list[float]]) -> tuple[list[str], list[list[s
         rows.append([name, f"{profile[0]:.3g}"] + [f"{profile[d] / base:.2e}" if d < len(profile) else "–"
                                                    for d in distances[1:]])
     return header, rows
+
+
+# Why an architecture's gradient stops at distance 0 at initialisation, where the reason is known.
+ZERO_REACH_REASONS = {
+    "rwkv7": "RWKV-7's x070 init, as RWKV-LM's, starts every block's output projections at zero, so each block is "
+             "the identity on the residual stream (its large gradient at distance 0 is that of the tiny embedding, "
+             "+-1e-4, which ln0 normalises)",
+}
+
+
+def identity_notes(profiles: dict[str, list[float]]) -> list[str]:
+    """A line under the table for each architecture whose gradient is exactly zero beyond distance 0, which reads
+    like a bug: nothing from an earlier token reaches the last output yet."""
+    notes = []
+    for name, profile in profiles.items():
+        if len(profile) > 1 and not any(profile[1:]):
+            reason = ZERO_REACH_REASONS.get(name)
+            notes.append(f"\n{name}: exactly 0 beyond distance 0: at initialisation nothing from an earlier token "
+                         f"reaches the last output{f'. {reason}' if reason else ''}. The first updates open the path.")
+    return notes

@@ -287,7 +287,11 @@ def _launched_on_cpu_only() -> bool:
     # processes (then it joins them over gloo); `accelerate launch --cpu` says so itself, torchrun does not.
     import os
 
-    launched = int(os.environ.get("WORLD_SIZE", "1")) > 1 or "LOCAL_RANK" in os.environ
+    world = os.environ.get("WORLD_SIZE", "1")
+    if not world.strip().isdigit():
+        raise ValueError(f"the environment variable WORLD_SIZE={world!r} is invalid: expected the number of processes "
+                         "(torchrun and accelerate launch set it; unset it for a single-process run)")
+    launched = int(world) > 1 or "LOCAL_RANK" in os.environ
     return launched and not torch.cuda.is_available()
 
 

@@ -186,6 +186,24 @@ def test_lab_gradients_command(tmp_path, capsys):
     assert (tmp_path / "gradients.png").read_bytes()[:8] == PNG_MAGIC
     assert "d=15 (relative)" in (tmp_path / "gradients.md").read_text()
     assert main(["lab", "gradients", "--architectures", "nope"]) == 2  # a clear error, not a traceback
+    assert "exactly 0" not in printed  # both reach back
+
+
+def test_lab_gradients_explains_a_gradient_that_stops_at_distance_0(tmp_path, capsys):
+    """RWKV-7's blocks start as the identity (x070 init): nothing reaches back yet, which the report says."""
+    assert main(["lab", "gradients", "--out", str(tmp_path), "--length", "8", "--architectures", "rwkv7"]) == 0
+    assert "rwkv7: exactly 0 beyond distance 0" in capsys.readouterr().out
+    assert "starts every block's output projections at zero" in (tmp_path / "gradients.md").read_text()
+
+
+def test_lab_gradients_refuses_a_file_as_its_folder_before_any_work(tmp_path, capsys, monkeypatch):
+    from seqzoo.lab import gradients
+
+    monkeypatch.setattr(gradients, "gradient_profile", None)  # would fail if reached
+    (tmp_path / "a-file").write_text("mine")
+    assert main(["lab", "gradients", "--out", str(tmp_path / "a-file")]) == 2
+    assert "is a file; choose a folder for --out" in capsys.readouterr().err
+    assert (tmp_path / "a-file").read_text() == "mine"
 
 
 def test_only_a_smoke_config_is_marked_as_one_and_the_card_prose_is_whole():

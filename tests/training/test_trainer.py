@@ -187,6 +187,12 @@ def test_resume_drops_a_metrics_line_cut_short_and_names_a_damaged_one(tmp_path,
         train(make_recipe(tmp_path, "a", train=steps), resume=True, progress=False)
 
 
+def test_a_world_size_that_is_no_number_is_named(tmp_path, monkeypatch):
+    monkeypatch.setenv("WORLD_SIZE", "abc")
+    with pytest.raises(ValueError, match="WORLD_SIZE='abc' is invalid: expected the number of processes"):
+        train(make_recipe(tmp_path, "a"), progress=False)
+
+
 def test_fp16_on_the_cpu_is_refused_rather_than_run_in_float32(tmp_path):
     if torch.cuda.is_available():
         pytest.skip("fp16 runs with a gradient scaler on a GPU")
