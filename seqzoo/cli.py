@@ -10,6 +10,7 @@ import argparse
 import difflib
 import importlib
 import os
+import re
 import sys
 from pathlib import Path
 from typing import Any, Callable
@@ -482,11 +483,22 @@ def warn_unknown_env() -> None:
               f"{', '.join(KNOWN_ENV[:3])}", file=sys.stderr)
 
 
+_OVERRIDE = re.compile(r"[A-Za-z_][\w.]*=")  # a KEY=VALUE override
+
+
 def main(argv: list[str] | None = None, *, before_command: Callable[[], None] | None = None) -> int:
     """Parse ``argv`` and run the command. ``before_command`` runs between the two (the console script imports
     the package there, so that --help and --version answer without torch)."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    # argparse gives a positional list (``seqzoo train R k=v``) only the words before the first option; overrides
+    # written after an option (``seqzoo train R --output-dir X k=v``) come back unparsed and join the list.
+    if isinstance(getattr(args, "overrides", None), list):
+        args.overrides += [word for word in extra if _OVERRIDE.match(word)]
+        extra = [word for word in extra if not _OVERRIDE.match(word)]
+    if extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
     args.argv = argv  # the exact command line, for reports that say what produced them
     warn_unknown_env()
     try:

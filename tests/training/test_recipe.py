@@ -115,3 +115,10 @@ def test_cli_prints_bad_input_plainly(tmp_path, capsys):
     assert "data file '" in capsys.readouterr().err
     assert main(["train", "gru-tiny", "max_steps=7", "--print-recipe"]) == 0
     assert "max_steps: 7" in capsys.readouterr().out
+    # Overrides written after an option are overrides too, in the order given (argparse alone refused them).
+    assert main(["train", "gru-tiny", "max_steps=9", "--print-recipe", "lr=0.5"]) == 0
+    printed = capsys.readouterr().out
+    assert "max_steps: 9" in printed and "lr: 0.5" in printed
+    with pytest.raises(SystemExit):  # an unknown option after them is still refused
+        main(["train", "gru-tiny", "--print-recipe", "lr=0.5", "--prnt"])
+    assert "unrecognized arguments: --prnt" in capsys.readouterr().err
