@@ -110,13 +110,16 @@ class SeqzooCache(Cache):
         self.mixer_types = None if mixer_types is None else tuple(mixer_types)
         self.seen_tokens = 0
         self._fits_config: Any = None  # the config check_fits last accepted
+        self._layout_config: Any = None  # the config of the model that built it (for_model), when known
 
     @classmethod
     def for_model(cls, model: Any) -> "SeqzooCache":
         """An empty cache laid out for ``model`` (a seqzoo model or its config)."""
         config = getattr(model, "config", model)
         mixers = getattr(config, "layer_mixer_types", None)
-        return cls(config.cache_layer_kinds, config.model_type, mixers() if mixers is not None else None)
+        cache = cls(config.cache_layer_kinds, config.model_type, mixers() if mixers is not None else None)
+        cache._layout_config = config
+        return cache
 
     def __repr__(self) -> str:
         return f"SeqzooCache(layers={self.layers}, seen_tokens={self.seen_tokens})"
@@ -205,12 +208,33 @@ class SeqzooCache(Cache):
                     f"not this {config.model_type} model with layers {here}; pass a cache this model returned, or "
                     "SeqzooCache.for_model(model)"
                 )
+            self._check_sizes(config, where)
         self._fits_config = config
         cached = self.batch_size
         if cached is not None and cached != batch:
             raise ValueError(
                 f"{where}: the cache holds {cached} sequence(s) but the inputs have batch size {batch}; a cache "
                 "continues the sequences it was built from (select rows with cache.batch_select_indices)"
+            )
+
+    def _check_sizes(self, config: Any, where: str) -> None:
+        """Raise if the cache holds states or keys of a model of other sizes than ``config``'s: the same layers with
+        another hidden_size, state_size or head layout would otherwise fail inside a kernel with a bare shape error.
+        Compared by the bytes a sequence's state and a token's keys and values take, which every such size changes."""
+        built = self._layout_config
+        if built is None or built is config or not self.seen_tokens:
+            return
+        try:
+            sizes = [(c.state_bytes_per_sequence(), c.kv_bytes_per_token()) for c in (built, config)]
+        except NotImplementedError:  # a plugin's config that does not say
+            return
+        if sizes[0] != sizes[1]:
+            (state, kv), (own_state, own_kv) = sizes
+            raise ValueError(
+                f"{where}: the cache holds the states of a model of other sizes: {state:,} bytes of state per "
+                f"sequence and {kv:,} bytes of keys and values per token, where this model's are {own_state:,} and "
+                f"{own_kv:,} (another hidden_size, state_size or head layout); pass a cache this model returned, or "
+                "SeqzooCache.for_model(model)"
             )
 
     # -- what transformers asks of a cache -------------------------------------------------------------------------

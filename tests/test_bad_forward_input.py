@@ -35,6 +35,22 @@ def test_a_cache_of_another_architecture_is_refused(family_preset):
         model(IDS, cache={"h": torch.zeros(2, 32)})
 
 
+def test_a_cache_of_a_model_of_other_sizes_is_refused_by_name(family_preset):
+    """The same layers at another width failed inside a kernel with a bare shape error (or a tensor-size mismatch
+    in a concatenation of keys); a model of the same sizes, another object, continues the cache."""
+    model = tiny_model(family_preset)
+    wider = {"hidden_size": 2 * model.config.hidden_size}
+    if "embedding_size" in model.config.to_dict():
+        wider["embedding_size"] = 2 * model.config.embedding_size
+    cache = output_cache(tiny_model(family_preset, **wider)(IDS, use_cache=True))
+    with pytest.raises(ValueError, match="the cache holds the states of a model of other sizes"):
+        model(IDS[:, :1], cache=cache)
+    with pytest.raises(ValueError, match="the cache holds the states of a model of other sizes"):
+        model.generate(torch.cat([IDS, IDS[:, :1]], 1), past_key_values=cache, max_new_tokens=2)
+    same = output_cache(tiny_model(family_preset, seed=1)(IDS, use_cache=True))
+    model(IDS[:, :1], cache=same)
+
+
 @pytest.mark.parametrize("built, used", [(["rnn", "attention"], ["gru", "attention"]),
                                          (["mamba", "attention"], ["lstm", "attention"]),
                                          (["mamba", "attention"], ["mamba2", "attention"])])
