@@ -67,10 +67,11 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 def cmd_kernels(args: argparse.Namespace) -> int:
     import seqzoo
-    from seqzoo.kernels.registry import check_environment
+    from seqzoo.kernels.registry import KernelError, check_environment
 
     rows, reasons = [], {}  # reason -> footnote number
-    for r in seqzoo.list_kernels():
+    rows_seen = seqzoo.list_kernels()
+    for r in rows_seen:
         available = "yes" if r["available"] else "no"
         reason = "" if r["available"] else _unavailable_reason(r["backend"])
         if reason:
@@ -81,11 +82,15 @@ def cmd_kernels(args: argparse.Namespace) -> int:
     for reason, mark in reasons.items():
         print(f"[{mark}] {reason}")
     check_environment()  # a misspelt SEQZOO_KERNELS entry would make every kernel call raise: one error line
+    for r in rows_seen:
+        if r["forced"] and not r["available"]:  # every call of the op would raise: say so, as for a typo
+            raise KernelError(f"SEQZOO_KERNELS requests backend {r['backend']!r} for op {r['op']!r}, which is not "
+                              f"available here; every {r['op']} call would raise")
     return 0
 
 
 def _unavailable_reason(backend: str) -> str:
-    if backend != "triton":
+    if not backend.startswith("triton"):
         return ""
     import torch
 

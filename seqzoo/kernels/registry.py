@@ -164,8 +164,10 @@ def register_backend(
 ) -> Backend:
     """Add backend ``name`` for ``op``. ``impl`` is a function or a lazy ``"module:attr"`` path; ``cache_key``
     summarises what ``supports`` reads from a call (see the module docstring)."""
-    if not name or not name.replace("_", "").replace("-", "").isalnum():
+    if not isinstance(name, str) or not name or not name.replace("_", "").replace("-", "").isalnum():
         raise ValueError(f"backend name must be a non-empty identifier, got {name!r}")
+    if not isinstance(priority, int) or isinstance(priority, bool):
+        raise ValueError(f"backend priority must be an int, got {priority!r}")
     with _LOCK:
         entry = register_op(op)
         if name in entry.backends and not replace:
@@ -268,6 +270,8 @@ def _parse_env(raw: str) -> dict[str, str]:
             _check_name(op, backend)
         except KernelError as err:
             raise KernelError(f"{ENV_VAR} entry {item!r}: {err}") from None
+        if op in forced and forced[op] != backend:
+            raise KernelError(f"{ENV_VAR} names op {op!r} twice ({forced[op]!r} and {backend!r}); give it once")
         forced[op] = backend
     return forced
 

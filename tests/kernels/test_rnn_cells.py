@@ -210,3 +210,31 @@ def test_fused_declines_a_reset_with_padding():
     assert select("lstm", x, *states, *params, mask=padded, reset=reset).name == "reference"
     with pytest.raises(ValueError, match="reset only without padding"):
         run("lstm", "torch", x, states, params, padded, reset=reset)
+
+
+@pytest.mark.parametrize("op", ["rnn", "lstm", "gru"])
+def test_one_token_reset_with_a_padded_row_is_selected_and_run_like_the_reference(op):
+    # A cached choice for a one-token reset without padding used to be reused for one with padding, which the
+    # fused backend then refused (ValueError) instead of running it.
+    from seqzoo.kernels import dispatch, refresh
+
+    refresh()
+    x, states, params = make_inputs(op, 1, torch.float64)
+    reset = torch.tensor([[True], [False], [True]])
+    padded = torch.tensor([[True], [False], [False]])
+    dispatch(op, x, *states, *params, mask=torch.ones(B, 1, dtype=torch.bool), reset=reset)  # fills the cache
+    y, final = dispatch(op, x, *states, *params, mask=padded, reset=reset)
+    want_y, want_finals = run(op, "reference", x, states, params, padded, reset=reset)
+    torch.testing.assert_close(y, want_y)
+    for f, w in zip(list(final) if isinstance(final, tuple) else [final], want_finals):
+        torch.testing.assert_close(f, w)
+
+
+@pytest.mark.parametrize("backend", ["torch", "reference"])
+def test_no_tokens_and_a_mask_of_the_wrong_shape(backend):
+    x, states, params = make_inputs("gru", 0, torch.float64)
+    y, (h,) = run("gru", backend, x, states, params)
+    assert y.shape == (B, 0, H) and torch.equal(h, states[0])
+    x, states, params = make_inputs("gru", 5, torch.float64)
+    with pytest.raises(ValueError, match=r"mask must be \(B, T\) = \(3, 5\), got shape \(3, 4\)"):
+        run("gru", backend, x, states, params, torch.ones(B, 4, dtype=torch.bool))

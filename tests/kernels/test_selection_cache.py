@@ -160,6 +160,7 @@ def test_every_setting_change_drops_the_cache(monkeypatch):
                   r"reference, torch\. Did you mean 'torch'"),
     ("lstm=fast", r"unknown kernel backend for op 'lstm': 'fast'; valid: reference, torch\."),
     ("lstm", r"SEQZOO_KERNELS entry 'lstm' is not of the form op=backend"),
+    ("lstm=reference,lstm=torch", r"SEQZOO_KERNELS names op 'lstm' twice \('reference' and 'torch'\); give it once"),
 ])
 def test_a_misspelt_environment_entry_raises_on_every_selection(monkeypatch, value, message):
     monkeypatch.setenv("SEQZOO_KERNELS", f"gru=reference,{value}")
@@ -179,6 +180,27 @@ def test_seqzoo_kernels_shows_a_misspelt_entry_as_an_error(monkeypatch, capsys):
                            "causal_conv1d, gru, lstm, rnn, selective_scan, ssd, wkv7. Did you mean 'wkv7'?")
     monkeypatch.delenv("SEQZOO_KERNELS")
     assert main(["kernels"]) == 0
+
+
+def test_seqzoo_kernels_fails_when_a_forced_backend_is_not_available(monkeypatch, capsys):
+    """Every call of the op would raise, so the listing must not end as if all were well."""
+    if "triton" in registry.available_backends("wkv7"):
+        pytest.skip("triton runs here")
+    monkeypatch.setenv("SEQZOO_KERNELS", "wkv7=triton")
+    assert main(["kernels"]) == 2
+    out, err = capsys.readouterr()
+    assert "forced" in out and err.strip() == ("error: SEQZOO_KERNELS requests backend 'triton' for op 'wkv7', which "
+                                               "is not available here; every wkv7 call would raise")
+
+
+@pytest.mark.parametrize("kwargs,message", [({"priority": "100"}, "backend priority must be an int, got '100'"),
+                                            ({"name": 5}, "backend name must be a non-empty identifier, got 5")])
+def test_register_backend_checks_its_name_and_priority(kwargs, message):
+    """A priority given as a string registered, then broke every later selection of the op, built-in ones too."""
+    args = {"name": "mine", "impl": registry.get_kernel("gru", "reference"), "priority": 5, **kwargs}
+    with pytest.raises(ValueError, match=message):
+        register_backend("gru", args.pop("name"), args.pop("impl"), **args)
+    assert "mine" not in {b["backend"] for b in registry.list_kernels() if b["op"] == "gru"}
 
 
 def test_generate_with_an_unknown_kernel_backend_is_one_error_line(tmp_path, capsys):

@@ -20,6 +20,8 @@ from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from seqzoo.kernels.reset import check_reset
 
+from .reference import check_mask
+
 _OPS = {"tanh": torch.rnn_tanh, "relu": torch.rnn_relu, "lstm": torch.lstm, "gru": torch.gru}
 # One token (decoding): the fused cell, one ATen call without the sequence kernel's set-up (what nn.GRUCell runs).
 _CELLS = {"tanh": torch.rnn_tanh_cell, "relu": torch.rnn_relu_cell, "lstm": torch.lstm_cell, "gru": torch.gru_cell}
@@ -56,9 +58,10 @@ def supports(x, *args, mask=None, reset=None, **kwargs):
         kinds = sorted({type(t).__name__ for t in args if t is not None} - {"Tensor", "Parameter"})
         return False, (f"weights of type {', '.join(kinds)} (quantised): torch's fused kernels take plain float "
                        "weights; the reference backend runs them through their own F.linear")
-    if reset is None and (mask is None or mask.shape[-1] == 1):
+    if mask is None or mask.shape[-1] == 1:
         # One position per row is always contiguous: nothing to read (a decode step's mask, which a compiled
-        # step's trace could not read without a guard on its values).
+        # step's trace could not read without a guard on its values). A reset of one token zeroes the state before
+        # the step, which a padded row then keeps, as in the reference.
         return True, ""
     try:
         layout = padding_layout(mask)
@@ -166,6 +169,8 @@ def _run_documents(kind, x, hx, params, reset):
 
 
 def _run(kind, x, hx, params, mask, reset=None):
+    if x.shape[1] == 0:  # no tokens: no outputs and the states unchanged, as in the reference (torch's ops refuse it)
+        return x.new_zeros(x.shape[0], 0, hx[0].shape[-1]), hx
     if reset is not None:
         if x.shape[1] > 1:
             return _run_documents(kind, x, hx, params, reset)
@@ -210,7 +215,8 @@ def _params(weight_ih, weight_hh, bias_ih, bias_hh):
 
 def _checked_reset(op, x, mask, reset):
     reset = check_reset(op, reset, *x.shape[:2])
-    if reset is not None and padding_layout(mask) is not None:
+    check_mask(op, mask, *x.shape[:2])
+    if reset is not None and x.shape[1] > 1 and padding_layout(mask) is not None:
         raise ValueError(f"{op}: the fused backend takes a reset only without padding; use the reference backend")
     return reset
 

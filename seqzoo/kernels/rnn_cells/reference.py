@@ -29,6 +29,12 @@ def _hidden_projection(h, weight_hh, bias_hh):
     return F.linear(h, weight_hh, bias_hh)  # (B, G*H)
 
 
+def check_mask(op, mask, batch, length):
+    """ValueError naming the problem unless ``mask`` is None or (B, T)."""
+    if mask is not None and tuple(mask.shape) != (batch, length):
+        raise ValueError(f"{op}: mask must be (B, T) = ({batch}, {length}), got shape {tuple(mask.shape)}")
+
+
 def _masked(mask, t, new, old):
     if mask is None:
         return new
@@ -51,6 +57,7 @@ def rnn(x, h0, weight_ih, weight_hh, bias_ih=None, bias_hh=None, *, nonlinearity
     """Elman RNN: h_t = act(W_ih x_t + b_ih + W_hh h_{t-1} + b_hh). Returns (y, h_T)."""
     act = {"tanh": torch.tanh, "relu": torch.relu}[nonlinearity]
     reset = check_reset("rnn", reset, *x.shape[:2])
+    check_mask("rnn", mask, *x.shape[:2])
     xp = _input_projection(x, weight_ih, bias_ih)
     h = h0
     outputs = []
@@ -68,6 +75,7 @@ def lstm(x, h0, c0, weight_ih, weight_hh, bias_ih=None, bias_hh=None, *, mask=No
     h_t = sig(o) tanh(c_t)
     """
     reset = check_reset("lstm", reset, *x.shape[:2])
+    check_mask("lstm", mask, *x.shape[:2])
     xp = _input_projection(x, weight_ih, bias_ih)
     h, c = h0, c0
     outputs = []
@@ -89,6 +97,7 @@ def gru(x, h0, weight_ih, weight_hh, bias_ih=None, bias_hh=None, *, mask=None, r
     n = tanh(W_in x + b_in + r * (W_hn h + b_hn));  h_t = (1 - z) n + z h_{t-1}
     """
     reset = check_reset("gru", reset, *x.shape[:2])
+    check_mask("gru", mask, *x.shape[:2])
     xp = _input_projection(x, weight_ih, bias_ih)
     h = h0
     outputs = []
