@@ -36,24 +36,22 @@ LORA_DEFAULTS = {"r": 8, "lora_alpha": 16, "lora_dropout": 0.0}
 
 
 def peft_targets(model: nn.Module) -> dict[str, list[str]]:
-    """``target_modules``: the names (last component, as peft matches them) of the backbone's ``nn.Linear`` layers;
+    """``target_modules``: the names (last component, as peft matches them; the full name where another module's
+    last component is the same) of the backbone's ``nn.Linear`` layers;
     ``target_parameters``: the parameter names the mixers list in ``projection_parameters``. Both sorted."""
     heads = tuple(getattr(type(model), "head_modules", ()))
-    modules, parameters = set(), set()
+    linears, parameters = [], set()
     for name, module in model.named_modules():
         if name.split(".")[0] in heads:
             continue
         if isinstance(module, nn.Linear):
-            modules.add(name.rpartition(".")[2])
+            linears.append(name)
         elif isinstance(module, Mixer):
             parameters.update(module.projection_parameters)
-    clashes = sorted(
-        name for name, module in model.named_modules()
-        if name.rpartition(".")[2] in modules and not isinstance(module, nn.Linear)
-    )
-    if clashes:  # peft matches by the last name component, and would wrap these too
-        raise ValueError(f"{type(model).__name__} has modules that are not nn.Linear but share a Linear layer's name "
-                         f"({', '.join(clashes[:4])}); pass target_modules explicitly")
+    # peft matches a name by its last component; where that component is also the name of a module that is no
+    # Linear layer (a Linear in a ModuleList is "0", as is a recurrent layer in another), the full name is given.
+    others = {name.rpartition(".")[2] for name, module in model.named_modules() if not isinstance(module, nn.Linear)}
+    modules = {name if name.rpartition(".")[2] in others else name.rpartition(".")[2] for name in linears}
     return {"target_modules": sorted(modules), "target_parameters": sorted(parameters)}
 
 

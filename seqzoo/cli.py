@@ -148,6 +148,28 @@ def save_with_tokenizer(model: Any, directory: Path) -> None:
     tokenizer.save_pretrained(directory)
 
 
+def seed_value(text: str) -> int:
+    """An argparse type for --seed: an integer that torch.manual_seed takes (else torch says only "Overflow when
+    unpacking long long")."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if not -(2**63) <= value < 2**64:
+        raise argparse.ArgumentTypeError(f"{text} is out of range: a seed is an integer in [-2**63, 2**64)")
+    return value
+
+
+def check_prompt_text(prompt: str, flag: str = "the prompt") -> None:
+    """A command-line argument whose bytes are not UTF-8 arrives with surrogate escapes, which no tokenizer
+    encodes (tokenizers says only "TextEncodeInput must be Union[...]")."""
+    try:
+        prompt.encode("utf-8")
+    except UnicodeEncodeError as err:
+        raise ValueError(f"{flag} is not UTF-8 text (character {err.start} is an undecodable byte or a lone "
+                         "surrogate); give it as UTF-8") from None
+
+
 def check_generation_args(args: argparse.Namespace) -> None:
     """Refuse values generate() would reject deep inside, or silently ignore."""
     if args.max_new_tokens < 1:
@@ -243,6 +265,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
         where = "the folder" if Path(source).is_dir() else "the Hub repository"
         first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise ValueError(f"cannot load a model and tokenizer from {where} {source!r}: {first_line}") from err
+    check_prompt_text(args.prompt)
     inputs = tokenizer(args.prompt, return_tensors="pt").to(device)
     if inputs["input_ids"].shape[1] == 0:
         raise ValueError("the prompt is empty: give at least one character")
@@ -321,6 +344,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         raise ValueError(f"--max-new-tokens={args.max_new_tokens} is invalid: must be >= 2 (the first token is "
                          f"the warm-up)")
     tokenizer = byte_tokenizer()
+    check_prompt_text(args.prompt, "--prompt")
     inputs = tokenizer(args.prompt, return_tensors="pt")
     if inputs["input_ids"].shape[1] == 0:
         raise ValueError("--prompt is empty: give at least one character")
@@ -393,7 +417,7 @@ def build_parser() -> argparse.ArgumentParser:
                                    "AutoModelForCausalLM.from_pretrained take the folder as it is.")
     p.add_argument("preset", help="a model preset from `seqzoo list`, e.g. lstm-small")
     p.add_argument("directory", help="folder to write (created; must be empty unless --force)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the random initialisation (default: 0)")
+    p.add_argument("--seed", type=seed_value, default=0, help="seed of the random initialisation (default: 0)")
     p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
                    help="config field overrides, e.g. --set hidden_size=128 dropout=0.1")
     p.add_argument("--force", action="store_true", help="write into a folder that is not empty")
@@ -417,7 +441,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--top-k", type=int, default=None,
                    help="keep only the k most likely tokens (sampling only; default 0 = off)")
     p.add_argument("--num-beams", type=int, default=1, help="beam search with this many beams (default: 1 = none)")
-    p.add_argument("--seed", type=int, default=0, help="seed for sampling (default: 0)")
+    p.add_argument("--seed", type=seed_value, default=0, help="seed for sampling (default: 0)")
     p.add_argument("--device", default="cpu", help="cpu (default), cuda, cuda:N or mps")
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"],
                    help="dtype to load the weights in (default: float32)")
@@ -446,7 +470,7 @@ def build_parser() -> argparse.ArgumentParser:
                                    "(the prompt and the first token are timed apart).")
     p.add_argument("--prompt", default="How does a network remember? ", help="text to continue")
     p.add_argument("--max-new-tokens", type=int, default=24, help="tokens to generate per model (default: 24)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the random initialisation (default: 0)")
+    p.add_argument("--seed", type=seed_value, default=0, help="seed of the random initialisation (default: 0)")
     p.set_defaults(func=cmd_demo)
 
     for module_name in COMMAND_MODULES:

@@ -240,6 +240,6 @@ def smallest_preset(architecture: str | None = None, *, among: list[str] | None 
 
 
 def _unknown(what: str, value: str, allowed: list[str]) -> str:
-    close = difflib.get_close_matches(value, allowed, n=3)
+    close = difflib.get_close_matches(value, allowed, n=3) if isinstance(value, str) else []
     hint = f" Did you mean {', '.join(map(repr, close))}?" if close else ""
     return f"unknown {what} {value!r}.{hint} Available: {', '.join(allowed)}"

@@ -279,6 +279,17 @@ def test_generate_names_missing_folders_and_devices(model_dir, tmp_path, capsys,
     assert "not a device name" in _error(capsys, ["generate", str(model_dir), "hi", "--device", "gpu"])
 
 
+def test_generate_names_a_prompt_that_is_not_utf8_and_a_seed_out_of_range(model_dir, capsys):
+    # A byte that is not UTF-8 on the command line reaches Python as a surrogate escape, which tokenizers refuses
+    # with a message about TextEncodeInput; torch.manual_seed refuses a seed past 64 bits with "Overflow ...".
+    prompt = b"ab\xffc".decode("utf-8", "surrogateescape")
+    assert "the prompt is not UTF-8 text (character 2" in _error(capsys, ["generate", str(model_dir), prompt])
+    for command in (["generate", str(model_dir), "Hi"], ["new", "lstm-tiny", str(model_dir / "other")]):
+        with pytest.raises(SystemExit):
+            main([*command, "--seed", str(2**64)])
+        assert "argument --seed: 18446744073709551616 is out of range" in capsys.readouterr().err
+
+
 def test_new_refuses_non_empty_folder_and_unknown_preset(tmp_path, capsys):
     (tmp_path / "x").write_text("keep me")
     assert "not empty (pass --force" in _error(capsys, ["new", "lstm-tiny", str(tmp_path)])

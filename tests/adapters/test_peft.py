@@ -216,3 +216,28 @@ def test_a_prompt_tuned_model_generates_by_greedy_recompute(arch):
         step = prompted_logits(model.get_base_model(), prompt, tokens, full_mask)[:, -1].argmax(-1)
         tokens = torch.cat([tokens, step[:, None]], dim=1)
     assert torch.equal(generated[:, -4:], tokens[:, -4:])
+
+
+@pytest.mark.parametrize("preset", ["seq2seq-sutskever-tiny", "seq2seq-bahdanau-tiny", "seq2seq-luong-general-tiny"])
+def test_lora_with_no_arguments_on_the_recurrent_encoder_decoders(preset, tmp_path):
+    """The recurrent encoder reads its final states with peft's wrapper around each layer, and the Bahdanau bridge's
+    Linear layers (named 0, 1, ... in a ModuleList, like the recurrent layers) are targeted by their full names."""
+    def fresh():
+        torch.manual_seed(0)
+        return seqzoo.create_model(preset).eval()
+
+    source, target = IDS, IDS[:, :4]
+    kwargs = dict(input_ids=source, attention_mask=MASK, decoder_input_ids=target)
+    model = get_peft_model(fresh(), seqzoo.peft_config(fresh(), init_lora_weights=False)).eval()
+    adapted = {name.removeprefix("base_model.model.") for name, module in model.named_modules()
+               if isinstance(module, LoraLayer) and not isinstance(module, ParamWrapper)}
+    assert adapted == {name for name, module in fresh().named_modules()
+                       if isinstance(module, nn.Linear) and name != "lm_head"}
+    with torch.no_grad():
+        expected = model(**kwargs).logits
+        assert not torch.allclose(expected, fresh()(**kwargs).logits, atol=1e-4)
+    model.save_pretrained(tmp_path / "adapter")
+    loaded = PeftModel.from_pretrained(fresh(), tmp_path / "adapter").eval()
+    merged = loaded.merge_and_unload()
+    with torch.no_grad():
+        torch.testing.assert_close(merged(**kwargs).logits, expected, rtol=1e-4, atol=1e-5)

@@ -79,14 +79,15 @@ class RecurrentEncoder(nn.Module):
         hidden_states = self.dropout(inputs.embeds)  # (B, S, E)
         all_hidden_states = (hidden_states,) if output_hidden_states else None
         finals = []
+        names = STATE_NAMES[self.config.encoder_type]  # not layer.state_names: peft's LoRA wraps the layer
         for idx, layer in enumerate(self.layers):
             output, state = layer(hidden_states, mask=mask)  # (B, S, H)
-            parts = [state[name] for name in layer.state_names]
+            parts = [state[name] for name in names]
             if self.backward_layers is not None:
                 reversed_mask = None if mask is None else mask.flip(1)
                 backward, backward_state = self.backward_layers[idx](hidden_states.flip(1), mask=reversed_mask)
                 output = torch.cat([output, backward.flip(1)], dim=-1)  # (B, S, 2H)
-                parts += [backward_state[name] for name in layer.state_names]
+                parts += [backward_state[name] for name in names]
             finals.append(torch.cat(parts, dim=-1))
             hidden_states = self.dropout(output)
             if output_hidden_states:
