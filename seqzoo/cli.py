@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 from typing import Any, Callable
 
-from seqzoo.utils import installed_version, parse_overrides, quiet_transformers
+from seqzoo.utils import installed_version, parse_overrides, quiet_transformers, seed_value
 
 # Modules that add sub-commands, each with ``register(subparsers)``. Registering must stay light (no torch): the
 # parser is built, and --help answered, before torch is imported.
@@ -146,18 +146,6 @@ def save_with_tokenizer(model: Any, directory: Path) -> None:
     with quiet_transformers():  # its "Writing model shards" bar for one small file is noise on the console
         model.save_pretrained(directory)
     tokenizer.save_pretrained(directory)
-
-
-def seed_value(text: str) -> int:
-    """An argparse type for --seed: an integer that torch.manual_seed takes (else torch says only "Overflow when
-    unpacking long long")."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
-    if not -(2**63) <= value < 2**64:
-        raise argparse.ArgumentTypeError(f"{text} is out of range: a seed is an integer in [-2**63, 2**64)")
-    return value
 
 
 def check_prompt_text(prompt: str, flag: str = "the prompt") -> None:

@@ -5,6 +5,7 @@ Nothing here imports torch at module level: the command line parses its argument
 
 from __future__ import annotations
 
+import argparse
 import json
 import re
 from typing import Any
@@ -100,3 +101,15 @@ class quiet_transformers:
         if self._bars:
             hf_logging.enable_progress_bar()
         self._warnings.__exit__(*exc)
+
+
+def seed_value(text: str) -> int:
+    """An argparse type for --seed: an integer that torch.manual_seed takes (else torch says only "Overflow when
+    unpacking long long")."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if not -(2**63) <= value < 2**64:
+        raise argparse.ArgumentTypeError(f"{text} is out of range: a seed is an integer in [-2**63, 2**64)")
+    return value

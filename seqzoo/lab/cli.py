@@ -8,7 +8,7 @@ import shlex
 from pathlib import Path
 from typing import Any
 
-from seqzoo.cli import seed_value
+from seqzoo.utils import seed_value
 
 # The memory tasks, by name (seqzoo.training.data.TASKS, which a test keeps equal). Spelled out here so that the
 # parser, and `seqzoo lab --help`, need no torch.
