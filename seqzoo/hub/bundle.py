@@ -35,8 +35,10 @@ from typing import Any
 
 RECORD_FILE = "seqzoo_bundle.json"
 
+# What every bundled file's first line says (how a repository's files that seqzoo bundled are told from the owner's).
+BUNDLED_MARK = "copied into the self-contained code of this checkpoint"
 BUNDLE_NOTE = (
-    "# {source} from seqzoo {version}, copied into the self-contained code of this checkpoint with its\n"
+    "# {source} from seqzoo {version}, " + BUNDLED_MARK + " with its\n"
     "# imports of {packages} modules rewritten as flat sibling imports, so that transformers can load it with\n"
     "# trust_remote_code=True where seqzoo is not installed. Change seqzoo, not this copy.\n"
 )

@@ -172,7 +172,7 @@ def card_sections(
         "usage": usage_section(repo_id, spec.task_of(type(model))),
         "heads_section": heads_section(spec, type(model), config),
         "model_kind": MODEL_KINDS.get(spec.task_of(type(model)), "model"),
-        "files_section": files_section(code_files),
+        "files_section": files_section(code_files, generates=spec.task_of(type(model)) in ("causal-lm", "seq2seq")),
     }
 
 
@@ -187,7 +187,10 @@ def parameter_counts(model: Any) -> dict[str, int]:
     # An embedding lookup costs no multiplications, but a head tied to the embedding multiplies through it again.
     head = model.get_output_embeddings()
     tied_head = head.weight.numel() if head is not None and id(head.weight) in embedding_ids else 0
-    return {"total": total, "embedding": embedding, "per_token": total - embedding + tied_head}
+    # An encoder-decoder runs its encoder once per source, not once per decoded token.
+    encoder = model.get_encoder() if getattr(model.config, "is_encoder_decoder", False) else None
+    encoder_only = sum(p.numel() for p in encoder.parameters() if id(p) not in embedding_ids) if encoder else 0
+    return {"total": total, "embedding": embedding, "per_token": total - embedding - encoder_only + tied_head}
 
 
 def memory_table(config: Any, counts: dict[str, int], dtype: Any) -> str:
@@ -318,10 +321,11 @@ def heads_section(spec: Any, model_class: type, config: Any) -> str:
     return "\n".join(lines)
 
 
-def files_section(code_files: list[str]) -> str:
+def files_section(code_files: list[str], generates: bool = True) -> str:
     listed = ", ".join(f"`{name}`" for name in sorted(code_files))
+    generation = "`generation_config.json`, " if generates else ""  # transformers writes none for a classifier
     return (
-        "`config.json` (with `auto_map`), `model.safetensors`, `generation_config.json`, the tokenizer files, and "
+        f"`config.json` (with `auto_map`), `model.safetensors`, {generation}the tokenizer files, and "
         f"the self-contained code that seqzoo bundled for `trust_remote_code=True`: {listed}. The bundle carries "
         "seqzoo's PyTorch kernels; GPU kernels that seqzoo loads on demand need seqzoo installed. "
         "`seqzoo_bundle.json` records the seqzoo, transformers and torch versions the code was exported with and "

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
-from seqzoo.hub.bundle import RECORD_FILE, build_bundle, bundle_record, write_bundle
+from seqzoo.hub.bundle import BUNDLED_MARK, RECORD_FILE, build_bundle, bundle_record, write_bundle
 from seqzoo.outputs import staged_folder
 from seqzoo.hub.cards import (
     DEFAULT_LICENSE,
@@ -142,11 +142,18 @@ def refresh_code(
             raise PublishError(f"{repo_id!r} does not hold a seqzoo model this seqzoo knows: {err}") from err
         bundle = build_bundle(spec)
         packages = {origin.partition(".")[0] for origin in bundle.origins.values()}
-        stale = sorted(
+        candidates = sorted(
             name for name in existing
             if "/" not in name and name.endswith(".py") and name[:-3] not in bundle.files
             and name.startswith((*(f"{package}_" for package in packages), "configuration_", "modeling_"))
         )
+        # Only files seqzoo bundled (they open with its note) are deleted; a module of the owner's stays.
+        stale = []
+        with _hub_errors(api.endpoint, repo_id, "reading the repository", may_have_committed=False):
+            for name in candidates:
+                path = api.hf_hub_download(repo_id, name, revision=revision, local_dir=folder / "old")
+                if _is_bundled_file(Path(path)):
+                    stale.append(name)
         files = [path.name for path in bundle.write(folder)]
         (folder / RECORD_FILE).write_text(json.dumps(bundle_record(), indent=2) + "\n")
         files.append(RECORD_FILE)
@@ -160,6 +167,11 @@ def refresh_code(
         with _hub_errors(api.endpoint, repo_id, "uploading the code", may_have_committed=True):
             info = api.create_commit(repo_id, operations, commit_message=message, revision=revision)
     return info.commit_url
+
+
+def _is_bundled_file(path: Path) -> bool:
+    head = path.read_bytes()[:600].decode("utf-8", errors="replace")
+    return head.startswith("# ") and BUNDLED_MARK in head.partition("\n")[0]
 
 
 def _write_token(token: str | None, repo_id: str) -> str:
@@ -201,12 +213,25 @@ def _load_checkpoint(source: Any, tokenizer: Any, training: dict[str, Any] | Non
                 f"{folder} is not a saved model folder (it has no config.json); pass a folder written by "
                 "save_pretrained, `seqzoo new` or `seqzoo train`"
             )
-        config = json.loads(config_file.read_text())
+        try:
+            config = json.loads(config_file.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError) as err:
+            raise ValueError(f"{config_file} is not valid JSON ({err}); save the model again") from err
+        if not isinstance(config, dict):
+            raise ValueError(f"{config_file} must hold a JSON object (a model's configuration); got {config!r:.60}")
         spec = architecture_for_model_type(config.get("model_type"))
         # The head the folder was saved with (transformers records its class name); a causal LM by default.
         saved_as = (config.get("architectures") or [None])[0]
         head = next((cls for cls in spec.heads.values() if cls.__name__ == saved_as), spec.causal_lm_class)
-        model = head.from_pretrained(folder, dtype="auto")
+        model, info = head.from_pretrained(folder, dtype="auto", output_loading_info=True)
+        # Tensors of another head load as "unexpected" and would be left out of the published weights.
+        dropped = sorted(info.get("unexpected_keys") or [])
+        if dropped:
+            raise ValueError(
+                f"{folder}: its weights hold {', '.join(dropped[:8])}, which {head.__name__} has no place for, so "
+                f"publishing would leave them out; set 'architectures' in {config_file} to the class the model was "
+                f"saved as (one of {', '.join(cls.__name__ for cls in spec.heads.values())})"
+            )
         if tokenizer is None:
             from seqzoo.tokenizer import load_tokenizer  # (transformers: imported only when publishing)
 

@@ -97,6 +97,17 @@ def test_a_classifier_card_says_which_head_and_labels_it_has(arch, task):
     assert ("It is a bidirectional encoder" in card.text) == bool(bidirectional)
     kind = {"token-classification": "tagger (token classifier)", "sequence-classification": "text classifier"}[task]
     assert f"** {kind}" in card.text.split("\n\n")[1] and "language model" not in card.text.split("\n\n")[1]
+    assert "generation_config.json" not in card.text  # transformers writes none for a classifier
+
+
+@pytest.mark.parametrize("preset", ["seq2seq-bahdanau-tiny", "seq2seq-transformer-tiny"])
+def test_an_encoder_decoder_card_counts_only_decoding_weights_per_token(preset):
+    # The encoder runs once per source: its weights are no cost of each decoded token.
+    model = seqzoo.create_model(preset)
+    counts = parameter_counts(model)
+    embeddings = {id(m.weight) for m in model.modules() if isinstance(m, torch.nn.Embedding)}
+    encoder = sum(p.numel() for p in model.get_encoder().parameters() if id(p) not in embeddings)
+    assert encoder > 0 and counts["per_token"] == counts["total"] - counts["embedding"] - encoder + counts["embedding"]
 
 
 def test_training_record_fills_metadata_and_the_training_section(exports):
@@ -180,6 +191,25 @@ def test_export_refuses_unusable_inputs(saved_models, tmp_path):
     with pytest.raises(ValueError, match="Repo id"):
         export_folder(saved_models["gru"], tmp_path / "d", repo_id="not a/valid/repo id")
     assert sorted(path.name for path in tmp_path.iterdir()) == ["bare", "taken"]
+
+
+def test_export_refuses_a_config_that_does_not_describe_the_weights(tmp_path):
+    folder = tmp_path / "classifier"
+    model = seqzoo.create_model("transformer-tiny", "sequence-classification", num_labels=2)  # a tied LM head
+    model.save_pretrained(folder)
+    byte_tokenizer().save_pretrained(folder)
+    config = json.loads((folder / "config.json").read_text())
+    del config["architectures"]  # the head would default to the causal LM and drop the classifier's weights
+    (folder / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ValueError, match=r"score\.weight.*set 'architectures'"):
+        export_folder(folder, tmp_path / "a", repo_id=repo_id("transformer"))
+    (folder / "config.json").write_text("{not json")
+    with pytest.raises(ValueError, match=r"config\.json is not valid JSON"):
+        export_folder(folder, tmp_path / "b", repo_id=repo_id("transformer"))
+    (folder / "config.json").write_text("[]")
+    with pytest.raises(ValueError, match="must hold a JSON object"):
+        export_folder(folder, tmp_path / "c", repo_id=repo_id("transformer"))
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["classifier"]
 
 
 def test_export_from_a_model_object(tmp_path):

@@ -135,7 +135,9 @@ def test_refresh_code_rewrites_only_the_code_of_an_existing_repository(hub, expo
     old = folder_bytes(folder)
     # As an older seqzoo published it: other code, a bundled module the new code no longer has, no version record.
     old["modeling_seqzoo_lstm.py"] = b"# code of an older seqzoo\n"
-    old["seqzoo_layers_retired.py"] = b"# a module the new bundle no longer needs\n"
+    old["seqzoo_layers_retired.py"] = (b"# seqzoo/layers/retired.py from seqzoo 0.0.1, copied into the self-contained "
+                                       b"code of this checkpoint with its\n# a module the new bundle no longer needs\n")
+    old["modeling_my_helpers.py"] = b"# the user's own module, named like a bundled one\n"
     old.pop("seqzoo_bundle.json")
     config = json.loads(old["config.json"])
     config["auto_map"]["AutoModel"] = "modeling_seqzoo_lstm.OldName"
@@ -158,7 +160,7 @@ def test_refresh_code_rewrites_only_the_code_of_an_existing_repository(hub, expo
     assert {k: v for k, v in new_config.items() if k != "auto_map"} == {
         k: v for k, v in config.items() if k != "auto_map"}
     after = hub.repos[repo]
-    for name in ("model.safetensors", "README.md", "tokenizer.json", "notes.py"):
+    for name in ("model.safetensors", "README.md", "tokenizer.json", "notes.py", "modeling_my_helpers.py"):
         assert after[name] == old[name], name
 
 
