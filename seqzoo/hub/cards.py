@@ -23,8 +23,9 @@ at the end of training. Every key is optional. The keys below are checked and sh
       "recipe": {"learning_rate": 0.0006, "batch_size": 32}          # any JSON object: how it was trained
     }
 
-Datasets go into the card's ``datasets`` metadata and, with the overall evaluation figures, into its
-``model-index``.
+Datasets go into the card's ``model-index`` with the overall evaluation figures, and those named like Hub datasets
+(no ``source:`` prefix) into its ``datasets`` metadata. A published record has its local paths cut to their last
+component (:func:`public_training_record`): ``text:/home/me/corpus.txt`` is published as ``text:corpus.txt``.
 """
 
 from __future__ import annotations
@@ -108,6 +109,35 @@ def validate_training_record(record: Any, source: str = TRAINING_FILE) -> dict[s
     return dict(record)
 
 
+def public_training_record(record: dict[str, Any]) -> dict[str, Any]:
+    """``record`` as a published repository carries it: every absolute or home-relative local path in it (the data
+    files, the output folder, ``text:/home/me/corpus.txt``) cut to its last component, so that a public card and
+    ``seqzoo_training.json`` do not reveal the publisher's folders. The local file keeps the full paths."""
+    return _without_local_paths(record)
+
+
+def _without_local_paths(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {key: _without_local_paths(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_without_local_paths(item) for item in value]
+    if isinstance(value, str):
+        prefix, colon, rest = value.partition(":")
+        if colon and prefix in _SOURCE_PREFIXES:  # a data name: "text:" and a comma-separated list of paths
+            return f"{prefix}:" + ",".join(_path_name(part) for part in rest.split(","))
+        return _path_name(value)
+    return value
+
+
+_SOURCE_PREFIXES = ("text", "dataset", "jsonl")  # how seqzoo train names the data it read from local files
+
+
+def _path_name(text: str) -> str:
+    if text.startswith(("/", "~", "\\\\")) or (len(text) > 2 and text[1] == ":" and text[2] in "/\\"):
+        return Path(text.replace("\\", "/")).name or text
+    return text
+
+
 def _check_metrics(source: str, where: str, metrics: dict[str, Any]) -> None:
     for name, value in metrics.items():
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
@@ -133,12 +163,14 @@ def render_model_card(
                    metric_type=name, metric_value=value)
         for name, value in evaluation.items()
     ] if datasets else None
+    # The metadata's datasets link to Hub datasets: a local source ("text:corpus.txt") is named in the prose only.
+    hub_datasets = [name for name in datasets if ":" not in name]
     card_data = ModelCardData(
         license=license,
         library_name="seqzoo",
         pipeline_tag=pipeline_tag,
         tags=["seqzoo", spec.name, spec.model_type, "custom_code"],
-        datasets=datasets or None,
+        datasets=hub_datasets or None,
         model_name=model_name if eval_results else None,  # names the model-index entry; not a key on its own
         eval_results=eval_results or None,
     )

@@ -27,6 +27,7 @@ from seqzoo.hub.cards import (
     DEFAULT_LICENSE,
     TRAINING_FILE,
     load_training_record,
+    public_training_record,
     render_model_card,
     validate_training_record,
 )
@@ -245,7 +246,7 @@ def _load_checkpoint(source: Any, tokenizer: Any, training: dict[str, Any] | Non
             raise ValueError("publishing a model object needs its tokenizer: pass tokenizer=... "
                              "(seqzoo.byte_tokenizer() for seqzoo's byte-level vocabulary)")
     if training is not None:
-        training = validate_training_record(training)
+        training = public_training_record(validate_training_record(training))
     return _Checkpoint(model, spec, tokenizer, training)
 
 

@@ -13,7 +13,7 @@ import torch
 from huggingface_hub import ModelCard
 
 import seqzoo
-from seqzoo.cli import main
+from seqzoo.cli import main, save_with_tokenizer
 from seqzoo.hub import export_folder
 from seqzoo.hub import publishing
 from seqzoo.hub.cards import TEMPLATE_DIR, card_sections, parameter_counts, render_model_card, template_path
@@ -124,6 +124,31 @@ def test_training_record_fills_metadata_and_the_training_section(exports):
     # the whole record travels with the checkpoint, keys the card does not show included
     assert json.loads((exports["lstm"] / "seqzoo_training.json").read_text()) == TRAINING_RECORD
     assert "without a training record" in ModelCard.load(exports["gru"] / "README.md").text
+
+
+def test_a_published_record_names_local_files_without_their_folders(tmp_path):
+    """seqzoo train records where its data and output were (text:/home/me/corpus.txt); a public repository shows the
+    file names only, and its datasets metadata (Hub dataset ids) leaves local sources out."""
+    folder = tmp_path / "run"
+    save_with_tokenizer(tiny_byte_model("gru"), folder)
+    record = {"dataset": ["text:/home/me/private/corpus.txt,/home/me/private/more.txt", "roneneldan/TinyStories"],
+              "data": {"name": "text:~/notes/a.txt", "seq_len": 8},
+              "recipe": {"output_dir": "/home/me/private/run", "data": {"path": "C:\\Users\\me\\b.txt"},
+                         "name": "my run", "lr": 0.001, "url": "https://example.org/x"},
+              "eval": {"loss": 2.0}}
+    (folder / "seqzoo_training.json").write_text(json.dumps(record))
+    out = export_folder(folder, tmp_path / "out", repo_id=repo_id("gru"))
+    published = (out / "seqzoo_training.json").read_text() + (out / "README.md").read_text()
+    assert "/home/me" not in published and "~/notes" not in published and "Users" not in published
+    assert json.loads((out / "seqzoo_training.json").read_text()) == {
+        "dataset": ["text:corpus.txt,more.txt", "roneneldan/TinyStories"], "data": {"name": "text:a.txt", "seq_len": 8},
+        "recipe": {"output_dir": "run", "data": {"path": "b.txt"}, "name": "my run", "lr": 0.001,
+                   "url": "https://example.org/x"},
+        "eval": {"loss": 2.0}}
+    card = ModelCard.load(out / "README.md")
+    assert card.data.datasets == ["roneneldan/TinyStories"]
+    assert "- Data: `text:corpus.txt,more.txt`, `roneneldan/TinyStories`" in card.text
+    assert json.loads((folder / "seqzoo_training.json").read_text()) == record  # the local record keeps its paths
 
 
 def test_architecture_without_a_template_gets_the_generic_card(caplog):
