@@ -131,7 +131,7 @@ def cmd_new(args: argparse.Namespace) -> int:
 
 def save_with_tokenizer(model: Any, directory: Path) -> None:
     """Save a model with the byte tokenizer and a generation config, ready for AutoTokenizer and pipelines."""
-    from seqzoo.tokenizer import VOCAB_SIZE, byte_tokenizer
+    from seqzoo.tokenizer import VOCAB_SIZE, tokenizer_for
 
     if model.config.vocab_size < VOCAB_SIZE:
         raise ValueError(
@@ -139,7 +139,7 @@ def save_with_tokenizer(model: Any, directory: Path) -> None:
         )
     directory.mkdir(parents=True, exist_ok=True)
     generation = model.generation_config
-    tokenizer = byte_tokenizer()
+    tokenizer = tokenizer_for(model.config)
     generation.pad_token_id = tokenizer.pad_token_id
     generation.eos_token_id = tokenizer.eos_token_id
     generation.bos_token_id = tokenizer.bos_token_id

@@ -54,6 +54,14 @@ def byte_tokenizer(model_max_length: int = 1_000_000) -> PreTrainedTokenizerFast
     return tokenizer
 
 
+def tokenizer_for(config: Any) -> PreTrainedTokenizerFast:
+    """The byte tokenizer saved beside a model of ``config``: its ``model_max_length`` is the longest input the
+    model's positions allow (``config.max_input_length``), so that ``truncation=True`` (pipelines, a user's own
+    call) cuts an input there instead of passing it on to fail in the model."""
+    longest = getattr(config, "max_input_length", None)
+    return byte_tokenizer() if longest is None else byte_tokenizer(model_max_length=longest)
+
+
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json")
 
 

@@ -86,3 +86,21 @@ def test_trainer_lowers_the_loss(tmp_path):
     with torch.no_grad():
         after = model.eval()(**batch).loss.item()
     assert after < 0.6 * before, (before, after)
+
+
+def test_the_saved_tokenizer_truncates_where_the_positions_end(tmp_path):
+    """A Transformer with learned (or sinusoidal) positions takes max_position_embeddings tokens: the tokenizer
+    saved beside it says so, so truncation=True cuts a long text there instead of the model failing on it; a model
+    whose positions do not end (RoPE, recurrent) keeps the unbounded default."""
+    byte_ids = dict(vocab_size=VOCAB_SIZE, pad_token_id=PAD_TOKEN_ID, bos_token_id=EOS_TOKEN_ID,
+                    eos_token_id=EOS_TOKEN_ID)
+    model = tiny_model("transformer-gpt2-small", max_position_embeddings=24, **byte_ids)
+    save_with_tokenizer(model, tmp_path / "gpt2")
+    tokenizer = AutoTokenizer.from_pretrained(tmp_path / "gpt2")
+    assert tokenizer.model_max_length == 24
+    ids = tokenizer("x" * 100, truncation=True, return_tensors="pt").input_ids
+    assert ids.shape == (1, 24)
+    AutoModelForCausalLM.from_pretrained(tmp_path / "gpt2")(ids)  # it fits
+    for preset in ("transformer-tiny", "gru-tiny"):
+        save_with_tokenizer(tiny_model(preset, **byte_ids), tmp_path / preset)
+        assert AutoTokenizer.from_pretrained(tmp_path / preset).model_max_length == byte_tokenizer().model_max_length

@@ -202,6 +202,12 @@ class SeqzooConfig(PreTrainedConfig):
         """Width of the backbone's output, the input of the LM head."""
         return self.hidden_size
 
+    @property
+    def max_input_length(self) -> int | None:
+        """The longest sequence the model takes (a table of learned or sinusoidal positions ends there); None where
+        nothing but memory limits it. The tokenizer saved beside a model truncates there (``truncation=True``)."""
+        return None
+
     # Bytes of recurrent state one sequence carries between tokens (excluding any KV cache). Used by model cards,
     # the lab and the benchmarks; architectures with a growing KV cache report their per-token cost instead.
     def state_bytes_per_sequence(self, dtype_bytes: int = 4) -> int:

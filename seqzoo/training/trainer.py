@@ -515,7 +515,7 @@ def _save_final(accelerator: Any, model: Any, recipe: Recipe, data: Any, run_dir
     """save_pretrained (+ the byte tokenizer for text data) and seqzoo_training.json, which model cards read."""
     from accelerate.utils import DistributedType
 
-    from seqzoo.tokenizer import VOCAB_SIZE, byte_tokenizer
+    from seqzoo.tokenizer import VOCAB_SIZE, tokenizer_for
 
     accelerator.wait_for_everyone()
     unwrapped = accelerator.unwrap_model(model)
@@ -551,7 +551,7 @@ def _save_final(accelerator: Any, model: Any, recipe: Recipe, data: Any, run_dir
                 with quiet_transformers():  # no "Writing model shards" bar under the run's own progress
                     unwrapped.save_pretrained(staging, state_dict=state_dict)
                 if with_tokenizer:
-                    byte_tokenizer().save_pretrained(staging)
+                    tokenizer_for(unwrapped.config).save_pretrained(staging)
                 (staging / TRAINING_INFO_FILE).write_text(json.dumps(info, indent=2))
         except OutputError as err:
             checkpoints = list_checkpoints(run_dir)

@@ -71,6 +71,17 @@ def test_text_run_learns_and_saves_model_tokenizer_and_training_info(tmp_path):
     assert (out / "tokenizer.json").exists()
 
 
+def test_the_saved_tokenizer_truncates_where_the_models_positions_end(tmp_path):
+    from transformers import AutoTokenizer
+
+    model = {"preset": "transformer-gpt2-small", "config": {"hidden_size": 16, "num_hidden_layers": 1,
+                                                            "num_attention_heads": 2, "intermediate_size": 32,
+                                                            "max_position_embeddings": 40}}
+    train(make_recipe(tmp_path, model=model, data={"source": "pydoc", "seq_len": 16, "eval_samples": 2},
+                      train={"max_steps": 1, "eval_every": 1}), progress=False)
+    assert AutoTokenizer.from_pretrained(tmp_path / "run").model_max_length == 40
+
+
 def test_task_run_reports_accuracy_per_distance_without_a_tokenizer(tmp_path):
     result = train(make_recipe(tmp_path), progress=False)
     assert set(result.eval["sets"]) == {"distance=2", "distance=5"}

@@ -257,6 +257,10 @@ class Seq2SeqConfig(SeqzooConfig):
     def output_dim(self) -> int:
         return self.hidden_size
 
+    @property
+    def max_input_length(self) -> int | None:
+        return self.max_position_embeddings if self.is_transformer else None  # (sinusoidal positions)
+
     def layer_mixer_types(self) -> list[str]:
         """The decoder's layers (what the decoding cache holds), then its attention over the source."""
         if self.is_transformer:

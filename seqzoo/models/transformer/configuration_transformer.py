@@ -125,6 +125,10 @@ class TransformerConfig(SeqzooConfig):
         if self.position_embedding == "rope" and self.head_dim % 2:
             raise ValueError(f"TransformerConfig: rotary positions need an even head_dim, got {self.head_dim}")
 
+    @property
+    def max_input_length(self) -> int | None:
+        return None if self.position_embedding == "rope" else self.max_position_embeddings
+
     def state_bytes_per_sequence(self, dtype_bytes: int = 4) -> int:
         return 0  # no fixed-size state: memory grows with the context, see kv_bytes_per_token
 
