@@ -14,6 +14,9 @@ projections are ``F.linear``; torch's fused kernels take plain float weights and
 
 from __future__ import annotations
 
+from typing import Any
+
+import torch
 from torch import nn
 
 from seqzoo.layers.mixer import Mixer
@@ -33,18 +36,37 @@ def int8_targets(model: nn.Module) -> list[str]:
 def quantize_int8(model: nn.Module) -> nn.Module:
     """Quantise ``model`` in place (int8 dynamic activations, int8 weights, per output channel) and return it. For
     inference: the quantised weights take no gradient, and a tied output layer is untied (the embedding stays
-    float)."""
+    float). A model holding peft adapters is refused (merge them first), as is one quantised already.
+    A quantised model is for inference in its process: torchao's int8 weights do not save with ``save_pretrained``
+    (save the float model, and quantise after loading it)."""
+    adapters = sorted({type(module).__name__ for module in model.modules()
+                       if type(module).__module__.split(".")[0] == "peft"})
+    if adapters:
+        raise ValueError(f"{type(model).__name__} holds peft adapter layers ({', '.join(adapters)}), whose own "
+                         "Linear layers would be quantised too and cannot run so; merge them into the model first "
+                         "(model = model.merge_and_unload()), then quantise")
+    targets = int8_targets(model)
+    if not targets:
+        raise ValueError(f"{type(model).__name__} has no Linear layer or mixer projection to quantise")
+    kinds = {name: type(_target_tensor(model, name)) for name in targets}
+    quantised = [name for name, kind in kinds.items() if kind not in (torch.Tensor, nn.Parameter)]
+    if quantised:
+        raise ValueError(f"{type(model).__name__} is quantised already ({', '.join(quantised[:3])} hold "
+                         f"{kinds[quantised[0]].__name__} weights); quantise a float model once")
     try:
         from torchao.quantization import FqnToConfig, Int8DynamicActivationInt8WeightConfig, quantize_
     except ImportError as err:
         raise ImportError(f"seqzoo.quantize_int8 needs torchao ({err}); install it with pip install 'seqzoo[quant]'") \
             from err
     config = Int8DynamicActivationInt8WeightConfig()
-    targets = int8_targets(model)
-    if not targets:
-        raise ValueError(f"{type(model).__name__} has no Linear layer or mixer projection to quantise")
     quantize_(model, FqnToConfig({name: config for name in targets}), filter_fn=None)
     return model
+
+
+def _target_tensor(model: nn.Module, target: str) -> Any:
+    """The tensor an :func:`int8_targets` name stands for: a Linear layer's weight, or a mixer's parameter."""
+    modules = dict(model.named_modules())
+    return modules[target].weight if isinstance(modules.get(target), nn.Linear) else model.get_parameter(target)
 
 
 __all__ = ["int8_targets", "quantize_int8"]

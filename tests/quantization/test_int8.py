@@ -52,6 +52,20 @@ def test_quantize_int8_names_the_extra_it_needs(monkeypatch):
         seqzoo.quantize_int8(tiny_model("lstm-tiny"))
 
 
+def test_quantize_int8_refuses_a_model_with_adapters_or_quantised_already():
+    """Both failed later inside torchao's tensor subclass (NotImplementedError for aten.view / aten.mm)."""
+    from peft import get_peft_model
+
+    model = tiny_model("lstm-tiny")
+    with pytest.raises(ValueError, match=r"holds peft adapter layers \(.*\).*merge_and_unload\(\)"):
+        seqzoo.quantize_int8(get_peft_model(model, seqzoo.peft_config(model)))
+    model = tiny_model("lstm-tiny")
+    model.model.layers[0].weight_hh = torch.nn.Parameter(model.model.layers[0].weight_hh.detach().as_subclass(Marked),
+                                                         requires_grad=False)
+    with pytest.raises(ValueError, match=r"is quantised already \(model.layers.0.weight_hh hold Marked weights\)"):
+        seqzoo.quantize_int8(model)
+
+
 @pytest.fixture(scope="module")
 def torchao_quantization():
     # .ci/run installs torchao for this file alone (see there why) and sets the variable, so a broken install fails.
@@ -73,6 +87,8 @@ def test_int8_quantises_recurrent_projections_and_linear_layers_and_stays_close(
     reference = logits(model)
     targets = seqzoo.int8_targets(model)
     seqzoo.quantize_int8(model)
+    with pytest.raises(ValueError, match="is quantised already"):
+        seqzoo.quantize_int8(model)
     quantised = {name for name, p in model.named_parameters() if isinstance(p, torchao_quantization.Int8Tensor)}
     assert quantised == {t if t.rsplit(".", 1)[-1].startswith("weight_") else f"{t}.weight" for t in targets}
     if arch in ("rnn", "lstm", "gru"):
