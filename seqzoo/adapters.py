@@ -65,8 +65,9 @@ def peft_config(model: nn.Module, method: str = "lora", task_type: Any = None, *
     backbone and the recurrent cells' ``weight_ih`` / ``weight_hh``; IA3 scales the output of every Linear layer
     of the backbone. The classic RNN/LSTM/GRU have no Linear layer in their backbone, so for them IA3 is refused
     (peft's IA3 adapts Linear and convolution layers only). Prompt tuning trains ``num_virtual_tokens`` (default 8)
-    input embeddings placed before every sequence and leaves every weight alone, so it works on every architecture
-    (causal LMs and sequence classifiers); there is nothing to merge into the weights."""
+    input embeddings placed before every sequence (an encoder-decoder's source) and leaves every weight alone, so it
+    works on every architecture (causal LMs, sequence classifiers, encoder-decoders); there is nothing to merge into
+    the weights."""
     import peft
 
     from seqzoo.registry import architecture_for_model_type
@@ -101,11 +102,11 @@ def peft_config(model: nn.Module, method: str = "lora", task_type: Any = None, *
 def _prompt_tuning_config(model: nn.Module, task_type: str, overrides: dict[str, Any]) -> Any:
     import peft
 
-    if task_type not in ("CAUSAL_LM", "SEQ_CLS"):
+    if task_type not in ("CAUSAL_LM", "SEQ_CLS", "SEQ_2_SEQ_LM"):
         # For TOKEN_CLS peft prepends the prompt to the inputs but not to the labels (a mismatch for any model).
-        raise ValueError(f"prompt_tuning is offered for causal LMs and sequence classifiers; {type(model).__name__} "
-                         f"needs {task_type}, for which peft does not line the labels up with the prompted inputs "
-                         "(use method='lora')")
+        raise ValueError(f"prompt_tuning is offered for causal LMs, sequence classifiers and encoder-decoders; "
+                         f"{type(model).__name__} needs {task_type}, for which peft does not line the labels up with "
+                         "the prompted inputs (use method='lora')")
     config = model.config
     # peft reads these sizes from the model's config under transformers' names, which only attention models have.
     # A soft prompt uses token_dim alone; the head count and layer count size the past key values of prefix

@@ -146,8 +146,8 @@ def test_peft_config_refuses_what_it_cannot_do():
     with pytest.raises(ValueError, match=r"task_type='SEQ_CLS' does not fit LSTMForCausalLM.*'CAUSAL_LM'"):
         seqzoo.peft_config(lstm, task_type="SEQ_CLS")
     assert seqzoo.peft_config(lstm, task_type="CAUSAL_LM", r=4).r == 4
-    with pytest.raises(ValueError, match=r"prompt_tuning is offered for causal LMs and sequence classifiers.*"
-                                         r"TOKEN_CLS.*method='lora'"):
+    with pytest.raises(ValueError, match=r"prompt_tuning is offered for causal LMs, sequence classifiers and "
+                                         r"encoder-decoders.*TOKEN_CLS.*method='lora'"):
         seqzoo.peft_config(build("lstm", "token-classification"), "prompt_tuning")
 
 
@@ -241,3 +241,34 @@ def test_lora_with_no_arguments_on_the_recurrent_encoder_decoders(preset, tmp_pa
     merged = loaded.merge_and_unload()
     with torch.no_grad():
         torch.testing.assert_close(merged(**kwargs).logits, expected, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("preset", ["seq2seq-bahdanau-tiny", "seq2seq-transformer-tiny"])
+def test_prompt_tuning_an_encoder_decoder_prompts_its_source(preset, tmp_path):
+    """The soft prompt sits before every source: the logits are the model's on the prompt's embeddings followed by
+    the source's (computed here without peft), the decoder's inputs unchanged; generate() reads it too."""
+    def fresh():
+        torch.manual_seed(0)
+        return seqzoo.create_model(preset).eval()
+
+    model = get_peft_model(fresh(), seqzoo.peft_config(fresh(), "prompt_tuning")).eval()
+    with torch.no_grad():
+        model.prompt_encoder["default"].embedding.weight.normal_()  # a prompt that changes the answer
+    target = IDS[:, :4]
+    with torch.no_grad():
+        got = model(input_ids=IDS, attention_mask=MASK, decoder_input_ids=target).logits
+    base = model.get_base_model()
+    prompt = model.get_prompt_embedding_to_save("default").detach()
+    embeds = torch.cat([prompt[None].expand(2, -1, -1), base.get_input_embeddings()(IDS)], dim=1)
+    full_mask = torch.cat([torch.ones(2, prompt.shape[0], dtype=MASK.dtype), MASK], dim=1)
+    with torch.no_grad():
+        expected = base(inputs_embeds=embeds, attention_mask=full_mask, decoder_input_ids=target).logits
+        plain = fresh()(input_ids=IDS, attention_mask=MASK, decoder_input_ids=target).logits
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+    assert not torch.allclose(got, plain, atol=1e-4)
+    generated = model.generate(input_ids=IDS, attention_mask=MASK, max_new_tokens=3, do_sample=False)
+    assert generated.shape[0] == 2
+    model.save_pretrained(tmp_path / "adapter")
+    loaded = PeftModel.from_pretrained(fresh(), tmp_path / "adapter").eval()
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(input_ids=IDS, attention_mask=MASK, decoder_input_ids=target).logits, got)
