@@ -82,7 +82,11 @@ class Backend:
                 self._loaded = self.impl
             else:
                 module_name, _, attr = self.impl.partition(":")
-                self._loaded = getattr(importlib.import_module(module_name), attr)
+                try:
+                    self._loaded = getattr(importlib.import_module(module_name), attr)
+                except (ImportError, AttributeError) as err:
+                    raise KernelError(f"kernel backend {self.name!r} of op {self.op!r} cannot load {self.impl!r}: "
+                                      f"{err}") from err
         return self._loaded
 
     def _module_found(self) -> bool:
@@ -162,14 +166,24 @@ def register_backend(
     devices: tuple[str, ...] = ("cpu", "cuda"),
     replace: bool = False,
 ) -> Backend:
-    """Add backend ``name`` for ``op``. ``impl`` is a function or a lazy ``"module:attr"`` path; ``cache_key``
+    """Add backend ``name`` for ``op`` (declared with :func:`register_op`: a misspelt op would otherwise become a new
+    one whose backend no call ever selects). ``impl`` is a function or a lazy ``"module:attr"`` path; ``cache_key``
     summarises what ``supports`` reads from a call (see the module docstring)."""
     if not isinstance(name, str) or not name or not name.replace("_", "").replace("-", "").isalnum():
         raise ValueError(f"backend name must be a non-empty identifier, got {name!r}")
     if not isinstance(priority, int) or isinstance(priority, bool):
         raise ValueError(f"backend priority must be an int, got {priority!r}")
+    lazy_path = isinstance(impl, str) and impl.count(":") == 1 and all(
+        part.replace(".", "").replace("_", "").isalnum() for part in impl.split(":"))
+    if not callable(impl) and not lazy_path:
+        raise ValueError(f"backend {name!r}: impl must be a function or a lazy 'module:attribute' path, got {impl!r}")
     with _LOCK:
-        entry = register_op(op)
+        if op not in _OPS:
+            close = difflib.get_close_matches(str(op), sorted(_OPS), n=1)
+            hint = f" Did you mean {close[0]!r}?" if close else ""
+            raise ValueError(f"unknown kernel op {op!r} for backend {name!r}.{hint} Registered ops: "
+                             f"{', '.join(sorted(_OPS))}; declare a new op with register_op({op!r}) first")
+        entry = _OPS[op]
         if name in entry.backends and not replace:
             raise ValueError(f"backend {name!r} is already registered for op {op!r}; pass replace=True to override")
         backend = Backend(op, name, impl, priority, is_available, supports, description, tuple(devices), cache_key)
@@ -427,7 +441,7 @@ def select(op: str, *args: Any, **kwargs: Any) -> Backend:
 def _choose(op: str, plan: _Plan, args: tuple, kwargs: dict) -> Backend:
     if plan.forced is not None:
         (backend,) = plan.candidates
-        ok, reason = backend.supports(*args, **kwargs)
+        ok, reason = _supported(backend, args, kwargs)
         if not ok:
             raise KernelError(
                 f"kernel backend {plan.forced!r} was requested for op {op!r} but cannot run this call: {reason}. "
@@ -437,12 +451,21 @@ def _choose(op: str, plan: _Plan, args: tuple, kwargs: dict) -> Backend:
         return backend
     reasons = []
     for backend in plan.candidates:
-        ok, reason = backend.supports(*args, **kwargs)
+        ok, reason = _supported(backend, args, kwargs)
         if ok:
             _log_choice(backend, "auto")
             return backend
         reasons.append(f"{backend.name}: {reason}")
     raise KernelError(f"no backend of op {op!r} can run this call ({'; '.join(reasons) or 'none registered'})")
+
+
+def _supported(backend: Backend, args: tuple, kwargs: dict) -> tuple[bool, str]:
+    """``backend.supports(...)``, which must answer ``(ok, reason)``; a plugin's that answers otherwise is named."""
+    answer = backend.supports(*args, **kwargs)
+    if type(answer) is not tuple or len(answer) != 2:
+        raise KernelError(f"supports() of kernel backend {backend.name!r} (op {backend.op!r}) returned {answer!r:.80}; "
+                          "it must return (ok, reason): (True, '') or (False, 'why not')")
+    return answer
 
 
 def _log_choice(backend: Backend, how: str) -> None:

@@ -194,13 +194,18 @@ def test_seqzoo_kernels_fails_when_a_forced_backend_is_not_available(monkeypatch
 
 
 @pytest.mark.parametrize("kwargs,message", [({"priority": "100"}, "backend priority must be an int, got '100'"),
-                                            ({"name": 5}, "backend name must be a non-empty identifier, got 5")])
+                                            ({"name": 5}, "backend name must be a non-empty identifier, got 5"),
+                                            ({"op": "gruu"}, r"unknown kernel op 'gruu' for backend 'mine'\. Did you "
+                                                             r"mean 'gru'\?.*register_op\('gruu'\) first"),
+                                            ({"impl": 42}, "impl must be a function or a lazy 'module:attribute' path"),
+                                            ({"impl": "seqzoo.kernels"}, "impl must be a function or a lazy")])
 def test_register_backend_checks_its_name_and_priority(kwargs, message):
     """A priority given as a string registered, then broke every later selection of the op, built-in ones too."""
-    args = {"name": "mine", "impl": registry.get_kernel("gru", "reference"), "priority": 5, **kwargs}
+    args = {"op": "gru", "name": "mine", "impl": registry.get_kernel("gru", "reference"), "priority": 5, **kwargs}
     with pytest.raises(ValueError, match=message):
-        register_backend("gru", args.pop("name"), args.pop("impl"), **args)
-    assert "mine" not in {b["backend"] for b in registry.list_kernels() if b["op"] == "gru"}
+        register_backend(args.pop("op"), args.pop("name"), args.pop("impl"), **args)
+    assert "mine" not in {b["backend"] for b in registry.list_kernels()}
+    assert "gruu" not in {b["op"] for b in registry.list_kernels()}
 
 
 def test_generate_with_an_unknown_kernel_backend_is_one_error_line(tmp_path, capsys):
@@ -245,3 +250,23 @@ def test_an_entry_for_a_built_in_op_absent_here_is_ignored(monkeypatch):
         registry.check_environment()
     monkeypatch.undo()
     registry.refresh()
+
+
+def test_a_plugin_backend_that_cannot_load_or_answers_supports_wrongly_is_named():
+    """Both failed with a bare AttributeError / TypeError that named neither the backend nor the op."""
+    t = test_wkv7.make_inputs(2)
+    args = [t[n] for n in test_wkv7.NAMES]
+    for name, impl, supports, message in [
+        ("unloadable", "seqzoo.kernels:nope", None, r"kernel backend 'unloadable' of op 'wkv7' cannot load "
+                                                    r"'seqzoo.kernels:nope'"),
+        ("yesman", registry.get_kernel("wkv7", "reference"), lambda *a, **k: True,
+         r"supports\(\) of kernel backend 'yesman' \(op 'wkv7'\) returned True; it must return \(ok, reason\)"),
+    ]:
+        extra = {} if supports is None else {"supports": supports}
+        register_backend("wkv7", name, impl, priority=99, **extra)
+        try:
+            with pytest.raises(KernelError, match=message):
+                registry.dispatch("wkv7", *args, initial_state=t["initial_state"])
+        finally:
+            unregister_backend("wkv7", name)
+    registry.dispatch("wkv7", *args, initial_state=t["initial_state"])  # and the built-in ones run again
