@@ -238,3 +238,15 @@ def test_no_tokens_and_a_mask_of_the_wrong_shape(backend):
     x, states, params = make_inputs("gru", 5, torch.float64)
     with pytest.raises(ValueError, match=r"mask must be \(B, T\) = \(3, 5\), got shape \(3, 4\)"):
         run("gru", backend, x, states, params, torch.ones(B, 4, dtype=torch.bool))
+
+
+@pytest.mark.parametrize("op", ["rnn", "lstm", "gru"])
+def test_both_backends_read_any_nonzero_mask_value_as_a_token(op):
+    """The reference scaled its outputs by a float mask's value (0.5 halved them) while keeping the state as for a
+    token; the fused backend reads the mask as bool. Both now do."""
+    x, states, params = make_inputs(op, 4, torch.float64)
+    mask = torch.ones(B, 4, dtype=torch.float64)
+    mask[0, :2] = torch.tensor([0.0, 0.5])
+    got = [run(op, backend, x, states, params, mask) for backend in ("reference", "torch")]
+    torch.testing.assert_close(got[0][0], got[1][0])
+    torch.testing.assert_close(got[0][0], run(op, "reference", x, states, params, mask.bool())[0])

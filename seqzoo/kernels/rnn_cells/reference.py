@@ -50,7 +50,8 @@ def _entering(reset, t, *states):
 
 
 def _output(mask, t, h):
-    return h if mask is None else h * mask[:, t, None].to(h.dtype)
+    # A padded position outputs zeros; any nonzero mask value is a token, as for the state and the fused backend.
+    return h if mask is None else h * mask[:, t, None].to(torch.bool).to(h.dtype)
 
 
 def rnn(x, h0, weight_ih, weight_hh, bias_ih=None, bias_hh=None, *, nonlinearity="tanh", mask=None, reset=None):
