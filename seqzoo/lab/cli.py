@@ -15,14 +15,14 @@ from seqzoo.utils import seed_value
 TASK_NAMES = ("copy", "selective_copy", "associative_recall", "induction")
 BIDIRECTIONAL_TASKS = ("appears_later", "first_letter")  # seqzoo.lab.bidirectional.TASKS (a test keeps them equal)
 ARCHITECTURES_HELP = ("architectures to include (default: every registered one; the names in the architecture column "
-                      "of `seqzoo list`: rnn lstm gru transformer rwkv7 mamba mamba2, and any plugin's)")
+                      "of `seqzoo list`: rnn lstm gru transformer rwkv7 mamba mamba2 hybrid, and any plugin's)")
 
 DESCRIPTION = """\
 How does each architecture remember, and at what cost? Trains a tiny model of every registered architecture on
 copy, selective copy, associative recall and induction at growing distances (three seeds each) and on byte-level
 text, times decoding, weighs the state, measures gradients, and writes report.md with plots. About 10 minutes on a
 2-core CPU machine. Each architecture trains with its own learning rate from the lab's recipes
-(seqzoo/lab/recipes.py, measured by `seqzoo lab sweep`).
+(seqzoo/lab/recipes.py, meant to come from `seqzoo lab sweep`; until that has run, every rate is the same 3e-3).
 
 A folder that already holds a finished report is never replaced unless --force is given."""
 
@@ -98,8 +98,8 @@ def register(subparsers: Any) -> None:
     s = sub.add_parser("sweep", help="the learning-rate sweep behind the lab's recipes (about an hour on 2 cores)",
                        description="Train every architecture at each learning rate on every memory task (at the "
                                    "lab's longest distance) and on text, one seed, and print the rates to keep in "
-                                   "seqzoo/lab/recipes.py. Writes sweep.md and sweep.json.")
-    s.add_argument("--out", default="lab-sweep", help="folder for sweep.md and sweep.json (default: lab-sweep)")
+                                   "seqzoo/lab/recipes.py. Writes sweep.md and results.json.")
+    s.add_argument("--out", default="lab-sweep", help="folder for sweep.md and results.json (default: lab-sweep)")
     s.add_argument("--force", action="store_true", help="replace the sweep already in --out")
     s.add_argument("--architectures", nargs="+", metavar="ARCH", help=ARCHITECTURES_HELP)
     s.add_argument("--rates", nargs="+", type=float, metavar="LR", help="learning rates (default: 3e-3 1e-2 3e-2)")

@@ -32,6 +32,8 @@ def describe_environment(command: str, workers: int) -> dict[str, Any]:
         "threads_per_worker": 1,
         "load_average_at_start": [round(x, 2) for x in load] if load else None,
         "started": time.strftime("%Y-%m-%d %H:%M %Z"),
+        "pid": os.getpid(),  # a later lab refuses to replace the folder of one still running
+        "host": platform.node(),
     }
 
 

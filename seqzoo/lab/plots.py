@@ -63,7 +63,9 @@ def memory_plot(accuracy: dict[str, dict[str, dict[int, list[float]]]], chance: 
     """accuracy[task][arch][distance] = per-seed accuracies -> one panel per task: the mean across seeds, with a bar
     from the lowest to the highest seed."""
     plt = _pyplot()
-    tasks = list(accuracy)
+    tasks = [task for task in accuracy if accuracy[task]]  # a task none of whose runs succeeded has no panel
+    if not tasks:
+        return
     archs = sorted({arch for per_arch in accuracy.values() for arch in per_arch})
     look = styles(archs)
     distances = sorted({d for per_arch in accuracy.values() for per_d in per_arch.values() for d in per_d})

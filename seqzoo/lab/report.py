@@ -7,7 +7,15 @@ from pathlib import Path
 from typing import Any
 
 from seqzoo.lab import plots
-from seqzoo.lab.runner import SOLVED_ACCURACY, SOLVED_WINDOW, TEXT
+from seqzoo.lab.runner import (
+    COST_PNG,
+    GRADIENTS_PNG,
+    MEMORY_PNG,
+    SOLVED_ACCURACY,
+    SOLVED_WINDOW,
+    TEXT,
+    TEXT_PNG,
+)
 from seqzoo.lab.findings import (
     accuracy_by_task,
     architecture_lines,
@@ -20,7 +28,6 @@ from seqzoo.lab.gradients import table_rows
 from seqzoo.lab.recipes import rates_source
 from seqzoo.training.data import task_length
 
-MEMORY_PNG, TEXT_PNG, COST_PNG, GRADIENTS_PNG = "lab-memory.png", "lab-text.png", "lab-cost.png", "lab-gradients.png"
 
 TASK_NOTES = {
     "copy": "k symbols, then `distance` blanks, then recall all k in order",

@@ -23,6 +23,7 @@ from __future__ import annotations
 import json
 import multiprocessing
 import os
+import platform
 import signal
 import threading
 import time
@@ -86,8 +87,9 @@ class LabConfig:
             raise ValueError(f"lab setting lr={self.lr} is invalid: must be in (0, 1)")
         if not self.distances or min(self.distances) < 1:
             raise ValueError(f"lab setting distances={self.distances} is invalid: a non-empty list of integers >= 1")
-        if not self.seeds or len(set(self.seeds)) != len(self.seeds):
-            raise ValueError(f"lab setting seeds={self.seeds} is invalid: a non-empty list of distinct integers")
+        if not self.seeds or len(set(self.seeds)) != len(self.seeds) or not all(0 <= s < 2**32 for s in self.seeds):
+            raise ValueError(f"lab setting seeds={self.seeds} is invalid: a non-empty list of distinct integers in "
+                             "[0, 2**32) (what training's seeding takes)")
         if "selective_copy" in self.tasks and min(self.distances) < self.items:
             raise ValueError(f"selective_copy scatters items={self.items} symbols among `distance` blanks: every "
                              f"distance must be >= {self.items}; got distances={self.distances}")
@@ -404,10 +406,38 @@ def prepare_output(out: Path, force: bool, log: Callable[[str], None]) -> None:
             raise ValueError(
                 f"{str(out)!r} already holds a finished lab report (`{made.get('command', 'seqzoo lab')}`, "
                 f"{made.get('finished', 'date unknown')}); pass --out NEW_FOLDER to keep it, or --force to replace it")
+        owner = environment.get("pid"), environment.get("host")
+        if (previous.get("status") == "running" and owner[0] and owner[1] == platform.node()
+                and _process_alive(owner[0])):
+            raise ValueError(f"{str(out)!r} is the folder of a lab still running (process {owner[0]}); wait for it, "
+                             "stop it, or choose another --out folder")
         if previous.get("status") != "finished":
             log(f"replacing the unfinished lab run in {out} (status: {previous.get('status', 'unknown')})")
-        shutil.rmtree(out)
+        # Only what a lab wrote: a seq2seq or bidirectional report beside it (or any other file) stays.
+        for name in LAB_OUTPUTS:
+            path = out / name
+            if path.is_dir() and not path.is_symlink():
+                shutil.rmtree(path)
+            elif path.exists() or path.is_symlink():
+                path.unlink()
     out.mkdir(parents=True, exist_ok=True)
+
+
+# The report's plots (seqzoo.lab.report draws them).
+MEMORY_PNG, TEXT_PNG, COST_PNG, GRADIENTS_PNG = "lab-memory.png", "lab-text.png", "lab-cost.png", "lab-gradients.png"
+PLOT_FILES = (MEMORY_PNG, TEXT_PNG, COST_PNG, GRADIENTS_PNG)
+# What `seqzoo lab` and `seqzoo lab sweep` write into their folder (and all that a replacement removes).
+LAB_OUTPUTS = ("results.json", "results.json.partial", "report.md", *PLOT_FILES, "runs", "sweep.md", "runs.jsonl")
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError, ValueError, TypeError):
+        return True
+    return True
 
 
 def check_report_folder(out: Path, results_file: str, what: str, force: bool) -> None:
@@ -486,6 +516,9 @@ def run_lab(cfg: LabConfig, out: str | Path, log: Callable[[str], None] = print,
                "measurements": measured, "environment": environment,
                "seconds": {"training": training_seconds, "total": time.perf_counter() - started}}
     results["environment"]["finished"] = time.strftime("%Y-%m-%d %H:%M %Z")
+    # The runs are kept before the report is written (a report that fails must not lose them); "running" until it
+    # is written, so that the folder is not taken for a finished report.
+    write_atomically(marker, json.dumps({**results, "status": "running"}, indent=1))
     write_report(results, out)
     results["seconds"]["total"] = time.perf_counter() - started
     write_atomically(marker, json.dumps(results, indent=1))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import platform
 import re
 import subprocess
 import sys
@@ -18,7 +19,7 @@ from seqzoo.lab import findings, recipes
 from seqzoo.lab.cli import TASK_NAMES
 from seqzoo.lab.gradients import gradient_profile
 from seqzoo.lab.measure import decode_profile, describe_state
-from seqzoo.lab.runner import LabConfig, lab_presets, run_lab, solved
+from seqzoo.lab.runner import LAB_OUTPUTS, LabConfig, lab_presets, prepare_output, run_lab, solved
 from seqzoo.training.data import TASKS
 from tests.conftest import tiny_model
 
@@ -36,6 +37,7 @@ def test_smoke_lab_reports_every_architecture(tmp_path):
     results = json.loads((out / "results.json").read_text())
     architectures = seqzoo.list_architectures("causal-lm")
     assert results["status"] == "finished" and sorted(results["presets"]) == architectures
+    assert {path.name for path in out.iterdir()} <= set(LAB_OUTPUTS)  # all that replacing the report removes
     failed = [f"{r['arch']}/{r['task']}: {r['error']}" for r in results["runs"] if not r["ok"]]
     assert not failed, failed
     smoke = LabConfig.smoke()
@@ -217,3 +219,20 @@ def test_only_a_smoke_config_is_marked_as_one_and_the_card_prose_is_whole():
     mamba = how_it_remembers("mamba", "mamba-tiny")
     assert "128 channels" in mamba and mamba.endswith(".") and "{{" not in mamba
     assert how_it_remembers("gru").endswith("at token 10 and at token 10,000.")  # the whole paragraph
+
+
+def test_replacing_a_lab_report_keeps_what_the_lab_did_not_write(tmp_path):
+    out = tmp_path / "lab-report"
+    out.mkdir()
+    (out / "results.json").write_text(json.dumps({"status": "interrupted", "environment": {"command": "seqzoo lab"}}))
+    (out / "runs").mkdir()
+    (out / "bidirectional.md").write_text("another lab's report, written beside it")
+    prepare_output(out, force=False, log=lambda _: None)
+    assert sorted(p.name for p in out.iterdir()) == ["bidirectional.md"]
+    # A lab still running there (this process) is never replaced, with --force neither.
+    (out / "results.json").write_text(json.dumps({"status": "running", "environment": {
+        "command": "seqzoo lab", "pid": os.getpid(), "host": platform.node()}}))
+    with pytest.raises(ValueError, match="a lab still running"):
+        prepare_output(out, force=True, log=lambda _: None)
+    with pytest.raises(ValueError, match=r"seeds=\[-1\] is invalid"):
+        LabConfig.smoke(seeds=[-1]).validate()
