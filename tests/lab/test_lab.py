@@ -236,3 +236,15 @@ def test_replacing_a_lab_report_keeps_what_the_lab_did_not_write(tmp_path):
         prepare_output(out, force=True, log=lambda _: None)
     with pytest.raises(ValueError, match=r"seeds=\[-1\] is invalid"):
         LabConfig.smoke(seeds=[-1]).validate()
+
+
+def test_the_memory_plot_leaves_out_tasks_without_a_successful_run(tmp_path):
+    from seqzoo.lab import plots
+
+    if not plots.matplotlib_available():
+        pytest.skip("matplotlib is not installed")
+    plots.memory_plot({"copy": {}}, {"copy": 0.125}, tmp_path / "none.png")  # every run failed: no figure
+    assert not (tmp_path / "none.png").exists()
+    plots.memory_plot({"copy": {}, "induction": {"lstm": {4: [0.5, 0.7]}}}, {"copy": 0.125, "induction": 0.125},
+                      tmp_path / "one.png")
+    assert (tmp_path / "one.png").read_bytes()[:8] == PNG_MAGIC
