@@ -166,7 +166,7 @@ def takeaways(results: dict[str, Any], accuracy: dict[str, dict[str, dict[int, l
         if middle:
             text += f"; partly learnt by {_names([f'{a} ({at_far[a]:.2f})' for a in middle])}"
         if failed:
-            text += f"; at chance ({chance:.2f}) for {_names(failed)}"
+            text += f"; near chance ({chance:.2f}) for {_names([f'{a} ({at_far[a]:.2f})' for a in failed])}"
         bullets.append(text + ".")
     for check in reproduction_checks(results, accuracy):
         if not check["reproduced"]:

@@ -12,7 +12,8 @@ Memory tasks (vocabulary: 0 pad, 1 blank, 2 go/cue, then ``symbols`` content tok
 of filler tokens between what must be remembered and the moment it is asked for:
 
 - ``copy``: k symbols, ``distance`` blanks, go, then the k symbols again (Hochreiter & Schmidhuber 1997).
-- ``selective_copy``: k symbols scattered among ``distance`` blanks, go, then the k symbols in order (Gu & Dao 2023).
+- ``selective_copy``: k symbols scattered among ``distance`` blanks (a region of ``distance + k`` tokens), go, then
+  the k symbols in order (Gu & Dao 2023). As in copy, ``distance`` blanks lie between the symbols and their recall.
 - ``associative_recall``: k key-value pairs, ``distance`` blanks, then every key again in random order, each
   followed by its value -- many queries per sequence (Ba et al. 2016; Arora et al. 2023, MQAR).
 - ``induction``: cue, k symbols, ``distance`` random symbols, cue, then the same k symbols (Olsson et al. 2022).
@@ -68,9 +69,10 @@ def copy_task(gen: torch.Generator, batch: int, distance: int, symbols: int, ite
 
 
 def selective_copy_task(gen: torch.Generator, batch: int, distance: int, symbols: int, items: int):
-    region = torch.full((batch, distance), BLANK)
+    width = distance + items  # every one of the `distance` blanks is filler, as in copy
+    region = torch.full((batch, width), BLANK)
     # Random distinct positions, kept in order: the model must output the symbols in the order they appeared.
-    positions = torch.rand(batch, distance, generator=gen).argsort(dim=1)[:, :items].sort(dim=1).values
+    positions = torch.rand(batch, width, generator=gen).argsort(dim=1)[:, :items].sort(dim=1).values
     content = _symbols(gen, (batch, items), 0, symbols)
     region.scatter_(1, positions, content)
     seq = torch.cat([region, torch.full((batch, 1), GO), content], dim=1)
@@ -109,7 +111,7 @@ TASKS: dict[str, TaskFn] = {
 
 def task_length(task: str, distance: int, items: int) -> int:
     """Tokens a model reads for one sample (inputs, i.e. the sequence minus its last token)."""
-    return {"copy": 2 * items + distance, "selective_copy": distance + items,
+    return {"copy": 2 * items + distance, "selective_copy": 2 * items + distance,
             "associative_recall": 4 * items + distance - 1, "induction": 2 * items + distance + 1}[task]
 
 
@@ -131,11 +133,6 @@ class MemoryTask:
             raise ValueError(
                 f"associative_recall with items={items} needs items <= symbols // 2 distinct keys; symbols={symbols} "
                 f"allows at most {symbols // 2}"
-            )
-        if task == "selective_copy" and min(distances) < items:
-            raise ValueError(
-                f"selective_copy scatters items={items} symbols among `distance` blanks, so every distance must be "
-                f">= {items}; got distances={distances}"
             )
         needed = max(task_length(task, d, items) for d in distances)
         if seq_len is not None and seq_len < needed:

@@ -38,12 +38,18 @@ def test_copy_answers_are_the_first_symbols_after_the_gap():
     assert (inputs[:, 3:8] == BLANK).all() and (inputs[:, 8] == GO).all()
 
 
-def test_selective_copy_returns_the_scattered_symbols_in_order():
-    task = MemoryTask("selective_copy", [9], symbols=10, items=3, seq_len=20, eval_samples=5, seed=1)
-    inputs, targets = task.eval_sets()["distance=9"]
+@pytest.mark.parametrize("distance", [1, 3, 9])
+def test_selective_copy_returns_the_scattered_symbols_in_order(distance):
+    """The symbols lie among `distance` blanks, as copy's lie before its `distance` blanks (the region once was
+    `distance` tokens long, symbols included: at distance == items it held no blank at all)."""
+    task = MemoryTask("selective_copy", [distance], symbols=10, items=3, seq_len=None, eval_samples=50, seed=1)
+    inputs, targets = task.eval_sets()[f"distance={distance}"]
+    assert inputs.shape[1] == task_length("selective_copy", distance, 3) == task_length("copy", distance, 3)
     _, answers = _answers(inputs, targets)
-    region = inputs[:, -12:-3]  # the 9 positions before "go" (inputs end: region, go, 2 of 3 answers)
-    for row in range(5):
+    region = inputs[:, :distance + 3]  # the region before "go" (inputs end: region, go, 2 of 3 answers)
+    assert (inputs[:, distance + 3] == GO).all()
+    assert ((region == BLANK).sum(dim=1) == distance).all()
+    for row in range(50):
         assert region[row][region[row] >= FIRST_SYMBOL].tolist() == answers[row].tolist()
 
 
