@@ -4,6 +4,7 @@ as users know them."""
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import torch
@@ -13,6 +14,9 @@ from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 from seqzoo.cache import ATTENTION
 from seqzoo.layers.mixer import Mixer, SharedValues
 from seqzoo.layers.positions import apply_rotary
+
+logger = logging.getLogger("seqzoo")
+_WARNED_NO_WEIGHTS: set[str] = set()  # the implementations output_attentions=True was warned about
 
 
 def repeat_kv(x: torch.Tensor, groups: int) -> torch.Tensor:
@@ -37,7 +41,10 @@ def eager_attention_forward(
     value = repeat_kv(value, module.num_key_value_groups)
     scores = torch.matmul(query, key.transpose(2, 3)) * scaling  # (B, H, Tq, Tk)
     if attention_mask is not None:
-        scores = scores + attention_mask
+        if attention_mask.dtype == torch.bool:  # a 4-d mask passed by the user, True where a query attends (as sdpa)
+            scores = scores.masked_fill(~attention_mask, torch.finfo(scores.dtype).min)
+        else:
+            scores = scores + attention_mask
     # (in float32 at least: float64 scores cast down would turn their mask value into -inf, a padded row to NaN)
     weights = torch.softmax(scores, dim=-1, dtype=torch.promote_types(scores.dtype, torch.float32)).to(query.dtype)
     weights = nn.functional.dropout(weights, p=dropout, training=module.training)
@@ -108,5 +115,11 @@ class SelfAttention(Mixer):
         )
         output = self.o_proj(output.reshape(*input_shape, -1).contiguous())
         if output_attentions and shared is not None:  # (B, H, T, past + T); None from kernels that never form them
+            if (weights is None and not torch.compiler.is_compiling()
+                    and self.config._attn_implementation not in _WARNED_NO_WEIGHTS):
+                _WARNED_NO_WEIGHTS.add(self.config._attn_implementation)
+                logger.warning("output_attentions=True: attn_implementation=%r forms no attention weights, so the "
+                               "attentions are None; use attn_implementation='eager' to see them",
+                               self.config._attn_implementation)
             shared.setdefault("attentions", []).append(weights)
         return output, state

@@ -397,3 +397,24 @@ def require_token_id(config: Any, name: str) -> None:
     value = getattr(config, name)
     if value is not None and not (_is_int(value) and 0 <= value < config.vocab_size):
         _fail(config, name, value, f"token ids must be integers in [0, vocab_size={config.vocab_size}) or null")
+
+
+def require_plain_rope(config: Any) -> None:
+    """Refuse RoPE scaling (``rope_scaling`` / ``rope_parameters``, which transformers' config takes as its own
+    keywords): seqzoo computes plain RoPE from ``rope_theta`` only, so a scaled RoPE would be silently ignored."""
+    parameters = getattr(config, "rope_parameters", None)
+    if not isinstance(parameters, dict) or not parameters:
+        return
+    rope_type = parameters.get("rope_type", parameters.get("type", "default"))
+    name = type(config).__name__
+    if rope_type != "default":
+        raise ValueError(
+            f"{name}: rope_scaling / rope_parameters with rope_type={rope_type!r} is not supported: seqzoo computes "
+            f"plain RoPE (rope_type 'default') from rope_theta only; remove it from the config"
+        )
+    theta = parameters.get("rope_theta")
+    if theta is not None and float(theta) != float(config.rope_theta):
+        raise ValueError(
+            f"{name}: rope_parameters sets rope_theta={theta!r} but the config's rope_theta is {config.rope_theta!r};"
+            f" seqzoo reads the field rope_theta: set that instead"
+        )

@@ -742,7 +742,8 @@ class SeqzooForCausalLM(SeqzooPreTrainedModel, GenerationMixin):
                      f"{type(self).__name__}.forward")
         input_ids, attention_mask = args[:2]
         if (not (input_ids.is_floating_point() or input_ids.is_complex() or input_ids.dtype == torch.bool)
-                and not global_module_hooks() and all(cls.forward is forward for cls, forward in compiled.forwards)):
+                and not global_module_hooks() and all(cls.forward is forward for cls, forward in compiled.forwards)
+                and not _may_pass_positions(self.config, args[2], args[3], kwargs)):
             check_token_ids(input_ids, self.config.vocab_size)
             if isinstance(attention_mask, torch.Tensor) and attention_mask.dim() == 2:
                 check_mask_values(attention_mask)
@@ -855,6 +856,22 @@ class _CompiledDecoding:
 
     step: Any
     forwards: tuple
+
+
+def _may_pass_positions(config: Any, position_ids: Any, cache: Any, kwargs: dict[str, Any]) -> bool:
+    """Whether a decode step may reach a position beyond a model's learned / sinusoidal positions
+    (``config.max_input_length``), which the eager forward refuses with a clear error and a compiled one would index
+    out of range: such a step runs eagerly. Conservative (the cached length bounds the step's position; a left-padded
+    row's is smaller), so the eager forward makes the exact check."""
+    longest = getattr(config, "max_input_length", None)
+    if longest is None:
+        return False
+    if isinstance(position_ids, torch.Tensor):
+        low, high = (int(v) for v in torch.aminmax(position_ids))
+        return high >= longest or low < 0
+    if cache is None:
+        cache = next((kwargs[name] for name in CACHE_ALIASES if kwargs.get(name) is not None), None)
+    return isinstance(cache, SeqzooCache) and cache.get_seq_length() >= longest
 
 
 def _decode_step_inputs(model: SeqzooForCausalLM, args: tuple, kwargs: dict[str, Any]) -> dict[str, Any] | None:

@@ -101,6 +101,20 @@ def test_a_compiled_step_still_refuses_bad_input():
                                    eager(PROMPT[:, :1], cache=eager_cache).logits)
 
 
+@pytest.mark.parametrize("variant", ["gpt2", "vaswani"])
+def test_a_compiled_step_refuses_positions_beyond_the_table_as_eager(variant):
+    # The eager forward checks max_position_embeddings; a trace skips that check, and a compiled step past the table
+    # read out of range (an IndexError, or inductor's kernel aborting the process) instead of raising its error.
+    model = tiny_model(FAMILIES["transformer"], variant=variant, position_embedding=None, norm_type=None,
+                       norm_position=None, mlp_type=None, hidden_act=None, attention_bias=None, mlp_bias=None,
+                       scale_embeddings=None, layer_norm_eps=None, max_position_embeddings=8)
+    model.compile_decoding(backend="eager")
+    with torch.no_grad():
+        assert model.generate(PROMPT, max_new_tokens=3, do_sample=False).shape == (2, 8)
+        with pytest.raises(ValueError, match="position 8 is beyond max_position_embeddings=8"):
+            model.generate(PROMPT, max_new_tokens=5, do_sample=False)
+
+
 def test_a_copy_decodes_eagerly_with_its_own_weights():
     # The compiled forward belongs to the model it was made for: a deep copy (or a pickle) does not carry it, so a
     # copy whose weights then change decodes with its own weights.

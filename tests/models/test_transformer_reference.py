@@ -166,3 +166,55 @@ def test_vaswani_matches_the_formulas(attn):
     for row in range(IDS.shape[0]):
         expected = vaswani_logits(sd, IDS[row].tolist(), heads=4, eps=config.layer_norm_eps)
         torch.testing.assert_close(logits[row].double(), expected, atol=1e-4, rtol=1e-5)
+
+
+@pytest.mark.parametrize("variant", ["gpt2", "vaswani"])
+def test_negative_positions_are_refused_by_tables(variant):
+    # A sinusoidal table read position -1 as its last row (silently), a learned one raised a bare IndexError.
+    config = seqzoo.TransformerConfig(variant=variant, vocab_size=99, hidden_size=32, num_hidden_layers=1,
+                                      num_attention_heads=4, max_position_embeddings=16)
+    model = seqzoo.TransformerForCausalLM(config).eval()
+    with pytest.raises(ValueError, match=r"position_ids contain -1: positions must be in \[0, max_position_embeddings"):
+        model(torch.tensor([[5, 6, 7]]), position_ids=torch.tensor([[-1, 0, 1]]))
+
+
+@pytest.mark.parametrize("config_class", ["TransformerConfig", "HybridConfig"])
+def test_rope_scaling_is_refused_not_ignored(config_class):
+    # transformers' config takes rope_scaling / rope_parameters as its own keywords; seqzoo computes plain RoPE.
+    cls = getattr(seqzoo, config_class)
+    with pytest.raises(ValueError, match="rope_type='linear' is not supported"):
+        cls(vocab_size=99, hidden_size=32, rope_scaling={"rope_type": "linear", "factor": 2.0})
+    with pytest.raises(ValueError, match="set that instead"):
+        cls(vocab_size=99, hidden_size=32, rope_scaling={"rope_type": "default", "rope_theta": 5e5})
+    cls(vocab_size=99, hidden_size=32, rope_scaling={"rope_type": "default", "rope_theta": 10000.0})
+
+
+@pytest.mark.parametrize("attn", ["eager", "sdpa"])
+def test_a_boolean_4d_mask_masks_in_every_implementation(attn):
+    # eager added the bool mask to the scores (True as +1) instead of masking: wrong logits, no error.
+    torch.manual_seed(0)
+    config = seqzoo.TransformerConfig(vocab_size=99, hidden_size=32, num_hidden_layers=2, num_attention_heads=4)
+    model = seqzoo.TransformerForCausalLM(config).eval()
+    model.set_attn_implementation(attn)
+    ids, mask = torch.randint(1, 99, (2, 6)), torch.tensor([[1] * 6, [0, 0, 1, 1, 1, 1]])
+    causal = torch.tril(torch.ones(6, 6, dtype=torch.bool))
+    mask4 = (causal[None] & mask.bool()[:, None, :])[:, None]  # (B, 1, T, T), True where a query attends
+    with torch.no_grad():
+        expected = model(ids, attention_mask=mask).logits
+        got = model(ids, attention_mask=mask4, position_ids=(mask.cumsum(-1) - 1).clamp(min=0)).logits
+    torch.testing.assert_close(got[mask.bool()], expected[mask.bool()])
+
+
+def test_attention_weights_asked_of_sdpa_are_said_to_be_missing(caplog):
+    from seqzoo.layers import attention
+
+    model = seqzoo.TransformerForCausalLM(seqzoo.TransformerConfig(vocab_size=99, hidden_size=32,
+                                                                   num_attention_heads=4)).eval()
+    model.set_attn_implementation("sdpa")
+    attention._WARNED_NO_WEIGHTS.discard("sdpa")
+    with caplog.at_level("WARNING", logger="seqzoo"), torch.no_grad():
+        assert model(torch.tensor([[5, 6, 7]]), output_attentions=True).attentions == (None, None)
+    assert "attn_implementation='sdpa' forms no attention weights" in caplog.text
+    model.set_attn_implementation("eager")
+    with torch.no_grad():
+        assert all(w.shape == (1, 4, 3, 3) for w in model(torch.tensor([[5, 6, 7]]), output_attentions=True).attentions)

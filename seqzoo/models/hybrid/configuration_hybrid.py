@@ -12,6 +12,7 @@ from seqzoo.models.configuration_utils import (
     require_choice,
     require_float,
     require_int,
+    require_plain_rope,
     require_probability,
 )
 from seqzoo.models.mixers import get_mixer, mixer_config
@@ -110,6 +111,7 @@ class HybridConfig(SeqzooConfig):
         require_float(self, "norm_eps", minimum=0.0, exclusive_min=True)
         require_choice(self, "position_embedding", ("rope", "none"))
         require_float(self, "rope_theta", minimum=0.0, exclusive_min=True)
+        require_plain_rope(self)
         require_probability(self, "dropout")
         for kind in set(self.mixer_types):
             self.mixer_settings(kind)  # each mixer's settings are valid for its architecture

@@ -11,6 +11,7 @@ from seqzoo.models.configuration_utils import (
     require_choice,
     require_float,
     require_int,
+    require_plain_rope,
     require_probability,
 )
 
@@ -38,7 +39,8 @@ class TransformerConfig(SeqzooConfig):
 
     Args:
         variant: ``"llama"`` | ``"gpt2"`` | ``"vaswani"``.
-        num_attention_heads: query heads; must divide ``hidden_size`` unless ``head_dim`` is given.
+        num_attention_heads: query heads; must divide ``hidden_size`` (as in Llama), also when ``head_dim`` is
+            given.
         num_key_value_heads: key/value heads (grouped-query attention); must divide ``num_attention_heads``.
         head_dim: per-head size (default ``hidden_size // num_attention_heads``).
         intermediate_size: MLP width (default 4 * hidden for standard MLPs, ~8/3 * hidden rounded up to a multiple
@@ -103,6 +105,7 @@ class TransformerConfig(SeqzooConfig):
         require_int(self, "max_position_embeddings", minimum=1)
         require_choice(self, "position_embedding", ("rope", "learned", "sinusoidal"))
         require_float(self, "rope_theta", minimum=0.0, exclusive_min=True)
+        require_plain_rope(self)
         require_choice(self, "norm_type", ("rmsnorm", "layernorm"))
         require_choice(self, "norm_position", ("pre", "post"))
         require_choice(self, "mlp_type", ("gated", "standard"))
@@ -112,10 +115,11 @@ class TransformerConfig(SeqzooConfig):
         require_float(self, "layer_norm_eps", minimum=0.0, exclusive_min=True)
         require_probability(self, "dropout")
         require_probability(self, "attention_dropout")
-        if self.num_attention_heads * self.head_dim != self.hidden_size and self.hidden_size % self.num_attention_heads:
+        if self.hidden_size % self.num_attention_heads:
             raise ValueError(
                 f"TransformerConfig: num_attention_heads={self.num_attention_heads} does not divide "
-                f"hidden_size={self.hidden_size}; choose a divisor or set head_dim explicitly"
+                f"hidden_size={self.hidden_size}; choose a divisor (head_dim may differ from hidden_size // heads, "
+                f"but the heads must divide hidden_size, as in Llama)"
             )
         if self.num_attention_heads % self.num_key_value_heads:
             raise ValueError(

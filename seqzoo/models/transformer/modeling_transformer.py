@@ -133,12 +133,16 @@ class TransformerModel(TransformerPreTrainedModel):
         if position_ids is None:
             position_ids = position_ids_from_mask(attention_mask, inputs.past_length, inputs.length,
                                                   inputs_embeds.device)
-        if (self.embed_positions is not None and not torch.compiler.is_compiling()
-                and int(position_ids.max()) >= self.config.max_position_embeddings):
-            raise ValueError(
-                f"position {int(position_ids.max())} is beyond max_position_embeddings="
-                f"{self.config.max_position_embeddings} of this model"
-            )
+        if self.embed_positions is not None and not torch.compiler.is_compiling():
+            low, high = (int(v) for v in torch.aminmax(position_ids))
+            if high >= self.config.max_position_embeddings:
+                raise ValueError(
+                    f"position {high} is beyond max_position_embeddings="
+                    f"{self.config.max_position_embeddings} of this model"
+                )
+            if low < 0:  # (a sinusoidal table would read its last rows, a learned one raise an IndexError)
+                raise ValueError(f"position_ids contain {low}: positions must be in [0, max_position_embeddings="
+                                 f"{self.config.max_position_embeddings})")
 
         causal_mask = causal_mask_for(
             config=self.config,
