@@ -12,6 +12,17 @@ from seqzoo.utils import seed_value
 
 # The memory tasks, by name (seqzoo.training.data.TASKS, which a test keeps equal). Spelled out here so that the
 # parser, and `seqzoo lab --help`, need no torch.
+def worker_count(text: str) -> int:
+    """An argparse type for --workers: a count of processes, 0 for one per available core."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{value} is invalid: a number of processes >= 1, or 0 for one per core")
+    return value
+
+
 TASK_NAMES = ("copy", "selective_copy", "associative_recall", "induction")
 BIDIRECTIONAL_TASKS = ("appears_later", "first_letter")  # seqzoo.lab.bidirectional.TASKS (a test keeps them equal)
 ARCHITECTURES_HELP = ("architectures to include (default: every registered one; the names in the architecture column "
@@ -48,7 +59,7 @@ def register(subparsers: Any) -> None:
     p.add_argument("--text-steps", type=int, help="training steps of every text model (default: from the recipes)")
     p.add_argument("--lr", type=float,
                    help="one learning rate for every run (default: each architecture's rate from the recipes)")
-    p.add_argument("--workers", type=int,
+    p.add_argument("--workers", type=worker_count,
                    help="parallel single-threaded training processes (default: one per core, at most 8)")
     p.set_defaults(func=cmd_lab)
 
@@ -71,7 +82,7 @@ def register(subparsers: Any) -> None:
     s.add_argument("--smoke", action="store_true", help="a seconds-long run of every code path (for CI)")
     s.add_argument("--tasks", nargs="+", help="reverse copy sort digits dates (default: reverse digits)")
     s.add_argument("--steps", type=int, help="training steps per model (default: 200)")
-    s.add_argument("--workers", type=int, help="parallel single-threaded training processes")
+    s.add_argument("--workers", type=worker_count, help="parallel single-threaded training processes")
     s.add_argument("--seed", type=seed_value, default=None, help="seed (default: 0)")
     s.set_defaults(func=cmd_seq2seq)
 
@@ -91,7 +102,7 @@ def register(subparsers: Any) -> None:
                    help=f"tasks (default: both: {' '.join(BIDIRECTIONAL_TASKS)})")
     b.add_argument("--distances", nargs="+", type=int, metavar="WORDS", help="words per text (default: 8 16 32)")
     b.add_argument("--steps", type=int, help="training steps per model (default: 150)")
-    b.add_argument("--workers", type=int, help="parallel single-threaded training processes")
+    b.add_argument("--workers", type=worker_count, help="parallel single-threaded training processes")
     b.add_argument("--seed", type=seed_value, default=None, help="seed (default: 0)")
     b.set_defaults(func=cmd_bidirectional)
 
@@ -103,7 +114,7 @@ def register(subparsers: Any) -> None:
     s.add_argument("--force", action="store_true", help="replace the sweep already in --out")
     s.add_argument("--architectures", nargs="+", metavar="ARCH", help=ARCHITECTURES_HELP)
     s.add_argument("--rates", nargs="+", type=float, metavar="LR", help="learning rates (default: 3e-3 1e-2 3e-2)")
-    s.add_argument("--workers", type=int, help="parallel single-threaded training processes")
+    s.add_argument("--workers", type=worker_count, help="parallel single-threaded training processes")
     s.add_argument("--device", default="cpu", choices=["cpu", "cuda"],
                    help="where the runs train (default: cpu; rates found on cuda carry over: same models, same data)")
     s.add_argument("--deadline-minutes", type=float, default=0.0,

@@ -84,8 +84,11 @@ class LabConfig:
                 raise ValueError(f"lab setting {name}={getattr(self, name)} is invalid: must be >= 1")
         if self.lr is not None and not 0 < self.lr < 1:
             raise ValueError(f"lab setting lr={self.lr} is invalid: must be in (0, 1)")
-        if not self.distances or min(self.distances) < 1:
-            raise ValueError(f"lab setting distances={self.distances} is invalid: a non-empty list of integers >= 1")
+        if not self.distances or min(self.distances) < 1 or len(set(self.distances)) != len(self.distances):
+            raise ValueError(f"lab setting distances={self.distances} is invalid: a non-empty list of distinct "
+                             "integers >= 1")
+        if self.workers < 0:
+            raise ValueError(f"lab setting workers={self.workers} is invalid: >= 1, or 0 for one per core")
         if not self.seeds or len(set(self.seeds)) != len(self.seeds) or not all(0 <= s < 2**32 for s in self.seeds):
             raise ValueError(f"lab setting seeds={self.seeds} is invalid: a non-empty list of distinct integers in "
                              "[0, 2**32) (what training's seeding takes)")

@@ -135,6 +135,13 @@ def test_lab_picks_the_smallest_presets_and_names_bad_input(tmp_path):
         run_lab(LabConfig.smoke(tasks=["recall"]), tmp_path / "x")
     with pytest.raises(ValueError, match="seeds=.* distinct"):
         run_lab(LabConfig.smoke(seeds=[1, 1]), tmp_path / "x")
+    with pytest.raises(ValueError, match=r"distances=\[4, 4\] is invalid: a non-empty list of distinct"):
+        run_lab(LabConfig.smoke(distances=[4, 4]), tmp_path / "x")
+    with pytest.raises(ValueError, match="workers=-1 is invalid"):
+        run_lab(LabConfig.smoke(workers=-1), tmp_path / "x")
+    with pytest.raises(SystemExit):
+        main(["lab", "seq2seq", "--workers", "-2"])
+    assert not (tmp_path / "x").exists()
 
 
 def test_cli_knows_every_task_and_every_architecture_has_a_recipe():
