@@ -113,3 +113,11 @@ def seed_value(text: str) -> int:
     if not -(2**63) <= value < 2**64:
         raise argparse.ArgumentTypeError(f"{text} is out of range: a seed is an integer in [-2**63, 2**64)")
     return value
+
+
+def training_seed(text: str) -> int:
+    """An argparse type for the seed of a training run: numpy's seeding (through accelerate) takes [0, 2**32)."""
+    value = seed_value(text)
+    if not 0 <= value < 2**32:
+        raise argparse.ArgumentTypeError(f"{text} is out of range: a training seed is an integer in [0, 2**32)")
+    return value

@@ -8,7 +8,7 @@ import shlex
 from pathlib import Path
 from typing import Any
 
-from seqzoo.utils import seed_value
+from seqzoo.utils import training_seed
 
 # The memory tasks, by name (seqzoo.training.data.TASKS, which a test keeps equal). Spelled out here so that the
 # parser, and `seqzoo lab --help`, need no torch.
@@ -52,7 +52,7 @@ def register(subparsers: Any) -> None:
                    help=f"memory tasks (default: all: {' '.join(TASK_NAMES)})")
     p.add_argument("--distances", nargs="+", type=int, metavar="D",
                    help="distances in tokens between what is stored and when it is asked for (default: 4 16 64)")
-    p.add_argument("--seeds", nargs="+", type=seed_value, metavar="SEED",
+    p.add_argument("--seeds", nargs="+", type=training_seed, metavar="SEED",
                    help="seeds of the memory-task models; the spread across them is reported (default: 0 1 2)")
     p.add_argument("--steps", type=int,
                    help="training steps of every memory-task model (default: per task, from the lab's recipes)")
@@ -70,7 +70,7 @@ def register(subparsers: Any) -> None:
     g.add_argument("--out", default="lab-gradients", help="folder for gradients.md and gradients.png")
     g.add_argument("--length", type=int, default=256, help="sequence length in tokens (default: 256)")
     g.add_argument("--architectures", nargs="+", metavar="ARCH", help=ARCHITECTURES_HELP)
-    g.add_argument("--seed", type=seed_value, default=0, help="seed of the model and the input (default: 0)")
+    g.add_argument("--seed", type=training_seed, default=0, help="seed of the model and the input (default: 0)")
     g.set_defaults(func=cmd_gradients)
 
     s = sub.add_parser("seq2seq", help="encoder-decoders with and without attention on growing sources: the "
@@ -83,7 +83,7 @@ def register(subparsers: Any) -> None:
     s.add_argument("--tasks", nargs="+", help="reverse copy sort digits dates (default: reverse digits)")
     s.add_argument("--steps", type=int, help="training steps per model (default: 200)")
     s.add_argument("--workers", type=worker_count, help="parallel single-threaded training processes")
-    s.add_argument("--seed", type=seed_value, default=None, help="seed (default: 0)")
+    s.add_argument("--seed", type=training_seed, default=None, help="seed (default: 0)")
     s.set_defaults(func=cmd_seq2seq)
 
     b = sub.add_parser("bidirectional", help="left to right against bidirectional encoders on tagging and "
@@ -103,7 +103,7 @@ def register(subparsers: Any) -> None:
     b.add_argument("--distances", nargs="+", type=int, metavar="WORDS", help="words per text (default: 8 16 32)")
     b.add_argument("--steps", type=int, help="training steps per model (default: 150)")
     b.add_argument("--workers", type=worker_count, help="parallel single-threaded training processes")
-    b.add_argument("--seed", type=seed_value, default=None, help="seed (default: 0)")
+    b.add_argument("--seed", type=training_seed, default=None, help="seed (default: 0)")
     b.set_defaults(func=cmd_bidirectional)
 
     s = sub.add_parser("sweep", help="the learning-rate sweep behind the lab's recipes (about an hour on 2 cores)",

@@ -201,6 +201,7 @@ class Recipe:
         _check(0 <= o.min_lr_ratio <= 1, "optim.min_lr_ratio", o.min_lr_ratio, "a number in [0, 1]")
         _check(o.max_grad_norm >= 0, "optim.max_grad_norm", o.max_grad_norm, "a number >= 0 (0 = no clipping)")
         _check(t.max_steps >= 1, "train.max_steps", t.max_steps, "an integer >= 1")
+        _check(0 <= t.seed < 2**32, "train.seed", t.seed, "an integer in [0, 2**32) (numpy's seeding takes no other)")
         _check(t.batch_size >= 1, "train.batch_size", t.batch_size, "an integer >= 1")
         _check(t.gradient_accumulation_steps >= 1, "train.gradient_accumulation_steps",
                t.gradient_accumulation_steps, "an integer >= 1")

@@ -196,9 +196,9 @@ def test_lab_gradients_command(tmp_path, capsys):
     assert "d=15 (relative)" in (tmp_path / "gradients.md").read_text()
     assert main(["lab", "gradients", "--architectures", "nope"]) == 2  # a clear error, not a traceback
     assert "exactly 0" not in printed  # both reach back
-    with pytest.raises(SystemExit):  # a seed torch cannot take is named by argparse, before any work
-        main(["lab", "gradients", "--seed", str(2**64)])
-    assert "argument --seed: 18446744073709551616 is out of range" in capsys.readouterr().err
+    with pytest.raises(SystemExit):  # a seed training cannot take is named by argparse, before any work
+        main(["lab", "bidirectional", "--seed", "-1"])
+    assert "argument --seed: -1 is out of range: a training seed is an integer in [0, 2**32)" in capsys.readouterr().err
 
 
 def test_lab_gradients_explains_a_gradient_that_stops_at_distance_0(tmp_path, capsys):

@@ -34,6 +34,8 @@ def test_yaml_file_and_typed_overrides(tmp_path):
     ({"trian": {}}, "unknown recipe field 'trian'. Did you mean train?"),
     ({"train": {"max_step": 3}}, "unknown recipe field train.'max_step'. Did you mean train.max_steps?"),
     ({"optim": {"lr": "fast"}}, "optim.lr='fast' is invalid: expected a finite number"),
+    ({"train": {"seed": -1}}, "train.seed=-1 is invalid: expected an integer in [0, 2**32)"),
+    ({"train": {"seed": 2**32}}, "train.seed=4294967296 is invalid"),
     ({"optim": {"lr": float("inf")}}, "optim.lr=inf is invalid: expected a finite number"),
     ({"optim": {"lr": "inf"}}, "optim.lr='inf' is invalid: expected a finite number"),
     ({"optim": {"eps": float("nan")}}, "optim.eps=nan is invalid: expected a finite number"),
