@@ -343,16 +343,19 @@ def cmd_demo(args: argparse.Namespace) -> int:
         model = seqzoo.create_model(preset).eval()
         greedy = dict(do_sample=False, pad_token_id=tokenizer.pad_token_id)
         with torch.no_grad(), quiet_transformers():
+            model.generate(**inputs, max_new_tokens=1, **greedy)  # warm-up: one-time costs are not the model's
             start = time.perf_counter()
-            model.generate(**inputs, max_new_tokens=1, **greedy)  # warm-up, and the prompt's own cost
+            model.generate(**inputs, max_new_tokens=1, **greedy)  # the prompt's own cost and the first token
             first = time.perf_counter() - start
             start = time.perf_counter()
             output = model.generate(**inputs, max_new_tokens=args.max_new_tokens, **greedy)
             elapsed = time.perf_counter() - start
-        decode_ms = 1000 * max(elapsed - first, 0.0) / (args.max_new_tokens - 1)
         new_tokens = output[0] if model.config.is_encoder_decoder else output[0, inputs["input_ids"].shape[1]:]
+        # (an untrained model may end early at EOS: the time is divided by the tokens it generated)
+        count = int(new_tokens.numel()) - (1 if model.config.is_encoder_decoder else 0)  # (the decoder's start)
+        decode_ms = f"{1000 * max(elapsed - first, 0.0) / (count - 1):.2f}" if count > 1 else "-"
         text = tokenizer.decode(new_tokens, skip_special_tokens=True)
-        rows.append([preset, f"{count_parameters(model):,}", f"{decode_ms:.1f}", repr(text[:40])])
+        rows.append([preset, f"{count_parameters(model):,}", decode_ms, repr(text[:40])])
     print_table(["preset", "params", "decode ms/token", "greedy continuation (untrained)"], rows)
     print(f"decode ms/token: the time of tokens 2..{args.max_new_tokens}, after the prompt and the first token, "
           f"on {torch.get_num_threads()} thread(s).")
@@ -381,9 +384,17 @@ def _check_seqzoo_method(model: Any, method: str, flag: str, source: str) -> Non
                          f"{type(model).__name__}, which has no {method}(): generate without {flag}")
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse's own usage errors (an unknown option or command, a value of the wrong type) as the one ``error:``
+    line every other mistake gets, instead of the usage block and ``seqzoo: error: ...``; status 2 as before.
+    Sub-command parsers are of this class too (``add_subparsers`` makes them with the parent's class)."""
+
+    def error(self, message: str) -> Any:  # argparse's signature: never returns
+        self.exit(2, f"error: {self.prog}: {message} (see `{self.prog} --help`)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="seqzoo", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = _Parser(prog="seqzoo", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--version", action="version", version=f"seqzoo {installed_version()}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 

@@ -383,3 +383,17 @@ def test_a_misspelt_seqzoo_environment_variable_is_said(monkeypatch, capsys):
     assert "SEQZOO_KERNEL is not one seqzoo reads (did you mean SEQZOO_KERNELS?)" in err
     monkeypatch.delenv("SEQZOO_KERNEL")
     assert main(["list"]) == 0 and "not one seqzoo reads" not in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["generate", "m", "x", "--num-beams", "x"], "error: seqzoo generate: argument --num-beams: invalid int value: 'x'"),
+    (["generat", "x"], "error: seqzoo: argument COMMAND: invalid choice: 'generat'"),
+    (["list", "--bogus"], "error: seqzoo: unrecognized arguments: --bogus"),
+])
+def test_argparse_usage_errors_are_one_error_line_too(argv, message, capsys):
+    """argparse printed its usage block before its own error line; the README promises one `error:` line."""
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and err.startswith(message), err

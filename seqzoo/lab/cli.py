@@ -23,6 +23,7 @@ def worker_count(text: str) -> int:
     return value
 
 
+SEQ2SEQ_LAB_TASKS = ("reverse", "copy", "sort", "digits")  # the seq2seq tasks whose sources grow
 TASK_NAMES = ("copy", "selective_copy", "associative_recall", "induction")
 BIDIRECTIONAL_TASKS = ("appears_later", "first_letter")  # seqzoo.lab.bidirectional.TASKS (a test keeps them equal)
 ARCHITECTURES_HELP = ("architectures to include (default: every registered one; the names in the architecture column "
@@ -80,7 +81,9 @@ def register(subparsers: Any) -> None:
     s.add_argument("--force", action="store_true", help="replace the seq2seq report already in --out")
     s.add_argument("--larger", action="store_true", help="all four tasks, longer sources, 3x the steps")
     s.add_argument("--smoke", action="store_true", help="a seconds-long run of every code path (for CI)")
-    s.add_argument("--tasks", nargs="+", help="reverse copy sort digits dates (default: reverse digits)")
+    s.add_argument("--tasks", nargs="+", choices=SEQ2SEQ_LAB_TASKS, metavar="TASK",
+                   help=f"{' '.join(SEQ2SEQ_LAB_TASKS)} (default: reverse digits; a task of growing sources: the "
+                        "fixed-length 'dates' task of seqzoo train has no source length to grow)")
     s.add_argument("--steps", type=int, help="training steps per model (default: 200)")
     s.add_argument("--workers", type=worker_count, help="parallel single-threaded training processes")
     s.add_argument("--seed", type=training_seed, default=None, help="seed (default: 0)")

@@ -28,3 +28,14 @@ def test_smoke_seq2seq_lab_writes_its_report_and_keeps_a_finished_one(tmp_path):
     assert maps and all(m["correct"] == (m["generated"] == m["expected"]) for m in maps)
     with pytest.raises(ValueError, match="already holds a seq2seq lab report.*--force"):
         run_seq2seq_lab(cfg, out, log=lambda line: None)
+
+
+def test_the_command_line_offers_the_tasks_whose_sources_grow(capsys):
+    """`dates` was listed, then refused after start-up for want of source lengths no option could give."""
+    from seqzoo.cli import main
+    from seqzoo.lab.cli import SEQ2SEQ_LAB_TASKS
+
+    assert set(SEQ2SEQ_LAB_TASKS) == set(Seq2SeqLabConfig.larger().source_lengths)
+    with pytest.raises(SystemExit):
+        main(["lab", "seq2seq", "--tasks", "dates"])
+    assert "invalid choice: 'dates' (choose from 'reverse', 'copy', 'sort', 'digits')" in capsys.readouterr().err
