@@ -216,8 +216,12 @@ def _gradient_takeaways(measured: dict[str, Any], cfg: dict[str, Any]) -> list[s
         return []
     fading = sorted(a for a, r in rel.items() if 0 < r < 1e-4)
     dead = sorted(a for a, r in rel.items() if r == 0)
-    label = "after training on text" if any("gradients_trained" in m for m in measured.values()) else "at initialisation"
-    parts = [f"{a} {rel[a]:.0e}" for a in sorted(rel, key=lambda a: rel[a], reverse=True) if rel[a] > 0]
+    trained = any("gradients_trained" in m for m in measured.values())
+    label = "after training on text" if trained else "at initialisation"
+    # An architecture whose text run failed has only its profile at initialisation: said where it is listed.
+    untrained = {a for a in rel if trained and "gradients_trained" not in measured[a]}
+    parts = [f"{a} {rel[a]:.0e}" + (" (at initialisation: its text run failed)" if a in untrained else "")
+             for a in sorted(rel, key=lambda a: rel[a], reverse=True) if rel[a] > 0]
     text = (f"Gradient {reach} tokens back, relative to the last token ({label}): {', '.join(parts)}"
             + (f"; exactly 0 for {_names(dead)}" if dead else "") + ".")
     if fading:

@@ -255,3 +255,14 @@ def test_the_memory_plot_leaves_out_tasks_without_a_successful_run(tmp_path):
     plots.memory_plot({"copy": {}, "induction": {"lstm": {4: [0.5, 0.7]}}}, {"copy": 0.125, "induction": 0.125},
                       tmp_path / "one.png")
     assert (tmp_path / "one.png").read_bytes()[:8] == PNG_MAGIC
+
+
+def test_the_gradient_takeaway_marks_a_profile_at_initialisation():
+    """An architecture whose text run failed has no trained profile; its figure is the one at initialisation, and
+    the takeaway (labelled "after training on text") says so beside it."""
+    profile = [1.0] + [1e-3] * 70
+    measured = {"gru": {"gradients_init": profile, "gradients_trained": profile},
+                "lstm": {"gradients_init": [1.0] + [1e-2] * 70}}
+    (text,) = findings._gradient_takeaways(measured, {"gradient_length": 128})
+    assert "(after training on text)" in text and "lstm 1e-02 (at initialisation: its text run failed)" in text
+    assert "gru 1e-03," in text or text.rstrip(".").endswith("gru 1e-03")
