@@ -48,7 +48,8 @@ def quantize_int8(model: nn.Module) -> nn.Module:
     targets = int8_targets(model)
     if not targets:
         raise ValueError(f"{type(model).__name__} has no Linear layer or mixer projection to quantise")
-    kinds = {name: type(_target_tensor(model, name)) for name in targets}
+    modules = dict(model.named_modules())
+    kinds = {name: type(_target_tensor(model, modules, name)) for name in targets}
     quantised = [name for name, kind in kinds.items() if kind not in (torch.Tensor, nn.Parameter)]
     if quantised:
         raise ValueError(f"{type(model).__name__} is quantised already ({', '.join(quantised[:3])} hold "
@@ -63,9 +64,9 @@ def quantize_int8(model: nn.Module) -> nn.Module:
     return model
 
 
-def _target_tensor(model: nn.Module, target: str) -> Any:
-    """The tensor an :func:`int8_targets` name stands for: a Linear layer's weight, or a mixer's parameter."""
-    modules = dict(model.named_modules())
+def _target_tensor(model: nn.Module, modules: dict[str, nn.Module], target: str) -> Any:
+    """The tensor an :func:`int8_targets` name stands for (``modules``: the model's, by name): a Linear layer's
+    weight, or a mixer's parameter."""
     return modules[target].weight if isinstance(modules.get(target), nn.Linear) else model.get_parameter(target)
 
 

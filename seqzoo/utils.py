@@ -8,7 +8,7 @@ from __future__ import annotations
 import argparse
 import json
 import re
-from typing import Any
+from typing import Any, Callable
 
 # Numbers JSON does not accept but people type: ".5", "5.", "+3", "1.E-3".
 _LOOSE_NUMBER = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?")
@@ -103,21 +103,22 @@ class quiet_transformers:
         self._warnings.__exit__(*exc)
 
 
-def seed_value(text: str) -> int:
-    """An argparse type for --seed: an integer that torch.manual_seed takes (else torch says only "Overflow when
-    unpacking long long")."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
-    if not -(2**63) <= value < 2**64:
-        raise argparse.ArgumentTypeError(f"{text} is out of range: a seed is an integer in [-2**63, 2**64)")
-    return value
+def bounded_int(low: int, high: int | None, allowed: str) -> Callable[[str], int]:
+    """An argparse type: an integer in [low, high) (no upper bound where ``high`` is None), else argparse's error
+    naming the value and ``allowed``."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+        if value < low or (high is not None and value >= high):
+            raise argparse.ArgumentTypeError(f"{text} is out of range: {allowed}")
+        return value
+
+    return parse
 
 
-def training_seed(text: str) -> int:
-    """An argparse type for the seed of a training run: numpy's seeding (through accelerate) takes [0, 2**32)."""
-    value = seed_value(text)
-    if not 0 <= value < 2**32:
-        raise argparse.ArgumentTypeError(f"{text} is out of range: a training seed is an integer in [0, 2**32)")
-    return value
+# --seed: what torch.manual_seed takes (else torch says only "Overflow when unpacking long long"); a training run's
+# seed also goes through numpy's seeding (accelerate's set_seed), which takes [0, 2**32).
+seed_value = bounded_int(-(2**63), 2**64, "a seed is an integer in [-2**63, 2**64)")
+training_seed = bounded_int(0, 2**32, "a training seed is an integer in [0, 2**32)")

@@ -37,6 +37,12 @@ def check_reset(op: str, reset, batch: int, length: int) -> torch.Tensor | None:
     return reset.to(torch.bool)
 
 
+def check_mask(op: str, mask, batch: int, length: int) -> None:
+    """ValueError naming the problem unless ``mask`` (a padding mask) is None or (B, T)."""
+    if mask is not None and tuple(mask.shape) != (batch, length):
+        raise ValueError(f"{op}: mask must be (B, T) = ({batch}, {length}), got shape {tuple(mask.shape)}")
+
+
 def chunk_segments(reset_blocks: torch.Tensor):
     """For resets laid out in chunks, (..., Q) bool, the masks a chunked kernel multiplies its terms by:
 

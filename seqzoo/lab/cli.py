@@ -8,19 +8,12 @@ import shlex
 from pathlib import Path
 from typing import Any
 
-from seqzoo.utils import training_seed
+from seqzoo.utils import bounded_int, training_seed
 
 # The memory tasks, by name (seqzoo.training.data.TASKS, which a test keeps equal). Spelled out here so that the
 # parser, and `seqzoo lab --help`, need no torch.
-def worker_count(text: str) -> int:
-    """An argparse type for --workers: a count of processes, 0 for one per available core."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"{value} is invalid: a number of processes >= 1, or 0 for one per core")
-    return value
+# --workers: a count of processes, 0 for one per available core.
+worker_count = bounded_int(0, None, "a number of processes >= 1, or 0 for one per core")
 
 
 SEQ2SEQ_LAB_TASKS = ("reverse", "copy", "sort", "digits")  # the seq2seq tasks whose sources grow

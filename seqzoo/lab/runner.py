@@ -429,13 +429,13 @@ PLOT_FILES = (MEMORY_PNG, TEXT_PNG, COST_PNG, GRADIENTS_PNG)
 LAB_OUTPUTS = ("results.json", "results.json.partial", "report.md", *PLOT_FILES, "runs", "sweep.md", "runs.jsonl")
 
 
-def _process_alive(pid: int) -> bool:
+def _process_alive(pid: Any) -> bool:
     try:
         os.kill(int(pid), 0)
-    except ProcessLookupError:
-        return False
-    except (PermissionError, OverflowError, ValueError, TypeError):
+    except PermissionError:  # a process of another user
         return True
+    except (ProcessLookupError, OverflowError, ValueError, TypeError):  # none, or no pid at all (an edited marker)
+        return False
     return True
 
 

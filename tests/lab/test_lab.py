@@ -241,6 +241,11 @@ def test_replacing_a_lab_report_keeps_what_the_lab_did_not_write(tmp_path):
         "command": "seqzoo lab", "pid": os.getpid(), "host": platform.node()}}))
     with pytest.raises(ValueError, match="a lab still running"):
         prepare_output(out, force=True, log=lambda _: None)
+    # A marker without a process id (an edited one) is no running lab: the folder is replaced as an unfinished run.
+    (out / "results.json").write_text(json.dumps({"status": "running", "environment": {
+        "command": "seqzoo lab", "pid": "abc", "host": platform.node()}}))
+    prepare_output(out, force=False, log=lambda _: None)
+    assert not (out / "results.json").exists()
     with pytest.raises(ValueError, match=r"seeds=\[-1\] is invalid"):
         LabConfig.smoke(seeds=[-1]).validate()
 

@@ -19,7 +19,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from seqzoo.kernels.reset import check_reset
+from seqzoo.kernels.reset import check_mask, check_reset
 
 ACTIVATIONS = (None, "silu")
 
@@ -47,8 +47,7 @@ def check_inputs(x, weight, bias, initial_state, activation, mask):
             f"causal_conv1d: initial_state must be (B, D, K-1) = ({batch}, {channels}, {width - 1}), "
             f"got shape {tuple(initial_state.shape)}"
         )
-    if mask is not None and tuple(mask.shape) != (batch, length):
-        raise ValueError(f"causal_conv1d: mask must be (B, T) = ({batch}, {length}), got shape {tuple(mask.shape)}")
+    check_mask("causal_conv1d", mask, batch, length)
     if activation not in ACTIVATIONS:
         raise ValueError(f"causal_conv1d: activation must be one of {ACTIVATIONS}, got {activation!r}")
 

@@ -18,9 +18,7 @@ from __future__ import annotations
 import torch
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
-from seqzoo.kernels.reset import check_reset
-
-from .reference import check_mask
+from seqzoo.kernels.rnn_cells.reference import check_positions
 
 _OPS = {"tanh": torch.rnn_tanh, "relu": torch.rnn_relu, "lstm": torch.lstm, "gru": torch.gru}
 # One token (decoding): the fused cell, one ATen call without the sequence kernel's set-up (what nn.GRUCell runs).
@@ -214,8 +212,7 @@ def _params(weight_ih, weight_hh, bias_ih, bias_hh):
 
 
 def _checked_reset(op, x, mask, reset):
-    reset = check_reset(op, reset, *x.shape[:2])
-    check_mask(op, mask, *x.shape[:2])
+    reset = check_positions(op, x, mask, reset)
     if reset is not None and x.shape[1] > 1 and padding_layout(mask) is not None:
         raise ValueError(f"{op}: the fused backend takes a reset only without padding; use the reference backend")
     return reset

@@ -15,7 +15,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from seqzoo.kernels.reset import check_reset
+from seqzoo.kernels.reset import check_mask, check_reset
 
 
 # Projections go through F.linear, so a quantised weight (a tensor subclass such as torchao's Int8Tensor, which
@@ -29,10 +29,11 @@ def _hidden_projection(h, weight_hh, bias_hh):
     return F.linear(h, weight_hh, bias_hh)  # (B, G*H)
 
 
-def check_mask(op, mask, batch, length):
-    """ValueError naming the problem unless ``mask`` is None or (B, T)."""
-    if mask is not None and tuple(mask.shape) != (batch, length):
-        raise ValueError(f"{op}: mask must be (B, T) = ({batch}, {length}), got shape {tuple(mask.shape)}")
+def check_positions(op, x, mask, reset):
+    """The per-position inputs of a call on x (B, T, I) checked: ``reset`` as :func:`check_reset` returns it, and a
+    ``mask`` of another shape refused."""
+    check_mask(op, mask, *x.shape[:2])
+    return check_reset(op, reset, *x.shape[:2])
 
 
 def _masked(mask, t, new, old):
@@ -57,8 +58,7 @@ def _output(mask, t, h):
 def rnn(x, h0, weight_ih, weight_hh, bias_ih=None, bias_hh=None, *, nonlinearity="tanh", mask=None, reset=None):
     """Elman RNN: h_t = act(W_ih x_t + b_ih + W_hh h_{t-1} + b_hh). Returns (y, h_T)."""
     act = {"tanh": torch.tanh, "relu": torch.relu}[nonlinearity]
-    reset = check_reset("rnn", reset, *x.shape[:2])
-    check_mask("rnn", mask, *x.shape[:2])
+    reset = check_positions("rnn", x, mask, reset)
     xp = _input_projection(x, weight_ih, bias_ih)
     h = h0
     outputs = []
@@ -75,8 +75,7 @@ def lstm(x, h0, c0, weight_ih, weight_hh, bias_ih=None, bias_hh=None, *, mask=No
     i, f, g, o = split(W_ih x_t + b_ih + W_hh h_{t-1} + b_hh);  c_t = sig(f) c_{t-1} + sig(i) tanh(g);
     h_t = sig(o) tanh(c_t)
     """
-    reset = check_reset("lstm", reset, *x.shape[:2])
-    check_mask("lstm", mask, *x.shape[:2])
+    reset = check_positions("lstm", x, mask, reset)
     xp = _input_projection(x, weight_ih, bias_ih)
     h, c = h0, c0
     outputs = []
@@ -97,8 +96,7 @@ def gru(x, h0, weight_ih, weight_hh, bias_ih=None, bias_hh=None, *, mask=None, r
     r = sig(W_ir x + b_ir + W_hr h + b_hr);  z = sig(W_iz x + b_iz + W_hz h + b_hz)
     n = tanh(W_in x + b_in + r * (W_hn h + b_hn));  h_t = (1 - z) n + z h_{t-1}
     """
-    reset = check_reset("gru", reset, *x.shape[:2])
-    check_mask("gru", mask, *x.shape[:2])
+    reset = check_positions("gru", x, mask, reset)
     xp = _input_projection(x, weight_ih, bias_ih)
     h = h0
     outputs = []
