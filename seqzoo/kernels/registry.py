@@ -99,8 +99,9 @@ class Backend:
         if self._available is None:
             try:
                 self._available = bool(self.is_available()) and self._module_found()
-            except Exception:  # an availability probe must never break selection
-                logger.debug("availability check of %s/%s raised", self.op, self.name, exc_info=True)
+            except Exception as err:  # an availability probe must never break selection, nor fail unseen
+                logger.warning("kernel backend %r of op %r counts as unavailable: its availability check raised "
+                               "%s: %s", self.name, self.op, type(err).__name__, err, exc_info=True)
                 self._available = False
         return self._available
 

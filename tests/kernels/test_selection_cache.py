@@ -130,6 +130,22 @@ def test_availability_is_probed_once_until_refresh():
         unregister_backend("gru", "probed")
 
 
+def test_an_availability_check_that_raises_is_said(caplog):
+    # A plugin's probe that raises leaves its backend unavailable, with a warning naming it and the error (it was a
+    # debug line: the backend was never chosen and nothing said why).
+    def probe():
+        raise RuntimeError("no such library")
+
+    register_backend("gru", "broken_probe", registry.get_kernel("gru", "reference"), priority=-1, is_available=probe)
+    try:
+        with caplog.at_level("WARNING", logger="seqzoo.kernels.registry"):
+            assert "broken_probe" not in registry.available_backends("gru")
+        assert "'broken_probe' of op 'gru' counts as unavailable" in caplog.text
+        assert "RuntimeError: no such library" in caplog.text
+    finally:
+        unregister_backend("gru", "broken_probe")
+
+
 def test_every_setting_change_drops_the_cache(monkeypatch):
     args, kwargs = lstm_call(1)
     assert select("lstm", *args, **kwargs).name == "torch"
