@@ -283,6 +283,11 @@ def cmd_generate(args: argparse.Namespace) -> int:
         if not seq2seq:
             raise ValueError("--show-attention, --attention-plot and --target need an encoder-decoder (seq2seq) "
                              f"model; {source!r} holds a {model.config.model_type} language model")
+        decoding = [flag for flag, given in (("--num-beams", args.num_beams > 1), ("--temperature",
+                                                                                  args.temperature > 0)) if given]
+        if decoding:  # (the map follows one greedy decode, or the --target given)
+            raise ValueError(f"{' and '.join(decoding)} cannot go with --show-attention, --attention-plot or "
+                             "--target: the attention map is of the greedy output (or of --target)")
         with quiet_transformers():
             return _show_attention(model, tokenizer, args)
     sample = args.temperature > 0

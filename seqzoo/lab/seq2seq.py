@@ -133,8 +133,10 @@ def run_job(job: dict[str, Any]) -> dict[str, Any]:
                           recipe.train.seed)
         pairs = data.eval_pairs()
         accuracy = {int(name.split("=")[1]): exact_match(model, examples) for name, examples in pairs.items()}
+        trained = data.trained_share(result.steps, recipe.train.batch_size)
         row = {**base, "ok": True, "preset": recipe.model.preset, "steps": result.steps,
                "params": count_parameters(model), "accuracy": accuracy,
+               "trained_share": {int(name.split("=")[1]): share for name, share in trained.items()},
                "tokens_per_second": result.train_tokens_per_second, "loss": result.eval["loss"]}
         if model.config.has_attention:
             # The longest source that still reads as a heat map (spelled digits run ~5 characters a digit).
@@ -218,7 +220,8 @@ def write_report(results: dict[str, Any], out: Path) -> str:
     lines = ["## Sequence to sequence: the bottleneck", "",
              f"Each model trained {cfg['steps']} steps of {cfg['batch_size']} pairs (learning rate {cfg['lr']}) on "
              "sources of every length at once, then generated greedily: exact-match accuracy on "
-             f"{cfg['eval_samples']} held-out sources per length. Without attention the decoder sees the source only "
+             f"{cfg['eval_samples']} sources per length, drawn apart from training (where a length has few distinct "
+             "sources, many were also trained on: the share is under each table). Without attention the decoder sees the source only "
              "through the encoder's final state, so the seeds' picture is that its accuracy falls first as sources "
              "grow, while attention reads every source position at every step.", "", *findings(results), ""]
     if plots.matplotlib_available() and runs:
@@ -234,6 +237,10 @@ def write_report(results: dict[str, Any], out: Path) -> str:
                 for run in runs if run["task"] == task]
         lines += [f"**{TASK_TITLES.get(task, task)}** (exact match by source length)", "",
                   _table(header, rows), ""]
+        shares = next((run["trained_share"] for run in runs if run["task"] == task and "trained_share" in run), None)
+        if shares:  # (every model of a task trains on the same draws)
+            lines += ["Evaluation sources also drawn in training: " + ", ".join(
+                f"{n} {unit} {shares.get(n, shares.get(str(n), 0.0)):.0%}" for n in lengths) + ".", ""]
         maps = [run for run in runs if run["task"] == task and "attention" in run]
         if maps and plots.matplotlib_available():
             name = f"seq2seq-attention-{task}.png"

@@ -121,6 +121,14 @@ class Seq2SeqPairs:
     def eval_sets(self) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
         return {name: self.batch(pairs) for name, pairs in self._eval_sets.items()}
 
+    def trained_share(self, steps: int, batch_size: int) -> dict[str, float]:
+        """For each evaluation set, the share of its sources that ``steps`` training batches of ``batch_size`` also
+        drew. A generated task draws training and evaluation pairs independently: where a length has few distinct
+        sources (8 symbols, 2 digits: 64), evaluation measures recall of trained pairs, not generalisation."""
+        trained = {source for step in range(steps) for source, _ in self._train(step, batch_size)}
+        return {name: sum(source in trained for source, _ in pairs) / len(pairs)
+                for name, pairs in self._eval_sets.items() if pairs}
+
 
 def task_pairs(task: str, source_lengths: list[int], symbols: int, eval_samples: int, seed: int,
                max_source_length: int | None = None) -> Seq2SeqPairs:

@@ -1,6 +1,7 @@
 """`seqzoo lab seq2seq`: every code path of the bottleneck lab, in seconds."""
 
 import json
+import re
 from dataclasses import asdict
 
 import pytest
@@ -20,6 +21,8 @@ def test_smoke_seq2seq_lab_writes_its_report_and_keeps_a_finished_one(tmp_path):
     assert (out / "seq2seq-accuracy.png").stat().st_size > 0
     assert json.loads((out / RESULTS_FILE).read_text())["config"]["tasks"] == ["reverse"]
     assert "CPU-seconds" in report and "- **reversal**: without attention" in report  # the run's own findings
+    # (at 2 characters of 8 symbols, 3 steps of 8 pairs draw some of the 4 evaluation sources)
+    assert re.search(r"Evaluation sources also drawn in training: 2 characters \d+%, 4 characters \d+%\.", report)
     assert all(run["cpu_seconds"] > 0 for run in results["runs"])
     # The lab keeps figures, not checkpoints (2 MB per run every 100 steps in a default run).
     job = {"model": "bahdanau", "task": "reverse", "config": asdict(cfg), "output_dir": str(tmp_path / "job")}

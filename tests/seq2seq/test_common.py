@@ -75,6 +75,26 @@ def test_loss_is_the_cross_entropy_of_the_labels_shifted_in(preset):
     torch.testing.assert_close(model.prepare_decoder_input_ids_from_labels(labels), shifted)
 
 
+def test_left_padded_labels_are_refused_not_shifted_into_pads():
+    # DataCollatorForSeq2Seq pads labels on the tokenizer's side, and seqzoo's byte tokenizer pads on the left:
+    # shifted, [-100, -100, y1, ...] would feed [start, pad, pad, y1, ...], which generation never sees.
+    from transformers import DataCollatorForSeq2Seq
+
+    from seqzoo.tokenizer import byte_tokenizer
+
+    model = tiny_model(SEQ2SEQ_FAMILIES["seq2seq-bahdanau"])
+    tokenizer = byte_tokenizer()
+    features = [{"input_ids": [5, 6], "labels": [7, 2]}, {"input_ids": [5, 6, 7], "labels": [7, 8, 9, 2]}]
+    with pytest.raises(ValueError, match="left-padded"):
+        DataCollatorForSeq2Seq(tokenizer, model=model)(features)
+    ids, mask = padded()
+    with pytest.raises(ValueError, match=r"row\(s\) \[1\] are left-padded"):
+        model(ids, attention_mask=mask, labels=torch.tensor([[7, 8, 2], [-100, 7, 2], [7, 2, -100]]))
+    tokenizer.padding_side = "right"
+    batch = DataCollatorForSeq2Seq(tokenizer, model=model)(features)
+    assert batch["decoder_input_ids"][0].tolist()[:2] == [model.config.decoder_start_token_id, 7]
+
+
 def test_cached_decoding_equals_full_recompute(preset):
     model = tiny_model(preset)
     ids, mask = padded()

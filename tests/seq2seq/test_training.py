@@ -53,6 +53,16 @@ def test_every_built_in_task_pairs_a_source_with_its_answer(task):
     assert data._train(1, 16) != data._train(2, 16)
 
 
+def test_trained_share_counts_the_evaluation_sources_training_also_drew():
+    # 2 symbols at length 2 have 4 sources: 20 batches of 8 draw them all; 6 symbols at length 9 almost never repeat.
+    data = task_pairs("reverse", [2, 9], symbols=2, eval_samples=6, seed=0)
+    drawn = {source for step in range(20) for source, _ in data._train(step, 8)}
+    share = data.trained_share(20, 8)
+    assert share == {name: sum(s in drawn for s, _ in pairs) / 6 for name, pairs in data.eval_pairs().items()}
+    assert share["length=2"] == 1.0 and share["length=9"] < 0.5
+    assert data.trained_share(0, 8) == {"length=2": 0.0, "length=9": 0.0}
+
+
 def test_a_batch_is_right_padded_sources_and_targets_ending_in_eos():
     data = task_pairs("reverse", [2], 4, 1, 0)
     sources, labels = data.batch([("abc", "cba"), ("d", "d")])
@@ -164,6 +174,10 @@ def test_generate_show_attention_prints_and_plots_the_weights(trained, tmp_path,
     assert plot.stat().st_size > 1000 and plot.read_bytes()[:4] == b"\x89PNG"
     assert main(["generate", str(trained), "abc", "--show-attention", "--max-new-tokens", "3"]) == 0
     assert "(greedy)" in capsys.readouterr().out
+    # The map follows the greedy decode: beams or sampling asked beside it are refused, not ignored.
+    for flags in (["--num-beams", "3"], ["--temperature", "0.7"]):
+        assert main(["generate", str(trained), "abc", "--show-attention", *flags]) == 2
+        assert f"error: {flags[0]} cannot go with --show-attention" in capsys.readouterr().err
 
 
 def test_show_attention_refuses_a_language_model_and_a_model_without_attention(tmp_path, capsys):

@@ -324,6 +324,17 @@ def shift_tokens_right(labels: torch.Tensor, pad_token_id: int | None, decoder_s
     if decoder_start_token_id is None:
         raise ValueError("config.decoder_start_token_id (or bos_token_id) must be set to shift labels into "
                          "decoder_input_ids")
+    ignored = labels == -100
+    if labels.dim() == 2 and labels.shape[1] > 1 and not torch.compiler.is_compiling():
+        # -100 first and a scored label last: a left-padded row (DataCollatorForSeq2Seq pads labels on the
+        # tokenizer's padding_side, seqzoo's byte tokenizer's is "left"). Shifted, it would feed the decoder pad
+        # tokens between the start token and the target, which it never sees when generating.
+        left_padded = (ignored[:, 0] & ~ignored[:, -1]).nonzero().flatten().tolist()
+        if left_padded:
+            raise ValueError(f"labels row(s) {left_padded[:8]} are left-padded (-100 before the target): shifted "
+                             "into decoder_input_ids they would put pad tokens between the decoder's start token "
+                             "and the target. Pad labels on the right (tokenizer.padding_side = 'right' before "
+                             "DataCollatorForSeq2Seq), or pass decoder_input_ids and decoder_attention_mask")
     shifted = labels.new_full(labels.shape, decoder_start_token_id)
     shifted[:, 1:] = labels[:, :-1]
     if bool((shifted == -100).any()):
