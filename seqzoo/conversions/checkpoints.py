@@ -57,17 +57,34 @@ def read_folder_weights(folder: str | Path) -> SourceWeights:
         return _safetensors_weights({key: folder / shard for key, shard in weight_map.items()}, str(folder))
     files = sorted(folder.glob("*.safetensors"))
     if files:
-        return _safetensors_weights({key: f for f in files for key in _safetensors_keys(f)}, str(folder))
+        locations: dict[str, Path] = {}
+        for f in files:
+            for key in _safetensors_keys(f):
+                _refuse_duplicate(key, locations.get(key), f, "model.safetensors.index.json")
+                locations[key] = f
+        return _safetensors_weights(locations, str(folder))
     bin_index = folder / "pytorch_model.bin.index.json"
     files = sorted({folder / shard for shard in _read_index(bin_index).values()}) if bin_index.is_file() \
         else sorted(folder.glob("pytorch_model*.bin"))
     if files:
         tensors: dict[str, torch.Tensor] = {}
+        origins: dict[str, Path] = {}
         for f in files:
-            tensors.update(load_torch_file(f))
+            for key, tensor in load_torch_file(f).items():
+                _refuse_duplicate(key, origins.get(key), f, "pytorch_model.bin.index.json")
+                tensors[key], origins[key] = tensor, f
         return SourceWeights.from_dict(tensors, str(folder))
     raise ValueError(f"{str(folder)!r} holds no weights (model*.safetensors, with or without an index, or "
                      f"pytorch_model*.bin)")
+
+
+def _refuse_duplicate(key: str, first: Path | None, second: Path, index: str) -> None:
+    """Two weight files of one folder that hold the same tensor (a second copy, EMA weights, an older save): which one
+    is the checkpoint is not for seqzoo to guess (transformers reads model.safetensors alone, or what the index names)."""
+    if first is not None:
+        raise ValueError(f"tensor {key!r} is in both {first.name!r} and {second.name!r} in {str(second.parent)!r}, and "
+                         f"no {index} says which to read; move the file that is not part of the checkpoint out of the "
+                         f"folder")
 
 
 def load_torch_file(path: str | Path) -> dict[str, torch.Tensor]:
@@ -77,6 +94,13 @@ def load_torch_file(path: str | Path) -> dict[str, torch.Tensor]:
         raise ValueError(f"checkpoint {str(path)!r} does not exist or is not a file")
     if path.stat().st_size == 0:
         raise ValueError(f"checkpoint {str(path)!r} is empty (0 bytes): damaged or truncated?")
+    if _is_safetensors(path):  # a state dict saved with safetensors under a .pth / .pt / .bin name: no pickle at all
+        from safetensors.torch import load_file
+
+        try:
+            return load_file(str(path))
+        except Exception as err:
+            raise ValueError(f"cannot read {str(path)!r} as safetensors (damaged or truncated?): {err}") from err
     try:
         loaded = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
     except RuntimeError as err:  # not a zip archive: a legacy-format file cannot be memory-mapped
@@ -94,6 +118,15 @@ def load_torch_file(path: str | Path) -> dict[str, torch.Tensor]:
         raise ValueError(f"{str(path)!r} holds a {type(loaded).__name__}, not a state dict (a dict of tensor names "
                          f"to tensors){hint}")
     return loaded
+
+
+def _is_safetensors(path: Path) -> bool:
+    """Whether ``path`` starts as a safetensors file does: an 8-byte little-endian header length (safetensors caps
+    it at 100 MB), then a JSON object (a torch.save file starts with a zip's "PK" or a pickle's 0x80). A truncated
+    file still starts so, and is then named damaged by the safetensors reader."""
+    with open(path, "rb") as f:
+        head = f.read(9)
+    return len(head) == 9 and head[8:9] == b"{" and 0 < int.from_bytes(head[:8], "little") <= 100_000_000
 
 
 def _load_weights_only(path: Path) -> Any:

@@ -35,12 +35,30 @@ def _report(args: argparse.Namespace, model: Any, extra: str = "") -> int:
     return 0
 
 
-def _world_tokenizer(args: argparse.Namespace) -> str:
+def _world_tokenizer(args: argparse.Namespace) -> Any:
+    """The World tokenizer when --world-tokenizer is given (else None), built before anything is read or written:
+    without the rwkv package it fails here, not after the model is saved (which would leave a folder that a second
+    try refuses)."""
     if not getattr(args, "world_tokenizer", False):
-        return ""
-    from seqzoo.conversions.world_tokenizer import save_world_tokenizer
+        return None
+    from seqzoo.conversions.world_tokenizer import world_tokenizer
 
-    save_world_tokenizer(args.destination)
+    return world_tokenizer()
+
+
+def _save_world_tokenizer(args: argparse.Namespace, model: Any, tokenizer: Any) -> str:
+    """Save ``tokenizer`` (from :func:`_world_tokenizer`) and ``model``; refuses a model whose embedding is not the
+    World vocabulary's (a Pile / GPT-NeoX RWKV-7 would read World ids as other tokens, silently)."""
+    from seqzoo.conversions.world_tokenizer import WORLD_VOCAB_SIZE
+
+    if tokenizer is not None and model.config.vocab_size != WORLD_VOCAB_SIZE:
+        raise ValueError(f"--world-tokenizer: the checkpoint's embedding has {model.config.vocab_size} rows, but RWKV "
+                         f"World models have {WORLD_VOCAB_SIZE}; this checkpoint was trained with another tokenizer. "
+                         "Convert it without --world-tokenizer")
+    model.save_pretrained(Path(args.destination))
+    if tokenizer is None:
+        return ""
+    tokenizer.save_pretrained(args.destination)
     return "; RWKV World tokenizer saved with it"
 
 
@@ -99,12 +117,15 @@ def add_rwkv7(sources: Any) -> None:
 
     def run(args: argparse.Namespace) -> int:
         import seqzoo  # noqa: F401
-        from seqzoo.conversions.rwkv7 import convert_rwkv7_file
+        from seqzoo.conversions.checkpoints import check_destination
+        from seqzoo.conversions.rwkv7 import convert_rwkv7
         from seqzoo.utils import parse_overrides
 
-        model = convert_rwkv7_file(args.source, args.destination, dtype=_dtype(args),
-                                   **parse_overrides(args.set, "--set"))
-        return _report(args, model, _world_tokenizer(args))
+        overrides = parse_overrides(args.set, "--set")
+        check_destination(args.source, args.destination)
+        tokenizer = _world_tokenizer(args)
+        model = convert_rwkv7(args.source, _dtype(args), **overrides)
+        return _report(args, model, _save_world_tokenizer(args, model, tokenizer))
 
     p.set_defaults(func=run)
 
@@ -125,11 +146,11 @@ def add_fla_rwkv7(sources: Any) -> None:
 
         if args.world_tokenizer:
             check_destination(args.source, args.destination)
+            tokenizer = _world_tokenizer(args)
             model = convert_fla_rwkv7(args.source, dtype=_dtype(args))
-            model.save_pretrained(Path(args.destination))
-        else:
-            model = convert_fla_rwkv7_folder(args.source, args.destination, dtype=_dtype(args))
-        return _report(args, model, _world_tokenizer(args))
+            return _report(args, model, _save_world_tokenizer(args, model, tokenizer))
+        model = convert_fla_rwkv7_folder(args.source, args.destination, dtype=_dtype(args))
+        return _report(args, model)
 
     p.set_defaults(func=run)
 

@@ -26,6 +26,7 @@ from seqzoo.conversions.checkpoints import (
     copy_tokenizer_files,
     head_is_tied,
     load_transformers_source,
+    valid_token_ids,
 )
 
 logger = logging.getLogger("seqzoo")
@@ -61,6 +62,8 @@ def config_from_hf(hf_config: Any) -> Any:
     if act not in ("silu", "swish"):
         raise ValueError(f"source config has hidden_act={act!r}; seqzoo's Mamba mixers support only 'silu'")
     values = _fields(hf_config, COMMON_FIELDS)
+    # ids outside the vocabulary are dropped with a warning, as the llama / gpt2 / mamba-ssm converters do
+    values.update(valid_token_ids(values, values["vocab_size"], f"the {model_type} config"))
     if model_type == "mamba":
         values.update(_fields(hf_config, ("time_step_rank", "time_step_scale", "time_step_init_scheme")))
         inner = getattr(hf_config, "intermediate_size", values["expand"] * values["hidden_size"])

@@ -10,7 +10,8 @@ vectors to ``(C,)``. The sizes are read from the tensor shapes. The converted mo
     model.save_pretrained("rwkv7-0.1b-seqzoo")
 
 From the shell: ``seqzoo convert rwkv7 <file.pth> <destination>``. The RWKV World tokenizer is not part of the
-checkpoint and is not converted.
+checkpoint; ``--world-tokenizer`` builds it from the ``rwkv`` package's vocabulary and saves it beside the model
+(refused for a checkpoint whose embedding is not the World vocabulary's 65536 rows).
 """
 
 from __future__ import annotations

@@ -136,7 +136,13 @@ class SeqzooForTokenClassification(_ClassifierHead):
             if labels.dtype.is_floating_point or labels.dtype.is_complex or labels.dtype == torch.bool:
                 raise ValueError(f"labels must be class indices (an integer tensor, -100 where unlabelled); got "
                                  f"dtype {labels.dtype}")
-            loss = self.loss_function(logits=logits, labels=labels.long(), config=self.config,
+            labels = labels.long()
+            if not torch.compiler.is_compiling():  # (a check that reads values; on CUDA the loss would assert)
+                bad = labels[(labels != -100) & ((labels < 0) | (labels >= self.num_labels))]
+                if bad.numel():
+                    raise ValueError(f"labels contain {int(bad[0])}: class indices must be in [0, "
+                                     f"num_labels={self.num_labels}) or -100 (ignored)")
+            loss = self.loss_function(logits=logits, labels=labels, config=self.config,
                                       num_items_in_batch=kwargs.get("num_items_in_batch"))
         return_dict = return_dict if return_dict is not None else self.config.return_dict
         attentions = getattr(outputs, "attentions", None)

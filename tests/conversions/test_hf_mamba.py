@@ -82,6 +82,22 @@ def test_config_fields_carry_over():
     assert config2.time_step_limit == (0.01, 0.5) and config2.n_groups == 2 and config2.chunk_size == 4
 
 
+def test_a_token_id_outside_the_vocabulary_is_dropped_with_a_warning(caplog):
+    # As the llama / gpt2 / mamba-ssm converters do (it was refused outright, by the seqzoo config's check).
+    with caplog.at_level("WARNING", logger="seqzoo"):
+        config = convert_hf_mamba(hf_mamba(eos_token_id=150)).config
+    assert config.eos_token_id is None and config.bos_token_id == 1 and "eos_token_id" in caplog.text
+
+
+def test_stray_weight_files_holding_the_same_tensors_are_refused(tmp_path):
+    # transformers reads model.safetensors alone; merging every *.safetensors let the file sorting last win.
+    hf_mamba().save_pretrained(tmp_path)
+    weights = load_file(tmp_path / "model.safetensors")
+    save_file({k: torch.zeros_like(v) for k, v in weights.items()}, tmp_path / "model_init.safetensors")
+    with pytest.raises(ValueError, match="in both 'model.safetensors' and 'model_init.safetensors'.*index"):
+        convert_hf_mamba(tmp_path)
+
+
 def test_wrong_architecture_is_named(tmp_path):
     seqzoo.create_model("lstm-tiny").save_pretrained(tmp_path)
     with pytest.raises(ValueError, match="'seqzoo_lstm'.*'mamba'"):

@@ -49,6 +49,20 @@ def test_cli_converts_and_sets_fields(pth, tmp_path, capsys):
         torch.testing.assert_close(loaded(IDS).logits, direct(IDS).logits, rtol=0, atol=0)
 
 
+def test_a_safetensors_file_under_a_pth_name_converts(checkpoint, tmp_path):
+    # It was refused as "pickled Python objects"; it is read as safetensors (no pickle either way).
+    from safetensors.torch import save_file
+
+    save_file({k: v.contiguous() for k, v in checkpoint.items()}, tmp_path / "st.pth")
+    torch.save(checkpoint, tmp_path / "pt.pth")
+    from_st, from_pt = convert_rwkv7(tmp_path / "st.pth"), convert_rwkv7(tmp_path / "pt.pth")
+    for (name, a), b in zip(from_st.state_dict().items(), from_pt.state_dict().values()):
+        assert torch.equal(a, b), name
+    (tmp_path / "cut.pth").write_bytes((tmp_path / "st.pth").read_bytes()[:2000])
+    with pytest.raises(ValueError, match="cannot read .*cut.pth.* as safetensors \\(damaged or truncated\\?\\)"):
+        convert_rwkv7(tmp_path / "cut.pth")
+
+
 def test_cli_reports_a_bad_checkpoint_plainly(checkpoint, tmp_path, capsys):
     bad = dict(checkpoint)
     del bad["blocks.1.att.k_k"]

@@ -74,6 +74,30 @@ def converted(tmp_path_factory):
     return folder / "out"
 
 
+def test_a_checkpoint_of_another_vocabulary_is_refused_before_anything_is_written(tmp_path, capsys):
+    # A Pile / GPT-NeoX RWKV-7 (50304 rows) would read World ids as its own tokens, silently.
+    torch.save(random_x070_checkpoint(vocab=67, hidden=32, layers=1, head_size=16, ffn=64), tmp_path / "pile.pth")
+    assert seqzoo_main(["convert", "rwkv7", str(tmp_path / "pile.pth"), str(tmp_path / "out"),
+                        "--world-tokenizer"]) == 2
+    assert "embedding has 67 rows, but RWKV World models have 65536" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_tokenizer_that_cannot_be_built_leaves_no_half_written_folder(tmp_path, monkeypatch, capsys):
+    from seqzoo.conversions import world_tokenizer as module
+
+    def missing():
+        raise ValueError("the installed rwkv package has no rwkv_vocab_v20230424.txt")
+
+    monkeypatch.setattr(module, "world_tokenizer", missing)
+    torch.save(random_x070_checkpoint(vocab=WORLD_VOCAB_SIZE, hidden=32, layers=1, head_size=16, ffn=64),
+               tmp_path / "model.pth")
+    assert seqzoo_main(["convert", "rwkv7", str(tmp_path / "model.pth"), str(tmp_path / "out"),
+                        "--world-tokenizer"]) == 2
+    assert "rwkv_vocab_v20230424.txt" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
 def test_converted_folder_generates_through_a_pipeline(converted, tokenizer):
     assert sorted(p.name for p in converted.iterdir() if "token" in p.name or "vocab" in p.name) == [
         "rwkv_world_vocab.json", "tokenization_rwkv_world.py", "tokenizer_config.json"]

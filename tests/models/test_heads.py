@@ -285,6 +285,11 @@ def test_token_labels_must_be_integers():
         model(ids, labels=torch.zeros(2, 5))
     int32 = model(ids, labels=(ids % 3).int()).loss
     torch.testing.assert_close(int32, model(ids, labels=ids % 3).loss)
+    for bad in (3, -1):
+        labels = ids % 3
+        labels[1, 2] = bad
+        with pytest.raises(ValueError, match=rf"labels contain {bad}: class indices must be in \[0, num_labels=3\)"):
+            model(ids, labels=labels)
 
 
 @pytest.mark.parametrize("field, value, message", [
