@@ -41,7 +41,7 @@ from typing import Any, Callable
 import torch
 
 from seqzoo.tokenizer import PAD_TOKEN_ID, VOCAB_SIZE
-from seqzoo.training.data import IGNORE, _EVAL_STREAM, _generator, epoch_sampler
+from seqzoo.training.data import IGNORE, _EVAL_STREAM, _generator, content_hash, epoch_sampler
 
 logger = logging.getLogger("seqzoo.training")
 
@@ -203,7 +203,8 @@ def jsonl_texts(task: str, paths: str | list[str], eval_fraction: float, eval_sa
     train = epoch_sampler(train_rows, seed)
 
     return LabelledTexts(task, train, {"validation": eval_rows}, id2label, "jsonl:" + ",".join(paths), seq_len,
-                         {"train_rows": len(train_rows), "eval_rows": len(eval_rows)}, num_train=len(train_rows))
+                         {"train_rows": len(train_rows), "eval_rows": len(eval_rows),
+                          "sha256": content_hash(train_rows)}, num_train=len(train_rows))
 
 
 def read_labelled_jsonl(path: str | Path, task: str) -> list[tuple[Row, str]]:

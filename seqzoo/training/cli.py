@@ -3,7 +3,7 @@
 Trains what the recipe describes and saves the model with its tokenizer in the output folder. One process:
 `seqzoo train lstm-pydoc`. Several (DDP, or FSDP2 on GPUs or CPU):
 
-    accelerate launch --num_processes 2 -m seqzoo train lstm-pydoc
+    accelerate launch --multi_gpu --num_processes 2 -m seqzoo train lstm-pydoc
     torchrun --nproc_per_node 2 -m seqzoo train lstm-pydoc
     accelerate launch --use_fsdp --fsdp_version 2 --fsdp_auto_wrap_policy TRANSFORMER_BASED_WRAP \
         --num_processes 2 -m seqzoo train transformer-pydoc

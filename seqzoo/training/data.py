@@ -236,6 +236,8 @@ class TokenStream:
                 )
         self.num_samples = (len(self.train_tokens) - 1) // self.seq_len
         self.vocab_size = VOCAB_SIZE
+        # The tokens themselves, not only their count: an edited corpus of the same length is other data.
+        self.sha256 = hashlib.sha256(tokens.numpy().tobytes()).hexdigest()
         self._order: tuple[int, torch.Tensor] | None = None
 
     def model_overrides(self) -> dict[str, Any]:
@@ -244,7 +246,7 @@ class TokenStream:
     def describe(self) -> dict[str, Any]:
         return {"name": self.name, "seq_len": self.seq_len, "train_tokens": len(self.train_tokens),
                 "eval_tokens": len(self.eval_tokens), "tokenizer": "seqzoo byte tokenizer (UTF-8 bytes, EOS 257)",
-                "packing": self.packing}
+                "packing": self.packing, "sha256": self.sha256}
 
     def _epoch_order(self, epoch: int) -> torch.Tensor:
         if self._order is None or self._order[0] != epoch:
@@ -365,6 +367,12 @@ def build_data(data: Any, seed: int, dataset: Any = None) -> MemoryTask | TokenS
         name = "pydoc_data.topics"
     return TokenStream(tokens, name, data.seq_len, data.eval_fraction, data.eval_samples, seed,
                        packing=bool(data.packing))
+
+
+def content_hash(items: list) -> str:
+    """A SHA-256 of the training examples read from files (their repr: strings, numbers and lists of them), which a
+    source's ``describe()`` records: ``--resume`` then refuses an edited file even when its counts stayed the same."""
+    return hashlib.sha256(repr(items).encode("utf-8")).hexdigest()
 
 
 def epoch_sampler(items: list, seed: int):

@@ -165,6 +165,12 @@ class Recipe:
         _check(d.source in DATA_SOURCES, "data.source", d.source, f"one of {', '.join(DATA_SOURCES)}")
         if d.source in ("text", "dataset", "jsonl"):
             _check(d.path is not None, "data.path", d.path, f"a path (data.source={d.source!r} reads one)")
+        else:  # pydoc and task read no file: a path given with them would be ignored without a word
+            _check(d.path is None, "data.path", d.path, f"null with data.source={d.source!r}, which reads no file "
+                   "(set data.source=text, dataset or jsonl to train on it)")
+        if self.task == "causal-lm" and d.source in CORPORA:
+            _check(d.task is None, "data.task", d.task, f"null with data.source={d.source!r} (data.task names a "
+                   "generated task: set data.source=task to train on it)")
         if self.task != "causal-lm" or d.labels is not None:
             _check(self.task in LABEL_TASKS or d.labels is None, "data.labels", d.labels,
                    "null: label names belong to task: sequence-classification | token-classification recipes")

@@ -30,7 +30,7 @@ from typing import Any, Callable
 import torch
 
 from seqzoo.tokenizer import EOS_TOKEN_ID, PAD_TOKEN_ID, VOCAB_SIZE
-from seqzoo.training.data import IGNORE, _EVAL_STREAM, _generator, epoch_sampler
+from seqzoo.training.data import IGNORE, _EVAL_STREAM, _generator, content_hash, epoch_sampler
 
 logger = logging.getLogger("seqzoo.training")
 
@@ -169,7 +169,8 @@ def jsonl_pairs(paths: str | list[str], eval_fraction: float, eval_samples: int,
     train = epoch_sampler(train_pairs, seed)
 
     return Seq2SeqPairs(train, {"validation": eval_pairs}, "jsonl:" + ",".join(paths), max_source_length,
-                        {"train_pairs": len(train_pairs), "eval_pairs": len(eval_pairs)}, num_train=len(train_pairs))
+                        {"train_pairs": len(train_pairs), "eval_pairs": len(eval_pairs),
+                         "sha256": content_hash(train_pairs)}, num_train=len(train_pairs))
 
 
 def read_jsonl(path: str | Path) -> list[tuple[str, str]]:

@@ -209,6 +209,7 @@ def train(recipe: Recipe, *, resume: str | Path | bool | None = None, dataset: A
         # while its records said fp16 (and skip no non-finite step, which the scaler handles where there is one).
         raise ValueError("train.mixed_precision=fp16 needs a GPU: on the CPU it would train in float32; use bf16 "
                          "(CPU autocast) or no")
+    _refuse_one_process_of_many()
     accelerator = Accelerator(mixed_precision=t.mixed_precision, cpu=_launched_on_cpu_only())
     world = accelerator.num_processes
     per_micro = world * t.gradient_accumulation_steps
@@ -235,8 +236,13 @@ def train(recipe: Recipe, *, resume: str | Path | bool | None = None, dataset: A
                 f"--resume {str(resume)!r}: output_dir {str(run_dir)!r} holds files of another run; resume into an "
                 f"empty output_dir, or into the checkpoint's own run folder"
             )
-    if not resume and occupied and force and accelerator.is_main_process:
-        shutil.rmtree(run_dir)
+    if not resume and occupied and force:
+        here = Path.cwd().resolve()
+        if run_dir.resolve() == here or run_dir.resolve() in here.parents or run_dir.resolve() == Path.home():
+            raise ValueError(f"--force would delete {str(run_dir)!r}, which is the current folder, one of its parents "
+                             "or the home folder; choose an output_dir of its own (runs/NAME)")
+        if accelerator.is_main_process:
+            shutil.rmtree(run_dir)
     # Every process has looked at the folder before any writes to it (or the main process deletes it).
     accelerator.wait_for_everyone()
     if resume is True and not list_checkpoints(run_dir):
@@ -280,6 +286,23 @@ def _prepare(accelerator: Any, model: Any, recipe: Recipe) -> tuple[Any, Any]:
         return accelerator.prepare(model, make_optimizer(model, recipe))
     model = accelerator.prepare(model)  # DDP and FSDP1 wrap the model before the optimizer sees its parameters
     return model, accelerator.prepare(make_optimizer(model, recipe))
+
+
+def _refuse_one_process_of_many() -> None:
+    """`accelerate launch --num_processes N` on a machine without GPUs (with or without --cpu) starts ONE process
+    unless told --multi_gpu (its "simple launcher" expects mpirun for several CPU processes). It still sets
+    MASTER_ADDR for the N it was asked for, but no WORLD_SIZE: the run would train alone while the user thinks N
+    processes share it."""
+    import os
+
+    if ("ACCELERATE_USE_CPU" in os.environ and "MASTER_ADDR" in os.environ and "WORLD_SIZE" not in os.environ
+            and not any(name in os.environ for name in ("PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "MV2_COMM_WORLD_SIZE"))):
+        raise ValueError(
+            "accelerate launch was asked for several processes but started one (unless it sees several GPUs, "
+            "accelerate starts several processes only with --multi_gpu, or under mpirun; --cpu alone starts one). "
+            "Launch with `accelerate launch "
+            "--multi_gpu --num_processes N -m seqzoo train ...` or `torchrun --nproc_per_node N -m seqzoo train ...`"
+        )
 
 
 def _launched_on_cpu_only() -> bool:

@@ -49,6 +49,10 @@ def test_yaml_file_and_typed_overrides(tmp_path):
                                        "(did you mean 'cosine'?)"),
     ({"data": {"source": "text"}}, "data.path=None is invalid: expected a path (data.source='text' reads one)"),
     ({"data": {"source": "task", "task": "copying"}}, "data.task='copying' is invalid: expected one of copy"),
+    # a field the source does not read was ignored: the run trained on pydoc, or on the copy task
+    ({"data": {"path": "corpus.txt"}}, "data.path='corpus.txt' is invalid: expected null with data.source='pydoc'"),
+    ({"data": {"source": "task", "task": "copy", "path": "x.txt"}}, "expected null with data.source='task'"),
+    ({"data": {"source": "text", "path": "x.txt", "task": "copy"}}, "data.task='copy' is invalid: expected null"),
     ({"data": {"source": "task", "task": "copy", "distances": []}}, "data.distances=[] is invalid"),
     ({"model": {"preset": "lstm-huge"}}, "model.preset='lstm-huge' is invalid: expected a model preset"),
     ({"train": {"mixed_precision": "fp8"}}, "train.mixed_precision='fp8' is invalid"),

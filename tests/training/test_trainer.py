@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 from pathlib import Path
 
 import pytest
@@ -34,6 +35,8 @@ def make_recipe(tmp_path: Path, name: str = "run", **sections) -> object:
     }
     for section, body in sections.items():
         values[section] = {**values.get(section, {}), **body} if isinstance(body, dict) else body
+    if values["data"].get("source") != "task":  # a corpus reads no data.task (the recipe refuses one)
+        values["data"].pop("task", None)
     return recipe_from_dict(values)
 
 
@@ -224,6 +227,51 @@ def test_resume_refuses_a_text_file_that_changed(tmp_path):
     changed = r"the training data changed since .*train_tokens: 1710 \(checkpoint\) vs 485 \(now\)"
     with pytest.raises(ValueError, match=changed):
         train(recipe, resume=True, progress=False)
+    # An edit that keeps the length (the same number of tokens) is other data too: the tokens' hash says so.
+    corpus.write_text("THE quick brown fox jumps over the lazy dog. " + "the quick brown fox jumps over the lazy dog. "
+                      * 39)
+    with pytest.raises(ValueError, match=r"the training data changed since .*sha256: "):
+        train(recipe, resume=True, progress=False)
+
+
+def test_resume_refuses_an_edited_jsonl_file_and_takes_another_eval_samples(tmp_path):
+    pairs = tmp_path / "pairs.jsonl"
+    lines = [json.dumps({"source": f"ab{i}", "target": f"{i}ba"}) for i in range(40)]
+    pairs.write_text("\n".join(lines) + "\n")
+    recipe = dict(task="seq2seq", model={"preset": "seq2seq-bahdanau-tiny", "config": {}},
+                  data={"source": "jsonl", "path": str(pairs), "eval_samples": 2},
+                  train={"max_steps": 4, "save_every": 2, "batch_size": 4})
+    train(make_recipe(tmp_path, "s", **recipe), progress=False)
+    (tmp_path / "s" / "checkpoints" / "checkpoint-4").rename(tmp_path / "s" / "checkpoints" / "kept-4")
+    # eval_samples may change on resume (the number of scored pairs with it)
+    other = {**recipe, "data": {**recipe["data"], "eval_samples": 1}}
+    assert train(make_recipe(tmp_path, "s", **other), resume=True, progress=False).steps == 4
+    shutil.rmtree(tmp_path / "s" / "checkpoints" / "checkpoint-4")
+    pairs.write_text("\n".join([lines[1], lines[0], *lines[2:]]) + "\n")  # the same pairs, in another order
+    with pytest.raises(ValueError, match=r"the training data changed since .*sha256: "):
+        train(make_recipe(tmp_path, "s", **recipe), resume=True, progress=False)
+
+
+def test_force_never_deletes_the_current_folder_or_one_above_it(tmp_path, monkeypatch):
+    work = tmp_path / "project" / "work"
+    work.mkdir(parents=True)
+    (work / "thesis.tex").write_text("important")
+    monkeypatch.chdir(work)
+    for folder in (".", "..", str(work)):
+        recipe = make_recipe(tmp_path, "x", output_dir=folder, train={"max_steps": 1})
+        with pytest.raises(ValueError, match="--force would delete .*the current folder, one of its parents"):
+            train(recipe, progress=False, force=True)
+    assert (work / "thesis.tex").read_text() == "important"
+
+
+def test_several_processes_asked_of_accelerate_but_one_started_is_refused(tmp_path, monkeypatch):
+    # `accelerate launch --cpu --num_processes 2` (no --multi_gpu) starts one process with MASTER_ADDR set and no
+    # WORLD_SIZE: the run trained alone while the user thought two shared it.
+    monkeypatch.setenv("ACCELERATE_USE_CPU", "true")
+    monkeypatch.setenv("MASTER_ADDR", "127.0.0.1")
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    with pytest.raises(ValueError, match="accelerate launch was asked for several processes but started one"):
+        train(make_recipe(tmp_path, "a"), progress=False)
 
 
 def test_bad_batch_split_and_tbptt_on_a_transformer_are_errors(tmp_path):
