@@ -107,6 +107,18 @@ def test_a_mask_longer_than_inputs_and_cache_is_refused(family_preset):
     model(IDS[:, 2:], attention_mask=torch.ones(2, 4), cache=cache)  # cached + current positions: fine
 
 
+def test_a_mask_of_only_the_current_positions_is_refused_where_a_layer_attends(family_preset):
+    # An attention layer reads the mask of every cached key: with a shorter mask, transformers' mask builder pads it
+    # with zeros and the logits change silently. A recurrent layer reads only the current positions' columns.
+    model = tiny_model(family_preset)
+    cache = output_cache(model(IDS[:, :3], use_cache=True))
+    if model.config.capabilities.constant_state_decode:
+        model(IDS[:, 3:], attention_mask=torch.ones(2, 1), cache=cache)
+    else:
+        with pytest.raises(ValueError, match=r"expected \(batch, L\) with 4 <= L <= 4"):
+            model(IDS[:, 3:], attention_mask=torch.ones(2, 1), cache=cache)
+
+
 @pytest.mark.parametrize("shape", [(2, 0), (0, 4)])
 def test_empty_inputs_are_refused(family_preset, shape):
     model = tiny_model(family_preset)

@@ -55,6 +55,18 @@ def check_tensors(op: str, named: dict[str, torch.Tensor | None]) -> tuple[bool,
     return True, ""
 
 
+def refuse_double_backward(op: str, backend: str) -> None:
+    """Called first in a hand-written backward: autograd runs it with grad mode on exactly when the caller asked
+    for a differentiable gradient (``create_graph=True``: double backward, Hessian-vector products, gradient
+    penalties), which these kernels do not provide. Without this, a second differentiation silently leaves out
+    the kernel's part (its gradients are computed outside autograd) or fails inside torch with no hint."""
+    if torch.is_grad_enabled():
+        raise RuntimeError(
+            f"{op}: the {backend!r} backend has no double backward (create_graph=True); run the op on the "
+            f"'reference' backend for that, e.g. with seqzoo.kernels.use_backend({op!r}, 'reference')"
+        )
+
+
 def tensors_key(*tensors: torch.Tensor | None) -> tuple:
     """Device and dtype of each tensor (None kept in place): what :func:`check_tensors` reads, as a cache key."""
     return tuple(None if t is None else (t.device, t.dtype) for t in tensors)

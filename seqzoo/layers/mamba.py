@@ -95,12 +95,13 @@ class MambaMixer(Mixer):
         )  # (B, T, E)
 
         time_step, B, C = self.x_proj(x).split([self.time_step_rank, self.state_size, self.state_size], dim=-1)
-        delta = F.softplus(self.dt_proj(time_step).float())  # (B, T, E), float32 like the state
+        compute = torch.promote_types(hidden_states.dtype, torch.float32)  # float32 at least, float64 stays
+        delta = F.softplus(self.dt_proj(time_step).to(compute))  # (B, T, E), float32 like the state
         if mask is not None:
             delta = delta.masked_fill(~mask[..., None], 0.0)  # the scan's identity step
-        A = -torch.exp(self.A_log.float())  # (E, N)
+        A = -torch.exp(self.A_log.to(compute))  # (E, N)
 
         y, ssm_state = dispatch(
-            "selective_scan", x, delta, A, B, C, self.D.float(), z, initial_state=state.get("ssm"), reset=reset
+            "selective_scan", x, delta, A, B, C, self.D.to(compute), z, initial_state=state.get("ssm"), reset=reset
         )  # y: (B, T, E); ssm_state: (B, E, N)
         return self.out_proj(y.to(hidden_states.dtype)), {"conv": conv_state, "ssm": ssm_state}

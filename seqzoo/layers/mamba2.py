@@ -50,8 +50,8 @@ class GatedRMSNorm(nn.Module):
     def forward(self, y: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
         # y, z: (..., E); computed in float32 and cast back, as transformers and mamba_ssm do.
         dtype = y.dtype
-        y = y.float()
-        gate = F.silu(z.float())
+        y = y.to(torch.promote_types(dtype, torch.float32))  # float32 at least; float64 stays float64
+        gate = F.silu(z.to(y.dtype))
         if not self.norm_before_gate:
             y = y * gate
         groups = y.unflatten(-1, (-1, self.group_size))  # (..., G, E/G)
@@ -132,13 +132,14 @@ class Mamba2Mixer(Mixer):
         )  # (B, T, E + 2GN)
         x, B, C = xBC.split([self.intermediate_size, groups_n, groups_n], dim=-1)
 
-        dt = F.softplus(dt.float() + self.dt_bias.float())  # (B, T, heads), float32 like the state
+        compute = torch.promote_types(hidden_states.dtype, torch.float32)  # float32 at least, float64 stays
+        dt = F.softplus(dt.to(compute) + self.dt_bias.to(compute))  # (B, T, heads), float32 like the state
         low, high = self.time_step_limit
         if low > 0.0 or high != float("inf"):
             dt = dt.clamp(min=low, max=high)
         if mask is not None:
             dt = dt.masked_fill(~mask[..., None], 0.0)  # the recurrence's identity step
-        A = -torch.exp(self.A_log.float())  # (heads,)
+        A = -torch.exp(self.A_log.to(compute))  # (heads,)
 
         y, ssm_state = dispatch(
             "ssd",
@@ -147,7 +148,7 @@ class Mamba2Mixer(Mixer):
             A,
             B.reshape(batch, length, self.n_groups, self.state_size),
             C.reshape(batch, length, self.n_groups, self.state_size),
-            self.D.float(),
+            self.D.to(compute),
             initial_state=state.get("ssm"),
             chunk_size=self.chunk_size,
             reset=reset,

@@ -163,7 +163,9 @@ class Block(GradientCheckpointingLayer):
         norm_name, mixer_name, mlp_norm_name, mlp_name = self.part_names
         norm, mixer = getattr(self, norm_name), getattr(self, mixer_name)
         mlp_norm, mlp = getattr(self, mlp_norm_name), getattr(self, mlp_name)
-        residual = hidden_states.float() if self.residual_in_fp32 else hidden_states
+        # (float32 at least: a float64 model keeps its float64 residual stream)
+        residual = (hidden_states.to(torch.promote_types(hidden_states.dtype, torch.float32)) if self.residual_in_fp32
+                    else hidden_states)
         if self.pre_norm and norm is not None:
             # A float32 residual stream enters the norm in the weights' dtype (as transformers' Mamba does).
             hidden_states = norm(hidden_states.to(norm.weight.dtype) if self.residual_in_fp32 else hidden_states)

@@ -198,11 +198,14 @@ def _check_attention_mask(model, attention_mask, batch, length, past_length, val
     if attention_mask.dim() != 2:
         raise ValueError(f"attention_mask must be 2-d (batch, past_length + sequence_length); got shape "
                          f"{tuple(attention_mask.shape)}")
-    if attention_mask.shape[0] != batch or not length <= attention_mask.shape[1] <= past_length + length:
+    # A recurrent layer reads only the current positions' columns; an attention layer reads every cached key's.
+    shortest = length if config.capabilities.constant_state_decode else past_length + length
+    if attention_mask.shape[0] != batch or not shortest <= attention_mask.shape[1] <= past_length + length:
         raise ValueError(
             f"attention_mask of shape {tuple(attention_mask.shape)} does not fit the inputs of shape "
             f"({batch}, {length}) after {past_length} cached position(s): expected (batch, L) with "
-            f"{length} <= L <= {past_length + length}, the mask of the cached and the current positions"
+            f"{shortest} <= L <= {past_length + length}, the mask of the cached and the current positions"
+            + ("" if shortest == length else " (every cached position: attention layers read them all)")
         )
     return check_mask_values(attention_mask) if values_checked else False
 

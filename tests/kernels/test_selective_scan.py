@@ -216,3 +216,19 @@ def test_reset_selects_a_backend_that_takes_it(monkeypatch):
 def test_bad_reset_raises_value_error(backend):
     with pytest.raises(ValueError, match=re.escape("reset must be (B, T) = (2, 5)")):
         run(backend, make_inputs(5), reset=torch.zeros(BATCH, 4, dtype=torch.bool))
+
+
+def test_double_backward_through_the_chunked_backend_is_refused_by_name():
+    # Its backward is hand-written (outside autograd): a create_graph=True gradient would miss the kernel's part or
+    # fail inside torch with no hint. The reference backend differentiates twice.
+    g = torch.Generator().manual_seed(0)
+    u = torch.randn(1, 9, 3, generator=g, requires_grad=True)
+    rest = (torch.rand(1, 9, 3, generator=g), -torch.rand(3, 2, generator=g), torch.randn(1, 9, 2, generator=g),
+            torch.randn(1, 9, 2, generator=g))
+    y, _ = get_kernel("selective_scan", "chunked")(u, *rest)
+    with pytest.raises(RuntimeError, match="'chunked' backend has no double backward.*'reference'"):
+        torch.autograd.grad(y.square().sum(), u, create_graph=True)
+    y, _ = get_kernel("selective_scan", "reference")(u, *rest)
+    (grad,) = torch.autograd.grad(y.square().sum(), u, create_graph=True)
+    grad.square().sum().backward()
+    assert u.grad is not None and u.grad.abs().sum() > 0

@@ -92,3 +92,17 @@ def check_parity(name, backend_fn, reference_fn, backend_inputs, reference_input
         # Gradients are compared relative to their own scale: they sum over up to T terms.
         scale = max(1.0, r.abs().max().item())
         assert_close(g / scale, r / scale, dtype, "grad", f"{name} d{key}")
+
+
+def check_double_backward_refused(op, backend, fn, inputs, call):
+    """A differentiable gradient (``create_graph=True``) through ``fn`` raises naming the backend: its backward is
+    computed outside autograd, so a second derivative would silently leave the kernel's part out."""
+    import re
+
+    tensors, _ = leaves(inputs, torch.float32, low_precision=())
+    out, _ = call(fn, tensors)
+    grads_of = [t for t in tensors.values() if t is not None and t.requires_grad]
+    with pytest.raises(RuntimeError, match=re.escape(f"{op}: the {backend!r} backend has no double backward")):
+        torch.autograd.grad(out.square().sum(), grads_of, create_graph=True)
+    out, _ = call(fn, tensors)  # a plain gradient still runs
+    assert all(g is not None for g in torch.autograd.grad(out.square().sum(), grads_of[:1]))

@@ -5,7 +5,15 @@ import pytest
 import torch
 
 from seqzoo.kernels import get_kernel
-from tests.kernels_triton.support import CASE_IDS, CASES, DEVICE, check_parity, leaves, triton_kernel
+from tests.kernels_triton.support import (
+    CASE_IDS,
+    CASES,
+    DEVICE,
+    check_double_backward_refused,
+    check_parity,
+    leaves,
+    triton_kernel,
+)
 
 
 def _inputs(batch, length, channels, width, seed):
@@ -90,3 +98,9 @@ def test_resets_with_padding_match_the_reference():
 
     check_parity("causal_conv1d resets + padding", fn, get_kernel("causal_conv1d", "reference"), backend,
                  reference, call, torch.float32, out_dtype=torch.float32)
+
+
+def test_double_backward_is_refused_by_name():
+    fn = triton_kernel("causal_conv1d")
+    check_double_backward_refused("causal_conv1d", "triton", fn, _inputs(1, 5, 3, 4, seed=2),
+                                  lambda f, t: f(t["x"], t["weight"], t["bias"], initial_state=t["initial_state"]))

@@ -8,7 +8,15 @@ import pytest
 import torch
 
 from seqzoo.kernels import get_kernel
-from tests.kernels_triton.support import CASE_IDS, CASES, DEVICE, check_parity, leaves, triton_kernel
+from tests.kernels_triton.support import (
+    CASE_IDS,
+    CASES,
+    DEVICE,
+    check_double_backward_refused,
+    check_parity,
+    leaves,
+    triton_kernel,
+)
 
 
 def _inputs(batch, length, channels, state_size, seed, with_optional=True):
@@ -119,3 +127,8 @@ def test_resets_match_separate_documents(monkeypatch):
         y_ref, state_ref = run("reference", one, reset=reset)
     torch.testing.assert_close(y, y_ref, atol=2e-5, rtol=1e-4)
     torch.testing.assert_close(state, state_ref, atol=2e-5, rtol=1e-4)
+
+
+def test_double_backward_is_refused_by_name():
+    fn = triton_kernel("selective_scan")
+    check_double_backward_refused("selective_scan", "triton", fn, _inputs(1, 5, 3, 4, seed=2), _call)

@@ -8,7 +8,15 @@ import pytest
 import torch
 
 from seqzoo.kernels import get_kernel
-from tests.kernels_triton.support import CASE_IDS, CASES, DEVICE, check_parity, leaves, triton_kernel
+from tests.kernels_triton.support import (
+    CASE_IDS,
+    CASES,
+    DEVICE,
+    check_double_backward_refused,
+    check_parity,
+    leaves,
+    triton_kernel,
+)
 
 
 def _inputs(batch, length, heads, head_dim, groups, state_size, seed, with_optional=True):
@@ -111,3 +119,8 @@ def test_resets_match_separate_documents(small_chunks):
         y_ref, state_ref = run("reference", one, reset=reset)
     torch.testing.assert_close(y, y_ref, atol=2e-5, rtol=1e-4)
     torch.testing.assert_close(state, state_ref, atol=2e-5, rtol=1e-4)
+
+
+def test_double_backward_is_refused_by_name():
+    fn = triton_kernel("ssd")
+    check_double_backward_refused("ssd", "triton", fn, _inputs(1, 5, 2, 4, 1, 4, seed=2), _call)

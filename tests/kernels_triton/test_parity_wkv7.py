@@ -10,7 +10,15 @@ import torch.nn.functional as F
 
 from seqzoo.kernels import get_kernel
 from seqzoo.kernels.wkv7 import wkv7_step
-from tests.kernels_triton.support import CASE_IDS, CASES, DEVICE, check_parity, leaves, triton_kernel
+from tests.kernels_triton.support import (
+    CASE_IDS,
+    CASES,
+    DEVICE,
+    check_double_backward_refused,
+    check_parity,
+    leaves,
+    triton_kernel,
+)
 
 
 def _inputs(batch, length, heads, key_dim, value_dim, seed, with_state=True):
@@ -116,3 +124,8 @@ def test_supports_takes_a_reset_and_the_chunked_kernel_declines_it():
     assert not ok and "reset" in reason
     ok, reason = supports_wkv7(*(t[key] for key in "rwkvab"), reset=reset)
     assert "reset" not in reason
+
+
+def test_double_backward_is_refused_by_name():
+    fn = triton_kernel("wkv7")
+    check_double_backward_refused("wkv7", "triton", fn, _inputs(1, 5, 1, 16, 16, seed=2), _call)

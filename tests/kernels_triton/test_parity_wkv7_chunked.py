@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from seqzoo.kernels import get_kernel
-from tests.kernels_triton.support import DEVICE, check_parity, leaves, triton_kernel
+from tests.kernels_triton.support import DEVICE, check_double_backward_refused, check_parity, leaves, triton_kernel
 from tests.kernels_triton.test_parity_wkv7 import _call, _inputs
 
 CHUNKED = importlib.import_module("seqzoo.kernels.wkv7.triton_chunked")
@@ -83,3 +83,8 @@ def test_registry_prefers_the_chunked_kernel_and_it_declines_cpu_tensors():
     t = _inputs(1, 2, 1, 16, 16, seed=0)
     ok, reason = backends["triton_chunked"].supports(*(t[key] for key in ALL))
     assert not ok and reason == "needs CUDA tensors (got cpu)"
+
+
+def test_double_backward_is_refused_by_name():
+    fn = triton_kernel("wkv7", "triton_chunked")
+    check_double_backward_refused("wkv7", "triton_chunked", fn, _inputs(1, 5, 1, 16, 16, seed=2), _call)

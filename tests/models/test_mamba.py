@@ -96,3 +96,12 @@ def test_init_follows_mamba():
     mixer2 = tiny_model("mamba2-tiny").model.layers[1].mixer
     assert torch.equal(mixer2.D, torch.ones_like(mixer2.D))
     torch.testing.assert_close(mixer2.A_log.exp(), torch.arange(1, mixer2.num_heads + 1, dtype=torch.float32))
+
+
+def test_float64_runs_in_float64_end_to_end(model):
+    # residual_in_fp32, the norms and the time steps are "float32 at least": a float64 model must not round its
+    # residual stream, norms or time steps to float32 (gradcheck fails at float32 rounding, padding checks blur).
+    model = model.double()
+    embeds = torch.randn(1, 2, model.config.hidden_size, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda e: model(inputs_embeds=e).logits, (embeds,), eps=1e-6, atol=1e-5,
+                                      fast_mode=True)

@@ -24,6 +24,7 @@ import triton
 import triton.language as tl
 
 from seqzoo.kernels.reset import check_reset
+from seqzoo.kernels.triton_support import refuse_double_backward
 
 from .reference import check_inputs
 
@@ -203,6 +204,7 @@ class _CausalConv1dFn(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, dy, dfinal):
+        refuse_double_backward("causal_conv1d", "triton")
         x, weight, bias, initial_state, document = ctx.saved_tensors
         batch, length, channels = x.shape
         width = weight.shape[1]

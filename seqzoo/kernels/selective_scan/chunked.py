@@ -37,6 +37,7 @@ from __future__ import annotations
 import torch
 
 from seqzoo.kernels.reset import check_reset
+from seqzoo.kernels.triton_support import refuse_double_backward
 
 from . import reference
 from .reference import check_inputs, compute_dtype, skip_and_gate
@@ -247,6 +248,7 @@ class _SelectiveScan(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_y, grad_h):
+        refuse_double_backward("selective_scan", "chunked")
         u, delta, A, B, C, starts, reset = ctx.saved_tensors
         return *_backward(u, delta, A, B, C, starts, grad_y, grad_h, ctx.chunk, reset), None
 

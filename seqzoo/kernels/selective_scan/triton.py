@@ -33,6 +33,7 @@ import triton
 import triton.language as tl
 
 from seqzoo.kernels.reset import check_reset
+from seqzoo.kernels.triton_support import refuse_double_backward
 
 from .reference import check_inputs
 
@@ -300,6 +301,7 @@ class _SelectiveScanFn(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, dy, dhT):
+        refuse_double_backward("selective_scan", "triton")
         u, delta, A, B, C, D, z, h0, keep, ckpt = ctx.saved_tensors
         batch, length, channels = u.shape
         state_size = A.shape[1]

@@ -38,6 +38,7 @@ import triton
 import triton.language as tl
 
 from seqzoo.kernels.reset import check_reset
+from seqzoo.kernels.triton_support import refuse_double_backward
 
 from .reference import check_inputs
 
@@ -368,6 +369,7 @@ class _SSDFn(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, dy, dhT):
+        refuse_double_backward("ssd", "triton")
         x, dt, A, B, C, D, h0, resets, states = ctx.saved_tensors
         batch, length, heads, head_dim, state_size, per_group = _dims(x, B)
         block_p, block_p_full, block_n = _tiles(head_dim, state_size)

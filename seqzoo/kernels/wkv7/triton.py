@@ -31,6 +31,7 @@ import triton
 import triton.language as tl
 
 from seqzoo.kernels.reset import check_reset
+from seqzoo.kernels.triton_support import refuse_double_backward
 
 from .reference import check_inputs
 
@@ -195,6 +196,7 @@ class _WKV7Fn(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, dy, dhT):
+        refuse_double_backward("wkv7", "triton")
         r, w, k, v, a, b, h0, keep, ckpt = ctx.saved_tensors
         batch, length, heads, key_dim = r.shape
         value_dim = v.shape[-1]

@@ -36,6 +36,8 @@ import torch
 import triton
 import triton.language as tl
 
+from seqzoo.kernels.triton_support import refuse_double_backward
+
 from . import triton as fused
 from .reference import check_inputs
 
@@ -456,6 +458,7 @@ class _ChunkedWKV7Fn(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, dy, dhT):
+        refuse_double_backward("wkv7", "triton_chunked")
         r, w, k, v, a, b, h0, states, u = ctx.saved_tensors
         batch, length, heads, key_dim, value_dim, block_k, block_v, num_chunks = _sizes(r, v)
         dev, f32 = r.device, torch.float32
