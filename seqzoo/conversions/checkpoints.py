@@ -420,7 +420,11 @@ def load_transformers_source(source: Any, model_types: tuple[str, ...], command:
     folder = Path(source) if Path(source).is_dir() else download(str(source))
     if not (folder / "config.json").is_file():
         raise ValueError(f"{str(source)!r} has no config.json; expected a folder saved by save_pretrained")
-    _require_model_type(read_json(folder / "config.json", "config").get("model_type"), model_types, command)
+    values = read_json(folder / "config.json", "config")
+    if "model_type" not in values and "d_model" in values and "n_layer" in values:
+        raise ValueError(f"{str(folder / 'config.json')!r} has no model_type but mamba_ssm's fields (d_model, n_layer): "
+                         f"a raw mamba_ssm checkpoint, which `seqzoo convert mamba-ssm` converts, not {command}")
+    _require_model_type(values.get("model_type"), model_types, command)
     try:
         config = AutoConfig.from_pretrained(folder)
     except (StrictDataclassFieldValidationError, StrictDataclassClassValidationError) as err:

@@ -39,6 +39,9 @@ class _ClassifierHead(SeqzooPreTrainedModel):
         return config.output_dim
 
     def _run_backbone(self, input_ids, attention_mask, position_ids, inputs_embeds, output_hidden_states, kwargs):
+        # transformers' own heads take use_cache (code written for them passes use_cache=False); these keep no cache.
+        if kwargs.pop("use_cache", None):
+            raise ValueError(f"{type(self).__name__} keeps no decoding cache: use_cache must be None or False")
         check_kwargs(kwargs, forward_parameters(self), f"{type(self).__name__}.forward")
         if input_ids is not None and input_ids.dim() == 2 and input_ids.shape[1]:
             # Without a mask, padding is read as tokens by the layers (a bidirectional encoder's right-to-left pass

@@ -210,6 +210,11 @@ def train(recipe: Recipe, *, resume: str | Path | bool | None = None, dataset: A
         raise ValueError("train.mixed_precision=fp16 needs a GPU: on the CPU it would train in float32; use bf16 "
                          "(CPU autocast) or no")
     _refuse_one_process_of_many()
+    if recipe.warmup > t.max_steps:
+        # (a preset's warmup with a short max_steps override: lstm-pydoc max_steps=20)
+        logger.warning("optim.warmup_steps=%d is more than train.max_steps=%d: the learning rate never reaches "
+                       "optim.lr=%g (it ends at %.0f%% of it)", recipe.warmup, t.max_steps, recipe.optim.lr,
+                       100 * t.max_steps / recipe.warmup)
     accelerator = Accelerator(mixed_precision=t.mixed_precision, cpu=_launched_on_cpu_only())
     world = accelerator.num_processes
     per_micro = world * t.gradient_accumulation_steps

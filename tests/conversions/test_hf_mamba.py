@@ -99,6 +99,11 @@ def test_stray_weight_files_holding_the_same_tensors_are_refused(tmp_path):
 
 
 def test_wrong_architecture_is_named(tmp_path):
+    raw = tmp_path / "raw"  # mamba_ssm's own config.json: no model_type
+    raw.mkdir()
+    (raw / "config.json").write_text(json.dumps({"d_model": 32, "n_layer": 2, "vocab_size": 99, "ssm_cfg": {}}))
+    with pytest.raises(ValueError, match="a raw mamba_ssm checkpoint, which `seqzoo convert mamba-ssm` converts"):
+        convert_hf_mamba(raw)
     seqzoo.create_model("lstm-tiny").save_pretrained(tmp_path)
     with pytest.raises(ValueError, match="'seqzoo_lstm'.*'mamba'"):
         convert_hf_mamba(tmp_path)

@@ -292,6 +292,15 @@ def test_token_labels_must_be_integers():
             model(ids, labels=labels)
 
 
+@pytest.mark.parametrize("task", ["sequence-classification", "token-classification"])
+def test_heads_take_use_cache_false_as_transformers_heads_do(task):
+    model = HEADS[task].from_config(tiny_config(FAMILIES["gru"], num_labels=3)).eval()
+    ids = torch.randint(3, 90, (2, 5))
+    torch.testing.assert_close(model(ids, use_cache=False).logits, model(ids).logits)
+    with pytest.raises(ValueError, match="keeps no decoding cache: use_cache must be None or False"):
+        model(ids, use_cache=True)
+
+
 @pytest.mark.parametrize("field, value, message", [
     ("problem_type", "multilabel", r"problem_type='multilabel' is invalid: allowed values are None, 'regression', "
                                    r"'single_label_classification', 'multi_label_classification'"),

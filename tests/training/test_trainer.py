@@ -207,6 +207,14 @@ def test_a_world_size_that_is_no_number_is_named(tmp_path, monkeypatch):
         train(make_recipe(tmp_path, "a"), progress=False)
 
 
+def test_a_warmup_longer_than_the_run_is_said(tmp_path, caplog):
+    with caplog.at_level("WARNING", logger="seqzoo.training.trainer"):
+        train(make_recipe(tmp_path, "a", optim={"warmup_steps": 8}, train={"max_steps": 2, "save_every": 0}),
+              progress=False)
+    assert "optim.warmup_steps=8 is more than train.max_steps=2: the learning rate never reaches" in caplog.text
+    assert "(it ends at 25% of it)" in caplog.text
+
+
 def test_fp16_on_the_cpu_is_refused_rather_than_run_in_float32(tmp_path):
     if torch.cuda.is_available():
         pytest.skip("fp16 runs with a gradient scaler on a GPU")
