@@ -215,6 +215,7 @@ def train(recipe: Recipe, *, resume: str | Path | bool | None = None, dataset: A
         logger.warning("optim.warmup_steps=%d is more than train.max_steps=%d: the learning rate never reaches "
                        "optim.lr=%g (it ends at %.0f%% of it)", recipe.warmup, t.max_steps, recipe.optim.lr,
                        100 * t.max_steps / recipe.warmup)
+    _forget_an_earlier_runs_precision(t.mixed_precision)
     accelerator = Accelerator(mixed_precision=t.mixed_precision, cpu=_launched_on_cpu_only())
     world = accelerator.num_processes
     per_micro = world * t.gradient_accumulation_steps
@@ -291,6 +292,16 @@ def _prepare(accelerator: Any, model: Any, recipe: Recipe) -> tuple[Any, Any]:
         return accelerator.prepare(model, make_optimizer(model, recipe))
     model = accelerator.prepare(model)  # DDP and FSDP1 wrap the model before the optimizer sees its parameters
     return model, accelerator.prepare(make_optimizer(model, recipe))
+
+
+def _forget_an_earlier_runs_precision(mixed_precision: str) -> None:
+    """accelerate keeps one AcceleratorState per process, fixed by its first Accelerator: a second ``train()`` in
+    one process (a notebook, a script looping over recipes) with another ``mixed_precision`` failed with accelerate's
+    "restart your runtime". That state alone is dropped then; the process state (the process group) is kept."""
+    from accelerate.state import AcceleratorState
+
+    if AcceleratorState._shared_state and AcceleratorState().mixed_precision != mixed_precision:
+        AcceleratorState._reset_state(reset_partial_state=False)
 
 
 def _refuse_one_process_of_many() -> None:

@@ -207,6 +207,16 @@ def test_a_world_size_that_is_no_number_is_named(tmp_path, monkeypatch):
         train(make_recipe(tmp_path, "a"), progress=False)
 
 
+def test_runs_of_another_mixed_precision_follow_in_one_process(tmp_path):
+    # accelerate fixes its state at the first Accelerator of a process; the second run failed ("restart your runtime").
+    steps = {"max_steps": 1, "save_every": 0}
+    assert train(make_recipe(tmp_path, "a", train=steps), progress=False).steps == 1
+    bf16 = train(make_recipe(tmp_path, "b", train={**steps, "mixed_precision": "bf16"}), progress=False)
+    assert bf16.steps == 1 and json.loads((tmp_path / "b" / "seqzoo_training.json").read_text())["recipe"]["train"][
+        "mixed_precision"] == "bf16"
+    assert train(make_recipe(tmp_path, "c", train=steps), progress=False).steps == 1
+
+
 def test_a_warmup_longer_than_the_run_is_said(tmp_path, caplog):
     with caplog.at_level("WARNING", logger="seqzoo.training.trainer"):
         train(make_recipe(tmp_path, "a", optim={"warmup_steps": 8}, train={"max_steps": 2, "save_every": 0}),
