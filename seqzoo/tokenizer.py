@@ -36,7 +36,9 @@ def _byte_symbols() -> dict[int, str]:
     return symbols
 
 
-def byte_tokenizer(model_max_length: int = 1_000_000) -> PreTrainedTokenizerFast:
+def byte_tokenizer(model_max_length: int = 1_000_000, padding_side: str = "left") -> PreTrainedTokenizerFast:
+    """seqzoo's byte-level tokenizer (ids 0-255 the UTF-8 bytes, 256 pad, 257 EOS); left padding by default, where a
+    causal LM generates from the end of every row."""
     vocab = {symbol: byte for byte, symbol in _byte_symbols().items()}
     backend = Tokenizer(models.BPE(vocab=vocab, merges=[]))
     backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
@@ -48,7 +50,7 @@ def byte_tokenizer(model_max_length: int = 1_000_000) -> PreTrainedTokenizerFast
         eos_token=EOS_TOKEN,
         bos_token=EOS_TOKEN,
         model_max_length=model_max_length,
-        padding_side="left",
+        padding_side=padding_side,
     )
     assert tokenizer.pad_token_id == PAD_TOKEN_ID and tokenizer.eos_token_id == EOS_TOKEN_ID
     return tokenizer
@@ -57,9 +59,11 @@ def byte_tokenizer(model_max_length: int = 1_000_000) -> PreTrainedTokenizerFast
 def tokenizer_for(config: Any) -> PreTrainedTokenizerFast:
     """The byte tokenizer saved beside a model of ``config``: its ``model_max_length`` is the longest input the
     model's positions allow (``config.max_input_length``), so that ``truncation=True`` (pipelines, a user's own
-    call) cuts an input there instead of passing it on to fail in the model."""
+    call) cuts an input there instead of passing it on to fail in the model. An encoder-decoder's pads on the right,
+    as transformers' ``DataCollatorForSeq2Seq`` needs its labels (its sources read either side alike)."""
     longest = getattr(config, "max_input_length", None)
-    return byte_tokenizer() if longest is None else byte_tokenizer(model_max_length=longest)
+    side = "right" if getattr(config, "is_encoder_decoder", False) else "left"
+    return byte_tokenizer(padding_side=side) if longest is None else byte_tokenizer(longest, padding_side=side)
 
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json")

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from transformers import AutoConfig, AutoModel, AutoModelForSeq2SeqLM
 
 from seqzoo.models.compat import CACHE_ALIASES, OUTPUT_CACHE_FIELD, output_cache
-from tests.conftest import SEQ2SEQ_FAMILIES, tiny_model
+from tests.conftest import FAMILIES, SEQ2SEQ_FAMILIES, tiny_config, tiny_model
 
 SOURCES = [[5, 17, 33, 8, 61, 12, 40], [9, 3, 77], [44, 21, 6, 90, 13]]  # odd, unequal lengths
 NEW_TOKENS = 6
@@ -80,7 +80,7 @@ def test_left_padded_labels_are_refused_not_shifted_into_pads():
     # shifted, [-100, -100, y1, ...] would feed [start, pad, pad, y1, ...], which generation never sees.
     from transformers import DataCollatorForSeq2Seq
 
-    from seqzoo.tokenizer import byte_tokenizer
+    from seqzoo.tokenizer import byte_tokenizer, tokenizer_for
 
     model = tiny_model(SEQ2SEQ_FAMILIES["seq2seq-bahdanau"])
     tokenizer = byte_tokenizer()
@@ -90,8 +90,12 @@ def test_left_padded_labels_are_refused_not_shifted_into_pads():
     ids, mask = padded()
     with pytest.raises(ValueError, match=r"row\(s\) \[1\] are left-padded"):
         model(ids, attention_mask=mask, labels=torch.tensor([[7, 8, 2], [-100, 7, 2], [7, 2, -100]]))
-    tokenizer.padding_side = "right"
+    # The tokenizer `seqzoo new` / `seqzoo train` save beside an encoder-decoder pads on the right: the collator
+    # then builds what each pair alone gives.
+    tokenizer = tokenizer_for(model.config)
+    assert tokenizer.padding_side == "right" and tokenizer_for(tiny_config(FAMILIES["gru"])).padding_side == "left"
     batch = DataCollatorForSeq2Seq(tokenizer, model=model)(features)
+    assert batch["labels"][0].tolist() == [7, 2, -100, -100]
     assert batch["decoder_input_ids"][0].tolist()[:2] == [model.config.decoder_start_token_id, 7]
 
 
