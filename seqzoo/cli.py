@@ -125,7 +125,16 @@ def cmd_new(args: argparse.Namespace) -> int:
             save_with_tokenizer(model, staging)
     except OSError as err:
         raise ValueError(describe(err)) from err
-    print(f"saved {args.preset} ({type(model).__name__}, {count_parameters(model):,} parameters) to {out}")
+    from seqzoo.hub.cards import TRAINING_FILE
+
+    stale = out / TRAINING_FILE
+    note = ""
+    if occupied and (stale.is_file() or stale.is_symlink()):
+        # The training record of the model this one replaced: the model card would present its dataset, steps and
+        # evaluation figures as this untrained model's.
+        stale.unlink()
+        note = f"; removed the {TRAINING_FILE} of the model it replaced (this one is untrained)"
+    print(f"saved {args.preset} ({type(model).__name__}, {count_parameters(model):,} parameters) to {out}{note}")
     return 0
 
 

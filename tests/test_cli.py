@@ -298,6 +298,15 @@ def test_new_refuses_non_empty_folder_and_unknown_preset(tmp_path, capsys):
     assert "is a file" in _error(capsys, ["new", "lstm-tiny", str(tmp_path / "x")])
 
 
+def test_new_force_drops_the_training_record_of_the_model_it_replaces(tmp_path, capsys):
+    # Left behind, it would make the model card of the untrained model show another model's training figures.
+    (tmp_path / "seqzoo_training.json").write_text(json.dumps({"dataset": "text:corpus.txt", "steps": 4}))
+    (tmp_path / "notes.txt").write_text("keep me")
+    assert main(["new", "rnn-tiny", str(tmp_path), "--force"]) == 0
+    assert "removed the seqzoo_training.json" in capsys.readouterr().out
+    assert not (tmp_path / "seqzoo_training.json").exists() and (tmp_path / "notes.txt").read_text() == "keep me"
+
+
 def test_generate_with_forced_kernel_and_bad_source(tmp_path, capsys):
     import seqzoo
 

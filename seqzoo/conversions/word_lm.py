@@ -200,7 +200,10 @@ def word_tokenizer(vocabulary: Any) -> Any:
 
     words = vocabulary
     if isinstance(vocabulary, (str, Path)):
-        words = Path(vocabulary).read_text(encoding="utf-8").split("\n")
+        try:  # utf-8-sig: a byte-order mark (Windows editors write one) is not part of the first word
+            words = Path(vocabulary).read_text(encoding="utf-8-sig").split("\n")
+        except UnicodeDecodeError as err:
+            raise ValueError(f"vocabulary file {str(vocabulary)!r} is not UTF-8 text ({err})") from err
         if words and words[-1] == "":
             words.pop()  # the file's final newline
     words = list(words)

@@ -76,6 +76,8 @@ def load_training_record(folder: str | Path) -> dict[str, Any] | None:
         record = json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as err:
         raise ValueError(f"{path} is not valid JSON: {err}") from err
+    except UnicodeDecodeError as err:
+        raise ValueError(f"{path} is not UTF-8 text ({err})") from err
     return validate_training_record(record, source=str(path))
 
 

@@ -410,6 +410,49 @@ def _describe(annotation: Any) -> str:
 # Loading: a YAML path, a recipe preset (configs/<name>.yaml) or a model preset (default recipe for that model).
 
 
+class DuplicateKeyError(ValueError):
+    """A recipe file gives one key twice (YAML and JSON readers keep the last silently)."""
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """yaml.SafeLoader that refuses a key given twice in one mapping: PyYAML keeps the last one, so a second
+    ``train:`` section would silently drop the first one's fields."""
+
+    def construct_mapping(self, node: Any, deep: bool = False) -> dict[Any, Any]:
+        seen: dict[Any, Any] = {}
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":  # `<<: *anchor` merges are not duplicates
+                continue
+            key = self.construct_object(key_node, deep=True)
+            try:
+                first = seen.get(key)
+            except TypeError:  # an unhashable key: SafeLoader itself names it
+                continue
+            if first is not None:
+                raise DuplicateKeyError(f"key {key!r} is given twice (lines {first.start_mark.line + 1} and "
+                                        f"{key_node.start_mark.line + 1})")
+            seen[key] = key_node
+        return super().construct_mapping(node, deep=deep)
+
+
+def _unique_pairs(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    values: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in values:
+            raise DuplicateKeyError(f"key {key!r} is given twice in one object")
+        values[key] = value
+    return values
+
+
+def read_recipe_file(path: Path) -> Any:
+    """The values of a recipe file: JSON for ``.json`` (YAML refuses JSON indented with tabs), else YAML; a key
+    given twice in one mapping raises :class:`DuplicateKeyError`."""
+    text = path.read_text(encoding="utf-8-sig")  # a byte-order mark is no part of the recipe
+    if path.suffix == ".json":
+        return json.loads(text, object_pairs_hook=_unique_pairs)
+    return yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 -- a SafeLoader subclass
+
+
 def list_recipes() -> list[str]:
     return sorted(path.stem for path in RECIPE_DIR.glob("*.yaml"))
 
@@ -426,17 +469,21 @@ def load_recipe(source: str, overrides: dict[str, Any] | None = None) -> Recipe:
         if not path.is_file():
             raise ValueError(f"recipe file {str(path)!r} does not exist")
         try:
-            values = yaml.safe_load(path.read_text(encoding="utf-8"))
+            values = read_recipe_file(path)
         except UnicodeDecodeError as err:
             raise ValueError(f"recipe file {str(path)!r} is not UTF-8 text ({err})") from err
         except yaml.YAMLError as err:
             raise ValueError(f"recipe file {str(path)!r} is not valid YAML: {err}") from err
+        except json.JSONDecodeError as err:
+            raise ValueError(f"recipe file {str(path)!r} is not valid JSON: {err}") from err
+        except DuplicateKeyError as err:
+            raise ValueError(f"recipe file {str(path)!r}: {err}; give each key once") from err
         if values is None:  # empty, or comments only: it would train the default recipe without a word
             raise ValueError(f"recipe file {str(path)!r} is empty (or only comments); a recipe names at least its "
                              "model (model: {preset: lstm-tiny}), see configs/ for examples")
         default_name = path.stem
     elif source in list_recipes():
-        values = yaml.safe_load((RECIPE_DIR / f"{source}.yaml").read_text()) or {}
+        values = read_recipe_file(RECIPE_DIR / f"{source}.yaml") or {}
         default_name = source
     elif source in seqzoo.list_models():
         if seqzoo.registry.preset_values(source)[0].default_task == "seq2seq":  # an encoder-decoder: a built-in task

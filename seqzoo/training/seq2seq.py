@@ -183,7 +183,8 @@ def read_jsonl(path: str | Path) -> list[tuple[str, str]]:
         text = path.read_text(encoding="utf-8")
     except UnicodeDecodeError as err:
         raise ValueError(f"data file {str(path)!r} is not UTF-8 text ({err})") from err
-    for number, line in enumerate(text.splitlines(), start=1):
+    # Lines end at "\n" only: splitlines() also splits at U+2028, U+0085 ..., which JSON strings hold unescaped.
+    for number, line in enumerate(text.split("\n"), start=1):
         if not line.strip():
             continue
         try:

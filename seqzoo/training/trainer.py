@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 import shutil
 import time
 from contextlib import nullcontext
@@ -30,7 +31,6 @@ import torch
 from torch.optim.lr_scheduler import LambdaLR
 
 from seqzoo.outputs import OutputError, staged_folder
-from seqzoo.training.classification import LabelledTexts, build_label_data, classifier_logits, is_classifier
 from seqzoo.training.checkpoint import (
     STATE_FILE,
     CheckpointError,
@@ -42,6 +42,7 @@ from seqzoo.training.checkpoint import (
     restore_training_state,
     save_checkpoint,
 )
+from seqzoo.training.classification import LabelledTexts, build_label_data, classifier_logits, is_classifier
 from seqzoo.training.data import IGNORE, MemoryTask, build_data, document_position_ids
 from seqzoo.training.fsdp import gradient_sync_off, is_sharded, seqzoo_shards, shard_on_cpu
 from seqzoo.training.grad_health import EXPLODING, OK, GradientHealth
@@ -309,8 +310,6 @@ def _refuse_one_process_of_many() -> None:
     unless told --multi_gpu (its "simple launcher" expects mpirun for several CPU processes). It still sets
     MASTER_ADDR for the N it was asked for, but no WORLD_SIZE: the run would train alone while the user thinks N
     processes share it."""
-    import os
-
     if ("ACCELERATE_USE_CPU" in os.environ and "MASTER_ADDR" in os.environ and "WORLD_SIZE" not in os.environ
             and not any(name in os.environ for name in ("PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "MV2_COMM_WORLD_SIZE"))):
         raise ValueError(
@@ -365,7 +364,10 @@ def _run(recipe: Recipe, accelerator: Any, model: Any, optimizer: Any, scheduler
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / "recipe.yaml").write_text(recipe.to_yaml())
         history = _read_history(metrics_path, up_to=step)  # a killed run may have logged steps past its checkpoint
-        metrics_path.write_text("".join(json.dumps(row) + "\n" for row in history))
+        # Whole or not at all: truncating it in place, a run killed here would lose the history it resumes with.
+        partial = metrics_path.with_name(metrics_path.name + ".partial")
+        partial.write_text("".join(json.dumps(row) + "\n" for row in history))
+        os.replace(partial, metrics_path)
 
     chunk = t.tbptt_chunk
     eval_chunk = chunk if supports_tbptt(model) else 0

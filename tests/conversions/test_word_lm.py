@@ -190,3 +190,14 @@ def test_a_nested_training_checkpoint_names_the_entry_holding_the_weights(tmp_pa
     torch.save([1, 2], tmp_path / "list.pt")
     with pytest.raises(ValueError, match=r"holds a list, not a state dict \(a dict of tensor names to tensors\)$"):
         load_torch_file(tmp_path / "list.pt")
+
+
+def test_a_vocabulary_file_with_a_byte_order_mark_or_not_utf8(tmp_path):
+    from seqzoo.conversions.word_lm import word_tokenizer
+
+    path = tmp_path / "vocab.txt"
+    path.write_bytes(b"\xef\xbb\xbfthe\ncat\n<unk>\n")  # Notepad's UTF-8 starts with a BOM
+    assert word_tokenizer(path)("the cat").input_ids == [0, 1]
+    path.write_bytes(b"caf\xe9\n")
+    with pytest.raises(ValueError, match=r"vocab\.txt' is not UTF-8 text"):
+        word_tokenizer(path)

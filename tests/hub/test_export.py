@@ -246,3 +246,11 @@ def test_export_from_a_model_object(tmp_path):
     loaded = seqzoo.get_architecture("rnn").causal_lm_class.from_pretrained(folder)
     for key, value in model.state_dict().items():
         assert torch.equal(loaded.state_dict()[key], value), key
+
+
+def test_a_training_record_that_is_not_utf8_is_named(tmp_path):
+    from seqzoo.hub.cards import load_training_record
+
+    (tmp_path / "seqzoo_training.json").write_bytes(b'{"dataset": "caf\xe9"}')
+    with pytest.raises(ValueError, match=r"seqzoo_training\.json is not UTF-8 text"):
+        load_training_record(tmp_path)

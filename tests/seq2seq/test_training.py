@@ -246,3 +246,11 @@ def test_transformers_5_has_no_text_to_text_pipeline():
     wrong = generator(source, max_new_tokens=6, do_sample=False, return_full_text=False)[0]["generated_text"]
     right = seq2seq_generate(model, tokenizer, source, max_new_tokens=6)[0]
     assert wrong != right and len(wrong) < len(source)
+
+
+def test_jsonl_strings_may_hold_unicode_line_separators(tmp_path):
+    # json.dumps(ensure_ascii=False) leaves U+2028 and U+0085 unescaped; a JSON line ends at "\n" only.
+    path = tmp_path / "pairs.jsonl"
+    rows = [{"source": "a\u2028b", "target": "c\x85d"}, {"source": "e", "target": "f"}]
+    path.write_text("".join(json.dumps(row, ensure_ascii=False) + "\r\n" for row in rows), encoding="utf-8")
+    assert read_jsonl(path) == [("a\u2028b", "c\x85d"), ("e", "f")]

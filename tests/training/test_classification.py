@@ -232,3 +232,12 @@ def test_bad_classification_recipes_are_named(values, message):
 def test_the_tagger_preset_loads_as_a_bidirectional_token_classifier():
     recipe = recipe_module.load_recipe("bilstm-tagger")
     assert recipe.task == "token-classification" and recipe.model.config["bidirectional"] is True
+
+
+def test_jsonl_texts_may_hold_unicode_line_separators(tmp_path):
+    # json.dumps(ensure_ascii=False) leaves U+2028 and U+0085 unescaped; a JSON line ends at "\n" only.
+    path = tmp_path / "rows.jsonl"
+    rows = [{"text": "one\u2028two", "label": "a"}, {"text": "x\x85y", "label": "b"}]
+    path.write_text("".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows), encoding="utf-8")
+    assert [row for row, _ in read_labelled_jsonl(path, "sequence-classification")] == [
+        ("one\u2028two", "a"), ("x\x85y", "b")]

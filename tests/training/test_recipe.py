@@ -128,3 +128,26 @@ def test_cli_prints_bad_input_plainly(tmp_path, capsys):
     with pytest.raises(SystemExit):  # an unknown option after them is still refused
         main(["train", "gru-tiny", "--print-recipe", "lr=0.5", "--prnt"])
     assert "unrecognized arguments: --prnt" in capsys.readouterr().err
+
+
+def test_a_key_given_twice_is_refused_not_silently_dropped(tmp_path):
+    # PyYAML keeps the last of two equal keys: a second `train:` section would drop the first one's max_steps.
+    path = tmp_path / "twice.yaml"
+    path.write_text("model: {preset: lstm-tiny}\ntrain:\n  max_steps: 5\noptim: {lr: 0.1}\ntrain:\n  batch_size: 4\n")
+    with pytest.raises(ValueError, match=r"twice\.yaml.*'train' is given twice \(lines 2 and 5\)"):
+        load_recipe(str(path))
+    path.write_text("model: {preset: lstm-tiny}\ntrain: {max_steps: 5, max_steps: 6}\n")
+    with pytest.raises(ValueError, match="'max_steps' is given twice"):
+        load_recipe(str(path))
+
+
+def test_a_json_recipe_is_read_as_json(tmp_path):
+    import json
+
+    values = {"model": {"preset": "lstm-tiny"}, "train": {"max_steps": 5}}
+    path = tmp_path / "recipe.json"
+    path.write_text(json.dumps(values, indent="\t"))  # tabs: valid JSON, invalid YAML
+    assert load_recipe(str(path)).train.max_steps == 5
+    path.write_text('{"train": {"max_steps": 5}, "train": {"batch_size": 4}}')
+    with pytest.raises(ValueError, match="'train' is given twice"):
+        load_recipe(str(path))
