@@ -65,6 +65,7 @@ def register(subparsers: Any) -> None:
     g.add_argument("--length", type=int, default=256, help="sequence length in tokens (default: 256)")
     g.add_argument("--architectures", nargs="+", metavar="ARCH", help=ARCHITECTURES_HELP)
     g.add_argument("--seed", type=training_seed, default=0, help="seed of the model and the input (default: 0)")
+    g.add_argument("--force", action="store_true", help="replace gradients.md / gradients.png already in --out")
     g.set_defaults(func=cmd_gradients)
 
     s = sub.add_parser("seq2seq", help="encoder-decoders with and without attention on growing sources: the "
@@ -159,6 +160,10 @@ def cmd_gradients(args: argparse.Namespace) -> int:
     out = Path(args.out)
     if out.exists() and not out.is_dir():
         raise ValueError(f"{str(out)!r} is a file; choose a folder for --out")
+    held = [name for name in ("gradients.md", "gradients.png") if (out / name).exists()]
+    if held and not args.force:  # (as the other labs keep a report: never replaced without --force)
+        raise ValueError(f"{str(out)!r} already holds {' and '.join(held)}; pass --out NEW_FOLDER to keep them, or "
+                         "--force to replace them")
     profiles = {}
     for arch, preset in lab_presets(args.architectures).items():
         torch.manual_seed(args.seed)

@@ -248,6 +248,9 @@ def train(recipe: Recipe, *, resume: str | Path | bool | None = None, dataset: A
         if run_dir.resolve() == here or run_dir.resolve() in here.parents or run_dir.resolve() == Path.home():
             raise ValueError(f"--force would delete {str(run_dir)!r}, which is the current folder, one of its parents "
                              "or the home folder; choose an output_dir of its own (runs/NAME)")
+        if run_dir.is_symlink():  # (shutil.rmtree refuses one with an error naming no path)
+            raise ValueError(f"--force would delete {str(run_dir)!r}, a symbolic link to {str(run_dir.resolve())!r}; "
+                             "pass the folder itself as output_dir, or an output_dir of its own")
         if accelerator.is_main_process:
             shutil.rmtree(run_dir)
     # Every process has looked at the folder before any writes to it (or the main process deletes it).

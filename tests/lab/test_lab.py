@@ -194,6 +194,13 @@ def test_lab_gradients_command(tmp_path, capsys):
     assert "| rnn |" in printed and "| transformer |" in printed
     assert (tmp_path / "gradients.png").read_bytes()[:8] == PNG_MAGIC
     assert "d=15 (relative)" in (tmp_path / "gradients.md").read_text()
+    # a second run keeps the first one's report unless --force
+    assert main(["lab", "gradients", "--out", str(tmp_path), "--length", "8", "--architectures", "rnn"]) == 2
+    assert "already holds gradients.md and gradients.png; pass --out NEW_FOLDER" in capsys.readouterr().err
+    assert "d=15 (relative)" in (tmp_path / "gradients.md").read_text()
+    assert main(["lab", "gradients", "--out", str(tmp_path), "--length", "8", "--architectures", "rnn",
+                 "--force"]) == 0
+    assert "d=7 (relative)" in (tmp_path / "gradients.md").read_text()
     assert main(["lab", "gradients", "--architectures", "nope"]) == 2  # a clear error, not a traceback
     assert "exactly 0" not in printed  # both reach back
     with pytest.raises(SystemExit):  # a seed training cannot take is named by argparse, before any work

@@ -280,6 +280,13 @@ def test_force_never_deletes_the_current_folder_or_one_above_it(tmp_path, monkey
         with pytest.raises(ValueError, match="--force would delete .*the current folder, one of its parents"):
             train(recipe, progress=False, force=True)
     assert (work / "thesis.tex").read_text() == "important"
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "notes.md").write_text("mine")
+    (tmp_path / "link").symlink_to(other, target_is_directory=True)
+    with pytest.raises(ValueError, match="--force would delete .*link', a symbolic link to"):
+        train(make_recipe(tmp_path, "link", train={"max_steps": 1}), progress=False, force=True)
+    assert (other / "notes.md").read_text() == "mine"
 
 
 def test_several_processes_asked_of_accelerate_but_one_started_is_refused(tmp_path, monkeypatch):
