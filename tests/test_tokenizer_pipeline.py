@@ -104,3 +104,33 @@ def test_the_saved_tokenizer_truncates_where_the_positions_end(tmp_path):
     for preset in ("transformer-tiny", "gru-tiny"):
         save_with_tokenizer(tiny_model(preset, **byte_ids), tmp_path / preset)
         assert AutoTokenizer.from_pretrained(tmp_path / preset).model_max_length == byte_tokenizer().model_max_length
+
+
+def _stops_at_a_printable_byte(model, tokenizer, prompts, prompt_length):
+    """generate(stop_strings=..., tokenizer=...) stops right after the first generated printable byte: the tokenizer is
+    generate()'s, not the model's (transformers hands it on among the step's inputs, where the forward refused it).
+    An untrained model's bytes are noise: the first prompt whose greedy continuation has a printable byte is used."""
+    kwargs = dict(max_new_tokens=16, do_sample=False, eos_token_id=None, pad_token_id=PAD_TOKEN_ID)
+    for prompt in prompts:
+        plain = model.generate(prompt, **kwargs)[0, prompt_length:].tolist()
+        where = next((i for i, token in enumerate(plain) if 33 <= token <= 126), None)
+        if where is not None:
+            break
+    assert where is not None, "no prompt gave a printable byte to stop at"
+    stopped = model.generate(prompt, stop_strings=[chr(plain[where])], tokenizer=tokenizer, **kwargs)
+    assert stopped[0, prompt_length:].tolist() == plain[:where + 1]
+
+
+PROMPTS = [torch.tensor([list(text.encode())]) for text in ("Hello", "abcde", "12345", "The q", "zzzzz")]
+
+
+def test_stop_strings_with_a_tokenizer_stop_generation(family_preset):
+    model = tiny_model(family_preset, vocab_size=VOCAB_SIZE, pad_token_id=PAD_TOKEN_ID, bos_token_id=EOS_TOKEN_ID,
+                       eos_token_id=EOS_TOKEN_ID)
+    _stops_at_a_printable_byte(model, byte_tokenizer(), PROMPTS, 5)
+
+
+def test_stop_strings_with_a_tokenizer_stop_a_seq2seq_model():
+    model = tiny_model("seq2seq-bahdanau-tiny", vocab_size=VOCAB_SIZE, pad_token_id=PAD_TOKEN_ID,
+                       bos_token_id=EOS_TOKEN_ID, eos_token_id=EOS_TOKEN_ID)
+    _stops_at_a_printable_byte(model, byte_tokenizer(), PROMPTS, 1)

@@ -777,7 +777,9 @@ class SeqzooForCausalLM(SeqzooPreTrainedModel, GenerationMixin):
     def prepare_inputs_for_generation(self, *args: Any, **kwargs: Any) -> dict[str, Any]:
         inputs = _decode_step_inputs(self, args, kwargs)
         if inputs is None:
+            check_continued_cache(self, args, kwargs)
             inputs = super().prepare_inputs_for_generation(*args, **kwargs)
+        drop_generate_only_inputs(inputs)
         if GENERATE_CACHE_KWARG != "past_key_values" and inputs.get(GENERATE_CACHE_KWARG) is not None:
             # Callers written for the older name read the step's cache as past_key_values (peft's prompt tuning
             # decides from it whether to prepend the soft prompt again); the forward takes the same object under
@@ -834,6 +836,48 @@ _PREPARED_BY_NAME = frozenset({
 _NOT_HANDED_ON = _PREPARED_BY_NAME | {"next_sequence_length", "is_first_iteration", "inputs_embeds", "position_ids"}
 # Handed on only when not None.
 _HANDED_ON_WHEN_SET = frozenset({GENERATE_CACHE_KWARG, "attention_mask"})
+
+
+# What generate() hands its decoding loop among the model's keyword arguments although only generate() reads it:
+# the tokenizer of `stop_strings` / token healing (transformers 5.23 and 5.24 pass it on to the step's inputs, where
+# transformers' own models swallow it in **kwargs and seqzoo's forward would refuse it).
+GENERATE_ONLY_INPUTS = ("tokenizer", "assistant_tokenizer")
+
+
+def drop_generate_only_inputs(inputs: dict[str, Any]) -> dict[str, Any]:
+    """Take :data:`GENERATE_ONLY_INPUTS` out of a decode step's inputs (in place); return them."""
+    for name in GENERATE_ONLY_INPUTS:
+        inputs.pop(name, None)
+    return inputs
+
+
+def check_continued_cache(model: nn.Module, args: tuple, kwargs: dict[str, Any]) -> None:
+    """Refuse, at generate()'s first step, a cache that already holds as many positions as the inputs or more (with
+    the inputs' own attention mask or none, the inputs must be the cached tokens followed by at least one new one):
+    transformers then slices ``input_ids[:, -0:]`` or a negative count and feeds tokens the cache has already seen on
+    top of it (one cache passed to generate() twice: generate() advances it in place), which decodes garbage
+    silently. An encoder-decoder's decoder inputs are not sliced at all: there the count of new ones is set here."""
+    if not kwargs.get("is_first_iteration"):
+        return
+    cache = kwargs.get(GENERATE_CACHE_KWARG)
+    cached = cache.get_seq_length() if isinstance(cache, SeqzooCache) else 0
+    if not cached:
+        return
+    input_ids = args[0] if args else kwargs.get("input_ids")
+    embeds = kwargs.get("inputs_embeds")
+    given = (embeds if embeds is not None and not model.config.is_encoder_decoder else input_ids).shape[1]
+    new = kwargs.get("next_sequence_length")
+    if new is None and model.config.is_encoder_decoder:
+        new = given - cached
+        if new > 0:
+            kwargs["next_sequence_length"] = new
+    if new is not None and new <= 0:
+        name = "decoder_input_ids" if model.config.is_encoder_decoder else "input_ids"
+        raise ValueError(
+            f"{type(model).__name__}.generate: the cache already holds {cached} position(s), but {name} has "
+            f"{given}: pass the tokens the cache was built from followed by the new ones (generate() advances the "
+            "cache it is given in place; to continue one cache more than once, pass copy.deepcopy(cache) each time)"
+        )
 
 
 def check_cache_implementation(model: nn.Module, config: Any, kwargs: dict[str, Any]) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 
 import pytest
@@ -199,6 +200,26 @@ def test_generate_continues_from_a_user_cache(family_preset):
     expected = model.generate(ids, **kwargs)
     cache = output_cache(model(ids[:, :4], use_cache=True))
     assert torch.equal(model.generate(ids, cache=cache, **kwargs), expected)
+
+
+
+def test_a_cache_holding_the_whole_input_is_refused(family_preset):
+    # generate() advances the cache it is given in place: passing it again with the same inputs, or a cache of the
+    # whole prompt, made transformers feed the cached tokens a second time on top of it (garbage, silently).
+    model = tiny_model(family_preset)
+    ids = torch.tensor([PROMPTS[0]])
+    kwargs = dict(max_new_tokens=3, do_sample=False, pad_token_id=0)
+    with torch.no_grad():  # (copy.deepcopy takes only tensors outside a graph)
+        cache = output_cache(model(ids, use_cache=True))
+    with pytest.raises(ValueError, match=r"the cache already holds 7 position\(s\), but input_ids has 7"):
+        model.generate(ids, cache=cache, **kwargs)
+    assert cache.get_seq_length() == 7  # refused before any forward
+    longer = torch.cat([ids, torch.tensor([[11]])], dim=1)
+    expected = model.generate(longer, **kwargs)
+    assert torch.equal(model.generate(longer, cache=copy.deepcopy(cache), **kwargs), expected)
+    model.generate(longer, cache=cache, **kwargs)
+    with pytest.raises(ValueError, match="already holds 10 position"):  # the same cache a second time
+        model.generate(longer, cache=cache, **kwargs)
 
 
 ASSISTED = dict(max_new_tokens=4, do_sample=False, pad_token_id=0)

@@ -272,6 +272,23 @@ def test_every_cache_name_continues_the_same_state(preset, name):
     assert getattr(out, OUTPUT_CACHE_FIELD) is start  # where the installed release's generate() reads it
 
 
+def test_generate_continues_from_a_cache_of_the_first_decoder_tokens(preset):
+    # transformers slices nothing off an encoder-decoder's decoder_input_ids for a given cache: it fed the cached
+    # tokens again on top of it (garbage, silently). Only the new ones are fed now; a cache of them all is refused.
+    model = tiny_model(preset)
+    ids, mask = padded()
+    decoder_ids = torch.tensor([[model.config.decoder_start_token_id, 7, 8, 9]] * 3)
+    kwargs = dict(attention_mask=mask, decoder_input_ids=decoder_ids, max_new_tokens=4, do_sample=False,
+                  eos_token_id=None, pad_token_id=0)
+    expected = model.generate(ids, **kwargs)
+    with torch.no_grad():
+        cache = output_cache(model(ids, attention_mask=mask, decoder_input_ids=decoder_ids[:, :2], use_cache=True))
+    assert torch.equal(model.generate(ids, cache=cache, **kwargs), expected)
+    assert cache.get_seq_length() == 4 + 3
+    with pytest.raises(ValueError, match=r"already holds 7 position\(s\), but decoder_input_ids has 4"):
+        model.generate(ids, cache=cache, **kwargs)
+
+
 def test_keywords_are_checked(preset):
     model = tiny_model(preset)
     ids, mask = padded()

@@ -11,6 +11,7 @@ into ``decoder_input_ids`` (``decoder_start_token_id`` first, -100 as padding) a
 
 from __future__ import annotations
 
+import inspect
 from typing import Any
 
 import torch
@@ -26,6 +27,8 @@ from seqzoo.models.compat import GENERATE_CACHE_KWARG, check_kwargs, model_outpu
 from seqzoo.models.modeling_utils import (
     SeqzooPreTrainedModel,
     check_cache_implementation,
+    check_continued_cache,
+    drop_generate_only_inputs,
     forward_parameters,
     prepare_inputs,
     resolve_output_flags,
@@ -307,6 +310,13 @@ class Seq2SeqForConditionalGeneration(Seq2SeqPreTrainedModel, GenerationMixin):
             if bad.numel():
                 raise ValueError(f"labels contain {int(bad[0])}: labels must be token ids in "
                                  f"[0, vocab_size={self.config.vocab_size}) or -100 (ignored)")
+
+    def prepare_inputs_for_generation(self, *args: Any, **kwargs: Any) -> dict[str, Any]:
+        check_continued_cache(self, args, kwargs)
+        return drop_generate_only_inputs(super().prepare_inputs_for_generation(*args, **kwargs))
+
+    # generate() validates its keyword arguments against this method's signature: keep transformers' own.
+    prepare_inputs_for_generation.__signature__ = inspect.signature(GenerationMixin.prepare_inputs_for_generation)
 
     def generate(self, *args: Any, cache: Any = None, **kwargs: Any) -> Any:
         """transformers' ``generate``; a cache to continue from may be passed as ``cache`` on every supported
