@@ -200,11 +200,12 @@ class RWKV7TimeMix(Mixer):
         g = torch.sigmoid(xg @ self.g1) @ self.g2
         kk = F.normalize((k * self.k_k).view(B, T, H, N), dim=-1, p=2.0)  # unit removal key per head
         k = k * (1 + (a - 1) * self.k_a)
-        log_decay = -DECAY_LOG_SCALE * torch.sigmoid((self.w0 + torch.tanh(xw @ self.w1) @ self.w2).float())
-
-        # The kernel works in float32 on (B, T, H, N); the delta rule is S <- S diag(decay) - (S kk) (kk * a)^T + v k^T.
-        r_h, k_h, v_h, a_h, log_decay = (t.float().view(B, T, H, N) for t in (r, k, v, a, log_decay))
-        kk = kk.float()
+        # The kernel works in float32 on (B, T, H, N) (float64 for a float64 model); the delta rule is
+        # S <- S diag(decay) - (S kk) (kk * a)^T + v k^T.
+        dtype = torch.promote_types(x.dtype, torch.float32)
+        log_decay = -DECAY_LOG_SCALE * torch.sigmoid((self.w0 + torch.tanh(xw @ self.w1) @ self.w2).to(dtype))
+        r_h, k_h, v_h, a_h, log_decay = (t.to(dtype).view(B, T, H, N) for t in (r, k, v, a, log_decay))
+        kk = kk.to(dtype)
         b_h = kk * a_h
         if mask is not None:
             # Identity step at padding: no decay, nothing written, nothing removed.
@@ -217,13 +218,13 @@ class RWKV7TimeMix(Mixer):
             k_in, v_in, a_in = k_h, v_h, -kk
         wkv_state = state.get("wkv")
         if wkv_state is not None:
-            wkv_state = wkv_state.float()
+            wkv_state = wkv_state.to(dtype)
         y, wkv_state = dispatch("wkv7", r_h, log_decay, k_in, v_in, a_in, b_h, initial_state=wkv_state, reset=reset)
 
         # Per-head GroupNorm and the bonus in float32 (the kernel's output precision), then back to the model dtype.
         weight, bias = module_weights(self.ln_x, "weight", "bias")  # read without calling it
-        y = F.group_norm(y.reshape(B * T, C), H, weight.float(), bias.float(), self.ln_x.eps)
-        bonus = (r_h * k_h * self.r_k.float()).sum(dim=-1, keepdim=True) * v_h  # (B, T, H, N)
+        y = F.group_norm(y.reshape(B * T, C), H, weight.to(dtype), bias.to(dtype), self.ln_x.eps)
+        bonus = (r_h * k_h * self.r_k.to(dtype)).sum(dim=-1, keepdim=True) * v_h  # (B, T, H, N)
         y = (y.view(B, T, C) + bonus.view(B, T, C)).to(x.dtype)
         return self.output(y * g), {"attn_shift": shift_state, "wkv": wkv_state}
 
@@ -258,8 +259,9 @@ class RWKV7TimeMix(Mixer):
         kk = k * self.k_k
         k = k * torch.addcmul(torch.rsub(self.k_a, 1), a, self.k_a)  # k * (1 + (a - 1) * k_a); rsub: no Python __rsub__
         log_decay = torch.sigmoid(torch.addmm(self.w0, torch.tanh(xw @ self.w1), self.w2)) * -DECAY_LOG_SCALE
-        if x.dtype != torch.float32:  # the kernel and the GroupNorm work in float32
-            r, k, v, a, kk, log_decay = (t.float() for t in (r, k, v, a, kk, log_decay))
+        dtype = torch.promote_types(x.dtype, torch.float32)  # the kernel and the GroupNorm: float32 at least
+        if x.dtype != dtype:
+            r, k, v, a, kk, log_decay = (t.to(dtype) for t in (r, k, v, a, kk, log_decay))
         r_h, k_h, v_h, a_h = (t.view(B, 1, H, N) for t in (r, k, v, a))
         kk = kk.view(B, 1, H, N)
         kk = kk / torch.linalg.vector_norm(kk, dim=-1, keepdim=True).clamp_min(1e-12)  # F.normalize, unrolled
@@ -273,14 +275,14 @@ class RWKV7TimeMix(Mixer):
             v_in, a_in = torch.where(keep, v_h, 0.0), torch.where(keep, a_in, 0.0)
         wkv_state = state.get("wkv")
         if wkv_state is not None:
-            wkv_state = wkv_state.float()
+            wkv_state = wkv_state.to(dtype)
         y, wkv_state = dispatch("wkv7", r_h, log_decay, k_in, v_in, a_in, b_h, initial_state=wkv_state)
 
         weight, bias = module_weights(self.ln_x, "weight", "bias")
-        if weight.dtype != torch.float32:
-            weight, bias = weight.float(), bias.float()
+        if weight.dtype != dtype:
+            weight, bias = weight.to(dtype), bias.to(dtype)
         y = F.group_norm(y.view(B, C), H, weight, bias, self.ln_x.eps).view(B, H, N)
-        bonus = (r_h * k_h * self.r_k.float()).sum(dim=-1).view(B, H, 1)
+        bonus = (r_h * k_h * self.r_k.to(dtype)).sum(dim=-1).view(B, H, 1)
         y = torch.addcmul(y, bonus, v_h.view(B, H, N)).view(B, 1, C).to(x.dtype)
         return self.output(y * g[:, None]), {"attn_shift": shift_state, "wkv": wkv_state}
 

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+import torch.utils.checkpoint
 from torch import nn
 from transformers import GenerationMixin, PreTrainedConfig, PreTrainedModel
 from transformers import initialization as init
@@ -308,6 +309,25 @@ class SeqzooPreTrainedModel(PreTrainedModel):
         if validate is not None:
             validate()
         super().__init__(config, *args, **kwargs)
+
+    def _set_gradient_checkpointing(self, enable: bool = True,
+                                    gradient_checkpointing_func: Any = torch.utils.checkpoint.checkpoint,
+                                    **kwargs: Any) -> None:
+        # torch's reentrant checkpoint carries gradients only through a layer's positional tensors: RWKV-7's value
+        # residual (layer 0's values, handed to the later layers beside the hidden states) would lose its gradient
+        # path into layer 0, and every parameter before it would get a wrong gradient without an error.
+        keywords = getattr(gradient_checkpointing_func, "keywords", None) or {}
+        reentrant = keywords.get("use_reentrant", True) is not False  # (torch's default when not given is True)
+        if enable and reentrant and isinstance(gradient_checkpointing_func, functools.partial):
+            shared = sorted({type(m).__name__ for m in self.modules() if getattr(m, "has_value_residual", False)})
+            if shared:
+                raise ValueError(
+                    f"{type(self).__name__}: activation checkpointing with use_reentrant=True (torch's default when "
+                    f"use_reentrant is not given) is not supported: {', '.join(shared)} hands layer 0's values on to "
+                    "the later layers, and a reentrant checkpoint drops their gradient. Pass "
+                    "{'use_reentrant': False} (transformers' default, and TrainingArguments' "
+                    "gradient_checkpointing_kwargs)")
+        super()._set_gradient_checkpointing(enable, gradient_checkpointing_func, **kwargs)
 
     def takes_step(self, input_ids: Any, inputs_embeds: Any, cache: Any, output_hidden_states: bool | None,
                    kwargs: dict[str, Any]) -> bool:

@@ -173,3 +173,34 @@ def test_init_follows_the_x070_scheme():
     tied = tiny_model("rwkv7-tiny", tie_word_embeddings=True)
     assert tied.lm_head.weight.data_ptr() == tied.model.embed_tokens.weight.data_ptr()
     torch.testing.assert_close(tied.lm_head.weight.T @ tied.lm_head.weight, gain**2 * torch.eye(C), atol=1e-4, rtol=0)
+
+
+def test_a_float64_model_keeps_its_wkv_state_in_float64():
+    # A float64 model computes in float64 throughout (README): the WKV state, the kernel and the GroupNorm included,
+    # so a token-by-token decode equals the whole forward to float64 rounding and gradcheck holds.
+    import seqzoo
+
+    model = tiny_model("rwkv7-tiny").double()
+    ids = torch.tensor([[5, 17, 42, 8, 9, 30, 11]])
+    with torch.no_grad():
+        out = model(ids[:, :-1], use_cache=True)
+        cache = output_cache(out)
+        assert all(v.dtype == torch.float64 for v in cache.layer(0).values())
+        step = model(ids[:, -1:], cache=cache).logits[:, -1]
+        full = model(ids).logits[:, -1]
+    torch.testing.assert_close(step, full, rtol=1e-12, atol=1e-12)
+    x = torch.randn(1, 3, model.config.hidden_size, dtype=torch.float64, requires_grad=True)
+    with seqzoo.use_kernel_backend("wkv7", "reference"):
+        assert torch.autograd.gradcheck(lambda e: model(inputs_embeds=e, use_cache=False).logits, (x,), eps=1e-6,
+                                        atol=1e-5, rtol=1e-3)
+
+
+@pytest.mark.parametrize("kwargs", [{"use_reentrant": True}, {}])
+def test_reentrant_activation_checkpointing_is_refused(kwargs):
+    # A reentrant checkpoint carries gradients through positional tensors only: v_first's path into layer 0 would
+    # be dropped, and layer 0's and the embeddings' gradients would be wrong without an error.
+    model = tiny_model("rwkv7-tiny").train()
+    with pytest.raises(ValueError, match="use_reentrant"):
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    assert model.is_activation_checkpointing

@@ -260,6 +260,13 @@ def test_a_bidirectional_encoder_says_it_concatenates(tmp_path):
         type(model.config)(**{**model.config.to_diff_dict(), "bidirectional_merge": "sum"})
 
 
+def test_attention_dropout_is_refused_where_no_attention_reads_it():
+    # The recurrent attentions have no dropout: attention_dropout=0.5 trained as 0 without a word.
+    config = tiny_config(SEQ2SEQ_FAMILIES["seq2seq-bahdanau"])
+    with pytest.raises(ValueError, match="attention_dropout=0.5 is invalid for a recurrent decoder"):
+        type(config)(**{**config.to_diff_dict(), "attention_dropout": 0.5})
+
+
 @pytest.mark.parametrize("name", ("cache", *CACHE_ALIASES))
 def test_every_cache_name_continues_the_same_state(preset, name):
     model = tiny_model(preset)

@@ -33,6 +33,14 @@ from seqzoo.models.packing import find_packing
 class ClassicRecurrentPreTrainedModel(SeqzooPreTrainedModel):
     supports_gradient_checkpointing = True
 
+    def _set_gradient_checkpointing(self, enable: bool = True, *args: Any, **kwargs: Any) -> None:
+        # transformers switches every_n_layers on its GradientCheckpointingLayer blocks; the classic layers are bare
+        # mixers that the backbone's loop checkpoints itself, so the backbone keeps the period.
+        super()._set_gradient_checkpointing(enable, *args, **kwargs)
+        for module in self.modules():
+            if isinstance(module, ClassicRecurrentModel):
+                module.checkpoint_every_n_layers = kwargs.get("every_n_layers", 1)
+
     def _init_weights(self, module: nn.Module) -> None:
         super()._init_weights(module)  # the recurrent mixers: orthogonal hidden-to-hidden blocks, forget-gate bias
         config = self.config
@@ -65,6 +73,7 @@ class ClassicRecurrentModel(ClassicRecurrentPreTrainedModel):
         self.layers = nn.ModuleList(build_mixer(mixer, config, i) for i in range(config.num_hidden_layers))
         self.dropout = nn.Dropout(config.dropout)
         self.gradient_checkpointing = False
+        self.checkpoint_every_n_layers = 1  # (activation_checkpointing_enable(every_n_layers=N): layers 0, N, 2N ...)
         self.post_init()
 
     def forward(
@@ -112,7 +121,8 @@ class ClassicRecurrentModel(ClassicRecurrentPreTrainedModel):
                     if output_hidden_states:
                         all_hidden_states += (hidden_states,)
                     state = cache.layer(idx) if cache is not None else None
-                    if self.gradient_checkpointing and self.training and torch.is_grad_enabled():
+                    if (self.gradient_checkpointing and self.training and torch.is_grad_enabled()
+                            and idx % self.checkpoint_every_n_layers == 0):
                         hidden_states, state = self._gradient_checkpointing_func(
                             lambda x, s=state, m=mask, f=layer: f(x, state=s, mask=m, reset=reset), hidden_states)
                     else:

@@ -196,6 +196,9 @@ class Seq2SeqConfig(SeqzooConfig):
 
     def _validate_recurrent(self, name: str) -> None:
         require_choice(self, "attention", RECURRENT_ATTENTIONS)
+        if self.attention_dropout:  # (the recurrent attentions have no dropout: the value would be ignored)
+            raise ValueError(f"{name}.attention_dropout={self.attention_dropout!r} is invalid for a recurrent decoder:"
+                             " it is the Transformer's; use dropout")
         require_choice(self, "bridge", BRIDGES)
         if self.input_feeding and not self.attention.startswith("luong"):
             raise ValueError(f"{name}: input_feeding=True is Luong's and needs a Luong attention; got attention="
