@@ -90,14 +90,44 @@ _PLUGIN_PRESETS: dict[str, tuple[str, dict[str, Any]]] = {}
 _plugins_loaded = False
 
 
+def _same_architecture(a: ModelSpec, b: ModelSpec) -> bool:
+    return a.config_class is b.config_class and a.model_class is b.model_class and a.heads == b.heads
+
+
 def register_architecture(spec: ModelSpec, *, exist_ok: bool = False) -> ModelSpec:
+    """Register ``spec`` and its classes with transformers' Auto classes. Everything is checked before anything is
+    registered, so a refused spec leaves no trace. Without ``exist_ok``, an architecture name, a ``model_type`` or a
+    preset name that is already taken (by a built-in, another plugin, or transformers itself) raises instead of
+    silently replacing what was there; registering the same classes again is allowed."""
     import transformers
     from transformers import AutoConfig, AutoModel
+    from transformers.models.auto.configuration_auto import CONFIG_MAPPING_NAMES
 
     if not spec.model_type:
         raise ValueError(f"architecture {spec.name!r}: its config class must set model_type")
-    if spec.name in _ARCHITECTURES and not exist_ok and _ARCHITECTURES[spec.name] is not spec:
-        raise ValueError(f"architecture {spec.name!r} is already registered")
+    for cls in (spec.model_class, *spec.heads.values()):
+        own = getattr(cls, "config_class", None)
+        if own is not None and own is not spec.config_class:
+            raise ValueError(f"architecture {spec.name!r}: {cls.__name__}.config_class is {own.__name__}, not the "
+                             f"spec's config class {spec.config_class.__name__}")
+    previous = _ARCHITECTURES.get(spec.name)
+    if not exist_ok:
+        if previous is not None and not _same_architecture(previous, spec):
+            raise ValueError(f"architecture {spec.name!r} is already registered "
+                             f"({previous.config_class.__module__}.{previous.config_class.__name__})")
+        if spec.model_type in CONFIG_MAPPING_NAMES:
+            raise ValueError(f"architecture {spec.name!r}: model_type {spec.model_type!r} is transformers' own "
+                             f"({CONFIG_MAPPING_NAMES[spec.model_type]}); pick another name")
+        for other in _ARCHITECTURES.values():
+            if other.name != spec.name and other.model_type == spec.model_type:
+                raise ValueError(f"architecture {spec.name!r}: model_type {spec.model_type!r} is already used by "
+                                 f"architecture {other.name!r}")
+        files = _file_presets()
+        for preset in spec.presets:
+            owner = _PLUGIN_PRESETS.get(preset, (spec.name,))[0]
+            if preset in files or owner != spec.name:
+                raise ValueError(f"architecture {spec.name!r}: preset {preset!r} is already defined by "
+                                 f"{'configs/' + preset + '.json' if preset in files else repr(owner)}")
     AutoConfig.register(spec.model_type, spec.config_class, exist_ok=True)
     AutoModel.register(spec.config_class, spec.model_class, exist_ok=True)
     for task, head in spec.heads.items():
@@ -121,7 +151,7 @@ def load_plugins(force: bool = False) -> None:
             result = ep.load()()
             for spec in result if isinstance(result, (list, tuple)) else [result]:
                 if spec is not None:
-                    register_architecture(spec, exist_ok=True)
+                    register_architecture(spec)
         except Exception:
             logger.error("seqzoo model plugin %r (%s) failed to load and is skipped", ep.name, ep.value, exc_info=True)
 
@@ -181,8 +211,9 @@ def preset_values(name: str) -> tuple[ModelSpec, dict[str, Any]]:
 def get_config(name: str, **overrides: Any) -> Any:
     """The config of preset ``name`` with ``overrides`` applied; unknown field names raise."""
     spec, values = preset_values(name)
-    # Dataclass fields, and num_labels, which transformers' configs take as a property (it sets id2label).
-    allowed = {f.name for f in fields(spec.config_class)} - {"transformers_version", "architectures"} | {"num_labels"}
+    # Dataclass fields, num_labels and attn_implementation, which transformers' configs take as properties.
+    allowed = {f.name for f in fields(spec.config_class)} - {"transformers_version", "architectures"} | {
+        "num_labels", "attn_implementation"}
     unknown = sorted(set(overrides) - allowed)
     if unknown:
         hints = []
@@ -206,7 +237,9 @@ def create_model(name: str, task: str | None = None, **overrides: Any) -> Any:
     task = spec.default_task if task is None else task
     if task not in spec.heads:
         raise ValueError(_unknown(f"task for architecture {spec.name!r}:", task, list(spec.heads)))
-    return spec.heads[task](config)
+    # _from_config, as AutoModel*.from_config does: it builds the weights in config.dtype (a ``dtype=`` override)
+    # and applies config's attn_implementation; calling the class would build float32 whatever the config says.
+    return spec.heads[task]._from_config(config)
 
 
 def architecture_presets(architecture: str) -> list[str]:

@@ -211,3 +211,29 @@ def test_kernel_plugin_entry_point(tmp_path, monkeypatch, caplog):
     finally:
         kernel_registry.unregister_backend("rnn", "plugged")
         sys.modules.pop("seqzoo_kernelplugin", None)
+
+
+def test_create_model_builds_in_the_dtype_and_attention_asked_for():
+    model = seqzoo.create_model("transformer-tiny", dtype=torch.bfloat16, attn_implementation="eager")
+    assert {p.dtype for p in model.parameters()} == {torch.bfloat16}
+    assert model.config._attn_implementation == "eager"
+
+
+def test_register_architecture_refuses_to_replace_what_is_taken():
+    from seqzoo.models.lstm import LSTMConfig, LSTMForCausalLM, LSTMModel
+
+    def spec(name, model_type, presets=None):
+        config = type(f"{name}Config", (LSTMConfig,), {"model_type": model_type})
+        model = type(f"{name}Model", (LSTMModel,), {"config_class": config})
+        head = type(f"{name}ForCausalLM", (LSTMForCausalLM,), {"config_class": config})
+        return registry.ModelSpec(name, config, model, head, presets=presets or {})
+
+    with pytest.raises(ValueError, match="already registered"):
+        registry.register_architecture(spec("lstm", "seqzoo_lstm_other"))  # a built-in's name
+    with pytest.raises(ValueError, match="transformers' own"):
+        registry.register_architecture(spec("llamalike", "llama"))
+    assert type(AutoConfig.for_model("llama")).__module__.startswith("transformers.")  # nothing registered
+    with pytest.raises(ValueError, match="configs/lstm-tiny.json"):
+        registry.register_architecture(spec("hijack", "seqzoo_hijack", {"lstm-tiny": {"hidden_size": 16}}))
+    assert "hijack" not in seqzoo.list_architectures()
+    assert type(seqzoo.create_model("lstm-tiny")).__module__.startswith("seqzoo.")

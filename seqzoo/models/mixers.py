@@ -84,8 +84,11 @@ _plugins_loaded = False
 
 
 def register_mixer(spec: MixerSpec, *, exist_ok: bool = False) -> MixerSpec:
-    if spec.name in _MIXERS and _MIXERS[spec.name] is not spec and not exist_ok:
-        raise ValueError(f"mixer {spec.name!r} is already registered")
+    # An equal spec (the same classes and fields, e.g. a plugin loaded again) is no clash; a different one under a
+    # taken name (a built-in's, or another plugin's) would silently change every hybrid that names it.
+    if spec.name in _MIXERS and _MIXERS[spec.name] != spec and not exist_ok:
+        raise ValueError(f"mixer {spec.name!r} is already registered ({_MIXERS[spec.name].mixer_class.__module__}."
+                         f"{_MIXERS[spec.name].mixer_class.__name__}); pick another name")
     _MIXERS[spec.name] = spec
     return spec
 
@@ -102,7 +105,7 @@ def load_mixer_plugins(force: bool = False) -> None:
         try:
             result = ep.load()()
             for spec in result if isinstance(result, (list, tuple)) else [result]:
-                register_mixer(spec, exist_ok=True)
+                register_mixer(spec)
         except Exception:
             logger.error("seqzoo mixer plugin %r (%s) failed to load and is skipped", ep.name, ep.value, exc_info=True)
 
