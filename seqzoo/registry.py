@@ -184,6 +184,9 @@ def _file_presets() -> dict[str, Path]:
 
 def list_models(pattern: str | None = None) -> list[str]:
     """Names of all presets, optionally filtered by a shell-style pattern (``"lstm-*"``, ``"*tiny"``)."""
+    if pattern is not None and not isinstance(pattern, str):
+        raise TypeError(f"list_models(pattern) takes a shell-style pattern string such as 'lstm-*'; got "
+                        f"{type(pattern).__name__} {pattern!r}")
     names = set(_PLUGIN_PRESETS)
     for name, path in _file_presets().items():
         model_type = json.loads(path.read_text()).get("model_type")

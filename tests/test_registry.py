@@ -23,6 +23,8 @@ def test_list_models_and_patterns():
     assert seqzoo.list_models("lstm-*") == [p for p in PRESETS if p.startswith("lstm-")]
     assert all(p.endswith("-tiny") for p in seqzoo.list_models("*-tiny"))
     assert seqzoo.list_models("nothing-*") == []
+    with pytest.raises(TypeError, match="takes a shell-style pattern string such as 'lstm-\\*'; got int 5"):
+        seqzoo.list_models(5)
 
 
 @pytest.mark.parametrize("preset", PRESETS)

@@ -89,6 +89,10 @@ class SeqzooConfig(PreTrainedConfig):
     def __post_init__(self, **kwargs: Any) -> None:
         # ``kwargs`` holds what the config's fields do not name: transformers' own keywords, or a mistake.
         check_unknown_keywords(self, kwargs)
+        labels = kwargs.get("num_labels")
+        # (checked as given: transformers turns num_labels into id2label first, -1 into 0 labels, "3" into a TypeError)
+        if labels is not None and (isinstance(labels, bool) or not isinstance(labels, int) or labels < 1):
+            _fail(self, "num_labels", labels, "expected an integer >= 1")
         super().__post_init__(**kwargs)
         self.validate_architecture()
 

@@ -304,7 +304,10 @@ def test_heads_take_use_cache_false_as_transformers_heads_do(task):
 @pytest.mark.parametrize("field, value, message", [
     ("problem_type", "multilabel", r"problem_type='multilabel' is invalid: allowed values are None, 'regression', "
                                    r"'single_label_classification', 'multi_label_classification'"),
-    ("num_labels", 0, r"num_labels=0 is invalid: must be >= 1"),
+    ("num_labels", 0, r"num_labels=0 is invalid: expected an integer >= 1"),
+    # as given (transformers turned -1 into 0 labels before the check, and "3" into a bare TypeError)
+    ("num_labels", -1, r"num_labels=-1 is invalid: expected an integer >= 1"),
+    ("num_labels", "3", r"num_labels='3' is invalid: expected an integer >= 1"),
 ])
 def test_classifier_config_fields_are_validated(field, value, message):
     with pytest.raises(ValueError, match=message):
