@@ -7,7 +7,8 @@ RWKV-7's time mix, Mamba's selective scan, Mamba-2's SSD. Every one is built the
     hidden_states, state = mixer(hidden_states, state=state, mask=mask, **context)
 
 * ``config`` is a config of the mixer's own architecture (a hybrid model hands each mixer one built from its
-  ``mixer_config``); ``layer_idx`` is the layer's index in the whole model.
+  ``mixer_config``); ``layer_idx`` is the layer's index among the model's layers of its kind (in a hybrid, among
+  the layers of its own mixer).
 * ``state`` is this layer's entry of the :class:`~seqzoo.cache.SeqzooCache`: for a recurrent mixer a dict of named
   tensors (None on the first call), returned anew; for attention transformers' K/V layer, updated in place and
   returned.

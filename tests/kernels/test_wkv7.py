@@ -67,7 +67,7 @@ def test_chunked_matches_reference(length, dtype):
 
 def hand_step(t):
     """One token of the x070 rule, element by element in Python floats: S' = S diag(exp(w)) + (S a) b^T + v k^T,
-    y = S' r. (Both backends take T == 1 through wkv7_step, so neither can check the other here.)"""
+    y = S' r: an implementation apart from both backends' single-token updates (reference.update, chunked.step)."""
     batch, _, heads, key = t["r"].shape
     value = t["v"].shape[-1]
     y = torch.zeros(batch, 1, heads, value, dtype=torch.float64)

@@ -9,7 +9,7 @@ register_backend("causal_conv1d", "reference", reference.causal_conv1d, priority
                  description="explicit per-token window loop in PyTorch")
 register_backend("causal_conv1d", "chunked", chunked.causal_conv1d, priority=10, supports=chunked.supports,
                  cache_key=chunked.supports_key,
-                 description="one grouped F.conv1d over the (compacted) sequence")
+                 description="K shifted multiply-adds over the (compacted) sequence")
 
 from seqzoo.kernels import triton_support  # noqa: E402  (no Triton import: availability and supports() only)
 

@@ -9,7 +9,7 @@ register_backend("selective_scan", "reference", reference.selective_scan, priori
                  description="explicit per-token state update in PyTorch")
 register_backend("selective_scan", "chunked", chunked.selective_scan, priority=10, supports=chunked.supports,
                  cache_key=chunked.supports_key,
-                 description="two-level doubling scan over chunks in pure PyTorch, no per-token loop")
+                 description="chunk-parallel three-pass scan in pure PyTorch, no per-token loop")
 
 from seqzoo.kernels import triton_support  # noqa: E402  (no Triton import: availability and supports() only)
 

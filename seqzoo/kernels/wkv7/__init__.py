@@ -1,6 +1,7 @@
 """Op ``wkv7``: the RWKV-7 (x070) generalized delta rule over (B, T, H, K) with a (B, H, V, K) state.
 
-``wkv7_step`` is the single-token update for decoding (any backend gives the same result for T == 1).
+``wkv7_step`` is the single-token update for decoding (the reference's, bit for bit; the other backends agree with
+it up to rounding at T == 1).
 """
 
 from seqzoo.kernels.registry import register_backend, register_op
