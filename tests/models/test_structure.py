@@ -135,6 +135,21 @@ def test_hybrid_mixer_types_of_the_wrong_shape_are_named(mixer_types):
         seqzoo.HybridConfig(hidden_size=32, mixer_types=mixer_types)
 
 
+def test_an_odd_attention_head_dim_needs_rotary_positions_to_be_refused():
+    # Without rotary positions nothing needs an even head_dim (the attention mixer's own config defaulted to RoPE).
+    settings = {"attention": {"num_attention_heads": 4, "head_dim": 7}}
+    config = seqzoo.HybridConfig(vocab_size=99, hidden_size=28, mixer_types=["lstm", "attention"],
+                                 position_embedding="none", mixer_config=settings)
+    model = seqzoo.HybridForCausalLM(config).eval()
+    ids = torch.tensor([[5, 17, 33, 8]])
+    with torch.no_grad():
+        full = model(ids).logits
+        step = model(ids[:, 3:], cache=model(ids[:, :3], use_cache=True).cache).logits
+    torch.testing.assert_close(step, full[:, 3:], rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match="rotary positions need an even"):
+        seqzoo.HybridConfig(vocab_size=99, hidden_size=28, mixer_types=["lstm", "attention"], mixer_config=settings)
+
+
 def test_a_bidirectional_hybrid_is_refused_in_words_that_fit_it():
     with pytest.raises(ValueError, match=r"bidirectional=True is invalid: this architecture runs left to right only"):
         seqzoo.HybridConfig(hidden_size=32, mixer_types=["mamba", "gru"], bidirectional=True)

@@ -16,6 +16,7 @@ from seqzoo.models.configuration_utils import (
     require_probability,
 )
 from seqzoo.models.mixers import get_mixer, mixer_config
+from seqzoo.models.transformer.configuration_transformer import TransformerConfig
 
 ACTIVATIONS = ("relu", "gelu", "gelu_new", "gelu_pytorch_tanh", "silu", "swish")
 
@@ -98,7 +99,9 @@ class HybridConfig(SeqzooConfig):
                              "name to a mapping of its settings")
         unused = sorted(set(self.mixer_config) - set(self.mixer_types))
         if unused:
-            raise ValueError(f"{name}.mixer_config has settings for {unused}, which no layer in mixer_types uses")
+            raise ValueError(f"{name}.mixer_config has settings for {unused}, which no layer in mixer_types uses: "
+                             "leave them out (with new mixer_types, pass a mixer_config too: a preset's holds the "
+                             "settings of its own mixers)")
         if (not isinstance(self.mlp_layers, list) or len(self.mlp_layers) != len(self.mixer_types)
                 or any(not isinstance(flag, bool) for flag in self.mlp_layers)):
             raise ValueError(f"{name}.mlp_layers={self.mlp_layers!r} is invalid: expected one true/false per layer "
@@ -125,6 +128,10 @@ class HybridConfig(SeqzooConfig):
         shared = {"vocab_size": self.vocab_size, "hidden_size": self.hidden_size,
                   "num_hidden_layers": self.mixer_types.count(kind), "initializer_range": self.initializer_range,
                   "tie_word_embeddings": False}
+        if self.position_embedding == "none" and spec.config_class is TransformerConfig:
+            # No rotary positions here: the attention layers' head_dim need not be even (any non-rope choice of
+            # the Transformer's own config skips that check; its positions are not read by the mixer).
+            shared["position_embedding"] = "learned"
         return mixer_config(spec, shared, self.mixer_config.get(kind, {}), type(self).__name__)
 
     def layer_mixer_types(self) -> list[str]:
