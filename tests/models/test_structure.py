@@ -15,6 +15,7 @@ from seqzoo.cache import RECURRENT
 from seqzoo.kernels import registry
 from seqzoo.layers.mixer import Mixer
 from seqzoo.models import mixers
+from seqzoo.models.compat import output_cache
 from seqzoo.models.mixers import MixerSpec, get_mixer, list_mixers, register_mixer
 from seqzoo.models.rnn.configuration_rnn import RNNConfig
 from tests.conftest import FAMILIES, tiny_config, tiny_model
@@ -144,7 +145,7 @@ def test_an_odd_attention_head_dim_needs_rotary_positions_to_be_refused():
     ids = torch.tensor([[5, 17, 33, 8]])
     with torch.no_grad():
         full = model(ids).logits
-        step = model(ids[:, 3:], cache=model(ids[:, :3], use_cache=True).cache).logits
+        step = model(ids[:, 3:], cache=output_cache(model(ids[:, :3], use_cache=True))).logits
     torch.testing.assert_close(step, full[:, 3:], rtol=1e-5, atol=1e-5)
     with pytest.raises(ValueError, match="rotary positions need an even"):
         seqzoo.HybridConfig(vocab_size=99, hidden_size=28, mixer_types=["lstm", "attention"], mixer_config=settings)
