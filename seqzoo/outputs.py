@@ -103,3 +103,11 @@ def fsync_tree(folder: Path) -> None:
         os.fsync(descriptor)
     finally:
         os.close(descriptor)
+
+
+def write_atomically(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` whole or not at all (a file beside it, then renamed over it): a process killed while
+    writing leaves the file it had (a lab's marker, a run's metrics.jsonl), not a truncated one."""
+    partial = path.with_name(path.name + ".partial")
+    partial.write_text(text)
+    os.replace(partial, path)

@@ -34,6 +34,7 @@ from typing import Any, Callable
 
 from seqzoo.lab import recipes
 from seqzoo.lab.environment import available_cores, describe_environment
+from seqzoo.outputs import write_atomically
 from seqzoo.training.data import TASKS, task_length
 
 TEXT = "text"
@@ -447,14 +448,6 @@ def check_report_folder(out: Path, results_file: str, what: str, force: bool) ->
     if (out / results_file).is_file() and not force:
         raise ValueError(f"{str(out)!r} already holds a {what} lab report ({results_file}); pass --out NEW_FOLDER "
                          "to keep it, or --force to replace it")
-
-
-def write_atomically(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` whole or not at all (a file beside it, then renamed over it): a lab killed while
-    writing its final results leaves the marker it had, not a truncated file that no longer says it is a lab's."""
-    partial = path.with_name(path.name + ".partial")
-    partial.write_text(text)
-    os.replace(partial, path)
 
 
 def build_jobs(cfg: LabConfig, presets: dict[str, str], out: Path) -> list[dict[str, Any]]:

@@ -25,8 +25,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from seqzoo.lab.runner import (TEXT, LabConfig, lab_presets, longest_first, make_job, prepare_output, run_jobs,
-                               write_atomically)
+from seqzoo.lab.runner import TEXT, LabConfig, lab_presets, longest_first, make_job, prepare_output, run_jobs
+from seqzoo.outputs import write_atomically
 from seqzoo.training.data import TASKS
 
 TIE = 0.01  # accuracy (or relative perplexity) within which two rates count as equal

@@ -30,7 +30,7 @@ from typing import Any, Callable
 import torch
 from torch.optim.lr_scheduler import LambdaLR
 
-from seqzoo.outputs import OutputError, staged_folder
+from seqzoo.outputs import OutputError, staged_folder, write_atomically
 from seqzoo.training.checkpoint import (
     STATE_FILE,
     CheckpointError,
@@ -368,9 +368,7 @@ def _run(recipe: Recipe, accelerator: Any, model: Any, optimizer: Any, scheduler
         (run_dir / "recipe.yaml").write_text(recipe.to_yaml())
         history = _read_history(metrics_path, up_to=step)  # a killed run may have logged steps past its checkpoint
         # Whole or not at all: truncating it in place, a run killed here would lose the history it resumes with.
-        partial = metrics_path.with_name(metrics_path.name + ".partial")
-        partial.write_text("".join(json.dumps(row) + "\n" for row in history))
-        os.replace(partial, metrics_path)
+        write_atomically(metrics_path, "".join(json.dumps(row) + "\n" for row in history))
 
     chunk = t.tbptt_chunk
     eval_chunk = chunk if supports_tbptt(model) else 0
