@@ -17,7 +17,7 @@ from transformers.modeling_outputs import SequenceClassifierOutput, TokenClassif
 
 from seqzoo.models.compat import check_kwargs
 from seqzoo.models.configuration_utils import PROBLEM_TYPES, require_choice
-from seqzoo.models.modeling_utils import SeqzooPreTrainedModel, forward_parameters
+from seqzoo.models.modeling_utils import SeqzooPreTrainedModel, check_label_range, forward_parameters
 from seqzoo.models.packing import find_packing
 
 
@@ -140,11 +140,7 @@ class SeqzooForTokenClassification(_ClassifierHead):
                 raise ValueError(f"labels must be class indices (an integer tensor, -100 where unlabelled); got "
                                  f"dtype {labels.dtype}")
             labels = labels.long()
-            if not torch.compiler.is_compiling():  # (a check that reads values; on CUDA the loss would assert)
-                bad = labels[(labels != -100) & ((labels < 0) | (labels >= self.num_labels))]
-                if bad.numel():
-                    raise ValueError(f"labels contain {int(bad[0])}: class indices must be in [0, "
-                                     f"num_labels={self.num_labels}) or -100 (ignored)")
+            check_label_range(labels, self.num_labels, "num_labels", "class indices")
             loss = self.loss_function(logits=logits, labels=labels, config=self.config,
                                       num_items_in_batch=kwargs.get("num_items_in_batch"))
         return_dict = return_dict if return_dict is not None else self.config.return_dict
@@ -187,10 +183,7 @@ def sequence_labels(labels: torch.Tensor, logits: torch.Tensor, config: Any) -> 
                          f"{shapes}; got {tuple(labels.shape)}")
     if kind == "single_label_classification":
         labels = labels.long()
-        bad = labels[(labels != -100) & ((labels < 0) | (labels >= num_labels))]
-        if bad.numel():
-            raise ValueError(f"labels contain {int(bad[0])}: class indices must be in [0, num_labels={num_labels}) "
-                             "or -100 (ignored)")
+        check_label_range(labels, num_labels, "num_labels", "class indices")
         return labels
     return labels.to(logits.dtype)  # the losses of the other kinds take float targets
 

@@ -229,6 +229,18 @@ def check_token_ids(input_ids: torch.Tensor, vocab_size: int) -> None:
 _FEW_IDS = 64
 
 
+def check_label_range(labels: torch.Tensor, bound: int, bound_name: str, what: str) -> None:
+    """Raise unless every label is -100 (ignored) or in [0, bound), naming the first that is not. Skipped while
+    torch.compile traces (it reads values); outside the range the loss would fail with torch's IndexError on CPU and
+    a device-side assert on CUDA."""
+    if torch.compiler.is_compiling():
+        return
+    bad = labels[(labels != -100) & ((labels < 0) | (labels >= bound))]
+    if bad.numel():
+        raise ValueError(f"labels contain {int(bad[0])}: labels must be {what} in [0, {bound_name}={bound}) or -100 "
+                         "(ignored)")
+
+
 def check_mask_values(attention_mask: torch.Tensor) -> bool:
     """Raise unless the mask holds only 1 (a token) and 0 (padding); return True when it was found to hold no 0."""
     dtype = attention_mask.dtype
@@ -633,11 +645,7 @@ class SeqzooForCausalLM(SeqzooPreTrainedModel, GenerationMixin):
                         f"labels must have shape {tuple(logits.shape[:2])} (batch, sequence_length); got "
                         f"{tuple(labels.shape)}"
                     )
-                if not torch.compiler.is_compiling():
-                    bad = labels[(labels != -100) & ((labels < 0) | (labels >= self.config.vocab_size))]
-                    if bad.numel():
-                        raise ValueError(f"labels contain {int(bad[0])}: labels must be token ids in "
-                                         f"[0, vocab_size={self.config.vocab_size}) or -100 (ignored)")
+                check_label_range(labels, self.config.vocab_size, "vocab_size", "token ids")
                 loss = self.loss_function(
                     logits=logits, labels=labels, vocab_size=self.config.vocab_size,
                     num_items_in_batch=kwargs.get("num_items_in_batch"),

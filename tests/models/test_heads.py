@@ -248,7 +248,7 @@ def test_heads_return_the_attention_weights_asked_for(task):
          r"multi label classification \(config.problem_type is None: inferred .*\) with num_labels=3 takes labels "
          r"of shape \(2, 3\); got \(2,\)"),
         (3, "single_label_classification", torch.tensor([0.0, 2.0]), r"takes class indices .* dtype torch.float32"),
-        (3, "single_label_classification", torch.tensor([0, 3]), r"labels contain 3: class indices must be in "
+        (3, "single_label_classification", torch.tensor([0, 3]), r"labels contain 3: labels must be class indices in "
                                                                  r"\[0, num_labels=3\)"),
         (3, "single_label_classification", torch.tensor([[0, 1]]), r"takes labels of shape \(2,\) or \(2, 1\)"),
         (3, None, torch.tensor([0, 2], dtype=torch.int32), None),
@@ -288,7 +288,7 @@ def test_token_labels_must_be_integers():
     for bad in (3, -1):
         labels = ids % 3
         labels[1, 2] = bad
-        with pytest.raises(ValueError, match=rf"labels contain {bad}: class indices must be in \[0, num_labels=3\)"):
+        with pytest.raises(ValueError, match=rf"labels contain {bad}: labels must be class indices in \[0, num_labels=3\)"):
             model(ids, labels=labels)
 
 

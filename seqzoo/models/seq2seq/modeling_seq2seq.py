@@ -28,6 +28,7 @@ from seqzoo.models.modeling_utils import (
     SeqzooPreTrainedModel,
     check_cache_implementation,
     check_continued_cache,
+    check_label_range,
     drop_generate_only_inputs,
     forward_parameters,
     prepare_inputs,
@@ -305,11 +306,7 @@ class Seq2SeqForConditionalGeneration(Seq2SeqPreTrainedModel, GenerationMixin):
                 or labels.dtype == torch.bool):
             raise ValueError(f"labels must be integer token ids of shape (batch, target_length); got a "
                              f"{labels.dtype} tensor of shape {tuple(labels.shape)}")
-        if not torch.compiler.is_compiling():
-            bad = labels[(labels != -100) & ((labels < 0) | (labels >= self.config.vocab_size))]
-            if bad.numel():
-                raise ValueError(f"labels contain {int(bad[0])}: labels must be token ids in "
-                                 f"[0, vocab_size={self.config.vocab_size}) or -100 (ignored)")
+        check_label_range(labels, self.config.vocab_size, "vocab_size", "token ids")
 
     def prepare_inputs_for_generation(self, *args: Any, **kwargs: Any) -> dict[str, Any]:
         check_continued_cache(self, args, kwargs)
