@@ -148,7 +148,7 @@ def save_with_tokenizer(model: Any, directory: Path) -> None:
         )
     directory.mkdir(parents=True, exist_ok=True)
     generation = model.generation_config
-    tokenizer = tokenizer_for(model.config)
+    tokenizer = tokenizer_for(model)
     generation.pad_token_id = tokenizer.pad_token_id
     generation.eos_token_id = tokenizer.eos_token_id
     generation.bos_token_id = tokenizer.bos_token_id

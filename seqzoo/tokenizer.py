@@ -56,13 +56,22 @@ def byte_tokenizer(model_max_length: int = 1_000_000, padding_side: str = "left"
     return tokenizer
 
 
-def tokenizer_for(config: Any) -> PreTrainedTokenizerFast:
-    """The byte tokenizer saved beside a model of ``config``: its ``model_max_length`` is the longest input the
-    model's positions allow (``config.max_input_length``), so that ``truncation=True`` (pipelines, a user's own
-    call) cuts an input there instead of passing it on to fail in the model. An encoder-decoder's pads on the right,
-    as transformers' ``DataCollatorForSeq2Seq`` needs its labels (its sources read either side alike)."""
+def tokenizer_for(model: Any) -> PreTrainedTokenizerFast:
+    """The byte tokenizer saved beside ``model`` (a model, or its config): its ``model_max_length`` is the longest
+    input the model's positions allow (``config.max_input_length``), so that ``truncation=True`` (pipelines, a user's
+    own call) cuts an input there instead of passing it on to fail in the model. A causal LM's pads on the left, as
+    ``generate()`` wants a batch of prompts; every other model's on the right: an encoder-decoder's, as transformers'
+    ``DataCollatorForSeq2Seq`` needs its labels, and a classifier's or a backbone's, so that the token indices a
+    token-classification pipeline reports for a batch count from each text's start (seqzoo's models read either side
+    alike). Given a config, the model is taken to be its causal LM (or its encoder-decoder)."""
+    config = getattr(model, "config", model)
+    if getattr(config, "is_encoder_decoder", False):
+        side = "right"
+    elif config is model:
+        side = "left"
+    else:
+        side = "left" if model.can_generate() else "right"
     longest = getattr(config, "max_input_length", None)
-    side = "right" if getattr(config, "is_encoder_decoder", False) else "left"
     return byte_tokenizer(padding_side=side) if longest is None else byte_tokenizer(longest, padding_side=side)
 
 

@@ -62,6 +62,20 @@ def _save_world_tokenizer(args: argparse.Namespace, model: Any, tokenizer: Any) 
     return "; RWKV World tokenizer saved with it"
 
 
+def _take_world_token_ids(model: Any, tokenizer: Any) -> str:
+    """Give ``model``'s config and generation config the World tokenizer's pad / bos / eos ids (all 0,
+    ``<|endoftext|>``) where the source's config said otherwise (fla's ``RWKV7Config`` defaults to bos 1, eos 2: kept,
+    generation would not stop at the end of a text); returns a note of what changed."""
+    changed = []
+    for name in ("pad_token_id", "bos_token_id", "eos_token_id"):
+        wanted = getattr(tokenizer, name)
+        if getattr(model.config, name) != wanted:
+            changed.append(f"{name} {getattr(model.config, name)} -> {wanted}")
+            setattr(model.config, name, wanted)
+            setattr(model.generation_config, name, wanted)
+    return f"; the World tokenizer's token ids taken ({', '.join(changed)})" if changed else ""
+
+
 def add_transformers_source(sources: Any, name: str, help_text: str, module: str, function: str) -> None:
     p = sources.add_parser(name, help=help_text)
     _common(p, "folder saved by save_pretrained (sharded safetensors are read tensor by tensor), or a Hub repo id")
@@ -111,7 +125,8 @@ def add_rwkv7(sources: Any) -> None:
     _common(p, ".pth state dict saved by RWKV-LM (RWKV-7 x070)")
     p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
                    help="config fields the checkpoint does not fix: pad/bos/eos_token_id, layer_norm_eps, "
-                        "group_norm_eps (RWKV World models use bos_token_id=0 eos_token_id=0)")
+                        "group_norm_eps (RWKV World models use bos_token_id=0 eos_token_id=0, what "
+                        "--world-tokenizer sets unless --set says otherwise)")
     p.add_argument("--world-tokenizer", action="store_true",
                    help="save the RWKV World tokenizer with the model (built from the installed rwkv package)")
 
@@ -124,6 +139,9 @@ def add_rwkv7(sources: Any) -> None:
         overrides = parse_overrides(args.set, "--set")
         check_destination(args.source, args.destination)
         tokenizer = _world_tokenizer(args)
+        if tokenizer is not None:  # the config's special ids are the saved tokenizer's unless --set says otherwise
+            for name in ("pad_token_id", "bos_token_id", "eos_token_id"):
+                overrides.setdefault(name, getattr(tokenizer, name))
         model = convert_rwkv7(args.source, _dtype(args), **overrides)
         return _report(args, model, _save_world_tokenizer(args, model, tokenizer))
 
@@ -148,7 +166,8 @@ def add_fla_rwkv7(sources: Any) -> None:
             check_destination(args.source, args.destination)
             tokenizer = _world_tokenizer(args)
             model = convert_fla_rwkv7(args.source, dtype=_dtype(args))
-            return _report(args, model, _save_world_tokenizer(args, model, tokenizer))
+            note = _take_world_token_ids(model, tokenizer)
+            return _report(args, model, _save_world_tokenizer(args, model, tokenizer) + note)
         model = convert_fla_rwkv7_folder(args.source, args.destination, dtype=_dtype(args))
         return _report(args, model)
 

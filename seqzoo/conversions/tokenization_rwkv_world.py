@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from typing import Any
 
 from transformers import PreTrainedTokenizer
@@ -95,7 +96,20 @@ class RWKVWorldTokenizer(PreTrainedTokenizer):
         return len(self.encoder)
 
     def get_vocab(self) -> dict[str, int]:
-        return dict(self.encoder)
+        # With the added tokens, as transformers' add_tokens numbers new tokens from len(get_vocab()).
+        return {**self.encoder, **self.added_tokens_encoder}
+
+    def tokenize(self, text: str, **kwargs: Any) -> list[str]:
+        """``<|endoftext|>`` in the text is text (as in the ``rwkv`` package); tokens added with ``add_tokens`` /
+        ``add_special_tokens`` are matched (transformers' ``split_special_tokens=True`` would ignore them)."""
+        if not kwargs.get("split_special_tokens", self.split_special_tokens):
+            return super().tokenize(text, **kwargs)
+        added = sorted((t for t in self._added_tokens_encoder if t != END_OF_TEXT), key=len, reverse=True)
+        if not added:
+            return self._tokenize(text)
+        pieces = re.split("(" + "|".join(map(re.escape, added)) + ")", text)
+        return [token for i, piece in enumerate(pieces) if piece
+                for token in ([piece] if i % 2 else self._tokenize(piece))]
 
     def encode_bytes(self, data: bytes) -> list[int]:
         """Greedy longest match: at each position, the longest vocabulary entry that starts there."""
@@ -129,8 +143,8 @@ class RWKVWorldTokenizer(PreTrainedTokenizer):
         return self.decoder[index]
 
     def convert_tokens_to_string(self, tokens: list[str]) -> str:
-        data = b"".join(token.encode("utf-8") if token in self.all_special_tokens else symbols_to_bytes(token)
-                        for token in tokens)
+        added = self._added_tokens_encoder
+        data = b"".join(token.encode("utf-8") if token in added else symbols_to_bytes(token) for token in tokens)
         return data.decode("utf-8", errors="replace")
 
     def save_vocabulary(self, save_directory: str, filename_prefix: str | None = None) -> tuple[str]:

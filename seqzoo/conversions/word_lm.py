@@ -195,7 +195,7 @@ def load_hidden_state(path: str | Path, config: Any) -> Any:
 
 def word_tokenizer(vocabulary: Any) -> Any:
     """A transformers tokenizer over a word vocabulary (a list of words in id order, or a file with one per line)."""
-    from tokenizers import Regex, Tokenizer, models, normalizers, pre_tokenizers
+    from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers
     from transformers import PreTrainedTokenizerFast
 
     words = vocabulary
@@ -218,6 +218,9 @@ def word_tokenizer(vocabulary: Any) -> Any:
     if "<eos>" in vocab:
         backend.normalizer = normalizers.Replace(Regex(r"\r?\n"), " <eos> ")
     backend.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    # Every word decodes after a space (" the cat"), so the text of a continuation decoded alone continues the text
+    # before it: a text-generation pipeline writes prompt + decode(new tokens) ("the cat" + " sat").
+    backend.decoder = decoders.Replace(Regex("^"), " ")
     specials = {"unk_token": unk} if unk else {}
     if "<eos>" in vocab:
         specials["eos_token"] = "<eos>"

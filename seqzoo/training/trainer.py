@@ -593,7 +593,7 @@ def _save_final(accelerator: Any, model: Any, recipe: Recipe, data: Any, run_dir
                 with quiet_transformers():  # no "Writing model shards" bar under the run's own progress
                     unwrapped.save_pretrained(staging, state_dict=state_dict)
                 if with_tokenizer:
-                    tokenizer_for(unwrapped.config).save_pretrained(staging)
+                    tokenizer_for(unwrapped).save_pretrained(staging)
                 (staging / TRAINING_INFO_FILE).write_text(json.dumps(info, indent=2))
         except OutputError as err:
             checkpoints = list_checkpoints(run_dir)

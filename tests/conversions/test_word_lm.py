@@ -97,7 +97,9 @@ def test_cli_with_key_map_vocabulary_and_hidden_state(tmp_path, capsys):
     assert model.config.dropout == 0.2 and model.config.pad_token_id is None
     tokenizer = AutoTokenizer.from_pretrained(out)
     assert tokenizer("w3 w5 zzz\nw7")["input_ids"] == [5, 7, 0, 1, 9]
-    assert tokenizer.decode([5, 7, 1, 9], skip_special_tokens=True) == "w3 w5 w7"
+    # Every word decodes after a space, so a continuation decoded alone continues the text (prompt + new text).
+    assert tokenizer.decode([5, 7, 1, 9], skip_special_tokens=True) == " w3 w5 w7"
+    assert tokenizer.decode([5, 7]) + tokenizer.decode([1, 9]) == tokenizer.decode([5, 7, 1, 9]) == " w3 w5 <eos> w7"
     cache = load_hidden_state(out / "hidden_state.safetensors", model.config)
     ids = torch.tensor([[5, 7, 9]])
     with torch.no_grad():
@@ -201,3 +203,22 @@ def test_a_vocabulary_file_with_a_byte_order_mark_or_not_utf8(tmp_path):
     path.write_bytes(b"caf\xe9\n")
     with pytest.raises(ValueError, match=r"vocab\.txt' is not UTF-8 text"):
         word_tokenizer(path)
+
+
+def test_the_text_generation_pipeline_puts_a_space_before_the_continuation(tmp_path):
+    from transformers import pipeline
+
+    torch.save(reference("gru-tied").state_dict(), tmp_path / "model.pt")
+    words = ["<unk>", "<eos>", *[f"w{i}" for i in range(97)]]
+    (tmp_path / "vocab.txt").write_text("\n".join(words) + "\n")
+    out = tmp_path / "out"
+    assert seqzoo_main(["convert", "word-lm", str(tmp_path / "model.pt"), str(out), "--vocab",
+                        str(tmp_path / "vocab.txt")]) == 0
+    generator = pipeline("text-generation", model=str(out))
+    text = generator("w3 w5", max_new_tokens=2, do_sample=False)[0]["generated_text"]
+    tokenizer = AutoTokenizer.from_pretrained(out)
+    model = AutoModelForCausalLM.from_pretrained(out)
+    ids = torch.tensor([tokenizer("w3 w5")["input_ids"]])
+    expected = tokenizer.decode(model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=2,
+                                               do_sample=False)[0])
+    assert " " + text == expected  # (the prompt as written, then the new words each after a space)

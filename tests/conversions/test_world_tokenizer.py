@@ -135,3 +135,54 @@ def test_loads_with_trust_remote_code_where_seqzoo_is_absent(converted, tmp_path
     expected = TRIE_TOKENIZER(str(rwkv_vocab_path())).encode(text)
     for module, ids, decoded in json.loads(result.stdout.strip().splitlines()[-1]):
         assert module.startswith("transformers_modules.") and ids == expected and decoded == text
+
+
+def test_the_converted_config_takes_the_tokenizers_token_ids(tmp_path, capsys):
+    """Without --set, a config with no end-of-text id generated past <|endoftext|>; --set still wins."""
+    from transformers import AutoConfig, GenerationConfig
+
+    sd = random_x070_checkpoint(vocab=WORLD_VOCAB_SIZE, hidden=32, layers=2, head_size=16, ffn=72, seed=7)
+    torch.save(sd, tmp_path / "model.pth")
+    assert seqzoo_main(["convert", "rwkv7", str(tmp_path / "model.pth"), str(tmp_path / "out"),
+                        "--world-tokenizer"]) == 0
+    for config in (AutoConfig.from_pretrained(tmp_path / "out"), GenerationConfig.from_pretrained(tmp_path / "out")):
+        assert (config.pad_token_id, config.bos_token_id, config.eos_token_id) == (0, 0, 0)
+    assert seqzoo_main(["convert", "rwkv7", str(tmp_path / "model.pth"), str(tmp_path / "set"), "--world-tokenizer",
+                        "--set", "eos_token_id=5"]) == 0
+    config = AutoConfig.from_pretrained(tmp_path / "set")
+    assert (config.pad_token_id, config.bos_token_id, config.eos_token_id) == (0, 0, 5)
+
+    # fla's RWKV7Config defaults to bos 1, eos 2: with the World tokenizer they become its 0, and that is said.
+    from safetensors.torch import save_file
+
+    from tests.conversions.test_peer_layouts import FLA_CONFIG, fla_layout
+
+    (tmp_path / "fla").mkdir()
+    save_file({k: v.contiguous() for k, v in fla_layout(sd).items()}, tmp_path / "fla" / "model.safetensors")
+    fla_config = {**FLA_CONFIG, "vocab_size": WORLD_VOCAB_SIZE, "bos_token_id": 1, "eos_token_id": 2}
+    (tmp_path / "fla" / "config.json").write_text(json.dumps(fla_config))
+    capsys.readouterr()
+    assert seqzoo_main(["convert", "fla-rwkv7", str(tmp_path / "fla"), str(tmp_path / "from-fla"),
+                        "--world-tokenizer"]) == 0
+    assert "bos_token_id 1 -> 0, eos_token_id 2 -> 0" in capsys.readouterr().out
+    for config in (AutoConfig.from_pretrained(tmp_path / "from-fla"),
+                   GenerationConfig.from_pretrained(tmp_path / "from-fla")):
+        assert (config.bos_token_id, config.eos_token_id) == (0, 0)
+
+
+def test_added_tokens_get_new_ids_are_matched_and_decode(tmp_path):
+    """get_vocab() left the added tokens out (transformers numbers new ones from its length: a second add_tokens
+    reused ids), split_special_tokens skipped every added token when encoding, and decoding read an added token as
+    byte symbols (a UnicodeEncodeError for CJK text)."""
+    tokenizer = world_tokenizer()
+    assert tokenizer.add_tokens(["<|user|>"]) == 1 and tokenizer.add_tokens(["café", "日本語"]) == 2
+    ids = tokenizer.convert_tokens_to_ids(["<|user|>", "café", "日本語"])
+    assert len(set(ids)) == 3 and min(ids) >= WORLD_VOCAB_SIZE - 6 and len(tokenizer) == max(ids) + 1
+    encoded = tokenizer("hi <|user|> café")["input_ids"]
+    assert ids[0] in encoded and ids[1] in encoded
+    assert tokenizer.decode(encoded) == "hi <|user|> café" and tokenizer.decode([ids[2]]) == "日本語"
+    # <|endoftext|> written in a text stays text, as in the rwkv package
+    assert 0 not in tokenizer("a <|endoftext|> b")["input_ids"]
+    tokenizer.save_pretrained(tmp_path)
+    loaded = AutoTokenizer.from_pretrained(tmp_path)
+    assert loaded("hi <|user|> café")["input_ids"] == encoded and len(loaded) == len(tokenizer)

@@ -121,6 +121,24 @@ def test_a_head_refuses_a_checkpoint_of_another_architecture(tmp_path):
         seqzoo.LSTMForSequenceClassification.from_pretrained(tmp_path, num_labels=3)
 
 
+def test_the_tokenizer_saved_beside_a_classifier_pads_on_the_right(tmp_path):
+    """transformers' token-classification pipeline reports each answer's index in the padded batch: with the causal
+    LM's left padding, a short text's indices moved by its padding when batched with a longer one."""
+    from seqzoo.tokenizer import tokenizer_for
+
+    model = seqzoo.create_model(FAMILIES["lstm"], "token-classification", num_labels=2).eval()
+    assert tokenizer_for(model).padding_side == "right"
+    assert tokenizer_for(seqzoo.create_model(FAMILIES["lstm"], "sequence-classification")).padding_side == "right"
+    assert tokenizer_for(seqzoo.create_model(FAMILIES["lstm"])).padding_side == "left"  # a causal LM: generate()
+    assert tokenizer_for(model.config).padding_side == "left"  # (a config: taken for its causal LM)
+    model.save_pretrained(tmp_path)
+    tokenizer_for(model).save_pretrained(tmp_path)
+    tag = pipeline("token-classification", model=str(tmp_path))
+    alone = tag("ab")
+    batched = tag(["ab", "abcdef"], batch_size=2)[0]
+    assert [e["index"] for e in batched] == [e["index"] for e in alone] == [0, 1]
+
+
 @pytest.mark.parametrize("family", ["lstm", "mamba", "hybrid"])
 def test_pipelines_and_trainer_on_a_saved_head(family, tmp_path):
     tokenizer = seqzoo.byte_tokenizer()
