@@ -22,6 +22,7 @@ none; the first forward builds this one.
 from __future__ import annotations
 
 import contextlib
+import copy
 import warnings
 from typing import Any, Iterator, Sequence
 
@@ -280,6 +281,23 @@ class SeqzooCache(Cache):
     def batch_size(self) -> int | None:
         first = next(self.tensors(), None)
         return None if first is None else first.shape[0]
+
+    def __deepcopy__(self, memo: dict) -> "SeqzooCache":
+        """``copy.deepcopy(cache)``, which README and ``generate()`` name for continuing one cache more than once; a
+        clear error for a cache filled with gradients recorded (torch deep-copies only a graph's leaves, and its own
+        error talks of modules and weight_norm)."""
+        if any(tensor.requires_grad and not tensor.is_leaf for tensor in self.tensors()):
+            raise RuntimeError(
+                "copy.deepcopy(cache): this cache holds tensors of an autograd graph (it was filled with gradients "
+                "recorded, outside torch.no_grad()), which torch cannot copy; fill it under torch.no_grad() (as "
+                "generate() does), or copy a detached one: copy.deepcopy(cache.detach()) (detach() cuts the graph "
+                "of this cache in place)"
+            )
+        copied = type(self).__new__(type(self))
+        memo[id(self)] = copied
+        for name, value in self.__dict__.items():
+            copied.__dict__[name] = copy.deepcopy(value, memo)
+        return copied
 
     def detach(self) -> "SeqzooCache":
         """Cut the autograd graph here (truncated backpropagation through time)."""

@@ -222,6 +222,18 @@ def test_a_cache_holding_the_whole_input_is_refused(family_preset):
         model.generate(longer, cache=cache, **kwargs)
 
 
+
+def test_a_cache_with_gradients_recorded_says_how_to_copy_it(family_preset):
+    model = tiny_model(family_preset)
+    ids = torch.tensor([PROMPTS[0]])
+    cache = output_cache(model(ids, use_cache=True))  # outside no_grad: the states are in the graph
+    with pytest.raises(RuntimeError, match=r"holds tensors of an autograd graph .* torch.no_grad\(\)"):
+        copy.deepcopy(cache)
+    copied = copy.deepcopy(cache.detach())
+    assert copied is not cache and copied.get_seq_length() == cache.get_seq_length() == 7
+    assert all(a is not b and torch.equal(a, b) for a, b in zip(copied.tensors(), cache.tensors()))
+    assert len(list(copied.tensors())) == len(list(cache.tensors())) > 0
+
 ASSISTED = dict(max_new_tokens=4, do_sample=False, pad_token_id=0)
 
 
