@@ -90,5 +90,15 @@ def load_tokenizer(source: Any) -> PreTrainedTokenizerFast:
             "tokenizer.save_pretrained(folder) (seqzoo.byte_tokenizer() is seqzoo's byte-level one; `seqzoo new` and "
             "`seqzoo train` save it)"
         )
-    return AutoTokenizer.from_pretrained(source)
+    try:
+        return AutoTokenizer.from_pretrained(source)
+    except Exception as err:
+        from seqzoo.models.modeling_utils import damaged_json_files
+
+        damaged = damaged_json_files(folder, (*TOKENIZER_FILES, "special_tokens_map.json")) if folder else None
+        if damaged:  # (the tokenizers library's error names no file: "expected value at line 1 column 1")
+            raise ValueError(f"{folder}'s tokenizer cannot be read: {damaged}; save the tokenizer again "
+                             "(tokenizer.save_pretrained(folder))") from err
+        raise
+
 

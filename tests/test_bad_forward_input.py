@@ -189,3 +189,23 @@ def test_a_folder_without_tokenizer_files_says_so(saved):
         load_tokenizer(folder)
     seqzoo.byte_tokenizer().save_pretrained(folder)
     assert load_tokenizer(folder).pad_token_id == 256
+
+
+def test_damaged_tokenizer_and_generation_config_files_are_named(saved):
+    """The tokenizers library's JSON error names no file; transformers ignores a damaged generation_config.json
+    (it logs at info level) and generates with other settings than were saved."""
+    from transformers import GenerationConfig
+
+    folder, model = saved
+    seqzoo.byte_tokenizer().save_pretrained(folder)
+    GenerationConfig(max_new_tokens=7, eos_token_id=257).save_pretrained(folder)
+    assert AutoModelForCausalLM.from_pretrained(folder).generation_config.max_new_tokens == 7
+    (folder / "generation_config.json").write_text('{"max_new_tokens": 7,')
+    with pytest.raises(ValueError, match=r"generation_config.json is damaged .*Fix or delete the file"):
+        AutoModelForCausalLM.from_pretrained(folder)
+    loaded = AutoModelForCausalLM.from_pretrained(folder, generation_config=GenerationConfig(max_new_tokens=3))
+    assert loaded.generation_config.max_new_tokens == 3  # one given is taken: the file is not read
+    (folder / "generation_config.json").unlink()
+    (folder / "tokenizer.json").write_bytes(b'{"version": "1.0", "trunc')
+    with pytest.raises(ValueError, match=r"tokenizer cannot be read: tokenizer.json is damaged \(.*\); save the"):
+        load_tokenizer(folder)

@@ -6,10 +6,13 @@ import contextlib
 import functools
 import importlib
 import inspect
+import json
 import logging
+import os
 import types
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -444,6 +447,7 @@ class SeqzooPreTrainedModel(PreTrainedModel):
             saved_as = _check_checkpoint_model_type(cls, pretrained_model_name_or_path, kwargs)
         else:
             saved_as = None
+        _check_generation_config_file(pretrained_model_name_or_path, kwargs)
         want_info = kwargs.pop("output_loading_info", False)
         allow_mismatch = kwargs.pop("ignore_mismatched_sizes", False)
         # Load leniently and judge here, so the error names every offending tensor with both shapes. (Leniently also
@@ -503,6 +507,32 @@ class SeqzooPreTrainedModel(PreTrainedModel):
                     "allow_nonfinite=True to load it anyway (to inspect it)"
                 )
         return (model, info) if want_info else model
+
+
+def _check_generation_config_file(source: Any, kwargs: dict[str, Any]) -> None:
+    """Refuse a local folder whose generation_config.json is damaged: transformers' from_pretrained ignores it
+    (logging at info level) and generates with the model config's defaults, other than what was saved."""
+    if kwargs.get("generation_config") is not None or not isinstance(source, (str, os.PathLike)):
+        return
+    folder = Path(source) / kwargs.get("subfolder", "")
+    if folder.is_dir():
+        damaged = damaged_json_files(folder, ("generation_config.json",))
+        if damaged:
+            raise ValueError(f"{str(source)!r}: {damaged}; transformers would ignore it and generate with other "
+                             "settings than were saved. Fix or delete the file (or pass generation_config=...)")
+
+
+def damaged_json_files(folder: Path, names: Any) -> str:
+    """Which of ``names`` in ``folder`` are there but not JSON, with the parser's message (empty when none)."""
+    found = []
+    for name in names:
+        path = folder / name
+        if path.is_file():
+            try:
+                json.loads(path.read_bytes())
+            except (ValueError, UnicodeDecodeError) as err:
+                found.append(f"{name} is damaged ({err})")
+    return "; ".join(found)
 
 
 def _initialise_anew(model: nn.Module, info: dict[str, Any]) -> None:
