@@ -173,8 +173,8 @@ def check_generation_args(args: argparse.Namespace) -> None:
         raise ValueError(f"--max-new-tokens={args.max_new_tokens} is invalid: must be >= 1")
     if args.num_beams < 1:
         raise ValueError(f"--num-beams={args.num_beams} is invalid: must be >= 1 (1 = no beam search)")
-    if not args.temperature >= 0:  # also catches NaN
-        raise ValueError(f"--temperature={args.temperature} is invalid: must be >= 0 (0 = greedy)")
+    if not 0 <= args.temperature < float("inf"):  # also catches NaN; inf would sample uniformly, ignoring the model
+        raise ValueError(f"--temperature={args.temperature} is invalid: must be a finite number >= 0 (0 = greedy)")
     if args.top_p is not None and not 0 < args.top_p <= 1:
         raise ValueError(f"--top-p={args.top_p} is invalid: must be in (0, 1]")
     if args.top_k is not None and args.top_k < 0:
@@ -254,7 +254,8 @@ def cmd_generate(args: argparse.Namespace) -> int:
     source = args.model
     try:
         with quiet_transformers():
-            seq2seq = getattr(AutoConfig.from_pretrained(source), "is_encoder_decoder", False)
+            config = AutoConfig.from_pretrained(source)
+            seq2seq = getattr(config, "is_encoder_decoder", False)
             auto = AutoModelForSeq2SeqLM if seq2seq else AutoModelForCausalLM
             model = auto.from_pretrained(source, dtype=_dtype(args.dtype)).to(device).eval()
             tokenizer = load_tokenizer(source)
@@ -262,6 +263,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
         where = "the folder" if Path(source).is_dir() else "the Hub repository"
         first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise ValueError(f"cannot load a model and tokenizer from {where} {source!r}: {first_line}") from err
+    _check_generating_head(config, source)
     check_prompt_text(args.prompt)
     inputs = tokenizer(args.prompt, return_tensors="pt").to(device)
     if inputs["input_ids"].shape[1] == 0:
@@ -388,6 +390,23 @@ def print_table(header: list[str], rows: list[list[Any]]) -> None:
     print("  ".join("-" * w for w in widths))
     for row in rows:
         print("  ".join(str(x).ljust(w) for x, w in zip(row, widths)).rstrip())
+
+
+def _check_generating_head(config: Any, source: str) -> None:
+    """A folder saved as a classifier loads into AutoModelForCausalLM too, with a vocabulary head it never trained
+    (tied to the embeddings, or newly initialised): refuse it rather than print what that head makes up."""
+    from seqzoo.registry import architecture_for_model_type
+
+    try:
+        spec = architecture_for_model_type(getattr(config, "model_type", None))
+    except ValueError:  # another library's model (a converted GPT-2 folder): transformers' own checks apply
+        return
+    saved_as = (getattr(config, "architectures", None) or [None])[0]
+    task = next((task for task, head in spec.heads.items() if head.__name__ == saved_as), None)
+    if task is not None and task not in ("causal-lm", "seq2seq"):
+        raise ValueError(f"{source!r} holds a {saved_as} (the {task} head), which labels text and does not "
+                         "generate it: its causal-LM head would be untrained; generate from a causal language model "
+                         "or seq2seq folder")
 
 
 def _check_seqzoo_method(model: Any, method: str, flag: str, source: str) -> None:

@@ -28,7 +28,9 @@ def int8_targets(model: nn.Module) -> list[str]:
     for name, module in model.named_modules():
         if isinstance(module, nn.Linear):
             targets.append(name)
-        elif isinstance(module, Mixer):
+        elif isinstance(module, Mixer) or getattr(type(module), "projection_parameters", None):
+            # (by the attribute too: a model loaded with trust_remote_code=True has the bundled copy of Mixer,
+            # another class, whose recurrent projections would otherwise stay float without a word)
             targets += [f"{name}.{parameter}" for parameter in module.projection_parameters]
     return targets
 

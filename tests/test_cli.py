@@ -258,7 +258,8 @@ def test_seqzoo_decoding_flags_on_another_library_model_are_refused(model_dir, t
 
 @pytest.mark.parametrize("flags, expected", [
     (["--num-beams", "0"], "--num-beams=0 is invalid: must be >= 1"),
-    (["--temperature", "-1"], "--temperature=-1.0 is invalid: must be >= 0"),
+    (["--temperature", "-1"], "--temperature=-1.0 is invalid: must be a finite number >= 0"),
+    (["--temperature", "inf"], "--temperature=inf is invalid: must be a finite number >= 0"),
     (["--temperature", "0.8", "--top-p", "1.5"], "--top-p=1.5 is invalid: must be in (0, 1]"),
     (["--top-p", "0.9"], "--top-p only apply when sampling; add --temperature"),
     (["--top-k", "5"], "--top-k only apply when sampling"),
@@ -325,6 +326,19 @@ def test_generate_with_forced_kernel_and_bad_source(tmp_path, capsys):
     assert "cannot load a model and tokenizer from the folder" in _error(capsys, ["generate", str(tmp_path / "empty"),
                                                                                 "ab"])
 
+
+
+def test_generate_refuses_a_classifier_folder(tmp_path, capsys):
+    """AutoModelForCausalLM loads a token classifier's folder too (the lm_head tied to the embeddings, or new), and
+    the command printed what that untrained head made up."""
+    import seqzoo
+
+    model = seqzoo.create_model("mamba-tiny", "token-classification", num_labels=2)
+    model.save_pretrained(tmp_path / "tagger")
+    seqzoo.byte_tokenizer().save_pretrained(tmp_path / "tagger")
+    capsys.readouterr()
+    line = _error(capsys, ["generate", str(tmp_path / "tagger"), "ab", "--max-new-tokens", "3", "--no-stream"])
+    assert "holds a MambaForTokenClassification (the token-classification head)" in line
 
 
 def test_generate_names_a_wrongly_typed_config_field(tmp_path, capsys):

@@ -58,8 +58,9 @@ class MambaMixer(Mixer):
     @classmethod
     def state_bytes(cls, config: Any, dtype_bytes: int = 4) -> int:
         # The last K-1 conv inputs of every inner channel, and an N-wide SSM state per inner channel.
+        # Both are kept in float32 at least, whatever the weights' dtype (the scan computes in float32).
         inner = config.expand * config.hidden_size
-        return inner * (config.conv_kernel - 1 + config.state_size) * dtype_bytes
+        return inner * (config.conv_kernel - 1 + config.state_size) * max(dtype_bytes, 4)
 
     def init_weights(self) -> None:
         """Mamba's init: torch's default for the projections and the convolution, A (S4D-real: A[:, n] = -(n + 1)),

@@ -99,7 +99,7 @@ class Mamba2Mixer(Mixer):
         # state per head.
         inner = config.expand * config.hidden_size
         conv = (inner + 2 * config.n_groups * config.state_size) * (config.conv_kernel - 1)
-        return (conv + inner * config.state_size) * dtype_bytes
+        return (conv + inner * config.state_size) * max(dtype_bytes, 4)  # float32 at least, as for Mamba
 
     def init_weights(self) -> None:
         """Mamba-2's init: torch's default for the projections and the convolution, A_h = -(h + 1) (transformers'

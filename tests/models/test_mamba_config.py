@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 
 import pytest
+import torch
 
 from seqzoo import Mamba2Config, MambaConfig
 
@@ -66,7 +67,22 @@ def test_state_bytes_per_sequence():
     config = MambaConfig(hidden_size=32, num_hidden_layers=3, state_size=5, conv_kernel=4, expand=2)
     assert config.state_bytes_per_sequence(4) == 3 * (64 * 3 + 64 * 5) * 4
     config = Mamba2Config(hidden_size=32, num_hidden_layers=2, state_size=8, head_dim=16, n_groups=2, conv_kernel=3)
-    assert config.state_bytes_per_sequence(2) == 2 * ((64 + 2 * 2 * 8) * 2 + 4 * 16 * 8) * 2
+    # The states stay float32 under bfloat16 weights (the card of a bfloat16 checkpoint claimed half of them).
+    expected = 2 * ((64 + 2 * 2 * 8) * 2 + 4 * 16 * 8) * 4
+    assert config.state_bytes_per_sequence(2) == config.state_bytes_per_sequence(4) == expected
+
+
+@pytest.mark.parametrize("preset", ["mamba-tiny", "mamba2-tiny", "hybrid-tiny"])
+def test_state_bytes_of_a_bfloat16_model_are_what_its_cache_holds(preset):
+    import seqzoo
+    from seqzoo.models.compat import output_cache
+
+    model = seqzoo.create_model(preset).to(torch.bfloat16).eval()
+    with torch.no_grad():
+        cache = output_cache(model(input_ids=torch.tensor([[5, 17, 3, 44]]), use_cache=True))
+    held = sum(v.numel() * v.element_size() for i in range(len(cache.layer_kinds)) if isinstance(cache.layer(i), dict)
+               for v in cache.layer(i).values())
+    assert held == model.config.state_bytes_per_sequence(2)
 
 
 def test_time_step_limit_survives_save_and_load(tmp_path):

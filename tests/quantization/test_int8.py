@@ -106,3 +106,11 @@ def test_int8_quantises_recurrent_projections_and_linear_layers_and_stays_close(
         model.set_head_layout("columns")
     with pytest.raises(ValueError, match=r"set_weight_layout: model\..* has a Parameter of Int8Tensor"):
         model.set_weight_layout("columns")
+
+
+def test_a_quantised_model_refuses_to_save_before_writing_anything(tmp_path, torchao_quantization):
+    """save_pretrained failed inside transformers ("invalid python storage") after writing config.json."""
+    model = seqzoo.quantize_int8(tiny_model("lstm-tiny"))
+    with pytest.raises(ValueError, match=r"is quantised \(model.layers.0.weight_ih.*Int8Tensor.*save the float model"):
+        model.save_pretrained(tmp_path / "out")
+    assert not (tmp_path / "out").exists()
