@@ -22,7 +22,7 @@ from typing import Any
 
 from torch import nn
 
-from seqzoo.layers.mixer import Mixer
+from seqzoo.layers.mixer import projection_parameters
 
 METHODS = ("lora", "ia3", "prompt_tuning")
 # seqzoo task (registry.TASKS) -> peft's TaskType name
@@ -46,8 +46,8 @@ def peft_targets(model: nn.Module) -> dict[str, list[str]]:
             continue
         if isinstance(module, nn.Linear):
             linears.append(name)
-        elif isinstance(module, Mixer):
-            parameters.update(module.projection_parameters)
+        else:  # (a bundled model's mixers too: see projection_parameters)
+            parameters.update(projection_parameters(module))
     # peft matches a name by its last component; where that component is also the name of a module that is no
     # Linear layer (a Linear in a ModuleList is "0", as is a recurrent layer in another), the full name is given.
     others = {name.rpartition(".")[2] for name, module in model.named_modules() if not isinstance(module, nn.Linear)}

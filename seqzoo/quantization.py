@@ -19,7 +19,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from seqzoo.layers.mixer import Mixer
+from seqzoo.layers.mixer import projection_parameters
 
 
 def int8_targets(model: nn.Module) -> list[str]:
@@ -28,10 +28,8 @@ def int8_targets(model: nn.Module) -> list[str]:
     for name, module in model.named_modules():
         if isinstance(module, nn.Linear):
             targets.append(name)
-        elif isinstance(module, Mixer) or getattr(type(module), "projection_parameters", None):
-            # (by the attribute too: a model loaded with trust_remote_code=True has the bundled copy of Mixer,
-            # another class, whose recurrent projections would otherwise stay float without a word)
-            targets += [f"{name}.{parameter}" for parameter in module.projection_parameters]
+        else:  # (a bundled model's mixers too: see projection_parameters)
+            targets += [f"{name}.{parameter}" for parameter in projection_parameters(module)]
     return targets
 
 

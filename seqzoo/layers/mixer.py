@@ -230,6 +230,17 @@ class BidirectionalMixer(Mixer):
         return joined, None
 
 
+def projection_parameters(module: nn.Module) -> tuple[str, ...]:
+    """The names of the weight matrices a mixer keeps as parameters (not ``nn.Linear`` layers) that adapters and
+    quantisation treat as projections; () for any other module. A mixer of a model loaded with
+    ``trust_remote_code=True`` before seqzoo was imported is an instance of the bundle's copy of :class:`Mixer`,
+    another class: it is recognised by the attribute."""
+    if isinstance(module, Mixer):
+        return module.projection_parameters
+    names = getattr(type(module), "projection_parameters", ())
+    return names if isinstance(names, tuple) and all(isinstance(name, str) for name in names) else ()
+
+
 def has_hooks(module: nn.Module) -> bool:
     """Whether ``module(...)`` runs more than ``type(module).forward``: a hook on the module, a forward set on the
     instance (accelerate's offloading and device-placement hooks wrap it so), or ``module.compile()`` (the call then
