@@ -77,7 +77,11 @@ def parse_overrides(items: list[str], what: str = "override") -> dict[str, Any]:
 
 class quiet_transformers:
     """Silence transformers' warnings, log lines and progress bars for a block (they would land in the middle of
-    streamed text, or print a bar for saving one small file)."""
+    streamed text, or print a bar for saving one small file); with ``bars_only=True`` only its progress bars (a
+    "Loading weights" bar above a command's one error line)."""
+
+    def __init__(self, bars_only: bool = False) -> None:
+        self.bars_only = bars_only
 
     def __enter__(self) -> None:
         import warnings
@@ -86,13 +90,14 @@ class quiet_transformers:
 
         self._warnings = warnings.catch_warnings()
         self._warnings.__enter__()
-        warnings.simplefilter("ignore", FutureWarning)
-        warnings.simplefilter("ignore", DeprecationWarning)
-        warnings.simplefilter("ignore", UserWarning)
         self._verbosity = hf_logging.get_verbosity()
         self._bars = hf_logging.is_progress_bar_enabled()
-        hf_logging.set_verbosity_error()
         hf_logging.disable_progress_bar()
+        if not self.bars_only:
+            warnings.simplefilter("ignore", FutureWarning)
+            warnings.simplefilter("ignore", DeprecationWarning)
+            warnings.simplefilter("ignore", UserWarning)
+            hf_logging.set_verbosity_error()
 
     def __exit__(self, *exc: Any) -> None:
         from transformers.utils import logging as hf_logging

@@ -36,31 +36,33 @@ def register(subparsers: Any) -> None:
 def cmd_publish(args: argparse.Namespace) -> int:
     from seqzoo.hub.publishing import PublishError, export_folder, publish, refresh_code
     from seqzoo.outputs import describe
+    from seqzoo.utils import quiet_transformers
 
     if args.refresh_code is not None:
         if args.model_dir or args.repo_id or args.dry_run or args.private:
-            raise SystemExit("error: --refresh-code REPO_ID takes no model folder or second repository, and "
+            raise ValueError("--refresh-code REPO_ID takes no model folder or second repository, and "
                              "no --dry-run or --private: it rewrites the code of REPO_ID in place")
         try:
             url = refresh_code(args.refresh_code, revision=args.revision, commit_message=args.commit_message)
         except PublishError as err:
-            raise SystemExit(f"error: {err}") from err
+            raise ValueError(str(err)) from err
         print(f"refreshed the code of {args.refresh_code}: {url}")
         return 0
     if not (args.model_dir and args.repo_id):
-        raise SystemExit("error: seqzoo publish needs MODEL_DIR and REPO_ID (or --refresh-code REPO_ID)")
+        raise ValueError("seqzoo publish needs MODEL_DIR and REPO_ID (or --refresh-code REPO_ID)")
     if args.dry_run != (args.output is not None):
-        raise SystemExit("error: --dry-run and --output go together: --dry-run --output DIR builds the repository "
+        raise ValueError("--dry-run and --output go together: --dry-run --output DIR builds the repository "
                          "folder in DIR and uploads nothing")
     if args.dry_run:
         upload_only = [flag for flag, value in (("--private", args.private), ("--revision", args.revision),
                                                 ("--commit-message", args.commit_message)) if value]
         if upload_only:
-            raise SystemExit(f"error: {', '.join(upload_only)} only apply to an upload; --dry-run uploads nothing")
+            raise ValueError(f"{', '.join(upload_only)} only apply to an upload; --dry-run uploads nothing")
         try:
-            folder = export_folder(args.model_dir, args.output, repo_id=args.repo_id, license=args.license)
+            with quiet_transformers(bars_only=True):  # (no "Loading weights" bar for one small model)
+                folder = export_folder(args.model_dir, args.output, repo_id=args.repo_id, license=args.license)
         except OSError as err:  # a read-only folder, a full disk: one line, and nothing left at --output
-            raise SystemExit(f"error: {describe(err)}") from err
+            raise ValueError(describe(err)) from err
         files = sorted(path.name for path in folder.iterdir())
         print(f"built {folder} for {args.repo_id} ({len(files)} files, nothing uploaded): {', '.join(files)}")
         return 0
@@ -68,8 +70,8 @@ def cmd_publish(args: argparse.Namespace) -> int:
         url = publish(args.model_dir, args.repo_id, private=args.private or None, revision=args.revision,
                       commit_message=args.commit_message, license=args.license)
     except PublishError as err:
-        raise SystemExit(f"error: {err}") from err
+        raise ValueError(str(err)) from err
     except OSError as err:  # the local staging folder could not be written
-        raise SystemExit(f"error: {describe(err)}") from err
+        raise ValueError(describe(err)) from err
     print(f"published {args.model_dir} to {args.repo_id}: {url}")
     return 0

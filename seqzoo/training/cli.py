@@ -54,7 +54,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     try:
         result = train(recipe, resume=args.resume, progress=not args.no_progress, force=args.force)
     except (NonFiniteError, OSError) as err:  # a diverged run, a read-only folder, a full disk: one line each
-        raise SystemExit(f"error: {describe(err) if isinstance(err, OSError) else err}") from err
+        raise ValueError(describe(err) if isinstance(err, OSError) else str(err)) from err
     if result.is_main_process:
         perplexity = f", perplexity {result.eval['perplexity']:.3f}" if "perplexity" in result.eval else ""
         print(f"trained {recipe.model.preset} for {result.steps} steps ({result.tokens_seen:,} tokens, task "

@@ -114,18 +114,18 @@ def test_cli_publish_uses_HF_ENDPOINT_and_HF_TOKEN(saved_models, tmp_path):
     assert commit.files["README.md"].startswith(b"---\n") and b"license: mit\n" in commit.files["README.md"]
 
 
-def test_cli_publish_reports_errors_plainly(saved_models, monkeypatch, tmp_path):
+def test_cli_publish_reports_errors_plainly(saved_models, monkeypatch, tmp_path, capsys):
     for name in ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "HF_OIDC_RESOURCE"):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setattr(constants, "HF_TOKEN_PATH", str(tmp_path / "no-token-here"))
-    with pytest.raises(SystemExit) as exit_info:
-        main(["publish", str(saved_models["lstm"]), repo_id("lstm")])
-    assert str(exit_info.value.code).startswith("error: no Hugging Face token")
-    with pytest.raises(SystemExit, match="--dry-run and --output go together"):
-        main(["publish", str(saved_models["lstm"]), repo_id("lstm"), "--dry-run"])
-    with pytest.raises(SystemExit, match="--private, --revision only apply to an upload"):
-        main(["publish", str(saved_models["lstm"]), repo_id("lstm"), "--dry-run", "--output", str(tmp_path / "x"),
-              "--private", "--revision", "v2"])
+    # A user's mistake is one error line and exit status 2 (1 is kept for seqzoo's own failures).
+    assert main(["publish", str(saved_models["lstm"]), repo_id("lstm")]) == 2
+    assert capsys.readouterr().err.startswith("error: no Hugging Face token")
+    assert main(["publish", str(saved_models["lstm"]), repo_id("lstm"), "--dry-run"]) == 2
+    assert "--dry-run and --output go together" in capsys.readouterr().err
+    assert main(["publish", str(saved_models["lstm"]), repo_id("lstm"), "--dry-run", "--output", str(tmp_path / "x"),
+                 "--private", "--revision", "v2"]) == 2
+    assert "--private, --revision only apply to an upload" in capsys.readouterr().err
     assert not os.path.exists(tmp_path / "x")
 
 
@@ -166,13 +166,13 @@ def test_refresh_code_rewrites_only_the_code_of_an_existing_repository(hub, expo
 
 def test_refresh_code_refuses_what_is_not_a_seqzoo_model(hub, capsys):
     hub.repos["someone/gpt"] = {"config.json": b'{"model_type": "gpt2"}'}
-    with pytest.raises(SystemExit, match="does not hold a seqzoo model"):
-        main(["publish", "--refresh-code", "someone/gpt"])
+    assert main(["publish", "--refresh-code", "someone/gpt"]) == 2
+    assert "does not hold a seqzoo model" in capsys.readouterr().err
     hub.repos["someone/data"] = {"data.csv": b"a,b\n"}
-    with pytest.raises(SystemExit, match="has no config.json"):
-        main(["publish", "--refresh-code", "someone/data"])
-    with pytest.raises(SystemExit, match="takes no model folder"):
-        main(["publish", "--refresh-code", "someone/data", "some-folder"])
+    assert main(["publish", "--refresh-code", "someone/data"]) == 2
+    assert "has no config.json" in capsys.readouterr().err
+    assert main(["publish", "--refresh-code", "someone/data", "some-folder"]) == 2
+    assert "takes no model folder" in capsys.readouterr().err
     assert hub.commits == []
 
 
