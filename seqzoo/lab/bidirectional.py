@@ -73,8 +73,11 @@ class BidirectionalLabConfig:
         for task in self.tasks:
             if task not in TASKS:
                 raise ValueError(f"unknown bidirectional-lab task {task!r}; allowed: {', '.join(TASKS)}")
-        if not self.distances or min(self.distances) < 2:
-            raise ValueError(f"distances={self.distances} is invalid: a non-empty list of integers >= 2 (words)")
+        if not self.tasks or len(set(self.tasks)) != len(self.tasks):
+            raise ValueError(f"tasks={self.tasks} is invalid: a non-empty list of distinct tasks")
+        if not self.distances or min(self.distances) < 2 or len(set(self.distances)) != len(self.distances):
+            raise ValueError(f"distances={self.distances} is invalid: a non-empty list of distinct integers >= 2 "
+                             "(words)")
         for key in ("steps", "batch_size", "eval_samples"):
             if getattr(self, key) < 1:
                 raise ValueError(f"bidirectional lab setting {key}={getattr(self, key)} is invalid: must be >= 1")
@@ -167,8 +170,21 @@ def run_bidirectional_lab(cfg: BidirectionalLabConfig, out: str | Path, command:
             f"distance {figures} ({run['seconds']:.1f} s)")
 
     if workers == 1:  # in this process: no worker to start (seconds saved in a smoke run)
-        for job in jobs:
-            report(run_job(job))
+        import torch
+
+        # ... but as a worker would run it (the report says single-threaded, and a worker trains on the CPU)
+        threads, on_cpu = torch.get_num_threads(), os.environ.get("ACCELERATE_USE_CPU")
+        torch.set_num_threads(1)
+        os.environ["ACCELERATE_USE_CPU"] = "true"
+        try:
+            for job in jobs:
+                report(run_job(job))
+        finally:
+            torch.set_num_threads(threads)
+            if on_cpu is None:
+                os.environ.pop("ACCELERATE_USE_CPU", None)
+            else:
+                os.environ["ACCELERATE_USE_CPU"] = on_cpu
     else:
         with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
                                  initializer=_worker_setup) as pool:

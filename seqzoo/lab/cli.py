@@ -119,6 +119,18 @@ def register(subparsers: Any) -> None:
     s.set_defaults(func=cmd_sweep)
 
 
+def refuse_options_before_subcommand(args: argparse.Namespace) -> None:
+    """``seqzoo lab --out X gradients``: argparse hands ``--out X`` to ``seqzoo lab``, and the sub-command's own
+    defaults then replace it -- the option would be dropped without a word (``--smoke seq2seq`` ran the full lab)."""
+    argv = list(getattr(args, "argv", None) or [])
+    if "lab" in argv and args.lab_command in argv[argv.index("lab"):]:
+        before = argv[argv.index("lab") + 1:argv.index(args.lab_command, argv.index("lab"))]
+        if before:
+            raise ValueError(f"{' '.join(before)} comes before `{args.lab_command}`, where it would be ignored: "
+                             f"write `seqzoo lab {args.lab_command} {' '.join(before)} ...` (see `seqzoo lab "
+                             f"{args.lab_command} --help`)")
+
+
 def command_line(args: argparse.Namespace) -> str:
     return "seqzoo " + shlex.join(getattr(args, "argv", None) or ["lab"])
 
@@ -137,6 +149,7 @@ def cmd_lab(args: argparse.Namespace) -> int:
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
+    refuse_options_before_subcommand(args)
     from seqzoo.lab.sweep import SweepConfig, run_sweep
 
     chosen = {"architectures": args.architectures, "rates": args.rates, "workers": args.workers,
@@ -147,6 +160,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 
 
 def cmd_gradients(args: argparse.Namespace) -> int:
+    refuse_options_before_subcommand(args)
     import torch
 
     import seqzoo
@@ -186,6 +200,7 @@ def cmd_gradients(args: argparse.Namespace) -> int:
 
 
 def cmd_seq2seq(args: argparse.Namespace) -> int:
+    refuse_options_before_subcommand(args)
     from seqzoo.lab.seq2seq import Seq2SeqLabConfig, run_seq2seq_lab
 
     chosen = {k: v for k, v in {"tasks": args.tasks, "steps": args.steps, "workers": args.workers,
@@ -198,6 +213,7 @@ def cmd_seq2seq(args: argparse.Namespace) -> int:
 
 
 def cmd_bidirectional(args: argparse.Namespace) -> int:
+    refuse_options_before_subcommand(args)
     from seqzoo.lab.bidirectional import BidirectionalLabConfig, run_bidirectional_lab
 
     chosen = {k: v for k, v in {"architectures": args.architectures, "tasks": args.tasks, "distances": args.distances,

@@ -69,7 +69,9 @@ def memory_plot(accuracy: dict[str, dict[str, dict[int, list[float]]]], chance: 
     archs = sorted({arch for per_arch in accuracy.values() for arch in per_arch})
     look = styles(archs)
     distances = sorted({d for per_arch in accuracy.values() for per_d in per_arch.values() for d in per_d})
-    fig, axes = plt.subplots(1, len(tasks), figsize=(3.3 * len(tasks) + 1.6, 3.5), sharey=True, squeeze=False)
+    # (at least 8 inches: the title is one line that a single panel's width would cut at both ends)
+    fig, axes = plt.subplots(1, len(tasks), figsize=(max(8.0, 3.3 * len(tasks) + 1.6), 3.5), sharey=True,
+                             squeeze=False)
     for ax, task in zip(axes[0], tasks):
         for i, arch in enumerate(archs):
             points = sorted(accuracy[task].get(arch, {}).items())

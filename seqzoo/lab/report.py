@@ -55,12 +55,16 @@ def text_runs(results: dict[str, Any]) -> dict[str, dict[str, Any]]:
     return {run["arch"]: run for run in results["runs"] if run["task"] == "text" and run["ok"]}
 
 
-def memory_mean_by_seed(accuracy: dict[str, dict[str, dict[int, list[float]]]], arch: str) -> list[float]:
-    """Per seed: the mean accuracy over every task and distance."""
-    cells = [values for per_arch in accuracy.values() for values in per_arch.get(arch, {}).values()]
-    if not cells:
-        return []
-    return [statistics.mean(cell[i] for cell in cells) for i in range(min(len(c) for c in cells))]
+def memory_mean_by_seed(results: dict[str, Any], arch: str) -> list[float]:
+    """Per seed whose every memory task ran: the mean accuracy over every task and distance (a seed with a failed
+    run is left out: its other tasks alone would be another mean, and must not be paired with another seed's)."""
+    tasks = results["config"]["tasks"]
+    by_seed: dict[int, dict[str, dict[Any, float]]] = {}
+    for run in results["runs"]:
+        if run["ok"] and run["arch"] == arch and run["task"] in tasks:
+            by_seed.setdefault(run["seed"], {})[run["task"]] = run["accuracy"]
+    return [statistics.mean(a for task in tasks for a in per_task[task].values())
+            for seed, per_task in sorted(by_seed.items()) if all(task in per_task for task in tasks)]
 
 
 def _summary(results: dict[str, Any], accuracy: dict[str, dict[str, dict[int, list[float]]]]) -> str:
@@ -73,7 +77,7 @@ def _summary(results: dict[str, Any], accuracy: dict[str, dict[str, dict[int, li
     for arch, preset in results["presets"].items():
         m = measured.get(arch, {})
         decode = m.get("decode", [])
-        by_seed = memory_mean_by_seed(accuracy, arch)
+        by_seed = memory_mean_by_seed(results, arch)
         run = text.get(arch)
         rows.append([
             f"**{arch}**", f"`{preset}`", f"{m['params']:,}" if m else "–",
@@ -250,7 +254,7 @@ Learning rates (from {rates_source()}):
 (`data.packing: false`: the context runs on from one topic into the next); perplexity per byte
 on the first {cfg['eval_samples']} × {cfg['text_seq_len']} bytes of the held-out last 5%, every
 {text_eval_every} steps along each run and at its end; seed {cfg['seeds'][0]}. The trained models
-are in `runs/<architecture>/text-s{cfg['seeds'][0]}/` (`seqzoo generate {out}/runs/lstm/text-s{cfg['seeds'][0]} "def "`).
+are in `runs/<architecture>/text-s{cfg['seeds'][0]}/` (`seqzoo generate {out}/runs/{next(iter(runs), 'lstm')}/text-s{cfg['seeds'][0]} "def "`).
 
 {_text_section(results)}
 

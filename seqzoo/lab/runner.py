@@ -76,6 +76,8 @@ class LabConfig:
         unknown = [t for t in self.tasks if t not in TASKS]
         if unknown:
             raise ValueError(f"unknown task {unknown[0]!r}; allowed: {', '.join(TASKS)}")
+        if not self.tasks or len(set(self.tasks)) != len(self.tasks):
+            raise ValueError(f"lab setting tasks={self.tasks} is invalid: a non-empty list of distinct tasks")
         for name in ("batch_size", "text_seq_len", "eval_samples", "gradient_length", "symbols", "items",
                      "text_evaluations", "sample_tokens"):
             if getattr(self, name) < 1:

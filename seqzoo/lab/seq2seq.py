@@ -74,6 +74,8 @@ class Seq2SeqLabConfig:
         import seqzoo
         from seqzoo.training.seq2seq import SEQ2SEQ_TASKS
 
+        if not self.tasks or len(set(self.tasks)) != len(self.tasks):
+            raise ValueError(f"seq2seq lab setting tasks={self.tasks} is invalid: a non-empty list of distinct tasks")
         for task in self.tasks:
             if task not in SEQ2SEQ_TASKS:
                 raise ValueError(f"unknown seq2seq task {task!r}; allowed: {', '.join(SEQ2SEQ_TASKS)}")
@@ -298,17 +300,20 @@ def _table(header: list[str], rows: list[list[Any]]) -> str:
 
 
 def accuracy_plot(results: dict[str, Any], path: Path) -> None:
-    from seqzoo.lab.plots import _pyplot, styles
+    from seqzoo.lab.plots import _dodged, _pyplot, styles
 
     plt = _pyplot()
     cfg, runs = results["config"], [run for run in results["runs"] if run["ok"]]
-    looks = styles(list(cfg["models"]))
+    names = list(cfg["models"])
+    looks = styles(names)
     tasks = cfg["tasks"]
     fig, axes = plt.subplots(1, len(tasks), figsize=(3.4 * len(tasks) + 1.6, 3.2), sharey=True, squeeze=False)
     for ax, task in zip(axes[0], tasks):
         for run in (run for run in runs if run["task"] == task):
             points = sorted((int(n), a) for n, a in run["accuracy"].items())
-            ax.plot([n for n, _ in points], [a for _, a in points], label=run["model"], **looks[run["model"]])
+            # Several models at the same accuracy (1.0) would hide each other: each model has its slot.
+            ax.plot(_dodged([n for n, _ in points], names.index(run["model"]), len(names)), [a for _, a in points],
+                    label=run["model"], **looks[run["model"]])
         ax.set_xscale("log", base=2)
         lengths = cfg["source_lengths"][task]
         ax.set_xticks(lengths, [str(n) for n in lengths])

@@ -49,6 +49,11 @@ class SweepConfig:
     def validate(self) -> None:
         if not self.rates or min(self.rates) <= 0 or max(self.rates) >= 1:
             raise ValueError(f"--rates {self.rates} is invalid: learning rates in (0, 1)")
+        if len({f"{rate:g}" for rate in self.rates}) != len(self.rates):  # (runs are named by f"{rate:g}")
+            raise ValueError(f"--rates {self.rates} is invalid: distinct learning rates")
+        if not math.isfinite(self.deadline_seconds) or self.deadline_seconds < 0:
+            raise ValueError(f"--deadline-minutes {self.deadline_seconds / 60:g} is invalid: minutes >= 0 "
+                             "(0: no deadline)")
         if self.steps < MIN_STEPS:
             raise ValueError(f"sweep steps={self.steps} is invalid: at least {MIN_STEPS}")
         if self.device not in ("cpu", "cuda"):
@@ -76,6 +81,12 @@ def run_sweep(cfg: SweepConfig, out: str | Path, log: Callable[[str], None] = pr
     cfg.validate()
     presets = lab_presets(cfg.architectures)
     out = Path(out)
+    partial = out / "runs.jsonl"  # one line per finished run: what survives if the sweep is killed
+    if not force and partial.is_file() and not (out / "sweep.md").is_file():
+        kept = sum(1 for line in partial.read_text().splitlines() if line.strip())
+        if kept:  # (an unfinished sweep's folder would be replaced without --force, and its runs with it)
+            raise ValueError(f"{str(out)!r} holds an unfinished sweep: {partial} records {kept} finished run(s); "
+                             "pass --out NEW_FOLDER to keep them, or --force to replace them")
     prepare_output(out, force, log)
     jobs = sweep_jobs(cfg, presets, out)
     workers = max(1, cfg.workers or LabConfig().worker_count(len(jobs)))
@@ -83,7 +94,6 @@ def run_sweep(cfg: SweepConfig, out: str | Path, log: Callable[[str], None] = pr
     (out / "results.json").write_text(json.dumps({"status": "running", "environment": environment}))
     started = time.perf_counter()
     log(f"seqzoo lab sweep: {len(presets)} architectures, {len(jobs)} runs on {workers} worker(s) ({cfg.device})")
-    partial = out / "runs.jsonl"  # one line per finished run: what survives if the sweep is killed
 
     def keep(result: dict[str, Any]) -> None:
         result.pop("losses", None)  # hundreds of runs x every step: too much to keep
@@ -93,7 +103,7 @@ def run_sweep(cfg: SweepConfig, out: str | Path, log: Callable[[str], None] = pr
     runs = run_jobs(jobs, workers, log, device=cfg.device, on_result=keep,
                     deadline=started + cfg.deadline_seconds if cfg.deadline_seconds else None)
     results = {"status": "finished", "config": asdict(cfg), "presets": presets, "runs": runs,
-               "environment": environment, "seconds": time.perf_counter() - started}
+               "planned_runs": len(jobs), "environment": environment, "seconds": time.perf_counter() - started}
     results["proposal"] = propose(results)
     write_atomically(out / "results.json", json.dumps(results, indent=1))
     (out / "sweep.md").write_text(sweep_report(results))
@@ -115,14 +125,18 @@ def propose(results: dict[str, Any]) -> dict[str, Any]:
     rates: dict[str, dict[str, float]] = {}
     needed: dict[str, list[int]] = {task: [] for task in cfg["tasks"]}
     for arch in results["presets"]:
-        scores = {rate: statistics.mean(map(_mean_accuracy, done)) for rate in cfg["rates"]
-                  if (done := _memory_runs(runs, arch, rate))}
+        done = {rate: {r["task"]: r for r in runs_at} for rate in cfg["rates"]
+                if (runs_at := _memory_runs(runs, arch, rate))}
+        # Rates are compared on the tasks that every one of them finished (a deadline, or a failed run, can leave a
+        # rate without its hardest task, which would flatter its mean).
+        common = sorted(set.intersection(*(set(tasks) for tasks in done.values()))) if done else []
+        scores = {rate: statistics.mean(_mean_accuracy(tasks[task]) for task in common) for rate, tasks in done.items()
+                  } if common else {}
         entry: dict[str, float] = {}
         if scores:
             best = max(scores.values())
             near = [rate for rate, score in scores.items() if score >= best - TIE]
-            entry["memory"] = min(near, key=lambda rate: (sum(r["steps_run"] for r in _memory_runs(runs, arch, rate)),
-                                                          rate))
+            entry["memory"] = min(near, key=lambda rate: (sum(done[rate][task]["steps_run"] for task in common), rate))
             for run in _memory_runs(runs, arch, entry["memory"]):
                 if run["steps_run"] < run["steps"]:
                     needed[run["task"]].append(run["steps_run"])
@@ -144,7 +158,10 @@ def sweep_report(results: dict[str, Any]) -> str:
     cfg, runs, env = results["config"], results["runs"], results["environment"]
     parts = [f"# seqzoo lab sweep\n\nCommand: `{env['command']}` · seqzoo {env['seqzoo']}"
              + (f" (git {env['git']})" if env.get("git") else "") + f" · {env['cpu']}, {env['workers']} workers on "
-             f"{cfg['device']} · seed {cfg['seed']} · {len(runs)} runs in {results['seconds'] / 60:.1f} min\n\n"
+             f"{cfg['device']} · seed {cfg['seed']} · {len(runs)} runs in {results['seconds'] / 60:.1f} min"
+             + (f" ({results['planned_runs'] - len(runs)} of {results['planned_runs']} dropped at the deadline: "
+                "rates are compared on the tasks every rate finished)"
+                if results.get("planned_runs", len(runs)) > len(runs) else "") + "\n\n"
              f"Memory tasks: accuracy at distances {', '.join(map(str, cfg['distances']))} and the steps run (at most "
              f"{cfg['steps']}; fewer: solved). Text: validation perplexity after {cfg['text_steps']} steps."]
     for arch in results["presets"]:

@@ -278,3 +278,69 @@ def test_the_gradient_takeaway_marks_a_profile_at_initialisation():
     (text,) = findings._gradient_takeaways(measured, {"gradient_length": 128})
     assert "(after training on text)" in text and "lstm 1e-02 (at initialisation: its text run failed)" in text
     assert "gru 1e-03," in text or text.rstrip(".").endswith("gru 1e-03")
+
+
+def test_a_name_given_twice_is_refused_before_any_work(tmp_path):
+    from seqzoo.lab.bidirectional import BidirectionalLabConfig, run_bidirectional_lab
+    from seqzoo.lab.seq2seq import Seq2SeqLabConfig, run_seq2seq_lab
+    from seqzoo.lab.sweep import SweepConfig, run_sweep
+
+    # (each would train the same run twice, into one folder, and report it twice)
+    with pytest.raises(ValueError, match="tasks=.* distinct"):
+        run_lab(LabConfig.smoke(tasks=["copy", "copy"]), tmp_path / "x")
+    with pytest.raises(ValueError, match="tasks=.* distinct"):
+        run_seq2seq_lab(Seq2SeqLabConfig.smoke(tasks=["reverse", "reverse"]), tmp_path / "x")
+    with pytest.raises(ValueError, match="distances=.* distinct"):
+        run_bidirectional_lab(BidirectionalLabConfig.smoke(distances=[4, 4]), tmp_path / "x")
+    with pytest.raises(ValueError, match="distinct learning rates"):
+        run_sweep(SweepConfig(rates=[1e-2, 0.01]), tmp_path / "x")
+    with pytest.raises(ValueError, match="--deadline-minutes -1 is invalid"):
+        run_sweep(SweepConfig(deadline_seconds=-60), tmp_path / "x")
+    assert not (tmp_path / "x").exists()
+
+
+def test_the_summary_pairs_each_seed_with_itself_when_a_run_failed():
+    from seqzoo.lab.report import memory_mean_by_seed
+
+    def run(task, seed, accuracy, ok=True):
+        return {"ok": ok, "arch": "lstm", "task": task, "seed": seed, "accuracy": {4: accuracy}}
+
+    runs = [run("copy", 0, 0.2), run("copy", 1, 0.0, ok=False), run("copy", 2, 1.0),
+            run("induction", 0, 0.2), run("induction", 1, 0.4), run("induction", 2, 1.0)]
+    # seed 1 (its copy run failed) is left out; seed 2's mean is its own, not copy s2 with induction s1
+    assert memory_mean_by_seed({"config": {"tasks": ["copy", "induction"]}, "runs": runs}, "lstm") == [0.2, 1.0]
+
+
+def test_the_sweep_compares_rates_on_the_tasks_each_of_them_finished():
+    from seqzoo.lab.sweep import propose
+
+    def run(task, rate, accuracy):
+        return {"ok": True, "arch": "lstm", "lr": rate, "task": task, "accuracy": {64: accuracy}, "steps_run": 600,
+                "steps": 600}
+
+    # 3e-3 is better on copy; 1e-2 was cut (by a deadline) before the harder selective copy
+    runs = [run("selective_copy", 3e-3, 0.6), run("copy", 3e-3, 1.0), run("copy", 1e-2, 0.95)]
+    results = {"config": {"tasks": ["copy", "selective_copy"], "rates": [3e-3, 1e-2], "steps": 600},
+               "presets": {"lstm": "lstm-tiny"}, "runs": runs}
+    assert propose(results)["learning_rates"]["lstm"]["memory"] == 3e-3
+
+
+def test_a_rerun_never_drops_an_unfinished_sweeps_runs_without_force(tmp_path):
+    from seqzoo.lab.sweep import SweepConfig, run_sweep
+
+    out = tmp_path / "sweep"
+    out.mkdir()
+    (out / "results.json").write_text(json.dumps({"status": "running", "environment": {"command": "seqzoo lab sweep",
+                                                                                       "pid": None}}))
+    (out / "runs.jsonl").write_text('{"arch": "lstm"}\n')
+    with pytest.raises(ValueError, match="unfinished sweep: .* 1 finished run"):
+        run_sweep(SweepConfig(architectures=["lstm"]), out)
+    assert (out / "runs.jsonl").read_text() == '{"arch": "lstm"}\n'
+
+
+def test_an_option_before_a_lab_subcommand_is_refused_not_dropped(tmp_path, capsys):
+    # argparse gave `--out X` to `seqzoo lab`, and `gradients`' own default replaced it
+    assert main(["lab", "--out", str(tmp_path / "x"), "gradients"]) != 0
+    assert "--out " in capsys.readouterr().err and not (tmp_path / "x").exists()
+    assert main(["lab", "--smoke", "seq2seq"]) != 0
+    assert "`seqzoo lab seq2seq --smoke ...`" in capsys.readouterr().err
