@@ -25,12 +25,13 @@ one batch without padding masks.
 from __future__ import annotations
 
 import hashlib
+import re
 from pathlib import Path
 from typing import Any, Callable
 
 import torch
 
-from seqzoo.tokenizer import EOS_TOKEN_ID, VOCAB_SIZE
+from seqzoo.tokenizer import EOS_TOKEN, EOS_TOKEN_ID, PAD_TOKEN, PAD_TOKEN_ID, VOCAB_SIZE
 
 IGNORE = -100
 PAD, BLANK, GO = 0, 1, 2
@@ -276,13 +277,28 @@ class TokenStream:
         return {"validation": (windows[:, :-1], windows[:, 1:])}
 
 
+_EOS_TEXT = re.compile(re.escape(EOS_TOKEN))
+
+
 def tokens_from_documents(documents: list[str]) -> torch.Tensor:
-    """UTF-8 bytes of each document followed by EOS -- exactly what the byte tokenizer produces for them."""
+    """UTF-8 bytes of each document followed by EOS -- exactly what the byte tokenizer produces for them. The text
+    ``<|endoftext|>`` inside a document is EOS, as the tokenizer reads it (a corpus that separates its documents
+    with it, as TinyStories' text files do, means that); the text ``<|pad|>``, which the tokenizer would read as
+    padding, is refused: nothing should be trained to predict padding."""
     pieces = []
     eos = torch.tensor([EOS_TOKEN_ID], dtype=torch.int16)
-    for doc in documents:
-        if doc:  # an empty document (a blank dataset row) is its EOS alone; frombuffer refuses an empty buffer
-            pieces.append(torch.frombuffer(bytearray(doc.encode("utf-8")), dtype=torch.uint8).to(torch.int16))
+    for index, doc in enumerate(documents):
+        if PAD_TOKEN in doc:
+            raise ValueError(f"document {index} of the corpus holds the text {PAD_TOKEN!r}, which the byte tokenizer "
+                             f"reads as its padding token (id {PAD_TOKEN_ID}): remove or rewrite it")
+        start = 0
+        for found in [*_EOS_TEXT.finditer(doc), None]:
+            text = doc[start:found.start() if found else len(doc)]
+            if text:  # frombuffer refuses an empty buffer (an empty document is its EOS alone)
+                pieces.append(torch.frombuffer(bytearray(text.encode("utf-8")), dtype=torch.uint8).to(torch.int16))
+            if found:
+                pieces.append(eos)
+                start = found.end()
         pieces.append(eos)
     if not pieces:
         raise ValueError("the corpus has no documents")
@@ -329,9 +345,18 @@ def dataset_documents(dataset: Any, column: str) -> list[str]:
             raise ValueError(f"the DatasetDict has no 'train' split; it has {', '.join(dataset.keys())}")
         dataset = dataset["train"]
     columns = getattr(dataset, "column_names", None)
+    if columns is None and isinstance(dataset, dict):
+        columns = list(dataset)
     if columns is not None and column not in columns:
         raise ValueError(f"the dataset has no column {column!r} (data.text_column); columns: {', '.join(columns)}")
-    texts = dataset[column]
+    try:
+        texts = dataset[column]
+    except (KeyError, IndexError, TypeError) as err:
+        raise ValueError(f"the dataset ({type(dataset).__name__}) cannot be indexed by the column name {column!r} "
+                         f"(data.text_column): {type(err).__name__}: {err}") from err
+    if isinstance(texts, (str, bytes)):  # iterating would make each character a document
+        raise ValueError(f"dataset column {column!r} must be a list of strings (one per document); got one "
+                         f"{type(texts).__name__}")
     bad = next((i for i, t in enumerate(texts) if not isinstance(t, str)), None)
     if bad is not None:
         raise ValueError(f"dataset column {column!r} must hold strings; row {bad} is {type(texts[bad]).__name__}")

@@ -105,6 +105,21 @@ def test_text_tokens_match_the_byte_tokenizer():
     assert tokens_from_documents(docs).tolist() == expected
 
 
+def test_special_token_text_in_a_document_is_read_as_the_tokenizer_reads_it():
+    # A corpus that separates its documents with the text <|endoftext|> (TinyStories' .txt files): the tokenizer
+    # reads it as EOS, so training must too (else packing never splits there and the model never learns EOS).
+    docs = ["Once upon a time.<|endoftext|>The end.", "ab<|endoftext|><|endoftext|>c", "<|endoftext", "é<|endoftext|>"]
+    tokenizer = byte_tokenizer()
+    expected = []
+    for doc in docs:
+        expected += tokenizer(doc)["input_ids"] + [tokenizer.eos_token_id]
+    assert tokens_from_documents(docs).tolist() == expected
+    assert expected.count(tokenizer.eos_token_id) == 8
+    # The padding token's text would train the model to predict padding: refused, naming the document.
+    with pytest.raises(ValueError, match=r"document 1 of the corpus holds the text '<\|pad\|>'"):
+        tokens_from_documents(["fine", "a<|pad|>b"])
+
+
 def test_token_stream_epochs_visit_every_window_once():
     tokens = torch.arange(1001, dtype=torch.int16) % 250
     stream = TokenStream(tokens, "t", seq_len=10, eval_fraction=0.1, eval_samples=4, seed=0)
@@ -157,6 +172,15 @@ def test_dataset_objects():
         dataset_documents(rows, "body")
     with pytest.raises(ValueError, match="column 'id' must hold strings; row 0 is int"):
         dataset_documents(Columns(text=[], id=[1]), "id")
+    # A plain dict and a list of rows: the column named, not a bare KeyError / TypeError; one string is not a list
+    # of one-character documents.
+    with pytest.raises(ValueError, match="no column 'text' .*columns: body"):
+        dataset_documents({"body": ["a"]}, "text")
+    with pytest.raises(ValueError, match="cannot be indexed by the column name 'text'"):
+        dataset_documents([{"text": "a"}], "text")
+    with pytest.raises(ValueError, match="column 'text' must be a list of strings .*got one str"):
+        dataset_documents({"text": "abc"}, "text")
+    assert dataset_documents({"text": ["abc"]}, "text") == ["abc"]
     data = recipe_from_dict({"data": {"source": "pydoc", "seq_len": 4, "eval_fraction": 0.3}}).data
     stream = build_data(data, seed=0, dataset=Columns(text=["abcdefghij"] * 3, id=[0, 1, 2]))
     assert stream.name == "dataset:Columns" and len(stream.train_tokens) == 23
