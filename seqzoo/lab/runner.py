@@ -3,7 +3,7 @@
 For every registered architecture (its smallest preset) the lab
 
 1. trains one model per memory task and seed on every distance (one distance per batch, in turn), and scores
-   its accuracy at each distance on held-out sequences. The short distances are the curriculum: a model can learn
+   its accuracy at each distance on sequences drawn apart from training. The short distances are the curriculum: a model can learn
    the mechanism where it is easy and carry it to the long ones. A run stops once its training accuracy holds
    0.99, so the budget goes to the runs that are still learning;
 2. trains one byte-level language model on the Python documentation, scores its validation perplexity along the

@@ -13,7 +13,9 @@ of filler tokens between what must be remembered and the moment it is asked for:
 
 - ``copy``: k symbols, ``distance`` blanks, go, then the k symbols again (Hochreiter & Schmidhuber 1997).
 - ``selective_copy``: k symbols scattered among ``distance`` blanks (a region of ``distance + k`` tokens), go, then
-  the k symbols in order (Gu & Dao 2023). As in copy, ``distance`` blanks lie between the symbols and their recall.
+  the k symbols in order (Gu & Dao 2023). The region holds ``distance`` blanks, as copy's, but they lie around the
+  symbols as well as after them: the first symbol is at most ``distance + k`` tokens before go, the last on average
+  ``distance / (k + 1)`` blanks before it (none in some samples).
 - ``associative_recall``: k key-value pairs, ``distance`` blanks, then every key again in random order, each
   followed by its value -- many queries per sequence (Ba et al. 2016; Arora et al. 2023, MQAR).
 - ``induction``: cue, k symbols, ``distance`` random symbols, cue, then the same k symbols (Olsson et al. 2022).
