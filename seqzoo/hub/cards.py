@@ -132,6 +132,8 @@ def _without_local_paths(value: Any) -> Any:
 
 
 _SOURCE_PREFIXES = ("text", "dataset", "jsonl")  # how seqzoo train names the data it read from local files
+# Data names without a prefix that are no Hub dataset: the Python documentation every CPython ships (`pydoc`).
+LOCAL_DATASETS = frozenset({"pydoc_data.topics"})
 
 
 def _path_name(text: str) -> str:
@@ -166,7 +168,7 @@ def render_model_card(
         for name, value in evaluation.items()
     ] if datasets else None
     # The metadata's datasets link to Hub datasets: a local source ("text:corpus.txt") is named in the prose only.
-    hub_datasets = [name for name in datasets if ":" not in name]
+    hub_datasets = [name for name in datasets if ":" not in name and name not in LOCAL_DATASETS]
     card_data = ModelCardData(
         license=license,
         library_name="seqzoo",

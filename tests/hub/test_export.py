@@ -148,6 +148,11 @@ def test_a_published_record_names_local_files_without_their_folders(tmp_path):
     card = ModelCard.load(out / "README.md")
     assert card.data.datasets == ["roneneldan/TinyStories"]
     assert "- Data: `text:corpus.txt,more.txt`, `roneneldan/TinyStories`" in card.text
+    # seqzoo train's default data, the Python documentation, is no Hub dataset either
+    record["dataset"] = ["pydoc_data.topics"]
+    (folder / "seqzoo_training.json").write_text(json.dumps(record))
+    card = ModelCard.load(export_folder(folder, tmp_path / "pydoc", repo_id=repo_id("gru")) / "README.md")
+    assert card.data.datasets is None and "- Data: `pydoc_data.topics`" in card.text
     assert json.loads((folder / "seqzoo_training.json").read_text()) == record  # the local record keeps its paths
 
 
