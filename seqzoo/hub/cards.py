@@ -52,6 +52,11 @@ USAGE_PROMPT = "Once upon a time"
 # How a card's first line names the model, by task (its head).
 MODEL_KINDS = {"causal-lm": "language model", "sequence-classification": "text classifier",
                "token-classification": "tagger (token classifier)", "seq2seq": "encoder-decoder"}
+# What comes after the layers, by task: the classic architectures' cards name it.
+OUTPUT_LAYERS = {"causal-lm": "a linear decoder over the vocabulary",
+                 "sequence-classification": "a linear classifier over the outputs pooled as `classifier_pooling: "
+                                            "{pooling}` says",
+                 "token-classification": "a linear classifier over every token's output"}
 CONTEXT_EXAMPLE = 4096  # context length at which a card quotes the size of a growing KV cache
 
 
@@ -197,7 +202,8 @@ def card_sections(
         "model_type": spec.model_type,
         "config": config,  # templates may read any field or property: {{ config.hidden_size }}
         "parameters": {key: f"{value:,}" for key, value in counts.items()},
-        "memory_table": memory_table(config, counts, dtype),
+        "memory_table": memory_table(config, counts, dtype,
+                                     generates=spec.task_of(type(model)) in ("causal-lm", "seq2seq")),
         "parameters_table": _table(["parameters", "count"], [
             ["total (tied weights counted once)", f"{counts['total']:,}"],
             ["embeddings (token and position tables)", f"{counts['embedding']:,}"],
@@ -208,6 +214,8 @@ def card_sections(
         "usage": usage_section(repo_id, spec.task_of(type(model))),
         "heads_section": heads_section(spec, type(model), config),
         "model_kind": MODEL_KINDS.get(spec.task_of(type(model)), "model"),
+        "output_layer": OUTPUT_LAYERS.get(spec.task_of(type(model)), "its head").format(
+            pooling=getattr(config, "classifier_pooling", None)),
         "files_section": files_section(code_files, generates=spec.task_of(type(model)) in ("causal-lm", "seq2seq")),
     }
 
@@ -229,8 +237,9 @@ def parameter_counts(model: Any) -> dict[str, int]:
     return {"total": total, "embedding": embedding, "per_token": total - embedding - encoder_only + tied_head}
 
 
-def memory_table(config: Any, counts: dict[str, int], dtype: Any) -> str:
-    """What the model keeps between tokens, and what one decode step costs."""
+def memory_table(config: Any, counts: dict[str, int], dtype: Any, generates: bool = True) -> str:
+    """What the model keeps between tokens, and what one decode step (for a model that does not generate: one token
+    read) costs."""
     width = dtype.itemsize
     dtype_name = str(dtype).removeprefix("torch.")
     try:
@@ -238,9 +247,13 @@ def memory_table(config: Any, counts: dict[str, int], dtype: Any) -> str:
     except NotImplementedError:
         state = None
     kv = config.kv_bytes_per_token(width)
+    bidirectional = bool(getattr(config, "bidirectional", False))
     rows = []
     if state is None:
         rows.append(["state per sequence", "not reported by this architecture"])
+    elif state and bidirectional:  # each direction carries its own state across the text
+        rows.append(["state carried per sequence", f"{_bytes(2 * state)} with {dtype_name} weights, half in each "
+                     "reading direction; the same at every context length"])
     elif state:
         rows.append(["state carried per sequence", f"{_bytes(state)} with {dtype_name} weights; the same at every "
                      "context length"])
@@ -252,7 +265,7 @@ def memory_table(config: Any, counts: dict[str, int], dtype: Any) -> str:
         step = f"{flops}, plus attention that reads the KV cache of every earlier token: grows with the context"
     else:
         step = f"{flops}; constant: it does not grow with the context"
-    rows.append(["cost per decoded token", step])
+    rows.append(["cost per decoded token" if generates else "cost per token read", step])
     return _table(["memory", "size or cost"], rows)
 
 

@@ -98,6 +98,16 @@ def test_a_classifier_card_says_which_head_and_labels_it_has(arch, task):
     kind = {"token-classification": "tagger (token classifier)", "sequence-classification": "text classifier"}[task]
     assert f"** {kind}" in card.text.split("\n\n")[1] and "language model" not in card.text.split("\n\n")[1]
     assert "generation_config.json" not in card.text  # transformers writes none for a classifier
+    # A classifier reads tokens, it decodes none; a bidirectional one carries a state in each direction.
+    assert "| cost per token read |" in card.text and "cost per decoded token" not in card.text
+    if bidirectional:
+        one_way = model.config.state_bytes_per_sequence(4)
+        assert f"| state carried per sequence | {2 * one_way:,} bytes" in card.text and "reading direction" in card.text
+    if arch == "lstm":  # the classic templates name the head after the layers
+        assert "stacked LSTM layers → a linear classifier over every token's output." in " ".join(card.text.split())
+        causal = render_model_card(seqzoo.create_model("lstm-tiny"), spec, repo_id="someone/lm", code_files=["a.py"],
+                                   training=None).text
+        assert "→ a linear decoder over the vocabulary." in " ".join(causal.split()) and "cost per decoded token" in causal
 
 
 @pytest.mark.parametrize("preset", ["seq2seq-bahdanau-tiny", "seq2seq-transformer-tiny"])
