@@ -245,6 +245,14 @@ def _load_checkpoint(source: Any, tokenizer: Any, training: dict[str, Any] | Non
         if tokenizer is None:
             raise ValueError("publishing a model object needs its tokenizer: pass tokenizer=... "
                              "(seqzoo.byte_tokenizer() for seqzoo's byte-level vocabulary)")
+    eos = getattr(model.config, "eos_token_id", None)
+    if eos is not None and getattr(tokenizer, "eos_token_id", None) is None:
+        # (a folder with tokenizer.json but no tokenizer_config.json loads a tokenizer without its special tokens)
+        raise ValueError(
+            f"the tokenizer has no end-of-text token, but the model's config says eos_token_id={eos}: the published "
+            "tokenizer would not say where a text ends (pipelines, padding). Is tokenizer_config.json missing beside "
+            "tokenizer.json? Save the tokenizer again (tokenizer.save_pretrained(folder))"
+        )
     if training is not None:
         training = public_training_record(validate_training_record(training))
     return _Checkpoint(model, spec, tokenizer, training)

@@ -269,3 +269,15 @@ def test_a_training_record_that_is_not_utf8_is_named(tmp_path):
     (tmp_path / "seqzoo_training.json").write_bytes(b'{"dataset": "caf\xe9"}')
     with pytest.raises(ValueError, match=r"seqzoo_training\.json is not UTF-8 text"):
         load_training_record(tmp_path)
+
+
+def test_a_tokenizer_without_its_special_tokens_is_refused(tmp_path):
+    """A folder with tokenizer.json but no tokenizer_config.json loads a tokenizer with no pad / eos / bos: the
+    published tokenizer lost them without a word."""
+    folder = tmp_path / "run"
+    save_with_tokenizer(tiny_byte_model("gru"), folder)
+    (folder / "tokenizer_config.json").unlink()
+    with pytest.raises(ValueError, match=r"the tokenizer has no end-of-text token, but the model's config says "
+                                         r"eos_token_id=257.*tokenizer_config.json missing"):
+        export_folder(folder, tmp_path / "out", repo_id=repo_id("gru"))
+    assert not (tmp_path / "out").exists()
