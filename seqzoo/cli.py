@@ -243,13 +243,16 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
     import seqzoo  # noqa: F401  (registers the architectures)
     from seqzoo.kernels import set_backend
+    from seqzoo.kernels.registry import selections as kernel_selections
     from seqzoo.tokenizer import load_tokenizer
 
     check_generation_args(args)
     device = resolve_device(args.device)
     check_model_source(args.model)
-    for op, backend in parse_overrides(args.kernel, "--kernel").items():
-        set_backend(op, str(backend))
+    forced = parse_overrides(args.kernel, "--kernel")
+    for op, backend in forced.items():
+        set_backend(op, str(backend))  # (which clears the registry's cached choices: see _note_unused_kernels)
+    chosen_before = {op: kernel_selections(op) for op in forced}
     torch.manual_seed(args.seed)
     source = args.model
     try:
@@ -300,7 +303,9 @@ def cmd_generate(args: argparse.Namespace) -> int:
             raise ValueError(f"{' and '.join(decoding)} cannot go with --show-attention, --attention-plot or "
                              "--target: the attention map is of the greedy output (or of --target)")
         with quiet_transformers():
-            return _show_attention(model, tokenizer, args)
+            status = _show_attention(model, tokenizer, args)
+        _note_unused_kernels(forced, chosen_before)
+        return status
     sample = args.temperature > 0
     kwargs = dict(max_new_tokens=args.max_new_tokens, num_beams=args.num_beams, do_sample=sample,
                   pad_token_id=tokenizer.pad_token_id)
@@ -315,7 +320,22 @@ def cmd_generate(args: argparse.Namespace) -> int:
         output = model.generate(**inputs, streamer=streamer, **kwargs)
     if streamer is None:
         print(tokenizer.decode(output[0], skip_special_tokens=True))
+    _note_unused_kernels(forced, chosen_before)
     return 0
+
+
+def _note_unused_kernels(forced: dict[str, Any], chosen_before: dict[str, int]) -> None:
+    """Say which ``--kernel OP=BACKEND`` the model never used (an op of another architecture: ``wkv7`` on a
+    Transformer), rather than leave the request silently without effect. (Forcing cleared the registry's cached
+    choices, so an op the model called was chosen anew since ``chosen_before`` was counted.)"""
+    from seqzoo.kernels.registry import selections
+
+    unused = [op for op in forced if selections(op) == chosen_before[op]]
+    if unused:
+        requests = " ".join(f"{op}={forced[op]}" for op in unused)
+        print(f"note: --kernel {requests} had no effect: this model ran no {', '.join(unused)} kernel (the classic "
+              "models run rnn / lstm / gru, Mamba selective_scan and causal_conv1d, Mamba-2 ssd and causal_conv1d, "
+              "RWKV-7 wkv7; attention runs none)", file=sys.stderr)
 
 
 def _show_attention(model: Any, tokenizer: Any, args: argparse.Namespace) -> int:

@@ -317,8 +317,17 @@ def test_generate_with_forced_kernel_and_bad_source(tmp_path, capsys):
     try:
         assert main(["generate", str(folder), "ab", "--max-new-tokens", "3", "--no-stream", "--kernel",
                      "gru=reference"]) == 0
+        assert "no effect" not in capsys.readouterr().err
+        # An op this model never calls: said, not left silently without effect (the same in a second run).
+        for _ in range(2):
+            assert main(["generate", str(folder), "ab", "--max-new-tokens", "3", "--no-stream", "--kernel",
+                         "gru=reference", "wkv7=reference"]) == 0
+            err = capsys.readouterr().err
+            assert "note: --kernel wkv7=reference had no effect: this model ran no wkv7 kernel" in err
+            assert "gru=reference" not in err
     finally:
         seqzoo.set_kernel_backend("gru", None)
+        seqzoo.set_kernel_backend("wkv7", None)
     capsys.readouterr()
     (tmp_path / "empty").mkdir()
     assert "holds no config.json" in _error(capsys, ["generate", str(tmp_path / "empty"), "ab"])

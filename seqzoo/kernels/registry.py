@@ -139,6 +139,7 @@ class _State:
 _OPS: dict[str, Op] = {}
 _FORCED: dict[str, str] = {}  # set through the API; wins over the environment variable
 _LOGGED: set[tuple[str, str]] = set()
+_SELECTIONS: dict[str, int] = {}  # choices made per op (see selections)
 _LOCK = threading.RLock()  # registration and plugin loading only; selection reads without it
 _plugins_loaded = False
 _state: _State | None = None
@@ -440,6 +441,7 @@ def select(op: str, *args: Any, **kwargs: Any) -> Backend:
 
 
 def _choose(op: str, plan: _Plan, args: tuple, kwargs: dict) -> Backend:
+    _SELECTIONS[op] = _SELECTIONS.get(op, 0) + 1
     if plan.forced is not None:
         (backend,) = plan.candidates
         ok, reason = _supported(backend, args, kwargs)
@@ -474,6 +476,13 @@ def _log_choice(backend: Backend, how: str) -> None:
     if key not in _LOGGED and not _compiling():  # dynamo cannot trace a logger: the next eager choice logs it
         _LOGGED.add(key)
         logger.info("seqzoo kernel %s -> backend %r (%s)", backend.op, backend.name, how)
+
+
+def selections(op: str) -> int:
+    """How many times a backend of ``op`` was chosen in this process (a cached choice is not chosen again; after
+    ``set_backend``, which clears the cache, the next call chooses anew). Compared before and after a run, it tells a
+    forced backend of an op the model never called from one that ran (``seqzoo generate --kernel``)."""
+    return _SELECTIONS.get(op, 0)
 
 
 def prepare() -> None:
