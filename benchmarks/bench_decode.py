@@ -3,7 +3,7 @@ runtime its users have, and ``generate()`` against the model's own raw cached st
 
     pip install -r benchmarks/requirements-decode.txt
     python benchmarks/bench_decode.py            # the sizes BENCHMARKS.md reports (half an hour, one thread)
-    python benchmarks/bench_decode.py --quick    # the -small sizes, fewer repeats (a couple of minutes)
+    python benchmarks/bench_decode.py --quick    # the -small sizes only, the same repeats (a couple of minutes)
     python benchmarks/bench_decode.py --smoke    # tiny sizes, one repeat: checks that the script runs (seconds)
     python benchmarks/bench_decode.py --compile  # also seqzoo's compiled decode step (model.compile_decoding())
     python benchmarks/bench_decode.py --head-layout columns  # also the vocabulary head stored by columns
@@ -326,17 +326,20 @@ def check_same_function(pair: Pair, vocab: int) -> None:
     a, state_a = ours.prefill(ids)
     b, state_b = peer.prefill(ids)
     token = a.argmax(-1)
+    checks = [("prefill", a, b)]
     a, _ = ours.step(token, state_a)
     b, _ = peer.step(token, state_b)
+    checks.append(("cached step", a, b))
     # float32 sums in another order drift with depth and width (random weights amplify them: at 768 x 12, against
     # the same step in float64, seqzoo's step is off by 1.4e-4 of the logits' scale, its sequence path by 1.1e-4
     # and the package by 0.9e-4, so the two float32 runtimes can differ by twice that), so the bound is relative to
     # that scale; a wrong weight mapping differs at O(1).
-    scale = float(b.abs().max())
-    if float((a - b).abs().max()) > 4e-4 * scale + 1e-5:
-        raise SystemExit(f"bench_decode: {pair.family} {pair.size}: seqzoo and {pair.peer_name} disagree "
-                         f"(max |diff| {float((a - b).abs().max()):.2e} at logits up to {scale:.1f}); the comparison "
-                         "would be meaningless")
+    for what, a, b in checks:
+        scale = float(b.abs().max())
+        if float((a - b).abs().max()) > 4e-4 * scale + 1e-5:
+            raise SystemExit(f"bench_decode: {pair.family} {pair.size}: seqzoo and {pair.peer_name} disagree after "
+                             f"the {what} (max |diff| {float((a - b).abs().max()):.2e} at logits up to {scale:.1f}); "
+                             "the comparison would be meaningless")
 
 
 def decode_case(runner: Runner, ids: torch.Tensor, steps: int) -> Callable[[], Callable[[], object]]:

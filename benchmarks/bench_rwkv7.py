@@ -58,12 +58,16 @@ def kernel_rows(model: torch.nn.Module, repeats: int) -> list[list[object]]:
     with torch.no_grad():
         for length in (256, 1024):
             ids = torch.randint(0, 256, (1, length))
-            logits, times = {}, {}
-            for backend in backends:
-                with use_backend("wkv7", backend):
-                    logits[backend] = model(ids, use_cache=False).logits
-                    times[backend] = compare({backend: lambda: model(ids, use_cache=False)},
-                                             repeats=repeats if backend != "reference" else 3, warmup=1)[backend]
+
+            def forward(backend):
+                def run():
+                    with use_backend("wkv7", backend):
+                        return model(ids, use_cache=False)
+                return run
+
+            logits = {backend: forward(backend)().logits for backend in backends}
+            # The backends interleaved in one comparison, as every other ratio here.
+            times = compare({backend: forward(backend) for backend in backends}, repeats=repeats, warmup=1)
             for backend in backends:
                 if backend == "reference":
                     continue

@@ -4,12 +4,14 @@
     OMP_NUM_THREADS=2 python benchmarks/compare_revisions.py --before ../seqzoo-before --after . \\
         --rounds 3 bench_foundation.py bench_mamba.py
 
-Each round runs every script once with the *before* checkout's `seqzoo` on the import path, then once with the
-*after* one's (the scripts themselves always come from this folder, so both sides time the same workloads). Every
-table row whose last cell is a ratio ("1.23x") is collected; the report gives, per row, the median ratio over the
-rounds for each side and after / before. The ratios inside one script run already compare seqzoo with a peer timed
-interleaved in that process, so a drift of the machine between runs cancels; alternating the two sides round by
-round spreads what is left over both.
+Each round runs every script once with the *before* checkout's `seqzoo` on the import path and once with the
+*after* one's (the scripts themselves always come from this folder, so both sides time the same workloads), before
+first in odd rounds and after first in even ones (ABBA), so that neither side always runs second. Every table row
+whose last cell is a ratio ("1.23x") is collected, named by the cells before the table's first timed column; the
+report gives, per row, the median ratio over the rounds for each side and after / before (above 1: the row's ratio
+grew, which is better for a peer / seqzoo row and worse for a generate / raw or 4096 / 256 row). The ratios inside
+one script run already compare seqzoo with a peer timed interleaved in that process, so a drift of the machine
+between runs cancels; alternating the two sides round by round spreads what is left over both.
 """
 
 from __future__ import annotations
@@ -24,28 +26,35 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 RATIO = re.compile(r"^(\d+(?:\.\d+)?)x$")
+# A timed column's header: "seqzoo ms/token", "reference (ms)", "by rows µs", "packed ms/step".
+TIMED = re.compile(r"(?:^|[\s(/])(?:ms|µs|s)(?:[\s)/]|$)")
 
 
 def ratios(output: str) -> dict[str, float]:
-    """Map each markdown table row to its last cell's ratio, for rows that end in one. A row is named by its first
-    cell, prefixed by its table's last column header when tables reuse row names ("4096 / 256: Mamba"), and followed
-    by its next cells while an earlier row had the same name ("generate / raw: gru / 1024 x 2 (12.9M)")."""
+    """Map each markdown table row to its last cell's ratio, for rows that end in one. A row is named by its table's
+    last column header and its key cells, the cells before the first timed column (a header naming ms, µs or s):
+    "peer / seqzoo: rwkv7 / 256 / 4 / 300 / rwkv package / B=1". A key cell that is a bare integer is given with its
+    column's name. The name therefore does not depend on which other rows a run printed (a row skipped in one run
+    must not rename the rows after it). A table without a timed column is keyed by its first cell. Cells after the
+    key are added only while the name is still taken, so that no row overwrites another."""
     found: dict[str, float] = {}
-    header = ""
+    columns: list[str] = []
     for line in output.splitlines():
         if not line.lstrip().startswith("|"):
-            header = ""
+            columns = []
             continue
         cells = [cell.strip() for cell in line.strip().strip("|").split("|")]
-        if not header:
-            header = cells[-1]
+        if not columns:
+            columns = cells
             continue
         match = RATIO.match(cells[-1])
         if match:
-            label = f"{header}: {cells[0]}"
-            # A row name met again (one family at two sizes, or at B=1 and B=8, or in a later table of the same
-            # last header): add the next cells until the name is new, so that no row overwrites another.
-            for extra in cells[1:-1]:
+            keys = next((i for i, name in enumerate(columns) if TIMED.search(name)), 1)
+            keys = max(1, min(keys, len(cells) - 1))
+            named = [f"{columns[i]}={cell}" if re.fullmatch(r"\d+", cell) and i < len(columns) else cell
+                     for i, cell in enumerate(cells[:keys])]
+            label = f"{columns[-1]}: " + " / ".join(named)
+            for extra in cells[keys:-1]:
                 if label not in found:
                     break
                 label = f"{label} / {extra}"
@@ -87,14 +96,19 @@ def main() -> None:
     extra = args.script_args.split()
     seen: dict[tuple[str, str, str], list[float]] = {}
     for round_index in range(args.rounds):
+        # ABBA: before first in odd rounds, after first in even ones, so that a drift of the machine during the
+        # comparison does not always land on the side that runs second.
+        order = list(sides.items())[::-1 if round_index % 2 else 1]
         for script in args.scripts:
-            for side, checkout in sides.items():
+            for side, checkout in order:
                 print(f"round {round_index + 1}/{args.rounds}: {script} with {side} ({checkout})", file=sys.stderr,
                       flush=True)
                 for label, value in run(script, checkout, extra).items():
                     seen.setdefault((script, label, side), []).append(value)
     print(f"before: {sides['before']}\nafter: {sides['after']}\nrounds: {args.rounds}; load average at end "
           f"{os.getloadavg()[0]:.2f}\n")
+    print("after / before above 1: the row's ratio grew (better for peer / seqzoo rows, worse for generate / raw "
+          "and 4096 / 256 rows)\n")
     print("| script | row | before (median ratio) | after (median ratio) | after / before |")
     print("|---|---|---|---|---|")
     rows = list(dict.fromkeys((script, label) for script, label, _ in seen))

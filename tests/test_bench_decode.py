@@ -129,3 +129,52 @@ def test_head_layout_benchmark_cycles_through_a_set_of_weights(capsys):
     with pytest.raises(SystemExit) as exit_info:
         bench.main(["--set-mb", "-1"])
     assert exit_info.value.code == 2 and "--set-mb takes 0-4096 MB; got -1.0" in capsys.readouterr().err
+
+
+def test_the_same_function_check_compares_the_prefill_too(monkeypatch, tmp_path):
+    # A peer whose prefill logits are wrong but whose state (and so its next step) is right must be refused: the
+    # prefill is timed against seqzoo's too.
+    bench = load_bench_decode(monkeypatch)
+    with torch.no_grad():
+        pair = bench.family_pair("gru", "tiny", tmp_path)
+        vocab = pair.ours.config.vocab_size - 3
+        bench.check_same_function(pair, vocab)  # the real peer passes
+
+        class WrongPrefill(bench.Runner):
+            def __init__(self, runner):
+                self.runner = runner
+
+            def prefill(self, ids):
+                logits, state = self.runner.prefill(ids)
+                return logits + 1.0, state
+
+            def step(self, tokens, state):
+                return self.runner.step(tokens, state)
+
+        pair.peer = WrongPrefill(pair.peer)
+        with pytest.raises(SystemExit, match="disagree after the prefill"):
+            bench.check_same_function(pair, vocab)
+
+
+def test_rwkv7_benchmark_times_the_wkv7_backends_interleaved(monkeypatch):
+    # Each backend is forced around its own calls, so the comparison interleaves them (reference, chunked, ...)
+    # instead of timing one backend's repeats after the other's; every backend's logits are still compared.
+    monkeypatch.syspath_prepend(str(REPO / "benchmarks"))
+    bench = load_benchmark("bench_rwkv7", monkeypatch)
+    seen = []
+    compare = bench.compare
+
+    def spy(fns, repeats, warmup):
+        seen.append(list(fns))
+        return compare(fns, repeats=repeats, warmup=warmup)
+
+    monkeypatch.setattr(bench, "compare", spy)
+    import seqzoo
+
+    torch.manual_seed(0)
+    model = seqzoo.create_model("rwkv7-tiny", output_init_gain=0.5).eval()
+    rows = bench.kernel_rows(model, repeats=1)
+    backends = bench.available_backends("wkv7")
+    assert seen == [backends, backends] and "reference" in backends
+    assert len(rows) == 2 * (len(backends) - 1)
+    assert all(float(row[-1]) < 1e-3 for row in rows), rows  # max |logit difference| to the reference
