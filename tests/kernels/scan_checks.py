@@ -12,17 +12,48 @@ from tests.kernels.tolerances import assert_close
 
 
 def leaves(tensors, dtype=None):
-    """Fresh leaf copies (converted to ``dtype`` when given) that collect gradients."""
-    return {name: t.detach().to(dtype or t.dtype, copy=True).requires_grad_() for name, t in tensors.items()}
+    """Fresh leaf copies (converted to ``dtype`` when given) that collect gradients; an omitted input (None) stays
+    None."""
+    return {name: None if t is None else t.detach().to(dtype or t.dtype, copy=True).requires_grad_()
+            for name, t in tensors.items()}
 
 
-def backward(y, state, seed=1):
-    """Backpropagate a random weighting of the output and the final state."""
+def backward(y, state, seed=1, parts=("output", "state")):
+    """Backpropagate a random weighting of the output and the final state (of those named in ``parts``)."""
     g = torch.Generator().manual_seed(seed)
     # bf16-representable weights: every run sees the same output gradient whatever its output dtype.
     wy = torch.randn(y.shape, generator=g).bfloat16().double()
     ws = torch.randn(state.shape, generator=g).bfloat16().double()
-    ((y.double() * wy).sum() + (state.double() * ws).sum()).backward()
+    terms = {"output": (y.double() * wy).sum(), "state": (state.double() * ws).sum()}
+    sum(terms[part] for part in parts).backward()
+
+
+def non_contiguous(t):
+    """The same values in a non-contiguous layout, a slice of a tensor one larger in every dimension: no two
+    dimensions merge in a ``view``, so a backend must read strides, not assume a dense layout. Gradients flow to
+    ``t``; None stays None."""
+    if t is None:
+        return None
+    return torch.nn.functional.pad(t, (0, 1) * t.dim())[tuple(slice(0, n) for n in t.shape)]
+
+
+def padding_keep(batch, length):
+    """(B, T) bool, True at real tokens, different in every row: row 0 left-padded, row 1 with holes (every third
+    token, its first included) and right padding, any further rows unpadded."""
+    keep = torch.ones(batch, length, dtype=torch.bool)
+    keep[0, : length // 3] = False
+    keep[1, ::3] = False
+    keep[1, length - length // 4:] = False
+    return keep
+
+
+def scattered_resets(batch, length):
+    """(B, T) bool resets for :func:`padding_keep`'s rows: row 0 one in its padding and one after, row 1 at its
+    first token, at a hole (position 3) and late; any further rows none."""
+    reset = torch.zeros(batch, length, dtype=torch.bool)
+    reset[0, [length // 6, length // 2]] = True
+    reset[1, [0, 3, length - 5]] = True
+    return reset
 
 
 def slice_time(tensors, start, stop, sequence_args):
@@ -69,18 +100,30 @@ def check_chunked_matches_reference(run, tensors, dtype):
             assert_close(leaf.grad, expected[name].grad, dtype, "grad", f"{backend} d{name}")
 
 
-def check_float64_matches_reference(run, tensors, label, **chunked_kwargs):
+def check_float64_matches_reference(run, tensors, label, common=None, parts=("output", "state"), prepare=None,
+                                    **chunked_kwargs):
     """``chunked`` (called with ``chunked_kwargs``) against ``reference`` in float64: outputs, final state and
-    every input's gradient."""
+    every given input's gradient. ``common``: keyword arguments of both runs (a mask, resets); ``parts``: what the
+    loss reads (the output, the final state or both); ``prepare``: applied to each of the chunked run's inputs (a
+    different layout of the same values), whose gradients must still reach the leaves."""
+    common = common or {}
     expected, actual = leaves(tensors), leaves(tensors)
-    ref = run("reference", expected)
-    out = run("chunked", actual, **chunked_kwargs)
+    ref = run("reference", expected, **common)
+    chunked_inputs = actual if prepare is None else {name: prepare(t) for name, t in actual.items()}
+    out = run("chunked", chunked_inputs, **common, **chunked_kwargs)
     for got, want, what in zip(out, ref, ("output", "state")):
         assert_close(got, want, torch.float64, what, label)
-    backward(*ref)
-    backward(*out)
-    for name in tensors:
-        assert_close(actual[name].grad, expected[name].grad, torch.float64, "grad", f"{label} d{name}")
+    backward(*ref, parts=parts)
+    backward(*out, parts=parts)
+    for name, given in tensors.items():
+        if given is None:
+            continue
+        got, want = actual[name].grad, expected[name].grad
+        if want is None:  # the loss does not reach this input (C when only the final state is read): zero or None
+            assert got is None or not got.any(), f"{label} d{name}: the reference has none"
+            continue
+        assert got is not None, f"{label} d{name} missing"
+        assert_close(got, want, torch.float64, "grad", f"{label} d{name}")
 
 
 def reset_from_documents(documents, length):

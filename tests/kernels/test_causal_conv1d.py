@@ -18,8 +18,10 @@ from seqzoo.kernels import dispatch, get_kernel, select, use_backend
 from tests.kernels.scan_checks import (
     backward,
     check_continued,
+    check_float64_matches_reference,
     check_resets_match_separate_documents,
     leaves,
+    non_contiguous,
     reset_from_documents,
 )
 from tests.kernels.tolerances import assert_close
@@ -270,3 +272,27 @@ def test_reset_selects_a_backend_that_takes_it(monkeypatch):
 def test_bad_reset_raises_value_error(backend):
     with pytest.raises(ValueError, match="reset must be bool"):
         run(backend, make_inputs(5), reset=torch.zeros(BATCH, 5))
+
+
+@pytest.mark.parametrize("width", [1, 2, 4])
+@pytest.mark.parametrize("omitted", [("bias",), ("initial_state",), ("bias", "initial_state")])
+def test_omitted_optional_inputs_match_reference(width, omitted):
+    tensors = dict(make_inputs(37, torch.float64, width=width), **{name: None for name in omitted})
+    check_float64_matches_reference(run, tensors, f"K={width} without {'/'.join(omitted)}",
+                                    common={"mask": padding_mask(37)})
+
+
+@pytest.mark.parametrize("width", [1, 2, 4])
+def test_padding_with_resets_with_gradients(width):
+    # Left and right padding, holes and resets (one in row 2's right padding) together: values, final states and
+    # every gradient, float64.
+    common = {"mask": padding_mask(23), "reset": reset_from_documents(DOCUMENTS, 23)}
+    check_float64_matches_reference(run, make_inputs(23, torch.float64, width=width), f"K={width}", common=common)
+
+
+@pytest.mark.parametrize("length", [1, 23])
+def test_non_contiguous_inputs_match_reference(length):
+    reset = reset_from_documents(DOCUMENTS, 23) if length == 23 else torch.tensor([[False], [True], [True], [False]])
+    common = {"mask": non_contiguous(padding_mask(length)), "reset": non_contiguous(reset)}
+    check_float64_matches_reference(run, make_inputs(length, torch.float64), "non-contiguous", prepare=non_contiguous,
+                                    common=common)

@@ -250,3 +250,61 @@ def test_both_backends_read_any_nonzero_mask_value_as_a_token(op):
     got = [run(op, backend, x, states, params, mask) for backend in ("reference", "torch")]
     torch.testing.assert_close(got[0][0], got[1][0])
     torch.testing.assert_close(got[0][0], run(op, "reference", x, states, params, mask.bool())[0])
+
+
+@pytest.mark.parametrize("op,nonlinearity", [("rnn", "tanh"), ("rnn", "relu"), ("lstm", None), ("gru", None)])
+@pytest.mark.parametrize("length", [1, 2, 9])
+@pytest.mark.parametrize("case", ["no biases", "non-contiguous"])
+def test_fused_matches_reference_in_float64(op, nonlinearity, length, case):
+    """No biases, and inputs, states and weights in a non-contiguous layout; a fully padded row beside a row padded
+    on both sides (from three tokens) and an unpadded one: outputs, final states and the gradients of x, every
+    initial state and every weight, float64."""
+    from tests.kernels.scan_checks import non_contiguous
+
+    x, states, params = make_inputs(op, length, torch.float64, seed=2)
+    if case == "no biases":
+        params = params[:2]
+    prepare = non_contiguous if case == "non-contiguous" else (lambda t: t)
+    mask = torch.ones(B, length, dtype=torch.bool)
+    mask[1] = False
+    if length > 2:
+        mask[0, 0] = mask[0, -1] = False
+    extra = {"nonlinearity": nonlinearity} if nonlinearity else {}
+    results = []
+    for backend in ("torch", "reference"):
+        tensors = [t.detach().clone().requires_grad_() for t in [x, *states, *params]]
+        given = [prepare(t) for t in tensors]
+        y, finals = run(op, backend, given[0], given[1:1 + len(states)], given[1 + len(states):], mask, **extra)
+        g = torch.Generator().manual_seed(3)
+        loss = (y * torch.randn(y.shape, generator=g, dtype=y.dtype)).sum()
+        loss = loss + sum((f * torch.randn(f.shape, generator=g, dtype=f.dtype)).sum() for f in finals)
+        loss.backward()
+        results.append((y, finals, [t.grad for t in tensors]))
+    (y, finals, grads), (ref_y, ref_finals, ref_grads) = results
+    assert_close(y, ref_y, torch.float64, "output", f"{op} {case}")
+    assert len(finals) == len(ref_finals)
+    for f, rf in zip(finals, ref_finals):
+        assert_close(f, rf, torch.float64, "state", f"{op} {case}")
+    assert len(grads) == 1 + len(states) + len(params)
+    for index, (grad, ref_grad) in enumerate(zip(grads, ref_grads)):
+        assert grad is not None and ref_grad is not None, index
+        assert_close(grad, ref_grad, torch.float64, "grad", f"{op} {case} input {index}")
+
+
+@pytest.mark.parametrize("op", ["rnn", "lstm", "gru"])
+def test_one_bias_is_run_by_the_reference_backend(op):
+    """The fused backend takes both biases or neither: it accepted a call with one and then raised, instead of
+    leaving it to the reference backend, which takes one."""
+    from seqzoo.kernels.registry import dispatch, get_kernel, select
+
+    torch.manual_seed(0)
+    gates = {"rnn": 1, "lstm": 4, "gru": 3}[op]
+    x, h = torch.randn(2, 5, 4), torch.randn(2, 3)
+    states = (h, torch.randn(2, 3)) if op == "lstm" else (h,)
+    w_ih, w_hh, b_ih = torch.randn(gates * 3, 4), torch.randn(gates * 3, 3), torch.randn(gates * 3)
+    assert select(op, x, *states, w_ih, w_hh, b_ih, None).name == "reference"
+    assert select(op, x, *states, w_ih, w_hh, None, bias_hh=b_ih).name == "reference"
+    assert select(op, x, *states, w_ih, w_hh, b_ih, b_ih).name == "torch"
+    y, _ = dispatch(op, x, *states, w_ih, w_hh, b_ih, None)
+    expected, _ = get_kernel(op, "reference")(x, *states, w_ih, w_hh, b_ih, None)
+    torch.testing.assert_close(y, expected)

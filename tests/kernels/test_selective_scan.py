@@ -22,6 +22,9 @@ from tests.kernels.scan_checks import (
     check_float64_matches_reference,
     check_resets_match_separate_documents,
     check_two_pieces_equal_whole,
+    non_contiguous,
+    padding_keep,
+    scattered_resets,
 )
 from tests.kernels.tolerances import assert_close
 
@@ -232,3 +235,31 @@ def test_double_backward_through_the_chunked_backend_is_refused_by_name():
     (grad,) = torch.autograd.grad(y.square().sum(), u, create_graph=True)
     grad.square().sum().backward()
     assert u.grad is not None and u.grad.abs().sum() > 0
+
+
+# T = 37 runs in chunks of 8: four full chunks and a partial one.
+@pytest.mark.parametrize("omitted", [("D",), ("z",), ("initial_state",), ("D", "z", "initial_state")])
+def test_omitted_optional_inputs_match_reference(omitted):
+    tensors = dict(make_inputs(37, torch.float64), **{name: None for name in omitted})
+    check_float64_matches_reference(run, tensors, f"without {'/'.join(omitted)}")
+
+
+@pytest.mark.parametrize("with_resets", [False, True])
+def test_padding_different_in_each_row_with_gradients(with_resets):
+    # The model pads with identity steps (delta = 0): left padding in row 0, holes and right padding in row 1, with
+    # resets in the padding and between; values, final states and every gradient (delta's at the pads included).
+    tensors = make_inputs(37, torch.float64)
+    tensors["delta"] = tensors["delta"] * padding_keep(BATCH, 37)[..., None]
+    common = {"reset": scattered_resets(BATCH, 37)} if with_resets else {}
+    check_float64_matches_reference(run, tensors, "padded rows", common=common)
+
+
+@pytest.mark.parametrize("parts", [("output",), ("state",)])
+def test_gradients_of_the_output_alone_and_of_the_final_state_alone(parts):
+    # The backward is hand-written: an unused output arrives as a zero (or absent) gradient.
+    check_float64_matches_reference(run, make_inputs(37, torch.float64), "+".join(parts), parts=parts)
+
+
+def test_non_contiguous_inputs_match_reference():
+    check_float64_matches_reference(run, make_inputs(37, torch.float64), "non-contiguous", prepare=non_contiguous,
+                                    common={"reset": non_contiguous(scattered_resets(BATCH, 37))})

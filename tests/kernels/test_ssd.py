@@ -22,6 +22,9 @@ from tests.kernels.scan_checks import (
     check_float64_matches_reference,
     check_resets_match_separate_documents,
     check_two_pieces_equal_whole,
+    non_contiguous,
+    padding_keep,
+    scattered_resets,
 )
 from tests.kernels.tolerances import assert_close
 
@@ -225,3 +228,26 @@ def test_reset_selects_a_backend_that_takes_it(monkeypatch):
 def test_bad_reset_raises_value_error(backend):
     with pytest.raises(ValueError, match=re.escape("reset must be (B, T) = (2, 5)")):
         run(backend, make_inputs(5), reset=torch.ones(1, 5, dtype=torch.bool))
+
+
+# T = 37 in chunks of 8: four full chunks and a partial one.
+@pytest.mark.parametrize("omitted", [("D",), ("initial_state",), ("D", "initial_state")])
+def test_omitted_optional_inputs_match_reference(omitted):
+    tensors = dict(make_inputs(37, torch.float64), **{name: None for name in omitted})
+    check_float64_matches_reference(run, tensors, f"without {'/'.join(omitted)}", common={"chunk_size": 8})
+
+
+@pytest.mark.parametrize("with_resets", [False, True])
+def test_padding_different_in_each_row_with_gradients(with_resets):
+    # The model pads with identity steps (dt = 0): left padding in row 0, holes and right padding in row 1, with
+    # resets in the padding and between; values, final states and every gradient (dt's at the pads included).
+    tensors = make_inputs(37, torch.float64)
+    tensors["dt"] = tensors["dt"] * padding_keep(BATCH, 37)[..., None]
+    common = {"chunk_size": 8, **({"reset": scattered_resets(BATCH, 37)} if with_resets else {})}
+    check_float64_matches_reference(run, tensors, "padded rows", common=common)
+
+
+def test_non_contiguous_inputs_match_reference():
+    common = {"chunk_size": 8, "reset": non_contiguous(scattered_resets(BATCH, 37))}
+    check_float64_matches_reference(run, make_inputs(37, torch.float64), "non-contiguous", prepare=non_contiguous,
+                                    common=common)

@@ -23,6 +23,9 @@ from tests.kernels.scan_checks import (
     check_float64_matches_reference,
     check_resets_match_separate_documents,
     check_two_pieces_equal_whole,
+    non_contiguous,
+    padding_keep,
+    scattered_resets,
 )
 from tests.kernels.tolerances import assert_close
 
@@ -282,3 +285,28 @@ def test_bad_reset_raises_value_error(backend, reset):
     t = make_inputs(5)
     with pytest.raises(ValueError, match="reset must be"):
         run(backend, t, reset=reset)
+
+
+# T = 45: a chunk of 32 and a partial one.
+def test_omitted_initial_state_matches_reference():
+    tensors = dict(make_inputs(45, torch.float64), initial_state=None)
+    check_float64_matches_reference(run, tensors, "without initial_state")
+
+
+@pytest.mark.parametrize("with_resets", [False, True])
+def test_padding_different_in_each_row_with_gradients(with_resets):
+    # The model pads with identity steps (w = k = b = 0): left padding in row 0, holes and right padding in row 1,
+    # with resets in the padding and between; values, final states and every gradient (at the pads included).
+    tensors = make_inputs(45, torch.float64)
+    keep = padding_keep(BATCH, 45)[..., None, None]
+    for name in ("w", "k", "b"):
+        tensors[name] = tensors[name] * keep
+    common = {"reset": scattered_resets(BATCH, 45)} if with_resets else {}
+    check_float64_matches_reference(run, tensors, "padded rows", common=common)
+
+
+@pytest.mark.parametrize("length", [1, 45])
+def test_non_contiguous_inputs_match_reference(length):
+    reset = scattered_resets(BATCH, length) if length > 1 else torch.tensor([[False], [True]])
+    check_float64_matches_reference(run, make_inputs(length, torch.float64), "non-contiguous", prepare=non_contiguous,
+                                    common={"reset": non_contiguous(reset)})
