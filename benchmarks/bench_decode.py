@@ -177,15 +177,24 @@ class ClassicPeer(nn.Module):
 
 
 class ClassicRunner(Runner):
+    """The peer's steps as its fastest CPU configuration runs them: ``nn.LSTM``'s one-token call through oneDNN
+    (torch's default on CPU) costs 4-8x what the ATen path costs (BENCHMARKS.md), so the LSTM's steps run with
+    oneDNN off; the GRU's and RNN's are the same either way. The prefill keeps torch's default."""
+
     def __init__(self, peer: ClassicPeer) -> None:
         self.peer = peer
+        self.onednn_in_steps = not isinstance(peer.rnn, nn.LSTM)
 
     def prefill(self, ids):
         out, state = self.peer.rnn(self.peer.embed(ids))
         return self.peer.decoder(out[:, -1]), state
 
     def step(self, tokens, state):
-        out, state = self.peer.rnn(self.peer.embed(tokens[:, None]), state)
+        if self.onednn_in_steps:
+            out, state = self.peer.rnn(self.peer.embed(tokens[:, None]), state)
+        else:
+            with torch.backends.mkldnn.flags(enabled=False):
+                out, state = self.peer.rnn(self.peer.embed(tokens[:, None]), state)
         return self.peer.decoder(out[:, -1]), state
 
 
@@ -292,7 +301,8 @@ def family_pair(family: str, size: Any, folder: Path) -> Pair:
         peer.set_attn_implementation("sdpa")
         return Pair(family, label, ours, TransformersRunner(peer), "LlamaForCausalLM", peer_generate=peer)
     peer = ClassicPeer(ours)
-    return Pair(family, label, ours, ClassicRunner(peer), f"nn.{type(peer.rnn).__name__} step loop")
+    onednn = "" if isinstance(peer.rnn, (nn.GRU, nn.RNN)) else ", oneDNN off"
+    return Pair(family, label, ours, ClassicRunner(peer), f"nn.{type(peer.rnn).__name__} step loop{onednn}")
 
 
 def llama_of_equal_size(ours: nn.Module) -> nn.Module:
