@@ -1,0 +1,18 @@
+"""Training-record values the wider record tests pass over: an empty dataset list, bools for counts, a set that is
+not an object."""
+
+from __future__ import annotations
+
+import pytest
+
+from seqzoo.hub.cards import validate_training_record
+
+
+@pytest.mark.parametrize("record, message", [
+    ({"dataset": []}, r"'dataset' must be a non-empty string or list of strings; got \[\]"),
+    ({"steps": True}, "'steps' must be an integer >= 0; got True"),
+    ({"eval": {"sets": {"long": 3.5}}}, r"eval 'sets' must map set names to \{metric: number\} objects"),
+])
+def test_training_record_edge_errors_name_the_field(record, message):
+    with pytest.raises(ValueError, match=message):
+        validate_training_record(record)

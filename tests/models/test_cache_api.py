@@ -1,0 +1,78 @@
+"""SeqzooCache's own API, called directly: what transformers' Cache promises (row selection, repetition, cropping) and
+seqzoo's additions (bytes per sequence, layout checks), each on a tiny model's filled cache."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from seqzoo.cache import SeqzooCache
+from seqzoo.models.compat import output_cache
+from tests.conftest import tiny_model
+
+IDS = torch.tensor([[5, 17, 33, 8, 4, 12], [9, 3, 77, 21, 6, 40]])
+
+
+@pytest.mark.parametrize("preset", ["lstm-tiny", "hybrid-tiny"])
+def test_selecting_and_repeating_rows_continues_those_rows(preset):
+    model = tiny_model(preset)
+    with torch.no_grad():
+        cache = output_cache(model(IDS[:, :5], use_cache=True))
+        full = model(IDS).logits[:, -1]
+        cache.batch_select_indices(torch.tensor([1]))
+        assert cache.batch_size == 1
+        torch.testing.assert_close(model(IDS[1:, 5:], cache=cache).logits[:, -1], full[1:])
+        one = output_cache(model(IDS[:1, :5], use_cache=True))
+        one.batch_repeat_interleave(2)
+        assert one.batch_size == 2
+        torch.testing.assert_close(model(IDS[:1, 5:].repeat(2, 1), cache=one).logits[:, -1], full[:1].repeat(2, 1))
+        two = output_cache(model(IDS[:, :5], use_cache=True))
+        two.batch_repeat_interleave(2)  # rows 0, 0, 1, 1 (not 0, 1, 0, 1)
+        torch.testing.assert_close(model(IDS[:, 5:].repeat_interleave(2, 0), cache=two).logits[:, -1],
+                                   full.repeat_interleave(2, 0))
+
+
+def test_a_cropped_attention_cache_continues_from_where_it_was_cut():
+    model = tiny_model("transformer-tiny")
+    with torch.no_grad():
+        cache = output_cache(model(IDS, use_cache=True))
+        cache.crop(-2)  # transformers >= 5.23: how many positions to remove
+        assert cache.get_seq_length() == 4
+        torch.testing.assert_close(model(IDS[:, 4:5], cache=cache).logits[:, -1], model(IDS[:, :5]).logits[:, -1])
+
+
+def test_a_cache_with_a_recurrent_layer_is_not_croppable():
+    assert SeqzooCache(["attention", "attention"]).is_croppable
+    assert not SeqzooCache(["attention", "recurrent"]).is_croppable
+    with pytest.raises(ValueError, match="cannot be cropped"):
+        SeqzooCache(["attention", "recurrent"]).crop(-1)
+
+
+def test_bytes_are_per_sequence_whatever_the_batch():
+    model = tiny_model("hybrid-tiny")
+    with torch.no_grad():
+        one = output_cache(model(IDS[:1], use_cache=True))
+        two = output_cache(model(IDS, use_cache=True))
+    assert one.layer_bytes() == two.layer_bytes() and one.state_bytes() > 0
+
+
+def test_bad_layouts_are_refused_when_built():
+    with pytest.raises(ValueError, match="at least one layer"):
+        SeqzooCache([])
+    with pytest.raises(ValueError, match=r"unknown cache layer kind\(s\) \['lstm'\]; allowed: attention, recurrent"):
+        SeqzooCache(["attention", "lstm"])
+    cache = SeqzooCache(["attention"])
+    with pytest.raises(ValueError, match="layer 0 of this cache is an attention layer"):
+        cache.update_layer(0, {"h": torch.zeros(1, 2)})
+
+
+def test_an_empty_cache_built_for_other_sizes_is_accepted():
+    # nothing in it yet, so nothing of the other sizes to misread
+    model = tiny_model("lstm-tiny")
+    wider = tiny_model("lstm-tiny", hidden_size=2 * model.config.hidden_size,
+                       **({"embedding_size": 2 * model.config.embedding_size}
+                          if "embedding_size" in model.config.to_dict() else {}))
+    cache = SeqzooCache.for_model(wider)
+    with torch.no_grad():
+        model(IDS, cache=cache)
+    assert cache.get_seq_length() == IDS.shape[1]

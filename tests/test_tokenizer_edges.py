@@ -1,0 +1,29 @@
+"""The byte tokenizer's ids are the UTF-8 bytes for every byte text can hold; an encoder-decoder's tokenizer pads on the
+right; a folder with tokenizer.json alone is a tokenizer."""
+
+from __future__ import annotations
+
+import pytest
+
+from seqzoo.tokenizer import byte_tokenizer, load_tokenizer, tokenizer_for
+from tests.conftest import SEQ2SEQ_FAMILIES, tiny_model
+
+
+def test_every_byte_of_utf8_text_is_its_own_id():
+    text = "".join(map(chr, range(1, 0x800))) + "\u20ac\uffee\U0001f600\U00100000"
+    tokenizer = byte_tokenizer()
+    ids = tokenizer(text).input_ids
+    assert ids == list(text.encode("utf-8"))
+    assert tokenizer.decode(ids) == text
+
+
+@pytest.mark.parametrize("as_config", [False, True], ids=["model", "config"])
+def test_an_encoder_decoders_tokenizer_pads_on_the_right(as_config):
+    model = tiny_model(next(iter(SEQ2SEQ_FAMILIES.values())))
+    assert tokenizer_for(model.config if as_config else model).padding_side == "right"
+
+
+def test_a_folder_with_only_tokenizer_json_loads(tmp_path):
+    byte_tokenizer().save_pretrained(tmp_path)
+    (tmp_path / "tokenizer_config.json").unlink()
+    assert load_tokenizer(tmp_path)("\u00ae").input_ids == [0xC2, 0xAE]
