@@ -237,7 +237,7 @@ distance (one distance per batch, in turn) with batches of {cfg['batch_size']} s
 symbols (warmup + cosine decay; the step budget per task is below, and a run stops early once its training accuracy
 holds {SOLVED_ACCURACY:.0%} over {SOLVED_WINDOW} steps); accuracy is over the answer tokens of {cfg['eval_samples']}
 sequences per distance drawn apart from training (a seed of their own; not held out: where a task has few possible
-contents, as copy's {cfg['items']} of {cfg['symbols']} symbols, some also occur in training). Cells give the mean over seeds {', '.join(map(str, cfg['seeds']))} and, in
+contents, as copy's ({cfg['items']} symbols drawn from {cfg['symbols']}), some also occur in training). Cells give the mean over seeds {', '.join(map(str, cfg['seeds']))} and, in
 brackets, the lowest and the highest seed.
 
 {notes}
