@@ -74,6 +74,10 @@ class DataSection:
     labels: list[str] | None = None
 
 
+# DataSection fields that only the generated memory tasks (data.source=task) read.
+TASK_ONLY_FIELDS = ("distances", "symbols", "items", "distance_mix")
+
+
 @dataclass
 class OptimSection:
     lr: float = 3e-3
@@ -171,6 +175,13 @@ class Recipe:
         if self.task == "causal-lm" and d.source in CORPORA:
             _check(d.task is None, "data.task", d.task, f"null with data.source={d.source!r} (data.task names a "
                    "generated task: set data.source=task to train on it)")
+            # The generated tasks' settings, which a corpus reads none of: one set to other than its default would
+            # be ignored without a word (at its default it is what `--print-recipe` writes, and is taken).
+            defaults = DataSection()
+            for name in TASK_ONLY_FIELDS:
+                _check(getattr(d, name) == getattr(defaults, name), f"data.{name}", getattr(d, name),
+                       f"its default ({getattr(defaults, name)!r}) with data.source={d.source!r}, which reads none "
+                       "of the generated tasks' settings (set data.source=task to train on a task)")
         if self.task != "causal-lm" or d.labels is not None:
             _check(self.task in LABEL_TASKS or d.labels is None, "data.labels", d.labels,
                    "null: label names belong to task: sequence-classification | token-classification recipes")

@@ -22,7 +22,8 @@ def test_model_preset_gives_a_default_text_recipe():
 def test_yaml_file_and_typed_overrides(tmp_path):
     path = tmp_path / "mine.yaml"
     # PyYAML reads 3e-3 (no dot) as a string; the schema still takes it as a number.
-    path.write_text("model: {preset: lstm-tiny}\noptim: {lr: 3e-3}\ntrain: {max_steps: 5}\n")
+    path.write_text("model: {preset: lstm-tiny}\noptim: {lr: 3e-3}\ntrain: {max_steps: 5}\n"
+                    "data: {source: task, task: copy}\n")
     recipe = load_recipe(str(path), {"train.batch_size": 4, "seq_len": 33, "model.config.dropout": 0.5,
                                      "distances": [3, 5]})
     assert recipe.name == "mine" and recipe.optim.lr == 0.003
@@ -53,6 +54,10 @@ def test_yaml_file_and_typed_overrides(tmp_path):
     ({"data": {"path": "corpus.txt"}}, "data.path='corpus.txt' is invalid: expected null with data.source='pydoc'"),
     ({"data": {"source": "task", "task": "copy", "path": "x.txt"}}, "expected null with data.source='task'"),
     ({"data": {"source": "text", "path": "x.txt", "task": "copy"}}, "data.task='copy' is invalid: expected null"),
+    ({"data": {"distances": [4]}}, "data.distances=[4] is invalid: expected its default ([8, 32]) with "
+                                   "data.source='pydoc', which reads none of the generated tasks' settings"),
+    ({"data": {"source": "text", "path": "x.txt", "symbols": 32}}, "data.symbols=32 is invalid: expected its default"),
+    ({"data": {"distance_mix": "batch"}}, "data.distance_mix='batch' is invalid: expected its default ('sample')"),
     ({"data": {"source": "task", "task": "copy", "distances": []}}, "data.distances=[] is invalid"),
     ({"model": {"preset": "lstm-huge"}}, "model.preset='lstm-huge' is invalid: expected a model preset"),
     ({"train": {"mixed_precision": "fp8"}}, "train.mixed_precision='fp8' is invalid"),
@@ -151,3 +156,11 @@ def test_a_json_recipe_is_read_as_json(tmp_path):
     path.write_text('{"train": {"max_steps": 5}, "train": {"batch_size": 4}}')
     with pytest.raises(ValueError, match="'train' is given twice"):
         load_recipe(str(path))
+
+
+def test_a_printed_recipe_with_the_task_fields_at_their_defaults_loads_again(tmp_path):
+    """--print-recipe writes every field, the tasks' settings at their defaults included: a corpus recipe takes them
+    back (only a value other than the default is refused, as ignored)."""
+    recipe = load_recipe("lstm-tiny")
+    (tmp_path / "r.yaml").write_text(recipe.to_yaml())
+    assert load_recipe(str(tmp_path / "r.yaml")).to_dict() == recipe.to_dict()

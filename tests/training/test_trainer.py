@@ -35,8 +35,9 @@ def make_recipe(tmp_path: Path, name: str = "run", **sections) -> object:
     }
     for section, body in sections.items():
         values[section] = {**values.get(section, {}), **body} if isinstance(body, dict) else body
-    if values["data"].get("source") != "task":  # a corpus reads no data.task (the recipe refuses one)
-        values["data"].pop("task", None)
+    if values["data"].get("source") != "task":  # a corpus reads no task settings (the recipe refuses them)
+        for name in ("task", "distances", "symbols", "items"):
+            values["data"].pop(name, None)
     return recipe_from_dict(values)
 
 
