@@ -300,9 +300,9 @@ def family_pair(family: str, size: Any, folder: Path) -> Pair:
         peer = transformers_peer(ours, llama)
         peer.set_attn_implementation("sdpa")
         return Pair(family, label, ours, TransformersRunner(peer), "LlamaForCausalLM", peer_generate=peer)
-    peer = ClassicPeer(ours)
-    onednn = "" if isinstance(peer.rnn, (nn.GRU, nn.RNN)) else ", oneDNN off"
-    return Pair(family, label, ours, ClassicRunner(peer), f"nn.{type(peer.rnn).__name__} step loop{onednn}")
+    runner = ClassicRunner(ClassicPeer(ours))
+    onednn = "" if runner.onednn_in_steps else ", oneDNN off"
+    return Pair(family, label, ours, runner, f"nn.{type(runner.peer.rnn).__name__} step loop{onednn}")
 
 
 def llama_of_equal_size(ours: nn.Module) -> nn.Module:

@@ -422,7 +422,7 @@ def _check_generating_head(config: Any, source: str) -> None:
     except ValueError:  # another library's model (a converted GPT-2 folder): transformers' own checks apply
         return
     saved_as = (getattr(config, "architectures", None) or [None])[0]
-    task = next((task for task, head in spec.heads.items() if head.__name__ == saved_as), None)
+    task = spec.task_saved_as(saved_as)
     if task is not None and task not in ("causal-lm", "seq2seq"):
         raise ValueError(f"{source!r} holds a {saved_as} (the {task} head), which labels text and does not "
                          "generate it: its causal-LM head would be untrained; generate from a causal language model "

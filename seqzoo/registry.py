@@ -76,6 +76,11 @@ class ModelSpec:
     def default_head(self) -> type:
         return self.heads[self.default_task]
 
+    def task_saved_as(self, class_name: str | None) -> str | None:
+        """The task of the head a checkpoint was saved as (``config.architectures[0]``, a class name that transformers
+        records), or None when it names none of this architecture's heads."""
+        return next((task for task, head in self.heads.items() if head.__name__ == class_name), None)
+
     def task_of(self, model_class: type) -> str:
         """The task whose head ``model_class`` is (or subclasses)."""
         for task, head in self.heads.items():

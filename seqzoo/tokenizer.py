@@ -100,5 +100,3 @@ def load_tokenizer(source: Any) -> PreTrainedTokenizerFast:
             raise ValueError(f"{folder}'s tokenizer cannot be read: {damaged}; save the tokenizer again "
                              "(tokenizer.save_pretrained(folder))") from err
         raise
-
-

@@ -222,8 +222,8 @@ def _load_checkpoint(source: Any, tokenizer: Any, training: dict[str, Any] | Non
             raise ValueError(f"{config_file} must hold a JSON object (a model's configuration); got {config!r:.60}")
         spec = architecture_for_model_type(config.get("model_type"))
         # The head the folder was saved with (transformers records its class name); a causal LM by default.
-        saved_as = (config.get("architectures") or [None])[0]
-        head = next((cls for cls in spec.heads.values() if cls.__name__ == saved_as), spec.causal_lm_class)
+        task = spec.task_saved_as((config.get("architectures") or [None])[0])
+        head = spec.heads[task] if task is not None else spec.causal_lm_class
         model, info = head.from_pretrained(folder, dtype="auto", output_loading_info=True)
         # Tensors of another head load as "unexpected" and would be left out of the published weights.
         dropped = sorted(info.get("unexpected_keys") or [])

@@ -184,10 +184,7 @@ def step_stack(
     backend = kernel_registry.select(cls.cell, hidden_states, *hx[0], *weights[0], mask=mask, reset=None, **extra)
     if backend.load() is not _FUSED[cls.cell] or not all(fused._plain(w) for w in weights[1:]):
         return None
-    try:
-        params = [fused._params(*w) for w in weights]
-    except ValueError:  # one bias without the other: the layer's own call raises it, naming the backend
-        return None
+    params = [fused._params(*w) for w in weights]
     kind = extra.get("nonlinearity", cls.cell)
     y, new = fused.step_layers(kind, hidden_states, hx, params, mask)
     return y, [dict(zip(cls.state_names, layer_new)) for layer_new in new]

@@ -107,7 +107,8 @@ def test_a_classifier_card_says_which_head_and_labels_it_has(arch, task):
         assert "stacked LSTM layers → a linear classifier over every token's output." in " ".join(card.text.split())
         causal = render_model_card(seqzoo.create_model("lstm-tiny"), spec, repo_id="someone/lm", code_files=["a.py"],
                                    training=None).text
-        assert "→ a linear decoder over the vocabulary." in " ".join(causal.split()) and "cost per decoded token" in causal
+        assert "→ a linear decoder over the vocabulary." in " ".join(causal.split())
+        assert "cost per decoded token" in causal
 
 
 @pytest.mark.parametrize("preset", ["seq2seq-bahdanau-tiny", "seq2seq-transformer-tiny"])
@@ -238,6 +239,11 @@ def test_export_refuses_a_config_that_does_not_describe_the_weights(tmp_path):
     model = seqzoo.create_model("transformer-tiny", "sequence-classification", num_labels=2)  # a tied LM head
     model.save_pretrained(folder)
     byte_tokenizer().save_pretrained(folder)
+    # The head the folder was saved as (config.architectures) is the head published.
+    exported = export_folder(folder, tmp_path / "saved-head", repo_id=repo_id("transformer"))
+    assert json.loads((exported / "config.json").read_text())["architectures"] == [
+        "TransformerForSequenceClassification"]
+    assert ModelCard.load(exported / "README.md").data.pipeline_tag == "text-classification"
     config = json.loads((folder / "config.json").read_text())
     del config["architectures"]  # the head would default to the causal LM and drop the classifier's weights
     (folder / "config.json").write_text(json.dumps(config))
@@ -249,7 +255,7 @@ def test_export_refuses_a_config_that_does_not_describe_the_weights(tmp_path):
     (folder / "config.json").write_text("[]")
     with pytest.raises(ValueError, match="must hold a JSON object"):
         export_folder(folder, tmp_path / "c", repo_id=repo_id("transformer"))
-    assert sorted(path.name for path in tmp_path.iterdir()) == ["classifier"]
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["classifier", "saved-head"]  # (the refused: none)
 
 
 def test_export_from_a_model_object(tmp_path):

@@ -292,19 +292,24 @@ def test_fused_matches_reference_in_float64(op, nonlinearity, length, case):
 
 
 @pytest.mark.parametrize("op", ["rnn", "lstm", "gru"])
-def test_one_bias_is_run_by_the_reference_backend(op):
-    """The fused backend takes both biases or neither: it accepted a call with one and then raised, instead of
-    leaving it to the reference backend, which takes one."""
-    from seqzoo.kernels.registry import dispatch, get_kernel, select
+def test_one_bias_runs_on_the_fused_backend_as_on_the_reference(op):
+    """torch's fused kernels take both biases or neither: the fused backend accepted a call with one and then
+    raised. A missing bias is zeros, which it now passes."""
+    from seqzoo.kernels.registry import get_kernel, select
 
     torch.manual_seed(0)
     gates = {"rnn": 1, "lstm": 4, "gru": 3}[op]
-    x, h = torch.randn(2, 5, 4), torch.randn(2, 3)
-    states = (h, torch.randn(2, 3)) if op == "lstm" else (h,)
-    w_ih, w_hh, b_ih = torch.randn(gates * 3, 4), torch.randn(gates * 3, 3), torch.randn(gates * 3)
-    assert select(op, x, *states, w_ih, w_hh, b_ih, None).name == "reference"
-    assert select(op, x, *states, w_ih, w_hh, None, bias_hh=b_ih).name == "reference"
-    assert select(op, x, *states, w_ih, w_hh, b_ih, b_ih).name == "torch"
-    y, _ = dispatch(op, x, *states, w_ih, w_hh, b_ih, None)
-    expected, _ = get_kernel(op, "reference")(x, *states, w_ih, w_hh, b_ih, None)
-    torch.testing.assert_close(y, expected)
+    x, h = torch.randn(2, 5, 4, dtype=torch.float64), torch.randn(2, 3, dtype=torch.float64)
+    states = (h, torch.randn(2, 3, dtype=torch.float64)) if op == "lstm" else (h,)
+    w_ih = torch.randn(gates * 3, 4, dtype=torch.float64, requires_grad=True)
+    w_hh = torch.randn(gates * 3, 3, dtype=torch.float64, requires_grad=True)
+    bias = torch.randn(gates * 3, dtype=torch.float64, requires_grad=True)
+    for biases in ((bias, None), (None, bias)):
+        assert select(op, x, *states, w_ih, w_hh, *biases).name == "torch"
+        results = []
+        for backend in ("torch", "reference"):
+            y, final = get_kernel(op, backend)(x, *states, w_ih, w_hh, *biases)
+            final = final if isinstance(final, tuple) else (final,)
+            grads = torch.autograd.grad((y.sum() + sum(f.sum() for f in final)), (w_ih, w_hh, bias))
+            results.append((y, final, grads))
+        torch.testing.assert_close(results[0], results[1])

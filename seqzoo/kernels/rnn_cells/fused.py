@@ -51,15 +51,7 @@ def _plain(tensors) -> bool:
     return all(type(t) in (torch.Tensor, torch.nn.Parameter) for t in tensors if t is not None)
 
 
-def _one_bias(args, kwargs):
-    # The biases are the only 1-d tensors a cell takes (states and weights are 2-d or 3-d).
-    biases = [t for t in (*args, kwargs.get("bias_ih"), kwargs.get("bias_hh")) if t is not None and t.dim() == 1]
-    return len(biases) == 1
-
-
 def supports(x, *args, mask=None, reset=None, **kwargs):
-    if _one_bias(args, kwargs):
-        return False, "takes both biases (bias_ih and bias_hh) or neither; the reference backend takes one"
     if not _plain(args):
         kinds = sorted({type(t).__name__ for t in args if t is not None} - {"Tensor", "Parameter"})
         return False, (f"weights of type {', '.join(kinds)} (quantised): torch's fused kernels take plain float "
@@ -84,7 +76,7 @@ def supports_key(x, *args, mask=None, reset=None, **kwargs):
     summarised without reading it (None: not cached)."""
     if mask is not None and mask.shape[-1] > 1:
         return None
-    return ("contiguous" if _plain(args) else "quantised"), reset is None or mask is None, _one_bias(args, kwargs)
+    return ("contiguous" if _plain(args) else "quantised"), reset is None or mask is None
 
 
 def _hx(kind, hx):
@@ -212,10 +204,13 @@ def _run(kind, x, hx, params, mask, reset=None):
 
 
 def _params(weight_ih, weight_hh, bias_ih, bias_hh):
+    # torch's fused kernels take both biases or neither: a missing one is zeros, which is what it means.
     if bias_ih is None and bias_hh is None:
         return [weight_ih, weight_hh]
-    if bias_ih is None or bias_hh is None:
-        raise ValueError("the fused backend needs both bias_ih and bias_hh, or neither")
+    if bias_ih is None:
+        bias_ih = torch.zeros_like(bias_hh)
+    elif bias_hh is None:
+        bias_hh = torch.zeros_like(bias_ih)
     return [weight_ih, weight_hh, bias_ih, bias_hh]
 
 
