@@ -8,7 +8,7 @@ the state size); every later layer reads the previous layer's ``hidden_size`` ou
 from __future__ import annotations
 
 import math
-from typing import Any, ClassVar, Sequence
+from typing import Any, Callable, ClassVar, Sequence
 
 import torch
 from torch import nn
@@ -140,9 +140,68 @@ RECURRENT_MIXERS: dict[str, type[RecurrentMixer]] = {"rnn": RNNMixer, "lstm": LS
 _FUSED = {"rnn": fused.rnn, "lstm": fused.lstm, "gru": fused.gru}
 
 
+class InputTable:
+    """Layer 0's input projection of every token, ``embedding @ weight_ih.T + bias_ih`` (vocab, gates * H), for a
+    classic model's decode steps: a step then reads the B rows of its tokens instead of multiplying by the whole
+    ``weight_ih`` (layer 0's input is the token's embedding itself, with nothing between). At B=1 a step streams its
+    weight matrices from memory, and this leaves one of them out of the stream (BENCHMARKS.md, "Decode against each
+    family's CPU runtime"). Not a parameter and not saved: built from the weights on the first step that uses it,
+    and built again on the first step after any of them changed (in place, which an optimizer step or
+    ``load_state_dict`` does, or replaced, which ``to()`` or loading does).
+
+    ``policy``: ``"auto"`` (the default) builds it when the vocabulary is at most twice the embedding width (byte- and
+    character-level models: the table then holds at most twice the elements of the ``weight_ih`` it stands in for),
+    ``"always"`` for any vocabulary (a word-level model's table is vocab x gates * H values), ``"never"`` not at all.
+    Only steps without gradients use it (``torch.no_grad()`` or inference mode, as ``generate()`` runs), where the
+    weights are not inference tensors (whose changes cannot be seen)."""
+
+    POLICIES = ("auto", "always", "never")
+
+    def __init__(self) -> None:
+        self.policy = "auto"
+        self.clear()
+
+    def clear(self) -> None:
+        self._sources: tuple = ()
+        self._table: torch.Tensor | None = None
+
+    def set_policy(self, policy: str) -> None:
+        if policy not in self.POLICIES:
+            raise ValueError(f"input table policy must be one of {', '.join(map(repr, self.POLICIES))}; got {policy!r}")
+        self.policy = policy
+        self.clear()
+
+    def gates(self, embedding: torch.Tensor, input_ids: torch.Tensor, weights: Sequence[torch.Tensor | None]
+              ) -> torch.Tensor | None:
+        """The (B, gates * H) input projection of ``input_ids`` (B, 1) through ``embedding`` (vocab, E) and layer 0's
+        ``weights`` (weight_ih, weight_hh, bias_ih, bias_hh), or None where the table is not used."""
+        if self.policy == "never" or torch.is_grad_enabled():
+            return None
+        weight_ih, bias_ih = weights[0], weights[2]
+        if self.policy == "auto" and embedding.shape[0] > 2 * embedding.shape[1]:
+            return None
+        sources = (embedding, weight_ih) if bias_ih is None else (embedding, weight_ih, bias_ih)
+        if not _same_sources(self._sources, sources):
+            if any(type(t) not in (torch.Tensor, nn.Parameter) or t.is_inference() or t.dtype != embedding.dtype
+                   or t.device != embedding.device for t in sources):
+                return None  # (a quantised or offloaded weight: the cells' own path)
+            self.clear()
+            self._table = torch.nn.functional.linear(embedding, weight_ih, bias_ih)
+            self._sources = tuple((t, t._version, t.data_ptr()) for t in sources)
+        if input_ids.dtype not in (torch.int64, torch.int32):  # (what the embedding would convert)
+            input_ids = input_ids.long()
+        return torch.nn.functional.embedding(input_ids[:, 0], self._table)
+
+
+def _same_sources(seen: tuple, sources: tuple) -> bool:
+    # The table's weights are the same tensors, at the same storage and version, as when it was built.
+    return len(seen) == len(sources) and all(
+        t is s and t._version == version and t.data_ptr() == pointer for (s, version, pointer), t in zip(seen, sources))
+
+
 def step_stack(
     layers: Sequence[nn.Module], hidden_states: torch.Tensor, states: Sequence[dict | None],
-    mask: torch.Tensor | None,
+    mask: torch.Tensor | None, input_gates: Callable[[tuple], torch.Tensor | None] | None = None,
 ) -> tuple[torch.Tensor, list[dict[str, torch.Tensor]]] | None:
     """One token through a stack of recurrent layers with one kernel call per layer and no per-layer Python, or None
     when the stack must run layer by layer.
@@ -155,7 +214,9 @@ def step_stack(
     no autocast, plain float weights, and the kernel registry choosing the
     ``torch`` backend for layer 0's call (so a forced ``reference`` backend, or a plugin's, is honoured: the layers
     then run one by one through dispatch).
-    hidden_states: (B, 1, I); ``states[i]``: layer i's cache entry (None: zeros); mask: (B, 1) bool or None.
+    hidden_states: (B, 1, I); ``states[i]``: layer i's cache entry (None: zeros); mask: (B, 1) bool or None;
+    ``input_gates``, given layer 0's weights (as ``weights()`` lists them), returns layer 0's input projection of the
+    step's tokens (:meth:`InputTable.gates`), or None to compute it from ``hidden_states``.
     Returns the last layer's (B, 1, H) output and each layer's new state dict."""
     layers = list(layers)  # (indexing a ModuleList costs a string conversion per lookup)
     cls = type(layers[0])
@@ -186,7 +247,8 @@ def step_stack(
         return None
     params = [fused._params(*w) for w in weights]
     kind = extra.get("nonlinearity", cls.cell)
-    y, new = fused.step_layers(kind, hidden_states, hx, params, mask)
+    gates = None if input_gates is None else input_gates(weights[0])
+    y, new = fused.step_layers(kind, hidden_states, hx, params, mask, gates)
     return y, [dict(zip(cls.state_names, layer_new)) for layer_new in new]
 
 
@@ -199,4 +261,5 @@ def _as_dtype(tensor: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     return tensor if tensor.dtype == dtype else tensor.to(dtype)
 
 
-__all__ = ["GATES", "GRUMixer", "LSTMMixer", "RECURRENT_MIXERS", "RNNMixer", "RecurrentMixer", "step_stack"]
+__all__ = ["GATES", "GRUMixer", "InputTable", "LSTMMixer", "RECURRENT_MIXERS", "RNNMixer", "RecurrentMixer",
+           "step_stack"]

@@ -138,14 +138,20 @@ def finish_decode_step(cache: SeqzooCache, layers: Any, stepped: Any, hidden_sta
 _PLAIN_FORWARDS = {cls: torch_forward(cls) for cls in (nn.Linear, nn.Embedding)}  # as torch defines them
 
 
+def runs_plainly(module: nn.Module) -> bool:
+    """Whether ``module`` is an unhooked ``nn.Embedding`` or ``nn.Linear`` whose call runs the one operation torch
+    defines for it (that exact class, not a subclass, nor a peft or quantisation wrapper, with torch's forward)."""
+    cls = type(module)
+    return _PLAIN_FORWARDS.get(cls) is cls.forward and not has_hooks(module) and not global_module_hooks()
+
+
 def call_plainly(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
     """``module(x)`` for the decode step's embedding and vocabulary head. An unhooked ``nn.Embedding`` or
     ``nn.Linear`` (that exact class: not a subclass, nor a peft or quantisation wrapper) runs its one operation
     directly, as its forward would: at decode sizes the module call costs a few per cent of the step. (A forward
     replaced on the class since, by a library or a user, is called.)"""
-    cls = type(module)
-    if _PLAIN_FORWARDS.get(cls) is cls.forward and not has_hooks(module) and not global_module_hooks():
-        if cls is nn.Linear:
+    if runs_plainly(module):
+        if type(module) is nn.Linear:
             return torch.nn.functional.linear(x, module.weight, module.bias)
         return torch.nn.functional.embedding(x, module.weight, module.padding_idx, module.max_norm,
                                              module.norm_type, module.scale_grad_by_freq, module.sparse)

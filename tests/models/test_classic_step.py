@@ -110,16 +110,18 @@ def torch_nn_twin(model):
     return twin
 
 
+@pytest.mark.parametrize("table", ["never", "always"])  # layer 0's projection multiplied, or looked up by token
 @pytest.mark.parametrize("batch", [1, 3])
 @pytest.mark.parametrize("variant", sorted(VARIANTS))
-def test_stacked_step_equals_torch_nn_stepped(variant, batch, stacked_calls):
+def test_stacked_step_equals_torch_nn_stepped(variant, batch, table, stacked_calls):
     preset, overrides = VARIANTS[variant]
-    model = tiny_model(preset, **overrides).double()
+    model = tiny_model(preset, **overrides).double().set_input_table(table)
     twin = torch_nn_twin(model)
     prompt, _, steps, _ = inputs(model, batch)
     ones = torch.ones(batch, 5 + steps.shape[1], dtype=torch.long)
     logits, states = decode(model, prompt, ones[:, :5], steps, ones[:, 5:])
     assert len(stacked_calls) == steps.shape[1]
+    assert (model.model.input_table._table is not None) == (table == "always")
     embed, head = model.model.embed_tokens.weight, model.lm_head
     with torch.no_grad():
         _, state = twin(F.embedding(prompt, embed))

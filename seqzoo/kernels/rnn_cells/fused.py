@@ -105,7 +105,7 @@ def _step(kind, x, hx, params, mask):
     return y[:, None], [n[None] for n in new]
 
 
-def step_layers(kind, x, hx, params, mask=None):
+def step_layers(kind, x, hx, params, mask=None, input_gates=None):
     """One token through a stack of layers: ``kind``'s fused cell once per layer, with nothing between the calls.
 
     What a classic model's decode step runs when every layer would dispatch to this backend (see
@@ -113,9 +113,18 @@ def step_layers(kind, x, hx, params, mask=None):
     per-layer mixer, dispatch and padding work. x (B, 1, I); ``hx[i]`` layer i's states, a list of (B, H) (h, and c
     for the LSTM); ``params[i]`` its weights as :func:`_params` lists them. Returns y (B, 1, H) and each layer's new
     states. A padded row (``mask`` (B, 1) False) outputs zeros and keeps every layer's state, as :func:`_step` does
-    layer by layer (its intermediate outputs are not zeroed: nothing of them is kept)."""
+    layer by layer (its intermediate outputs are not zeroed: nothing of them is kept).
+
+    ``input_gates`` (B, gates * H), when given, is layer 0's input projection ``x @ weight_ih.T + bias_ih`` already
+    computed (a classic model looks it up by token: ``seqzoo.layers.recurrent.InputTable``); layer 0's cell then
+    reads no ``weight_ih``. The cells add their two projections before anything else, so the projection goes in as
+    the input bias of a cell given an empty input and an empty input weight (a (B, 0) by (0, gates * H) product)."""
     cell = _CELLS[kind]
     y = x[:, 0]
+    if input_gates is not None:
+        weight_hh, bias_hh = params[0][1], params[0][3] if len(params[0]) == 4 else None
+        y = input_gates.new_empty(input_gates.shape[0], 0)
+        params = [[input_gates.new_empty(input_gates.shape[1], 0), weight_hh, input_gates, bias_hh], *params[1:]]
     new = []
     for states, weights in zip(hx, params):
         if kind == "lstm":

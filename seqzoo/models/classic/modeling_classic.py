@@ -6,6 +6,7 @@ The mixers sit directly in ``layers`` (so checkpoint keys are ``model.layers.0.w
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Any
 
 import torch
@@ -15,7 +16,7 @@ from transformers.modeling_outputs import BaseModelOutputWithPast
 
 from seqzoo.cache import SeqzooCache, unchanged_on_error
 from seqzoo.layers.mixer import build_mixer
-from seqzoo.layers.recurrent import RECURRENT_MIXERS, step_stack
+from seqzoo.layers.recurrent import RECURRENT_MIXERS, InputTable, step_stack
 from seqzoo.models.compat import model_output
 from seqzoo.models.modeling_utils import (
     SeqzooForCausalLM,
@@ -26,6 +27,7 @@ from seqzoo.models.modeling_utils import (
     prepare_inputs,
     prepare_step_inputs,
     resolve_output_flags,
+    runs_plainly,
 )
 from seqzoo.models.packing import find_packing
 
@@ -74,6 +76,7 @@ class ClassicRecurrentModel(ClassicRecurrentPreTrainedModel):
         self.dropout = nn.Dropout(config.dropout)
         self.gradient_checkpointing = False
         self.checkpoint_every_n_layers = 1  # (activation_checkpointing_enable(every_n_layers=N): layers 0, N, 2N ...)
+        self.input_table = InputTable()  # the decode step's layer-0 projections by token (set_input_table)
         self.post_init()
 
     def forward(
@@ -155,9 +158,13 @@ class ClassicRecurrentModel(ClassicRecurrentPreTrainedModel):
         layer's (B, 1, H) output; ``cache`` holds the new states and has advanced by one position."""
         embeds, mask = prepare_step_inputs(self, input_ids, attention_mask, cache)
         states = [cache.layer(i) for i in range(len(self.layers))]
+        # Layer 0's input projection looked up by token where the embedding is what it reads (see InputTable).
+        embedding = self.embed_tokens
+        input_gates = (partial(self.input_table.gates, embedding.weight, input_ids) if runs_plainly(embedding)
+                       and embedding.max_norm is None else None)
         # (dropout is the identity in eval)
-        return finish_decode_step(cache, self.layers, step_stack(self.layers, embeds, states, mask), embeds, states,
-                                  mask)
+        stepped = step_stack(self.layers, embeds, states, mask, input_gates)
+        return finish_decode_step(cache, self.layers, stepped, embeds, states, mask)
 
 
 _MODEL_FORWARD = ClassicRecurrentModel.forward  # as defined: one replaced on the class since is called (takes_step)
@@ -169,3 +176,13 @@ def _identity(x: torch.Tensor) -> torch.Tensor:
 
 class ClassicRecurrentForCausalLM(ClassicRecurrentPreTrainedModel, SeqzooForCausalLM):
     base_model_class = ClassicRecurrentModel
+
+    def set_input_table(self, policy: str) -> ClassicRecurrentForCausalLM:
+        """Whether decode steps look layer 0's input projection up by token (``embedding @ weight_ih.T + bias_ih``,
+        a vocab x gates * H table built from the weights) instead of multiplying by ``weight_ih``: ``"auto"`` (the
+        default: when the vocabulary is at most twice the embedding width, as in byte- and character-level models),
+        ``"always"`` or ``"never"``. Steps without gradients use it (``generate()``, a loop under
+        ``torch.no_grad()``); it is rebuilt after the weights change and never saved. The same values up to float
+        rounding (the projection is one product over the vocabulary instead of one per step). Returns the model."""
+        self.model.input_table.set_policy(policy)
+        return self
