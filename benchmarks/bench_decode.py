@@ -58,8 +58,8 @@ from seqzoo.models.compat import output_cache
 # name -> what to time: (RWKV-7 sizes as (hidden, layers, vocab)), the other families' (preset, overrides) pairs.
 MODES = {
     "full": dict(rwkv7=[(256, 4, 300), (512, 8, 300), (768, 12, 300), (768, 12, 65536)],
-                 others=[{}, "larger"], steps=8, repeats=3, prefill=512, prefill_repeats=1, new_tokens=16),
-    "quick": dict(rwkv7=[(256, 4, 300)], others=[{}], steps=8, repeats=3, prefill=512, prefill_repeats=1,
+                 others=[{}, "larger"], steps=8, repeats=3, prefill=512, prefill_repeats=5, new_tokens=16),
+    "quick": dict(rwkv7=[(256, 4, 300)], others=[{}], steps=8, repeats=3, prefill=512, prefill_repeats=5,
                   new_tokens=16),
     "smoke": dict(rwkv7=[(128, 2, 99)], others=["tiny"], steps=2, repeats=1, prefill=16, prefill_repeats=1,
                   new_tokens=4),

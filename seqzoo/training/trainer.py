@@ -46,7 +46,7 @@ from seqzoo.training.classification import LabelledTexts, build_label_data, clas
 from seqzoo.training.data import IGNORE, MemoryTask, build_data, document_position_ids
 from seqzoo.training.fsdp import gradient_sync_off, is_sharded, seqzoo_shards, shard_on_cpu
 from seqzoo.training.grad_health import EXPLODING, OK, GradientHealth
-from seqzoo.training.recipe import Recipe
+from seqzoo.training.recipe import DataSection, Recipe
 from seqzoo.training.seq2seq import build_seq2seq_data, is_seq2seq, seq2seq_logits
 from seqzoo.training.state import NonFiniteError, nonfinite_names, require_finite, tied_parameter_names
 from seqzoo.training.tbptt import (
@@ -184,6 +184,20 @@ def _eval_figures(sums: torch.Tensor, classifier: bool = False) -> dict[str, flo
 # The loop.
 
 
+def _check_data_given(recipe: Recipe, dataset: Any) -> None:
+    """Refuse, before anything is deleted or built, data that the run would not read: a dataset given to a recipe
+    that reads its own, or a text column named where no dataset is read (the recipe validates everything else, but
+    cannot know about ``train(dataset=...)``)."""
+    if recipe.task != "causal-lm" and dataset is not None:
+        raise ValueError(f"train(dataset=...) passes text to a language model; a task: {recipe.task} recipe "
+                         "reads its data from data.source (jsonl or task)")
+    column, default = recipe.data.text_column, DataSection().text_column
+    if dataset is None and recipe.data.source != "dataset" and column != default:
+        raise ValueError(f"data.text_column={column!r} names a dataset's column, but data.source="
+                         f"{recipe.data.source!r} reads no dataset: set data.source=dataset (with data.path) or pass "
+                         f"train(..., dataset=...), or leave data.text_column at its default ({default!r})")
+
+
 def train(recipe: Recipe, *, resume: str | Path | bool | None = None, dataset: Any = None,
           progress: bool = True, save_model: bool = True,
           stop: Callable[[dict[str, Any]], bool] | None = None, force: bool = False) -> TrainResult:
@@ -211,6 +225,7 @@ def train(recipe: Recipe, *, resume: str | Path | bool | None = None, dataset: A
         raise ValueError("train.mixed_precision=fp16 needs a GPU: on the CPU it would train in float32; use bf16 "
                          "(CPU autocast) or no")
     _refuse_one_process_of_many()
+    _check_data_given(recipe, dataset)
     if recipe.warmup > t.max_steps:
         # (a preset's warmup with a short max_steps override: lstm-pydoc max_steps=20)
         logger.warning("optim.warmup_steps=%d is more than train.max_steps=%d: the learning rate never reaches "
@@ -268,9 +283,6 @@ def train(recipe: Recipe, *, resume: str | Path | bool | None = None, dataset: A
         torch.use_deterministic_algorithms(True)
     try:
         set_seed(t.seed)  # identical initial weights on every process
-        if recipe.task != "causal-lm" and dataset is not None:
-            raise ValueError(f"train(dataset=...) passes text to a language model; a task: {recipe.task} recipe "
-                             "reads its data from data.source (jsonl or task)")
         if recipe.task == "seq2seq":
             data = build_seq2seq_data(recipe.data, t.seed)
         elif recipe.task in ("sequence-classification", "token-classification"):

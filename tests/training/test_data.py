@@ -196,3 +196,27 @@ def test_a_jsonl_data_file_that_is_not_utf8_is_named(tmp_path):
         read_jsonl(path)
     with pytest.raises(ValueError, match=r"data file '.*rows.jsonl' is not UTF-8 text"):
         read_labelled_jsonl(path, "sequence-classification")
+
+
+@pytest.mark.parametrize("case", ["text column without a dataset", "dataset to a task recipe"])
+def test_data_the_run_would_not_read_is_refused_before_the_output_folder_is_touched(tmp_path, case):
+    from seqzoo.training.trainer import train
+
+    (tmp_path / "kept.txt").write_text("an earlier run's file")
+    if case == "text column without a dataset":
+        recipe = recipe_from_dict({"output_dir": str(tmp_path), "data": {"source": "pydoc", "text_column": "story"}})
+        dataset, message = None, r"data.text_column='story' names a dataset's column, but data.source='pydoc'"
+    else:
+        recipe = recipe_from_dict({"output_dir": str(tmp_path), "model": {"preset": "lstm-tiny"},
+                                   "task": "sequence-classification",
+                                   "data": {"source": "task", "task": "first_letter"}})
+        dataset, message = {"text": ["a"]}, r"train\(dataset=...\) passes text to a language model"
+    with pytest.raises(ValueError, match=message):
+        train(recipe, dataset=dataset, force=True, progress=False)
+    assert (tmp_path / "kept.txt").read_text() == "an earlier run's file"
+    if case == "text column without a dataset":  # the same column with a dataset given is what it names
+        stream_recipe = recipe_from_dict({"data": {"source": "pydoc", "text_column": "story"}})
+        from seqzoo.training.trainer import _check_data_given
+
+        _check_data_given(stream_recipe, {"story": ["x"]})
+        _check_data_given(recipe_from_dict({"data": {"source": "pydoc"}}), None)
