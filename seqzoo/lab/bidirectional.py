@@ -142,20 +142,26 @@ def _worker_setup() -> None:
 # The whole lab.
 
 
+def _run_folder(arch: str, task: str, direction: str) -> str:
+    return f"{arch}-{task}-{direction.replace(' ', '-')}"
+
+
 def run_bidirectional_lab(cfg: BidirectionalLabConfig, out: str | Path, command: str = "seqzoo lab bidirectional",
                           log: Callable[[str], None] = print, force: bool = False) -> dict[str, Any]:
     """Train every (architecture, task, direction), then write the report and its figure into ``out`` (a report
     there is replaced only with ``force``)."""
     cfg.validate()
     presets = cfg.presets()
-    from seqzoo.lab.runner import check_report_folder
+    from seqzoo.lab.runner import check_report_folder, remove_previous_report
 
     out = Path(out)
     check_report_folder(out, RESULTS_FILE, "bidirectional", force)
+    remove_previous_report(out, RESULTS_FILE, (RESULTS_FILE, REPORT_FILE, PLOT_FILE), (), lambda run: _run_folder(
+        run["arch"], run["task"], run["direction"]))
     out.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
     jobs = [{"arch": arch, "preset": preset, "task": task, "direction": direction, "config": asdict(cfg),
-             "output_dir": str(out / "runs" / f"{arch}-{task}-{direction.replace(' ', '-')}")}
+             "output_dir": str(out / "runs" / _run_folder(arch, task, direction))}
             for task in cfg.tasks for arch, preset in presets.items() for direction in DIRECTIONS]
     workers = cfg.worker_count(len(jobs))
     log(f"seqzoo lab bidirectional: {len(presets)} architectures x {len(cfg.tasks)} task(s) x 2 directions, "

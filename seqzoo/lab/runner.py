@@ -452,6 +452,36 @@ def check_report_folder(out: Path, results_file: str, what: str, force: bool) ->
                          "to keep it, or --force to replace it")
 
 
+def remove_previous_report(out: Path, results_file: str, files: tuple[str, ...], patterns: tuple[str, ...],
+                           run_folder: Callable[[dict[str, Any]], str]) -> None:
+    """Before a lab that writes its report beside others replaces its own (``--force``): delete what that report
+    wrote, so that a run with fewer tasks or models leaves none of the earlier figures or run folders behind. That
+    is ``files``, whatever matches ``patterns`` (per-task figures), and the run folder under ``runs/`` of every run
+    the earlier results list (``run_folder(run)`` names it; a name that is not a single folder name, as an edited
+    file could hold, is left alone, as are runs an unreadable results file no longer lists)."""
+    import shutil
+
+    previous = out / results_file
+    if not previous.is_file():
+        return
+    try:
+        runs = json.loads(previous.read_text()).get("runs", [])
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, AttributeError):
+        runs = []
+    for run in runs if isinstance(runs, list) else []:
+        try:
+            name = run_folder(run)
+        except (KeyError, TypeError, AttributeError):
+            continue
+        folder = out / "runs" / name
+        if isinstance(name, str) and name not in ("", ".", "..") and Path(name).name == name and folder.is_dir() \
+                and not folder.is_symlink():
+            shutil.rmtree(folder)
+    for path in [out / name for name in files] + [path for pattern in patterns for path in out.glob(pattern)]:
+        if path.is_file() or path.is_symlink():
+            path.unlink()
+
+
 def build_jobs(cfg: LabConfig, presets: dict[str, str], out: Path) -> list[dict[str, Any]]:
     """Every training run, in report order: architectures, then tasks and seeds, then text."""
     jobs = []

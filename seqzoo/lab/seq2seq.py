@@ -175,19 +175,25 @@ def _worker_setup() -> None:
 # The whole seq2seq lab.
 
 
+def _run_folder(model: str, task: str) -> str:
+    return f"{model}-{task}"
+
+
 def run_seq2seq_lab(cfg: Seq2SeqLabConfig, out: str | Path, log: Callable[[str], None] = print, *,
                     force: bool = False) -> dict[str, Any]:
     """Train every model on every task, then write the report section and its figures into ``out`` (a finished
     report there is replaced only with ``force``)."""
     cfg.validate()
-    from seqzoo.lab.runner import check_report_folder
+    from seqzoo.lab.runner import check_report_folder, remove_previous_report
 
     out = Path(out)
     check_report_folder(out, RESULTS_FILE, "seq2seq", force)
+    remove_previous_report(out, RESULTS_FILE, (RESULTS_FILE, REPORT_FILE, ACCURACY_PNG), ("seq2seq-attention-*.png",),
+                           lambda run: _run_folder(run["model"], run["task"]))
     out.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
-    jobs = [{"model": name, "task": task, "config": asdict(cfg), "output_dir": str(out / "runs" / f"{name}-{task}")}
-            for task in cfg.tasks for name in cfg.models]
+    jobs = [{"model": name, "task": task, "config": asdict(cfg),
+             "output_dir": str(out / "runs" / _run_folder(name, task))} for task in cfg.tasks for name in cfg.models]
     # The decoders that step in Python first, so the pool ends on quick runs.
     jobs.sort(key=lambda job: "luong" not in job["model"] and job["model"] != "bahdanau")
     workers = cfg.worker_count(len(jobs))

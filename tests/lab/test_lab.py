@@ -344,3 +344,33 @@ def test_an_option_before_a_lab_subcommand_is_refused_not_dropped(tmp_path, caps
     assert "--out " in capsys.readouterr().err and not (tmp_path / "x").exists()
     assert main(["lab", "--smoke", "seq2seq"]) != 0
     assert "`seqzoo lab seq2seq --smoke ...`" in capsys.readouterr().err
+
+
+def test_a_lab_replacing_its_report_beside_others_deletes_only_what_that_report_wrote(tmp_path):
+    """``seqzoo lab seq2seq --force`` (and ``bidirectional``) with fewer tasks: the earlier report's figures and run
+    folders go, so none is left beside the new report; other files, other runs and anything outside stay."""
+    from seqzoo.lab.runner import remove_previous_report
+
+    out = tmp_path / "lab"
+    (out / "runs").mkdir(parents=True)
+    runs = [{"model": "bahdanau", "task": "digits"}, {"model": "transformer", "task": "reverse"},
+            {"model": "..", "task": "x"}, {"model": "../../outside", "task": "y"}, {"task": "no model"}, "not a run"]
+    (out / "seq2seq-results.json").write_text(json.dumps({"runs": runs}))
+    for name in ("bahdanau-digits", "transformer-reverse", "luong-dot-copy"):
+        (out / "runs" / name).mkdir()
+        (out / "runs" / name / "metrics.jsonl").write_text("{}")
+    (tmp_path / "outside-y").mkdir()
+    for name in ("seq2seq.md", "seq2seq-attention-digits.png", "seq2seq-attention-reverse.png", "report.md",
+                 "notes.txt"):
+        (out / name).write_text("x")
+    remove_previous_report(out, "seq2seq-results.json", ("seq2seq-results.json", "seq2seq.md", "absent.png"),
+                           ("seq2seq-attention-*.png",), lambda run: f"{run['model']}-{run['task']}")
+    assert sorted(p.name for p in out.iterdir()) == ["notes.txt", "report.md", "runs"]
+    assert [p.name for p in (out / "runs").iterdir()] == ["luong-dot-copy"]  # a run the results did not list
+    assert (tmp_path / "outside-y").is_dir()
+    # No earlier report: nothing is touched; an unreadable one: its files go, its runs (unknown) stay.
+    remove_previous_report(out, "seq2seq-results.json", ("report.md",), (), lambda run: "luong-dot-copy")
+    assert (out / "report.md").exists()
+    (out / "seq2seq-results.json").write_text("{not json")
+    remove_previous_report(out, "seq2seq-results.json", ("seq2seq-results.json",), (), lambda run: "luong-dot-copy")
+    assert not (out / "seq2seq-results.json").exists() and (out / "runs" / "luong-dot-copy").is_dir()
