@@ -53,6 +53,7 @@ class Seq2SeqLabConfig:
     eval_samples: int = 64  # per source length
     workers: int = 0  # 0: one per available core, at most 8
     seed: int = 0
+    is_smoke: bool = False  # set by smoke(): the report says its figures mean nothing
 
     @classmethod
     def larger(cls, **overrides: Any) -> "Seq2SeqLabConfig":
@@ -66,7 +67,8 @@ class Seq2SeqLabConfig:
     @classmethod
     def smoke(cls, **overrides: Any) -> "Seq2SeqLabConfig":
         """Every code path in seconds: for tests."""
-        values = dict(steps=3, eval_samples=4, batch_size=8, source_lengths={"reverse": [2, 4], "digits": [1, 2]})
+        values = dict(steps=3, eval_samples=4, batch_size=8, source_lengths={"reverse": [2, 4], "digits": [1, 2]},
+                      is_smoke=True)
         values.update(overrides)
         return cls(**values)
 
@@ -225,13 +227,17 @@ def write_report(results: dict[str, Any], out: Path) -> str:
     from seqzoo.lab import plots
 
     cfg, runs = results["config"], [run for run in results["runs"] if run["ok"]]
-    lines = ["## Sequence to sequence: the bottleneck", "",
-             f"Each model trained {cfg['steps']} steps of {cfg['batch_size']} pairs (learning rate {cfg['lr']}) on "
-             "sources of every length at once, then generated greedily: exact-match accuracy on "
-             f"{cfg['eval_samples']} sources per length, drawn apart from training (where a length has few distinct "
-             "sources, many were also trained on: the share is under each table). Without attention the decoder sees the source only "
-             "through the encoder's final state, so the seeds' picture is that its accuracy falls first as sources "
-             "grow, while attention reads every source position at every step.", "", *findings(results), ""]
+    lines = ["## Sequence to sequence: the bottleneck", ""]
+    if cfg.get("is_smoke"):
+        lines += ["**Smoke run** (`--smoke`): a few steps per model to exercise every code path; the figures mean "
+                  "nothing.", ""]
+    lines += [f"Each model trained {cfg['steps']} steps of {cfg['batch_size']} pairs (learning rate {cfg['lr']}) on "
+              "sources of every length at once, then generated greedily: exact-match accuracy on "
+              f"{cfg['eval_samples']} sources per length, drawn apart from training (where a length has few distinct "
+              "sources, many were also trained on: the share is under each table). Without attention the decoder "
+              "sees the source only through the encoder's final state, so the seeds' picture is that its accuracy "
+              "falls first as sources grow, while attention reads every source position at every step.", "",
+              *findings(results), ""]
     if plots.matplotlib_available() and runs:
         accuracy_plot(results, out / ACCURACY_PNG)
         lines += [f"![exact match against source length]({ACCURACY_PNG})", ""]

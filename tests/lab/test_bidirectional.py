@@ -29,6 +29,14 @@ def test_smoke_run_compares_both_directions_of_every_architecture(tmp_path, caps
     assert all(sorted(map(int, r["accuracy"])) == smoke.distances for r in results["runs"])
     report = (out / "bidirectional.md").read_text()
     assert "**Smoke run**" in report and "reading both ways is worth" in report
+    from seqzoo.lab.bidirectional import write_report
+
+    (tmp_path / "plain").mkdir()  # a run of few steps without --smoke is no smoke run
+    numbered = {  # (the report is written from the results in memory, whose distances are numbers)
+        **results, "config": {**results["config"], "is_smoke": False},
+        "runs": [{**run, "accuracy": {int(d): a for d, a in run["accuracy"].items()}} for run in results["runs"]],
+        "baselines": {task: {int(d): a for d, a in by.items()} for task, by in results["baselines"].items()}}
+    assert "**Smoke run**" not in write_report(numbered, tmp_path / "plain")
     assert f"Command: `seqzoo lab bidirectional --smoke --workers 1 --out {out}`" in report
     assert (out / "bidirectional.png").read_bytes()[:8] == PNG_MAGIC and "](bidirectional.png)" in report
     for run in results["runs"]:

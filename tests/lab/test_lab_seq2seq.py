@@ -21,6 +21,13 @@ def test_smoke_seq2seq_lab_writes_its_report_and_keeps_a_finished_one(tmp_path):
     assert (out / "seq2seq-accuracy.png").stat().st_size > 0
     assert json.loads((out / RESULTS_FILE).read_text())["config"]["tasks"] == ["reverse"]
     assert "CPU-seconds" in report and "- **reversal**: without attention" in report  # the run's own findings
+    # The smoke banner comes from --smoke, not from the number of steps.
+    from seqzoo.lab.seq2seq import write_report
+
+    assert "**Smoke run** (`--smoke`)" in report
+    (tmp_path / "plain").mkdir()
+    assert "**Smoke run**" not in write_report({**results, "config": {**results["config"], "is_smoke": False}},
+                                               tmp_path / "plain")
     # (at 2 characters of 8 symbols, 3 steps of 8 pairs draw some of the 4 evaluation sources)
     assert re.search(r"Evaluation sources also drawn in training: 2 characters \d+%, 4 characters \d+%\.", report)
     assert all(run["cpu_seconds"] > 0 for run in results["runs"])
