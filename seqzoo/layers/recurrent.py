@@ -141,62 +141,86 @@ _FUSED = {"rnn": fused.rnn, "lstm": fused.lstm, "gru": fused.gru}
 
 
 class InputTable:
-    """Layer 0's input projection of every token, ``embedding @ weight_ih.T + bias_ih`` (vocab, gates * H), for a
-    classic model's decode steps: a step then reads the B rows of its tokens instead of multiplying by the whole
-    ``weight_ih`` (layer 0's input is the token's embedding itself, with nothing between). At B=1 a step streams its
-    weight matrices from memory, and this leaves one of them out of the stream (BENCHMARKS.md, "Decode against each
-    family's CPU runtime"). Not a parameter and not saved: built from the weights on the first step that uses it,
-    and built again on the first step after any of them changed (in place, which an optimizer step or
-    ``load_state_dict`` does, or replaced, which ``to()`` or loading does).
+    """Layer 0's input projection of each token, ``embedding[token] @ weight_ih.T + bias_ih``, looked up instead of
+    multiplied in a classic model's decode steps: layer 0's input is the token's embedding itself, with nothing
+    between, so the projection depends on the token alone, and a step that reads its B rows leaves ``weight_ih`` out
+    of the matrices it streams from memory (BENCHMARKS.md, "Decode against each family's CPU runtime", run N).
 
-    ``policy``: ``"auto"`` (the default) builds it when the vocabulary is at most twice the embedding width (byte- and
-    character-level models: the table then holds at most twice the elements of the ``weight_ih`` it stands in for),
-    ``"always"`` for any vocabulary (a word-level model's table is vocab x gates * H values), ``"never"`` not at all.
-    Only steps without gradients use it (``torch.no_grad()`` or inference mode, as ``generate()`` runs), where the
-    weights are not inference tensors (whose changes cannot be seen)."""
+    The rows belong to one decoding cache (each ``generate()`` or prefill starts a new one): a token's row is
+    computed from the current weights the first time that cache's steps meet the token, and the cache's rows are
+    dropped when a weight they came from is another tensor, or the same one at another storage or version (an
+    in-place change through the tensor, ``load_state_dict``, ``to()``). A weight's version does not see every change
+    (torch's fused optimizers, transformers' default ``adamw_torch_fused``, and changes through ``.data``, as peft's
+    ``merge_and_unload`` makes, keep it), so weights changed so in the middle of one cache's decoding are not seen
+    by that cache; a new cache is always right. Not a parameter and never saved.
+
+    ``policy``: ``"auto"`` (the default) when the vocabulary is at most twice the embedding width (byte- and
+    character-level models, whose rows then hold at most twice the values of the ``weight_ih`` they stand in for),
+    ``"always"`` for any vocabulary (a word-level model's rows grow with the distinct tokens a cache meets), ``"never"``
+    not at all. Only steps without gradients use it (``torch.no_grad()`` or inference mode, as ``generate()`` runs),
+    on the CPU (on CUDA torch's LSTM and GRU cells hand the input bias to a fused kernel that takes a 1-d bias only),
+    where the weights are plain float tensors of one dtype and not inference tensors (whose changes cannot be seen)."""
 
     POLICIES = ("auto", "always", "never")
+    CACHE_ATTRIBUTE = "_seqzoo_input_rows"  # where a cache holds its rows (a _TokenRows)
 
     def __init__(self) -> None:
         self.policy = "auto"
-        self.clear()
-
-    def clear(self) -> None:
-        self._sources: tuple = ()
-        self._table: torch.Tensor | None = None
 
     def set_policy(self, policy: str) -> None:
         if policy not in self.POLICIES:
             raise ValueError(f"input table policy must be one of {', '.join(map(repr, self.POLICIES))}; got {policy!r}")
         self.policy = policy
-        self.clear()
 
-    def gates(self, embedding: torch.Tensor, input_ids: torch.Tensor, weights: Sequence[torch.Tensor | None]
-              ) -> torch.Tensor | None:
+    def gates(self, embedding: torch.Tensor, input_ids: torch.Tensor, cache: Any,
+              weights: Sequence[torch.Tensor | None]) -> torch.Tensor | None:
         """The (B, gates * H) input projection of ``input_ids`` (B, 1) through ``embedding`` (vocab, E) and layer 0's
-        ``weights`` (weight_ih, weight_hh, bias_ih, bias_hh), or None where the table is not used."""
-        if self.policy == "never" or torch.is_grad_enabled():
+        ``weights`` (weight_ih, weight_hh, bias_ih, bias_hh), from ``cache``'s rows; None where they are not used."""
+        if self.policy == "never" or torch.is_grad_enabled() or embedding.device.type != "cpu":
             return None
         weight_ih, bias_ih = weights[0], weights[2]
         if self.policy == "auto" and embedding.shape[0] > 2 * embedding.shape[1]:
             return None
         sources = (embedding, weight_ih) if bias_ih is None else (embedding, weight_ih, bias_ih)
-        if not _same_sources(self._sources, sources):
+        rows = getattr(cache, self.CACHE_ATTRIBUTE, None)
+        if rows is None or not rows.made_from(sources):
             if any(type(t) not in (torch.Tensor, nn.Parameter) or t.is_inference() or t.dtype != embedding.dtype
                    or t.device != embedding.device for t in sources):
                 return None  # (a quantised or offloaded weight: the cells' own path)
-            self.clear()
-            self._table = torch.nn.functional.linear(embedding, weight_ih, bias_ih)
-            self._sources = tuple((t, t._version, t.data_ptr()) for t in sources)
-        if input_ids.dtype not in (torch.int64, torch.int32):  # (what the embedding would convert)
-            input_ids = input_ids.long()
-        return torch.nn.functional.embedding(input_ids[:, 0], self._table)
+            rows = _TokenRows(sources)
+            setattr(cache, self.CACHE_ATTRIBUTE, rows)
+        return rows.lookup(input_ids, embedding, weight_ih, bias_ih)
 
 
-def _same_sources(seen: tuple, sources: tuple) -> bool:
-    # The table's weights are the same tensors, at the same storage and version, as when it was built.
-    return len(seen) == len(sources) and all(
-        t is s and t._version == version and t.data_ptr() == pointer for (s, version, pointer), t in zip(seen, sources))
+class _TokenRows:
+    """One cache's input projections by token id, and the weights (at their storage and version) they came from."""
+
+    __slots__ = ("sources", "rows")
+
+    def __init__(self, sources: tuple[torch.Tensor, ...]) -> None:
+        self.sources = tuple((t, t._version, t.data_ptr()) for t in sources)
+        self.rows: dict[int, torch.Tensor] = {}
+
+    def made_from(self, sources: tuple[torch.Tensor, ...]) -> bool:
+        return len(self.sources) == len(sources) and all(
+            t is s and t._version == version and t.data_ptr() == pointer
+            for (s, version, pointer), t in zip(self.sources, sources))
+
+    def lookup(self, input_ids: torch.Tensor, embedding: torch.Tensor, weight_ih: torch.Tensor,
+               bias_ih: torch.Tensor | None) -> torch.Tensor:
+        ids = input_ids.reshape(-1).tolist()
+        rows = self.rows
+        missing = [token for token in dict.fromkeys(ids) if token not in rows]
+        if missing:  # the tokens this cache has not met: their rows, from the weights now
+            fresh = torch.nn.functional.linear(embedding[missing], weight_ih, bias_ih)
+            rows.update(zip(missing, fresh))
+        if len(ids) == 1:
+            return rows[ids[0]][None]
+        return torch.stack([rows[token] for token in ids])
+
+    def __deepcopy__(self, memo: dict) -> _TokenRows:
+        # (a function of the weights alone: a copied cache shares them, and copies none of the weights)
+        return self
 
 
 def step_stack(

@@ -1,7 +1,8 @@
 """The classic models' input table (``seqzoo.layers.recurrent.InputTable``): layer 0's input projection looked up by
-token in a decode step instead of multiplied. The same logits and states as the cells' own projection (and as
-torch.nn's layers stepped, in test_classic_step.py); rebuilt whenever a weight it was built from changes; never
-used where gradients are recorded; and only where its policy says."""
+token in a decode step instead of multiplied, each token's row computed once per decoding cache. The same logits
+and states as the cells' own projection (and as torch.nn's layers stepped, in test_classic_step.py); a new cache
+reads the weights as they are, whatever changed them; never used where gradients are recorded; and only where its
+policy says."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from seqzoo.kernels.rnn_cells import fused
+from seqzoo.layers.recurrent import InputTable
 from seqzoo.models.compat import output_cache
 from tests.conftest import decode_step_inputs, tiny_model
 
@@ -24,6 +26,9 @@ VARIANTS = {
 }
 
 
+LAST = {}  # the cache of the latest decode()
+
+
 def decode(model, prompt, prompt_mask, steps, step_masks, grad=False):
     """Prefill, then feed ``steps`` one token at a time; the logits of every step and the final states."""
     with torch.set_grad_enabled(grad):
@@ -34,12 +39,15 @@ def decode(model, prompt, prompt_mask, steps, step_masks, grad=False):
             out = model(steps[:, t : t + 1], attention_mask=mask, cache=cache, use_cache=True)
             cache = output_cache(out)
             logits.append(out.logits[:, -1])
+    LAST["cache"] = cache
     states = [dict(cache.layer(i)) for i in range(model.config.num_hidden_layers)]
     return torch.stack(logits, 1), states
 
 
-def table_of(model):
-    return model.model.input_table._table
+def rows_of(cache=None):
+    """The input projections a cache holds by token id ({} when it holds none)."""
+    rows = getattr(LAST["cache"] if cache is None else cache, InputTable.CACHE_ATTRIBUTE, None)
+    return {} if rows is None else rows.rows
 
 
 def assert_same_decoding(a, b, tol):
@@ -57,10 +65,11 @@ def test_the_table_decodes_as_the_cells_own_projection(variant, batch):
     model = tiny_model(preset, **overrides).double()
     args = decode_step_inputs(batch, model.config.vocab_size - 3)  # rows padded in the prompt and in the steps
     expected = decode(model.set_input_table("never"), *args)
-    assert table_of(model) is None
+    assert not rows_of()
     got = decode(model.set_input_table("always"), *args)
-    assert table_of(model) is not None and table_of(model).shape == (
-        model.config.vocab_size, model.model.layers[0].weight_ih.shape[0])
+    steps = args[2]
+    assert set(rows_of()) == set(steps.reshape(-1).tolist())  # a row for each token stepped, computed once
+    assert {row.shape for row in rows_of().values()} == {(model.model.layers[0].weight_ih.shape[0],)}
     assert_same_decoding(got, expected, 1e-12)
     assert not torch.equal(got[0], decode(tiny_model(preset, seed=1, **overrides).double(), *args)[0])
 
@@ -75,7 +84,7 @@ def test_a_layer_without_biases_takes_the_table(preset, missing):
     args = decode_step_inputs(2, model.config.vocab_size - 3)
     expected = decode(model.set_input_table("never"), *args)
     got = decode(model.set_input_table("always"), *args)
-    assert table_of(model) is not None
+    assert rows_of()
     assert_same_decoding(got, expected, 1e-12)
 
 
@@ -101,6 +110,12 @@ def test_step_layers_with_input_gates_equals_its_own_projection(kind):
         assert not torch.allclose(y_off, y_ref)  # the given projection is what layer 0 reads
 
 
+def _fused_optimizer_step(model):
+    for parameter in model.parameters():
+        parameter.grad = torch.ones_like(parameter)
+    torch.optim.AdamW(model.parameters(), lr=0.1, fused=True).step()
+
+
 CHANGES = {
     "embedding in place": lambda m: m.model.embed_tokens.weight.mul_(1.5),
     "weight_ih in place": lambda m: m.model.layers[0].weight_ih.add_(0.05),
@@ -108,30 +123,53 @@ CHANGES = {
     "load_state_dict": lambda m: m.load_state_dict(tiny_model("gru-tiny", seed=1).state_dict()),
     "embedding replaced": lambda m: m.resize_token_embeddings(m.config.vocab_size + 4),
     "dtype changed": lambda m: m.double(),
+    # Changes that leave a weight's version and storage as they were: through .data (peft's merge_and_unload), and
+    # a fused optimizer's step (transformers' default optimizer, adamw_torch_fused).
+    "embedding through .data": lambda m: m.model.embed_tokens.weight.data.mul_(1.5),
+    "weight_ih through .data": lambda m: m.model.layers[0].weight_ih.data.add_(0.05),
+    "fused optimizer step": _fused_optimizer_step,
 }
 
 
 @pytest.mark.parametrize("change", sorted(CHANGES))
-def test_the_table_follows_every_change_of_its_weights(change):
+def test_a_new_cache_reads_the_weights_as_they_are_whatever_changed_them(change):
     model = tiny_model("gru-tiny").set_input_table("always")
     args = decode_step_inputs(2, model.config.vocab_size - 3)
     decode(model, *args)
-    built = table_of(model)
-    assert built is not None
+    assert rows_of()
     with torch.no_grad():
         CHANGES[change](model)
     twin = copy.deepcopy(model).set_input_table("never")
     got, expected = decode(model, *args), decode(twin, *args)
-    assert table_of(model) is not built and table_of(model).dtype == model.dtype
-    assert table_of(model).shape[0] == model.get_input_embeddings().weight.shape[0]
     assert_same_decoding(got, expected, 1e-5)
+
+
+@pytest.mark.parametrize("change", ["embedding in place", "weight_ih in place", "bias_ih in place",
+                                    "load_state_dict", "dtype changed"])
+def test_a_cache_drops_its_rows_when_a_weight_changes_in_a_way_it_can_see(change):
+    """Between two steps of one cache: a change through the tensor itself bumps its version, and one that replaces
+    its storage moves it; the next step's rows are computed again (a copy of the cache continues without them)."""
+    model = tiny_model("gru-tiny").set_input_table("always")
+    prompt, mask, steps, _ = decode_step_inputs(2, model.config.vocab_size - 3)
+    token = torch.tensor([[7], [7]])  # one token, stepped before and after the change
+    with torch.no_grad():
+        cache = output_cache(model(prompt, use_cache=True))
+        model(token, cache=cache, use_cache=True)
+        before = rows_of(cache)[7]
+        CHANGES[change](model)
+        twin = copy.deepcopy(model).set_input_table("never")
+        copied = copy.deepcopy(cache)
+        got = model(token, cache=cache, use_cache=True).logits
+        expected = twin(token, cache=copied, use_cache=True).logits
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+    assert rows_of(cache)[7] is not before and not torch.equal(rows_of(cache)[7].to(before.dtype), before)
 
 
 def test_steps_that_record_gradients_do_not_use_the_table():
     model = tiny_model("lstm-tiny").set_input_table("always")
     args = decode_step_inputs(2, model.config.vocab_size - 3)
     logits, _ = decode(model, *args, grad=True)
-    assert table_of(model) is None
+    assert not rows_of()
     logits.sum().backward()
     # Through the embedding of the stepped tokens and layer 0's input weights (a table would cut both off).
     steps = args[2]
@@ -145,12 +183,12 @@ def test_inference_mode_steps_use_it_and_inference_weights_do_not():
     expected = decode(copy.deepcopy(model).set_input_table("never"), *args)
     with torch.inference_mode():
         got = decode(model, *args)
-        assert table_of(model) is not None
+        assert rows_of()
     assert_same_decoding(got, expected, 1e-6)
     with torch.inference_mode():  # weights made here cannot say when they change: the cells' own projection
         fresh = tiny_model("gru-tiny").set_input_table("always")
         decode(fresh, *args)
-    assert table_of(fresh) is None
+    assert not rows_of()
 
 
 def test_auto_builds_the_table_for_a_vocabulary_at_most_twice_the_embedding_width():
@@ -161,11 +199,11 @@ def test_auto_builds_the_table_for_a_vocabulary_at_most_twice_the_embedding_widt
         assert model.config.vocab_size == 99
         assert model.model.input_table.policy == "auto"
         decode(model, *args)
-        assert (table_of(model) is not None) is built
+        assert bool(rows_of()) is built
     decode(large.set_input_table("always"), *args)
-    assert table_of(large) is not None
+    assert rows_of()
     decode(small.set_input_table("never"), *args)
-    assert table_of(small) is None
+    assert not rows_of()
 
 
 def test_a_policy_that_does_not_exist_is_refused_and_the_table_is_never_saved(tmp_path):
@@ -174,7 +212,7 @@ def test_a_policy_that_does_not_exist_is_refused_and_the_table_is_never_saved(tm
         model.set_input_table("on")
     assert model.set_input_table("always") is model
     decode(model, *decode_step_inputs(1, 90))
-    assert table_of(model) is not None
+    assert rows_of()
     assert set(model.state_dict()) == set(tiny_model("rnn-tiny").state_dict())
     model.save_pretrained(tmp_path)
     assert type(model).from_pretrained(tmp_path).model.input_table.policy == "auto"
@@ -192,5 +230,47 @@ def test_an_embedding_that_does_more_than_look_up_is_read_by_the_cells(embedding
     args = decode_step_inputs(2, model.config.vocab_size - 3)
     expected = decode(copy.deepcopy(model).set_input_table("never"), *args)
     got = decode(model.set_input_table("always"), *args)
-    assert table_of(model) is None
+    assert not rows_of()
     assert_same_decoding(got, expected, 1e-6)
+
+
+def test_the_table_is_used_on_the_cpu_only():
+    """On CUDA torch's LSTM / GRU cells hand the input bias to a fused kernel that takes a 1-d bias only."""
+    table = InputTable()
+    table.set_policy("always")
+    weights = [torch.empty(12, 4, device="meta"), torch.empty(12, 4, device="meta"), None, None]
+    ids = torch.zeros(1, 1, dtype=torch.long)
+    with torch.no_grad():
+        assert table.gates(torch.empty(10, 4, device="meta"), ids, object(), weights) is None
+        cpu = [torch.randn(12, 4), torch.randn(12, 4), None, None]
+        assert table.gates(torch.randn(10, 4), ids, type("Cache", (), {})(), cpu).shape == (1, 12)
+
+
+def test_a_copied_cache_shares_its_rows_and_copies_no_weights():
+    model = tiny_model("gru-tiny").double().set_input_table("always")
+    prompt, mask, steps, _ = decode_step_inputs(2, model.config.vocab_size - 3)
+    with torch.no_grad():
+        cache = output_cache(model(prompt, use_cache=True))
+        model(steps[:, :1], cache=cache, use_cache=True)
+        copied = copy.deepcopy(cache)
+        held = getattr(cache, InputTable.CACHE_ATTRIBUTE)
+        assert getattr(copied, InputTable.CACHE_ATTRIBUTE) is held
+        assert held.sources[0][0] is model.model.embed_tokens.weight  # (the model's own, not a copy)
+        first = model(steps[:, 1:2], cache=cache, use_cache=True).logits
+        second = model(steps[:, 1:2], cache=copied, use_cache=True).logits
+    torch.testing.assert_close(first, second, rtol=0, atol=0)
+
+
+def test_each_generate_call_reads_the_weights_it_has_then():
+    """transformers' Trainer steps a fused AdamW by default, which leaves the weights' versions as they were: a
+    generate() after training must not read rows from before it."""
+    model = tiny_model("gru-tiny", hidden_size=50)  # the default policy builds it (vocabulary 99 <= 2 x 50)
+    prompt = torch.tensor([[5, 9, 2, 7]])
+    kwargs = dict(max_new_tokens=6, do_sample=False, pad_token_id=model.config.pad_token_id, output_scores=True,
+                  return_dict_in_generate=True)
+    model.generate(prompt, **kwargs)
+    _fused_optimizer_step(model)
+    got = model.generate(prompt, **kwargs)
+    expected = copy.deepcopy(model).set_input_table("never").generate(prompt, **kwargs)
+    assert torch.equal(got.sequences, expected.sequences)
+    torch.testing.assert_close(torch.stack(got.scores), torch.stack(expected.scores), rtol=1e-5, atol=1e-5)

@@ -160,8 +160,8 @@ class ClassicRecurrentModel(ClassicRecurrentPreTrainedModel):
         states = [cache.layer(i) for i in range(len(self.layers))]
         # Layer 0's input projection looked up by token where the embedding is what it reads (see InputTable).
         embedding = self.embed_tokens
-        input_gates = (partial(self.input_table.gates, embedding.weight, input_ids) if runs_plainly(embedding)
-                       and embedding.max_norm is None else None)
+        input_gates = (partial(self.input_table.gates, embedding.weight, input_ids, cache)
+                       if runs_plainly(embedding) and embedding.max_norm is None else None)
         # (dropout is the identity in eval)
         stepped = step_stack(self.layers, embeds, states, mask, input_gates)
         return finish_decode_step(cache, self.layers, stepped, embeds, states, mask)
@@ -178,11 +178,12 @@ class ClassicRecurrentForCausalLM(ClassicRecurrentPreTrainedModel, SeqzooForCaus
     base_model_class = ClassicRecurrentModel
 
     def set_input_table(self, policy: str) -> ClassicRecurrentForCausalLM:
-        """Whether decode steps look layer 0's input projection up by token (``embedding @ weight_ih.T + bias_ih``,
-        a vocab x gates * H table built from the weights) instead of multiplying by ``weight_ih``: ``"auto"`` (the
-        default: when the vocabulary is at most twice the embedding width, as in byte- and character-level models),
-        ``"always"`` or ``"never"``. Steps without gradients use it (``generate()``, a loop under
-        ``torch.no_grad()``); it is rebuilt after the weights change and never saved. The same values up to float
-        rounding (the projection is one product over the vocabulary instead of one per step). Returns the model."""
+        """Whether decode steps look layer 0's input projection up by token (``embedding[token] @ weight_ih.T +
+        bias_ih``, each token's row computed once per decoding cache from the weights) instead of multiplying by
+        ``weight_ih``: ``"auto"`` (the default: when the vocabulary is at most twice the embedding width, as in byte-
+        and character-level models), ``"always"`` or ``"never"``. Steps without gradients on the CPU use it
+        (``generate()``, a loop under ``torch.no_grad()``); never saved. The same values up to float rounding. A
+        weight changed through ``.data`` or by a fused optimizer in the middle of one cache's decoding is not seen by
+        that cache (see ``seqzoo.layers.recurrent.InputTable``). Returns the model."""
         self.model.input_table.set_policy(policy)
         return self
