@@ -141,85 +141,96 @@ _FUSED = {"rnn": fused.rnn, "lstm": fused.lstm, "gru": fused.gru}
 
 
 class InputTable:
-    """Layer 0's input projection of each token, ``embedding[token] @ weight_ih.T + bias_ih``, looked up instead of
-    multiplied in a classic model's decode steps: layer 0's input is the token's embedding itself, with nothing
-    between, so the projection depends on the token alone, and a step that reads its B rows leaves ``weight_ih`` out
-    of the matrices it streams from memory (BENCHMARKS.md, "Decode against each family's CPU runtime", run N).
+    """Layer 0's input projection of every token, ``embedding @ weight_ih.T + bias_ih`` (vocab, gates * H), looked up
+    instead of multiplied in a classic model's decode steps: layer 0's input is the token's embedding itself, with
+    nothing between, so the projection depends on the token alone, and a step that reads its B rows leaves
+    ``weight_ih`` out of the matrices it streams from memory (BENCHMARKS.md, "Decode against each family's CPU
+    runtime", run N).
 
-    The rows belong to one decoding cache (each ``generate()`` or prefill starts a new one): a token's row is
-    computed from the current weights the first time that cache's steps meet the token, and the cache's rows are
-    dropped when a weight they came from is another tensor, or the same one at another storage or version (an
-    in-place change through the tensor, ``load_state_dict``, ``to()``). A weight's version does not see every change
-    (torch's fused optimizers, transformers' default ``adamw_torch_fused``, and changes through ``.data``, as peft's
-    ``merge_and_unload`` makes, keep it), so weights changed so in the middle of one cache's decoding are not seen
-    by that cache; a new cache is always right. Not a parameter and never saved.
+    Built from the weights by one product over the vocabulary, and held by the model for the caches that decode with
+    it. A decoding cache takes it on its first step (each ``generate()`` and prefill starts a new cache) after
+    checking that the weights are those it was built from: the same tensors at the same storage and version, and the
+    same values, read through their products with a fixed random vector (one pass over ``weight_ih`` and the
+    embedding per cache: a weight's version does not see every change, since torch's fused optimizers,
+    transformers' default ``adamw_torch_fused``, and changes through ``.data``, as peft's ``merge_and_unload``
+    makes, keep it). Otherwise it is built again. Within one cache every step checks the tensors, storage and
+    version, not the values: weights changed through ``.data`` or by a fused optimizer between two steps of one
+    cache are not seen by it. Not a parameter and never saved.
 
     ``policy``: ``"auto"`` (the default) when the vocabulary is at most twice the embedding width (byte- and
-    character-level models, whose rows then hold at most twice the values of the ``weight_ih`` they stand in for),
-    ``"always"`` for any vocabulary (a word-level model's rows grow with the distinct tokens a cache meets), ``"never"``
-    not at all. Only steps without gradients use it (``torch.no_grad()`` or inference mode, as ``generate()`` runs),
-    on the CPU (on CUDA torch's LSTM and GRU cells hand the input bias to a fused kernel that takes a 1-d bias only),
-    where the weights are plain float tensors of one dtype and not inference tensors (whose changes cannot be seen)."""
+    character-level models: the table then holds at most twice the values of ``weight_ih``), ``"always"`` for any
+    vocabulary (a word-level model's table holds vocab x gates * H values), ``"never"`` not at all. Only steps without
+    gradients use it (``torch.no_grad()`` or inference mode, as ``generate()`` runs), on the CPU (on CUDA torch's LSTM
+    and GRU cells hand the input bias to a fused kernel that takes a 1-d bias only), where the weights are plain float
+    tensors of one dtype and not inference tensors (whose changes cannot be seen)."""
 
     POLICIES = ("auto", "always", "never")
-    CACHE_ATTRIBUTE = "_seqzoo_input_rows"  # where a cache holds its rows (a _TokenRows)
+    CACHE_ATTRIBUTE = "_seqzoo_input_table"  # the table a cache decodes with (a _BuiltTable)
 
     def __init__(self) -> None:
         self.policy = "auto"
+        self.built: _BuiltTable | None = None  # the latest built (immutable: a rebuild puts another in its place)
 
     def set_policy(self, policy: str) -> None:
         if policy not in self.POLICIES:
             raise ValueError(f"input table policy must be one of {', '.join(map(repr, self.POLICIES))}; got {policy!r}")
         self.policy = policy
+        self.built = None
 
     def gates(self, embedding: torch.Tensor, input_ids: torch.Tensor, cache: Any,
               weights: Sequence[torch.Tensor | None]) -> torch.Tensor | None:
         """The (B, gates * H) input projection of ``input_ids`` (B, 1) through ``embedding`` (vocab, E) and layer 0's
-        ``weights`` (weight_ih, weight_hh, bias_ih, bias_hh), from ``cache``'s rows; None where they are not used."""
+        ``weights`` (weight_ih, weight_hh, bias_ih, bias_hh), read from the table ``cache`` decodes with; None where
+        the table is not used."""
         if self.policy == "never" or torch.is_grad_enabled() or embedding.device.type != "cpu":
             return None
         weight_ih, bias_ih = weights[0], weights[2]
         if self.policy == "auto" and embedding.shape[0] > 2 * embedding.shape[1]:
             return None
         sources = (embedding, weight_ih) if bias_ih is None else (embedding, weight_ih, bias_ih)
-        rows = getattr(cache, self.CACHE_ATTRIBUTE, None)
-        if rows is None or not rows.made_from(sources):
+        built = getattr(cache, self.CACHE_ATTRIBUTE, None)
+        if built is None or not built.made_from(sources):  # a new cache, or its weights changed since its last step
             if any(type(t) not in (torch.Tensor, nn.Parameter) or t.is_inference() or t.dtype != embedding.dtype
                    or t.device != embedding.device for t in sources):
                 return None  # (a quantised or offloaded weight: the cells' own path)
-            rows = _TokenRows(sources)
-            setattr(cache, self.CACHE_ATTRIBUTE, rows)
-        return rows.lookup(input_ids, embedding, weight_ih, bias_ih)
+            built = self.built
+            if built is None or not built.made_from(sources) or not built.same_values(sources):
+                built = self.built = _BuiltTable(sources)
+            setattr(cache, self.CACHE_ATTRIBUTE, built)
+        if input_ids.dtype not in (torch.int64, torch.int32):  # (what the embedding would convert)
+            input_ids = input_ids.long()
+        return torch.nn.functional.embedding(input_ids[:, 0], built.table)
 
 
-class _TokenRows:
-    """One cache's input projections by token id, and the weights (at their storage and version) they came from."""
+class _BuiltTable:
+    """An input table and what it was built from: the weights (embedding, weight_ih[, bias_ih]) at their storage and
+    version, and their values as seen through a fixed random vector."""
 
-    __slots__ = ("sources", "rows")
+    __slots__ = ("sources", "probe", "prints", "table")
 
     def __init__(self, sources: tuple[torch.Tensor, ...]) -> None:
+        embedding, weight_ih = sources[:2]
+        self.table = torch.nn.functional.linear(embedding, weight_ih, sources[2] if len(sources) == 3 else None)
         self.sources = tuple((t, t._version, t.data_ptr()) for t in sources)
-        self.rows: dict[int, torch.Tensor] = {}
+        probe = torch.randn(embedding.shape[1], generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+        self.probe = probe.to(embedding.dtype)
+        self.prints = self._prints(sources)
+
+    def _prints(self, sources: tuple[torch.Tensor, ...]) -> list[torch.Tensor]:
+        # A matrix's product with the probe changes with any change of its values (short of one orthogonal to it);
+        # the bias is its own print.
+        return [t @ self.probe if t.dim() == 2 else t.clone() for t in sources]
 
     def made_from(self, sources: tuple[torch.Tensor, ...]) -> bool:
         return len(self.sources) == len(sources) and all(
             t is s and t._version == version and t.data_ptr() == pointer
             for (s, version, pointer), t in zip(self.sources, sources))
 
-    def lookup(self, input_ids: torch.Tensor, embedding: torch.Tensor, weight_ih: torch.Tensor,
-               bias_ih: torch.Tensor | None) -> torch.Tensor:
-        ids = input_ids.reshape(-1).tolist()
-        rows = self.rows
-        missing = [token for token in dict.fromkeys(ids) if token not in rows]
-        if missing:  # the tokens this cache has not met: their rows, from the weights now
-            fresh = torch.nn.functional.linear(embedding[missing], weight_ih, bias_ih)
-            rows.update(zip(missing, fresh))
-        if len(ids) == 1:
-            return rows[ids[0]][None]
-        return torch.stack([rows[token] for token in ids])
+    def same_values(self, sources: tuple[torch.Tensor, ...]) -> bool:
+        return all(torch.equal(a, b) for a, b in zip(self.prints, self._prints(sources)))
 
-    def __deepcopy__(self, memo: dict) -> _TokenRows:
-        # (a function of the weights alone: a copied cache shares them, and copies none of the weights)
+    def __deepcopy__(self, memo: dict) -> _BuiltTable:
+        # (a copied cache decodes with the same table, and copies none of the weights it refers to)
         return self
 
 

@@ -1,8 +1,8 @@
 """The classic models' input table (``seqzoo.layers.recurrent.InputTable``): layer 0's input projection looked up by
-token in a decode step instead of multiplied, each token's row computed once per decoding cache. The same logits
-and states as the cells' own projection (and as torch.nn's layers stepped, in test_classic_step.py); a new cache
-reads the weights as they are, whatever changed them; never used where gradients are recorded; and only where its
-policy says."""
+token in a decode step instead of multiplied. The same logits and states as the cells' own projection (and as
+torch.nn's layers stepped, in test_classic_step.py); a new cache decodes with the weights as they are, whatever
+changed them, and one table serves every cache while they stay; never used where gradients are recorded; and only
+where its policy says."""
 
 from __future__ import annotations
 
@@ -44,10 +44,9 @@ def decode(model, prompt, prompt_mask, steps, step_masks, grad=False):
     return torch.stack(logits, 1), states
 
 
-def rows_of(cache=None):
-    """The input projections a cache holds by token id ({} when it holds none)."""
-    rows = getattr(LAST["cache"] if cache is None else cache, InputTable.CACHE_ATTRIBUTE, None)
-    return {} if rows is None else rows.rows
+def built_of(cache=None):
+    """The table a cache decodes with (None: none), by default the latest decode()'s cache's."""
+    return getattr(LAST["cache"] if cache is None else cache, InputTable.CACHE_ATTRIBUTE, None)
 
 
 def assert_same_decoding(a, b, tol):
@@ -65,11 +64,9 @@ def test_the_table_decodes_as_the_cells_own_projection(variant, batch):
     model = tiny_model(preset, **overrides).double()
     args = decode_step_inputs(batch, model.config.vocab_size - 3)  # rows padded in the prompt and in the steps
     expected = decode(model.set_input_table("never"), *args)
-    assert not rows_of()
+    assert built_of() is None
     got = decode(model.set_input_table("always"), *args)
-    steps = args[2]
-    assert set(rows_of()) == set(steps.reshape(-1).tolist())  # a row for each token stepped, computed once
-    assert {row.shape for row in rows_of().values()} == {(model.model.layers[0].weight_ih.shape[0],)}
+    assert built_of().table.shape == (model.config.vocab_size, model.model.layers[0].weight_ih.shape[0])
     assert_same_decoding(got, expected, 1e-12)
     assert not torch.equal(got[0], decode(tiny_model(preset, seed=1, **overrides).double(), *args)[0])
 
@@ -84,7 +81,7 @@ def test_a_layer_without_biases_takes_the_table(preset, missing):
     args = decode_step_inputs(2, model.config.vocab_size - 3)
     expected = decode(model.set_input_table("never"), *args)
     got = decode(model.set_input_table("always"), *args)
-    assert rows_of()
+    assert built_of() is not None
     assert_same_decoding(got, expected, 1e-12)
 
 
@@ -136,40 +133,69 @@ def test_a_new_cache_reads_the_weights_as_they_are_whatever_changed_them(change)
     model = tiny_model("gru-tiny").set_input_table("always")
     args = decode_step_inputs(2, model.config.vocab_size - 3)
     decode(model, *args)
-    assert rows_of()
+    before = built_of()
+    assert before is not None
     with torch.no_grad():
         CHANGES[change](model)
     twin = copy.deepcopy(model).set_input_table("never")
     got, expected = decode(model, *args), decode(twin, *args)
     assert_same_decoding(got, expected, 1e-5)
+    assert built_of() is not before
 
 
 @pytest.mark.parametrize("change", ["embedding in place", "weight_ih in place", "bias_ih in place",
                                     "load_state_dict", "dtype changed"])
-def test_a_cache_drops_its_rows_when_a_weight_changes_in_a_way_it_can_see(change):
+def test_a_cache_takes_a_new_table_when_a_weight_changes_in_a_way_it_can_see(change):
     """Between two steps of one cache: a change through the tensor itself bumps its version, and one that replaces
-    its storage moves it; the next step's rows are computed again (a copy of the cache continues without them)."""
+    its storage moves it; the next step reads a table built again (a copy of the cache, made before, continues the
+    same way)."""
     model = tiny_model("gru-tiny").set_input_table("always")
-    prompt, mask, steps, _ = decode_step_inputs(2, model.config.vocab_size - 3)
+    prompt = decode_step_inputs(2, model.config.vocab_size - 3)[0]
     token = torch.tensor([[7], [7]])  # one token, stepped before and after the change
     with torch.no_grad():
         cache = output_cache(model(prompt, use_cache=True))
         model(token, cache=cache, use_cache=True)
-        before = rows_of(cache)[7]
+        before = built_of(cache)
+        copied = copy.deepcopy(cache)
         CHANGES[change](model)
         twin = copy.deepcopy(model).set_input_table("never")
-        copied = copy.deepcopy(cache)
         got = model(token, cache=cache, use_cache=True).logits
         expected = twin(token, cache=copied, use_cache=True).logits
     torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
-    assert rows_of(cache)[7] is not before and not torch.equal(rows_of(cache)[7].to(before.dtype), before)
+    assert built_of(cache) is not before
+
+
+def test_one_table_serves_every_cache_while_the_weights_stay():
+    """Built once: every later cache checks the weights (tensors, storage, version, values) and takes it; a change
+    that leaves no version behind is found by its values."""
+    model = tiny_model("lstm-tiny").set_input_table("always")
+    args = decode_step_inputs(2, model.config.vocab_size - 3)
+    decode(model, *args)
+    first = built_of()
+    for _ in range(3):
+        decode(model, *args)
+        assert built_of() is first
+    with torch.no_grad():
+        model.model.layers[0].weight_ih.data[3, 1] += 0.25  # one value, through .data: no version, same storage
+    decode(model, *args)
+    assert built_of() is not first
+    torch.testing.assert_close(built_of().table, F.linear(
+        model.model.embed_tokens.weight, model.model.layers[0].weight_ih, model.model.layers[0].bias_ih))
+    # Changes that keep every sum (through .data: no version): two values of a row swapped, two embedding rows.
+    weight_ih, embedding = model.model.layers[0].weight_ih.data, model.model.embed_tokens.weight.data
+    for index, swapped in (((3, [1, 2]), (3, [2, 1])), (([4, 9],), ([9, 4],))):
+        second = built_of()
+        data = weight_ih if len(index) == 2 else embedding
+        data[index] = data[swapped]
+        decode(model, *args)
+        assert built_of() is not second
 
 
 def test_steps_that_record_gradients_do_not_use_the_table():
     model = tiny_model("lstm-tiny").set_input_table("always")
     args = decode_step_inputs(2, model.config.vocab_size - 3)
     logits, _ = decode(model, *args, grad=True)
-    assert not rows_of()
+    assert built_of() is None
     logits.sum().backward()
     # Through the embedding of the stepped tokens and layer 0's input weights (a table would cut both off).
     steps = args[2]
@@ -183,12 +209,12 @@ def test_inference_mode_steps_use_it_and_inference_weights_do_not():
     expected = decode(copy.deepcopy(model).set_input_table("never"), *args)
     with torch.inference_mode():
         got = decode(model, *args)
-        assert rows_of()
+        assert built_of() is not None
     assert_same_decoding(got, expected, 1e-6)
     with torch.inference_mode():  # weights made here cannot say when they change: the cells' own projection
         fresh = tiny_model("gru-tiny").set_input_table("always")
         decode(fresh, *args)
-    assert not rows_of()
+    assert built_of() is None
 
 
 def test_auto_builds_the_table_for_a_vocabulary_at_most_twice_the_embedding_width():
@@ -199,11 +225,11 @@ def test_auto_builds_the_table_for_a_vocabulary_at_most_twice_the_embedding_widt
         assert model.config.vocab_size == 99
         assert model.model.input_table.policy == "auto"
         decode(model, *args)
-        assert bool(rows_of()) is built
+        assert (built_of() is not None) is built
     decode(large.set_input_table("always"), *args)
-    assert rows_of()
+    assert built_of() is not None
     decode(small.set_input_table("never"), *args)
-    assert not rows_of()
+    assert built_of() is None
 
 
 def test_a_policy_that_does_not_exist_is_refused_and_the_table_is_never_saved(tmp_path):
@@ -212,7 +238,7 @@ def test_a_policy_that_does_not_exist_is_refused_and_the_table_is_never_saved(tm
         model.set_input_table("on")
     assert model.set_input_table("always") is model
     decode(model, *decode_step_inputs(1, 90))
-    assert rows_of()
+    assert built_of() is not None
     assert set(model.state_dict()) == set(tiny_model("rnn-tiny").state_dict())
     model.save_pretrained(tmp_path)
     assert type(model).from_pretrained(tmp_path).model.input_table.policy == "auto"
@@ -230,7 +256,7 @@ def test_an_embedding_that_does_more_than_look_up_is_read_by_the_cells(embedding
     args = decode_step_inputs(2, model.config.vocab_size - 3)
     expected = decode(copy.deepcopy(model).set_input_table("never"), *args)
     got = decode(model.set_input_table("always"), *args)
-    assert not rows_of()
+    assert built_of() is None
     assert_same_decoding(got, expected, 1e-6)
 
 
@@ -246,7 +272,7 @@ def test_the_table_is_used_on_the_cpu_only():
         assert table.gates(torch.randn(10, 4), ids, type("Cache", (), {})(), cpu).shape == (1, 12)
 
 
-def test_a_copied_cache_shares_its_rows_and_copies_no_weights():
+def test_a_copied_cache_shares_its_table_and_copies_no_weights():
     model = tiny_model("gru-tiny").double().set_input_table("always")
     prompt, mask, steps, _ = decode_step_inputs(2, model.config.vocab_size - 3)
     with torch.no_grad():
@@ -256,6 +282,7 @@ def test_a_copied_cache_shares_its_rows_and_copies_no_weights():
         held = getattr(cache, InputTable.CACHE_ATTRIBUTE)
         assert getattr(copied, InputTable.CACHE_ATTRIBUTE) is held
         assert held.sources[0][0] is model.model.embed_tokens.weight  # (the model's own, not a copy)
+        assert built_of(copied) is held
         first = model(steps[:, 1:2], cache=cache, use_cache=True).logits
         second = model(steps[:, 1:2], cache=copied, use_cache=True).logits
     torch.testing.assert_close(first, second, rtol=0, atol=0)

@@ -179,11 +179,12 @@ class ClassicRecurrentForCausalLM(ClassicRecurrentPreTrainedModel, SeqzooForCaus
 
     def set_input_table(self, policy: str) -> ClassicRecurrentForCausalLM:
         """Whether decode steps look layer 0's input projection up by token (``embedding[token] @ weight_ih.T +
-        bias_ih``, each token's row computed once per decoding cache from the weights) instead of multiplying by
-        ``weight_ih``: ``"auto"`` (the default: when the vocabulary is at most twice the embedding width, as in byte-
-        and character-level models), ``"always"`` or ``"never"``. Steps without gradients on the CPU use it
-        (``generate()``, a loop under ``torch.no_grad()``); never saved. The same values up to float rounding. A
-        weight changed through ``.data`` or by a fused optimizer in the middle of one cache's decoding is not seen by
-        that cache (see ``seqzoo.layers.recurrent.InputTable``). Returns the model."""
+        bias_ih``, a vocab x gates * H table built from the weights) instead of multiplying by ``weight_ih``:
+        ``"auto"`` (the default: when the vocabulary is at most twice the embedding width, as in byte- and
+        character-level models), ``"always"`` or ``"never"``. Steps without gradients on the CPU use it
+        (``generate()``, a loop under ``torch.no_grad()``); each new cache checks that the weights are still those
+        it was built from (values included) and it is built again where not; never saved. The same values up to
+        float rounding. A weight changed through ``.data`` or by a fused optimizer between two steps of one cache is
+        not seen by that cache (``seqzoo.layers.recurrent.InputTable``). Returns the model."""
         self.model.input_table.set_policy(policy)
         return self
