@@ -16,15 +16,7 @@ from seqzoo.kernels.rnn_cells import fused
 from seqzoo.layers.recurrent import InputTable
 from seqzoo.models.compat import output_cache
 from tests.conftest import decode_step_inputs, tiny_model
-
-VARIANTS = {
-    "rnn-tanh": ("rnn-tiny", {"nonlinearity": "tanh"}),
-    "rnn-relu": ("rnn-tiny", {"nonlinearity": "relu"}),
-    "lstm": ("lstm-tiny", {}),
-    "gru": ("gru-tiny", {}),
-    "gru-untied": ("gru-tiny", {"tie_word_embeddings": False, "embedding_size": 24, "num_hidden_layers": 3}),
-}
-
+from tests.models.test_classic_step import VARIANTS
 
 LAST = {}  # the cache of the latest decode()
 
