@@ -334,6 +334,20 @@ class SeqzooCache(Cache):
         self.update_layer(layer_idx, {**(self.layer(layer_idx) or {}), name: value})
 
 
+def check_kv_dtype(entry: Any, dtype: torch.dtype) -> None:
+    """Refuse to continue an attention layer's cached keys and values (a ``DynamicLayer``) in another dtype than the
+    one they hold: a cache filled by the model in float32 and continued by it in bf16 would otherwise end in torch's
+    error about query, key and value dtypes (as in transformers' own models). Casting them would change what the
+    cache holds without a word (float32 to bf16 loses precision, and a step that then fails could not put it back);
+    a recurrent layer's state is cast, being the step's input alone."""
+    if getattr(entry, "is_initialized", False) and isinstance(entry.keys, torch.Tensor) and entry.keys.numel() \
+            and entry.keys.dtype != dtype:
+        raise ValueError(
+            f"the cache holds an attention layer's keys and values in {entry.keys.dtype}, but the model computes them "
+            f"in {dtype}: continue the cache with the model in the dtype that filled it, or start a new cache (run "
+            "the prompt again) after changing the model's dtype")
+
+
 def unchanged_on_error(cache: Any) -> contextlib.AbstractContextManager:
     """``cache.unchanged_on_error()`` for a SeqzooCache; nothing to keep for None, nor in a graph dynamo traces (a
     compiled step either runs whole or raises before any state is stored)."""

@@ -168,3 +168,31 @@ def test_what_is_kept_does_not_hold_the_old_keys_and_values(preset):
         model(torch.tensor([[5]]), cache=cache)
         handle.remove()
     assert alive and not any(alive)
+
+
+@pytest.mark.parametrize("preset", ["transformer-tiny", "hybrid-tiny", "seq2seq-transformer-tiny", "lstm-tiny"])
+def test_a_cache_continued_by_the_model_in_another_dtype(preset):
+    """Filled in float32, continued in bf16: an attention layer's keys and values are refused by name, before the
+    cache changes (torch's error about query, key and value dtypes came from inside attention); a recurrent state is
+    the step's input and is cast, as before."""
+    model = tiny_model(preset)
+    ids = torch.randint(3, 30, (1, 4))
+    with torch.no_grad():
+        if preset.startswith("seq2seq"):
+            encoded = model.get_encoder()(input_ids=ids)
+            cache = output_cache(model(encoder_outputs=encoded, decoder_input_ids=ids[:, :2], use_cache=True))
+            bf16 = copy.deepcopy(model).to(torch.bfloat16)
+            encoded = bf16.get_encoder()(input_ids=ids)
+            step = lambda: bf16(encoder_outputs=encoded, decoder_input_ids=ids[:, 2:3], cache=cache)  # noqa: E731
+        else:
+            cache = output_cache(model(ids, use_cache=True))
+            bf16 = copy.deepcopy(model).to(torch.bfloat16)
+            step = lambda: bf16(torch.tensor([[5]]), cache=cache)  # noqa: E731
+        before = snapshot(cache)
+        if preset == "lstm-tiny":
+            assert step().logits.dtype == torch.bfloat16
+            return
+        with pytest.raises(ValueError, match=r"holds an attention layer's keys and values in torch.float32, but the "
+                                             r"model computes them in torch.bfloat16"):
+            step()
+        assert_same(snapshot(cache), before)
