@@ -266,6 +266,10 @@ class SeqzooCache(Cache):
     def reset(self) -> None:
         super().reset()
         self.seen_tokens = 0
+        # A reset cache decodes as a new one: the classic models' input table it held is checked against the weights
+        # again on its next step (seqzoo.layers.recurrent.InputTable.CACHE_ATTRIBUTE; a fused optimizer's step or a
+        # change through .data since leaves no version behind).
+        self.__dict__.pop("_seqzoo_input_table", None)
 
     # -- seqzoo's own ----------------------------------------------------------------------------------------------
 

@@ -148,14 +148,15 @@ class InputTable:
     runtime", run N).
 
     Built from the weights by one product over the vocabulary, and held by the model for the caches that decode with
-    it. A decoding cache takes it on its first step (each ``generate()`` and prefill starts a new cache) after
-    checking that the weights are those it was built from: the same tensors at the same storage and version, and the
-    same values, read through their products with a fixed random vector (one pass over ``weight_ih`` and the
-    embedding per cache: a weight's version does not see every change, since torch's fused optimizers,
-    transformers' default ``adamw_torch_fused``, and changes through ``.data``, as peft's ``merge_and_unload``
-    makes, keep it). Otherwise it is built again. Within one cache every step checks the tensors, storage and
-    version, not the values: weights changed through ``.data`` or by a fused optimizer between two steps of one
-    cache are not seen by it. Not a parameter and never saved.
+    it. A decoding cache takes it on its first step (each ``generate()`` and prefill starts a new cache, and
+    ``cache.reset()`` makes one new) after checking that the weights are those it was built from: the same tensors
+    at the same storage and version, and the same values, read through their products with a fixed random vector
+    (one pass over ``weight_ih`` and the embedding per cache, in float64 for bf16 / fp16 weights: a weight's version
+    does not see every change, since torch's fused optimizers, transformers' default ``adamw_torch_fused``, and
+    changes through ``.data``, as peft's ``merge_and_unload`` makes, keep it). Otherwise it is built again. Within
+    one cache every step checks the tensors, storage and version, not the values: weights changed through ``.data``
+    or by a fused optimizer between two steps of one cache are not seen by it. Not a parameter, never saved (nor
+    pickled with the model).
 
     ``policy``: ``"auto"`` (the default) when the vocabulary is at most twice the embedding width (byte- and
     character-level models: the table then holds at most twice the values of ``weight_ih``), ``"always"`` for any
@@ -170,6 +171,10 @@ class InputTable:
     def __init__(self) -> None:
         self.policy = "auto"
         self.built: _BuiltTable | None = None  # the latest built (immutable: a rebuild puts another in its place)
+
+    def __getstate__(self) -> dict:
+        # (torch.save(model) pickles the model whole: the table, vocab x gates * H values, is never saved)
+        return {**self.__dict__, "built": None}
 
     def set_policy(self, policy: str) -> None:
         if policy not in self.POLICIES:
@@ -213,13 +218,15 @@ class _BuiltTable:
         self.table = torch.nn.functional.linear(embedding, weight_ih, sources[2] if len(sources) == 3 else None)
         self.sources = tuple((t, t._version, t.data_ptr()) for t in sources)
         probe = torch.randn(embedding.shape[1], generator=torch.Generator().manual_seed(0), dtype=torch.float64)
-        self.probe = probe.to(embedding.dtype)
+        # A bf16 / fp16 product rounds to 8 / 11 bits, which hides a change of a weight whose probe entry is small
+        # (one value of weight_ih moved by 20x its row's mean went unseen): those are read in float64.
+        self.probe = probe if embedding.dtype in (torch.bfloat16, torch.float16) else probe.to(embedding.dtype)
         self.prints = self._prints(sources)
 
     def _prints(self, sources: tuple[torch.Tensor, ...]) -> list[torch.Tensor]:
         # A matrix's product with the probe changes with any change of its values (short of one orthogonal to it);
         # the bias is its own print.
-        return [t @ self.probe if t.dim() == 2 else t.clone() for t in sources]
+        return [t.to(self.probe.dtype) @ self.probe if t.dim() == 2 else t.clone() for t in sources]
 
     def made_from(self, sources: tuple[torch.Tensor, ...]) -> bool:
         return len(self.sources) == len(sources) and all(

@@ -293,3 +293,46 @@ def test_each_generate_call_reads_the_weights_it_has_then():
     expected = copy.deepcopy(model).set_input_table("never").generate(prompt, **kwargs)
     assert torch.equal(got.sequences, expected.sequences)
     torch.testing.assert_close(torch.stack(got.scores), torch.stack(expected.scores), rtol=1e-5, atol=1e-5)
+
+
+def test_a_reset_cache_checks_the_weights_again():
+    """``cache.reset()`` makes a cache new: generate(past_key_values=cache) after a fused optimizer's step (which
+    leaves the weights' versions as they were) must not decode with the table from before it."""
+    model = tiny_model("gru-tiny", hidden_size=50)
+    prompt = torch.tensor([[5, 9, 2, 7]])
+    kwargs = dict(max_new_tokens=4, do_sample=False, pad_token_id=model.config.pad_token_id, output_scores=True,
+                  return_dict_in_generate=True)
+    cache = output_cache(model.generate(prompt, **kwargs))
+    assert built_of(cache) is not None
+    _fused_optimizer_step(model)
+    cache.reset()
+    assert built_of(cache) is None
+    got = model.generate(prompt, past_key_values=cache, **kwargs)
+    expected = copy.deepcopy(model).set_input_table("never").generate(prompt, **kwargs)
+    assert torch.equal(got.sequences, expected.sequences)
+    torch.testing.assert_close(torch.stack(got.scores), torch.stack(expected.scores), rtol=1e-5, atol=1e-5)
+
+
+def test_torch_save_of_the_model_holds_no_table(tmp_path):
+    model = tiny_model("gru-tiny").set_input_table("always")
+    decode(model, *decode_step_inputs(1, 90))
+    assert model.model.input_table.built is not None
+    torch.save(model, tmp_path / "model.pt")
+    loaded = torch.load(tmp_path / "model.pt", weights_only=False)
+    assert loaded.model.input_table.built is None and loaded.model.input_table.policy == "always"
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_a_half_precision_model_sees_a_change_its_own_precision_would_round_away(dtype):
+    """The values are compared through products with the probe; in bf16 / fp16 those would round away a change of a
+    weight whose probe entry is small, so they are computed in float64."""
+    model = tiny_model("lstm-tiny", embedding_size=1024, tie_word_embeddings=False, num_hidden_layers=1)
+    model = model.to(dtype).set_input_table("always")
+    args = decode_step_inputs(1, model.config.vocab_size - 3)
+    decode(model, *args)
+    first = built_of()
+    probe = torch.randn(1024, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    column = int(probe.abs().argmin())  # the probe's smallest entry, as _BuiltTable draws it
+    model.model.layers[0].weight_ih.data[5, column] += 0.3
+    decode(model, *args)
+    assert built_of() is not first
