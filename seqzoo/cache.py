@@ -36,6 +36,11 @@ RECURRENT = "recurrent"
 LAYER_KINDS = (ATTENTION, RECURRENT)
 
 
+# Where a cache holds the classic models' input table it decodes with (seqzoo.layers.recurrent.InputTable): an
+# attribute, not a layer, since it is a function of the model's weights, shared by copies of the cache.
+INPUT_TABLE_ATTRIBUTE = "_seqzoo_input_table"
+
+
 class StateLayer:
     """One recurrent layer's entry: its named state tensors (None until the layer has run)."""
 
@@ -267,9 +272,8 @@ class SeqzooCache(Cache):
         super().reset()
         self.seen_tokens = 0
         # A reset cache decodes as a new one: the classic models' input table it held is checked against the weights
-        # again on its next step (seqzoo.layers.recurrent.InputTable.CACHE_ATTRIBUTE; a fused optimizer's step or a
-        # change through .data since leaves no version behind).
-        self.__dict__.pop("_seqzoo_input_table", None)
+        # again on its next step (a fused optimizer's step or a change through .data since leaves no version behind).
+        self.__dict__.pop(INPUT_TABLE_ATTRIBUTE, None)
 
     # -- seqzoo's own ----------------------------------------------------------------------------------------------
 

@@ -3,9 +3,9 @@
 For every registered architecture (its smallest preset) the lab
 
 1. trains one model per memory task and seed on every distance (one distance per batch, in turn), and scores
-   its accuracy at each distance on sequences drawn apart from training. The short distances are the curriculum: a model can learn
-   the mechanism where it is easy and carry it to the long ones. A run stops once its training accuracy holds
-   0.99, so the budget goes to the runs that are still learning;
+   its accuracy at each distance on sequences drawn apart from training. The short distances are the curriculum:
+   a model can learn the mechanism where it is easy and carry it to the long ones. A run stops once its training
+   accuracy holds 0.99, so the budget goes to the runs that are still learning;
 2. trains one byte-level language model on the Python documentation, scores its validation perplexity along the
    way, and samples a continuation from it;
 3. times one decode step after contexts of growing length and weighs the state a sequence carries;
@@ -474,8 +474,7 @@ def remove_previous_report(out: Path, results_file: str, files: tuple[str, ...],
         except (KeyError, TypeError, AttributeError):
             continue
         folder = out / "runs" / name
-        if isinstance(name, str) and name not in ("", ".", "..") and Path(name).name == name and folder.is_dir() \
-                and not folder.is_symlink():
+        if name not in ("", ".", "..") and Path(name).name == name and folder.is_dir() and not folder.is_symlink():
             shutil.rmtree(folder)
     for path in [out / name for name in files] + [path for pattern in patterns for path in out.glob(pattern)]:
         if path.is_file() or path.is_symlink():

@@ -14,6 +14,7 @@ import torch
 from torch import nn
 from transformers import initialization as init
 
+from seqzoo.cache import INPUT_TABLE_ATTRIBUTE
 from seqzoo.kernels import dispatch, rnn_cells  # noqa: F401  (rnn_cells registers the ops)
 from seqzoo.kernels import registry as kernel_registry
 from seqzoo.kernels.rnn_cells import fused
@@ -166,7 +167,7 @@ class InputTable:
     tensors of one dtype and not inference tensors (whose changes cannot be seen)."""
 
     POLICIES = ("auto", "always", "never")
-    CACHE_ATTRIBUTE = "_seqzoo_input_table"  # the table a cache decodes with (a _BuiltTable)
+    CACHE_ATTRIBUTE = INPUT_TABLE_ATTRIBUTE  # the table a cache decodes with (a _BuiltTable)
 
     def __init__(self) -> None:
         self.policy = "auto"
