@@ -101,8 +101,28 @@ def _memory_section(results: dict[str, Any], accuracy: dict[str, dict[str, dict[
                 for arch in results["presets"] if arch in per_arch]
         parts.append(f"**{plots.TASK_TITLES.get(task, task)}** — {TASK_NOTES[task]} (k={cfg['items']}; "
                      f"{lengths} tokens; {'/'.join(map(str, sorted(steps)))} steps; chance "
-                     f"{chance_level(task, cfg['symbols']):.2f})\n\n" + markdown_table(header, rows))
+                     f"{chance_level(task, cfg['symbols']):.2f})\n\n" + markdown_table(header, rows)
+                     + _trained_share_line(results, task, cfg["distances"]))
     return "\n\n".join(parts)
+
+
+def _trained_share_line(results: dict[str, Any], task: str, distances: list[int]) -> str:
+    """What share of each distance's evaluation sequences the runs of ``task`` also drew in training (the lowest and
+    the highest over runs, which stop at different steps); nothing for results written before it was recorded."""
+    shares: dict[int, list[float]] = {}
+    for run in results["runs"]:
+        if run["task"] == task and run.get("ok") and "trained_share" in run:
+            for distance, share in run["trained_share"].items():
+                shares.setdefault(int(distance), []).append(share)
+    if not shares:
+        return ""
+    cells = []
+    for distance in distances:
+        if distance in shares:
+            low, high = min(shares[distance]), max(shares[distance])
+            cells.append(f"distance {distance} {low:.0%}" + (f"–{high:.0%}" if f"{high:.0%}" != f"{low:.0%}" else ""))
+    return ("\n\nEvaluation sequences also drawn in training (lowest–highest over runs): " + ", ".join(cells)
+            + ".")
 
 
 def _recipe_table(results: dict[str, Any]) -> str:
@@ -237,7 +257,8 @@ distance (one distance per batch, in turn) with batches of {cfg['batch_size']} s
 symbols (warmup + cosine decay; the step budget per task is below, and a run stops early once its training accuracy
 holds {SOLVED_ACCURACY:.0%} over {SOLVED_WINDOW} steps); accuracy is over the answer tokens of {cfg['eval_samples']}
 sequences per distance drawn apart from training (a seed of their own; not held out: where a task has few possible
-contents, as copy's ({cfg['items']} symbols drawn from {cfg['symbols']}), some also occur in training). Cells give the mean over seeds {', '.join(map(str, cfg['seeds']))} and, in
+contents, as copy's ({cfg['items']} symbols drawn from {cfg['symbols']}), some also occur in training, and the share
+is under each table). Cells give the mean over seeds {', '.join(map(str, cfg['seeds']))} and, in
 brackets, the lowest and the highest seed.
 
 {notes}

@@ -217,6 +217,7 @@ def run_job(job: dict[str, Any]) -> dict[str, Any]:
 
     A memory-task run stops once solved (``job["stop_when_solved"]``); a text run keeps its model and writes a
     sample when ``job["keep_model"]``."""
+    from seqzoo.training.data import build_data
     from seqzoo.training.trainer import train
 
     started = time.perf_counter()
@@ -225,7 +226,8 @@ def run_job(job: dict[str, Any]) -> dict[str, Any]:
     try:
         stop = solved() if job.get("stop_when_solved", job["task"] != TEXT) else None
         # (force: the job's own folder, named by the lab, may hold an earlier lab run's job)
-        result = train(job_recipe(job), progress=False, save_model=keep, stop=stop, force=True)
+        recipe = job_recipe(job)
+        result = train(recipe, progress=False, save_model=keep, stop=stop, force=True)
         extra: dict[str, Any] = {"steps_run": result.steps}
         if job["task"] == TEXT:
             extra["validation"] = [(row["step"], row["eval"]["perplexity"]) for row in result.history
@@ -233,6 +235,10 @@ def run_job(job: dict[str, Any]) -> dict[str, Any]:
         else:
             extra["accuracy"] = {int(name.split("=")[1]): figures["accuracy"]
                                  for name, figures in result.eval["sets"].items()}
+            # How much of each evaluation set the run also trained on (the steps it ran: it may stop once solved).
+            data = build_data(recipe.data, seed=recipe.train.seed)
+            extra["trained_share"] = {int(name.split("=")[1]): share for name, share in
+                                      data.trained_share(result.steps, recipe.train.batch_size).items()}
             if job.get("eval_every"):
                 extra["curve"] = [(row["step"], row["eval"]["accuracy"]) for row in result.history if "eval" in row]
         if job["task"] == TEXT and keep:

@@ -190,6 +190,17 @@ class MemoryTask:
         choice = torch.randint(len(self.distances), (batch_size,), generator=gen)
         return self._samples(gen, torch.tensor(self.distances)[choice])
 
+    def trained_share(self, steps: int, batch_size: int) -> dict[str, float]:
+        """For each evaluation set, the share of its sequences that ``steps`` training batches of ``batch_size`` also
+        drew (every token the same). Evaluation draws from a stream of its own, apart from training but not held
+        out: where a task has few possible contents (copy's k symbols of a small alphabet: 8 ** 4 = 4096), part of
+        its accuracy is recall of trained sequences, not generalisation."""
+        trained = set()
+        for step in range(steps):
+            trained.update(_row_keys(*self.train_batch(step, batch_size)))
+        return {name: sum(key in trained for key in _row_keys(*pair)) / pair[0].shape[0]
+                for name, pair in self.eval_sets().items()}
+
     def eval_sets(self) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
         sets = {}
         for distance in self.distances:
@@ -197,6 +208,11 @@ class MemoryTask:
             sets[f"distance={distance}"] = self._samples(gen, torch.full((self.eval_samples,), distance),
                                                          self._length(distance))
         return sets
+
+
+def _row_keys(inputs: torch.Tensor, targets: torch.Tensor) -> list[bytes]:
+    """Each sample's inputs and targets as one hashable key (rows of another length never match)."""
+    return [row.tobytes() for row in torch.cat([inputs, targets], dim=1).numpy()]
 
 
 # ----------------------------------------------------------------------------------------------------------------

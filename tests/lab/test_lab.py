@@ -45,9 +45,16 @@ def test_smoke_lab_reports_every_architecture(tmp_path):
     for run in results["runs"]:
         if run["task"] != "text":
             assert sorted(int(d) for d in run["accuracy"]) == smoke.distances
+            assert sorted(int(d) for d in run["trained_share"]) == smoke.distances
+            assert all(0.0 <= share <= 1.0 for share in run["trained_share"].values())
 
     report = (out / "report.md").read_text()
     assert "**Smoke run**" in report
+    # Under each task's table, how much of its evaluation sets training also drew (the smoke copy task's 2 of 8
+    # symbols: 64 contents).
+    shares = re.findall(r"Evaluation sequences also drawn in training \(lowest–highest over runs\): (.*)\.", report)
+    assert len(shares) == len(smoke.tasks)
+    assert all(re.fullmatch(r"distance 2 \d+%(–\d+%)?, distance 6 \d+%(–\d+%)?", line) for line in shares), shares
     assert f"Command: `seqzoo lab --smoke --out {out}`" in report  # the exact command that made it
     assert re.search(r"\d+ core\(s\) available; \d+ worker process", report)
     for section in ("## Takeaways", "## How each architecture remembers", "## Summary", "## Gradient health"):
@@ -374,3 +381,17 @@ def test_a_lab_replacing_its_report_beside_others_deletes_only_what_that_report_
     (out / "seq2seq-results.json").write_text("{not json")
     remove_previous_report(out, "seq2seq-results.json", ("seq2seq-results.json",), (), lambda run: "luong-dot-copy")
     assert not (out / "seq2seq-results.json").exists() and (out / "runs" / "luong-dot-copy").is_dir()
+
+
+def test_the_trained_share_line_gives_the_range_over_runs_and_nothing_for_older_results():
+    from seqzoo.lab.report import _trained_share_line
+
+    runs = [{"task": "copy", "ok": True, "trained_share": {"4": 0.25, "16": 0.5}},
+            {"task": "copy", "ok": True, "trained_share": {"4": 0.375, "16": 0.5}},
+            {"task": "copy", "ok": False, "trained_share": {"4": 1.0, "16": 1.0}},  # a failed run counts for nothing
+            {"task": "induction", "ok": True, "trained_share": {"4": 0.0, "16": 0.0}}]
+    line = _trained_share_line({"runs": runs}, "copy", [4, 16])
+    assert line == "\n\nEvaluation sequences also drawn in training (lowest–highest over runs): distance 4 25%–38%, " \
+                   "distance 16 50%."
+    older = [{"task": "copy", "ok": True, "accuracy": {"4": 1.0}}]  # a results.json written before it was recorded
+    assert _trained_share_line({"runs": older}, "copy", [4]) == ""

@@ -267,6 +267,65 @@ def test_attention_dropout_is_refused_where_no_attention_reads_it():
         type(config)(**{**config.to_diff_dict(), "attention_dropout": 0.5})
 
 
+# A field, a value away from its default, a preset that does not read it and one (with overrides) that does.
+UNREAD_FIELDS = [
+    ("num_attention_heads", 8, "seq2seq-bahdanau", ("seq2seq-transformer", {})),
+    ("intermediate_size", 48, "seq2seq-sutskever", ("seq2seq-transformer", {})),
+    ("layer_norm_eps", 1e-2, "seq2seq-luong-dot", ("seq2seq-transformer", {})),
+    ("max_position_embeddings", 8, "seq2seq-bahdanau", ("seq2seq-transformer", {})),
+    ("orthogonal_init", False, "seq2seq-transformer", ("seq2seq-bahdanau", {})),
+    ("nonlinearity", "relu", "seq2seq-transformer", ("seq2seq-bahdanau", {"encoder_type": "rnn"})),
+    ("forget_bias", 3.0, "seq2seq-bahdanau", ("seq2seq-bahdanau", {"encoder_type": "lstm"})),
+    ("attention_size", 12, "seq2seq-luong-dot", ("seq2seq-luong-concat", {})),
+]
+
+
+@pytest.mark.parametrize("field, value, unread, reads", UNREAD_FIELDS, ids=[row[0] for row in UNREAD_FIELDS])
+def test_a_field_the_architecture_does_not_read_is_refused(field, value, unread, reads):
+    """One config class covers every encoder-decoder, so it has fields only some of them read: set on another
+    (the Transformer's num_attention_heads on an LSTM's config) the model was built without it, silently. The one
+    that reads it computes something else with it (which is what makes the refusal right)."""
+    config = tiny_config(SEQ2SEQ_FAMILIES[unread])
+    with pytest.raises(ValueError, match=rf"{field}={value!r} \(read only by .*\) is not read by a model of "
+                                         rf"encoder_type='{config.encoder_type}'"):
+        tiny_config(SEQ2SEQ_FAMILIES[unread], **{field: value})
+    preset, overrides = reads
+    base = tiny_model(SEQ2SEQ_FAMILIES[preset], **overrides)
+    changed = tiny_model(SEQ2SEQ_FAMILIES[preset], **overrides, **{field: value})
+    assert getattr(changed.config, field) == value
+    ids, mask = padded()
+    target = torch.randint(3, 99, (3, 12))
+    if field == "max_position_embeddings":  # (read as a limit: 12 target positions are more than 8)
+        base(ids, attention_mask=mask, decoder_input_ids=target)
+        with pytest.raises(ValueError, match="max_position_embeddings=8"):
+            changed(ids, attention_mask=mask, decoder_input_ids=target)
+        return
+    with torch.no_grad():
+        before = base(ids, attention_mask=mask, decoder_input_ids=target).logits
+        after = changed(ids, attention_mask=mask, decoder_input_ids=target).logits
+    assert not torch.allclose(before, after)
+
+
+def test_a_saved_config_with_an_unread_field_loads_with_a_warning(tmp_path, caplog):
+    # A config.json written before the check (or edited by hand) still loads and computes what it computed; the
+    # user is told what it ignores, and saving it again works (the check runs when a config is built, not saved).
+    model = tiny_model(SEQ2SEQ_FAMILIES["seq2seq-bahdanau"])
+    model.save_pretrained(tmp_path)
+    values = json.loads((tmp_path / "config.json").read_text())
+    (tmp_path / "config.json").write_text(json.dumps({**values, "num_attention_heads": 8, "forget_bias": 3.0}))
+    with caplog.at_level("WARNING"):
+        loaded = AutoModelForSeq2SeqLM.from_pretrained(tmp_path).eval()
+    assert "sets num_attention_heads=8 (read only by the Transformer), forget_bias=3.0" in caplog.text
+    assert loaded.config.num_attention_heads == 8
+    ids, mask = padded()
+    target = torch.randint(3, 99, (3, 4))
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(ids, attention_mask=mask, decoder_input_ids=target).logits,
+                                   model.eval()(ids, attention_mask=mask, decoder_input_ids=target).logits)
+    loaded.save_pretrained(tmp_path / "again")
+    assert json.loads((tmp_path / "again" / "config.json").read_text())["num_attention_heads"] == 8
+
+
 @pytest.mark.parametrize("name", ("cache", *CACHE_ALIASES))
 def test_every_cache_name_continues_the_same_state(preset, name):
     model = tiny_model(preset)

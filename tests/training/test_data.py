@@ -87,6 +87,27 @@ def test_batches_are_a_function_of_seed_and_step_and_mix_distances():
     assert a[0].max() < task.vocab_size == FIRST_SYMBOL + 8
 
 
+@pytest.mark.parametrize("mix", ["batch", "sample"])
+def test_trained_share_counts_the_evaluation_sequences_training_also_drew(mix):
+    # Counted here by comparing tensors row by row, not by the method's byte keys.
+    task = MemoryTask("copy", [2, 6], symbols=3, items=2, seq_len=None, eval_samples=40, seed=0, distance_mix=mix)
+    steps, batch = 5, 4
+    drawn = [task.train_batch(step, batch) for step in range(steps)]
+    expected = {}
+    for name, (inputs, targets) in task.eval_sets().items():
+        found = [any(torch.equal(inputs[i], a[j]) and torch.equal(targets[i], b[j])  # (rows of another length: no)
+                     for a, b in drawn for j in range(a.shape[0])) for i in range(inputs.shape[0])]
+        expected[name] = sum(found) / len(found)
+    share = task.trained_share(steps, batch)
+    assert share == expected
+    assert 0.0 < share["distance=2"] < 1.0  # nine possible contents, twenty training draws: some, not all
+    assert task.trained_share(0, batch) == {"distance=2": 0.0, "distance=6": 0.0}
+    assert task.trained_share(200, batch) == {"distance=2": 1.0, "distance=6": 1.0}  # every content drawn by then
+    # Where contents are many (induction's random filler), nothing is shared.
+    wide = MemoryTask("induction", [16], symbols=8, items=4, seq_len=None, eval_samples=20, seed=0)
+    assert wide.trained_share(50, 16) == {"distance=16": 0.0}
+
+
 def test_task_errors_name_the_problem():
     with pytest.raises(ValueError, match="data.seq_len=10 is shorter than task 'copy' needs at distance 20"):
         MemoryTask("copy", [20], symbols=8, items=2, seq_len=10, eval_samples=2, seed=0)

@@ -9,9 +9,11 @@ one model card describe every checkpoint.
 
 from __future__ import annotations
 
+import logging
 from typing import Any, ClassVar
 
 from seqzoo.cache import ATTENTION, RECURRENT
+from seqzoo.models.compat import STRICT
 from seqzoo.models.configuration_utils import (
     Capabilities,
     SeqzooConfig,
@@ -31,6 +33,8 @@ RECURRENT_ATTENTIONS = ("none", "bahdanau", "luong-dot", "luong-general", "luong
 ATTENTIONS = (*RECURRENT_ATTENTIONS, "scaled-dot")
 BRIDGES = ("copy", "projection", "zeros")
 STATE_NAMES = {"rnn": ("h",), "lstm": ("h", "c"), "gru": ("h",)}
+
+logger = logging.getLogger(__name__)
 
 
 class Seq2SeqConfig(SeqzooConfig):
@@ -71,6 +75,10 @@ class Seq2SeqConfig(SeqzooConfig):
             the classic LMs'; ``hidden_size ** -0.5`` for the Transformer, whose embeddings are scaled by
             ``sqrt(hidden_size)``).
         decoder_start_token_id: the first decoder input (default ``bos_token_id``).
+
+    A field the chosen architecture does not read (the Transformer's on a recurrent one, ``nonlinearity`` without an
+    Elman RNN, ``forget_bias`` without an LSTM, ``attention_size`` without an additive score) must stay at its
+    default: refused when a config is built, a warning when a config.json loads.
     """
 
     model_type = "seqzoo_seq2seq"
@@ -138,6 +146,43 @@ class Seq2SeqConfig(SeqzooConfig):
         # transformers reads this generic field to run generate() as an encoder-decoder.
         self.is_encoder_decoder = True
         super().__post_init__(**kwargs)
+        self._check_fields_read()
+
+    def _check_fields_read(self) -> None:
+        """Refuse a field set away from its default that this combination never reads (the Transformer's
+        ``num_attention_heads`` on an LSTM encoder-decoder, ``forget_bias`` on a GRU's, ``attention_size`` with Luong's
+        dot score): the model would be built without it, and the user believe it was. While a config.json loads it is a
+        warning instead (a checkpoint saved before this check still loads, and computes what it always computed).
+        Checked when the config is built, not when it is saved (a loaded config that warned is saved as it was)."""
+        cells = {self.encoder_type, self.decoder_type}
+        transformer = self.is_transformer
+        hidden = self.hidden_size
+        # (field, its default, whether this combination reads it, what reads it)
+        fields = (
+            ("num_attention_heads", 4, transformer, "the Transformer"),
+            ("intermediate_size", 4 * hidden, transformer, "the Transformer"),
+            ("max_position_embeddings", 1024, transformer, "the Transformer"),
+            ("layer_norm_eps", 1e-5, transformer, "the Transformer"),
+            ("orthogonal_init", True, not transformer, "the recurrent cells"),
+            ("nonlinearity", "tanh", "rnn" in cells, "the Elman RNN's cell"),
+            ("forget_bias", 1.0, "lstm" in cells, "the LSTM's cell"),
+            ("attention_size", hidden, self.attention in ("bahdanau", "luong-concat"),
+             "the additive scores of attention 'bahdanau' and 'luong-concat'"),
+        )
+        unread = [f"{name}={getattr(self, name)!r} (read only by {owner})" for name, default, read, owner in fields
+                  if not read and getattr(self, name) != default]
+        if not unread:
+            return
+        built = (f"encoder_type={self.encoder_type!r}, decoder_type={self.decoder_type!r}, "
+                 f"attention={self.attention!r}")
+        if loading_config() or not STRICT:
+            logger.warning("%s: the config sets %s, which a model of %s does not read; it is kept on the config and "
+                           "ignored", type(self).__name__, ", ".join(unread), built)
+            return
+        one = len(unread) == 1
+        raise ValueError(f"{type(self).__name__}: {', '.join(unread)} {'is' if one else 'are'} not read by a model "
+                         f"of {built}; leave {'it' if one else 'them'} at the default, or choose an architecture "
+                         f"that reads {'it' if one else 'them'}")
 
     def validate_architecture(self) -> None:
         super().validate_architecture()
