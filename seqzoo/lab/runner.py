@@ -158,6 +158,8 @@ def job_recipe(job: dict[str, Any]) -> Any:
                 "symbols": cfg.symbols,
                 "items": cfg.items, "eval_samples": cfg.eval_samples}
         eval_every = job.get("eval_every", 0)
+    if job.get("tuning_set"):  # (the sweep: scored on draws apart from the sets the lab reports)
+        data["tuning_set"] = True
     return recipe_from_dict({
         "name": name,
         "output_dir": job["output_dir"],

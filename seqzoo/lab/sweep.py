@@ -5,8 +5,9 @@ most ``steps`` steps with the lab's stop-when-solved rule, and text at each rate
 rules written down here rather than by taste:
 
 - per architecture, the memory-task rate with the best mean accuracy over tasks and distances (among rates within
-  ``TIE`` of the best, the one that needed the fewest steps in all), and the text rate with the lowest validation
-  perplexity (a tie within ``TIE`` goes to the lower rate);
+  ``TIE`` of the best, the one that needed the fewest steps in all), and the text rate with the lowest perplexity
+  (a tie within ``TIE`` goes to the lower rate), both measured on tuning sets (``data.tuning_set``), not on the
+  sets the lab reports;
 - per task, a step budget: 1.25 times the most steps any architecture needed to solve it (at its chosen rate),
   rounded up to 50, between ``MIN_STEPS`` and the sweep's ``steps``. A run that has not solved its task by then
   would not solve it in the lab's budget anyway; the report shows how far it got.
@@ -68,7 +69,9 @@ def sweep_jobs(cfg: SweepConfig, presets: dict[str, str], out: Path) -> list[dic
         for rate in cfg.rates:
             for task in [*cfg.tasks, TEXT]:
                 job = make_job(lab, arch, preset, task, cfg.seed, out)
-                job.update(lr=rate, keep_model=False)
+                # Scored on a tuning set (data.tuning_set): a task's own draws, the text's block before its held-out
+                # tail (left out of training too), so the lab's reported sets play no part in choosing its rates.
+                job.update(lr=rate, keep_model=False, tuning_set=True)
                 job["output_dir"] += f"-lr{rate:g}"
                 jobs.append(job)
     return longest_first(jobs, lab)
@@ -163,7 +166,9 @@ def sweep_report(results: dict[str, Any]) -> str:
                 "rates are compared on the tasks every rate finished)"
                 if results.get("planned_runs", len(runs)) > len(runs) else "") + "\n\n"
              f"Memory tasks: accuracy at distances {', '.join(map(str, cfg['distances']))} and the steps run (at most "
-             f"{cfg['steps']}; fewer: solved). Text: validation perplexity after {cfg['text_steps']} steps."]
+             f"{cfg['steps']}; fewer: solved). Text: perplexity after {cfg['text_steps']} steps. Both on tuning sets "
+             "(`data.tuning_set`), apart from the sets the lab reports: each task's own draws, and the 5% of the text "
+             "before its held-out tail, which these runs do not train on."]
     for arch in results["presets"]:
         header = ["rate"] + [t.replace("_", " ") for t in cfg["tasks"]] + ["mean accuracy", "text perplexity"]
         rows = []

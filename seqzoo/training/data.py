@@ -40,6 +40,7 @@ PAD, BLANK, GO = 0, 1, 2
 FIRST_SYMBOL = 3
 DEFAULT_TEXT_SEQ_LEN = 128
 _EVAL_STREAM = 1 << 31  # eval sets draw from a random stream no training step reaches
+_TUNING_STREAM = 3 << 30  # tuning sets (data.tuning_set) from another, apart from training and the eval sets
 
 
 def _generator(seed: int, stream: int) -> torch.Generator:
@@ -127,7 +128,7 @@ class MemoryTask:
     distances in turn, and a batch is only as long as its distance needs (cheaper when distances differ a lot)."""
 
     def __init__(self, task: str, distances: list[int], symbols: int, items: int, seq_len: int | None,
-                 eval_samples: int, seed: int, distance_mix: str = "sample") -> None:
+                 eval_samples: int, seed: int, distance_mix: str = "sample", tuning_set: bool = False) -> None:
         if distance_mix not in DISTANCE_MIXES:
             raise ValueError(f"distance_mix={distance_mix!r} is invalid: one of {', '.join(DISTANCE_MIXES)}")
         if task not in TASKS:
@@ -147,6 +148,8 @@ class MemoryTask:
         self.seq_len = seq_len or needed
         self.fixed_seq_len, self.distance_mix = seq_len, distance_mix
         self.eval_samples, self.seed = eval_samples, seed
+        # eval_sets() draws the tuning set instead of the evaluation set (training is the same either way)
+        self.tuning_set = tuning_set
         self.vocab_size = FIRST_SYMBOL + symbols
         self.name = f"task:{task}"
 
@@ -155,9 +158,10 @@ class MemoryTask:
         return {"vocab_size": self.vocab_size, "pad_token_id": PAD, "bos_token_id": None, "eos_token_id": None}
 
     def describe(self) -> dict[str, Any]:
-        return {"name": self.name, "task": self.task, "distances": self.distances, "symbols": self.symbols,
-                "items": self.items, "seq_len": self.seq_len, "vocab_size": self.vocab_size,
-                "distance_mix": self.distance_mix}
+        described = {"name": self.name, "task": self.task, "distances": self.distances, "symbols": self.symbols,
+                     "items": self.items, "seq_len": self.seq_len, "vocab_size": self.vocab_size,
+                     "distance_mix": self.distance_mix}
+        return {**described, "tuning_set": True} if self.tuning_set else described
 
     def _length(self, distance: int) -> int:
         """Tokens per sequence of a batch of one distance: the recipe's seq_len, else what that distance needs."""
@@ -203,8 +207,9 @@ class MemoryTask:
 
     def eval_sets(self) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
         sets = {}
+        stream = _TUNING_STREAM if self.tuning_set else _EVAL_STREAM
         for distance in self.distances:
-            gen = _generator(self.seed, _EVAL_STREAM + distance)
+            gen = _generator(self.seed, stream + distance)
             sets[f"distance={distance}"] = self._samples(gen, torch.full((self.eval_samples,), distance),
                                                          self._length(distance))
         return sets
@@ -233,7 +238,8 @@ def document_position_ids(inputs: torch.Tensor) -> torch.Tensor:
 
 
 class TokenStream:
-    """Non-overlapping windows of a token stream; the last ``eval_fraction`` of it is held out for evaluation.
+    """Non-overlapping windows of a token stream; the last ``eval_fraction`` of it is held out for evaluation. With
+    ``tuning_set`` the ``eval_fraction`` before that tail is evaluated instead, and training reads neither.
 
     Training samples are visited in a fresh random order each epoch (seeded), so batch ``step`` is fixed. With
     ``packing`` a window's documents are kept apart (``document_position_ids``); without it the context runs on
@@ -241,13 +247,17 @@ class TokenStream:
     """
 
     def __init__(self, tokens: torch.Tensor, name: str, seq_len: int | None, eval_fraction: float,
-                 eval_samples: int, seed: int, packing: bool = False) -> None:
+                 eval_samples: int, seed: int, packing: bool = False, tuning_set: bool = False) -> None:
         self.seq_len = seq_len or DEFAULT_TEXT_SEQ_LEN
-        self.packing = packing
+        self.packing, self.tuning_set = packing, tuning_set
         self.name, self.seed, self.eval_samples = name, seed, eval_samples
         split = int(len(tokens) * (1 - eval_fraction))
         self.train_tokens, self.eval_tokens = tokens[:split], tokens[split:]
-        for part, what in ((self.train_tokens, "training"), (self.eval_tokens, "evaluation")):
+        if tuning_set:  # (the held-out tail stays unread: what a run without tuning_set reports)
+            tuning = split - (len(tokens) - split)
+            self.train_tokens, self.eval_tokens = tokens[:max(tuning, 0)], tokens[max(tuning, 0):split]
+        evaluated = "tuning" if tuning_set else "evaluation"
+        for part, what in ((self.train_tokens, "training"), (self.eval_tokens, evaluated)):
             if len(part) < self.seq_len + 1:
                 raise ValueError(
                     f"data.seq_len={self.seq_len} is longer than the {what} split of {name} ({len(part):,} tokens "
@@ -263,9 +273,10 @@ class TokenStream:
         return {}
 
     def describe(self) -> dict[str, Any]:
-        return {"name": self.name, "seq_len": self.seq_len, "train_tokens": len(self.train_tokens),
-                "eval_tokens": len(self.eval_tokens), "tokenizer": "seqzoo byte tokenizer (UTF-8 bytes, EOS 257)",
-                "packing": self.packing, "sha256": self.sha256}
+        described = {"name": self.name, "seq_len": self.seq_len, "train_tokens": len(self.train_tokens),
+                     "eval_tokens": len(self.eval_tokens), "tokenizer": "seqzoo byte tokenizer (UTF-8 bytes, EOS 257)",
+                     "packing": self.packing, "sha256": self.sha256}
+        return {**described, "tuning_set": True} if self.tuning_set else described
 
     def _epoch_order(self, epoch: int) -> torch.Tensor:
         if self._order is None or self._order[0] != epoch:
@@ -400,7 +411,7 @@ def build_data(data: Any, seed: int, dataset: Any = None) -> MemoryTask | TokenS
         tokens = tokens_from_documents(dataset_documents(source, data.text_column))
     elif data.source == "task":
         return MemoryTask(data.task, data.distances, data.symbols, data.items, data.seq_len, data.eval_samples, seed,
-                          data.distance_mix)
+                          data.distance_mix, data.tuning_set)
     elif data.source == "text":
         paths = [data.path] if isinstance(data.path, str) else list(data.path)
         tokens = tokens_from_documents([read_text_file(p) for p in paths])
@@ -409,7 +420,7 @@ def build_data(data: Any, seed: int, dataset: Any = None) -> MemoryTask | TokenS
         tokens = tokens_from_documents(pydoc_documents())
         name = "pydoc_data.topics"
     return TokenStream(tokens, name, data.seq_len, data.eval_fraction, data.eval_samples, seed,
-                       packing=bool(data.packing))
+                       packing=bool(data.packing), tuning_set=data.tuning_set)
 
 
 def content_hash(items: list) -> str:

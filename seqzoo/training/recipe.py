@@ -38,6 +38,9 @@ MIXED_PRECISION = ("no", "fp16", "bf16")
 # change them (for example to checkpoint more often).
 NOT_IN_RUN_ID = ("name", "output_dir", "data.eval_samples", "train.eval_every", "train.save_every",
                  "train.save_total_limit", "train.log_every", "train.max_nonfinite_steps")
+# Fields added after runs were first saved, left out of the run id at their default: a run saved before they
+# existed keeps its id, and resumes.
+ADDED_LATER = {"data.tuning_set": False}
 
 
 @dataclass
@@ -54,6 +57,10 @@ class DataSection:
     seq_len: int | None = None  # tokens per training sequence; corpora default to 128, tasks to what they need
     eval_fraction: float = 0.05  # corpora: the tail of the token stream held out for evaluation
     eval_samples: int = 64  # sequences evaluated (per distance for tasks)
+    # causal-lm data (a task or a corpus): true -- evaluate on a tuning set instead, apart from training and from the
+    # evaluation set a run reports by default, to choose settings on (`seqzoo lab sweep`): a task's own draws; a
+    # corpus's eval_fraction before its held-out tail, which training then leaves out too (the tail is not read).
+    tuning_set: bool = False
     # corpora: true -- each document is trained on alone (positions restart at every document, so no state or
     # attention crosses into the next one; rows are filled with documents, never padded); false -- the stream: the
     # context runs on across documents (what TBPTT needs). null: true, unless train.tbptt_chunk > 0. A document is
@@ -206,6 +213,11 @@ class Recipe:
         _check(d.seq_len is None or d.seq_len >= 1, "data.seq_len", d.seq_len, "an integer >= 1 or null")
         _check(0.0 < d.eval_fraction < 1.0, "data.eval_fraction", d.eval_fraction, "a number in (0, 1)")
         _check(d.eval_samples >= 1, "data.eval_samples", d.eval_samples, "an integer >= 1")
+        _check(isinstance(d.tuning_set, bool), "data.tuning_set", d.tuning_set, "true or false")
+        if d.tuning_set:
+            _check(self.task == "causal-lm" and (d.source == "task" or d.source in CORPORA), "data.tuning_set",
+                   d.tuning_set, f"false with task {self.task!r} and data.source={d.source!r}: a tuning set is drawn "
+                   f"for causal-lm recipes on a generated task or a corpus ({', '.join(CORPORA)})")
         _check(o.lr > 0, "optim.lr", o.lr, "a number > 0")
         _check(o.weight_decay >= 0, "optim.weight_decay", o.weight_decay, "a number >= 0")
         _check(len(o.betas) == 2 and all(0 <= b < 1 for b in o.betas), "optim.betas", o.betas,
@@ -299,7 +311,8 @@ def _check(ok: bool, name: str, value: Any, allowed: str, choices: list[str] | N
 
 def trajectory_fields(values: dict[str, Any]) -> dict[str, Any]:
     """The recipe as a flat dotted dict, without the fields in NOT_IN_RUN_ID."""
-    return {k: v for k, v in flatten(values).items() if k not in NOT_IN_RUN_ID}
+    return {k: v for k, v in flatten(values).items()
+            if k not in NOT_IN_RUN_ID and not (k in ADDED_LATER and v == ADDED_LATER[k])}
 
 
 def flatten(values: dict[str, Any], prefix: str = "") -> dict[str, Any]:

@@ -395,3 +395,16 @@ def test_the_trained_share_line_gives_the_range_over_runs_and_nothing_for_older_
                    "distance 16 50%."
     older = [{"task": "copy", "ok": True, "accuracy": {"4": 1.0}}]  # a results.json written before it was recorded
     assert _trained_share_line({"runs": older}, "copy", [4]) == ""
+
+
+def test_the_sweep_scores_rates_on_tuning_sets_and_the_lab_on_its_own(tmp_path):
+    # The sweep chooses the lab's rates: on the sets the lab then reports, the choice would flatter them.
+    from seqzoo.lab.runner import job_recipe, make_job
+    from seqzoo.lab.sweep import SweepConfig, sweep_jobs
+
+    jobs = sweep_jobs(SweepConfig(tasks=["copy"], rates=[3e-3]), {"rnn": "rnn-tiny"}, tmp_path)
+    assert {job["task"] for job in jobs} == {"copy", "text"}
+    assert all(job_recipe(job).data.tuning_set is True for job in jobs)
+    lab = LabConfig.smoke(architectures=["rnn"])
+    assert all(job_recipe(make_job(lab, "rnn", "rnn-tiny", task, 0, tmp_path)).data.tuning_set is False
+               for task in ("copy", "text"))

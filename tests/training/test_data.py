@@ -108,6 +108,35 @@ def test_trained_share_counts_the_evaluation_sequences_training_also_drew(mix):
     assert wide.trained_share(50, 16) == {"distance=16": 0.0}
 
 
+def test_a_tasks_tuning_set_is_drawn_apart_from_its_evaluation_set_and_training_is_the_same():
+    kwargs = dict(symbols=8, items=3, seq_len=None, eval_samples=16, seed=0)
+    plain = MemoryTask("induction", [4, 16], **kwargs)
+    tuning = MemoryTask("induction", [4, 16], **kwargs, tuning_set=True)
+    for name, (inputs, targets) in tuning.eval_sets().items():
+        other_inputs, other_targets = plain.eval_sets()[name]
+        assert inputs.shape == other_inputs.shape and not torch.equal(inputs, other_inputs)
+        assert torch.equal(targets != IGNORE, other_targets != IGNORE)  # the same task, other draws
+    for step in range(3):
+        assert all(torch.equal(a, b) for a, b in zip(plain.train_batch(step, 8), tuning.train_batch(step, 8)))
+    assert "tuning_set" not in plain.describe() and tuning.describe()["tuning_set"] is True
+
+
+def test_a_corpus_tuning_set_is_the_block_before_the_held_out_tail_and_training_reads_neither():
+    tokens = torch.arange(1000)  # each token its own position: what is read shows where it was read
+    plain = TokenStream(tokens, "t", seq_len=10, eval_fraction=0.1, eval_samples=4, seed=0)
+    tuning = TokenStream(tokens, "t", seq_len=10, eval_fraction=0.1, eval_samples=4, seed=0, tuning_set=True)
+    assert torch.equal(plain.eval_tokens, tokens[900:])
+    assert torch.equal(tuning.eval_tokens, tokens[800:900]) and torch.equal(tuning.train_tokens, tokens[:800])
+    inputs, _ = tuning.eval_sets()["validation"]
+    assert torch.equal(inputs[0], tokens[800:810]) and int(inputs.max()) < 900
+    # Two epochs of training (79 windows each) read nothing from position 800 on.
+    seen = torch.cat([torch.cat(tuning.train_batch(step, 16), dim=1).flatten() for step in range(10)])
+    assert int(seen.max()) < 800 and len(set(seen.tolist())) > 700
+    assert "tuning_set" not in plain.describe() and tuning.describe()["tuning_set"] is True
+    with pytest.raises(ValueError, match="longer than the tuning split"):
+        TokenStream(tokens[:230], "t", seq_len=10, eval_fraction=0.04, eval_samples=1, seed=0, tuning_set=True)
+
+
 def test_task_errors_name_the_problem():
     with pytest.raises(ValueError, match="data.seq_len=10 is shorter than task 'copy' needs at distance 20"):
         MemoryTask("copy", [20], symbols=8, items=2, seq_len=10, eval_samples=2, seed=0)
@@ -241,3 +270,11 @@ def test_data_the_run_would_not_read_is_refused_before_the_output_folder_is_touc
 
         _check_data_given(stream_recipe, {"story": ["x"]})
         _check_data_given(recipe_from_dict({"data": {"source": "pydoc"}}), None)
+
+
+def test_build_data_draws_the_tuning_set_a_recipe_asks_for():
+    from seqzoo.training.recipe import load_recipe
+
+    for name in ("gru-recall", "lstm-pydoc"):  # a generated task, a corpus
+        assert build_data(load_recipe(name, {"data.tuning_set": True}).data, seed=0).tuning_set is True
+        assert build_data(load_recipe(name).data, seed=0).tuning_set is False

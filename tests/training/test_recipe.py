@@ -114,6 +114,24 @@ def test_run_id_follows_the_trajectory_not_the_bookkeeping():
     assert load_recipe("gru-tiny", {"model.config.dropout": 0.2}).run_id != base.run_id
 
 
+def test_a_tuning_set_changes_the_run_id_and_runs_saved_before_it_keep_theirs():
+    # The ids these recipes had before data.tuning_set existed: a run saved then resumes (ADDED_LATER).
+    assert load_recipe("gru-tiny").run_id == "da30ca9fac2a"
+    assert load_recipe("lstm-pydoc").run_id == "a348dfbd67f7"
+    assert load_recipe("seq2seq-digits").run_id == "686933d048b3"
+    assert load_recipe("gru-tiny", {"data.tuning_set": True}).run_id != "da30ca9fac2a"
+
+
+def test_a_tuning_set_is_refused_where_none_is_drawn():
+    for recipe in ("gru-recall", "lstm-pydoc"):  # a generated task, a corpus
+        assert load_recipe(recipe, {"data.tuning_set": True}).data.tuning_set is True
+    with pytest.raises(ValueError, match=r"data.tuning_set=True is invalid: expected false with task 'seq2seq' and "
+                                         r"data.source='task': a tuning set is drawn for causal-lm recipes"):
+        load_recipe("seq2seq-digits", {"data.tuning_set": True})
+    with pytest.raises(ValueError, match="data.tuning_set"):
+        load_recipe("gru-tiny", {"data.tuning_set": "yes"})
+
+
 def test_cli_prints_bad_input_plainly(tmp_path, capsys):
     from seqzoo.cli import main
 
