@@ -156,6 +156,19 @@ def test_the_same_function_check_compares_the_prefill_too(monkeypatch, tmp_path)
             bench.check_same_function(pair, vocab)
 
 
+def test_the_same_function_check_sees_in_float64_a_slip_float32_drift_would_hide(monkeypatch, tmp_path):
+    # Layer 0's A_log 10% off moves the logits by 1.9e-4 of their scale: inside the float32 bound (4e-4), far outside
+    # the float64 one.
+    bench = load_bench_decode(monkeypatch)
+    with torch.no_grad():
+        pair = bench.family_pair("mamba", "tiny", tmp_path)
+        vocab = pair.ours.config.vocab_size - 3
+        bench.check_same_function(pair, vocab)
+        pair.ours.model.layers[0].mixer.A_log.mul_(1.1)
+        with pytest.raises(SystemExit, match=r"disagree after the prefill \(in float64\)"):
+            bench.check_same_function(pair, vocab)
+
+
 def test_rwkv7_benchmark_times_the_wkv7_backends_interleaved(monkeypatch):
     # Each backend is forced around its own calls, so the comparison interleaves them (reference, chunked, ...)
     # instead of timing one backend's repeats after the other's; every backend's logits are still compared.
