@@ -235,11 +235,12 @@ def check_same_run(state: dict[str, Any], run_id: str, recipe: dict[str, Any], c
                    num_processes: int, data: dict[str, Any]) -> None:
     """Refuse a checkpoint written by a different recipe, on different data (a text file that changed since), or
     by a different number of processes."""
-    from seqzoo.training.recipe import trajectory_fields
+    from seqzoo.training.recipe import ADDED_LATER, trajectory_fields
 
     if state.get("run_id") != run_id:
-        theirs = trajectory_fields(state.get("recipe", {}))
-        ours = trajectory_fields(recipe)
+        # (a field left out of the id at its default is shown at that default, not as missing)
+        theirs = {**ADDED_LATER, **trajectory_fields(state.get("recipe", {}))}
+        ours = {**ADDED_LATER, **trajectory_fields(recipe)}
         differ = [f"{k}: {theirs.get(k)!r} (checkpoint) vs {ours.get(k)!r} (this recipe)"
                   for k in sorted(set(theirs) | set(ours)) if theirs.get(k) != ours.get(k)]
         raise ValueError(

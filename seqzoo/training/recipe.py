@@ -218,6 +218,10 @@ class Recipe:
             _check(self.task == "causal-lm" and (d.source == "task" or d.source in CORPORA), "data.tuning_set",
                    d.tuning_set, f"false with task {self.task!r} and data.source={d.source!r}: a tuning set is drawn "
                    f"for causal-lm recipes on a generated task or a corpus ({', '.join(CORPORA)})")
+            if d.source in CORPORA:  # the tuning block is the eval_fraction before the held-out tail
+                _check(d.eval_fraction < 0.5, "data.eval_fraction", d.eval_fraction,
+                       "a number in (0, 0.5) with data.tuning_set=true (the tuning set takes the eval_fraction "
+                       "before the held-out tail, and training what is left before it)")
         _check(o.lr > 0, "optim.lr", o.lr, "a number > 0")
         _check(o.weight_decay >= 0, "optim.weight_decay", o.weight_decay, "a number >= 0")
         _check(len(o.betas) == 2 and all(0 <= b < 1 for b in o.betas), "optim.betas", o.betas,

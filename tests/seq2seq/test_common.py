@@ -326,6 +326,45 @@ def test_a_saved_config_with_an_unread_field_loads_with_a_warning(tmp_path, capl
     assert json.loads((tmp_path / "again" / "config.json").read_text())["num_attention_heads"] == 8
 
 
+def test_derived_fields_go_where_they_are_read_and_a_config_dict_builds_at_another_width(tmp_path, caplog):
+    gru, transformer = (tiny_config(SEQ2SEQ_FAMILIES[name]) for name in ("seq2seq-bahdanau", "seq2seq-transformer"))
+    assert (gru.intermediate_size, gru.attention_size) == (None, 32)  # bahdanau's additive score reads it
+    assert (transformer.intermediate_size, transformer.attention_size) == (128, None)
+    # A config's own dict, at another hidden_size, builds (nothing derived from the old width is carried on).
+    for config in (gru, transformer):
+        values = {k: v for k, v in config.to_dict().items() if k not in ("model_type", "transformers_version")}
+        values.update(hidden_size=48, embedding_size=48)
+        if config.is_transformer:
+            values["intermediate_size"] = None
+        rebuilt = type(config)(**values)
+        assert rebuilt.hidden_size == 48 and (rebuilt.intermediate_size == 192) == config.is_transformer
+    # A config.json of an earlier release wrote every derived field: what it derived is read as not set, silently.
+    config = tiny_config(SEQ2SEQ_FAMILIES["seq2seq-luong-dot"])
+    config.save_pretrained(tmp_path)
+    values = json.loads((tmp_path / "config.json").read_text())
+    (tmp_path / "config.json").write_text(json.dumps({**values, "intermediate_size": 128, "attention_size": 32}))
+    with caplog.at_level("WARNING"):
+        loaded = AutoConfig.from_pretrained(tmp_path)
+    assert (loaded.intermediate_size, loaded.attention_size) == (None, None) and "does not read" not in caplog.text
+
+
+def test_keywords_given_beside_a_saved_config_are_checked_as_the_users(tmp_path):
+    # transformers sets from_pretrained's keywords on the config after building it from the file.
+    tiny_model(SEQ2SEQ_FAMILIES["seq2seq-bahdanau"]).save_pretrained(tmp_path)
+    with pytest.raises(ValueError, match=r"forget_bias=0.0 \(read only by the LSTM's cell\) is not read"):
+        AutoConfig.from_pretrained(tmp_path, forget_bias=0.0)
+    with pytest.raises(ValueError, match=r"num_attention_heads=8 \(read only by the Transformer\) is not read"):
+        AutoModelForSeq2SeqLM.from_pretrained(tmp_path, num_attention_heads=8)
+    assert AutoConfig.from_pretrained(tmp_path, dropout=0.25).dropout == 0.25  # a field it reads
+
+
+@pytest.mark.parametrize("field, value", [("classifier_dropout", 0.3), ("classifier_pooling", "mean")])
+def test_a_classification_field_is_refused_on_an_encoder_decoder(field, value):
+    with pytest.raises(ValueError, match=rf"{field}={value!r} \(read only by classification heads \(an "
+                                         r"encoder-decoder has none\)\)"):
+        tiny_config(SEQ2SEQ_FAMILIES["seq2seq-transformer"], **{field: value})
+
+
 @pytest.mark.parametrize("name", ("cache", *CACHE_ALIASES))
 def test_every_cache_name_continues_the_same_state(preset, name):
     model = tiny_model(preset)

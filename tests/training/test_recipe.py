@@ -130,6 +130,22 @@ def test_a_tuning_set_is_refused_where_none_is_drawn():
         load_recipe("seq2seq-digits", {"data.tuning_set": True})
     with pytest.raises(ValueError, match="data.tuning_set"):
         load_recipe("gru-tiny", {"data.tuning_set": "yes"})
+    # A corpus's tuning block is the eval_fraction before the held-out tail: from a half on, nothing is left to train.
+    with pytest.raises(ValueError, match=r"data.eval_fraction=0.5 is invalid: expected a number in \(0, 0.5\) with "
+                                         r"data.tuning_set=true"):
+        load_recipe("lstm-pydoc", {"data.tuning_set": True, "data.eval_fraction": 0.5})
+    assert load_recipe("gru-recall", {"data.tuning_set": True, "data.eval_fraction": 0.5}).data.eval_fraction == 0.5
+
+
+def test_a_resume_refused_for_the_tuning_set_names_both_values():
+    from pathlib import Path
+
+    from seqzoo.training.checkpoint import check_same_run
+
+    before, now = load_recipe("gru-recall"), load_recipe("gru-recall", {"data.tuning_set": True})
+    with pytest.raises(ValueError, match=r"data.tuning_set: False \(checkpoint\) vs True \(this recipe\)"):
+        check_same_run({"run_id": before.run_id, "recipe": before.to_dict()}, now.run_id, now.to_dict(),
+                       Path("checkpoint-10"), 1, {})
 
 
 def test_cli_prints_bad_input_plainly(tmp_path, capsys):

@@ -30,6 +30,7 @@ RECURRENT_CELLS = ("rnn", "lstm", "gru")
 CELL_TYPES = (*RECURRENT_CELLS, "transformer")
 # The decoder state that queries: the previous one (Bahdanau), the current one (Luong), several heads (Vaswani).
 RECURRENT_ATTENTIONS = ("none", "bahdanau", "luong-dot", "luong-general", "luong-concat")
+ADDITIVE_ATTENTIONS = ("bahdanau", "luong-concat")  # the scores with a hidden layer (attention_size wide)
 ATTENTIONS = (*RECURRENT_ATTENTIONS, "scaled-dot")
 BRIDGES = ("copy", "projection", "zeros")
 STATE_NAMES = {"rnn": ("h",), "lstm": ("h", "c"), "gru": ("h",)}
@@ -61,7 +62,8 @@ class Seq2SeqConfig(SeqzooConfig):
             True for Luong attention; only Luong attention has it). Without it a Luong decoder runs the whole
             target through its recurrent kernels at once and attends to every position in parallel; with it, and
             with Bahdanau attention, the decoder steps token by token.
-        attention_size: width of the additive scores' hidden layer (default ``hidden_size``).
+        attention_size: width of the additive scores' hidden layer (default ``hidden_size``; None with the other
+            attentions, which have none).
         bridge: how the decoder's initial state comes from the encoder's final states. ``"copy"`` (Sutskever: layer
             i starts where encoder layer i ended; same cell, one direction), ``"projection"`` (Bahdanau: per layer
             ``tanh(W [final states of both directions] + b)``), ``"zeros"`` (no initial information; attention
@@ -70,7 +72,8 @@ class Seq2SeqConfig(SeqzooConfig):
         nonlinearity: the Elman RNN's ``"tanh"`` | ``"relu"``;  forget_bias: the LSTM's initial forget-gate bias;
             orthogonal_init: orthogonal hidden-to-hidden blocks.
         num_attention_heads, intermediate_size, max_position_embeddings, attention_dropout, layer_norm_eps: the
-            Transformer's (post-norm, sinusoidal positions, ReLU, as in Vaswani et al.).
+            Transformer's (post-norm, sinusoidal positions, ReLU, as in Vaswani et al.; intermediate_size defaults to
+            ``4 * hidden_size``, and is None on a recurrent model).
         initializer_range: std of the embedding's normal init (default 1.0 for recurrent models, as torch.nn's and
             the classic LMs'; ``hidden_size ** -0.5`` for the Transformer, whose embeddings are scaled by
             ``sqrt(hidden_size)``).
@@ -132,13 +135,22 @@ class Seq2SeqConfig(SeqzooConfig):
             self.attention = "scaled-dot" if transformer else "bahdanau"
         if self.input_feeding is None:
             self.input_feeding = str(self.attention).startswith("luong")
-        if self.attention_size is None:
+        # Fields derived from hidden_size only where the chosen architecture reads them; elsewhere None, and a value
+        # equal to what they would be derived as (what earlier releases wrote into every config.json) is read as
+        # None too: a dict of this config with another hidden_size builds, and nothing stale is carried on.
+        additive = self.attention in ADDITIVE_ATTENTIONS
+        if additive and self.attention_size is None:
             self.attention_size = self.hidden_size
+        elif not additive and self.attention_size == self.hidden_size:
+            self.attention_size = None
         if self.bridge is None and not transformer:
             copyable = self.encoder_type == self.decoder_type and not self.bidirectional
             self.bridge = "copy" if copyable else "projection"
-        if self.intermediate_size is None and isinstance(self.hidden_size, int):
-            self.intermediate_size = 4 * self.hidden_size
+        derived = 4 * self.hidden_size if isinstance(self.hidden_size, int) else None
+        if transformer and self.intermediate_size is None:
+            self.intermediate_size = derived
+        elif not transformer and self.intermediate_size == derived:
+            self.intermediate_size = None
         if self.initializer_range is None and isinstance(self.hidden_size, int) and self.hidden_size > 0:
             self.initializer_range = self.hidden_size**-0.5 if transformer else 1.0
         if self.decoder_start_token_id is None:
@@ -148,34 +160,49 @@ class Seq2SeqConfig(SeqzooConfig):
         super().__post_init__(**kwargs)
         self._check_fields_read()
 
-    def _check_fields_read(self) -> None:
+    @classmethod
+    def from_dict(cls, config_dict: dict[str, Any], **kwargs: Any) -> Any:
+        """transformers' ``from_dict``, which sets the keywords given beside the file (``from_pretrained(path,
+        forget_bias=0.0)``) on the config after building it: those are the user's, and are checked as a config
+        built with them would be."""
+        given = set(kwargs)
+        loaded = super().from_dict(config_dict, **kwargs)
+        config = loaded[0] if isinstance(loaded, tuple) else loaded  # (with return_unused_kwargs=True)
+        if isinstance(config, Seq2SeqConfig):
+            config._check_fields_read(only=given)
+        return loaded
+
+    def _check_fields_read(self, only: set[str] | None = None) -> None:
         """Refuse a field set away from its default that this combination never reads (the Transformer's
         ``num_attention_heads`` on an LSTM encoder-decoder, ``forget_bias`` on a GRU's, ``attention_size`` with Luong's
         dot score): the model would be built without it, and the user believe it was. While a config.json loads it is a
         warning instead (a checkpoint saved before this check still loads, and computes what it always computed).
-        Checked when the config is built, not when it is saved (a loaded config that warned is saved as it was)."""
+        Checked when the config is built, not when it is saved (a loaded config that warned is saved as it was).
+        ``only``: check just these fields, strictly (keywords a user set on a loaded config)."""
         cells = {self.encoder_type, self.decoder_type}
         transformer = self.is_transformer
-        hidden = self.hidden_size
         # (field, its default, whether this combination reads it, what reads it)
         fields = (
             ("num_attention_heads", 4, transformer, "the Transformer"),
-            ("intermediate_size", 4 * hidden, transformer, "the Transformer"),
+            ("intermediate_size", None, transformer, "the Transformer"),
             ("max_position_embeddings", 1024, transformer, "the Transformer"),
             ("layer_norm_eps", 1e-5, transformer, "the Transformer"),
             ("orthogonal_init", True, not transformer, "the recurrent cells"),
             ("nonlinearity", "tanh", "rnn" in cells, "the Elman RNN's cell"),
             ("forget_bias", 1.0, "lstm" in cells, "the LSTM's cell"),
-            ("attention_size", hidden, self.attention in ("bahdanau", "luong-concat"),
+            ("attention_size", None, self.attention in ADDITIVE_ATTENTIONS,
              "the additive scores of attention 'bahdanau' and 'luong-concat'"),
+            # (generic fields of every seqzoo config: an encoder-decoder has no classification head)
+            ("classifier_dropout", None, False, "classification heads (an encoder-decoder has none)"),
+            ("classifier_pooling", "last", False, "classification heads (an encoder-decoder has none)"),
         )
         unread = [f"{name}={getattr(self, name)!r} (read only by {owner})" for name, default, read, owner in fields
-                  if not read and getattr(self, name) != default]
+                  if not read and getattr(self, name) != default and (only is None or name in only)]
         if not unread:
             return
         built = (f"encoder_type={self.encoder_type!r}, decoder_type={self.decoder_type!r}, "
                  f"attention={self.attention!r}")
-        if loading_config() or not STRICT:
+        if only is None and (loading_config() or not STRICT):
             logger.warning("%s: the config sets %s, which a model of %s does not read; it is kept on the config and "
                            "ignored", type(self).__name__, ", ".join(unread), built)
             return
@@ -194,13 +221,15 @@ class Seq2SeqConfig(SeqzooConfig):
         require_bool(self, "bidirectional")
         require_choice(self, "attention", ATTENTIONS)
         require_bool(self, "input_feeding")
-        require_int(self, "attention_size", minimum=1)
+        if self.attention_size is not None:  # (None where nothing reads it)
+            require_int(self, "attention_size", minimum=1)
         require_probability(self, "dropout")
         require_choice(self, "nonlinearity", ("tanh", "relu"))
         require_float(self, "forget_bias")
         require_bool(self, "orthogonal_init")
         require_int(self, "num_attention_heads", minimum=1)
-        require_int(self, "intermediate_size", minimum=1)
+        if self.intermediate_size is not None:  # (None where nothing reads it)
+            require_int(self, "intermediate_size", minimum=1)
         require_int(self, "max_position_embeddings", minimum=1)
         require_probability(self, "attention_dropout")
         require_float(self, "layer_norm_eps", minimum=0.0, exclusive_min=True)
