@@ -282,8 +282,11 @@ def cmd_generate(args: argparse.Namespace) -> int:
                              f"{', '.join(usual)} (default inductor)")
         model.compile_decoding(backend=args.compile)
     # (flag, method, layout), the head's last: it may be laid out otherwise than the other matrices.
-    layouts = [(f"--weight-layout {args.weight_layout}", "set_weight_layout", args.weight_layout)]
-    layouts = layouts if args.weight_layout != "rows" else []
+    weight_layout = args.weight_layout
+    if weight_layout == "auto":
+        weight_layout = "columns" if _columns_pay(model, seq2seq, device, args) else "rows"
+    layouts = [(f"--weight-layout {weight_layout}", "set_weight_layout", weight_layout)]
+    layouts = layouts if weight_layout != "rows" else []
     if args.head_layout is not None:
         layouts.append((f"--head-layout {args.head_layout}", "set_head_layout", args.head_layout))
     if layouts and seq2seq:
@@ -429,6 +432,19 @@ def _check_generating_head(config: Any, source: str) -> None:
                          "or seq2seq folder")
 
 
+def _columns_pay(model: Any, seq2seq: bool, device: Any, args: argparse.Namespace) -> bool:
+    """What ``--weight-layout auto`` chooses: every weight matrix by columns where that was measured faster (one
+    sequence decoding, on the CPU, in float32: 1.03-1.48x a step for every causal family but the Elman RNN, which is
+    the same either way; BENCHMARKS.md, "Every weight matrix by columns"). A one-shot command trains nothing after,
+    so the layout's caveats for optimizers do not arise. Rows for beams (a batch), other dtypes and devices, an
+    encoder-decoder, a model of another library, and weights that are not plain tensors (quantised)."""
+    import torch
+
+    return (not seq2seq and callable(getattr(model, "set_weight_layout", None)) and torch.device(device).type == "cpu"
+            and args.dtype == "float32" and args.num_beams == 1
+            and all(type(p) is torch.nn.Parameter for p in model.parameters()))
+
+
 def _check_seqzoo_method(model: Any, method: str, flag: str, source: str) -> None:
     # A folder of another library's class (transformers' GPT2LMHeadModel, an export) generates, but lacks seqzoo's
     # decoding options.
@@ -503,9 +519,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--compile", nargs="?", const="inductor", metavar="BACKEND",
                    help="compile the decode step with torch.compile (backend inductor unless named): faster tokens "
                         "after a compile of seconds to minutes on the first ones (causal LMs; see BENCHMARKS.md)")
-    p.add_argument("--weight-layout", choices=["rows", "columns"], default="rows",
+    p.add_argument("--weight-layout", choices=["auto", "rows", "columns"], default="auto",
                    help="columns: store every weight matrix by columns (the vocabulary head's included), faster for "
-                        "one sequence on CPU (model.set_weight_layout; see BENCHMARKS.md)")
+                        "one sequence on CPU (model.set_weight_layout; see BENCHMARKS.md); auto (default): columns "
+                        "for a seqzoo causal LM decoding one sequence on the CPU in float32, else rows")
     p.add_argument("--head-layout", choices=["rows", "columns"],
                    help="the vocabulary head's alone (after --weight-layout): columns is faster for one sequence on "
                         "CPU with a large vocabulary (model.set_head_layout; see BENCHMARKS.md)")

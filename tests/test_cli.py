@@ -212,7 +212,8 @@ def test_generate_with_a_compiled_decode_step(model_dir, capsys):
 
 
 def test_generate_with_the_head_by_columns(model_dir, capsys, monkeypatch):
-    assert main(["generate", str(model_dir), "Hi", "--max-new-tokens", "5", "--no-stream"]) == 0
+    assert main(["generate", str(model_dir), "Hi", "--max-new-tokens", "5", "--no-stream", "--weight-layout",
+                 "rows"]) == 0
     rows = capsys.readouterr().out
     from seqzoo.models.modeling_utils import SeqzooForCausalLM
 
@@ -240,7 +241,26 @@ def test_generate_with_the_head_by_columns(model_dir, capsys, monkeypatch):
     assert layouts == [("all", "columns"), "rows"] and capsys.readouterr().out == rows
     with pytest.raises(SystemExit):
         main(["generate", str(model_dir), "Hi", "--weight-layout", "column"])
-    assert "--weight-layout: invalid choice: 'column' (choose from 'rows', 'columns')" in capsys.readouterr().err
+    assert "--weight-layout: invalid choice: 'column' (choose from 'auto', 'rows', 'columns')" in \
+        capsys.readouterr().err
+
+
+def test_generate_lays_out_by_columns_where_that_is_faster(model_dir, capsys, monkeypatch):
+    # --weight-layout auto (the default): by columns for one sequence on the CPU in float32, by rows otherwise.
+    from seqzoo.models.modeling_utils import SeqzooForCausalLM
+
+    layouts = []
+    original = SeqzooForCausalLM.set_weight_layout
+    monkeypatch.setattr(SeqzooForCausalLM, "set_weight_layout",
+                        lambda self, layout: (layouts.append(layout), original(self, layout))[1])
+    base = ["generate", str(model_dir), "Hi", "--max-new-tokens", "3", "--no-stream"]
+    for flags, expected in (([], ["columns"]), (["--num-beams", "2"], []), (["--dtype", "bfloat16"], []),
+                            (["--weight-layout", "rows"], []), (["--weight-layout", "auto", "--temperature", "0.5"],
+                                                                 ["columns"])):
+        layouts.clear()
+        assert main([*base, *flags]) == 0, flags
+        assert layouts == expected, flags
+    capsys.readouterr()
 
 
 def test_seqzoo_decoding_flags_on_another_library_model_are_refused(model_dir, tmp_path, capsys):
