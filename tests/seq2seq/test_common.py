@@ -358,6 +358,24 @@ def test_keywords_given_beside_a_saved_config_are_checked_as_the_users(tmp_path)
     assert AutoConfig.from_pretrained(tmp_path, dropout=0.25).dropout == 0.25  # a field it reads
 
 
+@pytest.mark.parametrize("name, field", [("seq2seq-bahdanau", "attention_size"),
+                                         ("seq2seq-transformer", "intermediate_size")])
+def test_a_derived_field_none_where_it_is_read_is_derived_or_refused(tmp_path, name, field):
+    # None given to from_pretrained means "derive it", as when a config is built; set on a built config, the model
+    # refuses it by name (it reached nn.Linear as a bare TypeError).
+    model = tiny_model(SEQ2SEQ_FAMILIES[name])
+    model.save_pretrained(tmp_path)
+    loaded = AutoModelForSeq2SeqLM.from_pretrained(tmp_path, **{field: None})
+    assert getattr(loaded.config, field) == {"attention_size": 32, "intermediate_size": 128}[field]
+    config = tiny_config(SEQ2SEQ_FAMILIES[name])
+    setattr(config, field, None)
+    with pytest.raises(ValueError, match=rf"{field}=None is invalid: expected an integer"):
+        AutoModelForSeq2SeqLM.from_config(config)
+    # A keyword equal to the derivation, where the field is not read, is not set (as when a config is built with it).
+    assert AutoConfig.from_pretrained(tmp_path, **{"attention_size": 32, "intermediate_size": 128,
+                                                   field: None}) is not None
+
+
 @pytest.mark.parametrize("field, value", [("classifier_dropout", 0.3), ("classifier_pooling", "mean")])
 def test_a_classification_field_is_refused_on_an_encoder_decoder(field, value):
     with pytest.raises(ValueError, match=rf"{field}={value!r} \(read only by classification heads \(an "

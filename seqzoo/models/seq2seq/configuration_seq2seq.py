@@ -135,22 +135,10 @@ class Seq2SeqConfig(SeqzooConfig):
             self.attention = "scaled-dot" if transformer else "bahdanau"
         if self.input_feeding is None:
             self.input_feeding = str(self.attention).startswith("luong")
-        # Fields derived from hidden_size only where the chosen architecture reads them; elsewhere None, and a value
-        # equal to what they would be derived as (what earlier releases wrote into every config.json) is read as
-        # None too: a dict of this config with another hidden_size builds, and nothing stale is carried on.
-        additive = self.attention in ADDITIVE_ATTENTIONS
-        if additive and self.attention_size is None:
-            self.attention_size = self.hidden_size
-        elif not additive and self.attention_size == self.hidden_size:
-            self.attention_size = None
+        self._derive_sizes()
         if self.bridge is None and not transformer:
             copyable = self.encoder_type == self.decoder_type and not self.bidirectional
             self.bridge = "copy" if copyable else "projection"
-        derived = 4 * self.hidden_size if isinstance(self.hidden_size, int) else None
-        if transformer and self.intermediate_size is None:
-            self.intermediate_size = derived
-        elif not transformer and self.intermediate_size == derived:
-            self.intermediate_size = None
         if self.initializer_range is None and isinstance(self.hidden_size, int) and self.hidden_size > 0:
             self.initializer_range = self.hidden_size**-0.5 if transformer else 1.0
         if self.decoder_start_token_id is None:
@@ -160,6 +148,22 @@ class Seq2SeqConfig(SeqzooConfig):
         super().__post_init__(**kwargs)
         self._check_fields_read()
 
+    def _derive_sizes(self) -> None:
+        """``attention_size`` and ``intermediate_size`` derived from ``hidden_size`` only where the chosen
+        architecture reads them; elsewhere None, and a value equal to what they would be derived as (what earlier
+        releases wrote into every config.json) is read as None too: a dict of this config with another hidden_size
+        builds, and nothing stale is carried on."""
+        additive, transformer = self.attention in ADDITIVE_ATTENTIONS, self.decoder_type == "transformer"
+        if additive and self.attention_size is None:
+            self.attention_size = self.hidden_size
+        elif not additive and self.attention_size == self.hidden_size:
+            self.attention_size = None
+        derived = 4 * self.hidden_size if isinstance(self.hidden_size, int) else None
+        if transformer and self.intermediate_size is None:
+            self.intermediate_size = derived
+        elif not transformer and self.intermediate_size == derived:
+            self.intermediate_size = None
+
     @classmethod
     def from_dict(cls, config_dict: dict[str, Any], **kwargs: Any) -> Any:
         """transformers' ``from_dict``, which sets the keywords given beside the file (``from_pretrained(path,
@@ -168,6 +172,9 @@ class Seq2SeqConfig(SeqzooConfig):
         given = set(kwargs)
         loaded = super().from_dict(config_dict, **kwargs)
         config = loaded[0] if isinstance(loaded, tuple) else loaded  # (with return_unused_kwargs=True)
+        if isinstance(config, Seq2SeqConfig) and given & {"attention_size", "intermediate_size"}:
+            # (a keyword equal to the derivation is read as not set, as when a config is built with it)
+            config._derive_sizes()
         if isinstance(config, Seq2SeqConfig):
             config._check_fields_read(only=given)
         return loaded
@@ -221,14 +228,14 @@ class Seq2SeqConfig(SeqzooConfig):
         require_bool(self, "bidirectional")
         require_choice(self, "attention", ATTENTIONS)
         require_bool(self, "input_feeding")
-        if self.attention_size is not None:  # (None where nothing reads it)
+        if self.attention in ADDITIVE_ATTENTIONS or self.attention_size is not None:  # (None where unread)
             require_int(self, "attention_size", minimum=1)
         require_probability(self, "dropout")
         require_choice(self, "nonlinearity", ("tanh", "relu"))
         require_float(self, "forget_bias")
         require_bool(self, "orthogonal_init")
         require_int(self, "num_attention_heads", minimum=1)
-        if self.intermediate_size is not None:  # (None where nothing reads it)
+        if self.is_transformer or self.intermediate_size is not None:  # (None where nothing reads it)
             require_int(self, "intermediate_size", minimum=1)
         require_int(self, "max_position_embeddings", minimum=1)
         require_probability(self, "attention_dropout")
