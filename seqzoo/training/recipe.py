@@ -212,6 +212,11 @@ class Recipe:
         self._validate_packing()
         _check(d.seq_len is None or d.seq_len >= 1, "data.seq_len", d.seq_len, "an integer >= 1 or null")
         _check(0.0 < d.eval_fraction < 1.0, "data.eval_fraction", d.eval_fraction, "a number in (0, 1)")
+        if d.source == "task":  # (generated data draws its evaluation sets: there is no fraction to hold out)
+            default = DataSection().eval_fraction
+            _check(d.eval_fraction == default, "data.eval_fraction", d.eval_fraction,
+                   f"its default ({default}) with data.source='task', whose evaluation sets are drawn apart "
+                   "(data.eval_samples of them), not held out of the data")
         _check(d.eval_samples >= 1, "data.eval_samples", d.eval_samples, "an integer >= 1")
         _check(isinstance(d.tuning_set, bool), "data.tuning_set", d.tuning_set, "true or false")
         if d.tuning_set:

@@ -134,7 +134,12 @@ def test_a_tuning_set_is_refused_where_none_is_drawn():
     with pytest.raises(ValueError, match=r"data.eval_fraction=0.5 is invalid: expected a number in \(0, 0.5\) with "
                                          r"data.tuning_set=true"):
         load_recipe("lstm-pydoc", {"data.tuning_set": True, "data.eval_fraction": 0.5})
-    assert load_recipe("gru-recall", {"data.tuning_set": True, "data.eval_fraction": 0.5}).data.eval_fraction == 0.5
+    # A generated task holds nothing out (it draws its evaluation sets): its eval_fraction is read by nothing.
+    with pytest.raises(ValueError, match=r"data.eval_fraction=0.5 is invalid: expected its default \(0.05\) with "
+                                         r"data.source='task', whose evaluation sets are drawn apart"):
+        load_recipe("gru-recall", {"data.eval_fraction": 0.5})
+    with pytest.raises(ValueError, match=r"data.eval_fraction=0.2 is invalid: expected its default"):
+        load_recipe("seq2seq-digits", {"data.eval_fraction": 0.2})
 
 
 def test_a_resume_refused_for_the_tuning_set_names_both_values():
