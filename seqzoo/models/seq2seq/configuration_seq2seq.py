@@ -172,10 +172,10 @@ class Seq2SeqConfig(SeqzooConfig):
         given = set(kwargs)
         loaded = super().from_dict(config_dict, **kwargs)
         config = loaded[0] if isinstance(loaded, tuple) else loaded  # (with return_unused_kwargs=True)
-        if isinstance(config, Seq2SeqConfig) and given & {"attention_size", "intermediate_size"}:
-            # (a keyword equal to the derivation is read as not set, as when a config is built with it)
-            config._derive_sizes()
         if isinstance(config, Seq2SeqConfig):
+            if given & {"attention_size", "intermediate_size"}:
+                # (a keyword equal to the derivation is read as not set, as when a config is built with it)
+                config._derive_sizes()
             config._check_fields_read(only=given)
         return loaded
 
