@@ -264,7 +264,10 @@ class SeqzooCache(Cache):
         return all(kind == ATTENTION for kind in self.layer_kinds)
 
     def crop(self, *args: Any, **kwargs: Any) -> None:
-        # transformers' arguments differ between releases; every layer crops its own, and a recurrent one refuses.
+        # transformers' arguments differ between releases; every layer crops its own, and a recurrent one refuses --
+        # before any layer is cut, so that a refused crop leaves the attention layers' keys and values as they were.
+        if not self.is_croppable:
+            StateLayer().crop(*args, **kwargs)  # raises
         super().crop(*args, **kwargs)
         self.seen_tokens = self.layers[0].get_seq_length()
 

@@ -128,9 +128,10 @@ class RWKV7TimeMix(Mixer):
 
     @classmethod
     def state_bytes(cls, config: Any, dtype_bytes: int = 4) -> int:
-        # The previous token's normed input in the model dtype, and one (N x N) WKV matrix per head in float32.
+        # The previous token's normed input in the model dtype, and one (N x N) WKV matrix per head in float32 at least
+        # (a float64 model keeps a float64 one).
         heads = config.hidden_size // config.head_size
-        return config.hidden_size * dtype_bytes + heads * config.head_size**2 * 4
+        return config.hidden_size * dtype_bytes + heads * config.head_size**2 * max(dtype_bytes, 4)
 
     def init_weights(self) -> None:
         """The RWKV-LM x070 init: RWKV_Tmix_x070's constructor for the vectors and LoRAs, then

@@ -46,6 +46,8 @@ class Capabilities:
 
 # What ``config.problem_type`` may be (transformers' values; None: inferred from num_labels and the labels' dtype).
 PROBLEM_TYPES = (None, "regression", "single_label_classification", "multi_label_classification")
+# What ``config.classifier_pooling`` may be (see seqzoo.models.heads.SeqzooForSequenceClassification).
+POOLINGS = ("last", "mean", "first+last")
 
 
 class SeqzooConfig(PreTrainedConfig):
@@ -123,7 +125,7 @@ class SeqzooConfig(PreTrainedConfig):
             require_token_id(self, name)
         require_bool(self, "bidirectional")
         require_choice(self, "bidirectional_merge", self.bidirectional_merges)
-        require_choice(self, "classifier_pooling", ("last", "mean", "first+last"))
+        require_choice(self, "classifier_pooling", POOLINGS)
         if self.classifier_dropout is not None:
             require_probability(self, "classifier_dropout")
         require_choice(self, "problem_type", PROBLEM_TYPES)

@@ -16,7 +16,7 @@ from torch import nn
 from transformers.modeling_outputs import SequenceClassifierOutput, TokenClassifierOutput
 
 from seqzoo.models.compat import check_kwargs
-from seqzoo.models.configuration_utils import PROBLEM_TYPES, require_choice
+from seqzoo.models.configuration_utils import POOLINGS, PROBLEM_TYPES, require_choice
 from seqzoo.models.modeling_utils import SeqzooPreTrainedModel, check_label_range, forward_parameters
 from seqzoo.models.packing import find_packing
 
@@ -89,6 +89,15 @@ class SeqzooForSequenceClassification(_ClassifierHead):
                 f"{type(self).__name__} pools one label per row, but these rows are packed (position_ids restart, "
                 "seq_idx or cu_seq_lens mark several documents in a row); pass one document per row, padded with an "
                 "attention_mask"
+            )
+        # (set since the config was built, perhaps: a misspelt name, or a width the score was not built for)
+        require_choice(self.config, "classifier_pooling", POOLINGS)
+        built_for = getattr(self.score, "in_features", None)  # (None where an adapter wraps the score)
+        if isinstance(built_for, int) and self.feature_size(self.config) != built_for:
+            raise ValueError(
+                f"config.classifier_pooling={self.config.classifier_pooling!r} pools {self.feature_size(self.config)} "
+                f"features, but this model's score was built for {built_for} (the pooling it was built "
+                "with); build or load the model with the pooling it should use"
             )
         outputs = self._run_backbone(input_ids, attention_mask, position_ids, inputs_embeds, output_hidden_states,
                                      kwargs)
@@ -185,7 +194,9 @@ def sequence_labels(labels: torch.Tensor, logits: torch.Tensor, config: Any) -> 
         labels = labels.long()
         check_label_range(labels, num_labels, "num_labels", "class indices")
         return labels
-    return labels.to(logits.dtype)  # the losses of the other kinds take float targets
+    # The losses of the other kinds take float targets, at least float32 (torch's losses promote the logits): in
+    # the dtype of half-precision logits (autocast, a bf16 / fp16 model) a target loses digits, or is inf above 65504.
+    return labels.to(torch.promote_types(logits.dtype, torch.float32))
 
 
 def real_tokens(
@@ -212,6 +223,8 @@ def pool(hidden_states: torch.Tensor, how: str, real: torch.Tensor) -> torch.Ten
     if how == "mean":
         weights = real.to(hidden_states.dtype)[..., None]
         return (hidden_states * weights).sum(1) / weights.sum(1).clamp(min=1)
+    if how != "first+last":
+        raise ValueError(f"unknown pooling {how!r}; allowed: {', '.join(map(repr, POOLINGS))}")
     first = torch.where(real, positions, hidden_states.shape[1]).argmin(-1)
     return torch.cat([hidden_states[rows, first], hidden_states[rows, last]], dim=-1)
 

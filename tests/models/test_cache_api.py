@@ -48,6 +48,18 @@ def test_a_cache_with_a_recurrent_layer_is_not_croppable():
         SeqzooCache(["attention", "recurrent"]).crop(-1)
 
 
+def test_a_refused_crop_leaves_the_attention_layers_as_they_were():
+    # An attention layer before a recurrent one must not be cut before the recurrent one refuses: the cache would
+    # continue with keys and values two positions short of its recurrent states and its position count.
+    model = tiny_model("hybrid-tiny", mixer_types=["attention", "mamba"])
+    with torch.no_grad():
+        cache = output_cache(model(IDS[:, :5], use_cache=True))
+        with pytest.raises(ValueError, match="cannot be cropped"):
+            cache.crop(-2)
+        assert cache.layers[0].get_seq_length() == cache.get_seq_length() == 5
+        torch.testing.assert_close(model(IDS[:, 5:], cache=cache).logits[:, -1], model(IDS).logits[:, -1])
+
+
 def test_bytes_are_per_sequence_whatever_the_batch():
     model = tiny_model("hybrid-tiny")
     with torch.no_grad():

@@ -339,6 +339,28 @@ def test_a_problem_type_set_after_the_model_was_built_is_checked_at_the_loss():
         model(torch.randint(3, 90, (2, 5)), labels=torch.tensor([0, 1]))
 
 
+def test_a_pooling_set_after_the_model_was_built_is_checked():
+    model = HEADS["sequence-classification"].from_config(tiny_config(FAMILIES["gru"], num_labels=3, bidirectional=True,
+                                                                     classifier_pooling="first+last")).eval()
+    ids = torch.randint(3, 90, (2, 5))
+    model.config.classifier_pooling = "Mean"  # first+last pooling was run whatever the name
+    with pytest.raises(ValueError, match=r"classifier_pooling='Mean' is invalid"):
+        model(ids)
+    model.config.classifier_pooling = "mean"  # half the width the score was built for: torch's matmul error
+    with pytest.raises(ValueError, match=r"pools 64 features, but this model's score was built for 128"):
+        model(ids)
+
+
+def test_float_targets_keep_float32_under_half_precision_logits():
+    model = HEADS["sequence-classification"].from_config(tiny_config(FAMILIES["transformer"], num_labels=1)).eval()
+    labels = torch.tensor([70000.0, 12345.0])  # inf, and 12352, in float16 / bfloat16
+    for dtype in (torch.float16, torch.bfloat16):
+        with torch.autocast("cpu", dtype=dtype):
+            output = model(torch.randint(3, 90, (2, 5)), labels=labels)
+        expected = torch.nn.functional.mse_loss(output.logits.squeeze(-1), labels)  # transformers' MSELoss
+        torch.testing.assert_close(output.loss, expected)
+
+
 def test_the_sequence_head_applies_classifier_dropout():
     torch.manual_seed(0)
     model = HEADS["sequence-classification"].from_config(tiny_config(FAMILIES["gru"], num_labels=3,

@@ -56,21 +56,23 @@ def test_at_most_four_seqzoo_frames_from_the_head_to_a_kernel(family, monkeypatc
         assert frames[0].endswith(":forward") and "modeling_utils" in frames[0], frames  # the causal-LM head
 
 
-def test_every_mixer_follows_the_protocol():
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
+def test_every_mixer_follows_the_protocol(dtype):
     for name in list_mixers():
         spec = get_mixer(name)
         assert issubclass(spec.mixer_class, Mixer)
         config = spec.config_class(hidden_size=32, num_hidden_layers=2, vocab_size=99, **(
             {"head_size": 16} if name == "rwkv7" else {"head_dim": 16} if name == "mamba2" else {}))
-        mixer = spec.mixer_class(config, 1)
-        x = torch.randn(2, 5, 32)
-        context = {"shared": {"v_first": torch.randn(2, 5, 32)}}
+        mixer = spec.mixer_class(config, 1).to(dtype)
+        x = torch.randn(2, 5, 32, dtype=dtype)
+        context = {"shared": {"v_first": torch.randn(2, 5, 32, dtype=dtype)}}
         y, state = mixer(x, state=None, mask=None, **context)
         assert y.shape == x.shape
         if spec.cache_kind == RECURRENT:
             assert isinstance(state, dict) and state
-            assert sum(t[0].numel() * t.element_size() for t in state.values()) == spec.mixer_class.state_bytes(
-                config, 4)
+            # (what the size columns and the cache checks count; a state kept in float32 at least counts so)
+            held = sum(t[0].numel() * t.element_size() for t in state.values())
+            assert held == spec.mixer_class.state_bytes(config, dtype.itemsize), name
 
 
 class ScaledIdentityMixer(Mixer):

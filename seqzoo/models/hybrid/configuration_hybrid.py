@@ -91,8 +91,11 @@ class HybridConfig(SeqzooConfig):
         if self.num_hidden_layers != len(self.mixer_types):
             raise ValueError(f"{name}.num_hidden_layers={self.num_hidden_layers} is invalid: mixer_types names "
                              f"{len(self.mixer_types)} layers")
-        for kind in self.mixer_types:
-            get_mixer(kind)  # unknown names raise with a did-you-mean
+        for idx, kind in enumerate(self.mixer_types):
+            try:
+                get_mixer(kind)  # unknown names raise with a did-you-mean
+            except ValueError as err:
+                raise ValueError(f"{name}.mixer_types[{idx}]: {err}") from err
         if not isinstance(self.mixer_config, dict) or any(
                 not isinstance(v, dict) for v in self.mixer_config.values()):
             raise ValueError(f"{name}.mixer_config={self.mixer_config!r} is invalid: expected a mapping from mixer "
