@@ -27,6 +27,9 @@ BASE = dict(vocab_size=99, hidden_size=32, num_hidden_layers=2)
         ("pad_token_id", 99, r"pad_token_id=99 is invalid: token ids must be integers in \[0, vocab_size=99\)"),
         ("eos_token_id", -1, "eos_token_id=-1 is invalid"),
         ("tie_word_embeddings", "yes", "tie_word_embeddings='yes' is invalid: expected true or false"),
+        ("dtype", "float65", "dtype='float65' is invalid: expected a floating-point dtype"),
+        ("dtype", "int8", "dtype='int8' is invalid: expected a floating-point dtype"),
+        ("torch_dtype", "float65", "torch_dtype='float65' is invalid: expected a floating-point dtype"),
     ],
 )
 def test_shared_fields(cls, field, value, message):
@@ -221,3 +224,58 @@ def test_strict_false_gives_a_missing_head_fresh_values(preset, tmp_path):
     std = model.config.initializer_range
     assert bool(torch.isfinite(head).all()) and 0.8 * std < float(head.std()) < 1.2 * std
     torch.testing.assert_close(model.model.embed_tokens.weight, weights["model.embed_tokens.weight"])
+
+
+# A field, a value away from its default, the config (preset, overrides) of a model that does not read it, and of one
+# that does.
+MAMBA_ONLY = dict(mixer_types=["mamba", "mamba"], mixer_config={"mamba": {"state_size": 8}})
+NO_MLP = dict(mixer_types=["mamba", "attention"], mlp_layers=[False, False])
+UNREAD_FIELDS = [
+    ("rope_theta", 500.0, ("transformer-tiny", dict(variant="gpt2")), ("transformer-tiny", {})),
+    ("rope_theta", 500.0, ("hybrid-tiny", MAMBA_ONLY), ("hybrid-tiny", {})),
+    ("rope_theta", 500.0, ("hybrid-tiny", dict(position_embedding="none")), ("hybrid-tiny", {})),
+    ("mlp_type", "standard", ("hybrid-tiny", NO_MLP), ("hybrid-tiny", {})),
+    ("hidden_act", "gelu", ("hybrid-tiny", NO_MLP), ("hybrid-tiny", {})),
+    ("mlp_bias", True, ("hybrid-tiny", NO_MLP), ("hybrid-tiny", {})),
+    ("intermediate_size", 48, ("hybrid-tiny", NO_MLP), ("hybrid-tiny", {})),
+    ("bidirectional_merge", "sum", ("lstm-tiny", {}), ("lstm-tiny", dict(bidirectional=True))),
+]
+
+
+@pytest.mark.parametrize("field, value, unread, reads", UNREAD_FIELDS,
+                         ids=[f"{row[0]}-{i}" for i, row in enumerate(UNREAD_FIELDS)])
+def test_a_field_the_model_does_not_read_is_refused(field, value, unread, reads):
+    """Set where nothing reads it (rope_theta with learned positions, MLP settings on a hybrid without MLPs) the model
+    was built without it, silently; where it is read, the same value changes what the model computes."""
+    from tests.conftest import tiny_config
+
+    preset, overrides = unread
+    with pytest.raises(ValueError, match=rf"{field}={value!r} \(read only by .*\) is not read by a model of "):
+        tiny_config(preset, **overrides, **{field: value})
+    assert getattr(tiny_config(preset, **overrides), field) != value  # (and at its default it builds)
+    preset, overrides = reads
+    outputs = []
+    for values in (overrides, {**overrides, field: value}):
+        torch.manual_seed(0)
+        model = AutoModel.from_config(tiny_config(preset, **values)).eval()
+        with torch.no_grad():
+            outputs.append(model(torch.randint(3, 90, (2, 7))).last_hidden_state)
+    assert outputs[0].shape != outputs[1].shape or not torch.allclose(*outputs)
+
+
+def test_a_loaded_config_with_a_field_its_model_does_not_read_warns_and_a_keyword_beside_it_is_refused(tmp_path,
+                                                                                                     caplog):
+    from tests.conftest import tiny_model
+
+    model = tiny_model("transformer-tiny", variant="gpt2")
+    model.save_pretrained(tmp_path)
+    values = json.loads((tmp_path / "config.json").read_text())
+    (tmp_path / "config.json").write_text(json.dumps({**values, "rope_theta": 500.0}))
+    with caplog.at_level("WARNING", logger="seqzoo"):
+        loaded = AutoModelForCausalLM.from_pretrained(tmp_path).eval()
+    assert "sets rope_theta=500.0 (read only by rotary positions" in caplog.text
+    ids = torch.randint(3, 90, (2, 7))
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(ids).logits, model(ids).logits)
+    with pytest.raises(ValueError, match=r"rope_theta=1000.0 \(read only by rotary positions.*\) is not read"):
+        AutoConfig.from_pretrained(tmp_path, rope_theta=1000.0)

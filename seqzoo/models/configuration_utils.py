@@ -95,18 +95,67 @@ class SeqzooConfig(PreTrainedConfig):
         # (checked as given: transformers turns num_labels into id2label first, -1 into 0 labels, "3" into a TypeError)
         if labels is not None and (isinstance(labels, bool) or not isinstance(labels, int) or labels < 1):
             _fail(self, "num_labels", labels, "expected an integer >= 1")
+        # (checked as given: transformers looks a dtype name up on torch, an unknown one as a bare AttributeError)
+        for name, dtype in (("dtype", self.dtype), ("torch_dtype", kwargs.get("torch_dtype"))):
+            found = getattr(torch, dtype, None) if isinstance(dtype, str) else dtype
+            if dtype is not None and not (isinstance(found, torch.dtype) and found.is_floating_point):
+                _fail(self, name, dtype, "expected a floating-point dtype: float32, bfloat16, float16 or float64")
         super().__post_init__(**kwargs)
         self.validate_architecture()
+        self.check_fields_read()
 
     @classmethod
     def from_dict(cls, config_dict: dict[str, Any], **kwargs: Any) -> Any:
         """transformers' ``from_dict`` (what ``from_pretrained`` and ``AutoConfig`` load through), where a field this
-        seqzoo does not know is a warning, not an error: a config.json saved by a later seqzoo still loads."""
+        seqzoo does not know, or one this model does not read, is a warning, not an error: a config.json saved by a
+        later seqzoo, or before a check, still loads. The keywords given beside the file (``from_pretrained(path,
+        rope_theta=5e5)``), which transformers sets on the config after building it, are the user's, and are
+        checked as a config built with them would be."""
         token = _LOADING.set(True)
         try:
-            return super().from_dict(config_dict, **kwargs)
+            loaded = super().from_dict(config_dict, **kwargs)
         finally:
             _LOADING.reset(token)
+        config = loaded[0] if isinstance(loaded, tuple) else loaded  # (with return_unused_kwargs=True)
+        if isinstance(config, SeqzooConfig) and kwargs:
+            config.check_keywords_set_after_loading(set(kwargs))
+        return loaded
+
+    def check_keywords_set_after_loading(self, given: set[str]) -> None:
+        """Check the fields ``given`` as keywords beside a config.json, once transformers has set them."""
+        self.check_fields_read(only=given)
+
+    def unread_fields(self) -> list[tuple[str, Any, str]]:
+        """The fields a model of this config does not read, as (name, its default, what reads it). Set away from its
+        default, such a field would be ignored: refused when the config is built (a warning while a config.json
+        loads). Subclasses add their own to the list."""
+        if self.bidirectional:
+            return []
+        return [("bidirectional_merge", type(self).bidirectional_merge, "a bidirectional model: bidirectional=True")]
+
+    def architecture_summary(self) -> str:
+        """The fields that decide which others a model of this config reads, for the message naming an unread one."""
+        return f"bidirectional={self.bidirectional!r}"
+
+    def check_fields_read(self, only: set[str] | None = None) -> None:
+        """Refuse a field set away from its default that this model never reads (:meth:`unread_fields`): the model
+        would be built without it, and the user believe it was. While a config.json loads it is a warning instead (a
+        checkpoint saved before the check still loads, and computes what it always computed); checked when the config
+        is built, not when it is saved (a loaded config that warned is saved as it was). ``only``: check just these
+        fields, strictly (keywords a user set on a loaded config)."""
+        unread = [f"{name}={getattr(self, name)!r} (read only by {owner})" for name, default, owner
+                  in self.unread_fields() if getattr(self, name) != default and (only is None or name in only)]
+        if not unread:
+            return
+        name = type(self).__name__
+        if only is None and (loading_config() or not STRICT):
+            logger.warning("%s: the config sets %s, which a model of %s does not read; it is kept on the config and "
+                           "ignored", name, ", ".join(unread), self.architecture_summary())
+            return
+        one = len(unread) == 1
+        raise ValueError(f"{name}: {', '.join(unread)} {'is' if one else 'are'} not read by a model of "
+                         f"{self.architecture_summary()}; leave {'it' if one else 'them'} at the default, or choose "
+                         f"an architecture that reads {'it' if one else 'them'}")
 
     def validate_architecture(self) -> None:
         """Raise ValueError on the first invalid field. Subclasses extend this and call super()."""

@@ -75,10 +75,28 @@ class HybridConfig(SeqzooConfig):
                 self.mlp_layers = [True] * len(self.mixer_types)
         if self.mixer_config is None:
             self.mixer_config = {}
-        if self.intermediate_size is None and isinstance(self.hidden_size, int) and self.hidden_size > 0:
-            self.intermediate_size = (-(-(8 * self.hidden_size // 3) // 32) * 32 if self.mlp_type == "gated"
-                                      else 4 * self.hidden_size)
+        if self.intermediate_size is None:
+            self.intermediate_size = self._default_intermediate_size()
         super().__post_init__(**kwargs)
+
+    def _default_intermediate_size(self) -> int | None:
+        if not isinstance(self.hidden_size, int) or self.hidden_size <= 0:
+            return None
+        return -(-(8 * self.hidden_size // 3) // 32) * 32 if self.mlp_type == "gated" else 4 * self.hidden_size
+
+    def unread_fields(self) -> list[tuple[str, Any, str]]:
+        unread = super().unread_fields()
+        if not (self.position_embedding == "rope" and "attention" in self.mixer_types):
+            unread.append(("rope_theta", 10000.0, "rotary positions in attention layers: position_embedding='rope'"))
+        if not any(self.mlp_layers):
+            mlp = "the MLPs: mlp_layers"
+            unread += [("mlp_type", "gated", mlp), ("intermediate_size", self._default_intermediate_size(), mlp),
+                       ("hidden_act", "silu", mlp), ("mlp_bias", False, mlp)]
+        return unread
+
+    def architecture_summary(self) -> str:
+        return (f"mixer_types={self.mixer_types!r}, position_embedding={self.position_embedding!r}, "
+                f"mlp_layers={self.mlp_layers!r}")
 
     def validate_architecture(self) -> None:
         name = type(self).__name__

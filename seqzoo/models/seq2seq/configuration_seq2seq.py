@@ -9,11 +9,9 @@ one model card describe every checkpoint.
 
 from __future__ import annotations
 
-import logging
 from typing import Any, ClassVar
 
 from seqzoo.cache import ATTENTION, RECURRENT
-from seqzoo.models.compat import STRICT
 from seqzoo.models.configuration_utils import (
     Capabilities,
     SeqzooConfig,
@@ -34,9 +32,6 @@ ADDITIVE_ATTENTIONS = ("bahdanau", "luong-concat")  # the scores with a hidden l
 ATTENTIONS = (*RECURRENT_ATTENTIONS, "scaled-dot")
 BRIDGES = ("copy", "projection", "zeros")
 STATE_NAMES = {"rnn": ("h",), "lstm": ("h", "c"), "gru": ("h",)}
-
-logger = logging.getLogger(__name__)
-
 
 class Seq2SeqConfig(SeqzooConfig):
     r"""
@@ -146,7 +141,6 @@ class Seq2SeqConfig(SeqzooConfig):
         # transformers reads this generic field to run generate() as an encoder-decoder.
         self.is_encoder_decoder = True
         super().__post_init__(**kwargs)
-        self._check_fields_read()
 
     def _derive_sizes(self) -> None:
         """``attention_size`` and ``intermediate_size`` derived from ``hidden_size`` only where the chosen
@@ -164,28 +158,13 @@ class Seq2SeqConfig(SeqzooConfig):
         elif not transformer and self.intermediate_size == derived:
             self.intermediate_size = None
 
-    @classmethod
-    def from_dict(cls, config_dict: dict[str, Any], **kwargs: Any) -> Any:
-        """transformers' ``from_dict``, which sets the keywords given beside the file (``from_pretrained(path,
-        forget_bias=0.0)``) on the config after building it: those are the user's, and are checked as a config
-        built with them would be."""
-        given = set(kwargs)
-        loaded = super().from_dict(config_dict, **kwargs)
-        config = loaded[0] if isinstance(loaded, tuple) else loaded  # (with return_unused_kwargs=True)
-        if isinstance(config, Seq2SeqConfig):
-            if given & {"attention_size", "intermediate_size"}:
-                # (a keyword equal to the derivation is read as not set, as when a config is built with it)
-                config._derive_sizes()
-            config._check_fields_read(only=given)
-        return loaded
+    def check_keywords_set_after_loading(self, given: set[str]) -> None:
+        if given & {"attention_size", "intermediate_size"}:
+            # (a keyword equal to the derivation is read as not set, as when a config is built with it)
+            self._derive_sizes()
+        super().check_keywords_set_after_loading(given)
 
-    def _check_fields_read(self, only: set[str] | None = None) -> None:
-        """Refuse a field set away from its default that this combination never reads (the Transformer's
-        ``num_attention_heads`` on an LSTM encoder-decoder, ``forget_bias`` on a GRU's, ``attention_size`` with Luong's
-        dot score): the model would be built without it, and the user believe it was. While a config.json loads it is a
-        warning instead (a checkpoint saved before this check still loads, and computes what it always computed).
-        Checked when the config is built, not when it is saved (a loaded config that warned is saved as it was).
-        ``only``: check just these fields, strictly (keywords a user set on a loaded config)."""
+    def unread_fields(self) -> list[tuple[str, Any, str]]:
         cells = {self.encoder_type, self.decoder_type}
         transformer = self.is_transformer
         # (field, its default, whether this combination reads it, what reads it)
@@ -203,20 +182,12 @@ class Seq2SeqConfig(SeqzooConfig):
             ("classifier_dropout", None, False, "classification heads (an encoder-decoder has none)"),
             ("classifier_pooling", "last", False, "classification heads (an encoder-decoder has none)"),
         )
-        unread = [f"{name}={getattr(self, name)!r} (read only by {owner})" for name, default, read, owner in fields
-                  if not read and getattr(self, name) != default and (only is None or name in only)]
-        if not unread:
-            return
-        built = (f"encoder_type={self.encoder_type!r}, decoder_type={self.decoder_type!r}, "
-                 f"attention={self.attention!r}")
-        if only is None and (loading_config() or not STRICT):
-            logger.warning("%s: the config sets %s, which a model of %s does not read; it is kept on the config and "
-                           "ignored", type(self).__name__, ", ".join(unread), built)
-            return
-        one = len(unread) == 1
-        raise ValueError(f"{type(self).__name__}: {', '.join(unread)} {'is' if one else 'are'} not read by a model "
-                         f"of {built}; leave {'it' if one else 'them'} at the default, or choose an architecture "
-                         f"that reads {'it' if one else 'them'}")
+        return [*super().unread_fields(), *((name, default, owner) for name, default, read, owner in fields
+                                            if not read)]
+
+    def architecture_summary(self) -> str:
+        return (f"encoder_type={self.encoder_type!r}, decoder_type={self.decoder_type!r}, "
+                f"attention={self.attention!r}")
 
     def validate_architecture(self) -> None:
         super().validate_architecture()

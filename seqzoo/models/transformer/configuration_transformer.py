@@ -129,6 +129,14 @@ class TransformerConfig(SeqzooConfig):
         if self.position_embedding == "rope" and self.head_dim % 2:
             raise ValueError(f"TransformerConfig: rotary positions need an even head_dim, got {self.head_dim}")
 
+    def unread_fields(self) -> list[tuple[str, Any, str]]:
+        rope = [] if self.position_embedding == "rope" else [("rope_theta", 10000.0, "rotary positions: "
+                                                              "position_embedding='rope'")]
+        return [*super().unread_fields(), *rope]
+
+    def architecture_summary(self) -> str:
+        return f"position_embedding={self.position_embedding!r}"
+
     @property
     def max_input_length(self) -> int | None:
         return None if self.position_embedding == "rope" else self.max_position_embeddings
