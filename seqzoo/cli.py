@@ -268,7 +268,13 @@ def cmd_generate(args: argparse.Namespace) -> int:
         raise ValueError(f"cannot load a model and tokenizer from {where} {source!r}: {first_line}") from err
     _check_generating_head(config, source)
     check_prompt_text(args.prompt)
-    inputs = tokenizer(args.prompt, return_tensors="pt").to(device)
+    try:
+        inputs = tokenizer(args.prompt, return_tensors="pt").to(device)
+    except Exception as err:  # tokenizers raises a plain Exception for a word its vocabulary lacks (no <unk>)
+        if "Missing [UNK]" not in str(err):
+            raise
+        raise ValueError(f"the prompt holds a word that the vocabulary of {source!r} lacks, and that vocabulary has "
+                         "no unknown-word token (<unk>) to stand for it: use only words of its vocabulary") from None
     if inputs["input_ids"].shape[1] == 0:
         raise ValueError("the prompt is empty: give at least one character")
     if args.compile is not None:
@@ -315,8 +321,9 @@ def cmd_generate(args: argparse.Namespace) -> int:
     if sample:
         kwargs.update(temperature=args.temperature, top_p=1.0 if args.top_p is None else args.top_p,
                       top_k=0 if args.top_k is None else args.top_k)
-    # An encoder-decoder's output is the target alone, which starts with the decoder's start token.
-    decode = {"skip_special_tokens": True} if seq2seq else {}
+    # Special tokens are left out as --no-stream leaves them out (the EOS a causal LM stops at; the decoder start
+    # token an encoder-decoder's output, the target alone, begins with).
+    decode = {"skip_special_tokens": True}
     streamer = (TextStreamer(tokenizer, skip_prompt=False, **decode)
                 if args.num_beams == 1 and not args.no_stream else None)
     with torch.no_grad(), quiet_transformers():

@@ -196,6 +196,26 @@ def test_new_then_generate(model_dir, capsys):
     assert capsys.readouterr().out == first  # sampling with a seed is reproducible
 
 
+def test_streamed_text_is_the_text_printed_without_streaming(tmp_path, capsys):
+    # A model that ends every text at once: its state is tanh(1) everywhere, and the head scores only the EOS.
+    folder = tmp_path / "rnn"
+    assert main(["new", "rnn-tiny", str(folder), "--set", "tie_word_embeddings=false"]) == 0
+    model = AutoModelForCausalLM.from_pretrained(folder)
+    with torch.no_grad():
+        for layer in model.model.layers:
+            for name, weight in layer.named_parameters():
+                weight.fill_(1.0 if name == "bias_ih" else 0.0)
+        model.lm_head.weight.zero_()
+        model.lm_head.weight[model.config.eos_token_id] = 1.0
+    model.save_pretrained(folder)
+    printed = []
+    for flags in ([], ["--no-stream"]):
+        capsys.readouterr()
+        assert main(["generate", str(folder), "Hi", "--max-new-tokens", "4", *flags]) == 0
+        printed.append(capsys.readouterr().out)
+    assert printed[0] == printed[1] == "Hi\n"  # (the EOS generated is left out of both)
+
+
 def test_generate_with_a_compiled_decode_step(model_dir, capsys):
     torch._dynamo.reset()
     assert main(["generate", str(model_dir), "Hi", "--max-new-tokens", "5", "--no-stream"]) == 0

@@ -136,8 +136,25 @@ def _load_weights_only(path: Path) -> Any:
         raise _weights_only_error(path, err) from err
 
 
+def weights_only_refusal(err: Exception) -> str | None:
+    """Why ``torch.load(..., weights_only=True)`` refused a file: ``"format"`` (no torch.save file: text, another
+    format, or damaged), ``"pickle"`` (it holds pickled Python objects), or None (another error). torch's own text
+    says "Weights only load failed" for both and advises ``weights_only=False``, which would run code from the file:
+    callers say what was wrong in their own words instead."""
+    text = str(err)
+    if "Unsupported operand" in text:  # no pickle opcode where one should be
+        return "format"
+    if "Weights only load failed" in text or "Unsupported global" in text:
+        return "pickle"
+    return None
+
+
 def _weights_only_error(path: Path, err: Exception) -> ValueError:
-    if "Weights only load failed" in str(err) or "Unsupported global" in str(err):
+    refusal = weights_only_refusal(err)
+    if refusal == "format":
+        return ValueError(f"{str(path)!r} is not a PyTorch checkpoint (no torch.save file: text, or another format?) "
+                          f"or it is damaged; give the file saved with torch.save(model.state_dict(), f)")
+    if refusal == "pickle":
         return ValueError(
             f"{str(path)!r} holds pickled Python objects (a whole model saved with torch.save(model, f)?), which "
             f"seqzoo does not load because unpickling runs code from the file. In the program that trained it, "
@@ -402,7 +419,7 @@ def show(items: list[str], limit: int = 8) -> str:
 __all__ = ["CHECKPOINT_FILES", "DTYPES", "Reader", "SourceWeights", "TOKENIZER_FILES", "build_model",
            "check_destination", "check_tensors", "copy_tokenizer_files", "download", "head_is_tied",
            "load_transformers_source", "load_torch_file", "materialize_buffers", "read_folder_weights", "read_json",
-           "require_floating_point", "show", "valid_token_ids"]
+           "require_floating_point", "show", "valid_token_ids", "weights_only_refusal"]
 
 
 def load_transformers_source(source: Any, model_types: tuple[str, ...], command: str) -> tuple[Any, SourceWeights]:

@@ -198,6 +198,9 @@ def add_word_lm(sources: Any) -> None:
             theirs, sep, ours = item.partition("=")
             if not sep or not theirs or not ours:
                 raise ValueError(f"--key-map entry {item!r} is not of the form THEIRS=OURS")
+            if theirs in key_map:
+                raise ValueError(f"--key-map renames {theirs!r} twice ({theirs}={key_map[theirs]}, {item}); give "
+                                 "each name once")
             key_map[theirs] = ours
         model = convert_word_lm_file(args.source, args.destination, nonlinearity=args.nonlinearity, key_map=key_map,
                                      vocabulary=args.vocab, hidden=args.hidden, dtype=_dtype(args),
@@ -221,14 +224,27 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def _without_bars(command: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
+    """``command`` without transformers' progress bars ("Loading weights", "Writing model shards": for one model
+    they are noise above the command's own line)."""
+    def run(args: argparse.Namespace) -> int:
+        from seqzoo.utils import quiet_transformers
+
+        with quiet_transformers(bars_only=True):
+            return command(args)
+    return run
+
+
 def register(subparsers: Any) -> None:
     parser = subparsers.add_parser("convert", help="convert a peer checkpoint into a seqzoo model")
     sources = parser.add_subparsers(dest="source_format", required=True, metavar="SOURCE")
     for add_source in SOURCES:
         add_source(sources)
+    for source in sources.choices.values():
+        source.set_defaults(func=_without_bars(source.get_default("func")))
     p = subparsers.add_parser("export", help="export a seqzoo model as transformers' own Llama / GPT-2 / Mamba / "
                                              "Mamba-2 model (no custom code)")
     p.add_argument("--to", required=True, choices=["llama", "gpt2", "mamba", "mamba2"], help="the target format")
     p.add_argument("source", help="seqzoo model folder")
     p.add_argument("destination", help="folder to write the transformers model to")
-    p.set_defaults(func=cmd_export)
+    p.set_defaults(func=_without_bars(cmd_export))

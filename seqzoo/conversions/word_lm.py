@@ -35,6 +35,7 @@ from seqzoo.conversions.checkpoints import (
     check_destination,
     load_torch_file,
     require_floating_point,
+    weights_only_refusal,
 )
 
 GATES = {1: "rnn", 3: "gru", 4: "lstm"}
@@ -52,15 +53,23 @@ def load_word_lm_state_dict(source: Any, key_map: dict[str, str] | None = None) 
         SourceWeights.from_dict(source, "the word-language-model state dict"))
     if not key_map:
         return state_dict
-    renamed = {}
+    renamed, used = {}, set()
     for key, value in state_dict.items():
         new = key_map.get(key)
-        if new is None:
+        if new is not None:
+            used.add(key)
+        else:
             prefix = next((p for p in key_map if key.startswith(p + ".")), None)
             new = key_map[prefix] + key[len(prefix):] if prefix is not None else key
+            used.add(prefix)
         if new in renamed:
             raise ValueError(f"key_map maps two tensors onto {new!r}")
         renamed[new] = value
+    unused = [theirs for theirs in key_map if theirs not in used]
+    if unused:  # (a misspelt entry would rename nothing, silently)
+        modules = sorted({key.split(".")[0] for key in state_dict})
+        raise ValueError(f"key_map renames {', '.join(map(repr, unused))}, which names no tensor and no module of the "
+                         f"source (its modules: {', '.join(modules)})")
     return renamed
 
 
@@ -257,8 +266,12 @@ def _load_hidden_file(path: Path) -> Any:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:
+        refusal = weights_only_refusal(err)
+        why = {"format": "it is not a torch.save file (text, or another format?) or is damaged",
+               "pickle": "it holds pickled Python objects, which seqzoo does not load (unpickling runs code from the "
+                         "file)"}.get(refusal) or (str(err).strip().splitlines() or [type(err).__name__])[0]
         raise ValueError(f"cannot read {str(path)!r} as a hidden state saved with torch.save(hidden, f) (a tensor "
-                         f"or a tuple of tensors): {err}") from err
+                         f"or a tuple of tensors): {why}") from err
 
 
 __all__ = ["config_from_state_dict", "convert_word_lm", "convert_word_lm_file", "hidden_to_cache",

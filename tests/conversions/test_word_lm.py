@@ -222,3 +222,42 @@ def test_the_text_generation_pipeline_puts_a_space_before_the_continuation(tmp_p
     expected = tokenizer.decode(model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=2,
                                                do_sample=False)[0])
     assert " " + text == expected  # (the prompt as written, then the new words each after a space)
+
+
+def test_files_torch_cannot_read_are_named_without_advising_an_unsafe_load(tmp_path, capsys):
+    (tmp_path / "vocab.txt").write_text("w0\nw1\n")
+    assert seqzoo_main(["convert", "word-lm", str(tmp_path / "vocab.txt"), str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert "'" + str(tmp_path / "vocab.txt") + "' is not a PyTorch checkpoint" in err and "pickled" not in err
+    torch.save(reference("lstm").state_dict(), tmp_path / "model.pt")
+    torch.save(nn.Linear(2, 2), tmp_path / "module.pt")  # pickled objects
+    for hidden, why in (("vocab.txt", "it is not a torch.save file"), ("module.pt", "it holds pickled Python objects")):
+        assert seqzoo_main(["convert", "word-lm", str(tmp_path / "model.pt"), str(tmp_path / "out"), "--hidden",
+                            str(tmp_path / hidden)]) == 2
+        err = capsys.readouterr().err
+        assert why in err and "weights_only" not in err, err  # (torch's own text advises weights_only=False)
+    assert not (tmp_path / "out").exists()
+
+
+def test_generate_names_a_word_a_vocabulary_without_unk_lacks(tmp_path, capsys):
+    torch.save(reference("lstm").state_dict(), tmp_path / "model.pt")
+    (tmp_path / "vocab.txt").write_text("\n".join(["<eos>", *[f"w{i}" for i in range(98)]]) + "\n")
+    out = tmp_path / "out"
+    assert seqzoo_main(["convert", "word-lm", str(tmp_path / "model.pt"), str(out), "--vocab",
+                        str(tmp_path / "vocab.txt")]) == 0
+    assert seqzoo_main(["generate", str(out), "w1 w2", "--max-new-tokens", "2", "--no-stream"]) == 0
+    capsys.readouterr()
+    assert seqzoo_main(["generate", str(out), "w1 foo w2", "--max-new-tokens", "2"]) == 2
+    assert "the prompt holds a word that the vocabulary of" in capsys.readouterr().err
+
+
+def test_a_key_map_entry_that_renames_nothing_is_refused(tmp_path, capsys):
+    state_dict = {k.replace("rnn.", "lstm."): v for k, v in reference("lstm").state_dict().items()}
+    convert_word_lm(state_dict, key_map={"lstm": "rnn"})
+    with pytest.raises(ValueError, match=r"key_map renames 'lstn', which names no tensor and no module of the source "
+                                         r"\(its modules: decoder, encoder, lstm\)"):
+        convert_word_lm(state_dict, key_map={"lstn": "rnn", "lstm": "rnn"})
+    torch.save(state_dict, tmp_path / "model.pt")
+    assert seqzoo_main(["convert", "word-lm", str(tmp_path / "model.pt"), str(tmp_path / "out"), "--key-map",
+                        "lstm=rnn", "lstm=gru"]) == 2
+    assert "--key-map renames 'lstm' twice (lstm=rnn, lstm=gru)" in capsys.readouterr().err
