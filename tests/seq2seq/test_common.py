@@ -452,6 +452,8 @@ def test_bad_inputs_are_refused_clearly(preset):
         model(attention_mask=mask[:, 1:], encoder_outputs=encoded, decoder_input_ids=target)
     with pytest.raises(ValueError, match="encoder_outputs must be what this model's encoder returned"):
         model(encoder_outputs={"x": 1}, decoder_input_ids=target)
+    with pytest.raises(ValueError, match=r"of shape \(3, 7, 5\) is not this model's encoder output"):
+        model(encoder_outputs=(torch.randn(3, 7, 5),), decoder_input_ids=target)
 
 
 def test_encoder_outputs_as_a_tuple_and_outputs_as_tuples(preset):

@@ -161,3 +161,19 @@ def test_bahdanau_attends_with_the_previous_state():
     # The initial state is the bridge's projection of both directions' final states: tanh(W [h->; h<-] + b).
     projection = decoder.bridge.projections[-1]
     torch.testing.assert_close(initial, torch.tanh(projection(encoded.final_state[:, -1])), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("implementation", ["eager", "sdpa"])
+def test_a_left_padded_decoder_input_gives_no_nan_in_half_precision(implementation):
+    # A query at a left-padded decoder position sees no key: in float16 its scores plus the mask value overflowed to
+    # -inf, the row became NaN, and its keys and values turned the next layer's real rows NaN (weight 0 * NaN).
+    model = tiny_model("seq2seq-transformer-tiny", num_decoder_layers=3, attn_implementation=implementation).half()
+    with torch.no_grad():
+        for layer in model.model.decoder.layers:  # sharper attention, as a trained model's: scores beyond +-16
+            layer.self_attn.sublayer.q_proj.weight.mul_(8)
+            layer.self_attn.sublayer.k_proj.weight.mul_(8)
+    decoder_input_ids = torch.tensor([[0, 0, 1, 20], [1, 7, 8, 9]])
+    decoder_attention_mask = (decoder_input_ids != 0).long()
+    logits = model(input_ids=torch.tensor([[5, 17, 33], [9, 3, 77]]), decoder_input_ids=decoder_input_ids,
+                   decoder_attention_mask=decoder_attention_mask).logits
+    assert not torch.isnan(logits).any()

@@ -203,6 +203,11 @@ def test_attention_map_of_a_given_target_is_the_models_cross_attention():
     assert [source for _, source, _ in found.favourite()] == [found.source_tokens[j] for j in want.argmax(-1)]
     empty = attention_map(model, tokenizer, "a b", target="")  # only the end of the sequence is predicted
     assert empty.target_tokens == ["<eos>"] and empty.weights.shape == (1, 3)
+    for where, message in (({"layer": 1}, "layer=1 is out of range"), ({"head": 1}, "head=1 is out of range")):
+        with pytest.raises(ValueError, match=message):
+            attention_map(model, tokenizer, "a b", target="xy", **where)
+    with pytest.raises(ValueError, match="needs at least one source"):
+        seq2seq_generate(model, tokenizer, [])
 
 
 def test_seq2seq_generate_decodes_each_source_of_a_padded_batch_as_alone():

@@ -23,6 +23,8 @@ def seq2seq_generate(model: Any, tokenizer: Any, sources: str | list[str], **gen
     """Decode the generated target of each source (greedy unless ``generate_kwargs`` say otherwise; at most 64
     new tokens by default)."""
     sources = [sources] if isinstance(sources, str) else list(sources)
+    if not sources:
+        raise ValueError("seq2seq_generate needs at least one source; got none")
     inputs = tokenizer(sources, return_tensors="pt", padding=True).to(model.device)
     generate_kwargs.setdefault("max_new_tokens", 64)
     generate_kwargs.setdefault("pad_token_id", tokenizer.pad_token_id)
@@ -111,7 +113,13 @@ def attention_map(
                 [start, torch.tensor([predicted[:-1]], dtype=torch.long, device=model.device)], dim=1)
         output = model(**inputs, decoder_input_ids=decoder_input_ids, output_attentions=True)
     layers = output.cross_attentions
+    if not -len(layers) <= layer < len(layers):
+        raise ValueError(f"layer={layer} is out of range: this model has {len(layers)} attention layer(s) over its "
+                         f"source (0 .. {len(layers) - 1}, or negative from the end)")
     weights = layers[layer][0]  # (heads, T, S)
+    if head is not None and not -weights.shape[0] <= head < weights.shape[0]:
+        raise ValueError(f"head={head} is out of range: this attention has {weights.shape[0]} head(s) "
+                         f"(0 .. {weights.shape[0] - 1}), or head=None for their mean")
     weights = weights.mean(0) if head is None else weights[head]
     source_ids = inputs["input_ids"][0].tolist()
     where = "" if len(layers) == 1 else f", layer {layer % len(layers)}" + ("" if head is None else f", head {head}")

@@ -142,6 +142,10 @@ class Seq2SeqModel(Seq2SeqPreTrainedModel):
                                            output_hidden_states=output_hidden_states)
         encoder_outputs = _as_encoder_output(encoder_outputs)
         memory = encoder_outputs.last_hidden_state  # (B, S, D)
+        width = self.config.hidden_size if self.config.is_transformer else self.config.annotation_size
+        if memory.dim() != 3 or memory.shape[-1] != width:
+            raise ValueError(f"encoder_outputs.last_hidden_state of shape {tuple(memory.shape)} is not this model's "
+                             f"encoder output: expected (batch, source_length, {width})")
         source_mask = _source_mask(attention_mask, memory)
 
         if decoder_input_ids is None and decoder_inputs_embeds is None:

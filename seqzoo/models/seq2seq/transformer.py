@@ -30,7 +30,8 @@ from .recurrent import check_sources_not_empty
 
 def additive_mask(allowed: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     """A bool mask (True: may attend) as the additive mask attention functions take: 0 or the dtype's minimum
-    (not -inf, so a row the softmax sees only masked is still finite; ours never are)."""
+    (not -inf, so a row the softmax sees only masked is still finite; the decoder lets a query that would see no
+    key, at a left-padded position, see them all)."""
     return torch.zeros(allowed.shape, dtype=dtype, device=allowed.device).masked_fill(~allowed,
                                                                                      torch.finfo(dtype).min)
 
@@ -171,6 +172,10 @@ class TransformerDecoder(_Embedding):
         allowed = allowed[None, None].expand(batch, 1, length, past_length + length)
         if decoder_attention_mask is not None:
             allowed = allowed & decoder_attention_mask[:, None, None, -(past_length + length):].bool()
+            # A query at a left-padded position sees no key: such a row would be all mask value, which a half-precision
+            # score added to it overflows to -inf (a NaN row, whose keys and values poison the next layer's real rows
+            # through weight 0 * NaN). Let it see every key; its output is padding, read by no real position.
+            allowed = allowed | ~allowed.any(dim=-1, keepdim=True)
         self_mask = additive_mask(allowed, hidden_states.dtype)
         cross_mask = None if source_mask is None else additive_mask(source_mask[:, None, None, :],
                                                                     hidden_states.dtype)
