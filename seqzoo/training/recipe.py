@@ -189,6 +189,18 @@ class Recipe:
                 _check(getattr(d, name) == getattr(defaults, name), f"data.{name}", getattr(d, name),
                        f"its default ({getattr(defaults, name)!r}) with data.source={d.source!r}, which reads none "
                        "of the generated tasks' settings (set data.source=task to train on a task)")
+        # Fields only some recipes read: set to other than their default where nothing reads them, they would be
+        # ignored without a word.
+        defaults = DataSection()
+        unread = [] if self.task == "seq2seq" else ["source_lengths", "max_source_length"]
+        if self.task == "seq2seq" and d.source == "jsonl":
+            unread.append("source_lengths")  # (the generated pairs draw their lengths; a file has its own)
+        if self.task != "causal-lm":
+            unread += ["items", "distance_mix"] + (["distances"] if self.task == "seq2seq" else [])
+        for name in unread:
+            _check(getattr(d, name) == getattr(defaults, name), f"data.{name}", getattr(d, name),
+                   f"its default ({getattr(defaults, name)!r}) with task {self.task!r} and data.source={d.source!r}, "
+                   "which read(s) no such setting")
         if self.task != "causal-lm" or d.labels is not None:
             _check(self.task in LABEL_TASKS or d.labels is None, "data.labels", d.labels,
                    "null: label names belong to task: sequence-classification | token-classification recipes")
@@ -542,7 +554,11 @@ def load_recipe(source: str, overrides: dict[str, Any] | None = None) -> Recipe:
 def apply_override(values: dict[str, Any], key: str, value: Any) -> None:
     """Set ``key`` (dotted, or a field name unique to one section) in the plain-dict recipe ``values``."""
     parts = key.split(".")
-    # A bare "task" is data.task (the memory task), as before recipes had a top-level task.
+    # A bare "task" is data.task (the memory task), as before recipes had a top-level task, unless it names what the
+    # recipe trains (no data task has such a name).
+    if key == "task" and value in TRAINED_TASKS:
+        values["task"] = value
+        return
     if len(parts) == 1 and key not in ("name", "output_dir"):
         owners = [s for s, cls in SECTIONS.items() if key in {f.name for f in fields(cls)}]
         if len(owners) != 1:

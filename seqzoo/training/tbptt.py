@@ -58,7 +58,10 @@ def chunk_slices(length: int, chunk: int) -> list[slice]:
 
 def token_loss_sum(logits: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Summed cross-entropy over scored positions (targets != -100) and the number of correct argmax predictions."""
-    flat_logits = logits.float().reshape(-1, logits.shape[-1])  # (B*T, V)
+    # Half-precision logits are scored in float32; a float64 model keeps float64 (its gradients are exact there).
+    flat_logits = logits.reshape(-1, logits.shape[-1])  # (B*T, V)
+    if flat_logits.dtype != torch.float64:
+        flat_logits = flat_logits.float()
     flat_targets = targets.reshape(-1)
     loss = F.cross_entropy(flat_logits, flat_targets, ignore_index=IGNORE, reduction="sum")
     scored = flat_targets != IGNORE
@@ -130,6 +133,6 @@ def backward_sequence(
             backward(loss * loss_scale)
         if chunk > 0:
             cache = output_cache(out).detach()
-        total_loss += loss.detach()
+        total_loss = total_loss + loss.detach()  # float64 where the loss is (a float64 model)
         total_correct += correct
     return total_loss, total_correct

@@ -271,7 +271,11 @@ def train(recipe: Recipe, *, resume: str | Path | bool | None = None, dataset: A
     # Every process has looked at the folder before any writes to it (or the main process deletes it).
     accelerator.wait_for_everyone()
     if resume is True and not list_checkpoints(run_dir):
-        why = ("this recipe writes none (train.save_every=0)" if t.save_every == 0 else
+        folder = run_dir / "checkpoints"
+        damaged = sorted(p.name for p in folder.glob("checkpoint-*") if p.is_dir() and not p.name.endswith(".tmp"))
+        why = (f"{', '.join(damaged)} lack(s) {STATE_FILE}, which a complete checkpoint writes last: damaged, or "
+               "not written by seqzoo train" if damaged else
+               "this recipe writes none (train.save_every=0)" if t.save_every == 0 else
                f"the run stopped before its first one (written every train.save_every={t.save_every} steps)")
         raise ValueError(f"--resume: no complete checkpoint in {str(run_dir / 'checkpoints')!r} to resume from: "
                          f"{why}. Start the run again without --resume (add save_every=N to checkpoint every N "

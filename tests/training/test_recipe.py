@@ -59,6 +59,20 @@ def test_yaml_file_and_typed_overrides(tmp_path):
     ({"data": {"source": "text", "path": "x.txt", "symbols": 32}}, "data.symbols=32 is invalid: expected its default"),
     ({"data": {"distance_mix": "batch"}}, "data.distance_mix='batch' is invalid: expected its default ('sample')"),
     ({"data": {"source": "task", "task": "copy", "distances": []}}, "data.distances=[] is invalid"),
+    # fields only seq2seq recipes, or only causal LMs on generated tasks, read
+    ({"data": {"max_source_length": 5}}, "data.max_source_length=5 is invalid: expected its default (None) with "
+                                         "task 'causal-lm' and data.source='pydoc', which read(s) no such setting"),
+    ({"data": {"source": "task", "task": "copy", "source_lengths": [3]}}, "data.source_lengths=[3] is invalid"),
+    ({"model": {"preset": "seq2seq-sutskever-tiny"}, "data": {"source": "task", "task": "reverse", "items": 7}},
+     "data.items=7 is invalid: expected its default"),
+    ({"model": {"preset": "seq2seq-sutskever-tiny"}, "data": {"source": "task", "task": "reverse",
+                                                              "distances": [3]}}, "data.distances=[3] is invalid"),
+    ({"model": {"preset": "seq2seq-sutskever-tiny"}, "data": {"source": "jsonl", "path": "pairs.jsonl",
+                                                              "source_lengths": [3, 4]}},
+     "data.source_lengths=[3, 4] is invalid: expected its default"),
+    ({"model": {"preset": "lstm-tiny"}, "task": "sequence-classification",
+      "data": {"source": "jsonl", "path": "x.jsonl", "distance_mix": "batch"}},
+     "data.distance_mix='batch' is invalid: expected its default"),
     ({"model": {"preset": "lstm-huge"}}, "model.preset='lstm-huge' is invalid: expected a model preset"),
     ({"train": {"mixed_precision": "fp8"}}, "train.mixed_precision='fp8' is invalid"),
     ({"train": "fast"}, "section 'train' must be a mapping of fields, got 'fast'"),
@@ -203,3 +217,13 @@ def test_a_printed_recipe_with_the_task_fields_at_their_defaults_loads_again(tmp
     recipe = load_recipe("lstm-tiny")
     (tmp_path / "r.yaml").write_text(recipe.to_yaml())
     assert load_recipe(str(tmp_path / "r.yaml")).to_dict() == recipe.to_dict()
+
+
+def test_a_bare_task_override_is_the_memory_task_or_what_the_recipe_trains():
+    from seqzoo.training.recipe import apply_override
+
+    values = {"model": {"preset": "lstm-tiny"}}
+    apply_override(values, "task", "copy")
+    assert values == {"model": {"preset": "lstm-tiny"}, "data": {"task": "copy"}}
+    apply_override(values, "task", "token-classification")  # (no data task has a trained task's name)
+    assert values["task"] == "token-classification" and values["data"] == {"task": "copy"}

@@ -68,3 +68,23 @@ def test_tbptt_is_refused_for_kv_cache_models(family):
     with pytest.raises(ValueError, match="train.tbptt_chunk=8 needs every layer to carry a fixed-size state.*attention layers"):
         check_tbptt_supported(tiny_model(FAMILIES[family]), 8)
     check_tbptt_supported(tiny_model(FAMILIES[family]), 0)
+
+
+def test_a_float64_model_gets_float64_losses_and_exact_gradients():
+    # (a float32 cast of the logits capped a float64 model's gradients at float32 precision, about 6e-9)
+    model = tiny_model(FAMILIES["lstm"]).double()
+    ids = torch.randint(3, 99, (2, 12))
+    targets = torch.roll(ids, -1, dims=1)
+    targets[:, -1] = -100
+    model.zero_grad()
+    loss, _ = backward_sequence(model, ids, targets, 0, 1.0, lambda x: x.backward())
+    ours = [p.grad.clone() for p in model.parameters()]
+    model.zero_grad()
+    logits = model(ids).logits
+    expected = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1),
+                                                 ignore_index=-100, reduction="sum")
+    expected.backward()
+    assert loss.dtype == torch.float64
+    torch.testing.assert_close(loss, expected.detach(), rtol=1e-14, atol=0)
+    for mine, theirs in zip(ours, (p.grad for p in model.parameters())):
+        torch.testing.assert_close(mine, theirs, rtol=1e-12, atol=1e-15)

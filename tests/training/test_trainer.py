@@ -150,6 +150,10 @@ def test_resume_refuses_another_runs_checkpoint_and_fresh_runs_refuse_a_used_fol
         train(make_recipe(tmp_path, "a", train={"max_steps": 2, "save_every": 2}), progress=False)
     with pytest.raises(ValueError, match="--resume: no complete checkpoint in"):
         train(make_recipe(tmp_path, "c"), resume=True, progress=False)
+    (tmp_path / "a" / "checkpoints" / "checkpoint-2" / "trainer_state.json").unlink()  # a damaged checkpoint
+    with pytest.raises(ValueError, match=r"checkpoint-2 lack\(s\) trainer_state.json, which a complete checkpoint "
+                                         "writes last: damaged"):
+        train(make_recipe(tmp_path, "a", train={"max_steps": 2, "save_every": 2}), resume=True, progress=False)
     with pytest.raises(ValueError, match="--resume: '.*nowhere' does not exist"):
         train(make_recipe(tmp_path, "c"), resume=str(tmp_path / "nowhere"), progress=False)
 
