@@ -60,11 +60,14 @@ def peft_config(model: nn.Module, method: str = "lora", task_type: Any = None, *
     other argument.
 
     ``task_type`` defaults to the model's head (``CAUSAL_LM``, ``SEQ_CLS``, ``TOKEN_CLS``, ``SEQ_2_SEQ_LM``); a
-    different one raises. ``overrides`` go to the peft config (``r=16``, ``target_modules=[...]``) and replace the
-    defaults: LoRA r=8, alpha=16, no dropout (peft's LoRA on parameters takes none), every Linear layer of the
-    backbone and the recurrent cells' ``weight_ih`` / ``weight_hh``; IA3 scales the output of every Linear layer
-    of the backbone. The classic RNN/LSTM/GRU have no Linear layer in their backbone, so for them IA3 is refused
-    (peft's IA3 adapts Linear and convolution layers only). Prompt tuning trains ``num_virtual_tokens`` (default 8)
+    different one raises. ``overrides`` go to the peft config (``r=16``, ``target_modules=[...]``), each in place of
+    that key's default (``target_modules`` leaves the default ``target_parameters`` in place: pass
+    ``target_parameters=[]`` to adapt the named modules alone; a listed module name that names no module of the
+    model is refused, where peft would go on with the recurrent weights alone). The defaults: LoRA r=8, alpha=16,
+    no dropout (peft's LoRA on parameters takes none), every Linear layer of the backbone and the recurrent cells'
+    ``weight_ih`` / ``weight_hh``; IA3 scales the output of every Linear layer of the backbone. The classic
+    RNN/LSTM/GRU have no Linear layer in their backbone, so for them IA3 is refused (peft's IA3 adapts Linear and
+    convolution layers only). Prompt tuning trains ``num_virtual_tokens`` (default 8)
     input embeddings placed before every sequence (an encoder-decoder's source) and leaves every weight alone, so it
     works on every architecture (causal LMs, sequence classifiers, encoder-decoders); there is nothing to merge into
     the weights."""
@@ -82,11 +85,13 @@ def peft_config(model: nn.Module, method: str = "lora", task_type: Any = None, *
     if method == "prompt_tuning":
         return _prompt_tuning_config(model, expected, overrides)
     targets = peft_targets(model)
+    _check_target_modules(model, overrides.get("target_modules"))
     if method == "lora":
         values = {**LORA_DEFAULTS, **targets, "task_type": expected}
         if not values["target_parameters"]:
             values.pop("target_parameters")
         values.update(overrides)
+        _refuse_quantised_parameters(model, values.get("target_parameters") or ())
         return peft.LoraConfig(**values)
     if not targets["target_modules"] and "target_modules" not in overrides:
         raise ValueError(
@@ -97,6 +102,35 @@ def peft_config(model: nn.Module, method: str = "lora", task_type: Any = None, *
     values = {"target_modules": targets["target_modules"], "feedforward_modules": [], "task_type": expected}
     values.update(overrides)
     return peft.IA3Config(**values)
+
+
+def _check_target_modules(model: nn.Module, names: Any) -> None:
+    """Each name of a ``target_modules`` list must name a module as peft matches it (the full name, or its last
+    components): peft raises only where nothing at all matches, and never where ``target_parameters`` (the classic
+    cells' defaults) match, so a misspelt name went unnoticed. A string is a regular expression, left to peft."""
+    if names is None or isinstance(names, str):
+        return
+    modules = [name for name, _ in model.named_modules() if name]
+    unknown = [n for n in names if not any(m == n or m.endswith(f".{n}") for m in modules)]
+    if unknown:
+        targets = peft_targets(model)
+        raise ValueError(f"target_modules {unknown} name no module of {type(model).__name__}; seqzoo's defaults are "
+                         f"target_modules={targets['target_modules']}, target_parameters={targets['target_parameters']}"
+                         " (seqzoo.peft_targets(model))")
+
+
+def _refuse_quantised_parameters(model: nn.Module, names: Any) -> None:
+    """peft's LoRA on a parameter adds W + B A to the weight, which a quantised (torchao) weight cannot do: the first
+    forward failed inside torchao (NotImplementedError for aten.add)."""
+    names = set(names)
+    quantised = [f"{module_name}.{name}" for module_name, module in model.named_modules()
+                 for name, p in module.named_parameters(recurse=False)
+                 if name in names and type(p) not in (nn.Parameter,) and type(p).__module__.split(".")[0] == "torchao"]
+    if quantised:
+        raise ValueError(f"{type(model).__name__} is quantised ({', '.join(quantised[:3])} hold "
+                         f"{type(model.get_parameter(quantised[0])).__name__} weights), and peft's LoRA on a parameter "
+                         "cannot add to a quantised weight: add the adapter to the float model (quantise after "
+                         "merge_and_unload())")
 
 
 def _prompt_tuning_config(model: nn.Module, task_type: str, overrides: dict[str, Any]) -> Any:

@@ -350,6 +350,9 @@ def set_backend(op: str, backend: str | None) -> None:
     """Force ``backend`` for every call of ``op`` (``None`` restores automatic selection)."""
     with _LOCK:
         if backend is None:
+            _ensure_loaded()
+            if op not in _OPS and op not in BUILTIN_OPS:  # a typo would leave the real op's request in force
+                raise KernelError(_unknown(op, sorted(_OPS), "kernel op"))
             _FORCED.pop(op, None)
         else:
             chosen = _check_name(op, backend)

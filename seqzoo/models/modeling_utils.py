@@ -401,14 +401,16 @@ class SeqzooPreTrainedModel(PreTrainedModel):
                 "save_pretrained(push_to_hub=True) would upload the folder without its model card and tokenizer; "
                 "use model.push_to_hub(repo_id, tokenizer=...) or `seqzoo publish FOLDER REPO_ID`"
             )
-        if kwargs.get("state_dict") is None:
-            quantised = [name for name, p in self.named_parameters() if type(p).__module__.startswith("torchao")]
-            if quantised:  # (torchao's int8 tensors fail deep in transformers after config.json is written)
-                raise ValueError(
-                    f"{type(self).__name__} is quantised ({', '.join(quantised[:3])} hold "
-                    f"{type(self.get_parameter(quantised[0])).__name__} weights), and torchao's quantised weights do "
-                    "not save with save_pretrained: save the float model, and quantise it again after loading"
-                )
+        # (a state_dict passed in, as accelerate's get_state_dict(model) gives, holds the same quantised tensors)
+        tensors = (kwargs["state_dict"].items() if kwargs.get("state_dict") is not None
+                   else self.named_parameters())
+        quantised = [(name, type(t).__name__) for name, t in tensors if type(t).__module__.startswith("torchao")]
+        if quantised:  # (torchao's int8 tensors fail deep in transformers after config.json is written)
+            raise ValueError(
+                f"{type(self).__name__} is quantised ({', '.join(name for name, _ in quantised[:3])} hold "
+                f"{quantised[0][1]} weights), and torchao's quantised weights do "
+                "not save with save_pretrained: save the float model, and quantise it again after loading"
+            )
         if kwargs.get("state_dict") is not None:
             kwargs["state_dict"] = _contiguous_state_dict(kwargs["state_dict"])
         with _contiguous_parameters(self):

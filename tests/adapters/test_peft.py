@@ -149,6 +149,10 @@ def test_peft_config_refuses_what_it_cannot_do():
     with pytest.raises(ValueError, match=r"prompt_tuning is offered for causal LMs, sequence classifiers and "
                                          r"encoder-decoders.*TOKEN_CLS.*method='lora'"):
         seqzoo.peft_config(build("lstm", "token-classification"), "prompt_tuning")
+    # A misspelt module name: peft raises only when nothing at all matches, and the recurrent weights always do.
+    with pytest.raises(ValueError, match=r"target_modules \['lm_haed'\] name no module of LSTMForCausalLM"):
+        seqzoo.peft_config(lstm, target_modules=["lm_haed"])
+    assert seqzoo.peft_config(lstm, target_modules=["lm_head"]).target_modules == {"lm_head"}
 
 
 @pytest.mark.parametrize("arch", ["gru", "transformer", "mamba2", "hybrid"])

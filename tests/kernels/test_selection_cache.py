@@ -286,3 +286,20 @@ def test_a_plugin_backend_that_cannot_load_or_answers_supports_wrongly_is_named(
         finally:
             unregister_backend("wkv7", name)
     registry.dispatch("wkv7", *args, initial_state=t["initial_state"])  # and the built-in ones run again
+
+
+def test_restoring_automatic_selection_of_a_misspelt_op_raises():
+    """set_backend(op, None) with a typo would leave the real op's forced backend in place without a word."""
+    from seqzoo.kernels import requested_backend, set_backend
+
+    set_backend("lstm", "reference")
+    try:
+        with pytest.raises(KernelError, match="Did you mean 'lstm'"):
+            set_backend("lstn", None)
+        with pytest.raises(KernelError, match="unknown kernel op"):
+            with use_backend("lstn", None):
+                pass
+        assert requested_backend("lstm") == "reference"
+    finally:
+        set_backend("lstm", None)
+    assert requested_backend("lstm") is None

@@ -310,3 +310,14 @@ def test_non_contiguous_inputs_match_reference(length):
     reset = scattered_resets(BATCH, length) if length > 1 else torch.tensor([[False], [True]])
     check_float64_matches_reference(run, make_inputs(length, torch.float64), "non-contiguous", prepare=non_contiguous,
                                     common={"reset": non_contiguous(reset)})
+
+
+def test_chunked_empty_batch_or_heads():
+    """A call with no rows (or no heads) returns empty outputs, like the reference; the factored-form check once
+    took the minimum of an empty tensor."""
+    for shape in ((0, 5, 2, 4), (2, 5, 0, 4)):
+        inputs = [torch.randn(*shape, dtype=torch.float64, requires_grad=True) for _ in range(6)]
+        y, state = get_kernel("wkv7", "chunked")(*inputs)
+        ref_y, ref_state = get_kernel("wkv7", "reference")(*inputs)
+        assert y.shape == ref_y.shape and state.shape == ref_state.shape
+        (y.sum() + state.sum()).backward()

@@ -114,3 +114,15 @@ def test_a_quantised_model_refuses_to_save_before_writing_anything(tmp_path, tor
     with pytest.raises(ValueError, match=r"is quantised \(model.layers.0.weight_ih.*Int8Tensor.*save the float model"):
         model.save_pretrained(tmp_path / "out")
     assert not (tmp_path / "out").exists()
+    # accelerate's way, a state dict handed in (accelerator.get_state_dict(model)), is refused the same way
+    with pytest.raises(ValueError, match=r"is quantised \(model.layers.0.weight_ih.*Int8Tensor.*save the float model"):
+        model.save_pretrained(tmp_path / "out", state_dict=model.state_dict())
+    assert not (tmp_path / "out").exists()
+
+
+def test_lora_on_the_parameters_of_a_quantised_model_is_refused(torchao_quantization):
+    # peft accepted it, and the first forward failed inside torchao (an Int8Tensor weight plus a LoRA delta)
+    model = seqzoo.quantize_int8(tiny_model("gru-tiny"))
+    with pytest.raises(ValueError, match=r"is quantised \(model.layers.0.weight_ih.*peft's LoRA on a parameter "
+                                         r"cannot add to a quantised weight"):
+        seqzoo.peft_config(model)

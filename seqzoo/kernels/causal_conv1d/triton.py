@@ -249,6 +249,7 @@ def causal_conv1d(x, weight, bias=None, *, initial_state=None, activation=None, 
     batch, length, channels = x.shape
     reset = check_reset("causal_conv1d", reset, batch, length)
     width = weight.shape[1]
+    bias = bias.contiguous() if bias is not None else None  # the kernels read bias as a contiguous (D,) vector
     if initial_state is not None:
         initial_state = initial_state.float()
     if length == 0:

@@ -321,6 +321,8 @@ class _SelectiveScanFn(torch.autograd.Function):
         dh0 = torch.empty(batch, channels, state_size, device=dev, dtype=f32)
         if dy is None:
             dy = torch.zeros(batch, length, channels, device=dev, dtype=u.dtype)
+        # The kernel reads dhT as a contiguous (B, Dm, N) tensor; autograd may hand it an expanded (stride 0) one.
+        dhT = dhT.contiguous() if dhT is not None else None
         _scan_bwd_kernel[(blocks_d, batch)](
             u, delta, A, B, C, D, z, keep, dy, dhT, ckpt, scratch, du, ddelta, dz, dB, dC, dA, dD, dh0,
             length, channels, state_size, num_tiles, num_segments,
@@ -363,6 +365,7 @@ def selective_scan(u, delta, A, B, C, D=None, z=None, *, initial_state=None, res
     reset = check_reset("selective_scan", reset, batch, length)
     keep = None if reset is None else (~reset).float().contiguous()  # (B, T): 0 where a document begins
     h0 = initial_state.float().contiguous() if initial_state is not None else None
+    D = D.contiguous() if D is not None else None  # the kernels read D as a contiguous (Dm,) vector
     if length == 0:
         final = h0 if h0 is not None else u.new_zeros(batch, channels, A.shape[1], dtype=torch.float32)
         return u.new_zeros(batch, 0, channels), final

@@ -379,6 +379,8 @@ class _SSDFn(torch.autograd.Function):
         dev, f32 = x.device, torch.float32
         if dy is None:
             dy = torch.zeros_like(x)
+        # The kernel reads dhT as a contiguous (B, H, P, N) tensor; autograd may hand it an expanded (stride 0) one.
+        dhT = dhT.contiguous() if dhT is not None else None
         common = (length, heads, head_dim, state_size, per_group, num_chunks)
         dstates = torch.empty_like(states)
         dh0 = torch.empty(batch, heads, head_dim, state_size, device=dev, dtype=f32)
@@ -435,6 +437,8 @@ def ssd(x, dt, A, B, C, D=None, *, initial_state=None, chunk_size=64, reset=None
     reset = check_reset("ssd", reset, batch, length)
     resets = None if reset is None else reset.float().contiguous()  # (B, T): 1.0 where a document begins
     h0 = initial_state.float().contiguous() if initial_state is not None else None
+    # The kernels read A and D as contiguous (H,) vectors.
+    A, D = A.contiguous(), (D.contiguous() if D is not None else None)
     if length == 0:
         final = h0 if h0 is not None else x.new_zeros(batch, heads, head_dim, B.shape[-1], dtype=torch.float32)
         return x.new_zeros(batch, 0, heads, head_dim), final

@@ -138,7 +138,7 @@ def wkv7(r, w, k, v, a, b, *, initial_state=None, reset=None):
     total = cum[..., -1:, :]  # c_{Q-1}, (B, H, nc, 1, K)
     # The factored form is faster but overflows for strong decays. Which one applies depends on the data, a branch
     # torch.compile cannot trace without a graph break: compiled code takes the pairwise form, exact for any decay.
-    if not torch.compiler.is_compiling() and bool(total.min() >= -FACTORED_MAX_DECAY):
+    if not torch.compiler.is_compiling() and (total.numel() == 0 or bool(total.min() >= -FACTORED_MAX_DECAY)):
         A_rb, A_rk, A_ab, A_ak = _scores_factored(r_, k_, a_, b_, cum, cum_before, total)
     else:
         A_rb, A_rk, A_ab, A_ak = _scores_pairwise(r_, k_, a_, b_, cum)
