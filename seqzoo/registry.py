@@ -86,6 +86,12 @@ class ModelSpec:
         for task, head in self.heads.items():
             if issubclass(model_class, head):
                 return task
+        # The copy of a head that a Hub bundle holds (loaded with trust_remote_code=True) is another class of the
+        # same name for the same model_type.
+        if getattr(getattr(model_class, "config_class", None), "model_type", None) == self.model_type:
+            task = self.task_saved_as(model_class.__name__)
+            if task is not None:
+                return task
         raise ValueError(f"{model_class.__name__} is not a head of architecture {self.name!r}: its heads are "
                          f"{', '.join(h.__name__ for h in self.heads.values())}")
 

@@ -247,7 +247,8 @@ def memory_table(config: Any, counts: dict[str, int], dtype: Any, generates: boo
     except NotImplementedError:
         state = None
     kv = config.kv_bytes_per_token(width)
-    bidirectional = bool(getattr(config, "bidirectional", False))
+    # An encoder-decoder's state is its decoder's, which reads one way whatever its encoder does.
+    bidirectional = bool(getattr(config, "bidirectional", False)) and not getattr(config, "is_encoder_decoder", False)
     rows = []
     if state is None:
         rows.append(["state per sequence", "not reported by this architecture"])

@@ -235,12 +235,26 @@ def _ensure_loaded() -> None:
             return
         _plugins_loaded = True
         for package in BUILTIN_OP_PACKAGES:
+            module = _op_package_module(package)
             try:
-                importlib.import_module(f"seqzoo.kernels.{package}")
+                importlib.import_module(module)
             except ModuleNotFoundError as err:
-                if not (err.name or "").startswith("seqzoo"):
+                if err.name != module and not (err.name or "").startswith("seqzoo"):
                     raise
         _load_entry_point_plugins()
+
+
+# Inside a Hub bundle this module is a flat sibling (``<bundle>.seqzoo_kernels_registry``) and so are the op
+# packages: an installed seqzoo is other code (another version, or one that fails to import), and importing it would
+# also register seqzoo's classes with transformers, so that later trust_remote_code loads got those instead.
+_BUNDLED = not __name__.startswith("seqzoo.")
+
+
+def _op_package_module(package: str) -> str:
+    if not _BUNDLED:
+        return f"seqzoo.kernels.{package}"
+    parent = __name__.rpartition(".")[0]
+    return f"{parent}.seqzoo_kernels_{package}" if parent else f"seqzoo_kernels_{package}"
 
 
 def _load_entry_point_plugins() -> None:

@@ -159,3 +159,38 @@ def test_a_bundle_holds_only_the_kernels_its_architecture_uses(arch, exports):
            .split("_triton")[0] for name in code_files(exports[arch]) if name.startswith("seqzoo_kernels_")}
     ops -= {"registry.py", "triton_support.py", "reset.py"}  # shared by every op
     assert {op.removesuffix(".py") for op in ops} == OPS_BY_ARCHITECTURE[arch]
+
+
+# Run where seqzoo is installed but broken (an older release refusing this transformers, say): the bundle is what
+# trust_remote_code loads, and it must not import the installed seqzoo (which would also register seqzoo's classes
+# with transformers, so that later trust_remote_code loads in the process silently got those instead).
+_BROKEN_SEQZOO = """
+import importlib.abc, sys
+tried = []
+class Broken(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] == "seqzoo":
+            tried.append(name)
+            raise ImportError("this seqzoo cannot be imported here")
+sys.meta_path.insert(0, Broken())
+import torch
+from transformers import AutoModelForCausalLM
+model = AutoModelForCausalLM.from_pretrained(sys.argv[1], trust_remote_code=True)
+model(input_ids=torch.tensor([[1, 2, 3]]))
+print("imports of seqzoo:", tried)
+"""
+
+
+@pytest.mark.parametrize("arch", ["lstm", "hybrid"])
+def test_a_bundle_never_imports_an_installed_seqzoo(arch, tmp_path):
+    import os
+    import subprocess
+
+    from tests.hub.conftest import tiny_byte_model
+
+    tiny_byte_model(arch).save_pretrained(tmp_path / "model")
+    env = {**os.environ, "HF_MODULES_CACHE": str(tmp_path / "modules")}
+    run = subprocess.run([sys.executable, "-c", _BROKEN_SEQZOO, str(tmp_path / "model")], capture_output=True,
+                         text=True, timeout=300, env=env)
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert "imports of seqzoo: []" in run.stdout

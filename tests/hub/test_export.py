@@ -121,6 +121,18 @@ def test_an_encoder_decoder_card_counts_only_decoding_weights_per_token(preset):
     assert encoder > 0 and counts["per_token"] == counts["total"] - counts["embedding"] - encoder + counts["embedding"]
 
 
+def test_an_encoder_decoder_card_gives_its_decoders_state_whatever_its_encoder_reads():
+    # A bidirectional encoder does not make the decoder's state two-way; the decoder's own layer count is named.
+    model = seqzoo.create_model("seq2seq-bahdanau-tiny", num_hidden_layers=3, num_decoder_layers=1, bridge="zeros")
+    assert model.config.bidirectional
+    card = render_model_card(model, seqzoo.get_architecture("seq2seq"), repo_id="someone/s2s", code_files=["a.py"],
+                             training=None).text
+    state = model.config.state_bytes_per_sequence(4)
+    assert f"| state carried per sequence | {state:,} bytes with float32 weights; the same" in card
+    assert "reading direction" not in card
+    assert "3 layer(s) of" in card and "in the encoder and 1 in the decoder" in " ".join(card.split())
+
+
 def test_training_record_fills_metadata_and_the_training_section(exports):
     card = ModelCard.load(exports["lstm"] / "README.md")
     assert card.data.datasets == ["roneneldan/TinyStories"]
@@ -287,3 +299,18 @@ def test_a_tokenizer_without_its_special_tokens_is_refused(tmp_path):
                                          r"eos_token_id=257.*tokenizer_config.json missing"):
         export_folder(folder, tmp_path / "out", repo_id=repo_id("gru"))
     assert not (tmp_path / "out").exists()
+
+
+def test_a_model_loaded_from_its_bundle_publishes_as_seqzoos_own(tmp_path):
+    # A model loaded with trust_remote_code=True is the bundle's copy of the head: another class of the same name.
+    from transformers.dynamic_module_utils import get_class_from_dynamic_module
+
+    model = seqzoo.create_model("lstm-tiny", "token-classification", num_labels=2)
+    model.save_pretrained(tmp_path / "saved")
+    bundled = get_class_from_dynamic_module("modeling_seqzoo_lstm.LSTMForTokenClassification", tmp_path / "saved")
+    assert bundled is not type(model) and bundled.__name__ == type(model).__name__
+    loaded = bundled.from_pretrained(tmp_path / "saved")
+    folder = export_folder(loaded, tmp_path / "hub", repo_id="someone/tagger", tokenizer=byte_tokenizer())
+    card = (folder / "README.md").read_text()
+    assert "This checkpoint is `LSTMForTokenClassification`, the `token-classification` head" in card
+    assert json.loads((folder / "config.json").read_text())["architectures"] == ["LSTMForTokenClassification"]
