@@ -14,10 +14,15 @@ from huggingface_hub import ModelCard
 
 import seqzoo
 from seqzoo.cli import main, save_with_tokenizer
-from seqzoo.hub import export_folder
-from seqzoo.hub import publishing
-from seqzoo.hub.cards import TEMPLATE_DIR, card_sections, parameter_counts, render_model_card, template_path
-from seqzoo.hub.cards import validate_training_record
+from seqzoo.hub import export_folder, publishing
+from seqzoo.hub.cards import (
+    TEMPLATE_DIR,
+    card_sections,
+    parameter_counts,
+    render_model_card,
+    template_path,
+    validate_training_record,
+)
 from seqzoo.tokenizer import byte_tokenizer
 from tests.hub.conftest import ARCHITECTURES, TRAINING_RECORD, repo_id, tiny_byte_model
 
