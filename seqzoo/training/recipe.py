@@ -182,25 +182,10 @@ class Recipe:
         if self.task == "causal-lm" and d.source in CORPORA:
             _check(d.task is None, "data.task", d.task, f"null with data.source={d.source!r} (data.task names a "
                    "generated task: set data.source=task to train on it)")
-            # The generated tasks' settings, which a corpus reads none of: one set to other than its default would
-            # be ignored without a word (at its default it is what `--print-recipe` writes, and is taken).
-            defaults = DataSection()
-            for name in TASK_ONLY_FIELDS:
-                _check(getattr(d, name) == getattr(defaults, name), f"data.{name}", getattr(d, name),
-                       f"its default ({getattr(defaults, name)!r}) with data.source={d.source!r}, which reads none "
-                       "of the generated tasks' settings (set data.source=task to train on a task)")
-        # Fields only some recipes read: set to other than their default where nothing reads them, they would be
-        # ignored without a word.
         defaults = DataSection()
-        unread = [] if self.task == "seq2seq" else ["source_lengths", "max_source_length"]
-        if self.task == "seq2seq" and d.source == "jsonl":
-            unread.append("source_lengths")  # (the generated pairs draw their lengths; a file has its own)
-        if self.task != "causal-lm":
-            unread += ["items", "distance_mix"] + (["distances"] if self.task == "seq2seq" else [])
-        for name in unread:
+        for name, why in self._unread_data_fields().items():
             _check(getattr(d, name) == getattr(defaults, name), f"data.{name}", getattr(d, name),
-                   f"its default ({getattr(defaults, name)!r}) with task {self.task!r} and data.source={d.source!r}, "
-                   "which read(s) no such setting")
+                   f"its default ({getattr(defaults, name)!r}) {why}")
         if self.task != "causal-lm" or d.labels is not None:
             _check(self.task in LABEL_TASKS or d.labels is None, "data.labels", d.labels,
                    "null: label names belong to task: sequence-classification | token-classification recipes")
@@ -224,11 +209,6 @@ class Recipe:
         self._validate_packing()
         _check(d.seq_len is None or d.seq_len >= 1, "data.seq_len", d.seq_len, "an integer >= 1 or null")
         _check(0.0 < d.eval_fraction < 1.0, "data.eval_fraction", d.eval_fraction, "a number in (0, 1)")
-        if d.source == "task":  # (generated data draws its evaluation sets: there is no fraction to hold out)
-            default = DataSection().eval_fraction
-            _check(d.eval_fraction == default, "data.eval_fraction", d.eval_fraction,
-                   f"its default ({default}) with data.source='task', whose evaluation sets are drawn apart "
-                   "(data.eval_samples of them), not held out of the data")
         _check(d.eval_samples >= 1, "data.eval_samples", d.eval_samples, "an integer >= 1")
         _check(isinstance(d.tuning_set, bool), "data.tuning_set", d.tuning_set, "true or false")
         if d.tuning_set:
@@ -266,6 +246,27 @@ class Recipe:
         _check(t.max_nonfinite_steps >= 0, "train.max_nonfinite_steps", t.max_nonfinite_steps,
                "an integer >= 0 (0 = stop at the first non-finite gradient)")
 
+
+    def _unread_data_fields(self) -> dict[str, str]:
+        """The data fields this recipe's task and source read nothing of, each with why. Set to other than its
+        default, one would be ignored without a word (at its default it is what `--print-recipe` writes, and is
+        taken)."""
+        d = self.data
+        unread = {}
+        if self.task == "causal-lm" and d.source in CORPORA:
+            unread.update(dict.fromkeys(TASK_ONLY_FIELDS, f"with data.source={d.source!r}, which reads none of the "
+                                        "generated tasks' settings (set data.source=task to train on a task)"))
+        names = [] if self.task == "seq2seq" else ["source_lengths", "max_source_length"]
+        if self.task == "seq2seq" and d.source == "jsonl":
+            names.append("source_lengths")  # (the generated pairs draw their lengths; a file has its own)
+        if self.task != "causal-lm":
+            names += ["items", "distance_mix"] + (["distances"] if self.task == "seq2seq" else [])
+        unread.update(dict.fromkeys(names, f"with task {self.task!r} and data.source={d.source!r}, which read(s) no "
+                                           "such setting"))
+        if d.source == "task":  # (generated data draws its evaluation sets: there is no fraction to hold out)
+            unread["eval_fraction"] = ("with data.source='task', whose evaluation sets are drawn apart "
+                                       "(data.eval_samples of them), not held out of the data")
+        return unread
 
     def _validate_packing(self) -> None:
         d, chunk = self.data, self.train.tbptt_chunk

@@ -33,6 +33,7 @@ ATTENTIONS = (*RECURRENT_ATTENTIONS, "scaled-dot")
 BRIDGES = ("copy", "projection", "zeros")
 STATE_NAMES = {"rnn": ("h",), "lstm": ("h", "c"), "gru": ("h",)}
 
+
 class Seq2SeqConfig(SeqzooConfig):
     r"""
     An encoder reads the source, a decoder writes the target one token at a time. Source and target share one
