@@ -46,6 +46,7 @@ import argparse
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -265,6 +266,14 @@ def summary_markdown(results: dict) -> str:
 
 def orchestrate(args) -> int:
     runner = Runner(args)
+    try:
+        return _orchestrate(args, runner)
+    finally:
+        # The children's result files were read into results.json; their folder goes.
+        shutil.rmtree(runner.scratch, ignore_errors=True)
+
+
+def _orchestrate(args, runner: Runner) -> int:
     py = sys.executable
     chosen = set(args.only or STEPS)
     runner.results["only"] = sorted(chosen) if args.only else None

@@ -81,9 +81,12 @@ def test_only_bench_runs_install_env_and_the_benchmark(tmp_path, monkeypatch):
         return self.results["steps"][name]
 
     monkeypatch.setattr(module.Runner, "run", run)
+    scratch = tmp_path / "scratch"
+    monkeypatch.setattr(module.tempfile, "mkdtemp", lambda prefix: str(scratch.mkdir() or scratch))
     args = module.parse_args(["--out", str(tmp_path / "out"), "--wheels", str(wheels), "--only", "bench",
                               "--budget", "450"])
     assert module.orchestrate(args) == 0
+    assert not scratch.exists()  # the children's result files were read; their folder is not left in /tmp
     assert list(ran) == ["install", "env", "bench_kernels", "bench_models"]
     assert ran["bench_kernels"][0] == 250 and ran["bench_kernels"][2] == ran["bench_models"][2] == "bench.log"
     # Each benchmark process gets its step's limit less a margin as its own budget, so it skips, not dies.
