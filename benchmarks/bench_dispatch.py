@@ -33,12 +33,13 @@ def registry_at(commit: str):
     """seqzoo/kernels/registry.py as of ``commit``, imported as a separate module holding today's backends."""
     source = subprocess.run(["git", "show", f"{commit}:seqzoo/kernels/registry.py"], cwd=ROOT, check=True,
                             capture_output=True, text=True).stdout
-    path = Path(tempfile.mkdtemp()) / "registry_before.py"
-    path.write_text(source)
-    spec = importlib.util.spec_from_file_location("registry_before", path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["registry_before"] = module
-    spec.loader.exec_module(module)
+    with tempfile.TemporaryDirectory() as folder:  # the module is executed from it, then it goes
+        path = Path(folder) / "registry_before.py"
+        path.write_text(source)
+        spec = importlib.util.spec_from_file_location("registry_before", path)
+        module = importlib.util.module_from_spec(spec)
+        sys.modules["registry_before"] = module
+        spec.loader.exec_module(module)
     accepted = inspect.signature(module.register_backend).parameters
     for op in registry.list_ops():
         module.register_op(op, registry.get_op(op).description)
