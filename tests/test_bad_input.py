@@ -196,7 +196,8 @@ def test_what_does_not_fit_is_named_before_non_finite_weights(saved_lstm):
     del weights["model.layers.1.weight_hh"]
     weights["model.layers.0.bias_ih"][0] = float("nan")
     save_file(weights, saved_lstm / "model.safetensors", metadata={"format": "pt"})
-    with pytest.raises(ValueError, match=r"missing tensors: model.layers.1.weight_hh\. Pass strict=False"):
+    with pytest.raises(ValueError, match=r"missing tensors: model.layers.1.weight_hh\. Save or download the checkpoint "
+                       r"again; or, from Python, pass strict=False"):
         AutoModelForCausalLM.from_pretrained(saved_lstm)
     with pytest.raises(ValueError, match=r"holds NaN or infinite weights in model.layers.0.bias_ih"):
         AutoModelForCausalLM.from_pretrained(saved_lstm, strict=False)

@@ -22,7 +22,6 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from seqzoo.hub.bundle import BUNDLED_MARK, RECORD_FILE, build_bundle, bundle_record, write_bundle
-from seqzoo.outputs import staged_folder
 from seqzoo.hub.cards import (
     DEFAULT_LICENSE,
     TRAINING_FILE,
@@ -31,7 +30,8 @@ from seqzoo.hub.cards import (
     render_model_card,
     validate_training_record,
 )
-
+from seqzoo.outputs import staged_folder
+from seqzoo.utils import quiet_transformers
 
 
 class PublishError(RuntimeError):
@@ -224,7 +224,8 @@ def _load_checkpoint(source: Any, tokenizer: Any, training: dict[str, Any] | Non
         # The head the folder was saved with (transformers records its class name); a causal LM by default.
         task = spec.task_saved_as((config.get("architectures") or [None])[0])
         head = spec.heads[task] if task is not None else spec.causal_lm_class
-        model, info = head.from_pretrained(folder, dtype="auto", output_loading_info=True)
+        with quiet_transformers():  # (its load report would print above the error that a misfit raises)
+            model, info = head.from_pretrained(folder, dtype="auto", output_loading_info=True)
         # Tensors of another head load as "unexpected" and would be left out of the published weights.
         dropped = sorted(info.get("unexpected_keys") or [])
         if dropped:

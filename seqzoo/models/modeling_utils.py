@@ -504,8 +504,9 @@ class SeqzooPreTrainedModel(PreTrainedModel):
             if problems:
                 raise ValueError(
                     f"checkpoint {str(pretrained_model_name_or_path)!r} does not fit {cls.__name__}: "
-                    f"{'; '.join(problems)}. Pass strict=False to load it anyway with the missing and mis-shaped "
-                    "weights re-initialised and the others ignored."
+                    f"{'; '.join(problems)}. Save or download the checkpoint again; or, from Python, pass "
+                    "strict=False to load it anyway with the missing and mis-shaped weights re-initialised and the "
+                    "others ignored."
                 )
         if not strict:
             _initialise_anew(model, info)

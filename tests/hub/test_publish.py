@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import tempfile
 
 import pytest
@@ -114,7 +115,7 @@ def test_cli_publish_uses_HF_ENDPOINT_and_HF_TOKEN(saved_models, tmp_path):
     assert commit.files["README.md"].startswith(b"---\n") and b"license: mit\n" in commit.files["README.md"]
 
 
-def test_cli_publish_reports_errors_plainly(saved_models, monkeypatch, tmp_path, capsys):
+def test_cli_publish_reports_errors_plainly(saved_models, monkeypatch, tmp_path, capsys, caplog):
     for name in ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "HF_OIDC_RESOURCE"):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setattr(constants, "HF_TOKEN_PATH", str(tmp_path / "no-token-here"))
@@ -127,6 +128,18 @@ def test_cli_publish_reports_errors_plainly(saved_models, monkeypatch, tmp_path,
                  "--private", "--revision", "v2"]) == 2
     assert "--private, --revision only apply to an upload" in capsys.readouterr().err
     assert not os.path.exists(tmp_path / "x")
+    # A folder whose config names a layer more than its weights hold: one line that says what to do, not transformers'
+    # load report above it, nor a Python keyword as if it were an option of the command.
+    misfit = tmp_path / "misfit"
+    shutil.copytree(saved_models["lstm"], misfit)
+    config = json.loads((misfit / "config.json").read_text())
+    (misfit / "config.json").write_text(json.dumps({**config, "num_hidden_layers": config["num_hidden_layers"] + 1}))
+    assert main(["publish", str(misfit), repo_id("lstm"), "--dry-run", "--output", str(tmp_path / "y")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: checkpoint ") and "does not fit LSTMForCausalLM: missing tensors: " in err, err
+    assert "from Python, pass strict=False" in err, err
+    assert "LOAD REPORT" not in caplog.text  # (transformers' handler writes to the stderr it found when set up)
+    assert not os.path.exists(tmp_path / "y")
 
 
 def test_refresh_code_rewrites_only_the_code_of_an_existing_repository(hub, exports):
