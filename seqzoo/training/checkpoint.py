@@ -5,7 +5,8 @@ Layout of a run folder::
     <output_dir>/checkpoints/checkpoint-<step>/   model, optimizer, scheduler (and fp16 scaler) state, every
                                                   process's RNG state (see :mod:`seqzoo.training.state`: safetensors
                                                   and JSON, no pickle) + trainer_state.json (step, data position, run
-                                                  id, and the size and SHA-256 of every other file)
+                                                  id, and the size and SHA-256 of every other file; sealed by a
+                                                  SHA-256 of its own fields, so an edited figure is refused)
     <output_dir>/checkpoints/checkpoint-<step>.tmp/   a checkpoint being written; never read
 
 Every process writes its part into ``checkpoint-N.tmp``; when all are done the main process writes
@@ -20,6 +21,7 @@ states as pickles) are refused without reading them.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -33,6 +35,7 @@ from seqzoo.training.state import CheckpointError
 
 CHECKPOINTS = "checkpoints"
 STATE_FILE = "trainer_state.json"
+SEAL = "state_sha256"  # trainer_state.json's SHA-256 of its own other fields: an edited figure is refused, not resumed
 _NAME = re.compile(r"^checkpoint-(\d+)$")
 
 
@@ -65,7 +68,8 @@ def save_checkpoint(accelerator: Any, model: Any, optimizer: Any, scheduler: Any
         accelerator.wait_for_everyone()
         if accelerator.is_main_process:
             records = {path.name: files.file_record(path) for path in sorted(tmp.iterdir())}
-            (tmp / STATE_FILE).write_text(json.dumps({**state, "format": files.FORMAT, "files": records}, indent=2))
+            body = json.loads(json.dumps({**state, "format": files.FORMAT, "files": records}))  # as read back
+            (tmp / STATE_FILE).write_text(json.dumps({**body, SEAL: state_seal(body)}, indent=2))
             fsync_tree(tmp)
             if final.exists():  # a resumed run passing a step it had already saved before it was killed
                 shutil.rmtree(final)
@@ -198,6 +202,11 @@ def resolve_resume(resume: str | Path | bool, run_dir: str | Path) -> Path:
     )
 
 
+def state_seal(state: dict[str, Any]) -> str:
+    """SHA-256 of ``state`` (trainer_state.json without its seal) in one canonical JSON form."""
+    return hashlib.sha256(json.dumps(state, sort_keys=True).encode("utf-8")).hexdigest()
+
+
 def read_state(checkpoint: Path) -> dict[str, Any]:
     """``trainer_state.json`` of ``checkpoint``, checked for what a resume reads from it. A checkpoint written in
     accelerate's pickle format is refused without reading any of its pickles."""
@@ -216,6 +225,13 @@ def read_state(checkpoint: Path) -> dict[str, Any]:
             "Loading a pickle can run any code stored in it, so seqzoo no longer reads them, and without them the "
             "run cannot continue exactly. Start the run again (a new output_dir, or delete "
             f"{str(checkpoint.parent)!r}); its final weights will be saved in safetensors as before"
+        )
+    seal = state.pop(SEAL, None)  # (checkpoints written before the seal have none)
+    if seal is not None and seal != state_seal(state):
+        raise CheckpointError(
+            f"--resume: {str(path)!r} was changed after it was written: its fields no longer match the SHA-256 "
+            f"recorded in it ({SEAL!r}), so its step, token count and other figures cannot be trusted (edited by "
+            "hand or damaged). Resume from an unchanged checkpoint, or start the run again"
         )
     if state["format"] != files.FORMAT:
         raise CheckpointError(
@@ -243,11 +259,17 @@ def check_same_run(state: dict[str, Any], run_id: str, recipe: dict[str, Any], c
         ours = {**ADDED_LATER, **trajectory_fields(recipe)}
         differ = [f"{k}: {theirs.get(k)!r} (checkpoint) vs {ours.get(k)!r} (this recipe)"
                   for k in sorted(set(theirs) | set(ours)) if theirs.get(k) != ours.get(k)]
+        none_differ = ("none of the recipe fields it records, so its run id or recipe was changed by hand: its "
+                       f"{STATE_FILE} is damaged" if isinstance(state.get("recipe"), dict) else
+                       "unknown (no recipe stored)")
         raise ValueError(
             f"--resume: {str(checkpoint)!r} belongs to another run (run id {state.get('run_id')!r}, this recipe is "
-            f"{run_id!r}). Fields that differ: {'; '.join(differ) or 'unknown (no recipe stored)'}"
+            f"{run_id!r}). Fields that differ: {'; '.join(differ) or none_differ}"
         )
     theirs = state.get("data", {})
+    if not isinstance(theirs, dict):
+        raise CheckpointError(f"--resume: {str(checkpoint / STATE_FILE)!r} is damaged: 'data' is {theirs!r}, expected "
+                              "a dict")
     # The scored evaluation counts follow eval_samples, which a resumed run may change; a hash is compared only
     # where the checkpoint recorded one (those written before sources recorded their hash have none).
     skip = {"eval_pairs", "eval_rows"} | ({"sha256"} if isinstance(theirs, dict) and "sha256" not in theirs else set())

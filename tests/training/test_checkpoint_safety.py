@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from seqzoo.training.checkpoint import STATE_FILE, list_checkpoints
+from seqzoo.training.checkpoint import SEAL, STATE_FILE, list_checkpoints, state_seal
 from seqzoo.training.state import CheckpointError, file_record
 from seqzoo.training.trainer import train
 from tests.training.test_trainer import make_recipe
@@ -51,6 +51,15 @@ def copy_run(saved_run: Path, tmp_path: Path) -> tuple[object, Path]:
     """A copy of the saved run, the recipe that resumes it, and its checkpoint."""
     shutil.copytree(saved_run, tmp_path / "run")
     return make_recipe(tmp_path, **RUN), list_checkpoints(tmp_path / "run")[-1][1]
+
+
+def write_state(checkpoint: Path, state: dict, seal: bool = True) -> None:
+    """Write ``state`` as the checkpoint's trainer_state.json, sealed again (an edit made with its seal updated, to
+    reach the checks behind the seal) unless ``seal`` is False (a plain hand edit, the old seal kept)."""
+    if seal:
+        state = {k: v for k, v in state.items() if k != SEAL}
+        state[SEAL] = state_seal(state)
+    (checkpoint / STATE_FILE).write_text(json.dumps(state))
 
 
 def write_accelerate_checkpoint(checkpoint: Path, recipe) -> None:
@@ -123,7 +132,7 @@ def damage(checkpoint: Path, name: str, how: str) -> None:
         path.write_text("{ not json")
         state = json.loads((checkpoint / STATE_FILE).read_text())
         state["files"][name] = file_record(path)
-        (checkpoint / STATE_FILE).write_text(json.dumps(state))
+        write_state(checkpoint, state)
 
 
 @pytest.mark.parametrize("name,how,message", [
@@ -152,14 +161,52 @@ def test_missing_or_damaged_state_file_is_refused_by_name(saved_run, tmp_path, n
     (lambda s: s.update(step="2"), "'step' is '2', expected a int"),
     (lambda s: s.update(format=3), "has checkpoint format 3; this seqzoo reads format 2"),
     (lambda s: s["grad_health"].pop("counts"), "grad_health"),
+    (lambda s: s.update(data=[1]), "'data' is \\[1\\], expected a dict"),
 ])
 def test_damaged_trainer_state_is_refused(saved_run, tmp_path, edit, message):
     recipe, checkpoint = copy_run(saved_run, tmp_path)
     state = json.loads((checkpoint / STATE_FILE).read_text())
     edit(state)
-    (checkpoint / STATE_FILE).write_text(json.dumps(state))
+    write_state(checkpoint, state)
     with pytest.raises(CheckpointError, match=message):
         train(recipe, resume=True, progress=False)
+
+
+def test_a_run_id_changed_by_hand_is_named_as_such(saved_run, tmp_path):
+    recipe, checkpoint = copy_run(saved_run, tmp_path)
+    state = json.loads((checkpoint / STATE_FILE).read_text())
+    state.pop("run_id")
+    write_state(checkpoint, state)  # (resealed: what is left to catch it is the run check)
+    with pytest.raises(ValueError, match="Fields that differ: none of the recipe fields it records, so its run id or "
+                                         "recipe was changed by hand"):
+        train(recipe, resume=True, progress=False)
+
+
+@pytest.mark.parametrize("edit", [
+    lambda s: s.update(tokens_seen=s["tokens_seen"] + 1000),  # every field a resume reads but cannot check
+    lambda s: s["grad_health"]["counts"].update(exploding=5),
+    lambda s: s.update(extra=1),
+], ids=["tokens_seen", "grad_health", "extra_field"])
+def test_a_hand_edited_trainer_state_is_refused(saved_run, tmp_path, edit):
+    recipe, checkpoint = copy_run(saved_run, tmp_path)
+    state = json.loads((checkpoint / STATE_FILE).read_text())
+    edit(state)
+    write_state(checkpoint, state, seal=False)
+    with pytest.raises(CheckpointError, match=r"trainer_state.json' was changed after it was written"):
+        train(recipe, resume=True, progress=False)
+    assert not (tmp_path / "run" / "model.safetensors").exists(), "the run went on"
+
+
+def test_a_reformatted_or_unsealed_trainer_state_resumes(saved_run, tmp_path):
+    """The seal covers the values, not the layout; a checkpoint written before the seal (none) still resumes."""
+    recipe, checkpoint = copy_run(saved_run, tmp_path)
+    state = json.loads((checkpoint / STATE_FILE).read_text())
+    (checkpoint / STATE_FILE).write_text(json.dumps(dict(reversed(state.items())), indent=4))
+    train(recipe, resume=True, progress=False)
+    shutil.rmtree(tmp_path / "run")
+    recipe, checkpoint = copy_run(saved_run, tmp_path)
+    (checkpoint / STATE_FILE).write_text(json.dumps({k: v for k, v in state.items() if k != SEAL}))
+    train(recipe, resume=True, progress=False)
 
 
 def test_resume_from_a_checkpoint_equals_an_uninterrupted_run(saved_run, tmp_path):
