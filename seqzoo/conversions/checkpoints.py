@@ -360,6 +360,8 @@ def build_model(config: Any, weights: dict[str, torch.Tensor], dtype: torch.dtyp
     be left out."""
     from seqzoo.registry import architecture_for_model_type
 
+    # Integer (quantized) tensors cast to ``dtype`` would keep their codes, not the values they stand for.
+    require_floating_point(weights, origin)
     tied = head_is_tied(config, weights.get("lm_head.weight"), weights.get("model.embed_tokens.weight"), origin)
     if tied:
         weights.pop("lm_head.weight", None)

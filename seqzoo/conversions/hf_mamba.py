@@ -75,13 +75,16 @@ def config_from_hf(hf_config: Any) -> Any:
         return MambaConfig(**values)
     values.update(_fields(hf_config, ("num_heads", "head_dim", "n_groups", "chunk_size")))
     values["time_step_limit"] = tuple(getattr(hf_config, "time_step_limit", (0.0, float("inf"))))
-    # transformers' Mamba2Mixer always applies norm(y * silu(z)); a checkpoint that declares otherwise (these are
-    # mamba_ssm's names) was trained with that, so honour it -- transformers would not.
+    # transformers' Mamba2Mixer always applies a gated RMSNorm, norm(y * silu(z)), whatever its config says, and a
+    # checkpoint in its format computes that: Mamba-Codestral's config.json carries a stale norm_before_gate: true
+    # (mamba_ssm, which trained it, gates before the norm too). The converted model computes what transformers does.
     for name, transformers_value in (("rms_norm", True), ("norm_before_gate", False)):
         value = getattr(hf_config, name, transformers_value)
         if value != transformers_value:
-            logger.warning("source config sets %s=%r; transformers ignores it, seqzoo honours it", name, value)
-        values[name] = value
+            logger.warning("source config sets %s=%r, which transformers' Mamba2ForCausalLM ignores (it always "
+                           "computes norm(y * silu(z))); converted as transformers computes it, %s=%r",
+                           name, value, name, transformers_value)
+        values[name] = transformers_value
     return Mamba2Config(**values)
 
 

@@ -60,6 +60,19 @@ def test_converted_model_matches_transformers(arch):
     assert torch.equal(greedy(model, IDS), greedy(source, IDS))
 
 
+@pytest.mark.parametrize("field, value", [("norm_before_gate", True), ("rms_norm", False)])
+def test_mamba2_norm_fields_that_transformers_ignores_convert_as_transformers_computes(field, value, caplog):
+    # Mamba-Codestral's config.json says norm_before_gate: true, which transformers' Mamba2 never reads: its logits
+    # are those of norm(y * silu(z)), and so must the converted model's be.
+    source = hf_mamba2()
+    setattr(source.config, field, value)
+    model = convert_hf_mamba(source)
+    assert (model.config.norm_before_gate, model.config.rms_norm) == (False, True)
+    with torch.no_grad():
+        torch.testing.assert_close(model(IDS).logits, source(IDS).logits, atol=1e-4, rtol=1e-4)
+    assert f"source config sets {field}={value!r}, which transformers' Mamba2ForCausalLM ignores" in caplog.text
+
+
 @pytest.mark.parametrize("arch", sorted(SOURCES))
 def test_convert_folder_from_cli(arch, tmp_path):
     source = SOURCES[arch]()

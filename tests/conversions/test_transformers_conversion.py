@@ -257,3 +257,16 @@ def test_a_tied_config_with_a_head_of_its_own_converts_as_transformers_loads_it(
     weights["lm_head.weight"] = weights[embedding].clone()
     save_file(weights, tmp_path / "src" / "model.safetensors", metadata={"format": "pt"})
     assert convert(tmp_path / "src").config.tie_word_embeddings
+
+
+@pytest.mark.parametrize("kind", ["llama", "gpt2"])
+def test_integer_weights_are_refused_not_cast(kind, tmp_path, capsys):
+    # An int8 tensor of the right shape (a hand-quantized checkpoint) would otherwise be cast to float codes.
+    peer = llama() if kind == "llama" else gpt2()
+    peer.save_pretrained(tmp_path / "src")
+    weights = load_file(tmp_path / "src" / "model.safetensors")
+    key = next(k for k in weights if k.endswith("mlp.c_fc.weight" if kind == "gpt2" else "mlp.up_proj.weight"))
+    weights[key] = (weights[key] * 100).to(torch.int8)
+    save_file(weights, tmp_path / "src" / "model.safetensors", metadata={"format": "pt"})
+    assert seqzoo_main(["convert", kind, str(tmp_path / "src"), str(tmp_path / "out")]) == 2
+    assert "not floating point" in capsys.readouterr().err and not (tmp_path / "out" / "config.json").exists()
