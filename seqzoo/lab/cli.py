@@ -104,9 +104,9 @@ def register(subparsers: Any) -> None:
     b.set_defaults(func=cmd_bidirectional)
 
     s = sub.add_parser("sweep", help="the learning-rate sweep behind the lab's recipes (about an hour on 2 cores)",
-                       description="Train every architecture at each learning rate on every memory task (at the "
-                                   "lab's longest distance) and on text, one seed, and print the rates to keep in "
-                                   "seqzoo/lab/recipes.py. Writes sweep.md and results.json.")
+                       description="Train every architecture at each learning rate on every memory task (on all "
+                                   "the lab's distances at once, as the lab trains) and on text, one seed, and print "
+                                   "the rates to keep in seqzoo/lab/recipes.py. Writes sweep.md and results.json.")
     s.add_argument("--out", default="lab-sweep", help="folder for sweep.md and results.json (default: lab-sweep)")
     s.add_argument("--force", action="store_true", help="replace the sweep already in --out")
     s.add_argument("--architectures", nargs="+", metavar="ARCH", help=ARCHITECTURES_HELP)
@@ -117,6 +117,11 @@ def register(subparsers: Any) -> None:
     s.add_argument("--deadline-minutes", type=float, default=0.0,
                    help="stop queueing runs after this long and report what ran (default: no deadline)")
     s.set_defaults(func=cmd_sweep)
+    for name, parser in sub.choices.items():  # (what refuse_options_before_subcommand may suggest moving)
+        SUBCOMMAND_OPTIONS[name] = {o for action in parser._actions for o in action.option_strings}
+
+
+SUBCOMMAND_OPTIONS: dict[str, set[str]] = {}  # sub-command -> its option strings (filled by register)
 
 
 def refuse_options_before_subcommand(args: argparse.Namespace) -> None:
@@ -125,6 +130,13 @@ def refuse_options_before_subcommand(args: argparse.Namespace) -> None:
     argv = list(getattr(args, "argv", None) or [])
     if "lab" in argv and args.lab_command in argv[argv.index("lab"):]:
         before = argv[argv.index("lab") + 1:argv.index(args.lab_command, argv.index("lab"))]
+        known = SUBCOMMAND_OPTIONS.get(args.lab_command)
+        foreign = [o.split("=")[0] for o in before if o.startswith("-") and known is not None
+                   and o.split("=")[0] not in known]
+        if foreign:
+            raise ValueError(f"{' '.join(before)} comes before `{args.lab_command}`, where it would be ignored, and "
+                             f"`seqzoo lab {args.lab_command}` has no {', '.join(foreign)} (see `seqzoo lab "
+                             f"{args.lab_command} --help`)")
         if before:
             raise ValueError(f"{' '.join(before)} comes before `{args.lab_command}`, where it would be ignored: "
                              f"write `seqzoo lab {args.lab_command} {' '.join(before)} ...` (see `seqzoo lab "

@@ -121,16 +121,27 @@ def how_it_remembers(arch: str, preset: str | None = None) -> str:
 
 def state_line(state: dict[str, Any]) -> str:
     """``h (64), c (64) per layer × 2 layers, float32: 1,024 bytes, the same at 64 and 4,096 tokens``."""
-    tensors = ", ".join(f"{t['name']} ({' × '.join(map(str, t['shape']))}{'' if t['dtype'] == 'float32' else ', ' + t['dtype']})"
-                        for t in state["tensors"])
-    dtypes = {t["dtype"] for t in state["tensors"]}
-    per_layer = "per layer" if state["same_in_every_layer"] else "in layer 0 (other layers differ)"
+    def listed(described: list[dict[str, Any]]) -> str:
+        return ", ".join(f"{t['name']} ({' × '.join(map(str, t['shape']))}"
+                         f"{'' if t['dtype'] == 'float32' else ', ' + t['dtype']})" for t in described)
+
+    kinds = state.get("kinds") or [{"layers": list(range(state["layers"])), "tensors": state["tensors"]}]
+    dtypes = {t["dtype"] for kind in kinds for t in kind["tensors"]}
+    if state["same_in_every_layer"]:
+        tensors, per_layer = listed(state["tensors"]), "per layer"
+    elif "kinds" in state:  # each kind of layer, with the layers that have it
+        tensors = "; ".join(f"{listed(kind['tensors'])} in layer{'s' if len(kind['layers']) > 1 else ''} "
+                            f"{', '.join(map(str, kind['layers']))}" for kind in kinds)
+        per_layer = None
+    else:  # (results written before the kinds were recorded)
+        tensors, per_layer = listed(state["tensors"]), "in layer 0 (other layers differ)"
     (short, short_bytes), (long, long_bytes) = sorted((int(k), v) for k, v in state["bytes"].items())
     size = (f"{short_bytes:,} bytes, the same after {short:,} and after {long:,} tokens" if short_bytes == long_bytes
             else f"{short_bytes:,} bytes after {short:,} tokens, {long_bytes:,} after {long:,} "
                  f"({long_bytes / short_bytes:.0f}×: T is the number of tokens read)")
     dtype = "float32" if dtypes == {"float32"} else "/".join(sorted(dtypes))
-    return f"{tensors} {per_layer} × {state['layers']} layers, {dtype}: {size}"
+    layers = f"{per_layer} × {state['layers']} layers" if per_layer else f"({state['layers']} layers)"
+    return f"{tensors} {layers}, {dtype}: {size}"
 
 
 def architecture_lines(results: dict[str, Any]) -> str:

@@ -79,13 +79,26 @@ def describe_state(model: Any, short: int, long: int) -> dict[str, Any]:
     model.eval()
     at_short = state_after(model, torch.randint(0, high, (1, short), generator=generator))
     at_long = state_after(model, torch.randint(0, high, (1, long), generator=generator))
-    tensors = []
-    for name, value in at_short[0].items():
-        other = at_long[0][name]
-        shape = list(value.shape[1:])
-        grows = [i for i, (a, b) in enumerate(zip(value.shape[1:], other.shape[1:])) if a != b]
-        tensors.append({"name": name, "shape": ["T" if i in grows else n for i, n in enumerate(shape)],
-                        "dtype": str(value.dtype).replace("torch.", "")})
-    return {"layers": len(at_short), "tensors": tensors, "same_in_every_layer": all(
-        {k: tuple(v.shape) for k, v in layer.items()} == {k: tuple(v.shape) for k, v in at_short[0].items()}
-        for layer in at_short), "bytes": {short: state_bytes(at_short), long: state_bytes(at_long)}}
+    def tensors(index: int) -> list[dict[str, Any]]:
+        described = []
+        for name, value in at_short[index].items():
+            other = at_long[index][name]
+            shape = list(value.shape[1:])
+            grows = [i for i, (a, b) in enumerate(zip(value.shape[1:], other.shape[1:])) if a != b]
+            described.append({"name": name, "shape": ["T" if i in grows else n for i, n in enumerate(shape)],
+                              "dtype": str(value.dtype).replace("torch.", "")})
+        return described
+
+    # Layers of another kind (a hybrid's attention layers beside its recurrent ones): each kind once, with the
+    # layers that have it, so that a growing tensor outside layer 0 is shown too.
+    kinds: list[dict[str, Any]] = []
+    for index in range(len(at_short)):
+        described = tensors(index)
+        kind = next((k for k in kinds if k["tensors"] == described), None)
+        if kind is None:
+            kinds.append({"layers": [index], "tensors": described})
+        else:
+            kind["layers"].append(index)
+    return {"layers": len(at_short), "tensors": kinds[0]["tensors"] if kinds else [],
+            "same_in_every_layer": len(kinds) <= 1, "kinds": kinds,
+            "bytes": {short: state_bytes(at_short), long: state_bytes(at_long)}}

@@ -423,14 +423,34 @@ def prepare_output(out: Path, force: bool, log: Callable[[str], None]) -> None:
                              "stop it, or choose another --out folder")
         if previous.get("status") != "finished":
             log(f"replacing the unfinished lab run in {out} (status: {previous.get('status', 'unknown')})")
-        # Only what a lab wrote: a seq2seq or bidirectional report beside it (or any other file) stays.
+        # Only what a lab wrote: a seq2seq or bidirectional report beside it (or any other file) stays, and so do
+        # their run folders under runs/ (a lab's own are runs/<architecture>/).
         for name in LAB_OUTPUTS:
             path = out / name
-            if path.is_dir() and not path.is_symlink():
+            if name == "runs" and path.is_dir() and not path.is_symlink():
+                _remove_lab_runs(path, previous)
+            elif path.is_dir() and not path.is_symlink():
                 shutil.rmtree(path)
             elif path.exists() or path.is_symlink():
                 path.unlink()
     out.mkdir(parents=True, exist_ok=True)
+
+
+def _remove_lab_runs(runs: Path, previous: dict[str, Any]) -> None:
+    """Delete the run folders a lab or sweep wrote under ``runs`` (``runs/<architecture>/``: every registered
+    architecture, and those the earlier results name), then ``runs`` itself if nothing else is left in it."""
+    import shutil
+
+    import seqzoo
+
+    presets = previous.get("presets")
+    names = set(seqzoo.list_architectures()) | (set(presets) if isinstance(presets, dict) else set())
+    for name in names:
+        folder = runs / name
+        if Path(name).name == name and name not in ("", ".", "..") and folder.is_dir() and not folder.is_symlink():
+            shutil.rmtree(folder)
+    if not any(runs.iterdir()):
+        runs.rmdir()
 
 
 # The report's plots (seqzoo.lab.report draws them).

@@ -67,7 +67,8 @@ class Seq2SeqLabConfig:
     @classmethod
     def smoke(cls, **overrides: Any) -> "Seq2SeqLabConfig":
         """Every code path in seconds: for tests."""
-        values = dict(steps=3, eval_samples=4, batch_size=8, source_lengths={"reverse": [2, 4], "digits": [1, 2]},
+        values = dict(steps=3, eval_samples=4, batch_size=8, source_lengths={"reverse": [2, 4], "copy": [2, 4],
+                                                                             "sort": [2, 4], "digits": [1, 2]},
                       is_smoke=True)
         values.update(overrides)
         return cls(**values)

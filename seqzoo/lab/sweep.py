@@ -12,7 +12,7 @@ rules written down here rather than by taste:
   rounded up to 50, between ``MIN_STEPS`` and the sweep's ``steps``. A run that has not solved its task by then
   would not solve it in the lab's budget anyway; the report shows how far it got.
 
-It is about a hundred short runs: some 10 minutes on 2 idle CPU cores, less with more cores (``--workers``) or on
+It is about a hundred short runs: about an hour on 2 idle CPU cores, less with more cores (``--workers``) or on
 a GPU (``--device cuda``). The lab's recipes record the command and machine that produced the rates they hold.
 """
 
@@ -59,6 +59,12 @@ class SweepConfig:
             raise ValueError(f"sweep steps={self.steps} is invalid: at least {MIN_STEPS}")
         if self.device not in ("cpu", "cuda"):
             raise ValueError(f"--device {self.device!r} is invalid: cpu or cuda")
+        if self.device == "cuda":
+            import torch
+
+            # (else every run would train on the CPU, and the report would still say cuda)
+            if not torch.cuda.is_available():
+                raise ValueError("--device cuda: no CUDA device is available here; use --device cpu")
 
 
 def sweep_jobs(cfg: SweepConfig, presets: dict[str, str], out: Path) -> list[dict[str, Any]]:

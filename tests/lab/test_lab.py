@@ -303,6 +303,9 @@ def test_a_name_given_twice_is_refused_before_any_work(tmp_path):
         run_sweep(SweepConfig(rates=[1e-2, 0.01]), tmp_path / "x")
     with pytest.raises(ValueError, match="--deadline-minutes -1 is invalid"):
         run_sweep(SweepConfig(deadline_seconds=-60), tmp_path / "x")
+    if not torch.cuda.is_available():  # (else every run trained on the CPU, under a report that said cuda)
+        with pytest.raises(ValueError, match="--device cuda: no CUDA device is available here"):
+            run_sweep(SweepConfig(device="cuda"), tmp_path / "x")
     assert not (tmp_path / "x").exists()
 
 
@@ -351,6 +354,10 @@ def test_an_option_before_a_lab_subcommand_is_refused_not_dropped(tmp_path, caps
     assert "--out " in capsys.readouterr().err and not (tmp_path / "x").exists()
     assert main(["lab", "--smoke", "seq2seq"]) != 0
     assert "`seqzoo lab seq2seq --smoke ...`" in capsys.readouterr().err
+    # An option the sub-command does not have: moving it would fail as well, so the error says so.
+    assert main(["lab", "--smoke", "--out", str(tmp_path / "x"), "gradients"]) != 0
+    err = capsys.readouterr().err
+    assert "`seqzoo lab gradients` has no --smoke" in err and "--out" not in err.split("has no")[1], err
 
 
 def test_a_lab_replacing_its_report_beside_others_deletes_only_what_that_report_wrote(tmp_path):
@@ -408,3 +415,25 @@ def test_the_sweep_scores_rates_on_tuning_sets_and_the_lab_on_its_own(tmp_path):
     lab = LabConfig.smoke(architectures=["rnn"])
     assert all(job_recipe(make_job(lab, "rnn", "rnn-tiny", task, 0, tmp_path)).data.tuning_set is False
                for task in ("copy", "text"))
+
+
+def test_replacing_a_lab_report_keeps_the_run_folders_of_reports_beside_it(tmp_path):
+    """runs/ is shared: ``seqzoo lab --force`` deletes the lab's runs/<architecture>/ only, not the run folders of a
+    seq2seq or bidirectional report written beside it."""
+    out = tmp_path / "lab-report"
+    (out / "runs" / "lstm" / "copy-s0").mkdir(parents=True)
+    (out / "runs" / "bahdanau-reverse").mkdir()
+    (out / "runs" / "bahdanau-reverse" / "metrics.jsonl").write_text("{}\n")
+    (out / "results.json").write_text(json.dumps({"status": "finished", "presets": {"lstm": "lstm-tiny"},
+                                                  "environment": {"command": "seqzoo lab"}}))
+    prepare_output(out, force=True, log=lambda _: None)
+    assert sorted(p.name for p in (out / "runs").iterdir()) == ["bahdanau-reverse"]
+    assert (out / "runs" / "bahdanau-reverse" / "metrics.jsonl").is_file()
+
+
+def test_a_hybrids_state_line_shows_the_growing_layer_too():
+    import seqzoo
+
+    state = describe_state(seqzoo.create_model("hybrid-tiny"), 8, 40)
+    line = findings.state_line(state)
+    assert "k (" in line and "T" in line and "in layer 1" in line and "in layer 0" in line

@@ -46,6 +46,8 @@ def test_the_command_line_offers_the_tasks_whose_sources_grow(capsys):
     from seqzoo.lab.cli import SEQ2SEQ_LAB_TASKS
 
     assert set(SEQ2SEQ_LAB_TASKS) == set(Seq2SeqLabConfig.larger().source_lengths)
+    for make in (Seq2SeqLabConfig, Seq2SeqLabConfig.smoke):  # `--smoke --tasks copy` too
+        assert set(SEQ2SEQ_LAB_TASKS) <= set(make().source_lengths)
     with pytest.raises(SystemExit):
         main(["lab", "seq2seq", "--tasks", "dates"])
     assert "invalid choice: 'dates' (choose from 'reverse', 'copy', 'sort', 'digits')" in capsys.readouterr().err
