@@ -591,6 +591,18 @@ def _head_module_names() -> set[str]:
     return names
 
 
+def refuse_continuous_batching(self: nn.Module, *args: Any, **kwargs: Any) -> Any:
+    """``init_continuous_batching`` of every seqzoo generating model: refused. transformers' continuous batching
+    (``generate_batch``, ``init_continuous_batching``) decodes through a paged key-value cache and paged attention
+    inputs, which no seqzoo model reads (a recurrent model has no keys and values to page; the forward refuses the
+    paged inputs): without this it fails inside transformers' worker, logged, and ``generate_batch`` returns empty
+    outputs."""
+    raise NotImplementedError(
+        f"{type(self).__name__} does not support continuous batching (generate_batch / init_continuous_batching / "
+        "paged attention): seqzoo models decode with their own cache, SeqzooCache. Use generate() on a padded batch"
+    )
+
+
 class SeqzooForCausalLM(SeqzooPreTrainedModel, GenerationMixin):
     """Embedding backbone (``self.model``) + linear head over the vocabulary (``self.lm_head``)."""
 
@@ -874,12 +886,15 @@ class SeqzooForCausalLM(SeqzooPreTrainedModel, GenerationMixin):
             return None
         return super()._prepare_position_ids_for_generation(inputs_tensor, model_kwargs)
 
+    init_continuous_batching = refuse_continuous_batching
+
     def generate(self, *args: Any, cache: Any = None, **kwargs: Any) -> Any:
         """transformers' ``generate``; a cache to continue from may be passed as ``cache`` on every supported
         release (or under its older names ``past_key_values`` / ``cache_params``)."""
         cache = take_cache(cache, kwargs)
         config = kwargs.get("generation_config") or self.generation_config
         check_cache_implementation(self, config, kwargs)
+        check_generate_mask(self, args, kwargs)
         takes_cache = GENERATE_CACHE_KWARG in inspect.signature(self.prepare_inputs_for_generation).parameters
         if cache is None and kwargs.get("use_cache", config.use_cache) is not False and takes_cache:
             # generate() builds no cache for a model that declines the default DynamicCache, but some of its modes
@@ -952,6 +967,26 @@ def check_continued_cache(model: nn.Module, args: tuple, kwargs: dict[str, Any])
             f"{type(model).__name__}.generate: the cache already holds {cached} position(s), but {name} has "
             f"{given}: pass the tokens the cache was built from followed by the new ones (generate() advances the "
             "cache it is given in place; to continue one cache more than once, pass copy.deepcopy(cache) each time)"
+        )
+
+
+def check_generate_mask(model: nn.Module, args: tuple, kwargs: dict[str, Any]) -> None:
+    """Refuse a 2-d ``attention_mask`` given to a causal LM's ``generate()`` that is not (batch, prompt length): an
+    all-ones mask is dropped by transformers' generate() before any forward sees it (so a mask of another length
+    would be ignored silently, and left padding read as tokens), and any other reaches the forward of the first step
+    only, named there as if the model had been called directly."""
+    mask = kwargs.get("attention_mask")
+    prompt = args[0] if args else kwargs.get("input_ids", kwargs.get("inputs"))
+    if prompt is None:
+        prompt = kwargs.get("inputs_embeds")
+    if not (isinstance(mask, torch.Tensor) and isinstance(prompt, torch.Tensor)) or mask.dim() != 2 or prompt.dim() < 2:
+        return
+    if tuple(mask.shape) != tuple(prompt.shape[:2]):
+        name = "inputs_embeds" if prompt is kwargs.get("inputs_embeds") else "input_ids"
+        raise ValueError(
+            f"{type(model).__name__}.generate: attention_mask has shape {tuple(mask.shape)} but {name} has "
+            f"{tuple(prompt.shape[:2])} (batch, sequence_length): the mask needs one entry per prompt token, the "
+            "tokens of a cache passed in included"
         )
 
 

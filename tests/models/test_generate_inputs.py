@@ -196,3 +196,21 @@ def test_an_unchecked_release_prepares_every_step_with_transformers_method(monke
         monkeypatch.undo()
         modeling_utils._preparation_checked.cache_clear()
     assert modeling_utils._preparation_checked()
+
+
+@pytest.mark.parametrize("preset", ["lstm-tiny", "transformer-tiny"])
+@pytest.mark.parametrize("mask", [torch.ones(2, 5, dtype=torch.long), torch.ones(2, 9, dtype=torch.long),
+                                  torch.ones(1, 7, dtype=torch.long)], ids=["shorter", "longer", "fewer-rows"])
+def test_generate_refuses_an_attention_mask_that_does_not_fit_the_prompt(preset, mask):
+    # An all-ones mask is dropped by transformers' generate() before any forward sees it: of another length it would
+    # be ignored, and the pads of PROMPT's second row read as tokens.
+    model = tiny_model(preset)
+    with pytest.raises(ValueError, match=r"attention_mask has shape .* but input_ids has \(2, 7\)"):
+        model.generate(PROMPT, attention_mask=mask, max_new_tokens=2, do_sample=False)
+
+
+@pytest.mark.parametrize("preset", ["lstm-tiny", "seq2seq-bahdanau-tiny"])
+def test_continuous_batching_is_refused_by_name(preset):
+    model = tiny_model(preset)
+    with pytest.raises(NotImplementedError, match="does not support continuous batching"):
+        model.generate_batch(inputs=[[5, 6, 7]], generation_config=transformers.GenerationConfig(max_new_tokens=2))

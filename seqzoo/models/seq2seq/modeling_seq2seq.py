@@ -32,6 +32,7 @@ from seqzoo.models.modeling_utils import (
     drop_generate_only_inputs,
     forward_parameters,
     prepare_inputs,
+    refuse_continuous_batching,
     resolve_output_flags,
 )
 
@@ -318,6 +319,8 @@ class Seq2SeqForConditionalGeneration(Seq2SeqPreTrainedModel, GenerationMixin):
 
     # generate() validates its keyword arguments against this method's signature: keep transformers' own.
     prepare_inputs_for_generation.__signature__ = inspect.signature(GenerationMixin.prepare_inputs_for_generation)
+
+    init_continuous_batching = refuse_continuous_batching
 
     def generate(self, *args: Any, cache: Any = None, **kwargs: Any) -> Any:
         """transformers' ``generate``; a cache to continue from may be passed as ``cache`` on every supported
