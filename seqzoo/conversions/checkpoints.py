@@ -460,10 +460,15 @@ def _require_model_type(model_type: Any, allowed: tuple[str, ...], command: str)
 
 
 def download(repo_id: str) -> Path:
-    from huggingface_hub import snapshot_download
+    from huggingface_hub import HfApi, snapshot_download
 
+    patterns = ["*.json", "*.safetensors", "*.bin", "*.txt", "*.model", "*.jinja"]
+    try:  # a repository holding both formats (gpt2, the Llama-2 -hf repos) is read from its safetensors only
+        if any(name.endswith(".safetensors") for name in HfApi().list_repo_files(repo_id)):
+            patterns.remove("*.bin")
+    except Exception:  # (offline, or not a repository: snapshot_download says which below)
+        pass
     try:
-        return Path(snapshot_download(repo_id, allow_patterns=["*.json", "*.safetensors", "*.bin", "*.txt",
-                                                                "*.model", "*.jinja"]))
+        return Path(snapshot_download(repo_id, allow_patterns=patterns))
     except Exception as err:
         raise ValueError(f"{repo_id!r} is neither a local folder nor a downloadable Hub repo: {err}") from err

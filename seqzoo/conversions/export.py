@@ -11,6 +11,7 @@ From the shell: ``seqzoo export --to llama|gpt2|mamba|mamba2 <seqzoo folder> <de
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -33,13 +34,8 @@ def to_native(model: Any, target: str) -> Any:
     """The transformers model (``target``'s class) holding the weights of the seqzoo ``model``."""
     import transformers
 
-    if target not in TARGETS:
-        raise ValueError(f"unknown export target {target!r}; allowed: {', '.join(TARGETS)}")
+    _check_target(model.config.model_type, target)
     model_type, class_name, module = TARGETS[target]
-    found = model.config.model_type
-    if found != model_type:
-        raise ValueError(f"cannot export a {found!r} model to {target}: {class_name} holds {model_type!r} models "
-                         f"only (transformers has no native class for every seqzoo architecture)")
     native_config = module.native_config(model.config)
     # By rows, as transformers builds its models: one stored by columns (set_weight_layout) fails its save's check of
     # tied weights, which flattens them with view().
@@ -54,10 +50,20 @@ def to_native(model: Any, target: str) -> Any:
     return native.to(model.dtype).eval()
 
 
+def _check_target(found: Any, target: str) -> None:
+    """Refuse an unknown ``target``, or a model of type ``found`` that it cannot hold."""
+    if target not in TARGETS:
+        raise ValueError(f"unknown export target {target!r}; allowed: {', '.join(TARGETS)}")
+    model_type, class_name, _ = TARGETS[target]
+    if found != model_type:
+        raise ValueError(f"cannot export a {found!r} model to {target}: {class_name} holds {model_type!r} models "
+                         f"only (transformers has no native class for every seqzoo architecture)")
+
+
 def export_native(source: Any, destination: str | Path, target: str) -> Any:
     """Export a seqzoo model (object or saved folder) as a ``target`` folder; returns the transformers model."""
     check_destination(source, destination)
-    model = _load_seqzoo(source)
+    model = _load_seqzoo(source, target)
     native = to_native(model, target)
     destination = Path(destination)
     native.save_pretrained(destination)
@@ -65,7 +71,7 @@ def export_native(source: Any, destination: str | Path, target: str) -> Any:
     return native
 
 
-def _load_seqzoo(source: Any) -> Any:
+def _load_seqzoo(source: Any, target: str) -> Any:
     from transformers import AutoModelForCausalLM, PreTrainedModel
 
     import seqzoo  # noqa: F401  (registers the architectures)
@@ -74,6 +80,12 @@ def _load_seqzoo(source: Any) -> Any:
         return source
     if not (isinstance(source, (str, Path)) and (Path(source) / "config.json").is_file()):
         raise ValueError(f"export source {str(source)!r} is not a saved seqzoo model folder (no config.json)")
+    try:  # the model type first: a folder of another architecture (or an encoder-decoder) is refused unread
+        config = json.loads((Path(source) / "config.json").read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        config = None  # (from_pretrained names what is wrong with it)
+    if isinstance(config, dict):
+        _check_target(config.get("model_type"), target)
     return AutoModelForCausalLM.from_pretrained(source)
 
 

@@ -79,3 +79,30 @@ def test_every_converter_checks_its_destination_first(name, holds, tmp_path):
     assert (out / holds).read_text() == "{}"
     with pytest.raises(ValueError, match="is a file; pass a folder"):
         CONVERTERS[name](tmp_path / "no-such-source", out / holds)
+
+
+@pytest.mark.parametrize("files, fetched", [
+    (["config.json", "model.safetensors", "pytorch_model.bin"], False),  # both formats: the safetensors only
+    (["config.json", "pytorch_model.bin"], True),
+    (None, True),  # the listing failed (offline): snapshot_download decides from its cache
+])
+def test_a_hub_source_downloads_one_weight_format(monkeypatch, tmp_path, files, fetched):
+    import huggingface_hub
+
+    from seqzoo.conversions import checkpoints
+
+    def listing(self, repo_id):
+        if files is None:
+            raise OSError("offline")
+        return files
+
+    asked = {}
+
+    def snapshot(repo_id, allow_patterns):
+        asked["patterns"] = allow_patterns
+        return str(tmp_path)
+
+    monkeypatch.setattr(huggingface_hub.HfApi, "list_repo_files", listing)
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", snapshot)
+    assert checkpoints.download("someone/model") == tmp_path
+    assert ("*.bin" in asked["patterns"]) is fetched and "*.safetensors" in asked["patterns"]

@@ -206,6 +206,8 @@ def test_export_of_a_model_stored_by_columns(target, tmp_path):
         ("mamba2-tiny", dict(norm_before_gate=True), "mamba2", r"norm_before_gate=True"),
         ("rwkv7-tiny", {}, "mamba", r"cannot export a 'seqzoo_rwkv7' model to mamba"),
         ("lstm-tiny", {}, "llama", r"cannot export a 'seqzoo_lstm' model to llama"),
+        # (its folder is refused from its config.json, before AutoModelForCausalLM reads it and fails unclearly)
+        ("seq2seq-bahdanau-tiny", {}, "llama", r"cannot export a 'seqzoo_seq2seq' model to llama"),
     ],
 )
 def test_export_refuses_what_has_no_native_equivalent(preset, overrides, target, message, tmp_path, capsys):
