@@ -134,7 +134,13 @@ def register_architecture(spec: ModelSpec, *, exist_ok: bool = False) -> ModelSp
                 raise ValueError(f"architecture {spec.name!r}: model_type {spec.model_type!r} is already used by "
                                  f"architecture {other.name!r}")
         files = _file_presets()
-        for preset in spec.presets:
+        for preset, values in spec.presets.items():
+            # A preset copied from another architecture's config.json would name that model_type, and the config
+            # built from it would make create_model build that architecture's model.
+            if not isinstance(values, dict) or values.get("model_type", spec.model_type) != spec.model_type:
+                raise ValueError(f"architecture {spec.name!r}: preset {preset!r} must be a dict of "
+                                 f"{spec.config_class.__name__} fields (a model_type in it must be "
+                                 f"{spec.model_type!r}), got {values!r:.120}")
             owner = _PLUGIN_PRESETS.get(preset, (spec.name,))[0]
             if preset in files or owner != spec.name:
                 raise ValueError(f"architecture {spec.name!r}: preset {preset!r} is already defined by "
@@ -211,7 +217,10 @@ def preset_values(name: str) -> tuple[ModelSpec, dict[str, Any]]:
     """The architecture of preset ``name`` and its config values."""
     if name in _PLUGIN_PRESETS:
         arch, values = _PLUGIN_PRESETS[name]
-        return get_architecture(arch), dict(values)
+        values = dict(values)
+        for key in ("model_type", "architectures", "transformers_version", "auto_map"):  # as a file preset's
+            values.pop(key, None)
+        return get_architecture(arch), values
     path = _file_presets().get(name)
     if path is None or name not in list_models():
         raise ValueError(_unknown("model preset", name, list_models()))
@@ -247,7 +256,7 @@ def create_model(name: str, task: str | None = None, **overrides: Any) -> Any:
     ``create_model("lstm-small", dropout=0.2)``, ``create_model("lstm-small", "token-classification",
     num_labels=5)``)."""
     config = get_config(name, **overrides)
-    spec = architecture_for_model_type(config.model_type)
+    spec = architecture_for_model_type(type(config).model_type)  # (an instance's model_type may be another's)
     task = spec.default_task if task is None else task
     if task not in spec.heads:
         raise ValueError(_unknown(f"task for architecture {spec.name!r}:", task, list(spec.heads)))
@@ -270,7 +279,7 @@ def preset_parameter_count(name: str, **overrides: Any) -> int:
 
     config = get_config(name, **overrides)
     with torch.device("meta"):
-        model = architecture_for_model_type(config.model_type).default_head(config)
+        model = architecture_for_model_type(type(config).model_type).default_head(config)
     return count_parameters(model)
 
 

@@ -196,6 +196,7 @@ def test_kernel_plugin_entry_point(tmp_path, monkeypatch, caplog):
         "def register(registry):\n"
         "    registry.register_backend('rnn', 'plugged', 'seqzoo.kernels.rnn_cells.reference:rnn', priority=-5)\n"
         "def broken(registry):\n"
+        "    registry.register_backend('rnn', 'half', 'seqzoo.kernels.rnn_cells.reference:rnn', priority=100)\n"
         "    raise ImportError('missing extension')\n"
     )
     dist = tmp_path / "seqzoo_kernelplugin-0.1.dist-info"
@@ -210,6 +211,8 @@ def test_kernel_plugin_entry_point(tmp_path, monkeypatch, caplog):
             kernel_registry._load_entry_point_plugins()
         assert "plugged" in available_backends("rnn")
         assert "missing extension" in caplog.text
+        # What the broken plugin registered before it failed is taken back: it was "skipped", so it is not selected.
+        assert "half" not in available_backends("rnn")
     finally:
         kernel_registry.unregister_backend("rnn", "plugged")
         sys.modules.pop("seqzoo_kernelplugin", None)
@@ -239,3 +242,55 @@ def test_register_architecture_refuses_to_replace_what_is_taken():
         registry.register_architecture(spec("hijack", "seqzoo_hijack", {"lstm-tiny": {"hidden_size": 16}}))
     assert "hijack" not in seqzoo.list_architectures()
     assert type(seqzoo.create_model("lstm-tiny")).__module__.startswith("seqzoo.")
+    # A preset copied from another architecture's config.json (its model_type) would build that architecture.
+    with pytest.raises(ValueError, match=r"preset 'other-tiny' must be a dict of .* \(a model_type in it must be "
+                                         r"'seqzoo_other'\)"):
+        registry.register_architecture(spec("other", "seqzoo_other", {"other-tiny": {"model_type": "seqzoo_gru"}}))
+    with pytest.raises(ValueError, match="preset 'other-tiny' must be a dict"):
+        registry.register_architecture(spec("other", "seqzoo_other", {"other-tiny": [16]}))
+    assert "other" not in seqzoo.list_architectures()
+
+
+def test_kernel_registration_mistakes_are_refused_by_name():
+    for name in (3, "", "a=b,c"):  # (a name SEQZOO_KERNELS could never force)
+        with pytest.raises(ValueError, match="kernel op name must be a non-empty identifier"):
+            kernel_registry.register_op(name)
+    reference = get_kernel("gru", "reference")
+    with pytest.raises(ValueError, match=r"devices must be a tuple of device types such as \('cuda',\), got 'cpu'"):
+        register_backend("gru", "x", reference, devices="cpu")  # (else read as ('c', 'p', 'u'))
+    with pytest.raises(ValueError, match="supports must be a function, got 'yes'"):
+        register_backend("gru", "x", reference, supports="yes")
+    assert "x" not in kernel_registry.get_op("gru").backends
+    with pytest.raises(KernelError, match="unknown kernel backend for op 'gru': 'refrence'.*Did you mean 'reference'"):
+        kernel_registry.unregister_backend("gru", "refrence")  # (else nothing removed, the backend still chosen)
+    assert "reference" in available_backends("gru")
+    with pytest.raises(KernelError, match="unknown kernel backend for op 'gru': 3"):
+        seqzoo.set_kernel_backend("gru", 3)
+
+
+def test_a_plugin_backends_failing_check_and_missing_module_are_named():
+    def supports(*args, **kwargs):
+        raise KeyError("mask")
+
+    register_backend("lstm", "checky", get_kernel("lstm", "reference"), priority=100, supports=supports, replace=True)
+    register_backend("lstm", "lazy", "myplugg.kernels:lstm", priority=-100, replace=True)
+    try:
+        args, kwargs = lstm_call()
+        with pytest.raises(KernelError, match=r"supports\(\) of kernel backend 'checky' \(op 'lstm'\) raised KeyError"):
+            select("lstm", *args, **kwargs)
+        with pytest.raises(KernelError, match=r"not available on this machine \(its module 'myplugg.kernels' cannot "
+                                              r"be found\)"):
+            seqzoo.set_kernel_backend("lstm", "lazy")
+    finally:
+        kernel_registry.unregister_backend("lstm", "checky")
+        kernel_registry.unregister_backend("lstm", "lazy")
+
+
+def test_a_misspelt_kernels_variable_is_named_not_ignored(monkeypatch, caplog):
+    monkeypatch.setenv("SEQZOO_KERNEL", "lstm=reference")
+    monkeypatch.setenv("SEQZOO_KERNELS", "gru=reference")  # (a change: the registry rebuilds its choices)
+    monkeypatch.setattr(kernel_registry, "_WARNED_ENV", set())
+    with caplog.at_level(logging.WARNING, logger="seqzoo.kernels"):
+        args, kwargs = lstm_call()
+        select("lstm", *args, **kwargs)
+    assert "the environment variable SEQZOO_KERNEL is not read by seqzoo; did you mean SEQZOO_KERNELS?" in caplog.text

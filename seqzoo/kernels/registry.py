@@ -146,6 +146,9 @@ _state: _State | None = None
 
 
 def register_op(name: str, description: str = "") -> Op:
+    # The name must be writable in SEQZOO_KERNELS ("op=backend,..."), as a backend's is.
+    if not isinstance(name, str) or not name or not name.replace("_", "").replace("-", "").isalnum():
+        raise ValueError(f"kernel op name must be a non-empty identifier, got {name!r}")
     with _LOCK:
         if name not in _OPS:
             _OPS[name] = Op(name, description)
@@ -179,6 +182,12 @@ def register_backend(
         part.replace(".", "").replace("_", "").isalnum() for part in impl.split(":"))
     if not callable(impl) and not lazy_path:
         raise ValueError(f"backend {name!r}: impl must be a function or a lazy 'module:attribute' path, got {impl!r}")
+    for what, fn in (("is_available", is_available), ("supports", supports), ("cache_key", cache_key)):
+        if fn is not None and not callable(fn):
+            raise ValueError(f"backend {name!r}: {what} must be a function, got {fn!r}")
+    if isinstance(devices, str) or not all(isinstance(d, str) and d for d in devices):
+        raise ValueError(f"backend {name!r}: devices must be a tuple of device types such as ('cuda',), "
+                         f"got {devices!r}")
     with _LOCK:
         if op not in _OPS:
             close = difflib.get_close_matches(str(op), sorted(_OPS), n=1)
@@ -195,8 +204,10 @@ def register_backend(
 
 
 def unregister_backend(op: str, name: str) -> None:
-    """Remove backend ``name`` of ``op`` (a plugin's or a test's); a forced request for it is dropped too."""
+    """Remove backend ``name`` of ``op`` (a plugin's or a test's); a forced request for it is dropped too. A name
+    that is not registered raises (a misspelt one would leave the backend in place, and selected)."""
     with _LOCK:
+        _check_name(op, name)
         get_op(op).backends.pop(name, None)
         if _FORCED.get(op) == name:
             _FORCED.pop(op)
@@ -263,10 +274,21 @@ def _load_entry_point_plugins() -> None:
     import sys
 
     for ep in entry_points(group=ENTRY_POINT_GROUP):
+        # What the plugin had registered before it failed is taken back: "skipped" means none of it stays (a
+        # backend registered before the failure would otherwise be selected, as the plugin's author never tested).
+        before = {name: dict(entry.backends) for name, entry in _OPS.items()}
         try:
             hook = ep.load()
             hook(sys.modules[__name__])
         except Exception:
+            for name in [name for name in _OPS if name not in before]:
+                del _OPS[name]
+            for name, backends in before.items():
+                _OPS[name].backends = backends
+            for op, backend in list(_FORCED.items()):
+                if op not in _OPS or backend not in _OPS[op].backends:
+                    del _FORCED[op]
+            _invalidate()
             logger.error("seqzoo kernel plugin %r (%s) failed to load and is skipped", ep.name, ep.value, exc_info=True)
 
 
@@ -278,7 +300,7 @@ def get_op(name: str) -> Op:
 
 
 def _unknown(value: str, allowed: list[str], what: str) -> str:
-    close = difflib.get_close_matches(value, allowed, n=3)
+    close = difflib.get_close_matches(value, allowed, n=3) if isinstance(value, str) else []
     hint = f" Did you mean {', '.join(map(repr, close))}?" if close else ""
     return f"unknown {what} {value!r}; valid: {', '.join(allowed)}.{hint}"
 
@@ -325,9 +347,24 @@ def _current() -> _State:
     return _rebuild(raw)
 
 
+_WARNED_ENV: set[str] = set()
+
+
+def _warn_misspelt_env() -> None:
+    """A warning (once per name) for a variable that looks like a misspelt ``SEQZOO_KERNELS`` (``SEQZOO_KERNEL``,
+    ``seqzoo_kernels``): nothing reads it, so the backends it names would otherwise not be forced, without a word.
+    (The command line warns about every unknown ``SEQZOO_*`` name; a script that imports seqzoo gets this.)"""
+    for name in list(os.environ):
+        if (name != ENV_VAR and name not in _WARNED_ENV and name.upper().startswith("SEQZOO_")
+                and difflib.get_close_matches(name.upper(), [ENV_VAR], n=1, cutoff=0.8)):
+            _WARNED_ENV.add(name)
+            logger.warning("the environment variable %s is not read by seqzoo; did you mean %s?", name, ENV_VAR)
+
+
 def _rebuild(raw: Any) -> _State:
     global _state
     _ensure_loaded()
+    _warn_misspelt_env()
     text = raw.decode() if isinstance(raw, bytes) else (raw or "")
     try:
         forced, error = _parse_env(text), None
@@ -360,6 +397,15 @@ def _check_name(op: str, backend: str) -> Backend:
     return entry.backends[backend]
 
 
+def _why_unavailable(backend: Backend) -> str:
+    # A lazy "module:attr" whose module cannot be found (a misspelt or uninstalled plugin module) says so.
+    try:
+        found = backend._module_found()
+    except Exception:  # find_spec raises where a parent package is missing
+        found = False
+    return "" if found else f" (its module {backend.impl.partition(':')[0]!r} cannot be found)"
+
+
 def set_backend(op: str, backend: str | None) -> None:
     """Force ``backend`` for every call of ``op`` (``None`` restores automatic selection)."""
     with _LOCK:
@@ -372,7 +418,8 @@ def set_backend(op: str, backend: str | None) -> None:
             chosen = _check_name(op, backend)
             if not chosen.available():
                 raise KernelError(
-                    f"kernel backend {backend!r} for op {op!r} is not available on this machine; "
+                    f"kernel backend {backend!r} for op {op!r} is not available on this machine"
+                    f"{_why_unavailable(chosen)}; "
                     f"available backends: {', '.join(available_backends(op))}"
                 )
             _FORCED[op] = backend
@@ -411,7 +458,8 @@ def _plan(state: _State, op: str) -> _Plan:
         backend = _check_name(op, forced)
         if not backend.available():
             raise KernelError(
-                f"kernel backend {forced!r} was requested for op {op!r} but is not available on this machine; "
+                f"kernel backend {forced!r} was requested for op {op!r} but is not available on this machine"
+                f"{_why_unavailable(backend)}; "
                 f"available backends: {', '.join(available_backends(op))}"
             )
         candidates: tuple[Backend, ...] = (backend,)
@@ -481,7 +529,11 @@ def _choose(op: str, plan: _Plan, args: tuple, kwargs: dict) -> Backend:
 
 def _supported(backend: Backend, args: tuple, kwargs: dict) -> tuple[bool, str]:
     """``backend.supports(...)``, which must answer ``(ok, reason)``; a plugin's that answers otherwise is named."""
-    answer = backend.supports(*args, **kwargs)
+    try:
+        answer = backend.supports(*args, **kwargs)
+    except Exception as err:  # a plugin's check that fails on a call is named, as one that answers wrongly is
+        raise KernelError(f"supports() of kernel backend {backend.name!r} (op {backend.op!r}) raised "
+                          f"{type(err).__name__}: {err}") from err
     if type(answer) is not tuple or len(answer) != 2:
         raise KernelError(f"supports() of kernel backend {backend.name!r} (op {backend.op!r}) returned {answer!r:.80}; "
                           "it must return (ok, reason): (True, '') or (False, 'why not')")
@@ -570,7 +622,8 @@ def get_kernel(op: str, backend: str) -> Callable[..., Any]:
     chosen = _check_name(op, backend)
     if not chosen.available():
         raise KernelError(
-            f"kernel backend {backend!r} for op {op!r} is not available on this machine; "
+            f"kernel backend {backend!r} for op {op!r} is not available on this machine"
+            f"{_why_unavailable(chosen)}; "
             f"available backends: {', '.join(available_backends(op))}"
         )
     return chosen.load()

@@ -170,7 +170,13 @@ class Block(GradientCheckpointingLayer):
         if self.pre_norm and norm is not None:
             # A float32 residual stream enters the norm in the weights' dtype (as transformers' Mamba does).
             hidden_states = norm(hidden_states.to(norm.weight.dtype) if self.residual_in_fp32 else hidden_states)
-        mixed, new_state = mixer(hidden_states, state=state, mask=mask, **context)
+        out = mixer(hidden_states, state=state, mask=mask, **context)
+        if type(out) is not tuple or len(out) != 2:
+            # A tensor would be unpacked along its batch dimension: with two rows, row 0's output would be added to
+            # every row, without an error.
+            raise TypeError(f"{type(mixer).__name__}.forward must return (hidden_states, state), as every token mixer "
+                            f"does (seqzoo.layers.mixer.Mixer); it returned {type(out).__name__}")
+        mixed, new_state = out
         hidden_states = residual + (self.dropout(mixed) if self.has_dropout else mixed)
         if not self.pre_norm:
             hidden_states = norm(hidden_states)

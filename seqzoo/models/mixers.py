@@ -10,10 +10,13 @@ logged with its traceback and skipped.
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import logging
 from dataclasses import dataclass
 from typing import Any
+
+from transformers import PreTrainedConfig
 
 from seqzoo.layers.attention import SelfAttention
 from seqzoo.layers.mamba import MambaMixer
@@ -47,8 +50,23 @@ class MixerSpec:
     description: str = ""
 
     def __post_init__(self) -> None:
+        if not isinstance(self.name, str) or not self.name or self.name != self.name.strip():
+            raise TypeError(f"a mixer's name must be a non-empty string without surrounding spaces, got {self.name!r}")
         if not (isinstance(self.mixer_class, type) and issubclass(self.mixer_class, Mixer)):
             raise TypeError(f"mixer {self.name!r}: mixer_class must be a seqzoo.layers.mixer.Mixer subclass")
+        if not (isinstance(self.config_class, type) and issubclass(self.config_class, PreTrainedConfig)):
+            raise TypeError(f"mixer {self.name!r}: config_class must be a transformers config class (a seqzoo "
+                            f"architecture's config), got {self.config_class!r}")
+        # A plain string would be read as its letters ("head_size" -> 'h', 'e', ...), every real field refused.
+        if isinstance(self.fields, str) or not all(isinstance(f, str) for f in self.fields):
+            raise TypeError(f"mixer {self.name!r}: fields must be a tuple of field names, got {self.fields!r}")
+        object.__setattr__(self, "fields", tuple(self.fields))
+        if dataclasses.is_dataclass(self.config_class):
+            known = {f.name for f in dataclasses.fields(self.config_class)}
+            unknown = [f for f in self.fields if f not in known]
+            if unknown:
+                raise TypeError(f"mixer {self.name!r}: fields {unknown} are not fields of "
+                                f"{self.config_class.__name__}")
 
     @property
     def cache_kind(self) -> str:
@@ -84,6 +102,9 @@ _plugins_loaded = False
 
 
 def register_mixer(spec: MixerSpec, *, exist_ok: bool = False) -> MixerSpec:
+    if not isinstance(spec, MixerSpec):
+        raise TypeError(f"register_mixer takes a seqzoo.models.mixers.MixerSpec, got {type(spec).__name__} "
+                        f"{spec!r:.80}")
     # An equal spec (the same classes and fields, e.g. a plugin loaded again) is no clash; a different one under a
     # taken name (a built-in's, or another plugin's) would silently change every hybrid that names it.
     if spec.name in _MIXERS and _MIXERS[spec.name] != spec and not exist_ok:
@@ -104,7 +125,15 @@ def load_mixer_plugins(force: bool = False) -> None:
     for ep in entry_points(group=ENTRY_POINT_GROUP):
         try:
             result = ep.load()()
-            for spec in result if isinstance(result, (list, tuple)) else [result]:
+            specs = list(result) if isinstance(result, (list, tuple)) else [result]
+            for spec in specs:  # all checked first: a plugin that is skipped leaves none of its mixers behind
+                if not isinstance(spec, MixerSpec):
+                    raise TypeError(f"the entry point returned {type(spec).__name__} {spec!r:.80}, not a MixerSpec")
+                taken = _MIXERS.get(spec.name)
+                if taken is not None and taken != spec:
+                    raise ValueError(f"mixer {spec.name!r} is already registered ({taken.mixer_class.__module__}."
+                                     f"{taken.mixer_class.__name__}); pick another name")
+            for spec in specs:
                 register_mixer(spec)
         except Exception:
             logger.error("seqzoo mixer plugin %r (%s) failed to load and is skipped", ep.name, ep.value, exc_info=True)

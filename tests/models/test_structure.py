@@ -240,3 +240,38 @@ def test_library_code_never_imports_the_command_line_module():
                      [alias.name for alias in node.names] if isinstance(node, ast.Import) else [])
             offenders += [f"{path.relative_to(root)}:{node.lineno}" for name in names if name == "seqzoo.cli"]
     assert not offenders, offenders
+
+
+class TensorOnlyMixer(ScaledIdentityMixer):
+    """A plugin mixer that forgets the state: its forward returns the tensor alone."""
+
+    def forward(self, hidden_states, *, state=None, mask=None, **context):
+        return hidden_states * self.scale
+
+
+def test_a_mixer_that_returns_no_state_is_refused_not_unpacked_along_the_batch(monkeypatch):
+    # Unpacked as (out, state), a batch of two would have added row 0's output to every row, without an error.
+    monkeypatch.setattr(mixers, "_MIXERS", dict(mixers._MIXERS))
+    from seqzoo.models.lstm.configuration_lstm import LSTMConfig
+
+    register_mixer(MixerSpec("tensor-only", TensorOnlyMixer, LSTMConfig, ("forget_bias",)))
+    config = seqzoo.HybridConfig(hidden_size=32, vocab_size=99, mixer_types=["tensor-only", "attention"],
+                                 mixer_config={"tensor-only": {"forget_bias": 0.5}})
+    model = seqzoo.HybridForCausalLM(config)
+    with pytest.raises(TypeError, match=r"TensorOnlyMixer.forward must return \(hidden_states, state\).*returned "
+                                        r"Tensor"):
+        model(torch.tensor([[5, 17, 33], [8, 9, 10]]))
+
+
+def test_mixer_specs_of_the_wrong_shape_are_refused_when_made(monkeypatch):
+    monkeypatch.setattr(mixers, "_MIXERS", dict(mixers._MIXERS))
+    with pytest.raises(TypeError, match=r"fields must be a tuple of field names, got 'forget_bias'"):
+        MixerSpec("s", ScaledIdentityMixer, RNNConfig, "forget_bias")  # (else read as its letters)
+    with pytest.raises(TypeError, match=r"fields \['forget_bais'\] are not fields of RNNConfig"):
+        MixerSpec("s", ScaledIdentityMixer, RNNConfig, ("forget_bais",))
+    with pytest.raises(TypeError, match="config_class must be a transformers config class"):
+        MixerSpec("s", ScaledIdentityMixer, dict, ())
+    with pytest.raises(TypeError, match="a mixer's name must be a non-empty string"):
+        MixerSpec("", ScaledIdentityMixer, RNNConfig, ())
+    with pytest.raises(TypeError, match="register_mixer takes a seqzoo.models.mixers.MixerSpec, got str"):
+        register_mixer("scaled")
