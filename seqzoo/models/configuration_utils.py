@@ -58,9 +58,10 @@ class SeqzooConfig(PreTrainedConfig):
             classification and tagging; it cannot generate). For the recurrent families only.
         bidirectional_merge: ``"concat"`` (the classic BiRNN; RNN, LSTM and GRU, whose next layer reads both) or
             ``"sum"`` (every family; blocks with a residual stream keep its width).
-        classifier_pooling: what sequence classification reads: ``"last"`` real token (default; where a causal
-            model has seen everything), ``"mean"`` of the real tokens, or ``"first+last"`` side by side (a
-            bidirectional encoder's two directions each see everything at one end).
+        classifier_pooling: what sequence classification reads: ``"last"`` real token (where a causal model has
+            seen everything), ``"mean"`` of the real tokens, or ``"first+last"`` side by side (a bidirectional
+            encoder's two directions each see everything at one end). Default: ``"first+last"`` for a
+            bidirectional model, else ``"last"``.
         classifier_dropout: dropout before the classification heads' ``score`` (None: none).
     """
 
@@ -85,7 +86,7 @@ class SeqzooConfig(PreTrainedConfig):
     eos_token_id: int | list[int] | None = None
     bidirectional: bool = False
     bidirectional_merge: str = "sum"
-    classifier_pooling: str = "last"
+    classifier_pooling: str | None = None  # None: "first+last" for a bidirectional model, else "last"
     classifier_dropout: float | None = None
 
     def __post_init__(self, **kwargs: Any) -> None:
@@ -174,6 +175,8 @@ class SeqzooConfig(PreTrainedConfig):
             require_token_id(self, name)
         require_bool(self, "bidirectional")
         require_choice(self, "bidirectional_merge", self.bidirectional_merges)
+        if self.classifier_pooling is None:  # (at the last token the right-to-left direction has read one token)
+            self.classifier_pooling = "first+last" if self.bidirectional else "last"
         require_choice(self, "classifier_pooling", POOLINGS)
         if self.classifier_dropout is not None:
             require_probability(self, "classifier_dropout")

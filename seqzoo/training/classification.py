@@ -200,11 +200,24 @@ def jsonl_texts(task: str, paths: str | list[str], eval_fraction: float, eval_sa
         raise ValueError(f"{', '.join(paths)} hold {len(rows)} row(s): too few to hold out {held_out} for evaluation "
                          "and train on the rest")
     train_rows, eval_rows = rows[:-held_out], rows[-held_out:][:eval_samples]
+    # The held-out rows are the file's tail, not a random draw: a file sorted by label holds out whole classes.
+    trained = _label_names(train_rows, task)
+    unseen = [label for label in id2label if label not in trained]
+    if unseen:
+        scored = sorted(_label_names(eval_rows, task) & set(unseen))
+        logger.warning("%s: label(s) %s never occur in the %d training rows (the last %d rows are held out for "
+                       "evaluation, in file order)%s; shuffle the file if it is sorted by label",
+                       ", ".join(paths), ", ".join(map(repr, unseen)), len(train_rows), held_out,
+                       f", yet the evaluation rows hold {', '.join(map(repr, scored))}" if scored else "")
     train = epoch_sampler(train_rows, seed)
 
     return LabelledTexts(task, train, {"validation": eval_rows}, id2label, "jsonl:" + ",".join(paths), seq_len,
                          {"train_rows": len(train_rows), "eval_rows": len(eval_rows),
                           "sha256": content_hash(train_rows)}, num_train=len(train_rows))
+
+
+def _label_names(rows: list[Row], task: str) -> set[str]:
+    return {name for _, labels in rows for name in (labels if task == "token-classification" else [labels])}
 
 
 def read_labelled_jsonl(path: str | Path, task: str) -> list[tuple[Row, str]]:

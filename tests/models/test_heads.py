@@ -401,3 +401,15 @@ def test_a_config_changed_after_it_was_built_is_validated_when_the_model_is(tmp_
         AutoModelForCausalLM.from_pretrained(tmp_path, num_hidden_layers=0)
     with pytest.raises(ValueError, match=r"problem_type='multilabel' is invalid"):
         HEADS["sequence-classification"].from_pretrained(tmp_path, problem_type="multilabel")
+
+
+def test_a_bidirectional_classifier_pools_both_ends_unless_told_otherwise(tmp_path):
+    # At the last token the right-to-left direction has read that token alone: "last" would leave it nearly unused.
+    assert tiny_config(FAMILIES["gru"]).classifier_pooling == "last"
+    assert tiny_config(FAMILIES["gru"], bidirectional=True).classifier_pooling == "first+last"
+    chosen = tiny_config(FAMILIES["gru"], bidirectional=True, classifier_pooling="last")
+    assert chosen.classifier_pooling == "last"
+    chosen.save_pretrained(tmp_path)
+    assert type(chosen).from_pretrained(tmp_path).classifier_pooling == "last"  # (as saved, not the default)
+    model = seqzoo.create_model("lstm-tiny", "sequence-classification", num_labels=2, bidirectional=True)
+    assert model.config.classifier_pooling == "first+last" and model.score.in_features == 2 * model.config.output_dim

@@ -5,6 +5,7 @@ and a short run whose reported accuracy is recomputed through transformers' pipe
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
 import pytest
@@ -102,6 +103,20 @@ def test_bad_rows_are_named_by_file_and_line(tmp_path, task, rows, message):
     with pytest.raises(ValueError) as info:
         jsonl_texts(task, str(path), 0.5, 8, seed=0)
     assert message in str(info.value)
+
+
+def test_a_file_sorted_by_label_that_holds_a_class_out_of_training_is_warned_about(tmp_path, caplog):
+    # The held-out rows are the file's tail: sorted by label, the training never sees 'pos', which alone is scored.
+    rows = [{"text": f"bad {i}", "label": "neg"} for i in range(9)] + [{"text": "good", "label": "pos"}]
+    path = write_jsonl(tmp_path / "sorted.jsonl", rows)
+    with caplog.at_level(logging.WARNING, logger="seqzoo.training"):
+        jsonl_texts("sequence-classification", str(path), 0.1, 8, seed=0)
+    assert "label(s) 'pos' never occur in the 9 training rows" in caplog.text
+    assert "yet the evaluation rows hold 'pos'; shuffle the file if it is sorted by label" in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="seqzoo.training"):
+        jsonl_texts("sequence-classification", str(write_jsonl(tmp_path / "mixed.jsonl", rows[::-1])), 0.1, 8, seed=0)
+    assert "never occur" not in caplog.text
 
 
 def test_a_label_missing_from_the_recipes_labels_names_its_line(tmp_path):

@@ -181,7 +181,10 @@ class Seq2SeqConfig(SeqzooConfig):
              "the additive scores of attention 'bahdanau' and 'luong-concat'"),
             # (generic fields of every seqzoo config: an encoder-decoder has no classification head)
             ("classifier_dropout", None, False, "classification heads (an encoder-decoder has none)"),
-            ("classifier_pooling", "last", False, "classification heads (an encoder-decoder has none)"),
+            # (either default: "first+last" for a bidirectional encoder, "last" in configs saved before that default)
+            ("classifier_pooling", self.classifier_pooling if self.classifier_pooling in ("last", "first+last")
+             and (self.bidirectional or self.classifier_pooling == "last") else "last", False,
+             "classification heads (an encoder-decoder has none)"),
         )
         return [*super().unread_fields(), *((name, default, owner) for name, default, read, owner in fields
                                             if not read)]
