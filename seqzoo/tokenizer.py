@@ -22,6 +22,16 @@ EOS_TOKEN_ID = 257
 VOCAB_SIZE = 258
 
 
+def check_no_special_tokens(text: str, where: str) -> None:
+    """Refuse ``text`` of labelled or paired data (``where``: its file and line) that holds ``<|pad|>`` or
+    ``<|endoftext|>``: training encodes its bytes, but the tokenizer saved beside the model (which pipelines and
+    generation use) reads each as one special token, so the model would be trained on another input than it gets."""
+    for token, token_id in ((PAD_TOKEN, PAD_TOKEN_ID), (EOS_TOKEN, EOS_TOKEN_ID)):
+        if token in text:
+            raise ValueError(f"{where}: the text holds {token!r}, which the saved tokenizer reads as its special token "
+                             f"(id {token_id}) while training would read its bytes: remove or rewrite it")
+
+
 @lru_cache(maxsize=1)
 def _byte_symbols() -> dict[int, str]:
     # The GPT-2 byte-to-unicode table: printable bytes map to themselves, the rest to unused code points, so every

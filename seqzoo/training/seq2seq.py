@@ -29,7 +29,7 @@ from typing import Any, Callable
 
 import torch
 
-from seqzoo.tokenizer import EOS_TOKEN_ID, PAD_TOKEN_ID, VOCAB_SIZE
+from seqzoo.tokenizer import EOS_TOKEN_ID, PAD_TOKEN_ID, VOCAB_SIZE, check_no_special_tokens
 from seqzoo.training.data import IGNORE, _EVAL_STREAM, _generator, content_hash, epoch_sampler
 
 logger = logging.getLogger("seqzoo.training")
@@ -197,6 +197,8 @@ def read_jsonl(path: str | Path) -> list[tuple[str, str]]:
                              f"got {line[:80]!r}")
         if not row["source"] or not row["target"]:
             raise ValueError(f"{path}:{number}: an empty source or target cannot be trained on")
+        for field in ("source", "target"):
+            check_no_special_tokens(row[field], f"{path}:{number} ({field})")
         pairs.append((row["source"], row["target"]))
     if not pairs:
         raise ValueError(f"{path} holds no pairs")

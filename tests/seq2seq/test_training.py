@@ -95,6 +95,7 @@ def write_pairs(path, count=40):
     ('{"source": "a", "target": 3}', r"expected an object with string fields"),
     ('["a", "b"]', r"expected an object with string fields"),
     ('{"source": "", "target": "b"}', r"pairs.jsonl:2: an empty source or target cannot be trained on"),
+    ('{"source": "a", "target": "b<|endoftext|>"}', r"pairs.jsonl:2 \(target\): the text holds '<\|endoftext\|>'"),
 ])
 def test_bad_jsonl_lines_are_named(tmp_path, line, message):
     path = tmp_path / "pairs.jsonl"

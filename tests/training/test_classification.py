@@ -95,6 +95,10 @@ def test_jsonl_labels_come_from_the_data_sorted_or_from_the_recipe_in_its_order(
     ("sequence-classification", [{"text": "ok", "label": 1}], "tags.jsonl:1: 'label' must be a label name"),
     ("sequence-classification", [{"text": "", "label": "a"}], "tags.jsonl:1: 'text' must be a non-empty string"),
     ("sequence-classification", ["{not json"], "tags.jsonl:1 is not valid JSON"),
+    # (training reads these bytes, the saved tokenizer one special token: another input than the model gets)
+    ("sequence-classification", [{"text": "a<|pad|>b", "label": "a"}], "tags.jsonl:1: the text holds '<|pad|>'"),
+    ("token-classification", [{"tokens": ["x", "<|endoftext|>"], "tags": ["O", "O"]}],
+     "tags.jsonl:1: the text holds '<|endoftext|>', which the saved tokenizer reads as its special token"),
     ("sequence-classification", [{"text": "a", "label": "x"}, {"text": "b", "label": "x"}],
      "the data holds a single label ('x'): a classifier needs at least two"),
 ])
