@@ -365,8 +365,6 @@ def _show_attention(model: Any, tokenizer: Any, args: argparse.Namespace) -> int
 def cmd_demo(args: argparse.Namespace) -> int:
     """Build the smallest model of every registered architecture and generate from each (untrained: the text is
     noise; the point is that every architecture runs end to end through the same transformers API)."""
-    import time
-
     import torch
 
     import seqzoo
@@ -388,24 +386,37 @@ def cmd_demo(args: argparse.Namespace) -> int:
         torch.manual_seed(args.seed)
         model = seqzoo.create_model(preset).eval()
         greedy = dict(do_sample=False, pad_token_id=tokenizer.pad_token_id)
+        clock = _TokenClock()
         with torch.no_grad(), quiet_transformers():
             model.generate(**inputs, max_new_tokens=1, **greedy)  # warm-up: one-time costs are not the model's
-            start = time.perf_counter()
-            model.generate(**inputs, max_new_tokens=1, **greedy)  # the prompt's own cost and the first token
-            first = time.perf_counter() - start
-            start = time.perf_counter()
-            output = model.generate(**inputs, max_new_tokens=args.max_new_tokens, **greedy)
-            elapsed = time.perf_counter() - start
+            output = model.generate(**inputs, max_new_tokens=args.max_new_tokens, streamer=clock, **greedy)
         new_tokens = output[0] if model.config.is_encoder_decoder else output[0, inputs["input_ids"].shape[1]:]
-        # (an untrained model may end early at EOS: the time is divided by the tokens it generated)
-        count = int(new_tokens.numel()) - (1 if model.config.is_encoder_decoder else 0)  # (the decoder's start)
-        decode_ms = f"{1000 * max(elapsed - first, 0.0) / (count - 1):.2f}" if count > 1 else "-"
+        # Tokens 2..n timed within the one call (the clock's first entry is the prompt, or the decoder's start
+        # token, its second the first new token); an untrained model may end early at EOS: the time is divided by
+        # the tokens it generated. (Subtracting a separate call's prompt time let noise print 0.00.)
+        steps = clock.times[1:]
+        decode_ms = f"{1000 * (steps[-1] - steps[0]) / (len(steps) - 1):.2f}" if len(steps) > 1 else "-"
         text = tokenizer.decode(new_tokens, skip_special_tokens=True)
         rows.append([preset, f"{count_parameters(model):,}", decode_ms, repr(text[:40])])
     print_table(["preset", "params", "decode ms/token", "greedy continuation (untrained)"], rows)
     print(f"decode ms/token: the time of tokens 2..{args.max_new_tokens}, after the prompt and the first token, "
           f"on {torch.get_num_threads()} thread(s).")
     return 0
+
+
+class _TokenClock:
+    """A ``generate()`` streamer that only notes when each put (the prompt, then every new token) arrives."""
+
+    def __init__(self) -> None:
+        self.times: list[float] = []
+
+    def put(self, value: Any) -> None:
+        import time
+
+        self.times.append(time.perf_counter())
+
+    def end(self) -> None:
+        pass
 
 
 def _dtype(name: str) -> Any:

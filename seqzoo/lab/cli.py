@@ -61,7 +61,8 @@ def register(subparsers: Any) -> None:
                            description="or, instead of the whole lab:")
     g = sub.add_parser("gradients", help="‖∂ loss(last) / ∂ input(t)‖ against distance, for every architecture",
                        description="How far back does the gradient reach at initialisation? Seconds of work.")
-    g.add_argument("--out", default="lab-gradients", help="folder for gradients.md and gradients.png")
+    g.add_argument("--out", default="lab-gradients",
+                   help="folder for gradients.md and gradients.png (default: lab-gradients)")
     g.add_argument("--length", type=int, default=256, help="sequence length in tokens (default: 256)")
     g.add_argument("--architectures", nargs="+", metavar="ARCH", help=ARCHITECTURES_HELP)
     g.add_argument("--seed", type=training_seed, default=0, help="seed of the model and the input (default: 0)")
@@ -71,7 +72,7 @@ def register(subparsers: Any) -> None:
     s = sub.add_parser("seq2seq", help="encoder-decoders with and without attention on growing sources: the "
                        "bottleneck, with attention heat maps (under 200 CPU-seconds: under two minutes on two idle "
                        "cores; --larger for more)")
-    s.add_argument("--out", default="lab-seq2seq", help="report folder (default: lab-seq2seq)")
+    s.add_argument("--out", help="report folder (default: lab-seq2seq, or lab-seq2seq-smoke with --smoke)")
     s.add_argument("--force", action="store_true", help="replace the seq2seq report already in --out")
     s.add_argument("--larger", action="store_true", help="all four tasks, longer sources, 3x the steps")
     s.add_argument("--smoke", action="store_true", help="a seconds-long run of every code path (for CI)")
@@ -90,7 +91,8 @@ def register(subparsers: Any) -> None:
                                    "on a tag that depends on what follows each word and a label that sits at the "
                                    "start of the text. Writes bidirectional.md, bidirectional.png and "
                                    "bidirectional-results.json. Not part of the default `seqzoo lab` run.")
-    b.add_argument("--out", default="lab-bidirectional", help="report folder (default: lab-bidirectional)")
+    b.add_argument("--out", help="report folder (default: lab-bidirectional, or lab-bidirectional-smoke with "
+                                "--smoke)")
     b.add_argument("--force", action="store_true", help="replace the bidirectional report already in --out")
     b.add_argument("--smoke", action="store_true", help="a seconds-long run of every code path (for CI)")
     b.add_argument("--architectures", nargs="+", metavar="ARCH",
@@ -220,7 +222,8 @@ def cmd_seq2seq(args: argparse.Namespace) -> int:
     if args.larger and args.smoke:
         raise ValueError("--larger and --smoke are opposites; pass one")
     make = Seq2SeqLabConfig.larger if args.larger else Seq2SeqLabConfig.smoke if args.smoke else Seq2SeqLabConfig
-    results = run_seq2seq_lab(make(**chosen), args.out, force=args.force)
+    out = args.out or ("lab-seq2seq-smoke" if args.smoke else "lab-seq2seq")  # (a smoke run: its own folder)
+    results = run_seq2seq_lab(make(**chosen), out, force=args.force)
     return 1 if any(not run["ok"] for run in results["runs"]) else 0
 
 
@@ -232,5 +235,6 @@ def cmd_bidirectional(args: argparse.Namespace) -> int:
                                 "steps": args.steps, "workers": args.workers, "seed": args.seed}.items()
               if v is not None}
     cfg = BidirectionalLabConfig.smoke(**chosen) if args.smoke else BidirectionalLabConfig(**chosen)
-    results = run_bidirectional_lab(cfg, args.out, command=command_line(args), force=args.force)
+    out = args.out or ("lab-bidirectional-smoke" if args.smoke else "lab-bidirectional")  # (as `seqzoo lab --smoke`)
+    results = run_bidirectional_lab(cfg, out, command=command_line(args), force=args.force)
     return 1 if any(not run["ok"] for run in results["runs"]) else 0

@@ -1,4 +1,4 @@
-"""seqzoo train <recipe.yaml | recipe preset | model preset> [key=value ...] [--resume [PATH]]
+r"""seqzoo train <recipe.yaml | recipe preset | model preset> [key=value ...] [--resume [PATH]]
 
 Trains what the recipe describes and saves the model with its tokenizer in the output folder. One process:
 `seqzoo train lstm-pydoc`. Several (DDP, or FSDP2 on GPUs or CPU):
