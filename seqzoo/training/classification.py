@@ -104,6 +104,18 @@ class LabelledTexts:
         self._label_ids = {label: i for i, label in enumerate(self.id2label)}
         self._description = description
         self._truncated_warned = False
+        self.rows: list[Row] | None = None  # every row of a file source, for check_fits (set by jsonl_texts)
+
+    def check_fits(self, limit: int) -> None:
+        """Refuse, before training, a row of a file that is longer than the model's ``limit`` positions once
+        data.seq_len has cut it: the run would stop at the step that first drew it, with no file or fix named."""
+        for index, (text, _) in enumerate(self.rows or [], start=1):
+            words = " ".join(text) if self.task == "token-classification" else text
+            length = len(words.encode("utf-8"))
+            if min(length, self.seq_len or length) > limit:
+                raise ValueError(f"{self.name}: row {index} is {length} bytes, longer than the {limit} positions this "
+                                 f"model takes (model.config.max_position_embeddings); set data.seq_len={limit} to cut "
+                                 "texts there, or raise max_position_embeddings")
 
     def model_overrides(self) -> dict[str, Any]:
         return {"num_labels": len(self.id2label), "id2label": dict(enumerate(self.id2label)),
@@ -211,9 +223,11 @@ def jsonl_texts(task: str, paths: str | list[str], eval_fraction: float, eval_sa
                        f", yet the evaluation rows hold {', '.join(map(repr, scored))}" if scored else "")
     train = epoch_sampler(train_rows, seed)
 
-    return LabelledTexts(task, train, {"validation": eval_rows}, id2label, "jsonl:" + ",".join(paths), seq_len,
+    data = LabelledTexts(task, train, {"validation": eval_rows}, id2label, "jsonl:" + ",".join(paths), seq_len,
                          {"train_rows": len(train_rows), "eval_rows": len(eval_rows),
                           "sha256": content_hash(train_rows)}, num_train=len(train_rows))
+    data.rows = train_rows + eval_rows
+    return data
 
 
 def _label_names(rows: list[Row], task: str) -> set[str]:

@@ -79,6 +79,25 @@ class Seq2SeqPairs:
         self.max_source_length, self.num_train = max_source_length, num_train
         self._description = description
         self._truncated_warned = False
+        self.pairs: list[tuple[str, str]] | None = None  # every pair of a file source, for check_fits (jsonl_pairs)
+
+    def check_fits(self, limit: int) -> None:
+        """Refuse, before training, a pair of a file longer than the model's ``limit`` positions: a source once
+        data.max_source_length has cut it, a target with its EOS (targets are never cut). The run would otherwise
+        stop at the step that first drew it, with no file or fix named."""
+        for index, (source, target) in enumerate(self.pairs or [], start=1):
+            length = len(source.encode("utf-8"))
+            if min(length, self.max_source_length or length) > limit:
+                raise ValueError(f"{self.name}: pair {index} has a source of {length} tokens, longer than the {limit} "
+                                 "positions this model takes (model.config.max_position_embeddings); set "
+                                 f"data.max_source_length={limit} to cut sources there, or raise "
+                                 "max_position_embeddings")
+            length = len(target.encode("utf-8")) + 1
+            if length > limit:
+                raise ValueError(f"{self.name}: pair {index} has a target of {length} tokens with its EOS, longer than "
+                                 f"the {limit} positions this model takes (model.config.max_position_embeddings); "
+                                 "targets are never cut: shorten or leave out that pair, or raise "
+                                 "max_position_embeddings")
 
     def model_overrides(self) -> dict[str, Any]:
         return {}
@@ -168,9 +187,11 @@ def jsonl_pairs(paths: str | list[str], eval_fraction: float, eval_samples: int,
     train_pairs, eval_pairs = pairs[:-held_out], pairs[-held_out:][:eval_samples]
     train = epoch_sampler(train_pairs, seed)
 
-    return Seq2SeqPairs(train, {"validation": eval_pairs}, "jsonl:" + ",".join(paths), max_source_length,
+    data = Seq2SeqPairs(train, {"validation": eval_pairs}, "jsonl:" + ",".join(paths), max_source_length,
                         {"train_pairs": len(train_pairs), "eval_pairs": len(eval_pairs),
                          "sha256": content_hash(train_pairs)}, num_train=len(train_pairs))
+    data.pairs = train_pairs + eval_pairs
+    return data
 
 
 def read_jsonl(path: str | Path) -> list[tuple[str, str]]:

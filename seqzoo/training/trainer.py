@@ -94,6 +94,9 @@ def build_model(recipe: Recipe, data: Any) -> Any:
             f"token ids from {data.name}); raise model.config.vocab_size or use another preset"
         )
     check_tbptt_supported(model, recipe.train.tbptt_chunk)
+    limit = getattr(model.config, "max_input_length", None)
+    if limit is not None and hasattr(data, "check_fits"):  # (a file's rows, before the run rather than mid-run)
+        data.check_fits(limit)
     return model
 
 

@@ -122,6 +122,20 @@ def test_jsonl_holds_out_the_tail_and_visits_every_training_pair_each_epoch(tmp_
     assert sorted(epoch) == sorted(read_jsonl(tmp_path / "pairs.jsonl")[:36])
 
 
+def test_a_pair_longer_than_the_models_positions_is_named_before_training(tmp_path):
+    # A source is cut at data.max_source_length, a target never: the run stopped at the step that first drew it.
+    path = tmp_path / "pairs.jsonl"
+    path.write_text("".join(json.dumps(pair) + "\n" for pair in [{"source": "abc", "target": "cba"}] * 5
+                            + [{"source": "x" * 30, "target": "y"}, {"source": "y", "target": "z" * 30}]))
+    with pytest.raises(ValueError, match=r"pair 6 has a source of 30 tokens, longer than the 16 positions .* set "
+                                         r"data.max_source_length=16"):
+        jsonl_pairs(str(path), 0.1, 8, seed=0).check_fits(16)
+    with pytest.raises(ValueError, match=r"pair 7 has a target of 31 tokens with its EOS, longer than the 16 "
+                                         r"positions .* targets are never cut"):
+        jsonl_pairs(str(path), 0.1, 8, seed=0, max_source_length=16).check_fits(16)
+    jsonl_pairs(str(path), 0.1, 8, seed=0, max_source_length=16).check_fits(31)
+
+
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     """`seqzoo train` on a JSON-lines file, through the command line, into a folder."""

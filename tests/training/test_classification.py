@@ -260,3 +260,19 @@ def test_jsonl_texts_may_hold_unicode_line_separators(tmp_path):
     path.write_text("".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows), encoding="utf-8")
     assert [row for row, _ in read_labelled_jsonl(path, "sequence-classification")] == [
         ("one\u2028two", "a"), ("x\x85y", "b")]
+
+
+def test_a_row_longer_than_the_models_positions_is_refused_before_training(tmp_path):
+    # (the run stopped at the step that first drew it, after its first checkpoints, naming no row nor fix)
+    rows = [{"text": "ab" * (40 if i == 7 else 3), "label": "ab"[i % 2]} for i in range(20)]
+    path = write_jsonl(tmp_path / "texts.jsonl", rows)
+    model = {"preset": "transformer-gpt2-small", "config": {"hidden_size": 16, "num_attention_heads": 2,
+                                                            "num_hidden_layers": 1, "max_position_embeddings": 64}}
+    recipe = label_recipe(tmp_path, "sequence-classification", {"source": "jsonl", "path": str(path)})
+    recipe.model.preset, recipe.model.config = model["preset"], model["config"]
+    with pytest.raises(ValueError, match=r"jsonl:.*texts.jsonl: row 8 is 80 bytes, longer than the 64 positions .* "
+                                         r"set data.seq_len=64 to cut texts there"):
+        train(recipe, progress=False)
+    assert not (tmp_path / "sequence-classification" / "checkpoints").exists()
+    recipe.data.seq_len = 64  # cut there: it trains
+    train(recipe, progress=False)
