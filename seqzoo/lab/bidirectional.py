@@ -109,8 +109,9 @@ def job_recipe(job: dict[str, Any]) -> Any:
         "output_dir": job["output_dir"],
         "task": task,
         "model": {"preset": job["preset"], "config": model_config},
-        "data": {"source": "task", "task": job["task"], "distances": cfg.distances, "symbols": cfg.symbols,
-                 "eval_samples": cfg.eval_samples},
+        "data": {"source": "task", "task": job["task"], "distances": cfg.distances, "eval_samples": cfg.eval_samples,
+                 # (appears_later draws from distance / 2 letters: the recipe refuses a symbols it would not read)
+                 **({"symbols": cfg.symbols} if job["task"] == "first_letter" else {})},
         "optim": {"lr": cfg.lr, "warmup_steps": min(10, cfg.steps), "weight_decay": 0.0},
         "train": {"max_steps": cfg.steps, "batch_size": cfg.batch_size, "eval_every": 0, "save_every": 0,
                   "seed": cfg.seed},

@@ -103,16 +103,21 @@ class Seq2SeqLabConfig:
 
 def job_recipe(job: dict[str, Any]) -> Any:
     from seqzoo.training.recipe import recipe_from_dict
+    from seqzoo.training.seq2seq import FIXED_LENGTH_TASKS
 
     cfg = Seq2SeqLabConfig(**job["config"])
     model = cfg.models[job["model"]]
+    task = job["task"]
     return recipe_from_dict({
         "name": f"lab-seq2seq-{job['model'].replace(' ', '-')}-{job['task']}",
         "output_dir": job["output_dir"],
         "task": "seq2seq",
         "model": {"preset": model["preset"], "config": model.get("config", {})},
-        "data": {"source": "task", "task": job["task"], "source_lengths": cfg.source_lengths[job["task"]],
-                 "symbols": cfg.symbols, "eval_samples": cfg.eval_samples},
+        # (symbols only for the letter tasks, source lengths only where a task draws them: the recipe refuses
+        # what its task would not read)
+        "data": {"source": "task", "task": task, "eval_samples": cfg.eval_samples,
+                 **({"symbols": cfg.symbols} if task not in ("digits", "dates") else {}),
+                 **({} if task in FIXED_LENGTH_TASKS else {"source_lengths": cfg.source_lengths[task]})},
         "optim": {"lr": cfg.lr, "warmup_steps": min(20, cfg.steps), "weight_decay": 0.0},
         # No checkpoints: the lab keeps its figures, not its models (a run is seconds to repeat).
         "train": {"max_steps": cfg.steps, "batch_size": cfg.batch_size, "eval_every": 0, "save_every": 0,

@@ -266,6 +266,14 @@ class Recipe:
         if d.source == "task":  # (generated data draws its evaluation sets: there is no fraction to hold out)
             unread["eval_fraction"] = ("with data.source='task', whose evaluation sets are drawn apart "
                                        "(data.eval_samples of them), not held out of the data")
+            # Generated tasks that draw no letters, or sources of their own length.
+            if (self.task, d.task) in (("seq2seq", "digits"), ("seq2seq", "dates")):
+                unread["symbols"] = f"with data.task={d.task!r}, which draws digits or dates, not letters"
+            if (self.task, d.task) == ("seq2seq", "dates"):
+                unread["source_lengths"] = "with data.task='dates', whose sources are dates of their own length"
+            if (self.task, d.task) == ("token-classification", "appears_later"):
+                unread["symbols"] = ("with data.task='appears_later', which draws its words from distance / 2 "
+                                     "letters")
         return unread
 
     def _validate_packing(self) -> None:
