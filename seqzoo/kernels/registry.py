@@ -364,7 +364,8 @@ def _warn_misspelt_env() -> None:
 def _rebuild(raw: Any) -> _State:
     global _state
     _ensure_loaded()
-    _warn_misspelt_env()
+    if not _compiling():  # (difflib is not traceable; an eager call has warned, or will)
+        _warn_misspelt_env()
     text = raw.decode() if isinstance(raw, bytes) else (raw or "")
     try:
         forced, error = _parse_env(text), None
