@@ -310,6 +310,15 @@ def _seqzoo_config_getattribute(self: PreTrainedConfig, key: str) -> Any:
 
 if _attribute_read_fingerprint() in _CHECKED_ATTRIBUTE_READS:
     SeqzooConfig.__getattribute__ = _seqzoo_config_getattribute
+    # Dynamo must never take this method's own frame to compile: after a graph break it runs the rest of a forward
+    # with its frame callback set, and converting this frame reads the config again through it, endlessly
+    # (RecursionError). Inside a trace the method is still inlined (is_compiling() above).
+    try:  # (a private torch function: without it, a graph break in a compiled forward is what it was)
+        from torch._dynamo.eval_frame import skip_code
+
+        skip_code(_seqzoo_config_getattribute.__code__)
+    except (ImportError, AttributeError):
+        pass
 
 
 # Keywords a seqzoo config takes beyond its fields: those transformers' config reads or drops itself, and what its

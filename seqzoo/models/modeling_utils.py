@@ -731,7 +731,9 @@ class SeqzooForCausalLM(SeqzooPreTrainedModel, GenerationMixin):
         On CPU, inductor fuses each layer's chain of small operations, which costs more in dispatch than in
         arithmetic at decode sizes. BENCHMARKS.md ("Decode against each family's CPU runtime") gives the speed-up
         and the compile time, paid once per process on the first steps (up to minutes for a large model on a small
-        CPU). Shapes recompile once (dynamo then makes the batch and cache length symbolic).
+        CPU), and again for each new kind of step (the first after a prompt, a batch of one, a padding mask, the
+        first change of batch size or cache length): a few ordinary ``generate()`` calls reach dynamo's limit of 8
+        graphs, after which a new kind of step runs eagerly (one warning).
         ``compile_decoding(False)`` returns to eager steps. Returns the model."""
         if not enabled:
             if options:

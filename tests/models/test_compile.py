@@ -106,3 +106,25 @@ def test_a_model_compiled_before_any_eager_call(tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     # The choice is logged once, by the first eager call after the compiled one.
     assert result.stderr.count("seqzoo kernel lstm -> backend") == 1, result.stderr[-3000:]
+
+
+@pytest.mark.parametrize("family", ["lstm", "mamba", "hybrid"])
+def test_a_padded_batch_compiles_without_a_graph_break(family):
+    # The kernels read a padding mask's values to pick a form (fused RNN packing, the conv's all-valid shortcut);
+    # inside a trace they take the form exact for any mask instead of a data-dependent branch.
+    model = tiny_model(FAMILIES[family])
+    ids = torch.tensor([[5, 17, 33, 8, 61, 40, 9], [0, 0, 0, 70, 12, 3, 98]])
+    mask = (ids != 0).long()
+    compiled = torch.compile(model, fullgraph=True, backend="eager")
+    for m in (mask, torch.ones_like(mask)):
+        torch.testing.assert_close(compiled(ids, attention_mask=m, use_cache=False).logits,
+                                   model(ids, attention_mask=m, use_cache=False).logits)
+
+
+def test_a_graph_break_in_a_compiled_forward_runs_the_rest_eagerly():
+    # After a graph break dynamo converts the frames that run next; the config's attribute reads must not be one
+    # (converting that frame read the config through it again: RecursionError).
+    model = tiny_model(FAMILIES["lstm"])
+    model.model.layers[0].register_forward_hook(lambda module, inputs, output: torch._dynamo.graph_break())
+    torch.testing.assert_close(torch.compile(model, backend="eager")(IDS, use_cache=False).logits,
+                               model(IDS, use_cache=False).logits)

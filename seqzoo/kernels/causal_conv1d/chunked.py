@@ -50,7 +50,8 @@ def causal_conv1d(x, weight, bias=None, *, initial_state=None, activation=None, 
     valid = None
     if mask is not None:
         valid = mask.to(torch.bool)
-        if bool(valid.all()):
+        # (not read in a torch.compile trace, which cannot branch on values: the masked form is exact either way)
+        if not torch.compiler.is_compiling() and bool(valid.all()):
             valid = None
     # Each token's document: the resets up to it (the history is document 0). A tap reads an input only from the
     # token's own document; counted on the uncompacted row, a reset at a padded position still starts a document.

@@ -260,7 +260,7 @@ def causal_conv1d(x, weight, bias=None, *, initial_state=None, activation=None, 
     valid = None
     if mask is not None:
         valid = mask.to(torch.bool)
-        if bool(valid.all()):
+        if not torch.compiler.is_compiling() and bool(valid.all()):  # (a trace cannot branch on values)
             valid = None
     needs_grad = torch.is_grad_enabled() and any(
         t is not None and t.requires_grad for t in (x, weight, bias, initial_state))

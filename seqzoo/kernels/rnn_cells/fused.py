@@ -61,6 +61,10 @@ def supports(x, *args, mask=None, reset=None, **kwargs):
         # step's trace could not read without a guard on its values). A reset of one token zeroes the state before
         # the step, which a padded row then keeps, as in the reference.
         return True, ""
+    if torch.compiler.is_compiling():
+        # Packing rows needs their lengths as Python numbers, which a torch.compile trace cannot read without a
+        # graph break (fullgraph: an error); the reference backend computes any mask with tensor operations.
+        return False, "a padding mask of several positions inside a torch.compile trace (its layout is data)"
     try:
         layout = padding_layout(mask)
     except ValueError as err:
