@@ -39,3 +39,14 @@ def test_an_id_outside_the_vocabulary_between_good_ones_is_refused():
     ids[0, 1] = -1
     with pytest.raises(ValueError, match="token id -1, outside the vocabulary"):
         model(ids)
+
+
+@pytest.mark.parametrize("keep", [1, 3])
+def test_logits_to_keep_returns_the_last_that_many_positions(keep):
+    # generate() passes logits_to_keep=1 to the prefill: one position's logits, not the whole prompt's.
+    model = tiny_model("lstm-tiny")
+    with torch.no_grad():
+        full = model(IDS).logits
+        kept = model(IDS, logits_to_keep=keep).logits
+    assert kept.shape == (2, keep, full.shape[-1])
+    torch.testing.assert_close(kept, full[:, -keep:])

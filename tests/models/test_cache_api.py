@@ -88,3 +88,17 @@ def test_an_empty_cache_built_for_other_sizes_is_accepted():
     with torch.no_grad():
         model(IDS, cache=cache)
     assert cache.get_seq_length() == IDS.shape[1]
+
+
+@pytest.mark.parametrize("preset", ["transformer-tiny", "hybrid-tiny"])
+def test_a_left_padded_batch_continues_its_cache_in_a_direct_forward(preset):
+    # Without position ids the positions come from the mask of the cached and the current tokens: the current
+    # tokens' are its last columns.
+    model = tiny_model(preset)
+    mask = torch.ones_like(IDS)
+    mask[0, :2] = 0
+    with torch.no_grad():
+        full = model(IDS, attention_mask=mask).logits
+        cache = output_cache(model(IDS[:, :4], attention_mask=mask[:, :4], use_cache=True))
+        rest = model(IDS[:, 4:], attention_mask=mask, cache=cache).logits
+    torch.testing.assert_close(rest, full[:, 4:])

@@ -596,3 +596,15 @@ def test_torchs_own_forward_is_recognised_in_an_install_of_compiled_files_only(t
     finally:
         sys.modules.pop("sourceless_torchlike.linear", None)
         sys.modules.pop("sourceless_torchlike", None)
+
+
+def test_a_stack_of_mixed_rnn_nonlinearities_steps_each_layer_with_its_own():
+    # step_stack runs every layer with one nonlinearity: a stack whose layers differ must be stepped layer by layer.
+    model = tiny_model("rnn-tiny", nonlinearity="tanh", num_hidden_layers=2)
+    model.model.layers[1].nonlinearity = "relu"
+    ids = torch.tensor([[5, 17, 33, 8, 4]])
+    with torch.no_grad():
+        full = model(ids).logits[:, -1]
+        cache = output_cache(model(ids[:, :-1], use_cache=True))
+        step = model(ids[:, -1:], cache=cache).logits[:, -1]
+    torch.testing.assert_close(step, full)

@@ -413,3 +413,13 @@ def test_a_bidirectional_classifier_pools_both_ends_unless_told_otherwise(tmp_pa
     assert type(chosen).from_pretrained(tmp_path).classifier_pooling == "last"  # (as saved, not the default)
     model = seqzoo.create_model("lstm-tiny", "sequence-classification", num_labels=2, bidirectional=True)
     assert model.config.classifier_pooling == "first+last" and model.score.in_features == 2 * model.config.output_dim
+
+
+def test_mean_pooling_of_a_row_without_real_tokens_is_zero_not_nan():
+    from seqzoo.models.heads import pool
+
+    hidden = torch.randn(2, 4, 8)
+    real = torch.tensor([[False, False, False, False], [False, True, True, True]])
+    pooled = pool(hidden, "mean", real)
+    assert torch.equal(pooled[0], torch.zeros(8))
+    torch.testing.assert_close(pooled[1], hidden[1, 1:].mean(0))

@@ -105,3 +105,41 @@ def test_float64_runs_in_float64_end_to_end(model):
     embeds = torch.randn(1, 2, model.config.hidden_size, dtype=torch.float64, requires_grad=True)
     assert torch.autograd.gradcheck(lambda e: model(inputs_embeds=e).logits, (embeds,), eps=1e-6, atol=1e-5,
                                       fast_mode=True)
+
+
+
+def test_mamba2_time_step_limit_applies_to_tokens_and_leaves_padding_an_identity():
+    # The clamp to time_step_limit comes before the mask: a lower limit above 0 must not give padding a time step
+    # (which would decay a carried state at every pad).
+    model = tiny_model("mamba2-tiny", time_step_limit=(0.5, 0.6))
+    first, second = [[5, 17, 33, 8, 61], [9, 3]], [[12, 40], [77, 44, 21, 6]]
+    ids1, mask1 = left_pad(first)
+    ids2, mask2 = left_pad(second)
+    with torch.no_grad():
+        out = model(ids1, attention_mask=mask1, use_cache=True)
+        out = model(ids2, attention_mask=torch.cat([mask1, mask2], 1), cache=output_cache(out))
+        alone = model(torch.tensor([first[0] + second[0]]))
+        unlimited = tiny_model("mamba2-tiny")(torch.tensor([first[0] + second[0]]))
+    torch.testing.assert_close(out.logits[0, -1], alone.logits[0, -1], atol=1e-5, rtol=1e-4)
+    assert not torch.allclose(alone.logits, unlimited.logits, atol=1e-4)  # the limit changes the time steps
+
+
+@pytest.mark.parametrize("preset", ["mamba-tiny", "mamba2-tiny"])
+def test_a_bfloat16_model_scans_with_float32_time_steps(preset, monkeypatch):
+    # The time step goes through softplus in float32 (like the state): in bf16 a step of 0.0123 is 0.01233 ...
+    from seqzoo.layers import mamba, mamba2
+
+    seen = []
+    for module in (mamba, mamba2):
+        real = module.dispatch
+
+        def spy(op, *args, _real=real, **kwargs):
+            if op in ("selective_scan", "ssd"):
+                seen.append(args[1].dtype)
+            return _real(op, *args, **kwargs)
+
+        monkeypatch.setattr(module, "dispatch", spy)
+    model = tiny_model(preset).to(torch.bfloat16)
+    with torch.no_grad():
+        model(torch.tensor([[5, 17, 33, 8]]))
+    assert seen and all(dtype == torch.float32 for dtype in seen)

@@ -83,3 +83,17 @@ def test_a_bidirectional_model_reads_each_packed_document_alone():
         packed = model(torch.tensor([list(itertools.chain(*docs))]), position_ids=torch.tensor([[0, 1, 2, 3, 4, 0, 1]])).logits[0]
         expected = torch.cat([model(torch.tensor([doc])).logits[0] for doc in docs])
     torch.testing.assert_close(packed, expected)
+
+
+@pytest.mark.parametrize("preset", ["lstm-tiny", "hybrid-tiny"])
+def test_a_document_whose_positions_jump_ahead_is_a_document_of_its_own(preset):
+    # Any step of the position ids other than +1 starts a document (transformers' rule), a jump ahead too; a document
+    # that starts at position 5 is computed at positions 5, 6, ... (an attention layer's RoPE reads them).
+    model = tiny_model(preset)
+    ids = torch.tensor([[5, 17, 33, 40, 70]])
+    with torch.no_grad():
+        packed = model(ids, position_ids=torch.tensor([[0, 1, 2, 5, 6]])).logits
+        first = model(ids[:, :3]).logits
+        second = model(ids[:, 3:], position_ids=torch.tensor([[5, 6]])).logits
+    torch.testing.assert_close(packed[:, :3], first)
+    torch.testing.assert_close(packed[:, 3:], second)

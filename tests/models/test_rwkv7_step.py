@@ -473,3 +473,18 @@ def test_a_non_finite_value_at_a_pad_never_reaches_the_state(step):
             logits = model(inputs_embeds=embeds, attention_mask=mask).logits
         alone = model(ids[1:, 2:]).logits[0]
     torch.testing.assert_close(logits[1, 2:], alone, rtol=1e-4, atol=1e-4)
+
+
+def test_a_float64_cache_continues_in_a_float32_step():
+    # A cache a float64 model filled (its wkv state float64) continued after model.float(): the scripted step reads
+    # the states in float32, as the blocks' own path casts them.
+    model = tiny_model("rwkv7-tiny").double().eval()
+    ids = torch.tensor([[5, 17, 33, 8, 61]])
+    with torch.no_grad():
+        cache = output_cache(model(ids[:, :4], use_cache=True))
+        model.float()
+        step = model(ids[:, 4:], cache=cache).logits[:, -1]
+        full = model(ids).logits[:, -1]
+    assert step.dtype == torch.float32
+    assert all(state.dtype == torch.float32 for i in range(len(cache)) for state in cache.layer(i).values())
+    torch.testing.assert_close(step, full, rtol=1e-4, atol=1e-4)

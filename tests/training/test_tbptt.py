@@ -88,3 +88,19 @@ def test_a_float64_model_gets_float64_losses_and_exact_gradients():
     torch.testing.assert_close(loss, expected.detach(), rtol=1e-14, atol=0)
     for mine, theirs in zip(ours, (p.grad for p in model.parameters())):
         torch.testing.assert_close(mine, theirs, rtol=1e-12, atol=1e-15)
+
+
+@pytest.mark.parametrize("last_micro_batch", [False, True])
+def test_gradients_are_synchronised_only_on_the_last_chunk_of_the_last_micro_batch(last_micro_batch):
+    from contextlib import nullcontext
+
+    model = tiny_model(FAMILIES["lstm"])
+    ids = torch.randint(3, 90, (2, 9))
+    flags = []
+
+    def sync_last(is_last):
+        flags.append(is_last)
+        return nullcontext()
+
+    backward_sequence(model, ids, ids, 4, 1.0, lambda x: x.backward(), sync_last, last_micro_batch=last_micro_batch)
+    assert flags == [False, False, last_micro_batch]  # three chunks of 4, 4, 1
