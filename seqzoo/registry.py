@@ -218,15 +218,15 @@ def preset_values(name: str) -> tuple[ModelSpec, dict[str, Any]]:
     if name in _PLUGIN_PRESETS:
         arch, values = _PLUGIN_PRESETS[name]
         values = dict(values)
-        for key in ("model_type", "architectures", "transformers_version", "auto_map"):  # as a file preset's
-            values.pop(key, None)
-        return get_architecture(arch), values
-    path = _file_presets().get(name)
-    if path is None or name not in list_models():
-        raise ValueError(_unknown("model preset", name, list_models()))
-    values = json.loads(path.read_text())
-    spec = architecture_for_model_type(values.pop("model_type"))
-    for key in ("architectures", "transformers_version", "auto_map"):
+        values.pop("model_type", None)  # (checked at registration: the architecture's own)
+        spec = get_architecture(arch)
+    else:
+        path = _file_presets().get(name)
+        if path is None or name not in list_models():
+            raise ValueError(_unknown("model preset", name, list_models()))
+        values = json.loads(path.read_text())
+        spec = architecture_for_model_type(values.pop("model_type"))
+    for key in ("architectures", "transformers_version", "auto_map"):  # what a saved config.json adds
         values.pop(key, None)
     return spec, values
 

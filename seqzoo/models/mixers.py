@@ -105,13 +105,19 @@ def register_mixer(spec: MixerSpec, *, exist_ok: bool = False) -> MixerSpec:
     if not isinstance(spec, MixerSpec):
         raise TypeError(f"register_mixer takes a seqzoo.models.mixers.MixerSpec, got {type(spec).__name__} "
                         f"{spec!r:.80}")
-    # An equal spec (the same classes and fields, e.g. a plugin loaded again) is no clash; a different one under a
-    # taken name (a built-in's, or another plugin's) would silently change every hybrid that names it.
-    if spec.name in _MIXERS and _MIXERS[spec.name] != spec and not exist_ok:
-        raise ValueError(f"mixer {spec.name!r} is already registered ({_MIXERS[spec.name].mixer_class.__module__}."
-                         f"{_MIXERS[spec.name].mixer_class.__name__}); pick another name")
+    if not exist_ok:
+        _check_name_free(spec)
     _MIXERS[spec.name] = spec
     return spec
+
+
+def _check_name_free(spec: MixerSpec) -> None:
+    # An equal spec (the same classes and fields, e.g. a plugin loaded again) is no clash; a different one under a
+    # taken name (a built-in's, or another plugin's) would silently change every hybrid that names it.
+    taken = _MIXERS.get(spec.name)
+    if taken is not None and taken != spec:
+        raise ValueError(f"mixer {spec.name!r} is already registered ({taken.mixer_class.__module__}."
+                         f"{taken.mixer_class.__name__}); pick another name")
 
 
 def load_mixer_plugins(force: bool = False) -> None:
@@ -129,10 +135,7 @@ def load_mixer_plugins(force: bool = False) -> None:
             for spec in specs:  # all checked first: a plugin that is skipped leaves none of its mixers behind
                 if not isinstance(spec, MixerSpec):
                     raise TypeError(f"the entry point returned {type(spec).__name__} {spec!r:.80}, not a MixerSpec")
-                taken = _MIXERS.get(spec.name)
-                if taken is not None and taken != spec:
-                    raise ValueError(f"mixer {spec.name!r} is already registered ({taken.mixer_class.__module__}."
-                                     f"{taken.mixer_class.__name__}); pick another name")
+                _check_name_free(spec)
             for spec in specs:
                 register_mixer(spec)
         except Exception:

@@ -169,6 +169,7 @@ class Seq2SeqConfig(SeqzooConfig):
         cells = {self.encoder_type, self.decoder_type}
         transformer = self.is_transformer
         # (field, its default, whether this combination reads it, what reads it)
+        pooling_defaults = ("last", "first+last") if self.bidirectional else ("last",)
         fields = (
             ("num_attention_heads", 4, transformer, "the Transformer"),
             ("intermediate_size", None, transformer, "the Transformer"),
@@ -181,10 +182,9 @@ class Seq2SeqConfig(SeqzooConfig):
              "the additive scores of attention 'bahdanau' and 'luong-concat'"),
             # (generic fields of every seqzoo config: an encoder-decoder has no classification head)
             ("classifier_dropout", None, False, "classification heads (an encoder-decoder has none)"),
-            # (either default: "first+last" for a bidirectional encoder, "last" in configs saved before that default)
-            ("classifier_pooling", self.classifier_pooling if self.classifier_pooling in ("last", "first+last")
-             and (self.bidirectional or self.classifier_pooling == "last") else "last", False,
-             "classification heads (an encoder-decoder has none)"),
+            # (either default is no setting: "first+last" for a bidirectional encoder, "last" as saved before that)
+            ("classifier_pooling", self.classifier_pooling if self.classifier_pooling in pooling_defaults else "last",
+             False, "classification heads (an encoder-decoder has none)"),
         )
         return [*super().unread_fields(), *((name, default, owner) for name, default, read, owner in fields
                                             if not read)]
