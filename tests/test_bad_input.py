@@ -84,6 +84,16 @@ def test_an_unknown_config_keyword_is_refused_by_name(cls):
     config = cls(num_labels=3, torch_dtype="float32", attn_implementation="eager", name_or_path="x")
     assert config.num_labels == 3
 
+@pytest.mark.parametrize("cls", ALL_CONFIGS, ids=lambda cls: cls.__name__)
+def test_another_architectures_model_type_is_refused(cls):
+    """``GRUConfig(model_type="seqzoo_lstm")`` stored the LSTM's name on a GRU's config, which part of the code reads
+    (and config.json does not: transformers writes the class's)."""
+    with pytest.raises(ValueError, match=rf"{cls.__name__}.model_type='seqzoo_other' is invalid: a {cls.__name__} is "
+                                         rf"'{cls.model_type}'"):
+        cls(model_type="seqzoo_other")
+    assert cls(model_type=cls.model_type).model_type == cls.model_type
+
+
 
 def test_a_loaded_config_with_a_field_this_seqzoo_does_not_know_loads_with_a_warning(tmp_path, caplog):
     """A config.json saved by a later seqzoo (a field added since) still loads, and says what nothing reads."""

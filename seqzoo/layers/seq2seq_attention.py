@@ -30,11 +30,15 @@ SOURCE_SCORES = ("bahdanau", "luong-dot", "luong-general", "luong-concat")
 
 
 def masked_softmax(scores: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
-    """Softmax over the last dimension (source positions), exactly 0 where ``mask`` (B, S) is False."""
+    """Softmax over the last dimension (source positions), exactly 0 where ``mask`` (B, S) is False; a row whose
+    mask is all False (an empty source) gets all-zero weights, so a context of zeros, not NaN."""
     if mask is not None:
         scores = scores.masked_fill(~mask[:, None, :], float("-inf"))
     # In at least float32 (bf16 / fp16 scores lose the small weights), in float64 when the model is.
-    return torch.softmax(scores, dim=-1, dtype=torch.promote_types(scores.dtype, torch.float32)).to(scores.dtype)
+    weights = torch.softmax(scores, dim=-1, dtype=torch.promote_types(scores.dtype, torch.float32))
+    if mask is not None:
+        weights = weights.masked_fill(~mask.any(dim=-1)[:, None, None], 0.0)
+    return weights.to(scores.dtype)
 
 
 class SourceAttention(nn.Module):

@@ -92,6 +92,13 @@ class SeqzooConfig(PreTrainedConfig):
     def __post_init__(self, **kwargs: Any) -> None:
         # ``kwargs`` holds what the config's fields do not name: transformers' own keywords, or a mistake.
         check_unknown_keywords(self, kwargs)
+        # Another architecture's model_type would be stored on the config and read by part of the code, while the
+        # class (and config.json, which transformers writes from the class) says this one. While a config.json
+        # loads, transformers already warns of a mismatch, and the class decides.
+        given_type = kwargs.get("model_type")
+        if given_type is not None and given_type != type(self).model_type and not loading_config() and STRICT:
+            _fail(self, "model_type", given_type, f"a {type(self).__name__} is {type(self).model_type!r}; to build "
+                  f"another architecture, use its config class (or AutoConfig.for_model({given_type!r}, ...))")
         labels = kwargs.get("num_labels")
         # (checked as given: transformers turns num_labels into id2label first, -1 into 0 labels, "3" into a TypeError)
         if labels is not None and (isinstance(labels, bool) or not isinstance(labels, int) or labels < 1):

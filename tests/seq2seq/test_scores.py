@@ -82,6 +82,20 @@ def test_a_padded_position_gets_exactly_zero_weight(score):
     torch.testing.assert_close(context[0], want_context.double(), rtol=1e-12, atol=1e-12)
 
 
+@pytest.mark.parametrize("score", sorted(FORMULAS))
+def test_an_all_padding_source_row_gets_zero_weights_not_nan(score):
+    """The models refuse an empty source; the layer called directly gives that row a context of zeros (it gave NaN),
+    and leaves the other row as it was."""
+    attention = hand_attention(score)
+    memory, query = torch.tensor([H, H], dtype=torch.float64), torch.tensor([S, S], dtype=torch.float64)
+    mask = torch.tensor([[True, True, True], [False, False, False]])
+    context, weights = attention(query, attention.keys(memory), memory, mask)
+    assert (weights[1] == 0).all() and (context[1] == 0).all()
+    want_weights, want_context = expected(score)
+    torch.testing.assert_close(weights[0], want_weights, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(context[0], want_context, rtol=1e-12, atol=1e-12)
+
+
 def test_the_dot_score_needs_one_width():
     with pytest.raises(ValueError, match="one width; got 2 and 4"):
         SourceAttention("luong-dot", query_size=2, memory_size=4, attention_size=3)
