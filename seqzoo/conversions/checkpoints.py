@@ -432,6 +432,7 @@ def load_transformers_source(source: Any, model_types: tuple[str, ...], command:
 
     if isinstance(source, PreTrainedModel):
         _require_model_type(getattr(source.config, "model_type", None), model_types, command)
+        _refuse_quantized(getattr(source.config, "quantization_config", None), type(source).__name__, command)
         return source.config, SourceWeights.from_dict({k: v.detach() for k, v in source.state_dict().items()},
                                                       type(source).__name__)
     if not isinstance(source, (str, Path)):
@@ -444,6 +445,7 @@ def load_transformers_source(source: Any, model_types: tuple[str, ...], command:
         raise ValueError(f"{str(folder / 'config.json')!r} has no model_type but mamba_ssm's fields (d_model, n_layer): "
                          f"a raw mamba_ssm checkpoint, which `seqzoo convert mamba-ssm` converts, not {command}")
     _require_model_type(values.get("model_type"), model_types, command)
+    _refuse_quantized(values.get("quantization_config"), repr(str(folder / "config.json")), command)
     try:
         config = AutoConfig.from_pretrained(folder)
     except (StrictDataclassFieldValidationError, StrictDataclassClassValidationError) as err:
@@ -451,6 +453,20 @@ def load_transformers_source(source: Any, model_types: tuple[str, ...], command:
         raise ValueError(f"{str(folder / 'config.json')!r} has a value of the wrong type or range: "
                          f"{' '.join(str(err).split())}") from err
     return config, read_folder_weights(folder)
+
+
+def _refuse_quantized(quantization: Any, where: str, command: str) -> None:
+    """A quantised checkpoint holds integer codes and scale tensors, which the float models cannot take: refused by
+    its ``quantization_config`` before any weight is read (else it fails as "unexpected tensors")."""
+    if quantization is None:
+        return
+    method = quantization.get("quant_method") if isinstance(quantization, dict) else getattr(
+        quantization, "quant_method", None)
+    method = getattr(method, "value", method)  # (transformers' QuantizationMethod enum)
+    raise ValueError(f"{where} is quantised (quantization_config, quant_method {method!r}); {command} converts "
+                     "float checkpoints only: convert the unquantised checkpoint, or dequantise it first (load it "
+                     "with transformers, call model.dequantize() and save_pretrained), then quantise the seqzoo "
+                     "model (seqzoo.quantize_int8)")
 
 
 def _require_model_type(model_type: Any, allowed: tuple[str, ...], command: str) -> None:

@@ -272,3 +272,22 @@ def test_integer_weights_are_refused_not_cast(kind, tmp_path, capsys):
     save_file(weights, tmp_path / "src" / "model.safetensors", metadata={"format": "pt"})
     assert seqzoo_main(["convert", kind, str(tmp_path / "src"), str(tmp_path / "out")]) == 2
     assert "not floating point" in capsys.readouterr().err and not (tmp_path / "out" / "config.json").exists()
+
+
+@pytest.mark.parametrize("kind", ["llama", "gpt2"])
+def test_a_quantized_checkpoint_is_refused_by_its_quantization_config(kind, tmp_path, capsys):
+    """A quantised checkpoint (integer codes beside scale tensors) failed as "unexpected tensors"; its config.json's
+    quantization_config names what it is, before any weight is read. A model object loaded quantised likewise."""
+    peer = llama() if kind == "llama" else gpt2()
+    peer.save_pretrained(tmp_path / "src")
+    config = json.loads((tmp_path / "src" / "config.json").read_text())
+    config["quantization_config"] = {"quant_method": "bitsandbytes", "load_in_8bit": True}
+    (tmp_path / "src" / "config.json").write_text(json.dumps(config))
+    assert seqzoo_main(["convert", kind, str(tmp_path / "src"), str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert "is quantised (quantization_config, quant_method 'bitsandbytes')" in err, err
+    assert "model.dequantize()" in err and not (tmp_path / "out").exists()
+    peer.config.quantization_config = {"quant_method": "torchao"}
+    convert = convert_llama if kind == "llama" else convert_gpt2
+    with pytest.raises(ValueError, match=rf"{type(peer).__name__} is quantised .*quant_method 'torchao'"):
+        convert(peer)
