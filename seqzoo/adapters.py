@@ -55,6 +55,19 @@ def peft_targets(model: nn.Module) -> dict[str, list[str]]:
     return {"target_modules": sorted(modules), "target_parameters": sorted(parameters)}
 
 
+def _refuse_adapted(model: nn.Module) -> None:
+    """A model that already holds peft adapters would list their own modules (``lora_A``, ``base_layer``) as
+    targets: refused, naming the way to a second adapter."""
+    from peft import PeftModel
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    if not isinstance(model, PeftModel) and not any(isinstance(m, BaseTunerLayer) for m in model.modules()):
+        return
+    raise ValueError(f"{type(model).__name__} already holds peft adapters: call seqzoo.peft_config on the model "
+                     "before peft.get_peft_model (or on a fresh copy of it); the same config adds a second adapter "
+                     "with peft_model.add_adapter(name, config)")
+
+
 def peft_config(model: nn.Module, method: str = "lora", task_type: Any = None, **overrides: Any) -> Any:
     """A peft config that adapts ``model`` (a seqzoo model) with ``method`` ("lora", "ia3" or "prompt_tuning") and no
     other argument.
@@ -77,6 +90,7 @@ def peft_config(model: nn.Module, method: str = "lora", task_type: Any = None, *
 
     if method not in METHODS:
         raise ValueError(f"unknown adapter method {method!r}; seqzoo.peft_config knows {', '.join(METHODS)}")
+    _refuse_adapted(model)
     spec = architecture_for_model_type(getattr(getattr(model, "config", None), "model_type", None))
     expected = PEFT_TASK_TYPES[spec.task_of(type(model))]
     if task_type is not None and str(getattr(task_type, "value", task_type)) != expected:

@@ -155,6 +155,23 @@ def test_peft_config_refuses_what_it_cannot_do():
     assert seqzoo.peft_config(lstm, target_modules=["lm_head"]).target_modules == {"lm_head"}
 
 
+
+
+@pytest.mark.parametrize("arch", ["lstm", "transformer"])
+def test_peft_config_of_a_model_that_holds_adapters_is_refused_and_its_first_config_adds_a_second(arch):
+    """peft_config on an adapted model listed the adapters' own modules (lora_A, base_layer) as targets."""
+    import copy
+
+    model = build(arch, "causal-lm")
+    config = seqzoo.peft_config(model)
+    adapted = get_peft_model(model, copy.deepcopy(config))
+    for target in (adapted, adapted.base_model.model):
+        with pytest.raises(ValueError, match=rf"{type(target).__name__} already holds peft adapters: call "
+                                             r"seqzoo.peft_config on the model before peft.get_peft_model"):
+            seqzoo.peft_config(target)
+    adapted.add_adapter("second", copy.deepcopy(config))  # what the message offers
+    first = {name for name, _ in adapted.named_parameters() if ".default" in name}
+    assert {name.replace(".second", ".default") for name, _ in adapted.named_parameters() if ".second" in name} == first
 @pytest.mark.parametrize("arch", ["gru", "transformer", "mamba2", "hybrid"])
 def test_a_peft_model_generates_what_its_merged_model_generates(arch):
     model = get_peft_model(build(arch, "causal-lm"), seqzoo.peft_config(build(arch, "causal-lm"),
