@@ -26,6 +26,9 @@ import yaml
 
 # The classification tasks a recipe can train (seqzoo.training.classification.LABEL_TASKS; a test keeps them equal).
 LABEL_TASKS = ("sequence-classification", "token-classification")
+# Config fields only the classification heads read (a causal-lm or seq2seq recipe setting one would be ignored).
+CLASSIFIER_FIELDS = frozenset({"num_labels", "id2label", "label2id", "problem_type", "classifier_pooling",
+                               "classifier_dropout"})
 
 RECIPE_DIR = Path(__file__).resolve().parent.parent / "configs"
 DATA_SOURCES = ("pydoc", "text", "dataset", "task", "jsonl")
@@ -189,6 +192,11 @@ class Recipe:
         if self.task != "causal-lm" or d.labels is not None:
             _check(self.task in LABEL_TASKS or d.labels is None, "data.labels", d.labels,
                    "null: label names belong to task: sequence-classification | token-classification recipes")
+        if self.task not in LABEL_TASKS:  # (a config.json field, set here, that no head of this task reads)
+            given = sorted(CLASSIFIER_FIELDS & set(self.model.config))
+            _check(not given, f"model.config.{given[0] if given else ''}",
+                   self.model.config.get(given[0]) if given else None,
+                   f"unset with task: {self.task} (only the classification heads read it)")
         if self.task == "seq2seq":
             self._validate_seq2seq_data()
         elif self.task in LABEL_TASKS:

@@ -238,6 +238,12 @@ def test_a_sequence_classifier_trains_on_a_generated_task_and_classifies_text(tm
     ({"data": {"source": "task", "task": "appears_later"}, "train": {"tbptt_chunk": 8}},
      "train.tbptt_chunk=8 is invalid: expected 0 for task: token-classification"),
     ({"task": "causal-lm", "data": {"labels": ["a", "b"]}}, "data.labels=['a', 'b'] is invalid: expected null"),
+    # a classifier's config fields on a recipe whose model has no classification head were ignored
+    ({"task": "causal-lm", "model": {"preset": "lstm-tiny", "config": {"num_labels": 5}}},
+     "model.config.num_labels=5 is invalid: expected unset with task: causal-lm (only the classification heads"),
+    ({"task": "seq2seq", "model": {"preset": "seq2seq-bahdanau-tiny", "config": {"classifier_pooling": "mean"}},
+      "data": {"source": "task", "task": "reverse"}},
+     "model.config.classifier_pooling='mean' is invalid: expected unset with task: seq2seq"),
     ({"task": "causal-lm", "data": {"source": "jsonl", "path": "x.jsonl"}}, "jsonl files train task: seq2seq, "
                                                                              "sequence-classification or token"),
 ])
