@@ -30,8 +30,10 @@ def triton_installed() -> bool:
 
 
 def interpreter_requested() -> bool:
-    """Whether ``TRITON_INTERPRET`` is set to a true value (Triton reads it when a kernel is decorated)."""
-    return os.environ.get("TRITON_INTERPRET", "").strip().lower() in ("1", "true", "on", "yes")
+    """Whether ``TRITON_INTERPRET`` is set to a true value, read as Triton reads it when a kernel is decorated
+    (``1``, ``y``, ``yes``, ``on``, ``true`` in any case; no spaces), so that seqzoo and Triton never disagree on
+    whether kernels are interpreted."""
+    return os.environ.get("TRITON_INTERPRET", "").lower() in ("1", "y", "yes", "on", "true")
 
 
 def triton_available() -> bool:

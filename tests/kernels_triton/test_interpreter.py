@@ -31,3 +31,16 @@ def test_parity_under_triton_interpreter():
     summary = [line for line in result.stdout.splitlines() if line.strip()][-1]  # "13 passed, 2 deselected in 8s"
     assert re.search(r"\d+ passed", summary) and "skipped" not in summary, \
         f"the interpreter run skipped tests it should have run:\n{tail}"
+
+
+@pytest.mark.skipif(TRITON_MISSING, reason="triton is not installed (pip install 'triton>=3')")
+@pytest.mark.parametrize("value", ["1", "y", "Y", "yes", "On", "TRUE", "true", " 1 ", "1 ", "0", "no", "t", "2", ""])
+def test_seqzoo_reads_triton_interpret_as_triton_does(value, monkeypatch):
+    """seqzoo took " 1 " for true and "y" for false, Triton the other way round: the kernels were then chosen as
+    interpretable while Triton compiled them (or the reverse)."""
+    from triton._C.libtriton import getenv_bool
+
+    from seqzoo.kernels.triton_support import interpreter_requested
+
+    monkeypatch.setenv("TRITON_INTERPRET", value)
+    assert interpreter_requested() == getenv_bool("TRITON_INTERPRET", False)
