@@ -228,6 +228,7 @@ def train(recipe: Recipe, *, resume: str | Path | bool | None = None, dataset: A
         raise ValueError("train.mixed_precision=fp16 needs a GPU: on the CPU it would train in float32; use bf16 "
                          "(CPU autocast) or no")
     _refuse_one_process_of_many()
+    _refuse_launch_precision(t.mixed_precision)
     _check_data_given(recipe, dataset)
     if recipe.warmup > t.max_steps:
         # (a preset's warmup with a short max_steps override: lstm-pydoc max_steps=20)
@@ -342,6 +343,20 @@ def _refuse_one_process_of_many() -> None:
         )
 
 
+def _refuse_launch_precision(mixed_precision: str) -> None:
+    """`accelerate launch --mixed_precision bf16` (or `accelerate config`) puts ACCELERATE_MIXED_PRECISION in the
+    environment; seqzoo passes the recipe's train.mixed_precision to Accelerator, which then wins, so the launch's
+    choice would be dropped without a word (transformers' Trainer honours it where its own flags are unset)."""
+    launched = os.environ.get("ACCELERATE_MIXED_PRECISION", "no").strip().lower()
+    if launched not in ("no", mixed_precision):
+        raise ValueError(
+            f"the launch asks for mixed precision {launched!r} (accelerate launch --mixed_precision, or accelerate "
+            f"config: ACCELERATE_MIXED_PRECISION={launched}), but the recipe says train.mixed_precision="
+            f"{mixed_precision!r}, which is what seqzoo train runs: add the override mixed_precision={launched}, or "
+            "launch with --mixed_precision no"
+        )
+
+
 def _launched_on_cpu_only() -> bool:
     # Accelerate runs torchrun-launched processes as independent single-process runs unless told they are CPU
     # processes (then it joins them over gloo); `accelerate launch --cpu` says so itself, torchrun does not.
@@ -446,7 +461,7 @@ def _run(recipe: Recipe, accelerator: Any, model: Any, optimizer: Any, scheduler
     if save_model:
         final_model = _save_final(accelerator, model, recipe, data, run_dir, step, tokens_seen, last_eval, health)
     else:
-        final_model = accelerator.unwrap_model(model)
+        final_model = _uncompiled(accelerator.unwrap_model(model))
     return TrainResult(output_dir=run_dir, steps=step, tokens_seen=tokens_seen, eval=last_eval,
                        grad_health=health.summary(),
                        train_tokens_per_second=train_tokens / train_seconds if train_seconds else 0.0,
@@ -571,6 +586,12 @@ def _figures(evaluation: dict[str, Any]) -> dict[str, float]:
     return {k: evaluation[k] for k in ("loss", "perplexity", "accuracy") if k in evaluation}
 
 
+def _uncompiled(model: Any) -> Any:
+    """The module inside torch.compile's wrapper: `accelerate launch --dynamo_backend ...` compiles the prepared
+    model, whose own state dict names every tensor `_orig_mod.<name>` (which from_pretrained cannot load)."""
+    return getattr(model, "_orig_mod", model)
+
+
 def _save_final(accelerator: Any, model: Any, recipe: Recipe, data: Any, run_dir: Path, step: int, tokens_seen: int,
                 last_eval: dict[str, Any], health: GradientHealth) -> Any:
     """save_pretrained (+ the byte tokenizer for text data) and seqzoo_training.json, which model cards read."""
@@ -579,7 +600,7 @@ def _save_final(accelerator: Any, model: Any, recipe: Recipe, data: Any, run_dir
     from seqzoo.tokenizer import VOCAB_SIZE, tokenizer_for
 
     accelerator.wait_for_everyone()
-    unwrapped = accelerator.unwrap_model(model)
+    unwrapped = _uncompiled(accelerator.unwrap_model(model))
     if is_sharded(model):
         state_dict = full_model_state(model)  # a collective: gathered on the main process, empty on the others
         # Gathering gives each name of a tied weight its own copy; shared again, save_pretrained stores it once.
@@ -588,6 +609,9 @@ def _save_final(accelerator: Any, model: Any, recipe: Recipe, data: Any, run_dir
                 state_dict[name] = state_dict[target]
     else:
         state_dict = accelerator.get_state_dict(model)
+        compiled = "_orig_mod."
+        if state_dict and all(name.startswith(compiled) for name in state_dict):
+            state_dict = {name[len(compiled):]: value for name, value in state_dict.items()}
     if accelerator.is_main_process:
         require_finite(state_dict, "the final model")
         # Memory tasks use their own small vocabulary, which the byte tokenizer does not describe.

@@ -344,3 +344,32 @@ def test_schedule_warms_up_then_decays_to_the_floor():
     assert factors[:4] == [0.25, 0.5, 0.75, 1.0]
     assert all(a >= b for a, b in zip(factors[4:], factors[5:])) and math.isclose(factors[-1], 0.1 + 0.9 * 0.5 * (
         1 + math.cos(math.pi * 15 / 16)))
+
+
+def test_a_launch_asking_for_other_mixed_precision_is_refused_not_ignored(tmp_path, monkeypatch):
+    # `accelerate launch --mixed_precision bf16` sets this; the recipe's "no" went to Accelerator and won silently.
+    monkeypatch.setenv("ACCELERATE_MIXED_PRECISION", "bf16")
+    with pytest.raises(ValueError, match=r"the launch asks for mixed precision 'bf16'.*mixed_precision=bf16"):
+        train(make_recipe(tmp_path, "a", train={"max_steps": 1, "save_every": 0}), progress=False)
+    steps = {"max_steps": 1, "save_every": 0, "mixed_precision": "bf16"}
+    assert train(make_recipe(tmp_path, "b", train=steps), progress=False).steps == 1  # the two agree
+    monkeypatch.setenv("ACCELERATE_MIXED_PRECISION", "no")  # accelerate launch's default: the recipe decides
+    assert train(make_recipe(tmp_path, "c", train=steps), progress=False).steps == 1
+
+
+def test_a_model_compiled_by_accelerate_launch_is_saved_under_its_own_names(tmp_path, monkeypatch):
+    # `accelerate launch --dynamo_backend ...` compiles the prepared model; its state dict said `_orig_mod.<name>`.
+    from accelerate.state import AcceleratorState
+
+    monkeypatch.setenv("ACCELERATE_DYNAMO_BACKEND", "EAGER")
+    AcceleratorState._reset_state()  # (the first Accelerator of a process fixes its dynamo setting)
+    try:
+        result = train(make_recipe(tmp_path, "a", train={"max_steps": 1, "save_every": 0}), progress=False)
+    finally:
+        AcceleratorState._reset_state()  # later runs in this process compile nothing
+    names = set(weights(tmp_path / "a"))
+    assert names and not any(name.startswith("_orig_mod.") for name in names)
+    loaded = AutoModelForCausalLM.from_pretrained(tmp_path / "a").state_dict()
+    for key, value in weights(tmp_path / "a").items():
+        assert torch.equal(loaded[key], value), key
+    assert not hasattr(result.model, "_orig_mod")
