@@ -117,6 +117,9 @@ class SeqzooCache(Cache):
         self.seen_tokens = 0
         self._fits_config: Any = None  # the config check_fits last accepted
         self._layout_config: Any = None  # the config of the model that built it (for_model), when known
+        # Set by generate() after a beam search: the rows hold the beams of its last step, not the sequences it
+        # returned, so continuing the cache would decode from other states (generate() refuses it).
+        self.from_beam_search = False
 
     @classmethod
     def for_model(cls, model: Any) -> "SeqzooCache":
@@ -215,6 +218,13 @@ class SeqzooCache(Cache):
                     "SeqzooCache.for_model(model)"
                 )
             self._check_sizes(config, where)
+            if not self.seen_tokens and self.batch_size is None:
+                # An empty cache takes the layout of the model that fills it: a cache built for other sizes (or by
+                # hand, without a model) is accepted while empty, and must afterwards be checked as this model's.
+                self._layout_config = config
+                self.model_type = config.model_type
+                if mixers is not None:
+                    self.mixer_types = mixers
         self._fits_config = config
         cached = self.batch_size
         if cached is not None and cached != batch:
@@ -274,6 +284,7 @@ class SeqzooCache(Cache):
     def reset(self) -> None:
         super().reset()
         self.seen_tokens = 0
+        self.from_beam_search = False
         # A reset cache decodes as a new one: the classic models' input table it held is checked against the weights
         # again on its next step (a fused optimizer's step or a change through .data since leaves no version behind).
         self.__dict__.pop(INPUT_TABLE_ATTRIBUTE, None)

@@ -898,7 +898,8 @@ class SeqzooForCausalLM(SeqzooPreTrainedModel, GenerationMixin):
         check_cache_implementation(self, config, kwargs)
         check_generate_mask(self, args, kwargs)
         takes_cache = GENERATE_CACHE_KWARG in inspect.signature(self.prepare_inputs_for_generation).parameters
-        if cache is None and kwargs.get("use_cache", config.use_cache) is not False and takes_cache:
+        use_cache = check_generate_cache(self, cache, config, kwargs)
+        if cache is None and use_cache is not False and takes_cache:
             # generate() builds no cache for a model that declines the default DynamicCache, but some of its modes
             # (assisted decoding) need one before the first forward. Not when a wrapper has replaced the step's
             # input preparation with one that does not name the cache (peft's prompt tuning): generate() would
@@ -907,7 +908,43 @@ class SeqzooForCausalLM(SeqzooPreTrainedModel, GenerationMixin):
         if cache is not None:
             # Under the name the installed release looks for, so that it slices the already-cached prompt tokens off.
             kwargs[GENERATE_CACHE_KWARG] = cache
-        return super().generate(*args, **kwargs)
+        return mark_beam_search_cache(super().generate(*args, **kwargs), cache, config, kwargs)
+
+
+def check_generate_cache(model: nn.Module, cache: Any, config: Any, kwargs: dict[str, Any]) -> Any:
+    """Refuse a cache that ``generate()`` cannot continue rightly; return the ``use_cache`` it runs with.
+
+    - with ``use_cache=False`` (a keyword, or ``config``'s): transformers would feed the whole sequence at every step
+      on top of the cache, which already holds its start: wrong tokens, and the cache left holding the sequence
+      several times over;
+    - a cache a beam search returned (:func:`mark_beam_search_cache`);
+    and a draft model (``assistant_model``) whose state cannot be cropped, which failed after its first round."""
+    use_cache = kwargs.get("use_cache", config.use_cache)
+    where = f"{type(model).__name__}.generate"
+    if cache is not None and use_cache is False:
+        raise ValueError(f"{where}: a cache to continue was passed with use_cache=False; pass the cache and leave "
+                         "use_cache unset (or True), or pass no cache to decode without one")
+    assistant = kwargs.get("assistant_model")
+    if getattr(assistant, "_is_stateful", False):  # (transformers checks the main model only)
+        raise ValueError(f"{where}: assistant_model {type(assistant).__name__} keeps a recurrent state, which "
+                         "cannot be rolled back past the draft tokens the main model rejects; use a draft model "
+                         "with attention layers only (a Transformer), or prompt_lookup_num_tokens")
+    if getattr(cache, "from_beam_search", False):
+        raise ValueError(f"{where}: this cache comes from a beam search, whose rows hold the beams of its last step, "
+                         "not the sequences it returned (transformers keeps no cache per returned sequence); decode "
+                         "the returned sequences without a cache, or continue a cache from greedy or sampled "
+                         "decoding")
+    return use_cache
+
+
+def mark_beam_search_cache(result: Any, cache: Any, config: Any, kwargs: dict[str, Any]) -> Any:
+    """Mark the cache of a beam search (the one passed in, which generate() fills in place, and the one returned)
+    so that :func:`check_generate_cache` refuses to continue it; return ``result``."""
+    if (kwargs.get("num_beams", getattr(config, "num_beams", 1)) or 1) > 1:
+        for each in (cache, output_cache(result)):
+            if isinstance(each, SeqzooCache):
+                each.from_beam_search = True
+    return result
 
 
 # transformers' prepare_inputs_for_generation as _decode_step_inputs was checked against (tests/models/

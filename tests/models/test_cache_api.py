@@ -3,6 +3,8 @@ seqzoo's additions (bytes per sequence, layout checks), each on a tiny model's f
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 
@@ -88,6 +90,22 @@ def test_an_empty_cache_built_for_other_sizes_is_accepted():
     with torch.no_grad():
         model(IDS, cache=cache)
     assert cache.get_seq_length() == IDS.shape[1]
+
+
+def test_an_empty_cache_takes_the_layout_of_the_model_that_fills_it():
+    # Built for other sizes (or by hand, without a model) and filled by this model, it holds this model's states: a
+    # copy of it continues with this model, and a model of the other sizes or another mixer refuses it by name.
+    model = tiny_model("rnn-tiny")
+    wider = tiny_model("rnn-tiny", hidden_size=2 * model.config.hidden_size)
+    with torch.no_grad():
+        full = model(IDS).logits[:, -1]
+        for cache in (SeqzooCache.for_model(wider), SeqzooCache(["recurrent", "recurrent"])):
+            model(IDS[:, :4], cache=cache)
+            torch.testing.assert_close(model(IDS[:, 4:], cache=copy.deepcopy(cache)).logits[:, -1], full)
+            with pytest.raises(ValueError, match="other sizes|built for a seqzoo_rnn"):
+                wider(IDS[:, 4:], cache=cache)
+            with pytest.raises(ValueError, match="built for a seqzoo_rnn model"):
+                tiny_model("gru-tiny")(IDS[:, 4:], cache=cache)
 
 
 @pytest.mark.parametrize("preset", ["transformer-tiny", "hybrid-tiny"])

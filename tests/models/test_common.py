@@ -220,6 +220,26 @@ def test_a_cache_holding_the_whole_input_is_refused(family_preset):
     model.generate(longer, cache=cache, **kwargs)
     with pytest.raises(ValueError, match="already holds 10 position"):  # the same cache a second time
         model.generate(longer, cache=cache, **kwargs)
+    # use_cache=False beside a cache made transformers feed the whole sequence at every step on top of it
+    with pytest.raises(ValueError, match="a cache to continue was passed with use_cache=False"):
+        model.generate(torch.cat([longer, longer[:, -1:]], dim=1), cache=cache, use_cache=False, **kwargs)
+    assert cache.get_seq_length() == 10  # refused before any forward
+
+
+def test_the_cache_of_a_beam_search_is_refused_for_continuing(family_preset):
+    """Its rows hold the running beams of the last step, not the sequences returned, which transformers keeps no
+    cache for: continuing it decoded other tokens than the returned sequences decoded afresh, without an error."""
+    model = tiny_model(family_preset)
+    ids = torch.tensor([PROMPTS[0]])
+    kwargs = dict(do_sample=False, pad_token_id=0, eos_token_id=None)
+    out = model.generate(ids, max_new_tokens=3, num_beams=3, num_return_sequences=3, return_dict_in_generate=True,
+                         **kwargs)
+    with pytest.raises(ValueError, match="this cache comes from a beam search"):
+        model.generate(out.sequences, cache=output_cache(out), max_new_tokens=2, **kwargs)
+    # a greedy run's cache continues as before, and a reset one decodes as new
+    out = model.generate(ids, max_new_tokens=3, return_dict_in_generate=True, **kwargs)
+    assert torch.equal(model.generate(out.sequences, cache=output_cache(out), max_new_tokens=2, **kwargs),
+                       model.generate(out.sequences, max_new_tokens=2, **kwargs))
 
 
 
@@ -250,6 +270,18 @@ def test_assisted_decoding_is_refused_when_the_cache_cannot_be_cropped(preset):
     model = tiny_model(preset)
     with pytest.raises(ValueError, match="stateful"):
         model.generate(torch.tensor([[5, 6, 7, 5, 6, 7]]), prompt_lookup_num_tokens=2, **ASSISTED)
+
+
+@pytest.mark.parametrize("draft", ["lstm-tiny", "mamba-tiny", "hybrid-tiny"])
+def test_a_draft_model_that_keeps_a_state_is_refused_by_name(draft):
+    # transformers checks the main model alone: the draft's cache failed to crop after the first round of drafts
+    model = tiny_model("transformer-tiny")
+    with pytest.raises(ValueError, match=rf"assistant_model {type(tiny_model(draft)).__name__} keeps a recurrent "
+                                         "state"):
+        model.generate(torch.tensor([[5, 6, 7, 5, 6, 7]]), assistant_model=tiny_model(draft), **ASSISTED)
+    ids = torch.tensor([[5, 6, 7, 5, 6, 7]])  # an attention-only draft still decodes as plain greedy
+    assert torch.equal(model.generate(ids, assistant_model=tiny_model("transformer-tiny", seed=1), **ASSISTED),
+                       model.generate(ids, **ASSISTED))
 
 
 def test_hf_trainer_trains_and_evaluates(family_preset, tmp_path):

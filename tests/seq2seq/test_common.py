@@ -410,6 +410,12 @@ def test_generate_continues_from_a_cache_of_the_first_decoder_tokens(preset):
     assert cache.get_seq_length() == 4 + 3
     with pytest.raises(ValueError, match=r"already holds 7 position\(s\), but decoder_input_ids has 4"):
         model.generate(ids, cache=cache, **kwargs)
+    # a cache with use_cache=False, and the cache of a beam search (the beams of its last step), are refused
+    with pytest.raises(ValueError, match="a cache to continue was passed with use_cache=False"):
+        model.generate(ids, cache=cache, use_cache=False, **kwargs)
+    beams = model.generate(ids, num_beams=2, return_dict_in_generate=True, **kwargs)
+    with pytest.raises(ValueError, match="this cache comes from a beam search"):
+        model.generate(ids, cache=output_cache(beams), **{**kwargs, "decoder_input_ids": beams.sequences})
 
 
 def test_keywords_are_checked(preset):

@@ -28,9 +28,11 @@ from seqzoo.models.modeling_utils import (
     SeqzooPreTrainedModel,
     check_cache_implementation,
     check_continued_cache,
+    check_generate_cache,
     check_label_range,
     drop_generate_only_inputs,
     forward_parameters,
+    mark_beam_search_cache,
     prepare_inputs,
     refuse_continuous_batching,
     resolve_output_flags,
@@ -326,10 +328,12 @@ class Seq2SeqForConditionalGeneration(Seq2SeqPreTrainedModel, GenerationMixin):
         """transformers' ``generate``; a cache to continue from may be passed as ``cache`` on every supported
         release (or under its older names ``past_key_values`` / ``cache_params``)."""
         cache = take_cache(cache, kwargs)
-        check_cache_implementation(self, kwargs.get("generation_config") or self.generation_config, kwargs)
+        config = kwargs.get("generation_config") or self.generation_config
+        check_cache_implementation(self, config, kwargs)
+        check_generate_cache(self, cache, config, kwargs)
         if cache is not None:
             kwargs[GENERATE_CACHE_KWARG] = cache
-        return super().generate(*args, **kwargs)
+        return mark_beam_search_cache(super().generate(*args, **kwargs), cache, config, kwargs)
 
 
 def shift_tokens_right(labels: torch.Tensor, pad_token_id: int | None, decoder_start_token_id: int | None):
