@@ -257,16 +257,20 @@ def cmd_generate(args: argparse.Namespace) -> int:
     source = args.model
     try:
         with quiet_transformers():
-            config = AutoConfig.from_pretrained(source)
+            _check_known_model_type(source)
+            # (never transformers' interactive "run the custom code? [y/N]" prompt for a model_type nobody registered)
+            config = AutoConfig.from_pretrained(source, trust_remote_code=False)
             seq2seq = getattr(config, "is_encoder_decoder", False)
             auto = AutoModelForSeq2SeqLM if seq2seq else AutoModelForCausalLM
-            model = auto.from_pretrained(source, dtype=_dtype(args.dtype)).to(device).eval()
+            model, loading = auto.from_pretrained(source, dtype=_dtype(args.dtype), output_loading_info=True)
+            model = model.to(device).eval()
             tokenizer = load_tokenizer(source)
     except (OSError, ValueError) as err:
         where = "the folder" if Path(source).is_dir() else "the Hub repository"
         first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise ValueError(f"cannot load a model and tokenizer from {where} {source!r}: {first_line}") from err
     _check_generating_head(config, source)
+    _check_nothing_missing(model, loading, source)
     check_prompt_text(args.prompt)
     try:
         inputs = tokenizer(args.prompt, return_tensors="pt").to(device)
@@ -277,6 +281,8 @@ def cmd_generate(args: argparse.Namespace) -> int:
                          "no unknown-word token (<unk>) to stand for it: use only words of its vocabulary") from None
     if inputs["input_ids"].shape[1] == 0:
         raise ValueError("the prompt is empty: give at least one character")
+    new_tokens = None if args.target is not None else args.max_new_tokens  # (--target: its tokens are read instead)
+    _check_positions(model.config, inputs["input_ids"].shape[1], new_tokens, seq2seq, source)
     if args.compile is not None:
         if seq2seq:
             raise ValueError("--compile compiles a causal language model's decode step; "
@@ -431,6 +437,62 @@ def print_table(header: list[str], rows: list[list[Any]]) -> None:
     print("  ".join("-" * w for w in widths))
     for row in rows:
         print("  ".join(str(x).ljust(w) for x, w in zip(row, widths)).rstrip())
+
+
+def _check_positions(config: Any, prompt_tokens: int, max_new_tokens: int | None, seq2seq: bool, source: str) -> None:
+    """A model with learned or sinusoidal positions reads at most ``config.max_input_length`` of them: refuse a prompt
+    and --max-new-tokens that would pass them before anything is printed (the model would stop part way, at the
+    position, with an error that names neither). A causal LM reads the prompt and every new token but the last; an
+    encoder-decoder reads the prompt (its source) in the encoder and its start token and new tokens but the last in
+    the decoder."""
+    longest = getattr(config, "max_input_length", None)
+    if not isinstance(longest, int):  # (None: positions without a bound; another library's config)
+        return
+    limit = f"{source!r} reads at most {longest} positions (max_position_embeddings)"
+    if prompt_tokens > longest:
+        raise ValueError(f"the prompt is {prompt_tokens} tokens and {limit}: shorten the prompt")
+    room = longest if seq2seq else longest - prompt_tokens + 1
+    if max_new_tokens is not None and max_new_tokens > room:
+        after = "" if seq2seq else f" after this {prompt_tokens}-token prompt"
+        raise ValueError(f"--max-new-tokens={max_new_tokens} is too many: {limit}, which leaves room for at most "
+                         f"{room} new tokens{after}")
+
+
+def _check_known_model_type(source: str) -> None:
+    """A folder of a model_type that neither seqzoo nor transformers registers (a plugin's architecture whose package
+    is not installed here, a folder saved by a later seqzoo): say so, where transformers would offer to run custom
+    code that the folder does not hold."""
+    import json
+
+    from transformers.models.auto.configuration_auto import CONFIG_MAPPING
+
+    path = Path(source) / "config.json"
+    if not path.is_file():
+        return
+    try:
+        model_type = json.loads(path.read_text(encoding="utf-8")).get("model_type")
+    except (OSError, UnicodeDecodeError, ValueError, AttributeError):
+        return  # (transformers names what is wrong with the file)
+    if isinstance(model_type, str) and model_type not in CONFIG_MAPPING:
+        from seqzoo.registry import get_architecture, list_architectures
+
+        ours = ", ".join(sorted(get_architecture(name).model_type for name in list_architectures()))
+        raise ValueError(f"{source!r} holds a model of model_type {model_type!r}, which neither seqzoo nor transformers "
+                         f"registers here (seqzoo's: {ours}): the architecture of a plugin whose package is not "
+                         "installed, or of a later seqzoo?")
+
+
+def _check_nothing_missing(model: Any, loading: dict[str, Any], source: str) -> None:
+    """Refuse weights that from_pretrained initialised at random because the folder lacks them: a backbone saved
+    without its head (``model.model.save_pretrained``, AutoModel) gets a fresh vocabulary head, and another
+    library's checkpoint missing a tensor loads too; the report transformers prints is silenced here."""
+    tied = set(getattr(model, "all_tied_weights_keys", {}) or {})
+    missing = sorted(set(loading.get("missing_keys", [])) - tied)
+    if missing:
+        shown = ", ".join(missing[:4]) + (" ..." if len(missing) > 4 else "")
+        raise ValueError(f"{source!r} lacks weights of {type(model).__name__} ({shown}), which would be initialised "
+                         "anew, untrained: a backbone saved without its language-model head, or an incomplete "
+                         "checkpoint; save the whole causal language model (its save_pretrained)")
 
 
 def _check_generating_head(config: Any, source: str) -> None:
@@ -611,6 +673,11 @@ def main(argv: list[str] | None = None, *, before_command: Callable[[], None] | 
     # argparse gives a positional list (``seqzoo train R k=v``) only the words before the first option; overrides
     # written after an option (``seqzoo train R --output-dir X k=v``) come back unparsed and join the list.
     if isinstance(getattr(args, "overrides", None), list):
+        resume = getattr(args, "resume", None)
+        if isinstance(resume, str) and _OVERRIDE.match(resume) and not Path(resume).exists():
+            # ``--resume k=v``: --resume takes an optional PATH, so argparse gave it the override that followed it
+            args.overrides.append(resume)
+            args.resume = True
         args.overrides += [word for word in extra if _OVERRIDE.match(word)]
         extra = [word for word in extra if not _OVERRIDE.match(word)]
     if extra:

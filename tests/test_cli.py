@@ -390,6 +390,59 @@ def test_generate_refuses_a_classifier_folder(tmp_path, capsys):
     assert "holds a MambaForTokenClassification (the token-classification head)" in line
 
 
+def test_generate_and_export_refuse_a_backbone_without_its_head(tmp_path, capsys):
+    """A backbone folder (AutoModel, model.model.save_pretrained) loads into the causal LM with its head initialised
+    anew; transformers' report of that was silenced, and the untrained head generated (or was exported)."""
+    import seqzoo
+
+    seqzoo.create_model("transformer-tiny", tie_word_embeddings=False).model.save_pretrained(tmp_path / "backbone")
+    seqzoo.byte_tokenizer().save_pretrained(tmp_path / "backbone")
+    capsys.readouterr()
+    line = _error(capsys, ["generate", str(tmp_path / "backbone"), "ab", "--max-new-tokens", "3", "--no-stream"])
+    assert "lacks weights of TransformerForCausalLM (lm_head.weight)" in line
+    line = _error(capsys, ["export", "--to", "llama", str(tmp_path / "backbone"), str(tmp_path / "out")])
+    assert "lacks weights of TransformerForCausalLM (lm_head.weight)" in line
+    seqzoo.create_model("transformer-tiny", "sequence-classification", num_labels=2).save_pretrained(tmp_path / "cls")
+    capsys.readouterr()
+    line = _error(capsys, ["export", "--to", "llama", str(tmp_path / "cls"), str(tmp_path / "out")])
+    assert "holds a TransformerForSequenceClassification (the sequence-classification head)" in line
+    assert not (tmp_path / "out").exists()
+
+
+def test_generate_names_a_model_type_nobody_registers_and_never_prompts(model_dir, tmp_path, capsys, monkeypatch):
+    # (transformers asked "Do you wish to run the custom code? [y/N]" on the terminal, for code the folder lacks.)
+    import shutil
+
+    shutil.copytree(model_dir, tmp_path / "m")
+    config = json.loads((tmp_path / "m" / "config.json").read_text())
+    config["model_type"] = "seqzoo_pluginarch"
+    (tmp_path / "m" / "config.json").write_text(json.dumps(config))
+    monkeypatch.setattr("builtins.input", lambda *args: pytest.fail("prompted"))
+    line = _error(capsys, ["generate", str(tmp_path / "m"), "ab"])
+    assert "model_type 'seqzoo_pluginarch', which neither seqzoo nor transformers registers here" in line
+
+
+def test_generate_refuses_more_positions_than_the_model_has(tmp_path, capsys):
+    # (The model stopped part way, its text printed, with an error naming a position but not the flag.)
+    folder = tmp_path / "learned"
+    main(["new", "transformer-tiny", str(folder), "--set", "position_embedding=learned", "max_position_embeddings=16"])
+    capsys.readouterr()
+    assert main(["generate", str(folder), "0123456789", "--max-new-tokens", "7", "--no-stream"]) == 0
+    capsys.readouterr()
+    assert ("--max-new-tokens=8 is too many: " + repr(str(folder)) + " reads at most 16 positions "
+            "(max_position_embeddings), which leaves room for at most 7 new tokens after this 10-token prompt"
+            in _error(capsys, ["generate", str(folder), "0123456789", "--max-new-tokens", "8"]))
+    assert "the prompt is 17 tokens" in _error(capsys, ["generate", str(folder), "x" * 17, "--max-new-tokens", "1"])
+
+
+def test_train_resume_and_force_together_are_refused_and_resume_leaves_an_override_alone(tmp_path, capsys):
+    line = _error(capsys, ["train", "gru-tiny", "--output-dir", str(tmp_path), "--resume", "--force"])
+    assert "--resume and --force contradict each other" in line
+    # --resume takes an optional PATH: an override after it was taken for one ("'max_steps=3' does not exist").
+    assert main(["train", "gru-tiny", "--output-dir", str(tmp_path), "--resume", "max_steps=3", "--print-recipe"]) == 0
+    assert "max_steps: 3" in capsys.readouterr().out
+
+
 def test_generate_names_a_wrongly_typed_config_field(tmp_path, capsys):
     from transformers import MambaConfig
 

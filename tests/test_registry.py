@@ -218,6 +218,31 @@ def test_kernel_plugin_entry_point(tmp_path, monkeypatch, caplog):
         sys.modules.pop("seqzoo_kernelplugin", None)
 
 
+def test_a_kernel_plugin_that_raises_at_call_time_is_named_with_the_way_around_it(tmp_path, monkeypatch):
+    (tmp_path / "seqzoo_boomplugin.py").write_text(
+        "def boom(*args, **kwargs):\n"
+        "    raise RuntimeError('illegal memory access')\n"
+        "def register(registry):\n"
+        "    registry.register_backend('lstm', 'boom', boom, priority=100)\n"
+    )
+    dist = tmp_path / "seqzoo_boomplugin-0.1.dist-info"
+    dist.mkdir()
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: seqzoo-boomplugin\nVersion: 0.1\n")
+    (dist / "entry_points.txt").write_text("[seqzoo.kernels]\nboomer = seqzoo_boomplugin:register\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    try:
+        kernel_registry._load_entry_point_plugins()
+        assert kernel_registry.get_op("lstm").backends["reference"].plugin is None  # (seqzoo's own stay unmarked)
+        args, kwargs = lstm_call()
+        with pytest.raises(KernelError, match=r"kernel backend 'boom' of op 'lstm', from the plugin boomer "
+                                              r"\(seqzoo_boomplugin:register\), raised RuntimeError: illegal memory "
+                                              r"access; run without it with SEQZOO_KERNELS=lstm=reference"):
+            kernel_registry.dispatch("lstm", *args, **kwargs)
+    finally:
+        kernel_registry.unregister_backend("lstm", "boom")
+        sys.modules.pop("seqzoo_boomplugin", None)
+
+
 def test_create_model_builds_in_the_dtype_and_attention_asked_for():
     model = seqzoo.create_model("transformer-tiny", dtype=torch.bfloat16, attn_implementation="eager")
     assert {p.dtype for p in model.parameters()} == {torch.bfloat16}

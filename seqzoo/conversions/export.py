@@ -86,7 +86,31 @@ def _load_seqzoo(source: Any, target: str) -> Any:
         config = None  # (from_pretrained names what is wrong with it)
     if isinstance(config, dict):
         _check_target(config.get("model_type"), target)
-    return AutoModelForCausalLM.from_pretrained(source)
+        _check_saved_as_causal_lm(config, source)
+    from seqzoo.utils import quiet_transformers
+
+    with quiet_transformers():  # (its load report of missing weights is the error below)
+        model, loading = AutoModelForCausalLM.from_pretrained(source, output_loading_info=True)
+    tied = set(getattr(model, "all_tied_weights_keys", {}) or {})
+    missing = sorted(set(loading.get("missing_keys", [])) - tied)
+    if missing:  # (a backbone saved without its head: the head would be exported untrained)
+        raise ValueError(f"export source {str(source)!r} lacks weights of {type(model).__name__} "
+                         f"({', '.join(missing[:4])}{' ...' if len(missing) > 4 else ''}): the export would hold them "
+                         "untrained; export a folder saved from the whole causal language model")
+    return model
+
+
+def _check_saved_as_causal_lm(config: dict[str, Any], source: Any) -> None:
+    """A folder saved as a classifier loads into AutoModelForCausalLM too, with a vocabulary head it never trained
+    (tied to the embeddings, or new): refuse it rather than export that head as a language model's."""
+    from seqzoo.registry import architecture_for_model_type
+
+    spec = architecture_for_model_type(config.get("model_type"))
+    saved_as = (config.get("architectures") or [None])[0]
+    task = spec.task_saved_as(saved_as)
+    if task is not None and task != "causal-lm":
+        raise ValueError(f"export source {str(source)!r} holds a {saved_as} (the {task} head), not a causal language "
+                         f"model: its vocabulary head would be untrained; export a causal language model's folder")
 
 
 __all__ = ["TARGETS", "export_native", "to_native"]

@@ -73,6 +73,7 @@ class Backend:
     description: str = ""
     devices: tuple[str, ...] = ("cpu", "cuda")
     cache_key: CacheKeyFn | None = None
+    plugin: str | None = None  # the entry point that registered it ("name (module:attr)"), for errors at call time
     _loaded: Callable[..., Any] | None = field(default=None, repr=False)
     _available: bool | None = field(default=None, repr=False)
 
@@ -280,6 +281,10 @@ def _load_entry_point_plugins() -> None:
         try:
             hook = ep.load()
             hook(sys.modules[__name__])
+            for entry in _OPS.values():
+                for backend in entry.backends.values():
+                    if backend is not before.get(entry.name, {}).get(backend.name):
+                        backend.plugin = f"{ep.name} ({ep.value})"
         except Exception:
             for name in [name for name in _OPS if name not in before]:
                 del _OPS[name]
@@ -590,13 +595,31 @@ def dispatch(op: str, *args: Any, **kwargs: Any) -> Any:
     bfloat16 implementation on CPU such as ``triangular_solve`` and oneDNN's LSTM)."""
     device_type = _autocast_device_type(args[0]) if args else None
     if device_type is None:
-        return select(op, *args, **kwargs).load()(*args, **kwargs)
+        return _run(select(op, *args, **kwargs), args, kwargs)
     import torch
 
     args = tuple(_to_float32(a) for a in args)
     kwargs = {k: _to_float32(v) for k, v in kwargs.items()}
     with torch.autocast(device_type, enabled=False):
-        return select(op, *args, **kwargs).load()(*args, **kwargs)
+        return _run(select(op, *args, **kwargs), args, kwargs)
+
+
+def _run(backend: Backend, args: tuple, kwargs: dict) -> Any:
+    """Call ``backend``; a plugin's kernel that raises is named, with the way around it (its error would otherwise
+    reach the user as an unexplained error from inside the model)."""
+    if backend.plugin is None:
+        return backend.load()(*args, **kwargs)
+    try:
+        return backend.load()(*args, **kwargs)
+    except KernelError:
+        raise
+    except Exception as err:
+        raise KernelError(
+            f"kernel backend {backend.name!r} of op {backend.op!r}, from the plugin {backend.plugin}, raised "
+            f"{type(err).__name__}: {err}; run without it with {ENV_VAR}={backend.op}=reference (or "
+            f"seqzoo.set_kernel_backend({backend.op!r}, 'reference'), `seqzoo generate --kernel "
+            f"{backend.op}=reference`) and report it to the plugin's authors"
+        ) from err
 
 
 def _autocast_device_type(tensor: Any) -> str | None:

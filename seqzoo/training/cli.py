@@ -44,6 +44,9 @@ def cmd_train(args: argparse.Namespace) -> int:
     from seqzoo.training.trainer import train
     from seqzoo.utils import parse_overrides
 
+    if args.resume and args.force:  # (train() reads force only for a fresh run: --force would be ignored)
+        raise ValueError("--resume and --force contradict each other: --resume continues the run in the output "
+                         "folder, --force deletes what it holds to start over; give one of them")
     overrides = parse_overrides(args.overrides)
     if args.output_dir:
         overrides["output_dir"] = args.output_dir
