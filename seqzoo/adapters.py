@@ -97,6 +97,7 @@ def peft_config(model: nn.Module, method: str = "lora", task_type: Any = None, *
         raise ValueError(f"task_type={task_type!r} does not fit {type(model).__name__}, whose head needs "
                          f"{expected!r}; pass that, or leave task_type out")
     if method == "prompt_tuning":
+        _refuse_quantised_model(model, method)
         return _prompt_tuning_config(model, expected, overrides)
     targets = peft_targets(model)
     _check_target_modules(model, overrides.get("target_modules"))
@@ -106,6 +107,7 @@ def peft_config(model: nn.Module, method: str = "lora", task_type: Any = None, *
             values.pop("target_parameters")
         values.update(overrides)
         _refuse_quantised_parameters(model, values.get("target_parameters") or ())
+        _refuse_quantised_model(model, method)
         return peft.LoraConfig(**values)
     if not targets["target_modules"] and "target_modules" not in overrides:
         raise ValueError(
@@ -113,6 +115,7 @@ def peft_config(model: nn.Module, method: str = "lora", task_type: Any = None, *
             f"({', '.join(targets['target_parameters'])}) are parameters of the recurrent layer, which peft adapts "
             "only with LoRA (method='lora')"
         )
+    _refuse_quantised_model(model, method)
     values = {"target_modules": targets["target_modules"], "feedforward_modules": [], "task_type": expected}
     values.update(overrides)
     return peft.IA3Config(**values)
@@ -145,6 +148,19 @@ def _refuse_quantised_parameters(model: nn.Module, names: Any) -> None:
                          f"{type(model.get_parameter(quantised[0])).__name__} weights), and peft's LoRA on a parameter "
                          "cannot add to a quantised weight: add the adapter to the float model (quantise after "
                          "merge_and_unload())")
+
+
+def _refuse_quantised_model(model: nn.Module, method: str) -> None:
+    """torchao's int8 dynamic-activation layers (seqzoo.quantize_int8) pass no gradient to their input: their
+    output has no autograd history from it. Every adapter sits before the quantised vocabulary head, so none could
+    learn: backward failed with "element 0 of tensors does not require grad" (or, with a float bias after the last
+    quantised layer, trained that bias alone)."""
+    quantised = [name for name, p in model.named_parameters() if type(p).__module__.split(".")[0] == "torchao"]
+    if quantised:
+        raise ValueError(f"{type(model).__name__} is quantised ({', '.join(quantised[:3])} hold "
+                         f"{type(model.get_parameter(quantised[0])).__name__} weights), and its int8 layers pass no "
+                         f"gradient to their inputs, so no {method} adapter could learn: add the adapter to the float "
+                         "model (quantise after merge_and_unload())")
 
 
 def _prompt_tuning_config(model: nn.Module, task_type: str, overrides: dict[str, Any]) -> Any:

@@ -51,6 +51,14 @@ def quantize_int8(model: nn.Module) -> nn.Module:
     modules = dict(model.named_modules())
     kinds = {name: type(_target_tensor(model, modules, name)) for name in targets}
     quantised = [name for name, kind in kinds.items() if kind not in (torch.Tensor, nn.Parameter)]
+    # accelerate's offloading (from_pretrained(device_map=..., offload_folder=...), cpu_offload) leaves meta tensors
+    # in the model and loads the float weights into them at each call: torchao quantised the meta tensors, and the
+    # first forward failed inside accelerate's hook (TypeError: new() received an invalid combination of arguments).
+    offloaded = [name for name in targets if _target_tensor(model, modules, name).device.type == "meta"]
+    if offloaded:
+        raise ValueError(f"{type(model).__name__} is offloaded ({', '.join(offloaded[:3])} are on the meta device, "
+                         "loaded at each call by accelerate's hooks), and offloaded weights cannot be quantised: load "
+                         "the model whole (without device_map offloading), then quantise it")
     if quantised:
         raise ValueError(f"{type(model).__name__} is quantised already ({', '.join(quantised[:3])} hold "
                          f"{kinds[quantised[0]].__name__} weights); quantise a float model once")

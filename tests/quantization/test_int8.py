@@ -126,3 +126,26 @@ def test_lora_on_the_parameters_of_a_quantised_model_is_refused(torchao_quantiza
     with pytest.raises(ValueError, match=r"is quantised \(model.layers.0.weight_ih.*peft's LoRA on a parameter "
                                          r"cannot add to a quantised weight"):
         seqzoo.peft_config(model)
+
+
+@pytest.mark.parametrize("preset, method", [("transformer-tiny", "lora"), ("mamba-tiny", "ia3"),
+                                            ("lstm-tiny", "prompt_tuning")])
+def test_any_adapter_on_a_quantised_model_is_refused(preset, method, torchao_quantization):
+    # torchao's int8 dynamic-activation layers pass no gradient to their input: peft accepted LoRA on the Linear
+    # layers (its TorchaoLoraLinear) or a soft prompt, and backward failed with "element 0 of tensors does not
+    # require grad" (the quantised head cuts every adapter off from the loss)
+    model = seqzoo.quantize_int8(tiny_model(preset))
+    with pytest.raises(ValueError, match=rf"is quantised \(.*Int8Tensor weights\), and its int8 layers pass no "
+                                         rf"gradient to their inputs, so no {method} adapter could learn"):
+        seqzoo.peft_config(model, method)
+
+
+def test_an_offloaded_model_is_refused(torchao_quantization):
+    # torchao quantised the meta tensors accelerate leaves in the model, and the first forward failed inside
+    # accelerate's hook (TypeError: new() received an invalid combination of arguments)
+    import accelerate
+
+    model = accelerate.cpu_offload(tiny_model("lstm-tiny"), execution_device=torch.device("cpu"))
+    with pytest.raises(ValueError, match=r"is offloaded \(model.layers.0.weight_ih.*meta device.*load the model whole"):
+        seqzoo.quantize_int8(model)
+    assert {type(p) for p in model.parameters()} == {torch.nn.Parameter}
