@@ -109,4 +109,10 @@ def load_tokenizer(source: Any) -> PreTrainedTokenizerFast:
         if damaged:  # (the tokenizers library's error names no file: "expected value at line 1 column 1")
             raise ValueError(f"{folder}'s tokenizer cannot be read: {damaged}; save the tokenizer again "
                              "(tokenizer.save_pretrained(folder))") from err
+        if folder is not None and not (folder / "tokenizer.json").is_file() and "Couldn't instantiate" in str(err):
+            # (transformers' text begins "Couldn't instantiate the backend tokenizer from one of:" and goes on
+            # about sentencepiece and tiktoken)
+            raise ValueError(f"{folder} has tokenizer_config.json but no tokenizer.json (or another vocabulary file "
+                             "its tokenizer class reads); copy it from where the model came from, or save the "
+                             "tokenizer again (tokenizer.save_pretrained(folder))") from err
         raise

@@ -3,6 +3,7 @@ where the input is legitimate, the right answer -- never a crash deep inside tor
 
 from __future__ import annotations
 
+import json
 import os
 
 import pytest
@@ -172,6 +173,49 @@ def test_a_damaged_weights_file_names_the_checkpoint(saved, damage):
         AutoModelForCausalLM.from_pretrained(folder)
 
 
+
+def test_integer_weights_and_a_damaged_index_are_refused_naming_the_file(saved):
+    """transformers casts an integer or boolean tensor to the parameter's dtype without a word (small weights read
+    as zeros), and fails on a damaged index with a KeyError or TypeError that names no file."""
+    from safetensors.torch import load_file, save_file
+
+    folder, model = saved
+    weights = load_file(folder / "model.safetensors")
+    key = "model.embed_tokens.weight"
+    save_file({**weights, key: weights[key].to(torch.int32)}, folder / "model.safetensors", metadata={"format": "pt"})
+    with pytest.raises(ValueError, match=rf"not floating point: {key} \(I32\)"):
+        AutoModelForCausalLM.from_pretrained(folder)
+    (folder / "model.safetensors").unlink()
+    save_file(weights, folder / "model-00001-of-00001.safetensors", metadata={"format": "pt"})
+    index = folder / "model.safetensors.index.json"
+    weight_map = {name: "model-00001-of-00001.safetensors" for name in weights}
+    for damaged, message in (("[]", "is damaged: a checkpoint index"), ('{"metadata": {}}', "is damaged: a checkpoint"),
+                             ('{"weight_map": {', r"is damaged \(Expecting"),
+                             (json.dumps({"weight_map": weight_map}), "has no 'metadata' entry")):
+        index.write_text(damaged)
+        with pytest.raises(ValueError, match=f"model.safetensors.index.json' {message}"):
+            AutoModelForCausalLM.from_pretrained(folder)
+    index.write_text(json.dumps({"metadata": {}, "weight_map": weight_map}))
+    assert AutoModelForCausalLM.from_pretrained(folder).config.vocab_size == model.config.vocab_size
+
+
+def test_a_pickled_bin_is_refused_plainly_and_runs_nothing(saved, tmp_path):
+    from safetensors.torch import load_file
+
+    folder, _ = saved
+    marker = tmp_path / "ran"
+
+    class Payload:
+        def __reduce__(self):
+            return (open, (str(marker), "w"))
+
+    weights = load_file(folder / "model.safetensors")
+    (folder / "model.safetensors").unlink()
+    torch.save({**weights, "payload": Payload()}, folder / "pytorch_model.bin")
+    with pytest.raises(ValueError, match="pickle\\) hold Python objects other than tensors, which are not loaded"):
+        AutoModelForCausalLM.from_pretrained(folder)
+    assert not marker.exists()
+
 def test_non_finite_weights_are_refused_unless_allowed(saved):
     folder, model = saved
     with torch.no_grad():
@@ -189,6 +233,9 @@ def test_a_folder_without_tokenizer_files_says_so(saved):
         load_tokenizer(folder)
     seqzoo.byte_tokenizer().save_pretrained(folder)
     assert load_tokenizer(folder).pad_token_id == 256
+    (folder / "tokenizer.json").unlink()  # (transformers: "Couldn't instantiate the backend tokenizer from one of:")
+    with pytest.raises(ValueError, match="has tokenizer_config.json but no tokenizer.json"):
+        load_tokenizer(folder)
 
 
 def test_damaged_tokenizer_and_generation_config_files_are_named(saved):
@@ -206,6 +253,14 @@ def test_damaged_tokenizer_and_generation_config_files_are_named(saved):
     loaded = AutoModelForCausalLM.from_pretrained(folder, generation_config=GenerationConfig(max_new_tokens=3))
     assert loaded.generation_config.max_new_tokens == 3  # one given is taken: the file is not read
     (folder / "generation_config.json").unlink()
+    (folder / "generation_config.json").write_text("[7]")  # JSON, but no object: transformers' TypeError
+    with pytest.raises(ValueError, match=r"generation_config.json is damaged \(it holds a JSON list, not an object"):
+        AutoModelForCausalLM.from_pretrained(folder)
+    (folder / "generation_config.json").unlink()
+    (folder / "tokenizer_config.json").write_text("[]")  # (transformers: AttributeError)
+    with pytest.raises(ValueError, match=r"tokenizer_config.json is damaged \(it holds a JSON list"):
+        load_tokenizer(folder)
+    seqzoo.byte_tokenizer().save_pretrained(folder)
     (folder / "tokenizer.json").write_bytes(b'{"version": "1.0", "trunc')
     with pytest.raises(ValueError, match=r"tokenizer cannot be read: tokenizer.json is damaged \(.*\); save the"):
         load_tokenizer(folder)

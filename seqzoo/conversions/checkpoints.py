@@ -180,6 +180,15 @@ def require_floating_point(tensors: Mapping[str, torch.Tensor], origin: str) -> 
                          f"first")
 
 
+def require_finite(tensors: Mapping[str, torch.Tensor], origin: str, dtype: torch.dtype) -> None:
+    """Refuse NaN or infinite weights (in ``dtype``, the one converted to: float16 overflows past 65504): the
+    converted folder would compute NaN, and ``from_pretrained`` refuses it, long after the conversion said nothing."""
+    bad = [key for key, tensor in tensors.items() if not bool(torch.isfinite(tensor).all())]
+    if bad:
+        raise ValueError(f"{origin} holds NaN or infinite weights in {dtype}: {show(bad)}; a model with them computes "
+                         f"NaN (a damaged checkpoint, or values beyond {dtype}'s range: convert to a wider --dtype)")
+
+
 def _read_index(path: Path) -> dict[str, str]:
     try:
         weight_map = json.loads(path.read_text())["weight_map"]
@@ -294,6 +303,14 @@ def check_destination(source: Any, destination: str | Path) -> Path:
             raise ValueError(f"destination {str(destination)!r} already holds a checkpoint ({', '.join(found[:4])}"
                              f"{' ...' if len(found) > 4 else ''}); writing there would replace it: pass a new or "
                              "empty folder, or remove those files first")
+    if isinstance(source, (str, Path)) and Path(source).is_dir():
+        # The tokenizer and generation-config files are copied as they are: a damaged one would be handed on.
+        from seqzoo.models.modeling_utils import damaged_json_files
+
+        damaged = damaged_json_files(Path(source), [name for name in TOKENIZER_FILES if name.endswith(".json")])
+        if damaged:
+            raise ValueError(f"{str(source)!r}: {damaged}, and it would be copied into {str(destination)!r} as it is; "
+                             "fix or delete the file, or copy it again from where the model came from")
     return destination
 
 
@@ -376,6 +393,7 @@ def build_model(config: Any, weights: dict[str, torch.Tensor], dtype: torch.dtyp
     state = {}
     for key in list(weights):
         state[key] = weights.pop(key).to(dtype, copy=True).contiguous()
+    require_finite(state, origin, dtype)
     if tied:
         state["lm_head.weight"] = state["model.embed_tokens.weight"]
     model.load_state_dict(state, strict=True, assign=True)

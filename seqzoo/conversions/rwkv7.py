@@ -187,7 +187,7 @@ def convert_rwkv7(
     defaults to the checkpoint's (the embedding's); ``config_overrides`` may set token ids and norm eps values."""
     from seqzoo.models.rwkv7 import RWKV7ForCausalLM
 
-    from seqzoo.conversions.checkpoints import require_floating_point
+    from seqzoo.conversions.checkpoints import require_finite, require_floating_point
 
     state_dict = load_rwkv7_state_dict(source)
     config = config_from_state_dict(state_dict, **config_overrides)
@@ -198,7 +198,9 @@ def convert_rwkv7(
     # the checkpoint's tensors as the parameters (copies: the caller may hold the state dict).
     with torch.device("meta"):
         model = RWKV7ForCausalLM(config)
-    model.load_state_dict({k: v.to(dtype, copy=True) for k, v in weights.items()}, strict=True, assign=True)
+    weights = {k: v.to(dtype, copy=True) for k, v in weights.items()}
+    require_finite(weights, "the checkpoint", dtype)
+    model.load_state_dict(weights, strict=True, assign=True)
     return model.eval()
 
 

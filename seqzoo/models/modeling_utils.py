@@ -464,6 +464,7 @@ class SeqzooPreTrainedModel(PreTrainedModel):
         else:
             saved_as = None
         _check_generation_config_file(pretrained_model_name_or_path, kwargs)
+        _check_weight_files(pretrained_model_name_or_path, kwargs)
         want_info = kwargs.pop("output_loading_info", False)
         allow_mismatch = kwargs.pop("ignore_mismatched_sizes", False)
         # Load leniently and judge here, so the error names every offending tensor with both shapes. (Leniently also
@@ -474,6 +475,14 @@ class SeqzooPreTrainedModel(PreTrainedModel):
                 **kwargs,
             )
         except Exception as err:
+            if type(err).__name__ == "UnpicklingError" and ("Weights only load failed" in str(err)
+                                                            or "Unsupported global" in str(err)):
+                # torch's own text advises weights_only=False, which would run the code the file holds
+                raise ValueError(
+                    f"the weights of {str(pretrained_model_name_or_path)!r} (a pytorch_model*.bin pickle) hold Python "
+                    "objects other than tensors, which are not loaded because unpickling them runs code from the "
+                    "file; load only checkpoints you trust, and save weights with safetensors (save_pretrained)"
+                ) from None
             if type(err).__name__ != "SafetensorError":
                 raise
             raise ValueError(
@@ -539,6 +548,64 @@ def _check_generation_config_file(source: Any, kwargs: dict[str, Any]) -> None:
                              "settings than were saved. Fix or delete the file (or pass generation_config=...)")
 
 
+# safetensors dtype names of floating-point tensors; any other (I8 ... I64, U8, BOOL) in a float parameter's place would
+# be cast to the parameter's dtype, keeping the codes and not the values (an embedding of 0.01s reads as zeros).
+_FLOAT_DTYPES = {"F64", "F32", "F16", "BF16", "F8_E4M3", "F8_E5M2", "F8_E8M0", "F4", "F6_E2M3", "F6_E3M2"}
+
+
+def _check_weight_files(source: Any, kwargs: dict[str, Any]) -> None:
+    """Refuse a local folder whose checkpoint index is damaged (transformers fails with a KeyError or TypeError that
+    names no file) or whose safetensors weights hold integer or boolean tensors (transformers casts them silently).
+    A pre-quantised checkpoint (``quantization_config``) holds integer tensors by design and is left alone, as is a
+    file that cannot be read (the load names it)."""
+    if not isinstance(source, (str, os.PathLike)) or kwargs.get("variant") or kwargs.get("quantization_config"):
+        return
+    folder = Path(source) / kwargs.get("subfolder", "")
+    if not folder.is_dir():
+        return
+    try:
+        if "quantization_config" in json.loads((folder / "config.json").read_bytes()):
+            return
+    except (OSError, ValueError, TypeError, RecursionError):
+        return  # (a damaged config.json is named by the config loader)
+    index = folder / "model.safetensors.index.json"
+    if (folder / "model.safetensors").is_file():
+        files = [folder / "model.safetensors"]
+    elif index.is_file():
+        try:
+            value = json.loads(index.read_bytes())
+        except (ValueError, RecursionError) as err:
+            raise ValueError(f"{str(index)!r} is damaged ({err}); save or download the checkpoint again") from None
+        weight_map = value.get("weight_map") if isinstance(value, dict) else None
+        if not (isinstance(weight_map, dict) and weight_map
+                and all(isinstance(k, str) and isinstance(v, str) for k, v in weight_map.items())
+                and isinstance(value.get("metadata", {}), dict)):
+            raise ValueError(f"{str(index)!r} is damaged: a checkpoint index is a JSON object whose 'weight_map' maps "
+                             "tensor names to shard files; save or download the checkpoint again")
+        if "metadata" not in value:  # (transformers: KeyError 'metadata')
+            raise ValueError(f"{str(index)!r} has no 'metadata' entry, which transformers needs (an empty one will "
+                             'do: {"metadata": {}, "weight_map": ...})')
+        files = [folder / name for name in sorted(set(weight_map.values()))]
+    else:
+        return
+    odd = []
+    for path in files:
+        try:  # a safetensors file starts with its header's length (8 bytes, little-endian) and the header, JSON
+            with open(path, "rb") as handle:
+                size = int.from_bytes(handle.read(8), "little")
+                header = json.loads(handle.read(size)) if 0 < size <= 100_000_000 else None
+            odd += [f"{key} ({entry['dtype']})" for key, entry in header.items()
+                    if key != "__metadata__" and entry["dtype"] not in _FLOAT_DTYPES]
+        except Exception:  # noqa: BLE001 -- missing or damaged: the load itself names it
+            return
+    if odd:
+        raise ValueError(
+            f"the weights of {str(source)!r} hold tensors that are not floating point: {', '.join(odd[:8])}"
+            f"{' ...' if len(odd) > 8 else ''}; loading would cast their integer codes to the model's dtype (a damaged "
+            "or quantised file). Save or download the checkpoint again"
+        )
+
+
 def damaged_json_files(folder: Path, names: Any) -> str:
     """Which of ``names`` in ``folder`` are there but not JSON, with the parser's message (empty when none)."""
     found = []
@@ -546,9 +613,12 @@ def damaged_json_files(folder: Path, names: Any) -> str:
         path = folder / name
         if path.is_file():
             try:
-                json.loads(path.read_bytes())
-            except (ValueError, UnicodeDecodeError) as err:
+                value = json.loads(path.read_bytes())
+            except (ValueError, UnicodeDecodeError, RecursionError) as err:
                 found.append(f"{name} is damaged ({err})")
+                continue
+            if not isinstance(value, dict):  # (transformers then fails with a TypeError or AttributeError)
+                found.append(f"{name} is damaged (it holds a JSON {type(value).__name__}, not an object)")
     return "; ".join(found)
 
 

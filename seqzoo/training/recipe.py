@@ -390,10 +390,10 @@ def recipe_from_dict(values: dict[str, Any], source: str = "recipe") -> Recipe:
 
 
 def _reject_unknown(values: dict[str, Any], allowed: set[str], source: str, prefix: str) -> None:
-    unknown = sorted(set(values) - allowed)
+    unknown = sorted(set(values) - allowed, key=str)  # (YAML keys need not be strings: `1: x`)
     if unknown:
         key = unknown[0]
-        close = difflib.get_close_matches(key, sorted(allowed), n=1)
+        close = difflib.get_close_matches(str(key), sorted(allowed), n=1)
         hint = f" Did you mean {prefix}{close[0]}?" if close else ""
         raise ValueError(
             f"{source}: unknown recipe field {prefix}{key!r}.{hint} Allowed in "
@@ -512,7 +512,31 @@ def read_recipe_file(path: Path) -> Any:
     text = path.read_text(encoding="utf-8-sig")  # a byte-order mark is no part of the recipe
     if path.suffix == ".json":
         return json.loads(text, object_pairs_hook=_unique_pairs)
-    return yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 -- a SafeLoader subclass
+    values = yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 -- a SafeLoader subclass
+    _check_expanded_size(values)
+    return values
+
+
+MAX_RECIPE_VALUES = 100_000
+
+
+def _check_expanded_size(values: Any) -> None:
+    """Refuse a YAML document whose aliases expand to more than MAX_RECIPE_VALUES values: PyYAML shares an aliased
+    node, but checking, copying (``dataclasses.asdict``) and saving the recipe expand every use of it, so nine
+    nested ``*alias`` lists of ten ("billion laughs") would hang the run and exhaust memory."""
+    budget = MAX_RECIPE_VALUES
+    stack = [values]
+    while stack:
+        value = stack.pop()
+        budget -= 1
+        if budget < 0:
+            raise yaml.YAMLError(f"the document expands to more than {MAX_RECIPE_VALUES:,} values (YAML aliases "
+                                 "repeating a list or mapping within itself); a recipe holds a few dozen")
+        if isinstance(value, dict):
+            stack.extend(value.keys())
+            stack.extend(value.values())
+        elif isinstance(value, (list, tuple)):
+            stack.extend(value)
 
 
 def list_recipes() -> list[str]:

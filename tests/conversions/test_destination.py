@@ -106,3 +106,13 @@ def test_a_hub_source_downloads_one_weight_format(monkeypatch, tmp_path, files, 
     monkeypatch.setattr(huggingface_hub, "snapshot_download", snapshot)
     assert checkpoints.download("someone/model") == tmp_path
     assert ("*.bin" in asked["patterns"]) is fetched and "*.safetensors" in asked["patterns"]
+
+
+def test_a_damaged_tokenizer_or_generation_file_is_refused_before_anything_is_written(sharded_source, tmp_path,
+                                                                                       capsys):
+    """Converters and exporters copy these files as they are: a damaged one would be handed on to the new folder."""
+    (sharded_source / "generation_config.json").write_text("[]")
+    code = seqzoo_main(["convert", "hf-mamba", str(sharded_source), str(tmp_path / "out")])
+    assert code == 2
+    assert "generation_config.json is damaged (it holds a JSON list, not an object)" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()

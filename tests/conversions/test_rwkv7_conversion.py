@@ -134,6 +134,21 @@ def test_integer_tensors_are_refused_naming_the_dtype(checkpoint, tmp_path, caps
     assert "not floating point: emb.weight (int8)" in err and "seqzoo converts floating-point weights" in err
     assert not (tmp_path / "out").exists()
 
+def test_non_finite_weights_are_refused_before_anything_is_written(checkpoint, tmp_path, capsys):
+    """A NaN weight, or one past float16's range converted with --dtype float16: from_pretrained would refuse the
+    converted folder, long after the conversion said nothing."""
+    damaged = {k: v.clone() for k, v in checkpoint.items()}
+    damaged["blocks.1.att.w0"][0, 0, 3] = float("nan")
+    torch.save(damaged, tmp_path / "nan.pth")
+    assert seqzoo_main(["convert", "rwkv7", str(tmp_path / "nan.pth"), str(tmp_path / "out")]) == 2
+    assert "NaN or infinite weights in torch.float32: model.layers.1.attn.w0" in capsys.readouterr().err
+    large = {k: v.clone() for k, v in checkpoint.items()}
+    large["emb.weight"][0, 0] = 1e6
+    with pytest.raises(ValueError, match=r"infinite weights in torch.float16: model.embed_tokens.weight;.*wider"):
+        convert_rwkv7(large, dtype=torch.float16)
+    assert not (tmp_path / "out").exists()
+
+
 def test_settable_fields_only(checkpoint, tmp_path):
     with pytest.raises(ValueError, match="cannot set hidden_size when converting.*settable fields are pad_token_id"):
         convert_rwkv7(checkpoint, hidden_size=64)

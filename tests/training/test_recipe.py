@@ -208,6 +208,20 @@ def test_a_key_given_twice_is_refused_not_silently_dropped(tmp_path):
         load_recipe(str(path))
 
 
+
+def test_an_alias_bomb_and_a_key_that_is_no_string_are_refused(tmp_path):
+    """Aliases are shared when read, but checking and copying the recipe expand them: nine nested lists of ten
+    would take a billion values (it hung in dataclasses.asdict)."""
+    path = tmp_path / "bomb.yaml"
+    lines = ["model:", "  preset: lstm-tiny", "  config:", "    a0: &a0 [x, x, x, x, x, x, x, x, x, x]"]
+    lines += [f"    a{i}: &a{i} [{', '.join([f'*a{i - 1}'] * 10)}]" for i in range(1, 9)]
+    path.write_text("\n".join(lines) + "\n")
+    with pytest.raises(ValueError, match="expands to more than 100,000 values"):
+        load_recipe(str(path))
+    path.write_text("model: {preset: lstm-tiny}\n1: x\n")  # (was a TypeError in difflib)
+    with pytest.raises(ValueError, match="unknown recipe field 1. Allowed in the top level"):
+        load_recipe(str(path))
+
 def test_a_json_recipe_is_read_as_json(tmp_path):
     import json
 
