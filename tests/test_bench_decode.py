@@ -19,6 +19,10 @@ import torch
 
 from tests.conftest import load_benchmark
 
+# The benchmark scripts' smoke runs: their transformers peers (Llama, Mamba) are loaded by the tests of the
+# exporters on every supported release; CI runs these on the newest only.
+pytestmark = pytest.mark.newest_release_only
+
 REPO = Path(__file__).resolve().parents[1]
 
 pytest.importorskip("rwkv", reason="BlinkDL's rwkv package is not installed (pip install rwkv; it is in the dev extra)")

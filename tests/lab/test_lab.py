@@ -27,6 +27,7 @@ ROOT = Path(__file__).resolve().parents[2]
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
+@pytest.mark.newest_release_only  # (training, saving and loading are tested on every release elsewhere)
 def test_smoke_lab_reports_every_architecture(tmp_path):
     out = tmp_path / "report"
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
