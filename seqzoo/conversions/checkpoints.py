@@ -290,6 +290,8 @@ def check_destination(source: Any, destination: str | Path) -> Path:
     """Refuse, before anything is read or written, a destination that is the source folder or holds a checkpoint
     already (a config.json or weights: writing the model there would replace them, and ``save_pretrained`` deletes a
     sharded checkpoint's old shards); returns it as a Path."""
+    if isinstance(destination, str) and not destination.strip():  # (Path("") is the current folder)
+        raise ValueError(f"destination {destination!r} is empty; pass a folder (new or empty) to write to")
     destination = Path(destination)
     if destination.exists() and not destination.is_dir():
         raise ValueError(f"destination {str(destination)!r} is a file; pass a folder (new or empty) to write to")
