@@ -317,6 +317,13 @@ def cmd_generate(args: argparse.Namespace) -> int:
         if decoding:  # (the map follows one greedy decode, or the --target given)
             raise ValueError(f"{' and '.join(decoding)} cannot go with --show-attention, --attention-plot or "
                              "--target: the attention map is of the greedy output (or of --target)")
+        if args.attention_plot:  # (before the decode and the table, not after them)
+            from seqzoo.models.seq2seq.inspection import check_plot_path
+
+            try:
+                check_plot_path(args.attention_plot)
+            except ValueError as err:
+                raise ValueError(f"--attention-plot: {err}") from None
         with quiet_transformers():
             status = _show_attention(model, tokenizer, args)
         _note_unused_kernels(forced, chosen_before)
@@ -477,8 +484,8 @@ def _check_known_model_type(source: str) -> None:
         from seqzoo.registry import get_architecture, list_architectures
 
         ours = ", ".join(sorted(get_architecture(name).model_type for name in list_architectures()))
-        raise ValueError(f"{source!r} holds a model of model_type {model_type!r}, which neither seqzoo nor transformers "
-                         f"registers here (seqzoo's: {ours}): the architecture of a plugin whose package is not "
+        raise ValueError(f"{source!r} holds a model of model_type {model_type!r}, which neither seqzoo nor "
+                         f"transformers registers here (seqzoo's: {ours}): the architecture of a plugin whose package is not "
                          "installed, or of a later seqzoo?")
 
 

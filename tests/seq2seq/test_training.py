@@ -193,6 +193,13 @@ def test_generate_show_attention_prints_and_plots_the_weights(trained, tmp_path,
     for flags in (["--num-beams", "3"], ["--temperature", "0.7"]):
         assert main(["generate", str(trained), "abc", "--show-attention", *flags]) == 2
         assert f"error: {flags[0]} cannot go with --show-attention" in capsys.readouterr().err
+    # A plot path matplotlib cannot write is refused before the table is printed (it failed after it).
+    for path, message in ((tmp_path / "map.txt", ".txt names no image format; use one of"),
+                          (tmp_path / "no-such-folder" / "map.png", "does not exist")):
+        assert main(["generate", str(trained), "abc", "--show-attention", "--attention-plot", str(path)]) == 2
+        captured = capsys.readouterr()
+        assert f"error: --attention-plot: cannot write a plot to {str(path)!r}" in captured.err
+        assert message in captured.err and " | " not in captured.out
 
 
 def test_show_attention_refuses_a_language_model_and_a_model_without_attention(tmp_path, capsys):

@@ -61,8 +61,9 @@ class AttentionMap:
         return "\n".join(lines)
 
     def plot(self, path: str | Path, title: str | None = None) -> Path:
-        """Save the heat map (source across, target down) as a PNG."""
-        plt = _pyplot()
+        """Save the heat map (source across, target down) as a PNG (or another format matplotlib writes, by the
+        file's suffix)."""
+        plt = check_plot_path(path)
         rows, cols = self.weights.shape
         fig, ax = plt.subplots(figsize=(1.2 + 0.32 * cols, 1.0 + 0.32 * rows))
         image = ax.imshow(self.weights.float().numpy(), cmap="viridis", vmin=0.0, vmax=1.0, aspect="auto")
@@ -136,6 +137,22 @@ def _shown(tokenizer: Any, token_id: int) -> str:
         return "<pad>"
     text = tokenizer.decode([token_id])
     return {" ": "␣", "\n": "⏎", "\t": "⇥"}.get(text, text if text.isprintable() and text else f"<{token_id}>")
+
+
+def check_plot_path(path: str | Path) -> Any:
+    """Refuse, before any work, a plot path whose folder does not exist or whose suffix names no format matplotlib
+    writes; return pyplot."""
+    plt = _pyplot()
+    path = Path(path)
+    formats = plt.figure().canvas.get_supported_filetypes()
+    plt.close("all")
+    suffix = path.suffix.lstrip(".").lower()
+    if suffix not in formats:
+        raise ValueError(f"cannot write a plot to {str(path)!r}: {'.' + suffix if suffix else 'no suffix'} names "
+                         f"no image format; use one of {', '.join('.' + f for f in sorted(formats))}")
+    if not path.parent.is_dir():
+        raise ValueError(f"cannot write a plot to {str(path)!r}: the folder {str(path.parent)!r} does not exist")
+    return plt
 
 
 def _pyplot() -> Any:
