@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 
 import pytest
 import torch
@@ -256,6 +257,14 @@ def test_damaged_tokenizer_and_generation_config_files_are_named(saved):
     (folder / "generation_config.json").write_text("[7]")  # JSON, but no object: transformers' TypeError
     with pytest.raises(ValueError, match=r"generation_config.json is damaged \(it holds a JSON list, not an object"):
         AutoModelForCausalLM.from_pretrained(folder)
+    # token ids of the wrong type loaded, and failed inside generate() ("invalid data type 'str'")
+    for name, value in (("eos_token_id", "x"), ("pad_token_id", -1), ("eos_token_id", [257, 1.5]),
+                        ("bos_token_id", True)):
+        (folder / "generation_config.json").write_text(json.dumps({name: value}))
+        with pytest.raises(ValueError, match=rf"{name}={re.escape(repr(value))} is invalid: a token id is an integer"):
+            AutoModelForCausalLM.from_pretrained(folder)
+    (folder / "generation_config.json").write_text(json.dumps({"eos_token_id": [257, 0], "pad_token_id": None}))
+    AutoModelForCausalLM.from_pretrained(folder)
     (folder / "generation_config.json").unlink()
     (folder / "tokenizer_config.json").write_text("[]")  # (transformers: AttributeError)
     with pytest.raises(ValueError, match=r"tokenizer_config.json is damaged \(it holds a JSON list"):

@@ -546,6 +546,16 @@ def _check_generation_config_file(source: Any, kwargs: dict[str, Any]) -> None:
         if damaged:
             raise ValueError(f"{str(source)!r}: {damaged}; transformers would ignore it and generate with other "
                              "settings than were saved. Fix or delete the file (or pass generation_config=...)")
+        path = folder / "generation_config.json"
+        if path.is_file():  # token ids of the wrong type failed inside generate() ("invalid data type 'str'")
+            values = json.loads(path.read_bytes())
+            for name in ("bos_token_id", "eos_token_id", "pad_token_id", "decoder_start_token_id"):
+                value = values.get(name)
+                ids = value if isinstance(value, list) and name == "eos_token_id" else [value]
+                if value is not None and not all(type(i) is int and i >= 0 for i in ids):
+                    raise ValueError(f"{str(path)!r}: {name}={value!r} is invalid: a token id is an integer >= 0"
+                                     f"{' (or, for eos_token_id, a list of them)' if name == 'eos_token_id' else ''}"
+                                     "; fix or delete the file (or pass generation_config=...)")
 
 
 # safetensors dtype names of floating-point tensors; any other (I8 ... I64, U8, BOOL) in a float parameter's place would
