@@ -493,10 +493,10 @@ def _check_nothing_missing(model: Any, loading: dict[str, Any], source: str) -> 
     """Refuse weights that from_pretrained initialised at random because the folder lacks them: a backbone saved
     without its head (``model.model.save_pretrained``, AutoModel) gets a fresh vocabulary head, and another
     library's checkpoint missing a tensor loads too; the report transformers prints is silenced here."""
-    tied = set(getattr(model, "all_tied_weights_keys", {}) or {})
-    missing = sorted(set(loading.get("missing_keys", [])) - tied)
-    if missing:
-        shown = ", ".join(missing[:4]) + (" ..." if len(missing) > 4 else "")
+    from seqzoo.utils import untrained_weights
+
+    shown = untrained_weights(model, loading)
+    if shown:
         raise ValueError(f"{source!r} lacks weights of {type(model).__name__} ({shown}), which would be initialised "
                          "anew, untrained: a backbone saved without its language-model head, or an incomplete "
                          "checkpoint; save the whole causal language model (its save_pretrained)")

@@ -127,3 +127,12 @@ def bounded_int(low: int, high: int | None, allowed: str) -> Callable[[str], int
 # seed also goes through numpy's seeding (accelerate's set_seed), which takes [0, 2**32).
 seed_value = bounded_int(-(2**63), 2**64, "a seed is an integer in [-2**63, 2**64)")
 training_seed = bounded_int(0, 2**32, "a training seed is an integer in [0, 2**32)")
+
+
+def untrained_weights(model: Any, loading: dict[str, Any]) -> str:
+    """The weights ``from_pretrained(..., output_loading_info=True)`` initialised anew because the checkpoint lacks
+    them (tied ones aside), shown as a short list; empty when none: a backbone saved without its head loads into a
+    causal LM with a random head, which transformers only reports."""
+    tied = set(getattr(model, "all_tied_weights_keys", {}) or {})
+    missing = sorted(set(loading.get("missing_keys", [])) - tied)
+    return ", ".join(missing[:4]) + (" ..." if len(missing) > 4 else "")

@@ -87,16 +87,14 @@ def _load_seqzoo(source: Any, target: str) -> Any:
     if isinstance(config, dict):
         _check_target(config.get("model_type"), target)
         _check_saved_as_causal_lm(config, source)
-    from seqzoo.utils import quiet_transformers
+    from seqzoo.utils import quiet_transformers, untrained_weights
 
     with quiet_transformers():  # (its load report of missing weights is the error below)
         model, loading = AutoModelForCausalLM.from_pretrained(source, output_loading_info=True)
-    tied = set(getattr(model, "all_tied_weights_keys", {}) or {})
-    missing = sorted(set(loading.get("missing_keys", [])) - tied)
-    if missing:  # (a backbone saved without its head: the head would be exported untrained)
-        raise ValueError(f"export source {str(source)!r} lacks weights of {type(model).__name__} "
-                         f"({', '.join(missing[:4])}{' ...' if len(missing) > 4 else ''}): the export would hold them "
-                         "untrained; export a folder saved from the whole causal language model")
+    shown = untrained_weights(model, loading)
+    if shown:  # (a backbone saved without its head: the head would be exported untrained)
+        raise ValueError(f"export source {str(source)!r} lacks weights of {type(model).__name__} ({shown}): the "
+                         "export would hold them untrained; export a folder saved from the whole causal language model")
     return model
 
 
