@@ -485,8 +485,8 @@ def _check_known_model_type(source: str) -> None:
 
         ours = ", ".join(sorted(get_architecture(name).model_type for name in list_architectures()))
         raise ValueError(f"{source!r} holds a model of model_type {model_type!r}, which neither seqzoo nor "
-                         f"transformers registers here (seqzoo's: {ours}): the architecture of a plugin whose package is not "
-                         "installed, or of a later seqzoo?")
+                         f"transformers registers here (seqzoo's: {ours}): the architecture of a plugin whose package "
+                         "is not installed, or of a later seqzoo?")
 
 
 def _check_nothing_missing(model: Any, loading: dict[str, Any], source: str) -> None:
@@ -505,14 +505,12 @@ def _check_nothing_missing(model: Any, loading: dict[str, Any], source: str) -> 
 def _check_generating_head(config: Any, source: str) -> None:
     """A folder saved as a classifier loads into AutoModelForCausalLM too, with a vocabulary head it never trained
     (tied to the embeddings, or newly initialised): refuse it rather than print what that head makes up."""
-    from seqzoo.registry import architecture_for_model_type
+    from seqzoo.registry import saved_head
 
     try:
-        spec = architecture_for_model_type(getattr(config, "model_type", None))
+        saved_as, task = saved_head(config)
     except ValueError:  # another library's model (a converted GPT-2 folder): transformers' own checks apply
         return
-    saved_as = (getattr(config, "architectures", None) or [None])[0]
-    task = spec.task_saved_as(saved_as)
     if task is not None and task not in ("causal-lm", "seq2seq"):
         raise ValueError(f"{source!r} holds a {saved_as} (the {task} head), which labels text and does not "
                          "generate it: its causal-LM head would be untrained; generate from a causal language model "

@@ -195,6 +195,15 @@ def architecture_for_model_type(model_type: str) -> ModelSpec:
     raise ValueError(_unknown("model_type", model_type, allowed))
 
 
+def saved_head(config: Any) -> tuple[str | None, str | None]:
+    """(the class name, the task) of the head a seqzoo checkpoint was saved as, from its config (an object, or
+    config.json's dict): transformers records the class in ``architectures``; the task is None when that names none
+    of the architecture's heads. Raises ValueError for a model_type seqzoo does not register."""
+    read = config.get if isinstance(config, dict) else lambda name: getattr(config, name, None)
+    saved_as = (read("architectures") or [None])[0]
+    return saved_as, architecture_for_model_type(read("model_type")).task_saved_as(saved_as)
+
+
 def _file_presets() -> dict[str, Path]:
     return {path.stem: path for path in sorted(PRESET_DIR.glob("*.json"))}
 

@@ -101,11 +101,9 @@ def _load_seqzoo(source: Any, target: str) -> Any:
 def _check_saved_as_causal_lm(config: dict[str, Any], source: Any) -> None:
     """A folder saved as a classifier loads into AutoModelForCausalLM too, with a vocabulary head it never trained
     (tied to the embeddings, or new): refuse it rather than export that head as a language model's."""
-    from seqzoo.registry import architecture_for_model_type
+    from seqzoo.registry import saved_head
 
-    spec = architecture_for_model_type(config.get("model_type"))
-    saved_as = (config.get("architectures") or [None])[0]
-    task = spec.task_saved_as(saved_as)
+    saved_as, task = saved_head(config)
     if task is not None and task != "causal-lm":
         raise ValueError(f"export source {str(source)!r} holds a {saved_as} (the {task} head), not a causal language "
                          f"model: its vocabulary head would be untrained; export a causal language model's folder")

@@ -595,20 +595,24 @@ def dispatch(op: str, *args: Any, **kwargs: Any) -> Any:
     bfloat16 implementation on CPU such as ``triangular_solve`` and oneDNN's LSTM)."""
     device_type = _autocast_device_type(args[0]) if args else None
     if device_type is None:
-        return _run(select(op, *args, **kwargs), args, kwargs)
+        backend = select(op, *args, **kwargs)
+        if backend.plugin is None:  # (seqzoo's own: called here, one frame and no try on the decode path)
+            return backend.load()(*args, **kwargs)
+        return _run_plugin(backend, args, kwargs)
     import torch
 
     args = tuple(_to_float32(a) for a in args)
     kwargs = {k: _to_float32(v) for k, v in kwargs.items()}
     with torch.autocast(device_type, enabled=False):
-        return _run(select(op, *args, **kwargs), args, kwargs)
+        backend = select(op, *args, **kwargs)
+        if backend.plugin is None:
+            return backend.load()(*args, **kwargs)
+        return _run_plugin(backend, args, kwargs)
 
 
-def _run(backend: Backend, args: tuple, kwargs: dict) -> Any:
-    """Call ``backend``; a plugin's kernel that raises is named, with the way around it (its error would otherwise
+def _run_plugin(backend: Backend, args: tuple, kwargs: dict) -> Any:
+    """Call a plugin's ``backend``; a kernel that raises is named, with the way around it (its error would otherwise
     reach the user as an unexplained error from inside the model)."""
-    if backend.plugin is None:
-        return backend.load()(*args, **kwargs)
     try:
         return backend.load()(*args, **kwargs)
     except KernelError:

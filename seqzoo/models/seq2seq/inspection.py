@@ -143,9 +143,10 @@ def check_plot_path(path: str | Path) -> Any:
     """Refuse, before any work, a plot path whose folder does not exist or whose suffix names no format matplotlib
     writes; return pyplot."""
     plt = _pyplot()
+    from matplotlib.backend_bases import FigureCanvasBase
+
     path = Path(path)
-    formats = plt.figure().canvas.get_supported_filetypes()
-    plt.close("all")
+    formats = FigureCanvasBase.get_supported_filetypes()  # (what savefig writes, read without building a figure)
     suffix = path.suffix.lstrip(".").lower()
     if suffix not in formats:
         raise ValueError(f"cannot write a plot to {str(path)!r}: {'.' + suffix if suffix else 'no suffix'} names "
