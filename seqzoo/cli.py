@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 from typing import Any, Callable
 
-from seqzoo.utils import installed_version, parse_overrides, quiet_transformers, seed_value
+from seqzoo.utils import WARNED_ENV_NAMES, installed_version, parse_overrides, quiet_transformers, seed_value
 
 # Modules that add sub-commands, each with ``register(subparsers)``. Registering must stay light (no torch): the
 # parser is built, and --help answered, before torch is imported.
@@ -157,16 +157,6 @@ def save_with_tokenizer(model: Any, directory: Path) -> None:
     tokenizer.save_pretrained(directory)
 
 
-def check_prompt_text(prompt: str, flag: str = "the prompt") -> None:
-    """A command-line argument whose bytes are not UTF-8 arrives with surrogate escapes, which no tokenizer
-    encodes (tokenizers says only "TextEncodeInput must be Union[...]")."""
-    try:
-        prompt.encode("utf-8")
-    except UnicodeEncodeError as err:
-        raise ValueError(f"{flag} is not UTF-8 text (character {err.start} is an undecodable byte or a lone "
-                         "surrogate); give it as UTF-8") from None
-
-
 def check_generation_args(args: argparse.Namespace) -> None:
     """Refuse values generate() would reject deep inside, or silently ignore."""
     if args.max_new_tokens < 1:
@@ -271,7 +261,6 @@ def cmd_generate(args: argparse.Namespace) -> int:
         raise ValueError(f"cannot load a model and tokenizer from {where} {source!r}: {first_line}") from err
     _check_generating_head(config, source)
     _check_nothing_missing(model, loading, source)
-    check_prompt_text(args.prompt)
     try:
         inputs = tokenizer(args.prompt, return_tensors="pt").to(device)
     except Exception as err:  # tokenizers raises a plain Exception for a word its vocabulary lacks (no <unk>)
@@ -389,7 +378,6 @@ def cmd_demo(args: argparse.Namespace) -> int:
         raise ValueError(f"--max-new-tokens={args.max_new_tokens} is invalid: must be >= 2 (the first token is "
                          f"the warm-up)")
     tokenizer = byte_tokenizer()
-    check_prompt_text(args.prompt, "--prompt")
     inputs = tokenizer(args.prompt, return_tensors="pt")
     if inputs["input_ids"].shape[1] == 0:
         raise ValueError("--prompt is empty: give at least one character")
@@ -631,7 +619,18 @@ def build_parser() -> argparse.ArgumentParser:
         register: Callable[[Any], None] = getattr(importlib.import_module(module_name), "register")
         register(sub)
     _add_debug_flag(parser)
+    _name_own_parser(parser)
     return parser
+
+
+def _name_own_parser(parser: argparse.ArgumentParser) -> None:
+    """Give every (sub-)command's parser itself as the default ``parser``, so that an option it does not know is
+    reported by the parser of the command written (``seqzoo generate --bogus``: see `seqzoo generate --help`)."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for subparser in action.choices.values():
+                subparser.set_defaults(parser=subparser)
+                _name_own_parser(subparser)
 
 
 def _add_debug_flag(parser: argparse.ArgumentParser) -> None:
@@ -664,6 +663,21 @@ def warn_unknown_env() -> None:
         hint = f" (did you mean {close[0]}?)" if close else ""
         print(f"warning: the environment variable {name} is not one seqzoo reads{hint}; it reads "
               f"{', '.join(KNOWN_ENV[:3])}", file=sys.stderr)
+        WARNED_ENV_NAMES.add(name)
+
+
+def _is_utf8(word: str) -> bool:
+    # Python hands on a command-line argument's bytes that are not UTF-8 as lone surrogates (PEP 383).
+    try:
+        word.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _shown(word: str) -> str:
+    # (the bytes as given, those that are not UTF-8 written \xNN)
+    return "'" + word.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace") + "'"
 
 
 _OVERRIDE = re.compile(r"[A-Za-z_][\w.]*=")  # a KEY=VALUE override
@@ -685,9 +699,15 @@ def main(argv: list[str] | None = None, *, before_command: Callable[[], None] | 
             args.resume = True
         args.overrides += [word for word in extra if _OVERRIDE.match(word)]
         extra = [word for word in extra if not _OVERRIDE.match(word)]
-    if extra:
-        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    if extra:  # (named by the command's own parser, whose --help lists the options it takes)
+        getattr(args, "parser", parser).error(f"unrecognized arguments: {' '.join(extra)}")
     args.argv = argv  # the exact command line, for reports that say what produced them
+    for word in argv:
+        if not _is_utf8(word):
+            # (a folder name of other bytes: safetensors, tokenizers and the reports' JSON cannot take it)
+            getattr(args, "parser", parser).error(
+                f"the argument {_shown(word)} is not valid UTF-8 text; seqzoo reads and writes file names, prompts "
+                "and values as UTF-8: rename the file or folder, or retype the value")
     warn_unknown_env()
     try:
         debug = debug_requested(args)

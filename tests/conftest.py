@@ -33,6 +33,19 @@ TINY_OVERRIDES = {
 SIZE_SUFFIX = re.compile(r"-(tiny|small|medium|large|base|\d+[mkb])$")
 
 
+@pytest.fixture(autouse=True)
+def _forget_warnings_given():
+    """Each test sees the once-per-process warnings (an unknown config field, a misspelt environment variable)
+    afresh, whatever ran before it."""
+    from seqzoo.kernels import registry as kernel_registry
+    from seqzoo.models import configuration_utils
+    from seqzoo.utils import WARNED_ENV_NAMES
+
+    for warned in (configuration_utils._WARNED_UNKNOWN, kernel_registry._WARNED_ENV, WARNED_ENV_NAMES):
+        warned.clear()
+    yield
+
+
 def preset_families() -> dict[str, str]:
     """family name -> its smallest preset (``lstm`` -> ``lstm-tiny``, ``transformer-gpt2`` -> ``...-small``)."""
     families: dict[str, list[str]] = {}

@@ -324,7 +324,9 @@ def test_generate_names_a_prompt_that_is_not_utf8_and_a_seed_out_of_range(model_
     # A byte that is not UTF-8 on the command line reaches Python as a surrogate escape, which tokenizers refuses
     # with a message about TextEncodeInput; torch.manual_seed refuses a seed past 64 bits with "Overflow ...".
     prompt = b"ab\xffc".decode("utf-8", "surrogateescape")
-    assert "the prompt is not UTF-8 text (character 2" in _error(capsys, ["generate", str(model_dir), prompt])
+    with pytest.raises(SystemExit):
+        main(["generate", str(model_dir), prompt])
+    assert "the argument 'ab\\xffc' is not valid UTF-8 text" in capsys.readouterr().err
     for command in (["generate", str(model_dir), "Hi"], ["new", "lstm-tiny", str(model_dir / "other")]):
         with pytest.raises(SystemExit):
             main([*command, "--seed", str(2**64)])
@@ -510,10 +512,46 @@ def test_a_misspelt_seqzoo_environment_variable_is_said(monkeypatch, capsys):
     assert main(["list"]) == 0 and "not one seqzoo reads" not in capsys.readouterr().err
 
 
+def test_one_command_warns_once_about_a_misspelt_variable_and_an_unknown_config_field(tmp_path, monkeypatch,
+                                                                                      capfd, caplog):
+    """`seqzoo generate` read the folder's config.json three times (config, model, tokenizer) and warned about its
+    unknown field each time; the kernel registry warned about a misspelt SEQZOO_KERNEL again, in other words."""
+    folder = tmp_path / "m"
+    assert main(["new", "gru-tiny", str(folder)]) == 0
+    values = json.loads((folder / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps({**values, "hiden_size": 3}))
+    monkeypatch.setenv("SEQZOO_KERNEL", "gru=reference")
+    monkeypatch.setenv("SEQZOO_KERNELS", "rnn=reference")  # (a change: the registry rebuilds, as in a new process)
+    capfd.readouterr()
+    with caplog.at_level("WARNING"):
+        assert main(["generate", str(folder), "hi", "--max-new-tokens", "2"]) == 0
+    said = capfd.readouterr().err + caplog.text
+    assert said.count("'hiden_size' (did you mean 'hidden_size'?)") == 1, said
+    assert said.count("SEQZOO_KERNEL ") == 1 and "not one seqzoo reads" in said, said
+
+
+def test_an_argument_that_is_not_utf8_is_refused_by_name(tmp_path, capsys):
+    """A folder name of other bytes (``$'m\\xff'``): `seqzoo new` failed in the tokenizer's save with a codec error
+    naming no file, and `seqzoo generate` called the weights of such a folder damaged."""
+    folder = str(tmp_path / "m") + "\udcff"  # (how Python hands on the byte 0xff of an argument)
+    for argv in (["new", "gru-tiny", folder], ["generate", folder, "hi"]):
+        with pytest.raises(SystemExit) as exit_info:
+            main(argv)
+        assert exit_info.value.code == 2
+        err = capsys.readouterr().err
+        assert f"the argument '{tmp_path}{os.sep}m\\xff' is not valid UTF-8 text" in err, err
+    assert not os.path.exists(folder)
+
+
 @pytest.mark.parametrize("argv, message", [
     (["generate", "m", "x", "--num-beams", "x"], "error: seqzoo generate: argument --num-beams: invalid int value: 'x'"),
     (["generat", "x"], "error: seqzoo: argument COMMAND: invalid choice: 'generat'"),
-    (["list", "--bogus"], "error: seqzoo: unrecognized arguments: --bogus"),
+    (["list", "--bogus"], "error: seqzoo list: unrecognized arguments: --bogus (see `seqzoo list --help`)"),
+    # an option of another command is named by the parser of the command written, whose --help lists its own
+    (["generate", "m", "x", "--prompt", "y"],
+     "error: seqzoo generate: unrecognized arguments: --prompt y (see `seqzoo generate --help`)"),
+    (["lab", "gradients", "--bogus"],
+     "error: seqzoo lab gradients: unrecognized arguments: --bogus (see `seqzoo lab gradients --help`)"),
 ])
 def test_argparse_usage_errors_are_one_error_line_too(argv, message, capsys):
     """argparse printed its usage block before its own error line; the README promises one `error:` line."""

@@ -9,7 +9,9 @@ DESCRIPTION = """\
 Export a saved seqzoo model folder as a Hub repository -- weights (safetensors), config.json with auto_map,
 tokenizer, generation config, model card and the self-contained code that lets trust_remote_code=True load it
 without seqzoo -- and upload it in one commit. The token comes from HF_TOKEN or `hf auth login`; the endpoint
-from HF_ENDPOINT. With --dry-run --output DIR the folder is only built, and nothing is uploaded.
+from HF_ENDPOINT. With --dry-run --output DIR the folder is only built, and nothing is uploaded. Over an earlier
+checkpoint in REPO_ID, the commit also deletes the weights, bundled code and seqzoo_training.json that the new one
+does not write; the owner's other files stay.
 
 `seqzoo publish --refresh-code REPO_ID` rewrites only the code of an existing repository with this seqzoo's
 (weights, tokenizer and card stay): code published by an older seqzoo may not work with a newer transformers."""

@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import sys
 import tempfile
 from dataclasses import dataclass
@@ -82,10 +83,12 @@ def publish(
     """Export ``source`` and upload it to the Hub model repository ``repo_id`` in one commit; return its URL.
 
     The repository is created if missing (``private`` applies only then). ``revision`` names the branch to
-    commit to, created from ``main`` if missing. The token is ``token``, else ``HF_TOKEN``, else the one saved by
-    ``hf auth login``. The Hub endpoint is ``HF_ENDPOINT`` (https://huggingface.co by default).
+    commit to, created from ``main`` if missing. Over an earlier checkpoint in the repository, the commit also
+    deletes what that one had and this one does not write (weight files of another layout, code seqzoo bundled for
+    it, its ``seqzoo_training.json``); the owner's other files stay. The token is ``token``, else ``HF_TOKEN``, else
+    the one saved by ``hf auth login``. The Hub endpoint is ``HF_ENDPOINT`` (https://huggingface.co by default).
     """
-    from huggingface_hub import CommitOperationAdd, HfApi
+    from huggingface_hub import CommitOperationAdd, CommitOperationDelete, HfApi
 
     _validate_repo_id(repo_id)
     token = _write_token(token, repo_id)
@@ -101,6 +104,16 @@ def publish(
         if revision is not None and revision != "main":
             with _hub_errors(api.endpoint, repo_id, f"creating the branch {revision!r}", may_have_committed=False):
                 api.create_branch(repo_id, branch=revision, exist_ok=True)
+        # Publishing over an earlier checkpoint replaces it: what the earlier one left that this one does not write
+        # (weights in another layout, another architecture's code, a training record) would otherwise stay beside
+        # the new files and be read with them. The owner's other files stay.
+        with _hub_errors(api.endpoint, repo_id, "reading the repository", may_have_committed=False):
+            existing = [sibling.rfilename for sibling in api.model_info(repo_id, revision=revision).siblings or []]
+            left = [name for name in existing if name not in files]
+            stale = [name for name in left if name == TRAINING_FILE or _WEIGHT_FILE.fullmatch(name)]
+            code = [name for name in left if "/" not in name and name.endswith(".py")]
+            stale += _bundled_files(api, repo_id, revision, code, Path(staging) / ".old")
+        operations += [CommitOperationDelete(path_in_repo=name) for name in sorted(stale)]
         with _hub_errors(api.endpoint, repo_id, "uploading the files", may_have_committed=True):
             info = api.create_commit(repo_id, operations, commit_message=message, revision=revision)
     return info.commit_url
@@ -148,13 +161,8 @@ def refresh_code(
             if "/" not in name and name.endswith(".py") and name[:-3] not in bundle.files
             and name.startswith((*(f"{package}_" for package in packages), "configuration_", "modeling_"))
         )
-        # Only files seqzoo bundled (they open with its note) are deleted; a module of the owner's stays.
-        stale = []
         with _hub_errors(api.endpoint, repo_id, "reading the repository", may_have_committed=False):
-            for name in candidates:
-                path = api.hf_hub_download(repo_id, name, revision=revision, local_dir=folder / "old")
-                if _is_bundled_file(Path(path)):
-                    stale.append(name)
+            stale = _bundled_files(api, repo_id, revision, candidates, folder / "old")
         files = [path.name for path in bundle.write(folder)]
         (folder / RECORD_FILE).write_text(json.dumps(bundle_record(), indent=2) + "\n")
         files.append(RECORD_FILE)
@@ -168,6 +176,18 @@ def refresh_code(
         with _hub_errors(api.endpoint, repo_id, "uploading the code", may_have_committed=True):
             info = api.create_commit(repo_id, operations, commit_message=message, revision=revision)
     return info.commit_url
+
+
+# The weight files transformers reads (one file or shards with their index), which a new checkpoint replaces.
+_WEIGHT_FILE = re.compile(r"(model|pytorch_model)(-\d+-of-\d+)?\.(safetensors|bin)"
+                          r"|(model\.safetensors|pytorch_model\.bin)\.index\.json")
+
+
+def _bundled_files(api: Any, repo_id: str, revision: str | None, names: list[str], folder: Path) -> list[str]:
+    """Which of the repository's Python files ``names`` seqzoo bundled (they open with its note), downloading each
+    into ``folder``; a module of the owner's is not one of them."""
+    return [name for name in names
+            if _is_bundled_file(Path(api.hf_hub_download(repo_id, name, revision=revision, local_dir=folder)))]
 
 
 def _is_bundled_file(path: Path) -> bool:

@@ -357,6 +357,9 @@ def loading_config() -> bool:
     return _LOADING.get()
 
 
+_WARNED_UNKNOWN: set[tuple[str, tuple[str, ...]]] = set()
+
+
 def check_unknown_keywords(config: PreTrainedConfig, kwargs: dict[str, Any]) -> None:
     """Refuse a keyword that is no field of ``config``'s class, nor an alias, nor one transformers reads itself: it
     would be stored on the config and read by nothing (``LSTMConfig(hiden_size=512)`` built a 256-wide model).
@@ -376,6 +379,11 @@ def check_unknown_keywords(config: PreTrainedConfig, kwargs: dict[str, Any]) -> 
         close = difflib.get_close_matches(key, names, n=1)
         hints.append(f"{key!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
     if loading_config() or not STRICT:
+        # Once per class and set of fields in a process: one command loads a folder's config.json several times (the
+        # config, the model, the tokenizer each read it).
+        if (cls.__name__, tuple(unknown)) in _WARNED_UNKNOWN:
+            return
+        _WARNED_UNKNOWN.add((cls.__name__, tuple(unknown)))
         logger.warning("%s: the config has field(s) %s that this seqzoo does not know; they are kept on the "
                        "config, but nothing reads them (a config saved by a later seqzoo, or edited by hand?)",
                        cls.__name__, ", ".join(hints))

@@ -41,7 +41,9 @@ from typing import Any, Callable
 import torch
 
 from seqzoo.tokenizer import PAD_TOKEN_ID, VOCAB_SIZE, check_no_special_tokens
-from seqzoo.training.data import IGNORE, _EVAL_STREAM, _generator, content_hash, epoch_sampler
+from seqzoo.training.data import (
+    IGNORE, _EVAL_STREAM, _generator, content_hash, epoch_sampler, read_text_file,
+)
 
 logger = logging.getLogger("seqzoo.training")
 
@@ -237,16 +239,10 @@ def _label_names(rows: list[Row], task: str) -> set[str]:
 def read_labelled_jsonl(path: str | Path, task: str) -> list[tuple[Row, str]]:
     """The rows of one file, each with where it came from (``path:line``), checked field by field."""
     path = Path(path)
-    if not path.is_file():
-        raise ValueError(f"data file {str(path)!r} does not exist" if not path.exists()
-                         else f"data file {str(path)!r} is not a file")
     tagging = task == "token-classification"
     expected = '{"tokens": ["word", ...], "tags": ["TAG", ...]}' if tagging else '{"text": "...", "label": "..."}'
     rows = []
-    try:
-        text = path.read_text(encoding="utf-8")
-    except UnicodeDecodeError as err:
-        raise ValueError(f"data file {str(path)!r} is not UTF-8 text ({err})") from err
+    text = read_text_file(path, f"a {task} data file holds one JSON object per line, {expected}")
     # Lines end at "\n" only: splitlines() also splits at U+2028, U+0085 ..., which JSON strings hold unescaped.
     for number, line in enumerate(text.split("\n"), start=1):
         if not line.strip():

@@ -346,23 +346,26 @@ def pydoc_documents() -> list[str]:
     return [topics[key] for key in sorted(topics)]
 
 
-def read_text_file(path: str | Path) -> str:
+def read_text_file(path: str | Path, reads: str = "data.source='text' trains on UTF-8 text files") -> str:
+    """A data file's text: UTF-8, a leading byte-order mark dropped (as editors on Windows write it, it is no part
+    of the text), no NUL bytes. ``reads`` says, in the errors, what the file should hold."""
     path = Path(path)
     if not path.is_file():
         raise ValueError(f"data file {str(path)!r} does not exist" if not path.exists()
                          else f"data file {str(path)!r} is not a file")
     raw = path.read_bytes()
     try:
-        text = raw.decode("utf-8")
+        text = raw.decode("utf-8-sig")
     except UnicodeDecodeError as err:
+        offset = err.start + 3 * raw.startswith(b"\xef\xbb\xbf")
         raise ValueError(
-            f"data file {str(path)!r} is not UTF-8 text: byte 0x{raw[err.start]:02x} at offset {err.start} is "
-            f"invalid (data.source='text' trains on UTF-8 text files)"
+            f"data file {str(path)!r} is not UTF-8 text: byte 0x{raw[offset]:02x} at offset {offset} is "
+            f"invalid ({reads})"
         ) from err
     if "\x00" in text:
         raise ValueError(
-            f"data file {str(path)!r} is not text: it holds NUL bytes (first at offset {text.index(chr(0))}); "
-            f"data.source='text' trains on UTF-8 text files"
+            f"data file {str(path)!r} is not text: it holds NUL bytes (first at character {text.index(chr(0))}); "
+            f"{reads}"
         )
     return text
 

@@ -30,7 +30,9 @@ from typing import Any, Callable
 import torch
 
 from seqzoo.tokenizer import EOS_TOKEN_ID, PAD_TOKEN_ID, VOCAB_SIZE, check_no_special_tokens
-from seqzoo.training.data import IGNORE, _EVAL_STREAM, _generator, content_hash, epoch_sampler
+from seqzoo.training.data import (
+    IGNORE, _EVAL_STREAM, _generator, content_hash, epoch_sampler, read_text_file,
+)
 
 logger = logging.getLogger("seqzoo.training")
 
@@ -196,14 +198,8 @@ def jsonl_pairs(paths: str | list[str], eval_fraction: float, eval_samples: int,
 
 def read_jsonl(path: str | Path) -> list[tuple[str, str]]:
     path = Path(path)
-    if not path.is_file():
-        raise ValueError(f"data file {str(path)!r} does not exist" if not path.exists()
-                         else f"data file {str(path)!r} is not a file")
     pairs = []
-    try:
-        text = path.read_text(encoding="utf-8")
-    except UnicodeDecodeError as err:
-        raise ValueError(f"data file {str(path)!r} is not UTF-8 text ({err})") from err
+    text = read_text_file(path, "a seq2seq data file holds one JSON object per line")
     # Lines end at "\n" only: splitlines() also splits at U+2028, U+0085 ..., which JSON strings hold unescaped.
     for number, line in enumerate(text.split("\n"), start=1):
         if not line.strip():

@@ -92,6 +92,7 @@ class FakeHub:
         if route == "create_repo":
             payload = json.loads(body)
             repo_id = f"{payload['organization']}/{payload['name']}" if payload.get("organization") else payload["name"]
+            self.repos.setdefault(repo_id, {})  # (a new repository: its info lists no files)
             return 200, {"url": f"{self.endpoint}/{repo_id}", "name": repo_id, "id": "fake"}, {}
         if route == "validate_yaml":
             return 200, {"errors": [], "warnings": []}, {}

@@ -44,7 +44,7 @@ def folder_bytes(folder) -> dict[str, bytes]:
 def test_publish_commits_the_exported_folder(hub, saved_models, exports):
     url = publish(saved_models["lstm"], repo_id("lstm"), private=True, revision="v1", commit_message="First upload")
 
-    assert hub.routes() == ["create_repo", "branch", "validate_yaml", "preupload", "commit"]
+    assert hub.routes() == ["create_repo", "branch", "repo_info", "validate_yaml", "preupload", "commit"]
     assert json.loads(hub.request("create_repo").body) == {
         "name": "tiny-lstm", "organization": "seqzoo-test", "visibility": "private"}
     publishing = [r for r in hub.requests if r.route != "agent_harnesses"]
@@ -65,7 +65,7 @@ def test_publish_commits_the_exported_folder(hub, saved_models, exports):
 
 def test_publish_defaults_commit_to_main_with_a_default_message(hub, saved_models):
     publish(saved_models["gru"], repo_id("gru"))
-    assert hub.routes() == ["create_repo", "validate_yaml", "preupload", "commit"]
+    assert hub.routes() == ["create_repo", "repo_info", "validate_yaml", "preupload", "commit"]
     assert "visibility" not in json.loads(hub.request("create_repo").body)
     (commit,) = hub.commits
     assert (commit.revision, commit.summary) == ("main", "Publish a seqzoo gru checkpoint")
@@ -140,6 +140,36 @@ def test_cli_publish_reports_errors_plainly(saved_models, monkeypatch, tmp_path,
     assert "from Python, pass strict=False" in err, err
     assert "LOAD REPORT" not in caplog.text  # (transformers' handler writes to the stderr it found when set up)
     assert not os.path.exists(tmp_path / "y")
+
+
+def test_publish_over_an_earlier_checkpoint_deletes_what_it_left(hub, saved_models, exports):
+    """A repository that held a trained LSTM in shards gets a GRU without a training record: the LSTM's weights,
+    code and training record go (else transformers or a reader of the record would find them beside the GRU's);
+    the owner's own files stay."""
+    repo = repo_id("gru")
+    earlier = folder_bytes(exports["lstm"])
+    assert "seqzoo_training.json" in earlier and "modeling_seqzoo_lstm.py" in earlier
+    earlier.pop("model.safetensors")
+    earlier.update({"model-00001-of-00002.safetensors": b"x", "model-00002-of-00002.safetensors": b"x",
+                    "model.safetensors.index.json": b"{}", "pytorch_model.bin": b"x", "notes.py": b"# mine\n",
+                    "modeling_my_helpers.py": b"# mine too\n", "data/train.csv": b"a\n", ".gitattributes": b""})
+    hub.repos[repo] = dict(earlier)
+
+    publish(saved_models["gru"], repo)
+
+    (commit,) = hub.commits
+    fresh = folder_bytes(exports["gru"])
+    assert "seqzoo_training.json" not in fresh
+    assert sorted(commit.files) == sorted(fresh)
+    bundled_for_lstm = sorted(name for name in earlier if name.endswith(".py") and name not in fresh
+                              and name not in ("notes.py", "modeling_my_helpers.py"))
+    assert "modeling_seqzoo_lstm.py" in bundled_for_lstm
+    assert sorted(commit.deleted) == sorted(
+        ["seqzoo_training.json", "model-00001-of-00002.safetensors", "model-00002-of-00002.safetensors",
+         "model.safetensors.index.json", "pytorch_model.bin", *bundled_for_lstm])
+    assert sorted(hub.repos[repo]) == sorted([*fresh, "notes.py", "modeling_my_helpers.py", "data/train.csv",
+                                              ".gitattributes"])
+    assert list(hub.staging_root.iterdir()) == []
 
 
 def test_refresh_code_rewrites_only_the_code_of_an_existing_repository(hub, exports):

@@ -207,6 +207,26 @@ def test_text_file_errors(tmp_path):
     assert build_data(data, seed=0).name == f"text:{good}"
 
 
+def test_a_byte_order_mark_is_no_part_of_a_data_file(tmp_path):
+    """Windows editors begin a UTF-8 file with a byte-order mark: a text source trained on it as three bytes of
+    text, and the JSON Lines readers refused the first row ("Unexpected UTF-8 BOM")."""
+    from seqzoo.training.classification import read_labelled_jsonl
+    from seqzoo.training.seq2seq import read_jsonl
+
+    text = tmp_path / "text.txt"
+    text.write_bytes(b"\xef\xbb\xbfhello")
+    assert read_text_file(text) == "hello"
+    pairs = tmp_path / "pairs.jsonl"
+    pairs.write_bytes(b'\xef\xbb\xbf{"source": "a", "target": "b"}\n')
+    assert read_jsonl(pairs) == [("a", "b")]
+    rows = tmp_path / "rows.jsonl"
+    rows.write_bytes(b'\xef\xbb\xbf{"text": "a", "label": "x"}\n')
+    assert [row for row, _ in read_labelled_jsonl(rows, "sequence-classification")] == [("a", "x")]
+    text.write_bytes(b"\xef\xbb\xbfab\xff")  # (offsets still count the file's bytes)
+    with pytest.raises(ValueError, match=r"byte 0xff at offset 5 is invalid"):
+        read_text_file(text)
+
+
 def test_pydoc_corpus_is_there():
     docs = pydoc_documents()
     assert len(docs) > 50 and sum(map(len, docs)) > 100_000
