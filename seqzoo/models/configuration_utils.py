@@ -108,7 +108,11 @@ class SeqzooConfig(PreTrainedConfig):
             found = getattr(torch, dtype, None) if isinstance(dtype, str) else dtype
             if dtype is not None and not (isinstance(found, torch.dtype) and found.is_floating_point):
                 _fail(self, name, dtype, "expected a floating-point dtype: float32, bfloat16, float16 or float64")
+        # (transformers replaces a label2id given without id2label by LABEL_0, LABEL_1 ... without a word)
+        label2id_alone = self.label2id if self.id2label is None else None
+        given_id2label = self.id2label
         super().__post_init__(**kwargs)
+        check_labels(self, label2id_alone, labels, given_id2label)
         self.validate_architecture()
         self.check_fields_read()
 
@@ -350,6 +354,46 @@ def _generation_keywords() -> frozenset[str]:
 
 
 _GENERATION_KEYWORDS = _generation_keywords()
+
+
+def check_labels(config: Any, label2id_alone: Any = None, num_labels: Any = None, id2label: Any = None) -> None:
+    """Refuse label names that a classifier's users would read wrongly: ``id2label`` keyed by other ids than the
+    classes ``0 .. num_labels - 1`` (a pipeline fails on the class it has no name for), a ``label2id`` that is not
+    its inverse (training data labelled through it would train other classes than the pipelines name), or a
+    ``label2id`` given alone or a ``num_labels`` given beside an ``id2label`` of another length (transformers
+    replaces the names by ``LABEL_0``, ``LABEL_1`` ...). A config.json that holds them still loads, with a warning.
+    ``label2id_alone``, ``num_labels``, ``id2label``: as given to the constructor."""
+    name = type(config).__name__
+    problems = []
+    if num_labels is not None and id2label is not None and num_labels != len(id2label):
+        problems.append(f"{name}: num_labels={num_labels} and id2label={id2label!r} ({len(id2label)} names) "
+                        "disagree (transformers would replace the names by LABEL_0, LABEL_1 ...): give one of them, "
+                        "or both alike")
+    if label2id_alone is not None:
+        problems.append(f"{name}.label2id={label2id_alone!r} is given without id2label, which transformers then "
+                        "fills with LABEL_0, LABEL_1 ... and label2id with those: give id2label ({id: name}) too")
+    id2label = config.id2label or {}
+    if sorted(id2label) != list(range(len(id2label))):
+        problems.append(f"{name}.id2label={id2label!r} is invalid: its keys must be the class ids 0 .. "
+                        f"num_labels - 1 = {len(id2label) - 1}, one name each")
+    elif config.label2id is not None and label2id_alone is None:
+        inverse = {label: index for index, label in id2label.items()}
+        try:
+            given = {label: int(index) for label, index in config.label2id.items()}
+        except (AttributeError, TypeError, ValueError):
+            given = None
+        if len(inverse) != len(id2label):
+            problems.append(f"{name}.label2id={config.label2id!r} is invalid: the names of id2label={id2label!r} "
+                            "repeat, so no label2id maps each to its id; name each class once")
+        elif given != inverse:
+            problems.append(f"{name}.label2id={config.label2id!r} is invalid: it must map each name of id2label "
+                            f"to its id ({inverse!r})")
+    if not problems:
+        return
+    if loading_config():
+        logger.warning("%s; loaded as saved", "; ".join(problems))
+        return
+    raise ValueError("; ".join(problems))
 
 
 def loading_config() -> bool:

@@ -511,6 +511,20 @@ class SeqzooPreTrainedModel(PreTrainedModel):
                 problems.append(f"tensors this model has no place for: {', '.join(unexpected[:8])}"
                                 f"{' ...' if len(unexpected) > 8 else ''} (does config.json match the weights?)")
             if problems:
+                labels = getattr(model.config, "num_labels", None)
+                if (mismatched and not missing and not unexpected and "score" in cls.head_modules
+                        and all(key.startswith("score.") for key, _, _ in mismatched)
+                        and mismatched[0][1][0] != labels):
+                    # Only the classifier's head differs: a checkpoint classified into another number of labels
+                    # (num_labels / id2label given beside it), not a damaged one.
+                    saved = mismatched[0][1][0]
+                    raise ValueError(
+                        f"checkpoint {str(pretrained_model_name_or_path)!r} holds a classifier head of {saved} "
+                        f"label(s), but this {cls.__name__} has num_labels={labels} (from the num_labels or "
+                        f"id2label given); load it without them to keep its {saved} labels, or pass "
+                        "ignore_mismatched_sizes=True to start a new head of "
+                        f"{labels} label(s) on its backbone ({'; '.join(problems)})"
+                    )
                 raise ValueError(
                     f"checkpoint {str(pretrained_model_name_or_path)!r} does not fit {cls.__name__}: "
                     f"{'; '.join(problems)}. Save or download the checkpoint again; or, from Python, pass "

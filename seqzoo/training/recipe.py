@@ -336,6 +336,13 @@ class Recipe:
         given = sorted({"num_labels", "id2label", "label2id"} & set(self.model.config))
         _check(not given, f"model.config.{given[0] if given else ''}", self.model.config.get(given[0]) if given
                else None, "unset: a classifier's labels come from the data, or from data.labels")
+        # The recipe trains one class per text (or per tagged byte) with cross-entropy over the class ids; a config
+        # saying multi-label or regression would be saved as it is, and the pipelines would score the model so
+        # (sigmoid, raw logits) though it was trained with a softmax.
+        problem_type = self.model.config.get("problem_type")
+        _check(problem_type in (None, "single_label_classification"), "model.config.problem_type", problem_type,
+               f"unset or 'single_label_classification' (task: {self.task} trains one class per "
+               f"{'text' if self.task == 'sequence-classification' else 'tagged word'} with cross-entropy)")
         _check(self.train.tbptt_chunk == 0, "train.tbptt_chunk", self.train.tbptt_chunk,
                f"0 for task: {self.task} (a classifier reads each text whole)")
 

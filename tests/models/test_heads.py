@@ -3,6 +3,8 @@ conventions, exact padding, loading a causal-LM checkpoint into a head, the Auto
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
@@ -423,3 +425,52 @@ def test_mean_pooling_of_a_row_without_real_tokens_is_zero_not_nan():
     pooled = pool(hidden, "mean", real)
     assert torch.equal(pooled[0], torch.zeros(8))
     torch.testing.assert_close(pooled[1], hidden[1, 1:].mean(0))
+
+
+@pytest.mark.parametrize("task", sorted(HEADS))
+def test_a_classifier_loaded_with_another_number_of_labels_names_the_labels(task, tmp_path):
+    """A classifier's checkpoint loaded with another num_labels (or id2label): the error names the labels and
+    transformers' ignore_mismatched_sizes=True (which starts a new head on the backbone), not a damaged file."""
+    torch.manual_seed(0)
+    saved = HEADS[task].from_config(tiny_config(FAMILIES["gru"], num_labels=3))
+    saved.save_pretrained(tmp_path)
+    for given in ({"num_labels": 5}, {"id2label": {0: "NO", 1: "YES"}}):
+        labels = len(given.get("id2label", ())) or given["num_labels"]
+        with pytest.raises(ValueError, match=rf"holds a classifier head of 3 label\(s\), but this \w+ has "
+                                             rf"num_labels={labels} .*ignore_mismatched_sizes=True"):
+            HEADS[task].from_pretrained(tmp_path, **given)
+        fresh = HEADS[task].from_pretrained(tmp_path, ignore_mismatched_sizes=True, **given)
+        assert fresh.score.weight.shape[0] == fresh.config.num_labels == labels
+        assert torch.equal(fresh.model.embed_tokens.weight, saved.model.embed_tokens.weight)
+    assert HEADS[task].from_pretrained(tmp_path).config.num_labels == 3
+
+
+@pytest.mark.parametrize("given, message", [
+    # transformers dropped a label2id given alone, and the names of an id2label of another length than num_labels,
+    # for LABEL_0, LABEL_1 ... without an error
+    ({"label2id": {"NO": 0, "YES": 1}}, r"label2id=\{'NO': 0, 'YES': 1\} is given without id2label"),
+    ({"num_labels": 3, "id2label": {0: "NO", 1: "YES"}}, r"num_labels=3 and id2label=.* \(2 names\) disagree"),
+    # a pipeline failed with a KeyError on class 1; a label2id that is not the inverse trained other classes
+    ({"id2label": {0: "NO", 2: "YES"}}, r"its keys must be the class ids 0 \.\. num_labels - 1 = 1"),
+    ({"id2label": {0: "NO", 1: "YES"}, "label2id": {"NO": 1, "YES": 0}},
+     r"label2id=\{'NO': 1, 'YES': 0\} is invalid: it must map each name of id2label to its id"),
+    ({"id2label": {0: "NO", 1: "NO"}, "label2id": {"NO": 0}}, r"the names of id2label=.* repeat"),
+])
+def test_label_names_that_disagree_are_refused(given, message):
+    with pytest.raises(ValueError, match=message):
+        tiny_config(FAMILIES["gru"], **given)
+
+
+def test_label_names_round_trip_and_a_saved_bad_pair_loads_with_a_warning(tmp_path, caplog):
+    names = {0: "neg", 1: "mid", 2: "pos"}
+    config = tiny_config(FAMILIES["gru"], id2label=names, label2id={v: k for k, v in names.items()})
+    assert config.num_labels == 3 and tiny_config(FAMILIES["gru"], num_labels=3, id2label=names).id2label == names
+    HEADS["sequence-classification"].from_config(config).save_pretrained(tmp_path)
+    loaded = AutoModelForSequenceClassification.from_pretrained(tmp_path).config
+    assert loaded.id2label == names and loaded.label2id == {v: k for k, v in names.items()}
+    values = json.loads((tmp_path / "config.json").read_text())
+    values["label2id"] = {"neg": 2, "mid": 1, "pos": 0}  # saved so by hand, or by another tool
+    (tmp_path / "config.json").write_text(json.dumps(values))
+    with caplog.at_level("WARNING", logger="seqzoo"):
+        loaded = AutoModelForSequenceClassification.from_pretrained(tmp_path).config
+    assert loaded.id2label == names and "it must map each name of id2label to its id" in caplog.text

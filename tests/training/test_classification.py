@@ -235,6 +235,15 @@ def test_a_sequence_classifier_trains_on_a_generated_task_and_classifies_text(tm
     ({"data": {"source": "task", "task": "appears_later"}, "model": {"preset": "lstm-tiny",
                                                                       "config": {"num_labels": 4}}},
      "model.config.num_labels=4 is invalid: expected unset: a classifier's labels come from the data"),
+    # trained with cross-entropy over class ids: a multi-label or regression config was saved as such, and the
+    # pipelines then scored the softmax-trained model with a sigmoid or as raw values
+    ({"task": "sequence-classification", "data": {"source": "task", "task": "first_letter"},
+      "model": {"preset": "lstm-tiny", "config": {"problem_type": "multi_label_classification"}}},
+     ("model.config.problem_type='multi_label_classification' is invalid: expected unset or "
+      "'single_label_classification'")),
+    ({"data": {"source": "task", "task": "appears_later"},
+      "model": {"preset": "lstm-tiny", "config": {"problem_type": "regression"}}},
+     "model.config.problem_type='regression' is invalid: expected unset or 'single_label_classification'"),
     ({"data": {"source": "task", "task": "appears_later"}, "train": {"tbptt_chunk": 8}},
      "train.tbptt_chunk=8 is invalid: expected 0 for task: token-classification"),
     ({"task": "causal-lm", "data": {"labels": ["a", "b"]}}, "data.labels=['a', 'b'] is invalid: expected null"),
