@@ -204,6 +204,11 @@ def check_model_source(source: str) -> None:
         if not (path / "config.json").is_file():
             raise ValueError(f"{source!r} holds no config.json, so it is no saved model (`seqzoo new`, `seqzoo "
                              f"train` and save_pretrained write one)")
+        from seqzoo.models.modeling_utils import damaged_json_files
+
+        damaged = damaged_json_files(path, ("config.json",))
+        if damaged:  # (a file nested past Python's recursion limit failed as an unexpected RecursionError)
+            raise ValueError(f"{source!r} holds no model that loads: {damaged}; save or download the model again")
         return
     if path.exists():
         raise ValueError(f"{source!r} is a file; give the folder that holds config.json and the weights")

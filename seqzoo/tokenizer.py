@@ -7,6 +7,7 @@ loads it anywhere transformers is installed, with or without seqzoo.
 
 from __future__ import annotations
 
+import json
 import os
 from functools import lru_cache
 from pathlib import Path
@@ -86,6 +87,25 @@ def tokenizer_for(model: Any) -> PreTrainedTokenizerFast:
 
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json")
+_SPECIAL_TOKEN_KEYS = ("bos_token", "eos_token", "unk_token", "sep_token", "pad_token", "cls_token", "mask_token")
+
+
+def _special_tokens_of_wrong_type(folder: Path) -> str:
+    """The special tokens of ``folder``'s tokenizer_config.json / special_tokens_map.json that are neither a text nor
+    an object (``"eos_token": 5``), named with their file (empty when none)."""
+    found = []
+    for name in ("tokenizer_config.json", "special_tokens_map.json"):
+        try:
+            values = json.loads((folder / name).read_bytes())
+        except (OSError, ValueError, RecursionError):
+            continue  # (missing, or damaged: named by damaged_json_files)
+        if not isinstance(values, dict):
+            continue
+        for key in _SPECIAL_TOKEN_KEYS:
+            value = values.get(key)
+            if value is not None and not isinstance(value, (str, dict)):
+                found.append(f"{name} has {key}={json.dumps(value)}")
+    return "; ".join(found)
 
 
 def load_tokenizer(source: Any) -> PreTrainedTokenizerFast:
@@ -108,6 +128,11 @@ def load_tokenizer(source: Any) -> PreTrainedTokenizerFast:
         damaged = damaged_json_files(folder, (*TOKENIZER_FILES, "special_tokens_map.json")) if folder else None
         if damaged:  # (the tokenizers library's error names no file: "expected value at line 1 column 1")
             raise ValueError(f"{folder}'s tokenizer cannot be read: {damaged}; save the tokenizer again "
+                             "(tokenizer.save_pretrained(folder))") from err
+        wrong = _special_tokens_of_wrong_type(folder) if folder is not None else ""
+        if wrong:  # (transformers' TypeError names the token, not the file nor what it holds)
+            raise ValueError(f"{folder}'s tokenizer cannot be read: {wrong}; a special token is its text "
+                             '("<|endoftext|>"), or an object {"content": ...}: save the tokenizer again '
                              "(tokenizer.save_pretrained(folder))") from err
         if folder is not None and not (folder / "tokenizer.json").is_file() and "Couldn't instantiate" in str(err):
             # (transformers' text begins "Couldn't instantiate the backend tokenizer from one of:" and goes on

@@ -273,3 +273,9 @@ def test_damaged_tokenizer_and_generation_config_files_are_named(saved):
     (folder / "tokenizer.json").write_bytes(b'{"version": "1.0", "trunc')
     with pytest.raises(ValueError, match=r"tokenizer cannot be read: tokenizer.json is damaged \(.*\); save the"):
         load_tokenizer(folder)
+    # a special token that is neither text nor an object: transformers' TypeError named neither file nor value
+    seqzoo.byte_tokenizer().save_pretrained(folder)
+    values = json.loads((folder / "tokenizer_config.json").read_text())
+    (folder / "tokenizer_config.json").write_text(json.dumps({**values, "eos_token": 5}))
+    with pytest.raises(ValueError, match=r"tokenizer cannot be read: tokenizer_config.json has eos_token=5; a special"):
+        load_tokenizer(folder)

@@ -530,6 +530,16 @@ def test_one_command_warns_once_about_a_misspelt_variable_and_an_unknown_config_
     assert said.count("SEQZOO_KERNEL ") == 1 and "not one seqzoo reads" in said, said
 
 
+def test_generate_names_a_damaged_config_json(tmp_path, capsys):
+    """A config.json nested past Python's recursion limit failed as "an unexpected RecursionError ... report it"."""
+    folder = tmp_path / "m"
+    assert main(["new", "gru-tiny", str(folder)]) == 0
+    for text, said in (("[" * 100_000, "maximum recursion depth exceeded"), ('{"a":', "Expecting value")):
+        (folder / "config.json").write_text(text)
+        line = _error(capsys, ["generate", str(folder), "hi"])
+        assert f"holds no model that loads: config.json is damaged ({said}" in line, line
+
+
 def test_an_argument_that_is_not_utf8_is_refused_by_name(tmp_path, capsys):
     """A folder name of other bytes (``$'m\\xff'``): `seqzoo new` failed in the tokenizer's save with a codec error
     naming no file, and `seqzoo generate` called the weights of such a folder damaged."""
