@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 from typing import Any, Callable
 
-from seqzoo.utils import WARNED_ENV_NAMES, installed_version, parse_overrides, quiet_transformers, seed_value
+from seqzoo.utils import installed_version, parse_overrides, quiet_transformers, seed_value
 
 # Modules that add sub-commands, each with ``register(subparsers)``. Registering must stay light (no torch): the
 # parser is built, and --help answered, before torch is imported.
@@ -660,15 +660,17 @@ KNOWN_ENV = ("SEQZOO_KERNELS", DEBUG_ENV, "SEQZOO_TRITON_AOT", "SEQZOO_OTHER_TRA
              "SEQZOO_REQUIRE_TORCHAO", "SEQZOO_MUTATION")
 
 
-def warn_unknown_env() -> None:
+def warn_unknown_env() -> list[str]:
     """One line on standard error for each ``SEQZOO_*`` variable seqzoo does not read: a misspelt name
-    (``SEQZOO_KERNEL``) would otherwise change nothing without a word."""
+    (``SEQZOO_KERNEL``) would otherwise change nothing without a word. Returns the names."""
+    warned = []
     for name in sorted(n for n in os.environ if n.startswith("SEQZOO_") and n not in KNOWN_ENV):
         close = difflib.get_close_matches(name, KNOWN_ENV, n=1)
         hint = f" (did you mean {close[0]}?)" if close else ""
         print(f"warning: the environment variable {name} is not one seqzoo reads{hint}; it reads "
               f"{', '.join(KNOWN_ENV[:3])}", file=sys.stderr)
-        WARNED_ENV_NAMES.add(name)
+        warned.append(name)
+    return warned
 
 
 def _is_utf8(word: str) -> bool:
@@ -713,7 +715,7 @@ def main(argv: list[str] | None = None, *, before_command: Callable[[], None] | 
             getattr(args, "parser", parser).error(
                 f"the argument {_shown(word)} is not valid UTF-8 text; seqzoo reads and writes file names, prompts "
                 "and values as UTF-8: rename the file or folder, or retype the value")
-    warn_unknown_env()
+    warned = warn_unknown_env()
     try:
         debug = debug_requested(args)
     except ValueError as err:
@@ -722,6 +724,10 @@ def main(argv: list[str] | None = None, *, before_command: Callable[[], None] | 
     try:
         if before_command is not None:
             before_command()
+        if warned:  # (the kernel registry would warn about a misspelt SEQZOO_KERNELS again, in its own words)
+            from seqzoo.kernels import registry as kernel_registry
+
+            kernel_registry._WARNED_ENV.update(warned)
         return args.func(args)
     except KeyboardInterrupt:
         if debug:

@@ -14,11 +14,6 @@ from typing import Any, Callable
 _LOOSE_NUMBER = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?")
 
 
-# The misspelt ``SEQZOO_*`` environment variables already warned about in this process (the command line warns
-# about every unknown one before a command runs; the kernel registry then stays quiet about those).
-WARNED_ENV_NAMES: set[str] = set()
-
-
 def installed_version() -> str:
     """seqzoo's version as installed (``pip install -e .`` included), without importing the package."""
     from importlib.metadata import PackageNotFoundError, version

@@ -39,9 +39,8 @@ def _forget_warnings_given():
     afresh, whatever ran before it."""
     from seqzoo.kernels import registry as kernel_registry
     from seqzoo.models import configuration_utils
-    from seqzoo.utils import WARNED_ENV_NAMES
 
-    for warned in (configuration_utils._WARNED_UNKNOWN, kernel_registry._WARNED_ENV, WARNED_ENV_NAMES):
+    for warned in (configuration_utils._WARNED_UNKNOWN, kernel_registry._WARNED_ENV):
         warned.clear()
     yield
 

@@ -40,8 +40,6 @@ import threading
 from dataclasses import dataclass, field
 from typing import Any, Callable, Hashable, Iterator
 
-from seqzoo.utils import WARNED_ENV_NAMES
-
 logger = logging.getLogger("seqzoo.kernels")
 
 ENV_VAR = "SEQZOO_KERNELS"
@@ -354,7 +352,7 @@ def _current() -> _State:
     return _rebuild(raw)
 
 
-_WARNED_ENV: set[str] = set()
+_WARNED_ENV: set[str] = set()  # (the command line adds the names it has warned about)
 
 
 def _warn_misspelt_env() -> None:
@@ -362,8 +360,7 @@ def _warn_misspelt_env() -> None:
     ``seqzoo_kernels``): nothing reads it, so the backends it names would otherwise not be forced, without a word.
     (The command line warns about every unknown ``SEQZOO_*`` name; a script that imports seqzoo gets this.)"""
     for name in list(os.environ):
-        if (name != ENV_VAR and name not in _WARNED_ENV and name not in WARNED_ENV_NAMES
-                and name.upper().startswith("SEQZOO_")
+        if (name != ENV_VAR and name not in _WARNED_ENV and name.upper().startswith("SEQZOO_")
                 and difflib.get_close_matches(name.upper(), [ENV_VAR], n=1, cutoff=0.8)):
             _WARNED_ENV.add(name)
             logger.warning("the environment variable %s is not read by seqzoo; did you mean %s?", name, ENV_VAR)
