@@ -69,7 +69,18 @@ def quantize_int8(model: nn.Module) -> nn.Module:
             from err
     config = Int8DynamicActivationInt8WeightConfig()
     quantize_(model, FqnToConfig({name: config for name in targets}), filter_fn=None)
+    model.register_forward_pre_hook(_refuse_training)
     return model
+
+
+def _refuse_training(model: nn.Module, args: Any) -> None:
+    # torchao's int8 dynamic-activation layers pass no gradient to their inputs: a training step's backward failed
+    # with "element 0 of tensors does not require grad", or trained only what lies above the last quantised layer.
+    if model.training and torch.is_grad_enabled():
+        raise RuntimeError(f"{type(model).__name__} is quantised to int8 (seqzoo.quantize_int8), for inference: its "
+                           "int8 layers pass no gradient to their inputs, so it cannot train. Call model.eval() or "
+                           "run under torch.no_grad() to use it; to train, train the float model and quantise it "
+                           "after")
 
 
 def _target_tensor(model: nn.Module, modules: dict[str, nn.Module], target: str) -> Any:

@@ -149,3 +149,17 @@ def test_an_offloaded_model_is_refused(torchao_quantization):
     with pytest.raises(ValueError, match=r"is offloaded \(model.layers.0.weight_ih.*meta device.*load the model whole"):
         seqzoo.quantize_int8(model)
     assert {type(p) for p in model.parameters()} == {torch.nn.Parameter}
+
+
+@pytest.mark.parametrize("preset", ["gru-tiny", "transformer-tiny"])
+def test_a_quantised_model_refuses_a_training_step(preset, torchao_quantization):
+    # backward failed with "element 0 of tensors does not require grad" (a quantised head), or trained only what
+    # lies above the last quantised layer; transformers refuses to fine-tune a purely quantised model too
+    model = seqzoo.quantize_int8(tiny_model(preset)).train()
+    with pytest.raises(RuntimeError, match=r"is quantised to int8 \(seqzoo.quantize_int8\), for inference: .* "
+                                           r"cannot train"):
+        model(IDS, labels=IDS)
+    with torch.no_grad():
+        model(IDS)  # (train mode without gradients: dropout off or on, nothing learns)
+    model.eval()
+    assert model(IDS).logits.shape[:2] == IDS.shape
