@@ -169,8 +169,8 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     chosen = {"architectures": args.architectures, "rates": args.rates, "workers": args.workers,
               "device": args.device, "deadline_seconds": 60 * args.deadline_minutes}
     cfg = SweepConfig(**{k: v for k, v in chosen.items() if v is not None})
-    run_sweep(cfg, args.out, command=command_line(args), force=args.force)
-    return 0
+    results = run_sweep(cfg, args.out, command=command_line(args), force=args.force)
+    return 1 if any(not run["ok"] for run in results["runs"]) else 0  # (as the other labs: a failed run fails)
 
 
 def cmd_gradients(args: argparse.Namespace) -> int:

@@ -197,6 +197,13 @@ def _provenance(results: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def _rates_source(cfg: dict[str, Any]) -> str:
+    """Where the runs' learning rates came from: ``--lr`` (one rate for every run) or the lab's recipes."""
+    if cfg.get("lr") is not None:
+        return f"`--lr {cfg['lr']:g}`, one rate for every architecture and run, in place of the lab's recipes"
+    return rates_source()
+
+
 def write_report(results: dict[str, Any], out: Path) -> None:
     cfg = results["config"]
     # (the runner evaluates a text run every steps // text_evaluations steps, then once more at its end)
@@ -226,7 +233,7 @@ def write_report(results: dict[str, Any], out: Path) -> None:
     report = f"""# seqzoo memory lab
 
 How does each architecture remember, and at what cost? The smallest model of every registered architecture,
-trained on synthetic memory tasks at growing distances and on byte-level text (learning rates: {rates_source()}),
+trained on synthetic memory tasks at growing distances and on byte-level text (learning rates: {_rates_source(cfg)}),
 every memory-task model with {len(cfg['seeds'])} seeds. Runs are short: read
 the figures as what each architecture learns *quickly*, not as its best.
 {smoke}{no_plots}
@@ -263,7 +270,7 @@ brackets, the lowest and the highest seed.
 
 {notes}
 
-Learning rates (from {rates_source()}):
+Learning rates (from {_rates_source(cfg)}):
 
 {_recipe_table(results)}
 

@@ -117,6 +117,9 @@ def lab_presets(architectures: list[str] | None = None) -> dict[str, str]:
 
     registered = seqzoo.list_architectures("causal-lm")  # the lab's tasks train language models
     chosen = registered if architectures is None else architectures
+    repeated = sorted({arch for arch in chosen if chosen.count(arch) > 1})
+    if repeated:  # (else trained once, and the list the user gave silently shortened)
+        raise ValueError(f"architecture {', '.join(map(repr, repeated))} given more than once; name each once")
     for arch in chosen:
         if arch not in registered:
             import difflib

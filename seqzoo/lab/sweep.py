@@ -48,7 +48,7 @@ class SweepConfig:
     deadline_seconds: float = 0.0  # > 0: stop queueing runs after this long (what ran is still reported)
 
     def validate(self) -> None:
-        if not self.rates or min(self.rates) <= 0 or max(self.rates) >= 1:
+        if not self.rates or not all(math.isfinite(rate) and 0 < rate < 1 for rate in self.rates):
             raise ValueError(f"--rates {self.rates} is invalid: learning rates in (0, 1)")
         if len({f"{rate:g}" for rate in self.rates}) != len(self.rates):  # (runs are named by f"{rate:g}")
             raise ValueError(f"--rates {self.rates} is invalid: distinct learning rates")
@@ -98,7 +98,7 @@ def run_sweep(cfg: SweepConfig, out: str | Path, log: Callable[[str], None] = pr
                              "pass --out NEW_FOLDER to keep them, or --force to replace them")
     prepare_output(out, force, log)
     jobs = sweep_jobs(cfg, presets, out)
-    workers = max(1, cfg.workers or LabConfig().worker_count(len(jobs)))
+    workers = LabConfig(workers=cfg.workers).worker_count(len(jobs))  # (never more processes than runs)
     environment = describe_environment(command or "seqzoo lab sweep", workers)
     (out / "results.json").write_text(json.dumps({"status": "running", "environment": environment}))
     started = time.perf_counter()
@@ -128,19 +128,27 @@ def _mean_accuracy(run: dict[str, Any]) -> float:
     return statistics.mean(run["accuracy"].values())
 
 
+def _rate_scores(runs: list[dict[str, Any]], arch: str, rates: list[float]
+                 ) -> tuple[dict[float, dict[str, dict[str, Any]]], list[str], dict[float, float]]:
+    """``arch``'s memory runs by rate and task, the tasks every rate finished, and each rate's mean accuracy over
+    those tasks and their distances (what the proposal compares, and the sweep report shows).
+
+    Rates are compared on the tasks that every one of them finished (a deadline, or a failed run, can leave a rate
+    without its hardest task, which would flatter its mean)."""
+    done = {rate: {r["task"]: r for r in runs_at} for rate in rates if (runs_at := _memory_runs(runs, arch, rate))}
+    common = sorted(set.intersection(*(set(tasks) for tasks in done.values()))) if done else []
+    scores = {rate: statistics.mean(_mean_accuracy(tasks[task]) for task in common) for rate, tasks in done.items()
+              } if common else {}
+    return done, common, scores
+
+
 def propose(results: dict[str, Any]) -> dict[str, Any]:
     """Rates per architecture and steps per task, by the rules in the module docstring."""
     cfg, runs = results["config"], results["runs"]
     rates: dict[str, dict[str, float]] = {}
     needed: dict[str, list[int]] = {task: [] for task in cfg["tasks"]}
     for arch in results["presets"]:
-        done = {rate: {r["task"]: r for r in runs_at} for rate in cfg["rates"]
-                if (runs_at := _memory_runs(runs, arch, rate))}
-        # Rates are compared on the tasks that every one of them finished (a deadline, or a failed run, can leave a
-        # rate without its hardest task, which would flatter its mean).
-        common = sorted(set.intersection(*(set(tasks) for tasks in done.values()))) if done else []
-        scores = {rate: statistics.mean(_mean_accuracy(tasks[task]) for task in common) for rate, tasks in done.items()
-                  } if common else {}
+        done, common, scores = _rate_scores(runs, arch, cfg["rates"])
         entry: dict[str, float] = {}
         if scores:
             best = max(scores.values())
@@ -176,16 +184,22 @@ def sweep_report(results: dict[str, Any]) -> str:
              "(`data.tuning_set`), apart from the sets the lab reports: each task's own draws, and the 5% of the text "
              "before its held-out tail, which these runs do not train on."]
     for arch in results["presets"]:
-        header = ["rate"] + [t.replace("_", " ") for t in cfg["tasks"]] + ["mean accuracy", "text perplexity"]
+        by_rate, common, scores = _rate_scores(runs, arch, cfg["rates"])
+        # (the proposal's score: over the tasks every rate finished, named when some rate lacks one)
+        partial = any(set(tasks) != set(common) for tasks in by_rate.values())
+        mean_header = "mean accuracy" + ("" if not partial else f" ({', '.join(t.replace('_', ' ') for t in common)} "
+                                         "only: what every rate finished)" if common else " (no task every rate "
+                                         "finished)")
+        header = ["rate"] + [t.replace("_", " ") for t in cfg["tasks"]] + [mean_header, "text perplexity"]
         rows = []
         for rate in cfg["rates"]:
-            done = {r["task"]: r for r in _memory_runs(runs, arch, rate)}
+            done = by_rate.get(rate, {})
             row = [f"{rate:g}"]
             for task in cfg["tasks"]:
                 run = done.get(task)
                 row.append("–" if run is None else
                            " / ".join(f"{a:.2f}" for a in run["accuracy"].values()) + f" ({run['steps_run']})")
-            row.append(f"{statistics.mean(map(_mean_accuracy, done.values())):.3f}" if done else "–")
+            row.append(f"{scores[rate]:.3f}" if rate in scores else "–")
             text = [r["eval"]["perplexity"] for r in runs if r["ok"] and r["arch"] == arch and r["task"] == TEXT
                     and r["lr"] == rate]
             row.append(f"{text[0]:.2f}" if text else "–")

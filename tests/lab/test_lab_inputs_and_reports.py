@@ -1,0 +1,96 @@
+"""`seqzoo lab` and its sub-commands against bad input, and their reports against the runs they describe."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from seqzoo.cli import main
+from seqzoo.lab.runner import LabConfig, lab_presets, run_lab
+
+
+@pytest.mark.parametrize("rates", [[float("nan")], [1e-2, float("nan")], [float("nan"), 1e-2]])
+def test_the_sweep_refuses_a_rate_that_is_not_a_number(tmp_path, monkeypatch, rates):
+    from seqzoo.lab import sweep
+    from seqzoo.lab.sweep import SweepConfig, run_sweep
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("the sweep started training")
+
+    monkeypatch.setattr(sweep, "run_jobs", no_training)
+    # (nan passed the range check: every run then failed, and the sweep reported nothing, exit status 0)
+    with pytest.raises(ValueError, match=r"--rates .* is invalid: learning rates in \(0, 1\)"):
+        run_sweep(SweepConfig(rates=rates), tmp_path / "x")
+    assert not (tmp_path / "x").exists()
+
+
+def test_an_architecture_given_twice_is_refused():
+    # (the lab refuses a task, seed or distance given twice; an architecture was silently dropped to one)
+    with pytest.raises(ValueError, match="'rnn' given more than once"):
+        lab_presets(["rnn", "lstm", "rnn"])
+
+
+def test_a_sweep_with_a_failed_run_exits_non_zero(tmp_path, monkeypatch):
+    from seqzoo.lab import sweep
+
+    def fake_run_sweep(cfg, out, command="", force=False):
+        return {"runs": [{"ok": True}, {"ok": False, "error": "ValueError: no"}]}
+
+    monkeypatch.setattr(sweep, "run_sweep", fake_run_sweep)
+    assert main(["lab", "sweep", "--out", str(tmp_path / "s")]) == 1  # (as `seqzoo lab`, seq2seq, bidirectional)
+    monkeypatch.setattr(sweep, "run_sweep", lambda *a, **k: {"runs": [{"ok": True}]})
+    assert main(["lab", "sweep", "--out", str(tmp_path / "s")]) == 0
+
+
+def test_the_sweep_never_starts_or_reports_more_workers_than_runs(tmp_path, monkeypatch):
+    from seqzoo.lab import sweep
+
+    seen = {}
+
+    def fake_run_jobs(jobs, workers, log, **kwargs):
+        seen["workers"], seen["jobs"] = workers, len(jobs)
+        return []
+
+    monkeypatch.setattr(sweep, "run_jobs", fake_run_jobs)
+    results = sweep.run_sweep(sweep.SweepConfig(architectures=["rnn"], tasks=["copy"], rates=[1e-2], workers=50),
+                              tmp_path / "s", log=lambda line: None)
+    assert seen == {"workers": 2, "jobs": 2}
+    assert results["environment"]["workers"] == 2
+    assert "2 workers on cpu" in (tmp_path / "s" / "sweep.md").read_text()
+
+
+def test_the_sweep_reports_the_mean_the_proposal_compared():
+    from seqzoo.lab.sweep import propose, sweep_report
+
+    def run(task, rate, accuracy):
+        return {"ok": True, "arch": "lstm", "lr": rate, "task": task, "accuracy": {64: accuracy}, "steps_run": 600,
+                "steps": 600}
+
+    # 1e-2 was cut (by a deadline) before selective copy: both rates are compared on copy alone, as proposed
+    runs = [run("selective_copy", 3e-3, 0.2), run("copy", 3e-3, 1.0), run("copy", 1e-2, 0.9)]
+    results = {"config": {"tasks": ["copy", "selective_copy"], "rates": [3e-3, 1e-2], "steps": 600, "device": "cpu",
+                          "seed": 0, "distances": [64], "text_steps": 250},
+               "presets": {"lstm": "lstm-tiny"}, "runs": runs, "planned_runs": 4, "seconds": 60.0,
+               "environment": {"command": "seqzoo lab sweep", "seqzoo": "0", "cpu": "cpu", "workers": 1}}
+    results["proposal"] = propose(results)
+    assert results["proposal"]["learning_rates"]["lstm"]["memory"] == 3e-3
+    table = sweep_report(results)
+    assert "| rate | copy | selective copy | mean accuracy (copy only: what every rate finished) |" in table
+    # 3e-3: 1.000 on copy (not 0.600, its mean with selective copy, which 1e-2 never ran); 1e-2: 0.900
+    assert "| 0.003 | 1.00 (600) | 0.20 (600) | 1.000 |" in table
+    assert "| 0.01 | 0.90 (600) | – | 0.900 |" in table
+    runs.append(run("selective_copy", 1e-2, 0.4))  # every rate ran every task: the plain mean, plainly labelled
+    table = sweep_report(results)
+    assert "| mean accuracy | text perplexity |" in table and "| 0.003 | 1.00 (600) | 0.20 (600) | 0.600 |" in table
+
+
+@pytest.mark.newest_release_only  # (a training run)
+def test_a_report_trained_at_one_lr_says_so_not_that_the_recipes_chose_it(tmp_path):
+    cfg = LabConfig.smoke(architectures=["rnn"], tasks=["copy"], seeds=[0], distances=[2], lr=1e-2, workers=1)
+    results = run_lab(cfg, tmp_path / "lab", log=lambda line: None)
+    assert {run["lr"] for run in results["runs"]} == {1e-2}
+    report = (tmp_path / "lab" / "report.md").read_text()
+    assert "default rate" not in report and "has not been run" not in report  # (the recipes' 3e-3: no run had it)
+    assert report.count("`--lr 0.01`, one rate for every architecture and run") == 2
+    assert json.loads((tmp_path / "lab" / "results.json").read_text())["config"]["lr"] == 1e-2
