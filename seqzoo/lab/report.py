@@ -191,8 +191,8 @@ def _provenance(results: dict[str, Any]) -> str:
         f"{env['threads_per_worker']} thread each" + (f"; load average {load[0]:.1f} when the lab started "
                                                      f"(other work on the machine slows every timing)" if load else ""),
         f"- Seeds: {', '.join(map(str, cfg['seeds']))} (memory tasks); {cfg['seeds'][0]} (text, decode, gradients)",
-        f"- {len(results['runs'])} training runs; wall time {minutes} min {secs:02d} s "
-        f"({env['started']} → {env.get('finished', '?')})",
+        f"- {len(results['runs'])} training runs; wall time {minutes} min {secs:02d} s for the training and the "
+        f"measurements, before the plots and this report ({env['started']} → {env.get('finished', '?')})",
     ]
     return "\n".join(lines)
 
