@@ -225,6 +225,11 @@ class BidirectionalMixer(Mixer):
     ) -> tuple[torch.Tensor, None]:
         if state is not None:
             raise ValueError("a bidirectional layer reads the whole sequence at once; it has no state to continue")
+        if context.get("reset") is not None:
+            # (takes_reset is False: a model unpacks packed rows for it. Flipped as it is, a reset would fall on each
+            # document's last token in the right-to-left pass, not on the first it reads.)
+            raise ValueError("a bidirectional layer takes no reset (packed rows): run each document as a row of its "
+                             "own, as seqzoo's models do for it")
         shared = SharedValues() if shared is None else shared
         forward, _ = self.left_to_right(hidden_states, mask=mask, shared=shared, **context)
         backward, _ = self.right_to_left(

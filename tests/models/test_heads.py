@@ -195,6 +195,10 @@ def test_the_reverse_pass_is_a_forward_model_over_the_reversed_sequence(preset):
     torch.testing.assert_close(reversed_out, expected, rtol=0, atol=0)
     both, _ = mixer(x, shared={})
     torch.testing.assert_close(both, mixer.left_to_right(x, shared={})[0] + expected.flip(1), rtol=1e-6, atol=1e-6)
+    # A packed row's resets, flipped, would fall on each document's last token: the layer refuses them (the models
+    # unpack packed rows for it, since it does not declare takes_reset).
+    with pytest.raises(ValueError, match="a bidirectional layer takes no reset"):
+        mixer(x, shared={}, reset=torch.zeros(2, 5, dtype=torch.bool))
 
 
 @pytest.mark.parametrize("preset", BIDIRECTIONAL)
