@@ -164,13 +164,20 @@ def load_plugins(force: bool = False) -> None:
     from importlib.metadata import entry_points
 
     for ep in entry_points(group=ENTRY_POINT_GROUP):
+        registered = []
         try:
             result = ep.load()()
             for spec in result if isinstance(result, (list, tuple)) else [result]:
                 if spec is not None:
                     register_architecture(spec)
+                    registered.append(spec.name)
         except Exception:
-            logger.error("seqzoo model plugin %r (%s) failed to load and is skipped", ep.name, ep.value, exc_info=True)
+            # (each architecture is checked before it registers: those the plugin listed before the failing one
+            # are in place, and said so)
+            kept = (f"; the architecture(s) it registered before the failure stay: {', '.join(registered)}"
+                    if registered else "")
+            logger.error("seqzoo model plugin %r (%s) failed to load and the rest of it is skipped%s", ep.name,
+                         ep.value, kept, exc_info=True)
 
 
 def list_architectures(task: str | None = None) -> list[str]:

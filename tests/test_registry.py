@@ -79,6 +79,10 @@ def register():
 
 def broken():
     raise RuntimeError("this plugin is broken on purpose")
+
+
+def half():  # (its second architecture takes the first's model_type: refused after the first registered)
+    return [register(), ModelSpec("testplugin2", PluginConfig, PluginModel, PluginForCausalLM)]
 '''
 
 
@@ -89,7 +93,7 @@ def plugin_dist(tmp_path, monkeypatch):
     dist.mkdir()
     (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: seqzoo-testplugin\nVersion: 0.1\n")
     (dist / "entry_points.txt").write_text(
-        "[seqzoo.models]\ntestplugin = seqzoo_testplugin:register\nbroken = seqzoo_testplugin:broken\n"
+        "[seqzoo.models]\ntestplugin = seqzoo_testplugin:register\nbroken = seqzoo_testplugin:broken\nhalf = seqzoo_testplugin:half\n"
     )
     monkeypatch.syspath_prepend(str(tmp_path))
     yield
@@ -110,6 +114,11 @@ def test_entry_point_plugin_is_registered_and_broken_one_is_skipped(plugin_dist,
     broken = [r for r in caplog.records if "broken" in r.getMessage()]
     assert broken and broken[0].exc_info is not None, "a failing plugin must be logged with its traceback"
     assert "this plugin is broken on purpose" in caplog.text
+    # a plugin that fails part way says what of it stays registered
+    half = [r.getMessage() for r in caplog.records if "'half'" in r.getMessage()]
+    assert half == ["seqzoo model plugin 'half' (seqzoo_testplugin:half) failed to load and the rest of it is "
+                    "skipped; the architecture(s) it registered before the failure stay: testplugin"], half
+    assert "testplugin2" not in seqzoo.list_architectures()
 
 
 # --- kernel registry -------------------------------------------------------------------------------------------
