@@ -296,3 +296,14 @@ def test_non_contiguous_inputs_match_reference(length):
     common = {"mask": non_contiguous(padding_mask(length)), "reset": non_contiguous(reset)}
     check_float64_matches_reference(run, make_inputs(length, torch.float64), "non-contiguous", prepare=non_contiguous,
                                     common=common)
+
+
+@pytest.mark.parametrize("backend", ["reference", "chunked"])
+@pytest.mark.parametrize("dtype", [torch.float64, torch.bfloat16])
+def test_no_tokens_return_the_initial_state(backend, dtype):
+    # T == 0 (an empty chunk of a longer run): no outputs, and the state passes through unchanged.
+    tensors = make_inputs(0, dtype)
+    y, state = run(backend, tensors, reset=torch.zeros(BATCH, 0, dtype=torch.bool), mask=torch.ones(BATCH, 0, dtype=torch.bool))
+    assert y.shape == (BATCH, 0, CHANNELS) and y.dtype == dtype
+    assert state.dtype == tensors["initial_state"].dtype
+    assert torch.equal(state, tensors["initial_state"])

@@ -149,11 +149,16 @@ def torch_module(op, params, nonlinearity):
 
 @pytest.mark.parametrize("op,nonlinearity", [("rnn", "tanh"), ("rnn", "relu"), ("lstm", None), ("gru", None)])
 @pytest.mark.parametrize("backend", ["torch", "reference"])
-def test_resets_match_torch_nn_on_each_document(op, nonlinearity, backend):
+@pytest.mark.parametrize("carried", ["row 0", "every row"])
+def test_resets_match_torch_nn_on_each_document(op, nonlinearity, backend, carried):
+    """``carried``: whose first document continues the row's own initial state (no reset at token 0): row 0's only,
+    or every row's (the fused backend re-packs documents across rows; each must start from its own row's state)."""
     from tests.kernels.scan_checks import reset_from_documents
 
     x, states, params = make_inputs(op, 17, torch.float64)
     reset = reset_from_documents(DOCUMENTS, 17)
+    if carried == "every row":
+        reset[:, 0] = False
     extra = {"nonlinearity": nonlinearity} if nonlinearity else {}
     y, finals = run(op, backend, x, states, params, reset=reset, **extra)
     module = torch_module(op, params, nonlinearity)
@@ -163,9 +168,9 @@ def test_resets_match_torch_nn_on_each_document(op, nonlinearity, backend):
     for row, lengths in enumerate(DOCUMENTS):
         start, pieces = 0, []
         for index, size in enumerate(lengths):
-            carried = [s[row:row + 1] if index == 0 and row == 0 else torch.zeros_like(s[row:row + 1])
-                       for s in states_alone]
-            hx = tuple(c[None] for c in carried) if op == "lstm" else carried[0][None]
+            continues = index == 0 and (row == 0 or carried == "every row")
+            start_states = [s[row:row + 1] if continues else torch.zeros_like(s[row:row + 1]) for s in states_alone]
+            hx = tuple(c[None] for c in start_states) if op == "lstm" else start_states[0][None]
             piece, final = module(x_alone[row:row + 1, start:start + size], hx)
             pieces.append(piece)
             start += size

@@ -321,3 +321,14 @@ def test_chunked_empty_batch_or_heads():
         ref_y, ref_state = get_kernel("wkv7", "reference")(*inputs)
         assert y.shape == ref_y.shape and state.shape == ref_state.shape
         (y.sum() + state.sum()).backward()
+
+
+@pytest.mark.parametrize("backend", ["reference", "chunked"])
+@pytest.mark.parametrize("dtype", [torch.float64, torch.bfloat16])
+def test_no_tokens_return_the_initial_state(backend, dtype):
+    # T == 0 (an empty chunk of a longer run): no outputs, and the state passes through unchanged.
+    tensors = make_inputs(0, dtype)
+    y, state = run(backend, tensors, reset=torch.zeros(BATCH, 0, dtype=torch.bool))
+    assert y.shape == (BATCH, 0, HEADS, KEY) and y.dtype == dtype
+    assert state.dtype == tensors["initial_state"].dtype
+    assert torch.equal(state, tensors["initial_state"])
