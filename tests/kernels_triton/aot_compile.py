@@ -133,7 +133,19 @@ def compile_launch(fn, args, kwargs, arch: int) -> tuple[int, str]:
     return compiled.metadata.shared, report or "ptxas: " + " ".join(lines)[-200:]
 
 
+def check_filter(only: tuple[str, ...]) -> None:
+    """Refuse a module filter that names no Triton backend module (a typo, or ``--help``): it would compile nothing
+    and report "0 distinct launches, 0 failures", a pass."""
+    modules = [f"seqzoo.kernels.{path}" for path in MODULES.values()]
+    unknown = [name for name in only if not any(module.endswith(name) for module in modules)]
+    if unknown:
+        raise SystemExit(f"error: {', '.join(map(repr, unknown))} is the ending of no Triton backend module; allowed: "
+                         f"{', '.join(MODULES.values())} (or an ending of one, e.g. 'triton_chunked'), or nothing "
+                         "for every backend")
+
+
 def main(archs=(80, 90), only: tuple[str, ...] = ()) -> int:
+    check_filter(only)
     if os.environ.get("TRITON_INTERPRET") == "1":
         raise SystemExit("unset TRITON_INTERPRET: interpreted kernels cannot be compiled")
     import seqzoo  # noqa: F401
@@ -177,4 +189,7 @@ def main(archs=(80, 90), only: tuple[str, ...] = ()) -> int:
 
 if __name__ == "__main__":
     # Optional arguments: module-name endings to compile alone (e.g. "triton_chunked"); default every backend.
+    if {"-h", "--help"} & set(sys.argv[1:]):
+        print(__doc__)
+        sys.exit(0)
     sys.exit(main(only=tuple(sys.argv[1:])))

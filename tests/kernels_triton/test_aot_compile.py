@@ -24,3 +24,19 @@ def test_every_kernel_compiles_for_ampere_and_hopper():
                             capture_output=True, text=True, timeout=1200)
     assert result.returncode == 0, (result.stdout + result.stderr)[-8000:]
     assert "0 failures" in result.stdout
+
+
+@pytest.mark.parametrize("only", [("--help-me",), ("wkv8",), ("triton_chunked", "ssd.triton_x")])
+def test_a_filter_naming_no_backend_module_is_refused(only):
+    # It used to compile nothing and report "0 distinct launches, 0 failures" with exit status 0: a pass.
+    from tests.kernels_triton.aot_compile import main
+
+    with pytest.raises(SystemExit, match="ending of no Triton backend module; allowed: causal_conv1d.triton"):
+        main(only=only)
+
+
+def test_a_filter_naming_a_backend_module_passes_the_check():
+    from tests.kernels_triton.aot_compile import check_filter
+
+    check_filter(("triton_chunked", "wkv7.triton", "ssd.triton", "triton"))
+    check_filter(())
