@@ -182,7 +182,7 @@ class Recipe:
         else:  # pydoc and task read no file: a path given with them would be ignored without a word
             _check(d.path is None, "data.path", d.path, f"null with data.source={d.source!r}, which reads no file "
                    "(set data.source=text, dataset or jsonl to train on it)")
-        if self.task == "causal-lm" and d.source in CORPORA:
+        if d.source != "task":  # (a recipe preset switched to a file keeps its task's settings: not read)
             _check(d.task is None, "data.task", d.task, f"null with data.source={d.source!r} (data.task names a "
                    "generated task: set data.source=task to train on it)")
         defaults = DataSection()
@@ -261,7 +261,7 @@ class Recipe:
         taken)."""
         d = self.data
         unread = {}
-        if self.task == "causal-lm" and d.source in CORPORA:
+        if d.source != "task":
             unread.update(dict.fromkeys(TASK_ONLY_FIELDS, f"with data.source={d.source!r}, which reads none of the "
                                         "generated tasks' settings (set data.source=task to train on a task)"))
         names = [] if self.task == "seq2seq" else ["source_lengths", "max_source_length"]

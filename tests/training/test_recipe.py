@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
 from seqzoo.training.recipe import DataSection, OptimSection, Recipe, list_recipes, load_recipe, recipe_from_dict
@@ -250,3 +252,16 @@ def test_a_bare_task_override_is_the_memory_task_or_what_the_recipe_trains():
     assert values == {"model": {"preset": "lstm-tiny"}, "data": {"task": "copy"}}
     apply_override(values, "task", "token-classification")  # (no data task has a trained task's name)
     assert values["task"] == "token-classification" and values["data"] == {"task": "copy"}
+
+
+@pytest.mark.parametrize("preset, overrides, field", [
+    # a recipe preset of a generated task switched to the user's file kept the task's settings, read by nothing
+    ("bilstm-tagger", {"data.source": "jsonl", "data.path": "tags.jsonl"}, "data.task='appears_later'"),
+    ("bilstm-tagger", {"data.source": "jsonl", "data.path": "tags.jsonl", "data.task": None},
+     "data.distances=[8, 16, 32]"),
+    ("seq2seq-digits", {"data.source": "jsonl", "data.path": "pairs.jsonl"}, "data.task='digits'"),
+])
+def test_a_generated_tasks_settings_with_a_data_file_are_refused(preset, overrides, field):
+    with pytest.raises(ValueError, match=rf"{re.escape(field)} is invalid: expected (null|its default .*) with "
+                                         r"data.source='jsonl'"):
+        load_recipe(preset, overrides)
