@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import re
 import shutil
@@ -32,6 +33,8 @@ from typing import Any
 from seqzoo.outputs import OutputError, describe, fsync_tree, write_errors
 from seqzoo.training import state as files
 from seqzoo.training.state import CheckpointError
+
+logger = logging.getLogger("seqzoo.training")
 
 CHECKPOINTS = "checkpoints"
 STATE_FILE = "trainer_state.json"
@@ -74,7 +77,17 @@ def save_checkpoint(accelerator: Any, model: Any, optimizer: Any, scheduler: Any
             if final.exists():  # a resumed run passing a step it had already saved before it was killed
                 shutil.rmtree(final)
             os.replace(tmp, final)
-            for _, old in list_checkpoints(run_dir)[:-keep]:
+            # Checkpoints past this step were written before a resume from an earlier one: this run rewrites
+            # those steps, so they are no part of it (kept, the rotation below would count them as the newest
+            # and delete the checkpoint just written, and --resume would continue from one of them).
+            saved = list_checkpoints(run_dir)
+            later = [path for later_step, path in saved if later_step > step]
+            if later:
+                logger.warning("resumed before them, this run writes its own steps in place of %s (removed)",
+                               ", ".join(path.name for path in later))
+            for path in later:
+                shutil.rmtree(path)
+            for _, old in [c for c in saved if c[0] <= step][:-keep]:
                 shutil.rmtree(old)
     except write_errors() as err:
         if accelerator.is_main_process:

@@ -617,8 +617,10 @@ def apply_override(values: dict[str, Any], key: str, value: Any) -> None:
             raise ValueError(f"override {key}={value!r}: {key!r} {why}.{hint} Fields: {', '.join(every)}")
         parts = [owners[0], key]
     target = values
-    for part in parts[:-1]:
+    for depth, part in enumerate(parts[:-1]):
         nested = target.setdefault(part, {})
+        if nested is None and depth == 0 and part in SECTIONS:  # `train:` with nothing under it: an empty section
+            nested = target[part] = {}
         if not isinstance(nested, dict):
             raise ValueError(f"override {key}={value!r}: {part!r} is not a section")
         target = nested

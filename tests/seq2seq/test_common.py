@@ -358,6 +358,25 @@ def test_keywords_given_beside_a_saved_config_are_checked_as_the_users(tmp_path)
     assert AutoConfig.from_pretrained(tmp_path, dropout=0.25).dropout == 0.25  # a field it reads
 
 
+def test_an_attention_given_beside_a_saved_config_derives_its_sizes_as_when_built(tmp_path):
+    # from_pretrained(folder, attention=...) sets the keyword after the file built the config: the sizes that follow
+    # the attention are derived as when a config is built with it (a Luong folder has no attention_size for
+    # Bahdanau's score: the model refused "attention_size=None", a field the user never set).
+    tiny_model(SEQ2SEQ_FAMILIES["seq2seq-luong-general"]).save_pretrained(tmp_path / "luong")
+    config = AutoConfig.from_pretrained(tmp_path / "luong", attention="bahdanau", input_feeding=False)
+    assert config.attention_size == config.hidden_size
+    model = AutoModelForSeq2SeqLM.from_config(config)
+    assert model.model.decoder.attention.score == "bahdanau"
+    with pytest.raises(ValueError, match="input_feeding=True is Luong's"):  # the file's, named as such
+        AutoModelForSeq2SeqLM.from_config(AutoConfig.from_pretrained(tmp_path / "luong", attention="bahdanau"))
+    # The other way, the file's derived attention_size is read as not set; one of its own is refused by name.
+    tiny_model(SEQ2SEQ_FAMILIES["seq2seq-bahdanau"]).save_pretrained(tmp_path / "bahdanau")
+    assert AutoConfig.from_pretrained(tmp_path / "bahdanau", attention="luong-general").attention_size is None
+    tiny_model(SEQ2SEQ_FAMILIES["seq2seq-bahdanau"], attention_size=16).save_pretrained(tmp_path / "sized")
+    with pytest.raises(ValueError, match=r"attention_size=16 \(read only by the additive scores"):
+        AutoConfig.from_pretrained(tmp_path / "sized", attention="luong-general")
+
+
 @pytest.mark.parametrize("name, field", [("seq2seq-bahdanau", "attention_size"),
                                          ("seq2seq-transformer", "intermediate_size")])
 def test_a_derived_field_none_where_it_is_read_is_derived_or_refused(tmp_path, name, field):

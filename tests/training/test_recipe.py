@@ -265,3 +265,14 @@ def test_a_generated_tasks_settings_with_a_data_file_are_refused(preset, overrid
     with pytest.raises(ValueError, match=rf"{re.escape(field)} is invalid: expected (null|its default .*) with "
                                          r"data.source='jsonl'"):
         load_recipe(preset, overrides)
+
+
+def test_overrides_fill_a_section_the_file_leaves_empty(tmp_path):
+    # `train:` with nothing under it reads as null, which the recipe takes as an empty section; an override into it
+    # failed with "'train' is not a section".
+    path = tmp_path / "r.yaml"
+    path.write_text("model:\n  preset: lstm-tiny\ntrain:\noptim:\n")
+    recipe = load_recipe(str(path), {"train.max_steps": 3, "lr": 1e-3})
+    assert recipe.train.max_steps == 3 and recipe.optim.lr == 1e-3
+    with pytest.raises(ValueError, match="train.max_steps=.'x': 3. is invalid: expected an integer"):
+        load_recipe(str(path), {"train.max_steps.x": 3})

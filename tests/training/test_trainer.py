@@ -141,6 +141,24 @@ def test_interrupted_checkpoint_write_leaves_the_previous_one_and_resume_is_exac
     assert not (run / "checkpoints" / "checkpoint-4.tmp").exists()
 
 
+def test_resuming_an_earlier_checkpoint_keeps_the_new_checkpoints_not_the_old_runs_later_ones(tmp_path, caplog):
+    # Resumed from checkpoint-2 of a run that had written 2, 4 and 6: the rotation counted the old checkpoint-6 as
+    # the newest and deleted the checkpoint-4 just written (save_total_limit=1), leaving --resume only the old one.
+    run = tmp_path / "run"
+    reference = train(make_recipe(tmp_path, train={"save_every": 2, "save_total_limit": 3}), progress=False)
+    assert [step for step, _ in list_checkpoints(run)] == [2, 4, 6]
+    recipe = make_recipe(tmp_path, train={"save_every": 2, "save_total_limit": 1})
+    with caplog.at_level("WARNING", logger="seqzoo.training"):
+        train(recipe, resume=run / "checkpoints" / "checkpoint-2", progress=False, stop=lambda row: row["step"] == 5)
+    assert [step for step, _ in list_checkpoints(run)] == [4]
+    assert "this run writes its own steps in place of checkpoint-6 (removed)" in caplog.text  # (said, not silent)
+    resumed = train(recipe, resume=True, progress=False)
+    assert [r["step"] for r in resumed.history if "loss" in r] == list(range(1, 7))
+    assert [r["loss"] for r in resumed.history if "loss" in r] == [r["loss"] for r in reference.history
+                                                                   if "loss" in r]
+    assert_same_weights(resumed.model.state_dict(), reference.model.state_dict())
+
+
 def test_resume_refuses_another_runs_checkpoint_and_fresh_runs_refuse_a_used_folder(tmp_path):
     train(make_recipe(tmp_path, "a", train={"max_steps": 2, "save_every": 2}), progress=False)
     other = make_recipe(tmp_path, "b", optim={"lr": 0.02})

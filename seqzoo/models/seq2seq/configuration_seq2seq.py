@@ -160,10 +160,16 @@ class Seq2SeqConfig(SeqzooConfig):
             self.intermediate_size = None
 
     def check_keywords_set_after_loading(self, given: set[str]) -> None:
-        if given & {"attention_size", "intermediate_size"}:
+        # The sizes follow the attention and the decoder: from_pretrained(luong_folder, attention="bahdanau") needs
+        # an attention_size (the file has none), and from_pretrained(bahdanau_folder, attention="luong-dot") no
+        # longer reads the file's; derived as when a config is built with these keywords, and a kept size the new
+        # architecture does not read is refused by name as then.
+        chooses = given & {"attention", "encoder_type", "decoder_type"}
+        if given & {"attention_size", "intermediate_size"} or chooses:
             # (a keyword equal to the derivation is read as not set, as when a config is built with it)
             self._derive_sizes()
-        super().check_keywords_set_after_loading(given)
+        super().check_keywords_set_after_loading(given | ({"attention_size", "intermediate_size"} if chooses
+                                                          else set()))
 
     def unread_fields(self) -> list[tuple[str, Any, str]]:
         cells = {self.encoder_type, self.decoder_type}
