@@ -100,6 +100,17 @@ def check_chunked_matches_reference(run, tensors, dtype):
             assert_close(leaf.grad, expected[name].grad, dtype, "grad", f"{backend} d{name}")
 
 
+def check_no_tokens(run, make_inputs, backend, dtype, output_shape, **extra):
+    """T == 0 (an empty chunk of a longer run): no outputs, of ``output_shape`` and the inputs' dtype, and the initial
+    state handed back unchanged, with an empty reset (and whatever ``extra`` adds, a mask)."""
+    tensors = make_inputs(0, dtype)
+    batch = output_shape[0]
+    y, state = run(backend, tensors, reset=torch.zeros(batch, 0, dtype=torch.bool), **extra)
+    assert y.shape == output_shape and y.dtype == dtype
+    assert state.dtype == tensors["initial_state"].dtype
+    assert torch.equal(state, tensors["initial_state"])
+
+
 def check_float64_matches_reference(run, tensors, label, common=None, parts=("output", "state"), prepare=None,
                                     **chunked_kwargs):
     """``chunked`` (called with ``chunked_kwargs``) against ``reference`` in float64: outputs, final state and

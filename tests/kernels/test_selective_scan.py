@@ -20,6 +20,7 @@ from seqzoo.kernels.selective_scan import chunked
 from tests.kernels.scan_checks import (
     check_chunked_matches_reference,
     check_float64_matches_reference,
+    check_no_tokens,
     check_resets_match_separate_documents,
     check_two_pieces_equal_whole,
     non_contiguous,
@@ -268,9 +269,4 @@ def test_non_contiguous_inputs_match_reference():
 @pytest.mark.parametrize("backend", ["reference", "chunked"])
 @pytest.mark.parametrize("dtype", [torch.float64, torch.bfloat16])
 def test_no_tokens_return_the_initial_state(backend, dtype):
-    # T == 0 (an empty chunk of a longer run): no outputs, and the state passes through unchanged.
-    tensors = make_inputs(0, dtype)
-    y, state = run(backend, tensors, reset=torch.zeros(BATCH, 0, dtype=torch.bool))
-    assert y.shape == (BATCH, 0, CHANNELS) and y.dtype == dtype
-    assert state.dtype == tensors["initial_state"].dtype
-    assert torch.equal(state, tensors["initial_state"])
+    check_no_tokens(run, make_inputs, backend, dtype, (BATCH, 0, CHANNELS))
