@@ -253,8 +253,10 @@ def memory_table(config: Any, counts: dict[str, int], dtype: Any, generates: boo
     if state is None:
         rows.append(["state per sequence", "not reported by this architecture"])
     elif state and bidirectional:  # each direction carries its own state across the text
-        rows.append(["state carried per sequence", f"{_bytes(2 * state)} with {dtype_name} weights, half in each "
-                     "reading direction; the same at every context length"])
+        both_ways = getattr(config, "bidirectional_state_bytes", None)  # (a plugin's config may not say)
+        both = both_ways(width) if both_ways is not None else 2 * state
+        rows.append(["state carried per sequence", f"{_bytes(both)} with {dtype_name} weights, both reading "
+                     "directions together; the same at every context length"])
     elif state:
         rows.append(["state carried per sequence", f"{_bytes(state)} with {dtype_name} weights; the same at every "
                      "context length"])

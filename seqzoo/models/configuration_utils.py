@@ -285,6 +285,12 @@ class SeqzooConfig(PreTrainedConfig):
     def kv_bytes_per_token(self, dtype_bytes: int = 4) -> int:
         return 0
 
+    def bidirectional_state_bytes(self, dtype_bytes: int = 4) -> int:
+        """Bytes of state a bidirectional model carries across the text per sequence, both reading directions
+        together: by default each direction keeps its own copy of every layer's state. An architecture whose
+        bidirectional layers double only part of their state (RWKV-7: the time mix, not the channel mix) says so."""
+        return (2 if self.bidirectional else 1) * self.state_bytes_per_sequence(dtype_bytes)
+
 
 # Reading a field of a transformers config goes through two Python ``__getattribute__`` methods (transformers'
 # own, which maps ``attribute_map`` aliases, and its heterogeneity mixin's, which guards per-layer fields of a

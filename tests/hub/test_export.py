@@ -106,8 +106,8 @@ def test_a_classifier_card_says_which_head_and_labels_it_has(arch, task):
     # A classifier reads tokens, it decodes none; a bidirectional one carries a state in each direction.
     assert "| cost per token read |" in card.text and "cost per decoded token" not in card.text
     if bidirectional:
-        one_way = model.config.state_bytes_per_sequence(4)
-        assert f"| state carried per sequence | {2 * one_way:,} bytes" in card.text and "reading direction" in card.text
+        both_ways = model.config.bidirectional_state_bytes(4)  # (checked against the tensors in tests/models)
+        assert f"| state carried per sequence | {both_ways:,} bytes" in card.text and "reading directions" in card.text
     if arch == "lstm":  # the classic templates name the head after the layers
         assert "stacked LSTM layers → a linear classifier over every token's output." in " ".join(card.text.split())
         causal = render_model_card(seqzoo.create_model("lstm-tiny"), spec, repo_id="someone/lm", code_files=["a.py"],

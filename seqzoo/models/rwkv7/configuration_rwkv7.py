@@ -98,5 +98,14 @@ class RWKV7Config(SeqzooConfig):
         per_layer = RWKV7TimeMix.state_bytes(self, dtype_bytes) + RWKV7ChannelMix.state_bytes(self, dtype_bytes)
         return self.num_hidden_layers * per_layer
 
+    def bidirectional_state_bytes(self, dtype_bytes: int = 4) -> int:
+        # A bidirectional block runs its time mix in both directions, but keeps one (left-to-right) channel mix.
+        from seqzoo.layers.rwkv7 import RWKV7ChannelMix, RWKV7TimeMix
+
+        if not self.bidirectional:
+            return self.state_bytes_per_sequence(dtype_bytes)
+        per_layer = 2 * RWKV7TimeMix.state_bytes(self, dtype_bytes) + RWKV7ChannelMix.state_bytes(self, dtype_bytes)
+        return self.num_hidden_layers * per_layer
+
 
 __all__ = ["RWKV7Config"]

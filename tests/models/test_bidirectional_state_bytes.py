@@ -1,0 +1,62 @@
+"""The state a bidirectional encoder carries across the text (the model card's figure), against the state tensors its
+mixers really return, in both reading directions."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import seqzoo
+from seqzoo.hub.cards import memory_table, parameter_counts
+from seqzoo.layers.mixer import BidirectionalMixer, Mixer
+from seqzoo.registry import architecture_for_model_type
+from tests.conftest import FAMILIES, tiny_config
+
+BIDIRECTIONAL = sorted(family for family, preset in FAMILIES.items()
+                       if type(tiny_config(preset)).supports_bidirectional)
+
+
+def held_state_bytes(model: torch.nn.Module, input_ids: torch.Tensor) -> int:
+    """Bytes of state (one sequence's) that every mixer returns in one forward, each direction's mixer counted."""
+    held = []
+
+    def record(module, args, output):
+        if isinstance(output, tuple) and isinstance(output[-1], dict):
+            held.append(sum(t[0].numel() * t.element_size() for t in output[-1].values()))
+
+    handles = [module.register_forward_hook(record) for module in model.modules()
+               if isinstance(module, Mixer) and not isinstance(module, BidirectionalMixer)]
+    try:
+        with torch.no_grad():
+            model(input_ids=input_ids)
+    finally:
+        for handle in handles:
+            handle.remove()
+    return sum(held)
+
+
+def test_every_bidirectional_architecture_is_checked():
+    assert {"lstm", "mamba", "rwkv7"} <= set(BIDIRECTIONAL)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("family", BIDIRECTIONAL)
+def test_bidirectional_state_bytes_are_what_both_directions_hold(family, dtype):
+    config = tiny_config(FAMILIES[family], bidirectional=True, num_labels=2)
+    torch.manual_seed(0)
+    spec = architecture_for_model_type(config.model_type)
+    model = spec.heads["sequence-classification"](config).eval().to(dtype)
+    held = held_state_bytes(model, torch.randint(0, 50, (3, 7)))
+    assert held > 0
+    assert config.bidirectional_state_bytes(dtype.itemsize) == held
+    # The model card quotes the same figure.
+    table = memory_table(config, parameter_counts(model), dtype, generates=False)
+    assert f"| state carried per sequence | {held:,} bytes" in table
+
+
+@pytest.mark.parametrize("family", BIDIRECTIONAL)
+def test_a_causal_model_holds_its_one_way_state(family):
+    config = tiny_config(FAMILIES[family])
+    model = seqzoo.registry.architecture_for_model_type(config.model_type).default_head(config).eval()
+    assert held_state_bytes(model, torch.randint(0, 50, (1, 7))) == config.bidirectional_state_bytes(4) \
+        == config.state_bytes_per_sequence(4)
