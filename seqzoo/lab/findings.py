@@ -196,10 +196,15 @@ def _cost_takeaways(measured: dict[str, Any], cfg: dict[str, Any]) -> list[str]:
     fixed = {a: m["decode"][0]["state_bytes"] for a, m in measured.items() if a not in growing}
     out = []
     for arch, rows in growing.items():
-        out.append(f"{arch}'s state (its KV cache) grows {rows[-1]['state_bytes'] / rows[0]['state_bytes']:.0f}× from "
-                   f"{first:,} to {last:,} tokens ({_bytes(rows[0]['state_bytes'])} → {_bytes(rows[-1]['state_bytes'])}), "
-                   f"and its decode step takes {rows[-1]['ms_per_token'] / rows[0]['ms_per_token']:.1f}× as long.")
-    if fixed:
+        # (a hybrid's state is its recurrent layers' fixed part and its attention layers' growing keys and values)
+        ratio = rows[-1]["state_bytes"] / rows[0]["state_bytes"]
+        out.append(f"{arch}'s state (with its KV cache) grows {ratio:.1f}× from {first:,} to {last:,} tokens "
+                   f"({_bytes(rows[0]['state_bytes'])} → {_bytes(rows[-1]['state_bytes'])}), and its decode step "
+                   f"takes {rows[-1]['ms_per_token'] / rows[0]['ms_per_token']:.1f}× as long.")
+    if len(fixed) == 1:  # ("from X (a) to X (a)")
+        ((only, size),) = fixed.items()
+        out.append(f"{only}'s state stays the same size at any context: {_bytes(size)} per sequence.")
+    elif fixed:
         smallest, largest = min(fixed, key=fixed.get), max(fixed, key=fixed.get)
         out.append(f"Every other state stays the same size at any context: from {_bytes(fixed[smallest])} "
                    f"({smallest}) to {_bytes(fixed[largest])} ({largest}) per sequence.")

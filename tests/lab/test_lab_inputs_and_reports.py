@@ -94,3 +94,20 @@ def test_a_report_trained_at_one_lr_says_so_not_that_the_recipes_chose_it(tmp_pa
     assert "default rate" not in report and "has not been run" not in report  # (the recipes' 3e-3: no run had it)
     assert report.count("`--lr 0.01`, one rate for every architecture and run") == 2
     assert json.loads((tmp_path / "lab" / "results.json").read_text())["config"]["lr"] == 1e-2
+
+
+def test_the_cost_takeaways_name_each_state_once_and_give_the_growth_as_measured():
+    from seqzoo.lab.findings import _cost_takeaways
+
+    def decode(first, last):
+        return {"decode": [{"state_bytes": first, "ms_per_token": 1.0}, {"state_bytes": last, "ms_per_token": 1.5}]}
+
+    cfg = {"decode_contexts": [16, 64]}
+    # a hybrid's fixed part plus its growing keys and values: 9,728 -> 22,016 bytes is 2.26x, not "2x"
+    lines = _cost_takeaways({"hybrid": decode(9728, 22016), "lstm": decode(512, 512)}, cfg)
+    assert lines[0].startswith("hybrid's state (with its KV cache) grows 2.3× from 16 to 64 tokens"), lines
+    # one architecture of constant state: named once ("from 512 bytes (lstm) to 512 bytes (lstm)" before)
+    assert lines[1] == "lstm's state stays the same size at any context: 512 bytes per sequence.", lines
+    lines = _cost_takeaways({"lstm": decode(512, 512), "gru": decode(384, 384)}, cfg)
+    assert lines == ["Every other state stays the same size at any context: from 384 bytes (gru) to 512 bytes (lstm) "
+                     "per sequence."]
