@@ -258,13 +258,21 @@ def memory_table(config: Any, counts: dict[str, int], dtype: Any, generates: boo
         rows.append(["state carried per sequence", f"{_bytes(both)} with {dtype_name} weights, both reading "
                      "directions together; the same at every context length"])
     elif state:
+        # (a hybrid's recurrent layers keep this fixed part beside the KV cache of its attention layers below)
+        beside = "; the KV cache below comes on top" if kv else ""
         rows.append(["state carried per sequence", f"{_bytes(state)} with {dtype_name} weights; the same at every "
-                     "context length"])
+                     f"context length{beside}"])
+    # An encoder-decoder with recurrent layers caches its attention's keys over the source alone (its Transformer
+    # decoder caches source and target tokens alike).
+    source_only = getattr(config, "is_encoder_decoder", False) and state
+    context = "source token" if source_only else "token of context"
     if kv:
-        rows.append(["KV cache per token of context", f"{_bytes(kv)}; {_bytes(kv * CONTEXT_EXAMPLE)} at "
+        rows.append([f"KV cache per {context}", f"{_bytes(kv)}; {_bytes(kv * CONTEXT_EXAMPLE)} at "
                      f"{CONTEXT_EXAMPLE:,} tokens"])
     flops = f"≈ {2 * counts['per_token']:,} FLOPs in weight products ({counts['per_token']:,} weights, 2 FLOPs each)"
-    if kv:
+    if kv and source_only:
+        step = f"{flops}, plus attention over the source's keys: grows with the source, not with the tokens decoded"
+    elif kv:
         step = f"{flops}, plus attention that reads the KV cache of every earlier token: grows with the context"
     else:
         step = f"{flops}; constant: it does not grow with the context"

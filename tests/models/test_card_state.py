@@ -1,5 +1,6 @@
-"""The state a bidirectional encoder carries across the text (the model card's figure), against the state tensors its
-mixers really return, in both reading directions."""
+"""What a model card says a model keeps: the state a bidirectional encoder carries across the text, against the
+state tensors its mixers really return in both reading directions; and the rows of a hybrid and of an
+encoder-decoder, whose keys and values come beside their state."""
 
 from __future__ import annotations
 
@@ -60,3 +61,19 @@ def test_a_causal_model_holds_its_one_way_state(family):
     model = seqzoo.registry.architecture_for_model_type(config.model_type).default_head(config).eval()
     assert held_state_bytes(model, torch.randint(0, 50, (1, 7))) == config.bidirectional_state_bytes(4) \
         == config.state_bytes_per_sequence(4)
+
+
+def test_the_card_says_what_a_hybrid_and_a_recurrent_seq2seq_keep_beside_their_keys():
+    # A hybrid's fixed state was "the same at every context length" with no word of the KV cache beside it; a
+    # recurrent encoder-decoder's keys are over the source, and its step does not grow with the tokens decoded.
+    hybrid = seqzoo.create_model("hybrid-tiny")
+    table = memory_table(hybrid.config, parameter_counts(hybrid), torch.float32)
+    assert "the same at every context length; the KV cache below comes on top" in table
+    assert "| KV cache per token of context |" in table
+    seq2seq = seqzoo.create_model("seq2seq-bahdanau-tiny")
+    table = memory_table(seq2seq.config, parameter_counts(seq2seq), torch.float32)
+    assert f"| KV cache per source token | {seq2seq.config.kv_bytes_per_token(4):,} bytes" in table
+    assert "grows with the source, not with the tokens decoded" in table
+    transformer = seqzoo.create_model("seq2seq-transformer-tiny")
+    table = memory_table(transformer.config, parameter_counts(transformer), torch.float32)
+    assert "| KV cache per token of context |" in table and "grows with the context" in table
