@@ -157,6 +157,11 @@ def save_with_tokenizer(model: Any, directory: Path) -> None:
     tokenizer.save_pretrained(directory)
 
 
+# The smallest --temperature sampled with. Below it sampling is greedy in effect (a token 1e-4 behind the likeliest
+# gets probability exp(-100) or less), and far below it the scores divided by it overflow to inf, and sampling fails.
+MIN_TEMPERATURE = 1e-6
+
+
 def check_generation_args(args: argparse.Namespace) -> None:
     """Refuse values generate() would reject deep inside, or silently ignore."""
     if args.max_new_tokens < 1:
@@ -165,6 +170,9 @@ def check_generation_args(args: argparse.Namespace) -> None:
         raise ValueError(f"--num-beams={args.num_beams} is invalid: must be >= 1 (1 = no beam search)")
     if not 0 <= args.temperature < float("inf"):  # also catches NaN; inf would sample uniformly, ignoring the model
         raise ValueError(f"--temperature={args.temperature} is invalid: must be a finite number >= 0 (0 = greedy)")
+    if 0 < args.temperature < MIN_TEMPERATURE:  # the logits divided by it overflow to inf: sampling fails on NaNs
+        raise ValueError(f"--temperature={args.temperature} is too small to sample with (the scores divided by it "
+                         f"overflow): use 0 for greedy decoding, which it amounts to, or >= {MIN_TEMPERATURE:g}")
     if args.top_p is not None and not 0 < args.top_p <= 1:
         raise ValueError(f"--top-p={args.top_p} is invalid: must be in (0, 1]")
     if args.top_k is not None and args.top_k < 0:
@@ -186,6 +194,11 @@ def resolve_device(name: str) -> str:
         device = torch.device(name)
     except RuntimeError as err:
         raise ValueError(f"--device {name!r} is not a device name (cpu, cuda, cuda:1, mps): {err}") from None
+    if device.type not in ("cpu", "cuda", "mps", "xpu"):  # (meta holds no data; xla, hpu ... need plugins)
+        raise ValueError(f"--device {name}: seqzoo generate runs on cpu, cuda, cuda:N or mps, not on a "
+                         f"{device.type} device")
+    if device.type == "xpu" and not (hasattr(torch, "xpu") and torch.xpu.is_available()):
+        raise ValueError(f"--device {name}: torch sees no XPU on this machine; use --device cpu")
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"--device {name}: torch sees no CUDA GPU on this machine (torch {torch.__version__}); "
                          f"use --device cpu")
@@ -360,7 +373,7 @@ def _show_attention(model: Any, tokenizer: Any, args: argparse.Namespace) -> int
     from seqzoo.models.seq2seq.inspection import attention_map
 
     weights = attention_map(model, tokenizer, args.prompt, args.target, max_new_tokens=args.max_new_tokens)
-    target = "".join(token for token in weights.target_tokens if token != "<eos>").replace("␣", " ")
+    target = weights.target_text  # (not the tokens joined: a multi-byte character's bytes are a token each)
     print(f"source: {args.prompt}\ntarget: {target}" + ("" if args.target is not None else " (greedy)") + "\n")
     print(weights.text())
     if args.attention_plot:
@@ -580,7 +593,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("prompt", help="the text to continue")
     p.add_argument("--max-new-tokens", type=int, default=64, help="tokens to generate (default: 64)")
     p.add_argument("--temperature", type=float, default=0.0,
-                   help="0 = greedy (default); > 0 samples with this temperature")
+                   help="0 = greedy (default); > 0 (at least 1e-6) samples with this temperature")
     p.add_argument("--top-p", type=float, default=None,
                    help="nucleus sampling: keep the most likely tokens up to this probability mass, in (0, 1] "
                         "(sampling only; default 1 = off)")

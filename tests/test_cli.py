@@ -300,6 +300,9 @@ def test_seqzoo_decoding_flags_on_another_library_model_are_refused(model_dir, t
     (["--num-beams", "0"], "--num-beams=0 is invalid: must be >= 1"),
     (["--temperature", "-1"], "--temperature=-1.0 is invalid: must be a finite number >= 0"),
     (["--temperature", "inf"], "--temperature=inf is invalid: must be a finite number >= 0"),
+    # (a temperature this small overflowed the scores divided by it: "probability tensor contains inf, nan")
+    (["--temperature", "1e-300"], "--temperature=1e-300 is too small to sample with (the scores divided by it "
+                                  "overflow): use 0 for greedy decoding, which it amounts to, or >= 1e-06"),
     (["--temperature", "0.8", "--top-p", "1.5"], "--top-p=1.5 is invalid: must be in (0, 1]"),
     (["--top-p", "0.9"], "--top-p only apply when sampling; add --temperature"),
     (["--top-k", "5"], "--top-k only apply when sampling"),
@@ -318,6 +321,11 @@ def test_generate_names_missing_folders_and_devices(model_dir, tmp_path, capsys,
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     assert "torch sees no CUDA GPU" in _error(capsys, ["generate", str(model_dir), "hi", "--device", "cuda"])
     assert "not a device name" in _error(capsys, ["generate", str(model_dir), "hi", "--device", "gpu"])
+    # Device types torch names but cannot generate on here failed inside torch ("Tensor.item() cannot be called on
+    # meta tensors", "PyTorch is not linked with support for xla devices").
+    for device in ("meta", "xla"):
+        assert f"--device {device}: seqzoo generate runs on cpu, cuda, cuda:N or mps, not on a {device} device" in \
+            _error(capsys, ["generate", str(model_dir), "hi", "--device", device])
 
 
 def test_generate_names_a_prompt_that_is_not_utf8_and_a_seed_out_of_range(model_dir, capsys):
@@ -570,3 +578,17 @@ def test_argparse_usage_errors_are_one_error_line_too(argv, message, capsys):
     assert exit_info.value.code == 2
     err = capsys.readouterr().err
     assert len(err.strip().splitlines()) == 1 and err.startswith(message), err
+
+
+def test_show_attention_prints_a_multibyte_target_as_text(tmp_path, capsys):
+    # The target line was the tokens' cells joined: each byte of "ö" or "🙂" is a token of its own, shown as "�".
+    folder = tmp_path / "seq2seq"
+    assert main(["new", "seq2seq-luong-dot-tiny", str(folder)]) == 0
+    capsys.readouterr()
+    assert main(["generate", str(folder), "héllo 世界", "--target", "wörld 🙂", "--show-attention"]) == 0
+    assert capsys.readouterr().out.startswith("source: héllo 世界\ntarget: wörld 🙂\n")
+    # The greedy target is the text a plain generate prints.
+    assert main(["generate", str(folder), "héllo 世界", "--max-new-tokens", "6", "--no-stream"]) == 0
+    plain = capsys.readouterr().out[:-1]
+    assert main(["generate", str(folder), "héllo 世界", "--max-new-tokens", "6", "--show-attention"]) == 0
+    assert capsys.readouterr().out.startswith(f"source: héllo 世界\ntarget: {plain} (greedy)\n")

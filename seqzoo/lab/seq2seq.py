@@ -154,10 +154,10 @@ def run_job(job: dict[str, Any]) -> dict[str, Any]:
             source, target = pairs[f"length={max(fitting)}"][0]
             tokenizer = byte_tokenizer()
             generated = attention_map(model, tokenizer, source, max_new_tokens=len(target) + 4)
-            produced = "".join(t for t in generated.target_tokens if t != "<eos>").replace("␣", " ")
             row["attention"] = {"source": generated.source_tokens, "target": generated.target_tokens,
                                 "weights": generated.weights.tolist(), "expected": target,
-                                "generated": produced, "correct": generated.target_tokens == [*target, "<eos>"]}
+                                "generated": generated.target_text,
+                                "correct": generated.target_tokens == [*target, "<eos>"]}
     except Exception as err:  # noqa: BLE001 -- one model's failure must not hide the others' results
         return {**base, "ok": False, "error": f"{type(err).__name__}: {err}", "traceback": traceback.format_exc(),
                 "seconds": time.perf_counter() - started}

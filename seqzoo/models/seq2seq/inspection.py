@@ -42,6 +42,9 @@ class AttentionMap:
     target_tokens: list[str]
     weights: torch.Tensor  # (T, S)
     description: str = ""
+    # The target as text, decoded whole (special tokens left out): target_tokens are decoded one by one, so the bytes
+    # of a multi-byte character each show as a replacement character there, and spaces as marks.
+    target_text: str = ""
 
     def favourite(self) -> list[tuple[str, str, float]]:
         """Per target token: the source token it attends to most, and that weight."""
@@ -126,7 +129,8 @@ def attention_map(
     where = "" if len(layers) == 1 else f", layer {layer % len(layers)}" + ("" if head is None else f", head {head}")
     description = f"{getattr(config, 'attention', 'attention')} attention{where}"
     return AttentionMap([_shown(tokenizer, i) for i in source_ids], [_shown(tokenizer, i) for i in predicted],
-                        weights[: len(predicted)].float().cpu(), description)
+                        weights[: len(predicted)].float().cpu(), description,
+                        tokenizer.decode(predicted, skip_special_tokens=True))
 
 
 def _shown(tokenizer: Any, token_id: int) -> str:
