@@ -842,11 +842,10 @@ class SeqzooForCausalLM(SeqzooPreTrainedModel, GenerationMixin):
         own = types.FunctionType(forward.__code__.replace(), forward.__globals__, forward.__name__,
                                  forward.__defaults__, forward.__closure__)
         own.__kwdefaults__ = forward.__kwdefaults__
-        # What the graph was traced through (a forward put on a module's class later is not seen by dynamo's guards,
-        # so such a step runs eagerly; see _compiled_step).
-        forwards = tuple({type(module): type(module).forward for module in self.modules()}.items())
+        # What the graphs are traced through (a forward put on a module's class later is not seen by dynamo's guards,
+        # so such a step runs eagerly; see _compiled_step, which adds the classes of modules put in later).
         self.__dict__["_compiled_decoding"] = _CompiledDecoding(torch.compile(types.MethodType(own, self), **options),
-                                                                forwards)
+                                                                module_forwards(self))
         return self
 
     def set_head_layout(self, layout: str) -> SeqzooForCausalLM:
@@ -928,7 +927,8 @@ class SeqzooForCausalLM(SeqzooPreTrainedModel, GenerationMixin):
                      f"{type(self).__name__}.forward")
         input_ids, attention_mask = args[:2]
         if (not (input_ids.is_floating_point() or input_ids.is_complex() or input_ids.dtype == torch.bool)
-                and not global_module_hooks() and all(cls.forward is forward for cls, forward in compiled.forwards)
+                and not global_module_hooks()
+                and all(cls.forward is forward for cls, forward in compiled.forwards.items())
                 and not _may_pass_positions(self.config, args[2], args[3], kwargs)):
             check_token_ids(input_ids, self.config.vocab_size)
             if isinstance(attention_mask, torch.Tensor) and attention_mask.dim() == 2:
@@ -936,6 +936,7 @@ class SeqzooForCausalLM(SeqzooPreTrainedModel, GenerationMixin):
             config = torch._dynamo.config
             skipped = config.skip_nnmodule_hook_guards
             config.skip_nnmodule_hook_guards = False
+            traced = _graphs_traced()
             try:
                 return compiled.step(*args, **kwargs)
             except torch._dynamo.exc.Unsupported:
@@ -950,6 +951,11 @@ class SeqzooForCausalLM(SeqzooPreTrainedModel, GenerationMixin):
                         "compile them too", type(self).__name__, torch._dynamo.config.recompile_limit)
             finally:
                 config.skip_nnmodule_hook_guards = skipped
+                if _graphs_traced() != traced:
+                    # A new graph may have traced a module put in since compile_decoding(), of a class not kept yet:
+                    # its forward now is the one later steps check (the classes kept have theirs, checked above).
+                    for cls, forward in module_forwards(self).items():
+                        compiled.forwards.setdefault(cls, forward)
         # Eagerly: the forward raises the check's own error (or computes the step).
         del self.__dict__["_compiled_decoding"]
         try:
@@ -1145,7 +1151,17 @@ class _CompiledDecoding:
     """What ``compile_decoding()`` keeps on a model: the compiled forward, and each module class's forward then."""
 
     step: Any
-    forwards: tuple
+    forwards: dict  # {module class: its forward when a graph first traced it}
+
+
+def module_forwards(model: nn.Module) -> dict:
+    """Each class among ``model``'s modules, and its forward now."""
+    return {type(module): type(module).forward for module in model.modules()}
+
+
+def _graphs_traced() -> int:
+    """How many graphs dynamo has compiled in this process (it counts no other way that a call can read cheaply)."""
+    return torch._dynamo.utils.counters["stats"]["unique_graphs"]
 
 
 def _may_pass_positions(config: Any, position_ids: Any, cache: Any, kwargs: dict[str, Any]) -> bool:

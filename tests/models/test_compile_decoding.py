@@ -193,3 +193,33 @@ def test_hooks_and_forwards_put_on_after_the_first_compiled_step_run(family, mon
     monkeypatch.setattr(torch.nn.Linear, "forward", original)
     torch.testing.assert_close(step(model), step(eager))
     assert torch._dynamo.config.skip_nnmodule_hook_guards  # dynamo's setting is left as it was
+
+
+@pytest.mark.parametrize("family", ["lstm", "transformer"])
+def test_a_forward_put_on_the_class_of_a_module_added_since_compile_decoding_runs(family):
+    # compile_decoding() keeps each module class's forward to see one replaced since; a module of another class put
+    # in later (here the head) is traced by a new graph, and a forward put on its class after that must run too (the
+    # compiled step had gone on with the one it traced: other logits, no error).
+    class Scaled(torch.nn.Linear):
+        def forward(self, x):
+            return super().forward(x) * 3
+
+    model = tiny_model(FAMILIES[family], tie_word_embeddings=False).compile_decoding(backend="eager")
+    eager = copy.deepcopy(model)
+    settings = dict(max_new_tokens=4, do_sample=False, return_dict_in_generate=True, output_scores=True)
+
+    def both():
+        got, want = model.generate(PROMPT, **settings), eager.generate(PROMPT, **settings)
+        assert torch.equal(got.sequences, want.sequences)
+        for g, w in zip(got.scores, want.scores):
+            torch.testing.assert_close(g, w)
+
+    with torch.no_grad():
+        head = Scaled(model.lm_head.in_features, model.lm_head.out_features, bias=False)
+        model.lm_head, eager.lm_head = head, copy.deepcopy(head)
+        both()
+        compiled_graphs = graphs()
+        assert compiled_graphs >= 1
+        Scaled.forward = lambda self, x: torch.nn.Linear.forward(self, x) * -2
+        both()
+        assert graphs() == compiled_graphs  # those steps ran eagerly
