@@ -160,10 +160,16 @@ def save_with_tokenizer(model: Any, directory: Path) -> None:
 # The smallest --temperature sampled with. Below it sampling is greedy in effect (a token 1e-4 behind the likeliest
 # gets probability exp(-100) or less), and far below it the scores divided by it overflow to inf, and sampling fails.
 MIN_TEMPERATURE = 1e-6
+DEFAULT_NEW_TOKENS = 64  # seqzoo generate's --max-new-tokens
 
 
 def check_generation_args(args: argparse.Namespace) -> None:
     """Refuse values generate() would reject deep inside, or silently ignore."""
+    if args.max_new_tokens is not None and getattr(args, "target", None) is not None:
+        raise ValueError(f"--max-new-tokens={args.max_new_tokens} has no effect with --target: the target's own "
+                         "tokens are read instead of generated; give one of them")
+    if args.max_new_tokens is None:
+        args.max_new_tokens = DEFAULT_NEW_TOKENS
     if args.max_new_tokens < 1:
         raise ValueError(f"--max-new-tokens={args.max_new_tokens} is invalid: must be >= 1")
     if args.num_beams < 1:
@@ -591,7 +597,8 @@ def build_parser() -> argparse.ArgumentParser:
                                    "source, and --show-attention shows what each target token attends to.")
     p.add_argument("model", help="a model folder, or a Hub repository id owner/name")
     p.add_argument("prompt", help="the text to continue")
-    p.add_argument("--max-new-tokens", type=int, default=64, help="tokens to generate (default: 64)")
+    p.add_argument("--max-new-tokens", type=int, default=None,
+                   help="tokens to generate (default: 64; not with --target, whose tokens are read instead)")
     p.add_argument("--temperature", type=float, default=0.0,
                    help="0 = greedy (default); > 0 (at least 1e-6) samples with this temperature")
     p.add_argument("--top-p", type=float, default=None,

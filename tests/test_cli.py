@@ -587,6 +587,9 @@ def test_show_attention_prints_a_multibyte_target_as_text(tmp_path, capsys):
     capsys.readouterr()
     assert main(["generate", str(folder), "héllo 世界", "--target", "wörld 🙂", "--show-attention"]) == 0
     assert capsys.readouterr().out.startswith("source: héllo 世界\ntarget: wörld 🙂\n")
+    # --max-new-tokens with --target was ignored without a word (the target's tokens are read, none generated)
+    line = _error(capsys, ["generate", str(folder), "héllo", "--target", "w", "--max-new-tokens", "5"])
+    assert "--max-new-tokens=5 has no effect with --target: the target's own tokens are read" in line
     # The greedy target is the text a plain generate prints.
     assert main(["generate", str(folder), "héllo 世界", "--max-new-tokens", "6", "--no-stream"]) == 0
     plain = capsys.readouterr().out[:-1]
