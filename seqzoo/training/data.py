@@ -405,18 +405,36 @@ def load_dataset_folder(path: str) -> Any:
     return datasets.load_from_disk(path)
 
 
+def _refuse_repeated_files(paths: list[str]) -> None:
+    """A file listed twice in data.path would be trained on twice, and where one copy falls in the held-out tail,
+    evaluated on text the model trained on."""
+    seen: dict[Path, str] = {}
+    for path in paths:
+        resolved = Path(path).resolve()
+        if resolved in seen:
+            raise ValueError(f"data.path lists the file {path!r} twice (as {seen[resolved]!r} before): each file is "
+                             "one document of the corpus, read once; a repeated file would be trained on twice, and "
+                             "evaluated on text trained on where a copy falls in the held-out tail")
+        seen[resolved] = path
+
+
 def build_data(data: Any, seed: int, dataset: Any = None) -> MemoryTask | TokenStream:
     """The training data a recipe's ``data`` section describes. ``dataset`` (a datasets object) overrides the
     source for the Python API."""
     if dataset is not None or data.source == "dataset":
         source = dataset if dataset is not None else load_dataset_folder(data.path)
         name = f"dataset:{data.path}" if dataset is None else f"dataset:{type(dataset).__name__}"
-        tokens = tokens_from_documents(dataset_documents(source, data.text_column))
+        documents = dataset_documents(source, data.text_column)
+        if not documents:
+            raise ValueError(f"the dataset ({name}) has no rows: its column {data.text_column!r} "
+                             "(data.text_column) holds no documents to train on")
+        tokens = tokens_from_documents(documents)
     elif data.source == "task":
         return MemoryTask(data.task, data.distances, data.symbols, data.items, data.seq_len, data.eval_samples, seed,
                           data.distance_mix, data.tuning_set)
     elif data.source == "text":
         paths = [data.path] if isinstance(data.path, str) else list(data.path)
+        _refuse_repeated_files(paths)
         tokens = tokens_from_documents([read_text_file(p) for p in paths])
         name = "text:" + ",".join(paths)
     else:

@@ -179,6 +179,10 @@ class Recipe:
         _check(d.source in DATA_SOURCES, "data.source", d.source, f"one of {', '.join(DATA_SOURCES)}")
         if d.source in ("text", "dataset", "jsonl"):
             _check(d.path is not None, "data.path", d.path, f"a path (data.source={d.source!r} reads one)")
+            _check(d.path != [], "data.path", d.path, f"a path or a non-empty list of paths (data.source={d.source!r} "
+                   "reads them)")
+            _check(d.source != "dataset" or isinstance(d.path, str), "data.path", d.path,
+                   "one folder written by datasets' save_to_disk (data.source='dataset' reads one, not a list)")
         else:  # pydoc and task read no file: a path given with them would be ignored without a word
             _check(d.path is None, "data.path", d.path, f"null with data.source={d.source!r}, which reads no file "
                    "(set data.source=text, dataset or jsonl to train on it)")

@@ -194,6 +194,12 @@ def _check_data_given(recipe: Recipe, dataset: Any) -> None:
     if recipe.task != "causal-lm" and dataset is not None:
         raise ValueError(f"train(dataset=...) passes text to a language model; a task: {recipe.task} recipe "
                          "reads its data from data.source (jsonl or task)")
+    if dataset is not None and recipe.data.source != "pydoc":
+        what = {"task": f"the generated task {recipe.data.task!r}"}.get(recipe.data.source,
+                                                                          f"data.path={recipe.data.path!r}")
+        raise ValueError(f"train(dataset=...) replaces the recipe's data, but data.source={recipe.data.source!r} "
+                         f"names data of its own ({what}) that the run would not read: leave data.source at pydoc "
+                         "(the default) with a dataset given, or give no dataset")
     column, default = recipe.data.text_column, DataSection().text_column
     if dataset is None and recipe.data.source != "dataset" and column != default:
         raise ValueError(f"data.text_column={column!r} names a dataset's column, but data.source="

@@ -298,3 +298,49 @@ def test_build_data_draws_the_tuning_set_a_recipe_asks_for():
     for name in ("gru-recall", "lstm-pydoc"):  # a generated task, a corpus
         assert build_data(load_recipe(name, {"data.tuning_set": True}).data, seed=0).tuning_set is True
         assert build_data(load_recipe(name).data, seed=0).tuning_set is False
+
+
+def test_a_file_listed_twice_in_data_path_is_refused(tmp_path):
+    """Listed twice, a file was read twice: trained on twice, and where the second copy fell in the held-out tail,
+    evaluated on text the model had trained on."""
+    story = tmp_path / "story.txt"
+    story.write_text("once upon a time " * 20)
+    for twice in ([str(story), str(story)], [str(story), str(tmp_path / "." / "story.txt")]):
+        data = recipe_from_dict({"data": {"source": "text", "path": twice, "seq_len": 8}}).data
+        with pytest.raises(ValueError, match=r"data.path lists the file .*story.txt' twice"):
+            build_data(data, seed=0)
+    other = tmp_path / "other.txt"
+    other.write_text("the end " * 20)
+    data = recipe_from_dict({"data": {"source": "text", "path": [str(story), str(other)], "seq_len": 8}}).data
+    assert build_data(data, seed=0).describe()["train_tokens"] + build_data(data, seed=0).describe()[
+        "eval_tokens"] == 17 * 20 + 8 * 20 + 2
+
+
+def test_data_path_lists_are_checked_when_the_recipe_is_read():
+    # An empty list read no file ("the corpus has no documents"); a list given to a dataset source, which reads one
+    # folder, stopped with a bare TypeError from pathlib.
+    with pytest.raises(ValueError, match=r"data.path=\[\] is invalid: expected a path or a non-empty list"):
+        recipe_from_dict({"data": {"source": "text", "path": []}})
+    with pytest.raises(ValueError, match=r"data.path=\['a', 'b'\] is invalid: expected one folder written by "):
+        recipe_from_dict({"data": {"source": "dataset", "path": ["a", "b"]}})
+
+
+def test_an_empty_dataset_is_named():
+    data = recipe_from_dict({"data": {"source": "pydoc", "seq_len": 4}}).data
+    with pytest.raises(ValueError, match=r"the dataset \(dataset:dict\) has no rows: its column 'text'"):
+        build_data(data, seed=0, dataset={"text": []})
+
+
+@pytest.mark.parametrize("source", ["text", "dataset", "task"])
+def test_a_dataset_given_to_a_recipe_with_data_of_its_own_is_refused(tmp_path, source):
+    """train(dataset=...) replaced the recipe's data silently: a recipe's text file, dataset folder or generated
+    task was not read, and the run trained on something else than the recipe said."""
+    from seqzoo.training.trainer import train
+
+    data = {"text": {"source": "text", "path": "corpus.txt"}, "dataset": {"source": "dataset", "path": "folder"},
+            "task": {"source": "task", "task": "copy"}}[source]
+    recipe = recipe_from_dict({"output_dir": str(tmp_path / "out"), "data": data})
+    with pytest.raises(ValueError, match=rf"train\(dataset=...\) replaces the recipe's data, but "
+                                         rf"data.source='{source}' names data of its own"):
+        train(recipe, dataset={"text": ["abc"] * 100}, force=True, progress=False)
+    assert not (tmp_path / "out").exists()
