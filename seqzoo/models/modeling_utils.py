@@ -1008,7 +1008,9 @@ class SeqzooForCausalLM(SeqzooPreTrainedModel, GenerationMixin):
         if cache is not None:
             # Under the name the installed release looks for, so that it slices the already-cached prompt tokens off.
             kwargs[GENERATE_CACHE_KWARG] = cache
-        return mark_beam_search_cache(super().generate(*args, **kwargs), cache, config, kwargs)
+        with explained_assisted_refusal(self):
+            result = super().generate(*args, **kwargs)
+        return mark_beam_search_cache(result, cache, config, kwargs)
 
 
 def check_generate_cache(model: nn.Module, cache: Any, config: Any, kwargs: dict[str, Any]) -> Any:
@@ -1035,6 +1037,36 @@ def check_generate_cache(model: nn.Module, cache: Any, config: Any, kwargs: dict
                          "the returned sequences without a cache, or continue a cache from greedy or sampled "
                          "decoding")
     return use_cache
+
+
+# The start of transformers' refusal of assisted decoding for a model with ``_is_stateful`` (5.23 and 5.24).
+_STATEFUL_REFUSAL = "assisted generation is not supported with stateful models"
+
+
+@contextlib.contextmanager
+def explained_assisted_refusal(model: nn.Module) -> Iterator[None]:
+    """Re-raise transformers' refusal of assisted decoding for a model that keeps a recurrent state ("... not
+    supported with stateful models, such as X") with what was asked for, why it cannot be done and what can. The
+    refusal is left to transformers, which alone knows when a call decodes assisted (an ``assistant_model``,
+    ``prompt_lookup_num_tokens`` or ``assistant_early_exit`` with greedy or sampled decoding, not with beam search);
+    any other error, or this one from a later release that words it otherwise, passes through unchanged."""
+    try:
+        yield
+    except ValueError as err:
+        if not (getattr(model, "_is_stateful", False) and str(err).startswith(_STATEFUL_REFUSAL)):
+            raise
+        config = model.config
+        if getattr(config, "is_encoder_decoder", False):
+            state, instead = "this model's decoding state cannot be rolled back", ""
+        else:
+            kinds = sorted(set(config.layer_mixer_types()) - {"attention"})
+            state = f"this model keeps a recurrent state ({', '.join(kinds)} layers), which cannot be rolled back"
+            instead = ", or use a model whose every layer is attention (a Transformer) for assisted decoding"
+        raise ValueError(
+            f"{type(model).__name__}.generate: assisted decoding (assistant_model=, prompt_lookup_num_tokens= or "
+            f"assistant_early_exit=) is not supported with stateful models: {state} past the draft tokens it "
+            f"rejects. Decode without them (greedy, sampling and beam search work){instead}"
+        ) from err
 
 
 def mark_beam_search_cache(result: Any, cache: Any, config: Any, kwargs: dict[str, Any]) -> Any:

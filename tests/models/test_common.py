@@ -266,10 +266,19 @@ def test_assisted_decoding_equals_plain_decoding(preset):
 
 @pytest.mark.parametrize("preset", families_where("can_crop_cache", False))
 def test_assisted_decoding_is_refused_when_the_cache_cannot_be_cropped(preset):
-    # A recurrent state cannot be cropped back after rejected draft tokens: refused clearly, not mis-decoded.
+    # A recurrent state cannot be cropped back after rejected draft tokens: refused clearly, not mis-decoded. The
+    # refusal names the model, why, and what decodes instead (transformers' own says only "not supported with
+    # stateful models"), for a draft model as for prompt lookup.
     model = tiny_model(preset)
-    with pytest.raises(ValueError, match="stateful"):
-        model.generate(torch.tensor([[5, 6, 7, 5, 6, 7]]), prompt_lookup_num_tokens=2, **ASSISTED)
+    ids = torch.tensor([[5, 6, 7, 5, 6, 7]])
+    why = (rf"{type(model).__name__}\.generate: assisted decoding .* stateful models: this model keeps a recurrent "
+           r"state \(\w+.* layers\), which cannot be rolled back .*greedy, sampling and beam search work")
+    for assisted in ({"prompt_lookup_num_tokens": 2}, {"assistant_model": tiny_model("transformer-tiny")}):
+        with pytest.raises(ValueError, match=why):
+            model.generate(ids, **assisted, **ASSISTED)
+    # With beam search transformers decodes without the draft (as for an attention model): still allowed.
+    beams = dict(ASSISTED, num_beams=2)
+    assert torch.equal(model.generate(ids, prompt_lookup_num_tokens=2, **beams), model.generate(ids, **beams))
 
 
 @pytest.mark.parametrize("draft", ["lstm-tiny", "mamba-tiny", "hybrid-tiny"])

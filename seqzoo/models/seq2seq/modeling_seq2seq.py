@@ -31,6 +31,7 @@ from seqzoo.models.modeling_utils import (
     check_generate_cache,
     check_label_range,
     drop_generate_only_inputs,
+    explained_assisted_refusal,
     forward_parameters,
     mark_beam_search_cache,
     prepare_inputs,
@@ -333,7 +334,9 @@ class Seq2SeqForConditionalGeneration(Seq2SeqPreTrainedModel, GenerationMixin):
         check_generate_cache(self, cache, config, kwargs)
         if cache is not None:
             kwargs[GENERATE_CACHE_KWARG] = cache
-        return mark_beam_search_cache(super().generate(*args, **kwargs), cache, config, kwargs)
+        with explained_assisted_refusal(self):
+            result = super().generate(*args, **kwargs)
+        return mark_beam_search_cache(result, cache, config, kwargs)
 
 
 def shift_tokens_right(labels: torch.Tensor, pad_token_id: int | None, decoder_start_token_id: int | None):
