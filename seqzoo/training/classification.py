@@ -43,6 +43,7 @@ import torch
 from seqzoo.tokenizer import PAD_TOKEN_ID, VOCAB_SIZE, check_no_special_tokens
 from seqzoo.training.data import (
     IGNORE, _EVAL_STREAM, _generator, content_hash, epoch_sampler, read_text_file,
+    refuse_repeated_files,
 )
 
 logger = logging.getLogger("seqzoo.training")
@@ -206,6 +207,7 @@ def jsonl_texts(task: str, paths: str | list[str], eval_fraction: float, eval_sa
                 seq_len: int | None = None, labels: list[str] | None = None) -> LabelledTexts:
     """Labelled rows from JSON-lines files (format in the module docstring); the tail is held out for evaluation."""
     paths = [paths] if isinstance(paths, str) else list(paths)
+    refuse_repeated_files(paths)
     located = [row for path in paths for row in read_labelled_jsonl(path, task)]
     id2label = resolve_labels(located, task, labels)
     rows = [row for row, _ in located]

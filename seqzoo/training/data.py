@@ -405,16 +405,16 @@ def load_dataset_folder(path: str) -> Any:
     return datasets.load_from_disk(path)
 
 
-def _refuse_repeated_files(paths: list[str]) -> None:
-    """A file listed twice in data.path would be trained on twice, and where one copy falls in the held-out tail,
-    evaluated on text the model trained on."""
+def refuse_repeated_files(paths: list[str]) -> None:
+    """A file listed twice in data.path (a text corpus, or JSON Lines rows) would be trained on twice, and where one
+    copy falls in the held-out tail, evaluated on what the model trained on."""
     seen: dict[Path, str] = {}
     for path in paths:
         resolved = Path(path).resolve()
         if resolved in seen:
             raise ValueError(f"data.path lists the file {path!r} twice (as {seen[resolved]!r} before): each file is "
-                             "one document of the corpus, read once; a repeated file would be trained on twice, and "
-                             "evaluated on text trained on where a copy falls in the held-out tail")
+                             "read once; a repeated file would be trained on twice, and evaluated on what was trained "
+                             "on where a copy falls in the held-out tail")
         seen[resolved] = path
 
 
@@ -434,7 +434,7 @@ def build_data(data: Any, seed: int, dataset: Any = None) -> MemoryTask | TokenS
                           data.distance_mix, data.tuning_set)
     elif data.source == "text":
         paths = [data.path] if isinstance(data.path, str) else list(data.path)
-        _refuse_repeated_files(paths)
+        refuse_repeated_files(paths)
         tokens = tokens_from_documents([read_text_file(p) for p in paths])
         name = "text:" + ",".join(paths)
     else:

@@ -32,6 +32,7 @@ import torch
 from seqzoo.tokenizer import EOS_TOKEN_ID, PAD_TOKEN_ID, VOCAB_SIZE, check_no_special_tokens
 from seqzoo.training.data import (
     IGNORE, _EVAL_STREAM, _generator, content_hash, epoch_sampler, read_text_file,
+    refuse_repeated_files,
 )
 
 logger = logging.getLogger("seqzoo.training")
@@ -181,6 +182,7 @@ def jsonl_pairs(paths: str | list[str], eval_fraction: float, eval_samples: int,
                 max_source_length: int | None = None) -> Seq2SeqPairs:
     """Pairs from JSON-lines files of {"source": str, "target": str}; the tail is held out for evaluation."""
     paths = [paths] if isinstance(paths, str) else list(paths)
+    refuse_repeated_files(paths)
     pairs = [pair for path in paths for pair in read_jsonl(path)]
     held_out = max(1, int(len(pairs) * eval_fraction))
     if len(pairs) - held_out < 1:

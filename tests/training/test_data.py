@@ -344,3 +344,18 @@ def test_a_dataset_given_to_a_recipe_with_data_of_its_own_is_refused(tmp_path, s
                                          rf"data.source='{source}' names data of its own"):
         train(recipe, dataset={"text": ["abc"] * 100}, force=True, progress=False)
     assert not (tmp_path / "out").exists()
+
+
+def test_a_jsonl_file_listed_twice_is_refused_too(tmp_path):
+    from seqzoo.training.classification import build_label_data
+    from seqzoo.training.seq2seq import build_seq2seq_data
+
+    pairs, rows = tmp_path / "pairs.jsonl", tmp_path / "rows.jsonl"
+    pairs.write_text('{"source": "a", "target": "b"}\n' * 30)
+    rows.write_text('{"text": "a", "label": "x"}\n{"text": "b", "label": "y"}\n' * 15)
+    for task, path in (("seq2seq", pairs), ("sequence-classification", rows)):
+        preset = "seq2seq-bahdanau-tiny" if task == "seq2seq" else "lstm-tiny"
+        data = recipe_from_dict({"task": task, "model": {"preset": preset},
+                                 "data": {"source": "jsonl", "path": [str(path), str(path)]}}).data
+        with pytest.raises(ValueError, match=r"data.path lists the file .* twice"):
+            build_seq2seq_data(data, seed=0) if task == "seq2seq" else build_label_data(task, data, seed=0)
