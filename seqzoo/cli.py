@@ -606,8 +606,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "(sampling only; default 1 = off)")
     p.add_argument("--top-k", type=int, default=None,
                    help="keep only the k most likely tokens (sampling only; default 0 = off)")
-    p.add_argument("--num-beams", type=int, default=1, help="beam search with this many beams (default: 1 = none); the text is printed when the "
-                        "search ends (beams do not stream)")
+    p.add_argument("--num-beams", type=int, default=1,
+                   help="beam search with this many beams (default: 1 = none); the text is printed when the search "
+                        "ends (beams do not stream)")
     p.add_argument("--seed", type=seed_value, default=0, help="seed for sampling (default: 0)")
     p.add_argument("--device", default="cpu", help="cpu (default), cuda, cuda:N or mps")
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"],

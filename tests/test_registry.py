@@ -93,7 +93,8 @@ def plugin_dist(tmp_path, monkeypatch):
     dist.mkdir()
     (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: seqzoo-testplugin\nVersion: 0.1\n")
     (dist / "entry_points.txt").write_text(
-        "[seqzoo.models]\ntestplugin = seqzoo_testplugin:register\nbroken = seqzoo_testplugin:broken\nhalf = seqzoo_testplugin:half\n"
+        "[seqzoo.models]\ntestplugin = seqzoo_testplugin:register\nbroken = seqzoo_testplugin:broken\n"
+        "half = seqzoo_testplugin:half\n"
     )
     monkeypatch.syspath_prepend(str(tmp_path))
     yield
