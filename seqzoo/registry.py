@@ -149,6 +149,15 @@ def register_architecture(spec: ModelSpec, *, exist_ok: bool = False) -> ModelSp
     AutoModel.register(spec.config_class, spec.model_class, exist_ok=True)
     for task, head in spec.heads.items():
         getattr(transformers, TASKS[task][0]).register(spec.config_class, head, exist_ok=True)
+    causal_lm = spec.heads.get("causal-lm")
+    if causal_lm is not None and spec.model_type not in CONFIG_MAPPING_NAMES:
+        # transformers' Trainer shifts the labels it smooths (label_smoothing_factor) only for a model whose class
+        # name is among this table's values (the Auto registration above does not add it): without the entry a
+        # causal LM would be trained, with label smoothing, to predict the token it reads instead of the next one.
+        # (The names dict is only read for model types of CONFIG_MAPPING_NAMES by the lazy Auto mappings.)
+        from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+
+        MODEL_FOR_CAUSAL_LM_MAPPING_NAMES[spec.model_type] = causal_lm.__name__
     _ARCHITECTURES[spec.name] = spec
     for preset, values in spec.presets.items():
         _PLUGIN_PRESETS[preset] = (spec.name, dict(values))
