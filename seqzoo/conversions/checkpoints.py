@@ -339,7 +339,8 @@ def copy_tokenizer_files(source: Any, destination: Path, names: tuple[str, ...] 
 
 
 def valid_token_ids(values: dict[str, Any], vocab_size: int, origin: str) -> dict[str, Any]:
-    """pad/bos/eos ids of a source config, with those outside the vocabulary dropped (and said so). A value that is
+    """pad/bos/eos ids of a source config, with those outside the vocabulary dropped (and said so; of a list of eos ids,
+    only those outside it go: the others still end a text, as in the source). A value that is
     no token id at all (a string, a float, a bool, an empty list) is a damaged config: it raises, naming the field."""
     kept = {}
     for name in ("pad_token_id", "bos_token_id", "eos_token_id"):
@@ -350,6 +351,13 @@ def valid_token_ids(values: dict[str, Any], vocab_size: int, origin: str) -> dic
                              f"eos_token_id), or null")
         if value is None or all(0 <= i < vocab_size for i in ids):
             kept[name] = list(value) if isinstance(value, tuple) else value
+        elif isinstance(value, (list, tuple)) and any(0 <= i < vocab_size for i in ids):
+            # A list of end ids (eos_token_id): only those outside the vocabulary go; the others still end a text.
+            inside = [i for i in ids if 0 <= i < vocab_size]
+            logger.warning("%s sets %s=%r, with ids outside its vocabulary of %d (%s); the converted config keeps "
+                           "the others, %r", origin, name, value, vocab_size,
+                           ", ".join(str(i) for i in ids if i not in inside), inside)
+            kept[name] = inside
         else:
             logger.warning("%s sets %s=%r, outside its vocabulary of %d; the converted config leaves it unset",
                            origin, name, value, vocab_size)

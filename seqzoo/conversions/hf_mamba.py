@@ -88,9 +88,10 @@ def config_from_hf(hf_config: Any) -> Any:
     return Mamba2Config(**values)
 
 
-def convert_state_dict(state_dict: dict[str, torch.Tensor], config: Any) -> dict[str, torch.Tensor]:
+def convert_state_dict(state_dict: dict[str, torch.Tensor], config: Any,
+                       origin: str = "the source") -> dict[str, torch.Tensor]:
     """Rename transformers' keys to seqzoo's. Raises ValueError naming every missing, unexpected or mis-shaped
-    tensor (compared with a seqzoo model of ``config``)."""
+    tensor (compared with a seqzoo model of ``config``); ``origin`` names the source in warnings."""
     from seqzoo.registry import architecture_for_model_type
 
     renamed = {}
@@ -101,8 +102,7 @@ def convert_state_dict(state_dict: dict[str, torch.Tensor], config: Any) -> dict
         renamed[new_key] = value
     with torch.device("meta"):
         expected = architecture_for_model_type(config.model_type).causal_lm_class(config).state_dict()
-    tied = head_is_tied(config, renamed.get("lm_head.weight"), renamed.get("model.embed_tokens.weight"),
-                        f"the {config.model_type} source")
+    tied = head_is_tied(config, renamed.get("lm_head.weight"), renamed.get("model.embed_tokens.weight"), origin)
     if tied:
         renamed.pop("lm_head.weight", None)  # the head is the embedding; the source may store it twice
     required = {k: v for k, v in expected.items() if not (tied and k == "lm_head.weight")}
@@ -130,9 +130,10 @@ def convert_hf_mamba(source: Any, dtype: torch.dtype | None = None) -> Any:
     repo id. ``dtype`` defaults to the source's."""
     hf_config, source_weights = load_transformers_source(source, SUPPORTED_MODEL_TYPES, "hf-mamba")
     config = config_from_hf(hf_config)
-    weights = convert_state_dict(dict(source_weights.items()), config)
+    origin = f"the {hf_config.model_type} source"
+    weights = convert_state_dict(dict(source_weights.items()), config, origin)
     dtype = dtype or weights["model.embed_tokens.weight"].dtype
-    return build_model(config, weights, dtype, f"the {hf_config.model_type} source")
+    return build_model(config, weights, dtype, origin)
 
 
 def convert_hf_mamba_folder(source: Any, destination: str | Path, dtype: torch.dtype | None = None) -> Any:

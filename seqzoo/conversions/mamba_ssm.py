@@ -147,7 +147,7 @@ def convert_mamba_ssm(source: Any, config: dict[str, Any] | None = None, dtype: 
     if embedding is None:
         raise ValueError("the checkpoint has no backbone.embedding.weight: not a mamba_ssm MambaLMHeadModel")
     seqzoo_config = config_from_mamba_ssm(config, weights[embedding].shape[0])
-    state = convert_state_dict(dict(weights.items()), seqzoo_config)
+    state = convert_state_dict(dict(weights.items()), seqzoo_config, "the mamba_ssm checkpoint")
     return build_model(seqzoo_config, state, dtype or weights[embedding].dtype, "the mamba_ssm checkpoint")
 
 

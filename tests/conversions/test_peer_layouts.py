@@ -124,14 +124,22 @@ def test_mamba_ssm_refusals_name_the_field(change, message, tmp_path):
         convert_mamba_ssm(folder)
 
 
-def test_a_token_id_outside_the_vocabulary_is_left_unset_and_said(tmp_path, caplog):
+def test_token_ids_outside_the_vocabulary_are_dropped_and_said(tmp_path, caplog):
     peer, config = mamba1_pair()
     config.update(eos_token_id=[2, 10**6], bos_token_id=1)
     folder = mamba_ssm_folder(tmp_path / "src", peer, config)
     with caplog.at_level(logging.WARNING):
         model = convert_mamba_ssm(folder)
-    assert model.config.eos_token_id is None and model.config.bos_token_id == 1
-    assert "eos_token_id=[2, 1000000], outside its vocabulary" in caplog.text
+    # Of a list of end ids, only the one outside the vocabulary goes: 2 still ends a text, as in the source.
+    assert model.config.eos_token_id == [2] and model.config.bos_token_id == 1
+    assert model.generation_config.eos_token_id in (2, [2])
+    assert "eos_token_id=[2, 1000000], with ids outside its vocabulary of 104 (1000000); the converted config keeps " \
+           "the others, [2]" in caplog.text
+    config.update(eos_token_id=[10**6, 10**6 + 1])  # none inside: unset
+    folder = mamba_ssm_folder(tmp_path / "src2", peer, config)
+    with caplog.at_level(logging.WARNING):
+        assert convert_mamba_ssm(folder).config.eos_token_id is None
+    assert "eos_token_id=[1000000, 1000001], outside its vocabulary" in caplog.text
 
 
 def test_mamba2_refusals():

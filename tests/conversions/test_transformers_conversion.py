@@ -252,6 +252,9 @@ def test_a_tied_config_with_a_head_of_its_own_converts_as_transformers_loads_it(
     converted = convert(tmp_path / "src")
     assert not converted.config.tie_word_embeddings
     assert "holds an lm_head.weight that differs from the embedding; converted untied" in caplog.text
+    # The warning names the source's own model type (it said "the seqzoo_mamba source" of a transformers Mamba).
+    source_type = {"llama": "llama", "gpt2": "gpt2", "hf-mamba": "mamba"}[kind]
+    assert f"the {source_type} source: its config ties the head" in caplog.text and "seqzoo_" not in caplog.text
     ids = torch.tensor([[5, 17, 33, 8, 61, 12]])
     with torch.no_grad():
         torch.testing.assert_close(converted(ids).logits, peer(ids).logits, atol=1e-5, rtol=1e-5)
