@@ -71,17 +71,23 @@ def cmd_kernels(args: argparse.Namespace) -> int:
 
     rows, reasons = [], {}  # reason -> footnote number
     rows_seen = seqzoo.list_kernels()
+    try:
+        check_environment()  # a misspelt SEQZOO_KERNELS entry makes every kernel call raise: one error line, below
+        broken = None
+    except KernelError as err:
+        broken = err  # (no backend is selected then: the column stays empty)
     for r in rows_seen:
         available = "yes" if r["available"] else "no"
         reason = "" if r["available"] else _unavailable_reason(r["backend"])
         if reason:
             available = f"no [{reasons.setdefault(reason, len(reasons) + 1)}]"
-        rows.append([r["op"], r["backend"], r["priority"], available,
-                     ("forced" if r["forced"] else "yes") if r["selected"] else "", r["description"]])
+        selected = ("forced" if r["forced"] else "yes") if r["selected"] and broken is None else ""
+        rows.append([r["op"], r["backend"], r["priority"], available, selected, r["description"]])
     print_table(["op", "backend", "priority", "available", "selected", "notes"], rows)
     for reason, mark in reasons.items():
         print(f"[{mark}] {reason}")
-    check_environment()  # a misspelt SEQZOO_KERNELS entry would make every kernel call raise: one error line
+    if broken is not None:
+        raise broken
     for r in rows_seen:
         if r["forced"] and not r["available"]:  # every call of the op would raise: say so, as for a typo
             raise KernelError(f"SEQZOO_KERNELS requests backend {r['backend']!r} for op {r['op']!r}, which is not "

@@ -154,7 +154,7 @@ def _error(capsys, argv: list[str]) -> str:
     return one_error_line(capsys.readouterr().err)
 
 
-def test_list_and_kernels(capsys):
+def test_list_and_kernels(capsys, monkeypatch):
     assert main(["list", "lstm-*"]) == 0
     out = capsys.readouterr().out
     assert "lstm-tiny" in out and "gru-tiny" not in out and "state bytes/seq" in out
@@ -174,6 +174,13 @@ def test_list_and_kernels(capsys):
     assert "lstm" in out and "reference" in out and "torch" in out
     if not torch.cuda.is_available():
         assert "no [1]" in out and "[1] " in out and "CUDA" in out.split("[1] ")[-1]  # why Triton is unavailable
+    # A misspelt SEQZOO_KERNELS entry makes every kernel call raise: the table selects nothing, then the error.
+    monkeypatch.setenv("SEQZOO_KERNELS", "lstm=bogus")
+    assert main(["kernels"]) == 2
+    captured = capsys.readouterr()
+    rows = [line.split() for line in captured.out.splitlines()[2:] if line.startswith(("lstm ", "gru "))]
+    assert len(rows) == 4 and all(row[4] not in ("yes", "forced") for row in rows), rows
+    assert "SEQZOO_KERNELS entry 'lstm=bogus': unknown kernel backend" in captured.err
 
 
 def test_new_then_generate(model_dir, capsys):
