@@ -108,6 +108,8 @@ def test_the_cost_takeaways_name_each_state_once_and_give_the_growth_as_measured
     assert lines[0].startswith("hybrid's state (with its KV cache) grows 2.3× from 16 to 64 tokens"), lines
     # one architecture of constant state: named once ("from 512 bytes (lstm) to 512 bytes (lstm)" before)
     assert lines[1] == "lstm's state stays the same size at any context: 512 bytes per sequence.", lines
+    assert _cost_takeaways({"transformer": decode(8192, 32768)}, cfg)[0].startswith(
+        "transformer's state (with its KV cache) grows 4× from 16 to 64 tokens")  # (a whole factor stays whole)
     lines = _cost_takeaways({"lstm": decode(512, 512), "gru": decode(384, 384)}, cfg)
     assert lines == ["Every other state stays the same size at any context: from 384 bytes (gru) to 512 bytes (lstm) "
                      "per sequence."]
