@@ -76,7 +76,8 @@ def peft_config(model: nn.Module, method: str = "lora", task_type: Any = None, *
     different one raises. ``overrides`` go to the peft config (``r=16``, ``target_modules=[...]``), each in place of
     that key's default (``target_modules`` leaves the default ``target_parameters`` in place: pass
     ``target_parameters=[]`` to adapt the named modules alone; a listed module name that names no module of the
-    model is refused, where peft would go on with the recurrent weights alone). The defaults: LoRA r=8, alpha=16,
+    model is refused, where peft would go on with the recurrent weights alone, and so is a listed parameter name
+    that names no parameter). The defaults: LoRA r=8, alpha=16,
     no dropout (peft's LoRA on parameters takes none), every Linear layer of the backbone and the recurrent cells'
     ``weight_ih`` / ``weight_hh``; IA3 scales the output of every Linear layer of the backbone. The classic
     RNN/LSTM/GRU have no Linear layer in their backbone, so for them IA3 is refused (peft's IA3 adapts Linear and
@@ -106,6 +107,7 @@ def peft_config(model: nn.Module, method: str = "lora", task_type: Any = None, *
         if not values["target_parameters"]:
             values.pop("target_parameters")
         values.update(overrides)
+        _check_target_parameters(model, overrides.get("target_parameters"))
         _refuse_quantised_parameters(model, values.get("target_parameters") or ())
         _refuse_quantised_model(model, method)
         return peft.LoraConfig(**values)
@@ -134,6 +136,24 @@ def _check_target_modules(model: nn.Module, names: Any) -> None:
         raise ValueError(f"target_modules {unknown} name no module of {type(model).__name__}; seqzoo's defaults are "
                          f"target_modules={targets['target_modules']}, target_parameters={targets['target_parameters']}"
                          " (seqzoo.peft_targets(model))")
+
+
+def _check_target_parameters(model: nn.Module, names: Any) -> None:
+    """Each name of a ``target_parameters`` list must name a parameter as peft matches it (``module.parameter``, the
+    full name or its last components): peft raises only where no module and no parameter at all is matched, so a
+    misspelt parameter name next to matching ``target_modules`` (every block model's defaults) adapted nothing of
+    it without a word."""
+    if names is None or isinstance(names, str):
+        return
+    parameters = [f"{module_name}.{name}" for module_name, module in model.named_modules()
+                  for name, _ in module.named_parameters(recurse=False)]
+    unknown = [n for n in names if not any(p == n or p.endswith(f".{n}") for p in parameters)]
+    if unknown:
+        targets = peft_targets(model)
+        raise ValueError(f"target_parameters {unknown} name no parameter of {type(model).__name__} (peft matches "
+                         "a parameter's own name, or its full name's last components); seqzoo's defaults are "
+                         f"target_modules={targets['target_modules']}, "
+                         f"target_parameters={targets['target_parameters']} (seqzoo.peft_targets(model))")
 
 
 def _refuse_quantised_parameters(model: nn.Module, names: Any) -> None:

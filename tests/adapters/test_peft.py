@@ -320,3 +320,23 @@ def test_the_mixers_of_a_model_loaded_from_its_bundle_are_found(tmp_path):
     assert done.stdout.strip().splitlines()[-1] == (
         "['weight_hh', 'weight_ih'] ['model.layers.0.weight_ih', 'model.layers.0.weight_hh', "
         "'model.layers.1.weight_ih', 'model.layers.1.weight_hh', 'lm_head']")
+
+
+@pytest.mark.parametrize("arch, targets", [
+    ("rwkv7", {"target_parameters": ["x_rr"]}),  # next to the default target_modules, which match
+    ("lstm", {"target_modules": ["lm_head"], "target_parameters": ["weight_hx"]}),
+    ("gru", {"target_parameters": ["weight_hh", "weight_hx"]}),  # one of two matches
+])
+def test_a_misspelt_target_parameter_is_refused(arch, targets):
+    """peft raises only where nothing at all is matched: a misspelt parameter name next to names that match adapted
+    nothing of it, without a word."""
+    model = build(arch, "causal-lm")
+    with pytest.raises(ValueError, match=rf"target_parameters \['(x_rr|weight_hx)'\] name no parameter of "
+                                         rf"{type(model).__name__}.*seqzoo.peft_targets"):
+        seqzoo.peft_config(model, **targets)
+    # A parameter's own name, or a full name's last components, as peft matches them.
+    name = next(n for n, _ in model.named_parameters() if n.endswith(".w1" if arch == "rwkv7" else ".weight_hh"))
+    for given in (name, name.partition(".")[2], name.rpartition(".")[2]):
+        config = seqzoo.peft_config(model, target_parameters=[given])
+        wrapped = get_peft_model(build(arch, "causal-lm"), config)
+        assert any(isinstance(m, ParamWrapper) for m in wrapped.modules())
