@@ -18,6 +18,7 @@ from typing import Any
 
 from transformers import PreTrainedConfig
 
+from seqzoo.cache import LAYER_KINDS
 from seqzoo.layers.attention import SelfAttention
 from seqzoo.layers.mamba import MambaMixer
 from seqzoo.layers.mamba2 import Mamba2Mixer
@@ -54,6 +55,14 @@ class MixerSpec:
             raise TypeError(f"a mixer's name must be a non-empty string without surrounding spaces, got {self.name!r}")
         if not (isinstance(self.mixer_class, type) and issubclass(self.mixer_class, Mixer)):
             raise TypeError(f"mixer {self.name!r}: mixer_class must be a seqzoo.layers.mixer.Mixer subclass")
+        # Refused here, not at a model's first forward (a bare NotImplementedError, or the cache's error that names
+        # no mixer).
+        if self.mixer_class.forward is Mixer.forward:
+            raise TypeError(f"mixer {self.name!r}: {self.mixer_class.__name__} defines no forward; a mixer's forward "
+                            "takes (hidden_states, *, state, mask, **context) and returns (hidden_states, state)")
+        if self.mixer_class.cache_kind not in LAYER_KINDS:
+            raise TypeError(f"mixer {self.name!r}: {self.mixer_class.__name__}.cache_kind="
+                            f"{self.mixer_class.cache_kind!r}; allowed: {', '.join(map(repr, LAYER_KINDS))}")
         if not (isinstance(self.config_class, type) and issubclass(self.config_class, PreTrainedConfig)):
             raise TypeError(f"mixer {self.name!r}: config_class must be a transformers config class (a seqzoo "
                             f"architecture's config), got {self.config_class!r}")
@@ -153,7 +162,9 @@ def get_mixer(name: str) -> MixerSpec:
         raise ValueError(f"a mixer is named by a string; got {name!r} (available: {', '.join(sorted(_MIXERS))})")
     if name not in _MIXERS:
         close = difflib.get_close_matches(str(name), sorted(_MIXERS), n=1)
-        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        hint = (f" (did you mean {close[0]!r}?)" if close else
+                " (a plugin's mixer is registered by its package's seqzoo.mixers entry point, or by "
+                "seqzoo.models.mixers.register_mixer before the model or config is built or loaded)")
         raise ValueError(f"unknown mixer {name!r}{hint}; available: {', '.join(sorted(_MIXERS))}")
     return _MIXERS[name]
 

@@ -15,7 +15,7 @@ from torch import nn
 from transformers import initialization as init
 from transformers.modeling_outputs import BaseModelOutputWithPast
 
-from seqzoo.cache import unchanged_on_error
+from seqzoo.cache import ATTENTION, RECURRENT, unchanged_on_error
 from seqzoo.layers.attention import SelfAttention
 from seqzoo.layers.mixer import Block, SharedValues
 from seqzoo.layers.mlp import MLP, GatedMLP
@@ -24,7 +24,7 @@ from seqzoo.layers.positions import RotaryEmbedding
 from seqzoo.models.compat import causal_mask as causal_mask_for
 from seqzoo.models.compat import model_output
 from seqzoo.models.heads import SeqzooForSequenceClassification, SeqzooForTokenClassification
-from seqzoo.models.mixers import get_mixer
+from seqzoo.models.mixers import BUILTIN_MIXERS, get_mixer
 from seqzoo.models.modeling_utils import (
     SeqzooForCausalLM,
     SeqzooPreTrainedModel,
@@ -52,6 +52,35 @@ class HybridBlock(Block):
             mlp_norm = make_norm(config.norm_type, config.hidden_size, config.norm_eps)
         super().__init__(mixer, norm=make_norm(config.norm_type, config.hidden_size, config.norm_eps), mlp=mlp,
                          mlp_norm=mlp_norm, dropout=config.dropout)
+        # For a plugin's recurrent mixer, whether its state_bytes says it carries a state (check_state checks what it
+        # returns before the cache stores it); None for the others (the built-in mixers return theirs as the cache
+        # expects, attention updates its own K/V layer).
+        spec = get_mixer(kind)
+        self.mixer_name = kind
+        self.keeps_state = (None if spec.cache_kind != RECURRENT or spec in BUILTIN_MIXERS
+                            else spec.mixer_class.state_bytes(config.mixer_settings(kind)) > 0)
+
+
+def check_state(layer: HybridBlock, state: Any, batch: int) -> None:
+    """Refuse a plugin mixer's state the cache cannot hold: the next step would continue from nothing (a None state
+    restarts from zero, without an error) or fail far from the mixer (a tensor, or tensors without the batch
+    dimension first, read as another number of sequences)."""
+    where = f"the {layer.mixer_name!r} mixer ({type(layer.mixer).__name__})"
+    if state is None and layer.keeps_state:
+        raise TypeError(f"{where} returned no state (None), but its state_bytes says it carries one: a cached "
+                        "step would start from zero; return a dict of named (batch, ...) tensors")
+    if state is None:
+        return
+    if not isinstance(state, dict) or not state:
+        raise TypeError(f"{where} returned a state of type {type(state).__name__}; a recurrent mixer returns a "
+                        "non-empty dict of named (batch, ...) tensors (or None when it keeps nothing)")
+    for name, value in state.items():
+        if not isinstance(value, torch.Tensor):
+            raise TypeError(f"{where} returned state[{name!r}] of type {type(value).__name__}; a state holds "
+                            "tensors only")
+        if value.dim() == 0 or value.shape[0] != batch:
+            raise ValueError(f"{where} returned state[{name!r}] of shape {tuple(value.shape)} for a batch of "
+                             f"{batch}; every state tensor has the batch as its first dimension")
 
 
 class HybridPreTrainedModel(SeqzooPreTrainedModel):
@@ -117,7 +146,7 @@ class HybridModel(HybridPreTrainedModel):
             position_ids = position_ids_from_mask(attention_mask, inputs.past_length, inputs.length,
                                                   inputs.embeds.device)
         causal_mask = None
-        if "attention" in self.config.mixer_types:
+        if ATTENTION in self.config.cache_layer_kinds:  # a plugin's attention mixer too, under any name
             causal_mask = causal_mask_for(config=self.config, inputs_embeds=inputs.embeds,
                                           attention_mask=attention_mask, cache=cache, position_ids=position_ids)
         rotary = self.rotary_emb(inputs.embeds, position_ids) if self.rotary_emb is not None else None
@@ -135,6 +164,8 @@ class HybridModel(HybridPreTrainedModel):
                                              position_embeddings=rotary, shared=shared,
                                              output_attentions=output_attentions)
                 if cache is not None:
+                    if layer.keeps_state is not None:
+                        check_state(layer, state, hidden_states.shape[0])
                     cache.update_layer(idx, state)
         if cache is not None:
             cache.advance(inputs.length)

@@ -1,0 +1,137 @@
+"""A plugin mixer declared or behaving wrongly is refused with an error naming it, at registration or at the first
+forward that would go wrong, instead of a silent wrong answer or an error far from the mixer."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import seqzoo
+from seqzoo.layers.attention import SelfAttention
+from seqzoo.layers.mixer import Mixer
+from seqzoo.models import mixers
+from seqzoo.models.compat import output_cache
+from seqzoo.models.gru.configuration_gru import GRUConfig
+from seqzoo.models.mixers import MixerSpec, get_mixer, register_mixer
+from seqzoo.models.transformer.configuration_transformer import TransformerConfig
+
+
+class RunningSum(Mixer):
+    """y_t = W (x_1 + ... + x_t), carrying the sum (B, D) as its state."""
+
+    def __init__(self, config, layer_idx):
+        super().__init__(config, layer_idx)
+        self.proj = torch.nn.Linear(config.hidden_size, config.hidden_size, bias=False)
+
+    def step(self, hidden_states, state, mask):
+        total = hidden_states.new_zeros(hidden_states[:, 0].shape) if state is None else state["sum"]
+        outs = []
+        for t in range(hidden_states.shape[1]):
+            added = total + hidden_states[:, t]
+            total = added if mask is None else torch.where(mask[:, t, None], added, total)
+            outs.append(total)
+        return self.proj(torch.stack(outs, 1)), {"sum": total}
+
+    def forward(self, hidden_states, *, state=None, mask=None, **context):
+        return self.step(hidden_states, state, mask)
+
+    @classmethod
+    def state_bytes(cls, config, dtype_bytes=4):
+        return config.hidden_size * dtype_bytes
+
+
+class ForgetsState(RunningSum):
+    def forward(self, hidden_states, *, state=None, mask=None, **context):
+        return self.step(hidden_states, state, mask)[0], None
+
+
+class TensorState(RunningSum):
+    def forward(self, hidden_states, *, state=None, mask=None, **context):
+        out, new = self.step(hidden_states, None if state is None else {"sum": state}, mask)
+        return out, new["sum"]
+
+
+class UnbatchedState(RunningSum):
+    def forward(self, hidden_states, *, state=None, mask=None, **context):
+        out, new = self.step(hidden_states, None if state is None else {"sum": state["sum"][None]}, mask)
+        return out, {"sum": new["sum"][0]}
+
+
+class NoForward(Mixer):
+    pass
+
+
+class OddKind(RunningSum):
+    cache_kind = "rnn"
+
+
+class RenamedAttention(SelfAttention):
+    """A plugin's attention mixer: the built-in one under another name."""
+
+
+@pytest.fixture(autouse=True)
+def own_registry(monkeypatch):
+    monkeypatch.setattr(mixers, "_MIXERS", dict(mixers._MIXERS))
+
+
+def hybrid(name, mixer_class, config_class=GRUConfig, fields=(), mixer_types=None):
+    register_mixer(MixerSpec(name, mixer_class, config_class, fields))
+    torch.manual_seed(0)
+    mixer_types = mixer_types or [name, "attention"]
+    config = seqzoo.HybridConfig(hidden_size=16, vocab_size=50, mixer_types=mixer_types,
+                                 mixer_config={"attention": {"num_attention_heads": 2}} if "attention" in mixer_types
+                                 else {})
+    return seqzoo.HybridForCausalLM(config).eval()
+
+
+def test_a_well_behaved_plugin_decodes_as_it_recomputes():
+    model = hybrid("running-sum", RunningSum)
+    ids = torch.tensor([[5, 17, 33, 8, 2], [9, 1, 4, 4, 30]])
+    with torch.no_grad():
+        full = model(ids).logits
+        step = model(ids[:, 3:], cache=output_cache(model(ids[:, :3], use_cache=True))).logits
+    torch.testing.assert_close(step, full[:, 3:], rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("mixer_class, error, match", [
+    (ForgetsState, TypeError, r"'bad' mixer \(ForgetsState\) returned no state \(None\), but its state_bytes"),
+    (TensorState, TypeError, r"'bad' mixer \(TensorState\) returned a state of type Tensor"),
+    (UnbatchedState, ValueError, r"'bad' mixer \(UnbatchedState\) returned state\['sum'\] of shape \(16,\) for a "
+                                 r"batch of 2"),
+])
+def test_a_plugin_state_the_cache_cannot_hold_is_refused_naming_the_mixer(mixer_class, error, match):
+    # A None state restarted every cached step from zero without an error; a tensor, or tensors without the batch
+    # first, failed at the next step far from the mixer ("Boolean value of Tensor ...", "the cache holds 16
+    # sequence(s)").
+    model = hybrid("bad", mixer_class)
+    with torch.no_grad(), pytest.raises(error, match=match):
+        model(torch.tensor([[5, 17, 33], [8, 9, 10]]), use_cache=True)
+    with torch.no_grad():
+        model(torch.tensor([[5, 17, 33], [8, 9, 10]]), use_cache=False)  # no cache, nothing stored: no complaint
+
+
+def test_a_mixer_without_forward_or_with_an_unknown_cache_kind_is_refused_when_declared():
+    with pytest.raises(TypeError, match=r"mixer 'nf': NoForward defines no forward"):
+        MixerSpec("nf", NoForward, GRUConfig, ())
+    with pytest.raises(TypeError, match=r"mixer 'odd': OddKind.cache_kind='rnn'; allowed: 'attention', 'recurrent'"):
+        MixerSpec("odd", OddKind, GRUConfig, ())
+
+
+def test_a_plugin_attention_mixer_gets_the_causal_mask_of_padded_rows():
+    # The causal mask was built only when a layer was named "attention": a plugin's attention saw no padding mask,
+    # and a left-padded row's outputs changed.
+    register_mixer(MixerSpec("running-sum", RunningSum, GRUConfig, ()))
+    model = hybrid("my-attention", RenamedAttention, TransformerConfig, ("num_attention_heads",),
+                   ["running-sum", "my-attention"])
+    row = torch.tensor([[5, 17, 33]])
+    batch = torch.tensor([[7, 8, 9, 10, 11], [0, 0, 5, 17, 33]])
+    mask = torch.tensor([[1, 1, 1, 1, 1], [0, 0, 1, 1, 1]])
+    with torch.no_grad():
+        torch.testing.assert_close(model(batch, attention_mask=mask).logits[1, 2:], model(row).logits[0],
+                                   rtol=1e-5, atol=1e-5)
+
+
+def test_an_unknown_mixer_says_how_a_plugin_is_registered():
+    with pytest.raises(ValueError, match=r"unknown mixer 'zzqx-plugin' \(a plugin's mixer is registered by its "
+                                         r"package's seqzoo.mixers entry point, or by .*register_mixer"):
+        get_mixer("zzqx-plugin")
