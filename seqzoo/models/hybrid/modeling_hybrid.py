@@ -120,6 +120,9 @@ class HybridModel(HybridPreTrainedModel):
             self.rotary_emb = RotaryEmbedding(config.mixer_settings("attention").head_dim, config.rope_theta)
         self.dropout = nn.Dropout(config.dropout)
         self.layers = nn.ModuleList(HybridBlock(config, i) for i in range(config.num_hidden_layers))
+        # Whether a layer attends (a plugin's attention mixer too, under any name): those need the causal mask. Read
+        # once here, not derived from the config on every forward.
+        self.attends = ATTENTION in config.cache_layer_kinds
         self.norm = make_norm(config.norm_type, config.hidden_size, config.norm_eps)
         self.gradient_checkpointing = False
         self.post_init()
@@ -146,7 +149,7 @@ class HybridModel(HybridPreTrainedModel):
             position_ids = position_ids_from_mask(attention_mask, inputs.past_length, inputs.length,
                                                   inputs.embeds.device)
         causal_mask = None
-        if ATTENTION in self.config.cache_layer_kinds:  # a plugin's attention mixer too, under any name
+        if self.attends:
             causal_mask = causal_mask_for(config=self.config, inputs_embeds=inputs.embeds,
                                           attention_mask=attention_mask, cache=cache, position_ids=position_ids)
         rotary = self.rotary_emb(inputs.embeds, position_ids) if self.rotary_emb is not None else None
