@@ -339,9 +339,9 @@ def copy_tokenizer_files(source: Any, destination: Path, names: tuple[str, ...] 
 
 
 def valid_token_ids(values: dict[str, Any], vocab_size: int, origin: str) -> dict[str, Any]:
-    """pad/bos/eos ids of a source config, with those outside the vocabulary dropped (and said so; of a list of eos ids,
-    only those outside it go: the others still end a text, as in the source). A value that is
-    no token id at all (a string, a float, a bool, an empty list) is a damaged config: it raises, naming the field."""
+    """pad/bos/eos ids of a source config, with those outside the vocabulary dropped (and said so; of a list of eos
+    ids, only those outside it go: the others still end a text, as in the source). A value that is no token id at all
+    (a string, a float, a bool, an empty list) is a damaged config: it raises, naming the field."""
     kept = {}
     for name in ("pad_token_id", "bos_token_id", "eos_token_id"):
         value = values.get(name)
