@@ -1039,20 +1039,25 @@ def check_generate_cache(model: nn.Module, cache: Any, config: Any, kwargs: dict
     return use_cache
 
 
-# The start of transformers' refusal of assisted decoding for a model with ``_is_stateful`` (5.23 and 5.24).
-_STATEFUL_REFUSAL = "assisted generation is not supported with stateful models"
+# The starts of transformers' refusal of assisted decoding for a model whose state cannot be rolled back: a
+# ValueError before the first forward for a model with ``_is_stateful`` (5.23, 5.24); from 5.25 a ValueError after
+# the prefill for a cache whose ``is_croppable`` is False ("... requires a cache that can be cropped ..."), or a
+# RuntimeError where no cache was prepared (an encoder-decoder's: "... requires a cache").
+_STATEFUL_REFUSAL = ("assisted generation is not supported with stateful models",
+                     "Assisted decoding requires a cache")
 
 
 @contextlib.contextmanager
 def explained_assisted_refusal(model: nn.Module) -> Iterator[None]:
     """Re-raise transformers' refusal of assisted decoding for a model that keeps a recurrent state ("... not
-    supported with stateful models, such as X") with what was asked for, why it cannot be done and what can. The
-    refusal is left to transformers, which alone knows when a call decodes assisted (an ``assistant_model``,
-    ``prompt_lookup_num_tokens`` or ``assistant_early_exit`` with greedy or sampled decoding, not with beam search);
-    any other error, or this one from a later release that words it otherwise, passes through unchanged."""
+    supported with stateful models, such as X", or "... requires a cache that can be cropped") with what was asked
+    for, why it cannot be done and what can. The refusal is left to transformers, which alone knows when a call
+    decodes assisted (an ``assistant_model``, ``prompt_lookup_num_tokens`` or ``assistant_early_exit`` with greedy
+    or sampled decoding, not with beam search); any other error, or this one from a later release that words it
+    otherwise, passes through unchanged."""
     try:
         yield
-    except ValueError as err:
+    except (ValueError, RuntimeError) as err:
         if not (getattr(model, "_is_stateful", False) and str(err).startswith(_STATEFUL_REFUSAL)):
             raise
         config = model.config
