@@ -151,19 +151,13 @@ class SeqzooCache(Cache):
     def advance(self, num_positions: int) -> None:
         self.seen_tokens += num_positions
 
-    @contextlib.contextmanager
-    def unchanged_on_error(self) -> Iterator["SeqzooCache"]:
+    def unchanged_on_error(self) -> contextlib.AbstractContextManager:
         """Put the cache back as it was if the body raises part way through the layers (a layer's error, memory
         running out): every recurrent layer's state, every attention layer's keys and values, the position count.
         A forward that fails then leaves the cache as the caller passed it, to continue or retry, instead of some
         layers one token ahead of the others. (Layers replace their state and transformers' ``DynamicLayer``
         concatenates new keys to old ones, so holding the old objects is enough.)"""
-        saved = self._saved()
-        try:
-            yield self
-        except BaseException:
-            self._restore(saved)
-            raise
+        return _RestoredOnError(self)
 
     def _saved(self) -> tuple:
         """What :meth:`_restore` puts back: each recurrent layer's state (the objects, no copies), each attention
@@ -301,8 +295,15 @@ class SeqzooCache(Cache):
 
     @property
     def batch_size(self) -> int | None:
-        first = next(self.tensors(), None)
-        return None if first is None else first.shape[0]
+        # The first tensor's batch size (what tensors() yields first), read without generators: every decode step
+        # asks (check_fits).
+        for entry in self.layers:
+            if isinstance(entry, StateLayer):
+                for value in (entry.state or {}).values():
+                    return value.shape[0]
+            elif getattr(entry, "is_initialized", False) and entry.keys is not None:
+                return entry.keys.shape[0]
+        return None
 
     def __deepcopy__(self, memo: dict) -> "SeqzooCache":
         """``copy.deepcopy(cache)``, which README and ``generate()`` name for continuing one cache more than once; a
@@ -368,6 +369,25 @@ def check_kv_dtype(entry: Any, dtype: torch.dtype) -> None:
             f"the cache holds an attention layer's keys and values in {entry.keys.dtype}, but the model computes them "
             f"in {dtype}: continue the cache with the model in the dtype that filled it, or start a new cache (run "
             "the prompt again) after changing the model's dtype")
+
+
+class _RestoredOnError:
+    """What :meth:`SeqzooCache.unchanged_on_error` returns: a plain class, not a generator's context manager, since
+    every forward enters one (a decode step of a small model in a few hundred microseconds)."""
+
+    __slots__ = ("cache", "saved")
+
+    def __init__(self, cache: SeqzooCache) -> None:
+        self.cache = cache
+        self.saved = cache._saved()
+
+    def __enter__(self) -> SeqzooCache:
+        return self.cache
+
+    def __exit__(self, kind: Any, error: Any, traceback: Any) -> bool:
+        if kind is not None:
+            self.cache._restore(self.saved)
+        return False  # (the error goes on)
 
 
 def unchanged_on_error(cache: Any) -> contextlib.AbstractContextManager:

@@ -188,7 +188,7 @@ class InputTable:
         """The (B, gates * H) input projection of ``input_ids`` (B, 1) through ``embedding`` (vocab, E) and layer 0's
         ``weights`` (weight_ih, weight_hh, bias_ih, bias_hh), read from the table ``cache`` decodes with; None where
         the table is not used."""
-        if self.policy == "never" or torch.is_grad_enabled() or embedding.device.type != "cpu":
+        if self.policy == "never" or torch.is_grad_enabled() or not embedding.is_cpu:
             return None
         weight_ih, bias_ih = weights[0], weights[2]
         if self.policy == "auto" and embedding.shape[0] > 2 * embedding.shape[1]:
@@ -205,7 +205,7 @@ class InputTable:
             setattr(cache, self.CACHE_ATTRIBUTE, built)
         if input_ids.dtype not in (torch.int64, torch.int32):  # (what the embedding would convert)
             input_ids = input_ids.long()
-        return torch.nn.functional.embedding(input_ids[:, 0], built.table)
+        return built.table.index_select(0, input_ids[:, 0])  # (the embedding's lookup, without its Python checks)
 
 
 class _BuiltTable:
@@ -230,9 +230,12 @@ class _BuiltTable:
         return [t.to(self.probe.dtype) @ self.probe if t.dim() == 2 else t.clone() for t in sources]
 
     def made_from(self, sources: tuple[torch.Tensor, ...]) -> bool:
-        return len(self.sources) == len(sources) and all(
-            t is s and t._version == version and t.data_ptr() == pointer
-            for (s, version, pointer), t in zip(self.sources, sources))
+        if len(self.sources) != len(sources):
+            return False
+        for (s, version, pointer), t in zip(self.sources, sources):  # (read on every decode step)
+            if t is not s or t._version != version or t.data_ptr() != pointer:
+                return False
+        return True
 
     def same_values(self, sources: tuple[torch.Tensor, ...]) -> bool:
         return all(torch.equal(a, b) for a, b in zip(self.prints, self._prints(sources)))
@@ -263,41 +266,43 @@ def step_stack(
     Returns the last layer's (B, 1, H) output and each layer's new state dict."""
     layers = list(layers)  # (indexing a ModuleList costs a string conversion per lookup)
     cls = type(layers[0])
-    if (cls not in _STACKABLE or torch._C._is_any_autocast_enabled() or global_module_hooks()
-            or any(type(layer) is not cls or has_hooks(layer) for layer in layers)):
+    if cls not in _STACKABLE or torch._C._is_any_autocast_enabled() or global_module_hooks():
         return None
-    extra = {}
-    if cls.cell == "rnn":
-        extra["nonlinearity"] = layers[0].nonlinearity
-        if any(layer.nonlinearity != extra["nonlinearity"] for layer in layers):
-            return None
+    nonlinearity = layers[0].nonlinearity if cls.cell == "rnn" else None
     batch, dtype = hidden_states.shape[0], hidden_states.dtype
-    hx = []
+    names = cls.state_names
+    hx, weights = [], []
+    # (plain loops: at decode sizes a generator expression per check shows in the step's time)
     for layer, state in zip(layers, states):
+        if type(layer) is not cls or has_hooks(layer) or (nonlinearity is not None
+                                                          and layer.nonlinearity != nonlinearity):
+            return None
+        # The mixer's own parameters, read from the parameter dict (what layer.weights() returns, without a module
+        # attribute lookup per tensor); a layer whose weights are not all there (one replaced by a plain attribute)
+        # or not plain tensors (a quantised weight: torch's fused cells read a float weight's storage) runs through
+        # its own call instead.
+        found = tuple(map(layer._parameters.get, _WEIGHTS, _ABSENT))
+        if not fused._plain(found):
+            return None
+        weights.append(found)
         if state is None:
             zeros = hidden_states.new_zeros(batch, layer.hidden_size)
-            hx.append([zeros] * len(cls.state_names))
+            hx.append([zeros] * len(names))
         else:
-            hx.append([_as_dtype(state[name], dtype) for name in cls.state_names])
-    # The mixers' own parameters, read from the parameter dict (what layer.weights() returns, without a module
-    # attribute lookup per tensor); a layer whose weights are not all there (one replaced by a plain attribute) runs
-    # through its own call instead.
-    weights = [tuple(layer._parameters.get(name, _MISSING) for name in _WEIGHTS) for layer in layers]
-    if any(t is _MISSING for w in weights for t in w):
-        return None
+            hx.append([_as_dtype(state[name], dtype) for name in names])
+    extra = {} if nonlinearity is None else {"nonlinearity": nonlinearity}
     backend = kernel_registry.select(cls.cell, hidden_states, *hx[0], *weights[0], mask=mask, reset=None, **extra)
-    if backend.load() is not _FUSED[cls.cell] or not all(fused._plain(w) for w in weights[1:]):
+    if backend.load() is not _FUSED[cls.cell]:
         return None
     params = [fused._params(*w) for w in weights]
-    kind = extra.get("nonlinearity", cls.cell)
     gates = None if input_gates is None else input_gates(weights[0])
-    y, new = fused.step_layers(kind, hidden_states, hx, params, mask, gates)
-    return y, [dict(zip(cls.state_names, layer_new)) for layer_new in new]
+    y, new = fused.step_layers(nonlinearity or cls.cell, hidden_states, hx, params, mask, gates)
+    return y, [dict(zip(names, layer_new)) for layer_new in new]
 
 
 _STACKABLE = frozenset(RECURRENT_MIXERS.values())
 _WEIGHTS = ("weight_ih", "weight_hh", "bias_ih", "bias_hh")  # the order of RecurrentMixer.weights()
-_MISSING = object()
+_ABSENT = (object(),) * len(_WEIGHTS)  # what a weight not in the parameter dict reads as (no plain type)
 
 
 def _as_dtype(tensor: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:

@@ -92,12 +92,15 @@ def prepare_inputs(
 
 
 def prepare_step_inputs(
-    model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor | None, cache: SeqzooCache
+    model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor | None, cache: SeqzooCache,
+    embedding: nn.Module | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """:func:`prepare_inputs` for a decode step in eager mode (``input_ids`` (B, 1) continuing ``cache``, both
     given), with the same checks and errors: the embedded token (B, 1, E) and the (B, 1) padding mask, None when the
-    token is not padding."""
-    embeds = call_plainly(model.embed_tokens, _checked_token_ids(input_ids, model.config, True))
+    token is not padding. ``embedding``: ``model.embed_tokens``, where the caller has read it already."""
+    if embedding is None:
+        embedding = model.embed_tokens
+    embeds = call_plainly(embedding, _checked_token_ids(input_ids, model.config, True))
     cache.check_fits(model.config, input_ids.shape[0], type(model).__name__)
     return embeds, _padding_mask(model, attention_mask, input_ids.shape[0], 1, cache.get_seq_length(), True)
 
@@ -153,7 +156,12 @@ def call_plainly(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
     if runs_plainly(module):
         if type(module) is nn.Linear:
             return torch.nn.functional.linear(x, module.weight, module.bias)
-        return torch.nn.functional.embedding(x, module.weight, module.padding_idx, module.max_norm,
+        padding_idx = module.padding_idx
+        if module.max_norm is None and (padding_idx is None or padding_idx >= 0):
+            # What F.embedding runs then, without its Python checks (nn.Embedding stores padding_idx >= 0).
+            return torch.embedding(module.weight, x, -1 if padding_idx is None else padding_idx,
+                                   module.scale_grad_by_freq, module.sparse)
+        return torch.nn.functional.embedding(x, module.weight, padding_idx, module.max_norm,
                                              module.norm_type, module.scale_grad_by_freq, module.sparse)
     return module(x)
 
@@ -221,8 +229,12 @@ def _check_attention_mask(model, attention_mask, batch, length, past_length, val
 
 
 def check_token_ids(input_ids: torch.Tensor, vocab_size: int) -> None:
-    if 0 < input_ids.numel() <= _FEW_IDS:
-        # A decode step's few ids are read at once: one copy to Python instead of a reduction and two reads of it.
+    if input_ids.dim() == 2 and 0 < input_ids.numel() <= _FEW_IDS:
+        # A decode step's few ids are read at once: one copy to Python instead of a reduction and two reads of it
+        # (rows of lists: a reshape first costs more than the copy).
+        rows = input_ids.tolist()
+        low, high = min(map(min, rows)), max(map(max, rows))
+    elif 0 < input_ids.numel() <= _FEW_IDS:
         ids = input_ids.reshape(-1).tolist()
         low, high = min(ids), max(ids)
     else:  # torch has no reductions of uint16/32/64 on CPU
@@ -753,7 +765,8 @@ class SeqzooForCausalLM(SeqzooPreTrainedModel, GenerationMixin):
                     output_hidden_states, return_dict, logits_to_keep)
             return self._compiled_step(compiled, args, kwargs)
         cache = take_cache(cache, kwargs)
-        check_kwargs(kwargs, forward_parameters(self), f"{type(self).__name__}.forward")
+        if kwargs:
+            check_kwargs(kwargs, forward_parameters(self), f"{type(self).__name__}.forward")
         return_dict = return_dict if return_dict is not None else self.config.return_dict
         backbone = self.model
         # Looked up on the class: a module put in the backbone's place (a wrapper, perhaps one that hands attribute

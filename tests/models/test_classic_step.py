@@ -490,13 +490,16 @@ def test_the_head_runs_the_backbone_step_itself_only_when_nothing_hooks_a_skippe
             route, ["backbone"] * 5)
 
 
-@pytest.mark.parametrize("module", ["embedding", "embedding with max_norm", "linear", "linear without bias"])
+@pytest.mark.parametrize("module", ["embedding", "embedding with max_norm", "embedding scaling its gradient",
+                                    "embedding without padding", "linear", "linear without bias"])
 def test_calling_a_plain_module_directly_is_its_forward(module):
     from seqzoo.models.modeling_utils import call_plainly
 
     torch.manual_seed(0)
     if module.startswith("embedding"):
-        build = lambda: nn.Embedding(11, 6, padding_idx=3, max_norm=0.5 if "max_norm" in module else None)  # noqa: E731
+        build = lambda: nn.Embedding(  # noqa: E731
+            11, 6, padding_idx=None if "without padding" in module else 3,
+            max_norm=0.5 if "max_norm" in module else None, scale_grad_by_freq="scaling" in module)
         x = torch.tensor([[3, 4, 10], [0, 4, 1]])
     else:
         build = lambda: nn.Linear(6, 5, bias=module == "linear")  # noqa: E731
@@ -510,6 +513,11 @@ def test_calling_a_plain_module_directly_is_its_forward(module):
     torch.testing.assert_close(direct.weight, called.weight, rtol=0, atol=0)  # max_norm renormalises in place
     if "max_norm" in module:
         assert direct.weight[4].norm() <= 0.5 + 1e-6
+    # The same gradients: none to the padding row, a repeated token's scaled by its count.
+    grad = torch.randn_like(out)
+    out.backward(grad)
+    called(x).backward(grad)
+    torch.testing.assert_close(direct.weight.grad, called.weight.grad, rtol=0, atol=0)
 
 
 @pytest.mark.parametrize("cls", [nn.Linear, nn.Embedding])

@@ -47,8 +47,11 @@ def padding_layout(mask):
 
 def _plain(tensors) -> bool:
     # torch's fused kernels read a float weight's storage directly; a quantised weight is a tensor subclass (torchao's
-    # Int8Tensor) that only its own operators understand.
-    return all(type(t) in (torch.Tensor, torch.nn.Parameter) for t in tensors if t is not None)
+    # Int8Tensor) that only its own operators understand. (A set's check: this runs on every decode step.)
+    return _PLAIN_TYPES.issuperset(map(type, tensors))
+
+
+_PLAIN_TYPES = frozenset({torch.Tensor, torch.nn.Parameter, type(None)})
 
 
 def supports(x, *args, mask=None, reset=None, **kwargs):
@@ -124,8 +127,9 @@ def step_layers(kind, x, hx, params, mask=None, input_gates=None):
     reads no ``weight_ih``. The cells add their two projections before anything else, so the projection goes in as
     the input bias of a cell given an empty input and an empty input weight (a (B, 0) by (0, gates * H) product)."""
     cell = _CELLS[kind]
-    y = x[:, 0]
-    if input_gates is not None:
+    if input_gates is None:
+        y = x[:, 0]
+    else:
         weight_hh, bias_hh = params[0][1], params[0][3] if len(params[0]) == 4 else None
         y = input_gates.new_empty(input_gates.shape[0], 0)
         params = [[input_gates.new_empty(input_gates.shape[1], 0), weight_hh, input_gates, bias_hh], *params[1:]]

@@ -156,15 +156,15 @@ class ClassicRecurrentModel(ClassicRecurrentPreTrainedModel):
         hidden states), which at decode sizes costs as much as the cells: the same checks and errors, then every
         layer's cell in a row (``step_stack``), or the layers one by one where that declines. Returns the last
         layer's (B, 1, H) output; ``cache`` holds the new states and has advanced by one position."""
-        embeds, mask = prepare_step_inputs(self, input_ids, attention_mask, cache)
-        states = [cache.layer(i) for i in range(len(self.layers))]
+        layers, embedding = self.layers, self.embed_tokens  # (each module attribute read costs a lookup)
+        embeds, mask = prepare_step_inputs(self, input_ids, attention_mask, cache, embedding)
+        states = [cache.layer(i) for i in range(len(layers))]
         # Layer 0's input projection looked up by token where the embedding is what it reads (see InputTable).
-        embedding = self.embed_tokens
         input_gates = (partial(self.input_table.gates, embedding.weight, input_ids, cache)
                        if runs_plainly(embedding) and embedding.max_norm is None else None)
         # (dropout is the identity in eval)
-        stepped = step_stack(self.layers, embeds, states, mask, input_gates)
-        return finish_decode_step(cache, self.layers, stepped, embeds, states, mask)
+        stepped = step_stack(layers, embeds, states, mask, input_gates)
+        return finish_decode_step(cache, layers, stepped, embeds, states, mask)
 
 
 _MODEL_FORWARD = ClassicRecurrentModel.forward  # as defined: one replaced on the class since is called (takes_step)
