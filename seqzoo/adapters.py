@@ -100,6 +100,7 @@ def peft_config(model: nn.Module, method: str = "lora", task_type: Any = None, *
     if method == "prompt_tuning":
         _refuse_quantised_model(model, method)
         return _prompt_tuning_config(model, expected, overrides)
+    _check_modules_to_save(model, overrides.get("modules_to_save"))
     targets = peft_targets(model)
     _check_target_modules(model, overrides.get("target_modules"))
     if method == "lora":
@@ -108,6 +109,7 @@ def peft_config(model: nn.Module, method: str = "lora", task_type: Any = None, *
             values.pop("target_parameters")
         values.update(overrides)
         _check_target_parameters(model, overrides.get("target_parameters"))
+        _check_exclude_modules(model, values)
         _refuse_quantised_parameters(model, values.get("target_parameters") or ())
         _refuse_quantised_model(model, method)
         return peft.LoraConfig(**values)
@@ -120,6 +122,7 @@ def peft_config(model: nn.Module, method: str = "lora", task_type: Any = None, *
     _refuse_quantised_model(model, method)
     values = {"target_modules": targets["target_modules"], "feedforward_modules": [], "task_type": expected}
     values.update(overrides)
+    _check_exclude_modules(model, values)
     return peft.IA3Config(**values)
 
 
@@ -136,6 +139,44 @@ def _check_target_modules(model: nn.Module, names: Any) -> None:
         raise ValueError(f"target_modules {unknown} name no module of {type(model).__name__}; seqzoo's defaults are "
                          f"target_modules={targets['target_modules']}, target_parameters={targets['target_parameters']}"
                          " (seqzoo.peft_targets(model))")
+
+
+def _check_modules_to_save(model: nn.Module, names: Any) -> None:
+    """Each name of ``modules_to_save`` must name a module as peft matches it (the end of its full name): peft says
+    nothing of one that matches none, and the module it meant stayed frozen. A string is refused: peft reads it
+    character by character, as suffixes, and wraps every module whose name ends in one of its letters."""
+    if isinstance(names, str):
+        raise ValueError(f"modules_to_save must be a list of module names, got the string {names!r} (peft would "
+                         f"match each of its characters); pass [{names!r}]")
+    if not names:
+        return
+    modules = [name for name, _ in model.named_modules(remove_duplicate=False) if name]
+    unknown = [name for name in names if not any(module.endswith(name) for module in modules)]
+    if unknown:
+        raise ValueError(f"modules_to_save {unknown} name no module of {type(model).__name__} (peft matches the end "
+                         f"of a module's full name); its top-level modules are "
+                         f"{[name for name in modules if '.' not in name]}")
+
+
+def _check_exclude_modules(model: nn.Module, values: dict[str, Any]) -> None:
+    """Each name of an ``exclude_modules`` list must name a module that ``target_modules`` adapts, as peft compares
+    them (the adapted module's full name or its last components): peft warns only where nothing at all was excluded,
+    so a misspelt name, or one naming a module above the adapted ones (``layers.1`` for ``layers.1.mlp.up_proj``),
+    left the module adapted beside a name that excluded something. peft does not apply the list to
+    ``target_parameters``. A string is a regular expression, left to peft."""
+    excluded, targets = values.get("exclude_modules"), values.get("target_modules")
+    if not excluded or isinstance(excluded, str):
+        return
+    modules = [name for name, _ in model.named_modules() if name]
+    if targets is not None and not isinstance(targets, str):  # (a regular expression or "all-linear": every module)
+        modules = [m for m in modules if any(m == t or m.endswith(f".{t}") for t in targets)]
+    unknown = [n for n in excluded if not any(m == n or m.endswith(f".{n}") for m in modules)]
+    if unknown:
+        example = modules[0] if modules else "none"
+        raise ValueError(f"exclude_modules {unknown} name no module that target_modules adapts in "
+                         f"{type(model).__name__} (peft compares an adapted module's full name, such as {example!r}, "
+                         "or its last components, not a module above it; it does not apply to target_parameters, "
+                         "which take full names to pick layers)")
 
 
 def _check_target_parameters(model: nn.Module, names: Any) -> None:

@@ -340,3 +340,47 @@ def test_a_misspelt_target_parameter_is_refused(arch, targets):
         config = seqzoo.peft_config(model, target_parameters=[given])
         wrapped = get_peft_model(build(arch, "causal-lm"), config)
         assert any(isinstance(m, ParamWrapper) for m in wrapped.modules())
+
+
+@pytest.mark.parametrize("arch, overrides, refused", [
+    ("gru", {"modules_to_save": ["lm_hed"]}, r"modules_to_save \['lm_hed'\] name no module of GRUForCausalLM \(peft "
+                                             r"matches the end of a module's full name\); its top-level modules are "
+                                             r"\['model', 'lm_head'\]"),
+    ("gru", {"modules_to_save": ["lm_head", "embed_tokns"]}, r"modules_to_save \['embed_tokns'\]"),  # one of two
+    ("gru", {"modules_to_save": "lm_head"}, r"modules_to_save must be a list of module names, got the string "
+                                            r"'lm_head'"),
+    ("transformer", {"exclude_modules": ["q_proj", "k_prj"]}, r"exclude_modules \['k_prj'\] name no module that "
+                                                              r"target_modules adapts in TransformerForCausalLM"),
+    # a module above the adapted ones: peft compares the adapted module's own name, and excluded nothing of layer 1
+    ("transformer", {"exclude_modules": ["layers.1"]}, r"exclude_modules \['layers.1'\] .*not a module above it"),
+    ("transformer", {"target_modules": ["q_proj"], "exclude_modules": ["proj"]}, r"\['proj'\]"),  # not a component
+    # peft does not apply the list to target_parameters (the classic cells' defaults)
+    ("gru", {"exclude_modules": ["layers.1"]}, r"does not apply to target_parameters"),
+])
+def test_a_misspelt_module_to_save_or_exclude_is_refused(arch, overrides, refused):
+    """peft says nothing of a modules_to_save name that matches no module (the module it meant stays frozen), nor of
+    an exclude_modules name beside one that excludes something; a string modules_to_save it reads letter by letter."""
+    model = build(arch, "causal-lm")
+    with pytest.raises(ValueError, match=refused):
+        seqzoo.peft_config(model, **overrides)
+    if "exclude_modules" in overrides and arch == "transformer":  # (IA3 scales nn.Linear layers only)
+        with pytest.raises(ValueError, match=refused):
+            seqzoo.peft_config(model, method="ia3", **overrides)
+
+
+@pytest.mark.parametrize("arch, overrides, saved, excluded", [
+    ("gru", {"modules_to_save": ["embed_tokens"]}, "model.embed_tokens", None),  # peft: the end of the full name
+    ("gru", {"modules_to_save": ["model.embed_tokens"]}, "model.embed_tokens", None),
+    ("transformer", {"exclude_modules": ["layers.1.self_attn.q_proj"]}, None, "model.layers.1.self_attn.q_proj"),
+    ("transformer", {"exclude_modules": ["q_proj"]}, None, "model.layers.0.self_attn.q_proj"),
+    ("transformer", {"exclude_modules": "model\\.layers\\.1\\..*"}, None, "model.layers.1.mlp.up_proj"),  # a regex
+])
+def test_module_lists_as_peft_matches_them_are_accepted(arch, overrides, saved, excluded):
+    model = build(arch, "causal-lm")
+    wrapped = get_peft_model(model, seqzoo.peft_config(model, **overrides))
+    names = [name for name, _ in wrapped.named_modules()]
+    if saved:
+        assert any(name.endswith(f"{saved}.modules_to_save") for name in names), names
+    if excluded:
+        assert not any(f"{excluded}.lora_A" in name for name in names), names
+        assert any(".lora_A" in name for name in names), names
