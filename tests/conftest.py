@@ -38,9 +38,10 @@ def _forget_warnings_given():
     """Each test sees the once-per-process warnings (an unknown config field, a misspelt environment variable)
     afresh, whatever ran before it."""
     from seqzoo.kernels import registry as kernel_registry
-    from seqzoo.models import configuration_utils
+    from seqzoo.models import configuration_utils, modeling_utils
 
-    for warned in (configuration_utils._WARNED_UNKNOWN, kernel_registry._WARNED_ENV):
+    for warned in (configuration_utils._WARNED_UNKNOWN, kernel_registry._WARNED_ENV,
+                   modeling_utils._WARNED_NO_ATTENTION):
         warned.clear()
     yield
 

@@ -50,3 +50,34 @@ def test_logits_to_keep_returns_the_last_that_many_positions(keep):
         kept = model(IDS, logits_to_keep=keep).logits
     assert kept.shape == (2, keep, full.shape[-1])
     torch.testing.assert_close(kept, full[:, -keep:])
+
+
+@pytest.mark.parametrize("preset", ["rnn-tiny", "gru-tiny", "rwkv7-tiny", "mamba-tiny", "mamba2-tiny"])
+@pytest.mark.parametrize("how", ["keyword", "config", "generate"])
+def test_attention_weights_asked_of_a_recurrent_model_are_said_to_be_none(preset, how, caplog):
+    """Every layer keeps a recurrent state: there are no attention weights, and asking for them is answered with
+    None and one warning per class, not silently (a sequence classifier on the same backbone warns too)."""
+    model = tiny_model(preset)
+    with caplog.at_level("WARNING", logger="seqzoo"):
+        for _ in range(2):
+            if how == "generate":
+                out = model.generate(IDS[:1], max_new_tokens=2, do_sample=False, output_attentions=True,
+                                     return_dict_in_generate=True)
+                assert all(step is None for step in out.attentions)
+                continue
+            if how == "config":
+                model.config.output_attentions = True
+                out = model(IDS)
+            else:
+                out = model(IDS, output_attentions=True)
+            assert out.attentions is None
+    name = type(model.model).__name__
+    assert caplog.text.count(f"output_attentions=True: {name} has no attention layers") == 1, caplog.text
+
+
+def test_attention_weights_are_not_warned_about_unasked_or_where_there_are_some(caplog):
+    with caplog.at_level("WARNING", logger="seqzoo"):
+        tiny_model("gru-tiny")(IDS, output_attentions=False)
+        model = tiny_model("transformer-tiny", attn_implementation="eager")
+        assert len(model(IDS, output_attentions=True).attentions) == model.config.num_hidden_layers
+    assert "has no attention layers" not in caplog.text

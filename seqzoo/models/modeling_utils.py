@@ -105,6 +105,20 @@ def prepare_step_inputs(
     return embeds, _padding_mask(model, attention_mask, input_ids.shape[0], 1, cache.get_seq_length(), True)
 
 
+_WARNED_NO_ATTENTION: set[str] = set()  # the classes output_attentions=True was warned about
+
+
+def note_no_attention_weights(model: nn.Module, kwargs: dict[str, Any]) -> None:
+    """A backbone whose every layer keeps a recurrent state, asked for attention weights (``output_attentions=True``,
+    or its config's), has none to give: its outputs' ``attentions`` stay None, which is said once per class instead of
+    silently (transformers' Llama returns them; its Mamba takes no such argument)."""
+    if ((kwargs.get("output_attentions") or model.config.output_attentions)
+            and type(model).__name__ not in _WARNED_NO_ATTENTION and not torch.compiler.is_compiling()):
+        _WARNED_NO_ATTENTION.add(type(model).__name__)
+        logger.warning("output_attentions=True: %s has no attention layers (each layer keeps a recurrent state), so "
+                       "its outputs' attentions are None", type(model).__name__)
+
+
 def is_plain_decode_step(backbone: nn.Module, own_forward: Any, input_ids: Any, inputs_embeds: Any, cache: Any,
                          output_hidden_states: bool | None, kwargs: dict[str, Any]) -> bool:
     """What a backbone's ``takes_step`` answers: whether a forward call (with no packed rows) is the common decode

@@ -25,6 +25,7 @@ from seqzoo.models.modeling_utils import (
     SeqzooForCausalLM,
     SeqzooPreTrainedModel,
     backbone_cache_argument,
+    note_no_attention_weights,
     prepare_inputs,
     resolve_output_flags,
 )
@@ -92,6 +93,7 @@ class Mamba2Model(Mamba2PreTrainedModel):
             Mamba-2 used, and ``past_key_values`` are accepted too).
         """
         cache = backbone_cache_argument(self, cache, kwargs)
+        note_no_attention_weights(self, kwargs)
         packing = find_packing(self, input_ids, inputs_embeds, attention_mask, position_ids, cache, use_cache, kwargs)
         reset = None  # several documents in a row: each runs alone (see seqzoo/models/packing.py)
         if packing is not None:

@@ -28,6 +28,7 @@ from seqzoo.models.modeling_utils import (
     backbone_cache_argument,
     finish_decode_step,
     is_plain_decode_step,
+    note_no_attention_weights,
     prepare_inputs,
     prepare_step_inputs,
     resolve_output_flags,
@@ -111,6 +112,7 @@ class RWKV7Model(RWKV7PreTrainedModel):
         **kwargs: Any,
     ) -> BaseModelOutputWithPast:
         cache = backbone_cache_argument(self, cache, kwargs)
+        note_no_attention_weights(self, kwargs)
         packing = find_packing(self, input_ids, inputs_embeds, attention_mask, position_ids, cache, use_cache, kwargs)
         if packing is None and self.takes_step(input_ids, inputs_embeds, cache, output_hidden_states, kwargs):
             hidden_states = self.decode_step(input_ids, attention_mask, cache)
