@@ -112,7 +112,9 @@ class SeqzooRunner(Runner):
         self.model = model
 
     def prefill(self, ids):
-        out = self.model(ids, use_cache=True)
+        # The last position's logits only, as generate() asks (the rwkv package and the classic peer compute no
+        # others); every position's would be a (T, V) product the peer does not make.
+        out = self.model(ids, use_cache=True, logits_to_keep=1)
         return out.logits[:, -1], output_cache(out)
 
     def step(self, tokens, state):
@@ -139,7 +141,7 @@ class TransformersRunner(Runner):
 
     def prefill(self, ids):
         extra = {"cache_position": torch.arange(ids.shape[1])} if self.needs_position else {}
-        out = self.model(ids, use_cache=True, **extra)
+        out = self.model(ids, use_cache=True, logits_to_keep=1, **extra)  # (as the seqzoo runner)
         self.length = ids.shape[1]
         return out.logits[:, -1], (self._cache(out), ids.shape[1])
 
