@@ -15,7 +15,8 @@ RWKV-7's time mix, Mamba's selective scan, Mamba-2's SSD. Every one is built the
 * ``mask`` is the (B, T) bool padding mask of the current positions (False at padding), or None when nothing is
   padded. A padded position never changes a recurrent state.
 * ``context`` carries, by name, what only some mixers need: ``attention_mask`` (the causal mask for attention),
-  ``position_embeddings`` (RoPE's cos/sin), ``shared`` (a :class:`SharedValues` that lives for one forward pass:
+  ``position_embeddings`` (RoPE's cos/sin of the layer's own head size, or None), ``position_ids`` (a hybrid's
+  (B, T) positions counting real tokens only), ``shared`` (a :class:`SharedValues` that lives for one forward pass:
   RWKV-7's value residual from its first layer, attention weights when asked for), ``reset`` ((B, T) bool, True
   at the first token of each document of a packed row: the state entering it is zero; a model passes it only when
   every one of its mixers declares ``takes_reset``). A mixer ignores what it does not use.

@@ -135,3 +135,82 @@ def test_an_unknown_mixer_says_how_a_plugin_is_registered():
     with pytest.raises(ValueError, match=r"unknown mixer 'zzqx-plugin' \(a plugin's mixer is registered by its "
                                          r"package's seqzoo.mixers entry point, or by .*register_mixer"):
         get_mixer("zzqx-plugin")
+
+
+class RecordsContext(RenamedAttention):
+    seen: list = []
+
+    def forward(self, hidden_states, *, state=None, mask=None, **context):
+        RecordsContext.seen.append(context)
+        return super().forward(hidden_states, state=state, mask=mask, **context)
+
+
+def rope_hybrid(mixer_types, mixer_config, **fields):
+    config = seqzoo.HybridConfig(hidden_size=16, vocab_size=50, mixer_types=mixer_types, mixer_config=mixer_config,
+                                 **fields)
+    torch.manual_seed(0)
+    return seqzoo.HybridForCausalLM(config).eval()
+
+
+def test_a_plugin_attention_mixer_takes_rotary_positions_as_the_built_in_one():
+    # It was handed none (position_embeddings=None) unless a built-in attention layer was there too: with
+    # position_embedding="rope" its attention was silently position-blind.
+    register_mixer(MixerSpec("running-sum", RunningSum, GRUConfig, ()))
+    register_mixer(MixerSpec("my-attention", RenamedAttention, TransformerConfig, ("num_attention_heads",)))
+    plugin = rope_hybrid(["running-sum", "my-attention"], {"my-attention": {"num_attention_heads": 2}})
+    built_in = rope_hybrid(["running-sum", "attention"], {"attention": {"num_attention_heads": 2}})
+    built_in.load_state_dict(plugin.state_dict())
+    ids = torch.tensor([[5, 17, 33, 8, 2, 40, 1], [9, 1, 4, 4, 30, 2, 2]])
+    with torch.no_grad():
+        torch.testing.assert_close(plugin(ids).logits, built_in(ids).logits, rtol=0, atol=0)
+        assert not torch.allclose(plugin(ids).logits, rope_hybrid(
+            ["running-sum", "my-attention"], {"my-attention": {"num_attention_heads": 2}},
+            position_embedding="none")(ids).logits)  # (the positions change the logits)
+
+
+def test_a_plugin_attention_mixer_of_another_head_size_gets_its_own_rotary_table():
+    # Beside the built-in attention it was handed the built-in's cos/sin, of another head size: an error in
+    # layers/positions.py. Now each layer gets its own size's, as transformers' Llama computes them.
+    from transformers import LlamaConfig
+    from transformers.models.llama.modeling_llama import LlamaRotaryEmbedding
+
+    register_mixer(MixerSpec("my-attention", RecordsContext, TransformerConfig, ("num_attention_heads",)))
+    RecordsContext.seen = []
+    model = rope_hybrid(["attention", "my-attention"], {"attention": {"num_attention_heads": 2},
+                                                        "my-attention": {"num_attention_heads": 4}}, rope_theta=500.0)
+    ids = torch.tensor([[5, 17, 33, 8, 2], [0, 0, 4, 30, 2]])
+    mask = torch.tensor([[1, 1, 1, 1, 1], [0, 0, 1, 1, 1]])
+    with torch.no_grad():
+        model(ids, attention_mask=mask)
+    (context,) = RecordsContext.seen
+    cos, sin = context["position_embeddings"]
+    assert cos.shape == (2, 5, 4)  # head_dim 16 / 4 heads, not the built-in's 8
+    llama = LlamaRotaryEmbedding(LlamaConfig(hidden_size=16, num_attention_heads=4, rope_theta=500.0))
+    position_ids = context["position_ids"]
+    torch.testing.assert_close(position_ids, torch.tensor([[0, 1, 2, 3, 4], [0, 0, 0, 1, 2]]))  # real tokens only
+    want_cos, want_sin = llama(torch.zeros(2, 5, 16), position_ids)
+    torch.testing.assert_close(cos, want_cos)
+    torch.testing.assert_close(sin, want_sin)
+
+
+def test_an_odd_plugin_head_size_under_rope_is_refused_naming_the_mixer():
+    register_mixer(MixerSpec("my-attention", RenamedAttention, TransformerConfig, ("num_attention_heads", "head_dim")))
+    with pytest.raises(ValueError, match=r"mixer_config\['my-attention'\]: TransformerConfig: rotary positions need an "
+                                         r"even head_dim, got 5"):
+        seqzoo.HybridConfig(hidden_size=16, vocab_size=50, mixer_types=["my-attention"],
+                            mixer_config={"my-attention": {"num_attention_heads": 2, "head_dim": 5}})
+    seqzoo.HybridConfig(hidden_size=16, vocab_size=50, mixer_types=["my-attention"], position_embedding="none",
+                        mixer_config={"my-attention": {"num_attention_heads": 2, "head_dim": 5}})
+
+
+class OwnHeadSize(GRUConfig):
+    """A plugin's settings that name a head size its own checks let be odd."""
+
+    head_dim: int = 6
+
+
+def test_an_odd_plugin_head_size_its_own_config_allows_is_refused_by_the_hybrid_under_rope():
+    register_mixer(MixerSpec("my-attention", RenamedAttention, OwnHeadSize, ("head_dim",)))
+    with pytest.raises(ValueError, match=r"rotary positions need an even 'my-attention' mixer's head_dim, got 5"):
+        seqzoo.HybridConfig(hidden_size=16, vocab_size=50, mixer_types=["my-attention"],
+                            mixer_config={"my-attention": {"head_dim": 5}})

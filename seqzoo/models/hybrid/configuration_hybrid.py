@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from seqzoo.cache import RECURRENT
+from seqzoo.cache import ATTENTION, RECURRENT
 from seqzoo.models.configuration_utils import (
     SeqzooConfig,
     require_bool,
@@ -86,7 +86,7 @@ class HybridConfig(SeqzooConfig):
 
     def unread_fields(self) -> list[tuple[str, Any, str]]:
         unread = super().unread_fields()
-        if not (self.position_embedding == "rope" and "attention" in self.mixer_types):
+        if not self.rotary_head_dims():
             unread.append(("rope_theta", 10000.0, "rotary positions in attention layers: position_embedding='rope'"))
         if not any(self.mlp_layers):
             mlp = "the MLPs: mlp_layers"
@@ -139,9 +139,26 @@ class HybridConfig(SeqzooConfig):
         require_probability(self, "dropout")
         for kind in set(self.mixer_types):
             self.mixer_settings(kind)  # each mixer's settings are valid for its architecture
-        if self.position_embedding == "rope" and "attention" in self.mixer_types:
-            if self.mixer_settings("attention").head_dim % 2:
-                raise ValueError(f"{name}: rotary positions need an even attention head_dim")
+        for kind, head_dim in self.rotary_head_dims().items():
+            if head_dim % 2:
+                which = "attention" if kind == "attention" else f"{kind!r} mixer's"
+                raise ValueError(f"{name}: rotary positions need an even {which} head_dim, got {head_dim} (or "
+                                 "position_embedding='none')")
+
+    def rotary_head_dims(self) -> dict[str, int]:
+        """The head size of each attention-kind mixer that takes rotary positions, by mixer name: with
+        ``position_embedding="rope"``, the built-in attention's and a plugin attention mixer's whose settings name an
+        integer ``head_dim`` (each layer is handed the cos/sin of its own head size); {} otherwise. A plugin
+        attention mixer without one gets no ``position_embeddings``: it reads ``position_ids`` from its context."""
+        if self.position_embedding != "rope":
+            return {}
+        dims = {}
+        for kind in dict.fromkeys(self.mixer_types):
+            if get_mixer(kind).cache_kind == ATTENTION:
+                head_dim = getattr(self.mixer_settings(kind), "head_dim", None)
+                if isinstance(head_dim, int) and not isinstance(head_dim, bool):
+                    dims[kind] = head_dim
+        return dims
 
     def mixer_settings(self, kind: str) -> Any:
         """The config the layers of mixer ``kind`` are built from (a config of that mixer's architecture)."""

@@ -106,7 +106,7 @@ class HybridPreTrainedModel(SeqzooPreTrainedModel):
             if getattr(module, "bias", None) is not None:
                 init.zeros_(module.bias)
         elif isinstance(module, RotaryEmbedding):
-            head_dim = self.config.mixer_settings("attention").head_dim
+            head_dim = 2 * module.inv_freq.numel()  # (one table per head size: see HybridModel)
             inv_freq = 1.0 / (self.config.rope_theta ** (torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim))
             init.copy_(module.inv_freq, inv_freq)
 
@@ -115,11 +115,19 @@ class HybridModel(HybridPreTrainedModel):
     def __init__(self, config: HybridConfig) -> None:
         super().__init__(config)
         self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size)
+        # Rotary positions for the attention-kind layers, one table per head size (config.rotary_head_dims): the
+        # built-in attention's is rotary_emb, a plugin attention mixer's of another size one of other_rotary; each
+        # layer is handed the cos/sin of its own size (rotary_dim), None where it takes none.
+        head_dims = config.rotary_head_dims()
         self.rotary_emb = None
-        if config.position_embedding == "rope" and "attention" in config.mixer_types:
-            self.rotary_emb = RotaryEmbedding(config.mixer_settings("attention").head_dim, config.rope_theta)
+        if "attention" in head_dims:
+            self.rotary_emb = RotaryEmbedding(head_dims["attention"], config.rope_theta)
+        self.other_rotary = nn.ModuleDict({
+            str(dim): RotaryEmbedding(dim, config.rope_theta)
+            for dim in dict.fromkeys(head_dims.values()) if dim != head_dims.get("attention")})
         self.dropout = nn.Dropout(config.dropout)
         self.layers = nn.ModuleList(HybridBlock(config, i) for i in range(config.num_hidden_layers))
+        self.rotary_dims = [head_dims.get(kind) for kind in config.mixer_types]  # each layer's (None: no rotary)
         # Whether a layer attends (a plugin's attention mixer too, under any name): those need the causal mask. Read
         # once here, not derived from the config on every forward.
         self.attends = ATTENTION in config.cache_layer_kinds
@@ -152,7 +160,11 @@ class HybridModel(HybridPreTrainedModel):
         if self.attends:
             causal_mask = causal_mask_for(config=self.config, inputs_embeds=inputs.embeds,
                                           attention_mask=attention_mask, cache=cache, position_ids=position_ids)
-        rotary = self.rotary_emb(inputs.embeds, position_ids) if self.rotary_emb is not None else None
+        rotary = {}  # head size -> (cos, sin)
+        if self.rotary_emb is not None:
+            rotary[2 * self.rotary_emb.inv_freq.numel()] = self.rotary_emb(inputs.embeds, position_ids)
+        for dim, table in self.other_rotary.items():
+            rotary[int(dim)] = table(inputs.embeds, position_ids)
 
         hidden_states = self.dropout(inputs.embeds)  # (B, T, D)
         all_hidden_states = () if output_hidden_states else None  # the input of every layer, then the output
@@ -164,7 +176,8 @@ class HybridModel(HybridPreTrainedModel):
                     all_hidden_states += (hidden_states,)
                 state = cache.layer(idx) if cache is not None else None
                 hidden_states, state = layer(hidden_states, state=state, mask=mask, attention_mask=causal_mask,
-                                             position_embeddings=rotary, shared=shared,
+                                             position_embeddings=rotary.get(self.rotary_dims[idx]),
+                                             position_ids=position_ids, shared=shared,
                                              output_attentions=output_attentions)
                 if cache is not None:
                     if layer.keeps_state is not None:
