@@ -39,9 +39,10 @@ def _forget_warnings_given():
     afresh, whatever ran before it."""
     from seqzoo.kernels import registry as kernel_registry
     from seqzoo.models import configuration_utils, modeling_utils
+    from seqzoo.models.hybrid import modeling_hybrid
 
     for warned in (configuration_utils._WARNED_UNKNOWN, kernel_registry._WARNED_ENV,
-                   modeling_utils._WARNED_NO_ATTENTION):
+                   modeling_utils._WARNED_NO_ATTENTION, modeling_hybrid._WARNED_STATE_BYTES):
         warned.clear()
     yield
 

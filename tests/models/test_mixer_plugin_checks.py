@@ -214,3 +214,27 @@ def test_an_odd_plugin_head_size_its_own_config_allows_is_refused_by_the_hybrid_
     with pytest.raises(ValueError, match=r"rotary positions need an even 'my-attention' mixer's head_dim, got 5"):
         seqzoo.HybridConfig(hidden_size=16, vocab_size=50, mixer_types=["my-attention"],
                             mixer_config={"my-attention": {"head_dim": 5}})
+
+
+class OverstatesState(RunningSum):
+    @classmethod
+    def state_bytes(cls, config, dtype_bytes=4):
+        return 2 * config.hidden_size * dtype_bytes
+
+
+@pytest.mark.parametrize("mixer_class, dtype, warned", [
+    (OverstatesState, torch.float32, "holds 64 bytes of state per sequence, but its state_bytes says 128"),
+    (OverstatesState, torch.bfloat16, "holds 32 bytes of state per sequence, but its state_bytes says 64"),
+    (RunningSum, torch.float32, None),
+    (RunningSum, torch.bfloat16, None),
+])
+def test_a_plugin_state_bytes_that_is_not_what_it_keeps_is_warned_about_once(mixer_class, dtype, warned, caplog):
+    # The card, `seqzoo list` and the lab report what state_bytes declares; nothing checked it.
+    model = hybrid("declared", mixer_class).to(dtype)
+    with caplog.at_level("WARNING", logger="seqzoo"), torch.no_grad():
+        cache = output_cache(model(torch.tensor([[5, 17, 33], [8, 9, 10]]), use_cache=True))
+        model(torch.tensor([[4], [2]]), cache=cache)
+    if warned is None:
+        assert "state_bytes says" not in caplog.text
+    else:
+        assert caplog.text.count(f"the 'declared' mixer ({mixer_class.__name__}) {warned}") == 1, caplog.text

@@ -8,6 +8,8 @@ layer masks them and its positions count real tokens only.
 
 from __future__ import annotations
 
+import logging
+
 from typing import Any
 
 import torch
@@ -37,6 +39,8 @@ from seqzoo.models.packing import find_packing
 
 from .configuration_hybrid import HybridConfig
 
+logger = logging.getLogger("seqzoo")
+
 
 class HybridBlock(Block):
     def __init__(self, config: HybridConfig, layer_idx: int) -> None:
@@ -59,6 +63,10 @@ class HybridBlock(Block):
         self.mixer_name = kind
         self.keeps_state = (None if spec.cache_kind != RECURRENT or spec in BUILTIN_MIXERS
                             else spec.mixer_class.state_bytes(config.mixer_settings(kind)) > 0)
+        # What its state_bytes declares per sequence, by bytes per value (read once per size: see check_state).
+        self.declared_state_bytes = ({} if self.keeps_state is None else
+                                     {size: spec.mixer_class.state_bytes(config.mixer_settings(kind), size)
+                                      for size in (1, 2, 4, 8)})
 
 
 def check_state(layer: HybridBlock, state: Any, batch: int) -> None:
@@ -81,6 +89,18 @@ def check_state(layer: HybridBlock, state: Any, batch: int) -> None:
         if value.dim() == 0 or value.shape[0] != batch:
             raise ValueError(f"{where} returned state[{name!r}] of shape {tuple(value.shape)} for a batch of "
                              f"{batch}; every state tensor has the batch as its first dimension")
+    sizes = {value.element_size() for value in state.values()}
+    declared = layer.declared_state_bytes.get(sizes.pop()) if len(sizes) == 1 else None
+    held = sum(value[0].numel() * value.element_size() for value in state.values())
+    if declared is not None and held != declared and type(layer.mixer).__name__ not in _WARNED_STATE_BYTES:
+        # (what the model card, `seqzoo list` and the lab report come from; the decoding itself is right)
+        _WARNED_STATE_BYTES.add(type(layer.mixer).__name__)
+        logger.warning("%s holds %d bytes of state per sequence, but its state_bytes says %d: the sizes seqzoo "
+                       "reports for this model (its card, `seqzoo list`, the lab) are off; its state_bytes should "
+                       "return what the state it returns takes", where, held, declared)
+
+
+_WARNED_STATE_BYTES: set[str] = set()  # the plugin mixers whose state_bytes was found wrong
 
 
 class HybridPreTrainedModel(SeqzooPreTrainedModel):
