@@ -9,7 +9,6 @@ layer masks them and its positions count real tokens only.
 from __future__ import annotations
 
 import logging
-
 from typing import Any
 
 import torch
