@@ -41,7 +41,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     from seqzoo.outputs import describe
     from seqzoo.training.recipe import load_recipe
     from seqzoo.training.state import NonFiniteError
-    from seqzoo.training.trainer import train
+    from seqzoo.training.trainer import check_recipe, train
     from seqzoo.utils import parse_overrides
 
     if args.resume and args.force:  # (train() reads force only for a fresh run: --force would be ignored)
@@ -52,6 +52,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         overrides["output_dir"] = args.output_dir
     recipe = load_recipe(args.recipe, overrides)
     if args.print_recipe:
+        check_recipe(recipe)  # (what train would refuse before reading data)
         print(recipe.to_yaml(), end="")
         return 0
     try:

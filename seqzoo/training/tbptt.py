@@ -34,13 +34,18 @@ def unwrap(model: Any) -> Any:
 
 
 def check_tbptt_supported(model: Any, chunk: int) -> None:
-    if chunk > 0 and not supports_tbptt(model):
-        config = unwrap(model).config
+    check_tbptt_config(unwrap(model).config, chunk, type(unwrap(model)).__name__)
+
+
+def check_tbptt_config(config: Any, chunk: int, name: str) -> None:
+    """Refuse ``train.tbptt_chunk`` for a model (called ``name``) built from ``config`` whose layers do not all hand
+    a fixed-size state to the next chunk."""
+    if chunk > 0 and not config.capabilities.supports_tbptt:
         growing = sorted({t for t, kind in zip(config.layer_mixer_types(), config.cache_layer_kinds)
                           if kind != "recurrent"})
         raise ValueError(
             f"train.tbptt_chunk={chunk} needs every layer to carry a fixed-size state across chunks; "
-            f"{type(unwrap(model)).__name__} has {', '.join(growing)} layers, which keep a growing KV cache instead. "
+            f"{name} has {', '.join(growing)} layers, which keep a growing KV cache instead. "
             "Set train.tbptt_chunk=0 for it"
         )
 

@@ -51,6 +51,7 @@ from seqzoo.training.seq2seq import build_seq2seq_data, is_seq2seq, seq2seq_logi
 from seqzoo.training.state import NonFiniteError, nonfinite_names, require_finite, tied_parameter_names
 from seqzoo.training.tbptt import (
     backward_sequence,
+    check_tbptt_config,
     check_tbptt_supported,
     chunked_forward,
     supports_tbptt,
@@ -80,6 +81,22 @@ class TrainResult:
 
 # ----------------------------------------------------------------------------------------------------------------
 # Building blocks: model, optimizer, schedule.
+
+
+def check_recipe(recipe: Recipe) -> None:
+    """What ``train()`` refuses of a recipe before it reads data, checked without reading any (``seqzoo train
+    --print-recipe``): the model config's values (the preset with ``model.config``), ``train.tbptt_chunk`` for a
+    model with attention layers, and a ``train.batch_size`` that ``gradient_accumulation_steps`` does not divide
+    (the number of processes, also a divisor, is known only at launch). The data's own checks (its vocabulary, a
+    row longer than the model takes) wait for the data."""
+    import seqzoo
+
+    config = seqzoo.get_config(recipe.model.preset, **recipe.model.config)
+    check_tbptt_config(config, recipe.train.tbptt_chunk, f"preset {recipe.model.preset!r}")
+    t = recipe.train
+    if t.batch_size % t.gradient_accumulation_steps:
+        raise ValueError(f"train.batch_size={t.batch_size} (global) must be divisible by num_processes x "
+                         f"gradient_accumulation_steps ({t.gradient_accumulation_steps})")
 
 
 def build_model(recipe: Recipe, data: Any) -> Any:

@@ -276,3 +276,31 @@ def test_overrides_fill_a_section_the_file_leaves_empty(tmp_path):
     assert recipe.train.max_steps == 3 and recipe.optim.lr == 1e-3
     with pytest.raises(ValueError, match="train.max_steps=.'x': 3. is invalid: expected an integer"):
         load_recipe(str(path), {"train.max_steps.x": 3})
+
+
+@pytest.mark.parametrize("recipe, overrides, refused", [
+    ("transformer-pydoc", ["train.tbptt_chunk=16"],
+     r"train.tbptt_chunk=16 needs every layer to carry a fixed-size state across chunks; preset 'transformer-small' "
+     r"has attention layers"),
+    ("lstm-pydoc", ["model.config.hidden_size=-1"], r"LSTMConfig.hidden_size=-1 is invalid: must be >= 1"),
+    ("lstm-pydoc", ["model.config.hiden_size=4"], r"unknown config field\(s\) 'hiden_size' \(did you mean "
+                                                  r"'hidden_size'\?\)"),
+    ("gru-tiny", ["train.batch_size=10", "train.gradient_accumulation_steps=4"],
+     r"train.batch_size=10 \(global\) must be divisible by num_processes x gradient_accumulation_steps \(4\)"),
+])
+def test_print_recipe_refuses_what_train_would_refuse_before_reading_data(recipe, overrides, refused, capsys):
+    """--print-recipe printed these recipes as if they were fine; train then refused them."""
+    from seqzoo.cli import main
+
+    assert main(["train", recipe, *overrides, "--print-recipe"]) == 2
+    captured = capsys.readouterr()
+    assert re.search(refused, captured.err), captured.err
+    assert captured.out == ""
+
+
+def test_print_recipe_accepts_every_shipped_recipe(capsys):
+    from seqzoo.cli import main
+
+    for name in list_recipes():
+        assert main(["train", name, "--print-recipe"]) == 0, (name, capsys.readouterr().err)
+    capsys.readouterr()
