@@ -290,3 +290,23 @@ def test_a_loaded_config_with_a_field_its_model_does_not_read_warns_and_a_keywor
         torch.testing.assert_close(loaded(ids).logits, model(ids).logits)
     with pytest.raises(ValueError, match=r"rope_theta=1000.0 \(read only by rotary positions.*\) is not read"):
         AutoConfig.from_pretrained(tmp_path, rope_theta=1000.0)
+
+
+def test_a_keyword_beside_a_config_json_is_checked_as_a_built_config_would_be(tmp_path):
+    """transformers drops a keyword that is no attribute of the config (AutoConfig.from_pretrained(path,
+    hiden_size=512) gave the file's config without a word) and sets an attribute's value unchecked (hidden_size=-1
+    failed only when a model was built)."""
+    seqzoo.create_model("gru-tiny").save_pretrained(tmp_path)
+    with pytest.raises(TypeError, match=r"GRUConfig.from_pretrained got unknown keyword argument\(s\) 'hiden_size' "
+                                        r"\(did you mean 'hidden_size'\?\), which would be dropped"):
+        AutoConfig.from_pretrained(tmp_path, hiden_size=512)
+    with pytest.raises(ValueError, match=r"GRUConfig.hidden_size=-1 is invalid: must be >= 1"):
+        AutoConfig.from_pretrained(tmp_path, hidden_size=-1)
+    # What transformers' own callers ask back is handed back, unchecked here (AutoModel hands it to the model).
+    config, unused = AutoConfig.from_pretrained(tmp_path, return_unused_kwargs=True, foo=1)
+    assert unused == {"foo": 1}
+    with pytest.raises(TypeError, match="unexpected keyword argument 'hiden_size'"):
+        AutoModelForCausalLM.from_pretrained(tmp_path, hiden_size=512)
+    # Loading options and fields go through.
+    assert AutoConfig.from_pretrained(tmp_path, revision="main", dropout=0.5).dropout == 0.5
+    assert AutoModelForCausalLM.from_pretrained(tmp_path, dropout=0.25).config.dropout == 0.25

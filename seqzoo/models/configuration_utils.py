@@ -123,18 +123,26 @@ class SeqzooConfig(PreTrainedConfig):
         later seqzoo, or before a check, still loads. The keywords given beside the file (``from_pretrained(path,
         rope_theta=5e5)``), which transformers sets on the config after building it, are the user's, and are
         checked as a config built with them would be."""
+        # transformers drops a keyword that is no attribute of the config unless the caller asks for what is left
+        # (AutoModel.from_pretrained does, and hands it to the model, which refuses what it does not take):
+        # AutoConfig.from_pretrained(path, hiden_size=512) loaded the file's config without a word.
+        wants_unused = kwargs.pop("return_unused_kwargs", False)
         token = _LOADING.set(True)
         try:
-            loaded = super().from_dict(config_dict, **kwargs)
+            config, unused = super().from_dict(config_dict, return_unused_kwargs=True, **kwargs)
+            if isinstance(config, SeqzooConfig) and set(kwargs) - set(unused):
+                config.check_keywords_set_after_loading(set(kwargs) - set(unused))
         finally:
             _LOADING.reset(token)
-        config = loaded[0] if isinstance(loaded, tuple) else loaded  # (with return_unused_kwargs=True)
-        if isinstance(config, SeqzooConfig) and kwargs:
-            config.check_keywords_set_after_loading(set(kwargs))
-        return loaded
+        if unused and not wants_unused:
+            refuse_unused_keywords(config, unused)
+        return (config, unused) if wants_unused else config
 
     def check_keywords_set_after_loading(self, given: set[str]) -> None:
-        """Check the fields ``given`` as keywords beside a config.json, once transformers has set them."""
+        """Check the fields ``given`` as keywords beside a config.json, once transformers has set them: their values
+        as a config built with them would be (``from_pretrained(path, hidden_size=-1)``; the file's own values were
+        checked as it loaded), and that the model reads them."""
+        self.validate_architecture()
         self.check_fields_read(only=given)
 
     def unread_fields(self) -> list[tuple[str, Any, str]]:
@@ -440,6 +448,23 @@ def check_unknown_keywords(config: PreTrainedConfig, kwargs: dict[str, Any]) -> 
         return
     raise TypeError(f"{cls.__name__} got unknown keyword argument(s) {', '.join(hints)}; its own fields are "
                     f"{', '.join(names)}")
+
+
+def refuse_unused_keywords(config: PreTrainedConfig, unused: dict[str, Any]) -> None:
+    """Refuse keywords given beside a config.json that are no field of the config (transformers would drop them);
+    a warning in code bundled into a published checkpoint (``STRICT`` False), as :func:`check_unknown_keywords`."""
+    cls = type(config)
+    names = sorted({f.name for f in fields(cls)} - {f.name for f in fields(PreTrainedConfig)} | set(cls.attribute_map))
+    hints = []
+    for key in sorted(unused):
+        close = difflib.get_close_matches(key, names, n=1)
+        hints.append(f"{key!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
+    message = (f"{cls.__name__}.from_pretrained got unknown keyword argument(s) {', '.join(hints)}, which would be "
+               f"dropped; its own fields are {', '.join(names)}")
+    if not STRICT:
+        logger.warning("%s", message)
+        return
+    raise TypeError(message)
 
 
 _CAPABILITIES: dict[tuple, Capabilities] = {}
