@@ -97,10 +97,10 @@ def peft_config(model: nn.Module, method: str = "lora", task_type: Any = None, *
     if task_type is not None and str(getattr(task_type, "value", task_type)) != expected:
         raise ValueError(f"task_type={task_type!r} does not fit {type(model).__name__}, whose head needs "
                          f"{expected!r}; pass that, or leave task_type out")
+    _check_modules_to_save(model, overrides.get("modules_to_save"), expected)  # (prompt tuning's too)
     if method == "prompt_tuning":
         _refuse_quantised_model(model, method)
         return _prompt_tuning_config(model, expected, overrides)
-    _check_modules_to_save(model, overrides.get("modules_to_save"))
     targets = peft_targets(model)
     _check_target_modules(model, overrides.get("target_modules"))
     if method == "lora":
@@ -141,21 +141,28 @@ def _check_target_modules(model: nn.Module, names: Any) -> None:
                          " (seqzoo.peft_targets(model))")
 
 
-def _check_modules_to_save(model: nn.Module, names: Any) -> None:
+def _check_modules_to_save(model: nn.Module, names: Any, task_type: str) -> None:
     """Each name of ``modules_to_save`` must name a module as peft matches it (the end of its full name): peft says
     nothing of one that matches none, and the module it meant stayed frozen. A string is refused: peft reads it
-    character by character, as suffixes, and wraps every module whose name ends in one of its letters."""
+    character by character, as suffixes, and wraps every module whose name ends in one of its letters (or, for a
+    classifier, fails adding its own names to it). For a classifier (SEQ_CLS, TOKEN_CLS) peft adds "classifier" and
+    "score" to the list itself, so either is taken whether the model has it or not."""
     if isinstance(names, str):
         raise ValueError(f"modules_to_save must be a list of module names, got the string {names!r} (peft would "
                          f"match each of its characters); pass [{names!r}]")
     if not names:
         return
     modules = [name for name, _ in model.named_modules(remove_duplicate=False) if name]
-    unknown = [name for name in names if not any(module.endswith(name) for module in modules)]
+    added = _PEFT_CLASSIFIER_NAMES if task_type in ("SEQ_CLS", "TOKEN_CLS") else ()
+    unknown = [name for name in names
+               if name not in added and not any(module.endswith(name) for module in modules)]
     if unknown:
         raise ValueError(f"modules_to_save {unknown} name no module of {type(model).__name__} (peft matches the end "
                          f"of a module's full name); its top-level modules are "
                          f"{[name for name in modules if '.' not in name]}")
+
+
+_PEFT_CLASSIFIER_NAMES = ("classifier", "score")  # what peft's classifier models add to modules_to_save
 
 
 def _check_exclude_modules(model: nn.Module, values: dict[str, Any]) -> None:

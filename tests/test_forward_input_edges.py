@@ -81,3 +81,13 @@ def test_attention_weights_are_not_warned_about_unasked_or_where_there_are_some(
         model = tiny_model("transformer-tiny", attn_implementation="eager")
         assert len(model(IDS, output_attentions=True).attentions) == model.config.num_hidden_layers
     assert "has no attention layers" not in caplog.text
+
+
+def test_output_attentions_false_given_is_not_warned_about_under_a_config_that_asks(caplog):
+    # An explicit output_attentions=False wins over config.output_attentions=True (as transformers reads it): no
+    # attention weights were asked for, so there is nothing to warn about.
+    model = tiny_model("gru-tiny")
+    model.config.output_attentions = True
+    with caplog.at_level("WARNING", logger="seqzoo"):
+        model(IDS, output_attentions=False)
+    assert "has no attention layers" not in caplog.text

@@ -112,7 +112,8 @@ def note_no_attention_weights(model: nn.Module, kwargs: dict[str, Any]) -> None:
     """A backbone whose every layer keeps a recurrent state, asked for attention weights (``output_attentions=True``,
     or its config's), has none to give: its outputs' ``attentions`` stay None, which is said once per class instead of
     silently (transformers' Llama returns them; its Mamba takes no such argument)."""
-    if ((kwargs.get("output_attentions") or model.config.output_attentions)
+    asked = kwargs.get("output_attentions")
+    if ((model.config.output_attentions if asked is None else asked)
             and type(model).__name__ not in _WARNED_NO_ATTENTION and not torch.compiler.is_compiling()):
         _WARNED_NO_ATTENTION.add(type(model).__name__)
         logger.warning("output_attentions=True: %s has no attention layers (each layer keeps a recurrent state), so "
@@ -162,6 +163,9 @@ def runs_plainly(module: nn.Module) -> bool:
     return _PLAIN_FORWARDS.get(cls) is cls.forward and not has_hooks(module) and not global_module_hooks()
 
 
+_PLAIN_WEIGHTS = (torch.Tensor, nn.Parameter)
+
+
 def call_plainly(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
     """``module(x)`` for the decode step's embedding and vocabulary head. An unhooked ``nn.Embedding`` or
     ``nn.Linear`` (that exact class: not a subclass, nor a peft or quantisation wrapper) runs its one operation
@@ -171,10 +175,13 @@ def call_plainly(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
         if type(module) is nn.Linear:
             return torch.nn.functional.linear(x, module.weight, module.bias)
         padding_idx = module.padding_idx
-        if module.max_norm is None and (padding_idx is None or padding_idx >= 0):
+        if (module.max_norm is None and (padding_idx is None or padding_idx >= 0)
+                and type(module.weight) in _PLAIN_WEIGHTS):
             # What F.embedding runs then, without its Python checks (nn.Embedding stores padding_idx >= 0).
             return torch.embedding(module.weight, x, -1 if padding_idx is None else padding_idx,
                                    module.scale_grad_by_freq, module.sparse)
+        # (a weight of a tensor subclass, a quantised one, takes F.embedding, which its __torch_function__ may
+        # handle where it does not handle torch.embedding)
         return torch.nn.functional.embedding(x, module.weight, padding_idx, module.max_norm,
                                              module.norm_type, module.scale_grad_by_freq, module.sparse)
     return module(x)

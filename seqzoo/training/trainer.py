@@ -91,7 +91,14 @@ def check_recipe(recipe: Recipe) -> None:
     row longer than the model takes) wait for the data."""
     import seqzoo
 
-    config = seqzoo.get_config(recipe.model.preset, **recipe.model.config)
+    overrides = {}
+    if recipe.data.source == "task" and recipe.task not in ("seq2seq", "sequence-classification",
+                                                             "token-classification"):
+        # A synthetic task's vocabulary and special ids, which build_model puts under model.config (no data is
+        # read: the task is built from the recipe); a dataset's (its labels) wait for the data.
+        overrides.update(build_data(recipe.data, recipe.train.seed).model_overrides())
+    overrides.update(recipe.model.config)
+    config = seqzoo.get_config(recipe.model.preset, **overrides)
     check_tbptt_config(config, recipe.train.tbptt_chunk, f"preset {recipe.model.preset!r}")
     t = recipe.train
     if t.batch_size % t.gradient_accumulation_steps:

@@ -374,9 +374,14 @@ def test_a_misspelt_module_to_save_or_exclude_is_refused(arch, overrides, refuse
     ("transformer", {"exclude_modules": ["layers.1.self_attn.q_proj"]}, None, "model.layers.1.self_attn.q_proj"),
     ("transformer", {"exclude_modules": ["q_proj"]}, None, "model.layers.0.self_attn.q_proj"),
     ("transformer", {"exclude_modules": "model\\.layers\\.1\\..*"}, None, "model.layers.1.mlp.up_proj"),  # a regex
+    # peft's classifiers add "classifier" and "score" to the list themselves: either is taken (seqzoo's is score)
+    ("gru", {"modules_to_save": ["classifier"], "task": "sequence-classification"}, "model.score", None),
+    ("transformer", {"modules_to_save": ["score", "classifier"], "task": "token-classification"}, "model.score",
+     None),
 ])
 def test_module_lists_as_peft_matches_them_are_accepted(arch, overrides, saved, excluded):
-    model = build(arch, "causal-lm")
+    overrides = dict(overrides)
+    model = build(arch, overrides.pop("task", "causal-lm"))
     wrapped = get_peft_model(model, seqzoo.peft_config(model, **overrides))
     names = [name for name, _ in wrapped.named_modules()]
     if saved:
@@ -384,3 +389,14 @@ def test_module_lists_as_peft_matches_them_are_accepted(arch, overrides, saved, 
     if excluded:
         assert not any(f"{excluded}.lora_A" in name for name in names), names
         assert any(".lora_A" in name for name in names), names
+
+
+@pytest.mark.parametrize("task", ["causal-lm", "sequence-classification"])
+def test_prompt_tuning_checks_modules_to_save_too(task):
+    # It was not checked: a string was read letter by letter (causal LM), or failed inside peft's classifier with
+    # "'str' object has no attribute 'extend'"; a misspelt name left the module frozen.
+    model = build("gru", task)
+    with pytest.raises(ValueError, match=r"modules_to_save must be a list of module names, got the string"):
+        seqzoo.peft_config(model, method="prompt_tuning", modules_to_save="lm_head")
+    with pytest.raises(ValueError, match=r"modules_to_save \['lm_hed'\] name no module"):
+        seqzoo.peft_config(model, method="prompt_tuning", modules_to_save=["lm_hed"])

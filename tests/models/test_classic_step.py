@@ -616,3 +616,26 @@ def test_a_stack_of_mixed_rnn_nonlinearities_steps_each_layer_with_its_own():
         cache = output_cache(model(ids[:, :-1], use_cache=True))
         step = model(ids[:, -1:], cache=cache).logits[:, -1]
     torch.testing.assert_close(step, full)
+
+
+class HandlesFunctionalEmbedding(torch.Tensor):
+    """A weight subclass (as a quantised embedding's) whose own lookup is what F.embedding dispatches to."""
+
+    @classmethod
+    def __torch_function__(cls, func, types, args=(), kwargs=None):
+        if func is F.embedding:
+            with torch._C.DisableTorchFunctionSubclass():
+                return F.embedding(*args, **(kwargs or {})) + 100.0
+        return super().__torch_function__(func, types, args, kwargs)
+
+
+def test_an_embedding_of_a_subclass_weight_is_looked_up_through_f_embedding():
+    # The fast path called torch.embedding, which the subclass's __torch_function__ sees as another function.
+    from seqzoo.models.modeling_utils import call_plainly
+
+    embedding = nn.Embedding(11, 6, padding_idx=3)
+    embedding.weight = nn.Parameter(embedding.weight.detach().as_subclass(HandlesFunctionalEmbedding),
+                                    requires_grad=False)
+    x = torch.tensor([[3, 4, 10]])
+    torch.testing.assert_close(call_plainly(embedding, x).as_subclass(torch.Tensor),
+                               embedding(x).as_subclass(torch.Tensor), rtol=0, atol=0)

@@ -304,3 +304,15 @@ def test_print_recipe_accepts_every_shipped_recipe(capsys):
     for name in list_recipes():
         assert main(["train", name, "--print-recipe"]) == 0, (name, capsys.readouterr().err)
     capsys.readouterr()
+
+
+def test_print_recipe_reads_a_synthetic_tasks_vocabulary_as_train_does(tmp_path, capsys):
+    # train puts the task's vocabulary and special ids (no byte tokenizer's) under model.config before the
+    # recipe's own values; --print-recipe checked the preset's pad_token_id=256 against vocab_size=32 and refused.
+    from seqzoo.cli import main
+
+    path = tmp_path / "task.yaml"
+    path.write_text("model:\n  preset: lstm-tiny\n  config:\n    vocab_size: 32\n"
+                    "data:\n  source: task\n  task: copy\n  distances: [4]\n  symbols: 8\n")
+    assert main(["train", str(path), "--print-recipe"]) == 0, capsys.readouterr().err
+    assert main(["train", str(path), "model.config.vocab_size=-1", "--print-recipe"]) == 2  # still checked
