@@ -238,3 +238,21 @@ def test_a_plugin_state_bytes_that_is_not_what_it_keeps_is_warned_about_once(mix
         assert "state_bytes says" not in caplog.text
     else:
         assert caplog.text.count(f"the 'declared' mixer ({mixer_class.__name__}) {warned}") == 1, caplog.text
+
+
+class AnswersForFourBytesOnly(RunningSum):
+    @classmethod
+    def state_bytes(cls, config, dtype_bytes=4):
+        if dtype_bytes != 4:
+            raise NotImplementedError("float32 only")
+        return config.hidden_size * dtype_bytes
+
+
+def test_a_plugin_state_bytes_is_asked_only_for_the_size_its_state_has():
+    # It was asked for 1, 2, 4 and 8 bytes per value when the model was built: one answering for float32 only
+    # failed to build. Now it is asked for the size of the state it returns, and one that cannot answer is not
+    # compared.
+    model = hybrid("four-bytes", AnswersForFourBytesOnly)
+    with torch.no_grad():
+        model(torch.tensor([[5, 17, 33]]), use_cache=True)
+        model.to(torch.bfloat16)(torch.tensor([[5, 17, 33]]), use_cache=True)

@@ -8,6 +8,7 @@ layer masks them and its positions count real tokens only.
 
 from __future__ import annotations
 
+import functools
 import logging
 from typing import Any
 
@@ -60,12 +61,14 @@ class HybridBlock(Block):
         # expects, attention updates its own K/V layer).
         spec = get_mixer(kind)
         self.mixer_name = kind
+        settings = config.mixer_settings(kind)
         self.keeps_state = (None if spec.cache_kind != RECURRENT or spec in BUILTIN_MIXERS
-                            else spec.mixer_class.state_bytes(config.mixer_settings(kind)) > 0)
-        # What its state_bytes declares per sequence, by bytes per value (read once per size: see check_state).
-        self.declared_state_bytes = ({} if self.keeps_state is None else
-                                     {size: spec.mixer_class.state_bytes(config.mixer_settings(kind), size)
-                                      for size in (1, 2, 4, 8)})
+                            else spec.mixer_class.state_bytes(settings) > 0)
+        # What its state_bytes declares per sequence: asked with the bytes per value of the first state it returns,
+        # once per size (check_state), from the settings it was built with.
+        self.declared_state_bytes: dict[int, int | None] = {}
+        self.declared_state = (None if self.keeps_state is None
+                               else functools.partial(spec.mixer_class.state_bytes, settings))  # (size) -> bytes
 
 
 def check_state(layer: HybridBlock, state: Any, batch: int) -> None:
@@ -89,7 +92,15 @@ def check_state(layer: HybridBlock, state: Any, batch: int) -> None:
             raise ValueError(f"{where} returned state[{name!r}] of shape {tuple(value.shape)} for a batch of "
                              f"{batch}; every state tensor has the batch as its first dimension")
     sizes = {value.element_size() for value in state.values()}
-    declared = layer.declared_state_bytes.get(sizes.pop()) if len(sizes) == 1 else None
+    declared = None
+    if len(sizes) == 1 and layer.declared_state is not None:
+        size = sizes.pop()
+        if size not in layer.declared_state_bytes:
+            try:
+                layer.declared_state_bytes[size] = layer.declared_state(size)
+            except Exception:  # (a plugin's state_bytes that cannot answer for this size: nothing to compare)
+                layer.declared_state_bytes[size] = None
+        declared = layer.declared_state_bytes[size]
     held = sum(value[0].numel() * value.element_size() for value in state.values())
     if declared is not None and held != declared and type(layer.mixer).__name__ not in _WARNED_STATE_BYTES:
         # (what the model card, `seqzoo list` and the lab report come from; the decoding itself is right)
