@@ -210,7 +210,7 @@ def shifted_norm(self, x):
 
 @pytest.mark.parametrize("change", ["subclass weight", "linear subclass", "block subclass", "first block subclass",
                                     "time mix subclass", "channel mix subclass", "norm subclass", "mlp norm subclass",
-                                    "bfloat16",
+                                    "linear with a bias", "bfloat16",
                                     "float64", "grad enabled", "reference backend", "no value residual"])
 def test_the_step_declines_what_it_does_not_compute(change, scripted_calls, python_path):
     model = random_model(num_hidden_layers=2)
@@ -221,6 +221,13 @@ def test_the_step_declines_what_it_does_not_compute(change, scripted_calls, pyth
     elif change == "linear subclass":
         replacement = LinearWithBias(attn.key.in_features, attn.key.out_features, bias=False)
         replacement.weight = attn.key.weight
+        attn.key = replacement
+    elif change == "linear with a bias":
+        # A plain nn.Linear with a bias, put in the key's place: the scripted step adds none (it was not declined).
+        replacement = nn.Linear(attn.key.in_features, attn.key.out_features, bias=True)
+        with torch.no_grad():
+            replacement.weight.copy_(attn.key.weight)
+            replacement.bias.uniform_(-0.5, 0.5)
         attn.key = replacement
     elif change in ("block subclass", "first block subclass"):
         # A subclass's own forward must run: it doubles the block's output.
