@@ -147,14 +147,15 @@ class HybridModel(HybridPreTrainedModel):
         self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size)
         # Rotary positions for the attention-kind layers, one table per head size (config.rotary_head_dims): the
         # built-in attention's is rotary_emb, a plugin attention mixer's of another size one of other_rotary; each
-        # layer is handed the cos/sin of its own size (rotary_dim), None where it takes none.
+        # layer is handed the cos/sin of its own size (rotary_dims), None where it takes none. (None where there is no
+        # other size: the built-in hybrids' module trees stay as they were.)
         head_dims = config.rotary_head_dims()
         self.rotary_emb = None
         if "attention" in head_dims:
             self.rotary_emb = RotaryEmbedding(head_dims["attention"], config.rope_theta)
-        self.other_rotary = nn.ModuleDict({
-            str(dim): RotaryEmbedding(dim, config.rope_theta)
-            for dim in dict.fromkeys(head_dims.values()) if dim != head_dims.get("attention")})
+        others = [dim for dim in dict.fromkeys(head_dims.values()) if dim != head_dims.get("attention")]
+        self.other_rotary = (nn.ModuleDict({str(dim): RotaryEmbedding(dim, config.rope_theta) for dim in others})
+                             if others else None)
         self.dropout = nn.Dropout(config.dropout)
         self.layers = nn.ModuleList(HybridBlock(config, i) for i in range(config.num_hidden_layers))
         self.rotary_dims = [head_dims.get(kind) for kind in config.mixer_types]  # each layer's (None: no rotary)
@@ -193,7 +194,7 @@ class HybridModel(HybridPreTrainedModel):
         rotary = {}  # head size -> (cos, sin)
         if self.rotary_emb is not None:
             rotary[2 * self.rotary_emb.inv_freq.numel()] = self.rotary_emb(inputs.embeds, position_ids)
-        for dim, table in self.other_rotary.items():
+        for dim, table in (self.other_rotary or {}).items():
             rotary[int(dim)] = table(inputs.embeds, position_ids)
 
         hidden_states = self.dropout(inputs.embeds)  # (B, T, D)
