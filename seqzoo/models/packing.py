@@ -191,7 +191,10 @@ def _check_shape(key: str, value: torch.Tensor, batch: int, length: int) -> torc
 
 
 def _starts_from_cu_seq_lens(key: str, cu: Any, batch: int, length: int, device: torch.device) -> torch.Tensor:
-    cu = torch.as_tensor(cu, device=device).reshape(-1).long()
+    cu = torch.as_tensor(cu, device=device).reshape(-1)
+    if cu.dtype.is_floating_point or cu.dtype.is_complex or cu.dtype == torch.bool:
+        raise ValueError(f"{key} must be an integer tensor, got dtype {cu.dtype}")
+    cu = cu.long()
     total = batch * length
     if cu.numel() < 2 or int(cu[0]) != 0 or int(cu[-1]) != total or bool((cu.diff() <= 0).any()):
         raise ValueError(
@@ -218,8 +221,8 @@ def _refuse_packing_with_padding(name, position_ids, attention_mask, batch, leng
     if torch.compiler.is_compiling() or position_ids.dim() != 2 or position_ids.shape[-1] != length or length < 2:
         return  # (one token, a decode step, cannot restart: the check would cost a tenth of a small model's step)
     real = attention_mask[:, -length:].bool()
-    if real.shape[0] != batch:
-        return
+    if real.shape != (batch, length):
+        return  # (a mask of another shape: prepare_inputs names it)
     restart = (torch.diff(position_ids.expand(batch, length), dim=-1) != 1) & real[:, 1:] & real[:, :-1]
     if bool(restart.any()):
         raise ValueError(
