@@ -75,6 +75,25 @@ def test_loss_is_the_cross_entropy_of_the_labels_shifted_in(preset):
     torch.testing.assert_close(model.prepare_decoder_input_ids_from_labels(labels), shifted)
 
 
+def test_decoder_inputs_given_beside_labels_are_used_and_num_items_in_batch_divides_the_summed_loss(preset):
+    """As transformers' seq2seq models: labels are shifted into decoder_input_ids only when none are given; under
+    gradient accumulation (Trainer passes num_items_in_batch) the loss is the summed cross-entropy over that count."""
+    model = tiny_model(preset)
+    ids, mask = padded()
+    labels = torch.randint(3, 99, (3, 5))
+    labels[2, 3:] = -100
+    decoder_input_ids = torch.randint(3, 99, (3, 5))
+    out = model(ids, attention_mask=mask, decoder_input_ids=decoder_input_ids, labels=labels)
+    logits = model(ids, attention_mask=mask, decoder_input_ids=decoder_input_ids).logits
+    torch.testing.assert_close(out.logits, logits)
+    torch.testing.assert_close(out.loss, F.cross_entropy(logits.reshape(-1, 99), labels.reshape(-1)))
+    summed = F.cross_entropy(logits.reshape(-1, 99), labels.reshape(-1), reduction="sum")
+    for count in (7, torch.tensor(7)):
+        loss = model(ids, attention_mask=mask, decoder_input_ids=decoder_input_ids, labels=labels,
+                     num_items_in_batch=count).loss
+        torch.testing.assert_close(loss, summed / 7)
+
+
 def test_left_padded_labels_are_refused_not_shifted_into_pads():
     # DataCollatorForSeq2Seq pads labels on the tokenizer's side, and seqzoo's byte tokenizer pads on the left:
     # shifted, [-100, -100, y1, ...] would feed [start, pad, pad, y1, ...], which generation never sees.
@@ -466,6 +485,11 @@ def test_bad_inputs_are_refused_clearly(preset):
     empty[1] = 0
     with pytest.raises(ValueError, match=r"source row\(s\) \[1\] have no real token"):
         model(ids, attention_mask=empty, decoder_input_ids=target)
+    # The same mask beside encoder_outputs (the encoder is not run, so it cannot refuse): the recurrent decoders
+    # read a context of zeros and the Transformer's attended uniformly to the padding, silently.
+    encoded = model.get_encoder()(input_ids=ids, attention_mask=mask)
+    with pytest.raises(ValueError, match=r"source row\(s\) \[1\] have no real token"):
+        model(attention_mask=empty, encoder_outputs=encoded, decoder_input_ids=target)
     with pytest.raises(ValueError, match="labels contain 99"):
         model(ids, attention_mask=mask, labels=torch.full((3, 4), 99))
     with pytest.raises(ValueError, match="decoder inputs: input_ids contain token id 120"):

@@ -41,7 +41,7 @@ from seqzoo.models.modeling_utils import (
 
 from .configuration_seq2seq import Seq2SeqConfig
 from .outputs import Seq2SeqEncoderOutput
-from .recurrent import RecurrentDecoder, RecurrentEncoder
+from .recurrent import RecurrentDecoder, RecurrentEncoder, check_sources_not_empty
 from .transformer import TransformerDecoder, TransformerEncoder
 
 
@@ -202,14 +202,18 @@ def _as_encoder_output(encoder_outputs: Any) -> Seq2SeqEncoderOutput:
 
 
 def _source_mask(attention_mask: torch.Tensor | None, memory: torch.Tensor) -> torch.Tensor | None:
-    """The source's padding mask (B, S) bool, None when nothing is padded."""
+    """The source's padding mask (B, S) bool, None when nothing is padded; a row with no real token is refused."""
     if attention_mask is None:
         return None
     if attention_mask.shape != memory.shape[:2]:
         raise ValueError(f"attention_mask of shape {tuple(attention_mask.shape)} does not fit the source of shape "
                          f"{tuple(memory.shape[:2])}: pass the source's (batch, source_length) 0/1 mask")
     mask = attention_mask.to(torch.bool)
-    return None if not torch.compiler.is_compiling() and bool(mask.all()) else mask
+    if not torch.compiler.is_compiling() and bool(mask.all()):
+        return None
+    # The encoder refuses an empty source, but is not run when encoder_outputs are passed.
+    check_sources_not_empty(mask)
+    return mask
 
 
 class Seq2SeqForConditionalGeneration(Seq2SeqPreTrainedModel, GenerationMixin):
