@@ -11,14 +11,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from seqzoo.training import tbptt
 from seqzoo.training.checkpoint import SEAL, STATE_FILE, list_checkpoints, state_seal
 from seqzoo.training.data import build_data
 from seqzoo.training.state import CheckpointError, file_record
 from seqzoo.training.tbptt import backward_sequence, chunked_forward
 from seqzoo.training.trainer import build_model, evaluate, train
 from tests.conftest import FAMILIES, tiny_model
-from tests.training.test_trainer import make_recipe
+from tests.training.test_trainer import make_recipe, nan_loss_on_second_call
 
 NO_DROPOUT = {"preset": "lstm-tiny", "config": {"hidden_size": 16, "embedding_size": 16, "dropout": 0.0}}
 
@@ -151,15 +150,7 @@ def test_backward_sequence_sums_loss_and_correct_predictions_of_every_chunk(chun
 def test_skipped_steps_still_advance_the_schedule_and_resume(tmp_path, monkeypatch):
     """A skipped (non-finite) step is a step of the schedule: the next step's learning rate is the scheduled one,
     and a checkpoint written after a skipped step resumes (its scheduler position is the step)."""
-    real = tbptt.token_loss_sum
-    calls = {"n": 0}
-
-    def nan_on_second_step(logits, targets):
-        calls["n"] += 1
-        loss, correct = real(logits, targets)
-        return (loss * float("nan"), correct) if calls["n"] == 2 else (loss, correct)
-
-    monkeypatch.setattr(tbptt, "token_loss_sum", nan_on_second_step)
+    nan_loss_on_second_call(monkeypatch)
     recipe = make_recipe(tmp_path, optim={"lr": 0.01, "warmup_steps": 4},
                          train={"max_steps": 4, "eval_every": 0, "save_every": 2})
     result = train(recipe, progress=False)

@@ -333,10 +333,8 @@ def test_bad_batch_split_and_tbptt_on_a_transformer_are_errors(tmp_path):
         train(make_recipe(tmp_path, model={"preset": "lstm-tiny", "config": {"vocab_size": 5}}), progress=False)
 
 
-def test_gradient_health_flags_and_skips_nonfinite_steps(tmp_path, monkeypatch):
-    assert classify(1e-9, 1e-6, 1e3) == "vanishing" and classify(5e3, 1e-6, 1e3) == "exploding"
-    assert classify(float("nan"), 1e-6, 1e3) == "exploding" and classify(1.0, 1e-6, 1e3) == "ok"
-
+def nan_loss_on_second_call(monkeypatch):
+    """Make the training loss NaN at the second call of ``token_loss_sum`` (the second step, without accumulation)."""
     real = tbptt.token_loss_sum
     calls = {"n": 0}
 
@@ -346,6 +344,13 @@ def test_gradient_health_flags_and_skips_nonfinite_steps(tmp_path, monkeypatch):
         return (loss * float("nan"), correct) if calls["n"] == 2 else (loss, correct)
 
     monkeypatch.setattr(tbptt, "token_loss_sum", nan_on_second_step)
+
+
+def test_gradient_health_flags_and_skips_nonfinite_steps(tmp_path, monkeypatch):
+    assert classify(1e-9, 1e-6, 1e3) == "vanishing" and classify(5e3, 1e-6, 1e3) == "exploding"
+    assert classify(float("nan"), 1e-6, 1e3) == "exploding" and classify(1.0, 1e-6, 1e3) == "ok"
+
+    nan_loss_on_second_call(monkeypatch)
     recipe = make_recipe(tmp_path, train={"max_steps": 3, "eval_every": 0, "vanishing_grad_norm": 1e2,
                                           "exploding_grad_norm": 1e9})
     result = train(recipe, progress=False)
