@@ -87,9 +87,10 @@ def test_convert_folder_from_cli(arch, tmp_path):
 
 
 def test_config_fields_carry_over():
-    source = hf_mamba(time_step_rank=3, expand=3, use_bias=True, residual_in_fp32=False)
+    source = hf_mamba(time_step_rank=3, expand=3, use_bias=True, residual_in_fp32=False, time_step_scale=0.5)
     config = convert_hf_mamba(source).config
     assert (config.time_step_rank, config.expand, config.use_bias, config.residual_in_fp32) == (3, 3, True, False)
+    assert config.time_step_scale == 0.5  # (the dt init's scale: a model trained on from the conversion uses it)
     source2 = hf_mamba2(time_step_limit=(0.01, 0.5))
     config2 = convert_hf_mamba(source2).config
     assert config2.time_step_limit == (0.01, 0.5) and config2.n_groups == 2 and config2.chunk_size == 4

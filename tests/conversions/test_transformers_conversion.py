@@ -27,7 +27,7 @@ from seqzoo.conversions.export import export_native, to_native
 from seqzoo.conversions.gpt2 import convert_gpt2
 from seqzoo.conversions.llama import convert_llama
 from tests.conftest import tiny_model
-from tests.models.test_transformer_reference import IDS, gpt2, llama, randomize
+from tests.models.test_transformer_reference import IDS, gpt2, llama, qwen2, randomize
 
 TOKENIZER_CONFIG = {"model_max_length": 64, "tokenizer_class": "PreTrainedTokenizerFast"}
 
@@ -100,11 +100,14 @@ def test_converted_model_does_not_share_memory_with_the_source():
                                                             num_hidden_layers=1, num_attention_heads=4,
                                                             num_key_value_heads=2, sliding_window=16))),
          r"sliding_window=16.*set sliding_window to null"),
+        # Qwen2 slides only where use_sliding_window is set (from layer max_window_layers on)
+        (lambda: qwen2(use_sliding_window=True, sliding_window=4, max_window_layers=0), r"sliding_window=4"),
         (lambda: llama(hidden_act="gelu_fast"), r"hidden_act='gelu_fast'"),
         (lambda: gpt2(scale_attn_weights=False), r"scale_attn_weights=False"),
         (lambda: gpt2(scale_attn_by_inverse_layer_idx=True), r"scale_attn_by_inverse_layer_idx=True"),
     ],
-    ids=["rope-scaling", "sliding-window", "activation", "unscaled-attention", "layer-scaled-attention"],
+    ids=["rope-scaling", "sliding-window", "qwen2-sliding-window", "activation", "unscaled-attention",
+         "layer-scaled-attention"],
 )
 def test_what_does_not_map_is_refused_naming_the_field(make, message):
     peer = make()
@@ -294,3 +297,15 @@ def test_a_quantized_checkpoint_is_refused_by_its_quantization_config(kind, tmp_
     convert = convert_llama if kind == "llama" else convert_gpt2
     with pytest.raises(ValueError, match=rf"{type(peer).__name__} is quantised .*quant_method 'torchao'"):
         convert(peer)
+
+
+@pytest.mark.parametrize("target", sorted(EXPORTS))
+def test_a_tied_model_exports_to_a_tied_native_model(target):
+    # The native model must share one tensor between head and embedding, as transformers builds a tied model: an
+    # untied copy computes the same logits until the first training step, after which the two drift apart.
+    preset, overrides, native_class = EXPORTS[target]
+    model = randomize(tiny_model(preset, **{**overrides, "tie_word_embeddings": True}), seed=4, scale=0.2)
+    native = to_native(model, target)
+    assert type(native) is native_class and native.config.tie_word_embeddings
+    assert native.get_output_embeddings().weight is native.get_input_embeddings().weight
+    torch.testing.assert_close(logits(native), logits(model), atol=2e-5, rtol=1e-5)

@@ -261,3 +261,16 @@ def test_a_key_map_entry_that_renames_nothing_is_refused(tmp_path, capsys):
     assert seqzoo_main(["convert", "word-lm", str(tmp_path / "model.pt"), str(tmp_path / "out"), "--key-map",
                         "lstm=rnn", "lstm=gru"]) == 2
     assert "--key-map renames 'lstm' twice (lstm=rnn, lstm=gru)" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+def test_an_untied_decoder_of_the_embedding_s_shape_is_kept(cell):
+    # ninp == nhid: the decoder has the embedding's shape but its own weights; it must not be taken for tied.
+    torch.manual_seed(2)
+    ref = WordLM(cell, ninp=32, nhid=32).eval()
+    model = convert_word_lm(ref.state_dict())
+    assert not model.config.tie_word_embeddings
+    with torch.no_grad():
+        expected, _ = ref(IDS.t())
+        actual = model(IDS).logits.log_softmax(-1)
+    torch.testing.assert_close(actual, expected.transpose(0, 1), atol=1e-5, rtol=1e-5)
