@@ -431,11 +431,7 @@ def check_unknown_keywords(config: PreTrainedConfig, kwargs: dict[str, Any]) -> 
                      and key not in TRANSFORMERS_KEYWORDS and key not in _GENERATION_KEYWORDS)
     if not unknown:
         return
-    names = sorted(known - {f.name for f in fields(PreTrainedConfig)} | set(cls.attribute_map))
-    hints = []
-    for key in unknown:
-        close = difflib.get_close_matches(key, names, n=1)
-        hints.append(f"{key!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
+    names, hints = _own_fields_and_hints(cls, unknown)
     if loading_config() or not STRICT:
         # Once per class and set of fields in a process: one command loads a folder's config.json several times (the
         # config, the model, the tokenizer each read it).
@@ -454,17 +450,23 @@ def refuse_unused_keywords(config: PreTrainedConfig, unused: dict[str, Any]) -> 
     """Refuse keywords given beside a config.json that are no field of the config (transformers would drop them);
     a warning in code bundled into a published checkpoint (``STRICT`` False), as :func:`check_unknown_keywords`."""
     cls = type(config)
-    names = sorted({f.name for f in fields(cls)} - {f.name for f in fields(PreTrainedConfig)} | set(cls.attribute_map))
-    hints = []
-    for key in sorted(unused):
-        close = difflib.get_close_matches(key, names, n=1)
-        hints.append(f"{key!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
+    names, hints = _own_fields_and_hints(cls, sorted(unused))
     message = (f"{cls.__name__}.from_pretrained got unknown keyword argument(s) {', '.join(hints)}, which would be "
                f"dropped; its own fields are {', '.join(names)}")
     if not STRICT:
         logger.warning("%s", message)
         return
     raise TypeError(message)
+
+
+def _own_fields_and_hints(cls: type, keys: list[str]) -> tuple[list[str], list[str]]:
+    """The fields ``cls`` adds to transformers' config (and its aliases), and each of ``keys`` with a did-you-mean."""
+    names = sorted({f.name for f in fields(cls)} - {f.name for f in fields(PreTrainedConfig)} | set(cls.attribute_map))
+    hints = []
+    for key in keys:
+        close = difflib.get_close_matches(key, names, n=1)
+        hints.append(f"{key!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
+    return names, hints
 
 
 _CAPABILITIES: dict[tuple, Capabilities] = {}

@@ -250,12 +250,8 @@ def _check_attention_mask(model, attention_mask, batch, length, past_length, val
 
 
 def check_token_ids(input_ids: torch.Tensor, vocab_size: int) -> None:
-    if input_ids.dim() == 2 and 0 < input_ids.numel() <= _FEW_IDS:
-        # A decode step's few ids are read at once: one copy to Python instead of a reduction and two reads of it
-        # (rows of lists: a reshape first costs more than the copy).
-        rows = input_ids.tolist()
-        low, high = min(map(min, rows)), max(map(max, rows))
-    elif 0 < input_ids.numel() <= _FEW_IDS:
+    if 0 < input_ids.numel() <= _FEW_IDS:
+        # A decode step's few ids are read at once: one copy to Python instead of a reduction and two reads of it.
         ids = input_ids.reshape(-1).tolist()
         low, high = min(ids), max(ids)
     else:  # torch has no reductions of uint16/32/64 on CPU

@@ -100,10 +100,18 @@ def check_recipe(recipe: Recipe) -> None:
     overrides.update(recipe.model.config)
     config = seqzoo.get_config(recipe.model.preset, **overrides)
     check_tbptt_config(config, recipe.train.tbptt_chunk, f"preset {recipe.model.preset!r}")
-    t = recipe.train
-    if t.batch_size % t.gradient_accumulation_steps:
-        raise ValueError(f"train.batch_size={t.batch_size} (global) must be divisible by num_processes x "
-                         f"gradient_accumulation_steps ({t.gradient_accumulation_steps})")
+    check_batch_split(recipe.train, None)
+
+
+def check_batch_split(t: Any, world: int | None) -> int:
+    """Refuse a global ``train.batch_size`` that ``world`` processes (None: not known yet, before a launch) times
+    ``gradient_accumulation_steps`` do not divide; return the micro-batch of one process."""
+    per_micro = (world or 1) * t.gradient_accumulation_steps
+    if t.batch_size % per_micro:
+        processes = "num_processes" if world is None else f"num_processes ({world})"
+        raise ValueError(f"train.batch_size={t.batch_size} (global) must be divisible by {processes} x "
+                         f"gradient_accumulation_steps ({t.gradient_accumulation_steps}) = {per_micro}")
+    return t.batch_size // per_micro
 
 
 def build_model(recipe: Recipe, data: Any) -> Any:
@@ -268,13 +276,7 @@ def train(recipe: Recipe, *, resume: str | Path | bool | None = None, dataset: A
     _forget_an_earlier_runs_precision(t.mixed_precision)
     accelerator = Accelerator(mixed_precision=t.mixed_precision, cpu=_launched_on_cpu_only())
     world = accelerator.num_processes
-    per_micro = world * t.gradient_accumulation_steps
-    if t.batch_size % per_micro:
-        raise ValueError(
-            f"train.batch_size={t.batch_size} (global) must be divisible by num_processes ({world}) x "
-            f"gradient_accumulation_steps ({t.gradient_accumulation_steps}) = {per_micro}"
-        )
-    micro_batch = t.batch_size // per_micro
+    micro_batch = check_batch_split(t, world)
     run_dir = Path(recipe.output_dir)
     occupied = run_dir.is_dir() and any(run_dir.iterdir())
     if run_dir.exists() and not run_dir.is_dir():
