@@ -12,6 +12,7 @@ into ``decoder_input_ids`` (``decoder_start_token_id`` first, -100 as padding) a
 from __future__ import annotations
 
 import inspect
+import logging
 from typing import Any
 
 import torch
@@ -41,8 +42,11 @@ from seqzoo.models.modeling_utils import (
 
 from .configuration_seq2seq import Seq2SeqConfig
 from .outputs import Seq2SeqEncoderOutput
-from .recurrent import RecurrentDecoder, RecurrentEncoder, check_sources_not_empty
+from .recurrent import CheckpointedStack, RecurrentDecoder, RecurrentEncoder, check_sources_not_empty
 from .transformer import TransformerDecoder, TransformerEncoder
+
+logger = logging.getLogger("seqzoo")
+_WARNED_CHECKPOINT_CACHE: set[str] = set()  # the classes use_cache=True under checkpointing was warned about
 
 
 class Seq2SeqPreTrainedModel(SeqzooPreTrainedModel):
@@ -50,7 +54,16 @@ class Seq2SeqPreTrainedModel(SeqzooPreTrainedModel):
     main_input_name = "input_ids"
     _no_split_modules = ["EncoderLayer", "DecoderLayer", "RNNMixer", "LSTMMixer", "GRUMixer"]  # see post_init
     _supports_sdpa = True
+    supports_gradient_checkpointing = True
     extra_forward_kwargs = ()  # an encoder-decoder takes no packed rows
+
+    def _set_gradient_checkpointing(self, enable: bool = True, *args: Any, **kwargs: Any) -> None:
+        # transformers switches its flag on every module that has one (the encoder and decoder stacks here, which
+        # checkpoint their layers themselves) and applies every_n_layers to GradientCheckpointingLayer blocks only.
+        super()._set_gradient_checkpointing(enable, *args, **kwargs)
+        for module in self.modules():
+            if isinstance(module, CheckpointedStack):
+                module.checkpoint_every_n_layers = kwargs.get("every_n_layers", 1)
 
     def post_init(self) -> None:
         # FSDP's wrap units (TRANSFORMER_BASED_WRAP) are the classes this config builds: accelerate refuses a model
@@ -98,6 +111,7 @@ class Seq2SeqModel(Seq2SeqPreTrainedModel):
         else:
             self.encoder = RecurrentEncoder(config, embed_tokens)
             self.decoder = RecurrentDecoder(config)
+        self.decoder.share_embedding(self.encoder)
         self.post_init()
 
     @property
@@ -113,6 +127,9 @@ class Seq2SeqModel(Seq2SeqPreTrainedModel):
 
     def get_encoder(self, modality: str | None = None) -> nn.Module:
         return self.encoder
+
+    def get_decoder(self) -> nn.Module:
+        return self.decoder
 
     def forward(
         self,
@@ -140,6 +157,18 @@ class Seq2SeqModel(Seq2SeqPreTrainedModel):
         check_kwargs(kwargs, forward_parameters(self), f"{type(self).__name__}.forward")
         use_cache, output_hidden_states = resolve_output_flags(self, use_cache, output_hidden_states)
         output_attentions = bool(output_attentions)
+        if self.decoder.gradient_checkpointing and self.training and torch.is_grad_enabled():
+            # A checkpointed layer runs again in the backward pass: it would add its keys to a cache twice.
+            if cache is not None:
+                raise ValueError(f"{type(self).__name__}: a cache cannot be continued with activation checkpointing "
+                                 "on while training; call model.eval() or torch.no_grad() to decode, or "
+                                 "activation_checkpointing_disable()")
+            if use_cache:
+                if type(self).__name__ not in _WARNED_CHECKPOINT_CACHE:
+                    _WARNED_CHECKPOINT_CACHE.add(type(self).__name__)
+                    logger.warning("use_cache=True is incompatible with activation checkpointing while training: "
+                                   "%s runs without a cache (use_cache=False)", type(self).__name__)
+                use_cache = False
         if encoder_outputs is None:
             encoder_outputs = self.encoder(input_ids=input_ids, attention_mask=attention_mask,
                                            inputs_embeds=inputs_embeds, output_attentions=output_attentions,
@@ -231,6 +260,9 @@ class Seq2SeqForConditionalGeneration(Seq2SeqPreTrainedModel, GenerationMixin):
 
     def get_encoder(self, modality: str | None = None) -> nn.Module:
         return self.model.encoder
+
+    def get_decoder(self) -> nn.Module:
+        return self.model.decoder
 
     def get_input_embeddings(self) -> nn.Module:
         return self.model.get_input_embeddings()

@@ -46,7 +46,51 @@ def check_sources_not_empty(mask: torch.Tensor | None) -> None:
                          "cannot attend to, or start from, an empty source")
 
 
-class RecurrentEncoder(nn.Module):
+class CheckpointedStack(nn.Module):
+    """A stack of layers whose calls go through the model's activation checkpointing
+    (``gradient_checkpointing_enable()``, which sets these attributes) when it is on, the module trains and
+    gradients are being taken."""
+
+    gradient_checkpointing = False
+    checkpoint_every_n_layers = 1
+
+    def run_layer(self, idx: int, function: Any, *args: Any) -> Any:
+        """``function(*args)`` for layer ``idx``. Whatever should get a gradient is passed positionally: torch's
+        reentrant checkpoint carries gradients through its positional tensors only."""
+        if (self.gradient_checkpointing and self.training and torch.is_grad_enabled()
+                and idx % self.checkpoint_every_n_layers == 0):
+            return self._gradient_checkpointing_func(function, *args)
+        return function(*args)
+
+    def run_recurrent(self, idx: int, layer: nn.Module, x: torch.Tensor, state: dict | None,
+                      mask: torch.Tensor | None, names: tuple[str, ...]) -> tuple[torch.Tensor, dict]:
+        """``layer(x, state=state, mask=mask)``, its states passed and returned as positional tensors (the bridge's
+        start states get their gradient under a reentrant checkpoint too)."""
+        given = names if state is not None else ()
+
+        def run(x: torch.Tensor, *values: torch.Tensor) -> tuple[torch.Tensor, ...]:
+            output, new = layer(x, state=dict(zip(given, values)) if given else None, mask=mask)
+            return (output, *(new[name] for name in names))
+
+        output, *values = self.run_layer(idx, run, x, *(state[name] for name in given))
+        return output, dict(zip(names, values))
+
+
+class DecoderStack(CheckpointedStack):
+    """A decoder embeds its inputs with the encoder's table (one table, owned by the encoder): its
+    ``get_input_embeddings`` / ``set_input_embeddings`` reach that table, as T5's decoder stack does."""
+
+    def share_embedding(self, encoder: nn.Module) -> None:
+        object.__setattr__(self, "_encoder", encoder)  # not a submodule: the encoder is the model's
+
+    def get_input_embeddings(self) -> nn.Module:
+        return self._encoder.embed_tokens
+
+    def set_input_embeddings(self, value: nn.Module) -> None:
+        self._encoder.embed_tokens = value
+
+
+class RecurrentEncoder(CheckpointedStack):
     """Embedding -> dropout -> [recurrent layer (and its backward twin) -> dropout] x N.
 
     The bidirectional encoder is built here, not in the mixers: the backward layer is the same mixer class run
@@ -81,11 +125,12 @@ class RecurrentEncoder(nn.Module):
         finals = []
         names = STATE_NAMES[self.config.encoder_type]  # not layer.state_names: peft's LoRA wraps the layer
         for idx, layer in enumerate(self.layers):
-            output, state = layer(hidden_states, mask=mask)  # (B, S, H)
+            output, state = self.run_recurrent(idx, layer, hidden_states, None, mask, names)  # (B, S, H)
             parts = [state[name] for name in names]
             if self.backward_layers is not None:
                 reversed_mask = None if mask is None else mask.flip(1)
-                backward, backward_state = self.backward_layers[idx](hidden_states.flip(1), mask=reversed_mask)
+                backward, backward_state = self.run_recurrent(idx, self.backward_layers[idx],
+                                                              hidden_states.flip(1), None, reversed_mask, names)
                 output = torch.cat([output, backward.flip(1)], dim=-1)  # (B, S, 2H)
                 parts += [backward_state[name] for name in names]
             finals.append(torch.cat(parts, dim=-1))
@@ -127,7 +172,7 @@ class Bridge(nn.Module):
         return states
 
 
-class RecurrentDecoder(nn.Module):
+class RecurrentDecoder(DecoderStack):
     """The decoder's recurrent layers, its attention over the source and Luong's output layer ``W_c``."""
 
     def __init__(self, config: Seq2SeqConfig) -> None:
@@ -163,8 +208,9 @@ class RecurrentDecoder(nn.Module):
                 outputs: list[list[torch.Tensor]] | None) -> tuple[torch.Tensor, list[dict]]:
         """x (B, T, I) through every layer, dropout between them; ``outputs`` collects each layer's output."""
         new_states = []
+        names = STATE_NAMES[self.config.decoder_type]
         for idx, layer in enumerate(self.layers):
-            x, state = layer(self.dropout(x) if idx else x, state=states[idx], mask=mask)
+            x, state = self.run_recurrent(idx, layer, self.dropout(x) if idx else x, states[idx], mask, names)
             new_states.append(state)
             if outputs is not None:
                 outputs[idx].append(x)
@@ -229,4 +275,5 @@ class RecurrentDecoder(nn.Module):
         return torch.cat(outputs, dim=1), states, attention_state, torch.cat(all_weights, dim=1)
 
 
-__all__ = ["Bridge", "RecurrentDecoder", "RecurrentEncoder", "check_sources_not_empty", "recurrent_layer"]
+__all__ = ["Bridge", "CheckpointedStack", "DecoderStack", "RecurrentDecoder", "RecurrentEncoder", "check_sources_not_empty",
+           "recurrent_layer"]

@@ -25,7 +25,7 @@ from seqzoo.models.modeling_utils import ForwardInputs, position_ids_from_mask, 
 
 from .configuration_seq2seq import Seq2SeqConfig
 from .outputs import DecoderOutput, Seq2SeqEncoderOutput
-from .recurrent import check_sources_not_empty
+from .recurrent import CheckpointedStack, DecoderStack, check_sources_not_empty
 
 
 def additive_mask(allowed: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
@@ -91,7 +91,7 @@ class DecoderLayer(nn.Module):
         return self.mlp.residual(x, self.mlp.sublayer(x)), self_weights, cross_weights
 
 
-class _Embedding(nn.Module):
+class _Embedding(CheckpointedStack):
     """Token embedding * sqrt(d) + sinusoidal position, then dropout."""
 
     def __init__(self, config: Seq2SeqConfig) -> None:
@@ -132,8 +132,8 @@ class TransformerEncoder(_Embedding):
         keys_allowed = None if mask is None else additive_mask(mask[:, None, None, :], hidden_states.dtype)
         all_hidden_states = (hidden_states,) if output_hidden_states else None
         all_attentions = () if output_attentions else None
-        for layer in self.layers:
-            hidden_states, weights = layer(hidden_states, keys_allowed, bool(output_attentions))
+        for idx, layer in enumerate(self.layers):
+            hidden_states, weights = self.run_layer(idx, layer, hidden_states, keys_allowed, bool(output_attentions))
             if output_hidden_states:
                 all_hidden_states += (hidden_states,)
             if output_attentions:
@@ -142,7 +142,7 @@ class TransformerEncoder(_Embedding):
                                     attentions=all_attentions)
 
 
-class TransformerDecoder(_Embedding):
+class TransformerDecoder(_Embedding, DecoderStack):
     def __init__(self, config: Seq2SeqConfig) -> None:
         super().__init__(config)
         self.layers = nn.ModuleList(DecoderLayer(config) for _ in range(config.num_decoder_layers))
@@ -184,8 +184,9 @@ class TransformerDecoder(_Embedding):
         self_attentions, cross_attentions = ((), ()) if output_attentions else (None, None)
         for idx, layer in enumerate(self.layers):
             self_entry, cross_entry = (entries[idx], entries[count + idx]) if entries is not None else (None, None)
-            hidden_states, self_weights, cross_weights = layer(hidden_states, memory, self_entry, cross_entry,
-                                                               self_mask, cross_mask, output_attentions)
+            # (with activation checkpointing on, the model runs without a cache: a replayed layer would grow it twice)
+            hidden_states, self_weights, cross_weights = self.run_layer(
+                idx, layer, hidden_states, memory, self_entry, cross_entry, self_mask, cross_mask, output_attentions)
             if output_hidden_states:
                 all_hidden_states += (hidden_states,)
             if output_attentions:
