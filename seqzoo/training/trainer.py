@@ -434,7 +434,7 @@ def _run(recipe: Recipe, accelerator: Any, model: Any, optimizer: Any, scheduler
         (run_dir / "recipe.yaml").write_text(recipe.to_yaml())
         history = _read_history(metrics_path, up_to=step)  # a killed run may have logged steps past its checkpoint
         # Whole or not at all: truncating it in place, a run killed here would lose the history it resumes with.
-        write_atomically(metrics_path, "".join(json.dumps(row) + "\n" for row in history))
+        write_atomically(metrics_path, "".join(_json_line(row) for row in history))
 
     chunk = t.tbptt_chunk
     eval_chunk = chunk if supports_tbptt(model) else 0
@@ -578,7 +578,24 @@ def _record(row: dict[str, Any], history: list[dict[str, Any]], path: Path, acce
     history.append(row)
     if accelerator.is_main_process:
         with path.open("a") as handle:
-            handle.write(json.dumps(row) + "\n")
+            handle.write(_json_line(row))
+
+
+def _json_line(row: dict[str, Any]) -> str:
+    """One metrics.jsonl line, strict JSON: a non-finite figure (a skipped step's NaN loss) is written as null,
+    which jq, JavaScript and pandas read, where Python's default ``NaN`` is not JSON."""
+    def strict(value: Any) -> Any:
+        if isinstance(value, float) and not math.isfinite(value):
+            return None
+        return {key: strict(item) for key, item in value.items()} if isinstance(value, dict) else value
+    return json.dumps(strict(row), allow_nan=False) + "\n"
+
+
+def _as_figures(value: Any) -> Any:
+    """A row read back from metrics.jsonl: null figures (written for NaN / inf) become NaN again."""
+    if value is None:
+        return math.nan
+    return {key: _as_figures(item) for key, item in value.items()} if isinstance(value, dict) else value
 
 
 def _has_accelerator() -> bool:
@@ -610,7 +627,7 @@ def _read_history(path: Path, up_to: int) -> list[dict[str, Any]]:
         if not isinstance(row, dict) or not isinstance(row.get("step"), int):
             raise ValueError(f"{str(path)!r} line {number} is not a logged row with a step; repair or delete the "
                              "line to resume")
-        rows.append(row)
+        rows.append(_as_figures(row))
     return [row for row in rows if row["step"] <= up_to]
 
 

@@ -361,6 +361,33 @@ def test_gradient_health_flags_and_skips_nonfinite_steps(tmp_path, monkeypatch):
     assert all(torch.isfinite(p).all() for p in result.model.parameters())
 
 
+def test_a_skipped_step_is_logged_as_strict_json_and_read_back_as_nan(tmp_path, monkeypatch):
+    # Python writes NaN as the bare word NaN by default, which is no JSON: jq, JavaScript and pandas' strict readers
+    # refuse the file. A non-finite figure is written null and read back as NaN when a run resumes.
+    nan_loss_on_second_call(monkeypatch)
+    steps = {"max_steps": 4, "save_every": 2, "eval_every": 0}
+    train(make_recipe(tmp_path, "a", train=steps), progress=False)
+    metrics = tmp_path / "a" / "metrics.jsonl"
+
+    def refuse(word):
+        raise ValueError(f"not JSON: {word}")
+
+    def step_rows():
+        return [row for row in map(lambda line: json.loads(line, parse_constant=refuse),
+                                   metrics.read_text().splitlines()) if "eval" not in row]
+
+    rows = step_rows()
+    assert [row["loss"] is None for row in rows] == [False, True, False, False]
+    assert rows[1]["skipped"] is True and rows[1]["grad_norm"] is None
+    checkpoint = tmp_path / "a" / "checkpoints" / "checkpoint-2"  # just after the skipped step
+    resumed = train(make_recipe(tmp_path, "a", train=steps), resume=str(checkpoint), progress=False)
+    history = [row for row in resumed.history if "eval" not in row]
+    assert resumed.steps == 4 and [row["step"] for row in history] == [1, 2, 3, 4]
+    assert math.isnan(history[1]["loss"]) and math.isnan(history[1]["grad_norm"])
+    assert all(math.isfinite(row["loss"]) for i, row in enumerate(history) if i != 1)
+    assert [row["loss"] is None for row in step_rows()] == [False, True, False, False]  # rewritten too
+
+
 def test_schedule_warms_up_then_decays_to_the_floor():
     recipe = recipe_from_dict({"optim": {"warmup_steps": 4, "min_lr_ratio": 0.1}, "train": {"max_steps": 20}})
     factors = [lr_factor(s, recipe) for s in range(20)]
