@@ -191,8 +191,8 @@ def _provenance(results: dict[str, Any]) -> str:
         f"{env['threads_per_worker']} thread each" + (f"; load average {load[0]:.1f} when the lab started "
                                                      f"(other work on the machine slows every timing)" if load else ""),
         f"- Seeds: {', '.join(map(str, cfg['seeds']))} (memory tasks); {cfg['seeds'][0]} (text, decode, gradients)",
-        f"- {len(results['runs'])} training runs; wall time {minutes} min {secs:02d} s for the training and the "
-        f"measurements, before the plots and this report ({env['started']} → {env.get('finished', '?')})",
+        f"- {len(results['runs'])} training runs; wall time {minutes} min {secs:02d} s for the training, the "
+        f"measurements and the plots ({env['started']} → {env.get('finished', '?')})",
     ]
     return "\n".join(lines)
 
@@ -204,24 +204,40 @@ def _rates_source(cfg: dict[str, Any]) -> str:
     return rates_source()
 
 
-def write_report(results: dict[str, Any], out: Path) -> None:
+def _gradient_profiles(results: dict[str, Any]) -> dict[str, dict[str, list[float]]]:
+    profiles = {"at initialisation": {a: m["gradients_init"] for a, m in results["measurements"].items()},
+                "after training on text": {a: m["gradients_trained"] for a, m in results["measurements"].items()
+                                           if "gradients_trained" in m}}
+    return {label: per_arch for label, per_arch in profiles.items() if per_arch}
+
+
+def draw_plots(results: dict[str, Any], out: Path) -> None:
+    """The report's PNG figures into ``out`` (none without matplotlib; the report then says so)."""
+    if not plots.matplotlib_available():
+        return
+    accuracy = accuracy_by_task(results)
+    runs = text_runs(results)
+    plots.memory_plot(accuracy, {t: chance_level(t, results["config"]["symbols"]) for t in accuracy},
+                      out / MEMORY_PNG)
+    if runs:
+        plots.text_plot({arch: run["validation"] for arch, run in runs.items()}, out / TEXT_PNG)
+    plots.cost_plot({a: m["decode"] for a, m in results["measurements"].items()}, out / COST_PNG)
+    plots.gradient_plot(_gradient_profiles(results), out / GRADIENTS_PNG)
+
+
+def write_report(results: dict[str, Any], out: Path, draw: bool = True) -> None:
+    """``report.md`` into ``out``, with the plots (``draw`` False: drawn already, by :func:`draw_plots`, so that the
+    wall time the report gives can count them)."""
     cfg = results["config"]
     # (the runner evaluates a text run every steps // text_evaluations steps, then once more at its end)
     text_steps = next((run["steps"] for run in results["runs"] if run["task"] == TEXT), cfg["text_evaluations"])
     text_eval_every = max(1, text_steps // cfg["text_evaluations"])
     accuracy = accuracy_by_task(results)
     runs = text_runs(results)
-    profiles = {"at initialisation": {a: m["gradients_init"] for a, m in results["measurements"].items()},
-                "after training on text": {a: m["gradients_trained"] for a, m in results["measurements"].items()
-                                           if "gradients_trained" in m}}
-    profiles = {label: per_arch for label, per_arch in profiles.items() if per_arch}
+    profiles = _gradient_profiles(results)
     has_plots = plots.matplotlib_available()
-    if has_plots:
-        plots.memory_plot(accuracy, {t: chance_level(t, cfg["symbols"]) for t in accuracy}, out / MEMORY_PNG)
-        if runs:
-            plots.text_plot({arch: run["validation"] for arch, run in runs.items()}, out / TEXT_PNG)
-        plots.cost_plot({a: m["decode"] for a, m in results["measurements"].items()}, out / COST_PNG)
-        plots.gradient_plot(profiles, out / GRADIENTS_PNG)
+    if draw:
+        draw_plots(results, out)
 
     def figure(name: str, alt: str) -> str:
         return f"![{alt}]({name})\n\n" if has_plots and (out / name).exists() else ""

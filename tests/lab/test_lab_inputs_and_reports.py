@@ -96,6 +96,36 @@ def test_a_report_trained_at_one_lr_says_so_not_that_the_recipes_chose_it(tmp_pa
     assert json.loads((tmp_path / "lab" / "results.json").read_text())["config"]["lr"] == 1e-2
 
 
+@pytest.mark.newest_release_only  # (a training run)
+def test_the_reports_wall_time_counts_the_plots_and_agrees_with_results_json(tmp_path, monkeypatch):
+    """The report's wall time was taken before the plots were drawn (and said so), while results.json's total,
+    taken after, counted them: the two disagreed, and the report left drawing out."""
+    import re
+    import time
+
+    from seqzoo.lab import plots
+
+    drawn = []
+
+    def slow_plot(*args, **kwargs):  # (a stand-in for matplotlib: the time a figure takes, and no file)
+        drawn.append(args[-1])
+        time.sleep(0.6)
+
+    monkeypatch.setattr(plots, "matplotlib_available", lambda: True)
+    for name in ("memory_plot", "text_plot", "cost_plot", "gradient_plot"):
+        monkeypatch.setattr(plots, name, slow_plot)
+    cfg = LabConfig.smoke(architectures=["rnn"], tasks=["copy"], seeds=[0], distances=[2], workers=1)
+    results = run_lab(cfg, tmp_path / "lab", log=lambda line: None)
+    assert len(drawn) == 4  # (once each)
+    seconds = json.loads((tmp_path / "lab" / "results.json").read_text())["seconds"]
+    assert seconds == results["seconds"] and seconds["total"] >= seconds["training"] + 4 * 0.6
+    report = (tmp_path / "lab" / "report.md").read_text()
+    minutes, secs = map(int, re.search(r"wall time (\d+) min (\d+) s for the training", report).groups())
+    assert 60 * minutes + secs == round(seconds["total"])
+    assert "wall time {} min {:02d} s for the training, the measurements and the plots (".format(
+        *divmod(round(seconds["total"]), 60)) in report
+
+
 def test_the_cost_takeaways_name_each_state_once_and_give_the_growth_as_measured():
     from seqzoo.lab.findings import _cost_takeaways
 

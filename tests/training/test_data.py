@@ -216,6 +216,11 @@ def test_a_byte_order_mark_is_no_part_of_a_data_file(tmp_path):
     text = tmp_path / "text.txt"
     text.write_bytes(b"\xef\xbb\xbfhello")
     assert read_text_file(text) == "hello"
+    # Only a leading mark is dropped (as Python's utf-8-sig does): one further on, where files were joined, is text.
+    text.write_bytes(b"\xef\xbb\xbfab\xef\xbb\xbfcd")
+    assert read_text_file(text) == "ab\ufeffcd"
+    text.write_bytes(b"ab\xef\xbb\xbfcd")
+    assert read_text_file(text) == "ab\ufeffcd"
     pairs = tmp_path / "pairs.jsonl"
     pairs.write_bytes(b'\xef\xbb\xbf{"source": "a", "target": "b"}\n')
     assert read_jsonl(pairs) == [("a", "b")]
