@@ -96,8 +96,11 @@ def config_from_mamba_ssm(ssm_config: dict[str, Any], vocab_size: int) -> Any:
         elif name == "d_ssm":
             inner = ssm_cfg.get("expand", 2) * d_model
             if value is not None and value != inner:
-                raise ValueError(f"mamba_ssm config sets ssm_cfg.d_ssm={value!r}, less than the inner width {inner}: "
-                                 f"the rest is a gated MLP that seqzoo's Mamba-2 does not have")
+                smaller = isinstance(value, int) and not isinstance(value, bool) and 0 < value < inner
+                raise ValueError(f"mamba_ssm config sets ssm_cfg.d_ssm={value!r}, " + (
+                    f"less than the inner width {inner}: the rest is a gated MLP that seqzoo's Mamba-2 does not have"
+                    if smaller else f"not a width up to the inner width {inner} (expand * d_model); seqzoo converts "
+                                    f"d_ssm null or {inner}"))
         elif name == "D_has_hdim":
             if value:
                 raise ValueError("mamba_ssm config sets ssm_cfg.D_has_hdim=true (one skip weight per channel); "

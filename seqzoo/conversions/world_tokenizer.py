@@ -53,6 +53,11 @@ def read_rwkv_vocab(path: str | Path) -> dict[int, bytes]:
             data = value.encode("utf-8") if isinstance(value, str) else value
             if not isinstance(data, bytes) or len(data) != int(length):
                 raise ValueError(f"byte length {len(data) if isinstance(data, bytes) else '?'} != {length}")
+            # A repeated id would drop a token silently, an id 0 take the end-of-text id (ids run from 1)
+            if int(token_id) in tokens:
+                raise ValueError(f"id {token_id} is on an earlier line too")
+            if int(token_id) < 1:
+                raise ValueError(f"id {token_id} is not a token id (ids start at 1; 0 is the end of text)")
             tokens[int(token_id)] = data
         except (ValueError, SyntaxError) as err:
             raise ValueError(f"{path}:{number} is not a World vocabulary line ('<id> <literal> <length>'): {err}") \
@@ -64,9 +69,13 @@ def world_tokenizer(vocab_path: str | Path | None = None, **kwargs: Any) -> RWKV
     """The World tokenizer over ``vocab_path`` (default: the installed rwkv package's file). Saving it writes
     ``rwkv_world_vocab.json``, its code and ``auto_map``, so the folder loads without seqzoo."""
     tokens = read_rwkv_vocab(vocab_path or rwkv_vocab_path())
-    vocab = {END_OF_TEXT: 0, **{bytes_to_symbols(data): token_id for token_id, data in sorted(tokens.items())}}
-    if len(vocab) != len(tokens) + 1:
-        raise ValueError("the World vocabulary holds the same byte string twice")
+    vocab = {END_OF_TEXT: 0}
+    for token_id, data in sorted(tokens.items()):
+        symbols = bytes_to_symbols(data)
+        if symbols in vocab:
+            raise ValueError(f"the World vocabulary holds the byte string {data!r} twice (ids {vocab[symbols]} and "
+                             f"{token_id})")
+        vocab[symbols] = token_id
     with tempfile.TemporaryDirectory() as folder:
         vocab_file = Path(folder) / VOCAB_FILE
         vocab_file.write_text(json.dumps(vocab, ensure_ascii=False), encoding="utf-8")

@@ -73,9 +73,12 @@ def mamba2_pair():
 def test_mamba_ssm_folder_matches_transformers(make, tmp_path):
     peer, config = make()
     folder = mamba_ssm_folder(tmp_path / "src", peer.eval(), config)
+    # mamba_ssm checkpoints carry no tokenizer; a folder that has one beside them passes it on
+    (folder / "tokenizer.json").write_text('{"version": "1.0", "model": {"type": "BPE"}}')
     assert seqzoo_main(["convert", "mamba-ssm", str(folder), str(tmp_path / "out")]) == 0
     from transformers import AutoModelForCausalLM
 
+    assert (tmp_path / "out" / "tokenizer.json").read_text() == (folder / "tokenizer.json").read_text()
     model = AutoModelForCausalLM.from_pretrained(tmp_path / "out").eval()
     assert model.config.vocab_size == 104 and model.config.tie_word_embeddings == config["tie_embeddings"]
     torch.testing.assert_close(logits(model), logits(peer), atol=1e-4, rtol=1e-4)
@@ -146,11 +149,70 @@ def test_mamba2_refusals():
     peer, config = mamba2_pair()
     state = {k.replace("embeddings", "embedding"): v for k, v in peer.state_dict().items()}
     for key, value, message in (("D_has_hdim", True, "one skip weight per channel"),
-                                ("d_ssm", 32, "less than the inner width 64")):
+                                ("d_ssm", 32, "less than the inner width 64"),
+                                # it said "less than" for these too
+                                ("d_ssm", 128, r"d_ssm=128, not a width up to the inner width 64 \(expand \* "
+                                               r"d_model\); seqzoo converts d_ssm null or 64"),
+                                ("d_ssm", "64", r"d_ssm='64', not a width up to")):
         bad = json.loads(json.dumps(config))
         bad["ssm_cfg"][key] = value
         with pytest.raises(ValueError, match=message):
             convert_mamba_ssm(state, config=bad)
+
+
+# mamba_ssm's own defaults, as its code writes them (mamba_ssm/modules/mamba_simple.py, mamba2.py,
+# models/config_mamba.py), spelled out here in transformers' terms: the sizes a config.json that leaves a setting
+# out must get.
+MAMBA1_DEFAULTS = {"state_size": 16, "conv_kernel": 4, "expand": 2}  # dt_rank "auto" = ceil(d_model / 16)
+MAMBA2_DEFAULTS = {"state_size": 128, "conv_kernel": 4, "expand": 2, "head_dim": 64, "n_groups": 1,
+                   "chunk_size": 256}
+
+
+@pytest.mark.parametrize(
+    "ssm_cfg, peer_config",
+    [
+        ({}, MambaConfig(vocab_size=64, hidden_size=48, num_hidden_layers=2, time_step_rank=3, **MAMBA1_DEFAULTS)),
+        ({"layer": "Mamba2"},
+         Mamba2Config(vocab_size=64, hidden_size=32, num_hidden_layers=2, num_heads=1, **MAMBA2_DEFAULTS)),
+        # d_ssm equal to the inner width (mamba_ssm's default when it is null) is no gated MLP: it converts
+        ({"layer": "Mamba2", "expand": 4, "headdim": 32, "d_ssm": 128},
+         Mamba2Config(vocab_size=64, hidden_size=32, num_hidden_layers=2, num_heads=4,
+                      **{**MAMBA2_DEFAULTS, "expand": 4, "head_dim": 32})),
+    ],
+    ids=["mamba1", "mamba2", "mamba2-d_ssm"],
+)
+def test_a_config_json_that_leaves_settings_out_gets_mamba_ssms_defaults(ssm_cfg, peer_config, tmp_path):
+    """state-spaces/mamba-130m's config.json has "ssm_cfg": {} and no tie_embeddings (mamba_ssm's MambaConfig
+    defaults it to true): the tied head is then absent from a safetensors copy of the weights, which stores a
+    shared tensor once."""
+    from safetensors.torch import save_file
+
+    peer_config.tie_word_embeddings = True
+    peer = randomize((MambaForCausalLM if ssm_cfg == {} else Mamba2ForCausalLM)(peer_config), seed=8, scale=0.2)
+    with torch.no_grad():
+        for layer in peer.backbone.layers:
+            if ssm_cfg:  # Mamba-2: decays and time steps in their trained ranges
+                layer.mixer.A_log.uniform_(-1, 1)
+                layer.mixer.dt_bias.uniform_(-3, -1)
+    state = {k.replace("backbone.embeddings.", "backbone.embedding."): v.contiguous()
+             for k, v in peer.state_dict().items() if k != "lm_head.weight"}
+    (tmp_path / "src").mkdir()
+    save_file(state, tmp_path / "src" / "model.safetensors")
+    config = {"d_model": peer_config.hidden_size, "n_layer": 2, "vocab_size": 60, "ssm_cfg": ssm_cfg,
+              "rms_norm": True, "fused_add_norm": True, "pad_vocab_size_multiple": 8}
+    (tmp_path / "src" / "config.json").write_text(json.dumps(config))
+    model = convert_mamba_ssm(tmp_path / "src").eval()
+    assert model.config.tie_word_embeddings is True and model.config.residual_in_fp32 is True
+    torch.testing.assert_close(logits(model), logits(peer), atol=1e-4, rtol=1e-4)
+
+
+def test_mamba_ssm_keeps_the_checkpoints_dtype():
+    peer, config = mamba1_pair()
+    state = {k.replace("embeddings", "embedding"): v.to(torch.bfloat16) for k, v in peer.state_dict().items()}
+    model = convert_mamba_ssm(state, config=config)
+    assert model.dtype == torch.bfloat16
+    assert torch.equal(model.get_input_embeddings().weight, state["backbone.embedding.weight"])
+    assert convert_mamba_ssm(state, config=config, dtype=torch.float32).dtype == torch.float32
 
 
 # ---- flash-linear-attention RWKV-7 ----------------------------------------------------------------------------
@@ -232,11 +294,63 @@ def test_fla_folder_and_first_layout(pth, tmp_path):
          r"not part of fla's RWKV7ForCausalLM: model.layers.1.attn.extra.weight"),
         (lambda c, sd: sd.pop("model.layers.1.attn.a_lora.lora.2.bias"), r"missing tensors blocks.1.att.a0.*fla's "
                                                                         r"model.layers.N.attn.\* is blocks.N.att.\*"),
+        (lambda c, sd: c.update(model_type="rwkv6"), r"not an fla RWKV-7 config: model_type='rwkv6'"),
+        (lambda c, sd: c.update(value_dim=[32, 64]), r"value_dim=\[32, 64\]: a value width other than hidden_size"),
+        (lambda c, sd: sd.pop("model.layers.0.attn.r_k"), r"not an fla RWKV-7 checkpoint: missing .*"
+                                                           r"model.layers.0.attn.r_k"),
+        (lambda c, sd: sd.pop("model.embeddings.weight"), r"not an fla RWKV-7 checkpoint: missing "
+                                                           r"model.embeddings.weight"),
     ],
-    ids=["hybrid", "value-dim", "no-ln0", "activation", "unknown-tensor", "missing"],
+    ids=["hybrid", "value-dim", "no-ln0", "activation", "unknown-tensor", "missing", "model-type", "value-dim-list",
+         "no-r_k", "no-embedding"],
 )
 def test_fla_refusals(pth, change, message):
     config, sd = dict(FLA_CONFIG), fla_layout(pth)
     change(config, sd)
     with pytest.raises(ValueError, match=message):
         convert_fla_rwkv7(sd, config=config)
+
+
+def test_fla_tied_head_and_layernorms_without_bias(pth):
+    """fla's tie_word_embeddings: the saved checkpoint holds no lm_head (safetensors stores the shared tensor once);
+    norm_bias: false: its LayerNorms (pre_norm, attn_norm, ffn_norm, norm) have no bias, while the GroupNorm g_norm
+    keeps one (fla/models/rwkv7/modeling_rwkv7.py, fla/layers/rwkv7.py)."""
+    tied = dict(pth, **{"head.weight": pth["emb.weight"]})
+    no_bias = {k: (torch.zeros_like(v) if k.endswith("bias") and ".att.ln_x." not in k else v) for k, v in tied.items()}
+    sd = {k: v for k, v in fla_layout(no_bias).items()
+          if k != "lm_head.weight" and not (k.endswith("norm.bias") and "g_norm" not in k)}
+    assert "model.layers.1.attn.g_norm.bias" in sd and "model.layers.1.ffn_norm.bias" not in sd
+    model = convert_fla_rwkv7(sd, config={**FLA_CONFIG, "tie_word_embeddings": True, "norm_bias": False})
+    expected = convert_rwkv7(no_bias, group_norm_eps=16e-5)
+    torch.testing.assert_close(logits(model), logits(expected), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("norm_eps", [1e-3, None], ids=["set", "fla-default"])
+def test_fla_norm_eps(pth, norm_eps):
+    """fla's LayerNorms use norm_eps (RWKV7Config's default 1e-5), its GroupNorm head_dim * norm_eps."""
+    config = {k: v for k, v in FLA_CONFIG.items() if k != "norm_eps"}
+    if norm_eps is not None:
+        config["norm_eps"] = norm_eps
+    eps = 1e-5 if norm_eps is None else norm_eps
+    model = convert_fla_rwkv7(fla_layout(pth), config=config)
+    assert model.config.layer_norm_eps == pytest.approx(eps) and model.config.group_norm_eps == pytest.approx(16 * eps)
+    expected = convert_rwkv7(pth, layer_norm_eps=eps, group_norm_eps=16 * eps)
+    torch.testing.assert_close(logits(model), logits(expected), rtol=0, atol=0)
+
+
+def test_fla_folder_passes_on_its_tokenizer_code(pth, tmp_path):
+    """fla's World-tokenizer checkpoints ship the tokenizer as code named in auto_map, with its vocabulary."""
+    from safetensors.torch import save_file
+
+    src = tmp_path / "src"
+    src.mkdir()
+    save_file({k: v.contiguous() for k, v in fla_layout(pth).items()}, src / "model.safetensors")
+    (src / "config.json").write_text(json.dumps(FLA_CONFIG))
+    files = {"tokenizer_config.json": json.dumps({"auto_map": {"AutoTokenizer": ["hf_rwkv_tokenizer.RwkvTokenizer",
+                                                                                 None]}}),
+             "hf_rwkv_tokenizer.py": "class RwkvTokenizer: pass\n", "rwkv_vocab_v20230424.txt": "1 '\\x00' 1\n"}
+    for name, text in files.items():
+        (src / name).write_text(text)
+    assert seqzoo_main(["convert", "fla-rwkv7", str(src), str(tmp_path / "out")]) == 0
+    for name, text in files.items():
+        assert (tmp_path / "out" / name).read_text() == text, name

@@ -32,6 +32,8 @@ def test_file_to_folder_and_back(pth, tmp_path):
     assert isinstance(model, seqzoo.RWKV7ForCausalLM)
     assert model.dtype == torch.bfloat16  # the checkpoint's dtype by default
     assert model.config.bos_token_id == 0 and model.config.num_hidden_layers == 2 and model.config.head_size == 16
+    # RWKV-LM's head is its own matrix: a tied config would claim otherwise (and from_pretrained would warn)
+    assert model.config.tie_word_embeddings is False and not model.training
     loaded = AutoModelForCausalLM.from_pretrained(tmp_path / "out").eval()
     assert type(loaded) is seqzoo.RWKV7ForCausalLM
     with torch.no_grad():
@@ -83,6 +85,7 @@ def renamed(checkpoint, old, new):
         (lambda sd: {**sd, "blocks.0.att.time_faaaa": torch.zeros(2, 16)}, r"RWKV-5 \(x052\)"),
         (lambda sd: {**sd, "blocks.0.att.time_first": torch.zeros(32)}, r"RWKV-4, not RWKV-7"),
         (lambda sd: {**sd, "blocks.0.ffn.s_emb.weight": torch.zeros(67, 32)}, r"RWKV-7 with DeepEmbed"),
+        (lambda sd: {**sd, "blocks.0.qkv.k_emb.weight": torch.zeros(67, 32)}, r"RWKV-7 with DeepEmbedAttention"),
         # not RWKV at all
         (lambda sd: {"transformer.wte.weight": torch.zeros(3, 4)}, r"not an RWKV-7 x070 checkpoint: missing "
                                                                     r"'emb.weight'"),
@@ -92,6 +95,9 @@ def renamed(checkpoint, old, new):
          r"mis-shaped tensors blocks.1.att.w2 \(source \(9, 32\), expected \(8, 32\)\)"),
         (lambda sd: {**sd, "blocks.0.att.x_r": torch.zeros(1, 1, 31)},
          r"blocks.0.att.x_r \(source \(1, 1, 31\), expected \(32,\)\)"),
+        # 32 numbers, but not the (1, 1, C) vector RWKV-LM saves
+        (lambda sd: {**sd, "blocks.0.att.x_r": torch.zeros(2, 1, 16)},
+         r"mis-shaped tensors blocks.0.att.x_r \(source \(2, 1, 16\), expected \(32,\)\)"),
         (lambda sd: {**sd, "blocks.1.att.extra": torch.zeros(3)}, r"unexpected tensors blocks.1.att.extra"),
         (lambda sd: {**sd, "blocks.0.att.r_k": torch.zeros(2, 8)}, r"heads \* head_size must equal the "
                                                                     r"embedding width 32"),
@@ -107,8 +113,9 @@ def renamed(checkpoint, old, new):
         (lambda sd: {**sd, "blocks.1.att.v1": torch.zeros(32)}, r"blocks.1.att.v1 has shape \(32,\)"),
         (lambda sd: {**sd, 5: torch.zeros(3)}, r"keys that are not tensor names \(strings\): 5"),
     ],
-    ids=["rwkv6", "rwkv5", "rwkv4", "deepembed", "not-rwkv", "missing", "misshaped-lora", "misshaped-vector",
-         "unexpected", "head-size", "layer-gap", "not-a-dict", "r_k-3d", "emb-1d", "w1-1d", "v1-1d", "key-not-str"],
+    ids=["rwkv6", "rwkv5", "rwkv4", "deepembed", "deepembed-attention", "not-rwkv", "missing", "misshaped-lora",
+         "misshaped-vector", "vector-not-1x1", "unexpected", "head-size", "layer-gap", "not-a-dict", "r_k-3d",
+         "emb-1d", "w1-1d", "v1-1d", "key-not-str"],
 )
 def test_not_x070_raises_naming_the_problem(checkpoint, make, message):
     # make: builds the bad source from a good x070 state dict; message: what the error must say

@@ -186,3 +186,80 @@ def test_added_tokens_get_new_ids_are_matched_and_decode(tmp_path):
     tokenizer.save_pretrained(tmp_path)
     loaded = AutoTokenizer.from_pretrained(tmp_path)
     assert loaded("hi <|user|> café")["input_ids"] == encoded and len(loaded) == len(tokenizer)
+
+
+def test_added_tokens_match_longest_first_as_transformers_does():
+    """Of two added tokens where one starts the other, the longer one matches, as transformers' own Trie splits."""
+    from transformers.tokenization_python import Trie
+
+    tokenizer = world_tokenizer()
+    tokenizer.add_tokens(["<|user|>", "<|user|>!"])
+    trie = Trie()
+    for token in ("<|user|>", "<|user|>!"):
+        trie.add(token)
+    text = "a <|user|>! b <|user|> c<|user|>!!"
+    added = {"<|user|>", "<|user|>!"}
+    assert [t for t in tokenizer.tokenize(text) if t in added] == [p for p in trie.split(text) if p in added] == [
+        "<|user|>!", "<|user|>", "<|user|>!"]
+
+
+def test_bytes_that_are_not_utf8_decode_as_the_replacement_character(tokenizer, reference):
+    """A generation cut inside a character: the valid text stays, U+FFFD marks the cut (Python's errors="replace"
+    on the bytes the rwkv package joins)."""
+    ids = tokenizer.encode_bytes("a中b".encode()[:3]) + tokenizer.encode_bytes(b"\xffz")
+    assert tokenizer.decode(ids) == reference.decodeBytes(ids).decode("utf-8", errors="replace") == "a\ufffd\ufffdz"
+
+
+def test_a_token_outside_the_vocabulary_is_an_error_not_an_id(tokenizer):
+    # There is no unknown token: a silent id (0 is the end of text) would end or corrupt a text.
+    with pytest.raises(ValueError, match="'no such token' is not a token of the RWKV World vocabulary"):
+        tokenizer.convert_tokens_to_ids("no such token")
+
+
+def test_save_vocabulary_with_a_prefix(tokenizer, tmp_path):
+    (path,) = tokenizer.save_vocabulary(str(tmp_path), "run1")
+    assert os.path.basename(path) == "run1-rwkv_world_vocab.json"
+    with open(path, encoding="utf-8") as f:
+        assert json.load(f) == tokenizer.encoder
+
+
+@pytest.mark.parametrize(
+    "lines, message",
+    [
+        ("1 'a' 1\n2 'bc' 3\n", r"v.txt:2 is not a World vocabulary line .*byte length 2 != 3"),
+        ("1 'a' 1\n2 'b' 1\n2 'c' 1\n", r"v.txt:3 .*id 2 is on an earlier line too"),
+        ("0 'z' 1\n1 'a' 1\n", r"v.txt:1 .*id 0 is not a token id \(ids start at 1; 0 is the end of text\)"),
+        ("1 'a' 1\n2 b'a' 1\n", r"holds the byte string b'a' twice \(ids 1 and 2\)"),
+        ("1 'a' 1\n2 print(1) 8\n", r"v.txt:2 is not a World vocabulary line"),
+    ],
+    ids=["length", "repeated-id", "id-0", "repeated-bytes", "not-a-literal"],
+)
+def test_a_damaged_vocabulary_file_is_refused_naming_the_line(tmp_path, lines, message):
+    # A repeated id dropped a token and an id 0 took the end-of-text id, silently
+    (tmp_path / "v.txt").write_text(lines, encoding="utf-8")
+    with pytest.raises(ValueError, match=message):
+        world_tokenizer(tmp_path / "v.txt")
+
+
+def test_a_damaged_vocabulary_json_is_refused(tmp_path):
+    from seqzoo.conversions.tokenization_rwkv_world import RWKVWorldTokenizer
+
+    (tmp_path / "rwkv_world_vocab.json").write_text(json.dumps({"<|endoftext|>": 0, "a": "1"}))
+    with pytest.raises(ValueError, match="must map byte-level token strings to integer ids"):
+        RWKVWorldTokenizer(str(tmp_path / "rwkv_world_vocab.json"))
+    with pytest.raises(ValueError, match="needs its vocabulary file rwkv_world_vocab.json"):
+        RWKVWorldTokenizer(str(tmp_path / "missing.json"))
+
+
+def test_an_rwkv_package_without_its_vocabulary_is_named(tmp_path, monkeypatch):
+    import importlib.machinery
+    import importlib.util
+
+    spec = importlib.machinery.ModuleSpec("rwkv", None, is_package=True)
+    spec.submodule_search_locations = [str(tmp_path)]
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name: spec)
+    with pytest.raises(ValueError, match=r"the installed rwkv package has no rwkv_vocab_v20230424.txt"):
+        rwkv_vocab_path()
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name: None)
+    with pytest.raises(ValueError, match="pip install rwkv"):
+        rwkv_vocab_path()
