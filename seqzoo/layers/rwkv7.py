@@ -23,6 +23,7 @@ from torch.nn import functional as F
 from transformers import initialization as init
 
 from seqzoo.kernels import dispatch, wkv7  # noqa: F401  (the op package registers the op)
+from seqzoo.kernels.symbolic import is_symbolic
 from seqzoo.layers.mixer import Mixer, SharedValues, module_weights
 
 # The reference writes the decay as exp(-exp(w)) with w = -softplus(-z) - 0.5. Since exp(-softplus(-z)) =
@@ -52,6 +53,10 @@ def token_shift(
     if length == 1:  # decoding: the carried state is the previous token; a padded token carries it on unchanged
         return last[:, None], (x[:, 0] if mask is None else torch.where(mask, x[:, 0], last))
     if mask is None:
+        # (torch.export with a dynamic length: the tracer asks whether x[:, :-1] is contiguous, i.e. whether T - 1
+        # is 1, which would exclude T = 2 from the exported lengths)
+        if is_symbolic(length):
+            return torch.cat([last[:, None], x], dim=1)[:, :length], x[:, -1]
         return torch.cat([last[:, None], x[:, :-1]], dim=1), x[:, -1]
     # Index 0 of `extended` is the carried state; the running maximum of valid indices finds, for every index,
     # the most recent valid one at or before it (index 0 counts as valid).

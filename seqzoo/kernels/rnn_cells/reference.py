@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from seqzoo.kernels.reset import check_mask, check_reset
+from seqzoo.kernels.symbolic import is_symbolic, scan
 
 
 # Projections go through F.linear, so a quantised weight (a tensor subclass such as torchao's Int8Tensor, which
@@ -59,14 +60,12 @@ def rnn(x, h0, weight_ih, weight_hh, bias_ih=None, bias_hh=None, *, nonlinearity
     """Elman RNN: h_t = act(W_ih x_t + b_ih + W_hh h_{t-1} + b_hh). Returns (y, h_T)."""
     act = {"tanh": torch.tanh, "relu": torch.relu}[nonlinearity]
     reset = check_positions("rnn", x, mask, reset)
-    xp = _input_projection(x, weight_ih, bias_ih)
-    h = h0
-    outputs = []
-    for t in range(x.shape[1]):
-        (h,) = _entering(reset, t, h)
-        h = _masked(mask, t, act(xp[:, t] + _hidden_projection(h, weight_hh, bias_hh)), h)
-        outputs.append(_output(mask, t, h))
-    return _stack(outputs, x, h0), h
+
+    def cell(xp_t, h):
+        return (act(xp_t + _hidden_projection(h, weight_hh, bias_hh)),)
+
+    y, (h,) = _over_time(cell, x, _input_projection(x, weight_ih, bias_ih), (h0,), mask, reset)
+    return y, h
 
 
 def lstm(x, h0, c0, weight_ih, weight_hh, bias_ih=None, bias_hh=None, *, mask=None, reset=None):
@@ -76,18 +75,14 @@ def lstm(x, h0, c0, weight_ih, weight_hh, bias_ih=None, bias_hh=None, *, mask=No
     h_t = sig(o) tanh(c_t)
     """
     reset = check_positions("lstm", x, mask, reset)
-    xp = _input_projection(x, weight_ih, bias_ih)
-    h, c = h0, c0
-    outputs = []
-    for t in range(x.shape[1]):
-        h, c = _entering(reset, t, h, c)
-        i, f, g, o = (xp[:, t] + _hidden_projection(h, weight_hh, bias_hh)).chunk(4, dim=-1)
+
+    def cell(xp_t, h, c):
+        i, f, g, o = (xp_t + _hidden_projection(h, weight_hh, bias_hh)).chunk(4, dim=-1)
         c_new = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
-        h_new = torch.sigmoid(o) * torch.tanh(c_new)
-        c = _masked(mask, t, c_new, c)
-        h = _masked(mask, t, h_new, h)
-        outputs.append(_output(mask, t, h))
-    return _stack(outputs, x, h0), (h, c)
+        return torch.sigmoid(o) * torch.tanh(c_new), c_new
+
+    y, (h, c) = _over_time(cell, x, _input_projection(x, weight_ih, bias_ih), (h0, c0), mask, reset)
+    return y, (h, c)
 
 
 def gru(x, h0, weight_ih, weight_hh, bias_ih=None, bias_hh=None, *, mask=None, reset=None):
@@ -97,19 +92,57 @@ def gru(x, h0, weight_ih, weight_hh, bias_ih=None, bias_hh=None, *, mask=None, r
     n = tanh(W_in x + b_in + r * (W_hn h + b_hn));  h_t = (1 - z) n + z h_{t-1}
     """
     reset = check_positions("gru", x, mask, reset)
-    xp = _input_projection(x, weight_ih, bias_ih)
-    h = h0
-    outputs = []
-    for t in range(x.shape[1]):
-        (h,) = _entering(reset, t, h)
-        x_r, x_z, x_n = xp[:, t].chunk(3, dim=-1)
+
+    def cell(xp_t, h):
+        x_r, x_z, x_n = xp_t.chunk(3, dim=-1)
         h_r, h_z, h_n = _hidden_projection(h, weight_hh, bias_hh).chunk(3, dim=-1)
         r = torch.sigmoid(x_r + h_r)
         z = torch.sigmoid(x_z + h_z)
         n = torch.tanh(x_n + r * h_n)
-        h = _masked(mask, t, (1 - z) * n + z * h, h)
-        outputs.append(_output(mask, t, h))
-    return _stack(outputs, x, h0), h
+        return ((1 - z) * n + z * h,)
+
+    y, (h,) = _over_time(cell, x, _input_projection(x, weight_ih, bias_ih), (h0,), mask, reset)
+    return y, h
+
+
+def _over_time(cell, x, xp, states, mask, reset):
+    """``cell(xp_t, *states) -> new states`` (h first) over the T steps of ``xp`` (B, T, G*H), from ``states``
+    (each (B, H)), with the padding mask and resets applied around it. Returns y (B, T, H) and the final states."""
+    if is_symbolic(x.shape[1]):
+        return _scanned(cell, xp, states, mask, reset)
+    outputs = []
+    for t in range(x.shape[1]):
+        states = _entering(reset, t, *states)
+        new = cell(xp[:, t], *states)
+        states = new if mask is None else tuple(_masked(mask, t, n, s) for n, s in zip(new, states))
+        outputs.append(_output(mask, t, states[0]))
+    return _stack(outputs, x, states[0]), states
+
+
+def _scanned(cell, xp, states, mask, reset):
+    """:func:`_over_time` for a symbolic length (torch.export with a dynamic length): the same steps through
+    torch's ``scan``, which the exported program runs for the length it is given (seqzoo/kernels/symbolic.py)."""
+    xs = (xp,)
+    if mask is not None:
+        xs += (mask.to(torch.bool),)
+    if reset is not None:
+        xs += (reset,)
+
+    def step(carry, inputs):
+        xp_t = inputs[0]
+        if reset is not None:  # the states entering a document's first token are zero
+            carry = tuple(torch.where(inputs[-1][:, None], 0.0, s) for s in carry)
+        new = cell(xp_t, *carry)
+        if mask is None:
+            return new, new[0].clone()  # (scan refuses an output that is also the carry)
+        keep = inputs[1][:, None]
+        new = tuple(torch.where(keep, n, s) for n, s in zip(new, carry))
+        return new, new[0] * keep.to(new[0].dtype)
+
+    # (copies: an exported scan whose carries start from one tensor, as an LSTM's zero h and c do, computes wrong
+    # values in torch 2.13)
+    final, y = scan(step, tuple(s.clone() for s in states), xs, dim=1)
+    return y, tuple(final)
 
 
 def _stack(outputs, x, h0):

@@ -37,6 +37,7 @@ from __future__ import annotations
 import torch
 
 from seqzoo.kernels.reset import check_reset
+from seqzoo.kernels.symbolic import is_symbolic
 from seqzoo.kernels.triton_support import refuse_double_backward
 
 from . import reference
@@ -260,6 +261,8 @@ def selective_scan(u, delta, A, B, C, D=None, z=None, *, initial_state=None, res
     batch, length, channels = u.shape
     reset = check_reset("selective_scan", reset, batch, length)
     if length == 1:  # a decode step: the reference's single update is the cheapest form
+        return reference.selective_scan(u, delta, A, B, C, D, z, initial_state=initial_state, reset=reset)
+    if is_symbolic(length):  # torch.export with a dynamic length: the chunks would fix it (seqzoo/kernels/symbolic.py)
         return reference.selective_scan(u, delta, A, B, C, D, z, initial_state=initial_state, reset=reset)
     dtype = compute_dtype(u, delta, A, B, C, D, z, initial_state)
     if initial_state is None:

@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from seqzoo.kernels.reset import check_reset
+from seqzoo.kernels.symbolic import is_symbolic, scan
 
 
 def compute_dtype(*tensors):
@@ -82,16 +83,26 @@ def selective_scan(u, delta, A, B, C, D=None, z=None, *, initial_state=None, res
         h = u.new_zeros(batch, channels, A.shape[1])
     else:
         h = initial_state.to(dtype)
+
+    def step(h, inputs):  # one token: inputs are u_t, delta_t, B_t, C_t, then z_t and reset_t where given
+        u_t, delta_t, B_t, C_t = inputs[:4]
+        if reset is not None:
+            h = torch.where(inputs[-1][:, None, None], 0.0, h)
+        decay = torch.exp(delta_t[:, :, None] * A)  # (B, Dm, N)
+        write = (delta_t * u_t)[:, :, None] * B_t[:, None, :]  # (B, Dm, N)
+        h = decay * h + write
+        y = (h * C_t[:, None, :]).sum(dim=-1)  # (B, Dm)
+        # Per step, like everything else here, so a sequence run in pieces gives bit-identical outputs.
+        return h, skip_and_gate(y, u_t, D, None if z is None else inputs[4])
+
+    per_token = (u, delta, B, C) + (() if z is None else (z,)) + (() if reset is None else (reset,))
+    if is_symbolic(length):  # torch.export with a dynamic length: the same steps through torch's scan
+        h, y = scan(step, h.contiguous(), per_token, dim=1)
+        return y.to(out_dtype), h
     outputs = []
     for t in range(length):
-        if reset is not None:
-            h = torch.where(reset[:, t, None, None], 0.0, h)
-        decay = torch.exp(delta[:, t, :, None] * A)  # (B, Dm, N)
-        write = (delta[:, t] * u[:, t])[:, :, None] * B[:, t, None, :]  # (B, Dm, N)
-        h = decay * h + write
-        y = (h * C[:, t, None, :]).sum(dim=-1)  # (B, Dm)
-        # Per step, like everything else here, so a sequence run in pieces gives bit-identical outputs.
-        outputs.append(skip_and_gate(y, u[:, t], D, None if z is None else z[:, t]))
+        h, y = step(h, [x[:, t] for x in per_token])
+        outputs.append(y)
     if not outputs:
         return u.new_zeros(batch, 0, channels, dtype=out_dtype), h
     return torch.stack(outputs, dim=1).to(out_dtype), h

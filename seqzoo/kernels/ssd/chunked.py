@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 
 from seqzoo.kernels.reset import check_reset, chunk_segments
+from seqzoo.kernels.symbolic import is_symbolic
 
 from . import reference
 from .reference import check_inputs, compute_dtype, initial
@@ -66,6 +67,8 @@ def ssd(x, dt, A, B, C, D=None, *, initial_state=None, chunk_size=64, reset=None
     batch, length, heads, head_dim = x.shape
     reset = check_reset("ssd", reset, batch, length)
     if length == 1:  # a decode step: the reference's single update is the cheapest form
+        return reference.ssd(x, dt, A, B, C, D, initial_state=initial_state, reset=reset)
+    if is_symbolic(length):  # torch.export with a dynamic length: the chunks would fix it (seqzoo/kernels/symbolic.py)
         return reference.ssd(x, dt, A, B, C, D, initial_state=initial_state, reset=reset)
     groups, state_size = B.shape[2:]
     repeat = heads // groups

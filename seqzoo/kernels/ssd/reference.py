@@ -20,6 +20,7 @@ from __future__ import annotations
 import torch
 
 from seqzoo.kernels.reset import check_reset
+from seqzoo.kernels.symbolic import is_symbolic, scan
 
 
 def compute_dtype(*tensors):
@@ -74,16 +75,26 @@ def ssd(x, dt, A, B, C, D=None, *, initial_state=None, chunk_size=64, reset=None
     x, dt, A = x.to(dtype), dt.to(dtype), A.to(dtype)
     B, C = (t.to(dtype).repeat_interleave(repeat, dim=2) for t in (B, C))  # (B, T, H, N): head h reads its group
     D = None if D is None else D.to(dtype)
+
+    def step(state, inputs):  # one token: inputs are x_t, dt_t, B_t, C_t, then reset_t where given
+        x_t, dt_t, B_t, C_t = inputs[:4]
+        if reset is not None:
+            state = torch.where(inputs[-1][:, None, None, None], 0.0, state)
+        decay = torch.exp(dt_t * A)[:, :, None, None]  # (B, H, 1, 1)
+        write = (dt_t[:, :, None] * x_t)[..., None] * B_t[:, :, None, :]  # (B, H, P, N)
+        state = decay * state + write
+        y = (state * C_t[:, :, None, :]).sum(dim=-1)  # (B, H, P)
+        if D is not None:
+            y = y + D[:, None] * x_t
+        return state, y
+
+    per_token = (x, dt, B, C) + (() if reset is None else (reset,))
+    if is_symbolic(length):  # torch.export with a dynamic length: the same steps through torch's scan
+        state, y = scan(step, state.contiguous(), per_token, dim=1)
+        return y.to(out_dtype), state
     outputs = []
     for t in range(length):
-        if reset is not None:
-            state = torch.where(reset[:, t, None, None, None], 0.0, state)
-        decay = torch.exp(dt[:, t] * A)[:, :, None, None]  # (B, H, 1, 1)
-        write = (dt[:, t, :, None] * x[:, t])[..., None] * B[:, t, :, None, :]  # (B, H, P, N)
-        state = decay * state + write
-        y = (state * C[:, t, :, None, :]).sum(dim=-1)  # (B, H, P)
-        if D is not None:
-            y = y + D[:, None] * x[:, t]
+        state, y = step(state, [seq[:, t] for seq in per_token])
         outputs.append(y)
     if not outputs:
         return x.new_zeros(batch, 0, heads, head_dim, dtype=out_dtype), state

@@ -28,7 +28,9 @@ import torch
 import torch.nn.functional as F
 
 from seqzoo.kernels.reset import check_reset, chunk_segments
+from seqzoo.kernels.symbolic import is_symbolic
 
+from . import reference
 from .reference import check_inputs, compute_dtype, initial
 
 CHUNK = 32
@@ -120,6 +122,8 @@ def wkv7(r, w, k, v, a, b, *, initial_state=None, reset=None):
             state = torch.where(reset[:, 0, None, None, None], 0.0, state)
         y, state = step(state, *(x.to(dtype) for x in (r, w, k, v, a, b)))
         return y.view(batch, 1, heads, value_dim).to(r.dtype), state
+    if is_symbolic(length):  # torch.export with a dynamic length: the chunks would fix it (seqzoo/kernels/symbolic.py)
+        return reference.wkv7(r, w, k, v, a, b, initial_state=initial_state, reset=reset)
 
     chunk = min(CHUNK, length)
     pad = (-length) % chunk

@@ -23,6 +23,7 @@ from __future__ import annotations
 import torch
 
 from seqzoo.kernels.reset import check_reset
+from seqzoo.kernels.symbolic import is_symbolic, scan
 
 
 def compute_dtype(*tensors):
@@ -87,6 +88,8 @@ def wkv7(r, w, k, v, a, b, *, initial_state=None, reset=None):
     dtype = compute_dtype(r, w, k, v, a, b, initial_state)
     state = initial(r, v, initial_state, dtype)
     inputs = [t.to(dtype) for t in (r, w, k, v, a, b)]
+    if is_symbolic(length):  # torch.export with a dynamic length: the same steps through torch's scan
+        return _scanned(state, inputs, reset, r.dtype)
     outputs = []
     for t in range(length):
         if reset is not None:
@@ -96,3 +99,16 @@ def wkv7(r, w, k, v, a, b, *, initial_state=None, reset=None):
     if not outputs:
         return r.new_zeros(batch, 0, heads, v.shape[-1]), state
     return torch.stack(outputs, dim=1).to(r.dtype), state
+
+
+def _scanned(state, inputs, reset, out_dtype):
+    """The loop of :func:`wkv7` through torch's ``scan``, for a symbolic length (seqzoo/kernels/symbolic.py)."""
+
+    def step(state, per_token):
+        if reset is not None:
+            state = torch.where(per_token[-1][:, None, None, None], 0.0, state)
+        y, state = update(state, *per_token[:6])
+        return state, y
+
+    state, y = scan(step, state.contiguous(), tuple(inputs) + (() if reset is None else (reset,)), dim=1)
+    return y.to(out_dtype), state
