@@ -52,6 +52,10 @@ class ModelSpec:
     heads: dict[str, type] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        given = self.heads.get("causal-lm")
+        if self.causal_lm_class is not None and given is not None and given is not self.causal_lm_class:
+            raise ValueError(f"architecture {self.name!r}: causal_lm_class {self.causal_lm_class.__name__} and "
+                             f"heads['causal-lm'] {given.__name__} differ; give the causal LM once")
         if self.causal_lm_class is not None:
             self.heads = {"causal-lm": self.causal_lm_class, **self.heads}
         self.causal_lm_class = self.heads.get("causal-lm")

@@ -291,7 +291,8 @@ def test_kernel_registration_mistakes_are_refused_by_name():
         with pytest.raises(ValueError, match="kernel op name must be a non-empty identifier"):
             kernel_registry.register_op(name)
     reference = get_kernel("gru", "reference")
-    with pytest.raises(ValueError, match=r"devices must be a tuple of device types such as \('cuda',\), got 'cpu'"):
+    with pytest.raises(ValueError, match=r"devices must be a non-empty tuple of device types such as "
+                                         r"\('cuda',\), or None for any device, got 'cpu'"):
         register_backend("gru", "x", reference, devices="cpu")  # (else read as ('c', 'p', 'u'))
     with pytest.raises(ValueError, match="supports must be a function, got 'yes'"):
         register_backend("gru", "x", reference, supports="yes")
@@ -329,3 +330,80 @@ def test_a_misspelt_kernels_variable_is_named_not_ignored(monkeypatch, caplog):
         args, kwargs = lstm_call()
         select("lstm", *args, **kwargs)
     assert "the environment variable SEQZOO_KERNEL is not read by seqzoo; did you mean SEQZOO_KERNELS?" in caplog.text
+
+
+# --- model registry rules (each found by editing seqzoo/registry.py and seeing no test fail) ---------------------
+
+
+def lstm_classes(name, model_type):
+    from seqzoo.models.lstm import LSTMConfig, LSTMForCausalLM, LSTMForSequenceClassification, LSTMModel
+
+    config = type(f"{name}Config", (LSTMConfig,), {"model_type": model_type})
+    return (config, type(f"{name}Model", (LSTMModel,), {"config_class": config}),
+            type(f"{name}ForCausalLM", (LSTMForCausalLM,), {"config_class": config}),
+            type(f"{name}ForSequenceClassification", (LSTMForSequenceClassification,), {"config_class": config}))
+
+
+def test_model_spec_heads_are_checked_and_the_causal_lm_comes_first():
+    config, model, lm, classifier = lstm_classes("Specced", "seqzoo_specced")
+    with pytest.raises(ValueError, match=r"unknown task\(s\) \['causal_lm'\] in heads; tasks are causal-lm, "):
+        registry.ModelSpec("specced", config, model, heads={"causal_lm": lm})
+    with pytest.raises(ValueError, match=r"architecture 'specced' has no head: give heads=\{task: class\}"):
+        registry.ModelSpec("specced", config, model)
+    spec = registry.ModelSpec("specced", config, model, lm, heads={"sequence-classification": classifier})
+    assert spec.default_task == "causal-lm" and spec.default_head is lm
+    # A head given twice, as two classes, kept the one in heads without a word.
+    with pytest.raises(ValueError, match=r"causal_lm_class SpeccedForCausalLM and heads\['causal-lm'\] "
+                                         r"SpeccedForSequenceClassification differ; give the causal LM once"):
+        registry.ModelSpec("specced", config, model, lm, heads={"causal-lm": classifier})
+    assert registry.ModelSpec("specced", config, model, lm, heads={"causal-lm": lm}).heads == {"causal-lm": lm}
+
+
+def test_task_of_a_subclass_of_a_head():
+    spec = registry.get_architecture("lstm")
+    mine = type("MyLSTMForCausalLM", (seqzoo.LSTMForCausalLM,), {})
+    assert spec.task_of(mine) == "causal-lm"
+    with pytest.raises(ValueError, match="MyLSTM is not a head of architecture 'lstm'"):
+        spec.task_of(type("MyLSTM", (torch.nn.Module,), {}))
+
+
+def test_register_architecture_refuses_a_mismatched_config_class_a_missing_model_type_and_a_taken_preset():
+    config, model, lm, _ = lstm_classes("Mismatched", "seqzoo_mismatched")
+    with pytest.raises(ValueError, match=r"LSTMForCausalLM.config_class is LSTMConfig, not the spec's config "
+                                         r"class MismatchedConfig"):
+        registry.register_architecture(registry.ModelSpec("mismatched", config, model, seqzoo.LSTMForCausalLM))
+    config, model, lm, _ = lstm_classes("Typeless", "")
+    with pytest.raises(ValueError, match="architecture 'typeless': its config class must set model_type"):
+        registry.register_architecture(registry.ModelSpec("typeless", config, model, lm))
+    first = registry.ModelSpec("presetowner", *lstm_classes("Presetowner", "seqzoo_presetowner")[:3],
+                               presets={"shared-tiny": {"hidden_size": 16}})
+    registry.register_architecture(first)
+    try:
+        second = registry.ModelSpec("presetthief", *lstm_classes("Presetthief", "seqzoo_presetthief")[:3],
+                                    presets={"shared-tiny": {"hidden_size": 8}})
+        with pytest.raises(ValueError, match="preset 'shared-tiny' is already defined by 'presetowner'"):
+            registry.register_architecture(second)
+        assert registry.preset_values("shared-tiny")[0].name == "presetowner"
+    finally:
+        registry._ARCHITECTURES.pop("presetowner", None)
+        registry._PLUGIN_PRESETS.pop("shared-tiny", None)
+    assert "mismatched" not in seqzoo.list_architectures() and "typeless" not in seqzoo.list_architectures()
+
+
+def test_list_architectures_and_create_model_name_an_unknown_task():
+    with pytest.raises(ValueError, match="unknown task 'causal_lm'. Did you mean 'causal-lm'"):
+        seqzoo.list_architectures("causal_lm")
+    assert "seq2seq" not in seqzoo.list_architectures("causal-lm")
+    with pytest.raises(ValueError, match="unknown task for architecture 'lstm': 'seq2seq'. Available: causal-lm, "):
+        seqzoo.create_model("lstm-tiny", "seq2seq")
+
+
+def test_preset_files_of_unregistered_architectures_and_saved_config_fields(tmp_path, monkeypatch):
+    (tmp_path / "lstm-copy.json").write_text(
+        '{"model_type": "seqzoo_lstm", "hidden_size": 24, "architectures": ["LSTMForCausalLM"], '
+        '"transformers_version": "5.0.0", "auto_map": {"AutoConfig": "configuration_lstm.LSTMConfig"}}')
+    (tmp_path / "ghost-tiny.json").write_text('{"model_type": "seqzoo_ghost", "hidden_size": 8}')
+    monkeypatch.setattr(registry, "PRESET_DIR", tmp_path)
+    assert seqzoo.list_models() == ["lstm-copy"]  # (a preset of an architecture not registered is not listed)
+    config = seqzoo.get_config("lstm-copy")
+    assert config.hidden_size == 24 and getattr(config, "auto_map", None) is None  # (a saved config.json's own)

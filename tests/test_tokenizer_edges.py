@@ -23,6 +23,27 @@ def test_an_encoder_decoders_tokenizer_pads_on_the_right(as_config):
     assert tokenizer_for(model.config if as_config else model).padding_side == "right"
 
 
+@pytest.mark.parametrize("task, side", [("causal-lm", "left"), ("sequence-classification", "right"),
+                                        ("token-classification", "right")])
+def test_only_a_generating_models_tokenizer_pads_on_the_left(task, side):
+    """A token-classification pipeline reports a batch's token positions counted from each text's start."""
+    import seqzoo
+
+    assert tokenizer_for(seqzoo.create_model("gru-tiny", task, num_labels=2)).padding_side == side
+
+
+@pytest.mark.parametrize("content, message", [
+    ("{not json", r"special_tokens_map\.json is damaged"),
+    ('{"eos_token": 5}', r"special_tokens_map\.json has eos_token=5; a special token is its text"),
+])
+def test_a_bad_special_tokens_map_is_named(tmp_path, content, message):
+    """transformers still reads special_tokens_map.json (tokenizers saved by older releases have one)."""
+    byte_tokenizer().save_pretrained(tmp_path)
+    (tmp_path / "special_tokens_map.json").write_text(content)
+    with pytest.raises(ValueError, match=rf"tokenizer cannot be read: {message}"):
+        load_tokenizer(tmp_path)
+
+
 def test_a_folder_with_only_tokenizer_json_loads(tmp_path):
     byte_tokenizer().save_pretrained(tmp_path)
     (tmp_path / "tokenizer_config.json").unlink()

@@ -26,6 +26,8 @@ def test_byte_tokenizer_roundtrip():
     assert tokenizer.decode(ids) == text
     assert len(tokenizer) == VOCAB_SIZE
     assert tokenizer.pad_token_id == PAD_TOKEN_ID and tokenizer.eos_token_id == EOS_TOKEN_ID
+    assert tokenizer.bos_token_id == EOS_TOKEN_ID  # <|endoftext|> begins a text too, as GPT-2's does
+    assert tokenizer.padding_side == "left"  # a causal LM generates from the end of every row
     assert tokenizer.decode([72, PAD_TOKEN_ID, 105], skip_special_tokens=True) == "Hi"
 
 

@@ -30,9 +30,11 @@ component (:func:`public_training_record`): ``text:/home/me/corpus.txt`` is publ
 
 from __future__ import annotations
 
+import difflib
 import json
 import logging
 import math
+import re
 from dataclasses import fields
 from pathlib import Path
 from typing import Any
@@ -48,6 +50,20 @@ GENERIC_TEMPLATE = "generic"
 TRAINING_FILE = "seqzoo_training.json"
 TRAINING_KEYS = ("dataset", "tokens_seen", "steps", "eval", "data", "recipe")  # checked and shown
 DEFAULT_LICENSE = "apache-2.0"
+# The license identifiers a Hub card's metadata takes (LICENSES_URL, 2026); the Hub refuses a card with another one
+# when it is uploaded. A license without an identifier is "other", named in ``license_name``.
+LICENSES_URL = "https://huggingface.co/docs/hub/repositories-licenses"
+HUB_LICENSES = frozenset("""
+    apache-2.0 mit openrail bigscience-openrail-m creativeml-openrail-m bigscience-bloom-rail-1.0 bigcode-openrail-m
+    afl-3.0 artistic-2.0 bsl-1.0 bsd bsd-2-clause bsd-3-clause bsd-3-clause-clear c-uda cc cc0-1.0 cc-by-2.0
+    cc-by-2.5 cc-by-3.0 cc-by-4.0 cc-by-sa-3.0 cc-by-sa-4.0 cc-by-nc-2.0 cc-by-nc-3.0 cc-by-nc-4.0 cc-by-nd-4.0
+    cc-by-nc-nd-3.0 cc-by-nc-nd-4.0 cc-by-nc-sa-2.0 cc-by-nc-sa-3.0 cc-by-nc-sa-4.0 cdla-sharing-1.0
+    cdla-permissive-1.0 cdla-permissive-2.0 wtfpl ecl-2.0 epl-1.0 epl-2.0 etalab-2.0 eupl-1.1 eupl-1.2 agpl-3.0 gfdl
+    gpl gpl-2.0 gpl-3.0 lgpl lgpl-2.1 lgpl-3.0 isc h-research intel-research lppl-1.3c ms-pl apple-ascl apple-amlr
+    mpl-2.0 odc-by odbl openmdw-1.0 openmdw-1.1 openrail++ osl-3.0 postgresql ofl-1.1 ncsa unlicense zlib pddl
+    lgpl-lr deepfloyd-if-license fair-noncommercial-research-license llama2 llama3 llama3.1 llama3.2 llama3.3 llama4
+    grok2-community gemma unknown other
+""".split())
 USAGE_PROMPT = "Once upon a time"
 # How a card's first line names the model, by task (its head).
 MODEL_KINDS = {"causal-lm": "language model", "sequence-classification": "text classifier",
@@ -153,6 +169,52 @@ def _check_metrics(source: str, where: str, metrics: dict[str, Any]) -> None:
             raise ValueError(f"{source}: {where} metric {name!r} must be a finite number; got {value!r}")
 
 
+def check_license(license: Any, license_name: Any = None, license_link: Any = None) -> None:
+    """Refuse a license the Hub's card metadata does not take: ``license`` is one of the Hub's identifiers
+    (:data:`HUB_LICENSES`), or ``"other"`` with ``license_name`` (an id of the publisher's choosing, such as
+    ``my-license-1.0``) and optionally ``license_link`` (a URL, or a file in the repository such as ``LICENSE``)."""
+    if not isinstance(license, str) or license not in HUB_LICENSES:
+        # (SPDX spells the identifiers in capitals and names the GPLs "-only" / "-or-later")
+        lowered = license.strip().lower() if isinstance(license, str) else ""
+        spdx = re.sub(r"-(only|or-later)$", "", lowered)
+        close = [spdx] if spdx in HUB_LICENSES else difflib.get_close_matches(lowered, sorted(HUB_LICENSES), n=1,
+                                                                               cutoff=0.8)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        raise ValueError(
+            f"license {license!r} is not a license identifier of the Hugging Face Hub{hint}: give one of its "
+            f"identifiers, such as apache-2.0, mit or cc-by-4.0 (all of them: {LICENSES_URL}), or a license of "
+            "another name as license 'other' with its name in license_name (command line: --license other "
+            "--license-name my-license-1.0 [--license-link URL])"
+        )
+    if license == "other":
+        if license_name is None:
+            raise ValueError(
+                "license 'other' needs the license's name: pass license_name (command line: --license-name), an id "
+                "such as my-license-1.0, and link its text with license_link (a URL, or a LICENSE file in the "
+                f"repository); a license the Hub knows goes in license itself ({LICENSES_URL})"
+            )
+        if not isinstance(license_name, str) or not re.fullmatch(r"[a-z0-9][a-z0-9._+-]*", license_name):
+            raise ValueError(
+                f"license_name {license_name!r} is not a license id: lowercase letters, digits and . _ + - without "
+                "spaces, such as my-license-1.0"
+            )
+        if license_link is not None and (not isinstance(license_link, str) or not (
+                re.fullmatch(r"https?://\S+", license_link) or re.fullmatch(r"[\w.-]+(/[\w.-]+)*", license_link))
+                or ".." in license_link.split("/")):
+            raise ValueError(
+                f"license_link {license_link!r} is neither a URL (https://...) nor the name of a file in the "
+                "repository (LICENSE, LICENSE.md)"
+            )
+    else:
+        given = [name for name, value in (("license_name", license_name), ("license_link", license_link))
+                 if value is not None]
+        if given:
+            raise ValueError(
+                f"{' and '.join(given)} only appl{'y' if len(given) > 1 else 'ies'} to license 'other'; license "
+                f"{license!r} is named by its identifier alone"
+            )
+
+
 def render_model_card(
     model: Any,
     spec: Any,
@@ -160,9 +222,13 @@ def render_model_card(
     repo_id: str,
     code_files: list[str],
     license: str = DEFAULT_LICENSE,
+    license_name: str | None = None,
+    license_link: str | None = None,
     training: dict[str, Any] | None = None,
 ) -> ModelCard:
-    """The card of ``model`` (an architecture of ``spec``) published as ``repo_id``."""
+    """The card of ``model`` (an architecture of ``spec``) published as ``repo_id``, under ``license`` (see
+    :func:`check_license`)."""
+    check_license(license, license_name, license_link)
     model_name = repo_id.rsplit("/", 1)[-1]
     datasets = _datasets(training)
     evaluation = _overall_metrics(training)
@@ -176,6 +242,8 @@ def render_model_card(
     hub_datasets = [name for name in datasets if ":" not in name and name not in LOCAL_DATASETS]
     card_data = ModelCardData(
         license=license,
+        license_name=license_name,
+        license_link=license_link,
         library_name="seqzoo",
         pipeline_tag=pipeline_tag,
         tags=["seqzoo", spec.name, spec.model_type, "custom_code"],
@@ -418,7 +486,9 @@ def _table(header: list[str], rows: list[list[str]]) -> str:
 
 __all__ = [
     "DEFAULT_LICENSE",
+    "HUB_LICENSES",
     "TRAINING_FILE",
+    "check_license",
     "load_training_record",
     "render_model_card",
     "template_path",

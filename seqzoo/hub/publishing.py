@@ -26,6 +26,7 @@ from seqzoo.hub.bundle import BUNDLED_MARK, RECORD_FILE, build_bundle, bundle_re
 from seqzoo.hub.cards import (
     DEFAULT_LICENSE,
     TRAINING_FILE,
+    check_license,
     load_training_record,
     public_training_record,
     render_model_card,
@@ -53,18 +54,23 @@ def export_folder(
     *,
     repo_id: str,
     license: str = DEFAULT_LICENSE,
+    license_name: str | None = None,
+    license_link: str | None = None,
     tokenizer: Any = None,
     training: dict[str, Any] | None = None,
 ) -> Path:
     """Build the folder that :func:`publish` would upload as ``repo_id``, at ``output`` (which must not exist or
-    be empty), without uploading. ``source`` is a saved model folder or a seqzoo model (then pass ``tokenizer``)."""
+    be empty), without uploading. ``source`` is a saved model folder or a seqzoo model (then pass ``tokenizer``).
+    ``license`` is a Hub license identifier, or ``"other"`` with ``license_name`` and optionally ``license_link``
+    (:func:`seqzoo.hub.cards.check_license`)."""
     output = Path(output)
     if output.exists() and (not output.is_dir() or any(output.iterdir())):
         raise ValueError(f"output {output} already exists and is not an empty folder; choose a new path")
     _validate_repo_id(repo_id)
+    licensing = _licensing(license, license_name, license_link)
     checkpoint = _load_checkpoint(source, tokenizer, training)
     with staged_folder(output) as staging:  # built beside the destination and renamed into place when complete
-        _write_folder(checkpoint, staging, repo_id=repo_id, license=license)
+        _write_folder(checkpoint, staging, repo_id=repo_id, licensing=licensing)
     return output
 
 
@@ -77,6 +83,8 @@ def publish(
     commit_message: str | None = None,
     token: str | None = None,
     license: str = DEFAULT_LICENSE,
+    license_name: str | None = None,
+    license_link: str | None = None,
     tokenizer: Any = None,
     training: dict[str, Any] | None = None,
 ) -> str:
@@ -87,15 +95,18 @@ def publish(
     deletes what that one had and this one does not write (weight files of another layout, code seqzoo bundled for
     it, its ``seqzoo_training.json``); the owner's other files stay. The token is ``token``, else ``HF_TOKEN``, else
     the one saved by ``hf auth login``. The Hub endpoint is ``HF_ENDPOINT`` (https://huggingface.co by default).
+    ``license``, ``license_name`` and ``license_link`` are checked before anything is uploaded (as in
+    :func:`export_folder`).
     """
     from huggingface_hub import CommitOperationAdd, CommitOperationDelete, HfApi
 
     _validate_repo_id(repo_id)
+    licensing = _licensing(license, license_name, license_link)
     token = _write_token(token, repo_id)
     checkpoint = _load_checkpoint(source, tokenizer, training)
     api = HfApi(token=token)
     with tempfile.TemporaryDirectory(prefix="seqzoo-publish-") as staging:
-        files = _write_folder(checkpoint, Path(staging), repo_id=repo_id, license=license)
+        files = _write_folder(checkpoint, Path(staging), repo_id=repo_id, licensing=licensing)
         operations = [CommitOperationAdd(path_in_repo=name, path_or_fileobj=str(Path(staging) / name))
                       for name in files]
         message = commit_message or f"Publish a seqzoo {checkpoint.spec.name} checkpoint"
@@ -213,13 +224,21 @@ def build_hub_folder(
     *,
     repo_id: str,
     license: str = DEFAULT_LICENSE,
+    license_name: str | None = None,
+    license_link: str | None = None,
     tokenizer: Any = None,
     training: dict[str, Any] | None = None,
 ) -> list[str]:
     """Write the Hub files of ``source`` into the existing folder ``folder``; return the file names."""
     _validate_repo_id(repo_id)
+    licensing = _licensing(license, license_name, license_link)
     return _write_folder(_load_checkpoint(source, tokenizer, training), Path(folder), repo_id=repo_id,
-                         license=license)
+                         licensing=licensing)
+
+
+def _licensing(license: Any, license_name: Any, license_link: Any) -> dict[str, Any]:
+    check_license(license, license_name, license_link)  # (before any model is loaded or request made)
+    return {"license": license, "license_name": license_name, "license_link": license_link}
 
 
 def _load_checkpoint(source: Any, tokenizer: Any, training: dict[str, Any] | None) -> _Checkpoint:
@@ -279,7 +298,7 @@ def _load_checkpoint(source: Any, tokenizer: Any, training: dict[str, Any] | Non
     return _Checkpoint(model, spec, tokenizer, training)
 
 
-def _write_folder(checkpoint: _Checkpoint, folder: Path, *, repo_id: str, license: str) -> list[str]:
+def _write_folder(checkpoint: _Checkpoint, folder: Path, *, repo_id: str, licensing: dict[str, Any]) -> list[str]:
     model, spec = checkpoint.model, checkpoint.spec
     model.save_pretrained(folder)  # model.safetensors, config.json, generation_config.json and the code bundle
     checkpoint.tokenizer.save_pretrained(folder)
@@ -288,7 +307,7 @@ def _write_folder(checkpoint: _Checkpoint, folder: Path, *, repo_id: str, licens
     code_files = write_bundle(folder, spec)
     if checkpoint.training:
         (folder / TRAINING_FILE).write_text(json.dumps(checkpoint.training, indent=2) + "\n")
-    card = render_model_card(model, spec, repo_id=repo_id, code_files=code_files, license=license,
+    card = render_model_card(model, spec, repo_id=repo_id, code_files=code_files, **licensing,
                              training=checkpoint.training)
     card.save(folder / "README.md")
     return sorted(path.name for path in folder.iterdir())

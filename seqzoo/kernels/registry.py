@@ -11,6 +11,9 @@ Selection for a call, in order:
      that does not exist makes every selection raise (with a did-you-mean), so a typo is never ignored.
   2. otherwise the highest-priority available backend whose ``supports(...)`` accepts the call.
 
+A backend registered with ``devices`` (``("cuda",)``) accepts only calls whose first tensor is on one of those device
+types (checked after its own ``supports()``, and part of its cache key); by default it runs on any device.
+
 The choice is logged once per (op, backend). Implementations given as ``"module:attr"`` strings are imported on
 first use, so ``import seqzoo`` never imports Triton or CUDA extensions.
 
@@ -71,7 +74,7 @@ class Backend:
     is_available: Callable[[], bool] = _always_available
     supports: SupportsFn = _supports_everything
     description: str = ""
-    devices: tuple[str, ...] = ("cpu", "cuda")
+    devices: tuple[str, ...] | None = None  # the device types it runs on; None: any
     cache_key: CacheKeyFn | None = None
     plugin: str | None = None  # the entry point that registered it ("name (module:attr)"), for errors at call time
     _loaded: Callable[..., Any] | None = field(default=None, repr=False)
@@ -169,12 +172,14 @@ def register_backend(
     supports: SupportsFn = _supports_everything,
     cache_key: CacheKeyFn | None = None,
     description: str = "",
-    devices: tuple[str, ...] = ("cpu", "cuda"),
+    devices: tuple[str, ...] | None = None,
     replace: bool = False,
 ) -> Backend:
     """Add backend ``name`` for ``op`` (declared with :func:`register_op`: a misspelt op would otherwise become a new
     one whose backend no call ever selects). ``impl`` is a function or a lazy ``"module:attr"`` path; ``cache_key``
-    summarises what ``supports`` reads from a call (see the module docstring)."""
+    summarises what ``supports`` reads from a call (see the module docstring). ``devices`` (``("cuda",)``) limits
+    the backend to calls whose first tensor is on one of those device types: it is not selected for another (and,
+    requested, raises naming the device); ``None`` (the default) runs on any device."""
     if not isinstance(name, str) or not name or not name.replace("_", "").replace("-", "").isalnum():
         raise ValueError(f"backend name must be a non-empty identifier, got {name!r}")
     if not isinstance(priority, int) or isinstance(priority, bool):
@@ -186,9 +191,10 @@ def register_backend(
     for what, fn in (("is_available", is_available), ("supports", supports), ("cache_key", cache_key)):
         if fn is not None and not callable(fn):
             raise ValueError(f"backend {name!r}: {what} must be a function, got {fn!r}")
-    if isinstance(devices, str) or not all(isinstance(d, str) and d for d in devices):
-        raise ValueError(f"backend {name!r}: devices must be a tuple of device types such as ('cuda',), "
-                         f"got {devices!r}")
+    if devices is not None and (isinstance(devices, str) or not isinstance(devices, (tuple, list)) or not devices
+                                or not all(isinstance(d, str) and d for d in devices)):
+        raise ValueError(f"backend {name!r}: devices must be a non-empty tuple of device types such as ('cuda',), "
+                         f"or None for any device, got {devices!r}")
     with _LOCK:
         if op not in _OPS:
             close = difflib.get_close_matches(str(op), sorted(_OPS), n=1)
@@ -198,10 +204,49 @@ def register_backend(
         entry = _OPS[op]
         if name in entry.backends and not replace:
             raise ValueError(f"backend {name!r} is already registered for op {op!r}; pass replace=True to override")
-        backend = Backend(op, name, impl, priority, is_available, supports, description, tuple(devices), cache_key)
+        if devices is not None:
+            devices = tuple(devices)
+            supports, cache_key = _on_devices(devices, supports, cache_key)
+        backend = Backend(op, name, impl, priority, is_available, supports, description, devices, cache_key)
         entry.backends[name] = backend
         _invalidate()
         return backend
+
+
+def _call_device(args: tuple, kwargs: dict) -> str | None:
+    """The device type of a call: that of its first tensor argument (None when it has none)."""
+    for values in (args, kwargs.values()):
+        for value in values:
+            is_cuda = getattr(value, "is_cuda", None)  # a tensor's (this module imports torch lazily)
+            if is_cuda is not None:
+                return "cuda" if is_cuda else "cpu" if value.is_cpu else value.device.type
+    return None
+
+
+def _on_devices(devices: tuple[str, ...], supports: SupportsFn,
+                cache_key: CacheKeyFn | None) -> tuple[SupportsFn, CacheKeyFn | None]:
+    """``supports`` and ``cache_key`` of a backend limited to ``devices``: a call on another device type is declined
+    (after the backend's own check, whose reason comes first), and the device type is part of the key."""
+
+    def on_devices(*args: Any, **kwargs: Any) -> tuple[bool, str]:
+        answer = supports(*args, **kwargs)
+        if type(answer) is not tuple or len(answer) != 2 or not answer[0]:
+            return answer  # (a malformed answer is named by the registry)
+        device = _call_device(args, kwargs)
+        if device is not None and device not in devices:
+            return False, f"runs on {', '.join(devices)} only (its devices), got {device} tensors"
+        return answer
+
+    if cache_key is not None:
+        def key(*args: Any, **kwargs: Any) -> Hashable | None:
+            inner = cache_key(*args, **kwargs)
+            return None if inner is None else (_call_device(args, kwargs), inner)
+    elif supports is _supports_everything:
+        def key(*args: Any, **kwargs: Any) -> Hashable | None:
+            return (_call_device(args, kwargs),)
+    else:
+        key = None  # (a custom supports() with no key is never cached, as before)
+    return on_devices, key
 
 
 def unregister_backend(op: str, name: str) -> None:
@@ -390,6 +435,9 @@ def check_environment() -> None:
 
 def requested_backend(op: str) -> str | None:
     """The backend explicitly requested for ``op`` (API first, then the environment), or None."""
+    _ensure_loaded()
+    if op not in _OPS and op not in BUILTIN_OPS:  # a misspelt op would answer "nothing requested"
+        raise KernelError(_unknown(op, sorted(_OPS), "kernel op"))
     if op in _FORCED:
         return _FORCED[op]
     check_environment()
@@ -576,8 +624,8 @@ def prepare() -> None:
 
 def _on_this_machine(backend: Backend) -> bool:
     # Only backends that can run on this machine's default device are imported ahead (Triton's modules, which need
-    # a GPU, stay unimported on a CPU machine).
-    return _default_device() in backend.devices
+    # a GPU, stay unimported on a CPU machine), and listed as selected.
+    return backend.devices is None or _default_device() in backend.devices
 
 
 def _compiling() -> bool:
@@ -678,8 +726,7 @@ def list_kernels() -> list[dict[str, Any]]:
         ordered = sorted(entry.backends.values(), key=lambda b: -b.priority)
         default = forced
         if default is None:
-            device = _default_device()
-            default = next((b.name for b in ordered if b.available() and device in b.devices), None)
+            default = next((b.name for b in ordered if b.available() and _on_this_machine(b)), None)
         for backend in ordered:
             rows.append(
                 {

@@ -34,6 +34,12 @@ def check_reset(op: str, reset, batch: int, length: int) -> torch.Tensor | None:
         raise ValueError(f"{op}: reset must be (B, T) = ({batch}, {length}), got shape {tuple(reset.shape)}")
     if reset.is_floating_point() or reset.is_complex():
         raise ValueError(f"{op}: reset must be bool (or integer 0/1), got dtype {reset.dtype}")
+    if reset.dtype != torch.bool and reset.numel() and not bool(((reset == 0) | (reset == 1)).all()):
+        # (a document index, such as mamba_ssm's seq_idx [0, 0, 1, 1, 2], would otherwise mark every token after the
+        # first document as one that begins a document)
+        raise ValueError(f"{op}: an integer reset must hold only 0 and 1 (True at a document's first token), got "
+                         f"values {reset.unique().tolist()[:6]}; a document index (seq_idx) is not a reset: pass "
+                         f"torch.diff(seq_idx, dim=1, prepend=seq_idx[:, :1]) != 0")
     return reset.to(torch.bool)
 
 

@@ -68,8 +68,10 @@ def reproduction_checks(results: dict[str, Any], accuracy: dict[str, dict[str, d
                 continue
             means = {d: _mean(v) for d, v in sorted(per_distance.items())}
             failing = {d: a for d, a in means.items() if a < SOLVED}
+            # (the seeds whose run succeeded: a failed seed is in no mean)
+            seeds = max(len(v) for v in per_distance.values())
             checks.append({"task": task, "arch": arch, "paper": paper, "claim": claim, "means": means,
-                           "reproduced": not failing, "failing": failing})
+                           "reproduced": not failing, "failing": failing, "seeds": seeds})
     return checks
 
 
@@ -80,8 +82,9 @@ def reproduction_notes(results: dict[str, Any], accuracy: dict[str, dict[str, di
         figures = ", ".join(f"{a:.2f} at {d}" for d, a in check["means"].items())
         steps = sorted({r["steps"] for r in results["runs"] if r["task"] == check["task"] and r["arch"] == check["arch"]})
         if check["reproduced"]:
+            seeds = f"{check['seeds']} seed{'s' if check['seeds'] > 1 else ''}"
             lines.append(f"- **Reproduced**: {check['paper']}: {check['claim']}. {check['arch']}: {figures} "
-                         f"(mean of {len(cfg['seeds'])} seeds, every distance >= {SOLVED}).")
+                         f"(mean of {seeds}, every distance >= {SOLVED}).")
         else:
             lines.append(
                 f"- **Not reproduced here**: {check['paper']}: {check['claim']}. {check['arch']}: {figures} "
@@ -270,12 +273,22 @@ def gradient_health_notes(results: dict[str, Any]) -> str:
         outcome = (f"accuracy {run['eval']['accuracy']:.2f}" if run["task"] != "text"
                    else f"perplexity {run['eval']['perplexity']:.2f}")
         recovered = tail <= min(losses) * 1.5 if all(math.isfinite(x) for x in losses) else False
-        meaning = ("clipping capped each of those updates, and the run ended near its best loss: large raw "
-                   "gradients, not divergence" if recovered else
-                   "the run ended well above its best loss: these steps set it back")
+        # (a non-finite step is counted among the exploding ones too, and skipped rather than clipped)
+        nonfinite = flagged.pop("nonfinite", 0) if "exploding" in flagged else 0
+        if not recovered:
+            meaning = "the run ended well above its best loss"
+            meaning += ": these steps set it back" if "exploding" in flagged else ""
+        elif "exploding" in flagged:
+            skipped = " (the non-finite ones were skipped)" if nonfinite else ""
+            meaning = (f"clipping capped each of those updates{skipped}, and the run ended near its best loss: large "
+                       "raw gradients, not divergence")
+        else:  # vanishing steps only: nothing was clipped
+            meaning = "those updates barely moved the weights, and the run ended near its best loss anyway"
         first = health.get("first_flagged_step", {})
-        lines.append(f"- {name}: " + ", ".join(f"{v} {k} step(s) (first at step {first.get(k, '?')})"
-                                               for k, v in flagged.items())
+        counted = [f"{v} {k} step(s) (first at step {first.get(k, '?')}"
+                   + (f"; {nonfinite} of them non-finite" if k == "exploding" and nonfinite else "") + ")"
+                   for k, v in flagged.items()]
+        lines.append(f"- {name}: " + ", ".join(counted)
                      + f"; largest norm {health.get('max_grad_norm', math.nan):.3g}; {meaning} ({outcome}).")
     if not lines:
         return ("No run had a vanishing (< 1e-6) or exploding (> 1e3 or non-finite) gradient norm before clipping.")

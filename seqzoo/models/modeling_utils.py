@@ -457,17 +457,19 @@ class SeqzooPreTrainedModel(PreTrainedModel):
     ) -> str:
         """Upload this model as ``seqzoo publish`` does: weights, config with ``auto_map``, the code bundle, the
         tokenizer (``tokenizer``, required: ``seqzoo.byte_tokenizer()`` for seqzoo's byte vocabulary) and the
-        model card, in one commit. ``license`` and ``training`` (a training record for the card) are passed on to
+        model card, in one commit. ``license`` (with ``license_name`` and ``license_link`` for ``"other"``) and
+        ``training`` (a training record for the card) are passed on to
         :func:`seqzoo.hub.publish`; transformers' other upload options are refused by name."""
         if self._auto_class is not None:  # the bundled copy, where seqzoo's publisher is absent
             return super().push_to_hub(repo_id, private=private, revision=revision, commit_message=commit_message,
                                        token=token, **kwargs)
-        unsupported = sorted(set(kwargs) - {"license", "training"})
+        unsupported = sorted(set(kwargs) - {"license", "license_name", "license_link", "training"})
         if unsupported:
             raise TypeError(
                 f"{type(self).__name__}.push_to_hub does not take {', '.join(unsupported)}: it publishes as "
-                "`seqzoo publish` does and takes tokenizer, private, revision, commit_message, token, license and "
-                "training; for anything else save the folder and upload it with huggingface_hub"
+                "`seqzoo publish` does and takes tokenizer, private, revision, commit_message, token, license, "
+                "license_name, license_link and training; for anything else save the folder and upload it with "
+                "huggingface_hub"
             )
         return _seqzoo_module("hub.publishing").publish(
             self, repo_id, tokenizer=tokenizer, private=private, revision=revision, commit_message=commit_message,

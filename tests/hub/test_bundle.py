@@ -194,3 +194,91 @@ def test_a_bundle_never_imports_an_installed_seqzoo(arch, tmp_path):
                          text=True, timeout=300, env=env)
     assert run.returncode == 0, run.stderr[-3000:]
     assert "imports of seqzoo: []" in run.stdout
+
+
+def plugin_spec(tmp_path, monkeypatch, package: str, files: dict[str, str], model_type: str | None = None):
+    """A plugin package written into ``tmp_path`` and importable for this test: its ``modeling`` module defines
+    ``Config`` and ``Model``; returns a spec of them as build_bundle reads one."""
+    for name, text in files.items():
+        (tmp_path / package / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / package / name).write_text(text)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    for name in [name for name in sys.modules if name == package or name.startswith(f"{package}.")]:
+        monkeypatch.delitem(sys.modules, name)
+    import importlib
+
+    modeling = importlib.import_module(f"{package}.modeling")
+    return SimpleNamespace(model_type=model_type or package, config_class=modeling.Config,
+                           model_class=modeling.Model, heads={"causal-lm": modeling.Model})
+
+
+CLASSES = "\n\nclass Config:\n    pass\n\n\nclass Model:\n    pass\n"
+
+
+@pytest.fixture
+def forget_plugins():
+    before = set(sys.modules)
+    yield
+    for name in set(sys.modules) - before:
+        if not name.startswith(("seqzoo", "transformers", "torch")):
+            del sys.modules[name]
+
+
+def test_a_one_line_guarded_import_stays_valid_python(tmp_path, monkeypatch, forget_plugins):
+    """An import sharing its line with `try:` is rewritten on that line: two statements on two lines would each
+    need their own `try:`."""
+    spec = plugin_spec(tmp_path, monkeypatch, "linezoo", {
+        "__init__.py": "",
+        "modeling.py": "try: from seqzoo import cache\nexcept ImportError: cache = None\n" + CLASSES,
+    })
+    text = build_bundle(spec).files["modeling_linezoo"]
+    ast.parse(text)
+    assert ("\ntry: from .seqzoo_cache import __name__ as _bundled_seqzoo_cache; from . import seqzoo_cache as cache\n"
+            in text)
+
+
+def test_a_model_type_that_is_no_python_name_gets_importable_file_names(tmp_path, monkeypatch, forget_plugins):
+    """transformers' own model types hold hyphens (xlm-roberta); a file name with one cannot be imported from."""
+    spec = plugin_spec(tmp_path, monkeypatch, "dashzoo", {
+        "__init__.py": "",
+        "configuration.py": "class Config:\n    pass\n",
+        "modeling.py": "from dashzoo.configuration import Config\n\n\nclass Model:\n    pass\n",
+    }, model_type="dash-zoo")
+    bundle = build_bundle(spec)
+    assert bundle.auto_map == {"AutoConfig": "configuration_dash_zoo.Config", "AutoModel": "modeling_dash_zoo.Model",
+                               "AutoModelForCausalLM": "modeling_dash_zoo.Model"}
+    assert all(name.isidentifier() for name in bundle.files)
+    assert "\nfrom .configuration_dash_zoo import Config\n" in bundle.files["modeling_dash_zoo"]
+
+
+def test_two_modules_with_one_flat_name_are_refused(tmp_path, monkeypatch, forget_plugins):
+    spec = plugin_spec(tmp_path, monkeypatch, "clashzoo", {
+        "__init__.py": "", "a_b.py": "X = 1\n", "a/__init__.py": "", "a/b.py": "Y = 2\n",
+        "modeling.py": "from clashzoo.a_b import X\nfrom clashzoo.a.b import Y\n" + CLASSES,
+    })
+    with pytest.raises(BundleError, match=r"modules 'clashzoo\.a(_b|\.b)' and 'clashzoo\.a(_b|\.b)' would both be "
+                                          r"bundled as clashzoo_a_b\.py; rename one of them"):
+        build_bundle(spec)
+
+
+def test_a_module_without_python_source_is_refused(tmp_path, monkeypatch, forget_plugins):
+    """A compiled extension module of the plugin cannot be copied into the bundle as source."""
+    import importlib.machinery
+
+    (tmp_path / "extzoo").mkdir()
+    (tmp_path / "extzoo" / f"fast{importlib.machinery.EXTENSION_SUFFIXES[0]}").write_bytes(b"")
+    spec = plugin_spec(tmp_path, monkeypatch, "extzoo", {
+        "__init__.py": "", "modeling.py": "def kernel():\n    from extzoo.fast import run\n" + CLASSES,
+    })
+    with pytest.raises(BundleError, match=r"cannot bundle module 'extzoo\.fast': it has no Python source file"):
+        build_bundle(spec)
+
+
+def test_a_cached_bundle_is_that_of_the_spec_asked_for(monkeypatch):
+    """The cache is keyed by id(spec), which Python reuses once a spec is gone: a bundle of another spec found
+    under the id is not returned."""
+    from seqzoo.hub import bundle as bundling
+
+    lstm = seqzoo.get_architecture("lstm")
+    monkeypatch.setitem(bundling._BUNDLES, id(lstm), (seqzoo.get_architecture("gru"), "the gru spec's bundle"))
+    assert "modeling_seqzoo_lstm" in bundling._cached_bundle(lstm).files

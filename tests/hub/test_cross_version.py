@@ -13,6 +13,7 @@ import json
 import os
 
 import pytest
+import torch
 import transformers
 
 from seqzoo.hub.bundle import RECORD_FILE
@@ -50,8 +51,6 @@ def test_the_other_environment_is_another_release_without_seqzoo(under_other_rel
 
 
 def test_bundles_match_the_native_model_under_the_other_release(exports, reference, under_other_release):
-    import torch
-
     for arch in exports:
         got = under_other_release["checkpoints"][arch]
         assert "error" not in got, f"{arch}:\n{got.get('error')}"
@@ -66,4 +65,6 @@ def test_the_bundle_records_the_release_it_was_exported_with(exports):
     for arch, folder in exports.items():
         record = json.loads((folder / RECORD_FILE).read_text())
         assert record["exported_with"]["transformers"] == transformers.__version__, arch
+        # the torch release, without the build's local tag (+cpu, +cu128): the same release on every machine
+        assert record["exported_with"]["torch"] == torch.__version__.partition("+")[0], arch
         assert record["tested_transformers"].startswith(("<", ">")), record

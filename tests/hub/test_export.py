@@ -11,6 +11,7 @@ import jinja2
 import pytest
 import torch
 from huggingface_hub import ModelCard
+from transformers import PreTrainedConfig
 
 import seqzoo
 from seqzoo.cli import main, save_with_tokenizer
@@ -54,7 +55,7 @@ def test_model_card_renders_with_parseable_metadata(arch, exports):
     assert data["license"] == "apache-2.0"
     assert data["library_name"] == "seqzoo"
     assert data["pipeline_tag"] == "text-generation"
-    assert {"seqzoo", arch, spec.model_type} <= set(data["tags"])
+    assert {"seqzoo", arch, spec.model_type, "custom_code"} <= set(data["tags"])
 
     model = seqzoo.get_architecture(arch).causal_lm_class.from_pretrained(folder)
     counts = parameter_counts(model)
@@ -62,9 +63,13 @@ def test_model_card_renders_with_parseable_metadata(arch, exports):
     state, kv = model.config.state_bytes_per_sequence(4), model.config.kv_bytes_per_token(4)
     assert (f"| state carried per sequence | {state:,} bytes" in card.text) == (state > 0)
     assert (f"| KV cache per token of context | {kv:,} bytes" in card.text) == (kv > 0)
+    assert (f"{kv * 4096:,} bytes" in card.text and "at 4,096 tokens" in card.text) == (kv > 0)
     assert f"≈ {2 * counts['per_token']:,} FLOPs" in card.text
     assert f"| hidden_size | `{model.config.hidden_size}` |" in card.text
     assert f"| num_hidden_layers | `{model.config.num_hidden_layers}` |" in card.text
+    # the architecture's own fields only: none of transformers' generic ones (return_dict, transformers_version ...)
+    generic = {f.name for f in dataclasses.fields(PreTrainedConfig)}
+    assert not [name for name in generic if f"| {name} | `" in card.text]
     assert "{{" not in card.text and "{%" not in card.text
     # Every head the registry holds for the architecture, this one named first.
     assert f"This checkpoint is `{spec.causal_lm_class.__name__}`, the `causal-lm` head" in card.text
@@ -159,9 +164,11 @@ def test_a_published_record_names_local_files_without_their_folders(tmp_path):
     file names only, and its datasets metadata (Hub dataset ids) leaves local sources out."""
     folder = tmp_path / "run"
     save_with_tokenizer(tiny_byte_model("gru"), folder)
-    record = {"dataset": ["text:/home/me/private/corpus.txt,/home/me/private/more.txt", "roneneldan/TinyStories"],
+    record = {"dataset": ["text:/home/me/private/corpus.txt,/home/me/private/more.txt", "roneneldan/TinyStories",
+                          "jsonl:/home/me/private/tags.jsonl"],  # (what classification and seq2seq training write)
               "data": {"name": "text:~/notes/a.txt", "seq_len": 8},
               "recipe": {"output_dir": "/home/me/private/run", "data": {"path": "C:\\Users\\me\\b.txt"},
+                         "share": "\\\\server\\Users\\me\\c.txt", "forward": "C:/Users/me/d.txt",
                          "name": "my run", "lr": 0.001, "url": "https://example.org/x"},
               "eval": {"loss": 2.0}}
     (folder / "seqzoo_training.json").write_text(json.dumps(record))
@@ -169,13 +176,14 @@ def test_a_published_record_names_local_files_without_their_folders(tmp_path):
     published = (out / "seqzoo_training.json").read_text() + (out / "README.md").read_text()
     assert "/home/me" not in published and "~/notes" not in published and "Users" not in published
     assert json.loads((out / "seqzoo_training.json").read_text()) == {
-        "dataset": ["text:corpus.txt,more.txt", "roneneldan/TinyStories"], "data": {"name": "text:a.txt", "seq_len": 8},
-        "recipe": {"output_dir": "run", "data": {"path": "b.txt"}, "name": "my run", "lr": 0.001,
-                   "url": "https://example.org/x"},
+        "dataset": ["text:corpus.txt,more.txt", "roneneldan/TinyStories", "jsonl:tags.jsonl"],
+        "data": {"name": "text:a.txt", "seq_len": 8},
+        "recipe": {"output_dir": "run", "data": {"path": "b.txt"}, "share": "c.txt", "forward": "d.txt",
+                   "name": "my run", "lr": 0.001, "url": "https://example.org/x"},
         "eval": {"loss": 2.0}}
     card = ModelCard.load(out / "README.md")
     assert card.data.datasets == ["roneneldan/TinyStories"]
-    assert "- Data: `text:corpus.txt,more.txt`, `roneneldan/TinyStories`" in card.text
+    assert "- Data: `text:corpus.txt,more.txt`, `roneneldan/TinyStories`, `jsonl:tags.jsonl`" in card.text
     # seqzoo train's default data, the Python documentation, is no Hub dataset either
     record["dataset"] = ["pydoc_data.topics"]
     (folder / "seqzoo_training.json").write_text(json.dumps(record))
@@ -215,8 +223,10 @@ def test_training_record_errors_name_the_field(record, message):
 
 def test_dry_run_builds_the_folder_and_uploads_nothing(saved_models, tmp_path, capsys):
     output = tmp_path / "out" / "tiny-gru"
-    assert main(["publish", str(saved_models["gru"]), repo_id("gru"), "--dry-run", "--output", str(output)]) == 0
+    assert main(["publish", str(saved_models["gru"]), repo_id("gru"), "--dry-run", "--output", str(output),
+                 "--license", "cc-by-4.0"]) == 0
     assert "nothing uploaded" in capsys.readouterr().out
+    assert ModelCard.load(output / "README.md").data.license == "cc-by-4.0"
     assert (output / "modeling_seqzoo_gru.py").is_file() and (output / "README.md").is_file()
     assert [path.name for path in output.parent.iterdir()] == ["tiny-gru"]  # no staging folder left beside it
 
@@ -278,9 +288,14 @@ def test_export_refuses_a_config_that_does_not_describe_the_weights(tmp_path):
 def test_export_from_a_model_object(tmp_path):
     model = tiny_byte_model("rnn")
     folder = export_folder(model, tmp_path / "rnn", repo_id="someone/rnn", tokenizer=byte_tokenizer(),
-                           training={"dataset": ["a/b", "c/d"], "steps": 3}, license="mit")
+                           training={"dataset": ["a/b", "c/d"], "steps": 12_800, "eval": {"loss": 1.234567891}},
+                           license="mit")
     card = ModelCard.load(folder / "README.md")
     assert card.data.license == "mit" and card.data.datasets == ["a/b", "c/d"]
+    assert "license_name" not in card.content.split("---")[1]
+    # the metadata carries the figure as recorded; the table shows 4 digits
+    assert [(r.metric_type, r.metric_value) for r in card.data.eval_results] == [("loss", 1.234567891)]
+    assert "| loss | 1.235 |" in card.text and "- Optimizer steps: 12,800" in card.text
     loaded = seqzoo.get_architecture("rnn").causal_lm_class.from_pretrained(folder)
     for key, value in model.state_dict().items():
         assert torch.equal(loaded.state_dict()[key], value), key
@@ -319,3 +334,45 @@ def test_a_model_loaded_from_its_bundle_publishes_as_seqzoos_own(tmp_path):
     card = (folder / "README.md").read_text()
     assert "This checkpoint is `LSTMForTokenClassification`, the `token-classification` head" in card
     assert json.loads((folder / "config.json").read_text())["architectures"] == ["LSTMForTokenClassification"]
+
+
+def test_a_table_cell_holding_a_pipe_stays_one_cell():
+    from seqzoo.hub.cards import training_section
+
+    text = training_section({"recipe": {"separator": "a|b"}})
+    assert '| separator | `"a\\|b"` |' in text
+
+
+def test_a_license_the_hub_does_not_know_is_refused_before_anything_is_written(saved_models, tmp_path, capsys):
+    """The Hub refuses a card whose license is none of its identifiers (when the commit is made, after the
+    repository was created); seqzoo says so first, with the identifier meant where it can tell."""
+    cases = [
+        (dict(license="Apache-2.0"), r"license 'Apache-2\.0' is not a license identifier of the Hugging Face Hub "
+                                     r"\(did you mean 'apache-2\.0'\?\).*repositories-licenses"),
+        (dict(license="GPL-3.0-only"), r"\(did you mean 'gpl-3\.0'\?\)"),
+        (dict(license="my terms"), r"license 'my terms' is not a license identifier of the Hugging Face Hub: .*"
+                                   r"'other' with its name in license_name"),
+        (dict(license="other"), r"license 'other' needs the license's name: pass license_name"),
+        (dict(license="other", license_name="My Terms"), r"license_name 'My Terms' is not a license id"),
+        (dict(license="other", license_name="my-terms", license_link="../../etc/passwd"),
+         r"license_link '\.\./\.\./etc/passwd' is neither a URL"),
+        (dict(license="mit", license_name="my-terms"), r"license_name only applies to license 'other'"),
+    ]
+    for kwargs, message in cases:
+        with pytest.raises(ValueError, match=message):
+            export_folder(saved_models["gru"], tmp_path / "out", repo_id=repo_id("gru"), **kwargs)
+        with pytest.raises(ValueError, match=message):
+            render_model_card(tiny_byte_model("gru"), seqzoo.get_architecture("gru"), repo_id="someone/gru",
+                              code_files=["a.py"], **kwargs)
+    assert main(["publish", str(saved_models["gru"]), repo_id("gru"), "--dry-run", "--output", str(tmp_path / "out"),
+                 "--license", "other"]) == 2
+    assert capsys.readouterr().err.startswith("error: license 'other' needs the license's name")
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("link", [None, "https://example.org/terms", "LICENSE.md"])
+def test_license_other_is_named_as_the_hub_reads_it(saved_models, tmp_path, link):
+    folder = export_folder(saved_models["gru"], tmp_path / "out", repo_id=repo_id("gru"), license="other",
+                           license_name="my-terms-1.0", license_link=link)
+    card = ModelCard.load(folder / "README.md")
+    assert (card.data.license, card.data.license_name, card.data.license_link) == ("other", "my-terms-1.0", link)

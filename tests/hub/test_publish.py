@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import tempfile
 
 import pytest
-from huggingface_hub import constants
+from huggingface_hub import ModelCard, constants
 
 from seqzoo.cli import main
 from seqzoo.hub import PublishError, export_folder, publish
@@ -71,6 +72,12 @@ def test_publish_defaults_commit_to_main_with_a_default_message(hub, saved_model
     assert (commit.revision, commit.summary) == ("main", "Publish a seqzoo gru checkpoint")
 
 
+def test_a_token_given_is_used_over_HF_TOKEN(hub, saved_models):
+    publish(saved_models["gru"], repo_id("gru"), token="hf_given_token")
+    publishing = [r for r in hub.requests if r.route != "agent_harnesses"]
+    assert publishing and all(r.headers.get("authorization") == "Bearer hf_given_token" for r in publishing)
+
+
 def test_publish_without_a_token_fails_before_any_request(hub, monkeypatch, tmp_path, saved_models):
     for name in ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "HF_OIDC_RESOURCE"):
         monkeypatch.delenv(name, raising=False)
@@ -124,6 +131,11 @@ def test_cli_publish_reports_errors_plainly(saved_models, monkeypatch, tmp_path,
     assert capsys.readouterr().err.startswith("error: no Hugging Face token")
     assert main(["publish", str(saved_models["lstm"]), repo_id("lstm"), "--dry-run"]) == 2
     assert "--dry-run and --output go together" in capsys.readouterr().err
+    # --output alone would otherwise upload what the user meant only to build
+    assert main(["publish", str(saved_models["lstm"]), repo_id("lstm"), "--output", str(tmp_path / "x")]) == 2
+    assert "--dry-run and --output go together" in capsys.readouterr().err
+    assert main(["publish", str(saved_models["lstm"])]) == 2
+    assert "needs MODEL_DIR and REPO_ID" in capsys.readouterr().err
     assert main(["publish", str(saved_models["lstm"]), repo_id("lstm"), "--dry-run", "--output", str(tmp_path / "x"),
                  "--private", "--revision", "v2"]) == 2
     assert "--private, --revision only apply to an upload" in capsys.readouterr().err
@@ -152,7 +164,9 @@ def test_publish_over_an_earlier_checkpoint_deletes_what_it_left(hub, saved_mode
     earlier.pop("model.safetensors")
     earlier.update({"model-00001-of-00002.safetensors": b"x", "model-00002-of-00002.safetensors": b"x",
                     "model.safetensors.index.json": b"{}", "pytorch_model.bin": b"x", "notes.py": b"# mine\n",
-                    "modeling_my_helpers.py": b"# mine too\n", "data/train.csv": b"a\n", ".gitattributes": b""})
+                    "modeling_my_helpers.py": b"# mine too\n", "data/train.csv": b"a\n", ".gitattributes": b"",
+                    # the owner's: seqzoo's note is a bundled file's first line, not a line below it
+                    "seqzoo_notes.py": b"# my notes\n# copied into the self-contained code of this checkpoint\n"})
     hub.repos[repo] = dict(earlier)
 
     publish(saved_models["gru"], repo)
@@ -162,13 +176,13 @@ def test_publish_over_an_earlier_checkpoint_deletes_what_it_left(hub, saved_mode
     assert "seqzoo_training.json" not in fresh
     assert sorted(commit.files) == sorted(fresh)
     bundled_for_lstm = sorted(name for name in earlier if name.endswith(".py") and name not in fresh
-                              and name not in ("notes.py", "modeling_my_helpers.py"))
+                              and name not in ("notes.py", "modeling_my_helpers.py", "seqzoo_notes.py"))
     assert "modeling_seqzoo_lstm.py" in bundled_for_lstm
     assert sorted(commit.deleted) == sorted(
         ["seqzoo_training.json", "model-00001-of-00002.safetensors", "model-00002-of-00002.safetensors",
          "model.safetensors.index.json", "pytorch_model.bin", *bundled_for_lstm])
-    assert sorted(hub.repos[repo]) == sorted([*fresh, "notes.py", "modeling_my_helpers.py", "data/train.csv",
-                                              ".gitattributes"])
+    assert sorted(hub.repos[repo]) == sorted([*fresh, "notes.py", "modeling_my_helpers.py", "seqzoo_notes.py",
+                                              "data/train.csv", ".gitattributes"])
     assert list(hub.staging_root.iterdir()) == []
 
 
@@ -205,6 +219,53 @@ def test_refresh_code_rewrites_only_the_code_of_an_existing_repository(hub, expo
     after = hub.repos[repo]
     for name in ("model.safetensors", "README.md", "tokenizer.json", "notes.py", "modeling_my_helpers.py"):
         assert after[name] == old[name], name
+
+
+def test_cli_publish_passes_private_revision_and_license_on(hub, saved_models):
+    assert main(["publish", str(saved_models["gru"]), repo_id("gru"), "--private", "--revision", "v2", "--license",
+                 "other", "--license-name", "my-license-1.0", "--license-link", "LICENSE"]) == 0
+    assert json.loads(hub.request("create_repo").body)["visibility"] == "private"
+    assert [r.path for r in hub.requests if r.route == "branch"] == [f"/api/models/{repo_id('gru')}/branch/v2"]
+    (commit,) = hub.commits
+    assert commit.revision == "v2"
+    card = ModelCard(commit.files["README.md"].decode())
+    assert (card.data.license, card.data.license_name, card.data.license_link) == ("other", "my-license-1.0",
+                                                                                    "LICENSE")
+
+
+def test_cli_refresh_code_commits_to_the_revision_given(hub, exports):
+    hub.repos[repo_id("lstm")] = folder_bytes(exports["lstm"])
+    assert main(["publish", "--refresh-code", repo_id("lstm"), "--revision", "v2"]) == 0
+    (commit,) = hub.commits
+    assert commit.revision == "v2"
+
+
+@pytest.mark.parametrize("flags", [["--dry-run"], ["--output", "out"], ["--license", "mit"],
+                                   ["--license-name", "x"]])
+def test_refresh_code_refuses_what_only_a_publication_takes(hub, exports, capsys, flags):
+    """--refresh-code rewrites code in place: a dry run would have uploaded, and a license would have been dropped."""
+    hub.repos[repo_id("lstm")] = folder_bytes(exports["lstm"])
+    assert main(["publish", "--refresh-code", repo_id("lstm"), *flags]) == 2
+    err = capsys.readouterr().err
+    assert "--refresh-code REPO_ID takes no model folder" in err and (flags[0] == "--dry-run" or flags[0] in err)
+    assert hub.requests == [] and hub.commits == []
+
+
+@pytest.mark.parametrize("license, message", [
+    ("MIT", r"license 'MIT' is not a license identifier of the Hugging Face Hub \(did you mean 'mit'\?\)"),
+    ("my own terms", r"license 'my own terms' is not a license identifier .*repositories-licenses.*--license other "
+                     r"--license-name"),
+])
+def test_publish_refuses_a_license_the_hub_does_not_know_before_any_request(hub, saved_models, capsys, license,
+                                                                            message):
+    with pytest.raises(ValueError, match=message):
+        publish(saved_models["gru"], repo_id("gru"), license=license)
+    assert main(["publish", str(saved_models["gru"]), repo_id("gru"), "--license", license]) == 2
+    assert re.match("error: " + message, capsys.readouterr().err)
+    with pytest.raises(ValueError, match=message):
+        tiny_byte_model("gru").push_to_hub(repo_id("gru"), tokenizer=byte_tokenizer(), license=license)
+    assert hub.requests == [] and hub.commits == []
+    assert list(hub.staging_root.iterdir()) == []
 
 
 def test_refresh_code_refuses_what_is_not_a_seqzoo_model(hub, capsys):

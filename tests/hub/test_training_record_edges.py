@@ -12,6 +12,7 @@ from seqzoo.hub.cards import validate_training_record
     ({"dataset": []}, r"'dataset' must be a non-empty string or list of strings; got \[\]"),
     ({"steps": True}, "'steps' must be an integer >= 0; got True"),
     ({"eval": {"sets": {"long": 3.5}}}, r"eval 'sets' must map set names to \{metric: number\} objects"),
+    ({"eval": {"accuracy": True}}, "eval metric 'accuracy' must be a finite number; got True"),
 ])
 def test_training_record_edge_errors_name_the_field(record, message):
     with pytest.raises(ValueError, match=message):

@@ -214,7 +214,12 @@ def test_seqzoo_kernels_fails_when_a_forced_backend_is_not_available(monkeypatch
                                             ({"op": "gruu"}, r"unknown kernel op 'gruu' for backend 'mine'\. Did you "
                                                              r"mean 'gru'\?.*register_op\('gruu'\) first"),
                                             ({"impl": 42}, "impl must be a function or a lazy 'module:attribute' path"),
-                                            ({"impl": "seqzoo.kernels"}, "impl must be a function or a lazy")])
+                                            ({"impl": "seqzoo.kernels"}, "impl must be a function or a lazy"),
+                                            ({"impl": "a:b:c"}, "impl must be a function or a lazy"),
+                                            ({"name": "a=b"}, "backend name must be a non-empty identifier"),
+                                            ({"priority": True}, "backend priority must be an int, got True"),
+                                            ({"devices": ()}, r"devices must be a non-empty tuple of device types"),
+                                            ({"devices": "cuda"}, r"devices must be a non-empty tuple")])
 def test_register_backend_checks_its_name_and_priority(kwargs, message):
     """A priority given as a string registered, then broke every later selection of the op, built-in ones too."""
     args = {"op": "gru", "name": "mine", "impl": registry.get_kernel("gru", "reference"), "priority": 5, **kwargs}

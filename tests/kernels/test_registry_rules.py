@@ -1,0 +1,287 @@
+"""Kernel registry rules the selection tests left unchecked (each found by editing the registry and seeing no test
+fail): registering over a name, removing a requested backend, a failed plugin's ops, spacing in SEQZOO_KERNELS, the
+API over the environment, a requested backend that is not available, choices that cannot be cached, logging and
+warnings once, nested use_backend, plugin errors, the package's exports, declared devices and integer resets."""
+
+from __future__ import annotations
+
+import inspect
+import logging
+import sys
+
+import pytest
+import torch
+
+import seqzoo.kernels
+from seqzoo.kernels import registry
+from seqzoo.kernels.registry import (
+    KernelError,
+    dispatch,
+    get_kernel,
+    register_backend,
+    requested_backend,
+    select,
+    set_backend,
+    unregister_backend,
+    use_backend,
+)
+from tests.kernels import test_causal_conv1d, test_ssd
+from tests.kernels.test_selection_cache import lstm_call
+
+
+@pytest.fixture(autouse=True)
+def plain_environment(monkeypatch):
+    monkeypatch.delenv("SEQZOO_KERNELS", raising=False)
+
+
+@pytest.fixture
+def added():
+    """Backends a test registers, taken back afterwards: ``added(op, name, impl, **kwargs)``."""
+    names = []
+
+    def add(op, name, impl=None, **kwargs):
+        impl = impl if impl is not None else get_kernel(op, "reference")
+        backend = register_backend(op, name, impl, **kwargs)
+        names.append((op, name))
+        return backend
+
+    yield add
+    for op, name in names:
+        if name in registry.get_op(op).backends:
+            unregister_backend(op, name)
+
+
+def gru_call(length=5):
+    (x, h, _c, *_w), _ = lstm_call(length)
+    return (x, h, torch.randn(9, 4), torch.randn(9, 3), None, None)
+
+
+def test_registering_a_taken_name_needs_replace():
+    with pytest.raises(ValueError, match="backend 'reference' is already registered for op 'gru'; pass replace=True"):
+        register_backend("gru", "reference", get_kernel("gru", "reference"))
+
+
+def test_unregistering_a_requested_backend_drops_the_request(added):
+    added("gru", "mine", priority=-1)
+    set_backend("gru", "mine")
+    unregister_backend("gru", "mine")
+    assert requested_backend("gru") is None
+    assert select("gru", *gru_call()).name == "torch"  # (not "unknown kernel backend 'mine'" on every call)
+
+
+def test_a_kernel_plugin_that_declares_an_op_and_fails_leaves_no_op(tmp_path, monkeypatch):
+    (tmp_path / "seqzoo_opplugin.py").write_text(
+        "def register(registry):\n"
+        "    registry.register_op('plugged_op', 'an op of a plugin that then fails')\n"
+        "    registry.register_backend('plugged_op', 'reference', lambda x: x)\n"
+        "    raise ImportError('missing extension')\n"
+    )
+    dist = tmp_path / "seqzoo_opplugin-0.1.dist-info"
+    dist.mkdir()
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: seqzoo-opplugin\nVersion: 0.1\n")
+    (dist / "entry_points.txt").write_text("[seqzoo.kernels]\nopper = seqzoo_opplugin:register\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    try:
+        registry._load_entry_point_plugins()
+        assert "plugged_op" not in registry.list_ops()
+    finally:
+        registry._OPS.pop("plugged_op", None)
+        sys.modules.pop("seqzoo_opplugin", None)
+
+
+def test_spaces_and_empty_entries_in_the_environment_are_allowed(monkeypatch):
+    monkeypatch.setenv("SEQZOO_KERNELS", " lstm = reference , ,gru=reference, ")
+    registry.check_environment()
+    args, kwargs = lstm_call()
+    assert select("lstm", *args, **kwargs).name == "reference"
+    assert select("gru", *gru_call()).name == "reference"
+
+
+def test_the_api_request_wins_over_the_environment(monkeypatch):
+    monkeypatch.setenv("SEQZOO_KERNELS", "lstm=torch")
+    args, kwargs = lstm_call()
+    with use_backend("lstm", "reference"):
+        assert requested_backend("lstm") == "reference"
+        assert select("lstm", *args, **kwargs).name == "reference"
+    assert select("lstm", *args, **kwargs).name == "torch"
+
+
+def test_a_backend_the_environment_requests_that_is_not_available_raises(monkeypatch, added):
+    calls = []
+    added("lstm", "phantom", lambda *a, **k: calls.append(1), is_available=lambda: False)
+    monkeypatch.setenv("SEQZOO_KERNELS", "lstm=phantom")
+    args, kwargs = lstm_call()
+    with pytest.raises(KernelError, match=r"'phantom' was requested for op 'lstm' but is not available on this "
+                                          r"machine; available backends: torch, reference"):
+        dispatch("lstm", *args, **kwargs)
+    assert not calls
+
+
+def test_get_kernel_of_a_backend_that_is_not_available_raises(added):
+    added("lstm", "phantom", lambda *a, **k: None, is_available=lambda: False)
+    with pytest.raises(KernelError, match="'phantom' for op 'lstm' is not available on this machine"):
+        get_kernel("lstm", "phantom")
+
+
+def long_only(x, *args, **kwargs):
+    return x.shape[1] > 3, "needs more than 3 tokens"
+
+
+def test_a_supports_without_a_cache_key_runs_for_every_call(added):
+    added("lstm", "picky", priority=99, supports=long_only)
+    for length, expected in [(5, "picky"), (2, "torch"), (5, "picky"), (2, "torch")]:
+        args, kwargs = lstm_call(length)
+        assert select("lstm", *args, **kwargs).name == expected, length
+
+
+def test_a_call_one_of_several_keys_cannot_summarise_is_not_cached(added):
+    # Two keyed candidates (the "torch" backend's key and this one's): a None among the keys means "run supports()".
+    added("lstm", "picky", priority=99, supports=long_only, cache_key=lambda x, *a, **k: None if x.shape[1] < 9 else 1)
+    for length, expected in [(5, "picky"), (2, "torch"), (5, "picky")]:
+        args, kwargs = lstm_call(length)
+        assert select("lstm", *args, **kwargs).name == expected, length
+
+
+def test_supports_must_answer_a_pair(added):
+    added("lstm", "chatty", priority=99, supports=lambda *a, **k: (True, "", "and more"))
+    args, kwargs = lstm_call()
+    with pytest.raises(KernelError, match=r"supports\(\) of kernel backend 'chatty' \(op 'lstm'\) returned "
+                                          r"\(True, '', 'and more'\); it must return \(ok, reason\)"):
+        select("lstm", *args, **kwargs)
+
+
+def test_each_choice_is_logged_once_whatever_the_cache_keys(caplog):
+    registry._LOGGED.discard(("ssd", "chunked"))
+    args, kwargs = test_ssd.call_args(test_ssd.make_inputs(3))
+    with caplog.at_level(logging.INFO, logger="seqzoo.kernels"):
+        for chunk_size in (4, 8, 16, 8):  # three keys
+            select("ssd", *args, **kwargs, chunk_size=chunk_size)
+        registry.refresh()
+        select("ssd", *args, **kwargs, chunk_size=4)
+    assert sum("seqzoo kernel ssd -> backend 'chunked'" in r.getMessage() for r in caplog.records) == 1
+
+
+def test_a_misspelt_variable_is_warned_about_once(monkeypatch, caplog):
+    monkeypatch.setenv("SEQZOO_KERNEL", "lstm=reference")
+    args, kwargs = lstm_call()
+    with caplog.at_level(logging.WARNING, logger="seqzoo.kernels"):
+        for value in ("gru=reference", "gru=torch", "rnn=reference"):  # each a change: the registry rebuilds
+            monkeypatch.setenv("SEQZOO_KERNELS", value)
+            select("lstm", *args, **kwargs)
+    assert sum("SEQZOO_KERNEL is not read by seqzoo" in r.getMessage() for r in caplog.records) == 1
+
+
+def test_nested_use_backend_restores_the_outer_request():
+    args, kwargs = lstm_call()
+    set_backend("lstm", "reference")
+    try:
+        with use_backend("lstm", "torch"):
+            assert select("lstm", *args, **kwargs).name == "torch"
+        assert requested_backend("lstm") == "reference"
+        assert select("lstm", *args, **kwargs).name == "reference"
+    finally:
+        set_backend("lstm", None)
+
+
+def test_requested_backend_names_a_misspelt_environment_entry_or_op(monkeypatch):
+    monkeypatch.setenv("SEQZOO_KERNELS", "lstm=torh")
+    with pytest.raises(KernelError, match="Did you mean 'torch'"):
+        requested_backend("lstm")  # (not None: every lstm call raises)
+    monkeypatch.setenv("SEQZOO_KERNELS", "lstm=reference")
+    assert requested_backend("lstm") == "reference"
+    with pytest.raises(KernelError, match="unknown kernel op 'lstn'.*Did you mean 'lstm'"):
+        requested_backend("lstn")  # (not None: "nothing requested" for an op that has a request)
+
+
+def test_a_kernel_error_from_inside_a_plugin_kernel_is_passed_on_unchanged(added):
+    def kernel(*args, **kwargs):
+        raise KernelError("kernel backend 'x' was requested for op 'ssd' but is not available")
+
+    added("lstm", "outer", kernel, priority=99).plugin = "outer (seqzoo_outer:register)"
+    args, kwargs = lstm_call()
+    with pytest.raises(KernelError) as caught:
+        dispatch("lstm", *args, **kwargs)
+    assert str(caught.value) == "kernel backend 'x' was requested for op 'ssd' but is not available"
+
+
+def test_the_package_exports_every_public_function():
+    public = {name for name, value in vars(seqzoo.kernels).items() if not name.startswith("_")
+              and not inspect.ismodule(value)}
+    assert set(seqzoo.kernels.__all__) == public
+    assert "refresh" in public
+
+
+# --- declared devices --------------------------------------------------------------------------------------------
+
+
+def test_a_backend_declared_for_cuda_is_never_given_cpu_tensors(added):
+    """It was selected for CPU calls (its devices were only listed), while `seqzoo kernels` showed another one."""
+    calls = []
+    reference = get_kernel("lstm", "reference")
+    added("lstm", "cuda_only", lambda *a, **k: calls.append(1) or reference(*a, **k), priority=99, devices=("cuda",),
+          is_available=lambda: True)
+    args, kwargs = lstm_call()
+    assert select("lstm", *args, **kwargs).name == "torch"
+    dispatch("lstm", *args, **kwargs)
+    assert not calls
+    if not torch.cuda.is_available():
+        assert [r["backend"] for r in seqzoo.kernels.list_kernels() if r["op"] == "lstm" and r["selected"]] == ["torch"]
+    with use_backend("lstm", "cuda_only"):
+        with pytest.raises(KernelError, match=r"'cuda_only' was requested for op 'lstm' but cannot run this call: "
+                                              r"runs on cuda only \(its devices\), got cpu tensors"):
+            select("lstm", *args, **kwargs)
+
+
+@pytest.mark.parametrize("own", [{}, {"supports": lambda *a, **k: (True, ""), "cache_key": lambda *a, **k: "any"}])
+def test_the_device_is_part_of_the_cached_choice(added, own):
+    added("gru", "cpu_only", priority=99, devices=("cpu",), **own)
+    cpu_call = gru_call()
+    meta_call = tuple(None if t is None else t.to("meta") for t in cpu_call)
+    for call, expected in [(cpu_call, True), (meta_call, False), (cpu_call, True), (meta_call, False)]:
+        assert (select("gru", *call).name == "cpu_only") is expected
+
+
+def test_a_device_bound_backend_adds_no_graph_break_under_torch_compile(added):
+    t = test_causal_conv1d.make_inputs(6)
+    added("causal_conv1d", "cpu_only", get_kernel("causal_conv1d", "chunked"), priority=99, devices=("cpu",))
+
+    def conv(x, weight, bias):
+        return dispatch("causal_conv1d", x, weight, bias)[0] * 2
+
+    registry.refresh()
+    compiled = torch.compile(conv, backend="eager", fullgraph=True)  # fullgraph: a graph break raises
+    torch.testing.assert_close(compiled(t["x"], t["weight"], t["bias"]), conv(t["x"], t["weight"], t["bias"]))
+    assert select("causal_conv1d", t["x"], t["weight"], t["bias"]).name == "cpu_only"
+
+
+def test_a_backends_own_reason_comes_before_its_devices(added):
+    added("lstm", "picky_cuda", priority=99, supports=long_only, devices=("cuda",))
+    args, kwargs = lstm_call(2)
+    with use_backend("lstm", "picky_cuda"):
+        with pytest.raises(KernelError, match="cannot run this call: needs more than 3 tokens"):
+            select("lstm", *args, **kwargs)
+
+
+# --- integer resets ----------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("backend", ["reference", "chunked"])
+def test_an_integer_reset_is_read_as_the_bool_one(backend):
+    t = test_ssd.make_inputs(6, torch.float64)
+    reset = torch.tensor([[0, 0, 1, 0, 0, 1], [0, 1, 0, 0, 0, 0]])
+    expected = test_ssd.run(backend, t, chunk_size=4, reset=reset.bool())
+    for got, want in zip(test_ssd.run(backend, t, chunk_size=4, reset=reset), expected):
+        torch.testing.assert_close(got, want, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("backend", ["reference", "chunked"])
+def test_a_document_index_is_refused_as_a_reset(backend):
+    """mamba_ssm's seq_idx (the document of each token) passed as a reset marked every token of the second and later
+    documents as a document's first: every state restarted each token, without a word."""
+    t = test_ssd.make_inputs(5)
+    seq_idx = torch.tensor([[0, 0, 1, 1, 2], [0, 0, 0, 0, 0]])
+    with pytest.raises(ValueError, match=r"ssd: an integer reset must hold only 0 and 1 .* got values \[0, 1, 2\]; "
+                                         r"a document index \(seq_idx\) is not a reset"):
+        test_ssd.run(backend, t, reset=seq_idx)
+    reset = torch.diff(seq_idx, dim=1, prepend=seq_idx[:, :1]) != 0  # (the way the message gives)
+    assert reset.tolist()[0] == [False, False, True, False, True]
