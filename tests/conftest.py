@@ -144,3 +144,17 @@ def families_where(capability: str, value: bool = True) -> list:
     what a model can do, not by its name)."""
     return [pytest.param(preset, id=family) for family, preset in sorted(FAMILIES.items())
             if getattr(tiny_config(preset).capabilities, capability) == value]
+
+
+def install_plugin(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, name: str, source: str, group: str,
+                   entries: dict[str, str]) -> None:
+    """An installed plugin distribution in ``tmp_path`` (on sys.path): module ``seqzoo_<name>`` holding ``source``,
+    and its entry points ``{entry: function}`` in ``group`` (``seqzoo.models`` / ``seqzoo.kernels``)."""
+    module = f"seqzoo_{name}"
+    (tmp_path / f"{module}.py").write_text(source)
+    dist = tmp_path / f"{module}-0.1.dist-info"
+    dist.mkdir()
+    (dist / "METADATA").write_text(f"Metadata-Version: 2.1\nName: seqzoo-{name}\nVersion: 0.1\n")
+    lines = "".join(f"{entry} = {module}:{function}\n" for entry, function in entries.items())
+    (dist / "entry_points.txt").write_text(f"[{group}]\n{lines}")
+    monkeypatch.syspath_prepend(str(tmp_path))

@@ -14,6 +14,7 @@ import seqzoo
 from seqzoo import registry
 from seqzoo.kernels import KernelError, available_backends, get_kernel, register_backend, select
 from seqzoo.kernels import registry as kernel_registry
+from tests.conftest import install_plugin
 
 PRESETS = seqzoo.list_models()
 
@@ -88,15 +89,8 @@ def half():  # (its second architecture takes the first's model_type: refused af
 
 @pytest.fixture
 def plugin_dist(tmp_path, monkeypatch):
-    (tmp_path / "seqzoo_testplugin.py").write_text(textwrap.dedent(PLUGIN_MODULE))
-    dist = tmp_path / "seqzoo_testplugin-0.1.dist-info"
-    dist.mkdir()
-    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: seqzoo-testplugin\nVersion: 0.1\n")
-    (dist / "entry_points.txt").write_text(
-        "[seqzoo.models]\ntestplugin = seqzoo_testplugin:register\nbroken = seqzoo_testplugin:broken\n"
-        "half = seqzoo_testplugin:half\n"
-    )
-    monkeypatch.syspath_prepend(str(tmp_path))
+    install_plugin(tmp_path, monkeypatch, "testplugin", textwrap.dedent(PLUGIN_MODULE), "seqzoo.models",
+                   {"testplugin": "register", "broken": "broken", "half": "half"})
     yield
     sys.modules.pop("seqzoo_testplugin", None)
     registry._ARCHITECTURES.pop("testplugin", None)
@@ -202,20 +196,15 @@ def test_choice_is_logged_once(caplog):
 
 
 def test_kernel_plugin_entry_point(tmp_path, monkeypatch, caplog):
-    (tmp_path / "seqzoo_kernelplugin.py").write_text(
+    source = (
         "def register(registry):\n"
         "    registry.register_backend('rnn', 'plugged', 'seqzoo.kernels.rnn_cells.reference:rnn', priority=-5)\n"
         "def broken(registry):\n"
         "    registry.register_backend('rnn', 'half', 'seqzoo.kernels.rnn_cells.reference:rnn', priority=100)\n"
         "    raise ImportError('missing extension')\n"
     )
-    dist = tmp_path / "seqzoo_kernelplugin-0.1.dist-info"
-    dist.mkdir()
-    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: seqzoo-kernelplugin\nVersion: 0.1\n")
-    (dist / "entry_points.txt").write_text(
-        "[seqzoo.kernels]\nplugged = seqzoo_kernelplugin:register\nbroken = seqzoo_kernelplugin:broken\n"
-    )
-    monkeypatch.syspath_prepend(str(tmp_path))
+    install_plugin(tmp_path, monkeypatch, "kernelplugin", source, "seqzoo.kernels",
+                   {"plugged": "register", "broken": "broken"})
     try:
         with caplog.at_level(logging.ERROR, logger="seqzoo.kernels"):
             kernel_registry._load_entry_point_plugins()
@@ -229,17 +218,13 @@ def test_kernel_plugin_entry_point(tmp_path, monkeypatch, caplog):
 
 
 def test_a_kernel_plugin_that_raises_at_call_time_is_named_with_the_way_around_it(tmp_path, monkeypatch):
-    (tmp_path / "seqzoo_boomplugin.py").write_text(
+    source = (
         "def boom(*args, **kwargs):\n"
         "    raise RuntimeError('illegal memory access')\n"
         "def register(registry):\n"
         "    registry.register_backend('lstm', 'boom', boom, priority=100)\n"
     )
-    dist = tmp_path / "seqzoo_boomplugin-0.1.dist-info"
-    dist.mkdir()
-    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: seqzoo-boomplugin\nVersion: 0.1\n")
-    (dist / "entry_points.txt").write_text("[seqzoo.kernels]\nboomer = seqzoo_boomplugin:register\n")
-    monkeypatch.syspath_prepend(str(tmp_path))
+    install_plugin(tmp_path, monkeypatch, "boomplugin", source, "seqzoo.kernels", {"boomer": "register"})
     try:
         kernel_registry._load_entry_point_plugins()
         assert kernel_registry.get_op("lstm").backends["reference"].plugin is None  # (seqzoo's own stay unmarked)

@@ -22,6 +22,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+import torch
+
 
 def is_symbolic(size: Any) -> bool:
     """Whether ``size`` (a tensor dimension) is symbolic: a ``torch.SymInt`` while ``torch.export`` traces a
@@ -39,4 +41,17 @@ def scan(step: Callable, init: Any, xs: Any, dim: int) -> tuple[Any, Any]:
     return torch_scan(step, init, xs, dim=dim)
 
 
-__all__ = ["is_symbolic", "scan"]
+def over_tokens(step: Callable, carry: Any, per_token: tuple, length: Any) -> tuple[Any, Any]:
+    """``step(carry, slices) -> (carry, y)`` over the ``length`` tokens of ``per_token`` (tensors (B, T, ...));
+    returns the last carry and the outputs stacked along dim 1, None where ``length`` is 0. A Python loop eagerly,
+    torch's ``scan`` for a symbolic length."""
+    if is_symbolic(length):
+        return scan(step, carry.contiguous(), per_token, dim=1)
+    outputs = []
+    for t in range(length):
+        carry, y = step(carry, [x[:, t] for x in per_token])
+        outputs.append(y)
+    return carry, (torch.stack(outputs, dim=1) if outputs else None)
+
+
+__all__ = ["is_symbolic", "over_tokens", "scan"]

@@ -25,6 +25,7 @@ from seqzoo.kernels.registry import (
     unregister_backend,
     use_backend,
 )
+from tests.conftest import install_plugin
 from tests.kernels import test_causal_conv1d, test_ssd
 from tests.kernels.test_selection_cache import lstm_call
 
@@ -70,17 +71,13 @@ def test_unregistering_a_requested_backend_drops_the_request(added):
 
 
 def test_a_kernel_plugin_that_declares_an_op_and_fails_leaves_no_op(tmp_path, monkeypatch):
-    (tmp_path / "seqzoo_opplugin.py").write_text(
+    source = (
         "def register(registry):\n"
         "    registry.register_op('plugged_op', 'an op of a plugin that then fails')\n"
         "    registry.register_backend('plugged_op', 'reference', lambda x: x)\n"
         "    raise ImportError('missing extension')\n"
     )
-    dist = tmp_path / "seqzoo_opplugin-0.1.dist-info"
-    dist.mkdir()
-    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: seqzoo-opplugin\nVersion: 0.1\n")
-    (dist / "entry_points.txt").write_text("[seqzoo.kernels]\nopper = seqzoo_opplugin:register\n")
-    monkeypatch.syspath_prepend(str(tmp_path))
+    install_plugin(tmp_path, monkeypatch, "opplugin", source, "seqzoo.kernels", {"opper": "register"})
     try:
         registry._load_entry_point_plugins()
         assert "plugged_op" not in registry.list_ops()

@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from seqzoo.kernels.reset import check_reset
-from seqzoo.kernels.symbolic import is_symbolic, scan
+from seqzoo.kernels.symbolic import over_tokens
 
 
 def compute_dtype(*tensors):
@@ -96,13 +96,7 @@ def selective_scan(u, delta, A, B, C, D=None, z=None, *, initial_state=None, res
         return h, skip_and_gate(y, u_t, D, None if z is None else inputs[4])
 
     per_token = (u, delta, B, C) + (() if z is None else (z,)) + (() if reset is None else (reset,))
-    if is_symbolic(length):  # torch.export with a dynamic length: the same steps through torch's scan
-        h, y = scan(step, h.contiguous(), per_token, dim=1)
-        return y.to(out_dtype), h
-    outputs = []
-    for t in range(length):
-        h, y = step(h, [x[:, t] for x in per_token])
-        outputs.append(y)
-    if not outputs:
+    h, y = over_tokens(step, h, per_token, length)  # (torch's scan for torch.export's dynamic length)
+    if y is None:
         return u.new_zeros(batch, 0, channels, dtype=out_dtype), h
-    return torch.stack(outputs, dim=1).to(out_dtype), h
+    return y.to(out_dtype), h

@@ -20,7 +20,7 @@ from __future__ import annotations
 import torch
 
 from seqzoo.kernels.reset import check_reset
-from seqzoo.kernels.symbolic import is_symbolic, scan
+from seqzoo.kernels.symbolic import over_tokens
 
 
 def compute_dtype(*tensors):
@@ -89,13 +89,7 @@ def ssd(x, dt, A, B, C, D=None, *, initial_state=None, chunk_size=64, reset=None
         return state, y
 
     per_token = (x, dt, B, C) + (() if reset is None else (reset,))
-    if is_symbolic(length):  # torch.export with a dynamic length: the same steps through torch's scan
-        state, y = scan(step, state.contiguous(), per_token, dim=1)
-        return y.to(out_dtype), state
-    outputs = []
-    for t in range(length):
-        state, y = step(state, [seq[:, t] for seq in per_token])
-        outputs.append(y)
-    if not outputs:
+    state, y = over_tokens(step, state, per_token, length)  # (torch's scan for torch.export's dynamic length)
+    if y is None:
         return x.new_zeros(batch, 0, heads, head_dim, dtype=out_dtype), state
-    return torch.stack(outputs, dim=1).to(out_dtype), state
+    return y.to(out_dtype), state
