@@ -63,8 +63,9 @@ def _block_step(
     # The time mix (RWKV7TimeMix._step).
     xn = F.layer_norm(x, [C], norm_w, norm_b, norm_eps)
     new_shift = xn if mask is None else torch.where(mask, xn, shift)
-    mix = torch.stack([x_r, x_k, x_v, x_w, x_a, x_g])[:, None]  # (6, 1, C)
-    xr, xk, xv, xw, xa, xg = torch.addcmul(xn, shift - xn, mix).unbind(0)
+    delta = shift - xn
+    xr, xk, xv = torch.addcmul(xn, delta, x_r), torch.addcmul(xn, delta, x_k), torch.addcmul(xn, delta, x_v)
+    xw, xa, xg = torch.addcmul(xn, delta, x_w), torch.addcmul(xn, delta, x_a), torch.addcmul(xn, delta, x_g)
     r = F.linear(xr, receptance)
     k = F.linear(xk, key)
     v = F.linear(xv, value)
@@ -210,8 +211,8 @@ def step_blocks(
     blocks: Sequence[nn.Module], block_class: type, block_forward: Any, hidden_states: torch.Tensor,
     states: Sequence[dict | None], mask: torch.Tensor | None,
 ) -> tuple[torch.Tensor, list[dict[str, torch.Tensor]]] | None:
-    """One token through a stack of RWKV-7 blocks, one scripted call per block, or None when the stack must run
-    block by block (see the module docstring for when).
+    """One token through a stack of RWKV-7 blocks in one scripted call, or None when the stack must run block by
+    block (see the module docstring for when).
 
     block_class: the blocks' class; block_forward: its forward as defined (transformers wraps a layer's forward per
     class, so only the defining module can keep it), declined when the class's forward is another now;
