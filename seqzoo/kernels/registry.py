@@ -565,9 +565,12 @@ def _choose(op: str, plan: _Plan, args: tuple, kwargs: dict) -> Backend:
         (backend,) = plan.candidates
         ok, reason = _supported(backend, args, kwargs)
         if not ok:
+            able = [name for name in available_backends(op)
+                    if name != backend.name and _supported(get_op(op).backends[name], args, kwargs)[0]]
             raise KernelError(
                 f"kernel backend {plan.forced!r} was requested for op {op!r} but cannot run this call: {reason}. "
-                f"Request another backend ({', '.join(available_backends(op))}) or none to select automatically."
+                + (f"Request one that can ({', '.join(able)}) or none to select automatically."
+                   if able else "No other backend of this op can run it either.")
             )
         _log_choice(backend, "requested")
         return backend

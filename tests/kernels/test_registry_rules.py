@@ -225,8 +225,25 @@ def test_a_backend_declared_for_cuda_is_never_given_cpu_tensors(added):
         assert [r["backend"] for r in seqzoo.kernels.list_kernels() if r["op"] == "lstm" and r["selected"]] == ["torch"]
     with use_backend("lstm", "cuda_only"):
         with pytest.raises(KernelError, match=r"'cuda_only' was requested for op 'lstm' but cannot run this call: "
-                                              r"runs on cuda only \(its devices\), got cpu tensors"):
+                                              r"runs on cuda only \(its devices\), got cpu tensors") as raised:
             select("lstm", *args, **kwargs)
+    # The backends offered instead are those that can run the call, not the refused one.
+    assert "Request one that can (torch, reference) or none" in str(raised.value)
+
+
+def test_a_refused_request_offers_no_backend_that_cannot_run_the_call_either(added, monkeypatch):
+    added("lstm", "cuda_only", priority=99, devices=("cuda",))
+    monkeypatch.setattr(registry.get_op("lstm").backends["reference"], "supports",
+                        lambda *args, **kwargs: (False, "not this one"))
+    args, kwargs = lstm_call(2)
+    with use_backend("lstm", "cuda_only"), pytest.raises(KernelError) as raised:
+        select("lstm", *args, **kwargs)
+    assert "Request one that can (torch) or none" in str(raised.value)
+    monkeypatch.setattr(registry.get_op("lstm").backends["torch"], "supports",
+                        lambda *args, **kwargs: (False, "nor this one"))
+    with use_backend("lstm", "cuda_only"), pytest.raises(KernelError) as raised:
+        select("lstm", *args, **kwargs)
+    assert "No other backend of this op can run it either" in str(raised.value)
 
 
 @pytest.mark.parametrize("own", [{}, {"supports": lambda *a, **k: (True, ""), "cache_key": lambda *a, **k: "any"}])
