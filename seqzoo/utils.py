@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import re
 from typing import Any, Callable
 
@@ -136,3 +137,20 @@ def untrained_weights(model: Any, loading: dict[str, Any]) -> str:
     tied = set(getattr(model, "all_tied_weights_keys", {}) or {})
     missing = sorted(set(loading.get("missing_keys", [])) - tied)
     return ", ".join(missing[:4]) + (" ..." if len(missing) > 4 else "")
+
+
+def strict_json(value: Any, **kwargs: Any) -> str:
+    """``json.dumps(value, **kwargs)`` as strict JSON: a non-finite float (a diverged run's NaN loss, a skipped
+    step's) is written as null, which jq, JavaScript and pandas read, where Python's default bare ``NaN`` is not
+    JSON. Dicts, lists and tuples are followed."""
+    return json.dumps(_finite_or_none(value), allow_nan=False, **kwargs)
+
+
+def _finite_or_none(value: Any) -> Any:
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {key: _finite_or_none(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite_or_none(item) for item in value]
+    return value

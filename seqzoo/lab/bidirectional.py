@@ -19,7 +19,6 @@ Self-contained: :func:`run_bidirectional_lab` writes ``bidirectional.md``, ``bid
 
 from __future__ import annotations
 
-import json
 import multiprocessing
 import os
 import time
@@ -28,6 +27,8 @@ from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable
+
+from seqzoo.utils import strict_json
 
 RESULTS_FILE, REPORT_FILE, PLOT_FILE = "bidirectional-results.json", "bidirectional.md", "bidirectional.png"
 # Each lab task: the head it trains and how the report names it.
@@ -205,7 +206,7 @@ def run_bidirectional_lab(cfg: BidirectionalLabConfig, out: str | Path, command:
                "seconds": time.perf_counter() - started}
     results["baselines"] = baselines(results["config"])
     results["markdown"] = write_report(results, out)
-    (out / RESULTS_FILE).write_text(json.dumps(results, indent=1))
+    (out / RESULTS_FILE).write_text(strict_json(results, indent=1))
     log(f"wrote {out / REPORT_FILE} in {results['seconds']:.0f} s")
     return results
 

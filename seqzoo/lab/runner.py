@@ -36,6 +36,7 @@ from seqzoo.lab import recipes
 from seqzoo.lab.environment import available_cores, describe_environment
 from seqzoo.outputs import write_atomically
 from seqzoo.training.data import TASKS, task_length
+from seqzoo.utils import strict_json
 
 TEXT = "text"
 
@@ -572,13 +573,13 @@ def run_lab(cfg: LabConfig, out: str | Path, log: Callable[[str], None] = print,
     results["environment"]["finished"] = time.strftime("%Y-%m-%d %H:%M %Z")
     # The runs are kept before the report is written (a report that fails must not lose them); "running" until it
     # is written, so that the folder is not taken for a finished report.
-    write_atomically(marker, json.dumps({**results, "status": "running"}, indent=1))
+    write_atomically(marker, strict_json({**results, "status": "running"}, indent=1))
     # The wall time the report gives (and results.json keeps) counts the plots: all the work but writing the text.
     draw_plots(results, out)
     results["seconds"]["total"] = time.perf_counter() - started
     results["environment"]["finished"] = time.strftime("%Y-%m-%d %H:%M %Z")
     write_report(results, out, draw=False)
-    write_atomically(marker, json.dumps(results, indent=1))
+    write_atomically(marker, strict_json(results, indent=1))
     failed = [r for r in runs if not r["ok"]]
     log(f"wrote {out / 'report.md'} in {_clock(results['seconds']['total'])} (min:s)"
         + (f"; {len(failed)} run(s) FAILED (see the report)" if failed else ""))

@@ -15,7 +15,6 @@ folder and returns the results with the Markdown section under ``"markdown"``, f
 
 from __future__ import annotations
 
-import json
 import multiprocessing
 import os
 import time
@@ -24,6 +23,8 @@ from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable
+
+from seqzoo.utils import strict_json
 
 RESULTS_FILE, REPORT_FILE = "seq2seq-results.json", "seq2seq.md"
 ACCURACY_PNG = "seq2seq-accuracy.png"
@@ -223,7 +224,7 @@ def run_seq2seq_lab(cfg: Seq2SeqLabConfig, out: str | Path, log: Callable[[str],
     results = {"config": asdict(cfg), "runs": runs, "workers": workers,
                "seconds": time.perf_counter() - started}
     results["markdown"] = write_report(results, out)
-    (out / RESULTS_FILE).write_text(json.dumps(results, indent=1))
+    (out / RESULTS_FILE).write_text(strict_json(results, indent=1))
     log(f"wrote {out / REPORT_FILE} in {results['seconds']:.0f} s")
     return results
 

@@ -29,6 +29,7 @@ from typing import Any, Callable
 from seqzoo.lab.runner import TEXT, LabConfig, lab_presets, longest_first, make_job, prepare_output, run_jobs
 from seqzoo.outputs import write_atomically
 from seqzoo.training.data import TASKS
+from seqzoo.utils import strict_json
 
 TIE = 0.01  # accuracy (or relative perplexity) within which two rates count as equal
 MIN_STEPS = 150
@@ -107,14 +108,14 @@ def run_sweep(cfg: SweepConfig, out: str | Path, log: Callable[[str], None] = pr
     def keep(result: dict[str, Any]) -> None:
         result.pop("losses", None)  # hundreds of runs x every step: too much to keep
         with partial.open("a") as f:
-            f.write(json.dumps(result) + "\n")
+            f.write(strict_json(result) + "\n")
 
     runs = run_jobs(jobs, workers, log, device=cfg.device, on_result=keep,
                     deadline=started + cfg.deadline_seconds if cfg.deadline_seconds else None)
     results = {"status": "finished", "config": asdict(cfg), "presets": presets, "runs": runs,
                "planned_runs": len(jobs), "environment": environment, "seconds": time.perf_counter() - started}
     results["proposal"] = propose(results)
-    write_atomically(out / "results.json", json.dumps(results, indent=1))
+    write_atomically(out / "results.json", strict_json(results, indent=1))
     (out / "sweep.md").write_text(sweep_report(results))
     log(f"wrote {out / 'sweep.md'}; proposed recipes:\n{json.dumps(results['proposal'], indent=1)}")
     return results
@@ -149,6 +150,7 @@ def propose(results: dict[str, Any]) -> dict[str, Any]:
     needed: dict[str, list[int]] = {task: [] for task in cfg["tasks"]}
     for arch in results["presets"]:
         done, common, scores = _rate_scores(runs, arch, cfg["rates"])
+        scores = {rate: score for rate, score in scores.items() if math.isfinite(score)}  # (a diverged rate: none)
         entry: dict[str, float] = {}
         if scores:
             best = max(scores.values())
@@ -157,7 +159,8 @@ def propose(results: dict[str, Any]) -> dict[str, Any]:
             for run in _memory_runs(runs, arch, entry["memory"]):
                 if run["steps_run"] < run["steps"]:
                     needed[run["task"]].append(run["steps_run"])
-        text = {r["lr"]: r["eval"]["perplexity"] for r in runs if r["ok"] and r["arch"] == arch and r["task"] == TEXT}
+        text = {r["lr"]: r["eval"]["perplexity"] for r in runs
+                if r["ok"] and r["arch"] == arch and r["task"] == TEXT and math.isfinite(r["eval"]["perplexity"])}
         if text:
             best_text = min(text.values())
             entry["text"] = min(rate for rate, p in text.items() if p <= best_text * (1 + TIE))

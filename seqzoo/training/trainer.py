@@ -57,7 +57,7 @@ from seqzoo.training.tbptt import (
     supports_tbptt,
     token_loss_sum,
 )
-from seqzoo.utils import quiet_transformers
+from seqzoo.utils import quiet_transformers, strict_json
 
 METRICS_FILE = "metrics.jsonl"
 TRAINING_INFO_FILE = "seqzoo_training.json"
@@ -582,13 +582,8 @@ def _record(row: dict[str, Any], history: list[dict[str, Any]], path: Path, acce
 
 
 def _json_line(row: dict[str, Any]) -> str:
-    """One metrics.jsonl line, strict JSON: a non-finite figure (a skipped step's NaN loss) is written as null,
-    which jq, JavaScript and pandas read, where Python's default ``NaN`` is not JSON."""
-    def strict(value: Any) -> Any:
-        if isinstance(value, float) and not math.isfinite(value):
-            return None
-        return {key: strict(item) for key, item in value.items()} if isinstance(value, dict) else value
-    return json.dumps(strict(row), allow_nan=False) + "\n"
+    """One metrics.jsonl line, strict JSON (a skipped step's NaN loss written as null: see strict_json)."""
+    return strict_json(row) + "\n"
 
 
 def _as_figures(value: Any) -> Any:

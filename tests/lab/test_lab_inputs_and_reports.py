@@ -143,3 +143,50 @@ def test_the_cost_takeaways_name_each_state_once_and_give_the_growth_as_measured
     lines = _cost_takeaways({"lstm": decode(512, 512), "gru": decode(384, 384)}, cfg)
     assert lines == ["Every other state stays the same size at any context: from 384 bytes (gru) to 512 bytes (lstm) "
                      "per sequence."]
+
+
+def _refuse_bare_constants(name):
+    raise AssertionError(f"{name} is not JSON")
+
+
+def test_a_diverged_run_is_written_as_strict_json_and_left_out_of_the_proposal(tmp_path, monkeypatch):
+    """Runs whose figures went NaN (here every run at rate 0.01): results.json and runs.jsonl hold null there (jq,
+    JavaScript and pandas read it), not Python's bare NaN; the proposal takes the rate whose runs are finite (it
+    crashed with "min() arg is an empty sequence", all the sweep's training lost, when no rate's were)."""
+    from seqzoo.lab import sweep
+    from seqzoo.lab.sweep import SweepConfig, run_sweep
+
+    def training(jobs, workers, log, device="cpu", on_result=None, deadline=None):
+        runs = []
+        for job in jobs:
+            bad = job["lr"] == 1e-2
+            run = {**job, "ok": True, "steps_run": job["steps"], "losses": [2.0, float("nan") if bad else 1.0],
+                   "accuracy": {"4": float("nan") if bad else 0.5},
+                   "eval": {"loss": float("nan") if bad else 1.0, "perplexity": float("inf") if bad else 2.7}}
+            on_result(dict(run))
+            runs.append(run)
+        return runs
+
+    monkeypatch.setattr(sweep, "run_jobs", training)
+    out = tmp_path / "sweep"
+    config = dict(architectures=["rnn"], tasks=["copy"], distances=[4], steps=150, text_steps=10)
+    results = run_sweep(SweepConfig(rates=[1e-2, 3e-2], **config), out, log=lambda *_: None)
+    assert results["proposal"]["learning_rates"] == {"rnn": {"memory": 3e-2, "text": 3e-2}}
+    written = json.loads((out / "results.json").read_text(), parse_constant=_refuse_bare_constants)
+    diverged = [run for run in written["runs"] if run["lr"] == 1e-2]
+    assert [run["eval"] for run in diverged] == [{"loss": None, "perplexity": None}] * 2
+    assert [run["losses"] for run in diverged] == [[2.0, None]] * 2
+    lines = [json.loads(line, parse_constant=_refuse_bare_constants)
+             for line in (out / "runs.jsonl").read_text().splitlines()]
+    assert sorted(str(line["accuracy"]) for line in lines) == ["{'4': 0.5}"] * 2 + ["{'4': None}"] * 2
+    # No rate with finite figures: no rate proposed, and the sweep still finishes.
+    results = run_sweep(SweepConfig(rates=[1e-2], **config), tmp_path / "other", log=lambda *_: None)
+    assert results["proposal"]["learning_rates"] == {"rnn": {}}
+
+
+def test_strict_json_writes_every_non_finite_float_as_null():
+    from seqzoo.utils import strict_json
+
+    value = {"a": [1.5, float("nan"), (float("inf"), -float("inf"))], "b": {"c": float("nan"), "d": "NaN"}, "e": 3}
+    assert json.loads(strict_json(value)) == {"a": [1.5, None, [None, None]], "b": {"c": None, "d": "NaN"}, "e": 3}
+    assert strict_json({"x": 1.0}, indent=1) == json.dumps({"x": 1.0}, indent=1)
