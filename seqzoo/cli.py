@@ -190,10 +190,11 @@ def check_generation_args(args: argparse.Namespace) -> None:
     if args.top_k is not None and args.top_k < 0:
         raise ValueError(f"--top-k={args.top_k} is invalid: must be >= 0 (0 = no top-k filter)")
     if args.temperature == 0:
-        given = [flag for flag, value in (("--top-p", args.top_p), ("--top-k", args.top_k)) if value is not None]
+        given = [flag for flag, value in (("--top-p", args.top_p), ("--top-k", args.top_k), ("--seed", args.seed))
+                 if value is not None]
         if given:
-            raise ValueError(f"{' and '.join(given)} only apply when sampling; add --temperature T (> 0), "
-                             f"e.g. --temperature 0.8")
+            raise ValueError(f"{' and '.join(given)} only appl{'ies' if len(given) == 1 else 'y'} when sampling; add "
+                             "--temperature T (> 0), e.g. --temperature 0.8")
     if args.temperature > 0 and args.num_beams > 1:
         raise ValueError("--num-beams and --temperature together would be beam sampling, which seqzoo's CLI does "
                          "not offer; use one of them")
@@ -273,7 +274,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
     for op, backend in forced.items():
         set_backend(op, str(backend))  # (which clears the registry's cached choices: see _note_unused_kernels)
     chosen_before = {op: kernel_selections(op) for op in forced}
-    torch.manual_seed(args.seed)
+    torch.manual_seed(0 if args.seed is None else args.seed)
     source = args.model
     try:
         with quiet_transformers():
@@ -615,7 +616,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--num-beams", type=int, default=1,
                    help="beam search with this many beams (default: 1 = none); the text is printed when the search "
                         "ends (beams do not stream)")
-    p.add_argument("--seed", type=seed_value, default=0, help="seed for sampling (default: 0)")
+    p.add_argument("--seed", type=seed_value, default=None, help="seed for sampling (sampling only; default: 0)")
     p.add_argument("--device", default="cpu", help="cpu (default), cuda, cuda:N or mps")
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"],
                    help="dtype to load the weights in (default: float32)")

@@ -311,8 +311,12 @@ def test_seqzoo_decoding_flags_on_another_library_model_are_refused(model_dir, t
     (["--temperature", "1e-300"], "--temperature=1e-300 is too small to sample with (the scores divided by it "
                                   "overflow): use 0 for greedy decoding, which it amounts to, or >= 1e-06"),
     (["--temperature", "0.8", "--top-p", "1.5"], "--top-p=1.5 is invalid: must be in (0, 1]"),
-    (["--top-p", "0.9"], "--top-p only apply when sampling; add --temperature"),
-    (["--top-k", "5"], "--top-k only apply when sampling"),
+    (["--top-p", "0.9"], "--top-p only applies when sampling; add --temperature"),
+    (["--top-k", "5"], "--top-k only applies when sampling"),
+    # (a seed with greedy decoding or beam search was accepted and changed nothing)
+    (["--seed", "3"], "--seed only applies when sampling; add --temperature"),
+    (["--num-beams", "2", "--seed", "3"], "--seed only applies when sampling"),
+    (["--top-k", "5", "--seed", "3"], "--top-k and --seed only apply when sampling"),
     (["--max-new-tokens", "0"], "--max-new-tokens=0 is invalid"),
     (["--kernel", "lstm"], "--kernel 'lstm' is not of the form key=value"),
 ])
