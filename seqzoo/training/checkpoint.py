@@ -260,6 +260,19 @@ def read_state(checkpoint: Path) -> dict[str, Any]:
     return state
 
 
+def _resume_hint(theirs: dict[str, Any], ours: dict[str, Any]) -> str:
+    """How to resume that checkpoint after all: the overrides that give back its values (where each is a value an
+    override can hold), and why a larger train.max_steps does not extend a run."""
+    keys = [k for k in sorted(set(theirs) | set(ours)) if theirs.get(k) != ours.get(k)]
+    if not keys or any(k not in theirs or isinstance(theirs[k], dict) for k in keys):
+        return ""
+    overrides = " ".join(f"{k}={v if isinstance(v, str) and v and ' ' not in v else json.dumps(v)}"
+                         for k, v in ((k, theirs[k]) for k in keys))
+    steps = ("; train.max_steps also sets the learning-rate schedule, so a run is not extended by raising it"
+             if "train.max_steps" in keys else "")
+    return f". To resume it, give its values: {overrides}{steps}"
+
+
 def check_same_run(state: dict[str, Any], run_id: str, recipe: dict[str, Any], checkpoint: Path,
                    num_processes: int, data: dict[str, Any]) -> None:
     """Refuse a checkpoint written by a different recipe, on different data (a text file that changed since), or
@@ -277,7 +290,7 @@ def check_same_run(state: dict[str, Any], run_id: str, recipe: dict[str, Any], c
                        "unknown (no recipe stored)")
         raise ValueError(
             f"--resume: {str(checkpoint)!r} belongs to another run (run id {state.get('run_id')!r}, this recipe is "
-            f"{run_id!r}). Fields that differ: {'; '.join(differ) or none_differ}"
+            f"{run_id!r}). Fields that differ: {'; '.join(differ) or none_differ}" + _resume_hint(theirs, ours)
         )
     theirs = state.get("data", {})
     if not isinstance(theirs, dict):

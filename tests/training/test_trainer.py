@@ -162,8 +162,14 @@ def test_resuming_an_earlier_checkpoint_keeps_the_new_checkpoints_not_the_old_ru
 def test_resume_refuses_another_runs_checkpoint_and_fresh_runs_refuse_a_used_folder(tmp_path):
     train(make_recipe(tmp_path, "a", train={"max_steps": 2, "save_every": 2}), progress=False)
     other = make_recipe(tmp_path, "b", optim={"lr": 0.02})
-    with pytest.raises(ValueError, match=r"belongs to another run .*optim.lr: 0.01 \(checkpoint\) vs 0.02"):
+    with pytest.raises(ValueError, match=r"belongs to another run .*optim.lr: 0.01 \(checkpoint\) vs 0.02") as raised:
         train(other, resume=str(tmp_path / "a"), progress=False)
+    # The overrides that resume it after all, which do resume it; a larger max_steps would not extend the run.
+    assert str(raised.value).endswith(". To resume it, give its values: optim.lr=0.01 train.max_steps=2; "
+                                      "train.max_steps also sets the learning-rate schedule, so a run is not extended "
+                                      "by raising it")
+    resumed = make_recipe(tmp_path, "b", optim={"lr": 0.01}, train={"max_steps": 2})
+    assert train(resumed, resume=str(tmp_path / "a"), progress=False).history == []  # (nothing left to train)
     with pytest.raises(ValueError, match="already holds checkpoints of a run; pass --resume"):
         train(make_recipe(tmp_path, "a", train={"max_steps": 2, "save_every": 2}), progress=False)
     with pytest.raises(ValueError, match="--resume: no complete checkpoint in"):
