@@ -170,18 +170,21 @@ def _check_exclude_modules(model: nn.Module, values: dict[str, Any]) -> None:
     them (the adapted module's full name or its last components): peft warns only where nothing at all was excluded,
     so a misspelt name, or one naming a module above the adapted ones (``layers.1`` for ``layers.1.mlp.up_proj``),
     left the module adapted beside a name that excluded something. peft does not apply the list to
-    ``target_parameters``. A string is a regular expression, left to peft."""
+    ``target_parameters``. A string is a regular expression, left to peft. ``target_modules=None`` makes peft look the
+    model type up in its own table, which names no seqzoo type: no module is adapted, so no name excludes one."""
     excluded, targets = values.get("exclude_modules"), values.get("target_modules")
     if not excluded or isinstance(excluded, str):
         return
     modules = [name for name, _ in model.named_modules() if name]
-    if targets is not None and not isinstance(targets, str):  # (a regular expression or "all-linear": every module)
+    if targets is None:
+        modules = []
+    elif not isinstance(targets, str):  # (a regular expression or "all-linear": every module)
         modules = [m for m in modules if any(m == t or m.endswith(f".{t}") for t in targets)]
     unknown = [n for n in excluded if not any(m == n or m.endswith(f".{n}") for m in modules)]
     if unknown:
-        example = modules[0] if modules else "none"
+        example = f", such as {modules[0]!r}," if modules else ""
         raise ValueError(f"exclude_modules {unknown} name no module that target_modules adapts in "
-                         f"{type(model).__name__} (peft compares an adapted module's full name, such as {example!r}, "
+                         f"{type(model).__name__} (peft compares an adapted module's full name{example} "
                          "or its last components, not a module above it; it does not apply to target_parameters, "
                          "which take full names to pick layers)")
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from peft import PeftModel, get_peft_model
+from peft import PeftModel, TaskType, get_peft_model
 from peft.tuners.ia3 import IA3Layer
 from peft.tuners.lora import LoraLayer, ParamWrapper
 from torch import nn
@@ -117,6 +117,28 @@ def test_ia3_on_the_classification_heads(task, tmp_path):
     check_round_trip("mamba", task, "ia3", tmp_path)
 
 
+def test_ia3_scales_the_output_of_each_linear_layer():
+    """IA3 with no arguments scales each layer's output (peft's "feedforward" layers would scale its input)."""
+    model = get_peft_model(build("transformer", "causal-lm"), seqzoo.peft_config(build("transformer", "causal-lm"),
+                                                                                 "ia3"))
+    layers = [m for m in model.modules() if isinstance(m, IA3Layer)]
+    assert layers
+    torch.manual_seed(1)
+    for layer in layers:
+        base = layer.get_base_layer()
+        x = torch.randn(2, base.in_features)
+        with torch.no_grad():
+            layer.ia3_l["default"].uniform_(0.5, 1.5)
+            torch.testing.assert_close(layer(x), base(x) * layer.ia3_l["default"].flatten())
+
+
+def test_ia3_on_a_classic_model_takes_the_modules_it_is_given():
+    """IA3 is refused on the classic LSTM only for want of a default: given target_modules, it adapts them."""
+    config = seqzoo.peft_config(build("lstm", "causal-lm"), "ia3", target_modules=["lm_head"])
+    model = get_peft_model(build("lstm", "causal-lm"), config)
+    assert {name for name, m in model.named_modules() if isinstance(m, IA3Layer)} == {"base_model.model.lm_head"}
+
+
 @pytest.mark.parametrize("arch", ["rnn", "lstm", "gru"])
 def test_lora_adapts_the_recurrent_weights_as_the_merged_weights_say(arch):
     """With only the recurrent parameters adapted (the classic LM's backbone has no Linear layer), the merged
@@ -146,6 +168,10 @@ def test_peft_config_refuses_what_it_cannot_do():
     with pytest.raises(ValueError, match=r"task_type='SEQ_CLS' does not fit LSTMForCausalLM.*'CAUSAL_LM'"):
         seqzoo.peft_config(lstm, task_type="SEQ_CLS")
     assert seqzoo.peft_config(lstm, task_type="CAUSAL_LM", r=4).r == 4
+    # peft's own TaskType is compared by its value (a str enum, whose str() is "TaskType.CAUSAL_LM")
+    assert seqzoo.peft_config(lstm, task_type=TaskType.CAUSAL_LM).task_type == "CAUSAL_LM"
+    with pytest.raises(ValueError, match=r"task_type=<TaskType.SEQ_CLS: 'SEQ_CLS'> does not fit LSTMForCausalLM"):
+        seqzoo.peft_config(lstm, task_type=TaskType.SEQ_CLS)
     with pytest.raises(ValueError, match=r"prompt_tuning is offered for causal LMs, sequence classifiers and "
                                          r"encoder-decoders.*TOKEN_CLS.*method='lora'"):
         seqzoo.peft_config(build("lstm", "token-classification"), "prompt_tuning")
@@ -153,8 +179,58 @@ def test_peft_config_refuses_what_it_cannot_do():
     with pytest.raises(ValueError, match=r"target_modules \['lm_haed'\] name no module of LSTMForCausalLM"):
         seqzoo.peft_config(lstm, target_modules=["lm_haed"])
     assert seqzoo.peft_config(lstm, target_modules=["lm_head"]).target_modules == {"lm_head"}
+    # A part of a name: peft compares whole name components, so "proj" matches none of q_proj, k_proj ...
+    with pytest.raises(ValueError, match=r"target_modules \['proj'\] name no module of TransformerForCausalLM"):
+        seqzoo.peft_config(build("transformer", "causal-lm"), target_modules=["q_proj", "proj"])
+    # peft refuses a string target_parameters itself, with a clear message; it is not read letter by letter here
+    with pytest.raises(TypeError, match=r"`target_parameters` must be a list of strings"):
+        seqzoo.peft_config(lstm, target_parameters="weight_hh")
 
 
+def test_the_documented_defaults():
+    """peft_config's docstring promises LoRA with r=8, alpha=16 and no dropout, and a soft prompt of 8 tokens."""
+    model = build("transformer", "causal-lm")
+    lora = seqzoo.peft_config(model)
+    assert (lora.r, lora.lora_alpha, lora.lora_dropout) == (8, 16, 0.0)
+    assert seqzoo.peft_config(model, "prompt_tuning").num_virtual_tokens == 8
+
+
+def lora_wrapped(arch: str, config) -> set[str]:
+    """The modules peft wraps in a fresh ``arch`` causal LM with ``config`` (Linear layers, not ParamWrapper)."""
+    model = get_peft_model(build(arch, "causal-lm"), config)
+    return {name.removeprefix("base_model.model.") for name, module in model.named_modules()
+            if isinstance(module, LoraLayer) and not isinstance(module, ParamWrapper)}
+
+
+@pytest.mark.parametrize("arch", ["transformer", "mamba", "rwkv7", "hybrid"])
+def test_the_default_target_modules_are_what_peft_all_linear_wraps(arch):
+    """peft's own "all-linear" (every Linear layer but the output layer) wraps the modules seqzoo's default
+    target_modules wrap; those are listed by their last components, sorted (one name per kind of layer, whatever the
+    depth). A string target_modules is peft's (a shorthand or a regular expression), and exclude_modules beside it
+    is checked against every module."""
+    model = build(arch, "causal-lm")
+    default = lora_wrapped(arch, seqzoo.peft_config(model))
+    assert default and default == lora_wrapped(arch, seqzoo.peft_config(model, target_modules="all-linear"))
+    assert seqzoo.peft_targets(model)["target_modules"] == sorted({name.rpartition(".")[2] for name in default})
+    first = seqzoo.peft_targets(model)["target_modules"][0]
+    kept = lora_wrapped(arch, seqzoo.peft_config(model, target_modules="all-linear", exclude_modules=[first]))
+    assert kept == {name for name in default if name.rpartition(".")[2] != first}
+
+
+def test_an_exclude_modules_name_is_matched_by_whole_components():
+    """peft matches target_modules=["1.mlp.up_proj"] to layer 1's up_proj alone (whole name components), not to
+    layer 11's: an exclude_modules name for layer 11 excludes nothing, and is refused."""
+    def fresh():
+        torch.manual_seed(0)
+        return seqzoo.get_architecture("transformer").heads["causal-lm"](
+            tiny_config(smallest_preset("transformer"), num_hidden_layers=12))
+
+    with pytest.raises(ValueError, match=r"exclude_modules \['layers.11.mlp.up_proj'\] name no module that "
+                                         r"target_modules adapts"):
+        seqzoo.peft_config(fresh(), target_modules=["1.mlp.up_proj"], exclude_modules=["layers.11.mlp.up_proj"])
+    model = get_peft_model(fresh(), seqzoo.peft_config(fresh(), target_modules=["1.mlp.up_proj"]))
+    assert {name for name, m in model.named_modules() if isinstance(m, LoraLayer)} == {
+        "base_model.model.model.layers.1.mlp.up_proj"}
 
 
 @pytest.mark.parametrize("arch", ["lstm", "transformer"])
@@ -172,6 +248,8 @@ def test_peft_config_of_a_model_that_holds_adapters_is_refused_and_its_first_con
     adapted.add_adapter("second", copy.deepcopy(config))  # what the message offers
     first = {name for name, _ in adapted.named_parameters() if ".default" in name}
     assert {name.replace(".second", ".default") for name, _ in adapted.named_parameters() if ".second" in name} == first
+
+
 @pytest.mark.parametrize("arch", ["gru", "transformer", "mamba2", "hybrid"])
 def test_a_peft_model_generates_what_its_merged_model_generates(arch):
     model = get_peft_model(build(arch, "causal-lm"), seqzoo.peft_config(build(arch, "causal-lm"),
@@ -219,6 +297,21 @@ def test_prompt_tuning_with_no_arguments_trains_a_soft_prompt_on_every_architect
     model.save_pretrained(tmp_path / "adapter")
     loaded = PeftModel.from_pretrained(build(arch, task), tmp_path / "adapter").eval()
     torch.testing.assert_close(logits(loaded), logits(model), rtol=1e-5, atol=1e-5)
+
+
+def test_a_soft_prompt_is_as_wide_as_the_embedding_and_as_long_as_asked():
+    """A classic LM's embedding may be narrower than its hidden state (embedding_size): the soft prompt has the
+    embedding's width, as the token embeddings it is placed before have; num_virtual_tokens is the caller's."""
+    def fresh():
+        torch.manual_seed(0)
+        return seqzoo.get_architecture("lstm").heads["causal-lm"](
+            tiny_config(smallest_preset("lstm"), embedding_size=24, tie_word_embeddings=False)).eval()
+
+    model = get_peft_model(fresh(), seqzoo.peft_config(fresh(), "prompt_tuning", num_virtual_tokens=3))
+    train_step(model, "causal-lm")
+    prompt = model.get_prompt_embedding_to_save("default").detach()
+    assert prompt.shape == (3, 24)
+    torch.testing.assert_close(logits(model), prompted_logits(fresh(), prompt, IDS, MASK), rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize("arch", ["lstm", "rwkv7", "hybrid"])
@@ -326,12 +419,13 @@ def test_the_mixers_of_a_model_loaded_from_its_bundle_are_found(tmp_path):
     ("rwkv7", {"target_parameters": ["x_rr"]}),  # next to the default target_modules, which match
     ("lstm", {"target_modules": ["lm_head"], "target_parameters": ["weight_hx"]}),
     ("gru", {"target_parameters": ["weight_hh", "weight_hx"]}),  # one of two matches
+    ("lstm", {"target_parameters": ["hh"]}),  # a part of a name: peft compares whole components
 ])
 def test_a_misspelt_target_parameter_is_refused(arch, targets):
     """peft raises only where nothing at all is matched: a misspelt parameter name next to names that match adapted
     nothing of it, without a word."""
     model = build(arch, "causal-lm")
-    with pytest.raises(ValueError, match=rf"target_parameters \['(x_rr|weight_hx)'\] name no parameter of "
+    with pytest.raises(ValueError, match=rf"target_parameters \['(x_rr|weight_hx|hh)'\] name no parameter of "
                                          rf"{type(model).__name__}.*seqzoo.peft_targets"):
         seqzoo.peft_config(model, **targets)
     # A parameter's own name, or a full name's last components, as peft matches them.
@@ -352,10 +446,15 @@ def test_a_misspelt_target_parameter_is_refused(arch, targets):
     ("transformer", {"exclude_modules": ["q_proj", "k_prj"]}, r"exclude_modules \['k_prj'\] name no module that "
                                                               r"target_modules adapts in TransformerForCausalLM"),
     # a module above the adapted ones: peft compares the adapted module's own name, and excluded nothing of layer 1
-    ("transformer", {"exclude_modules": ["layers.1"]}, r"exclude_modules \['layers.1'\] .*not a module above it"),
+    ("transformer", {"exclude_modules": ["layers.1"]}, r"exclude_modules \['layers.1'\] .*such as "
+                                                       r"'model.layers.0.self_attn.q_proj'.*not a module above it"),
     ("transformer", {"target_modules": ["q_proj"], "exclude_modules": ["proj"]}, r"\['proj'\]"),  # not a component
     # peft does not apply the list to target_parameters (the classic cells' defaults)
     ("gru", {"exclude_modules": ["layers.1"]}, r"does not apply to target_parameters"),
+    # target_modules=None: peft looks the model type up in its own table, which has no seqzoo type, and adapts no
+    # module; the exclusion was accepted, and layer 1's recurrent weights stayed adapted
+    ("gru", {"target_modules": None, "exclude_modules": ["layers.1"]}, r"an adapted module's full name or its last "
+                                                                       r"components.*does not apply to target_param"),
 ])
 def test_a_misspelt_module_to_save_or_exclude_is_refused(arch, overrides, refused):
     """peft says nothing of a modules_to_save name that matches no module (the module it meant stays frozen), nor of

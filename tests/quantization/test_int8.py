@@ -59,10 +59,30 @@ def test_quantize_int8_refuses_a_model_with_adapters_or_quantised_already():
     model = tiny_model("lstm-tiny")
     with pytest.raises(ValueError, match=r"holds peft adapter layers \(.*\).*merge_and_unload\(\)"):
         seqzoo.quantize_int8(get_peft_model(model, seqzoo.peft_config(model)))
+    # the model inside the PeftModel, its adapter layers nested below its top-level modules
+    with pytest.raises(ValueError, match=r"LSTMForCausalLM holds peft adapter layers \(ParamWrapper\)"):
+        seqzoo.quantize_int8(model)
     model = tiny_model("lstm-tiny")
     model.model.layers[0].weight_hh = torch.nn.Parameter(model.model.layers[0].weight_hh.detach().as_subclass(Marked),
                                                          requires_grad=False)
     with pytest.raises(ValueError, match=r"is quantised already \(model.layers.0.weight_hh hold Marked weights\)"):
+        seqzoo.quantize_int8(model)
+
+
+def test_quantize_int8_refuses_a_model_with_nothing_to_quantise():
+    with pytest.raises(ValueError, match=r"Sequential has no Linear layer or mixer projection to quantise"):
+        seqzoo.quantize_int8(torch.nn.Sequential(torch.nn.Embedding(5, 3)))
+
+
+def test_a_partly_offloaded_model_is_refused():
+    """Every weight is checked, not the first: here only the second layer is offloaded (its weights on the meta
+    device). The check comes before torchao is imported, so this runs without it."""
+    import accelerate
+
+    model = tiny_model("lstm-tiny")
+    accelerate.cpu_offload(model.model.layers[1], execution_device=torch.device("cpu"))
+    with pytest.raises(ValueError, match=r"is offloaded \(model.layers.1.weight_ih, model.layers.1.weight_hh are on "
+                                         r"the meta device"):
         seqzoo.quantize_int8(model)
 
 
@@ -126,6 +146,10 @@ def test_lora_on_the_parameters_of_a_quantised_model_is_refused(torchao_quantiza
     with pytest.raises(ValueError, match=r"is quantised \(model.layers.0.weight_ih.*peft's LoRA on a parameter "
                                          r"cannot add to a quantised weight"):
         seqzoo.peft_config(model)
+    # with no parameter asked for (LoRA on the head alone), the refusal is the one for any adapter
+    with pytest.raises(ValueError, match=r"is quantised \(model.layers.0.weight_ih.*its int8 layers pass no "
+                                         r"gradient to their inputs, so no lora adapter could learn"):
+        seqzoo.peft_config(model, target_modules=["lm_head"], target_parameters=[])
 
 
 @pytest.mark.parametrize("preset, method", [("transformer-tiny", "lora"), ("mamba-tiny", "ia3"),
