@@ -57,6 +57,33 @@ class UnbatchedState(RunningSum):
         return out, {"sum": new["sum"][0]}
 
 
+class ScalarState(RunningSum):
+    def forward(self, hidden_states, *, state=None, mask=None, **context):
+        out, new = self.step(hidden_states, None, mask)
+        return out, {"sum": new["sum"].sum()}
+
+
+class EmptyState(RunningSum):
+    def forward(self, hidden_states, *, state=None, mask=None, **context):
+        return self.step(hidden_states, None, mask)[0], {}
+
+
+class KeepsNothing(RunningSum):
+    """A plugin's recurrent mixer without a state (a position-wise layer, say): state_bytes 0, returns None."""
+
+    def forward(self, hidden_states, *, state=None, mask=None, **context):
+        return self.proj(hidden_states), None
+
+    @classmethod
+    def state_bytes(cls, config, dtype_bytes=4):
+        return 0
+
+
+class KeepsNothingButReturnsATensor(KeepsNothing):
+    def forward(self, hidden_states, *, state=None, mask=None, **context):
+        return self.proj(hidden_states), hidden_states.sum(1)
+
+
 class NoForward(Mixer):
     pass
 
@@ -98,6 +125,12 @@ def test_a_well_behaved_plugin_decodes_as_it_recomputes():
     (TensorState, TypeError, r"'bad' mixer \(TensorState\) returned a state of type Tensor"),
     (UnbatchedState, ValueError, r"'bad' mixer \(UnbatchedState\) returned state\['sum'\] of shape \(16,\) for a "
                                  r"batch of 2"),
+    (ScalarState, ValueError, r"'bad' mixer \(ScalarState\) returned state\['sum'\] of shape \(\) for a batch of 2"),
+    (EmptyState, TypeError, r"'bad' mixer \(EmptyState\) returned a state of type dict; a recurrent mixer returns a "
+                            r"non-empty dict"),
+    # (its state_bytes says it keeps nothing, but what it returns is checked all the same)
+    (KeepsNothingButReturnsATensor, TypeError, r"'bad' mixer \(KeepsNothingButReturnsATensor\) returned a state of "
+                                               r"type Tensor"),
 ])
 def test_a_plugin_state_the_cache_cannot_hold_is_refused_naming_the_mixer(mixer_class, error, match):
     # A None state restarted every cached step from zero without an error; a tensor, or tensors without the batch
@@ -108,6 +141,16 @@ def test_a_plugin_state_the_cache_cannot_hold_is_refused_naming_the_mixer(mixer_
         model(torch.tensor([[5, 17, 33], [8, 9, 10]]), use_cache=True)
     with torch.no_grad():
         model(torch.tensor([[5, 17, 33], [8, 9, 10]]), use_cache=False)  # no cache, nothing stored: no complaint
+
+
+def test_a_plugin_mixer_that_keeps_no_state_decodes_without_one():
+    # Its state_bytes says it carries nothing: a None state is what it should return, not refused as a lost state.
+    model = hybrid("stateless", KeepsNothing)
+    ids = torch.tensor([[5, 17, 33, 8, 2], [9, 1, 4, 4, 30]])
+    with torch.no_grad():
+        full = model(ids).logits
+        cache = output_cache(model(ids[:, :3], use_cache=True))
+        torch.testing.assert_close(model(ids[:, 3:], cache=cache).logits, full[:, 3:], rtol=1e-5, atol=1e-5)
 
 
 def test_a_mixer_without_forward_or_with_an_unknown_cache_kind_is_refused_when_declared():
@@ -222,11 +265,25 @@ class OverstatesState(RunningSum):
         return 2 * config.hidden_size * dtype_bytes
 
 
+class MixedDtypes(RunningSum):
+    """Its sum in the model's dtype beside a token count in int64: no one size of value to ask state_bytes about."""
+
+    def forward(self, hidden_states, *, state=None, mask=None, **context):
+        out, new = self.step(hidden_states, None if state is None else {"sum": state["sum"]}, mask)
+        count = torch.full((hidden_states.shape[0], 1), hidden_states.shape[1], dtype=torch.long)
+        return out, {"sum": new["sum"], "count": count + (0 if state is None else state["count"])}
+
+    @classmethod
+    def state_bytes(cls, config, dtype_bytes=4):
+        return config.hidden_size * dtype_bytes + 8
+
+
 @pytest.mark.parametrize("mixer_class, dtype, warned", [
     (OverstatesState, torch.float32, "holds 64 bytes of state per sequence, but its state_bytes says 128"),
     (OverstatesState, torch.bfloat16, "holds 32 bytes of state per sequence, but its state_bytes says 64"),
     (RunningSum, torch.float32, None),
     (RunningSum, torch.bfloat16, None),
+    (MixedDtypes, torch.bfloat16, None),  # (asked as if every value took 8 bytes, it would be warned about wrongly)
 ])
 def test_a_plugin_state_bytes_that_is_not_what_it_keeps_is_warned_about_once(mixer_class, dtype, warned, caplog):
     # The card, `seqzoo list` and the lab report what state_bytes declares; nothing checked it.

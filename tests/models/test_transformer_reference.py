@@ -44,7 +44,8 @@ def llama(**overrides):
 
 def qwen2(**overrides):
     config = Qwen2Config(**{**dict(vocab_size=99, hidden_size=32, intermediate_size=40, num_hidden_layers=2,
-                                   num_attention_heads=4, num_key_value_heads=1, tie_word_embeddings=True), **overrides})
+                                   num_attention_heads=4, num_key_value_heads=1, tie_word_embeddings=True),
+                            **overrides})
     return randomize(Qwen2ForCausalLM(config), seed=1)
 
 
@@ -168,6 +169,14 @@ def test_vaswani_matches_the_formulas(attn):
         torch.testing.assert_close(logits[row].double(), expected, atol=1e-4, rtol=1e-5)
 
 
+@pytest.mark.parametrize("dim", [32, 7])
+def test_the_sinusoidal_table_is_the_papers_for_even_and_odd_widths(dim):
+    # (an odd width, as a Vaswani model of 5 heads of 7 has, ends on a sine column)
+    from seqzoo.layers.positions import sinusoidal_table
+
+    torch.testing.assert_close(sinusoidal_table(50, dim).double(), sinusoid(range(50), dim), atol=1e-5, rtol=0)
+
+
 @pytest.mark.parametrize("variant", ["gpt2", "vaswani"])
 def test_negative_positions_are_refused_by_tables(variant):
     # A sinusoidal table read position -1 as its last row (silently), a learned one raised a bare IndexError.
@@ -213,8 +222,9 @@ def test_attention_weights_asked_of_sdpa_are_said_to_be_missing(caplog):
     model.set_attn_implementation("sdpa")
     attention._WARNED_NO_WEIGHTS.discard("sdpa")
     with caplog.at_level("WARNING", logger="seqzoo"), torch.no_grad():
-        assert model(torch.tensor([[5, 6, 7]]), output_attentions=True).attentions == (None, None)
-    assert "attn_implementation='sdpa' forms no attention weights" in caplog.text
+        for _ in range(2):
+            assert model(torch.tensor([[5, 6, 7]]), output_attentions=True).attentions == (None, None)
+    assert caplog.text.count("attn_implementation='sdpa' forms no attention weights") == 1  # (once, not per layer)
     model.set_attn_implementation("eager")
     with torch.no_grad():
         assert all(w.shape == (1, 4, 3, 3) for w in model(torch.tensor([[5, 6, 7]]), output_attentions=True).attentions)

@@ -73,6 +73,8 @@ class HybridConfig(SeqzooConfig):
                 self.num_hidden_layers = len(self.mixer_types)
             if self.mlp_layers is None:
                 self.mlp_layers = [True] * len(self.mixer_types)
+        if isinstance(self.mlp_layers, tuple):  # (a tuple of flags is taken as mixer_types' tuple of names is)
+            self.mlp_layers = list(self.mlp_layers)
         if self.mixer_config is None:
             self.mixer_config = {}
         if self.intermediate_size is None:

@@ -200,7 +200,9 @@ class HybridModel(HybridPreTrainedModel):
         hidden_states = self.dropout(inputs.embeds)  # (B, T, D)
         all_hidden_states = () if output_hidden_states else None  # the input of every layer, then the output
         shared = SharedValues()  # what layers hand on: RWKV-7's value residual, attention weights when asked
-        output_attentions = kwargs.get("output_attentions") or self.config.output_attentions
+        # (an explicit output_attentions=False wins over the config, as in transformers' models)
+        asked = kwargs.get("output_attentions")
+        output_attentions = self.config.output_attentions if asked is None else bool(asked)
         with unchanged_on_error(cache):  # (a layer that fails leaves the cache as it was)
             for idx, layer in enumerate(self.layers):
                 if output_hidden_states:
