@@ -42,7 +42,13 @@ import torch
 
 from seqzoo.tokenizer import PAD_TOKEN_ID, VOCAB_SIZE, check_no_special_tokens
 from seqzoo.training.data import (
-    IGNORE, _EVAL_STREAM, _generator, content_hash, epoch_sampler, read_text_file,
+    _EVAL_STREAM,
+    IGNORE,
+    _generator,
+    check_utf8,
+    content_hash,
+    epoch_sampler,
+    read_text_file,
     refuse_repeated_files,
 )
 
@@ -274,6 +280,7 @@ def _checked_row(row: dict[str, Any], tagging: bool, where: str) -> Row:
         if not isinstance(row["label"], str):
             raise ValueError(f"{where}: 'label' must be a label name (a string); got {row['label']!r}")
         check_no_special_tokens(row["text"], where)
+        check_utf8(row["text"], where)
         return row["text"], row["label"]
     tokens, tags = row["tokens"], row["tags"]
     if not isinstance(tokens, list) or not tokens or not all(isinstance(t, str) and t for t in tokens):
@@ -284,6 +291,7 @@ def _checked_row(row: dict[str, Any], tagging: bool, where: str) -> Row:
     if len(tags) != len(tokens):
         raise ValueError(f"{where}: {len(tokens)} tokens but {len(tags)} tags; each word needs exactly one tag")
     check_no_special_tokens(" ".join(tokens), where)
+    check_utf8(" ".join(tokens), where)
     return list(tokens), list(tags)
 
 

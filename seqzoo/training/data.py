@@ -309,6 +309,16 @@ class TokenStream:
 _EOS_TEXT = re.compile(re.escape(EOS_TOKEN))
 
 
+def check_utf8(text: str, where: str) -> None:
+    """Refuse text that has no UTF-8 bytes: a lone surrogate (``"\\ud800"``, which a JSON escape or a Python string
+    can hold) stopped training with a bare UnicodeEncodeError at the step that first drew it."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as err:
+        raise ValueError(f"{where}: the text holds {text[err.start]!r} at character {err.start}, a lone surrogate, "
+                         "which has no UTF-8 bytes to train on: remove it or write the character it stood for") from err
+
+
 def tokens_from_documents(documents: list[str]) -> torch.Tensor:
     """UTF-8 bytes of each document followed by EOS -- exactly what the byte tokenizer produces for them. The text
     ``<|endoftext|>`` inside a document is EOS, as the tokenizer reads it (a corpus that separates its documents
@@ -320,6 +330,7 @@ def tokens_from_documents(documents: list[str]) -> torch.Tensor:
         if PAD_TOKEN in doc:
             raise ValueError(f"document {index} of the corpus holds the text {PAD_TOKEN!r}, which the byte tokenizer "
                              f"reads as its padding token (id {PAD_TOKEN_ID}): remove or rewrite it")
+        check_utf8(doc, f"document {index} of the corpus")
         start = 0
         for found in [*_EOS_TEXT.finditer(doc), None]:
             text = doc[start:found.start() if found else len(doc)]

@@ -458,8 +458,9 @@ def _try(value: Any, option: Any) -> tuple[bool, Any]:
             return False, None
         converted = [_try(v, item) for v in value]
         return all(ok for ok, _ in converted), [v for _, v in converted]
-    if origin is dict:
-        return isinstance(value, dict), dict(value) if isinstance(value, dict) else None
+    if origin is dict:  # (model.config: its keys become keyword arguments, so they must be names)
+        ok = isinstance(value, dict) and all(isinstance(key, str) for key in value)
+        return ok, dict(value) if ok else None
     return False, None
 
 
@@ -473,7 +474,7 @@ def _describe(annotation: Any) -> str:
             item = typing.get_args(option)[0]
             names.append(f"a list of {'finite numbers' if item is float else item.__name__}")
         elif typing.get_origin(option) is dict:
-            names.append("a mapping")
+            names.append("a mapping of names (strings) to values")
         else:
             names.append({int: "an integer", float: "a finite number", str: "a string", bool: "true/false"}[option])
     return " or ".join(names)

@@ -13,7 +13,8 @@ import torch
 from transformers import AutoModelForTokenClassification, pipeline
 
 import seqzoo
-from seqzoo.training import classification, recipe as recipe_module
+from seqzoo.training import classification
+from seqzoo.training import recipe as recipe_module
 from seqzoo.training.classification import (
     classifier_logits,
     encode_words,
@@ -101,6 +102,12 @@ def test_jsonl_labels_come_from_the_data_sorted_or_from_the_recipe_in_its_order(
      "tags.jsonl:1: the text holds '<|endoftext|>', which the saved tokenizer reads as its special token"),
     ("sequence-classification", [{"text": "a", "label": "x"}, {"text": "b", "label": "x"}],
      "the data holds a single label ('x'): a classifier needs at least two"),
+    # A JSON escape of a lone surrogate is valid JSON but no UTF-8 text: the run stopped with a bare
+    # UnicodeEncodeError at the step that first drew the row, naming neither file nor line.
+    ("sequence-classification", ['{"text": "ok \\ud800 x", "label": "a"}'],
+     "tags.jsonl:1: the text holds '\\ud800' at character 3, a lone surrogate, which has no UTF-8 bytes"),
+    ("token-classification", ['{"tokens": ["a", "b\\udc80"], "tags": ["O", "O"]}'],
+     "tags.jsonl:1: the text holds '\\udc80' at character 3"),
 ])
 def test_bad_rows_are_named_by_file_and_line(tmp_path, task, rows, message):
     path = write_jsonl(tmp_path / "tags.jsonl", rows)
@@ -291,3 +298,126 @@ def test_a_row_longer_than_the_models_positions_is_refused_before_training(tmp_p
     assert not (tmp_path / "sequence-classification" / "checkpoints").exists()
     recipe.data.seq_len = 64  # cut there: it trains
     train(recipe, progress=False)
+
+
+def test_appears_later_draws_from_two_to_twenty_six_letters_whatever_the_distance():
+    for distance, letters in ((2, "ab"), (3, "ab"), (12, "abcdef"), (80, "abcdefghijklmnopqrstuvwxyz")):
+        data = generated_texts("token-classification", "appears_later", [distance], 16, eval_samples=60, seed=0)
+        drawn = {word for words, _ in data.eval_rows()[f"distance={distance}"] for word in words}
+        assert drawn == set(letters), distance  # every one of them used, and nothing else
+
+
+def test_generated_training_steps_take_the_distances_in_turn_and_never_draw_an_evaluation_set():
+    data = generated_texts("sequence-classification", "first_letter", [6, 3], 3, eval_samples=8, seed=0)
+    assert list(data.eval_rows()) == ["distance=3", "distance=6"]
+    words = [{len(text.split(" ")) for text, _ in data._train(step, 8)} for step in range(4)]
+    assert words == [{3}, {6}, {3}, {6}]
+    tagging = generated_texts("token-classification", "appears_later", [12], 16, eval_samples=8, seed=0)
+    (held_out,) = tagging.eval_rows().values()
+    for step in range(20):  # 6 ** 12 possible texts: a training batch equal to the evaluation set shares its stream
+        assert tagging._train(step, 8) != held_out
+
+
+def test_generated_task_arguments_are_checked():
+    with pytest.raises(ValueError, match=r"distances=\[\] is invalid: a non-empty list of integers >= 1"):
+        generated_texts("sequence-classification", "first_letter", [], 3, 4, 0)
+    with pytest.raises(ValueError, match=r"distances=\[3, 0\] is invalid"):
+        generated_texts("sequence-classification", "first_letter", [3, 0], 3, 4, 0)
+    for symbols in (1, 27):
+        with pytest.raises(ValueError, match=f"symbols={symbols} is invalid: the tasks draw from 2 to 26 letters"):
+            generated_texts("sequence-classification", "first_letter", [3], symbols, 4, 0)
+    with pytest.raises(ValueError, match="unknown sequence-classification task 'appears_later'; allowed: first_letter"):
+        generated_texts("sequence-classification", "appears_later", [3], 3, 4, 0)
+
+
+def test_a_file_row_that_would_not_fit_the_model_is_measured_as_the_batch_encodes_it():
+    """check_fits counts the bytes a batch holds: words joined by spaces, UTF-8 (two bytes for 'é'), held-out rows
+    too."""
+    tokenizer = seqzoo.byte_tokenizer()
+    tagged = classification.LabelledTexts("token-classification", lambda s, b: [], {}, ["O"], "t", None, {})
+    texts = classification.LabelledTexts("sequence-classification", lambda s, b: [], {}, ["a", "b"], "t", None, {})
+    for data, row in ((tagged, (["ab"] * 10, ["O"] * 10)), (texts, ("é" * 15, "a"))):
+        width = data.batch([row])[0].shape[1]
+        text = " ".join(row[0]) if data is tagged else row[0]
+        assert width == len(tokenizer(text)["input_ids"]) == (29 if data is tagged else 30)
+        data.rows = [("a", "b") if data is texts else (["a"], ["O"]), row]
+        data.check_fits(width)
+        with pytest.raises(ValueError, match=f"t: row 2 is {width} bytes, longer than the {width - 1} positions"):
+            data.check_fits(width - 1)
+        data.seq_len = width - 1  # cut there, it fits
+        data.check_fits(width - 1)
+
+
+def test_jsonl_holds_out_at_least_one_row_at_most_eval_samples_and_checks_every_row(tmp_path):
+    rows = [{"text": f"row {i}", "label": "ab"[i % 2]} for i in range(20)]
+    path = write_jsonl(tmp_path / "texts.jsonl", rows)
+    tiny = jsonl_texts("sequence-classification", str(path), 0.01, 8, seed=0)
+    assert tiny.describe()["train_rows"] == 19 and tiny.eval_rows()["validation"] == [("row 19", "b")]
+    capped = jsonl_texts("sequence-classification", str(path), 0.5, 4, seed=0)
+    assert capped.describe()["train_rows"] == 10
+    assert capped.eval_rows()["validation"] == [(f"row {i}", "ab"[i % 2]) for i in range(10, 14)]
+    assert capped.rows == [(f"row {i}", "ab"[i % 2]) for i in range(14)]  # what check_fits reads: trained and scored
+    single = write_jsonl(tmp_path / "one.jsonl", [rows[0]])
+    with pytest.raises(ValueError, match=r"one.jsonl hold 1 row\(s\): too few to hold out 1 for evaluation"):
+        jsonl_texts("sequence-classification", str(single), 0.1, 8, seed=0, labels=["a", "b"])
+
+
+def test_a_jsonl_sources_position_counts_epochs_of_its_training_rows(tmp_path):
+    path = write_jsonl(tmp_path / "texts.jsonl", [{"text": f"row {i}", "label": "ab"[i % 2]} for i in range(10)])
+    data = jsonl_texts("sequence-classification", str(path), 0.3, 8, seed=0)  # 7 rows trained
+    assert data.position(7 * 2 + 3) == {"samples_seen": 17, "epoch": 2, "index_in_epoch": 3}
+    assert data.position(6) == {"samples_seen": 6, "epoch": 0, "index_in_epoch": 6}
+    epoch = [text for text, _ in data._train(0, 7)]  # the first 7 samples: one epoch, every training row once
+    assert sorted(epoch) == [f"row {i}" for i in range(7)]
+
+
+def test_texts_longer_than_seq_len_are_cut_with_their_tags_and_one_warning(tmp_path, caplog):
+    path = write_jsonl(tmp_path / "tags.jsonl", TAGGED * 4)
+    data = jsonl_texts("token-classification", str(path), 0.25, 8, seed=0, seq_len=6)
+    rows = [(["Ada", "met", "Zoë"], ["PER", "O", "PER"]), (["Bob"], ["PER"])]
+    with caplog.at_level(logging.WARNING, logger="seqzoo.training"):
+        inputs, targets = data.batch(rows)
+        data.batch(rows)
+    ids, tags = encode_words(*rows[0][:1], [1, 0, 1])
+    assert inputs.shape == targets.shape == (2, 6)
+    assert inputs[0].tolist() == ids[:6] and targets[0].tolist() == tags[:6] == [1, IGNORE, IGNORE, IGNORE, 0, IGNORE]
+    assert targets[1].tolist() == [1, IGNORE, IGNORE] + [IGNORE] * 3
+    warnings = [r.getMessage() for r in caplog.records]
+    assert len(warnings) == 1 and "1 of 2 texts in a batch of jsonl:" in warnings[0]
+    assert "data.seq_len=6 bytes" in warnings[0] and "with the tags of the words cut off" in warnings[0]
+
+
+@pytest.mark.parametrize("task, lines, message", [
+    ("sequence-classification", ['[1, 2]'], r"rows.jsonl:1: expected an object \{\"text\": \"...\", \"label\""),
+    ("token-classification", ['{"tokens": [], "tags": []}'], "rows.jsonl:1: 'tokens' must be a non-empty list"),
+    ("sequence-classification", ["", "   "], r"rows.jsonl holds no rows; each line must be"),
+])
+def test_rows_that_hold_no_labelled_text_are_named(tmp_path, task, lines, message):
+    path = write_jsonl(tmp_path / "rows.jsonl", lines)
+    with pytest.raises(ValueError, match=message):
+        read_labelled_jsonl(path, task)
+
+
+@pytest.mark.parametrize("labels, message", [
+    (["O", "PER", "O"], r"data.labels=\['O', 'PER', 'O'\] is invalid: at least two distinct label names \('O' "
+                        r"repeated\)"),
+    (["O"], r"data.labels=\['O'\] is invalid: at least two distinct label names"),
+])
+def test_the_labels_given_directly_are_checked_as_the_recipe_checks_them(tmp_path, labels, message):
+    path = write_jsonl(tmp_path / "tags.jsonl", TAGGED * 3)
+    with pytest.raises(ValueError, match=message):
+        jsonl_texts("token-classification", str(path), 0.3, 8, seed=0, labels=labels)
+
+
+def test_training_never_reads_the_held_out_rows_and_the_hash_follows_every_training_row(tmp_path):
+    rows = [{"text": f"row {i}", "label": "ab"[i % 2]} for i in range(10)]
+    data = jsonl_texts("sequence-classification", str(write_jsonl(tmp_path / "a.jsonl", rows)), 0.3, 8, seed=0)
+    trained = {text for step in range(20) for text, _ in data._train(step, 4)}  # eleven epochs of seven rows
+    assert trained == {f"row {i}" for i in range(7)}
+    # --resume compares this hash: an edit anywhere in the training rows is other data.
+    edited = [dict(row) for row in rows]
+    edited[5]["text"] = "row five"
+    changed = jsonl_texts("sequence-classification", str(write_jsonl(tmp_path / "b.jsonl", edited)), 0.3, 8, seed=0)
+    assert changed.describe()["sha256"] != data.describe()["sha256"]
+    same = jsonl_texts("sequence-classification", str(write_jsonl(tmp_path / "c.jsonl", rows)), 0.3, 8, seed=0)
+    assert same.describe()["sha256"] == data.describe()["sha256"]

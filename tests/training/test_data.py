@@ -168,6 +168,10 @@ def test_special_token_text_in_a_document_is_read_as_the_tokenizer_reads_it():
     # The padding token's text would train the model to predict padding: refused, naming the document.
     with pytest.raises(ValueError, match=r"document 1 of the corpus holds the text '<\|pad\|>'"):
         tokens_from_documents(["fine", "a<|pad|>b"])
+    # A Python string (a dataset given to train()) can hold a lone surrogate, which has no UTF-8 bytes.
+    with pytest.raises(ValueError, match=r"document 1 of the corpus: the text holds '\\udc80' at character 1, a lone "
+                                         r"surrogate"):
+        tokens_from_documents(["fine", "a\udc80"])
 
 
 def test_token_stream_epochs_visit_every_window_once():
@@ -364,3 +368,120 @@ def test_a_jsonl_file_listed_twice_is_refused_too(tmp_path):
                                  "data": {"source": "jsonl", "path": [str(path), str(path)]}}).data
         with pytest.raises(ValueError, match=r"data.path lists the file .* twice"):
             build_seq2seq_data(data, seed=0) if task == "seq2seq" else build_label_data(task, data, seed=0)
+
+
+def test_associative_recall_draws_keys_and_values_from_disjoint_halves_of_the_symbols():
+    """MQAR (Arora et al. 2023) keeps keys and values apart: a value symbol that can also be a key makes a query
+    ambiguous (is this token a key to answer, or a value?)."""
+    task = MemoryTask("associative_recall", [3], symbols=10, items=5, seq_len=None, eval_samples=200, seed=0)
+    inputs, targets = task.eval_sets()["distance=3"]
+    pairs = inputs[:, :10].reshape(200, 5, 2)
+    keys, values = pairs[..., 0], pairs[..., 1]
+    assert set(keys.unique().tolist()) == set(range(FIRST_SYMBOL, FIRST_SYMBOL + 5))  # the first half, all used
+    assert set(values.unique().tolist()) == set(range(FIRST_SYMBOL + 5, FIRST_SYMBOL + 10))  # the second half
+
+
+def test_a_seq_len_exactly_as_long_as_the_task_needs_is_accepted():
+    needed = task_length("copy", 20, 2)
+    task = MemoryTask("copy", [3, 20], symbols=8, items=2, seq_len=needed, eval_samples=2, seed=0)
+    assert task.train_batch(0, 4)[0].shape == (4, needed)
+    with pytest.raises(ValueError, match=f"data.seq_len={needed - 1} is shorter than task 'copy' needs"):
+        MemoryTask("copy", [3, 20], symbols=8, items=2, seq_len=needed - 1, eval_samples=2, seed=0)
+
+
+def test_the_order_distances_are_listed_in_does_not_change_the_data():
+    kwargs = dict(symbols=8, items=2, seq_len=None, eval_samples=3, seed=0)
+    for mix in ("sample", "batch"):
+        one, other = MemoryTask("copy", [2, 20], **kwargs, distance_mix=mix), MemoryTask("copy", [20, 2], **kwargs,
+                                                                                         distance_mix=mix)
+        for step in range(3):
+            assert all(torch.equal(a, b) for a, b in zip(one.train_batch(step, 8), other.train_batch(step, 8)))
+        assert list(one.eval_sets()) == list(other.eval_sets()) == ["distance=2", "distance=20"]
+
+
+def test_a_task_uses_no_token_as_data_that_its_model_reads_as_padding():
+    task = MemoryTask("copy", [2, 6], symbols=8, items=3, seq_len=None, eval_samples=8, seed=0)
+    overrides = task.model_overrides()
+    assert overrides["vocab_size"] == task.vocab_size
+    assert overrides["bos_token_id"] is None and overrides["eos_token_id"] is None
+    pad = overrides["pad_token_id"]
+    assert pad is not None and 0 <= pad < task.vocab_size  # left-padded prompts need a pad id in the vocabulary
+    for inputs, targets in [task.train_batch(step, 16) for step in range(4)] + list(task.eval_sets().values()):
+        assert not (inputs == pad).any() and not (targets == pad).any()
+
+
+def test_distance_mix_batch_with_a_fixed_seq_len_keeps_every_batch_that_long():
+    task = MemoryTask("copy", [2, 20], symbols=8, items=2, seq_len=30, eval_samples=2, seed=0, distance_mix="batch")
+    assert [task.train_batch(step, 4)[0].shape[1] for step in range(2)] == [30, 30]
+    assert {name: inputs.shape[1] for name, (inputs, _) in task.eval_sets().items()} == {"distance=2": 30,
+                                                                                        "distance=20": 30}
+    inputs, _ = task.train_batch(0, 4)  # distance 2: the sample is right-aligned after blanks
+    assert (inputs[:, :30 - task_length("copy", 2, 2)] == BLANK).all()
+
+
+def test_each_distances_evaluation_set_draws_contents_of_its_own():
+    # Drawn from one stream, every distance's evaluation set began with the same symbols.
+    task = MemoryTask("copy", [2, 6], symbols=8, items=3, seq_len=None, eval_samples=16, seed=0)
+    sets = task.eval_sets()
+    near, far = (inputs[:, -task_length("copy", d, 3):][:, :3] for d, (inputs, _) in zip([2, 6], sets.values()))
+    assert not torch.equal(near, far)
+
+
+def test_no_training_step_draws_an_evaluation_set():
+    # Induction's random filler makes chance repeats impossible: any shared sequence means a shared random stream.
+    for mix in ("sample", "batch"):
+        task = MemoryTask("induction", [3, 5], symbols=8, items=4, seq_len=None, eval_samples=8, seed=0,
+                          distance_mix=mix)
+        assert task.trained_share(12, 8) == {"distance=3": 0.0, "distance=5": 0.0}
+
+
+def test_a_token_streams_position_counts_epochs_of_its_training_windows():
+    stream = TokenStream(torch.arange(1001) % 250, "t", seq_len=10, eval_fraction=0.1, eval_samples=4, seed=0)
+    windows = (900 - 1) // 10  # 900 training tokens; each window reads seq_len + 1 of them
+    assert stream.position(0) == {"samples_seen": 0, "epoch": 0, "index_in_epoch": 0}
+    assert stream.position(windows - 1) == {"samples_seen": windows - 1, "epoch": 0, "index_in_epoch": windows - 1}
+    assert stream.position(2 * windows + 3) == {"samples_seen": 2 * windows + 3, "epoch": 2, "index_in_epoch": 3}
+
+
+def test_an_evaluation_split_of_a_whole_number_of_windows_keeps_only_full_windows():
+    # 50 held-out tokens hold four windows of 10 + 1 tokens, not five (the fifth would lack its last target).
+    stream = TokenStream(torch.arange(500) % 250, "t", seq_len=10, eval_fraction=0.1, eval_samples=64, seed=0)
+    inputs, targets = stream.eval_sets()["validation"]
+    assert inputs.shape == targets.shape == (4, 10)
+    assert torch.equal(targets[:, :-1], inputs[:, 1:])
+    assert int(targets[-1, -1]) == 490 % 250  # the last target of the last window
+
+
+def test_an_empty_corpus_is_named():
+    with pytest.raises(ValueError, match="the corpus has no documents"):
+        tokens_from_documents([])
+
+
+def test_a_dataset_dict_trains_on_its_train_split_and_one_without_it_is_named():
+    class Split(dict):
+        column_names = ["text"]
+
+    class DatasetDict(dict):  # the part of datasets.DatasetDict the loader uses
+        @property
+        def column_names(self):
+            return {name: split.column_names for name, split in self.items()}
+
+    splits = DatasetDict(train=Split(text=["trained on"]), test=Split(text=["held out"]))
+    assert dataset_documents(splits, "text") == ["trained on"]
+    with pytest.raises(ValueError, match="the DatasetDict has no 'train' split; it has validation, test"):
+        dataset_documents(DatasetDict(validation=Split(text=["a"]), test=Split(text=["b"])), "text")
+
+
+def test_a_file_listed_twice_under_two_spellings_is_refused(tmp_path):
+    story = tmp_path / "story.txt"
+    story.write_text("once upon a time " * 20)
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "link.txt").symlink_to(story)
+    for other in (tmp_path / "sub" / ".." / "story.txt", tmp_path / "link.txt"):
+        data = recipe_from_dict({"data": {"source": "text", "path": [str(story), str(other)], "seq_len": 8}}).data
+        with pytest.raises(ValueError, match=r"data.path lists the file .* twice"):
+            build_data(data, seed=0)
+    other = tmp_path / "other.txt"
+    other.write_text("the end " * 20)
+    data = recipe_from_dict({"data": {"source": "text", "path": [str(story), str(other)], "seq_len": 8}}).data
+    assert build_data(data, seed=0).name == f"text:{story},{other}"  # (describe() names every file read)

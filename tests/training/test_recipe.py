@@ -316,3 +316,142 @@ def test_print_recipe_reads_a_synthetic_tasks_vocabulary_as_train_does(tmp_path,
                     "data:\n  source: task\n  task: copy\n  distances: [4]\n  symbols: 8\n")
     assert main(["train", str(path), "--print-recipe"]) == 0, capsys.readouterr().err
     assert main(["train", str(path), "model.config.vocab_size=-1", "--print-recipe"]) == 2  # still checked
+
+
+COPY = {"source": "task", "task": "copy"}
+S2S = {"model": {"preset": "seq2seq-sutskever-tiny"}}
+TAGGER = {"model": {"preset": "lstm-tiny"}, "task": "token-classification"}
+FIRST = {"model": {"preset": "lstm-tiny"}, "task": "sequence-classification"}
+
+
+@pytest.mark.parametrize("values, message", [
+    ({"name": ""}, "name='' is invalid: expected a non-empty string"),  # (output_dir would be runs/ itself)
+    ({"name": 5}, "name=5 is invalid: expected a string"),
+    ({"train": {"max_steps": None}}, "train.max_steps=None is invalid: a value is required (an integer)"),
+    ({"task": "seq2seq"}, "task='seq2seq' is invalid: expected a task model.preset='lstm-tiny' has a head for: "
+                          "causal-lm, sequence-classification, token-classification"),
+    ({"task": "causal-lm", **S2S}, "task='causal-lm' is invalid: expected a task model.preset="
+                                   "'seq2seq-sutskever-tiny' has a head for: seq2seq"),
+    ({"data": {"source": "pydocs"}}, "data.source='pydocs' is invalid: expected one of pydoc, text, dataset, task, "
+                                     "jsonl"),
+    ({"data": {**COPY, "distances": [4, 0]}}, "data.distances=[4, 0] is invalid: expected a non-empty list of "
+                                              "integers >= 1"),
+    ({"data": {**COPY, "symbols": 1}}, "data.symbols=1 is invalid: expected an integer >= 2"),
+    ({"data": {**COPY, "items": 0}}, "data.items=0 is invalid: expected an integer >= 1"),
+    ({"data": {**COPY, "distance_mix": "mixed"}}, "data.distance_mix='mixed' is invalid: expected sample or batch"),
+    ({"data": {"seq_len": 0}}, "data.seq_len=0 is invalid: expected an integer >= 1 or null"),
+    ({"data": {"eval_fraction": 1.0}}, "data.eval_fraction=1.0 is invalid: expected a number in (0, 1)"),
+    ({"data": {"eval_fraction": 0}}, "data.eval_fraction=0.0 is invalid: expected a number in (0, 1)"),
+    ({"data": {"eval_samples": 0}}, "data.eval_samples=0 is invalid: expected an integer >= 1"),
+    ({"optim": {"lr": 0}}, "optim.lr=0.0 is invalid: expected a number > 0"),
+    ({"optim": {"weight_decay": -0.1}}, "optim.weight_decay=-0.1 is invalid: expected a number >= 0"),
+    ({"optim": {"betas": [0.9]}}, "optim.betas=[0.9] is invalid: expected two numbers in [0, 1)"),
+    ({"optim": {"betas": [0.9, 1.0]}}, "optim.betas=[0.9, 1.0] is invalid: expected two numbers in [0, 1)"),
+    ({"optim": {"betas": [-0.1, 0.9]}}, "optim.betas=[-0.1, 0.9] is invalid"),
+    ({"optim": {"eps": 0}}, "optim.eps=0.0 is invalid: expected a number > 0"),
+    ({"optim": {"warmup_steps": -1}}, "optim.warmup_steps=-1 is invalid: expected an integer >= 0, or null"),
+    ({"optim": {"min_lr_ratio": 1.5}}, "optim.min_lr_ratio=1.5 is invalid: expected a number in [0, 1]"),
+    ({"optim": {"min_lr_ratio": -0.5}}, "optim.min_lr_ratio=-0.5 is invalid"),
+    ({"optim": {"max_grad_norm": -1}}, "optim.max_grad_norm=-1.0 is invalid: expected a number >= 0"),
+    ({"train": {"max_steps": 0}}, "train.max_steps=0 is invalid: expected an integer >= 1"),
+    ({"train": {"batch_size": 0}}, "train.batch_size=0 is invalid: expected an integer >= 1"),
+    ({"train": {"gradient_accumulation_steps": 0}}, "train.gradient_accumulation_steps=0 is invalid"),
+    ({"train": {"eval_every": -1}}, "train.eval_every=-1 is invalid: expected an integer >= 0 (0 = off)"),
+    ({"train": {"save_every": -1}}, "train.save_every=-1 is invalid"),
+    ({"train": {"tbptt_chunk": -1}}, "train.tbptt_chunk=-1 is invalid"),
+    ({"train": {"save_total_limit": 0}}, "train.save_total_limit=0 is invalid: expected an integer >= 1"),
+    ({"train": {"log_every": 0}}, "train.log_every=0 is invalid: expected an integer >= 1"),
+    ({"train": {"vanishing_grad_norm": 5.0, "exploding_grad_norm": 5.0}},
+     "train.vanishing_grad_norm=5.0 is invalid: expected a number in [0, exploding_grad_norm=5.0)"),
+    ({"train": {"vanishing_grad_norm": -1.0}}, "train.vanishing_grad_norm=-1.0 is invalid"),
+    ({"train": {"deterministic": 1}}, "train.deterministic=1 is invalid: expected true/false"),
+    ({"train": {"max_steps": True}}, "train.max_steps=True is invalid: expected an integer"),
+    ({"data": {"seq_len": "64"}}, "data.seq_len='64' is invalid: expected an integer or null"),
+    ({"data": {**COPY, "distances": [4, "8"]}}, "data.distances=[4, '8'] is invalid: expected a list of int"),
+    ({"model": {"config": []}}, "model.config=[] is invalid: expected a mapping"),
+    # (a YAML key `1:` under config stopped the run with "TypeError: keywords must be strings")
+    ({"model": {"config": {1: "x"}}}, "model.config={1: 'x'} is invalid: expected a mapping of names (strings) to "
+                                      "values"),
+    # task: seq2seq
+    ({**S2S, "data": {"source": "pydoc"}}, "data.source='pydoc' is invalid: expected jsonl or task"),
+    ({**S2S, "data": {"source": "task", "task": "copy", "source_lengths": [4, 0]}},
+     "data.source_lengths=[4, 0] is invalid: expected a non-empty list of integers >= 1"),
+    ({**S2S, "data": {"source": "task", "task": "copy", "symbols": 27}},
+     "data.symbols=27 is invalid: expected an integer in [2, 26] (letters)"),
+    ({**S2S, "data": {"source": "task", "task": "copy", "max_source_length": 0}},
+     "data.max_source_length=0 is invalid: expected an integer >= 1 or null"),
+    ({**S2S, "data": {"source": "task", "task": "copy"}, "train": {"tbptt_chunk": 4}},
+     "train.tbptt_chunk=4 is invalid: expected 0 for task: seq2seq"),
+    # task: sequence-classification | token-classification
+    ({**FIRST, "data": {"source": "task", "task": "first_letter", "symbols": 1}},
+     "data.symbols=1 is invalid: expected an integer in [2, 26] (letters)"),
+    ({**FIRST, "data": {"source": "task", "task": "first_letter", "distances": []}},
+     "data.distances=[] is invalid: expected a non-empty list of integers >= 1 (words per text)"),
+    ({**TAGGER, "data": {"source": "jsonl", "path": "x.jsonl", "labels": ["O", "PER", "O"]}},
+     "data.labels=['O', 'PER', 'O'] is invalid: expected a list of at least two distinct label names"),
+    ({**TAGGER, "data": {"source": "jsonl", "path": "x.jsonl"}, "model": {"preset": "lstm-tiny",
+                                                                           "config": {"id2label": {0: "O"}}}},
+     "model.config.id2label={0: 'O'} is invalid: expected unset: a classifier's labels come from the data"),
+])
+def test_values_just_past_each_limit_are_refused_by_name(values, message):
+    with pytest.raises(ValueError) as info:
+        recipe_from_dict(values)
+    assert message in str(info.value)
+
+
+def test_values_at_each_limit_are_accepted():
+    recipe = recipe_from_dict({
+        "data": {"seq_len": 1, "eval_fraction": 0.001, "eval_samples": 1},
+        "optim": {"lr": 1e-12, "weight_decay": 0, "betas": [0, 0.999], "eps": 1e-30, "warmup_steps": 0,
+                  "min_lr_ratio": 0, "max_grad_norm": 0},
+        "train": {"max_steps": 1, "batch_size": 1, "gradient_accumulation_steps": 1, "eval_every": 0,
+                  "save_every": 0, "save_total_limit": 1, "log_every": 1, "vanishing_grad_norm": 0,
+                  "exploding_grad_norm": 1e-9, "max_nonfinite_steps": 0, "seed": 2**32 - 1},
+    })
+    assert recipe.optim.betas == [0.0, 0.999] and recipe.optim.min_lr_ratio == 0.0 and recipe.train.seed == 2**32 - 1
+    assert recipe_from_dict({"optim": {"min_lr_ratio": 1}}).optim.min_lr_ratio == 1.0
+    assert recipe_from_dict({"data": {**COPY, "distances": [1], "symbols": 2, "items": 1}}).data.distances == [1]
+    for symbols in (2, 26):
+        pairs = recipe_from_dict({**S2S, "data": {"source": "task", "task": "copy", "symbols": symbols,
+                                                  "source_lengths": [1], "max_source_length": 1}})
+        assert pairs.data.symbols == symbols
+        assert recipe_from_dict({**FIRST, "data": {"source": "task", "task": "first_letter", "symbols": symbols,
+                                                   "distances": [1]}}).data.symbols == symbols
+
+
+def test_warmup_defaults_to_a_tenth_of_the_steps_at_most_a_hundred():
+    assert recipe_from_dict({"train": {"max_steps": 50}}).warmup == 5
+    assert recipe_from_dict({"train": {"max_steps": 5000}}).warmup == 100
+    assert recipe_from_dict({"train": {"max_steps": 5000}, "optim": {"warmup_steps": 0}}).warmup == 0
+
+
+def test_a_model_presets_default_recipe_trains_what_its_architecture_does():
+    text = load_recipe("lstm-tiny")
+    assert (text.name, text.task, text.data.source) == ("lstm-tiny-pydoc", "causal-lm", "pydoc")
+    pairs = load_recipe("seq2seq-bahdanau-tiny")  # an encoder-decoder has no text to continue: a built-in task
+    assert (pairs.name, pairs.task, pairs.data.source, pairs.data.task) == (
+        "seq2seq-bahdanau-tiny-reverse", "seq2seq", "task", "reverse")
+
+
+def test_yaml_merge_keys_and_a_byte_order_mark_are_read_as_yaml_reads_them(tmp_path):
+    """A merge key (`<<:`) is no key given twice; a byte-order mark (Windows editors) is no part of the recipe."""
+    import yaml
+
+    text = ("model: {preset: lstm-tiny}\n"
+            "train:\n  <<: {max_steps: 5, batch_size: 4}\n  batch_size: 8\n")
+    path = tmp_path / "merged.yaml"
+    path.write_text("\ufeff" + text, encoding="utf-8")
+    recipe = load_recipe(str(path))
+    assert yaml.safe_load(text)["train"] == {"max_steps": 5, "batch_size": 8}  # the mapping's own key wins
+    assert (recipe.name, recipe.train.max_steps, recipe.train.batch_size) == ("merged", 5, 8)
+    as_json = tmp_path / "recipe.json"  # (PyYAML skips a leading mark itself; json.loads refuses one)
+    as_json.write_text('\ufeff{"model": {"preset": "lstm-tiny"}, "train": {"max_steps": 5}}', encoding="utf-8")
+    assert load_recipe(str(as_json)).train.max_steps == 5
+
+
+def test_a_recipe_built_directly_is_type_checked_where_the_loop_reads_a_flag():
+    # recipe_from_dict checks each field's type; Recipe(...) itself checks the flags a truthy string would turn on.
+    with pytest.raises(ValueError, match=r"data.tuning_set='yes' is invalid: expected true or false"):
+        Recipe(data=DataSection(tuning_set="yes"))
+    with pytest.raises(ValueError, match=r"data.packing='yes' is invalid: expected true, false or null"):
+        Recipe(data=DataSection(packing="yes"))
