@@ -108,12 +108,18 @@ def prepare_step_inputs(
 _WARNED_NO_ATTENTION: set[str] = set()  # the classes output_attentions=True was warned about
 
 
+def attentions_asked(config: Any, kwargs: dict[str, Any]) -> bool:
+    """Whether a forward call asks for attention weights: its ``output_attentions`` when given (an explicit False
+    wins over the config, as in transformers' models), else the config's."""
+    asked = kwargs.get("output_attentions")
+    return bool(config.output_attentions if asked is None else asked)
+
+
 def note_no_attention_weights(model: nn.Module, kwargs: dict[str, Any]) -> None:
     """A backbone whose every layer keeps a recurrent state, asked for attention weights (``output_attentions=True``,
     or its config's), has none to give: its outputs' ``attentions`` stay None, which is said once per class instead of
     silently (transformers' Llama returns them; its Mamba takes no such argument)."""
-    asked = kwargs.get("output_attentions")
-    if ((model.config.output_attentions if asked is None else asked)
+    if (attentions_asked(model.config, kwargs)
             and type(model).__name__ not in _WARNED_NO_ATTENTION and not torch.compiler.is_compiling()):
         _WARNED_NO_ATTENTION.add(type(model).__name__)
         logger.warning("output_attentions=True: %s has no attention layers (each layer keeps a recurrent state), so "

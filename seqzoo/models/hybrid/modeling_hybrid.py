@@ -30,6 +30,7 @@ from seqzoo.models.mixers import BUILTIN_MIXERS, get_mixer
 from seqzoo.models.modeling_utils import (
     SeqzooForCausalLM,
     SeqzooPreTrainedModel,
+    attentions_asked,
     backbone_cache_argument,
     position_ids_from_mask,
     prepare_inputs,
@@ -200,9 +201,7 @@ class HybridModel(HybridPreTrainedModel):
         hidden_states = self.dropout(inputs.embeds)  # (B, T, D)
         all_hidden_states = () if output_hidden_states else None  # the input of every layer, then the output
         shared = SharedValues()  # what layers hand on: RWKV-7's value residual, attention weights when asked
-        # (an explicit output_attentions=False wins over the config, as in transformers' models)
-        asked = kwargs.get("output_attentions")
-        output_attentions = self.config.output_attentions if asked is None else bool(asked)
+        output_attentions = attentions_asked(self.config, kwargs)
         with unchanged_on_error(cache):  # (a layer that fails leaves the cache as it was)
             for idx, layer in enumerate(self.layers):
                 if output_hidden_states:

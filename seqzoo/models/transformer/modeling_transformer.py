@@ -22,6 +22,7 @@ from seqzoo.models.heads import SeqzooForSequenceClassification, SeqzooForTokenC
 from seqzoo.models.modeling_utils import (
     SeqzooForCausalLM,
     SeqzooPreTrainedModel,
+    attentions_asked,
     backbone_cache_argument,
     position_ids_from_mask,
     prepare_inputs,
@@ -158,7 +159,7 @@ class TransformerModel(TransformerPreTrainedModel):
         hidden_states = self.dropout(hidden_states)
 
         attention_kwargs = {k: v for k, v in kwargs.items() if k in self.extra_forward_kwargs}
-        output_attentions = kwargs.get("output_attentions") or self.config.output_attentions
+        output_attentions = attentions_asked(self.config, kwargs)
         shared = SharedValues()  # the attention weights of each layer, when asked for
         all_hidden_states = () if output_hidden_states else None  # the input of every layer, then the output
         with unchanged_on_error(cache):  # (a layer that fails leaves the cache as it was)
