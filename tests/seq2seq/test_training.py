@@ -96,6 +96,8 @@ def write_pairs(path, count=40):
     ('["a", "b"]', r"expected an object with string fields"),
     ('{"source": "", "target": "b"}', r"pairs.jsonl:2: an empty source or target cannot be trained on"),
     ('{"source": "a", "target": "b<|endoftext|>"}', r"pairs.jsonl:2 \(target\): the text holds '<\|endoftext\|>'"),
+    # a lone surrogate (a JSON escape can hold one) crashed the tokenizer with a bare UnicodeEncodeError
+    ('{"source": "a\\ud800", "target": "b"}', r"pairs.jsonl:2 \(source\): the text holds .\\ud800. at character 1"),
 ])
 def test_bad_jsonl_lines_are_named(tmp_path, line, message):
     path = tmp_path / "pairs.jsonl"
