@@ -18,6 +18,7 @@ lists in ``projection_parameters``.
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from torch import nn
@@ -170,15 +171,28 @@ def _check_exclude_modules(model: nn.Module, values: dict[str, Any]) -> None:
     them (the adapted module's full name or its last components): peft warns only where nothing at all was excluded,
     so a misspelt name, or one naming a module above the adapted ones (``layers.1`` for ``layers.1.mlp.up_proj``),
     left the module adapted beside a name that excluded something. peft does not apply the list to
-    ``target_parameters``. A string is a regular expression, left to peft. ``target_modules=None`` makes peft look the
-    model type up in its own table, which names no seqzoo type: no module is adapted, so no name excludes one."""
+    ``target_parameters``. A string exclude_modules is a regular expression, left to peft. A string target_modules is
+    peft's shorthand ``"all-linear"`` (every Linear layer but the output layer, and a classifier's ``score``) or a
+    regular expression a module's full name must match whole. ``target_modules=None`` makes peft look the model type
+    up in its own table, which names no seqzoo type: no module is adapted, so no name excludes one."""
     excluded, targets = values.get("exclude_modules"), values.get("target_modules")
     if not excluded or isinstance(excluded, str):
         return
     modules = [name for name, _ in model.named_modules() if name]
     if targets is None:
         modules = []
-    elif not isinstance(targets, str):  # (a regular expression or "all-linear": every module)
+    elif isinstance(targets, str) and targets.lower() == "all-linear":
+        head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+        if head is None and values.get("task_type") == "SEQ_CLS":  # (peft's order: score, then classifier)
+            head = getattr(model, "score", None) or getattr(model, "classifier", None)
+        modules = [name for name, module in model.named_modules()
+                   if isinstance(module, nn.Linear) and module is not head]
+    elif isinstance(targets, str):
+        try:
+            modules = [m for m in modules if re.fullmatch(targets, m)]
+        except re.error:
+            return  # (peft names a bad expression itself)
+    else:
         modules = [m for m in modules if any(m == t or m.endswith(f".{t}") for t in targets)]
     unknown = [n for n in excluded if not any(m == n or m.endswith(f".{n}") for m in modules)]
     if unknown:

@@ -207,7 +207,7 @@ def test_the_default_target_modules_are_what_peft_all_linear_wraps(arch):
     """peft's own "all-linear" (every Linear layer but the output layer) wraps the modules seqzoo's default
     target_modules wrap; those are listed by their last components, sorted (one name per kind of layer, whatever the
     depth). A string target_modules is peft's (a shorthand or a regular expression), and exclude_modules beside it
-    is checked against every module."""
+    is checked against the modules it adapts."""
     model = build(arch, "causal-lm")
     default = lora_wrapped(arch, seqzoo.peft_config(model))
     assert default and default == lora_wrapped(arch, seqzoo.peft_config(model, target_modules="all-linear"))
@@ -455,6 +455,13 @@ def test_a_misspelt_target_parameter_is_refused(arch, targets):
     # module; the exclusion was accepted, and layer 1's recurrent weights stayed adapted
     ("gru", {"target_modules": None, "exclude_modules": ["layers.1"]}, r"an adapted module's full name or its last "
                                                                        r"components.*does not apply to target_param"),
+    # a string target_modules: "all-linear" or a regular expression; the exclusion was checked against every module
+    # and accepted, and peft excluded nothing (layer 1 above its layers, the output layer never adapted)
+    ("transformer", {"target_modules": "all-linear", "exclude_modules": ["layers.1"]}, r"\['layers.1'\] .*such as "
+                                                                                     r"'model.layers.0.self_attn"),
+    ("transformer", {"target_modules": "all-linear", "exclude_modules": ["lm_head"]}, r"\['lm_head'\]"),
+    ("transformer", {"target_modules": r".*\.layers\.1\..*_proj", "exclude_modules": ["layers.0.mlp.up_proj"]},
+     r"\['layers.0.mlp.up_proj'\] .*such as 'model.layers.1.self_attn.q_proj'"),
 ])
 def test_a_misspelt_module_to_save_or_exclude_is_refused(arch, overrides, refused):
     """peft says nothing of a modules_to_save name that matches no module (the module it meant stays frozen), nor of
@@ -473,6 +480,10 @@ def test_a_misspelt_module_to_save_or_exclude_is_refused(arch, overrides, refuse
     ("transformer", {"exclude_modules": ["layers.1.self_attn.q_proj"]}, None, "model.layers.1.self_attn.q_proj"),
     ("transformer", {"exclude_modules": ["q_proj"]}, None, "model.layers.0.self_attn.q_proj"),
     ("transformer", {"exclude_modules": "model\\.layers\\.1\\..*"}, None, "model.layers.1.mlp.up_proj"),  # a regex
+    ("transformer", {"target_modules": r".*\.layers\.1\..*_proj", "exclude_modules": ["up_proj"]}, None,
+     "model.layers.1.mlp.up_proj"),
+    ("transformer", {"target_modules": "all-linear", "exclude_modules": ["layers.1.mlp.up_proj"]}, None,
+     "model.layers.1.mlp.up_proj"),
     # peft's classifiers add "classifier" and "score" to the list themselves: either is taken (seqzoo's is score)
     ("gru", {"modules_to_save": ["classifier"], "task": "sequence-classification"}, "model.score", None),
     ("transformer", {"modules_to_save": ["score", "classifier"], "task": "token-classification"}, "model.score",
