@@ -17,6 +17,7 @@ from transformers import LlamaConfig, LlamaForCausalLM, MambaConfig, MambaForCau
 from transformers.models.llama.modeling_llama import LlamaRotaryEmbedding, apply_rotary_pos_emb
 
 import seqzoo
+from seqzoo.conversions.llama import convert_llama
 from seqzoo.layers.positions import RotaryEmbedding, apply_rotary
 from seqzoo.models.compat import output_cache
 
@@ -161,10 +162,12 @@ def test_an_all_mamba_hybrid_without_mlps_computes_what_mamba_computes():
         torch.testing.assert_close(model.eval()(IDS).logits, peer(IDS).logits, atol=2e-5, rtol=1e-5)
 
 
-def test_attention_weights_are_llamas_and_come_as_asked():
-    # output_attentions=False was overridden by a config's output_attentions=True: the weights came anyway.
+@pytest.mark.parametrize("convert", [hybrid_of_llama, convert_llama], ids=["hybrid", "transformer"])
+def test_attention_weights_are_llamas_and_come_as_asked(convert):
+    # output_attentions=False was overridden by a config's output_attentions=True: the weights came anyway (in the
+    # hybrid and in the Transformer, which the Llama converter builds).
     peer = llama()
-    model = hybrid_of_llama(peer)
+    model = convert(peer)
     for m in (model, peer):
         m.set_attn_implementation("eager")
         m.config.output_attentions = True

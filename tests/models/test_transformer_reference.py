@@ -229,18 +229,3 @@ def test_attention_weights_asked_of_sdpa_are_said_to_be_missing(caplog):
     with torch.no_grad():
         assert all(w.shape == (1, 4, 3, 3) for w in model(torch.tensor([[5, 6, 7]]), output_attentions=True).attentions)
 
-
-def test_attention_weights_are_llamas_and_an_explicit_false_wins_over_the_config():
-    # output_attentions=False was overridden by a config's output_attentions=True: the weights came anyway.
-    peer = llama()
-    model = convert_llama(peer)
-    for m in (model, peer):
-        m.set_attn_implementation("eager")
-        m.config.output_attentions = True
-    with torch.no_grad():
-        ours, theirs = model(IDS).attentions, peer(IDS).attentions
-        assert len(ours) == len(theirs) == 2
-        for got, want in zip(ours, theirs):
-            torch.testing.assert_close(got, want, atol=1e-6, rtol=1e-5)
-        assert peer(IDS, output_attentions=False).attentions is None
-        assert model(IDS, output_attentions=False).attentions is None
