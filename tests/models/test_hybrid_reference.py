@@ -4,8 +4,9 @@ A hybrid whose every layer is ``"attention"`` with the gated MLP, RMSNorm and ro
 transformers' ``LlamaForCausalLM`` computes (RoPE in the half-split layout, pre-norm RMSNorm, SwiGLU, grouped-query
 attention); one whose every layer is ``"mamba"`` without MLPs and positions computes what ``MambaForCausalLM``
 computes. The peers are built here with random weights (norms included, so that every term matters), copied over
-by a rename and compared logit for logit: under each attention implementation, in a left-padded batch, when
-decoding, in bfloat16 and after a save and load. The rotary table and its application are also compared with
+by a rename and compared logit for logit: under each attention implementation, when decoding, in bfloat16 and
+after a save and load (the all-attention hybrid is also one of test_transformer_reference's pairs: a left-padded
+batch, greedy generation). The rotary table and its application are also compared with
 transformers' functions directly, away from any model.
 """
 
@@ -79,18 +80,6 @@ def test_an_all_attention_hybrid_with_biases_tied_weights_and_another_eps_is_lla
     model = hybrid_of_llama(peer)
     with torch.no_grad():
         torch.testing.assert_close(model(IDS).logits, peer(IDS).logits, atol=2e-5, rtol=1e-5)
-
-
-def test_a_left_padded_hybrid_batch_is_llama_told_the_positions():
-    peer = llama()
-    model = hybrid_of_llama(peer)
-    mask = torch.tensor([[0, 0, 1, 1, 1, 1, 1], [1, 1, 1, 1, 1, 1, 1]])
-    # Llama counts positions from the first column unless told; the hybrid counts real tokens only.
-    positions = (mask.cumsum(-1) - 1).clamp(min=0)
-    with torch.no_grad():
-        expected = peer(IDS, attention_mask=mask, position_ids=positions).logits
-        actual = model(IDS, attention_mask=mask).logits
-    torch.testing.assert_close(actual[mask.bool()], expected[mask.bool()], atol=2e-5, rtol=1e-5)
 
 
 def test_hybrid_decoding_continues_where_llama_does():

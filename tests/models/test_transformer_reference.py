@@ -19,6 +19,7 @@ from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausa
 import seqzoo
 from seqzoo.conversions.gpt2 import convert_gpt2
 from seqzoo.conversions.llama import convert_llama
+from tests.models.test_hybrid_reference import hybrid_of_llama
 
 IDS = torch.tensor([[5, 17, 33, 8, 61, 12, 40], [9, 3, 60, 44, 21, 6, 2]])
 ATTENTION = ["eager", "sdpa"]
@@ -62,6 +63,8 @@ PEERS = {
     "qwen2-qkv-bias": (qwen2, convert_llama),
     "gpt2-tied": (gpt2, convert_gpt2),
     "gpt2-untied-relu": (lambda: gpt2(tie_word_embeddings=False, activation_function="relu"), convert_gpt2),
+    # the hybrid whose every layer is attention with the gated MLP, given Llama's weights by a rename
+    "hybrid-all-attention": (llama, hybrid_of_llama),
 }
 
 
