@@ -69,7 +69,9 @@ def quantize_int8(model: nn.Module) -> nn.Module:
             from err
     config = Int8DynamicActivationInt8WeightConfig()
     quantize_(model, FqnToConfig({name: config for name in targets}), filter_fn=None)
-    model.register_forward_pre_hook(_refuse_training)
+    # (on the backbone too: a training loop that calls model.model directly, as a custom head does, is refused alike)
+    for module in {model, getattr(model, "base_model", model)}:
+        module.register_forward_pre_hook(_refuse_training)
     return model
 
 

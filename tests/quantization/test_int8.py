@@ -183,6 +183,8 @@ def test_a_quantised_model_refuses_a_training_step(preset, torchao_quantization)
     with pytest.raises(RuntimeError, match=r"is quantised to int8 \(seqzoo.quantize_int8\), for inference: .* "
                                            r"cannot train"):
         model(IDS, labels=IDS)
+    with pytest.raises(RuntimeError, match=r"is quantised to int8 .* cannot train"):
+        model.model(IDS)  # the backbone called directly (by a custom head) was not refused
     with torch.no_grad():
         model(IDS)  # (train mode without gradients: dropout off or on, nothing learns)
     model.eval()
