@@ -11,7 +11,10 @@ import torch.nn.functional as F
 from transformers import AutoConfig, AutoModel, AutoModelForSeq2SeqLM
 
 from seqzoo.models.compat import CACHE_ALIASES, OUTPUT_CACHE_FIELD, output_cache
+from seqzoo.models.seq2seq.configuration_seq2seq import Seq2SeqConfig
+from seqzoo.models.seq2seq.modeling_seq2seq import shift_tokens_right
 from tests.conftest import FAMILIES, SEQ2SEQ_FAMILIES, tiny_config, tiny_model
+from tests.seq2seq.test_reference import sinusoids
 
 SOURCES = [[5, 17, 33, 8, 61, 12, 40], [9, 3, 77], [44, 21, 6, 90, 13]]  # odd, unequal lengths
 NEW_TOKENS = 6
@@ -587,3 +590,137 @@ def test_assisted_decoding_is_refused_with_the_reason_and_what_decodes_instead(p
                                          r"this model's decoding state cannot be rolled back .*greedy, sampling and "
                                          "beam search work"):
         model.generate(torch.tensor([[5, 6, 7, 5, 6, 7]]), prompt_lookup_num_tokens=2, max_new_tokens=3)
+
+
+def test_the_transformer_takes_exactly_max_position_embeddings_positions():
+    # Positions 0 .. max_position_embeddings - 1 exist: a source or target of exactly that length runs, one token
+    # more is refused by name (an off-by-one let position 8 of an 8-position table through to a bare IndexError or a
+    # wrong row).
+    model = tiny_model("seq2seq-transformer-tiny", max_position_embeddings=8)
+    fits, longer = torch.randint(3, 99, (1, 8)), torch.randint(3, 99, (1, 9))
+    assert model(fits, decoder_input_ids=fits).logits.shape == (1, 8, 99)
+    with pytest.raises(ValueError, match="position 8 is beyond max_position_embeddings=8"):
+        model(longer, decoder_input_ids=fits)
+    with pytest.raises(ValueError, match="position 8 is beyond max_position_embeddings=8"):
+        model(fits, decoder_input_ids=longer)
+
+
+@pytest.mark.parametrize("preset,overrides,message", [
+    # each a setting the model would be built wrong from (or crash on later, in a bare traceback), refused by name
+    ("seq2seq-bahdanau-tiny", {"num_decoder_layers": 0, "bridge": "zeros"}, "num_decoder_layers=0"),
+    ("seq2seq-bahdanau-tiny", {"embedding_size": 0, "tie_word_embeddings": False}, "embedding_size=0"),
+    ("seq2seq-transformer-tiny", {"layer_norm_eps": 0.0}, "layer_norm_eps=0.0"),
+    ("seq2seq-bahdanau-tiny", {"initializer_range": -1.0}, "initializer_range=-1.0"),
+    ("seq2seq-bahdanau-tiny", {"decoder_start_token_id": 99}, "decoder_start_token_id=99"),
+    ("seq2seq-bahdanau-tiny", {"dropout": 1.5}, "dropout=1.5"),
+    ("seq2seq-bahdanau-tiny", {"embedding_size": 16}, "tie_word_embeddings=True needs embedding_size == hidden_size"),
+    ("seq2seq-transformer-tiny", {"num_attention_heads": 5}, "num_attention_heads=5 does not divide hidden_size=32"),
+    ("seq2seq-transformer-tiny", {"embedding_size": 16, "tie_word_embeddings": False},
+     "a Transformer's embedding_size must equal hidden_size"),
+    ("seq2seq-bahdanau-tiny", {"attention_dropout": 0.1}, "attention_dropout=0.1 is invalid for a recurrent"),
+    ("seq2seq-bahdanau-tiny", {"input_feeding": True}, "input_feeding=True is Luong's"),
+    ("seq2seq-luong-dot-tiny", {"bidirectional": True, "bridge": "projection"}, "attention='luong-dot' scores"),
+    ("seq2seq-sutskever-tiny", {"bidirectional": True, "bridge": "copy"}, "bridge='copy' starts each decoder layer"),
+    ("seq2seq-sutskever-tiny", {"encoder_type": "gru", "decoder_type": "lstm", "bridge": "copy"},
+     "bridge='copy' starts each decoder layer"),
+    ("seq2seq-bahdanau-tiny", {"num_decoder_layers": 1}, r"num_decoder_layers \(1\) must equal num_hidden_layers"),
+    ("seq2seq-sutskever-tiny", {"bridge": "zeros"}, "leaves the decoder no way to see the source"),
+    ("seq2seq-bahdanau-tiny", {"attention": "scaled-dot"}, "attention='scaled-dot' is invalid"),
+    ("seq2seq-transformer-tiny", {"attention": "bahdanau"}, "invalid for a Transformer decoder"),
+    ("seq2seq-transformer-tiny", {"input_feeding": True}, "input_feeding=True is invalid for a Transformer"),
+    ("seq2seq-transformer-tiny", {"bridge": "copy"}, "bridge='copy' is invalid for a Transformer"),
+])
+def test_a_config_the_model_cannot_be_built_from_is_refused(preset, overrides, message):
+    with pytest.raises(ValueError, match=message):
+        tiny_config(preset, **overrides)
+
+
+@pytest.mark.parametrize("side", ["left", "right"])
+def test_a_padded_transformer_decoder_input_equals_the_row_alone(side):
+    # decoder_attention_mask must keep padded decoder positions out of the self-attention's keys and out of the
+    # position count (positions count real tokens): ignoring either changed the real positions' logits silently.
+    model = tiny_model("seq2seq-transformer-tiny")
+    source = torch.tensor([[5, 17, 33, 8]])
+    alone = torch.tensor([[1, 7, 19]])
+    padded_ids = torch.tensor([[0, 0, 1, 7, 19]]) if side == "left" else torch.tensor([[1, 7, 19, 0, 0]])
+    real = padded_ids != 0
+    with torch.no_grad():
+        want = model(source, decoder_input_ids=alone).logits[0]
+        got = model(source, decoder_input_ids=padded_ids, decoder_attention_mask=real.long()).logits[0]
+    torch.testing.assert_close(got[real[0]], want, rtol=1e-5, atol=1e-5)
+
+
+def test_derived_defaults_and_sizes_follow_the_papers_and_the_cache():
+    # The defaults a config derives, and the sizes it reports (model cards, `seqzoo list`, cache checks), by hand:
+    # a wrong one builds a different model than documented, or reports a memory cost that is not what decoding keeps.
+    luong = Seq2SeqConfig(hidden_size=32, attention="luong-general", bos_token_id=1)
+    assert luong.input_feeding is True and luong.steps_in_python and luong.bridge == "copy"
+    assert luong.decoder_start_token_id == 1 and luong.initializer_range == 1.0 and luong.intermediate_size is None
+    assert Seq2SeqConfig(hidden_size=32, attention="luong-dot", input_feeding=False).steps_in_python is False
+    assert luong.max_input_length is None and not luong.capabilities.constant_state_decode
+    # LSTM state per sequence: 2 layers x (h, c) x 32, plus the fed vector h~ (32); per source token: the
+    # annotation (32) and its W_a h_j (32). Floats of 4 bytes.
+    assert luong.state_bytes_per_sequence() == (2 * 2 * 32 + 32) * 4
+    assert luong.kv_bytes_per_token() == (32 + 32) * 4
+
+    bahdanau = Seq2SeqConfig(hidden_size=32, encoder_type="gru", bidirectional=True)
+    assert bahdanau.attention == "bahdanau" and bahdanau.input_feeding is False and bahdanau.steps_in_python
+    assert bahdanau.bridge == "projection" and bahdanau.annotation_size == 64 and bahdanau.attention_size == 32
+    assert bahdanau.state_bytes_per_sequence() == 2 * 32 * 4
+    assert bahdanau.kv_bytes_per_token() == (64 + 32) * 4  # both directions' annotation, and W_h h_j
+    assert bahdanau.layer_mixer_types() == ["gru", "gru", "source-attention"]
+    assert Seq2SeqConfig(hidden_size=32, encoder_type="gru", decoder_type="lstm").bridge == "projection"
+
+    sutskever = Seq2SeqConfig(hidden_size=32, attention="none")
+    assert sutskever.layer_mixer_types() == ["lstm", "lstm"] and sutskever.capabilities.constant_state_decode
+    assert sutskever.kv_bytes_per_token() == 0 and sutskever.state_bytes_per_sequence() == 2 * 2 * 32 * 4
+
+    transformer = Seq2SeqConfig(hidden_size=32, encoder_type="transformer", max_position_embeddings=64)
+    assert transformer.intermediate_size == 128 and transformer.initializer_range == 32**-0.5
+    assert transformer.max_input_length == 64 and transformer.state_bytes_per_sequence() == 0
+    assert transformer.kv_bytes_per_token() == 2 * 2 * 32 * 4  # K and V of 2 layers
+    assert transformer.is_encoder_decoder is True
+
+
+def test_weights_start_from_the_documented_initialisation():
+    # Recurrent models: embeddings N(0, 1), other linear layers torch.nn's U(+-1/sqrt(fan_in)) with zero biases;
+    # the Transformer: embeddings N(0, d^-0.5), Xavier-uniform U(+-sqrt(6 / (fan_in + fan_out))), the sinusoidal
+    # table of Vaswani et al. A wrong scale trains, only worse: nothing else would notice.
+    recurrent = tiny_model("seq2seq-bahdanau-tiny")  # (its bridge and readout are not square: fan_in matters)
+    transformer = tiny_model("seq2seq-transformer-tiny")
+    for model, std in ((recurrent, 1.0), (transformer, 32**-0.5)):
+        assert abs(model.get_input_embeddings().weight.std().item() / std - 1) < 0.1
+        for name, module in model.named_modules():
+            if isinstance(module, torch.nn.Linear) and name != "lm_head":
+                fan_in, fan_out = module.in_features, module.out_features
+                bound = (6 / (fan_in + fan_out)) ** 0.5 if model is transformer else fan_in**-0.5
+                largest = module.weight.abs().max().item()
+                assert 0.8 * bound < largest <= bound, (name, largest, bound)
+                assert module.bias is None or (module.bias == 0).all(), name
+    table = transformer.get_encoder().embed_positions.table
+    torch.testing.assert_close(table[:7], sinusoids(7, 32).to(table.dtype), rtol=1e-5, atol=1e-5)
+
+
+def test_no_split_modules_name_classes_the_model_has(preset):
+    # accelerate (device_map, FSDP's wrap units) refuses a model whose _no_split_modules names a class it lacks: a
+    # recurrent model's are its recurrent layers, the Transformer's its encoder and decoder layers.
+    model = tiny_model(preset)
+    classes = {type(module).__name__ for module in model.modules()}
+    assert model._no_split_modules and set(model._no_split_modules) <= classes
+    want = {"EncoderLayer", "DecoderLayer"} if model.config.is_transformer else {"LSTMMixer", "GRUMixer", "RNNMixer"}
+    assert set(model._no_split_modules) <= want
+
+
+def test_labels_shift_with_the_configured_pad_and_are_checked_against_the_decoder_inputs():
+    # -100 becomes config.pad_token_id (not token 0); a left-padded row is refused even when two labels wide; labels
+    # of another shape than the decoder inputs (the same count of tokens, so a flattened loss would still run) are
+    # refused, not scored against the wrong positions.
+    labels = torch.tensor([[7, 8, -100], [9, -100, -100]])
+    assert shift_tokens_right(labels, 5, 1).tolist() == [[1, 7, 8], [1, 9, 5]]
+    with pytest.raises(ValueError, match="left-padded"):
+        shift_tokens_right(torch.tensor([[-100, 7]]), 5, 1)
+    model = tiny_model("seq2seq-bahdanau-tiny")
+    ids, mask = padded()
+    with pytest.raises(ValueError, match=r"labels of shape \(6, 2\) do not fit the decoder inputs of shape \(3, 4\)"):
+        model(ids, attention_mask=mask, decoder_input_ids=torch.randint(3, 99, (3, 4)),
+              labels=torch.randint(3, 99, (6, 2)))

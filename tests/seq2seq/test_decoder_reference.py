@@ -31,8 +31,9 @@ def hand_cells(decoder, lstm: bool, hidden: int) -> list[nn.Module]:
     return cells
 
 
-def hand_logits(model, source, source_mask, target, target_mask) -> torch.Tensor:
-    """Logits (B, T, V) from a decoder stepped by hand; a padded target step changes no state (nor the fed vector)."""
+def hand_logits(model, source, source_mask, target, target_mask, drop=lambda x: x) -> torch.Tensor:
+    """Logits (B, T, V) from a decoder stepped by hand; a padded target step changes no state (nor the fed vector).
+    ``drop`` stands for the decoder's dropout: on its embeddings, between its layers and on its output."""
     config, decoder = model.config, model.model.decoder
     encoded = model.get_encoder()(input_ids=source, attention_mask=source_mask)
     memory, final = encoded.last_hidden_state, encoded.final_state  # (B, S, D), (B, layers, F)
@@ -43,7 +44,9 @@ def hand_logits(model, source, source_mask, target, target_mask) -> torch.Tensor
     h, c = [], []
     for i, _ in enumerate(cells):
         start = final[:, i]
-        if config.bridge == "projection":
+        if config.bridge == "zeros":  # (attention only: the decoder starts from no information)
+            start = torch.zeros(final.shape[0], 2 * hidden)
+        elif config.bridge == "projection":
             projection = decoder.bridge.projections[i]
             start = torch.tanh(start @ projection.weight.T + projection.bias)
         h.append(start[:, :hidden])
@@ -63,7 +66,7 @@ def hand_logits(model, source, source_mask, target, target_mask) -> torch.Tensor
         weights = torch.softmax(scores.masked_fill(~real, float("-inf")), dim=-1)
         return torch.einsum("bs,bsd->bd", weights, memory)
 
-    embeds = model.get_input_embeddings()(target)
+    embeds = drop(model.get_input_embeddings()(target))
     feed = memory.new_zeros(target.shape[0], hidden)  # h~_0 = 0
     outputs = []
     for t in range(target.shape[1]):
@@ -81,8 +84,8 @@ def hand_logits(model, source, source_mask, target, target_mask) -> torch.Tensor
             else:
                 new_h = cell(x, h[i])
             h[i] = torch.where(keep, new_h, h[i])
-            x = h[i]
-        top = h[-1]
+            x = drop(h[i])  # (the input of the next layer; the top layer's state itself is not dropped)
+        top = h[-1]  # (the top layer's state: its dropout applies to the output alone)
         if config.attention == "none":
             output = top
         else:
@@ -90,7 +93,7 @@ def hand_logits(model, source, source_mask, target, target_mask) -> torch.Tensor
                 context = attend(top)
             output = torch.tanh(torch.cat([context, top], dim=-1) @ decoder.readout.weight.T)  # h~_t
             feed = torch.where(keep, output, feed)
-        outputs.append(output @ model.lm_head.weight.T)
+        outputs.append(drop(output) @ model.lm_head.weight.T)
     return torch.stack(outputs, dim=1)
 
 
@@ -102,6 +105,9 @@ CASES = {
     "bahdanau": ("seq2seq-bahdanau-tiny", {}),
     "bahdanau-lstm": ("seq2seq-bahdanau-tiny", {"encoder_type": "lstm", "decoder_type": "lstm"}),
     "sutskever": ("seq2seq-sutskever-tiny", {}),
+    "bahdanau-zeros": ("seq2seq-bahdanau-tiny", {"bridge": "zeros"}),
+    "luong-dot-zeros-lstm": ("seq2seq-luong-dot-tiny", {"bridge": "zeros", "encoder_type": "lstm",
+                                                        "decoder_type": "lstm"}),
 }
 
 
@@ -115,6 +121,49 @@ def test_decoder_matches_a_decoder_built_by_hand_from_torch_cells(case):
                     decoder_attention_mask=TARGET_MASK).logits
     real = TARGET_MASK.bool()
     torch.testing.assert_close(got[real], want[real], rtol=1e-5, atol=1e-5)
+
+
+class Halve(nn.Module):
+    """A dropout stand-in that is the same on every call (each unit kept, scaled by 1/2), so that where a model drops
+    is visible in its output."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * 0.5
+
+
+@pytest.mark.parametrize("case", ["luong-general-feeding", "luong-general", "bahdanau-lstm", "sutskever"])
+def test_dropout_is_where_the_decoder_says(case):
+    # The decoder drops its embeddings, its inputs between layers and its output -- not its states, not what it
+    # feeds back or queries with. A dropout left out (or moved) changes the training of every such model silently.
+    preset, overrides = CASES[case]
+    model = tiny_model(preset, dropout=0.0, num_hidden_layers=2, **overrides)
+    decoder = model.model.decoder
+    decoder.dropout = Halve()
+    with torch.no_grad():
+        want = hand_logits(model, SOURCE, SOURCE_MASK, TARGET, TARGET_MASK, drop=Halve())
+        got = model(SOURCE, attention_mask=SOURCE_MASK, decoder_input_ids=TARGET,
+                    decoder_attention_mask=TARGET_MASK).logits
+    real = TARGET_MASK.bool()
+    torch.testing.assert_close(got[real], want[real], rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("cell", ["gru", "lstm"])
+def test_the_encoder_drops_its_embeddings_and_each_layers_output(cell):
+    # Embedding -> dropout -> [layer -> dropout] x N, against torch.nn's layers run one at a time; the last layer's
+    # output (the annotations the decoder attends to) is dropped too, unlike inside torch.nn.LSTM(dropout=p).
+    model = tiny_model("seq2seq-sutskever-tiny", encoder_type=cell, decoder_type=cell, dropout=0.0,
+                       num_hidden_layers=2)
+    encoder = model.get_encoder()
+    encoder.dropout = Halve()
+    x = encoder.embed_tokens(SOURCE[1:2]) * 0.5
+    with torch.no_grad():
+        for mixer in encoder.layers:
+            reference = (nn.LSTM if cell == "lstm" else nn.GRU)(mixer.weight_ih.shape[1], 32, batch_first=True)
+            for name in ("weight_ih", "weight_hh", "bias_ih", "bias_hh"):
+                getattr(reference, f"{name}_l0").copy_(getattr(mixer, name))
+            x = reference(x)[0] * 0.5
+        got = encoder(input_ids=SOURCE[1:2]).last_hidden_state
+    torch.testing.assert_close(got, x, rtol=1e-5, atol=1e-6)
 
 
 @pytest.mark.parametrize("preset", ["seq2seq-luong-general-tiny", "seq2seq-bahdanau-tiny", "seq2seq-transformer-tiny"])

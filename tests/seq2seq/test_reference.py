@@ -78,23 +78,36 @@ def sinusoids(length: int, width: int) -> torch.Tensor:
                           math.cos(p / 10000 ** ((i - 1) / width)) for i in range(width)] for p in range(length)])
 
 
-def test_transformer_matches_torch():
+@pytest.mark.parametrize("sharpness", [1.0, 300.0])
+def test_transformer_matches_torch(sharpness):
+    # sharpness scales every query and key projection (in float64): scores of about 1e5, as a sharply trained model's
+    # can be, which a finite mask value like -1e4 no longer keeps off padded or future keys; torch masks with -inf.
     model = tiny_model("seq2seq-transformer-tiny")
     ids, mask = right_padded()
     target = torch.randint(3, 99, (3, 5))
     encoder, decoder = model.get_encoder(), model.model.decoder
+    if sharpness != 1.0:
+        model.double()
+        with torch.no_grad():
+            for layer in [*encoder.layers, *decoder.layers]:
+                for sub in (layer.self_attn, getattr(layer, "cross_attn", None)):
+                    if sub is not None:
+                        sub.sublayer.q_proj.weight.mul_(sharpness)
+                        sub.sublayer.k_proj.weight.mul_(sharpness)
     torch_encoder = nn.TransformerEncoder(torch_layer(nn.TransformerEncoderLayer, encoder.layers[0]), 2,
                                           enable_nested_tensor=False)
     torch_decoder = nn.TransformerDecoder(torch_layer(nn.TransformerDecoderLayer, decoder.layers[0]), 2)
     for index in range(2):
         torch_encoder.layers[index] = torch_layer(nn.TransformerEncoderLayer, encoder.layers[index])
         torch_decoder.layers[index] = torch_layer(nn.TransformerDecoderLayer, decoder.layers[index])
+    torch_encoder.to(model.dtype), torch_decoder.to(model.dtype)
     table = encoder.embed_tokens.weight
     with torch.no_grad():
         # Embeddings scaled by sqrt(d), plus sinusoidal positions (sin on even, cos on odd features).
-        memory = torch_encoder(table[ids] * math.sqrt(32) + sinusoids(7, 32), src_key_padding_mask=mask == 0)
-        causal = nn.Transformer.generate_square_subsequent_mask(5)
-        want = torch_decoder(table[target] * math.sqrt(32) + sinusoids(5, 32), memory, tgt_mask=causal,
+        memory = torch_encoder(table[ids] * math.sqrt(32) + sinusoids(7, 32).to(model.dtype),
+                               src_key_padding_mask=mask == 0)
+        causal = nn.Transformer.generate_square_subsequent_mask(5, dtype=model.dtype)
+        want = torch_decoder(table[target] * math.sqrt(32) + sinusoids(5, 32).to(model.dtype), memory, tgt_mask=causal,
                              memory_key_padding_mask=mask == 0, tgt_is_causal=True)
         out = model(input_ids=ids, attention_mask=mask, decoder_input_ids=target, output_hidden_states=True)
     real = mask.bool()

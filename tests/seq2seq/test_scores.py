@@ -191,3 +191,38 @@ def test_a_left_padded_decoder_input_gives_no_nan_in_half_precision(implementati
     logits = model(input_ids=torch.tensor([[5, 17, 33], [9, 3, 77]]), decoder_input_ids=decoder_input_ids,
                    decoder_attention_mask=decoder_attention_mask).logits
     assert not torch.isnan(logits).any()
+
+
+@pytest.mark.parametrize("score", ["luong-dot", "luong-general"])
+def test_padding_gets_zero_weight_however_negative_the_real_scores(score):
+    # A finite mask value (say -1e4) would win the softmax when every real score is below it (large, opposed states
+    # under a dot score): the padding would take all the weight. -inf leaves it exactly 0 whatever the scores.
+    attention = hand_attention(score)
+    memory = torch.tensor([H], dtype=torch.float64) * 1e3
+    query = -torch.tensor([[[40.0, 40.0], [60.0, 30.0]]], dtype=torch.float64)  # scores of about -1e5 or less
+    mask = torch.tensor([[True, False, True]])
+    context, weights = attention(query, attention.keys(memory), memory, mask)
+    assert (weights[0, :, 1] == 0).all()
+    torch.testing.assert_close(weights[0].sum(-1), torch.ones(2, dtype=torch.float64), rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("implementation", ["eager", "sdpa"])
+def test_multi_head_attention_drops_nothing_in_eval_and_returns_weights_only_when_asked(implementation):
+    # attention_dropout applies while training only: in eval the layer must equal torch's nn.MultiheadAttention in
+    # eval (no dropout), not drop weights at random. And the weights come back only with need_weights.
+    torch.manual_seed(0)
+    config = type("C", (), {"num_attention_heads": 2, "hidden_size": 8, "attention_dropout": 0.5,
+                            "_attn_implementation": implementation})()
+    ours = MultiHeadAttention(config, is_causal=False).eval()
+    theirs = torch.nn.MultiheadAttention(8, 2, dropout=0.5, batch_first=True).eval()
+    with torch.no_grad():
+        theirs.in_proj_weight.copy_(torch.cat([ours.q_proj.weight, ours.k_proj.weight, ours.v_proj.weight]))
+        theirs.in_proj_bias.copy_(torch.cat([ours.q_proj.bias, ours.k_proj.bias, ours.v_proj.bias]))
+        theirs.out_proj.weight.copy_(ours.o_proj.weight)
+        theirs.out_proj.bias.copy_(ours.o_proj.bias)
+    queries, source = torch.randn(2, 3, 8), torch.randn(2, 4, 8)
+    want, _ = theirs(queries, source, source)
+    got, weights = ours(queries, *ours.key_values(source), None)
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+    assert weights is None
+    assert ours.train()(queries, *ours.key_values(source), None)[0].ne(want).any()  # (it does drop while training)
