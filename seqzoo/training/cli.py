@@ -48,7 +48,11 @@ def cmd_train(args: argparse.Namespace) -> int:
         raise ValueError("--resume and --force contradict each other: --resume continues the run in the output "
                          "folder, --force deletes what it holds to start over; give one of them")
     overrides = parse_overrides(args.overrides)
-    if args.output_dir:
+    if args.output_dir is not None:
+        # (an empty --output-dir, an unset shell variable, was dropped and the run went to the recipe's folder)
+        if not args.output_dir.strip():
+            raise ValueError("--output-dir is empty: give the folder for checkpoints, metrics and the final model, "
+                             "or leave the option out for the recipe's output_dir")
         overrides["output_dir"] = args.output_dir
     recipe = load_recipe(args.recipe, overrides)
     if args.print_recipe:
@@ -62,6 +66,6 @@ def cmd_train(args: argparse.Namespace) -> int:
     if result.is_main_process:
         perplexity = f", perplexity {result.eval['perplexity']:.3f}" if "perplexity" in result.eval else ""
         print(f"trained {recipe.model.preset} for {result.steps} steps ({result.tokens_seen:,} tokens, task "
-              f"{recipe.task}): eval loss {result.eval['loss']:.4f}{perplexity}, accuracy {result.eval['accuracy']:.3f}; "
-              f"saved to {result.output_dir}")
+              f"{recipe.task}): eval loss {result.eval['loss']:.4f}{perplexity}, accuracy "
+              f"{result.eval['accuracy']:.3f}; saved to {result.output_dir}")
     return 0

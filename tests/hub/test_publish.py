@@ -304,3 +304,25 @@ def test_model_push_to_hub_refuses_what_it_cannot_publish_before_any_request(hub
         model.save_pretrained(tmp_path / "folder", push_to_hub=True)
     assert hub.requests == [] and hub.commits == []
     assert not (tmp_path / "folder").exists()
+
+
+def test_cli_publish_without_private_leaves_the_visibility_alone(hub, saved_models, capsys):
+    # (private=False sent on would ask for a public repository where the user asked for nothing)
+    assert main(["publish", str(saved_models["gru"]), repo_id("gru")]) == 0
+    assert "visibility" not in json.loads(hub.request("create_repo").body)
+    assert f"published {saved_models['gru']} to {repo_id('gru')}: {hub.endpoint}/" in capsys.readouterr().out
+
+
+def test_cli_dry_run_names_what_it_built_and_refuses_upload_options(saved_models, tmp_path, capsys):
+    out = tmp_path / "built"
+    assert main(["publish", str(saved_models["gru"]), repo_id("gru"), "--dry-run", "--output", str(out)]) == 0
+    files = sorted(path.name for path in out.iterdir())
+    assert "config.json" in files and "README.md" in files
+    assert repo_id("gru") in (out / "README.md").read_text()  # (the card's usage lines load the repository named)
+    assert capsys.readouterr().out.strip() == (f"built {out} for {repo_id('gru')} ({len(files)} files, nothing "
+                                               f"uploaded): {', '.join(files)}")
+    # (a commit message with --dry-run was accepted and went nowhere)
+    assert main(["publish", str(saved_models["gru"]), repo_id("gru"), "--dry-run", "--output", str(tmp_path / "x"),
+                 "--commit-message", "m"]) == 2
+    assert "--commit-message only apply to an upload" in capsys.readouterr().err
+    assert not (tmp_path / "x").exists()
