@@ -146,13 +146,24 @@ def restore_training_state(checkpoint: Path, state: dict[str, Any], accelerator:
 
     Raises :class:`CheckpointError` naming the file that is missing, damaged or does not fit this run.
     """
-    from torch.distributed.checkpoint.state_dict import set_model_state_dict, set_optimizer_state_dict
+    from torch.distributed.checkpoint.state_dict import (
+        get_model_state_dict,
+        set_model_state_dict,
+        set_optimizer_state_dict,
+    )
 
     scaler = accelerator.scaler
     files.verify_files(checkpoint, state.get("files"), expected_files(accelerator.num_processes, scaler is not None))
     model_file, optimizer_file = checkpoint / files.MODEL_FILE, checkpoint / files.OPTIMIZER_FILE
     try:
-        set_model_state_dict(model, files.load_model_state(model_file), options=_full_state_options(strict=True))
+        model_state = files.load_model_state(model_file)
+        # set_model_state_dict refuses an unexpected key under strict=True but, given a full state dict, keeps a
+        # weight the file lacks at its freshly initialised value without a word. (The keys of the local state
+        # dict are the same names, and reading them gathers nothing under FSDP.)
+        missing = sorted(set(get_model_state_dict(model)) - set(model_state))
+        if missing:
+            raise ValueError(f"the file holds no {', '.join(missing)}")
+        set_model_state_dict(model, model_state, options=_full_state_options(strict=True))
     except CheckpointError:
         raise
     except Exception as err:

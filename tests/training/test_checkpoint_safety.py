@@ -216,3 +216,107 @@ def test_resume_from_a_checkpoint_equals_an_uninterrupted_run(saved_run, tmp_pat
     straight = train(make_recipe(tmp_path, "straight", **RUN), progress=False)
     for (name, a), b in zip(resumed.model.state_dict().items(), straight.model.state_dict().values()):
         assert torch.equal(a, b), name
+
+
+def rewrite(checkpoint: Path, name: str, write) -> None:
+    """Replace checkpoint file ``name`` by ``write(path)`` with its record and seal updated: a file that is whole
+    but no longer fits, which only the restore itself can refuse."""
+    path = checkpoint / name
+    write(path)
+    state = json.loads((checkpoint / STATE_FILE).read_text())
+    state["files"][name] = file_record(path)
+    write_state(checkpoint, state)
+
+
+@pytest.mark.parametrize("change,named", [("drop", r"ValueError: the file holds no model.layers.1.weight_ih\)"),
+                                          ("add", r'RuntimeError: (.|\n)*Unexpected key.*"model.extra"')])
+def test_a_model_file_without_one_of_the_weights_or_with_another_is_refused(saved_run, tmp_path, change, named):
+    # torch's set_model_state_dict, given a full state dict, keeps a weight the file lacks at its fresh
+    # initialisation even with strict=True: the run went on with that weight reset. A weight the model does not
+    # have is refused by strict=True (catches a non-strict load).
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    recipe, checkpoint = copy_run(saved_run, tmp_path)
+
+    def drop_a_weight(path):
+        with safe_open(str(path), "pt") as handle:  # (its metadata names the tied weights stored once)
+            tensors, metadata = {k: handle.get_tensor(k) for k in handle.keys()}, handle.metadata()
+        if change == "add":
+            tensors["model.extra"] = torch.zeros(2)
+        save_file({k: v for k, v in tensors.items() if k != "model.layers.1.weight_ih" or change == "add"}, str(path),
+                  metadata)
+
+    rewrite(checkpoint, "model.safetensors", drop_a_weight)
+    with pytest.raises(CheckpointError, match=r"model.safetensors' does not fit this run's model \(" + named):
+        train(recipe, resume=True, progress=False)
+
+
+def test_a_scheduler_file_with_keys_of_another_scheduler_is_refused(saved_run, tmp_path):
+    # LambdaLR.load_state_dict copies any key it is given onto the scheduler: an extra one must be refused first.
+    recipe, checkpoint = copy_run(saved_run, tmp_path)
+
+    def add_a_key(path):
+        path.write_text(json.dumps({**json.loads(path.read_text()), "gamma": 0.5}))
+
+    rewrite(checkpoint, "scheduler.json", add_a_key)
+    with pytest.raises(CheckpointError, match=r"does not hold this run's LR schedule position at step 2 \(.*'gamma'"):
+        train(recipe, resume=True, progress=False)
+
+
+@pytest.mark.parametrize("edit,message", [
+    (lambda s: s.update(step=True), "'step' is True, expected a int"),  # JSON true is a Python int subclass
+    (lambda s: s.update(tokens_seen="12"), "'tokens_seen' is '12', expected a int"),
+    (lambda s: s.update(grad_health=[]), r"'grad_health' is \[\], expected a dict"),
+    (lambda s: s.update(format=1), "has checkpoint format 1; this seqzoo reads format 2"),  # older, with a field
+])
+def test_trainer_state_fields_of_the_wrong_type_or_an_older_format_are_refused(saved_run, tmp_path, edit, message):
+    # Catches a check that lets a boolean step, a text token count or a non-dict gradient health through (the
+    # run would crash later with a bare traceback or count from the wrong figure), or reads only newer formats.
+    recipe, checkpoint = copy_run(saved_run, tmp_path)
+    state = json.loads((checkpoint / STATE_FILE).read_text())
+    edit(state)
+    write_state(checkpoint, state)
+    with pytest.raises(CheckpointError, match=message):
+        train(recipe, resume=True, progress=False)
+
+
+def test_every_process_has_an_rng_file_and_the_fp16_scaler_one_is_expected():
+    # Catches a list of expected files that names only the first process's RNG state: a checkpoint of two
+    # processes missing rank 1's file would resume with that process's generators unrestored.
+    from seqzoo.training.checkpoint import expected_files
+
+    assert expected_files(3, False) == ["model.safetensors", "optimizer.safetensors", "scheduler.json",
+                                        "rng_state_0.json", "rng_state_1.json", "rng_state_2.json"]
+    assert expected_files(1, True)[-1] == "scaler.json"
+
+
+def test_the_data_check_compares_every_recorded_field_but_the_evaluation_counts(tmp_path):
+    # Catches: eval_pairs or eval_rows compared (a resumed run may change eval_samples), a data hash skipped where
+    # the checkpoint recorded one (an edited file of the same size and name would resume at a meaningless position),
+    # one required where it recorded none, or only the names of the fields compared rather than their values.
+    from seqzoo.training.checkpoint import check_same_run
+
+    def check(theirs, now, processes=1):
+        state = {"run_id": "r", "data": theirs, "num_processes": 1}
+        check_same_run(state, "r", {}, tmp_path, processes, now)
+
+    recorded = {"source": "text", "bytes": 100, "sha256": "aa", "eval_pairs": 8, "eval_rows": 4}
+    check(recorded, {**recorded, "eval_pairs": 16, "eval_rows": 32})
+    check({k: v for k, v in recorded.items() if k != "sha256"}, recorded)  # written before hashes were recorded
+    for changed in ({"sha256": "bb"}, {"bytes": 101}):
+        with pytest.raises(ValueError, match=f"training data changed.*{next(iter(changed))}"):
+            check(recorded, {**recorded, **changed})
+    with pytest.raises(ValueError, match="written by 1 process.*this run has 2"):
+        check(recorded, recorded, processes=2)
+
+
+@pytest.mark.parametrize("text,message", [("{ not json", "cannot read .*trainer_state.json': Expecting property"),
+                                          ("[1, 2]", "trainer_state.json' is damaged: expected a JSON object")])
+def test_an_unreadable_trainer_state_is_refused_by_name(saved_run, tmp_path, text, message):
+    # Catches a JSON syntax error of trainer_state.json (or another JSON value than an object) escaping as a
+    # bare traceback instead of a CheckpointError naming the file.
+    recipe, checkpoint = copy_run(saved_run, tmp_path)
+    (checkpoint / STATE_FILE).write_text(text)
+    with pytest.raises(CheckpointError, match=message):
+        train(recipe, resume=True, progress=False)

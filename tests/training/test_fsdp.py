@@ -177,3 +177,69 @@ def test_cpu_fsdp_units_follow_accelerates_wrap_policy(monkeypatch, policy, unit
     units = [m for m in sharded.modules() if isinstance(m, FSDPModule)]
     assert units[0] is sharded
     assert [type(m).__name__ for m in units[1:]] == (["FSDPTransformerBlock"] * 2 if units_per_layer else [])
+
+
+def test_fsdp_requested_reads_the_flag_in_any_case_as_accelerate_does(monkeypatch):
+    # Catches a case-sensitive reading: Accelerate itself compares the lower-cased value and writes "True" in
+    # places (accelerate.utils.fsdp_utils), so "True" must ask for FSDP, not be refused or read as false.
+    from seqzoo.training.fsdp import fsdp_requested
+
+    for value, expected in (("True", True), ("TRUE", True), ("true", True), ("False", False), ("false", False)):
+        monkeypatch.setenv("ACCELERATE_USE_FSDP", value)
+        assert fsdp_requested() is expected, value
+
+
+def test_cpu_fsdp_passes_accelerates_reshard_setting_and_shards_the_root_last(monkeypatch):
+    # Catches --fsdp_reshard_after_forward false ignored for the layer units (each would gather its weights again
+    # for the backward), and the root wrapped before its layers or twice.
+    import torch.distributed.fsdp as fsdp
+
+    calls = []
+    monkeypatch.setattr(fsdp, "fully_shard", lambda module, **kw: calls.append((module, kw)) or module)
+    monkeypatch.setenv("FSDP_VERSION", "2")
+    monkeypatch.setenv("FSDP_AUTO_WRAP_POLICY", "TRANSFORMER_BASED_WRAP")
+    monkeypatch.setenv("FSDP_RESHARD_AFTER_FORWARD", "false")
+    model = tiny_model(FAMILIES["transformer"])
+    shard_on_cpu(model, "no")
+    assert [type(m).__name__ for m, _ in calls] == ["TransformerBlock"] * 2 + [type(model).__name__]
+    assert calls[-1][0] is model and all(kw == {"reshard_after_forward": False} for _, kw in calls)
+
+
+def test_unknown_wrap_classes_are_answered_with_the_models_own_layer_classes_only():
+    # Catches torch's building blocks (Linear, Embedding, ...) offered as wrap units: they are no layers.
+    from seqzoo.training.fsdp import layer_classes
+
+    names = layer_classes(tiny_model(FAMILIES["lstm"]))
+    assert "LSTMMixer" in names and not {"Linear", "Embedding", "Dropout", "LSTMForCausalLM"} & set(names)
+
+
+def test_gradient_sync_off_turns_fsdp2_sync_back_on_even_after_an_error():
+    # Catches the sync left off after the accumulation context: the last micro-batch's backward would not
+    # reduce-scatter and every process would step on its own gradients.
+    import torch.distributed as dist
+
+    from seqzoo.training.fsdp import gradient_sync_off
+
+    model = tiny_model(FAMILIES["lstm"])
+    dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
+    try:
+        from torch.distributed.fsdp import fully_shard
+
+        fully_shard(model)
+        seen = []
+        model.set_requires_gradient_sync = seen.append
+        with pytest.raises(RuntimeError, match="inside"):
+            with gradient_sync_off(None, model):
+                assert seen == [False]
+                raise RuntimeError("inside")
+        assert seen == [False, True]
+    finally:
+        dist.destroy_process_group()
+
+
+def test_cpu_fsdp_refuses_ignored_modules(monkeypatch):
+    # Catches --fsdp_ignored_modules dropped without a word: those modules would be sharded after all.
+    monkeypatch.setenv("FSDP_VERSION", "2")
+    monkeypatch.setenv("FSDP_IGNORED_MODULES", "lm_head")
+    with pytest.raises(ValueError, match="does not implement: --fsdp_ignored_modules"):
+        shard_on_cpu(tiny_model(FAMILIES["lstm"]), "no")

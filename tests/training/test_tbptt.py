@@ -104,3 +104,106 @@ def test_gradients_are_synchronised_only_on_the_last_chunk_of_the_last_micro_bat
 
     backward_sequence(model, ids, ids, 4, 1.0, lambda x: x.backward(), sync_last, last_micro_batch=last_micro_batch)
     assert flags == [False, False, last_micro_batch]  # three chunks of 4, 4, 1
+
+
+def test_unwrap_reaches_the_model_inside_nested_wrappers_and_torch_compile():
+    # Catches: only the outer wrapper removed (DDP around a compiled model), or torch.compile's wrapper kept, so
+    # that the TBPTT check and the seq2seq/classifier dispatch read the wrapper instead of the model's config.
+    from seqzoo.training.tbptt import supports_tbptt, unwrap
+
+    class Wrapper(torch.nn.Module):  # what DDP and FSDP1 look like from outside: the model under .module
+        def __init__(self, module):
+            super().__init__()
+            self.module = module
+
+    lstm, transformer = tiny_model(FAMILIES["lstm"]), tiny_model(FAMILIES["transformer"])
+    assert unwrap(Wrapper(Wrapper(lstm))) is lstm
+    assert unwrap(Wrapper(torch.compile(lstm))) is lstm and unwrap(torch.compile(lstm)) is lstm
+    assert supports_tbptt(Wrapper(Wrapper(lstm))) and not supports_tbptt(Wrapper(torch.compile(transformer)))
+    with pytest.raises(ValueError, match="TransformerForCausalLM has attention layers"):
+        check_tbptt_supported(Wrapper(Wrapper(transformer)), 4)
+
+
+def test_packed_rows_are_refused_for_every_chunk_length_even_one():
+    # Catches: a bound of chunk > 1, which would train packed rows one token at a time with the state of the
+    # previous document carried across the separator.
+    model = tiny_model(FAMILIES["lstm"])
+    ids = torch.randint(3, 90, (2, 6))
+    with pytest.raises(ValueError, match=r"packed rows cannot be trained in TBPTT chunks \(chunk=1\)"):
+        backward_sequence(model, ids, ids, 1, 1.0, lambda x: x.backward(), packed=True)
+
+
+def test_one_token_chunks_carry_the_state_and_give_the_full_sequence_loss():
+    # Catches: chunk=1 treated as "no TBPTT" (each token alone, without the state of the tokens before it), or
+    # the state of a one-token chunk not handed to the next: the loss would no longer be the sequence's loss.
+    # In float64: a tiny untrained LSTM remembers little, so the loss without the state differs only by ~1e-6
+    # relative, hidden by float32 tolerances.
+    model = tiny_model(FAMILIES["lstm"]).double()
+    ids = torch.randint(3, 90, (2, 7))
+    targets = torch.roll(ids, -1, dims=1)
+    with torch.no_grad():
+        logits = model(ids).logits
+    expected = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1),
+                                                 reduction="sum")
+    loss, _ = backward_sequence(model, ids, targets, 1, 1.0, lambda x: x.backward())
+    torch.testing.assert_close(loss, expected, rtol=1e-12, atol=0)
+    chunked, _ = chunked_forward(model, ids, 1)  # the same for the chunked forward that evaluation uses
+    torch.testing.assert_close(chunked, logits, rtol=1e-12, atol=1e-12)
+
+
+def _seq2seq_and_classifier():
+    import seqzoo
+    from tests.conftest import SEQ2SEQ_FAMILIES
+
+    seq2seq = tiny_model(SEQ2SEQ_FAMILIES["seq2seq-sutskever"])
+    torch.manual_seed(0)
+    classifier = seqzoo.create_model("lstm-tiny", "sequence-classification", num_labels=3, hidden_size=16,
+                                     embedding_size=16).eval()
+    return [("seq2seq", seq2seq), ("classifier", classifier)]
+
+
+@pytest.mark.parametrize("kind", ["seq2seq", "classifier"])
+def test_whole_pair_and_whole_text_passes_scale_the_backward_and_sync_on_the_last_micro_batch_only(kind):
+    # Catches, for the one-pass seq2seq and classifier paths: backward given the unscaled loss (gradient
+    # accumulation would sum instead of average), the returned loss scaled, or gradients synchronised on every
+    # micro-batch instead of the last one.
+    from contextlib import nullcontext
+
+    model = dict(_seq2seq_and_classifier())[kind]
+    sources = torch.randint(4, 30, (2, 5))
+    targets = torch.randint(4, 30, (2, 4)) if kind == "seq2seq" else torch.tensor([0, 2])
+    for last_micro_batch in (False, True):
+        flags, scaled = [], []
+
+        def sync_last(is_last):
+            flags.append(is_last)
+            return nullcontext()
+
+        loss, _ = backward_sequence(model, sources, targets, 0, 0.25, scaled.append, sync_last,
+                                    last_micro_batch=last_micro_batch)
+        assert flags == [last_micro_batch]
+        assert len(scaled) == 1
+        torch.testing.assert_close(scaled[0].detach(), loss * 0.25)
+        assert not loss.requires_grad
+    if kind == "classifier":  # the loss returned is the summed cross-entropy of the texts, unscaled
+        with torch.no_grad():
+            logits = model(input_ids=sources).logits
+        expected = torch.nn.functional.cross_entropy(logits, targets, reduction="sum")
+        torch.testing.assert_close(loss, expected, rtol=1e-5, atol=1e-6)
+
+
+def test_half_precision_logits_are_scored_in_float32():
+    # Catches the float32 cast skipped for bfloat16 logits: the summed loss would be rounded to bfloat16's 8 bits.
+    from seqzoo.training.tbptt import token_loss_sum
+
+    torch.manual_seed(0)
+    logits = torch.randn(3, 50, 11, dtype=torch.float64)
+    targets = torch.randint(0, 11, (3, 50))
+    targets[0, :7] = -100
+    loss, correct = token_loss_sum(logits.to(torch.bfloat16), targets)
+    expected = torch.nn.functional.cross_entropy(logits.to(torch.bfloat16).float().reshape(-1, 11), targets.reshape(-1),
+                                                 ignore_index=-100, reduction="sum")
+    assert loss.dtype == torch.float32
+    torch.testing.assert_close(loss, expected, rtol=1e-6, atol=0)
+    scored = targets != -100
+    assert int(correct) == int((logits.to(torch.bfloat16).argmax(-1)[scored] == targets[scored]).sum())

@@ -16,7 +16,7 @@ from transformers import AutoModelForCausalLM
 import seqzoo.training.checkpoint as checkpoint
 import seqzoo.training.tbptt as tbptt
 from seqzoo.training.checkpoint import list_checkpoints
-from seqzoo.training.grad_health import classify
+from seqzoo.training.grad_health import GradientHealth, classify
 from seqzoo.training.recipe import recipe_from_dict
 from seqzoo.training.trainer import lr_factor, train
 
@@ -365,6 +365,42 @@ def test_gradient_health_flags_and_skips_nonfinite_steps(tmp_path, monkeypatch):
     assert [row.get("skipped", False) for row in result.history if "loss" in row] == [False, True, False]
     assert result.grad_health["flagged_steps"] == {"vanishing": 2, "exploding": 1, "nonfinite": 1}
     assert all(torch.isfinite(p).all() for p in result.model.parameters())
+
+
+def test_gradient_health_bounds_counts_and_state_follow_their_definition(caplog):
+    # Catches: a norm equal to a threshold flagged (the bounds are "below" and "above"), a NaN norm taken as the
+    # largest norm, the non-finite streak not reset by a finite step or not counted up, a later flag overwriting
+    # the first flagged step, a warning for every flagged step instead of the first and every 100th, and a
+    # state_dict/load_state_dict round trip that loses any figure (a resumed run would report other counts).
+    assert classify(1e-6, 1e-6, 1e3) == "ok" and classify(1e3, 1e-6, 1e3) == "ok"
+    assert classify(float("inf"), 1e-6, 1e3) == "exploding" and classify(float("-inf"), 1e-6, 1e3) == "exploding"
+    norms = [2.0, float("nan"), 5e3, 1e-9, float("inf"), float("nan"), 7.0, 1e-8, float("nan"), float("inf")]
+    with caplog.at_level("WARNING", logger="seqzoo.training"):
+        health = GradientHealth(vanishing=1e-6, exploding=1e3)
+        flags = [health.record(step, norm) for step, norm in enumerate(norms, start=1)]
+    assert flags == ["ok", "exploding", "exploding", "vanishing", "exploding", "exploding", "ok", "vanishing",
+                     "exploding", "exploding"]
+    assert health.counts == {"vanishing": 2, "exploding": 6, "nonfinite": 5}
+    assert health.first_step == {"exploding": 2, "vanishing": 4}
+    assert health.max_norm == 5e3 and health.nonfinite_streak == 2
+    assert caplog.text.count("step 2: gradient norm nan is exploding") == 1
+    assert caplog.text.count("is exploding") == 1 and caplog.text.count("is vanishing") == 1  # first flags only
+    assert health.summary() == {"thresholds": {"vanishing_below": 1e-6, "exploding_above": 1e3},
+                                "flagged_steps": {"vanishing": 2, "exploding": 6, "nonfinite": 5},
+                                "first_flagged_step": {"exploding": 2, "vanishing": 4}, "max_grad_norm": 5e3}
+
+    # Resumed from its state (through JSON, as a checkpoint stores it), a run counts on as if never interrupted.
+    resumed = GradientHealth(vanishing=1e-6, exploding=1e3)
+    resumed.load_state_dict(json.loads(json.dumps(health.state_dict())))
+    assert resumed.state_dict() == health.state_dict()
+    for step, norm in enumerate([float("nan"), 1e4], start=len(norms) + 1):
+        assert resumed.record(step, norm) == health.record(step, norm)
+    assert resumed.state_dict() == health.state_dict() and resumed.nonfinite_streak == 0
+    with caplog.at_level("WARNING", logger="seqzoo.training"):
+        caplog.clear()
+        for step in range(100):
+            health.record(100 + step, 1e-9)
+    assert caplog.text.count("is vanishing") == 1 and "100 step(s) flagged so far" in caplog.text  # 100th only
 
 
 def test_a_skipped_step_is_logged_as_strict_json_and_read_back_as_nan(tmp_path, monkeypatch):
