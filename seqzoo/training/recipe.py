@@ -167,6 +167,9 @@ class Recipe:
                 finite = all(math.isfinite(v) for v in numbers if isinstance(v, float))
                 _check(finite, f"{section}.{name}", value, "finite numbers (not inf or nan)")
         _check(isinstance(self.name, str) and self.name != "", "name", self.name, "a non-empty string")
+        # (an empty output_dir, from an unset variable in an override, trained into the current folder)
+        _check(isinstance(self.output_dir, str) and self.output_dir.strip() != "", "output_dir", self.output_dir,
+               "a folder for checkpoints, metrics and the final model (leave it out for runs/<name>)")
         presets = seqzoo.list_models()
         _check(self.model.preset in presets, "model.preset", self.model.preset,
                f"a model preset, one of {', '.join(presets)}", choices=presets)

@@ -372,6 +372,9 @@ FIRST = {"model": {"preset": "lstm-tiny"}, "task": "sequence-classification"}
     # (a YAML key `1:` under config stopped the run with "TypeError: keywords must be strings")
     ({"model": {"config": {1: "x"}}}, "model.config={1: 'x'} is invalid: expected a mapping of names (strings) to "
                                       "values"),
+    # (an empty output_dir, an unset variable in an override, trained into the current folder)
+    ({"output_dir": ""}, "output_dir='' is invalid: expected a folder for checkpoints"),
+    ({"output_dir": " "}, "output_dir=' ' is invalid"),
     # task: seq2seq
     ({**S2S, "data": {"source": "pydoc"}}, "data.source='pydoc' is invalid: expected jsonl or task"),
     ({**S2S, "data": {"source": "task", "task": "copy", "source_lengths": [4, 0]}},

@@ -65,7 +65,8 @@ def test_truncation_cuts_gradients_at_chunk_borders(family):
 
 @pytest.mark.parametrize("family", NON_RECURRENT)
 def test_tbptt_is_refused_for_kv_cache_models(family):
-    with pytest.raises(ValueError, match="train.tbptt_chunk=8 needs every layer to carry a fixed-size state.*attention layers"):
+    with pytest.raises(ValueError, match="train.tbptt_chunk=8 needs every layer to carry a fixed-size state.*"
+                                         "attention layers"):
         check_tbptt_supported(tiny_model(FAMILIES[family]), 8)
     check_tbptt_supported(tiny_model(FAMILIES[family]), 0)
 
