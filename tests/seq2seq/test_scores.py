@@ -103,18 +103,23 @@ def test_the_dot_score_needs_one_width():
         SourceAttention("luong-location", 2, 2, 2)
 
 
+def torch_peer(ours, theirs):
+    """torch's nn.MultiheadAttention holding ``ours``' weights, in eval mode."""
+    with torch.no_grad():
+        theirs.in_proj_weight.copy_(torch.cat([ours.q_proj.weight, ours.k_proj.weight, ours.v_proj.weight]))
+        theirs.in_proj_bias.copy_(torch.cat([ours.q_proj.bias, ours.k_proj.bias, ours.v_proj.bias]))
+        theirs.out_proj.weight.copy_(ours.o_proj.weight)
+        theirs.out_proj.bias.copy_(ours.o_proj.bias)
+    return theirs.eval()
+
+
 def test_multi_head_attention_matches_torch(monkeypatch):
     """Scaled dot-product attention per head, against torch.nn.MultiheadAttention with the same weights."""
     torch.manual_seed(0)
     config = type("C", (), {"num_attention_heads": 4, "hidden_size": 32, "attention_dropout": 0.0,
                             "_attn_implementation": "sdpa"})()
     ours = MultiHeadAttention(config, is_causal=False).eval()
-    theirs = torch.nn.MultiheadAttention(32, 4, batch_first=True).eval()
-    with torch.no_grad():
-        theirs.in_proj_weight.copy_(torch.cat([ours.q_proj.weight, ours.k_proj.weight, ours.v_proj.weight]))
-        theirs.in_proj_bias.copy_(torch.cat([ours.q_proj.bias, ours.k_proj.bias, ours.v_proj.bias]))
-        theirs.out_proj.weight.copy_(ours.o_proj.weight)
-        theirs.out_proj.bias.copy_(ours.o_proj.bias)
+    theirs = torch_peer(ours, torch.nn.MultiheadAttention(32, 4, batch_first=True))
     queries, source = torch.randn(2, 5, 32), torch.randn(2, 7, 32)
     padded = torch.zeros(2, 7, dtype=torch.bool)
     padded[1, 5:] = True
@@ -214,12 +219,7 @@ def test_multi_head_attention_drops_nothing_in_eval_and_returns_weights_only_whe
     config = type("C", (), {"num_attention_heads": 2, "hidden_size": 8, "attention_dropout": 0.5,
                             "_attn_implementation": implementation})()
     ours = MultiHeadAttention(config, is_causal=False).eval()
-    theirs = torch.nn.MultiheadAttention(8, 2, dropout=0.5, batch_first=True).eval()
-    with torch.no_grad():
-        theirs.in_proj_weight.copy_(torch.cat([ours.q_proj.weight, ours.k_proj.weight, ours.v_proj.weight]))
-        theirs.in_proj_bias.copy_(torch.cat([ours.q_proj.bias, ours.k_proj.bias, ours.v_proj.bias]))
-        theirs.out_proj.weight.copy_(ours.o_proj.weight)
-        theirs.out_proj.bias.copy_(ours.o_proj.bias)
+    theirs = torch_peer(ours, torch.nn.MultiheadAttention(8, 2, dropout=0.5, batch_first=True))
     queries, source = torch.randn(2, 3, 8), torch.randn(2, 4, 8)
     want, _ = theirs(queries, source, source)
     got, weights = ours(queries, *ours.key_values(source), None)
