@@ -174,6 +174,7 @@ def check_generation_args(args: argparse.Namespace) -> None:
     if args.max_new_tokens is not None and getattr(args, "target", None) is not None:
         raise ValueError(f"--max-new-tokens={args.max_new_tokens} has no effect with --target: the target's own "
                          "tokens are read instead of generated; give one of them")
+    args.default_new_tokens = args.max_new_tokens is None  # (the default fits itself to the model's positions)
     if args.max_new_tokens is None:
         args.max_new_tokens = DEFAULT_NEW_TOKENS
     if args.max_new_tokens < 1:
@@ -302,7 +303,12 @@ def cmd_generate(args: argparse.Namespace) -> int:
     if inputs["input_ids"].shape[1] == 0:
         raise ValueError("the prompt is empty: give at least one character")
     new_tokens = None if args.target is not None else args.max_new_tokens  # (--target: its tokens are read instead)
-    _check_positions(model.config, inputs["input_ids"].shape[1], new_tokens, seq2seq, source)
+    room = _check_positions(model.config, inputs["input_ids"].shape[1], new_tokens, seq2seq, source,
+                            given=not getattr(args, "default_new_tokens", False))
+    if new_tokens is not None and room < new_tokens:  # (the default, more than the model has positions for)
+        print(f"note: generating {room} tokens, not the default {new_tokens}: {source!r} reads at most "
+              f"{model.config.max_input_length} positions (max_position_embeddings)", file=sys.stderr)
+        args.max_new_tokens = room
     if args.compile is not None:
         if seq2seq:
             raise ValueError("--compile compiles a causal language model's decode step; "
@@ -465,23 +471,25 @@ def print_table(header: list[str], rows: list[list[Any]]) -> None:
         print("  ".join(str(x).ljust(w) for x, w in zip(row, widths)).rstrip())
 
 
-def _check_positions(config: Any, prompt_tokens: int, max_new_tokens: int | None, seq2seq: bool, source: str) -> None:
+def _check_positions(config: Any, prompt_tokens: int, max_new_tokens: int | None, seq2seq: bool, source: str,
+                     given: bool = True) -> int:
     """A model with learned or sinusoidal positions reads at most ``config.max_input_length`` of them: refuse a prompt
-    and --max-new-tokens that would pass them before anything is printed (the model would stop part way, at the
-    position, with an error that names neither). A causal LM reads the prompt and every new token but the last; an
-    encoder-decoder reads the prompt (its source) in the encoder and its start token and new tokens but the last in
-    the decoder."""
+    and a --max-new-tokens the user ``given`` that would pass them before anything is printed (the model would stop
+    part way, at the position, with an error that names neither). A causal LM reads the prompt and every new token
+    but the last; an encoder-decoder reads the prompt (its source) in the encoder and its start token and new tokens
+    but the last in the decoder. Returns how many new tokens fit (``max_new_tokens`` where positions are unbounded)."""
     longest = getattr(config, "max_input_length", None)
     if not isinstance(longest, int):  # (None: positions without a bound; another library's config)
-        return
+        return max_new_tokens or 0
     limit = f"{source!r} reads at most {longest} positions (max_position_embeddings)"
     if prompt_tokens > longest:
         raise ValueError(f"the prompt is {prompt_tokens} tokens and {limit}: shorten the prompt")
     room = longest if seq2seq else longest - prompt_tokens + 1
-    if max_new_tokens is not None and max_new_tokens > room:
+    if given and max_new_tokens is not None and max_new_tokens > room:
         after = "" if seq2seq else f" after this {prompt_tokens}-token prompt"
         raise ValueError(f"--max-new-tokens={max_new_tokens} is too many: {limit}, which leaves room for at most "
                          f"{room} new tokens{after}")
+    return room
 
 
 def _check_known_model_type(source: str) -> None:

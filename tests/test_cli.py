@@ -454,6 +454,15 @@ def test_generate_refuses_more_positions_than_the_model_has(tmp_path, capsys):
             "(max_position_embeddings), which leaves room for at most 7 new tokens after this 10-token prompt"
             in _error(capsys, ["generate", str(folder), "0123456789", "--max-new-tokens", "8"]))
     assert "the prompt is 17 tokens" in _error(capsys, ["generate", str(folder), "x" * 17, "--max-new-tokens", "1"])
+    # The default (64) was refused as "--max-new-tokens=64 is too many" though no one gave it: it fits the model now,
+    # said on stderr, and generates what model.generate() does with that many.
+    assert main(["generate", str(folder), "0123456789", "--no-stream"]) == 0
+    out, err = capsys.readouterr()
+    assert "note: generating 7 tokens, not the default 64: " + repr(str(folder)) + " reads at most 16 positions" in err
+    model, tokenizer = AutoModelForCausalLM.from_pretrained(folder), AutoTokenizer.from_pretrained(folder)
+    ids = tokenizer("0123456789", return_tensors="pt")
+    expected = tokenizer.decode(model.generate(**ids, max_new_tokens=7, do_sample=False)[0, ids["input_ids"].shape[1]:])
+    assert expected in out and len(expected) > 0
 
 
 def test_train_resume_and_force_together_are_refused_and_resume_leaves_an_override_alone(tmp_path, capsys):
