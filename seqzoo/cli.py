@@ -598,7 +598,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("preset", help="a model preset from `seqzoo list`, e.g. lstm-small")
     p.add_argument("directory", help="folder to write (created; must be empty unless --force)")
     p.add_argument("--seed", type=seed_value, default=0, help="seed of the random initialisation (default: 0)")
-    p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
+    p.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE",
                    help="config field overrides, e.g. --set hidden_size=128 dropout=0.1")
     p.add_argument("--force", action="store_true", help="write into a folder that is not empty")
     p.set_defaults(func=cmd_new)
@@ -628,7 +628,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="cpu", help="cpu (default), cuda, cuda:N or mps")
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"],
                    help="dtype to load the weights in (default: float32)")
-    p.add_argument("--kernel", nargs="*", default=[], metavar="OP=BACKEND",
+    p.add_argument("--kernel", nargs="+", default=[], metavar="OP=BACKEND",
                    help="force kernel backends, e.g. --kernel lstm=reference (see `seqzoo kernels`)")
     p.add_argument("--no-stream", action="store_true", help="print once at the end instead of streaming")
     p.add_argument("--compile", nargs="?", const="inductor", metavar="BACKEND",

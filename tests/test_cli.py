@@ -352,6 +352,16 @@ def test_generate_names_a_prompt_that_is_not_utf8_and_a_seed_out_of_range(model_
         assert "argument --seed: 18446744073709551616 is out of range" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("argv", [["new", "gru-tiny", "NEW", "--set"], ["generate", "NEW", "ab", "--kernel"],
+                                  ["convert", "word-lm", "x.pt", "NEW", "--set"]])
+def test_an_option_of_pairs_given_no_pair_is_refused(tmp_path, capsys, argv):
+    # --set and --kernel took no values at all, and did nothing without a word.
+    with pytest.raises(SystemExit) as info:
+        main([str(tmp_path / "m") if a == "NEW" else a for a in argv])
+    assert info.value.code == 2 and "expected at least one argument" in capsys.readouterr().err
+    assert not (tmp_path / "m").exists()
+
+
 def test_new_refuses_non_empty_folder_and_unknown_preset(tmp_path, capsys):
     (tmp_path / "x").write_text("keep me")
     assert "not empty (pass --force" in _error(capsys, ["new", "lstm-tiny", str(tmp_path)])
