@@ -305,6 +305,13 @@ def cmd_generate(args: argparse.Namespace) -> int:
     new_tokens = None if args.target is not None else args.max_new_tokens  # (--target: its tokens are read instead)
     room = _check_positions(model.config, inputs["input_ids"].shape[1], new_tokens, seq2seq, source,
                             given=not getattr(args, "default_new_tokens", False))
+    longest = getattr(model.config, "max_input_length", None)
+    if seq2seq and args.target is not None and isinstance(longest, int):  # (the decoder reads it and its end token)
+        target_tokens = len(tokenizer(args.target, add_special_tokens=False, verbose=False)["input_ids"])
+        target_tokens += tokenizer.eos_token_id is not None
+        if target_tokens > longest:
+            raise ValueError(f"--target is {target_tokens} tokens with its end-of-sequence token, and {source!r} "
+                             f"reads at most {longest} positions (max_position_embeddings): shorten the target")
     if new_tokens is not None and room < new_tokens:  # (the default, more than the model has positions for)
         print(f"note: generating {room} tokens, not the default {new_tokens}: {source!r} reads at most "
               f"{model.config.max_input_length} positions (max_position_embeddings)", file=sys.stderr)

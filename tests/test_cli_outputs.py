@@ -290,6 +290,16 @@ def test_target_and_attention_plot_on_a_seq2seq_with_few_positions(tmp_path, cap
     assert main(["generate", str(folder), "abcdef", "--max-new-tokens", "16", "--no-stream"]) == 0
     line = _error(capsys, ["generate", str(folder), "abcdef", "--max-new-tokens", "17"])
     assert line.endswith("room for at most 16 new tokens")
+    # A --target of 15 bytes and its end token fill the 16 positions; one more failed in the model with "position
+    # 16 is beyond max_position_embeddings=16", which named neither --target nor the folder.
+    assert main(["generate", str(folder), "abc", "--target", "a" * 15]) == 0
+    capsys.readouterr()
+    line = _error(capsys, ["generate", str(folder), "abc", "--target", "a" * 16])
+    assert line == (f"error: --target is 17 tokens with its end-of-sequence token, and {str(folder)!r} reads at "
+                    "most 16 positions (max_position_embeddings): shorten the target")
+    # The default --max-new-tokens fits the positions, said on stderr (it was refused as "too many").
+    assert main(["generate", str(folder), "abc", "--no-stream"]) == 0
+    assert "note: generating 16 tokens, not the default 64" in capsys.readouterr().err
     for flag in ("--weight-layout", "--head-layout"):  # (causal LMs' options, said to be so)
         line = _error(capsys, ["generate", str(folder), "abc", flag, "columns", "--max-new-tokens", "2"])
         assert f"{flag} columns lays out a causal language model's weights" in line and "encoder-decoder" in line
