@@ -27,7 +27,7 @@ def fsdp_requested() -> bool:
     """Whether this process was launched for FSDP (``ACCELERATE_USE_FSDP``)."""
     value = os.environ.get(USE_FSDP, "false")
     if value.lower() not in ("true", "false"):
-        # Accelerate reads anything but "true" as false: a "1" would train unsharded without saying so.
+        # Accelerate reads anything but "true" (in any case) as false: a "1" would train unsharded without saying so.
         raise ValueError(f"{USE_FSDP}={value!r}: expected 'true' or 'false' (as `accelerate launch --use_fsdp` sets)")
     return value.lower() == "true"
 
