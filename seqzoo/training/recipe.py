@@ -170,6 +170,9 @@ class Recipe:
         # (an empty output_dir, from an unset variable in an override, trained into the current folder)
         _check(isinstance(self.output_dir, str) and self.output_dir.strip() != "", "output_dir", self.output_dir,
                "a folder for checkpoints, metrics and the final model (leave it out for runs/<name>)")
+        config = self.model.config  # (checked here too for a Recipe built in Python: its keys become keyword arguments)
+        _check(isinstance(config, dict) and all(isinstance(key, str) for key in config), "model.config", config,
+               "a mapping of names (strings) to values")
         presets = seqzoo.list_models()
         _check(self.model.preset in presets, "model.preset", self.model.preset,
                f"a model preset, one of {', '.join(presets)}", choices=presets)

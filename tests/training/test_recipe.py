@@ -458,3 +458,12 @@ def test_a_recipe_built_directly_is_type_checked_where_the_loop_reads_a_flag():
         Recipe(data=DataSection(tuning_set="yes"))
     with pytest.raises(ValueError, match=r"data.packing='yes' is invalid: expected true, false or null"):
         Recipe(data=DataSection(packing="yes"))
+
+
+@pytest.mark.parametrize("config", [{1: "x"}, ["dropout", 0.1]])
+def test_a_recipe_built_in_python_checks_its_model_config(config):
+    # Recipe(...) skipped the check recipe_from_dict makes: the run stopped later with "keywords must be strings".
+    from seqzoo.training.recipe import ModelSection, Recipe
+
+    with pytest.raises(ValueError, match=r"recipe field model.config=.* is invalid: expected a mapping of names"):
+        Recipe(model=ModelSection(config=config))
