@@ -184,7 +184,8 @@ def _check_exclude_modules(model: nn.Module, values: dict[str, Any]) -> None:
     elif isinstance(targets, str) and targets.lower() == "all-linear":
         head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
         if head is None and values.get("task_type") == "SEQ_CLS":  # (peft's order: score, then classifier)
-            head = getattr(model, "score", None) or getattr(model, "classifier", None)
+            head = next((getattr(model, n) for n in ("score", "classifier") if getattr(model, n, None) is not None),
+                        None)
         modules = [name for name, module in model.named_modules()
                    if isinstance(module, nn.Linear) and module is not head]
     elif isinstance(targets, str):

@@ -303,19 +303,14 @@ def cmd_generate(args: argparse.Namespace) -> int:
     if inputs["input_ids"].shape[1] == 0:
         raise ValueError("the prompt is empty: give at least one character")
     new_tokens = None if args.target is not None else args.max_new_tokens  # (--target: its tokens are read instead)
-    room = _check_positions(model.config, inputs["input_ids"].shape[1], new_tokens, seq2seq, source,
-                            given=not getattr(args, "default_new_tokens", False))
-    longest = getattr(model.config, "max_input_length", None)
-    if seq2seq and args.target is not None and isinstance(longest, int):  # (the decoder reads it and its end token)
+    target_tokens = None
+    if seq2seq and args.target is not None:  # (the decoder reads the target and its end token)
         target_tokens = len(tokenizer(args.target, add_special_tokens=False, verbose=False)["input_ids"])
         target_tokens += tokenizer.eos_token_id is not None
-        if target_tokens > longest:
-            raise ValueError(f"--target is {target_tokens} tokens with its end-of-sequence token, and {source!r} "
-                             f"reads at most {longest} positions (max_position_embeddings): shorten the target")
-    if new_tokens is not None and room < new_tokens:  # (the default, more than the model has positions for)
-        print(f"note: generating {room} tokens, not the default {new_tokens}: {source!r} reads at most "
-              f"{model.config.max_input_length} positions (max_position_embeddings)", file=sys.stderr)
-        args.max_new_tokens = room
+    fitted = _check_positions(model.config, inputs["input_ids"].shape[1], new_tokens, seq2seq, source,
+                              default=args.default_new_tokens, target_tokens=target_tokens)
+    if fitted is not None:
+        args.max_new_tokens = fitted
     if args.compile is not None:
         if seq2seq:
             raise ValueError("--compile compiles a causal language model's decode step; "
@@ -478,25 +473,32 @@ def print_table(header: list[str], rows: list[list[Any]]) -> None:
         print("  ".join(str(x).ljust(w) for x, w in zip(row, widths)).rstrip())
 
 
-def _check_positions(config: Any, prompt_tokens: int, max_new_tokens: int | None, seq2seq: bool, source: str,
-                     given: bool = True) -> int:
-    """A model with learned or sinusoidal positions reads at most ``config.max_input_length`` of them: refuse a prompt
-    and a --max-new-tokens the user ``given`` that would pass them before anything is printed (the model would stop
-    part way, at the position, with an error that names neither). A causal LM reads the prompt and every new token
-    but the last; an encoder-decoder reads the prompt (its source) in the encoder and its start token and new tokens
-    but the last in the decoder. Returns how many new tokens fit (``max_new_tokens`` where positions are unbounded)."""
+def _check_positions(config: Any, prompt_tokens: int, max_new_tokens: int | None, seq2seq: bool, source: str, *,
+                     default: bool = False, target_tokens: int | None = None) -> int | None:
+    """A model with learned or sinusoidal positions reads at most ``config.max_input_length`` of them: refuse a
+    prompt, a --target (``target_tokens``, its end token counted) or a --max-new-tokens that would pass them before
+    anything is printed (the model would stop part way, at the position, with an error that names neither). A
+    causal LM reads the prompt and every new token but the last; an encoder-decoder reads the prompt (its source) in
+    the encoder and its start token and new tokens but the last in the decoder. Returns the new tokens to generate:
+    ``max_new_tokens``, or as many as fit where it is the ``default`` and more do not (said on stderr)."""
     longest = getattr(config, "max_input_length", None)
     if not isinstance(longest, int):  # (None: positions without a bound; another library's config)
-        return max_new_tokens or 0
+        return max_new_tokens
     limit = f"{source!r} reads at most {longest} positions (max_position_embeddings)"
     if prompt_tokens > longest:
         raise ValueError(f"the prompt is {prompt_tokens} tokens and {limit}: shorten the prompt")
+    if target_tokens is not None and target_tokens > longest:
+        raise ValueError(f"--target is {target_tokens} tokens with its end-of-sequence token, and {limit}: shorten "
+                         "the target")
     room = longest if seq2seq else longest - prompt_tokens + 1
-    if given and max_new_tokens is not None and max_new_tokens > room:
+    if max_new_tokens is not None and max_new_tokens > room:
+        if default:
+            print(f"note: generating {room} tokens, not the default {max_new_tokens}: {limit}", file=sys.stderr)
+            return room
         after = "" if seq2seq else f" after this {prompt_tokens}-token prompt"
         raise ValueError(f"--max-new-tokens={max_new_tokens} is too many: {limit}, which leaves room for at most "
                          f"{room} new tokens{after}")
-    return room
+    return max_new_tokens
 
 
 def _check_known_model_type(source: str) -> None:

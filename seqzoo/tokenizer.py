@@ -23,14 +23,26 @@ EOS_TOKEN_ID = 257
 VOCAB_SIZE = 258
 
 
-def check_no_special_tokens(text: str, where: str) -> None:
+def check_utf8(text: str, where: str) -> None:
+    """Refuse text that has no UTF-8 bytes: a lone surrogate (``"\\ud800"``, which a JSON escape or a Python string
+    can hold) stopped training with a bare UnicodeEncodeError at the step that first drew it."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as err:
+        raise ValueError(f"{where}: the text holds {text[err.start]!r} at character {err.start}, a lone surrogate, "
+                         "which has no UTF-8 bytes to train on: remove it or write the character it stood for") from err
+
+
+def check_trainable_text(text: str, where: str) -> None:
     """Refuse ``text`` of labelled or paired data (``where``: its file and line) that holds ``<|pad|>`` or
-    ``<|endoftext|>``: training encodes its bytes, but the tokenizer saved beside the model (which pipelines and
-    generation use) reads each as one special token, so the model would be trained on another input than it gets."""
+    ``<|endoftext|>`` -- training encodes its bytes, but the tokenizer saved beside the model (which pipelines and
+    generation use) reads each as one special token, so the model would be trained on another input than it gets --
+    or that has no UTF-8 bytes (:func:`check_utf8`)."""
     for token, token_id in ((PAD_TOKEN, PAD_TOKEN_ID), (EOS_TOKEN, EOS_TOKEN_ID)):
         if token in text:
             raise ValueError(f"{where}: the text holds {token!r}, which the saved tokenizer reads as its special token "
                              f"(id {token_id}) while training would read its bytes: remove or rewrite it")
+    check_utf8(text, where)
 
 
 @lru_cache(maxsize=1)

@@ -40,12 +40,11 @@ from typing import Any, Callable
 
 import torch
 
-from seqzoo.tokenizer import PAD_TOKEN_ID, VOCAB_SIZE, check_no_special_tokens
+from seqzoo.tokenizer import PAD_TOKEN_ID, VOCAB_SIZE, check_trainable_text
 from seqzoo.training.data import (
     _EVAL_STREAM,
     IGNORE,
     _generator,
-    check_utf8,
     content_hash,
     epoch_sampler,
     read_text_file,
@@ -279,8 +278,7 @@ def _checked_row(row: dict[str, Any], tagging: bool, where: str) -> Row:
             raise ValueError(f"{where}: 'text' must be a non-empty string; got {row['text']!r}")
         if not isinstance(row["label"], str):
             raise ValueError(f"{where}: 'label' must be a label name (a string); got {row['label']!r}")
-        check_no_special_tokens(row["text"], where)
-        check_utf8(row["text"], where)
+        check_trainable_text(row["text"], where)
         return row["text"], row["label"]
     tokens, tags = row["tokens"], row["tags"]
     if not isinstance(tokens, list) or not tokens or not all(isinstance(t, str) and t for t in tokens):
@@ -290,8 +288,7 @@ def _checked_row(row: dict[str, Any], tagging: bool, where: str) -> Row:
         raise ValueError(f"{where}: 'tags' must be a list of tag names (strings), one per word; got {tags!r}")
     if len(tags) != len(tokens):
         raise ValueError(f"{where}: {len(tokens)} tokens but {len(tags)} tags; each word needs exactly one tag")
-    check_no_special_tokens(" ".join(tokens), where)
-    check_utf8(" ".join(tokens), where)
+    check_trainable_text(" ".join(tokens), where)
     return list(tokens), list(tags)
 
 

@@ -33,7 +33,7 @@ from typing import Any, Callable
 
 import torch
 
-from seqzoo.tokenizer import EOS_TOKEN, EOS_TOKEN_ID, PAD_TOKEN, PAD_TOKEN_ID, VOCAB_SIZE
+from seqzoo.tokenizer import EOS_TOKEN, EOS_TOKEN_ID, PAD_TOKEN, PAD_TOKEN_ID, VOCAB_SIZE, check_utf8
 
 IGNORE = -100
 PAD, BLANK, GO = 0, 1, 2
@@ -307,16 +307,6 @@ class TokenStream:
 
 
 _EOS_TEXT = re.compile(re.escape(EOS_TOKEN))
-
-
-def check_utf8(text: str, where: str) -> None:
-    """Refuse text that has no UTF-8 bytes: a lone surrogate (``"\\ud800"``, which a JSON escape or a Python string
-    can hold) stopped training with a bare UnicodeEncodeError at the step that first drew it."""
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError as err:
-        raise ValueError(f"{where}: the text holds {text[err.start]!r} at character {err.start}, a lone surrogate, "
-                         "which has no UTF-8 bytes to train on: remove it or write the character it stood for") from err
 
 
 def tokens_from_documents(documents: list[str]) -> torch.Tensor:

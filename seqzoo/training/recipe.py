@@ -170,7 +170,7 @@ class Recipe:
         # (an empty output_dir, from an unset variable in an override, trained into the current folder)
         _check(isinstance(self.output_dir, str) and self.output_dir.strip() != "", "output_dir", self.output_dir,
                "a folder for checkpoints, metrics and the final model (leave it out for runs/<name>)")
-        config = self.model.config  # (checked here too for a Recipe built in Python: its keys become keyword arguments)
+        config = self.model.config  # (its keys become keyword arguments; a YAML key `1:` stopped the run)
         _check(isinstance(config, dict) and all(isinstance(key, str) for key in config), "model.config", config,
                "a mapping of names (strings) to values")
         presets = seqzoo.list_models()
@@ -464,9 +464,8 @@ def _try(value: Any, option: Any) -> tuple[bool, Any]:
             return False, None
         converted = [_try(v, item) for v in value]
         return all(ok for ok, _ in converted), [v for _, v in converted]
-    if origin is dict:  # (model.config: its keys become keyword arguments, so they must be names)
-        ok = isinstance(value, dict) and all(isinstance(key, str) for key in value)
-        return ok, dict(value) if ok else None
+    if origin is dict:  # (model.config's keys are checked in Recipe.validate, for a Recipe built in Python too)
+        return isinstance(value, dict), dict(value) if isinstance(value, dict) else None
     return False, None
 
 

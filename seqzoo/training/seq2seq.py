@@ -29,9 +29,9 @@ from typing import Any, Callable
 
 import torch
 
-from seqzoo.tokenizer import EOS_TOKEN_ID, PAD_TOKEN_ID, VOCAB_SIZE, check_no_special_tokens
+from seqzoo.tokenizer import EOS_TOKEN_ID, PAD_TOKEN_ID, VOCAB_SIZE, check_trainable_text
 from seqzoo.training.data import (
-    IGNORE, _EVAL_STREAM, _generator, check_utf8, content_hash, epoch_sampler, read_text_file,
+    IGNORE, _EVAL_STREAM, _generator, content_hash, epoch_sampler, read_text_file,
     refuse_repeated_files,
 )
 
@@ -217,8 +217,7 @@ def read_jsonl(path: str | Path) -> list[tuple[str, str]]:
         if not row["source"] or not row["target"]:
             raise ValueError(f"{path}:{number}: an empty source or target cannot be trained on")
         for field in ("source", "target"):
-            check_no_special_tokens(row[field], f"{path}:{number} ({field})")
-            check_utf8(row[field], f"{path}:{number} ({field})")
+            check_trainable_text(row[field], f"{path}:{number} ({field})")
         pairs.append((row["source"], row["target"]))
     if not pairs:
         raise ValueError(f"{path} holds no pairs")
