@@ -265,6 +265,8 @@ def restore_rng_state(path: Path) -> None:
     import numpy as np
 
     state = load_json_state(path)
+    if isinstance(state.get("cuda", []), list):  # (anything else is refused as unreadable below)
+        _check_gpu_count(path, len(state.get("cuda", [])))
     try:
         python = state["python"]
         python_state = (int(python["version"]), tuple(int(v) for v in python["state"]), python["gauss"])
@@ -272,12 +274,15 @@ def restore_rng_state(path: Path) -> None:
         keys = np.array(n["keys"], dtype=np.uint32)
         numpy_state = (str(n["kind"]), keys, int(n["position"]), int(n["has_gauss"]), float(n["cached_gaussian"]))
         torch_state = _decode(state["torch"])
-        cuda_states = [_decode(s) for s in state.get("cuda", [])]
-        if torch.cuda.is_available() and len(cuda_states) != torch.cuda.device_count():
-            raise ValueError(f"{len(cuda_states)} CUDA generator states for {torch.cuda.device_count()} devices")
+        cuda_states = state.get("cuda", [])
+        if not isinstance(cuda_states, list):
+            raise ValueError(f"'cuda' holds {type(cuda_states).__name__}, not a list of generator states")
+        cuda_states = [_decode(s) for s in cuda_states]
         # Malformed states are rejected on throwaway generators before any real one is changed.
         torch.Generator().set_state(torch_state)
         np.random.RandomState().set_state(numpy_state)
+        for device, cuda_state in enumerate(cuda_states):
+            _cuda_generator(device).set_state(cuda_state)
         random.setstate(python_state)
         np.random.set_state(numpy_state)
         torch.set_rng_state(torch_state)
@@ -285,3 +290,22 @@ def restore_rng_state(path: Path) -> None:
             torch.cuda.set_rng_state_all(cuda_states)
     except Exception as err:
         raise _damaged(path, err) from err
+
+
+def _check_gpu_count(path: Path, saved: int) -> None:
+    """Refuse ``saved`` CUDA generator states (one per GPU the saving process saw; restored device i from state i)
+    where this process sees another number of GPUs (a run saved without a GPU and resumed with one, or the reverse):
+    the draws on the GPUs (dropout, say) could not continue as in an uninterrupted run. (They were refused as an
+    unreadable file, or, without a GPU here, left unrestored without a word.)"""
+    here = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if saved != here:
+        raise CheckpointError(
+            f"checkpoint file {str(path)!r} holds {saved} CUDA generator state(s), one per GPU the process that "
+            f"saved it saw, and this process sees {here} GPU(s): the run cannot be resumed exactly here. Resume it "
+            "where each process sees as many GPUs as the one that saved it (CUDA_VISIBLE_DEVICES chooses them; "
+            "an empty value hides them all), or start it again with a new output_dir")
+
+
+def _cuda_generator(device: int) -> torch.Generator:
+    """A throwaway generator of CUDA device ``device``, to check a saved state on before the real one is set."""
+    return torch.Generator(device=f"cuda:{device}")

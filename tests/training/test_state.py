@@ -118,6 +118,71 @@ def test_a_malformed_rng_state_is_refused_before_any_generator_changes(tmp_path,
     assert (np.random.get_state()[1] == before[1]).all() and torch.equal(torch.get_rng_state(), before[2])
 
 
+class _FakeCuda:
+    """torch.cuda's generator functions for ``count`` GPUs on a CPU-only machine: each device's state a 16-byte
+    tensor, what ``set_rng_state_all`` was given recorded, and a throwaway generator that refuses a state of
+    another size as torch's CUDA generator does."""
+
+    def __init__(self, monkeypatch, count):
+        self.count, self.states, self.set_calls = count, [torch.full((16,), i, dtype=torch.uint8) for i in
+                                                          range(count)], []
+        monkeypatch.setattr(torch.cuda, "is_available", lambda: count > 0)
+        monkeypatch.setattr(torch.cuda, "device_count", lambda: count)
+        monkeypatch.setattr(torch.cuda, "get_rng_state_all", lambda: [s.clone() for s in self.states])
+        monkeypatch.setattr(torch.cuda, "set_rng_state_all", lambda states: self.set_calls.append(list(states)))
+        monkeypatch.setattr(state, "_cuda_generator", lambda device: self._Throwaway())
+
+    class _Throwaway:
+        def set_state(self, value):
+            if value.numel() != 16:
+                raise RuntimeError("RNG state is wrong size")
+
+
+def test_cuda_generator_states_are_saved_and_restored_device_by_device(tmp_path, monkeypatch):
+    cuda = _FakeCuda(monkeypatch, 2)
+    path = tmp_path / "rng_state_0.json"
+    state.save_rng_state(path)
+    assert len(json.loads(path.read_text())["cuda"]) == 2
+    state.restore_rng_state(path)
+    assert len(cuda.set_calls) == 1 and [torch.equal(a, b) for a, b in zip(cuda.set_calls[0], cuda.states)] == [
+        True, True]
+
+
+@pytest.mark.parametrize("saved, here", [(0, 1), (2, 0), (2, 1), (1, 2)])
+def test_a_run_resumed_on_another_number_of_gpus_is_refused_naming_them(tmp_path, monkeypatch, saved, here):
+    """A checkpoint of a CPU run resumed on a GPU machine was refused as unreadable ('0 CUDA generator states for 1
+    devices'), and one of a GPU run resumed without a GPU left the GPU generators unrestored without a word; both
+    are refused with what differs and how to resume, before any generator changes."""
+    _FakeCuda(monkeypatch, saved)
+    path = tmp_path / "rng_state_0.json"
+    state.save_rng_state(path)
+    cuda = _FakeCuda(monkeypatch, here)
+    random.seed(6)
+    before = random.getstate()
+    with pytest.raises(state.CheckpointError, match=rf"holds {saved} CUDA generator state\(s\), .* sees {here} "
+                       r"GPU\(s\): the run cannot be resumed exactly here.*CUDA_VISIBLE_DEVICES"):
+        state.restore_rng_state(path)
+    assert random.getstate() == before and cuda.set_calls == []
+
+
+def test_a_malformed_cuda_state_is_refused_before_any_generator_changes(tmp_path, monkeypatch):
+    cuda = _FakeCuda(monkeypatch, 1)
+    path = tmp_path / "rng_state_0.json"
+    state.save_rng_state(path)
+    values = json.loads(path.read_text())
+    values["cuda"][0] = values["cuda"][0][:8]  # valid base64, 6 bytes: too short for a CUDA generator
+    path.write_text(json.dumps(values))
+    random.seed(7)
+    before = random.getstate()
+    with pytest.raises(state.CheckpointError, match="wrong size"):
+        state.restore_rng_state(path)
+    assert random.getstate() == before and cuda.set_calls == []
+    values["cuda"] = "AAAA"
+    path.write_text(json.dumps(values))
+    with pytest.raises(state.CheckpointError, match="'cuda' holds str, not a list"):
+        state.restore_rng_state(path)
+
+
 def test_file_records_hash_the_whole_file(tmp_path):
     import hashlib
 
