@@ -560,6 +560,18 @@ def list_recipes() -> list[str]:
     return sorted(path.stem for path in RECIPE_DIR.glob("*.yaml"))
 
 
+def _folder_is_no_recipe(path: Path) -> str:
+    """What to do with a run's folder or a saved model's folder given where a recipe goes."""
+    if (path / "recipe.yaml").is_file():
+        return (f"{str(path)!r} is the folder of a run, not a recipe: train its recipe again with `seqzoo train "
+                f"{path / 'recipe.yaml'}`, or continue the run from its newest checkpoint with `seqzoo train "
+                f"{path / 'recipe.yaml'} --resume`")
+    return (f"{str(path)!r} holds a saved model, not a recipe: `seqzoo train` builds its model from a preset "
+            "(model.preset) and does not start from saved weights. Continue a run of `seqzoo train` with --resume; "
+            "to fine-tune saved weights, load them with AutoModelForCausalLM.from_pretrained (or the class of their "
+            "task) and train them with transformers' Trainer or a loop of your own")
+
+
 def load_recipe(source: str, overrides: dict[str, Any] | None = None) -> Recipe:
     """Read ``source`` -- a YAML file, a recipe preset or a model preset -- and apply dotted ``overrides``."""
     import seqzoo
@@ -594,6 +606,8 @@ def load_recipe(source: str, overrides: dict[str, Any] | None = None) -> Recipe:
                 f"{source}-reverse"
         else:
             values, default_name = {"model": {"preset": source}}, f"{source}-pydoc"
+    elif path.is_dir() and ((path / "recipe.yaml").is_file() or (path / "config.json").is_file()):
+        raise ValueError(_folder_is_no_recipe(path))
     else:
         close = difflib.get_close_matches(source, list_recipes() + seqzoo.list_models(), n=3)
         hint = f" Did you mean {', '.join(map(repr, close))}?" if close else ""

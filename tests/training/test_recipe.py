@@ -105,6 +105,25 @@ def test_yaml_infinity_and_direct_construction_are_refused(tmp_path):
         Recipe(data=DataSection(eval_fraction=float("nan")))
 
 
+def test_a_run_folder_or_a_saved_model_folder_given_as_the_recipe_says_what_to_do(tmp_path):
+    """Both were 'unknown recipe ... not a YAML file, a recipe preset or a model preset'."""
+    import seqzoo
+
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "recipe.yaml").write_text("model: {preset: gru-tiny}\n")
+    with pytest.raises(ValueError, match=r"'.*run' is the folder of a run, not a recipe: train its recipe again with "
+                       r"`seqzoo train .*run/recipe.yaml`, or continue .* `seqzoo train .*run/recipe.yaml --resume`"):
+        load_recipe(str(run))
+    saved = tmp_path / "saved"
+    seqzoo.create_model("gru-tiny").save_pretrained(saved)
+    with pytest.raises(ValueError, match=r"'.*saved' holds a saved model, not a recipe: `seqzoo train` builds its "
+                       r"model from a preset .* does not start from saved weights.*from_pretrained"):
+        load_recipe(str(saved))
+    with pytest.raises(ValueError, match="unknown recipe"):  # any other folder
+        load_recipe(str(tmp_path))
+
+
 def test_unknown_recipe_and_bad_overrides(tmp_path):
     with pytest.raises(ValueError, match="unknown recipe 'lstm-pydok'.*Did you mean 'lstm-pydoc'"):
         load_recipe("lstm-pydok")
