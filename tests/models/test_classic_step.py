@@ -5,6 +5,8 @@ plugin backend, hooks, autocast, training)."""
 
 from __future__ import annotations
 
+import re
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -223,7 +225,7 @@ def test_generate_steps_take_the_decode_branch_and_match_a_full_recompute(decode
     torch.testing.assert_close(logits[:, 3:].argmax(-1), out[:, 4:])
 
 
-@pytest.mark.parametrize("call", ["hidden_states", "embeds", "training", "bidirectional"])
+@pytest.mark.parametrize("call", ["hidden_states", "config hidden states", "embeds", "training", "bidirectional"])
 def test_the_decode_branch_leaves_other_calls_to_the_generic_forward(call, decode_branch):
     model = tiny_model("lstm-tiny")
     if call == "bidirectional":
@@ -242,11 +244,13 @@ def test_the_decode_branch_leaves_other_calls_to_the_generic_forward(call, decod
                   "embeds": {"inputs_embeds": model.model.embed_tokens(torch.tensor([[4]]))}}.get(call, {})
         if call == "training":
             model.train()
+        elif call == "config hidden states":  # asked for by the config, not the call
+            model.config.output_hidden_states = True
         ids = None if call == "embeds" else torch.tensor([[4]])
         out = model(ids, cache=cache, **kwargs)
     assert not any(decode_branch)
     assert cache.get_seq_length() == 4
-    if call == "hidden_states":
+    if call in ("hidden_states", "config hidden states"):
         assert len(out.hidden_states) == model.config.num_hidden_layers + 1
 
 
@@ -258,6 +262,7 @@ BAD_STEPS = {
     "mask of 2": (lambda v: torch.tensor([[1], [2]]), torch.tensor([[1, 1, 1, 2], [1, 1, 1, 1]])),
     "mask too long": (lambda v: torch.tensor([[1], [2]]), torch.ones(2, 5, dtype=torch.long)),
     "mask of another batch": (lambda v: torch.tensor([[1], [2]]), torch.ones(3, 4, dtype=torch.long)),
+    "bool ids": (lambda v: torch.tensor([[True], [False]]), None),
 }
 
 
@@ -279,6 +284,30 @@ def test_a_bad_decode_step_raises_as_the_generic_forward_and_leaves_the_cache(ba
         assert all(torch.equal(cache.layer(i)["h"], before[i]) for i in range(2))
     assert errors[0] == errors[1]
     assert decode_branch == [True]  # the first call raised inside the branch, the second never entered it
+
+
+OTHER_CALLS = {
+    "1-d ids": ({"input_ids": torch.tensor([1, 2])}, "input_ids must have shape (batch, sequence_length)"),
+    "ids and embeds": ({"input_ids": torch.tensor([[1], [2]]), "inputs_embeds": torch.zeros(2, 1, 32)},
+                       "pass exactly one of input_ids or inputs_embeds"),
+    "position_ids of another shape": ({"input_ids": torch.tensor([[1], [2]]), "position_ids": torch.zeros(2, 3)},
+                                      "position_ids"),
+}
+
+
+@pytest.mark.parametrize("call", sorted(OTHER_CALLS))
+def test_a_bad_call_the_decode_branch_does_not_take_raises_the_generic_error(call, decode_branch):
+    """Calls continuing a cache that are not a plain step (the decode branch must not take them, nor skip what the
+    generic forward checks): the generic forward's error, and the cache as it was."""
+    model = tiny_model("rnn-tiny")
+    kwargs, message = OTHER_CALLS[call]
+    with torch.no_grad():
+        cache = output_cache(model(torch.tensor([[1, 2, 3], [4, 5, 6]]), use_cache=True))
+        before = [cache.layer(i)["h"].clone() for i in range(2)]
+        with pytest.raises(ValueError, match=re.escape(message)):
+            model(cache=cache, **kwargs)
+    assert cache.get_seq_length() == 3 and not decode_branch
+    assert all(torch.equal(cache.layer(i)["h"], before[i]) for i in range(2))
 
 
 @pytest.mark.parametrize("layers", ["stacked", "reference backend", "subclass weights", "hooked"])
@@ -639,3 +668,90 @@ def test_an_embedding_of_a_subclass_weight_is_looked_up_through_f_embedding():
     x = torch.tensor([[3, 4, 10]])
     torch.testing.assert_close(call_plainly(embedding, x).as_subclass(torch.Tensor),
                                embedding(x).as_subclass(torch.Tensor), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("which", ["every layer", "layer 1"])
+def test_a_subclassed_layer_is_called(which, stacked_calls):
+    """A subclass of the mixer (its own forward) must run: the stacked step, which runs the cells of the mixers as
+    defined, declines a stack of them, or a stack with one among plain layers."""
+    from seqzoo.layers.recurrent import GRUMixer
+
+    calls = []
+
+    class Counted(GRUMixer):
+        def forward(self, *args, **kwargs):
+            calls.append(1)
+            return super().forward(*args, **kwargs)
+
+    model = tiny_model("gru-tiny")
+    plain, _ = decode(model, *inputs(model, 2))
+    stacked_calls.clear()
+    layers = list(model.model.layers) if which == "every layer" else [model.model.layers[1]]
+    for layer in layers:
+        layer.__class__ = Counted
+    logits, _ = decode(model, *inputs(model, 2))
+    assert not stacked_calls and len(calls) == 5 * len(layers)  # the prompt and every step
+    torch.testing.assert_close(logits, plain, rtol=0, atol=0)
+
+
+def test_a_global_module_hook_sees_every_layer_of_every_step(stacked_calls):
+    from torch.nn.modules.module import register_module_forward_hook
+
+    model = tiny_model("lstm-tiny")
+    plain, _ = decode(model, *inputs(model, 2))
+    stacked_calls.clear()
+    layers = {id(layer): i for i, layer in enumerate(model.model.layers)}
+    seen = []
+    handle = register_module_forward_hook(lambda module, args, out: seen.append(layers.get(id(module))))
+    try:
+        logits, _ = decode(model, *inputs(model, 2))
+    finally:
+        handle.remove()
+    assert [i for i in seen if i is not None] == [0, 1] * 5 and not stacked_calls
+    torch.testing.assert_close(logits, plain, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("layer", [0, 1])
+def test_a_weight_made_a_buffer_is_read_by_the_layer(layer, stacked_calls):
+    """A weight taken out of the parameters (a buffer now, frozen by hand): the layer reads its attribute all the
+    same, so the step must not take the weight as missing."""
+    model = tiny_model("gru-tiny")
+    with torch.no_grad():
+        for cell in model.model.layers:
+            cell.bias_hh.uniform_(-0.5, 0.5)
+    plain, _ = decode(model, *inputs(model, 2))
+    stacked_calls.clear()
+    cell = model.model.layers[layer]
+    value = cell.bias_hh.detach().clone()
+    del cell.bias_hh
+    cell.register_buffer("bias_hh", value)
+    logits, _ = decode(model, *inputs(model, 2))
+    assert not stacked_calls
+    torch.testing.assert_close(logits, plain, rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("missing", ["bias_ih", "bias_hh"])
+@pytest.mark.parametrize("preset", ["gru-tiny", "lstm-tiny"])
+def test_a_layer_missing_one_bias_steps_as_torch_nn_with_that_bias_zero(preset, missing, stacked_calls):
+    model = tiny_model(preset).double().set_input_table("never")
+    with torch.no_grad():
+        for cell in model.model.layers:
+            cell.bias_ih.uniform_(-0.5, 0.5)
+            cell.bias_hh.uniform_(-0.5, 0.5)
+    twin = torch_nn_twin(model)
+    with torch.no_grad():
+        for i, cell in enumerate(model.model.layers):
+            setattr(cell, missing, None)
+            getattr(twin, f"{missing}_l{i}").zero_()
+    prompt, _, steps, _ = inputs(model, 2)
+    ones = torch.ones(2, 9, dtype=torch.long)
+    logits, _ = decode(model, prompt, ones[:, :5], steps, ones[:, 5:])
+    assert len(stacked_calls) == steps.shape[1]
+    embed, head = model.model.embed_tokens.weight, model.lm_head
+    with torch.no_grad():
+        _, state = twin(F.embedding(prompt, embed))
+        expected = []
+        for t in range(steps.shape[1]):
+            y, state = twin(F.embedding(steps[:, t : t + 1], embed), state)
+            expected.append(head(y[:, -1]))
+    torch.testing.assert_close(logits, torch.stack(expected, 1), rtol=1e-10, atol=1e-10)

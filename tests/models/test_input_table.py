@@ -116,6 +116,8 @@ CHANGES = {
     # a fused optimizer's step (transformers' default optimizer, adamw_torch_fused).
     "embedding through .data": lambda m: m.model.embed_tokens.weight.data.mul_(1.5),
     "weight_ih through .data": lambda m: m.model.layers[0].weight_ih.data.add_(0.05),
+    "bias_ih through .data": lambda m: m.model.layers[0].bias_ih.data.add_(0.3),
+    "bias_ih removed": lambda m: setattr(m.model.layers[0], "bias_ih", None),
     "fused optimizer step": _fused_optimizer_step,
 }
 
@@ -130,9 +132,10 @@ def test_a_new_cache_reads_the_weights_as_they_are_whatever_changed_them(change)
     with torch.no_grad():
         CHANGES[change](model)
     twin = copy.deepcopy(model).set_input_table("never")
-    got, expected = decode(model, *args), decode(twin, *args)
-    assert_same_decoding(got, expected, 1e-5)
-    assert built_of() is not before
+    got = decode(model, *args)
+    after = built_of()  # (read before the twin's decode() replaces the latest cache)
+    assert_same_decoding(got, decode(twin, *args), 1e-5)
+    assert after is not None and after is not before
 
 
 @pytest.mark.parametrize("change", ["embedding in place", "weight_ih in place", "bias_ih in place",
@@ -213,6 +216,9 @@ def test_auto_builds_the_table_for_a_vocabulary_at_most_twice_the_embedding_widt
     args = decode_step_inputs(1, 90)
     small = tiny_model("gru-tiny", hidden_size=50)  # vocabulary 99 <= 2 x 50
     large = tiny_model("gru-tiny", hidden_size=49)  # 99 > 2 x 49
+    twice = tiny_model("gru-tiny", hidden_size=50, vocab_size=100)  # 100 == 2 x 50: at most twice
+    decode(twice, *args)
+    assert built_of() is not None
     for model, built in ((small, True), (large, False)):
         assert model.config.vocab_size == 99
         assert model.model.input_table.policy == "auto"
@@ -336,3 +342,41 @@ def test_a_half_precision_model_sees_a_change_its_own_precision_would_round_away
     model.model.layers[0].weight_ih.data[5, column] += 0.3
     decode(model, *args)
     assert built_of() is not first
+
+
+class HandlesFunctionalEmbedding(torch.Tensor):
+    """An embedding weight of a subclass (as a quantised one's) whose own lookup is what F.embedding dispatches to:
+    its rows are not what a product with the weight gives."""
+
+    @classmethod
+    def __torch_function__(cls, func, types, args=(), kwargs=None):
+        if func is F.embedding:
+            with torch._C.DisableTorchFunctionSubclass():
+                return F.embedding(*args, **(kwargs or {})) + 0.5
+        return super().__torch_function__(func, types, args, kwargs)
+
+
+def test_an_embedding_weight_of_a_subclass_is_read_by_the_cells():
+    model = tiny_model("gru-tiny", tie_word_embeddings=False)
+    embedding = model.model.embed_tokens
+    embedding.weight = torch.nn.Parameter(embedding.weight.detach().as_subclass(HandlesFunctionalEmbedding),
+                                          requires_grad=False)
+    args = decode_step_inputs(2, model.config.vocab_size - 3)
+    expected = decode(model.set_input_table("never"), *args)
+    got = decode(model.set_input_table("always"), *args)
+    assert built_of() is None
+    torch.testing.assert_close(got[0].as_subclass(torch.Tensor), expected[0].as_subclass(torch.Tensor), rtol=1e-6,
+                               atol=1e-6)
+
+
+@pytest.mark.parametrize("dtype", [torch.uint8, torch.int16, torch.int32])
+def test_a_step_of_token_ids_of_another_integer_dtype_takes_the_table(dtype):
+    model = tiny_model("lstm-tiny").set_input_table("always")
+    prompt, _, steps, _ = decode_step_inputs(2, model.config.vocab_size - 3)
+    results = []
+    for ids in (steps, steps.to(dtype)):
+        with torch.no_grad():
+            cache = output_cache(model(prompt, use_cache=True))
+            results.append(torch.stack([model(ids[:, t : t + 1], cache=cache).logits[:, -1] for t in range(4)], 1))
+        assert built_of(cache) is not None
+    torch.testing.assert_close(results[1], results[0], rtol=0, atol=0)

@@ -211,12 +211,20 @@ def shifted_norm(self, x):
 @pytest.mark.parametrize("change", ["subclass weight", "linear subclass", "block subclass", "first block subclass",
                                     "time mix subclass", "channel mix subclass", "norm subclass", "mlp norm subclass",
                                     "linear with a bias", "bfloat16",
-                                    "float64", "grad enabled", "reference backend", "no value residual"])
+                                    "float64", "grad enabled", "reference backend", "no value residual", "post norm",
+                                    "parameter made a buffer"])
 def test_the_step_declines_what_it_does_not_compute(change, scripted_calls, python_path):
     model = random_model(num_hidden_layers=2)
     args = inputs(model, 2)
     attn = model.model.layers[1].attn
-    if change == "subclass weight":
+    if change == "post norm":
+        model.model.layers[1].pre_norm = False  # each norm after its residual: another function of the same weights
+    elif change == "parameter made a buffer":
+        # (frozen by hand: the time mix reads self.x_r all the same, no longer from its parameters)
+        value = attn.x_r.detach().clone()
+        del attn.x_r
+        attn.register_buffer("x_r", value)
+    elif change == "subclass weight":
         attn.w1 = nn.Parameter(attn.w1.detach().as_subclass(Marked))
     elif change == "linear subclass":
         replacement = LinearWithBias(attn.key.in_features, attn.key.out_features, bias=False)
@@ -334,6 +342,8 @@ def other_cache(change):
         cache.update_layer(1, {**cache.layer(1), "wkv": cache.layer(1)["wkv"][:2]})
     elif change == "shift of one row":  # broadcasts in the blocks, which compute it: so must the step
         cache.update_layer(1, {**cache.layer(1), "ffn_shift": cache.layer(1)["ffn_shift"][:1]})
+    elif change == "attn shift of one row":
+        cache.update_layer(1, {**cache.layer(1), "attn_shift": cache.layer(1)["attn_shift"][:1]})
     return model, cache
 
 
@@ -352,7 +362,7 @@ def outcome(model, cache):
     return result, unchanged
 
 
-@pytest.mark.parametrize("change", ["head layout", "width", "wkv rows", "shift of one row"])
+@pytest.mark.parametrize("change", ["head layout", "width", "wkv rows", "shift of one row", "attn shift of one row"])
 def test_a_cache_whose_states_do_not_fit_runs_as_in_python(change, scripted_calls, python_path):
     """The step reshapes freely (a wkv of 4 heads of 8 reads as 2 heads of 16): a state of another shape than the
     blocks' goes to the blocks, which raise their own error (or compute what they compute), never a silent answer.
@@ -495,3 +505,108 @@ def test_a_float64_cache_continues_in_a_float32_step():
     assert step.dtype == torch.float32
     assert all(state.dtype == torch.float32 for i in range(len(cache)) for state in cache.layer(i).values())
     torch.testing.assert_close(step, full, rtol=1e-4, atol=1e-4)
+
+
+def test_a_non_finite_token_at_a_pad_never_reaches_the_state_of_the_scripted_step(scripted_calls):
+    """The scripted step's padded token is an identity step as the blocks' is: its key, value, removal key and
+    decay are each masked, so a NaN in a padded token's embedding (a row never trained) leaves every state as it
+    was, bit for bit, where NaN * 0 would have reached it."""
+    model = random_model(num_hidden_layers=2, tie_word_embeddings=False)
+    prompt = torch.randint(0, 50, (2, 4), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        model.model.embed_tokens.weight[7] = float("nan")
+        cache = output_cache(model(prompt, use_cache=True))
+        before = [{k: v.clone() for k, v in cache.layer(i).items()} for i in range(2)]
+        out = model(torch.tensor([[7], [6]]), attention_mask=torch.tensor([[1] * 4 + [0], [1] * 5]), cache=cache)
+    assert scripted_calls == [True]
+    assert torch.isfinite(out.logits[1]).all()
+    for i in range(2):
+        for name in ("attn_shift", "wkv", "ffn_shift"):
+            assert torch.equal(cache.layer(i)[name][0], before[i][name][0]), (i, name)
+
+
+def test_a_vanishing_removal_key_is_normalised_as_in_python(scripted_calls, python_path):
+    """kk = k * k_k is normalised per head with F.normalize's floor (1e-12): a block whose k_k is tiny (norms of
+    about 1e-6) still removes along a unit vector."""
+    model = random_model(num_hidden_layers=2)
+    with torch.no_grad():
+        model.model.layers[1].attn.k_k.mul_(1e-6)
+    args = inputs(model, 2)
+    fast = decode(model, *args)
+    assert scripted_calls == [True] * 4
+    python_path()
+    assert_same(fast, decode(model, *args))
+
+
+def test_autocast_runs_the_blocks_in_python(scripted_calls, python_path):
+    """Under autocast the blocks' linear maps run in bfloat16; the scripted step would run them in float32."""
+    model = random_model(num_hidden_layers=2)
+    args = inputs(model, 2)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        result = decode(model, *args)
+    python_path()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        expected = decode(model, *args)
+    assert scripted_calls == [False] * 8
+    assert_same(result, expected, atol=0)
+
+
+def test_a_global_module_hook_sees_every_block_of_every_step(scripted_calls):
+    from torch.nn.modules.module import register_module_forward_hook
+
+    from seqzoo.models.rwkv7.modeling_rwkv7 import RWKV7Block
+
+    model = random_model(num_hidden_layers=2)
+    args = inputs(model, 2)
+    expected = decode(model, *args)
+    seen = []
+    handle = register_module_forward_hook(lambda module, a, out: seen.append(1) if type(module) is RWKV7Block else None)
+    try:
+        result = decode(model, *args)
+    finally:
+        handle.remove()
+    assert len(seen) == 2 * 5  # both blocks, for the prompt and each of the four steps
+    assert not any(scripted_calls[4:])
+    assert_same(result, expected)
+
+
+class ScalesLinear(torch.Tensor):
+    """A tensor subclass whose __torch_function__ changes what F.linear gives (a numerics simulator, say): it
+    reaches the blocks as their input, and TorchScript's interpreter would run below it."""
+
+    @classmethod
+    def __torch_function__(cls, func, types, args=(), kwargs=None):
+        out = super().__torch_function__(func, types, args, kwargs)
+        return out * 1.25 if func is torch.nn.functional.linear else out
+
+
+def test_an_input_of_a_tensor_subclass_runs_the_blocks_in_python(scripted_calls, python_path):
+    model = random_model(num_hidden_layers=2)
+    embedding = model.model.embed_tokens
+    embedding.weight = nn.Parameter(embedding.weight.detach().as_subclass(ScalesLinear), requires_grad=False)
+    args = inputs(model, 2)
+    result = decode(model, *args)
+    python_path()
+    expected = decode(model, *args)
+    assert not any(scripted_calls)
+    torch.testing.assert_close(result[0].as_subclass(torch.Tensor), expected[0].as_subclass(torch.Tensor), rtol=0,
+                               atol=0)
+
+
+def test_a_time_mix_of_another_kind_in_the_first_block_is_left_to_the_blocks(scripted_calls):
+    """A one-block model whose time mix is another token mixer (no heads to read): the step declines before it
+    reads the first block's heads, and the block runs that mixer."""
+    from seqzoo.layers.mixer import Mixer
+
+    class Halving(Mixer):
+        def forward(self, x, *, state=None, mask=None, **context):
+            return x * 0.5, {}
+
+    model = random_model(num_hidden_layers=1)
+    model.model.layers[0].attn = Halving(model.config, 0)
+    with torch.no_grad():
+        full = model(torch.tensor([[5, 9, 12, 3]])).logits[:, -1]
+        cache = output_cache(model(torch.tensor([[5, 9, 12]]), use_cache=True))
+        step = model(torch.tensor([[3]]), cache=cache).logits[:, -1]
+    assert scripted_calls == [False]
+    torch.testing.assert_close(step, full, rtol=1e-5, atol=1e-5)
