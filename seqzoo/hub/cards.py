@@ -368,11 +368,12 @@ def training_section(training: dict[str, Any] | None) -> str:
             "and quality are unknown. An untrained checkpoint generates noise."
         )
     lines = []
-    if "dataset" in training:
+    # (a key given as null is no figure: validate_training_record lets it pass, so the card leaves it out)
+    if _datasets(training):
         lines.append(f"- Data: {', '.join(f'`{name}`' for name in _datasets(training))}")
-    if "tokens_seen" in training:
+    if training.get("tokens_seen") is not None:
         lines.append(f"- Tokens seen: {training['tokens_seen']:,}")
-    if "steps" in training:
+    if training.get("steps") is not None:
         lines.append(f"- Optimizer steps: {training['steps']:,}")
     overall = _overall_metrics(training)
     if overall:

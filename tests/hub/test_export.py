@@ -139,7 +139,7 @@ def test_an_encoder_decoder_card_gives_its_decoders_state_whatever_its_encoder_r
                              training=None).text
     state = model.config.state_bytes_per_sequence(4)
     assert f"| state carried per sequence | {state:,} bytes with float32 weights; the same" in card
-    assert "reading direction" not in card
+    assert "reading direction" not in card and "cannot generate" not in card
     assert "3 layer(s) of" in card and "in the encoder and 1 in the decoder" in " ".join(card.split())
 
 
@@ -156,7 +156,10 @@ def test_training_record_fills_metadata_and_the_training_section(exports):
         assert line in card.text
     # the whole record travels with the checkpoint, keys the card does not show included
     assert json.loads((exports["lstm"] / "seqzoo_training.json").read_text()) == TRAINING_RECORD
-    assert "without a training record" in ModelCard.load(exports["gru"] / "README.md").text
+    untrained = ModelCard.load(exports["gru"] / "README.md")
+    assert "without a training record" in untrained.text
+    # without evaluation figures there is no model-index, and model_name (which only names its entry) stays out
+    assert untrained.data.eval_results is None and "model_name" not in untrained.content.split("---")[1]
 
 
 def test_a_published_record_names_local_files_without_their_folders(tmp_path):
@@ -295,6 +298,11 @@ def test_export_from_a_model_object(tmp_path):
     assert "license_name" not in card.content.split("---")[1]
     # the metadata carries the figure as recorded; the table shows 4 digits
     assert [(r.metric_type, r.metric_value) for r in card.data.eval_results] == [("loss", 1.234567891)]
+    # the model-index names the first dataset the record gives (where the evaluation figures were measured)
+    assert [(r.dataset_type, r.dataset_name) for r in card.data.eval_results] == [("a/b", "a/b")]
+    counts = parameter_counts(model)
+    assert counts["embedding"] > 0
+    assert f"| everything else | {counts['total'] - counts['embedding']:,} |" in card.text
     assert "| loss | 1.235 |" in card.text and "- Optimizer steps: 12,800" in card.text
     loaded = seqzoo.get_architecture("rnn").causal_lm_class.from_pretrained(folder)
     for key, value in model.state_dict().items():
@@ -350,10 +358,12 @@ def test_a_license_the_hub_does_not_know_is_refused_before_anything_is_written(s
         (dict(license="Apache-2.0"), r"license 'Apache-2\.0' is not a license identifier of the Hugging Face Hub "
                                      r"\(did you mean 'apache-2\.0'\?\).*repositories-licenses"),
         (dict(license="GPL-3.0-only"), r"\(did you mean 'gpl-3\.0'\?\)"),
+        (dict(license="GPL-3.0-or-later"), r"\(did you mean 'gpl-3\.0'\?\)"),
         (dict(license="my terms"), r"license 'my terms' is not a license identifier of the Hugging Face Hub: .*"
                                    r"'other' with its name in license_name"),
         (dict(license="other"), r"license 'other' needs the license's name: pass license_name"),
         (dict(license="other", license_name="My Terms"), r"license_name 'My Terms' is not a license id"),
+        (dict(license="other", license_name="my terms"), r"license_name 'my terms' is not a license id"),
         (dict(license="other", license_name="my-terms", license_link="../../etc/passwd"),
          r"license_link '\.\./\.\./etc/passwd' is neither a URL"),
         (dict(license="mit", license_name="my-terms"), r"license_name only applies to license 'other'"),

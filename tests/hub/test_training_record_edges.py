@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from seqzoo.hub.cards import validate_training_record
+from seqzoo.hub.cards import training_section, validate_training_record
 
 
 @pytest.mark.parametrize("record, message", [
@@ -17,3 +17,11 @@ from seqzoo.hub.cards import validate_training_record
 def test_training_record_edge_errors_name_the_field(record, message):
     with pytest.raises(ValueError, match=message):
         validate_training_record(record)
+
+
+def test_a_key_given_as_null_is_left_off_the_card():
+    # validate_training_record takes null for any key, as if it were absent; the card leaves it out (a null count
+    # stopped publishing with a bare TypeError, a null dataset wrote an empty "- Data:" line)
+    record = validate_training_record({"dataset": None, "tokens_seen": None, "steps": 12, "eval": None})
+    assert training_section(record) == "- Optimizer steps: 12"
+    assert training_section(validate_training_record({"steps": None, "tokens_seen": 5})) == "- Tokens seen: 5"

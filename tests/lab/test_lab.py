@@ -412,6 +412,9 @@ def test_the_sweep_scores_rates_on_tuning_sets_and_the_lab_on_its_own(tmp_path):
 
     jobs = sweep_jobs(SweepConfig(tasks=["copy"], rates=[3e-3]), {"rnn": "rnn-tiny"}, tmp_path)
     assert {job["task"] for job in jobs} == {"copy", "text"}
+    # every rate's run of a task writes to a folder of its own
+    two_rates = sweep_jobs(SweepConfig(tasks=["copy"], rates=[3e-3, 1e-2]), {"rnn": "rnn-tiny"}, tmp_path)
+    assert len({job["output_dir"] for job in two_rates}) == len(two_rates) == 4
     assert all(job_recipe(job).data.tuning_set is True for job in jobs)
     lab = LabConfig.smoke(architectures=["rnn"])
     assert all(job_recipe(make_job(lab, "rnn", "rnn-tiny", task, 0, tmp_path)).data.tuning_set is False

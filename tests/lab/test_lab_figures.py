@@ -36,6 +36,11 @@ def test_decode_time_is_the_median_interval_between_decoded_tokens(monkeypatch):
     assert [row["ms_per_token"] for row in rows] == [pytest.approx(4.0), pytest.approx(4.0)]
 
 
+def test_state_bytes_count_each_tensors_own_element_size():
+    layers = [{"h": torch.zeros(1, 3, dtype=torch.bfloat16)}, {"k": torch.zeros(1, 2, 5), "v": torch.zeros(1, 2, 5)}]
+    assert measure.state_bytes(layers) == 3 * 2 + 2 * 10 * 4
+
+
 def test_a_state_alike_in_every_layer_is_described_once_per_layer():
     lstm = tiny_model("lstm-tiny")
     state = measure.describe_state(lstm, 8, 40)
@@ -105,6 +110,12 @@ def _memory_results(accuracy: dict[str, list[dict[int, float]]], task: str = "co
             "runs": runs, "presets": {arch: f"{arch}-tiny" for arch in accuracy}, "measurements": {}}
 
 
+def test_accuracy_by_task_lists_the_seeds_in_seed_order():
+    results = _memory_results({"lstm": [{4: 0.1}, {4: 0.2}, {4: 0.3}]})
+    results["runs"].reverse()
+    assert findings.accuracy_by_task(results) == {"copy": {"lstm": {4: [0.1, 0.2, 0.3]}}}
+
+
 def test_the_memory_takeaway_sorts_architectures_at_the_longest_distance():
     results = _memory_results({
         "edge": [{4: 1.0, 64: 0.9}], "best": [{4: 1.0, 64: 0.95}], "half": [{4: 1.0, 64: 0.5}],
@@ -113,6 +124,12 @@ def test_the_memory_takeaway_sorts_architectures_at_the_longest_distance():
     # solved: >= 0.9, best first; near chance: within 0.1 of 1/8
     assert text == ("- **copy at distance 64**: solved by best (0.95) and edge (0.90); partly learnt by half (0.50) "
                     "and weak (0.30); near chance (0.12) for chance (0.20).")
+
+
+def test_the_partly_learnt_are_listed_by_accuracy_not_by_name():
+    results = _memory_results({"alpha": [{4: 1.0, 64: 0.3}], "beta": [{4: 1.0, 64: 0.5}]})
+    text = findings.takeaways(results, findings.accuracy_by_task(results))
+    assert "partly learnt by beta (0.50) and alpha (0.30)." in text
 
 
 def test_a_published_result_at_exactly_the_threshold_is_reproduced_and_the_seed_count_is_the_runs():
@@ -258,6 +275,30 @@ def test_the_summary_table_row_by_row(lab_report):
                        "0.35 (0.30–0.40)"]
 
 
+def test_a_spread_gives_the_seeds_range_unless_it_rounds_away():
+    from seqzoo.lab.report import spread
+
+    assert spread([0.9]) == "0.90"
+    assert spread([0.9, 0.904]) == "0.90"  # (a range that rounds to one figure says nothing)
+    assert spread([0.80, 0.84]) == "0.82 (0.80–0.84)"
+
+
+def test_the_summary_gives_the_state_at_the_first_and_the_last_context_and_the_failed_runs(tmp_path, monkeypatch):
+    from seqzoo.lab import plots
+    from seqzoo.lab.report import write_report
+
+    monkeypatch.setattr(plots, "matplotlib_available", lambda: False)
+    results = _lab_results()
+    for row, size in zip(results["measurements"]["lstm"]["decode"], [512, 1024, 2048]):  # (a state that grows)
+        row["state_bytes"] = size
+    results["runs"].append({"ok": False, "arch": "gru", "preset": "gru-tiny", "task": "copy", "seed": 2,
+                            "steps": 600, "lr": 1e-2, "error": "RuntimeError: out of memory"})
+    write_report(results, tmp_path)
+    report = (tmp_path / "report.md").read_text()
+    assert _table_after(report, "## Summary")[1][3] == "512 → 2,048"
+    assert "## Failed runs\n\n- **gru / copy, seed 2** failed: `RuntimeError: out of memory`\n" in report
+
+
 def test_the_memory_table_and_its_caption(lab_report):
     from seqzoo.training.data import copy_task
 
@@ -338,6 +379,9 @@ def test_the_sweep_step_budget_is_a_quarter_more_than_the_slowest_solve_rounded_
     results = _sweep_results(runs, [3e-3], tasks=["copy", "induction"])
     results["presets"]["gru"] = "gru-tiny"
     assert propose(results)["task_steps"] == {"copy": 200, "induction": 600}
+    # a task solved quickly still gets MIN_STEPS (150), not 1.25 x 40 -> 50
+    runs = [_sweep_run(3e-3, {4: 1.0}, steps_run=40)]
+    assert propose(_sweep_results(runs, [3e-3]))["task_steps"] == {"copy": 150}
 
 
 def test_the_sweep_text_rate_is_the_lowest_within_one_percent_of_the_best_perplexity():
@@ -347,6 +391,16 @@ def test_the_sweep_text_rate_is_the_lowest_within_one_percent_of_the_best_perple
     assert propose(_sweep_results(runs, [3e-3, 1e-2, 3e-2]))["learning_rates"]["lstm"]["text"] == 3e-3
     runs = [_text_run(3e-3, 2.5), _text_run(1e-2, 2.0), _text_run(3e-2, 2.01)]
     assert propose(_sweep_results(runs, [3e-3, 1e-2, 3e-2]))["learning_rates"]["lstm"]["text"] == 1e-2
+
+
+def test_the_sweep_report_lists_the_failed_runs():
+    from seqzoo.lab.sweep import propose, sweep_report
+
+    runs = [_sweep_run(3e-3, {4: 1.0}), {"ok": False, "arch": "lstm", "lr": 1e-2, "task": "copy",
+                                         "error": "RuntimeError: boom"}]
+    results = _sweep_results(runs, [3e-3, 1e-2])
+    results["proposal"] = propose(results)
+    assert sweep_report(results).endswith("## Failed runs\n\n- lstm copy lr 0.01: RuntimeError: boom\n")
 
 
 def test_the_sweep_report_shows_each_rates_own_text_perplexity():

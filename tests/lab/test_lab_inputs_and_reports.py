@@ -25,6 +25,22 @@ def test_the_sweep_refuses_a_rate_that_is_not_a_number(tmp_path, monkeypatch, ra
     assert not (tmp_path / "x").exists()
 
 
+@pytest.mark.parametrize("rates", [[1.0], [1e-2, 3.0], [0.0], [-1e-3]])
+def test_the_sweep_refuses_a_rate_outside_0_to_1(rates):
+    from seqzoo.lab.sweep import SweepConfig
+
+    with pytest.raises(ValueError, match=r"--rates .* is invalid: learning rates in \(0, 1\)"):
+        SweepConfig(rates=rates).validate()
+
+
+def test_the_sweep_refuses_two_rates_written_alike():
+    from seqzoo.lab.sweep import SweepConfig
+
+    # (runs are named by f"{rate:g}": two rates written alike would train into one folder)
+    with pytest.raises(ValueError, match="distinct learning rates"):
+        SweepConfig(rates=[1e-2, 0.01]).validate()
+
+
 def test_an_architecture_given_twice_is_refused():
     # (the lab refuses a task, seed or distance given twice; an architecture was silently dropped to one)
     with pytest.raises(ValueError, match="'rnn' given more than once"):
@@ -80,9 +96,11 @@ def test_the_sweep_reports_the_mean_the_proposal_compared():
     # 3e-3: 1.000 on copy (not 0.600, its mean with selective copy, which 1e-2 never ran); 1e-2: 0.900
     assert "| 0.003 | 1.00 (600) | 0.20 (600) | 1.000 |" in table
     assert "| 0.01 | 0.90 (600) | – | 0.900 |" in table
+    assert "3 runs in 1.0 min (1 of 4 dropped at the deadline: rates are compared on the tasks every rate" in table
     runs.append(run("selective_copy", 1e-2, 0.4))  # every rate ran every task: the plain mean, plainly labelled
     table = sweep_report(results)
     assert "| mean accuracy | text perplexity |" in table and "| 0.003 | 1.00 (600) | 0.20 (600) | 0.600 |" in table
+    assert "4 runs in 1.0 min\n" in table and "dropped at the deadline" not in table
 
 
 @pytest.mark.newest_release_only  # (a training run)

@@ -77,3 +77,32 @@ def test_the_card_says_what_a_hybrid_and_a_recurrent_seq2seq_keep_beside_their_k
     transformer = seqzoo.create_model("seq2seq-transformer-tiny")
     table = memory_table(transformer.config, parameter_counts(transformer), torch.float32)
     assert "| KV cache per token of context |" in table and "grows with the context" in table
+
+
+def test_a_bidirectional_plugin_config_without_its_own_figure_is_counted_in_both_directions():
+    class PluginConfig:  # (a plugin's config: its state per reading direction, and no bidirectional_state_bytes)
+        bidirectional = True
+        is_encoder_decoder = False
+
+        def state_bytes_per_sequence(self, width):
+            return 100 * width
+
+        def kv_bytes_per_token(self, width):
+            return 0
+
+    table = memory_table(PluginConfig(), {"total": 10, "embedding": 2, "per_token": 8}, torch.float32, generates=False)
+    assert "| state carried per sequence | 800 bytes with float32 weights, both reading directions together" in table
+
+
+@pytest.mark.parametrize("state, shown", [(256, "1,024 bytes (1.0 KiB)"), (384, "1,536 bytes (1.5 KiB)"),
+                                          (255, "1,020 bytes with")])
+def test_the_card_gives_a_state_of_a_kibibyte_or_more_in_kib_to_one_decimal(state, shown):
+    class Config:
+        def state_bytes_per_sequence(self, width):
+            return state * width
+
+        def kv_bytes_per_token(self, width):
+            return 0
+
+    table = memory_table(Config(), {"total": 10, "embedding": 2, "per_token": 8}, torch.float32)
+    assert f"| state carried per sequence | {shown}" in table
