@@ -65,7 +65,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         raise ValueError(describe(err) if isinstance(err, OSError) else str(err)) from err
     if result.is_main_process:
         perplexity = f", perplexity {result.eval['perplexity']:.3f}" if "perplexity" in result.eval else ""
-        print(f"trained {recipe.model.preset} for {result.steps} steps ({result.tokens_seen:,} tokens, task "
+        print(f"trained {recipe.model.source} for {result.steps} steps ({result.tokens_seen:,} tokens, task "
               f"{recipe.task}): eval loss {result.eval['loss']:.4f}{perplexity}, accuracy "
               f"{result.eval['accuracy']:.3f}; saved to {result.output_dir}")
     return 0

@@ -43,13 +43,24 @@ NOT_IN_RUN_ID = ("name", "output_dir", "data.eval_samples", "train.eval_every", 
                  "train.save_total_limit", "train.log_every", "train.max_nonfinite_steps")
 # Fields added after runs were first saved, left out of the run id at their default: a run saved before they
 # existed keeps its id, and resumes.
-ADDED_LATER = {"data.tuning_set": False}
+ADDED_LATER = {"data.tuning_set": False, "model.path": None}
+
+
+DEFAULT_PRESET = "lstm-tiny"  # the model of a recipe that names neither a preset nor a saved model
 
 
 @dataclass
 class ModelSection:
-    preset: str = "lstm-tiny"  # a name from seqzoo.list_models()
+    preset: str | None = None  # a name from seqzoo.list_models(); DEFAULT_PRESET when neither it nor path is given
     config: dict[str, Any] = field(default_factory=dict)  # config field overrides, e.g. {dropout: 0.1}
+    # A folder a seqzoo model was saved in (save_pretrained, seqzoo train / new / convert): training starts from its
+    # weights, with its saved config and head, instead of building a new model from a preset.
+    path: str | None = None
+
+    @property
+    def source(self) -> str:
+        """Where the model comes from, for messages: the preset's name or the saved model's folder."""
+        return self.preset if self.path is None else self.path
 
 
 @dataclass
@@ -173,15 +184,28 @@ class Recipe:
         config = self.model.config  # (its keys become keyword arguments; a YAML key `1:` stopped the run)
         _check(isinstance(config, dict) and all(isinstance(key, str) for key in config), "model.config", config,
                "a mapping of names (strings) to values")
-        presets = seqzoo.list_models()
-        _check(self.model.preset in presets, "model.preset", self.model.preset,
-               f"a model preset, one of {', '.join(presets)}", choices=presets)
-        heads = seqzoo.registry.preset_values(self.model.preset)[0].heads
-        if self.task is None:
-            self.task = next(iter(heads))
-        _check(self.task in TRAINED_TASKS and self.task in heads, "task", self.task,
-               f"a task model.preset={self.model.preset!r} has a head for: "
-               f"{', '.join(t for t in heads if t in TRAINED_TASKS)}", choices=list(TRAINED_TASKS))
+        m = self.model
+        if m.path is None:
+            m.preset = DEFAULT_PRESET if m.preset is None else m.preset
+            presets = seqzoo.list_models()
+            _check(m.preset in presets, "model.preset", m.preset, f"a model preset, one of {', '.join(presets)}",
+                   choices=presets)
+            heads = seqzoo.registry.preset_values(m.preset)[0].heads
+            if self.task is None:
+                self.task = next(iter(heads))
+            _check(self.task in TRAINED_TASKS and self.task in heads, "task", self.task,
+                   f"a task model.preset={m.preset!r} has a head for: "
+                   f"{', '.join(t for t in heads if t in TRAINED_TASKS)}", choices=list(TRAINED_TASKS))
+        else:
+            _check(m.preset is None, "model.preset", m.preset, "null with model.path (the model comes from the "
+                   "saved folder; a preset builds a new one: give one of the two)")
+            _check(not config, "model.config", config, "{} with model.path (a saved model trains with the config it "
+                   "was saved with)")
+            saved_task = saved_model_task(m.path)
+            if self.task is None:
+                self.task = saved_task
+            _check(self.task == saved_task, "task", self.task, f"{saved_task!r}, the task of the head saved in "
+                   f"model.path={m.path!r} (a saved model trains with its own head)")
         _check(d.source in DATA_SOURCES, "data.source", d.source, f"one of {', '.join(DATA_SOURCES)}")
         if d.source in ("text", "dataset", "jsonl"):
             _check(d.path is not None, "data.path", d.path, f"a path (data.source={d.source!r} reads one)")
@@ -355,6 +379,38 @@ class Recipe:
                f"{'text' if self.task == 'sequence-classification' else 'tagged word'} with cross-entropy)")
         _check(self.train.tbptt_chunk == 0, "train.tbptt_chunk", self.train.tbptt_chunk,
                f"0 for task: {self.task} (a classifier reads each text whole)")
+
+
+def saved_model_task(path: str) -> str:
+    """The task a seqzoo model saved in the folder ``path`` was saved for (the head its ``config.json`` names), read
+    as JSON (no code runs); a clear error for anything else: no such folder, no config, another library's model, a
+    head seqzoo does not train."""
+    import seqzoo
+
+    config_file = Path(path) / "config.json"
+    if not config_file.is_file():
+        raise ValueError(f"recipe field model.path={path!r} is invalid: expected a folder holding a saved model "
+                         f"(save_pretrained writes its config.json){'' if Path(path).is_dir() else '; no such folder'}")
+    try:
+        config = json.loads(config_file.read_text(encoding="utf-8"))
+        if not isinstance(config, dict):
+            raise ValueError(f"a JSON {type(config).__name__}, not an object")
+    except (OSError, ValueError) as err:
+        raise ValueError(f"model.path={path!r}: its config.json cannot be read ({err})") from err
+    try:
+        saved_as, task = seqzoo.registry.saved_head(config)
+    except ValueError:
+        raise ValueError(f"model.path={path!r} holds a model of type {config.get('model_type')!r}, not one of "
+                         "seqzoo's architectures: seqzoo train trains those (`seqzoo convert` turns Llama, Mamba, "
+                         "RWKV and torch.nn checkpoints into them)") from None
+    if saved_as is None:
+        raise ValueError(f"model.path={path!r}: its config.json names no architecture (`architectures`, which "
+                         "save_pretrained records), so the head it was saved with is not known; save the model again "
+                         "with its save_pretrained")
+    if task not in TRAINED_TASKS:
+        raise ValueError(f"model.path={path!r} was saved as {saved_as!r}, which names no head seqzoo train trains "
+                         f"({', '.join(TRAINED_TASKS)}); save the whole model with its head (its save_pretrained)")
+    return task
 
 
 def _check(ok: bool, name: str, value: Any, allowed: str, choices: list[str] | None = None) -> None:
@@ -564,12 +620,12 @@ def _folder_is_no_recipe(path: Path) -> str:
     """What to do with a run's folder or a saved model's folder given where a recipe goes."""
     if (path / "recipe.yaml").is_file():
         return (f"{str(path)!r} is the folder of a run, not a recipe: train its recipe again with `seqzoo train "
-                f"{path / 'recipe.yaml'}`, or continue the run from its newest checkpoint with `seqzoo train "
-                f"{path / 'recipe.yaml'} --resume`")
-    return (f"{str(path)!r} holds a saved model, not a recipe: `seqzoo train` builds its model from a preset "
-            "(model.preset) and does not start from saved weights. Continue a run of `seqzoo train` with --resume; "
-            "to fine-tune saved weights, load them with AutoModelForCausalLM.from_pretrained (or the class of their "
-            "task) and train them with transformers' Trainer or a loop of your own")
+                f"{path / 'recipe.yaml'}`, continue the run from its newest checkpoint with `seqzoo train "
+                f"{path / 'recipe.yaml'} --resume`, or train the model it saved further on a recipe's data with "
+                f"`seqzoo train <recipe> model.path={path}`")
+    return (f"{str(path)!r} holds a saved model, not a recipe: train it further on a recipe's data with "
+            f"`seqzoo train <recipe> model.path={path}` (for example `seqzoo train text-file data.path=corpus.txt "
+            f"model.path={path}`)")
 
 
 def load_recipe(source: str, overrides: dict[str, Any] | None = None) -> Recipe:
@@ -618,19 +674,30 @@ def load_recipe(source: str, overrides: dict[str, Any] | None = None) -> Recipe:
     if not isinstance(values, dict):
         raise ValueError(f"recipe {source!r} must be a mapping of sections, got {type(values).__name__}")
     values.setdefault("name", default_name)
-    for key, value in (overrides or {}).items():
-        apply_override(values, key, value)
+    given = {apply_override(values, key, value): value for key, value in (overrides or {}).items()}
+    sources = [key for key in ("model.preset", "model.path") if given.get(key) is not None]
+    if len(sources) == 1 and isinstance(values.get("model"), dict):
+        # A model source given on the command line replaces the recipe's other one: `seqzoo train lstm-pydoc
+        # model.path=runs/mine` trains the saved model on that recipe's data (the recipe's model.config, overrides of
+        # its preset's config, goes with the preset; one given on the command line too is refused with the path).
+        if sources == ["model.preset"]:
+            values["model"].pop("path", None)
+        else:
+            values["model"].pop("preset", None)
+            if not any(key.startswith("model.config") for key in given):
+                values["model"].pop("config", None)
     return recipe_from_dict(values, source=f"recipe {source!r}")
 
 
-def apply_override(values: dict[str, Any], key: str, value: Any) -> None:
-    """Set ``key`` (dotted, or a field name unique to one section) in the plain-dict recipe ``values``."""
+def apply_override(values: dict[str, Any], key: str, value: Any) -> str:
+    """Set ``key`` (dotted, or a field name unique to one section) in the plain-dict recipe ``values``; return the
+    dotted key set."""
     parts = key.split(".")
     # A bare "task" is data.task (the memory task), as before recipes had a top-level task, unless it names what the
     # recipe trains (no data task has such a name).
     if key == "task" and value in TRAINED_TASKS:
         values["task"] = value
-        return
+        return "task"
     if len(parts) == 1 and key not in ("name", "output_dir"):
         owners = [s for s, cls in SECTIONS.items() if key in {f.name for f in fields(cls)}]
         if len(owners) != 1:
@@ -649,3 +716,4 @@ def apply_override(values: dict[str, Any], key: str, value: Any) -> None:
             raise ValueError(f"override {key}={value!r}: {part!r} is not a section")
         target = nested
     target[parts[-1]] = value
+    return ".".join(parts)

@@ -97,9 +97,16 @@ def check_recipe(recipe: Recipe) -> None:
         # A synthetic task's vocabulary and special ids, which build_model puts under model.config (no data is
         # read: the task is built from the recipe); a dataset's (its labels) wait for the data.
         overrides.update(build_data(recipe.data, recipe.train.seed).model_overrides())
-    overrides.update(recipe.model.config)
-    config = seqzoo.get_config(recipe.model.preset, **overrides)
-    check_tbptt_config(config, recipe.train.tbptt_chunk, f"preset {recipe.model.preset!r}")
+    if recipe.model.path is None:
+        overrides.update(recipe.model.config)
+        config = seqzoo.get_config(recipe.model.preset, **overrides)
+        check_tbptt_config(config, recipe.train.tbptt_chunk, f"preset {recipe.model.preset!r}")
+    else:
+        from transformers import AutoConfig
+
+        config = AutoConfig.from_pretrained(recipe.model.path, trust_remote_code=False)
+        check_saved_config(config, recipe.model.path, overrides, None)
+        check_tbptt_config(config, recipe.train.tbptt_chunk, f"the model saved in {recipe.model.path!r}")
     check_batch_split(recipe.train, None)
 
 
@@ -114,12 +121,43 @@ def check_batch_split(t: Any, world: int | None) -> int:
     return t.batch_size // per_micro
 
 
+def check_saved_config(config: Any, path: str, overrides: dict[str, Any], data_name: str | None) -> None:
+    """Refuse training a model saved in ``path`` on data it cannot read: the config values the data need
+    (``overrides``: a generated task's vocabulary and special ids, a labelled set's labels) must be the saved ones
+    (a larger vocabulary aside), and data of UTF-8 bytes (every other source) need the byte tokenizer's ids. A saved
+    model keeps its config: these values shape its weights or give its tokens their meaning."""
+    from seqzoo.tokenizer import EOS_TOKEN_ID, PAD_TOKEN_ID, VOCAB_SIZE
+
+    data = f"the data ({data_name})" if data_name else "the recipe's data"
+    for key, wanted in overrides.items():
+        have = getattr(config, key, None)
+        if key == "vocab_size" and have is not None and have >= wanted:
+            continue
+        if have != wanted:
+            raise ValueError(f"the model saved in {path!r} has {key}={have!r} and {data} need {wanted!r}: a saved "
+                             "model trains on data of its own vocabulary and labels (train a preset on these data, "
+                             "or give data like those it was trained on)")
+    if "pad_token_id" not in overrides:  # (a generated task names its own ids; every other source is UTF-8 bytes)
+        have = {key: getattr(config, key, None) for key in ("vocab_size", "pad_token_id", "eos_token_id")}
+        if (have["vocab_size"] or 0) < VOCAB_SIZE or have["pad_token_id"] != PAD_TOKEN_ID or \
+                have["eos_token_id"] != EOS_TOKEN_ID:
+            shown = ", ".join(f"{key}={value!r}" for key, value in have.items())
+            raise ValueError(
+                f"the model saved in {path!r} reads the ids of another tokenizer ({shown}), and {data} are UTF-8 "
+                f"bytes in seqzoo's byte tokenizer (vocab_size >= {VOCAB_SIZE}, pad_token_id={PAD_TOKEN_ID}, "
+                f"eos_token_id={EOS_TOKEN_ID}): fine-tune it with its own tokenizer, through transformers' Trainer "
+                "or a loop of your own")
+
+
 def build_model(recipe: Recipe, data: Any) -> Any:
     import seqzoo
 
     overrides = dict(data.model_overrides())
-    overrides.update(recipe.model.config)  # an explicit config value wins; the vocabulary check below still applies
-    model = seqzoo.create_model(recipe.model.preset, recipe.task, **overrides)
+    if recipe.model.path is not None:
+        model = _load_saved_model(recipe, data, overrides)
+    else:
+        overrides.update(recipe.model.config)  # an explicit value wins; the vocabulary check below still applies
+        model = seqzoo.create_model(recipe.model.preset, recipe.task, **overrides)
     if model.config.vocab_size < data.vocab_size:
         raise ValueError(
             f"model vocab_size={model.config.vocab_size} is smaller than the data's vocabulary ({data.vocab_size} "
@@ -129,6 +167,31 @@ def build_model(recipe: Recipe, data: Any) -> Any:
     limit = getattr(model.config, "max_input_length", None)
     if limit is not None and hasattr(data, "check_fits"):  # (a file's rows, before the run rather than mid-run)
         data.check_fits(limit)
+    return model
+
+
+def _load_saved_model(recipe: Recipe, data: Any, overrides: dict[str, Any]) -> Any:
+    """The model saved in ``recipe.model.path``, with its head for ``recipe.task`` (checked when the recipe was
+    read), refused where it lacks a weight (which would start untrained) or cannot read the data."""
+    import transformers
+
+    from seqzoo.registry import TASKS
+    from seqzoo.utils import untrained_weights
+
+    path = recipe.model.path
+    auto = getattr(transformers, TASKS[recipe.task][0])
+    try:
+        with quiet_transformers():
+            model, loading = auto.from_pretrained(path, trust_remote_code=False, output_loading_info=True)
+    except (OSError, ValueError) as err:
+        first_line = (str(err).strip().splitlines() or [type(err).__name__])[0]
+        raise ValueError(f"cannot load the model saved in {path!r} (model.path): {first_line}") from err
+    missing = untrained_weights(model, loading)
+    if missing or loading.get("mismatched_keys"):
+        shown = missing or ", ".join(str(key) for key in loading["mismatched_keys"][:4])
+        raise ValueError(f"the model saved in {path!r} (model.path) lacks weights of {type(model).__name__} "
+                         f"({shown}), which would start untrained; save the whole model (its save_pretrained)")
+    check_saved_config(model.config, path, overrides, getattr(data, "name", None))
     return model
 
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from transformers import AutoModelForTokenClassification, pipeline
+from transformers import AutoModelForSequenceClassification, AutoModelForTokenClassification, pipeline
 
 import seqzoo
 from seqzoo.training import classification
@@ -232,6 +232,23 @@ def test_a_sequence_classifier_trains_on_a_generated_task_and_classifies_text(tm
     for name, rows in data.eval_rows().items():
         hits = [classify(text)[0]["label"] == label for text, label in rows]
         assert result.eval["sets"][name]["accuracy"] == pytest.approx(sum(hits) / len(hits))
+
+
+def test_a_saved_classifier_trains_on_from_its_folder_on_data_of_its_labels_only(tmp_path):
+    data = {"source": "task", "task": "first_letter", "distances": [3, 6], "symbols": 3, "eval_samples": 6}
+    first = train(label_recipe(tmp_path, "sequence-classification", data, max_steps=20), progress=False)
+    values = {"name": "again", "output_dir": str(tmp_path / "again"), "model": {"path": str(first.output_dir)},
+              "data": data, "optim": {"lr": 0.01, "warmup_steps": 1},
+              "train": {"max_steps": 2, "batch_size": 8, "eval_every": 0, "log_every": 100}}
+    recipe = recipe_from_dict(values)
+    assert recipe.task == "sequence-classification"  # (the saved head's)
+    before = AutoModelForSequenceClassification.from_pretrained(first.output_dir).state_dict()
+    again = train(recipe, progress=False)
+    assert again.steps == 2 and any(not torch.equal(before[k], v) for k, v in again.model.state_dict().items())
+    with pytest.raises(ValueError, match=r"has num_labels=3 and the data \(.*\) need 5: a saved model trains on "
+                       r"data of its own vocabulary and labels"):
+        train(recipe_from_dict({**values, "output_dir": str(tmp_path / "five"), "data": {**data, "symbols": 5}}),
+              progress=False)
 
 
 @pytest.mark.parametrize("values, message", [

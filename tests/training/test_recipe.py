@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 
 import pytest
@@ -113,12 +114,14 @@ def test_a_run_folder_or_a_saved_model_folder_given_as_the_recipe_says_what_to_d
     run.mkdir()
     (run / "recipe.yaml").write_text("model: {preset: gru-tiny}\n")
     with pytest.raises(ValueError, match=r"'.*run' is the folder of a run, not a recipe: train its recipe again with "
-                       r"`seqzoo train .*run/recipe.yaml`, or continue .* `seqzoo train .*run/recipe.yaml --resume`"):
+                       r"`seqzoo train .*run/recipe.yaml`, continue .* `seqzoo train .*run/recipe.yaml --resume`, "
+                       r"or train the model it saved further on a recipe's data with `seqzoo train <recipe> "
+                       r"model.path=.*run`"):
         load_recipe(str(run))
     saved = tmp_path / "saved"
     seqzoo.create_model("gru-tiny").save_pretrained(saved)
-    with pytest.raises(ValueError, match=r"'.*saved' holds a saved model, not a recipe: `seqzoo train` builds its "
-                       r"model from a preset .* does not start from saved weights.*from_pretrained"):
+    with pytest.raises(ValueError, match=r"'.*saved' holds a saved model, not a recipe: train it further on a "
+                       r"recipe's data with `seqzoo train <recipe> model.path=.*saved`"):
         load_recipe(str(saved))
     with pytest.raises(ValueError, match="unknown recipe"):  # any other folder
         load_recipe(str(tmp_path))
@@ -164,6 +167,65 @@ def test_a_tuning_set_changes_the_run_id_and_runs_saved_before_it_keep_theirs():
     assert load_recipe("lstm-pydoc").run_id == "a348dfbd67f7"
     assert load_recipe("seq2seq-digits").run_id == "686933d048b3"
     assert load_recipe("gru-tiny", {"data.tuning_set": True}).run_id != "da30ca9fac2a"
+
+
+def test_model_path_names_a_saved_seqzoo_model_and_its_head_sets_the_task(tmp_path):
+    import seqzoo
+
+    lm, classifier = tmp_path / "lm", tmp_path / "classifier"
+    seqzoo.create_model("gru-tiny").save_pretrained(lm)
+    seqzoo.create_model("gru-tiny", "sequence-classification").save_pretrained(classifier)
+    recipe = load_recipe("gru-tiny", {"model.path": str(lm)})  # a model preset's recipe: the path replaces it
+    assert (recipe.model.path, recipe.model.preset, recipe.task) == (str(lm), None, "causal-lm")
+    assert recipe.model.source == str(lm) and recipe.run_id != load_recipe("gru-tiny").run_id
+    assert load_recipe("lstm-pydoc", {"model.path": str(lm)}).model.preset is None
+    values = {"model": {"path": str(classifier)}, "data": {"source": "jsonl", "path": "x.jsonl"}}
+    assert recipe_from_dict(values).task == "sequence-classification"
+    with pytest.raises(ValueError, match=r"task='causal-lm' is invalid: expected 'sequence-classification', the task "
+                       r"of the head saved in model.path="):
+        recipe_from_dict({**values, "task": "causal-lm"})
+    with pytest.raises(ValueError, match=r"model.preset='gru-tiny' is invalid: expected null with model.path"):
+        recipe_from_dict({"model": {"path": str(lm), "preset": "gru-tiny"}})
+    with pytest.raises(ValueError, match=r"model.config=\{'dropout': 0.2\} is invalid: expected \{\} with "
+                       r"model.path \(a saved model trains with the config it was saved with\)"):
+        recipe_from_dict({"model": {"path": str(lm), "config": {"dropout": 0.2}}})
+    with pytest.raises(ValueError, match=r"model.path=.*nowhere' is invalid: expected a folder holding a saved model "
+                       r".*; no such folder"):
+        load_recipe("gru-tiny", {"model.path": str(tmp_path / "nowhere")})
+    with pytest.raises(ValueError, match=r"expected a folder holding a saved model \(save_pretrained writes its "
+                       r"config.json\)$"):
+        load_recipe("gru-tiny", {"model.path": str(tmp_path)})
+    other = tmp_path / "llama"
+    other.mkdir()
+    (other / "config.json").write_text(json.dumps({"model_type": "llama", "architectures": ["LlamaForCausalLM"]}))
+    with pytest.raises(ValueError, match=r"holds a model of type 'llama', not one of seqzoo's architectures: .*"
+                       r"`seqzoo convert`"):
+        load_recipe("gru-tiny", {"model.path": str(other)})
+    (other / "config.json").write_text(json.dumps({"model_type": "seqzoo_gru"}))
+    with pytest.raises(ValueError, match=r"its config.json names no architecture"):
+        load_recipe("gru-tiny", {"model.path": str(other)})
+    seqzoo.create_model("gru-tiny").model.save_pretrained(other)  # a backbone alone: no head to train
+    with pytest.raises(ValueError, match=r"was saved as 'GRUModel', which names no head seqzoo train trains"):
+        load_recipe("gru-tiny", {"model.path": str(other)})
+    (other / "config.json").write_text("[1, 2]")
+    with pytest.raises(ValueError, match=r"its config.json cannot be read \(a JSON list, not an object\)"):
+        load_recipe("gru-tiny", {"model.path": str(other)})
+
+
+def test_a_model_source_on_the_command_line_replaces_the_recipes_other_one_but_not_both_at_once(tmp_path):
+    import seqzoo
+
+    lm = tmp_path / "lm"
+    seqzoo.create_model("gru-tiny").save_pretrained(lm)
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(f"model: {{path: {lm}}}\n")
+    assert load_recipe(str(recipe), {"preset": "lstm-tiny"}).model.path is None  # (a bare `preset` is model.preset)
+    assert load_recipe(str(recipe), {"model.path": None}).model.path is None  # (null: the default preset)
+    with pytest.raises(ValueError, match=r"model.preset='lstm-tiny' is invalid: expected null with model.path"):
+        load_recipe(str(recipe), {"model.preset": "lstm-tiny", "model.path": str(lm)})
+    recipe.write_text(f"model: {{path: {lm}, preset: gru-tiny}}\n")  # both in one file: refused
+    with pytest.raises(ValueError, match=r"expected null with model.path"):
+        load_recipe(str(recipe))
 
 
 def test_a_tuning_set_is_refused_where_none_is_drawn():

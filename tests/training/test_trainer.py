@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import shutil
 from pathlib import Path
 
@@ -465,3 +466,45 @@ def test_a_model_compiled_by_accelerate_launch_is_saved_under_its_own_names(tmp_
     for key, value in weights(tmp_path / "a").items():
         assert torch.equal(loaded[key], value), key
     assert not hasattr(result.model, "_orig_mod")
+
+
+def test_a_run_from_a_saved_model_starts_from_its_weights_and_refuses_data_it_cannot_read(tmp_path):
+    """model.path: the model trained on is the saved one (compared with transformers' own from_pretrained of the
+    folder), it learns on from there, and data of another vocabulary, or bytes for a model of a task's ids, are
+    refused before any step."""
+    from seqzoo.training.data import build_data
+    from seqzoo.training.trainer import build_model
+
+    first = train(make_recipe(tmp_path, "first", train={"max_steps": 30}), progress=False)
+    saved = tmp_path / "first"
+    values = {"name": "again", "output_dir": str(tmp_path / "again"), "model": {"path": str(saved)},
+              "data": {"source": "task", "task": "copy", "distances": [2, 5], "symbols": 6, "items": 2,
+                       "eval_samples": 16},
+              "optim": {"lr": 0.01, "warmup_steps": 2}, "train": {"max_steps": 3, "batch_size": 8, "log_every": 100}}
+    recipe = recipe_from_dict(values)
+    model = build_model(recipe, build_data(recipe.data, recipe.train.seed))
+    assert_same_weights(model.state_dict(), AutoModelForCausalLM.from_pretrained(saved).state_dict())
+    again = train(recipe, progress=False)
+    first_losses = [row["loss"] for row in first.history if "loss" in row]
+    again_losses = [row["loss"] for row in again.history if "loss" in row]
+    assert again_losses[0] < first_losses[0] - 0.3  # (it starts trained: a fresh model starts near log(vocab))
+    info = json.loads((tmp_path / "again" / "seqzoo_training.json").read_text())
+    assert info["recipe"]["model"] == {"preset": None, "config": {}, "path": str(saved)}
+    with pytest.raises(ValueError, match=r"the model saved in .*first' has vocab_size=\d+ and the data \(.*\) need "
+                       r"\d+: a saved model trains on data of its own vocabulary"):
+        train(recipe_from_dict({**values, "output_dir": str(tmp_path / "wider"),
+                                "data": {**values["data"], "symbols": 20}}), progress=False)
+    with pytest.raises(ValueError, match=r"reads the ids of another tokenizer \(vocab_size=\d+, pad_token_id=\d+, "
+                       r"eos_token_id=None\), and the data \(pydoc.*\) are UTF-8 bytes in seqzoo's byte tokenizer"):
+        train(recipe_from_dict({**values, "output_dir": str(tmp_path / "bytes"),
+                                "data": {"source": "pydoc", "seq_len": 16}}), progress=False)
+    assert not (tmp_path / "wider").exists() and not (tmp_path / "bytes").exists()  # (refused before any output)
+    from safetensors.torch import save_file
+
+    tensors = weights(saved)
+    dropped = sorted(tensors)[0]
+    save_file({k: v for k, v in tensors.items() if k != dropped}, str(saved / "model.safetensors"),
+              metadata={"format": "pt"})
+    with pytest.raises(ValueError, match=rf"cannot load the model saved in .*first' \(model.path\): .* does not "
+                       rf"fit LSTMForCausalLM: missing tensors: {re.escape(dropped)}"):
+        build_model(recipe, build_data(recipe.data, recipe.train.seed))
