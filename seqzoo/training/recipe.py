@@ -201,6 +201,9 @@ class Recipe:
                    "saved folder; a preset builds a new one: give one of the two)")
             _check(not config, "model.config", config, "{} with model.path (a saved model trains with the config it "
                    "was saved with)")
+            # (an unset shell variable, `model.path=$MODEL`, would otherwise name the current folder)
+            _check(bool(m.path.strip()), "model.path", m.path, "the path of a folder holding a saved model (to "
+                   "train the one in the current folder, model.path=.)")
             saved_task = saved_model_task(m.path)
             if self.task is None:
                 self.task = saved_task
@@ -387,10 +390,18 @@ def saved_model_task(path: str) -> str:
     head seqzoo does not train."""
     import seqzoo
 
-    config_file = Path(path) / "config.json"
+    folder = Path(path)
+    config_file = folder / "config.json"
     if not config_file.is_file():
+        why = "" if folder.is_dir() else "; no such folder"
+        if (folder / "trainer_state.json").is_file():
+            why = ("; it is a checkpoint of seqzoo train, which saves no config: give the run's folder once the run "
+                   f"finished (it saves its model there), or continue the run with --resume {path}")
+        elif (folder / "recipe.yaml").is_file():
+            why = ("; it is the folder of a run that has saved no model yet: continue the run with `seqzoo train "
+                   f"{folder / 'recipe.yaml'} --resume`")
         raise ValueError(f"recipe field model.path={path!r} is invalid: expected a folder holding a saved model "
-                         f"(save_pretrained writes its config.json){'' if Path(path).is_dir() else '; no such folder'}")
+                         f"(save_pretrained writes its config.json){why}")
     try:
         config = json.loads(config_file.read_text(encoding="utf-8"))
         if not isinstance(config, dict):

@@ -182,7 +182,10 @@ def _load_saved_model(recipe: Recipe, data: Any, overrides: dict[str, Any]) -> A
     auto = getattr(transformers, TASKS[recipe.task][0])
     try:
         with quiet_transformers():
-            model, loading = auto.from_pretrained(path, trust_remote_code=False, output_loading_info=True)
+            # In float32, as a preset's model is built, whatever the dtype it was saved in: AdamW's updates of
+            # float16 weights overflow at once (train.mixed_precision runs the forward in half precision).
+            model, loading = auto.from_pretrained(path, trust_remote_code=False, output_loading_info=True,
+                                                  dtype=torch.float32)
     except (OSError, ValueError) as err:
         first_line = (str(err).strip().splitlines() or [type(err).__name__])[0]
         raise ValueError(f"cannot load the model saved in {path!r} (model.path): {first_line}") from err
@@ -341,6 +344,12 @@ def train(recipe: Recipe, *, resume: str | Path | bool | None = None, dataset: A
     world = accelerator.num_processes
     micro_batch = check_batch_split(t, world)
     run_dir = Path(recipe.output_dir)
+    saved = Path(recipe.model.path).resolve() if recipe.model.path is not None else None
+    if not resume and saved is not None and (saved == run_dir.resolve() or run_dir.resolve() in saved.parents):
+        # (--force would delete the model this run starts from before loading it)
+        raise ValueError(f"output_dir {str(run_dir)!r} holds the model this run starts from (model.path="
+                         f"{recipe.model.path!r}): a new run writes its model to a folder of its own; choose another "
+                         "output_dir (--output-dir)")
     occupied = run_dir.is_dir() and any(run_dir.iterdir())
     if run_dir.exists() and not run_dir.is_dir():
         raise ValueError(f"output_dir {str(run_dir)!r} is a file, not a folder; choose another output_dir")
@@ -476,9 +485,11 @@ def _run(recipe: Recipe, accelerator: Any, model: Any, optimizer: Any, scheduler
     health = GradientHealth(t.vanishing_grad_norm, t.exploding_grad_norm)
     step, tokens_seen = 0, 0
     history: list[dict[str, Any]] = []
+    saved_config = _saved_config(recipe, _uncompiled(accelerator.unwrap_model(model)))
     if checkpoint is not None:
         state = read_state(checkpoint)
         check_same_run(state, run_id, recipe.to_dict(), checkpoint, world, data.describe())
+        _check_same_saved_config(state, saved_config, recipe, checkpoint)
         step, tokens_seen = state["step"], state["tokens_seen"]
         if state["data_position"] != data.position(step * t.batch_size):
             raise CheckpointError(
@@ -543,6 +554,7 @@ def _run(recipe: Recipe, accelerator: Any, model: Any, optimizer: Any, scheduler
                 "run_id": run_id, "recipe": recipe.to_dict(), "step": step, "tokens_seen": tokens_seen,
                 "data_position": data.position(step * t.batch_size), "data": data.describe(),
                 "num_processes": world, "grad_health": health.state_dict(),
+                **({} if saved_config is None else {"saved_config": saved_config}),
             }, keep=t.save_total_limit)
         if stop is not None and step < t.max_steps and stop(row):
             if last_eval is None or history[-1].get("step") != step or "eval" not in history[-1]:
@@ -561,6 +573,29 @@ def _run(recipe: Recipe, accelerator: Any, model: Any, optimizer: Any, scheduler
                        grad_health=health.summary(),
                        train_tokens_per_second=train_tokens / train_seconds if train_seconds else 0.0,
                        history=history, model=final_model, is_main_process=accelerator.is_main_process)
+
+
+def _saved_config(recipe: Recipe, model: Any) -> dict[str, Any] | None:
+    """The config of the model a model.path run started from, as JSON reads it back (None for a preset's run,
+    whose config the recipe gives): a checkpoint records it, since the run id names the folder, not what it holds."""
+    if recipe.model.path is None:
+        return None
+    values = {k: v for k, v in model.config.to_dict().items() if k != "transformers_version"}
+    return json.loads(json.dumps(values, sort_keys=True, default=str))
+
+
+def _check_same_saved_config(state: dict[str, Any], saved_config: dict[str, Any] | None, recipe: Recipe,
+                             checkpoint: Path) -> None:
+    """Refuse resuming a model.path run whose saved folder now holds a model of another config (the run would go
+    on with, and save, a config it did not start with)."""
+    theirs = state.get("saved_config")
+    if saved_config is None or theirs is None or theirs == saved_config:  # (a checkpoint recording none: not checked)
+        return
+    differ = [f"{k}: {theirs.get(k)!r} (checkpoint) vs {saved_config.get(k)!r} (now)"
+              for k in sorted(set(theirs) | set(saved_config)) if theirs.get(k) != saved_config.get(k)]
+    raise ValueError(f"--resume: the model saved in model.path={recipe.model.path!r} changed since {str(checkpoint)!r} "
+                     f"was written (its config: {'; '.join(differ)}); put back the model the run started from to "
+                     "resume, or start a new run")
 
 
 def _train_step(recipe: Recipe, accelerator: Any, model: Any, optimizer: Any, scheduler: Any,

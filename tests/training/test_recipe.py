@@ -212,6 +212,33 @@ def test_model_path_names_a_saved_seqzoo_model_and_its_head_sets_the_task(tmp_pa
         load_recipe("gru-tiny", {"model.path": str(other)})
 
 
+def test_an_empty_model_path_is_refused_not_read_as_the_current_folder(tmp_path, monkeypatch):
+    # (`model.path=$MODEL` with the variable unset: Path("") is the current folder, which may hold a model)
+    import seqzoo
+
+    seqzoo.create_model("gru-tiny").save_pretrained(tmp_path)
+    monkeypatch.chdir(tmp_path)
+    assert load_recipe("gru-tiny", {"model.path": "."}).model.path == "."
+    for empty in ("", " "):
+        with pytest.raises(ValueError, match=rf"model.path='{empty}' is invalid: expected the path of a folder holding "
+                           r"a saved model \(to train the one in the current folder, model.path=.\)"):
+            load_recipe("gru-tiny", {"model.path": empty})
+
+
+def test_a_run_folder_without_a_model_yet_or_a_checkpoint_as_model_path_says_what_to_do(tmp_path):
+    run = tmp_path / "run"
+    (run / "checkpoints" / "checkpoint-2").mkdir(parents=True)
+    (run / "recipe.yaml").write_text("model: {preset: gru-tiny}\n")
+    (run / "checkpoints" / "checkpoint-2" / "trainer_state.json").write_text("{}")
+    with pytest.raises(ValueError, match=r"config.json\); it is the folder of a run that has saved no model yet: "
+                       r"continue the run with `seqzoo train .*run/recipe.yaml --resume`"):
+        load_recipe("gru-tiny", {"model.path": str(run)})
+    with pytest.raises(ValueError, match=r"config.json\); it is a checkpoint of seqzoo train, which saves no config: "
+                       r"give the run's folder once the run finished .*, or continue the run with --resume "
+                       r".*checkpoint-2"):
+        load_recipe("gru-tiny", {"model.path": str(run / "checkpoints" / "checkpoint-2")})
+
+
 def test_a_model_source_on_the_command_line_replaces_the_recipes_other_one_but_not_both_at_once(tmp_path):
     import seqzoo
 

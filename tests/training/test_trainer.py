@@ -508,3 +508,57 @@ def test_a_run_from_a_saved_model_starts_from_its_weights_and_refuses_data_it_ca
     with pytest.raises(ValueError, match=rf"cannot load the model saved in .*first' \(model.path\): .* does not "
                        rf"fit LSTMForCausalLM: missing tensors: {re.escape(dropped)}"):
         build_model(recipe, build_data(recipe.data, recipe.train.seed))
+
+
+def saved_lm(tmp_path: Path, name: str = "saved", dtype: torch.dtype = torch.float32) -> Path:
+    """A small LSTM language model of the copy task's vocabulary, saved as save_pretrained saves it."""
+    import seqzoo
+
+    folder = tmp_path / name
+    seqzoo.create_model("lstm-tiny", hidden_size=16, embedding_size=16, vocab_size=9, pad_token_id=0,
+                        bos_token_id=None, eos_token_id=None).to(dtype).save_pretrained(folder)
+    return folder
+
+
+def from_saved(tmp_path: Path, path: Path, name: str = "again", **train_values) -> object:
+    return recipe_from_dict({
+        "name": name, "output_dir": str(tmp_path / name), "model": {"path": str(path)},
+        "data": {"source": "task", "task": "copy", "distances": [2, 5], "symbols": 6, "items": 2, "eval_samples": 8},
+        "optim": {"lr": 0.01, "warmup_steps": 1},
+        "train": {"max_steps": 2, "batch_size": 8, "eval_every": 0, "log_every": 100, **train_values}})
+
+
+def test_force_never_deletes_the_saved_model_a_run_starts_from(tmp_path):
+    # `seqzoo train runs/x/recipe.yaml model.path=runs/x` writes to runs/x, the recipe's output_dir: refused as a
+    # used folder, --force deleted the saved model before loading it (then a Hub lookup of its name failed).
+    saved = saved_lm(tmp_path)
+    for output_dir in (saved, tmp_path):  # the model's folder, or one above it
+        recipe = from_saved(tmp_path, saved)
+        recipe.output_dir = str(output_dir)
+        with pytest.raises(ValueError, match=r"output_dir '.*' holds the model this run starts from \(model.path="
+                           r"'.*saved'\): .* choose another output_dir"):
+            train(recipe, force=True, progress=False)
+        assert (saved / "config.json").is_file() and (saved / "model.safetensors").is_file()
+    assert train(from_saved(tmp_path, saved), progress=False).steps == 2  # (a folder of its own)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_a_model_saved_in_half_precision_trains_in_float32(tmp_path, dtype):
+    # from_pretrained keeps the saved dtype: AdamW on float16 weights made them inf at the first step, on bfloat16
+    # the run trained (and saved) in bfloat16 without a word.
+    result = train(from_saved(tmp_path, saved_lm(tmp_path, dtype=dtype)), progress=False)
+    assert result.steps == 2 and {p.dtype for p in result.model.parameters()} == {torch.float32}
+    assert json.loads((tmp_path / "again" / "config.json").read_text())["dtype"] == "float32"
+
+
+def test_resuming_a_run_from_a_saved_model_refuses_a_saved_folder_that_changed(tmp_path):
+    saved = saved_lm(tmp_path)
+    recipe = from_saved(tmp_path, saved, max_steps=4, save_every=2)
+    train(recipe, progress=False, stop=lambda row: row["step"] == 3)  # (killed after checkpoint-2)
+    config = json.loads((saved / "config.json").read_text())
+    (saved / "config.json").write_text(json.dumps({**config, "dropout": 0.5}))
+    with pytest.raises(ValueError, match=r"--resume: the model saved in model.path='.*saved' changed since "
+                       r"'.*checkpoint-2' was written \(its config: dropout: 0.0 \(checkpoint\) vs 0.5 \(now\)\)"):
+        train(recipe, resume=True, progress=False)
+    (saved / "config.json").write_text(json.dumps(config))  # put back: it resumes
+    assert train(recipe, resume=True, progress=False).steps == 4
