@@ -99,6 +99,19 @@ def test_a_padded_token_leaves_every_layer_state_unchanged(stacked_calls):
     assert out.logits.shape == (2, 1, model.config.vocab_size)
 
 
+def twin_logits(model, twin, prompt, steps):
+    """The logits of each step (B, T, V) and the final state of torch.nn's twin stepped token by token after the
+    prompt, through the model's own embedding and head."""
+    embed, head = model.model.embed_tokens.weight, model.lm_head
+    with torch.no_grad():
+        _, state = twin(F.embedding(prompt, embed))
+        expected = []
+        for t in range(steps.shape[1]):
+            y, state = twin(F.embedding(steps[:, t : t + 1], embed), state)
+            expected.append(head(y[:, -1]))
+    return torch.stack(expected, 1), state
+
+
 def torch_nn_twin(model):
     config = model.config
     kind = config.mixer_type
@@ -124,14 +137,8 @@ def test_stacked_step_equals_torch_nn_stepped(variant, batch, table, stacked_cal
     logits, states = decode(model, prompt, ones[:, :5], steps, ones[:, 5:])
     assert len(stacked_calls) == steps.shape[1]
     assert stacked_calls == [table == "always"] * steps.shape[1]
-    embed, head = model.model.embed_tokens.weight, model.lm_head
-    with torch.no_grad():
-        _, state = twin(F.embedding(prompt, embed))
-        expected = []
-        for t in range(steps.shape[1]):
-            y, state = twin(F.embedding(steps[:, t : t + 1], embed), state)
-            expected.append(head(y[:, -1]))
-    torch.testing.assert_close(logits, torch.stack(expected, 1), rtol=1e-10, atol=1e-10)
+    expected, state = twin_logits(model, twin, prompt, steps)
+    torch.testing.assert_close(logits, expected, rtol=1e-10, atol=1e-10)
     names = ("h", "c") if model.config.mixer_type == "lstm" else ("h",)
     state = state if isinstance(state, tuple) else (state,)
     for name, stacked in zip(names, state):
@@ -747,11 +754,5 @@ def test_a_layer_missing_one_bias_steps_as_torch_nn_with_that_bias_zero(preset, 
     ones = torch.ones(2, 9, dtype=torch.long)
     logits, _ = decode(model, prompt, ones[:, :5], steps, ones[:, 5:])
     assert len(stacked_calls) == steps.shape[1]
-    embed, head = model.model.embed_tokens.weight, model.lm_head
-    with torch.no_grad():
-        _, state = twin(F.embedding(prompt, embed))
-        expected = []
-        for t in range(steps.shape[1]):
-            y, state = twin(F.embedding(steps[:, t : t + 1], embed), state)
-            expected.append(head(y[:, -1]))
-    torch.testing.assert_close(logits, torch.stack(expected, 1), rtol=1e-10, atol=1e-10)
+    expected, state = twin_logits(model, twin, prompt, steps)
+    torch.testing.assert_close(logits, expected, rtol=1e-10, atol=1e-10)
