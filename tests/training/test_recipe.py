@@ -123,6 +123,9 @@ def test_a_run_folder_or_a_saved_model_folder_given_as_the_recipe_says_what_to_d
     with pytest.raises(ValueError, match=r"'.*saved' holds a saved model, not a recipe: train it further on a "
                        r"recipe's data with `seqzoo train <recipe> model.path=.*saved`"):
         load_recipe(str(saved))
+    (run / "config.json").write_text("{}")  # a finished run's folder holds its model too: still a run's folder
+    with pytest.raises(ValueError, match=r"'.*run' is the folder of a run, not a recipe"):
+        load_recipe(str(run))
     with pytest.raises(ValueError, match="unknown recipe"):  # any other folder
         load_recipe(str(tmp_path))
 
@@ -178,6 +181,9 @@ def test_model_path_names_a_saved_seqzoo_model_and_its_head_sets_the_task(tmp_pa
     recipe = load_recipe("gru-tiny", {"model.path": str(lm)})  # a model preset's recipe: the path replaces it
     assert (recipe.model.path, recipe.model.preset, recipe.task) == (str(lm), None, "causal-lm")
     assert recipe.model.source == str(lm) and recipe.run_id != load_recipe("gru-tiny").run_id
+    twin = tmp_path / "twin"  # (another saved model: another trajectory, so --resume refuses the other's checkpoints)
+    seqzoo.create_model("gru-tiny").save_pretrained(twin)
+    assert load_recipe("gru-tiny", {"model.path": str(twin)}).run_id != recipe.run_id
     assert load_recipe("lstm-pydoc", {"model.path": str(lm)}).model.preset is None
     values = {"model": {"path": str(classifier)}, "data": {"source": "jsonl", "path": "x.jsonl"}}
     assert recipe_from_dict(values).task == "sequence-classification"
@@ -195,6 +201,8 @@ def test_model_path_names_a_saved_seqzoo_model_and_its_head_sets_the_task(tmp_pa
     with pytest.raises(ValueError, match=r"expected a folder holding a saved model \(save_pretrained writes its "
                        r"config.json\)$"):
         load_recipe("gru-tiny", {"model.path": str(tmp_path)})
+    with pytest.raises(ValueError, match=r"; it is a file: give the folder it is in \('.*lm'\)$"):
+        load_recipe("gru-tiny", {"model.path": str(lm / "config.json")})
     other = tmp_path / "llama"
     other.mkdir()
     (other / "config.json").write_text(json.dumps({"model_type": "llama", "architectures": ["LlamaForCausalLM"]}))
@@ -248,6 +256,13 @@ def test_a_model_source_on_the_command_line_replaces_the_recipes_other_one_but_n
     recipe.write_text(f"model: {{path: {lm}}}\n")
     assert load_recipe(str(recipe), {"preset": "lstm-tiny"}).model.path is None  # (a bare `preset` is model.preset)
     assert load_recipe(str(recipe), {"model.path": None}).model.path is None  # (null: the default preset)
+    # A null model.path names no model source: the recipe's preset and model.config stay.
+    pydoc = load_recipe("lstm-pydoc", {"model.path": None})
+    assert (pydoc.model.preset, pydoc.model.config) == ("lstm-small", load_recipe("lstm-pydoc").model.config)
+    # model.config given on the command line beside model.path is refused, not dropped with the recipe's own.
+    with pytest.raises(ValueError, match=r"model.config=\{.*'dropout': 0.2\} is invalid: expected \{\} with "
+                       r"model.path"):
+        load_recipe("lstm-pydoc", {"model.path": str(lm), "model.config.dropout": 0.2})
     with pytest.raises(ValueError, match=r"model.preset='lstm-tiny' is invalid: expected null with model.path"):
         load_recipe(str(recipe), {"model.preset": "lstm-tiny", "model.path": str(lm)})
     recipe.write_text(f"model: {{path: {lm}, preset: gru-tiny}}\n")  # both in one file: refused

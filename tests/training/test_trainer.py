@@ -271,6 +271,7 @@ def test_resume_refuses_a_text_file_that_changed(tmp_path):
     train(recipe, progress=False)
     state = json.loads((tmp_path / "text" / "checkpoints" / "checkpoint-2" / "trainer_state.json").read_text())
     assert state["data_position"] == {"samples_seen": 16, "epoch": 0, "index_in_epoch": 16}
+    assert "saved_config" not in state  # (a preset's run: the recipe gives its config, there is no saved one)
     corpus.write_text("a different text " * 30)
     changed = r"the training data changed since .*train_tokens: 1710 \(checkpoint\) vs 485 \(now\)"
     with pytest.raises(ValueError, match=changed):
@@ -532,12 +533,15 @@ def test_force_never_deletes_the_saved_model_a_run_starts_from(tmp_path):
     # `seqzoo train runs/x/recipe.yaml model.path=runs/x` writes to runs/x, the recipe's output_dir: refused as a
     # used folder, --force deleted the saved model before loading it (then a Hub lookup of its name failed).
     saved = saved_lm(tmp_path)
-    for output_dir in (saved, tmp_path):  # the model's folder, or one above it
-        recipe = from_saved(tmp_path, saved)
+    link = tmp_path / "latest"
+    link.symlink_to(saved)  # (runs/latest -> runs/x: the same folder by another name)
+    for path, output_dir, force in [(saved, saved, True), (saved, tmp_path, True), (link, saved, True),
+                                    (saved, saved, False)]:  # the model's folder, one above it; without --force too
+        recipe = from_saved(tmp_path, path)
         recipe.output_dir = str(output_dir)
-        with pytest.raises(ValueError, match=r"output_dir '.*' holds the model this run starts from \(model.path="
-                           r"'.*saved'\): .* choose another output_dir"):
-            train(recipe, force=True, progress=False)
+        with pytest.raises(ValueError, match=rf"output_dir '.*' holds the model this run starts from \(model.path="
+                           rf"'.*{path.name}'\): .* choose another output_dir"):
+            train(recipe, force=force, progress=False)
         assert (saved / "config.json").is_file() and (saved / "model.safetensors").is_file()
     assert train(from_saved(tmp_path, saved), progress=False).steps == 2  # (a folder of its own)
 
@@ -560,5 +564,67 @@ def test_resuming_a_run_from_a_saved_model_refuses_a_saved_folder_that_changed(t
     with pytest.raises(ValueError, match=r"--resume: the model saved in model.path='.*saved' changed since "
                        r"'.*checkpoint-2' was written \(its config: dropout: 0.0 \(checkpoint\) vs 0.5 \(now\)\)"):
         train(recipe, resume=True, progress=False)
+    (saved / "config.json").write_text(json.dumps({**config, "note": "added"}))  # a field it did not have
+    with pytest.raises(ValueError, match=r"\(its config: note: None \(checkpoint\) vs 'added' \(now\)\)"):
+        train(recipe, resume=True, progress=False)
     (saved / "config.json").write_text(json.dumps(config))  # put back: it resumes
     assert train(recipe, resume=True, progress=False).steps == 4
+
+
+def test_a_saved_models_config_is_compared_only_where_the_checkpoint_records_it_and_not_its_transformers_version(
+        tmp_path, monkeypatch):
+    import transformers.configuration_utils as configuration_utils
+
+    saved = saved_lm(tmp_path)
+    recipe = from_saved(tmp_path, saved, max_steps=4, save_every=2)
+    with monkeypatch.context() as patch:  # (config.to_dict() stamps every config with the running version)
+        patch.setattr(configuration_utils, "__version__", "4.0.0")
+        train(recipe, progress=False, stop=lambda row: row["step"] == 3)
+    assert train(recipe, resume=True, progress=False).steps == 4  # transformers upgraded between the two: resumes
+    # A checkpoint written before saved_config was recorded resumes unchecked.
+    state_file = tmp_path / "again" / "checkpoints" / "checkpoint-4" / "trainer_state.json"
+    state = json.loads(state_file.read_text())
+    state.pop(checkpoint.SEAL)
+    state.pop("saved_config")
+    state_file.write_text(json.dumps({**state, checkpoint.SEAL: checkpoint.state_seal(state)}))
+    assert train(recipe, resume=True, progress=False).steps == 4
+
+
+def test_print_recipe_checks_a_saved_model_as_train_does(tmp_path):
+    """check_recipe (`seqzoo train --print-recipe`) on model.path: the saved config against a generated task's
+    vocabulary and special ids, and train.tbptt_chunk against the saved model's layers, before any data are read."""
+    import seqzoo
+    from seqzoo.training.trainer import check_recipe
+
+    saved = saved_lm(tmp_path)
+    check_recipe(from_saved(tmp_path, saved))
+    wider = from_saved(tmp_path, saved)
+    wider.data.symbols = 20
+    with pytest.raises(ValueError, match=r"the model saved in '.*saved' has vocab_size=9 and the recipe's data need "
+                       r"\d+: a saved model trains on data of its own vocabulary"):
+        check_recipe(wider)
+    attention = tmp_path / "attention"
+    seqzoo.create_model("transformer-tiny", vocab_size=9, pad_token_id=0, bos_token_id=None,
+                        eos_token_id=None).save_pretrained(attention)
+    check_recipe(from_saved(tmp_path, attention))
+    with pytest.raises(ValueError, match=r"train.tbptt_chunk=2 needs every layer .* the model saved in "
+                       r"'.*attention' has attention layers"):
+        check_recipe(from_saved(tmp_path, attention, tbptt_chunk=2))
+
+
+def test_a_saved_models_ids_are_checked_against_the_data_one_by_one():
+    from types import SimpleNamespace
+
+    from seqzoo.training.trainer import check_saved_config
+
+    task = {"vocab_size": 9, "pad_token_id": 0, "bos_token_id": None, "eos_token_id": None}  # a generated task's
+    check_saved_config(SimpleNamespace(**{**task, "vocab_size": 12}), "m", task, "copy")  # a larger vocabulary: fine
+    for key, value in {"vocab_size": 8, "pad_token_id": 1, "eos_token_id": 2}.items():
+        with pytest.raises(ValueError, match=rf"'m' has {key}={value} and the data \(copy\) need {task[key]}"):
+            check_saved_config(SimpleNamespace(**{**task, key: value}), "m", task, "copy")
+    byte = {"vocab_size": 258, "pad_token_id": 256, "eos_token_id": 257}  # seqzoo's byte tokenizer's
+    check_saved_config(SimpleNamespace(**byte), "m", {}, "pydoc")
+    check_saved_config(SimpleNamespace(**{**byte, "vocab_size": 300}), "m", {}, "pydoc")
+    for key, value in {"vocab_size": 257, "pad_token_id": 0, "eos_token_id": 1}.items():
+        with pytest.raises(ValueError, match=rf"'m' reads the ids of another tokenizer \(.*{key}={value}"):
+            check_saved_config(SimpleNamespace(**{**byte, key: value}), "m", {}, "pydoc")
