@@ -393,9 +393,10 @@ def saved_model_task(path: str) -> str:
     folder = Path(path)
     config_file = folder / "config.json"
     if not config_file.is_file():
-        why = "" if folder.is_dir() else f"; it is a file: give the folder it is in ({str(folder.parent)!r})" \
-            if folder.is_file() else "; no such folder"
-        if (folder / "trainer_state.json").is_file():
+        why = "" if folder.is_dir() else "; no such folder"
+        if folder.is_file():
+            why = f"; it is a file: give the folder it is in ({str(folder.parent)!r})"
+        elif (folder / "trainer_state.json").is_file():
             why = ("; it is a checkpoint of seqzoo train, which saves no config: give the run's folder once the run "
                    f"finished (it saves its model there), or continue the run with --resume {path}")
         elif (folder / "recipe.yaml").is_file():
