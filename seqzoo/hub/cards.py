@@ -368,6 +368,10 @@ def training_section(training: dict[str, Any] | None) -> str:
             "and quality are unknown. An untrained checkpoint generates noise."
         )
     lines = []
+    started_from = ((training.get("recipe") or {}).get("model") or {}).get("path")
+    if isinstance(started_from, str):  # (seqzoo train's model.path: the figures below are that run's only)
+        lines += [f"Trained further from a saved model (`{started_from}`): the data, tokens and steps below are "
+                  "those of this last run only, not of the training the saved model had before.", ""]
     # (a key given as null is no figure: validate_training_record lets it pass, so the card leaves it out)
     if _datasets(training):
         lines.append(f"- Data: {', '.join(f'`{name}`' for name in _datasets(training))}")

@@ -25,3 +25,15 @@ def test_a_key_given_as_null_is_left_off_the_card():
     record = validate_training_record({"dataset": None, "tokens_seen": None, "steps": 12, "eval": None})
     assert training_section(record) == "- Optimizer steps: 12"
     assert training_section(validate_training_record({"steps": None, "tokens_seen": 5})) == "- Tokens seen: 5"
+
+
+def test_a_run_from_a_saved_model_says_its_figures_are_that_runs_only():
+    # (seqzoo train's model.path: the steps and tokens of the last run are not the model's whole training)
+    record = validate_training_record({"steps": 3, "recipe": {"model": {"preset": None, "config": {},
+                                                                        "path": "runs/mine"}}})
+    text = training_section(record)
+    assert text.startswith("Trained further from a saved model (`runs/mine`): the data, tokens and steps below are "
+                           "those of this last run only")
+    assert "- Optimizer steps: 3" in text
+    preset = validate_training_record({"steps": 3, "recipe": {"model": {"preset": "gru-tiny", "config": {}}}})
+    assert "Trained further" not in training_section(preset)
