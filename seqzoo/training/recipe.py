@@ -16,6 +16,7 @@ import difflib
 import hashlib
 import json
 import math
+import re
 import types
 import typing
 from dataclasses import asdict, dataclass, field, fields
@@ -402,6 +403,9 @@ def saved_model_task(path: str) -> str:
         elif (folder / "recipe.yaml").is_file():
             why = ("; it is the folder of a run that has saved no model yet: continue the run with `seqzoo train "
                    f"{folder / 'recipe.yaml'} --resume`")
+        elif not folder.exists() and re.fullmatch(r"[\w.-]+/[\w.-]+", path):
+            why = (f"; no such folder (a Hub repository is not read here: download it first, `hf download {path} "
+                   f"--local-dir {path.split('/')[1]}`, and give that folder)")
         raise ValueError(f"recipe field model.path={path!r} is invalid: expected a folder holding a saved model "
                          f"(save_pretrained writes its config.json){why}")
     try:

@@ -203,6 +203,10 @@ def test_model_path_names_a_saved_seqzoo_model_and_its_head_sets_the_task(tmp_pa
         load_recipe("gru-tiny", {"model.path": str(tmp_path)})
     with pytest.raises(ValueError, match=r"; it is a file: give the folder it is in \('.*lm'\)$"):
         load_recipe("gru-tiny", {"model.path": str(lm / "config.json")})
+    # (an owner/name that is no folder here reads as a Hub id, which is not downloaded)
+    with pytest.raises(ValueError, match=r"; no such folder \(a Hub repository is not read here: download it first, "
+                       r"`hf download no-such-owner/model --local-dir model`, and give that folder\)$"):
+        load_recipe("gru-tiny", {"model.path": "no-such-owner/model"})
     other = tmp_path / "llama"
     other.mkdir()
     (other / "config.json").write_text(json.dumps({"model_type": "llama", "architectures": ["LlamaForCausalLM"]}))
