@@ -265,8 +265,10 @@ def restore_rng_state(path: Path) -> None:
     import numpy as np
 
     state = load_json_state(path)
-    if isinstance(state.get("cuda", []), list):  # (anything else is refused as unreadable below)
-        _check_gpu_count(path, len(state.get("cuda", [])))
+    cuda_states = state.get("cuda", [])
+    if not isinstance(cuda_states, list):
+        raise _damaged(path, ValueError(f"'cuda' holds {type(cuda_states).__name__}, not a list of generator states"))
+    _check_gpu_count(path, len(cuda_states))
     try:
         python = state["python"]
         python_state = (int(python["version"]), tuple(int(v) for v in python["state"]), python["gauss"])
@@ -274,9 +276,6 @@ def restore_rng_state(path: Path) -> None:
         keys = np.array(n["keys"], dtype=np.uint32)
         numpy_state = (str(n["kind"]), keys, int(n["position"]), int(n["has_gauss"]), float(n["cached_gaussian"]))
         torch_state = _decode(state["torch"])
-        cuda_states = state.get("cuda", [])
-        if not isinstance(cuda_states, list):
-            raise ValueError(f"'cuda' holds {type(cuda_states).__name__}, not a list of generator states")
         cuda_states = [_decode(s) for s in cuda_states]
         # Malformed states are rejected on throwaway generators before any real one is changed.
         torch.Generator().set_state(torch_state)

@@ -172,11 +172,11 @@ def build_model(recipe: Recipe, data: Any) -> Any:
 
 def _load_saved_model(recipe: Recipe, data: Any, overrides: dict[str, Any]) -> Any:
     """The model saved in ``recipe.model.path``, with its head for ``recipe.task`` (checked when the recipe was
-    read), refused where it lacks a weight (which would start untrained) or cannot read the data."""
+    read), refused where it cannot read the data. (A missing, mis-shaped or unexpected weight is refused by the
+    load itself: seqzoo's models load strictly, and the recipe took only a seqzoo model.)"""
     import transformers
 
     from seqzoo.registry import TASKS
-    from seqzoo.utils import untrained_weights
 
     path = recipe.model.path
     auto = getattr(transformers, TASKS[recipe.task][0])
@@ -184,16 +184,10 @@ def _load_saved_model(recipe: Recipe, data: Any, overrides: dict[str, Any]) -> A
         with quiet_transformers():
             # In float32, as a preset's model is built, whatever the dtype it was saved in: AdamW's updates of
             # float16 weights overflow at once (train.mixed_precision runs the forward in half precision).
-            model, loading = auto.from_pretrained(path, trust_remote_code=False, output_loading_info=True,
-                                                  dtype=torch.float32)
+            model = auto.from_pretrained(path, trust_remote_code=False, dtype=torch.float32)
     except (OSError, ValueError) as err:
         first_line = (str(err).strip().splitlines() or [type(err).__name__])[0]
         raise ValueError(f"cannot load the model saved in {path!r} (model.path): {first_line}") from err
-    missing = untrained_weights(model, loading)
-    if missing or loading.get("mismatched_keys"):
-        shown = missing or ", ".join(str(key) for key in loading["mismatched_keys"][:4])
-        raise ValueError(f"the model saved in {path!r} (model.path) lacks weights of {type(model).__name__} "
-                         f"({shown}), which would start untrained; save the whole model (its save_pretrained)")
     check_saved_config(model.config, path, overrides, getattr(data, "name", None))
     return model
 
