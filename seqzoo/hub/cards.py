@@ -362,11 +362,10 @@ def config_table(config: Any) -> str:
 
 
 def training_section(training: dict[str, Any] | None) -> str:
+    no_record = (f"This checkpoint was published without a training record (`{TRAINING_FILE}`), so its training data "
+                 "and quality are unknown. An untrained checkpoint generates noise.")
     if not training:
-        return (
-            f"This checkpoint was published without a training record (`{TRAINING_FILE}`), so its training data "
-            "and quality are unknown. An untrained checkpoint generates noise."
-        )
+        return no_record
     lines = []
     started_from = ((training.get("recipe") or {}).get("model") or {}).get("path")
     if isinstance(started_from, str):  # (seqzoo train's model.path: the figures below are that run's only)
@@ -392,7 +391,8 @@ def training_section(training: dict[str, Any] | None) -> str:
         if training.get(key):
             lines += ["", f"{title}:", "",
                       _table(["setting", "value"], [[k, f"`{json.dumps(v)}`"] for k, v in training[key].items()])]
-    return "\n".join(lines).strip()
+    # A record whose every key is null or empty holds no figure: the card says so rather than leave the section blank.
+    return "\n".join(lines).strip() or no_record
 
 
 def _overall_metrics(training: dict[str, Any] | None) -> dict[str, float]:

@@ -650,6 +650,7 @@ def load_recipe(source: str, overrides: dict[str, Any] | None = None) -> Recipe:
     import seqzoo
 
     path = Path(source)
+    named_from_preset = False  # a model preset as the recipe: the run is named after its model and data
     # A folder that happens to share a preset's name (an output folder, say) is not a recipe file.
     if path.suffix in (".yaml", ".yml", ".json") or path.is_file():
         if path.is_dir():
@@ -675,10 +676,10 @@ def load_recipe(source: str, overrides: dict[str, Any] | None = None) -> Recipe:
         default_name = source
     elif source in seqzoo.list_models():
         if seqzoo.registry.preset_values(source)[0].default_task == "seq2seq":  # an encoder-decoder: a built-in task
-            values, default_name = {"model": {"preset": source}, "data": {"source": "task", "task": "reverse"}}, \
-                f"{source}-reverse"
+            values = {"model": {"preset": source}, "data": {"source": "task", "task": "reverse"}}
         else:
-            values, default_name = {"model": {"preset": source}}, f"{source}-pydoc"
+            values = {"model": {"preset": source}}
+        default_name, named_from_preset = None, True  # (named once the overrides are in: _preset_run_name)
     elif path.is_dir() and ((path / "recipe.yaml").is_file() or (path / "config.json").is_file()):
         raise ValueError(_folder_is_no_recipe(path))
     else:
@@ -690,7 +691,8 @@ def load_recipe(source: str, overrides: dict[str, Any] | None = None) -> Recipe:
         )
     if not isinstance(values, dict):
         raise ValueError(f"recipe {source!r} must be a mapping of sections, got {type(values).__name__}")
-    values.setdefault("name", default_name)
+    if default_name is not None:
+        values.setdefault("name", default_name)
     given = {apply_override(values, key, value): value for key, value in (overrides or {}).items()}
     sources = [key for key in ("model.preset", "model.path") if given.get(key) is not None]
     if len(sources) == 1 and isinstance(values.get("model"), dict):
@@ -703,7 +705,22 @@ def load_recipe(source: str, overrides: dict[str, Any] | None = None) -> Recipe:
             values["model"].pop("preset", None)
             if not any(key.startswith("model.config") for key in given):
                 values["model"].pop("config", None)
+    if named_from_preset and "name" not in given:
+        values["name"] = _preset_run_name(values, source)
     return recipe_from_dict(values, source=f"recipe {source!r}")
+
+
+def _preset_run_name(values: dict[str, Any], preset: str) -> str:
+    """The name of a run whose recipe is a model preset: its model and its data, as the overrides left them
+    (``lstm-small-pydoc``; ``mine-text`` for ``seqzoo train lstm-small data.source=text ... model.path=runs/mine``,
+    whose model is the saved one; ``seq2seq-bahdanau-tiny-reverse`` for an encoder-decoder's built-in task)."""
+    model = values.get("model") if isinstance(values.get("model"), dict) else {}
+    data = values.get("data") if isinstance(values.get("data"), dict) else {}
+    path = model.get("path")
+    model_name = (Path(path).resolve().name or "model") if isinstance(path, str) and path.strip() else preset
+    source = data.get("source", "pydoc")
+    data_name = data.get("task") if source == "task" and isinstance(data.get("task"), str) else source
+    return f"{model_name}-{data_name}" if isinstance(data_name, str) else model_name
 
 
 def apply_override(values: dict[str, Any], key: str, value: Any) -> str:

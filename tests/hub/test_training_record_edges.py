@@ -37,3 +37,12 @@ def test_a_run_from_a_saved_model_says_its_figures_are_that_runs_only():
     assert "- Optimizer steps: 3" in text
     preset = validate_training_record({"steps": 3, "recipe": {"model": {"preset": "gru-tiny", "config": {}}}})
     assert "Trained further" not in training_section(preset)
+
+
+def test_a_record_of_nulls_only_reads_as_no_record():
+    # (every key null or empty: no figure to show, so the card says it was published without a training record
+    # rather than leaving its training section blank)
+    for record in ({"dataset": None, "tokens_seen": None, "steps": None, "eval": None}, {"eval": {}, "recipe": {}}):
+        text = training_section(validate_training_record(record))
+        assert text == training_section(None)
+        assert text.startswith("This checkpoint was published without a training record")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+from pathlib import Path
 
 import pytest
 
@@ -222,6 +223,23 @@ def test_model_path_names_a_saved_seqzoo_model_and_its_head_sets_the_task(tmp_pa
     (other / "config.json").write_text("[1, 2]")
     with pytest.raises(ValueError, match=r"its config.json cannot be read \(a JSON list, not an object\)"):
         load_recipe("gru-tiny", {"model.path": str(other)})
+
+
+def test_a_model_presets_run_is_named_after_the_model_and_data_it_trains(tmp_path, monkeypatch):
+    # (a model preset given as the recipe names the run after its model and data; a model.path in its place names
+    # the run after the saved model, not after the preset it replaced, and a data override after that data)
+    import seqzoo
+
+    seqzoo.create_model("gru-tiny").save_pretrained(tmp_path / "mine")
+    assert load_recipe("lstm-small", {"model.path": str(tmp_path / "mine")}).name == "mine-pydoc"
+    assert load_recipe("lstm-small", {"model.path": f"{tmp_path / 'mine'}/"}).output_dir == str(
+        Path("runs") / "mine-pydoc")
+    assert load_recipe("lstm-tiny", {"data.source": "task", "data.task": "copy"}).name == "lstm-tiny-copy"
+    assert load_recipe("lstm-tiny", {"data.source": "text", "data.path": "a.txt"}).name == "lstm-tiny-text"
+    assert load_recipe("lstm-tiny", {"name": "x", "model.path": str(tmp_path / "mine")}).name == "x"
+    assert load_recipe("text-file", {"model.path": str(tmp_path / "mine"), "data.path": "a.txt"}).name == "text-file"
+    monkeypatch.chdir(tmp_path / "mine")
+    assert load_recipe("gru-tiny", {"model.path": "."}).name == "mine-pydoc"
 
 
 def test_an_empty_model_path_is_refused_not_read_as_the_current_folder(tmp_path, monkeypatch):
