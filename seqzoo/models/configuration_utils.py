@@ -309,7 +309,7 @@ class SeqzooConfig(PreTrainedConfig):
 # chain this was checked against (tests/models/test_config_reads.py), recognised by a fingerprint of its source: on
 # any other, such as a later release loading a Hub bundle of this code, transformers' own method answers every read.
 _CHECKED_ATTRIBUTE_READS = frozenset({
-    "e4f8f0e5e930bf2c",  # transformers 5.23 and 5.24
+    "e4f8f0e5e930bf2c",  # transformers 5.23, 5.24 and 5.25
 })
 _TRANSFORMERS_GETATTRIBUTE = PreTrainedConfig.__getattribute__
 _object_getattribute = object.__getattribute__

@@ -1127,7 +1127,7 @@ def mark_beam_search_cache(result: Any, cache: Any, config: Any, kwargs: dict[st
 # other, such as a later release loading a Hub bundle of this code, every step goes to transformers' method.
 _CHECKED_PREPARATIONS = frozenset({
     "fd5e907d7a1b4023",  # transformers 5.23
-    "018a76f42a134e27",  # 5.24
+    "018a76f42a134e27",  # 5.24 and 5.25
 })
 # The multimodal inputs that method drops after the prefill (None where a release no longer names them).
 _MULTIMODAL_INPUTS = getattr(generation_utils, "MULTIMODAL_INPUTS_TO_DROP_OUTSIDE_PREFILL", None)
