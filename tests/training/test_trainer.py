@@ -173,7 +173,11 @@ def test_resume_refuses_another_runs_checkpoint_and_fresh_runs_refuse_a_used_fol
     assert train(resumed, resume=str(tmp_path / "a"), progress=False).history == []  # (nothing left to train)
     with pytest.raises(ValueError, match="already holds checkpoints of a run; pass --resume"):
         train(make_recipe(tmp_path, "a", train={"max_steps": 2, "save_every": 2}), progress=False)
-    with pytest.raises(ValueError, match="--resume: no complete checkpoint in"):
+    with pytest.raises(ValueError, match=r"--resume: no complete checkpoint in .*: '.*c' does not exist: no run wrote "
+                                         r"there\. A run writes to its output_dir, by default runs/<name>"):
+        train(make_recipe(tmp_path, "c"), resume=True, progress=False)
+    (tmp_path / "c" / "checkpoints").mkdir(parents=True)  # (a folder, but no checkpoint in it)
+    with pytest.raises(ValueError, match=r"--resume: no complete checkpoint in .*: the run stopped before its first"):
         train(make_recipe(tmp_path, "c"), resume=True, progress=False)
     (tmp_path / "a" / "checkpoints" / "checkpoint-2" / "trainer_state.json").unlink()  # a damaged checkpoint
     with pytest.raises(ValueError, match=r"checkpoint-2 lack\(s\) trainer_state.json, which a complete checkpoint "
