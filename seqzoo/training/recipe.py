@@ -717,7 +717,10 @@ def _preset_run_name(values: dict[str, Any], preset: str) -> str:
     model = values.get("model") if isinstance(values.get("model"), dict) else {}
     data = values.get("data") if isinstance(values.get("data"), dict) else {}
     path = model.get("path")
-    model_name = (Path(path).resolve().name or "model") if isinstance(path, str) and path.strip() else preset
+    if isinstance(path, str) and path.strip():
+        model_name = Path(path).resolve().name or "model"
+    else:  # (the preset given as the recipe, or one given over it: `seqzoo train lstm-tiny model.preset=gru-tiny`)
+        model_name = model.get("preset") if isinstance(model.get("preset"), str) else preset
     source = data.get("source", "pydoc")
     data_name = data.get("task") if source == "task" and isinstance(data.get("task"), str) else source
     return f"{model_name}-{data_name}" if isinstance(data_name, str) else model_name

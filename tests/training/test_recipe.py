@@ -236,6 +236,7 @@ def test_a_model_presets_run_is_named_after_the_model_and_data_it_trains(tmp_pat
         Path("runs") / "mine-pydoc")
     assert load_recipe("lstm-tiny", {"data.source": "task", "data.task": "copy"}).name == "lstm-tiny-copy"
     assert load_recipe("lstm-tiny", {"data.source": "text", "data.path": "a.txt"}).name == "lstm-tiny-text"
+    assert load_recipe("lstm-tiny", {"model.preset": "gru-tiny"}).name == "gru-tiny-pydoc"  # (the model trained)
     assert load_recipe("lstm-tiny", {"name": "x", "model.path": str(tmp_path / "mine")}).name == "x"
     assert load_recipe("text-file", {"model.path": str(tmp_path / "mine"), "data.path": "a.txt"}).name == "text-file"
     monkeypatch.chdir(tmp_path / "mine")
