@@ -391,8 +391,11 @@ def training_section(training: dict[str, Any] | None) -> str:
         if training.get(key):
             lines += ["", f"{title}:", "",
                       _table(["setting", "value"], [[k, f"`{json.dumps(v)}`"] for k, v in training[key].items()])]
-    # A record whose every key is null or empty holds no figure: the card says so rather than leave the section blank.
-    return "\n".join(lines).strip() or no_record
+    # A record whose every key is null or empty holds no figure: the card says so rather than leave the section blank
+    # (not that there is no record: the published folder holds it).
+    return "\n".join(lines).strip() or (
+        f"This checkpoint's training record (`{TRAINING_FILE}`) gives no data, steps or evaluation, so its training "
+        "data and quality are unknown. An untrained checkpoint generates noise.")
 
 
 def _overall_metrics(training: dict[str, Any] | None) -> dict[str, float]:

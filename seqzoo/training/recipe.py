@@ -16,6 +16,7 @@ import difflib
 import hashlib
 import json
 import math
+import os
 import re
 import types
 import typing
@@ -718,9 +719,13 @@ def _preset_run_name(values: dict[str, Any], preset: str) -> str:
     data = values.get("data") if isinstance(values.get("data"), dict) else {}
     path = model.get("path")
     if isinstance(path, str) and path.strip():
-        model_name = Path(path).resolve().name or "model"
+        # (made absolute without following links: `.` and `mine/` name their folder, a link its own name, which
+        # stays the same when the link is moved to another model before --resume; a link loop reaches the check of
+        # model.path rather than raise here)
+        model_name = Path(os.path.abspath(path)).name or "model"
     else:  # (the preset given as the recipe, or one given over it: `seqzoo train lstm-tiny model.preset=gru-tiny`)
-        model_name = model.get("preset") if isinstance(model.get("preset"), str) else preset
+        named = model.get("preset", preset)
+        model_name = named if isinstance(named, str) else DEFAULT_PRESET  # (model.preset=null: the default model)
     source = data.get("source", "pydoc")
     data_name = data.get("task") if source == "task" and isinstance(data.get("task"), str) else source
     return f"{model_name}-{data_name}" if isinstance(data_name, str) else model_name

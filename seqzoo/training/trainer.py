@@ -373,12 +373,17 @@ def train(recipe: Recipe, *, resume: str | Path | bool | None = None, dataset: A
     # Every process has looked at the folder before any writes to it (or the main process deletes it).
     accelerator.wait_for_everyone()
     if resume is True and not list_checkpoints(run_dir):
+        if not run_dir.exists():  # (starting again here would leave the run's checkpoints where they are)
+            raise ValueError(
+                f"--resume: no complete checkpoint in {str(run_dir / 'checkpoints')!r} to resume from: "
+                f"{str(run_dir)!r} does not exist: no run wrote there. A run writes to its output_dir, by default "
+                "runs/<name> (a model preset's run is named after its model and data: runs/gru-tiny-pydoc, "
+                "runs/gru-tiny-copy; one started before seqzoo named it so is in runs/<preset>-pydoc, or "
+                "runs/<preset>-reverse for an encoder-decoder, after the preset given as the recipe whatever its "
+                "data or model.path); pass the folder the run wrote to as --output-dir")
         folder = run_dir / "checkpoints"
         damaged = sorted(p.name for p in folder.glob("checkpoint-*") if p.is_dir() and not p.name.endswith(".tmp"))
-        why = (f"{str(run_dir)!r} does not exist: no run wrote there. A run writes to its output_dir, by default "
-               "runs/<name> (a model preset's run is named after its model and data: runs/gru-tiny-pydoc, "
-               "runs/gru-tiny-copy); pass the folder the run wrote to as --output-dir" if not run_dir.exists() else
-               f"{', '.join(damaged)} lack(s) {STATE_FILE}, which a complete checkpoint writes last: damaged, or "
+        why = (f"{', '.join(damaged)} lack(s) {STATE_FILE}, which a complete checkpoint writes last: damaged, or "
                "not written by seqzoo train" if damaged else
                "this recipe writes none (train.save_every=0)" if t.save_every == 0 else
                f"the run stopped before its first one (written every train.save_every={t.save_every} steps)")

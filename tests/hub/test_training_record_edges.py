@@ -39,10 +39,12 @@ def test_a_run_from_a_saved_model_says_its_figures_are_that_runs_only():
     assert "Trained further" not in training_section(preset)
 
 
-def test_a_record_of_nulls_only_reads_as_no_record():
-    # (every key null or empty: no figure to show, so the card says it was published without a training record
-    # rather than leaving its training section blank)
+def test_a_record_of_nulls_only_reads_as_a_record_without_figures():
+    # (every key null or empty: no figure to show, so the card says the record gives none rather than leaving its
+    # training section blank -- not that there is no record: the published folder holds seqzoo_training.json)
     for record in ({"dataset": None, "tokens_seen": None, "steps": None, "eval": None}, {"eval": {}, "recipe": {}}):
         text = training_section(validate_training_record(record))
-        assert text == training_section(None)
-        assert text.startswith("This checkpoint was published without a training record")
+        assert text.startswith("This checkpoint's training record (`seqzoo_training.json`) gives no data, steps or "
+                               "evaluation")
+        assert "without a training record" not in text
+    assert training_section(None).startswith("This checkpoint was published without a training record")

@@ -239,8 +239,17 @@ def test_a_model_presets_run_is_named_after_the_model_and_data_it_trains(tmp_pat
     assert load_recipe("lstm-tiny", {"model.preset": "gru-tiny"}).name == "gru-tiny-pydoc"  # (the model trained)
     assert load_recipe("lstm-tiny", {"name": "x", "model.path": str(tmp_path / "mine")}).name == "x"
     assert load_recipe("text-file", {"model.path": str(tmp_path / "mine"), "data.path": "a.txt"}).name == "text-file"
+    assert load_recipe("gru-tiny", {"model.preset": None}).name == "lstm-tiny-pydoc"  # (the default model it trains)
+    # A link names the run after itself, as typed (a link moved to another model before --resume keeps the run's
+    # folder); a link loop is refused by the check of model.path, not a RuntimeError from resolving it.
+    (tmp_path / "latest").symlink_to(tmp_path / "mine")
+    (tmp_path / "loop").symlink_to(tmp_path / "loop")
+    assert load_recipe("gru-tiny", {"model.path": str(tmp_path / "latest")}).name == "latest-pydoc"
+    with pytest.raises(ValueError, match="model.path=.*loop.* is invalid"):
+        load_recipe("gru-tiny", {"model.path": str(tmp_path / "loop")})
     monkeypatch.chdir(tmp_path / "mine")
     assert load_recipe("gru-tiny", {"model.path": "."}).name == "mine-pydoc"
+    assert load_recipe("gru-tiny", {"model.path": "../mine/."}).name == "mine-pydoc"
 
 
 def test_an_empty_model_path_is_refused_not_read_as_the_current_folder(tmp_path, monkeypatch):

@@ -174,8 +174,10 @@ def test_resume_refuses_another_runs_checkpoint_and_fresh_runs_refuse_a_used_fol
     with pytest.raises(ValueError, match="already holds checkpoints of a run; pass --resume"):
         train(make_recipe(tmp_path, "a", train={"max_steps": 2, "save_every": 2}), progress=False)
     with pytest.raises(ValueError, match=r"--resume: no complete checkpoint in .*: '.*c' does not exist: no run wrote "
-                                         r"there\. A run writes to its output_dir, by default runs/<name>"):
+                                         r"there\. A run writes to its output_dir, by default runs/<name>") as missing:
         train(make_recipe(tmp_path, "c"), resume=True, progress=False)
+    # (where a run started before model preset runs were named after their model and data is; not "start again")
+    assert "runs/<preset>-pydoc" in str(missing.value) and "Start the run again" not in str(missing.value)
     (tmp_path / "c" / "checkpoints").mkdir(parents=True)  # (a folder, but no checkpoint in it)
     with pytest.raises(ValueError, match=r"--resume: no complete checkpoint in .*: the run stopped before its first"):
         train(make_recipe(tmp_path, "c"), resume=True, progress=False)
