@@ -284,6 +284,13 @@ def _resume_hint(theirs: dict[str, Any], ours: dict[str, Any]) -> str:
     return f". To resume it, give its values: {overrides}{steps}"
 
 
+def differences(theirs: dict[str, Any], ours: dict[str, Any], ours_as: str) -> list[str]:
+    """Each key whose value differs between a checkpoint's record (``theirs``) and the run's (``ours``, named
+    ``ours_as`` in the message), as ``key: value (checkpoint) vs value (ours_as)``, in key order."""
+    return [f"{k}: {theirs.get(k)!r} (checkpoint) vs {ours.get(k)!r} ({ours_as})"
+            for k in sorted(set(theirs) | set(ours)) if theirs.get(k) != ours.get(k)]
+
+
 def check_same_run(state: dict[str, Any], run_id: str, recipe: dict[str, Any], checkpoint: Path,
                    num_processes: int, data: dict[str, Any]) -> None:
     """Refuse a checkpoint written by a different recipe, on different data (a text file that changed since), or
@@ -294,8 +301,7 @@ def check_same_run(state: dict[str, Any], run_id: str, recipe: dict[str, Any], c
         # (a field left out of the id at its default is shown at that default, not as missing)
         theirs = {**ADDED_LATER, **trajectory_fields(state.get("recipe", {}))}
         ours = {**ADDED_LATER, **trajectory_fields(recipe)}
-        differ = [f"{k}: {theirs.get(k)!r} (checkpoint) vs {ours.get(k)!r} (this recipe)"
-                  for k in sorted(set(theirs) | set(ours)) if theirs.get(k) != ours.get(k)]
+        differ = differences(theirs, ours, "this recipe")
         none_differ = ("none of the recipe fields it records, so its run id or recipe was changed by hand: its "
                        f"{STATE_FILE} is damaged" if isinstance(state.get("recipe"), dict) else
                        "unknown (no recipe stored)")
@@ -314,8 +320,7 @@ def check_same_run(state: dict[str, Any], run_id: str, recipe: dict[str, Any], c
         theirs = {k: v for k, v in theirs.items() if k not in skip}
     data = {k: v for k, v in data.items() if k not in skip}
     if theirs != data:
-        differ = [f"{k}: {theirs.get(k)!r} (checkpoint) vs {data.get(k)!r} (now)"
-                  for k in sorted(set(theirs) | set(data)) if theirs.get(k) != data.get(k)]
+        differ = differences(theirs, data, "now")
         raise ValueError(
             f"--resume: the training data changed since {str(checkpoint)!r} was written, so its data position means "
             f"nothing now: {'; '.join(differ)}"

@@ -726,7 +726,7 @@ def _preset_run_name(values: dict[str, Any], preset: str) -> str:
     else:  # (the preset given as the recipe, or one given over it: `seqzoo train lstm-tiny model.preset=gru-tiny`)
         named = model.get("preset", preset)
         model_name = named if isinstance(named, str) else DEFAULT_PRESET  # (model.preset=null: the default model)
-    source = data.get("source", "pydoc")
+    source = data.get("source", DataSection.source)
     data_name = data.get("task") if source == "task" and isinstance(data.get("task"), str) else source
     return f"{model_name}-{data_name}" if isinstance(data_name, str) else model_name
 

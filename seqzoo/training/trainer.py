@@ -35,6 +35,7 @@ from seqzoo.training.checkpoint import (
     STATE_FILE,
     CheckpointError,
     check_same_run,
+    differences,
     full_model_state,
     list_checkpoints,
     read_state,
@@ -593,8 +594,7 @@ def _check_same_saved_config(state: dict[str, Any], saved_config: dict[str, Any]
     theirs = state.get("saved_config")
     if saved_config is None or theirs is None or theirs == saved_config:  # (a checkpoint recording none: not checked)
         return
-    differ = [f"{k}: {theirs.get(k)!r} (checkpoint) vs {saved_config.get(k)!r} (now)"
-              for k in sorted(set(theirs) | set(saved_config)) if theirs.get(k) != saved_config.get(k)]
+    differ = differences(theirs, saved_config, "now")
     raise ValueError(f"--resume: the model saved in model.path={recipe.model.path!r} changed since {str(checkpoint)!r} "
                      f"was written (its config: {'; '.join(differ)}); put back the model the run started from to "
                      "resume, or start a new run")
