@@ -25,6 +25,13 @@ def installed_version() -> str:
         return "unknown (not installed)"
 
 
+def unwrap(model: Any) -> Any:
+    """The model inside DDP/FSDP/compile wrappers."""
+    while hasattr(model, "module"):
+        model = model.module
+    return getattr(model, "_orig_mod", model)
+
+
 def count_parameters(model: Any) -> int:
     """Parameters of ``model``; a tied weight is one tensor and counts once (``parameters()`` yields it once)."""
     return sum(p.numel() for p in model.parameters())

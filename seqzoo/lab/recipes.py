@@ -8,6 +8,9 @@ a task that needs more steps to be learnt at all gets them, for every architectu
 
 from __future__ import annotations
 
+TEXT = "text"  # the job that trains on text, beside the memory tasks (a task name of its own)
+SOLVED_ACCURACY, SOLVED_WINDOW = 0.99, 20  # a memory-task run stops once its training accuracy holds this
+
 # Steps per memory-task model (batch 16). Copy and induction are learnt (or not) within 250 steps by every
 # architecture at its swept rate; selective copy and associative recall need more to be learnt at all.
 TASK_STEPS = {"copy": 250, "selective_copy": 400, "associative_recall": 400, "induction": 250}

@@ -7,15 +7,6 @@ from pathlib import Path
 from typing import Any
 
 from seqzoo.lab import plots
-from seqzoo.lab.runner import (
-    COST_PNG,
-    GRADIENTS_PNG,
-    MEMORY_PNG,
-    SOLVED_ACCURACY,
-    SOLVED_WINDOW,
-    TEXT,
-    TEXT_PNG,
-)
 from seqzoo.lab.findings import (
     accuracy_by_task,
     architecture_lines,
@@ -25,9 +16,9 @@ from seqzoo.lab.findings import (
     takeaways,
 )
 from seqzoo.lab.gradients import table_rows
-from seqzoo.lab.recipes import rates_source
+from seqzoo.lab.plots import COST_PNG, GRADIENTS_PNG, MEMORY_PNG, TEXT_PNG
+from seqzoo.lab.recipes import SOLVED_ACCURACY, SOLVED_WINDOW, TEXT, rates_source
 from seqzoo.training.data import task_length
-
 
 TASK_NOTES = {
     "copy": "k symbols, then `distance` blanks, then recall all k in order",

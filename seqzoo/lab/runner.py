@@ -34,11 +34,11 @@ from typing import Any, Callable
 
 from seqzoo.lab import recipes
 from seqzoo.lab.environment import available_cores, describe_environment
+from seqzoo.lab.plots import PLOT_FILES
+from seqzoo.lab.recipes import SOLVED_ACCURACY, SOLVED_WINDOW, TEXT
 from seqzoo.outputs import write_atomically
 from seqzoo.training.data import TASKS, task_length
 from seqzoo.utils import strict_json
-
-TEXT = "text"
 
 
 @dataclass
@@ -201,9 +201,6 @@ def _exit_with_parent(parent: int) -> None:
     while os.getppid() == parent:
         time.sleep(1.0)
     os._exit(1)
-
-
-SOLVED_ACCURACY, SOLVED_WINDOW = 0.99, 20  # a memory-task run stops once its training accuracy holds this
 
 
 def solved(window: int = SOLVED_WINDOW, accuracy: float = SOLVED_ACCURACY) -> Callable[[dict[str, Any]], bool]:
@@ -457,9 +454,6 @@ def _remove_lab_runs(runs: Path, previous: dict[str, Any]) -> None:
         runs.rmdir()
 
 
-# The report's plots (seqzoo.lab.report draws them).
-MEMORY_PNG, TEXT_PNG, COST_PNG, GRADIENTS_PNG = "lab-memory.png", "lab-text.png", "lab-cost.png", "lab-gradients.png"
-PLOT_FILES = (MEMORY_PNG, TEXT_PNG, COST_PNG, GRADIENTS_PNG)
 # What `seqzoo lab` and `seqzoo lab sweep` write into their folder (and all that a replacement removes).
 LAB_OUTPUTS = ("results.json", "results.json.partial", "report.md", *PLOT_FILES, "runs", "sweep.md", "runs.jsonl")
 

@@ -50,6 +50,7 @@ from seqzoo.training.data import (
     read_text_file,
     refuse_repeated_files,
 )
+from seqzoo.utils import unwrap
 
 logger = logging.getLogger("seqzoo.training")
 
@@ -330,8 +331,6 @@ def build_label_data(task: str, data: Any, seed: int) -> LabelledTexts:
 
 def is_classifier(model: Any) -> bool:
     from seqzoo.models.heads import SeqzooForSequenceClassification, SeqzooForTokenClassification
-    from seqzoo.training.tbptt import unwrap
-
     return isinstance(unwrap(model), (SeqzooForSequenceClassification, SeqzooForTokenClassification))
 
 

@@ -34,6 +34,7 @@ from seqzoo.training.data import (
     IGNORE, _EVAL_STREAM, _generator, content_hash, epoch_sampler, read_text_file,
     refuse_repeated_files,
 )
+from seqzoo.utils import unwrap
 
 logger = logging.getLogger("seqzoo.training")
 
@@ -236,15 +237,11 @@ def build_seq2seq_data(data: Any, seed: int) -> Seq2SeqPairs:
 
 
 def is_seq2seq(model: Any) -> bool:
-    from seqzoo.training.tbptt import unwrap
-
     return bool(getattr(unwrap(model).config, "is_encoder_decoder", False))
 
 
 def seq2seq_logits(model: Any, sources: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """Teacher-forced logits (B, T, V) of the labels given the sources (pad tokens masked out)."""
-    from seqzoo.training.tbptt import unwrap
-
     inner = unwrap(model)
     decoder_input_ids = inner.prepare_decoder_input_ids_from_labels(labels)
     mask = (sources != inner.config.pad_token_id).long()

@@ -24,13 +24,7 @@ from seqzoo.models.compat import output_cache
 from seqzoo.training.classification import classifier_logits, is_classifier
 from seqzoo.training.data import IGNORE, document_position_ids
 from seqzoo.training.seq2seq import is_seq2seq, seq2seq_logits
-
-
-def unwrap(model: Any) -> Any:
-    """The model inside DDP/FSDP/compile wrappers."""
-    while hasattr(model, "module"):
-        model = model.module
-    return getattr(model, "_orig_mod", model)
+from seqzoo.utils import unwrap
 
 
 def check_tbptt_supported(model: Any, chunk: int) -> None:
