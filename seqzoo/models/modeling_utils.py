@@ -1,4 +1,5 @@
-"""Shared model plumbing: the PreTrainedModel base, input checks, and the causal-LM head every architecture uses."""
+"""Shared model plumbing: the PreTrainedModel base, input checks, and the causal-LM head every architecture uses
+(its additions to transformers' generate() are in generation.py)."""
 
 from __future__ import annotations
 
@@ -20,7 +21,6 @@ import torch.utils.checkpoint
 from torch import nn
 from transformers import GenerationMixin, PreTrainedConfig, PreTrainedModel
 from transformers import initialization as init
-from transformers.generation import utils as generation_utils
 from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutputWithPast
 
 from seqzoo.cache import SeqzooCache, unchanged_on_error
@@ -31,8 +31,18 @@ from seqzoo.models.compat import (
     check_kwargs,
     model_output,
     output_cache,
-    source_fingerprint,
     take_cache,
+)
+from seqzoo.models.generation import (
+    check_cache_implementation,
+    check_continued_cache,
+    check_generate_cache,
+    check_generate_mask,
+    decode_step_inputs,
+    drop_generate_only_inputs,
+    explained_assisted_refusal,
+    mark_beam_search_cache,
+    refuse_continuous_batching,
 )
 from seqzoo.models.packing import PACKING_KWARGS, find_packing
 
@@ -722,18 +732,6 @@ def _head_module_names() -> set[str]:
     return names
 
 
-def refuse_continuous_batching(self: nn.Module, *args: Any, **kwargs: Any) -> Any:
-    """``init_continuous_batching`` of every seqzoo generating model: refused. transformers' continuous batching
-    (``generate_batch``, ``init_continuous_batching``) decodes through a paged key-value cache and paged attention
-    inputs, which no seqzoo model reads (a recurrent model has no keys and values to page; the forward refuses the
-    paged inputs): without this it fails inside transformers' worker, logged, and ``generate_batch`` returns empty
-    outputs."""
-    raise NotImplementedError(
-        f"{type(self).__name__} does not support continuous batching (generate_batch / init_continuous_batching / "
-        "paged attention): seqzoo models decode with their own cache, SeqzooCache. Use generate() on a padded batch"
-    )
-
-
 class SeqzooForCausalLM(SeqzooPreTrainedModel, GenerationMixin):
     """Embedding backbone (``self.model``) + linear head over the vocabulary (``self.lm_head``)."""
 
@@ -1002,7 +1000,7 @@ class SeqzooForCausalLM(SeqzooPreTrainedModel, GenerationMixin):
             self.__dict__["_compiled_decoding"] = compiled
 
     def prepare_inputs_for_generation(self, *args: Any, **kwargs: Any) -> dict[str, Any]:
-        inputs = _decode_step_inputs(self, args, kwargs)
+        inputs = decode_step_inputs(self, args, kwargs)
         if inputs is None:
             check_continued_cache(self, args, kwargs)
             inputs = super().prepare_inputs_for_generation(*args, **kwargs)
@@ -1051,176 +1049,6 @@ class SeqzooForCausalLM(SeqzooPreTrainedModel, GenerationMixin):
         return mark_beam_search_cache(result, cache, config, kwargs)
 
 
-def check_generate_cache(model: nn.Module, cache: Any, config: Any, kwargs: dict[str, Any]) -> Any:
-    """Refuse a cache that ``generate()`` cannot continue rightly; return the ``use_cache`` it runs with.
-
-    - with ``use_cache=False`` (a keyword, or ``config``'s): transformers would feed the whole sequence at every step
-      on top of the cache, which already holds its start: wrong tokens, and the cache left holding the sequence
-      several times over;
-    - a cache a beam search returned (:func:`mark_beam_search_cache`);
-    and a draft model (``assistant_model``) whose state cannot be cropped, which failed after its first round."""
-    use_cache = kwargs.get("use_cache", config.use_cache)
-    where = f"{type(model).__name__}.generate"
-    if cache is not None and use_cache is False:
-        raise ValueError(f"{where}: a cache to continue was passed with use_cache=False; pass the cache and leave "
-                         "use_cache unset (or True), or pass no cache to decode without one")
-    assistant = kwargs.get("assistant_model")
-    if getattr(assistant, "_is_stateful", False):  # (transformers checks the main model only)
-        raise ValueError(f"{where}: assistant_model {type(assistant).__name__} keeps a recurrent state, which "
-                         "cannot be rolled back past the draft tokens the main model rejects; use a draft model "
-                         "with attention layers only (a Transformer), or prompt_lookup_num_tokens")
-    if getattr(cache, "from_beam_search", False):
-        raise ValueError(f"{where}: this cache comes from a beam search, whose rows hold the beams of its last step, "
-                         "not the sequences it returned (transformers keeps no cache per returned sequence); decode "
-                         "the returned sequences without a cache, or continue a cache from greedy or sampled "
-                         "decoding")
-    return use_cache
-
-
-# The starts of transformers' refusal of assisted decoding for a model whose state cannot be rolled back: a
-# ValueError before the first forward for a model with ``_is_stateful`` (5.23, 5.24); from 5.25 a ValueError after
-# the prefill for a cache whose ``is_croppable`` is False ("... requires a cache that can be cropped ..."), or a
-# RuntimeError where no cache was prepared (an encoder-decoder's: "... requires a cache").
-_STATEFUL_REFUSAL = ("assisted generation is not supported with stateful models",
-                     "Assisted decoding requires a cache")
-
-
-@contextlib.contextmanager
-def explained_assisted_refusal(model: nn.Module) -> Iterator[None]:
-    """Re-raise transformers' refusal of assisted decoding for a model that keeps a recurrent state ("... not
-    supported with stateful models, such as X", or "... requires a cache that can be cropped") with what was asked
-    for, why it cannot be done and what can. The refusal is left to transformers, which alone knows when a call
-    decodes assisted (an ``assistant_model``, ``prompt_lookup_num_tokens`` or ``assistant_early_exit`` with greedy
-    or sampled decoding, not with beam search); any other error, or this one from a later release that words it
-    otherwise, passes through unchanged."""
-    try:
-        yield
-    except (ValueError, RuntimeError) as err:
-        if not (getattr(model, "_is_stateful", False) and str(err).startswith(_STATEFUL_REFUSAL)):
-            raise
-        config = model.config
-        if getattr(config, "is_encoder_decoder", False):
-            state, instead = "this model's decoding state cannot be rolled back", ""
-        else:
-            kinds = sorted(set(config.layer_mixer_types()) - {"attention"})
-            state = f"this model keeps a recurrent state ({', '.join(kinds)} layers), which cannot be rolled back"
-            instead = ", or use a model whose every layer is attention (a Transformer) for assisted decoding"
-        raise ValueError(
-            f"{type(model).__name__}.generate: assisted decoding (assistant_model=, prompt_lookup_num_tokens= or "
-            f"assistant_early_exit=) is not supported with stateful models: {state} past the draft tokens it "
-            f"rejects. Decode without them (greedy, sampling and beam search work){instead}"
-        ) from err
-
-
-def mark_beam_search_cache(result: Any, cache: Any, config: Any, kwargs: dict[str, Any]) -> Any:
-    """Mark the cache of a beam search (the one passed in, which generate() fills in place, and the one returned)
-    so that :func:`check_generate_cache` refuses to continue it; return ``result``."""
-    if (kwargs.get("num_beams", getattr(config, "num_beams", 1)) or 1) > 1:
-        for each in (cache, output_cache(result)):
-            if isinstance(each, SeqzooCache):
-                each.from_beam_search = True
-    return result
-
-
-# transformers' prepare_inputs_for_generation as _decode_step_inputs was checked against (tests/models/
-# test_generate_inputs.py), by a fingerprint of its source (_preparation_fingerprint) on each supported release. On any
-# other, such as a later release loading a Hub bundle of this code, every step goes to transformers' method.
-_CHECKED_PREPARATIONS = frozenset({
-    "fd5e907d7a1b4023",  # transformers 5.23
-    "018a76f42a134e27",  # 5.24 and 5.25
-})
-# The multimodal inputs that method drops after the prefill (None where a release no longer names them).
-_MULTIMODAL_INPUTS = getattr(generation_utils, "MULTIMODAL_INPUTS_TO_DROP_OUTSIDE_PREFILL", None)
-# Inputs that it slices, converts or drops by name, but for the position ids (sliced below as it slices them): a
-# decode step given one (not None) takes that method's own path.
-_PREPARED_BY_NAME = frozenset({
-    "token_type_ids", "mm_token_type_ids", "moe_mm_token_type_ids", "labels", *(_MULTIMODAL_INPUTS or ()),
-})
-# What a decode step does not hand on to the forward as it is: those, and the method's own parameters.
-_NOT_HANDED_ON = _PREPARED_BY_NAME | {"next_sequence_length", "is_first_iteration", "inputs_embeds", "position_ids"}
-# Handed on only when not None.
-_HANDED_ON_WHEN_SET = frozenset({GENERATE_CACHE_KWARG, "attention_mask"})
-
-
-# What generate() hands its decoding loop among the model's keyword arguments although only generate() reads it:
-# the tokenizer of `stop_strings` / token healing (transformers 5.23 and 5.24 pass it on to the step's inputs, where
-# transformers' own models swallow it in **kwargs and seqzoo's forward would refuse it).
-GENERATE_ONLY_INPUTS = ("tokenizer", "assistant_tokenizer")
-
-
-def drop_generate_only_inputs(inputs: dict[str, Any]) -> dict[str, Any]:
-    """Take :data:`GENERATE_ONLY_INPUTS` out of a decode step's inputs (in place); return them."""
-    for name in GENERATE_ONLY_INPUTS:
-        inputs.pop(name, None)
-    return inputs
-
-
-def check_continued_cache(model: nn.Module, args: tuple, kwargs: dict[str, Any]) -> None:
-    """Refuse, at generate()'s first step, a cache that already holds as many positions as the inputs or more (with
-    the inputs' own attention mask or none, the inputs must be the cached tokens followed by at least one new one):
-    transformers then slices ``input_ids[:, -0:]`` or a negative count and feeds tokens the cache has already seen on
-    top of it (one cache passed to generate() twice: generate() advances it in place), which decodes garbage
-    silently. An encoder-decoder's decoder inputs are not sliced at all: there the count of new ones is set here."""
-    if not kwargs.get("is_first_iteration"):
-        return
-    cache = kwargs.get(GENERATE_CACHE_KWARG)
-    cached = cache.get_seq_length() if isinstance(cache, SeqzooCache) else 0
-    if not cached:
-        return
-    input_ids = args[0] if args else kwargs.get("input_ids")
-    embeds = kwargs.get("inputs_embeds")
-    given = (embeds if embeds is not None and not model.config.is_encoder_decoder else input_ids).shape[1]
-    new = kwargs.get("next_sequence_length")
-    if new is None and model.config.is_encoder_decoder:
-        new = given - cached
-        if new > 0:
-            kwargs["next_sequence_length"] = new
-    if new is not None and new <= 0:
-        name = "decoder_input_ids" if model.config.is_encoder_decoder else "input_ids"
-        raise ValueError(
-            f"{type(model).__name__}.generate: the cache already holds {cached} position(s), but {name} has "
-            f"{given}: pass the tokens the cache was built from followed by the new ones (generate() advances the "
-            "cache it is given in place; to continue one cache more than once, pass copy.deepcopy(cache) each time)"
-        )
-
-
-def check_generate_mask(model: nn.Module, args: tuple, kwargs: dict[str, Any]) -> None:
-    """Refuse a 2-d ``attention_mask`` given to a causal LM's ``generate()`` that is not (batch, prompt length): an
-    all-ones mask is dropped by transformers' generate() before any forward sees it (so a mask of another length
-    would be ignored silently, and left padding read as tokens), and any other reaches the forward of the first step
-    only, named there as if the model had been called directly."""
-    mask = kwargs.get("attention_mask")
-    prompt = args[0] if args else kwargs.get("input_ids", kwargs.get("inputs"))
-    if prompt is None:
-        prompt = kwargs.get("inputs_embeds")
-    if not (isinstance(mask, torch.Tensor) and isinstance(prompt, torch.Tensor)) or mask.dim() != 2 or prompt.dim() < 2:
-        return
-    if tuple(mask.shape) != tuple(prompt.shape[:2]):
-        name = "inputs_embeds" if prompt is kwargs.get("inputs_embeds") else "input_ids"
-        raise ValueError(
-            f"{type(model).__name__}.generate: attention_mask has shape {tuple(mask.shape)} but {name} has "
-            f"{tuple(prompt.shape[:2])} (batch, sequence_length): the mask needs one entry per prompt token, the "
-            "tokens of a cache passed in included"
-        )
-
-
-def check_cache_implementation(model: nn.Module, config: Any, kwargs: dict[str, Any]) -> None:
-    """What ``generate()`` does with a ``cache_implementation`` (a keyword in ``kwargs``, or ``config``'s): seqzoo
-    models decode with their own cache, so any other than "dynamic" (what SeqzooCache is) is refused, not left for
-    transformers to ignore with a log line; "dynamic" is taken out of ``kwargs`` (generate() refuses one beside a
-    cache object)."""
-    implementation = kwargs.get("cache_implementation", getattr(config, "cache_implementation", None))
-    if implementation not in (None, "dynamic"):
-        raise ValueError(
-            f"{type(model).__name__}.generate: cache_implementation={implementation!r} is not supported. seqzoo "
-            "models decode with their own cache, SeqzooCache (a fixed-size state per recurrent layer, keys and "
-            "values growing per attention layer, like transformers' dynamic cache): leave cache_implementation "
-            "unset (or 'dynamic'), or pass cache=SeqzooCache.for_model(model)"
-        )
-    if implementation is not None:
-        kwargs["cache_implementation"] = None
-
-
 @dataclass(frozen=True)
 class _CompiledDecoding:
     """What ``compile_decoding()`` keeps on a model: the compiled forward, and each module class's forward then."""
@@ -1253,48 +1081,6 @@ def _may_pass_positions(config: Any, position_ids: Any, cache: Any, kwargs: dict
     if cache is None:
         cache = next((kwargs[name] for name in CACHE_ALIASES if kwargs.get(name) is not None), None)
     return isinstance(cache, SeqzooCache) and cache.get_seq_length() >= longest
-
-
-def _decode_step_inputs(model: SeqzooForCausalLM, args: tuple, kwargs: dict[str, Any]) -> dict[str, Any] | None:
-    """The inputs of one decode step of ``generate()`` (one new token, continuing a SeqzooCache), as transformers'
-    ``prepare_inputs_for_generation`` builds them: the last token, the cache, a mask where there is one, and the
-    other keywords handed on (a prompt's embeddings no more: only the first step reads them). None for any other
-    call, which that method then prepares: a prefill, several new tokens, an input it slices or converts by name, an
-    input on another device than the model, or a release of transformers whose method this was not checked
-    against. Its general path checks for all of those at every token (about 30 µs); a test holds the two paths to
-    the same output."""
-    if (len(args) != 1 or kwargs.get("next_sequence_length") != 1 or kwargs.get("is_first_iteration")
-            or not kwargs.get("use_cache", True) or not _preparation_checked()):
-        return None
-    cache = kwargs.get(GENERATE_CACHE_KWARG)
-    if not isinstance(cache, SeqzooCache) or cache.is_compileable:
-        return None
-    if any(kwargs[name] is not None for name in _PREPARED_BY_NAME.intersection(kwargs)):
-        return None
-    input_ids = args[0]
-    if not isinstance(input_ids, torch.Tensor) or input_ids.dim() != 2 or input_ids.device != model.device:
-        return None
-    inputs = {"input_ids": input_ids[:, -1:].clone(memory_format=torch.contiguous_format)}
-    if (position_ids := kwargs.get("position_ids")) is not None:
-        # The attention models' (RoPE); 2-D or 3-D, sliced on the last dimension.
-        if position_ids.shape[-1] != 1:
-            position_ids = position_ids[..., -1:].clone(memory_format=torch.contiguous_format)
-        inputs["position_ids"] = position_ids
-    for name, value in kwargs.items():
-        if name not in _NOT_HANDED_ON and (value is not None or name not in _HANDED_ON_WHEN_SET):
-            inputs[name] = value
-    return inputs
-
-
-def _preparation_fingerprint() -> str | None:
-    """A fingerprint of the installed transformers' ``prepare_inputs_for_generation`` (None without its source)."""
-    return source_fingerprint(GenerationMixin.prepare_inputs_for_generation)
-
-
-@functools.cache
-def _preparation_checked() -> bool:
-    """Whether ``_decode_step_inputs`` was checked against the installed transformers' method."""
-    return _MULTIMODAL_INPUTS is not None and _preparation_fingerprint() in _CHECKED_PREPARATIONS
 
 
 def _offloaded_value(model: nn.Module, name: str) -> torch.Tensor | None:

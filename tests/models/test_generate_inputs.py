@@ -1,6 +1,6 @@
 """What ``generate()`` hands the forward at each decode step.
 
-seqzoo prepares a plain decode step itself (``_decode_step_inputs``: one new token continuing a SeqzooCache), where
+seqzoo prepares a plain decode step itself (``decode_step_inputs``: one new token continuing a SeqzooCache), where
 transformers' general ``prepare_inputs_for_generation`` spends about 30 µs a token checking for inputs a seqzoo model
 never gets; and a model whose layers all keep a recurrent state builds no position ids in ``generate()``. Both are
 held here to transformers' own method, on whichever release is installed.
@@ -15,6 +15,7 @@ import torch
 import transformers
 from transformers import GenerationMixin
 
+import seqzoo.models.generation as generation
 import seqzoo.models.modeling_utils as modeling_utils
 from seqzoo.cache import SeqzooCache
 from seqzoo.models.compat import GENERATE_CACHE_KWARG
@@ -44,16 +45,16 @@ def assert_same_inputs(ours, theirs):
 
 
 def recorded_steps(model, monkeypatch, **generate_kwargs):
-    """generate() with every call of ``_decode_step_inputs`` recorded: (args, a copy of kwargs, what it returned)."""
+    """generate() with every call of ``decode_step_inputs`` recorded: (args, a copy of kwargs, what it returned)."""
     calls = []
-    real = modeling_utils._decode_step_inputs
+    real = modeling_utils.decode_step_inputs
 
     def record(model_, args, kwargs):
         result = real(model_, args, kwargs)
         calls.append((args, dict(kwargs), result))
         return result
 
-    monkeypatch.setattr(modeling_utils, "_decode_step_inputs", record)
+    monkeypatch.setattr(modeling_utils, "decode_step_inputs", record)
     model.generate(**{"max_new_tokens": 4, "do_sample": False, "pad_token_id": 0, **generate_kwargs})
     return calls
 
@@ -88,7 +89,7 @@ def test_position_ids_and_other_keywords_are_handed_on_as_transformers_does():
     ]
     for extra in cases:
         kwargs = {**base, **extra}
-        assert modeling_utils._decode_step_inputs(model, (ids,), kwargs) is not None, extra
+        assert generation.decode_step_inputs(model, (ids,), kwargs) is not None, extra
         ours = model.prepare_inputs_for_generation(ids, **kwargs)
         assert_same_inputs(ours, transformers_inputs(model, (ids,), kwargs))
 
@@ -103,9 +104,9 @@ def test_other_calls_take_transformers_path(change):
     kwargs = {"next_sequence_length": 1, GENERATE_CACHE_KWARG: SeqzooCache.for_model(model), "use_cache": True}
     if "cache" in change:
         change = {GENERATE_CACHE_KWARG: change["cache"]}
-    assert modeling_utils._decode_step_inputs(model, (PROMPT[:1],), kwargs) is not None
-    assert modeling_utils._decode_step_inputs(model, (PROMPT[:1],), {**kwargs, **change}) is None
-    assert modeling_utils._decode_step_inputs(model, (PROMPT[:1].to("meta"),), kwargs) is None  # another device
+    assert generation.decode_step_inputs(model, (PROMPT[:1],), kwargs) is not None
+    assert generation.decode_step_inputs(model, (PROMPT[:1],), {**kwargs, **change}) is None
+    assert generation.decode_step_inputs(model, (PROMPT[:1].to("meta"),), kwargs) is None  # another device
 
 
 def forward_position_ids(model, monkeypatch, **generate_kwargs):
@@ -160,7 +161,7 @@ def test_generate_gives_what_it_gave_through_transformers_preparation(family_pre
     runs = []
     for fast in (True, False):
         if not fast:
-            monkeypatch.setattr(modeling_utils, "_decode_step_inputs", lambda *args: None)
+            monkeypatch.setattr(modeling_utils, "decode_step_inputs", lambda *args: None)
         torch.manual_seed(0)
         runs.append(model.generate(**kwargs))
     ours, theirs = runs
@@ -174,8 +175,8 @@ def test_generate_gives_what_it_gave_through_transformers_preparation(family_pre
 
 
 def test_the_installed_release_is_one_the_decode_step_was_checked_against():
-    fingerprint = modeling_utils._preparation_fingerprint()
-    assert fingerprint in modeling_utils._CHECKED_PREPARATIONS, (
+    fingerprint = generation._preparation_fingerprint()
+    assert fingerprint in generation._CHECKED_PREPARATIONS, (
         f"transformers {transformers.__version__}'s prepare_inputs_for_generation (fingerprint {fingerprint}) is not "
         "one that seqzoo's _decode_step_inputs was checked against, so every decode step takes transformers' method: "
         "compare the two (this file's tests, with the fingerprint added), then add it to _CHECKED_PREPARATIONS")
@@ -185,8 +186,8 @@ def test_an_unchecked_release_prepares_every_step_with_transformers_method(monke
     # A Hub bundle of this code loaded by a later release of transformers, whose method may prepare other inputs.
     model = tiny_model(FAMILIES["transformer"])
     expected = model.generate(PROMPT, attention_mask=MASK, max_new_tokens=4, do_sample=False, pad_token_id=0)
-    monkeypatch.setattr(modeling_utils, "_CHECKED_PREPARATIONS", frozenset())
-    modeling_utils._preparation_checked.cache_clear()
+    monkeypatch.setattr(generation, "_CHECKED_PREPARATIONS", frozenset())
+    generation._preparation_checked.cache_clear()
     try:
         calls = recorded_steps(model, monkeypatch, input_ids=PROMPT, attention_mask=MASK)
         assert len(calls) == 4 and all(result is None for _, _, result in calls)
@@ -194,8 +195,8 @@ def test_an_unchecked_release_prepares_every_step_with_transformers_method(monke
         assert torch.equal(got, expected)
     finally:
         monkeypatch.undo()
-        modeling_utils._preparation_checked.cache_clear()
-    assert modeling_utils._preparation_checked()
+        generation._preparation_checked.cache_clear()
+    assert generation._preparation_checked()
 
 
 @pytest.mark.parametrize("preset", ["lstm-tiny", "transformer-tiny"])

@@ -25,18 +25,20 @@ from transformers.modeling_outputs import Seq2SeqLMOutput, Seq2SeqModelOutput
 from seqzoo.cache import unchanged_on_error
 from seqzoo.layers.positions import SinusoidalPositions, sinusoidal_table
 from seqzoo.models.compat import GENERATE_CACHE_KWARG, check_kwargs, model_output, output_cache, take_cache
-from seqzoo.models.modeling_utils import (
-    SeqzooPreTrainedModel,
+from seqzoo.models.generation import (
     check_cache_implementation,
     check_continued_cache,
     check_generate_cache,
-    check_label_range,
     drop_generate_only_inputs,
     explained_assisted_refusal,
-    forward_parameters,
     mark_beam_search_cache,
-    prepare_inputs,
     refuse_continuous_batching,
+)
+from seqzoo.models.modeling_utils import (
+    SeqzooPreTrainedModel,
+    check_label_range,
+    forward_parameters,
+    prepare_inputs,
     resolve_output_flags,
 )
 
