@@ -11,7 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-# The report's figures, by file name (what `seqzoo lab` writes into its folder besides the report).
+# The report's figures, by file name (written beside report.md in a lab folder).
 MEMORY_PNG, TEXT_PNG, COST_PNG, GRADIENTS_PNG = "lab-memory.png", "lab-text.png", "lab-cost.png", "lab-gradients.png"
 PLOT_FILES = (MEMORY_PNG, TEXT_PNG, COST_PNG, GRADIENTS_PNG)
 TASK_TITLES = {"copy": "copy", "selective_copy": "selective copy", "associative_recall": "associative recall",

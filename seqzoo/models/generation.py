@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 from torch import nn
-from transformers import GenerationMixin
+from transformers import GenerationMixin, PreTrainedModel
 from transformers.generation import utils as generation_utils
 
 from seqzoo.cache import SeqzooCache
@@ -205,7 +205,7 @@ _NOT_HANDED_ON = _PREPARED_BY_NAME | {"next_sequence_length", "is_first_iteratio
 _HANDED_ON_WHEN_SET = frozenset({GENERATE_CACHE_KWARG, "attention_mask"})
 
 
-def decode_step_inputs(model: nn.Module, args: tuple, kwargs: dict[str, Any]) -> dict[str, Any] | None:
+def decode_step_inputs(model: PreTrainedModel, args: tuple, kwargs: dict[str, Any]) -> dict[str, Any] | None:
     """The inputs of one decode step of ``generate()`` (one new token, continuing a SeqzooCache), as transformers'
     ``prepare_inputs_for_generation`` builds them: the last token, the cache, a mask where there is one, and the
     other keywords handed on (a prompt's embeddings no more: only the first step reads them). None for any other

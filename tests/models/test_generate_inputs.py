@@ -54,6 +54,7 @@ def recorded_steps(model, monkeypatch, **generate_kwargs):
         calls.append((args, dict(kwargs), result))
         return result
 
+    # (patched in modeling_utils, where SeqzooForCausalLM.prepare_inputs_for_generation looks the name up)
     monkeypatch.setattr(modeling_utils, "decode_step_inputs", record)
     model.generate(**{"max_new_tokens": 4, "do_sample": False, "pad_token_id": 0, **generate_kwargs})
     return calls
@@ -178,8 +179,9 @@ def test_the_installed_release_is_one_the_decode_step_was_checked_against():
     fingerprint = generation._preparation_fingerprint()
     assert fingerprint in generation._CHECKED_PREPARATIONS, (
         f"transformers {transformers.__version__}'s prepare_inputs_for_generation (fingerprint {fingerprint}) is not "
-        "one that seqzoo's _decode_step_inputs was checked against, so every decode step takes transformers' method: "
-        "compare the two (this file's tests, with the fingerprint added), then add it to _CHECKED_PREPARATIONS")
+        "one that seqzoo's decode_step_inputs was checked against, so every decode step takes transformers' method: "
+        "compare the two (this file's tests, with the fingerprint added), then add it to _CHECKED_PREPARATIONS in "
+        "seqzoo/models/generation.py")
 
 
 def test_an_unchecked_release_prepares_every_step_with_transformers_method(monkeypatch):

@@ -110,7 +110,8 @@ def test_gradients_are_synchronised_only_on_the_last_chunk_of_the_last_micro_bat
 def test_unwrap_reaches_the_model_inside_nested_wrappers_and_torch_compile():
     # Catches: only the outer wrapper removed (DDP around a compiled model), or torch.compile's wrapper kept, so
     # that the TBPTT check and the seq2seq/classifier dispatch read the wrapper instead of the model's config.
-    from seqzoo.training.tbptt import supports_tbptt, unwrap
+    from seqzoo.training.tbptt import supports_tbptt
+    from seqzoo.utils import unwrap
 
     class Wrapper(torch.nn.Module):  # what DDP and FSDP1 look like from outside: the model under .module
         def __init__(self, module):

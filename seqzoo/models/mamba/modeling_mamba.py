@@ -22,6 +22,8 @@ class MambaBlock(StateSpaceBlock):
 
 
 class MambaPreTrainedModel(StateSpacePreTrainedModel):
+    """The base of every Mamba model class: its config class and mamba_ssm's initialisation."""
+
     config_class = MambaConfig
     _no_split_modules = ["MambaBlock"]
 

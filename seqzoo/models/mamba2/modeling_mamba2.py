@@ -22,6 +22,8 @@ class Mamba2Block(StateSpaceBlock):
 
 
 class Mamba2PreTrainedModel(StateSpacePreTrainedModel):
+    """The base of every Mamba-2 model class: its config class and mamba_ssm's initialisation."""
+
     config_class = Mamba2Config
     _no_split_modules = ["Mamba2Block"]
 
