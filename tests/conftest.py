@@ -38,12 +38,12 @@ def _forget_warnings_given():
     """Each test sees the once-per-process warnings (an unknown config field, a misspelt environment variable)
     afresh, whatever ran before it."""
     from seqzoo.kernels import registry as kernel_registry
-    from seqzoo.models import configuration_utils, modeling_utils
+    from seqzoo.models import configuration_utils, inputs
     from seqzoo.models.hybrid import modeling_hybrid
     from seqzoo.models.seq2seq import modeling_seq2seq
 
     for warned in (configuration_utils._WARNED_UNKNOWN, kernel_registry._WARNED_ENV,
-                   modeling_utils._WARNED_NO_ATTENTION, modeling_hybrid._WARNED_STATE_BYTES,
+                   inputs._WARNED_NO_ATTENTION, modeling_hybrid._WARNED_STATE_BYTES,
                    modeling_seq2seq._WARNED_CHECKPOINT_CACHE):
         warned.clear()
     yield

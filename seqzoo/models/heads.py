@@ -17,7 +17,8 @@ from transformers.modeling_outputs import SequenceClassifierOutput, TokenClassif
 
 from seqzoo.models.compat import check_kwargs
 from seqzoo.models.configuration_utils import POOLINGS, PROBLEM_TYPES, require_choice
-from seqzoo.models.modeling_utils import SeqzooPreTrainedModel, check_label_range, forward_parameters
+from seqzoo.models.inputs import check_label_range
+from seqzoo.models.modeling_utils import SeqzooPreTrainedModel, forward_parameters
 from seqzoo.models.packing import find_packing
 
 

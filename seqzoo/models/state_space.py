@@ -22,13 +22,8 @@ from seqzoo.cache import unchanged_on_error
 from seqzoo.layers.mixer import Block, Mixer, build_mixer
 from seqzoo.layers.norms import RMSNorm
 from seqzoo.models.compat import model_output
-from seqzoo.models.modeling_utils import (
-    SeqzooPreTrainedModel,
-    backbone_cache_argument,
-    note_no_attention_weights,
-    prepare_inputs,
-    resolve_output_flags,
-)
+from seqzoo.models.inputs import note_no_attention_weights, prepare_inputs, resolve_output_flags
+from seqzoo.models.modeling_utils import SeqzooPreTrainedModel, backbone_cache_argument
 from seqzoo.models.packing import find_packing
 
 

@@ -323,7 +323,7 @@ def test_each_decode_step_checks_and_embeds_once_however_its_layers_run(layers, 
     """The decode branch runs the layers one by one itself when the stacked step declines (a forced backend,
     quantised weights, a hook): the embedding (and its hooks) and the id check run once per token, and the step
     gives the layer-by-layer logits."""
-    import seqzoo.models.modeling_utils as modeling_utils
+    import seqzoo.models.inputs as model_inputs
 
     model = tiny_model("lstm-tiny")
     prompt, mask, steps, step_masks = inputs(model, 2)
@@ -337,8 +337,8 @@ def test_each_decode_step_checks_and_embeds_once_however_its_layers_run(layers, 
         model.model.layers[0].register_forward_hook(lambda *a: None)
     seen, checked = [], []
     model.model.embed_tokens.register_forward_hook(lambda module, args, out: seen.append(out.shape[1]))
-    real_check = modeling_utils.check_token_ids
-    monkeypatch.setattr(modeling_utils, "check_token_ids", lambda *a: checked.append(1) or real_check(*a))
+    real_check = model_inputs.check_token_ids
+    monkeypatch.setattr(model_inputs, "check_token_ids", lambda *a: checked.append(1) or real_check(*a))
     context = use_backend("lstm", "reference") if layers == "reference backend" else torch.no_grad()
     with context:
         logits, states = decode(model, prompt, mask, steps, step_masks)
@@ -415,7 +415,7 @@ def test_token_ids_of_any_integer_dtype_and_count_are_taken(dtype, count):
 
 @pytest.mark.parametrize("count", [1, 64, 65, 300])
 def test_token_ids_are_checked_at_every_count(count):
-    from seqzoo.models.modeling_utils import check_token_ids
+    from seqzoo.models.inputs import check_token_ids
 
     ids = torch.zeros(1, count, dtype=torch.long)
     check_token_ids(ids, 10)
@@ -529,7 +529,7 @@ def test_the_head_runs_the_backbone_step_itself_only_when_nothing_hooks_a_skippe
 @pytest.mark.parametrize("module", ["embedding", "embedding with max_norm", "embedding scaling its gradient",
                                     "embedding without padding", "linear", "linear without bias"])
 def test_calling_a_plain_module_directly_is_its_forward(module):
-    from seqzoo.models.modeling_utils import call_plainly
+    from seqzoo.models.decode_step import call_plainly
 
     torch.manual_seed(0)
     if module.startswith("embedding"):
@@ -558,7 +558,7 @@ def test_calling_a_plain_module_directly_is_its_forward(module):
 
 @pytest.mark.parametrize("cls", [nn.Linear, nn.Embedding])
 def test_a_forward_replaced_on_the_module_class_is_called(cls, monkeypatch):
-    from seqzoo.models.modeling_utils import call_plainly
+    from seqzoo.models.decode_step import call_plainly
 
     module = nn.Linear(6, 5) if cls is nn.Linear else nn.Embedding(11, 6)
     x = torch.randn(2, 6) if cls is nn.Linear else torch.tensor([[3, 4]])
@@ -576,7 +576,7 @@ def test_a_forward_put_on_the_class_before_seqzoo_was_imported_is_called(cls, ho
 
     from seqzoo.layers import rwkv7_step
     from seqzoo.layers.mixer import torch_forward
-    from seqzoo.models import modeling_utils
+    from seqzoo.models import decode_step
 
     assert torch_forward(cls) is cls.forward  # torch's own, unpatched
     original = cls.forward
@@ -589,20 +589,20 @@ def test_a_forward_put_on_the_class_before_seqzoo_was_imported_is_called(cls, ho
     monkeypatch.setattr(cls, "forward", patched)
     assert torch_forward(cls) is not patched
     # The tables as an import after the patch builds them:
-    monkeypatch.setattr(modeling_utils, "_PLAIN_FORWARDS",
+    monkeypatch.setattr(decode_step, "_PLAIN_FORWARDS",
                         {kind: torch_forward(kind) for kind in (nn.Linear, nn.Embedding)})
     monkeypatch.setattr(rwkv7_step, "_FORWARDS", tuple((kind, name, torch_forward(kind) if kind.__module__.startswith(
         "torch.") else function) for kind, name, function in rwkv7_step._FORWARDS))
     if cls is not nn.LayerNorm:
         module = nn.Linear(6, 5) if cls is nn.Linear else nn.Embedding(11, 6)
         x = torch.randn(2, 6) if cls is nn.Linear else torch.tensor([[3, 4]])
-        torch.testing.assert_close(modeling_utils.call_plainly(module, x), module(x), rtol=0, atol=0)
+        torch.testing.assert_close(decode_step.call_plainly(module, x), module(x), rtol=0, atol=0)
     # Whole decode steps: the patched forward runs in the shortcut as in the general forward.
     for preset in ("gru-tiny", "rwkv7-tiny"):
         model = tiny_model(preset, tie_word_embeddings=False)
         calls = []
         monkeypatch.setattr(cls, "forward", lambda self, x, f=patched: calls.append(1) or f(self, x))
-        monkeypatch.setattr(modeling_utils, "_PLAIN_FORWARDS",
+        monkeypatch.setattr(decode_step, "_PLAIN_FORWARDS",
                             {kind: torch_forward(kind) for kind in (nn.Linear, nn.Embedding)})
         with torch.no_grad():
             cache = output_cache(model(torch.tensor([[5, 9, 12]]), use_cache=True))
@@ -667,7 +667,7 @@ class HandlesFunctionalEmbedding(torch.Tensor):
 
 def test_an_embedding_of_a_subclass_weight_is_looked_up_through_f_embedding():
     # The fast path called torch.embedding, which the subclass's __torch_function__ sees as another function.
-    from seqzoo.models.modeling_utils import call_plainly
+    from seqzoo.models.decode_step import call_plainly
 
     embedding = nn.Embedding(11, 6, padding_idx=3)
     embedding.weight = nn.Parameter(embedding.weight.detach().as_subclass(HandlesFunctionalEmbedding),

@@ -18,18 +18,9 @@ from seqzoo.cache import SeqzooCache, unchanged_on_error
 from seqzoo.layers.mixer import build_mixer
 from seqzoo.layers.recurrent import RECURRENT_MIXERS, InputTable, step_stack
 from seqzoo.models.compat import model_output
-from seqzoo.models.modeling_utils import (
-    SeqzooForCausalLM,
-    SeqzooPreTrainedModel,
-    backbone_cache_argument,
-    finish_decode_step,
-    is_plain_decode_step,
-    note_no_attention_weights,
-    prepare_inputs,
-    prepare_step_inputs,
-    resolve_output_flags,
-    runs_plainly,
-)
+from seqzoo.models.decode_step import finish_decode_step, is_plain_decode_step, prepare_step_inputs, runs_plainly
+from seqzoo.models.inputs import note_no_attention_weights, prepare_inputs, resolve_output_flags
+from seqzoo.models.modeling_utils import SeqzooForCausalLM, SeqzooPreTrainedModel, backbone_cache_argument
 from seqzoo.models.packing import find_packing
 
 

@@ -21,18 +21,10 @@ from seqzoo.layers.mixer import Block, SharedValues, build_mixer
 from seqzoo.layers.rwkv7 import RWKV7ChannelMix, RWKV7TimeMix
 from seqzoo.layers.rwkv7_step import step_blocks
 from seqzoo.models.compat import model_output
+from seqzoo.models.decode_step import finish_decode_step, is_plain_decode_step, prepare_step_inputs
 from seqzoo.models.heads import SeqzooForSequenceClassification, SeqzooForTokenClassification
-from seqzoo.models.modeling_utils import (
-    SeqzooForCausalLM,
-    SeqzooPreTrainedModel,
-    backbone_cache_argument,
-    finish_decode_step,
-    is_plain_decode_step,
-    note_no_attention_weights,
-    prepare_inputs,
-    prepare_step_inputs,
-    resolve_output_flags,
-)
+from seqzoo.models.inputs import note_no_attention_weights, prepare_inputs, resolve_output_flags
+from seqzoo.models.modeling_utils import SeqzooForCausalLM, SeqzooPreTrainedModel, backbone_cache_argument
 from seqzoo.models.packing import find_packing
 
 from .configuration_rwkv7 import RWKV7Config

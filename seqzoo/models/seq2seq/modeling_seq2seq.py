@@ -34,13 +34,8 @@ from seqzoo.models.generation import (
     mark_beam_search_cache,
     refuse_continuous_batching,
 )
-from seqzoo.models.modeling_utils import (
-    SeqzooPreTrainedModel,
-    check_label_range,
-    forward_parameters,
-    prepare_inputs,
-    resolve_output_flags,
-)
+from seqzoo.models.inputs import check_label_range, prepare_inputs, resolve_output_flags
+from seqzoo.models.modeling_utils import SeqzooPreTrainedModel, forward_parameters
 
 from .configuration_seq2seq import Seq2SeqConfig
 from .outputs import Seq2SeqEncoderOutput

@@ -25,7 +25,7 @@ from torch import nn
 
 from seqzoo.layers.recurrent import RECURRENT_MIXERS
 from seqzoo.layers.seq2seq_attention import SourceAttention
-from seqzoo.models.modeling_utils import ForwardInputs, prepare_inputs
+from seqzoo.models.inputs import ForwardInputs, prepare_inputs
 
 from .configuration_seq2seq import STATE_NAMES, Seq2SeqConfig
 from .outputs import DecoderOutput, Seq2SeqEncoderOutput

@@ -21,7 +21,7 @@ from seqzoo.cache import check_kv_dtype
 from seqzoo.layers.mlp import MLP
 from seqzoo.layers.positions import SinusoidalPositions
 from seqzoo.layers.seq2seq_attention import MultiHeadAttention
-from seqzoo.models.modeling_utils import ForwardInputs, position_ids_from_mask, prepare_inputs
+from seqzoo.models.inputs import ForwardInputs, position_ids_from_mask, prepare_inputs
 
 from .configuration_seq2seq import Seq2SeqConfig
 from .outputs import DecoderOutput, Seq2SeqEncoderOutput

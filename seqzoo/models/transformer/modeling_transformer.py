@@ -19,15 +19,8 @@ from seqzoo.layers.positions import RotaryEmbedding, SinusoidalPositions
 from seqzoo.models.compat import causal_mask as causal_mask_for
 from seqzoo.models.compat import model_output
 from seqzoo.models.heads import SeqzooForSequenceClassification, SeqzooForTokenClassification
-from seqzoo.models.modeling_utils import (
-    SeqzooForCausalLM,
-    SeqzooPreTrainedModel,
-    attentions_asked,
-    backbone_cache_argument,
-    position_ids_from_mask,
-    prepare_inputs,
-    resolve_output_flags,
-)
+from seqzoo.models.inputs import attentions_asked, position_ids_from_mask, prepare_inputs, resolve_output_flags
+from seqzoo.models.modeling_utils import SeqzooForCausalLM, SeqzooPreTrainedModel, backbone_cache_argument
 from seqzoo.models.packing import PACKING_KWARGS, find_packing
 
 from .configuration_transformer import TransformerConfig
