@@ -231,7 +231,7 @@ def check_model_source(source: str) -> None:
         if not (path / "config.json").is_file():
             raise ValueError(f"{source!r} holds no config.json, so it is no saved model (`seqzoo new`, `seqzoo "
                              f"train` and save_pretrained write one)")
-        from seqzoo.models.modeling_utils import damaged_json_files
+        from seqzoo.models.loading import damaged_json_files
 
         damaged = damaged_json_files(path, ("config.json",))
         if damaged:  # (a file nested past Python's recursion limit failed as an unexpected RecursionError)

@@ -135,7 +135,7 @@ def load_tokenizer(source: Any) -> PreTrainedTokenizerFast:
     try:
         return AutoTokenizer.from_pretrained(source)
     except Exception as err:
-        from seqzoo.models.modeling_utils import damaged_json_files
+        from seqzoo.models.loading import damaged_json_files
 
         damaged = damaged_json_files(folder, (*TOKENIZER_FILES, "special_tokens_map.json")) if folder else None
         if damaged:  # (the tokenizers library's error names no file: "expected value at line 1 column 1")

@@ -307,7 +307,7 @@ def check_destination(source: Any, destination: str | Path) -> Path:
                              "empty folder, or remove those files first")
     if isinstance(source, (str, Path)) and Path(source).is_dir():
         # The tokenizer and generation-config files are copied as they are: a damaged one would be handed on.
-        from seqzoo.models.modeling_utils import damaged_json_files
+        from seqzoo.models.loading import damaged_json_files
 
         damaged = damaged_json_files(Path(source), [name for name in TOKENIZER_FILES if name.endswith(".json")])
         if damaged:

@@ -1,0 +1,158 @@
+"""What ``SeqzooPreTrainedModel.from_pretrained`` checks of a checkpoint beyond transformers' own loading: that it
+holds this architecture, that its generation config, index and weight files are not damaged (transformers ignores
+some of those silently, or fails naming no file), and fresh values for what a lenient load leaves without one."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from transformers import PreTrainedConfig
+
+# What from_pretrained hands on to reading the config.json it checks (a Hub download's options).
+_HUB_KWARGS = ("cache_dir", "force_download", "local_files_only", "token", "revision", "subfolder", "proxies")
+
+
+def check_checkpoint_model_type(cls: type, source: Any, kwargs: dict[str, Any]) -> str | None:
+    """Raise unless ``source`` holds a model of ``cls``'s architecture; return the class it was saved as."""
+    expected = getattr(cls.config_class, "model_type", None)
+    if source is None or not expected:
+        return None
+    hub_kwargs = {k: kwargs[k] for k in _HUB_KWARGS if k in kwargs}
+    config_dict, _ = PreTrainedConfig.get_config_dict(source, **hub_kwargs)
+    found = config_dict.get("model_type")
+    if found != expected:
+        raise ValueError(
+            f"checkpoint {str(source)!r} holds a {found!r} model, not {expected!r} ({cls.__name__}); load it with "
+            f"AutoModelForCausalLM.from_pretrained, or with the class of its architecture"
+        )
+    return (config_dict.get("architectures") or [None])[0]
+
+
+def damaged_json_files(folder: Path, names: Any) -> str:
+    """Which of ``names`` in ``folder`` are there but not JSON, with the parser's message (empty when none)."""
+    found = []
+    for name in names:
+        path = folder / name
+        if path.is_file():
+            try:
+                value = json.loads(path.read_bytes())
+            except (ValueError, UnicodeDecodeError, RecursionError) as err:
+                found.append(f"{name} is damaged ({err})")
+                continue
+            if not isinstance(value, dict):  # (transformers then fails with a TypeError or AttributeError)
+                found.append(f"{name} is damaged (it holds a JSON {type(value).__name__}, not an object)")
+    return "; ".join(found)
+
+
+def check_generation_config_file(source: Any, kwargs: dict[str, Any]) -> None:
+    """Refuse a local folder whose generation_config.json is damaged: transformers' from_pretrained ignores it
+    (logging at info level) and generates with the model config's defaults, other than what was saved."""
+    if kwargs.get("generation_config") is not None or not isinstance(source, (str, os.PathLike)):
+        return
+    folder = Path(source) / kwargs.get("subfolder", "")
+    if folder.is_dir():
+        damaged = damaged_json_files(folder, ("generation_config.json",))
+        if damaged:
+            raise ValueError(f"{str(source)!r}: {damaged}; transformers would ignore it and generate with other "
+                             "settings than were saved. Fix or delete the file (or pass generation_config=...)")
+        path = folder / "generation_config.json"
+        if path.is_file():  # token ids of the wrong type failed inside generate() ("invalid data type 'str'")
+            values = json.loads(path.read_bytes())
+            for name in ("bos_token_id", "eos_token_id", "pad_token_id", "decoder_start_token_id"):
+                value = values.get(name)
+                ids = value if isinstance(value, list) and name == "eos_token_id" else [value]
+                if value is not None and not all(type(i) is int and i >= 0 for i in ids):
+                    raise ValueError(f"{str(path)!r}: {name}={value!r} is invalid: a token id is an integer >= 0"
+                                     f"{' (or, for eos_token_id, a list of them)' if name == 'eos_token_id' else ''}"
+                                     "; fix or delete the file (or pass generation_config=...)")
+
+
+# safetensors dtype names of floating-point tensors; any other (I8 ... I64, U8, BOOL) in a float parameter's place would
+# be cast to the parameter's dtype, keeping the codes and not the values (an embedding of 0.01s reads as zeros).
+_FLOAT_DTYPES = {"F64", "F32", "F16", "BF16", "F8_E4M3", "F8_E5M2", "F8_E8M0", "F4", "F6_E2M3", "F6_E3M2"}
+
+
+def check_weight_files(source: Any, kwargs: dict[str, Any]) -> None:
+    """Refuse a local folder whose checkpoint index is damaged (transformers fails with a KeyError or TypeError that
+    names no file) or whose safetensors weights hold integer or boolean tensors (transformers casts them silently).
+    A pre-quantised checkpoint (``quantization_config``) holds integer tensors by design and is left alone, as is a
+    file that cannot be read (the load names it)."""
+    if not isinstance(source, (str, os.PathLike)) or kwargs.get("variant") or kwargs.get("quantization_config"):
+        return
+    folder = Path(source) / kwargs.get("subfolder", "")
+    if not folder.is_dir():
+        return
+    try:
+        if "quantization_config" in json.loads((folder / "config.json").read_bytes()):
+            return
+    except (OSError, ValueError, TypeError, RecursionError):
+        return  # (a damaged config.json is named by the config loader)
+    index = folder / "model.safetensors.index.json"
+    if (folder / "model.safetensors").is_file():
+        files = [folder / "model.safetensors"]
+    elif index.is_file():
+        try:
+            value = json.loads(index.read_bytes())
+        except (ValueError, RecursionError) as err:
+            raise ValueError(f"{str(index)!r} is damaged ({err}); save or download the checkpoint again") from None
+        weight_map = value.get("weight_map") if isinstance(value, dict) else None
+        if not (isinstance(weight_map, dict) and weight_map
+                and all(isinstance(k, str) and isinstance(v, str) for k, v in weight_map.items())
+                and isinstance(value.get("metadata", {}), dict)):
+            raise ValueError(f"{str(index)!r} is damaged: a checkpoint index is a JSON object whose 'weight_map' maps "
+                             "tensor names to shard files; save or download the checkpoint again")
+        if "metadata" not in value:  # (transformers: KeyError 'metadata')
+            raise ValueError(f"{str(index)!r} has no 'metadata' entry, which transformers needs (an empty one will "
+                             'do: {"metadata": {}, "weight_map": ...})')
+        files = [folder / name for name in sorted(set(weight_map.values()))]
+    else:
+        return
+    odd = []
+    for path in files:
+        try:  # a safetensors file starts with its header's length (8 bytes, little-endian) and the header, JSON
+            with open(path, "rb") as handle:
+                size = int.from_bytes(handle.read(8), "little")
+                header = json.loads(handle.read(size)) if 0 < size <= 100_000_000 else None
+            odd += [f"{key} ({entry['dtype']})" for key, entry in header.items()
+                    if key != "__metadata__" and entry["dtype"] not in _FLOAT_DTYPES]
+        except Exception:  # noqa: BLE001 -- missing or damaged: the load itself names it
+            return
+    if odd:
+        raise ValueError(
+            f"the weights of {str(source)!r} hold tensors that are not floating point: {', '.join(odd[:8])}"
+            f"{' ...' if len(odd) > 8 else ''}; loading would cast their integer codes to the model's dtype (a damaged "
+            "or quantised file). Save or download the checkpoint again"
+        )
+
+
+def initialise_anew(model: nn.Module, info: dict[str, Any]) -> None:
+    """Give the weight and bias of an ``nn.Linear`` or ``nn.Embedding`` that a lenient load left without a value
+    (missing from the checkpoint or mis-shaped in it) transformers' usual fresh values: normal(0,
+    initializer_range), biases zero. transformers initialises a missing tensor through ``_init_weights``, where
+    seqzoo's mixers set the parameters they have rules for; a plain layer with none (an untied vocabulary head,
+    some of a mixer's projections) would otherwise keep whatever memory the loader allocated. Every such layer gets
+    the same fresh values (a mixer's own rule, such as RWKV-7's zeroed output projections, is not replayed); a
+    classifier's ``score``, initialised by ``_init_weights`` itself, keeps its own."""
+    std = getattr(model.config, "initializer_range", 0.02)
+    tied = set(getattr(model, "all_tied_weights_keys", {}) or {})
+    keys = {*info.get("missing_keys", []), *(key for key, *_ in info.get("mismatched_keys", []))} - tied
+    with torch.no_grad():
+        for key in sorted(keys):
+            path, _, name = key.rpartition(".")
+            try:
+                module = model.get_submodule(path)
+            except AttributeError:
+                continue
+            tensor = module._parameters.get(name)
+            if (tensor is None or tensor.is_meta or type(module) not in (nn.Linear, nn.Embedding)
+                    or module is getattr(model, "score", None)):
+                continue
+            if name == "weight":
+                tensor.normal_(0.0, std)
+            elif name == "bias":
+                tensor.zero_()
