@@ -610,3 +610,23 @@ def test_a_time_mix_of_another_kind_in_the_first_block_is_left_to_the_blocks(scr
         step = model(torch.tensor([[3]]), cache=cache).logits[:, -1]
     assert scripted_calls == [False]
     torch.testing.assert_close(step, full, rtol=1e-5, atol=1e-5)
+
+
+def test_the_step_declines_while_torch_compile_traces_it_and_off_the_cpu(monkeypatch):
+    """Dynamo cannot trace into a TorchScript call, and the scripted stack is only built for the CPU: while
+    compiling, and for states on another device, the step returns None and the blocks run in Python."""
+    from seqzoo.models.rwkv7 import modeling_rwkv7
+
+    model = random_model(num_hidden_layers=2)
+    blocks = model.model.layers
+    hidden = torch.randn(2, 1, model.config.hidden_size)
+
+    def step(hidden_states):
+        with torch.no_grad():
+            return rwkv7_step.step_blocks(blocks, modeling_rwkv7.RWKV7Block, modeling_rwkv7._BLOCK_FORWARD,
+                                          hidden_states, [None, None], None)
+
+    assert step(hidden) is not None  # the control: the same call steps when nothing declines it
+    assert step(hidden.to("meta")) is None
+    monkeypatch.setattr(torch.compiler, "is_compiling", lambda: True)
+    assert step(hidden) is None
