@@ -164,6 +164,12 @@ def test_checkpoint_of_another_architecture(saved_lstm):
         seqzoo.GRUForCausalLM.from_pretrained(saved_lstm)
 
 
+def test_a_damaged_config_json_is_named_by_the_config_loader_strict_or_not(saved_lstm):
+    (saved_lstm / "config.json").write_text('{"model_type": ')
+    for strict in (True, False):
+        with pytest.raises(OSError, match=r"config.json' is not a valid JSON file"):
+            seqzoo.LSTMForCausalLM.from_pretrained(saved_lstm, strict=strict)
+
 def test_checkpoint_with_missing_tensor(saved_lstm):
     weights = load_file(saved_lstm / "model.safetensors")
     del weights["model.layers.1.weight_hh"]
@@ -236,6 +242,23 @@ def test_strict_false_gives_a_missing_head_fresh_values(preset, tmp_path):
     assert bool(torch.isfinite(head).all()) and 0.8 * std < float(head.std()) < 1.2 * std
     torch.testing.assert_close(model.model.embed_tokens.weight, weights["model.embed_tokens.weight"])
 
+
+def test_strict_false_gives_a_misshaped_head_fresh_values_and_a_new_classifier_its_own(tmp_path):
+    """A mis-shaped head is re-initialised as a missing one is; a classifier's score, missing from a causal LM's
+    checkpoint, keeps the initialisation _init_weights gives it (torch.nn.Linear's uniform scale)."""
+    from tests.conftest import tiny_model
+
+    tiny_model("lstm-tiny", tie_word_embeddings=False).save_pretrained(tmp_path)
+    weights = load_file(tmp_path / "model.safetensors")
+    weights["lm_head.weight"] = torch.zeros(99, 31)
+    save_file(weights, tmp_path / "model.safetensors", metadata={"format": "pt"})
+    model = AutoModelForCausalLM.from_pretrained(tmp_path, strict=False)
+    std = model.config.initializer_range
+    assert 0.8 * std < float(model.lm_head.weight.detach().std()) < 1.2 * std
+    classifier = AutoModelForSequenceClassification.from_pretrained(tmp_path, strict=False, num_labels=3)
+    score = classifier.score.weight.detach()
+    bound = 1 / score.shape[1] ** 0.5
+    assert float(score.abs().max()) <= bound and 0.7 < float(score.std()) * 3**0.5 / bound < 1.3
 
 # A field, a value away from its default, the config (preset, overrides) of a model that does not read it, and of one
 # that does.

@@ -1,11 +1,13 @@
 """Edges of forward()'s input checks that the wider tests pass over: both inputs at once, bool ids, a mask one
-column too long, a bad id between good ones in a decode-sized input."""
+column too long or too short or of another rank, embeddings without a batch dimension, a bad id between good ones in
+a decode-sized input, and when a forward keeps a cache unasked."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
+from seqzoo.models.compat import output_cache
 from tests.conftest import tiny_model
 
 IDS = torch.tensor([[5, 17, 33, 8], [9, 3, 77, 21]])
@@ -28,6 +30,47 @@ def test_a_mask_one_position_longer_than_cache_and_inputs_is_refused(preset):
     model = tiny_model(preset)
     with pytest.raises(ValueError, match=r"expected \(batch, L\) with 4 <= L <= 4"):
         model(IDS, attention_mask=torch.ones(2, 5))
+
+
+@pytest.mark.parametrize("preset", ["lstm-tiny", "transformer-tiny"])
+@pytest.mark.parametrize("mask", [torch.ones(4), torch.ones(2, 1, 4)], ids=["1-d", "3-d"])
+def test_a_mask_that_is_neither_2d_nor_4d_is_refused(preset, mask):
+    with pytest.raises(ValueError, match=r"attention_mask must be 2-d \(batch, past_length \+ sequence_length\)"):
+        tiny_model(preset)(IDS, attention_mask=mask)
+
+
+@pytest.mark.parametrize("preset", ["lstm-tiny", "transformer-tiny"])
+def test_a_mask_shorter_than_the_inputs_is_refused(preset):
+    model = tiny_model(preset)
+    with pytest.raises(ValueError, match=r"expected \(batch, L\) with 4 <= L <= 4"):
+        model(IDS, attention_mask=torch.ones(2, 3))
+
+
+def test_a_short_mask_after_a_cache_is_said_to_need_every_cached_position_only_where_a_layer_attends():
+    for preset, attends in (("transformer-tiny", True), ("lstm-tiny", False)):
+        model = tiny_model(preset)
+        cache = output_cache(model(IDS[:, :2], use_cache=True))
+        with pytest.raises(ValueError, match="does not fit the inputs") as err:
+            model(IDS[:, 2:], attention_mask=torch.ones(2, 1), cache=cache)
+        assert ("(every cached position: attention layers read them all)" in str(err.value)) == attends
+
+
+def test_inputs_embeds_without_a_batch_dimension_are_refused():
+    model = tiny_model("lstm-tiny")
+    embeds = model.get_input_embeddings()(IDS[0])
+    with pytest.raises(ValueError, match=r"inputs_embeds must have shape \(batch, sequence_length, 32\); got \(4, "):
+        model(inputs_embeds=embeds)
+
+
+@pytest.mark.parametrize("preset", ["lstm-tiny", "transformer-tiny"])
+def test_a_forward_keeps_a_cache_by_default_in_eval_only(preset):
+    model = tiny_model(preset)
+    assert output_cache(model(IDS)) is not None
+    model.train()
+    assert output_cache(model(IDS)) is None
+    assert output_cache(model(IDS, use_cache=True)) is not None
+    model.eval().config.use_cache = False
+    assert output_cache(model(IDS)) is None
 
 
 def test_an_id_outside_the_vocabulary_between_good_ones_is_refused():

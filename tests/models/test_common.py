@@ -243,6 +243,39 @@ def test_the_cache_of_a_beam_search_is_refused_for_continuing(family_preset):
 
 
 
+@pytest.mark.parametrize("preset", ["lstm-tiny", "transformer-tiny"])
+def test_a_generation_configs_use_cache_false_beside_a_cache_is_refused(preset):
+    model = tiny_model(preset)
+    ids = torch.tensor([PROMPTS[0]])
+    with torch.no_grad():
+        cache = output_cache(model(ids[:, :4], use_cache=True))
+    model.generation_config.use_cache = False
+    with pytest.raises(ValueError, match="a cache to continue was passed with use_cache=False"):
+        model.generate(ids, cache=cache, max_new_tokens=2, do_sample=False, pad_token_id=0)
+    assert cache.get_seq_length() == 4
+
+
+@pytest.mark.parametrize("preset", ["lstm-tiny", "transformer-tiny"])
+def test_the_cache_of_a_beam_search_asked_for_by_the_generation_config_is_refused_for_continuing(preset):
+    model = tiny_model(preset)
+    model.generation_config.num_beams = 3
+    out = model.generate(torch.tensor([PROMPTS[0]]), max_new_tokens=3, do_sample=False, pad_token_id=0,
+                         eos_token_id=None, return_dict_in_generate=True)
+    with pytest.raises(ValueError, match="this cache comes from a beam search"):
+        model.generate(out.sequences, cache=output_cache(out), max_new_tokens=2, do_sample=False, pad_token_id=0)
+
+
+@pytest.mark.xfail(strict=True, reason="check_continued_cache names input_ids in its error when the prompt was given "
+                                       "as inputs_embeds (generation.py, check_continued_cache)")
+def test_a_cache_holding_the_whole_prompt_of_embeddings_is_refused_naming_the_embeddings():
+    model = tiny_model("lstm-tiny")
+    ids = torch.tensor([PROMPTS[0]])
+    with torch.no_grad():
+        cache = output_cache(model(ids, use_cache=True))
+        embeds = model.get_input_embeddings()(ids)
+    with pytest.raises(ValueError, match=r"the cache already holds 7 position\(s\), but inputs_embeds has 7"):
+        model.generate(inputs_embeds=embeds, cache=cache, max_new_tokens=2, do_sample=False, pad_token_id=0)
+
 def test_a_cache_with_gradients_recorded_says_how_to_copy_it(family_preset):
     model = tiny_model(family_preset)
     ids = torch.tensor([PROMPTS[0]])

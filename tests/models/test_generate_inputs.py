@@ -110,6 +110,12 @@ def test_other_calls_take_transformers_path(change):
     assert generation.decode_step_inputs(model, (PROMPT[:1].to("meta"),), kwargs) is None  # another device
 
 
+def test_input_ids_given_by_keyword_or_not_2d_take_transformers_path():
+    model = tiny_model(FAMILIES["transformer"])
+    kwargs = {"next_sequence_length": 1, GENERATE_CACHE_KWARG: SeqzooCache.for_model(model), "use_cache": True}
+    assert generation.decode_step_inputs(model, (), {**kwargs, "input_ids": PROMPT[:1]}) is None
+    assert generation.decode_step_inputs(model, (PROMPT[0],), kwargs) is None
+
 def forward_position_ids(model, monkeypatch, **generate_kwargs):
     seen = []
     forward = type(model).forward
@@ -211,6 +217,15 @@ def test_generate_refuses_an_attention_mask_that_does_not_fit_the_prompt(preset,
     with pytest.raises(ValueError, match=r"attention_mask has shape .* but input_ids has \(2, 7\)"):
         model.generate(PROMPT, attention_mask=mask, max_new_tokens=2, do_sample=False)
 
+
+@pytest.mark.parametrize("prompt", ["inputs", "inputs_embeds"])
+def test_a_mask_that_does_not_fit_a_prompt_given_by_keyword_is_refused_naming_it(prompt):
+    model = tiny_model("lstm-tiny")
+    given = {"inputs": PROMPT, "inputs_embeds": model.get_input_embeddings()(PROMPT).detach()}[prompt]
+    name = "inputs_embeds" if prompt == "inputs_embeds" else "input_ids"
+    with pytest.raises(ValueError, match=rf"attention_mask has shape \(2, 5\) but {name} has \(2, 7\)"):
+        model.generate(**{prompt: given}, attention_mask=MASK[:, 2:], max_new_tokens=2, do_sample=False,
+                       pad_token_id=0)
 
 @pytest.mark.parametrize("preset", ["lstm-tiny", "seq2seq-bahdanau-tiny"])
 def test_continuous_batching_is_refused_by_name(preset):

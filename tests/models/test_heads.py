@@ -18,6 +18,7 @@ from transformers import (
 )
 
 import seqzoo
+from seqzoo.models.compat import output_cache
 from seqzoo.registry import architecture_for_model_type
 from tests.conftest import FAMILIES, tiny_config, tiny_model
 from tests.models.test_common import PROMPTS, left_pad
@@ -212,6 +213,7 @@ def test_a_bidirectional_model_encodes_but_cannot_generate(preset):
     model = head_model(preset, "sequence-classification", bidirectional=True, classifier_pooling="first+last")
     with pytest.raises(ValueError, match="keeps no decoding cache"):
         model.model(torch.tensor([PROMPTS[0]]), use_cache=True)
+    assert output_cache(model.model(torch.tensor([PROMPTS[0]]))) is None  # not even from a config's use_cache=True
     ids, mask = left_pad(PROMPTS)
     logits = model(ids, attention_mask=mask).logits
     for row, prompt in enumerate(PROMPTS):
