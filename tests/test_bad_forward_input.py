@@ -211,18 +211,24 @@ def test_integer_weights_are_named_eight_at_most(saved):
         AutoModelForCausalLM.from_pretrained(folder)
     assert str(err.value).count("(I8)") == 8 and "(I8) ...; loading would cast" in str(err.value)
 
-@pytest.mark.xfail(strict=True, reason="check_weight_files returns early for any variant (models/loading.py), so a "
-                                       "variant's integer tensors are cast silently: the embedding loads as zeros")
-def test_integer_weights_of_a_variant_are_refused(tmp_path):
+
+@pytest.mark.parametrize("shards", [1, 3])
+def test_integer_weights_of_a_variant_are_refused(tmp_path, shards):
+    """from_pretrained(variant="v1") loads model.v1.safetensors (or the shards model.safetensors.index.v1.json
+    names): those are the files checked."""
     from safetensors.torch import load_file, save_file
 
-    tiny_model(FAMILIES["mamba"]).save_pretrained(tmp_path, variant="v1")
-    weights = load_file(tmp_path / "model.v1.safetensors")
+    shard_size = "20KB" if shards > 1 else "1GB"
+    tiny_model(FAMILIES["mamba"]).save_pretrained(tmp_path, variant="v1", max_shard_size=shard_size)
+    files = sorted(tmp_path.glob("*.safetensors"))
+    assert len(files) >= shards and all(".v1" in path.name for path in files)
     key = "model.embed_tokens.weight"
-    save_file({**weights, key: weights[key].to(torch.int32)}, tmp_path / "model.v1.safetensors",
-              metadata={"format": "pt"})
+    path = next(path for path in files if key in load_file(path))
+    weights = load_file(path)
+    save_file({**weights, key: weights[key].to(torch.int32)}, path, metadata={"format": "pt"})
     with pytest.raises(ValueError, match=rf"not floating point: {key} \(I32\)"):
         AutoModelForCausalLM.from_pretrained(tmp_path, variant="v1")
+
 
 def test_a_checkpoint_in_a_subfolder_is_checked_there(tmp_path):
     from safetensors.torch import load_file, save_file

@@ -133,14 +133,16 @@ def check_continued_cache(model: nn.Module, args: tuple, kwargs: dict[str, Any])
         return
     input_ids = args[0] if args else kwargs.get("input_ids")
     embeds = kwargs.get("inputs_embeds")
-    given = (embeds if embeds is not None and not model.config.is_encoder_decoder else input_ids).shape[1]
+    by_embeds = embeds is not None and not model.config.is_encoder_decoder
+    given = (embeds if by_embeds else input_ids).shape[1]
     new = kwargs.get("next_sequence_length")
     if new is None and model.config.is_encoder_decoder:
         new = given - cached
         if new > 0:
             kwargs["next_sequence_length"] = new
     if new is not None and new <= 0:
-        name = "decoder_input_ids" if model.config.is_encoder_decoder else "input_ids"
+        name = ("decoder_input_ids" if model.config.is_encoder_decoder else
+                "inputs_embeds" if by_embeds else "input_ids")
         raise ValueError(
             f"{type(model).__name__}.generate: the cache already holds {cached} position(s), but {name} has "
             f"{given}: pass the tokens the cache was built from followed by the new ones (generate() advances the "

@@ -77,12 +77,21 @@ def check_generation_config_file(source: Any, kwargs: dict[str, Any]) -> None:
 _FLOAT_DTYPES = {"F64", "F32", "F16", "BF16", "F8_E4M3", "F8_E5M2", "F8_E8M0", "F4", "F6_E2M3", "F6_E3M2"}
 
 
+def _with_variant(name: str, variant: str | None) -> str:
+    """A weights file's name for a variant, as transformers names it: model.safetensors -> model.v1.safetensors."""
+    if not variant:
+        return name
+    stem, _, extension = name.rpartition(".")
+    return f"{stem}.{variant}.{extension}"
+
+
 def check_weight_files(source: Any, kwargs: dict[str, Any]) -> None:
     """Refuse a local folder whose checkpoint index is damaged (transformers fails with a KeyError or TypeError that
     names no file) or whose safetensors weights hold integer or boolean tensors (transformers casts them silently).
     A pre-quantised checkpoint (``quantization_config``) holds integer tensors by design and is left alone, as is a
-    file that cannot be read (the load names it)."""
-    if not isinstance(source, (str, os.PathLike)) or kwargs.get("variant") or kwargs.get("quantization_config"):
+    file that cannot be read (the load names it). With ``variant="v1"`` the files read are those transformers
+    loads, ``model.v1.safetensors`` or ``model.safetensors.index.v1.json`` and its shards."""
+    if not isinstance(source, (str, os.PathLike)) or kwargs.get("quantization_config"):
         return
     folder = Path(source) / kwargs.get("subfolder", "")
     if not folder.is_dir():
@@ -92,9 +101,11 @@ def check_weight_files(source: Any, kwargs: dict[str, Any]) -> None:
             return
     except (OSError, ValueError, TypeError, RecursionError):
         return  # (a damaged config.json is named by the config loader)
-    index = folder / "model.safetensors.index.json"
-    if (folder / "model.safetensors").is_file():
-        files = [folder / "model.safetensors"]
+    variant = kwargs.get("variant")
+    single, index = (folder / _with_variant(name, variant) for name in ("model.safetensors",
+                                                                        "model.safetensors.index.json"))
+    if single.is_file():
+        files = [single]
     elif index.is_file():
         try:
             value = json.loads(index.read_bytes())

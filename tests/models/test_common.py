@@ -265,8 +265,6 @@ def test_the_cache_of_a_beam_search_asked_for_by_the_generation_config_is_refuse
         model.generate(out.sequences, cache=output_cache(out), max_new_tokens=2, do_sample=False, pad_token_id=0)
 
 
-@pytest.mark.xfail(strict=True, reason="check_continued_cache names input_ids in its error when the prompt was given "
-                                       "as inputs_embeds (generation.py, check_continued_cache)")
 def test_a_cache_holding_the_whole_prompt_of_embeddings_is_refused_naming_the_embeddings():
     model = tiny_model("lstm-tiny")
     ids = torch.tensor([PROMPTS[0]])
@@ -275,6 +273,7 @@ def test_a_cache_holding_the_whole_prompt_of_embeddings_is_refused_naming_the_em
         embeds = model.get_input_embeddings()(ids)
     with pytest.raises(ValueError, match=r"the cache already holds 7 position\(s\), but inputs_embeds has 7"):
         model.generate(inputs_embeds=embeds, cache=cache, max_new_tokens=2, do_sample=False, pad_token_id=0)
+
 
 def test_a_cache_with_gradients_recorded_says_how_to_copy_it(family_preset):
     model = tiny_model(family_preset)
