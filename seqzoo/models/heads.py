@@ -50,7 +50,7 @@ class _ClassifierHead(SeqzooPreTrainedModel):
             self.warn_if_padding_and_no_attention_mask(input_ids, attention_mask)
         return self.model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
                           inputs_embeds=inputs_embeds, use_cache=False, output_hidden_states=output_hidden_states,
-                          **{k: v for k, v in kwargs.items() if k != "num_items_in_batch"})
+                          return_dict=True, **{k: v for k, v in kwargs.items() if k != "num_items_in_batch"})
 
 
 class SeqzooForSequenceClassification(_ClassifierHead):

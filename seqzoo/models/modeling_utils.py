@@ -391,6 +391,7 @@ class SeqzooForCausalLM(SeqzooPreTrainedModel, GenerationMixin):
                     inputs_embeds=inputs_embeds,
                     use_cache=use_cache,
                     output_hidden_states=output_hidden_states,
+                    return_dict=True,
                     **{k: v for k, v in kwargs.items() if k != "num_items_in_batch"},
                 )
                 hidden_states = outputs.last_hidden_state

@@ -94,6 +94,7 @@ class Packing:
             input_ids=None if input_ids is None else self.unpack(input_ids, model.config.pad_token_id or 0),
             inputs_embeds=None if inputs_embeds is None else self.unpack(inputs_embeds),
             attention_mask=mask, position_ids=positions, use_cache=False, output_hidden_states=output_hidden_states,
+            return_dict=True,
         )
         hidden_states = outputs.hidden_states
         return model_output(

@@ -21,7 +21,7 @@ from transformers.modeling_outputs import BaseModelOutputWithPast
 from seqzoo.cache import unchanged_on_error
 from seqzoo.layers.mixer import Block, Mixer, build_mixer
 from seqzoo.layers.norms import RMSNorm
-from seqzoo.models.compat import model_output
+from seqzoo.models.compat import as_returned, model_output
 from seqzoo.models.inputs import note_no_attention_weights, prepare_inputs, resolve_output_flags
 from seqzoo.models.modeling_utils import SeqzooPreTrainedModel, backbone_cache_argument
 from seqzoo.models.packing import find_packing
@@ -83,8 +83,9 @@ class StateSpaceModel(StateSpacePreTrainedModel):
         inputs_embeds: torch.Tensor | None = None,
         use_cache: bool | None = None,
         output_hidden_states: bool | None = None,
+        return_dict: bool | None = None,
         **kwargs: Any,
-    ) -> BaseModelOutputWithPast:
+    ) -> BaseModelOutputWithPast | tuple:
         r"""
         attention_mask: (batch, past_length + sequence_length) 0/1; positions with 0 never change any state.
         cache: a :class:`~seqzoo.cache.SeqzooCache` to continue from (``cache_params``, the name transformers'
@@ -96,7 +97,8 @@ class StateSpaceModel(StateSpacePreTrainedModel):
         reset = None  # several documents in a row: each runs alone (see seqzoo/models/packing.py)
         if packing is not None:
             if not packing.takes_resets(self):
-                return packing.run(self, input_ids, inputs_embeds, output_hidden_states, kwargs)
+                output = packing.run(self, input_ids, inputs_embeds, output_hidden_states, kwargs)
+                return as_returned(self, output, return_dict)
             reset, use_cache = packing.starts, False
         use_cache, output_hidden_states = resolve_output_flags(self, use_cache, output_hidden_states)
         inputs = prepare_inputs(self, input_ids, inputs_embeds, attention_mask, cache, use_cache)
@@ -119,6 +121,7 @@ class StateSpaceModel(StateSpacePreTrainedModel):
         hidden_states = self.norm(hidden_states).to(self.norm.weight.dtype)
         if output_hidden_states:
             all_hidden_states += (hidden_states,)  # after the final norm, as transformers' models do
-        return model_output(
+        output = model_output(
             BaseModelOutputWithPast, cache=cache, last_hidden_state=hidden_states, hidden_states=all_hidden_states
         )
+        return as_returned(self, output, return_dict)

@@ -125,6 +125,38 @@ def test_outputs_carry_the_cache_where_the_installed_release_reads_it(family_pre
     assert model(IDS, return_dict=False)[1] is not None  # (logits, cache)
 
 
+def _tuple_kinds(output):
+    return [type(value).__name__ if isinstance(value, tuple) else "tensor" if isinstance(value, torch.Tensor) else
+            "cache" for value in output]
+
+
+def test_a_backbone_honours_return_dict_as_transformers_backbones_do(family_preset):
+    """AutoModel's backbone with return_dict=False (passed, or the config's) gives a tuple of the fields set, as
+    transformers' LlamaModel does: (last_hidden_state, cache[, hidden_states]); the heads built on it still work."""
+    from transformers import LlamaConfig, LlamaModel
+
+    llama = LlamaModel(LlamaConfig(vocab_size=99, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                                   num_attention_heads=2, num_key_value_heads=2)).eval()
+    model = tiny_model(family_preset).eval()
+    with torch.no_grad():
+        for settings in ({"use_cache": True}, {"use_cache": True, "output_hidden_states": True}):
+            expected = _tuple_kinds(llama(IDS, return_dict=False, **settings))
+            as_dict = model.model(IDS, **settings)
+            as_tuple = model.model(IDS, return_dict=False, **settings)
+            assert isinstance(as_tuple, tuple) and _tuple_kinds(as_tuple) == expected, settings
+            torch.testing.assert_close(as_tuple[0], as_dict.last_hidden_state, rtol=0, atol=0)
+            assert as_tuple[1].get_seq_length() == IDS.shape[1]
+        expected_logits = model(IDS).logits
+        packed = {"position_ids": torch.tensor([[0, 1, 2, 0, 1, 2, 3]]), "use_cache": False}  # two documents
+        expected_packed = model.model(IDS, **packed).last_hidden_state
+        model.config.return_dict = False
+        assert isinstance(model.model(IDS), tuple)
+        torch.testing.assert_close(model.model(IDS, **packed)[0], expected_packed, rtol=0, atol=0)
+        assert isinstance(model.model(IDS, return_dict=True), type(as_dict))
+        # (the causal-LM head asks its backbone for a ModelOutput whatever the config says)
+        torch.testing.assert_close(model(IDS)[0], expected_logits, rtol=0, atol=0)
+
+
 @pytest.mark.parametrize("preset", ["transformer-tiny", "mamba-tiny"])
 def test_cache_implementation_dynamic_is_the_default_and_others_are_refused(preset):
     """generate() builds a SeqzooCache itself; "dynamic" (what it is) gives the same tokens, and a cache transformers

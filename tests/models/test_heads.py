@@ -265,6 +265,19 @@ def test_heads_return_the_attention_weights_asked_for(task):
     assert len(as_tuple) == 3 and len(as_tuple[2]) == len(expected)  # logits, hidden states, attentions
 
 
+@pytest.mark.parametrize("task", sorted(HEADS))
+def test_a_head_whose_config_says_return_dict_false_gives_a_tuple(task):
+    """config.return_dict=False makes the backbone give tuples too; the head still reads its backbone's output."""
+    model = HEADS[task].from_config(tiny_config(FAMILIES["gru"], num_labels=3)).eval()
+    ids = torch.tensor([PROMPTS[0]])
+    expected = model(ids).logits
+    model.config.return_dict = False
+    assert isinstance(model.model(ids), tuple)
+    as_tuple = model(ids)
+    assert isinstance(as_tuple, tuple)
+    torch.testing.assert_close(as_tuple[0], expected, rtol=0, atol=0)
+
+
 @pytest.mark.parametrize(
     "num_labels, problem_type, labels, message",
     [

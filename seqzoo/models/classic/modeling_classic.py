@@ -17,7 +17,7 @@ from transformers.modeling_outputs import BaseModelOutputWithPast
 from seqzoo.cache import SeqzooCache, unchanged_on_error
 from seqzoo.layers.mixer import build_mixer
 from seqzoo.layers.recurrent import RECURRENT_MIXERS, InputTable, step_stack
-from seqzoo.models.compat import model_output
+from seqzoo.models.compat import as_returned, model_output
 from seqzoo.models.decode_step import finish_decode_step, is_plain_decode_step, prepare_step_inputs, runs_plainly
 from seqzoo.models.inputs import note_no_attention_weights, prepare_inputs, resolve_output_flags
 from seqzoo.models.modeling_utils import SeqzooForCausalLM, SeqzooPreTrainedModel, backbone_cache_argument
@@ -80,18 +80,21 @@ class ClassicRecurrentModel(ClassicRecurrentPreTrainedModel):
         inputs_embeds: torch.Tensor | None = None,
         use_cache: bool | None = None,
         output_hidden_states: bool | None = None,
+        return_dict: bool | None = None,
         **kwargs: Any,
-    ) -> BaseModelOutputWithPast:
+    ) -> BaseModelOutputWithPast | tuple:
         cache = backbone_cache_argument(self, cache, kwargs)
         note_no_attention_weights(self, kwargs)
         packing = find_packing(self, input_ids, inputs_embeds, attention_mask, position_ids, cache, use_cache, kwargs)
         if packing is None and self.takes_step(input_ids, inputs_embeds, cache, output_hidden_states, kwargs):
             hidden_states = self.decode_step(input_ids, attention_mask, cache)
-            return model_output(BaseModelOutputWithPast, cache=cache, last_hidden_state=hidden_states)
+            output = model_output(BaseModelOutputWithPast, cache=cache, last_hidden_state=hidden_states)
+            return as_returned(self, output, return_dict)
         reset = None  # several documents in a row: each runs alone (see seqzoo/models/packing.py)
         if packing is not None:
             if not packing.takes_resets(self):
-                return packing.run(self, input_ids, inputs_embeds, output_hidden_states, kwargs)
+                output = packing.run(self, input_ids, inputs_embeds, output_hidden_states, kwargs)
+                return as_returned(self, output, return_dict)
             reset, use_cache = packing.starts, False
         use_cache, output_hidden_states = resolve_output_flags(self, use_cache, output_hidden_states)
         inputs = prepare_inputs(self, input_ids, inputs_embeds, attention_mask, cache, use_cache)
@@ -130,9 +133,10 @@ class ClassicRecurrentModel(ClassicRecurrentPreTrainedModel):
             cache.advance(length)
         if output_hidden_states:
             all_hidden_states += (hidden_states,)  # after the final norm, as transformers' models do
-        return model_output(
+        output = model_output(
             BaseModelOutputWithPast, cache=cache, last_hidden_state=hidden_states, hidden_states=all_hidden_states
         )
+        return as_returned(self, output, return_dict)
 
     def takes_step(self, input_ids: Any, inputs_embeds: Any, cache: Any, output_hidden_states: bool | None,
                    kwargs: dict[str, Any]) -> bool:

@@ -23,8 +23,8 @@ from seqzoo.layers.mixer import Block, SharedValues
 from seqzoo.layers.mlp import MLP, GatedMLP
 from seqzoo.layers.norms import RMSNorm, make_norm
 from seqzoo.layers.positions import RotaryEmbedding
+from seqzoo.models.compat import as_returned, model_output
 from seqzoo.models.compat import causal_mask as causal_mask_for
-from seqzoo.models.compat import model_output
 from seqzoo.models.heads import SeqzooForSequenceClassification, SeqzooForTokenClassification
 from seqzoo.models.inputs import attentions_asked, position_ids_from_mask, prepare_inputs, resolve_output_flags
 from seqzoo.models.mixers import BUILTIN_MIXERS, get_mixer
@@ -169,12 +169,14 @@ class HybridModel(HybridPreTrainedModel):
         inputs_embeds: torch.Tensor | None = None,
         use_cache: bool | None = None,
         output_hidden_states: bool | None = None,
+        return_dict: bool | None = None,
         **kwargs: Any,
-    ) -> BaseModelOutputWithPast:
+    ) -> BaseModelOutputWithPast | tuple:
         cache = backbone_cache_argument(self, cache, kwargs)
         packing = find_packing(self, input_ids, inputs_embeds, attention_mask, position_ids, cache, use_cache, kwargs)
         if packing is not None:  # several documents in a row: each runs alone (see seqzoo/models/packing.py)
-            return packing.run(self, input_ids, inputs_embeds, output_hidden_states, kwargs)
+            output = packing.run(self, input_ids, inputs_embeds, output_hidden_states, kwargs)
+            return as_returned(self, output, return_dict)
         use_cache, output_hidden_states = resolve_output_flags(self, use_cache, output_hidden_states)
         inputs = prepare_inputs(self, input_ids, inputs_embeds, attention_mask, cache, use_cache)
         cache, mask = inputs.cache, inputs.padding_mask  # the padding mask is for the recurrent layers
@@ -213,10 +215,11 @@ class HybridModel(HybridPreTrainedModel):
         hidden_states = self.norm(hidden_states)
         if output_hidden_states:
             all_hidden_states += (hidden_states,)  # after the final norm, as transformers' models do
-        return model_output(
+        output = model_output(
             BaseModelOutputWithPast, cache=cache, last_hidden_state=hidden_states, hidden_states=all_hidden_states,
             attentions=tuple(shared.get("attentions", [])) if output_attentions else None,
         )
+        return as_returned(self, output, return_dict)
 
 
 class HybridForCausalLM(HybridPreTrainedModel, SeqzooForCausalLM):

@@ -16,8 +16,8 @@ from seqzoo.layers.mixer import Block, SharedValues
 from seqzoo.layers.mlp import MLP, GatedMLP
 from seqzoo.layers.norms import make_norm
 from seqzoo.layers.positions import RotaryEmbedding, SinusoidalPositions
+from seqzoo.models.compat import as_returned, model_output
 from seqzoo.models.compat import causal_mask as causal_mask_for
-from seqzoo.models.compat import model_output
 from seqzoo.models.heads import SeqzooForSequenceClassification, SeqzooForTokenClassification
 from seqzoo.models.inputs import attentions_asked, position_ids_from_mask, prepare_inputs, resolve_output_flags
 from seqzoo.models.modeling_utils import SeqzooForCausalLM, SeqzooPreTrainedModel, backbone_cache_argument
@@ -111,8 +111,9 @@ class TransformerModel(TransformerPreTrainedModel):
         inputs_embeds: torch.Tensor | None = None,
         use_cache: bool | None = None,
         output_hidden_states: bool | None = None,
+        return_dict: bool | None = None,
         **kwargs: Any,
-    ) -> BaseModelOutputWithPast:
+    ) -> BaseModelOutputWithPast | tuple:
         cache = backbone_cache_argument(self, cache, kwargs)
         packing = find_packing(self, input_ids, inputs_embeds, attention_mask, position_ids, cache, use_cache, kwargs)
         if packing is not None:
@@ -174,13 +175,14 @@ class TransformerModel(TransformerPreTrainedModel):
             hidden_states = self.norm(hidden_states)
         if output_hidden_states:
             all_hidden_states += (hidden_states,)  # after the final norm, as transformers' models do
-        return model_output(
+        output = model_output(
             BaseModelOutputWithPast,
             cache=cache if use_cache else None,
             last_hidden_state=hidden_states,
             hidden_states=all_hidden_states,
             attentions=tuple(shared["attentions"]) if output_attentions else None,
         )
+        return as_returned(self, output, return_dict)
 
 
 class TransformerForCausalLM(TransformerPreTrainedModel, SeqzooForCausalLM):
