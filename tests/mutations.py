@@ -273,6 +273,24 @@ MUTATIONS: dict[str, Mutation] = {
         lambda: edit("seqzoo.kernels.rnn_cells.reference:gru", "(1 - z) * n + z * h", "z * n + (1 - z) * h"),
         ["tests/kernels/test_rnn_cells.py", "tests/models/test_classic_reference.py"],
     ),
+    "variant_weights_unchecked": Mutation(
+        "from_pretrained(variant=...) reads the plain weight files' names, so a variant's integer tensors load cast",
+        lambda: edit("seqzoo.models.loading:check_weight_files", 'variant = kwargs.get("variant")', "variant = None"),
+        ["tests/test_bad_forward_input.py"], "variant or integer or subfolder",
+    ),
+    "subfolder_weights_unchecked": Mutation(
+        "from_pretrained(subfolder=...) checks the weights of the folder above the checkpoint",
+        lambda: edit("seqzoo.models.loading:check_weight_files", 'folder = Path(source) / kwargs.get("subfolder", "")',
+                     "folder = Path(source)"),
+        ["tests/test_bad_forward_input.py"], "variant or integer or subfolder",
+    ),
+    "backbone_ignores_return_dict": Mutation(
+        "a backbone returns a ModelOutput when return_dict=False (passed or from the config)",
+        lambda: edit("seqzoo.models.compat:as_returned",
+                     "return output if (model.config.return_dict if return_dict is None else return_dict) else "
+                     "output.to_tuple()", "return output"),
+        ["tests/models/test_compat.py", "tests/models/test_heads.py"], "return_dict",
+    ),
     "selective_scan_chunked_ignores_initial_state": Mutation(
         "chunked selective_scan starts every call from a zero state",
         _selective_scan_chunked_ignores_initial_state,
