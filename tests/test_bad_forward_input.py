@@ -174,7 +174,6 @@ def test_a_damaged_weights_file_names_the_checkpoint(saved, damage):
         AutoModelForCausalLM.from_pretrained(folder)
 
 
-
 def test_integer_weights_and_a_damaged_index_are_refused_naming_the_file(saved):
     """transformers casts an integer or boolean tensor to the parameter's dtype without a word (small weights read
     as zeros), and fails on a damaged index with a KeyError or TypeError that names no file."""
@@ -249,6 +248,7 @@ def test_a_checkpoint_in_a_subfolder_is_checked_there(tmp_path):
     with pytest.raises(ValueError, match=rf"not floating point: {key} \(I32\)"):
         cls.from_pretrained(tmp_path, subfolder="sub")
 
+
 def test_a_pickled_bin_is_refused_plainly_and_runs_nothing(saved, tmp_path):
     from safetensors.torch import load_file
 
@@ -265,6 +265,7 @@ def test_a_pickled_bin_is_refused_plainly_and_runs_nothing(saved, tmp_path):
     with pytest.raises(ValueError, match="pickle\\) hold Python objects other than tensors, which are not loaded"):
         AutoModelForCausalLM.from_pretrained(folder)
     assert not marker.exists()
+
 
 def test_non_finite_weights_are_refused_unless_allowed(saved):
     folder, model = saved

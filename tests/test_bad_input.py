@@ -84,6 +84,7 @@ def test_an_unknown_config_keyword_is_refused_by_name(cls):
     config = cls(num_labels=3, torch_dtype="float32", attn_implementation="eager", name_or_path="x")
     assert config.num_labels == 3
 
+
 @pytest.mark.parametrize("cls", ALL_CONFIGS, ids=lambda cls: cls.__name__)
 def test_another_architectures_model_type_is_refused(cls):
     """``GRUConfig(model_type="seqzoo_lstm")`` stored the LSTM's name on a GRU's config, which part of the code reads
@@ -92,7 +93,6 @@ def test_another_architectures_model_type_is_refused(cls):
                                          rf"'{cls.model_type}'"):
         cls(model_type="seqzoo_other")
     assert cls(model_type=cls.model_type).model_type == cls.model_type
-
 
 
 def test_a_loaded_config_with_a_field_this_seqzoo_does_not_know_loads_with_a_warning(tmp_path, caplog):
@@ -169,6 +169,7 @@ def test_a_damaged_config_json_is_named_by_the_config_loader_strict_or_not(saved
     for strict in (True, False):
         with pytest.raises(OSError, match=r"config.json' is not a valid JSON file"):
             seqzoo.LSTMForCausalLM.from_pretrained(saved_lstm, strict=strict)
+
 
 def test_checkpoint_with_missing_tensor(saved_lstm):
     weights = load_file(saved_lstm / "model.safetensors")
@@ -259,6 +260,7 @@ def test_strict_false_gives_a_misshaped_head_fresh_values_and_a_new_classifier_i
     score = classifier.score.weight.detach()
     bound = 1 / score.shape[1] ** 0.5
     assert float(score.abs().max()) <= bound and 0.7 < float(score.std()) * 3**0.5 / bound < 1.3
+
 
 # A field, a value away from its default, the config (preset, overrides) of a model that does not read it, and of one
 # that does.

@@ -153,14 +153,6 @@ def model_output(output_class: type, cache: Any = None, **fields: Any) -> Any:
 _BUILDERS: dict[type, Any] = {}
 
 
-
-def as_returned(model: Any, output: Any, return_dict: bool | None) -> Any:
-    """A backbone's ``output`` as transformers' own backbones return it: the ``ModelOutput``, or, when
-    ``return_dict`` (else the config's ``return_dict``) is False, its fields that are set, in order, as a tuple
-    (``(last_hidden_state, cache, hidden_states)``). The heads built on a backbone call it with True."""
-    return output if (model.config.return_dict if return_dict is None else return_dict) else output.to_tuple()
-
-
 def _output_builder(output_class: type) -> Any:
     """A function ``fields -> output_class(**fields)``. A transformers ``ModelOutput`` dataclass is built through a
     ``__setattr__`` that lists the dataclass fields on every assignment, and a ``__post_init__`` that checks and
@@ -201,6 +193,13 @@ def _output_builder(output_class: type) -> Any:
             and vars(built).keys() == vars(reference).keys()
             and all(vars(built)[k] is vars(reference)[k] for k in vars(reference)))
     return fast if same else (lambda fields: output_class(**fields))
+
+
+def as_returned(model: Any, output: Any, return_dict: bool | None) -> Any:
+    """A model's ``output`` as transformers' own models return it: the ``ModelOutput``, or, when ``return_dict``
+    (else the config's ``return_dict``) is False, its fields that are set, in order, as a tuple (from a backbone,
+    ``(last_hidden_state, cache, hidden_states)``). The heads built on a backbone call it with True."""
+    return output if (model.config.return_dict if return_dict is None else return_dict) else output.to_tuple()
 
 
 def output_cache(output: Any) -> Any:

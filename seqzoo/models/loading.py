@@ -102,8 +102,8 @@ def check_weight_files(source: Any, kwargs: dict[str, Any]) -> None:
     except (OSError, ValueError, TypeError, RecursionError):
         return  # (a damaged config.json is named by the config loader)
     variant = kwargs.get("variant")
-    single, index = (folder / _with_variant(name, variant) for name in ("model.safetensors",
-                                                                        "model.safetensors.index.json"))
+    single = folder / _with_variant("model.safetensors", variant)
+    index = folder / _with_variant("model.safetensors.index.json", variant)
     if single.is_file():
         files = [single]
     elif index.is_file():

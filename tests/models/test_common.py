@@ -202,7 +202,6 @@ def test_generate_continues_from_a_user_cache(family_preset):
     assert torch.equal(model.generate(ids, cache=cache, **kwargs), expected)
 
 
-
 def test_a_cache_holding_the_whole_input_is_refused(family_preset):
     # generate() advances the cache it is given in place: passing it again with the same inputs, or a cache of the
     # whole prompt, made transformers feed the cached tokens a second time on top of it (garbage, silently).
@@ -240,7 +239,6 @@ def test_the_cache_of_a_beam_search_is_refused_for_continuing(family_preset):
     out = model.generate(ids, max_new_tokens=3, return_dict_in_generate=True, **kwargs)
     assert torch.equal(model.generate(out.sequences, cache=output_cache(out), max_new_tokens=2, **kwargs),
                        model.generate(out.sequences, max_new_tokens=2, **kwargs))
-
 
 
 @pytest.mark.parametrize("preset", ["lstm-tiny", "transformer-tiny"])
@@ -285,6 +283,7 @@ def test_a_cache_with_gradients_recorded_says_how_to_copy_it(family_preset):
     assert copied is not cache and copied.get_seq_length() == cache.get_seq_length() == 7
     assert all(a is not b and torch.equal(a, b) for a, b in zip(copied.tensors(), cache.tensors()))
     assert len(list(copied.tensors())) == len(list(cache.tensors())) > 0
+
 
 ASSISTED = dict(max_new_tokens=4, do_sample=False, pad_token_id=0)
 

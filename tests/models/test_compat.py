@@ -132,7 +132,8 @@ def _tuple_kinds(output):
 
 def test_a_backbone_honours_return_dict_as_transformers_backbones_do(family_preset):
     """AutoModel's backbone with return_dict=False (passed, or the config's) gives a tuple of the fields set, as
-    transformers' LlamaModel does: (last_hidden_state, cache[, hidden_states]); the heads built on it still work."""
+    transformers' LlamaModel does: (last_hidden_state, cache[, hidden_states]), packed rows too; the causal LM built
+    on it still reads it."""
     from transformers import LlamaConfig, LlamaModel
 
     llama = LlamaModel(LlamaConfig(vocab_size=99, hidden_size=16, intermediate_size=32, num_hidden_layers=1,

@@ -116,6 +116,7 @@ def test_input_ids_given_by_keyword_or_not_2d_take_transformers_path():
     assert generation.decode_step_inputs(model, (), {**kwargs, "input_ids": PROMPT[:1]}) is None
     assert generation.decode_step_inputs(model, (PROMPT[0],), kwargs) is None
 
+
 def forward_position_ids(model, monkeypatch, **generate_kwargs):
     seen = []
     forward = type(model).forward
@@ -226,6 +227,7 @@ def test_a_mask_that_does_not_fit_a_prompt_given_by_keyword_is_refused_naming_it
     with pytest.raises(ValueError, match=rf"attention_mask has shape \(2, 5\) but {name} has \(2, 7\)"):
         model.generate(**{prompt: given}, attention_mask=MASK[:, 2:], max_new_tokens=2, do_sample=False,
                        pad_token_id=0)
+
 
 @pytest.mark.parametrize("preset", ["lstm-tiny", "seq2seq-bahdanau-tiny"])
 def test_continuous_batching_is_refused_by_name(preset):

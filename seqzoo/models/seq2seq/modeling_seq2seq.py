@@ -24,7 +24,14 @@ from transformers.modeling_outputs import Seq2SeqLMOutput, Seq2SeqModelOutput
 
 from seqzoo.cache import unchanged_on_error
 from seqzoo.layers.positions import SinusoidalPositions, sinusoidal_table
-from seqzoo.models.compat import GENERATE_CACHE_KWARG, check_kwargs, model_output, output_cache, take_cache
+from seqzoo.models.compat import (
+    GENERATE_CACHE_KWARG,
+    as_returned,
+    check_kwargs,
+    model_output,
+    output_cache,
+    take_cache,
+)
 from seqzoo.models.generation import (
     check_cache_implementation,
     check_continued_cache,
@@ -214,7 +221,7 @@ class Seq2SeqModel(Seq2SeqPreTrainedModel):
             encoder_hidden_states=encoder_outputs.hidden_states,
             encoder_attentions=encoder_outputs.attentions,
         )
-        return output if (self.config.return_dict if return_dict is None else return_dict) else output.to_tuple()
+        return as_returned(self, output, return_dict)
 
 
 def _as_encoder_output(encoder_outputs: Any) -> Seq2SeqEncoderOutput:
