@@ -19,7 +19,7 @@ import torch
 
 from seqzoo.conversions import gpt2, hf_mamba, llama
 from seqzoo.conversions.checkpoints import check_destination, copy_tokenizer_files, materialize_buffers
-from seqzoo.models.modeling_utils import _contiguous_state_dict
+from seqzoo.models.weight_storage import contiguous_state_dict
 
 # target -> (seqzoo model_type it exports from, transformers class name, module with native_config/native_weights)
 TARGETS: dict[str, tuple[str, str, Any]] = {
@@ -39,7 +39,7 @@ def to_native(model: Any, target: str) -> Any:
     native_config = module.native_config(model.config)
     # By rows, as transformers builds its models: one stored by columns (set_weight_layout) fails its save's check of
     # tied weights, which flattens them with view().
-    state = _contiguous_state_dict({k: v.detach() for k, v in model.state_dict().items()})
+    state = contiguous_state_dict({k: v.detach() for k, v in model.state_dict().items()})
     weights = module.native_weights(state, model.config)
     native_class = getattr(transformers, class_name)
     with torch.device("meta"):

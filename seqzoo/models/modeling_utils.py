@@ -1,17 +1,14 @@
 """Shared model plumbing: the PreTrainedModel base and the causal-LM head every architecture uses. What loading
 checks of a checkpoint is in loading.py, what a forward checks of its inputs in inputs.py, the decode step's lean
-path in decode_step.py, the causal LM's additions to transformers' generate() in generation.py."""
+path in decode_step.py, the causal LM's additions to transformers' generate() in generation.py, its compiled decode
+steps in compiled_decoding.py, and how its weights are laid out and saved in weight_storage.py."""
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import importlib
 import inspect
 import logging
-import types
-from collections.abc import Iterator
-from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -31,6 +28,8 @@ from seqzoo.models.compat import (
     output_cache,
     take_cache,
 )
+from seqzoo.models.compiled_decoding import ATTRIBUTE as COMPILED
+from seqzoo.models.compiled_decoding import compile_forward, run_compiled_step
 from seqzoo.models.decode_step import call_plainly
 from seqzoo.models.generation import (
     check_cache_implementation,
@@ -43,7 +42,7 @@ from seqzoo.models.generation import (
     mark_beam_search_cache,
     refuse_continuous_batching,
 )
-from seqzoo.models.inputs import check_label_range, check_mask_values, check_token_ids
+from seqzoo.models.inputs import check_label_range
 from seqzoo.models.loading import (
     check_checkpoint_model_type,
     check_generation_config_file,
@@ -51,6 +50,14 @@ from seqzoo.models.loading import (
     initialise_anew,
 )
 from seqzoo.models.packing import PACKING_KWARGS, find_packing
+from seqzoo.models.weight_storage import (
+    check_layout_name,
+    contiguous_parameters,
+    contiguous_state_dict,
+    lay_out,
+    layout_weight,
+    offloaded_value,
+)
 
 logger = logging.getLogger("seqzoo")
 
@@ -157,8 +164,8 @@ class SeqzooPreTrainedModel(PreTrainedModel):
                 "not save with save_pretrained: save the float model, and quantise it again after loading"
             )
         if kwargs.get("state_dict") is not None:
-            kwargs["state_dict"] = _contiguous_state_dict(kwargs["state_dict"])
-        with _contiguous_parameters(self):
+            kwargs["state_dict"] = contiguous_state_dict(kwargs["state_dict"])
+        with contiguous_parameters(self):
             super().save_pretrained(save_directory, *args, **kwargs)
         is_main_process = args[0] if args else kwargs.get("is_main_process", True)
         # A class loaded with trust_remote_code=True has _auto_class set: transformers then copies its own code.
@@ -284,7 +291,7 @@ class SeqzooPreTrainedModel(PreTrainedModel):
             bad = []
             for name, tensor in model.state_dict().items():
                 if tensor.is_meta:  # offloaded by a device_map: read back from accelerate's store
-                    tensor = _offloaded_value(model, name)
+                    tensor = offloaded_value(model, name)
                 if tensor is not None and tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
                     bad.append(name)
             if bad:
@@ -355,13 +362,15 @@ class SeqzooForCausalLM(SeqzooPreTrainedModel, GenerationMixin):
         kwargs: only what :data:`seqzoo.models.compat.PASSTHROUGH_KWARGS` lists, or what the backbone names in
             ``extra_forward_kwargs``; anything else raises.
         """
-        compiled = self.__dict__.get("_compiled_decoding")
+        compiled = self.__dict__.get(COMPILED)
         if (compiled is not None and input_ids is not None and input_ids.shape[-1] == 1 and labels is None
                 and not torch.is_grad_enabled() and not torch.compiler.is_compiling()
                 and (cache is not None or any(kwargs.get(name) is not None for name in CACHE_ALIASES))):
             args = (input_ids, attention_mask, position_ids, cache, inputs_embeds, labels, use_cache,
                     output_hidden_states, return_dict, logits_to_keep)
-            return self._compiled_step(compiled, args, kwargs)
+            check_kwargs({k: v for k, v in kwargs.items() if k not in CACHE_ALIASES}, forward_parameters(self),
+                         f"{type(self).__name__}.forward")
+            return run_compiled_step(self, compiled, args, kwargs)
         cache = take_cache(cache, kwargs)
         if kwargs:
             check_kwargs(kwargs, forward_parameters(self), f"{type(self).__name__}.forward")
@@ -444,20 +453,9 @@ class SeqzooForCausalLM(SeqzooPreTrainedModel, GenerationMixin):
         if not enabled:
             if options:
                 raise TypeError(f"compile_decoding(False) takes no torch.compile options; got {', '.join(options)}")
-            self.__dict__.pop("_compiled_decoding", None)
+            self.__dict__.pop(COMPILED, None)
             return self
-        options = {"fullgraph": True, **options}
-        # Dynamo keeps its compiled graphs, and counts them against its recompile limit (8), per code object: every
-        # seqzoo causal LM shares this class's forward, so each model compiles a copy of it, and a process holding
-        # several compiled models (or one decoding at several batch sizes) does not run out.
-        forward = type(self).forward
-        own = types.FunctionType(forward.__code__.replace(), forward.__globals__, forward.__name__,
-                                 forward.__defaults__, forward.__closure__)
-        own.__kwdefaults__ = forward.__kwdefaults__
-        # What the graphs are traced through (a forward put on a module's class later is not seen by dynamo's guards,
-        # so such a step runs eagerly; see _compiled_step, which adds the classes of modules put in later).
-        self.__dict__["_compiled_decoding"] = _CompiledDecoding(torch.compile(types.MethodType(own, self), **options),
-                                                                module_forwards(self))
+        self.__dict__[COMPILED] = compile_forward(self, {"fullgraph": True, **options})
         return self
 
     def set_head_layout(self, layout: str) -> SeqzooForCausalLM:
@@ -479,11 +477,11 @@ class SeqzooForCausalLM(SeqzooPreTrainedModel, GenerationMixin):
         the order it was saved in). Set the order before an optimizer's first step and do not resume a fused
         optimizer's state saved in the other order, or train with torch's default implementation, which reads each
         tensor in its own order. Returns the model."""
-        _check_layout_name("set_head_layout", layout)
+        check_layout_name("set_head_layout", layout)
         head = self.get_output_embeddings()
-        weight = _layout_weight(head, "weight", f"set_head_layout: the vocabulary head ({type(head).__name__})",
+        weight = layout_weight(head, "weight", f"set_head_layout: the vocabulary head ({type(head).__name__})",
                                 "a floating-point (vocab, hidden) Parameter")
-        _lay_out(weight, layout)
+        lay_out(weight, layout)
         return self
 
     def set_weight_layout(self, layout: str) -> SeqzooForCausalLM:
@@ -507,73 +505,25 @@ class SeqzooForCausalLM(SeqzooPreTrainedModel, GenerationMixin):
         parametrization computes (weight_norm, some adapters) or one accelerate offloads is refused by name. The
         order lasts while the parameters do, and a fused optimizer with state from before the change computes wrong
         values (see :meth:`set_head_layout`). Returns the model."""
-        _check_layout_name("set_weight_layout", layout)
+        check_layout_name("set_weight_layout", layout)
         head = self.get_output_embeddings()
         weights: dict[int, nn.Parameter] = {}
         for name, module in self.named_modules():
             names = ("weight",) if isinstance(module, nn.Linear) or module is head else ()
             for parameter_name in (*names, *getattr(type(module), "projection_parameters", ())):
                 where = f"set_weight_layout: {name or 'the model'}.{parameter_name} ({type(module).__name__})"
-                weight = _layout_weight(module, parameter_name, where, "a floating-point 2-d Parameter")
+                weight = layout_weight(module, parameter_name, where, "a floating-point 2-d Parameter")
                 weights[id(weight)] = weight
         for weight in weights.values():
-            _lay_out(weight, "columns" if layout == "columns" and weight.shape[0] >= weight.shape[1] else "rows")
+            lay_out(weight, "columns" if layout == "columns" and weight.shape[0] >= weight.shape[1] else "rows")
         return self
 
     def __getstate__(self) -> dict[str, Any]:
         # As torch drops what Module.compile() sets: a copy or a pickle decodes eagerly (the compiled forward is
         # this model's own: a copy holding it would decode with the original's weights).
         state = super().__getstate__()
-        state.pop("_compiled_decoding", None)
+        state.pop(COMPILED, None)
         return state
-
-    def _compiled_step(self, compiled: _CompiledDecoding, args: tuple, kwargs: dict[str, Any]) -> Any:
-        """A decode step of a model whose steps were compiled (compile_decoding): the same forward, traced. What a
-        trace skips (checks that read tensor values) or cannot raise from runs here first.
-
-        Hooks: dynamo re-traces a step when a module's own hooks change only if told to guard on them
-        (``skip_nnmodule_hook_guards``, True by default: a hook added after the first step would be silently left
-        out), so every call here asks for those guards. Hooks on every module and a forward put on a module's class
-        since are not guarded by dynamo at all: such a step runs eagerly, and the hook or the new forward runs."""
-        check_kwargs({k: v for k, v in kwargs.items() if k not in CACHE_ALIASES}, forward_parameters(self),
-                     f"{type(self).__name__}.forward")
-        input_ids, attention_mask = args[:2]
-        if (not (input_ids.is_floating_point() or input_ids.is_complex() or input_ids.dtype == torch.bool)
-                and not global_module_hooks()
-                and all(cls.forward is forward for cls, forward in compiled.forwards.items())
-                and not _may_pass_positions(self.config, args[2], args[3], kwargs)):
-            check_token_ids(input_ids, self.config.vocab_size)
-            if isinstance(attention_mask, torch.Tensor) and attention_mask.dim() == 2:
-                check_mask_values(attention_mask)
-            config = torch._dynamo.config
-            skipped = config.skip_nnmodule_hook_guards
-            config.skip_nnmodule_hook_guards = False
-            traced = _graphs_traced()
-            try:
-                return compiled.step(*args, **kwargs)
-            except torch._dynamo.exc.Unsupported:
-                pass  # the trace stopped before anything ran (fullgraph: a check that raises for this input)
-            except torch._dynamo.exc.FailOnRecompileLimitHit:
-                if not self.__dict__.get("_warned_recompile_limit"):
-                    self.__dict__["_warned_recompile_limit"] = True
-                    logger.warning(
-                        "%s.compile_decoding: dynamo's recompile limit (torch._dynamo.config.recompile_limit = %d) "
-                        "is reached for this model's decode step: steps that no compiled graph fits (a shape not "
-                        "compiled yet, or a hook the graph depends on that changed) run eagerly. Raise the limit to "
-                        "compile them too", type(self).__name__, torch._dynamo.config.recompile_limit)
-            finally:
-                config.skip_nnmodule_hook_guards = skipped
-                if _graphs_traced() != traced:
-                    # A new graph may have traced a module put in since compile_decoding(), of a class not kept yet:
-                    # its forward now is the one later steps check (the classes kept have theirs, checked above).
-                    for cls, forward in module_forwards(self).items():
-                        compiled.forwards.setdefault(cls, forward)
-        # Eagerly: the forward raises the check's own error (or computes the step).
-        del self.__dict__["_compiled_decoding"]
-        try:
-            return type(self).forward(self, *args, **kwargs)
-        finally:
-            self.__dict__["_compiled_decoding"] = compiled
 
     def prepare_inputs_for_generation(self, *args: Any, **kwargs: Any) -> dict[str, Any]:
         inputs = decode_step_inputs(self, args, kwargs)
@@ -623,135 +573,6 @@ class SeqzooForCausalLM(SeqzooPreTrainedModel, GenerationMixin):
         with explained_assisted_refusal(self):
             result = super().generate(*args, **kwargs)
         return mark_beam_search_cache(result, cache, config, kwargs)
-
-
-@dataclass(frozen=True)
-class _CompiledDecoding:
-    """What ``compile_decoding()`` keeps on a model: the compiled forward, and each module class's forward then."""
-
-    step: Any
-    forwards: dict  # {module class: its forward when a graph first traced it}
-
-
-def module_forwards(model: nn.Module) -> dict:
-    """Each class among ``model``'s modules, and its forward now."""
-    return {type(module): type(module).forward for module in model.modules()}
-
-
-def _graphs_traced() -> int:
-    """How many graphs dynamo has compiled in this process (it counts no other way that a call can read cheaply)."""
-    return torch._dynamo.utils.counters["stats"]["unique_graphs"]
-
-
-def _may_pass_positions(config: Any, position_ids: Any, cache: Any, kwargs: dict[str, Any]) -> bool:
-    """Whether a decode step may reach a position beyond a model's learned / sinusoidal positions
-    (``config.max_input_length``), which the eager forward refuses with a clear error and a compiled one would index
-    out of range: such a step runs eagerly. Conservative (the cached length bounds the step's position; a left-padded
-    row's is smaller), so the eager forward makes the exact check."""
-    longest = getattr(config, "max_input_length", None)
-    if longest is None:
-        return False
-    if isinstance(position_ids, torch.Tensor):
-        low, high = (int(v) for v in torch.aminmax(position_ids))
-        return high >= longest or low < 0
-    if cache is None:
-        cache = next((kwargs[name] for name in CACHE_ALIASES if kwargs.get(name) is not None), None)
-    return isinstance(cache, SeqzooCache) and cache.get_seq_length() >= longest
-
-
-def _offloaded_value(model: nn.Module, name: str) -> torch.Tensor | None:
-    """The value of a state-dict entry that a ``device_map`` offloaded (its parameter is on the meta device), read from
-    the store of the accelerate hook that loads it for its module's call (the module or one above it); None where no
-    hook holds it."""
-    parts = name.split(".")
-    for depth in range(len(parts) - 1, -1, -1):
-        for hook in _offloading_hooks(model.get_submodule(".".join(parts[:depth]))):
-            store = getattr(hook, "weights_map", None)
-            if store is not None:
-                try:
-                    return store[".".join(parts[depth:])]
-                except KeyError:
-                    continue
-    return None
-
-
-def _offloading_hooks(module: nn.Module) -> list[Any]:
-    """The accelerate hooks on ``module`` that offload its weights (a SequentialHook holds several)."""
-    hook = getattr(module, "_hf_hook", None)
-    return [part for part in getattr(hook, "hooks", None) or [hook] if getattr(part, "offload", False)]
-
-
-def _check_layout_name(method: str, layout: str) -> None:
-    if layout not in ("rows", "columns"):
-        raise ValueError(f"{method}: layout must be 'rows' or 'columns', got {layout!r}")
-
-
-def _layout_weight(module: nn.Module, name: str, where: str, wanted: str) -> nn.Parameter:
-    """``module``'s parameter ``name``, checked for :meth:`SeqzooForCausalLM.set_head_layout` /
-    ``set_weight_layout``: a plain floating-point 2-d Parameter whose storage this process holds."""
-    if torch.nn.utils.parametrize.is_parametrized(module, name):
-        raise ValueError(f"{where} computes its weight on every call (a parametrization such as weight_norm): "
-                         "there is no stored weight whose order could change")
-    if _offloading_hooks(module):
-        raise ValueError(f"{where} is offloaded by accelerate (cpu_offload / dispatch_model), which keeps its own "
-                         "copy of the weight: set the layout before offloading")
-    weight = getattr(module, name, None)
-    # A tensor subclass (torchao's quantised weights, a DTensor shard) lays itself out: only plain tensors here.
-    if (not isinstance(weight, nn.Parameter) or type(weight.data) is not torch.Tensor or weight.dim() != 2
-            or not weight.is_floating_point()):
-        if weight is None:
-            seen = "no weight"
-        elif isinstance(weight, nn.Parameter):
-            seen = f"a Parameter of {type(weight.data).__name__}"
-        else:
-            seen = f"a {type(weight).__name__} that is not a Parameter"
-        if isinstance(weight, torch.Tensor):
-            seen += f", dtype {weight.dtype}, shape {tuple(weight.shape)}"
-        raise ValueError(f"{where} has {seen}; a layout applies to {wanted} of plain tensors (a quantised or "
-                         "sharded weight keeps its own layout)")
-    if weight.is_meta:
-        raise ValueError(f"{where}: its weight is on the meta device (offloaded, or not loaded yet)")
-    return weight
-
-
-def _lay_out(weight: nn.Parameter, layout: str) -> None:
-    # `.data` swaps the storage under the same Parameter, so optimizers, ties and hooks keep their reference.
-    # By columns, the (out, in) view's transpose is contiguous: strides (1, out). A gradient already there follows:
-    # torch's fused optimizers (fused=True) read a parameter and its gradient as one order, and on the CPU compute
-    # wrong values, without an error, where the two differ.
-    for tensor in (weight, weight.grad):
-        if tensor is not None and tensor.layout is torch.strided:  # (a sparse gradient has no memory order)
-            tensor.data = tensor.data.t().contiguous().t() if layout == "columns" else tensor.data.contiguous()
-
-
-@contextlib.contextmanager
-def _contiguous_parameters(module: nn.Module) -> Iterator[None]:
-    """Parameters stored in another memory order (``set_head_layout("columns")``) held contiguous for a while, then
-    put back: transformers' check of tied tensors, while saving, flattens them with ``view``, which that order
-    refuses. Only the memory order changes; each Parameter stays the same object."""
-    moved = [(parameter, parameter.data) for parameter in module.parameters() if not parameter.is_contiguous()]
-    for parameter, data in moved:
-        parameter.data = data.contiguous()
-    try:
-        yield
-    finally:
-        for parameter, data in moved:
-            parameter.data = data
-
-
-def _contiguous_state_dict(state_dict: dict[str, Any]) -> dict[str, Any]:
-    """``state_dict`` with each tensor stored in another memory order replaced by a contiguous copy, one per stored
-    tensor: entries that shared one (a tied head and embedding) share the copy, so ties are still found."""
-    copies: dict[tuple, torch.Tensor] = {}
-    out = {}
-    for name, tensor in state_dict.items():
-        if type(tensor) is torch.Tensor and not tensor.is_contiguous():
-            key = (tensor.device, tensor.data_ptr(), tensor.dtype, tuple(tensor.shape), tensor.stride())
-            if key not in copies:  # a tied head is copied once, not once per name
-                copies[key] = tensor.contiguous()
-            tensor = copies[key]
-        out[name] = tensor
-    return out
 
 
 def _first_parameter(module: nn.Module) -> nn.Parameter | None:
