@@ -407,7 +407,6 @@ def test_generate_with_forced_kernel_and_bad_source(tmp_path, capsys):
                                                                                 "ab"])
 
 
-
 def test_generate_refuses_a_classifier_folder(tmp_path, capsys):
     """AutoModelForCausalLM loads a token classifier's folder too (the lm_head tied to the embeddings, or new), and
     the command printed what that untrained head made up."""
@@ -493,6 +492,7 @@ def test_generate_names_a_wrongly_typed_config_field(tmp_path, capsys):
     line = _error(capsys, ["generate", str(tmp_path / "m"), "ab"])
     assert "'hidden_size'" in line
 
+
 def test_demo_times_decoding_only(capsys):
     assert main(["demo", "--max-new-tokens", "3"]) == 0
     out = capsys.readouterr().out
@@ -527,18 +527,6 @@ def test_one_override_parser():
         parse_overrides(["a=1", "a=2"])
     with pytest.raises(ValueError, match="not of the form key=value"):
         parse_overrides(["=3"])
-
-
-def test_library_code_never_imports_the_cli():
-    offenders = []
-    for path in (ROOT / "seqzoo").rglob("*.py"):
-        if path.name == "cli.py" and path.parent.name == "seqzoo" or path.name == "__main__.py":
-            continue
-        text = path.read_text()
-        if "from seqzoo.cli import" in text or "import seqzoo.cli" in text:
-            offenders.append(str(path.relative_to(ROOT)))
-    known = {"seqzoo/conversions/cli.py"}  # being moved to seqzoo.utils.parse_overrides by its owner
-    assert set(offenders) <= known, offenders
 
 
 def test_a_misspelt_seqzoo_environment_variable_is_said(monkeypatch, capsys):

@@ -320,7 +320,7 @@ def test_weight_layout_auto_keeps_rows_off_the_cpu_and_for_weights_that_are_not_
     # quantised model's weights (tensor subclasses), must keep rows.
     import argparse
 
-    from seqzoo.cli import _columns_pay
+    from seqzoo.generate_cli import _columns_pay
 
     model = AutoModelForCausalLM.from_pretrained(lstm_dir)
     args = argparse.Namespace(dtype="float32", num_beams=1)
