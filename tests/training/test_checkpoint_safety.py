@@ -258,6 +258,44 @@ def test_a_model_file_without_one_of_the_weights_or_with_another_is_refused(save
         train(recipe, resume=True, progress=False)
 
 
+@pytest.mark.parametrize("change,named", [
+    ("drop_step", r"the optimizer state of 'model.layers.1.weight_ih' holds slots \['exp_avg', 'exp_avg_sq'\]; this "
+                  r"run's optimizer keeps \['exp_avg', 'exp_avg_sq', 'step'\]"),
+    ("reshape", r"the optimizer state model.layers.1.weight_ih/exp_avg is a tensor of shape \(2, 2\); this run's "
+                r"optimizer keeps a tensor of shape \(\d+, \d+\)"),
+    ("add", r"the file holds optimizer state for 'model.extra', which this run's optimizer does not train"),
+    ("drop_parameter", r"the file holds no optimizer state for 'model.layers.1.weight_ih'"),
+])
+def test_an_optimizer_file_without_a_slot_or_with_another_shape_or_parameter_is_refused(saved_run, tmp_path, change,
+                                                                                          named):
+    # set_optimizer_state_dict fills every slot before it loads the file: a slot the file lacked went on from that
+    # filler (a step count of 1, a zero moment) without a word, a slot of another shape failed only at the next
+    # step, and state for a parameter the model lacks was ignored.
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    recipe, checkpoint = copy_run(saved_run, tmp_path)
+
+    def edit(path):
+        with safe_open(str(path), "pt") as handle:
+            tensors, metadata = {k: handle.get_tensor(k) for k in handle.keys()}, handle.metadata()
+        key = "model.layers.1.weight_ih/" + ("step" if change == "drop_step" else "exp_avg")
+        if change == "drop_step":
+            del tensors[key]
+        elif change == "drop_parameter":
+            tensors = {k: v for k, v in tensors.items() if not k.startswith("model.layers.1.weight_ih/")}
+        elif change == "reshape":
+            tensors[key] = torch.zeros(2, 2)
+        else:
+            tensors["model.extra/exp_avg"] = torch.zeros(2)
+        save_file(tensors, str(path), metadata)
+
+    rewrite(checkpoint, "optimizer.safetensors", edit)
+    with pytest.raises(CheckpointError, match=r"optimizer.safetensors' does not fit this run's model \(ValueError: "
+                                              + named):
+        train(recipe, resume=True, progress=False)
+
+
 def test_a_scheduler_file_with_keys_of_another_scheduler_is_refused(saved_run, tmp_path):
     # LambdaLR.load_state_dict copies any key it is given onto the scheduler: an extra one must be refused first.
     recipe, checkpoint = copy_run(saved_run, tmp_path)
