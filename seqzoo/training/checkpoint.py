@@ -148,6 +148,7 @@ def restore_training_state(checkpoint: Path, state: dict[str, Any], accelerator:
     """
     from torch.distributed.checkpoint.state_dict import (
         get_model_state_dict,
+        get_optimizer_state_dict,
         set_model_state_dict,
         set_optimizer_state_dict,
     )
@@ -169,8 +170,14 @@ def restore_training_state(checkpoint: Path, state: dict[str, Any], accelerator:
     except Exception as err:
         raise _does_not_fit(model_file, err) from err
     try:
-        set_optimizer_state_dict(model, _inner(optimizer), files.load_optimizer_state(optimizer_file),
-                                 options=_full_state_options())
+        optimizer_state = files.load_optimizer_state(optimizer_file)
+        # set_optimizer_state_dict first gives every slot a value (a step with zero gradients) and then loads the
+        # file over it: a slot the file lacks (a moment, a step count) would go on from that value without a word,
+        # and one of another shape would fail only at the next step. The local state holds the same names, and
+        # under FSDP its tensors are DTensors, which report the whole shape.
+        ours = get_optimizer_state_dict(model, _inner(optimizer))["state"]
+        _check_optimizer_slots(optimizer_state["state"], ours)
+        set_optimizer_state_dict(model, _inner(optimizer), optimizer_state, options=_full_state_options())
     except CheckpointError:
         raise
     except Exception as err:
@@ -185,6 +192,29 @@ def restore_training_state(checkpoint: Path, state: dict[str, Any], accelerator:
         except Exception as err:
             raise _does_not_fit(scaler_file, err) from err
     files.restore_rng_state(checkpoint / files.rng_file(accelerator.process_index))
+
+
+def _check_optimizer_slots(theirs: dict[str, dict[str, Any]], ours: dict[str, dict[str, Any]]) -> None:
+    """Refuse a saved optimizer state whose parameters, slots or slot shapes differ from this run's optimizer's."""
+    for name in sorted(set(theirs) | set(ours)):
+        if name not in ours:
+            raise ValueError(f"the file holds optimizer state for {name!r}, which this run's optimizer does not train")
+        if name not in theirs:
+            raise ValueError(f"the file holds no optimizer state for {name!r}")
+        slots, expected = theirs[name], ours[name]
+        if set(slots) != set(expected):
+            raise ValueError(f"the optimizer state of {name!r} holds slots {sorted(slots)}; this run's optimizer "
+                             f"keeps {sorted(expected)}")
+        for slot, value in expected.items():
+            if _form(slots[slot]) != _form(value):
+                raise ValueError(f"the optimizer state {name}/{slot} is {_form(slots[slot])}; this run's optimizer "
+                                 f"keeps {_form(value)}")
+
+
+def _form(value: Any) -> str:
+    import torch
+
+    return f"a tensor of shape {tuple(value.shape)}" if isinstance(value, torch.Tensor) else type(value).__name__
 
 
 def _restore_scheduler(path: Path, scheduler: Any, step: int) -> None:

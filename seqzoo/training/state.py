@@ -271,13 +271,18 @@ def restore_rng_state(path: Path) -> None:
     _check_gpu_count(path, len(cuda_states))
     try:
         python = state["python"]
-        python_state = (int(python["version"]), tuple(int(v) for v in python["state"]), python["gauss"])
+        gauss = python["gauss"]
+        if gauss is not None and not isinstance(gauss, float):  # random.setstate takes any object here
+            raise ValueError(f"python 'gauss' is {gauss!r}: expected a float or null")
+        python_state = (int(python["version"]), tuple(int(v) for v in python["state"]), gauss)
         n = state["numpy"]
         keys = np.array(n["keys"], dtype=np.uint32)
         numpy_state = (str(n["kind"]), keys, int(n["position"]), int(n["has_gauss"]), float(n["cached_gaussian"]))
         torch_state = _decode(state["torch"])
         cuda_states = [_decode(s) for s in cuda_states]
         # Malformed states are rejected on throwaway generators before any real one is changed.
+        # (random.setstate sets its cached gaussian before it checks the rest of the state)
+        random.Random().setstate(python_state)
         torch.Generator().set_state(torch_state)
         np.random.RandomState().set_state(numpy_state)
         for device, cuda_state in enumerate(cuda_states):

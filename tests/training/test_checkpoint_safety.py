@@ -144,6 +144,8 @@ def damage(checkpoint: Path, name: str, how: str) -> None:
     ("scheduler.json", "flipped", "is damaged.*LR schedule position"),
     ("scheduler.json", "unparsable", "cannot be read"),
     ("model.safetensors", "flipped", "is damaged.*model weights"),
+    ("model.safetensors", "unparsable", "cannot be read"),
+    ("optimizer.safetensors", "unparsable", "cannot be read"),
 ])
 def test_missing_or_damaged_state_file_is_refused_by_name(saved_run, tmp_path, name, how, message):
     recipe, checkpoint = copy_run(saved_run, tmp_path)
@@ -151,6 +153,7 @@ def test_missing_or_damaged_state_file_is_refused_by_name(saved_run, tmp_path, n
     with pytest.raises(CheckpointError, match=f"{name}'? {message}" if how != "unparsable" else message) as info:
         train(recipe, resume=True, progress=False)
     assert str(checkpoint / name) in str(info.value)
+    assert "does not fit" not in str(info.value), "a damaged file was reported as one of another model"
     assert not (tmp_path / "run" / "model.safetensors").exists(), "the run went on"
 
 
@@ -258,6 +261,44 @@ def test_a_model_file_without_one_of_the_weights_or_with_another_is_refused(save
         train(recipe, resume=True, progress=False)
 
 
+@pytest.mark.parametrize("change,named", [
+    ("drop_step", r"the optimizer state of 'model.layers.1.weight_ih' holds slots \['exp_avg', 'exp_avg_sq'\]; this "
+                  r"run's optimizer keeps \['exp_avg', 'exp_avg_sq', 'step'\]"),
+    ("reshape", r"the optimizer state model.layers.1.weight_ih/exp_avg is a tensor of shape \(2, 2\); this run's "
+                r"optimizer keeps a tensor of shape \(\d+, \d+\)"),
+    ("add", r"the file holds optimizer state for 'model.extra', which this run's optimizer does not train"),
+    ("drop_parameter", r"the file holds no optimizer state for 'model.layers.1.weight_ih'"),
+])
+def test_an_optimizer_file_without_a_slot_or_with_another_shape_or_parameter_is_refused(saved_run, tmp_path, change,
+                                                                                          named):
+    # set_optimizer_state_dict fills every slot before it loads the file: a slot the file lacked went on from that
+    # filler (a step count of 1, a zero moment) without a word, a slot of another shape failed only at the next
+    # step, and state for a parameter the model lacks was ignored.
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    recipe, checkpoint = copy_run(saved_run, tmp_path)
+
+    def edit(path):
+        with safe_open(str(path), "pt") as handle:
+            tensors, metadata = {k: handle.get_tensor(k) for k in handle.keys()}, handle.metadata()
+        key = "model.layers.1.weight_ih/" + ("step" if change == "drop_step" else "exp_avg")
+        if change == "drop_step":
+            del tensors[key]
+        elif change == "drop_parameter":
+            tensors = {k: v for k, v in tensors.items() if not k.startswith("model.layers.1.weight_ih/")}
+        elif change == "reshape":
+            tensors[key] = torch.zeros(2, 2)
+        else:
+            tensors["model.extra/exp_avg"] = torch.zeros(2)
+        save_file(tensors, str(path), metadata)
+
+    rewrite(checkpoint, "optimizer.safetensors", edit)
+    with pytest.raises(CheckpointError, match=r"optimizer.safetensors' does not fit this run's model \(ValueError: "
+                                              + named):
+        train(recipe, resume=True, progress=False)
+
+
 def test_a_scheduler_file_with_keys_of_another_scheduler_is_refused(saved_run, tmp_path):
     # LambdaLR.load_state_dict copies any key it is given onto the scheduler: an extra one must be refused first.
     recipe, checkpoint = copy_run(saved_run, tmp_path)
@@ -309,3 +350,58 @@ def test_an_unreadable_trainer_state_is_refused_by_name(saved_run, tmp_path, tex
     (checkpoint / STATE_FILE).write_text(text)
     with pytest.raises(CheckpointError, match=message):
         train(recipe, resume=True, progress=False)
+
+
+def test_resume_names_a_folder_that_is_neither_a_checkpoint_nor_a_run(saved_run, tmp_path):
+    # The checkpoints/ folder itself (one level too deep) holds no trainer_state.json and no checkpoints/ of its own.
+    recipe, _ = copy_run(saved_run, tmp_path)
+    folder = tmp_path / "run" / "checkpoints"
+    with pytest.raises(ValueError, match=rf"--resume: '{folder}' is neither a checkpoint folder \(with "
+                                         r"trainer_state.json\) nor a run folder with complete checkpoints"):
+        train(recipe, resume=str(folder), progress=False)
+
+
+class _OneProcess:
+    """What save_checkpoint and restore_training_state ask of accelerate's Accelerator, for one process with an fp16
+    gradient scaler (accelerate keeps one only on a GPU; torch's CPU scaler has the same state)."""
+
+    is_main_process, num_processes, process_index = True, 1, 0
+
+    def __init__(self, scaler) -> None:
+        self.scaler = scaler
+
+    def wait_for_everyone(self) -> None:
+        pass
+
+
+def _one_scaled_step(scaler):
+    from torch.optim.lr_scheduler import LambdaLR
+
+    torch.manual_seed(0)
+    model = torch.nn.Linear(3, 2)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=0.1)
+    scheduler = LambdaLR(optimizer, lambda step: 1.0)
+    scaler.scale(model(torch.ones(4, 3)).sum()).backward()
+    scaler.step(optimizer)
+    scaler.update()
+    scheduler.step()
+    return model, optimizer, scheduler
+
+
+def test_an_fp16_runs_gradient_scaler_is_saved_and_restored_and_a_foreign_one_refused(tmp_path):
+    from seqzoo.training.checkpoint import read_state, restore_training_state, save_checkpoint
+
+    saved = torch.amp.GradScaler("cpu", init_scale=512.0, growth_interval=7)
+    model, optimizer, scheduler = _one_scaled_step(saved)
+    record = {"step": 1, "tokens_seen": 4, "data_position": {}, "grad_health": {}}
+    checkpoint = save_checkpoint(_OneProcess(saved), model, optimizer, scheduler, tmp_path, 1, record, keep=1)
+    restored = torch.amp.GradScaler("cpu")
+    model, optimizer, scheduler = _one_scaled_step(torch.amp.GradScaler("cpu"))
+    restore_training_state(checkpoint, read_state(checkpoint), _OneProcess(restored), model, optimizer, scheduler)
+    assert restored.state_dict() == saved.state_dict() and saved.state_dict()["_growth_tracker"] == 1
+
+    rewrite(checkpoint, "scaler.json", lambda path: path.write_text("{}"))
+    with pytest.raises(CheckpointError, match=r"scaler.json' does not fit this run's model \(RuntimeError: The source "
+                                              r"state dict is empty"):
+        restore_training_state(checkpoint, read_state(checkpoint), _OneProcess(torch.amp.GradScaler("cpu")), model,
+                               optimizer, scheduler)

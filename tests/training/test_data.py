@@ -485,3 +485,26 @@ def test_a_file_listed_twice_under_two_spellings_is_refused(tmp_path):
     other.write_text("the end " * 20)
     data = recipe_from_dict({"data": {"source": "text", "path": [str(story), str(other)], "seq_len": 8}}).data
     assert build_data(data, seed=0).name == f"text:{story},{other}"  # (describe() names every file read)
+
+
+def test_a_python_without_the_pydoc_topics_is_pointed_to_a_text_file(monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "pydoc_data.topics", None)  # (some distributions split it off)
+    with pytest.raises(ValueError, match=r"data.source='pydoc' reads pydoc_data.topics, which this Python install "
+                                         r"lacks.*use data.source='text'"):
+        build_data(recipe_from_dict({}).data, seed=0)
+
+
+def test_a_dataset_folder_that_is_missing_or_unreadable_without_datasets_is_named(tmp_path, monkeypatch):
+    import sys
+
+    folder = tmp_path / "saved"
+    data = recipe_from_dict({"data": {"source": "dataset", "path": str(folder)}}).data
+    with pytest.raises(ValueError, match=rf"data.path '{folder}' does not exist \(data.source='dataset' expects a "
+                                         r"save_to_disk folder\)"):
+        build_data(data, seed=0)
+    folder.mkdir()
+    monkeypatch.setitem(sys.modules, "datasets", None)
+    with pytest.raises(ValueError, match=r"data.source='dataset' needs the `datasets` package"):
+        build_data(data, seed=0)

@@ -97,12 +97,18 @@ def test_rng_states_restore_the_cached_gaussians_of_python_and_numpy(tmp_path):
     assert torch.equal(torch.randn(()), expected[2])
 
 
-@pytest.mark.parametrize("part", ["torch", "numpy", "base64"])
+@pytest.mark.parametrize("part", ["torch", "numpy", "base64", "python", "gauss"])
 def test_a_malformed_rng_state_is_refused_before_any_generator_changes(tmp_path, part):
+    # python: random.setstate stores the cached gaussian before it refuses a short state, so a check on the real
+    # generator changed it; gauss: random.setstate takes any object there, and random.gauss failed later instead.
     random.seed(3)
     state.save_rng_state(tmp_path / "good.json")
     values = json.loads((tmp_path / "good.json").read_text())
-    if part == "torch":
+    if part == "python":
+        values["python"].update(state=values["python"]["state"][:10], gauss=0.25)
+    elif part == "gauss":
+        values["python"]["gauss"] = "0.25"
+    elif part == "torch":
         values["torch"] = values["torch"][:40]  # a valid base64 prefix: too short for torch's generator
     elif part == "numpy":
         values["numpy"]["keys"] = values["numpy"]["keys"][:10]
