@@ -71,7 +71,9 @@ class StateLayer:
         self._map(lambda value: value.repeat_interleave(repeats, dim=0))
 
     def batch_select_indices(self, indices: torch.Tensor) -> None:
-        self._map(lambda value: value[indices.to(value.device)])
+        # Indices as transformers' DynamicLayer takes them, a list too: refused here, they would leave a hybrid
+        # cache's attention layers (cut before this one) holding other rows than its recurrent states.
+        self._map(lambda value: value[torch.as_tensor(indices, device=value.device)])
 
     def crop(self, *args: Any, **kwargs: Any) -> None:
         raise ValueError(

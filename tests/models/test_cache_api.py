@@ -7,6 +7,7 @@ import copy
 
 import pytest
 import torch
+from transformers import DynamicCache
 
 from seqzoo.cache import SeqzooCache
 from seqzoo.models.compat import output_cache
@@ -32,6 +33,20 @@ def test_selecting_and_repeating_rows_continues_those_rows(preset):
         two.batch_repeat_interleave(2)  # rows 0, 0, 1, 1 (not 0, 1, 0, 1)
         torch.testing.assert_close(model(IDS[:, 5:].repeat_interleave(2, 0), cache=two).logits[:, -1],
                                    full.repeat_interleave(2, 0))
+
+
+def test_rows_are_selected_by_a_list_as_in_transformers_dynamic_cache():
+    # A list refused by a recurrent layer would leave the attention layers before it cut to the rows it names.
+    reference = DynamicCache()
+    reference.update(torch.randn(2, 1, 3, 4), torch.randn(2, 1, 3, 4), 0)
+    reference.batch_select_indices([1])
+    assert reference.layers[0].keys.shape[0] == 1
+    model = tiny_model("hybrid-tiny", mixer_types=["attention", "mamba"])
+    with torch.no_grad():
+        cache = output_cache(model(IDS[:, :5], use_cache=True))
+        cache.batch_select_indices([1])
+        assert [tensor.shape[0] for tensor in cache.tensors()] == [1, 1, 1, 1]
+        torch.testing.assert_close(model(IDS[1:, 5:], cache=cache).logits[:, -1], model(IDS[1:]).logits[:, -1])
 
 
 def test_a_cropped_attention_cache_continues_from_where_it_was_cut():
