@@ -15,7 +15,7 @@ from transformers import PreTrainedConfig
 
 import seqzoo
 from seqzoo.cli import main, save_with_tokenizer
-from seqzoo.hub import export_folder, publishing
+from seqzoo.hub import build_hub_folder, export_folder, publishing
 from seqzoo.hub.cards import (
     TEMPLATE_DIR,
     card_sections,
@@ -307,6 +307,21 @@ def test_export_from_a_model_object(tmp_path):
     loaded = seqzoo.get_architecture("rnn").causal_lm_class.from_pretrained(folder)
     for key, value in model.state_dict().items():
         assert torch.equal(loaded.state_dict()[key], value), key
+
+
+def test_build_hub_folder_writes_into_an_existing_folder_what_it_is_given(saved_models, tmp_path):
+    """The tokenizer and training record passed are the ones written, over whatever the saved folder holds."""
+    folder = tmp_path / "repo"
+    folder.mkdir()
+    (folder / "NOTES.md").write_text("the owner's")
+    names = build_hub_folder(saved_models["gru"], folder, repo_id=repo_id("gru"),
+                             tokenizer=byte_tokenizer(model_max_length=77), training=TRAINING_RECORD)
+    exported = export_folder(saved_models["gru"], tmp_path / "exported", repo_id=repo_id("gru"))
+    assert names == sorted({path.name for path in exported.iterdir()} | {"NOTES.md", "seqzoo_training.json"})
+    assert json.loads((folder / "tokenizer_config.json").read_text())["model_max_length"] == 77
+    assert json.loads((folder / "seqzoo_training.json").read_text())["dataset"] == TRAINING_RECORD["dataset"]
+    with pytest.raises(ValueError, match="Repo id must|repo_id"):
+        build_hub_folder(saved_models["gru"], folder, repo_id="not a/valid/repo id")
 
 
 def test_a_training_record_that_is_not_utf8_is_named(tmp_path):
