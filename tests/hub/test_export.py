@@ -131,6 +131,19 @@ def test_an_encoder_decoder_card_counts_only_decoding_weights_per_token(preset):
     assert encoder > 0 and counts["per_token"] == counts["total"] - counts["embedding"] - encoder + counts["embedding"]
 
 
+def test_a_card_of_a_config_that_reports_no_state_says_so(monkeypatch):
+    # A plugin's config may leave state_bytes_per_sequence unimplemented: its card is still written.
+    def unreported(self, dtype_bytes=4):
+        raise NotImplementedError
+
+    model = tiny_byte_model("transformer")
+    monkeypatch.setattr(type(model.config), "state_bytes_per_sequence", unreported)
+    card = render_model_card(model, seqzoo.get_architecture("transformer"), repo_id="someone/t", code_files=["a.py"],
+                             training=None).text
+    assert "| state per sequence | not reported by this architecture |" in card
+    assert "| KV cache per token of context |" in card
+
+
 def test_an_encoder_decoder_card_gives_its_decoders_state_whatever_its_encoder_reads():
     # A bidirectional encoder does not make the decoder's state two-way; the decoder's own layer count is named.
     model = seqzoo.create_model("seq2seq-bahdanau-tiny", num_hidden_layers=3, num_decoder_layers=1, bridge="zeros")
@@ -322,6 +335,14 @@ def test_build_hub_folder_writes_into_an_existing_folder_what_it_is_given(saved_
     assert json.loads((folder / "seqzoo_training.json").read_text())["dataset"] == TRAINING_RECORD["dataset"]
     with pytest.raises(ValueError, match="Repo id must|repo_id"):
         build_hub_folder(saved_models["gru"], folder, repo_id="not a/valid/repo id")
+
+
+def test_a_training_record_that_is_not_json_is_named(tmp_path):
+    from seqzoo.hub.cards import load_training_record
+
+    (tmp_path / "seqzoo_training.json").write_text('{"dataset": ')
+    with pytest.raises(ValueError, match=r"seqzoo_training\.json is not valid JSON: Expecting value"):
+        load_training_record(tmp_path)
 
 
 def test_a_training_record_that_is_not_utf8_is_named(tmp_path):
