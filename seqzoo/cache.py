@@ -71,7 +71,9 @@ class StateLayer:
         self._map(lambda value: value.repeat_interleave(repeats, dim=0))
 
     def batch_select_indices(self, indices: torch.Tensor) -> None:
-        self._map(lambda value: value[indices.to(value.device)])
+        # Indices as transformers' DynamicLayer takes them, a list too: refused here, they would leave a hybrid
+        # cache's attention layers (cut before this one) holding other rows than its recurrent states.
+        self._map(lambda value: value[torch.as_tensor(indices, device=value.device)])
 
     def crop(self, *args: Any, **kwargs: Any) -> None:
         raise ValueError(
@@ -162,8 +164,9 @@ class SeqzooCache(Cache):
     def _saved(self) -> tuple:
         """What :meth:`_restore` puts back: each recurrent layer's state (the objects, no copies), each attention
         layer's attributes and the length of its keys (not the keys: holding them would keep every layer's old keys
-        and values alive beside the grown ones until the forward ends, twice the cache at its peak), and the
-        position count."""
+        and values alive beside the grown ones until the forward ends, twice the cache at its peak), the position
+        count, and the layout an empty cache takes from the model that fills it (:meth:`check_fits`): one left empty
+        by a failed forward is as free to be filled by another model as before."""
         entries = []
         for entry in self.layers:
             if isinstance(entry, StateLayer):
@@ -176,12 +179,14 @@ class SeqzooCache(Cache):
                 length = keys.shape[-2]
                 del attributes["keys"], attributes["values"]
             entries.append((attributes, length))
-        return entries, self.seen_tokens
+        layout = (self.model_type, self.mixer_types, self._layout_config, self._fits_config)
+        return entries, self.seen_tokens, layout
 
     def _restore(self, saved: tuple) -> None:
         """Put back what :meth:`_saved` returned (see :meth:`unchanged_on_error`): an attention layer's keys and values
         are cut back to the length they had (transformers' ``DynamicLayer`` only ever appends)."""
-        entries, self.seen_tokens = saved
+        entries, self.seen_tokens, layout = saved
+        self.model_type, self.mixer_types, self._layout_config, self._fits_config = layout
         for entry, was in zip(self.layers, entries):
             if isinstance(entry, StateLayer):
                 entry.state = was

@@ -100,11 +100,19 @@ def tokenizer_for(model: Any) -> PreTrainedTokenizerFast:
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json")
 _SPECIAL_TOKEN_KEYS = ("bos_token", "eos_token", "unk_token", "sep_token", "pad_token", "cls_token", "mask_token")
+# Keys holding several special tokens: a list, or (extra_special_tokens) an object of named ones.
+_SPECIAL_TOKEN_LIST_KEYS = ("additional_special_tokens", "extra_special_tokens")
+
+
+def _is_special_token(value: Any) -> bool:
+    """Whether ``value`` is a special token as transformers reads one: its text, or an object whose content is it."""
+    return isinstance(value, str) or isinstance(value, dict) and isinstance(value.get("content", ""), str)
 
 
 def _special_tokens_of_wrong_type(folder: Path) -> str:
     """The special tokens of ``folder``'s tokenizer_config.json / special_tokens_map.json that are neither a text nor
-    an object (``"eos_token": 5``), named with their file (empty when none)."""
+    an object holding one (``"eos_token": 5``, ``"additional_special_tokens": [5]``), named with their file (empty
+    when none)."""
     found = []
     for name in ("tokenizer_config.json", "special_tokens_map.json"):
         try:
@@ -115,7 +123,12 @@ def _special_tokens_of_wrong_type(folder: Path) -> str:
             continue
         for key in _SPECIAL_TOKEN_KEYS:
             value = values.get(key)
-            if value is not None and not isinstance(value, (str, dict)):
+            if value is not None and not _is_special_token(value):
+                found.append(f"{name} has {key}={json.dumps(value)}")
+        for key in _SPECIAL_TOKEN_LIST_KEYS:
+            value = values.get(key)
+            tokens = list(value.values()) if isinstance(value, dict) else value
+            if value is not None and not (isinstance(tokens, list) and all(map(_is_special_token, tokens))):
                 found.append(f"{name} has {key}={json.dumps(value)}")
     return "; ".join(found)
 

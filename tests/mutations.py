@@ -291,6 +291,29 @@ MUTATIONS: dict[str, Mutation] = {
                      "output.to_tuple()", "return output"),
         ["tests/models/test_compat.py", "tests/models/test_heads.py"], "return_dict",
     ),
+    "cache_row_list_refused": Mutation(
+        "a recurrent cache layer refuses rows selected by a list, after the attention layers before it were cut",
+        lambda: edit("seqzoo.cache:StateLayer.batch_select_indices", "torch.as_tensor(indices, device=value.device)",
+                     "indices.to(value.device)"),
+        ["tests/models/test_cache_api.py"],
+    ),
+    "cache_layout_kept_after_failed_forward": Mutation(
+        "an empty cache keeps the layout of a model whose forward failed, and another model is refused it",
+        lambda: edit("seqzoo.cache:SeqzooCache._restore",
+                     "self.model_type, self.mixer_types, self._layout_config, self._fits_config = layout", "pass"),
+        ["tests/models/test_cache_on_error.py"],
+    ),
+    "bundle_missing_package_unnamed": Mutation(
+        "a bundle importing a module of a missing package ends in a bare ModuleNotFoundError",
+        lambda: edit("seqzoo.hub.bundle:_is_submodule", "except ModuleNotFoundError:", "except KeyError:"),
+        ["tests/hub/test_bundle.py"], "missing_module",
+    ),
+    "tokenizer_token_lists_unchecked": Mutation(
+        "load_tokenizer does not name a wrong special token in additional_special_tokens / extra_special_tokens",
+        lambda: edit("seqzoo.tokenizer:_special_tokens_of_wrong_type", "for key in _SPECIAL_TOKEN_LIST_KEYS:",
+                     "for key in ():"),
+        ["tests/test_tokenizer_edges.py"],
+    ),
     "selective_scan_chunked_ignores_initial_state": Mutation(
         "chunked selective_scan starts every call from a zero state",
         _selective_scan_chunked_ignores_initial_state,

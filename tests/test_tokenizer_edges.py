@@ -35,6 +35,12 @@ def test_only_a_generating_models_tokenizer_pads_on_the_left(task, side):
 @pytest.mark.parametrize("content, message", [
     ("{not json", r"special_tokens_map\.json is damaged"),
     ('{"eos_token": 5}', r"special_tokens_map\.json has eos_token=5; a special token is its text"),
+    ('{"eos_token": {"content": 5}}', r'special_tokens_map\.json has eos_token=\{"content": 5\}; a special token'),
+    ('{"additional_special_tokens": [5]}', r"special_tokens_map\.json has additional_special_tokens=\[5\]; a special"),
+    ('{"extra_special_tokens": {"image_token": 5}}',
+     r'special_tokens_map\.json has extra_special_tokens=\{"image_token": 5\}; a special'),
+    ('{"extra_special_tokens": {"image_token": "<image>"}, "eos_token": 5}',  # (only the wrong one named)
+     r"special_tokens_map\.json has eos_token=5; a special"),
 ])
 def test_a_bad_special_tokens_map_is_named(tmp_path, content, message):
     """transformers still reads special_tokens_map.json (tokenizers saved by older releases have one)."""

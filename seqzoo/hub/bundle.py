@@ -242,7 +242,10 @@ def _source_file(module: str) -> Path:
         spec = importlib.util.find_spec(module)
     except ModuleNotFoundError as err:
         raise BundleError(f"cannot bundle module {module!r}: {err}") from err
-    origin = spec.origin if spec is not None else None
+    if spec is None:
+        raise BundleError(f"cannot bundle module {module!r}: the code imports it, but there is no such module (a "
+                          "misspelt name, or a file missing from the package)")
+    origin = spec.origin
     if origin is None or not origin.endswith(".py"):
         raise BundleError(
             f"cannot bundle module {module!r}: it has no Python source file (found {origin!r}); only modules "
@@ -262,7 +265,10 @@ def _absolute_module(node: ast.ImportFrom, package: str, path: Path) -> str:
 
 
 def _is_submodule(package: str, name: str) -> bool:
-    spec = importlib.util.find_spec(package)
+    try:
+        spec = importlib.util.find_spec(package)
+    except ModuleNotFoundError:  # a missing parent package: _source_file names it
+        return False
     if spec is None or spec.submodule_search_locations is None:
         return False  # a plain module has no submodules: the name is an attribute
     return importlib.util.find_spec(f"{package}.{name}") is not None

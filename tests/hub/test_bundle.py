@@ -274,6 +274,40 @@ def test_a_module_without_python_source_is_refused(tmp_path, monkeypatch, forget
         build_bundle(spec)
 
 
+@pytest.mark.parametrize("statement, module", [
+    ("from misszoo.gone import run", "misszoo.gone': the code imports it, but there is no such module"),
+    ("from misszoo.gone.deeper import run", r"misszoo.gone.deeper': No module named 'misszoo.gone'"),
+    ("import misszoo.gone.deeper as deeper", r"misszoo.gone.deeper': No module named 'misszoo.gone'"),
+], ids=["module", "parent-package", "import-as"])
+def test_an_import_of_a_missing_module_is_named(tmp_path, monkeypatch, forget_plugins, statement, module):
+    """Inside a function, as an optional extra is imported: the plugin itself imports, and its bundle fails only when
+    built."""
+    spec = plugin_spec(tmp_path, monkeypatch, "misszoo", {
+        "__init__.py": "", "modeling.py": f"def kernel():\n    {statement}\n" + CLASSES,
+    })
+    with pytest.raises(BundleError, match=rf"cannot bundle module '{module}"):
+        build_bundle(spec)
+
+
+def test_a_relative_import_above_the_top_level_package_is_named(tmp_path, monkeypatch, forget_plugins):
+    spec = plugin_spec(tmp_path, monkeypatch, "upzoo", {
+        "__init__.py": "", "modeling.py": "def kernel():\n    from .. import run\n" + CLASSES,
+    })
+    with pytest.raises(BundleError, match=r"upzoo[/\\]modeling\.py:2: relative import goes above the top-level "
+                                          r"package 'upzoo'"):
+        build_bundle(spec)
+
+
+def test_an_import_of_bundled_and_other_modules_keeps_the_others(tmp_path, monkeypatch, forget_plugins):
+    spec = plugin_spec(tmp_path, monkeypatch, "mixzoo", {
+        "__init__.py": "", "helpers.py": "SIGN = -1\n",
+        "modeling.py": "import json, mixzoo.helpers as helpers\n" + CLASSES,
+    })
+    text = build_bundle(spec).files["modeling_mixzoo"]
+    assert ("\nimport json\nfrom .mixzoo_helpers import __name__ as _bundled_mixzoo_helpers\n"
+            "from . import mixzoo_helpers as helpers\n") in text
+
+
 def test_a_cached_bundle_is_that_of_the_spec_asked_for(monkeypatch):
     """The cache is keyed by id(spec), which Python reuses once a spec is gone: a bundle of another spec found
     under the id is not returned."""

@@ -15,7 +15,7 @@ from transformers import PreTrainedConfig
 
 import seqzoo
 from seqzoo.cli import main, save_with_tokenizer
-from seqzoo.hub import export_folder, publishing
+from seqzoo.hub import build_hub_folder, export_folder, publishing
 from seqzoo.hub.cards import (
     TEMPLATE_DIR,
     card_sections,
@@ -129,6 +129,19 @@ def test_an_encoder_decoder_card_counts_only_decoding_weights_per_token(preset):
     embeddings = {id(m.weight) for m in model.modules() if isinstance(m, torch.nn.Embedding)}
     encoder = sum(p.numel() for p in model.get_encoder().parameters() if id(p) not in embeddings)
     assert encoder > 0 and counts["per_token"] == counts["total"] - counts["embedding"] - encoder + counts["embedding"]
+
+
+def test_a_card_of_a_config_that_reports_no_state_says_so(monkeypatch):
+    # A plugin's config may leave state_bytes_per_sequence unimplemented: its card is still written.
+    def unreported(self, dtype_bytes=4):
+        raise NotImplementedError
+
+    model = tiny_byte_model("transformer")
+    monkeypatch.setattr(type(model.config), "state_bytes_per_sequence", unreported)
+    card = render_model_card(model, seqzoo.get_architecture("transformer"), repo_id="someone/t", code_files=["a.py"],
+                             training=None).text
+    assert "| state per sequence | not reported by this architecture |" in card
+    assert "| KV cache per token of context |" in card
 
 
 def test_an_encoder_decoder_card_gives_its_decoders_state_whatever_its_encoder_reads():
@@ -307,6 +320,29 @@ def test_export_from_a_model_object(tmp_path):
     loaded = seqzoo.get_architecture("rnn").causal_lm_class.from_pretrained(folder)
     for key, value in model.state_dict().items():
         assert torch.equal(loaded.state_dict()[key], value), key
+
+
+def test_build_hub_folder_writes_into_an_existing_folder_what_it_is_given(saved_models, tmp_path):
+    """The tokenizer and training record passed are the ones written, over whatever the saved folder holds."""
+    folder = tmp_path / "repo"
+    folder.mkdir()
+    (folder / "NOTES.md").write_text("the owner's")
+    names = build_hub_folder(saved_models["gru"], folder, repo_id=repo_id("gru"),
+                             tokenizer=byte_tokenizer(model_max_length=77), training=TRAINING_RECORD)
+    exported = export_folder(saved_models["gru"], tmp_path / "exported", repo_id=repo_id("gru"))
+    assert names == sorted({path.name for path in exported.iterdir()} | {"NOTES.md", "seqzoo_training.json"})
+    assert json.loads((folder / "tokenizer_config.json").read_text())["model_max_length"] == 77
+    assert json.loads((folder / "seqzoo_training.json").read_text())["dataset"] == TRAINING_RECORD["dataset"]
+    with pytest.raises(ValueError, match="Repo id must|repo_id"):
+        build_hub_folder(saved_models["gru"], folder, repo_id="not a/valid/repo id")
+
+
+def test_a_training_record_that_is_not_json_is_named(tmp_path):
+    from seqzoo.hub.cards import load_training_record
+
+    (tmp_path / "seqzoo_training.json").write_text('{"dataset": ')
+    with pytest.raises(ValueError, match=r"seqzoo_training\.json is not valid JSON: Expecting value"):
+        load_training_record(tmp_path)
 
 
 def test_a_training_record_that_is_not_utf8_is_named(tmp_path):

@@ -94,6 +94,8 @@ def test_publish_without_a_token_fails_before_any_request(hub, monkeypatch, tmp_
         ("create_repo", 401, r"did not accept the token \(401 Unauthorized\) while creating the repository.*HF_TOKEN"),
         ("create_repo", 403, r"may not write to 'seqzoo-test/tiny-lstm' \(403 Forbidden\).*namespace 'seqzoo-test'"),
         ("preupload", 404, r"'seqzoo-test/tiny-lstm' was not found \(404 Not Found\) while uploading the files"),
+        ("commit", 422, r"the Hub at http://127\.0\.0\.1:\d+ answered 422 while uploading the files: fake hub: commit "
+                        r"answers 422"),
         ("create_repo", "drop", r"lost the connection to http://127\.0\.0\.1:\d+ while creating the repository "
                                 r"\(RemoteProtocolError.*\); nothing was committed"),
         ("commit", "drop", r"lost the connection .* while uploading the files .*may or may not have been made"),

@@ -13,6 +13,7 @@ from seqzoo.hub.cards import training_section, validate_training_record
     ({"steps": True}, "'steps' must be an integer >= 0; got True"),
     ({"eval": {"sets": {"long": 3.5}}}, r"eval 'sets' must map set names to \{metric: number\} objects"),
     ({"eval": {"accuracy": True}}, "eval metric 'accuracy' must be a finite number; got True"),
+    ({"eval": [1.5]}, r"'eval' must map metric names to numbers; got \[1.5\]"),
 ])
 def test_training_record_edge_errors_name_the_field(record, message):
     with pytest.raises(ValueError, match=message):

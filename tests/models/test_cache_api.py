@@ -7,8 +7,9 @@ import copy
 
 import pytest
 import torch
+from transformers import DynamicCache
 
-from seqzoo.cache import SeqzooCache
+from seqzoo.cache import RecurrentCache, SeqzooCache
 from seqzoo.models.compat import output_cache
 from tests.conftest import tiny_model
 
@@ -32,6 +33,34 @@ def test_selecting_and_repeating_rows_continues_those_rows(preset):
         two.batch_repeat_interleave(2)  # rows 0, 0, 1, 1 (not 0, 1, 0, 1)
         torch.testing.assert_close(model(IDS[:, 5:].repeat_interleave(2, 0), cache=two).logits[:, -1],
                                    full.repeat_interleave(2, 0))
+
+
+def test_rows_are_selected_by_a_list_as_in_transformers_dynamic_cache():
+    # A list refused by a recurrent layer would leave the attention layers before it cut to the rows it names.
+    reference = DynamicCache()
+    reference.update(torch.randn(2, 1, 3, 4), torch.randn(2, 1, 3, 4), 0)
+    reference.batch_select_indices([1])
+    assert reference.layers[0].keys.shape[0] == 1
+    model = tiny_model("hybrid-tiny", mixer_types=["attention", "mamba"])
+    with torch.no_grad():
+        cache = output_cache(model(IDS[:, :5], use_cache=True))
+        cache.batch_select_indices([1])
+        assert [tensor.shape[0] for tensor in cache.tensors()] == [1, 1, 1, 1]
+        torch.testing.assert_close(model(IDS[1:, 5:], cache=cache).logits[:, -1], model(IDS[1:]).logits[:, -1])
+
+
+def test_an_empty_cache_takes_every_row_operation_and_stays_empty():
+    # generate() may repeat or reorder the rows of a cache no forward has filled yet (transformers' DynamicLayer
+    # skips an uninitialized layer alike), and a fresh cache is copied or detached before its first use.
+    cache = SeqzooCache(["attention", "recurrent"])
+    cache.batch_repeat_interleave(2)
+    cache.batch_select_indices(torch.tensor([0]))
+    cache.reorder_cache(torch.tensor([0]))
+    assert cache.detach() is cache
+    for each in (cache, copy.deepcopy(cache)):
+        assert each.batch_size is None and list(each.tensors()) == [] and each.layer(1) is None
+        assert each.layer_bytes() == [0, 0]
+    assert cache.get_max_length() == -1  # as transformers' dynamic layers: no maximum
 
 
 def test_a_cropped_attention_cache_continues_from_where_it_was_cut():
@@ -92,6 +121,19 @@ def test_an_empty_cache_built_for_other_sizes_is_accepted():
     assert cache.get_seq_length() == IDS.shape[1]
 
 
+def test_a_cache_of_a_config_that_reports_no_state_bytes_is_continued(monkeypatch):
+    # A plugin's config may leave state_bytes_per_sequence unimplemented: the sizes cannot be compared, and another
+    # model of that config (one loaded again) continues the cache.
+    def unreported(self, dtype_bytes=4):
+        raise NotImplementedError
+
+    model, again = tiny_model("lstm-tiny"), tiny_model("lstm-tiny")
+    monkeypatch.setattr(type(model.config), "state_bytes_per_sequence", unreported)
+    with torch.no_grad():
+        cache = output_cache(model(IDS[:, :4], use_cache=True))
+        torch.testing.assert_close(again(IDS[:, 4:], cache=cache).logits[:, -1], model(IDS).logits[:, -1])
+
+
 def test_an_empty_cache_takes_the_layout_of_the_model_that_fills_it():
     # Built for other sizes (or by hand, without a model) and filled by this model, it holds this model's states: a
     # copy of it continues with this model, and a model of the other sizes or another mixer refuses it by name.
@@ -120,3 +162,24 @@ def test_a_left_padded_batch_continues_its_cache_in_a_direct_forward(preset):
         cache = output_cache(model(IDS[:, :4], attention_mask=mask[:, :4], use_cache=True))
         rest = model(IDS[:, 4:], attention_mask=mask, cache=cache).logits
     torch.testing.assert_close(rest, full[:, 4:])
+
+
+def test_the_deprecated_get_and_set_read_and_write_one_named_state():
+    cache = SeqzooCache(["recurrent"])
+    h, c = torch.ones(1, 3), torch.zeros(1, 3)
+    with pytest.warns(FutureWarning, match=r"get\(layer_idx, name\) is deprecated .* use layer\(layer_idx\)\[name\]"):
+        assert cache.get(0, "h") is None
+    with pytest.warns(FutureWarning, match=r"set\(layer_idx, name, value\) is deprecated"):
+        cache.set(0, "h", h)
+        cache.set(0, "c", c)  # beside h, not in its place
+    assert cache.layer(0)["h"] is h and cache.layer(0)["c"] is c
+    with pytest.warns(FutureWarning):
+        assert cache.get(0, "c") is c
+
+
+def test_the_deprecated_recurrent_cache_is_a_cache_of_that_many_recurrent_layers():
+    with pytest.warns(FutureWarning, match=r"RecurrentCache\(num_layers\) is deprecated"):
+        cache = RecurrentCache(3)
+    assert isinstance(cache, SeqzooCache) and cache.layer_kinds == ("recurrent",) * 3
+    with pytest.warns(FutureWarning), pytest.raises(ValueError, match=r"at least one layer, got num_layers=0"):
+        RecurrentCache(0)

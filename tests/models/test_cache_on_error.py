@@ -13,6 +13,8 @@ from seqzoo.cache import SeqzooCache, StateLayer
 from seqzoo.models.compat import output_cache
 from tests.conftest import FAMILIES, SEQ2SEQ_FAMILIES, tiny_model
 
+IDS = torch.tensor([[5, 17, 33, 8, 4, 12], [9, 3, 77, 21, 6, 40]])
+
 
 class OutOfMemory(RuntimeError):
     """What a layer past the first raises here (as torch's out-of-memory error would)."""
@@ -144,6 +146,22 @@ def test_what_the_cache_keeps_is_restored_whatever_the_body_raised():
     with cache.unchanged_on_error():  # without an error, what the body did stays
         cache.advance(1)
     assert cache.get_seq_length() == 3
+
+
+def test_an_empty_cache_a_failed_forward_left_is_free_for_another_model():
+    # An empty cache takes the layout of the model that fills it; one whose forward failed filled nothing, and another
+    # model of the same layer kinds must not be told the cache was built for the first.
+    cache = SeqzooCache(["recurrent", "recurrent"])
+    gru, rnn = tiny_model("gru-tiny"), tiny_model("rnn-tiny")
+    with torch.no_grad():
+        handle = failing_last_layer(gru.model.layers)
+        with pytest.raises(OutOfMemory):
+            gru(IDS, cache=cache)
+        handle.remove()
+        assert cache.model_type is None and cache.mixer_types is None
+        torch.testing.assert_close(rnn(IDS, cache=cache).logits, rnn(IDS).logits, rtol=0, atol=0)
+        with pytest.raises(ValueError, match="built for a seqzoo_rnn model"):
+            gru(IDS, cache=cache)
 
 
 @pytest.mark.parametrize("preset", ["transformer-tiny", "hybrid-tiny"])
