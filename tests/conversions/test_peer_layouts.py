@@ -300,9 +300,14 @@ def test_fla_folder_and_first_layout(pth, tmp_path):
                                                            r"model.layers.0.attn.r_k"),
         (lambda c, sd: sd.pop("model.embeddings.weight"), r"not an fla RWKV-7 checkpoint: missing "
                                                            r"model.embeddings.weight"),
+        # the last layer's tensors absent (a shard left behind): it converted into a one-layer model
+        (lambda c, sd: [sd.pop(k) for k in list(sd) if k.startswith("model.layers.1.")],
+         r"the fla config does not fit its tensors: num_hidden_layers=2 \(the tensors hold 1\); is a shard"),
+        (lambda c, sd: c.update(vocab_size=100), r"vocab_size=100 \(the tensors hold 67\)"),
+        (lambda c, sd: c.update(norm_eps=None), r"norm_eps=None; expected a positive number"),
     ],
     ids=["hybrid", "value-dim", "no-ln0", "activation", "unknown-tensor", "missing", "model-type", "value-dim-list",
-         "no-r_k", "no-embedding"],
+         "no-r_k", "no-embedding", "last-layer-missing", "vocab-size", "norm-eps-null"],
 )
 def test_fla_refusals(pth, change, message):
     config, sd = dict(FLA_CONFIG), fla_layout(pth)
