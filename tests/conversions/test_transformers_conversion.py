@@ -13,8 +13,8 @@ from transformers import (
     AutoModelForCausalLM,
     GPT2LMHeadModel,
     LlamaForCausalLM,
-    MambaConfig,
     Mamba2ForCausalLM,
+    MambaConfig,
     MambaForCausalLM,
     MistralConfig,
     MistralForCausalLM,
@@ -145,6 +145,15 @@ def test_bad_tensors_and_wrong_sources_are_named(tmp_path):
         convert_llama(tmp_path / "broken")
 
 
+def test_a_bias_one_layer_lacks_is_named_not_taken_as_zero():
+    # Qwen2 saves no o_proj bias in any layer (zeros compute the same); a k_proj bias that layer 0 has and layer 1
+    # lacks is a damaged checkpoint, which converted with a zero bias there, silently
+    peer = qwen2()
+    peer.model.layers[1].self_attn.k_proj.bias = None
+    with pytest.raises(ValueError, match=r"do not fit a Llama-family model of its config: missing tensors "
+                                         r"model.layers.1.self_attn.k_proj.bias$"):
+        convert_llama(peer)
+
 
 @pytest.mark.parametrize("command, config, field, value", [
     ("llama", lambda: llama().config, "hidden_size", "32"),
@@ -161,6 +170,7 @@ def test_wrongly_typed_config_field_is_a_user_error(command, config, field, valu
     assert "config.json" in err and f"field '{field}'" in err and "unexpected" not in err
 
 # ---- export ---------------------------------------------------------------------------------------------------
+
 
 EXPORTS = {
     "llama": ("transformer-tiny", dict(num_key_value_heads=2, attention_bias=True), LlamaForCausalLM),
