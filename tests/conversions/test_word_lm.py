@@ -19,14 +19,14 @@ IDS = torch.tensor([[5, 17, 33, 8, 61, 12, 40], [9, 3, 60, 44, 21, 6, 2]])
 class WordLM(nn.Module):
     """The example's RNNModel: embedding -> nn.RNN/LSTM/GRU -> linear decoder, (T, B) inputs, log-probabilities."""
 
-    def __init__(self, cell, ntoken=99, ninp=24, nhid=32, nlayers=2, tie=False, nonlinearity="tanh"):
+    def __init__(self, cell, ntoken=99, ninp=24, nhid=32, nlayers=2, tie=False, nonlinearity="tanh", bias=True):
         super().__init__()
         self.encoder = nn.Embedding(ntoken, ninp)
         if cell == "rnn":
-            self.rnn = nn.RNN(ninp, nhid, nlayers, nonlinearity=nonlinearity)
+            self.rnn = nn.RNN(ninp, nhid, nlayers, nonlinearity=nonlinearity, bias=bias)
         else:
-            self.rnn = getattr(nn, cell.upper())(ninp, nhid, nlayers)
-        self.decoder = nn.Linear(nhid, ntoken)
+            self.rnn = getattr(nn, cell.upper())(ninp, nhid, nlayers, bias=bias)
+        self.decoder = nn.Linear(nhid, ntoken, bias=bias)
         if tie:
             self.decoder.weight = self.encoder.weight
 
@@ -40,6 +40,7 @@ CASES = {
     "gru-tied": dict(cell="gru", ninp=32, tie=True),
     "rnn-relu": dict(cell="rnn", nonlinearity="relu"),
     "rnn-tanh-1layer": dict(cell="rnn", nlayers=1),
+    "gru-no-bias": dict(cell="gru", bias=False),  # no bias saved, in the layers or the decoder
 }
 
 
@@ -146,9 +147,12 @@ def test_pickled_module_is_refused_with_the_fix(tmp_path, capsys):
          r"encoder.weight has shape \(2376,\); expected a non-empty matrix \(vocab, embedding size\)"),
         (lambda sd: {k: v for k, v in sd.items() if "weight_ih" not in k}, {"nonlinearity": "tanh"},
          r"missing tensors rnn.weight_ih_l0"),
+        # one bias absent where the others are saved: damaged, not a layer built with bias=False (it took zeros)
+        (lambda sd: {k: v for k, v in sd.items() if k != "rnn.bias_hh_l1"}, {"nonlinearity": "tanh"},
+         r"missing tensors rnn.bias_hh_l1$"),
     ],
     ids=["nonlinearity", "names", "bidirectional", "missing", "misshaped", "transformer", "sizes", "hh-1d", "hh-empty",
-         "encoder-1d", "no-weight-ih"],
+         "encoder-1d", "no-weight-ih", "one-bias-missing"],
 )
 def test_bad_sources_are_named(make, kwargs, message):
     state_dict = make(dict(reference("rnn-relu").state_dict()))
@@ -168,10 +172,12 @@ def test_bad_hidden_file_is_refused_before_anything_is_written(hidden, message, 
     assert re.search(message, capsys.readouterr().err)
     assert not (tmp_path / "out").exists()
 
+
 def test_integer_tensors_are_refused_naming_the_dtype():
     state_dict = {k: v.to(torch.int64) for k, v in reference("lstm").state_dict().items()}
     with pytest.raises(ValueError, match=r"not floating point: encoder.weight \(int64\).*floating-point weights"):
         convert_word_lm(state_dict)
+
 
 def test_hidden_state_of_the_wrong_shape_is_refused():
     model = convert_word_lm(reference("lstm").state_dict())
