@@ -63,6 +63,32 @@ def test_reader_is_lazy_over_shards(tmp_path):
     assert torch.equal(weights[first], load_file(tmp_path / index[first])[first])
 
 
+@pytest.mark.parametrize("index, message", [
+    ("{not json", r"is not a checkpoint index \(a JSON object with a 'weight_map'\): Expecting"),
+    ({"metadata": {}}, r"is not a checkpoint index \(a JSON object with a 'weight_map'\): 'weight_map'"),
+    # these two failed with an AttributeError / TypeError from inside the reader
+    ({"weight_map": ["a"]}, r"its weight_map must map tensor names to shard file names, got a list$"),
+    ({"weight_map": {"a": None}}, r"its weight_map must map tensor names to shard file names, got 'a': None$"),
+    ({"weight_map": {"a": "model-2.safetensors"}}, r"names shards that are not in the folder: model-2.safetensors$"),
+], ids=["not-json", "no-weight-map", "list", "null-shard", "absent-shard"])
+def test_a_damaged_index_is_named(index, message, tmp_path):
+    save_file({"a": torch.zeros(2)}, tmp_path / "model-1.safetensors")
+    (tmp_path / "model.safetensors.index.json").write_text(index if isinstance(index, str) else json.dumps(index))
+    with pytest.raises(ValueError, match=message):
+        read_folder_weights(tmp_path)
+
+
+def test_an_index_naming_the_wrong_shard_of_a_tensor_is_named_when_it_is_read(tmp_path):
+    save_file({"a": torch.zeros(2)}, tmp_path / "model-1.safetensors")
+    save_file({"b": torch.zeros(2)}, tmp_path / "model-2.safetensors")
+    index = {"weight_map": {"a": "model-2.safetensors", "b": "model-2.safetensors"}}
+    (tmp_path / "model.safetensors.index.json").write_text(json.dumps(index))
+    weights = read_folder_weights(tmp_path)
+    assert torch.equal(weights["b"], torch.zeros(2))
+    with pytest.raises(ValueError, match=r"cannot read tensor 'a' from '.*model-2.safetensors'"):
+        weights["a"]
+
+
 def test_dtype_is_kept_unless_asked(tmp_path):
     save_sharded(gpt2(), tmp_path / "bf16", dtype=torch.bfloat16)
     assert convert_gpt2(tmp_path / "bf16").dtype == torch.bfloat16
