@@ -131,9 +131,12 @@ def test_converted_model_does_not_share_memory_with_the_source():
         (lambda: llama(hidden_act="gelu_fast"), r"hidden_act='gelu_fast'"),
         (lambda: gpt2(scale_attn_weights=False), r"scale_attn_weights=False"),
         (lambda: gpt2(scale_attn_by_inverse_layer_idx=True), r"scale_attn_by_inverse_layer_idx=True"),
+        (lambda: llama(partial_rotary_factor=0.5), r"partial_rotary_factor=0.5; seqzoo rotates every channel"),
+        (lambda: gpt2(activation_function="quick_gelu"), r"activation_function='quick_gelu'; seqzoo's Transformer "
+                                                         r"supports relu, gelu"),
     ],
     ids=["rope-scaling", "sliding-window", "qwen2-sliding-window", "activation", "unscaled-attention",
-         "layer-scaled-attention"],
+         "layer-scaled-attention", "partial-rotary", "gpt2-activation"],
 )
 def test_what_does_not_map_is_refused_naming_the_field(make, message):
     peer = make()
@@ -169,6 +172,16 @@ def test_bad_tensors_and_wrong_sources_are_named(tmp_path):
     (tmp_path / "broken" / "model.safetensors").write_bytes(b"not a safetensors file")
     with pytest.raises(ValueError, match="model.safetensors.*as safetensors"):
         convert_llama(tmp_path / "broken")
+
+
+def test_a_tied_folder_saved_without_its_head_converts(tmp_path):
+    # save_pretrained stores a tied head once, as the embedding (Qwen2-0.5B's folder has no lm_head.weight)
+    peer = qwen2()
+    peer.save_pretrained(tmp_path)
+    assert "lm_head.weight" not in load_file(tmp_path / "model.safetensors")
+    model = convert_llama(tmp_path)
+    assert model.config.tie_word_embeddings and model.lm_head.weight is model.model.embed_tokens.weight
+    torch.testing.assert_close(logits(model), logits(peer), atol=2e-5, rtol=1e-5)
 
 
 def test_a_bias_one_layer_lacks_is_named_not_taken_as_zero():
@@ -242,6 +255,8 @@ def test_export_of_a_model_stored_by_columns(target, tmp_path):
         ("transformer-vaswani-small", {}, "gpt2", r"position_embedding='sinusoidal' has no GPT-2 equivalent"),
         ("transformer-gpt2-small", {}, "llama", r"position_embedding='learned' has no Llama equivalent"),
         ("transformer-tiny", {}, "gpt2", r"position_embedding='rope' has no GPT-2 equivalent"),
+        ("transformer-gpt2-small", dict(head_dim=4), "gpt2", r"num_attention_heads \* head_dim = 16 must equal "
+                                                             r"hidden_size=32"),
         ("mamba2-tiny", dict(norm_before_gate=True), "mamba2", r"norm_before_gate=True"),
         ("rwkv7-tiny", {}, "mamba", r"cannot export a 'seqzoo_rwkv7' model to mamba"),
         ("lstm-tiny", {}, "llama", r"cannot export a 'seqzoo_lstm' model to llama"),
@@ -256,6 +271,27 @@ def test_export_refuses_what_has_no_native_equivalent(preset, overrides, target,
     model.save_pretrained(tmp_path)
     assert seqzoo_main(["export", "--to", target, str(tmp_path), str(tmp_path / "out")]) == 2
     assert "error: cannot export" in capsys.readouterr().err
+
+
+def test_export_refuses_a_source_that_is_no_whole_causal_lm(tmp_path, capsys):
+    from transformers import AutoModelForSequenceClassification
+
+    model = tiny_model("transformer-tiny", tie_word_embeddings=False)
+    with pytest.raises(ValueError, match=r"unknown export target 'gpt3'; allowed: llama, gpt2, mamba, mamba2"):
+        export_native(model, tmp_path / "out", "gpt3")
+    with pytest.raises(ValueError, match=r"export source '.*nothing' is not a saved seqzoo model folder"):
+        export_native(tmp_path / "nothing", tmp_path / "out", "llama")
+    model.model.save_pretrained(tmp_path / "backbone")  # no head: the export's would be untrained
+    with pytest.raises(ValueError, match=r"lacks weights of TransformerForCausalLM \(lm_head.weight\)"):
+        export_native(tmp_path / "backbone", tmp_path / "out", "llama")
+    AutoModelForSequenceClassification.from_config(model.config).save_pretrained(tmp_path / "classifier")
+    with pytest.raises(ValueError, match=r"holds a TransformerForSequenceClassification .*not a causal language"):
+        export_native(tmp_path / "classifier", tmp_path / "out", "llama")
+    model.save_pretrained(tmp_path / "damaged")
+    (tmp_path / "damaged" / "config.json").write_text('{"model_type": ')
+    assert seqzoo_main(["export", "--to", "llama", str(tmp_path / "damaged"), str(tmp_path / "out")]) == 2
+    assert f"{tmp_path / 'damaged' / 'config.json'}' is not a valid JSON file" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
 
 
 def _tied_peers():
