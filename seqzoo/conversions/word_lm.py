@@ -221,9 +221,9 @@ def word_tokenizer(vocabulary: Any) -> Any:
             words.pop()  # the file's final newline
     words = list(words)
     duplicates = sorted(w for w, n in Counter(words).items() if n > 1)
-    bad = [w for w in words if not w or any(c.isspace() for c in w)]
+    bad = [w for w in words if not isinstance(w, str) or not w or any(c.isspace() for c in w)]
     if duplicates or bad:
-        problem = f"duplicates {duplicates[:5]!r}" if duplicates else f"empty or spaced {bad[:5]!r}"
+        problem = f"duplicates {duplicates[:5]!r}" if duplicates else f"empty, spaced or not text {bad[:5]!r}"
         raise ValueError(f"the vocabulary must hold distinct words without whitespace, one per id; {problem}")
     vocab = {word: i for i, word in enumerate(words)}
     unk = "<unk>" if "<unk>" in vocab else None
