@@ -127,6 +127,27 @@ def test_mamba_ssm_refusals_name_the_field(change, message, tmp_path):
         convert_mamba_ssm(folder)
 
 
+def test_mamba_ssm_sources_without_their_config_or_embedding_are_named(tmp_path):
+    peer, config = mamba1_pair()
+    state = {k.replace("embeddings", "embedding"): v for k, v in peer.state_dict().items()}
+    with pytest.raises(ValueError, match=r"is not a mamba_ssm checkpoint folder \(no config.json\)"):
+        convert_mamba_ssm(tmp_path)
+    with pytest.raises(ValueError, match=r"a mamba_ssm state dict needs its config .*: pass config=\.\.\."):
+        convert_mamba_ssm(state)
+    with pytest.raises(ValueError, match=r"the mamba_ssm state dict must be a dict of tensor names to tensors; got "
+                                         r"MambaForCausalLM"):
+        convert_mamba_ssm(peer, config=config)
+    with pytest.raises(ValueError, match=r"has no backbone.embedding.weight: not a mamba_ssm MambaLMHeadModel"):
+        convert_mamba_ssm({k: v for k, v in state.items() if "embedding" not in k}, config=config)
+    folder = mamba_ssm_folder(tmp_path / "src", peer, config)
+    for text, message in (("[]", r"mamba_ssm config '.*config.json' must hold a JSON object, got list"),
+                          ("{", r"cannot read mamba_ssm config '.*config.json'")):
+        (folder / "config.json").write_text(text)
+        with pytest.raises(ValueError, match=message):
+            convert_mamba_ssm(folder)
+    assert convert_mamba_ssm(folder, config=config).config.num_hidden_layers == 2  # (config.json left unread)
+
+
 def test_token_ids_outside_the_vocabulary_are_dropped_and_said(tmp_path, caplog):
     peer, config = mamba1_pair()
     config.update(eos_token_id=[2, 10**6], bos_token_id=1)
@@ -314,6 +335,13 @@ def test_fla_refusals(pth, change, message):
     change(config, sd)
     with pytest.raises(ValueError, match=message):
         convert_fla_rwkv7(sd, config=config)
+
+
+def test_fla_sources_without_their_config_are_named(pth, tmp_path):
+    with pytest.raises(ValueError, match=r"is not an fla checkpoint folder \(no config.json\)"):
+        convert_fla_rwkv7(tmp_path)
+    with pytest.raises(ValueError, match=r"an fla RWKV-7 state dict needs its config .*: pass config=\.\.\."):
+        convert_fla_rwkv7(fla_layout(pth))
 
 
 def test_fla_tied_head_and_layernorms_without_bias(pth):

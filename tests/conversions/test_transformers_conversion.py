@@ -172,6 +172,12 @@ def test_bad_tensors_and_wrong_sources_are_named(tmp_path):
     (tmp_path / "broken" / "model.safetensors").write_bytes(b"not a safetensors file")
     with pytest.raises(ValueError, match="model.safetensors.*as safetensors"):
         convert_llama(tmp_path / "broken")
+    # a mistyped folder is tried as a Hub repo id (a path is no valid one: refused without going online)
+    with pytest.raises(ValueError, match=r"'.*typo' is neither a local folder nor a downloadable Hub repo"):
+        convert_llama(tmp_path / "typo")
+    with pytest.raises(ValueError, match=r"source must be a transformers model, a folder or a Hub repo id; got "
+                                         r"OrderedDict"):
+        convert_llama(llama().state_dict())
 
 
 def test_a_tied_folder_saved_without_its_head_converts(tmp_path):
