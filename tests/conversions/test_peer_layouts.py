@@ -87,6 +87,7 @@ def test_mamba_ssm_folder_matches_transformers(make, tmp_path):
 def test_mamba2_defaults_are_mamba_ssm_defaults():
     peer, config = mamba2_pair()
     del config["ssm_cfg"]["chunk_size"]
+    config["ssm_cfg"]["D_has_hdim"] = False  # mamba_ssm's default, written out: one skip weight per head
     model = convert_mamba_ssm(
         {k.replace("embeddings", "embedding"): v for k, v in peer.state_dict().items()}, config=config)
     assert model.config.chunk_size == 256 and model.config.time_step_limit == (0.0, float("inf"))
