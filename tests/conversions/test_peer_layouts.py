@@ -327,9 +327,11 @@ def test_fla_folder_and_first_layout(pth, tmp_path):
          r"the fla config does not fit its tensors: num_hidden_layers=2 \(the tensors hold 1\); is a shard"),
         (lambda c, sd: c.update(vocab_size=100), r"vocab_size=100 \(the tensors hold 67\)"),
         (lambda c, sd: c.update(norm_eps=None), r"norm_eps=None; expected a positive number"),
+        (lambda c, sd: sd.update({"model.embeddings.weight": sd["model.embeddings.weight"].reshape(-1)}),
+         r"emb.weight has shape \(2144,\); expected a matrix \(vocab, n_embd\)"),
     ],
     ids=["hybrid", "value-dim", "no-ln0", "activation", "unknown-tensor", "missing", "model-type", "value-dim-list",
-         "no-r_k", "no-embedding", "last-layer-missing", "vocab-size", "norm-eps-null"],
+         "no-r_k", "no-embedding", "last-layer-missing", "vocab-size", "norm-eps-null", "embedding-1d"],
 )
 def test_fla_refusals(pth, change, message):
     config, sd = dict(FLA_CONFIG), fla_layout(pth)
