@@ -8,7 +8,7 @@ converter renames those onto RWKV-LM's ``.pth`` layout and goes through the ``.p
 share one mapping into seqzoo. fla's GroupNorm eps is ``head_dim * norm_eps`` (x070's 64e-5 for the defaults).
 Checkpoints of fla's first RWKV-7 layout (one ``attn.x_x`` of shape (6, C)) are read too. Refused, naming the
 field: hybrid attention layers (``attn``), ``value_dim`` other than ``hidden_size``, ``norm_first: false``,
-activations other than ``sqrelu``.
+activations other than ``sqrelu``, a ``num_hidden_layers`` / ``vocab_size`` / ``hidden_size`` the tensors do not have.
 
     from seqzoo.conversions.fla_rwkv7 import convert_fla_rwkv7
     model = convert_fla_rwkv7("path/to/rwkv7-1.5B-world")     # a folder; or (state_dict, config=dict)
