@@ -80,7 +80,8 @@ def read_folder_weights(folder: str | Path) -> SourceWeights:
 
 def _refuse_duplicate(key: str, first: Path | None, second: Path, index: str) -> None:
     """Two weight files of one folder that hold the same tensor (a second copy, EMA weights, an older save): which one
-    is the checkpoint is not for seqzoo to guess (transformers reads model.safetensors alone, or what the index names)."""
+    is the checkpoint is not for seqzoo to guess (transformers reads model.safetensors alone, or what the index
+    names)."""
     if first is not None:
         raise ValueError(f"tensor {key!r} is in both {first.name!r} and {second.name!r} in {str(second.parent)!r}, and "
                          f"no {index} says which to read; move the file that is not part of the checkpoint out of the "
@@ -194,6 +195,11 @@ def _read_index(path: Path) -> dict[str, str]:
         weight_map = json.loads(path.read_text())["weight_map"]
     except (OSError, ValueError, KeyError, TypeError) as err:
         raise ValueError(f"{str(path)!r} is not a checkpoint index (a JSON object with a 'weight_map'): {err}") from err
+    bad = (f"a {type(weight_map).__name__}" if not isinstance(weight_map, dict) else
+           next((f"{key!r}: {shard!r}" for key, shard in weight_map.items() if not isinstance(shard, str)), None))
+    if bad:
+        raise ValueError(f"{str(path)!r} is not a checkpoint index: its weight_map must map tensor names to shard file "
+                         f"names, got {bad}")
     missing = sorted({shard for shard in weight_map.values() if not (path.parent / shard).is_file()})
     if missing:
         raise ValueError(f"{str(path)!r} names shards that are not in the folder: {', '.join(missing)}")
@@ -470,8 +476,9 @@ def load_transformers_source(source: Any, model_types: tuple[str, ...], command:
         raise ValueError(f"{str(source)!r} has no config.json; expected a folder saved by save_pretrained")
     values = read_json(folder / "config.json", "config")
     if "model_type" not in values and "d_model" in values and "n_layer" in values:
-        raise ValueError(f"{str(folder / 'config.json')!r} has no model_type but mamba_ssm's fields (d_model, n_layer): "
-                         f"a raw mamba_ssm checkpoint, which `seqzoo convert mamba-ssm` converts, not {command}")
+        raise ValueError(f"{str(folder / 'config.json')!r} has no model_type but mamba_ssm's fields (d_model, "
+                         f"n_layer): a raw mamba_ssm checkpoint, which `seqzoo convert mamba-ssm` converts, not "
+                         f"{command}")
     _require_model_type(values.get("model_type"), model_types, command)
     _refuse_quantized(values.get("quantization_config"), repr(str(folder / "config.json")), command)
     try:

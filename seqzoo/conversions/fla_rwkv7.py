@@ -8,7 +8,7 @@ converter renames those onto RWKV-LM's ``.pth`` layout and goes through the ``.p
 share one mapping into seqzoo. fla's GroupNorm eps is ``head_dim * norm_eps`` (x070's 64e-5 for the defaults).
 Checkpoints of fla's first RWKV-7 layout (one ``attn.x_x`` of shape (6, C)) are read too. Refused, naming the
 field: hybrid attention layers (``attn``), ``value_dim`` other than ``hidden_size``, ``norm_first: false``,
-activations other than ``sqrelu``.
+activations other than ``sqrelu``, a ``num_hidden_layers`` / ``vocab_size`` / ``hidden_size`` the tensors do not have.
 
     from seqzoo.conversions.fla_rwkv7 import convert_fla_rwkv7
     model = convert_fla_rwkv7("path/to/rwkv7-1.5B-world")     # a folder; or (state_dict, config=dict)
@@ -25,8 +25,8 @@ from typing import Any
 import torch
 
 from seqzoo.conversions.checkpoints import (
-    check_destination,
     SourceWeights,
+    check_destination,
     copy_tokenizer_files,
     read_folder_weights,
     read_json,
@@ -97,7 +97,8 @@ def pth_state_dict(source: Any, fla_config: dict[str, Any]) -> dict[str, torch.T
         else:
             unknown.append(key)
     if unknown:
-        raise ValueError(f"the checkpoint has tensors that are not part of fla's RWKV7ForCausalLM: {show(sorted(unknown))}")
+        raise ValueError(f"the checkpoint has tensors that are not part of fla's RWKV7ForCausalLM: "
+                         f"{show(sorted(unknown))}")
     if "head.weight" not in out and fla_config.get("tie_word_embeddings") and "emb.weight" in out:
         out["head.weight"] = out["emb.weight"]
     if fla_config.get("norm_bias", True) is False:  # LayerNorms without bias: zero biases compute the same
@@ -124,9 +125,23 @@ def convert_fla_rwkv7(source: Any, config: dict[str, Any] | None = None, dtype: 
     if "blocks.0.att.r_k" not in state_dict or "emb.weight" not in state_dict:
         raise ValueError("not an fla RWKV-7 checkpoint: missing model.embeddings.weight or "
                          "model.layers.0.attn.r_k")
-    eps = float(config.get("norm_eps", 1e-5))
+    embedding = state_dict["emb.weight"]
+    vocab = embedding.shape[0]
+    # fla builds its model from these fields, so a mismatch means the folder lacks tensors (a shard, the last layers)
+    # or the config is another checkpoint's; the sizes read from the tensors alone would make a smaller model, silently.
+    found = {"num_hidden_layers": 1 + max(int(m.group(1)) for key in state_dict
+                                          if (m := re.match(r"blocks\.(\d+)\.", key)))}
+    if embedding.dim() == 2:  # (any other shape is named by the x070 checks)
+        found.update(vocab_size=vocab, hidden_size=embedding.shape[1])
+    wrong = [f"{name}={config[name]!r} (the tensors hold {value})" for name, value in found.items()
+             if config.get(name) is not None and config[name] != value]
+    if wrong:
+        raise ValueError(f"the fla config does not fit its tensors: {', '.join(wrong)}; is a shard or a layer missing "
+                         f"from the checkpoint, or is the config another checkpoint's?")
+    eps = config.get("norm_eps", 1e-5)
+    if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not eps > 0:
+        raise ValueError(f"fla RWKV-7 config sets norm_eps={eps!r}; expected a positive number (fla's default is 1e-5)")
     head_size = state_dict["blocks.0.att.r_k"].shape[1]
-    vocab = state_dict["emb.weight"].shape[0]
     try:
         return convert_rwkv7(state_dict, dtype, layer_norm_eps=eps, group_norm_eps=head_size * eps,
                              **valid_token_ids(config, vocab, "the fla config"))

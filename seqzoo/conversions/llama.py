@@ -22,9 +22,9 @@ from typing import Any
 import torch
 
 from seqzoo.conversions.checkpoints import (
-    check_destination,
     Reader,
     build_model,
+    check_destination,
     copy_tokenizer_files,
     load_transformers_source,
     valid_token_ids,
@@ -119,6 +119,9 @@ def seqzoo_weights(source: Any, config: Any) -> dict[str, torch.Tensor]:
         out["lm_head.weight"] = read("lm_head.weight", (V, D))
     shapes = {"self_attn.q_proj": (q, D), "self_attn.k_proj": (kv, D), "self_attn.v_proj": (kv, D),
               "self_attn.o_proj": (D, q), "mlp.gate_proj": (F, D), "mlp.up_proj": (F, D), "mlp.down_proj": (D, F)}
+    # A projection whose bias layer 0 holds has one in every layer: missing from another layer, it is named, not
+    # taken as zeros (those are for the biases no layer has, Qwen2's o_proj).
+    saved_biases = {name for name in shapes if read.has(f"model.layers.0.{name}.bias")}
     for i in range(config.num_hidden_layers):
         ours, theirs = f"model.layers.{i}.", f"model.layers.{i}."
         for norm, hf_norm in LAYER_NAMES[:2]:
@@ -127,7 +130,7 @@ def seqzoo_weights(source: Any, config: Any) -> dict[str, torch.Tensor]:
             out[f"{ours}{name}.weight"] = read(f"{theirs}{name}.weight", shape)
             if config.attention_bias if name.startswith("self_attn") else config.mlp_bias:
                 key = f"{theirs}{name}.bias"
-                out[f"{ours}{name}.bias"] = read(key, shape[:1]) if read.has(key) else torch.zeros(shape[0])
+                out[f"{ours}{name}.bias"] = read(key, shape[:1]) if name in saved_biases else torch.zeros(shape[0])
     read.finish(f"the weights of {getattr(source, 'origin', 'the source')} do not fit a Llama-family model of its "
                 f"config")
     return out

@@ -112,7 +112,8 @@ def config_from_state_dict(state_dict: dict[str, torch.Tensor], nonlinearity: st
                              f"(got {nonlinearity!r})")
         values["nonlinearity"] = nonlinearity
     elif nonlinearity is not None:
-        raise ValueError(f"nonlinearity={nonlinearity!r} applies to nn.RNN only; the checkpoint is an nn.{cell.upper()}")
+        raise ValueError(f"nonlinearity={nonlinearity!r} applies to nn.RNN only; the checkpoint is an "
+                         f"nn.{cell.upper()}")
     layers = 1 + max((int(m.group(1)) for key in state_dict if (m := re.fullmatch(r"rnn\.weight_ih_l(\d+)", key))),
                      default=0)  # none at all: one layer, whose missing weight_ih_l0 the weight mapping names
     encoder, decoder = state_dict["encoder.weight"], state_dict["decoder.weight"]
@@ -130,6 +131,9 @@ def seqzoo_weights(state_dict: dict[str, torch.Tensor], config: Any) -> dict[str
     read = Reader(state_dict)
     V, E, H = config.vocab_size, config.embedding_size, config.hidden_size
     rows = {"rnn": 1, "gru": 3, "lstm": 4}[config.mixer_type] * H
+    # A layer built with bias=False saves no bias, nor do the others (zeros compute the same); a bias only some
+    # layers lack is a damaged checkpoint, named as missing.
+    biased = any(re.fullmatch(r"rnn\.bias_(ih|hh)_l\d+", key) for key in state_dict)
     out = {"model.embed_tokens.weight": read("encoder.weight", (V, E))}
     if config.tie_word_embeddings:
         read.used.add("decoder.weight")
@@ -143,7 +147,7 @@ def seqzoo_weights(state_dict: dict[str, torch.Tensor], config: Any) -> dict[str
         out[ours + "weight_hh"] = read(f"rnn.weight_hh_l{i}", (rows, H))
         for name in ("bias_ih", "bias_hh"):
             key = f"rnn.{name}_l{i}"
-            out[ours + name] = read(key, (rows,)) if read.has(key) else torch.zeros(rows)
+            out[ours + name] = read(key, (rows,)) if biased else torch.zeros(rows)
     read.finish("the checkpoint does not fit a word-language model of the sizes read from it")
     return out
 
@@ -217,10 +221,10 @@ def word_tokenizer(vocabulary: Any) -> Any:
             words.pop()  # the file's final newline
     words = list(words)
     duplicates = sorted(w for w, n in Counter(words).items() if n > 1)
-    bad = [w for w in words if not w or any(c.isspace() for c in w)]
+    bad = [w for w in words if not isinstance(w, str) or not w or any(c.isspace() for c in w)]
     if duplicates or bad:
-        raise ValueError(f"the vocabulary must hold distinct words without whitespace, one per id; "
-                         f"{'duplicates ' + repr(duplicates[:5]) if duplicates else 'empty or spaced ' + repr(bad[:5])}")
+        problem = f"duplicates {duplicates[:5]!r}" if duplicates else f"empty, spaced or not text {bad[:5]!r}"
+        raise ValueError(f"the vocabulary must hold distinct words without whitespace, one per id; {problem}")
     vocab = {word: i for i, word in enumerate(words)}
     unk = "<unk>" if "<unk>" in vocab else None
     backend = Tokenizer(models.WordLevel(vocab=vocab, unk_token=unk))

@@ -96,6 +96,15 @@ def test_config_fields_carry_over():
     assert config2.time_step_limit == (0.01, 0.5) and config2.n_groups == 2 and config2.chunk_size == 4
 
 
+@pytest.mark.parametrize("overrides, message", [
+    (dict(hidden_act="gelu"), r"hidden_act='gelu'; seqzoo's Mamba mixers support only 'silu'"),
+    (dict(intermediate_size=100), r"intermediate_size=100, but seqzoo derives it as expand \* hidden_size = 64"),
+], ids=["activation", "inner-width"])
+def test_config_fields_seqzoo_does_not_compute_are_refused(overrides, message):
+    with pytest.raises(ValueError, match=message):
+        convert_hf_mamba(hf_mamba(**overrides))
+
+
 def test_a_token_id_outside_the_vocabulary_is_dropped_with_a_warning(caplog):
     # As the llama / gpt2 / mamba-ssm converters do (it was refused outright, by the seqzoo config's check).
     with caplog.at_level("WARNING", logger="seqzoo"):
@@ -130,10 +139,12 @@ def test_missing_and_misshaped_tensors_are_named(tmp_path):
     weights = load_file(tmp_path / "model.safetensors")
     del weights["backbone.layers.1.mixer.A_log"]
     weights["backbone.layers.0.mixer.D"] = torch.ones(5)
+    weights["backbone.layers.0.mixer.extra"] = torch.ones(2)
     save_file(weights, tmp_path / "model.safetensors", metadata={"format": "pt"})
     with pytest.raises(ValueError, match=r"missing tensors model\.layers\.1\.mixer\.A_log") as err:
         convert_hf_mamba(tmp_path)
     assert "model.layers.0.mixer.D (source (5,), expected (64,))" in str(err.value)
+    assert "unexpected tensors model.layers.0.mixer.extra;" in str(err.value)
 
 
 def test_folder_without_weights_or_config(tmp_path):

@@ -87,6 +87,7 @@ def test_mamba_ssm_folder_matches_transformers(make, tmp_path):
 def test_mamba2_defaults_are_mamba_ssm_defaults():
     peer, config = mamba2_pair()
     del config["ssm_cfg"]["chunk_size"]
+    config["ssm_cfg"]["D_has_hdim"] = False  # mamba_ssm's default, written out: one skip weight per head
     model = convert_mamba_ssm(
         {k.replace("embeddings", "embedding"): v for k, v in peer.state_dict().items()}, config=config)
     assert model.config.chunk_size == 256 and model.config.time_step_limit == (0.0, float("inf"))
@@ -125,6 +126,27 @@ def test_mamba_ssm_refusals_name_the_field(change, message, tmp_path):
     folder = mamba_ssm_folder(tmp_path / "src", peer, config)
     with pytest.raises(ValueError, match=message):
         convert_mamba_ssm(folder)
+
+
+def test_mamba_ssm_sources_without_their_config_or_embedding_are_named(tmp_path):
+    peer, config = mamba1_pair()
+    state = {k.replace("embeddings", "embedding"): v for k, v in peer.state_dict().items()}
+    with pytest.raises(ValueError, match=r"is not a mamba_ssm checkpoint folder \(no config.json\)"):
+        convert_mamba_ssm(tmp_path)
+    with pytest.raises(ValueError, match=r"a mamba_ssm state dict needs its config .*: pass config=\.\.\."):
+        convert_mamba_ssm(state)
+    with pytest.raises(ValueError, match=r"the mamba_ssm state dict must be a dict of tensor names to tensors; got "
+                                         r"MambaForCausalLM"):
+        convert_mamba_ssm(peer, config=config)
+    with pytest.raises(ValueError, match=r"has no backbone.embedding.weight: not a mamba_ssm MambaLMHeadModel"):
+        convert_mamba_ssm({k: v for k, v in state.items() if "embedding" not in k}, config=config)
+    folder = mamba_ssm_folder(tmp_path / "src", peer, config)
+    for text, message in (("[]", r"mamba_ssm config '.*config.json' must hold a JSON object, got list"),
+                          ("{", r"cannot read mamba_ssm config '.*config.json'")):
+        (folder / "config.json").write_text(text)
+        with pytest.raises(ValueError, match=message):
+            convert_mamba_ssm(folder)
+    assert convert_mamba_ssm(folder, config=config).config.num_hidden_layers == 2  # (config.json left unread)
 
 
 def test_token_ids_outside_the_vocabulary_are_dropped_and_said(tmp_path, caplog):
@@ -300,15 +322,29 @@ def test_fla_folder_and_first_layout(pth, tmp_path):
                                                            r"model.layers.0.attn.r_k"),
         (lambda c, sd: sd.pop("model.embeddings.weight"), r"not an fla RWKV-7 checkpoint: missing "
                                                            r"model.embeddings.weight"),
+        # the last layer's tensors absent (a shard left behind): it converted into a one-layer model
+        (lambda c, sd: [sd.pop(k) for k in list(sd) if k.startswith("model.layers.1.")],
+         r"the fla config does not fit its tensors: num_hidden_layers=2 \(the tensors hold 1\); is a shard"),
+        (lambda c, sd: c.update(vocab_size=100), r"vocab_size=100 \(the tensors hold 67\)"),
+        (lambda c, sd: c.update(norm_eps=None), r"norm_eps=None; expected a positive number"),
+        (lambda c, sd: sd.update({"model.embeddings.weight": sd["model.embeddings.weight"].reshape(-1)}),
+         r"emb.weight has shape \(2144,\); expected a matrix \(vocab, n_embd\)"),
     ],
     ids=["hybrid", "value-dim", "no-ln0", "activation", "unknown-tensor", "missing", "model-type", "value-dim-list",
-         "no-r_k", "no-embedding"],
+         "no-r_k", "no-embedding", "last-layer-missing", "vocab-size", "norm-eps-null", "embedding-1d"],
 )
 def test_fla_refusals(pth, change, message):
     config, sd = dict(FLA_CONFIG), fla_layout(pth)
     change(config, sd)
     with pytest.raises(ValueError, match=message):
         convert_fla_rwkv7(sd, config=config)
+
+
+def test_fla_sources_without_their_config_are_named(pth, tmp_path):
+    with pytest.raises(ValueError, match=r"is not an fla checkpoint folder \(no config.json\)"):
+        convert_fla_rwkv7(tmp_path)
+    with pytest.raises(ValueError, match=r"an fla RWKV-7 state dict needs its config .*: pass config=\.\.\."):
+        convert_fla_rwkv7(fla_layout(pth))
 
 
 def test_fla_tied_head_and_layernorms_without_bias(pth):

@@ -134,12 +134,14 @@ def test_damaged_file_is_said_to_be_damaged(checkpoint, legacy, keep, tmp_path, 
     assert "'cut.pth'" in err.replace(str(tmp_path) + "/", "") and "damaged or truncated?" in err, err
     assert not err.rstrip().endswith(":") and "report it" not in err
 
+
 def test_integer_tensors_are_refused_naming_the_dtype(checkpoint, tmp_path, capsys):
     torch.save({k: (v * 10).to(torch.int8) for k, v in checkpoint.items()}, tmp_path / "int8.pth")
     assert seqzoo_main(["convert", "rwkv7", str(tmp_path / "int8.pth"), str(tmp_path / "out")]) == 2
     err = capsys.readouterr().err
     assert "not floating point: emb.weight (int8)" in err and "seqzoo converts floating-point weights" in err
     assert not (tmp_path / "out").exists()
+
 
 def test_non_finite_weights_are_refused_before_anything_is_written(checkpoint, tmp_path, capsys):
     """A NaN weight, or one past float16's range converted with --dtype float16: from_pretrained would refuse the
@@ -161,3 +163,13 @@ def test_settable_fields_only(checkpoint, tmp_path):
         convert_rwkv7(checkpoint, hidden_size=64)
     with pytest.raises(ValueError, match="does not exist"):
         convert_rwkv7(tmp_path / "nothing.pth")
+
+
+def test_a_one_layer_checkpoint_without_layer_0s_unused_value_lora_converts():
+    # Layer 0 has no value residual; RWKV-LM saves its LoRA anyway, fla (and a pruned file) does not. With one layer
+    # no other layer says the LoRA's rank.
+    one_layer = random_x070_checkpoint(vocab=67, hidden=32, layers=1, head_size=16, ffn=72, seed=6)
+    pruned = {k: v for k, v in one_layer.items() if k not in ("blocks.0.att.v0", "blocks.0.att.v1", "blocks.0.att.v2")}
+    with torch.no_grad():
+        torch.testing.assert_close(convert_rwkv7(pruned)(IDS).logits, convert_rwkv7(one_layer)(IDS).logits,
+                                   rtol=0, atol=0)

@@ -13,8 +13,8 @@ from transformers import (
     AutoModelForCausalLM,
     GPT2LMHeadModel,
     LlamaForCausalLM,
-    MambaConfig,
     Mamba2ForCausalLM,
+    MambaConfig,
     MambaForCausalLM,
     MistralConfig,
     MistralForCausalLM,
@@ -63,6 +63,32 @@ def test_reader_is_lazy_over_shards(tmp_path):
     assert torch.equal(weights[first], load_file(tmp_path / index[first])[first])
 
 
+@pytest.mark.parametrize("index, message", [
+    ("{not json", r"is not a checkpoint index \(a JSON object with a 'weight_map'\): Expecting"),
+    ({"metadata": {}}, r"is not a checkpoint index \(a JSON object with a 'weight_map'\): 'weight_map'"),
+    # these two failed with an AttributeError / TypeError from inside the reader
+    ({"weight_map": ["a"]}, r"its weight_map must map tensor names to shard file names, got a list$"),
+    ({"weight_map": {"a": None}}, r"its weight_map must map tensor names to shard file names, got 'a': None$"),
+    ({"weight_map": {"a": "model-2.safetensors"}}, r"names shards that are not in the folder: model-2.safetensors$"),
+], ids=["not-json", "no-weight-map", "list", "null-shard", "absent-shard"])
+def test_a_damaged_index_is_named(index, message, tmp_path):
+    save_file({"a": torch.zeros(2)}, tmp_path / "model-1.safetensors")
+    (tmp_path / "model.safetensors.index.json").write_text(index if isinstance(index, str) else json.dumps(index))
+    with pytest.raises(ValueError, match=message):
+        read_folder_weights(tmp_path)
+
+
+def test_an_index_naming_the_wrong_shard_of_a_tensor_is_named_when_it_is_read(tmp_path):
+    save_file({"a": torch.zeros(2)}, tmp_path / "model-1.safetensors")
+    save_file({"b": torch.zeros(2)}, tmp_path / "model-2.safetensors")
+    index = {"weight_map": {"a": "model-2.safetensors", "b": "model-2.safetensors"}}
+    (tmp_path / "model.safetensors.index.json").write_text(json.dumps(index))
+    weights = read_folder_weights(tmp_path)
+    assert torch.equal(weights["b"], torch.zeros(2))
+    with pytest.raises(ValueError, match=r"cannot read tensor 'a' from '.*model-2.safetensors'"):
+        weights["a"]
+
+
 def test_dtype_is_kept_unless_asked(tmp_path):
     save_sharded(gpt2(), tmp_path / "bf16", dtype=torch.bfloat16)
     assert convert_gpt2(tmp_path / "bf16").dtype == torch.bfloat16
@@ -105,9 +131,12 @@ def test_converted_model_does_not_share_memory_with_the_source():
         (lambda: llama(hidden_act="gelu_fast"), r"hidden_act='gelu_fast'"),
         (lambda: gpt2(scale_attn_weights=False), r"scale_attn_weights=False"),
         (lambda: gpt2(scale_attn_by_inverse_layer_idx=True), r"scale_attn_by_inverse_layer_idx=True"),
+        (lambda: llama(partial_rotary_factor=0.5), r"partial_rotary_factor=0.5; seqzoo rotates every channel"),
+        (lambda: gpt2(activation_function="quick_gelu"), r"activation_function='quick_gelu'; seqzoo's Transformer "
+                                                         r"supports relu, gelu"),
     ],
     ids=["rope-scaling", "sliding-window", "qwen2-sliding-window", "activation", "unscaled-attention",
-         "layer-scaled-attention"],
+         "layer-scaled-attention", "partial-rotary", "gpt2-activation"],
 )
 def test_what_does_not_map_is_refused_naming_the_field(make, message):
     peer = make()
@@ -143,7 +172,32 @@ def test_bad_tensors_and_wrong_sources_are_named(tmp_path):
     (tmp_path / "broken" / "model.safetensors").write_bytes(b"not a safetensors file")
     with pytest.raises(ValueError, match="model.safetensors.*as safetensors"):
         convert_llama(tmp_path / "broken")
+    # a mistyped folder is tried as a Hub repo id (a path is no valid one: refused without going online)
+    with pytest.raises(ValueError, match=r"'.*typo' is neither a local folder nor a downloadable Hub repo"):
+        convert_llama(tmp_path / "typo")
+    with pytest.raises(ValueError, match=r"source must be a transformers model, a folder or a Hub repo id; got "
+                                         r"OrderedDict"):
+        convert_llama(llama().state_dict())
 
+
+def test_a_tied_folder_saved_without_its_head_converts(tmp_path):
+    # save_pretrained stores a tied head once, as the embedding (Qwen2-0.5B's folder has no lm_head.weight)
+    peer = qwen2()
+    peer.save_pretrained(tmp_path)
+    assert "lm_head.weight" not in load_file(tmp_path / "model.safetensors")
+    model = convert_llama(tmp_path)
+    assert model.config.tie_word_embeddings and model.lm_head.weight is model.model.embed_tokens.weight
+    torch.testing.assert_close(logits(model), logits(peer), atol=2e-5, rtol=1e-5)
+
+
+def test_a_bias_one_layer_lacks_is_named_not_taken_as_zero():
+    # Qwen2 saves no o_proj bias in any layer (zeros compute the same); a k_proj bias that layer 0 has and layer 1
+    # lacks is a damaged checkpoint, which converted with a zero bias there, silently
+    peer = qwen2()
+    peer.model.layers[1].self_attn.k_proj.bias = None
+    with pytest.raises(ValueError, match=r"do not fit a Llama-family model of its config: missing tensors "
+                                         r"model.layers.1.self_attn.k_proj.bias$"):
+        convert_llama(peer)
 
 
 @pytest.mark.parametrize("command, config, field, value", [
@@ -161,6 +215,7 @@ def test_wrongly_typed_config_field_is_a_user_error(command, config, field, valu
     assert "config.json" in err and f"field '{field}'" in err and "unexpected" not in err
 
 # ---- export ---------------------------------------------------------------------------------------------------
+
 
 EXPORTS = {
     "llama": ("transformer-tiny", dict(num_key_value_heads=2, attention_bias=True), LlamaForCausalLM),
@@ -206,6 +261,8 @@ def test_export_of_a_model_stored_by_columns(target, tmp_path):
         ("transformer-vaswani-small", {}, "gpt2", r"position_embedding='sinusoidal' has no GPT-2 equivalent"),
         ("transformer-gpt2-small", {}, "llama", r"position_embedding='learned' has no Llama equivalent"),
         ("transformer-tiny", {}, "gpt2", r"position_embedding='rope' has no GPT-2 equivalent"),
+        ("transformer-gpt2-small", dict(head_dim=4), "gpt2", r"num_attention_heads \* head_dim = 16 must equal "
+                                                             r"hidden_size=32"),
         ("mamba2-tiny", dict(norm_before_gate=True), "mamba2", r"norm_before_gate=True"),
         ("rwkv7-tiny", {}, "mamba", r"cannot export a 'seqzoo_rwkv7' model to mamba"),
         ("lstm-tiny", {}, "llama", r"cannot export a 'seqzoo_lstm' model to llama"),
@@ -220,6 +277,27 @@ def test_export_refuses_what_has_no_native_equivalent(preset, overrides, target,
     model.save_pretrained(tmp_path)
     assert seqzoo_main(["export", "--to", target, str(tmp_path), str(tmp_path / "out")]) == 2
     assert "error: cannot export" in capsys.readouterr().err
+
+
+def test_export_refuses_a_source_that_is_no_whole_causal_lm(tmp_path, capsys):
+    from transformers import AutoModelForSequenceClassification
+
+    model = tiny_model("transformer-tiny", tie_word_embeddings=False)
+    with pytest.raises(ValueError, match=r"unknown export target 'gpt3'; allowed: llama, gpt2, mamba, mamba2"):
+        export_native(model, tmp_path / "out", "gpt3")
+    with pytest.raises(ValueError, match=r"export source '.*nothing' is not a saved seqzoo model folder"):
+        export_native(tmp_path / "nothing", tmp_path / "out", "llama")
+    model.model.save_pretrained(tmp_path / "backbone")  # no head: the export's would be untrained
+    with pytest.raises(ValueError, match=r"lacks weights of TransformerForCausalLM \(lm_head.weight\)"):
+        export_native(tmp_path / "backbone", tmp_path / "out", "llama")
+    AutoModelForSequenceClassification.from_config(model.config).save_pretrained(tmp_path / "classifier")
+    with pytest.raises(ValueError, match=r"holds a TransformerForSequenceClassification .*not a causal language"):
+        export_native(tmp_path / "classifier", tmp_path / "out", "llama")
+    model.save_pretrained(tmp_path / "damaged")
+    (tmp_path / "damaged" / "config.json").write_text('{"model_type": ')
+    assert seqzoo_main(["export", "--to", "llama", str(tmp_path / "damaged"), str(tmp_path / "out")]) == 2
+    assert f"{tmp_path / 'damaged' / 'config.json'}' is not a valid JSON file" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
 
 
 def _tied_peers():

@@ -19,14 +19,14 @@ IDS = torch.tensor([[5, 17, 33, 8, 61, 12, 40], [9, 3, 60, 44, 21, 6, 2]])
 class WordLM(nn.Module):
     """The example's RNNModel: embedding -> nn.RNN/LSTM/GRU -> linear decoder, (T, B) inputs, log-probabilities."""
 
-    def __init__(self, cell, ntoken=99, ninp=24, nhid=32, nlayers=2, tie=False, nonlinearity="tanh"):
+    def __init__(self, cell, ntoken=99, ninp=24, nhid=32, nlayers=2, tie=False, nonlinearity="tanh", bias=True):
         super().__init__()
         self.encoder = nn.Embedding(ntoken, ninp)
         if cell == "rnn":
-            self.rnn = nn.RNN(ninp, nhid, nlayers, nonlinearity=nonlinearity)
+            self.rnn = nn.RNN(ninp, nhid, nlayers, nonlinearity=nonlinearity, bias=bias)
         else:
-            self.rnn = getattr(nn, cell.upper())(ninp, nhid, nlayers)
-        self.decoder = nn.Linear(nhid, ntoken)
+            self.rnn = getattr(nn, cell.upper())(ninp, nhid, nlayers, bias=bias)
+        self.decoder = nn.Linear(nhid, ntoken, bias=bias)
         if tie:
             self.decoder.weight = self.encoder.weight
 
@@ -40,6 +40,7 @@ CASES = {
     "gru-tied": dict(cell="gru", ninp=32, tie=True),
     "rnn-relu": dict(cell="rnn", nonlinearity="relu"),
     "rnn-tanh-1layer": dict(cell="rnn", nlayers=1),
+    "gru-no-bias": dict(cell="gru", bias=False),  # no bias saved, in the layers or the decoder
 }
 
 
@@ -146,9 +147,16 @@ def test_pickled_module_is_refused_with_the_fix(tmp_path, capsys):
          r"encoder.weight has shape \(2376,\); expected a non-empty matrix \(vocab, embedding size\)"),
         (lambda sd: {k: v for k, v in sd.items() if "weight_ih" not in k}, {"nonlinearity": "tanh"},
          r"missing tensors rnn.weight_ih_l0"),
+        # one bias absent where the others are saved: damaged, not a layer built with bias=False (it took zeros)
+        (lambda sd: {k: v for k, v in sd.items() if k != "rnn.bias_hh_l1"}, {"nonlinearity": "tanh"},
+         r"missing tensors rnn.bias_hh_l1$"),
+        (lambda sd: {**sd, "rnn.weight_hh_l0": torch.zeros(64, 32)}, {"nonlinearity": "tanh"},
+         r"rnn.weight_hh_l0 has shape \(64, 32\): its rows must be 1, 3 or 4 times its columns"),
+        (lambda sd: dict(reference("lstm").state_dict()), {"nonlinearity": "relu"},
+         r"nonlinearity='relu' applies to nn.RNN only; the checkpoint is an nn.LSTM"),
     ],
     ids=["nonlinearity", "names", "bidirectional", "missing", "misshaped", "transformer", "sizes", "hh-1d", "hh-empty",
-         "encoder-1d", "no-weight-ih"],
+         "encoder-1d", "no-weight-ih", "one-bias-missing", "two-gates", "nonlinearity-of-an-lstm"],
 )
 def test_bad_sources_are_named(make, kwargs, message):
     state_dict = make(dict(reference("rnn-relu").state_dict()))
@@ -168,10 +176,12 @@ def test_bad_hidden_file_is_refused_before_anything_is_written(hidden, message, 
     assert re.search(message, capsys.readouterr().err)
     assert not (tmp_path / "out").exists()
 
+
 def test_integer_tensors_are_refused_naming_the_dtype():
     state_dict = {k: v.to(torch.int64) for k, v in reference("lstm").state_dict().items()}
     with pytest.raises(ValueError, match=r"not floating point: encoder.weight \(int64\).*floating-point weights"):
         convert_word_lm(state_dict)
+
 
 def test_hidden_state_of_the_wrong_shape_is_refused():
     model = convert_word_lm(reference("lstm").state_dict())
@@ -203,6 +213,23 @@ def test_a_vocabulary_file_with_a_byte_order_mark_or_not_utf8(tmp_path):
     path.write_bytes(b"caf\xe9\n")
     with pytest.raises(ValueError, match=r"vocab\.txt' is not UTF-8 text"):
         word_tokenizer(path)
+    path.write_text("the\ncat")  # no final newline: the last line is still a word
+    assert word_tokenizer(path)("cat the").input_ids == [1, 0]
+
+
+@pytest.mark.parametrize("words, message", [
+    (["the", "cat", "the"], r"duplicates \['the'\]"),
+    (["the", "", "cat"], r"empty, spaced or not text \[''\]"),
+    (["the", "big cat"], r"empty, spaced or not text \['big cat'\]"),
+    (["the", 7], r"empty, spaced or not text \[7\]"),  # (a TypeError from inside the check)
+], ids=["duplicate", "empty", "spaced", "not-text"])
+def test_a_vocabulary_that_is_no_list_of_distinct_words_is_refused(words, message):
+    from seqzoo.conversions.word_lm import word_tokenizer
+
+    assert word_tokenizer(["the", "cat"])("cat the").input_ids == [1, 0]
+    with pytest.raises(ValueError, match=r"the vocabulary must hold distinct words without whitespace, one per id; "
+                                         + message):
+        word_tokenizer(words)
 
 
 def test_the_text_generation_pipeline_puts_a_space_before_the_continuation(tmp_path):
@@ -261,6 +288,42 @@ def test_a_key_map_entry_that_renames_nothing_is_refused(tmp_path, capsys):
     assert seqzoo_main(["convert", "word-lm", str(tmp_path / "model.pt"), str(tmp_path / "out"), "--key-map",
                         "lstm=rnn", "lstm=gru"]) == 2
     assert "--key-map renames 'lstm' twice (lstm=rnn, lstm=gru)" in capsys.readouterr().err
+    assert seqzoo_main(["convert", "word-lm", str(tmp_path / "model.pt"), str(tmp_path / "out"), "--key-map",
+                        "lstm"]) == 2
+    assert "--key-map entry 'lstm' is not of the form THEIRS=OURS" in capsys.readouterr().err
+
+
+def test_a_key_map_renames_whole_keys_and_refuses_two_tensors_onto_one():
+    state_dict = dict(reference("lstm").state_dict())
+    state_dict["out_proj"] = state_dict.pop("decoder.weight")
+    model = convert_word_lm(state_dict, key_map={"out_proj": "decoder.weight"})
+    assert torch.equal(model.lm_head.weight, state_dict["out_proj"])
+    with pytest.raises(ValueError, match=r"key_map maps two tensors onto 'decoder.weight'"):
+        convert_word_lm({**state_dict, "decoder.weight": state_dict["out_proj"]},
+                        key_map={"out_proj": "decoder.weight"})
+
+
+def test_a_vocabulary_or_hidden_state_that_does_not_fit_is_refused_before_anything_is_written(tmp_path, capsys):
+    torch.save(reference("lstm").state_dict(), tmp_path / "model.pt")
+    (tmp_path / "vocab.txt").write_text("the\ncat\n<unk>\n")
+    assert seqzoo_main(["convert", "word-lm", str(tmp_path / "model.pt"), str(tmp_path / "out"), "--vocab",
+                        str(tmp_path / "vocab.txt")]) == 2
+    assert "the vocabulary has 3 words, the checkpoint's embedding 99 rows; they must match" in capsys.readouterr().err
+    assert seqzoo_main(["convert", "word-lm", str(tmp_path / "model.pt"), str(tmp_path / "out"), "--hidden",
+                        str(tmp_path / "absent.pt")]) == 2
+    assert f"hidden state file '{tmp_path / 'absent.pt'}' does not exist" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_hidden_state_file_of_another_cell_is_named(tmp_path):
+    from seqzoo.conversions.word_lm import save_hidden_state
+
+    gru = convert_word_lm(reference("gru-tied").state_dict()).config
+    lstm = convert_word_lm(reference("lstm").state_dict()).config
+    save_hidden_state(torch.zeros(2, 1, 32), gru, tmp_path / "hidden_state.safetensors")
+    with pytest.raises(ValueError, match=r"hidden_state.safetensors' is not a hidden state of this model: missing "
+                                         r"'layers.0.c'"):
+        load_hidden_state(tmp_path / "hidden_state.safetensors", lstm)
 
 
 @pytest.mark.parametrize("cell", ["lstm", "gru"])

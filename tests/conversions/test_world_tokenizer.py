@@ -23,7 +23,8 @@ from tests.models.test_rwkv7_reference import random_x070_checkpoint  # noqa: E4
 CORPUS = [
     "Hello, world! The quick brown fox jumps over the lazy dog.",
     "Grüße aus Köln — naïve café, façade, Ångström, Ελληνικά, русский текст",
-    "自然语言处理是人工智能领域中的一个重要方向。它研究能实现人与计算机之间用自然语言进行有效通信的各种理论和方法，" * 12,
+    ("自然语言处理是人工智能领域中的一个重要方向。"
+     "它研究能实现人与计算机之间用自然语言进行有效通信的各种理论和方法，") * 12,
     "日本語のテキスト、한국어 문장, ภาษาไทย, العربية, עברית, हिन्दी",
     "emoji 😀🎉 family 👩‍👩‍👧‍👦 flags 🇩🇪🇯🇵 skin 👍🏽 keycap 1️⃣",
     "def fib(n: int) -> int:\n\tif n < 2:\n\t\treturn n\n    return fib(n - 1) + fib(n - 2)  # recursion\n\n\n",
@@ -239,6 +240,16 @@ def test_a_damaged_vocabulary_file_is_refused_naming_the_line(tmp_path, lines, m
     (tmp_path / "v.txt").write_text(lines, encoding="utf-8")
     with pytest.raises(ValueError, match=message):
         world_tokenizer(tmp_path / "v.txt")
+
+
+def test_a_small_vocabulary_matches_longest_first_and_names_a_byte_it_lacks(tmp_path):
+    (tmp_path / "v.txt").write_text("1 'a' 1\n2 'ab' 2\n", encoding="utf-8")
+    tokenizer = world_tokenizer(tmp_path / "v.txt")
+    assert tokenizer("aab")["input_ids"] == [1, 2]
+    # transformers' split_special_tokens=False: a written <|endoftext|> is then the end-of-text id, not text
+    assert tokenizer("a<|endoftext|>ab", split_special_tokens=False)["input_ids"] == [1, 0, 2]
+    with pytest.raises(ValueError, match=r"byte 0x63 has no token in the vocabulary"):
+        tokenizer("abc")
 
 
 def test_a_damaged_vocabulary_json_is_refused(tmp_path):
