@@ -236,13 +236,18 @@ def _does_not_fit(path: Path, err: Exception) -> CheckpointError:
 
 def resolve_resume(resume: str | Path | bool, run_dir: str | Path) -> Path:
     """The checkpoint folder ``--resume`` means: the newest one of ``run_dir`` (True), of a run folder, or a
-    checkpoint folder itself."""
+    checkpoint folder itself (never one still being written, ``checkpoint-N.tmp``)."""
     if resume is True:
         checkpoints = list_checkpoints(run_dir)
         if not checkpoints:
             raise ValueError(f"--resume: no complete checkpoint in {str(Path(run_dir) / CHECKPOINTS)!r} to resume from")
         return checkpoints[-1][1]
     path = Path(resume)
+    if path.name.endswith(".tmp") and path.parent.name == CHECKPOINTS:
+        # (trainer_state.json is written before the rename: a run stopped between the two leaves a .tmp holding one,
+        # whose files may not have reached the disk)
+        raise ValueError(f"--resume: {str(path)!r} is a checkpoint that was still being written (a run stopped while "
+                         f"saving it); resume from a complete one, or give the run folder to take its newest")
     if (path / STATE_FILE).is_file():
         return path
     checkpoints = list_checkpoints(path)

@@ -361,6 +361,16 @@ def test_resume_names_a_folder_that_is_neither_a_checkpoint_nor_a_run(saved_run,
         train(recipe, resume=str(folder), progress=False)
 
 
+def test_resume_refuses_a_checkpoint_that_was_still_being_written(saved_run, tmp_path):
+    # A run stopped between writing trainer_state.json and renaming the folder leaves checkpoint-N.tmp holding one;
+    # such a folder is never read, even when named (its files may not have reached the disk).
+    recipe, checkpoint = copy_run(saved_run, tmp_path)
+    unfinished = checkpoint.with_name(checkpoint.name + ".tmp")
+    shutil.copytree(checkpoint, unfinished)
+    with pytest.raises(ValueError, match=rf"--resume: '{unfinished}' is a checkpoint that was still being written"):
+        train(recipe, resume=str(unfinished), progress=False)
+
+
 class _OneProcess:
     """What save_checkpoint and restore_training_state ask of accelerate's Accelerator, for one process with an fp16
     gradient scaler (accelerate keeps one only on a GPU; torch's CPU scaler has the same state)."""
