@@ -33,7 +33,7 @@ from seqzoo.conversions.checkpoints import (
     show,
     valid_token_ids,
 )
-from seqzoo.conversions.rwkv7 import convert_rwkv7
+from seqzoo.conversions.rwkv7 import convert_rwkv7, layer_count
 
 LAYER = r"model\.layers\.(\d+)\."
 # (fla pattern, RWKV-LM replacement, transpose?) -- every fla tensor, in RWKV-LM's .pth names.
@@ -129,8 +129,7 @@ def convert_fla_rwkv7(source: Any, config: dict[str, Any] | None = None, dtype: 
     vocab = embedding.shape[0]
     # fla builds its model from these fields, so a mismatch means the folder lacks tensors (a shard, the last layers)
     # or the config is another checkpoint's; the sizes read from the tensors alone would make a smaller model, silently.
-    found = {"num_hidden_layers": 1 + max(int(m.group(1)) for key in state_dict
-                                          if (m := re.match(r"blocks\.(\d+)\.", key)))}
+    found = {"num_hidden_layers": layer_count(state_dict)}
     if embedding.dim() == 2:  # (any other shape is named by the x070 checks)
         found.update(vocab_size=vocab, hidden_size=embedding.shape[1])
     wrong = [f"{name}={config[name]!r} (the tensors hold {value})" for name, value in found.items()

@@ -98,6 +98,11 @@ def check_x070(state_dict: dict[str, torch.Tensor]) -> None:
                              f"{dims}, as RWKV-LM saves x070 checkpoints")
 
 
+def layer_count(state_dict: dict[str, torch.Tensor]) -> int:
+    """How many blocks an x070 state dict holds: one more than its highest ``blocks.{i}.`` index."""
+    return 1 + max(int(m.group(1)) for key in state_dict if (m := re.match(r"blocks\.(\d+)\.", key)))
+
+
 def config_from_state_dict(state_dict: dict[str, torch.Tensor], **overrides: Any) -> Any:
     """The :class:`RWKV7Config` whose sizes match the tensors of an x070 checkpoint."""
     from seqzoo.models.rwkv7 import RWKV7Config
@@ -117,12 +122,11 @@ def config_from_state_dict(state_dict: dict[str, torch.Tensor], **overrides: Any
             f"heads * head_size must equal the embedding width {hidden_size} (an attention width other than "
             f"n_embd is not supported)"
         )
-    layers = {int(m.group(1)) for key in state_dict if (m := re.match(r"blocks\.(\d+)\.", key))}
     value_lora = state_dict.get("blocks.1.att.v1", state_dict.get("blocks.0.att.v1"))
     values: dict[str, Any] = dict(
         vocab_size=vocab_size,
         hidden_size=hidden_size,
-        num_hidden_layers=max(layers) + 1,
+        num_hidden_layers=layer_count(state_dict),
         head_size=head_size,
         intermediate_size=state_dict["blocks.0.ffn.key.weight"].shape[0],
         decay_low_rank_dim=state_dict["blocks.0.att.w1"].shape[1],
