@@ -41,6 +41,13 @@ LAYER_KINDS = (ATTENTION, RECURRENT)
 INPUT_TABLE_ATTRIBUTE = "_seqzoo_input_table"
 
 
+def removes_nothing(*args: Any, **kwargs: Any) -> bool:
+    """Whether a crop's arguments remove no position: ``crop(0)``, as transformers' deferred stop check calls it
+    every step (transformers >= 5.23 takes how many positions to remove, as a number <= 0)."""
+    values = list(args) + list(kwargs.values())
+    return len(values) == 1 and isinstance(values[0], int) and not isinstance(values[0], bool) and values[0] == 0
+
+
 class StateLayer:
     """One recurrent layer's entry: its named state tensors (None until the layer has run)."""
 
@@ -76,6 +83,8 @@ class StateLayer:
         self._map(lambda value: value[torch.as_tensor(indices, device=value.device)])
 
     def crop(self, *args: Any, **kwargs: Any) -> None:
+        if removes_nothing(*args, **kwargs):
+            return  # as transformers' own layers: removing no position is nothing to undo
         raise ValueError(
             "a recurrent state cannot be rolled back to an earlier position: this cache holds recurrent layers, "
             "so it cannot be cropped (decoding that needs rollback, such as assisted decoding, is refused)"
@@ -276,7 +285,8 @@ class SeqzooCache(Cache):
         # transformers' arguments differ between releases; every layer crops its own, and a recurrent one refuses --
         # before any layer is cut, so that a refused crop leaves the attention layers' keys and values as they were.
         if not self.is_croppable:
-            StateLayer().crop(*args, **kwargs)  # raises
+            StateLayer().crop(*args, **kwargs)  # raises, unless no position is to be removed
+            return
         super().crop(*args, **kwargs)
         self.seen_tokens = self.layers[0].get_seq_length()
 

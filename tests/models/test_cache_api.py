@@ -79,6 +79,21 @@ def test_a_cache_with_a_recurrent_layer_is_not_croppable():
         SeqzooCache(["attention", "recurrent"]).crop(-1)
 
 
+def test_cropping_no_position_is_a_no_op_on_every_cache():
+    # transformers' own layers return on crop(0) (its deferred stop check calls it every step): nothing to roll back.
+    model = tiny_model("hybrid-tiny", mixer_types=["attention", "mamba"])
+    with torch.no_grad():
+        cache = output_cache(model(IDS[:, :5], use_cache=True))
+        before = [tensor.clone() for tensor in cache.tensors()]
+        cache.crop(0)
+        cache.crop(tokens_to_remove=0)
+        assert cache.get_seq_length() == 5
+        assert all(torch.equal(a, b) for a, b in zip(before, cache.tensors(), strict=True))
+        torch.testing.assert_close(model(IDS[:, 5:], cache=cache).logits[:, -1], model(IDS).logits[:, -1])
+    with pytest.raises(ValueError, match="cannot be cropped"):
+        cache.crop(False)  # not a count of positions
+
+
 def test_a_refused_crop_leaves_the_attention_layers_as_they_were():
     # An attention layer before a recurrent one must not be cut before the recurrent one refuses: the cache would
     # continue with keys and values two positions short of its recurrent states and its position count.
