@@ -24,6 +24,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 import os
 import re
 import shutil
@@ -175,8 +176,9 @@ def restore_training_state(checkpoint: Path, state: dict[str, Any], accelerator:
         # file over it: a slot the file lacks (a moment, a step count) would go on from that value without a word,
         # and one of another shape would fail only at the next step. The local state holds the same names, and
         # under FSDP its tensors are DTensors, which report the whole shape.
-        ours = get_optimizer_state_dict(model, _inner(optimizer))["state"]
-        _check_optimizer_slots(optimizer_state["state"], ours)
+        ours = get_optimizer_state_dict(model, _inner(optimizer))
+        _check_optimizer_slots(optimizer_state["state"], ours["state"])
+        _check_optimizer_groups(optimizer_state["param_groups"], ours["param_groups"])
         set_optimizer_state_dict(model, _inner(optimizer), optimizer_state, options=_full_state_options())
     except CheckpointError:
         raise
@@ -186,7 +188,9 @@ def restore_training_state(checkpoint: Path, state: dict[str, Any], accelerator:
     if scaler is not None:
         scaler_file = checkpoint / files.SCALER_FILE
         try:
-            scaler.load_state_dict(files.load_json_state(scaler_file))
+            saved = files.load_json_state(scaler_file)
+            _check_scaler_state(scaler_file, saved, scaler.state_dict())
+            scaler.load_state_dict(saved)
         except CheckpointError:
             raise
         except Exception as err:
@@ -209,6 +213,67 @@ def _check_optimizer_slots(theirs: dict[str, dict[str, Any]], ours: dict[str, di
             if _form(slots[slot]) != _form(value):
                 raise ValueError(f"the optimizer state {name}/{slot} is {_form(slots[slot])}; this run's optimizer "
                                  f"keeps {_form(value)}")
+
+
+def _check_optimizer_groups(theirs: Any, ours: list[dict[str, Any]]) -> None:
+    """Refuse saved param groups that do not hold this run's parameters, group by group.
+
+    set_optimizer_state_dict matches groups by position and copies each saved group's settings onto this run's: a
+    file with one group where this run has two (weight decay and none) gave every bias the decayed group's weight
+    decay, without a word. The settings themselves (lr, betas, eps, weight_decay) are restored from the file as they
+    are: they come from the recipe, whose run id --resume has already matched (a changed optim.lr is another run),
+    and the saved lr is the schedule's value at the checkpoint's step.
+    """
+    if not isinstance(theirs, list) or not all(isinstance(g, dict) and isinstance(g.get("params"), list)
+                                               for g in theirs):
+        raise ValueError(f"the file's param_groups are not a list of groups each with a list of 'params' (got "
+                         f"{str(theirs)[:200]})")
+    if len(theirs) != len(ours):
+        raise ValueError(f"the file holds {len(theirs)} param group(s) of "
+                         f"{', '.join(str(len(g['params'])) for g in theirs) or 'no'} parameters; this run's "
+                         f"optimizer has {len(ours)}, of {', '.join(str(len(g['params'])) for g in ours)}")
+    for index, (group, expected) in enumerate(zip(theirs, ours)):
+        if sorted(map(str, group["params"])) != sorted(expected["params"]):
+            stray = sorted(set(map(str, group["params"])) - set(expected["params"]))
+            absent = sorted(set(expected["params"]) - set(map(str, group["params"])))
+            raise ValueError(f"param group {index} of the file holds {len(group['params'])} parameters; this run's "
+                             f"optimizer's holds {len(expected['params'])} (in the file only: "
+                             f"{', '.join(stray[:4]) or 'none'}; missing from it: {', '.join(absent[:4]) or 'none'})")
+
+
+_SCALER_RULES = {  # GradScaler.state_dict(): what torch's GradScaler accepts for each value
+    "scale": ("a finite number above 0", lambda v: _number(v) and 0 < v < math.inf),
+    "growth_factor": ("a finite number above 1", lambda v: _number(v) and 1 < v < math.inf),
+    "backoff_factor": ("a number above 0 and below 1", lambda v: _number(v) and 0 < v < 1),
+    "growth_interval": ("an integer of 1 or more", lambda v: _integer(v) and v >= 1),
+    "_growth_tracker": ("an integer of 0 or more, below growth_interval", lambda v: _integer(v) and v >= 0),
+}
+
+
+def _check_scaler_state(path: Path, saved: dict[str, Any], ours: dict[str, Any]) -> None:
+    """Refuse a saved fp16 gradient scaler state that torch's GradScaler would load without a word and then scale by
+    (a NaN or negative scale makes every step's gradients NaN or flips them) or fail on deep inside a later step."""
+    if not ours:  # a disabled scaler loads nothing
+        return
+    if set(saved) != set(ours):
+        raise CheckpointError(f"checkpoint file {str(path)!r} does not hold a gradient scaler's state: its keys are "
+                              f"{sorted(saved)}, expected {sorted(ours)}; the run cannot be resumed exactly from it")
+    for key, (allowed, fits) in _SCALER_RULES.items():
+        if key in saved and not fits(saved[key]):
+            raise CheckpointError(f"checkpoint file {str(path)!r} is damaged: the gradient scaler's {key} is "
+                                  f"{saved[key]!r}, expected {allowed}; the run cannot be resumed exactly from it")
+    if _integer(saved.get("_growth_tracker")) and saved["_growth_tracker"] >= saved["growth_interval"]:
+        raise CheckpointError(f"checkpoint file {str(path)!r} is damaged: the gradient scaler's _growth_tracker is "
+                              f"{saved['_growth_tracker']}, expected below its growth_interval "
+                              f"({saved['growth_interval']}); the run cannot be resumed exactly from it")
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _integer(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
 
 
 def _form(value: Any) -> str:

@@ -411,7 +411,113 @@ def test_an_fp16_runs_gradient_scaler_is_saved_and_restored_and_a_foreign_one_re
     assert restored.state_dict() == saved.state_dict() and saved.state_dict()["_growth_tracker"] == 1
 
     rewrite(checkpoint, "scaler.json", lambda path: path.write_text("{}"))
-    with pytest.raises(CheckpointError, match=r"scaler.json' does not fit this run's model \(RuntimeError: The source "
-                                              r"state dict is empty"):
+    with pytest.raises(CheckpointError, match=r"scaler.json' does not hold a gradient scaler's state: its keys are "
+                                              r"\[\], expected \['_growth_tracker', 'backoff_factor'"):
         restore_training_state(checkpoint, read_state(checkpoint), _OneProcess(torch.amp.GradScaler("cpu")), model,
                                optimizer, scheduler)
+
+
+@pytest.mark.parametrize("key,value,expected", [
+    ("scale", float("nan"), "a finite number above 0"),
+    ("scale", float("inf"), "a finite number above 0"),
+    ("scale", -512.0, "a finite number above 0"),
+    ("scale", "512", "a finite number above 0"),
+    ("growth_factor", 1.0, "a finite number above 1"),
+    ("backoff_factor", 1.5, "a number above 0 and below 1"),
+    ("growth_interval", 0, "an integer of 1 or more"),
+    ("growth_interval", 7.0, "an integer of 1 or more"),
+    ("_growth_tracker", True, "an integer of 0 or more, below growth_interval"),
+    ("_growth_tracker", 7, r"below its growth_interval \(7\)"),
+])
+def test_a_malformed_gradient_scaler_state_is_refused_by_name(tmp_path, key, value, expected):
+    # GradScaler.load_state_dict takes any value: a NaN or negative scale was loaded without a word and made every
+    # later step's gradients NaN (or flipped their sign); a float growth_interval failed deep inside a later step.
+    from seqzoo.training.checkpoint import read_state, restore_training_state, save_checkpoint
+
+    saved = torch.amp.GradScaler("cpu", init_scale=512.0, growth_interval=7)
+    model, optimizer, scheduler = _one_scaled_step(saved)
+    record = {"step": 1, "tokens_seen": 4, "data_position": {}, "grad_health": {}}
+    checkpoint = save_checkpoint(_OneProcess(saved), model, optimizer, scheduler, tmp_path, 1, record, keep=1)
+    rewrite(checkpoint, "scaler.json",
+            lambda path: path.write_text(json.dumps({**json.loads(path.read_text()), key: value})))
+    restored = torch.amp.GradScaler("cpu")
+    with pytest.raises(CheckpointError, match=rf"scaler.json' is damaged: the gradient scaler's {key} is .*"
+                                              rf"expected .*{expected}"):
+        restore_training_state(checkpoint, read_state(checkpoint), _OneProcess(restored), model, optimizer, scheduler)
+    assert restored.state_dict()["scale"] == 2.0 ** 16  # nothing was loaded
+
+
+def _two_group_step():
+    """A model and optimizer grouped as seqzoo's trainer groups them: matrices with weight decay, the rest without."""
+    from torch.optim.lr_scheduler import LambdaLR
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.Linear(4, 2))
+    params = list(model.parameters())
+    optimizer = torch.optim.AdamW([{"params": [p for p in params if p.dim() >= 2], "weight_decay": 0.1},
+                                   {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}], lr=0.1)
+    scheduler = LambdaLR(optimizer, lambda step: 1.0)
+    model(torch.ones(4, 3)).sum().backward()
+    optimizer.step()
+    scheduler.step()
+    return model, optimizer, scheduler
+
+
+@pytest.mark.parametrize("change,named", [
+    ("merge", r"the file holds 1 param group\(s\) of 4 parameters; this run's optimizer has 2, of 2, 2"),
+    ("split", r"the file holds 3 param group\(s\) of 2, 1, 1 parameters; this run's optimizer has 2, of 2, 2"),
+    ("move", r"param group 0 of the file holds 3 parameters; this run's optimizer's holds 2 \(in the file only: "
+             r"1.bias; missing from it: none\)"),
+    ("rename", r"param group 1 of the file holds 2 parameters; this run's optimizer's holds 2 \(in the file only: "
+               r"2.bias; missing from it: 1.bias\)"),
+    ("garble", r"the file's param_groups are not a list of groups each with a list of 'params'"),
+])
+def test_an_optimizer_file_whose_param_groups_differ_is_refused(tmp_path, change, named):
+    # set_optimizer_state_dict matched groups by position and loaded all of these without a word: one group where
+    # this run has two gave every bias the weight decay of the matrices.
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    from seqzoo.training.checkpoint import read_state, restore_training_state, save_checkpoint
+
+    model, optimizer, scheduler = _two_group_step()
+    record = {"step": 1, "tokens_seen": 4, "data_position": {}, "grad_health": {}}
+    checkpoint = save_checkpoint(_OneProcess(None), model, optimizer, scheduler, tmp_path, 1, record, keep=1)
+
+    def edit(path):
+        with safe_open(str(path), "pt") as handle:
+            tensors, metadata = {k: handle.get_tensor(k) for k in handle.keys()}, handle.metadata()
+        groups = json.loads(metadata["param_groups"])
+        if change == "merge":
+            groups = [{**groups[0], "params": groups[0]["params"] + groups[1]["params"]}]
+        elif change == "split":
+            groups.append({**groups[1], "params": [groups[1]["params"].pop()]})
+        elif change == "move":
+            groups[0]["params"].append(groups[1]["params"].pop())
+        elif change == "rename":
+            groups[1]["params"][-1] = "2.bias"
+        else:
+            groups = {"params": groups[0]["params"]}
+        save_file(tensors, str(path), {**metadata, "param_groups": json.dumps(groups)})
+
+    rewrite(checkpoint, "optimizer.safetensors", edit)
+    model, optimizer, scheduler = _two_group_step()
+    with pytest.raises(CheckpointError, match=r"optimizer.safetensors' does not fit this run's model \(ValueError: "
+                                              + named):
+        restore_training_state(checkpoint, read_state(checkpoint), _OneProcess(None), model, optimizer, scheduler)
+    assert [group["weight_decay"] for group in optimizer.param_groups] == [0.1, 0.0]
+
+
+def test_a_checkpoint_resumes_with_its_saved_learning_rate(tmp_path):
+    # The param groups' settings are restored as saved (the recipe's run id, matched before, fixes them; the saved
+    # lr is the schedule's value at the step): only their parameters are checked.
+    from seqzoo.training.checkpoint import read_state, restore_training_state, save_checkpoint
+
+    model, optimizer, scheduler = _two_group_step()
+    for group in optimizer.param_groups:
+        group["lr"] = 0.05
+    record = {"step": 1, "tokens_seen": 4, "data_position": {}, "grad_health": {}}
+    checkpoint = save_checkpoint(_OneProcess(None), model, optimizer, scheduler, tmp_path, 1, record, keep=1)
+    model, optimizer, scheduler = _two_group_step()
+    restore_training_state(checkpoint, read_state(checkpoint), _OneProcess(None), model, optimizer, scheduler)
+    assert [group["lr"] for group in optimizer.param_groups] == [0.05, 0.05]
