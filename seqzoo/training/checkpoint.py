@@ -29,7 +29,7 @@ import os
 import re
 import shutil
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from seqzoo.outputs import OutputError, describe, fsync_tree, write_errors
 from seqzoo.training import state as files
@@ -57,39 +57,46 @@ def list_checkpoints(run_dir: str | Path) -> list[tuple[int, Path]]:
 
 def save_checkpoint(accelerator: Any, model: Any, optimizer: Any, scheduler: Any, run_dir: str | Path, step: int,
                     state: dict[str, Any], keep: int) -> Path:
-    """Write checkpoint ``step`` atomically on all processes; keep the newest ``keep`` checkpoints."""
+    """Write checkpoint ``step`` atomically on all processes; keep the newest ``keep`` checkpoints. A write that
+    fails on any process (the main one writes most files) raises on every process."""
     folder = Path(run_dir) / CHECKPOINTS
     final = folder / f"checkpoint-{step}"
     tmp = folder / f"checkpoint-{step}.tmp"
-    try:
+
+    def prepare() -> None:
         if accelerator.is_main_process:
             folder.mkdir(parents=True, exist_ok=True)
             if tmp.exists():  # left over from a run killed while writing
                 shutil.rmtree(tmp)
             tmp.mkdir()
-        accelerator.wait_for_everyone()
-        write_training_state(accelerator, model, optimizer, scheduler, tmp)
-        accelerator.wait_for_everyone()
-        if accelerator.is_main_process:
-            records = {path.name: files.file_record(path) for path in sorted(tmp.iterdir())}
-            body = json.loads(json.dumps({**state, "format": files.FORMAT, "files": records}))  # as read back
-            (tmp / STATE_FILE).write_text(json.dumps({**body, SEAL: state_seal(body)}, indent=2))
-            fsync_tree(tmp)
-            if final.exists():  # a resumed run passing a step it had already saved before it was killed
-                shutil.rmtree(final)
-            os.replace(tmp, final)
-            # Checkpoints past this step were written before a resume from an earlier one: this run rewrites
-            # those steps, so they are no part of it (kept, the rotation below would count them as the newest
-            # and delete the checkpoint just written, and --resume would continue from one of them).
-            saved = list_checkpoints(run_dir)
-            later = [path for later_step, path in saved if later_step > step]
-            if later:
-                logger.warning("resumed before them, this run writes its own steps in place of %s (removed)",
-                               ", ".join(path.name for path in later))
-            for path in later:
-                shutil.rmtree(path)
-            for _, old in [c for c in saved if c[0] <= step][:-keep]:
-                shutil.rmtree(old)
+
+    def seal() -> None:
+        if not accelerator.is_main_process:
+            return
+        records = {path.name: files.file_record(path) for path in sorted(tmp.iterdir())}
+        body = json.loads(json.dumps({**state, "format": files.FORMAT, "files": records}))  # as read back
+        (tmp / STATE_FILE).write_text(json.dumps({**body, SEAL: state_seal(body)}, indent=2))
+        fsync_tree(tmp)
+        if final.exists():  # a resumed run passing a step it had already saved before it was killed
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+        # Checkpoints past this step were written before a resume from an earlier one: this run rewrites
+        # those steps, so they are no part of it (kept, the rotation below would count them as the newest
+        # and delete the checkpoint just written, and --resume would continue from one of them).
+        saved = list_checkpoints(run_dir)
+        later = [path for later_step, path in saved if later_step > step]
+        if later:
+            logger.warning("resumed before them, this run writes its own steps in place of %s (removed)",
+                           ", ".join(path.name for path in later))
+        for path in later:
+            shutil.rmtree(path)
+        for _, old in [c for c in saved if c[0] <= step][:-keep]:
+            shutil.rmtree(old)
+
+    try:
+        on_every_process(accelerator, prepare)
+        on_every_process(accelerator, lambda: write_training_state(accelerator, model, optimizer, scheduler, tmp))
+        on_every_process(accelerator, seal)
     except write_errors() as err:
         if accelerator.is_main_process:
             shutil.rmtree(tmp, ignore_errors=True)  # a full disk gets its space back
@@ -97,8 +104,40 @@ def save_checkpoint(accelerator: Any, model: Any, optimizer: Any, scheduler: Any
         left = (f"the newest complete checkpoint, {str(previous[-1][1])!r}, is intact: continue from it with "
                 "--resume once the problem is fixed" if previous else "there is no earlier checkpoint to resume from")
         raise OutputError(f"cannot write checkpoint {str(final)!r}: {describe(err)}; {left}") from err
-    accelerator.wait_for_everyone()
     return final
+
+
+def on_every_process(accelerator: Any, work: Callable[[], None]) -> None:
+    """Run ``work`` here, then wait for every process; an exception that ``work`` raised on any process is raised on
+    every one (there as it was, on the others as an :class:`OutputError` naming the processes that failed).
+
+    A barrier cannot tell that a process failed: were the main process alone to fail while writing, the others would
+    wait at the next barrier or collective until the process group's timeout, or for ever. The sum of one failure flag
+    per process is taken instead; no process has it before every process has added its own, so it is the barrier too.
+    """
+    error: Exception | None = None
+    try:
+        work()
+    except Exception as err:  # (raised below, after the other processes have heard of it)
+        error = err
+    failed = failed_processes(accelerator, error is not None)
+    if error is not None:
+        raise error
+    if failed:
+        raise OutputError(f"process {', '.join(map(str, failed))} failed (its own error says why), so this process "
+                          "stopped with it")
+
+
+def failed_processes(accelerator: Any, failed: bool) -> list[int]:
+    """The indices of the processes that pass ``failed=True`` (a collective: every process calls it)."""
+    if accelerator.num_processes == 1:
+        return [accelerator.process_index] if failed else []
+    import torch
+
+    flags = torch.zeros(accelerator.num_processes, device=accelerator.device)
+    flags[accelerator.process_index] = float(failed)
+    flags = accelerator.reduce(flags, "sum")
+    return [rank for rank, flag in enumerate(flags.tolist()) if flag]
 
 
 def _full_state_options(**kwargs: Any) -> Any:

@@ -6,11 +6,13 @@ from __future__ import annotations
 import json
 import pickle
 import shutil
+import threading
 from pathlib import Path
 
 import pytest
 import torch
 
+from seqzoo.outputs import OutputError
 from seqzoo.training.checkpoint import SEAL, STATE_FILE, list_checkpoints, state_seal
 from seqzoo.training.state import CheckpointError, file_record
 from seqzoo.training.trainer import train
@@ -521,3 +523,101 @@ def test_a_checkpoint_resumes_with_its_saved_learning_rate(tmp_path):
     model, optimizer, scheduler = _two_group_step()
     restore_training_state(checkpoint, read_state(checkpoint), _OneProcess(None), model, optimizer, scheduler)
     assert [group["lr"] for group in optimizer.param_groups] == [0.05, 0.05]
+
+
+class _ThreadedProcesses:
+    """Accelerators of ``world`` processes run as threads of this one: ``wait_for_everyone`` and ``reduce`` return
+    only when every thread has reached them, as the collectives do; a thread left waiting for one that never comes
+    raises BrokenBarrierError after ``timeout`` seconds (a real process would wait for the process group's timeout,
+    or for ever)."""
+
+    def __init__(self, world: int, timeout: float = 2.0) -> None:
+        self.barrier = threading.Barrier(world, timeout=timeout)
+        self.parts: list = [None] * world
+        self.processes = [_ThreadedProcess(self, rank, world) for rank in range(world)]
+
+    def run(self, work) -> list:
+        """``work(accelerator)`` on every process at once; what each returned or raised, by rank."""
+        outcomes: list = [None] * len(self.processes)
+
+        def one(process):
+            try:
+                outcomes[process.process_index] = work(process)
+            except BaseException as err:  # noqa: BLE001 (the outcome under test)
+                outcomes[process.process_index] = err
+
+        threads = [threading.Thread(target=one, args=(process,)) for process in self.processes]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(timeout=30)
+        return outcomes
+
+
+class _ThreadedProcess:
+    scaler, device = None, "cpu"
+
+    def __init__(self, group: _ThreadedProcesses, rank: int, world: int) -> None:
+        self.group, self.process_index, self.num_processes, self.is_main_process = group, rank, world, rank == 0
+
+    def wait_for_everyone(self) -> None:
+        self.group.barrier.wait()
+
+    def reduce(self, tensor, reduction):
+        assert reduction == "sum"
+        self.group.parts[self.process_index] = tensor.clone()
+        self.group.barrier.wait()
+        total = torch.stack(self.group.parts).sum(0)
+        self.group.barrier.wait()  # every process has read the parts before any writes the next ones
+        return total
+
+
+def test_a_failure_on_one_process_reaches_every_process():
+    from seqzoo.training.checkpoint import on_every_process
+
+    def fail_on(rank):
+        def work(process):
+            def part():
+                if process.process_index == rank:
+                    raise PermissionError(13, "Permission denied", "x")
+            on_every_process(process, part)
+            return "done"
+        return work
+
+    assert _ThreadedProcesses(3).run(fail_on(None)) == ["done"] * 3
+    main, second, third = _ThreadedProcesses(3).run(fail_on(0))
+    assert isinstance(main, PermissionError)
+    for other in (second, third):
+        assert isinstance(other, OutputError) and str(other).startswith("process 0 failed")
+    assert [str(e)[:16] for e in _ThreadedProcesses(2).run(fail_on(1))] == ["process 1 failed", "[Errno 13] Permi"]
+
+
+@pytest.mark.parametrize("fails", ["preparing", "writing", "sealing"])
+def test_a_checkpoint_the_main_process_alone_fails_to_write_stops_every_process(tmp_path, monkeypatch, fails):
+    # Only the main process creates the folder, writes the model, optimizer and scheduler files and seals the
+    # checkpoint: a full disk or a read-only folder there raised on it alone, and the other processes waited at the
+    # next barrier (here: BrokenBarrierError after the fake's timeout; in a real run, the process group's timeout).
+    from seqzoo.training import checkpoint as checkpoints
+    from seqzoo.training.checkpoint import save_checkpoint
+
+    run = tmp_path / "run"
+    if fails == "preparing":
+        run.mkdir()
+        (run / "checkpoints").write_text("a file where the folder goes")
+    else:
+        def full_disk(*args):
+            raise OSError(28, "No space left on device")
+
+        target = "save_optimizer_state" if fails == "writing" else "fsync_tree"
+        monkeypatch.setattr(checkpoints.files if fails == "writing" else checkpoints, target, full_disk)
+    record = {"step": 1, "tokens_seen": 4, "data_position": {}, "grad_health": {}}
+
+    def save(process):
+        model, optimizer, scheduler = _two_group_step()
+        return save_checkpoint(process, model, optimizer, scheduler, run, 1, record, keep=1)
+
+    main, other = _ThreadedProcesses(2).run(save)
+    assert isinstance(main, OutputError) and "cannot write checkpoint" in str(main)
+    assert isinstance(other, OutputError), other
+    assert str(other).startswith(f"cannot write checkpoint '{run / 'checkpoints' / 'checkpoint-1'}': process 0 failed")
+    assert not list_checkpoints(run) and not (run / "checkpoints" / "checkpoint-1.tmp").exists()
