@@ -290,6 +290,11 @@ def read_json(path: Path, what: str) -> dict[str, Any]:
 # What a saved checkpoint folder holds: writing a model into a folder that has one would replace it (and a sharded
 # source's shards would be deleted by save_pretrained before anything else fails).
 CHECKPOINT_FILES = ("config.json", "*.safetensors", "*.safetensors.index.json", "*.bin", "*.bin.index.json")
+# What a tokenizer is read from: left in a destination by an earlier conversion (whose config and weights were
+# removed, or which failed before writing them), these would stay beside the new model and AutoTokenizer would read
+# them in place of the new source's tokenizer (a stale tokenizer.json over the new vocabulary files, say).
+# (generation_config.json is written with every model.)
+TOKENIZER_READS = tuple(name for name in TOKENIZER_FILES if name != "generation_config.json") + ("tokenization_*.py",)
 
 
 def check_destination(source: Any, destination: str | Path, copies_tokenizer: bool = True) -> Path:
@@ -308,10 +313,17 @@ def check_destination(source: Any, destination: str | Path, copies_tokenizer: bo
                          "the source; pass a new folder")
     if target.is_dir():
         found = sorted({path.name for pattern in CHECKPOINT_FILES for path in target.glob(pattern)})
+        tokenizer = sorted({path.name for pattern in TOKENIZER_READS for path in target.glob(pattern)})
         if found:
+            also = f" and its tokenizer files ({show(tokenizer, 4)})" if tokenizer else ""
             raise ValueError(f"destination {str(destination)!r} already holds a checkpoint ({', '.join(found[:4])}"
                              f"{' ...' if len(found) > 4 else ''}); writing there would replace it: pass a new or "
-                             "empty folder, or remove those files first")
+                             f"empty folder, or remove those files{also} first")
+        if tokenizer:
+            raise ValueError(f"destination {str(destination)!r} already holds tokenizer files ({show(tokenizer, 4)}), "
+                             "of an earlier conversion?: they would stay beside the converted model, and AutoTokenizer "
+                             "would read them in place of the new source's tokenizer; pass a new or empty folder, or "
+                             "remove those files first")
     if isinstance(source, (str, Path)) and Path(source).is_dir():
         # The tokenizer and generation-config files are copied as they are: a damaged one would be handed on.
         from seqzoo.models.loading import damaged_json_files
@@ -480,7 +492,8 @@ def show(items: list[str], limit: int = 8) -> str:
     return ", ".join(items[:limit]) + (f" ... ({len(items)} in all)" if len(items) > limit else "")
 
 
-__all__ = ["CHECKPOINT_FILES", "DTYPES", "Reader", "SourceWeights", "TOKENIZER_FILES", "build_model",
+__all__ = ["CHECKPOINT_FILES", "DTYPES", "Reader", "SourceWeights", "TOKENIZER_FILES", "TOKENIZER_READS",
+           "build_model",
            "check_destination", "check_tensors", "copy_tokenizer_files", "download", "head_is_tied",
            "load_transformers_source", "load_torch_file", "materialize_buffers", "read_folder_weights", "read_json",
            "require_floating_point", "show", "tokenizer_code_files", "valid_token_ids",

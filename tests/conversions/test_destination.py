@@ -150,3 +150,29 @@ def test_tokenizer_code_in_another_hub_repository_is_named_in_a_warning(tmp_path
     assert copied == ["tokenizer_config.json", "x_vocab.txt"]
     assert f"names tokenizer code in another Hub repository ({remote}), which is not copied" in caplog.text
 
+
+@pytest.mark.parametrize("name", sorted(CONVERTERS))
+@pytest.mark.parametrize("holds", ["tokenizer.json", "tokenization_rwkv_world.py"])
+def test_every_converter_refuses_a_destination_holding_tokenizer_files(name, holds, tmp_path):
+    # Stale tokenizer files (of a conversion whose config and weights were removed, or which failed before writing
+    # them) stayed beside the new model, and AutoTokenizer read them in place of the new source's tokenizer.
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / holds).write_text("{}")
+    (out / "notes.txt").write_text("kept")
+    with pytest.raises(ValueError, match=rf"already holds tokenizer files \({holds}\), of an earlier conversion"):
+        CONVERTERS[name](tmp_path / "no-such-source", out)
+    assert (out / holds).read_text() == "{}" and (out / "notes.txt").read_text() == "kept"
+
+
+def test_removing_a_refused_checkpoint_means_its_tokenizer_files_too(sharded_source, tmp_path, capsys):
+    (sharded_source / "tokenizer.json").write_text('{"model": "old"}')
+    out = tmp_path / "out"
+    assert seqzoo_main(["convert", "hf-mamba", str(sharded_source), str(out)]) == 0
+    assert seqzoo_main(["convert", "hf-mamba", str(sharded_source), str(out)]) == 2
+    assert "or remove those files and its tokenizer files (tokenizer.json) first" in capsys.readouterr().err
+    for path in out.iterdir():
+        if path.name != "tokenizer.json":
+            path.unlink()
+    assert seqzoo_main(["convert", "hf-mamba", str(sharded_source), str(out)]) == 2
+    assert "already holds tokenizer files (tokenizer.json)" in capsys.readouterr().err
