@@ -492,12 +492,10 @@ def show(items: list[str], limit: int = 8) -> str:
     return ", ".join(items[:limit]) + (f" ... ({len(items)} in all)" if len(items) > limit else "")
 
 
-__all__ = ["CHECKPOINT_FILES", "DTYPES", "Reader", "SourceWeights", "TOKENIZER_FILES", "TOKENIZER_READS",
-           "build_model",
+__all__ = ["CHECKPOINT_FILES", "DTYPES", "Reader", "SourceWeights", "TOKENIZER_FILES", "TOKENIZER_READS", "build_model",
            "check_destination", "check_tensors", "copy_tokenizer_files", "download", "head_is_tied",
            "load_transformers_source", "load_torch_file", "materialize_buffers", "read_folder_weights", "read_json",
-           "require_floating_point", "show", "tokenizer_code_files", "valid_token_ids",
-           "weights_only_refusal"]
+           "require_floating_point", "show", "tokenizer_code_files", "valid_token_ids", "weights_only_refusal"]
 
 
 def load_transformers_source(source: Any, model_types: tuple[str, ...], command: str) -> tuple[Any, SourceWeights]:
