@@ -290,12 +290,18 @@ def read_json(path: Path, what: str) -> dict[str, Any]:
 # What a saved checkpoint folder holds: writing a model into a folder that has one would replace it (and a sharded
 # source's shards would be deleted by save_pretrained before anything else fails).
 CHECKPOINT_FILES = ("config.json", "*.safetensors", "*.safetensors.index.json", "*.bin", "*.bin.index.json")
+# What a tokenizer is read from: left in a destination by an earlier conversion (whose config and weights were
+# removed, or which failed before writing them), these would stay beside the new model and AutoTokenizer would read
+# them in place of the new source's tokenizer (a stale tokenizer.json over the new vocabulary files, say).
+# (generation_config.json is written with every model.)
+TOKENIZER_READS = tuple(name for name in TOKENIZER_FILES if name != "generation_config.json") + ("tokenization_*.py",)
 
 
-def check_destination(source: Any, destination: str | Path) -> Path:
+def check_destination(source: Any, destination: str | Path, copies_tokenizer: bool = True) -> Path:
     """Refuse, before anything is read or written, a destination that is the source folder or holds a checkpoint
     already (a config.json or weights: writing the model there would replace them, and ``save_pretrained`` deletes a
-    sharded checkpoint's old shards); returns it as a Path."""
+    sharded checkpoint's old shards), and (``copies_tokenizer``) a source folder whose tokenizer could not be copied
+    whole (see :func:`tokenizer_code_files`); returns the destination as a Path."""
     if isinstance(destination, str) and not destination.strip():  # (Path("") is the current folder)
         raise ValueError(f"destination {destination!r} is empty; pass a folder (new or empty) to write to")
     destination = Path(destination)
@@ -307,10 +313,17 @@ def check_destination(source: Any, destination: str | Path) -> Path:
                          "the source; pass a new folder")
     if target.is_dir():
         found = sorted({path.name for pattern in CHECKPOINT_FILES for path in target.glob(pattern)})
+        tokenizer = sorted({path.name for pattern in TOKENIZER_READS for path in target.glob(pattern)})
         if found:
+            also = f" and its tokenizer files ({show(tokenizer, 4)})" if tokenizer else ""
             raise ValueError(f"destination {str(destination)!r} already holds a checkpoint ({', '.join(found[:4])}"
                              f"{' ...' if len(found) > 4 else ''}); writing there would replace it: pass a new or "
-                             "empty folder, or remove those files first")
+                             f"empty folder, or remove those files{also} first")
+        if tokenizer:
+            raise ValueError(f"destination {str(destination)!r} already holds tokenizer files ({show(tokenizer, 4)}), "
+                             "of an earlier conversion?: they would stay beside the converted model, and AutoTokenizer "
+                             "would read them in place of the new source's tokenizer; pass a new or empty folder, or "
+                             "remove those files first")
     if isinstance(source, (str, Path)) and Path(source).is_dir():
         # The tokenizer and generation-config files are copied as they are: a damaged one would be handed on.
         from seqzoo.models.loading import damaged_json_files
@@ -319,7 +332,33 @@ def check_destination(source: Any, destination: str | Path) -> Path:
         if damaged:
             raise ValueError(f"{str(source)!r}: {damaged}, and it would be copied into {str(destination)!r} as it is; "
                              "fix or delete the file, or copy it again from where the model came from")
+        if copies_tokenizer:
+            tokenizer_code_files(Path(source))
     return destination
+
+
+def tokenizer_code_files(folder: Path) -> tuple[list[str], list[str]]:
+    """(modules, elsewhere) of a tokenizer with its own code: the files of the modules tokenizer_config.json's
+    ``auto_map`` names for ``AutoTokenizer``, and its references to code in another Hub repository
+    (``repo--module.Class``, which ``trust_remote_code`` fetches from there). Raises ValueError for a module the folder
+    lacks: the copied tokenizer_config.json would name code the converted folder does not have, and its tokenizer
+    would fail to load."""
+    config_path = folder / "tokenizer_config.json"
+    if not config_path.is_file():
+        return [], []
+    auto_map = read_json(config_path, "tokenizer config").get("auto_map") or {}
+    refs = auto_map.get("AutoTokenizer", []) if isinstance(auto_map, dict) else auto_map
+    refs = [ref for ref in ([refs] if isinstance(refs, str) else refs) if isinstance(ref, str)]
+    elsewhere = [ref for ref in refs if "--" in ref]
+    modules = list(dict.fromkeys(ref.split(".")[0] + ".py" for ref in refs if "--" not in ref))
+    missing = [name for name in modules if not (folder / name).is_file()]
+    if missing:
+        raise ValueError(f"{str(config_path)!r} names tokenizer code in its auto_map "
+                         f"({', '.join(ref for ref in refs if '--' not in ref)}) that {str(folder)!r} does not have "
+                         f"({', '.join(missing)}): the converted folder's tokenizer would fail to load. Put the "
+                         "module beside it (from where the model came from), or remove auto_map from "
+                         "tokenizer_config.json if the tokenizer needs no code of its own")
+    return modules, elsewhere
 
 
 def copy_tokenizer_files(source: Any, destination: Path, names: tuple[str, ...] = TOKENIZER_FILES) -> list[str]:
@@ -328,14 +367,15 @@ def copy_tokenizer_files(source: Any, destination: Path, names: tuple[str, ...] 
         return []
     folder = Path(source)
     wanted = list(names)
-    config_path = folder / "tokenizer_config.json"
-    if config_path.is_file():
-        # A tokenizer with its own code names its module in auto_map; the module and its vocabulary come along.
-        auto_map = read_json(config_path, "tokenizer config").get("auto_map") or {}
-        refs = auto_map.get("AutoTokenizer", []) if isinstance(auto_map, dict) else auto_map
-        wanted += [ref.split(".")[0] + ".py" for ref in refs if isinstance(ref, str) and "--" not in ref]
-        if refs:
-            wanted += [p.name for p in folder.glob("*vocab*") if p.is_file()]
+    # A tokenizer with its own code names its module in auto_map; the module and its vocabulary come along.
+    modules, elsewhere = tokenizer_code_files(folder)
+    if elsewhere:
+        logger.warning("%s names tokenizer code in another Hub repository (%s), which is not copied: the converted "
+                       "folder's tokenizer loads it from there (AutoTokenizer.from_pretrained with "
+                       "trust_remote_code=True, online)", folder / "tokenizer_config.json", ", ".join(elsewhere))
+    wanted += modules
+    if modules or elsewhere:
+        wanted += [p.name for p in folder.glob("*vocab*") if p.is_file()]
     copied = []
     for name in dict.fromkeys(wanted):
         if (folder / name).is_file():
@@ -452,10 +492,10 @@ def show(items: list[str], limit: int = 8) -> str:
     return ", ".join(items[:limit]) + (f" ... ({len(items)} in all)" if len(items) > limit else "")
 
 
-__all__ = ["CHECKPOINT_FILES", "DTYPES", "Reader", "SourceWeights", "TOKENIZER_FILES", "build_model",
+__all__ = ["CHECKPOINT_FILES", "DTYPES", "Reader", "SourceWeights", "TOKENIZER_FILES", "TOKENIZER_READS", "build_model",
            "check_destination", "check_tensors", "copy_tokenizer_files", "download", "head_is_tied",
            "load_transformers_source", "load_torch_file", "materialize_buffers", "read_folder_weights", "read_json",
-           "require_floating_point", "show", "valid_token_ids", "weights_only_refusal"]
+           "require_floating_point", "show", "tokenizer_code_files", "valid_token_ids", "weights_only_refusal"]
 
 
 def load_transformers_source(source: Any, model_types: tuple[str, ...], command: str) -> tuple[Any, SourceWeights]:

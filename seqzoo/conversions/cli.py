@@ -162,8 +162,8 @@ def add_fla_rwkv7(sources: Any) -> None:
             convert_fla_rwkv7_folder,
         )
 
-        if args.world_tokenizer:
-            check_destination(args.source, args.destination)
+        if args.world_tokenizer:  # (the folder's own tokenizer files are not copied)
+            check_destination(args.source, args.destination, copies_tokenizer=False)
             tokenizer = _world_tokenizer(args)
             model = convert_fla_rwkv7(args.source, dtype=_dtype(args))
             note = _take_world_token_ids(model, tokenizer)

@@ -24,11 +24,12 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 import os
 import re
 import shutil
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from seqzoo.outputs import OutputError, describe, fsync_tree, write_errors
 from seqzoo.training import state as files
@@ -56,39 +57,46 @@ def list_checkpoints(run_dir: str | Path) -> list[tuple[int, Path]]:
 
 def save_checkpoint(accelerator: Any, model: Any, optimizer: Any, scheduler: Any, run_dir: str | Path, step: int,
                     state: dict[str, Any], keep: int) -> Path:
-    """Write checkpoint ``step`` atomically on all processes; keep the newest ``keep`` checkpoints."""
+    """Write checkpoint ``step`` atomically on all processes; keep the newest ``keep`` checkpoints. A write that
+    fails on any process (the main one writes most files) raises on every process."""
     folder = Path(run_dir) / CHECKPOINTS
     final = folder / f"checkpoint-{step}"
     tmp = folder / f"checkpoint-{step}.tmp"
-    try:
+
+    def prepare() -> None:
         if accelerator.is_main_process:
             folder.mkdir(parents=True, exist_ok=True)
             if tmp.exists():  # left over from a run killed while writing
                 shutil.rmtree(tmp)
             tmp.mkdir()
-        accelerator.wait_for_everyone()
-        write_training_state(accelerator, model, optimizer, scheduler, tmp)
-        accelerator.wait_for_everyone()
-        if accelerator.is_main_process:
-            records = {path.name: files.file_record(path) for path in sorted(tmp.iterdir())}
-            body = json.loads(json.dumps({**state, "format": files.FORMAT, "files": records}))  # as read back
-            (tmp / STATE_FILE).write_text(json.dumps({**body, SEAL: state_seal(body)}, indent=2))
-            fsync_tree(tmp)
-            if final.exists():  # a resumed run passing a step it had already saved before it was killed
-                shutil.rmtree(final)
-            os.replace(tmp, final)
-            # Checkpoints past this step were written before a resume from an earlier one: this run rewrites
-            # those steps, so they are no part of it (kept, the rotation below would count them as the newest
-            # and delete the checkpoint just written, and --resume would continue from one of them).
-            saved = list_checkpoints(run_dir)
-            later = [path for later_step, path in saved if later_step > step]
-            if later:
-                logger.warning("resumed before them, this run writes its own steps in place of %s (removed)",
-                               ", ".join(path.name for path in later))
-            for path in later:
-                shutil.rmtree(path)
-            for _, old in [c for c in saved if c[0] <= step][:-keep]:
-                shutil.rmtree(old)
+
+    def seal() -> None:
+        if not accelerator.is_main_process:
+            return
+        records = {path.name: files.file_record(path) for path in sorted(tmp.iterdir())}
+        body = json.loads(json.dumps({**state, "format": files.FORMAT, "files": records}))  # as read back
+        (tmp / STATE_FILE).write_text(json.dumps({**body, SEAL: state_seal(body)}, indent=2))
+        fsync_tree(tmp)
+        if final.exists():  # a resumed run passing a step it had already saved before it was killed
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+        # Checkpoints past this step were written before a resume from an earlier one: this run rewrites
+        # those steps, so they are no part of it (kept, the rotation below would count them as the newest
+        # and delete the checkpoint just written, and --resume would continue from one of them).
+        saved = list_checkpoints(run_dir)
+        later = [path for later_step, path in saved if later_step > step]
+        if later:
+            logger.warning("resumed before them, this run writes its own steps in place of %s (removed)",
+                           ", ".join(path.name for path in later))
+        for path in later:
+            shutil.rmtree(path)
+        for _, old in [c for c in saved if c[0] <= step][:-keep]:
+            shutil.rmtree(old)
+
+    try:
+        on_every_process(accelerator, prepare)
+        on_every_process(accelerator, lambda: write_training_state(accelerator, model, optimizer, scheduler, tmp))
+        on_every_process(accelerator, seal)
     except write_errors() as err:
         if accelerator.is_main_process:
             shutil.rmtree(tmp, ignore_errors=True)  # a full disk gets its space back
@@ -96,8 +104,40 @@ def save_checkpoint(accelerator: Any, model: Any, optimizer: Any, scheduler: Any
         left = (f"the newest complete checkpoint, {str(previous[-1][1])!r}, is intact: continue from it with "
                 "--resume once the problem is fixed" if previous else "there is no earlier checkpoint to resume from")
         raise OutputError(f"cannot write checkpoint {str(final)!r}: {describe(err)}; {left}") from err
-    accelerator.wait_for_everyone()
     return final
+
+
+def on_every_process(accelerator: Any, work: Callable[[], None]) -> None:
+    """Run ``work`` here, then wait for every process; an exception that ``work`` raised on any process is raised on
+    every one (there as it was, on the others as an :class:`OutputError` naming the processes that failed).
+
+    A barrier cannot tell that a process failed: were the main process alone to fail while writing, the others would
+    wait at the next barrier or collective until the process group's timeout, or for ever. The sum of one failure flag
+    per process is taken instead; no process has it before every process has added its own, so it is the barrier too.
+    """
+    error: Exception | None = None
+    try:
+        work()
+    except Exception as err:  # (raised below, after the other processes have heard of it)
+        error = err
+    failed = failed_processes(accelerator, error is not None)
+    if error is not None:
+        raise error
+    if failed:
+        raise OutputError(f"process {', '.join(map(str, failed))} failed (its own error says why), so this process "
+                          "stopped with it")
+
+
+def failed_processes(accelerator: Any, failed: bool) -> list[int]:
+    """The indices of the processes that pass ``failed=True`` (a collective: every process calls it)."""
+    if accelerator.num_processes == 1:
+        return [accelerator.process_index] if failed else []
+    import torch
+
+    flags = torch.zeros(accelerator.num_processes, device=accelerator.device)
+    flags[accelerator.process_index] = float(failed)
+    flags = accelerator.reduce(flags, "sum")
+    return [rank for rank, flag in enumerate(flags.tolist()) if flag]
 
 
 def _full_state_options(**kwargs: Any) -> Any:
@@ -175,8 +215,9 @@ def restore_training_state(checkpoint: Path, state: dict[str, Any], accelerator:
         # file over it: a slot the file lacks (a moment, a step count) would go on from that value without a word,
         # and one of another shape would fail only at the next step. The local state holds the same names, and
         # under FSDP its tensors are DTensors, which report the whole shape.
-        ours = get_optimizer_state_dict(model, _inner(optimizer))["state"]
-        _check_optimizer_slots(optimizer_state["state"], ours)
+        ours = get_optimizer_state_dict(model, _inner(optimizer))
+        _check_optimizer_slots(optimizer_state["state"], ours["state"])
+        _check_optimizer_groups(optimizer_state["param_groups"], ours["param_groups"])
         set_optimizer_state_dict(model, _inner(optimizer), optimizer_state, options=_full_state_options())
     except CheckpointError:
         raise
@@ -186,7 +227,9 @@ def restore_training_state(checkpoint: Path, state: dict[str, Any], accelerator:
     if scaler is not None:
         scaler_file = checkpoint / files.SCALER_FILE
         try:
-            scaler.load_state_dict(files.load_json_state(scaler_file))
+            saved = files.load_json_state(scaler_file)
+            _check_scaler_state(scaler_file, saved, scaler.state_dict())
+            scaler.load_state_dict(saved)
         except CheckpointError:
             raise
         except Exception as err:
@@ -209,6 +252,67 @@ def _check_optimizer_slots(theirs: dict[str, dict[str, Any]], ours: dict[str, di
             if _form(slots[slot]) != _form(value):
                 raise ValueError(f"the optimizer state {name}/{slot} is {_form(slots[slot])}; this run's optimizer "
                                  f"keeps {_form(value)}")
+
+
+def _check_optimizer_groups(theirs: Any, ours: list[dict[str, Any]]) -> None:
+    """Refuse saved param groups that do not hold this run's parameters, group by group.
+
+    set_optimizer_state_dict matches groups by position and copies each saved group's settings onto this run's: a
+    file with one group where this run has two (weight decay and none) gave every bias the decayed group's weight
+    decay, without a word. The settings themselves (lr, betas, eps, weight_decay) are restored from the file as they
+    are: they come from the recipe, whose run id --resume has already matched (a changed optim.lr is another run),
+    and the saved lr is the schedule's value at the checkpoint's step.
+    """
+    if not isinstance(theirs, list) or not all(isinstance(g, dict) and isinstance(g.get("params"), list)
+                                               for g in theirs):
+        raise ValueError(f"the file's param_groups are not a list of groups each with a list of 'params' (got "
+                         f"{str(theirs)[:200]})")
+    if len(theirs) != len(ours):
+        raise ValueError(f"the file holds {len(theirs)} param group(s) of "
+                         f"{', '.join(str(len(g['params'])) for g in theirs) or 'no'} parameters; this run's "
+                         f"optimizer has {len(ours)}, of {', '.join(str(len(g['params'])) for g in ours)}")
+    for index, (group, expected) in enumerate(zip(theirs, ours)):
+        if sorted(map(str, group["params"])) != sorted(expected["params"]):
+            stray = sorted(set(map(str, group["params"])) - set(expected["params"]))
+            absent = sorted(set(expected["params"]) - set(map(str, group["params"])))
+            raise ValueError(f"param group {index} of the file holds {len(group['params'])} parameters; this run's "
+                             f"optimizer's holds {len(expected['params'])} (in the file only: "
+                             f"{', '.join(stray[:4]) or 'none'}; missing from it: {', '.join(absent[:4]) or 'none'})")
+
+
+_SCALER_RULES = {  # GradScaler.state_dict(): what torch's GradScaler accepts for each value
+    "scale": ("a finite number above 0", lambda v: _number(v) and 0 < v < math.inf),
+    "growth_factor": ("a finite number above 1", lambda v: _number(v) and 1 < v < math.inf),
+    "backoff_factor": ("a number above 0 and below 1", lambda v: _number(v) and 0 < v < 1),
+    "growth_interval": ("an integer of 1 or more", lambda v: _integer(v) and v >= 1),
+    "_growth_tracker": ("an integer of 0 or more, below growth_interval", lambda v: _integer(v) and v >= 0),
+}
+
+
+def _check_scaler_state(path: Path, saved: dict[str, Any], ours: dict[str, Any]) -> None:
+    """Refuse a saved fp16 gradient scaler state that torch's GradScaler would load without a word and then scale by
+    (a NaN or negative scale makes every step's gradients NaN or flips them) or fail on deep inside a later step."""
+    if not ours:  # a disabled scaler loads nothing
+        return
+    if set(saved) != set(ours):
+        raise CheckpointError(f"checkpoint file {str(path)!r} does not hold a gradient scaler's state: its keys are "
+                              f"{sorted(saved)}, expected {sorted(ours)}; the run cannot be resumed exactly from it")
+    for key, (allowed, fits) in _SCALER_RULES.items():
+        if key in saved and not fits(saved[key]):
+            raise CheckpointError(f"checkpoint file {str(path)!r} is damaged: the gradient scaler's {key} is "
+                                  f"{saved[key]!r}, expected {allowed}; the run cannot be resumed exactly from it")
+    if _integer(saved.get("_growth_tracker")) and saved["_growth_tracker"] >= saved["growth_interval"]:
+        raise CheckpointError(f"checkpoint file {str(path)!r} is damaged: the gradient scaler's _growth_tracker is "
+                              f"{saved['_growth_tracker']}, expected below its growth_interval "
+                              f"({saved['growth_interval']}); the run cannot be resumed exactly from it")
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _integer(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
 
 
 def _form(value: Any) -> str:

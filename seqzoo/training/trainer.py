@@ -38,6 +38,7 @@ from seqzoo.training.checkpoint import (
     differences,
     full_model_state,
     list_checkpoints,
+    on_every_process,
     read_state,
     resolve_resume,
     restore_training_state,
@@ -756,7 +757,10 @@ def _save_final(accelerator: Any, model: Any, recipe: Recipe, data: Any, run_dir
         compiled = "_orig_mod."
         if state_dict and all(name.startswith(compiled) for name in state_dict):
             state_dict = {name[len(compiled):]: value for name, value in state_dict.items()}
-    if accelerator.is_main_process:
+
+    def save() -> None:  # (on the main process; a failure there reaches every process)
+        if not accelerator.is_main_process:
+            return
         require_finite(state_dict, "the final model")
         # Memory tasks use their own small vocabulary, which the byte tokenizer does not describe.
         with_tokenizer = not isinstance(data, MemoryTask) and unwrapped.config.vocab_size >= VOCAB_SIZE
@@ -788,5 +792,6 @@ def _save_final(accelerator: Any, model: Any, recipe: Recipe, data: Any, run_dir
                     "once the problem is fixed" if checkpoints else
                     "the run wrote no checkpoints (train.save_every=0), so it must start again")
             raise OutputError(f"training finished but the final model could not be saved: {err}; {left}") from err
-    accelerator.wait_for_everyone()
+
+    on_every_process(accelerator, save)
     return unwrapped

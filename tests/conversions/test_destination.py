@@ -13,7 +13,7 @@ from transformers import MambaConfig as HFMambaConfig
 from transformers import MambaForCausalLM as HFMambaForCausalLM
 
 from seqzoo.cli import main as seqzoo_main
-from seqzoo.conversions import export, fla_rwkv7, gpt2, hf_mamba, llama, mamba_ssm, rwkv7, word_lm
+from seqzoo.conversions import checkpoints, export, fla_rwkv7, gpt2, hf_mamba, llama, mamba_ssm, rwkv7, word_lm
 
 
 def fingerprint(folder):
@@ -118,3 +118,61 @@ def test_a_damaged_tokenizer_or_generation_file_is_refused_before_anything_is_wr
     assert code == 2
     assert "generation_config.json is damaged (it holds a JSON list, not an object)" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
+
+
+def test_a_tokenizer_module_the_source_lacks_is_refused_before_anything_is_written(sharded_source, tmp_path, capsys):
+    # tokenizer_config.json's auto_map names the tokenizer's own code; a module the folder lacked was skipped without
+    # a word, and the converted folder's tokenizer failed to load later.
+    auto_map = {"auto_map": {"AutoTokenizer": ["tokenization_x.XTokenizer", None]}}
+    (sharded_source / "tokenizer_config.json").write_text(json.dumps(auto_map))
+    out = tmp_path / "out"
+    assert seqzoo_main(["convert", "hf-mamba", str(sharded_source), str(out)]) == 2
+    err = capsys.readouterr().err
+    assert (f"'{sharded_source / 'tokenizer_config.json'}' names tokenizer code in its auto_map "
+            f"(tokenization_x.XTokenizer) that '{sharded_source}' does not have (tokenization_x.py)") in err
+    assert not out.exists()
+    # fla-rwkv7 --world-tokenizer saves seqzoo's tokenizer and copies none of the folder's: not refused for it.
+    assert checkpoints.check_destination(sharded_source, out, copies_tokenizer=False) == out
+    (sharded_source / "tokenization_x.py").write_text("class XTokenizer: pass\n")
+    assert seqzoo_main(["convert", "hf-mamba", str(sharded_source), str(out)]) == 0
+    assert (out / "tokenization_x.py").read_text() == "class XTokenizer: pass\n"
+
+
+def test_tokenizer_code_in_another_hub_repository_is_named_in_a_warning(tmp_path, caplog):
+    source, out = tmp_path / "source", tmp_path / "out"
+    source.mkdir()
+    out.mkdir()
+    remote = "someone/tokenizers--tokenization_x.XTokenizer"
+    (source / "tokenizer_config.json").write_text(json.dumps({"auto_map": {"AutoTokenizer": [remote, None]}}))
+    (source / "x_vocab.txt").write_text("a\nb\n")
+    with caplog.at_level("WARNING", logger="seqzoo"):
+        copied = checkpoints.copy_tokenizer_files(source, out)
+    assert copied == ["tokenizer_config.json", "x_vocab.txt"]
+    assert f"names tokenizer code in another Hub repository ({remote}), which is not copied" in caplog.text
+
+
+@pytest.mark.parametrize("name", sorted(CONVERTERS))
+@pytest.mark.parametrize("holds", ["tokenizer.json", "tokenization_rwkv_world.py"])
+def test_every_converter_refuses_a_destination_holding_tokenizer_files(name, holds, tmp_path):
+    # Stale tokenizer files (of a conversion whose config and weights were removed, or which failed before writing
+    # them) stayed beside the new model, and AutoTokenizer read them in place of the new source's tokenizer.
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / holds).write_text("{}")
+    (out / "notes.txt").write_text("kept")
+    with pytest.raises(ValueError, match=rf"already holds tokenizer files \({holds}\), of an earlier conversion"):
+        CONVERTERS[name](tmp_path / "no-such-source", out)
+    assert (out / holds).read_text() == "{}" and (out / "notes.txt").read_text() == "kept"
+
+
+def test_removing_a_refused_checkpoint_means_its_tokenizer_files_too(sharded_source, tmp_path, capsys):
+    (sharded_source / "tokenizer.json").write_text('{"model": "old"}')
+    out = tmp_path / "out"
+    assert seqzoo_main(["convert", "hf-mamba", str(sharded_source), str(out)]) == 0
+    assert seqzoo_main(["convert", "hf-mamba", str(sharded_source), str(out)]) == 2
+    assert "or remove those files and its tokenizer files (tokenizer.json) first" in capsys.readouterr().err
+    for path in out.iterdir():
+        if path.name != "tokenizer.json":
+            path.unlink()
+    assert seqzoo_main(["convert", "hf-mamba", str(sharded_source), str(out)]) == 2
+    assert "already holds tokenizer files (tokenizer.json)" in capsys.readouterr().err

@@ -6,11 +6,13 @@ from __future__ import annotations
 import json
 import pickle
 import shutil
+import threading
 from pathlib import Path
 
 import pytest
 import torch
 
+from seqzoo.outputs import OutputError
 from seqzoo.training.checkpoint import SEAL, STATE_FILE, list_checkpoints, state_seal
 from seqzoo.training.state import CheckpointError, file_record
 from seqzoo.training.trainer import train
@@ -411,7 +413,211 @@ def test_an_fp16_runs_gradient_scaler_is_saved_and_restored_and_a_foreign_one_re
     assert restored.state_dict() == saved.state_dict() and saved.state_dict()["_growth_tracker"] == 1
 
     rewrite(checkpoint, "scaler.json", lambda path: path.write_text("{}"))
-    with pytest.raises(CheckpointError, match=r"scaler.json' does not fit this run's model \(RuntimeError: The source "
-                                              r"state dict is empty"):
+    with pytest.raises(CheckpointError, match=r"scaler.json' does not hold a gradient scaler's state: its keys are "
+                                              r"\[\], expected \['_growth_tracker', 'backoff_factor'"):
         restore_training_state(checkpoint, read_state(checkpoint), _OneProcess(torch.amp.GradScaler("cpu")), model,
                                optimizer, scheduler)
+
+
+@pytest.mark.parametrize("key,value,expected", [
+    ("scale", float("nan"), "a finite number above 0"),
+    ("scale", float("inf"), "a finite number above 0"),
+    ("scale", -512.0, "a finite number above 0"),
+    ("scale", "512", "a finite number above 0"),
+    ("growth_factor", 1.0, "a finite number above 1"),
+    ("backoff_factor", 1.5, "a number above 0 and below 1"),
+    ("growth_interval", 0, "an integer of 1 or more"),
+    ("growth_interval", 7.0, "an integer of 1 or more"),
+    ("_growth_tracker", True, "an integer of 0 or more, below growth_interval"),
+    ("_growth_tracker", 7, r"below its growth_interval \(7\)"),
+])
+def test_a_malformed_gradient_scaler_state_is_refused_by_name(tmp_path, key, value, expected):
+    # GradScaler.load_state_dict takes any value: a NaN or negative scale was loaded without a word and made every
+    # later step's gradients NaN (or flipped their sign); a float growth_interval failed deep inside a later step.
+    from seqzoo.training.checkpoint import read_state, restore_training_state, save_checkpoint
+
+    saved = torch.amp.GradScaler("cpu", init_scale=512.0, growth_interval=7)
+    model, optimizer, scheduler = _one_scaled_step(saved)
+    record = {"step": 1, "tokens_seen": 4, "data_position": {}, "grad_health": {}}
+    checkpoint = save_checkpoint(_OneProcess(saved), model, optimizer, scheduler, tmp_path, 1, record, keep=1)
+    rewrite(checkpoint, "scaler.json",
+            lambda path: path.write_text(json.dumps({**json.loads(path.read_text()), key: value})))
+    restored = torch.amp.GradScaler("cpu")
+    with pytest.raises(CheckpointError, match=rf"scaler.json' is damaged: the gradient scaler's {key} is .*"
+                                              rf"expected .*{expected}"):
+        restore_training_state(checkpoint, read_state(checkpoint), _OneProcess(restored), model, optimizer, scheduler)
+    assert restored.state_dict()["scale"] == 2.0 ** 16  # nothing was loaded
+
+
+def _two_group_step():
+    """A model and optimizer grouped as seqzoo's trainer groups them: matrices with weight decay, the rest without."""
+    from torch.optim.lr_scheduler import LambdaLR
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.Linear(4, 2))
+    params = list(model.parameters())
+    optimizer = torch.optim.AdamW([{"params": [p for p in params if p.dim() >= 2], "weight_decay": 0.1},
+                                   {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}], lr=0.1)
+    scheduler = LambdaLR(optimizer, lambda step: 1.0)
+    model(torch.ones(4, 3)).sum().backward()
+    optimizer.step()
+    scheduler.step()
+    return model, optimizer, scheduler
+
+
+@pytest.mark.parametrize("change,named", [
+    ("merge", r"the file holds 1 param group\(s\) of 4 parameters; this run's optimizer has 2, of 2, 2"),
+    ("split", r"the file holds 3 param group\(s\) of 2, 1, 1 parameters; this run's optimizer has 2, of 2, 2"),
+    ("move", r"param group 0 of the file holds 3 parameters; this run's optimizer's holds 2 \(in the file only: "
+             r"1.bias; missing from it: none\)"),
+    ("rename", r"param group 1 of the file holds 2 parameters; this run's optimizer's holds 2 \(in the file only: "
+               r"2.bias; missing from it: 1.bias\)"),
+    ("garble", r"the file's param_groups are not a list of groups each with a list of 'params'"),
+])
+def test_an_optimizer_file_whose_param_groups_differ_is_refused(tmp_path, change, named):
+    # set_optimizer_state_dict matched groups by position and loaded all of these without a word: one group where
+    # this run has two gave every bias the weight decay of the matrices.
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    from seqzoo.training.checkpoint import read_state, restore_training_state, save_checkpoint
+
+    model, optimizer, scheduler = _two_group_step()
+    record = {"step": 1, "tokens_seen": 4, "data_position": {}, "grad_health": {}}
+    checkpoint = save_checkpoint(_OneProcess(None), model, optimizer, scheduler, tmp_path, 1, record, keep=1)
+
+    def edit(path):
+        with safe_open(str(path), "pt") as handle:
+            tensors, metadata = {k: handle.get_tensor(k) for k in handle.keys()}, handle.metadata()
+        groups = json.loads(metadata["param_groups"])
+        if change == "merge":
+            groups = [{**groups[0], "params": groups[0]["params"] + groups[1]["params"]}]
+        elif change == "split":
+            groups.append({**groups[1], "params": [groups[1]["params"].pop()]})
+        elif change == "move":
+            groups[0]["params"].append(groups[1]["params"].pop())
+        elif change == "rename":
+            groups[1]["params"][-1] = "2.bias"
+        else:
+            groups = {"params": groups[0]["params"]}
+        save_file(tensors, str(path), {**metadata, "param_groups": json.dumps(groups)})
+
+    rewrite(checkpoint, "optimizer.safetensors", edit)
+    model, optimizer, scheduler = _two_group_step()
+    with pytest.raises(CheckpointError, match=r"optimizer.safetensors' does not fit this run's model \(ValueError: "
+                                              + named):
+        restore_training_state(checkpoint, read_state(checkpoint), _OneProcess(None), model, optimizer, scheduler)
+    assert [group["weight_decay"] for group in optimizer.param_groups] == [0.1, 0.0]
+
+
+def test_a_checkpoint_resumes_with_its_saved_learning_rate(tmp_path):
+    # The param groups' settings are restored as saved (the recipe's run id, matched before, fixes them; the saved
+    # lr is the schedule's value at the step): only their parameters are checked.
+    from seqzoo.training.checkpoint import read_state, restore_training_state, save_checkpoint
+
+    model, optimizer, scheduler = _two_group_step()
+    for group in optimizer.param_groups:
+        group["lr"] = 0.05
+    record = {"step": 1, "tokens_seen": 4, "data_position": {}, "grad_health": {}}
+    checkpoint = save_checkpoint(_OneProcess(None), model, optimizer, scheduler, tmp_path, 1, record, keep=1)
+    model, optimizer, scheduler = _two_group_step()
+    restore_training_state(checkpoint, read_state(checkpoint), _OneProcess(None), model, optimizer, scheduler)
+    assert [group["lr"] for group in optimizer.param_groups] == [0.05, 0.05]
+
+
+class _ThreadedProcesses:
+    """Accelerators of ``world`` processes run as threads of this one: ``wait_for_everyone`` and ``reduce`` return
+    only when every thread has reached them, as the collectives do; a thread left waiting for one that never comes
+    raises BrokenBarrierError after ``timeout`` seconds (a real process would wait for the process group's timeout,
+    or for ever)."""
+
+    def __init__(self, world: int, timeout: float = 2.0) -> None:
+        self.barrier = threading.Barrier(world, timeout=timeout)
+        self.parts: list = [None] * world
+        self.processes = [_ThreadedProcess(self, rank, world) for rank in range(world)]
+
+    def run(self, work) -> list:
+        """``work(accelerator)`` on every process at once; what each returned or raised, by rank."""
+        outcomes: list = [None] * len(self.processes)
+
+        def one(process):
+            try:
+                outcomes[process.process_index] = work(process)
+            except BaseException as err:  # noqa: BLE001 (the outcome under test)
+                outcomes[process.process_index] = err
+
+        threads = [threading.Thread(target=one, args=(process,)) for process in self.processes]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(timeout=30)
+        return outcomes
+
+
+class _ThreadedProcess:
+    scaler, device = None, "cpu"
+
+    def __init__(self, group: _ThreadedProcesses, rank: int, world: int) -> None:
+        self.group, self.process_index, self.num_processes, self.is_main_process = group, rank, world, rank == 0
+
+    def wait_for_everyone(self) -> None:
+        self.group.barrier.wait()
+
+    def reduce(self, tensor, reduction):
+        assert reduction == "sum"
+        self.group.parts[self.process_index] = tensor.clone()
+        self.group.barrier.wait()
+        total = torch.stack(self.group.parts).sum(0)
+        self.group.barrier.wait()  # every process has read the parts before any writes the next ones
+        return total
+
+
+def test_a_failure_on_one_process_reaches_every_process():
+    from seqzoo.training.checkpoint import on_every_process
+
+    def fail_on(rank):
+        def work(process):
+            def part():
+                if process.process_index == rank:
+                    raise PermissionError(13, "Permission denied", "x")
+            on_every_process(process, part)
+            return "done"
+        return work
+
+    assert _ThreadedProcesses(3).run(fail_on(None)) == ["done"] * 3
+    main, second, third = _ThreadedProcesses(3).run(fail_on(0))
+    assert isinstance(main, PermissionError)
+    for other in (second, third):
+        assert isinstance(other, OutputError) and str(other).startswith("process 0 failed")
+    assert [str(e)[:16] for e in _ThreadedProcesses(2).run(fail_on(1))] == ["process 1 failed", "[Errno 13] Permi"]
+
+
+@pytest.mark.parametrize("fails", ["preparing", "writing", "sealing"])
+def test_a_checkpoint_the_main_process_alone_fails_to_write_stops_every_process(tmp_path, monkeypatch, fails):
+    # Only the main process creates the folder, writes the model, optimizer and scheduler files and seals the
+    # checkpoint: a full disk or a read-only folder there raised on it alone, and the other processes waited at the
+    # next barrier (here: BrokenBarrierError after the fake's timeout; in a real run, the process group's timeout).
+    from seqzoo.training import checkpoint as checkpoints
+    from seqzoo.training.checkpoint import save_checkpoint
+
+    run = tmp_path / "run"
+    if fails == "preparing":
+        run.mkdir()
+        (run / "checkpoints").write_text("a file where the folder goes")
+    else:
+        def full_disk(*args):
+            raise OSError(28, "No space left on device")
+
+        target = "save_optimizer_state" if fails == "writing" else "fsync_tree"
+        monkeypatch.setattr(checkpoints.files if fails == "writing" else checkpoints, target, full_disk)
+    record = {"step": 1, "tokens_seen": 4, "data_position": {}, "grad_health": {}}
+
+    def save(process):
+        model, optimizer, scheduler = _two_group_step()
+        return save_checkpoint(process, model, optimizer, scheduler, run, 1, record, keep=1)
+
+    main, other = _ThreadedProcesses(2).run(save)
+    assert isinstance(main, OutputError) and "cannot write checkpoint" in str(main)
+    assert isinstance(other, OutputError), other
+    assert str(other).startswith(f"cannot write checkpoint '{run / 'checkpoints' / 'checkpoint-1'}': process 0 failed")
+    assert not list_checkpoints(run) and not (run / "checkpoints" / "checkpoint-1.tmp").exists()
