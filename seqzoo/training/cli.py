@@ -39,9 +39,10 @@ def register(subparsers: Any) -> None:
 
 def cmd_train(args: argparse.Namespace) -> int:
     from seqzoo.outputs import describe
+    from seqzoo.training.building import check_recipe
     from seqzoo.training.recipe import load_recipe
     from seqzoo.training.state import NonFiniteError
-    from seqzoo.training.trainer import check_recipe, train
+    from seqzoo.training.trainer import train
     from seqzoo.utils import parse_overrides
 
     if args.resume and args.force:  # (train() reads force only for a fresh run: --force would be ignored)

@@ -11,7 +11,7 @@ import seqzoo
 from seqzoo.cli import main
 from seqzoo.lab import bidirectional, cli as lab_cli
 from seqzoo.lab.bidirectional import BidirectionalLabConfig, job_recipe, summary_sentence
-from seqzoo.training.trainer import build_model
+from seqzoo.training.building import build_model
 from seqzoo.training.classification import build_label_data
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"

@@ -70,8 +70,8 @@ def write_accelerate_checkpoint(checkpoint: Path, recipe) -> None:
     from accelerate import Accelerator
     from torch.optim.lr_scheduler import LambdaLR
 
+    from seqzoo.training.building import build_model, lr_factor, make_optimizer
     from seqzoo.training.data import build_data
-    from seqzoo.training.trainer import build_model, lr_factor, make_optimizer
 
     state = json.loads((checkpoint / STATE_FILE).read_text())
     for path in checkpoint.iterdir():

@@ -11,11 +11,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from seqzoo.training.building import build_model
 from seqzoo.training.checkpoint import SEAL, STATE_FILE, list_checkpoints, state_seal
 from seqzoo.training.data import build_data
 from seqzoo.training.state import CheckpointError, file_record
 from seqzoo.training.tbptt import backward_sequence, chunked_forward
-from seqzoo.training.trainer import build_model, evaluate, train
+from seqzoo.training.trainer import evaluate, train
 from tests.conftest import FAMILIES, tiny_model
 from tests.training.test_trainer import make_recipe, nan_loss_on_second_call
 

@@ -16,10 +16,11 @@ from transformers import AutoModelForCausalLM
 
 import seqzoo.training.checkpoint as checkpoint
 import seqzoo.training.tbptt as tbptt
+from seqzoo.training.building import lr_factor
 from seqzoo.training.checkpoint import list_checkpoints
 from seqzoo.training.grad_health import GradientHealth, classify
 from seqzoo.training.recipe import recipe_from_dict
-from seqzoo.training.trainer import lr_factor, train
+from seqzoo.training.trainer import train
 
 SMALL_LSTM = {"preset": "lstm-tiny", "config": {"hidden_size": 16, "embedding_size": 16}}
 
@@ -479,8 +480,8 @@ def test_a_run_from_a_saved_model_starts_from_its_weights_and_refuses_data_it_ca
     """model.path: the model trained on is the saved one (compared with transformers' own from_pretrained of the
     folder), it learns on from there, and data of another vocabulary, or bytes for a model of a task's ids, are
     refused before any step."""
+    from seqzoo.training.building import build_model
     from seqzoo.training.data import build_data
-    from seqzoo.training.trainer import build_model
 
     first = train(make_recipe(tmp_path, "first", train={"max_steps": 30}), progress=False)
     saved = tmp_path / "first"
@@ -600,7 +601,7 @@ def test_print_recipe_checks_a_saved_model_as_train_does(tmp_path):
     """check_recipe (`seqzoo train --print-recipe`) on model.path: the saved config against a generated task's
     vocabulary and special ids, and train.tbptt_chunk against the saved model's layers, before any data are read."""
     import seqzoo
-    from seqzoo.training.trainer import check_recipe
+    from seqzoo.training.building import check_recipe
 
     saved = saved_lm(tmp_path)
     check_recipe(from_saved(tmp_path, saved))
@@ -621,7 +622,7 @@ def test_print_recipe_checks_a_saved_model_as_train_does(tmp_path):
 def test_a_saved_models_ids_are_checked_against_the_data_one_by_one():
     from types import SimpleNamespace
 
-    from seqzoo.training.trainer import check_saved_config
+    from seqzoo.training.building import check_saved_config
 
     task = {"vocab_size": 9, "pad_token_id": 0, "bos_token_id": None, "eos_token_id": None}  # a generated task's
     check_saved_config(SimpleNamespace(**{**task, "vocab_size": 12}), "m", task, "copy")  # a larger vocabulary: fine
