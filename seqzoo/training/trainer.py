@@ -19,7 +19,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
 import shutil
 import time
 from contextlib import nullcontext
@@ -49,6 +48,7 @@ from seqzoo.training.classification import LabelledTexts, build_label_data, clas
 from seqzoo.training.data import IGNORE, MemoryTask, build_data, document_position_ids
 from seqzoo.training.fsdp import gradient_sync_off, is_sharded, seqzoo_shards, shard_on_cpu
 from seqzoo.training.grad_health import EXPLODING, OK, GradientHealth
+from seqzoo.training.launch import check_launch, make_accelerator
 from seqzoo.training.recipe import DataSection, Recipe
 from seqzoo.training.seq2seq import build_seq2seq_data, is_seq2seq, seq2seq_logits
 from seqzoo.training.state import NonFiniteError, nonfinite_names, require_finite, tied_parameter_names
@@ -182,25 +182,17 @@ def train(recipe: Recipe, *, resume: str | Path | bool | None = None, dataset: A
     ends training early when it returns True: the final evaluation and save happen as after the last step (the lab
     stops a memory-task run once it is solved).
     """
-    from accelerate import Accelerator
     from accelerate.utils import set_seed
 
     t = recipe.train
-    if t.mixed_precision == "fp16" and (_launched_on_cpu_only() or not _has_accelerator()):
-        # Accelerate sets up neither fp16 autocast nor a gradient scaler on the CPU: the run would train in float32
-        # while its records said fp16 (and skip no non-finite step, which the scaler handles where there is one).
-        raise ValueError("train.mixed_precision=fp16 needs a GPU: on the CPU it would train in float32; use bf16 "
-                         "(CPU autocast) or no")
-    _refuse_one_process_of_many()
-    _refuse_launch_precision(t.mixed_precision)
+    check_launch(t.mixed_precision)
     _check_data_given(recipe, dataset)
     if recipe.warmup > t.max_steps:
         # (a preset's warmup with a short max_steps override: lstm-pydoc max_steps=20)
         logger.warning("optim.warmup_steps=%d is more than train.max_steps=%d: the learning rate never reaches "
                        "optim.lr=%g (it ends at %.0f%% of it)", recipe.warmup, t.max_steps, recipe.optim.lr,
                        100 * t.max_steps / recipe.warmup)
-    _forget_an_earlier_runs_precision(t.mixed_precision)
-    accelerator = Accelerator(mixed_precision=t.mixed_precision, cpu=_launched_on_cpu_only())
+    accelerator = make_accelerator(t.mixed_precision)
     world = accelerator.num_processes
     micro_batch = check_batch_split(t, world)
     run_dir = Path(recipe.output_dir)
@@ -288,58 +280,6 @@ def _prepare(accelerator: Any, model: Any, recipe: Recipe) -> tuple[Any, Any]:
         return accelerator.prepare(model, make_optimizer(model, recipe))
     model = accelerator.prepare(model)  # DDP and FSDP1 wrap the model before the optimizer sees its parameters
     return model, accelerator.prepare(make_optimizer(model, recipe))
-
-
-def _forget_an_earlier_runs_precision(mixed_precision: str) -> None:
-    """accelerate keeps one AcceleratorState per process, fixed by its first Accelerator: a second ``train()`` in
-    one process (a notebook, a script looping over recipes) with another ``mixed_precision`` failed with accelerate's
-    "restart your runtime". That state alone is dropped then; the process state (the process group) is kept."""
-    from accelerate.state import AcceleratorState
-
-    if AcceleratorState._shared_state and AcceleratorState().mixed_precision != mixed_precision:
-        AcceleratorState._reset_state(reset_partial_state=False)
-
-
-def _refuse_one_process_of_many() -> None:
-    """`accelerate launch --num_processes N` on a machine without GPUs (with or without --cpu) starts ONE process
-    unless told --multi_gpu (its "simple launcher" expects mpirun for several CPU processes). It still sets
-    MASTER_ADDR for the N it was asked for, but no WORLD_SIZE: the run would train alone while the user thinks N
-    processes share it."""
-    if ("ACCELERATE_USE_CPU" in os.environ and "MASTER_ADDR" in os.environ and "WORLD_SIZE" not in os.environ
-            and not any(name in os.environ for name in ("PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "MV2_COMM_WORLD_SIZE"))):
-        raise ValueError(
-            "accelerate launch was asked for several processes but started one (unless it sees several GPUs, "
-            "accelerate starts several processes only with --multi_gpu, or under mpirun; --cpu alone starts one). "
-            "Launch with `accelerate launch "
-            "--multi_gpu --num_processes N -m seqzoo train ...` or `torchrun --nproc_per_node N -m seqzoo train ...`"
-        )
-
-
-def _refuse_launch_precision(mixed_precision: str) -> None:
-    """`accelerate launch --mixed_precision bf16` (or `accelerate config`) puts ACCELERATE_MIXED_PRECISION in the
-    environment; seqzoo passes the recipe's train.mixed_precision to Accelerator, which then wins, so the launch's
-    choice would be dropped without a word (transformers' Trainer honours it where its own flags are unset)."""
-    launched = os.environ.get("ACCELERATE_MIXED_PRECISION", "no").strip().lower()
-    if launched not in ("no", mixed_precision):
-        raise ValueError(
-            f"the launch asks for mixed precision {launched!r} (accelerate launch --mixed_precision, or accelerate "
-            f"config: ACCELERATE_MIXED_PRECISION={launched}), but the recipe says train.mixed_precision="
-            f"{mixed_precision!r}, which is what seqzoo train runs: add the override mixed_precision={launched}, or "
-            "launch with --mixed_precision no"
-        )
-
-
-def _launched_on_cpu_only() -> bool:
-    # Accelerate runs torchrun-launched processes as independent single-process runs unless told they are CPU
-    # processes (then it joins them over gloo); `accelerate launch --cpu` says so itself, torchrun does not.
-    import os
-
-    world = os.environ.get("WORLD_SIZE", "1")
-    if not world.strip().isdigit():
-        raise ValueError(f"the environment variable WORLD_SIZE={world!r} is invalid: expected the number of processes "
-                         "(torchrun and accelerate launch set it; unset it for a single-process run)")
-    launched = int(world) > 1 or "LOCAL_RANK" in os.environ
-    return launched and not torch.cuda.is_available()
 
 
 def _run(recipe: Recipe, accelerator: Any, model: Any, optimizer: Any, scheduler: Any, data: Any, micro_batch: int,
@@ -556,13 +496,6 @@ def _as_figures(value: Any) -> Any:
     if value is None:
         return math.nan
     return {key: _as_figures(item) for key, item in value.items()} if isinstance(value, dict) else value
-
-
-def _has_accelerator() -> bool:
-    """Whether a device Accelerate runs fp16 on (with its autocast and gradient scaler) is present."""
-    xpu, mps = getattr(torch, "xpu", None), getattr(torch.backends, "mps", None)
-    return (torch.cuda.is_available() or (xpu is not None and xpu.is_available())
-            or (mps is not None and mps.is_available()))
 
 
 def _read_history(path: Path, up_to: int) -> list[dict[str, Any]]:
