@@ -430,24 +430,43 @@ def differences(theirs: dict[str, Any], ours: dict[str, Any], ours_as: str) -> l
             for k in sorted(set(theirs) | set(ours)) if theirs.get(k) != ours.get(k)]
 
 
+def _moved_saved_model(theirs: dict[str, Any], ours: dict[str, Any], recorded: Any, now: Any) -> bool:
+    """Whether two runs' recipes differ only in ``model.path`` (both a folder) and the checkpoint recorded the config
+    of the model its run started from, which is the config of the model there now."""
+    differ = [k for k in sorted(set(theirs) | set(ours)) if theirs.get(k) != ours.get(k)]
+    return differ == ["model.path"] and recorded is not None and without_origin(recorded) == without_origin(now)
+
+
+def without_origin(config: Any) -> Any:
+    """A saved model's config as a checkpoint records it, less the folder transformers read it from
+    (``_name_or_path``): the same model moved elsewhere has the same config."""
+    return {k: v for k, v in config.items() if k != "_name_or_path"} if isinstance(config, dict) else config
+
+
 def check_same_run(state: dict[str, Any], run_id: str, recipe: dict[str, Any], checkpoint: Path,
-                   num_processes: int, data: dict[str, Any]) -> None:
+                   num_processes: int, data: dict[str, Any], saved_config: dict[str, Any] | None = None) -> None:
     """Refuse a checkpoint written by a different recipe, on different data (a text file that changed since), or
-    by a different number of processes."""
+    by a different number of processes. A run from a saved model (``model.path``) whose folder was moved since is
+    the same run where the model's config is the one the checkpoint recorded (``saved_config``): the weights the
+    run goes on from are the checkpoint's, not the folder's."""
     from seqzoo.training.recipe import ADDED_LATER, trajectory_fields
 
     if state.get("run_id") != run_id:
         # (a field left out of the id at its default is shown at that default, not as missing)
         theirs = {**ADDED_LATER, **trajectory_fields(state.get("recipe", {}))}
         ours = {**ADDED_LATER, **trajectory_fields(recipe)}
-        differ = differences(theirs, ours, "this recipe")
-        none_differ = ("none of the recipe fields it records, so its run id or recipe was changed by hand: its "
-                       f"{STATE_FILE} is damaged" if isinstance(state.get("recipe"), dict) else
-                       "unknown (no recipe stored)")
-        raise ValueError(
-            f"--resume: {str(checkpoint)!r} belongs to another run (run id {state.get('run_id')!r}, this recipe is "
-            f"{run_id!r}). Fields that differ: {'; '.join(differ) or none_differ}" + _resume_hint(theirs, ours)
-        )
+        if _moved_saved_model(theirs, ours, state.get("saved_config"), saved_config):
+            logger.warning("--resume: the run started from the model saved in %r, now model.path=%r, with the same "
+                           "config; resuming from %s", theirs["model.path"], ours["model.path"], checkpoint)
+        else:
+            differ = differences(theirs, ours, "this recipe")
+            none_differ = ("none of the recipe fields it records, so its run id or recipe was changed by hand: its "
+                           f"{STATE_FILE} is damaged" if isinstance(state.get("recipe"), dict) else
+                           "unknown (no recipe stored)")
+            raise ValueError(
+                f"--resume: {str(checkpoint)!r} belongs to another run (run id {state.get('run_id')!r}, this recipe "
+                f"is {run_id!r}). Fields that differ: {'; '.join(differ) or none_differ}" + _resume_hint(theirs, ours)
+            )
     theirs = state.get("data", {})
     if not isinstance(theirs, dict):
         raise CheckpointError(f"--resume: {str(checkpoint / STATE_FILE)!r} is damaged: 'data' is {theirs!r}, expected "

@@ -43,6 +43,7 @@ from seqzoo.training.checkpoint import (
     resolve_resume,
     restore_training_state,
     save_checkpoint,
+    without_origin,
 )
 from seqzoo.training.classification import LabelledTexts, build_label_data, classifier_logits, is_classifier
 from seqzoo.training.data import IGNORE, MemoryTask, build_data, document_position_ids
@@ -296,7 +297,7 @@ def _run(recipe: Recipe, accelerator: Any, model: Any, optimizer: Any, scheduler
     saved_config = _saved_config(recipe, _uncompiled(accelerator.unwrap_model(model)))
     if checkpoint is not None:
         state = read_state(checkpoint)
-        check_same_run(state, run_id, recipe.to_dict(), checkpoint, world, data.describe())
+        check_same_run(state, run_id, recipe.to_dict(), checkpoint, world, data.describe(), saved_config)
         _check_same_saved_config(state, saved_config, recipe, checkpoint)
         step, tokens_seen = state["step"], state["tokens_seen"]
         if state["data_position"] != data.position(step * t.batch_size):
@@ -396,10 +397,10 @@ def _check_same_saved_config(state: dict[str, Any], saved_config: dict[str, Any]
                              checkpoint: Path) -> None:
     """Refuse resuming a model.path run whose saved folder now holds a model of another config (the run would go
     on with, and save, a config it did not start with)."""
-    theirs = state.get("saved_config")
-    if saved_config is None or theirs is None or theirs == saved_config:  # (a checkpoint recording none: not checked)
+    theirs, ours = without_origin(state.get("saved_config")), without_origin(saved_config)
+    if ours is None or theirs is None or theirs == ours:  # (a checkpoint recording none: not checked)
         return
-    differ = differences(theirs, saved_config, "now")
+    differ = differences(theirs, ours, "now")
     raise ValueError(f"--resume: the model saved in model.path={recipe.model.path!r} changed since {str(checkpoint)!r} "
                      f"was written (its config: {'; '.join(differ)}); put back the model the run started from to "
                      "resume, or start a new run")

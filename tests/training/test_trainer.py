@@ -578,6 +578,28 @@ def test_resuming_a_run_from_a_saved_model_refuses_a_saved_folder_that_changed(t
     assert train(recipe, resume=True, progress=False).steps == 4
 
 
+def test_a_run_whose_saved_model_folder_moved_resumes_exactly_and_a_moved_other_model_is_refused(tmp_path, caplog):
+    # The run id names model.path; a folder moved (or renamed) since is still the run's where it holds a model of
+    # the config the checkpoint recorded: the weights the run goes on from are the checkpoint's.
+    saved = saved_lm(tmp_path)
+    whole = train(from_saved(tmp_path, saved, name="whole", max_steps=4, save_every=2), progress=False).model
+    train(from_saved(tmp_path, saved, max_steps=4, save_every=2), progress=False, stop=lambda row: row["step"] == 3)
+    moved = saved.rename(tmp_path / "moved")
+    other = saved_lm(tmp_path, name="other")  # another model at the old place's name: not the run's (config below)
+    config = json.loads((other / "config.json").read_text())
+    (other / "config.json").write_text(json.dumps({**config, "dropout": 0.5}))
+    with pytest.raises(ValueError, match=r"belongs to another run .* model.path: '.*saved' \(checkpoint\) vs "
+                                         r"'.*other' \(this recipe\)"):
+        train(from_saved(tmp_path, other, max_steps=4, save_every=2), resume=True, progress=False)
+    with pytest.raises(ValueError, match=r"belongs to another run .* train.max_steps"):  # (another field too)
+        train(from_saved(tmp_path, moved, max_steps=5, save_every=2), resume=True, progress=False)
+    with caplog.at_level("WARNING", logger="seqzoo.training"):
+        resumed = train(from_saved(tmp_path, moved, max_steps=4, save_every=2), resume=True, progress=False)
+    assert "now model.path=" in caplog.text and resumed.steps == 4
+    for name, tensor in whole.state_dict().items():
+        assert torch.equal(tensor, resumed.model.state_dict()[name]), name
+
+
 def test_a_saved_models_config_is_compared_only_where_the_checkpoint_records_it_and_not_its_transformers_version(
         tmp_path, monkeypatch):
     import transformers.configuration_utils as configuration_utils
