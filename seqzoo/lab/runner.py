@@ -93,6 +93,14 @@ class LabConfig:
                              "integers >= 1")
         if self.workers < 0:
             raise ValueError(f"lab setting workers={self.workers} is invalid: >= 1, or 0 for one per core")
+        if self.warmup_steps < 0:
+            raise ValueError(f"lab setting warmup_steps={self.warmup_steps} is invalid: must be >= 0")
+        # (measured after every run has trained: the report compares the first and the last, so that a state that
+        # grows with the context shows it)
+        contexts = self.decode_contexts
+        if len(contexts) < 2 or contexts[0] < 1 or any(a >= b for a, b in zip(contexts, contexts[1:])):
+            raise ValueError(f"lab setting decode_contexts={contexts} is invalid: at least two increasing context "
+                             "lengths >= 1")
         if not self.seeds or len(set(self.seeds)) != len(self.seeds) or not all(0 <= s < 2**32 for s in self.seeds):
             raise ValueError(f"lab setting seeds={self.seeds} is invalid: a non-empty list of distinct integers in "
                              "[0, 2**32) (what training's seeding takes)")

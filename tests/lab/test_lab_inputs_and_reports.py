@@ -208,3 +208,25 @@ def test_strict_json_writes_every_non_finite_float_as_null():
     value = {"a": [1.5, float("nan"), (float("inf"), -float("inf"))], "b": {"c": float("nan"), "d": "NaN"}, "e": 3}
     assert json.loads(strict_json(value)) == {"a": [1.5, None, [None, None]], "b": {"c": None, "d": "NaN"}, "e": 3}
     assert strict_json({"x": 1.0}, indent=1) == json.dumps({"x": 1.0}, indent=1)
+
+
+@pytest.mark.parametrize("contexts", [[], [64], [0, 16], [64, 16], [16, 16, 64]])
+def test_the_lab_refuses_decode_contexts_it_cannot_compare_before_any_training(tmp_path, monkeypatch, contexts):
+    from seqzoo.lab import runner
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("the lab started training")
+
+    monkeypatch.setattr(runner, "run_jobs", no_training)
+    # (measured after every run had trained: [] failed on decode_contexts[0], [64] in the report's state line
+    # (one context: nothing to unpack), [0, 16] in generate() on an empty prompt -- the runs' results were lost)
+    with pytest.raises(ValueError, match=r"decode_contexts=.* is invalid: at least two increasing context lengths"):
+        run_lab(LabConfig.smoke(architectures=["rnn"], decode_contexts=contexts), tmp_path / "x")
+    assert not (tmp_path / "x").exists()
+
+
+def test_the_lab_refuses_a_negative_warmup_before_any_training():
+    # (else every run failed on it, one by one, in its worker)
+    with pytest.raises(ValueError, match="warmup_steps=-1 is invalid: must be >= 0"):
+        LabConfig.smoke(warmup_steps=-1).validate()
+    LabConfig.smoke(warmup_steps=0).validate()
