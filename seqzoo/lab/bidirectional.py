@@ -63,6 +63,7 @@ class BidirectionalLabConfig:
         """architecture -> the preset trained: its smallest (the memory lab's rule)."""
         import seqzoo
         from seqzoo.lab.runner import lab_presets
+        from seqzoo.registry import architecture_presets
 
         able = [name for name in seqzoo.list_architectures("token-classification")
                 if seqzoo.get_architecture(name).config_class.supports_bidirectional]
@@ -70,7 +71,7 @@ class BidirectionalLabConfig:
             if arch in seqzoo.list_architectures() and arch not in able:
                 raise ValueError(f"architecture {arch!r} cannot be a bidirectional encoder in seqzoo; the ones that "
                                  f"can: {', '.join(able)}")
-        return lab_presets(self.architectures or able)
+        return lab_presets(self.architectures or [name for name in able if architecture_presets(name)])
 
     def validate(self) -> None:
         for task in self.tasks:

@@ -136,7 +136,8 @@ def lab_presets(architectures: list[str] | None = None) -> dict[str, str]:
             close = difflib.get_close_matches(arch, registered, n=1)
             hint = f" Did you mean {close[0]!r}?" if close else ""
             raise ValueError(f"unknown architecture {arch!r}.{hint} Registered: {', '.join(registered)}")
-    return {arch: smallest_preset(arch) for arch in chosen if architecture_presets(arch)}
+    # (one left out by default has no preset; one the caller named raises, with smallest_preset's reason)
+    return {arch: smallest_preset(arch) for arch in chosen if architectures is not None or architecture_presets(arch)}
 
 
 # ----------------------------------------------------------------------------------------------------------------

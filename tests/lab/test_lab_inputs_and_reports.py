@@ -230,3 +230,15 @@ def test_the_lab_refuses_a_negative_warmup_before_any_training():
     with pytest.raises(ValueError, match="warmup_steps=-1 is invalid: must be >= 0"):
         LabConfig.smoke(warmup_steps=-1).validate()
     LabConfig.smoke(warmup_steps=0).validate()
+
+
+def test_a_named_architecture_without_a_preset_is_refused_not_left_out(monkeypatch):
+    from seqzoo import registry
+
+    presets = registry.architecture_presets
+    monkeypatch.setattr(registry, "architecture_presets", lambda arch: [] if arch == "gru" else presets(arch))
+    # (a plugin's architecture without presets: named, it was dropped without a word and the lab ran without it)
+    with pytest.raises(ValueError, match="architecture 'gru' has no preset"):
+        lab_presets(["rnn", "gru"])
+    default = lab_presets()
+    assert "gru" not in default and default["rnn"] == "rnn-tiny"  # (by default: left out)
