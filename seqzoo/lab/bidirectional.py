@@ -87,6 +87,9 @@ class BidirectionalLabConfig:
                 raise ValueError(f"bidirectional lab setting {key}={getattr(self, key)} is invalid: must be >= 1")
         if not 2 <= self.symbols <= 26:
             raise ValueError(f"symbols={self.symbols} is invalid: 2 to 26 letters")
+        if self.workers < 0:  # (else taken as one worker)
+            raise ValueError(f"bidirectional lab setting workers={self.workers} is invalid: >= 1, or 0 for one per "
+                             "core")
 
     def worker_count(self, jobs: int) -> int:
         cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)

@@ -85,13 +85,23 @@ class Seq2SeqLabConfig:
                 raise ValueError(f"unknown seq2seq task {task!r}; allowed: {', '.join(SEQ2SEQ_TASKS)}")
             if task not in self.source_lengths:
                 raise ValueError(f"no source_lengths for task {task!r}; give them, e.g. {{{task!r}: [4, 8, 16]}}")
+            lengths = self.source_lengths[task]  # (an empty list failed every run, then the report on min([]))
+            if not lengths or min(lengths) < 1 or len(set(lengths)) != len(lengths):
+                raise ValueError(f"seq2seq lab setting source_lengths[{task!r}]={lengths} is invalid: a non-empty list "
+                                 "of distinct integers >= 1")
         for name, model in self.models.items():
+            unknown = sorted(set(model) - {"preset", "config"})
+            if unknown:  # (a misspelt "config" would train the preset as it is, under the name given)
+                raise ValueError(f"model {name!r}: unknown key(s) {', '.join(map(repr, unknown))}; a model takes "
+                                 "'preset' and optionally 'config' (overrides of the preset's config)")
             if model.get("preset") not in seqzoo.list_models("seq2seq-*"):
                 raise ValueError(f"model {name!r}: preset {model.get('preset')!r} is not a seq2seq preset; "
                                  f"available: {', '.join(seqzoo.list_models('seq2seq-*'))}")
         for key in ("steps", "batch_size", "eval_samples"):
             if getattr(self, key) < 1:
                 raise ValueError(f"seq2seq lab setting {key}={getattr(self, key)} is invalid: must be >= 1")
+        if self.workers < 0:  # (else taken as one worker)
+            raise ValueError(f"seq2seq lab setting workers={self.workers} is invalid: >= 1, or 0 for one per core")
 
     def worker_count(self, jobs: int) -> int:
         cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
