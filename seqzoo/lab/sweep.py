@@ -59,6 +59,10 @@ class SweepConfig:
                              "(0: no deadline)")
         if self.steps < MIN_STEPS:
             raise ValueError(f"sweep steps={self.steps} is invalid: at least {MIN_STEPS}")
+        # (what the sweep's runs share with the lab's, checked as the lab checks it: an unknown task failed every run
+        # one by one, and distances=[] failed on max([]) after the folder had been prepared)
+        LabConfig(tasks=self.tasks, distances=self.distances, seeds=[self.seed], task_steps=self.steps,
+                  text_steps=self.text_steps, workers=self.workers).validate()
         if self.device not in ("cpu", "cuda"):
             raise ValueError(f"--device {self.device!r} is invalid: cpu or cuda")
         if self.device == "cuda":

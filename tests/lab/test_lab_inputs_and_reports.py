@@ -242,3 +242,18 @@ def test_a_named_architecture_without_a_preset_is_refused_not_left_out(monkeypat
         lab_presets(["rnn", "gru"])
     default = lab_presets()
     assert "gru" not in default and default["rnn"] == "rnn-tiny"  # (by default: left out)
+
+
+@pytest.mark.parametrize("settings, refused", [
+    ({"tasks": ["copy", "recall"]}, r"unknown task 'recall'; allowed: copy"),  # (every run failed, one by one)
+    ({"distances": []}, r"distances=\[\] is invalid"),  # (max([]) once the folder had been prepared)
+    ({"distances": [0, 4]}, r"distances=\[0, 4\] is invalid"),
+    ({"text_steps": 0}, r"text_steps=0 is invalid: must be >= 1"),
+    ({"seed": -1}, r"seeds=\[-1\] is invalid"),
+    ({"workers": -2}, r"workers=-2 is invalid"),  # (else taken as one worker)
+])
+def test_the_sweep_checks_what_its_runs_share_with_the_lab(settings, refused):
+    from seqzoo.lab.sweep import SweepConfig
+
+    with pytest.raises(ValueError, match=refused):
+        SweepConfig(**settings).validate()
