@@ -431,6 +431,12 @@ def prepare_output(out: Path, force: bool, log: Callable[[str], None]) -> None:
                 and _process_alive(owner[0])):
             raise ValueError(f"{str(out)!r} is the folder of a lab still running (process {owner[0]}); wait for it, "
                              "stop it, or choose another --out folder")
+        # An unfinished sweep's finished runs, one a line (bytes: a line cut short by a kill is still a run kept).
+        partial = out / "runs.jsonl"
+        kept = sum(1 for line in partial.read_bytes().splitlines() if line.strip()) if partial.is_file() else 0
+        if previous.get("status") != "finished" and kept and not force:
+            raise ValueError(f"{str(out)!r} holds an unfinished sweep: {partial} records {kept} finished run(s); "
+                             "pass --out NEW_FOLDER to keep them, or --force to replace them")
         if previous.get("status") != "finished":
             log(f"replacing the unfinished lab run in {out} (status: {previous.get('status', 'unknown')})")
         # Only what a lab wrote: a seq2seq or bidirectional report beside it (or any other file) stays, and so do

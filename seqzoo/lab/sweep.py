@@ -97,12 +97,7 @@ def run_sweep(cfg: SweepConfig, out: str | Path, log: Callable[[str], None] = pr
     presets = lab_presets(cfg.architectures)
     out = Path(out)
     partial = out / "runs.jsonl"  # one line per finished run: what survives if the sweep is killed
-    if not force and partial.is_file() and not (out / "sweep.md").is_file():
-        kept = sum(1 for line in partial.read_text().splitlines() if line.strip())
-        if kept:  # (an unfinished sweep's folder would be replaced without --force, and its runs with it)
-            raise ValueError(f"{str(out)!r} holds an unfinished sweep: {partial} records {kept} finished run(s); "
-                             "pass --out NEW_FOLDER to keep them, or --force to replace them")
-    prepare_output(out, force, log)
+    prepare_output(out, force, log)  # (which keeps an unfinished sweep's runs.jsonl without --force)
     jobs = sweep_jobs(cfg, presets, out)
     workers = LabConfig(workers=cfg.workers).worker_count(len(jobs))  # (never more processes than runs)
     environment = describe_environment(command or "seqzoo lab sweep", workers)

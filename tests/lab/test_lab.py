@@ -349,6 +349,27 @@ def test_a_rerun_never_drops_an_unfinished_sweeps_runs_without_force(tmp_path):
     assert (out / "runs.jsonl").read_text() == '{"arch": "lstm"}\n'
 
 
+def test_no_lab_replaces_an_unfinished_sweeps_runs_without_force_even_a_damaged_record(tmp_path):
+    """The guard sat in run_sweep alone: `seqzoo lab --out SWEEP_FOLDER` (the whole lab) replaced an unfinished
+    sweep's folder, runs.jsonl with it, without --force; and a runs.jsonl with a line of other bytes (a write cut
+    short) failed the sweep's guard with a bare UnicodeDecodeError."""
+    from seqzoo.lab.sweep import SweepConfig, run_sweep
+
+    out = tmp_path / "sweep"
+    out.mkdir()
+    (out / "results.json").write_text(json.dumps({"status": "interrupted", "environment": {"command": "seqzoo lab "
+                                                                                           "sweep", "pid": None}}))
+    record = b'{"arch": "lstm"}\n{"arch": "rnn", "task": "co\xff\xfe'
+    (out / "runs.jsonl").write_bytes(record)
+    with pytest.raises(ValueError, match="unfinished sweep: .* 2 finished run.*--force to replace them"):
+        run_lab(LabConfig.smoke(architectures=["rnn"]), out, log=lambda line: None)
+    with pytest.raises(ValueError, match="unfinished sweep: .* 2 finished run"):
+        run_sweep(SweepConfig(architectures=["lstm"]), out, log=lambda line: None)
+    assert (out / "runs.jsonl").read_bytes() == record
+    prepare_output(out, force=True, log=lambda line: None)  # (--force replaces it)
+    assert not (out / "runs.jsonl").exists()
+
+
 def test_an_option_before_a_lab_subcommand_is_refused_not_dropped(tmp_path, capsys):
     # argparse gave `--out X` to `seqzoo lab`, and `gradients`' own default replaced it
     assert main(["lab", "--out", str(tmp_path / "x"), "gradients"]) != 0
