@@ -477,3 +477,29 @@ def test_a_smoke_run_of_a_lab_subcommand_writes_to_its_own_folder(monkeypatch, c
                         lambda cfg, out, **kwargs: written.append(str(out)) or {"runs": []})
     assert main(["lab", command, "--smoke"]) == 0 and main(["lab", command]) == 0
     assert written == [f"{folder}-smoke", folder]
+
+
+def test_seqzoo_lab_hands_each_option_to_the_lab_and_fails_when_a_run_failed(monkeypatch):
+    """`seqzoo lab` itself (its sub-commands had tests, the command did not): every option reaches LabConfig under
+    its own name, --smoke keeps its small settings where no option replaces them, and a failed run fails the
+    command."""
+    from seqzoo.lab import runner
+
+    calls = []
+
+    def lab(cfg, out, command, force):
+        calls.append((cfg, out, command, force))
+        return {"runs": [{"ok": True}, {"ok": len(calls) > 1}]}
+
+    monkeypatch.setattr(runner, "run_lab", lab)
+    argv = ["lab", "--smoke", "--architectures", "rnn", "gru", "--tasks", "copy", "--distances", "3", "5", "--seeds",
+            "7", "--steps", "11", "--text-steps", "13", "--lr", "0.02", "--workers", "1"]
+    assert main(argv) == 1
+    cfg, out, command, force = calls[0]
+    assert (cfg.architectures, cfg.tasks, cfg.distances, cfg.seeds) == (["rnn", "gru"], ["copy"], [3, 5], [7])
+    assert (cfg.task_steps, cfg.text_steps, cfg.lr, cfg.workers) == (11, 13, 0.02, 1)
+    assert cfg.is_smoke and cfg.batch_size == LabConfig.smoke().batch_size
+    assert (out, command, force) == ("lab-report-smoke", "seqzoo " + " ".join(argv), False)
+    assert main(["lab", "--out", "mine", "--force"]) == 0
+    cfg, out, _, force = calls[1]
+    assert cfg == LabConfig() and (out, force) == ("mine", True)
