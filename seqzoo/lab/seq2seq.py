@@ -90,6 +90,9 @@ class Seq2SeqLabConfig:
                 raise ValueError(f"seq2seq lab setting source_lengths[{task!r}]={lengths} is invalid: a non-empty list "
                                  "of distinct integers >= 1")
         for name, model in self.models.items():
+            if not isinstance(model, dict):
+                raise ValueError(f"model {name!r}: {model!r} is invalid: a dict, {{'preset': ..., 'config': {{...}}}} "
+                                 "(config optional)")
             unknown = sorted(set(model) - {"preset", "config"})
             if unknown:  # (a misspelt "config" would train the preset as it is, under the name given)
                 raise ValueError(f"model {name!r}: unknown key(s) {', '.join(map(repr, unknown))}; a model takes "
