@@ -130,6 +130,9 @@ def lab_presets(architectures: list[str] | None = None) -> dict[str, str]:
     if repeated:  # (else trained once, and the list the user gave silently shortened)
         raise ValueError(f"architecture {', '.join(map(repr, repeated))} given more than once; name each once")
     for arch in chosen:
+        if arch not in registered and arch in seqzoo.list_architectures():  # (registered, but it has no LM head)
+            raise ValueError(f"architecture {arch!r} has no causal-lm head, and the lab trains language models; those "
+                             f"that have one: {', '.join(registered)} (encoder-decoders: `seqzoo lab seq2seq`)")
         if arch not in registered:
             import difflib
 

@@ -257,3 +257,12 @@ def test_the_sweep_checks_what_its_runs_share_with_the_lab(settings, refused):
 
     with pytest.raises(ValueError, match=refused):
         SweepConfig(**settings).validate()
+
+
+def test_a_registered_architecture_without_a_language_model_head_is_not_called_unknown(capsys):
+    # (`seqzoo list` shows seq2seq; the lab said "unknown architecture 'seq2seq'. Registered: gru, ...")
+    with pytest.raises(ValueError, match=r"architecture 'seq2seq' has no causal-lm head, and the lab trains language "
+                                         r"models; those that have one: gru, .*`seqzoo lab seq2seq`"):
+        lab_presets(["lstm", "seq2seq"])
+    assert main(["lab", "gradients", "--architectures", "seq2seq"]) == 2
+    assert "has no causal-lm head" in capsys.readouterr().err
