@@ -76,13 +76,17 @@ class Seq2SeqLabConfig:
 
     def validate(self) -> None:
         import seqzoo
-        from seqzoo.training.seq2seq import SEQ2SEQ_TASKS
+        from seqzoo.training.seq2seq import FIXED_LENGTH_TASKS, SEQ2SEQ_TASKS
 
         if not self.tasks or len(set(self.tasks)) != len(self.tasks):
             raise ValueError(f"seq2seq lab setting tasks={self.tasks} is invalid: a non-empty list of distinct tasks")
         for task in self.tasks:
             if task not in SEQ2SEQ_TASKS:
                 raise ValueError(f"unknown seq2seq task {task!r}; allowed: {', '.join(SEQ2SEQ_TASKS)}")
+            if task in FIXED_LENGTH_TASKS:  # (its one evaluation set has no length: every run failed on reading it)
+                grown = [name for name in SEQ2SEQ_TASKS if name not in FIXED_LENGTH_TASKS]
+                raise ValueError(f"seq2seq task {task!r} has sources of one length, which the lab cannot grow; the "
+                                 f"lab's tasks: {', '.join(grown)}")
             if task not in self.source_lengths:
                 raise ValueError(f"no source_lengths for task {task!r}; give them, e.g. {{{task!r}: [4, 8, 16]}}")
             lengths = self.source_lengths[task]  # (an empty list failed every run, then the report on min([]))

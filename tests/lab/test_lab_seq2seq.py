@@ -62,6 +62,9 @@ def test_the_command_line_offers_the_tasks_whose_sources_grow(capsys):
     ({"models": {"big": {"preset": "seq2seq-bahdanau-tiny", "confg": {"hidden_size": 64}}}},
      r"model 'big': unknown key\(s\) 'confg'; a model takes 'preset' and optionally 'config'"),
     ({"workers": -2}, r"workers=-2 is invalid: >= 1, or 0 for one per core"),  # (was taken as one worker)
+    # (its evaluation set is named "dates", not "length=N": every run failed with an IndexError reading it)
+    ({"tasks": ["dates"], "source_lengths": {"dates": [4]}}, r"task 'dates' has sources of one length, which the "
+                                                             r"lab cannot grow; the lab's tasks: .*reverse"),
     ({"models": {"b": "seq2seq-bahdanau-tiny"}}, r"model 'b': 'seq2seq-bahdanau-tiny' is invalid: a dict"),
 ])
 def test_the_seq2seq_lab_refuses_settings_it_would_drop_or_fail_on(tmp_path, settings, error):
