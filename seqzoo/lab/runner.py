@@ -83,6 +83,12 @@ class LabConfig:
                      "text_evaluations", "sample_tokens"):
             if getattr(self, name) < 1:
                 raise ValueError(f"lab setting {name}={getattr(self, name)} is invalid: must be >= 1")
+        # (what every memory-task run's data would refuse, one run at a time, in its worker)
+        if self.symbols < 2:
+            raise ValueError(f"lab setting symbols={self.symbols} is invalid: must be >= 2")
+        if "associative_recall" in self.tasks and self.items > self.symbols // 2:
+            raise ValueError(f"lab settings items={self.items}, symbols={self.symbols} are invalid for "
+                             f"associative_recall: items <= symbols // 2 distinct keys ({self.symbols // 2} here)")
         for name in ("task_steps", "text_steps"):
             if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise ValueError(f"lab setting {name}={getattr(self, name)} is invalid: must be >= 1")

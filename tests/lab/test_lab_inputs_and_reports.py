@@ -225,11 +225,17 @@ def test_the_lab_refuses_decode_contexts_it_cannot_compare_before_any_training(t
     assert not (tmp_path / "x").exists()
 
 
-def test_the_lab_refuses_a_negative_warmup_before_any_training():
+def test_the_lab_refuses_settings_every_run_would_fail_on_before_any_training():
     # (else every run failed on it, one by one, in its worker)
     with pytest.raises(ValueError, match="warmup_steps=-1 is invalid: must be >= 0"):
         LabConfig.smoke(warmup_steps=-1).validate()
     LabConfig.smoke(warmup_steps=0).validate()
+    with pytest.raises(ValueError, match="symbols=1 is invalid: must be >= 2"):
+        LabConfig.smoke(symbols=1).validate()
+    with pytest.raises(ValueError, match=r"items=5, symbols=8 are invalid for associative_recall: items <= symbols "
+                                         r"// 2 distinct keys \(4 here\)"):
+        LabConfig.smoke(items=5).validate()
+    LabConfig.smoke(items=5, tasks=["copy"]).validate()  # (the other tasks take any number of items)
 
 
 def test_a_named_architecture_without_a_preset_is_refused_not_left_out(monkeypatch):
