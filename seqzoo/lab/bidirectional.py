@@ -87,6 +87,8 @@ class BidirectionalLabConfig:
                 raise ValueError(f"bidirectional lab setting {key}={getattr(self, key)} is invalid: must be >= 1")
         if not 2 <= self.symbols <= 26:
             raise ValueError(f"symbols={self.symbols} is invalid: 2 to 26 letters")
+        if not 0 < self.lr < 1:  # (else every run failed on it, one by one; nan too)
+            raise ValueError(f"bidirectional lab setting lr={self.lr} is invalid: must be in (0, 1)")
         if self.workers < 0:  # (else taken as one worker)
             raise ValueError(f"bidirectional lab setting workers={self.workers} is invalid: >= 1, or 0 for one per "
                              "core")

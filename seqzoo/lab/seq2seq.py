@@ -107,6 +107,10 @@ class Seq2SeqLabConfig:
         for key in ("steps", "batch_size", "eval_samples"):
             if getattr(self, key) < 1:
                 raise ValueError(f"seq2seq lab setting {key}={getattr(self, key)} is invalid: must be >= 1")
+        if not 0 < self.lr < 1:  # (else every run failed on it, one by one; nan too)
+            raise ValueError(f"seq2seq lab setting lr={self.lr} is invalid: must be in (0, 1)")
+        if not 2 <= self.symbols <= 26:  # (the letter tasks' alphabet; every run of one failed on it)
+            raise ValueError(f"seq2seq lab setting symbols={self.symbols} is invalid: 2 to 26 letters")
         if self.workers < 0:  # (else taken as one worker)
             raise ValueError(f"seq2seq lab setting workers={self.workers} is invalid: >= 1, or 0 for one per core")
 

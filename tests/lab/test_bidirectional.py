@@ -106,7 +106,9 @@ def test_the_summary_sentence_reads_the_gap_at_the_longest_distance():
             in summary_sentence(results))
 
 
-def test_a_negative_worker_count_is_refused_not_taken_as_one():
+def test_a_negative_worker_count_or_a_learning_rate_out_of_range_is_refused_before_any_training():
     with pytest.raises(ValueError, match="workers=-1 is invalid: >= 1, or 0 for one per core"):
-        BidirectionalLabConfig(workers=-1).validate()
+        BidirectionalLabConfig(workers=-1).validate()  # (was taken as one worker)
     BidirectionalLabConfig(workers=0).validate()
+    with pytest.raises(ValueError, match=r"lr=0.0 is invalid: must be in \(0, 1\)"):
+        BidirectionalLabConfig(lr=0.0).validate()  # (every run failed on it, one by one)

@@ -62,6 +62,8 @@ def test_the_command_line_offers_the_tasks_whose_sources_grow(capsys):
     ({"models": {"big": {"preset": "seq2seq-bahdanau-tiny", "confg": {"hidden_size": 64}}}},
      r"model 'big': unknown key\(s\) 'confg'; a model takes 'preset' and optionally 'config'"),
     ({"workers": -2}, r"workers=-2 is invalid: >= 1, or 0 for one per core"),  # (was taken as one worker)
+    ({"lr": float("nan")}, r"lr=nan is invalid: must be in \(0, 1\)"),  # (every run failed on it)
+    ({"symbols": 27}, r"symbols=27 is invalid: 2 to 26 letters"),
     # (its evaluation set is named "dates", not "length=N": every run failed with an IndexError reading it)
     ({"tasks": ["dates"], "source_lengths": {"dates": [4]}}, r"task 'dates' has sources of one length, which the "
                                                              r"lab cannot grow; the lab's tasks: .*reverse"),
