@@ -110,8 +110,14 @@ def run_sweep(cfg: SweepConfig, out: str | Path, log: Callable[[str], None] = pr
         with partial.open("a") as f:
             f.write(strict_json(result) + "\n")
 
-    runs = run_jobs(jobs, workers, log, device=cfg.device, on_result=keep,
-                    deadline=started + cfg.deadline_seconds if cfg.deadline_seconds else None)
+    try:
+        runs = run_jobs(jobs, workers, log, device=cfg.device, on_result=keep,
+                        deadline=started + cfg.deadline_seconds if cfg.deadline_seconds else None)
+    except KeyboardInterrupt:
+        # As the lab: "running" with this process's pid refused the folder, --force or not, for as long as the
+        # process lived (a notebook's kernel, after Ctrl-C).
+        (out / "results.json").write_text(json.dumps({"status": "interrupted", "environment": environment}))
+        raise
     results = {"status": "finished", "config": asdict(cfg), "presets": presets, "runs": runs,
                "planned_runs": len(jobs), "environment": environment, "seconds": time.perf_counter() - started}
     results["proposal"] = propose(results)

@@ -272,3 +272,23 @@ def test_a_registered_architecture_without_a_language_model_head_is_not_called_u
         lab_presets(["lstm", "seq2seq"])
     assert main(["lab", "gradients", "--architectures", "seq2seq"]) == 2
     assert "has no causal-lm head" in capsys.readouterr().err
+
+
+def test_an_interrupted_sweep_marks_its_folder_so_that_the_same_process_can_replace_it(tmp_path, monkeypatch):
+    from seqzoo.lab import sweep
+    from seqzoo.lab.sweep import SweepConfig, run_sweep
+
+    def interrupted(jobs, workers, log, on_result, **kwargs):
+        on_result({"arch": "rnn", "task": "copy", "ok": True})
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(sweep, "run_jobs", interrupted)
+    out, cfg = tmp_path / "sweep", SweepConfig(architectures=["rnn"], tasks=["copy"], distances=[4])
+    with pytest.raises(KeyboardInterrupt):
+        run_sweep(cfg, out, log=lambda line: None)
+    # (it stayed "running" with this process's pid: refused, --force or not, "a lab still running (process N)")
+    assert json.loads((out / "results.json").read_text())["status"] == "interrupted"
+    with pytest.raises(ValueError, match="holds an unfinished sweep: .* 1 finished run"):
+        run_sweep(cfg, out, log=lambda line: None)
+    with pytest.raises(KeyboardInterrupt):
+        run_sweep(cfg, out, log=lambda line: None, force=True)
