@@ -79,8 +79,8 @@ class LabConfig:
             raise ValueError(f"unknown task {unknown[0]!r}; allowed: {', '.join(TASKS)}")
         if not self.tasks or len(set(self.tasks)) != len(self.tasks):
             raise ValueError(f"lab setting tasks={self.tasks} is invalid: a non-empty list of distinct tasks")
-        for name in ("batch_size", "text_seq_len", "eval_samples", "gradient_length", "symbols", "items",
-                     "text_evaluations", "sample_tokens"):
+        for name in ("batch_size", "text_seq_len", "eval_samples", "gradient_length", "items", "text_evaluations",
+                     "sample_tokens"):
             if getattr(self, name) < 1:
                 raise ValueError(f"lab setting {name}={getattr(self, name)} is invalid: must be >= 1")
         # (what every memory-task run's data would refuse, one run at a time, in its worker)

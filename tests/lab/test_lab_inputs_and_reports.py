@@ -230,8 +230,9 @@ def test_the_lab_refuses_settings_every_run_would_fail_on_before_any_training():
     with pytest.raises(ValueError, match="warmup_steps=-1 is invalid: must be >= 0"):
         LabConfig.smoke(warmup_steps=-1).validate()
     LabConfig.smoke(warmup_steps=0).validate()
-    with pytest.raises(ValueError, match="symbols=1 is invalid: must be >= 2"):
-        LabConfig.smoke(symbols=1).validate()
+    for symbols in (1, 0):
+        with pytest.raises(ValueError, match=f"symbols={symbols} is invalid: must be >= 2"):
+            LabConfig.smoke(symbols=symbols).validate()
     with pytest.raises(ValueError, match=r"items=5, symbols=8 are invalid for associative_recall: items <= symbols "
                                          r"// 2 distinct keys \(4 here\)"):
         LabConfig.smoke(items=5).validate()
