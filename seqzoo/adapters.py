@@ -130,7 +130,10 @@ def peft_config(model: nn.Module, method: str = "lora", task_type: Any = None, *
 def _check_target_modules(model: nn.Module, names: Any) -> None:
     """Each name of a ``target_modules`` list must name a module as peft matches it (the full name, or its last
     components): peft raises only where nothing at all matches, and never where ``target_parameters`` (the classic
-    cells' defaults) match, so a misspelt name went unnoticed. A string is a regular expression, left to peft."""
+    cells' defaults) match, so a misspelt name went unnoticed. A string is a regular expression, left to peft once it
+    compiles."""
+    if isinstance(names, str):
+        _check_expression("target_modules", names)
     if names is None or isinstance(names, str):
         return
     modules = [name for name, _ in model.named_modules() if name]
@@ -176,6 +179,8 @@ def _check_exclude_modules(model: nn.Module, values: dict[str, Any]) -> None:
     regular expression a module's full name must match whole. ``target_modules=None`` makes peft look the model type
     up in its own table, which names no seqzoo type: no module is adapted, so no name excludes one."""
     excluded, targets = values.get("exclude_modules"), values.get("target_modules")
+    if isinstance(excluded, str):
+        _check_expression("exclude_modules", excluded)
     if not excluded or isinstance(excluded, str):
         return
     modules = [name for name, _ in model.named_modules() if name]
@@ -188,11 +193,8 @@ def _check_exclude_modules(model: nn.Module, values: dict[str, Any]) -> None:
                         None)
         modules = [name for name, module in model.named_modules()
                    if isinstance(module, nn.Linear) and module is not head]
-    elif isinstance(targets, str):
-        try:
-            modules = [m for m in modules if re.fullmatch(targets, m)]
-        except re.error:
-            return  # (peft names a bad expression itself)
+    elif isinstance(targets, str):  # (an expression that compiles: see _check_target_modules)
+        modules = [m for m in modules if re.fullmatch(targets, m)]
     else:
         modules = [m for m in modules if any(m == t or m.endswith(f".{t}") for t in targets)]
     unknown = [n for n in excluded if not any(m == n or m.endswith(f".{n}") for m in modules)]
@@ -202,6 +204,17 @@ def _check_exclude_modules(model: nn.Module, values: dict[str, Any]) -> None:
                          f"{type(model).__name__} (peft compares an adapted module's full name{example} "
                          "or its last components, not a module above it; it does not apply to target_parameters, "
                          "which take full names to pick layers)")
+
+
+def _check_expression(key: str, expression: str) -> None:
+    """A string ``target_modules`` / ``exclude_modules`` is a regular expression: peft compiled a bad one only in
+    get_peft_model, whose re.error ("missing ), unterminated subpattern at position 0") named neither the key nor the
+    value."""
+    try:
+        re.compile(expression)
+    except re.error as err:
+        raise ValueError(f"{key}={expression!r} is not a valid regular expression ({err}); peft matches a string "
+                         f"{key} against each module's full name, or takes a list of module names") from None
 
 
 def _check_target_parameters(model: nn.Module, names: Any) -> None:

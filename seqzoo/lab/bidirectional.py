@@ -63,6 +63,7 @@ class BidirectionalLabConfig:
         """architecture -> the preset trained: its smallest (the memory lab's rule)."""
         import seqzoo
         from seqzoo.lab.runner import lab_presets
+        from seqzoo.registry import architecture_presets
 
         able = [name for name in seqzoo.list_architectures("token-classification")
                 if seqzoo.get_architecture(name).config_class.supports_bidirectional]
@@ -70,7 +71,7 @@ class BidirectionalLabConfig:
             if arch in seqzoo.list_architectures() and arch not in able:
                 raise ValueError(f"architecture {arch!r} cannot be a bidirectional encoder in seqzoo; the ones that "
                                  f"can: {', '.join(able)}")
-        return lab_presets(self.architectures or able)
+        return lab_presets(self.architectures or [name for name in able if architecture_presets(name)])
 
     def validate(self) -> None:
         for task in self.tasks:
@@ -86,6 +87,11 @@ class BidirectionalLabConfig:
                 raise ValueError(f"bidirectional lab setting {key}={getattr(self, key)} is invalid: must be >= 1")
         if not 2 <= self.symbols <= 26:
             raise ValueError(f"symbols={self.symbols} is invalid: 2 to 26 letters")
+        if not 0 < self.lr < 1:  # (else every run failed on it, one by one; nan too)
+            raise ValueError(f"bidirectional lab setting lr={self.lr} is invalid: must be in (0, 1)")
+        if self.workers < 0:  # (else taken as one worker)
+            raise ValueError(f"bidirectional lab setting workers={self.workers} is invalid: >= 1, or 0 for one per "
+                             "core")
 
     def worker_count(self, jobs: int) -> int:
         cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)

@@ -237,6 +237,9 @@ def write_report(results: dict[str, Any], out: Path, draw: bool = True) -> None:
              if cfg.get("is_smoke") else "")
     no_plots = "" if has_plots else "\n> Plots skipped: matplotlib is not installed (`pip install 'seqzoo[lab]'`).\n"
     notes = reproduction_notes(results, accuracy)
+    seed = cfg["seeds"][0]  # (where no text run succeeded, no folder holds a model to point at)
+    trained_models = (f" The trained models\nare in `runs/<architecture>/text-s{seed}/` (`seqzoo generate "
+                      f"{out}/runs/{next(iter(runs))}/text-s{seed} \"def \"`)." if runs else "")
     report = f"""# seqzoo memory lab
 
 How does each architecture remember, and at what cost? The smallest model of every registered architecture,
@@ -289,8 +292,7 @@ Learning rates (from {_rates_source(cfg)}):
 {cfg['text_seq_len']} bytes of `pydoc_data.topics` (the documentation every Python ships with), read as one stream
 (`data.packing: false`: the context runs on from one topic into the next); perplexity per byte
 on the first {cfg['eval_samples']} × {cfg['text_seq_len']} bytes of the held-out last 5%, every
-{text_eval_every} steps along each run and at its end; seed {cfg['seeds'][0]}. The trained models
-are in `runs/<architecture>/text-s{cfg['seeds'][0]}/` (`seqzoo generate {out}/runs/{next(iter(runs), 'lstm')}/text-s{cfg['seeds'][0]} "def "`).
+{text_eval_every} steps along each run and at its end; seed {cfg['seeds'][0]}.{trained_models}
 
 {_text_section(results)}
 

@@ -79,10 +79,16 @@ class LabConfig:
             raise ValueError(f"unknown task {unknown[0]!r}; allowed: {', '.join(TASKS)}")
         if not self.tasks or len(set(self.tasks)) != len(self.tasks):
             raise ValueError(f"lab setting tasks={self.tasks} is invalid: a non-empty list of distinct tasks")
-        for name in ("batch_size", "text_seq_len", "eval_samples", "gradient_length", "symbols", "items",
-                     "text_evaluations", "sample_tokens"):
+        for name in ("batch_size", "text_seq_len", "eval_samples", "gradient_length", "items", "text_evaluations",
+                     "sample_tokens"):
             if getattr(self, name) < 1:
                 raise ValueError(f"lab setting {name}={getattr(self, name)} is invalid: must be >= 1")
+        # (what every memory-task run's data would refuse, one run at a time, in its worker)
+        if self.symbols < 2:
+            raise ValueError(f"lab setting symbols={self.symbols} is invalid: must be >= 2")
+        if "associative_recall" in self.tasks and self.items > self.symbols // 2:
+            raise ValueError(f"lab settings items={self.items}, symbols={self.symbols} are invalid for "
+                             f"associative_recall: items <= symbols // 2 distinct keys ({self.symbols // 2} here)")
         for name in ("task_steps", "text_steps"):
             if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise ValueError(f"lab setting {name}={getattr(self, name)} is invalid: must be >= 1")
@@ -93,6 +99,14 @@ class LabConfig:
                              "integers >= 1")
         if self.workers < 0:
             raise ValueError(f"lab setting workers={self.workers} is invalid: >= 1, or 0 for one per core")
+        if self.warmup_steps < 0:
+            raise ValueError(f"lab setting warmup_steps={self.warmup_steps} is invalid: must be >= 0")
+        # (measured after every run has trained: the report compares the first and the last, so that a state that
+        # grows with the context shows it)
+        contexts = self.decode_contexts
+        if len(contexts) < 2 or contexts[0] < 1 or any(a >= b for a, b in zip(contexts, contexts[1:])):
+            raise ValueError(f"lab setting decode_contexts={contexts} is invalid: at least two increasing context "
+                             "lengths >= 1")
         if not self.seeds or len(set(self.seeds)) != len(self.seeds) or not all(0 <= s < 2**32 for s in self.seeds):
             raise ValueError(f"lab setting seeds={self.seeds} is invalid: a non-empty list of distinct integers in "
                              "[0, 2**32) (what training's seeding takes)")
@@ -122,13 +136,17 @@ def lab_presets(architectures: list[str] | None = None) -> dict[str, str]:
     if repeated:  # (else trained once, and the list the user gave silently shortened)
         raise ValueError(f"architecture {', '.join(map(repr, repeated))} given more than once; name each once")
     for arch in chosen:
+        if arch not in registered and arch in seqzoo.list_architectures():  # (registered, but it has no LM head)
+            raise ValueError(f"architecture {arch!r} has no causal-lm head, and the lab trains language models; those "
+                             f"that have one: {', '.join(registered)} (encoder-decoders: `seqzoo lab seq2seq`)")
         if arch not in registered:
             import difflib
 
             close = difflib.get_close_matches(arch, registered, n=1)
             hint = f" Did you mean {close[0]!r}?" if close else ""
             raise ValueError(f"unknown architecture {arch!r}.{hint} Registered: {', '.join(registered)}")
-    return {arch: smallest_preset(arch) for arch in chosen if architecture_presets(arch)}
+    # (one left out by default has no preset; one the caller named raises, with smallest_preset's reason)
+    return {arch: smallest_preset(arch) for arch in chosen if architectures is not None or architecture_presets(arch)}
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -422,6 +440,12 @@ def prepare_output(out: Path, force: bool, log: Callable[[str], None]) -> None:
                 and _process_alive(owner[0])):
             raise ValueError(f"{str(out)!r} is the folder of a lab still running (process {owner[0]}); wait for it, "
                              "stop it, or choose another --out folder")
+        # An unfinished sweep's finished runs, one a line (bytes: a line cut short by a kill is still a run kept).
+        partial = out / "runs.jsonl"
+        kept = sum(1 for line in partial.read_bytes().splitlines() if line.strip()) if partial.is_file() else 0
+        if previous.get("status") != "finished" and kept and not force:
+            raise ValueError(f"{str(out)!r} holds an unfinished sweep: {partial} records {kept} finished run(s); "
+                             "pass --out NEW_FOLDER to keep them, or --force to replace them")
         if previous.get("status") != "finished":
             log(f"replacing the unfinished lab run in {out} (status: {previous.get('status', 'unknown')})")
         # Only what a lab wrote: a seq2seq or bidirectional report beside it (or any other file) stays, and so do

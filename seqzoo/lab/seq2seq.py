@@ -76,22 +76,43 @@ class Seq2SeqLabConfig:
 
     def validate(self) -> None:
         import seqzoo
-        from seqzoo.training.seq2seq import SEQ2SEQ_TASKS
+        from seqzoo.training.seq2seq import FIXED_LENGTH_TASKS, SEQ2SEQ_TASKS
 
         if not self.tasks or len(set(self.tasks)) != len(self.tasks):
             raise ValueError(f"seq2seq lab setting tasks={self.tasks} is invalid: a non-empty list of distinct tasks")
         for task in self.tasks:
             if task not in SEQ2SEQ_TASKS:
                 raise ValueError(f"unknown seq2seq task {task!r}; allowed: {', '.join(SEQ2SEQ_TASKS)}")
+            if task in FIXED_LENGTH_TASKS:  # (its one evaluation set has no length: every run failed on reading it)
+                grown = [name for name in SEQ2SEQ_TASKS if name not in FIXED_LENGTH_TASKS]
+                raise ValueError(f"seq2seq task {task!r} has sources of one length, which the lab cannot grow; the "
+                                 f"lab's tasks: {', '.join(grown)}")
             if task not in self.source_lengths:
                 raise ValueError(f"no source_lengths for task {task!r}; give them, e.g. {{{task!r}: [4, 8, 16]}}")
+            lengths = self.source_lengths[task]  # (an empty list failed every run, then the report on min([]))
+            if not lengths or min(lengths) < 1 or len(set(lengths)) != len(lengths):
+                raise ValueError(f"seq2seq lab setting source_lengths[{task!r}]={lengths} is invalid: a non-empty list "
+                                 "of distinct integers >= 1")
         for name, model in self.models.items():
+            if not isinstance(model, dict):
+                raise ValueError(f"model {name!r}: {model!r} is invalid: a dict, {{'preset': ..., 'config': {{...}}}} "
+                                 "(config optional)")
+            unknown = sorted(set(model) - {"preset", "config"})
+            if unknown:  # (a misspelt "config" would train the preset as it is, under the name given)
+                raise ValueError(f"model {name!r}: unknown key(s) {', '.join(map(repr, unknown))}; a model takes "
+                                 "'preset' and optionally 'config' (overrides of the preset's config)")
             if model.get("preset") not in seqzoo.list_models("seq2seq-*"):
                 raise ValueError(f"model {name!r}: preset {model.get('preset')!r} is not a seq2seq preset; "
                                  f"available: {', '.join(seqzoo.list_models('seq2seq-*'))}")
         for key in ("steps", "batch_size", "eval_samples"):
             if getattr(self, key) < 1:
                 raise ValueError(f"seq2seq lab setting {key}={getattr(self, key)} is invalid: must be >= 1")
+        if not 0 < self.lr < 1:  # (else every run failed on it, one by one; nan too)
+            raise ValueError(f"seq2seq lab setting lr={self.lr} is invalid: must be in (0, 1)")
+        if not 2 <= self.symbols <= 26:  # (the letter tasks' alphabet; every run of one failed on it)
+            raise ValueError(f"seq2seq lab setting symbols={self.symbols} is invalid: 2 to 26 letters")
+        if self.workers < 0:  # (else taken as one worker)
+            raise ValueError(f"seq2seq lab setting workers={self.workers} is invalid: >= 1, or 0 for one per core")
 
     def worker_count(self, jobs: int) -> int:
         cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)

@@ -59,6 +59,10 @@ class SweepConfig:
                              "(0: no deadline)")
         if self.steps < MIN_STEPS:
             raise ValueError(f"sweep steps={self.steps} is invalid: at least {MIN_STEPS}")
+        # (what the sweep's runs share with the lab's, checked as the lab checks it: an unknown task failed every run
+        # one by one, and distances=[] failed on max([]) after the folder had been prepared)
+        LabConfig(tasks=self.tasks, distances=self.distances, seeds=[self.seed], task_steps=self.steps,
+                  text_steps=self.text_steps, workers=self.workers).validate()
         if self.device not in ("cpu", "cuda"):
             raise ValueError(f"--device {self.device!r} is invalid: cpu or cuda")
         if self.device == "cuda":
@@ -93,12 +97,7 @@ def run_sweep(cfg: SweepConfig, out: str | Path, log: Callable[[str], None] = pr
     presets = lab_presets(cfg.architectures)
     out = Path(out)
     partial = out / "runs.jsonl"  # one line per finished run: what survives if the sweep is killed
-    if not force and partial.is_file() and not (out / "sweep.md").is_file():
-        kept = sum(1 for line in partial.read_text().splitlines() if line.strip())
-        if kept:  # (an unfinished sweep's folder would be replaced without --force, and its runs with it)
-            raise ValueError(f"{str(out)!r} holds an unfinished sweep: {partial} records {kept} finished run(s); "
-                             "pass --out NEW_FOLDER to keep them, or --force to replace them")
-    prepare_output(out, force, log)
+    prepare_output(out, force, log)  # (which keeps an unfinished sweep's runs.jsonl without --force)
     jobs = sweep_jobs(cfg, presets, out)
     workers = LabConfig(workers=cfg.workers).worker_count(len(jobs))  # (never more processes than runs)
     environment = describe_environment(command or "seqzoo lab sweep", workers)
@@ -111,8 +110,14 @@ def run_sweep(cfg: SweepConfig, out: str | Path, log: Callable[[str], None] = pr
         with partial.open("a") as f:
             f.write(strict_json(result) + "\n")
 
-    runs = run_jobs(jobs, workers, log, device=cfg.device, on_result=keep,
-                    deadline=started + cfg.deadline_seconds if cfg.deadline_seconds else None)
+    try:
+        runs = run_jobs(jobs, workers, log, device=cfg.device, on_result=keep,
+                        deadline=started + cfg.deadline_seconds if cfg.deadline_seconds else None)
+    except KeyboardInterrupt:
+        # As the lab: "running" with this process's pid refused the folder, --force or not, for as long as the
+        # process lived (a notebook's kernel, after Ctrl-C).
+        (out / "results.json").write_text(json.dumps({"status": "interrupted", "environment": environment}))
+        raise
     results = {"status": "finished", "config": asdict(cfg), "presets": presets, "runs": runs,
                "planned_runs": len(jobs), "environment": environment, "seconds": time.perf_counter() - started}
     results["proposal"] = propose(results)

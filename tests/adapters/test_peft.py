@@ -474,6 +474,31 @@ def test_a_misspelt_module_to_save_or_exclude_is_refused(arch, overrides, refuse
             seqzoo.peft_config(model, method="ia3", **overrides)
 
 
+@pytest.mark.parametrize("method", ["lora", "ia3"])
+@pytest.mark.parametrize("overrides, refused", [
+    ({"target_modules": "(.*q_proj"}, r"target_modules='\(\.\*q_proj' is not a valid regular expression \(missing \)"),
+    ({"exclude_modules": "layers[0-"}, r"exclude_modules='layers\[0-' is not a valid regular expression"),
+    ({"target_modules": "(.*proj", "exclude_modules": ["q_proj"]}, r"target_modules='\(\.\*proj' is not a valid"),
+])
+def test_a_string_target_or_exclude_that_is_no_regular_expression_is_refused(method, overrides, refused):
+    """peft compiles a string target_modules / exclude_modules only in get_peft_model, and its re.error ("missing ),
+    unterminated subpattern at position 0") named neither the key nor the value."""
+    with pytest.raises(ValueError, match=refused):
+        seqzoo.peft_config(build("transformer", "causal-lm"), method, **overrides)
+
+
+def test_all_linear_on_a_classifier_adapts_no_score_layer_and_excluding_it_is_refused():
+    """peft's "all-linear" leaves a sequence classifier's score layer out (it trains it in full): an exclude_modules
+    naming it excludes nothing, which seqzoo's check knows."""
+    model = build("transformer", "sequence-classification")
+    wrapped = get_peft_model(build("transformer", "sequence-classification"),
+                             seqzoo.peft_config(model, target_modules="all-linear"))
+    adapted = {name for name, module in wrapped.named_modules() if isinstance(module, LoraLayer)}
+    assert adapted and not any("score" in name for name in adapted)
+    with pytest.raises(ValueError, match=r"exclude_modules \['score'\] name no module that target_modules adapts"):
+        seqzoo.peft_config(model, target_modules="all-linear", exclude_modules=["score"])
+
+
 @pytest.mark.parametrize("arch, overrides, saved, excluded", [
     ("gru", {"modules_to_save": ["embed_tokens"]}, "model.embed_tokens", None),  # peft: the end of the full name
     ("gru", {"modules_to_save": ["model.embed_tokens"]}, "model.embed_tokens", None),

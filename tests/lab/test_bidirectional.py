@@ -9,7 +9,8 @@ import torch
 
 import seqzoo
 from seqzoo.cli import main
-from seqzoo.lab import bidirectional, cli as lab_cli
+from seqzoo.lab import bidirectional
+from seqzoo.lab import cli as lab_cli
 from seqzoo.lab.bidirectional import BidirectionalLabConfig, job_recipe, summary_sentence
 from seqzoo.training.building import build_model
 from seqzoo.training.classification import build_label_data
@@ -103,3 +104,11 @@ def test_the_summary_sentence_reads_the_gap_at_the_longest_distance():
     ]}
     assert ("on tagging at 32 words, reading both ways is worth +0.15 accuracy on average (rnn +0.10 to lstm +0.20)"
             in summary_sentence(results))
+
+
+def test_a_negative_worker_count_or_a_learning_rate_out_of_range_is_refused_before_any_training():
+    with pytest.raises(ValueError, match="workers=-1 is invalid: >= 1, or 0 for one per core"):
+        BidirectionalLabConfig(workers=-1).validate()  # (was taken as one worker)
+    BidirectionalLabConfig(workers=0).validate()
+    with pytest.raises(ValueError, match=r"lr=0.0 is invalid: must be in \(0, 1\)"):
+        BidirectionalLabConfig(lr=0.0).validate()  # (every run failed on it, one by one)

@@ -349,6 +349,27 @@ def test_a_rerun_never_drops_an_unfinished_sweeps_runs_without_force(tmp_path):
     assert (out / "runs.jsonl").read_text() == '{"arch": "lstm"}\n'
 
 
+def test_no_lab_replaces_an_unfinished_sweeps_runs_without_force_even_a_damaged_record(tmp_path):
+    """The guard sat in run_sweep alone: `seqzoo lab --out SWEEP_FOLDER` (the whole lab) replaced an unfinished
+    sweep's folder, runs.jsonl with it, without --force; and a runs.jsonl with a line of other bytes (a write cut
+    short) failed the sweep's guard with a bare UnicodeDecodeError."""
+    from seqzoo.lab.sweep import SweepConfig, run_sweep
+
+    out = tmp_path / "sweep"
+    out.mkdir()
+    (out / "results.json").write_text(json.dumps({"status": "interrupted", "environment": {"command": "seqzoo lab "
+                                                                                           "sweep", "pid": None}}))
+    record = b'{"arch": "lstm"}\n{"arch": "rnn", "task": "co\xff\xfe'
+    (out / "runs.jsonl").write_bytes(record)
+    with pytest.raises(ValueError, match="unfinished sweep: .* 2 finished run.*--force to replace them"):
+        run_lab(LabConfig.smoke(architectures=["rnn"]), out, log=lambda line: None)
+    with pytest.raises(ValueError, match="unfinished sweep: .* 2 finished run"):
+        run_sweep(SweepConfig(architectures=["lstm"]), out, log=lambda line: None)
+    assert (out / "runs.jsonl").read_bytes() == record
+    prepare_output(out, force=True, log=lambda line: None)  # (--force replaces it)
+    assert not (out / "runs.jsonl").exists()
+
+
 def test_an_option_before_a_lab_subcommand_is_refused_not_dropped(tmp_path, capsys):
     # argparse gave `--out X` to `seqzoo lab`, and `gradients`' own default replaced it
     assert main(["lab", "--out", str(tmp_path / "x"), "gradients"]) != 0
@@ -456,3 +477,29 @@ def test_a_smoke_run_of_a_lab_subcommand_writes_to_its_own_folder(monkeypatch, c
                         lambda cfg, out, **kwargs: written.append(str(out)) or {"runs": []})
     assert main(["lab", command, "--smoke"]) == 0 and main(["lab", command]) == 0
     assert written == [f"{folder}-smoke", folder]
+
+
+def test_seqzoo_lab_hands_each_option_to_the_lab_and_fails_when_a_run_failed(monkeypatch):
+    """`seqzoo lab` itself (its sub-commands had tests, the command did not): every option reaches LabConfig under
+    its own name, --smoke keeps its small settings where no option replaces them, and a failed run fails the
+    command."""
+    from seqzoo.lab import runner
+
+    calls = []
+
+    def lab(cfg, out, command, force):
+        calls.append((cfg, out, command, force))
+        return {"runs": [{"ok": True}, {"ok": len(calls) > 1}]}
+
+    monkeypatch.setattr(runner, "run_lab", lab)
+    argv = ["lab", "--smoke", "--architectures", "rnn", "gru", "--tasks", "copy", "--distances", "3", "5", "--seeds",
+            "7", "--steps", "11", "--text-steps", "13", "--lr", "0.02", "--workers", "1"]
+    assert main(argv) == 1
+    cfg, out, command, force = calls[0]
+    assert (cfg.architectures, cfg.tasks, cfg.distances, cfg.seeds) == (["rnn", "gru"], ["copy"], [3, 5], [7])
+    assert (cfg.task_steps, cfg.text_steps, cfg.lr, cfg.workers) == (11, 13, 0.02, 1)
+    assert cfg.is_smoke and cfg.batch_size == LabConfig.smoke().batch_size
+    assert (out, command, force) == ("lab-report-smoke", "seqzoo " + " ".join(argv), False)
+    assert main(["lab", "--out", "mine", "--force"]) == 0
+    cfg, out, _, force = calls[1]
+    assert cfg == LabConfig() and (out, force) == ("mine", True)

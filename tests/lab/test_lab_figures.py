@@ -275,6 +275,28 @@ def test_the_summary_table_row_by_row(lab_report):
                        "0.35 (0.30–0.40)"]
 
 
+def test_the_report_points_at_a_trained_text_model_only_where_one_trained(tmp_path, monkeypatch, lab_report):
+    """With every text run failed, the report still said "The trained models are in runs/<architecture>/text-s0/"
+    and gave a `seqzoo generate` command for runs/lstm/text-s0, a folder with no model in it."""
+    from seqzoo.lab import plots
+    from seqzoo.lab.report import write_report
+
+    assert f'`seqzoo generate {tmp_path}/runs/lstm/text-s0 "def "`' in lab_report
+    monkeypatch.setattr(plots, "matplotlib_available", lambda: False)
+    results = _lab_results()
+    for run in results["runs"]:
+        if run["task"] == "text":
+            run.update(ok=False, error="RuntimeError: diverged")
+    for measured in results["measurements"].values():
+        del measured["gradients_trained"]
+    (tmp_path / "failed").mkdir()
+    write_report(results, tmp_path / "failed")
+    report = (tmp_path / "failed" / "report.md").read_text()
+    assert "No text model trained successfully." in report
+    assert "trained models" not in report and "seqzoo generate" not in report
+    assert "- **gru / text, seed 0** failed: `RuntimeError: diverged`" in report
+
+
 def test_a_spread_gives_the_seeds_range_unless_it_rounds_away():
     from seqzoo.lab.report import spread
 

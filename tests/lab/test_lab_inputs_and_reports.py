@@ -208,3 +208,88 @@ def test_strict_json_writes_every_non_finite_float_as_null():
     value = {"a": [1.5, float("nan"), (float("inf"), -float("inf"))], "b": {"c": float("nan"), "d": "NaN"}, "e": 3}
     assert json.loads(strict_json(value)) == {"a": [1.5, None, [None, None]], "b": {"c": None, "d": "NaN"}, "e": 3}
     assert strict_json({"x": 1.0}, indent=1) == json.dumps({"x": 1.0}, indent=1)
+
+
+@pytest.mark.parametrize("contexts", [[], [64], [0, 16], [64, 16], [16, 16, 64]])
+def test_the_lab_refuses_decode_contexts_it_cannot_compare_before_any_training(tmp_path, monkeypatch, contexts):
+    from seqzoo.lab import runner
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("the lab started training")
+
+    monkeypatch.setattr(runner, "run_jobs", no_training)
+    # (measured after every run had trained: [] failed on decode_contexts[0], [64] in the report's state line
+    # (one context: nothing to unpack), [0, 16] in generate() on an empty prompt -- the runs' results were lost)
+    with pytest.raises(ValueError, match=r"decode_contexts=.* is invalid: at least two increasing context lengths"):
+        run_lab(LabConfig.smoke(architectures=["rnn"], decode_contexts=contexts), tmp_path / "x")
+    assert not (tmp_path / "x").exists()
+
+
+def test_the_lab_refuses_settings_every_run_would_fail_on_before_any_training():
+    # (else every run failed on it, one by one, in its worker)
+    with pytest.raises(ValueError, match="warmup_steps=-1 is invalid: must be >= 0"):
+        LabConfig.smoke(warmup_steps=-1).validate()
+    LabConfig.smoke(warmup_steps=0).validate()
+    for symbols in (1, 0):
+        with pytest.raises(ValueError, match=f"symbols={symbols} is invalid: must be >= 2"):
+            LabConfig.smoke(symbols=symbols).validate()
+    with pytest.raises(ValueError, match=r"items=5, symbols=8 are invalid for associative_recall: items <= symbols "
+                                         r"// 2 distinct keys \(4 here\)"):
+        LabConfig.smoke(items=5).validate()
+    LabConfig.smoke(items=5, tasks=["copy"]).validate()  # (the other tasks take any number of items)
+
+
+def test_a_named_architecture_without_a_preset_is_refused_not_left_out(monkeypatch):
+    from seqzoo import registry
+
+    presets = registry.architecture_presets
+    monkeypatch.setattr(registry, "architecture_presets", lambda arch: [] if arch == "gru" else presets(arch))
+    # (a plugin's architecture without presets: named, it was dropped without a word and the lab ran without it)
+    with pytest.raises(ValueError, match="architecture 'gru' has no preset"):
+        lab_presets(["rnn", "gru"])
+    default = lab_presets()
+    assert "gru" not in default and default["rnn"] == "rnn-tiny"  # (by default: left out)
+
+
+@pytest.mark.parametrize("settings, refused", [
+    ({"tasks": ["copy", "recall"]}, r"unknown task 'recall'; allowed: copy"),  # (every run failed, one by one)
+    ({"distances": []}, r"distances=\[\] is invalid"),  # (max([]) once the folder had been prepared)
+    ({"distances": [0, 4]}, r"distances=\[0, 4\] is invalid"),
+    ({"text_steps": 0}, r"text_steps=0 is invalid: must be >= 1"),
+    ({"seed": -1}, r"seeds=\[-1\] is invalid"),
+    ({"workers": -2}, r"workers=-2 is invalid"),  # (else taken as one worker)
+])
+def test_the_sweep_checks_what_its_runs_share_with_the_lab(settings, refused):
+    from seqzoo.lab.sweep import SweepConfig
+
+    with pytest.raises(ValueError, match=refused):
+        SweepConfig(**settings).validate()
+
+
+def test_a_registered_architecture_without_a_language_model_head_is_not_called_unknown(capsys):
+    # (`seqzoo list` shows seq2seq; the lab said "unknown architecture 'seq2seq'. Registered: gru, ...")
+    with pytest.raises(ValueError, match=r"architecture 'seq2seq' has no causal-lm head, and the lab trains language "
+                                         r"models; those that have one: gru, .*`seqzoo lab seq2seq`"):
+        lab_presets(["lstm", "seq2seq"])
+    assert main(["lab", "gradients", "--architectures", "seq2seq"]) == 2
+    assert "has no causal-lm head" in capsys.readouterr().err
+
+
+def test_an_interrupted_sweep_marks_its_folder_so_that_the_same_process_can_replace_it(tmp_path, monkeypatch):
+    from seqzoo.lab import sweep
+    from seqzoo.lab.sweep import SweepConfig, run_sweep
+
+    def interrupted(jobs, workers, log, on_result, **kwargs):
+        on_result({"arch": "rnn", "task": "copy", "ok": True})
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(sweep, "run_jobs", interrupted)
+    out, cfg = tmp_path / "sweep", SweepConfig(architectures=["rnn"], tasks=["copy"], distances=[4])
+    with pytest.raises(KeyboardInterrupt):
+        run_sweep(cfg, out, log=lambda line: None)
+    # (it stayed "running" with this process's pid: refused, --force or not, "a lab still running (process N)")
+    assert json.loads((out / "results.json").read_text())["status"] == "interrupted"
+    with pytest.raises(ValueError, match="holds an unfinished sweep: .* 1 finished run"):
+        run_sweep(cfg, out, log=lambda line: None)
+    with pytest.raises(KeyboardInterrupt):
+        run_sweep(cfg, out, log=lambda line: None, force=True)

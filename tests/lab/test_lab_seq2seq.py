@@ -51,3 +51,26 @@ def test_the_command_line_offers_the_tasks_whose_sources_grow(capsys):
     with pytest.raises(SystemExit):
         main(["lab", "seq2seq", "--tasks", "dates"])
     assert "invalid choice: 'dates' (choose from 'reverse', 'copy', 'sort', 'digits')" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("settings, error", [
+    # (an empty list failed every run, then the report itself on min([]): the results were never written)
+    ({"source_lengths": {"reverse": [], "digits": [2]}}, r"source_lengths\['reverse'\]=\[\] is invalid"),
+    ({"source_lengths": {"reverse": [0, 4], "digits": [2]}}, r"source_lengths\['reverse'\]=\[0, 4\] is invalid"),
+    ({"source_lengths": {"reverse": [4, 4], "digits": [2]}}, r"a non-empty list of distinct integers >= 1"),
+    # (a misspelt "config" trained the preset unchanged, under the name the overrides were given)
+    ({"models": {"big": {"preset": "seq2seq-bahdanau-tiny", "confg": {"hidden_size": 64}}}},
+     r"model 'big': unknown key\(s\) 'confg'; a model takes 'preset' and optionally 'config'"),
+    ({"workers": -2}, r"workers=-2 is invalid: >= 1, or 0 for one per core"),  # (was taken as one worker)
+    ({"lr": float("nan")}, r"lr=nan is invalid: must be in \(0, 1\)"),  # (every run failed on it)
+    ({"symbols": 27}, r"symbols=27 is invalid: 2 to 26 letters"),
+    # (its evaluation set is named "dates", not "length=N": every run failed with an IndexError reading it)
+    ({"tasks": ["dates"], "source_lengths": {"dates": [4]}}, r"task 'dates' has sources of one length, which the "
+                                                             r"lab cannot grow; the lab's tasks: .*reverse"),
+    ({"models": {"b": "seq2seq-bahdanau-tiny"}}, r"model 'b': 'seq2seq-bahdanau-tiny' is invalid: a dict"),
+])
+def test_the_seq2seq_lab_refuses_settings_it_would_drop_or_fail_on(tmp_path, settings, error):
+    with pytest.raises(ValueError, match=error):
+        run_seq2seq_lab(Seq2SeqLabConfig.smoke(**settings), tmp_path / "x", log=lambda line: None)
+    assert not (tmp_path / "x").exists()
+    Seq2SeqLabConfig.smoke(models={"big": {"preset": "seq2seq-bahdanau-tiny", "config": {}}}).validate()
