@@ -19,11 +19,9 @@ Self-contained: :func:`run_bidirectional_lab` writes ``bidirectional.md``, ``bid
 
 from __future__ import annotations
 
-import multiprocessing
 import os
 import time
 import traceback
-from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -142,12 +140,6 @@ def run_job(job: dict[str, Any]) -> dict[str, Any]:
     return {**row, "seconds": time.perf_counter() - started, "cpu_seconds": time.process_time() - cpu}
 
 
-def _worker_setup() -> None:
-    from seqzoo.lab.seq2seq import _worker_setup as single_threaded_quiet
-
-    single_threaded_quiet()
-
-
 # ----------------------------------------------------------------------------------------------------------------
 # The whole lab.
 
@@ -162,7 +154,7 @@ def run_bidirectional_lab(cfg: BidirectionalLabConfig, out: str | Path, command:
     there is replaced only with ``force``)."""
     cfg.validate()
     presets = cfg.presets()
-    from seqzoo.lab.runner import check_report_folder, remove_previous_report
+    from seqzoo.lab.runner import check_report_folder, remove_previous_report, run_lab_jobs
 
     out = Path(out)
     check_report_folder(out, RESULTS_FILE, "bidirectional", force)
@@ -185,32 +177,14 @@ def run_bidirectional_lab(cfg: BidirectionalLabConfig, out: str | Path, command:
         log(f"[{len(runs):>2}/{len(jobs)}] {run['arch']:<7} {run['task']:<14} {run['direction']:<13} accuracy by "
             f"distance {figures} ({run['seconds']:.1f} s)")
 
-    if workers == 1:  # in this process: no worker to start (seconds saved in a smoke run)
-        import torch
-
-        # ... but as a worker would run it (the report says single-threaded, and a worker trains on the CPU)
-        threads, on_cpu = torch.get_num_threads(), os.environ.get("ACCELERATE_USE_CPU")
-        torch.set_num_threads(1)
-        os.environ["ACCELERATE_USE_CPU"] = "true"
-        try:
-            for job in jobs:
-                report(run_job(job))
-        finally:
-            torch.set_num_threads(threads)
-            if on_cpu is None:
-                os.environ.pop("ACCELERATE_USE_CPU", None)
-            else:
-                os.environ["ACCELERATE_USE_CPU"] = on_cpu
-    else:
-        with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
-                                 initializer=_worker_setup) as pool:
-            for future in as_completed([pool.submit(run_job, job) for job in jobs]):
-                report(future.result())
+    run_lab_jobs(run_job, jobs, workers, report)
     order = {(j["arch"], j["task"], j["direction"]): i for i, j in enumerate(jobs)}
     runs.sort(key=lambda run: order[(run["arch"], run["task"], run["direction"])])
     results = {"config": asdict(cfg), "presets": presets, "runs": runs, "workers": workers, "command": command,
                "seconds": time.perf_counter() - started}
     results["baselines"] = baselines(results["config"])
+    # The runs are kept before the report is drawn: a report that fails loses no training.
+    (out / RESULTS_FILE).write_text(strict_json(results, indent=1))
     results["markdown"] = write_report(results, out)
     (out / RESULTS_FILE).write_text(strict_json(results, indent=1))
     log(f"wrote {out / REPORT_FILE} in {results['seconds']:.0f} s")

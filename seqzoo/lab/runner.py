@@ -323,21 +323,54 @@ def run_jobs(jobs: list[dict[str, Any]], workers: int, log: Callable[[str], None
         log(f"[{len(results):>{len(str(len(jobs)))}}/{len(jobs)} {_clock(elapsed)}, ~{_clock(left)} left] "
             f"{result['arch']:<12} {what:<28} {_job_summary(result)}")
 
+    run_in_workers(run_job, jobs, workers, report, device=device, deadline=deadline, log=log)
+    return results
+
+
+def run_lab_jobs(run: Callable[[dict[str, Any]], dict[str, Any]], jobs: list[dict[str, Any]], workers: int,
+                 on_result: Callable[[dict[str, Any]], None]) -> None:
+    """:func:`run_in_workers`, or with one worker in this process (no worker to start: seconds saved in a smoke
+    run), as a worker would run them: one thread, on the CPU."""
+    if workers > 1:
+        run_in_workers(run, jobs, workers, on_result)
+        return
+    import torch
+
+    threads, on_cpu = torch.get_num_threads(), os.environ.get("ACCELERATE_USE_CPU")
+    torch.set_num_threads(1)
+    os.environ["ACCELERATE_USE_CPU"] = "true"
+    try:
+        for job in jobs:
+            on_result(run(job))
+    finally:
+        torch.set_num_threads(threads)
+        if on_cpu is None:
+            os.environ.pop("ACCELERATE_USE_CPU", None)
+        else:
+            os.environ["ACCELERATE_USE_CPU"] = on_cpu
+
+
+def run_in_workers(run: Callable[[dict[str, Any]], dict[str, Any]], jobs: list[dict[str, Any]], workers: int,
+                   on_result: Callable[[dict[str, Any]], None], *, device: str = "cpu", deadline: float | None = None,
+                   log: Callable[[str], None] = print) -> None:
+    """Call ``run(job)`` for every job on ``workers`` lab workers (:func:`_worker_setup`), handing each result to
+    ``on_result`` as it comes; ``run`` is a module-level function (the workers are spawned). Ctrl-C, or any failure
+    here, drops the queued jobs, stops the running ones now rather than after they finish, and re-raises. With a
+    ``deadline`` (a perf_counter time), jobs not started by then are dropped."""
     # spawn, not fork: a forked copy of a process that already ran torch threads can deadlock.
     pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"), initializer=_worker_setup,
                                initargs=(device,))
     try:
-        futures = [pool.submit(run_job, job) for job in jobs]
+        futures = [pool.submit(run, job) for job in jobs]
         for future in as_completed(futures):
             if future.cancelled():
                 continue
-            report(future.result())
+            on_result(future.result())
             if deadline is not None and time.perf_counter() > deadline:
                 dropped = sum(f.cancel() for f in futures)
                 log(f"deadline reached: {dropped} queued run(s) dropped")
                 deadline = None
     except BaseException:
-        # Ctrl-C (or any failure here): drop the queued runs and stop the running ones now, not after they finish.
         processes = list((getattr(pool, "_processes", None) or {}).values())
         pool.shutdown(wait=False, cancel_futures=True)
         for process in processes:
@@ -347,7 +380,6 @@ def run_jobs(jobs: list[dict[str, Any]], workers: int, log: Callable[[str], None
         pool.shutdown(wait=True)  # releases the pool's queues (else multiprocessing warns of leaked semaphores)
         raise
     pool.shutdown()
-    return results
 
 
 def _clock(seconds: float) -> str:

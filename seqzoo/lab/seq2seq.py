@@ -15,11 +15,9 @@ folder and returns the results with the Markdown section under ``"markdown"``, f
 
 from __future__ import annotations
 
-import multiprocessing
 import os
 import time
 import traceback
-from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -186,21 +184,6 @@ def run_job(job: dict[str, Any]) -> dict[str, Any]:
     return {**row, "seconds": time.perf_counter() - started, "cpu_seconds": time.process_time() - cpu_started}
 
 
-def _worker_setup() -> None:
-    # One thread per worker: tiny models do not use two threads well, and every figure stays independent of how
-    # runs were scheduled. Library log lines would interleave between runs.
-    import logging
-
-    import torch
-    from transformers.utils import logging as hf_logging
-
-    os.environ["ACCELERATE_USE_CPU"] = "true"
-    torch.set_num_threads(1)
-    hf_logging.set_verbosity_error()
-    hf_logging.disable_progress_bar()
-    logging.getLogger("seqzoo.training").setLevel(logging.ERROR)
-
-
 # ----------------------------------------------------------------------------------------------------------------
 # The whole seq2seq lab.
 
@@ -214,7 +197,7 @@ def run_seq2seq_lab(cfg: Seq2SeqLabConfig, out: str | Path, log: Callable[[str],
     """Train every model on every task, then write the report section and its figures into ``out`` (a finished
     report there is replaced only with ``force``)."""
     cfg.validate()
-    from seqzoo.lab.runner import check_report_folder, remove_previous_report
+    from seqzoo.lab.runner import check_report_folder, remove_previous_report, run_lab_jobs
 
     out = Path(out)
     check_report_folder(out, RESULTS_FILE, "seq2seq", force)
@@ -229,21 +212,23 @@ def run_seq2seq_lab(cfg: Seq2SeqLabConfig, out: str | Path, log: Callable[[str],
     workers = cfg.worker_count(len(jobs))
     log(f"seqzoo lab seq2seq: {len(cfg.models)} models x {len(cfg.tasks)} task(s), {len(jobs)} training runs on "
         f"{workers} worker(s) -> {out}")
-    runs = []
-    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
-                             initializer=_worker_setup) as pool:
-        for future in as_completed([pool.submit(run_job, job) for job in jobs]):
-            run = future.result()
-            runs.append(run)
-            figures = (" ".join(f"{n}:{a:.2f}" for n, a in sorted(run["accuracy"].items())) if run["ok"]
-                       else f"FAILED: {run['error']}")
-            log(f"[{len(runs):>2}/{len(jobs)}] {run['model']:<14} {run['task']:<8} exact match by length {figures} "
-                f"({run['seconds']:.1f} s)")
+    runs: list[dict[str, Any]] = []
+
+    def report(run: dict[str, Any]) -> None:
+        runs.append(run)
+        figures = (" ".join(f"{n}:{a:.2f}" for n, a in sorted(run["accuracy"].items())) if run["ok"]
+                   else f"FAILED: {run['error']}")
+        log(f"[{len(runs):>2}/{len(jobs)}] {run['model']:<14} {run['task']:<8} exact match by length {figures} "
+            f"({run['seconds']:.1f} s)")
+
+    run_lab_jobs(run_job, jobs, workers, report)
     order = {(j["model"], j["task"]): i for i, j in enumerate(sorted(jobs, key=lambda j: (
         cfg.tasks.index(j["task"]), list(cfg.models).index(j["model"]))))}
     runs.sort(key=lambda run: order[(run["model"], run["task"])])
     results = {"config": asdict(cfg), "runs": runs, "workers": workers,
                "seconds": time.perf_counter() - started}
+    # The runs are kept before the report is drawn: a report that fails loses no training.
+    (out / RESULTS_FILE).write_text(strict_json(results, indent=1))
     results["markdown"] = write_report(results, out)
     (out / RESULTS_FILE).write_text(strict_json(results, indent=1))
     log(f"wrote {out / REPORT_FILE} in {results['seconds']:.0f} s")

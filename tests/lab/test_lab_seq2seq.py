@@ -74,3 +74,18 @@ def test_the_seq2seq_lab_refuses_settings_it_would_drop_or_fail_on(tmp_path, set
         run_seq2seq_lab(Seq2SeqLabConfig.smoke(**settings), tmp_path / "x", log=lambda line: None)
     assert not (tmp_path / "x").exists()
     Seq2SeqLabConfig.smoke(models={"big": {"preset": "seq2seq-bahdanau-tiny", "config": {}}}).validate()
+
+
+def test_a_report_that_fails_loses_none_of_the_runs(tmp_path, monkeypatch):
+    # The results were written after the report: a report that failed (a plot, a full disk) lost every run.
+    import seqzoo.lab.seq2seq as lab
+
+    def broken(results, out):
+        raise RuntimeError("the report failed")
+
+    monkeypatch.setattr(lab, "write_report", broken)
+    cfg = Seq2SeqLabConfig.smoke(tasks=["reverse"], workers=1, models={"plain": {"preset": "seq2seq-sutskever-tiny"}})
+    with pytest.raises(RuntimeError, match="the report failed"):
+        run_seq2seq_lab(cfg, tmp_path / "s2s", log=lambda line: None)
+    kept = json.loads((tmp_path / "s2s" / RESULTS_FILE).read_text())
+    assert [(run["model"], run["ok"]) for run in kept["runs"]] == [("plain", True)]
