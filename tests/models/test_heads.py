@@ -372,6 +372,24 @@ def test_a_pooling_set_after_the_model_was_built_is_checked():
         model(ids)
 
 
+@pytest.mark.parametrize("task", sorted(HEADS))
+def test_a_number_of_labels_set_after_the_model_was_built_is_checked(task):
+    model = HEADS[task].from_config(tiny_config(FAMILIES["gru"], num_labels=3)).eval()
+    ids = torch.randint(3, 90, (2, 5))
+    labels = torch.zeros(2, dtype=torch.long) if task == "sequence-classification" else torch.zeros_like(ids)
+    model.config.id2label = {0: "no", 1: "yes"}  # (sets num_labels: the loss read 2, torch's shape error followed)
+    with pytest.raises(ValueError, match=r"config.num_labels=2, but this model's score was built for 3 labels"):
+        model(ids, labels=labels)
+    model.config.num_labels = 3
+    assert model(ids, labels=labels).logits.shape[-1] == 3
+
+
+def test_token_labels_that_are_not_a_tensor_are_refused_by_name():
+    model = HEADS["token-classification"].from_config(tiny_config(FAMILIES["gru"], num_labels=3)).eval()
+    with pytest.raises(TypeError, match="labels must be a tensor; got list"):  # (was an AttributeError on .shape)
+        model(torch.randint(3, 90, (2, 5)), labels=[[0] * 5] * 2)
+
+
 def test_float_targets_keep_float32_under_half_precision_logits():
     model = HEADS["sequence-classification"].from_config(tiny_config(FAMILIES["transformer"], num_labels=1)).eval()
     labels = torch.tensor([70000.0, 12345.0])  # inf, and 12352, in float16 / bfloat16
