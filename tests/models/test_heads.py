@@ -327,7 +327,8 @@ def test_token_labels_must_be_integers():
     for bad in (3, -1):
         labels = ids % 3
         labels[1, 2] = bad
-        with pytest.raises(ValueError, match=rf"labels contain {bad}: labels must be class indices in \[0, num_labels=3\)"):
+        with pytest.raises(ValueError,
+                           match=rf"labels contain {bad}: labels must be class indices in \[0, num_labels=3\)"):
             model(ids, labels=labels)
 
 
@@ -388,6 +389,28 @@ def test_token_labels_that_are_not_a_tensor_are_refused_by_name():
     model = HEADS["token-classification"].from_config(tiny_config(FAMILIES["gru"], num_labels=3)).eval()
     with pytest.raises(TypeError, match="labels must be a tensor; got list"):  # (was an AttributeError on .shape)
         model(torch.randint(3, 90, (2, 5)), labels=[[0] * 5] * 2)
+
+
+def test_sequence_labels_that_are_not_real_tensors_are_refused_by_name():
+    model = HEADS["sequence-classification"].from_config(tiny_config(FAMILIES["gru"], num_labels=3)).eval()
+    ids = torch.randint(3, 90, (2, 5))
+    with pytest.raises(TypeError, match="labels must be a tensor; got list"):
+        model(ids, labels=[0, 1])
+    model.config.problem_type = "regression"
+    with pytest.raises(ValueError, match="labels must be real numbers; got dtype torch.complex64"):
+        model(ids, labels=torch.zeros(2, 3, dtype=torch.complex64))
+
+
+def test_without_a_mask_or_a_pad_token_every_position_is_pooled():
+    # (transformers' rule, the last token that is not the pad token, needs a pad token: without one, and with
+    # embeddings instead of ids, every position is a real token)
+    model = HEADS["sequence-classification"].from_config(
+        tiny_config(FAMILIES["gru"], num_labels=3, pad_token_id=None, classifier_pooling="mean")).eval()
+    ids = torch.randint(3, 90, (2, 5))
+    hidden = model.model(ids).last_hidden_state
+    torch.testing.assert_close(model(ids).logits, model.score(hidden.mean(1)))
+    embeds = model.get_input_embeddings()(ids)
+    torch.testing.assert_close(model(inputs_embeds=embeds).logits, model.score(hidden.mean(1)))
 
 
 def test_float_targets_keep_float32_under_half_precision_logits():
