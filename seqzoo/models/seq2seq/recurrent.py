@@ -281,5 +281,5 @@ class RecurrentDecoder(DecoderStack):
         return torch.cat(outputs, dim=1), states, attention_state, torch.cat(all_weights, dim=1)
 
 
-__all__ = ["Bridge", "CheckpointedStack", "DecoderStack", "RecurrentDecoder", "RecurrentEncoder", "check_sources_not_empty",
-           "recurrent_layer"]
+__all__ = ["Bridge", "CheckpointedStack", "DecoderStack", "RecurrentDecoder", "RecurrentEncoder",
+           "check_sources_not_empty", "recurrent_layer"]
