@@ -214,6 +214,9 @@ def test_a_bidirectional_model_encodes_but_cannot_generate(preset):
     with pytest.raises(ValueError, match="keeps no decoding cache"):
         model.model(torch.tensor([PROMPTS[0]]), use_cache=True)
     assert output_cache(model.model(torch.tensor([PROMPTS[0]]))) is None  # not even from a config's use_cache=True
+    # A cache passed in was advanced but never read by the layers, silently (each call computed its rows alone).
+    with pytest.raises(ValueError, match="is bidirectional: .* keeps no decoding cache; do not pass a cache"):
+        model.model(torch.tensor([PROMPTS[0]]), cache=seqzoo.SeqzooCache.for_model(model.config))
     ids, mask = left_pad(PROMPTS)
     logits = model(ids, attention_mask=mask).logits
     for row, prompt in enumerate(PROMPTS):
