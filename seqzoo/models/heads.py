@@ -44,6 +44,15 @@ class _ClassifierHead(SeqzooPreTrainedModel):
         if kwargs.pop("use_cache", None):
             raise ValueError(f"{type(self).__name__} keeps no decoding cache: use_cache must be None or False")
         check_kwargs(kwargs, forward_parameters(self), f"{type(self).__name__}.forward")
+        scores = getattr(self.score, "out_features", None)  # (None where an adapter wraps the score)
+        if isinstance(scores, int) and self.config.num_labels != scores:
+            # (set since the model was built, perhaps through config.id2label: the loss reads config.num_labels, and
+            # would fail with torch's shape error, pipelines would name labels the score does not give)
+            raise ValueError(
+                f"config.num_labels={self.config.num_labels}, but this model's score was built for {scores} labels; "
+                f"build or load the model with num_labels={self.config.num_labels} (from_pretrained(..., "
+                "num_labels=N, ignore_mismatched_sizes=True) gives a loaded one a new score)"
+            )
         if input_ids is not None and input_ids.dim() == 2 and input_ids.shape[1]:
             # Without a mask, padding is read as tokens by the layers (a bidirectional encoder's right-to-left pass
             # starts in it; a causal model runs through left padding): said once, as transformers' heads say it.
@@ -143,6 +152,8 @@ class SeqzooForTokenClassification(_ClassifierHead):
         logits = self.score(self.dropout(outputs.last_hidden_state))  # (B, T, num_labels)
         loss = None
         if labels is not None:
+            if not isinstance(labels, torch.Tensor):
+                raise TypeError(f"labels must be a tensor; got {type(labels).__name__}")
             if labels.shape != logits.shape[:2]:
                 raise ValueError(f"labels must have shape {tuple(logits.shape[:2])} (batch, sequence_length); got "
                                  f"{tuple(labels.shape)}")

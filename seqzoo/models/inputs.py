@@ -203,6 +203,9 @@ def _prepare_cache(model: nn.Module, cache: Any, use_cache: bool, batch: int) ->
     a new one when caching, else None."""
     if cache is None:
         return SeqzooCache.for_model(model.config) if use_cache else None
+    if not model.config.capabilities.can_generate:  # (its layers read no state: the cache was advanced, unread)
+        raise ValueError(f"{type(model).__name__} is bidirectional: it reads the whole sequence at once and keeps no "
+                         "decoding cache; do not pass a cache")
     if not isinstance(cache, SeqzooCache):
         raise ValueError(
             f"cache must be a seqzoo SeqzooCache (what this model returns, or SeqzooCache.for_model(model)); got "

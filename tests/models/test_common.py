@@ -401,6 +401,29 @@ def test_gradient_checkpointing_gives_the_same_gradients(family_preset):
     assert calls.count(1) == 2 and calls.count(2) == 1  # layer 0 run again in the backward pass, layer 1 not
 
 
+@pytest.mark.parametrize("preset", ["rnn-tiny", "lstm-tiny", "gru-tiny"])
+def test_a_cache_continued_under_reentrant_checkpointing_keeps_its_gradient(preset):
+    # A reentrant checkpoint carries gradients through its positional tensors only: the classic layers' states, once
+    # handed back in a dict, reached the next call's cache with no gradient path into the first call's layers.
+    torch.manual_seed(1)
+    ids = torch.randint(3, 90, (2, 6))
+
+    def gradients(**checkpointing):
+        model = tiny_model(preset).train()
+        if checkpointing:
+            model.activation_checkpointing_enable(checkpointing)
+        first = model(ids[:, :3], use_cache=True)
+        model(ids[:, 3:], cache=output_cache(first), labels=ids[:, 3:]).loss.backward()
+        return {n: p.grad for n, p in model.named_parameters() if p.grad is not None}
+
+    plain = gradients()
+    for reentrant in (True, False):
+        checkpointed = gradients(use_reentrant=reentrant)
+        assert plain.keys() == checkpointed.keys()
+        for name in plain:
+            torch.testing.assert_close(checkpointed[name], plain[name], rtol=1e-5, atol=1e-6, msg=name)
+
+
 def test_device_is_the_first_parameters(family_preset):
     # seqzoo finds the first parameter without transformers' parameter generator; the answer must be the same,
     # with parameters spread over devices too (the meta device stands in for a second one).

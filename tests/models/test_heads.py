@@ -214,6 +214,9 @@ def test_a_bidirectional_model_encodes_but_cannot_generate(preset):
     with pytest.raises(ValueError, match="keeps no decoding cache"):
         model.model(torch.tensor([PROMPTS[0]]), use_cache=True)
     assert output_cache(model.model(torch.tensor([PROMPTS[0]]))) is None  # not even from a config's use_cache=True
+    # A cache passed in was advanced but never read by the layers, silently (each call computed its rows alone).
+    with pytest.raises(ValueError, match="is bidirectional: .* keeps no decoding cache; do not pass a cache"):
+        model.model(torch.tensor([PROMPTS[0]]), cache=seqzoo.SeqzooCache.for_model(model.config))
     ids, mask = left_pad(PROMPTS)
     logits = model(ids, attention_mask=mask).logits
     for row, prompt in enumerate(PROMPTS):
@@ -327,7 +330,8 @@ def test_token_labels_must_be_integers():
     for bad in (3, -1):
         labels = ids % 3
         labels[1, 2] = bad
-        with pytest.raises(ValueError, match=rf"labels contain {bad}: labels must be class indices in \[0, num_labels=3\)"):
+        with pytest.raises(ValueError,
+                           match=rf"labels contain {bad}: labels must be class indices in \[0, num_labels=3\)"):
             model(ids, labels=labels)
 
 
@@ -370,6 +374,46 @@ def test_a_pooling_set_after_the_model_was_built_is_checked():
     model.config.classifier_pooling = "mean"  # half the width the score was built for: torch's matmul error
     with pytest.raises(ValueError, match=r"pools 64 features, but this model's score was built for 128"):
         model(ids)
+
+
+@pytest.mark.parametrize("task", sorted(HEADS))
+def test_a_number_of_labels_set_after_the_model_was_built_is_checked(task):
+    model = HEADS[task].from_config(tiny_config(FAMILIES["gru"], num_labels=3)).eval()
+    ids = torch.randint(3, 90, (2, 5))
+    labels = torch.zeros(2, dtype=torch.long) if task == "sequence-classification" else torch.zeros_like(ids)
+    model.config.id2label = {0: "no", 1: "yes"}  # (sets num_labels: the loss read 2, torch's shape error followed)
+    with pytest.raises(ValueError, match=r"config.num_labels=2, but this model's score was built for 3 labels"):
+        model(ids, labels=labels)
+    model.config.num_labels = 3
+    assert model(ids, labels=labels).logits.shape[-1] == 3
+
+
+def test_token_labels_that_are_not_a_tensor_are_refused_by_name():
+    model = HEADS["token-classification"].from_config(tiny_config(FAMILIES["gru"], num_labels=3)).eval()
+    with pytest.raises(TypeError, match="labels must be a tensor; got list"):  # (was an AttributeError on .shape)
+        model(torch.randint(3, 90, (2, 5)), labels=[[0] * 5] * 2)
+
+
+def test_sequence_labels_that_are_not_real_tensors_are_refused_by_name():
+    model = HEADS["sequence-classification"].from_config(tiny_config(FAMILIES["gru"], num_labels=3)).eval()
+    ids = torch.randint(3, 90, (2, 5))
+    with pytest.raises(TypeError, match="labels must be a tensor; got list"):
+        model(ids, labels=[0, 1])
+    model.config.problem_type = "regression"
+    with pytest.raises(ValueError, match="labels must be real numbers; got dtype torch.complex64"):
+        model(ids, labels=torch.zeros(2, 3, dtype=torch.complex64))
+
+
+def test_without_a_mask_or_a_pad_token_every_position_is_pooled():
+    # (transformers' rule, the last token that is not the pad token, needs a pad token: without one, and with
+    # embeddings instead of ids, every position is a real token)
+    model = HEADS["sequence-classification"].from_config(
+        tiny_config(FAMILIES["gru"], num_labels=3, pad_token_id=None, classifier_pooling="mean")).eval()
+    ids = torch.randint(3, 90, (2, 5))
+    hidden = model.model(ids).last_hidden_state
+    torch.testing.assert_close(model(ids).logits, model.score(hidden.mean(1)))
+    embeds = model.get_input_embeddings()(ids)
+    torch.testing.assert_close(model(inputs_embeds=embeds).logits, model.score(hidden.mean(1)))
 
 
 def test_float_targets_keep_float32_under_half_precision_logits():

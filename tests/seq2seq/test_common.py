@@ -4,6 +4,7 @@ the same checks -- gradients, labels, caches, generation, padding, attention wei
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 import torch
@@ -724,3 +725,47 @@ def test_labels_shift_with_the_configured_pad_and_are_checked_against_the_decode
     with pytest.raises(ValueError, match=r"labels of shape \(6, 2\) do not fit the decoder inputs of shape \(3, 4\)"):
         model(ids, attention_mask=mask, decoder_input_ids=torch.randint(3, 99, (3, 4)),
               labels=torch.randint(3, 99, (6, 2)))
+
+
+def test_a_source_mask_beside_encoder_outputs_is_checked_for_0_and_1(preset):
+    # The encoder, which checks the mask's values, is not run when encoder_outputs are passed: a mask of 2s or 0.5s
+    # was read as 1 wherever it was not 0.
+    model = tiny_model(preset)
+    ids, mask = padded()
+    target = torch.randint(3, 99, (3, 4))
+    encoded = model.get_encoder()(input_ids=ids, attention_mask=mask)
+    for bad, shown in ((mask * 2, "2"), (mask * 0.5, "0.5")):
+        with pytest.raises(ValueError, match=f"attention_mask must hold 1 .* and 0 .* only; found {shown}"):
+            model(attention_mask=bad, encoder_outputs=encoded, decoder_input_ids=target)
+    want = model(ids, attention_mask=mask, decoder_input_ids=target).logits
+    got = model(attention_mask=mask.float(), encoder_outputs=encoded, decoder_input_ids=target).logits
+    torch.testing.assert_close(got, want)
+
+
+def test_a_final_state_that_is_not_the_encoders_is_refused_by_shape():
+    # (was torch's matmul or "Input batch size 3 doesn't match hidden0 batch size 1" deep in the decoder's cell)
+    model = tiny_model("seq2seq-sutskever-tiny")
+    ids, mask = padded()
+    target = torch.randint(3, 99, (3, 4))
+    encoded = model.get_encoder()(input_ids=ids, attention_mask=mask)
+    final = encoded.final_state  # (B, layers, F)
+    for bad in (final[:1], final[..., :3], final[:, :1] if final.shape[1] > 1 else final.repeat(1, 2, 1)):
+        with pytest.raises(ValueError, match=rf"final_state of shape {re.escape(str(tuple(bad.shape)))} is not "
+                                             rf"this model's encoder's final state .* expected "
+                                             rf"{re.escape(str(tuple(final.shape)))}"):
+            model(attention_mask=mask, encoder_outputs=(encoded.last_hidden_state, bad), decoder_input_ids=target)
+    with pytest.raises(ValueError, match=r"bridge='copy' .* encoder_outputs passed hold none \(final_state\)"):
+        model(attention_mask=mask, encoder_outputs=(encoded.last_hidden_state,), decoder_input_ids=target)
+
+
+def test_labels_need_a_start_token_and_a_pad_token_for_their_ignored_positions():
+    ids, mask = padded()
+    labels = torch.tensor([[7, -100, 8, 9], [7, 8, 9, 10], [7, 8, 9, -100]])
+    with pytest.raises(ValueError, match=r"decoder_start_token_id \(or bos_token_id\) must be set"):
+        tiny_model("seq2seq-bahdanau-tiny", bos_token_id=None, decoder_start_token_id=None)(
+            ids, attention_mask=mask, labels=labels)
+    model = tiny_model("seq2seq-bahdanau-tiny", pad_token_id=None)
+    with pytest.raises(ValueError, match=r"labels hold -100 .* set config.pad_token_id"):
+        model(ids, attention_mask=mask, labels=labels)
+    labels[0, 1] = 6  # (a last -100 is not shifted in)
+    assert torch.isfinite(model(ids, attention_mask=mask, labels=labels).loss)

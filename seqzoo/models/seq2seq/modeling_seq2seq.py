@@ -41,7 +41,7 @@ from seqzoo.models.generation import (
     mark_beam_search_cache,
     refuse_continuous_batching,
 )
-from seqzoo.models.inputs import check_label_range, prepare_inputs, resolve_output_flags
+from seqzoo.models.inputs import check_label_range, check_mask_values, prepare_inputs, resolve_output_flags
 from seqzoo.models.modeling_utils import SeqzooPreTrainedModel, forward_parameters
 
 from .configuration_seq2seq import Seq2SeqConfig
@@ -241,6 +241,9 @@ def _source_mask(attention_mask: torch.Tensor | None, memory: torch.Tensor) -> t
     if attention_mask.shape != memory.shape[:2]:
         raise ValueError(f"attention_mask of shape {tuple(attention_mask.shape)} does not fit the source of shape "
                          f"{tuple(memory.shape[:2])}: pass the source's (batch, source_length) 0/1 mask")
+    # (its values are checked here too: the encoder, which checks them, is not run when encoder_outputs are passed)
+    if not torch.compiler.is_compiling() and check_mask_values(attention_mask):
+        return None
     mask = attention_mask.to(torch.bool)
     if not torch.compiler.is_compiling() and bool(mask.all()):
         return None

@@ -150,7 +150,7 @@ class Bridge(nn.Module):
         super().__init__()
         self.kind, self.hidden_size = config.bridge, config.hidden_size
         self.names = STATE_NAMES[config.decoder_type]
-        source_width = len(STATE_NAMES[config.encoder_type]) * config.annotation_size
+        self.source_width = source_width = len(STATE_NAMES[config.encoder_type]) * config.annotation_size
         self.projections = (nn.ModuleList(nn.Linear(source_width, len(self.names) * config.hidden_size)
                                           for _ in range(config.num_decoder_layers))
                             if self.kind == "projection" else None)
@@ -163,6 +163,12 @@ class Bridge(nn.Module):
         if final_state is None:
             raise ValueError(f"bridge={self.kind!r} starts the decoder from the encoder's final states, but the "
                              "encoder_outputs passed hold none (final_state); pass what the model's encoder returned")
+        expected = (memory.shape[0], self.num_layers, self.source_width)
+        if not isinstance(final_state, torch.Tensor) or tuple(final_state.shape) != expected:
+            shape = tuple(final_state.shape) if isinstance(final_state, torch.Tensor) else type(final_state).__name__
+            raise ValueError(f"encoder_outputs.final_state of shape {shape} is not this model's encoder's final state "
+                             f"for this source: expected {expected} (batch, num_hidden_layers, the named states of "
+                             "every direction side by side); pass what the model's encoder returned")
         states = []
         for idx in range(self.num_layers):
             source = final_state[:, idx]  # (B, F)
@@ -275,5 +281,5 @@ class RecurrentDecoder(DecoderStack):
         return torch.cat(outputs, dim=1), states, attention_state, torch.cat(all_weights, dim=1)
 
 
-__all__ = ["Bridge", "CheckpointedStack", "DecoderStack", "RecurrentDecoder", "RecurrentEncoder", "check_sources_not_empty",
-           "recurrent_layer"]
+__all__ = ["Bridge", "CheckpointedStack", "DecoderStack", "RecurrentDecoder", "RecurrentEncoder",
+           "check_sources_not_empty", "recurrent_layer"]
