@@ -227,10 +227,10 @@ def train(recipe: Recipe, *, resume: str | Path | bool | None = None, dataset: A
         if run_dir.is_symlink():  # (shutil.rmtree refuses one with an error naming no path)
             raise ValueError(f"--force would delete {str(run_dir)!r}, a symbolic link to {str(run_dir.resolve())!r}; "
                              "pass the folder itself as output_dir, or an output_dir of its own")
-        if accelerator.is_main_process:
-            shutil.rmtree(run_dir)
-    # Every process has looked at the folder before any writes to it (or the main process deletes it).
-    accelerator.wait_for_everyone()
+    delete = not resume and occupied and force and accelerator.is_main_process
+    # Every process has looked at the folder before any writes to it (or the main process deletes it); a deletion
+    # that fails stops every process, not the main one alone while the others wait at the next barrier.
+    on_every_process(accelerator, lambda: shutil.rmtree(run_dir) if delete else None)
     if resume is True and not list_checkpoints(run_dir):
         if not run_dir.exists():  # (starting again here would leave the run's checkpoints where they are)
             raise ValueError(
