@@ -521,6 +521,16 @@ def test_encoder_outputs_as_a_tuple_and_outputs_as_tuples(preset):
     loss, logits, *_ = model(ids, attention_mask=mask, decoder_input_ids=target, labels=target, return_dict=False)
     torch.testing.assert_close(logits, want)
     assert torch.isfinite(loss)
+    # The encoder's own tuple (return_dict=False, as transformers' encoders give it): the fields set, in order; a
+    # Transformer encoder's hidden states came second, where a recurrent one's final state goes, and were taken for it.
+    full = model(ids, attention_mask=mask, decoder_input_ids=target, output_hidden_states=True)
+    returned = model.get_encoder()(input_ids=ids, attention_mask=mask, output_hidden_states=True, return_dict=False)
+    assert type(returned) is tuple and len(returned) == (2 if model.config.is_transformer else 3)
+    again = model(attention_mask=mask, encoder_outputs=returned, decoder_input_ids=target, output_hidden_states=True)
+    torch.testing.assert_close(again.logits, want)
+    assert len(again.encoder_hidden_states) == len(full.encoder_hidden_states) == model.config.num_hidden_layers + 1
+    with pytest.raises(ValueError, match=r"encoder_outputs as a tuple must be \(last_hidden_state\[, final_state\]"):
+        model(attention_mask=mask, encoder_outputs=(*returned, (), ()), decoder_input_ids=target)
 
 
 def test_tuple_outputs_keep_every_output_asked_for(preset):

@@ -56,7 +56,8 @@ class AttentionMap:
         """A table: one row per target token, one column per source token, and each row's favourite."""
         width = max(digits + 2, *(len(token) for token in self.source_tokens))
         label = max(6, *(len(token) for token in self.target_tokens))
-        lines = [" " * label + " | " + " ".join(token.rjust(width) for token in self.source_tokens) + " | attends most to"]
+        sources = " ".join(token.rjust(width) for token in self.source_tokens)
+        lines = [" " * label + " | " + sources + " | attends most to"]
         lines.append("-" * len(lines[0]))
         for row, (target, source, weight) in zip(self.weights.tolist(), self.favourite()):
             cells = " ".join(f"{w:.{digits}f}".rjust(width) for w in row)

@@ -176,7 +176,7 @@ class Seq2SeqModel(Seq2SeqPreTrainedModel):
         if encoder_outputs is None:
             encoder_outputs = self.encoder(input_ids=input_ids, attention_mask=attention_mask,
                                            inputs_embeds=inputs_embeds, output_attentions=output_attentions,
-                                           output_hidden_states=output_hidden_states)
+                                           output_hidden_states=output_hidden_states, return_dict=True)
         encoder_outputs = _as_encoder_output(encoder_outputs)
         memory = encoder_outputs.last_hidden_state  # (B, S, D)
         width = self.config.hidden_size if self.config.is_transformer else self.config.annotation_size
@@ -228,8 +228,18 @@ def _as_encoder_output(encoder_outputs: Any) -> Seq2SeqEncoderOutput:
     if isinstance(encoder_outputs, Seq2SeqEncoderOutput):
         return encoder_outputs
     if isinstance(encoder_outputs, (tuple, list)) and encoder_outputs and torch.is_tensor(encoder_outputs[0]):
-        fields = ("last_hidden_state", "final_state", "hidden_states", "attentions")
-        return Seq2SeqEncoderOutput(**dict(zip(fields, encoder_outputs)))
+        # The encoder's tuple holds the fields that are set, in order: a recurrent encoder's final state is a tensor,
+        # the per-layer fields are tuples (a Transformer encoder's hidden states came second, read as a final state).
+        first, *rest = encoder_outputs
+        fields: dict[str, Any] = {"last_hidden_state": first}
+        if rest and (rest[0] is None or torch.is_tensor(rest[0])):
+            fields["final_state"] = rest.pop(0)
+        if len(rest) > 2 or not all(value is None or isinstance(value, (tuple, list)) for value in rest):
+            raise ValueError("encoder_outputs as a tuple must be (last_hidden_state[, final_state][, hidden_states]"
+                             f"[, attentions]), as this model's encoder returns it; got {len(encoder_outputs)} values "
+                             f"of types {', '.join(type(value).__name__ for value in encoder_outputs)}")
+        fields.update(zip(("hidden_states", "attentions"), rest))
+        return Seq2SeqEncoderOutput(**fields)
     raise ValueError(f"encoder_outputs must be what this model's encoder returned (a Seq2SeqEncoderOutput, or the "
                      f"tuple (last_hidden_state, final_state)); got {type(encoder_outputs).__name__}")
 

@@ -25,6 +25,7 @@ from torch import nn
 
 from seqzoo.layers.recurrent import RECURRENT_MIXERS
 from seqzoo.layers.seq2seq_attention import SourceAttention
+from seqzoo.models.compat import as_returned
 from seqzoo.models.inputs import ForwardInputs, prepare_inputs
 
 from .configuration_seq2seq import STATE_NAMES, Seq2SeqConfig
@@ -116,7 +117,7 @@ class RecurrentEncoder(CheckpointedStack):
         output_attentions: bool | None = None,
         output_hidden_states: bool | None = None,
         return_dict: bool | None = None,
-    ) -> Seq2SeqEncoderOutput:
+    ) -> Seq2SeqEncoderOutput | tuple:
         inputs = prepare_inputs(self, input_ids, inputs_embeds, attention_mask, None, False)
         mask = inputs.padding_mask  # (B, S) bool, None when nothing is padded
         check_sources_not_empty(mask)
@@ -137,8 +138,9 @@ class RecurrentEncoder(CheckpointedStack):
             hidden_states = self.dropout(output)
             if output_hidden_states:
                 all_hidden_states += (hidden_states,)
-        return Seq2SeqEncoderOutput(last_hidden_state=hidden_states, final_state=torch.stack(finals, dim=1),
-                                    hidden_states=all_hidden_states)
+        output = Seq2SeqEncoderOutput(last_hidden_state=hidden_states, final_state=torch.stack(finals, dim=1),
+                                      hidden_states=all_hidden_states)
+        return as_returned(self, output, return_dict)  # (a tuple of the fields set when return_dict is False)
 
 
 class Bridge(nn.Module):

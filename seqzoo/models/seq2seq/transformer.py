@@ -21,6 +21,7 @@ from seqzoo.cache import check_kv_dtype
 from seqzoo.layers.mlp import MLP
 from seqzoo.layers.positions import SinusoidalPositions
 from seqzoo.layers.seq2seq_attention import MultiHeadAttention
+from seqzoo.models.compat import as_returned
 from seqzoo.models.inputs import ForwardInputs, position_ids_from_mask, prepare_inputs
 
 from .configuration_seq2seq import Seq2SeqConfig
@@ -123,7 +124,7 @@ class TransformerEncoder(_Embedding):
         output_attentions: bool | None = None,
         output_hidden_states: bool | None = None,
         return_dict: bool | None = None,
-    ) -> Seq2SeqEncoderOutput:
+    ) -> Seq2SeqEncoderOutput | tuple:
         inputs = prepare_inputs(self, input_ids, inputs_embeds, attention_mask, None, False)
         mask = inputs.padding_mask
         check_sources_not_empty(mask)
@@ -138,8 +139,9 @@ class TransformerEncoder(_Embedding):
                 all_hidden_states += (hidden_states,)
             if output_attentions:
                 all_attentions += (weights,)
-        return Seq2SeqEncoderOutput(last_hidden_state=hidden_states, hidden_states=all_hidden_states,
-                                    attentions=all_attentions)
+        output = Seq2SeqEncoderOutput(last_hidden_state=hidden_states, hidden_states=all_hidden_states,
+                                      attentions=all_attentions)
+        return as_returned(self, output, return_dict)  # (a tuple of the fields set when return_dict is False)
 
 
 class TransformerDecoder(_Embedding, DecoderStack):
