@@ -168,16 +168,8 @@ def run_bidirectional_lab(cfg: BidirectionalLabConfig, out: str | Path, command:
     workers = cfg.worker_count(len(jobs))
     log(f"seqzoo lab bidirectional: {len(presets)} architectures x {len(cfg.tasks)} task(s) x 2 directions, "
         f"{len(jobs)} training runs on {workers} worker(s) -> {out}")
-    runs: list[dict[str, Any]] = []
-
-    def report(run: dict[str, Any]) -> None:
-        runs.append(run)
-        figures = (" ".join(f"{d}:{a:.2f}" for d, a in sorted(run["accuracy"].items())) if run["ok"]
-                   else f"FAILED: {run['error']}")
-        log(f"[{len(runs):>2}/{len(jobs)}] {run['arch']:<7} {run['task']:<14} {run['direction']:<13} accuracy by "
-            f"distance {figures} ({run['seconds']:.1f} s)")
-
-    run_lab_jobs(run_job, jobs, workers, report)
+    runs = run_lab_jobs(run_job, jobs, workers, log, lambda run: f"{run['arch']:<7} {run['task']:<14} "
+                        f"{run['direction']:<13}", "accuracy by distance")
     order = {(j["arch"], j["task"], j["direction"]): i for i, j in enumerate(jobs)}
     runs.sort(key=lambda run: order[(run["arch"], run["task"], run["direction"])])
     results = {"config": asdict(cfg), "presets": presets, "runs": runs, "workers": workers, "command": command,

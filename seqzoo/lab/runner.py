@@ -328,12 +328,23 @@ def run_jobs(jobs: list[dict[str, Any]], workers: int, log: Callable[[str], None
 
 
 def run_lab_jobs(run: Callable[[dict[str, Any]], dict[str, Any]], jobs: list[dict[str, Any]], workers: int,
-                 on_result: Callable[[dict[str, Any]], None]) -> None:
-    """:func:`run_in_workers`, or with one worker in this process (no worker to start: seconds saved in a smoke
-    run), as a worker would run them: one thread, on the CPU."""
+                 log: Callable[[str], None], label: Callable[[dict[str, Any]], str],
+                 figures: str) -> list[dict[str, Any]]:
+    """The runs of a lab that writes its report beside others (``seqzoo lab seq2seq``, ``bidirectional``), each
+    logged as it ends (``label(run)``, then its accuracy by key, named ``figures``): :func:`run_in_workers`, or with
+    one worker in this process (no worker to start: seconds saved in a smoke run), as a worker would run them: one
+    thread, on the CPU."""
+    runs: list[dict[str, Any]] = []
+
+    def on_result(result: dict[str, Any]) -> None:
+        runs.append(result)
+        read = (" ".join(f"{key}:{accuracy:.2f}" for key, accuracy in sorted(result["accuracy"].items()))
+                if result["ok"] else f"FAILED: {result['error']}")
+        log(f"[{len(runs):>2}/{len(jobs)}] {label(result)} {figures} {read} ({result['seconds']:.1f} s)")
+
     if workers > 1:
         run_in_workers(run, jobs, workers, on_result)
-        return
+        return runs
     import torch
 
     threads, on_cpu = torch.get_num_threads(), os.environ.get("ACCELERATE_USE_CPU")
@@ -348,6 +359,7 @@ def run_lab_jobs(run: Callable[[dict[str, Any]], dict[str, Any]], jobs: list[dic
             os.environ.pop("ACCELERATE_USE_CPU", None)
         else:
             os.environ["ACCELERATE_USE_CPU"] = on_cpu
+    return runs
 
 
 def run_in_workers(run: Callable[[dict[str, Any]], dict[str, Any]], jobs: list[dict[str, Any]], workers: int,

@@ -212,16 +212,8 @@ def run_seq2seq_lab(cfg: Seq2SeqLabConfig, out: str | Path, log: Callable[[str],
     workers = cfg.worker_count(len(jobs))
     log(f"seqzoo lab seq2seq: {len(cfg.models)} models x {len(cfg.tasks)} task(s), {len(jobs)} training runs on "
         f"{workers} worker(s) -> {out}")
-    runs: list[dict[str, Any]] = []
-
-    def report(run: dict[str, Any]) -> None:
-        runs.append(run)
-        figures = (" ".join(f"{n}:{a:.2f}" for n, a in sorted(run["accuracy"].items())) if run["ok"]
-                   else f"FAILED: {run['error']}")
-        log(f"[{len(runs):>2}/{len(jobs)}] {run['model']:<14} {run['task']:<8} exact match by length {figures} "
-            f"({run['seconds']:.1f} s)")
-
-    run_lab_jobs(run_job, jobs, workers, report)
+    runs = run_lab_jobs(run_job, jobs, workers, log, lambda run: f"{run['model']:<14} {run['task']:<8}",
+                        "exact match by length")
     order = {(j["model"], j["task"]): i for i, j in enumerate(sorted(jobs, key=lambda j: (
         cfg.tasks.index(j["task"]), list(cfg.models).index(j["model"]))))}
     runs.sort(key=lambda run: order[(run["model"], run["task"])])

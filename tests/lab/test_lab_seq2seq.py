@@ -89,3 +89,24 @@ def test_a_report_that_fails_loses_none_of_the_runs(tmp_path, monkeypatch):
         run_seq2seq_lab(cfg, tmp_path / "s2s", log=lambda line: None)
     kept = json.loads((tmp_path / "s2s" / RESULTS_FILE).read_text())
     assert [(run["model"], run["ok"]) for run in kept["runs"]] == [("plain", True)]
+
+
+def test_one_worker_runs_the_jobs_here_as_a_worker_would_and_logs_each(monkeypatch):
+    import os
+
+    import torch
+
+    from seqzoo.lab.runner import run_lab_jobs
+
+    monkeypatch.delenv("ACCELERATE_USE_CPU", raising=False)
+    threads, seen, lines = torch.get_num_threads(), [], []
+
+    def run(job):
+        seen.append((torch.get_num_threads(), os.environ.get("ACCELERATE_USE_CPU")))
+        return {"name": job["name"], "ok": job["name"] != "b", "error": "boom", "accuracy": {4: 0.5, 2: 1.0},
+                "seconds": 1.25}
+
+    runs = run_lab_jobs(run, [{"name": "a"}, {"name": "b"}], 1, lines.append, lambda r: f"{r['name']:<3}", "by length")
+    assert [r["name"] for r in runs] == ["a", "b"] and seen == [(1, "true")] * 2
+    assert lines == ["[ 1/2] a   by length 2:1.00 4:0.50 (1.2 s)", "[ 2/2] b   by length FAILED: boom (1.2 s)"]
+    assert torch.get_num_threads() == threads and "ACCELERATE_USE_CPU" not in os.environ  # (put back)
