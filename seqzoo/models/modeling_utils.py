@@ -100,7 +100,10 @@ class SeqzooPreTrainedModel(PreTrainedModel):
                     "the later layers, and a reentrant checkpoint drops their gradient. Pass "
                     "{'use_reentrant': False} (transformers' default, and TrainingArguments' "
                     "gradient_checkpointing_kwargs)")
-        super()._set_gradient_checkpointing(enable, gradient_checkpointing_func, **kwargs)
+        # Every checkpointed layer call (transformers' GradientCheckpointingLayer blocks, the classic loop's mixers)
+        # goes through this function: its recurrent states travel as positional tensors.
+        super()._set_gradient_checkpointing(
+            enable, functools.partial(checkpoint_with_positional_states, gradient_checkpointing_func), **kwargs)
 
     def takes_step(self, input_ids: Any, inputs_embeds: Any, cache: Any, output_hidden_states: bool | None,
                    kwargs: dict[str, Any]) -> bool:
@@ -301,6 +304,40 @@ class SeqzooPreTrainedModel(PreTrainedModel):
                     "allow_nonfinite=True to load it anyway (to inspect it)"
                 )
         return (model, info) if want_info else model
+
+
+_NO_STATE = object()
+
+
+def checkpoint_with_positional_states(checkpoint: Any, function: Any, *args: Any) -> Any:
+    """``checkpoint(function, *args)``, where ``function`` may be a layer call with its recurrent state bound as a
+    keyword (``functools.partial(..., state=...)``: transformers' ``GradientCheckpointingLayer`` binds a block's
+    keywords so, and the classic loop its mixers'). torch's reentrant checkpoint carries gradients through its
+    positional tensors only: a state passed in a dict, or returned in one, lost its gradient path into the layers of
+    an earlier call (a cache continued in training, truncated BPTT), and their parameters got wrong gradients without
+    an error. So the given state's tensors are passed to ``checkpoint`` positionally, the returned state's come back
+    as positional outputs, and the dicts are rebuilt around them. Another state (attention's K/V layer) or a call
+    without one is checkpointed as it is."""
+    state = function.keywords.get("state", _NO_STATE) if isinstance(function, functools.partial) else _NO_STATE
+    if state is not None and not isinstance(state, dict):
+        return checkpoint(function, *args)
+    names = tuple(state) if state is not None else ()
+    returned: list[Any] = []  # the returned state's names (None where it is no dict)
+    count = len(args)
+
+    def run(*values: Any) -> tuple[Any, ...]:
+        given = dict(zip(names, values[count:])) if state is not None else None
+        hidden_states, new_state = function(*values[:count], state=given)
+        if not isinstance(new_state, dict):
+            returned[:] = [None]
+            return hidden_states, new_state
+        returned[:] = [tuple(new_state)]
+        return (hidden_states, *new_state.values())
+
+    hidden_states, *values = checkpoint(run, *args, *(state[name] for name in names))
+    if returned[0] is None:
+        return hidden_states, values[0]
+    return hidden_states, dict(zip(returned[0], values))
 
 
 def _head_module_names() -> set[str]:

@@ -318,3 +318,52 @@ def test_one_bias_runs_on_the_fused_backend_as_on_the_reference(op):
             grads = torch.autograd.grad((y.sum() + sum(f.sum() for f in final)), (w_ih, w_hh, bias))
             results.append((y, final, grads))
         torch.testing.assert_close(results[0], results[1])
+
+
+def _kernels_refused(monkeypatch):
+    # torch's fused sequence ops do not check the state's shape: the LSTM's corrupted the heap (`free(): invalid next
+    # size`, the process gone). Here they fail the test instead, so the check must come before them.
+    from seqzoo.kernels.rnn_cells import fused
+
+    def kernel(*args, **kwargs):
+        raise AssertionError("torch's kernel was called with a state of the wrong shape")
+
+    for table in (fused._OPS, fused._CELLS):
+        for kind in table:
+            monkeypatch.setitem(table, kind, kernel)
+
+
+BAD_STATES = {"batch": (B + 1, H), "batch of one": (1, H), "width": (B, H + 2), "layers": (1, B, H)}
+
+
+@pytest.mark.parametrize("op", ["rnn", "lstm", "gru"])
+@pytest.mark.parametrize("backend", ["torch", "reference"])
+@pytest.mark.parametrize("length", [1, 5])
+@pytest.mark.parametrize("bad", sorted(BAD_STATES))
+def test_a_state_of_the_wrong_shape_is_refused_before_the_kernel(monkeypatch, op, backend, length, bad):
+    _kernels_refused(monkeypatch)
+    x, states, params = make_inputs(op, length, torch.float32)
+    for which in range(len(states)):  # h0, and c0 alone for the LSTM
+        wrong = list(states)
+        wrong[which] = torch.zeros(BAD_STATES[bad])
+        name = ("h0", "c0")[which]
+        expected = rf"{op}: the initial state {name} has shape \({', '.join(map(str, BAD_STATES[bad]))}\); " \
+                   rf"expected \({B}, {H}\)"
+        with pytest.raises(ValueError, match=expected):
+            run(op, backend, x, wrong, params)
+
+
+@pytest.mark.parametrize("mixer_type", ["rnn", "lstm", "gru"])
+def test_a_mixer_called_with_a_state_of_the_wrong_shape_raises(monkeypatch, mixer_type):
+    # The mixers are public API: a state of another batch size reached torch's unchecked kernel.
+    from seqzoo.layers.recurrent import RECURRENT_MIXERS
+    from tests.conftest import tiny_config
+
+    _kernels_refused(monkeypatch)
+    mixer_class = RECURRENT_MIXERS[mixer_type]
+    mixer = mixer_class(tiny_config(f"{mixer_type}-tiny"), 0)
+    x = torch.randn(2, 5, mixer.input_size)
+    state = {name: torch.zeros(3, mixer.hidden_size) for name in mixer_class.state_names}
+    with pytest.raises(ValueError, match=rf"initial state h0 has shape \(3, {mixer.hidden_size}\); expected "
+                                         rf"\(2, {mixer.hidden_size}\)"):
+        mixer(x, state=state)

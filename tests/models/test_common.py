@@ -401,27 +401,43 @@ def test_gradient_checkpointing_gives_the_same_gradients(family_preset):
     assert calls.count(1) == 2 and calls.count(2) == 1  # layer 0 run again in the backward pass, layer 1 not
 
 
-@pytest.mark.parametrize("preset", ["rnn-tiny", "lstm-tiny", "gru-tiny"])
-def test_a_cache_continued_under_reentrant_checkpointing_keeps_its_gradient(preset):
-    # A reentrant checkpoint carries gradients through its positional tensors only: the classic layers' states, once
-    # handed back in a dict, reached the next call's cache with no gradient path into the first call's layers.
+# Every family that continues a state from one call to the next (truncated BPTT), and a hybrid of recurrent mixers
+# only (its own layer loop), which is the kind of hybrid that continues a state in training.
+RECURRENT_HYBRID = {"mixer_types": ["mamba", "lstm", "mamba2"], "mixer_config": {"mamba2": {"head_dim": 16}}}
+
+
+@pytest.mark.parametrize("preset, overrides", [
+    *((param.values[0], {}) for param in families_where("supports_tbptt")),
+    ("hybrid-tiny", RECURRENT_HYBRID),
+], ids=[*(param.id for param in families_where("supports_tbptt")), "hybrid-recurrent"])
+def test_a_cache_continued_under_checkpointing_keeps_its_gradient(preset, overrides):
+    # Truncated BPTT with activation checkpointing: call 1 returns a cache, call 2 continues it, the loss is on both.
+    # A reentrant checkpoint carries gradients through its positional tensors only: a layer's state passed to it as
+    # a keyword (the blocks' state=) or handed back in a dict reached the next call with no gradient path into the
+    # first call's layers, and their parameters got wrong gradients, silently.
     torch.manual_seed(1)
     ids = torch.randint(3, 90, (2, 6))
 
     def gradients(**checkpointing):
-        model = tiny_model(preset).train()
+        model = tiny_model(preset, **overrides).train()
         if checkpointing:
             model.activation_checkpointing_enable(checkpointing)
-        first = model(ids[:, :3], use_cache=True)
-        model(ids[:, 3:], cache=output_cache(first), labels=ids[:, 3:]).loss.backward()
+        first = model(ids[:, :3], use_cache=True, labels=ids[:, :3])
+        second = model(ids[:, 3:], cache=output_cache(first), labels=ids[:, 3:])
+        (first.loss + second.loss).backward()
         return {n: p.grad for n, p in model.named_parameters() if p.grad is not None}
 
     plain = gradients()
     for reentrant in (True, False):
+        if reentrant and any(getattr(m, "has_value_residual", False) for m in tiny_model(preset).modules()):
+            with pytest.raises(ValueError, match="use_reentrant"):  # (RWKV-7's value residual: refused)
+                gradients(use_reentrant=True)
+            continue
         checkpointed = gradients(use_reentrant=reentrant)
         assert plain.keys() == checkpointed.keys()
         for name in plain:
-            torch.testing.assert_close(checkpointed[name], plain[name], rtol=1e-5, atol=1e-6, msg=name)
+            torch.testing.assert_close(checkpointed[name], plain[name], rtol=1e-5, atol=1e-6,
+                                       msg=f"use_reentrant={reentrant}: {name}")
 
 
 def test_device_is_the_first_parameters(family_preset):

@@ -37,6 +37,19 @@ def check_positions(op, x, mask, reset):
     return check_reset(op, reset, *x.shape[:2])
 
 
+def check_states(op, x, weight_hh, *states):
+    """Refuse an initial state (h0, and c0 for the LSTM) that is not (B, H) for x (B, T, I) and weight_hh (G*H, H),
+    naming both shapes. torch's fused sequence kernels do not check (torch.nn.LSTM does, in Python): the LSTM's read
+    and wrote past a smaller state's memory, corrupting the heap and crashing the process, or returned outputs of the
+    state's width. A comparison of shapes, nothing read from the device."""
+    expected = (x.shape[0], weight_hh.shape[-1])
+    for index, state in enumerate(states):
+        if state.shape != expected:
+            raise ValueError(f"{op}: the initial state {('h0', 'c0')[index]} has shape {tuple(state.shape)}; "
+                             f"expected {expected} (batch, hidden_size: the input's {x.shape[0]} rows, the layer's "
+                             f"hidden size {weight_hh.shape[-1]})")
+
+
 def _masked(mask, t, new, old):
     if mask is None:
         return new
@@ -59,6 +72,7 @@ def _output(mask, t, h):
 def rnn(x, h0, weight_ih, weight_hh, bias_ih=None, bias_hh=None, *, nonlinearity="tanh", mask=None, reset=None):
     """Elman RNN: h_t = act(W_ih x_t + b_ih + W_hh h_{t-1} + b_hh). Returns (y, h_T)."""
     act = {"tanh": torch.tanh, "relu": torch.relu}[nonlinearity]
+    check_states("rnn", x, weight_hh, h0)
     reset = check_positions("rnn", x, mask, reset)
 
     def cell(xp_t, h):
@@ -74,6 +88,7 @@ def lstm(x, h0, c0, weight_ih, weight_hh, bias_ih=None, bias_hh=None, *, mask=No
     i, f, g, o = split(W_ih x_t + b_ih + W_hh h_{t-1} + b_hh);  c_t = sig(f) c_{t-1} + sig(i) tanh(g);
     h_t = sig(o) tanh(c_t)
     """
+    check_states("lstm", x, weight_hh, h0, c0)
     reset = check_positions("lstm", x, mask, reset)
 
     def cell(xp_t, h, c):
@@ -91,6 +106,7 @@ def gru(x, h0, weight_ih, weight_hh, bias_ih=None, bias_hh=None, *, mask=None, r
     r = sig(W_ir x + b_ir + W_hr h + b_hr);  z = sig(W_iz x + b_iz + W_hz h + b_hz)
     n = tanh(W_in x + b_in + r * (W_hn h + b_hn));  h_t = (1 - z) n + z h_{t-1}
     """
+    check_states("gru", x, weight_hh, h0)
     reset = check_positions("gru", x, mask, reset)
 
     def cell(xp_t, h):

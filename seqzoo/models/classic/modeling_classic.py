@@ -122,8 +122,9 @@ class ClassicRecurrentModel(ClassicRecurrentPreTrainedModel):
                     state = cache.layer(idx) if cache is not None else None
                     if (self.gradient_checkpointing and self.training and torch.is_grad_enabled()
                             and idx % self.checkpoint_every_n_layers == 0):
-                        hidden_states, state = _checkpointed(self._gradient_checkpointing_func, layer, hidden_states,
-                                                             state, mask, reset)
+                        # (the model's checkpoint function passes the states positionally: SeqzooPreTrainedModel)
+                        hidden_states, state = self._gradient_checkpointing_func(
+                            partial(layer, state=state, mask=mask, reset=reset), hidden_states)
                     else:
                         hidden_states, state = layer(hidden_states, state=state, mask=mask, reset=reset)  # (B, T, H)
                     hidden_states = dropout(hidden_states)
@@ -169,23 +170,6 @@ _MODEL_FORWARD = ClassicRecurrentModel.forward  # as defined: one replaced on th
 
 def _identity(x: torch.Tensor) -> torch.Tensor:
     return x
-
-
-def _checkpointed(checkpoint: Any, layer: nn.Module, x: torch.Tensor, state: dict | None, mask: Any,
-                  reset: Any) -> tuple[torch.Tensor, dict]:
-    """``layer(x, state=state, mask=mask, reset=reset)`` through ``checkpoint``, its states passed and returned as
-    positional tensors: torch's reentrant checkpoint carries gradients through those only, so a state in a dict (a
-    cache continued in training) lost its gradient path into the earlier call's layers, silently."""
-    given = tuple(state) if state is not None else ()
-    names: list[str] = []
-
-    def run(x: torch.Tensor, *values: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        output, new = layer(x, state=dict(zip(given, values)) if given else None, mask=mask, reset=reset)
-        names[:] = new
-        return (output, *new.values())
-
-    output, *values = checkpoint(run, x, *(state[name] for name in given))
-    return output, dict(zip(names, values))
 
 
 class ClassicRecurrentForCausalLM(ClassicRecurrentPreTrainedModel, SeqzooForCausalLM):
