@@ -341,7 +341,11 @@ def _is_utf8(word: str) -> bool:
 
 def _shown(word: str) -> str:
     # (the bytes as given, those that are not UTF-8 written \xNN)
-    return "'" + word.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace") + "'"
+    try:
+        raw = word.encode("utf-8", "surrogateescape")
+    except UnicodeEncodeError:  # a surrogate that stands for no byte ("\ud800"): main(argv) called with it
+        return repr(word)
+    return "'" + raw.decode("utf-8", "backslashreplace") + "'"
 
 
 _OVERRIDE = re.compile(r"[A-Za-z_][\w.]*=")  # a KEY=VALUE override

@@ -579,8 +579,18 @@ def test_an_argument_that_is_not_utf8_is_refused_by_name(tmp_path, capsys):
     assert not os.path.exists(folder)
 
 
+def test_an_argument_with_a_surrogate_that_stands_for_no_byte_is_refused_by_name(capsys):
+    # main(argv) called from Python with "\ud800" (no surrogate escape of a byte): the error line itself failed
+    # with a UnicodeEncodeError traceback.
+    with pytest.raises(SystemExit) as exit_info:
+        main(["generate", "m", "ab\ud800"])
+    assert exit_info.value.code == 2
+    assert "the argument 'ab\\ud800' is not valid UTF-8 text" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("argv, message", [
-    (["generate", "m", "x", "--num-beams", "x"], "error: seqzoo generate: argument --num-beams: invalid int value: 'x'"),
+    (["generate", "m", "x", "--num-beams", "x"],
+     "error: seqzoo generate: argument --num-beams: invalid int value: 'x'"),
     (["generat", "x"], "error: seqzoo: argument COMMAND: invalid choice: 'generat'"),
     (["list", "--bogus"], "error: seqzoo list: unrecognized arguments: --bogus (see `seqzoo list --help`)"),
     # an option of another command is named by the parser of the command written, whose --help lists its own
