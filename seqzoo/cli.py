@@ -321,8 +321,9 @@ def warn_unknown_env() -> list[str]:
     """One line on standard error for each ``SEQZOO_*`` variable seqzoo does not read: a misspelt name
     (``SEQZOO_KERNEL``) would otherwise change nothing without a word. Returns the names."""
     warned = []
-    for name in sorted(n for n in os.environ if n.startswith("SEQZOO_") and n not in KNOWN_ENV):
-        close = difflib.get_close_matches(name, KNOWN_ENV, n=1)
+    # (any case: ``seqzoo_debug=1`` is not read either, and the kernel registry warns about ``seqzoo_kernels`` too)
+    for name in sorted(n for n in os.environ if n.upper().startswith("SEQZOO_") and n not in KNOWN_ENV):
+        close = difflib.get_close_matches(name.upper(), KNOWN_ENV, n=1)
         hint = f" (did you mean {close[0]}?)" if close else ""
         print(f"warning: the environment variable {name} is not one seqzoo reads{hint}; it reads "
               f"{', '.join(KNOWN_ENV[:3])}", file=sys.stderr)

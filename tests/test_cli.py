@@ -536,6 +536,10 @@ def test_a_misspelt_seqzoo_environment_variable_is_said(monkeypatch, capsys):
     assert "SEQZOO_KERNEL is not one seqzoo reads (did you mean SEQZOO_KERNELS?)" in err
     monkeypatch.delenv("SEQZOO_KERNEL")
     assert main(["list"]) == 0 and "not one seqzoo reads" not in capsys.readouterr().err
+    # (in lower case it was passed over without a word: no traceback for `seqzoo_debug=1 seqzoo train ...`)
+    monkeypatch.setenv("seqzoo_debug", "1")
+    assert main(["list"]) == 0
+    assert "seqzoo_debug is not one seqzoo reads (did you mean SEQZOO_DEBUG?)" in capsys.readouterr().err
 
 
 def test_one_command_warns_once_about_a_misspelt_variable_and_an_unknown_config_field(tmp_path, monkeypatch,
