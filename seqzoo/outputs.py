@@ -82,10 +82,12 @@ def staged_folder(destination: str | os.PathLike, *, merge: bool = False) -> Ite
 def _move_files(staging: Path, destination: Path) -> None:
     names = sorted(p.name for p in staging.iterdir())
     ordered = [n for n in names if n != LAST] + ([LAST] if LAST in names else [])
-    for name in ordered:
+    for name in ordered:  # every name before any file moves: new weights beside the old config.json otherwise
         target = destination / name
         if target.is_dir() and not (staging / name).is_dir():
             raise OutputError(f"cannot write {target}: a folder of that name is in the way")
+    for name in ordered:
+        target = destination / name
         if (staging / name).is_dir() and target.exists():
             shutil.rmtree(target) if target.is_dir() else target.unlink()
         os.replace(staging / name, target)

@@ -102,6 +102,21 @@ def test_merge_renames_config_json_last(tmp_path, monkeypatch):
     assert leftovers(run) == ["checkpoints", "config.json", "model.safetensors", "tokenizer.json", "zz.json"]
 
 
+def test_merge_into_a_folder_with_a_folder_in_the_way_moves_nothing(tmp_path):
+    # The folder in the way was found only when its turn came: the files sorted before it (the new weights) had
+    # replaced the old ones already, beside the old config.json.
+    run = tmp_path / "run"
+    (run / "tokenizer.json").mkdir(parents=True)
+    (run / "config.json").write_text("old")
+    (run / "model.safetensors").write_text("old")
+    with pytest.raises(OutputError, match="tokenizer.json: a folder of that name is in the way"):
+        with staged_folder(run, merge=True) as staging:
+            for name in ("config.json", "model.safetensors", "tokenizer.json"):
+                (staging / name).write_text("new")
+    assert (run / "config.json").read_text() == "old" and (run / "model.safetensors").read_text() == "old"
+    assert leftovers(run) == ["config.json", "model.safetensors", "tokenizer.json"]
+
+
 def test_a_safetensors_write_error_becomes_one_line(tmp_path):
     from safetensors import SafetensorError
 
