@@ -55,7 +55,9 @@ def staged_folder(destination: str | os.PathLike, *, merge: bool = False) -> Ite
     ``merge=False``: ``destination`` must be missing or an empty folder, and appears in one rename. ``merge=True``:
     files are renamed into an existing folder one by one, ``config.json`` last (see the module docstring).
     """
-    destination = Path(destination)
+    destination = Path(os.path.abspath(destination))  # ("." and "" name no folder to stage beside: EINVAL)
+    if not merge and destination.is_dir() and Path.cwd().is_relative_to(destination):
+        merge = True  # (replacing the folder a shell stands in would leave the shell in a deleted one, showing nothing)
     parent = destination if merge else destination.parent
     try:
         parent.mkdir(parents=True, exist_ok=True)

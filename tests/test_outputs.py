@@ -157,6 +157,18 @@ def test_new_into_a_read_only_folder(readonly_dir, capsys):
     assert "Read-only file system" in message or "Permission denied" in message
 
 
+@pytest.mark.parametrize("written", [".", "", "../here"])
+def test_new_into_the_empty_folder_one_stands_in(tmp_path, monkeypatch, capsys, written):
+    # "." (and "") failed with "cannot write .: Invalid argument"; "../here" replaced the folder by a new one,
+    # leaving the shell that stood in it in a deleted folder that shows nothing.
+    here = tmp_path / "here"
+    here.mkdir()
+    monkeypatch.chdir(here)
+    assert main(["new", "gru-tiny", written]) == 0
+    assert {"config.json", "model.safetensors", "tokenizer.json"} <= set(os.listdir("."))
+    assert leftovers(tmp_path) == ["here"] and not [name for name in os.listdir(".") if name.endswith(".partial")]
+
+
 def test_new_force_into_a_used_folder_keeps_other_files(tmp_path, capsys):
     out = tmp_path / "m"
     out.mkdir()
