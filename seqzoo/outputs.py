@@ -3,7 +3,8 @@
 ``seqzoo new``, ``seqzoo train`` and ``seqzoo publish --dry-run`` build their folder in a temporary sibling
 (``.<name>.<random>.partial``, on the same filesystem) and move it into place only when every file is written:
 
-- a destination that does not exist, or an empty folder, is replaced by one rename (atomic);
+- a destination that does not exist, or an empty folder, is replaced by one rename (atomic) -- but the folder the
+  process stands in (``seqzoo new lstm-tiny .``), which receives the files as below;
 - an existing folder that keeps other files (a training run's folder holds ``checkpoints/`` and
   ``metrics.jsonl``; ``seqzoo new --force``) receives the files one rename each, ``config.json`` last, so a
   folder never shows a ``config.json`` whose weights are missing or half-written.
@@ -63,7 +64,10 @@ def staged_folder(destination: str | os.PathLike, *, merge: bool = False) -> Ite
         parent.mkdir(parents=True, exist_ok=True)
         staging = Path(tempfile.mkdtemp(prefix=f".{destination.name}.", suffix=".partial", dir=parent))
     except OSError as err:
-        raise OutputError(f"cannot write {destination}: {describe(err)}") from err
+        # A file where a folder of the path should be: "File exists (/x/file)" said neither which nor why.
+        blocker = next((p for p in (parent, *parent.parents) if p.exists() and not p.is_dir()), None)
+        reason = f"{blocker} is a file, not a folder" if blocker is not None else describe(err)
+        raise OutputError(f"cannot write {destination}: {reason}") from err
     try:
         yield staging
         staging.chmod(0o755)  # mkdtemp makes it private to the user; a model folder is not

@@ -157,6 +157,13 @@ def test_new_into_a_read_only_folder(readonly_dir, capsys):
     assert "Read-only file system" in message or "Permission denied" in message
 
 
+def test_new_below_a_file_names_the_file(tmp_path, capsys):
+    (tmp_path / "notes").write_text("mine")
+    message = error_line(["new", "gru-tiny", str(tmp_path / "notes" / "m")], capsys)
+    assert message == f"error: cannot write {tmp_path / 'notes' / 'm'}: {tmp_path / 'notes'} is a file, not a folder"
+    assert (tmp_path / "notes").read_text() == "mine"
+
+
 @pytest.mark.parametrize("written", [".", "", "../here"])
 def test_new_into_the_empty_folder_one_stands_in(tmp_path, monkeypatch, capsys, written):
     # "." (and "") failed with "cannot write .: Invalid argument"; "../here" replaced the folder by a new one,
