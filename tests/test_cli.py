@@ -627,3 +627,15 @@ def test_show_attention_prints_a_multibyte_target_as_text(tmp_path, capsys):
     plain = capsys.readouterr().out[:-1]
     assert main(["generate", str(folder), "héllo 世界", "--max-new-tokens", "6", "--show-attention"]) == 0
     assert capsys.readouterr().out.startswith(f"source: héllo 世界\ntarget: {plain} (greedy)\n")
+    assert "--compile compiles a causal language model's decode step" in _error(
+        capsys, ["generate", str(folder), "héllo", "--compile"])
+
+
+def test_generate_refuses_an_empty_prompt_a_file_and_seq2seq_flags_on_a_causal_lm(model_dir, capsys):
+    assert _error(capsys, ["generate", str(model_dir), ""]) == "error: the prompt is empty: give at least one character"
+    line = _error(capsys, ["generate", str(model_dir / "config.json"), "hi"])
+    assert line.endswith("config.json' is a file; give the folder that holds config.json and the weights")
+    for flags in (["--show-attention"], ["--target", "x"], ["--attention-plot", "a.png"]):
+        line = _error(capsys, ["generate", str(model_dir), "hi", *flags])
+        assert "--show-attention, --attention-plot and --target need an encoder-decoder (seq2seq) model" in line
+        assert "holds a seqzoo_lstm language model" in line
