@@ -404,7 +404,8 @@ def _warn_misspelt_env() -> None:
     ``seqzoo_kernels``): nothing reads it, so the backends it names would otherwise not be forced, without a word.
     (The command line warns about every unknown ``SEQZOO_*`` name; a script that imports seqzoo gets this.)"""
     for name in list(os.environ):
-        if (name != ENV_VAR and name not in _WARNED_ENV and name.upper().startswith("SEQZOO_")
+        # (whatever its prefix: SEQZOOKERNELS and SEQ_ZOO_KERNELS are as misspelt, and no SEQZOO_* warning names them)
+        if (name != ENV_VAR and name not in _WARNED_ENV
                 and difflib.get_close_matches(name.upper(), [ENV_VAR], n=1, cutoff=0.8)):
             _WARNED_ENV.add(name)
             logger.warning("the environment variable %s is not read by seqzoo; did you mean %s?", name, ENV_VAR)

@@ -183,6 +183,18 @@ def test_a_misspelt_variable_is_warned_about_once(monkeypatch, caplog):
     assert sum("SEQZOO_KERNEL is not read by seqzoo" in r.getMessage() for r in caplog.records) == 1
 
 
+@pytest.mark.parametrize("name", ["SEQZOOKERNELS", "SEQ_ZOO_KERNELS"])
+def test_a_misspelt_variable_without_the_seqzoo_prefix_is_warned_about(monkeypatch, caplog, name):
+    # Only names that began with SEQZOO_ were looked at: these forced nothing, without a word.
+    monkeypatch.setenv(name, "lstm=reference")
+    monkeypatch.setattr(registry, "_WARNED_ENV", set())
+    registry._invalidate()  # (the environment is read again, as in a new process)
+    args, kwargs = lstm_call()
+    with caplog.at_level(logging.WARNING, logger="seqzoo.kernels"):
+        assert select("lstm", *args, **kwargs).name == "torch"
+    assert f"{name} is not read by seqzoo; did you mean SEQZOO_KERNELS?" in caplog.text
+
+
 def test_nested_use_backend_restores_the_outer_request():
     args, kwargs = lstm_call()
     set_backend("lstm", "reference")
