@@ -4,6 +4,7 @@ with the checks that turn what generate() would reject deep inside, or silently 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 from typing import Any
@@ -168,7 +169,9 @@ def cmd_generate(args: argparse.Namespace) -> int:
     check_model_source(args.model)
     forced = parse_overrides(args.kernel, "--kernel")
     for op, backend in forced.items():
-        set_backend(op, str(backend))  # (which clears the registry's cached choices: see _note_unused_kernels)
+        # (as written: a value read as JSON, `lstm=null`, was named 'None'; set_backend clears the registry's cached
+        # choices: see _note_unused_kernels)
+        set_backend(op, backend if isinstance(backend, str) else json.dumps(backend))
     chosen_before = {op: kernel_selections(op) for op in forced}
     torch.manual_seed(0 if args.seed is None else args.seed)
     source = args.model
@@ -336,8 +339,6 @@ def _check_known_model_type(source: str) -> None:
     """A folder of a model_type that neither seqzoo nor transformers registers (a plugin's architecture whose package
     is not installed here, a folder saved by a later seqzoo): say so, where transformers would offer to run custom
     code that the folder does not hold."""
-    import json
-
     from transformers.models.auto.configuration_auto import CONFIG_MAPPING
 
     path = Path(source) / "config.json"

@@ -319,6 +319,8 @@ def test_seqzoo_decoding_flags_on_another_library_model_are_refused(model_dir, t
     (["--top-k", "5", "--seed", "3"], "--top-k and --seed only apply when sampling"),
     (["--max-new-tokens", "0"], "--max-new-tokens=0 is invalid"),
     (["--kernel", "lstm"], "--kernel 'lstm' is not of the form key=value"),
+    # (a value read as JSON was named as Python writes it: 'None')
+    (["--kernel", "lstm=null"], "unknown kernel backend for op 'lstm': 'null'; valid: reference, torch"),
 ])
 def test_generate_refuses_nonsense(model_dir, capsys, flags, expected):
     assert expected in _error(capsys, ["generate", str(model_dir), "Hi", *flags])
