@@ -56,9 +56,12 @@ def staged_folder(destination: str | os.PathLike, *, merge: bool = False) -> Ite
     ``merge=False``: ``destination`` must be missing or an empty folder, and appears in one rename. ``merge=True``:
     files are renamed into an existing folder one by one, ``config.json`` last (see the module docstring).
     """
-    destination = Path(os.path.abspath(destination))  # ("." and "" name no folder to stage beside: EINVAL)
-    if not merge and destination.is_dir() and Path.cwd().is_relative_to(destination):
-        merge = True  # (replacing the folder a shell stands in would leave the shell in a deleted one, showing nothing)
+    try:
+        destination = Path(os.path.abspath(destination))  # ("." and "" name no folder to stage beside: EINVAL)
+        if not merge and destination.is_dir() and Path.cwd().is_relative_to(destination):
+            merge = True  # (replacing the folder a shell stands in would leave it in a deleted one, showing nothing)
+    except FileNotFoundError:  # (the folder the process stands in was deleted: a relative path fails below)
+        destination = Path(destination)
     parent = destination if merge else destination.parent
     try:
         parent.mkdir(parents=True, exist_ok=True)

@@ -157,6 +157,16 @@ def test_new_into_a_read_only_folder(readonly_dir, capsys):
     assert "Read-only file system" in message or "Permission denied" in message
 
 
+def test_staged_folder_works_where_the_folder_one_stands_in_was_deleted(tmp_path, monkeypatch):
+    (tmp_path / "gone").mkdir()
+    monkeypatch.chdir(tmp_path / "gone")
+    (tmp_path / "gone").rmdir()
+    (tmp_path / "out").mkdir()
+    with staged_folder(tmp_path / "out") as staging:
+        (staging / "config.json").write_text("{}")
+    assert leftovers(tmp_path / "out") == ["config.json"]
+
+
 def test_new_below_a_file_names_the_file(tmp_path, capsys):
     (tmp_path / "notes").write_text("mine")
     message = error_line(["new", "gru-tiny", str(tmp_path / "notes" / "m")], capsys)
