@@ -191,6 +191,11 @@ def cmd_generate(args: argparse.Namespace) -> int:
         raise ValueError(f"cannot load a model and tokenizer from {where} {source!r}: {first_line}") from err
     _check_generating_head(config, source)
     _check_nothing_missing(model, loading, source)
+    pad = tokenizer.pad_token
+    if pad and pad not in (tokenizer.eos_token, tokenizer.bos_token) and pad in args.prompt:
+        # (read as the one padding token, which the model then reads as input, and left out of the text printed)
+        raise ValueError(f"the prompt holds {pad!r}, which the tokenizer of {source!r} reads as its padding token "
+                         f"(id {tokenizer.pad_token_id}), not as text: remove it")
     try:
         inputs = tokenizer(args.prompt, return_tensors="pt").to(device)
     except Exception as err:  # tokenizers raises a plain Exception for a word its vocabulary lacks (no <unk>)

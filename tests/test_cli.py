@@ -635,6 +635,9 @@ def test_show_attention_prints_a_multibyte_target_as_text(tmp_path, capsys):
 
 def test_generate_refuses_an_empty_prompt_a_file_and_seq2seq_flags_on_a_causal_lm(model_dir, capsys):
     assert _error(capsys, ["generate", str(model_dir), ""]) == "error: the prompt is empty: give at least one character"
+    # The text "<|pad|>" became the padding token, which the model read as input and the text printed left out.
+    assert "the prompt holds '<|pad|>', which the tokenizer of" in _error(capsys, ["generate", str(model_dir),
+                                                                            "ab<|pad|>"])
     line = _error(capsys, ["generate", str(model_dir / "config.json"), "hi"])
     assert line.endswith("config.json' is a file; give the folder that holds config.json and the weights")
     for flags in (["--show-attention"], ["--target", "x"], ["--attention-plot", "a.png"]):
