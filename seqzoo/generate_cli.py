@@ -248,6 +248,9 @@ def cmd_generate(args: argparse.Namespace) -> int:
         if decoding:  # (the map follows one greedy decode, or the --target given)
             raise ValueError(f"{' and '.join(decoding)} cannot go with --show-attention, --attention-plot or "
                              "--target: the attention map is of the greedy output (or of --target)")
+        if args.no_stream:  # (it was accepted and changed nothing)
+            raise ValueError("--no-stream has no effect with --show-attention, --attention-plot or --target: their "
+                             "table is printed once, when the decode ends; leave it out")
         if args.attention_plot:  # (before the decode and the table, not after them)
             from seqzoo.models.seq2seq.inspection import check_plot_path
 

@@ -631,6 +631,9 @@ def test_show_attention_prints_a_multibyte_target_as_text(tmp_path, capsys):
     assert capsys.readouterr().out.startswith(f"source: héllo 世界\ntarget: {plain} (greedy)\n")
     assert "--compile compiles a causal language model's decode step" in _error(
         capsys, ["generate", str(folder), "héllo", "--compile"])
+    # (--no-stream was accepted and changed nothing: the table is printed once either way)
+    assert "--no-stream has no effect with --show-attention, --attention-plot or --target" in _error(
+        capsys, ["generate", str(folder), "héllo", "--show-attention", "--no-stream"])
 
 
 def test_generate_refuses_an_empty_prompt_a_file_and_seq2seq_flags_on_a_causal_lm(model_dir, capsys):
