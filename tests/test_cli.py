@@ -372,6 +372,13 @@ def test_new_refuses_non_empty_folder_and_unknown_preset(tmp_path, capsys):
     assert "is a file" in _error(capsys, ["new", "lstm-tiny", str(tmp_path / "x")])
 
 
+def test_new_refuses_a_vocabulary_smaller_than_the_byte_tokenizers_and_leaves_nothing(tmp_path, capsys):
+    line = _error(capsys, ["new", "gru-tiny", str(tmp_path / "m"), "--set", "vocab_size=200", "pad_token_id=null",
+                           "eos_token_id=null", "bos_token_id=null"])
+    assert line == "error: the byte tokenizer needs vocab_size >= 258; this model has vocab_size=200"
+    assert os.listdir(tmp_path) == []
+
+
 def test_new_force_drops_the_training_record_of_the_model_it_replaces(tmp_path, capsys):
     # Left behind, it would make the model card of the untrained model show another model's training figures.
     (tmp_path / "seqzoo_training.json").write_text(json.dumps({"dataset": "text:corpus.txt", "steps": 4}))
