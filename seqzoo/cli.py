@@ -321,8 +321,9 @@ def warn_unknown_env() -> list[str]:
     """One line on standard error for each ``SEQZOO_*`` variable seqzoo does not read: a misspelt name
     (``SEQZOO_KERNEL``) would otherwise change nothing without a word. Returns the names."""
     warned = []
-    for name in sorted(n for n in os.environ if n.startswith("SEQZOO_") and n not in KNOWN_ENV):
-        close = difflib.get_close_matches(name, KNOWN_ENV, n=1)
+    # (any case: ``seqzoo_debug=1`` is not read either, and the kernel registry warns about ``seqzoo_kernels`` too)
+    for name in sorted(n for n in os.environ if n.upper().startswith("SEQZOO_") and n not in KNOWN_ENV):
+        close = difflib.get_close_matches(name.upper(), KNOWN_ENV, n=1)
         hint = f" (did you mean {close[0]}?)" if close else ""
         print(f"warning: the environment variable {name} is not one seqzoo reads{hint}; it reads "
               f"{', '.join(KNOWN_ENV[:3])}", file=sys.stderr)
@@ -341,7 +342,11 @@ def _is_utf8(word: str) -> bool:
 
 def _shown(word: str) -> str:
     # (the bytes as given, those that are not UTF-8 written \xNN)
-    return "'" + word.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace") + "'"
+    try:
+        raw = word.encode("utf-8", "surrogateescape")
+    except UnicodeEncodeError:  # a surrogate that stands for no byte ("\ud800"): main(argv) called with it
+        return repr(word)
+    return "'" + raw.decode("utf-8", "backslashreplace") + "'"
 
 
 _OVERRIDE = re.compile(r"[A-Za-z_][\w.]*=")  # a KEY=VALUE override

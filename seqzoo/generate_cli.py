@@ -4,6 +4,7 @@ with the checks that turn what generate() would reject deep inside, or silently 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 from typing import Any
@@ -168,7 +169,9 @@ def cmd_generate(args: argparse.Namespace) -> int:
     check_model_source(args.model)
     forced = parse_overrides(args.kernel, "--kernel")
     for op, backend in forced.items():
-        set_backend(op, str(backend))  # (which clears the registry's cached choices: see _note_unused_kernels)
+        # (as written: a value read as JSON, `lstm=null`, was named 'None'; set_backend clears the registry's cached
+        # choices: see _note_unused_kernels)
+        set_backend(op, backend if isinstance(backend, str) else json.dumps(backend))
     chosen_before = {op: kernel_selections(op) for op in forced}
     torch.manual_seed(0 if args.seed is None else args.seed)
     source = args.model
@@ -188,6 +191,11 @@ def cmd_generate(args: argparse.Namespace) -> int:
         raise ValueError(f"cannot load a model and tokenizer from {where} {source!r}: {first_line}") from err
     _check_generating_head(config, source)
     _check_nothing_missing(model, loading, source)
+    pad = tokenizer.pad_token
+    if pad and pad not in (tokenizer.eos_token, tokenizer.bos_token) and pad in args.prompt:
+        # (read as the one padding token, which the model then reads as input, and left out of the text printed)
+        raise ValueError(f"the prompt holds {pad!r}, which the tokenizer of {source!r} reads as its padding token "
+                         f"(id {tokenizer.pad_token_id}), not as text: remove it")
     try:
         inputs = tokenizer(args.prompt, return_tensors="pt").to(device)
     except Exception as err:  # tokenizers raises a plain Exception for a word its vocabulary lacks (no <unk>)
@@ -240,6 +248,9 @@ def cmd_generate(args: argparse.Namespace) -> int:
         if decoding:  # (the map follows one greedy decode, or the --target given)
             raise ValueError(f"{' and '.join(decoding)} cannot go with --show-attention, --attention-plot or "
                              "--target: the attention map is of the greedy output (or of --target)")
+        if args.no_stream:  # (it was accepted and changed nothing)
+            raise ValueError("--no-stream has no effect with --show-attention, --attention-plot or --target: their "
+                             "table is printed once, when the decode ends; leave it out")
         if args.attention_plot:  # (before the decode and the table, not after them)
             from seqzoo.models.seq2seq.inspection import check_plot_path
 
@@ -336,8 +347,6 @@ def _check_known_model_type(source: str) -> None:
     """A folder of a model_type that neither seqzoo nor transformers registers (a plugin's architecture whose package
     is not installed here, a folder saved by a later seqzoo): say so, where transformers would offer to run custom
     code that the folder does not hold."""
-    import json
-
     from transformers.models.auto.configuration_auto import CONFIG_MAPPING
 
     path = Path(source) / "config.json"

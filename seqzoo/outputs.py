@@ -3,7 +3,8 @@
 ``seqzoo new``, ``seqzoo train`` and ``seqzoo publish --dry-run`` build their folder in a temporary sibling
 (``.<name>.<random>.partial``, on the same filesystem) and move it into place only when every file is written:
 
-- a destination that does not exist, or an empty folder, is replaced by one rename (atomic);
+- a destination that does not exist, or an empty folder, is replaced by one rename (atomic) -- but the folder the
+  process stands in (``seqzoo new lstm-tiny .``), which receives the files as below;
 - an existing folder that keeps other files (a training run's folder holds ``checkpoints/`` and
   ``metrics.jsonl``; ``seqzoo new --force``) receives the files one rename each, ``config.json`` last, so a
   folder never shows a ``config.json`` whose weights are missing or half-written.
@@ -55,13 +56,21 @@ def staged_folder(destination: str | os.PathLike, *, merge: bool = False) -> Ite
     ``merge=False``: ``destination`` must be missing or an empty folder, and appears in one rename. ``merge=True``:
     files are renamed into an existing folder one by one, ``config.json`` last (see the module docstring).
     """
-    destination = Path(destination)
+    try:
+        destination = Path(os.path.abspath(destination))  # ("." and "" name no folder to stage beside: EINVAL)
+        if not merge and destination.is_dir() and Path.cwd().is_relative_to(destination):
+            merge = True  # (replacing the folder a shell stands in would leave it in a deleted one, showing nothing)
+    except FileNotFoundError:  # (the folder the process stands in was deleted: a relative path fails below)
+        destination = Path(destination)
     parent = destination if merge else destination.parent
     try:
         parent.mkdir(parents=True, exist_ok=True)
         staging = Path(tempfile.mkdtemp(prefix=f".{destination.name}.", suffix=".partial", dir=parent))
     except OSError as err:
-        raise OutputError(f"cannot write {destination}: {describe(err)}") from err
+        # A file where a folder of the path should be: "File exists (/x/file)" said neither which nor why.
+        blocker = next((p for p in (parent, *parent.parents) if p.exists() and not p.is_dir()), None)
+        reason = f"{blocker} is a file, not a folder" if blocker is not None else describe(err)
+        raise OutputError(f"cannot write {destination}: {reason}") from err
     try:
         yield staging
         staging.chmod(0o755)  # mkdtemp makes it private to the user; a model folder is not
@@ -82,10 +91,12 @@ def staged_folder(destination: str | os.PathLike, *, merge: bool = False) -> Ite
 def _move_files(staging: Path, destination: Path) -> None:
     names = sorted(p.name for p in staging.iterdir())
     ordered = [n for n in names if n != LAST] + ([LAST] if LAST in names else [])
-    for name in ordered:
+    for name in ordered:  # every name before any file moves: new weights beside the old config.json otherwise
         target = destination / name
         if target.is_dir() and not (staging / name).is_dir():
             raise OutputError(f"cannot write {target}: a folder of that name is in the way")
+    for name in ordered:
+        target = destination / name
         if (staging / name).is_dir() and target.exists():
             shutil.rmtree(target) if target.is_dir() else target.unlink()
         os.replace(staging / name, target)

@@ -319,6 +319,8 @@ def test_seqzoo_decoding_flags_on_another_library_model_are_refused(model_dir, t
     (["--top-k", "5", "--seed", "3"], "--top-k and --seed only apply when sampling"),
     (["--max-new-tokens", "0"], "--max-new-tokens=0 is invalid"),
     (["--kernel", "lstm"], "--kernel 'lstm' is not of the form key=value"),
+    # (a value read as JSON was named as Python writes it: 'None')
+    (["--kernel", "lstm=null"], "unknown kernel backend for op 'lstm': 'null'; valid: reference, torch"),
 ])
 def test_generate_refuses_nonsense(model_dir, capsys, flags, expected):
     assert expected in _error(capsys, ["generate", str(model_dir), "Hi", *flags])
@@ -368,6 +370,13 @@ def test_new_refuses_non_empty_folder_and_unknown_preset(tmp_path, capsys):
     assert (tmp_path / "x").read_text() == "keep me"
     assert "Did you mean 'lstm-tiny'" in _error(capsys, ["new", "lstm-tnyi", str(tmp_path / "new")])
     assert "is a file" in _error(capsys, ["new", "lstm-tiny", str(tmp_path / "x")])
+
+
+def test_new_refuses_a_vocabulary_smaller_than_the_byte_tokenizers_and_leaves_nothing(tmp_path, capsys):
+    line = _error(capsys, ["new", "gru-tiny", str(tmp_path / "m"), "--set", "vocab_size=200", "pad_token_id=null",
+                           "eos_token_id=null", "bos_token_id=null"])
+    assert line == "error: the byte tokenizer needs vocab_size >= 258; this model has vocab_size=200"
+    assert os.listdir(tmp_path) == []
 
 
 def test_new_force_drops_the_training_record_of_the_model_it_replaces(tmp_path, capsys):
@@ -536,6 +545,10 @@ def test_a_misspelt_seqzoo_environment_variable_is_said(monkeypatch, capsys):
     assert "SEQZOO_KERNEL is not one seqzoo reads (did you mean SEQZOO_KERNELS?)" in err
     monkeypatch.delenv("SEQZOO_KERNEL")
     assert main(["list"]) == 0 and "not one seqzoo reads" not in capsys.readouterr().err
+    # (in lower case it was passed over without a word: no traceback for `seqzoo_debug=1 seqzoo train ...`)
+    monkeypatch.setenv("seqzoo_debug", "1")
+    assert main(["list"]) == 0
+    assert "seqzoo_debug is not one seqzoo reads (did you mean SEQZOO_DEBUG?)" in capsys.readouterr().err
 
 
 def test_one_command_warns_once_about_a_misspelt_variable_and_an_unknown_config_field(tmp_path, monkeypatch,
@@ -579,8 +592,18 @@ def test_an_argument_that_is_not_utf8_is_refused_by_name(tmp_path, capsys):
     assert not os.path.exists(folder)
 
 
+def test_an_argument_with_a_surrogate_that_stands_for_no_byte_is_refused_by_name(capsys):
+    # main(argv) called from Python with "\ud800" (no surrogate escape of a byte): the error line itself failed
+    # with a UnicodeEncodeError traceback.
+    with pytest.raises(SystemExit) as exit_info:
+        main(["generate", "m", "ab\ud800"])
+    assert exit_info.value.code == 2
+    assert "the argument 'ab\\ud800' is not valid UTF-8 text" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("argv, message", [
-    (["generate", "m", "x", "--num-beams", "x"], "error: seqzoo generate: argument --num-beams: invalid int value: 'x'"),
+    (["generate", "m", "x", "--num-beams", "x"],
+     "error: seqzoo generate: argument --num-beams: invalid int value: 'x'"),
     (["generat", "x"], "error: seqzoo: argument COMMAND: invalid choice: 'generat'"),
     (["list", "--bogus"], "error: seqzoo list: unrecognized arguments: --bogus (see `seqzoo list --help`)"),
     # an option of another command is named by the parser of the command written, whose --help lists its own
@@ -613,3 +636,21 @@ def test_show_attention_prints_a_multibyte_target_as_text(tmp_path, capsys):
     plain = capsys.readouterr().out[:-1]
     assert main(["generate", str(folder), "héllo 世界", "--max-new-tokens", "6", "--show-attention"]) == 0
     assert capsys.readouterr().out.startswith(f"source: héllo 世界\ntarget: {plain} (greedy)\n")
+    assert "--compile compiles a causal language model's decode step" in _error(
+        capsys, ["generate", str(folder), "héllo", "--compile"])
+    # (--no-stream was accepted and changed nothing: the table is printed once either way)
+    assert "--no-stream has no effect with --show-attention, --attention-plot or --target" in _error(
+        capsys, ["generate", str(folder), "héllo", "--show-attention", "--no-stream"])
+
+
+def test_generate_refuses_an_empty_prompt_a_file_and_seq2seq_flags_on_a_causal_lm(model_dir, capsys):
+    assert _error(capsys, ["generate", str(model_dir), ""]) == "error: the prompt is empty: give at least one character"
+    # The text "<|pad|>" became the padding token, which the model read as input and the text printed left out.
+    assert "the prompt holds '<|pad|>', which the tokenizer of" in _error(capsys, ["generate", str(model_dir),
+                                                                            "ab<|pad|>"])
+    line = _error(capsys, ["generate", str(model_dir / "config.json"), "hi"])
+    assert line.endswith("config.json' is a file; give the folder that holds config.json and the weights")
+    for flags in (["--show-attention"], ["--target", "x"], ["--attention-plot", "a.png"]):
+        line = _error(capsys, ["generate", str(model_dir), "hi", *flags])
+        assert "--show-attention, --attention-plot and --target need an encoder-decoder (seq2seq) model" in line
+        assert "holds a seqzoo_lstm language model" in line

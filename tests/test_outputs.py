@@ -102,6 +102,21 @@ def test_merge_renames_config_json_last(tmp_path, monkeypatch):
     assert leftovers(run) == ["checkpoints", "config.json", "model.safetensors", "tokenizer.json", "zz.json"]
 
 
+def test_merge_into_a_folder_with_a_folder_in_the_way_moves_nothing(tmp_path):
+    # The folder in the way was found only when its turn came: the files sorted before it (the new weights) had
+    # replaced the old ones already, beside the old config.json.
+    run = tmp_path / "run"
+    (run / "tokenizer.json").mkdir(parents=True)
+    (run / "config.json").write_text("old")
+    (run / "model.safetensors").write_text("old")
+    with pytest.raises(OutputError, match="tokenizer.json: a folder of that name is in the way"):
+        with staged_folder(run, merge=True) as staging:
+            for name in ("config.json", "model.safetensors", "tokenizer.json"):
+                (staging / name).write_text("new")
+    assert (run / "config.json").read_text() == "old" and (run / "model.safetensors").read_text() == "old"
+    assert leftovers(run) == ["config.json", "model.safetensors", "tokenizer.json"]
+
+
 def test_a_safetensors_write_error_becomes_one_line(tmp_path):
     from safetensors import SafetensorError
 
@@ -140,6 +155,35 @@ def test_new_into_a_read_only_folder(readonly_dir, capsys):
     message = error_line(["new", "lstm-tiny", str(readonly_dir / "m")], capsys)
     assert f"cannot write {readonly_dir / 'm'}: " in message
     assert "Read-only file system" in message or "Permission denied" in message
+
+
+def test_staged_folder_works_where_the_folder_one_stands_in_was_deleted(tmp_path, monkeypatch):
+    (tmp_path / "gone").mkdir()
+    monkeypatch.chdir(tmp_path / "gone")
+    (tmp_path / "gone").rmdir()
+    (tmp_path / "out").mkdir()
+    with staged_folder(tmp_path / "out") as staging:
+        (staging / "config.json").write_text("{}")
+    assert leftovers(tmp_path / "out") == ["config.json"]
+
+
+def test_new_below_a_file_names_the_file(tmp_path, capsys):
+    (tmp_path / "notes").write_text("mine")
+    message = error_line(["new", "gru-tiny", str(tmp_path / "notes" / "m")], capsys)
+    assert message == f"error: cannot write {tmp_path / 'notes' / 'm'}: {tmp_path / 'notes'} is a file, not a folder"
+    assert (tmp_path / "notes").read_text() == "mine"
+
+
+@pytest.mark.parametrize("written", [".", "", "../here"])
+def test_new_into_the_empty_folder_one_stands_in(tmp_path, monkeypatch, capsys, written):
+    # "." (and "") failed with "cannot write .: Invalid argument"; "../here" replaced the folder by a new one,
+    # leaving the shell that stood in it in a deleted folder that shows nothing.
+    here = tmp_path / "here"
+    here.mkdir()
+    monkeypatch.chdir(here)
+    assert main(["new", "gru-tiny", written]) == 0
+    assert {"config.json", "model.safetensors", "tokenizer.json"} <= set(os.listdir("."))
+    assert leftovers(tmp_path) == ["here"] and not [name for name in os.listdir(".") if name.endswith(".partial")]
 
 
 def test_new_force_into_a_used_folder_keeps_other_files(tmp_path, capsys):

@@ -54,3 +54,27 @@ def test_a_folder_with_only_tokenizer_json_loads(tmp_path):
     byte_tokenizer().save_pretrained(tmp_path)
     (tmp_path / "tokenizer_config.json").unlink()
     assert load_tokenizer(tmp_path)("\u00ae").input_ids == [0xC2, 0xAE]
+
+
+def test_a_causal_lms_config_gives_a_left_padding_tokenizer_cut_at_its_positions():
+    from seqzoo.registry import preset_values
+
+    spec, values = preset_values("transformer-gpt2-small")  # (learned positions: a bound)
+    config = spec.config_class(**values)
+    tokenizer = tokenizer_for(config)
+    assert isinstance(config.max_input_length, int)
+    assert tokenizer.padding_side == "left" and tokenizer.model_max_length == config.max_input_length
+
+
+@pytest.mark.parametrize("text, message", [
+    ("a<|pad|>b", r"data\.txt:3: the text holds '<\|pad\|>', which the saved tokenizer reads as its special token "
+                  r"\(id 256\)"),
+    ("<|endoftext|>", r"data\.txt:3: the text holds '<\|endoftext\|>', .* \(id 257\)"),
+    ("ab\ud800", r"data\.txt:3: the text holds '\\ud800' at character 2, a lone surrogate"),
+])
+def test_text_the_saved_tokenizer_would_read_otherwise_is_refused(text, message):
+    from seqzoo.tokenizer import check_trainable_text
+
+    with pytest.raises(ValueError, match=message):
+        check_trainable_text(text, "data.txt:3")
+    check_trainable_text("héllo 🙂 <|pad", "data.txt:3")

@@ -315,9 +315,8 @@ def _op_package_module(package: str) -> str:
 
 
 def _load_entry_point_plugins() -> None:
-    from importlib.metadata import entry_points
-
     import sys
+    from importlib.metadata import entry_points
 
     for ep in entry_points(group=ENTRY_POINT_GROUP):
         # What the plugin had registered before it failed is taken back: "skipped" means none of it stays (a
@@ -405,7 +404,8 @@ def _warn_misspelt_env() -> None:
     ``seqzoo_kernels``): nothing reads it, so the backends it names would otherwise not be forced, without a word.
     (The command line warns about every unknown ``SEQZOO_*`` name; a script that imports seqzoo gets this.)"""
     for name in list(os.environ):
-        if (name != ENV_VAR and name not in _WARNED_ENV and name.upper().startswith("SEQZOO_")
+        # (whatever its prefix: SEQZOOKERNELS and SEQ_ZOO_KERNELS are as misspelt, and no SEQZOO_* warning names them)
+        if (name != ENV_VAR and name not in _WARNED_ENV
                 and difflib.get_close_matches(name.upper(), [ENV_VAR], n=1, cutoff=0.8)):
             _WARNED_ENV.add(name)
             logger.warning("the environment variable %s is not read by seqzoo; did you mean %s?", name, ENV_VAR)
@@ -416,9 +416,11 @@ def _rebuild(raw: Any) -> _State:
     _ensure_loaded()
     if not _compiling():  # (difflib is not traceable; an eager call has warned, or will)
         _warn_misspelt_env()
-    text = raw.decode() if isinstance(raw, bytes) else (raw or "")
     try:
+        text = raw.decode() if isinstance(raw, bytes) else (raw or "").encode("utf-8", "surrogateescape").decode()
         forced, error = _parse_env(text), None
+    except UnicodeError:  # (a bare codec error, naming no variable, from every kernel call)
+        forced, error = {}, f"{ENV_VAR} is not valid UTF-8 text; it is op=backend,... (for example 'lstm=reference')"
     except KernelError as err:
         forced, error = {}, str(err)
     state = _State(raw, forced, error)

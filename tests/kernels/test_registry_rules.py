@@ -94,6 +94,21 @@ def test_spaces_and_empty_entries_in_the_environment_are_allowed(monkeypatch):
     assert select("gru", *gru_call()).name == "reference"
 
 
+def test_an_environment_value_that_is_not_utf8_is_named(monkeypatch, capsys):
+    # Its bytes (0xff here, a surrogate escape in os.environ) were decoded strictly: a bare UnicodeDecodeError that
+    # named no variable, from every kernel call and from `seqzoo kernels`.
+    from seqzoo.cli import main
+
+    monkeypatch.setenv("SEQZOO_KERNELS", "lstm=reference\udcff")
+    with pytest.raises(KernelError, match=r"SEQZOO_KERNELS is not valid UTF-8 text; it is op=backend"):
+        registry.check_environment()
+    args, kwargs = lstm_call()
+    with pytest.raises(KernelError, match="SEQZOO_KERNELS is not valid UTF-8 text"):
+        select("lstm", *args, **kwargs)
+    assert main(["kernels"]) == 2
+    assert capsys.readouterr().err.strip().startswith("error: SEQZOO_KERNELS is not valid UTF-8 text")
+
+
 def test_the_api_request_wins_over_the_environment(monkeypatch):
     monkeypatch.setenv("SEQZOO_KERNELS", "lstm=torch")
     args, kwargs = lstm_call()
@@ -166,6 +181,18 @@ def test_a_misspelt_variable_is_warned_about_once(monkeypatch, caplog):
             monkeypatch.setenv("SEQZOO_KERNELS", value)
             select("lstm", *args, **kwargs)
     assert sum("SEQZOO_KERNEL is not read by seqzoo" in r.getMessage() for r in caplog.records) == 1
+
+
+@pytest.mark.parametrize("name", ["SEQZOOKERNELS", "SEQ_ZOO_KERNELS"])
+def test_a_misspelt_variable_without_the_seqzoo_prefix_is_warned_about(monkeypatch, caplog, name):
+    # Only names that began with SEQZOO_ were looked at: these forced nothing, without a word.
+    monkeypatch.setenv(name, "lstm=reference")
+    monkeypatch.setattr(registry, "_WARNED_ENV", set())
+    registry._invalidate()  # (the environment is read again, as in a new process)
+    args, kwargs = lstm_call()
+    with caplog.at_level(logging.WARNING, logger="seqzoo.kernels"):
+        assert select("lstm", *args, **kwargs).name == "torch"
+    assert f"{name} is not read by seqzoo; did you mean SEQZOO_KERNELS?" in caplog.text
 
 
 def test_nested_use_backend_restores_the_outer_request():
