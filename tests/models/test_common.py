@@ -440,6 +440,28 @@ def test_a_cache_continued_under_checkpointing_keeps_its_gradient(preset, overri
                                        msg=f"use_reentrant={reentrant}: {name}")
 
 
+@pytest.mark.parametrize("preset, overrides", [("transformer-tiny", {}), ("hybrid-tiny", {})])
+def test_a_model_with_attention_keeps_no_cache_under_checkpointing_and_refuses_to_continue_one(preset, overrides,
+                                                                                                 caplog):
+    # A checkpointed attention layer runs again in the backward pass and appends its keys to the cache a second
+    # time: continuing the cache failed in the backward on mismatched sizes, and the cache held every key twice.
+    model = tiny_model(preset, **overrides).train()
+    model.activation_checkpointing_enable({"use_reentrant": False})
+    ids = torch.randint(3, 90, (2, 6))
+    with caplog.at_level("WARNING", logger="seqzoo"):
+        first = model(ids[:, :3], use_cache=True, labels=ids[:, :3])
+    assert output_cache(first) is None and "runs without a cache (use_cache=False)" in caplog.text
+    first.loss.backward()
+    with torch.no_grad():
+        cache = output_cache(model(ids[:, :3], use_cache=True))  # (no gradients: nothing is run again)
+    assert cache is not None and cache.get_seq_length() == 3
+    with pytest.raises(ValueError, match="a cache cannot be continued with activation checkpointing on while training"):
+        model(ids[:, 3:], cache=cache, labels=ids[:, 3:])
+    model.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(model(ids[:, 3:], cache=cache).logits[:, -1], model(ids).logits[:, -1])
+
+
 def test_device_is_the_first_parameters(family_preset):
     # seqzoo finds the first parameter without transformers' parameter generator; the answer must be the same,
     # with parameters spread over devices too (the meta device stands in for a second one).
