@@ -40,11 +40,10 @@ def _forget_warnings_given():
     from seqzoo.kernels import registry as kernel_registry
     from seqzoo.models import configuration_utils, inputs
     from seqzoo.models.hybrid import modeling_hybrid
-    from seqzoo.models.seq2seq import modeling_seq2seq
 
     for warned in (configuration_utils._WARNED_UNKNOWN, kernel_registry._WARNED_ENV,
                    inputs._WARNED_NO_ATTENTION, modeling_hybrid._WARNED_STATE_BYTES,
-                   modeling_seq2seq._WARNED_CHECKPOINT_CACHE):
+                   inputs._WARNED_CHECKPOINT_CACHE):
         warned.clear()
     yield
 

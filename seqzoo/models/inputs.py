@@ -201,25 +201,35 @@ def check_mask_values(attention_mask: torch.Tensor) -> bool:
 _WARNED_CHECKPOINT_CACHE: set[str] = set()  # the classes use_cache=True under checkpointing was warned about
 
 
+def cache_under_checkpointing(model: nn.Module, checkpointed: bool, cache: Any, use_cache: bool,
+                              layers: str = "") -> bool:
+    """``use_cache`` for a forward whose layers hold keys and values, checkpointed (``checkpointed``: activation
+    checkpointing on, training, gradients enabled) or not. A checkpointed attention layer runs again in the backward
+    pass and would add its keys to the cache twice (the backward then failed on mismatched sizes, and the cache held
+    every key twice): such a forward keeps no cache (``use_cache=True`` is warned about once per class, as
+    transformers' models do) and refuses to continue one. ``layers`` says which layers, for the messages."""
+    if not checkpointed:
+        return use_cache
+    name = type(model).__name__
+    if cache is not None:
+        raise ValueError(f"{name}: a cache cannot be continued with activation checkpointing on while training"
+                         f"{layers}; call model.eval() or torch.no_grad() to decode, or "
+                         "gradient_checkpointing_disable()")
+    if use_cache and name not in _WARNED_CHECKPOINT_CACHE:
+        _WARNED_CHECKPOINT_CACHE.add(name)
+        logger.warning("use_cache=True is incompatible with activation checkpointing while training%s: %s runs "
+                       "without a cache (use_cache=False)", layers, name)
+    return False
+
+
 def _prepare_cache(model: nn.Module, cache: Any, use_cache: bool, batch: int) -> SeqzooCache | None:
     """The cache this forward continues from and writes to: the one passed (checked against this model and batch),
-    a new one when caching, else None."""
-    if (getattr(model, "gradient_checkpointing", False) and model.training and torch.is_grad_enabled()
-            and ATTENTION in model.config.cache_layer_kinds):
-        # A checkpointed attention layer runs again in the backward pass and adds its keys to the cache twice (the
-        # backward then failed on mismatched sizes, and the cache held every key twice); recurrent states are
-        # replaced, not appended to, and continue under checkpointing (truncated backpropagation through time).
-        if cache is not None:
-            raise ValueError(f"{type(model).__name__}: a cache cannot be continued with activation checkpointing on "
-                             "while training in a model with attention layers; call model.eval() or torch.no_grad() "
-                             "to decode, or gradient_checkpointing_disable()")
-        if use_cache:
-            if type(model).__name__ not in _WARNED_CHECKPOINT_CACHE:
-                _WARNED_CHECKPOINT_CACHE.add(type(model).__name__)
-                logger.warning("use_cache=True is incompatible with activation checkpointing while training a model "
-                               "with attention layers: %s runs without a cache (use_cache=False)",
-                               type(model).__name__)
-            return None
+    a new one when caching, else None. (Recurrent states are replaced, not appended to, and continue under
+    checkpointing: truncated backpropagation through time.)"""
+    if ATTENTION in model.config.cache_layer_kinds:
+        checkpointed = getattr(model, "gradient_checkpointing", False) and model.training and torch.is_grad_enabled()
+        use_cache = cache_under_checkpointing(model, checkpointed, cache, use_cache,
+                                              " a model with attention layers")
     if cache is None:
         return SeqzooCache.for_model(model.config) if use_cache else None
     if not model.config.capabilities.can_generate:  # (its layers read no state: the cache was advanced, unread)

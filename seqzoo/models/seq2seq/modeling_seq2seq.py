@@ -41,7 +41,13 @@ from seqzoo.models.generation import (
     mark_beam_search_cache,
     refuse_continuous_batching,
 )
-from seqzoo.models.inputs import check_label_range, check_mask_values, prepare_inputs, resolve_output_flags
+from seqzoo.models.inputs import (
+    cache_under_checkpointing,
+    check_label_range,
+    check_mask_values,
+    prepare_inputs,
+    resolve_output_flags,
+)
 from seqzoo.models.modeling_utils import SeqzooPreTrainedModel, forward_parameters
 
 from .configuration_seq2seq import Seq2SeqConfig
@@ -50,7 +56,6 @@ from .recurrent import CheckpointedStack, RecurrentDecoder, RecurrentEncoder, ch
 from .transformer import TransformerDecoder, TransformerEncoder
 
 logger = logging.getLogger("seqzoo")
-_WARNED_CHECKPOINT_CACHE: set[str] = set()  # the classes use_cache=True under checkpointing was warned about
 
 
 class Seq2SeqPreTrainedModel(SeqzooPreTrainedModel):
@@ -161,18 +166,8 @@ class Seq2SeqModel(Seq2SeqPreTrainedModel):
         check_kwargs(kwargs, forward_parameters(self), f"{type(self).__name__}.forward")
         use_cache, output_hidden_states = resolve_output_flags(self, use_cache, output_hidden_states)
         output_attentions = bool(output_attentions)
-        if self.decoder.gradient_checkpointing and self.training and torch.is_grad_enabled():
-            # A checkpointed layer runs again in the backward pass: it would add its keys to a cache twice.
-            if cache is not None:
-                raise ValueError(f"{type(self).__name__}: a cache cannot be continued with activation checkpointing "
-                                 "on while training; call model.eval() or torch.no_grad() to decode, or "
-                                 "activation_checkpointing_disable()")
-            if use_cache:
-                if type(self).__name__ not in _WARNED_CHECKPOINT_CACHE:
-                    _WARNED_CHECKPOINT_CACHE.add(type(self).__name__)
-                    logger.warning("use_cache=True is incompatible with activation checkpointing while training: "
-                                   "%s runs without a cache (use_cache=False)", type(self).__name__)
-                use_cache = False
+        use_cache = cache_under_checkpointing(
+            self, self.decoder.gradient_checkpointing and self.training and torch.is_grad_enabled(), cache, use_cache)
         if encoder_outputs is None:
             encoder_outputs = self.encoder(input_ids=input_ids, attention_mask=attention_mask,
                                            inputs_embeds=inputs_embeds, output_attentions=output_attentions,
