@@ -15,14 +15,23 @@ from typing import Any, Callable
 
 from seqzoo.lab.plots import PLOT_FILES
 
+# The statuses of a lab's results.json: "running" while it trains and measures, then "finished"; "interrupted"
+# (Ctrl-C) or "failed" (an error) when it stopped before its report was written.
+STATUSES = ("running", "interrupted", "failed", "finished")
 
-def prepare_output(out: Path, force: bool, log: Callable[[str], None]) -> None:
+
+def prepare_output(out: Path, force: bool, log: Callable[[str], None], resume: bool = False) -> dict[str, Any] | None:
     """Create ``out``. A finished report there is replaced only with ``force``; an unfinished run (interrupted or
-    crashed) is replaced with a note; a folder that is not a lab report is never touched."""
+    crashed) is replaced with a note, unless it recorded finished training runs: those are replaced only with
+    ``force``, or kept with ``resume`` (which returns that lab's results.json, for :func:`seqzoo.lab.runner.run_lab`
+    to take the runs from). A folder that is not a lab report is never touched."""
     import shutil
 
     if out.exists() and not out.is_dir():
         raise ValueError(f"{str(out)!r} is a file; choose a folder for --out")
+    if resume and not (out.is_dir() and (out / "results.json").is_file()):
+        raise ValueError(f"--resume: {str(out)!r} holds no unfinished lab to resume (no results.json); leave out "
+                         "--resume to start one there")
     if out.exists() and any(out.iterdir()):
         marker = out / "results.json"
         if not marker.is_file():
@@ -34,10 +43,13 @@ def prepare_output(out: Path, force: bool, log: Callable[[str], None]) -> None:
         # Only a lab's own marker (its status and the command that made it) lets the folder be replaced: a
         # results.json of anything else is no sign of a lab report.
         environment = previous.get("environment") if isinstance(previous, dict) else None
-        if (not isinstance(previous, dict) or previous.get("status") not in ("running", "interrupted", "finished")
+        if (not isinstance(previous, dict) or previous.get("status") not in STATUSES
                 or not isinstance(environment, dict) or "command" not in environment):
             raise ValueError(f"{str(out)!r} holds a results.json that is not a seqzoo lab's; choose another --out "
                              "folder (nothing in it was touched)")
+        if previous.get("status") == "finished" and resume:
+            raise ValueError(f"--resume: {str(out)!r} holds a finished lab report, nothing to resume; pass --out "
+                             "NEW_FOLDER to keep it, or --force (without --resume) to replace it")
         if previous.get("status") == "finished" and not force:
             made = previous.get("environment", {})
             raise ValueError(
@@ -54,8 +66,27 @@ def prepare_output(out: Path, force: bool, log: Callable[[str], None]) -> None:
         if previous.get("status") != "finished" and kept and not force:
             raise ValueError(f"{str(out)!r} holds an unfinished sweep: {partial} records {kept} finished run(s); "
                              "pass --out NEW_FOLDER to keep them, or --force to replace them")
-        if previous.get("status") != "finished":
-            log(f"replacing the unfinished lab run in {out} (status: {previous.get('status', 'unknown')})")
+        # An unfinished lab's finished training runs, recorded in its results.json as each ended.
+        status = previous.get("status")
+        recorded = previous.get("runs") if status != "finished" and isinstance(previous.get("runs"), list) else []
+        trained = sum(1 for run in recorded if isinstance(run, dict) and run.get("ok"))
+        if resume:
+            if not trained:
+                raise ValueError(f"--resume: the unfinished lab in {str(out)!r} ({status}) recorded no finished "
+                                 "training run to keep; leave out --resume to start again there")
+            log(f"resuming the unfinished lab in {out} (status: {status})")
+            for name in LAB_OUTPUTS:  # (its results.json and runs/ stay: the runs a resumed lab keeps)
+                path = out / name
+                if name not in ("results.json", "runs") and (path.is_file() or path.is_symlink()):
+                    path.unlink()
+            return previous
+        if trained and not force:
+            raise ValueError(f"{str(out)!r} holds an unfinished lab ({status}): its results.json records {trained} "
+                             "finished training run(s); run the same `seqzoo lab` command with --resume to keep them "
+                             "and train only the rest, or pass --out NEW_FOLDER to keep them, or --force to replace "
+                             "them")
+        if status != "finished":
+            log(f"replacing the unfinished lab run in {out} (status: {status})")
         # Only what a lab wrote: a seq2seq or bidirectional report beside it (or any other file) stays, and so do
         # their run folders under runs/ (a lab's own are runs/<architecture>/).
         for name in LAB_OUTPUTS:
@@ -67,6 +98,7 @@ def prepare_output(out: Path, force: bool, log: Callable[[str], None]) -> None:
             elif path.exists() or path.is_symlink():
                 path.unlink()
     out.mkdir(parents=True, exist_ok=True)
+    return None
 
 
 def _remove_lab_runs(runs: Path, previous: dict[str, Any]) -> None:

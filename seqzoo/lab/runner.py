@@ -475,50 +475,131 @@ def _key(job: dict[str, Any]) -> tuple[Any, ...]:
 
 
 def run_lab(cfg: LabConfig, out: str | Path, log: Callable[[str], None] = print, command: str = "seqzoo lab",
-            force: bool = False) -> dict[str, Any]:
-    """Train, measure, and write ``report.md``, ``results.json`` and the plots into ``out``."""
+            force: bool = False, resume: bool = False) -> dict[str, Any]:
+    """Train, measure, and write ``report.md``, ``results.json`` and the plots into ``out``.
+
+    ``results.json`` records every training run as it ends, so that a lab interrupted or failed later (in training,
+    measuring or the report) loses no finished training; ``resume`` keeps those runs (:func:`resumable_runs`) and
+    trains only the rest."""
     from seqzoo.lab.report import draw_plots, write_report
 
     cfg.validate()
     presets = lab_presets(cfg.architectures)
     if not presets:
         raise ValueError("no architecture with a preset to train; see `seqzoo list`")
+    if resume and force:
+        raise ValueError("--resume keeps the runs an unfinished lab in --out recorded and --force replaces them; "
+                         "pass one")
     out = Path(out)
-    prepare_output(out, force, log)
+    previous = prepare_output(out, force, log, resume=resume)
     started = time.perf_counter()
     jobs = build_jobs(cfg, presets, out)
     order = {_key(job): i for i, job in enumerate(jobs)}
-    workers = cfg.worker_count(len(jobs))
+    runs = resumable_runs(previous, cfg, jobs, out) if previous is not None else []
+    # (the report's wall time counts the training of the runs kept)
+    earlier = previous.get("seconds") if runs and previous is not None else None
+    earlier_training = earlier.get("training", 0.0) if isinstance(earlier, dict) else 0.0
+    earlier_training = earlier_training if isinstance(earlier_training, (int, float)) else 0.0
+    kept = {_key(run) for run in runs}
+    to_train = [job for job in jobs if _key(job) not in kept]
+    workers = cfg.worker_count(len(to_train))
     environment = describe_environment(command, workers)
     marker = out / "results.json"
-    marker.write_text(json.dumps({"status": "running", "environment": environment}))  # marks a lab folder
-    log(f"seqzoo lab: {len(presets)} architectures ({', '.join(presets.values())}), {len(jobs)} training runs on "
-        f"{workers} worker(s) -> {out}")
-    try:
-        runs = run_jobs(longest_first(jobs, cfg), workers, log)
-    except KeyboardInterrupt:
-        marker.write_text(json.dumps({"status": "interrupted", "environment": environment}))
-        raise
-    runs.sort(key=lambda r: order[_key(r)])
-    training_seconds = time.perf_counter() - started
+    extra: dict[str, Any] = {"resumed_runs": len(runs)} if runs else {}
 
-    log("measuring decode speed, state size and gradients ...")
-    trained = {r["arch"]: r["seed"] for r in runs if r["task"] == TEXT and r["ok"]}
-    measured = measure_architectures(presets, cfg, out, trained)
-    results = {"status": "finished", "config": asdict(cfg), "presets": presets, "runs": runs,
-               "measurements": measured, "environment": environment,
-               "seconds": {"training": training_seconds, "total": time.perf_counter() - started}}
-    results["environment"]["finished"] = time.strftime("%Y-%m-%d %H:%M %Z")
-    # The runs are kept before the report is written (a report that fails must not lose them); "running" until it
-    # is written, so that the folder is not taken for a finished report.
-    write_atomically(marker, strict_json({**results, "status": "running"}, indent=1))
-    # The wall time the report gives (and results.json keeps) counts the plots: all the work but writing the text.
-    draw_plots(results, out)
-    results["seconds"]["total"] = time.perf_counter() - started
-    results["environment"]["finished"] = time.strftime("%Y-%m-%d %H:%M %Z")
-    write_report(results, out, draw=False)
-    write_atomically(marker, strict_json(results, indent=1))
+    def record(status: str, **more: Any) -> None:
+        # (what marks a lab folder, and every finished run: "running" until the report is written, so that the
+        # folder is not taken for a finished report)
+        seconds = {"training": earlier_training + time.perf_counter() - started}
+        write_atomically(marker, strict_json({"status": status, "config": asdict(cfg), "presets": presets,
+                                              "runs": runs, "environment": environment, "seconds": seconds,
+                                              **extra, **more}, indent=1))
+
+    def keep(run: dict[str, Any]) -> None:
+        runs.append(run)
+        record("running")
+
+    record("running")
+    log(f"seqzoo lab: {len(presets)} architectures ({', '.join(presets.values())}), {len(jobs)} training runs on "
+        f"{workers} worker(s) -> {out}" + (f" ({len(runs)} kept from the lab resumed, {len(to_train)} to train)"
+                                            if runs else ""))
+    try:
+        if to_train:
+            run_jobs(longest_first(to_train, cfg), workers, log, on_result=keep)
+        runs.sort(key=lambda r: order[_key(r)])
+        training_seconds = earlier_training + time.perf_counter() - started
+        record("running")  # (in report order)
+
+        log("measuring decode speed, state size and gradients ...")
+        trained = {r["arch"]: r["seed"] for r in runs if r["task"] == TEXT and r["ok"]}
+        extra["measurements"] = measure_architectures(presets, cfg, out, trained)
+        results = {"status": "finished", "config": asdict(cfg), "presets": presets, "runs": runs,
+                   "measurements": extra["measurements"], "environment": environment,
+                   "seconds": {"training": training_seconds,
+                               "total": earlier_training + time.perf_counter() - started}, **extra}
+        results["environment"]["finished"] = time.strftime("%Y-%m-%d %H:%M %Z")
+        write_atomically(marker, strict_json({**results, "status": "running"}, indent=1))
+        # The wall time the report gives (and results.json keeps) counts the plots: all the work but writing the text.
+        draw_plots(results, out)
+        results["seconds"]["total"] = earlier_training + time.perf_counter() - started
+        results["environment"]["finished"] = time.strftime("%Y-%m-%d %H:%M %Z")
+        write_report(results, out, draw=False)
+        write_atomically(marker, strict_json(results, indent=1))
+    except BaseException as err:
+        # Not "running" any more (with this process's pid, a notebook's, that refused the folder for as long as the
+        # process lived), and every run that finished is kept.
+        interrupted = isinstance(err, KeyboardInterrupt)
+        record("interrupted" if interrupted else "failed",
+               **({} if interrupted else {"error": f"{type(err).__name__}: {err}"}))
+        finished = sum(1 for run in runs if run["ok"])
+        if finished:
+            log(f"the lab stopped ({'interrupted' if interrupted else f'{type(err).__name__}: {err}'}) before its "
+                f"report; its {finished} finished training run(s) are kept in {marker}: run the same command with "
+                "--resume to keep them and train only the rest")
+        raise
     failed = [r for r in runs if not r["ok"]]
     log(f"wrote {out / 'report.md'} in {_clock(results['seconds']['total'])} (min:s)"
         + (f"; {len(failed)} run(s) FAILED (see the report)" if failed else ""))
     return results
+
+
+def resumable_runs(previous: dict[str, Any], cfg: LabConfig, jobs: list[dict[str, Any]],
+                   out: Path) -> list[dict[str, Any]]:
+    """The runs an unfinished lab recorded (``previous``, its results.json) that a resumed one keeps instead of
+    training again: those that finished, of a job it has (same architecture, preset, task, distances, seed, steps and
+    learning rate), a text run only with its saved model (which the measurements load). The settings must be the
+    lab's own, but for ``workers``, which changes no figure.
+
+    A run whose figures hold a null (results.json writes a diverged run's NaN as null) is trained again: the report
+    needs its figures as they were."""
+    earlier = previous.get("config") if isinstance(previous.get("config"), dict) else {}
+    mine = asdict(cfg)
+    differ = [name for name in mine if name != "workers" and earlier.get(name) != mine[name]]
+    if differ:
+        changes = "; ".join(f"{name} {earlier.get(name)!r} there, {mine[name]!r} here" for name in differ)
+        raise ValueError(f"--resume: the unfinished lab in {str(out)!r} ran with other settings ({changes}); resume "
+                         "it with its own options, or pass --force (without --resume) to replace it")
+    def identity(run: dict[str, Any]) -> str:
+        return json.dumps([run.get(k) for k in ("arch", "preset", "task", "distances", "seed", "steps", "lr")])
+
+    wanted = {identity(job): job for job in jobs}
+    kept = []
+    for run in previous.get("runs", []):
+        job = wanted.pop(identity(run), None) if isinstance(run, dict) else None
+        if job is None or run.get("ok") is not True or _holds_null(run):
+            continue
+        if run["task"] == TEXT and not (Path(job["output_dir"]) / "model.safetensors").is_file():
+            continue
+        for figures in ("accuracy", "trained_share"):  # (JSON's keys are strings; the lab's are distances)
+            if figures in run:
+                run[figures] = {int(distance): value for distance, value in run[figures].items()}
+        kept.append(run)
+    return kept
+
+
+def _holds_null(value: Any) -> bool:
+    if isinstance(value, dict):
+        return any(_holds_null(item) for item in value.values())
+    if isinstance(value, list):
+        return any(_holds_null(item) for item in value)
+    return value is None

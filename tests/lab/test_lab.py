@@ -488,7 +488,8 @@ def test_seqzoo_lab_hands_each_option_to_the_lab_and_fails_when_a_run_failed(mon
 
     calls = []
 
-    def lab(cfg, out, command, force):
+    def lab(cfg, out, command, force, resume):
+        assert resume is False
         calls.append((cfg, out, command, force))
         return {"runs": [{"ok": True}, {"ok": len(calls) > 1}]}
 
