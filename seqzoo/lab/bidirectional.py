@@ -155,7 +155,7 @@ def run_bidirectional_lab(cfg: BidirectionalLabConfig, out: str | Path, command:
     cfg.validate()
     presets = cfg.presets()
     from seqzoo.lab.folders import check_report_folder, remove_previous_report
-    from seqzoo.lab.runner import run_lab_jobs
+    from seqzoo.lab.workers import run_lab_jobs
 
     out = Path(out)
     check_report_folder(out, RESULTS_FILE, "bidirectional", force)

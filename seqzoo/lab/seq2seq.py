@@ -198,7 +198,7 @@ def run_seq2seq_lab(cfg: Seq2SeqLabConfig, out: str | Path, log: Callable[[str],
     report there is replaced only with ``force``)."""
     cfg.validate()
     from seqzoo.lab.folders import check_report_folder, remove_previous_report
-    from seqzoo.lab.runner import run_lab_jobs
+    from seqzoo.lab.workers import run_lab_jobs
 
     out = Path(out)
     check_report_folder(out, RESULTS_FILE, "seq2seq", force)
