@@ -30,7 +30,8 @@ EXIT_USAGE, EXIT_INTERNAL, EXIT_INTERRUPTED = 2, 1, 130
 INTERRUPT_HINTS = {
     "train": "run the same command with --resume to continue from the newest checkpoint (one is written every "
              "train.save_every steps)",
-    "lab": "the report folder holds no finished report; run `seqzoo lab` again",
+    "lab": "the report folder holds no finished report; run `seqzoo lab` again (`seqzoo lab --resume` with the same "
+           "options keeps the training runs that finished)",
 }
 
 

@@ -151,6 +151,26 @@ def check_model_source(source: str) -> None:
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
+    """``--kernel OP=BACKEND`` holds for this command only: the kernel selection in force before it (a Python
+    caller's ``seqzoo.set_kernel_backend``, or none) is back when it returns or fails."""
+    import contextlib
+
+    import seqzoo  # noqa: F401  (registers the architectures)
+    from seqzoo.kernels import use_backend
+
+    check_generation_args(args)
+    device = resolve_device(args.device)
+    check_model_source(args.model)
+    forced = parse_overrides(args.kernel, "--kernel")
+    with contextlib.ExitStack() as forcing:
+        for op, backend in forced.items():
+            # (as written: a value read as JSON, `lstm=null`, was named 'None'; forcing clears the registry's cached
+            # choices: see _note_unused_kernels)
+            forcing.enter_context(use_backend(op, backend if isinstance(backend, str) else json.dumps(backend)))
+        return _generate(args, device, forced)
+
+
+def _generate(args: argparse.Namespace, device: str, forced: dict[str, Any]) -> int:
     import torch
     from transformers import (
         AutoConfig,
@@ -159,19 +179,9 @@ def cmd_generate(args: argparse.Namespace) -> int:
         TextStreamer,
     )
 
-    import seqzoo  # noqa: F401  (registers the architectures)
-    from seqzoo.kernels import set_backend
     from seqzoo.kernels.registry import selections as kernel_selections
     from seqzoo.tokenizer import load_tokenizer
 
-    check_generation_args(args)
-    device = resolve_device(args.device)
-    check_model_source(args.model)
-    forced = parse_overrides(args.kernel, "--kernel")
-    for op, backend in forced.items():
-        # (as written: a value read as JSON, `lstm=null`, was named 'None'; set_backend clears the registry's cached
-        # choices: see _note_unused_kernels)
-        set_backend(op, backend if isinstance(backend, str) else json.dumps(backend))
     chosen_before = {op: kernel_selections(op) for op in forced}
     torch.manual_seed(0 if args.seed is None else args.seed)
     source = args.model

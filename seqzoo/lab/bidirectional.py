@@ -154,7 +154,8 @@ def run_bidirectional_lab(cfg: BidirectionalLabConfig, out: str | Path, command:
     there is replaced only with ``force``)."""
     cfg.validate()
     presets = cfg.presets()
-    from seqzoo.lab.runner import check_report_folder, remove_previous_report, run_lab_jobs
+    from seqzoo.lab.folders import check_report_folder, remove_previous_report
+    from seqzoo.lab.workers import run_lab_jobs
 
     out = Path(out)
     check_report_folder(out, RESULTS_FILE, "bidirectional", force)

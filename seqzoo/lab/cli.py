@@ -29,7 +29,9 @@ text, times decoding, weighs the state, measures gradients, and writes report.md
 2-core CPU machine. Each architecture trains with its own learning rate from the lab's recipes
 (seqzoo/lab/recipes.py, meant to come from `seqzoo lab sweep`; until that has run, every rate is the same 3e-3).
 
-A folder that already holds a finished report is never replaced unless --force is given."""
+A folder that already holds a finished report is never replaced unless --force is given. Every training run is
+recorded in its results.json as it ends: a lab stopped before its report (Ctrl-C, an error while measuring) keeps
+its finished runs, and --resume, with the options it ran with, trains only the rest."""
 
 
 def register(subparsers: Any) -> None:
@@ -39,6 +41,9 @@ def register(subparsers: Any) -> None:
     p.add_argument("--out", default=None,
                    help="report folder (default: lab-report, or lab-report-smoke with --smoke)")
     p.add_argument("--force", action="store_true", help="replace the report already in --out")
+    p.add_argument("--resume", action="store_true",
+                   help="finish the lab that stopped (Ctrl-C, an error) in --out: keep the training runs it recorded "
+                        "and train only the rest; give the options it ran with")
     p.add_argument("--smoke", action="store_true", help="a seconds-long run of every code path (for CI); its "
                    "figures mean nothing")
     p.add_argument("--architectures", nargs="+", metavar="ARCH", help=ARCHITECTURES_HELP)
@@ -158,7 +163,7 @@ def cmd_lab(args: argparse.Namespace) -> int:
     chosen = {k: v for k, v in chosen.items() if v is not None}
     cfg = LabConfig.smoke(**chosen) if args.smoke else LabConfig(**chosen)
     out = args.out or ("lab-report-smoke" if args.smoke else "lab-report")
-    results = run_lab(cfg, out, command=command_line(args), force=args.force)
+    results = run_lab(cfg, out, command=command_line(args), force=args.force, resume=args.resume)
     return 1 if any(not run["ok"] for run in results["runs"]) else 0
 
 

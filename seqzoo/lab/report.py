@@ -183,7 +183,9 @@ def _provenance(results: dict[str, Any]) -> str:
                                                      f"(other work on the machine slows every timing)" if load else ""),
         f"- Seeds: {', '.join(map(str, cfg['seeds']))} (memory tasks); {cfg['seeds'][0]} (text, decode, gradients)",
         f"- {len(results['runs'])} training runs; wall time {minutes} min {secs:02d} s for the training, the "
-        f"measurements and the plots ({env['started']} → {env.get('finished', '?')})",
+        f"measurements and the plots ({env['started']} → {env.get('finished', '?')})"
+        + (f"; {resumed} of the runs were kept from an unfinished lab this one resumed (`--resume`), their training "
+           "time counted" if (resumed := results.get("resumed_runs")) else ""),
     ]
     return "\n".join(lines)
 

@@ -13,29 +13,24 @@ For every registered architecture (its smallest preset) the lab
 
 Every training run is an ordinary :func:`seqzoo.training.train` recipe (steps and learning rates from
 :mod:`seqzoo.lab.recipes`), so anything the lab shows can be scaled up with ``seqzoo train``. Runs go to a pool
-of single-threaded worker processes (one per core): tiny models do not use two threads well, and one thread per
-run makes every figure independent of how runs were scheduled.
+of single-threaded worker processes (one per core, :mod:`seqzoo.lab.workers`): tiny models do not use two threads
+well, and one thread per run makes every figure independent of how runs were scheduled.
 """
 
 from __future__ import annotations
 
 import json
-import multiprocessing
-import os
-import platform
-import signal
-import threading
 import time
 import traceback
-from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
 from seqzoo.lab import recipes
 from seqzoo.lab.environment import available_cores, describe_environment
-from seqzoo.lab.plots import PLOT_FILES
+from seqzoo.lab.folders import prepare_output
 from seqzoo.lab.recipes import SOLVED_ACCURACY, SOLVED_WINDOW, TEXT
+from seqzoo.lab.workers import run_in_workers
 from seqzoo.outputs import write_atomically
 from seqzoo.training.data import TASKS, task_length
 from seqzoo.utils import strict_json
@@ -193,34 +188,6 @@ def job_recipe(job: dict[str, Any]) -> Any:
     })
 
 
-def _worker_setup(device: str = "cpu") -> None:
-    """A lab worker: one thread, on the CPU (the lab compares architectures as a laptop runs them, also where a GPU
-    exists) unless ``device`` is "cuda" (the sweep may run there)."""
-    import torch
-
-    # Ctrl-C reaches every process of the terminal's group; the parent alone stops the lab, so a worker neither
-    # prints a traceback nor dies half-way through writing a file.
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    if device == "cpu":
-        os.environ["ACCELERATE_USE_CPU"] = "true"
-    torch.set_num_threads(1)
-    # tqdm's default lock is a multiprocessing one: a worker stopped by Ctrl-C would leave it behind, and
-    # multiprocessing would warn about it after the lab's one-line message. A worker draws no bars anyway.
-    from tqdm import tqdm
-
-    tqdm.set_lock(threading.RLock())
-    _quiet_libraries()
-    threading.Thread(target=_exit_with_parent, args=(os.getppid(),), daemon=True).start()
-
-
-def _exit_with_parent(parent: int) -> None:
-    # A lab killed with SIGTERM/SIGKILL cannot tell its workers; without this each would finish its current run
-    # (minutes) before noticing.
-    while os.getppid() == parent:
-        time.sleep(1.0)
-    os._exit(1)
-
-
 def solved(window: int = SOLVED_WINDOW, accuracy: float = SOLVED_ACCURACY) -> Callable[[dict[str, Any]], bool]:
     """A stop rule: the mean training accuracy (answer tokens) of the last ``window`` steps is >= ``accuracy``."""
     recent: list[float] = []
@@ -289,20 +256,6 @@ def sample_text(model: Any, prompt: str, tokens: int, seed: int, temperature: fl
     return tokenizer.decode(output[0, inputs["input_ids"].shape[1]:], skip_special_tokens=True)
 
 
-def _quiet_libraries() -> None:
-    # A worker's log lines would interleave without saying which run they belong to; the report lists
-    # flagged gradients per run instead.
-    import logging
-    import warnings
-
-    from transformers.utils import logging as hf_logging
-
-    hf_logging.set_verbosity_error()
-    hf_logging.disable_progress_bar()
-    logging.getLogger("seqzoo.training").setLevel(logging.ERROR)
-    warnings.simplefilter("ignore", FutureWarning)
-
-
 def run_jobs(jobs: list[dict[str, Any]], workers: int, log: Callable[[str], None], device: str = "cpu",
              deadline: float | None = None,
              on_result: Callable[[dict[str, Any]], None] | None = None) -> list[dict[str, Any]]:
@@ -325,73 +278,6 @@ def run_jobs(jobs: list[dict[str, Any]], workers: int, log: Callable[[str], None
 
     run_in_workers(run_job, jobs, workers, report, device=device, deadline=deadline, log=log)
     return results
-
-
-def run_lab_jobs(run: Callable[[dict[str, Any]], dict[str, Any]], jobs: list[dict[str, Any]], workers: int,
-                 log: Callable[[str], None], label: Callable[[dict[str, Any]], str],
-                 figures: str) -> list[dict[str, Any]]:
-    """The runs of a lab that writes its report beside others (``seqzoo lab seq2seq``, ``bidirectional``), each
-    logged as it ends (``label(run)``, then its accuracy by key, named ``figures``): :func:`run_in_workers`, or with
-    one worker in this process (no worker to start: seconds saved in a smoke run), as a worker would run them: one
-    thread, on the CPU."""
-    runs: list[dict[str, Any]] = []
-
-    def on_result(result: dict[str, Any]) -> None:
-        runs.append(result)
-        read = (" ".join(f"{key}:{accuracy:.2f}" for key, accuracy in sorted(result["accuracy"].items()))
-                if result["ok"] else f"FAILED: {result['error']}")
-        log(f"[{len(runs):>2}/{len(jobs)}] {label(result)} {figures} {read} ({result['seconds']:.1f} s)")
-
-    if workers > 1:
-        run_in_workers(run, jobs, workers, on_result)
-        return runs
-    import torch
-
-    threads, on_cpu = torch.get_num_threads(), os.environ.get("ACCELERATE_USE_CPU")
-    torch.set_num_threads(1)
-    os.environ["ACCELERATE_USE_CPU"] = "true"
-    try:
-        for job in jobs:
-            on_result(run(job))
-    finally:
-        torch.set_num_threads(threads)
-        if on_cpu is None:
-            os.environ.pop("ACCELERATE_USE_CPU", None)
-        else:
-            os.environ["ACCELERATE_USE_CPU"] = on_cpu
-    return runs
-
-
-def run_in_workers(run: Callable[[dict[str, Any]], dict[str, Any]], jobs: list[dict[str, Any]], workers: int,
-                   on_result: Callable[[dict[str, Any]], None], *, device: str = "cpu", deadline: float | None = None,
-                   log: Callable[[str], None] = print) -> None:
-    """Call ``run(job)`` for every job on ``workers`` lab workers (:func:`_worker_setup`), handing each result to
-    ``on_result`` as it comes; ``run`` is a module-level function (the workers are spawned). Ctrl-C, or any failure
-    here, drops the queued jobs, stops the running ones now rather than after they finish, and re-raises. With a
-    ``deadline`` (a perf_counter time), jobs not started by then are dropped."""
-    # spawn, not fork: a forked copy of a process that already ran torch threads can deadlock.
-    pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"), initializer=_worker_setup,
-                               initargs=(device,))
-    try:
-        futures = [pool.submit(run, job) for job in jobs]
-        for future in as_completed(futures):
-            if future.cancelled():
-                continue
-            on_result(future.result())
-            if deadline is not None and time.perf_counter() > deadline:
-                dropped = sum(f.cancel() for f in futures)
-                log(f"deadline reached: {dropped} queued run(s) dropped")
-                deadline = None
-    except BaseException:
-        processes = list((getattr(pool, "_processes", None) or {}).values())
-        pool.shutdown(wait=False, cancel_futures=True)
-        for process in processes:
-            process.terminate()
-        for process in processes:
-            process.join(timeout=10)
-        pool.shutdown(wait=True)  # releases the pool's queues (else multiprocessing warns of leaked semaphores)
-        raise
-    pool.shutdown()
 
 
 def _clock(seconds: float) -> str:
@@ -452,129 +338,6 @@ def measure_architectures(presets: dict[str, str], cfg: LabConfig, out: Path,
 # The whole lab.
 
 
-def prepare_output(out: Path, force: bool, log: Callable[[str], None]) -> None:
-    """Create ``out``. A finished report there is replaced only with ``force``; an unfinished run (interrupted or
-    crashed) is replaced with a note; a folder that is not a lab report is never touched."""
-    import shutil
-
-    if out.exists() and not out.is_dir():
-        raise ValueError(f"{str(out)!r} is a file; choose a folder for --out")
-    if out.exists() and any(out.iterdir()):
-        marker = out / "results.json"
-        if not marker.is_file():
-            raise ValueError(f"{str(out)!r} exists and is not a seqzoo lab report; choose another --out folder")
-        try:
-            previous = json.loads(marker.read_text())
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError):
-            previous = None
-        # Only a lab's own marker (its status and the command that made it) lets the folder be replaced: a
-        # results.json of anything else is no sign of a lab report.
-        environment = previous.get("environment") if isinstance(previous, dict) else None
-        if (not isinstance(previous, dict) or previous.get("status") not in ("running", "interrupted", "finished")
-                or not isinstance(environment, dict) or "command" not in environment):
-            raise ValueError(f"{str(out)!r} holds a results.json that is not a seqzoo lab's; choose another --out "
-                             "folder (nothing in it was touched)")
-        if previous.get("status") == "finished" and not force:
-            made = previous.get("environment", {})
-            raise ValueError(
-                f"{str(out)!r} already holds a finished lab report (`{made.get('command', 'seqzoo lab')}`, "
-                f"{made.get('finished', 'date unknown')}); pass --out NEW_FOLDER to keep it, or --force to replace it")
-        owner = environment.get("pid"), environment.get("host")
-        if (previous.get("status") == "running" and owner[0] and owner[1] == platform.node()
-                and _process_alive(owner[0])):
-            raise ValueError(f"{str(out)!r} is the folder of a lab still running (process {owner[0]}); wait for it, "
-                             "stop it, or choose another --out folder")
-        # An unfinished sweep's finished runs, one a line (bytes: a line cut short by a kill is still a run kept).
-        partial = out / "runs.jsonl"
-        kept = sum(1 for line in partial.read_bytes().splitlines() if line.strip()) if partial.is_file() else 0
-        if previous.get("status") != "finished" and kept and not force:
-            raise ValueError(f"{str(out)!r} holds an unfinished sweep: {partial} records {kept} finished run(s); "
-                             "pass --out NEW_FOLDER to keep them, or --force to replace them")
-        if previous.get("status") != "finished":
-            log(f"replacing the unfinished lab run in {out} (status: {previous.get('status', 'unknown')})")
-        # Only what a lab wrote: a seq2seq or bidirectional report beside it (or any other file) stays, and so do
-        # their run folders under runs/ (a lab's own are runs/<architecture>/).
-        for name in LAB_OUTPUTS:
-            path = out / name
-            if name == "runs" and path.is_dir() and not path.is_symlink():
-                _remove_lab_runs(path, previous)
-            elif path.is_dir() and not path.is_symlink():
-                shutil.rmtree(path)
-            elif path.exists() or path.is_symlink():
-                path.unlink()
-    out.mkdir(parents=True, exist_ok=True)
-
-
-def _remove_lab_runs(runs: Path, previous: dict[str, Any]) -> None:
-    """Delete the run folders a lab or sweep wrote under ``runs`` (``runs/<architecture>/``: every registered
-    architecture, and those the earlier results name), then ``runs`` itself if nothing else is left in it."""
-    import shutil
-
-    import seqzoo
-
-    presets = previous.get("presets")
-    names = set(seqzoo.list_architectures()) | (set(presets) if isinstance(presets, dict) else set())
-    for name in names:
-        folder = runs / name
-        if Path(name).name == name and name not in ("", ".", "..") and folder.is_dir() and not folder.is_symlink():
-            shutil.rmtree(folder)
-    if not any(runs.iterdir()):
-        runs.rmdir()
-
-
-# What `seqzoo lab` and `seqzoo lab sweep` write into their folder (and all that a replacement removes).
-LAB_OUTPUTS = ("results.json", "results.json.partial", "report.md", *PLOT_FILES, "runs", "sweep.md", "runs.jsonl")
-
-
-def _process_alive(pid: Any) -> bool:
-    try:
-        os.kill(int(pid), 0)
-    except PermissionError:  # a process of another user
-        return True
-    except (ProcessLookupError, OverflowError, ValueError, TypeError):  # none, or no pid at all (an edited marker)
-        return False
-    return True
-
-
-def check_report_folder(out: Path, results_file: str, what: str, force: bool) -> None:
-    """The guard of a lab that writes its report beside others (``seqzoo lab seq2seq``, ``bidirectional``): ``out``
-    must be a folder, and one holding this lab's ``results_file`` is replaced only with ``force``."""
-    if out.exists() and not out.is_dir():
-        raise ValueError(f"{str(out)!r} is a file; choose a folder for --out")
-    if (out / results_file).is_file() and not force:
-        raise ValueError(f"{str(out)!r} already holds a {what} lab report ({results_file}); pass --out NEW_FOLDER "
-                         "to keep it, or --force to replace it")
-
-
-def remove_previous_report(out: Path, results_file: str, files: tuple[str, ...], patterns: tuple[str, ...],
-                           run_folder: Callable[[dict[str, Any]], str]) -> None:
-    """Before a lab that writes its report beside others replaces its own (``--force``): delete what that report
-    wrote, so that a run with fewer tasks or models leaves none of the earlier figures or run folders behind. That
-    is ``files``, whatever matches ``patterns`` (per-task figures), and the run folder under ``runs/`` of every run
-    the earlier results list (``run_folder(run)`` names it; a name that is not a single folder name, as an edited
-    file could hold, is left alone, as are runs an unreadable results file no longer lists)."""
-    import shutil
-
-    previous = out / results_file
-    if not previous.is_file():
-        return
-    try:
-        runs = json.loads(previous.read_text()).get("runs", [])
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError, AttributeError):
-        runs = []
-    for run in runs if isinstance(runs, list) else []:
-        try:
-            name = run_folder(run)
-        except (KeyError, TypeError, AttributeError):
-            continue
-        folder = out / "runs" / name
-        if name not in ("", ".", "..") and Path(name).name == name and folder.is_dir() and not folder.is_symlink():
-            shutil.rmtree(folder)
-    for path in [out / name for name in files] + [path for pattern in patterns for path in out.glob(pattern)]:
-        if path.is_file() or path.is_symlink():
-            path.unlink()
-
-
 def build_jobs(cfg: LabConfig, presets: dict[str, str], out: Path) -> list[dict[str, Any]]:
     """Every training run, in report order: architectures, then tasks and seeds, then text."""
     jobs = []
@@ -599,50 +362,131 @@ def _key(job: dict[str, Any]) -> tuple[Any, ...]:
 
 
 def run_lab(cfg: LabConfig, out: str | Path, log: Callable[[str], None] = print, command: str = "seqzoo lab",
-            force: bool = False) -> dict[str, Any]:
-    """Train, measure, and write ``report.md``, ``results.json`` and the plots into ``out``."""
+            force: bool = False, resume: bool = False) -> dict[str, Any]:
+    """Train, measure, and write ``report.md``, ``results.json`` and the plots into ``out``.
+
+    ``results.json`` records every training run as it ends, so that a lab interrupted or failed later (in training,
+    measuring or the report) loses no finished training; ``resume`` keeps those runs (:func:`resumable_runs`) and
+    trains only the rest."""
     from seqzoo.lab.report import draw_plots, write_report
 
     cfg.validate()
     presets = lab_presets(cfg.architectures)
     if not presets:
         raise ValueError("no architecture with a preset to train; see `seqzoo list`")
+    if resume and force:
+        raise ValueError("--resume keeps the runs an unfinished lab in --out recorded and --force replaces them; "
+                         "pass one")
     out = Path(out)
-    prepare_output(out, force, log)
+    previous = prepare_output(out, force, log, resume=resume)
     started = time.perf_counter()
     jobs = build_jobs(cfg, presets, out)
     order = {_key(job): i for i, job in enumerate(jobs)}
-    workers = cfg.worker_count(len(jobs))
+    runs = resumable_runs(previous, cfg, jobs, out) if previous is not None else []
+    # (the report's wall time counts the training of the runs kept)
+    earlier = previous.get("seconds") if runs and previous is not None else None
+    earlier_training = earlier.get("training", 0.0) if isinstance(earlier, dict) else 0.0
+    earlier_training = earlier_training if isinstance(earlier_training, (int, float)) else 0.0
+    kept = {_key(run) for run in runs}
+    to_train = [job for job in jobs if _key(job) not in kept]
+    workers = cfg.worker_count(len(to_train))
     environment = describe_environment(command, workers)
     marker = out / "results.json"
-    marker.write_text(json.dumps({"status": "running", "environment": environment}))  # marks a lab folder
-    log(f"seqzoo lab: {len(presets)} architectures ({', '.join(presets.values())}), {len(jobs)} training runs on "
-        f"{workers} worker(s) -> {out}")
-    try:
-        runs = run_jobs(longest_first(jobs, cfg), workers, log)
-    except KeyboardInterrupt:
-        marker.write_text(json.dumps({"status": "interrupted", "environment": environment}))
-        raise
-    runs.sort(key=lambda r: order[_key(r)])
-    training_seconds = time.perf_counter() - started
+    extra: dict[str, Any] = {"resumed_runs": len(runs)} if runs else {}
 
-    log("measuring decode speed, state size and gradients ...")
-    trained = {r["arch"]: r["seed"] for r in runs if r["task"] == TEXT and r["ok"]}
-    measured = measure_architectures(presets, cfg, out, trained)
-    results = {"status": "finished", "config": asdict(cfg), "presets": presets, "runs": runs,
-               "measurements": measured, "environment": environment,
-               "seconds": {"training": training_seconds, "total": time.perf_counter() - started}}
-    results["environment"]["finished"] = time.strftime("%Y-%m-%d %H:%M %Z")
-    # The runs are kept before the report is written (a report that fails must not lose them); "running" until it
-    # is written, so that the folder is not taken for a finished report.
-    write_atomically(marker, strict_json({**results, "status": "running"}, indent=1))
-    # The wall time the report gives (and results.json keeps) counts the plots: all the work but writing the text.
-    draw_plots(results, out)
-    results["seconds"]["total"] = time.perf_counter() - started
-    results["environment"]["finished"] = time.strftime("%Y-%m-%d %H:%M %Z")
-    write_report(results, out, draw=False)
-    write_atomically(marker, strict_json(results, indent=1))
+    def record(status: str, **more: Any) -> None:
+        # (what marks a lab folder, and every finished run: "running" until the report is written, so that the
+        # folder is not taken for a finished report)
+        seconds = {"training": earlier_training + time.perf_counter() - started}
+        write_atomically(marker, strict_json({"status": status, "config": asdict(cfg), "presets": presets,
+                                              "runs": runs, "environment": environment, "seconds": seconds,
+                                              **extra, **more}, indent=1))
+
+    def keep(run: dict[str, Any]) -> None:
+        runs.append(run)
+        record("running")
+
+    record("running")
+    log(f"seqzoo lab: {len(presets)} architectures ({', '.join(presets.values())}), {len(jobs)} training runs on "
+        f"{workers} worker(s) -> {out}" + (f" ({len(runs)} kept from the lab resumed, {len(to_train)} to train)"
+                                            if runs else ""))
+    try:
+        if to_train:
+            run_jobs(longest_first(to_train, cfg), workers, log, on_result=keep)
+        runs.sort(key=lambda r: order[_key(r)])
+        training_seconds = earlier_training + time.perf_counter() - started
+        record("running")  # (in report order)
+
+        log("measuring decode speed, state size and gradients ...")
+        trained = {r["arch"]: r["seed"] for r in runs if r["task"] == TEXT and r["ok"]}
+        extra["measurements"] = measure_architectures(presets, cfg, out, trained)
+        results = {"status": "finished", "config": asdict(cfg), "presets": presets, "runs": runs,
+                   "measurements": extra["measurements"], "environment": environment,
+                   "seconds": {"training": training_seconds,
+                               "total": earlier_training + time.perf_counter() - started}, **extra}
+        results["environment"]["finished"] = time.strftime("%Y-%m-%d %H:%M %Z")
+        write_atomically(marker, strict_json({**results, "status": "running"}, indent=1))
+        # The wall time the report gives (and results.json keeps) counts the plots: all the work but writing the text.
+        draw_plots(results, out)
+        results["seconds"]["total"] = earlier_training + time.perf_counter() - started
+        results["environment"]["finished"] = time.strftime("%Y-%m-%d %H:%M %Z")
+        write_report(results, out, draw=False)
+        write_atomically(marker, strict_json(results, indent=1))
+    except BaseException as err:
+        # Not "running" any more (with this process's pid, a notebook's, that refused the folder for as long as the
+        # process lived), and every run that finished is kept.
+        interrupted = isinstance(err, KeyboardInterrupt)
+        record("interrupted" if interrupted else "failed",
+               **({} if interrupted else {"error": f"{type(err).__name__}: {err}"}))
+        finished = sum(1 for run in runs if run["ok"])
+        if finished:
+            log(f"the lab stopped ({'interrupted' if interrupted else f'{type(err).__name__}: {err}'}) before its "
+                f"report; its {finished} finished training run(s) are kept in {marker}: run the same command with "
+                "--resume to keep them and train only the rest")
+        raise
     failed = [r for r in runs if not r["ok"]]
     log(f"wrote {out / 'report.md'} in {_clock(results['seconds']['total'])} (min:s)"
         + (f"; {len(failed)} run(s) FAILED (see the report)" if failed else ""))
     return results
+
+
+def resumable_runs(previous: dict[str, Any], cfg: LabConfig, jobs: list[dict[str, Any]],
+                   out: Path) -> list[dict[str, Any]]:
+    """The runs an unfinished lab recorded (``previous``, its results.json) that a resumed one keeps instead of
+    training again: those that finished, of a job it has (same architecture, preset, task, distances, seed, steps and
+    learning rate), a text run only with its saved model (which the measurements load). The settings must be the
+    lab's own, but for ``workers``, which changes no figure.
+
+    A run whose figures hold a null (results.json writes a diverged run's NaN as null) is trained again: the report
+    needs its figures as they were."""
+    earlier = previous.get("config") if isinstance(previous.get("config"), dict) else {}
+    mine = asdict(cfg)
+    differ = [name for name in mine if name != "workers" and earlier.get(name) != mine[name]]
+    if differ:
+        changes = "; ".join(f"{name} {earlier.get(name)!r} there, {mine[name]!r} here" for name in differ)
+        raise ValueError(f"--resume: the unfinished lab in {str(out)!r} ran with other settings ({changes}); resume "
+                         "it with its own options, or pass --force (without --resume) to replace it")
+    def identity(run: dict[str, Any]) -> str:
+        return json.dumps([run.get(k) for k in ("arch", "preset", "task", "distances", "seed", "steps", "lr")])
+
+    wanted = {identity(job): job for job in jobs}
+    kept = []
+    for run in previous.get("runs", []):
+        job = wanted.pop(identity(run), None) if isinstance(run, dict) else None
+        if job is None or run.get("ok") is not True or _holds_null(run):
+            continue
+        if run["task"] == TEXT and not (Path(job["output_dir"]) / "model.safetensors").is_file():
+            continue
+        for figures in ("accuracy", "trained_share"):  # (JSON's keys are strings; the lab's are distances)
+            if figures in run:
+                run[figures] = {int(distance): value for distance, value in run[figures].items()}
+        kept.append(run)
+    return kept
+
+
+def _holds_null(value: Any) -> bool:
+    if isinstance(value, dict):
+        return any(_holds_null(item) for item in value.values())
+    if isinstance(value, list):
+        return any(_holds_null(item) for item in value)
+    return value is None

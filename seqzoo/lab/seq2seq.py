@@ -197,7 +197,8 @@ def run_seq2seq_lab(cfg: Seq2SeqLabConfig, out: str | Path, log: Callable[[str],
     """Train every model on every task, then write the report section and its figures into ``out`` (a finished
     report there is replaced only with ``force``)."""
     cfg.validate()
-    from seqzoo.lab.runner import check_report_folder, remove_previous_report, run_lab_jobs
+    from seqzoo.lab.folders import check_report_folder, remove_previous_report
+    from seqzoo.lab.workers import run_lab_jobs
 
     out = Path(out)
     check_report_folder(out, RESULTS_FILE, "seq2seq", force)

@@ -26,8 +26,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
+from seqzoo.lab.folders import prepare_output
 from seqzoo.lab.recipes import TEXT
-from seqzoo.lab.runner import LabConfig, lab_presets, longest_first, make_job, prepare_output, run_jobs
+from seqzoo.lab.runner import LabConfig, lab_presets, longest_first, make_job, run_jobs
 from seqzoo.outputs import write_atomically
 from seqzoo.training.data import TASKS
 from seqzoo.utils import strict_json

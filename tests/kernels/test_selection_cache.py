@@ -237,6 +237,21 @@ def test_generate_with_an_unknown_kernel_backend_is_one_error_line(tmp_path, cap
     assert err == "error: unknown kernel backend for op 'lstm': 'fast'; valid: reference, torch."
 
 
+def test_generate_kernel_choices_hold_for_that_command_only(tmp_path, capsys):
+    """`seqzoo generate --kernel` left its backend forced in the process: a Python caller of main() then ran every
+    model on it (and lost the backend it had forced itself)."""
+    assert main(["new", "lstm-tiny", str(tmp_path / "m")]) == 0
+    generate = ["generate", str(tmp_path / "m"), "hi", "--max-new-tokens", "2", "--no-stream"]
+    assert main([*generate, "--kernel", "lstm=reference"]) == 0
+    assert registry.requested_backend("lstm") is None
+    with use_backend("lstm", "torch"):  # (the caller's own choice comes back, after a success and a failure)
+        assert main([*generate, "--kernel", "lstm=reference", "gru=reference"]) == 0
+        assert (registry.requested_backend("lstm"), registry.requested_backend("gru")) == ("torch", None)
+        assert main([*generate[:2], "", "--kernel", "lstm=reference"]) == 2  # (an empty prompt, refused)
+        assert "the prompt is empty" in capsys.readouterr().err
+        assert registry.requested_backend("lstm") == "torch"
+
+
 @pytest.mark.parametrize("warm", [True, False])
 def test_selection_adds_no_graph_break_under_torch_compile(warm, monkeypatch):
     # (with a SEQZOO_* variable set, as CI sets one, the registry's rebuild looks it over: not while compiling)

@@ -17,9 +17,10 @@ import seqzoo
 from seqzoo.cli import main
 from seqzoo.lab import findings, recipes
 from seqzoo.lab.cli import TASK_NAMES
+from seqzoo.lab.folders import LAB_OUTPUTS, prepare_output
 from seqzoo.lab.gradients import gradient_profile
 from seqzoo.lab.measure import decode_profile, describe_state
-from seqzoo.lab.runner import LAB_OUTPUTS, LabConfig, lab_presets, prepare_output, run_lab, solved
+from seqzoo.lab.runner import LabConfig, lab_presets, run_lab, solved
 from seqzoo.training.data import TASKS
 from tests.conftest import tiny_model
 
@@ -385,7 +386,7 @@ def test_an_option_before_a_lab_subcommand_is_refused_not_dropped(tmp_path, caps
 def test_a_lab_replacing_its_report_beside_others_deletes_only_what_that_report_wrote(tmp_path):
     """``seqzoo lab seq2seq --force`` (and ``bidirectional``) with fewer tasks: the earlier report's figures and run
     folders go, so none is left beside the new report; other files, other runs and anything outside stay."""
-    from seqzoo.lab.runner import remove_previous_report
+    from seqzoo.lab.folders import remove_previous_report
 
     out = tmp_path / "lab"
     (out / "runs").mkdir(parents=True)
@@ -487,7 +488,8 @@ def test_seqzoo_lab_hands_each_option_to_the_lab_and_fails_when_a_run_failed(mon
 
     calls = []
 
-    def lab(cfg, out, command, force):
+    def lab(cfg, out, command, force, resume):
+        assert resume is False
         calls.append((cfg, out, command, force))
         return {"runs": [{"ok": True}, {"ok": len(calls) > 1}]}
 

@@ -96,7 +96,7 @@ def test_one_worker_runs_the_jobs_here_as_a_worker_would_and_logs_each(monkeypat
 
     import torch
 
-    from seqzoo.lab.runner import run_lab_jobs
+    from seqzoo.lab.workers import run_lab_jobs
 
     monkeypatch.delenv("ACCELERATE_USE_CPU", raising=False)
     threads, seen, lines = torch.get_num_threads(), [], []

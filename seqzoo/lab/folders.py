@@ -1,0 +1,171 @@
+"""Where the labs write: the guards that keep a report folder from being replaced by mistake, and the removal of
+what an earlier report wrote when it is replaced.
+
+``seqzoo lab`` and ``seqzoo lab sweep`` own their folder (:func:`prepare_output`); ``seqzoo lab seq2seq`` and
+``bidirectional`` write their report beside others (:func:`check_report_folder`, :func:`remove_previous_report`).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+from pathlib import Path
+from typing import Any, Callable
+
+from seqzoo.lab.plots import PLOT_FILES
+
+# The statuses of a lab's results.json: "running" while it trains and measures, then "finished"; "interrupted"
+# (Ctrl-C) or "failed" (an error) when it stopped before its report was written.
+STATUSES = ("running", "interrupted", "failed", "finished")
+
+
+def prepare_output(out: Path, force: bool, log: Callable[[str], None], resume: bool = False) -> dict[str, Any] | None:
+    """Create ``out``. A finished report there is replaced only with ``force``; an unfinished run (interrupted or
+    crashed) is replaced with a note, unless it recorded finished training runs: those are replaced only with
+    ``force``, or kept with ``resume`` (which returns that lab's results.json, for :func:`seqzoo.lab.runner.run_lab`
+    to take the runs from). A folder that is not a lab report is never touched."""
+    import shutil
+
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"{str(out)!r} is a file; choose a folder for --out")
+    if resume and not (out.is_dir() and (out / "results.json").is_file()):
+        raise ValueError(f"--resume: {str(out)!r} holds no unfinished lab to resume (no results.json); leave out "
+                         "--resume to start one there")
+    if out.exists() and any(out.iterdir()):
+        marker = out / "results.json"
+        if not marker.is_file():
+            raise ValueError(f"{str(out)!r} exists and is not a seqzoo lab report; choose another --out folder")
+        try:
+            previous = json.loads(marker.read_text())
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+            previous = None
+        # Only a lab's own marker (its status and the command that made it) lets the folder be replaced: a
+        # results.json of anything else is no sign of a lab report.
+        environment = previous.get("environment") if isinstance(previous, dict) else None
+        if (not isinstance(previous, dict) or previous.get("status") not in STATUSES
+                or not isinstance(environment, dict) or "command" not in environment):
+            raise ValueError(f"{str(out)!r} holds a results.json that is not a seqzoo lab's; choose another --out "
+                             "folder (nothing in it was touched)")
+        if previous.get("status") == "finished" and resume:
+            raise ValueError(f"--resume: {str(out)!r} holds a finished lab report, nothing to resume; pass --out "
+                             "NEW_FOLDER to keep it, or --force (without --resume) to replace it")
+        if previous.get("status") == "finished" and not force:
+            made = previous.get("environment", {})
+            raise ValueError(
+                f"{str(out)!r} already holds a finished lab report (`{made.get('command', 'seqzoo lab')}`, "
+                f"{made.get('finished', 'date unknown')}); pass --out NEW_FOLDER to keep it, or --force to replace it")
+        owner = environment.get("pid"), environment.get("host")
+        if (previous.get("status") == "running" and owner[0] and owner[1] == platform.node()
+                and _process_alive(owner[0])):
+            raise ValueError(f"{str(out)!r} is the folder of a lab still running (process {owner[0]}); wait for it, "
+                             "stop it, or choose another --out folder")
+        # An unfinished sweep's finished runs, one a line (bytes: a line cut short by a kill is still a run kept).
+        partial = out / "runs.jsonl"
+        kept = sum(1 for line in partial.read_bytes().splitlines() if line.strip()) if partial.is_file() else 0
+        if previous.get("status") != "finished" and kept and not force:
+            raise ValueError(f"{str(out)!r} holds an unfinished sweep: {partial} records {kept} finished run(s); "
+                             "pass --out NEW_FOLDER to keep them, or --force to replace them")
+        # An unfinished lab's finished training runs, recorded in its results.json as each ended.
+        status = previous.get("status")
+        recorded = previous.get("runs") if status != "finished" and isinstance(previous.get("runs"), list) else []
+        trained = sum(1 for run in recorded if isinstance(run, dict) and run.get("ok"))
+        if resume:
+            if not trained:
+                raise ValueError(f"--resume: the unfinished lab in {str(out)!r} ({status}) recorded no finished "
+                                 "training run to keep; leave out --resume to start again there")
+            log(f"resuming the unfinished lab in {out} (status: {status})")
+            for name in LAB_OUTPUTS:  # (its results.json and runs/ stay: the runs a resumed lab keeps)
+                path = out / name
+                if name not in ("results.json", "runs") and (path.is_file() or path.is_symlink()):
+                    path.unlink()
+            return previous
+        if trained and not force:
+            raise ValueError(f"{str(out)!r} holds an unfinished lab ({status}): its results.json records {trained} "
+                             "finished training run(s); run the same `seqzoo lab` command with --resume to keep them "
+                             "and train only the rest, or pass --out NEW_FOLDER to keep them, or --force to replace "
+                             "them")
+        if status != "finished":
+            log(f"replacing the unfinished lab run in {out} (status: {status})")
+        # Only what a lab wrote: a seq2seq or bidirectional report beside it (or any other file) stays, and so do
+        # their run folders under runs/ (a lab's own are runs/<architecture>/).
+        for name in LAB_OUTPUTS:
+            path = out / name
+            if name == "runs" and path.is_dir() and not path.is_symlink():
+                _remove_lab_runs(path, previous)
+            elif path.is_dir() and not path.is_symlink():
+                shutil.rmtree(path)
+            elif path.exists() or path.is_symlink():
+                path.unlink()
+    out.mkdir(parents=True, exist_ok=True)
+    return None
+
+
+def _remove_lab_runs(runs: Path, previous: dict[str, Any]) -> None:
+    """Delete the run folders a lab or sweep wrote under ``runs`` (``runs/<architecture>/``: every registered
+    architecture, and those the earlier results name), then ``runs`` itself if nothing else is left in it."""
+    import shutil
+
+    import seqzoo
+
+    presets = previous.get("presets")
+    names = set(seqzoo.list_architectures()) | (set(presets) if isinstance(presets, dict) else set())
+    for name in names:
+        folder = runs / name
+        if Path(name).name == name and name not in ("", ".", "..") and folder.is_dir() and not folder.is_symlink():
+            shutil.rmtree(folder)
+    if not any(runs.iterdir()):
+        runs.rmdir()
+
+
+# What `seqzoo lab` and `seqzoo lab sweep` write into their folder (and all that a replacement removes).
+LAB_OUTPUTS = ("results.json", "results.json.partial", "report.md", *PLOT_FILES, "runs", "sweep.md", "runs.jsonl")
+
+
+def _process_alive(pid: Any) -> bool:
+    try:
+        os.kill(int(pid), 0)
+    except PermissionError:  # a process of another user
+        return True
+    except (ProcessLookupError, OverflowError, ValueError, TypeError):  # none, or no pid at all (an edited marker)
+        return False
+    return True
+
+
+def check_report_folder(out: Path, results_file: str, what: str, force: bool) -> None:
+    """The guard of a lab that writes its report beside others (``seqzoo lab seq2seq``, ``bidirectional``): ``out``
+    must be a folder, and one holding this lab's ``results_file`` is replaced only with ``force``."""
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"{str(out)!r} is a file; choose a folder for --out")
+    if (out / results_file).is_file() and not force:
+        raise ValueError(f"{str(out)!r} already holds a {what} lab report ({results_file}); pass --out NEW_FOLDER "
+                         "to keep it, or --force to replace it")
+
+
+def remove_previous_report(out: Path, results_file: str, files: tuple[str, ...], patterns: tuple[str, ...],
+                           run_folder: Callable[[dict[str, Any]], str]) -> None:
+    """Before a lab that writes its report beside others replaces its own (``--force``): delete what that report
+    wrote, so that a run with fewer tasks or models leaves none of the earlier figures or run folders behind. That
+    is ``files``, whatever matches ``patterns`` (per-task figures), and the run folder under ``runs/`` of every run
+    the earlier results list (``run_folder(run)`` names it; a name that is not a single folder name, as an edited
+    file could hold, is left alone, as are runs an unreadable results file no longer lists)."""
+    import shutil
+
+    previous = out / results_file
+    if not previous.is_file():
+        return
+    try:
+        runs = json.loads(previous.read_text()).get("runs", [])
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, AttributeError):
+        runs = []
+    for run in runs if isinstance(runs, list) else []:
+        try:
+            name = run_folder(run)
+        except (KeyError, TypeError, AttributeError):
+            continue
+        folder = out / "runs" / name
+        if name not in ("", ".", "..") and Path(name).name == name and folder.is_dir() and not folder.is_symlink():
+            shutil.rmtree(folder)
+    for path in [out / name for name in files] + [path for pattern in patterns for path in out.glob(pattern)]:
+        if path.is_file() or path.is_symlink():
+            path.unlink()
