@@ -22,7 +22,7 @@ from transformers import AutoModelForCausalLM
 
 import seqzoo
 from seqzoo.training.data import build_data
-from seqzoo.training.recipe import load_recipe
+from seqzoo.training.recipe_loading import load_recipe
 from seqzoo.training.trainer import train
 from timing import decode_ms_per_token, machine, table
 

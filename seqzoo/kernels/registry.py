@@ -36,85 +36,33 @@ from __future__ import annotations
 import contextlib
 import difflib
 import importlib
-import importlib.util
 import logging
 import os
 import threading
 from dataclasses import dataclass, field
-from typing import Any, Callable, Hashable, Iterator
+from typing import Any, Callable, Iterator
+
+from seqzoo.kernels.backend import (
+    ENV_VAR,
+    Backend,
+    CacheKeyFn,
+    KernelError,
+    Op,
+    SupportsFn,
+    always_available,
+    autocast_device_type,
+    check_supports,
+    limit_to_devices,
+    run_plugin,
+    supports_everything,
+    to_float32,
+    why_unavailable,
+)
 
 logger = logging.getLogger("seqzoo.kernels")
 
-ENV_VAR = "SEQZOO_KERNELS"
 ENTRY_POINT_GROUP = "seqzoo.kernels"
 CACHE_LIMIT = 4096  # cached choices per state; a stream of ever-new keys (shapes) cannot grow memory without bound
-
-SupportsFn = Callable[..., "tuple[bool, str]"]
-CacheKeyFn = Callable[..., "Hashable | None"]
-
-
-def _always_available() -> bool:
-    return True
-
-
-def _supports_everything(*args: Any, **kwargs: Any) -> tuple[bool, str]:
-    return True, ""
-
-
-class KernelError(RuntimeError):
-    """A kernel backend was requested that does not exist, is unavailable, or cannot run the call."""
-
-
-@dataclass
-class Backend:
-    op: str
-    name: str
-    impl: Callable[..., Any] | str
-    priority: int = 0
-    is_available: Callable[[], bool] = _always_available
-    supports: SupportsFn = _supports_everything
-    description: str = ""
-    devices: tuple[str, ...] | None = None  # the device types it runs on; None: any
-    cache_key: CacheKeyFn | None = None
-    plugin: str | None = None  # the entry point that registered it ("name (module:attr)"), for errors at call time
-    _loaded: Callable[..., Any] | None = field(default=None, repr=False)
-    _available: bool | None = field(default=None, repr=False)
-
-    def load(self) -> Callable[..., Any]:
-        if self._loaded is None:
-            if callable(self.impl):
-                self._loaded = self.impl
-            else:
-                module_name, _, attr = self.impl.partition(":")
-                try:
-                    self._loaded = getattr(importlib.import_module(module_name), attr)
-                except (ImportError, AttributeError) as err:
-                    raise KernelError(f"kernel backend {self.name!r} of op {self.op!r} cannot load {self.impl!r}: "
-                                      f"{err}") from err
-        return self._loaded
-
-    def _module_found(self) -> bool:
-        # A lazy "module:attr" whose module is not installed cannot run here. This happens to seqzoo's own lazy
-        # backends inside the self-contained Hub export, which runs where seqzoo is not installed.
-        return callable(self.impl) or importlib.util.find_spec(self.impl.partition(":")[0]) is not None
-
-    def available(self) -> bool:
-        """Whether this backend can run here; probed once (:func:`refresh` probes again)."""
-        if self._available is None:
-            try:
-                self._available = bool(self.is_available()) and self._module_found()
-            except Exception as err:  # an availability probe must never break selection, nor fail unseen
-                logger.warning("kernel backend %r of op %r counts as unavailable: its availability check raised "
-                               "%s: %s", self.name, self.op, type(err).__name__, err, exc_info=True)
-                self._available = False
-        return self._available
-
-
-@dataclass
-class Op:
-    name: str
-    description: str
-    backends: dict[str, Backend] = field(default_factory=dict)
 
 
 @dataclass
@@ -168,8 +116,8 @@ def register_backend(
     impl: Callable[..., Any] | str,
     *,
     priority: int = 0,
-    is_available: Callable[[], bool] = _always_available,
-    supports: SupportsFn = _supports_everything,
+    is_available: Callable[[], bool] = always_available,
+    supports: SupportsFn = supports_everything,
     cache_key: CacheKeyFn | None = None,
     description: str = "",
     devices: tuple[str, ...] | None = None,
@@ -206,47 +154,11 @@ def register_backend(
             raise ValueError(f"backend {name!r} is already registered for op {op!r}; pass replace=True to override")
         if devices is not None:
             devices = tuple(devices)
-            supports, cache_key = _on_devices(devices, supports, cache_key)
+            supports, cache_key = limit_to_devices(devices, supports, cache_key)
         backend = Backend(op, name, impl, priority, is_available, supports, description, devices, cache_key)
         entry.backends[name] = backend
         _invalidate()
         return backend
-
-
-def _call_device(args: tuple, kwargs: dict) -> str | None:
-    """The device type of a call: that of its first tensor argument (None when it has none)."""
-    for values in (args, kwargs.values()):
-        for value in values:
-            is_cuda = getattr(value, "is_cuda", None)  # a tensor's (this module imports torch lazily)
-            if is_cuda is not None:
-                return "cuda" if is_cuda else "cpu" if value.is_cpu else value.device.type
-    return None
-
-
-def _on_devices(devices: tuple[str, ...], supports: SupportsFn,
-                cache_key: CacheKeyFn | None) -> tuple[SupportsFn, CacheKeyFn | None]:
-    """``supports`` and ``cache_key`` of a backend limited to ``devices``: a call on another device type is declined
-    (after the backend's own check, whose reason comes first), and the device type is part of the key."""
-
-    def on_devices(*args: Any, **kwargs: Any) -> tuple[bool, str]:
-        answer = supports(*args, **kwargs)
-        if type(answer) is not tuple or len(answer) != 2 or not answer[0]:
-            return answer  # (a malformed answer is named by the registry)
-        device = _call_device(args, kwargs)
-        if device is not None and device not in devices:
-            return False, f"runs on {', '.join(devices)} only (its devices), got {device} tensors"
-        return answer
-
-    if cache_key is not None:
-        def key(*args: Any, **kwargs: Any) -> Hashable | None:
-            inner = cache_key(*args, **kwargs)
-            return None if inner is None else (_call_device(args, kwargs), inner)
-    elif supports is _supports_everything:
-        def key(*args: Any, **kwargs: Any) -> Hashable | None:
-            return (_call_device(args, kwargs),)
-    else:
-        key = None  # (a custom supports() with no key is never cached, as before)
-    return on_devices, key
 
 
 def unregister_backend(op: str, name: str) -> None:
@@ -453,15 +365,6 @@ def _check_name(op: str, backend: str) -> Backend:
     return entry.backends[backend]
 
 
-def _why_unavailable(backend: Backend) -> str:
-    # A lazy "module:attr" whose module cannot be found (a misspelt or uninstalled plugin module) says so.
-    try:
-        found = backend._module_found()
-    except Exception:  # find_spec raises where a parent package is missing
-        found = False
-    return "" if found else f" (its module {backend.impl.partition(':')[0]!r} cannot be found)"
-
-
 def set_backend(op: str, backend: str | None) -> None:
     """Force ``backend`` for every call of ``op`` (``None`` restores automatic selection)."""
     with _LOCK:
@@ -475,7 +378,7 @@ def set_backend(op: str, backend: str | None) -> None:
             if not chosen.available():
                 raise KernelError(
                     f"kernel backend {backend!r} for op {op!r} is not available on this machine"
-                    f"{_why_unavailable(chosen)}; "
+                    f"{why_unavailable(chosen)}; "
                     f"available backends: {', '.join(available_backends(op))}"
                 )
             _FORCED[op] = backend
@@ -515,7 +418,7 @@ def _plan(state: _State, op: str) -> _Plan:
         if not backend.available():
             raise KernelError(
                 f"kernel backend {forced!r} was requested for op {op!r} but is not available on this machine"
-                f"{_why_unavailable(backend)}; "
+                f"{why_unavailable(backend)}; "
                 f"available backends: {', '.join(available_backends(op))}"
             )
         candidates: tuple[Backend, ...] = (backend,)
@@ -523,7 +426,7 @@ def _plan(state: _State, op: str) -> _Plan:
         ordered = sorted(entry.backends.values(), key=lambda b: -b.priority)
         candidates = tuple(b for b in ordered if b.available())
     keyed = tuple(b for b in candidates if b.cache_key is not None)
-    cacheable = all(b.cache_key is not None or b.supports is _supports_everything for b in candidates)
+    cacheable = all(b.cache_key is not None or b.supports is supports_everything for b in candidates)
     plan = _Plan(forced, candidates, keyed, cacheable)
     state.plans[op] = plan
     return plan
@@ -565,10 +468,10 @@ def _choose(op: str, plan: _Plan, args: tuple, kwargs: dict) -> Backend:
     _SELECTIONS[op] = _SELECTIONS.get(op, 0) + 1
     if plan.forced is not None:
         (backend,) = plan.candidates
-        ok, reason = _supported(backend, args, kwargs)
+        ok, reason = check_supports(backend, args, kwargs)
         if not ok:
             able = [name for name in available_backends(op)
-                    if name != backend.name and _supported(get_op(op).backends[name], args, kwargs)[0]]
+                    if name != backend.name and check_supports(get_op(op).backends[name], args, kwargs)[0]]
             raise KernelError(
                 f"kernel backend {plan.forced!r} was requested for op {op!r} but cannot run this call: {reason}. "
                 + (f"Request one that can ({', '.join(able)}) or none to select automatically."
@@ -578,25 +481,12 @@ def _choose(op: str, plan: _Plan, args: tuple, kwargs: dict) -> Backend:
         return backend
     reasons = []
     for backend in plan.candidates:
-        ok, reason = _supported(backend, args, kwargs)
+        ok, reason = check_supports(backend, args, kwargs)
         if ok:
             _log_choice(backend, "auto")
             return backend
         reasons.append(f"{backend.name}: {reason}")
     raise KernelError(f"no backend of op {op!r} can run this call ({'; '.join(reasons) or 'none registered'})")
-
-
-def _supported(backend: Backend, args: tuple, kwargs: dict) -> tuple[bool, str]:
-    """``backend.supports(...)``, which must answer ``(ok, reason)``; a plugin's that answers otherwise is named."""
-    try:
-        answer = backend.supports(*args, **kwargs)
-    except Exception as err:  # a plugin's check that fails on a call is named, as one that answers wrongly is
-        raise KernelError(f"supports() of kernel backend {backend.name!r} (op {backend.op!r}) raised "
-                          f"{type(err).__name__}: {err}") from err
-    if type(answer) is not tuple or len(answer) != 2:
-        raise KernelError(f"supports() of kernel backend {backend.name!r} (op {backend.op!r}) returned {answer!r:.80}; "
-                          "it must return (ok, reason): (True, '') or (False, 'why not')")
-    return answer
 
 
 def _log_choice(backend: Backend, how: str) -> None:
@@ -646,56 +536,21 @@ def dispatch(op: str, *args: Any, **kwargs: Any) -> Any:
     half-precision floating inputs cast to float32, and returns float32. Otherwise the caller's autocast would reach
     into the kernel's internal math (matmuls of decays and triangular solves that need float32, and ops with no
     bfloat16 implementation on CPU such as ``triangular_solve`` and oneDNN's LSTM)."""
-    device_type = _autocast_device_type(args[0]) if args else None
+    device_type = autocast_device_type(args[0]) if args else None
     if device_type is None:
         backend = select(op, *args, **kwargs)
         if backend.plugin is None:  # (seqzoo's own: called here, one frame and no try on the decode path)
             return backend.load()(*args, **kwargs)
-        return _run_plugin(backend, args, kwargs)
+        return run_plugin(backend, args, kwargs)
     import torch
 
-    args = tuple(_to_float32(a) for a in args)
-    kwargs = {k: _to_float32(v) for k, v in kwargs.items()}
+    args = tuple(to_float32(a) for a in args)
+    kwargs = {k: to_float32(v) for k, v in kwargs.items()}
     with torch.autocast(device_type, enabled=False):
         backend = select(op, *args, **kwargs)
         if backend.plugin is None:
             return backend.load()(*args, **kwargs)
-        return _run_plugin(backend, args, kwargs)
-
-
-def _run_plugin(backend: Backend, args: tuple, kwargs: dict) -> Any:
-    """Call a plugin's ``backend``; a kernel that raises is named, with the way around it (its error would otherwise
-    reach the user as an unexplained error from inside the model)."""
-    try:
-        return backend.load()(*args, **kwargs)
-    except KernelError:
-        raise
-    except Exception as err:
-        raise KernelError(
-            f"kernel backend {backend.name!r} of op {backend.op!r}, from the plugin {backend.plugin}, raised "
-            f"{type(err).__name__}: {err}; run without it with {ENV_VAR}={backend.op}=reference (or "
-            f"seqzoo.set_kernel_backend({backend.op!r}, 'reference'), `seqzoo generate --kernel "
-            f"{backend.op}=reference`) and report it to the plugin's authors"
-        ) from err
-
-
-def _autocast_device_type(tensor: Any) -> str | None:
-    """The device type of ``tensor`` when autocast is on for it, else None."""
-    import torch
-
-    # The cheap test first: every kernel call pays it (reading a tensor's device costs more than a selection).
-    if not torch._C._is_any_autocast_enabled() or not isinstance(tensor, torch.Tensor):
-        return None
-    device_type = tensor.device.type
-    return device_type if torch.is_autocast_enabled(device_type) else None
-
-
-def _to_float32(value: Any) -> Any:
-    import torch
-
-    if isinstance(value, torch.Tensor) and value.dtype in (torch.float16, torch.bfloat16):
-        return value.float()
-    return value
+        return run_plugin(backend, args, kwargs)
 
 
 def get_kernel(op: str, backend: str) -> Callable[..., Any]:
@@ -704,7 +559,7 @@ def get_kernel(op: str, backend: str) -> Callable[..., Any]:
     if not chosen.available():
         raise KernelError(
             f"kernel backend {backend!r} for op {op!r} is not available on this machine"
-            f"{_why_unavailable(chosen)}; "
+            f"{why_unavailable(chosen)}; "
             f"available backends: {', '.join(available_backends(op))}"
         )
     return chosen.load()

@@ -1,6 +1,8 @@
 """What ``SeqzooPreTrainedModel.from_pretrained`` checks of a checkpoint beyond transformers' own loading: that it
 holds this architecture, that its generation config, index and weight files are not damaged (transformers ignores
-some of those silently, or fails naming no file), and fresh values for what a lenient load leaves without one."""
+some of those silently, or fails naming no file), what transformers' own loading error means, that the loaded
+tensors fit the model (strict loading) and are finite, and fresh values for what a lenient load leaves without
+one."""
 
 from __future__ import annotations
 
@@ -12,6 +14,8 @@ from typing import Any
 import torch
 from torch import nn
 from transformers import PreTrainedConfig
+
+from seqzoo.models.weight_storage import offloaded_value
 
 # What from_pretrained hands on to reading the config.json it checks (a Hub download's options).
 _HUB_KWARGS = ("cache_dir", "force_download", "local_files_only", "token", "revision", "subfolder", "proxies")
@@ -167,3 +171,84 @@ def initialise_anew(model: nn.Module, info: dict[str, Any]) -> None:
                 tensor.normal_(0.0, std)
             elif name == "bias":
                 tensor.zero_()
+
+
+def explain_load_error(err: Exception, source: Any) -> None:
+    """What transformers' loading of ``source`` raised, explained: a pickle of Python objects that are not tensors,
+    or a damaged safetensors file, raises a ``ValueError`` that says so; anything else returns, for the caller to
+    raise as it was."""
+    if type(err).__name__ == "UnpicklingError" and ("Weights only load failed" in str(err)
+                                                    or "Unsupported global" in str(err)):
+        # torch's own text advises weights_only=False, which would run the code the file holds
+        raise ValueError(
+            f"the weights of {str(source)!r} (a pytorch_model*.bin pickle) hold Python "
+            "objects other than tensors, which are not loaded because unpickling them runs code from the "
+            "file; load only checkpoints you trust, and save weights with safetensors (save_pretrained)"
+        ) from None
+    if type(err).__name__ == "SafetensorError":
+        raise ValueError(
+            f"the weights of {str(source)!r} cannot be read, the file is damaged or not a "
+            f"safetensors file ({err}); save or download the checkpoint again"
+        ) from err
+
+
+def check_loaded_tensors(cls: type, model: nn.Module, info: dict[str, Any], source: Any, saved_as: str | None,
+                         allow_mismatch: bool, heads: set[str]) -> None:
+    """Raise unless the strict load of ``source`` into ``model`` (a ``cls``, saved as the class ``saved_as``) fits:
+    no missing tensor (another head's own modules aside), no mis-shaped one (unless ``allow_mismatch``), none the
+    model has no place for (the modules of ``heads``, every seqzoo head's, aside). The error names every offending
+    tensor with both shapes, and a classifier head of another number of labels as such."""
+    tied = set(getattr(model, "all_tied_weights_keys", {}) or {})
+    missing = sorted(set(info.get("missing_keys", [])) - tied)
+    if saved_as not in (None, cls.__name__):  # saved with another head: this head starts fresh
+        missing = [key for key in missing if not key.startswith(tuple(f"{m}." for m in cls.head_modules))]
+    mismatched = [] if allow_mismatch else sorted(info.get("mismatched_keys", []))
+    # Tensors the model has no place for: a checkpoint of more layers than its config says, another layout.
+    # Those of another head's modules (a causal LM loaded into a backbone or a classifier) are fine.
+    unexpected = sorted(key for key in info.get("unexpected_keys", []) if key.split(".")[0] not in heads)
+    problems = []
+    if missing:
+        problems.append(f"missing tensors: {', '.join(missing[:8])}{' ...' if len(missing) > 8 else ''}")
+    if mismatched:
+        shown = ", ".join(f"{key} (checkpoint {tuple(a)}, model {tuple(b)})" for key, a, b in mismatched[:8])
+        problems.append(f"mis-shaped tensors: {shown}")
+    if unexpected:
+        problems.append(f"tensors this model has no place for: {', '.join(unexpected[:8])}"
+                        f"{' ...' if len(unexpected) > 8 else ''} (does config.json match the weights?)")
+    if problems:
+        labels = getattr(model.config, "num_labels", None)
+        if (mismatched and not missing and not unexpected and "score" in cls.head_modules
+                and all(key.startswith("score.") for key, _, _ in mismatched)
+                and mismatched[0][1][0] != labels):
+            # Only the classifier's head differs: a checkpoint classified into another number of labels
+            # (num_labels / id2label given beside it), not a damaged one.
+            saved = mismatched[0][1][0]
+            raise ValueError(
+                f"checkpoint {str(source)!r} holds a classifier head of {saved} "
+                f"label(s), but this {cls.__name__} has num_labels={labels} (from the num_labels or "
+                f"id2label given); load it without them to keep its {saved} labels, or pass "
+                "ignore_mismatched_sizes=True to start a new head of "
+                f"{labels} label(s) on its backbone ({'; '.join(problems)})"
+            )
+        raise ValueError(
+            f"checkpoint {str(source)!r} does not fit {cls.__name__}: "
+            f"{'; '.join(problems)}. Save or download the checkpoint again; or, from Python, pass "
+            "strict=False to load it anyway with the missing and mis-shaped weights re-initialised and the "
+            "others ignored."
+        )
+
+
+def check_finite_weights(model: nn.Module, source: Any) -> None:
+    """Raise if a floating-point weight that ``model`` loaded from ``source`` holds NaN or infinite values."""
+    bad = []
+    for name, tensor in model.state_dict().items():
+        if tensor.is_meta:  # offloaded by a device_map: read back from accelerate's store
+            tensor = offloaded_value(model, name)
+        if tensor is not None and tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            bad.append(name)
+    if bad:
+        raise ValueError(
+            f"checkpoint {str(source)!r} holds NaN or infinite weights in "
+            f"{', '.join(bad[:8])}{' ...' if len(bad) > 8 else ''}; a model with them computes NaN. Pass "
+            "allow_nonfinite=True to load it anyway (to inspect it)"
+        )

@@ -1,11 +1,11 @@
 """Shared model plumbing: the PreTrainedModel base and the causal-LM head every architecture uses. What loading
-checks of a checkpoint is in loading.py, what a forward checks of its inputs in inputs.py, the decode step's lean
-path in decode_step.py, the causal LM's additions to transformers' generate() in generation.py, its compiled decode
-steps in compiled_decoding.py, and how its weights are laid out and saved in weight_storage.py."""
+checks of a checkpoint is in loading.py, how a layer call is checkpointed in checkpointing.py, what a forward checks
+of its inputs in inputs.py, the decode step's lean path in decode_step.py, the causal LM's additions to
+transformers' generate() in generation.py, its compiled decode steps in compiled_decoding.py, and how its weights
+are laid out and saved in weight_storage.py."""
 
 from __future__ import annotations
 
-import functools
 import importlib
 import inspect
 import logging
@@ -20,6 +20,7 @@ from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutpu
 
 from seqzoo.cache import SeqzooCache, unchanged_on_error
 from seqzoo.layers.mixer import Mixer, global_module_hooks, has_hooks
+from seqzoo.models.checkpointing import layer_checkpoint_function
 from seqzoo.models.compat import (
     CACHE_ALIASES,
     GENERATE_CACHE_KWARG,
@@ -45,8 +46,11 @@ from seqzoo.models.generation import (
 from seqzoo.models.inputs import check_label_range
 from seqzoo.models.loading import (
     check_checkpoint_model_type,
+    check_finite_weights,
     check_generation_config_file,
+    check_loaded_tensors,
     check_weight_files,
+    explain_load_error,
     initialise_anew,
 )
 from seqzoo.models.packing import PACKING_KWARGS, find_packing
@@ -56,7 +60,6 @@ from seqzoo.models.weight_storage import (
     contiguous_state_dict,
     lay_out,
     layout_weight,
-    offloaded_value,
 )
 
 logger = logging.getLogger("seqzoo")
@@ -86,24 +89,8 @@ class SeqzooPreTrainedModel(PreTrainedModel):
     def _set_gradient_checkpointing(self, enable: bool = True,
                                     gradient_checkpointing_func: Any = torch.utils.checkpoint.checkpoint,
                                     **kwargs: Any) -> None:
-        # torch's reentrant checkpoint carries gradients only through a layer's positional tensors: RWKV-7's value
-        # residual (layer 0's values, handed to the later layers beside the hidden states) would lose its gradient
-        # path into layer 0, and every parameter before it would get a wrong gradient without an error.
-        keywords = getattr(gradient_checkpointing_func, "keywords", None) or {}
-        reentrant = keywords.get("use_reentrant", True) is not False  # (torch's default when not given is True)
-        if enable and reentrant and isinstance(gradient_checkpointing_func, functools.partial):
-            shared = sorted({type(m).__name__ for m in self.modules() if getattr(m, "has_value_residual", False)})
-            if shared:
-                raise ValueError(
-                    f"{type(self).__name__}: activation checkpointing with use_reentrant=True (torch's default when "
-                    f"use_reentrant is not given) is not supported: {', '.join(shared)} hands layer 0's values on to "
-                    "the later layers, and a reentrant checkpoint drops their gradient. Pass "
-                    "{'use_reentrant': False} (transformers' default, and TrainingArguments' "
-                    "gradient_checkpointing_kwargs)")
-        # Every checkpointed layer call (transformers' GradientCheckpointingLayer blocks, the classic loop's mixers)
-        # goes through this function: its recurrent states travel as positional tensors.
         super()._set_gradient_checkpointing(
-            enable, functools.partial(checkpoint_with_positional_states, gradient_checkpointing_func), **kwargs)
+            enable, layer_checkpoint_function(self, enable, gradient_checkpointing_func), **kwargs)
 
     def takes_step(self, input_ids: Any, inputs_embeds: Any, cache: Any, output_hidden_states: bool | None,
                    kwargs: dict[str, Any]) -> bool:
@@ -232,112 +219,18 @@ class SeqzooPreTrainedModel(PreTrainedModel):
                 **kwargs,
             )
         except Exception as err:
-            if type(err).__name__ == "UnpicklingError" and ("Weights only load failed" in str(err)
-                                                            or "Unsupported global" in str(err)):
-                # torch's own text advises weights_only=False, which would run the code the file holds
-                raise ValueError(
-                    f"the weights of {str(pretrained_model_name_or_path)!r} (a pytorch_model*.bin pickle) hold Python "
-                    "objects other than tensors, which are not loaded because unpickling them runs code from the "
-                    "file; load only checkpoints you trust, and save weights with safetensors (save_pretrained)"
-                ) from None
-            if type(err).__name__ != "SafetensorError":
-                raise
-            raise ValueError(
-                f"the weights of {str(pretrained_model_name_or_path)!r} cannot be read, the file is damaged or not a "
-                f"safetensors file ({err}); save or download the checkpoint again"
-            ) from err
+            explain_load_error(err, pretrained_model_name_or_path)
+            raise
         # What does not fit first: a tensor that was missing or mis-shaped is left uninitialised here, and would
         # otherwise be reported as a non-finite weight of the checkpoint.
         if strict:
-            tied = set(getattr(model, "all_tied_weights_keys", {}) or {})
-            missing = sorted(set(info.get("missing_keys", [])) - tied)
-            if saved_as not in (None, cls.__name__):  # saved with another head: this head starts fresh
-                missing = [key for key in missing if not key.startswith(tuple(f"{m}." for m in cls.head_modules))]
-            mismatched = [] if allow_mismatch else sorted(info.get("mismatched_keys", []))
-            # Tensors the model has no place for: a checkpoint of more layers than its config says, another layout.
-            # Those of another head's modules (a causal LM loaded into a backbone or a classifier) are fine.
-            heads = _head_module_names()
-            unexpected = sorted(key for key in info.get("unexpected_keys", []) if key.split(".")[0] not in heads)
-            problems = []
-            if missing:
-                problems.append(f"missing tensors: {', '.join(missing[:8])}{' ...' if len(missing) > 8 else ''}")
-            if mismatched:
-                shown = ", ".join(f"{key} (checkpoint {tuple(a)}, model {tuple(b)})" for key, a, b in mismatched[:8])
-                problems.append(f"mis-shaped tensors: {shown}")
-            if unexpected:
-                problems.append(f"tensors this model has no place for: {', '.join(unexpected[:8])}"
-                                f"{' ...' if len(unexpected) > 8 else ''} (does config.json match the weights?)")
-            if problems:
-                labels = getattr(model.config, "num_labels", None)
-                if (mismatched and not missing and not unexpected and "score" in cls.head_modules
-                        and all(key.startswith("score.") for key, _, _ in mismatched)
-                        and mismatched[0][1][0] != labels):
-                    # Only the classifier's head differs: a checkpoint classified into another number of labels
-                    # (num_labels / id2label given beside it), not a damaged one.
-                    saved = mismatched[0][1][0]
-                    raise ValueError(
-                        f"checkpoint {str(pretrained_model_name_or_path)!r} holds a classifier head of {saved} "
-                        f"label(s), but this {cls.__name__} has num_labels={labels} (from the num_labels or "
-                        f"id2label given); load it without them to keep its {saved} labels, or pass "
-                        "ignore_mismatched_sizes=True to start a new head of "
-                        f"{labels} label(s) on its backbone ({'; '.join(problems)})"
-                    )
-                raise ValueError(
-                    f"checkpoint {str(pretrained_model_name_or_path)!r} does not fit {cls.__name__}: "
-                    f"{'; '.join(problems)}. Save or download the checkpoint again; or, from Python, pass "
-                    "strict=False to load it anyway with the missing and mis-shaped weights re-initialised and the "
-                    "others ignored."
-                )
+            check_loaded_tensors(cls, model, info, pretrained_model_name_or_path, saved_as, allow_mismatch,
+                                 _head_module_names())
         if not strict:
             initialise_anew(model, info)
         if not allow_nonfinite:
-            bad = []
-            for name, tensor in model.state_dict().items():
-                if tensor.is_meta:  # offloaded by a device_map: read back from accelerate's store
-                    tensor = offloaded_value(model, name)
-                if tensor is not None and tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
-                    bad.append(name)
-            if bad:
-                raise ValueError(
-                    f"checkpoint {str(pretrained_model_name_or_path)!r} holds NaN or infinite weights in "
-                    f"{', '.join(bad[:8])}{' ...' if len(bad) > 8 else ''}; a model with them computes NaN. Pass "
-                    "allow_nonfinite=True to load it anyway (to inspect it)"
-                )
+            check_finite_weights(model, pretrained_model_name_or_path)
         return (model, info) if want_info else model
-
-
-_NO_STATE = object()
-
-
-def checkpoint_with_positional_states(checkpoint: Any, function: Any, *args: Any) -> Any:
-    """``checkpoint(function, *args)``, where ``function`` may be a layer call with its recurrent state bound as a
-    keyword (``functools.partial(..., state=...)``: transformers' ``GradientCheckpointingLayer`` binds a block's
-    keywords so, and the classic loop its mixers'). torch's reentrant checkpoint carries gradients through its
-    positional tensors only: a state passed in a dict, or returned in one, lost its gradient path into the layers of
-    an earlier call (a cache continued in training, truncated BPTT), and their parameters got wrong gradients without
-    an error. So the given state's tensors are passed to ``checkpoint`` positionally, the returned state's come back
-    as positional outputs, and the dicts are rebuilt around them. Another state (attention's K/V layer) or a call
-    without one is checkpointed as it is."""
-    state = function.keywords.get("state", _NO_STATE) if isinstance(function, functools.partial) else _NO_STATE
-    if state is not None and not isinstance(state, dict):
-        return checkpoint(function, *args)
-    names = tuple(state) if state is not None else ()
-    returned: list[Any] = []  # the returned state's names (None where it is no dict)
-    count = len(args)
-
-    def run(*values: Any) -> tuple[Any, ...]:
-        given = dict(zip(names, values[count:])) if state is not None else None
-        hidden_states, new_state = function(*values[:count], state=given)
-        if not isinstance(new_state, dict):
-            returned[:] = [None]
-            return hidden_states, new_state
-        returned[:] = [tuple(new_state)]
-        return (hidden_states, *new_state.values())
-
-    hidden_states, *values = checkpoint(run, *args, *(state[name] for name in names))
-    if returned[0] is None:
-        return hidden_states, values[0]
-    return hidden_states, dict(zip(returned[0], values))
 
 
 def _head_module_names() -> set[str]:

@@ -12,8 +12,8 @@ import importlib
 from typing import Any
 
 # Imported on first use, so that ``seqzoo train --help`` (which imports seqzoo.training.cli) does not load torch.
-_EXPORTS = {"Recipe": "recipe", "list_recipes": "recipe", "load_recipe": "recipe", "recipe_from_dict": "recipe",
-            "TrainResult": "trainer", "train": "trainer"}
+_EXPORTS = {"Recipe": "recipe", "recipe_from_dict": "recipe", "list_recipes": "recipe_loading",
+            "load_recipe": "recipe_loading", "TrainResult": "trainer", "train": "trainer"}
 
 __all__ = ["Recipe", "TrainResult", "list_recipes", "load_recipe", "recipe_from_dict", "train"]
 

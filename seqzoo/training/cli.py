@@ -40,7 +40,7 @@ def register(subparsers: Any) -> None:
 def cmd_train(args: argparse.Namespace) -> int:
     from seqzoo.outputs import describe
     from seqzoo.training.building import check_recipe
-    from seqzoo.training.recipe import load_recipe
+    from seqzoo.training.recipe_loading import load_recipe
     from seqzoo.training.state import NonFiniteError
     from seqzoo.training.trainer import train
     from seqzoo.utils import parse_overrides

@@ -1,7 +1,8 @@
 """Reading a recipe's plain values: recipe files (JSON, or YAML through a safe loader that refuses a key given twice
 and a document whose aliases expand past a bound) and each field's value checked against its annotation.
 
-seqzoo.training.recipe builds the validated dataclass tree from what these return.
+seqzoo.training.recipe_loading reads recipe files through these, and seqzoo.training.recipe builds the validated
+dataclass tree from what they return.
 """
 
 from __future__ import annotations

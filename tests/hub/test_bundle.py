@@ -157,7 +157,7 @@ OPS_BY_ARCHITECTURE = {
 def test_a_bundle_holds_only_the_kernels_its_architecture_uses(arch, exports):
     ops = {name[len("seqzoo_kernels_"):].split("_reference")[0].split("_chunked")[0].split("_fused")[0]
            .split("_triton")[0] for name in code_files(exports[arch]) if name.startswith("seqzoo_kernels_")}
-    ops -= {"registry.py", "triton_support.py", "reset.py", "symbolic.py"}  # shared by every op
+    ops -= {"registry.py", "backend.py", "triton_support.py", "reset.py", "symbolic.py"}  # shared by every op
     assert {op.removesuffix(".py") for op in ops} == OPS_BY_ARCHITECTURE[arch]
 
 

@@ -24,6 +24,7 @@ from seqzoo.training.classification import (
 )
 from seqzoo.training.data import IGNORE
 from seqzoo.training.recipe import recipe_from_dict
+from seqzoo.training.recipe_loading import load_recipe
 from seqzoo.training.trainer import train
 
 SMALL_LSTM = {"preset": "lstm-tiny", "config": {"hidden_size": 16, "embedding_size": 16, "bidirectional": True}}
@@ -288,7 +289,7 @@ def test_bad_classification_recipes_are_named(values, message):
 
 
 def test_the_tagger_preset_loads_as_a_bidirectional_token_classifier():
-    recipe = recipe_module.load_recipe("bilstm-tagger")
+    recipe = load_recipe("bilstm-tagger")
     assert recipe.task == "token-classification" and recipe.model.config["bidirectional"] is True
 
 

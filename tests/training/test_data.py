@@ -302,7 +302,7 @@ def test_data_the_run_would_not_read_is_refused_before_the_output_folder_is_touc
 
 
 def test_build_data_draws_the_tuning_set_a_recipe_asks_for():
-    from seqzoo.training.recipe import load_recipe
+    from seqzoo.training.recipe_loading import load_recipe
 
     for name in ("gru-recall", "lstm-pydoc"):  # a generated task, a corpus
         assert build_data(load_recipe(name, {"data.tuning_set": True}).data, seed=0).tuning_set is True

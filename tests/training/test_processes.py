@@ -16,7 +16,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from seqzoo.training.recipe import load_recipe
+from seqzoo.training.recipe_loading import load_recipe
 from seqzoo.training.trainer import train
 
 # Process launch, gloo and signals: nothing here differs between transformers releases (CI's oldest-release pass skips

@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from seqzoo.training.recipe import DataSection, OptimSection, Recipe, list_recipes, load_recipe, recipe_from_dict
+from seqzoo.training.recipe import DataSection, OptimSection, Recipe, recipe_from_dict
+from seqzoo.training.recipe_loading import list_recipes, load_recipe
 
 
 @pytest.mark.parametrize("name", list_recipes())
@@ -400,7 +401,7 @@ def test_a_printed_recipe_with_the_task_fields_at_their_defaults_loads_again(tmp
 
 
 def test_a_bare_task_override_is_the_memory_task_or_what_the_recipe_trains():
-    from seqzoo.training.recipe import apply_override
+    from seqzoo.training.recipe_loading import apply_override
 
     values = {"model": {"preset": "lstm-tiny"}}
     apply_override(values, "task", "copy")
