@@ -365,6 +365,18 @@ def _check_name(op: str, backend: str) -> Backend:
     return entry.backends[backend]
 
 
+def _available(op: str, backend: str, requested: str = "for op {op!r} is") -> Backend:
+    """The named backend of ``op``, which must exist and be available here (else a KernelError naming why and the
+    backends that are); ``requested`` words the error."""
+    chosen = _check_name(op, backend)
+    if not chosen.available():
+        raise KernelError(
+            f"kernel backend {backend!r} {requested.format(op=op)} not available on this machine"
+            f"{why_unavailable(chosen)}; available backends: {', '.join(available_backends(op))}"
+        )
+    return chosen
+
+
 def set_backend(op: str, backend: str | None) -> None:
     """Force ``backend`` for every call of ``op`` (``None`` restores automatic selection)."""
     with _LOCK:
@@ -374,13 +386,7 @@ def set_backend(op: str, backend: str | None) -> None:
                 raise KernelError(_unknown(op, sorted(_OPS), "kernel op"))
             _FORCED.pop(op, None)
         else:
-            chosen = _check_name(op, backend)
-            if not chosen.available():
-                raise KernelError(
-                    f"kernel backend {backend!r} for op {op!r} is not available on this machine"
-                    f"{why_unavailable(chosen)}; "
-                    f"available backends: {', '.join(available_backends(op))}"
-                )
+            _available(op, backend)
             _FORCED[op] = backend
         _invalidate()
 
@@ -414,13 +420,7 @@ def _plan(state: _State, op: str) -> _Plan:
     entry = get_op(op)
     forced = _FORCED.get(op) or state.env_forced.get(op)
     if forced is not None:
-        backend = _check_name(op, forced)
-        if not backend.available():
-            raise KernelError(
-                f"kernel backend {forced!r} was requested for op {op!r} but is not available on this machine"
-                f"{why_unavailable(backend)}; "
-                f"available backends: {', '.join(available_backends(op))}"
-            )
+        backend = _available(op, forced, "was requested for op {op!r} but is")
         candidates: tuple[Backend, ...] = (backend,)
     else:
         ordered = sorted(entry.backends.values(), key=lambda b: -b.priority)
@@ -555,14 +555,7 @@ def dispatch(op: str, *args: Any, **kwargs: Any) -> Any:
 
 def get_kernel(op: str, backend: str) -> Callable[..., Any]:
     """The function of one named backend (for tests and benchmarks that compare backends directly)."""
-    chosen = _check_name(op, backend)
-    if not chosen.available():
-        raise KernelError(
-            f"kernel backend {backend!r} for op {op!r} is not available on this machine"
-            f"{why_unavailable(chosen)}; "
-            f"available backends: {', '.join(available_backends(op))}"
-        )
-    return chosen.load()
+    return _available(op, backend).load()
 
 
 def list_ops() -> list[str]:
