@@ -263,7 +263,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=seed_value, default=0, help="seed of the random initialisation (default: 0)")
     p.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE",
                    help="config field overrides, e.g. --set hidden_size=128 dropout=0.1")
-    p.add_argument("--force", action="store_true", help="write into a folder that is not empty")
+    p.add_argument("--force", action="store_true",
+                   help="write into a folder that is not empty, replacing the model it held (its weights, shards, "
+                        "adapter, tokenizer files are removed); other files stay")
     p.set_defaults(func=cmd_new)
 
     p = sub.add_parser("demo", help="build a tiny model of every architecture and generate from each",

@@ -123,14 +123,16 @@ def test_replacing_a_model_removes_its_config_json_first_then_its_stale_files(tm
     out.mkdir()
     for name in ("config.json", "model.safetensors.index.json", "model-00001-of-00002.safetensors", "notes.txt"):
         (out / name).write_text("old")
-    seen = []
-    real_replace = os.replace
+    seen, removed = [], []
+    real_replace, real_unlink = os.replace, Path.unlink
+    monkeypatch.setattr(Path, "unlink", lambda path, **kw: removed.append(path.name) or real_unlink(path, **kw))
     shown = lambda: [name for name in leftovers(out) if not name.endswith(".partial")]  # noqa: E731
     monkeypatch.setattr(outputs.os, "replace", lambda a, b: seen.append(shown()) or real_replace(a, b))
     old = ["config.json", "model.safetensors.index.json", "model-00001-of-00002.safetensors"]
     with staged_folder(out, merge=True, replaces=old) as staging:
         for name in ("config.json", "model.safetensors"):
             (staging / name).write_text("new")
+    assert removed[0] == "config.json" and sorted(removed) == sorted(old)  # a stop midway leaves no model
     assert seen[0] == ["notes.txt"]  # before the first new file moved in: no old model file left
     assert leftovers(out) == ["config.json", "model.safetensors", "notes.txt"]
     assert (out / "config.json").read_text() == "new" and (out / "notes.txt").read_text() == "old"
