@@ -365,7 +365,8 @@ def test_an_input_of_another_width_is_refused_before_the_kernel(monkeypatch, op,
     columns = params[0].shape[1]
     bad = {"narrower": x[..., :-3], "wider": torch.cat([x, x[..., :5]], dim=-1), "no time axis": x[:, 0]}[width]
     expected = (rf"{op}: the input has shape \({', '.join(map(str, bad.shape))}\); expected \(batch, length, "
-                rf"{columns}\): the layer's weight_ih \({params[0].shape[0]}, {columns}\) takes inputs of width {columns}")
+                rf"{columns}\): the layer's weight_ih \({params[0].shape[0]}, {columns}\) takes inputs of width "
+                rf"{columns}")
     with pytest.raises(ValueError, match=expected):
         run(op, backend, bad, states, params)
 
