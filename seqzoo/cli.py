@@ -124,25 +124,24 @@ def cmd_new(args: argparse.Namespace) -> int:
     occupied = out.exists() and any(out.iterdir())
     if occupied and not args.force:
         raise ValueError(f"{str(out)!r} exists and is not empty (pass --force to write into it)")
+    from seqzoo.hub.publishing import model_files
     from seqzoo.outputs import describe, staged_folder
 
     torch.manual_seed(args.seed)
     model = seqzoo.create_model(args.preset, **parse_overrides(args.set, "--set"))
+    # --force replaces the model the folder held: its files the new model does not write (a shard index and its
+    # shards, an adapter, another tokenizer, its training record) would be read with the new model. Other files stay.
+    old = model_files(out) if occupied else []
     try:
         # Built beside `out` and moved into place whole, so a failure never leaves a config.json without weights.
-        with staged_folder(out, merge=occupied) as staging:
+        with staged_folder(out, merge=occupied, replaces=old) as staging:
             save_with_tokenizer(model, staging)
     except OSError as err:
         raise ValueError(describe(err)) from err
-    from seqzoo.hub.cards import TRAINING_FILE
-
-    stale = out / TRAINING_FILE
-    note = ""
-    if occupied and (stale.is_file() or stale.is_symlink()):
-        # The training record of the model this one replaced: the model card would present its dataset, steps and
-        # evaluation figures as this untrained model's.
-        stale.unlink()
-        note = f"; removed the {TRAINING_FILE} of the model it replaced (this one is untrained)"
+    removed = [name for name in old if not (out / name).exists()]
+    shown = ", ".join(removed[:6]) + (f" and {len(removed) - 6} more" if len(removed) > 6 else "")
+    note = f"; removed {len(removed)} file(s) of the model it replaced that this one does not write: {shown}" \
+        if removed else ""
     print(f"saved {args.preset} ({type(model).__name__}, {count_parameters(model):,} parameters) to {out}{note}")
     return 0
 
@@ -265,7 +264,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=seed_value, default=0, help="seed of the random initialisation (default: 0)")
     p.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE",
                    help="config field overrides, e.g. --set hidden_size=128 dropout=0.1")
-    p.add_argument("--force", action="store_true", help="write into a folder that is not empty")
+    p.add_argument("--force", action="store_true",
+                   help="write into a folder that is not empty, replacing the model it held (its weights, shards, "
+                        "adapter, tokenizer files are removed); other files stay")
     p.set_defaults(func=cmd_new)
 
     p = sub.add_parser("demo", help="build a tiny model of every architecture and generate from each",

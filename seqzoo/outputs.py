@@ -7,7 +7,10 @@
   process stands in (``seqzoo new lstm-tiny .``), which receives the files as below;
 - an existing folder that keeps other files (a training run's folder holds ``checkpoints/`` and
   ``metrics.jsonl``; ``seqzoo new --force``) receives the files one rename each, ``config.json`` last, so a
-  folder never shows a ``config.json`` whose weights are missing or half-written.
+  folder never shows a ``config.json`` whose weights are missing or half-written;
+- a model written over another (``seqzoo new --force``, ``replaces=``) first removes the old model's files that the
+  new one does not write (a shard index and its shards, an adapter, another tokenizer's files), its ``config.json``
+  first: a folder shows either no ``config.json`` or one that loads exactly the new model.
 
 A failed write (a read-only folder, a full disk) removes the partial folder and raises :class:`OutputError`, an
 ``OSError`` whose message names the destination and the reason in one line.
@@ -21,7 +24,7 @@ import re
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Iterator
+from typing import Iterable, Iterator
 
 LAST = "config.json"  # the file whose presence makes a folder a model folder
 
@@ -50,12 +53,16 @@ def describe(err: BaseException) -> str:
 
 
 @contextlib.contextmanager
-def staged_folder(destination: str | os.PathLike, *, merge: bool = False) -> Iterator[Path]:
+def staged_folder(destination: str | os.PathLike, *, merge: bool = False,
+                  replaces: Iterable[str] = ()) -> Iterator[Path]:
     """Yield an empty temporary folder beside ``destination``; on success move its files into ``destination``.
 
     ``merge=False``: ``destination`` must be missing or an empty folder, and appears in one rename. ``merge=True``:
     files are renamed into an existing folder one by one, ``config.json`` last (see the module docstring).
+    ``replaces``: names of files in ``destination`` (the model it held, see ``seqzoo.hub.publishing.model_files``)
+    that are removed before the new files move in, unless a new file takes their name.
     """
+    replaces = tuple(replaces)
     try:
         destination = Path(os.path.abspath(destination))  # ("." and "" name no folder to stage beside: EINVAL)
         if not merge and destination.is_dir() and Path.cwd().is_relative_to(destination):
@@ -76,7 +83,7 @@ def staged_folder(destination: str | os.PathLike, *, merge: bool = False) -> Ite
         staging.chmod(0o755)  # mkdtemp makes it private to the user; a model folder is not
         fsync_tree(staging)  # the rename must not become visible before the files are on disk
         if merge:
-            _move_files(staging, destination)
+            _move_files(staging, destination, replaces)
         else:
             if destination.exists():
                 destination.rmdir()  # raises unless empty: a non-empty destination is the caller's mistake
@@ -88,13 +95,20 @@ def staged_folder(destination: str | os.PathLike, *, merge: bool = False) -> Ite
         raise
 
 
-def _move_files(staging: Path, destination: Path) -> None:
+def _move_files(staging: Path, destination: Path, replaces: tuple[str, ...] = ()) -> None:
     names = sorted(p.name for p in staging.iterdir())
     ordered = [n for n in names if n != LAST] + ([LAST] if LAST in names else [])
     for name in ordered:  # every name before any file moves: new weights beside the old config.json otherwise
         target = destination / name
         if target.is_dir() and not (staging / name).is_dir():
             raise OutputError(f"cannot write {target}: a folder of that name is in the way")
+    # The old model's config.json goes first (the folder is no model while its files go), then what the new model
+    # does not overwrite: a stale shard index or adapter would be read with the new weights.
+    stale = [n for n in replaces if n not in names or n == LAST]
+    for name in sorted(stale, key=lambda n: n != LAST):
+        target = destination / name
+        if target.is_symlink() or target.is_file():
+            target.unlink()
     for name in ordered:
         target = destination / name
         if (staging / name).is_dir() and target.exists():

@@ -384,7 +384,8 @@ def test_new_force_drops_the_training_record_of_the_model_it_replaces(tmp_path, 
     (tmp_path / "seqzoo_training.json").write_text(json.dumps({"dataset": "text:corpus.txt", "steps": 4}))
     (tmp_path / "notes.txt").write_text("keep me")
     assert main(["new", "rnn-tiny", str(tmp_path), "--force"]) == 0
-    assert "removed the seqzoo_training.json" in capsys.readouterr().out
+    assert "removed 1 file(s) of the model it replaced that this one does not write: seqzoo_training.json" in \
+        capsys.readouterr().out
     assert not (tmp_path / "seqzoo_training.json").exists() and (tmp_path / "notes.txt").read_text() == "keep me"
 
 

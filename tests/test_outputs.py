@@ -117,6 +117,27 @@ def test_merge_into_a_folder_with_a_folder_in_the_way_moves_nothing(tmp_path):
     assert leftovers(run) == ["config.json", "model.safetensors", "tokenizer.json"]
 
 
+def test_replacing_a_model_removes_its_config_json_first_then_its_stale_files(tmp_path, monkeypatch):
+    # The new files must never sit beside the old config.json, nor the new config.json beside the old shard index.
+    out = tmp_path / "m"
+    out.mkdir()
+    for name in ("config.json", "model.safetensors.index.json", "model-00001-of-00002.safetensors", "notes.txt"):
+        (out / name).write_text("old")
+    seen, removed = [], []
+    real_replace, real_unlink = os.replace, Path.unlink
+    monkeypatch.setattr(Path, "unlink", lambda path, **kw: removed.append(path.name) or real_unlink(path, **kw))
+    shown = lambda: [name for name in leftovers(out) if not name.endswith(".partial")]  # noqa: E731
+    monkeypatch.setattr(outputs.os, "replace", lambda a, b: seen.append(shown()) or real_replace(a, b))
+    old = ["config.json", "model.safetensors.index.json", "model-00001-of-00002.safetensors"]
+    with staged_folder(out, merge=True, replaces=old) as staging:
+        for name in ("config.json", "model.safetensors"):
+            (staging / name).write_text("new")
+    assert removed[0] == "config.json" and sorted(removed) == sorted(old)  # a stop midway leaves no model
+    assert seen[0] == ["notes.txt"]  # before the first new file moved in: no old model file left
+    assert leftovers(out) == ["config.json", "model.safetensors", "notes.txt"]
+    assert (out / "config.json").read_text() == "new" and (out / "notes.txt").read_text() == "old"
+
+
 def test_a_safetensors_write_error_becomes_one_line(tmp_path):
     from safetensors import SafetensorError
 
@@ -193,6 +214,38 @@ def test_new_force_into_a_used_folder_keeps_other_files(tmp_path, capsys):
     assert main(["new", "gru-tiny", str(out), "--force"]) == 0
     assert {"notes.txt", "config.json", "model.safetensors", "tokenizer.json"} <= set(leftovers(out))
     assert not [name for name in leftovers(tmp_path) if name.endswith(".partial")]
+
+
+def test_new_force_over_a_sharded_model_with_an_adapter_loads_exactly_the_new_model(tmp_path, capsys):
+    # The old shard index, shards and adapter stayed beside the new model.safetensors: from_pretrained applied the
+    # stale adapter (peft) and refused the folder; other tokenizers' files and bundled code of the old architecture
+    # stayed too. Files that are not the model's (notes, a README, a subfolder) stay.
+    pytest.importorskip("peft")
+    from peft import get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    import seqzoo
+
+    out = tmp_path / "m"
+    old = seqzoo.create_model("lstm-tiny")
+    old.save_pretrained(out, max_shard_size="20KB")
+    get_peft_model(old, seqzoo.peft_config(old)).save_pretrained(out)
+    for name, text in (("vocab.json", "{}"), ("merges.txt", ""), ("notes.txt", "mine")):
+        (out / name).write_text(text)
+    (out / "checkpoints").mkdir()
+    assert {"model.safetensors.index.json", "adapter_config.json", "modeling_seqzoo_lstm.py"} <= set(leftovers(out))
+    assert main(["new", "gru-tiny", str(out), "--force"]) == 0
+    printed = capsys.readouterr().out
+    assert "removed " in printed and "adapter_config.json" in printed, printed
+    left = set(leftovers(out))
+    stale = {name for name in left if name.startswith(("model-", "adapter_", "model.safetensors.index"))}
+    assert not stale and not {"vocab.json", "merges.txt", "modeling_seqzoo_lstm.py"} & left, left
+    assert {"notes.txt", "README.md", "checkpoints", "model.safetensors", "tokenizer.json"} <= left
+    loaded = AutoModelForCausalLM.from_pretrained(out)
+    torch.manual_seed(0)
+    fresh = seqzoo.create_model("gru-tiny")
+    assert type(loaded) is type(fresh)
+    assert all(torch.equal(value, fresh.state_dict()[key]) for key, value in loaded.state_dict().items())
 
 
 # ----------------------------------------------------------------------------------------------------------------

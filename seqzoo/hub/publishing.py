@@ -206,6 +206,32 @@ def _is_bundled_file(path: Path) -> bool:
     return head.startswith("# ") and BUNDLED_MARK in head.partition("\n")[0]
 
 
+# The other files a loader reads by name as part of a model: its config and generation config, a peft adapter
+# (which from_pretrained applies to the model beside it), the tokenizer (a converted RWKV's included), seqzoo's
+# records of the model (training, bundled code).
+_MODEL_FILE = re.compile(r"(generation_)?config\.json|adapter_config\.json|adapter_model\.(safetensors|bin)"
+                         r"|tokenizer(_config)?\.json|special_tokens_map\.json|added_tokens\.json|vocab\.(json|txt)"
+                         r"|merges\.txt|tokenizer\.model|chat_template\.(jinja|json)"
+                         r"|rwkv_world_vocab\.json|tokenization_rwkv_world\.py|hidden_state\.safetensors"
+                         rf"|{re.escape(TRAINING_FILE)}|{re.escape(RECORD_FILE)}")
+
+
+def model_files(folder: str | os.PathLike) -> list[str]:
+    """The names of the files in ``folder`` that make up a model (weights or shards and their index, config, adapter,
+    tokenizer, seqzoo's records and the code it bundled), which a model written over it must replace or remove: left
+    beside the new model, a stale shard index or adapter is read with it. Other files (notes, data, a README,
+    subfolders such as checkpoints/) are not the model's."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    return sorted(
+        path.name for path in folder.iterdir()
+        if (path.is_file() or path.is_symlink())
+        and (_WEIGHT_FILE.fullmatch(path.name) or _MODEL_FILE.fullmatch(path.name)
+             or (path.suffix == ".py" and path.is_file() and _is_bundled_file(path)))
+    )
+
+
 def _write_token(token: str | None, repo_id: str) -> str:
     from huggingface_hub import get_token
 
@@ -361,4 +387,4 @@ def _http_message(status: int | None, err: Exception, endpoint: str, repo_id: st
     return f"the Hub at {endpoint} answered {status} while {step}: {detail}"
 
 
-__all__ = ["PublishError", "build_hub_folder", "export_folder", "publish", "refresh_code"]
+__all__ = ["PublishError", "build_hub_folder", "export_folder", "model_files", "publish", "refresh_code"]

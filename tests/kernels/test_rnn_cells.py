@@ -353,6 +353,24 @@ def test_a_state_of_the_wrong_shape_is_refused_before_the_kernel(monkeypatch, op
             run(op, backend, x, wrong, params)
 
 
+@pytest.mark.parametrize("op", ["rnn", "lstm", "gru"])
+@pytest.mark.parametrize("backend", ["torch", "reference"])
+@pytest.mark.parametrize("length", [1, 5])
+@pytest.mark.parametrize("width", ["narrower", "wider", "no time axis"])
+def test_an_input_of_another_width_is_refused_before_the_kernel(monkeypatch, op, backend, length, width):
+    # torch's fused LSTM over a sequence (CPU) took an input of another width without an error and returned garbage
+    # (a wider one's non-finite, different on every call); the other ops raised torch's errors, naming no argument.
+    _kernels_refused(monkeypatch)
+    x, states, params = make_inputs(op, length, torch.float32)
+    columns = params[0].shape[1]
+    bad = {"narrower": x[..., :-3], "wider": torch.cat([x, x[..., :5]], dim=-1), "no time axis": x[:, 0]}[width]
+    expected = (rf"{op}: the input has shape \({', '.join(map(str, bad.shape))}\); expected \(batch, length, "
+                rf"{columns}\): the layer's weight_ih \({params[0].shape[0]}, {columns}\) takes inputs of width "
+                rf"{columns}")
+    with pytest.raises(ValueError, match=expected):
+        run(op, backend, bad, states, params)
+
+
 @pytest.mark.parametrize("mixer_type", ["rnn", "lstm", "gru"])
 def test_a_mixer_called_with_a_state_of_the_wrong_shape_raises(monkeypatch, mixer_type):
     # The mixers are public API: a state of another batch size reached torch's unchecked kernel.

@@ -148,22 +148,26 @@ def test_dropout_is_where_the_decoder_says(case):
 
 
 @pytest.mark.parametrize("cell", ["gru", "lstm"])
-def test_the_encoder_drops_its_embeddings_and_each_layers_output(cell):
-    # Embedding -> dropout -> [layer -> dropout] x N, against torch.nn's layers run one at a time; the last layer's
-    # output (the annotations the decoder attends to) is dropped too, unlike inside torch.nn.LSTM(dropout=p).
+@pytest.mark.parametrize("layers", [1, 3])
+def test_the_encoder_drops_its_embeddings_and_between_its_layers(cell, layers):
+    # Embedding -> dropout -> layer -> [dropout -> layer] x (N - 1), against torch.nn's layers run one at a time: as
+    # inside torch.nn.LSTM(dropout=p), the last layer's output (the annotations the decoder attends to) is not
+    # dropped (it was, which the configuration's "between layers" did not say).
     model = tiny_model("seq2seq-sutskever-tiny", encoder_type=cell, decoder_type=cell, dropout=0.0,
-                       num_hidden_layers=2)
+                       num_hidden_layers=layers)
     encoder = model.get_encoder()
     encoder.dropout = Halve()
-    x = encoder.embed_tokens(SOURCE[1:2]) * 0.5
+    x = encoder.embed_tokens(SOURCE[1:2])
     with torch.no_grad():
         for mixer in encoder.layers:
             reference = (nn.LSTM if cell == "lstm" else nn.GRU)(mixer.weight_ih.shape[1], 32, batch_first=True)
             for name in ("weight_ih", "weight_hh", "bias_ih", "bias_hh"):
                 getattr(reference, f"{name}_l0").copy_(getattr(mixer, name))
-            x = reference(x)[0] * 0.5
-        got = encoder(input_ids=SOURCE[1:2]).last_hidden_state
-    torch.testing.assert_close(got, x, rtol=1e-5, atol=1e-6)
+            x = reference(x * 0.5)[0]
+        got = encoder(input_ids=SOURCE[1:2], output_hidden_states=True)
+    torch.testing.assert_close(got.last_hidden_state, x, rtol=1e-5, atol=1e-6)
+    assert len(got.hidden_states) == layers + 1  # the embeddings as the first layer reads them, then each output
+    torch.testing.assert_close(got.hidden_states[-1], x, rtol=0, atol=0)
 
 
 @pytest.mark.parametrize("preset", ["seq2seq-luong-general-tiny", "seq2seq-bahdanau-tiny", "seq2seq-transformer-tiny"])

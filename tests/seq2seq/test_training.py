@@ -196,8 +196,14 @@ def test_generate_show_attention_prints_and_plots_the_weights(trained, tmp_path,
         assert main(["generate", str(trained), "abc", "--show-attention", *flags]) == 2
         assert f"error: {flags[0]} cannot go with --show-attention" in capsys.readouterr().err
     # A plot path matplotlib cannot write is refused before the table is printed (it failed after it).
+    # A folder (existing, or named by a trailing "/") failed in savefig only after the table.
+    (tmp_path / "plots.png").mkdir()
+    (tmp_path / "notes.txt").write_text("")
     for path, message in ((tmp_path / "map.txt", ".txt names no image format; use one of"),
-                          (tmp_path / "no-such-folder" / "map.png", "does not exist")):
+                          (tmp_path / "no-such-folder" / "map.png", "does not exist"),
+                          (tmp_path / "plots.png", "it is a folder; name the image file, e.g. "),
+                          (f"{tmp_path / 'new.png'}/", "it ends with '/', naming a folder; name the image file"),
+                          (tmp_path / "notes.txt" / "map.png", "notes.txt' is a file, not a folder")):
         assert main(["generate", str(trained), "abc", "--show-attention", "--attention-plot", str(path)]) == 2
         captured = capsys.readouterr()
         assert f"error: --attention-plot: cannot write a plot to {str(path)!r}" in captured.err

@@ -37,16 +37,24 @@ def check_positions(op, x, mask, reset):
     return check_reset(op, reset, *x.shape[:2])
 
 
-def check_states(op, x, weight_hh, *states):
-    """Refuse an initial state (h0, and c0 for the LSTM) that is not (B, H) for x (B, T, I) and weight_hh (G*H, H),
-    naming both shapes. torch's fused sequence kernels do not check (torch.nn.LSTM does, in Python): the LSTM's read
-    and wrote past a smaller state's memory, corrupting the heap and crashing the process, or returned outputs of the
-    state's width. A comparison of shapes, nothing read from the device."""
-    expected = (x.shape[0], weight_hh.shape[-1])
-    for index, state in enumerate(states):
+def check_shapes(op, x, weight_ih, weight_hh, *states):
+    """Refuse an input that is not (B, T, I) with I the width weight_ih (G*H, I) takes, and an initial state (h0, and
+    c0 for the LSTM) that is not (B, H) for weight_hh (G*H, H), naming the shapes. torch's fused sequence kernels do
+    not check (torch.nn.LSTM does, in Python): on the CPU the LSTM's returned garbage for an input of another width
+    without an error (a wider one's non-finite and different on every call), and read and wrote past a smaller
+    state's memory, corrupting the heap and crashing the process; the other ops failed with torch's shape errors,
+    which name no argument. Comparisons of shapes, nothing read from the device."""
+    shape = x.shape  # (read once: this runs on every decode step, about 0.7 us in all)
+    if len(shape) != 3 or shape[2] != weight_ih.shape[-1]:
+        raise ValueError(f"{op}: the input has shape {tuple(shape)}; expected (batch, length, "
+                         f"{weight_ih.shape[-1]}): the layer's weight_ih {tuple(weight_ih.shape)} takes inputs of "
+                         f"width {weight_ih.shape[-1]}")
+    expected = (shape[0], weight_hh.shape[-1])
+    for state in states:
         if state.shape != expected:
-            raise ValueError(f"{op}: the initial state {('h0', 'c0')[index]} has shape {tuple(state.shape)}; "
-                             f"expected {expected} (batch, hidden_size: the input's {x.shape[0]} rows, the layer's "
+            name = ("h0", "c0")[next(i for i, s in enumerate(states) if s.shape != expected)]
+            raise ValueError(f"{op}: the initial state {name} has shape {tuple(state.shape)}; "
+                             f"expected {expected} (batch, hidden_size: the input's {shape[0]} rows, the layer's "
                              f"hidden size {weight_hh.shape[-1]})")
 
 
@@ -72,7 +80,7 @@ def _output(mask, t, h):
 def rnn(x, h0, weight_ih, weight_hh, bias_ih=None, bias_hh=None, *, nonlinearity="tanh", mask=None, reset=None):
     """Elman RNN: h_t = act(W_ih x_t + b_ih + W_hh h_{t-1} + b_hh). Returns (y, h_T)."""
     act = {"tanh": torch.tanh, "relu": torch.relu}[nonlinearity]
-    check_states("rnn", x, weight_hh, h0)
+    check_shapes("rnn", x, weight_ih, weight_hh, h0)
     reset = check_positions("rnn", x, mask, reset)
 
     def cell(xp_t, h):
@@ -88,7 +96,7 @@ def lstm(x, h0, c0, weight_ih, weight_hh, bias_ih=None, bias_hh=None, *, mask=No
     i, f, g, o = split(W_ih x_t + b_ih + W_hh h_{t-1} + b_hh);  c_t = sig(f) c_{t-1} + sig(i) tanh(g);
     h_t = sig(o) tanh(c_t)
     """
-    check_states("lstm", x, weight_hh, h0, c0)
+    check_shapes("lstm", x, weight_ih, weight_hh, h0, c0)
     reset = check_positions("lstm", x, mask, reset)
 
     def cell(xp_t, h, c):
@@ -106,7 +114,7 @@ def gru(x, h0, weight_ih, weight_hh, bias_ih=None, bias_hh=None, *, mask=None, r
     r = sig(W_ir x + b_ir + W_hr h + b_hr);  z = sig(W_iz x + b_iz + W_hz h + b_hz)
     n = tanh(W_in x + b_in + r * (W_hn h + b_hn));  h_t = (1 - z) n + z h_{t-1}
     """
-    check_states("gru", x, weight_hh, h0)
+    check_shapes("gru", x, weight_ih, weight_hh, h0)
     reset = check_positions("gru", x, mask, reset)
 
     def cell(xp_t, h):

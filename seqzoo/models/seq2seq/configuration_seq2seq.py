@@ -64,7 +64,10 @@ class Seq2SeqConfig(SeqzooConfig):
             i starts where encoder layer i ended; same cell, one direction), ``"projection"`` (Bahdanau: per layer
             ``tanh(W [final states of both directions] + b)``), ``"zeros"`` (no initial information; attention
             only). Default: copy where possible, else projection; none for the Transformer.
-        dropout: on embeddings, between layers and on the decoder's output.
+        dropout: recurrent models: on the embeddings, between stacked recurrent layers (as
+            ``torch.nn.LSTM(dropout=p)``: not after the last layer, whose outputs the attention reads) and on the
+            decoder's output (before the vocabulary projection). The Transformer: on the embeddings (with their
+            positions) and on each sublayer's output before its residual sum.
         nonlinearity: the Elman RNN's ``"tanh"`` | ``"relu"``;  forget_bias: the LSTM's initial forget-gate bias;
             orthogonal_init: orthogonal hidden-to-hidden blocks.
         num_attention_heads, intermediate_size, max_position_embeddings, attention_dropout, layer_norm_eps: the

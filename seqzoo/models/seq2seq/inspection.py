@@ -12,6 +12,7 @@ Not part of the models' Hub bundle: these helpers need seqzoo.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -145,19 +146,30 @@ def _shown(tokenizer: Any, token_id: int) -> str:
 
 
 def check_plot_path(path: str | Path) -> Any:
-    """Refuse, before any work, a plot path whose folder does not exist or whose suffix names no format matplotlib
-    writes; return pyplot."""
+    """Refuse, before any work, a plot path that names a folder (an existing one, or one ending in a separator),
+    whose folder does not exist or cannot be written, or whose suffix names no format matplotlib writes; return
+    pyplot. (Found by savefig, these came after the decode and its table were printed.)"""
     plt = _pyplot()
     from matplotlib.backend_bases import FigureCanvasBase
 
+    text = os.fspath(path)
     path = Path(path)
+    example = f"e.g. {str(path / 'attention.png')!r}"
+    if text.endswith(tuple(sep for sep in (os.sep, os.altsep) if sep)):  # (Path drops the trailing separator)
+        raise ValueError(f"cannot write a plot to {text!r}: it ends with {text[-1]!r}, naming a folder; name the "
+                         f"image file, {example}")
+    if path.is_dir():
+        raise ValueError(f"cannot write a plot to {text!r}: it is a folder; name the image file, {example}")
     formats = FigureCanvasBase.get_supported_filetypes()  # (what savefig writes, read without building a figure)
     suffix = path.suffix.lstrip(".").lower()
     if suffix not in formats:
         raise ValueError(f"cannot write a plot to {str(path)!r}: {'.' + suffix if suffix else 'no suffix'} names "
                          f"no image format; use one of {', '.join('.' + f for f in sorted(formats))}")
     if not path.parent.is_dir():
-        raise ValueError(f"cannot write a plot to {str(path)!r}: the folder {str(path.parent)!r} does not exist")
+        what = "is a file, not a folder" if path.parent.exists() else "does not exist"
+        raise ValueError(f"cannot write a plot to {str(path)!r}: the folder {str(path.parent)!r} {what}")
+    if not os.access(path if path.exists() else path.parent, os.W_OK):
+        raise ValueError(f"cannot write a plot to {str(path)!r}: permission denied")
     return plt
 
 

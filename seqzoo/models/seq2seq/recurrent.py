@@ -92,7 +92,10 @@ class DecoderStack(CheckpointedStack):
 
 
 class RecurrentEncoder(CheckpointedStack):
-    """Embedding -> dropout -> [recurrent layer (and its backward twin) -> dropout] x N.
+    """Embedding -> dropout -> recurrent layer (and its backward twin) -> [dropout -> recurrent layer] x (N - 1).
+
+    Dropout is between layers, as in ``torch.nn.LSTM(dropout=p)`` and as the decoder's: the last layer's outputs,
+    the annotations the attention reads, are not dropped (nor the final states the bridge reads).
 
     The bidirectional encoder is built here, not in the mixers: the backward layer is the same mixer class run
     over the time-reversed source and mask (a pad position never changes a state, so left and right padding are
@@ -126,6 +129,8 @@ class RecurrentEncoder(CheckpointedStack):
         finals = []
         names = STATE_NAMES[self.config.encoder_type]  # not layer.state_names: peft's LoRA wraps the layer
         for idx, layer in enumerate(self.layers):
+            if idx:
+                hidden_states = self.dropout(hidden_states)  # between layers
             output, state = self.run_recurrent(idx, layer, hidden_states, None, mask, names)  # (B, S, H)
             parts = [state[name] for name in names]
             if self.backward_layers is not None:
@@ -135,7 +140,7 @@ class RecurrentEncoder(CheckpointedStack):
                 output = torch.cat([output, backward.flip(1)], dim=-1)  # (B, S, 2H)
                 parts += [backward_state[name] for name in names]
             finals.append(torch.cat(parts, dim=-1))
-            hidden_states = self.dropout(output)
+            hidden_states = output
             if output_hidden_states:
                 all_hidden_states += (hidden_states,)
         output = Seq2SeqEncoderOutput(last_hidden_state=hidden_states, final_state=torch.stack(finals, dim=1),
