@@ -92,8 +92,9 @@ def publish(
 
     The repository is created if missing (``private`` applies only then). ``revision`` names the branch to
     commit to, created from ``main`` if missing. Over an earlier checkpoint in the repository, the commit also
-    deletes what that one had and this one does not write (weight files of another layout, code seqzoo bundled for
-    it, its ``seqzoo_training.json``); the owner's other files stay. The token is ``token``, else ``HF_TOKEN``, else
+    deletes the files of a model that one had and this one does not write (weight files of another layout, a peft
+    adapter, tokenizer files, a generation config, code seqzoo bundled for it, its ``seqzoo_training.json``: the names
+    :func:`model_files` lists); the owner's other files stay. The token is ``token``, else ``HF_TOKEN``, else
     the one saved by ``hf auth login``. The Hub endpoint is ``HF_ENDPOINT`` (https://huggingface.co by default).
     ``license``, ``license_name`` and ``license_link`` are checked before anything is uploaded (as in
     :func:`export_folder`).
@@ -116,12 +117,13 @@ def publish(
             with _hub_errors(api.endpoint, repo_id, f"creating the branch {revision!r}", may_have_committed=False):
                 api.create_branch(repo_id, branch=revision, exist_ok=True)
         # Publishing over an earlier checkpoint replaces it: what the earlier one left that this one does not write
-        # (weights in another layout, another architecture's code, a training record) would otherwise stay beside
-        # the new files and be read with them. The owner's other files stay.
+        # (weights in another layout, an adapter, another tokenizer, another architecture's code, a training record)
+        # would otherwise stay beside the new files and be read with them. The owner's other files stay.
         with _hub_errors(api.endpoint, repo_id, "reading the repository", may_have_committed=False):
             existing = [sibling.rfilename for sibling in api.model_info(repo_id, revision=revision).siblings or []]
             left = [name for name in existing if name not in files]
-            stale = [name for name in left if name == TRAINING_FILE or _WEIGHT_FILE.fullmatch(name)]
+            stale = [name for name in left if "/" not in name
+                     and (_WEIGHT_FILE.fullmatch(name) or _MODEL_FILE.fullmatch(name))]
             code = [name for name in left if "/" not in name and name.endswith(".py")]
             stale += _bundled_files(api, repo_id, revision, code, Path(staging) / ".old")
         operations += [CommitOperationDelete(path_in_repo=name) for name in sorted(stale)]

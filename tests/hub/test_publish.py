@@ -158,7 +158,7 @@ def test_cli_publish_reports_errors_plainly(saved_models, monkeypatch, tmp_path,
 
 def test_publish_over_an_earlier_checkpoint_deletes_what_it_left(hub, saved_models, exports):
     """A repository that held a trained LSTM in shards gets a GRU without a training record: the LSTM's weights,
-    code and training record go (else transformers or a reader of the record would find them beside the GRU's);
+    adapter, tokenizer files, code and training record go (else transformers or a reader of the record would find them beside the GRU's);
     the owner's own files stay."""
     repo = repo_id("gru")
     earlier = folder_bytes(exports["lstm"])
@@ -167,6 +167,11 @@ def test_publish_over_an_earlier_checkpoint_deletes_what_it_left(hub, saved_mode
     earlier.update({"model-00001-of-00002.safetensors": b"x", "model-00002-of-00002.safetensors": b"x",
                     "model.safetensors.index.json": b"{}", "pytorch_model.bin": b"x", "notes.py": b"# mine\n",
                     "modeling_my_helpers.py": b"# mine too\n", "data/train.csv": b"a\n", ".gitattributes": b"",
+                    # a peft adapter and another tokenizer's files (from_pretrained would apply the adapter to the
+                    # GRU; AutoTokenizer would read the stale vocabulary), a generation config, and the same names
+                    # in a folder of the owner's, which stay
+                    "adapter_config.json": b"{}", "adapter_model.safetensors": b"x", "vocab.json": b"{}",
+                    "merges.txt": b"", "generation_config.json": b"{}", "data/adapter_config.json": b"{}",
                     # the owner's: seqzoo's note is a bundled file's first line, not a line below it
                     "seqzoo_notes.py": b"# my notes\n# copied into the self-contained code of this checkpoint\n"})
     hub.repos[repo] = dict(earlier)
@@ -182,9 +187,11 @@ def test_publish_over_an_earlier_checkpoint_deletes_what_it_left(hub, saved_mode
     assert "modeling_seqzoo_lstm.py" in bundled_for_lstm
     assert sorted(commit.deleted) == sorted(
         ["seqzoo_training.json", "model-00001-of-00002.safetensors", "model-00002-of-00002.safetensors",
-         "model.safetensors.index.json", "pytorch_model.bin", *bundled_for_lstm])
+         "model.safetensors.index.json", "pytorch_model.bin", "adapter_config.json", "adapter_model.safetensors",
+         "vocab.json", "merges.txt", *(["generation_config.json"] if "generation_config.json" not in fresh else []),
+         *bundled_for_lstm])
     assert sorted(hub.repos[repo]) == sorted([*fresh, "notes.py", "modeling_my_helpers.py", "seqzoo_notes.py",
-                                              "data/train.csv", ".gitattributes"])
+                                              "data/train.csv", "data/adapter_config.json", ".gitattributes"])
     assert list(hub.staging_root.iterdir()) == []
 
 
