@@ -25,6 +25,21 @@ TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_ma
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
+def conversion_dtype(dtype: Any) -> torch.dtype | None:
+    """The ``dtype`` argument of a converter as a torch dtype: a floating-point ``torch.dtype``, one of
+    :data:`DTYPES`' names (as ``--dtype`` takes them), or None (the source's). Checked before anything is read:
+    anything else is refused, where a name reached ``Tensor.to`` as a device ("Invalid device string: 'bfloat16'")
+    after every tensor was read, and an integer dtype failed inside ``load_state_dict``."""
+    if dtype is None:
+        return None
+    if isinstance(dtype, str) and dtype in DTYPES:
+        return DTYPES[dtype]
+    if isinstance(dtype, torch.dtype) and dtype.is_floating_point:
+        return dtype
+    raise ValueError(f"dtype={dtype!r} is not a floating-point dtype to convert to; give a torch dtype such as "
+                     f"torch.bfloat16, one of the names {', '.join(map(repr, DTYPES))}, or None for the source's")
+
+
 class SourceWeights(Mapping):
     """Read-only ``{name: tensor}`` view of a checkpoint whose tensors are read on access (and not kept)."""
 
@@ -493,7 +508,7 @@ def show(items: list[str], limit: int = 8) -> str:
 
 
 __all__ = ["CHECKPOINT_FILES", "DTYPES", "Reader", "SourceWeights", "TOKENIZER_FILES", "TOKENIZER_READS", "build_model",
-           "check_destination", "check_tensors", "copy_tokenizer_files", "download", "head_is_tied",
+           "check_destination", "check_tensors", "conversion_dtype", "copy_tokenizer_files", "download", "head_is_tied",
            "load_transformers_source", "load_torch_file", "materialize_buffers", "read_folder_weights", "read_json",
            "require_floating_point", "show", "tokenizer_code_files", "valid_token_ids", "weights_only_refusal"]
 

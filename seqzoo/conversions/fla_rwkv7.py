@@ -27,6 +27,7 @@ import torch
 from seqzoo.conversions.checkpoints import (
     SourceWeights,
     check_destination,
+    conversion_dtype,
     copy_tokenizer_files,
     read_folder_weights,
     read_json,
@@ -111,6 +112,7 @@ def convert_fla_rwkv7(source: Any, config: dict[str, Any] | None = None, dtype: 
     """A seqzoo RWKV-7 with the weights of an fla ``RWKV7ForCausalLM`` checkpoint: a folder (``config.json`` +
     safetensors or ``pytorch_model*.bin``), or a state dict with its ``config`` dict. ``dtype`` defaults to the
     source's."""
+    dtype = conversion_dtype(dtype)
     if isinstance(source, (str, Path)):
         if not (Path(source) / "config.json").is_file():
             raise ValueError(f"{str(source)!r} is not an fla checkpoint folder (no config.json)")

@@ -23,6 +23,7 @@ import torch
 from seqzoo.conversions.checkpoints import (
     build_model,
     check_destination,
+    conversion_dtype,
     copy_tokenizer_files,
     head_is_tied,
     load_transformers_source,
@@ -128,6 +129,7 @@ def convert_hf_mamba(source: Any, dtype: torch.dtype | None = None) -> Any:
     """A seqzoo Mamba / Mamba-2 causal LM with the weights of ``source``: a transformers ``MambaForCausalLM`` /
     ``Mamba2ForCausalLM`` object, a folder saved from one (sharded safetensors are read tensor by tensor), or a Hub
     repo id. ``dtype`` defaults to the source's."""
+    dtype = conversion_dtype(dtype)
     hf_config, source_weights = load_transformers_source(source, SUPPORTED_MODEL_TYPES, "hf-mamba")
     config = config_from_hf(hf_config)
     origin = f"the {hf_config.model_type} source"

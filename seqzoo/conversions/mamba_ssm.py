@@ -24,9 +24,10 @@ from typing import Any
 import torch
 
 from seqzoo.conversions.checkpoints import (
-    check_destination,
     SourceWeights,
     build_model,
+    check_destination,
+    conversion_dtype,
     copy_tokenizer_files,
     read_folder_weights,
     read_json,
@@ -132,6 +133,7 @@ def convert_mamba_ssm(source: Any, config: dict[str, Any] | None = None, dtype: 
     """A seqzoo Mamba / Mamba-2 with the weights of a mamba_ssm checkpoint: a folder (``config.json`` +
     ``pytorch_model.bin`` or safetensors), or a state dict with its ``config`` dict. ``dtype`` defaults to the
     source's."""
+    dtype = conversion_dtype(dtype)
     if isinstance(source, (str, Path)):
         folder = Path(source)
         if not (folder / "config.json").is_file():

@@ -33,6 +33,7 @@ from seqzoo.conversions.checkpoints import (
     SourceWeights,
     build_model,
     check_destination,
+    conversion_dtype,
     load_torch_file,
     require_floating_point,
     weights_only_refusal,
@@ -156,6 +157,7 @@ def convert_word_lm(source: Any, nonlinearity: str | None = None, key_map: dict[
                     dtype: torch.dtype | None = None, **config_overrides: Any) -> Any:
     """A seqzoo RNN / LSTM / GRU causal LM with the weights of ``source`` (a ``.pt`` state-dict file or a dict).
     ``config_overrides`` may set ``dropout`` and the special token ids (all unset by default)."""
+    dtype = conversion_dtype(dtype)
     state_dict = load_word_lm_state_dict(source, key_map)
     config = config_from_state_dict(state_dict, nonlinearity, **config_overrides)
     require_floating_point(state_dict, "the checkpoint")

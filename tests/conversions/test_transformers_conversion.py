@@ -24,7 +24,7 @@ import seqzoo
 from seqzoo.cli import main as seqzoo_main
 from seqzoo.conversions.checkpoints import read_folder_weights
 from seqzoo.conversions.export import export_native, to_native
-from seqzoo.conversions.gpt2 import convert_gpt2
+from seqzoo.conversions.gpt2 import convert_gpt2, convert_gpt2_folder
 from seqzoo.conversions.llama import convert_llama
 from tests.conftest import tiny_model
 from tests.models.test_transformer_reference import IDS, gpt2, llama, qwen2, randomize
@@ -94,6 +94,22 @@ def test_dtype_is_kept_unless_asked(tmp_path):
     assert convert_gpt2(tmp_path / "bf16").dtype == torch.bfloat16
     assert seqzoo_main(["convert", "gpt2", str(tmp_path / "bf16"), str(tmp_path / "out"), "--dtype", "float32"]) == 0
     assert AutoModelForCausalLM.from_pretrained(tmp_path / "out").dtype == torch.float32
+
+
+def test_dtype_is_a_floating_point_torch_dtype_or_its_name(tmp_path):
+    # The Python API takes the names --dtype takes; any other value is refused before anything is read or written
+    # (a name reached Tensor.to as a device, "Invalid device string: 'bfloat16'", after every tensor was read).
+    peer = gpt2()
+    torch.testing.assert_close(logits(convert_gpt2(peer, dtype="bfloat16")),
+                               logits(convert_gpt2(peer, dtype=torch.bfloat16)), rtol=0, atol=0)
+    assert convert_llama(llama(), dtype="float16").dtype == torch.float16
+    for bad in ("float64", "bf16", torch.int8, torch.bool, 16):
+        with pytest.raises(ValueError, match=r"dtype=.* is not a floating-point dtype .* 'bfloat16'"):
+            convert_gpt2(peer, dtype=bad)
+    save_sharded(peer, tmp_path / "src")
+    with pytest.raises(ValueError, match=r"dtype='half' is not a floating-point dtype"):
+        convert_gpt2_folder(tmp_path / "src", tmp_path / "out", dtype="half")
+    assert not (tmp_path / "out").exists()
 
 
 def test_original_gpt2_layout_without_prefix(tmp_path):
