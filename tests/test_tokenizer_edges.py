@@ -17,6 +17,14 @@ def test_every_byte_of_utf8_text_is_its_own_id():
     assert tokenizer.decode(ids) == text
 
 
+@pytest.mark.parametrize("length", [0, -3, "10", 2.5, True, None])
+def test_model_max_length_must_be_a_positive_integer(length):
+    # 0 truncated every text to nothing without a word; -3 failed at the first call with an OverflowError
+    with pytest.raises(ValueError, match=rf"model_max_length={length!r} must be a positive integer"):
+        byte_tokenizer(length)
+    assert byte_tokenizer(3)("hello", truncation=True).input_ids == list(b"hel")
+
+
 @pytest.mark.parametrize("as_config", [False, True], ids=["model", "config"])
 def test_an_encoder_decoders_tokenizer_pads_on_the_right(as_config):
     model = tiny_model(next(iter(SEQ2SEQ_FAMILIES.values())))
