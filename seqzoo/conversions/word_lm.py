@@ -195,11 +195,19 @@ def save_hidden_state(hidden: Any, config: Any, path: str | Path) -> None:
 
 
 def load_hidden_state(path: str | Path, config: Any) -> Any:
-    """The SeqzooCache saved by :func:`save_hidden_state`."""
+    """The SeqzooCache saved by :func:`save_hidden_state`. A file holding more than this model's state (an LSTM's
+    cell state ``c`` for a GRU, layers beyond its own) is another model's, and refused: its extra tensors were
+    passed over, and the rest taken as this model's state."""
     from safetensors.torch import load_file
 
     tensors = load_file(str(path))
     names = ("h", "c") if config.mixer_type == "lstm" else ("h",)
+    extra = sorted(set(tensors) - {f"layers.{i}.{name}" for i in range(config.num_hidden_layers) for name in names})
+    if extra:
+        raise ValueError(f"{str(path)!r} is not a hidden state of this model: it holds {', '.join(extra[:4])}"
+                         f"{' ...' if len(extra) > 4 else ''}, where an nn.{config.mixer_type.upper()} of "
+                         f"{config.num_hidden_layers} layers has {', '.join(names)} for layers 0-"
+                         f"{config.num_hidden_layers - 1} only")
     try:
         stacked = [torch.stack([tensors[f"layers.{i}.{name}"] for i in range(config.num_hidden_layers)])
                    for name in names]
