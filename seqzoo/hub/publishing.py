@@ -160,7 +160,14 @@ def refresh_code(
                 raise PublishError(f"{repo_id!r} has no config.json, so it holds no model whose code could be "
                                    "refreshed")
             downloaded = api.hf_hub_download(repo_id, "config.json", revision=revision, local_dir=folder / "old")
-        config = json.loads(Path(downloaded).read_text())
+        try:
+            config = json.loads(Path(downloaded).read_bytes())
+        except (UnicodeDecodeError, json.JSONDecodeError) as err:
+            raise PublishError(f"{repo_id!r}: its config.json is not valid JSON ({err}), so it holds no model whose "
+                               "code could be refreshed; publish the model again") from err
+        if not isinstance(config, dict):
+            raise PublishError(f"{repo_id!r}: its config.json must hold a JSON object (a model's configuration); got "
+                               f"a {type(config).__name__}, so it holds no model whose code could be refreshed")
         try:
             spec = architecture_for_model_type(config.get("model_type"))
         except ValueError as err:

@@ -282,6 +282,18 @@ def test_refresh_code_refuses_what_is_not_a_seqzoo_model(hub, capsys):
     assert hub.commits == []
 
 
+@pytest.mark.parametrize("config, message", [(b"{not json", r"is not valid JSON \(Expecting property name"),
+                                             (b"[1, 2]", r"must hold a JSON object \(a model's configuration\); "
+                                                         r"got a list")])
+def test_refresh_code_names_a_damaged_config_json(hub, capsys, config, message):
+    # (a config.json that is no JSON stopped the command with json's bare "Expecting property name ..."; a JSON list,
+    # with AttributeError: 'list' object has no attribute 'get')
+    hub.repos["someone/damaged"] = {"config.json": config}
+    assert main(["publish", "--refresh-code", "someone/damaged"]) == 2
+    assert re.search(r"error: 'someone/damaged': its config.json " + message, capsys.readouterr().err)
+    assert hub.commits == []
+
+
 def test_model_push_to_hub_commits_what_seqzoo_publish_exports(hub, tmp_path):
     model = tiny_byte_model("gru")
     url = model.push_to_hub(repo_id("gru"), tokenizer=byte_tokenizer(), commit_message="pushed")
