@@ -196,6 +196,18 @@ def require_floating_point(tensors: Mapping[str, torch.Tensor], origin: str) -> 
                          f"first")
 
 
+def require_values(tensors: Mapping[str, torch.Tensor], origin: str) -> None:
+    """Refuse tensors on the meta device, which have a shape and no values: a transformers model loaded with
+    ``device_map`` offloading keeps its offloaded weights there (loaded at each call by accelerate's hooks), as does
+    one built under ``init_empty_weights``. The checks on the values failed on them with "Tensor.item() cannot be
+    called on meta tensors"."""
+    meta = [key for key, tensor in tensors.items() if tensor.is_meta]
+    if meta:
+        raise ValueError(f"{origin} holds tensors without values (on the meta device): {show(meta)}; a model loaded "
+                         "with device_map offloading, or built under init_empty_weights, keeps its weights elsewhere: "
+                         "convert the folder it was loaded from (read tensor by tensor), or the model loaded whole")
+
+
 def require_finite(tensors: Mapping[str, torch.Tensor], origin: str, dtype: torch.dtype) -> None:
     """Refuse NaN or infinite weights (in ``dtype``, the one converted to: float16 overflows past 65504): the
     converted folder would compute NaN, and ``from_pretrained`` refuses it, long after the conversion said nothing."""
@@ -448,6 +460,7 @@ def build_model(config: Any, weights: dict[str, torch.Tensor], dtype: torch.dtyp
     be left out."""
     from seqzoo.registry import architecture_for_model_type
 
+    require_values(weights, origin)
     # Integer (quantized) tensors cast to ``dtype`` would keep their codes, not the values they stand for.
     require_floating_point(weights, origin)
     tied = head_is_tied(config, weights.get("lm_head.weight"), weights.get("model.embed_tokens.weight"), origin)
@@ -510,7 +523,8 @@ def show(items: list[str], limit: int = 8) -> str:
 __all__ = ["CHECKPOINT_FILES", "DTYPES", "Reader", "SourceWeights", "TOKENIZER_FILES", "TOKENIZER_READS", "build_model",
            "check_destination", "check_tensors", "conversion_dtype", "copy_tokenizer_files", "download", "head_is_tied",
            "load_transformers_source", "load_torch_file", "materialize_buffers", "read_folder_weights", "read_json",
-           "require_floating_point", "show", "tokenizer_code_files", "valid_token_ids", "weights_only_refusal"]
+           "require_floating_point", "require_values", "show", "tokenizer_code_files", "valid_token_ids",
+           "weights_only_refusal"]
 
 
 def load_transformers_source(source: Any, model_types: tuple[str, ...], command: str) -> tuple[Any, SourceWeights]:

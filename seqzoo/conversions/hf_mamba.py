@@ -27,6 +27,7 @@ from seqzoo.conversions.checkpoints import (
     copy_tokenizer_files,
     head_is_tied,
     load_transformers_source,
+    require_values,
     valid_token_ids,
 )
 
@@ -103,6 +104,7 @@ def convert_state_dict(state_dict: dict[str, torch.Tensor], config: Any,
         renamed[new_key] = value
     with torch.device("meta"):
         expected = architecture_for_model_type(config.model_type).causal_lm_class(config).state_dict()
+    require_values(renamed, origin)  # (before head_is_tied compares the head with the embedding)
     tied = head_is_tied(config, renamed.get("lm_head.weight"), renamed.get("model.embed_tokens.weight"), origin)
     if tied:
         renamed.pop("lm_head.weight", None)  # the head is the embedding; the source may store it twice

@@ -25,6 +25,7 @@ from seqzoo.cli import main as seqzoo_main
 from seqzoo.conversions.checkpoints import read_folder_weights
 from seqzoo.conversions.export import export_native, to_native
 from seqzoo.conversions.gpt2 import convert_gpt2, convert_gpt2_folder
+from seqzoo.conversions.hf_mamba import convert_hf_mamba
 from seqzoo.conversions.llama import convert_llama
 from tests.conftest import tiny_model
 from tests.models.test_transformer_reference import IDS, gpt2, llama, qwen2, randomize
@@ -110,6 +111,23 @@ def test_dtype_is_a_floating_point_torch_dtype_or_its_name(tmp_path):
     with pytest.raises(ValueError, match=r"dtype='half' is not a floating-point dtype"):
         convert_gpt2_folder(tmp_path / "src", tmp_path / "out", dtype="half")
     assert not (tmp_path / "out").exists()
+
+
+def test_a_model_whose_weights_are_elsewhere_is_named(tmp_path):
+    # An offloaded model (device_map) keeps weights on the meta device; converting it failed with "Tensor.item()
+    # cannot be called on meta tensors". Its folder converts.
+    peer = llama()
+    peer.model.layers[1].mlp.to("meta")
+    with pytest.raises(ValueError, match=r"the llama source holds tensors without values \(on the meta device\): "
+                                         r"model.layers.1.mlp.gate_proj.weight, model.layers.1.mlp.up_proj.weight, "
+                                         r"model.layers.1.mlp.down_proj.weight; .* convert the folder it was loaded "
+                                         r"from"):
+        convert_llama(peer)
+    with torch.device("meta"):
+        mamba = MambaForCausalLM(MambaConfig(vocab_size=64, hidden_size=16, state_size=4, num_hidden_layers=1))
+    with pytest.raises(ValueError, match=r"the mamba source holds tensors without values \(on the meta device\): "
+                                         r"model.embed_tokens.weight, "):
+        convert_hf_mamba(mamba)  # (NotImplementedError for aten::equal, comparing the head)
 
 
 def test_original_gpt2_layout_without_prefix(tmp_path):
