@@ -18,7 +18,12 @@ from typing import Any
 import torch
 
 from seqzoo.conversions import gpt2, hf_mamba, llama
-from seqzoo.conversions.checkpoints import check_destination, copy_tokenizer_files, materialize_buffers
+from seqzoo.conversions.checkpoints import (
+    check_destination,
+    copy_tokenizer_files,
+    materialize_buffers,
+    require_values,
+)
 from seqzoo.models.weight_storage import contiguous_state_dict
 
 # target -> (seqzoo model_type it exports from, transformers class name, module with native_config/native_weights)
@@ -40,6 +45,7 @@ def to_native(model: Any, target: str) -> Any:
     # By rows, as transformers builds its models: one stored by columns (set_weight_layout) fails its save's check of
     # tied weights, which flattens them with view().
     state = contiguous_state_dict({k: v.detach() for k, v in model.state_dict().items()})
+    require_values(state, f"the {type(model).__name__}")  # (an offloaded model's weights are elsewhere)
     weights = module.native_weights(state, model.config)
     native_class = getattr(transformers, class_name)
     with torch.device("meta"):

@@ -128,6 +128,11 @@ def test_a_model_whose_weights_are_elsewhere_is_named(tmp_path):
     with pytest.raises(ValueError, match=r"the mamba source holds tensors without values \(on the meta device\): "
                                          r"model.embed_tokens.weight, "):
         convert_hf_mamba(mamba)  # (NotImplementedError for aten::equal, comparing the head)
+    offloaded = tiny_model("transformer-tiny")
+    offloaded.model.layers[0].mlp.to("meta")
+    with pytest.raises(ValueError, match=r"the TransformerForCausalLM holds tensors without values \(on the meta "
+                                         r"device\): model.layers.0.mlp.gate_proj.weight, "):
+        to_native(offloaded, "llama")  # (RuntimeError: "conversion left tensors without values")
 
 
 def test_original_gpt2_layout_without_prefix(tmp_path):
