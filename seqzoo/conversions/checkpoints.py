@@ -314,6 +314,23 @@ def read_json(path: Path, what: str) -> dict[str, Any]:
     return value
 
 
+def config_dict(config: Any, what: str) -> dict[str, Any]:
+    """The ``config=`` given with a state dict, as the dict of its config.json: a dict as it is, a config object's
+    ``to_dict()`` (fla's RWKV7Config, any transformers config), a dataclass's fields (mamba_ssm's MambaConfig).
+    Anything else is refused, naming its type: the object had reached ``.get`` (AttributeError) or ``in``
+    (TypeError), and a string was read letter by letter as the config's keys."""
+    import dataclasses
+
+    if isinstance(config, Mapping):
+        return dict(config)
+    if callable(getattr(config, "to_dict", None)) and not isinstance(config, type):
+        return config.to_dict()
+    if dataclasses.is_dataclass(config) and not isinstance(config, type):
+        return dataclasses.asdict(config)
+    raise ValueError(f"{what} must be the dict of the checkpoint's config.json (or its config object); got "
+                     f"{type(config).__name__} {config!r:.60}")
+
+
 # What a saved checkpoint folder holds: writing a model into a folder that has one would replace it (and a sharded
 # source's shards would be deleted by save_pretrained before anything else fails).
 CHECKPOINT_FILES = ("config.json", "*.safetensors", "*.safetensors.index.json", "*.bin", "*.bin.index.json")
@@ -521,9 +538,9 @@ def show(items: list[str], limit: int = 8) -> str:
 
 
 __all__ = ["CHECKPOINT_FILES", "DTYPES", "Reader", "SourceWeights", "TOKENIZER_FILES", "TOKENIZER_READS", "build_model",
-           "check_destination", "check_tensors", "conversion_dtype", "copy_tokenizer_files", "download", "head_is_tied",
-           "load_transformers_source", "load_torch_file", "materialize_buffers", "read_folder_weights", "read_json",
-           "require_floating_point", "require_values", "show", "tokenizer_code_files", "valid_token_ids",
+           "check_destination", "check_tensors", "config_dict", "conversion_dtype", "copy_tokenizer_files", "download",
+           "head_is_tied", "load_transformers_source", "load_torch_file", "materialize_buffers", "read_folder_weights",
+           "read_json", "require_floating_point", "require_values", "show", "tokenizer_code_files", "valid_token_ids",
            "weights_only_refusal"]
 
 

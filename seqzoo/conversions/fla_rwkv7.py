@@ -27,6 +27,7 @@ import torch
 from seqzoo.conversions.checkpoints import (
     SourceWeights,
     check_destination,
+    config_dict,
     conversion_dtype,
     copy_tokenizer_files,
     read_folder_weights,
@@ -122,6 +123,7 @@ def convert_fla_rwkv7(source: Any, config: dict[str, Any] | None = None, dtype: 
         if config is None:
             raise ValueError("an fla RWKV-7 state dict needs its config (the dict in config.json): pass config=...")
         weights = SourceWeights.from_dict(source, "the fla RWKV-7 state dict")
+    config = config_dict(config, "the fla RWKV-7 config")
     check_fla_config(config)
     state_dict = pth_state_dict(weights, config)
     if "blocks.0.att.r_k" not in state_dict or "emb.weight" not in state_dict:
