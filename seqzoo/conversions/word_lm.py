@@ -118,8 +118,11 @@ def config_from_state_dict(state_dict: dict[str, torch.Tensor], nonlinearity: st
     layers = 1 + max((int(m.group(1)) for key in state_dict if (m := re.fullmatch(r"rnn\.weight_ih_l(\d+)", key))),
                      default=0)  # none at all: one layer, whose missing weight_ih_l0 the weight mapping names
     encoder, decoder = state_dict["encoder.weight"], state_dict["decoder.weight"]
+    # The same tensor (its first element and strides), or equal values; a storage shared at another offset is not
+    # tying (two weights packed into one buffer: taken as tied, the decoder was dropped for the embedding).
     tied = encoder.shape == decoder.shape and (
-        encoder.untyped_storage().data_ptr() == decoder.untyped_storage().data_ptr() or torch.equal(encoder, decoder))
+        (encoder.data_ptr() == decoder.data_ptr() and encoder.stride() == decoder.stride())
+        or torch.equal(encoder, decoder))
     values.update(vocab_size=vocab_size, hidden_size=hidden_size, embedding_size=embedding_size,
                   num_hidden_layers=layers, tie_word_embeddings=tied, decoder_bias="decoder.bias" in state_dict,
                   dropout=0.0, pad_token_id=None, bos_token_id=None, eos_token_id=None)

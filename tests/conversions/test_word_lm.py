@@ -345,6 +345,21 @@ def test_a_hidden_state_file_holding_more_than_the_models_state_is_named(tmp_pat
     assert load_hidden_state(tmp_path / "gru.safetensors", gru).layer(1)["h"].eq(1).all()
 
 
+def test_weights_packed_into_one_buffer_are_not_taken_for_tied():
+    # The encoder and decoder as two views of one storage (packed into one buffer, as torch.save keeps views): the
+    # storage was compared, not the tensors, and the decoder was dropped for the embedding.
+    ref = WordLM("gru", ninp=32, nhid=32).eval()
+    state = ref.state_dict()
+    packed = torch.cat([state["encoder.weight"].flatten(), state["decoder.weight"].flatten()])
+    state["encoder.weight"], state["decoder.weight"] = packed.view(2, *state["encoder.weight"].shape).unbind(0)
+    model = convert_word_lm(state)
+    assert not model.config.tie_word_embeddings
+    torch.testing.assert_close(model.lm_head.weight, ref.decoder.weight, rtol=0, atol=0)
+    tied = reference("gru-tied").state_dict()
+    assert tied["encoder.weight"].data_ptr() == tied["decoder.weight"].data_ptr()
+    assert convert_word_lm(tied).config.tie_word_embeddings
+
+
 @pytest.mark.parametrize("cell", ["lstm", "gru"])
 def test_an_untied_decoder_of_the_embedding_s_shape_is_kept(cell):
     # ninp == nhid: the decoder has the embedding's shape but its own weights; it must not be taken for tied.
