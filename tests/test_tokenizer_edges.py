@@ -3,6 +3,7 @@ right; a folder with tokenizer.json alone is a tokenizer."""
 
 from __future__ import annotations
 
+import numpy
 import pytest
 
 from seqzoo.tokenizer import byte_tokenizer, load_tokenizer, tokenizer_for
@@ -23,6 +24,7 @@ def test_model_max_length_must_be_a_positive_integer(length):
     with pytest.raises(ValueError, match=rf"model_max_length={length!r} must be a positive integer"):
         byte_tokenizer(length)
     assert byte_tokenizer(3)("hello", truncation=True).input_ids == list(b"hel")
+    assert byte_tokenizer(numpy.int64(4)).model_max_length == 4
 
 
 @pytest.mark.parametrize("as_config", [False, True], ids=["model", "config"])
