@@ -203,7 +203,13 @@ def load_hidden_state(path: str | Path, config: Any) -> Any:
     passed over, and the rest taken as this model's state."""
     from safetensors.torch import load_file
 
-    tensors = load_file(str(path))
+    if not Path(path).is_file():
+        raise ValueError(f"hidden state file {str(path)!r} does not exist")
+    try:
+        tensors = load_file(str(path))
+    except Exception as err:  # (safetensors' own error names no file: "Error while deserializing header: ...")
+        raise ValueError(f"cannot read {str(path)!r} as a hidden state saved by save_hidden_state (a safetensors "
+                         f"file; damaged or truncated?): {err}") from err
     names = ("h", "c") if config.mixer_type == "lstm" else ("h",)
     extra = sorted(set(tensors) - {f"layers.{i}.{name}" for i in range(config.num_hidden_layers) for name in names})
     if extra:

@@ -343,6 +343,13 @@ def test_a_hidden_state_file_holding_more_than_the_models_state_is_named(tmp_pat
         load_hidden_state(tmp_path / "three.safetensors", gru)
     save_hidden_state(torch.ones(2, 1, 32), gru, tmp_path / "gru.safetensors")
     assert load_hidden_state(tmp_path / "gru.safetensors", gru).layer(1)["h"].eq(1).all()
+    # (safetensors' SafetensorError named no file: "Error while deserializing header: ...")
+    (tmp_path / "damaged.safetensors").write_bytes((tmp_path / "gru.safetensors").read_bytes()[:-9])
+    with pytest.raises(ValueError, match=r"cannot read '.*damaged.safetensors' as a hidden state saved by "
+                                         r"save_hidden_state \(a safetensors file; damaged or truncated\?\)"):
+        load_hidden_state(tmp_path / "damaged.safetensors", gru)
+    with pytest.raises(ValueError, match=r"hidden state file '.*missing.safetensors' does not exist"):
+        load_hidden_state(tmp_path / "missing.safetensors", gru)
 
 
 def test_weights_packed_into_one_buffer_are_not_taken_for_tied():
