@@ -552,6 +552,11 @@ def load_transformers_source(source: Any, model_types: tuple[str, ...], command:
     from huggingface_hub.errors import StrictDataclassClassValidationError, StrictDataclassFieldValidationError
     from transformers import AutoConfig, PreTrainedModel
 
+    modules = source.modules() if isinstance(source, torch.nn.Module) else ()
+    adapters = sorted({type(module).__name__ for module in modules if type(module).__module__.split(".")[0] == "peft"})
+    if adapters:  # (their weights would be named missing and unexpected tensors: base_layer, lora_A ...)
+        raise ValueError(f"{type(source).__name__} holds peft adapter layers ({', '.join(adapters)}); merge them into "
+                         f"its weights first (a PeftModel's model.merge_and_unload()), then convert the merged model")
     if isinstance(source, PreTrainedModel):
         _require_model_type(getattr(source.config, "model_type", None), model_types, command)
         _refuse_quantized(getattr(source.config, "quantization_config", None), type(source).__name__, command)

@@ -135,6 +135,19 @@ def test_a_model_whose_weights_are_elsewhere_is_named(tmp_path):
         to_native(offloaded, "llama")  # (RuntimeError: "conversion left tensors without values")
 
 
+def test_a_model_holding_peft_adapters_is_refused_with_the_merge():
+    # (refused as "got PeftModel", or with its adapter weights named missing and unexpected tensors)
+    from peft import LoraConfig, get_peft_model
+
+    peer = llama()
+    adapted = get_peft_model(peer, LoraConfig(target_modules=["q_proj"], r=2))
+    for source, name in ((adapted, "PeftModel"), (adapted.base_model.model, "LlamaForCausalLM")):
+        with pytest.raises(ValueError, match=rf"{name} holds peft adapter layers \(.*Linear.*\); merge them into its "
+                                             r"weights first \(a PeftModel's model.merge_and_unload\(\)\)"):
+            convert_llama(source)
+    torch.testing.assert_close(logits(convert_llama(adapted.merge_and_unload())), logits(llama()), rtol=0, atol=0)
+
+
 def test_original_gpt2_layout_without_prefix(tmp_path):
     # The OpenAI-era files have no "transformer." prefix and carry the attention-mask buffers.
     peer = gpt2()
