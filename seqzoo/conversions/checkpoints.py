@@ -542,8 +542,8 @@ def show(items: list[str], limit: int = 8) -> str:
 __all__ = ["CHECKPOINT_FILES", "DTYPES", "Reader", "SourceWeights", "TOKENIZER_FILES", "TOKENIZER_READS", "build_model",
            "check_destination", "check_tensors", "config_dict", "conversion_dtype", "copy_tokenizer_files", "download",
            "head_is_tied", "load_transformers_source", "load_torch_file", "materialize_buffers", "read_folder_weights",
-           "read_json", "require_floating_point", "require_values", "show", "tokenizer_code_files", "valid_token_ids",
-           "weights_only_refusal"]
+           "read_json", "refuse_adapters", "require_floating_point", "require_values", "show", "tokenizer_code_files",
+           "valid_token_ids", "weights_only_refusal"]
 
 
 def load_transformers_source(source: Any, model_types: tuple[str, ...], command: str) -> tuple[Any, SourceWeights]:
@@ -552,11 +552,7 @@ def load_transformers_source(source: Any, model_types: tuple[str, ...], command:
     from huggingface_hub.errors import StrictDataclassClassValidationError, StrictDataclassFieldValidationError
     from transformers import AutoConfig, PreTrainedModel
 
-    modules = source.modules() if isinstance(source, torch.nn.Module) else ()
-    adapters = sorted({type(module).__name__ for module in modules if type(module).__module__.split(".")[0] == "peft"})
-    if adapters:  # (their weights would be named missing and unexpected tensors: base_layer, lora_A ...)
-        raise ValueError(f"{type(source).__name__} holds peft adapter layers ({', '.join(adapters)}); merge them into "
-                         f"its weights first (a PeftModel's model.merge_and_unload()), then convert the merged model")
+    refuse_adapters(source)
     if isinstance(source, PreTrainedModel):
         _require_model_type(getattr(source.config, "model_type", None), model_types, command)
         _refuse_quantized(getattr(source.config, "quantization_config", None), type(source).__name__, command)
@@ -581,6 +577,17 @@ def load_transformers_source(source: Any, model_types: tuple[str, ...], command:
         raise ValueError(f"{str(folder / 'config.json')!r} has a value of the wrong type or range: "
                          f"{' '.join(str(err).split())}") from err
     return config, read_folder_weights(folder)
+
+
+def refuse_adapters(source: Any) -> None:
+    """Refuse a model object holding peft adapter layers (a PeftModel, or adapters injected into a model): their
+    weights were named as missing and unexpected tensors (``base_layer``, ``lora_A`` ...), or a PeftModel as no
+    model at all."""
+    modules = source.modules() if isinstance(source, torch.nn.Module) else ()
+    adapters = sorted({type(module).__name__ for module in modules if type(module).__module__.split(".")[0] == "peft"})
+    if adapters:
+        raise ValueError(f"{type(source).__name__} holds peft adapter layers ({', '.join(adapters)}); merge them into "
+                         f"its weights first (a PeftModel's model.merge_and_unload()), then convert the merged model")
 
 
 def _refuse_quantized(quantization: Any, where: str, command: str) -> None:

@@ -22,6 +22,7 @@ from seqzoo.conversions.checkpoints import (
     check_destination,
     copy_tokenizer_files,
     materialize_buffers,
+    refuse_adapters,
     require_values,
 )
 from seqzoo.models.weight_storage import contiguous_state_dict
@@ -39,6 +40,7 @@ def to_native(model: Any, target: str) -> Any:
     """The transformers model (``target``'s class) holding the weights of the seqzoo ``model``."""
     import transformers
 
+    refuse_adapters(model)
     _check_target(model.config.model_type, target)
     model_type, class_name, module = TARGETS[target]
     native_config = module.native_config(model.config)
@@ -82,6 +84,7 @@ def _load_seqzoo(source: Any, target: str) -> Any:
 
     import seqzoo  # noqa: F401  (registers the architectures)
 
+    refuse_adapters(source)
     if isinstance(source, PreTrainedModel):
         return source
     if not (isinstance(source, (str, Path)) and (Path(source) / "config.json").is_file()):

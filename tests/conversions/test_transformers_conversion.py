@@ -135,7 +135,7 @@ def test_a_model_whose_weights_are_elsewhere_is_named(tmp_path):
         to_native(offloaded, "llama")  # (RuntimeError: "conversion left tensors without values")
 
 
-def test_a_model_holding_peft_adapters_is_refused_with_the_merge():
+def test_a_model_holding_peft_adapters_is_refused_with_the_merge(tmp_path):
     # (refused as "got PeftModel", or with its adapter weights named missing and unexpected tensors)
     from peft import LoraConfig, get_peft_model
 
@@ -146,6 +146,13 @@ def test_a_model_holding_peft_adapters_is_refused_with_the_merge():
                                              r"weights first \(a PeftModel's model.merge_and_unload\(\)\)"):
             convert_llama(source)
     torch.testing.assert_close(logits(convert_llama(adapted.merge_and_unload())), logits(llama()), rtol=0, atol=0)
+    # the same for an export (load_state_dict's RuntimeError, or "is not a saved seqzoo model folder")
+    ours = get_peft_model(tiny_model("transformer-tiny"), LoraConfig(target_modules=["q_proj"], r=2))
+    for source in (ours, ours.base_model.model):
+        with pytest.raises(ValueError, match=r"holds peft adapter layers .*merge_and_unload"):
+            to_native(source, "llama")
+        with pytest.raises(ValueError, match=r"holds peft adapter layers .*merge_and_unload"):
+            export_native(source, tmp_path / "out", "llama")
 
 
 def test_original_gpt2_layout_without_prefix(tmp_path):
