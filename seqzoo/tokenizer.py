@@ -8,6 +8,7 @@ loads it anywhere transformers is installed, with or without seqzoo.
 from __future__ import annotations
 
 import json
+import numbers
 import os
 from functools import lru_cache
 from pathlib import Path
@@ -61,7 +62,13 @@ def _byte_symbols() -> dict[int, str]:
 
 def byte_tokenizer(model_max_length: int = 1_000_000, padding_side: str = "left") -> PreTrainedTokenizerFast:
     """seqzoo's byte-level tokenizer (ids 0-255 the UTF-8 bytes, 256 pad, 257 EOS); left padding by default, where a
-    causal LM generates from the end of every row."""
+    causal LM generates from the end of every row. ``model_max_length`` is the longest input ``truncation=True``
+    keeps: a positive integer (0 cut every text to nothing, a negative one failed at the first call with an
+    OverflowError, a string or float with a TypeError)."""
+    if isinstance(model_max_length, bool) or not isinstance(model_max_length, numbers.Integral) or model_max_length < 1:
+        raise ValueError(f"byte_tokenizer: model_max_length={model_max_length!r} must be a positive integer, the "
+                         "longest input in tokens that truncation keeps")
+    model_max_length = int(model_max_length)  # (a numpy integer too)
     vocab = {symbol: byte for byte, symbol in _byte_symbols().items()}
     backend = Tokenizer(models.BPE(vocab=vocab, merges=[]))
     backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)

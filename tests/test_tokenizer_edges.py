@@ -3,6 +3,7 @@ right; a folder with tokenizer.json alone is a tokenizer."""
 
 from __future__ import annotations
 
+import numpy
 import pytest
 
 from seqzoo.tokenizer import byte_tokenizer, load_tokenizer, tokenizer_for
@@ -15,6 +16,15 @@ def test_every_byte_of_utf8_text_is_its_own_id():
     ids = tokenizer(text).input_ids
     assert ids == list(text.encode("utf-8"))
     assert tokenizer.decode(ids) == text
+
+
+@pytest.mark.parametrize("length", [0, -3, "10", 2.5, True, None])
+def test_model_max_length_must_be_a_positive_integer(length):
+    # 0 truncated every text to nothing without a word; -3 failed at the first call with an OverflowError
+    with pytest.raises(ValueError, match=rf"model_max_length={length!r} must be a positive integer"):
+        byte_tokenizer(length)
+    assert byte_tokenizer(3)("hello", truncation=True).input_ids == list(b"hel")
+    assert byte_tokenizer(numpy.int64(4)).model_max_length == 4
 
 
 @pytest.mark.parametrize("as_config", [False, True], ids=["model", "config"])

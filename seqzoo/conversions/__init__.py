@@ -6,5 +6,5 @@
 - ``rwkv7`` (RWKV-LM ``.pth``) and ``fla_rwkv7`` (flash-linear-attention), with ``world_tokenizer``;
 - ``word_lm`` (PyTorch's word-language-model nn.RNN / LSTM / GRU state dicts);
 - ``export`` (seqzoo -> transformers' own classes) and ``checkpoints`` (what they all share: lazy reading, the
-  model builder, tokenizer files, errors).
+  model builder, tokenizer files, errors), with ``downloads`` (a Hub repo id as a source).
 """

@@ -18,11 +18,28 @@ from typing import Any, Callable
 
 import torch
 
+from seqzoo.conversions.downloads import download
+
 logger = logging.getLogger("seqzoo")
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.json", "merges.txt",
                    "tokenizer.model", "added_tokens.json", "chat_template.jinja", "generation_config.json")
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def conversion_dtype(dtype: Any) -> torch.dtype | None:
+    """The ``dtype`` argument of a converter as a torch dtype: a floating-point ``torch.dtype``, one of
+    :data:`DTYPES`' names (as ``--dtype`` takes them), or None (the source's). Checked before anything is read:
+    anything else is refused, where a name reached ``Tensor.to`` as a device ("Invalid device string: 'bfloat16'")
+    after every tensor was read, and an integer dtype failed inside ``load_state_dict``."""
+    if dtype is None:
+        return None
+    if isinstance(dtype, str) and dtype in DTYPES:
+        return DTYPES[dtype]
+    if isinstance(dtype, torch.dtype) and dtype.is_floating_point:
+        return dtype
+    raise ValueError(f"dtype={dtype!r} is not a floating-point dtype to convert to; give a torch dtype such as "
+                     f"torch.bfloat16, one of the names {', '.join(map(repr, DTYPES))}, or None for the source's")
 
 
 class SourceWeights(Mapping):
@@ -181,6 +198,18 @@ def require_floating_point(tensors: Mapping[str, torch.Tensor], origin: str) -> 
                          f"first")
 
 
+def require_values(tensors: Mapping[str, torch.Tensor], origin: str) -> None:
+    """Refuse tensors on the meta device, which have a shape and no values: a transformers model loaded with
+    ``device_map`` offloading keeps its offloaded weights there (loaded at each call by accelerate's hooks), as does
+    one built under ``init_empty_weights``. The checks on the values failed on them with "Tensor.item() cannot be
+    called on meta tensors"."""
+    meta = [key for key, tensor in tensors.items() if tensor.is_meta]
+    if meta:
+        raise ValueError(f"{origin} holds tensors without values (on the meta device): {show(meta)}; a model loaded "
+                         "with device_map offloading, or built under init_empty_weights, keeps its weights elsewhere: "
+                         "convert the folder it was loaded from (read tensor by tensor), or the model loaded whole")
+
+
 def require_finite(tensors: Mapping[str, torch.Tensor], origin: str, dtype: torch.dtype) -> None:
     """Refuse NaN or infinite weights (in ``dtype``, the one converted to: float16 overflows past 65504): the
     converted folder would compute NaN, and ``from_pretrained`` refuses it, long after the conversion said nothing."""
@@ -285,6 +314,23 @@ def read_json(path: Path, what: str) -> dict[str, Any]:
     if not isinstance(value, dict):
         raise ValueError(f"{what} {str(path)!r} must hold a JSON object, got {type(value).__name__}")
     return value
+
+
+def config_dict(config: Any, what: str) -> dict[str, Any]:
+    """The ``config=`` given with a state dict, as the dict of its config.json: a dict as it is, a config object's
+    ``to_dict()`` (fla's RWKV7Config, any transformers config), a dataclass's fields (mamba_ssm's MambaConfig).
+    Anything else is refused, naming its type: the object had reached ``.get`` (AttributeError) or ``in``
+    (TypeError), and a string was read letter by letter as the config's keys."""
+    import dataclasses
+
+    if isinstance(config, Mapping):
+        return dict(config)
+    if callable(getattr(config, "to_dict", None)) and not isinstance(config, type):
+        return config.to_dict()
+    if dataclasses.is_dataclass(config) and not isinstance(config, type):
+        return dataclasses.asdict(config)
+    raise ValueError(f"{what} must be the dict of the checkpoint's config.json (or its config object); got "
+                     f"{type(config).__name__} {config!r:.60}")
 
 
 # What a saved checkpoint folder holds: writing a model into a folder that has one would replace it (and a sharded
@@ -433,6 +479,7 @@ def build_model(config: Any, weights: dict[str, torch.Tensor], dtype: torch.dtyp
     be left out."""
     from seqzoo.registry import architecture_for_model_type
 
+    require_values(weights, origin)
     # Integer (quantized) tensors cast to ``dtype`` would keep their codes, not the values they stand for.
     require_floating_point(weights, origin)
     tied = head_is_tied(config, weights.get("lm_head.weight"), weights.get("model.embed_tokens.weight"), origin)
@@ -493,9 +540,10 @@ def show(items: list[str], limit: int = 8) -> str:
 
 
 __all__ = ["CHECKPOINT_FILES", "DTYPES", "Reader", "SourceWeights", "TOKENIZER_FILES", "TOKENIZER_READS", "build_model",
-           "check_destination", "check_tensors", "copy_tokenizer_files", "download", "head_is_tied",
-           "load_transformers_source", "load_torch_file", "materialize_buffers", "read_folder_weights", "read_json",
-           "require_floating_point", "show", "tokenizer_code_files", "valid_token_ids", "weights_only_refusal"]
+           "check_destination", "check_tensors", "config_dict", "conversion_dtype", "copy_tokenizer_files", "download",
+           "head_is_tied", "load_transformers_source", "load_torch_file", "materialize_buffers", "read_folder_weights",
+           "read_json", "refuse_adapters", "require_floating_point", "require_values", "show", "tokenizer_code_files",
+           "valid_token_ids", "weights_only_refusal"]
 
 
 def load_transformers_source(source: Any, model_types: tuple[str, ...], command: str) -> tuple[Any, SourceWeights]:
@@ -504,6 +552,7 @@ def load_transformers_source(source: Any, model_types: tuple[str, ...], command:
     from huggingface_hub.errors import StrictDataclassClassValidationError, StrictDataclassFieldValidationError
     from transformers import AutoConfig, PreTrainedModel
 
+    refuse_adapters(source)
     if isinstance(source, PreTrainedModel):
         _require_model_type(getattr(source.config, "model_type", None), model_types, command)
         _refuse_quantized(getattr(source.config, "quantization_config", None), type(source).__name__, command)
@@ -530,6 +579,17 @@ def load_transformers_source(source: Any, model_types: tuple[str, ...], command:
     return config, read_folder_weights(folder)
 
 
+def refuse_adapters(source: Any) -> None:
+    """Refuse a model object holding peft adapter layers (a PeftModel, or adapters injected into a model): their
+    weights were named as missing and unexpected tensors (``base_layer``, ``lora_A`` ...), or a PeftModel as no
+    model at all."""
+    modules = source.modules() if isinstance(source, torch.nn.Module) else ()
+    adapters = sorted({type(module).__name__ for module in modules if type(module).__module__.split(".")[0] == "peft"})
+    if adapters:
+        raise ValueError(f"{type(source).__name__} holds peft adapter layers ({', '.join(adapters)}); merge them into "
+                         f"its weights first (a PeftModel's model.merge_and_unload()), then convert the merged model")
+
+
 def _refuse_quantized(quantization: Any, where: str, command: str) -> None:
     """A quantised checkpoint holds integer codes and scale tensors, which the float models cannot take: refused by
     its ``quantization_config`` before any weight is read (else it fails as "unexpected tensors")."""
@@ -548,18 +608,3 @@ def _require_model_type(model_type: Any, allowed: tuple[str, ...], command: str)
     if model_type not in allowed:
         raise ValueError(f"cannot convert a {model_type!r} model with {command}: the source must have model_type "
                          f"{' or '.join(map(repr, allowed))}")
-
-
-def download(repo_id: str) -> Path:
-    from huggingface_hub import HfApi, snapshot_download
-
-    patterns = ["*.json", "*.safetensors", "*.bin", "*.txt", "*.model", "*.jinja"]
-    try:  # a repository holding both formats (gpt2, the Llama-2 -hf repos) is read from its safetensors only
-        if any(name.endswith(".safetensors") for name in HfApi().list_repo_files(repo_id)):
-            patterns.remove("*.bin")
-    except Exception:  # (offline, or not a repository: snapshot_download says which below)
-        pass
-    try:
-        return Path(snapshot_download(repo_id, allow_patterns=patterns))
-    except Exception as err:
-        raise ValueError(f"{repo_id!r} is neither a local folder nor a downloadable Hub repo: {err}") from err

@@ -18,7 +18,13 @@ from typing import Any
 import torch
 
 from seqzoo.conversions import gpt2, hf_mamba, llama
-from seqzoo.conversions.checkpoints import check_destination, copy_tokenizer_files, materialize_buffers
+from seqzoo.conversions.checkpoints import (
+    check_destination,
+    copy_tokenizer_files,
+    materialize_buffers,
+    refuse_adapters,
+    require_values,
+)
 from seqzoo.models.weight_storage import contiguous_state_dict
 
 # target -> (seqzoo model_type it exports from, transformers class name, module with native_config/native_weights)
@@ -34,12 +40,14 @@ def to_native(model: Any, target: str) -> Any:
     """The transformers model (``target``'s class) holding the weights of the seqzoo ``model``."""
     import transformers
 
+    refuse_adapters(model)
     _check_target(model.config.model_type, target)
     model_type, class_name, module = TARGETS[target]
     native_config = module.native_config(model.config)
     # By rows, as transformers builds its models: one stored by columns (set_weight_layout) fails its save's check of
     # tied weights, which flattens them with view().
     state = contiguous_state_dict({k: v.detach() for k, v in model.state_dict().items()})
+    require_values(state, f"the {type(model).__name__}")  # (an offloaded model's weights are elsewhere)
     weights = module.native_weights(state, model.config)
     native_class = getattr(transformers, class_name)
     with torch.device("meta"):
@@ -76,6 +84,7 @@ def _load_seqzoo(source: Any, target: str) -> Any:
 
     import seqzoo  # noqa: F401  (registers the architectures)
 
+    refuse_adapters(source)
     if isinstance(source, PreTrainedModel):
         return source
     if not (isinstance(source, (str, Path)) and (Path(source) / "config.json").is_file()):

@@ -27,6 +27,8 @@ import torch
 from seqzoo.conversions.checkpoints import (
     SourceWeights,
     check_destination,
+    config_dict,
+    conversion_dtype,
     copy_tokenizer_files,
     read_folder_weights,
     read_json,
@@ -111,6 +113,7 @@ def convert_fla_rwkv7(source: Any, config: dict[str, Any] | None = None, dtype: 
     """A seqzoo RWKV-7 with the weights of an fla ``RWKV7ForCausalLM`` checkpoint: a folder (``config.json`` +
     safetensors or ``pytorch_model*.bin``), or a state dict with its ``config`` dict. ``dtype`` defaults to the
     source's."""
+    dtype = conversion_dtype(dtype)
     if isinstance(source, (str, Path)):
         if not (Path(source) / "config.json").is_file():
             raise ValueError(f"{str(source)!r} is not an fla checkpoint folder (no config.json)")
@@ -120,6 +123,7 @@ def convert_fla_rwkv7(source: Any, config: dict[str, Any] | None = None, dtype: 
         if config is None:
             raise ValueError("an fla RWKV-7 state dict needs its config (the dict in config.json): pass config=...")
         weights = SourceWeights.from_dict(source, "the fla RWKV-7 state dict")
+    config = config_dict(config, "the fla RWKV-7 config")
     check_fla_config(config)
     state_dict = pth_state_dict(weights, config)
     if "blocks.0.att.r_k" not in state_dict or "emb.weight" not in state_dict:

@@ -22,9 +22,10 @@ from typing import Any
 import torch
 
 from seqzoo.conversions.checkpoints import (
-    check_destination,
     Reader,
     build_model,
+    check_destination,
+    conversion_dtype,
     copy_tokenizer_files,
     load_transformers_source,
     valid_token_ids,
@@ -108,6 +109,7 @@ def seqzoo_weights(source: Any, config: Any) -> dict[str, torch.Tensor]:
 def convert_gpt2(source: Any, dtype: torch.dtype | None = None) -> Any:
     """A seqzoo Transformer with the weights of ``source``: a transformers ``GPT2LMHeadModel``, a folder saved from
     one, or a Hub repo id. ``dtype`` defaults to the source's (its embedding's)."""
+    dtype = conversion_dtype(dtype)
     hf_config, source_weights = load_transformers_source(source, MODEL_TYPES, "convert gpt2")
     config = config_from_gpt2(hf_config)
     weights = seqzoo_weights(source_weights, config)

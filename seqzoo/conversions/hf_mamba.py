@@ -23,9 +23,11 @@ import torch
 from seqzoo.conversions.checkpoints import (
     build_model,
     check_destination,
+    conversion_dtype,
     copy_tokenizer_files,
     head_is_tied,
     load_transformers_source,
+    require_values,
     valid_token_ids,
 )
 
@@ -102,6 +104,7 @@ def convert_state_dict(state_dict: dict[str, torch.Tensor], config: Any,
         renamed[new_key] = value
     with torch.device("meta"):
         expected = architecture_for_model_type(config.model_type).causal_lm_class(config).state_dict()
+    require_values(renamed, origin)  # (before head_is_tied compares the head with the embedding)
     tied = head_is_tied(config, renamed.get("lm_head.weight"), renamed.get("model.embed_tokens.weight"), origin)
     if tied:
         renamed.pop("lm_head.weight", None)  # the head is the embedding; the source may store it twice
@@ -128,6 +131,7 @@ def convert_hf_mamba(source: Any, dtype: torch.dtype | None = None) -> Any:
     """A seqzoo Mamba / Mamba-2 causal LM with the weights of ``source``: a transformers ``MambaForCausalLM`` /
     ``Mamba2ForCausalLM`` object, a folder saved from one (sharded safetensors are read tensor by tensor), or a Hub
     repo id. ``dtype`` defaults to the source's."""
+    dtype = conversion_dtype(dtype)
     hf_config, source_weights = load_transformers_source(source, SUPPORTED_MODEL_TYPES, "hf-mamba")
     config = config_from_hf(hf_config)
     origin = f"the {hf_config.model_type} source"

@@ -25,6 +25,7 @@ from seqzoo.conversions.checkpoints import (
     Reader,
     build_model,
     check_destination,
+    conversion_dtype,
     copy_tokenizer_files,
     load_transformers_source,
     valid_token_ids,
@@ -140,6 +141,7 @@ def convert_llama(source: Any, dtype: torch.dtype | None = None) -> Any:
     """A seqzoo Transformer with the weights of ``source``: a transformers ``LlamaForCausalLM`` /
     ``MistralForCausalLM`` / ``Qwen2ForCausalLM`` object, a folder saved from one (sharded safetensors are read
     tensor by tensor), or a Hub repo id. ``dtype`` defaults to the source's (its embedding's)."""
+    dtype = conversion_dtype(dtype)
     hf_config, source_weights = load_transformers_source(source, MODEL_TYPES, "convert llama")
     config = config_from_llama(hf_config, source_weights)
     weights = seqzoo_weights(source_weights, config)

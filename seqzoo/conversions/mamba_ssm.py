@@ -24,9 +24,11 @@ from typing import Any
 import torch
 
 from seqzoo.conversions.checkpoints import (
-    check_destination,
     SourceWeights,
     build_model,
+    check_destination,
+    config_dict,
+    conversion_dtype,
     copy_tokenizer_files,
     read_folder_weights,
     read_json,
@@ -132,6 +134,7 @@ def convert_mamba_ssm(source: Any, config: dict[str, Any] | None = None, dtype: 
     """A seqzoo Mamba / Mamba-2 with the weights of a mamba_ssm checkpoint: a folder (``config.json`` +
     ``pytorch_model.bin`` or safetensors), or a state dict with its ``config`` dict. ``dtype`` defaults to the
     source's."""
+    dtype = conversion_dtype(dtype)
     if isinstance(source, (str, Path)):
         folder = Path(source)
         if not (folder / "config.json").is_file():
@@ -143,6 +146,7 @@ def convert_mamba_ssm(source: Any, config: dict[str, Any] | None = None, dtype: 
         weights = SourceWeights.from_dict(source, "the mamba_ssm state dict")
         if config is None:
             raise ValueError("a mamba_ssm state dict needs its config (the dict in config.json): pass config=...")
+    config = config_dict(config, "the mamba_ssm config")
     if "d_model" not in config or "model_type" in config:
         raise ValueError(f"not a mamba_ssm config (it needs d_model, n_layer, ssm_cfg and no model_type; found "
                          f"{', '.join(sorted(config)[:8])}); a transformers Mamba folder converts with hf-mamba")

@@ -22,7 +22,7 @@ from typing import Any
 
 import torch
 
-from seqzoo.conversions.checkpoints import check_destination
+from seqzoo.conversions.checkpoints import check_destination, conversion_dtype
 
 # (seqzoo pattern, reference replacement): the reference key of every seqzoo parameter.
 KEY_MAP = (
@@ -189,12 +189,13 @@ def convert_rwkv7(
 ) -> Any:
     """A seqzoo RWKV-7 causal LM with the weights of ``source`` (a ``.pth`` path or a state dict). ``dtype``
     defaults to the checkpoint's (the embedding's); ``config_overrides`` may set token ids and norm eps values."""
+    from seqzoo.conversions.checkpoints import require_finite, require_floating_point, require_values
     from seqzoo.models.rwkv7 import RWKV7ForCausalLM
 
-    from seqzoo.conversions.checkpoints import require_finite, require_floating_point
-
+    dtype = conversion_dtype(dtype)
     state_dict = load_rwkv7_state_dict(source)
     config = config_from_state_dict(state_dict, **config_overrides)
+    require_values(state_dict, "the checkpoint")
     require_floating_point(state_dict, "the checkpoint")
     weights = convert_state_dict(state_dict, config)
     dtype = dtype or state_dict["emb.weight"].dtype

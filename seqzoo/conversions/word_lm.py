@@ -33,6 +33,7 @@ from seqzoo.conversions.checkpoints import (
     SourceWeights,
     build_model,
     check_destination,
+    conversion_dtype,
     load_torch_file,
     require_floating_point,
     weights_only_refusal,
@@ -117,8 +118,11 @@ def config_from_state_dict(state_dict: dict[str, torch.Tensor], nonlinearity: st
     layers = 1 + max((int(m.group(1)) for key in state_dict if (m := re.fullmatch(r"rnn\.weight_ih_l(\d+)", key))),
                      default=0)  # none at all: one layer, whose missing weight_ih_l0 the weight mapping names
     encoder, decoder = state_dict["encoder.weight"], state_dict["decoder.weight"]
+    # The same tensor (its first element and strides), or equal values; a storage shared at another offset is not
+    # tying (two weights packed into one buffer: taken as tied, the decoder was dropped for the embedding).
     tied = encoder.shape == decoder.shape and (
-        encoder.untyped_storage().data_ptr() == decoder.untyped_storage().data_ptr() or torch.equal(encoder, decoder))
+        (encoder.data_ptr() == decoder.data_ptr() and encoder.stride() == decoder.stride())
+        or torch.equal(encoder, decoder))
     values.update(vocab_size=vocab_size, hidden_size=hidden_size, embedding_size=embedding_size,
                   num_hidden_layers=layers, tie_word_embeddings=tied, decoder_bias="decoder.bias" in state_dict,
                   dropout=0.0, pad_token_id=None, bos_token_id=None, eos_token_id=None)
@@ -156,6 +160,7 @@ def convert_word_lm(source: Any, nonlinearity: str | None = None, key_map: dict[
                     dtype: torch.dtype | None = None, **config_overrides: Any) -> Any:
     """A seqzoo RNN / LSTM / GRU causal LM with the weights of ``source`` (a ``.pt`` state-dict file or a dict).
     ``config_overrides`` may set ``dropout`` and the special token ids (all unset by default)."""
+    dtype = conversion_dtype(dtype)
     state_dict = load_word_lm_state_dict(source, key_map)
     config = config_from_state_dict(state_dict, nonlinearity, **config_overrides)
     require_floating_point(state_dict, "the checkpoint")
@@ -193,11 +198,25 @@ def save_hidden_state(hidden: Any, config: Any, path: str | Path) -> None:
 
 
 def load_hidden_state(path: str | Path, config: Any) -> Any:
-    """The SeqzooCache saved by :func:`save_hidden_state`."""
+    """The SeqzooCache saved by :func:`save_hidden_state`. A file holding more than this model's state (an LSTM's
+    cell state ``c`` for a GRU, layers beyond its own) is another model's, and refused: its extra tensors were
+    passed over, and the rest taken as this model's state."""
     from safetensors.torch import load_file
 
-    tensors = load_file(str(path))
+    if not Path(path).is_file():
+        raise ValueError(f"hidden state file {str(path)!r} does not exist")
+    try:
+        tensors = load_file(str(path))
+    except Exception as err:  # (safetensors' own error names no file: "Error while deserializing header: ...")
+        raise ValueError(f"cannot read {str(path)!r} as a hidden state saved by save_hidden_state (a safetensors "
+                         f"file; damaged or truncated?): {err}") from err
     names = ("h", "c") if config.mixer_type == "lstm" else ("h",)
+    extra = sorted(set(tensors) - {f"layers.{i}.{name}" for i in range(config.num_hidden_layers) for name in names})
+    if extra:
+        raise ValueError(f"{str(path)!r} is not a hidden state of this model: it holds {', '.join(extra[:4])}"
+                         f"{' ...' if len(extra) > 4 else ''}, where an nn.{config.mixer_type.upper()} of "
+                         f"{config.num_hidden_layers} layers has {', '.join(names)} for layers 0-"
+                         f"{config.num_hidden_layers - 1} only")
     try:
         stacked = [torch.stack([tensors[f"layers.{i}.{name}"] for i in range(config.num_hidden_layers)])
                    for name in names]

@@ -367,7 +367,8 @@ def training_section(training: dict[str, Any] | None) -> str:
     if not training:
         return no_record
     lines = []
-    started_from = ((training.get("recipe") or {}).get("model") or {}).get("path")
+    model_section = (training.get("recipe") or {}).get("model")  # ("recipe" is any JSON object: "model" may be text)
+    started_from = model_section.get("path") if isinstance(model_section, dict) else None
     if isinstance(started_from, str):  # (seqzoo train's model.path: the figures below are that run's only)
         lines += [f"Trained further from a saved model (`{started_from}`): the data, tokens and steps below are "
                   "those of this last run only, not of the training the saved model had before.", ""]

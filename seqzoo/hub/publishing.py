@@ -162,7 +162,14 @@ def refresh_code(
                 raise PublishError(f"{repo_id!r} has no config.json, so it holds no model whose code could be "
                                    "refreshed")
             downloaded = api.hf_hub_download(repo_id, "config.json", revision=revision, local_dir=folder / "old")
-        config = json.loads(Path(downloaded).read_text())
+        try:
+            config = json.loads(Path(downloaded).read_bytes())
+        except (UnicodeDecodeError, json.JSONDecodeError) as err:
+            raise PublishError(f"{repo_id!r}: its config.json is not valid JSON ({err}), so it holds no model whose "
+                               "code could be refreshed; publish the model again") from err
+        if not isinstance(config, dict):
+            raise PublishError(f"{repo_id!r}: its config.json must hold a JSON object (a model's configuration); got "
+                               f"a {type(config).__name__}, so it holds no model whose code could be refreshed")
         try:
             spec = architecture_for_model_type(config.get("model_type"))
         except ValueError as err:
@@ -313,6 +320,14 @@ def _load_checkpoint(source: Any, tokenizer: Any, training: dict[str, Any] | Non
         if tokenizer is None:
             raise ValueError("publishing a model object needs its tokenizer: pass tokenizer=... "
                              "(seqzoo.byte_tokenizer() for seqzoo's byte-level vocabulary)")
+    vocab_size = getattr(model.config, "vocab_size", None)
+    if isinstance(vocab_size, int) and len(tokenizer) > vocab_size:
+        # (the repository would load, and its card's usage snippet fail: "token id ... outside the vocabulary")
+        raise ValueError(
+            f"the tokenizer has {len(tokenizer)} tokens, more than the {vocab_size} rows of the model's embedding "
+            f"(vocab_size): the ids it gives past {vocab_size - 1} have no embedding, so the published model could "
+            "not read its own tokenizer's output; publish it with the tokenizer it was trained with"
+        )
     eos = getattr(model.config, "eos_token_id", None)
     if eos is not None and getattr(tokenizer, "eos_token_id", None) is None:
         # (a folder with tokenizer.json but no tokenizer_config.json loads a tokenizer without its special tokens)

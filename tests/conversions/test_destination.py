@@ -83,12 +83,22 @@ def test_every_converter_checks_its_destination_first(name, holds, tmp_path):
         CONVERTERS[name](tmp_path / "no-such-source", "")
 
 
-@pytest.mark.parametrize("files, fetched", [
-    (["config.json", "model.safetensors", "pytorch_model.bin"], False),  # both formats: the safetensors only
-    (["config.json", "pytorch_model.bin"], True),
-    (None, True),  # the listing failed (offline): snapshot_download decides from its cache
+INDEX = {"weight_map": {"a": "model-00001-of-00002.safetensors", "b": "model-00002-of-00002.safetensors"}}
+
+
+@pytest.mark.parametrize("files, index, weights", [
+    (["config.json", "model.safetensors", "pytorch_model.bin"], None, ["model.safetensors"]),  # the safetensors only
+    # Mistral's repositories keep a copy in Mistral's layout beside the transformers checkpoint: not downloaded
+    (["config.json", "model.safetensors", "consolidated.safetensors"], None, ["model.safetensors"]),
+    (["config.json", "model.safetensors.index.json", "model-00001-of-00002.safetensors",
+      "model-00002-of-00002.safetensors", "consolidated.safetensors"], INDEX,
+     ["model-00001-of-00002.safetensors", "model-00002-of-00002.safetensors"]),
+    (["config.json", "model.safetensors.index.json"], {"weight_map": [1]}, ["*.safetensors"]),  # damaged: named later
+    (["config.json", "weights.safetensors"], None, ["*.safetensors"]),
+    (["config.json", "pytorch_model.bin"], None, ["*.bin"]),
+    (None, None, ["*.safetensors", "*.bin"]),  # the listing failed (offline): snapshot_download decides from its cache
 ])
-def test_a_hub_source_downloads_one_weight_format(monkeypatch, tmp_path, files, fetched):
+def test_a_hub_source_downloads_the_weight_files_transformers_reads(monkeypatch, tmp_path, files, index, weights):
     import huggingface_hub
 
     from seqzoo.conversions import checkpoints
@@ -104,10 +114,16 @@ def test_a_hub_source_downloads_one_weight_format(monkeypatch, tmp_path, files, 
         asked["patterns"] = allow_patterns
         return str(tmp_path)
 
+    def one_file(repo_id, filename):
+        assert filename == "model.safetensors.index.json"
+        (tmp_path / filename).write_text(json.dumps(index))
+        return str(tmp_path / filename)
+
     monkeypatch.setattr(huggingface_hub.HfApi, "list_repo_files", listing)
     monkeypatch.setattr(huggingface_hub, "snapshot_download", snapshot)
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", one_file)
     assert checkpoints.download("someone/model") == tmp_path
-    assert ("*.bin" in asked["patterns"]) is fetched and "*.safetensors" in asked["patterns"]
+    assert asked["patterns"] == ["*.json", "*.txt", "*.model", "*.jinja", *weights]
 
 
 def test_a_damaged_tokenizer_or_generation_file_is_refused_before_anything_is_written(sharded_source, tmp_path,

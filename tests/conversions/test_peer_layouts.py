@@ -347,6 +347,33 @@ def test_fla_sources_without_their_config_are_named(pth, tmp_path):
         convert_fla_rwkv7(fla_layout(pth))
 
 
+def test_a_config_object_converts_as_its_dict_and_a_config_of_another_kind_is_named(pth, tmp_path):
+    # fla's RWKV7Config and mamba_ssm's MambaConfig dataclass, given as config=, stopped the conversion with
+    # AttributeError ('... object has no attribute get') or TypeError ('not iterable'); a path was read letter by
+    # letter as the config's keys.
+    import dataclasses
+
+    from transformers import PretrainedConfig
+
+    class FlaConfig(PretrainedConfig):  # (what fla's RWKV7Config is to transformers)
+        model_type = "rwkv7"
+
+    expected = logits(convert_fla_rwkv7(fla_layout(pth), config=FLA_CONFIG))
+    fla_config = FlaConfig(**{k: v for k, v in FLA_CONFIG.items() if k != "model_type"})
+    torch.testing.assert_close(logits(convert_fla_rwkv7(fla_layout(pth), config=fla_config)), expected, rtol=0, atol=0)
+
+    peer, config = mamba1_pair()
+    state = {k.replace("backbone.embeddings.", "backbone.embedding."): v for k, v in peer.state_dict().items()}
+    mamba_ssm_config = dataclasses.make_dataclass("MambaConfig", [(k, object) for k in config])(**config)
+    torch.testing.assert_close(logits(convert_mamba_ssm(state, config=mamba_ssm_config)),
+                               logits(peer.eval()), atol=1e-4, rtol=1e-4)
+    for convert, source, what in ((convert_fla_rwkv7, fla_layout(pth), "fla RWKV-7"), (convert_mamba_ssm, state,
+                                                                                      "mamba_ssm")):
+        with pytest.raises(ValueError, match=rf"the {what} config must be the dict of the checkpoint's config.json "
+                                             r"\(or its config object\); got str 'config.json'"):
+            convert(source, config="config.json")
+
+
 def test_fla_tied_head_and_layernorms_without_bias(pth):
     """fla's tie_word_embeddings: the saved checkpoint holds no lm_head (safetensors stores the shared tensor once);
     norm_bias: false: its LayerNorms (pre_norm, attn_norm, ffn_norm, norm) have no bias, while the GroupNorm g_norm

@@ -143,6 +143,14 @@ def test_integer_tensors_are_refused_naming_the_dtype(checkpoint, tmp_path, caps
     assert not (tmp_path / "out").exists()
 
 
+def test_tensors_without_values_are_named(checkpoint):
+    # (a state dict of a model built on the meta device failed with "Tensor.item() cannot be called on meta tensors")
+    meta = {k: v.to("meta") if k == "blocks.1.ffn.key.weight" else v for k, v in checkpoint.items()}
+    with pytest.raises(ValueError, match=r"the checkpoint holds tensors without values \(on the meta device\): "
+                                         r"blocks.1.ffn.key.weight; a model loaded with device_map offloading"):
+        convert_rwkv7(meta)
+
+
 def test_non_finite_weights_are_refused_before_anything_is_written(checkpoint, tmp_path, capsys):
     """A NaN weight, or one past float16's range converted with --dtype float16: from_pretrained would refuse the
     converted folder, long after the conversion said nothing."""

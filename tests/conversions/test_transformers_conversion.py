@@ -24,7 +24,8 @@ import seqzoo
 from seqzoo.cli import main as seqzoo_main
 from seqzoo.conversions.checkpoints import read_folder_weights
 from seqzoo.conversions.export import export_native, to_native
-from seqzoo.conversions.gpt2 import convert_gpt2
+from seqzoo.conversions.gpt2 import convert_gpt2, convert_gpt2_folder
+from seqzoo.conversions.hf_mamba import convert_hf_mamba
 from seqzoo.conversions.llama import convert_llama
 from tests.conftest import tiny_model
 from tests.models.test_transformer_reference import IDS, gpt2, llama, qwen2, randomize
@@ -94,6 +95,64 @@ def test_dtype_is_kept_unless_asked(tmp_path):
     assert convert_gpt2(tmp_path / "bf16").dtype == torch.bfloat16
     assert seqzoo_main(["convert", "gpt2", str(tmp_path / "bf16"), str(tmp_path / "out"), "--dtype", "float32"]) == 0
     assert AutoModelForCausalLM.from_pretrained(tmp_path / "out").dtype == torch.float32
+
+
+def test_dtype_is_a_floating_point_torch_dtype_or_its_name(tmp_path):
+    # The Python API takes the names --dtype takes; any other value is refused before anything is read or written
+    # (a name reached Tensor.to as a device, "Invalid device string: 'bfloat16'", after every tensor was read).
+    peer = gpt2()
+    torch.testing.assert_close(logits(convert_gpt2(peer, dtype="bfloat16")),
+                               logits(convert_gpt2(peer, dtype=torch.bfloat16)), rtol=0, atol=0)
+    assert convert_llama(llama(), dtype="float16").dtype == torch.float16
+    for bad in ("float64", "bf16", torch.int8, torch.bool, 16):
+        with pytest.raises(ValueError, match=r"dtype=.* is not a floating-point dtype .* 'bfloat16'"):
+            convert_gpt2(peer, dtype=bad)
+    save_sharded(peer, tmp_path / "src")
+    with pytest.raises(ValueError, match=r"dtype='half' is not a floating-point dtype"):
+        convert_gpt2_folder(tmp_path / "src", tmp_path / "out", dtype="half")
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_model_whose_weights_are_elsewhere_is_named(tmp_path):
+    # An offloaded model (device_map) keeps weights on the meta device; converting it failed with "Tensor.item()
+    # cannot be called on meta tensors". Its folder converts.
+    peer = llama()
+    peer.model.layers[1].mlp.to("meta")
+    with pytest.raises(ValueError, match=r"the llama source holds tensors without values \(on the meta device\): "
+                                         r"model.layers.1.mlp.gate_proj.weight, model.layers.1.mlp.up_proj.weight, "
+                                         r"model.layers.1.mlp.down_proj.weight; .* convert the folder it was loaded "
+                                         r"from"):
+        convert_llama(peer)
+    with torch.device("meta"):
+        mamba = MambaForCausalLM(MambaConfig(vocab_size=64, hidden_size=16, state_size=4, num_hidden_layers=1))
+    with pytest.raises(ValueError, match=r"the mamba source holds tensors without values \(on the meta device\): "
+                                         r"model.embed_tokens.weight, "):
+        convert_hf_mamba(mamba)  # (NotImplementedError for aten::equal, comparing the head)
+    offloaded = tiny_model("transformer-tiny")
+    offloaded.model.layers[0].mlp.to("meta")
+    with pytest.raises(ValueError, match=r"the TransformerForCausalLM holds tensors without values \(on the meta "
+                                         r"device\): model.layers.0.mlp.gate_proj.weight, "):
+        to_native(offloaded, "llama")  # (RuntimeError: "conversion left tensors without values")
+
+
+def test_a_model_holding_peft_adapters_is_refused_with_the_merge(tmp_path):
+    # (refused as "got PeftModel", or with its adapter weights named missing and unexpected tensors)
+    from peft import LoraConfig, get_peft_model
+
+    peer = llama()
+    adapted = get_peft_model(peer, LoraConfig(target_modules=["q_proj"], r=2))
+    for source, name in ((adapted, "PeftModel"), (adapted.base_model.model, "LlamaForCausalLM")):
+        with pytest.raises(ValueError, match=rf"{name} holds peft adapter layers \(.*Linear.*\); merge them into its "
+                                             r"weights first \(a PeftModel's model.merge_and_unload\(\)\)"):
+            convert_llama(source)
+    torch.testing.assert_close(logits(convert_llama(adapted.merge_and_unload())), logits(llama()), rtol=0, atol=0)
+    # the same for an export (load_state_dict's RuntimeError, or "is not a saved seqzoo model folder")
+    ours = get_peft_model(tiny_model("transformer-tiny"), LoraConfig(target_modules=["q_proj"], r=2))
+    for source in (ours, ours.base_model.model):
+        with pytest.raises(ValueError, match=r"holds peft adapter layers .*merge_and_unload"):
+            to_native(source, "llama")
+        with pytest.raises(ValueError, match=r"holds peft adapter layers .*merge_and_unload"):
+            export_native(source, tmp_path / "out", "llama")
 
 
 def test_original_gpt2_layout_without_prefix(tmp_path):

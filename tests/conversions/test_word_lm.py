@@ -326,6 +326,47 @@ def test_a_hidden_state_file_of_another_cell_is_named(tmp_path):
         load_hidden_state(tmp_path / "hidden_state.safetensors", lstm)
 
 
+def test_a_hidden_state_file_holding_more_than_the_models_state_is_named(tmp_path):
+    # An LSTM's (h, c) read by a GRU, or a 3-layer model's state read by a 2-layer one: the tensors beyond the
+    # model's own were passed over, and the rest taken as its state.
+    from seqzoo.conversions.word_lm import save_hidden_state
+
+    gru = convert_word_lm(reference("gru-tied").state_dict()).config
+    lstm = convert_word_lm(reference("lstm").state_dict()).config
+    save_hidden_state((torch.zeros(2, 1, 32), torch.zeros(2, 1, 32)), lstm, tmp_path / "lstm.safetensors")
+    with pytest.raises(ValueError, match=r"lstm.safetensors' is not a hidden state of this model: it holds "
+                                         r"layers.0.c, layers.1.c, where an nn.GRU of 2 layers has h for layers 0-1"):
+        load_hidden_state(tmp_path / "lstm.safetensors", gru)
+    three = gru.__class__(**{**gru.to_dict(), "num_hidden_layers": 3})
+    save_hidden_state(torch.zeros(3, 1, 32), three, tmp_path / "three.safetensors")
+    with pytest.raises(ValueError, match=r"it holds layers.2.h, where an nn.GRU of 2 layers"):
+        load_hidden_state(tmp_path / "three.safetensors", gru)
+    save_hidden_state(torch.ones(2, 1, 32), gru, tmp_path / "gru.safetensors")
+    assert load_hidden_state(tmp_path / "gru.safetensors", gru).layer(1)["h"].eq(1).all()
+    # (safetensors' SafetensorError named no file: "Error while deserializing header: ...")
+    (tmp_path / "damaged.safetensors").write_bytes((tmp_path / "gru.safetensors").read_bytes()[:-9])
+    with pytest.raises(ValueError, match=r"cannot read '.*damaged.safetensors' as a hidden state saved by "
+                                         r"save_hidden_state \(a safetensors file; damaged or truncated\?\)"):
+        load_hidden_state(tmp_path / "damaged.safetensors", gru)
+    with pytest.raises(ValueError, match=r"hidden state file '.*missing.safetensors' does not exist"):
+        load_hidden_state(tmp_path / "missing.safetensors", gru)
+
+
+def test_weights_packed_into_one_buffer_are_not_taken_for_tied():
+    # The encoder and decoder as two views of one storage (packed into one buffer, as torch.save keeps views): the
+    # storage was compared, not the tensors, and the decoder was dropped for the embedding.
+    ref = WordLM("gru", ninp=32, nhid=32).eval()
+    state = ref.state_dict()
+    packed = torch.cat([state["encoder.weight"].flatten(), state["decoder.weight"].flatten()])
+    state["encoder.weight"], state["decoder.weight"] = packed.view(2, *state["encoder.weight"].shape).unbind(0)
+    model = convert_word_lm(state)
+    assert not model.config.tie_word_embeddings
+    torch.testing.assert_close(model.lm_head.weight, ref.decoder.weight, rtol=0, atol=0)
+    tied = reference("gru-tied").state_dict()
+    assert tied["encoder.weight"].data_ptr() == tied["decoder.weight"].data_ptr()
+    assert convert_word_lm(tied).config.tie_word_embeddings
+
+
 @pytest.mark.parametrize("cell", ["lstm", "gru"])
 def test_an_untied_decoder_of_the_embedding_s_shape_is_kept(cell):
     # ninp == nhid: the decoder has the embedding's shape but its own weights; it must not be taken for tied.

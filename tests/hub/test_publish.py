@@ -14,6 +14,7 @@ from huggingface_hub import ModelCard, constants
 from seqzoo.cli import main
 from seqzoo.hub import PublishError, export_folder, publish
 from seqzoo.tokenizer import byte_tokenizer
+from tests.conftest import tiny_model
 from tests.hub.conftest import hub_env, repo_id, run_python, tiny_byte_model
 from tests.hub.fake_hub import FakeHub
 
@@ -287,6 +288,31 @@ def test_refresh_code_refuses_what_is_not_a_seqzoo_model(hub, capsys):
     assert main(["publish", "--refresh-code", "someone/data", "some-folder"]) == 2
     assert "takes no model folder" in capsys.readouterr().err
     assert hub.commits == []
+
+
+@pytest.mark.parametrize("config, message", [(b"{not json", r"is not valid JSON \(Expecting property name"),
+                                             (b"[1, 2]", r"must hold a JSON object \(a model's configuration\); "
+                                                         r"got a list")])
+def test_refresh_code_names_a_damaged_config_json(hub, capsys, config, message):
+    # (a config.json that is no JSON stopped the command with json's bare "Expecting property name ..."; a JSON list,
+    # with AttributeError: 'list' object has no attribute 'get')
+    hub.repos["someone/damaged"] = {"config.json": config}
+    assert main(["publish", "--refresh-code", "someone/damaged"]) == 2
+    assert re.search(r"error: 'someone/damaged': its config.json " + message, capsys.readouterr().err)
+    assert hub.commits == []
+
+
+def test_a_tokenizer_larger_than_the_models_vocabulary_is_refused(hub, tmp_path, saved_models):
+    # The repository would load, and its card's usage snippet fail ("token id 117, outside the vocabulary").
+    model = tiny_model("gru-tiny", vocab_size=100)
+    message = (r"the tokenizer has 258 tokens, more than the 100 rows of the model's embedding \(vocab_size\): the "
+               r"ids it gives past 99 have no embedding")
+    with pytest.raises(ValueError, match=message):
+        model.push_to_hub(repo_id("gru"), tokenizer=byte_tokenizer())
+    with pytest.raises(ValueError, match=message):
+        export_folder(model, tmp_path / "export", repo_id=repo_id("gru"), tokenizer=byte_tokenizer())
+    assert hub.requests == [] and not (tmp_path / "export").exists()
+    export_folder(saved_models["gru"], tmp_path / "fits", repo_id=repo_id("gru"))  # (258 tokens, 258 rows)
 
 
 def test_model_push_to_hub_commits_what_seqzoo_publish_exports(hub, tmp_path):

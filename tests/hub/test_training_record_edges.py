@@ -3,6 +3,8 @@ not an object."""
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from seqzoo.hub.cards import training_section, validate_training_record
@@ -38,6 +40,15 @@ def test_a_run_from_a_saved_model_says_its_figures_are_that_runs_only():
     assert "- Optimizer steps: 3" in text
     preset = validate_training_record({"steps": 3, "recipe": {"model": {"preset": "gru-tiny", "config": {}}}})
     assert "Trained further" not in training_section(preset)
+
+
+@pytest.mark.parametrize("model", ["lstm-small", ["lstm", "small"], 3, None])
+def test_a_recipe_whose_model_is_no_object_is_shown_as_it_is(model):
+    # "recipe" is any JSON object; a hand-written one's "model" as text stopped the card (and publishing) with
+    # AttributeError: 'str' object has no attribute 'get'
+    text = training_section(validate_training_record({"steps": 3, "recipe": {"model": model}}))
+    assert "Trained further" not in text and "- Optimizer steps: 3" in text
+    assert f"| model | `{json.dumps(model)}` |" in text
 
 
 def test_a_record_of_nulls_only_reads_as_a_record_without_figures():
