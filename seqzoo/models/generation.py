@@ -106,7 +106,8 @@ def cache_expanded_for_generation(cache: Any, config: Any, args: tuple, kwargs: 
     expand = max(kwargs.get("num_beams", getattr(config, "num_beams", 1)) or 1,
                  kwargs.get("num_return_sequences", getattr(config, "num_return_sequences", 1)) or 1)
     rows = cache.batch_size if isinstance(cache, SeqzooCache) else None
-    prompt = args[0] if args else next((kwargs[name] for name in ("input_ids", "inputs", "inputs_embeds")
+    prompt = args[0] if args else next((kwargs[name] for name in ("input_ids", "inputs", "inputs_embeds",
+                                                                  "decoder_input_ids")  # (beside encoder_outputs)
                                         if isinstance(kwargs.get(name), torch.Tensor)), None)
     if expand == 1 or rows is None or not isinstance(prompt, torch.Tensor) or prompt.dim() < 2 \
             or prompt.shape[0] != rows:

@@ -476,6 +476,11 @@ def test_generate_continues_a_cache_into_several_sequences_per_source(preset, mo
         cache = output_cache(model(ids, attention_mask=mask, decoder_input_ids=decoder_ids[:, :2], use_cache=True))
     torch.manual_seed(0)
     assert torch.equal(model.generate(ids, cache=cache, **kwargs), expected)
+    with torch.no_grad():  # the source given as its encoder outputs: the decoder inputs give the batch
+        encoded = model.get_encoder()(ids, attention_mask=mask)
+        cache = output_cache(model(ids, attention_mask=mask, decoder_input_ids=decoder_ids[:, :2], use_cache=True))
+    torch.manual_seed(0)
+    assert torch.equal(model.generate(encoder_outputs=encoded, cache=cache, **kwargs), expected)
 
 
 def test_keywords_are_checked(preset):
