@@ -244,7 +244,9 @@ class SeqzooCache(Cache):
     def _check_sizes(self, config: Any, where: str) -> None:
         """Raise if the cache holds states or keys of a model of other sizes than ``config``'s: the same layers with
         another hidden_size, state_size or head layout would otherwise fail inside a kernel with a bare shape error.
-        Compared by the bytes a sequence's state and a token's keys and values take, which every such size changes."""
+        Compared by the bytes a sequence's state and a token's keys and values take, which nearly every such size
+        changes (not a head layout of the same width, 4 heads of 8 for 2 of 16: the attention layers compare the
+        keys' own shape, :func:`check_kv_layout`)."""
         built = self._layout_config
         if built is None or built is config or not self.seen_tokens:
             return
@@ -372,18 +374,32 @@ class SeqzooCache(Cache):
         self.update_layer(layer_idx, {**(self.layer(layer_idx) or {}), name: value})
 
 
-def check_kv_dtype(entry: Any, dtype: torch.dtype) -> None:
-    """Refuse to continue an attention layer's cached keys and values (a ``DynamicLayer``) in another dtype than the
-    one they hold: a cache filled by the model in float32 and continued by it in bf16 would otherwise end in torch's
+def check_kv_layout(entry: Any, key: torch.Tensor) -> None:
+    """Refuse to continue an attention layer's cached keys and values (a ``DynamicLayer``) with keys ``key``
+    ((B, heads, T, head_dim)) of another dtype or head layout than they hold.
+
+    Another dtype: a cache filled by the model in float32 and continued by it in bf16 would otherwise end in torch's
     error about query, key and value dtypes (as in transformers' own models). Casting them would change what the
     cache holds without a word (float32 to bf16 loses precision, and a step that then fails could not put it back);
-    a recurrent layer's state is cast, being the step's input alone."""
-    if getattr(entry, "is_initialized", False) and isinstance(entry.keys, torch.Tensor) and entry.keys.numel() \
-            and entry.keys.dtype != dtype:
+    a recurrent layer's state is cast, being the step's input alone.
+
+    Another head layout: a cache filled by a model of 4 heads of 8 and continued by one of 2 heads of 16 takes the
+    same bytes per token (what :meth:`SeqzooCache.check_fits` compares), and ended in torch's "Sizes of tensors must
+    match" inside the layer."""
+    cached = entry.keys if getattr(entry, "is_initialized", False) else None
+    if not isinstance(cached, torch.Tensor) or not cached.numel():
+        return
+    if cached.dtype != key.dtype:
         raise ValueError(
-            f"the cache holds an attention layer's keys and values in {entry.keys.dtype}, but the model computes them "
-            f"in {dtype}: continue the cache with the model in the dtype that filled it, or start a new cache (run "
-            "the prompt again) after changing the model's dtype")
+            f"the cache holds an attention layer's keys and values in {cached.dtype}, but the model computes them "
+            f"in {key.dtype}: continue the cache with the model in the dtype that filled it, or start a new cache "
+            "(run the prompt again) after changing the model's dtype")
+    if cached.dim() == key.dim() == 4 and (cached.shape[1], cached.shape[-1]) != (key.shape[1], key.shape[-1]):
+        raise ValueError(
+            f"the cache holds an attention layer's keys of {cached.shape[1]} head(s) of size {cached.shape[-1]}, but "
+            f"this layer computes {key.shape[1]} head(s) of size {key.shape[-1]}: the cache was filled by a model "
+            "with another head layout (num_key_value_heads, head_dim); pass a cache this model returned, or "
+            "SeqzooCache.for_model(model)")
 
 
 class _RestoredOnError:

@@ -244,6 +244,47 @@ def test_strict_false_gives_a_missing_head_fresh_values(preset, tmp_path):
     torch.testing.assert_close(model.model.embed_tokens.weight, weights["model.embed_tokens.weight"])
 
 
+@pytest.mark.parametrize("preset", ["mamba-tiny", "mamba2-tiny", "rwkv7-tiny", "hybrid-tiny"])
+def test_strict_false_gives_a_mixers_missing_tensors_the_mixers_own_initialisation(preset, tmp_path):
+    # A mixer initialises its submodules itself (Mamba's convolution, Mamba-2's gated norm, RWKV-7's ln_x and its
+    # zeroed projections), but transformers skips a module of a model outside its package whose own parameters all
+    # loaded: such a tensor missing from a checkpoint kept the loader's uninitialised memory (NaN at times), or the
+    # generic normal(0, initializer_range) of an nn.Linear. Each gets what a fresh model's mixer gives it now.
+    from seqzoo.layers.mixer import Mixer
+    from tests.conftest import tiny_model
+
+    fresh = tiny_model(preset)
+    fresh.save_pretrained(tmp_path)
+    weights = load_file(tmp_path / "model.safetensors")
+    mixers = [(name, module) for name, module in fresh.named_modules()
+              if isinstance(module, Mixer) and name.startswith("model.layers.0.")]
+    dropped = sorted({f"{name}.{key}" for name, mixer in mixers for key, _ in mixer.named_parameters()
+                      if "." in key} & set(weights))
+    assert dropped
+    for key in dropped:
+        del weights[key]
+    save_file(weights, tmp_path / "model.safetensors", metadata={"format": "pt"})
+    loaded = AutoModelForCausalLM.from_pretrained(tmp_path, strict=False).state_dict()
+    expected = fresh.state_dict()
+    for key in dropped:
+        value, reference = loaded[key], expected[key]
+        assert bool(torch.isfinite(value).all()), key
+        if bool((reference == reference.flatten()[0]).all()):  # a constant (zeros, ones)
+            assert torch.equal(value, reference), key
+        else:  # a random draw of the same law
+            assert float(value.abs().max()) <= 1.6 * float(reference.abs().max()), key
+            assert 0.6 < float(value.std()) / float(reference.std()) < 1.6, key
+    for key, value in weights.items():  # every tensor the checkpoint holds is loaded as it was
+        torch.testing.assert_close(loaded[key], value, rtol=0, atol=0)
+    # and a mixer's other tensors stay as they are where nothing marks them loaded (a model built here)
+    from seqzoo.models.loading import initialise_anew
+
+    model = tiny_model(preset, seed=1)
+    before = {key: value.clone() for key, value in model.state_dict().items()}
+    initialise_anew(model, {"missing_keys": dropped[-1:]})
+    assert {key for key, value in model.state_dict().items() if not torch.equal(value, before[key])} <= {dropped[-1]}
+
+
 def test_strict_false_gives_a_misshaped_head_fresh_values_and_a_new_classifier_its_own(tmp_path):
     """A mis-shaped head is re-initialised as a missing one is; a classifier's score, missing from a causal LM's
     checkpoint, keeps the initialisation _init_weights gives it (torch.nn.Linear's uniform scale)."""

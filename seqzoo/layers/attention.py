@@ -11,7 +11,7 @@ import torch
 from torch import nn
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
-from seqzoo.cache import ATTENTION, check_kv_dtype
+from seqzoo.cache import ATTENTION, check_kv_layout
 from seqzoo.layers.mixer import Mixer, SharedValues
 from seqzoo.layers.positions import apply_rotary
 
@@ -100,7 +100,7 @@ class SelfAttention(Mixer):
         if position_embeddings is not None:
             query, key = apply_rotary(query, key, *position_embeddings)
         if state is not None:
-            check_kv_dtype(state, key.dtype)
+            check_kv_layout(state, key)
             key, value = state.update(key, value)  # all positions so far
 
         attention = ALL_ATTENTION_FUNCTIONS.get_interface(self.config._attn_implementation, eager_attention_forward)

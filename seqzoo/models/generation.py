@@ -96,6 +96,33 @@ def explained_assisted_refusal(model: nn.Module) -> Iterator[None]:
         ) from err
 
 
+@contextlib.contextmanager
+def cache_expanded_for_generation(cache: Any, config: Any, args: tuple, kwargs: dict[str, Any]) -> Iterator[None]:
+    """Repeat each row of a cache passed to ``generate()`` as ``generate()`` repeats each prompt, for the body (the
+    call of transformers' ``generate``). With ``num_beams`` or ``num_return_sequences`` above 1 it repeats every
+    input tensor ``max(num_beams, num_return_sequences)`` times (rows 0, 0, 1, 1, ...), but not a cache object:
+    every step then failed with the cache's batch-size error. A cache already holding that many rows is left as it is.
+    Should the body raise before any position is decoded, the cache is put back to one row per prompt."""
+    expand = max(kwargs.get("num_beams", getattr(config, "num_beams", 1)) or 1,
+                 kwargs.get("num_return_sequences", getattr(config, "num_return_sequences", 1)) or 1)
+    rows = cache.batch_size if isinstance(cache, SeqzooCache) else None
+    prompt = args[0] if args else next((kwargs[name] for name in ("input_ids", "inputs", "inputs_embeds",
+                                                                  "decoder_input_ids")  # (beside encoder_outputs)
+                                        if isinstance(kwargs.get(name), torch.Tensor)), None)
+    if expand == 1 or rows is None or not isinstance(prompt, torch.Tensor) or prompt.dim() < 2 \
+            or prompt.shape[0] != rows:
+        yield
+        return
+    seen = cache.get_seq_length()
+    cache.batch_repeat_interleave(expand)
+    try:
+        yield
+    except BaseException:
+        if cache.get_seq_length() == seen and cache.batch_size == rows * expand:
+            cache.batch_select_indices(torch.arange(0, rows * expand, expand))
+        raise
+
+
 def mark_beam_search_cache(result: Any, cache: Any, config: Any, kwargs: dict[str, Any]) -> Any:
     """Mark the cache of a beam search (the one passed in, which generate() fills in place, and the one returned)
     so that :func:`check_generate_cache` refuses to continue it; return ``result``."""

@@ -15,6 +15,7 @@ import torch
 from torch import nn
 from transformers import PreTrainedConfig
 
+from seqzoo.layers.mixer import Mixer
 from seqzoo.models.weight_storage import offloaded_value
 
 # What from_pretrained hands on to reading the config.json it checks (a Hub download's options).
@@ -146,13 +147,15 @@ def check_weight_files(source: Any, kwargs: dict[str, Any]) -> None:
 
 
 def initialise_anew(model: nn.Module, info: dict[str, Any]) -> None:
-    """Give the weight and bias of an ``nn.Linear`` or ``nn.Embedding`` that a lenient load left without a value
-    (missing from the checkpoint or mis-shaped in it) transformers' usual fresh values: normal(0,
-    initializer_range), biases zero. transformers initialises a missing tensor through ``_init_weights``, where
-    seqzoo's mixers set the parameters they have rules for; a plain layer with none (an untied vocabulary head,
-    some of a mixer's projections) would otherwise keep whatever memory the loader allocated. Every such layer gets
-    the same fresh values (a mixer's own rule, such as RWKV-7's zeroed output projections, is not replayed); a
-    classifier's ``score``, initialised by ``_init_weights`` itself, keeps its own."""
+    """Give the tensors that a lenient load left without a value (missing from the checkpoint or mis-shaped in it)
+    fresh values. transformers initialises a missing tensor through ``_init_weights``, but only for a module whose own
+    parameters are not all loaded (for a model outside its package): a tensor of a mixer's submodule (Mamba's
+    convolution, Mamba-2's gated norm, RWKV-7's ``ln_x``), whose initialisation is the mixer's own, would keep
+    whatever memory the loader allocated (NaN at times). So an ``nn.Linear`` or ``nn.Embedding`` gets transformers'
+    usual values, normal(0, initializer_range) and zero biases (an untied vocabulary head has no other rule), and then
+    every mixer holding such a tensor runs its own ``init_weights`` again, its loaded tensors put back after it: its
+    missing tensors get what a fresh model's mixer gives them. A classifier's ``score``, initialised by
+    ``_init_weights`` itself, keeps its own."""
     std = getattr(model.config, "initializer_range", 0.02)
     tied = set(getattr(model, "all_tied_weights_keys", {}) or {})
     keys = {*info.get("missing_keys", []), *(key for key, *_ in info.get("mismatched_keys", []))} - tied
@@ -171,6 +174,7 @@ def initialise_anew(model: nn.Module, info: dict[str, Any]) -> None:
                 tensor.normal_(0.0, std)
             elif name == "bias":
                 tensor.zero_()
+    _replay_mixer_initialisation(model, keys)
 
 
 def explain_load_error(err: Exception, source: Any) -> None:
@@ -252,3 +256,29 @@ def check_finite_weights(model: nn.Module, source: Any) -> None:
             f"{', '.join(bad[:8])}{' ...' if len(bad) > 8 else ''}; a model with them computes NaN. Pass "
             "allow_nonfinite=True to load it anyway (to inspect it)"
         )
+
+
+def _replay_mixer_initialisation(model: nn.Module, keys: set[str]) -> None:
+    """Run ``init_weights`` of the nearest mixer holding each of ``keys`` (tensor names) again, putting back every
+    other tensor of that mixer as it was loaded (see :func:`initialise_anew`)."""
+    owners: dict[str, Mixer] = {}
+    for key in keys:
+        parts = key.split(".")[:-1]
+        for end in range(len(parts), 0, -1):  # the tensor's module, then its parents
+            prefix = ".".join(parts[:end])
+            try:
+                module = model.get_submodule(prefix)
+            except AttributeError:
+                break
+            if isinstance(module, Mixer):
+                owners.setdefault(prefix, module)
+                break
+    with torch.no_grad():
+        for prefix, mixer in owners.items():
+            tensors = mixer.state_dict()
+            if any(tensor.is_meta for tensor in tensors.values()):
+                continue  # (offloaded by a device_map: nothing here to write to)
+            kept = {name: tensor.clone() for name, tensor in tensors.items() if f"{prefix}.{name}" not in keys}
+            mixer.init_weights()
+            for name, value in kept.items():
+                tensors[name].copy_(value)

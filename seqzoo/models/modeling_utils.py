@@ -33,6 +33,7 @@ from seqzoo.models.compiled_decoding import ATTRIBUTE as COMPILED
 from seqzoo.models.compiled_decoding import compile_forward, run_compiled_step
 from seqzoo.models.decode_step import call_plainly
 from seqzoo.models.generation import (
+    cache_expanded_for_generation,
     check_cache_implementation,
     check_continued_cache,
     check_generate_cache,
@@ -500,7 +501,7 @@ class SeqzooForCausalLM(SeqzooPreTrainedModel, GenerationMixin):
         if cache is not None:
             # Under the name the installed release looks for, so that it slices the already-cached prompt tokens off.
             kwargs[GENERATE_CACHE_KWARG] = cache
-        with explained_assisted_refusal(self):
+        with cache_expanded_for_generation(cache, config, args, kwargs), explained_assisted_refusal(self):
             result = super().generate(*args, **kwargs)
         return mark_beam_search_cache(result, cache, config, kwargs)
 

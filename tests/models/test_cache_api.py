@@ -11,7 +11,7 @@ from transformers import DynamicCache
 
 from seqzoo.cache import RecurrentCache, SeqzooCache
 from seqzoo.models.compat import output_cache
-from tests.conftest import tiny_model
+from tests.conftest import tiny_config, tiny_model
 
 IDS = torch.tensor([[5, 17, 33, 8, 4, 12], [9, 3, 77, 21, 6, 40]])
 
@@ -134,6 +134,34 @@ def test_an_empty_cache_built_for_other_sizes_is_accepted():
     with torch.no_grad():
         model(IDS, cache=cache)
     assert cache.get_seq_length() == IDS.shape[1]
+
+
+@pytest.mark.parametrize("preset", ["transformer-tiny", "hybrid-tiny", "seq2seq-transformer-tiny"])
+def test_keys_of_another_head_layout_are_refused_naming_both_layouts(preset):
+    # 4 heads of 8 and 2 heads of 16 take the same bytes per token, which the check of sizes compares: continuing
+    # one model's keys with the other ended in torch's "Sizes of tensors must match" inside the attention layer.
+    def model(heads, head_dim):
+        layout = dict(num_attention_heads=heads, num_key_value_heads=heads, head_dim=head_dim)
+        if preset.startswith("hybrid"):
+            mixer_config = tiny_config(preset).mixer_config
+            return tiny_model(preset, mixer_config={**mixer_config, "attention": layout})
+        if preset.startswith("seq2seq"):
+            return tiny_model(preset, num_attention_heads=heads)
+        return tiny_model(preset, **layout)
+
+    narrow, wide = model(4, 8), model(2, 16)
+    with torch.no_grad():
+        if preset.startswith("seq2seq"):
+            step = dict(input_ids=IDS, decoder_input_ids=IDS[:, :1])
+            cache = output_cache(narrow(**{**step, "decoder_input_ids": IDS[:, :3]}, use_cache=True))
+        else:
+            step = dict(input_ids=IDS[:, 5:])
+            cache = output_cache(narrow(input_ids=IDS[:, :5], use_cache=True))
+        seen = cache.get_seq_length()
+        with pytest.raises(ValueError, match=r"keys of 4 head\(s\) of size 8, but this layer computes 2 head\(s\) "
+                                             r"of size 16"):
+            wide(**step, cache=cache)
+    assert cache.get_seq_length() == seen  # left as it was
 
 
 def test_a_cache_of_a_config_that_reports_no_state_bytes_is_continued(monkeypatch):

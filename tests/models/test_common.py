@@ -202,6 +202,27 @@ def test_generate_continues_from_a_user_cache(family_preset):
     assert torch.equal(model.generate(ids, cache=cache, **kwargs), expected)
 
 
+@pytest.mark.parametrize("mode", [dict(num_beams=3, num_return_sequences=2, do_sample=False),
+                                  dict(do_sample=True, top_k=20, num_return_sequences=3)], ids=["beams", "sampled"])
+def test_generate_continues_a_user_cache_into_several_sequences_per_prompt(family_preset, mode):
+    # generate() repeats every input tensor num_beams / num_return_sequences times, but not a cache object: every
+    # such call with a cache failed with the cache's batch-size error. The cache's rows are repeated alongside.
+    model = tiny_model(family_preset)
+    ids = torch.tensor([PROMPTS[0], PROMPTS[2] + [7, 11]])
+    kwargs = dict(max_new_tokens=4, pad_token_id=0, eos_token_id=None, **mode)
+    torch.manual_seed(0)
+    expected = model.generate(ids, **kwargs)
+    with torch.no_grad():
+        cache = output_cache(model(ids[:, :4], use_cache=True))
+    torch.manual_seed(0)
+    assert torch.equal(model.generate(ids, cache=cache, **kwargs), expected)
+    with torch.no_grad():  # a call refused before its first step leaves the cache one row per prompt
+        cache = output_cache(model(ids[:, :4], use_cache=True))
+    with pytest.raises(ValueError):
+        model.generate(ids, cache=cache, max_new_tokens=-1, **mode)
+    assert cache.batch_size == 2 and cache.get_seq_length() == 4
+
+
 def test_a_cache_holding_the_whole_input_is_refused(family_preset):
     # generate() advances the cache it is given in place: passing it again with the same inputs, or a cache of the
     # whole prompt, made transformers feed the cached tokens a second time on top of it (garbage, silently).

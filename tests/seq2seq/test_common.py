@@ -460,6 +460,29 @@ def test_generate_continues_from_a_cache_of_the_first_decoder_tokens(preset):
         model.generate(ids, cache=output_cache(beams), **{**kwargs, "decoder_input_ids": beams.sequences})
 
 
+@pytest.mark.parametrize("mode", [dict(num_beams=3, num_return_sequences=2, do_sample=False),
+                                  dict(do_sample=True, top_k=20, num_return_sequences=3)], ids=["beams", "sampled"])
+def test_generate_continues_a_cache_into_several_sequences_per_source(preset, mode):
+    # generate() repeats every input tensor per beam / returned sequence, but not a cache object: such a call with a
+    # cache failed with the cache's batch-size error. The cache's rows are repeated alongside.
+    model = tiny_model(preset)
+    ids, mask = padded()
+    decoder_ids = torch.tensor([[model.config.decoder_start_token_id, 7, 8, 9]] * 3)
+    kwargs = dict(attention_mask=mask, decoder_input_ids=decoder_ids, max_new_tokens=4, eos_token_id=None,
+                  pad_token_id=0, **mode)
+    torch.manual_seed(0)
+    expected = model.generate(ids, **kwargs)
+    with torch.no_grad():
+        cache = output_cache(model(ids, attention_mask=mask, decoder_input_ids=decoder_ids[:, :2], use_cache=True))
+    torch.manual_seed(0)
+    assert torch.equal(model.generate(ids, cache=cache, **kwargs), expected)
+    with torch.no_grad():  # the source given as its encoder outputs: the decoder inputs give the batch
+        encoded = model.get_encoder()(ids, attention_mask=mask)
+        cache = output_cache(model(ids, attention_mask=mask, decoder_input_ids=decoder_ids[:, :2], use_cache=True))
+    torch.manual_seed(0)
+    assert torch.equal(model.generate(encoder_outputs=encoded, cache=cache, **kwargs), expected)
+
+
 def test_keywords_are_checked(preset):
     model = tiny_model(preset)
     ids, mask = padded()

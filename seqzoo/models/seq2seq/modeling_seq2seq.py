@@ -33,6 +33,7 @@ from seqzoo.models.compat import (
     take_cache,
 )
 from seqzoo.models.generation import (
+    cache_expanded_for_generation,
     check_cache_implementation,
     check_continued_cache,
     check_generate_cache,
@@ -382,7 +383,7 @@ class Seq2SeqForConditionalGeneration(Seq2SeqPreTrainedModel, GenerationMixin):
         check_generate_cache(self, cache, config, kwargs)
         if cache is not None:
             kwargs[GENERATE_CACHE_KWARG] = cache
-        with explained_assisted_refusal(self):
+        with cache_expanded_for_generation(cache, config, args, kwargs), explained_assisted_refusal(self):
             result = super().generate(*args, **kwargs)
         return mark_beam_search_cache(result, cache, config, kwargs)
 

@@ -17,7 +17,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from seqzoo.cache import check_kv_dtype
+from seqzoo.cache import check_kv_layout
 from seqzoo.layers.mlp import MLP
 from seqzoo.layers.positions import SinusoidalPositions
 from seqzoo.layers.seq2seq_attention import MultiHeadAttention
@@ -75,7 +75,7 @@ class DecoderLayer(nn.Module):
         attention = self.self_attn.sublayer
         key, value = attention.key_values(x)
         if self_entry is not None:
-            check_kv_dtype(self_entry, key.dtype)
+            check_kv_layout(self_entry, key)
             key, value = self_entry.update(key, value)  # every position so far
         update, self_weights = attention(x, key, value, self_mask, need_weights)
         x = self.self_attn.residual(x, update)
