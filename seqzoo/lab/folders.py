@@ -20,6 +20,23 @@ from seqzoo.lab.plots import PLOT_FILES
 STATUSES = ("running", "interrupted", "failed", "finished")
 
 
+def stopped_status(err: BaseException) -> dict[str, str]:
+    """What a lab's results file says when ``err`` stopped it before its report: ``interrupted`` for Ctrl-C, else
+    ``failed`` with the error (no longer ``running``, whose live process id refuses the folder)."""
+    if isinstance(err, KeyboardInterrupt):
+        return {"status": "interrupted"}
+    return {"status": "failed", "error": f"{type(err).__name__}: {err}"}
+
+
+def write_results(path: Path, results: dict[str, Any]) -> None:
+    """Write a lab's results file whole or not at all (a kill mid-write leaves the previous one), as strict JSON
+    (a diverged run's NaN becomes null)."""
+    from seqzoo.outputs import write_atomically
+    from seqzoo.utils import strict_json
+
+    write_atomically(path, strict_json(results, indent=1))
+
+
 def prepare_output(out: Path, force: bool, log: Callable[[str], None], resume: bool = False) -> dict[str, Any] | None:
     """Create ``out``. A finished report there is replaced only with ``force``; an unfinished run (interrupted or
     crashed) is replaced with a note, unless it recorded finished training runs: those are replaced only with
