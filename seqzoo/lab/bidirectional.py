@@ -26,8 +26,6 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from seqzoo.utils import strict_json
-
 RESULTS_FILE, REPORT_FILE, PLOT_FILE = "bidirectional-results.json", "bidirectional.md", "bidirectional.png"
 # Each lab task: the head it trains and how the report names it.
 TASKS = {"appears_later": ("token-classification", "tagging: does this letter occur again later?"),
@@ -154,7 +152,7 @@ def run_bidirectional_lab(cfg: BidirectionalLabConfig, out: str | Path, command:
     there is replaced only with ``force``)."""
     cfg.validate()
     presets = cfg.presets()
-    from seqzoo.lab.folders import check_report_folder, remove_previous_report
+    from seqzoo.lab.folders import check_report_folder, record_stopped, remove_previous_report, write_results
     from seqzoo.lab.workers import run_lab_jobs
 
     out = Path(out)
@@ -169,17 +167,32 @@ def run_bidirectional_lab(cfg: BidirectionalLabConfig, out: str | Path, command:
     workers = cfg.worker_count(len(jobs))
     log(f"seqzoo lab bidirectional: {len(presets)} architectures x {len(cfg.tasks)} task(s) x 2 directions, "
         f"{len(jobs)} training runs on {workers} worker(s) -> {out}")
-    runs = run_lab_jobs(run_job, jobs, workers, log, lambda run: f"{run['arch']:<7} {run['task']:<14} "
-                        f"{run['direction']:<13}", "accuracy by distance")
     order = {(j["arch"], j["task"], j["direction"]): i for i, j in enumerate(jobs)}
-    runs.sort(key=lambda run: order[(run["arch"], run["task"], run["direction"])])
-    results = {"config": asdict(cfg), "presets": presets, "runs": runs, "workers": workers, "command": command,
-               "seconds": time.perf_counter() - started}
-    results["baselines"] = baselines(results["config"])
-    # The runs are kept before the report is drawn: a report that fails loses no training.
-    (out / RESULTS_FILE).write_text(strict_json(results, indent=1))
-    results["markdown"] = write_report(results, out)
-    (out / RESULTS_FILE).write_text(strict_json(results, indent=1))
+    # Every run is recorded as it ends ("running" until the report is written): a failure later (a run's worker,
+    # the report, a full disk) loses no training, and the file says why it stopped.
+    marker = out / RESULTS_FILE
+    results: dict[str, Any] = {"status": "running", "config": asdict(cfg), "presets": presets, "runs": [],
+                               "workers": workers, "command": command, "seconds": 0.0}
+
+    def keep(run: dict[str, Any]) -> None:
+        results["runs"].append(run)
+        results["seconds"] = time.perf_counter() - started
+        write_results(marker, results)
+
+    write_results(marker, results)
+    try:
+        run_lab_jobs(run_job, jobs, workers, log, lambda run: f"{run['arch']:<7} {run['task']:<14} "
+                     f"{run['direction']:<13}", "accuracy by distance", keep=keep)
+        results["runs"].sort(key=lambda run: order[(run["arch"], run["task"], run["direction"])])
+        results["seconds"] = time.perf_counter() - started
+        results["baselines"] = baselines(results["config"])
+        write_results(marker, results)
+        results["markdown"] = write_report(results, out)
+        results["status"] = "finished"
+        write_results(marker, results)
+    except BaseException as err:
+        record_stopped(marker, results, err, log, "bidirectional")
+        raise
     log(f"wrote {out / REPORT_FILE} in {results['seconds']:.0f} s")
     return results
 

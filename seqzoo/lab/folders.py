@@ -20,6 +20,23 @@ from seqzoo.lab.plots import PLOT_FILES
 STATUSES = ("running", "interrupted", "failed", "finished")
 
 
+def stopped_status(err: BaseException) -> dict[str, str]:
+    """What a lab's results file says when ``err`` stopped it before its report: ``interrupted`` for Ctrl-C, else
+    ``failed`` with the error (no longer ``running``, whose live process id refuses the folder)."""
+    if isinstance(err, KeyboardInterrupt):
+        return {"status": "interrupted"}
+    return {"status": "failed", "error": f"{type(err).__name__}: {err}"}
+
+
+def write_results(path: Path, results: dict[str, Any]) -> None:
+    """Write a lab's results file whole or not at all (a kill mid-write leaves the previous one), as strict JSON
+    (a diverged run's NaN becomes null)."""
+    from seqzoo.outputs import write_atomically
+    from seqzoo.utils import strict_json
+
+    write_atomically(path, strict_json(results, indent=1))
+
+
 def prepare_output(out: Path, force: bool, log: Callable[[str], None], resume: bool = False) -> dict[str, Any] | None:
     """Create ``out``. A finished report there is replaced only with ``force``; an unfinished run (interrupted or
     crashed) is replaced with a note, unless it recorded finished training runs: those are replaced only with
@@ -134,12 +151,36 @@ def _process_alive(pid: Any) -> bool:
 
 def check_report_folder(out: Path, results_file: str, what: str, force: bool) -> None:
     """The guard of a lab that writes its report beside others (``seqzoo lab seq2seq``, ``bidirectional``): ``out``
-    must be a folder, and one holding this lab's ``results_file`` is replaced only with ``force``."""
+    must be a folder, and one holding this lab's ``results_file`` (a finished report, or the runs an unfinished one
+    recorded, :func:`record_stopped`) is replaced only with ``force``."""
     if out.exists() and not out.is_dir():
         raise ValueError(f"{str(out)!r} is a file; choose a folder for --out")
     if (out / results_file).is_file() and not force:
+        try:
+            previous = json.loads((out / results_file).read_text())
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+            previous = None
+        status = previous.get("status") if isinstance(previous, dict) else None
+        if status in ("running", "interrupted", "failed"):  # (one written before statuses was a finished report)
+            runs = previous.get("runs")
+            done = sum(1 for run in runs if isinstance(run, dict) and run.get("ok")) if isinstance(runs, list) else 0
+            stopped = f"{status}: {previous['error']}" if isinstance(previous.get("error"), str) else status
+            raise ValueError(f"{str(out)!r} holds an unfinished {what} lab ({stopped}): its {results_file} records "
+                             f"{done} finished training run(s); pass --out NEW_FOLDER to keep them, or --force to "
+                             "replace them (this lab has no --resume)")
         raise ValueError(f"{str(out)!r} already holds a {what} lab report ({results_file}); pass --out NEW_FOLDER "
                          "to keep it, or --force to replace it")
+
+
+def record_stopped(path: Path, results: dict[str, Any], err: BaseException, log: Callable[[str], None],
+                   what: str) -> None:
+    """Mark the results file ``path`` of a lab that writes its report beside others as stopped by ``err``,
+    keeping the ``runs`` of ``results`` (without the report's Markdown, if it got that far), and say so."""
+    kept = {name: value for name, value in results.items() if name != "markdown"}
+    write_results(path, {**kept, **stopped_status(err)})
+    finished = sum(1 for run in results["runs"] if run.get("ok"))
+    log(f"the {what} lab stopped ({stopped_status(err).get('error', 'interrupted')}) before its report; its "
+        f"{finished} finished training run(s) are kept in {path} (this lab has no --resume)")
 
 
 def remove_previous_report(out: Path, results_file: str, files: tuple[str, ...], patterns: tuple[str, ...],

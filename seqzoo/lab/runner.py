@@ -28,7 +28,7 @@ from typing import Any, Callable
 
 from seqzoo.lab import recipes
 from seqzoo.lab.environment import available_cores, describe_environment
-from seqzoo.lab.folders import prepare_output
+from seqzoo.lab.folders import prepare_output, stopped_status
 from seqzoo.lab.recipes import SOLVED_ACCURACY, SOLVED_WINDOW, TEXT
 from seqzoo.lab.workers import run_in_workers
 from seqzoo.outputs import write_atomically
@@ -436,8 +436,7 @@ def run_lab(cfg: LabConfig, out: str | Path, log: Callable[[str], None] = print,
         # Not "running" any more (with this process's pid, a notebook's, that refused the folder for as long as the
         # process lived), and every run that finished is kept.
         interrupted = isinstance(err, KeyboardInterrupt)
-        record("interrupted" if interrupted else "failed",
-               **({} if interrupted else {"error": f"{type(err).__name__}: {err}"}))
+        record(**stopped_status(err))
         finished = sum(1 for run in runs if run["ok"])
         if finished:
             log(f"the lab stopped ({'interrupted' if interrupted else f'{type(err).__name__}: {err}'}) before its "

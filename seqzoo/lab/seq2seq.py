@@ -22,8 +22,6 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from seqzoo.utils import strict_json
-
 RESULTS_FILE, REPORT_FILE = "seq2seq-results.json", "seq2seq.md"
 ACCURACY_PNG = "seq2seq-accuracy.png"
 TASK_TITLES = {"reverse": "reversal", "copy": "copy", "sort": "sorting", "digits": "spelled digits → digits",
@@ -197,7 +195,7 @@ def run_seq2seq_lab(cfg: Seq2SeqLabConfig, out: str | Path, log: Callable[[str],
     """Train every model on every task, then write the report section and its figures into ``out`` (a finished
     report there is replaced only with ``force``)."""
     cfg.validate()
-    from seqzoo.lab.folders import check_report_folder, remove_previous_report
+    from seqzoo.lab.folders import check_report_folder, record_stopped, remove_previous_report, write_results
     from seqzoo.lab.workers import run_lab_jobs
 
     out = Path(out)
@@ -213,17 +211,32 @@ def run_seq2seq_lab(cfg: Seq2SeqLabConfig, out: str | Path, log: Callable[[str],
     workers = cfg.worker_count(len(jobs))
     log(f"seqzoo lab seq2seq: {len(cfg.models)} models x {len(cfg.tasks)} task(s), {len(jobs)} training runs on "
         f"{workers} worker(s) -> {out}")
-    runs = run_lab_jobs(run_job, jobs, workers, log, lambda run: f"{run['model']:<14} {run['task']:<8}",
-                        "exact match by length")
     order = {(j["model"], j["task"]): i for i, j in enumerate(sorted(jobs, key=lambda j: (
         cfg.tasks.index(j["task"]), list(cfg.models).index(j["model"]))))}
-    runs.sort(key=lambda run: order[(run["model"], run["task"])])
-    results = {"config": asdict(cfg), "runs": runs, "workers": workers,
-               "seconds": time.perf_counter() - started}
-    # The runs are kept before the report is drawn: a report that fails loses no training.
-    (out / RESULTS_FILE).write_text(strict_json(results, indent=1))
-    results["markdown"] = write_report(results, out)
-    (out / RESULTS_FILE).write_text(strict_json(results, indent=1))
+    # Every run is recorded as it ends ("running" until the report is written): a failure later (a run's worker,
+    # the report, a full disk) loses no training, and the file says why it stopped.
+    marker = out / RESULTS_FILE
+    results: dict[str, Any] = {"status": "running", "config": asdict(cfg), "runs": [], "workers": workers,
+                               "seconds": 0.0}
+
+    def keep(run: dict[str, Any]) -> None:
+        results["runs"].append(run)
+        results["seconds"] = time.perf_counter() - started
+        write_results(marker, results)
+
+    write_results(marker, results)
+    try:
+        run_lab_jobs(run_job, jobs, workers, log, lambda run: f"{run['model']:<14} {run['task']:<8}",
+                     "exact match by length", keep=keep)
+        results["runs"].sort(key=lambda run: order[(run["model"], run["task"])])
+        results["seconds"] = time.perf_counter() - started
+        write_results(marker, results)
+        results["markdown"] = write_report(results, out)
+        results["status"] = "finished"
+        write_results(marker, results)
+    except BaseException as err:
+        record_stopped(marker, results, err, log, "seq2seq")
+        raise
     log(f"wrote {out / REPORT_FILE} in {results['seconds']:.0f} s")
     return results
 

@@ -26,10 +26,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from seqzoo.lab.folders import prepare_output
+from seqzoo.lab.folders import prepare_output, stopped_status, write_results
 from seqzoo.lab.recipes import TEXT
 from seqzoo.lab.runner import LabConfig, lab_presets, longest_first, make_job, run_jobs
-from seqzoo.outputs import write_atomically
 from seqzoo.training.data import TASKS
 from seqzoo.utils import strict_json
 
@@ -102,28 +101,34 @@ def run_sweep(cfg: SweepConfig, out: str | Path, log: Callable[[str], None] = pr
     jobs = sweep_jobs(cfg, presets, out)
     workers = LabConfig(workers=cfg.workers).worker_count(len(jobs))  # (never more processes than runs)
     environment = describe_environment(command or "seqzoo lab sweep", workers)
-    (out / "results.json").write_text(json.dumps({"status": "running", "environment": environment}))
+    marker = out / "results.json"
+    write_results(marker, {"status": "running", "environment": environment})
     started = time.perf_counter()
     log(f"seqzoo lab sweep: {len(presets)} architectures, {len(jobs)} runs on {workers} worker(s) ({cfg.device})")
+    kept: list[bool] = []  # (one per finished run)
 
     def keep(result: dict[str, Any]) -> None:
         result.pop("losses", None)  # hundreds of runs x every step: too much to keep
         with partial.open("a") as f:
             f.write(strict_json(result) + "\n")
+        kept.append(result["ok"])
 
     try:
         runs = run_jobs(jobs, workers, log, device=cfg.device, on_result=keep,
                         deadline=started + cfg.deadline_seconds if cfg.deadline_seconds else None)
-    except KeyboardInterrupt:
-        # As the lab: "running" with this process's pid refused the folder, --force or not, for as long as the
-        # process lived (a notebook's kernel, after Ctrl-C).
-        (out / "results.json").write_text(json.dumps({"status": "interrupted", "environment": environment}))
+        results = {"status": "finished", "config": asdict(cfg), "presets": presets, "runs": runs,
+                   "planned_runs": len(jobs), "environment": environment, "seconds": time.perf_counter() - started}
+        results["proposal"] = propose(results)
+        (out / "sweep.md").write_text(sweep_report(results))
+        write_results(marker, results)  # (last: "finished" only once the report is there)
+    except BaseException as err:
+        # As the lab: not "running" any more (with this process's pid, a notebook's, that refused the folder for as
+        # long as the process lived), and the finished runs stay in runs.jsonl.
+        write_results(marker, {**stopped_status(err), "environment": environment})
+        if kept:
+            log(f"the sweep stopped ({stopped_status(err).get('error', 'interrupted')}) before its report; its "
+                f"{len(kept)} finished run(s) are kept in {partial} (a rerun keeps them unless given --force)")
         raise
-    results = {"status": "finished", "config": asdict(cfg), "presets": presets, "runs": runs,
-               "planned_runs": len(jobs), "environment": environment, "seconds": time.perf_counter() - started}
-    results["proposal"] = propose(results)
-    write_atomically(out / "results.json", strict_json(results, indent=1))
-    (out / "sweep.md").write_text(sweep_report(results))
     log(f"wrote {out / 'sweep.md'}; proposed recipes:\n{json.dumps(results['proposal'], indent=1)}")
     return results
 

@@ -51,15 +51,17 @@ def run_in_workers(run: Callable[[dict[str, Any]], dict[str, Any]], jobs: list[d
 
 def run_lab_jobs(run: Callable[[dict[str, Any]], dict[str, Any]], jobs: list[dict[str, Any]], workers: int,
                  log: Callable[[str], None], label: Callable[[dict[str, Any]], str],
-                 figures: str) -> list[dict[str, Any]]:
+                 figures: str, keep: Callable[[dict[str, Any]], None] | None = None) -> list[dict[str, Any]]:
     """The runs of a lab that writes its report beside others (``seqzoo lab seq2seq``, ``bidirectional``), each
-    logged as it ends (``label(run)``, then its accuracy by key, named ``figures``): :func:`run_in_workers`, or with
-    one worker in this process (no worker to start: seconds saved in a smoke run), as a worker would run them: one
-    thread, on the CPU."""
+    handed to ``keep`` (which records it) and logged as it ends (``label(run)``, then its accuracy by key, named
+    ``figures``): :func:`run_in_workers`, or with one worker in this process (no worker to start: seconds saved in a
+    smoke run), as a worker would run them: one thread, on the CPU."""
     runs: list[dict[str, Any]] = []
 
     def on_result(result: dict[str, Any]) -> None:
         runs.append(result)
+        if keep is not None:
+            keep(result)
         read = (" ".join(f"{key}:{accuracy:.2f}" for key, accuracy in sorted(result["accuracy"].items()))
                 if result["ok"] else f"FAILED: {result['error']}")
         log(f"[{len(runs):>2}/{len(jobs)}] {label(result)} {figures} {read} ({result['seconds']:.1f} s)")

@@ -112,3 +112,44 @@ def test_a_negative_worker_count_or_a_learning_rate_out_of_range_is_refused_befo
     BidirectionalLabConfig(workers=0).validate()
     with pytest.raises(ValueError, match=r"lr=0.0 is invalid: must be in \(0, 1\)"):
         BidirectionalLabConfig(lr=0.0).validate()  # (every run failed on it, one by one)
+
+
+def test_a_lab_that_fails_after_some_runs_keeps_them_on_disk_and_says_why(tmp_path, monkeypatch):
+    """The results were written only once every run had ended: a failure in a later run lost the training done.
+    Each run is now recorded (strict JSON) as it ends, and the file says the lab failed and why."""
+    calls = []
+
+    def one_run_then_broken(job):
+        calls.append(job)
+        if len(calls) > 1:
+            raise RuntimeError("a worker died")
+        return {"arch": job["arch"], "task": job["task"], "direction": job["direction"], "ok": True,
+                "accuracy": {8: float("nan")}, "seconds": 0.1}
+
+    monkeypatch.setattr(bidirectional, "run_job", one_run_then_broken)
+    out, lines = tmp_path / "bi", []
+    cfg = BidirectionalLabConfig.smoke(workers=1)
+    with pytest.raises(RuntimeError, match="a worker died"):
+        bidirectional.run_bidirectional_lab(cfg, out, log=lines.append)
+    kept = json.loads((out / "bidirectional-results.json").read_text())
+    assert kept["status"] == "failed" and kept["error"] == "RuntimeError: a worker died"
+    assert kept["runs"] == [{"arch": calls[0]["arch"], "task": calls[0]["task"], "direction": calls[0]["direction"],
+                             "ok": True, "accuracy": {"8": None}, "seconds": 0.1}]
+    assert kept["command"] == "seqzoo lab bidirectional"
+    assert any("1 finished training run(s) are kept in" in line for line in lines), lines
+    with pytest.raises(ValueError, match=r"holds an unfinished bidirectional lab \(failed: RuntimeError: a worker "
+                                         r"died\).*records 1 finished training run\(s\).*--force to replace them"):
+        bidirectional.run_bidirectional_lab(cfg, out, log=lines.append)
+
+    # A report that fails keeps every run too.
+    def broken_report(results, out):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(bidirectional, "run_job", lambda job: {**{k: job[k] for k in ("arch", "task", "direction")},
+                                                               "ok": True, "accuracy": {8: 0.5}, "seconds": 0.1})
+    monkeypatch.setattr(bidirectional, "write_report", broken_report)
+    with pytest.raises(OSError, match="disk full"):
+        bidirectional.run_bidirectional_lab(cfg, out, log=lines.append, force=True)
+    kept = json.loads((out / "bidirectional-results.json").read_text())
+    assert kept["status"] == "failed" and kept["error"] == "OSError: disk full"
+    assert len(kept["runs"]) == 2 * len(cfg.architectures) * len(cfg.tasks) and "baselines" in kept

@@ -505,3 +505,37 @@ def test_seqzoo_lab_hands_each_option_to_the_lab_and_fails_when_a_run_failed(mon
     assert main(["lab", "--out", "mine", "--force"]) == 0
     cfg, out, _, force = calls[1]
     assert cfg == LabConfig() and (out, force) == ("mine", True)
+
+
+def test_a_sweep_that_fails_marks_its_folder_failed_and_keeps_its_finished_runs(tmp_path, monkeypatch):
+    """Only Ctrl-C marked the folder: any other error (a run's worker pool broken, the report) left it "running"
+    with this process's id, which refused a rerun there for as long as the process (a notebook's) lived."""
+    from seqzoo.lab import sweep
+    from seqzoo.lab.sweep import SweepConfig, run_sweep
+
+    def one_run_then_broken(jobs, workers, log, device="cpu", deadline=None, on_result=None):
+        on_result({"arch": "lstm", "task": "copy", "ok": True, "losses": [1.0], "accuracy": {4: float("nan")}})
+        raise RuntimeError("the pool broke")
+
+    monkeypatch.setattr(sweep, "run_jobs", one_run_then_broken)
+    out, lines = tmp_path / "sweep", []
+    with pytest.raises(RuntimeError, match="the pool broke"):
+        run_sweep(SweepConfig(architectures=["lstm"]), out, log=lines.append)
+    written = json.loads((out / "results.json").read_text())
+    assert written["status"] == "failed" and written["error"] == "RuntimeError: the pool broke"
+    assert written["environment"]["command"] == "seqzoo lab sweep"
+    kept = [json.loads(line) for line in (out / "runs.jsonl").read_text().splitlines()]
+    assert kept == [{"arch": "lstm", "task": "copy", "ok": True, "accuracy": {"4": None}}]  # (strict JSON)
+    assert any("1 finished run(s) are kept in" in line for line in lines), lines
+    # Not taken for a running sweep: a rerun here is refused only for the runs it would drop.
+    with pytest.raises(ValueError, match="unfinished sweep: .* 1 finished run"):
+        run_sweep(SweepConfig(architectures=["lstm"]), out, log=lines.append)
+
+    def broken_report(results):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(sweep, "run_jobs", lambda *args, **kwargs: [])
+    monkeypatch.setattr(sweep, "sweep_report", broken_report)
+    with pytest.raises(OSError, match="disk full"):
+        run_sweep(SweepConfig(architectures=["lstm"]), out, log=lines.append, force=True)
+    assert json.loads((out / "results.json").read_text())["error"] == "OSError: disk full"

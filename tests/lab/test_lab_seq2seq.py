@@ -89,6 +89,38 @@ def test_a_report_that_fails_loses_none_of_the_runs(tmp_path, monkeypatch):
         run_seq2seq_lab(cfg, tmp_path / "s2s", log=lambda line: None)
     kept = json.loads((tmp_path / "s2s" / RESULTS_FILE).read_text())
     assert [(run["model"], run["ok"]) for run in kept["runs"]] == [("plain", True)]
+    assert kept["status"] == "failed" and kept["error"] == "RuntimeError: the report failed"
+
+
+@pytest.mark.parametrize("stop, status", [(RuntimeError("a worker died"), "failed"), (KeyboardInterrupt(),
+                                                                                      "interrupted")])
+def test_a_lab_stopped_after_some_runs_keeps_them_on_disk_and_says_why(tmp_path, monkeypatch, stop, status):
+    """The results were written only once every run had ended: a failure in a later run (or Ctrl-C) lost the
+    training done, and the folder held no sign of it."""
+    import seqzoo.lab.seq2seq as lab
+
+    calls = []
+
+    def one_run_then_stopped(job):
+        calls.append(job["model"])
+        if len(calls) > 1:
+            raise stop
+        return {"model": job["model"], "task": job["task"], "ok": True, "accuracy": {2: float("nan")}, "seconds": 0.1}
+
+    monkeypatch.setattr(lab, "run_job", one_run_then_stopped)
+    cfg = Seq2SeqLabConfig.smoke(tasks=["reverse"], workers=1)
+    out, lines = tmp_path / "s2s", []
+    with pytest.raises(type(stop)):
+        run_seq2seq_lab(cfg, out, log=lines.append)
+    kept = json.loads((out / RESULTS_FILE).read_text())  # (strict JSON: the NaN is a null)
+    assert kept["runs"] == [{"model": calls[0], "task": "reverse", "ok": True, "accuracy": {"2": None},
+                             "seconds": 0.1}]
+    assert kept["status"] == status and kept.get("error") == ("RuntimeError: a worker died" if status == "failed"
+                                                              else None)
+    assert any("1 finished training run(s) are kept in" in line for line in lines), lines
+    with pytest.raises(ValueError, match=rf"holds an unfinished seq2seq lab \({status}.*records 1 finished training "
+                                         r"run\(s\); pass --out NEW_FOLDER to keep them, or --force"):
+        run_seq2seq_lab(cfg, out, log=lines.append)
 
 
 def test_one_worker_runs_the_jobs_here_as_a_worker_would_and_logs_each(monkeypatch):
