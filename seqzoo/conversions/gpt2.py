@@ -162,7 +162,10 @@ def native_weights(state_dict: dict[str, torch.Tensor], config: Any) -> dict[str
 
     def kv(key: str) -> tuple[torch.Tensor, torch.Tensor]:
         weight, bias = linear(key)
-        heads = lambda t: t.unflatten(0, (config.num_key_value_heads, -1)).repeat_interleave(groups, 0).flatten(0, 1)
+
+        def heads(t: torch.Tensor) -> torch.Tensor:
+            return t.unflatten(0, (config.num_key_value_heads, -1)).repeat_interleave(groups, 0).flatten(0, 1)
+
         return heads(weight), heads(bias)
 
     out = {"transformer.wte.weight": state_dict["model.embed_tokens.weight"],

@@ -213,7 +213,8 @@ def supports_key_wkv7(r, w, k, v, a, b, *, initial_state=None, reset=None):
 
 
 def supports_wkv7_chunked(r, w, k, v, a, b, *, initial_state=None, reset=None):
-    """``triton_chunked``: no reset input (the fused ``triton`` backend takes one); otherwise as :func:`supports_wkv7`."""
+    """``triton_chunked``: no reset input (the fused ``triton`` backend takes one); otherwise as
+    :func:`supports_wkv7`."""
     ok, reason = refuse_reset(reset)
     if not ok:
         return False, reason + " (so does the fused triton backend)"

@@ -80,7 +80,8 @@ def reproduction_notes(results: dict[str, Any], accuracy: dict[str, dict[str, di
     lines = []
     for check in reproduction_checks(results, accuracy):
         figures = ", ".join(f"{a:.2f} at {d}" for d, a in check["means"].items())
-        steps = sorted({r["steps"] for r in results["runs"] if r["task"] == check["task"] and r["arch"] == check["arch"]})
+        steps = sorted({r["steps"] for r in results["runs"]
+                        if r["task"] == check["task"] and r["arch"] == check["arch"]})
         if check["reproduced"]:
             seeds = f"{check['seeds']} seed{'s' if check['seeds'] > 1 else ''}"
             lines.append(f"- **Reproduced**: {check['paper']}: {check['claim']}. {check['arch']}: {figures} "
@@ -200,7 +201,8 @@ def _times(ratio: float) -> str:
 
 def _cost_takeaways(measured: dict[str, Any], cfg: dict[str, Any]) -> list[str]:
     first, last = cfg["decode_contexts"][0], cfg["decode_contexts"][-1]
-    growing = {a: m["decode"] for a, m in measured.items() if m["decode"][-1]["state_bytes"] > m["decode"][0]["state_bytes"]}
+    growing = {a: m["decode"] for a, m in measured.items()
+               if m["decode"][-1]["state_bytes"] > m["decode"][0]["state_bytes"]}
     fixed = {a: m["decode"][0]["state_bytes"] for a, m in measured.items() if a not in growing}
     out = []
     for arch, rows in growing.items():

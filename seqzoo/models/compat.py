@@ -40,7 +40,6 @@ from collections import OrderedDict
 from typing import Any, Iterable
 
 import torch
-
 from transformers import GenerationMixin
 from transformers.masking_utils import create_causal_mask
 from transformers.modeling_outputs import BaseModelOutputWithPast

@@ -31,7 +31,12 @@ import torch
 
 from seqzoo.tokenizer import EOS_TOKEN_ID, PAD_TOKEN_ID, VOCAB_SIZE, check_trainable_text
 from seqzoo.training.data import (
-    IGNORE, _EVAL_STREAM, _generator, content_hash, epoch_sampler, read_text_file,
+    _EVAL_STREAM,
+    IGNORE,
+    _generator,
+    content_hash,
+    epoch_sampler,
+    read_text_file,
     refuse_repeated_files,
 )
 from seqzoo.utils import unwrap
