@@ -18,6 +18,8 @@ lists in ``projection_parameters``.
 
 from __future__ import annotations
 
+import dataclasses
+import difflib
 import re
 from typing import Any
 
@@ -34,6 +36,7 @@ PEFT_TASK_TYPES = {
     "seq2seq": "SEQ_2_SEQ_LM",
 }
 LORA_DEFAULTS = {"r": 8, "lora_alpha": 16, "lora_dropout": 0.0}
+CONFIG_CLASSES = {"lora": "LoraConfig", "ia3": "IA3Config", "prompt_tuning": "PromptTuningConfig"}  # (peft's)
 
 
 def peft_targets(model: nn.Module) -> dict[str, list[str]]:
@@ -92,6 +95,7 @@ def peft_config(model: nn.Module, method: str = "lora", task_type: Any = None, *
 
     if method not in METHODS:
         raise ValueError(f"unknown adapter method {method!r}; seqzoo.peft_config knows {', '.join(METHODS)}")
+    _check_override_names(method, overrides)
     _refuse_adapted(model)
     spec = architecture_for_model_type(getattr(getattr(model, "config", None), "model_type", None))
     expected = PEFT_TASK_TYPES[spec.task_of(type(model))]
@@ -125,6 +129,22 @@ def peft_config(model: nn.Module, method: str = "lora", task_type: Any = None, *
     values.update(overrides)
     _check_exclude_modules(model, values)
     return peft.IA3Config(**values)
+
+
+def _check_override_names(method: str, overrides: dict[str, Any]) -> None:
+    """Each override must be an argument of ``method``'s peft config: peft's TypeError ("LoraConfig.__init__() got an
+    unexpected keyword argument 'rank'") named none it takes. ``peft_type`` is refused too: the config class sets its
+    own in place of the one given."""
+    import peft
+
+    config_class = getattr(peft, CONFIG_CLASSES[method])
+    allowed = sorted(f.name for f in dataclasses.fields(config_class) if f.init and f.name != "peft_type")
+    unknown = [name for name in overrides if name not in allowed]
+    if unknown:
+        close = difflib.get_close_matches(unknown[0], allowed, n=1)
+        hint = f" Did you mean {close[0]!r}?" if close else ""
+        raise ValueError(f"{method} takes no argument {unknown[0]!r} (peft's {config_class.__name__}).{hint} It takes "
+                         f"{', '.join(allowed)}")
 
 
 def _check_target_modules(model: nn.Module, names: Any) -> None:

@@ -535,3 +535,17 @@ def test_prompt_tuning_checks_modules_to_save_too(task):
         seqzoo.peft_config(model, method="prompt_tuning", modules_to_save="lm_head")
     with pytest.raises(ValueError, match=r"modules_to_save \['lm_hed'\] name no module"):
         seqzoo.peft_config(model, method="prompt_tuning", modules_to_save=["lm_hed"])
+
+
+@pytest.mark.parametrize("method, overrides, refused, hint", [
+    ("lora", {"rank": 16}, "rank", ""),
+    ("ia3", {"r": 4}, "r", ""),  # (IA3 has no rank: LoRA's argument)
+    ("lora", {"dropout": 0.1}, "dropout", "Did you mean 'lora_dropout'"),
+    ("prompt_tuning", {"num_virtual_token": 4}, "num_virtual_token", "Did you mean 'num_virtual_tokens'"),
+    ("lora", {"peft_type": "IA3"}, "peft_type", ""),  # (peft sets it from the config class, ignoring the one given)
+])
+def test_an_override_the_peft_config_does_not_take_is_refused_naming_those_it_takes(method, overrides, refused, hint):
+    """peft's TypeError ("LoraConfig.__init__() got an unexpected keyword argument 'rank'") named no argument it
+    takes, and a peft_type was taken and silently replaced."""
+    with pytest.raises(ValueError, match=rf"{method} takes no argument {refused!r}.*{hint}.* It takes .*task_type"):
+        seqzoo.peft_config(build("gru", "causal-lm"), method, **overrides)
