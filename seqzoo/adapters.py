@@ -81,7 +81,8 @@ def peft_config(model: nn.Module, method: str = "lora", task_type: Any = None, *
     that key's default (``target_modules`` leaves the default ``target_parameters`` in place: pass
     ``target_parameters=[]`` to adapt the named modules alone; a listed module name that names no module of the
     model is refused, where peft would go on with the recurrent weights alone, and so is a listed parameter name
-    that names no parameter). The defaults: LoRA r=8, alpha=16,
+    that names no parameter; ``layers_to_transform``, which peft applies to ``target_modules`` alone, is refused
+    beside ``target_parameters``). The defaults: LoRA r=8, alpha=16,
     no dropout (peft's LoRA on parameters takes none), every Linear layer of the backbone and the recurrent cells'
     ``weight_ih`` / ``weight_hh``; IA3 scales the output of every Linear layer of the backbone. The classic
     RNN/LSTM/GRU have no Linear layer in their backbone, so for them IA3 is refused (peft's IA3 adapts Linear and
@@ -115,6 +116,7 @@ def peft_config(model: nn.Module, method: str = "lora", task_type: Any = None, *
         values.update(overrides)
         _check_target_parameters(model, overrides.get("target_parameters"))
         _check_exclude_modules(model, values)
+        _refuse_layers_to_transform_on_parameters(model, values)
         _refuse_quantised_parameters(model, values.get("target_parameters") or ())
         _refuse_quantised_model(model, method)
         return peft.LoraConfig(**values)
@@ -253,6 +255,23 @@ def _check_target_parameters(model: nn.Module, names: Any) -> None:
                          "a parameter's own name, or its full name's last components); seqzoo's defaults are "
                          f"target_modules={targets['target_modules']}, "
                          f"target_parameters={targets['target_parameters']} (seqzoo.peft_targets(model))")
+
+
+def _refuse_layers_to_transform_on_parameters(model: nn.Module, values: dict[str, Any]) -> None:
+    """peft applies ``layers_to_transform`` to ``target_modules`` alone: the ``target_parameters`` (a classic cell's
+    recurrent weights, by default) were adapted in every layer, the argument ignored without a word."""
+    chosen, names = values.get("layers_to_transform"), values.get("target_parameters")
+    if chosen is None or not names or isinstance(names, str):  # (a string: peft refuses it itself)
+        return
+    full = [f"{module_name}.{name}" for module_name, module in model.named_modules()
+            for name, _ in module.named_parameters(recurse=False)
+            if any(f"{module_name}.{name}" == n or f"{module_name}.{name}".endswith(f".{n}") for n in names)]
+    first = full[0].rpartition(".")[0]
+    example = sorted(name for name in full if name.rpartition(".")[0] == first)
+    raise ValueError(f"layers_to_transform={chosen!r} applies to target_modules, not to target_parameters "
+                     f"{sorted(names)}, which peft adapts in every layer: pick their layers by full name "
+                     f"(target_parameters={example} adapts {first} alone), or pass target_parameters=[] to adapt "
+                     "the target_modules alone")
 
 
 def _refuse_quantised_parameters(model: nn.Module, names: Any) -> None:

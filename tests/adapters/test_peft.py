@@ -549,3 +549,21 @@ def test_an_override_the_peft_config_does_not_take_is_refused_naming_those_it_ta
     takes, and a peft_type was taken and silently replaced."""
     with pytest.raises(ValueError, match=rf"{method} takes no argument {refused!r}.*{hint}.* It takes .*task_type"):
         seqzoo.peft_config(build("gru", "causal-lm"), method, **overrides)
+
+
+@pytest.mark.parametrize("overrides", [{"layers_to_transform": [0]},
+                                       {"layers_to_transform": 0, "layers_pattern": "layers"}])
+def test_layers_to_transform_with_target_parameters_is_refused(overrides):
+    """peft applies layers_to_transform to target_modules only: a classic cell's recurrent weights (the default
+    target_parameters) were adapted in every layer, the argument ignored without a word."""
+    gru = build("gru", "causal-lm")
+    with pytest.raises(ValueError, match=r"layers_to_transform.*not to target_parameters \['weight_hh', 'weight_ih'\]"
+                                         r".*target_parameters=\['model.layers.0.weight_hh'"):
+        seqzoo.peft_config(gru, **overrides)
+    # the way the message gives: full names pick the layers
+    config = seqzoo.peft_config(gru, target_parameters=["layers.0.weight_hh", "layers.0.weight_ih"])
+    model = get_peft_model(gru, config)
+    adapted = {name for name, module in model.named_modules() if isinstance(module, ParamWrapper)}
+    assert adapted and all(".layers.0" in name for name in adapted)
+    # a block model's defaults have no target_parameters: peft picks its layers
+    seqzoo.peft_config(build("transformer", "causal-lm"), layers_to_transform=[0])
