@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import numbers
 import re
 from typing import Any
 
@@ -317,7 +318,27 @@ def _prompt_tuning_config(model: nn.Module, task_type: str, overrides: dict[str,
               "num_transformer_submodules": 1, "num_layers": config.num_hidden_layers,
               "num_attention_heads": getattr(config, "num_attention_heads", None) or 1}
     values.update(overrides)
+    _check_prompt_sizes(model, values)
     return peft.PromptTuningConfig(**values)
+
+
+def _check_prompt_sizes(model: nn.Module, values: dict[str, Any]) -> None:
+    """Sizes of a soft prompt that cannot run: ``num_virtual_tokens=0`` trained nothing without a word, a negative or
+    fractional one failed in torch ("negative dimension"), a ``token_dim`` other than the embedding width failed at the
+    first forward ("Sizes of tensors must match"), and a second transformer submodule on a model without a decoder
+    made a prompt the attention mask did not fit."""
+    count, width = values["num_virtual_tokens"], values["token_dim"]
+    if isinstance(count, bool) or not isinstance(count, numbers.Integral) or count < 1:
+        raise ValueError(f"prompt_tuning: num_virtual_tokens={count!r} must be a positive integer, the length of the "
+                         "soft prompt in tokens")
+    expected = model.get_input_embeddings().embedding_dim
+    if width != expected:
+        raise ValueError(f"prompt_tuning: token_dim={width!r} must be the width of {type(model).__name__}'s input "
+                         f"embeddings, {expected}, to which the prompt is prepended (leave token_dim out)")
+    submodules = values["num_transformer_submodules"]
+    if values["task_type"] != "SEQ_2_SEQ_LM" and submodules != 1:
+        raise ValueError(f"prompt_tuning: num_transformer_submodules={submodules!r} must be 1 for "
+                         f"{values['task_type']}: a second prompt is for an encoder-decoder's decoder")
 
 
 __all__ = ["METHODS", "PEFT_TASK_TYPES", "peft_config", "peft_targets"]

@@ -567,3 +567,17 @@ def test_layers_to_transform_with_target_parameters_is_refused(overrides):
     assert adapted and all(".layers.0" in name for name in adapted)
     # a block model's defaults have no target_parameters: peft picks its layers
     seqzoo.peft_config(build("transformer", "causal-lm"), layers_to_transform=[0])
+
+
+@pytest.mark.parametrize("key, value, refused", [
+    ("num_virtual_tokens", 0, "must be a positive integer"),  # (a prompt of no token: nothing to train, no word)
+    ("num_virtual_tokens", -1, "must be a positive integer"),  # (torch: "negative dimension -1")
+    ("num_virtual_tokens", 2.5, "must be a positive integer"),
+    ("num_virtual_tokens", True, "must be a positive integer"),
+    ("token_dim", 5, r"must be the width of GRUForCausalLM's input embeddings, \d+"),  # ("Sizes of tensors must match")
+    ("num_transformer_submodules", 2, r"must be 1 for CAUSAL_LM"),  # (a mask that fits no input)
+])
+def test_prompt_tuning_sizes_that_cannot_run_are_refused(key, value, refused):
+    with pytest.raises(ValueError, match=rf"prompt_tuning: {key}={value!r} {refused}"):
+        seqzoo.peft_config(build("gru", "causal-lm"), "prompt_tuning", **{key: value})
+    assert seqzoo.peft_config(build("gru", "causal-lm"), "prompt_tuning", num_virtual_tokens=3).num_virtual_tokens == 3
