@@ -98,6 +98,7 @@ def peft_config(model: nn.Module, method: str = "lora", task_type: Any = None, *
     if method not in METHODS:
         raise ValueError(f"unknown adapter method {method!r}; seqzoo.peft_config knows {', '.join(METHODS)}")
     _check_override_names(method, overrides)
+    _check_name_lists(overrides)
     _refuse_adapted(model)
     spec = architecture_for_model_type(getattr(getattr(model, "config", None), "model_type", None))
     expected = PEFT_TASK_TYPES[spec.task_of(type(model))]
@@ -148,6 +149,22 @@ def _check_override_names(method: str, overrides: dict[str, Any]) -> None:
         hint = f" Did you mean {close[0]!r}?" if close else ""
         raise ValueError(f"{method} takes no argument {unknown[0]!r} (peft's {config_class.__name__}).{hint} It takes "
                          f"{', '.join(allowed)}")
+
+
+_NAME_LISTS = ("target_modules", "target_parameters", "modules_to_save", "exclude_modules")
+
+
+def _check_name_lists(overrides: dict[str, Any]) -> None:
+    """Each of :data:`_NAME_LISTS` given must be a list (tuple, set) of strings: ``target_modules=[1]`` matched
+    "layers.1" and failed in peft ("'int' object has no attribute 'split'"), ``modules_to_save=[1]`` failed in
+    :func:`_check_modules_to_save`, ``5`` was "not iterable". A string is left to the checks of each key."""
+    for key in _NAME_LISTS:
+        names = overrides.get(key)
+        if names is None or isinstance(names, str):
+            continue
+        if not isinstance(names, (list, tuple, set, frozenset)) or not all(isinstance(n, str) for n in names):
+            also = ", or a regular expression (a string)" if key in ("target_modules", "exclude_modules") else ""
+            raise ValueError(f"{key}={names!r} must be a list of names (strings){also}")
 
 
 def _check_target_modules(model: nn.Module, names: Any) -> None:

@@ -5,6 +5,8 @@ nothing to merge) on every architecture."""
 
 from __future__ import annotations
 
+import re
+
 import pytest
 import torch
 from peft import PeftModel, TaskType, get_peft_model
@@ -581,3 +583,12 @@ def test_prompt_tuning_sizes_that_cannot_run_are_refused(key, value, refused):
     with pytest.raises(ValueError, match=rf"prompt_tuning: {key}={value!r} {refused}"):
         seqzoo.peft_config(build("gru", "causal-lm"), "prompt_tuning", **{key: value})
     assert seqzoo.peft_config(build("gru", "causal-lm"), "prompt_tuning", num_virtual_tokens=3).num_virtual_tokens == 3
+
+
+@pytest.mark.parametrize("key", ["target_modules", "target_parameters", "modules_to_save", "exclude_modules"])
+@pytest.mark.parametrize("value", [[1], ["lm_head", None], 5])
+def test_a_name_list_holding_no_strings_is_refused(key, value):
+    """target_modules=[1] matched "layers.1" here and failed in peft ("'int' object has no attribute 'split'");
+    modules_to_save=[1] failed in seqzoo's own check ("endswith first arg must be str"); 5 was "not iterable"."""
+    with pytest.raises(ValueError, match=rf"{key}={re.escape(repr(value))} must be a list of names \(strings\)"):
+        seqzoo.peft_config(build("transformer", "causal-lm"), **{key: value})
