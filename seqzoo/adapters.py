@@ -18,6 +18,9 @@ lists in ``projection_parameters``.
 
 from __future__ import annotations
 
+import dataclasses
+import difflib
+import numbers
 import re
 from typing import Any
 
@@ -34,6 +37,7 @@ PEFT_TASK_TYPES = {
     "seq2seq": "SEQ_2_SEQ_LM",
 }
 LORA_DEFAULTS = {"r": 8, "lora_alpha": 16, "lora_dropout": 0.0}
+CONFIG_CLASSES = {"lora": "LoraConfig", "ia3": "IA3Config", "prompt_tuning": "PromptTuningConfig"}  # (peft's)
 
 
 def peft_targets(model: nn.Module) -> dict[str, list[str]]:
@@ -78,7 +82,8 @@ def peft_config(model: nn.Module, method: str = "lora", task_type: Any = None, *
     that key's default (``target_modules`` leaves the default ``target_parameters`` in place: pass
     ``target_parameters=[]`` to adapt the named modules alone; a listed module name that names no module of the
     model is refused, where peft would go on with the recurrent weights alone, and so is a listed parameter name
-    that names no parameter). The defaults: LoRA r=8, alpha=16,
+    that names no parameter; ``layers_to_transform``, which peft applies to ``target_modules`` alone, is refused
+    beside ``target_parameters``). The defaults: LoRA r=8, alpha=16,
     no dropout (peft's LoRA on parameters takes none), every Linear layer of the backbone and the recurrent cells'
     ``weight_ih`` / ``weight_hh``; IA3 scales the output of every Linear layer of the backbone. The classic
     RNN/LSTM/GRU have no Linear layer in their backbone, so for them IA3 is refused (peft's IA3 adapts Linear and
@@ -92,6 +97,8 @@ def peft_config(model: nn.Module, method: str = "lora", task_type: Any = None, *
 
     if method not in METHODS:
         raise ValueError(f"unknown adapter method {method!r}; seqzoo.peft_config knows {', '.join(METHODS)}")
+    _check_override_names(method, overrides)
+    _check_name_lists(overrides)
     _refuse_adapted(model)
     spec = architecture_for_model_type(getattr(getattr(model, "config", None), "model_type", None))
     expected = PEFT_TASK_TYPES[spec.task_of(type(model))]
@@ -111,6 +118,7 @@ def peft_config(model: nn.Module, method: str = "lora", task_type: Any = None, *
         values.update(overrides)
         _check_target_parameters(model, overrides.get("target_parameters"))
         _check_exclude_modules(model, values)
+        _refuse_layers_to_transform_on_parameters(model, values)
         _refuse_quantised_parameters(model, values.get("target_parameters") or ())
         _refuse_quantised_model(model, method)
         return peft.LoraConfig(**values)
@@ -125,6 +133,38 @@ def peft_config(model: nn.Module, method: str = "lora", task_type: Any = None, *
     values.update(overrides)
     _check_exclude_modules(model, values)
     return peft.IA3Config(**values)
+
+
+def _check_override_names(method: str, overrides: dict[str, Any]) -> None:
+    """Each override must be an argument of ``method``'s peft config: peft's TypeError ("LoraConfig.__init__() got an
+    unexpected keyword argument 'rank'") named none it takes. ``peft_type`` is refused too: the config class sets its
+    own in place of the one given."""
+    import peft
+
+    config_class = getattr(peft, CONFIG_CLASSES[method])
+    allowed = sorted(f.name for f in dataclasses.fields(config_class) if f.init and f.name != "peft_type")
+    unknown = [name for name in overrides if name not in allowed]
+    if unknown:
+        close = difflib.get_close_matches(unknown[0], allowed, n=1)
+        hint = f" Did you mean {close[0]!r}?" if close else ""
+        raise ValueError(f"{method} takes no argument {unknown[0]!r} (peft's {config_class.__name__}).{hint} It takes "
+                         f"{', '.join(allowed)}")
+
+
+_NAME_LISTS = ("target_modules", "target_parameters", "modules_to_save", "exclude_modules")
+
+
+def _check_name_lists(overrides: dict[str, Any]) -> None:
+    """Each of :data:`_NAME_LISTS` given must be a list (tuple, set) of strings: ``target_modules=[1]`` matched
+    "layers.1" and failed in peft ("'int' object has no attribute 'split'"), ``modules_to_save=[1]`` failed in
+    :func:`_check_modules_to_save`, ``5`` was "not iterable". A string is left to the checks of each key."""
+    for key in _NAME_LISTS:
+        names = overrides.get(key)
+        if names is None or isinstance(names, str):
+            continue
+        if not isinstance(names, (list, tuple, set, frozenset)) or not all(isinstance(n, str) for n in names):
+            also = ", or a regular expression (a string)" if key in ("target_modules", "exclude_modules") else ""
+            raise ValueError(f"{key}={names!r} must be a list of names (strings){also}")
 
 
 def _check_target_modules(model: nn.Module, names: Any) -> None:
@@ -235,6 +275,23 @@ def _check_target_parameters(model: nn.Module, names: Any) -> None:
                          f"target_parameters={targets['target_parameters']} (seqzoo.peft_targets(model))")
 
 
+def _refuse_layers_to_transform_on_parameters(model: nn.Module, values: dict[str, Any]) -> None:
+    """peft applies ``layers_to_transform`` to ``target_modules`` alone: the ``target_parameters`` (a classic cell's
+    recurrent weights, by default) were adapted in every layer, the argument ignored without a word."""
+    chosen, names = values.get("layers_to_transform"), values.get("target_parameters")
+    if chosen is None or not names or isinstance(names, str):  # (a string: peft refuses it itself)
+        return
+    full = [f"{module_name}.{name}" for module_name, module in model.named_modules()
+            for name, _ in module.named_parameters(recurse=False)
+            if any(f"{module_name}.{name}" == n or f"{module_name}.{name}".endswith(f".{n}") for n in names)]
+    first = full[0].rpartition(".")[0]
+    example = sorted(name for name in full if name.rpartition(".")[0] == first)
+    raise ValueError(f"layers_to_transform={chosen!r} applies to target_modules, not to target_parameters "
+                     f"{sorted(names)}, which peft adapts in every layer: pick their layers by full name "
+                     f"(target_parameters={example} adapts {first} alone), or pass target_parameters=[] to adapt "
+                     "the target_modules alone")
+
+
 def _refuse_quantised_parameters(model: nn.Module, names: Any) -> None:
     """peft's LoRA on a parameter adds W + B A to the weight, which a quantised (torchao) weight cannot do: the first
     forward failed inside torchao (NotImplementedError for aten.add)."""
@@ -278,7 +335,27 @@ def _prompt_tuning_config(model: nn.Module, task_type: str, overrides: dict[str,
               "num_transformer_submodules": 1, "num_layers": config.num_hidden_layers,
               "num_attention_heads": getattr(config, "num_attention_heads", None) or 1}
     values.update(overrides)
+    _check_prompt_sizes(model, values)
     return peft.PromptTuningConfig(**values)
+
+
+def _check_prompt_sizes(model: nn.Module, values: dict[str, Any]) -> None:
+    """Sizes of a soft prompt that cannot run: ``num_virtual_tokens=0`` trained nothing without a word, a negative or
+    fractional one failed in torch ("negative dimension"), a ``token_dim`` other than the embedding width failed at the
+    first forward ("Sizes of tensors must match"), and a second transformer submodule on a model without a decoder
+    made a prompt the attention mask did not fit."""
+    count, width = values["num_virtual_tokens"], values["token_dim"]
+    if isinstance(count, bool) or not isinstance(count, numbers.Integral) or count < 1:
+        raise ValueError(f"prompt_tuning: num_virtual_tokens={count!r} must be a positive integer, the length of the "
+                         "soft prompt in tokens")
+    expected = model.get_input_embeddings().embedding_dim
+    if width != expected:
+        raise ValueError(f"prompt_tuning: token_dim={width!r} must be the width of {type(model).__name__}'s input "
+                         f"embeddings, {expected}, to which the prompt is prepended (leave token_dim out)")
+    submodules = values["num_transformer_submodules"]
+    if values["task_type"] != "SEQ_2_SEQ_LM" and submodules != 1:
+        raise ValueError(f"prompt_tuning: num_transformer_submodules={submodules!r} must be 1 for "
+                         f"{values['task_type']}: a second prompt is for an encoder-decoder's decoder")
 
 
 __all__ = ["METHODS", "PEFT_TASK_TYPES", "peft_config", "peft_targets"]

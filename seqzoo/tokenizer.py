@@ -111,9 +111,15 @@ _SPECIAL_TOKEN_KEYS = ("bos_token", "eos_token", "unk_token", "sep_token", "pad_
 _SPECIAL_TOKEN_LIST_KEYS = ("additional_special_tokens", "extra_special_tokens")
 
 
-def _is_special_token(value: Any) -> bool:
-    """Whether ``value`` is a special token as transformers reads one: its text, or an object whose content is it."""
-    return isinstance(value, str) or isinstance(value, dict) and isinstance(value.get("content", ""), str)
+def _is_special_token(value: Any, plain_object: bool) -> bool:
+    """Whether ``value`` is a special token as transformers reads one: its text, or an object holding it as its
+    ``"content"`` and marked ``"__type": "AddedToken"`` (as save_pretrained writes one). Where ``plain_object``
+    (special_tokens_map.json's single tokens and extra_special_tokens list), transformers reads an object with
+    ``AddedToken(**value)``, so it needs no ``"__type"``; it needs its content everywhere."""
+    if isinstance(value, str):
+        return True
+    return (isinstance(value, dict) and isinstance(value.get("content"), str)
+            and (plain_object or value.get("__type") == "AddedToken"))
 
 
 def _special_tokens_of_wrong_type(folder: Path) -> str:
@@ -128,14 +134,17 @@ def _special_tokens_of_wrong_type(folder: Path) -> str:
             continue  # (missing, or damaged: named by damaged_json_files)
         if not isinstance(values, dict):
             continue
+        legacy = name == "special_tokens_map.json"
         for key in _SPECIAL_TOKEN_KEYS:
             value = values.get(key)
-            if value is not None and not _is_special_token(value):
+            if value is not None and not _is_special_token(value, plain_object=legacy):
                 found.append(f"{name} has {key}={json.dumps(value)}")
         for key in _SPECIAL_TOKEN_LIST_KEYS:
             value = values.get(key)
             tokens = list(value.values()) if isinstance(value, dict) else value
-            if value is not None and not (isinstance(tokens, list) and all(map(_is_special_token, tokens))):
+            plain = legacy and key == "extra_special_tokens" and isinstance(value, list)
+            if value is not None and not (isinstance(tokens, list)
+                                          and all(_is_special_token(token, plain) for token in tokens)):
                 found.append(f"{name} has {key}={json.dumps(value)}")
     return "; ".join(found)
 
@@ -164,7 +173,8 @@ def load_tokenizer(source: Any) -> PreTrainedTokenizerFast:
         wrong = _special_tokens_of_wrong_type(folder) if folder is not None else ""
         if wrong:  # (transformers' TypeError names the token, not the file nor what it holds)
             raise ValueError(f"{folder}'s tokenizer cannot be read: {wrong}; a special token is its text "
-                             '("<|endoftext|>"), or an object {"content": ...}: save the tokenizer again '
+                             '("<|endoftext|>"), or an object {"__type": "AddedToken", "content": ...}: save the '
+                             'tokenizer again '
                              "(tokenizer.save_pretrained(folder))") from err
         if folder is not None and not (folder / "tokenizer.json").is_file() and "Couldn't instantiate" in str(err):
             # (transformers' text begins "Couldn't instantiate the backend tokenizer from one of:" and goes on

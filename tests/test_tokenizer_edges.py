@@ -88,3 +88,37 @@ def test_text_the_saved_tokenizer_would_read_otherwise_is_refused(text, message)
     with pytest.raises(ValueError, match=message):
         check_trainable_text(text, "data.txt:3")
     check_trainable_text("héllo 🙂 <|pad", "data.txt:3")
+
+
+@pytest.mark.parametrize("file, key, value", [
+    ("tokenizer_config.json", "eos_token", {}),
+    ("tokenizer_config.json", "eos_token", {"lstrip": False}),
+    ("tokenizer_config.json", "eos_token", {"content": "<|endoftext|>"}),  # (no "__type": "AddedToken")
+    ("tokenizer_config.json", "additional_special_tokens", [{"content": "<|pad|>"}]),
+    ("tokenizer_config.json", "extra_special_tokens", {"image_token": {"content": "<|pad|>"}}),
+    ("special_tokens_map.json", "additional_special_tokens", [{"content": "<|pad|>"}]),
+])
+def test_a_special_token_object_transformers_cannot_read_is_named(tmp_path, file, key, value):
+    """An object with no "content", or one without the "__type" that tokenizer_config.json needs, passed as a special
+    token: transformers' bare TypeError ("Special token eos_token has to be either str or AddedToken but got: <class
+    'dict'>", "Input must be a List[Union[str, AddedToken]]") named neither the file nor the value."""
+    import json
+
+    byte_tokenizer().save_pretrained(tmp_path)
+    path = tmp_path / file
+    path.write_text(json.dumps({**(json.loads(path.read_text()) if path.is_file() else {}), key: value}))
+    with pytest.raises(ValueError, match=rf"tokenizer cannot be read: {file} has {key}=.*a special token is its text"):
+        load_tokenizer(tmp_path)
+
+
+@pytest.mark.parametrize("file, value", [
+    ("tokenizer_config.json", {"__type": "AddedToken", "content": "<|endoftext|>"}),  # (as save_pretrained writes)
+    ("special_tokens_map.json", {"content": "<|endoftext|>"}),
+])
+def test_a_special_token_object_transformers_reads_loads(tmp_path, file, value):
+    import json
+
+    byte_tokenizer().save_pretrained(tmp_path)
+    path = tmp_path / file
+    path.write_text(json.dumps({**(json.loads(path.read_text()) if path.is_file() else {}), "eos_token": value}))
+    assert load_tokenizer(tmp_path).eos_token_id == 257

@@ -5,6 +5,8 @@ nothing to merge) on every architecture."""
 
 from __future__ import annotations
 
+import re
+
 import pytest
 import torch
 from peft import PeftModel, TaskType, get_peft_model
@@ -535,3 +537,58 @@ def test_prompt_tuning_checks_modules_to_save_too(task):
         seqzoo.peft_config(model, method="prompt_tuning", modules_to_save="lm_head")
     with pytest.raises(ValueError, match=r"modules_to_save \['lm_hed'\] name no module"):
         seqzoo.peft_config(model, method="prompt_tuning", modules_to_save=["lm_hed"])
+
+
+@pytest.mark.parametrize("method, overrides, refused, hint", [
+    ("lora", {"rank": 16}, "rank", ""),
+    ("ia3", {"r": 4}, "r", ""),  # (IA3 has no rank: LoRA's argument)
+    ("lora", {"dropout": 0.1}, "dropout", "Did you mean 'lora_dropout'"),
+    ("prompt_tuning", {"num_virtual_token": 4}, "num_virtual_token", "Did you mean 'num_virtual_tokens'"),
+    ("lora", {"peft_type": "IA3"}, "peft_type", ""),  # (peft sets it from the config class, ignoring the one given)
+])
+def test_an_override_the_peft_config_does_not_take_is_refused_naming_those_it_takes(method, overrides, refused, hint):
+    """peft's TypeError ("LoraConfig.__init__() got an unexpected keyword argument 'rank'") named no argument it
+    takes, and a peft_type was taken and silently replaced."""
+    with pytest.raises(ValueError, match=rf"{method} takes no argument {refused!r}.*{hint}.* It takes .*task_type"):
+        seqzoo.peft_config(build("gru", "causal-lm"), method, **overrides)
+
+
+@pytest.mark.parametrize("overrides", [{"layers_to_transform": [0]},
+                                       {"layers_to_transform": 0, "layers_pattern": "layers"}])
+def test_layers_to_transform_with_target_parameters_is_refused(overrides):
+    """peft applies layers_to_transform to target_modules only: a classic cell's recurrent weights (the default
+    target_parameters) were adapted in every layer, the argument ignored without a word."""
+    gru = build("gru", "causal-lm")
+    with pytest.raises(ValueError, match=r"layers_to_transform.*not to target_parameters \['weight_hh', 'weight_ih'\]"
+                                         r".*target_parameters=\['model.layers.0.weight_hh'"):
+        seqzoo.peft_config(gru, **overrides)
+    # the way the message gives: full names pick the layers
+    config = seqzoo.peft_config(gru, target_parameters=["layers.0.weight_hh", "layers.0.weight_ih"])
+    model = get_peft_model(gru, config)
+    adapted = {name for name, module in model.named_modules() if isinstance(module, ParamWrapper)}
+    assert adapted and all(".layers.0" in name for name in adapted)
+    # a block model's defaults have no target_parameters: peft picks its layers
+    seqzoo.peft_config(build("transformer", "causal-lm"), layers_to_transform=[0])
+
+
+@pytest.mark.parametrize("key, value, refused", [
+    ("num_virtual_tokens", 0, "must be a positive integer"),  # (a prompt of no token: nothing to train, no word)
+    ("num_virtual_tokens", -1, "must be a positive integer"),  # (torch: "negative dimension -1")
+    ("num_virtual_tokens", 2.5, "must be a positive integer"),
+    ("num_virtual_tokens", True, "must be a positive integer"),
+    ("token_dim", 5, r"must be the width of GRUForCausalLM's input embeddings, \d+"),  # ("Sizes of tensors must match")
+    ("num_transformer_submodules", 2, r"must be 1 for CAUSAL_LM"),  # (a mask that fits no input)
+])
+def test_prompt_tuning_sizes_that_cannot_run_are_refused(key, value, refused):
+    with pytest.raises(ValueError, match=rf"prompt_tuning: {key}={value!r} {refused}"):
+        seqzoo.peft_config(build("gru", "causal-lm"), "prompt_tuning", **{key: value})
+    assert seqzoo.peft_config(build("gru", "causal-lm"), "prompt_tuning", num_virtual_tokens=3).num_virtual_tokens == 3
+
+
+@pytest.mark.parametrize("key", ["target_modules", "target_parameters", "modules_to_save", "exclude_modules"])
+@pytest.mark.parametrize("value", [[1], ["lm_head", None], 5])
+def test_a_name_list_holding_no_strings_is_refused(key, value):
+    """target_modules=[1] matched "layers.1" here and failed in peft ("'int' object has no attribute 'split'");
+    modules_to_save=[1] failed in seqzoo's own check ("endswith first arg must be str"); 5 was "not iterable"."""
+    with pytest.raises(ValueError, match=rf"{key}={re.escape(repr(value))} must be a list of names \(strings\)"):
+        seqzoo.peft_config(build("transformer", "causal-lm"), **{key: value})
