@@ -85,9 +85,11 @@ class StateLayer:
     def crop(self, *args: Any, **kwargs: Any) -> None:
         if removes_nothing(*args, **kwargs):
             return  # as transformers' own layers: removing no position is nothing to undo
+        called = ", ".join([repr(value) for value in args] + [f"{name}={value!r}" for name, value in kwargs.items()])
         raise ValueError(
-            "a recurrent state cannot be rolled back to an earlier position: this cache holds recurrent layers, "
-            "so it cannot be cropped (decoding that needs rollback, such as assisted decoding, is refused)"
+            f"crop({called}): a recurrent state cannot be rolled back to an earlier position: this cache holds "
+            "recurrent layers, so it cannot be cropped; only crop(0), which removes no position, is accepted "
+            "(decoding that needs rollback, such as assisted decoding, is refused)"
         )
 
     def reset(self) -> None:

@@ -79,6 +79,13 @@ def test_a_cache_with_a_recurrent_layer_is_not_croppable():
         SeqzooCache(["attention", "recurrent"]).crop(-1)
 
 
+def test_a_refused_crop_names_its_arguments_and_what_is_accepted():
+    with pytest.raises(ValueError, match=r"^crop\(-3\): .*cannot be cropped; only crop\(0\), which removes no"):
+        SeqzooCache(["recurrent"]).crop(-3)
+    with pytest.raises(ValueError, match=r"^crop\(tokens_to_remove=2\): "):
+        SeqzooCache(["recurrent"]).crop(tokens_to_remove=2)
+
+
 def test_cropping_no_position_is_a_no_op_on_every_cache():
     # transformers' own layers return on crop(0) (its deferred stop check calls it every step): nothing to roll back.
     model = tiny_model("hybrid-tiny", mixer_types=["attention", "mamba"])
