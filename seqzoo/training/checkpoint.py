@@ -259,9 +259,10 @@ def _check_optimizer_groups(theirs: Any, ours: list[dict[str, Any]]) -> None:
 
     set_optimizer_state_dict matches groups by position and copies each saved group's settings onto this run's: a
     file with one group where this run has two (weight decay and none) gave every bias the decayed group's weight
-    decay, without a word. The settings themselves (lr, betas, eps, weight_decay) are restored from the file as they
-    are: they come from the recipe, whose run id --resume has already matched (a changed optim.lr is another run),
-    and the saved lr is the schedule's value at the checkpoint's step.
+    decay, without a word, and so did it a string or NaN lr, or betas of another length (the next step then fails or
+    turns every weight NaN, blamed on the run). Each group's settings must be this run's (they come from the recipe,
+    whose run id --resume has already matched), of the same type, but lr: the saved lr is the schedule's value at
+    the checkpoint's step, any finite number of 0 or more.
     """
     if not isinstance(theirs, list) or not all(isinstance(g, dict) and isinstance(g.get("params"), list)
                                                for g in theirs):
@@ -278,6 +279,32 @@ def _check_optimizer_groups(theirs: Any, ours: list[dict[str, Any]]) -> None:
             raise ValueError(f"param group {index} of the file holds {len(group['params'])} parameters; this run's "
                              f"optimizer's holds {len(expected['params'])} (in the file only: "
                              f"{', '.join(stray[:4]) or 'none'}; missing from it: {', '.join(absent[:4]) or 'none'})")
+        _check_group_settings(index, group, expected)
+
+
+def _check_group_settings(index: int, group: dict[str, Any], expected: dict[str, Any]) -> None:
+    settings = sorted(set(group) - {"params"})
+    if settings != sorted(set(expected) - {"params"}):
+        raise ValueError(f"param group {index} of the file holds settings {settings}; this run's optimizer's holds "
+                         f"{sorted(set(expected) - {'params'})}")
+    for key in settings:
+        value = group[key]
+        if key == "lr":
+            if not (_number(value) and 0 <= value < math.inf):
+                raise ValueError(f"param group {index} of the file has lr {value!r}; expected a finite number of 0 "
+                                 "or more")
+        elif not _same(value, expected[key]):
+            raise ValueError(f"param group {index} of the file has {key} {value!r}; this run's optimizer has "
+                             f"{expected[key]!r} (from the recipe)")
+
+
+def _same(value: Any, expected: Any) -> bool:
+    """Equal and of the same type, element by element (a NaN equals nothing; True is not 1; 0.9 is not '0.9'). A list
+    and a tuple are the same (JSON keeps neither apart; an optimizer loaded once holds betas as a list)."""
+    if isinstance(expected, (tuple, list)):
+        return (isinstance(value, (tuple, list)) and len(value) == len(expected)
+                and all(_same(v, e) for v, e in zip(value, expected)))
+    return type(value) is type(expected) and value == expected
 
 
 _SCALER_RULES = {  # GradScaler.state_dict(): what torch's GradScaler accepts for each value

@@ -312,12 +312,18 @@ def _run(recipe: Recipe, accelerator: Any, model: Any, optimizer: Any, scheduler
                                   f"{state['grad_health']!r} ({type(err).__name__}: {err})") from err
         restore_training_state(checkpoint, state, accelerator, model, optimizer, scheduler)
     metrics_path = run_dir / "metrics.jsonl"
-    if accelerator.is_main_process:
+
+    def prepare_run_dir() -> None:  # (on the main process; a failure there reaches every process)
+        nonlocal history
+        if not accelerator.is_main_process:
+            return
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / "recipe.yaml").write_text(recipe.to_yaml())
         history = _read_history(metrics_path, up_to=step)  # a killed run may have logged steps past its checkpoint
         # Whole or not at all: truncating it in place, a run killed here would lose the history it resumes with.
         write_atomically(metrics_path, "".join(_json_line(row) for row in history))
+
+    on_every_process(accelerator, prepare_run_dir)
 
     chunk = t.tbptt_chunk
     eval_chunk = chunk if supports_tbptt(model) else 0

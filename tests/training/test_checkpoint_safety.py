@@ -510,9 +510,53 @@ def test_an_optimizer_file_whose_param_groups_differ_is_refused(tmp_path, change
     assert [group["weight_decay"] for group in optimizer.param_groups] == [0.1, 0.0]
 
 
+@pytest.mark.parametrize("key,value,named", [
+    ("lr", "0.1", r"param group 1 of the file has lr '0.1'; expected a finite number of 0 or more"),
+    ("lr", float("nan"), r"param group 1 of the file has lr nan; expected a finite number of 0 or more"),
+    ("lr", -0.1, r"param group 1 of the file has lr -0.1; expected a finite number of 0 or more"),
+    ("betas", [0.9, "0.999"], r"param group 1 of the file has betas \(0.9, '0.999'\); this run's optimizer has "
+                              r"\(0.9, 0.999\) \(from the recipe\)"),
+    ("betas", [0.9], r"param group 1 of the file has betas \(0.9,\); this run's optimizer has \(0.9, 0.999\)"),
+    ("eps", float("inf"), r"param group 1 of the file has eps inf; this run's optimizer has 1e-08"),
+    ("weight_decay", 0.1, r"param group 1 of the file has weight_decay 0.1; this run's optimizer has 0.0"),
+    ("amsgrad", 0, r"param group 1 of the file has amsgrad 0; this run's optimizer has False"),
+    ("momentum", 0.9, r"param group 1 of the file holds settings \[.*'momentum'.*\]; this run's optimizer's holds"),
+    ("eps", None, r"param group 1 of the file holds settings \[.*\]; this run's optimizer's holds \[.*'eps'"),
+])
+def test_an_optimizer_file_with_a_damaged_or_foreign_group_setting_is_refused(tmp_path, key, value, named):
+    # set_optimizer_state_dict copied every saved setting onto the run's groups without a word: a string lr failed
+    # at the next step, a NaN one turned every weight NaN, another weight decay trained on silently.
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    from seqzoo.training.checkpoint import read_state, restore_training_state, save_checkpoint
+
+    model, optimizer, scheduler = _two_group_step()
+    record = {"step": 1, "tokens_seen": 4, "data_position": {}, "grad_health": {}}
+    checkpoint = save_checkpoint(_OneProcess(None), model, optimizer, scheduler, tmp_path, 1, record, keep=1)
+
+    def edit(path):
+        with safe_open(str(path), "pt") as handle:
+            tensors, metadata = {k: handle.get_tensor(k) for k in handle.keys()}, handle.metadata()
+        groups = json.loads(metadata["param_groups"])
+        if value is None:
+            del groups[1][key]
+        else:
+            groups[1][key] = value
+        save_file(tensors, str(path), {**metadata, "param_groups": json.dumps(groups)})
+
+    rewrite(checkpoint, "optimizer.safetensors", edit)
+    model, optimizer, scheduler = _two_group_step()
+    with pytest.raises(CheckpointError, match=r"optimizer.safetensors' does not fit this run's model \(ValueError: "
+                                              + named):
+        restore_training_state(checkpoint, read_state(checkpoint), _OneProcess(None), model, optimizer, scheduler)
+    assert [group["weight_decay"] for group in optimizer.param_groups] == [0.1, 0.0]
+    assert [group["lr"] for group in optimizer.param_groups] == [0.1, 0.1]
+
+
 def test_a_checkpoint_resumes_with_its_saved_learning_rate(tmp_path):
-    # The param groups' settings are restored as saved (the recipe's run id, matched before, fixes them; the saved
-    # lr is the schedule's value at the step): only their parameters are checked.
+    # The saved lr is the schedule's value at the step: it is restored as saved (the other settings must be the
+    # run's own, which the recipe's run id, matched before, fixes).
     from seqzoo.training.checkpoint import read_state, restore_training_state, save_checkpoint
 
     model, optimizer, scheduler = _two_group_step()

@@ -130,3 +130,20 @@ def test_sigkill_mid_run_then_resume_gives_bit_identical_weights(tmp_path):
     for key in ours:
         assert torch.equal(ours[key], theirs[key]), f"{key} differs after SIGKILL + resume"
     assert losses(run) == losses(tmp_path / "uninterrupted")
+
+
+def test_a_run_folder_the_main_process_alone_cannot_write_stops_every_process_with_its_error(tmp_path):
+    # Only the main process creates the run folder and writes recipe.yaml and metrics.jsonl: where that failed, the
+    # other process learnt of it only from gloo ("Connection closed by peer", reported as an unexpected error to
+    # report) once the main one had exited, or under a launcher that does not stop the rest, at the process group's
+    # timeout.
+    recipe = write_recipe(tmp_path / "r.yaml", max_steps=2)
+    (tmp_path / "file").write_text("a file where the run folder's parent goes")
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "seqzoo",
+               "train", str(recipe), "--output-dir", str(tmp_path / "file" / "run"), "--no-progress"]
+    done = subprocess.run(command, env=env(), capture_output=True, text=True, timeout=300)
+    errors = [line for line in done.stderr.splitlines() if line.startswith("error: ")]
+    assert done.returncode != 0 and len(errors) == 2, done.stderr[-3000:]
+    assert any("Not a directory" in line or "File exists" in line for line in errors), errors
+    assert any(line.startswith("error: process 0 failed (its own error says why)") for line in errors), errors
+    assert "unexpected" not in done.stderr, done.stderr[-3000:]
