@@ -283,11 +283,17 @@ def _check_optimizer_groups(theirs: Any, ours: list[dict[str, Any]]) -> None:
 
 
 def _check_group_settings(index: int, group: dict[str, Any], expected: dict[str, Any]) -> None:
-    settings = sorted(set(group) - {"params"})
-    if settings != sorted(set(expected) - {"params"}):
-        raise ValueError(f"param group {index} of the file holds settings {settings}; this run's optimizer's holds "
-                         f"{sorted(set(expected) - {'params'})}")
-    for key in settings:
+    """A saved group's settings against this run's group ``expected``. A setting the file lacks keeps this run's
+    value (set_optimizer_state_dict leaves it as it is): a file written by an older torch, which did not store it
+    (torch 2.7 added Adam's ``decoupled_weight_decay``); but lr, the schedule's value at the step, which every torch
+    stores. One only the file has is refused."""
+    if "lr" not in group:
+        raise ValueError(f"param group {index} of the file has no lr (the schedule's value at the checkpoint's step)")
+    stray = sorted(set(group) - set(expected))
+    if stray:
+        raise ValueError(f"param group {index} of the file holds settings {stray}, which this run's optimizer does "
+                         f"not have (it has {sorted(set(expected) - {'params'})})")
+    for key in sorted(set(group) - {"params"}):
         value = group[key]
         if key == "lr":
             if not (_number(value) and 0 <= value < math.inf):

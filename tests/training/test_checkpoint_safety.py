@@ -531,8 +531,9 @@ def test_an_optimizer_file_whose_param_groups_differ_is_refused(tmp_path, change
     ("eps", float("inf"), r"param group 1 of the file has eps inf; this run's optimizer has 1e-08"),
     ("weight_decay", 0.1, r"param group 1 of the file has weight_decay 0.1; this run's optimizer has 0.0"),
     ("amsgrad", 0, r"param group 1 of the file has amsgrad 0; this run's optimizer has False"),
-    ("momentum", 0.9, r"param group 1 of the file holds settings \[.*'momentum'.*\]; this run's optimizer's holds"),
-    ("eps", None, r"param group 1 of the file holds settings \[.*\]; this run's optimizer's holds \[.*'eps'"),
+    ("momentum", 0.9, r"param group 1 of the file holds settings \['momentum'\], which this run's optimizer does "
+                      r"not have \(it has \[.*'eps'"),
+    ("lr", None, r"param group 1 of the file has no lr \(the schedule's value at the checkpoint's step\)"),
 ])
 def test_an_optimizer_file_with_a_damaged_or_foreign_group_setting_is_refused(tmp_path, key, value, named):
     # set_optimizer_state_dict copied every saved setting onto the run's groups without a word: a string lr failed
@@ -545,6 +546,35 @@ def test_an_optimizer_file_with_a_damaged_or_foreign_group_setting_is_refused(tm
         return groups
 
     _refused_with_edited_param_groups(tmp_path, edit_groups, named)
+
+
+def test_a_setting_the_optimizer_file_lacks_takes_this_runs_value(tmp_path):
+    # A file written by an older torch lacks the settings it did not store (torch 2.7 added Adam's
+    # decoupled_weight_decay): the run's own value stands in, as every setting the file has must equal it anyway.
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    from seqzoo.training.checkpoint import read_state, restore_training_state, save_checkpoint
+
+    model, optimizer, scheduler = _two_group_step()
+    record = {"step": 1, "tokens_seen": 4, "data_position": {}, "grad_health": {}}
+    checkpoint = save_checkpoint(_OneProcess(None), model, optimizer, scheduler, tmp_path, 1, record, keep=1)
+
+    def edit(path):
+        with safe_open(str(path), "pt") as handle:
+            tensors, metadata = {k: handle.get_tensor(k) for k in handle.keys()}, handle.metadata()
+        groups = json.loads(metadata["param_groups"])
+        for group in groups:
+            del group["decoupled_weight_decay"], group["eps"]
+        save_file(tensors, str(path), {**metadata, "param_groups": json.dumps(groups)})
+
+    rewrite(checkpoint, "optimizer.safetensors", edit)
+    model, optimizer, scheduler = _two_group_step()
+    expected = [{k: v for k, v in group.items() if k != "params"} for group in optimizer.param_groups]
+    restore_training_state(checkpoint, read_state(checkpoint), _OneProcess(None), model, optimizer, scheduler)
+    restored = [{k: v for k, v in group.items() if k != "params"} for group in optimizer.param_groups]
+    assert [g["decoupled_weight_decay"] for g in restored] == [True, True]
+    assert [g["eps"] for g in restored] == [g["eps"] for g in expected]
 
 
 def test_a_checkpoint_resumes_with_its_saved_learning_rate(tmp_path):
