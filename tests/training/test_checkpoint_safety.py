@@ -465,14 +465,13 @@ def _two_group_step():
     return model, optimizer, scheduler
 
 
-def _refused_with_edited_param_groups(tmp_path, edit_groups, named):
-    """Save a checkpoint of :func:`_two_group_step`, rewrite its optimizer file's param groups with
-    ``edit_groups(groups)`` (which returns the groups to write), and check that a restore into a fresh run refuses it
-    with ``named`` and leaves that run's optimizer settings as they were."""
+def _with_edited_param_groups(tmp_path, edit_groups):
+    """A checkpoint of :func:`_two_group_step` whose optimizer file's param groups ``edit_groups(groups)`` rewrote
+    (it returns the groups to write), and a fresh run (model, optimizer, scheduler) to restore it into."""
     from safetensors import safe_open
     from safetensors.torch import save_file
 
-    from seqzoo.training.checkpoint import read_state, restore_training_state, save_checkpoint
+    from seqzoo.training.checkpoint import save_checkpoint
 
     model, optimizer, scheduler = _two_group_step()
     record = {"step": 1, "tokens_seen": 4, "data_position": {}, "grad_health": {}}
@@ -485,7 +484,14 @@ def _refused_with_edited_param_groups(tmp_path, edit_groups, named):
         save_file(tensors, str(path), {**metadata, "param_groups": json.dumps(groups)})
 
     rewrite(checkpoint, "optimizer.safetensors", edit)
-    model, optimizer, scheduler = _two_group_step()
+    return checkpoint, _two_group_step()
+
+
+def _refused_with_edited_param_groups(tmp_path, edit_groups, named):
+    """Such a checkpoint is refused with ``named``, and the fresh run's optimizer settings stay as they were."""
+    from seqzoo.training.checkpoint import read_state, restore_training_state
+
+    checkpoint, (model, optimizer, scheduler) = _with_edited_param_groups(tmp_path, edit_groups)
     with pytest.raises(CheckpointError, match=r"optimizer.safetensors' does not fit this run's model \(ValueError: "
                                               + named):
         restore_training_state(checkpoint, read_state(checkpoint), _OneProcess(None), model, optimizer, scheduler)
@@ -551,30 +557,18 @@ def test_an_optimizer_file_with_a_damaged_or_foreign_group_setting_is_refused(tm
 def test_a_setting_the_optimizer_file_lacks_takes_this_runs_value(tmp_path):
     # A file written by an older torch lacks the settings it did not store (torch 2.7 added Adam's
     # decoupled_weight_decay): the run's own value stands in, as every setting the file has must equal it anyway.
-    from safetensors import safe_open
-    from safetensors.torch import save_file
+    from seqzoo.training.checkpoint import read_state, restore_training_state
 
-    from seqzoo.training.checkpoint import read_state, restore_training_state, save_checkpoint
-
-    model, optimizer, scheduler = _two_group_step()
-    record = {"step": 1, "tokens_seen": 4, "data_position": {}, "grad_health": {}}
-    checkpoint = save_checkpoint(_OneProcess(None), model, optimizer, scheduler, tmp_path, 1, record, keep=1)
-
-    def edit(path):
-        with safe_open(str(path), "pt") as handle:
-            tensors, metadata = {k: handle.get_tensor(k) for k in handle.keys()}, handle.metadata()
-        groups = json.loads(metadata["param_groups"])
+    def edit_groups(groups):
         for group in groups:
             del group["decoupled_weight_decay"], group["eps"]
-        save_file(tensors, str(path), {**metadata, "param_groups": json.dumps(groups)})
+        return groups
 
-    rewrite(checkpoint, "optimizer.safetensors", edit)
-    model, optimizer, scheduler = _two_group_step()
-    expected = [{k: v for k, v in group.items() if k != "params"} for group in optimizer.param_groups]
+    checkpoint, (model, optimizer, scheduler) = _with_edited_param_groups(tmp_path, edit_groups)
+    expected = [group["eps"] for group in optimizer.param_groups]
     restore_training_state(checkpoint, read_state(checkpoint), _OneProcess(None), model, optimizer, scheduler)
-    restored = [{k: v for k, v in group.items() if k != "params"} for group in optimizer.param_groups]
-    assert [g["decoupled_weight_decay"] for g in restored] == [True, True]
-    assert [g["eps"] for g in restored] == [g["eps"] for g in expected]
+    assert [group["decoupled_weight_decay"] for group in optimizer.param_groups] == [True, True]
+    assert [group["eps"] for group in optimizer.param_groups] == expected
 
 
 def test_a_checkpoint_resumes_with_its_saved_learning_rate(tmp_path):
