@@ -19,7 +19,9 @@ import warnings
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE.parent))
+# Python puts this script's folder (tests/) first on the path, where tests/kernels would stand in for the
+# `kernels` package that transformers 5.25 imports: the repository root goes there instead.
+sys.path[:] = [str(HERE.parent), *(p for p in sys.path if Path(p or ".").resolve() != HERE)]
 
 
 class Collect(logging.Handler):
