@@ -259,10 +259,10 @@ def _check_optimizer_groups(theirs: Any, ours: list[dict[str, Any]]) -> None:
 
     set_optimizer_state_dict matches groups by position and copies each saved group's settings onto this run's: a
     file with one group where this run has two (weight decay and none) gave every bias the decayed group's weight
-    decay, without a word, and so did it a string or NaN lr, or betas of another length (the next step then fails or
-    turns every weight NaN, blamed on the run). Each group's settings must be this run's (they come from the recipe,
-    whose run id --resume has already matched), of the same type, but lr: the saved lr is the schedule's value at
-    the checkpoint's step, any finite number of 0 or more.
+    decay, without a word; it copied a string or NaN lr, or betas of another length, as silently (the next step then
+    failed or turned every weight NaN, blamed on the run). Each group's settings must be this run's (they come from
+    the recipe, whose run id --resume has already matched), of the same type, except lr: the saved lr is the
+    schedule's value at the checkpoint's step, any finite number of 0 or more (:func:`_check_group_settings`).
     """
     if not isinstance(theirs, list) or not all(isinstance(g, dict) and isinstance(g.get("params"), list)
                                                for g in theirs):
