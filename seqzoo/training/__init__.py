@@ -13,9 +13,10 @@ from typing import Any
 
 # Imported on first use, so that ``seqzoo train --help`` (which imports seqzoo.training.cli) does not load torch.
 _EXPORTS = {"Recipe": "recipe", "recipe_from_dict": "recipe", "list_recipes": "recipe_loading",
-            "load_recipe": "recipe_loading", "TrainResult": "trainer", "train": "trainer"}
+            "load_recipe": "recipe_loading", "TrainResult": "trainer", "train": "trainer",
+            "leave_process_group": "launch"}
 
-__all__ = ["Recipe", "TrainResult", "list_recipes", "load_recipe", "recipe_from_dict", "train"]
+__all__ = ["Recipe", "TrainResult", "leave_process_group", "list_recipes", "load_recipe", "recipe_from_dict", "train"]
 
 
 def __getattr__(name: str) -> Any:

@@ -40,6 +40,7 @@ def register(subparsers: Any) -> None:
 def cmd_train(args: argparse.Namespace) -> int:
     from seqzoo.outputs import describe
     from seqzoo.training.building import check_recipe
+    from seqzoo.training.launch import leave_process_group
     from seqzoo.training.recipe_loading import load_recipe
     from seqzoo.training.state import NonFiniteError
     from seqzoo.training.trainer import train
@@ -64,6 +65,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         result = train(recipe, resume=args.resume, progress=not args.no_progress, force=args.force)
     except (NonFiniteError, OSError) as err:  # a diverged run, a read-only folder, a full disk: one line each
         raise ValueError(describe(err) if isinstance(err, OSError) else str(err)) from err
+    finally:
+        leave_process_group()  # (this process ends with the run; see leave_process_group)
     if result.is_main_process:
         perplexity = f", perplexity {result.eval['perplexity']:.3f}" if "perplexity" in result.eval else ""
         print(f"trained {recipe.model.source} for {result.steps} steps ({result.tokens_seen:,} tokens, task "

@@ -181,7 +181,8 @@ def train(recipe: Recipe, *, resume: str | Path | bool | None = None, dataset: A
     ``seqzoo_training.json`` are saved in ``recipe.output_dir`` unless ``save_model`` is False (the lab keeps only
     the models worth loading again). ``stop``, called with each step's logged row (step, loss, accuracy, ...),
     ends training early when it returns True: the final evaluation and save happen as after the last step (the lab
-    stops a memory-task run once it is solved).
+    stops a memory-task run once it is solved). Launched as several processes, call
+    ``seqzoo.training.leave_process_group()`` after the last ``train()``, as ``seqzoo train`` does.
     """
     from accelerate.utils import set_seed
 

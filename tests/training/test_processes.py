@@ -12,6 +12,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -149,3 +150,29 @@ def test_a_run_folder_the_main_process_alone_cannot_write_stops_every_process_wi
     assert re.search(r"error: (Not a directory|File exists)", stderr), stderr[-3000:]
     assert "error: process 0 failed (its own error says why)" in stderr, stderr[-3000:]
     assert "unexpected" not in stderr, stderr[-3000:]
+
+
+@pytest.mark.parametrize("fails", [False, True], ids=["finished", "failed"])
+def test_seqzoo_train_destroys_the_process_group_before_its_process_ends(monkeypatch, tmp_path, fails):
+    # Left to the interpreter's exit, gloo's worker threads can abort a process whose run had finished (SIGABRT,
+    # "terminate called without an active exception": rank 0 of a two-process FSDP resume, in CI), and the launcher
+    # then reports the whole run failed. Here the run joins a one-process gloo group, as a launched run does.
+    import torch.distributed as dist
+
+    from seqzoo.cli import main
+    from seqzoo.training import trainer
+
+    def joined_and_trained(recipe, **options):
+        dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
+        if fails:
+            raise OSError(28, "No space left on device")
+        return SimpleNamespace(is_main_process=False)
+
+    monkeypatch.setattr(trainer, "train", joined_and_trained)
+    try:
+        code = main(["train", str(write_recipe(tmp_path / "r.yaml")), "--output-dir", str(tmp_path / "run")])
+        assert (code != 0) == fails
+        assert not dist.is_initialized()
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
