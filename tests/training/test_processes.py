@@ -160,7 +160,12 @@ def test_seqzoo_train_destroys_the_process_group_before_its_process_ends(monkeyp
     import torch.distributed as dist
 
     from seqzoo.cli import main
-    from seqzoo.training import trainer
+    from seqzoo.training import launch, trainer
+
+    # Destroying the group leaves its worker threads running while the model holds it; the one that ran the last
+    # collective still needs the GIL to drop that collective's tensors, and gets it while this process waits.
+    waits = []
+    monkeypatch.setattr(launch, "time", SimpleNamespace(sleep=lambda s: waits.append((s, dist.is_initialized()))))
 
     def joined_and_trained(recipe, **options):
         dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
@@ -173,6 +178,7 @@ def test_seqzoo_train_destroys_the_process_group_before_its_process_ends(monkeyp
         code = main(["train", str(write_recipe(tmp_path / "r.yaml")), "--output-dir", str(tmp_path / "run")])
         assert (code != 0) == fails
         assert not dist.is_initialized()
+        assert len(waits) == 1 and waits[0][0] >= 0.05 and waits[0][1] is False, waits  # after the destroy
     finally:
         if dist.is_initialized():
             dist.destroy_process_group()
