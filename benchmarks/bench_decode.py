@@ -561,6 +561,9 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
                         "of the mode's (the prefill keeps its own)")
     parser.add_argument("--new-tokens", type=int, help="tokens generate() and the raw loop produce instead of the "
                         "mode's")
+    parser.add_argument("--steps", type=int, help="cached steps in each timed decode loop instead of the mode's (8; "
+                        "2 with --smoke): the first step after the prompt, which pays each model's set-up for a new "
+                        "sequence, weighs 1/STEPS of the figure")
     parser.add_argument("--json", type=Path, help="also write the raw medians (seconds) to this file")
     parser.add_argument("--report", type=Path, nargs="+", metavar="JSON",
                         help="print the tables of earlier --json files (concatenated) instead of measuring")
@@ -583,13 +586,16 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
         if variants:
             parser.error(f"--generate-only times generate() of the model as built; {', '.join(variants)} would time "
                          "nothing (they vary the decode step); drop them, or drop --generate-only")
-    for flag, value in (("--repeats", args.repeats), ("--new-tokens", args.new_tokens)):
+    if args.generate_only and args.steps is not None:
+        parser.error("--generate-only times generate() against the raw loop, not the decode loop that --steps sets; "
+                     "drop one of them")
+    for flag, value in (("--repeats", args.repeats), ("--new-tokens", args.new_tokens), ("--steps", args.steps)):
         if value is not None and value < 1:
             parser.error(f"{flag} must be at least 1, got {value}")
     mode = dict(MODES[args.mode], compile=args.compile, head_layout=args.head_layout,
                 weight_layout=args.weight_layout, generate_only=args.generate_only)
-    mode.update({key: value for key, value in (("repeats", args.repeats), ("new_tokens", args.new_tokens))
-                 if value is not None})
+    mode.update({key: value for key, value in (("repeats", args.repeats), ("new_tokens", args.new_tokens),
+                                               ("steps", args.steps)) if value is not None})
     if args.rwkv7_sizes:
         try:
             mode["rwkv7"] = [tuple(int(n) for n in size.split("x")) for size in args.rwkv7_sizes.split(",")]

@@ -97,10 +97,13 @@ def test_generate_only_times_generate_alone_with_the_repeats_and_tokens_asked_fo
     assert result["settings"]["repeats"] == 2 and result["settings"]["new_tokens"] == 3
     report = capsys.readouterr().out
     assert "| gru | 64 x 2 (0.1M) | 3 |" in report and "peer / seqzoo |" not in report
-    for flag in ("--repeats", "--new-tokens"):
+    for flag in ("--repeats", "--new-tokens", "--steps"):
         with pytest.raises(SystemExit) as exit_info:
             bench.main(["--smoke", flag, "0"])
         assert exit_info.value.code == 2 and f"{flag} must be at least 1, got 0" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exit_info:
+        bench.main(["--smoke", "--generate-only", "--steps", "4"])
+    assert exit_info.value.code == 2 and "not the decode loop that --steps sets" in capsys.readouterr().err
     # The variants of the decode step are not built when only generate() is timed: asking for one is refused.
     for flags in (["--compile"], ["--head-layout", "columns"], ["--weight-layout", "columns", "--compile", "eager"]):
         with pytest.raises(SystemExit) as exit_info:
@@ -195,3 +198,14 @@ def test_rwkv7_benchmark_times_the_wkv7_backends_interleaved(monkeypatch):
     assert seen == [backends, backends] and "reference" in backends
     assert len(rows) == 2 * (len(backends) - 1)
     assert all(float(row[-1]) < 1e-3 for row in rows), rows  # max |logit difference| to the reference
+
+
+def test_steps_sets_the_length_of_each_timed_decode_loop(capsys, monkeypatch):
+    bench = load_bench_decode(monkeypatch)
+    monkeypatch.setattr(torch, "set_num_threads", lambda n: None)  # (the suite's thread count stays as it is)
+    loops = []
+    decode_case = bench.decode_case
+    monkeypatch.setattr(bench, "decode_case", lambda runner, ids, steps: loops.append(steps) or decode_case(
+        runner, ids, steps))
+    [result] = bench.main(["--smoke", "--families", "gru", "--steps", "3"])
+    assert result["settings"]["steps"] == 3 and loops and set(loops) == {3}
