@@ -61,12 +61,14 @@ def cmd_train(args: argparse.Namespace) -> int:
         check_recipe(recipe)  # (what train would refuse before reading data)
         print(recipe.to_yaml(), end="")
         return 0
+    failed = True
     try:
         result = train(recipe, resume=args.resume, progress=not args.no_progress, force=args.force)
+        failed = False
     except (NonFiniteError, OSError) as err:  # a diverged run, a read-only folder, a full disk: one line each
         raise ValueError(describe(err) if isinstance(err, OSError) else str(err)) from err
     finally:
-        leave_process_group()  # (this process ends with the run; see leave_process_group)
+        leave_process_group(failed=failed)  # (this process ends with the run; see leave_process_group)
     if result.is_main_process:
         perplexity = f", perplexity {result.eval['perplexity']:.3f}" if "perplexity" in result.eval else ""
         print(f"trained {recipe.model.source} for {result.steps} steps ({result.tokens_seen:,} tokens, task "

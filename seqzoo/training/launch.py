@@ -89,19 +89,22 @@ def _has_accelerator() -> bool:
             or (mps is not None and mps.is_available()))
 
 
-def leave_process_group() -> None:
+def leave_process_group(*, failed: bool = False) -> None:
     """End a launched run's part in its process group before the interpreter shuts down. A gloo worker thread that
     ran the run's last collective drops its tensors after the collective has returned, and needs the GIL to do so;
     if the process is already shutting down by then, the thread is stopped inside a destructor and the process
     aborts ("terminate called without an active exception", SIGABRT) with the run finished and saved, which the
     launcher reports as a failed run (rank 0 or 1 of the two-process FSDP tests: 2 in 30 resumes on transformers
     5.25, and in CI on 5.24). Destroying the group does not stop those threads while the model holds it, so the
-    GIL is then given up long enough for them to finish. ``train()`` keeps the group for another run in the same
-    process; ``seqzoo train``, whose process ends with the run, calls this."""
+    GIL is then given up long enough for them to finish. After a run that ``failed`` the group is left as it is
+    (NCCL's destroy may wait on processes still blocked in a collective this one will not join) and only the wait
+    is kept. ``train()`` keeps the group for another run in the same process; ``seqzoo train``, whose process ends
+    with the run, calls this."""
     import torch.distributed as dist
 
     if dist.is_available() and dist.is_initialized():
-        dist.destroy_process_group()
+        if not failed:
+            dist.destroy_process_group()
         time.sleep(_WORKER_GRACE_S)
 
 

@@ -153,7 +153,7 @@ def test_a_run_folder_the_main_process_alone_cannot_write_stops_every_process_wi
 
 
 @pytest.mark.parametrize("fails", [False, True], ids=["finished", "failed"])
-def test_seqzoo_train_destroys_the_process_group_before_its_process_ends(monkeypatch, tmp_path, fails):
+def test_seqzoo_train_leaves_the_process_group_before_its_process_ends(monkeypatch, tmp_path, fails):
     # Left to the interpreter's exit, gloo's worker threads can abort a process whose run had finished (SIGABRT,
     # "terminate called without an active exception": rank 0 of a two-process FSDP resume, in CI), and the launcher
     # then reports the whole run failed. Here the run joins a one-process gloo group, as a launched run does.
@@ -177,8 +177,9 @@ def test_seqzoo_train_destroys_the_process_group_before_its_process_ends(monkeyp
     try:
         code = main(["train", str(write_recipe(tmp_path / "r.yaml")), "--output-dir", str(tmp_path / "run")])
         assert (code != 0) == fails
-        assert not dist.is_initialized()
-        assert len(waits) == 1 and waits[0][0] >= 0.05 and waits[0][1] is False, waits  # after the destroy
+        # A failed run leaves the group as it is (NCCL's destroy may wait on processes blocked in a collective).
+        assert dist.is_initialized() == fails
+        assert len(waits) == 1 and waits[0][0] >= 0.05 and waits[0][1] is fails, waits  # (after the destroy)
     finally:
         if dist.is_initialized():
             dist.destroy_process_group()
