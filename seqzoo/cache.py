@@ -39,6 +39,9 @@ LAYER_KINDS = (ATTENTION, RECURRENT)
 # Where a cache holds the classic models' input table it decodes with (seqzoo.layers.recurrent.InputTable): an
 # attribute, not a layer, since it is a function of the model's weights, shared by copies of the cache.
 INPUT_TABLE_ATTRIBUTE = "_seqzoo_input_table"
+# Where a cache holds the plan of its later decode steps (seqzoo.models.classic.step_plan.StepPlan), made by its
+# first general step: the decisions that step took, checked again by each later one.
+STEP_PLAN_ATTRIBUTE = "_seqzoo_step_plan"
 
 
 def removes_nothing(*args: Any, **kwargs: Any) -> bool:
@@ -301,6 +304,7 @@ class SeqzooCache(Cache):
         # A reset cache decodes as a new one: the classic models' input table it held is checked against the weights
         # again on its next step (a fused optimizer's step or a change through .data since leaves no version behind).
         self.__dict__.pop(INPUT_TABLE_ATTRIBUTE, None)
+        self.__dict__.pop(STEP_PLAN_ATTRIBUTE, None)
 
     # -- seqzoo's own ----------------------------------------------------------------------------------------------
 

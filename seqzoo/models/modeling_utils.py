@@ -18,7 +18,7 @@ from transformers import GenerationMixin, PreTrainedConfig, PreTrainedModel
 from transformers import initialization as init
 from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutputWithPast
 
-from seqzoo.cache import SeqzooCache, unchanged_on_error
+from seqzoo.cache import STEP_PLAN_ATTRIBUTE, SeqzooCache, unchanged_on_error
 from seqzoo.layers.mixer import Mixer, global_module_hooks, has_hooks
 from seqzoo.models.checkpointing import layer_checkpoint_function
 from seqzoo.models.compat import (
@@ -303,6 +303,13 @@ class SeqzooForCausalLM(SeqzooPreTrainedModel, GenerationMixin):
                          f"{type(self).__name__}.forward")
             return run_compiled_step(self, compiled, args, kwargs)
         cache = take_cache(cache, kwargs)
+        # A later decode step of a cache whose first one planned the rest (seqzoo/models/classic/step_plan.py).
+        plan = cache.__dict__.get(STEP_PLAN_ATTRIBUTE) if isinstance(cache, SeqzooCache) else None
+        if (plan is not None and not kwargs and labels is None and inputs_embeds is None and position_ids is None
+                and not output_hidden_states):
+            output = plan.step(self, input_ids, attention_mask, cache, return_dict, logits_to_keep)
+            if output is not None:
+                return output
         if kwargs:
             check_kwargs(kwargs, forward_parameters(self), f"{type(self).__name__}.forward")
         return_dict = return_dict if return_dict is not None else self.config.return_dict
@@ -322,6 +329,11 @@ class SeqzooForCausalLM(SeqzooPreTrainedModel, GenerationMixin):
                 # A decode step the backbone runs itself: called directly, since nothing hooks its module call.
                 hidden_states = backbone.decode_step(input_ids, attention_mask, cache)
                 new_cache, all_hidden_states, attentions = cache, None, None
+                plan_steps = getattr(type(backbone), "plan_steps", None)
+                if plan_steps is not None and cache.__dict__.get(STEP_PLAN_ATTRIBUTE) is None:
+                    plan = plan_steps(backbone, self, cache)
+                    if plan is not None:
+                        cache.__dict__[STEP_PLAN_ATTRIBUTE] = plan
             else:
                 outputs: BaseModelOutputWithPast = backbone(
                     input_ids=input_ids,

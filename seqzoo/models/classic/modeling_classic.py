@@ -17,6 +17,7 @@ from transformers.modeling_outputs import BaseModelOutputWithPast
 from seqzoo.cache import SeqzooCache, unchanged_on_error
 from seqzoo.layers.mixer import build_mixer
 from seqzoo.layers.recurrent import RECURRENT_MIXERS, InputTable, step_stack
+from seqzoo.models.classic.step_plan import StepPlan
 from seqzoo.models.compat import as_returned, model_output
 from seqzoo.models.decode_step import finish_decode_step, is_plain_decode_step, prepare_step_inputs, runs_plainly
 from seqzoo.models.inputs import note_no_attention_weights, prepare_inputs, resolve_output_flags
@@ -163,6 +164,11 @@ class ClassicRecurrentModel(ClassicRecurrentPreTrainedModel):
         # (dropout is the identity in eval)
         stepped = step_stack(layers, embeds, states, mask, input_gates)
         return finish_decode_step(cache, layers, stepped, embeds, states, mask)
+
+    def plan_steps(self, lm: nn.Module, cache: SeqzooCache) -> StepPlan | None:
+        """After a general decode step of ``lm`` (this backbone's causal LM) on ``cache``: the plan of the cache's
+        later steps, or None where this step did not run what a plan runs (see ``step_plan.py``)."""
+        return StepPlan.build(lm, self, cache)
 
 
 _MODEL_FORWARD = ClassicRecurrentModel.forward  # as defined: one replaced on the class since is called (takes_step)

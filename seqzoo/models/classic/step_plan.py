@@ -1,0 +1,165 @@
+"""The classic causal LMs' planned decode step: what the general decode step of one cache decided on its first step
+(every layer stacked in one fused call, layer 0's input looked up in the input table, a plain vocabulary head), kept
+on the cache so that each later step checks those decisions still hold and runs the operations alone.
+
+At decode sizes a classic model's step is a few small matrix-vector products, and the general path's Python (the
+causal LM's and the backbone's argument handling, the cache's error restore, each module's and weight's lookup)
+cost it about a third of its time against torch.nn's own step loop (BENCHMARKS.md, run Y). A plan changes no
+result: it runs the same operations on the same tensors, and declines, for the general path to run, wherever that
+path would do anything else (seqzoo/models/README.md, "The decode step's shortcut")."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+from transformers.modeling_outputs import CausalLMOutputWithPast
+
+from seqzoo.cache import INPUT_TABLE_ATTRIBUTE, STEP_PLAN_ATTRIBUTE, SeqzooCache, StateLayer
+from seqzoo.kernels import registry as kernel_registry
+from seqzoo.kernels.rnn_cells import fused
+from seqzoo.layers.mixer import global_module_hooks, has_hooks
+from seqzoo.layers.recurrent import _FUSED, _STACKABLE, _WEIGHTS
+from seqzoo.models.compat import model_output
+from seqzoo.models.decode_step import _PLAIN_FORWARDS, runs_plainly
+from seqzoo.models.inputs import check_token_ids, current_padding_mask
+
+
+class StepPlan:
+    """The modules and weights one cache's decode steps run through, as its first general step found them, and the
+    cell calls they make. :meth:`step` runs a later step if everything it was built from is still there and the
+    call is the plain decode step it was built for; else it returns None (and drops itself from the cache where the
+    model changed: a new one is built after the next general step)."""
+
+    __slots__ = ("backbone", "forward", "embedding", "head", "layers", "weights", "params", "kind", "names",
+                 "select", "extra", "dtype", "fused", "found", "sources", "nonlinearity")
+
+    def __init__(self, lm: nn.Module, backbone: nn.Module, layers: list[nn.Module],
+                 weights: list[tuple[torch.Tensor | None, ...]]) -> None:
+        self.backbone, self.forward = backbone, type(backbone).forward  # (the class's forward the general step ran)
+        self.embedding, self.head = backbone.embed_tokens, lm.lm_head
+        self.layers, self.weights = tuple(layers), tuple(weights)
+        cls = type(layers[0])
+        nonlinearity = layers[0].nonlinearity if cls.cell == "rnn" else None
+        self.kind, self.names, self.fused = nonlinearity or cls.cell, cls.state_names, _FUSED[cls.cell]
+        self.nonlinearity = nonlinearity
+        self.select, self.extra = cls.cell, ({} if nonlinearity is None else {"nonlinearity": nonlinearity})
+        self.params = [fused._params(*w) for w in weights]
+        self.dtype = self.embedding.weight.dtype
+        # Each layer's parameter dict and the weights it held.
+        self.found = tuple((layer, layer._parameters, tuple(zip(_WEIGHTS, w))) for layer, w in zip(layers, weights))
+        self.sources = weights[0][:1] if weights[0][2] is None else weights[0][:3:2]  # the table's (weight_ih, bias_ih)
+
+    @classmethod
+    def build(cls, lm: nn.Module, backbone: nn.Module, cache: SeqzooCache) -> StepPlan | None:
+        """A plan for ``cache``'s later steps, after a general decode step that stacked its layers and read layer 0's
+        input from the table (the table is on the cache); None where that is not what it did."""
+        if cache.__dict__.get(INPUT_TABLE_ATTRIBUTE) is None or torch.is_grad_enabled():
+            return None
+        layers = list(backbone.layers)
+        kind = type(layers[0])
+        if kind not in _STACKABLE or not runs_plainly(backbone.embed_tokens) or not runs_plainly(lm.lm_head):
+            return None
+        weights = []
+        for layer in layers:
+            found = tuple(map(layer._parameters.get, _WEIGHTS))
+            if type(layer) is not kind or not fused._plain(found) or (
+                    kind.cell == "rnn" and layer.nonlinearity != layers[0].nonlinearity):
+                return None
+            weights.append(found)
+        return cls(lm, backbone, layers, weights)
+
+    def __deepcopy__(self, memo: dict) -> StepPlan:
+        # (a copied cache decodes with the same model: the plan holds no state of the cache)
+        return self
+
+    def __reduce__(self) -> tuple:
+        # (a pickled cache is saved without the model it decoded with: the next step plans again)
+        return _no_plan, ()
+
+    def step(self, lm: nn.Module, input_ids: Any, attention_mask: Any, cache: SeqzooCache, return_dict: bool | None,
+             logits_to_keep: Any) -> Any:
+        """The causal LM's forward for a call that passed only these (no labels, embeds, position ids, hidden states
+        or other keyword: the caller checked), or None where the general path must run."""
+        if (type(input_ids) is not torch.Tensor or input_ids.dim() != 2 or input_ids.shape[1] != 1
+                or not input_ids.shape[0] or input_ids.dtype not in _IDS
+                or type(logits_to_keep) is not int  # (any int keeps the one position; a tensor indexes them)
+                or torch.is_grad_enabled() or global_module_hooks()
+                or torch._C._is_any_autocast_enabled() or not self._model_unchanged(lm, cache)):
+            return None
+        backbone = self.backbone
+        config = backbone.config
+        if (config.output_hidden_states or backbone.training or has_hooks(backbone)
+                or type(backbone).forward is not self.forward):
+            return None
+        batch = input_ids.shape[0]
+        # The general step's checks of the ids, the cache and the mask, and its errors.
+        check_token_ids(input_ids, config.vocab_size)
+        cache.check_fits(config, batch, type(backbone).__name__)
+        if current_padding_mask(backbone, attention_mask, batch, 1, cache.get_seq_length(), True) is not None:
+            return None  # (a padded token: the general step keeps its row's state)
+        entries = cache.layers
+        hx = []
+        for entry in entries:
+            state = entry.state if type(entry) is StateLayer else None
+            if state is None:
+                return None
+            values = [state.get(name) for name in self.names]
+            for value in values:
+                if type(value) is not torch.Tensor or value.dtype is not self.dtype:
+                    return None
+            hx.append(values)
+        first = self.weights[0]
+        backend = kernel_registry.select(self.select, hx[0][0], hx[0][0], *first, mask=None, reset=None, **self.extra)
+        if backend.load() is not self.fused:
+            return None  # (a forced or plugin backend)
+        gates = cache.__dict__[INPUT_TABLE_ATTRIBUTE].table.index_select(0, input_ids[:, 0])
+        y, new = fused.step_layers(self.kind, None, hx, self.params, None, gates)
+        head = self.head
+        logits = torch.nn.functional.linear(y, head.weight, head.bias)
+        # Nothing above changed the cache: a step that raised leaves it as it was.
+        for entry, layer_new in zip(entries, new):
+            entry.state = dict(zip(self.names, layer_new))
+        cache.seen_tokens += 1
+        if not (return_dict if return_dict is not None else lm.config.return_dict):
+            return logits, cache
+        return model_output(CausalLMOutputWithPast, cache=cache, loss=None, logits=logits, hidden_states=None,
+                            attentions=None)
+
+    def _model_unchanged(self, lm: nn.Module, cache: SeqzooCache) -> bool:
+        """Whether the modules and weights are those the plan was built from, unhooked and run by torch's own forward
+        where the plan skips their call, and the cache's input table was built from the weights as they are (same
+        tensors, storage and version: :class:`~seqzoo.layers.recurrent.InputTable`). Drops the plan where not.
+        (Global module hooks are the caller's check.)"""
+        backbone, head, embedding = self.backbone, self.head, self.embedding
+        unchanged = (lm._modules.get("model") is backbone and lm._modules.get("lm_head") is head
+                     and backbone._modules.get("embed_tokens") is embedding
+                     and _PLAIN_FORWARDS[nn.Linear] is nn.Linear.forward and not has_hooks(head)
+                     and _PLAIN_FORWARDS[nn.Embedding] is nn.Embedding.forward and not has_hooks(embedding)
+                     and embedding.max_norm is None
+                     and tuple(backbone._modules["layers"]._modules.values()) == self.layers)
+        if unchanged:
+            kind = type(self.layers[0])
+            for layer, parameters, weights in self.found:
+                if type(layer) is not kind or has_hooks(layer) or (self.nonlinearity is not None
+                                                                   and layer.nonlinearity != self.nonlinearity):
+                    unchanged = False
+                    break
+                for name, weight in weights:
+                    if parameters.get(name) is not weight:
+                        unchanged = False
+                        break
+        if unchanged:
+            built = cache.__dict__.get(INPUT_TABLE_ATTRIBUTE)
+            unchanged = built is not None and built.made_from((embedding.weight, *self.sources))
+        if not unchanged:
+            cache.__dict__.pop(STEP_PLAN_ATTRIBUTE, None)
+        return unchanged
+
+
+_IDS = (torch.int64, torch.int32)  # (the general step converts others, or raises on them)
+
+
+def _no_plan() -> None:
+    return None

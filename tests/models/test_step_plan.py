@@ -1,0 +1,456 @@
+"""The classic causal LMs' planned decode step (``seqzoo.models.classic.step_plan``): a cache's later steps run the
+operations its first general step chose, and change nothing. Every test runs the same calls twice, from copies of one
+model: once as it is, once with planning switched off (the general path at every step), and compares what came out
+(logits, states, errors, what hooks and backends saw). torch.nn's stepped RNN/LSTM/GRU, a reference we did not write,
+is compared with the planned steps in test_classic_step.py (test_stacked_step_equals_torch_nn_stepped)."""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import io
+import pickle
+
+import pytest
+import torch
+from torch import nn
+
+from seqzoo.cache import STEP_PLAN_ATTRIBUTE, SeqzooCache
+from seqzoo.kernels import registry, use_backend
+from seqzoo.models.classic import modeling_classic
+from seqzoo.models.classic.step_plan import StepPlan
+from seqzoo.models.compat import output_cache
+from tests.conftest import tiny_model
+
+VARIANTS = {
+    "rnn-tanh": ("rnn-tiny", {"nonlinearity": "tanh"}),
+    "rnn-relu": ("rnn-tiny", {"nonlinearity": "relu"}),
+    "lstm": ("lstm-tiny", {}),
+    "gru": ("gru-tiny", {}),
+    "gru-untied": ("gru-tiny", {"tie_word_embeddings": False, "embedding_size": 24, "num_hidden_layers": 3}),
+}
+
+
+def planned_model(variant: str = "gru", **overrides) -> nn.Module:
+    preset, values = VARIANTS[variant]
+    return tiny_model(preset, **{**values, **overrides}).set_input_table("always")
+
+
+@pytest.fixture
+def plans_ran(monkeypatch):
+    """How many steps a plan ran (an entry per planned step: True where it ran, False where it declined)."""
+    ran = []
+    real = StepPlan.step
+
+    def spy(self, *args, **kwargs):
+        out = real(self, *args, **kwargs)
+        ran.append(out is not None)
+        return out
+
+    monkeypatch.setattr(StepPlan, "step", spy)
+    return ran
+
+
+def without_plans(monkeypatch):
+    monkeypatch.setattr(StepPlan, "build", classmethod(lambda cls, *args: None))
+
+
+def snapshot(cache: SeqzooCache) -> list:
+    return [{k: v.clone() for k, v in (entry.state or {}).items()} for entry in cache.layers] + [cache.seen_tokens]
+
+
+def assert_same(a, b) -> None:
+    """Exactly equal, tensors bitwise (the plan runs the same operations on the same tensors)."""
+    if isinstance(a, torch.Tensor):
+        assert isinstance(b, torch.Tensor) and a.dtype == b.dtype and a.shape == b.shape
+        torch.testing.assert_close(a, b, rtol=0, atol=0, equal_nan=True)  # (a loss over no label is NaN)
+        assert a.requires_grad == b.requires_grad
+    elif isinstance(a, (list, tuple)):
+        assert type(a) is type(b) and len(a) == len(b)
+        for x, y in zip(a, b):
+            assert_same(x, y)
+    elif isinstance(a, dict):
+        assert a.keys() == b.keys()
+        for key in a:
+            assert_same(a[key], b[key])
+    else:
+        assert a == b
+
+
+def outcome(model, cache, tokens, **kwargs):
+    """What one forward call gives: its logits (and hidden states, loss) or its error, and the cache's states."""
+    torch.manual_seed(0)  # (dropout, where a change turns it on)
+    try:
+        out = model(tokens, cache=cache, **kwargs)
+    except Exception as error:  # noqa: BLE001 -- the error is the outcome compared
+        got = (type(error).__name__, str(error))
+    else:
+        if isinstance(out, tuple):
+            got = ("tuple", *(o for o in out if isinstance(o, torch.Tensor)))
+        else:
+            got = {k: v for k, v in out.items() if isinstance(v, (torch.Tensor, tuple)) and k != "cache"}
+    return got, snapshot(cache)
+
+
+def prefilled(model, batch: int = 2):
+    prompt = torch.tensor([[5, 9, 2, 7, 1], [3, 3, 8, 0, 4], [6, 1, 1, 2, 9]][:batch])
+    with torch.no_grad():
+        cache = output_cache(model(prompt, use_cache=True))
+        model(torch.tensor([[4], [2], [7]][:batch]), cache=cache)  # the first step: general, and it plans the rest
+    return cache
+
+
+# What happens between a cache's planned steps, for the next step to see: each takes the model, its cache and a
+# list that hooks append to, and returns the next call's tokens, its keywords and the context it runs in.
+def _hook(where):
+    def change(model, cache, seen):
+        module = where(model)
+        module.register_forward_hook(lambda *args: seen.append(type(module).__name__))
+        return None, {}, None
+    return change
+
+
+def _pre_hook_on_embedding(model, cache, seen):
+    model.model.embed_tokens.register_forward_pre_hook(lambda *args: seen.append("embedding"))
+    return None, {}, None
+
+
+class _GlobalHook:
+    def __init__(self, seen):
+        self.seen = seen
+
+    def __enter__(self):
+        self.handle = torch.nn.modules.module.register_module_forward_hook(
+            lambda module, *args: self.seen.append(type(module).__name__))
+
+    def __exit__(self, *exc):
+        self.handle.remove()
+
+
+def _global_hook(model, cache, seen):
+    return None, {}, _GlobalHook(seen)
+
+
+def _forward_on_the_instance(model, cache, seen):
+    layer = model.model.layers[1]
+    real = layer.forward
+    layer.forward = lambda *args, **kwargs: seen.append("layer forward") or real(*args, **kwargs)
+    return None, {}, None
+
+
+class _Counted:
+    """A forced reference backend of the model's cell, counting its calls."""
+
+    def __init__(self, model, seen):
+        self.op, self.seen = model.config.mixer_type, seen
+
+    def __enter__(self):
+        self.backend = registry.get_op(self.op).backends["reference"]
+        reference = registry.get_kernel(self.op, "reference")
+        self.real = self.backend.__dict__.get("_loaded")
+        self.backend._loaded = lambda *args, **kwargs: self.seen.append("reference") or reference(*args, **kwargs)
+        self.forced = use_backend(self.op, "reference")
+        self.forced.__enter__()
+
+    def __exit__(self, *exc):
+        self.forced.__exit__(*exc)
+        self.backend._loaded = self.real
+
+
+def _set(attribute_path, value):
+    def change(model, cache, seen):
+        *path, name = attribute_path.split(".")
+        target = model
+        for part in path:
+            target = target[int(part)] if part.isdigit() else getattr(target, part)
+        setattr(target, name, value(target) if callable(value) else value)
+        return None, {}, None
+    return change
+
+
+def _scaled(name, factor):
+    return lambda module: nn.Parameter(getattr(module, name).detach() * factor)
+
+
+def _in_place(change):
+    def run(model, cache, seen):
+        with torch.no_grad():
+            change(model)
+        return None, {}, None
+    return run
+
+
+def _call(tokens=None, context=None, **kwargs):
+    return lambda model, cache, seen: (tokens(model, cache) if callable(tokens) else tokens, kwargs,
+                                       context() if context is not None else None)
+
+
+def _new_head(model, cache, seen):
+    torch.manual_seed(5)
+    model.lm_head = nn.Linear(model.lm_head.in_features, model.lm_head.out_features)
+    return None, {}, None
+
+
+def _replace_layer(model, cache, seen):
+    layer = copy.deepcopy(model.model.layers[1])
+    with torch.no_grad():
+        layer.weight_hh.mul_(0.5)
+    model.model.layers[1] = layer
+    return None, {}, None
+
+
+def _replace_backbone(model, cache, seen):
+    backbone = copy.deepcopy(model.model)
+    with torch.no_grad():
+        backbone.layers[1].weight_hh.mul_(0.5)
+    model.model = backbone
+    return None, {}, None
+
+
+def _replace_embedding(model, cache, seen):
+    old = model.model.embed_tokens
+    torch.manual_seed(7)
+    model.model.embed_tokens = nn.Embedding(old.num_embeddings, old.embedding_dim)
+    return None, {}, None
+
+
+def _subclass_layer(model, cache, seen):
+    layer = model.model.layers[1]
+
+    class Recorded(type(layer)):
+        def forward(self, *args, **kwargs):
+            seen.append("subclass forward")
+            return super().forward(*args, **kwargs)
+
+    layer.__class__ = Recorded
+    return None, {}, None
+
+
+def _state_of_another_dtype(model, cache, seen):
+    state = cache.layers[1].state
+    cache.layers[1].state = {k: v.double() for k, v in state.items()}
+    return None, {}, None
+
+
+def _empty_state(model, cache, seen):
+    cache.layers[1].state = None
+    return None, {}, None
+
+
+def _class_forward_patched(cls):
+    def change(model, cache, seen):
+        real = cls.forward
+        # (monkeypatch undoes it: the test's own fixture, passed through seen's owner)
+        seen.patches.setattr(cls, "forward", lambda self, *a, **k: seen.append(cls.__name__) or real(self, *a, **k))
+        return None, {}, None
+    return change
+
+
+ONES = torch.ones(2, 7, dtype=torch.long)  # (the cached positions and the new one, as generate() passes it)
+CHANGES = {
+    "nothing": _call(),
+    "a mask of ones": _call(attention_mask=ONES),
+    "int32 ids": _call(tokens=torch.tensor([[6], [1]], dtype=torch.int32)),
+    "return_dict=False": _call(return_dict=False),
+    "logits_to_keep=1": _call(logits_to_keep=1),
+    # What the plan must step aside for.
+    "a hook on a layer": _hook(lambda m: m.model.layers[1]),
+    "a hook on the head": _hook(lambda m: m.lm_head),
+    "a hook on the backbone": _hook(lambda m: m.model),
+    "a pre-hook on the embedding": _pre_hook_on_embedding,
+    "a global module hook": _global_hook,
+    "a forward set on a layer": _forward_on_the_instance,
+    "the backbone class's forward patched": _class_forward_patched(modeling_classic.ClassicRecurrentModel),
+    "nn.Linear's forward patched": _class_forward_patched(nn.Linear),
+    "nn.Embedding's forward patched": _class_forward_patched(nn.Embedding),
+    "a forced reference backend": lambda model, cache, seen: (None, {}, _Counted(model, seen)),
+    "autocast": _call(context=lambda: torch.autocast("cpu", dtype=torch.bfloat16)),
+    "gradients recorded": _call(context=torch.enable_grad),
+    "training": lambda model, cache, seen: (model.train(), (None, {}, None))[1],
+    "the backbone alone in training": lambda model, cache, seen: (model.model.train(), (None, {}, None))[1],
+    "a layer's weight_hh replaced": _set("model.layers.1.weight_hh", _scaled("weight_hh", 0.5)),
+    "layer 0's bias_hh removed": _set("model.layers.0.bias_hh", None),
+    "layer 0's weight_ih changed in place": _in_place(lambda m: m.model.layers[0].weight_ih.mul_(1.5)),
+    "layer 1's weight_hh changed through .data": _in_place(lambda m: m.model.layers[1].weight_hh.data.mul_(1.5)),
+    "the embedding changed in place": _in_place(lambda m: m.model.embed_tokens.weight.add_(0.1)),
+    "the head replaced": _new_head,
+    "a layer replaced": _replace_layer,
+    "the embedding resized": lambda model, cache, seen: (model.resize_token_embeddings(40), (None, {}, None))[1],
+    "the embedding's max_norm set": _set("model.embed_tokens.max_norm", 0.5),
+    "the model made double": lambda model, cache, seen: (model.double(), (None, {}, None))[1],
+    "a state of another dtype": _state_of_another_dtype,
+    "an empty state": _empty_state,
+    "hidden states asked for": _call(output_hidden_states=True),
+    "hidden states asked for by the config": _set("config.output_hidden_states", True),
+    "return_dict=False by the config": _set("config.return_dict", False),
+    "labels": _call(labels=torch.tensor([[1], [2]])),
+    "position_ids": _call(position_ids=torch.tensor([[6], [6]])),
+    "a padded token": _call(attention_mask=torch.tensor([[1] * 7, [1] * 6 + [0]])),
+    "a mask of another length": _call(attention_mask=torch.ones(2, 3, dtype=torch.long)),
+    "a mask holding a 2": _call(attention_mask=torch.tensor([[1] * 7, [1] * 5 + [2, 1]])),
+    "use_cache=False": _call(use_cache=False),
+    "a token outside the vocabulary": _call(tokens=lambda m, c: torch.tensor([[3], [m.config.vocab_size]])),
+    "a negative token": _call(tokens=torch.tensor([[-1], [3]])),
+    "float ids": _call(tokens=torch.tensor([[1.0], [3.0]])),
+    "int16 ids": _call(tokens=torch.tensor([[1], [3]], dtype=torch.int16)),
+    "two tokens": _call(tokens=torch.tensor([[1, 2], [3, 4]])),
+    "one row more": _call(tokens=torch.tensor([[1], [2], [3]])),
+    "an empty batch": _call(tokens=torch.zeros(0, 1, dtype=torch.long)),
+    "an unknown keyword": _call(temprature=0.5),
+    "the cache under an older name too": lambda model, cache, seen: (None, {"past_key_values": cache}, None),
+    "logits_to_keep as a tensor": _call(logits_to_keep=torch.tensor([0])),
+    "logits_to_keep as a 0-d tensor": _call(logits_to_keep=torch.tensor(0)),
+    "logits_to_keep past the end": _call(logits_to_keep=torch.tensor([1])),
+    "logits_to_keep=2": _call(logits_to_keep=2),
+    "logits_to_keep=-1": _call(logits_to_keep=-1),
+    "ids of one dimension": _call(tokens=torch.tensor([6, 1])),
+    "ids of three dimensions": _call(tokens=torch.tensor([[[6]], [[1]]])),
+    "inputs_embeds too": _call(inputs_embeds=torch.zeros(2, 1, 16)),
+    "position_ids of another shape": _call(position_ids=torch.tensor([[6, 7], [6, 7]])),
+    "the backbone replaced": _replace_backbone,
+    "the embedding module replaced": _replace_embedding,
+    "a layer's class changed": _subclass_layer,
+    "the head in training": lambda model, cache, seen: (model.lm_head.train(), (None, {}, None))[1],
+    "the causal LM alone in training": lambda model, cache, seen: (model.train(), model.model.eval(),
+                                                                  (None, {}, None))[2],
+}
+RNN_ONLY = {"a layer's nonlinearity changed": _set("model.layers.1.nonlinearity", "relu")}
+
+
+class Seen(list):
+    patches: pytest.MonkeyPatch
+
+
+def run_with_change(model, name, change, patches) -> tuple:
+    """Prefill, one general step (planned after), ``change``, then two steps; what each step gave."""
+    cache = prefilled(model)
+    planned = STEP_PLAN_ATTRIBUTE in cache.__dict__
+    seen = Seen()
+    seen.patches = patches
+    tokens, kwargs, context = change(model, cache, seen)
+    tokens = torch.tensor([[6], [1]]) if tokens is None else tokens
+    results = []
+    with contextlib.ExitStack() as stack:
+        # Every step without gradients (as generate() runs them), except where the change records them.
+        stack.enter_context(context if isinstance(context, torch.enable_grad) else torch.no_grad())
+        if context is not None:
+            stack.enter_context(context)
+        for _ in range(2):
+            results.append(outcome(model, cache, tokens, **kwargs))
+    return planned, results, list(seen)
+
+
+@pytest.mark.parametrize("variant", ["rnn-tanh", "lstm", "gru"])
+@pytest.mark.parametrize("name", sorted(CHANGES) + sorted(RNN_ONLY))
+def test_a_planned_step_gives_what_the_general_step_gives(name, variant, plans_ran, monkeypatch):
+    if name in RNN_ONLY and not variant.startswith("rnn"):
+        pytest.skip("an RNN layer's own attribute")
+    change = CHANGES.get(name) or RNN_ONLY[name]
+    model = planned_model(variant, dropout=0.3)
+    twin = copy.deepcopy(model)
+    with monkeypatch.context() as patches:
+        planned, got, seen = run_with_change(model, name, change, patches)
+    assert planned  # (else this compares the general path with itself)
+    without_plans(monkeypatch)
+    with monkeypatch.context() as patches:
+        unplanned, expected, expected_seen = run_with_change(twin, name, change, patches)
+    assert not unplanned
+    assert_same(got, expected)
+    assert seen == expected_seen
+    if name in ("nothing", "a mask of ones", "int32 ids", "return_dict=False", "logits_to_keep=1",
+                "the cache under an older name too"):
+        assert plans_ran == [True, True]  # (the cases the plan runs: it must, or it speeds nothing)
+
+
+@pytest.mark.parametrize("variant", sorted(VARIANTS))
+@pytest.mark.parametrize("batch", [1, 3])
+def test_every_later_step_of_a_decoding_loop_is_planned_and_exact(variant, batch, plans_ran, monkeypatch):
+    model = planned_model(variant)
+    twin = copy.deepcopy(model)
+    gen = torch.Generator().manual_seed(1)
+    steps = torch.randint(0, model.config.vocab_size, (batch, 6), generator=gen)
+
+    def decode(m):
+        cache = prefilled(m, batch)
+        mask = torch.ones(batch, 6, dtype=torch.long)
+        logits = []
+        with torch.no_grad():
+            for t in range(steps.shape[1]):
+                mask = torch.cat([mask, mask[:, :1]], dim=1)
+                logits.append(m(steps[:, t : t + 1], attention_mask=mask, cache=cache).logits)
+        return logits, snapshot(cache)
+
+    got = decode(model)
+    assert plans_ran == [True] * steps.shape[1]
+    without_plans(monkeypatch)
+    assert_same(got, decode(twin))
+
+
+@pytest.mark.parametrize("beams", [1, 3])
+def test_generate_with_plans_gives_what_it_gives_without(beams, plans_ran, monkeypatch):
+    model = planned_model("lstm")
+    prompt = torch.tensor([[5, 9, 2, 7], [0, 0, 4, 8]])
+    mask = torch.tensor([[1, 1, 1, 1], [0, 0, 1, 1]])
+    kwargs = dict(attention_mask=mask, max_new_tokens=6, min_new_tokens=6, do_sample=False, num_beams=beams,
+                  pad_token_id=model.config.pad_token_id, output_scores=True, return_dict_in_generate=True)
+    got = model.generate(prompt, **kwargs)
+    assert plans_ran and all(plans_ran)
+    without_plans(monkeypatch)
+    expected = copy.deepcopy(model).generate(prompt, **kwargs)
+    assert_same(got.sequences, expected.sequences)
+    assert_same(list(got.scores), list(expected.scores))
+
+
+def test_a_copied_cache_shares_the_plan_and_each_continues_alone(plans_ran):
+    model = planned_model("gru")
+    cache = prefilled(model)
+    plan = cache.__dict__[STEP_PLAN_ATTRIBUTE]
+    copied = copy.deepcopy(cache)
+    assert copied.__dict__[STEP_PLAN_ATTRIBUTE] is plan  # (no weights copied)
+    with torch.no_grad():
+        a = model(torch.tensor([[6], [1]]), cache=cache).logits
+        b = model(torch.tensor([[6], [1]]), cache=copied).logits
+    assert plans_ran == [True, True]
+    assert_same(a, b)
+    assert_same(snapshot(cache), snapshot(copied))
+
+
+@pytest.mark.parametrize("how", ["pickle", "torch.save"])
+def test_a_saved_cache_holds_no_plan_and_plans_again(how, plans_ran):
+    model = planned_model("gru")
+    cache = prefilled(model)
+    if how == "pickle":
+        loaded = pickle.loads(pickle.dumps(cache))
+    else:
+        buffer = io.BytesIO()
+        torch.save(cache, buffer)
+        buffer.seek(0)
+        loaded = torch.load(buffer, weights_only=False)
+    assert loaded.__dict__.get(STEP_PLAN_ATTRIBUTE) is None
+    with torch.no_grad():
+        expected = model(torch.tensor([[6], [1]]), cache=cache).logits
+        got = model(torch.tensor([[6], [1]]), cache=loaded).logits
+    assert_same(got, expected)
+    assert loaded.__dict__.get(STEP_PLAN_ATTRIBUTE) is not None  # (planned again by that general step)
+
+
+def test_a_reset_cache_drops_its_plan():
+    model = planned_model("gru")
+    cache = prefilled(model)
+    cache.reset()
+    assert STEP_PLAN_ATTRIBUTE not in cache.__dict__
+
+
+def test_a_cache_stepped_by_another_model_is_stepped_by_that_model(plans_ran, monkeypatch):
+    model = planned_model("gru")
+    other = tiny_model("gru-tiny", seed=1).set_input_table("always")
+    cache = prefilled(model)
+    copied = copy.deepcopy(cache)
+    with torch.no_grad():
+        got = other(torch.tensor([[6], [1]]), cache=cache).logits
+    assert plans_ran == [False]
+    without_plans(monkeypatch)
+    with torch.no_grad():
+        copied.__dict__.pop(STEP_PLAN_ATTRIBUTE)
+        expected = other(torch.tensor([[6], [1]]), cache=copied).logits
+    assert_same(got, expected)
