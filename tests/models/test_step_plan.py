@@ -21,14 +21,7 @@ from seqzoo.models.classic import modeling_classic
 from seqzoo.models.classic.step_plan import StepPlan
 from seqzoo.models.compat import output_cache
 from tests.conftest import tiny_model
-
-VARIANTS = {
-    "rnn-tanh": ("rnn-tiny", {"nonlinearity": "tanh"}),
-    "rnn-relu": ("rnn-tiny", {"nonlinearity": "relu"}),
-    "lstm": ("lstm-tiny", {}),
-    "gru": ("gru-tiny", {}),
-    "gru-untied": ("gru-tiny", {"tie_word_embeddings": False, "embedding_size": 24, "num_hidden_layers": 3}),
-}
+from tests.models.test_classic_step import VARIANTS
 
 
 def planned_model(variant: str = "gru", **overrides) -> nn.Module:
