@@ -138,7 +138,7 @@ class GRUMixer(RecurrentMixer):
 
 
 RECURRENT_MIXERS: dict[str, type[RecurrentMixer]] = {"rnn": RNNMixer, "lstm": LSTMMixer, "gru": GRUMixer}
-_FUSED = {"rnn": fused.rnn, "lstm": fused.lstm, "gru": fused.gru}
+FUSED_KERNELS = {"rnn": fused.rnn, "lstm": fused.lstm, "gru": fused.gru}  # the backend step_stack stands in for
 
 
 class InputTable:
@@ -183,16 +183,20 @@ class InputTable:
         self.policy = policy
         self.built = None
 
+    def applies(self, embedding: torch.Tensor) -> bool:
+        """Whether steps without gradients through ``embedding`` (vocab, E) read the table, by the policy and the
+        embedding's size and device (the weights' own checks aside)."""
+        return (self.policy != "never" and embedding.is_cpu
+                and not (self.policy == "auto" and embedding.shape[0] > 2 * embedding.shape[1]))
+
     def gates(self, embedding: torch.Tensor, input_ids: torch.Tensor, cache: Any,
               weights: Sequence[torch.Tensor | None]) -> torch.Tensor | None:
         """The (B, gates * H) input projection of ``input_ids`` (B, 1) through ``embedding`` (vocab, E) and layer 0's
         ``weights`` (weight_ih, weight_hh, bias_ih, bias_hh), read from the table ``cache`` decodes with; None where
         the table is not used."""
-        if self.policy == "never" or torch.is_grad_enabled() or not embedding.is_cpu:
+        if torch.is_grad_enabled() or not self.applies(embedding):
             return None
         weight_ih, bias_ih = weights[0], weights[2]
-        if self.policy == "auto" and embedding.shape[0] > 2 * embedding.shape[1]:
-            return None
         sources = (embedding, weight_ih) if bias_ih is None else (embedding, weight_ih, bias_ih)
         built = getattr(cache, self.CACHE_ATTRIBUTE, None)
         if built is None or not built.made_from(sources):  # a new cache, or its weights changed since its last step
@@ -265,26 +269,17 @@ def step_stack(
     step's tokens (:meth:`InputTable.gates`), or None to compute it from ``hidden_states``.
     Returns the last layer's (B, 1, H) output and each layer's new state dict."""
     layers = list(layers)  # (indexing a ModuleList costs a string conversion per lookup)
-    cls = type(layers[0])
-    if cls not in _STACKABLE or torch._C._is_any_autocast_enabled() or global_module_hooks():
+    if torch._C._is_any_autocast_enabled() or global_module_hooks():
         return None
+    weights = stack_weights(layers)
+    if weights is None:
+        return None
+    cls = type(layers[0])
     nonlinearity = layers[0].nonlinearity if cls.cell == "rnn" else None
     batch, dtype = hidden_states.shape[0], hidden_states.dtype
     names = cls.state_names
-    hx, weights = [], []
-    # (plain loops: at decode sizes a generator expression per check shows in the step's time)
+    hx = []
     for layer, state in zip(layers, states):
-        if type(layer) is not cls or has_hooks(layer) or (nonlinearity is not None
-                                                          and layer.nonlinearity != nonlinearity):
-            return None
-        # The mixer's own parameters, read from the parameter dict (what layer.weights() returns, without a module
-        # attribute lookup per tensor); a layer whose weights are not all there (one replaced by a plain attribute)
-        # or not plain tensors (a quantised weight: torch's fused cells read a float weight's storage) runs through
-        # its own call instead.
-        found = tuple(map(layer._parameters.get, _WEIGHTS, _ABSENT))
-        if not fused._plain(found):
-            return None
-        weights.append(found)
         if state is None:
             zeros = hidden_states.new_zeros(batch, layer.hidden_size)
             hx.append([zeros] * len(names))
@@ -292,7 +287,7 @@ def step_stack(
             hx.append([_as_dtype(state[name], dtype) for name in names])
     extra = {} if nonlinearity is None else {"nonlinearity": nonlinearity}
     backend = kernel_registry.select(cls.cell, hidden_states, *hx[0], *weights[0], mask=mask, reset=None, **extra)
-    if backend.load() is not _FUSED[cls.cell]:
+    if backend.load() is not FUSED_KERNELS[cls.cell]:
         return None
     params = [fused._params(*w) for w in weights]
     gates = None if input_gates is None else input_gates(weights[0])
@@ -300,14 +295,40 @@ def step_stack(
     return y, [dict(zip(names, layer_new)) for layer_new in new]
 
 
+def stack_weights(layers: Sequence[nn.Module]) -> list[tuple[torch.Tensor | None, ...]] | None:
+    """Each layer's weights, as ``RecurrentMixer.weights()`` lists them (:data:`WEIGHT_NAMES`), where the stack is one
+    that :func:`step_stack` may run as one fused cell call per layer: every layer an unmodified mixer of one kind (and,
+    for the Elman RNN, one nonlinearity), nothing :func:`~seqzoo.layers.mixer.has_hooks` finds on it, and its weights
+    all in its parameter dict as plain tensors; else None."""
+    cls = type(layers[0])
+    if cls not in _STACKABLE:
+        return None
+    nonlinearity = layers[0].nonlinearity if cls.cell == "rnn" else None
+    weights = []
+    # (plain loops: at decode sizes a generator expression per check shows in the step's time)
+    for layer in layers:
+        if type(layer) is not cls or has_hooks(layer) or (nonlinearity is not None
+                                                          and layer.nonlinearity != nonlinearity):
+            return None
+        # The mixer's own parameters, read from the parameter dict (what layer.weights() returns, without a module
+        # attribute lookup per tensor); a layer whose weights are not all there (one replaced by a plain attribute)
+        # or not plain tensors (a quantised weight: torch's fused cells read a float weight's storage) runs through
+        # its own call instead.
+        found = tuple(map(layer._parameters.get, WEIGHT_NAMES, _ABSENT))
+        if not fused._plain(found):
+            return None
+        weights.append(found)
+    return weights
+
+
 _STACKABLE = frozenset(RECURRENT_MIXERS.values())
-_WEIGHTS = ("weight_ih", "weight_hh", "bias_ih", "bias_hh")  # the order of RecurrentMixer.weights()
-_ABSENT = (object(),) * len(_WEIGHTS)  # what a weight not in the parameter dict reads as (no plain type)
+WEIGHT_NAMES = ("weight_ih", "weight_hh", "bias_ih", "bias_hh")  # the order of RecurrentMixer.weights()
+_ABSENT = (object(),) * len(WEIGHT_NAMES)  # what a weight not in the parameter dict reads as (no plain type)
 
 
 def _as_dtype(tensor: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     return tensor if tensor.dtype == dtype else tensor.to(dtype)
 
 
-__all__ = ["GATES", "GRUMixer", "InputTable", "LSTMMixer", "RECURRENT_MIXERS", "RNNMixer", "RecurrentMixer",
-           "step_stack"]
+__all__ = ["FUSED_KERNELS", "GATES", "GRUMixer", "InputTable", "LSTMMixer", "RECURRENT_MIXERS", "RNNMixer",
+           "RecurrentMixer", "WEIGHT_NAMES", "stack_weights", "step_stack"]

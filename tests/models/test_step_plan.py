@@ -219,6 +219,13 @@ def _subclass_layer(model, cache, seen):
     return None, {}, None
 
 
+def _weight_made_a_buffer(model, cache, seen):
+    layer = model.model.layers[1]
+    weight = layer._parameters.pop("weight_hh").detach() * 0.5
+    layer.register_buffer("weight_hh", weight)
+    return None, {}, None
+
+
 def _state_of_another_dtype(model, cache, seen):
     state = cache.layers[1].state
     cache.layers[1].state = {k: v.double() for k, v in state.items()}
@@ -304,6 +311,10 @@ CHANGES = {
     "the embedding module replaced": _replace_embedding,
     "a layer's class changed": _subclass_layer,
     "the head in training": lambda model, cache, seen: (model.lm_head.train(), (None, {}, None))[1],
+    "a layer's weight_hh made a buffer": _weight_made_a_buffer,
+    "the input table switched off": lambda model, cache, seen: (model.set_input_table("never"), (None, {}, None))[1],
+    "the input table left to its default": lambda model, cache, seen: (model.set_input_table("auto"),
+                                                                      (None, {}, None))[1],
     "the causal LM alone in training": lambda model, cache, seen: (model.train(), model.model.eval(),
                                                                   (None, {}, None))[2],
 }

@@ -20,9 +20,9 @@ from seqzoo.cache import INPUT_TABLE_ATTRIBUTE, STEP_PLAN_ATTRIBUTE, SeqzooCache
 from seqzoo.kernels import registry as kernel_registry
 from seqzoo.kernels.rnn_cells import fused
 from seqzoo.layers.mixer import global_module_hooks, has_hooks
-from seqzoo.layers.recurrent import _FUSED, _STACKABLE, _WEIGHTS
+from seqzoo.layers.recurrent import FUSED_KERNELS, WEIGHT_NAMES, stack_weights
 from seqzoo.models.compat import model_output
-from seqzoo.models.decode_step import _PLAIN_FORWARDS, runs_plainly
+from seqzoo.models.decode_step import runs_plainly
 from seqzoo.models.inputs import check_token_ids, current_padding_mask
 
 
@@ -33,7 +33,7 @@ class StepPlan:
     model changed: a new one is built after the next general step)."""
 
     __slots__ = ("backbone", "forward", "embedding", "head", "layers", "weights", "params", "kind", "names",
-                 "select", "extra", "dtype", "fused", "found", "sources", "nonlinearity")
+                 "select", "extra", "dtype", "fused", "found", "sources", "nonlinearity", "policy")
 
     def __init__(self, lm: nn.Module, backbone: nn.Module, layers: list[nn.Module],
                  weights: list[tuple[torch.Tensor | None, ...]]) -> None:
@@ -42,32 +42,28 @@ class StepPlan:
         self.layers, self.weights = tuple(layers), tuple(weights)
         cls = type(layers[0])
         nonlinearity = layers[0].nonlinearity if cls.cell == "rnn" else None
-        self.kind, self.names, self.fused = nonlinearity or cls.cell, cls.state_names, _FUSED[cls.cell]
+        self.kind, self.names, self.fused = nonlinearity or cls.cell, cls.state_names, FUSED_KERNELS[cls.cell]
         self.nonlinearity = nonlinearity
         self.select, self.extra = cls.cell, ({} if nonlinearity is None else {"nonlinearity": nonlinearity})
         self.params = [fused._params(*w) for w in weights]
         self.dtype = self.embedding.weight.dtype
+        # The table's policy as planned (set_input_table("never") leaves a cache's table unused, but on the cache).
+        self.policy = backbone.input_table.policy
         # Each layer's parameter dict and the weights it held.
-        self.found = tuple((layer, layer._parameters, tuple(zip(_WEIGHTS, w))) for layer, w in zip(layers, weights))
+        self.found = tuple((layer, layer._parameters, tuple(zip(WEIGHT_NAMES, w))) for layer, w in zip(layers, weights))
         self.sources = weights[0][:1] if weights[0][2] is None else weights[0][:3:2]  # the table's (weight_ih, bias_ih)
 
     @classmethod
     def build(cls, lm: nn.Module, backbone: nn.Module, cache: SeqzooCache) -> StepPlan | None:
         """A plan for ``cache``'s later steps, after a general decode step that stacked its layers and read layer 0's
         input from the table (the table is on the cache); None where that is not what it did."""
-        if cache.__dict__.get(INPUT_TABLE_ATTRIBUTE) is None or torch.is_grad_enabled():
+        if (cache.__dict__.get(INPUT_TABLE_ATTRIBUTE) is None or torch.is_grad_enabled()
+                or not backbone.input_table.applies(backbone.embed_tokens.weight)):
             return None
         layers = list(backbone.layers)
-        kind = type(layers[0])
-        if kind not in _STACKABLE or not runs_plainly(backbone.embed_tokens) or not runs_plainly(lm.lm_head):
+        weights = stack_weights(layers)
+        if weights is None or not runs_plainly(backbone.embed_tokens) or not runs_plainly(lm.lm_head):
             return None
-        weights = []
-        for layer in layers:
-            found = tuple(map(layer._parameters.get, _WEIGHTS))
-            if type(layer) is not kind or not fused._plain(found) or (
-                    kind.cell == "rnn" and layer.nonlinearity != layers[0].nonlinearity):
-                return None
-            weights.append(found)
         return cls(lm, backbone, layers, weights)
 
     def __deepcopy__(self, memo: dict) -> StepPlan:
@@ -135,9 +131,8 @@ class StepPlan:
         backbone, head, embedding = self.backbone, self.head, self.embedding
         unchanged = (lm._modules.get("model") is backbone and lm._modules.get("lm_head") is head
                      and backbone._modules.get("embed_tokens") is embedding
-                     and _PLAIN_FORWARDS[nn.Linear] is nn.Linear.forward and not has_hooks(head)
-                     and _PLAIN_FORWARDS[nn.Embedding] is nn.Embedding.forward and not has_hooks(embedding)
-                     and embedding.max_norm is None
+                     and runs_plainly(head) and runs_plainly(embedding) and embedding.max_norm is None
+                     and backbone.input_table.policy == self.policy
                      and tuple(backbone._modules["layers"]._modules.values()) == self.layers)
         if unchanged:
             kind = type(self.layers[0])
