@@ -13,10 +13,12 @@ import pickle
 
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from seqzoo.cache import STEP_PLAN_ATTRIBUTE, SeqzooCache
 from seqzoo.kernels import registry, use_backend
+from seqzoo.kernels.rnn_cells import fused
 from seqzoo.models.classic import modeling_classic
 from seqzoo.models.classic.step_plan import StepPlan
 from seqzoo.models.compat import output_cache
@@ -24,9 +26,10 @@ from tests.conftest import tiny_model
 from tests.models.test_classic_step import VARIANTS
 
 
-def planned_model(variant: str = "gru", **overrides) -> nn.Module:
+def planned_model(variant: str = "gru", table: str = "always", **overrides) -> nn.Module:
+    """A tiny classic LM whose steps read layer 0's input from the input table ("always"), or embed it ("never")."""
     preset, values = VARIANTS[variant]
-    return tiny_model(preset, **{**values, **overrides}).set_input_table("always")
+    return tiny_model(preset, **{**values, **overrides}).set_input_table(table)
 
 
 @pytest.fixture
@@ -226,6 +229,78 @@ def _weight_made_a_buffer(model, cache, seen):
     return None, {}, None
 
 
+def _wrap_on_backbone(name):
+    def change(model, cache, seen):
+        real = getattr(model.model, name)
+        setattr(model.model, name, lambda *a, **k: seen.append(name) or real(*a, **k))
+        return None, {}, None
+    return change
+
+
+def _class_method_patched(name):
+    def change(model, cache, seen):
+        cls = modeling_classic.ClassicRecurrentModel
+        real = getattr(cls, name)
+        seen.patches.setattr(cls, name, lambda self, *a, **k: seen.append(name) or real(self, *a, **k))
+        return None, {}, None
+    return change
+
+
+class _Recording(torch.overrides.TorchFunctionMode):
+    """A torch function mode (a profiler's, ``with torch.device(...)``) that records every function it sees."""
+
+    def __init__(self, seen):
+        super().__init__()
+        self.seen = seen
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        self.seen.append(getattr(func, "__name__", repr(func)))
+        return func(*args, **(kwargs or {}))
+
+
+class _InputReadingBackend:
+    """A backend of the model's cell forced by name, whose check takes only a (B, 1, I) input: the plan must ask the
+    registry about the call the general step makes."""
+
+    def __init__(self, model, seen):
+        self.op, self.seen = model.config.mixer_type, seen
+
+    def __enter__(self):
+        fused_cell = getattr(fused, self.op)
+        registry.register_backend(self.op, "test_reads_input", lambda *a, **k: self.seen.append("plugin")
+                                  or fused_cell(*a, **k), priority=-5,
+                                  supports=lambda x, *a, **k: (x.dim() == 3 and x.shape[1] == 1, "(B, 1, I) only"))
+        self.forced = use_backend(self.op, "test_reads_input")
+        self.forced.__enter__()
+
+    def __exit__(self, *exc):
+        self.forced.__exit__(*exc)
+        registry.unregister_backend(self.op, "test_reads_input")
+
+
+class _FunctionalLookup(torch.Tensor):
+    """A weight subclass (a quantised embedding's) whose own lookup is what F.embedding dispatches to."""
+
+    @classmethod
+    def __torch_function__(cls, func, types, args=(), kwargs=None):
+        if func is F.embedding:
+            with torch._C.DisableTorchFunctionSubclass():
+                return F.embedding(*args, **(kwargs or {})) * 2.0
+        return super().__torch_function__(func, types, args, kwargs)
+
+
+def _subclass_embedding_weight(model, cache, seen):
+    embedding = model.model.embed_tokens
+    embedding.weight = nn.Parameter(embedding.weight.detach().as_subclass(_FunctionalLookup), requires_grad=False)
+    return None, {}, None
+
+
+def _cut_vocabulary(model):
+    # Fewer rows than twice the embedding's width: the input table now applies under "auto".
+    weight = model.model.embed_tokens.weight
+    weight.data = weight.data[: weight.shape[1]].clone()
+
+
 def _state_of_another_dtype(model, cache, seen):
     state = cache.layers[1].state
     cache.layers[1].state = {k: v.double() for k, v in state.items()}
@@ -313,8 +388,19 @@ CHANGES = {
     "the head in training": lambda model, cache, seen: (model.lm_head.train(), (None, {}, None))[1],
     "a layer's weight_hh made a buffer": _weight_made_a_buffer,
     "the input table switched off": lambda model, cache, seen: (model.set_input_table("never"), (None, {}, None))[1],
+    "the input table switched on": lambda model, cache, seen: (model.set_input_table("always"), (None, {}, None))[1],
+    "the embedding made float64 through .data": _in_place(lambda m: setattr(m.model.embed_tokens.weight, "data",
+                                                                            m.model.embed_tokens.weight.double())),
     "the input table left to its default": lambda model, cache, seen: (model.set_input_table("auto"),
                                                                       (None, {}, None))[1],
+    "decode_step wrapped on the backbone": _wrap_on_backbone("decode_step"),
+    "decode_step patched on the backbone's class": _class_method_patched("decode_step"),
+    "takes_step patched on the backbone's class": _class_method_patched("takes_step"),
+    "a torch function mode": lambda model, cache, seen: (None, {}, _Recording(seen)),
+    "a forced backend whose check reads the input": lambda model, cache, seen: (None, {}, _InputReadingBackend(model,
+                                                                                                            seen)),
+    "the embedding's weight of a subclass with its own lookup": _subclass_embedding_weight,
+    "the vocabulary cut through .data": _in_place(_cut_vocabulary),
     "the causal LM alone in training": lambda model, cache, seen: (model.train(), model.model.eval(),
                                                                   (None, {}, None))[2],
 }
@@ -344,13 +430,14 @@ def run_with_change(model, name, change, patches) -> tuple:
     return planned, results, list(seen)
 
 
+@pytest.mark.parametrize("table", ["always", "never", "auto"])
 @pytest.mark.parametrize("variant", ["rnn-tanh", "lstm", "gru"])
 @pytest.mark.parametrize("name", sorted(CHANGES) + sorted(RNN_ONLY))
-def test_a_planned_step_gives_what_the_general_step_gives(name, variant, plans_ran, monkeypatch):
+def test_a_planned_step_gives_what_the_general_step_gives(name, variant, table, plans_ran, monkeypatch):
     if name in RNN_ONLY and not variant.startswith("rnn"):
         pytest.skip("an RNN layer's own attribute")
     change = CHANGES.get(name) or RNN_ONLY[name]
-    model = planned_model(variant, dropout=0.3)
+    model = planned_model(variant, table, dropout=0.3)
     twin = copy.deepcopy(model)
     with monkeypatch.context() as patches:
         planned, got, seen = run_with_change(model, name, change, patches)
@@ -366,10 +453,11 @@ def test_a_planned_step_gives_what_the_general_step_gives(name, variant, plans_r
         assert plans_ran == [True, True]  # (the cases the plan runs: it must, or it speeds nothing)
 
 
+@pytest.mark.parametrize("table", ["always", "never", "auto"])  # (auto: the tiny vocabulary is too wide for it)
 @pytest.mark.parametrize("variant", sorted(VARIANTS))
 @pytest.mark.parametrize("batch", [1, 3])
-def test_every_later_step_of_a_decoding_loop_is_planned_and_exact(variant, batch, plans_ran, monkeypatch):
-    model = planned_model(variant)
+def test_every_later_step_of_a_decoding_loop_is_planned_and_exact(variant, batch, table, plans_ran, monkeypatch):
+    model = planned_model(variant, table)
     twin = copy.deepcopy(model)
     gen = torch.Generator().manual_seed(1)
     steps = torch.randint(0, model.config.vocab_size, (batch, 6), generator=gen)
@@ -458,3 +546,43 @@ def test_a_cache_stepped_by_another_model_is_stepped_by_that_model(plans_ran, mo
         copied.__dict__.pop(STEP_PLAN_ATTRIBUTE)
         expected = other(torch.tensor([[6], [1]]), cache=copied).logits
     assert_same(got, expected)
+
+
+class LoggedCache(SeqzooCache):
+    """A cache of the user's own that stores states its own way (here: logs each store and advance)."""
+
+    def update_layer(self, idx, state):
+        self.__dict__.setdefault("log", []).append(("update", idx))
+        super().update_layer(idx, state)
+
+    def advance(self, num_positions):
+        self.__dict__.setdefault("log", []).append(("advance", num_positions))
+        super().advance(num_positions)
+
+
+def test_a_cache_of_a_subclass_is_never_planned(plans_ran):
+    model = planned_model("lstm")
+    cache = LoggedCache.for_model(model)
+    with torch.no_grad():
+        model(torch.tensor([[5, 9, 2]]), cache=cache)
+        for token in (4, 6, 1):
+            model(torch.tensor([[token]]), cache=cache)
+    assert STEP_PLAN_ATTRIBUTE not in cache.__dict__ and not plans_ran
+    assert cache.log.count(("advance", 1)) == 3
+
+
+def test_compiled_decoding_after_planned_steps_compiles_the_general_step(plans_ran, monkeypatch):
+    """compile_decoding() after a cache was planned: the compiled steps trace the general forward (the plan steps
+    aside while dynamo traces), as they would without plans."""
+    def run(model):
+        cache = prefilled(model)
+        model.compile_decoding(backend="eager")
+        with torch.no_grad():
+            return [outcome(model, cache, torch.tensor([[6], [1]])) for _ in range(2)]
+
+    model = planned_model("gru")
+    twin = copy.deepcopy(model)
+    got = run(model)
+    assert not any(plans_ran)
+    without_plans(monkeypatch)
+    assert_same(got, run(twin))

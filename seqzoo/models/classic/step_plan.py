@@ -1,10 +1,10 @@
 """The classic causal LMs' planned decode step: what the general decode step of one cache decided on its first step
-(every layer stacked in one fused call, layer 0's input looked up in the input table, a plain vocabulary head), kept
-on the cache so that each later step checks those decisions still hold and runs the operations alone.
+(every layer stacked in one fused call, layer 0's input looked up in the input table or embedded, a plain vocabulary
+head), kept on the cache so that each later step checks those decisions still hold and runs the operations alone.
 
 At decode sizes a classic model's step is a few small matrix-vector products, and the general path's Python (the
 causal LM's and the backbone's argument handling, the cache's error restore, each module's and weight's lookup)
-cost it about a third of its time against torch.nn's own step loop (BENCHMARKS.md, run Y). A plan changes no
+cost it about a quarter of its time (BENCHMARKS.md, run Y). A plan changes no
 result: it runs the same operations on the same tensors, and declines, for the general path to run, wherever that
 path would do anything else (seqzoo/models/README.md, "The decode step's shortcut")."""
 
@@ -32,12 +32,13 @@ class StepPlan:
     call is the plain decode step it was built for; else it returns None (and drops itself from the cache where the
     model changed: a new one is built after the next general step)."""
 
-    __slots__ = ("backbone", "forward", "embedding", "head", "layers", "weights", "params", "kind", "names",
-                 "select", "extra", "dtype", "fused", "found", "sources", "nonlinearity", "policy")
+    __slots__ = ("backbone", "methods", "embedding", "head", "layers", "weights", "params", "kind", "names",
+                 "select", "extra", "dtype", "fused", "found", "sources", "nonlinearity", "policy", "table")
 
     def __init__(self, lm: nn.Module, backbone: nn.Module, layers: list[nn.Module],
-                 weights: list[tuple[torch.Tensor | None, ...]]) -> None:
-        self.backbone, self.forward = backbone, type(backbone).forward  # (the class's forward the general step ran)
+                 weights: list[tuple[torch.Tensor | None, ...]], table: bool) -> None:
+        # The backbone's methods the general step went through, as its class had them (a patch since is called).
+        self.backbone, self.methods = backbone, tuple(getattr(type(backbone), name) for name in _BACKBONE_METHODS)
         self.embedding, self.head = backbone.embed_tokens, lm.lm_head
         self.layers, self.weights = tuple(layers), tuple(weights)
         cls = type(layers[0])
@@ -49,22 +50,28 @@ class StepPlan:
         self.dtype = self.embedding.weight.dtype
         # The table's policy as planned (set_input_table("never") leaves a cache's table unused, but on the cache).
         self.policy = backbone.input_table.policy
+        self.table = table  # whether layer 0's input projection is read from the cache's table
         # Each layer's parameter dict and the weights it held.
         self.found = tuple((layer, layer._parameters, tuple(zip(WEIGHT_NAMES, w))) for layer, w in zip(layers, weights))
         self.sources = weights[0][:1] if weights[0][2] is None else weights[0][:3:2]  # the table's (weight_ih, bias_ih)
 
     @classmethod
     def build(cls, lm: nn.Module, backbone: nn.Module, cache: SeqzooCache) -> StepPlan | None:
-        """A plan for ``cache``'s later steps, after a general decode step that stacked its layers and read layer 0's
-        input from the table (the table is on the cache); None where that is not what it did."""
-        if (cache.__dict__.get(INPUT_TABLE_ATTRIBUTE) is None or torch.is_grad_enabled()
-                or not backbone.input_table.applies(backbone.embed_tokens.weight)):
+        """A plan for ``cache``'s later steps, after a general decode step without gradients on the CPU; None where
+        its layers would not run as one stack, its embedding or head not as their one operation, or the input table
+        applies by its policy but is not on the cache (weights it declines: the general step computes the
+        projection)."""
+        weight = backbone.embed_tokens._parameters.get("weight")
+        if torch.is_grad_enabled() or type(cache) is not SeqzooCache or type(weight) not in _PLAIN:
+            return None  # (a cache's subclass may store or read states its own way: the general step calls it)
+        table = backbone.input_table.applies(weight)
+        if table and cache.__dict__.get(INPUT_TABLE_ATTRIBUTE) is None:
             return None
         layers = list(backbone.layers)
         weights = stack_weights(layers)
         if weights is None or not runs_plainly(backbone.embed_tokens) or not runs_plainly(lm.lm_head):
             return None
-        return cls(lm, backbone, layers, weights)
+        return cls(lm, backbone, layers, weights, table)
 
     def __deepcopy__(self, memo: dict) -> StepPlan:
         # (a copied cache decodes with the same model: the plan holds no state of the cache)
@@ -78,17 +85,23 @@ class StepPlan:
              logits_to_keep: Any) -> Any:
         """The causal LM's forward for a call that passed only these (no labels, embeds, position ids, hidden states
         or other keyword: the caller checked), or None where the general path must run."""
-        if (type(input_ids) is not torch.Tensor or input_ids.dim() != 2 or input_ids.shape[1] != 1
+        # (a torch function mode first: it would see the tensor methods the checks call)
+        if (torch._C._is_torch_function_mode_enabled() or type(input_ids) is not torch.Tensor or input_ids.dim() != 2
+                or input_ids.shape[1] != 1
                 or not input_ids.shape[0] or input_ids.dtype not in _IDS
                 or type(logits_to_keep) is not int  # (any int keeps the one position; a tensor indexes them)
-                or torch.is_grad_enabled() or global_module_hooks()
-                or torch._C._is_any_autocast_enabled() or not self._model_unchanged(lm, cache)):
+                or torch.is_grad_enabled() or global_module_hooks() or torch.compiler.is_compiling()
+                or torch._C._is_any_autocast_enabled()
+                or not self._model_unchanged(lm, cache)):
             return None
         backbone = self.backbone
         config = backbone.config
-        if (config.output_hidden_states or backbone.training or has_hooks(backbone)
-                or type(backbone).forward is not self.forward):
+        if config.output_hidden_states or backbone.training or has_hooks(backbone):
             return None
+        cls, attributes = type(backbone), backbone.__dict__
+        for name, method in zip(_BACKBONE_METHODS, self.methods):
+            if getattr(cls, name) is not method or name in attributes:
+                return None
         batch = input_ids.shape[0]
         # The general step's checks of the ids, the cache and the mask, and its errors.
         check_token_ids(input_ids, config.vocab_size)
@@ -106,12 +119,17 @@ class StepPlan:
                 if type(value) is not torch.Tensor or value.dtype is not self.dtype:
                     return None
             hx.append(values)
-        first = self.weights[0]
-        backend = kernel_registry.select(self.select, hx[0][0], hx[0][0], *first, mask=None, reset=None, **self.extra)
+        # The embedded token, which the kernel registry is asked about as in the general step (a plugin's or a forced
+        # backend's check may read it), and layer 0's input unless the table stands in for it.
+        x = torch.embedding(self.embedding.weight, input_ids)  # (the embedding's one operation, without gradients)
+        backend = kernel_registry.select(self.select, x, *hx[0], *self.weights[0], mask=None, reset=None,
+                                         **self.extra)
         if backend.load() is not self.fused:
             return None  # (a forced or plugin backend)
-        gates = cache.__dict__[INPUT_TABLE_ATTRIBUTE].table.index_select(0, input_ids[:, 0])
-        y, new = fused.step_layers(self.kind, None, hx, self.params, None, gates)
+        gates = None
+        if self.table:
+            gates = cache.__dict__[INPUT_TABLE_ATTRIBUTE].table.index_select(0, input_ids[:, 0])
+        y, new = fused.step_layers(self.kind, x, hx, self.params, None, gates)
         head = self.head
         logits = torch.nn.functional.linear(y, head.weight, head.bias)
         # Nothing above changed the cache: a step that raised leaves it as it was.
@@ -146,14 +164,21 @@ class StepPlan:
                         unchanged = False
                         break
         if unchanged:
-            built = cache.__dict__.get(INPUT_TABLE_ATTRIBUTE)
-            unchanged = built is not None and built.made_from((embedding.weight, *self.sources))
+            weight = embedding._parameters.get("weight")
+            if self.table:  # (the table's own check: the same tensors, at the same storage and version)
+                built = cache.__dict__.get(INPUT_TABLE_ATTRIBUTE)
+                unchanged = built is not None and built.made_from((weight, *self.sources))
+            else:  # (a weight whose storage was replaced through .data may be of another dtype, device or size)
+                unchanged = (type(weight) in _PLAIN and weight.dtype is self.dtype and weight.is_cpu
+                             and not backbone.input_table.applies(weight))
         if not unchanged:
             cache.__dict__.pop(STEP_PLAN_ATTRIBUTE, None)
         return unchanged
 
 
+_BACKBONE_METHODS = ("forward", "takes_step", "decode_step")
 _IDS = (torch.int64, torch.int32)  # (the general step converts others, or raises on them)
+_PLAIN = (torch.Tensor, nn.Parameter)  # (a tensor subclass, a quantised weight, goes through F.embedding)
 
 
 def _no_plan() -> None:
