@@ -205,17 +205,26 @@ def test_a_layer_with_subclass_weights_runs_layer_by_layer(layer, stacked_calls)
 
 @pytest.fixture
 def decode_branch(monkeypatch):
-    """One entry per call of the classic backbone's decode branch (the common decode step), made on entry."""
+    """One entry per call of the classic backbone's decode branch (the common decode step), made on entry, and per
+    step a cache's plan ran (seqzoo/models/classic/step_plan.py: the same step, planned by the branch's first)."""
     from seqzoo.models.classic import modeling_classic
+    from seqzoo.models.classic.step_plan import StepPlan
 
     taken = []
-    real = modeling_classic.prepare_step_inputs
+    real, planned = modeling_classic.prepare_step_inputs, StepPlan.step
 
     def spy(*args):
         taken.append(True)
         return real(*args)
 
+    def plan_spy(*args):
+        out = planned(*args)
+        if out is not None:
+            taken.append(True)
+        return out
+
     monkeypatch.setattr(modeling_classic, "prepare_step_inputs", spy)
+    monkeypatch.setattr(StepPlan, "step", plan_spy)
     return taken
 
 
