@@ -62,7 +62,8 @@ class StepPlan:
         applies by its policy but is not on the cache (weights it declines: the general step computes the
         projection)."""
         weight = backbone.embed_tokens._parameters.get("weight")
-        if torch.is_grad_enabled() or type(cache) is not SeqzooCache or type(weight) not in _PLAIN:
+        if (torch.is_grad_enabled() or type(cache) is not SeqzooCache or type(weight) not in _PLAIN
+                or not weight.is_cpu):
             return None  # (a cache's subclass may store or read states its own way: the general step calls it)
         table = backbone.input_table.applies(weight)
         if table and cache.__dict__.get(INPUT_TABLE_ATTRIBUTE) is None:
