@@ -16,7 +16,7 @@ import torch
 from torch import nn
 from transformers.modeling_outputs import CausalLMOutputWithPast
 
-from seqzoo.cache import INPUT_TABLE_ATTRIBUTE, STEP_PLAN_ATTRIBUTE, SeqzooCache, StateLayer
+from seqzoo.cache import STEP_PLAN_ATTRIBUTE, SeqzooCache, StateLayer
 from seqzoo.kernels import registry as kernel_registry
 from seqzoo.kernels.rnn_cells import fused
 from seqzoo.layers.mixer import global_module_hooks, has_hooks
@@ -33,10 +33,10 @@ class StepPlan:
     model changed: a new one is built after the next general step)."""
 
     __slots__ = ("backbone", "methods", "embedding", "head", "layers", "weights", "params", "kind", "names",
-                 "select", "extra", "dtype", "fused", "found", "sources", "nonlinearity", "policy", "table")
+                 "select", "extra", "dtype", "fused", "found", "nonlinearity")
 
     def __init__(self, lm: nn.Module, backbone: nn.Module, layers: list[nn.Module],
-                 weights: list[tuple[torch.Tensor | None, ...]], table: bool) -> None:
+                 weights: list[tuple[torch.Tensor | None, ...]]) -> None:
         # The backbone's methods the general step went through, as its class had them (a patch since is called).
         self.backbone, self.methods = backbone, tuple(getattr(type(backbone), name) for name in _BACKBONE_METHODS)
         self.embedding, self.head = backbone.embed_tokens, lm.lm_head
@@ -48,31 +48,22 @@ class StepPlan:
         self.select, self.extra = cls.cell, ({} if nonlinearity is None else {"nonlinearity": nonlinearity})
         self.params = [fused._params(*w) for w in weights]
         self.dtype = self.embedding.weight.dtype
-        # The table's policy as planned (set_input_table("never") leaves a cache's table unused, but on the cache).
-        self.policy = backbone.input_table.policy
-        self.table = table  # whether layer 0's input projection is read from the cache's table
         # Each layer's parameter dict and the weights it held.
         self.found = tuple((layer, layer._parameters, tuple(zip(WEIGHT_NAMES, w))) for layer, w in zip(layers, weights))
-        self.sources = weights[0][:1] if weights[0][2] is None else weights[0][:3:2]  # the table's (weight_ih, bias_ih)
 
     @classmethod
     def build(cls, lm: nn.Module, backbone: nn.Module, cache: SeqzooCache) -> StepPlan | None:
         """A plan for ``cache``'s later steps, after a general decode step without gradients on the CPU; None where
-        its layers would not run as one stack, its embedding or head not as their one operation, or the input table
-        applies by its policy but is not on the cache (weights it declines: the general step computes the
-        projection)."""
+        its layers would not run as one stack, or its embedding or head not as their one operation."""
         weight = backbone.embed_tokens._parameters.get("weight")
         if (torch.is_grad_enabled() or type(cache) is not SeqzooCache or type(weight) not in _PLAIN
                 or not weight.is_cpu):
             return None  # (a cache's subclass may store or read states its own way: the general step calls it)
-        table = backbone.input_table.applies(weight)
-        if table and cache.__dict__.get(INPUT_TABLE_ATTRIBUTE) is None:
-            return None
         layers = list(backbone.layers)
         weights = stack_weights(layers)
         if weights is None or not runs_plainly(backbone.embed_tokens) or not runs_plainly(lm.lm_head):
             return None
-        return cls(lm, backbone, layers, weights, table)
+        return cls(lm, backbone, layers, weights)
 
     def __deepcopy__(self, memo: dict) -> StepPlan:
         # (a copied cache decodes with the same model: the plan holds no state of the cache)
@@ -127,9 +118,9 @@ class StepPlan:
                                          **self.extra)
         if backend.load() is not self.fused:
             return None  # (a forced or plugin backend)
-        gates = None
-        if self.table:
-            gates = cache.__dict__[INPUT_TABLE_ATTRIBUTE].table.index_select(0, input_ids[:, 0])
+        # Layer 0's input projection by the general step's own lookup, which checks the table against the weights as
+        # they are (None: the cells compute it from the embedded token, as there).
+        gates = backbone.input_table.gates(self.embedding.weight, input_ids, cache, self.weights[0])
         y, new = fused.step_layers(self.kind, x, hx, self.params, None, gates)
         head = self.head
         logits = torch.nn.functional.linear(y, head.weight, head.bias)
@@ -144,14 +135,12 @@ class StepPlan:
 
     def _model_unchanged(self, lm: nn.Module, cache: SeqzooCache) -> bool:
         """Whether the modules and weights are those the plan was built from, unhooked and run by torch's own forward
-        where the plan skips their call, and the cache's input table was built from the weights as they are (same
-        tensors, storage and version: :class:`~seqzoo.layers.recurrent.InputTable`). Drops the plan where not.
-        (Global module hooks are the caller's check.)"""
+        where the plan skips their call (the input table's lookup checks the table against the weights itself).
+        Drops the plan where not. (Global module hooks are the caller's check.)"""
         backbone, head, embedding = self.backbone, self.head, self.embedding
         unchanged = (lm._modules.get("model") is backbone and lm._modules.get("lm_head") is head
                      and backbone._modules.get("embed_tokens") is embedding
                      and runs_plainly(head) and runs_plainly(embedding) and embedding.max_norm is None
-                     and backbone.input_table.policy == self.policy
                      and tuple(backbone._modules["layers"]._modules.values()) == self.layers)
         if unchanged:
             kind = type(self.layers[0])
@@ -164,14 +153,13 @@ class StepPlan:
                     if parameters.get(name) is not weight:
                         unchanged = False
                         break
+                if not unchanged:
+                    break
         if unchanged:
+            # (a weight whose storage was replaced through .data may be of another dtype, device or size; the table's
+            # lookup checks the table against the weights itself)
             weight = embedding._parameters.get("weight")
-            if self.table:  # (the table's own check: the same tensors, at the same storage and version)
-                built = cache.__dict__.get(INPUT_TABLE_ATTRIBUTE)
-                unchanged = built is not None and built.made_from((weight, *self.sources))
-            else:  # (a weight whose storage was replaced through .data may be of another dtype, device or size)
-                unchanged = (type(weight) in _PLAIN and weight.dtype is self.dtype and weight.is_cpu
-                             and not backbone.input_table.applies(weight))
+            unchanged = type(weight) in _PLAIN and weight.dtype is self.dtype and weight.is_cpu
         if not unchanged:
             cache.__dict__.pop(STEP_PLAN_ATTRIBUTE, None)
         return unchanged
