@@ -39,8 +39,8 @@ LAYER_KINDS = (ATTENTION, RECURRENT)
 # Where a cache holds the classic models' input table it decodes with (seqzoo.layers.recurrent.InputTable): an
 # attribute, not a layer, since it is a function of the model's weights, shared by copies of the cache.
 INPUT_TABLE_ATTRIBUTE = "_seqzoo_input_table"
-# Where a cache holds the plan of its later decode steps (seqzoo.models.classic.step_plan.StepPlan), made by its
-# first general step: the decisions that step took, checked again by each later one.
+# Where a cache holds the plan of its decode steps (seqzoo.models.classic.step_plan.StepPlan), made after the general
+# forward that returned it (the prompt's, or a step's): the modules and weights a step runs, checked again by each.
 STEP_PLAN_ATTRIBUTE = "_seqzoo_step_plan"
 
 

@@ -329,11 +329,6 @@ class SeqzooForCausalLM(SeqzooPreTrainedModel, GenerationMixin):
                 # A decode step the backbone runs itself: called directly, since nothing hooks its module call.
                 hidden_states = backbone.decode_step(input_ids, attention_mask, cache)
                 new_cache, all_hidden_states, attentions = cache, None, None
-                plan_steps = getattr(type(backbone), "plan_steps", None)
-                if plan_steps is not None and cache.__dict__.get(STEP_PLAN_ATTRIBUTE) is None:
-                    plan = plan_steps(backbone, self, cache)
-                    if plan is not None:
-                        cache.__dict__[STEP_PLAN_ATTRIBUTE] = plan
             else:
                 outputs: BaseModelOutputWithPast = backbone(
                     input_ids=input_ids,
@@ -367,6 +362,14 @@ class SeqzooForCausalLM(SeqzooPreTrainedModel, GenerationMixin):
                     logits=logits, labels=labels, vocab_size=self.config.vocab_size,
                     num_items_in_batch=kwargs.get("num_items_in_batch"),
                 )
+        # The plan of the cache's later decode steps, made once after its prefill or its first step (each planned
+        # step checks that it is a plain decode step of the model the plan was made from).
+        plan_steps = getattr(type(backbone), "plan_steps", None)
+        if (plan_steps is not None and isinstance(new_cache, SeqzooCache)
+                and new_cache.__dict__.get(STEP_PLAN_ATTRIBUTE) is None):
+            plan = plan_steps(backbone, self, new_cache)
+            if plan is not None:
+                new_cache.__dict__[STEP_PLAN_ATTRIBUTE] = plan
 
         if not return_dict:
             output = (logits, new_cache, all_hidden_states)

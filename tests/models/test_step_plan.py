@@ -88,11 +88,13 @@ def outcome(model, cache, tokens, **kwargs):
     return got, snapshot(cache)
 
 
-def prefilled(model, batch: int = 2):
+def prefilled(model, batch: int = 2, first_step: bool = True):
+    """A cache after a prompt (which plans its steps) and, with ``first_step``, one step."""
     prompt = torch.tensor([[5, 9, 2, 7, 1], [3, 3, 8, 0, 4], [6, 1, 1, 2, 9]][:batch])
     with torch.no_grad():
         cache = output_cache(model(prompt, use_cache=True))
-        model(torch.tensor([[4], [2], [7]][:batch]), cache=cache)  # the first step: general, and it plans the rest
+        if first_step:
+            model(torch.tensor([[4], [2], [7]][:batch]), cache=cache)
     return cache
 
 
@@ -321,10 +323,14 @@ def _class_forward_patched(cls):
     return change
 
 
-ONES = torch.ones(2, 7, dtype=torch.long)  # (the cached positions and the new one, as generate() passes it)
+def _mask_of_ones(model, cache, seen):
+    # (the cached positions and the new one, as generate() passes it; the same mask for both steps)
+    return None, {"attention_mask": torch.ones(2, cache.get_seq_length() + 1, dtype=torch.long)}, None
+
+
 CHANGES = {
     "nothing": _call(),
-    "a mask of ones": _call(attention_mask=ONES),
+    "a mask of ones": _mask_of_ones,
     "int32 ids": _call(tokens=torch.tensor([[6], [1]], dtype=torch.int32)),
     "return_dict=False": _call(return_dict=False),
     "logits_to_keep=1": _call(logits_to_keep=1),
@@ -411,9 +417,9 @@ class Seen(list):
     patches: pytest.MonkeyPatch
 
 
-def run_with_change(model, name, change, patches) -> tuple:
-    """Prefill, one general step (planned after), ``change``, then two steps; what each step gave."""
-    cache = prefilled(model)
+def run_with_change(model, name, change, patches, after) -> tuple:
+    """Prefill, one step unless ``after`` is "prefill", ``change``, then two steps; what each step gave."""
+    cache = prefilled(model, first_step=after == "a step")
     planned = STEP_PLAN_ATTRIBUTE in cache.__dict__
     seen = Seen()
     seen.patches = patches
@@ -430,27 +436,29 @@ def run_with_change(model, name, change, patches) -> tuple:
     return planned, results, list(seen)
 
 
+@pytest.mark.parametrize("after", ["prefill", "a step"])
 @pytest.mark.parametrize("table", ["always", "never", "auto"])
 @pytest.mark.parametrize("variant", ["rnn-tanh", "lstm", "gru"])
 @pytest.mark.parametrize("name", sorted(CHANGES) + sorted(RNN_ONLY))
-def test_a_planned_step_gives_what_the_general_step_gives(name, variant, table, plans_ran, monkeypatch):
+def test_a_planned_step_gives_what_the_general_step_gives(name, variant, table, after, plans_ran, monkeypatch):
     if name in RNN_ONLY and not variant.startswith("rnn"):
         pytest.skip("an RNN layer's own attribute")
     change = CHANGES.get(name) or RNN_ONLY[name]
     model = planned_model(variant, table, dropout=0.3)
     twin = copy.deepcopy(model)
     with monkeypatch.context() as patches:
-        planned, got, seen = run_with_change(model, name, change, patches)
+        planned, got, seen = run_with_change(model, name, change, patches, after)
     assert planned  # (else this compares the general path with itself)
     without_plans(monkeypatch)
     with monkeypatch.context() as patches:
-        unplanned, expected, expected_seen = run_with_change(twin, name, change, patches)
+        unplanned, expected, expected_seen = run_with_change(twin, name, change, patches, after)
     assert not unplanned
     assert_same(got, expected)
     assert seen == expected_seen
     if name in ("nothing", "a mask of ones", "int32 ids", "return_dict=False", "logits_to_keep=1",
                 "the cache under an older name too"):
-        assert plans_ran == [True, True]  # (the cases the plan runs: it must, or it speeds nothing)
+        # (the cases the plan runs: it must, or it speeds nothing)
+        assert plans_ran == [True] * (3 if after == "a step" else 2)
 
 
 @pytest.mark.parametrize("table", ["always", "never", "auto"])  # (auto: the tiny vocabulary is too wide for it)
@@ -463,8 +471,8 @@ def test_every_later_step_of_a_decoding_loop_is_planned_and_exact(variant, batch
     steps = torch.randint(0, model.config.vocab_size, (batch, 6), generator=gen)
 
     def decode(m):
-        cache = prefilled(m, batch)
-        mask = torch.ones(batch, 6, dtype=torch.long)
+        cache = prefilled(m, batch, first_step=False)  # (the prompt plans every step)
+        mask = torch.ones(batch, 5, dtype=torch.long)
         logits = []
         with torch.no_grad():
             for t in range(steps.shape[1]):
@@ -502,7 +510,7 @@ def test_a_copied_cache_shares_the_plan_and_each_continues_alone(plans_ran):
     with torch.no_grad():
         a = model(torch.tensor([[6], [1]]), cache=cache).logits
         b = model(torch.tensor([[6], [1]]), cache=copied).logits
-    assert plans_ran == [True, True]
+    assert plans_ran == [True, True, True]
     assert_same(a, b)
     assert_same(snapshot(cache), snapshot(copied))
 
@@ -540,7 +548,7 @@ def test_a_cache_stepped_by_another_model_is_stepped_by_that_model(plans_ran, mo
     copied = copy.deepcopy(cache)
     with torch.no_grad():
         got = other(torch.tensor([[6], [1]]), cache=cache).logits
-    assert plans_ran == [False]
+    assert plans_ran == [True, False]
     without_plans(monkeypatch)
     with torch.no_grad():
         copied.__dict__.pop(STEP_PLAN_ATTRIBUTE)
@@ -583,6 +591,25 @@ def test_compiled_decoding_after_planned_steps_compiles_the_general_step(plans_r
     model = planned_model("gru")
     twin = copy.deepcopy(model)
     got = run(model)
-    assert not any(plans_ran)
+    assert plans_ran[0] and not any(plans_ran[1:])  # (prefilled()'s step ran planned, before compiling)
     without_plans(monkeypatch)
     assert_same(got, run(twin))
+
+
+def test_a_backbone_with_a_forward_of_its_own_is_never_planned(plans_ran):
+    """A subclass of the backbone with its own forward: every step calls it (the general step's decode branch
+    declines it too), whether the plan would be made after the prompt or after a step."""
+    model = planned_model("gru")
+    called = []
+
+    class Mine(type(model.model)):
+        def forward(self, *args, **kwargs):
+            called.append(kwargs["input_ids"].shape[1])
+            return super().forward(*args, **kwargs)
+
+    model.model.__class__ = Mine
+    cache = prefilled(model)
+    with torch.no_grad():
+        model(torch.tensor([[6], [1]]), cache=cache)
+    assert STEP_PLAN_ATTRIBUTE not in cache.__dict__ and not plans_ran
+    assert called == [5, 1, 1]

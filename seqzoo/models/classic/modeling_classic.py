@@ -166,8 +166,12 @@ class ClassicRecurrentModel(ClassicRecurrentPreTrainedModel):
         return finish_decode_step(cache, layers, stepped, embeds, states, mask)
 
     def plan_steps(self, lm: nn.Module, cache: SeqzooCache) -> StepPlan | None:
-        """After a general decode step of ``lm`` (this backbone's causal LM) on ``cache``: the plan of the cache's
-        later steps, or None where this step did not run what a plan runs (see ``step_plan.py``)."""
+        """After a general forward of ``lm`` (this backbone's causal LM) without gradients on ``cache`` (a prefill or
+        a decode step): the plan of the cache's later decode steps, or None where they would not run what a plan runs
+        (see ``step_plan.py``): where this class's forward is not the one :meth:`decode_step` stands in for (a
+        subclass's own, or one put on the class since: :meth:`takes_step` declines those too)."""
+        if type(self).forward is not _MODEL_FORWARD or not self.config.capabilities.can_generate:
+            return None
         return StepPlan.build(lm, self, cache)
 
 

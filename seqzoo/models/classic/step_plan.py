@@ -1,6 +1,7 @@
-"""The classic causal LMs' planned decode step: what the general decode step of one cache decided on its first step
-(every layer stacked in one fused call, layer 0's input looked up in the input table or embedded, a plain vocabulary
-head), kept on the cache so that each later step checks those decisions still hold and runs the operations alone.
+"""The classic causal LMs' planned decode step: what the general decode step of one cache runs (every layer stacked in
+one fused call, layer 0's input looked up in the input table or embedded, a plain vocabulary head), found after the
+prompt's forward (or a general step) and kept on the cache, so that each step checks those decisions still hold and
+runs the operations alone.
 
 At decode sizes a classic model's step is a few small matrix-vector products, and the general path's Python (the
 causal LM's and the backbone's argument handling, the cache's error restore, each module's and weight's lookup)
@@ -27,8 +28,8 @@ from seqzoo.models.inputs import check_token_ids, current_padding_mask
 
 
 class StepPlan:
-    """The modules and weights one cache's decode steps run through, as its first general step found them, and the
-    cell calls they make. :meth:`step` runs a later step if everything it was built from is still there and the
+    """The modules and weights one cache's decode steps run through, as they were after the forward that planned them,
+    and the cell calls they make. :meth:`step` runs a later step if everything it was built from is still there and the
     call is the plain decode step it was built for; else it returns None (and drops itself from the cache where the
     model changed: a new one is built after the next general step)."""
 
@@ -53,8 +54,9 @@ class StepPlan:
 
     @classmethod
     def build(cls, lm: nn.Module, backbone: nn.Module, cache: SeqzooCache) -> StepPlan | None:
-        """A plan for ``cache``'s later steps, after a general decode step without gradients on the CPU; None where
-        its layers would not run as one stack, or its embedding or head not as their one operation."""
+        """A plan for ``cache``'s later steps, after a general forward (the prompt's or a step's) without gradients
+        on the CPU; None where its layers would not run as one stack, or its embedding or head not as their one
+        operation."""
         weight = backbone.embed_tokens._parameters.get("weight")
         if (torch.is_grad_enabled() or type(cache) is not SeqzooCache or type(weight) not in _PLAIN
                 or not weight.is_cpu):
