@@ -224,6 +224,18 @@ def _subclass_layer(model, cache, seen):
     return None, {}, None
 
 
+def _subclass_every_layer(model, cache, seen):
+    # (one class for them all: the plan compares each layer with the class it was built for, not with layer 0's)
+    class Recorded(type(model.model.layers[0])):
+        def forward(self, *args, **kwargs):
+            seen.append("subclass forward")
+            return super().forward(*args, **kwargs)
+
+    for layer in model.model.layers:
+        layer.__class__ = Recorded
+    return None, {}, None
+
+
 def _weight_made_a_buffer(model, cache, seen):
     layer = model.model.layers[1]
     weight = layer._parameters.pop("weight_hh").detach() * 0.5
@@ -391,6 +403,7 @@ CHANGES = {
     "the backbone replaced": _replace_backbone,
     "the embedding module replaced": _replace_embedding,
     "a layer's class changed": _subclass_layer,
+    "every layer's class changed": _subclass_every_layer,
     "the head in training": lambda model, cache, seen: (model.lm_head.train(), (None, {}, None))[1],
     "a layer's weight_hh made a buffer": _weight_made_a_buffer,
     "the input table switched off": lambda model, cache, seen: (model.set_input_table("never"), (None, {}, None))[1],
@@ -596,20 +609,91 @@ def test_compiled_decoding_after_planned_steps_compiles_the_general_step(plans_r
     assert_same(got, run(twin))
 
 
-def test_a_backbone_with_a_forward_of_its_own_is_never_planned(plans_ran):
-    """A subclass of the backbone with its own forward: every step calls it (the general step's decode branch
-    declines it too), whether the plan would be made after the prompt or after a step."""
+_REAL = {name: getattr(modeling_classic.ClassicRecurrentModel, name)
+         for name in ("forward", "takes_step", "decode_step")}
+
+
+def _replacement(name, called):
+    """A backbone method that the general step calls and the plan would skip: logged, and for the decode step's two
+    methods, one that declines the lean step or doubles its output."""
+    def forward(self, *args, **kwargs):
+        called.append("forward")
+        return _REAL["forward"](self, *args, **kwargs)
+
+    def takes_step(self, *args):
+        called.append("takes_step")
+        return False
+
+    def decode_step(self, *args):
+        called.append("decode_step")
+        return _REAL["decode_step"](self, *args) * 2
+
+    return {"forward": forward, "takes_step": takes_step, "decode_step": decode_step}[name]
+
+
+@pytest.mark.parametrize("where", ["a subclass", "the class", "the instance"])
+@pytest.mark.parametrize("name", ["forward", "takes_step", "decode_step"])
+def test_a_backbone_method_of_its_own_before_the_prompt_is_never_planned(name, where, plans_ran, monkeypatch):
+    """A backbone whose forward, takes_step or decode_step is not the library's own from the start (a subclass, a
+    patch on the class, an attribute of the instance): no plan, and every step as the general path runs it."""
+    def run(model):
+        called = []
+        method = _replacement(name, called)
+        with monkeypatch.context() as patches:
+            if where == "a subclass":
+                model.model.__class__ = type("Mine", (type(model.model),), {name: method})
+            elif where == "the class":
+                patches.setattr(modeling_classic.ClassicRecurrentModel, name, method)
+            else:
+                setattr(model.model, name, method.__get__(model.model))
+            cache = prefilled(model, first_step=False)
+            planned = STEP_PLAN_ATTRIBUTE in cache.__dict__
+            with torch.no_grad():
+                got = [outcome(model, cache, torch.tensor([[6], [1]])) for _ in range(2)]
+        return planned, got, called
+
+    model = planned_model("gru", "always")
+    twin = copy.deepcopy(model)
+    planned, got, called = run(model)
+    assert not planned and not plans_ran
+    without_plans(monkeypatch)
+    assert_same((got, called), run(twin)[1:])
+
+
+@pytest.mark.parametrize("table", ["always", "never"])
+@pytest.mark.parametrize("variant", ["lstm", "gru"])
+def test_a_missing_bias_is_zeros_of_the_weights_dtype_at_each_step(variant, table, plans_ran, monkeypatch):
+    """Layers without bias_ih, made double after the prompt (the same parameters, their data replaced): each step
+    fills the missing bias as the general step does (here: the same dtype error)."""
+    def run(model):
+        for layer in model.model.layers:
+            layer.bias_ih = None
+        cache = prefilled(model, first_step=False)
+        model.model.layers.double()
+        with torch.no_grad():
+            return [outcome(model, cache, torch.tensor([[6], [1]])) for _ in range(2)]
+
+    model = planned_model(variant, table)
+    twin = copy.deepcopy(model)
+    got = run(model)
+    without_plans(monkeypatch)
+    assert_same(got, run(twin))
+
+
+def test_a_method_patched_for_a_while_after_the_prompt_is_planned_again_once_undone(plans_ran, monkeypatch):
+    """A plan that meets a backbone method other than the one it was made with drops itself: the steps while the
+    patch holds run the general path, and once it is undone the next general step plans the rest again."""
     model = planned_model("gru")
     called = []
-
-    class Mine(type(model.model)):
-        def forward(self, *args, **kwargs):
-            called.append(kwargs["input_ids"].shape[1])
-            return super().forward(*args, **kwargs)
-
-    model.model.__class__ = Mine
-    cache = prefilled(model)
+    cache = prefilled(model, first_step=False)
     with torch.no_grad():
-        model(torch.tensor([[6], [1]]), cache=cache)
-    assert STEP_PLAN_ATTRIBUTE not in cache.__dict__ and not plans_ran
-    assert called == [5, 1, 1]
+        with monkeypatch.context() as patches:
+            patches.setattr(modeling_classic.ClassicRecurrentModel, "takes_step", _replacement("takes_step", called))
+            model(torch.tensor([[6], [1]]), cache=cache)
+            assert STEP_PLAN_ATTRIBUTE not in cache.__dict__
+            model(torch.tensor([[6], [1]]), cache=cache)
+        asked = len(called)
+        for _ in range(3):
+            model(torch.tensor([[6], [1]]), cache=cache)
+    assert asked and len(called) == asked  # (asked by both steps while it held, never after)
+    assert plans_ran == [False, True, True]  # (the first step declined; the first after the patch ran general)

@@ -169,13 +169,21 @@ class ClassicRecurrentModel(ClassicRecurrentPreTrainedModel):
         """After a general forward of ``lm`` (this backbone's causal LM) without gradients on ``cache`` (a prefill or
         a decode step): the plan of the cache's later decode steps, or None where they would not run what a plan runs
         (see ``step_plan.py``): where this class's forward is not the one :meth:`decode_step` stands in for (a
-        subclass's own, or one put on the class since: :meth:`takes_step` declines those too)."""
-        if type(self).forward is not _MODEL_FORWARD or not self.config.capabilities.can_generate:
+        subclass's own, or one put on the class since: :meth:`takes_step` declines those too), and where its
+        :meth:`takes_step` or :meth:`decode_step` is not this class's own (the plan stands in for both), on the class
+        or set on this instance."""
+        cls, attributes = type(self), self.__dict__
+        if (cls.forward is not _MODEL_FORWARD or cls.takes_step is not _MODEL_TAKES_STEP
+                or cls.decode_step is not _MODEL_DECODE_STEP or not self.config.capabilities.can_generate
+                or "forward" in attributes or "takes_step" in attributes or "decode_step" in attributes):
             return None
         return StepPlan.build(lm, self, cache)
 
 
-_MODEL_FORWARD = ClassicRecurrentModel.forward  # as defined: one replaced on the class since is called (takes_step)
+# As defined: one replaced on the class since is called (takes_step), and a plan is made only for these (plan_steps).
+_MODEL_FORWARD = ClassicRecurrentModel.forward
+_MODEL_TAKES_STEP = ClassicRecurrentModel.takes_step
+_MODEL_DECODE_STEP = ClassicRecurrentModel.decode_step
 
 
 def _identity(x: torch.Tensor) -> torch.Tensor:

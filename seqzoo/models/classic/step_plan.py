@@ -33,7 +33,7 @@ class StepPlan:
     call is the plain decode step it was built for; else it returns None (and drops itself from the cache where the
     model changed: a new one is built after the next general step)."""
 
-    __slots__ = ("backbone", "methods", "embedding", "head", "layers", "weights", "params", "kind", "names",
+    __slots__ = ("backbone", "methods", "embedding", "head", "layers", "layer_class", "weights", "kind", "names",
                  "select", "extra", "dtype", "fused", "found", "nonlinearity")
 
     def __init__(self, lm: nn.Module, backbone: nn.Module, layers: list[nn.Module],
@@ -42,12 +42,11 @@ class StepPlan:
         self.backbone, self.methods = backbone, tuple(getattr(type(backbone), name) for name in _BACKBONE_METHODS)
         self.embedding, self.head = backbone.embed_tokens, lm.lm_head
         self.layers, self.weights = tuple(layers), tuple(weights)
-        cls = type(layers[0])
+        cls = self.layer_class = type(layers[0])
         nonlinearity = layers[0].nonlinearity if cls.cell == "rnn" else None
         self.kind, self.names, self.fused = nonlinearity or cls.cell, cls.state_names, FUSED_KERNELS[cls.cell]
         self.nonlinearity = nonlinearity
         self.select, self.extra = cls.cell, ({} if nonlinearity is None else {"nonlinearity": nonlinearity})
-        self.params = [fused._params(*w) for w in weights]
         self.dtype = self.embedding.weight.dtype
         # Each layer's parameter dict and the weights it held.
         self.found = tuple((layer, layer._parameters, tuple(zip(WEIGHT_NAMES, w))) for layer, w in zip(layers, weights))
@@ -95,6 +94,7 @@ class StepPlan:
         cls, attributes = type(backbone), backbone.__dict__
         for name, method in zip(_BACKBONE_METHODS, self.methods):
             if getattr(cls, name) is not method or name in attributes:
+                cache.__dict__.pop(STEP_PLAN_ATTRIBUTE, None)  # (the next general forward plans again, if it may)
                 return None
         batch = input_ids.shape[0]
         # The general step's checks of the ids, the cache and the mask, and its errors.
@@ -123,7 +123,9 @@ class StepPlan:
         # Layer 0's input projection by the general step's own lookup, which checks the table against the weights as
         # they are (None: the cells compute it from the embedded token, as there).
         gates = backbone.input_table.gates(self.embedding.weight, input_ids, cache, self.weights[0])
-        y, new = fused.step_layers(self.kind, x, hx, self.params, None, gates)
+        # (each step, as the general one: a missing bias is zeros of the weights' dtype as they are now)
+        params = [fused._params(*w) for w in self.weights]
+        y, new = fused.step_layers(self.kind, x, hx, params, None, gates)
         head = self.head
         logits = torch.nn.functional.linear(y, head.weight, head.bias)
         # Nothing above changed the cache: a step that raised leaves it as it was.
@@ -145,7 +147,7 @@ class StepPlan:
                      and runs_plainly(head) and runs_plainly(embedding) and embedding.max_norm is None
                      and tuple(backbone._modules["layers"]._modules.values()) == self.layers)
         if unchanged:
-            kind = type(self.layers[0])
+            kind = self.layer_class
             for layer, parameters, weights in self.found:
                 if type(layer) is not kind or has_hooks(layer) or (self.nonlinearity is not None
                                                                    and layer.nonlinearity != self.nonlinearity):
