@@ -303,7 +303,7 @@ class SeqzooForCausalLM(SeqzooPreTrainedModel, GenerationMixin):
                          f"{type(self).__name__}.forward")
             return run_compiled_step(self, compiled, args, kwargs)
         cache = take_cache(cache, kwargs)
-        # A later decode step of a cache whose first one planned the rest (seqzoo/models/classic/step_plan.py).
+        # A decode step of a cache planned by an earlier forward, its prompt's or a step's (classic/step_plan.py).
         plan = cache.__dict__.get(STEP_PLAN_ATTRIBUTE) if isinstance(cache, SeqzooCache) else None
         if (plan is not None and not kwargs and labels is None and inputs_embeds is None and position_ids is None
                 and not output_hidden_states):
