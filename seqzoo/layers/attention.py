@@ -5,6 +5,7 @@ as users know them."""
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -12,7 +13,7 @@ from torch import nn
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
 from seqzoo.cache import ATTENTION, check_kv_layout
-from seqzoo.layers.mixer import Mixer, SharedValues
+from seqzoo.layers.mixer import Mixer, SharedValues, call_module
 from seqzoo.layers.positions import apply_rotary
 
 logger = logging.getLogger("seqzoo")
@@ -92,11 +93,37 @@ class SelfAttention(Mixer):
         shared: SharedValues | None = None,
         **context: Any,
     ) -> tuple[torch.Tensor, Any]:
+        output, weights = self.attend(hidden_states, state, attention_mask, position_embeddings,
+                                      attention_kwargs or {}, call_module)
+        if output_attentions and shared is not None:  # (B, H, T, past + T); None from kernels that never form them
+            if (weights is None and not torch.compiler.is_compiling()
+                    and self.config._attn_implementation not in _WARNED_NO_WEIGHTS):
+                _WARNED_NO_WEIGHTS.add(self.config._attn_implementation)
+                logger.warning("output_attentions=True: attn_implementation=%r forms no attention weights, so the "
+                               "attentions are None; use attn_implementation='eager' to see them",
+                               self.config._attn_implementation)
+            shared.setdefault("attentions", []).append(weights)
+        return output, state
+
+    def attend(
+        self,
+        hidden_states: torch.Tensor,
+        state: Any,
+        attention_mask: torch.Tensor | None,
+        position_embeddings: tuple[torch.Tensor, torch.Tensor] | None,
+        attention_kwargs: dict[str, Any],
+        project: Callable[[nn.Module, torch.Tensor], torch.Tensor],
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The attention's output (B, T, hidden) and weights (None from kernels that never form them), with ``state``
+        (the layer's cached keys and values, or None) updated. ``project(linear, x)`` runs each projection:
+        :func:`call_module` (``linear(x)``) in :meth:`forward`; the Transformer's decode step
+        (``models/transformer/decoding.py``) passes ``call_plainly``, which runs an unhooked ``nn.Linear``'s one
+        operation without its module call."""
         input_shape = hidden_states.shape[:-1]
         shape = (*input_shape, -1, self.head_dim)
-        query = self.q_proj(hidden_states).view(shape).transpose(1, 2)  # (B, H, T, D)
-        key = self.k_proj(hidden_states).view(shape).transpose(1, 2)  # (B, KV, T, D)
-        value = self.v_proj(hidden_states).view(shape).transpose(1, 2)
+        query = project(self.q_proj, hidden_states).view(shape).transpose(1, 2)  # (B, H, T, D)
+        key = project(self.k_proj, hidden_states).view(shape).transpose(1, 2)  # (B, KV, T, D)
+        value = project(self.v_proj, hidden_states).view(shape).transpose(1, 2)
         if position_embeddings is not None:
             query, key = apply_rotary(query, key, *position_embeddings)
         if state is not None:
@@ -112,15 +139,6 @@ class SelfAttention(Mixer):
             attention_mask,
             dropout=self.attention_dropout if self.training else 0.0,
             scaling=self.scaling,
-            **(attention_kwargs or {}),
+            **attention_kwargs,
         )
-        output = self.o_proj(output.reshape(*input_shape, -1).contiguous())
-        if output_attentions and shared is not None:  # (B, H, T, past + T); None from kernels that never form them
-            if (weights is None and not torch.compiler.is_compiling()
-                    and self.config._attn_implementation not in _WARNED_NO_WEIGHTS):
-                _WARNED_NO_WEIGHTS.add(self.config._attn_implementation)
-                logger.warning("output_attentions=True: attn_implementation=%r forms no attention weights, so the "
-                               "attentions are None; use attn_implementation='eager' to see them",
-                               self.config._attn_implementation)
-            shared.setdefault("attentions", []).append(weights)
-        return output, state
+        return project(self.o_proj, output.reshape(*input_shape, -1).contiguous()), weights

@@ -296,6 +296,13 @@ def _stem(path: str) -> str:
 _NOT_TORCHS = object()
 
 
+def call_module(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """``module(x)``: how a layer's forward runs its projections; its decode step passes
+    ``models/decode_step.call_plainly`` in its place (a function, not ``operator.call``, which dynamo does not trace
+    through)."""
+    return module(x)
+
+
 def build_mixer(mixer_class: type[Mixer], config: Any, layer_idx: int) -> Mixer:
     """``mixer_class(config, layer_idx)``, or a left-to-right and right-to-left pair of them when the config asks
     for a bidirectional model."""
@@ -305,5 +312,5 @@ def build_mixer(mixer_class: type[Mixer], config: Any, layer_idx: int) -> Mixer:
                               config.bidirectional_merge)
 
 
-__all__ = ["BidirectionalMixer", "Block", "Mixer", "build_mixer", "global_module_hooks", "has_hooks",
+__all__ = ["BidirectionalMixer", "Block", "Mixer", "build_mixer", "call_module", "global_module_hooks", "has_hooks",
            "torch_forward"]

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from torch import nn
 from transformers.activations import ACT2FN
+
+from seqzoo.layers.mixer import call_module
 
 
 class MLP(nn.Module):
@@ -17,7 +21,11 @@ class MLP(nn.Module):
         self.act_fn = ACT2FN[activation]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.down_proj(self.act_fn(self.up_proj(x)))
+        return self.run(x, call_module)
+
+    def run(self, x: torch.Tensor, project: Callable[[nn.Module, torch.Tensor], torch.Tensor]) -> torch.Tensor:
+        """The forward, with ``project(linear, x)`` running each projection (see ``SelfAttention.attend``)."""
+        return project(self.down_proj, self.act_fn(project(self.up_proj, x)))
 
 
 class GatedMLP(nn.Module):
@@ -31,4 +39,8 @@ class GatedMLP(nn.Module):
         self.act_fn = ACT2FN[activation]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.down_proj(self.act_fn(self.gate_proj(x)) * self.up_proj(x))
+        return self.run(x, call_module)
+
+    def run(self, x: torch.Tensor, project: Callable[[nn.Module, torch.Tensor], torch.Tensor]) -> torch.Tensor:
+        """The forward, with ``project(linear, x)`` running each projection (see ``SelfAttention.attend``)."""
+        return project(self.down_proj, self.act_fn(project(self.gate_proj, x)) * project(self.up_proj, x))

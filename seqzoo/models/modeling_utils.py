@@ -318,6 +318,7 @@ class SeqzooForCausalLM(SeqzooPreTrainedModel, GenerationMixin):
         # reads on to the backbone it wraps) is always called.
         takes_step = getattr(type(backbone), "takes_step", None)
         stepped = (labels is None and not kwargs and takes_step is not None
+                   and (use_cache if use_cache is not None else self.config.use_cache)
                    and takes_step(backbone, input_ids, inputs_embeds, cache, output_hidden_states, kwargs)
                    and not global_module_hooks() and not has_hooks(backbone)
                    and find_packing(backbone, input_ids, inputs_embeds, attention_mask, position_ids, cache,
@@ -327,7 +328,7 @@ class SeqzooForCausalLM(SeqzooPreTrainedModel, GenerationMixin):
         with unchanged_on_error(cache):
             if stepped:
                 # A decode step the backbone runs itself: called directly, since nothing hooks its module call.
-                hidden_states = backbone.decode_step(input_ids, attention_mask, cache)
+                hidden_states = backbone.decode_step(input_ids, attention_mask, cache, position_ids)
                 new_cache, all_hidden_states, attentions = cache, None, None
             else:
                 outputs: BaseModelOutputWithPast = backbone(

@@ -10,7 +10,7 @@ from torch import nn
 from transformers import initialization as init
 from transformers.modeling_outputs import BaseModelOutputWithPast
 
-from seqzoo.cache import unchanged_on_error
+from seqzoo.cache import SeqzooCache, unchanged_on_error
 from seqzoo.layers.attention import SelfAttention
 from seqzoo.layers.mixer import Block, SharedValues
 from seqzoo.layers.mlp import MLP, GatedMLP
@@ -18,12 +18,14 @@ from seqzoo.layers.norms import make_norm
 from seqzoo.layers.positions import RotaryEmbedding, SinusoidalPositions
 from seqzoo.models.compat import as_returned, model_output
 from seqzoo.models.compat import causal_mask as causal_mask_for
+from seqzoo.models.decode_step import is_plain_decode_step, prepare_step_inputs
 from seqzoo.models.heads import SeqzooForSequenceClassification, SeqzooForTokenClassification
 from seqzoo.models.inputs import attentions_asked, position_ids_from_mask, prepare_inputs, resolve_output_flags
 from seqzoo.models.modeling_utils import SeqzooForCausalLM, SeqzooPreTrainedModel, backbone_cache_argument
 from seqzoo.models.packing import PACKING_KWARGS, find_packing
 
 from .configuration_transformer import TransformerConfig
+from .decoding import step_block
 
 
 class TransformerBlock(Block):
@@ -102,6 +104,36 @@ class TransformerModel(TransformerPreTrainedModel):
         self.gradient_checkpointing = False
         self.post_init()
 
+    def _layer_inputs(
+        self, inputs_embeds: torch.Tensor, attention_mask: torch.Tensor | None, cache: Any, position_ids: torch.Tensor
+    ) -> tuple[torch.Tensor, Any, tuple[torch.Tensor, torch.Tensor] | None]:
+        """The first layer's input (the scaled embeddings, plus absolute positions where the model has them), the
+        causal mask ``create_causal_mask`` builds, and RoPE's (cos, sin) or None: for :meth:`forward` and
+        :meth:`decode_step` alike."""
+        if self.embed_positions is not None and not torch.compiler.is_compiling():
+            low, high = (int(v) for v in torch.aminmax(position_ids))
+            if high >= self.config.max_position_embeddings:
+                raise ValueError(
+                    f"position {high} is beyond max_position_embeddings="
+                    f"{self.config.max_position_embeddings} of this model"
+                )
+            if low < 0:  # (a sinusoidal table would read its last rows, a learned one raise an IndexError)
+                raise ValueError(f"position_ids contain {low}: positions must be in [0, max_position_embeddings="
+                                 f"{self.config.max_position_embeddings})")
+        causal_mask = causal_mask_for(
+            config=self.config,
+            inputs_embeds=inputs_embeds,
+            attention_mask=attention_mask,
+            cache=cache,
+            position_ids=position_ids,
+        )
+        hidden_states = inputs_embeds * self.embed_scale  # (B, T, D)
+        if self.embed_positions is not None:
+            hidden_states = hidden_states + self.embed_positions(position_ids).to(hidden_states.dtype)
+        rotary = self.rotary_emb(hidden_states, position_ids) if self.rotary_emb is not None else None
+        hidden_states = self.dropout(hidden_states)
+        return hidden_states, causal_mask, rotary
+
     def forward(
         self,
         input_ids: torch.LongTensor | None = None,
@@ -128,29 +160,7 @@ class TransformerModel(TransformerPreTrainedModel):
         if position_ids is None:
             position_ids = position_ids_from_mask(attention_mask, inputs.past_length, inputs.length,
                                                   inputs_embeds.device)
-        if self.embed_positions is not None and not torch.compiler.is_compiling():
-            low, high = (int(v) for v in torch.aminmax(position_ids))
-            if high >= self.config.max_position_embeddings:
-                raise ValueError(
-                    f"position {high} is beyond max_position_embeddings="
-                    f"{self.config.max_position_embeddings} of this model"
-                )
-            if low < 0:  # (a sinusoidal table would read its last rows, a learned one raise an IndexError)
-                raise ValueError(f"position_ids contain {low}: positions must be in [0, max_position_embeddings="
-                                 f"{self.config.max_position_embeddings})")
-
-        causal_mask = causal_mask_for(
-            config=self.config,
-            inputs_embeds=inputs_embeds,
-            attention_mask=attention_mask,
-            cache=cache,
-            position_ids=position_ids,
-        )
-        hidden_states = inputs_embeds * self.embed_scale  # (B, T, D)
-        if self.embed_positions is not None:
-            hidden_states = hidden_states + self.embed_positions(position_ids).to(hidden_states.dtype)
-        rotary = self.rotary_emb(hidden_states, position_ids) if self.rotary_emb is not None else None
-        hidden_states = self.dropout(hidden_states)
+        hidden_states, causal_mask, rotary = self._layer_inputs(inputs_embeds, attention_mask, cache, position_ids)
 
         attention_kwargs = {k: v for k, v in kwargs.items() if k in self.extra_forward_kwargs}
         output_attentions = attentions_asked(self.config, kwargs)
@@ -183,6 +193,39 @@ class TransformerModel(TransformerPreTrainedModel):
             attentions=tuple(shared["attentions"]) if output_attentions else None,
         )
         return as_returned(self, output, return_dict)
+
+    def takes_step(self, input_ids: Any, inputs_embeds: Any, cache: Any, output_hidden_states: bool | None,
+                   kwargs: dict[str, Any]) -> bool:
+        """Whether a forward call (with no packed rows, a cache kept) is the common decode step
+        :meth:`decode_step` runs: a plain one (``is_plain_decode_step``), with no attention weights asked for and
+        nothing tracing the model with ``torch.jit``."""
+        return (is_plain_decode_step(self, _MODEL_FORWARD, input_ids, inputs_embeds, cache, output_hidden_states,
+                                     kwargs)
+                and not self.config.output_attentions and not torch.jit.is_tracing())
+
+    def decode_step(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None, cache: SeqzooCache,
+                    position_ids: torch.Tensor | None = None) -> torch.Tensor:
+        """The forward of a call :meth:`takes_step` accepts, without the general plumbing: the same checks and errors,
+        the same mask and positions (``position_ids`` as given, else from the mask), then every block through
+        ``decoding.step_block`` (the block's own operations without their module calls, where nothing would see them
+        skipped). Returns the (B, 1, D) output of the final norm (of the last block, post-norm); ``cache`` holds the new
+        keys and values and has advanced by one position."""
+        embeds, _ = prepare_step_inputs(self, input_ids, attention_mask, cache)
+        if position_ids is None:
+            position_ids = position_ids_from_mask(attention_mask, cache.get_seq_length(), 1, embeds.device)
+        hidden_states, causal_mask, rotary = self._layer_inputs(embeds, attention_mask, cache, position_ids)
+        shared = SharedValues()
+        for idx, layer in enumerate(self.layers):
+            hidden_states = step_block(layer, TransformerBlock, _BLOCK_FORWARD, _BLOCK_CALL, hidden_states,
+                                       cache.layer(idx), causal_mask, rotary, shared)
+        cache.advance(1)
+        return self.norm(hidden_states) if self.norm is not None else hidden_states
+
+
+# As defined: one replaced on the class since is called (see takes_step and decoding.step_block).
+_MODEL_FORWARD = TransformerModel.forward
+_BLOCK_FORWARD = TransformerBlock.forward
+_BLOCK_CALL = TransformerBlock.__call__
 
 
 class TransformerForCausalLM(TransformerPreTrainedModel, SeqzooForCausalLM):
