@@ -117,8 +117,8 @@ class SelfAttention(Mixer):
         """The attention's output (B, T, hidden) and weights (None from kernels that never form them), with ``state``
         (the layer's cached keys and values, or None) updated. ``project(linear, x)`` runs each projection:
         :func:`call_module` (``linear(x)``) in :meth:`forward`; the Transformer's decode step
-        (``models/transformer/decoding.py``) passes ``call_plainly``, which runs an unhooked ``nn.Linear``'s one
-        operation without its module call."""
+        (``models/transformer/decoding.py``) passes a function that runs a plain ``nn.Linear``'s one operation
+        without its module call."""
         input_shape = hidden_states.shape[:-1]
         shape = (*input_shape, -1, self.head_dim)
         query = project(self.q_proj, hidden_states).view(shape).transpose(1, 2)  # (B, H, T, D)

@@ -264,11 +264,32 @@ def has_hooks(module: nn.Module) -> bool:
 
 
 def global_module_hooks() -> bool:
-    """Whether hooks registered for every module (``torch.nn.modules.module.register_module_forward_hook`` ...) are
-    set: every module call then runs them."""
+    """Whether every module call runs more than its module's own hooks and forward: hooks registered for every
+    module (``torch.nn.modules.module.register_module_forward_hook`` ...), or ``nn.Module.__call__`` /
+    ``nn.Module._call_impl`` not torch's own (a profiler or a library that patches them to see every call)."""
     hooks = torch.nn.modules.module
+    module = nn.Module
     return bool(hooks._global_forward_hooks or hooks._global_forward_pre_hooks or hooks._global_backward_hooks
-                or hooks._global_backward_pre_hooks)
+                or hooks._global_backward_pre_hooks or module.__call__ is not _TORCH_MODULE_CALL
+                or module._call_impl is not _TORCH_CALL_IMPL)
+
+
+def _torchs_method(name: str, qualname: str) -> Any:
+    # ``nn.Module.<name>`` where it is the function of torch's module.py named ``qualname`` (a patch made before seqzoo
+    # was imported is another function), else a sentinel no method is.
+    function = vars(nn.Module).get(name)
+    code = getattr(function, "__code__", None)
+    if (code is None or getattr(function, "__qualname__", None) != qualname
+            or _stem(code.co_filename) != _stem(getattr(sys.modules[nn.Module.__module__], "__file__", None) or "")):
+        return _NOT_TORCHS
+    return function
+
+
+def plain_module_call(cls: type) -> bool:
+    """Whether calling an instance of ``cls`` goes through torch's own ``nn.Module.__call__`` (not a ``__call__`` of
+    the class's own, nor one put on it or on ``nn.Module``): with no hooks (:func:`has_hooks`,
+    :func:`global_module_hooks`) the call then runs the class's forward and nothing else."""
+    return cls.__call__ is _TORCH_MODULE_CALL
 
 
 def torch_forward(cls: type) -> Any:
@@ -294,12 +315,14 @@ def _stem(path: str) -> str:
 
 
 _NOT_TORCHS = object()
+_TORCH_MODULE_CALL = _torchs_method("__call__", "Module._wrapped_call_impl")
+_TORCH_CALL_IMPL = _torchs_method("_call_impl", "Module._call_impl")
 
 
 def call_module(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """``module(x)``: how a layer's forward runs its projections; its decode step passes
-    ``models/decode_step.call_plainly`` in its place (a function, not ``operator.call``, which dynamo does not trace
-    through)."""
+    """``module(x)``: how ``SelfAttention.forward`` runs its projections through ``attend``; the Transformer's decode
+    step passes a function that runs a plain ``nn.Linear``'s one operation in its place (a function, not
+    ``operator.call``, which dynamo does not trace through)."""
     return module(x)
 
 
@@ -313,4 +336,4 @@ def build_mixer(mixer_class: type[Mixer], config: Any, layer_idx: int) -> Mixer:
 
 
 __all__ = ["BidirectionalMixer", "Block", "Mixer", "build_mixer", "call_module", "global_module_hooks", "has_hooks",
-           "torch_forward"]
+           "plain_module_call", "torch_forward"]

@@ -8,8 +8,6 @@ import torch
 from torch import nn
 from transformers.activations import ACT2FN
 
-from seqzoo.layers.mixer import call_module
-
 
 class MLP(nn.Module):
     """fc -> activation -> fc (Vaswani et al. 2017; GPT-2)."""
@@ -21,10 +19,12 @@ class MLP(nn.Module):
         self.act_fn = ACT2FN[activation]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.run(x, call_module)
+        return self.down_proj(self.act_fn(self.up_proj(x)))
 
     def run(self, x: torch.Tensor, project: Callable[[nn.Module, torch.Tensor], torch.Tensor]) -> torch.Tensor:
-        """The forward, with ``project(linear, x)`` running each projection (see ``SelfAttention.attend``)."""
+        """:meth:`forward`'s operations, with ``project(linear, x)`` running each projection (the Transformer's
+        decode step, ``models/transformer/decoding.py``; ``forward`` keeps its own line, which TorchScript can
+        script)."""
         return project(self.down_proj, self.act_fn(project(self.up_proj, x)))
 
 
@@ -39,8 +39,9 @@ class GatedMLP(nn.Module):
         self.act_fn = ACT2FN[activation]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.run(x, call_module)
+        return self.down_proj(self.act_fn(self.gate_proj(x)) * self.up_proj(x))
 
     def run(self, x: torch.Tensor, project: Callable[[nn.Module, torch.Tensor], torch.Tensor]) -> torch.Tensor:
-        """The forward, with ``project(linear, x)`` running each projection (see ``SelfAttention.attend``)."""
+        """:meth:`forward`'s operations, with ``project(linear, x)`` running each projection (see
+        ``MLP.run``)."""
         return project(self.down_proj, self.act_fn(project(self.gate_proj, x)) * project(self.up_proj, x))

@@ -9,7 +9,8 @@ backend's own ``step``.
 
 It applies only when that is what the blocks would run (otherwise it returns None and the blocks run one by one):
 every block an unmodified ``RWKV7Block`` of unmodified parts (no subclass, nothing :func:`has_hooks` finds on any of
-its modules, no global module hooks, the linear maps exactly ``nn.Linear`` without bias -- a peft or quantisation
+its modules, no global module hooks, no ``__call__`` of a class's own on any of them, the linear maps exactly
+``nn.Linear`` without bias -- a peft or quantisation
 wrapper runs as a module), no forward replaced on any of their classes (a library or a user patching
 ``RWKV7TimeMix.forward``, ``nn.Linear.forward`` ...), plain float32 CPU weights, no autocast, no gradient recording,
 no ``TorchFunctionMode`` (TorchScript's interpreter runs below ``__torch_function__``), not inside a
@@ -37,7 +38,7 @@ from torch.nn import functional as F
 
 from seqzoo.kernels import registry as kernel_registry
 from seqzoo.kernels.wkv7 import chunked
-from seqzoo.layers.mixer import global_module_hooks, has_hooks, torch_forward
+from seqzoo.layers.mixer import global_module_hooks, has_hooks, plain_module_call, torch_forward
 from seqzoo.layers.rwkv7 import DECAY_LOG_SCALE, RWKV7ChannelMix, RWKV7TimeMix
 
 logger = logging.getLogger(__name__)
@@ -191,7 +192,7 @@ def _parameters(block: nn.Module, block_class: type) -> tuple[list[torch.Tensor]
             if type(linear) is not nn.Linear or linear._parameters.get("bias") is not None:
                 return None
         for module in modules:
-            if has_hooks(module):
+            if has_hooks(module) or not plain_module_call(type(module)):  # (a __call__ of the class's own runs)
                 return None
         own = attn._parameters
         tensors = [norm._parameters["weight"], norm._parameters["bias"], *(own[name] for name in _TIME_MIX),

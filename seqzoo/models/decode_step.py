@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from seqzoo.cache import SeqzooCache
-from seqzoo.layers.mixer import global_module_hooks, has_hooks, torch_forward
+from seqzoo.layers.mixer import global_module_hooks, has_hooks, plain_module_call, torch_forward
 from seqzoo.models.inputs import checked_token_ids, current_padding_mask
 
 
@@ -32,10 +32,12 @@ def is_plain_decode_step(backbone: nn.Module, own_forward: Any, input_ids: Any, 
                          output_hidden_states: bool | None, kwargs: dict[str, Any]) -> bool:
     """What a backbone's ``takes_step`` answers: whether a forward call (with no packed rows) is the common decode
     step -- a plain (B, 1) token continuing a ``SeqzooCache``, in eval, with no other keyword and no hidden states
-    asked for -- and ``backbone``'s forward is ``own_forward``, the backbone class's forward as defined, kept by its
+    asked for, no torch function mode (it sees the functions the modules call; this looks at no tensor first) -- and
+    ``backbone``'s forward is ``own_forward``, the backbone class's forward as defined, kept by its
     module (a subclass with a forward of its own, or a forward put on the class since by a library or a user, is
     always called, since the causal LM's head would skip it)."""
-    return (type(backbone).forward is own_forward and isinstance(cache, SeqzooCache)
+    return (not torch._C._is_torch_function_mode_enabled() and type(backbone).forward is own_forward
+            and isinstance(cache, SeqzooCache)
             and isinstance(input_ids, torch.Tensor) and input_ids.dim() == 2
             and input_ids.shape[1] == 1 and inputs_embeds is None and not kwargs and not backbone.training
             and not torch.compiler.is_compiling() and backbone.config.capabilities.can_generate
@@ -66,12 +68,18 @@ _PLAIN_FORWARDS = {cls: torch_forward(cls) for cls in (nn.Linear, nn.Embedding)}
 
 def runs_plainly(module: nn.Module) -> bool:
     """Whether ``module`` is an unhooked ``nn.Embedding`` or ``nn.Linear`` whose call runs the one operation torch
-    defines for it (that exact class, not a subclass, nor a peft or quantisation wrapper, with torch's forward)."""
+    defines for it (that exact class, not a subclass, nor a peft or quantisation wrapper, with torch's forward and
+    ``__call__``), and for an embedding torch's own ``F.embedding``, which its forward looks up at each call (a
+    profiler may replace it). (Its callers run only where no torch function mode is on: a mode would see the
+    functions the forward calls, F.embedding among them; ``is_plain_decode_step`` and the step plan check.)"""
     cls = type(module)
-    return _PLAIN_FORWARDS.get(cls) is cls.forward and not has_hooks(module) and not global_module_hooks()
+    return (_PLAIN_FORWARDS.get(cls) is cls.forward and plain_module_call(cls) and not has_hooks(module)
+            and not global_module_hooks()
+            and (cls is not nn.Embedding or torch.nn.functional.embedding is _F_EMBEDDING))
 
 
 _PLAIN_WEIGHTS = (torch.Tensor, nn.Parameter)
+_F_EMBEDDING = torch.nn.functional.embedding  # (a Python function of torch's: the one nn.Embedding's forward calls)
 
 
 def call_plainly(module: nn.Module, x: torch.Tensor) -> torch.Tensor:

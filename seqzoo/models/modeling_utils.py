@@ -98,7 +98,9 @@ class SeqzooPreTrainedModel(PreTrainedModel):
         """Whether this backbone's ``decode_step(input_ids, attention_mask, cache)`` computes a forward call with these
         arguments (no packed rows): a backbone with a lean decode step overrides both (the classic recurrent one
         does). The causal-LM head then calls ``decode_step`` itself, skipping the backbone's module call, unless
-        something hooks that call."""
+        something hooks that call. The call's ``position_ids`` are not handed on (the recurrent backbones read them
+        only to find packed rows, ruled out first), unless the class sets ``decode_step_reads_positions``: then
+        ``decode_step`` also takes ``position_ids=`` where the call has them (the Transformer's)."""
         return False
 
     @property
@@ -328,7 +330,9 @@ class SeqzooForCausalLM(SeqzooPreTrainedModel, GenerationMixin):
         with unchanged_on_error(cache):
             if stepped:
                 # A decode step the backbone runs itself: called directly, since nothing hooks its module call.
-                hidden_states = backbone.decode_step(input_ids, attention_mask, cache, position_ids)
+                positions = ({"position_ids": position_ids} if position_ids is not None
+                             and getattr(type(backbone), "decode_step_reads_positions", False) else {})
+                hidden_states = backbone.decode_step(input_ids, attention_mask, cache, **positions)
                 new_cache, all_hidden_states, attentions = cache, None, None
             else:
                 outputs: BaseModelOutputWithPast = backbone(
@@ -367,7 +371,8 @@ class SeqzooForCausalLM(SeqzooPreTrainedModel, GenerationMixin):
         # step checks that it is a plain decode step of the model the plan was made from).
         plan_steps = getattr(type(backbone), "plan_steps", None)
         if (plan_steps is not None and isinstance(new_cache, SeqzooCache)
-                and new_cache.__dict__.get(STEP_PLAN_ATTRIBUTE) is None):
+                and new_cache.__dict__.get(STEP_PLAN_ATTRIBUTE) is None
+                and not torch._C._is_torch_function_mode_enabled()):  # (a mode would see the plan read its tensors)
             plan = plan_steps(backbone, self, new_cache)
             if plan is not None:
                 new_cache.__dict__[STEP_PLAN_ATTRIBUTE] = plan

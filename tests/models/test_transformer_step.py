@@ -56,6 +56,20 @@ def inline_calls(monkeypatch):
 
 
 @pytest.fixture
+def lean_steps(monkeypatch):
+    """How many calls ran TransformerModel.decode_step (the lean step)."""
+    calls = []
+    real = modeling.TransformerModel.decode_step
+
+    def spy(self, *args, **kwargs):
+        calls.append(1)
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(modeling.TransformerModel, "decode_step", spy)
+    return calls
+
+
+@pytest.fixture
 def general(monkeypatch):
     """A switch that sends every decode step through the general forward."""
     def off():
@@ -117,10 +131,14 @@ def test_generate_takes_the_step_and_matches_the_general_forward(inline_calls, g
     kwargs = dict(attention_mask=prompt_mask, max_new_tokens=6, do_sample=False, pad_token_id=0)
     fast = model.generate(prompt, **kwargs)
     beams = model.generate(prompt, num_beams=3, **kwargs)
-    assert inline_calls
+    torch.manual_seed(7)
+    sampled = model.generate(prompt, **{**kwargs, "do_sample": True, "top_k": 20})
+    assert len(inline_calls) == 3 * 5 * model.config.num_hidden_layers  # three runs of five steps after the prompt
     general()
     assert torch.equal(fast, model.generate(prompt, **kwargs))
     assert torch.equal(beams, model.generate(prompt, num_beams=3, **kwargs))
+    torch.manual_seed(7)
+    assert torch.equal(sampled, model.generate(prompt, **{**kwargs, "do_sample": True, "top_k": 20}))
 
 
 def linear_of(model):
@@ -224,22 +242,35 @@ def test_a_call_method_of_its_own_on_a_part_runs(monkeypatch, general):
     assert_bitwise(fast, decode(build(), 1))
 
 
-@pytest.mark.parametrize("change", ["block subclass", "attention subclass", "linear subclass", "mlp subclass",
-                                    "stateless other mlp", "linear without weight parameter", "forward on instance",
-                                    "one layer training", "dropout training", "compiled norm"])
-def test_what_it_does_not_run_inline_is_called(change, general):
+def _negated_forward(cls):
+    return {"forward": lambda self, *args, **kwargs: _negated(cls.forward(self, *args, **kwargs))}
+
+
+def _negated(out):
+    return (-out[0], *out[1:]) if isinstance(out, tuple) else -out
+
+
+# Each change to layer 1, and how many of the 2 x 4 blocks decoded still run inline (the changed block is called
+# whole, or only the changed part is called as a module).
+CHANGES = {"block subclass": 4, "attention subclass": 4, "linear subclass": 8, "mlp subclass": 8,
+           "stateless other mlp": 8, "linear without weight parameter": 8, "weight shadowed on the instance": 8,
+           "forward on instance": 8, "one layer training": 4, "dropout training": 8, "compiled norm": 8}
+
+
+@pytest.mark.parametrize("change", sorted(CHANGES))
+def test_what_it_does_not_run_inline_is_called(change, inline_calls, general):
     def build():
         model = random_model(dropout=0.3)
         layer = model.model.layers[1]
         if change == "block subclass":
-            layer.__class__ = type("Block2", (modeling.TransformerBlock,), {})
+            layer.__class__ = type("Block2", (modeling.TransformerBlock,), _negated_forward(modeling.TransformerBlock))
         elif change == "attention subclass":
-            layer.self_attn.__class__ = type("Attention2", (SelfAttention,), {})
+            layer.self_attn.__class__ = type("Attention2", (SelfAttention,), _negated_forward(SelfAttention))
         elif change == "linear subclass":
-            layer.self_attn.k_proj.__class__ = type("Linear2", (nn.Linear,), {"forward": lambda self, x: -super(
-                type(self), self).forward(x)})
+            layer.self_attn.k_proj.__class__ = type("Linear2", (nn.Linear,), _negated_forward(nn.Linear))
         elif change == "mlp subclass":
-            layer.mlp.__class__ = type("MLP2", (type(layer.mlp),), {"run": lambda self, x, project: 2 * x})
+            cls = type(layer.mlp)
+            layer.mlp.__class__ = type("MLP2", (cls,), _negated_forward(cls))  # (its run is still GatedMLP's)
         elif change == "stateless other mlp":
             width = model.config.hidden_size
             layer.mlp = nn.Sequential(nn.Linear(width, width), nn.Tanh())
@@ -247,7 +278,10 @@ def test_what_it_does_not_run_inline_is_called(change, general):
             linear = layer.mlp.up_proj
             weight = linear.weight.detach().clone()
             del linear.weight
-            linear.weight = weight * 1.0
+            linear.weight = weight * 2.0
+        elif change == "weight shadowed on the instance":
+            linear = layer.mlp.up_proj
+            object.__setattr__(linear, "weight", linear.weight.detach() * 2.0)  # (forward reads the attribute)
         elif change == "forward on instance":
             linear = layer.self_attn.o_proj
             linear.forward = lambda x: F.linear(x, linear.weight, linear.bias) * 0.5
@@ -264,9 +298,12 @@ def test_what_it_does_not_run_inline_is_called(change, general):
 
     torch.manual_seed(5)
     fast = decode(build(), 3)
+    assert len(inline_calls) == CHANGES[change]
     general()
     torch.manual_seed(5)
     assert_bitwise(fast, decode(build(), 3))
+    torch.manual_seed(5)
+    assert not torch.equal(fast[0], decode(random_model(dropout=0.3), 3)[0])  # the change is seen in the logits
 
 
 def test_a_global_module_hook_sees_every_module_call(general):
@@ -287,7 +324,7 @@ def test_a_global_module_hook_sees_every_module_call(general):
 
 @pytest.mark.parametrize("step_kwargs", [dict(use_cache=False), dict(output_attentions=True),
                                          dict(output_hidden_states=True), dict(return_dict=False)])
-def test_other_outputs_asked_for_are_the_general_forwards(step_kwargs, general):
+def test_other_outputs_asked_for_are_the_general_forwards(step_kwargs, lean_steps, general):
     model = random_model(attn="eager")
     results = []
     for run in range(2):
@@ -297,16 +334,21 @@ def test_other_outputs_asked_for_are_the_general_forwards(step_kwargs, general):
         with torch.no_grad():
             cache = output_cache(model(prompt, attention_mask=prompt_mask, use_cache=True))
             mask = torch.cat([prompt_mask, step_masks[:, :1]], dim=1)
-            results.append(model(steps[:, :1], attention_mask=mask, cache=cache, **step_kwargs))
-    fast, slow = results
-    fast = fast if isinstance(fast, tuple) else fast.to_tuple()
-    slow = slow if isinstance(slow, tuple) else slow.to_tuple()
+            out = model(steps[:, :1], attention_mask=mask, cache=cache, **step_kwargs)
+        results.append((out if isinstance(out, tuple) else out.to_tuple(), cache))
+    # Only the tuple output is the lean step's; the others are the general forward's in both runs.
+    assert len(lean_steps) == (1 if step_kwargs.get("return_dict") is False else 0)
+    (fast, fast_cache), (slow, slow_cache) = results
     assert len(fast) == len(slow)
     for a, b in zip(fast, slow, strict=True):
         if isinstance(a, torch.Tensor):
             assert torch.equal(a, b)
         elif isinstance(a, tuple):
             assert all(torch.equal(x, y) for x, y in zip(a, b, strict=True))
+        else:  # the cache returned: the one passed, in both
+            assert (a is fast_cache) and (b is slow_cache)
+    for fast_layer, slow_layer in zip(fast_cache.layers, slow_cache.layers, strict=True):
+        assert torch.equal(fast_layer.keys, slow_layer.keys) and torch.equal(fast_layer.values, slow_layer.values)
 
 
 def test_attention_weights_asked_by_the_config_are_returned():
@@ -319,19 +361,27 @@ def test_attention_weights_asked_by_the_config_are_returned():
     assert out.attentions is not None and len(out.attentions) == model.config.num_hidden_layers
 
 
-def test_position_ids_given_are_used():
+def test_position_ids_given_are_used(lean_steps, general):
     model = random_model()
     prompt, _, steps, _ = decode_step_inputs(1, model.config.vocab_size)
-    with torch.no_grad():
-        logits = []
-        for position in (5, 9):
-            cache = output_cache(model(prompt, use_cache=True))
-            logits.append(model(steps[:, :1], cache=cache, position_ids=torch.tensor([[position]])).logits)
-    assert not torch.equal(*logits)
+    runs = []
+    for run in range(2):
+        if run:
+            general()
+        with torch.no_grad():
+            logits = []
+            for position, dtype in (([[5]], torch.long), ([[9]], torch.long), ([[9]], torch.int32)):
+                cache = output_cache(model(prompt, use_cache=True))
+                position_ids = torch.tensor(position, dtype=dtype)
+                logits.append(model(steps[:, :1], cache=cache, position_ids=position_ids).logits)
+        runs.append(logits)
+    assert len(lean_steps) == 3
+    assert all(torch.equal(a, b) for a, b in zip(*runs, strict=True))
+    assert not torch.equal(runs[0][0], runs[0][1]) and torch.equal(runs[0][1], runs[0][2])
 
 
 @pytest.mark.parametrize("bad", ["token id", "mask value", "mask length", "cache dtype", "batch"])
-def test_bad_inputs_raise_the_general_forwards_errors_and_leave_the_cache(bad, inline_calls, general):
+def test_bad_inputs_raise_the_general_forwards_errors_and_leave_the_cache(bad, lean_steps, general):
     messages = []
     for run in range(2):
         if run:
@@ -358,7 +408,123 @@ def test_bad_inputs_raise_the_general_forwards_errors_and_leave_the_cache(bad, i
         with pytest.raises(ValueError) as error, torch.no_grad():
             model(token, attention_mask=mask, cache=cache)
         messages.append(str(error.value))
+        assert len(lean_steps) == 1  # the first run's step was the lean one
         assert cache.get_seq_length() == prompt.shape[1]
         for layer, (keys, values) in zip(cache.layers, before, strict=True):
             assert torch.equal(layer.keys, keys) and torch.equal(layer.values, values)
     assert messages[0] == messages[1]
+
+
+# What every lean step (the Transformer's, RWKV-7's, the classic models' and their plans) must leave to the module
+# calls: torch function modes, a patched F.embedding, a patched __call__ or _call_impl.
+LEAN_FAMILIES = ["transformer-tiny", "rwkv7-tiny", "lstm-tiny", "rnn-tiny"]
+
+
+def decode_family(preset, batch=2):
+    model = tiny_model(preset, seed=1)
+    prompt, prompt_mask, steps, step_masks = decode_step_inputs(batch, model.config.vocab_size)
+    with torch.no_grad():
+        cache = output_cache(model(prompt, attention_mask=prompt_mask, use_cache=True))
+        mask, logits = prompt_mask, []
+        for t in range(steps.shape[1]):
+            mask = torch.cat([mask, step_masks[:, t : t + 1]], dim=1)
+            logits.append(model(steps[:, t : t + 1], attention_mask=mask, cache=cache).logits)
+    return torch.cat(logits, 1)
+
+
+def general_for(monkeypatch, preset):
+    """Every decode step of ``preset``'s backbone through its general forward (no lean step, no plan)."""
+    backbone_class = type(tiny_model(preset).model)
+    monkeypatch.setattr(backbone_class, "takes_step", lambda *args, **kwargs: False)
+
+
+@pytest.mark.parametrize("preset", LEAN_FAMILIES)
+def test_a_torch_function_mode_sees_the_functions_the_modules_call(preset, monkeypatch):
+    class Doubling(torch.overrides.TorchFunctionMode):
+        def __init__(self):
+            super().__init__()
+            self.seen = []
+
+        def __torch_function__(self, func, types, args=(), kwargs=None):
+            self.seen.append(getattr(func, "__name__", str(func)))
+            out = func(*args, **(kwargs or {}))
+            return out * 2 if func is F.embedding else out
+
+    decode_family(preset)  # (a kernel's first call makes checks of its own once)
+    runs = []
+    for run in range(2):
+        if run:
+            general_for(monkeypatch, preset)
+        with Doubling() as mode:
+            logits = decode_family(preset)
+        runs.append((logits, mode.seen))
+    (fast, fast_seen), (slow, slow_seen) = runs
+    assert torch.equal(fast, slow)
+    assert fast_seen == slow_seen and "embedding" in fast_seen
+
+
+@pytest.mark.parametrize("patch", ["F.embedding", "nn.Linear.__call__", "nn.Embedding.__call__",
+                                   "nn.Module.__call__", "nn.Module._call_impl"])
+@pytest.mark.parametrize("preset", LEAN_FAMILIES)
+def test_a_patched_module_call_or_embedding_function_is_called(preset, patch, monkeypatch):
+    calls = []
+
+    def counted(real, scaled):
+        def wrapper(*args, **kwargs):
+            calls.append(1)
+            out = real(*args, **kwargs)
+            return out * 1.5 if scaled and isinstance(out, torch.Tensor) else out
+        return wrapper
+
+    owner, name = {"F.embedding": (F, "embedding"), "nn.Linear.__call__": (nn.Linear, "__call__"),
+                   "nn.Embedding.__call__": (nn.Embedding, "__call__"), "nn.Module.__call__": (nn.Module, "__call__"),
+                   "nn.Module._call_impl": (nn.Module, "_call_impl")}[patch]
+    scaled = patch in ("F.embedding", "nn.Linear.__call__", "nn.Embedding.__call__")
+    runs = []
+    for run in range(2):
+        with monkeypatch.context() as patched:
+            if run:
+                general_for(patched, preset)
+            patched.setattr(owner, name, counted(getattr(owner, name), scaled))
+            del calls[:]
+            runs.append((decode_family(preset), len(calls)))
+    (fast, fast_calls), (slow, slow_calls) = runs
+    assert torch.equal(fast, slow)
+    assert fast_calls == slow_calls > 0
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")  # (torch marks TorchScript deprecated)
+def test_torchscript_scripts_the_mlps():
+    for cls in (mlp_module.MLP, mlp_module.GatedMLP):
+        mlp = cls(8, 16, "silu").eval()
+        x = torch.randn(2, 3, 8)
+        assert torch.equal(torch.jit.script(mlp)(x), mlp(x))
+
+
+def test_a_patched_mlp_run_is_not_taken_for_its_forward(monkeypatch, general):
+    monkeypatch.setattr(mlp_module.GatedMLP, "run", lambda self, x, project: torch.zeros_like(x))
+    fast = decode(random_model(), 2)
+    general()
+    assert_bitwise(fast, decode(random_model(), 2))
+
+
+def test_a_backbone_with_a_decode_step_of_the_older_signature_still_decodes(monkeypatch):
+    # decode_step(input_ids, attention_mask, cache): position_ids go only to a class that reads them
+    from seqzoo.models.classic import modeling_classic
+
+    real = modeling_classic.ClassicRecurrentModel.decode_step
+    calls = []
+
+    def decode_step(self, input_ids, attention_mask, cache):
+        calls.append(1)
+        return real(self, input_ids, attention_mask, cache)
+
+    monkeypatch.setattr(modeling_classic.ClassicRecurrentModel, "decode_step", decode_step)
+    model = tiny_model("lstm-tiny")
+    prompt, _, steps, _ = decode_step_inputs(2, model.config.vocab_size)
+    with torch.no_grad():
+        cache = output_cache(model(prompt, use_cache=True))
+        with_positions = model(steps[:, :1], cache=cache, position_ids=torch.full((2, 1), 5)).logits
+        cache = output_cache(model(prompt, use_cache=True))
+        without = model(steps[:, :1], cache=cache).logits
+    assert len(calls) == 2 and torch.equal(with_positions, without)  # (a recurrent model reads no positions)

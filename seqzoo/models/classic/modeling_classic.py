@@ -149,13 +149,12 @@ class ClassicRecurrentModel(ClassicRecurrentPreTrainedModel):
         return is_plain_decode_step(self, _MODEL_FORWARD, input_ids, inputs_embeds, cache, output_hidden_states,
                                     kwargs)
 
-    def decode_step(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None, cache: SeqzooCache,
-                    position_ids: torch.Tensor | None = None) -> torch.Tensor:
-        """The forward of a call :meth:`takes_step` accepts, without the general plumbing (packing, output flags, hidden
-        states), which at decode sizes costs as much as the cells: the same checks and errors, then every layer's cell
-        in a row (``step_stack``), or the layers one by one where that declines. Returns the last layer's (B, 1, H)
-        output; ``cache`` holds the new states and has advanced by one position. ``position_ids`` are not read: they
-        mark packed rows only, which the caller ruled out."""
+    def decode_step(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None,
+                    cache: SeqzooCache) -> torch.Tensor:
+        """The forward of a call :meth:`takes_step` accepts, without the general plumbing (packing, output flags,
+        hidden states), which at decode sizes costs as much as the cells: the same checks and errors, then every
+        layer's cell in a row (``step_stack``), or the layers one by one where that declines. Returns the last
+        layer's (B, 1, H) output; ``cache`` holds the new states and has advanced by one position."""
         layers, embedding = self.layers, self.embed_tokens  # (each module attribute read costs a lookup)
         embeds, mask = prepare_step_inputs(self, input_ids, attention_mask, cache, embedding)
         states = [cache.layer(i) for i in range(len(layers))]

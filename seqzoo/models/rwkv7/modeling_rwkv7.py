@@ -148,12 +148,12 @@ class RWKV7Model(RWKV7PreTrainedModel):
         return is_plain_decode_step(self, _MODEL_FORWARD, input_ids, inputs_embeds, cache, output_hidden_states,
                                     kwargs)
 
-    def decode_step(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None, cache: SeqzooCache,
-                    position_ids: torch.Tensor | None = None) -> torch.Tensor:
-        """The forward of a call :meth:`takes_step` accepts, without the general plumbing: the same checks and errors,
-        then every block in TorchScript (``layers/rwkv7_step.py: step_blocks``), or the blocks one by one where that
-        declines. Returns the (B, 1, C) output of the final norm; ``cache`` holds the new states and has advanced by one
-        position. ``position_ids`` are not read: they mark packed rows only, which the caller ruled out."""
+    def decode_step(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None,
+                    cache: SeqzooCache) -> torch.Tensor:
+        """The forward of a call :meth:`takes_step` accepts, without the general plumbing: the same checks and
+        errors, then every block in TorchScript (``layers/rwkv7_step.py: step_blocks``), or the blocks one by one
+        where that declines. Returns the (B, 1, C) output of the final norm; ``cache`` holds the new states and has
+        advanced by one position."""
         embeds, mask = prepare_step_inputs(self, input_ids, attention_mask, cache)
         hidden_states = self.embed_norm(embeds)
         states = [cache.layer(i) for i in range(len(self.layers))]

@@ -27,12 +27,12 @@ from torch import nn
 from torch.nn import functional as F
 
 from seqzoo.layers.attention import SelfAttention
-from seqzoo.layers.mixer import Mixer, SharedValues, call_module, has_hooks, torch_forward
+from seqzoo.layers.mixer import Mixer, SharedValues, call_module, has_hooks, plain_module_call, torch_forward
 from seqzoo.layers.mlp import MLP, GatedMLP
 
-_MODULE_CALL = nn.Module.__call__
 _ATTENTION_FORWARD = SelfAttention.forward  # as defined: one replaced on the class since is called
-_MLP_FORWARDS = {MLP: MLP.forward, GatedMLP: GatedMLP.forward}
+# The MLPs' forward and run as defined: the step runs ``run`` only where ``forward`` is the one it mirrors.
+_MLP_METHODS = {MLP: (MLP.forward, MLP.run), GatedMLP: (GatedMLP.forward, GatedMLP.run)}
 _MLP_LINEARS = {MLP: ("up_proj", "down_proj"), GatedMLP: ("gate_proj", "up_proj", "down_proj")}
 _ATTENTION_LINEARS = ("q_proj", "k_proj", "v_proj", "o_proj")
 _LINEAR_FORWARD = torch_forward(nn.Linear)  # torch's own (see torch_forward)
@@ -43,7 +43,7 @@ def call_directly(module: nn.Module, *args: Any) -> Any:
     ``__call__`` of its own (the caller has checked that no global module hooks are set and nothing traces):
     ``__call__`` then calls the class's forward and nothing else."""
     cls = type(module)
-    if cls.__call__ is not _MODULE_CALL or has_hooks(module):
+    if not plain_module_call(cls) or has_hooks(module):
         return module(*args)
     return cls.forward(module, *args)
 
@@ -56,9 +56,10 @@ def _linear(linear: nn.Linear, x: torch.Tensor) -> torch.Tensor:
 
 def _plain_linears(modules: dict[str, Any], names: tuple[str, ...]) -> bool:
     """Whether each of the named submodules is exactly ``nn.Linear``, with torch's forward and ``__call__``, no
-    hooks, and its weight and bias (or None) as its parameters: its call then computes :func:`_linear`. (One call
+    hooks, and its weight and bias (or None) as its parameters, not shadowed by attributes of the instance: its call
+    then computes :func:`_linear`. (One call
     for a part's linear maps, with the checks of ``has_hooks`` written out: a decode step makes seven a block.)"""
-    if nn.Linear.forward is not _LINEAR_FORWARD or nn.Linear.__call__ is not _MODULE_CALL:
+    if nn.Linear.forward is not _LINEAR_FORWARD or not plain_module_call(nn.Linear):
         return False
     for name in names:
         linear = modules.get(name)
@@ -68,14 +69,16 @@ def _plain_linears(modules: dict[str, Any], names: tuple[str, ...]) -> bool:
         parameters = linear._parameters
         if (linear._forward_hooks or linear._forward_pre_hooks or linear._backward_hooks
                 or linear._backward_pre_hooks or "forward" in own or own.get("_compiled_call_impl") is not None
-                or parameters.get("weight") is None or "bias" not in parameters):
+                or parameters.get("weight") is None or "bias" not in parameters or "weight" in own or "bias" in own):
             return False
     return True
 
 
 def _mlp(mlp: nn.Module, x: torch.Tensor) -> torch.Tensor:
     cls = type(mlp)
-    if _MLP_FORWARDS.get(cls) is cls.forward and cls.__call__ is _MODULE_CALL and not has_hooks(mlp):
+    methods = _MLP_METHODS.get(cls)
+    if (methods is not None and methods[0] is cls.forward and methods[1] is cls.run and plain_module_call(cls)
+            and not has_hooks(mlp)):
         linears = _MLP_LINEARS[cls]
         return mlp.run(x, _linear if _plain_linears(mlp._modules, linears) else call_module)
     return call_directly(mlp, x)
@@ -98,7 +101,7 @@ def step_block(
         norm, attention = getattr(layer, norm_name), getattr(layer, mixer_name)
         mlp_norm, mlp = getattr(layer, mlp_norm_name), getattr(layer, mlp_name)
         if (type(attention) is SelfAttention and SelfAttention.forward is _ATTENTION_FORWARD
-                and SelfAttention.__call__ is _MODULE_CALL and not has_hooks(attention)
+                and plain_module_call(SelfAttention) and not has_hooks(attention)
                 and not isinstance(mlp, Mixer) and not layer.residual_in_fp32 and norm is not None):
             return _inline_block(layer, norm, attention, mlp_norm, mlp, hidden_states, state, attention_mask,
                                  position_embeddings)

@@ -194,6 +194,8 @@ class TransformerModel(TransformerPreTrainedModel):
         )
         return as_returned(self, output, return_dict)
 
+    decode_step_reads_positions = True  # (see SeqzooPreTrainedModel.takes_step)
+
     def takes_step(self, input_ids: Any, inputs_embeds: Any, cache: Any, output_hidden_states: bool | None,
                    kwargs: dict[str, Any]) -> bool:
         """Whether a forward call (with no packed rows, a cache kept) is the common decode step
