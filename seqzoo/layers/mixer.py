@@ -254,13 +254,14 @@ def projection_parameters(module: nn.Module) -> tuple[str, ...]:
 
 
 def has_hooks(module: nn.Module) -> bool:
-    """Whether ``module(...)`` runs more than ``type(module).forward``: a hook on the module, a forward set on the
-    instance (accelerate's offloading and device-placement hooks wrap it so), or ``module.compile()`` (the call then
-    runs the compiled graph). Code that runs a module's operations itself, to save the call, does so only when this
-    and :func:`global_module_hooks` are False."""
+    """Whether ``module(...)`` runs more than ``type(module).forward``: a hook on the module, a forward (accelerate's
+    offloading and device-placement hooks wrap it so) or ``_call_impl`` set on the instance, or ``module.compile()``
+    (the call then runs the compiled graph). Code that runs a module's operations itself, to save the call, does so only
+    when this and :func:`global_module_hooks` are False."""
+    own = module.__dict__
     return bool(module._forward_hooks or module._forward_pre_hooks or module._backward_hooks
-                or module._backward_pre_hooks or "forward" in module.__dict__
-                or module.__dict__.get("_compiled_call_impl") is not None)
+                or module._backward_pre_hooks or "forward" in own or "_call_impl" in own
+                or own.get("_compiled_call_impl") is not None)
 
 
 def global_module_hooks() -> bool:
@@ -286,10 +287,10 @@ def _torchs_method(name: str, qualname: str) -> Any:
 
 
 def plain_module_call(cls: type) -> bool:
-    """Whether calling an instance of ``cls`` goes through torch's own ``nn.Module.__call__`` (not a ``__call__`` of
-    the class's own, nor one put on it or on ``nn.Module``): with no hooks (:func:`has_hooks`,
-    :func:`global_module_hooks`) the call then runs the class's forward and nothing else."""
-    return cls.__call__ is _TORCH_MODULE_CALL
+    """Whether calling an instance of ``cls`` goes through torch's own ``nn.Module.__call__`` and ``_call_impl`` (not a
+    ``__call__`` or ``_call_impl`` of the class's own, nor one put on it or on ``nn.Module``): with no hooks
+    (:func:`has_hooks`, :func:`global_module_hooks`) the call then runs the class's forward and nothing else."""
+    return cls.__call__ is _TORCH_MODULE_CALL and cls._call_impl is _TORCH_CALL_IMPL
 
 
 def torch_forward(cls: type) -> Any:

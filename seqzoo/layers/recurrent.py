@@ -18,7 +18,7 @@ from seqzoo.cache import INPUT_TABLE_ATTRIBUTE
 from seqzoo.kernels import dispatch, rnn_cells  # noqa: F401  (rnn_cells registers the ops)
 from seqzoo.kernels import registry as kernel_registry
 from seqzoo.kernels.rnn_cells import fused
-from seqzoo.layers.mixer import Mixer, global_module_hooks, has_hooks
+from seqzoo.layers.mixer import Mixer, global_module_hooks, has_hooks, plain_module_call
 
 GATES = {"rnn": 1, "lstm": 4, "gru": 3}
 
@@ -298,10 +298,11 @@ def step_stack(
 def stack_weights(layers: Sequence[nn.Module]) -> list[tuple[torch.Tensor | None, ...]] | None:
     """Each layer's weights, as ``RecurrentMixer.weights()`` lists them (:data:`WEIGHT_NAMES`), where the stack is one
     that :func:`step_stack` may run as one fused cell call per layer: every layer an unmodified mixer of one kind (and,
-    for the Elman RNN, one nonlinearity), nothing :func:`~seqzoo.layers.mixer.has_hooks` finds on it, and its weights
-    all in its parameter dict as plain tensors; else None."""
+    for the Elman RNN, one nonlinearity; its class's forward and ``__call__`` as defined), nothing
+    :func:`~seqzoo.layers.mixer.has_hooks` finds on it, and its weights all in its parameter dict as plain tensors; else
+    None."""
     cls = type(layers[0])
-    if cls not in _STACKABLE:
+    if not stackable_class(cls):
         return None
     nonlinearity = layers[0].nonlinearity if cls.cell == "rnn" else None
     weights = []
@@ -321,7 +322,14 @@ def stack_weights(layers: Sequence[nn.Module]) -> list[tuple[torch.Tensor | None
     return weights
 
 
+def stackable_class(cls: type) -> bool:
+    """Whether layers of class ``cls`` may run as fused cell calls without their module calls: one of seqzoo's
+    recurrent mixers, with the forward and ``__call__`` it was defined with (one put on the class since is called)."""
+    return cls in _STACKABLE and cls.forward is _MIXER_FORWARD and plain_module_call(cls)
+
+
 _STACKABLE = frozenset(RECURRENT_MIXERS.values())
+_MIXER_FORWARD = RecurrentMixer.forward  # as defined
 WEIGHT_NAMES = ("weight_ih", "weight_hh", "bias_ih", "bias_hh")  # the order of RecurrentMixer.weights()
 _ABSENT = (object(),) * len(WEIGHT_NAMES)  # what a weight not in the parameter dict reads as (no plain type)
 

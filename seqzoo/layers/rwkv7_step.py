@@ -7,18 +7,18 @@ function for the whole stack, computing for each block exactly what ``RWKV7Block
 (``RWKV7TimeMix._step``, the channel mix, the two LayerNorms and residuals), with the WKV update by the ``chunked``
 backend's own ``step``.
 
-It applies only when that is what the blocks would run (otherwise it returns None and the blocks run one by one):
-every block an unmodified ``RWKV7Block`` of unmodified parts (no subclass, nothing :func:`has_hooks` finds on any of
-its modules, no global module hooks, no ``__call__`` of a class's own on any of them, the linear maps exactly
-``nn.Linear`` without bias -- a peft or quantisation
-wrapper runs as a module), no forward replaced on any of their classes (a library or a user patching
-``RWKV7TimeMix.forward``, ``nn.Linear.forward`` ...), plain float32 CPU weights, no autocast, no gradient recording,
-no ``TorchFunctionMode`` (TorchScript's interpreter runs below ``__torch_function__``), not inside a
-``torch.compile`` trace (``compile_decoding()`` traces the Python path), every cached state of the shape the blocks
-keep (the step reshapes freely: a cache of another head layout must meet the blocks' own error), and the kernel
-registry choosing the ``chunked`` backend for the step's ``wkv7`` call (a forced ``reference`` backend, or a
-plugin's, is honoured). The parameters are read from the modules on every call: nothing is copied, so a weight
-changed in place is seen.
+It applies only when that is what the blocks would run (otherwise it returns None and the blocks run one by one): every
+block an unmodified ``RWKV7Block`` of unmodified parts (no subclass, nothing :func:`has_hooks` finds on any of its
+modules, no global module hooks, no ``__call__`` of a class's own on any of them, the linear maps exactly ``nn.Linear``
+without bias -- a peft or quantisation wrapper runs as a module), no forward replaced on any of their classes (a library
+or a user patching ``RWKV7TimeMix.forward``, ``nn.Linear.forward`` ...) nor any torch function the Python path looks up
+at each call (``F.linear``, ``torch.sigmoid`` ...: a profiler may count their calls), plain float32 CPU weights, no
+autocast, no gradient recording, no ``TorchFunctionMode`` (TorchScript's interpreter runs below ``__torch_function__``),
+not inside a ``torch.compile`` trace (``compile_decoding()`` traces the Python path), every cached state of the shape
+the blocks keep (the step reshapes freely: a cache of another head layout must meet the blocks' own error), and the
+kernel registry choosing the ``chunked`` backend for the step's ``wkv7`` call (a forced ``reference`` backend, or a
+plugin's, is honoured). The parameters are read from the modules on every call: nothing is copied, so a weight changed
+in place is seen.
 
 The function is scripted on first use. Where TorchScript cannot script it (a torch without it, sources not
 shipped), a warning says so once and decoding runs the Python path.
@@ -167,6 +167,12 @@ _LINEARS = ("receptance", "key", "value", "output")
 _FORWARDS = ((RWKV7TimeMix, "forward", RWKV7TimeMix.forward), (RWKV7TimeMix, "_step", RWKV7TimeMix._step),
              (RWKV7ChannelMix, "forward", RWKV7ChannelMix.forward),
              (nn.LayerNorm, "forward", torch_forward(nn.LayerNorm)), (nn.Linear, "forward", torch_forward(nn.Linear)))
+# The functions the Python path looks up at each call, as they were when seqzoo was imported: one replaced since (a
+# profiler counting F.linear's calls, say) must be called.
+_FUNCTIONS = tuple((owner, name, getattr(owner, name)) for owner, name in (
+    (F, "linear"), (F, "layer_norm"), (F, "group_norm"), (F, "normalize"), (torch, "relu"), (torch, "sigmoid"),
+    (torch, "tanh"), (torch, "addcmul"), (torch, "addmm"), (torch, "lerp"), (torch, "rsub"), (torch, "where"),
+    (torch, "stack"), (torch.linalg, "vector_norm"), (torch.Tensor, "square")))
 
 
 def _parameters(block: nn.Module, block_class: type) -> tuple[list[torch.Tensor], tuple[float, float, float]] | None:
@@ -224,7 +230,8 @@ def step_blocks(
             or torch._C._is_torch_function_mode_enabled() or global_module_hooks() or not _plain((hidden_states,))
             or hidden_states.device.type != "cpu" or hidden_states.dim() != 3 or hidden_states.shape[1] != 1
             or block_class.forward is not block_forward
-            or not all(getattr(cls, name) is fn for cls, name, fn in _FORWARDS)):
+            or not all(getattr(cls, name) is fn for cls, name, fn in _FORWARDS)
+            or not all(getattr(owner, name) is fn for owner, name, fn in _FUNCTIONS)):
         return None
     first = blocks[0]._modules.get("attn")
     if type(first) is not RWKV7TimeMix:

@@ -31,14 +31,15 @@ def prepare_step_inputs(
 def is_plain_decode_step(backbone: nn.Module, own_forward: Any, input_ids: Any, inputs_embeds: Any, cache: Any,
                          output_hidden_states: bool | None, kwargs: dict[str, Any]) -> bool:
     """What a backbone's ``takes_step`` answers: whether a forward call (with no packed rows) is the common decode
-    step -- a plain (B, 1) token continuing a ``SeqzooCache``, in eval, with no other keyword and no hidden states
+    step -- a plain (B, 1) token (a ``torch.Tensor``, not a subclass: its ``__torch_function__`` would see the
+    embedding's ``F.embedding``) continuing a ``SeqzooCache``, in eval, with no other keyword and no hidden states
     asked for, no torch function mode (it sees the functions the modules call; this looks at no tensor first) -- and
     ``backbone``'s forward is ``own_forward``, the backbone class's forward as defined, kept by its
     module (a subclass with a forward of its own, or a forward put on the class since by a library or a user, is
     always called, since the causal LM's head would skip it)."""
     return (not torch._C._is_torch_function_mode_enabled() and type(backbone).forward is own_forward
             and isinstance(cache, SeqzooCache)
-            and isinstance(input_ids, torch.Tensor) and input_ids.dim() == 2
+            and type(input_ids) is torch.Tensor and input_ids.dim() == 2
             and input_ids.shape[1] == 1 and inputs_embeds is None and not kwargs and not backbone.training
             and not torch.compiler.is_compiling() and backbone.config.capabilities.can_generate
             and not (backbone.config.output_hidden_states if output_hidden_states is None else output_hidden_states))

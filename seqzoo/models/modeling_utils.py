@@ -19,7 +19,7 @@ from transformers import initialization as init
 from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutputWithPast
 
 from seqzoo.cache import STEP_PLAN_ATTRIBUTE, SeqzooCache, unchanged_on_error
-from seqzoo.layers.mixer import Mixer, global_module_hooks, has_hooks
+from seqzoo.layers.mixer import Mixer, global_module_hooks, has_hooks, plain_module_call
 from seqzoo.models.checkpointing import layer_checkpoint_function
 from seqzoo.models.compat import (
     CACHE_ALIASES,
@@ -322,7 +322,7 @@ class SeqzooForCausalLM(SeqzooPreTrainedModel, GenerationMixin):
         stepped = (labels is None and not kwargs and takes_step is not None
                    and (use_cache if use_cache is not None else self.config.use_cache)
                    and takes_step(backbone, input_ids, inputs_embeds, cache, output_hidden_states, kwargs)
-                   and not global_module_hooks() and not has_hooks(backbone)
+                   and not global_module_hooks() and not has_hooks(backbone) and plain_module_call(type(backbone))
                    and find_packing(backbone, input_ids, inputs_embeds, attention_mask, position_ids, cache,
                                     use_cache, kwargs) is None)
         # A step that fails (in the head or the loss too: the logits of a long prompt are where memory runs out)

@@ -335,6 +335,17 @@ def _class_forward_patched(cls):
     return change
 
 
+def _method_patched(owner, name):
+    """A change that puts a counting ``name`` on ``owner(model)``'s class (a layer's, the backbone's, torch's)."""
+    def change(model, cache, seen):
+        cls = owner(model)
+        real = getattr(cls, name)
+        seen.patches.setattr(cls, name, lambda self, *a, **k: seen.append(f"{cls.__name__}.{name}") or real(self, *a,
+                                                                                                             **k))
+        return None, {}, None
+    return change
+
+
 def _mask_of_ones(model, cache, seen):
     # (the cached positions and the new one, as generate() passes it; the same mask for both steps)
     return None, {"attention_mask": torch.ones(2, cache.get_seq_length() + 1, dtype=torch.long)}, None
@@ -356,6 +367,11 @@ CHANGES = {
     "the backbone class's forward patched": _class_forward_patched(modeling_classic.ClassicRecurrentModel),
     "nn.Linear's forward patched": _class_forward_patched(nn.Linear),
     "nn.Embedding's forward patched": _class_forward_patched(nn.Embedding),
+    "the layers' class's forward patched": _method_patched(lambda m: type(m.model.layers[0]), "forward"),
+    "the layers' class's __call__ patched": _method_patched(lambda m: type(m.model.layers[0]), "__call__"),
+    "the backbone class's __call__ patched": _method_patched(lambda m: type(m.model), "__call__"),
+    "nn.Linear's __call__ patched": _method_patched(lambda m: nn.Linear, "__call__"),
+    "nn.Module's _call_impl patched": _method_patched(lambda m: nn.Module, "_call_impl"),
     "a forced reference backend": lambda model, cache, seen: (None, {}, _Counted(model, seen)),
     "autocast": _call(context=lambda: torch.autocast("cpu", dtype=torch.bfloat16)),
     "gradients recorded": _call(context=torch.enable_grad),

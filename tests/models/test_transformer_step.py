@@ -5,6 +5,8 @@ whole step must be called as modules (hooks, patched forwards, subclasses, wrapp
 
 from __future__ import annotations
 
+import sys
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -199,6 +201,9 @@ def _patched(monkeypatch, cls, name, scale):
 
 PATCHES = {
     "nn.Linear.forward": (nn.Linear, "forward"),
+    "SelfAttention.__call__": (SelfAttention, "__call__"),
+    "GatedMLP.__call__": (mlp_module.GatedMLP, "__call__"),
+    "RMSNorm.__call__": (RMSNorm, "__call__"),
     "SelfAttention.forward": (SelfAttention, "forward"),
     "TransformerBlock.forward": (modeling.TransformerBlock, "forward"),
     "RMSNorm.forward": (RMSNorm, "forward"),
@@ -463,8 +468,9 @@ def test_a_torch_function_mode_sees_the_functions_the_modules_call(preset, monke
     assert fast_seen == slow_seen and "embedding" in fast_seen
 
 
-@pytest.mark.parametrize("patch", ["F.embedding", "nn.Linear.__call__", "nn.Embedding.__call__",
-                                   "nn.Module.__call__", "nn.Module._call_impl"])
+@pytest.mark.parametrize("patch", ["F.embedding", "F.linear", "torch.sigmoid", "nn.Linear.__call__",
+                                   "nn.Embedding.__call__", "nn.Linear._call_impl", "nn.Module.__call__",
+                                   "nn.Module._call_impl", "backbone.__call__", "mixer.forward", "mixer.__call__"])
 @pytest.mark.parametrize("preset", LEAN_FAMILIES)
 def test_a_patched_module_call_or_embedding_function_is_called(preset, patch, monkeypatch):
     calls = []
@@ -476,10 +482,18 @@ def test_a_patched_module_call_or_embedding_function_is_called(preset, patch, mo
             return out * 1.5 if scaled and isinstance(out, torch.Tensor) else out
         return wrapper
 
-    owner, name = {"F.embedding": (F, "embedding"), "nn.Linear.__call__": (nn.Linear, "__call__"),
-                   "nn.Embedding.__call__": (nn.Embedding, "__call__"), "nn.Module.__call__": (nn.Module, "__call__"),
-                   "nn.Module._call_impl": (nn.Module, "_call_impl")}[patch]
-    scaled = patch in ("F.embedding", "nn.Linear.__call__", "nn.Embedding.__call__")
+    model = tiny_model(preset)
+    # (the classic models' layers are their mixers; the Transformer's and RWKV-7's blocks have tests of their own)
+    mixer_class = type(model.model.layers[0]) if preset in ("lstm-tiny", "rnn-tiny") else None
+    if patch.startswith("mixer.") and mixer_class is None:
+        pytest.skip("a block of named parts: its parts' classes are patched in the Transformer's and RWKV-7's tests")
+    owner, name = {"F.embedding": (F, "embedding"), "F.linear": (F, "linear"), "torch.sigmoid": (torch, "sigmoid"),
+                   "nn.Linear.__call__": (nn.Linear, "__call__"), "nn.Embedding.__call__": (nn.Embedding, "__call__"),
+                   "nn.Linear._call_impl": (nn.Linear, "_call_impl"), "nn.Module.__call__": (nn.Module, "__call__"),
+                   "nn.Module._call_impl": (nn.Module, "_call_impl"),
+                   "backbone.__call__": (type(model.model), "__call__"),
+                   "mixer.forward": (mixer_class, "forward"), "mixer.__call__": (mixer_class, "__call__")}[patch]
+    scaled = patch not in ("nn.Module.__call__", "nn.Module._call_impl", "torch.sigmoid")
     runs = []
     for run in range(2):
         with monkeypatch.context() as patched:
@@ -490,7 +504,85 @@ def test_a_patched_module_call_or_embedding_function_is_called(preset, patch, mo
             runs.append((decode_family(preset), len(calls)))
     (fast, fast_calls), (slow, slow_calls) = runs
     assert torch.equal(fast, slow)
-    assert fast_calls == slow_calls > 0
+    assert fast_calls == slow_calls
+    assert slow_calls > 0 or patch == "torch.sigmoid"  # (the Transformer's MLP calls no sigmoid)
+    if patch.startswith("mixer."):  # every layer's call, the prompt's and each of the four steps' (the general
+        assert slow_calls == 5 * model.config.num_hidden_layers  # forward's one-token steps skip them too if allowed)
+
+
+@pytest.mark.parametrize("preset", LEAN_FAMILIES)
+def test_a_call_impl_put_on_the_head_instance_is_called(preset, monkeypatch):
+    runs = []
+    for run in range(2):
+        with monkeypatch.context() as patched:
+            if run:
+                general_for(patched, preset)
+            calls = []
+            real_build = tiny_model
+
+            def build(name, seed=0, **overrides):
+                model = real_build(name, seed=seed, **overrides)
+                head = model.lm_head
+                real = head._call_impl
+                head._call_impl = lambda *args, **kwargs: (calls.append(1), real(*args, **kwargs) * 2)[1]
+                return model
+
+            patched.setattr(sys.modules[__name__], "tiny_model", build)
+            runs.append((decode_family(preset), len(calls)))
+    (fast, fast_calls), (slow, slow_calls) = runs
+    assert torch.equal(fast, slow) and fast_calls == slow_calls == 5
+
+
+@pytest.mark.parametrize("preset", LEAN_FAMILIES)
+def test_token_ids_of_a_tensor_subclass_see_the_embedding_function(preset, monkeypatch):
+    class Ids(torch.Tensor):
+        seen = []
+
+        @classmethod
+        def __torch_function__(cls, func, types, args=(), kwargs=None):
+            if func is F.embedding:
+                cls.seen.append(1)
+            return super().__torch_function__(func, types, args, kwargs or {})
+
+    runs = []
+    for run in range(2):
+        if run:
+            general_for(monkeypatch, preset)
+        model = tiny_model(preset, seed=1)
+        prompt, _, steps, _ = decode_step_inputs(2, model.config.vocab_size)
+        del Ids.seen[:]
+        with torch.no_grad():
+            cache = output_cache(model(prompt, use_cache=True))
+            logits = model(steps[:, :1].as_subclass(Ids), cache=cache).logits
+        runs.append((logits.as_subclass(torch.Tensor), len(Ids.seen)))
+    (fast, fast_seen), (slow, slow_seen) = runs
+    assert torch.equal(fast, slow) and fast_seen == slow_seen > 0
+
+
+def test_a_function_mode_entered_after_a_planned_step_sees_the_functions(monkeypatch):
+    class Counting(torch.overrides.TorchFunctionMode):
+        def __init__(self):
+            super().__init__()
+            self.seen = []
+
+        def __torch_function__(self, func, types, args=(), kwargs=None):
+            self.seen.append(getattr(func, "__name__", str(func)))
+            return func(*args, **(kwargs or {}))
+
+    runs = []
+    for run in range(2):
+        if run:
+            general_for(monkeypatch, "lstm-tiny")
+        model = tiny_model("lstm-tiny", seed=1)
+        prompt, _, steps, _ = decode_step_inputs(2, model.config.vocab_size)
+        with torch.no_grad():
+            cache = output_cache(model(prompt, use_cache=True))
+            model(steps[:, :1], cache=cache)  # (planned, in the first run)
+            with Counting() as mode:
+                logits = model(steps[:, 1:2], cache=cache).logits
+        runs.append((logits, mode.seen))
+    (fast, fast_seen), (slow, slow_seen) = runs
+    assert torch.equal(fast, slow) and fast_seen == slow_seen and "embedding" in fast_seen
 
 
 @pytest.mark.filterwarnings("ignore::DeprecationWarning")  # (torch marks TorchScript deprecated)
@@ -501,11 +593,20 @@ def test_torchscript_scripts_the_mlps():
         assert torch.equal(torch.jit.script(mlp)(x), mlp(x))
 
 
-def test_a_patched_mlp_run_is_not_taken_for_its_forward(monkeypatch, general):
-    monkeypatch.setattr(mlp_module.GatedMLP, "run", lambda self, x, project: torch.zeros_like(x))
-    fast = decode(random_model(), 2)
+@pytest.mark.parametrize("where", ["class", "instance"])
+def test_a_patched_mlp_run_is_not_taken_for_its_forward(where, monkeypatch, general):
+    def build():
+        model = random_model()
+        if where == "instance":
+            mlp = model.model.layers[1].mlp
+            mlp.run = lambda x, project: torch.zeros_like(x)
+        return model
+
+    if where == "class":
+        monkeypatch.setattr(mlp_module.GatedMLP, "run", lambda self, x, project: torch.zeros_like(x))
+    fast = decode(build(), 2)
     general()
-    assert_bitwise(fast, decode(random_model(), 2))
+    assert_bitwise(fast, decode(build(), 2))
 
 
 def test_a_backbone_with_a_decode_step_of_the_older_signature_still_decodes(monkeypatch):

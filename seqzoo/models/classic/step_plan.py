@@ -20,8 +20,8 @@ from transformers.modeling_outputs import CausalLMOutputWithPast
 from seqzoo.cache import STEP_PLAN_ATTRIBUTE, SeqzooCache, StateLayer
 from seqzoo.kernels import registry as kernel_registry
 from seqzoo.kernels.rnn_cells import fused
-from seqzoo.layers.mixer import global_module_hooks, has_hooks
-from seqzoo.layers.recurrent import FUSED_KERNELS, WEIGHT_NAMES, stack_weights
+from seqzoo.layers.mixer import global_module_hooks, has_hooks, plain_module_call
+from seqzoo.layers.recurrent import FUSED_KERNELS, WEIGHT_NAMES, stack_weights, stackable_class
 from seqzoo.models.compat import model_output
 from seqzoo.models.decode_step import runs_plainly
 from seqzoo.models.inputs import check_token_ids, current_padding_mask
@@ -89,7 +89,8 @@ class StepPlan:
             return None
         backbone = self.backbone
         config = backbone.config
-        if config.output_hidden_states or backbone.training or has_hooks(backbone):
+        if (config.output_hidden_states or backbone.training or has_hooks(backbone)
+                or not plain_module_call(type(backbone))):
             return None
         cls, attributes = type(backbone), backbone.__dict__
         for name, method in zip(_BACKBONE_METHODS, self.methods):
@@ -146,8 +147,9 @@ class StepPlan:
                      and backbone._modules.get("embed_tokens") is embedding
                      and runs_plainly(head) and runs_plainly(embedding) and embedding.max_norm is None
                      and tuple(backbone._modules["layers"]._modules.values()) == self.layers)
+        kind = self.layer_class
+        unchanged = unchanged and stackable_class(kind)  # (its forward or __call__ replaced on the class: called)
         if unchanged:
-            kind = self.layer_class
             for layer, parameters, weights in self.found:
                 if type(layer) is not kind or has_hooks(layer) or (self.nonlinearity is not None
                                                                    and layer.nonlinearity != self.nonlinearity):
