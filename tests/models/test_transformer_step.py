@@ -259,7 +259,8 @@ def _negated(out):
 # whole, or only the changed part is called as a module).
 CHANGES = {"block subclass": 4, "attention subclass": 4, "linear subclass": 8, "mlp subclass": 8,
            "stateless other mlp": 8, "linear without weight parameter": 8, "weight shadowed on the instance": 8,
-           "forward on instance": 8, "one layer training": 4, "dropout training": 8, "compiled norm": 8}
+           "forward on instance": 8, "call_impl on instance": 8, "one layer training": 4, "dropout training": 8,
+           "compiled norm": 8}
 
 
 @pytest.mark.parametrize("change", sorted(CHANGES))
@@ -290,6 +291,10 @@ def test_what_it_does_not_run_inline_is_called(change, inline_calls, general):
         elif change == "forward on instance":
             linear = layer.self_attn.o_proj
             linear.forward = lambda x: F.linear(x, linear.weight, linear.bias) * 0.5
+        elif change == "call_impl on instance":
+            linear = layer.self_attn.q_proj
+            real = linear._call_impl
+            linear._call_impl = lambda *args, **kwargs: real(*args, **kwargs) * 0.5
         elif change == "one layer training":
             layer.train()
         elif change == "dropout training":

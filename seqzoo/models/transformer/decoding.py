@@ -55,21 +55,18 @@ def _linear(linear: nn.Linear, x: torch.Tensor) -> torch.Tensor:
 
 
 def _plain_linears(modules: dict[str, Any], names: tuple[str, ...]) -> bool:
-    """Whether each of the named submodules is exactly ``nn.Linear``, with torch's forward and ``__call__``, no
-    hooks, and its weight and bias (or None) as its parameters, not shadowed by attributes of the instance: its call
-    then computes :func:`_linear`. (One call
-    for a part's linear maps, with the checks of ``has_hooks`` written out: a decode step makes seven a block.)"""
+    """Whether each of the named submodules is exactly ``nn.Linear``, with torch's forward and ``__call__``, nothing
+    :func:`has_hooks` finds, and its weight and bias (or None) as its parameters, not shadowed by attributes of the
+    instance: its call then computes :func:`_linear`. (One call for a part's linear maps, whose class is checked
+    once.)"""
     if nn.Linear.forward is not _LINEAR_FORWARD or not plain_module_call(nn.Linear):
         return False
     for name in names:
         linear = modules.get(name)
-        if type(linear) is not nn.Linear:
+        if type(linear) is not nn.Linear or has_hooks(linear):
             return False
-        own = linear.__dict__
-        parameters = linear._parameters
-        if (linear._forward_hooks or linear._forward_pre_hooks or linear._backward_hooks
-                or linear._backward_pre_hooks or "forward" in own or own.get("_compiled_call_impl") is not None
-                or parameters.get("weight") is None or "bias" not in parameters or "weight" in own or "bias" in own):
+        own, parameters = linear.__dict__, linear._parameters
+        if parameters.get("weight") is None or "bias" not in parameters or "weight" in own or "bias" in own:
             return False
     return True
 
