@@ -448,24 +448,27 @@ def general_for(monkeypatch, preset):
     monkeypatch.setattr(backbone_class, "takes_step", lambda *args, **kwargs: False)
 
 
+class Recording(torch.overrides.TorchFunctionMode):
+    """A torch function mode that records the functions it sees, and doubles F.embedding's output where asked."""
+
+    def __init__(self, doubling=False):
+        super().__init__()
+        self.seen, self.doubling = [], doubling
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        self.seen.append(getattr(func, "__name__", str(func)))
+        out = func(*args, **(kwargs or {}))
+        return out * 2 if self.doubling and func is F.embedding else out
+
+
 @pytest.mark.parametrize("preset", LEAN_FAMILIES)
 def test_a_torch_function_mode_sees_the_functions_the_modules_call(preset, monkeypatch):
-    class Doubling(torch.overrides.TorchFunctionMode):
-        def __init__(self):
-            super().__init__()
-            self.seen = []
-
-        def __torch_function__(self, func, types, args=(), kwargs=None):
-            self.seen.append(getattr(func, "__name__", str(func)))
-            out = func(*args, **(kwargs or {}))
-            return out * 2 if func is F.embedding else out
-
     decode_family(preset)  # (a kernel's first call makes checks of its own once)
     runs = []
     for run in range(2):
         if run:
             general_for(monkeypatch, preset)
-        with Doubling() as mode:
+        with Recording(doubling=True) as mode:
             logits = decode_family(preset)
         runs.append((logits, mode.seen))
     (fast, fast_seen), (slow, slow_seen) = runs
@@ -565,15 +568,6 @@ def test_token_ids_of_a_tensor_subclass_see_the_embedding_function(preset, monke
 
 
 def test_a_function_mode_entered_after_a_planned_step_sees_the_functions(monkeypatch):
-    class Counting(torch.overrides.TorchFunctionMode):
-        def __init__(self):
-            super().__init__()
-            self.seen = []
-
-        def __torch_function__(self, func, types, args=(), kwargs=None):
-            self.seen.append(getattr(func, "__name__", str(func)))
-            return func(*args, **(kwargs or {}))
-
     runs = []
     for run in range(2):
         if run:
@@ -583,7 +577,7 @@ def test_a_function_mode_entered_after_a_planned_step_sees_the_functions(monkeyp
         with torch.no_grad():
             cache = output_cache(model(prompt, use_cache=True))
             model(steps[:, :1], cache=cache)  # (planned, in the first run)
-            with Counting() as mode:
+            with Recording() as mode:
                 logits = model(steps[:, 1:2], cache=cache).logits
         runs.append((logits, mode.seen))
     (fast, fast_seen), (slow, slow_seen) = runs
