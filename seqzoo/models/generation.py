@@ -243,7 +243,7 @@ def decode_step_inputs(model: PreTrainedModel, args: tuple, kwargs: dict[str, An
     against. Its general path checks for all of those at every token (about 30 µs); a test holds the two paths to
     the same output."""
     if (len(args) != 1 or kwargs.get("next_sequence_length") != 1 or kwargs.get("is_first_iteration")
-            or not kwargs.get("use_cache", True) or not _preparation_checked()):
+            or not kwargs.get("use_cache", True) or not preparation_checked()):
         return None
     cache = kwargs.get(GENERATE_CACHE_KWARG)
     if not isinstance(cache, SeqzooCache) or cache.is_compileable:
@@ -271,6 +271,6 @@ def _preparation_fingerprint() -> str | None:
 
 
 @functools.cache
-def _preparation_checked() -> bool:
+def preparation_checked() -> bool:
     """Whether :func:`decode_step_inputs` was checked against the installed transformers' method."""
     return _MULTIMODAL_INPUTS is not None and _preparation_fingerprint() in _CHECKED_PREPARATIONS

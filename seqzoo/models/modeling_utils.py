@@ -31,6 +31,7 @@ from seqzoo.models.compat import (
 )
 from seqzoo.models.compiled_decoding import ATTRIBUTE as COMPILED
 from seqzoo.models.compiled_decoding import compile_forward, run_compiled_step
+from seqzoo.models.decode_loop import check_loop_name, runs_own_loop, sample
 from seqzoo.models.decode_step import call_plainly
 from seqzoo.models.generation import (
     cache_expanded_for_generation,
@@ -503,6 +504,32 @@ class SeqzooForCausalLM(SeqzooPreTrainedModel, GenerationMixin):
         return super()._prepare_position_ids_for_generation(inputs_tensor, model_kwargs)
 
     init_continuous_batching = refuse_continuous_batching
+
+    # Which loop generate()'s greedy and sampled modes run (set_generate_loop).
+    generate_loop = "seqzoo"
+
+    def set_generate_loop(self, loop: str) -> SeqzooForCausalLM:
+        """Which loop ``generate()`` decodes with in its greedy and sampled modes: ``"seqzoo"`` (the default;
+        ``models/decode_loop.py``) makes the calls transformers' loop makes and gives the same tokens, but builds each
+        step's inputs from the last step's instead of through transformers' general preparation at every token
+        (about 30-70 µs a token less on a 2-core CPU: BENCHMARKS.md); ``"transformers"``: transformers' own
+        ``_sample``. seqzoo's loop steps aside by itself for what it was not checked against (another release of
+        transformers, ``return_dict_in_generate``, tokens off the CPU ...). Not saved with the model. Returns the
+        model."""
+        check_loop_name(loop)
+        self.generate_loop = loop
+        return self
+
+    def _sample(self, input_ids: torch.Tensor, logits_processor: Any, stopping_criteria: Any, generation_config: Any,
+                synced_gpus: bool = False, streamer: Any = None, **model_kwargs: Any) -> Any:
+        # generate() runs its greedy and multinomial modes through the model class's _sample: seqzoo's loop where it
+        # applies (models/decode_loop.py), else transformers' own.
+        if runs_own_loop(self, SeqzooForCausalLM.prepare_inputs_for_generation, input_ids, generation_config,
+                         synced_gpus, model_kwargs):
+            return sample(self, input_ids, logits_processor, stopping_criteria, generation_config, streamer,
+                          model_kwargs)
+        return super()._sample(input_ids, logits_processor, stopping_criteria, generation_config,
+                               synced_gpus=synced_gpus, streamer=streamer, **model_kwargs)
 
     def generate(self, *args: Any, cache: Any = None, **kwargs: Any) -> Any:
         """transformers' ``generate``; a cache to continue from may be passed as ``cache`` on every supported

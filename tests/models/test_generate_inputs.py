@@ -45,7 +45,10 @@ def assert_same_inputs(ours, theirs):
 
 
 def recorded_steps(model, monkeypatch, **generate_kwargs):
-    """generate() with every call of ``decode_step_inputs`` recorded: (args, a copy of kwargs, what it returned)."""
+    """generate() with every call of ``decode_step_inputs`` recorded: (args, a copy of kwargs, what it returned).
+    Through transformers' loop, which prepares every step through the model's method (seqzoo's loop prepares the
+    first and builds the later ones from it: tests/models/test_decode_loop.py)."""
+    model.set_generate_loop("transformers")
     calls = []
     real = modeling_utils.decode_step_inputs
 
@@ -196,7 +199,7 @@ def test_an_unchecked_release_prepares_every_step_with_transformers_method(monke
     model = tiny_model(FAMILIES["transformer"])
     expected = model.generate(PROMPT, attention_mask=MASK, max_new_tokens=4, do_sample=False, pad_token_id=0)
     monkeypatch.setattr(generation, "_CHECKED_PREPARATIONS", frozenset())
-    generation._preparation_checked.cache_clear()
+    generation.preparation_checked.cache_clear()
     try:
         calls = recorded_steps(model, monkeypatch, input_ids=PROMPT, attention_mask=MASK)
         assert len(calls) == 4 and all(result is None for _, _, result in calls)
@@ -204,8 +207,8 @@ def test_an_unchecked_release_prepares_every_step_with_transformers_method(monke
         assert torch.equal(got, expected)
     finally:
         monkeypatch.undo()
-        generation._preparation_checked.cache_clear()
-    assert generation._preparation_checked()
+        generation.preparation_checked.cache_clear()
+    assert generation.preparation_checked()
 
 
 @pytest.mark.parametrize("preset", ["lstm-tiny", "transformer-tiny"])

@@ -1,0 +1,198 @@
+"""seqzoo's greedy and sampled decoding loop: what transformers' ``GenerationMixin._sample`` computes, with its
+per-token bookkeeping written out for the plain calls it was checked against.
+
+``generate()`` runs its greedy and multinomial modes through ``_sample``, found by name on the model's class, so
+``SeqzooForCausalLM._sample`` decides per call: :func:`runs_own_loop` says whether this loop applies, and
+:func:`sample` runs it; every other call runs transformers' own. The loop makes the same calls in the same order
+where they could matter: transformers' ``_prefill`` for the prompt, ``_update_model_kwargs_for_generation`` and
+the model's ``prepare_inputs_for_generation`` for the first new token, the model through its ``__call__`` (so
+hooks, wrappers and the lean decode steps all see what they see under transformers' loop), the logits processors
+and the stopping criteria as given, the same argmax or softmax-and-multinomial (so a seeded sampler draws the same
+tokens), the same padding of finished rows, and a streamer fed as transformers' ``StopCheck`` feeds it.
+
+What it does differently, and why it gives the same result:
+
+- From the second new token on, a step's inputs are those of the first with the new token, the mask grown by a
+  column of ones and the position ids moved on by one, and the cache the last output returned: what
+  ``_update_model_kwargs_for_generation`` and seqzoo's ``prepare_inputs_for_generation``
+  (``generation.decode_step_inputs``) would build, without their general checks at every token. Only where the
+  first step's inputs are exactly those keywords (the token, a 2-d mask and (B, 1) position ids where there are
+  any, the cache, ``logits_to_keep``, ``use_cache``) and the call passed nothing else; otherwise both methods are
+  called at every step, as transformers' loop calls them.
+- The logits of the last position are read as float32 without a copy (transformers copies them so that a large
+  prompt's logits are freed; a step's output is dropped before the next).
+- Where the stopping criteria are transformers' own ``MaxLengthCriteria`` (one that would not warn) and
+  ``EosTokenCriteria``, the loop reads the length and the EOS tokens once and checks the new tokens against them,
+  instead of calling the criteria at every token; and it pads the tokens of finished rows only once a row has
+  finished (before, the padding changes no token).
+
+It runs only on the releases whose ``_sample`` and ``_update_model_kwargs_for_generation`` it was checked against
+(by a fingerprint of their source, as ``decode_step_inputs`` is), for token ids on the CPU, without
+``return_dict_in_generate``, ``synced_gpus``, chunked prefill or an automatically compiled forward, and for a model
+that keeps transformers' ``_update_model_kwargs_for_generation`` and seqzoo's ``prepare_inputs_for_generation``
+(peft's prompt tuning, which sets its own on the model, runs transformers' loop). ``tests/models/test_decode_loop.py``
+holds the two loops to the same tokens and the same forward calls.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+import torch
+from transformers import GenerationMixin
+from transformers.generation.stopping_criteria import EosTokenCriteria, MaxLengthCriteria
+
+from seqzoo.cache import SeqzooCache
+from seqzoo.models.compat import GENERATE_CACHE_KWARG, output_cache, source_fingerprint
+from seqzoo.models.generation import GENERATE_ONLY_INPUTS, preparation_checked
+
+LOOPS = ("seqzoo", "transformers")
+
+# (GenerationMixin._sample, GenerationMixin._update_model_kwargs_for_generation) as this loop was checked against,
+# by source_fingerprint, on each supported release.
+_CHECKED_LOOPS = frozenset({
+    ("9f5d2e3906df6579", "fb244c4da03341e8"),  # transformers 5.23
+    ("a6e4d9f96a55d11b", "aa5e6dcc92d26a5c"),  # 5.24 and 5.25
+})
+# What generate() hands its decoding loop for a plain call, and what the first step's inputs may hold for the later
+# steps to be built from them.
+_PLAIN_MODEL_KWARGS = frozenset({GENERATE_CACHE_KWARG, "attention_mask", "position_ids", "logits_to_keep", "use_cache",
+                                 *GENERATE_ONLY_INPUTS})  # (the last: a tokenizer for stop strings, never handed on)
+_CACHE_KEYS = (GENERATE_CACHE_KWARG, "past_key_values")
+_STEP_INPUTS = frozenset({"input_ids", "attention_mask", "position_ids", "logits_to_keep", "use_cache", *_CACHE_KEYS})
+
+
+@functools.cache
+def loop_checked() -> bool:
+    """Whether :func:`sample` was checked against the installed transformers' loop."""
+    fingerprints = (source_fingerprint(GenerationMixin._sample),
+                    source_fingerprint(GenerationMixin._update_model_kwargs_for_generation))
+    return fingerprints in _CHECKED_LOOPS
+
+
+def check_loop_name(loop: str) -> None:
+    if loop not in LOOPS:
+        raise ValueError(f"set_generate_loop: loop must be one of {', '.join(map(repr, LOOPS))}; got {loop!r}")
+
+
+def runs_own_loop(model: Any, own_preparation: Any, input_ids: torch.Tensor, generation_config: Any,
+                  synced_gpus: bool, model_kwargs: dict[str, Any]) -> bool:
+    """Whether ``model``'s ``_sample`` call runs :func:`sample` (see the module's docstring);
+    ``own_preparation``: ``SeqzooForCausalLM.prepare_inputs_for_generation`` as defined."""
+    cls = type(model)
+    return (model.generate_loop == "seqzoo" and loop_checked() and not synced_gpus
+            and input_ids.device.type == "cpu" and not generation_config.return_dict_in_generate
+            and getattr(generation_config, "prefill_chunk_size", None) is None
+            and cls.prepare_inputs_for_generation is own_preparation
+            and cls._update_model_kwargs_for_generation is GenerationMixin._update_model_kwargs_for_generation
+            and "prepare_inputs_for_generation" not in model.__dict__
+            and "_update_model_kwargs_for_generation" not in model.__dict__
+            and not model._valid_auto_compile_criteria(model_kwargs, generation_config))
+
+
+def sample(model: Any, input_ids: torch.Tensor, logits_processor: Any, stopping_criteria: Any,
+           generation_config: Any, streamer: Any, model_kwargs: dict[str, Any]) -> torch.Tensor:
+    """Greedy or multinomial decoding from ``input_ids`` (the prompt, as ``generate()`` prepared it) as transformers'
+    ``_sample`` decodes without ``return_dict_in_generate``; returns the prompt and the new tokens."""
+    pad_token_id = generation_config._pad_token_tensor
+    if pad_token_id is not None:
+        pad_token_id = pad_token_id.to(input_ids.device)
+    has_eos_stopping_criteria = any(hasattr(criteria, "eos_token_id") for criteria in stopping_criteria)
+    stop_length, eos_tokens = _plain_stopping(stopping_criteria, input_ids.device)
+    batch_size = input_ids.shape[0]
+    unfinished_sequences = torch.ones(batch_size, dtype=torch.long, device=input_ids.device)
+    running = batch_size  # rows not finished (all of them: padding a finished row's token would change nothing)
+    plain = model_kwargs.get("use_cache") is True and set(model_kwargs) <= _PLAIN_MODEL_KWARGS
+    step_inputs = None  # the last step's inputs, where the next are built from them
+
+    outputs = model._prefill(input_ids, generation_config, model_kwargs,
+                             is_first_iteration=not generation_config.is_assistant)
+    with model._optimize_model_for_decode():
+        while True:
+            if step_inputs is None:
+                model_kwargs = model._update_model_kwargs_for_generation(outputs, model_kwargs,
+                                                                         is_encoder_decoder=False)
+            logits = outputs.logits[:, -1].to(dtype=torch.float32, device=input_ids.device)
+            scores = logits_processor(input_ids, logits)
+            if generation_config.do_sample:
+                probs = torch.nn.functional.softmax(scores, dim=-1)
+                next_tokens = torch.multinomial(probs, num_samples=1).squeeze(1)
+            else:
+                next_tokens = torch.argmax(scores, dim=-1)
+            if has_eos_stopping_criteria and (running < batch_size or pad_token_id is None):
+                next_tokens = next_tokens * unfinished_sequences + pad_token_id * (1 - unfinished_sequences)
+            input_ids = torch.cat([input_ids, next_tokens[:, None]], dim=-1)
+            if stop_length is None:
+                unfinished_sequences = unfinished_sequences & ~stopping_criteria(input_ids, None)
+                running = int(unfinished_sequences.sum())
+            elif input_ids.shape[1] >= stop_length:
+                running = 0
+            elif eos_tokens is not None:
+                unfinished_sequences = unfinished_sequences & ~torch.isin(next_tokens, eos_tokens)
+                running = int(unfinished_sequences.sum())
+            if streamer is not None:
+                streamer.put(next_tokens.cpu())
+            if running == 0:
+                break
+            if step_inputs is None:
+                step_inputs = model.prepare_inputs_for_generation(input_ids, next_sequence_length=1, **model_kwargs)
+                inputs = step_inputs
+                if not (plain and _builds_on(step_inputs, model_kwargs, batch_size)):
+                    step_inputs = None  # (every step prepared by both methods)
+            else:
+                inputs = step_inputs = _next_inputs(step_inputs, next_tokens, outputs)
+            outputs = model(**inputs, return_dict=True)
+    if streamer is not None:
+        streamer.end()
+    return input_ids
+
+
+def _plain_stopping(stopping_criteria: Any, device: torch.device) -> tuple[int | None, torch.Tensor | None]:
+    """Where the criteria are transformers' own ``MaxLengthCriteria`` (one that would not warn of passing
+    ``max_position_embeddings`` on the way) and at most one ``EosTokenCriteria``, what they stop at: the sequence
+    length and the EOS tokens (None without that criterion), read here instead of calling them at every token.
+    (None, None) for any other criteria, which are called at every token."""
+    kinds = [type(criterion) for criterion in stopping_criteria]
+    if kinds not in ([MaxLengthCriteria], [MaxLengthCriteria, EosTokenCriteria], [EosTokenCriteria, MaxLengthCriteria]):
+        return None, None
+    by_kind = {type(criterion): criterion for criterion in stopping_criteria}
+    length = by_kind[MaxLengthCriteria]
+    limit = length.max_position_embeddings
+    if limit is not None and length.max_length - 1 > limit:
+        return None, None
+    eos = by_kind.get(EosTokenCriteria)
+    return length.max_length, None if eos is None else eos.eos_token_id.to(device)
+
+
+def _builds_on(inputs: dict[str, Any], model_kwargs: dict[str, Any], batch_size: int) -> bool:
+    """Whether the first step's ``inputs`` are the plain ones later steps are built from (module docstring)."""
+    if not preparation_checked() or not set(inputs) <= _STEP_INPUTS:
+        return False
+    cache = model_kwargs.get(GENERATE_CACHE_KWARG)
+    tokens, mask, positions = inputs.get("input_ids"), inputs.get("attention_mask"), inputs.get("position_ids")
+    return (isinstance(cache, SeqzooCache) and all(inputs[key] is cache for key in _CACHE_KEYS if key in inputs)
+            and isinstance(tokens, torch.Tensor) and tokens.shape == (batch_size, 1)
+            and (mask is None or (mask is model_kwargs.get("attention_mask") and mask.dim() == 2))
+            and (positions is None or (isinstance(positions, torch.Tensor) and positions.shape == (batch_size, 1))))
+
+
+def _next_inputs(inputs: dict[str, Any], next_tokens: torch.Tensor, outputs: Any) -> dict[str, Any]:
+    """The next step's inputs from the last step's: what ``_update_model_kwargs_for_generation`` and then
+    ``prepare_inputs_for_generation`` would build (the cache the output returned, the mask grown by a column of ones,
+    the last position id plus one, the new token)."""
+    inputs = dict(inputs)
+    inputs["input_ids"] = next_tokens[:, None]
+    cache = output_cache(outputs)
+    if cache is not None:
+        for key in _CACHE_KEYS:
+            if key in inputs:
+                inputs[key] = cache
+    if (mask := inputs.get("attention_mask")) is not None:
+        inputs["attention_mask"] = torch.cat([mask, mask.new_ones((mask.shape[0], 1))], dim=-1)
+    if (positions := inputs.get("position_ids")) is not None:
+        inputs["position_ids"] = positions + 1
+    return inputs
+
+
+__all__ = ["LOOPS", "check_loop_name", "loop_checked", "runs_own_loop", "sample"]

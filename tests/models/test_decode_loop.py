@@ -1,0 +1,344 @@
+"""seqzoo's greedy and sampled decoding loop (``models/decode_loop.py``) against transformers' own ``_sample``.
+
+The two loops must give the same tokens and call the model's forward with the same inputs, step by step, for
+every family and every option a plain ``generate()`` call takes; where seqzoo's loop was not checked (other
+releases, returned dicts, a replaced input preparation ...) transformers' loop runs.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from transformers import GenerationMixin, LogitsProcessor, LogitsProcessorList, StoppingCriteria, StoppingCriteriaList
+from transformers.generation.stopping_criteria import EosTokenCriteria, MaxLengthCriteria
+
+import seqzoo.models.decode_loop as decode_loop
+import seqzoo.models.generation as generation
+import seqzoo.models.modeling_utils as modeling_utils
+from seqzoo.cache import SeqzooCache
+from seqzoo.models.compat import GENERATE_CACHE_KWARG
+from tests.conftest import FAMILIES, tiny_model
+
+PROMPT = torch.tensor([[5, 17, 33, 8, 61, 12, 40], [3, 3, 21, 9, 50, 14, 7]])
+MASK = torch.tensor([[1, 1, 1, 1, 1, 1, 1], [0, 0, 1, 1, 1, 1, 1]])
+GREEDY = {"max_new_tokens": 6, "do_sample": False, "pad_token_id": 0, "eos_token_id": None}
+
+
+class Spy:
+    """Counts the seqzoo loop's runs and the steps it built from the last one's inputs."""
+
+    def __init__(self, monkeypatch):
+        self.runs = self.built = 0
+        real_sample, real_next = decode_loop.sample, decode_loop._next_inputs
+
+        def sample(*args, **kwargs):
+            self.runs += 1
+            return real_sample(*args, **kwargs)
+
+        def next_inputs(*args, **kwargs):
+            self.built += 1
+            return real_next(*args, **kwargs)
+
+        monkeypatch.setattr(modeling_utils, "sample", sample)
+        monkeypatch.setattr(decode_loop, "_next_inputs", next_inputs)
+
+
+def _recorded(value):
+    if isinstance(value, torch.Tensor):
+        return value.clone()
+    if isinstance(value, SeqzooCache):
+        return ("a SeqzooCache holding", value.get_seq_length())
+    return value
+
+
+def generate(model, loop, seed=0, **kwargs):
+    """``model.generate(**kwargs)`` through ``loop``, with the keyword arguments of every forward call recorded."""
+    calls = []
+    handle = model.register_forward_pre_hook(
+        lambda module, args, kw: calls.append((len(args), {k: _recorded(v) for k, v in kw.items()})),
+        with_kwargs=True)
+    model.set_generate_loop(loop)
+    torch.manual_seed(seed)
+    try:
+        result = model.generate(**kwargs)
+    finally:
+        handle.remove()
+        model.set_generate_loop("seqzoo")
+    return result, calls
+
+
+def assert_same_calls(ours, theirs):
+    assert len(ours) == len(theirs)
+    for step, ((our_args, our_kwargs), (their_args, their_kwargs)) in enumerate(zip(ours, theirs)):
+        assert our_args == their_args and our_kwargs.keys() == their_kwargs.keys(), step
+        for name, value in their_kwargs.items():
+            if isinstance(value, torch.Tensor):
+                assert value.dtype == our_kwargs[name].dtype and torch.equal(value, our_kwargs[name]), (step, name)
+            else:
+                assert our_kwargs[name] == value, (step, name)
+
+
+def assert_same_generation(model, monkeypatch, fast=True, **kwargs):
+    """Both loops give the same output and the same forward calls; ``fast``: seqzoo's loop built the later steps'
+    inputs itself (else it ran but prepared every step through both methods)."""
+    spy = Spy(monkeypatch)
+    theirs, their_calls = generate(model, "transformers", **kwargs)
+    assert spy.runs == 0
+    ours, our_calls = generate(model, "seqzoo", **kwargs)
+    assert spy.runs == 1
+    assert (spy.built > 0) == fast
+    assert torch.equal(ours, theirs)
+    assert_same_calls(our_calls, their_calls)
+    return ours
+
+
+@pytest.mark.parametrize("rows", ["one-row", "left-padded"])
+def test_greedy_decoding_matches_transformers_loop(family_preset, rows, monkeypatch):
+    model = tiny_model(family_preset)
+    inputs = {"input_ids": PROMPT[:1]} if rows == "one-row" else {"input_ids": PROMPT, "attention_mask": MASK}
+    assert_same_generation(model, monkeypatch, **inputs, **GREEDY)
+
+
+def test_sampling_matches_transformers_loop(family_preset, monkeypatch):
+    model = tiny_model(family_preset)
+    assert_same_generation(model, monkeypatch, input_ids=PROMPT, attention_mask=MASK, do_sample=True, top_k=20,
+                           temperature=0.8, max_new_tokens=6, pad_token_id=0, eos_token_id=None, seed=3)
+
+
+def eos_of(model):
+    """A token that row 0 of the greedy continuation makes and row 1 does not: as the EOS token, row 0 ends early and
+    is padded while row 1 goes on."""
+    tokens = model.generate(input_ids=PROMPT, attention_mask=MASK, **GREEDY)[:, PROMPT.shape[1]:].tolist()
+    return next(token for token in tokens[0][:-1] if token not in tokens[1])
+
+
+@pytest.mark.parametrize("family", ["transformer", "lstm", "rwkv7", "mamba2"])
+def test_an_eos_token_ends_rows_as_in_transformers_loop(family, monkeypatch):
+    model = tiny_model(FAMILIES[family])
+    eos = eos_of(model)
+    out = assert_same_generation(model, monkeypatch, input_ids=PROMPT, attention_mask=MASK,
+                                 **{**GREEDY, "eos_token_id": eos, "pad_token_id": 1, "max_new_tokens": 8})
+    new = out[:, PROMPT.shape[1]:]
+    assert eos in new[0].tolist()  # (the case this test is for: a row that ended, padded after its EOS)
+    assert (new[0, new[0].tolist().index(eos) + 1:] == 1).all()
+
+
+@pytest.mark.parametrize("options", [
+    {"repetition_penalty": 1.5, "no_repeat_ngram_size": 2},  # processors that read the sequence so far
+    {"min_new_tokens": 4, "suppress_tokens": [3, 4]},
+    {"do_sample": True, "top_p": 0.9, "typical_p": 0.95},
+    {"bad_words_ids": [[7], [9, 10]], "begin_suppress_tokens": [5]},
+], ids=lambda options: next(iter(options)))
+def test_logits_processors_see_what_they_see_in_transformers_loop(options, monkeypatch):
+    model = tiny_model(FAMILIES["transformer"])
+    eos = eos_of(model)
+    assert_same_generation(model, monkeypatch, input_ids=PROMPT, attention_mask=MASK,
+                           **{**GREEDY, "eos_token_id": eos, "max_new_tokens": 8, **options})
+
+
+class StopAfterToken(StoppingCriteria):
+    def __init__(self, token):
+        self.token = token
+
+    def __call__(self, input_ids, scores, **kwargs):
+        return input_ids[:, -1] == self.token
+
+
+def test_stopping_criteria_and_streamers_are_called_as_transformers_loop_calls_them(monkeypatch):
+    model = tiny_model(FAMILIES["gru"])
+    token = eos_of(model)
+
+    class Recorder:
+        def __init__(self):
+            self.seen = []
+
+        def put(self, value):
+            self.seen.append(value.clone())
+
+        def end(self):
+            self.seen.append("end")
+
+    streams = []
+    for loop in ("transformers", "seqzoo"):
+        streams.append(Recorder())
+        model.set_generate_loop(loop)
+        out = model.generate(input_ids=PROMPT, attention_mask=MASK, streamer=streams[-1], **{**GREEDY,
+                             "max_new_tokens": 8, "pad_token_id": 1, "eos_token_id": 90},
+                             stopping_criteria=StoppingCriteriaList([StopAfterToken(token)]))
+        streams[-1].seen.append(out)
+    model.set_generate_loop("seqzoo")
+    theirs, ours = (s.seen for s in streams)
+    assert len(ours) == len(theirs) and len(ours) > 3
+    for a, b in zip(ours, theirs):
+        assert a == b if isinstance(a, str) else torch.equal(a, b)
+    out = assert_same_generation(model, monkeypatch, input_ids=PROMPT, attention_mask=MASK,
+                                 stopping_criteria=StoppingCriteriaList([StopAfterToken(token)]),
+                                 **{**GREEDY, "max_new_tokens": 8, "pad_token_id": 1, "eos_token_id": 90})
+    new = out[0, PROMPT.shape[1]:].tolist()
+    assert token in new and set(new[new.index(token) + 1:]) == {1}  # row 0 stopped by the criterion, then padded
+
+
+@pytest.mark.parametrize("family", ["transformer", "rnn"])
+def test_a_continued_cache_matches_transformers_loop(family, monkeypatch):
+    model = tiny_model(FAMILIES[family])
+    outputs = []
+    for loop in ("transformers", "seqzoo"):
+        model.set_generate_loop(loop)
+        cache = SeqzooCache.for_model(model)
+        first = model.generate(PROMPT, attention_mask=MASK, cache=cache, **GREEDY)
+        mask = torch.cat([MASK, torch.ones(2, first.shape[1] - MASK.shape[1], dtype=MASK.dtype)], dim=1)
+        outputs.append((first, model.generate(first, attention_mask=mask, cache=cache, **GREEDY),
+                        cache.get_seq_length()))
+    model.set_generate_loop("seqzoo")
+    (a1, a2, alen), (b1, b2, blen) = outputs
+    assert torch.equal(a1, b1) and torch.equal(a2, b2) and alen == blen
+
+
+class ScoreRecorder(LogitsProcessor):
+    def __init__(self):
+        self.seen = []
+
+    def __call__(self, input_ids, scores):
+        self.seen.append((input_ids.clone(), scores.clone()))
+        return scores
+
+
+def test_a_bf16_model_samples_from_float32_scores_as_transformers_loop(monkeypatch):
+    model = tiny_model(FAMILIES["mamba"]).to(torch.bfloat16)
+    recorders = [ScoreRecorder(), ScoreRecorder()]
+    for loop, recorder in zip(("transformers", "seqzoo"), recorders):
+        generate(model, loop, input_ids=PROMPT, attention_mask=MASK, max_new_tokens=5, do_sample=True,
+                 pad_token_id=0, eos_token_id=None, logits_processor=LogitsProcessorList([recorder]))
+    (theirs, ours) = (recorder.seen for recorder in recorders)
+    assert len(ours) == len(theirs) == 5
+    for (our_ids, our_scores), (their_ids, their_scores) in zip(ours, theirs):
+        assert our_scores.dtype == their_scores.dtype == torch.float32
+        assert torch.equal(our_ids, their_ids) and torch.equal(our_scores, their_scores)
+    assert_same_generation(model, monkeypatch, input_ids=PROMPT, attention_mask=MASK, do_sample=True,
+                           max_new_tokens=5, pad_token_id=0, eos_token_id=None, seed=1)
+
+
+def test_an_unchecked_step_preparation_prepares_every_step_through_both_methods(monkeypatch):
+    # Where decode_step_inputs was not checked against the installed release, the model's method hands every step to
+    # transformers' preparation, and seqzoo's loop builds no step from another's inputs.
+    model = tiny_model(FAMILIES["transformer"])
+    monkeypatch.setattr(generation, "_CHECKED_PREPARATIONS", frozenset())
+    generation.preparation_checked.cache_clear()
+    try:
+        assert_same_generation(model, monkeypatch, fast=False, input_ids=PROMPT, attention_mask=MASK, **GREEDY)
+    finally:
+        monkeypatch.undo()
+        generation.preparation_checked.cache_clear()
+
+
+def test_only_plain_first_step_inputs_are_built_on():
+    model = tiny_model(FAMILIES["transformer"])
+    cache = SeqzooCache.for_model(model)
+    mask = torch.ones(2, 8, dtype=torch.long)
+    kwargs = {GENERATE_CACHE_KWARG: cache, "attention_mask": mask}
+    plain = {"input_ids": torch.zeros(2, 1, dtype=torch.long), "position_ids": torch.full((2, 1), 7),
+             "attention_mask": mask, GENERATE_CACHE_KWARG: cache, "past_key_values": cache, "logits_to_keep": 1,
+             "use_cache": True}
+    assert decode_loop._builds_on(plain, kwargs, 2)
+    for change in [{"token_type_ids": torch.zeros(2, 1)}, {"attention_mask": mask.clone()},
+                   {"position_ids": torch.full((3, 2, 1), 7)}, {"input_ids": torch.zeros(2, 2, dtype=torch.long)},
+                   {"past_key_values": SeqzooCache.for_model(model)}, {"output_hidden_states": True}]:
+        assert not decode_loop._builds_on({**plain, **change}, kwargs, 2), change
+    assert not decode_loop._builds_on(plain, {**kwargs, GENERATE_CACHE_KWARG: None}, 2)
+
+
+@pytest.mark.parametrize("new_tokens", [1, 2])
+def test_one_or_two_new_tokens_match_transformers_loop(new_tokens, monkeypatch):
+    # (no step is built from another's inputs: the first after the prompt is prepared by the model's method)
+    model = tiny_model(FAMILIES["lstm"])
+    out = assert_same_generation(model, monkeypatch, fast=False, input_ids=PROMPT[:1], max_length=7 + new_tokens,
+                                 do_sample=False, pad_token_id=0, eos_token_id=None)
+    assert out.shape[1] == PROMPT.shape[1] + new_tokens
+
+
+def test_embeddings_as_the_prompt_prepare_every_step_through_both_methods(monkeypatch):
+    # generate() keeps the prompt's embeddings among the model's keywords: the later steps are not plain, and
+    # seqzoo's loop prepares each through the model's prepare_inputs_for_generation, as transformers' does.
+    model = tiny_model(FAMILIES["transformer"])
+    embeds = model.get_input_embeddings()(PROMPT).detach()
+    assert_same_generation(model, monkeypatch, fast=False, inputs_embeds=embeds, attention_mask=MASK, **GREEDY)
+
+
+@pytest.mark.parametrize("change", ["return_dict_in_generate", "transformers loop", "unchecked release",
+                                    "instance preparation", "subclass update", "chunked prefill", "beam search"])
+def test_what_seqzoo_loop_was_not_checked_for_runs_transformers_loop(change, monkeypatch):
+    model = tiny_model(FAMILIES["transformer"])
+    kwargs = {"input_ids": PROMPT, "attention_mask": MASK, **GREEDY}
+    expected = model.generate(**kwargs)
+    if change == "return_dict_in_generate":
+        kwargs.update(return_dict_in_generate=True, output_scores=True)
+    elif change == "transformers loop":
+        model.set_generate_loop("transformers")
+    elif change == "unchecked release":
+        monkeypatch.setattr(decode_loop, "_CHECKED_LOOPS", frozenset())
+        decode_loop.loop_checked.cache_clear()
+    elif change == "instance preparation":  # as peft's prompt tuning sets it
+        model.prepare_inputs_for_generation = model.prepare_inputs_for_generation
+    elif change == "subclass update":
+        class Sub(type(model)):
+            def _update_model_kwargs_for_generation(self, *args, **kw):
+                return GenerationMixin._update_model_kwargs_for_generation(self, *args, **kw)
+        model.__class__ = Sub
+    elif change == "chunked prefill":
+        kwargs["prefill_chunk_size"] = 3
+    else:
+        kwargs.update(num_beams=2)
+    spy = Spy(monkeypatch)
+    try:
+        out = model.generate(**kwargs)
+    finally:
+        decode_loop.loop_checked.cache_clear()
+    assert spy.runs == 0
+    sequences = out.sequences if change == "return_dict_in_generate" else out
+    if change != "beam search":
+        assert torch.equal(sequences, expected)
+
+
+def test_the_installed_release_is_one_the_loop_was_checked_against():
+    assert decode_loop.loop_checked(), (
+        "this release's GenerationMixin._sample or _update_model_kwargs_for_generation is not one seqzoo's decoding "
+        "loop was checked against, so generate() runs transformers' loop: compare the two (this file's tests, with "
+        "the fingerprints added), then add them to _CHECKED_LOOPS in seqzoo/models/decode_loop.py")
+
+
+def test_only_transformers_max_length_and_eos_criteria_are_read_instead_of_called():
+    def read(*criteria):
+        length, eos = decode_loop._plain_stopping(StoppingCriteriaList(criteria), torch.device("cpu"))
+        return length, None if eos is None else eos.tolist()
+
+    assert read(MaxLengthCriteria(20, max_position_embeddings=30)) == (20, None)
+    assert read(MaxLengthCriteria(20)) == (20, None)
+    assert read(MaxLengthCriteria(20, 10)) == (None, None)  # it would warn at lengths 11-19
+    assert read(MaxLengthCriteria(20, 19)) == (20, None)  # (no unfinished length above 19)
+    assert read(MaxLengthCriteria(20), EosTokenCriteria([3, 4])) == (20, [3, 4])
+    assert read(EosTokenCriteria(3), MaxLengthCriteria(20)) == (20, [3])
+    assert read(MaxLengthCriteria(20), EosTokenCriteria(3), EosTokenCriteria(4)) == (None, None)
+    assert read(MaxLengthCriteria(20), StopAfterToken(3)) == (None, None)
+    assert read(EosTokenCriteria(3)) == (None, None)
+
+    class OwnMax(MaxLengthCriteria):
+        pass
+
+    assert read(OwnMax(20)) == (None, None)
+
+
+@pytest.mark.parametrize("family", ["transformer", "gru"])
+def test_several_eos_tokens_and_a_pad_token_that_is_one_match_transformers_loop(family, monkeypatch):
+    model = tiny_model(FAMILIES[family])
+    eos = eos_of(model)
+    out = assert_same_generation(model, monkeypatch, input_ids=PROMPT, attention_mask=MASK,
+                                 **{**GREEDY, "eos_token_id": [eos, 90], "pad_token_id": eos, "max_new_tokens": 8})
+    assert eos in out[0, PROMPT.shape[1]:].tolist()
+
+
+def test_an_unknown_loop_is_refused():
+    model = tiny_model(FAMILIES["rnn"])
+    with pytest.raises(ValueError, match=r"loop must be one of 'seqzoo', 'transformers'; got 'fast'"):
+        model.set_generate_loop("fast")
+    assert model.generate_loop == "seqzoo"
+    assert model.set_generate_loop("transformers") is model and model.generate_loop == "transformers"
