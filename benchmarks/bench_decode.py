@@ -416,8 +416,23 @@ def generate_cases(model: nn.Module, prompt: torch.Tensor, new_tokens: int) -> d
     generated = model.generate(prompt, **kwargs)[:, prompt.shape[1]:]
     if not torch.equal(generated, raw_loop(runner, prompt, new_tokens)):
         raise SystemExit(f"bench_decode: {type(model).__name__}.generate() and its raw loop produce different tokens")
-    return {"generate": lambda: (lambda: model.generate(prompt, **kwargs)),
-            "raw": lambda: (lambda: raw_loop(runner, prompt, new_tokens))}
+    cases = {"generate": lambda: (lambda: model.generate(prompt, **kwargs)),
+             "raw": lambda: (lambda: raw_loop(runner, prompt, new_tokens))}
+    if hasattr(model, "set_generate_loop"):
+        # The same generate() through transformers' own decoding loop (seqzoo's runs by default: README, "seqzoo's
+        # decoding loop").
+        def through_transformers_loop():
+            model.set_generate_loop("transformers")
+            try:
+                return model.generate(prompt, **kwargs)
+            finally:
+                model.set_generate_loop("seqzoo")
+
+        if not torch.equal(through_transformers_loop()[:, prompt.shape[1]:], generated):
+            raise SystemExit(f"bench_decode: {type(model).__name__}.generate() gives other tokens through "
+                             "transformers' loop")
+        cases["generate, transformers' loop"] = lambda: through_transformers_loop
+    return cases
 
 
 def measure(pair: Pair, mode: dict) -> dict[str, Any]:
@@ -511,7 +526,8 @@ def report(results: list[dict[str, Any]], args: argparse.Namespace) -> str:
     # model; a small step shows it as a large ratio. The model's own ratio last (compare_revisions.py reads it).
     lines += [""] * bool(decoded) + [
         "| family | size | new tokens (B=1) | raw loop ms | generate ms | added µs/token | Llama added µs/token | "
-        "Llama generate / raw | generate / raw |", "|---|---|---|---|---|---|---|---|---|"]
+        "Llama generate / raw | generate / raw, transformers' loop | generate / raw |",
+        "|---|---|---|---|---|---|---|---|---|---|"]
     for r in results:
         t = r["generate"]
         tokens = r["settings"]["new_tokens"]
@@ -519,8 +535,10 @@ def report(results: list[dict[str, Any]], args: argparse.Namespace) -> str:
         floor = ratio(t["peer generate"], t["peer raw"]) if has_floor else ""
         added = (t["seqzoo generate"] - t["seqzoo raw"]) / tokens * 1e6
         floor_added = f"{(t['peer generate'] - t['peer raw']) / tokens * 1e6:.0f}" if has_floor else ""
+        theirs = t.get("seqzoo generate, transformers' loop")  # (not in runs before seqzoo's loop)
+        their_ratio = "" if theirs is None else ratio(theirs, t["seqzoo raw"])
         lines.append(f"| {r['family']} | {r['size']} | {tokens} | {t['seqzoo raw'] * 1e3:.1f} | "
-                     f"{t['seqzoo generate'] * 1e3:.1f} | {added:.0f} | {floor_added} | {floor} | "
+                     f"{t['seqzoo generate'] * 1e3:.1f} | {added:.0f} | {floor_added} | {floor} | {their_ratio} | "
                      f"{ratio(t['seqzoo generate'], t['seqzoo raw'])} |")
     return "\n".join(lines)
 

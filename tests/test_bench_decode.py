@@ -39,15 +39,16 @@ def test_smoke_run_measures_every_family(tmp_path):
     for r in results:
         for part in ("decode_b1", "decode_b8", "prefill"):
             assert r[part]["seqzoo"] > 0 and r[part]["peer"] > 0, (r["family"], part)
-        assert {"seqzoo generate", "seqzoo raw"} <= set(r["generate"])
+        assert {"seqzoo generate", "seqzoo raw", "seqzoo generate, transformers' loop"} <= set(r["generate"])
     assert all("peer generate" in r["generate"] for r in results)  # Llama's own generate / raw loop, the floor
     assert "| rwkv7 | 128 / 2 / 99 | rwkv package | 8 |" in result.stdout
     # The generate table: what generate() adds per token, for the model and for a Llama of its size.
-    assert "| added µs/token | Llama added µs/token | Llama generate / raw | generate / raw |" in result.stdout
+    assert ("| added µs/token | Llama added µs/token | Llama generate / raw | generate / raw, transformers' loop | "
+            "generate / raw |") in result.stdout
     rows = [line.split("|")[1:-1] for line in result.stdout.splitlines()
-            if line.startswith("| gru |") and len(line.split("|")) == 11]
-    assert len(rows) == 1 and all(re.fullmatch(r"-?\d+", cell.strip()) for cell in rows[0][-4:-2]), rows
-    assert all(re.fullmatch(r"\d+\.\d\dx", cell.strip()) for cell in rows[0][-2:]), rows
+            if line.startswith("| gru |") and len(line.split("|")) == 12]
+    assert len(rows) == 1 and all(re.fullmatch(r"-?\d+", cell.strip()) for cell in rows[0][-5:-3]), rows
+    assert all(re.fullmatch(r"\d+\.\d\dx", cell.strip()) for cell in rows[0][-3:]), rows
 
 
 def test_smoke_run_with_compiled_steps(tmp_path):
@@ -93,7 +94,8 @@ def test_generate_only_times_generate_alone_with_the_repeats_and_tokens_asked_fo
     monkeypatch.setattr(torch, "set_num_threads", lambda n: None)  # (the suite's thread count stays as it is)
     [result] = bench.main(["--smoke", "--families", "gru", "--generate-only", "--repeats", "2", "--new-tokens", "3"])
     assert "decode_b1" not in result and "prefill" not in result
-    assert set(result["generate"]) == {"seqzoo generate", "seqzoo raw", "peer generate", "peer raw"}
+    assert set(result["generate"]) == {"seqzoo generate", "seqzoo raw", "seqzoo generate, transformers' loop",
+                                       "peer generate", "peer raw"}
     assert result["settings"]["repeats"] == 2 and result["settings"]["new_tokens"] == 3
     report = capsys.readouterr().out
     assert "| gru | 64 x 2 (0.1M) | 3 |" in report and "peer / seqzoo |" not in report
