@@ -19,8 +19,6 @@ What it does differently, and why it gives the same result:
   first step's inputs are exactly those keywords (the token, a 2-d mask and (B, 1) position ids where there are
   any, the cache, ``logits_to_keep``, ``use_cache``) and the call passed nothing else; otherwise both methods are
   called at every step, as transformers' loop calls them.
-- The logits of the last position are read as float32 without a copy (transformers copies them so that a large
-  prompt's logits are freed; a step's output is dropped before the next).
 - Where the stopping criteria are transformers' own ``MaxLengthCriteria`` (one that would not warn) and
   ``EosTokenCriteria``, the loop reads the length and the EOS tokens once and checks the new tokens against them,
   instead of calling the criteria at every token; and it pads the tokens of finished rows only once a row has
@@ -28,10 +26,11 @@ What it does differently, and why it gives the same result:
 
 It runs only on the releases whose ``_sample`` and ``_update_model_kwargs_for_generation`` it was checked against
 (by a fingerprint of their source, as ``decode_step_inputs`` is), for token ids on the CPU, without
-``return_dict_in_generate``, ``synced_gpus``, chunked prefill or an automatically compiled forward, and for a model
-that keeps transformers' ``_update_model_kwargs_for_generation`` and seqzoo's ``prepare_inputs_for_generation``
-(peft's prompt tuning, which sets its own on the model, runs transformers' loop). ``tests/models/test_decode_loop.py``
-holds the two loops to the same tokens and the same forward calls.
+``return_dict_in_generate``, ``use_cache=False``, ``synced_gpus``, chunked prefill or an automatically compiled
+forward, and for a model that keeps transformers' ``_update_model_kwargs_for_generation`` and seqzoo's
+``prepare_inputs_for_generation`` (peft's prompt tuning, which sets its own on the model while it generates, runs
+transformers' loop). ``tests/models/test_decode_loop.py`` holds the two loops to the same tokens and the same
+forward calls.
 """
 
 from __future__ import annotations
@@ -80,15 +79,23 @@ def runs_own_loop(model: Any, own_preparation: Any, input_ids: torch.Tensor, gen
                   synced_gpus: bool, model_kwargs: dict[str, Any]) -> bool:
     """Whether ``model``'s ``_sample`` call runs :func:`sample` (see the module's docstring);
     ``own_preparation``: ``SeqzooForCausalLM.prepare_inputs_for_generation`` as defined."""
-    cls = type(model)
     return (model.generate_loop == "seqzoo" and loop_checked() and not synced_gpus
             and input_ids.device.type == "cpu" and not generation_config.return_dict_in_generate
+            and model_kwargs.get("use_cache") is True
             and getattr(generation_config, "prefill_chunk_size", None) is None
-            and cls.prepare_inputs_for_generation is own_preparation
-            and cls._update_model_kwargs_for_generation is GenerationMixin._update_model_kwargs_for_generation
-            and "prepare_inputs_for_generation" not in model.__dict__
-            and "_update_model_kwargs_for_generation" not in model.__dict__
+            and _keeps_method(model, "prepare_inputs_for_generation", own_preparation)
+            and _keeps_method(model, "_update_model_kwargs_for_generation",
+                              GenerationMixin._update_model_kwargs_for_generation)
             and not model._valid_auto_compile_criteria(model_kwargs, generation_config))
+
+
+def _keeps_method(model: Any, name: str, function: Any) -> bool:
+    """Whether ``model``'s method ``name`` is ``function``: on its class, and on the instance either not set or set
+    back to the model's own bound method (as peft's prompt tuning leaves it after a call)."""
+    if getattr(type(model), name, None) is not function:
+        return False
+    own = model.__dict__.get(name)
+    return own is None or (getattr(own, "__func__", None) is function and getattr(own, "__self__", None) is model)
 
 
 def sample(model: Any, input_ids: torch.Tensor, logits_processor: Any, stopping_criteria: Any,
@@ -105,6 +112,7 @@ def sample(model: Any, input_ids: torch.Tensor, logits_processor: Any, stopping_
     running = batch_size  # rows not finished (all of them: padding a finished row's token would change nothing)
     plain = model_kwargs.get("use_cache") is True and set(model_kwargs) <= _PLAIN_MODEL_KWARGS
     step_inputs = None  # the last step's inputs, where the next are built from them
+    model_forward = model.__call__  # (as transformers' loop calls it: a __call__ set on the instance included)
 
     outputs = model._prefill(input_ids, generation_config, model_kwargs,
                              is_first_iteration=not generation_config.is_assistant)
@@ -113,7 +121,7 @@ def sample(model: Any, input_ids: torch.Tensor, logits_processor: Any, stopping_
             if step_inputs is None:
                 model_kwargs = model._update_model_kwargs_for_generation(outputs, model_kwargs,
                                                                          is_encoder_decoder=False)
-            logits = outputs.logits[:, -1].to(dtype=torch.float32, device=input_ids.device)
+            logits = outputs.logits[:, -1].to(copy=True, dtype=torch.float32, device=input_ids.device)
             scores = logits_processor(input_ids, logits)
             if generation_config.do_sample:
                 probs = torch.nn.functional.softmax(scores, dim=-1)
@@ -141,8 +149,8 @@ def sample(model: Any, input_ids: torch.Tensor, logits_processor: Any, stopping_
                 if not (plain and _builds_on(step_inputs, model_kwargs, batch_size)):
                     step_inputs = None  # (every step prepared by both methods)
             else:
-                inputs = step_inputs = _next_inputs(step_inputs, next_tokens, outputs)
-            outputs = model(**inputs, return_dict=True)
+                inputs = step_inputs = _next_inputs(step_inputs, input_ids, outputs)
+            outputs = model_forward(**inputs, return_dict=True)
     if streamer is not None:
         streamer.end()
     return input_ids
@@ -177,12 +185,12 @@ def _builds_on(inputs: dict[str, Any], model_kwargs: dict[str, Any], batch_size:
             and (positions is None or (isinstance(positions, torch.Tensor) and positions.shape == (batch_size, 1))))
 
 
-def _next_inputs(inputs: dict[str, Any], next_tokens: torch.Tensor, outputs: Any) -> dict[str, Any]:
+def _next_inputs(inputs: dict[str, Any], input_ids: torch.Tensor, outputs: Any) -> dict[str, Any]:
     """The next step's inputs from the last step's: what ``_update_model_kwargs_for_generation`` and then
     ``prepare_inputs_for_generation`` would build (the cache the output returned, the mask grown by a column of ones,
-    the last position id plus one, the new token)."""
+    the last position id plus one, a contiguous copy of the new tokens, the last column of ``input_ids``)."""
     inputs = dict(inputs)
-    inputs["input_ids"] = next_tokens[:, None]
+    inputs["input_ids"] = input_ids[:, -1:].clone(memory_format=torch.contiguous_format)
     cache = output_cache(outputs)
     if cache is not None:
         for key in _CACHE_KEYS:

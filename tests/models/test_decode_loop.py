@@ -7,6 +7,8 @@ releases, returned dicts, a replaced input preparation ...) transformers' loop r
 
 from __future__ import annotations
 
+import functools
+
 import pytest
 import torch
 from transformers import GenerationMixin, LogitsProcessor, LogitsProcessorList, StoppingCriteria, StoppingCriteriaList
@@ -45,7 +47,7 @@ class Spy:
 
 def _recorded(value):
     if isinstance(value, torch.Tensor):
-        return value.clone()
+        return value.clone(), value.is_contiguous()
     if isinstance(value, SeqzooCache):
         return ("a SeqzooCache holding", value.get_seq_length())
     return value
@@ -72,8 +74,10 @@ def assert_same_calls(ours, theirs):
     for step, ((our_args, our_kwargs), (their_args, their_kwargs)) in enumerate(zip(ours, theirs)):
         assert our_args == their_args and our_kwargs.keys() == their_kwargs.keys(), step
         for name, value in their_kwargs.items():
-            if isinstance(value, torch.Tensor):
-                assert value.dtype == our_kwargs[name].dtype and torch.equal(value, our_kwargs[name]), (step, name)
+            if isinstance(value, tuple) and isinstance(value[0], torch.Tensor):  # (a tensor, whether contiguous)
+                (ours, our_layout), (theirs, their_layout) = our_kwargs[name], value
+                assert ours.dtype == theirs.dtype and torch.equal(ours, theirs) and our_layout == their_layout, (
+                    step, name)
             else:
                 assert our_kwargs[name] == value, (step, name)
 
@@ -264,6 +268,86 @@ def test_embeddings_as_the_prompt_prepare_every_step_through_both_methods(monkey
     assert_same_generation(model, monkeypatch, fast=False, inputs_embeds=embeds, attention_mask=MASK, **GREEDY)
 
 
+@pytest.mark.parametrize("where", ["keyword", "generation config"])
+def test_generating_without_a_cache_runs_transformers_loop(where, monkeypatch):
+    # (each step then feeds the whole sequence: seqzoo's loop, which feeds one token, would decode from no history)
+    model = tiny_model(FAMILIES["lstm"])
+    expected = model.generate(input_ids=PROMPT, attention_mask=MASK, **GREEDY)
+    spy = Spy(monkeypatch)
+    if where == "keyword":
+        out = model.generate(input_ids=PROMPT, attention_mask=MASK, use_cache=False, **GREEDY)
+    else:
+        model.generation_config.use_cache = False
+        out = model.generate(input_ids=PROMPT, attention_mask=MASK, **GREEDY)
+    assert spy.runs == 0 and torch.equal(out, expected)
+
+
+def test_what_processors_streamers_and_hooks_change_in_place_is_what_they_change_in_transformers_loop(monkeypatch):
+    model = tiny_model(FAMILIES["gru"])
+
+    class BanInPlace(LogitsProcessor):
+        def __call__(self, input_ids, scores):
+            scores[:, 3] = -float("inf")
+            return scores
+
+    class ClampingStreamer:
+        def put(self, value):
+            value.clamp_(max=50)
+
+        def end(self):
+            pass
+
+    seen = {}
+    for loop in ("transformers", "seqzoo"):
+        logits = []
+        # (the outputs kept as they are, as a caller's hook may keep them)
+        handle = model.register_forward_hook(lambda module, args, output: logits.append(output.logits))
+        # (generate() hands the prompt itself to the streamer first, which clamps it too: a copy of it)
+        out, calls = generate(model, loop, input_ids=PROMPT.clone(), attention_mask=MASK, streamer=ClampingStreamer(),
+                              logits_processor=LogitsProcessorList([BanInPlace()]), **{**GREEDY, "max_new_tokens": 8})
+        handle.remove()
+        seen[loop] = (out, calls, logits)
+    (theirs, their_calls, their_logits), (ours, our_calls, our_logits) = seen["transformers"], seen["seqzoo"]
+    assert torch.equal(ours, theirs) and (ours[:, PROMPT.shape[1]:] > 50).any()  # (the streamer's clamp unseen)
+    assert_same_calls(our_calls, their_calls)
+    assert len(our_logits) == len(their_logits) and all(map(torch.equal, our_logits, their_logits))
+    assert torch.isfinite(our_logits[0][:, -1, 3]).all()  # the processor changed its copy of the logits only
+
+
+def test_a_call_set_on_the_instance_is_called_at_every_step_as_in_transformers_loop(monkeypatch):
+    model = tiny_model(FAMILIES["transformer"])
+    counts = {}
+    for loop in ("transformers", "seqzoo"):
+        counts[loop] = 0
+        cls_call = type(model).__call__
+
+        def wrapper(*args, **kwargs):
+            counts[loop] += 1
+            return cls_call(model, *args, **kwargs)
+
+        model.__call__ = wrapper
+        try:
+            generate(model, loop, input_ids=PROMPT, attention_mask=MASK, **GREEDY)
+        finally:
+            del model.__call__
+    assert counts["seqzoo"] == counts["transformers"] == GREEDY["max_new_tokens"] - 1  # (the prefill: the class's)
+
+
+def test_a_preparation_set_back_to_the_model_own_keeps_seqzoo_loop(monkeypatch):
+    # peft's prompt tuning sets its own prepare_inputs_for_generation on the base model while it generates, then sets
+    # the model's bound method back, which stays in the instance's __dict__.
+    model = tiny_model(FAMILIES["transformer"])
+    model.prepare_inputs_for_generation = model.prepare_inputs_for_generation
+    model._update_model_kwargs_for_generation = model._update_model_kwargs_for_generation
+    assert "prepare_inputs_for_generation" in model.__dict__
+    assert_same_generation(model, monkeypatch, input_ids=PROMPT, attention_mask=MASK, **GREEDY)
+    other = tiny_model(FAMILIES["transformer"])
+    model.prepare_inputs_for_generation = other.prepare_inputs_for_generation  # (another model's: not its own)
+    spy = Spy(monkeypatch)
+    model.generate(input_ids=PROMPT, attention_mask=MASK, **GREEDY)
+    assert spy.runs == 0
+
+
 @pytest.mark.parametrize("change", ["return_dict_in_generate", "transformers loop", "unchecked release",
                                     "instance preparation", "subclass update", "chunked prefill", "beam search"])
 def test_what_seqzoo_loop_was_not_checked_for_runs_transformers_loop(change, monkeypatch):
@@ -277,8 +361,9 @@ def test_what_seqzoo_loop_was_not_checked_for_runs_transformers_loop(change, mon
     elif change == "unchecked release":
         monkeypatch.setattr(decode_loop, "_CHECKED_LOOPS", frozenset())
         decode_loop.loop_checked.cache_clear()
-    elif change == "instance preparation":  # as peft's prompt tuning sets it
-        model.prepare_inputs_for_generation = model.prepare_inputs_for_generation
+    elif change == "instance preparation":  # as peft's prompt tuning sets it while it generates
+        own = model.prepare_inputs_for_generation
+        model.prepare_inputs_for_generation = functools.wraps(own)(lambda *args, **kw: own(*args, **kw))
     elif change == "subclass update":
         class Sub(type(model)):
             def _update_model_kwargs_for_generation(self, *args, **kw):
