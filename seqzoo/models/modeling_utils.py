@@ -512,7 +512,7 @@ class SeqzooForCausalLM(SeqzooPreTrainedModel, GenerationMixin):
         """Which loop ``generate()`` decodes with in its greedy and sampled modes: ``"seqzoo"`` (the default;
         ``models/decode_loop.py``) makes the calls transformers' loop makes and gives the same tokens, but builds each
         step's inputs from the last step's instead of through transformers' general preparation at every token
-        (about 30-70 µs a token less on a 2-core CPU: BENCHMARKS.md); ``"transformers"``: transformers' own
+        (20-65 µs a token less on a 2-core CPU: BENCHMARKS.md, run AB); ``"transformers"``: transformers' own
         ``_sample``. seqzoo's loop steps aside by itself for what it was not checked against (another release of
         transformers, ``return_dict_in_generate``, tokens off the CPU ...). Not saved with the model. Returns the
         model."""
