@@ -55,6 +55,7 @@ from torch import nn
 import seqzoo
 from seqzoo.conversions import hf_mamba, llama
 from seqzoo.conversions.rwkv7 import convert_rwkv7
+from seqzoo.models import decode_loop
 from seqzoo.models.compat import output_cache
 
 # name -> what to time: (RWKV-7 sizes as (hidden, layers, vocab)), the other families' (preset, overrides) pairs.
@@ -423,6 +424,10 @@ def generate_cases(model: nn.Module, prompt: torch.Tensor, new_tokens: int) -> d
     if hasattr(model, "set_generate_loop"):
         # The same generate() through transformers' own decoding loop (seqzoo's runs by default: README, "seqzoo's
         # decoding loop").
+        if not decode_loop.loop_checked():
+            print(f"bench_decode: seqzoo's decoding loop was not checked against transformers "
+                  f"{transformers.__version__}, so its generate() runs transformers' loop in both columns",
+                  file=sys.stderr)
         def through_transformers_loop():
             model.set_generate_loop("transformers")
             try:

@@ -106,21 +106,24 @@ def sample(model: Any, input_ids: torch.Tensor, logits_processor: Any, stopping_
     if pad_token_id is not None:
         pad_token_id = pad_token_id.to(input_ids.device)
     has_eos_stopping_criteria = any(hasattr(criteria, "eos_token_id") for criteria in stopping_criteria)
-    stop_length, eos_tokens = _plain_stopping(stopping_criteria, input_ids.device)
     batch_size = input_ids.shape[0]
     unfinished_sequences = torch.ones(batch_size, dtype=torch.long, device=input_ids.device)
-    running = batch_size  # rows not finished (all of them: padding a finished row's token would change nothing)
+    # Finished rows' tokens are padded once a row may have finished: while none has, padding changes no token.
+    pad_finished = False
+    stop: _PlainStopping | None | bool = False  # read at the first check, where transformers first calls the criteria
     plain = model_kwargs.get("use_cache") is True and set(model_kwargs) <= _PLAIN_MODEL_KWARGS
-    step_inputs = None  # the last step's inputs, where the next are built from them
+    step: _StepInputs | None = None  # where later steps are built on the last
     model_forward = model.__call__  # (as transformers' loop calls it: a __call__ set on the instance included)
 
     outputs = model._prefill(input_ids, generation_config, model_kwargs,
                              is_first_iteration=not generation_config.is_assistant)
     with model._optimize_model_for_decode():
         while True:
-            if step_inputs is None:
+            if step is None:
                 model_kwargs = model._update_model_kwargs_for_generation(outputs, model_kwargs,
                                                                          is_encoder_decoder=False)
+            else:
+                step.advance(outputs)
             logits = outputs.logits[:, -1].to(copy=True, dtype=torch.float32, device=input_ids.device)
             scores = logits_processor(input_ids, logits)
             if generation_config.do_sample:
@@ -128,49 +131,108 @@ def sample(model: Any, input_ids: torch.Tensor, logits_processor: Any, stopping_
                 next_tokens = torch.multinomial(probs, num_samples=1).squeeze(1)
             else:
                 next_tokens = torch.argmax(scores, dim=-1)
-            if has_eos_stopping_criteria and (running < batch_size or pad_token_id is None):
+            if has_eos_stopping_criteria and (pad_finished or pad_token_id is None):
                 next_tokens = next_tokens * unfinished_sequences + pad_token_id * (1 - unfinished_sequences)
             input_ids = torch.cat([input_ids, next_tokens[:, None]], dim=-1)
-            if stop_length is None:
+            if stop is False:
+                stop = _PlainStopping.read(stopping_criteria, input_ids.device)
+            if stop is not None and not stop.holds(stopping_criteria):
+                stop = None  # (changed by a processor or criterion: called from now on)
+            if stop is None:
                 unfinished_sequences = unfinished_sequences & ~stopping_criteria(input_ids, None)
+                pad_finished = True
+                finished = bool(unfinished_sequences.max() == 0)
+            elif input_ids.shape[1] >= stop.max_length:
+                finished = True
+            elif stop.eos_tokens is not None:
+                unfinished_sequences = unfinished_sequences & ~torch.isin(next_tokens, stop.eos_tokens)
                 running = int(unfinished_sequences.sum())
-            elif input_ids.shape[1] >= stop_length:
-                running = 0
-            elif eos_tokens is not None:
-                unfinished_sequences = unfinished_sequences & ~torch.isin(next_tokens, eos_tokens)
-                running = int(unfinished_sequences.sum())
+                pad_finished, finished = running < batch_size, running == 0
+            else:
+                finished = False
             if streamer is not None:
                 streamer.put(next_tokens.cpu())
-            if running == 0:
+            if finished:
                 break
-            if step_inputs is None:
-                step_inputs = model.prepare_inputs_for_generation(input_ids, next_sequence_length=1, **model_kwargs)
-                inputs = step_inputs
-                if not (plain and _builds_on(step_inputs, model_kwargs, batch_size)):
-                    step_inputs = None  # (every step prepared by both methods)
+            if step is None:
+                inputs = model.prepare_inputs_for_generation(input_ids, next_sequence_length=1, **model_kwargs)
+                if plain and _builds_on(inputs, model_kwargs, batch_size):
+                    step = _StepInputs(inputs, model_kwargs)
             else:
-                inputs = step_inputs = _next_inputs(step_inputs, input_ids, outputs)
+                inputs = step.with_token(input_ids)
             outputs = model_forward(**inputs, return_dict=True)
     if streamer is not None:
         streamer.end()
     return input_ids
 
 
-def _plain_stopping(stopping_criteria: Any, device: torch.device) -> tuple[int | None, torch.Tensor | None]:
-    """Where the criteria are transformers' own ``MaxLengthCriteria`` (one that would not warn of passing
-    ``max_position_embeddings`` on the way) and at most one ``EosTokenCriteria``, what they stop at: the sequence
-    length and the EOS tokens (None without that criterion), read here instead of calling them at every token.
-    (None, None) for any other criteria, which are called at every token."""
-    kinds = [type(criterion) for criterion in stopping_criteria]
-    if kinds not in ([MaxLengthCriteria], [MaxLengthCriteria, EosTokenCriteria], [EosTokenCriteria, MaxLengthCriteria]):
-        return None, None
-    by_kind = {type(criterion): criterion for criterion in stopping_criteria}
-    length = by_kind[MaxLengthCriteria]
-    limit = length.max_position_embeddings
-    if limit is not None and length.max_length - 1 > limit:
-        return None, None
-    eos = by_kind.get(EosTokenCriteria)
-    return length.max_length, None if eos is None else eos.eos_token_id.to(device)
+class _PlainStopping:
+    """transformers' own ``MaxLengthCriteria`` (one that would not warn of passing ``max_position_embeddings`` on the
+    way) and at most one ``EosTokenCriteria``, read instead of called at every token: the length they stop at and
+    the EOS tokens, checked at every token to be still what was read."""
+
+    __slots__ = ("members", "length", "max_length", "limit", "eos", "eos_tokens")
+
+    @classmethod
+    def read(cls, stopping_criteria: Any, device: torch.device) -> _PlainStopping | None:
+        """The criteria read, or None for any others (called at every token)."""
+        kinds = [type(criterion) for criterion in stopping_criteria]
+        if kinds not in ([MaxLengthCriteria], [MaxLengthCriteria, EosTokenCriteria],
+                         [EosTokenCriteria, MaxLengthCriteria]):
+            return None
+        by_kind = {type(criterion): criterion for criterion in stopping_criteria}
+        length, eos = by_kind[MaxLengthCriteria], by_kind.get(EosTokenCriteria)
+        if length.max_position_embeddings is not None and length.max_length - 1 > length.max_position_embeddings:
+            return None
+        if eos is not None:  # (on the tokens' device, as its call puts it)
+            eos.eos_token_id = eos.eos_token_id.to(device)
+        return cls(tuple(stopping_criteria), length, eos)
+
+    def __init__(self, members: tuple, length: MaxLengthCriteria, eos: EosTokenCriteria | None) -> None:
+        self.members, self.length, self.eos = members, length, eos
+        self.max_length, self.limit = length.max_length, length.max_position_embeddings
+        self.eos_tokens = None if eos is None else eos.eos_token_id
+
+    def holds(self, stopping_criteria: Any) -> bool:
+        """Whether the criteria are still the ones read, with the same settings."""
+        return (len(stopping_criteria) == len(self.members)
+                and all(a is b for a, b in zip(stopping_criteria, self.members))
+                and self.length.max_length == self.max_length and self.length.max_position_embeddings == self.limit
+                and (self.eos is None or self.eos.eos_token_id is self.eos_tokens))
+
+
+class _StepInputs:
+    """A decode step's inputs built on the last step's: what transformers' ``_update_model_kwargs_for_generation``
+    (right after each forward) and ``prepare_inputs_for_generation`` would hand the next forward, from the first
+    step's ``inputs`` as the model's method prepared them (:func:`_builds_on`). The position ids are kept apart, as
+    transformers keeps its own: the forward gets a copy."""
+
+    __slots__ = ("inputs", "positions")
+
+    def __init__(self, inputs: dict[str, Any], model_kwargs: dict[str, Any]) -> None:
+        self.inputs = dict(inputs)
+        positions = model_kwargs.get("position_ids")
+        self.positions = None if positions is None else positions[..., -1:]
+
+    def advance(self, outputs: Any) -> None:
+        """After a forward: the cache it returned, the mask grown by a column of ones, the next position."""
+        inputs = self.inputs
+        cache = output_cache(outputs)
+        if cache is not None:
+            for key in _CACHE_KEYS:
+                if key in inputs:
+                    inputs[key] = cache
+        if (mask := inputs.get("attention_mask")) is not None:
+            inputs["attention_mask"] = torch.cat([mask, mask.new_ones((mask.shape[0], 1))], dim=-1)
+        if self.positions is not None:
+            self.positions = self.positions + 1
+
+    def with_token(self, input_ids: torch.Tensor) -> dict[str, Any]:
+        """The next forward's inputs: contiguous copies of the new tokens and of the position ids."""
+        self.inputs["input_ids"] = input_ids[:, -1:].clone(memory_format=torch.contiguous_format)
+        if self.positions is not None:
+            self.inputs["position_ids"] = self.positions.clone(memory_format=torch.contiguous_format)
+        return self.inputs
 
 
 def _builds_on(inputs: dict[str, Any], model_kwargs: dict[str, Any], batch_size: int) -> bool:
@@ -179,28 +241,13 @@ def _builds_on(inputs: dict[str, Any], model_kwargs: dict[str, Any], batch_size:
         return False
     cache = model_kwargs.get(GENERATE_CACHE_KWARG)
     tokens, mask, positions = inputs.get("input_ids"), inputs.get("attention_mask"), inputs.get("position_ids")
+    kept_positions = model_kwargs.get("position_ids")
     return (isinstance(cache, SeqzooCache) and all(inputs[key] is cache for key in _CACHE_KEYS if key in inputs)
             and isinstance(tokens, torch.Tensor) and tokens.shape == (batch_size, 1)
             and (mask is None or (mask is model_kwargs.get("attention_mask") and mask.dim() == 2))
-            and (positions is None or (isinstance(positions, torch.Tensor) and positions.shape == (batch_size, 1))))
-
-
-def _next_inputs(inputs: dict[str, Any], input_ids: torch.Tensor, outputs: Any) -> dict[str, Any]:
-    """The next step's inputs from the last step's: what ``_update_model_kwargs_for_generation`` and then
-    ``prepare_inputs_for_generation`` would build (the cache the output returned, the mask grown by a column of ones,
-    the last position id plus one, a contiguous copy of the new tokens, the last column of ``input_ids``)."""
-    inputs = dict(inputs)
-    inputs["input_ids"] = input_ids[:, -1:].clone(memory_format=torch.contiguous_format)
-    cache = output_cache(outputs)
-    if cache is not None:
-        for key in _CACHE_KEYS:
-            if key in inputs:
-                inputs[key] = cache
-    if (mask := inputs.get("attention_mask")) is not None:
-        inputs["attention_mask"] = torch.cat([mask, mask.new_ones((mask.shape[0], 1))], dim=-1)
-    if (positions := inputs.get("position_ids")) is not None:
-        inputs["position_ids"] = positions + 1
-    return inputs
+            and (positions is None) == (kept_positions is None)
+            and (positions is None or (isinstance(positions, torch.Tensor) and positions.shape == (batch_size, 1)
+                                       and kept_positions.dim() == 2)))
 
 
 __all__ = ["LOOPS", "check_loop_name", "loop_checked", "runs_own_loop", "sample"]

@@ -7,6 +7,7 @@ releases, returned dicts, a replaced input preparation ...) transformers' loop r
 
 from __future__ import annotations
 
+import copy
 import functools
 
 import pytest
@@ -18,7 +19,7 @@ import seqzoo.models.decode_loop as decode_loop
 import seqzoo.models.generation as generation
 import seqzoo.models.modeling_utils as modeling_utils
 from seqzoo.cache import SeqzooCache
-from seqzoo.models.compat import GENERATE_CACHE_KWARG
+from seqzoo.models.compat import GENERATE_CACHE_KWARG, OUTPUT_CACHE_FIELD
 from tests.conftest import FAMILIES, tiny_model
 
 PROMPT = torch.tensor([[5, 17, 33, 8, 61, 12, 40], [3, 3, 21, 9, 50, 14, 7]])
@@ -31,18 +32,18 @@ class Spy:
 
     def __init__(self, monkeypatch):
         self.runs = self.built = 0
-        real_sample, real_next = decode_loop.sample, decode_loop._next_inputs
+        real_sample, real_with_token = decode_loop.sample, decode_loop._StepInputs.with_token
 
         def sample(*args, **kwargs):
             self.runs += 1
             return real_sample(*args, **kwargs)
 
-        def next_inputs(*args, **kwargs):
+        def with_token(*args, **kwargs):
             self.built += 1
-            return real_next(*args, **kwargs)
+            return real_with_token(*args, **kwargs)
 
         monkeypatch.setattr(modeling_utils, "sample", sample)
-        monkeypatch.setattr(decode_loop, "_next_inputs", next_inputs)
+        monkeypatch.setattr(decode_loop._StepInputs, "with_token", with_token)
 
 
 def _recorded(value):
@@ -239,7 +240,7 @@ def test_only_plain_first_step_inputs_are_built_on():
     model = tiny_model(FAMILIES["transformer"])
     cache = SeqzooCache.for_model(model)
     mask = torch.ones(2, 8, dtype=torch.long)
-    kwargs = {GENERATE_CACHE_KWARG: cache, "attention_mask": mask}
+    kwargs = {GENERATE_CACHE_KWARG: cache, "attention_mask": mask, "position_ids": torch.arange(8).expand(2, 8)}
     plain = {"input_ids": torch.zeros(2, 1, dtype=torch.long), "position_ids": torch.full((2, 1), 7),
              "attention_mask": mask, GENERATE_CACHE_KWARG: cache, "past_key_values": cache, "logits_to_keep": 1,
              "use_cache": True}
@@ -249,6 +250,8 @@ def test_only_plain_first_step_inputs_are_built_on():
                    {"past_key_values": SeqzooCache.for_model(model)}, {"output_hidden_states": True}]:
         assert not decode_loop._builds_on({**plain, **change}, kwargs, 2), change
     assert not decode_loop._builds_on(plain, {**kwargs, GENERATE_CACHE_KWARG: None}, 2)
+    assert not decode_loop._builds_on(plain, {**kwargs, "position_ids": None}, 2)
+    assert not decode_loop._builds_on(plain, {**kwargs, "position_ids": torch.arange(8).expand(3, 2, 8)}, 2)
 
 
 @pytest.mark.parametrize("new_tokens", [1, 2])
@@ -348,6 +351,99 @@ def test_a_preparation_set_back_to_the_model_own_keeps_seqzoo_loop(monkeypatch):
     assert spy.runs == 0
 
 
+def test_a_hook_that_changes_the_position_ids_or_mask_in_place_changes_them_as_in_transformers_loop(monkeypatch):
+    # transformers' loop keeps its own position ids (the forward gets a copy) and hands on the very mask it keeps; a
+    # processor that changes the mask a hook kept comes after transformers has grown the next step's.
+    model = tiny_model(FAMILIES["transformer"])
+    kept = []
+
+    def shift(module, args, kwargs):
+        kwargs["position_ids"] += 100
+        kept.append(kwargs.get("attention_mask"))
+
+    class ZeroKeptMask(LogitsProcessor):
+        def __call__(self, input_ids, scores):
+            if kept and kept[-1] is not None and kept[-1].shape[1] > PROMPT.shape[1]:  # (not the caller's own mask)
+                kept[-1][1, 3] = 0
+            return scores
+
+    handle = model.register_forward_pre_hook(shift, with_kwargs=True)
+    try:
+        assert_same_generation(model, monkeypatch, input_ids=PROMPT, attention_mask=MASK,
+                               logits_processor=LogitsProcessorList([ZeroKeptMask()]), **GREEDY)
+    finally:
+        handle.remove()
+
+
+class CriteriaChanger(LogitsProcessor):
+    """At its third call, runs ``change`` (on stopping criteria passed in by the caller)."""
+
+    def __init__(self, change):
+        self.change, self.calls = change, 0
+
+    def __call__(self, input_ids, scores):
+        self.calls += 1
+        if self.calls == 3:
+            self.change()
+        return scores
+
+
+@pytest.mark.parametrize("change", ["max_length", "eos_token_id"])
+def test_criteria_changed_while_generating_stop_as_in_transformers_loop(change, monkeypatch):
+    model = tiny_model(FAMILIES["gru"])
+    tokens = model.generate(input_ids=PROMPT, attention_mask=MASK, **{**GREEDY, "max_new_tokens": 8})
+    tokens = tokens[:, PROMPT.shape[1]:].tolist()
+    late = next(token for token in tokens[0][4:] if token not in tokens[1])  # (row 0 makes it after the change)
+    results = []
+    for loop in ("transformers", "seqzoo"):
+        length, eos = MaxLengthCriteria(PROMPT.shape[1] + 8), EosTokenCriteria(97)
+        criteria = StoppingCriteriaList([length, eos])
+        changes = {"max_length": lambda: setattr(length, "max_length", PROMPT.shape[1] + 5),
+                   "eos_token_id": lambda: setattr(eos, "eos_token_id", torch.tensor([late]))}
+        model.set_generate_loop(loop)
+        results.append(model.generate(input_ids=PROMPT, attention_mask=MASK, stopping_criteria=criteria,
+                                      logits_processor=LogitsProcessorList([CriteriaChanger(changes[change])]),
+                                      **{**GREEDY, "max_new_tokens": 8, "pad_token_id": 1, "eos_token_id": 97}))
+    model.set_generate_loop("seqzoo")
+    assert torch.equal(results[0], results[1])
+    if change == "eos_token_id":  # (row 0 ended at the new EOS token, then padded)
+        assert (results[0][0, -1] == 1) and late in results[0][0].tolist()
+    else:
+        assert results[0].shape[1] == PROMPT.shape[1] + 5
+
+
+def test_a_criterion_of_the_wrong_shape_beside_eos_fails_as_in_transformers_loop():
+    model = tiny_model(FAMILIES["rnn"])
+
+    class Column(StoppingCriteria):
+        def __call__(self, input_ids, scores, **kwargs):
+            return torch.zeros(input_ids.shape[0], 1, dtype=torch.bool)
+
+    errors = []
+    for loop in ("transformers", "seqzoo"):
+        model.set_generate_loop(loop)
+        with pytest.raises(RuntimeError) as error:
+            model.generate(input_ids=PROMPT, attention_mask=MASK, stopping_criteria=StoppingCriteriaList([Column()]),
+                           **{**GREEDY, "eos_token_id": 90})
+        errors.append(str(error.value))
+    model.set_generate_loop("seqzoo")
+    assert errors[0] == errors[1]
+
+
+def test_an_eos_criterion_that_cannot_move_fails_where_transformers_loop_fails():
+    model = tiny_model(FAMILIES["transformer"])
+    lengths = []
+    for loop in ("transformers", "seqzoo"):
+        model.set_generate_loop(loop)
+        cache = SeqzooCache.for_model(model)
+        criteria = StoppingCriteriaList([EosTokenCriteria(torch.tensor([5], device="meta"))])
+        with pytest.raises(NotImplementedError):
+            model.generate(input_ids=PROMPT, attention_mask=MASK, cache=cache, stopping_criteria=criteria, **GREEDY)
+        lengths.append(cache.get_seq_length())
+    model.set_generate_loop("seqzoo")
+    assert lengths[0] == lengths[1] == PROMPT.shape[1]  # (after the prefill, at the first check)
+
+
 @pytest.mark.parametrize("change", ["return_dict_in_generate", "transformers loop", "unchecked release",
                                     "instance preparation", "subclass update", "chunked prefill", "beam search"])
 def test_what_seqzoo_loop_was_not_checked_for_runs_transformers_loop(change, monkeypatch):
@@ -393,8 +489,10 @@ def test_the_installed_release_is_one_the_loop_was_checked_against():
 
 def test_only_transformers_max_length_and_eos_criteria_are_read_instead_of_called():
     def read(*criteria):
-        length, eos = decode_loop._plain_stopping(StoppingCriteriaList(criteria), torch.device("cpu"))
-        return length, None if eos is None else eos.tolist()
+        read = decode_loop._PlainStopping.read(StoppingCriteriaList(criteria), torch.device("cpu"))
+        if read is None:
+            return None, None
+        return read.max_length, None if read.eos_tokens is None else read.eos_tokens.tolist()
 
     assert read(MaxLengthCriteria(20, max_position_embeddings=30)) == (20, None)
     assert read(MaxLengthCriteria(20)) == (20, None)
@@ -410,15 +508,78 @@ def test_only_transformers_max_length_and_eos_criteria_are_read_instead_of_calle
         pass
 
     assert read(OwnMax(20)) == (None, None)
+    # What was read is checked at every token: the same criteria in the list, with the same settings.
+    changes = [lambda criteria: criteria.append(StopAfterToken(3)),
+               lambda criteria: criteria.__setitem__(1, EosTokenCriteria(3)),
+               lambda criteria: setattr(criteria[0], "max_length", 19),
+               lambda criteria: setattr(criteria[0], "max_position_embeddings", 9),
+               lambda criteria: setattr(criteria[1], "eos_token_id", torch.tensor([3, 4]))]
+    for change in [None, *changes]:
+        criteria = StoppingCriteriaList([MaxLengthCriteria(20), EosTokenCriteria([3, 4])])
+        plain = decode_loop._PlainStopping.read(criteria, torch.device("cpu"))
+        if change is not None:
+            change(criteria)
+        assert plain.holds(criteria) == (change is None)
 
 
 @pytest.mark.parametrize("family", ["transformer", "gru"])
 def test_several_eos_tokens_and_a_pad_token_that_is_one_match_transformers_loop(family, monkeypatch):
     model = tiny_model(FAMILIES[family])
     eos = eos_of(model)
-    out = assert_same_generation(model, monkeypatch, input_ids=PROMPT, attention_mask=MASK,
-                                 **{**GREEDY, "eos_token_id": [eos, 90], "pad_token_id": eos, "max_new_tokens": 8})
-    assert eos in out[0, PROMPT.shape[1]:].tolist()
+    for tokens in ([eos, 90], [90, eos]):
+        out = assert_same_generation(model, monkeypatch, input_ids=PROMPT, attention_mask=MASK,
+                                     **{**GREEDY, "eos_token_id": tokens, "pad_token_id": eos, "max_new_tokens": 8})
+        assert eos in out[0, PROMPT.shape[1]:].tolist()
+
+
+def test_an_eos_criterion_without_a_pad_token_fails_as_in_transformers_loop():
+    # (a criterion of the caller's with an eos_token_id, and no pad token: transformers pads from the first token)
+    model = tiny_model(FAMILIES["rnn"])
+    model.generation_config.pad_token_id = None
+
+    class OwnEos(StoppingCriteria):
+        eos_token_id = 5
+
+        def __call__(self, input_ids, scores, **kwargs):
+            return torch.zeros(input_ids.shape[0], dtype=torch.bool)
+
+    errors = []
+    for loop in ("transformers", "seqzoo"):
+        model.set_generate_loop(loop)
+        cache = SeqzooCache.for_model(model)
+        with pytest.raises(TypeError) as error:
+            model.generate(input_ids=PROMPT[:1], cache=cache, stopping_criteria=StoppingCriteriaList([OwnEos()]),
+                           **{**GREEDY, "pad_token_id": None})
+        errors.append((str(error.value), cache.get_seq_length()))
+    model.set_generate_loop("seqzoo")
+    assert errors[0] == errors[1] and errors[0][1] == PROMPT.shape[1]  # (at the first new token)
+
+
+def test_each_step_continues_the_cache_the_last_step_returned(monkeypatch):
+    # A hook that returns another cache object (a copy): transformers' loop hands that one to the next step.
+    model = tiny_model(FAMILIES["mamba2"])
+    returned, handed = [], []
+
+    def copy_cache(module, args, kwargs, output):
+        setattr(output, OUTPUT_CACHE_FIELD, copy.deepcopy(getattr(output, OUTPUT_CACHE_FIELD)))
+        returned.append(getattr(output, OUTPUT_CACHE_FIELD))
+        return output
+
+    def check(module, args, kwargs):
+        handed.append(kwargs.get(GENERATE_CACHE_KWARG))
+
+    hooks = [model.register_forward_hook(copy_cache, with_kwargs=True),
+             model.register_forward_pre_hook(check, with_kwargs=True)]
+    try:
+        for loop in ("transformers", "seqzoo"):
+            returned.clear()
+            handed.clear()
+            generate(model, loop, input_ids=PROMPT, attention_mask=MASK, **GREEDY)
+            assert len(handed) == GREEDY["max_new_tokens"]
+            assert all(cache is previous for cache, previous in zip(handed[1:], returned)), loop
+    finally:
+        for hook in hooks:
+            hook.remove()
 
 
 def test_an_unknown_loop_is_refused():
