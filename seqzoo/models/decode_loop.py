@@ -13,16 +13,19 @@ tokens), the same padding of finished rows, and a streamer fed as transformers' 
 What it does differently, and why it gives the same result:
 
 - From the second new token on, a step's inputs are those of the first with the new token, the mask grown by a
-  column of ones and the position ids moved on by one, and the cache the last output returned: what
-  ``_update_model_kwargs_for_generation`` and seqzoo's ``prepare_inputs_for_generation``
+  column of ones and the position ids moved on by one (from its own copy, as transformers keeps its own), and the
+  cache the last output returned; the mask and positions grow right after each forward, where transformers grows
+  them. That is what ``_update_model_kwargs_for_generation`` and seqzoo's ``prepare_inputs_for_generation``
   (``generation.decode_step_inputs``) would build, without their general checks at every token. Only where the
   first step's inputs are exactly those keywords (the token, a 2-d mask and (B, 1) position ids where there are
   any, the cache, ``logits_to_keep``, ``use_cache``) and the call passed nothing else; otherwise both methods are
   called at every step, as transformers' loop calls them.
-- Where the stopping criteria are transformers' own ``MaxLengthCriteria`` (one that would not warn) and
-  ``EosTokenCriteria``, the loop reads the length and the EOS tokens once and checks the new tokens against them,
-  instead of calling the criteria at every token; and it pads the tokens of finished rows only once a row has
-  finished (before, the padding changes no token).
+- Where the stopping criteria are transformers' own ``MaxLengthCriteria`` (one that would not warn) and at most one
+  ``EosTokenCriteria``, the loop reads the length and the EOS tokens at their first check (moving the tokens to the
+  ids' device, as the criterion's call does) and checks the new tokens against them, instead of calling the
+  criteria at every token; at every token it checks that the list holds the same criteria with the same settings,
+  and calls them from then on if not. On that path it pads the tokens of finished rows only once a row has
+  finished (before, the padding changes no token); with other criteria, at every token from the second on.
 
 It runs only on the releases whose ``_sample`` and ``_update_model_kwargs_for_generation`` it was checked against
 (by a fingerprint of their source, as ``decode_step_inputs`` is), for token ids on the CPU, without
