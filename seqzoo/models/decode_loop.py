@@ -21,16 +21,17 @@ What it does differently, and why it gives the same result:
   any, the cache, ``logits_to_keep``, ``use_cache``) and the call passed nothing else; otherwise both methods are
   called at every step, as transformers' loop calls them.
 - Where the stopping criteria are transformers' own ``MaxLengthCriteria`` (one that would not warn) and at most one
-  ``EosTokenCriteria``, the loop reads the length and the EOS tokens at their first check (moving the tokens to the
-  ids' device, as the criterion's call does) and checks the new tokens against them, instead of calling the
-  criteria at every token; at every token it checks that the list holds the same criteria with the same settings,
-  and calls them from then on if not. On that path it pads the tokens of finished rows only once a row has
-  finished (before, the padding changes no token); with other criteria, at every token from the second on.
+  ``EosTokenCriteria`` (their classes' calls as seqzoo was imported with), the loop reads the length and the EOS
+  tokens at their first check (moving the tokens to the ids' device, as the criterion's call does) and checks the
+  new tokens against them, instead of calling the criteria at every token; at every token it checks that the list
+  holds the same criteria with the same settings, and calls them from then on if not. On that path it pads the
+  tokens of finished rows only once a row has finished (before, the padding changes no token); with other
+  criteria, at every token from the second on.
 
 It runs only on the releases whose ``_sample`` and ``_update_model_kwargs_for_generation`` it was checked against
-(by a fingerprint of their source, as ``decode_step_inputs`` is), for token ids on the CPU, without
-``return_dict_in_generate``, ``use_cache=False``, ``synced_gpus``, chunked prefill or an automatically compiled
-forward, and for a model that keeps transformers' ``_update_model_kwargs_for_generation`` and seqzoo's
+(by a fingerprint of their source, as ``decode_step_inputs`` is), for token ids on the CPU where the model is,
+without ``return_dict_in_generate``, ``use_cache=False``, ``synced_gpus``, chunked prefill or an automatically
+compiled forward, and for a model that keeps transformers' ``_update_model_kwargs_for_generation`` and seqzoo's
 ``prepare_inputs_for_generation`` (peft's prompt tuning, which sets its own on the model while it generates, runs
 transformers' loop). ``tests/models/test_decode_loop.py`` holds the two loops to the same tokens and the same
 forward calls.
@@ -43,7 +44,7 @@ from typing import Any
 
 import torch
 from transformers import GenerationMixin
-from transformers.generation.stopping_criteria import EosTokenCriteria, MaxLengthCriteria
+from transformers.generation.stopping_criteria import EosTokenCriteria, MaxLengthCriteria, StoppingCriteriaList
 
 from seqzoo.cache import SeqzooCache
 from seqzoo.models.compat import GENERATE_CACHE_KWARG, output_cache, source_fingerprint
@@ -83,7 +84,8 @@ def runs_own_loop(model: Any, own_preparation: Any, input_ids: torch.Tensor, gen
     """Whether ``model``'s ``_sample`` call runs :func:`sample` (see the module's docstring);
     ``own_preparation``: ``SeqzooForCausalLM.prepare_inputs_for_generation`` as defined."""
     return (model.generate_loop == "seqzoo" and loop_checked() and not synced_gpus
-            and input_ids.device.type == "cpu" and not generation_config.return_dict_in_generate
+            and input_ids.device.type == "cpu" and input_ids.device == model.device
+            and not generation_config.return_dict_in_generate
             and model_kwargs.get("use_cache") is True
             and getattr(generation_config, "prefill_chunk_size", None) is None
             and _keeps_method(model, "prepare_inputs_for_generation", own_preparation)
@@ -123,11 +125,12 @@ def sample(model: Any, input_ids: torch.Tensor, logits_processor: Any, stopping_
     with model._optimize_model_for_decode():
         while True:
             if step is None:
-                model_kwargs = model._update_model_kwargs_for_generation(outputs, model_kwargs,
-                                                                         is_encoder_decoder=False)
+                model_kwargs = model._update_model_kwargs_for_generation(
+                    outputs, model_kwargs, is_encoder_decoder=model.config.is_encoder_decoder)
             else:
                 step.advance(outputs)
             logits = outputs.logits[:, -1].to(copy=True, dtype=torch.float32, device=input_ids.device)
+            del outputs  # (as transformers frees it before the next forward: a prompt's logits may be large)
             scores = logits_processor(input_ids, logits)
             if generation_config.do_sample:
                 probs = torch.nn.functional.softmax(scores, dim=-1)
@@ -181,8 +184,8 @@ class _PlainStopping:
         """The criteria read, or None for any others (called at every token)."""
         kinds = [type(criterion) for criterion in stopping_criteria]
         if kinds not in ([MaxLengthCriteria], [MaxLengthCriteria, EosTokenCriteria],
-                         [EosTokenCriteria, MaxLengthCriteria]):
-            return None
+                         [EosTokenCriteria, MaxLengthCriteria]) or _CRITERIA_CALLS != _criteria_calls():
+            return None  # (a __call__ patched on one of the classes since seqzoo was imported is called)
         by_kind = {type(criterion): criterion for criterion in stopping_criteria}
         length, eos = by_kind[MaxLengthCriteria], by_kind.get(EosTokenCriteria)
         if length.max_position_embeddings is not None and length.max_length - 1 > length.max_position_embeddings:
@@ -202,6 +205,13 @@ class _PlainStopping:
                 and all(a is b for a, b in zip(stopping_criteria, self.members))
                 and self.length.max_length == self.max_length and self.length.max_position_embeddings == self.limit
                 and (self.eos is None or self.eos.eos_token_id is self.eos_tokens))
+
+
+def _criteria_calls() -> tuple:
+    return StoppingCriteriaList.__call__, MaxLengthCriteria.__call__, EosTokenCriteria.__call__
+
+
+_CRITERIA_CALLS = _criteria_calls()  # (as seqzoo was imported with)
 
 
 class _StepInputs:

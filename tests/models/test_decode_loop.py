@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import functools
+import weakref
 
 import pytest
 import torch
@@ -442,6 +443,49 @@ def test_an_eos_criterion_that_cannot_move_fails_where_transformers_loop_fails()
         lengths.append(cache.get_seq_length())
     model.set_generate_loop("seqzoo")
     assert lengths[0] == lengths[1] == PROMPT.shape[1]  # (after the prefill, at the first check)
+
+
+def test_each_step_output_is_freed_before_the_next_forward_as_in_transformers_loop():
+    # (transformers' loop drops each output, the prompt's logits included, before the next forward)
+    model = tiny_model(FAMILIES["transformer"])
+    alive = {}
+    for loop in ("transformers", "seqzoo"):
+        outputs, seen = [], []
+        hooks = [model.register_forward_hook(lambda module, args, output: outputs.append(weakref.ref(output.logits))),
+                 model.register_forward_pre_hook(lambda module, args: seen.append([o() is not None for o in outputs]))]
+        try:
+            generate(model, loop, input_ids=PROMPT, attention_mask=MASK, logits_to_keep=0, **GREEDY)
+        finally:
+            for hook in hooks:
+                hook.remove()
+        alive[loop] = seen
+    assert alive["seqzoo"] == alive["transformers"] and not any(any(step) for step in alive["seqzoo"])
+
+
+def test_criteria_whose_class_call_was_patched_are_called_as_in_transformers_loop(monkeypatch):
+    model = tiny_model(FAMILIES["gru"])
+    counts = {}
+    real = EosTokenCriteria.__call__
+    for loop in ("transformers", "seqzoo"):
+        counts[loop] = 0
+
+        def counted(self, *args, **kwargs):
+            counts[loop] += 1
+            return real(self, *args, **kwargs)
+
+        monkeypatch.setattr(EosTokenCriteria, "__call__", counted)
+        generate(model, loop, input_ids=PROMPT, attention_mask=MASK, **{**GREEDY, "eos_token_id": 97})
+    assert counts["seqzoo"] == counts["transformers"] == GREEDY["max_new_tokens"]
+
+
+def test_ids_on_another_device_than_the_model_run_transformers_loop(monkeypatch):
+    # (transformers' method moves each step's inputs to the model's device; seqzoo's built steps would not)
+    model = tiny_model(FAMILIES["transformer"])
+    expected = model.generate(input_ids=PROMPT, **GREEDY)
+    monkeypatch.setattr(type(model), "device", property(lambda self: torch.device("cpu", 0)))
+    spy = Spy(monkeypatch)
+    assert torch.equal(model.generate(input_ids=PROMPT, **GREEDY), expected)
+    assert spy.runs == 0
 
 
 @pytest.mark.parametrize("change", ["return_dict_in_generate", "transformers loop", "unchecked release",
