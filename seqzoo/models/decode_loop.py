@@ -116,7 +116,7 @@ def sample(model: Any, input_ids: torch.Tensor, logits_processor: Any, stopping_
     # Finished rows' tokens are padded once a row may have finished: while none has, padding changes no token.
     pad_finished = False
     stop: _PlainStopping | None | bool = False  # read at the first check, where transformers first calls the criteria
-    plain = model_kwargs.get("use_cache") is True and set(model_kwargs) <= _PLAIN_MODEL_KWARGS
+    plain = set(model_kwargs) <= _PLAIN_MODEL_KWARGS  # (use_cache is True: runs_own_loop)
     step: _StepInputs | None = None  # where later steps are built on the last
     model_forward = model.__call__  # (as transformers' loop calls it: a __call__ set on the instance included)
 

@@ -77,9 +77,9 @@ def assert_same_calls(ours, theirs):
         assert our_args == their_args and our_kwargs.keys() == their_kwargs.keys(), step
         for name, value in their_kwargs.items():
             if isinstance(value, tuple) and isinstance(value[0], torch.Tensor):  # (a tensor, whether contiguous)
-                (ours, our_layout), (theirs, their_layout) = our_kwargs[name], value
-                assert ours.dtype == theirs.dtype and torch.equal(ours, theirs) and our_layout == their_layout, (
-                    step, name)
+                (our_value, our_layout), (their_value, their_layout) = our_kwargs[name], value
+                assert (our_value.dtype == their_value.dtype and torch.equal(our_value, their_value)
+                        and our_layout == their_layout), (step, name)
             else:
                 assert our_kwargs[name] == value, (step, name)
 
@@ -186,6 +186,7 @@ def test_stopping_criteria_and_streamers_are_called_as_transformers_loop_calls_t
 
 @pytest.mark.parametrize("family", ["transformer", "rnn"])
 def test_a_continued_cache_matches_transformers_loop(family, monkeypatch):
+    spy = Spy(monkeypatch)  # (seqzoo's loop ran where it should)
     model = tiny_model(FAMILIES[family])
     outputs = []
     for loop in ("transformers", "seqzoo"):
@@ -198,6 +199,7 @@ def test_a_continued_cache_matches_transformers_loop(family, monkeypatch):
     model.set_generate_loop("seqzoo")
     (a1, a2, alen), (b1, b2, blen) = outputs
     assert torch.equal(a1, b1) and torch.equal(a2, b2) and alen == blen
+    assert spy.runs == 2
 
 
 class ScoreRecorder(LogitsProcessor):
@@ -287,6 +289,7 @@ def test_generating_without_a_cache_runs_transformers_loop(where, monkeypatch):
 
 
 def test_what_processors_streamers_and_hooks_change_in_place_is_what_they_change_in_transformers_loop(monkeypatch):
+    spy = Spy(monkeypatch)  # (seqzoo's loop ran where it should)
     model = tiny_model(FAMILIES["gru"])
 
     class BanInPlace(LogitsProcessor):
@@ -316,9 +319,11 @@ def test_what_processors_streamers_and_hooks_change_in_place_is_what_they_change
     assert_same_calls(our_calls, their_calls)
     assert len(our_logits) == len(their_logits) and all(map(torch.equal, our_logits, their_logits))
     assert torch.isfinite(our_logits[0][:, -1, 3]).all()  # the processor changed its copy of the logits only
+    assert spy.runs == 1
 
 
 def test_a_call_set_on_the_instance_is_called_at_every_step_as_in_transformers_loop(monkeypatch):
+    spy = Spy(monkeypatch)  # (seqzoo's loop ran where it should)
     model = tiny_model(FAMILIES["transformer"])
     counts = {}
     for loop in ("transformers", "seqzoo"):
@@ -335,6 +340,7 @@ def test_a_call_set_on_the_instance_is_called_at_every_step_as_in_transformers_l
         finally:
             del model.__call__
     assert counts["seqzoo"] == counts["transformers"] == GREEDY["max_new_tokens"] - 1  # (the prefill: the class's)
+    assert spy.runs == 1
 
 
 def test_a_preparation_set_back_to_the_model_own_keeps_seqzoo_loop(monkeypatch):
@@ -391,6 +397,7 @@ class CriteriaChanger(LogitsProcessor):
 
 @pytest.mark.parametrize("change", ["max_length", "eos_token_id"])
 def test_criteria_changed_while_generating_stop_as_in_transformers_loop(change, monkeypatch):
+    spy = Spy(monkeypatch)  # (seqzoo's loop ran where it should)
     model = tiny_model(FAMILIES["gru"])
     tokens = model.generate(input_ids=PROMPT, attention_mask=MASK, **{**GREEDY, "max_new_tokens": 8})
     tokens = tokens[:, PROMPT.shape[1]:].tolist()
@@ -411,6 +418,7 @@ def test_criteria_changed_while_generating_stop_as_in_transformers_loop(change, 
         assert (results[0][0, -1] == 1) and late in results[0][0].tolist()
     else:
         assert results[0].shape[1] == PROMPT.shape[1] + 5
+    assert spy.runs == 2  # (the token's search, then the changed criteria's run)
 
 
 def test_a_criterion_of_the_wrong_shape_beside_eos_fails_as_in_transformers_loop():
@@ -600,6 +608,7 @@ def test_an_eos_criterion_without_a_pad_token_fails_as_in_transformers_loop():
 
 
 def test_each_step_continues_the_cache_the_last_step_returned(monkeypatch):
+    spy = Spy(monkeypatch)  # (seqzoo's loop ran where it should)
     # A hook that returns another cache object (a copy): transformers' loop hands that one to the next step.
     model = tiny_model(FAMILIES["mamba2"])
     returned, handed = [], []
@@ -624,6 +633,7 @@ def test_each_step_continues_the_cache_the_last_step_returned(monkeypatch):
     finally:
         for hook in hooks:
             hook.remove()
+    assert spy.runs == 1
 
 
 def test_an_unknown_loop_is_refused():
