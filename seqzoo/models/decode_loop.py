@@ -27,6 +27,14 @@ What it does differently, and why it gives the same result:
   holds the same criteria with the same settings, and calls them from then on if not. On that path it pads the
   tokens of finished rows only once a row has finished (before, the padding changes no token); with other
   criteria, at every token from the second on.
+- Greedy decoding with no logits processor (transformers' own empty list) takes the argmax of the logits as the
+  model returned them, without transformers' float32 copy: for float32, bfloat16 and float16 logits on the ids'
+  device the copy holds the same values, so the same token wins (float64 logits are copied, as 1e-12 apart they may
+  tie in float32).
+- On such a step, from the second new token on, where the criteria are the ones read and no streamer is given, the
+  new token is kept aside rather than appended at once: nothing reads the ids until the end then. The tokens kept
+  aside are appended, in order, where anything is next to read the ids (a processor, criteria called, the input
+  preparation) and at the end. The next forward gets a copy of the token as appended, as there.
 
 It runs only on the releases whose ``_sample`` and ``_update_model_kwargs_for_generation`` it was checked against
 (by a fingerprint of their source, as ``decode_step_inputs`` is), for token ids on the CPU where the model is,
@@ -43,7 +51,7 @@ import functools
 from typing import Any
 
 import torch
-from transformers import GenerationMixin
+from transformers import GenerationMixin, LogitsProcessorList
 from transformers.generation.stopping_criteria import EosTokenCriteria, MaxLengthCriteria, StoppingCriteriaList
 
 from seqzoo.cache import SeqzooCache
@@ -122,6 +130,10 @@ def sample(model: Any, input_ids: torch.Tensor, logits_processor: Any, stopping_
 
     outputs = model._prefill(input_ids, generation_config, model_kwargs,
                              is_first_iteration=not generation_config.is_assistant)
+    # New tokens not yet appended to input_ids: what only a processor, a criterion called, the input preparation or
+    # the caller reads (``deferred`` below), appended where one of them is next to read it and at the end.
+    pending: list[torch.Tensor] = []
+    length = input_ids.shape[1]  # (with the pending tokens)
     with model._optimize_model_for_decode():
         while True:
             if step is None:
@@ -129,26 +141,47 @@ def sample(model: Any, input_ids: torch.Tensor, logits_processor: Any, stopping_
                     outputs, model_kwargs, is_encoder_decoder=model.config.is_encoder_decoder)
             else:
                 step.advance(outputs)
-            logits = outputs.logits[:, -1].to(copy=True, dtype=torch.float32, device=input_ids.device)
-            del outputs  # (as transformers frees it before the next forward: a prompt's logits may be large)
-            scores = logits_processor(input_ids, logits)
-            if generation_config.do_sample:
-                probs = torch.nn.functional.softmax(scores, dim=-1)
-                next_tokens = torch.multinomial(probs, num_samples=1).squeeze(1)
+            logits = outputs.logits[:, -1]
+            if (not generation_config.do_sample and not logits_processor and _bare_scores(logits_processor)
+                    and logits.dtype in _EXACT_IN_FLOAT32 and logits.device == input_ids.device):
+                # Greedy without processors: the argmax of the logits as they are picks the token transformers' float32
+                # copy picks (every value of these dtypes is a float32; nothing changes them in between).
+                next_tokens = torch.argmax(logits, dim=-1)
+                bare = True
             else:
-                next_tokens = torch.argmax(scores, dim=-1)
+                if pending:
+                    input_ids, pending = _appended(input_ids, pending), []
+                logits = logits.to(copy=True, dtype=torch.float32, device=input_ids.device)
+                scores = logits_processor(input_ids, logits)
+                if generation_config.do_sample:
+                    probs = torch.nn.functional.softmax(scores, dim=-1)
+                    next_tokens = torch.multinomial(probs, num_samples=1).squeeze(1)
+                else:
+                    next_tokens = torch.argmax(scores, dim=-1)
+                bare = False
+            del outputs, logits  # (as transformers frees them before the next forward: a prompt's logits may be large)
             if has_eos_stopping_criteria and (pad_finished or pad_token_id is None):
                 next_tokens = next_tokens * unfinished_sequences + pad_token_id * (1 - unfinished_sequences)
-            input_ids = torch.cat([input_ids, next_tokens[:, None]], dim=-1)
-            if stop is False:
-                stop = _PlainStopping.read(stopping_criteria, input_ids.device)
-            if stop is not None and not stop.holds(stopping_criteria):
-                stop = None  # (changed by a processor or criterion: called from now on)
+            # A later step whose token no processor, criterion, streamer or input preparation reads: kept aside.
+            deferred = (bare and step is not None and streamer is None and type(stop) is _PlainStopping
+                        and stop.holds(stopping_criteria))
+            if deferred:
+                pending.append(next_tokens)
+                length += 1
+            else:
+                if pending:
+                    input_ids, pending = _appended(input_ids, pending), []
+                input_ids = torch.cat([input_ids, next_tokens[:, None]], dim=-1)
+                length = input_ids.shape[1]
+                if stop is False:
+                    stop = _PlainStopping.read(stopping_criteria, input_ids.device)
+                if stop is not None and not stop.holds(stopping_criteria):
+                    stop = None  # (changed by a processor or criterion: called from now on)
             if stop is None:
                 unfinished_sequences = unfinished_sequences & ~stopping_criteria(input_ids, None)
                 pad_finished = True
                 finished = bool(unfinished_sequences.max() == 0)
-            elif input_ids.shape[1] >= stop.max_length:
+            elif length >= stop.max_length:
                 finished = True
             elif stop.eos_tokens is not None:
                 unfinished_sequences = unfinished_sequences & ~torch.isin(next_tokens, stop.eos_tokens)
@@ -165,11 +198,29 @@ def sample(model: Any, input_ids: torch.Tensor, logits_processor: Any, stopping_
                 if plain and _builds_on(inputs, model_kwargs, batch_size):
                     step = _StepInputs(inputs, model_kwargs)
             else:
-                inputs = step.with_token(input_ids)
+                # (the token as appended: a criterion called or a streamer may have changed it in place since)
+                inputs = step.with_token(next_tokens if deferred else input_ids[:, -1])
             outputs = model_forward(**inputs, return_dict=True)
+    if pending:
+        input_ids = _appended(input_ids, pending)
     if streamer is not None:
         streamer.end()
     return input_ids
+
+
+def _appended(input_ids: torch.Tensor, tokens: list[torch.Tensor]) -> torch.Tensor:
+    """``input_ids`` with the (B,) ``tokens`` appended in order, as one token at a time would append them."""
+    return torch.cat([input_ids, torch.stack(tokens, dim=1)], dim=-1)
+
+
+def _bare_scores(logits_processor: Any) -> bool:
+    """Whether ``logits_processor`` is transformers' own list with its ``__call__`` as seqzoo was imported with (which
+    returns the scores it is given when empty)."""
+    return type(logits_processor) is LogitsProcessorList and LogitsProcessorList.__call__ is _PROCESSORS_CALL
+
+
+_PROCESSORS_CALL = LogitsProcessorList.__call__
+_EXACT_IN_FLOAT32 = (torch.float32, torch.bfloat16, torch.float16)
 
 
 class _PlainStopping:
@@ -236,13 +287,17 @@ class _StepInputs:
                 if key in inputs:
                     inputs[key] = cache
         if (mask := inputs.get("attention_mask")) is not None:
-            inputs["attention_mask"] = torch.cat([mask, mask.new_ones((mask.shape[0], 1))], dim=-1)
+            # (a column of ones appended, as transformers' torch.cat of the mask and new_ones appends it, in one
+            # operation; a tensor subclass is concatenated as there)
+            inputs["attention_mask"] = (torch.constant_pad_nd(mask, (0, 1), 1) if type(mask) is torch.Tensor
+                                        else torch.cat([mask, mask.new_ones((mask.shape[0], 1))], dim=-1))
         if self.positions is not None:
             self.positions = self.positions + 1
 
-    def with_token(self, input_ids: torch.Tensor) -> dict[str, Any]:
-        """The next forward's inputs: contiguous copies of the new tokens and of the position ids."""
-        self.inputs["input_ids"] = input_ids[:, -1:].clone(memory_format=torch.contiguous_format)
+    def with_token(self, tokens: torch.Tensor) -> dict[str, Any]:
+        """The next forward's inputs: contiguous copies of the (B,) new ``tokens`` as (B, 1) and of the position
+        ids."""
+        self.inputs["input_ids"] = tokens.unsqueeze(1).clone(memory_format=torch.contiguous_format)
         if self.positions is not None:
             self.inputs["position_ids"] = self.positions.clone(memory_format=torch.contiguous_format)
         return self.inputs

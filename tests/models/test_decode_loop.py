@@ -266,10 +266,12 @@ def test_one_or_two_new_tokens_match_transformers_loop(new_tokens, monkeypatch):
     assert out.shape[1] == PROMPT.shape[1] + new_tokens
 
 
-def test_embeddings_as_the_prompt_prepare_every_step_through_both_methods(monkeypatch):
+@pytest.mark.parametrize("family", ["transformer", "rnn"])  # (the tiny RNN's tokens change from step to step)
+def test_embeddings_as_the_prompt_prepare_every_step_through_both_methods(family, monkeypatch):
     # generate() keeps the prompt's embeddings among the model's keywords: the later steps are not plain, and
-    # seqzoo's loop prepares each through the model's prepare_inputs_for_generation, as transformers' does.
-    model = tiny_model(FAMILIES["transformer"])
+    # seqzoo's loop prepares each through the model's prepare_inputs_for_generation, as transformers' does (with
+    # every token so far: none is kept aside for later).
+    model = tiny_model(FAMILIES[family])
     embeds = model.get_input_embeddings()(PROMPT).detach()
     assert_same_generation(model, monkeypatch, fast=False, inputs_embeds=embeds, attention_mask=MASK, **GREEDY)
 
@@ -642,3 +644,151 @@ def test_an_unknown_loop_is_refused():
         model.set_generate_loop("fast")
     assert model.generate_loop == "seqzoo"
     assert model.set_generate_loop("transformers") is model and model.generate_loop == "transformers"
+
+
+class AppendSpy:
+    """Records the lengths of the runs of tokens seqzoo's loop kept aside and appended at once."""
+
+    def __init__(self, monkeypatch):
+        self.runs = []
+        real = decode_loop._appended
+
+        def appended(input_ids, tokens):
+            self.runs.append(len(tokens))
+            return real(input_ids, tokens)
+
+        monkeypatch.setattr(decode_loop, "_appended", appended)
+
+
+@pytest.mark.parametrize("family", ["rnn", "transformer"])
+def test_plain_greedy_steps_append_their_tokens_once_at_the_end(family, monkeypatch):
+    # (the first new token is appended as it is made, where the input preparation reads the ids; from the second
+    # on, nothing reads them until the end)
+    appends = AppendSpy(monkeypatch)
+    model = tiny_model(FAMILIES[family])
+    assert_same_generation(model, monkeypatch, input_ids=PROMPT, attention_mask=MASK, **GREEDY)
+    assert appends.runs == [GREEDY["max_new_tokens"] - 1]
+
+
+@pytest.mark.parametrize("change", ["max_length", "eos_token_id"])
+def test_criteria_changed_by_a_hook_while_tokens_wait_to_be_appended_see_every_token(change, monkeypatch):
+    # No processor, no streamer: seqzoo's loop keeps tokens aside, and criteria a forward hook changes at the fourth
+    # step are then called with all of them, as transformers' loop calls them (stale ids would stop late, or at the
+    # wrong token).
+    appends = AppendSpy(monkeypatch)
+    model = tiny_model(FAMILIES["rnn"])
+    tokens = model.generate(input_ids=PROMPT, attention_mask=MASK, **{**GREEDY, "max_new_tokens": 8})
+    tokens = tokens[:, PROMPT.shape[1]:].tolist()
+    late = next(token for token in tokens[0][4:] if token not in tokens[1])
+    results = []
+    for loop in ("transformers", "seqzoo"):
+        length, eos = MaxLengthCriteria(PROMPT.shape[1] + 8), EosTokenCriteria(97)
+        steps = [0]
+
+        def change_at_fourth(module, args, kwargs):
+            steps[0] += 1
+            if steps[0] == 4:
+                if change == "max_length":
+                    length.max_length = PROMPT.shape[1] + 6
+                else:
+                    eos.eos_token_id = torch.tensor([late])
+
+        handle = model.register_forward_pre_hook(change_at_fourth, with_kwargs=True)
+        try:
+            model.set_generate_loop(loop)
+            results.append(model.generate(input_ids=PROMPT, attention_mask=MASK,
+                                          stopping_criteria=StoppingCriteriaList([length, eos]),
+                                          **{**GREEDY, "max_new_tokens": 8, "pad_token_id": 1, "eos_token_id": 97}))
+        finally:
+            handle.remove()
+            model.set_generate_loop("seqzoo")
+    assert torch.equal(results[0], results[1])
+    assert appends.runs and max(appends.runs) >= 2  # (tokens were kept aside before the change)
+    if change == "max_length":
+        assert results[0].shape[1] == PROMPT.shape[1] + 6
+    else:
+        assert late in results[0][0].tolist() and results[0][0, -1] == 1
+
+
+def test_a_streamer_or_criterion_that_changes_the_new_token_in_place_changes_the_next_input_as_in_transformers_loop(
+        monkeypatch):
+    # No processor: the greedy token is the argmax of the logits as they are, and a streamer that clamps the tokens it
+    # is given (the loop's own on the CPU) or a criterion that rewrites the last id must not reach, or must reach, the
+    # next forward as in transformers' loop.
+    model = tiny_model(FAMILIES["gru"])
+
+    class ClampingStreamer:
+        def put(self, value):
+            value.clamp_(max=50)
+
+        def end(self):
+            pass
+
+    class Rewriter(StoppingCriteria):
+        def __call__(self, input_ids, scores, **kwargs):
+            input_ids[:, -1] = 7
+            return torch.zeros(input_ids.shape[0], dtype=torch.bool)
+
+    for options in ({"streamer": ClampingStreamer()}, {"stopping_criteria": StoppingCriteriaList([Rewriter()])}):
+        out = assert_same_generation(model, monkeypatch, input_ids=PROMPT.clone(), attention_mask=MASK,
+                                     **options, **{**GREEDY, "max_new_tokens": 8})
+        if "streamer" in options:
+            assert (out[:, PROMPT.shape[1]:] > 50).any()  # (the streamer's clamp unseen)
+        else:
+            assert (out[:, PROMPT.shape[1]:] == 7).all()
+
+
+def test_float64_logits_that_tie_in_float32_pick_the_token_transformers_loop_picks(monkeypatch):
+    # transformers' loop takes the argmax of a float32 copy of the logits: float64 logits 1e-12 apart tie there, and
+    # the first wins. seqzoo's loop takes the argmax of the logits as they are only for dtypes float32 holds exactly.
+    model = tiny_model(FAMILIES["lstm"]).double()
+
+    def tie(module, args, output):
+        logits = output.logits
+        logits[..., :] = -1.0
+        logits[..., 5] = 1.0
+        logits[..., 6] = 1.0 + 1e-12
+
+    handle = model.register_forward_hook(tie)
+    try:
+        out = assert_same_generation(model, monkeypatch, input_ids=PROMPT, attention_mask=MASK, **GREEDY)
+    finally:
+        handle.remove()
+    assert (out[:, PROMPT.shape[1]:] == 5).all()
+
+
+@pytest.mark.parametrize("dtype", [torch.bool, torch.int32, torch.float32])
+def test_masks_of_other_dtypes_grow_as_in_transformers_loop(dtype, monkeypatch):
+    model = tiny_model(FAMILIES["mamba"])
+    assert_same_generation(model, monkeypatch, input_ids=PROMPT, attention_mask=MASK.to(dtype), **GREEDY)
+
+
+def test_sampling_without_processors_matches_transformers_loop(monkeypatch):
+    # (no top-k, top-p or temperature: an empty processor list, yet the tokens are drawn, not the argmax)
+    model = tiny_model(FAMILIES["gru"])
+    options = dict(input_ids=PROMPT, attention_mask=MASK, do_sample=True, top_k=0, top_p=1.0, temperature=1.0,
+                   max_new_tokens=8, pad_token_id=0, eos_token_id=None, seed=5)
+    sampled = assert_same_generation(model, monkeypatch, **options)
+    greedy = model.generate(input_ids=PROMPT, attention_mask=MASK, **{**GREEDY, "max_new_tokens": 8})
+    assert not torch.equal(sampled, greedy)
+
+
+def test_a_processor_list_call_patched_on_its_class_is_called_as_in_transformers_loop(monkeypatch):
+    model = tiny_model(FAMILIES["rnn"])
+    real = LogitsProcessorList.__call__
+    seen = {}
+    for loop in ("transformers", "seqzoo"):
+        seen[loop] = []
+
+        def banning(self, input_ids, scores, **kwargs):
+            seen[loop].append(input_ids.clone())
+            scores = real(self, input_ids, scores, **kwargs)
+            scores[:, 11] = -float("inf")
+            return scores
+
+        monkeypatch.setattr(LogitsProcessorList, "__call__", banning)
+        out, _ = generate(model, loop, input_ids=PROMPT, attention_mask=MASK, **{**GREEDY, "max_new_tokens": 8})
+        seen[loop].append(out)
+    assert len(seen["seqzoo"]) == len(seen["transformers"]) == 9
+    assert all(map(torch.equal, seen["seqzoo"], seen["transformers"]))
+    assert 11 not in seen["seqzoo"][-1][:, PROMPT.shape[1]:].tolist()
