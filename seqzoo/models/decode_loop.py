@@ -21,7 +21,7 @@ What it does differently, and why it gives the same result:
   any, the cache, ``logits_to_keep``, ``use_cache``) and the call passed nothing else; otherwise both methods are
   called at every step, as transformers' loop calls them.
 - Where the stopping criteria are transformers' own ``MaxLengthCriteria`` (one that would not warn) and at most one
-  ``EosTokenCriteria`` (their classes' calls as seqzoo was imported with), the loop reads the length and the EOS
+  ``EosTokenCriteria`` (with the calls transformers defines for their classes), the loop reads the length and the EOS
   tokens at their first check (moving the tokens to the ids' device, as the criterion's call does) and checks the
   new tokens against them, instead of calling the criteria at every token; at every token it checks that the list
   holds the same criteria with the same settings, and calls them from then on if not. On that path it pads the
@@ -48,6 +48,7 @@ forward calls.
 from __future__ import annotations
 
 import functools
+import sys
 from typing import Any
 
 import torch
@@ -142,12 +143,13 @@ def sample(model: Any, input_ids: torch.Tensor, logits_processor: Any, stopping_
             else:
                 step.advance(outputs)
             logits = outputs.logits[:, -1]
-            if (not generation_config.do_sample and not logits_processor and _bare_scores(logits_processor)
+            if (not generation_config.do_sample and _bare_scores(logits_processor) and type(logits) is torch.Tensor
                     and logits.dtype in _EXACT_IN_FLOAT32 and logits.device == input_ids.device):
                 # Greedy without processors: the argmax of the logits as they are picks the token transformers' float32
                 # copy picks (every value of these dtypes is a float32; nothing changes them in between).
                 next_tokens = torch.argmax(logits, dim=-1)
                 bare = True
+                del logits  # (a view of the output's logits, freed with it below)
             else:
                 if pending:
                     input_ids, pending = _appended(input_ids, pending), []
@@ -159,12 +161,12 @@ def sample(model: Any, input_ids: torch.Tensor, logits_processor: Any, stopping_
                 else:
                     next_tokens = torch.argmax(scores, dim=-1)
                 bare = False
-            del outputs, logits  # (as transformers frees them before the next forward: a prompt's logits may be large)
+            del outputs  # (as transformers frees it before the next forward: a prompt's logits may be large)
             if has_eos_stopping_criteria and (pad_finished or pad_token_id is None):
                 next_tokens = next_tokens * unfinished_sequences + pad_token_id * (1 - unfinished_sequences)
             # A later step whose token no processor, criterion, streamer or input preparation reads: kept aside.
-            deferred = (bare and step is not None and streamer is None and type(stop) is _PlainStopping
-                        and stop.holds(stopping_criteria))
+            deferred = (bare and step is not None and streamer is None and type(input_ids) is torch.Tensor
+                        and type(stop) is _PlainStopping and stop.holds(stopping_criteria))
             if deferred:
                 pending.append(next_tokens)
                 length += 1
@@ -199,7 +201,7 @@ def sample(model: Any, input_ids: torch.Tensor, logits_processor: Any, stopping_
                     step = _StepInputs(inputs, model_kwargs)
             else:
                 # (the token as appended: a criterion called or a streamer may have changed it in place since)
-                inputs = step.with_token(next_tokens if deferred else input_ids[:, -1])
+                inputs = step.with_token(next_tokens[:, None] if deferred else input_ids[:, -1:])
             outputs = model_forward(**inputs, return_dict=True)
     if pending:
         input_ids = _appended(input_ids, pending)
@@ -214,12 +216,25 @@ def _appended(input_ids: torch.Tensor, tokens: list[torch.Tensor]) -> torch.Tens
 
 
 def _bare_scores(logits_processor: Any) -> bool:
-    """Whether ``logits_processor`` is transformers' own list with its ``__call__`` as seqzoo was imported with (which
-    returns the scores it is given when empty)."""
-    return type(logits_processor) is LogitsProcessorList and LogitsProcessorList.__call__ is _PROCESSORS_CALL
+    """Whether ``logits_processor`` is transformers' own list, empty, with transformers' own ``__call__`` (which
+    returns the scores it is given)."""
+    return type(logits_processor) is LogitsProcessorList and _own_call(LogitsProcessorList) and not logits_processor
 
 
-_PROCESSORS_CALL = LogitsProcessorList.__call__
+def _own_call(cls: type) -> bool:
+    """Whether ``cls.__call__`` is the method transformers defines for the class, by where its code was defined (not
+    one set on it since, before or after seqzoo was imported, nor a wrapper of it defined elsewhere)."""
+    call = cls.__call__
+    own = _OWN_CALLS.get(call)
+    if own is None:
+        code, module = getattr(call, "__code__", None), sys.modules.get(cls.__module__)
+        own = (code is not None and module is not None and code.co_filename == getattr(module, "__file__", None)
+               and getattr(call, "__qualname__", None) == f"{cls.__qualname__}.__call__")
+        _OWN_CALLS[call] = own
+    return own
+
+
+_OWN_CALLS: dict[Any, bool] = {}
 _EXACT_IN_FLOAT32 = (torch.float32, torch.bfloat16, torch.float16)
 
 
@@ -235,8 +250,8 @@ class _PlainStopping:
         """The criteria read, or None for any others (called at every token)."""
         kinds = [type(criterion) for criterion in stopping_criteria]
         if kinds not in ([MaxLengthCriteria], [MaxLengthCriteria, EosTokenCriteria],
-                         [EosTokenCriteria, MaxLengthCriteria]) or _CRITERIA_CALLS != _criteria_calls():
-            return None  # (a __call__ patched on one of the classes since seqzoo was imported is called)
+                         [EosTokenCriteria, MaxLengthCriteria]) or not all(map(_own_call, _CRITERIA_CLASSES)):
+            return None  # (a __call__ set on one of the classes is called)
         by_kind = {type(criterion): criterion for criterion in stopping_criteria}
         length, eos = by_kind[MaxLengthCriteria], by_kind.get(EosTokenCriteria)
         if length.max_position_embeddings is not None and length.max_length - 1 > length.max_position_embeddings:
@@ -258,11 +273,7 @@ class _PlainStopping:
                 and (self.eos is None or self.eos.eos_token_id is self.eos_tokens))
 
 
-def _criteria_calls() -> tuple:
-    return StoppingCriteriaList.__call__, MaxLengthCriteria.__call__, EosTokenCriteria.__call__
-
-
-_CRITERIA_CALLS = _criteria_calls()  # (as seqzoo was imported with)
+_CRITERIA_CLASSES = (StoppingCriteriaList, MaxLengthCriteria, EosTokenCriteria)
 
 
 class _StepInputs:
@@ -295,9 +306,9 @@ class _StepInputs:
             self.positions = self.positions + 1
 
     def with_token(self, tokens: torch.Tensor) -> dict[str, Any]:
-        """The next forward's inputs: contiguous copies of the (B,) new ``tokens`` as (B, 1) and of the position
-        ids."""
-        self.inputs["input_ids"] = tokens.unsqueeze(1).clone(memory_format=torch.contiguous_format)
+        """The next forward's inputs: contiguous copies of the (B, 1) new ``tokens`` (sliced as transformers slices
+        them) and of the position ids."""
+        self.inputs["input_ids"] = tokens.clone(memory_format=torch.contiguous_format)
         if self.positions is not None:
             self.inputs["position_ids"] = self.positions.clone(memory_format=torch.contiguous_format)
         return self.inputs

@@ -49,7 +49,7 @@ class Spy:
 
 def _recorded(value):
     if isinstance(value, torch.Tensor):
-        return value.clone(), value.is_contiguous()
+        return value.clone(), value.is_contiguous(), type(value)
     if isinstance(value, SeqzooCache):
         return ("a SeqzooCache holding", value.get_seq_length())
     return value
@@ -76,10 +76,10 @@ def assert_same_calls(ours, theirs):
     for step, ((our_args, our_kwargs), (their_args, their_kwargs)) in enumerate(zip(ours, theirs)):
         assert our_args == their_args and our_kwargs.keys() == their_kwargs.keys(), step
         for name, value in their_kwargs.items():
-            if isinstance(value, tuple) and isinstance(value[0], torch.Tensor):  # (a tensor, whether contiguous)
-                (our_value, our_layout), (their_value, their_layout) = our_kwargs[name], value
+            if isinstance(value, tuple) and isinstance(value[0], torch.Tensor):  # (a tensor, whether contiguous, type)
+                (our_value, our_layout, our_type), (their_value, their_layout, their_type) = our_kwargs[name], value
                 assert (our_value.dtype == their_value.dtype and torch.equal(our_value, their_value)
-                        and our_layout == their_layout), (step, name)
+                        and our_layout == their_layout and our_type is their_type), (step, name)
             else:
                 assert our_kwargs[name] == value, (step, name)
 
@@ -271,9 +271,11 @@ def test_embeddings_as_the_prompt_prepare_every_step_through_both_methods(family
     # generate() keeps the prompt's embeddings among the model's keywords: the later steps are not plain, and
     # seqzoo's loop prepares each through the model's prepare_inputs_for_generation, as transformers' does (with
     # every token so far: none is kept aside for later).
+    appends = AppendSpy(monkeypatch)
     model = tiny_model(FAMILIES[family])
     embeds = model.get_input_embeddings()(PROMPT).detach()
     assert_same_generation(model, monkeypatch, fast=False, inputs_embeds=embeds, attention_mask=MASK, **GREEDY)
+    assert appends.runs == []
 
 
 @pytest.mark.parametrize("where", ["keyword", "generation config"])
@@ -680,6 +682,7 @@ def test_criteria_changed_by_a_hook_while_tokens_wait_to_be_appended_see_every_t
     tokens = model.generate(input_ids=PROMPT, attention_mask=MASK, **{**GREEDY, "max_new_tokens": 8})
     tokens = tokens[:, PROMPT.shape[1]:].tolist()
     late = next(token for token in tokens[0][4:] if token not in tokens[1])
+    appends.runs.clear()  # (the reference call above kept its tokens aside too)
     results = []
     for loop in ("transformers", "seqzoo"):
         length, eos = MaxLengthCriteria(PROMPT.shape[1] + 8), EosTokenCriteria(97)
@@ -792,3 +795,123 @@ def test_a_processor_list_call_patched_on_its_class_is_called_as_in_transformers
     assert len(seen["seqzoo"]) == len(seen["transformers"]) == 9
     assert all(map(torch.equal, seen["seqzoo"], seen["transformers"]))
     assert 11 not in seen["seqzoo"][-1][:, PROMPT.shape[1]:].tolist()
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_a_half_precision_model_decodes_greedily_as_transformers_loop(dtype, monkeypatch):
+    # Greedy without processors takes the argmax of the model's own bf16/fp16 logits, transformers' loop that of a
+    # float32 copy: the same token, ties (the first wins) included.
+    appends = AppendSpy(monkeypatch)
+    model = tiny_model(FAMILIES["gru"]).to(dtype)
+    assert_same_generation(model, monkeypatch, input_ids=PROMPT, attention_mask=MASK, **{**GREEDY, "max_new_tokens": 8})
+    assert appends.runs == [7]
+
+    def tie(module, args, output):
+        output.logits[..., 9] = output.logits[..., 4] = output.logits.max() + 1
+
+    handle = model.register_forward_hook(tie)
+    try:
+        out = assert_same_generation(model, monkeypatch, input_ids=PROMPT, attention_mask=MASK, **GREEDY)
+    finally:
+        handle.remove()
+    assert (out[:, PROMPT.shape[1]:] == 4).all()
+
+
+class TokenIds(torch.Tensor):
+    """Ids that stay of this class through what the decoding loops do with the ids (cat, slices, copies) only."""
+
+    @classmethod
+    def __torch_function__(cls, func, types, args=(), kwargs=None):
+        out = super().__torch_function__(func, types, args, kwargs or {})
+        if func not in (torch.cat, torch.Tensor.__getitem__, torch.Tensor.clone) and isinstance(out, TokenIds):
+            out = out.as_subclass(torch.Tensor)
+        return out
+
+
+class PlainMask(torch.Tensor):
+    """A mask of a tensor subclass (grown by torch.cat of it and new_ones, as in transformers' loop)."""
+
+
+@pytest.mark.parametrize("what", ["ids", "mask"])
+def test_ids_or_a_mask_of_a_tensor_subclass_reach_the_forward_as_in_transformers_loop(what, monkeypatch):
+    appends = AppendSpy(monkeypatch)
+    model = tiny_model(FAMILIES["gru"])
+    ids, mask = (PROMPT.as_subclass(TokenIds), MASK) if what == "ids" else (PROMPT, MASK.as_subclass(PlainMask))
+    out = assert_same_generation(model, monkeypatch, input_ids=ids, attention_mask=mask, **GREEDY)
+    if what == "ids":
+        assert type(out) is TokenIds and appends.runs == []  # (no token kept aside: the ids keep their type)
+
+
+class LazyLogits(torch.Tensor):
+    """Logits that can be sliced and copied (as transformers' loop does) and nothing else."""
+
+    @classmethod
+    def __torch_function__(cls, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if func is torch.Tensor.to:
+            return args[0].as_subclass(torch.Tensor).to(*args[1:], **kwargs)
+        if func is torch.Tensor.__getitem__ or getattr(func, "__name__", "") in ("__get__", "dtype", "device", "shape"):
+            return super().__torch_function__(func, types, args, kwargs)
+        raise NotImplementedError(f"LazyLogits does not implement {getattr(func, '__name__', func)}")
+
+
+def test_logits_of_a_tensor_subclass_are_copied_as_in_transformers_loop(monkeypatch):
+    model = tiny_model(FAMILIES["gru"])
+
+    def lazy(module, args, output):
+        output.logits = output.logits.as_subclass(LazyLogits)
+        return output
+
+    handle = model.register_forward_hook(lazy)
+    try:
+        out = assert_same_generation(model, monkeypatch, input_ids=PROMPT, attention_mask=MASK, **GREEDY)
+    finally:
+        handle.remove()
+    assert torch.equal(out, model.generate(input_ids=PROMPT, attention_mask=MASK, **GREEDY))
+
+
+@pytest.mark.parametrize("cls", [LogitsProcessorList, StoppingCriteriaList, MaxLengthCriteria])
+def test_a_wrapped_call_on_transformers_classes_is_called_as_in_transformers_loop(cls, monkeypatch):
+    # A wrapper set on the class (functools.wraps keeps the name; set before or after seqzoo was imported alike) is
+    # called at every token as transformers' loop calls it.
+    model = tiny_model(FAMILIES["rnn"])
+    real = cls.__call__
+    counts = {}
+    for loop in ("transformers", "seqzoo"):
+        counts[loop] = 0
+
+        @functools.wraps(real)
+        def counted(*args, **kwargs):
+            counts[loop] += 1
+            return real(*args, **kwargs)
+
+        monkeypatch.setattr(cls, "__call__", counted)
+        generate(model, loop, input_ids=PROMPT, attention_mask=MASK, **GREEDY)
+        monkeypatch.undo()
+    assert counts["seqzoo"] == counts["transformers"] >= GREEDY["max_new_tokens"]
+
+
+def test_the_scores_a_processor_was_handed_live_as_long_as_in_transformers_loop():
+    # transformers' loop keeps each token's float32 copy of the logits until the next token's replaces it.
+    model = tiny_model(FAMILIES["gru"])
+
+    class NewScores(LogitsProcessor):
+        def __init__(self):
+            self.handed = []
+
+        def __call__(self, input_ids, scores):
+            self.handed.append(weakref.ref(scores))
+            return scores - 0.0  # (new scores: the copy handed in is referenced by the loop alone)
+
+    alive = {}
+    for loop in ("transformers", "seqzoo"):
+        processor, seen = NewScores(), []
+        handle = model.register_forward_pre_hook(lambda module, args: seen.append(
+            [handed() is not None for handed in processor.handed]))
+        try:
+            generate(model, loop, input_ids=PROMPT, attention_mask=MASK,
+                     logits_processor=LogitsProcessorList([processor]), **GREEDY)
+        finally:
+            handle.remove()
+        alive[loop] = seen
+    assert alive["seqzoo"] == alive["transformers"] and alive["seqzoo"][-1][-1]
