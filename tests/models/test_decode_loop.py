@@ -98,6 +98,15 @@ def assert_same_generation(model, monkeypatch, fast=True, **kwargs):
     return ours
 
 
+def same_generation_under_hook(model, monkeypatch, hook):
+    """:func:`assert_same_generation` of the plain greedy call with ``hook`` as a forward hook of the model."""
+    handle = model.register_forward_hook(hook)
+    try:
+        return assert_same_generation(model, monkeypatch, input_ids=PROMPT, attention_mask=MASK, **GREEDY)
+    finally:
+        handle.remove()
+
+
 @pytest.mark.parametrize("rows", ["one-row", "left-padded"])
 def test_greedy_decoding_matches_transformers_loop(family_preset, rows, monkeypatch):
     model = tiny_model(family_preset)
@@ -752,11 +761,7 @@ def test_float64_logits_that_tie_in_float32_pick_the_token_transformers_loop_pic
         logits[..., 5] = 1.0
         logits[..., 6] = 1.0 + 1e-12
 
-    handle = model.register_forward_hook(tie)
-    try:
-        out = assert_same_generation(model, monkeypatch, input_ids=PROMPT, attention_mask=MASK, **GREEDY)
-    finally:
-        handle.remove()
+    out = same_generation_under_hook(model, monkeypatch, tie)
     assert (out[:, PROMPT.shape[1]:] == 5).all()
 
 
@@ -809,11 +814,7 @@ def test_a_half_precision_model_decodes_greedily_as_transformers_loop(dtype, mon
     def tie(module, args, output):
         output.logits[..., 9] = output.logits[..., 4] = output.logits.max() + 1
 
-    handle = model.register_forward_hook(tie)
-    try:
-        out = assert_same_generation(model, monkeypatch, input_ids=PROMPT, attention_mask=MASK, **GREEDY)
-    finally:
-        handle.remove()
+    out = same_generation_under_hook(model, monkeypatch, tie)
     assert (out[:, PROMPT.shape[1]:] == 4).all()
 
 
@@ -862,11 +863,7 @@ def test_logits_of_a_tensor_subclass_are_copied_as_in_transformers_loop(monkeypa
         output.logits = output.logits.as_subclass(LazyLogits)
         return output
 
-    handle = model.register_forward_hook(lazy)
-    try:
-        out = assert_same_generation(model, monkeypatch, input_ids=PROMPT, attention_mask=MASK, **GREEDY)
-    finally:
-        handle.remove()
+    out = same_generation_under_hook(model, monkeypatch, lazy)
     assert torch.equal(out, model.generate(input_ids=PROMPT, attention_mask=MASK, **GREEDY))
 
 
