@@ -31,10 +31,11 @@ What it does differently, and why it gives the same result:
   model returned them, without transformers' float32 copy: for float32, bfloat16 and float16 logits on the ids'
   device the copy holds the same values, so the same token wins (float64 logits are copied, as 1e-12 apart they may
   tie in float32).
-- On such a step, from the second new token on, where the criteria are the ones read and no streamer is given, the
-  new token is kept aside rather than appended at once: nothing reads the ids until the end then. The tokens kept
-  aside are appended, in order, where anything is next to read the ids (a processor, criteria called, the input
-  preparation) and at the end. The next forward gets a copy of the token as appended, as there.
+- On such a step, from the second new token on, where the criteria are the ones read, no streamer is given and the
+  ids are a plain tensor, the new token is kept aside rather than appended at once: nothing reads the ids until the
+  end then. The tokens kept aside are appended, in order, where anything is next to read the ids (a processor,
+  criteria called, the input preparation) and at the end. The next forward gets a copy of the token as appended, as
+  there.
 
 It runs only on the releases whose ``_sample`` and ``_update_model_kwargs_for_generation`` it was checked against
 (by a fingerprint of their source, as ``decode_step_inputs`` is), for token ids on the CPU where the model is,
@@ -134,7 +135,6 @@ def sample(model: Any, input_ids: torch.Tensor, logits_processor: Any, stopping_
     # New tokens not yet appended to input_ids: what only a processor, a criterion called, the input preparation or
     # the caller reads (``deferred`` below), appended where one of them is next to read it and at the end.
     pending: list[torch.Tensor] = []
-    length = input_ids.shape[1]  # (with the pending tokens)
     with model._optimize_model_for_decode():
         while True:
             if step is None:
@@ -169,12 +169,10 @@ def sample(model: Any, input_ids: torch.Tensor, logits_processor: Any, stopping_
                         and type(stop) is _PlainStopping and stop.holds(stopping_criteria))
             if deferred:
                 pending.append(next_tokens)
-                length += 1
             else:
                 if pending:
                     input_ids, pending = _appended(input_ids, pending), []
                 input_ids = torch.cat([input_ids, next_tokens[:, None]], dim=-1)
-                length = input_ids.shape[1]
                 if stop is False:
                     stop = _PlainStopping.read(stopping_criteria, input_ids.device)
                 if stop is not None and not stop.holds(stopping_criteria):
@@ -183,7 +181,7 @@ def sample(model: Any, input_ids: torch.Tensor, logits_processor: Any, stopping_
                 unfinished_sequences = unfinished_sequences & ~stopping_criteria(input_ids, None)
                 pad_finished = True
                 finished = bool(unfinished_sequences.max() == 0)
-            elif length >= stop.max_length:
+            elif input_ids.shape[1] + len(pending) >= stop.max_length:
                 finished = True
             elif stop.eos_tokens is not None:
                 unfinished_sequences = unfinished_sequences & ~torch.isin(next_tokens, stop.eos_tokens)
@@ -266,8 +264,8 @@ class _PlainStopping:
         self.eos_tokens = None if eos is None else eos.eos_token_id
 
     def holds(self, stopping_criteria: Any) -> bool:
-        """Whether the criteria are still the ones read, with the same settings."""
-        return (len(stopping_criteria) == len(self.members)
+        """Whether the criteria are still the ones read, with the same settings and transformers' calls."""
+        return (len(stopping_criteria) == len(self.members) and all(map(_own_call, _CRITERIA_CLASSES))
                 and all(a is b for a, b in zip(stopping_criteria, self.members))
                 and self.length.max_length == self.max_length and self.length.max_position_embeddings == self.limit
                 and (self.eos is None or self.eos.eos_token_id is self.eos_tokens))

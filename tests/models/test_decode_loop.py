@@ -912,3 +912,36 @@ def test_the_scores_a_processor_was_handed_live_as_long_as_in_transformers_loop(
             handle.remove()
         alive[loop] = seen
     assert alive["seqzoo"] == alive["transformers"] and alive["seqzoo"][-1][-1]
+
+
+@pytest.mark.parametrize("cls", [LogitsProcessorList, MaxLengthCriteria])
+def test_a_call_set_on_transformers_classes_while_generating_is_called_from_then_on_with_every_token(cls, monkeypatch):
+    # Set by a forward hook at the fourth step, after seqzoo's loop has kept tokens aside: from then on it is called,
+    # with the ids of every token so far, as transformers' loop calls it.
+    appends = AppendSpy(monkeypatch)
+    model = tiny_model(FAMILIES["rnn"])
+    real = cls.__call__
+    seen, results = {}, {}
+    for loop in ("transformers", "seqzoo"):
+        seen[loop], steps = [], [0]
+
+        def recording(self, input_ids, *args, **kwargs):
+            seen[loop].append(input_ids.clone())
+            return real(self, input_ids, *args, **kwargs)
+
+        def set_at_fourth(module, args, kwargs):
+            steps[0] += 1
+            if steps[0] == 4:
+                cls.__call__ = recording
+
+        handle = model.register_forward_pre_hook(set_at_fourth, with_kwargs=True)
+        try:
+            results[loop], _ = generate(model, loop, input_ids=PROMPT, attention_mask=MASK,
+                                        **{**GREEDY, "max_new_tokens": 8})
+        finally:
+            handle.remove()
+            cls.__call__ = real
+    assert torch.equal(results["seqzoo"], results["transformers"])
+    assert len(seen["seqzoo"]) == len(seen["transformers"]) == 5
+    assert all(map(torch.equal, seen["seqzoo"], seen["transformers"]))
+    assert appends.runs and appends.runs[0] >= 2  # (tokens were kept aside before the call was set)
