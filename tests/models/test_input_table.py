@@ -99,6 +99,25 @@ def test_step_layers_with_input_gates_equals_its_own_projection(kind):
         assert not torch.allclose(y_off, y_ref)  # the given projection is what layer 0 reads
 
 
+@pytest.mark.parametrize("kind, cell", [("tanh", torch.rnn_tanh_cell), ("relu", torch.rnn_relu_cell)])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("bias", [True, False])
+def test_elman_layer0_with_input_gates_is_the_cell_bit_for_bit(kind, cell, dtype, bias):
+    """An Elman layer 0 given its projection runs act(linear(h, weight_hh, bias_hh) + gates) itself: the values
+    torch's cell gives with the projection as the input bias of an empty input, bit for bit."""
+    gen = torch.Generator().manual_seed(1)
+    hidden = 64
+    for batch in (1, 3):
+        weight_hh = (torch.randn(hidden, hidden, generator=gen) / 4).to(dtype)
+        bias_hh = torch.randn(hidden, generator=gen).to(dtype) if bias else None
+        h = torch.randn(batch, hidden, generator=gen).to(dtype)
+        gates = torch.randn(batch, hidden, generator=gen).to(dtype)
+        params = [[torch.empty(hidden, 0, dtype=dtype), weight_hh, torch.zeros(hidden, dtype=dtype), bias_hh]]
+        y, new = fused.step_layers(kind, torch.empty(batch, 1, 0, dtype=dtype), [[h]], params, None, gates)
+        expected = cell(gates.new_empty(batch, 0), h, gates.new_empty(hidden, 0), weight_hh, gates, bias_hh)
+        assert torch.equal(y[:, 0], expected) and torch.equal(new[0][0], expected)
+
+
 def _fused_optimizer_step(model):
     for parameter in model.parameters():
         parameter.grad = torch.ones_like(parameter)

@@ -23,6 +23,7 @@ from seqzoo.kernels.rnn_cells.reference import check_positions, check_shapes
 _OPS = {"tanh": torch.rnn_tanh, "relu": torch.rnn_relu, "lstm": torch.lstm, "gru": torch.gru}
 # One token (decoding): the fused cell, one ATen call without the sequence kernel's set-up (what nn.GRUCell runs).
 _CELLS = {"tanh": torch.rnn_tanh_cell, "relu": torch.rnn_relu_cell, "lstm": torch.lstm_cell, "gru": torch.gru_cell}
+_ELMAN_ACTIVATIONS = {"tanh": torch.Tensor.tanh_, "relu": torch.Tensor.relu_}  # (in place, on a new tensor)
 
 
 def padding_layout(mask):
@@ -125,16 +126,23 @@ def step_layers(kind, x, hx, params, mask=None, input_gates=None):
     ``input_gates`` (B, gates * H), when given, is layer 0's input projection ``x @ weight_ih.T + bias_ih`` already
     computed (a classic model looks it up by token: ``seqzoo.layers.recurrent.InputTable``); layer 0's cell then
     reads no ``weight_ih``. The cells add their two projections before anything else, so the projection goes in as
-    the input bias of a cell given an empty input and an empty input weight (a (B, 0) by (0, gates * H) product)."""
+    the input bias of a cell given an empty input and an empty input weight (a (B, 0) by (0, gates * H) product).
+    An Elman layer 0 then runs the cell's own two operations instead, ``act(linear(h, weight_hh, bias_hh) + gates)``:
+    the same values, bit for bit (the cell adds the two projections, and adds nothing for the empty product), 4 µs
+    sooner at 512 units (BENCHMARKS.md, run AD)."""
     cell = _CELLS[kind]
+    new = []
     if input_gates is None:
         y = x[:, 0]
+    elif kind in _ELMAN_ACTIVATIONS:
+        weight_hh, bias_hh = params[0][1], params[0][3] if len(params[0]) == 4 else None
+        y = _ELMAN_ACTIVATIONS[kind](torch.nn.functional.linear(hx[0][0], weight_hh, bias_hh).add_(input_gates))
+        new.append([y])
     else:
         weight_hh, bias_hh = params[0][1], params[0][3] if len(params[0]) == 4 else None
         y = input_gates.new_empty(input_gates.shape[0], 0)
         params = [[input_gates.new_empty(input_gates.shape[1], 0), weight_hh, input_gates, bias_hh], *params[1:]]
-    new = []
-    for states, weights in zip(hx, params):
+    for states, weights in zip(hx[len(new):], params[len(new):]):
         if kind == "lstm":
             h, c = cell(y, (states[0], states[1]), *weights)
             new.append([h, c])
