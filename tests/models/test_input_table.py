@@ -289,6 +289,24 @@ def test_the_table_is_used_on_the_cpu_only():
         assert table.gates(torch.randn(10, 4), ids, type("Cache", (), {})(), cpu).shape == (1, 12)
 
 
+@pytest.mark.parametrize("dtype", [torch.int64, torch.int32, torch.int16])
+def test_gates_are_the_tokens_table_rows_and_ids_outside_raise(dtype):
+    """One row or several, each token's row of the table, whatever the ids' integer dtype; an id outside the
+    vocabulary raises the lookup's error, a negative one included (not read from the end)."""
+    table = InputTable()
+    table.set_policy("always")
+    embedding, weights = torch.randn(10, 4), [torch.randn(12, 4), torch.randn(12, 4), torch.randn(12), None]
+    cache = type("Cache", (), {})()
+    expected = F.linear(embedding, weights[0], weights[2])
+    with torch.no_grad():
+        for ids in ([[3]], [[0]], [[9]], [[9], [0], [3]]):
+            got = table.gates(embedding, torch.tensor(ids, dtype=dtype), cache, weights)
+            assert torch.equal(got, expected[[row[0] for row in ids]])
+        for bad in (-1, 10):
+            with pytest.raises(IndexError, match="out of range"):
+                table.gates(embedding, torch.tensor([[bad]], dtype=dtype), cache, weights)
+
+
 def test_a_copied_cache_shares_its_table_and_copies_no_weights():
     model = tiny_model("gru-tiny").double().set_input_table("always")
     prompt, mask, steps, _ = decode_step_inputs(2, model.config.vocab_size - 3)
