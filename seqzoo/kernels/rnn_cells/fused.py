@@ -128,8 +128,8 @@ def step_layers(kind, x, hx, params, mask=None, input_gates=None):
     reads no ``weight_ih``. The cells add their two projections before anything else, so the projection goes in as
     the input bias of a cell given an empty input and an empty input weight (a (B, 0) by (0, gates * H) product).
     An Elman layer 0 then runs the cell's own two operations instead, ``act(linear(h, weight_hh, bias_hh) + gates)``:
-    the same values, bit for bit (the cell adds the two projections, and adds nothing for the empty product), 4 µs
-    sooner at 512 units (BENCHMARKS.md, run AD)."""
+    the same values, bit for bit (the cell adds the two projections, and adds nothing for the empty product), and
+    10-20 µs a step sooner at 512 x 2 (BENCHMARKS.md, run AD)."""
     cell = _CELLS[kind]
     new = []
     if input_gates is None:
