@@ -99,23 +99,48 @@ def test_step_layers_with_input_gates_equals_its_own_projection(kind):
         assert not torch.allclose(y_off, y_ref)  # the given projection is what layer 0 reads
 
 
+def _bits(t):
+    # (torch.equal takes -0.0 for +0.0: the integer view tells them apart)
+    return t.contiguous().view({2: torch.int16, 4: torch.int32, 8: torch.int64}[t.element_size()])
+
+
 @pytest.mark.parametrize("kind, cell", [("tanh", torch.rnn_tanh_cell), ("relu", torch.rnn_relu_cell)])
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-@pytest.mark.parametrize("bias", [True, False])
-def test_elman_layer0_with_input_gates_is_the_cell_bit_for_bit(kind, cell, dtype, bias):
-    """An Elman layer 0 given its projection runs act(linear(h, weight_hh, bias_hh) + gates) itself: the values
-    torch's cell gives with the projection as the input bias of an empty input, bit for bit."""
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("biases", ["both", "none"])
+@pytest.mark.parametrize("by_columns", [False, True])
+def test_elman_layer0_with_input_gates_is_the_cell_bit_for_bit(kind, cell, dtype, biases, by_columns):
+    """An Elman stack whose layer 0 is given its projection runs act(linear(h, weight_hh, bias_hh) + gates) for that
+    layer itself: bit for bit what torch's cells give with the projection as the input bias of an empty input, then
+    layer 1 on its output, and a padded row keeping both layers' states (two layers, one row and three, weights by
+    rows and by columns, both biases or neither, as ``_params`` lists them)."""
     gen = torch.Generator().manual_seed(1)
     hidden = 64
-    for batch in (1, 3):
-        weight_hh = (torch.randn(hidden, hidden, generator=gen) / 4).to(dtype)
-        bias_hh = torch.randn(hidden, generator=gen).to(dtype) if bias else None
-        h = torch.randn(batch, hidden, generator=gen).to(dtype)
+
+    def matrix():
+        weight = (torch.randn(hidden, hidden, generator=gen) / 4).to(dtype)
+        return weight.t().contiguous().t() if by_columns else weight
+
+    def vector():
+        return torch.randn(hidden, generator=gen).to(dtype)
+
+    for batch, mask in ((1, None), (3, torch.tensor([[True], [False], [True]]))):
+        params = [fused._params(matrix(), matrix(), *((vector(), vector()) if biases == "both" else (None, None)))
+                  for _ in range(2)]
+        hx = [[torch.randn(batch, hidden, generator=gen).to(dtype)] for _ in range(2)]
         gates = torch.randn(batch, hidden, generator=gen).to(dtype)
-        params = [[torch.empty(hidden, 0, dtype=dtype), weight_hh, torch.zeros(hidden, dtype=dtype), bias_hh]]
-        y, new = fused.step_layers(kind, torch.empty(batch, 1, 0, dtype=dtype), [[h]], params, None, gates)
-        expected = cell(gates.new_empty(batch, 0), h, gates.new_empty(hidden, 0), weight_hh, gates, bias_hh)
-        assert torch.equal(y[:, 0], expected) and torch.equal(new[0][0], expected)
+        x = torch.randn(batch, 1, hidden, generator=gen).to(dtype)  # (not read: layer 0's projection is given)
+        y, new = fused.step_layers(kind, x, hx, params, mask, gates)
+        bias_hh = params[0][3] if biases == "both" else None
+        first = cell(gates.new_empty(batch, 0), hx[0][0], gates.new_empty(hidden, 0), params[0][1], gates, bias_hh)
+        second = cell(first, hx[1][0], *params[1])
+        expected_new, expected_y = [first, second], second
+        if mask is not None:
+            expected_new = [torch.where(mask, n, old[0]) for n, old in zip(expected_new, hx)]
+            expected_y = torch.where(mask, second, torch.zeros_like(second))
+        assert torch.equal(_bits(y[:, 0]), _bits(expected_y))
+        assert [len(states) for states in new] == [1, 1]
+        for got, expected in zip(new, expected_new):
+            assert torch.equal(_bits(got[0]), _bits(expected))
 
 
 def _fused_optimizer_step(model):
