@@ -134,14 +134,14 @@ def step_layers(kind, x, hx, params, mask=None, input_gates=None):
     new = []
     if input_gates is None:
         y = x[:, 0]
-    elif kind in _ELMAN_ACTIVATIONS:
-        weight_hh, bias_hh = params[0][1], params[0][3] if len(params[0]) == 4 else None
-        y = _ELMAN_ACTIVATIONS[kind](torch.nn.functional.linear(hx[0][0], weight_hh, bias_hh).add_(input_gates))
-        new.append([y])
     else:
         weight_hh, bias_hh = params[0][1], params[0][3] if len(params[0]) == 4 else None
-        y = input_gates.new_empty(input_gates.shape[0], 0)
-        params = [[input_gates.new_empty(input_gates.shape[1], 0), weight_hh, input_gates, bias_hh], *params[1:]]
+        if kind in _ELMAN_ACTIVATIONS:
+            y = _ELMAN_ACTIVATIONS[kind](torch.nn.functional.linear(hx[0][0], weight_hh, bias_hh).add_(input_gates))
+            new.append([y])
+        else:
+            y = input_gates.new_empty(input_gates.shape[0], 0)
+            params = [[input_gates.new_empty(input_gates.shape[1], 0), weight_hh, input_gates, bias_hh], *params[1:]]
     for states, weights in zip(hx[len(new):], params[len(new):]):
         if kind == "lstm":
             h, c = cell(y, (states[0], states[1]), *weights)
