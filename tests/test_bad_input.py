@@ -6,6 +6,7 @@ import json
 
 import pytest
 import torch
+import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoModelForSequenceClassification
 
@@ -150,6 +151,29 @@ def test_inputs_embeds_and_mask_shapes():
         model(torch.zeros(2, 3, dtype=torch.long), labels=torch.zeros(2, 4, dtype=torch.long))
     with pytest.raises(ValueError, match="SeqzooCache"):
         model(torch.zeros(2, 3, dtype=torch.long), past_key_values=("not", "a cache"))
+
+
+def test_a_causal_lms_labels_of_any_integer_dtype_give_the_int64_loss_and_others_are_refused_by_name():
+    # (int32 labels failed in torch's cross-entropy, "expected target dtype to be Long", uint8 ones with an overflow
+    # of the -100 the loss pads with; token ids of any integer dtype were already taken)
+    model = seqzoo.LSTMForCausalLM(seqzoo.LSTMConfig(**BASE))
+    ids = torch.randint(3, 99, (2, 5), generator=torch.Generator().manual_seed(0))
+    labels = ids.clone()
+    labels[0, :2] = -100
+    logits = model(ids).logits
+    want = F.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]), labels[:, 1:].reshape(-1))
+    for dtype in (torch.int64, torch.int32, torch.int16):
+        torch.testing.assert_close(model(ids, labels=labels.to(dtype)).loss, want)
+    unsigned = ids.clone()  # (no -100 in uint8)
+    torch.testing.assert_close(model(ids, labels=unsigned.to(torch.uint8)).loss, model(ids, labels=unsigned).loss)
+    for dtype in (torch.float32, torch.bool):
+        with pytest.raises(ValueError, match=rf"labels must be token ids \(an integer tensor, -100 where ignored\); "
+                                             rf"got dtype {dtype}"):
+            model(ids, labels=labels.to(dtype))
+    with pytest.raises(TypeError, match="labels must be a tensor; got list"):
+        model(ids, labels=labels.tolist())
+    with pytest.raises(ValueError, match=r"labels contain 99: labels must be token ids in \[0, vocab_size=99\)"):
+        model(ids, labels=torch.full((2, 5), 99, dtype=torch.int32))
 
 
 @pytest.fixture

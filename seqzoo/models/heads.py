@@ -17,7 +17,7 @@ from transformers.modeling_outputs import SequenceClassifierOutput, TokenClassif
 
 from seqzoo.models.compat import check_kwargs
 from seqzoo.models.configuration_utils import POOLINGS, PROBLEM_TYPES, require_choice
-from seqzoo.models.inputs import check_label_range
+from seqzoo.models.inputs import check_label_range, index_labels
 from seqzoo.models.modeling_utils import SeqzooPreTrainedModel, forward_parameters
 from seqzoo.models.packing import find_packing
 
@@ -152,16 +152,7 @@ class SeqzooForTokenClassification(_ClassifierHead):
         logits = self.score(self.dropout(outputs.last_hidden_state))  # (B, T, num_labels)
         loss = None
         if labels is not None:
-            if not isinstance(labels, torch.Tensor):
-                raise TypeError(f"labels must be a tensor; got {type(labels).__name__}")
-            if labels.shape != logits.shape[:2]:
-                raise ValueError(f"labels must have shape {tuple(logits.shape[:2])} (batch, sequence_length); got "
-                                 f"{tuple(labels.shape)}")
-            if labels.dtype.is_floating_point or labels.dtype.is_complex or labels.dtype == torch.bool:
-                raise ValueError(f"labels must be class indices (an integer tensor, -100 where unlabelled); got "
-                                 f"dtype {labels.dtype}")
-            labels = labels.long()
-            check_label_range(labels, self.num_labels, "num_labels", "class indices")
+            labels = index_labels(labels, logits.shape[:2], self.num_labels, "num_labels", "class indices")
             loss = self.loss_function(logits=logits, labels=labels, config=self.config,
                                       num_items_in_batch=kwargs.get("num_items_in_batch"))
         return_dict = return_dict if return_dict is not None else self.config.return_dict

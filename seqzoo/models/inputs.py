@@ -181,6 +181,21 @@ def check_label_range(labels: torch.Tensor, bound: int, bound_name: str, what: s
                          "(ignored)")
 
 
+def index_labels(labels: Any, shape: tuple[int, ...], bound: int, bound_name: str, what: str) -> torch.Tensor:
+    """``labels`` checked as integer indices of ``shape`` (batch, sequence_length), each -100 (ignored) or in
+    [0, bound), and returned as int64, the dtype torch's cross-entropy takes: any integer dtype is accepted, as token
+    ids are; anything else gets an error naming what was given instead of torch's own deep in the loss."""
+    if not isinstance(labels, torch.Tensor):
+        raise TypeError(f"labels must be a tensor; got {type(labels).__name__}")
+    if labels.shape != shape:
+        raise ValueError(f"labels must have shape {tuple(shape)} (batch, sequence_length); got {tuple(labels.shape)}")
+    if labels.dtype.is_floating_point or labels.dtype.is_complex or labels.dtype == torch.bool:
+        raise ValueError(f"labels must be {what} (an integer tensor, -100 where ignored); got dtype {labels.dtype}")
+    labels = labels.long()
+    check_label_range(labels, bound, bound_name, what)
+    return labels
+
+
 def check_mask_values(attention_mask: torch.Tensor) -> bool:
     """Raise unless the mask holds only 1 (a token) and 0 (padding); return True when it was found to hold no 0."""
     dtype = attention_mask.dtype

@@ -45,7 +45,7 @@ from seqzoo.models.generation import (
     mark_beam_search_cache,
     refuse_continuous_batching,
 )
-from seqzoo.models.inputs import check_label_range
+from seqzoo.models.inputs import index_labels
 from seqzoo.models.loading import (
     check_checkpoint_model_type,
     check_finite_weights,
@@ -358,12 +358,7 @@ class SeqzooForCausalLM(SeqzooPreTrainedModel, GenerationMixin):
 
             loss = None
             if labels is not None:
-                if labels.shape != logits.shape[:2]:
-                    raise ValueError(
-                        f"labels must have shape {tuple(logits.shape[:2])} (batch, sequence_length); got "
-                        f"{tuple(labels.shape)}"
-                    )
-                check_label_range(labels, self.config.vocab_size, "vocab_size", "token ids")
+                labels = index_labels(labels, logits.shape[:2], self.config.vocab_size, "vocab_size", "token ids")
                 loss = self.loss_function(
                     logits=logits, labels=labels, vocab_size=self.config.vocab_size,
                     num_items_in_batch=kwargs.get("num_items_in_batch"),

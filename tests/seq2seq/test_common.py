@@ -530,6 +530,16 @@ def test_bad_inputs_are_refused_clearly(preset):
         model(encoder_outputs={"x": 1}, decoder_input_ids=target)
     with pytest.raises(ValueError, match=r"of shape \(3, 7, 5\) is not this model's encoder output"):
         model(encoder_outputs=(torch.randn(3, 7, 5),), decoder_input_ids=target)
+    with pytest.raises(TypeError, match="labels must be a tensor; got list"):  # (was an AttributeError on .dim)
+        model(ids, attention_mask=mask, labels=target.tolist())
+    # generate() makes decoder_input_ids itself, so decoder_inputs_embeds given to it met them in the decoder, which
+    # named "input_ids or inputs_embeds", arguments the user had not given.
+    embeds = model.get_input_embeddings()(target)
+    message = "pass exactly one of decoder_input_ids or decoder_inputs_embeds .generate.. makes decoder_input_ids"
+    with pytest.raises(ValueError, match=message):
+        model(ids, attention_mask=mask, decoder_input_ids=target, decoder_inputs_embeds=embeds)
+    with pytest.raises(ValueError, match=message):
+        model.generate(ids, attention_mask=mask, decoder_inputs_embeds=embeds, max_new_tokens=2, do_sample=False)
 
 
 def test_encoder_outputs_as_a_tuple_and_outputs_as_tuples(preset):

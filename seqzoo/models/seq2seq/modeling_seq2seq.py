@@ -185,6 +185,10 @@ class Seq2SeqModel(Seq2SeqPreTrainedModel):
             raise ValueError(f"{type(self).__name__} needs the decoder's inputs: pass decoder_input_ids (or "
                              "decoder_inputs_embeds), or labels to the ForConditionalGeneration head, which shifts "
                              "them into decoder_input_ids")
+        if decoder_input_ids is not None and decoder_inputs_embeds is not None:
+            raise ValueError("pass exactly one of decoder_input_ids or decoder_inputs_embeds (generate() makes "
+                             "decoder_input_ids itself, from the decoder's start token, so it takes no "
+                             "decoder_inputs_embeds: give a decoder prompt as decoder_input_ids)")
         try:
             inputs = prepare_inputs(self, decoder_input_ids, decoder_inputs_embeds, decoder_attention_mask, cache,
                                     use_cache)
@@ -359,6 +363,8 @@ class Seq2SeqForConditionalGeneration(Seq2SeqPreTrainedModel, GenerationMixin):
         return output if return_dict else output.to_tuple()  # (the fields set, in order)
 
     def _check_labels(self, labels: torch.Tensor) -> None:
+        if not isinstance(labels, torch.Tensor):
+            raise TypeError(f"labels must be a tensor; got {type(labels).__name__}")
         if (labels.dim() != 2 or labels.dtype.is_floating_point or labels.dtype.is_complex
                 or labels.dtype == torch.bool):
             raise ValueError(f"labels must be integer token ids of shape (batch, target_length); got a "
