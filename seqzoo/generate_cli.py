@@ -158,7 +158,10 @@ def cmd_generate(args: argparse.Namespace) -> int:
     import seqzoo  # noqa: F401  (registers the architectures)
     from seqzoo.kernels import use_backend
 
+    from seqzoo.kernels.registry import check_environment
+
     check_generation_args(args)
+    check_environment()  # (a misspelt SEQZOO_KERNELS entry was named only after the prompt was printed)
     device = resolve_device(args.device)
     check_model_source(args.model)
     forced = parse_overrides(args.kernel, "--kernel")
@@ -355,21 +358,25 @@ def _check_positions(config: Any, prompt_tokens: int, max_new_tokens: int | None
 
 def _check_known_model_type(source: str) -> None:
     """A folder of a model_type that neither seqzoo nor transformers registers (a plugin's architecture whose package
-    is not installed here, a folder saved by a later seqzoo): say so, where transformers would offer to run custom
-    code that the folder does not hold."""
+    is not installed here, a folder saved by a later seqzoo), or a config.json without one: say so, where transformers
+    would offer to run custom code that the folder does not hold."""
     from transformers.models.auto.configuration_auto import CONFIG_MAPPING
 
     path = Path(source) / "config.json"
     if not path.is_file():
         return
     try:
-        model_type = json.loads(path.read_text(encoding="utf-8")).get("model_type")
+        values = json.loads(path.read_text(encoding="utf-8"))
+        model_type = values.get("model_type")
     except (OSError, UnicodeDecodeError, ValueError, AttributeError):
         return  # (transformers names what is wrong with the file)
-    if isinstance(model_type, str) and model_type not in CONFIG_MAPPING:
-        from seqzoo.registry import get_architecture, list_architectures
+    from seqzoo.registry import get_architecture, list_architectures
 
-        ours = ", ".join(sorted(get_architecture(name).model_type for name in list_architectures()))
+    ours = ", ".join(sorted(get_architecture(name).model_type for name in list_architectures()))
+    if "model_type" not in values:  # (transformers would say the folder holds custom code to run)
+        raise ValueError(f"{str(path)!r} has no model_type field, which names the model's architecture (seqzoo's: "
+                         f"{ours}); the file is damaged, or not a model's config")
+    if isinstance(model_type, str) and model_type not in CONFIG_MAPPING:
         raise ValueError(f"{source!r} holds a model of model_type {model_type!r}, which neither seqzoo nor "
                          f"transformers registers here (seqzoo's: {ours}): the architecture of a plugin whose package "
                          "is not installed, or of a later seqzoo?")

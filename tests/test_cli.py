@@ -383,10 +383,12 @@ def test_new_force_drops_the_training_record_of_the_model_it_replaces(tmp_path, 
     # Left behind, it would make the model card of the untrained model show another model's training figures.
     (tmp_path / "seqzoo_training.json").write_text(json.dumps({"dataset": "text:corpus.txt", "steps": 4}))
     (tmp_path / "notes.txt").write_text("keep me")
+    (tmp_path / "vocab.txt").write_text("w0\nw1\n")  # (a word list for convert word-lm --vocab, no tokenizer's)
     assert main(["new", "rnn-tiny", str(tmp_path), "--force"]) == 0
     assert "removed 1 file(s) of the model it replaced that this one does not write: seqzoo_training.json" in \
         capsys.readouterr().out
     assert not (tmp_path / "seqzoo_training.json").exists() and (tmp_path / "notes.txt").read_text() == "keep me"
+    assert (tmp_path / "vocab.txt").read_text() == "w0\nw1\n"
 
 
 def test_generate_with_forced_kernel_and_bad_source(tmp_path, capsys):
@@ -460,6 +462,19 @@ def test_generate_names_a_model_type_nobody_registers_and_never_prompts(model_di
     monkeypatch.setattr("builtins.input", lambda *args: pytest.fail("prompted"))
     line = _error(capsys, ["generate", str(tmp_path / "m"), "ab"])
     assert "model_type 'seqzoo_pluginarch', which neither seqzoo nor transformers registers here" in line
+    del config["model_type"]  # (transformers said the folder "contains custom code which must be executed")
+    (tmp_path / "m" / "config.json").write_text(json.dumps(config))
+    line = _error(capsys, ["generate", str(tmp_path / "m"), "ab"])
+    assert "config.json' has no model_type field, which names the model's architecture (seqzoo's: " in line
+    assert "custom code" not in line
+
+
+def test_generate_names_a_misspelt_seqzoo_kernels_entry_before_printing_anything(model_dir, capsys, monkeypatch):
+    # (the prompt was echoed first, so a terminal showed "aberror: SEQZOO_KERNELS entry ...")
+    monkeypatch.setenv("SEQZOO_KERNELS", "lstm=referense")
+    assert main(["generate", str(model_dir), "ab", "--max-new-tokens", "2"]) == 2
+    out, err = capsys.readouterr()
+    assert out == "" and err.startswith("error: SEQZOO_KERNELS entry 'lstm=referense': unknown kernel backend")
 
 
 def test_generate_refuses_more_positions_than_the_model_has(tmp_path, capsys):

@@ -217,9 +217,10 @@ def _is_bundled_file(path: Path) -> bool:
 
 # The other files a loader reads by name as part of a model: its config and generation config, a peft adapter
 # (which from_pretrained applies to the model beside it), the tokenizer (a converted RWKV's included), seqzoo's
-# records of the model (training, bundled code).
+# records of the model (training, bundled code). Not a vocab.txt: no tokenizer seqzoo writes or converts has one, and
+# it is the word list a user keeps for `seqzoo convert word-lm --vocab` (which the README calls no obstacle there).
 _MODEL_FILE = re.compile(r"(generation_)?config\.json|adapter_config\.json|adapter_model\.(safetensors|bin)"
-                         r"|tokenizer(_config)?\.json|special_tokens_map\.json|added_tokens\.json|vocab\.(json|txt)"
+                         r"|tokenizer(_config)?\.json|special_tokens_map\.json|added_tokens\.json|vocab\.json"
                          r"|merges\.txt|tokenizer\.model|chat_template\.(jinja|json)"
                          r"|rwkv_world_vocab\.json|tokenization_rwkv_world\.py|hidden_state\.safetensors"
                          rf"|{re.escape(TRAINING_FILE)}|{re.escape(RECORD_FILE)}")

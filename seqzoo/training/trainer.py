@@ -172,8 +172,9 @@ def train(recipe: Recipe, *, resume: str | Path | bool | None = None, dataset: A
     """Train what ``recipe`` describes; ``resume`` continues from a checkpoint (True: the newest in output_dir).
 
     A fresh run needs an empty (or new) output_dir: one holding anything, a finished run without checkpoints too,
-    is refused, unless ``force``, which deletes what it holds first (the old run's tokenizer or code files would
-    otherwise be left beside the new model). Resuming from a checkpoint elsewhere likewise needs an empty
+    is refused, unless ``force``, which deletes what it holds (the old run's tokenizer or code files would
+    otherwise be left beside the new model) once the new run has its data and model: a training run's folder only
+    (RUN_FOLDER_MARKS), never one holding this run's data. Resuming from a checkpoint elsewhere likewise needs an empty
     output_dir, or that checkpoint's own run folder.
 
     ``dataset`` (a ``datasets.Dataset`` or any object indexable by column name) replaces the recipe's data
@@ -211,7 +212,8 @@ def train(recipe: Recipe, *, resume: str | Path | bool | None = None, dataset: A
         held = "checkpoints of a run" if list_checkpoints(run_dir) else "files (a finished run, or others)"
         raise ValueError(
             f"{str(run_dir)!r} already holds {held}; pass --resume to continue its run, choose another "
-            f"output_dir, or pass --force to start over in it (what it holds is deleted first)"
+            f"output_dir, or pass --force to start over in it (what it holds is deleted once the new run has its "
+            f"data and model)"
         )
     if resume not in (None, False, True) and occupied:
         source = resolve_resume(resume, run_dir).resolve()
@@ -228,10 +230,8 @@ def train(recipe: Recipe, *, resume: str | Path | bool | None = None, dataset: A
         if run_dir.is_symlink():  # (shutil.rmtree refuses one with an error naming no path)
             raise ValueError(f"--force would delete {str(run_dir)!r}, a symbolic link to {str(run_dir.resolve())!r}; "
                              "pass the folder itself as output_dir, or an output_dir of its own")
+        _check_deletable_run(run_dir, recipe)
     delete = not resume and occupied and force and accelerator.is_main_process
-    # Every process has looked at the folder before any writes to it (or the main process deletes it); a deletion
-    # that fails stops every process, not the main one alone while the others wait at the next barrier.
-    on_every_process(accelerator, lambda: shutil.rmtree(run_dir) if delete else None)
     if resume is True and not list_checkpoints(run_dir):
         if not run_dir.exists():  # (starting again here would leave the run's checkpoints where they are)
             raise ValueError(
@@ -264,6 +264,11 @@ def train(recipe: Recipe, *, resume: str | Path | bool | None = None, dataset: A
         else:
             data = build_data(recipe.data, t.seed, dataset)
         model = build_model(recipe, data)
+        # --force deletes the old run only now, once the new one has its data and model: a recipe, data or model
+        # refused above leaves it as it was. Every process has looked at the folder before any writes to it (or the
+        # main process deletes it); a deletion that fails stops every process, not the main one alone while the
+        # others wait at the next barrier.
+        on_every_process(accelerator, lambda: shutil.rmtree(run_dir) if delete else None)
         torch.manual_seed(t.seed + accelerator.process_index)  # dropout masks differ between processes
         model, optimizer = _prepare(accelerator, model, recipe)
         scheduler = LambdaLR(optimizer, lambda step: lr_factor(step, recipe))
@@ -271,6 +276,29 @@ def train(recipe: Recipe, *, resume: str | Path | bool | None = None, dataset: A
                     progress, save_model, stop)
     finally:
         torch.use_deterministic_algorithms(previous_determinism)
+
+
+# What a training run writes into its folder (recipe.yaml and metrics.jsonl first): --force deletes a folder holding
+# one of them, never one that holds none (a mistyped --output-dir naming a project, a model folder).
+RUN_FOLDER_MARKS = ("recipe.yaml", METRICS_FILE, "checkpoints", TRAINING_INFO_FILE)
+
+
+def _check_deletable_run(run_dir: Path, recipe: Recipe) -> None:
+    """Raise unless ``run_dir``, which --force is about to delete, holds a training run and none of this run's
+    data files."""
+    if not any((run_dir / name).exists() for name in RUN_FOLDER_MARKS):
+        held = sorted(p.name + ("/" if p.is_dir() else "") for p in run_dir.iterdir())
+        shown = ", ".join(held[:5]) + (f" and {len(held) - 5} more" if len(held) > 5 else "")
+        marks = ", ".join(name + "/" * (name == "checkpoints") for name in RUN_FOLDER_MARKS)
+        raise ValueError(f"--force deletes only the folder of a training run, and {str(run_dir)!r} holds none of "
+                         f"{marks} (it holds {shown}); choose another output_dir (--output-dir), or empty that "
+                         "folder yourself")
+    paths = recipe.data.path if isinstance(recipe.data.path, list) else [recipe.data.path]
+    inside = [path for path in paths if path is not None
+              and run_dir.resolve() in (Path(path).resolve(), *Path(path).resolve().parents)]
+    if inside:
+        raise ValueError(f"--force would delete {str(run_dir)!r}, which holds this run's data (data.path="
+                         f"{inside[0]!r}); move the data out of it, or choose another output_dir (--output-dir)")
 
 
 def _prepare(accelerator: Any, model: Any, recipe: Recipe) -> tuple[Any, Any]:

@@ -209,6 +209,61 @@ def test_a_fresh_run_refuses_a_folder_holding_anything_unless_forced(tmp_path):
         train(make_recipe(tmp_path, "file"), progress=False)
 
 
+def _files(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_force_deletes_the_old_run_only_once_the_new_one_has_its_data_and_model(tmp_path):
+    """--force deleted the old run first, then refused the new one (a misspelt config field, a missing data file),
+    leaving neither; with the data inside the folder, it deleted the data it was about to read."""
+    train(make_recipe(tmp_path, "a", train={"max_steps": 2, "save_every": 0}), progress=False)
+    (tmp_path / "a" / "corpus.txt").write_text("the cat sat on the mat. " * 200)
+    before = _files(tmp_path / "a")
+    corpus = {"source": "text", "path": str(tmp_path / "a" / "corpus.txt"), "seq_len": 16}
+    refused = [
+        (make_recipe(tmp_path, "a", model={"config": {"hiden_size": 16}}), "unknown config field.*'hiden_size'"),
+        (make_recipe(tmp_path, "a", data={"source": "text", "path": str(tmp_path / "nowhere.txt")}),
+         "data file .*nowhere.txt' does not exist"),
+        (make_recipe(tmp_path, "a", model={"preset": "transformer-tiny", "config": {}}, train={"tbptt_chunk": 4}),
+         "train.tbptt_chunk=4 needs every layer to carry a fixed-size state"),
+        (make_recipe(tmp_path, "a", data=corpus),
+         r"--force would delete '.*a', which holds this run's data \(data.path='.*corpus.txt'\)"),
+        (make_recipe(tmp_path, "a", data={**corpus, "path": [str(tmp_path / "a")]}),  # (the folder itself)
+         r"which holds this run's data"),
+    ]
+    for recipe, message in refused:
+        with pytest.raises(ValueError, match=message):
+            train(recipe, progress=False, force=True)
+        assert _files(tmp_path / "a") == before
+    (tmp_path / "corpus.txt").write_text("the cat sat on the mat. " * 200)
+    train(make_recipe(tmp_path, "a", data={**corpus, "path": str(tmp_path / "corpus.txt")},
+                      train={"max_steps": 2, "save_every": 0}), progress=False, force=True)
+    assert not (tmp_path / "a" / "corpus.txt").exists() and (tmp_path / "a" / "model.safetensors").is_file()
+
+
+def test_force_never_deletes_a_folder_that_holds_no_training_run(tmp_path):
+    # (a mistyped --output-dir naming a project: its .git and sources were deleted)
+    project = tmp_path / "project"
+    (project / ".git").mkdir(parents=True)
+    (project / "src").mkdir()
+    (project / "src" / "main.py").write_text("print('mine')")
+    (project / "notes.txt").write_text("mine")
+    before = _files(project)
+    with pytest.raises(ValueError, match=r"--force deletes only the folder of a training run, and '.*project' "
+                                         r"holds none of recipe.yaml, metrics.jsonl, checkpoints/, "
+                                         r"seqzoo_training.json \(it holds .git/, notes.txt, src/\)"):
+        train(make_recipe(tmp_path, "project", train={"max_steps": 1}), progress=False, force=True)
+    assert _files(project) == before and (project / ".git").is_dir()
+    for mark in ("recipe.yaml", "metrics.jsonl", "seqzoo_training.json", "checkpoints"):  # each one is a run's
+        folder = tmp_path / mark.replace(".", "_")
+        folder.mkdir()
+        (folder / mark).mkdir() if mark == "checkpoints" else (folder / mark).write_text("")
+        (folder / "stale.txt").write_text("of an earlier run")
+        train(make_recipe(tmp_path, folder.name, train={"max_steps": 1, "save_every": 0}), progress=False,
+              force=True)
+        assert not (folder / "stale.txt").exists() and (folder / "model.safetensors").is_file()
+
+
 def test_resuming_a_checkpoint_into_a_folder_of_another_run_is_refused(tmp_path):
     steps = {"max_steps": 4, "save_every": 2}
     train(make_recipe(tmp_path, "a", train=steps), progress=False)
