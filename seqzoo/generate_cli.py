@@ -157,7 +157,6 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
     import seqzoo  # noqa: F401  (registers the architectures)
     from seqzoo.kernels import use_backend
-
     from seqzoo.kernels.registry import check_environment
 
     check_generation_args(args)
