@@ -119,6 +119,8 @@ def load_torch_file(path: str | Path) -> dict[str, torch.Tensor]:
             return load_file(str(path))
         except Exception as err:
             raise ValueError(f"cannot read {str(path)!r} as safetensors (damaged or truncated?): {err}") from err
+    if not is_torch_save_file(path):  # (torch's unpickler then failed with "101", "pop from empty list", ...)
+        raise ValueError(_NOT_TORCH_SAVE.format(path=str(path)))
     try:
         loaded = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
     except RuntimeError as err:  # not a zip archive: a legacy-format file cannot be memory-mapped
@@ -147,6 +149,14 @@ def _is_safetensors(path: Path) -> bool:
     return len(head) == 9 and head[8:9] == b"{" and 0 < int.from_bytes(head[:8], "little") <= 100_000_000
 
 
+def is_torch_save_file(path: Path) -> bool:
+    """Whether ``path`` starts as a torch.save file does: a zip archive's "PK" (torch >= 1.6) or a pickle's protocol
+    opcode 0x80 (the legacy format). Text or another format starts otherwise."""
+    with open(path, "rb") as f:
+        head = f.read(2)
+    return head == b"PK" or head[:1] == b"\x80"
+
+
 def _load_weights_only(path: Path) -> Any:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
@@ -167,11 +177,14 @@ def weights_only_refusal(err: Exception) -> str | None:
     return None
 
 
+_NOT_TORCH_SAVE = ("{path!r} is not a PyTorch checkpoint (no torch.save file: text, or another format?) or it is "
+                   "damaged; give the file saved with torch.save(model.state_dict(), f)")
+
+
 def _weights_only_error(path: Path, err: Exception) -> ValueError:
     refusal = weights_only_refusal(err)
     if refusal == "format":
-        return ValueError(f"{str(path)!r} is not a PyTorch checkpoint (no torch.save file: text, or another format?) "
-                          f"or it is damaged; give the file saved with torch.save(model.state_dict(), f)")
+        return ValueError(_NOT_TORCH_SAVE.format(path=str(path)))
     if refusal == "pickle":
         return ValueError(
             f"{str(path)!r} holds pickled Python objects (a whole model saved with torch.save(model, f)?), which "
@@ -543,7 +556,7 @@ __all__ = ["CHECKPOINT_FILES", "DTYPES", "Reader", "SourceWeights", "TOKENIZER_F
            "check_destination", "check_tensors", "config_dict", "conversion_dtype", "copy_tokenizer_files", "download",
            "head_is_tied", "load_transformers_source", "load_torch_file", "materialize_buffers", "read_folder_weights",
            "read_json", "refuse_adapters", "require_floating_point", "require_values", "show", "tokenizer_code_files",
-           "valid_token_ids", "weights_only_refusal"]
+           "valid_token_ids", "weights_only_refusal", "is_torch_save_file"]
 
 
 def load_transformers_source(source: Any, model_types: tuple[str, ...], command: str) -> tuple[Any, SourceWeights]:

@@ -34,6 +34,7 @@ from seqzoo.conversions.checkpoints import (
     build_model,
     check_destination,
     conversion_dtype,
+    is_torch_save_file,
     load_torch_file,
     require_floating_point,
     weights_only_refusal,
@@ -286,15 +287,21 @@ def convert_word_lm_file(source: Any, destination: str | Path, nonlinearity: str
 def _load_hidden_file(path: Path) -> Any:
     if not path.is_file():
         raise ValueError(f"hidden state file {str(path)!r} does not exist")
+    def unreadable(why: str) -> ValueError:
+        return ValueError(f"cannot read {str(path)!r} as a hidden state saved with torch.save(hidden, f) (a tensor "
+                          f"or a tuple of tensors): {why}")
+
+    not_torch_save = "it is not a torch.save file (text, or another format?) or is damaged"
+    if not is_torch_save_file(path):  # (torch's unpickler then failed with "pop from empty list", ...)
+        raise unreadable(not_torch_save)
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:
         refusal = weights_only_refusal(err)
-        why = {"format": "it is not a torch.save file (text, or another format?) or is damaged",
+        why = {"format": not_torch_save,
                "pickle": "it holds pickled Python objects, which seqzoo does not load (unpickling runs code from the "
                          "file)"}.get(refusal) or (str(err).strip().splitlines() or [type(err).__name__])[0]
-        raise ValueError(f"cannot read {str(path)!r} as a hidden state saved with torch.save(hidden, f) (a tensor "
-                         f"or a tuple of tensors): {why}") from err
+        raise unreadable(why) from err
 
 
 __all__ = ["config_from_state_dict", "convert_word_lm", "convert_word_lm_file", "hidden_to_cache",

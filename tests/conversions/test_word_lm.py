@@ -251,11 +251,15 @@ def test_the_text_generation_pipeline_puts_a_space_before_the_continuation(tmp_p
     assert " " + text == expected  # (the prompt as written, then the new words each after a space)
 
 
-def test_files_torch_cannot_read_are_named_without_advising_an_unsafe_load(tmp_path, capsys):
-    (tmp_path / "vocab.txt").write_text("w0\nw1\n")
-    assert seqzoo_main(["convert", "word-lm", str(tmp_path / "vocab.txt"), str(tmp_path / "out")]) == 2
-    err = capsys.readouterr().err
-    assert "'" + str(tmp_path / "vocab.txt") + "' is not a PyTorch checkpoint" in err and "pickled" not in err
+@pytest.mark.parametrize("text", ["w0\nw1\n", "the\ncat\n", "hello there\n"])
+def test_files_torch_cannot_read_are_named_without_advising_an_unsafe_load(tmp_path, capsys, text):
+    # (torch's unpickler fails on text by the opcodes its first bytes happen to be: "pop from empty list" for
+    # "the\ncat", "101" for "hello", which the checks of its error's wording did not recognise)
+    (tmp_path / "vocab.txt").write_text(text)
+    for command in ("word-lm", "rwkv7"):
+        assert seqzoo_main(["convert", command, str(tmp_path / "vocab.txt"), str(tmp_path / "out")]) == 2
+        err = capsys.readouterr().err
+        assert "'" + str(tmp_path / "vocab.txt") + "' is not a PyTorch checkpoint (no torch.save file: text" in err
     torch.save(reference("lstm").state_dict(), tmp_path / "model.pt")
     torch.save(nn.Linear(2, 2), tmp_path / "module.pt")  # pickled objects
     for hidden, why in (("vocab.txt", "it is not a torch.save file"), ("module.pt", "it holds pickled Python objects")):
