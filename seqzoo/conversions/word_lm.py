@@ -237,6 +237,9 @@ def word_tokenizer(vocabulary: Any) -> Any:
             words = Path(vocabulary).read_text(encoding="utf-8-sig").split("\n")
         except UnicodeDecodeError as err:
             raise ValueError(f"vocabulary file {str(vocabulary)!r} is not UTF-8 text ({err})") from err
+        except OSError as err:  # (named by the OS alone: "No such file or directory: 'nope.txt'")
+            raise ValueError(f"cannot read the vocabulary file {str(vocabulary)!r} (--vocab): "
+                             f"{err.strerror or err}") from err
         if words and words[-1] == "":
             words.pop()  # the file's final newline
     words = list(words)

@@ -215,6 +215,9 @@ def test_a_vocabulary_file_with_a_byte_order_mark_or_not_utf8(tmp_path):
         word_tokenizer(path)
     path.write_text("the\ncat")  # no final newline: the last line is still a word
     assert word_tokenizer(path)("cat the").input_ids == [1, 0]
+    for missing, why in ((tmp_path / "nope.txt", "No such file or directory"), (tmp_path, "Is a directory")):
+        with pytest.raises(ValueError, match=rf"cannot read the vocabulary file '.*' \(--vocab\): {why}"):
+            word_tokenizer(missing)
 
 
 @pytest.mark.parametrize("words, message", [
