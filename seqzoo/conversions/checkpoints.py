@@ -573,6 +573,9 @@ def load_transformers_source(source: Any, model_types: tuple[str, ...], command:
                                                       type(source).__name__)
     if not isinstance(source, (str, Path)):
         raise ValueError(f"source must be a transformers model, a folder or a Hub repo id; got {type(source).__name__}")
+    if Path(source).is_file():  # (else looked up as a Hub repo id, which failed offline after five retries)
+        raise ValueError(f"{str(source)!r} is a file; give the folder that holds the model's config.json and "
+                         "weights, or its Hub repo id")
     folder = Path(source) if Path(source).is_dir() else download(str(source))
     if not (folder / "config.json").is_file():
         raise ValueError(f"{str(source)!r} has no config.json; expected a folder saved by save_pretrained")

@@ -239,6 +239,20 @@ def test_bad_tensors_and_wrong_sources_are_named(tmp_path):
         convert_llama(llama().state_dict())
 
 
+@pytest.mark.parametrize("kind", ["llama", "gpt2", "hf-mamba"])
+def test_a_file_given_as_the_source_folder_is_named_without_a_hub_lookup(kind, tmp_path, capsys, monkeypatch):
+    # (it was looked up as a Hub repo id: five retries offline, then "neither a local folder nor a downloadable Hub
+    # repo" with huggingface_hub's own text)
+    from seqzoo.conversions import checkpoints
+
+    monkeypatch.setattr(checkpoints, "download", lambda repo_id: pytest.fail(f"looked up {repo_id!r} on the Hub"))
+    (tmp_path / "notes.txt").write_text("not a model")
+    assert seqzoo_main(["convert", kind, str(tmp_path / "notes.txt"), str(tmp_path / "out")]) == 2
+    assert f"error: '{tmp_path / 'notes.txt'}' is a file; give the folder that holds the model's config.json and " \
+           "weights, or its Hub repo id" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
 def test_a_tied_folder_saved_without_its_head_converts(tmp_path):
     # save_pretrained stores a tied head once, as the embedding (Qwen2-0.5B's folder has no lm_head.weight)
     peer = qwen2()
