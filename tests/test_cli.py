@@ -670,3 +670,12 @@ def test_generate_refuses_an_empty_prompt_a_file_and_seq2seq_flags_on_a_causal_l
         line = _error(capsys, ["generate", str(model_dir), "hi", *flags])
         assert "--show-attention, --attention-plot and --target need an encoder-decoder (seq2seq) model" in line
         assert "holds a seqzoo_lstm language model" in line
+
+
+def test_train_without_a_recipe_names_the_recipe_alone_as_required(capsys):
+    # (argparse listed the optional KEY=VALUE overrides as required too)
+    with pytest.raises(SystemExit) as stopped:
+        main(["train"])
+    assert stopped.value.code == 2
+    assert one_error_line(capsys.readouterr().err) == ("error: seqzoo train: the following arguments are required: "
+                                                       "recipe (see `seqzoo train --help`)")

@@ -24,7 +24,7 @@ def register(subparsers: Any) -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("recipe", help="a recipe YAML file, a recipe preset in configs/ (e.g. lstm-pydoc) or a model preset")
-    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
+    p.add_argument("overrides", nargs="*", default=[], metavar="KEY=VALUE",  # (default: not listed as required)
                    help="recipe overrides: train.max_steps=100, lr=1e-3, model.config.dropout=0.1, ...")
     p.add_argument("--resume", nargs="?", const=True, default=None, metavar="PATH",
                    help="continue from the newest checkpoint in output_dir, or from PATH (a run or checkpoint folder)")
