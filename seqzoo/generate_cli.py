@@ -209,7 +209,8 @@ def _generate(args: argparse.Namespace, device: str, forced: dict[str, Any]) -> 
         raise ValueError(f"the prompt holds {pad!r}, which the tokenizer of {source!r} reads as its padding token "
                          f"(id {tokenizer.pad_token_id}), not as text: remove it")
     try:
-        inputs = tokenizer(args.prompt, return_tensors="pt").to(device)
+        with quiet_transformers():  # (its "Token indices sequence length is longer" line, above seqzoo's own error)
+            inputs = tokenizer(args.prompt, return_tensors="pt").to(device)
     except Exception as err:  # tokenizers raises a plain Exception for a word its vocabulary lacks (no <unk>)
         if "Missing [UNK]" not in str(err):
             raise

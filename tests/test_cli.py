@@ -83,13 +83,20 @@ def test_help_and_version_answer_without_torch():
 
 
 def test_user_mistakes_are_one_line_and_debug_shows_the_traceback(model_dir, tmp_path):
-    missing, forced, debug, env_debug, bad_env = seqzoo_together(
+    positions = tmp_path / "learned"
+    assert main(["new", "transformer-tiny", str(positions), "--set", "position_embedding=learned",
+                 "max_position_embeddings=16"]) == 0
+    missing, forced, debug, env_debug, bad_env, long_prompt = seqzoo_together(
         (("generate", str(tmp_path / "no-such-folder"), "hi"), None),
         (("generate", str(model_dir), "hi", "--kernel", "lstm=fast", "--max-new-tokens", "2"), None),
         (("generate", str(model_dir), "hi", "--kernel", "lstm=fast", "--debug"), None),
         (("list", "mambaa"), {"SEQZOO_DEBUG": "1"}),
         (("list",), {"SEQZOO_DEBUG": "yes"}),
+        (("generate", str(positions), "x" * 17, "--max-new-tokens", "1"), None),
     )
+    # (transformers' tokenizer printed "Token indices sequence length is longer than ..." above the error)
+    assert long_prompt.returncode == 2 and long_prompt.stdout == ""
+    assert one_error_line(long_prompt.stderr).startswith("error: the prompt is 17 tokens")
     assert missing.returncode == 2
     assert "no folder" in one_error_line(missing.stderr)
 
