@@ -153,6 +153,15 @@ class MemoryTask:
         self.vocab_size = FIRST_SYMBOL + symbols
         self.name = f"task:{task}"
 
+    def check_fits(self, limit: int) -> None:
+        """Refuse, before training, rows longer than the model's ``limit`` positions (it failed at the first step,
+        after --force had deleted the run it replaced, naming a position but no setting)."""
+        if self.seq_len > limit:
+            raise ValueError(f"{self.name}: rows are {self.seq_len} tokens (data.seq_len, or what data.distances "
+                             f"need), longer than the {limit} positions this model takes "
+                             "(model.config.max_position_embeddings); raise max_position_embeddings, or shorten "
+                             "data.distances")
+
     def model_overrides(self) -> dict[str, Any]:
         """Config fields a model needs for this vocabulary (the byte tokenizer's special ids do not exist here)."""
         return {"vocab_size": self.vocab_size, "pad_token_id": PAD, "bos_token_id": None, "eos_token_id": None}
@@ -271,6 +280,33 @@ class TokenStream:
 
     def model_overrides(self) -> dict[str, Any]:
         return {}
+
+    def longest_run(self) -> int:
+        """The most positions a training or evaluation row reads: seq_len, or with packing the longest stretch of a
+        row that no EOS restarts (``document_position_ids``)."""
+        longest = 0
+        for tokens in (self.train_tokens, self.eval_tokens):
+            covered = (len(tokens) - 1) // self.seq_len * self.seq_len  # (the inputs of whole windows)
+            if covered == 0:
+                continue
+            index = torch.arange(covered)
+            starts = index - index % self.seq_len
+            if self.packing:
+                eos = torch.where(tokens[:covered] == EOS_TOKEN_ID, index, torch.zeros_like(index))
+                starts = torch.maximum(starts, eos.cummax(0).values)
+            longest = max(longest, int((index - starts).max()) + 1)
+        return longest
+
+    def check_fits(self, limit: int) -> None:
+        """Refuse, before training, rows that read more positions than the model's ``limit`` (it failed at the first
+        step that drew one, after --force had deleted the run it replaced, naming a position but no setting)."""
+        longest = self.longest_run()
+        if longest > limit:
+            why = (f"a document runs on for {longest} tokens in a row of data.seq_len={self.seq_len}" if self.packing
+                   else f"rows of data.seq_len={self.seq_len} read one position per token (packing: false)")
+            raise ValueError(f"{self.name}: {why}, more than the {limit} positions this model takes "
+                             f"(model.config.max_position_embeddings); set data.seq_len={limit} or lower, or raise "
+                             "max_position_embeddings")
 
     def describe(self) -> dict[str, Any]:
         described = {"name": self.name, "seq_len": self.seq_len, "train_tokens": len(self.train_tokens),

@@ -274,6 +274,10 @@ class Recipe:
         _check(o.schedule in SCHEDULES, "optim.schedule", o.schedule, f"one of {', '.join(SCHEDULES)}",
                choices=list(SCHEDULES))
         _check(0 <= o.min_lr_ratio <= 1, "optim.min_lr_ratio", o.min_lr_ratio, "a number in [0, 1]")
+        if o.schedule == "constant":  # (read by the decay alone: it was taken and ignored)
+            _check(o.min_lr_ratio == OptimSection.min_lr_ratio, "optim.min_lr_ratio", o.min_lr_ratio,
+                   f"its default ({OptimSection.min_lr_ratio}) with optim.schedule='constant', which decays to no "
+                   "lower learning rate (set optim.schedule=cosine or linear)")
         _check(o.max_grad_norm >= 0, "optim.max_grad_norm", o.max_grad_norm, "a number >= 0 (0 = no clipping)")
         _check(t.max_steps >= 1, "train.max_steps", t.max_steps, "an integer >= 1")
         _check(0 <= t.seed < 2**32, "train.seed", t.seed, "an integer in [0, 2**32) (numpy's seeding takes no other)")
@@ -307,6 +311,9 @@ class Recipe:
             names += ["items", "distance_mix"] + (["distances"] if self.task == "seq2seq" else [])
         unread.update(dict.fromkeys(names, f"with task {self.task!r} and data.source={d.source!r}, which read(s) no "
                                            "such setting"))
+        if self.task == "seq2seq":  # (a pair is as long as it is: max_source_length cuts sources)
+            unread["seq_len"] = ("with task 'seq2seq', whose pairs are as long as they are (data.max_source_length "
+                                 "cuts sources)")
         if d.source == "task":  # (generated data draws its evaluation sets: there is no fraction to hold out)
             unread["eval_fraction"] = ("with data.source='task', whose evaluation sets are drawn apart "
                                        "(data.eval_samples of them), not held out of the data")

@@ -508,3 +508,57 @@ def test_a_dataset_folder_that_is_missing_or_unreadable_without_datasets_is_name
     monkeypatch.setitem(sys.modules, "datasets", None)
     with pytest.raises(ValueError, match=r"data.source='dataset' needs the `datasets` package"):
         build_data(data, seed=0)
+
+
+@pytest.mark.parametrize("packing", [False, True])
+def test_the_longest_run_of_positions_is_what_the_rows_read(packing):
+    """check_fits's figure against document_position_ids over every training and evaluation window."""
+    from seqzoo.tokenizer import EOS_TOKEN_ID
+    from seqzoo.training.data import document_position_ids
+
+    generator = torch.Generator().manual_seed(0)
+    shorter = 0
+    for trial in range(30):
+        # documents of 1 to `longest` tokens, each ended by EOS, in rows of 2 to 40 tokens
+        longest = int(torch.randint(2, 30, (1,), generator=generator))
+        lengths = torch.randint(1, longest + 1, (60,), generator=generator).tolist()
+        tokens = torch.cat([torch.cat([torch.randint(3, 250, (n - 1,), generator=generator),
+                                       torch.tensor([EOS_TOKEN_ID])]) for n in lengths])
+        seq_len = int(torch.randint(2, 41, (1,), generator=generator))
+        stream = TokenStream(tokens, "t", seq_len=seq_len, eval_fraction=0.2, eval_samples=4, seed=0, packing=packing)
+        windows = [part[i * seq_len:(i + 1) * seq_len] for part in (stream.train_tokens, stream.eval_tokens)
+                   for i in range((len(part) - 1) // seq_len)]
+        want = max(int(document_position_ids(w[None]).max()) + 1 if packing else len(w) for w in windows)
+        assert stream.longest_run() == want, (trial, seq_len)
+        shorter += want < seq_len
+        with pytest.raises(ValueError, match=rf"more than the {want - 1} positions this model takes \(model.config."
+                                             rf"max_position_embeddings\); set data.seq_len={want - 1} or lower"):
+            stream.check_fits(want - 1)
+        stream.check_fits(want)
+    assert (shorter > 10) == packing  # (packed rows read fewer positions than a row holds, in most trials)
+
+
+def test_a_task_longer_than_the_positions_is_refused_before_a_forced_run_deletes_the_old_one(tmp_path):
+    # (the run failed at its first step, "position 127 is beyond max_position_embeddings=64", after --force had
+    # deleted the finished run it replaced)
+    from seqzoo.training.trainer import train
+
+    def recipe(seq_len, **data):
+        return recipe_from_dict({
+            "output_dir": str(tmp_path / "run"),
+            "model": {"preset": "transformer-tiny", "config": {"position_embedding": "learned",
+                                                               "max_position_embeddings": 16}},
+            "data": {"seq_len": seq_len, **data}, "train": {"max_steps": 1, "batch_size": 2, "eval_every": 0,
+                                                           "save_every": 0}})
+
+    train(recipe(16, source="task", task="copy", distances=[2], symbols=4, items=2), progress=False)
+    before = sorted(p.name for p in (tmp_path / "run").iterdir())
+    for seq_len, data, message in [
+        (17, {}, r"pydoc_data.topics: a document runs on for 17 tokens in a row of data.seq_len=17, more than the 16"),
+        (17, {"packing": False}, r"rows of data.seq_len=17 read one position per token \(packing: false\)"),
+        (None, {"source": "task", "task": "copy", "distances": [20], "symbols": 4, "items": 2},
+         r"task:copy: rows are \d+ tokens \(data.seq_len, or what data.distances need\), longer than the 16 positions"),
+    ]:
+        with pytest.raises(ValueError, match=message):
+            train(recipe(seq_len, **data), progress=False, force=True)
+        assert sorted(p.name for p in (tmp_path / "run").iterdir()) == before

@@ -87,6 +87,13 @@ def test_yaml_file_and_typed_overrides(tmp_path):
     ({"model": {"preset": "lstm-tiny"}, "task": "token-classification",
       "data": {"source": "task", "task": "appears_later", "symbols": 3}},
      "data.symbols=3 is invalid: expected its default (16) with data.task='appears_later'"),
+    # (each was taken and changed nothing: a seq2seq pair is as long as it is; a constant rate never decays)
+    ({"model": {"preset": "seq2seq-sutskever-tiny"}, "data": {"source": "task", "task": "reverse", "seq_len": 3}},
+     "data.seq_len=3 is invalid: expected its default (None) with task 'seq2seq', whose pairs are as long as they are"),
+    ({"model": {"preset": "seq2seq-sutskever-tiny"}, "data": {"source": "jsonl", "path": "pairs.jsonl",
+                                                              "seq_len": 64}}, "data.seq_len=64 is invalid"),
+    ({"optim": {"schedule": "constant", "min_lr_ratio": 0.5}}, "optim.min_lr_ratio=0.5 is invalid: expected its "
+                                                               "default (0.1) with optim.schedule='constant'"),
     ({"model": {"preset": "lstm-huge"}}, "model.preset='lstm-huge' is invalid: expected a model preset"),
     ({"train": {"mixed_precision": "fp8"}}, "train.mixed_precision='fp8' is invalid"),
     ({"train": "fast"}, "section 'train' must be a mapping of fields, got 'fast'"),
