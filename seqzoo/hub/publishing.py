@@ -16,6 +16,7 @@ import contextlib
 import json
 import os
 import re
+import shutil
 import sys
 import tempfile
 from dataclasses import dataclass
@@ -46,6 +47,9 @@ class _Checkpoint:
     spec: Any
     tokenizer: Any
     training: dict[str, Any] | None
+    # Files of the source folder that belong to the model and go with it: the initial hidden state `seqzoo convert
+    # word-lm --hidden` saved (left out, a republish deleted it from the repository as a stale model file).
+    extra_files: tuple[Path, ...] = ()
 
 
 def export_folder(
@@ -226,6 +230,10 @@ _MODEL_FILE = re.compile(r"(generation_)?config\.json|adapter_config\.json|adapt
                          rf"|{re.escape(TRAINING_FILE)}|{re.escape(RECORD_FILE)}")
 
 
+# The model's files that publishing carries from a source folder as they are (beside those it writes itself).
+CARRIED_FILES = ("hidden_state.safetensors",)
+
+
 def model_files(folder: str | os.PathLike) -> list[str]:
     """The names of the files in ``folder`` that make up a model (weights or shards and their index, config, adapter,
     tokenizer, seqzoo's records and the code it bundled), which a model written over it must replace or remove: left
@@ -315,7 +323,9 @@ def _load_checkpoint(source: Any, tokenizer: Any, training: dict[str, Any] | Non
             tokenizer = load_tokenizer(folder)
         if training is None:
             training = load_training_record(folder)
+        extra_files = tuple(folder / name for name in CARRIED_FILES if (folder / name).is_file())
     else:
+        extra_files = ()
         model = source
         spec = architecture_for_model_type(getattr(getattr(model, "config", None), "model_type", None))
         if tokenizer is None:
@@ -339,7 +349,7 @@ def _load_checkpoint(source: Any, tokenizer: Any, training: dict[str, Any] | Non
         )
     if training is not None:
         training = public_training_record(validate_training_record(training))
-    return _Checkpoint(model, spec, tokenizer, training)
+    return _Checkpoint(model, spec, tokenizer, training, extra_files)
 
 
 def _write_folder(checkpoint: _Checkpoint, folder: Path, *, repo_id: str, licensing: dict[str, Any]) -> list[str]:
@@ -351,6 +361,8 @@ def _write_folder(checkpoint: _Checkpoint, folder: Path, *, repo_id: str, licens
     code_files = write_bundle(folder, spec)
     if checkpoint.training:
         (folder / TRAINING_FILE).write_text(json.dumps(checkpoint.training, indent=2) + "\n")
+    for path in checkpoint.extra_files:
+        shutil.copyfile(path, folder / path.name)
     card = render_model_card(model, spec, repo_id=repo_id, code_files=code_files, **licensing,
                              training=checkpoint.training)
     card.save(folder / "README.md")

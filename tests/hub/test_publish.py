@@ -361,3 +361,29 @@ def test_cli_dry_run_names_what_it_built_and_refuses_upload_options(saved_models
                  "--commit-message", "m"]) == 2
     assert "--commit-message only apply to an upload" in capsys.readouterr().err
     assert not (tmp_path / "x").exists()
+
+
+def test_the_hidden_state_a_converted_word_lm_starts_from_is_published_with_it(hub, saved_models, tmp_path):
+    # (publish left out hidden_state.safetensors, which `convert word-lm --hidden` writes beside the model, and a
+    # republish deleted it from the repository as a stale model file)
+    import torch
+    from transformers import AutoConfig
+
+    from seqzoo.conversions.word_lm import save_hidden_state
+
+    folder = tmp_path / "word-lm"
+    shutil.copytree(saved_models["lstm"], folder)
+    config = AutoConfig.from_pretrained(folder)
+    hidden = tuple(torch.randn(config.num_hidden_layers, 1, config.hidden_size) for _ in range(2))
+    save_hidden_state(hidden, config, folder / "hidden_state.safetensors")
+    saved = (folder / "hidden_state.safetensors").read_bytes()
+    repo = repo_id("word-lm")
+    hub.repos[repo] = {"hidden_state.safetensors": b"an earlier one", "config.json": b"{}"}
+
+    publish(folder, repo)
+
+    (commit,) = hub.commits
+    assert commit.files["hidden_state.safetensors"] == saved and "hidden_state.safetensors" not in commit.deleted
+    assert hub.repos[repo]["hidden_state.safetensors"] == saved
+    export_folder(folder, tmp_path / "built", repo_id=repo)
+    assert (tmp_path / "built" / "hidden_state.safetensors").read_bytes() == saved
