@@ -358,4 +358,11 @@ def _check_prompt_sizes(model: nn.Module, values: dict[str, Any]) -> None:
                          f"{values['task_type']}: a second prompt is for an encoder-decoder's decoder")
 
 
-__all__ = ["METHODS", "PEFT_TASK_TYPES", "peft_config", "peft_targets"]
+def adapter_layers(model: Any) -> list[str]:
+    """The class names of the peft adapter layers ``model`` holds (a PeftModel, or adapters injected into a model;
+    none for a plain or merged model): what converting, exporting or publishing refuses until they are merged."""
+    modules = model.modules() if isinstance(model, nn.Module) else ()
+    return sorted({type(module).__name__ for module in modules if type(module).__module__.split(".")[0] == "peft"})
+
+
+__all__ = ["METHODS", "PEFT_TASK_TYPES", "adapter_layers", "peft_config", "peft_targets"]

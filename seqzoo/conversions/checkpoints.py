@@ -599,8 +599,9 @@ def refuse_adapters(source: Any) -> None:
     """Refuse a model object holding peft adapter layers (a PeftModel, or adapters injected into a model): their
     weights were named as missing and unexpected tensors (``base_layer``, ``lora_A`` ...), or a PeftModel as no
     model at all."""
-    modules = source.modules() if isinstance(source, torch.nn.Module) else ()
-    adapters = sorted({type(module).__name__ for module in modules if type(module).__module__.split(".")[0] == "peft"})
+    from seqzoo.adapters import adapter_layers
+
+    adapters = adapter_layers(source)
     if adapters:
         raise ValueError(f"{type(source).__name__} holds peft adapter layers ({', '.join(adapters)}); merge them into "
                          f"its weights first (a PeftModel's model.merge_and_unload()), then convert the merged model")

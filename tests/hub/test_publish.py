@@ -387,3 +387,26 @@ def test_the_hidden_state_a_converted_word_lm_starts_from_is_published_with_it(h
     assert hub.repos[repo]["hidden_state.safetensors"] == saved
     export_folder(folder, tmp_path / "built", repo_id=repo)
     assert (tmp_path / "built" / "hidden_state.safetensors").read_bytes() == saved
+
+
+def test_a_model_holding_peft_adapters_is_refused_with_the_merge(hub, saved_models, tmp_path):
+    # (a PeftModel saved its adapter alone, and the bundle failed on a config.json never written; a folder with the
+    # adapter saved beside the model failed in transformers' load, on peft's version)
+    import seqzoo
+    from peft import get_peft_model
+
+    model = tiny_byte_model("lstm")
+    adapted = get_peft_model(model, seqzoo.peft_config(model))
+    with pytest.raises(ValueError, match=r"PeftModel\w* holds peft adapter layers \(.*LoraModel.*\); merge them "
+                                         r"into its weights first .*merge_and_unload\(\)"):
+        export_folder(adapted, tmp_path / "out", repo_id=repo_id("peft"), tokenizer=byte_tokenizer())
+    folder = tmp_path / "with-adapter"
+    shutil.copytree(saved_models["lstm"], folder)
+    (folder / "adapter_config.json").write_text(json.dumps({"peft_type": "LORA"}))
+    with pytest.raises(ValueError, match=r"with-adapter holds a peft adapter \(adapter_config.json\) beside the model: "
+                                         r"merge it into the weights first"):
+        publish(folder, repo_id("peft"))
+    assert not (tmp_path / "out").exists() and hub.commits == []
+    merged = adapted.merge_and_unload()  # what the error asks for publishes
+    export_folder(merged, tmp_path / "merged", repo_id=repo_id("peft"), tokenizer=byte_tokenizer())
+    assert (tmp_path / "merged" / "config.json").is_file()
