@@ -335,8 +335,11 @@ def memory_table(config: Any, counts: dict[str, int], dtype: Any, generates: boo
     source_only = getattr(config, "is_encoder_decoder", False) and state
     context = "source token" if source_only else "token of context"
     if kv:
-        rows.append([f"KV cache per {context}", f"{_bytes(kv)}; {_bytes(kv * CONTEXT_EXAMPLE)} at "
-                     f"{CONTEXT_EXAMPLE:,} tokens"])
+        # (at most the positions the model reads: a 1,024-position model was quoted at 4,096 tokens)
+        limit = getattr(config, "max_input_length", None)
+        example = CONTEXT_EXAMPLE if not isinstance(limit, int) else min(CONTEXT_EXAMPLE, limit)
+        most = f" (its most, {example:,} positions)" if example < CONTEXT_EXAMPLE else ""
+        rows.append([f"KV cache per {context}", f"{_bytes(kv)}; {_bytes(kv * example)} at {example:,} tokens{most}"])
     flops = f"≈ {2 * counts['per_token']:,} FLOPs in weight products ({counts['per_token']:,} weights, 2 FLOPs each)"
     if kv and source_only:
         step = f"{flops}, plus attention over the source's keys: grows with the source, not with the tokens decoded"

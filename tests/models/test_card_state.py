@@ -106,3 +106,15 @@ def test_the_card_gives_a_state_of_a_kibibyte_or_more_in_kib_to_one_decimal(stat
 
     table = memory_table(Config(), {"total": 10, "embedding": 2, "per_token": 8}, torch.float32)
     assert f"| state carried per sequence | {shown}" in table
+
+
+@pytest.mark.parametrize("positions", [1024, 4096, 8192])
+def test_the_kv_cache_is_quoted_at_no_more_tokens_than_the_model_reads(positions):
+    # (a Transformer with 1,024 learned positions was quoted "at 4,096 tokens", a context it cannot hold)
+    model = seqzoo.create_model("transformer-tiny", position_embedding="learned", max_position_embeddings=positions)
+    kv = model.config.kv_bytes_per_token(4)
+    table = memory_table(model.config, parameter_counts(model), torch.float32)
+    quoted = min(positions, 4096)
+    most = f" (its most, {quoted:,} positions)" if positions < 4096 else ""
+    assert f"| KV cache per token of context | {kv:,} bytes; {kv * quoted:,} bytes" in table
+    assert f" at {quoted:,} tokens{most} |" in table
