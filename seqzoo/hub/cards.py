@@ -112,6 +112,11 @@ def validate_training_record(record: Any, source: str = TRAINING_FILE) -> dict[s
         isinstance(names, list) and names and all(isinstance(n, str) and n.strip() for n in names)
     ):
         raise ValueError(f"{source}: 'dataset' must be a non-empty string or list of strings; got {dataset!r}")
+    local = [name for name in names or () if _path_name(name) != name]  # ("text:/home/me/corpus.txt" is named)
+    if local:  # (cut to its last component, "corpus.txt" read as a Hub dataset id in the card's metadata)
+        raise ValueError(f"{source}: 'dataset' entry {local[0]!r} is a local path: name it as seqzoo train does "
+                         f"({', '.join(f'{prefix}:PATH' for prefix in _SOURCE_PREFIXES)}: a text file, a saved "
+                         "dataset folder, a JSON-lines file), or give a Hub dataset id")
     for key in ("tokens_seen", "steps"):
         value = record.get(key)
         if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 0):

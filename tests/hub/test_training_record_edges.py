@@ -12,6 +12,11 @@ from seqzoo.hub.cards import training_section, validate_training_record
 
 @pytest.mark.parametrize("record, message", [
     ({"dataset": []}, r"'dataset' must be a non-empty string or list of strings; got \[\]"),
+    # (a bare local path, cut to "corpus.txt" for the public card, was linked there as a Hub dataset)
+    ({"dataset": "/home/me/private/corpus.txt"}, r"'dataset' entry '/home/me/private/corpus.txt' is a local path: "
+                                                 r"name it as seqzoo train does \(text:PATH, dataset:PATH, jsonl:PATH"),
+    ({"dataset": ["wikitext", "~/data/pairs.jsonl"]}, r"'dataset' entry '~/data/pairs.jsonl' is a local path"),
+    ({"dataset": "C:\\data\\corpus.txt"}, r"is a local path"),
     ({"steps": True}, "'steps' must be an integer >= 0; got True"),
     ({"eval": {"sets": {"long": 3.5}}}, r"eval 'sets' must map set names to \{metric: number\} objects"),
     ({"eval": {"accuracy": True}}, "eval metric 'accuracy' must be a finite number; got True"),
@@ -20,6 +25,12 @@ from seqzoo.hub.cards import training_section, validate_training_record
 def test_training_record_edge_errors_name_the_field(record, message):
     with pytest.raises(ValueError, match=message):
         validate_training_record(record)
+
+
+def test_local_paths_named_as_seqzoo_train_names_them_and_hub_ids_are_taken():
+    for dataset in ("text:/home/me/corpus.txt", "dataset:~/folder", "task:copy", "wikitext", "allenai/c4",
+                    ["pydoc_data.topics", "jsonl:C:\\pairs.jsonl"]):
+        assert validate_training_record({"dataset": dataset})["dataset"] == dataset
 
 
 def test_a_key_given_as_null_is_left_off_the_card():
