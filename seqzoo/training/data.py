@@ -27,6 +27,7 @@ one batch without padding masks.
 from __future__ import annotations
 
 import hashlib
+import logging
 import re
 from pathlib import Path
 from typing import Any, Callable
@@ -34,6 +35,8 @@ from typing import Any, Callable
 import torch
 
 from seqzoo.tokenizer import EOS_TOKEN, EOS_TOKEN_ID, PAD_TOKEN, PAD_TOKEN_ID, VOCAB_SIZE, check_utf8
+
+logger = logging.getLogger("seqzoo.training")
 
 IGNORE = -100
 PAD, BLANK, GO = 0, 1, 2
@@ -477,8 +480,13 @@ def build_data(data: Any, seed: int, dataset: Any = None) -> MemoryTask | TokenS
     else:
         tokens = tokens_from_documents(pydoc_documents())
         name = "pydoc_data.topics"
-    return TokenStream(tokens, name, data.seq_len, data.eval_fraction, data.eval_samples, seed,
-                       packing=bool(data.packing), tuning_set=data.tuning_set)
+    stream = TokenStream(tokens, name, data.seq_len, data.eval_fraction, data.eval_samples, seed,
+                         packing=bool(data.packing), tuning_set=data.tuning_set)
+    rows = (len(stream.eval_tokens) - 1) // stream.seq_len
+    if data.eval_samples > rows and data.eval_samples != type(data).eval_samples:  # (a value given, cut silently)
+        logger.warning("data.eval_samples=%d is more than the %d rows of data.seq_len=%d that the evaluated part of "
+                       "%s holds: all %d are evaluated", data.eval_samples, rows, stream.seq_len, name, rows)
+    return stream
 
 
 def content_hash(items: list) -> str:

@@ -294,6 +294,15 @@ class Recipe:
                t.vanishing_grad_norm, f"a number in [0, exploding_grad_norm={t.exploding_grad_norm})")
         _check(t.max_nonfinite_steps >= 0, "train.max_nonfinite_steps", t.max_nonfinite_steps,
                "an integer >= 0 (0 = stop at the first non-finite gradient)")
+        # (each was taken and read by nothing)
+        if not t.skip_nonfinite_steps:
+            _check(t.max_nonfinite_steps == TrainSection.max_nonfinite_steps, "train.max_nonfinite_steps",
+                   t.max_nonfinite_steps, f"its default ({TrainSection.max_nonfinite_steps}) with "
+                   "train.skip_nonfinite_steps=false, which skips no step (a non-finite gradient stops the run)")
+        if t.save_every == 0:
+            _check(t.save_total_limit == TrainSection.save_total_limit, "train.save_total_limit", t.save_total_limit,
+                   f"its default ({TrainSection.save_total_limit}) with train.save_every=0, which writes no "
+                   "checkpoint")
 
     def _unread_data_fields(self) -> dict[str, str]:
         """The data fields this recipe's task and source read nothing of, each with why. Set to other than its

@@ -562,3 +562,19 @@ def test_a_task_longer_than_the_positions_is_refused_before_a_forced_run_deletes
         with pytest.raises(ValueError, match=message):
             train(recipe(seq_len, **data), progress=False, force=True)
         assert sorted(p.name for p in (tmp_path / "run").iterdir()) == before
+
+
+def test_eval_samples_beyond_the_held_out_rows_are_said_not_cut_silently(tmp_path, caplog):
+    (tmp_path / "corpus.txt").write_text("the cat sat on the mat. " * 200)  # 4,800 bytes: 240 held out
+    for eval_samples, said in ((100_000, True), (64, False), (3, False)):  # (64: the default, left as it is)
+        recipe = recipe_from_dict({"data": {"source": "text", "path": str(tmp_path / "corpus.txt"), "seq_len": 16,
+                                            "eval_samples": eval_samples}})
+        caplog.clear()
+        with caplog.at_level("WARNING", logger="seqzoo.training"):
+            stream = build_data(recipe.data, 0)
+        rows = (len(stream.eval_tokens) - 1) // 16
+        (inputs, _), = stream.eval_sets().values()
+        assert len(inputs) == min(eval_samples, rows)
+        message = (f"data.eval_samples={eval_samples} is more than the {rows} rows of data.seq_len=16 that the "
+                   f"evaluated part of text:{tmp_path / 'corpus.txt'} holds: all {rows} are evaluated")
+        assert (message in caplog.text) == said, caplog.text

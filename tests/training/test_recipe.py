@@ -94,6 +94,10 @@ def test_yaml_file_and_typed_overrides(tmp_path):
                                                               "seq_len": 64}}, "data.seq_len=64 is invalid"),
     ({"optim": {"schedule": "constant", "min_lr_ratio": 0.5}}, "optim.min_lr_ratio=0.5 is invalid: expected its "
                                                                "default (0.1) with optim.schedule='constant'"),
+    ({"train": {"skip_nonfinite_steps": False, "max_nonfinite_steps": 7}}, "train.max_nonfinite_steps=7 is invalid: "
+     "expected its default (3) with train.skip_nonfinite_steps=false"),
+    ({"train": {"save_every": 0, "save_total_limit": 9}}, "train.save_total_limit=9 is invalid: expected its default "
+                                                          "(2) with train.save_every=0, which writes no checkpoint"),
     ({"model": {"preset": "lstm-huge"}}, "model.preset='lstm-huge' is invalid: expected a model preset"),
     ({"train": {"mixed_precision": "fp8"}}, "train.mixed_precision='fp8' is invalid"),
     ({"train": "fast"}, "section 'train' must be a mapping of fields, got 'fast'"),
@@ -571,11 +575,12 @@ def test_values_at_each_limit_are_accepted():
         "optim": {"lr": 1e-12, "weight_decay": 0, "betas": [0, 0.999], "eps": 1e-30, "warmup_steps": 0,
                   "min_lr_ratio": 0, "max_grad_norm": 0},
         "train": {"max_steps": 1, "batch_size": 1, "gradient_accumulation_steps": 1, "eval_every": 0,
-                  "save_every": 0, "save_total_limit": 1, "log_every": 1, "vanishing_grad_norm": 0,
+                  "save_every": 0, "save_total_limit": 2, "log_every": 1, "vanishing_grad_norm": 0,
                   "exploding_grad_norm": 1e-9, "max_nonfinite_steps": 0, "seed": 2**32 - 1},
     })
     assert recipe.optim.betas == [0.0, 0.999] and recipe.optim.min_lr_ratio == 0.0 and recipe.train.seed == 2**32 - 1
     assert recipe_from_dict({"optim": {"min_lr_ratio": 1}}).optim.min_lr_ratio == 1.0
+    assert recipe_from_dict({"train": {"save_every": 1, "save_total_limit": 1}}).train.save_total_limit == 1
     assert recipe_from_dict({"data": {**COPY, "distances": [1], "symbols": 2, "items": 1}}).data.distances == [1]
     for symbols in (2, 26):
         pairs = recipe_from_dict({**S2S, "data": {"source": "task", "task": "copy", "symbols": symbols,
