@@ -31,8 +31,8 @@ def register(subparsers: Any) -> None:
     p.add_argument("--output-dir", default=None, help="where checkpoints, metrics and the final model go (a fresh run "
                    "needs it empty or new)")
     p.add_argument("--force", action="store_true",
-                   help="start over in the output folder of an earlier run, deleting what it holds once the new run's "
-                   "data and model are ready (a folder that holds no run is refused)")
+                   help="start over in the output folder of an earlier run, deleting what it holds once the new run "
+                   "has done its first step (a folder that holds no run is refused)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar or log lines")
     p.add_argument("--print-recipe", action="store_true", help="print the resolved recipe and exit")
     p.set_defaults(func=cmd_train)

@@ -20,6 +20,7 @@ import json
 import logging
 import math
 import shutil
+import tempfile
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass, field
@@ -173,8 +174,9 @@ def train(recipe: Recipe, *, resume: str | Path | bool | None = None, dataset: A
 
     A fresh run needs an empty (or new) output_dir: one holding anything, a finished run without checkpoints too,
     is refused, unless ``force``, which deletes what it holds (the old run's tokenizer or code files would
-    otherwise be left beside the new model) once the new run has its data and model: a training run's folder only
-    (RUN_FOLDER_MARKS), never one holding this run's data. Resuming from a checkpoint elsewhere likewise needs an empty
+    otherwise be left beside the new model) once the new run has its data and model, and has done its first step (a
+    run that fails before then puts the old one back): a training run's folder only (RUN_FOLDER_MARKS), never one
+    holding this run's data. Resuming from a checkpoint elsewhere likewise needs an empty
     output_dir, or that checkpoint's own run folder.
 
     ``dataset`` (a ``datasets.Dataset`` or any object indexable by column name) replaces the recipe's data
@@ -212,8 +214,8 @@ def train(recipe: Recipe, *, resume: str | Path | bool | None = None, dataset: A
         held = "checkpoints of a run" if list_checkpoints(run_dir) else "files (a finished run, or others)"
         raise ValueError(
             f"{str(run_dir)!r} already holds {held}; pass --resume to continue its run, choose another "
-            f"output_dir, or pass --force to start over in it (what it holds is deleted once the new run has its "
-            f"data and model)"
+            f"output_dir, or pass --force to start over in it (what it holds is deleted once the new run has done "
+            f"its first step)"
         )
     if resume not in (None, False, True) and occupied:
         source = resolve_resume(resume, run_dir).resolve()
@@ -253,6 +255,7 @@ def train(recipe: Recipe, *, resume: str | Path | bool | None = None, dataset: A
     checkpoint = resolve_resume(resume, run_dir) if resume else None
 
     previous_determinism = torch.are_deterministic_algorithms_enabled()
+    aside: Path | None = None  # (where --force moved the old run, until the new run's first step is done)
     if t.deterministic:
         torch.use_deterministic_algorithms(True)
     try:
@@ -264,18 +267,41 @@ def train(recipe: Recipe, *, resume: str | Path | bool | None = None, dataset: A
         else:
             data = build_data(recipe.data, t.seed, dataset)
         model = build_model(recipe, data)
-        # --force deletes the old run only now, once the new one has its data and model: a recipe, data or model
-        # refused above leaves it as it was. Every process has looked at the folder before any writes to it (or the
-        # main process deletes it); a deletion that fails stops every process, not the main one alone while the
-        # others wait at the next barrier.
-        on_every_process(accelerator, lambda: shutil.rmtree(run_dir) if delete else None)
+        # --force replaces the old run only now, once the new one has its data and model (a recipe, data or model
+        # refused above leaves it as it was), and in two moves: the old folder is moved aside, and deleted once the
+        # new run's first step is done; a run that fails before that (a step that runs out of memory, Ctrl-C) puts
+        # it back. Every process has looked at the folder before any writes to it; a move that fails stops every
+        # process, not the main one alone while the others wait at the next barrier.
+        moved: list[Path] = []
+        on_every_process(accelerator, lambda: moved.append(_move_aside(run_dir)) if delete else None)
+        aside = moved[0] if moved else None
         torch.manual_seed(t.seed + accelerator.process_index)  # dropout masks differ between processes
         model, optimizer = _prepare(accelerator, model, recipe)
         scheduler = LambdaLR(optimizer, lambda step: lr_factor(step, recipe))
+
+        def first_step_done() -> None:
+            nonlocal aside
+            if aside is not None:
+                shutil.rmtree(aside)
+                aside = None
+
         return _run(recipe, accelerator, model, optimizer, scheduler, data, micro_batch, run_dir, checkpoint,
-                    progress, save_model, stop)
+                    progress, save_model, stop, first_step_done)
+    except BaseException:
+        if aside is not None:  # (the new run's first step never finished: the old run goes back)
+            shutil.rmtree(run_dir, ignore_errors=True)
+            aside.rename(run_dir)
+        raise
     finally:
         torch.use_deterministic_algorithms(previous_determinism)
+
+
+def _move_aside(run_dir: Path) -> Path:
+    """``run_dir`` renamed to a new hidden sibling (the same file system: one rename), which is returned."""
+    aside = Path(tempfile.mkdtemp(prefix=f".{run_dir.name}.replaced-", dir=run_dir.resolve().parent))
+    aside.rmdir()
+    run_dir.rename(aside)
+    return aside
 
 
 # What a training run writes into its folder (recipe.yaml and metrics.jsonl first): --force deletes a folder holding
@@ -314,7 +340,8 @@ def _prepare(accelerator: Any, model: Any, recipe: Recipe) -> tuple[Any, Any]:
 
 def _run(recipe: Recipe, accelerator: Any, model: Any, optimizer: Any, scheduler: Any, data: Any, micro_batch: int,
          run_dir: Path, checkpoint: Path | None, progress: bool, save_model: bool,
-         stop: Callable[[dict[str, Any]], bool] | None = None) -> TrainResult:
+         stop: Callable[[dict[str, Any]], bool] | None = None,
+         first_step_done: Callable[[], None] | None = None) -> TrainResult:
     from tqdm.auto import tqdm
 
     t = recipe.train
@@ -378,6 +405,8 @@ def _run(recipe: Recipe, accelerator: Any, model: Any, optimizer: Any, scheduler
         if not isinstance(data, (MemoryTask, LabelledTexts)):
             row.pop("accuracy")  # next-byte accuracy of text says little; the eval reports it anyway
         _record(row, history, metrics_path, accelerator)
+        if first_step_done is not None and step == first_step + 1 and accelerator.is_main_process:
+            first_step_done()
         bar.update(1)
         bar.set_postfix(loss=f"{row['loss']:.4f}", lr=f"{row['lr']:.2e}", gnorm=f"{row['grad_norm']:.2g}",
                         refresh=False)

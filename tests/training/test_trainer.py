@@ -241,6 +241,41 @@ def test_force_deletes_the_old_run_only_once_the_new_one_has_its_data_and_model(
     assert not (tmp_path / "a" / "corpus.txt").exists() and (tmp_path / "a" / "model.safetensors").is_file()
 
 
+def test_force_puts_the_old_run_back_when_the_new_one_fails_before_its_first_step_is_done(tmp_path, monkeypatch):
+    # (a step that ran out of memory, a numerical error or Ctrl-C at the first step lost the old run with the new)
+    import seqzoo.training.trainer as trainer
+
+    train(make_recipe(tmp_path, "a", train={"max_steps": 2, "save_every": 0}), progress=False)
+    before = _files(tmp_path / "a")
+    real_step, calls = trainer._train_step, []
+
+    def failing_step(*args, fail_at, error, **kwargs):
+        calls.append(1)
+        if len(calls) == fail_at:
+            raise error
+        return real_step(*args, **kwargs)
+
+    recipe = make_recipe(tmp_path, "a", train={"max_steps": 3, "save_every": 0}, optim={"lr": 0.5})
+    for error in (RuntimeError("out of memory"), KeyboardInterrupt()):
+        calls.clear()
+        monkeypatch.setattr(trainer, "_train_step", lambda *a, **k: failing_step(*a, fail_at=1, error=error, **k))
+        with pytest.raises(type(error)):
+            train(recipe, progress=False, force=True)
+        assert _files(tmp_path / "a") == before
+        assert sorted(p.name for p in tmp_path.iterdir()) == ["a"]  # (nothing left aside)
+    # Past its first step the new run is the one kept: the old one is gone, as --force asked.
+    calls.clear()
+    monkeypatch.setattr(trainer, "_train_step", lambda *a, **k: failing_step(*a, fail_at=2, error=RuntimeError("x"),
+                                                                             **k))
+    with pytest.raises(RuntimeError):
+        train(recipe, progress=False, force=True)
+    assert "model.safetensors" not in _files(tmp_path / "a") and len(calls) == 2
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a"]
+    monkeypatch.setattr(trainer, "_train_step", real_step)
+    train(recipe, progress=False, force=True)
+    assert (tmp_path / "a" / "model.safetensors").is_file() and sorted(p.name for p in tmp_path.iterdir()) == ["a"]
+
+
 def test_force_never_deletes_a_folder_that_holds_no_training_run(tmp_path):
     # (a mistyped --output-dir naming a project: its .git and sources were deleted)
     project = tmp_path / "project"
