@@ -365,4 +365,15 @@ def adapter_layers(model: Any) -> list[str]:
     return sorted({type(module).__name__ for module in modules if type(module).__module__.split(".")[0] == "peft"})
 
 
-__all__ = ["METHODS", "PEFT_TASK_TYPES", "adapter_layers", "peft_config", "peft_targets"]
+def refuse_adapters(model: Any, then: str) -> None:
+    """Refuse a model object holding peft adapter layers (a PeftModel, or adapters injected into a model), saying
+    what to do ``then``, once they are merged: converted, their weights were named as missing and unexpected tensors
+    (``base_layer``, ``lora_A`` ...) or a PeftModel as no model at all; published, a PeftModel saved its adapter
+    alone."""
+    adapters = adapter_layers(model)
+    if adapters:
+        raise ValueError(f"{type(model).__name__} holds peft adapter layers ({', '.join(adapters)}); merge them into "
+                         f"its weights first (a PeftModel's model.merge_and_unload()), then {then}")
+
+
+__all__ = ["METHODS", "PEFT_TASK_TYPES", "adapter_layers", "peft_config", "peft_targets", "refuse_adapters"]

@@ -370,16 +370,18 @@ def _check_known_model_type(source: str) -> None:
         model_type = values.get("model_type")
     except (OSError, UnicodeDecodeError, ValueError, AttributeError):
         return  # (transformers names what is wrong with the file)
-    from seqzoo.registry import get_architecture, list_architectures
+    def ours() -> str:
+        from seqzoo.registry import get_architecture, list_architectures
 
-    ours = ", ".join(sorted(get_architecture(name).model_type for name in list_architectures()))
+        return ", ".join(sorted(get_architecture(name).model_type for name in list_architectures()))
+
     if "model_type" not in values:  # (transformers would say the folder holds custom code to run)
         raise ValueError(f"{str(path)!r} has no model_type field, which names the model's architecture (seqzoo's: "
-                         f"{ours}); the file is damaged, or not a model's config")
+                         f"{ours()}); the file is damaged, or not a model's config")
     if isinstance(model_type, str) and model_type not in CONFIG_MAPPING:
         raise ValueError(f"{source!r} holds a model of model_type {model_type!r}, which neither seqzoo nor "
-                         f"transformers registers here (seqzoo's: {ours}): the architecture of a plugin whose package "
-                         "is not installed, or of a later seqzoo?")
+                         f"transformers registers here (seqzoo's: {ours()}): the architecture of a plugin whose "
+                         "package is not installed, or of a later seqzoo?")
 
 
 def _check_nothing_missing(model: Any, loading: dict[str, Any], source: str) -> None:

@@ -39,8 +39,9 @@ def quantize_int8(model: nn.Module) -> nn.Module:
     float). A model holding peft adapters is refused (merge them first), as is one quantised already.
     A quantised model is for inference in its process: torchao's int8 weights do not save with ``save_pretrained``
     (save the float model, and quantise after loading it)."""
-    adapters = sorted({type(module).__name__ for module in model.modules()
-                       if type(module).__module__.split(".")[0] == "peft"})
+    from seqzoo.adapters import adapter_layers
+
+    adapters = adapter_layers(model)
     if adapters:
         raise ValueError(f"{type(model).__name__} holds peft adapter layers ({', '.join(adapters)}), whose own "
                          "Linear layers would be quantised too and cannot run so; merge them into the model first "

@@ -554,9 +554,9 @@ def show(items: list[str], limit: int = 8) -> str:
 
 __all__ = ["CHECKPOINT_FILES", "DTYPES", "Reader", "SourceWeights", "TOKENIZER_FILES", "TOKENIZER_READS", "build_model",
            "check_destination", "check_tensors", "config_dict", "conversion_dtype", "copy_tokenizer_files", "download",
-           "head_is_tied", "load_transformers_source", "load_torch_file", "materialize_buffers", "read_folder_weights",
-           "read_json", "refuse_adapters", "require_floating_point", "require_values", "show", "tokenizer_code_files",
-           "valid_token_ids", "weights_only_refusal", "is_torch_save_file"]
+           "head_is_tied", "is_torch_save_file", "load_transformers_source", "load_torch_file", "materialize_buffers",
+           "read_folder_weights", "read_json", "refuse_adapters", "require_floating_point", "require_values", "show",
+           "tokenizer_code_files", "valid_token_ids", "weights_only_refusal"]
 
 
 def load_transformers_source(source: Any, model_types: tuple[str, ...], command: str) -> tuple[Any, SourceWeights]:
@@ -596,15 +596,10 @@ def load_transformers_source(source: Any, model_types: tuple[str, ...], command:
 
 
 def refuse_adapters(source: Any) -> None:
-    """Refuse a model object holding peft adapter layers (a PeftModel, or adapters injected into a model): their
-    weights were named as missing and unexpected tensors (``base_layer``, ``lora_A`` ...), or a PeftModel as no
-    model at all."""
-    from seqzoo.adapters import adapter_layers
+    """Refuse a model object holding peft adapter layers, which a conversion cannot read (seqzoo.adapters)."""
+    from seqzoo.adapters import refuse_adapters as refuse
 
-    adapters = adapter_layers(source)
-    if adapters:
-        raise ValueError(f"{type(source).__name__} holds peft adapter layers ({', '.join(adapters)}); merge them into "
-                         f"its weights first (a PeftModel's model.merge_and_unload()), then convert the merged model")
+    refuse(source, "convert the merged model")
 
 
 def _refuse_quantized(quantization: Any, where: str, command: str) -> None:

@@ -290,6 +290,7 @@ def convert_word_lm_file(source: Any, destination: str | Path, nonlinearity: str
 def _load_hidden_file(path: Path) -> Any:
     if not path.is_file():
         raise ValueError(f"hidden state file {str(path)!r} does not exist")
+
     def unreadable(why: str) -> ValueError:
         return ValueError(f"cannot read {str(path)!r} as a hidden state saved with torch.save(hidden, f) (a tensor "
                           f"or a tuple of tensors): {why}")

@@ -287,7 +287,7 @@ def _licensing(license: Any, license_name: Any, license_link: Any) -> dict[str, 
 
 def _load_checkpoint(source: Any, tokenizer: Any, training: dict[str, Any] | None) -> _Checkpoint:
     import seqzoo  # noqa: F401  (registers the architectures, so a config.json resolves to seqzoo's classes)
-    from seqzoo.adapters import adapter_layers
+    from seqzoo.adapters import refuse_adapters
     from seqzoo.registry import architecture_for_model_type
 
     if isinstance(source, (str, os.PathLike)):
@@ -334,11 +334,7 @@ def _load_checkpoint(source: Any, tokenizer: Any, training: dict[str, Any] | Non
     else:
         extra_files = ()
         model = source
-        adapters = adapter_layers(model)
-        if adapters:  # (a PeftModel saves its adapter alone: the bundle then found no config.json)
-            raise ValueError(f"{type(model).__name__} holds peft adapter layers ({', '.join(adapters)}); merge them "
-                             "into its weights first (a PeftModel's model.merge_and_unload()) and publish the merged "
-                             "model, or publish the adapter alone with peft's push_to_hub")
+        refuse_adapters(model, "publish the merged model, or publish the adapter alone with peft's push_to_hub")
         spec = architecture_for_model_type(getattr(getattr(model, "config", None), "model_type", None))
         if tokenizer is None:
             raise ValueError("publishing a model object needs its tokenizer: pass tokenizer=... "

@@ -284,6 +284,11 @@ class TokenStream:
     def model_overrides(self) -> dict[str, Any]:
         return {}
 
+    @property
+    def eval_rows(self) -> int:
+        """Rows of seq_len (with their next-token targets) that the evaluated part of the stream holds."""
+        return (len(self.eval_tokens) - 1) // self.seq_len
+
     def longest_run(self) -> int:
         """The most positions a training or evaluation row reads: seq_len, or with packing the longest stretch of a
         row that no EOS restarts (``document_position_ids``)."""
@@ -340,7 +345,7 @@ class TokenStream:
         return windows[:, :-1], windows[:, 1:]
 
     def eval_sets(self) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
-        count = min(self.eval_samples, (len(self.eval_tokens) - 1) // self.seq_len)
+        count = min(self.eval_samples, self.eval_rows)
         windows = torch.stack([self._window(self.eval_tokens, i) for i in range(count)])
         return {"validation": (windows[:, :-1], windows[:, 1:])}
 
@@ -482,10 +487,10 @@ def build_data(data: Any, seed: int, dataset: Any = None) -> MemoryTask | TokenS
         name = "pydoc_data.topics"
     stream = TokenStream(tokens, name, data.seq_len, data.eval_fraction, data.eval_samples, seed,
                          packing=bool(data.packing), tuning_set=data.tuning_set)
-    rows = (len(stream.eval_tokens) - 1) // stream.seq_len
-    if data.eval_samples > rows and data.eval_samples != type(data).eval_samples:  # (a value given, cut silently)
+    if data.eval_samples > stream.eval_rows and data.eval_samples != type(data).eval_samples:  # (a value given)
         logger.warning("data.eval_samples=%d is more than the %d rows of data.seq_len=%d that the evaluated part of "
-                       "%s holds: all %d are evaluated", data.eval_samples, rows, stream.seq_len, name, rows)
+                       "%s holds: all %d are evaluated", data.eval_samples, stream.eval_rows, stream.seq_len, name,
+                       stream.eval_rows)
     return stream
 
 
