@@ -191,3 +191,11 @@ def test_generation_fields_read_other_ways_leave_the_check_to_transformers(model
     assert names(dict) is None  # (not a dataclass: no fields to leave out)
     model.config.__dict__["attribute_map"] = {"top_p": "hidden_size"}
     assert generation_setup._may_hold_generation_fields(model.config)
+
+
+def test_the_installed_release_is_one_these_were_checked_against():
+    assert generation_setup.preparation_checked() and generation_setup.mask_preparation_checked(), (
+        "this release's GenerationMixin._prepare_generation_config, PreTrainedConfig._get_generation_parameters or "
+        "GenerationMixin._prepare_attention_mask_for_generation is not one seqzoo's preparation was checked against, "
+        "so generate() prepares through transformers' methods: compare (this file's tests), then add the "
+        "fingerprints to seqzoo/models/generation_setup.py")
