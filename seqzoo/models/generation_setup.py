@@ -28,8 +28,10 @@ from typing import Any
 import torch
 from torch import nn
 from transformers import GenerationConfig, GenerationMixin, PreTrainedConfig
+from transformers.utils.logging import get_verbosity
 
 from seqzoo.models.compat import source_fingerprint
+from seqzoo.models.configuration_utils import _seqzoo_config_getattribute
 
 # (GenerationMixin._prepare_generation_config, PreTrainedConfig._get_generation_parameters) as this was checked
 # against, by source_fingerprint.
@@ -44,15 +46,31 @@ _CHECKED_MASK_PREPARATIONS = frozenset({
     "f1f29a68a0a95466",  # transformers 5.23, 5.24 and 5.25
 })
 _FEW_EOS = 64  # (EOS tokens read to Python)
+# Token tensors compared here as transformers' isin compares them (it refuses bool ones, and compares floats as such).
+_INTEGERS = frozenset({torch.int8, torch.int16, torch.int32, torch.int64, torch.uint8})
 _ATOMIC = frozenset({type(None), bool, int, float, str})
 _CONTAINERS = frozenset({list, tuple, dict})
 
 
-@functools.cache
 def preparation_checked() -> bool:
-    """Whether :func:`prepare_generation_config` was checked against the installed transformers' method."""
-    return (source_fingerprint(GenerationMixin._prepare_generation_config,
-                               PreTrainedConfig._get_generation_parameters) in _CHECKED_PREPARATIONS)
+    """Whether :func:`prepare_generation_config` was checked against the installed transformers' methods, as they are
+    now (one patched since, or wrapped, is not)."""
+    return _checked((GenerationMixin._prepare_generation_config, PreTrainedConfig._get_generation_parameters),
+                    _CHECKED_PREPARATIONS)
+
+
+def _checked(functions: tuple, fingerprints: frozenset[str]) -> bool:
+    """Whether ``functions`` are the ones whose sources have these fingerprints, not wrappers of them (whose source
+    ``inspect`` reads from what they wrap); remembered by the functions themselves."""
+    found = _FOUND.get(functions)
+    if found is None:
+        found = (all(getattr(function, "__wrapped__", None) is None for function in functions)
+                 and source_fingerprint(*functions) in fingerprints)
+        _FOUND[functions] = found
+    return found
+
+
+_FOUND: dict[tuple, bool] = {}
 
 
 def prepare_generation_config(model: nn.Module, generation_config: Any,
@@ -64,16 +82,17 @@ def prepare_generation_config(model: nn.Module, generation_config: Any,
             or _may_hold_generation_fields(model.config)):
         return None
     values = vars(own)
-    if not all(map(_plain, values.values())):
-        return None
     kept = model.__dict__.get(ATTRIBUTE)
-    # (same values of the same types: 1 == 1.0 == True, but each may be read differently)
-    types = tuple(map(type, values.values()))
-    if kept is None or kept[0] != types or kept[1] != values:
-        merged = _merged(own)
+    # The merge's checks of the config log at most once per message, and some messages depend on the verbosity.
+    verbosity = get_verbosity()
+    if kept is None or kept[0] != verbosity or not _same(kept[1], values):
+        if not all(map(_plain, values.values())):
+            return None
+        values = copy.deepcopy(values)  # (what is merged: another thread may change the config meanwhile)
+        merged = _merged(values)
         if merged is None:
             return None
-        kept = (types, copy.deepcopy(values), merged)
+        kept = (verbosity, values, merged)
         model.__dict__[ATTRIBUTE] = kept
     generation_config = _copy(kept[2])
     # The rest as transformers' method does it, for a call without a generation_config.
@@ -87,11 +106,10 @@ def prepare_generation_config(model: nn.Module, generation_config: Any,
     return generation_config, model_kwargs
 
 
-@functools.cache
 def mask_preparation_checked() -> bool:
-    """Whether :func:`attention_mask_for_generation` was checked against the installed transformers' method."""
-    return (source_fingerprint(GenerationMixin._prepare_attention_mask_for_generation)
-            in _CHECKED_MASK_PREPARATIONS)
+    """Whether :func:`attention_mask_for_generation` was checked against the installed transformers' method, as it
+    is now."""
+    return _checked((GenerationMixin._prepare_attention_mask_for_generation,), _CHECKED_MASK_PREPARATIONS)
 
 
 def attention_mask_for_generation(inputs_tensor: Any, generation_config: Any,
@@ -103,8 +121,11 @@ def attention_mask_for_generation(inputs_tensor: Any, generation_config: Any,
     pad, eos = generation_config._pad_token_tensor, generation_config._eos_token_tensor
     if ("input_ids" in model_kwargs or not mask_preparation_checked() or type(inputs_tensor) is not torch.Tensor
             or inputs_tensor.dim() != 2 or inputs_tensor.dtype not in (torch.int, torch.long)
-            or type(pad) is not torch.Tensor or pad.numel() != 1 or pad.device != inputs_tensor.device
-            or not (eos is None or (type(eos) is torch.Tensor and eos.numel() <= _FEW_EOS))):
+            or not inputs_tensor.is_contiguous()  # (transformers' mask then follows the prompt's strides)
+            or type(pad) is not torch.Tensor or pad.numel() != 1 or pad.dtype not in _INTEGERS
+            or pad.device != inputs_tensor.device
+            or not (eos is None or (type(eos) is torch.Tensor and eos.numel() <= _FEW_EOS
+                                    and eos.dtype in _INTEGERS))):
         return None
     padded = inputs_tensor.eq(pad.reshape(()))
     if bool(padded.any()) and (eos is None or pad.item() not in eos.reshape(-1).tolist()):
@@ -112,9 +133,30 @@ def attention_mask_for_generation(inputs_tensor: Any, generation_config: Any,
     return torch.ones(inputs_tensor.shape, dtype=torch.long, device=inputs_tensor.device)
 
 
-def _merged(own: GenerationConfig) -> GenerationConfig | None:
-    """A new ``GenerationConfig`` with ``own`` and the global defaults merged in, as transformers' method merges them
-    before the call's keyword arguments; None if it holds anything but plain values."""
+class PreparedGeneration:
+    """A generating model's ``generate()`` set-up, done as above where it applies (before ``GenerationMixin`` in the
+    model class's bases); transformers' own methods otherwise."""
+
+    def _prepare_generation_config(self, generation_config: Any, **kwargs: Any) -> tuple[Any, dict[str, Any]]:
+        prepared = prepare_generation_config(self, generation_config, kwargs)
+        if prepared is not None:
+            return prepared
+        return super()._prepare_generation_config(generation_config, **kwargs)
+
+    def _prepare_attention_mask_for_generation(self, inputs_tensor: torch.Tensor, generation_config: Any,
+                                               model_kwargs: dict[str, Any]) -> torch.Tensor:
+        mask = attention_mask_for_generation(inputs_tensor, generation_config, model_kwargs)
+        if mask is not None:
+            return mask
+        return super()._prepare_attention_mask_for_generation(inputs_tensor, generation_config, model_kwargs)
+
+
+def _merged(values: dict[str, Any]) -> GenerationConfig | None:
+    """A new ``GenerationConfig`` with a generation config of these ``values`` and the global defaults merged in, as
+    transformers' method merges them before the call's keyword arguments; None if it holds anything but plain
+    values."""
+    own = GenerationConfig.__new__(GenerationConfig)
+    vars(own).update(copy.deepcopy(values))
     merged = copy.deepcopy(GenerationConfig())
     merged.update(**own.to_dict(), defaults_only=True, allow_custom_entries=True)
     merged.update(**own._get_default_generation_params(), defaults_only=True)
@@ -131,44 +173,87 @@ def _copy(config: GenerationConfig) -> GenerationConfig:
     return copied
 
 
-def _plain(value: Any) -> bool:
+def _plain(value: Any, depth: int = 0) -> bool:
+    """Whether ``value`` is None, a number, a string, or a list, tuple or dict of such (nested at most
+    :data:`_DEEPEST` deep, which also ends a list holding itself)."""
     kind = type(value)
     if kind in _ATOMIC:
         return True
+    if depth >= _DEEPEST:
+        return False
     if kind is dict:
-        return all(type(key) in _ATOMIC and _plain(item) for key, item in value.items())
-    return kind in (list, tuple) and all(map(_plain, value))
+        return all(type(key) in _ATOMIC and _plain(item, depth + 1) for key, item in value.items())
+    return kind in (list, tuple) and all(_plain(item, depth + 1) for item in value)
+
+
+_DEEPEST = 8
+
+
+def _same(kept: dict[str, Any], values: dict[str, Any]) -> bool:
+    """Whether ``values`` (a generation config's) are the plain ``kept`` ones: the same names in the same order, with
+    the same values of the same types all the way down (1 == 1.0 == True, but each may be read differently). Types
+    are compared before values, so nothing but plain values is ever compared."""
+    if len(kept) != len(values) or list(kept) != list(values):
+        return False
+    for a, b in zip(kept.values(), values.values()):
+        if type(a) is not type(b) or (type(a) in _CONTAINERS and not _identical(a, b)):
+            return False
+    return kept == values
+
+
+def _identical(a: Any, b: Any) -> bool:
+    """``a`` (plain) and ``b`` of the same types and values all the way down, in the same order."""
+    kind = type(a)
+    if kind is not type(b):
+        return False
+    if kind is dict:
+        return len(a) == len(b) and all(_identical(ka, kb) and _identical(va, vb)
+                                        for (ka, va), (kb, vb) in zip(a.items(), b.items()))
+    if kind in (list, tuple):
+        return len(a) == len(b) and all(map(_identical, a, b))
+    return a == b
 
 
 def _may_hold_generation_fields(config: PreTrainedConfig) -> bool:
     """Whether transformers' ``config._get_generation_parameters()`` may find a generation field set on the model's
     config (then its method raises its error): one in the config's own attributes, not None and not a field of its
     class. Also True where such a name could be read some other way (a class attribute or property, an
-    ``attribute_map`` alias, a ``__getattr__``, a config of per-layer settings), which transformers' method checks."""
-    names = _generation_names(type(config))
-    if names is None:
-        return True
+    ``attribute_map`` alias, a ``__getattr__`` or another ``__getattribute__``, a config of per-layer settings) or the
+    class checks in its own way, which transformers' method then does. (The class is read at every call: it may have
+    been changed since the last.)"""
+    cls = type(config)
+    names = _generation_names(cls)
     values = vars(config)
-    if "attribute_map" in values or values.get("_heterogeneity_spec") is not None:
+    if (names is None or cls._get_generation_parameters is not _GENERATION_PARAMETERS
+            or "attribute_map" in values or values.get("_heterogeneity_spec") is not None
+            or not names.isdisjoint(getattr(cls, "attribute_map", ()))
+            or any(hasattr(cls, name) for name in names)):
         return True
+    for klass in cls.__mro__:
+        own = vars(klass)
+        if "__getattr__" in own or own.get("__getattribute__", _OBJECT_READ) not in _PLAIN_READS:
+            return True
     return any(values[name] is not None for name in names.intersection(values))
 
 
 @functools.cache
 def _generation_names(cls: type) -> frozenset[str] | None:
-    """The generation fields transformers' check looks for on a config of class ``cls`` that are not fields of the
-    class; None where one could be read other than from the config's own attributes."""
+    """The generation fields transformers' check looks for that are not fields of ``cls`` (a dataclass's fields are
+    fixed when it is made); None for a class that is not a dataclass."""
     if not dataclasses.is_dataclass(cls):
         return None
-    names = (frozenset(GenerationConfig._get_default_generation_params()) - {"use_cache"}
-             - {field.name for field in dataclasses.fields(cls)})
-    attribute_map = getattr(cls, "attribute_map", {})
-    if any(hasattr(cls, name) or name in attribute_map for name in names):
-        return None
-    if any("__getattr__" in vars(klass) for klass in cls.__mro__ if klass is not object):
-        return None
-    return names
+    return (frozenset(GenerationConfig._get_default_generation_params()) - {"use_cache"}
+            - {field.name for field in dataclasses.fields(cls)})
 
 
-__all__ = ["ATTRIBUTE", "attention_mask_for_generation", "mask_preparation_checked", "prepare_generation_config",
-           "preparation_checked"]
+_GENERATION_PARAMETERS = PreTrainedConfig._get_generation_parameters
+# The attribute reads of transformers' config classes and seqzoo's own (configuration_utils.py), which read a config's
+# attributes and its attribute_map's aliases and nothing else.
+_OBJECT_READ = object.__getattribute__
+_PLAIN_READS = frozenset({_OBJECT_READ, _seqzoo_config_getattribute,
+                          *(vars(klass)["__getattribute__"] for klass in PreTrainedConfig.__mro__
+                            if "__getattribute__" in vars(klass))})
+
+
+__all__ = ["ATTRIBUTE", "PreparedGeneration", "attention_mask_for_generation", "mask_preparation_checked",
+           "prepare_generation_config", "preparation_checked"]

@@ -46,7 +46,7 @@ from seqzoo.models.generation import (
     refuse_continuous_batching,
 )
 from seqzoo.models.generation_setup import ATTRIBUTE as GENERATION_DEFAULTS
-from seqzoo.models.generation_setup import attention_mask_for_generation, prepare_generation_config
+from seqzoo.models.generation_setup import PreparedGeneration
 from seqzoo.models.inputs import index_labels
 from seqzoo.models.loading import (
     check_checkpoint_model_type,
@@ -69,21 +69,6 @@ from seqzoo.models.weight_storage import (
 logger = logging.getLogger("seqzoo")
 
 
-# Methods generate() reads the signature of at every call (five times for the forward), 20-25 µs a read from the
-# function's code against about 5 from a signature kept on it, which ``inspect.signature`` returns as it is (for a
-# bound method, less its first parameter).
-SIGNATURE_READ_METHODS = ("forward", "_sample", "_beam_search", "_assisted_decoding")
-
-
-def remember_signatures(cls: type) -> None:
-    """Keep on each function ``cls`` defines among :data:`SIGNATURE_READ_METHODS` the signature ``inspect`` reads
-    from its code, so that later reads return it (a function that has one, or a wrapper's, keeps its own)."""
-    for name in SIGNATURE_READ_METHODS:
-        function = cls.__dict__.get(name)
-        if inspect.isfunction(function) and "__signature__" not in function.__dict__:
-            function.__signature__ = inspect.signature(function)
-
-
 class SeqzooPreTrainedModel(PreTrainedModel):
     """Base of every seqzoo model. Its decoding state lives in a :class:`~seqzoo.cache.SeqzooCache`; what it can do
     (constant-size decoding, truncated BPTT, cache cropping, generation) is ``config.capabilities``."""
@@ -94,10 +79,6 @@ class SeqzooPreTrainedModel(PreTrainedModel):
     # Keyword arguments this model's forward takes beyond its own parameters: the markers of packed rows
     # (seqzoo/models/packing.py), which every causal architecture reads; checked like the parameters.
     extra_forward_kwargs: tuple[str, ...] = PACKING_KWARGS
-
-    def __init_subclass__(cls, **kwargs: Any) -> None:
-        super().__init_subclass__(**kwargs)
-        remember_signatures(cls)
 
     def __init__(self, config: Any, *args: Any, **kwargs: Any) -> None:
         # A config is validated when built, but a field set since (``config.x = ...``, or a keyword of
@@ -269,7 +250,7 @@ def _head_module_names() -> set[str]:
     return names
 
 
-class SeqzooForCausalLM(SeqzooPreTrainedModel, GenerationMixin):
+class SeqzooForCausalLM(SeqzooPreTrainedModel, PreparedGeneration, GenerationMixin):
     """Embedding backbone (``self.model``) + linear head over the vocabulary (``self.lm_head``)."""
 
     head_modules = ("lm_head",)
@@ -536,21 +517,6 @@ class SeqzooForCausalLM(SeqzooPreTrainedModel, GenerationMixin):
         check_loop_name(loop)
         self.generate_loop = loop
         return self
-
-    def _prepare_generation_config(self, generation_config: Any, **kwargs: Any) -> tuple[Any, dict[str, Any]]:
-        # transformers' preparation, with the merge of the model's generation_config and the global defaults kept
-        # between calls while that config holds the same values (models/generation_setup.py).
-        prepared = prepare_generation_config(self, generation_config, kwargs)
-        if prepared is not None:
-            return prepared
-        return super()._prepare_generation_config(generation_config, **kwargs)
-
-    def _prepare_attention_mask_for_generation(self, inputs_tensor: torch.Tensor, generation_config: Any,
-                                               model_kwargs: dict[str, Any]) -> torch.Tensor:
-        mask = attention_mask_for_generation(inputs_tensor, generation_config, model_kwargs)
-        if mask is not None:
-            return mask
-        return super()._prepare_attention_mask_for_generation(inputs_tensor, generation_config, model_kwargs)
 
     def _sample(self, input_ids: torch.Tensor, logits_processor: Any, stopping_criteria: Any, generation_config: Any,
                 synced_gpus: bool = False, streamer: Any = None, **model_kwargs: Any) -> Any:

@@ -42,6 +42,7 @@ from seqzoo.models.generation import (
     mark_beam_search_cache,
     refuse_continuous_batching,
 )
+from seqzoo.models.generation_setup import PreparedGeneration
 from seqzoo.models.inputs import (
     cache_under_checkpointing,
     check_label_range,
@@ -262,7 +263,7 @@ def _source_mask(attention_mask: torch.Tensor | None, memory: torch.Tensor) -> t
     return mask
 
 
-class Seq2SeqForConditionalGeneration(Seq2SeqPreTrainedModel, GenerationMixin):
+class Seq2SeqForConditionalGeneration(Seq2SeqPreTrainedModel, PreparedGeneration, GenerationMixin):
     """The encoder-decoder with a linear layer over the vocabulary (tied to the embedding unless
     ``tie_word_embeddings=False``); ``AutoModelForSeq2SeqLM``."""
 
