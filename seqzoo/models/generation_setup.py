@@ -1,5 +1,6 @@
 """The generation config ``generate()`` decodes with, prepared as transformers prepares it, without rebuilding the part
-that does not change between calls.
+that does not change between calls; and a prompt's attention mask, from one comparison
+(:func:`attention_mask_for_generation`).
 
 For a call without a ``generation_config``, transformers' ``GenerationMixin._prepare_generation_config`` checks the
 model's config for generation fields set on it (no longer supported), deep-copies a new ``GenerationConfig``, merges
@@ -13,8 +14,8 @@ values, of the same types.
 
 It answers only where transformers' method would do just that: no ``generation_config`` passed, the model's a plain
 ``GenerationConfig`` holding plain values (None, numbers, strings, and lists, tuples and dicts of them), a model
-config on which no generation field can be found, and a release of transformers whose method this was checked
-against (by a fingerprint of its source). Anything else is prepared by transformers' own method.
+config on which no generation field can be found, and transformers' methods as this was checked against (by a
+fingerprint of their source, and not patched or wrapped since). Anything else is prepared by transformers' own method.
 ``tests/models/test_generation_setup.py`` holds the two to the same result.
 """
 

@@ -90,6 +90,11 @@ class SeqzooPreTrainedModel(PreTrainedModel):
             validate()
         super().__init__(config, *args, **kwargs)
 
+    def __getstate__(self) -> dict[str, Any]:
+        state = super().__getstate__()
+        state.pop(GENERATION_DEFAULTS, None)  # (a generating model's kept merge: merged again at the next call)
+        return state
+
     def _set_gradient_checkpointing(self, enable: bool = True,
                                     gradient_checkpointing_func: Any = torch.utils.checkpoint.checkpoint,
                                     **kwargs: Any) -> None:
@@ -473,7 +478,6 @@ class SeqzooForCausalLM(SeqzooPreTrainedModel, PreparedGeneration, GenerationMix
         # this model's own: a copy holding it would decode with the original's weights).
         state = super().__getstate__()
         state.pop(COMPILED, None)
-        state.pop(GENERATION_DEFAULTS, None)  # (merged again at the next call)
         return state
 
     def prepare_inputs_for_generation(self, *args: Any, **kwargs: Any) -> dict[str, Any]:

@@ -105,11 +105,14 @@ def test_generation_fields_on_the_model_config_are_refused_as_transformers_refus
     assert generation_setup.prepare_generation_config(model, None, {}) is not None
 
 
-def test_a_kept_merge_is_not_copied_or_pickled(model):
+@pytest.mark.parametrize("preset", ["gru-tiny", *SEQ2SEQ_FAMILIES.values()])
+def test_a_kept_merge_is_not_copied_or_pickled(preset):
     import copy
     import pickle
 
+    model = tiny_model(preset)
     model._prepare_generation_config(None)
+    assert generation_setup.ATTRIBUTE in model.__dict__
     assert generation_setup.ATTRIBUTE not in copy.deepcopy(model).__dict__
     assert generation_setup.ATTRIBUTE not in pickle.loads(pickle.dumps(model)).__dict__
 
