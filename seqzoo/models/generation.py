@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import functools
 from collections.abc import Iterator
+from types import SimpleNamespace
 from typing import Any
 
 import torch
@@ -197,11 +198,27 @@ def check_generate_mask(model: nn.Module, args: tuple, kwargs: dict[str, Any]) -
         )
 
 
+def generation_settings(model: nn.Module, args: tuple, kwargs: dict[str, Any]) -> SimpleNamespace:
+    """The settings of a ``generate(*args, **kwargs)`` call that seqzoo's checks read (:data:`SETTINGS`), before the
+    call's keywords (which the checks read first), as transformers merges them: the ``generation_config`` passed
+    (a keyword, or the second positional argument) where it sets one, else the model's ``generation_config``; None
+    where neither does."""
+    passed = kwargs.get("generation_config", args[1] if len(args) > 1 else None)
+    own = model.generation_config
+    values = {}
+    for name in SETTINGS:
+        value = getattr(passed, name, None)
+        values[name] = value if value is not None else getattr(own, name, None)
+    return SimpleNamespace(**values)
+
+
+SETTINGS = ("num_beams", "num_return_sequences", "use_cache", "cache_implementation")
+
+
 def check_cache_implementation(model: nn.Module, config: Any, kwargs: dict[str, Any]) -> None:
-    """What ``generate()`` does with a ``cache_implementation`` (a keyword in ``kwargs``, or ``config``'s): seqzoo
-    models decode with their own cache, so any other than "dynamic" (what SeqzooCache is) is refused, not left for
-    transformers to ignore with a log line; "dynamic" is taken out of ``kwargs`` (generate() refuses one beside a
-    cache object)."""
+    """Refuse a ``cache_implementation`` (a keyword in ``kwargs``, or ``config``'s) other than "dynamic" (what
+    SeqzooCache is): seqzoo models decode with their own cache, and transformers would ignore it with a log line.
+    ("dynamic" is taken out of the prepared generation config: :func:`without_cache_implementation`.)"""
     implementation = kwargs.get("cache_implementation", getattr(config, "cache_implementation", None))
     if implementation not in (None, "dynamic"):
         raise ValueError(
@@ -210,8 +227,15 @@ def check_cache_implementation(model: nn.Module, config: Any, kwargs: dict[str, 
             "values growing per attention layer, like transformers' dynamic cache): leave cache_implementation "
             "unset (or 'dynamic'), or pass cache=SeqzooCache.for_model(model)"
         )
-    if implementation is not None:
-        kwargs["cache_implementation"] = None
+
+
+def without_cache_implementation(generation_config: Any) -> Any:
+    """``generation_config`` (as ``generate()`` prepared it) without a ``cache_implementation`` of "dynamic", which
+    seqzoo's cache is: transformers refuses one beside the cache object seqzoo passes. (Any other was refused
+    before: :func:`check_cache_implementation`.)"""
+    if getattr(generation_config, "cache_implementation", None) == "dynamic":
+        generation_config.cache_implementation = None
+    return generation_config
 
 
 # transformers' prepare_inputs_for_generation as decode_step_inputs was checked against (tests/models/

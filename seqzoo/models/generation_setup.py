@@ -33,6 +33,7 @@ from transformers.utils.logging import get_verbosity
 
 from seqzoo.models.compat import source_fingerprint
 from seqzoo.models.configuration_utils import _seqzoo_config_getattribute
+from seqzoo.models.generation import without_cache_implementation
 
 # (GenerationMixin._prepare_generation_config, PreTrainedConfig._get_generation_parameters) as this was checked
 # against, by source_fingerprint.
@@ -140,9 +141,11 @@ class PreparedGeneration:
 
     def _prepare_generation_config(self, generation_config: Any, **kwargs: Any) -> tuple[Any, dict[str, Any]]:
         prepared = prepare_generation_config(self, generation_config, kwargs)
-        if prepared is not None:
-            return prepared
-        return super()._prepare_generation_config(generation_config, **kwargs)
+        if prepared is None:
+            prepared = super()._prepare_generation_config(generation_config, **kwargs)
+        # (a cache_implementation of "dynamic" is what seqzoo's cache is; transformers refuses one beside the cache
+        # object seqzoo's generate() passes it)
+        return without_cache_implementation(prepared[0]), prepared[1]
 
     def _prepare_attention_mask_for_generation(self, inputs_tensor: torch.Tensor, generation_config: Any,
                                                model_kwargs: dict[str, Any]) -> torch.Tensor:

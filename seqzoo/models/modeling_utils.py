@@ -42,6 +42,7 @@ from seqzoo.models.generation import (
     decode_step_inputs,
     drop_generate_only_inputs,
     explained_assisted_refusal,
+    generation_settings,
     mark_beam_search_cache,
     refuse_continuous_batching,
 )
@@ -537,7 +538,7 @@ class SeqzooForCausalLM(SeqzooPreTrainedModel, PreparedGeneration, GenerationMix
         """transformers' ``generate``; a cache to continue from may be passed as ``cache`` on every supported
         release (or under its older names ``past_key_values`` / ``cache_params``)."""
         cache = take_cache(cache, kwargs)
-        config = kwargs.get("generation_config") or self.generation_config
+        config = generation_settings(self, args, kwargs)
         check_cache_implementation(self, config, kwargs)
         check_generate_mask(self, args, kwargs)
         takes_cache = GENERATE_CACHE_KWARG in inspect.signature(self.prepare_inputs_for_generation).parameters

@@ -39,6 +39,7 @@ from seqzoo.models.generation import (
     check_generate_cache,
     drop_generate_only_inputs,
     explained_assisted_refusal,
+    generation_settings,
     mark_beam_search_cache,
     refuse_continuous_batching,
 )
@@ -385,7 +386,7 @@ class Seq2SeqForConditionalGeneration(Seq2SeqPreTrainedModel, PreparedGeneration
         """transformers' ``generate``; a cache to continue from may be passed as ``cache`` on every supported
         release (or under its older names ``past_key_values`` / ``cache_params``)."""
         cache = take_cache(cache, kwargs)
-        config = kwargs.get("generation_config") or self.generation_config
+        config = generation_settings(self, args, kwargs)
         check_cache_implementation(self, config, kwargs)
         check_generate_cache(self, cache, config, kwargs)
         if cache is not None:
