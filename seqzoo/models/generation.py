@@ -212,7 +212,7 @@ def generation_settings(model: nn.Module, args: tuple, kwargs: dict[str, Any]) -
     return SimpleNamespace(**values)
 
 
-SETTINGS = ("num_beams", "num_return_sequences", "use_cache", "cache_implementation")
+SETTINGS = ("num_beams", "num_return_sequences", "use_cache", "cache_implementation", "pad_token_id", "eos_token_id")
 
 
 def check_cache_implementation(model: nn.Module, config: Any, kwargs: dict[str, Any]) -> None:

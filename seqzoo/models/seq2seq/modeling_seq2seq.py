@@ -11,6 +11,7 @@ into ``decoder_input_ids`` (``decoder_start_token_id`` first, -100 as padding) a
 
 from __future__ import annotations
 
+import copy
 import inspect
 import logging
 from typing import Any
@@ -240,10 +241,19 @@ def _as_encoder_output(encoder_outputs: Any) -> Seq2SeqEncoderOutput:
             raise ValueError("encoder_outputs as a tuple must be (last_hidden_state[, final_state][, hidden_states]"
                              f"[, attentions]), as this model's encoder returns it; got {len(encoder_outputs)} values "
                              f"of types {', '.join(type(value).__name__ for value in encoder_outputs)}")
-        fields.update(zip(("hidden_states", "attentions"), rest))
+        names = ["hidden_states", "attentions"]
+        if len(rest) == 1 and _attention_weights(rest[0]):
+            names.pop(0)  # (the attentions alone: per-layer (B, heads, T, S) weights, where hidden states are 3-d)
+        fields.update(zip(names, rest))
         return Seq2SeqEncoderOutput(**fields)
     raise ValueError(f"encoder_outputs must be what this model's encoder returned (a Seq2SeqEncoderOutput, or the "
                      f"tuple (last_hidden_state, final_state)); got {type(encoder_outputs).__name__}")
+
+
+def _attention_weights(per_layer: Any) -> bool:
+    """Whether a per-layer tuple of an encoder's outputs holds attention weights (4-d), not hidden states (3-d)."""
+    first = next((value for value in per_layer or () if value is not None), None)
+    return torch.is_tensor(first) and first.dim() == 4
 
 
 def _source_mask(attention_mask: torch.Tensor | None, memory: torch.Tensor) -> torch.Tensor | None:
@@ -389,11 +399,36 @@ class Seq2SeqForConditionalGeneration(Seq2SeqPreTrainedModel, PreparedGeneration
         config = generation_settings(self, args, kwargs)
         check_cache_implementation(self, config, kwargs)
         check_generate_cache(self, cache, config, kwargs)
+        if kwargs.get("encoder_outputs") is not None:
+            # As this model's encoder output (transformers reads a tuple's batch size as 1), and a copy: transformers
+            # repeats its tensors for beams and returned sequences in place, so the caller's grew at every call.
+            kwargs["encoder_outputs"] = copy.copy(_as_encoder_output(kwargs["encoder_outputs"]))
+        source_mask_from_padding(self, config, args, kwargs)
         if cache is not None:
             kwargs[GENERATE_CACHE_KWARG] = cache
         with cache_expanded_for_generation(cache, config, args, kwargs), explained_assisted_refusal(self):
             result = super().generate(*args, **kwargs)
         return mark_beam_search_cache(result, cache, config, kwargs)
+
+
+def source_mask_from_padding(model: nn.Module, config: Any, args: tuple, kwargs: dict[str, Any]) -> None:
+    """A source of token ids passed to ``generate()`` without an ``attention_mask``: where it holds the pad token,
+    and the pad token is not an EOS token, the mask of its other tokens (into ``kwargs``), as transformers infers a
+    decoder-only model's prompt mask. transformers' ``generate()`` infers none for an encoder-decoder, so a padded
+    batch of sources was encoded with its padding, and each padded row gave other tokens than alone."""
+    ids = args[0] if args else kwargs.get("input_ids", kwargs.get("inputs"))
+    if (kwargs.get("attention_mask") is not None or kwargs.get("encoder_outputs") is not None
+            or type(ids) is not torch.Tensor or ids.dim() != 2 or ids.dtype not in (torch.int32, torch.int64)):
+        return
+    pad = kwargs.get("pad_token_id", config.pad_token_id)
+    eos = kwargs.get("eos_token_id", config.eos_token_id)
+    eos = [] if eos is None else torch.as_tensor(eos).reshape(-1).tolist()
+    if isinstance(pad, torch.Tensor):
+        pad = pad.item() if pad.numel() == 1 else None
+    if isinstance(pad, int) and not isinstance(pad, bool) and pad not in eos:
+        padded = ids == pad
+        if bool(padded.any()):
+            kwargs["attention_mask"] = padded.logical_not_().long()
 
 
 def shift_tokens_right(labels: torch.Tensor, pad_token_id: int | None, decoder_start_token_id: int | None):
