@@ -141,9 +141,19 @@ class SeqzooConfig(PreTrainedConfig):
     def check_keywords_set_after_loading(self, given: set[str]) -> None:
         """Check the fields ``given`` as keywords beside a config.json, once transformers has set them: their values
         as a config built with them would be (``from_pretrained(path, hidden_size=-1)``; the file's own values were
-        checked as it loaded), and that the model reads them."""
+        checked as it loaded), and that the model reads them. An ``id2label`` given alone replaces the file's
+        ``label2id`` by its inverse, as a config built with it would hold (transformers kept the file's, naming
+        other classes); label names given are checked as a config built with them would be."""
+        if "id2label" in given and "label2id" not in given and self.id2label is not None:
+            self.label2id = {label: index for index, label in self.id2label.items()}
         self.validate_architecture()
         self.check_fields_read(only=given)
+        if given & {"id2label", "label2id", "num_labels"}:
+            token = _LOADING.set(False)  # (the caller's keywords: refused, not warned about as a file's values)
+            try:
+                check_labels(self)
+            finally:
+                _LOADING.reset(token)
 
     def unread_fields(self) -> list[tuple[str, Any, str]]:
         """The fields a model of this config does not read, as (name, its default, what reads it). Set away from its

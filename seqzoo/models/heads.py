@@ -117,7 +117,10 @@ class SeqzooForSequenceClassification(_ClassifierHead):
         loss = None
         if labels is not None:
             labels = sequence_labels(labels, logits, self.config)
-            loss = self.loss_function(labels=labels, pooled_logits=logits, config=self.config)
+            # (in float32 at least, as transformers' token-classification loss computes: its sequence loss takes
+            # half-precision logits as they are, and binary cross-entropy then computes at their precision)
+            loss = self.loss_function(labels=labels, config=self.config,
+                                      pooled_logits=logits.to(torch.promote_types(logits.dtype, torch.float32)))
         return_dict = return_dict if return_dict is not None else self.config.return_dict
         attentions = getattr(outputs, "attentions", None)
         if not return_dict:
@@ -197,8 +200,8 @@ def sequence_labels(labels: torch.Tensor, logits: torch.Tensor, config: Any) -> 
         labels = labels.long()
         check_label_range(labels, num_labels, "num_labels", "class indices")
         return labels
-    # The losses of the other kinds take float targets, at least float32 (torch's losses promote the logits): in
-    # the dtype of half-precision logits (autocast, a bf16 / fp16 model) a target loses digits, or is inf above 65504.
+    # The losses of the other kinds take float targets, at least float32 (as the logits are taken): in the dtype of
+    # half-precision logits (autocast, a bf16 / fp16 model) a target loses digits, or is inf above 65504.
     return labels.to(torch.promote_types(logits.dtype, torch.float32))
 
 

@@ -234,6 +234,21 @@ def check_loaded_tensors(cls: type, model: nn.Module, info: dict[str, Any], sour
                 "ignore_mismatched_sizes=True to start a new head of "
                 f"{labels} label(s) on its backbone ({'; '.join(problems)})"
             )
+        head = tuple(f"{module}." for module in cls.head_modules)
+        other_head = saved_as not in (None, cls.__name__)
+        if (mismatched and not missing and not unexpected and (other_head or "score" in cls.head_modules)
+                and all(key.startswith(head) for key, _, _ in mismatched)):
+            # Only this head's own tensors differ: a checkpoint saved with another head (a token classifier's score
+            # is as wide as a position's hidden state, a sequence classifier's as its pooled one), or a setting given
+            # beside it that changes the head's shape; not a damaged one.
+            why = (f"was saved as {saved_as}, whose head does not fit this {cls.__name__}'s"
+                   if other_head else
+                   f"holds a head that does not fit this {cls.__name__}'s, as configured (a setting given beside "
+                   "it, such as classifier_pooling, changes the head's shape)")
+            raise ValueError(
+                f"checkpoint {str(source)!r} {why} ({'; '.join(problems)}); pass ignore_mismatched_sizes=True to "
+                "start a new head on its backbone, or load it as it was saved"
+            )
         raise ValueError(
             f"checkpoint {str(source)!r} does not fit {cls.__name__}: "
             f"{'; '.join(problems)}. Save or download the checkpoint again; or, from Python, pass "
