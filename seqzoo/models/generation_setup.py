@@ -129,10 +129,18 @@ def attention_mask_for_generation(inputs_tensor: Any, generation_config: Any,
             or not (eos is None or (type(eos) is torch.Tensor and eos.numel() <= _FEW_EOS
                                     and eos.dtype in _INTEGERS))):
         return None
-    padded = inputs_tensor.eq(pad.reshape(()))
-    if bool(padded.any()) and (eos is None or pad.item() not in eos.reshape(-1).tolist()):
-        return padded.logical_not_().long()
-    return torch.ones(inputs_tensor.shape, dtype=torch.long, device=inputs_tensor.device)
+    mask = mask_from_pad_token(inputs_tensor, pad.item(), [] if eos is None else eos.reshape(-1).tolist())
+    return torch.ones(inputs_tensor.shape, dtype=torch.long, device=inputs_tensor.device) if mask is None else mask
+
+
+def mask_from_pad_token(ids: torch.Tensor, pad: int, eos: list[int]) -> torch.Tensor | None:
+    """transformers' rule for the mask of a prompt passed without one: where the (B, T) token ``ids`` hold the pad
+    token and it is not one of the ``eos`` tokens, a long mask with a 0 at each pad token; else None (nothing
+    padded, or nothing to tell padding from an end by)."""
+    if pad in eos:
+        return None
+    padded = ids == pad
+    return padded.logical_not_().long() if bool(padded.any()) else None
 
 
 class PreparedGeneration:
@@ -160,7 +168,7 @@ def _merged(values: dict[str, Any]) -> GenerationConfig | None:
     transformers' method merges them before the call's keyword arguments; None if it holds anything but plain
     values."""
     own = GenerationConfig.__new__(GenerationConfig)
-    vars(own).update(copy.deepcopy(values))
+    vars(own).update(values)  # (read only: to_dict copies what it hands on)
     merged = copy.deepcopy(GenerationConfig())
     merged.update(**own.to_dict(), defaults_only=True, allow_custom_entries=True)
     merged.update(**own._get_default_generation_params(), defaults_only=True)
@@ -259,5 +267,5 @@ _PLAIN_READS = frozenset({_OBJECT_READ, _seqzoo_config_getattribute,
                             if "__getattribute__" in vars(klass))})
 
 
-__all__ = ["ATTRIBUTE", "PreparedGeneration", "attention_mask_for_generation", "mask_preparation_checked",
-           "prepare_generation_config", "preparation_checked"]
+__all__ = ["ATTRIBUTE", "PreparedGeneration", "attention_mask_for_generation", "mask_from_pad_token",
+           "mask_preparation_checked", "prepare_generation_config", "preparation_checked"]

@@ -44,7 +44,7 @@ from seqzoo.models.generation import (
     mark_beam_search_cache,
     refuse_continuous_batching,
 )
-from seqzoo.models.generation_setup import PreparedGeneration
+from seqzoo.models.generation_setup import PreparedGeneration, mask_from_pad_token
 from seqzoo.models.inputs import (
     cache_under_checkpointing,
     check_label_range,
@@ -425,10 +425,10 @@ def source_mask_from_padding(model: nn.Module, config: Any, args: tuple, kwargs:
     eos = [] if eos is None else torch.as_tensor(eos).reshape(-1).tolist()
     if isinstance(pad, torch.Tensor):
         pad = pad.item() if pad.numel() == 1 else None
-    if isinstance(pad, int) and not isinstance(pad, bool) and pad not in eos:
-        padded = ids == pad
-        if bool(padded.any()):
-            kwargs["attention_mask"] = padded.logical_not_().long()
+    if isinstance(pad, int) and not isinstance(pad, bool):
+        mask = mask_from_pad_token(ids, pad, eos)
+        if mask is not None:
+            kwargs["attention_mask"] = mask
 
 
 def shift_tokens_right(labels: torch.Tensor, pad_token_id: int | None, decoder_start_token_id: int | None):
