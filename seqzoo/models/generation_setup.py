@@ -24,11 +24,13 @@ from __future__ import annotations
 import copy
 import dataclasses
 import functools
+import inspect
 from typing import Any
 
 import torch
 from torch import nn
 from transformers import GenerationConfig, GenerationMixin, PreTrainedConfig
+from transformers.utils import TransformersKwargs
 from transformers.utils.logging import get_verbosity
 
 from seqzoo.models.compat import source_fingerprint
@@ -46,6 +48,11 @@ ATTRIBUTE = "_seqzoo_generation_defaults"
 # against.
 _CHECKED_MASK_PREPARATIONS = frozenset({
     "f1f29a68a0a95466",  # transformers 5.23, 5.24 and 5.25
+})
+# (GenerationMixin._validate_model_kwargs, _supports_logits_to_keep, _supports_mm_encoder_outputs) as
+# SignatureReads was checked against.
+_CHECKED_SIGNATURE_READS = frozenset({
+    "5f8b9ce3e694504f",  # transformers 5.23, 5.24 and 5.25
 })
 _FEW_EOS = 64  # (EOS tokens read to Python)
 # Token tensors compared here as transformers' isin compares them (it refuses bool ones, and compares floats as such).
@@ -161,6 +168,64 @@ class PreparedGeneration:
         if mask is not None:
             return mask
         return super()._prepare_attention_mask_for_generation(inputs_tensor, generation_config, model_kwargs)
+
+    # transformers reads the forward's signature (and the input preparation's) through inspect at every generate()
+    # call, 20-25 µs each on a 2-core CPU; these three methods answer from the names read once per class.
+
+    def _validate_model_kwargs(self, model_kwargs: dict[str, Any]) -> None:
+        names = None if self.config.is_encoder_decoder else signature_names(self)
+        if names is None or not names.accepts(model_kwargs):
+            super()._validate_model_kwargs(model_kwargs)  # (which names what it refuses)
+
+    def _supports_logits_to_keep(self) -> bool:
+        names = signature_names(self)
+        return "logits_to_keep" in names.forward if names is not None else super()._supports_logits_to_keep()
+
+    def _supports_mm_encoder_outputs(self) -> bool:
+        names = signature_names(self)
+        if names is not None:
+            return "mm_encoder_outputs" in names.forward
+        return super()._supports_mm_encoder_outputs()
+
+
+@dataclasses.dataclass(frozen=True)
+class SignatureNames:
+    """The parameter names ``inspect.signature`` reads from a model's bound ``forward``, and what transformers'
+    ``_validate_model_kwargs`` accepts from them for a decoder-only model: the input preparation's, and the forward's
+    too where the preparation takes ``**kwargs`` or ``**model_kwargs``."""
+    forward: frozenset[str]
+    accepted: frozenset[str]
+
+    def accepts(self, model_kwargs: dict[str, Any]) -> bool:
+        """Whether transformers' check passes these keyword arguments: each None, or a name accepted."""
+        return all(value is None or key in self.accepted or key in _ALWAYS_ACCEPTED
+                   or key in TransformersKwargs.__optional_keys__ for key, value in model_kwargs.items())
+
+
+def signature_names(model: nn.Module) -> SignatureNames | None:
+    """The names, read once per ``forward`` and ``prepare_inputs_for_generation`` functions of the model's class, or
+    None where transformers' methods must read them: either method set on the model itself (accelerate's
+    hooks set a wrapped forward there) or transformers' three methods not the ones checked."""
+    own = vars(model)
+    if "forward" in own or "prepare_inputs_for_generation" in own or not _checked(
+            (GenerationMixin._validate_model_kwargs, GenerationMixin._supports_logits_to_keep,
+             GenerationMixin._supports_mm_encoder_outputs), _CHECKED_SIGNATURE_READS):
+        return None
+    cls = type(model)
+    key = (cls.forward, cls.prepare_inputs_for_generation)  # (what the bound methods' signatures are read from)
+    names = _SIGNATURE_NAMES.get(key)
+    if names is None:
+        forward = frozenset(inspect.signature(model.forward).parameters)
+        preparation = frozenset(inspect.signature(model.prepare_inputs_for_generation).parameters)
+        takes_more = "kwargs" in preparation or "model_kwargs" in preparation
+        names = SignatureNames(forward, preparation | forward if takes_more else preparation)
+        _SIGNATURE_NAMES[key] = names
+    return names
+
+
+_SIGNATURE_NAMES: dict[tuple, SignatureNames] = {}
+# What transformers' _validate_model_kwargs accepts beside the signatures' names and TransformersKwargs' keys.
+_ALWAYS_ACCEPTED = frozenset({"debug_io", "mm_encoder_outputs"})
 
 
 def _merged(values: dict[str, Any]) -> GenerationConfig | None:

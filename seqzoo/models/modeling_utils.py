@@ -534,6 +534,10 @@ class SeqzooForCausalLM(SeqzooPreTrainedModel, PreparedGeneration, GenerationMix
         return super()._sample(input_ids, logits_processor, stopping_criteria, generation_config,
                                synced_gpus=synced_gpus, streamer=streamer, **model_kwargs)
 
+    # generate() reads this method's signature at every call (whether it takes ``inputs_tensor``): read once here, the
+    # same answer (a wrapper made with functools.wraps answers with it too, as inspect would unwrap it to this).
+    _sample.__signature__ = inspect.signature(_sample)
+
     def generate(self, *args: Any, cache: Any = None, **kwargs: Any) -> Any:
         """transformers' ``generate``; a cache to continue from may be passed as ``cache`` on every supported
         release (or under its older names ``past_key_values`` / ``cache_params``)."""
