@@ -155,8 +155,11 @@ def test_generate_is_the_same_with_transformers_preparation(family, monkeypatch)
     prompt = torch.tensor([[0, 0, 7, 8, 9], [5, 6, 7, 8, 9]])
     kwargs = {"max_new_tokens": 4, "do_sample": False, "pad_token_id": 0}
     ours = model.generate(prompt, **kwargs)
+    with pytest.raises(ValueError, match="not used by the model: \\['temprature'\\]"):  # (the keywords' check)
+        model.generate(prompt, temprature=0.5, **kwargs)
     monkeypatch.setattr(generation_setup, "preparation_checked", lambda: False)
     monkeypatch.setattr(generation_setup, "mask_preparation_checked", lambda: False)
+    monkeypatch.setattr(generation_setup, "signature_names", lambda model: None)
     assert torch.equal(model.generate(prompt, **kwargs), ours)
 
 
@@ -171,6 +174,7 @@ def test_seq2seq_generate_is_the_same_with_transformers_preparation(family, monk
     assert generation_setup.ATTRIBUTE in model.__dict__
     ours = model.generate(source, attention_mask=(source != 0).long(), **kwargs)
     monkeypatch.setattr(generation_setup, "preparation_checked", lambda: False)
+    monkeypatch.setattr(generation_setup, "signature_names", lambda model: None)
     assert torch.equal(model.generate(source, attention_mask=(source != 0).long(), **kwargs), ours)
 
 

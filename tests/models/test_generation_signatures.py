@@ -164,19 +164,6 @@ def test_the_decoding_methods_signature_is_its_own():
     assert "inputs_tensor" not in inspect.signature(function).parameters
 
 
-@pytest.mark.parametrize("family", FAMILIES)
-def test_generate_is_the_same_with_transformers_reads(family, monkeypatch):
-    torch.manual_seed(0)
-    model = tiny_model(FAMILIES[family]).eval()
-    prompt = torch.tensor([[0, 0, 7, 8, 9], [5, 6, 7, 8, 9]])
-    kwargs = {"max_new_tokens": 4, "do_sample": False, "pad_token_id": 0}
-    ours = model.generate(prompt, **kwargs)
-    with pytest.raises(ValueError, match="not used by the model: \\['temprature'\\]"):
-        model.generate(prompt, temprature=0.5, **kwargs)
-    monkeypatch.setattr(generation_setup, "signature_names", lambda model: None)
-    assert torch.equal(model.generate(prompt, **kwargs), ours)
-
-
 def test_the_installed_release_is_one_these_were_checked_against():
     assert generation_setup.signature_names(tiny_model("gru-tiny")) is not None, (
         "this release's GenerationMixin._validate_model_kwargs, _supports_logits_to_keep or "
