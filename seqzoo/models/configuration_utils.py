@@ -469,6 +469,16 @@ def refuse_unused_keywords(config: PreTrainedConfig, unused: dict[str, Any]) -> 
     raise TypeError(message)
 
 
+def unknown_loading_keyword(config_class: type, model_class: type, key: str) -> TypeError:
+    """The error for a keyword of ``model_class.from_pretrained`` that is neither a field of ``config_class`` nor an
+    option of transformers' loading (transformers hands it to the model's ``__init__``, whose own TypeError names
+    neither)."""
+    names, hints = _own_fields_and_hints(config_class, [key])
+    return TypeError(f"{model_class.__name__}.from_pretrained got unknown keyword argument {hints[0]}: it is neither "
+                     f"a field of {config_class.__name__} nor an option of transformers' from_pretrained; the "
+                     f"config's own fields are {', '.join(names)}")
+
+
 def _own_fields_and_hints(cls: type, keys: list[str]) -> tuple[list[str], list[str]]:
     """The fields ``cls`` adds to transformers' config (and its aliases), and each of ``keys`` with a did-you-mean."""
     names = sorted({f.name for f in fields(cls)} - {f.name for f in fields(PreTrainedConfig)} | set(cls.attribute_map))

@@ -7,7 +7,9 @@ one."""
 from __future__ import annotations
 
 import json
+import logging
 import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +19,8 @@ from transformers import PreTrainedConfig
 
 from seqzoo.layers.mixer import Mixer
 from seqzoo.models.weight_storage import offloaded_value
+
+logger = logging.getLogger(__name__)
 
 # What from_pretrained hands on to reading the config.json it checks (a Hub download's options).
 _HUB_KWARGS = ("cache_dir", "force_download", "local_files_only", "token", "revision", "subfolder", "proxies")
@@ -88,6 +92,65 @@ def _with_variant(name: str, variant: str | None) -> str:
         return name
     stem, _, extension = name.rpartition(".")
     return f"{stem}.{variant}.{extension}"
+
+
+def weight_file_states(folder: Any, variant: str | None) -> dict[str, Any]:
+    """The state (``os.stat``'s identity and times, or None) of the single weights file and of the checkpoint index
+    that a save into ``folder`` with ``variant`` may write: read before the save, for :func:`remove_stale_weights`."""
+    states = {}
+    for name in ("model.safetensors", "model.safetensors.index.json"):
+        try:
+            found = os.stat(Path(folder) / _with_variant(name, variant))
+            states[name] = (found.st_ino, found.st_mtime_ns, found.st_size)
+        except OSError:
+            states[name] = None
+    return states
+
+
+def check_other_variants_kept(folder: Any, variant: str | None) -> None:
+    """Refuse a save into ``folder`` that transformers' clean-up of earlier shards would take another variant's
+    shards with: it removes every ``<name>-NNNNN-of-NNNNN`` file whose name starts with the new weights' name without
+    its extension, so a save without a variant removes ``model.v1-00001-of-00002.safetensors`` of a ``variant="v1"``
+    save, whose index is then left naming files that are gone."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return
+    own = _with_variant("model.safetensors.index.json", variant)
+    prefix = _with_variant("model.safetensors", variant).removesuffix(".safetensors")
+    for index in sorted(folder.glob("model.safetensors.index*.json")):
+        if index.name == own:
+            continue
+        try:
+            weight_map = json.loads(index.read_bytes()).get("weight_map", {})
+            files = set(weight_map.values())
+        except (OSError, ValueError, AttributeError, TypeError, RecursionError):
+            continue  # (a damaged index is named when it is loaded)
+        doomed = sorted(name for name in files if isinstance(name, str) and name.startswith(prefix)
+                        and re.fullmatch(r".*?-\d{5}-of-\d{5}", name.removesuffix(".safetensors"))
+                        and (folder / name).is_file())
+        if doomed:
+            raise ValueError(
+                f"save_pretrained into {str(folder)!r} would delete the shards indexed by {index.name} "
+                f"({', '.join(doomed[:3])}{' ...' if len(doomed) > 3 else ''}): transformers' save removes earlier "
+                f"shards whose names start with {prefix!r}; save this one into another folder, or with a variant")
+
+
+def remove_stale_weights(folder: Any, variant: str | None, before: dict[str, Any]) -> None:
+    """After a save into ``folder``: remove the single weights file that a sharded save left beside its index (it
+    would be loaded instead of the new shards), or the index a single-file save left (its shards transformers'
+    save removes). Only a file the save did not write, beside one it did."""
+    after = weight_file_states(folder, variant)
+    written = [name for name, state in after.items() if state is not None and state != before[name]]
+    if len(written) != 1:
+        return
+    (stale,) = set(after) - set(written)
+    if after[stale] is not None:
+        path = Path(folder) / _with_variant(stale, variant)
+        why = ("it would have been loaded in place of the new shards" if stale == "model.safetensors"
+               else "it indexed shards that are gone")
+        logger.warning("save_pretrained: removed %s, left in the folder by an earlier save: this save wrote %s, and %s",
+                       path, _with_variant(written[0], variant), why)
+        path.unlink()
 
 
 def check_weight_files(source: Any, kwargs: dict[str, Any]) -> None:

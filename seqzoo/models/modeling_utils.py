@@ -6,9 +6,11 @@ are laid out and saved in weight_storage.py."""
 
 from __future__ import annotations
 
+import difflib
 import importlib
 import inspect
 import logging
+import re
 from typing import Any
 
 import torch
@@ -31,6 +33,7 @@ from seqzoo.models.compat import (
 )
 from seqzoo.models.compiled_decoding import ATTRIBUTE as COMPILED
 from seqzoo.models.compiled_decoding import compile_forward, run_compiled_step
+from seqzoo.models.configuration_utils import unknown_loading_keyword
 from seqzoo.models.decode_loop import check_loop_name, runs_own_loop, sample
 from seqzoo.models.decode_step import call_plainly
 from seqzoo.models.generation import (
@@ -54,9 +57,12 @@ from seqzoo.models.loading import (
     check_finite_weights,
     check_generation_config_file,
     check_loaded_tensors,
+    check_other_variants_kept,
     check_weight_files,
     explain_load_error,
     initialise_anew,
+    remove_stale_weights,
+    weight_file_states,
 )
 from seqzoo.models.packing import PACKING_KWARGS, find_packing
 from seqzoo.models.weight_storage import (
@@ -155,6 +161,7 @@ class SeqzooPreTrainedModel(PreTrainedModel):
                 "save_pretrained(push_to_hub=True) would upload the folder without its model card and tokenizer; "
                 "use model.push_to_hub(repo_id, tokenizer=...) or `seqzoo publish FOLDER REPO_ID`"
             )
+        options = _save_options(type(self), save_directory, args, kwargs)
         # (a state_dict passed in, as accelerate's get_state_dict(model) gives, holds the same quantised tensors)
         tensors = (kwargs["state_dict"].items() if kwargs.get("state_dict") is not None
                    else self.named_parameters())
@@ -167,9 +174,14 @@ class SeqzooPreTrainedModel(PreTrainedModel):
             )
         if kwargs.get("state_dict") is not None:
             kwargs["state_dict"] = contiguous_state_dict(kwargs["state_dict"])
+        variant, is_main_process = options.get("variant"), options.get("is_main_process", True)
+        if is_main_process:
+            check_other_variants_kept(save_directory, variant)
+        before = weight_file_states(save_directory, variant)
         with contiguous_parameters(self):
             super().save_pretrained(save_directory, *args, **kwargs)
-        is_main_process = args[0] if args else kwargs.get("is_main_process", True)
+        if is_main_process:
+            remove_stale_weights(save_directory, variant, before)
         # A class loaded with trust_remote_code=True has _auto_class set: transformers then copies its own code.
         if self._auto_class is None and is_main_process:
             spec = _own_architecture(self)
@@ -212,6 +224,9 @@ class SeqzooPreTrainedModel(PreTrainedModel):
         initialising weights at random, dropping weights or computing garbage; a damaged weights file raises naming
         the file. ``strict=False`` restores transformers' lenient behaviour for the tensors (missing and mis-shaped
         ones initialised anew, others ignored), ``allow_nonfinite=True`` accepts non-finite weights."""
+        for name, value in (("strict", strict), ("allow_nonfinite", allow_nonfinite)):
+            if type(value) is not bool:  # (a string "false" from a command line or a YAML file is true)
+                raise TypeError(f"{cls.__name__}.from_pretrained: {name} must be True or False; got {value!r}")
         config = kwargs.get("config")
         if isinstance(config, PreTrainedConfig):  # the Auto classes pass the checkpoint's own config
             saved_as = (config.architectures or [None])[0]
@@ -232,6 +247,10 @@ class SeqzooPreTrainedModel(PreTrainedModel):
             )
         except Exception as err:
             explain_load_error(err, pretrained_model_name_or_path)
+            unknown = _unknown_init_keyword(err, kwargs)
+            if unknown is not None:
+                config_class = type(config) if isinstance(config, PreTrainedConfig) else cls.config_class
+                raise unknown_loading_keyword(config_class, cls, unknown) from None
             raise
         # What does not fit first: a tensor that was missing or mis-shaped is left uninitialised here, and would
         # otherwise be reported as a non-finite weight of the checkpoint.
@@ -243,6 +262,45 @@ class SeqzooPreTrainedModel(PreTrainedModel):
         if not allow_nonfinite:
             check_finite_weights(model, pretrained_model_name_or_path)
         return (model, info) if want_info else model
+
+
+def _save_options(cls: type, save_directory: Any, args: tuple, kwargs: dict[str, Any]) -> dict[str, Any]:
+    """The options of transformers' ``save_pretrained`` this call gives, by name. Without ``push_to_hub`` it reads no
+    other keyword: one it would drop is refused by name (a misspelt ``max_shard_sise``), except two of transformers
+    4's: ``safe_serialization=True`` (what transformers 5 always does: dropped; ``False`` is refused) and
+    ``save_function`` (accelerate's examples pass it; dropped with a warning)."""
+    signature = inspect.signature(PreTrainedModel.save_pretrained)
+    extra = [name for name, p in signature.parameters.items() if p.kind is p.VAR_KEYWORD]
+    if kwargs.get("safe_serialization", True) is not True:
+        raise ValueError(f"{cls.__name__}.save_pretrained: transformers 5 writes safetensors only "
+                         f"(safe_serialization={kwargs['safe_serialization']!r}); for a pickle of the weights use "
+                         "torch.save(model.state_dict(), path)")
+    if "save_function" in kwargs:
+        logger.warning("%s.save_pretrained: save_function is not read by transformers 5, which writes the weights as "
+                       "safetensors itself (on the main process: is_main_process=...)", cls.__name__)
+    given = {k: v for k, v in kwargs.items() if k not in ("safe_serialization", "save_function")}
+    try:
+        bound = signature.bind(None, save_directory, *args, **given)
+    except TypeError as err:
+        raise TypeError(f"{cls.__name__}.save_pretrained: {err}") from None
+    unknown = sorted(bound.arguments.pop(extra[0], {})) if extra else []
+    if unknown:
+        known = [name for name, p in signature.parameters.items()
+                 if p.kind is p.POSITIONAL_OR_KEYWORD and name not in ("self", "save_directory", "push_to_hub")]
+        hints = [name + (f" (did you mean {close[0]!r}?)" if (close := difflib.get_close_matches(name, known, n=1))
+                         else "") for name in unknown]
+        raise TypeError(f"{cls.__name__}.save_pretrained got unknown keyword argument(s) {', '.join(hints)}; it "
+                        f"takes {', '.join(known)}")
+    for name in ("safe_serialization", "save_function"):
+        kwargs.pop(name, None)
+    return bound.arguments
+
+
+def _unknown_init_keyword(err: Exception, kwargs: dict[str, Any]) -> str | None:
+    """The keyword of ``kwargs`` that a model's ``__init__`` refused in ``err`` (transformers hands the model what
+    neither its loading nor the config takes), or None for any other error."""
+    match = re.search(r"__init__\(\) got an unexpected keyword argument '([^']+)'", str(err))
+    return match.group(1) if type(err) is TypeError and match and match.group(1) in kwargs else None
 
 
 def _head_module_names() -> set[str]:
