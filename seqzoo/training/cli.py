@@ -56,6 +56,9 @@ def cmd_train(args: argparse.Namespace) -> int:
         if not args.output_dir.strip():
             raise ValueError("--output-dir is empty: give the folder for checkpoints, metrics and the final model, "
                              "or leave the option out for the recipe's output_dir")
+        if "output_dir" in overrides:
+            raise ValueError(f"--output-dir {args.output_dir!r} and the override output_dir="
+                             f"{overrides['output_dir']!r} both set the output folder; give it once")
         overrides["output_dir"] = args.output_dir
     recipe = load_recipe(args.recipe, overrides)
     if args.print_recipe:

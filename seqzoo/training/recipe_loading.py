@@ -86,7 +86,17 @@ def load_recipe(source: str, overrides: dict[str, Any] | None = None) -> Recipe:
         raise ValueError(f"recipe {source!r} must be a mapping of sections, got {type(values).__name__}")
     if default_name is not None:
         values.setdefault("name", default_name)
-    given = {apply_override(values, key, value): value for key, value in (overrides or {}).items()}
+    given: dict[str, Any] = {}
+    typed: dict[str, str] = {}  # dotted key -> the override as given, key=value
+    for key, value in (overrides or {}).items():
+        shown = f"{key}={value!r}"  # (as given: a later override may set a field inside this value)
+        dotted = apply_override(values, key, value)
+        for other in given:  # (a field's short and dotted names, or a section and a field inside it: one would go)
+            if dotted == other or dotted.startswith(other + ".") or other.startswith(dotted + "."):
+                what = f"both set {dotted}" if dotted == other else f"overlap ({min(dotted, other, key=len)} holds " \
+                       f"{max(dotted, other, key=len)})"
+                raise ValueError(f"overrides {typed[other]} and {shown} {what}; give each setting once")
+        given[dotted], typed[dotted] = value, shown
     sources = [key for key in ("model.preset", "model.path") if given.get(key) is not None]
     if len(sources) == 1 and isinstance(values.get("model"), dict):
         # A model source given on the command line replaces the recipe's other one: `seqzoo train lstm-pydoc

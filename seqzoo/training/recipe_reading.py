@@ -28,7 +28,11 @@ def coerce(value: Any, annotation: Any, name: str) -> Any:
         ok, converted = _try(value, option)
         if ok:
             return converted
-    raise ValueError(f"recipe field {name}={value!r} is invalid: expected {_describe(annotation)}")
+    hint = ""
+    if isinstance(value, bool) and str in options:  # (mixed_precision: no)
+        hint = ("; YAML reads an unquoted no, yes, off, on, false or true as a boolean: write the value in quotes "
+                f"({name.rsplit('.', 1)[-1]}: '{'yes' if value else 'no'}')")
+    raise ValueError(f"recipe field {name}={value!r} is invalid: expected {_describe(annotation)}{hint}")
 
 
 def _is_union(annotation: Any) -> bool:

@@ -189,8 +189,13 @@ def train(recipe: Recipe, *, resume: str | Path | bool | None = None, dataset: A
     """
     from accelerate.utils import set_seed
 
+    from seqzoo.kernels.registry import check_environment
+
     t = recipe.train
     check_launch(t.mixed_precision)
+    # (a misspelt SEQZOO_KERNELS entry was otherwise named at the first kernel call, after the run folder was made, or
+    # never, for a model that calls no kernel)
+    check_environment()
     _check_data_given(recipe, dataset)
     if recipe.warmup > t.max_steps:
         # (a preset's warmup with a short max_steps override: lstm-pydoc max_steps=20)

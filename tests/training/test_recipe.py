@@ -378,6 +378,57 @@ def test_a_key_given_twice_is_refused_not_silently_dropped(tmp_path):
 
 
 
+@pytest.mark.parametrize("overrides, message", [
+    ({"max_steps": 3, "train.max_steps": 5}, "overrides max_steps=3 and train.max_steps=5 both set train.max_steps"),
+    ({"optim.lr": 2e-3, "lr": 1e-3}, "overrides optim.lr=0.002 and lr=0.001 both set optim.lr"),
+    ({"task": "copy", "data.task": "induction"}, "both set data.task"),
+    ({"model.config.hidden_size": 32, "model.config": {}},
+     r"overlap \(model.config holds model.config.hidden_size\)"),
+    ({"model.config": {}, "model.config.hidden_size": 32},
+     r"overrides model.config=\{\} and model.config.hidden_size=32 overlap "
+     r"\(model.config holds model.config.hidden_size\)"),
+])
+def test_two_overrides_of_one_setting_are_refused(overrides, message):
+    # (the raw keys differ, so the check of a key given twice passed them, and the last one set won)
+    with pytest.raises(ValueError, match=message + "; give each setting once"):
+        load_recipe("gru-tiny", overrides)
+    recipe = load_recipe("gru-tiny", {"max_steps": 3, "lr": 1e-3, "model.config.hidden_size": 32,
+                                      "model.config.num_hidden_layers": 1})
+    assert (recipe.train.max_steps, recipe.optim.lr, recipe.model.config["hidden_size"]) == (3, 1e-3, 32)
+
+
+def test_output_dir_given_twice_on_the_command_line_is_refused(tmp_path, capsys):
+    from seqzoo.cli import main
+
+    assert main(["train", "gru-tiny", "--print-recipe", f"output_dir={tmp_path / 'a'}", "--output-dir",
+                 str(tmp_path / "b")]) == 2
+    assert "and the override output_dir=" in capsys.readouterr().err
+    assert main(["train", "gru-tiny", "--print-recipe", "--output-dir", str(tmp_path / "b")]) == 0
+    assert f"output_dir: {tmp_path / 'b'}" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("recipe", ["transformer-tiny", "gru-tiny"])
+def test_a_misspelt_kernels_variable_is_refused_before_the_run_folder_is_made(recipe, tmp_path, monkeypatch):
+    from seqzoo.kernels.registry import KernelError
+    from seqzoo.training.trainer import train
+
+    # (a Transformer calls no kernel: the entry was never read; a GRU's was read after the folder was made)
+    monkeypatch.setenv("SEQZOO_KERNELS", "lstn=torch")
+    with pytest.raises(KernelError, match="unknown kernel op 'lstn'.*Did you mean 'lstm'"):
+        train(load_recipe(recipe, {"max_steps": 1, "output_dir": str(tmp_path / "run")}), progress=False)
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_yaml_boolean_where_a_string_is_expected_says_to_quote_it(tmp_path):
+    path = tmp_path / "r.yaml"
+    path.write_text("model: {preset: gru-tiny}\ntrain: {mixed_precision: no}\n")
+    with pytest.raises(ValueError, match="mixed_precision=False is invalid: expected a string; YAML reads an unquoted "
+                                         "no.*write the value in quotes \\(mixed_precision: 'no'\\)"):
+        load_recipe(str(path))
+    path.write_text("model: {preset: gru-tiny}\ntrain: {mixed_precision: 'no'}\n")
+    assert load_recipe(str(path)).train.mixed_precision == "no"
+
+
 def test_an_alias_bomb_and_a_key_that_is_no_string_are_refused(tmp_path):
     """Aliases are shared when read, but checking and copying the recipe expand them: nine nested lists of ten
     would take a billion values (it hung in dataclasses.asdict)."""
