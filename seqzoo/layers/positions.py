@@ -36,11 +36,25 @@ class RotaryEmbedding(nn.Module):
         inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim))
         self.register_buffer("inv_freq", inv_freq, persistent=False)
 
+    def _apply(self, fn, recurse=True):  # noqa: ANN001, ANN202 -- torch.nn.Module's own signature
+        # The frequencies stay float32 when the model is cast to half precision (.to(torch.bfloat16), .half()): a
+        # model built or loaded in bfloat16 computes them in float32, and one cast after building computed positions
+        # with bfloat16 frequencies (its logits then changed by up to 4e-3 when saved and loaded again).
+        original = self.inv_freq
+        result = super()._apply(fn, recurse)
+        if self.inv_freq.dtype in _HALF and original.dtype in _FULL:  # (float64 stays: a float64 model's are)
+            self.inv_freq = original.to(self.inv_freq.device, torch.float32)  # (where fn put the buffer)
+        return result
+
     @torch.no_grad()
     def forward(self, x: torch.Tensor, position_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         freqs = position_ids[..., None].float() * self.inv_freq.to(x.device)  # (B, T, D/2)
         emb = torch.cat((freqs, freqs), dim=-1)  # (B, T, D)
         return emb.cos().to(x.dtype), emb.sin().to(x.dtype)
+
+
+_HALF = (torch.bfloat16, torch.float16)
+_FULL = (torch.float32, torch.float64)
 
 
 def _rotate_half(x: torch.Tensor) -> torch.Tensor:

@@ -93,9 +93,15 @@ def test_hybrid_decoding_continues_where_llama_does():
 
 
 @pytest.mark.parametrize("attn", ["eager", "sdpa"])
-def test_a_bfloat16_hybrid_is_a_bfloat16_llama(attn):
-    peer = llama().to(torch.bfloat16)
-    model = hybrid_of_llama(peer).to(torch.bfloat16)
+def test_a_bfloat16_hybrid_is_a_bfloat16_llama(attn, tmp_path):
+    # The Llama as transformers loads it in bfloat16 (its rotary frequencies float32, as seqzoo keeps them under a
+    # cast too; transformers' own .to(torch.bfloat16) rounds them to bfloat16, and the same Llama computes otherwise
+    # once saved and loaded again).
+    float_peer = llama()
+    float_peer.save_pretrained(tmp_path)
+    peer = LlamaForCausalLM.from_pretrained(tmp_path, dtype=torch.bfloat16).eval()
+    assert peer.model.rotary_emb.inv_freq.dtype == torch.float32
+    model = hybrid_of_llama(float_peer).to(torch.bfloat16)
     model.set_attn_implementation(attn)
     peer.set_attn_implementation(attn)
     with torch.no_grad():

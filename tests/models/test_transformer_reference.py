@@ -232,3 +232,27 @@ def test_attention_weights_asked_of_sdpa_are_said_to_be_missing(caplog):
     with torch.no_grad():
         assert all(w.shape == (1, 4, 3, 3) for w in model(torch.tensor([[5, 6, 7]]), output_attentions=True).attentions)
 
+
+
+@pytest.mark.parametrize("preset", ["transformer-tiny", "hybrid-tiny"])
+@pytest.mark.parametrize("cast", ["bfloat16", "half", "to_device_and_dtype"])
+def test_rope_frequencies_stay_float32_under_a_half_precision_cast(preset, cast, tmp_path):
+    # A model cast after building computed its positions from bfloat16 frequencies, one loaded in bfloat16 from float32
+    # ones: the same model's logits moved by up to 4e-3 through save_pretrained and from_pretrained.
+    from transformers import AutoModelForCausalLM
+
+    from tests.conftest import tiny_model
+
+    built = tiny_model(preset)
+    frequencies = built.model.rotary_emb.inv_freq.clone()
+    model = {"bfloat16": lambda m: m.to(torch.bfloat16), "half": lambda m: m.half(),
+             "to_device_and_dtype": lambda m: m.to("cpu", torch.bfloat16)}[cast](built).eval()
+    assert model.model.rotary_emb.inv_freq.dtype == torch.float32
+    assert torch.equal(model.model.rotary_emb.inv_freq, frequencies)
+    model.save_pretrained(tmp_path)
+    loaded = AutoModelForCausalLM.from_pretrained(tmp_path).eval()
+    assert loaded.dtype == model.dtype
+    ids = torch.tensor([[5, 6, 7, 8, 9, 10, 11, 12, 13]])
+    with torch.no_grad():
+        assert torch.equal(loaded(ids).logits, model(ids).logits)
+    assert model.double().model.rotary_emb.inv_freq.dtype == torch.float64  # (a float64 model computes in float64)
