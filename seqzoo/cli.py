@@ -154,9 +154,18 @@ def save_with_tokenizer(model: Any, directory: Path) -> None:
         raise ValueError(
             f"the byte tokenizer needs vocab_size >= {VOCAB_SIZE}; this model has vocab_size={model.config.vocab_size}"
         )
+    tokenizer = tokenizer_for(model)
+    # (the tokenizer saved beside the model fixes its special tokens; a config's other ids would be read by nothing
+    # that generates: the generation config below takes the tokenizer's)
+    differing = [f"{name}={getattr(model.config, name)}" for name in ("pad_token_id", "bos_token_id", "eos_token_id")
+                 if getattr(model.config, name, None) not in (None, getattr(tokenizer, name))]
+    if differing:
+        raise ValueError(
+            f"{', '.join(differing)} disagree with the byte tokenizer saved beside the model, whose pad token is "
+            f"{tokenizer.pad_token_id} and whose bos and eos token is {tokenizer.eos_token_id}: leave the token ids "
+            "unset (or give those), or save the model with a tokenizer of your own (save_pretrained)")
     directory.mkdir(parents=True, exist_ok=True)
     generation = model.generation_config
-    tokenizer = tokenizer_for(model)
     generation.pad_token_id = tokenizer.pad_token_id
     generation.eos_token_id = tokenizer.eos_token_id
     generation.bos_token_id = tokenizer.bos_token_id
@@ -422,6 +431,9 @@ def is_user_error(err: BaseException) -> bool:
 
 
 def describe_error(err: BaseException) -> str:
+    if isinstance(err, UnicodeEncodeError):  # (printing text the console's encoding cannot hold)
+        return (f"cannot print {err.object[err.start:err.end]!r}: the output's encoding is {err.encoding}; set "
+                "PYTHONIOENCODING=utf-8 (or a UTF-8 locale) to print any text")
     text = str(err).strip()
     if isinstance(err, OSError) and err.filename is not None and err.strerror:
         return f"{err.strerror}: {str(err.filename)!r}"

@@ -218,6 +218,15 @@ def _generate(args: argparse.Namespace, device: str, forced: dict[str, Any]) -> 
                          "no unknown-word token (<unk>) to stand for it: use only words of its vocabulary") from None
     if inputs["input_ids"].shape[1] == 0:
         raise ValueError("the prompt is empty: give at least one character")
+    # A special token written in the prompt (<|endoftext|> between two texts) is read as that token, which the text
+    # printed leaves out, as it leaves out the one the model ends on: said, not dropped without a word.
+    # (those of the text only: not a BOS the tokenizer adds to every prompt)
+    written = tokenizer(args.prompt, add_special_tokens=False, verbose=False)["input_ids"]
+    special = sorted(set(written) & set(tokenizer.all_special_ids))
+    if special:
+        shown = ", ".join(f"{tokenizer.convert_ids_to_tokens(i)!r} (id {i})" for i in special)
+        print(f"note: the prompt holds the tokenizer's special token(s) {shown}: the model reads them as such, and "
+              "the text printed leaves them out", file=sys.stderr)
     new_tokens = None if args.target is not None else args.max_new_tokens  # (--target: its tokens are read instead)
     target_tokens = None
     if seq2seq and args.target is not None:  # (the decoder reads the target and its end token)

@@ -150,8 +150,9 @@ def _special_tokens_of_wrong_type(folder: Path) -> str:
 
 
 def load_tokenizer(source: Any) -> PreTrainedTokenizerFast:
-    """``AutoTokenizer.from_pretrained(source)``, with a clear error for a local folder that holds no tokenizer
-    (transformers would otherwise talk about sentencepiece or tiktoken not being installed)."""
+    """``AutoTokenizer.from_pretrained(source, trust_remote_code=False)``, with a clear error for a local folder that
+    holds no tokenizer (transformers would otherwise talk about sentencepiece or tiktoken not being installed) or one
+    defined by code in the folder."""
     from transformers import AutoTokenizer
 
     folder = Path(source) if isinstance(source, (str, os.PathLike)) else None
@@ -162,8 +163,16 @@ def load_tokenizer(source: Any) -> PreTrainedTokenizerFast:
             "`seqzoo train` save it)"
         )
     try:
-        return AutoTokenizer.from_pretrained(source)
+        # (never transformers' interactive "run the custom code? [y/N]" prompt, nor code from the folder: seqzoo's own
+        # tokenizer classes are registered, and load without it)
+        return AutoTokenizer.from_pretrained(source, trust_remote_code=False)
     except Exception as err:
+        if "trust_remote_code" in str(err):
+            where = folder if folder is not None else source
+            raise ValueError(f"{where}'s tokenizer is defined by Python code in it (auto_map in "
+                             "tokenizer_config.json), which seqzoo does not run; load it yourself with "
+                             "AutoTokenizer.from_pretrained(..., trust_remote_code=True) if you trust that code"
+                             ) from None
         from seqzoo.models.loading import damaged_json_files
 
         damaged = damaged_json_files(folder, (*TOKENIZER_FILES, "special_tokens_map.json")) if folder else None

@@ -666,6 +666,58 @@ def test_show_attention_prints_a_multibyte_target_as_text(tmp_path, capsys):
         capsys, ["generate", str(folder), "héllo", "--show-attention", "--no-stream"])
 
 
+def test_generate_says_a_special_token_written_in_the_prompt_is_left_out_of_the_text(model_dir, capsys):
+    assert main(["generate", str(model_dir), "a<|endoftext|>b", "--max-new-tokens", "2", "--no-stream"]) == 0
+    captured = capsys.readouterr()
+    assert captured.out.startswith("ab")
+    assert ("note: the prompt holds the tokenizer's special token(s) '<|endoftext|>' (id 257): the model reads them "
+            "as such, and the text printed leaves them out") in captured.err
+    assert main(["generate", str(model_dir), "ab", "--max-new-tokens", "2", "--no-stream"]) == 0
+    assert "note:" not in capsys.readouterr().err
+
+
+def test_generate_runs_no_tokenizer_code_from_the_folder(model_dir, tmp_path, capsys, monkeypatch):
+    # A tokenizer defined by code in the folder (auto_map): transformers asked "run the custom code? [y/N]" on a
+    # terminal, and ran it on "y".
+    import io
+    import json
+    import shutil
+
+    folder = tmp_path / "custom"
+    shutil.copytree(model_dir, folder)
+    config = json.loads((folder / "tokenizer_config.json").read_text())
+    config["auto_map"] = {"AutoTokenizer": ["tokenization_planted.PlantedTokenizer", None]}
+    config["tokenizer_class"] = "PlantedTokenizer"
+    (folder / "tokenizer_config.json").write_text(json.dumps(config))
+    marker = tmp_path / "ran"
+    (folder / "tokenization_planted.py").write_text(
+        f"open({str(marker)!r}, 'w').close()\nfrom transformers import PreTrainedTokenizerFast\n"
+        "class PlantedTokenizer(PreTrainedTokenizerFast):\n    pass\n")
+    monkeypatch.setattr("sys.stdin", io.StringIO("y\n"))
+    line = _error(capsys, ["generate", str(folder), "hi", "--max-new-tokens", "2"])
+    assert "tokenizer is defined by Python code in it (auto_map in tokenizer_config.json), which seqzoo does not " \
+           "run" in line
+    assert not marker.exists()
+
+
+def test_new_refuses_token_ids_the_byte_tokenizer_does_not_have(tmp_path, capsys):
+    # (accepted, then overwritten in generation_config.json by the tokenizer's: the config disagreed with both)
+    line = _error(capsys, ["new", "lstm-tiny", str(tmp_path / "a"), "--set", "eos_token_id=10", "pad_token_id=0"])
+    assert line == ("error: pad_token_id=0, eos_token_id=10 disagree with the byte tokenizer saved beside the model, "
+                    "whose pad token is 256 and whose bos and eos token is 257: leave the token ids unset (or give "
+                    "those), or save the model with a tokenizer of your own (save_pretrained)")
+    assert not (tmp_path / "a").exists()
+    assert main(["new", "lstm-tiny", str(tmp_path / "b"), "--set", "eos_token_id=257", "pad_token_id=256"]) == 0
+
+
+def test_an_output_encoding_that_cannot_print_the_text_is_named():
+    from seqzoo.cli import describe_error
+
+    err = UnicodeEncodeError("ascii", "Hé", 1, 2, "ordinal not in range(128)")
+    assert describe_error(err) == ("cannot print 'é': the output's encoding is ascii; set PYTHONIOENCODING=utf-8 (or a "
+                                   "UTF-8 locale) to print any text")
+
+
 def test_generate_refuses_an_empty_prompt_a_file_and_seq2seq_flags_on_a_causal_lm(model_dir, capsys):
     assert _error(capsys, ["generate", str(model_dir), ""]) == "error: the prompt is empty: give at least one character"
     # The text "<|pad|>" became the padding token, which the model read as input and the text printed left out.

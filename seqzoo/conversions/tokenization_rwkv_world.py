@@ -19,11 +19,14 @@ characters took 2.9 s (2,000: 20 s) against 1 ms for a trie (one run, shared 2-c
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 from typing import Any
 
 from transformers import PreTrainedTokenizer
+
+logger = logging.getLogger(__name__)
 
 VOCAB_FILE = "rwkv_world_vocab.json"
 END_OF_TEXT = "<|endoftext|>"
@@ -42,6 +45,13 @@ def _byte_symbols() -> list[str]:
             extra += 1
     return [symbols[b] for b in range(256)]
 
+
+# The embedding rows of every RWKV World model; the ids above the vocabulary's last are no text.
+MODEL_ROWS = 65536
+# What an unused row decodes to: a token no vocabulary entry is (a symbol string never holds "\x00").
+UNUSED_ROW = "\x00unused row"
+_REPLACEMENT = "\ufffd".encode()
+_WARNED_UNUSED: set[int] = set()
 
 SYMBOLS = _byte_symbols()
 # str.translate tables between latin-1 characters (one per byte) and the symbols.
@@ -139,12 +149,23 @@ class RWKVWorldTokenizer(PreTrainedTokenizer):
 
     def _convert_id_to_token(self, index: int) -> str:
         if index not in self.decoder:
-            raise ValueError(f"token id {index} is outside the RWKV World vocabulary (ids 0-{max(self.decoder)})")
+            if max(self.decoder) < index < MODEL_ROWS:
+                # A row of every World model's embedding that no text maps to: a model may still pick it (an
+                # untrained or damaged one). Decoded as U+FFFD, as bytes that are no UTF-8 are, with a warning,
+                # rather than an error that lost the whole text decoded with it.
+                if index not in _WARNED_UNUSED:
+                    _WARNED_UNUSED.add(index)
+                    logger.warning("token id %d is one of the World model's unused rows (the vocabulary ends at %d): "
+                                   "decoded as U+FFFD", index, max(self.decoder))
+                return UNUSED_ROW
+            raise ValueError(f"token id {index} is outside the RWKV World vocabulary (ids 0-{max(self.decoder)}, "
+                             f"and {max(self.decoder) + 1}-{MODEL_ROWS - 1} unused rows of the model)")
         return self.decoder[index]
 
     def convert_tokens_to_string(self, tokens: list[str]) -> str:
         added = self._added_tokens_encoder
-        data = b"".join(token.encode("utf-8") if token in added else symbols_to_bytes(token) for token in tokens)
+        data = b"".join(_REPLACEMENT if token == UNUSED_ROW else token.encode("utf-8") if token in added
+                        else symbols_to_bytes(token) for token in tokens)
         return data.decode("utf-8", errors="replace")
 
     def save_vocabulary(self, save_directory: str, filename_prefix: str | None = None) -> tuple[str]:

@@ -16,7 +16,8 @@ The vocabulary is not in the checkpoint (the example keeps it in ``corpus.dictio
 model works on token ids (``model.generate(ids)``). With ``vocabulary`` (a list of words in id order, or a text file
 with one word per line: ``"\\n".join(corpus.dictionary.idx2word)``) a word-level tokenizer is saved beside the model:
 whitespace-split words, a newline read as ``<eos>`` (as the example's ``data.py`` does), ``<unk>`` for unknown words
-when the vocabulary has it, decoded as words joined by spaces.
+when the vocabulary has it, decoded as words joined by spaces; ``<unk>`` and ``<eos>`` are words like the others
+(decoded as themselves, as the example's ``generate.py`` writes them), not special tokens that decoding would drop.
 """
 
 from __future__ import annotations
@@ -257,10 +258,10 @@ def word_tokenizer(vocabulary: Any) -> Any:
     # Every word decodes after a space (" the cat"), so the text of a continuation decoded alone continues the text
     # before it: a text-generation pipeline writes prompt + decode(new tokens) ("the cat" + " sat").
     backend.decoder = decoders.Replace(Regex("^"), " ")
-    specials = {"unk_token": unk} if unk else {}
-    if "<eos>" in vocab:
-        specials["eos_token"] = "<eos>"
-    return PreTrainedTokenizerFast(tokenizer_object=backend, clean_up_tokenization_spaces=False, **specials)
+    # <unk> and <eos> are words the model predicts like any other (<eos> is the corpus's line end, not the end of a
+    # text: the config has no eos_token_id), so they are not special tokens, which skip_special_tokens=True (what
+    # `seqzoo generate` and the text-generation pipeline decode with) would drop from the text without a word.
+    return PreTrainedTokenizerFast(tokenizer_object=backend, clean_up_tokenization_spaces=False)
 
 
 def convert_word_lm_file(source: Any, destination: str | Path, nonlinearity: str | None = None,

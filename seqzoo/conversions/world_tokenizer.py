@@ -20,13 +20,14 @@ from typing import Any
 
 from seqzoo.conversions.tokenization_rwkv_world import (
     END_OF_TEXT,
+    MODEL_ROWS,
     VOCAB_FILE,
     RWKVWorldTokenizer,
     bytes_to_symbols,
 )
 
 VOCAB_NAME = "rwkv_vocab_v20230424.txt"
-WORLD_VOCAB_SIZE = 65536  # the embedding rows of every RWKV World model (ids above 65529 are unused)
+WORLD_VOCAB_SIZE = MODEL_ROWS  # the embedding rows of every RWKV World model (ids above 65529 are unused)
 
 
 def rwkv_vocab_path() -> Path:

@@ -64,6 +64,20 @@ def test_vocabulary_and_special_tokens(tokenizer):
         tokenizer.decode([70000])
 
 
+def test_the_models_unused_rows_decode_as_the_replacement_character(tokenizer, caplog):
+    # Ids 65530-65535 are rows of every World model's embedding that no text maps to; a model may still pick one,
+    # and the error lost the whole text decoded with it (`seqzoo generate` printed nothing of it).
+    import logging
+
+    with caplog.at_level(logging.WARNING):
+        assert tokenizer.decode([33, 65533, 34, 65535]) == " \ufffd!\ufffd"  # (ids 33 and 34 are " " and "!")
+    assert "token id 65533 is one of the World model's unused rows (the vocabulary ends at 65529)" in caplog.text
+    assert tokenizer.decode([65529]) != "\ufffd"  # (the vocabulary's last token is text)
+    for outside in (65536, -1):
+        with pytest.raises(ValueError, match="outside the RWKV World vocabulary .*65530-65535 unused rows"):
+            tokenizer.decode([outside])
+
+
 @pytest.fixture(scope="module")
 def converted(tmp_path_factory):
     """A random x070 checkpoint with the World vocabulary size, converted with the tokenizer by the CLI."""
