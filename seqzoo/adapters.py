@@ -119,6 +119,7 @@ def peft_config(model: nn.Module, method: str = "lora", task_type: Any = None, *
         _check_target_parameters(model, overrides.get("target_parameters"))
         _check_exclude_modules(model, values)
         _refuse_layers_to_transform_on_parameters(model, values)
+        _refuse_options_parameters_do_not_take(values)
         _refuse_quantised_parameters(model, values.get("target_parameters") or ())
         _refuse_quantised_model(model, method)
         return peft.LoraConfig(**values)
@@ -292,6 +293,29 @@ def _refuse_layers_to_transform_on_parameters(model: nn.Module, values: dict[str
                      "the target_modules alone")
 
 
+def _refuse_options_parameters_do_not_take(values: dict[str, Any]) -> None:
+    """Options peft's LoRA on a parameter (a classic cell's ``weight_ih`` / ``weight_hh``) does not apply: ``bias``
+    trains the parameters named ``*.bias``, which the cells' ``bias_ih`` / ``bias_hh`` are not (``"all"`` trained the
+    head's bias alone, ``"lora_only"`` nothing); the data- and decomposition-based initialisations read a layer's
+    ``weight``, which the cell has not (an AttributeError inside peft)."""
+    if not values.get("target_parameters"):
+        return
+    bias = values.get("bias", "none")
+    if bias != "none":
+        raise ValueError(f"bias={bias!r} trains the parameters whose names end in '.bias', which the recurrent cells' "
+                         f"biases (bias_ih, bias_hh) beside target_parameters={list(values['target_parameters'])!r} "
+                         "are not: only other biases would train. Leave bias='none' (to train whole modules, name them "
+                         "in modules_to_save)")
+    init = values.get("init_lora_weights", True)
+    if init not in _PARAMETER_INITS or type(init) not in (bool, str):
+        raise ValueError(f"init_lora_weights={init!r} initialises from a layer's weight, which the recurrent cells "
+                         f"adapted by target_parameters={list(values['target_parameters'])!r} have not (their weights "
+                         f"are parameters of the cell); with them use True, False or 'gaussian'")
+
+
+_PARAMETER_INITS = (True, False, "gaussian")
+
+
 def _refuse_quantised_parameters(model: nn.Module, names: Any) -> None:
     """peft's LoRA on a parameter adds W + B A to the weight, which a quantised (torchao) weight cannot do: the first
     forward failed inside torchao (NotImplementedError for aten.add)."""
@@ -311,12 +335,24 @@ def _refuse_quantised_model(model: nn.Module, method: str) -> None:
     output has no autograd history from it. Every adapter sits before the quantised vocabulary head, so none could
     learn: backward failed with "element 0 of tensors does not require grad" (or, with a float bias after the last
     quantised layer, trained that bias alone)."""
-    quantised = [name for name, p in model.named_parameters() if type(p).__module__.split(".")[0] == "torchao"]
+    quantised = [f"{name} holds {type(p).__name__} weights" for name, p in model.named_parameters()
+                 if type(p).__module__.split(".")[0] == "torchao"]
+    # (torch's own quantize_dynamic swaps in modules whose int8 operators have no autograd: no adapter got a gradient,
+    # and LoRA found no nn.Linear left to adapt)
+    layers: list[str] = []
+    for name, module in model.named_modules():
+        if type(module).__module__.startswith(_TORCH_QUANTISED_MODULES) and not any(
+                name.startswith(f"{layer}.") for layer in layers):  # (not the packed weights inside one)
+            layers.append(name)
+            quantised.append(f"{name} is a {type(module).__module__}.{type(module).__name__}")
     if quantised:
-        raise ValueError(f"{type(model).__name__} is quantised ({', '.join(quantised[:3])} hold "
-                         f"{type(model.get_parameter(quantised[0])).__name__} weights), and its int8 layers pass no "
-                         f"gradient to their inputs, so no {method} adapter could learn: add the adapter to the float "
-                         "model (quantise after merge_and_unload())")
+        raise ValueError(f"{type(model).__name__} is quantised ({'; '.join(quantised[:3])}), and its int8 layers pass "
+                         f"no gradient to their inputs, so no {method} adapter could learn: add the adapter to the "
+                         "float model (quantise after merge_and_unload())")
+
+
+# (int8 modules; quantisation-aware training's fake-quantised ones train, and are not among them)
+_TORCH_QUANTISED_MODULES = ("torch.ao.nn.quantized", "torch.nn.quantized", "torch.ao.nn.intrinsic.quantized")
 
 
 def _prompt_tuning_config(model: nn.Module, task_type: str, overrides: dict[str, Any]) -> Any:

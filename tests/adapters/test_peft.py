@@ -571,6 +571,40 @@ def test_layers_to_transform_with_target_parameters_is_refused(overrides):
     seqzoo.peft_config(build("transformer", "causal-lm"), layers_to_transform=[0])
 
 
+@pytest.mark.parametrize("overrides, refused", [
+    ({"bias": "all"}, r"bias='all' trains the parameters whose names end in '.bias', which the recurrent cells'"),
+    ({"bias": "lora_only"}, r"bias='lora_only' trains"),
+    ({"init_lora_weights": "pissa"}, r"init_lora_weights='pissa' initialises from a layer's weight.*True, False or "
+                                     r"'gaussian'"),
+    ({"init_lora_weights": "olora"}, r"init_lora_weights='olora'"),
+    ({"init_lora_weights": "corda"}, r"init_lora_weights='corda'"),
+    ({"init_lora_weights": 1}, r"init_lora_weights=1"),
+])
+def test_options_lora_on_a_cells_weights_does_not_apply_are_refused(overrides, refused):
+    # bias="all" trained the head's bias alone (the cells' bias_ih / bias_hh are no "*.bias"); the weight-based
+    # initialisations failed inside peft with "'GRUMixer' object has no attribute 'weight'".
+    gru = build("gru", "causal-lm")
+    with pytest.raises(ValueError, match=refused):
+        seqzoo.peft_config(gru, **overrides)
+    for init in (True, False, "gaussian"):
+        get_peft_model(build("gru", "causal-lm"), seqzoo.peft_config(gru, init_lora_weights=init))
+    # without the cells' weights (a block model's Linear layers, or target_parameters=[]) peft takes them
+    assert seqzoo.peft_config(build("transformer", "causal-lm"), **overrides).task_type == "CAUSAL_LM"
+    assert seqzoo.peft_config(gru, target_parameters=[], target_modules=["lm_head"], **overrides)
+
+
+@pytest.mark.parametrize("arch", ["gru", "transformer"])
+@pytest.mark.parametrize("method", ["lora", "prompt_tuning"])
+def test_a_model_quantised_by_torch_is_refused_as_one_no_adapter_could_train(arch, method):
+    # torch's quantize_dynamic: its int8 modules have no autograd, so no adapter got a gradient (LoRA on a
+    # Transformer failed in peft with "No `target_modules` passed but also no `target_parameters` found").
+    quantised = torch.ao.quantization.quantize_dynamic(build(arch, "causal-lm"), {nn.Linear}, dtype=torch.qint8)
+    with pytest.raises(ValueError, match=r"is quantised \(\S+ is a torch.ao.nn.quantized.dynamic.modules.linear.Linear"
+                                         r"[;)].*no gradient to their inputs"):
+        seqzoo.peft_config(quantised, method)
+    assert "_packed_params" not in str(pytest.raises(ValueError, seqzoo.peft_config, quantised, method).value)
+
+
 @pytest.mark.parametrize("key, value, refused", [
     ("num_virtual_tokens", 0, "must be a positive integer"),  # (a prompt of no token: nothing to train, no word)
     ("num_virtual_tokens", -1, "must be a positive integer"),  # (torch: "negative dimension -1")
