@@ -395,7 +395,8 @@ def test_a_keyword_beside_a_config_json_is_checked_as_a_built_config_would_be(tm
     # What transformers' own callers ask back is handed back, unchecked here (AutoModel hands it to the model).
     config, unused = AutoConfig.from_pretrained(tmp_path, return_unused_kwargs=True, foo=1)
     assert unused == {"foo": 1}
-    with pytest.raises(TypeError, match="unexpected keyword argument 'hiden_size'"):
+    with pytest.raises(TypeError, match=r"from_pretrained got unknown keyword argument 'hiden_size' \(did you mean "
+                                        r"'hidden_size'\?\)"):
         AutoModelForCausalLM.from_pretrained(tmp_path, hiden_size=512)
     # Loading options and fields go through.
     assert AutoConfig.from_pretrained(tmp_path, revision="main", dropout=0.5).dropout == 0.5
