@@ -158,7 +158,7 @@ def save_with_tokenizer(model: Any, directory: Path) -> None:
     # (the tokenizer saved beside the model fixes its special tokens; a config's other ids would be read by nothing
     # that generates: the generation config below takes the tokenizer's)
     differing = [f"{name}={getattr(model.config, name)}" for name in ("pad_token_id", "bos_token_id", "eos_token_id")
-                 if getattr(model.config, name, None) not in (None, getattr(tokenizer, name))]
+                 if getattr(model.config, name, None) not in (None, own := getattr(tokenizer, name), [own])]
     if differing:
         raise ValueError(
             f"{', '.join(differing)} disagree with the byte tokenizer saved beside the model, whose pad token is "

@@ -222,7 +222,8 @@ def _generate(args: argparse.Namespace, device: str, forced: dict[str, Any]) -> 
     # printed leaves out, as it leaves out the one the model ends on: said, not dropped without a word.
     # (those of the text only: not a BOS the tokenizer adds to every prompt)
     written = tokenizer(args.prompt, add_special_tokens=False, verbose=False)["input_ids"]
-    special = sorted(set(written) & set(tokenizer.all_special_ids))
+    # (and not the unknown-word token, which stands for a word the vocabulary lacks, not one written as such)
+    special = sorted(set(written) & (set(tokenizer.all_special_ids) - {tokenizer.unk_token_id}))
     if special:
         shown = ", ".join(f"{tokenizer.convert_ids_to_tokens(i)!r} (id {i})" for i in special)
         print(f"note: the prompt holds the tokenizer's special token(s) {shown}: the model reads them as such, and "

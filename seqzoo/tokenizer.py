@@ -105,6 +105,26 @@ def tokenizer_for(model: Any) -> PreTrainedTokenizerFast:
     return byte_tokenizer(padding_side=side) if longest is None else byte_tokenizer(longest, padding_side=side)
 
 
+def _refuse_tokenizer_code(folder: Path) -> None:
+    """Refuse a folder whose tokenizer_config.json names a tokenizer class defined by a module in the folder
+    (``auto_map``) other than seqzoo's own: transformers asks on a terminal whether to run it, or, for a folder
+    whose config.json is a seqzoo model's (registered, so "local code"), passes over ``auto_map`` and fails on a file
+    of another tokenizer (an fla RWKV-7 folder's ``RwkvTokenizer``)."""
+    try:
+        auto_map = json.loads((folder / "tokenizer_config.json").read_bytes()).get("auto_map") or {}
+        named = auto_map.get("AutoTokenizer") if isinstance(auto_map, dict) else None
+    except (OSError, ValueError, AttributeError, RecursionError):
+        return  # (no file, or a damaged one: transformers' loading names it)
+    named = [entry for entry in (named if isinstance(named, list) else [named]) if isinstance(entry, str)]
+    foreign = [entry for entry in named if entry.rpartition(".")[2] not in _OWN_TOKENIZER_CLASSES]
+    if foreign:
+        raise ValueError(f"{folder}'s tokenizer is defined by Python code in it ({', '.join(foreign)}, auto_map in "
+                         "tokenizer_config.json), which seqzoo does not run; load it yourself with "
+                         "AutoTokenizer.from_pretrained(..., trust_remote_code=True) if you trust that code")
+
+
+# The tokenizer classes seqzoo saves with their code (auto_map) and registers with AutoTokenizer.
+_OWN_TOKENIZER_CLASSES = frozenset({"RWKVWorldTokenizer"})
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json")
 _SPECIAL_TOKEN_KEYS = ("bos_token", "eos_token", "unk_token", "sep_token", "pad_token", "cls_token", "mask_token")
 # Keys holding several special tokens: a list, or (extra_special_tokens) an object of named ones.
@@ -162,6 +182,8 @@ def load_tokenizer(source: Any) -> PreTrainedTokenizerFast:
             "tokenizer.save_pretrained(folder) (seqzoo.byte_tokenizer() is seqzoo's byte-level one; `seqzoo new` and "
             "`seqzoo train` save it)"
         )
+    if folder is not None and folder.is_dir():
+        _refuse_tokenizer_code(folder)
     try:
         # (never transformers' interactive "run the custom code? [y/N]" prompt, nor code from the folder: seqzoo's own
         # tokenizer classes are registered, and load without it)

@@ -676,9 +676,30 @@ def test_generate_says_a_special_token_written_in_the_prompt_is_left_out_of_the_
     assert "note:" not in capsys.readouterr().err
 
 
-def test_generate_runs_no_tokenizer_code_from_the_folder(model_dir, tmp_path, capsys, monkeypatch):
+def test_generate_does_not_take_an_unknown_word_for_a_special_token_written(tmp_path, capsys):
+    # (the unknown-word token stands for a word the vocabulary lacks: the prompt held "zebra", not "<unk>")
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    import seqzoo
+
+    folder = tmp_path / "words"
+    model = seqzoo.create_model("lstm-tiny", vocab_size=4, pad_token_id=None, bos_token_id=None, eos_token_id=None)
+    model.save_pretrained(folder)
+    backend = Tokenizer(models.WordLevel({"<unk>": 0, "hello": 1, "there": 2, "world": 3}, unk_token="<unk>"))
+    backend.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    PreTrainedTokenizerFast(tokenizer_object=backend, unk_token="<unk>").save_pretrained(folder)
+    assert main(["generate", str(folder), "hello zebra", "--max-new-tokens", "2", "--no-stream"]) == 0
+    assert "note:" not in capsys.readouterr().err
+    assert main(["generate", str(folder), "hello <unk>", "--max-new-tokens", "2", "--no-stream"]) == 0
+    assert "note:" not in capsys.readouterr().err  # (the same token either way: no special token is written)
+
+
+@pytest.mark.parametrize("named", [True, False])
+def test_generate_runs_no_tokenizer_code_from_the_folder(model_dir, tmp_path, capsys, monkeypatch, named):
     # A tokenizer defined by code in the folder (auto_map): transformers asked "run the custom code? [y/N]" on a
-    # terminal, and ran it on "y".
+    # terminal, and ran it on "y". Without a tokenizer_class beside auto_map (an fla RWKV-7 folder's, which a
+    # conversion copies), transformers took the seqzoo model's registered tokenizer and failed on another's files.
     import io
     import json
     import shutil
@@ -687,7 +708,10 @@ def test_generate_runs_no_tokenizer_code_from_the_folder(model_dir, tmp_path, ca
     shutil.copytree(model_dir, folder)
     config = json.loads((folder / "tokenizer_config.json").read_text())
     config["auto_map"] = {"AutoTokenizer": ["tokenization_planted.PlantedTokenizer", None]}
-    config["tokenizer_class"] = "PlantedTokenizer"
+    if named:
+        config["tokenizer_class"] = "PlantedTokenizer"
+    else:
+        config.pop("tokenizer_class", None)
     (folder / "tokenizer_config.json").write_text(json.dumps(config))
     marker = tmp_path / "ran"
     (folder / "tokenization_planted.py").write_text(
@@ -695,8 +719,8 @@ def test_generate_runs_no_tokenizer_code_from_the_folder(model_dir, tmp_path, ca
         "class PlantedTokenizer(PreTrainedTokenizerFast):\n    pass\n")
     monkeypatch.setattr("sys.stdin", io.StringIO("y\n"))
     line = _error(capsys, ["generate", str(folder), "hi", "--max-new-tokens", "2"])
-    assert "tokenizer is defined by Python code in it (auto_map in tokenizer_config.json), which seqzoo does not " \
-           "run" in line
+    assert "tokenizer is defined by Python code in it (tokenization_planted.PlantedTokenizer, auto_map in " \
+           "tokenizer_config.json), which seqzoo does not run" in line
     assert not marker.exists()
 
 
@@ -708,6 +732,9 @@ def test_new_refuses_token_ids_the_byte_tokenizer_does_not_have(tmp_path, capsys
                     "those), or save the model with a tokenizer of your own (save_pretrained)")
     assert not (tmp_path / "a").exists()
     assert main(["new", "lstm-tiny", str(tmp_path / "b"), "--set", "eos_token_id=257", "pad_token_id=256"]) == 0
+    assert main(["new", "lstm-tiny", str(tmp_path / "c"), "--set", "eos_token_id=[257]"]) == 0  # (a list of one)
+    assert "eos_token_id=[257, 10] disagree" in _error(capsys, ["new", "lstm-tiny", str(tmp_path / "d"), "--set",
+                                                                "eos_token_id=[257, 10]"])
 
 
 def test_an_output_encoding_that_cannot_print_the_text_is_named():

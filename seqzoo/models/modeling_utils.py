@@ -268,7 +268,8 @@ def _save_options(cls: type, save_directory: Any, args: tuple, kwargs: dict[str,
     """The options of transformers' ``save_pretrained`` this call gives, by name. Without ``push_to_hub`` it reads no
     other keyword: one it would drop is refused by name (a misspelt ``max_shard_sise``), except two of transformers
     4's: ``safe_serialization=True`` (what transformers 5 always does: dropped; ``False`` is refused) and
-    ``save_function`` (accelerate's examples pass it; dropped with a warning)."""
+    ``save_function`` (accelerate's examples pass it; dropped with a warning), and a tokenizer's own options that a
+    pipeline's save passes to both (``legacy_format``, ``filename_prefix``: dropped here)."""
     signature = inspect.signature(PreTrainedModel.save_pretrained)
     extra = [name for name, p in signature.parameters.items() if p.kind is p.VAR_KEYWORD]
     if kwargs.get("safe_serialization", True) is not True:
@@ -278,7 +279,7 @@ def _save_options(cls: type, save_directory: Any, args: tuple, kwargs: dict[str,
     if "save_function" in kwargs:
         logger.warning("%s.save_pretrained: save_function is not read by transformers 5, which writes the weights as "
                        "safetensors itself (on the main process: is_main_process=...)", cls.__name__)
-    given = {k: v for k, v in kwargs.items() if k not in ("safe_serialization", "save_function")}
+    given = {k: v for k, v in kwargs.items() if k not in _TRANSFORMERS_4_SAVE_OPTIONS + _TOKENIZER_SAVE_OPTIONS}
     try:
         bound = signature.bind(None, save_directory, *args, **given)
     except TypeError as err:
@@ -291,9 +292,15 @@ def _save_options(cls: type, save_directory: Any, args: tuple, kwargs: dict[str,
                          else "") for name in unknown]
         raise TypeError(f"{cls.__name__}.save_pretrained got unknown keyword argument(s) {', '.join(hints)}; it "
                         f"takes {', '.join(known)}")
-    for name in ("safe_serialization", "save_function"):
+    for name in _TRANSFORMERS_4_SAVE_OPTIONS + _TOKENIZER_SAVE_OPTIONS:
         kwargs.pop(name, None)
     return bound.arguments
+
+
+_TRANSFORMERS_4_SAVE_OPTIONS = ("safe_serialization", "save_function")
+# A tokenizer's own save options, which transformers' Pipeline.save_pretrained passes to the model's save as well
+# (transformers' model save drops them; they apply to the tokenizer saved beside it).
+_TOKENIZER_SAVE_OPTIONS = ("legacy_format", "filename_prefix")
 
 
 def _unknown_init_keyword(err: Exception, kwargs: dict[str, Any]) -> str | None:

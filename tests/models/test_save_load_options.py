@@ -87,6 +87,9 @@ def test_save_options_of_transformers_4_that_change_nothing_are_taken(models, tm
         models[0].save_pretrained(tmp_path / "accelerate", save_function=torch.save, is_main_process=True)
     assert "save_function is not read by transformers 5" in caplog.text
     assert loads_as(tmp_path / "accelerate", models[0])
+    # a tokenizer's options, which transformers' Pipeline.save_pretrained passes to the model's save too
+    models[0].save_pretrained(tmp_path / "pipeline", legacy_format=False, filename_prefix="x")
+    assert loads_as(tmp_path / "pipeline", models[0])
     with pytest.raises(TypeError, match="save_pretrained: .*multiple values for argument 'is_main_process'"):
         models[0].save_pretrained(tmp_path, True, is_main_process=True)
 
