@@ -118,6 +118,7 @@ def peft_config(model: nn.Module, method: str = "lora", task_type: Any = None, *
         values.update(overrides)
         _check_target_parameters(model, overrides.get("target_parameters"))
         _check_exclude_modules(model, values)
+        _check_patterns(model, values)
         _refuse_layers_to_transform_on_parameters(model, values)
         _refuse_options_parameters_do_not_take(values)
         _refuse_quantised_parameters(model, values.get("target_parameters") or ())
@@ -245,6 +246,35 @@ def _check_exclude_modules(model: nn.Module, values: dict[str, Any]) -> None:
                          f"{type(model).__name__} (peft compares an adapted module's full name{example} "
                          "or its last components, not a module above it; it does not apply to target_parameters, "
                          "which take full names to pick layers)")
+
+
+def _check_patterns(model: nn.Module, values: dict[str, Any]) -> None:
+    """Each key of ``rank_pattern`` / ``alpha_pattern`` must be able to match something: peft matches a key as a
+    regular expression against the end of each adapted module's full name (``layers.0.self_attn.q_proj``) or
+    parameter's (``layers.0.weight_hh``), after a dot, and keeps ``r`` / ``lora_alpha`` where none matches, without a
+    word (a misspelt ``q_prj`` changed nothing). A key that matches no module or parameter of the model is refused,
+    as is one that is no regular expression; which of the matched names LoRA adapts is left to peft."""
+    names = None
+    for option in ("rank_pattern", "alpha_pattern"):
+        pattern = values.get(option)
+        if not pattern or not isinstance(pattern, dict):
+            continue
+        if names is None:
+            names = [name for name, _ in model.named_modules() if name] + [name for name, _ in model.named_parameters()]
+        for key in pattern:
+            try:
+                re.compile(key)  # (its own error positions first)
+                expression = re.compile(rf"(.*\.)?({key})$")
+            except (re.error, TypeError) as err:
+                raise ValueError(f"{option} key {key!r} is not a valid regular expression ({err}); peft matches it "
+                                 "against the end of each adapted module's or parameter's name") from None
+            if not any(expression.match(name) for name in names):
+                close = difflib.get_close_matches(str(key), sorted({n.rpartition(".")[2] for n in names}), n=1)
+                hint = f" (did you mean {close[0]!r}?)" if close else ""
+                raise ValueError(f"{option} key {key!r} matches no module or parameter of {type(model).__name__}"
+                                 f"{hint}: peft matches it against the end of each adapted module's full name "
+                                 "(layers.0.self_attn.q_proj) or parameter's (layers.0.weight_hh), and would keep the "
+                                 "default for every one")
 
 
 def _check_expression(key: str, expression: str) -> None:

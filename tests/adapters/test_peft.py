@@ -593,6 +593,36 @@ def test_options_lora_on_a_cells_weights_does_not_apply_are_refused(overrides, r
     assert seqzoo.peft_config(gru, target_parameters=[], target_modules=["lm_head"], **overrides)
 
 
+@pytest.mark.parametrize("arch, option, key, refused", [
+    ("transformer", "rank_pattern", "q_prj", r"rank_pattern key 'q_prj' matches no module or parameter of "
+                                             r"TransformerForCausalLM \(did you mean 'q_proj'\?\)"),
+    ("transformer", "alpha_pattern", "layers.9.self_attn.q_proj", "alpha_pattern key 'layers.9.self_attn.q_proj' "
+                                                                  "matches no module"),
+    ("gru", "rank_pattern", "weight_hhh", r"\(did you mean 'weight_hh'\?\)"),
+    ("transformer", "rank_pattern", "proj", "rank_pattern key 'proj' matches no module"),  # (a name's whole end)
+    ("transformer", "rank_pattern", "q_proj(", r"rank_pattern key 'q_proj\(' is not a valid regular expression"),
+])
+def test_a_rank_or_alpha_pattern_key_that_matches_nothing_is_refused(arch, option, key, refused):
+    # peft kept r / lora_alpha for every layer where a key matched none, without a word
+    model = build(arch, "causal-lm")
+    with pytest.raises(ValueError, match=refused):
+        seqzoo.peft_config(model, **{option: {key: 2}})
+
+
+@pytest.mark.parametrize("arch, key, adapted", [
+    ("transformer", "q_proj", "layers.0.self_attn.q_proj"),
+    ("transformer", r"layers\.1\.mlp\.up_proj", "layers.1.mlp.up_proj"),
+    ("gru", "weight_hh", "layers.0"),  # (a cell's parameter: peft matches "layers.0.weight_hh")
+    ("gru", "layers.1.weight_hh", "layers.1"),
+])
+def test_rank_pattern_keys_as_peft_matches_them_are_taken_and_applied(arch, key, adapted):
+    model = build(arch, "causal-lm")
+    peft_model = get_peft_model(model, seqzoo.peft_config(model, rank_pattern={key: 2}))
+    ranks = {name.removeprefix("base_model.model.model.").split(".lora_A")[0]: p.shape[0]
+             for name, p in peft_model.named_parameters() if ".lora_A." in name}
+    assert ranks[adapted] == 2 and 8 in ranks.values()
+
+
 @pytest.mark.parametrize("arch", ["gru", "transformer"])
 @pytest.mark.parametrize("method", ["lora", "prompt_tuning"])
 def test_a_model_quantised_by_torch_is_refused_as_one_no_adapter_could_train(arch, method):
