@@ -118,9 +118,15 @@ def _refuse_tokenizer_code(folder: Path) -> None:
     named = [entry for entry in (named if isinstance(named, list) else [named]) if isinstance(entry, str)]
     foreign = [entry for entry in named if entry.rpartition(".")[2] not in _OWN_TOKENIZER_CLASSES]
     if foreign:
-        raise ValueError(f"{folder}'s tokenizer is defined by Python code in it ({', '.join(foreign)}, auto_map in "
-                         "tokenizer_config.json), which seqzoo does not run; load it yourself with "
-                         "AutoTokenizer.from_pretrained(..., trust_remote_code=True) if you trust that code")
+        raise _tokenizer_code_refused(folder, f"{', '.join(foreign)}, ")
+
+
+def _tokenizer_code_refused(where: Any, classes: str = "") -> ValueError:
+    """The error for a tokenizer defined by Python code in ``where`` (``classes``: the classes ``auto_map`` names,
+    followed by ", "), which seqzoo does not run."""
+    return ValueError(f"{where}'s tokenizer is defined by Python code in it ({classes}auto_map in "
+                      "tokenizer_config.json), which seqzoo does not run; load it yourself with "
+                      "AutoTokenizer.from_pretrained(..., trust_remote_code=True) if you trust that code")
 
 
 # The tokenizer classes seqzoo saves with their code (auto_map) and registers with AutoTokenizer.
@@ -189,12 +195,8 @@ def load_tokenizer(source: Any) -> PreTrainedTokenizerFast:
         # tokenizer classes are registered, and load without it)
         return AutoTokenizer.from_pretrained(source, trust_remote_code=False)
     except Exception as err:
-        if "trust_remote_code" in str(err):
-            where = folder if folder is not None else source
-            raise ValueError(f"{where}'s tokenizer is defined by Python code in it (auto_map in "
-                             "tokenizer_config.json), which seqzoo does not run; load it yourself with "
-                             "AutoTokenizer.from_pretrained(..., trust_remote_code=True) if you trust that code"
-                             ) from None
+        if "trust_remote_code" in str(err):  # (a Hub repository's, read by transformers)
+            raise _tokenizer_code_refused(folder if folder is not None else source) from None
         from seqzoo.models.loading import damaged_json_files
 
         damaged = damaged_json_files(folder, (*TOKENIZER_FILES, "special_tokens_map.json")) if folder else None

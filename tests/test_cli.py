@@ -722,6 +722,12 @@ def test_generate_runs_no_tokenizer_code_from_the_folder(model_dir, tmp_path, ca
     assert "tokenizer is defined by Python code in it (tokenization_planted.PlantedTokenizer, auto_map in " \
            "tokenizer_config.json), which seqzoo does not run" in line
     assert not marker.exists()
+    if named:  # (where the folder is not read first, a Hub repository's: transformers' refusal, said the same way)
+        monkeypatch.setattr("seqzoo.tokenizer._refuse_tokenizer_code", lambda folder: None)
+        line = _error(capsys, ["generate", str(folder), "hi", "--max-new-tokens", "2"])
+        assert "tokenizer is defined by Python code in it (auto_map in tokenizer_config.json), which seqzoo does " \
+               "not run" in line
+        assert not marker.exists()
 
 
 def test_new_refuses_token_ids_the_byte_tokenizer_does_not_have(tmp_path, capsys):
