@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import inspect
 from collections.abc import Iterator
 from types import SimpleNamespace
 from typing import Any
@@ -137,6 +138,23 @@ def mark_beam_search_cache(result: Any, cache: Any, config: Any, kwargs: dict[st
 # What generate() hands its decoding loop among the model's keyword arguments although only generate() reads it:
 # the tokenizer of `stop_strings` / token healing (transformers 5.23 and 5.24 pass it on to the step's inputs, where
 # transformers' own models swallow it in **kwargs and seqzoo's forward would refuse it).
+def preparation_takes_cache(model: nn.Module) -> bool:
+    """Whether the model's ``prepare_inputs_for_generation`` names the cache keyword generate() hands on. Read once
+    per function of the model's class; read at each call where the model itself holds one (peft's prompt tuning sets
+    a wrapper there, which may not name it)."""
+    if "prepare_inputs_for_generation" in vars(model):
+        return GENERATE_CACHE_KWARG in inspect.signature(model.prepare_inputs_for_generation).parameters
+    function = type(model).prepare_inputs_for_generation
+    takes = _TAKES_CACHE.get(function)
+    if takes is None:
+        takes = _TAKES_CACHE[function] = (
+            GENERATE_CACHE_KWARG in inspect.signature(model.prepare_inputs_for_generation).parameters)
+    return takes
+
+
+_TAKES_CACHE: dict[Any, bool] = {}
+
+
 GENERATE_ONLY_INPUTS = ("tokenizer", "assistant_tokenizer")
 
 

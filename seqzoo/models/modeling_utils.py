@@ -47,6 +47,7 @@ from seqzoo.models.generation import (
     explained_assisted_refusal,
     generation_settings,
     mark_beam_search_cache,
+    preparation_takes_cache,
     refuse_continuous_batching,
 )
 from seqzoo.models.generation_setup import ATTRIBUTE as GENERATION_DEFAULTS
@@ -610,7 +611,7 @@ class SeqzooForCausalLM(SeqzooPreTrainedModel, PreparedGeneration, GenerationMix
         config = generation_settings(self, args, kwargs)
         check_cache_implementation(self, config, kwargs)
         check_generate_mask(self, args, kwargs)
-        takes_cache = GENERATE_CACHE_KWARG in inspect.signature(self.prepare_inputs_for_generation).parameters
+        takes_cache = preparation_takes_cache(self)
         use_cache = check_generate_cache(self, cache, config, kwargs)
         if cache is None and use_cache is not False and takes_cache:
             # generate() builds no cache for a model that declines the default DynamicCache, but some of its modes

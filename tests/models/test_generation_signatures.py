@@ -170,3 +170,35 @@ def test_the_installed_release_is_one_these_were_checked_against():
         "_supports_mm_encoder_outputs is not one seqzoo's answers were checked against, so generate() reads the "
         "signatures through transformers' methods: compare (this file's tests), then add the fingerprint to "
         "seqzoo/models/generation_setup.py")
+
+
+def test_whether_the_input_preparation_takes_the_cache_is_read_as_inspect_reads_it(monkeypatch):
+    """generate() builds a cache before the first forward only where the step's input preparation names the cache
+    keyword (``generation.preparation_takes_cache``, read once per function): an instance's own preparation (peft's
+    prompt tuning sets one) and a class patched after the first read are read again."""
+    from seqzoo.models.compat import GENERATE_CACHE_KWARG
+    from seqzoo.models.generation import preparation_takes_cache
+
+    model = tiny_model(FAMILIES["rnn"])
+    for _ in range(2):
+        assert preparation_takes_cache(model) is True
+
+    def without_cache(input_ids, **kwargs):
+        return {"input_ids": input_ids}
+
+    model.prepare_inputs_for_generation = without_cache
+    assert preparation_takes_cache(model) is False
+    del model.prepare_inputs_for_generation
+    assert preparation_takes_cache(model) is True
+
+    def named(self, input_ids, **kwargs):
+        return {"input_ids": input_ids}
+
+    named_with_cache = types.FunctionType(named.__code__, named.__globals__)
+    named_with_cache.__signature__ = inspect.Signature([
+        *inspect.signature(named).parameters.values(),
+    ][:2] + [inspect.Parameter(GENERATE_CACHE_KWARG, inspect.Parameter.KEYWORD_ONLY, default=None)])
+    monkeypatch.setattr(type(model), "prepare_inputs_for_generation", named)
+    assert preparation_takes_cache(model) is False
+    monkeypatch.setattr(type(model), "prepare_inputs_for_generation", named_with_cache)
+    assert preparation_takes_cache(model) is True
