@@ -391,11 +391,16 @@ def test_new_force_drops_the_training_record_of_the_model_it_replaces(tmp_path, 
     (tmp_path / "seqzoo_training.json").write_text(json.dumps({"dataset": "text:corpus.txt", "steps": 4}))
     (tmp_path / "notes.txt").write_text("keep me")
     (tmp_path / "vocab.txt").write_text("w0\nw1\n")  # (a word list for convert word-lm --vocab, no tokenizer's)
+    # the earlier model's weights under a variant: from_pretrained(variant="fp16") would read them beside the new
+    # config (a file named like one but not a variant's stays)
+    (tmp_path / "model.fp16.safetensors").write_bytes(b"x")
+    (tmp_path / "model.fp16.safetensors.bak").write_bytes(b"x")
     assert main(["new", "rnn-tiny", str(tmp_path), "--force"]) == 0
-    assert "removed 1 file(s) of the model it replaced that this one does not write: seqzoo_training.json" in \
-        capsys.readouterr().out
+    assert ("removed 2 file(s) of the model it replaced that this one does not write: model.fp16.safetensors, "
+            "seqzoo_training.json") in capsys.readouterr().out
     assert not (tmp_path / "seqzoo_training.json").exists() and (tmp_path / "notes.txt").read_text() == "keep me"
     assert (tmp_path / "vocab.txt").read_text() == "w0\nw1\n"
+    assert not (tmp_path / "model.fp16.safetensors").exists() and (tmp_path / "model.fp16.safetensors.bak").exists()
 
 
 def test_generate_with_forced_kernel_and_bad_source(tmp_path, capsys):

@@ -202,9 +202,13 @@ def refresh_code(
     return info.commit_url
 
 
-# The weight files transformers reads (one file or shards with their index), which a new checkpoint replaces.
-_WEIGHT_FILE = re.compile(r"(model|pytorch_model)(-\d+-of-\d+)?\.(safetensors|bin)"
-                          r"|(model\.safetensors|pytorch_model\.bin)\.index\.json")
+# The weight files transformers reads (one file or shards with their index), which a new checkpoint replaces: also
+# those of a variant (``from_pretrained(variant="fp16")`` reads ``model.fp16.safetensors``, its shards
+# ``model.fp16-00001-of-00002.safetensors`` and their index ``model.safetensors.index.fp16.json``), which a new
+# checkpoint, written without one, leaves as the earlier model's weights.
+_VARIANT = r"(\.[^/]+?)?"
+_WEIGHT_FILE = re.compile(rf"(model|pytorch_model){_VARIANT}(-\d+-of-\d+)?\.(safetensors|bin)"
+                          rf"|(model\.safetensors|pytorch_model\.bin)\.index{_VARIANT}\.json")
 
 
 def _bundled_files(api: Any, repo_id: str, revision: str | None, names: list[str], folder: Path) -> list[str]:

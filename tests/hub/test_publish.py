@@ -167,6 +167,9 @@ def test_publish_over_an_earlier_checkpoint_deletes_what_it_left(hub, saved_mode
     earlier.pop("model.safetensors")
     earlier.update({"model-00001-of-00002.safetensors": b"x", "model-00002-of-00002.safetensors": b"x",
                     "model.safetensors.index.json": b"{}", "pytorch_model.bin": b"x", "notes.py": b"# mine\n",
+                    # the weights of a variant (from_pretrained(variant="fp16") would read them beside the GRU)
+                    "model.fp16.safetensors": b"x", "model.fp16-00001-of-00002.safetensors": b"x",
+                    "model.safetensors.index.fp16.json": b"{}", "pytorch_model.fp16.bin": b"x",
                     "modeling_my_helpers.py": b"# mine too\n", "data/train.csv": b"a\n", ".gitattributes": b"",
                     # a peft adapter and another tokenizer's files (from_pretrained would apply the adapter to the
                     # GRU; AutoTokenizer would read the stale vocabulary), a generation config, and the same names
@@ -189,7 +192,8 @@ def test_publish_over_an_earlier_checkpoint_deletes_what_it_left(hub, saved_mode
     assert sorted(commit.deleted) == sorted(
         ["seqzoo_training.json", "model-00001-of-00002.safetensors", "model-00002-of-00002.safetensors",
          "model.safetensors.index.json", "pytorch_model.bin", "adapter_config.json", "adapter_model.safetensors",
-         "vocab.json", "merges.txt", *(["generation_config.json"] if "generation_config.json" not in fresh else []),
+         "model.fp16.safetensors", "model.fp16-00001-of-00002.safetensors", "model.safetensors.index.fp16.json",
+         "pytorch_model.fp16.bin", "vocab.json", "merges.txt", *(["generation_config.json"] if "generation_config.json" not in fresh else []),
          *bundled_for_lstm])
     assert sorted(hub.repos[repo]) == sorted([*fresh, "notes.py", "modeling_my_helpers.py", "seqzoo_notes.py",
                                               "data/train.csv", "data/adapter_config.json", ".gitattributes"])
