@@ -199,8 +199,12 @@ class SeqzooPreTrainedModel(PreTrainedModel):
         ``training`` (a training record for the card) are passed on to
         :func:`seqzoo.hub.publish`; transformers' other upload options are refused by name."""
         if self._auto_class is not None:  # the bundled copy, where seqzoo's publisher is absent
-            return super().push_to_hub(repo_id, private=private, revision=revision, commit_message=commit_message,
-                                       token=token, **kwargs)
+            result = super().push_to_hub(repo_id, private=private, revision=revision, commit_message=commit_message,
+                                         token=token, **kwargs)
+            if tokenizer is not None:  # (transformers' upload of a model takes none: the tokenizer's own, beside it)
+                tokenizer.push_to_hub(repo_id, private=private, revision=revision, token=token,
+                                      commit_message=commit_message or "Upload tokenizer")
+            return result
         unsupported = sorted(set(kwargs) - {"license", "license_name", "license_link", "training"})
         if unsupported:
             raise TypeError(

@@ -414,3 +414,26 @@ def test_a_model_holding_peft_adapters_is_refused_with_the_merge(hub, saved_mode
     merged = adapted.merge_and_unload()  # what the error asks for publishes
     export_folder(merged, tmp_path / "merged", repo_id=repo_id("peft"), tokenizer=byte_tokenizer())
     assert (tmp_path / "merged" / "config.json").is_file()
+
+
+_BUNDLED_PUSH = """
+import importlib.abc, sys
+class Broken(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] == "seqzoo":
+            raise ImportError("this seqzoo cannot be imported here")
+sys.meta_path.insert(0, Broken())
+from transformers import AutoModelForCausalLM, AutoTokenizer
+model = AutoModelForCausalLM.from_pretrained(sys.argv[1], trust_remote_code=True)
+model.push_to_hub(sys.argv[2], tokenizer=AutoTokenizer.from_pretrained(sys.argv[1]))
+"""
+
+
+def test_the_bundled_push_to_hub_uploads_the_tokenizer_it_is_given(hub, exports, tmp_path):
+    """Where seqzoo is absent the bundled model pushes through transformers' upload, which takes no tokenizer: the
+    tokenizer is pushed beside it (it was dropped without a word)."""
+    env = hub_env(tmp_path / "home", HF_HUB_OFFLINE="0", HF_ENDPOINT=hub.endpoint, HF_TOKEN=TOKEN)
+    env.pop("PYTHONPATH")
+    run_python(["-c", _BUNDLED_PUSH, str(exports["gru"]), repo_id("gru")], env, tmp_path)
+    files = set(hub.repos[repo_id("gru")])
+    assert {"model.safetensors", "config.json", "tokenizer.json", "tokenizer_config.json"} <= files, files
