@@ -115,6 +115,28 @@ def test_a_loaded_config_with_a_field_this_seqzoo_does_not_know_loads_with_a_war
         seqzoo.LSTMConfig(**BASE, hidden_sise=1)
 
 
+@pytest.mark.parametrize(("preset", "key", "value"), [
+    ("mamba-tiny", "intermediate_size", 128),  # (transformers' MambaConfig writes it; seqzoo's computes it)
+    ("rwkv7-tiny", "num_heads", 4),  # (fla's RWKV-7 config writes it)
+    ("lstm-tiny", "output_dim", 7),
+    ("gru-tiny", "to_dict", 1),  # (a method: stored, it replaced the method on the config)
+])
+def test_a_loaded_config_key_naming_what_the_class_defines_is_dropped_with_a_warning(tmp_path, caplog, preset, key,
+                                                                                     value):
+    """A config.json key that names a property or method of the config class could not be stored on the config
+    (transformers' setattr failed with a bare AttributeError, after the warning said it was kept): it is dropped,
+    and the warning says so."""
+    seqzoo.create_model(preset).save_pretrained(tmp_path)
+    values = json.loads((tmp_path / "config.json").read_text())
+    (tmp_path / "config.json").write_text(json.dumps({**values, key: value}))
+    with caplog.at_level("WARNING", logger="seqzoo"):
+        config = AutoConfig.from_pretrained(tmp_path)
+        model = AutoModelForCausalLM.from_pretrained(tmp_path)
+    assert f"key(s) {key}={value!r}" in caplog.text and "not read" in caplog.text
+    assert "nothing reads them" not in caplog.text
+    assert callable(config.to_dict) and model.config.to_dict()["model_type"] == config.model_type
+
+
 def test_bundled_config_code_warns_about_an_unknown_keyword(monkeypatch, caplog):
     """Code bundled into a published checkpoint cannot be updated when a later transformers builds configs with a
     keyword of its own, so it warns instead of refusing (as its forwards do about keywords)."""

@@ -443,17 +443,38 @@ def check_unknown_keywords(config: PreTrainedConfig, kwargs: dict[str, Any]) -> 
         return
     names, hints = _own_fields_and_hints(cls, unknown)
     if loading_config() or not STRICT:
+        # A key naming what the class defines (a value it computes, such as Mamba's intermediate_size, which
+        # transformers' MambaConfig writes; a method) cannot be stored on the config: transformers' setattr failed on
+        # a property without a setter, and a method would be replaced by the value. Dropped, and said so.
+        defined = [key for key in unknown if hasattr(cls, key)]
+        dropped = [f"{key}={kwargs.pop(key)!r}{_computed(config, key)}" for key in defined]
+        kept = [hint for key, hint in zip(unknown, hints) if key not in defined]
         # Once per class and set of fields in a process: one command loads a folder's config.json several times (the
         # config, the model, the tokenizer each read it).
         if (cls.__name__, tuple(unknown)) in _WARNED_UNKNOWN:
             return
         _WARNED_UNKNOWN.add((cls.__name__, tuple(unknown)))
-        logger.warning("%s: the config has field(s) %s that this seqzoo does not know; they are kept on the "
-                       "config, but nothing reads them (a config saved by a later seqzoo, or edited by hand?)",
-                       cls.__name__, ", ".join(hints))
+        if kept:
+            logger.warning("%s: the config has field(s) %s that this seqzoo does not know; they are kept on the "
+                           "config, but nothing reads them (a config saved by a later seqzoo, or edited by hand?)",
+                           cls.__name__, ", ".join(kept))
+        if dropped:
+            logger.warning("%s: the config has key(s) %s naming what the class defines itself, not a field; the "
+                           "saved value(s) are not read (a config written by another library, or edited by hand?)",
+                           cls.__name__, ", ".join(dropped))
         return
     raise TypeError(f"{cls.__name__} got unknown keyword argument(s) {', '.join(hints)}; its own fields are "
                     f"{', '.join(names)}")
+
+
+def _computed(config: PreTrainedConfig, key: str) -> str:
+    """What a property of ``config`` computes, said in a warning ("" for a method, or a value not computable yet)."""
+    if not isinstance(getattr(type(config), key), property):
+        return ""
+    try:
+        return f" (this config computes {getattr(config, key)!r})"
+    except Exception:  # noqa: BLE001 -- a property reading a field its __post_init__ derives later
+        return ""
 
 
 def refuse_unused_keywords(config: PreTrainedConfig, unused: dict[str, Any]) -> None:
