@@ -423,3 +423,18 @@ def test_a_keyword_beside_a_config_json_is_checked_as_a_built_config_would_be(tm
     # Loading options and fields go through.
     assert AutoConfig.from_pretrained(tmp_path, revision="main", dropout=0.5).dropout == 0.5
     assert AutoModelForCausalLM.from_pretrained(tmp_path, dropout=0.25).config.dropout == 0.25
+
+
+@pytest.mark.parametrize(("given", "message"), [
+    # transformers read them with .items(): a bare AttributeError, an "unexpected error" in `seqzoo new --set`
+    ({"id2label": ["neg", "pos"]}, r"id2label=\['neg', 'pos'\] is invalid: expected a dict such as \{0: 'negative'"),
+    ({"label2id": "neg,pos"}, r"label2id='neg,pos' is invalid: expected a dict such as \{'negative': 0"),
+    # a name that is no string came back from config.json as another key of label2id ("1" for 1)
+    ({"id2label": {0: 1, 1: 0}, "label2id": {1: 0, 0: 1}}, r"each class's name must be a non-empty string"),
+    ({"id2label": {0: "", 1: "b"}}, r"each class's name must be a non-empty string"),
+    ({"id2label": {0: "a", 1: "a"}}, r"the names of id2label=\{0: 'a', 1: 'a'\} repeat"),
+])
+def test_label_names_that_are_no_names_are_refused(given, message):
+    with pytest.raises(ValueError, match=message):
+        seqzoo.get_config("gru-tiny", **given)
+    assert seqzoo.get_config("gru-tiny", id2label={0: "a", 1: "b"}).id2label == {0: "a", 1: "b"}

@@ -108,6 +108,11 @@ class SeqzooConfig(PreTrainedConfig):
             found = getattr(torch, dtype, None) if isinstance(dtype, str) else dtype
             if dtype is not None and not (isinstance(found, torch.dtype) and found.is_floating_point):
                 _fail(self, name, dtype, "expected a floating-point dtype: float32, bfloat16, float16 or float64")
+        # (transformers reads both with .items(): a list of names failed there with a bare AttributeError)
+        for name, example in (("id2label", "{0: 'negative', 1: 'positive'}"),
+                              ("label2id", "{'negative': 0, 'positive': 1}")):
+            if getattr(self, name) is not None and not isinstance(getattr(self, name), dict):
+                _fail(self, name, getattr(self, name), f"expected a dict such as {example}")
         # (transformers replaces a label2id given without id2label by LABEL_0, LABEL_1 ... without a word)
         label2id_alone = self.label2id if self.id2label is None else None
         given_id2label = self.id2label
@@ -400,16 +405,19 @@ def check_labels(config: Any, label2id_alone: Any = None, num_labels: Any = None
     if sorted(id2label) != list(range(len(id2label))):
         problems.append(f"{name}.id2label={id2label!r} is invalid: its keys must be the class ids 0 .. "
                         f"num_labels - 1 = {len(id2label) - 1}, one name each")
+    elif not all(isinstance(label, str) and label for label in id2label.values()):
+        # (config.json keeps a name as it is in id2label but as a string key in label2id: a name 1 came back as "1")
+        problems.append(f"{name}.id2label={id2label!r} is invalid: each class's name must be a non-empty string")
+    elif len(set(id2label.values())) != len(id2label):
+        problems.append(f"{name}.id2label is invalid: the names of id2label={id2label!r} repeat, so no label2id "
+                        "maps each to its id and a pipeline's answers could not be told apart; name each class once")
     elif config.label2id is not None and label2id_alone is None:
         inverse = {label: index for index, label in id2label.items()}
         try:
             given = {label: int(index) for label, index in config.label2id.items()}
         except (AttributeError, TypeError, ValueError):
             given = None
-        if len(inverse) != len(id2label):
-            problems.append(f"{name}.label2id={config.label2id!r} is invalid: the names of id2label={id2label!r} "
-                            "repeat, so no label2id maps each to its id; name each class once")
-        elif given != inverse:
+        if given != inverse:
             problems.append(f"{name}.label2id={config.label2id!r} is invalid: it must map each name of id2label "
                             f"to its id ({inverse!r})")
     if not problems:
