@@ -438,3 +438,22 @@ def test_label_names_that_are_no_names_are_refused(given, message):
     with pytest.raises(ValueError, match=message):
         seqzoo.get_config("gru-tiny", **given)
     assert seqzoo.get_config("gru-tiny", id2label={0: "a", 1: "b"}).id2label == {0: "a", 1: "b"}
+
+
+@pytest.mark.parametrize(("preset", "given", "message"), [
+    # generate() then asked for a decoder_start_token_id, or handed decoder_input_ids to a forward without them
+    ("lstm-tiny", {"is_encoder_decoder": True}, r"LSTMConfig.is_encoder_decoder=True is invalid: a LSTMConfig is a "
+                                                r"decoder-only model"),
+    ("seq2seq-bahdanau-tiny", {"is_encoder_decoder": False}, r"is_encoder_decoder=False is invalid: a seq2seq model "
+                                                              r"is always an encoder-decoder"),
+    ("gru-tiny", {"return_dict": "no"}, r"return_dict='no' is invalid: expected true or false"),
+    ("mamba-tiny", {"output_hidden_states": [0]}, r"output_hidden_states=\[0\] is invalid: expected true or false"),
+    ("gru-tiny", {"chunk_size_feed_forward": 2}, r"chunk_size_feed_forward=2 is invalid: seqzoo's blocks do not "
+                                                 r"chunk their feed-forward"),
+])
+def test_transformers_generic_fields_are_checked(preset, given, message):
+    with pytest.raises(ValueError, match=message):
+        seqzoo.get_config(preset, **given)
+    config = seqzoo.get_config(preset)
+    assert config.is_encoder_decoder is preset.startswith("seq2seq")
+    assert type(config).from_dict(config.to_dict()).is_encoder_decoder is config.is_encoder_decoder

@@ -72,6 +72,8 @@ class SeqzooConfig(PreTrainedConfig):
     # Whether a right-to-left pass is well defined for this architecture's layers (a recurrence can run either
     # way; causal attention and a hybrid's attention layers are the Transformer's, kept causal here).
     supports_bidirectional: ClassVar[bool] = False
+    # Whether the architecture is an encoder-decoder (what its is_encoder_decoder must say).
+    encoder_decoder: ClassVar[bool] = False
     # Output fields Trainer's evaluation leaves out of the gathered predictions (the decoding cache, by every name).
     keys_to_ignore_at_inference = ["cache", "past_key_values", "cache_params"]
 
@@ -205,6 +207,17 @@ class SeqzooConfig(PreTrainedConfig):
         require_float(self, "initializer_range", minimum=0.0)
         require_bool(self, "tie_word_embeddings")
         require_bool(self, "use_cache")
+        # transformers' generic fields that a seqzoo model reads: each as transformers reads it (a string "no" for
+        # return_dict was true; is_encoder_decoder=True on a decoder-only model broke generate() obscurely)
+        require_bool(self, "output_hidden_states")
+        require_bool(self, "return_dict")
+        require_bool(self, "is_encoder_decoder")
+        if self.is_encoder_decoder and not self.encoder_decoder:
+            _fail(self, "is_encoder_decoder", self.is_encoder_decoder, f"a {type(self).__name__} is a decoder-only "
+                  "model (seqzoo's encoder-decoders: Seq2SeqConfig)")
+        if self.chunk_size_feed_forward != 0:  # (transformers' chunking of a feed-forward, which no seqzoo block runs)
+            _fail(self, "chunk_size_feed_forward", self.chunk_size_feed_forward, "seqzoo's blocks do not chunk their "
+                  "feed-forward; expected 0")
         for name in ("pad_token_id", "bos_token_id"):
             require_token_id(self, name)
         require_bool(self, "bidirectional")

@@ -86,6 +86,7 @@ class Seq2SeqConfig(SeqzooConfig):
     model_type = "seqzoo_seq2seq"
     # Its recurrent encoder reads both ways (Bahdanau et al.); the Transformer refuses the flag on its own.
     supports_bidirectional: ClassVar[bool] = True
+    encoder_decoder: ClassVar[bool] = True
     # Its encoder's two directions always sit side by side in the annotations (2 * hidden_size wide).
     bidirectional_merges: ClassVar[tuple[str, ...]] = ("concat",)
     # Trainer's evaluation keeps the logits and drops the cache and the encoder's output.
@@ -116,6 +117,8 @@ class Seq2SeqConfig(SeqzooConfig):
     initializer_range: float | None = None
     tie_word_embeddings: bool = True
     decoder_start_token_id: int | None = None
+    # transformers reads this generic field to run generate() as an encoder-decoder (a given False is refused).
+    is_encoder_decoder: bool = True
 
     def __post_init__(self, **kwargs: Any) -> None:
         if self.bidirectional_merge == "sum" and loading_config():
@@ -142,8 +145,6 @@ class Seq2SeqConfig(SeqzooConfig):
             self.initializer_range = self.hidden_size**-0.5 if transformer else 1.0
         if self.decoder_start_token_id is None:
             self.decoder_start_token_id = self.bos_token_id
-        # transformers reads this generic field to run generate() as an encoder-decoder.
-        self.is_encoder_decoder = True
         super().__post_init__(**kwargs)
 
     def _derive_sizes(self) -> None:
