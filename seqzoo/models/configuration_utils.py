@@ -198,9 +198,14 @@ class SeqzooConfig(PreTrainedConfig):
         """Raise ValueError on the first invalid field. Subclasses extend this and call super()."""
         # Every float field of every architecture (and of plugins) must be finite: an inf init range, norm eps or
         # time step gives NaN weights or logits without an error. Fields that may hold infinity are containers.
+        # And within float32's range, where the weights are made: 1e39 became inf there, and 1e-50 became 0 (then a
+        # log of it -inf), or torch refused it with an error naming no field.
         for name, value in vars(self).items():
             if isinstance(value, float) and not math.isfinite(value):
                 _fail(self, name, value, "expected a finite number")
+            if isinstance(value, float) and not (value == 0 or _FLOAT32_TINY <= abs(value) <= _FLOAT32_MAX):
+                _fail(self, name, value, f"expected 0 or a magnitude float32 holds, {_FLOAT32_TINY:g} to "
+                      f"{_FLOAT32_MAX:g}")
         require_int(self, "vocab_size", minimum=1)
         require_int(self, "hidden_size", minimum=1)
         require_int(self, "num_hidden_layers", minimum=1)
@@ -563,6 +568,10 @@ def _frozen(value: Any) -> Any:
 
 def _is_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
+
+
+_FLOAT32_MAX = float(torch.finfo(torch.float32).max)
+_FLOAT32_TINY = float(torch.finfo(torch.float32).tiny)
 
 
 def _fail(config: Any, name: str, value: Any, allowed: str) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 
 import pytest
 
@@ -32,6 +33,16 @@ def test_every_float_field_is_covered():
 @pytest.mark.parametrize("value", [math.inf, -math.inf, math.nan])
 def test_non_finite_float_is_refused(preset, name, value):
     with pytest.raises(ValueError, match=rf"\.{name}={value!r} is invalid"):
+        tiny_config(preset, **{name: value})
+
+
+@pytest.mark.parametrize("preset,name", list(float_fields()))
+@pytest.mark.parametrize("value", [1e39, -1e39, 1e-50, -1e-50])
+def test_a_float_that_float32_cannot_hold_is_refused(preset, name, value):
+    """Finite in Python, not in the float32 the weights are made in: 1e39 gave inf weights (NaN logits) or a torch
+    error naming no field; 1e-50 became 0 (Mamba's time_step_min: a -inf bias)."""
+    with pytest.raises(ValueError, match=re.escape(f".{name}={value!r} is invalid: expected 0 or a magnitude float32 "
+                                                   "holds")):
         tiny_config(preset, **{name: value})
 
 
