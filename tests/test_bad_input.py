@@ -362,6 +362,7 @@ UNREAD_FIELDS = [
     ("mlp_bias", True, ("hybrid-tiny", NO_MLP), ("hybrid-tiny", {})),
     ("intermediate_size", 48, ("hybrid-tiny", NO_MLP), ("hybrid-tiny", {})),
     ("bidirectional_merge", "sum", ("lstm-tiny", {}), ("lstm-tiny", dict(bidirectional=True))),
+    ("norm_before_gate", True, ("mamba2-tiny", dict(rms_norm=False)), ("mamba2-tiny", {})),
 ]
 
 

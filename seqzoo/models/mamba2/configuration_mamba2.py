@@ -123,6 +123,13 @@ class Mamba2Config(SeqzooConfig):
                 f"Mamba2Config.n_groups={self.n_groups} is invalid: must divide num_heads={self.num_heads}"
             )
 
+    def unread_fields(self) -> list[tuple[str, Any, str]]:
+        gate = [] if self.rms_norm else [("norm_before_gate", False, "the gated RMSNorm: rms_norm=True")]
+        return [*super().unread_fields(), *gate]
+
+    def architecture_summary(self) -> str:
+        return f"{super().architecture_summary()}, rms_norm={self.rms_norm!r}"
+
     @property
     def intermediate_size(self) -> int:
         return self.expand * self.hidden_size
