@@ -163,7 +163,7 @@ def convert_mamba_ssm_folder(source: str | Path, destination: str | Path, dtype:
     check_destination(source, destination)
     model = convert_mamba_ssm(source, dtype=dtype)
     model.save_pretrained(Path(destination))
-    copy_tokenizer_files(source, Path(destination))
+    copy_tokenizer_files(source, Path(destination), vocab_size=model.config.vocab_size)
     return model
 
 

@@ -417,3 +417,13 @@ def test_fla_folder_passes_on_its_tokenizer_code(pth, tmp_path):
     assert seqzoo_main(["convert", "fla-rwkv7", str(src), str(tmp_path / "out")]) == 0
     for name, text in files.items():
         assert (tmp_path / "out" / name).read_text() == text, name
+
+
+def test_a_mamba_ssm_mamba2_without_its_gated_norm_converts_whatever_norm_before_gate_says():
+    """mamba_ssm reads norm_before_gate only inside the gated RMSNorm, which rmsnorm=false leaves out: the conversion
+    drops it there (seqzoo refuses a config setting it where nothing reads it)."""
+    from seqzoo.conversions.mamba_ssm import config_from_mamba_ssm
+
+    config = config_from_mamba_ssm({"d_model": 16, "n_layer": 1, "ssm_cfg": {
+        "layer": "Mamba2", "d_state": 4, "headdim": 8, "rmsnorm": False, "norm_before_gate": True}}, 32)
+    assert (config.rms_norm, config.norm_before_gate) == (False, False)
