@@ -27,6 +27,7 @@ from typing import Any
 from torch import nn
 
 from seqzoo.layers.mixer import projection_parameters
+from seqzoo.models.weight_storage import quantised_weights
 
 METHODS = ("lora", "ia3", "prompt_tuning")
 # seqzoo task (registry.TASKS) -> peft's TaskType name
@@ -365,24 +366,13 @@ def _refuse_quantised_model(model: nn.Module, method: str) -> None:
     output has no autograd history from it. Every adapter sits before the quantised vocabulary head, so none could
     learn: backward failed with "element 0 of tensors does not require grad" (or, with a float bias after the last
     quantised layer, trained that bias alone)."""
-    quantised = [f"{name} holds {type(p).__name__} weights" for name, p in model.named_parameters()
-                 if type(p).__module__.split(".")[0] == "torchao"]
     # (torch's own quantize_dynamic swaps in modules whose int8 operators have no autograd: no adapter got a gradient,
     # and LoRA found no nn.Linear left to adapt)
-    layers: list[str] = []
-    for name, module in model.named_modules():
-        if type(module).__module__.startswith(_TORCH_QUANTISED_MODULES) and not any(
-                name.startswith(f"{layer}.") for layer in layers):  # (not the packed weights inside one)
-            layers.append(name)
-            quantised.append(f"{name} is a {type(module).__module__}.{type(module).__name__}")
+    quantised = quantised_weights(model)
     if quantised:
         raise ValueError(f"{type(model).__name__} is quantised ({'; '.join(quantised[:3])}), and its int8 layers pass "
                          f"no gradient to their inputs, so no {method} adapter could learn: add the adapter to the "
                          "float model (quantise after merge_and_unload())")
-
-
-# (int8 modules; quantisation-aware training's fake-quantised ones train, and are not among them)
-_TORCH_QUANTISED_MODULES = ("torch.ao.nn.quantized", "torch.nn.quantized", "torch.ao.nn.intrinsic.quantized")
 
 
 def _prompt_tuning_config(model: nn.Module, task_type: str, overrides: dict[str, Any]) -> Any:

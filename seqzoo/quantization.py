@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from seqzoo.layers.mixer import projection_parameters
+from seqzoo.models.weight_storage import quantised_weights
 
 
 def int8_targets(model: nn.Module) -> list[str]:
@@ -46,6 +47,10 @@ def quantize_int8(model: nn.Module) -> nn.Module:
         raise ValueError(f"{type(model).__name__} holds peft adapter layers ({', '.join(adapters)}), whose own "
                          "Linear layers would be quantised too and cannot run so; merge them into the model first "
                          "(model = model.merge_and_unload()), then quantise")
+    packed = [found for found in quantised_weights(model) if " is a " in found]
+    if packed:  # (torch's quantize_dynamic: its layers are no nn.Linear, and a second scheme would run beside them)
+        raise ValueError(f"{type(model).__name__} is quantised already ({'; '.join(packed[:3])}); quantise a float "
+                         "model once")
     targets = int8_targets(model)
     if not targets:
         raise ValueError(f"{type(model).__name__} has no Linear layer or mixer projection to quantise")

@@ -72,6 +72,7 @@ from seqzoo.models.weight_storage import (
     contiguous_state_dict,
     lay_out,
     layout_weight,
+    quantised_weights,
 )
 
 logger = logging.getLogger("seqzoo")
@@ -164,14 +165,12 @@ class SeqzooPreTrainedModel(PreTrainedModel):
             )
         options = _save_options(type(self), save_directory, args, kwargs)
         # (a state_dict passed in, as accelerate's get_state_dict(model) gives, holds the same quantised tensors)
-        tensors = (kwargs["state_dict"].items() if kwargs.get("state_dict") is not None
-                   else self.named_parameters())
-        quantised = [(name, type(t).__name__) for name, t in tensors if type(t).__module__.startswith("torchao")]
-        if quantised:  # (torchao's int8 tensors fail deep in transformers after config.json is written)
+        quantised = quantised_weights(self, kwargs.get("state_dict"))
+        if quantised:  # (torchao's int8 tensors, and torch's packed ones, failed deep in transformers, with
+            # config.json written)
             raise ValueError(
-                f"{type(self).__name__} is quantised ({', '.join(name for name, _ in quantised[:3])} hold "
-                f"{quantised[0][1]} weights), and torchao's quantised weights do "
-                "not save with save_pretrained: save the float model, and quantise it again after loading"
+                f"{type(self).__name__} is quantised ({'; '.join(quantised[:3])}), and quantised weights do not "
+                "save with save_pretrained: save the float model, and quantise it again after loading"
             )
         if kwargs.get("state_dict") is not None:
             kwargs["state_dict"] = contiguous_state_dict(kwargs["state_dict"])

@@ -105,3 +105,24 @@ def contiguous_state_dict(state_dict: dict[str, Any]) -> dict[str, Any]:
             tensor = copies[key]
         out[name] = tensor
     return out
+
+
+# torch's own int8 modules (torch.ao.quantization.quantize_dynamic swaps them in); quantisation-aware training's
+# fake-quantised ones are float modules, and are not among them.
+TORCH_QUANTISED_MODULES = ("torch.ao.nn.quantized", "torch.nn.quantized", "torch.ao.nn.intrinsic.quantized")
+
+
+def quantised_weights(model: nn.Module, state_dict: dict[str, Any] | None = None) -> list[str]:
+    """What is quantised in ``model``, one description each: torchao's int8 weights (``seqzoo.quantize_int8``; those
+    of ``state_dict`` where one is given) and the layers torch's ``quantize_dynamic`` swapped in, whose packed
+    weights are no parameters. Empty for a float model."""
+    tensors = state_dict.items() if state_dict is not None else model.named_parameters()
+    found = [f"{name} holds {type(t).__name__} weights" for name, t in tensors
+             if type(t).__module__.split(".")[0] == "torchao"]
+    layers: list[str] = []
+    for name, module in model.named_modules():
+        if type(module).__module__.startswith(TORCH_QUANTISED_MODULES) and not any(
+                name.startswith(f"{layer}.") for layer in layers):  # (not the packed weights inside one)
+            layers.append(name)
+            found.append(f"{name} is a {type(module).__module__}.{type(module).__name__}")
+    return found

@@ -189,3 +189,27 @@ def test_a_quantised_model_refuses_a_training_step(preset, torchao_quantization)
         model(IDS)  # (train mode without gradients: dropout off or on, nothing learns)
     model.eval()
     assert model(IDS).logits.shape[:2] == IDS.shape
+
+
+def _torch_quantised(arch: str):
+    """A model quantised by torch's own quantize_dynamic (deprecated, still used): int8 Linear modules with packed
+    weights that are no parameters."""
+    import warnings
+
+    model = tiny_model(smallest_preset(arch))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return torch.ao.quantization.quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8)
+
+
+@pytest.mark.parametrize("arch", ["lstm", "transformer"])
+def test_a_model_quantised_by_torch_is_refused_by_save_and_by_quantize_int8(arch, tmp_path):
+    """save_pretrained failed inside huggingface_hub with config.json written and no weights; quantize_int8 stacked
+    torchao's scheme on the LSTM's cells beside torch's head, and told the Transformer it had no Linear layer."""
+    model = _torch_quantised(arch)
+    with pytest.raises(ValueError, match=r"is quantised \([a-z_.0-9]+ is a torch\.ao\.nn\.quantized\.dynamic.*"
+                                         r"Linear.*do not save with save_pretrained"):
+        model.save_pretrained(tmp_path / "saved")
+    assert not (tmp_path / "saved").exists()
+    with pytest.raises(ValueError, match=r"is quantised already \([a-z_.0-9]+ is a torch\.ao\.nn\.quantized"):
+        seqzoo.quantize_int8(model)
