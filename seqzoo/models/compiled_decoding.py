@@ -3,6 +3,7 @@ that runs through it, with what a trace skips or cannot raise from run eagerly f
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 import types
 from dataclasses import dataclass
@@ -53,6 +54,21 @@ def _may_pass_positions(config: Any, position_ids: Any, cache: Any, kwargs: dict
     if cache is None:
         cache = next((kwargs[name] for name in CACHE_ALIASES if kwargs.get(name) is not None), None)
     return isinstance(cache, SeqzooCache) and cache.get_seq_length() >= longest
+
+
+# torch.compile's backends that need a package of their own: named here, a missing one is refused at once (the
+# compile of the first decode step failed, with part of the text generated).
+BACKEND_PACKAGES = {"tvm": "tvm", "openxla": "torch_xla", "openxla_eval": "torch_xla", "onnxrt": "onnxruntime",
+                    "tensorrt": "torch_tensorrt", "torch_tensorrt": "torch_tensorrt",
+                    "ipex": "intel_extension_for_pytorch"}
+
+
+def check_backend(backend: Any) -> None:
+    """Refuse a ``torch.compile`` backend name whose package is not installed."""
+    package = BACKEND_PACKAGES.get(backend) if isinstance(backend, str) else None
+    if package is not None and importlib.util.find_spec(package) is None:
+        raise ValueError(f"torch.compile's backend {backend!r} needs the package {package!r}, which is not installed "
+                         "here; install it, or choose another backend (inductor, the default; aot_eager; eager)")
 
 
 def compile_forward(model: nn.Module, options: dict[str, Any]) -> CompiledDecoding:

@@ -32,7 +32,7 @@ from seqzoo.models.compat import (
     take_cache,
 )
 from seqzoo.models.compiled_decoding import ATTRIBUTE as COMPILED
-from seqzoo.models.compiled_decoding import compile_forward, run_compiled_step
+from seqzoo.models.compiled_decoding import check_backend, compile_forward, run_compiled_step
 from seqzoo.models.configuration_utils import unknown_loading_keyword
 from seqzoo.models.decode_loop import check_loop_name, runs_own_loop, sample
 from seqzoo.models.decode_step import call_plainly
@@ -475,11 +475,14 @@ class SeqzooForCausalLM(SeqzooPreTrainedModel, PreparedGeneration, GenerationMix
         first change of batch size or cache length): a few ordinary ``generate()`` calls reach dynamo's limit of 8
         graphs, after which a new kind of step runs eagerly (one warning).
         ``compile_decoding(False)`` returns to eager steps. Returns the model."""
+        if type(enabled) is not bool:  # (a string "no" is true)
+            raise TypeError(f"compile_decoding: enabled must be True or False; got {enabled!r}")
         if not enabled:
             if options:
                 raise TypeError(f"compile_decoding(False) takes no torch.compile options; got {', '.join(options)}")
             self.__dict__.pop(COMPILED, None)
             return self
+        check_backend(options.get("backend"))
         self.__dict__[COMPILED] = compile_forward(self, {"fullgraph": True, **options})
         return self
 

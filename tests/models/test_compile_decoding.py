@@ -223,3 +223,22 @@ def test_a_forward_put_on_the_class_of_a_module_added_since_compile_decoding_run
         Scaled.forward = lambda self, x: torch.nn.Linear.forward(self, x) * -2
         both()
         assert graphs() == compiled_graphs  # those steps ran eagerly
+
+
+def test_compile_decoding_refuses_a_backend_whose_package_is_missing_and_an_enabled_that_is_no_bool(monkeypatch):
+    """--compile tvm (a backend torch lists) compiled at the first decode step and failed there, with part of the text
+    printed; compile_decoding("no") compiled."""
+    import importlib.util
+
+    from seqzoo.models import compiled_decoding
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "tvm" else real(name, *a))
+    model = tiny_model("gru-tiny")
+    with pytest.raises(ValueError, match=r"backend 'tvm' needs the package 'tvm', which is not installed"):
+        model.compile_decoding(backend="tvm")
+    with pytest.raises(TypeError, match=r"enabled must be True or False; got 'no'"):
+        model.compile_decoding("no")
+    assert compiled_decoding.ATTRIBUTE not in vars(model)
+    model.compile_decoding(backend="eager")
+    assert compiled_decoding.ATTRIBUTE in vars(model)
