@@ -29,7 +29,7 @@ EXIT_USAGE, EXIT_INTERNAL, EXIT_INTERRUPTED = 2, 1, 130
 # What to do after Ctrl-C, per command; the message is one line either way.
 INTERRUPT_HINTS = {
     "train": "run the same command with --resume to continue from the newest checkpoint (one is written every "
-             "train.save_every steps)",
+             "train.save_every steps; where none was written yet, with --force to start over)",
     "lab": "the report folder holds no finished report; run `seqzoo lab` again (`seqzoo lab --resume` with the same "
            "options keeps the training runs that finished)",
 }

@@ -216,6 +216,13 @@ def train(recipe: Recipe, *, resume: str | Path | bool | None = None, dataset: A
     if run_dir.exists() and not run_dir.is_dir():
         raise ValueError(f"output_dir {str(run_dir)!r} is a file, not a folder; choose another output_dir")
     if not resume and occupied and not force:
+        if not list_checkpoints(run_dir) and _stopped_before_a_checkpoint(run_dir):
+            raise ValueError(
+                f"{str(run_dir)!r} holds a run that stopped before its first checkpoint (only its "
+                f"{', '.join(sorted(p.name for p in run_dir.iterdir()))}), which --resume cannot continue; pass "
+                "--force to start it over (what it holds is deleted once the new run has done its first step), or "
+                "choose another output_dir"
+            )
         held = "checkpoints of a run" if list_checkpoints(run_dir) else "files (a finished run, or others)"
         raise ValueError(
             f"{str(run_dir)!r} already holds {held}; pass --resume to continue its run, choose another "
@@ -254,9 +261,10 @@ def train(recipe: Recipe, *, resume: str | Path | bool | None = None, dataset: A
                "not written by seqzoo train" if damaged else
                "this recipe writes none (train.save_every=0)" if t.save_every == 0 else
                f"the run stopped before its first one (written every train.save_every={t.save_every} steps)")
+        again = "with --force in place of --resume (it starts over in that folder)" if occupied else \
+            "without --resume"
         raise ValueError(f"--resume: no complete checkpoint in {str(run_dir / 'checkpoints')!r} to resume from: "
-                         f"{why}. Start the run again without --resume (add save_every=N to checkpoint every N "
-                         f"steps)")
+                         f"{why}. Start the run again {again} (add save_every=N to checkpoint every N steps)")
     checkpoint = resolve_resume(resume, run_dir) if resume else None
 
     previous_determinism = torch.are_deterministic_algorithms_enabled()
@@ -312,6 +320,13 @@ def _move_aside(run_dir: Path) -> Path:
 # What a training run writes into its folder (recipe.yaml and metrics.jsonl first): --force deletes a folder holding
 # one of them, never one that holds none (a mistyped --output-dir naming a project, a model folder).
 RUN_FOLDER_MARKS = ("recipe.yaml", METRICS_FILE, "checkpoints", TRAINING_INFO_FILE)
+
+
+def _stopped_before_a_checkpoint(run_dir: Path) -> bool:
+    """Whether ``run_dir`` holds only what a run writes before its first checkpoint (its recipe, its metrics, an empty
+    or unfinished checkpoints/ folder): a run interrupted early, which --resume cannot continue."""
+    names = {path.name for path in run_dir.iterdir()}
+    return "recipe.yaml" in names and names <= {"recipe.yaml", METRICS_FILE, "checkpoints"}
 
 
 def _check_deletable_run(run_dir: Path, recipe: Recipe) -> None:

@@ -182,6 +182,17 @@ def test_resume_refuses_another_runs_checkpoint_and_fresh_runs_refuse_a_used_fol
     (tmp_path / "c" / "checkpoints").mkdir(parents=True)  # (a folder, but no checkpoint in it)
     with pytest.raises(ValueError, match=r"--resume: no complete checkpoint in .*: the run stopped before its first"):
         train(make_recipe(tmp_path, "c"), resume=True, progress=False)
+    # As a run interrupted before its first checkpoint leaves it: --resume sends the user to --force (a plain start
+    # refused the folder, and sent them back to --resume), and a plain start says so too
+    (tmp_path / "c" / "recipe.yaml").write_text("{}")
+    (tmp_path / "c" / "metrics.jsonl").write_text("")
+    with pytest.raises(ValueError, match=r"stopped before its first one .*\. Start the run again with --force in "
+                                         r"place of --resume"):
+        train(make_recipe(tmp_path, "c"), resume=True, progress=False)
+    with pytest.raises(ValueError, match=r"holds a run that stopped before its first checkpoint \(only its "
+                                         r"checkpoints, metrics.jsonl, recipe.yaml\), which --resume cannot continue; "
+                                         r"pass --force"):
+        train(make_recipe(tmp_path, "c"), progress=False)
     (tmp_path / "a" / "checkpoints" / "checkpoint-2" / "trainer_state.json").unlink()  # a damaged checkpoint
     with pytest.raises(ValueError, match=r"checkpoint-2 lack\(s\) trainer_state.json, which a complete checkpoint "
                                          "writes last: damaged"):
