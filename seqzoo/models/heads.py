@@ -13,6 +13,7 @@ from typing import Any
 
 import torch
 from torch import nn
+from torch.nn import functional as F
 from transformers.modeling_outputs import SequenceClassifierOutput, TokenClassifierOutput
 
 from seqzoo.models.compat import check_kwargs
@@ -53,6 +54,15 @@ class _ClassifierHead(SeqzooPreTrainedModel):
                 f"build or load the model with num_labels={self.config.num_labels} (from_pretrained(..., "
                 "num_labels=N, ignore_mismatched_sizes=True) gives a loaded one a new score)"
             )
+        dropout = getattr(self.dropout, "p", None)
+        if isinstance(dropout, (int, float)) and (self.config.classifier_dropout or 0.0) != dropout:
+            # (set since the model was built: the dropout module keeps the probability it was built with)
+            raise ValueError(
+                f"config.classifier_dropout={self.config.classifier_dropout}, but this model's dropout before the "
+                f"score was built with p={dropout}; build or load the model with "
+                f"classifier_dropout={self.config.classifier_dropout} (from_pretrained(..., classifier_dropout=p)), "
+                "or set model.dropout.p as well"
+            )
         if input_ids is not None and input_ids.dim() == 2 and input_ids.shape[1]:
             # Without a mask, padding is read as tokens by the layers (a bidirectional encoder's right-to-left pass
             # starts in it; a causal model runs through left padding): said once, as transformers' heads say it.
@@ -70,11 +80,10 @@ class SeqzooForSequenceClassification(_ClassifierHead):
     * ``"first+last"``: the first and the last real token side by side, for a bidirectional encoder: its
       right-to-left direction has seen the whole sequence at the first token, its left-to-right one at the last.
 
-    With an attention mask every pooling is exact for left and right padding alike."""
-
-    # transformers' Trainer hands a model that takes this its token count (num_items_in_batch) and then leaves the
-    # loss of an accumulated step unscaled; one loss per sequence is a mean over rows, so Trainer must scale it.
-    accepts_loss_kwargs = False
+    With an attention mask every pooling is exact for left and right padding alike. Given ``num_items_in_batch``
+    (what transformers' Trainer counts in the labels of every micro-batch of an accumulated step: the labelled rows,
+    or the targets of a multi-label or multi-value row), the loss is the sum over this batch's divided by it, so the
+    accumulated step's loss is their mean, as the token head's is."""
 
     def feature_size(self, config: Any) -> int:
         return config.output_dim * (2 if config.classifier_pooling == "first+last" else 1)
@@ -91,8 +100,9 @@ class SeqzooForSequenceClassification(_ClassifierHead):
         **kwargs: Any,
     ) -> SequenceClassifierOutput | tuple:
         r"""
-        labels: (batch,) class indices (single-label), (batch, num_labels) 0/1 floats (multi-label) or values
-            (regression); ``config.problem_type`` says which, else it is inferred as transformers does.
+        labels: (batch,) class indices (single-label, -100 where a row has no label), (batch, num_labels) targets in
+            [0, 1] (multi-label) or values (regression); ``config.problem_type`` says which, else it is inferred as
+            transformers does.
         """
         if find_packing(self, input_ids, inputs_embeds, attention_mask, position_ids, None, False, dict(kwargs)):
             raise ValueError(
@@ -119,8 +129,13 @@ class SeqzooForSequenceClassification(_ClassifierHead):
             labels = sequence_labels(labels, logits, self.config)
             # (in float32 at least, as transformers' token-classification loss computes: its sequence loss takes
             # half-precision logits as they are, and binary cross-entropy then computes at their precision)
-            loss = self.loss_function(labels=labels, config=self.config,
-                                      pooled_logits=logits.to(torch.promote_types(logits.dtype, torch.float32)))
+            wide = logits.to(torch.promote_types(logits.dtype, torch.float32))
+            num_items = kwargs.get("num_items_in_batch")
+            if num_items is None:
+                loss = self.loss_function(labels=labels, config=self.config, pooled_logits=wide)
+            else:
+                loss = summed_sequence_loss(wide, labels, problem_type(self.config, labels, wide)[0])
+                loss = loss / (num_items.to(loss.device) if isinstance(num_items, torch.Tensor) else num_items)
         return_dict = return_dict if return_dict is not None else self.config.return_dict
         attentions = getattr(outputs, "attentions", None)
         if not return_dict:
@@ -170,17 +185,12 @@ class SeqzooForTokenClassification(_ClassifierHead):
 def sequence_labels(labels: torch.Tensor, logits: torch.Tensor, config: Any) -> torch.Tensor:
     """``labels`` checked against what the loss of ``config.problem_type`` takes (inferred as transformers infers it
     when None: regression for one label, single-label for int64/int32 labels, else multi-label), in the dtype it
-    takes: a clear error instead of a broadcast loss or torch's error deep in the loss. logits (B, num_labels)."""
+    takes: a clear error instead of a broadcast loss, torch's error deep in the loss, or (a multi-label target
+    outside [0, 1]) a wrong loss. logits (B, num_labels)."""
     if not isinstance(labels, torch.Tensor):
         raise TypeError(f"labels must be a tensor; got {type(labels).__name__}")
     batch, num_labels = logits.shape
-    require_choice(config, "problem_type", PROBLEM_TYPES)  # (set since the config was built, perhaps)
-    kind = config.problem_type
-    inferred = ""
-    if kind is None:
-        kind = ("regression" if num_labels == 1 else "single_label_classification"
-                if labels.dtype in (torch.int64, torch.int32) else "multi_label_classification")
-        inferred = " (config.problem_type is None: inferred from num_labels and the labels' dtype)"
+    kind, inferred = problem_type(config, labels, logits)
     if labels.dtype.is_complex:
         raise ValueError(f"labels must be real numbers; got dtype {labels.dtype}")
     if kind == "single_label_classification":
@@ -202,7 +212,48 @@ def sequence_labels(labels: torch.Tensor, logits: torch.Tensor, config: Any) -> 
         return labels
     # The losses of the other kinds take float targets, at least float32 (as the logits are taken): in the dtype of
     # half-precision logits (autocast, a bf16 / fp16 model) a target loses digits, or is inf above 65504.
-    return labels.to(torch.promote_types(logits.dtype, torch.float32))
+    labels = labels.to(torch.promote_types(logits.dtype, torch.float32))
+    if kind == "multi_label_classification" and not torch.compiler.is_compiling():  # (reads values)
+        outside = labels[~((labels >= 0) & (labels <= 1))]  # (NaN included)
+        if outside.numel():
+            # Binary cross-entropy takes any float target: 2.0 or -100 gave a loss, negative at times, without a word.
+            raise ValueError(
+                f"multi-label classification{inferred} takes targets in [0, 1] (1: the label applies, 0: it does "
+                f"not, soft targets between them); labels contain {outside[0].item()}. -100 marks no ignored "
+                "target here: binary cross-entropy reads every target (to leave some out, compute the loss from "
+                "the logits with a mask of your own)"
+            )
+    return labels
+
+
+def problem_type(config: Any, labels: torch.Tensor, logits: torch.Tensor) -> tuple[str, str]:
+    """(the problem type, a note for errors that says it was inferred or nothing): ``config.problem_type``, or when
+    None what transformers infers from num_labels and the labels' dtype (regression for one label, single-label for
+    int64 / int32 labels, else multi-label)."""
+    require_choice(config, "problem_type", PROBLEM_TYPES)  # (set since the config was built, perhaps)
+    if config.problem_type is not None:
+        return config.problem_type, ""
+    kind = ("regression" if logits.shape[-1] == 1 else "single_label_classification"
+            if labels.dtype in (torch.int64, torch.int32) else "multi_label_classification")
+    return kind, " (config.problem_type is None: inferred from num_labels and the labels' dtype)"
+
+
+def summed_sequence_loss(logits: torch.Tensor, labels: torch.Tensor, kind: str) -> torch.Tensor:
+    """The loss of ``kind`` summed over what transformers' Trainer counts as items (labels that are not -100): the
+    labelled rows (single-label), every target (multi-label, regression), for a division by the count over all
+    micro-batches of an accumulated step. logits (B, num_labels); labels as :func:`sequence_labels` returns them."""
+    labels = labels.to(logits.device)
+    if kind == "single_label_classification":
+        return F.cross_entropy(logits, labels.view(-1), ignore_index=-100, reduction="sum")
+    if kind == "multi_label_classification":
+        return F.binary_cross_entropy_with_logits(logits, labels, reduction="sum")
+    if not torch.compiler.is_compiling() and bool((labels == -100).any()):  # (reads values)
+        raise ValueError(
+            "regression labels contain -100, which transformers' Trainer leaves out of its count of targets "
+            "(num_items_in_batch, which the summed loss is divided by), so the loss would be scaled wrong; shift or "
+            "scale the targets so that none is exactly -100"
+        )
+    return F.mse_loss(logits.view(-1), labels.view(-1), reduction="sum")
 
 
 def real_tokens(
@@ -235,5 +286,5 @@ def pool(hidden_states: torch.Tensor, how: str, real: torch.Tensor) -> torch.Ten
     return torch.cat([hidden_states[rows, first], hidden_states[rows, last]], dim=-1)
 
 
-__all__ = ["SeqzooForSequenceClassification", "SeqzooForTokenClassification", "pool", "real_tokens",
-           "sequence_labels"]
+__all__ = ["SeqzooForSequenceClassification", "SeqzooForTokenClassification", "pool", "problem_type", "real_tokens",
+           "sequence_labels", "summed_sequence_loss"]

@@ -263,8 +263,24 @@ def check_loaded_tensors(cls: type, model: nn.Module, info: dict[str, Any], sour
                          allow_mismatch: bool, heads: set[str]) -> None:
     """Raise unless the strict load of ``source`` into ``model`` (a ``cls``, saved as the class ``saved_as``) fits:
     no missing tensor (another head's own modules aside), no mis-shaped one (unless ``allow_mismatch``), none the
-    model has no place for (the modules of ``heads``, every seqzoo head's, aside). The error names every offending
-    tensor with both shapes, and a classifier head of another number of labels as such."""
+    model has no place for (the modules of ``heads``, every seqzoo head's, aside), and not saved as another head
+    whose modules are this head's (a token classifier's ``score`` for a sequence classifier's: as like-shaped as a
+    unidirectional model's are, it would load as this head's; with ``allow_mismatch`` this head starts anew
+    instead). The error names every offending tensor with both shapes, and a classifier head of another number of
+    labels as such."""
+    shared = _modules_of_another_head(cls, model, info, saved_as)
+    if shared and allow_mismatch:  # (ignore_mismatched_sizes=True: a new head on the checkpoint's backbone)
+        with torch.no_grad():
+            for name in shared:
+                for module in model.get_submodule(name).modules():
+                    tensors = list(module.parameters(recurse=False))
+                    if not any(tensor.is_meta for tensor in tensors):
+                        for tensor in tensors:  # (the load marked them: transformers' init functions skip those)
+                            tensor._is_hf_initialized = False
+                        model._init_weights(module)
+                        for tensor in tensors:
+                            tensor._is_hf_initialized = True
+        shared = []
     tied = set(getattr(model, "all_tied_weights_keys", {}) or {})
     missing = sorted(set(info.get("missing_keys", [])) - tied)
     if saved_as not in (None, cls.__name__):  # saved with another head: this head starts fresh
@@ -282,6 +298,16 @@ def check_loaded_tensors(cls: type, model: nn.Module, info: dict[str, Any], sour
     if unexpected:
         problems.append(f"tensors this model has no place for: {', '.join(unexpected[:8])}"
                         f"{' ...' if len(unexpected) > 8 else ''} (does config.json match the weights?)")
+    head = tuple(f"{module}." for module in cls.head_modules)
+    if shared and not missing and not unexpected and all(key.startswith(head) for key, _, _ in mismatched):
+        # Only the head differs, or nothing does: the other head's tensors would be this head's (the tagger's score
+        # read at the last token as the text's label), whatever their shapes.
+        shapes = f" ({'; '.join(problems)})" if problems else ""
+        raise ValueError(
+            f"checkpoint {str(source)!r} was saved as {saved_as}, another head whose {', '.join(shared)} would load "
+            f"as this {cls.__name__}'s{shapes}; pass ignore_mismatched_sizes=True to start a new head on its "
+            f"backbone, or load it as it was saved ({saved_as}, or the Auto class of its task)"
+        )
     if problems:
         labels = getattr(model.config, "num_labels", None)
         if (mismatched and not missing and not unexpected and "score" in cls.head_modules
@@ -297,7 +323,6 @@ def check_loaded_tensors(cls: type, model: nn.Module, info: dict[str, Any], sour
                 "ignore_mismatched_sizes=True to start a new head of "
                 f"{labels} label(s) on its backbone ({'; '.join(problems)})"
             )
-        head = tuple(f"{module}." for module in cls.head_modules)
         other_head = saved_as not in (None, cls.__name__)
         if (mismatched and not missing and not unexpected and (other_head or "score" in cls.head_modules)
                 and all(key.startswith(head) for key, _, _ in mismatched)):
@@ -318,6 +343,29 @@ def check_loaded_tensors(cls: type, model: nn.Module, info: dict[str, Any], sour
             "strict=False to load it anyway with the missing and mis-shaped weights re-initialised and the "
             "others ignored."
         )
+
+
+def _modules_of_another_head(cls: type, model: nn.Module, info: dict[str, Any], saved_as: str | None) -> list[str]:
+    """This head's modules (of ``cls.head_modules``) that a checkpoint saved as ``saved_as``, another head class of
+    the same architecture (neither a subclass of ``cls`` nor its base, as a class a user derived is), held and loaded
+    into ``model``: none for a causal LM's checkpoint loaded into a classifier (its ``lm_head`` is no ``score``), or a
+    checkpoint saved as a class that is not imported (nothing to tell it by)."""
+    if saved_as in (None, cls.__name__) or not cls.head_modules:
+        return []
+    # The classes to look among: every subclass of the base that declares head_modules first (SeqzooPreTrainedModel,
+    # or its copy in a checkpoint's code bundle), found from cls so that this module imports none of them.
+    root = next(klass for klass in reversed(cls.__mro__) if "head_modules" in vars(klass))
+    pending, saved = [root], None
+    while pending and saved is None:
+        klass = pending.pop()
+        if klass.__name__ == saved_as and getattr(klass, "config_class", None) is cls.config_class:
+            saved = klass
+        pending.extend(klass.__subclasses__())
+    if saved is None or issubclass(saved, cls) or issubclass(cls, saved):
+        return []
+    missing = set(info.get("missing_keys", []))
+    return [name for name in cls.head_modules if name in saved.head_modules
+            and any(key.startswith(f"{name}.") and key not in missing for key in model.state_dict())]
 
 
 def check_finite_weights(model: nn.Module, source: Any) -> None:
