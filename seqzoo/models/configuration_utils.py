@@ -136,6 +136,7 @@ class SeqzooConfig(PreTrainedConfig):
         wants_unused = kwargs.pop("return_unused_kwargs", False)
         token = _LOADING.set(True)
         try:
+            config_dict = cls._derived_anew(config_dict, kwargs)
             config, unused = super().from_dict(config_dict, return_unused_kwargs=True, **kwargs)
             if isinstance(config, SeqzooConfig) and set(kwargs) - set(unused):
                 config.check_keywords_set_after_loading(set(kwargs) - set(unused))
@@ -144,6 +145,32 @@ class SeqzooConfig(PreTrainedConfig):
         if unused and not wants_unused:
             refuse_unused_keywords(config, unused)
         return (config, unused) if wants_unused else config
+
+    @classmethod
+    def derived_fields(cls) -> list[tuple[str, Any]]:
+        """The fields a config derives from others when they are unset, as (name, its unset value): a bidirectional
+        model's classifier pooling, an architecture's sizes and variant defaults. Subclasses add their own."""
+        return [("classifier_pooling", None)]
+
+    @classmethod
+    def _derived_anew(cls, config_dict: dict[str, Any], kwargs: dict[str, Any]) -> dict[str, Any]:
+        """``config_dict`` as the config is built from with fields given beside it (``kwargs``): a derived field the
+        file holds at the value its own other fields derive is derived again, from the given ones
+        (``AutoConfig.from_pretrained(llama_folder, variant="gpt2")`` kept RoPE and RMSNorm, and a bidirectional
+        model kept a one-direction model's "last" pooling); one set otherwise in the file stays, as a field set by
+        hand does."""
+        names = {f.name for f in fields(cls)}
+        given = {key: value for key, value in kwargs.items() if key in names}
+        derived = [(name, unset) for name, unset in cls.derived_fields()
+                   if name in config_dict and name not in given and config_dict[name] != unset]
+        if not given or not derived:
+            return config_dict
+        try:  # (what the file's own fields derive; a file that does not build is named by the load itself)
+            own = super().from_dict({**config_dict, **dict(derived)})
+        except Exception:  # noqa: BLE001
+            return config_dict
+        anew = {name: unset for name, unset in derived if getattr(own, name, unset) == config_dict[name]}
+        return {**config_dict, **given, **anew} if anew else config_dict
 
     def check_keywords_set_after_loading(self, given: set[str]) -> None:
         """Check the fields ``given`` as keywords beside a config.json, once transformers has set them: their values

@@ -390,8 +390,11 @@ def test_an_attention_given_beside_a_saved_config_derives_its_sizes_as_when_buil
     assert config.attention_size == config.hidden_size
     model = AutoModelForSeq2SeqLM.from_config(config)
     assert model.model.decoder.attention.score == "bahdanau"
-    with pytest.raises(ValueError, match="input_feeding=True is Luong's"):  # the file's, named as such
-        AutoModelForSeq2SeqLM.from_config(AutoConfig.from_pretrained(tmp_path / "luong", attention="bahdanau"))
+    # The file's input_feeding, at what Luong attention derives, follows the attention given; one set by hand stays
+    assert AutoConfig.from_pretrained(tmp_path / "luong", attention="bahdanau").input_feeding is False
+    tiny_model(SEQ2SEQ_FAMILIES["seq2seq-luong-general"], input_feeding=False).save_pretrained(tmp_path / "unfed")
+    assert AutoConfig.from_pretrained(tmp_path / "unfed", attention="luong-dot").input_feeding is False
+    assert AutoConfig.from_pretrained(tmp_path / "luong", attention="luong-dot").input_feeding is True
     # The other way, the file's derived attention_size is read as not set; one of its own is refused by name.
     tiny_model(SEQ2SEQ_FAMILIES["seq2seq-bahdanau"]).save_pretrained(tmp_path / "bahdanau")
     assert AutoConfig.from_pretrained(tmp_path / "bahdanau", attention="luong-general").attention_size is None

@@ -52,6 +52,10 @@ class ClassicRecurrentConfig(SeqzooConfig):
             self.embedding_size = self.hidden_size
         super().__post_init__(**kwargs)
 
+    @classmethod
+    def derived_fields(cls) -> list[tuple[str, Any]]:
+        return [*super().derived_fields(), ("embedding_size", None)]
+
     def validate_architecture(self) -> None:
         super().validate_architecture()
         require_int(self, "embedding_size", minimum=1)

@@ -81,6 +81,11 @@ class HybridConfig(SeqzooConfig):
             self.intermediate_size = self._default_intermediate_size()
         super().__post_init__(**kwargs)
 
+    @classmethod
+    def derived_fields(cls) -> list[tuple[str, Any]]:
+        return [*super().derived_fields(), ("num_hidden_layers", None), ("mlp_layers", None),
+                ("intermediate_size", None)]
+
     def _default_intermediate_size(self) -> int | None:
         if not isinstance(self.hidden_size, int) or self.hidden_size <= 0:
             return None
@@ -107,15 +112,16 @@ class HybridConfig(SeqzooConfig):
                 or not all(isinstance(kind, str) for kind in self.mixer_types)):
             raise ValueError(f"{name}.mixer_types={self.mixer_types!r} is invalid: expected a non-empty list of "
                              "mixer names, one per layer")
-        super().validate_architecture()
-        if self.num_hidden_layers != len(self.mixer_types):
-            raise ValueError(f"{name}.num_hidden_layers={self.num_hidden_layers} is invalid: mixer_types names "
-                             f"{len(self.mixer_types)} layers")
-        for idx, kind in enumerate(self.mixer_types):
+        for idx, kind in enumerate(self.mixer_types):  # (the names first: a misspelt one is the mistake to name)
             try:
                 get_mixer(kind)  # unknown names raise with a did-you-mean
             except ValueError as err:
                 raise ValueError(f"{name}.mixer_types[{idx}]: {err}") from err
+        super().validate_architecture()
+        if self.num_hidden_layers != len(self.mixer_types):
+            raise ValueError(f"{name}.num_hidden_layers={self.num_hidden_layers} is invalid: mixer_types names "
+                             f"{len(self.mixer_types)} layers (num_hidden_layers may be left out: it follows "
+                             "mixer_types)")
         if not isinstance(self.mixer_config, dict) or any(
                 not isinstance(v, dict) for v in self.mixer_config.values()):
             raise ValueError(f"{name}.mixer_config={self.mixer_config!r} is invalid: expected a mapping from mixer "

@@ -63,6 +63,10 @@ class MambaConfig(SeqzooConfig):
             self.time_step_rank = math.ceil(self.hidden_size / 16)
         super().__post_init__(**kwargs)
 
+    @classmethod
+    def derived_fields(cls) -> list[tuple[str, Any]]:
+        return [*super().derived_fields(), ("time_step_rank", "auto")]
+
     def validate_architecture(self) -> None:
         super().validate_architecture()
         require_int(self, "state_size", minimum=1)

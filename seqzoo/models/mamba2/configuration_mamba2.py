@@ -77,6 +77,10 @@ class Mamba2Config(SeqzooConfig):
             self.time_step_limit = tuple(self.time_step_limit)  # config.json stores it as a list
         super().__post_init__(**kwargs)
 
+    @classmethod
+    def derived_fields(cls) -> list[tuple[str, Any]]:
+        return [*super().derived_fields(), ("num_heads", None)]
+
     def validate_architecture(self) -> None:
         super().validate_architecture()
         require_int(self, "state_size", minimum=1)

@@ -73,6 +73,10 @@ class RWKV7Config(SeqzooConfig):
                     setattr(self, field, default_low_rank_dim(field, self.hidden_size))
         super().__post_init__(**kwargs)
 
+    @classmethod
+    def derived_fields(cls) -> list[tuple[str, Any]]:
+        return [*super().derived_fields(), ("intermediate_size", None), *((name, None) for name in LOW_RANK_RULES)]
+
     def validate_architecture(self) -> None:
         super().validate_architecture()
         require_int(self, "head_size", minimum=1)

@@ -147,6 +147,12 @@ class Seq2SeqConfig(SeqzooConfig):
             self.decoder_start_token_id = self.bos_token_id
         super().__post_init__(**kwargs)
 
+    @classmethod
+    def derived_fields(cls) -> list[tuple[str, Any]]:
+        return [*super().derived_fields(), *((name, None) for name in (
+            "decoder_type", "num_decoder_layers", "embedding_size", "attention", "input_feeding", "attention_size",
+            "intermediate_size", "bridge", "initializer_range", "decoder_start_token_id"))]
+
     def _derive_sizes(self) -> None:
         """``attention_size`` and ``intermediate_size`` derived from ``hidden_size`` only where the chosen
         architecture reads them; elsewhere None, and a value equal to what they would be derived as (what earlier

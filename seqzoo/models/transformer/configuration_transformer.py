@@ -95,6 +95,11 @@ class TransformerConfig(SeqzooConfig):
                 self.intermediate_size = 4 * self.hidden_size
         super().__post_init__(**kwargs)
 
+    @classmethod
+    def derived_fields(cls) -> list[tuple[str, Any]]:
+        return [*super().derived_fields(), *((name, None) for name in VARIANTS["llama"]), ("num_key_value_heads", None),
+                ("head_dim", None), ("intermediate_size", None)]
+
     def validate_architecture(self) -> None:
         super().validate_architecture()
         require_choice(self, "variant", VARIANTS)
