@@ -14,7 +14,7 @@ import logging
 import shutil
 from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, NamedTuple
 
 import torch
 
@@ -57,6 +57,11 @@ class SourceWeights(Mapping):
 
     def __len__(self) -> int:
         return len(self._readers)
+
+    def without(self, keys: Any) -> "SourceWeights":
+        """The same view less the tensors ``keys`` (none of them is read)."""
+        left_out = set(keys)
+        return SourceWeights({key: read for key, read in self._readers.items() if key not in left_out}, self.origin)
 
     @classmethod
     def from_dict(cls, state_dict: Mapping[str, torch.Tensor], origin: str = "the state dict") -> "SourceWeights":
@@ -359,8 +364,9 @@ TOKENIZER_READS = tuple(name for name in TOKENIZER_FILES if name != "generation_
 def check_destination(source: Any, destination: str | Path, copies_tokenizer: bool = True) -> Path:
     """Refuse, before anything is read or written, a destination that is the source folder or holds a checkpoint
     already (a config.json or weights: writing the model there would replace them, and ``save_pretrained`` deletes a
-    sharded checkpoint's old shards), and (``copies_tokenizer``) a source folder whose tokenizer could not be copied
-    whole (see :func:`tokenizer_code_files`); returns the destination as a Path."""
+    sharded checkpoint's old shards), and (``copies_tokenizer``: the source folder's tokenizer and generation-config
+    files are to be copied) a source folder holding one of them damaged, or whose tokenizer could not be copied whole
+    (see :func:`tokenizer_code_files`); returns the destination as a Path."""
     if isinstance(destination, str) and not destination.strip():  # (Path("") is the current folder)
         raise ValueError(f"destination {destination!r} is empty; pass a folder (new or empty) to write to")
     destination = Path(destination)
@@ -383,17 +389,37 @@ def check_destination(source: Any, destination: str | Path, copies_tokenizer: bo
                              "of an earlier conversion?: they would stay beside the converted model, and AutoTokenizer "
                              "would read them in place of the new source's tokenizer; pass a new or empty folder, or "
                              "remove those files first")
-    if isinstance(source, (str, Path)) and Path(source).is_dir():
-        # The tokenizer and generation-config files are copied as they are: a damaged one would be handed on.
+    if copies_tokenizer and isinstance(source, (str, Path)) and Path(source).is_dir():
+        # The tokenizer and generation-config files are copied as they are: a damaged one would be handed on. (Where
+        # none is copied, as with fla-rwkv7 --world-tokenizer, the files are no concern of the conversion.)
         from seqzoo.models.loading import damaged_json_files
 
         damaged = damaged_json_files(Path(source), [name for name in TOKENIZER_FILES if name.endswith(".json")])
         if damaged:
             raise ValueError(f"{str(source)!r}: {damaged}, and it would be copied into {str(destination)!r} as it is; "
                              "fix or delete the file, or copy it again from where the model came from")
-        if copies_tokenizer:
-            tokenizer_code_files(Path(source))
+        tokenizer_code_files(Path(source))
     return destination
+
+
+def local_source(source: Any) -> Any:
+    """``source`` with a Hub repo id replaced by the folder it downloads to (into the Hub cache, once); a model
+    object, a folder or a file as it is."""
+    if isinstance(source, (str, Path)) and not Path(source).exists():
+        return download(str(source))
+    return source
+
+
+def conversion_source(source: Any, destination: str | Path) -> Any:
+    """The source of a conversion into the folder ``destination``, checked with it (:func:`check_destination`), and
+    a Hub repo id replaced by the folder it downloads to: that folder's tokenizer and generation-config files are then
+    checked and copied as a local folder's (given the repo id, which is no folder, they were left behind). The
+    destination is checked before the download, so that one refused costs none."""
+    check_destination(source, destination)
+    folder = local_source(source)
+    if folder is not source:
+        check_destination(folder, destination)
+    return folder
 
 
 def tokenizer_code_files(folder: Path) -> tuple[list[str], list[str]]:
@@ -420,8 +446,11 @@ def tokenizer_code_files(folder: Path) -> tuple[list[str], list[str]]:
     return modules, elsewhere
 
 
-def copy_tokenizer_files(source: Any, destination: Path, names: tuple[str, ...] = TOKENIZER_FILES) -> list[str]:
-    """Copy the tokenizer and generation-config files a source folder has; returns the names copied."""
+def copy_tokenizer_files(source: Any, destination: Path, names: tuple[str, ...] = TOKENIZER_FILES,
+                         vocab_size: int | None = None) -> list[str]:
+    """Copy the tokenizer and generation-config files a source folder has; returns the names copied. With
+    ``vocab_size`` (the converted model's), the token ids of a copied generation_config.json outside the vocabulary
+    are dropped, as :func:`valid_token_ids` dropped them from the converted config.json (the copy put them back)."""
     if not (isinstance(source, (str, Path)) and Path(source).is_dir()):
         return []
     folder = Path(source)
@@ -440,7 +469,22 @@ def copy_tokenizer_files(source: Any, destination: Path, names: tuple[str, ...] 
         if (folder / name).is_file():
             shutil.copy2(folder / name, destination / name)
             copied.append(name)
+    if vocab_size is not None and "generation_config.json" in copied:
+        _keep_token_ids_inside(destination / "generation_config.json", vocab_size, folder / "generation_config.json")
     return copied
+
+
+def _keep_token_ids_inside(path: Path, vocab_size: int, origin: Path) -> None:
+    """Rewrite the generation config ``path`` (a copy of ``origin``) without its pad/bos/eos ids outside a vocabulary
+    of ``vocab_size`` (a warning names each); left as it is where none is outside."""
+    values = read_json(path, "generation config")
+    try:
+        kept = valid_token_ids(values, vocab_size, str(origin))
+    except ValueError:  # (no token ids at all: transformers' GenerationConfig names the field when it reads them)
+        return
+    changed = {name: ids for name, ids in kept.items() if name in values and values[name] != ids}
+    if changed:
+        path.write_text(json.dumps({**values, **changed}, indent=2, sort_keys=True) + "\n")
 
 
 def valid_token_ids(values: dict[str, Any], vocab_size: int, origin: str) -> dict[str, Any]:
@@ -552,16 +596,27 @@ def show(items: list[str], limit: int = 8) -> str:
     return ", ".join(items[:limit]) + (f" ... ({len(items)} in all)" if len(items) > limit else "")
 
 
-__all__ = ["CHECKPOINT_FILES", "DTYPES", "Reader", "SourceWeights", "TOKENIZER_FILES", "TOKENIZER_READS", "build_model",
-           "check_destination", "check_tensors", "config_dict", "conversion_dtype", "copy_tokenizer_files", "download",
-           "head_is_tied", "is_torch_save_file", "load_transformers_source", "load_torch_file", "materialize_buffers",
+__all__ = ["CHECKPOINT_FILES", "DTYPES", "Reader", "SourceWeights", "TOKENIZER_FILES", "TOKENIZER_READS",
+           "TransformersSource", "build_model", "check_destination", "check_tensors", "config_dict",
+           "conversion_dtype", "conversion_source", "copy_tokenizer_files", "download", "head_is_tied",
+           "is_torch_save_file", "load_transformers_source", "load_torch_file", "local_source", "materialize_buffers",
            "read_folder_weights", "read_json", "refuse_adapters", "require_floating_point", "require_values", "show",
            "tokenizer_code_files", "valid_token_ids", "weights_only_refusal"]
 
 
-def load_transformers_source(source: Any, model_types: tuple[str, ...], command: str) -> tuple[Any, SourceWeights]:
-    """(config, lazily read weights) of a transformers model object, a folder saved from one, or a Hub repo id,
-    refusing any ``model_type`` outside ``model_types`` with an error that names it."""
+class TransformersSource(NamedTuple):
+    """A transformers checkpoint as :func:`load_transformers_source` reads it."""
+
+    config: Any  # its transformers config
+    weights: SourceWeights  # read lazily
+    # The fields its config.json sets (of a model object, every field of its config): where transformers reads a
+    # field's default, a converter may read the tensors instead (Qwen2's config has no attention_bias at all).
+    stated: frozenset[str]
+
+
+def load_transformers_source(source: Any, model_types: tuple[str, ...], command: str) -> TransformersSource:
+    """The config, lazily read weights and stated config fields of a transformers model object, a folder saved from
+    one, or a Hub repo id, refusing any ``model_type`` outside ``model_types`` with an error that names it."""
     from huggingface_hub.errors import StrictDataclassClassValidationError, StrictDataclassFieldValidationError
     from transformers import AutoConfig, PreTrainedModel
 
@@ -569,14 +624,15 @@ def load_transformers_source(source: Any, model_types: tuple[str, ...], command:
     if isinstance(source, PreTrainedModel):
         _require_model_type(getattr(source.config, "model_type", None), model_types, command)
         _refuse_quantized(getattr(source.config, "quantization_config", None), type(source).__name__, command)
-        return source.config, SourceWeights.from_dict({k: v.detach() for k, v in source.state_dict().items()},
-                                                      type(source).__name__)
+        weights = SourceWeights.from_dict({k: v.detach() for k, v in source.state_dict().items()},
+                                          type(source).__name__)
+        return TransformersSource(source.config, weights, frozenset(source.config.to_dict()))
     if not isinstance(source, (str, Path)):
         raise ValueError(f"source must be a transformers model, a folder or a Hub repo id; got {type(source).__name__}")
     if Path(source).is_file():  # (else looked up as a Hub repo id, which failed offline after five retries)
         raise ValueError(f"{str(source)!r} is a file; give the folder that holds the model's config.json and "
                          "weights, or its Hub repo id")
-    folder = Path(source) if Path(source).is_dir() else download(str(source))
+    folder = Path(local_source(source))
     if not (folder / "config.json").is_file():
         raise ValueError(f"{str(source)!r} has no config.json; expected a folder saved by save_pretrained")
     values = read_json(folder / "config.json", "config")
@@ -592,7 +648,7 @@ def load_transformers_source(source: Any, model_types: tuple[str, ...], command:
         # transformers' configs check field types: '"hidden_size": "32"' in config.json fails here
         raise ValueError(f"{str(folder / 'config.json')!r} has a value of the wrong type or range: "
                          f"{' '.join(str(err).split())}") from err
-    return config, read_folder_weights(folder)
+    return TransformersSource(config, read_folder_weights(folder), frozenset(values))
 
 
 def refuse_adapters(source: Any) -> None:

@@ -43,6 +43,7 @@ def to_native(model: Any, target: str) -> Any:
     refuse_adapters(model)
     _check_target(model.config.model_type, target)
     model_type, class_name, module = TARGETS[target]
+    _check_causal_lm(model, target)
     native_config = module.native_config(model.config)
     # By rows, as transformers builds its models: one stored by columns (set_weight_layout) fails its save's check of
     # tied weights, which flattens them with view().
@@ -66,6 +67,18 @@ def _check_target(found: Any, target: str) -> None:
     if found != model_type:
         raise ValueError(f"cannot export a {found!r} model to {target}: {class_name} holds {model_type!r} models "
                          f"only (transformers has no native class for every seqzoo architecture)")
+
+
+def _check_causal_lm(model: Any, target: str) -> None:
+    """Refuse a model object that is no causal language model (a backbone, a classifier, a tagger): the export would
+    need a vocabulary head it lacks (torch's load_state_dict failed on it, naming missing and unexpected tensors)."""
+    from seqzoo.registry import architecture_for_model_type
+
+    causal_lm = architecture_for_model_type(model.config.model_type).causal_lm_class
+    if not isinstance(model, causal_lm):
+        raise ValueError(f"cannot export a {type(model).__name__} to {target}: {TARGETS[target][1]} is a causal "
+                         f"language model, and a {type(model).__name__} is none (a backbone without the vocabulary "
+                         f"head, or a model with a task head); export a {causal_lm.__name__}")
 
 
 def export_native(source: Any, destination: str | Path, target: str) -> Any:

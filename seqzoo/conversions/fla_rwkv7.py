@@ -159,7 +159,7 @@ def convert_fla_rwkv7_folder(source: str | Path, destination: str | Path, dtype:
     check_destination(source, destination)
     model = convert_fla_rwkv7(source, dtype=dtype)
     model.save_pretrained(Path(destination))
-    copy_tokenizer_files(source, Path(destination))
+    copy_tokenizer_files(source, Path(destination), vocab_size=model.config.vocab_size)
     return model
 
 

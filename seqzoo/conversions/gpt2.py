@@ -24,8 +24,8 @@ import torch
 from seqzoo.conversions.checkpoints import (
     Reader,
     build_model,
-    check_destination,
     conversion_dtype,
+    conversion_source,
     copy_tokenizer_files,
     load_transformers_source,
     valid_token_ids,
@@ -110,7 +110,7 @@ def convert_gpt2(source: Any, dtype: torch.dtype | None = None) -> Any:
     """A seqzoo Transformer with the weights of ``source``: a transformers ``GPT2LMHeadModel``, a folder saved from
     one, or a Hub repo id. ``dtype`` defaults to the source's (its embedding's)."""
     dtype = conversion_dtype(dtype)
-    hf_config, source_weights = load_transformers_source(source, MODEL_TYPES, "convert gpt2")
+    hf_config, source_weights, _ = load_transformers_source(source, MODEL_TYPES, "convert gpt2")
     config = config_from_gpt2(hf_config)
     weights = seqzoo_weights(source_weights, config)
     dtype = dtype or weights["model.embed_tokens.weight"].dtype
@@ -118,11 +118,12 @@ def convert_gpt2(source: Any, dtype: torch.dtype | None = None) -> Any:
 
 
 def convert_gpt2_folder(source: Any, destination: str | Path, dtype: torch.dtype | None = None) -> Any:
-    """Convert ``source`` and save it to ``destination`` with the source folder's tokenizer files."""
-    check_destination(source, destination)
+    """Convert ``source`` and save it to ``destination`` with the tokenizer and generation-config files of the
+    source folder (of the folder a Hub repo id downloads to)."""
+    source = conversion_source(source, destination)  # (a Hub repo id: the folder it downloads to)
     model = convert_gpt2(source, dtype)
     model.save_pretrained(Path(destination))
-    copy_tokenizer_files(source, Path(destination))
+    copy_tokenizer_files(source, Path(destination), vocab_size=model.config.vocab_size)
     return model
 
 

@@ -22,8 +22,8 @@ import torch
 
 from seqzoo.conversions.checkpoints import (
     build_model,
-    check_destination,
     conversion_dtype,
+    conversion_source,
     copy_tokenizer_files,
     head_is_tied,
     load_transformers_source,
@@ -132,7 +132,7 @@ def convert_hf_mamba(source: Any, dtype: torch.dtype | None = None) -> Any:
     ``Mamba2ForCausalLM`` object, a folder saved from one (sharded safetensors are read tensor by tensor), or a Hub
     repo id. ``dtype`` defaults to the source's."""
     dtype = conversion_dtype(dtype)
-    hf_config, source_weights = load_transformers_source(source, SUPPORTED_MODEL_TYPES, "hf-mamba")
+    hf_config, source_weights, _ = load_transformers_source(source, SUPPORTED_MODEL_TYPES, "hf-mamba")
     config = config_from_hf(hf_config)
     origin = f"the {hf_config.model_type} source"
     weights = convert_state_dict(dict(source_weights.items()), config, origin)
@@ -142,11 +142,12 @@ def convert_hf_mamba(source: Any, dtype: torch.dtype | None = None) -> Any:
 
 def convert_hf_mamba_folder(source: Any, destination: str | Path, dtype: torch.dtype | None = None) -> Any:
     """Convert ``source`` and save it to ``destination`` with safetensors, plus the source's tokenizer and
-    generation config files when it is a folder that has them. Returns the converted model."""
-    check_destination(source, destination)
+    generation config files when it is a folder (or a Hub repo id, whose downloaded folder) that has them. Returns
+    the converted model."""
+    source = conversion_source(source, destination)  # (a Hub repo id: the folder it downloads to)
     model = convert_hf_mamba(source, dtype)
     model.save_pretrained(Path(destination))
-    copy_tokenizer_files(source, Path(destination))
+    copy_tokenizer_files(source, Path(destination), vocab_size=model.config.vocab_size)
     return model
 
 

@@ -16,6 +16,8 @@ From the shell: ``seqzoo convert llama <source> <destination>``; back: ``seqzoo 
 
 from __future__ import annotations
 
+import logging
+import re
 from pathlib import Path
 from typing import Any
 
@@ -23,13 +25,17 @@ import torch
 
 from seqzoo.conversions.checkpoints import (
     Reader,
+    SourceWeights,
     build_model,
-    check_destination,
     conversion_dtype,
+    conversion_source,
     copy_tokenizer_files,
     load_transformers_source,
+    show,
     valid_token_ids,
 )
+
+logger = logging.getLogger("seqzoo")
 
 MODEL_TYPES = ("llama", "mistral", "qwen2")
 PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj")
@@ -40,6 +46,8 @@ LAYER_NAMES = (("attn_norm", "input_layernorm"), ("mlp_norm", "post_attention_la
                *((f"mlp.{p}", f"mlp.{p}") for p in MLP_PROJECTIONS))
 # Buffers older transformers releases saved with the weights.
 IGNORED = (r"model\.layers\.\d+\.self_attn\.rotary_emb\.inv_freq",)
+# Llama's config flags that give projections biases: (flag, module, its projections). (Mistral and Qwen2 have none.)
+BIAS_FLAGS = (("attention_bias", "self_attn", PROJECTIONS), ("mlp_bias", "mlp", MLP_PROJECTIONS))
 
 
 def rope_theta_of(hf_config: Any) -> float:
@@ -60,18 +68,55 @@ def rope_theta_of(hf_config: Any) -> float:
     return 10000.0 if theta is None else float(theta)
 
 
+def sliding_layers(hf_config: Any) -> list[int]:
+    """The layers transformers computes with a sliding window: every layer of a Mistral whose ``sliding_window`` is
+    set; those of a Qwen2 that its ``layer_types`` name ``sliding_attention`` (with ``use_sliding_window``, from
+    layer ``max_window_layers`` on: none where that is the number of layers or more)."""
+    if getattr(hf_config, "sliding_window", None) is None:
+        return []
+    if hf_config.model_type == "qwen2":
+        return [i for i, kind in enumerate(hf_config.layer_types) if kind == "sliding_attention"]
+    return list(range(hf_config.num_hidden_layers))
+
+
+def without_disabled_biases(hf_config: Any, stated: Any, source: SourceWeights) -> SourceWeights:
+    """``source`` less the bias tensors its Llama config turns off. transformers' Llama has biases only where the
+    config sets ``attention_bias`` / ``mlp_bias``, and leaves such tensors unloaded (unexpected keys in its load
+    report): the converted model leaves them out too, and a warning names them (turned on from the tensors, its logits
+    differed from transformers'). Where config.json does not set the flag (``stated``, its fields), the tensors decide
+    (see :func:`config_from_llama`)."""
+    if hf_config.model_type != "llama":  # (Qwen2's q/k/v biases are always on, whatever its config.json says)
+        return source
+    dropped, flags = [], []
+    for flag, module, projections in BIAS_FLAGS:
+        if flag in stated and not getattr(hf_config, flag):
+            pattern = re.compile(rf"model\.layers\.\d+\.{module}\.({'|'.join(projections)})\.bias")
+            found = [key for key in source if pattern.fullmatch(key)]
+            dropped += found
+            flags += [f"{flag}={getattr(hf_config, flag)!r}"] if found else []
+    if dropped:
+        logger.warning("%s: its config sets %s, but its weights hold bias tensors (%s); left out, as transformers' "
+                       "LlamaForCausalLM leaves them out (set the flag true in config.json if the model was trained "
+                       "with them)", source.origin, " and ".join(flags), show(dropped))
+    return source.without(dropped)
+
+
 def config_from_llama(hf_config: Any, source: Any = None) -> Any:
     """The seqzoo TransformerConfig equivalent to a Llama / Mistral / Qwen2 config. ``source`` (the weights, read
-    lazily) decides the biases: Llama's ``attention_bias`` covers q, k, v and o, Qwen2 has q/k/v biases only."""
+    lazily) decides the biases: Llama's ``attention_bias`` covers q, k, v and o, Qwen2 has q/k/v biases only (and no
+    flag in its config). A Llama source's biases its config turns off are left out first
+    (:func:`without_disabled_biases`)."""
     from seqzoo.models.transformer import TransformerConfig
     from seqzoo.models.transformer.configuration_transformer import ACTIVATIONS
 
     model_type = hf_config.model_type
-    window = getattr(hf_config, "sliding_window", None)
-    if window is not None and (model_type != "qwen2" or getattr(hf_config, "use_sliding_window", False)):
+    sliding = sliding_layers(hf_config)
+    if sliding:
+        window = hf_config.sliding_window
+        where = "" if model_type != "qwen2" else f" in layers {show([str(i) for i in sliding])} (layer_types)"
         raise ValueError(
-            f"the source uses sliding_window={window!r}; seqzoo's Transformer attends over the whole context. For a "
-            f"checkpoint that will only see contexts of at most {window} tokens (where the two agree), set "
+            f"the source uses sliding_window={window!r}{where}; seqzoo's Transformer attends over the whole context. "
+            f"For a checkpoint that will only see contexts of at most {window} tokens (where the two agree), set "
             f"sliding_window to null in its config.json and convert again"
         )
     act = hf_config.hidden_act
@@ -142,7 +187,8 @@ def convert_llama(source: Any, dtype: torch.dtype | None = None) -> Any:
     ``MistralForCausalLM`` / ``Qwen2ForCausalLM`` object, a folder saved from one (sharded safetensors are read
     tensor by tensor), or a Hub repo id. ``dtype`` defaults to the source's (its embedding's)."""
     dtype = conversion_dtype(dtype)
-    hf_config, source_weights = load_transformers_source(source, MODEL_TYPES, "convert llama")
+    hf_config, source_weights, stated = load_transformers_source(source, MODEL_TYPES, "convert llama")
+    source_weights = without_disabled_biases(hf_config, stated, source_weights)
     config = config_from_llama(hf_config, source_weights)
     weights = seqzoo_weights(source_weights, config)
     dtype = dtype or weights["model.embed_tokens.weight"].dtype
@@ -150,11 +196,12 @@ def convert_llama(source: Any, dtype: torch.dtype | None = None) -> Any:
 
 
 def convert_llama_folder(source: Any, destination: str | Path, dtype: torch.dtype | None = None) -> Any:
-    """Convert ``source`` and save it to ``destination`` with the source folder's tokenizer files."""
-    check_destination(source, destination)
+    """Convert ``source`` and save it to ``destination`` with the tokenizer and generation-config files of the
+    source folder (of the folder a Hub repo id downloads to)."""
+    source = conversion_source(source, destination)  # (a Hub repo id: the folder it downloads to)
     model = convert_llama(source, dtype)
     model.save_pretrained(Path(destination))
-    copy_tokenizer_files(source, Path(destination))
+    copy_tokenizer_files(source, Path(destination), vocab_size=model.config.vocab_size)
     return model
 
 
@@ -169,6 +216,9 @@ def native_config(config: Any) -> Any:
         if getattr(config, name) != value:
             raise ValueError(f"cannot export to llama: {name}={getattr(config, name)!r} has no Llama equivalent "
                              f"(Llama needs {name}={value!r})")
+    if config.dropout:  # (training only: the logits are the same; a Llama fine-tuned from the export has none)
+        logger.warning("export to llama: dropout=%r (on embeddings and residual branches) is left out, since Llama has "
+                       "none there (only attention_dropout, which is carried over)", config.dropout)
     return LlamaConfig(
         vocab_size=config.vocab_size, hidden_size=config.hidden_size, intermediate_size=config.intermediate_size,
         num_hidden_layers=config.num_hidden_layers, num_attention_heads=config.num_attention_heads,
@@ -193,4 +243,4 @@ def native_weights(state_dict: dict[str, torch.Tensor], config: Any) -> dict[str
 
 
 __all__ = ["config_from_llama", "convert_llama", "convert_llama_folder", "native_config", "native_weights",
-           "rope_theta_of", "seqzoo_weights"]
+           "rope_theta_of", "seqzoo_weights", "sliding_layers", "without_disabled_biases"]

@@ -112,6 +112,8 @@ def config_from_mamba_ssm(ssm_config: dict[str, Any], vocab_size: int) -> Any:
                              f"{', '.join(sorted([*fields, 'd_ssm', 'D_has_hdim', 'layer', *NO_EFFECT]))})")
     if layer == "Mamba2":
         values["time_step_limit"] = tuple(values["time_step_limit"])
+        if not values["rms_norm"]:  # (mamba_ssm reads norm_before_gate only inside the gated RMSNorm)
+            values["norm_before_gate"] = False
     values.update(
         vocab_size=vocab_size, hidden_size=d_model, num_hidden_layers=ssm_config["n_layer"],
         residual_in_fp32=_flag(ssm_config, "residual_in_fp32"),

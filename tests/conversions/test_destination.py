@@ -192,3 +192,87 @@ def test_removing_a_refused_checkpoint_means_its_tokenizer_files_too(sharded_sou
             path.unlink()
     assert seqzoo_main(["convert", "hf-mamba", str(sharded_source), str(out)]) == 2
     assert "already holds tokenizer files (tokenizer.json)" in capsys.readouterr().err
+
+
+def _hub_snapshot(kind, folder):
+    """A tiny ``kind`` checkpoint as a Hub repository's snapshot holds it: weights, a tokenizer, a generation config."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import GenerationConfig, PreTrainedTokenizerFast
+
+    from tests.models.test_transformer_reference import gpt2 as tiny_gpt2
+    from tests.models.test_transformer_reference import llama as tiny_llama
+
+    torch.manual_seed(0)
+    make = {"llama": tiny_llama, "gpt2": tiny_gpt2,
+            "hf-mamba": lambda: HFMambaForCausalLM(HFMambaConfig(vocab_size=99, hidden_size=32, num_hidden_layers=1,
+                                                                 state_size=8))}[kind]
+    make().save_pretrained(folder)
+    words = Tokenizer(models.WordLevel(vocab={f"w{i}": i for i in range(99)}, unk_token="w0"))
+    words.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    PreTrainedTokenizerFast(tokenizer_object=words).save_pretrained(folder)
+    GenerationConfig(eos_token_id=[5, 7], do_sample=True, temperature=0.6).save_pretrained(folder)
+    return folder
+
+
+@pytest.mark.parametrize("kind", ["llama", "gpt2", "hf-mamba"])
+def test_a_hub_repo_id_converts_as_the_folder_it_downloads_to(kind, tmp_path, monkeypatch, capsys):
+    """The downloaded folder was read for the weights, but the tokenizer and generation-config files were looked for
+    under the repo id, which is no folder: the converted folder had no tokenizer, and the generation config of the
+    model config's defaults (not the repository's end ids and sampling settings)."""
+    from transformers import AutoTokenizer
+
+    snapshot = _hub_snapshot(kind, tmp_path / "hub-cache" / "snapshot")
+    downloads = []
+
+    def download(repo_id):  # (stands in for snapshot_download: no network in the tests)
+        downloads.append(repo_id)
+        return snapshot
+
+    monkeypatch.setattr(checkpoints, "download", download)
+    assert seqzoo_main(["convert", kind, "someone/tiny", str(tmp_path / "from-hub")]) == 0
+    assert seqzoo_main(["convert", kind, str(snapshot), str(tmp_path / "from-folder")]) == 0
+    assert downloads == ["someone/tiny"]  # (once)
+    for name in ("tokenizer.json", "tokenizer_config.json", "generation_config.json"):
+        assert (tmp_path / "from-hub" / name).read_bytes() == (tmp_path / "from-folder" / name).read_bytes()
+    assert AutoTokenizer.from_pretrained(tmp_path / "from-hub")("w3 w5").input_ids == [3, 5]
+    generation = json.loads((tmp_path / "from-hub" / "generation_config.json").read_text())
+    assert (generation["eos_token_id"], generation["temperature"]) == ([5, 7], 0.6)
+
+    # The downloaded folder's tokenizer files are checked as a local folder's, before anything is written.
+    auto_map = {"auto_map": {"AutoTokenizer": ["tokenization_x.XTokenizer", None]}}
+    (snapshot / "tokenizer_config.json").write_text(json.dumps(auto_map))
+    capsys.readouterr()
+    assert seqzoo_main(["convert", kind, "someone/tiny", str(tmp_path / "refused")]) == 2
+    assert "names tokenizer code in its auto_map (tokenization_x.XTokenizer)" in capsys.readouterr().err
+    assert not (tmp_path / "refused").exists()
+    # A destination refused costs no download.
+    assert seqzoo_main(["convert", kind, "someone/tiny", str(tmp_path / "from-hub")]) == 2
+    assert "already holds a checkpoint" in capsys.readouterr().err and len(downloads) == 2
+
+
+def test_a_damaged_tokenizer_file_that_is_not_copied_is_no_obstacle(sharded_source, tmp_path):
+    # fla-rwkv7 --world-tokenizer saves seqzoo's tokenizer and copies none of the folder's files: a damaged
+    # tokenizer_config.json there was refused as one that "would be copied".
+    (sharded_source / "tokenizer_config.json").write_text('{"auto_map": ')
+    with pytest.raises(ValueError, match=r"tokenizer_config.json is damaged .* it would be copied into"):
+        checkpoints.check_destination(sharded_source, tmp_path / "out")
+    assert checkpoints.check_destination(sharded_source, tmp_path / "out", copies_tokenizer=False) == tmp_path / "out"
+
+
+@pytest.mark.parametrize("eos, kept", [(100, None), ([2, 100], [2])])
+def test_token_ids_outside_the_vocabulary_leave_the_copied_generation_config_too(eos, kept, tmp_path, caplog):
+    """config.json drops an end id outside the vocabulary (valid_token_ids); the source's generation_config.json,
+    copied over the one the model wrote, put it back."""
+    from transformers import AutoConfig, GenerationConfig, LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    LlamaForCausalLM(LlamaConfig(vocab_size=50, hidden_size=16, intermediate_size=24, num_hidden_layers=1,
+                                 num_attention_heads=2, eos_token_id=eos)).save_pretrained(tmp_path / "src")
+    GenerationConfig(bos_token_id=1, eos_token_id=eos, pad_token_id=0, temperature=0.7,
+                     do_sample=True).save_pretrained(tmp_path / "src")
+    with caplog.at_level("WARNING", logger="seqzoo"):
+        llama.convert_llama_folder(tmp_path / "src", tmp_path / "out")
+    generation = GenerationConfig.from_pretrained(tmp_path / "out")
+    assert generation.eos_token_id == AutoConfig.from_pretrained(tmp_path / "out").eos_token_id == kept
+    assert (generation.bos_token_id, generation.pad_token_id, generation.temperature) == (1, 0, 0.7)  # (the rest kept)
+    assert f"{tmp_path / 'src' / 'generation_config.json'} sets eos_token_id={eos!r}" in caplog.text

@@ -273,6 +273,49 @@ def test_a_bias_one_layer_lacks_is_named_not_taken_as_zero():
         convert_llama(peer)
 
 
+@pytest.mark.parametrize("flags", [dict(attention_bias=False), dict(mlp_bias=False),
+                                   dict(attention_bias=False, mlp_bias=False)])
+def test_bias_tensors_a_llama_config_turns_off_are_left_out_as_transformers_does(flags, tmp_path, caplog):
+    """config.json says attention_bias (mlp_bias) false, the weights still hold those biases: transformers' Llama has
+    no biases there and leaves the tensors unloaded; seqzoo turned the biases on from the tensors, silently."""
+    llama(attention_bias=True, mlp_bias=True).save_pretrained(tmp_path)
+    config = json.loads((tmp_path / "config.json").read_text())
+    (tmp_path / "config.json").write_text(json.dumps({**config, **flags}))
+    peer = LlamaForCausalLM.from_pretrained(tmp_path).eval()
+    with caplog.at_level("WARNING", logger="seqzoo"):
+        converted = convert_llama(tmp_path)
+    assert (converted.config.attention_bias, converted.config.mlp_bias) == (
+        flags.get("attention_bias", True), flags.get("mlp_bias", True))
+    torch.testing.assert_close(logits(converted), logits(peer), atol=2e-5, rtol=1e-5)
+    said = " and ".join(f"{flag}=False" for flag in flags)
+    assert f"its config sets {said}, but its weights hold bias tensors (model.layers.0." in caplog.text
+    projection = "self_attn.q_proj" if "attention_bias" in flags else "mlp.up_proj"
+    assert f"model.layers.1.{projection}.bias" in caplog.text
+
+
+def test_biases_decide_where_the_config_has_no_flag(tmp_path, caplog):
+    # Qwen2's config has no attention_bias (its q/k/v biases are always on), whatever a config.json sets
+    peer = qwen2()
+    peer.save_pretrained(tmp_path)
+    config = json.loads((tmp_path / "config.json").read_text())
+    (tmp_path / "config.json").write_text(json.dumps({**config, "attention_bias": False}))
+    with caplog.at_level("WARNING", logger="seqzoo"):
+        converted = convert_llama(tmp_path)
+    assert converted.config.attention_bias and "bias tensors" not in caplog.text
+    torch.testing.assert_close(logits(converted), logits(peer), atol=2e-5, rtol=1e-5)
+
+
+def test_a_qwen2_window_from_past_its_last_layer_converts():
+    """use_sliding_window with max_window_layers >= num_hidden_layers: transformers computes every layer with full
+    attention (layer_types), and the conversion was refused for the window no layer has."""
+    peer = qwen2(use_sliding_window=True, sliding_window=4, max_window_layers=2)
+    assert peer.config.layer_types == ["full_attention", "full_attention"]
+    assert IDS.shape[1] > 4  # (a window would show)
+    torch.testing.assert_close(logits(convert_llama(peer)), logits(peer), atol=2e-5, rtol=1e-5)
+    with pytest.raises(ValueError, match=r"sliding_window=4 in layers 1 \(layer_types\); seqzoo's Transformer"):
+        convert_llama(qwen2(use_sliding_window=True, sliding_window=4, max_window_layers=1))
+
+
 @pytest.mark.parametrize("command, config, field, value", [
     ("llama", lambda: llama().config, "hidden_size", "32"),
     ("gpt2", lambda: gpt2().config, "layer_norm_epsilon", "1e-5"),
@@ -371,6 +414,37 @@ def test_export_refuses_a_source_that_is_no_whole_causal_lm(tmp_path, capsys):
     assert seqzoo_main(["export", "--to", "llama", str(tmp_path / "damaged"), str(tmp_path / "out")]) == 2
     assert f"{tmp_path / 'damaged' / 'config.json'}' is not a valid JSON file" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("preset, target", [("mamba-tiny", "mamba"), ("transformer-tiny", "llama"),
+                                            ("transformer-gpt2-small", "gpt2")])
+@pytest.mark.parametrize("auto_class", ["AutoModel", "AutoModelForSequenceClassification",
+                                        "AutoModelForTokenClassification"])
+def test_export_refuses_a_model_object_that_is_no_causal_lm(preset, target, auto_class, tmp_path):
+    # (as its saved folder is refused: torch's load_state_dict failed on it, naming missing and unexpected tensors)
+    import transformers
+
+    model = getattr(transformers, auto_class).from_config(tiny_model(preset).config)
+    causal_lm = type(tiny_model(preset)).__name__
+    message = (rf"cannot export a {type(model).__name__} to {target}: \w+ is a causal language model, and a "
+               rf"{type(model).__name__} is none .*; export a {causal_lm}$")
+    with pytest.raises(ValueError, match=message):
+        to_native(model, target)
+    with pytest.raises(ValueError, match=message):
+        export_native(model, tmp_path / "out", target)
+    assert not (tmp_path / "out").exists()
+
+
+def test_export_to_llama_names_the_dropout_it_leaves_out(caplog):
+    # LlamaConfig has attention_dropout only: the dropout on embeddings and residual branches went without a word
+    with caplog.at_level("WARNING", logger="seqzoo"):
+        native = to_native(tiny_model("transformer-tiny", dropout=0.3, attention_dropout=0.1), "llama")
+    assert native.config.attention_dropout == 0.1
+    assert "export to llama: dropout=0.3 (on embeddings and residual branches) is left out" in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="seqzoo"):
+        to_native(tiny_model("transformer-tiny", attention_dropout=0.1), "llama")
+    assert "dropout" not in caplog.text
 
 
 def _tied_peers():

@@ -288,3 +288,22 @@ def test_an_rwkv_package_without_its_vocabulary_is_named(tmp_path, monkeypatch):
     monkeypatch.setattr(importlib.util, "find_spec", lambda name: None)
     with pytest.raises(ValueError, match="pip install rwkv"):
         rwkv_vocab_path()
+
+
+def test_a_damaged_tokenizer_file_of_an_fla_folder_is_no_obstacle_to_the_world_tokenizer(tmp_path, capsys):
+    """--world-tokenizer copies none of the folder's tokenizer files, yet a damaged tokenizer_config.json there was
+    refused as one that "would be copied"."""
+    from safetensors.torch import save_file
+
+    from tests.conversions.test_peer_layouts import FLA_CONFIG, fla_layout
+
+    sd = random_x070_checkpoint(vocab=WORLD_VOCAB_SIZE, hidden=32, layers=2, head_size=16, ffn=72, seed=8)
+    (tmp_path / "fla").mkdir()
+    save_file({k: v.contiguous() for k, v in fla_layout(sd).items()}, tmp_path / "fla" / "model.safetensors")
+    (tmp_path / "fla" / "config.json").write_text(json.dumps({**FLA_CONFIG, "vocab_size": WORLD_VOCAB_SIZE}))
+    (tmp_path / "fla" / "tokenizer_config.json").write_text('{"auto_map": {"AutoTokenizer": [')
+    assert seqzoo_main(["convert", "fla-rwkv7", str(tmp_path / "fla"), str(tmp_path / "copied")]) == 2
+    assert "tokenizer_config.json is damaged" in capsys.readouterr().err
+    assert seqzoo_main(["convert", "fla-rwkv7", str(tmp_path / "fla"), str(tmp_path / "world"),
+                        "--world-tokenizer"]) == 0
+    assert json.loads((tmp_path / "world" / "tokenizer_config.json").read_text())  # seqzoo's own
