@@ -25,7 +25,7 @@ from seqzoo.conversions.checkpoints import (
     refuse_adapters,
     require_values,
 )
-from seqzoo.models.weight_storage import contiguous_state_dict
+from seqzoo.models.weight_storage import contiguous_state_dict, quantised_weights
 
 # target -> (seqzoo model_type it exports from, transformers class name, module with native_config/native_weights)
 TARGETS: dict[str, tuple[str, str, Any]] = {
@@ -41,6 +41,10 @@ def to_native(model: Any, target: str) -> Any:
     import transformers
 
     refuse_adapters(model)
+    quantised = quantised_weights(model)
+    if quantised:  # (torch's packed int8 weights are no tensors: the state dict's copy failed on a dtype)
+        raise ValueError(f"{type(model).__name__} is quantised ({'; '.join(quantised[:3])}); an export writes float "
+                         "weights for transformers' class: export the float model, and quantise after loading")
     _check_target(model.config.model_type, target)
     model_type, class_name, module = TARGETS[target]
     _check_causal_lm(model, target)

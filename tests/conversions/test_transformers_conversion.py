@@ -435,6 +435,20 @@ def test_export_refuses_a_model_object_that_is_no_causal_lm(preset, target, auto
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.parametrize("preset, target", [("mamba-tiny", "mamba"), ("transformer-tiny", "llama")])
+def test_export_refuses_a_model_quantised_by_torch(preset, target, tmp_path):
+    # (torch's quantize_dynamic packs int8 weights into modules without tensors: the copy failed on a dtype)
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        model = torch.ao.quantization.quantize_dynamic(tiny_model(preset), {torch.nn.Linear}, dtype=torch.qint8)
+    with pytest.raises(ValueError, match=r"is quantised \([a-z_.0-9]+ is a torch\.ao\.nn\.quantized.*export the "
+                                         r"float model"):
+        export_native(model, tmp_path / "out", target)
+    assert not (tmp_path / "out").exists()
+
+
 def test_export_to_llama_names_the_dropout_it_leaves_out(caplog):
     # LlamaConfig has attention_dropout only: the dropout on embeddings and residual branches went without a word
     with caplog.at_level("WARNING", logger="seqzoo"):
