@@ -238,13 +238,16 @@ def render_model_card(
     datasets = _datasets(training)
     evaluation = _overall_metrics(training)
     pipeline_tag = TASKS[spec.task_of(type(model))][1]
-    eval_results = [
-        EvalResult(task_type=pipeline_tag, dataset_type=datasets[0], dataset_name=datasets[0],
-                   metric_type=name, metric_value=value)
-        for name, value in evaluation.items()
-    ] if datasets else None
     # The metadata's datasets link to Hub datasets: a local source ("text:corpus.txt") is named in the prose only.
     hub_datasets = [name for name in datasets if ":" not in name and name not in LOCAL_DATASETS]
+    # The figures are those of the whole validation set, every source of it: the model-index (whose dataset is a Hub
+    # dataset's id) carries them where that is one Hub dataset; otherwise the card's prose alone shows them (they
+    # were credited to the first source, a local file's name given as a Hub id).
+    eval_results = [
+        EvalResult(task_type=pipeline_tag, dataset_type=hub_datasets[0], dataset_name=hub_datasets[0],
+                   metric_type=name, metric_value=value)
+        for name, value in evaluation.items()
+    ] if len(datasets) == 1 and datasets == hub_datasets else None
     card_data = ModelCardData(
         license=license,
         license_name=license_name,
