@@ -154,6 +154,28 @@ class SeqzooPreTrainedModel(PreTrainedModel):
             bound = 1.0 / module.in_features**0.5
             init.uniform_(module.weight, -bound, bound)
 
+    def resize_token_embeddings(self, new_num_tokens: int | None = None, pad_to_multiple_of: int | None = None,
+                                *args: Any, **kwargs: Any) -> nn.Embedding:
+        """transformers' resize, refused where the new vocabulary would leave out a special token of the config
+        (a pad, bos, eos or decoder start id at or above its size): generate() could never end on such an eos, and
+        the saved folder did not load (the config refused its own ids)."""
+        if isinstance(new_num_tokens, int) and not isinstance(new_num_tokens, bool):
+            size = new_num_tokens
+            if isinstance(pad_to_multiple_of, int) and pad_to_multiple_of > 0:
+                size = -(-size // pad_to_multiple_of) * pad_to_multiple_of
+            config = self.config
+            named = {name: getattr(config, name, None) for name in
+                     ("pad_token_id", "bos_token_id", "eos_token_id", "decoder_start_token_id")}
+            outside = [f"{name}={value!r}" for name, value in named.items() if value is not None and any(
+                isinstance(token, int) and token >= size for token in (value if isinstance(value, list) else [value]))]
+            if outside:
+                raise ValueError(
+                    f"resize_token_embeddings({new_num_tokens}) leaves {size} token(s), and the config's "
+                    f"{', '.join(outside)} would be outside them; resize to more than the largest of them, or set "
+                    "the config's ids first (config.pad_token_id = ...)"
+                )
+        return super().resize_token_embeddings(new_num_tokens, pad_to_multiple_of, *args, **kwargs)
+
     def save_pretrained(self, save_directory: Any, *args: Any, push_to_hub: bool = False, **kwargs: Any) -> None:
         """transformers' ``save_pretrained``, plus the flat code bundle and ``auto_map`` (as ``seqzoo publish``
         writes them), so the folder loads with the Auto classes and ``trust_remote_code=True`` where seqzoo is not
@@ -232,8 +254,15 @@ class SeqzooPreTrainedModel(PreTrainedModel):
             if type(value) is not bool:  # (a string "false" from a command line or a YAML file is true)
                 raise TypeError(f"{cls.__name__}.from_pretrained: {name} must be True or False; got {value!r}")
         config = kwargs.get("config")
-        if isinstance(config, PreTrainedConfig):  # the Auto classes pass the checkpoint's own config
-            saved_as = (config.architectures or [None])[0]
+        if isinstance(config, PreTrainedConfig) and (config.architectures or not strict):
+            saved_as = (config.architectures or [None])[0]  # (the Auto classes pass the checkpoint's own config)
+        elif isinstance(config, PreTrainedConfig):
+            # A config of the user's, which names no class: the checkpoint's own says what head it was saved with
+            # (a tagger's score loaded as a sequence classifier's, silently). A source without one is left to the load.
+            try:
+                saved_as = check_checkpoint_model_type(cls, pretrained_model_name_or_path, kwargs)
+            except OSError:
+                saved_as = None
         elif strict:
             saved_as = check_checkpoint_model_type(cls, pretrained_model_name_or_path, kwargs)
         else:

@@ -1,0 +1,76 @@
+"""Loading and model surgery, as a review found them: a lenient load's fresh tensors as a new model's (a classic
+LM's untied decoder at torch's scale, not at the embedding's), a lenient load of tensors a device_map offloads
+refused (accelerate failed at the first forward), a vocabulary resized below the special tokens refused, and a
+config passed without ``architectures`` still told what head the checkpoint was saved with."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoModelForTokenClassification
+
+import seqzoo
+
+
+def _without(folder, key):
+    weights = load_file(folder / "model.safetensors")
+    del weights[key]
+    save_file(weights, folder / "model.safetensors", metadata={"format": "pt"})
+
+
+@pytest.mark.parametrize("arch", ["lstm", "gru", "rnn"])
+def test_a_missing_untied_decoder_is_initialised_as_a_new_models(arch, tmp_path):
+    config = seqzoo.get_config(f"{arch}-tiny", hidden_size=64, tie_word_embeddings=False)
+    model = AutoModelForCausalLM.from_config(config)
+    model.save_pretrained(tmp_path)
+    _without(tmp_path, "lm_head.weight")
+    loaded = AutoModelForCausalLM.from_pretrained(tmp_path, strict=False)
+    bound = 1 / math.sqrt(64)  # (torch.nn.Linear's, what a new model's decoder gets; normal(0, 1) before)
+    assert loaded.lm_head.weight.abs().max() <= bound
+    assert loaded.lm_head.weight.std() > bound / 3
+    assert torch.equal(loaded.lm_head.bias, model.lm_head.bias)  # (loaded: put back)
+    assert torch.equal(loaded.model.embed_tokens.weight, model.model.embed_tokens.weight)
+
+
+def test_a_lenient_load_refuses_fresh_tensors_a_device_map_offloads(tmp_path):
+    pytest.importorskip("accelerate")
+    seqzoo.create_model("transformer-tiny").save_pretrained(tmp_path / "m")
+    _without(tmp_path / "m", "model.layers.1.attn_norm.weight")
+    with pytest.raises(ValueError, match=r"strict=False cannot give fresh values to tensors that a device_map "
+                                         r"offloads \(model\.layers\.1\.attn_norm\.weight\)"):
+        AutoModelForCausalLM.from_pretrained(tmp_path / "m", strict=False, device_map={"": "disk"},
+                                             offload_folder=tmp_path / "offload")
+    loaded = AutoModelForCausalLM.from_pretrained(tmp_path / "m", strict=False)
+    assert loaded.model.layers[1].attn_norm.weight.isfinite().all()
+
+
+@pytest.mark.parametrize("preset", ["lstm-tiny", "transformer-tiny", "seq2seq-bahdanau-tiny"])
+def test_a_vocabulary_resized_below_a_special_token_is_refused(preset, tmp_path):
+    """The resize went through (transformers logs "may result in unexpected behavior"), generate() could never end
+    on the eos, and the saved folder did not load: the config refused its own pad id."""
+    model = seqzoo.create_model(preset)
+    config = model.config
+    size = config.vocab_size
+    with pytest.raises(ValueError, match=r"resize_token_embeddings\(200\) leaves 200 token\(s\), and the config's "
+                                         r"pad_token_id=256, .*would be outside them"):
+        model.resize_token_embeddings(200)
+    with pytest.raises(ValueError, match=r"resize_token_embeddings\(250\) leaves 256 token\(s\)"):
+        model.resize_token_embeddings(250, pad_to_multiple_of=8)
+    assert model.get_input_embeddings().weight.shape[0] == size == model.config.vocab_size
+    model.resize_token_embeddings(264, pad_to_multiple_of=8)  # (more is fine)
+    assert model.config.vocab_size == 264
+
+
+def test_a_config_without_architectures_still_tells_the_head_a_checkpoint_was_saved_with(tmp_path):
+    """from_pretrained(folder, config=a config of the user's): the head check read the class from that config, which
+    names none, so a tagger's score loaded as a sequence classifier's."""
+    config = seqzoo.get_config("lstm-tiny", num_labels=3)
+    AutoModelForTokenClassification.from_config(config).save_pretrained(tmp_path)
+    fresh = seqzoo.get_config("lstm-tiny", num_labels=3)
+    assert fresh.architectures is None
+    with pytest.raises(ValueError, match=r"was saved as LSTMForTokenClassification, another head"):
+        AutoModelForSequenceClassification.from_pretrained(tmp_path, config=fresh)
+    assert AutoModelForTokenClassification.from_pretrained(tmp_path, config=fresh).config.num_labels == 3
