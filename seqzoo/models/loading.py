@@ -6,10 +6,12 @@ one."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
 import re
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -207,6 +209,42 @@ def check_weight_files(source: Any, kwargs: dict[str, Any]) -> None:
             f"{' ...' if len(odd) > 8 else ''}; loading would cast their integer codes to the model's dtype (a damaged "
             "or quantised file). Save or download the checkpoint again"
         )
+
+
+class HeldLoadReports(logging.Filter):
+    """transformers' load report ("LOAD REPORT ... MISSING: those params were newly initialized"), held back from its
+    logger while seqzoo judges the load: a refused load raises without it (it described a load that then did not
+    happen), an accepted one logs it as transformers would have (:meth:`release`)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.records: list[logging.LogRecord] = []
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if "LOAD REPORT" in str(record.msg):
+            self.records.append(record)
+            return False
+        return True
+
+    def release(self) -> None:
+        records, self.records = self.records, []
+        for record in records:
+            logging.getLogger(record.name).handle(record)
+
+
+@contextlib.contextmanager
+def held_load_reports() -> Iterator[HeldLoadReports]:
+    """Hold transformers' load report back inside the block (see :class:`HeldLoadReports`)."""
+    reports = HeldLoadReports()
+    logger = logging.getLogger(_REPORTING_LOGGER)
+    logger.addFilter(reports)
+    try:
+        yield reports
+    finally:
+        logger.removeFilter(reports)
+
+
+_REPORTING_LOGGER = "transformers.modeling_utils"  # (the logger transformers' loading reports through)
 
 
 def initialise_anew(model: nn.Module, info: dict[str, Any]) -> None:

@@ -61,6 +61,7 @@ from seqzoo.models.loading import (
     check_other_variants_kept,
     check_weight_files,
     explain_load_error,
+    held_load_reports,
     initialise_anew,
     remove_stale_weights,
     weight_file_states,
@@ -274,10 +275,11 @@ class SeqzooPreTrainedModel(PreTrainedModel):
         # Load leniently and judge here, so the error names every offending tensor with both shapes. (Leniently also
         # with strict=False: its mis-shaped tensors are then re-initialised, as the strict error says.)
         try:
-            model, info = super().from_pretrained(
-                pretrained_model_name_or_path, *args, output_loading_info=True, ignore_mismatched_sizes=True,
-                **kwargs,
-            )
+            with held_load_reports() as reports:  # (told once the load is accepted: not before a refusal)
+                model, info = super().from_pretrained(
+                    pretrained_model_name_or_path, *args, output_loading_info=True, ignore_mismatched_sizes=True,
+                    **kwargs,
+                )
         except Exception as err:
             explain_load_error(err, pretrained_model_name_or_path)
             unknown = _unknown_init_keyword(err, kwargs)
@@ -294,6 +296,7 @@ class SeqzooPreTrainedModel(PreTrainedModel):
             initialise_anew(model, info)
         if not allow_nonfinite:
             check_finite_weights(model, pretrained_model_name_or_path)
+        reports.release()
         return (model, info) if want_info else model
 
 

@@ -74,3 +74,30 @@ def test_a_config_without_architectures_still_tells_the_head_a_checkpoint_was_sa
     with pytest.raises(ValueError, match=r"was saved as LSTMForTokenClassification, another head"):
         AutoModelForSequenceClassification.from_pretrained(tmp_path, config=fresh)
     assert AutoModelForTokenClassification.from_pretrained(tmp_path, config=fresh).config.num_labels == 3
+
+
+def test_transformers_load_report_is_told_only_for_a_load_that_is_accepted(tmp_path):
+    """transformers' report ("MISSING: those params were newly initialized ...") described a strict load that seqzoo
+    then refused; an accepted load (strict=False, or a causal LM's checkpoint into a classifier) still reports."""
+    import logging
+
+    class Records(logging.Handler):
+        def __init__(self):
+            super().__init__()
+            self.messages = []
+
+        def emit(self, record):
+            self.messages.append(record.getMessage())
+
+    seqzoo.create_model("gru-tiny").save_pretrained(tmp_path)
+    _without(tmp_path, "model.layers.1.weight_hh")
+    records = Records()
+    logging.getLogger("transformers").addHandler(records)
+    try:
+        with pytest.raises(ValueError, match=r"missing tensors: model\.layers\.1\.weight_hh"):
+            AutoModelForCausalLM.from_pretrained(tmp_path)
+        assert not any("LOAD REPORT" in message for message in records.messages)
+        AutoModelForCausalLM.from_pretrained(tmp_path, strict=False)
+        assert any("LOAD REPORT" in message and "weight_hh" in message for message in records.messages)
+    finally:
+        logging.getLogger("transformers").removeHandler(records)
