@@ -155,6 +155,28 @@ def remove_stale_weights(folder: Any, variant: str | None, before: dict[str, Any
         path.unlink()
 
 
+def hub_snapshot(source: Any, kwargs: dict[str, Any]) -> Path | None:
+    """The local folder of the Hub cache that a repo id ``source`` loaded from (its ``config.json``'s snapshot, at
+    ``revision`` in ``cache_dir``), for the checks a local folder gets; None for a local folder, or where the cache
+    holds none."""
+    if not isinstance(source, str) or Path(source).is_dir():
+        return None
+    try:
+        from huggingface_hub import try_to_load_from_cache
+
+        subfolder = kwargs.get("subfolder") or ""
+        found = try_to_load_from_cache(source, f"{subfolder}/config.json" if subfolder else "config.json",
+                                       cache_dir=kwargs.get("cache_dir"), revision=kwargs.get("revision"))
+    except Exception:  # noqa: BLE001 -- not a repo id the cache knows: nothing more to check
+        return None
+    if not isinstance(found, str):
+        return None
+    folder = Path(found).parent
+    for _ in Path(subfolder).parts:
+        folder = folder.parent
+    return folder
+
+
 def check_weight_files(source: Any, kwargs: dict[str, Any]) -> None:
     """Refuse a local folder whose checkpoint index is damaged (transformers fails with a KeyError or TypeError that
     names no file) or whose safetensors weights hold integer or boolean tensors (transformers casts them silently).

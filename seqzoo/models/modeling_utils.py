@@ -62,6 +62,7 @@ from seqzoo.models.loading import (
     check_weight_files,
     explain_load_error,
     held_load_reports,
+    hub_snapshot,
     initialise_anew,
     remove_stale_weights,
     weight_file_states,
@@ -287,6 +288,10 @@ class SeqzooPreTrainedModel(PreTrainedModel):
                 config_class = type(config) if isinstance(config, PreTrainedConfig) else cls.config_class
                 raise unknown_loading_keyword(config_class, cls, unknown) from None
             raise
+        snapshot = hub_snapshot(pretrained_model_name_or_path, kwargs)
+        if snapshot is not None:  # a repo id: its files, now in the Hub cache, are checked as a local folder's
+            check_generation_config_file(snapshot, kwargs)
+            check_weight_files(snapshot, kwargs)
         # What does not fit first: a tensor that was missing or mis-shaped is left uninitialised here, and would
         # otherwise be reported as a non-finite weight of the checkpoint.
         if strict:

@@ -101,3 +101,26 @@ def test_transformers_load_report_is_told_only_for_a_load_that_is_accepted(tmp_p
         assert any("LOAD REPORT" in message and "weight_hh" in message for message in records.messages)
     finally:
         logging.getLogger("transformers").removeHandler(records)
+
+
+def test_a_repo_id_gets_the_file_checks_a_local_folder_gets(tmp_path, monkeypatch):
+    """Loaded by repo id (from the Hub cache here: no network), integer weights loaded as their cast codes and a
+    damaged generation_config.json was ignored, where the same files in a local folder are refused."""
+    repo = tmp_path / "hub" / "models--me--tiny"
+    (repo / "refs").mkdir(parents=True)
+    model = seqzoo.create_model("gru-tiny")
+    for commit, ref in (("a" * 40, "main"), ("b" * 40, "v2")):
+        model.save_pretrained(repo / "snapshots" / commit)
+        (repo / "refs" / ref).write_text(commit)
+    weights = load_file(repo / "snapshots" / ("a" * 40) / "model.safetensors")
+    weights["model.embed_tokens.weight"] = (weights["model.embed_tokens.weight"] * 100).to(torch.int32)
+    save_file(weights, repo / "snapshots" / ("a" * 40) / "model.safetensors", metadata={"format": "pt"})
+    (repo / "snapshots" / ("b" * 40) / "generation_config.json").write_text("{not json")
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)  # (no request to try first: the cache is all there is)
+    options = {"cache_dir": tmp_path / "hub", "local_files_only": True}
+    with pytest.raises(ValueError, match=r"hold tensors that are not floating point: model\.embed_tokens\.weight"):
+        AutoModelForCausalLM.from_pretrained("me/tiny", **options)
+    with pytest.raises(ValueError, match=r"generation_config\.json is damaged"):
+        AutoModelForCausalLM.from_pretrained("me/tiny", revision="v2", **options)
