@@ -159,7 +159,8 @@ class SeqzooConfig(PreTrainedConfig):
         (``AutoConfig.from_pretrained(llama_folder, variant="gpt2")`` kept RoPE and RMSNorm, and a bidirectional
         model kept a one-direction model's "last" pooling); one set otherwise in the file stays, as a field set by
         hand does."""
-        names = {f.name for f in fields(cls)}
+        # (seqzoo's own fields: transformers' generic ones, dtype and the label names, derive nothing here)
+        names = {f.name for f in fields(cls)} - {f.name for f in fields(PreTrainedConfig)}
         given = {key: value for key, value in kwargs.items() if key in names}
         derived = [(name, unset) for name, unset in cls.derived_fields()
                    if name in config_dict and name not in given and config_dict[name] != unset]
