@@ -10,7 +10,9 @@ from pathlib import Path
 def download(repo_id: str) -> Path:
     from huggingface_hub import HfApi, snapshot_download
 
-    patterns = ["*.json", "*.txt", "*.model", "*.jinja"]
+    # (*.py: a tokenizer with code of its own names its module in tokenizer_config.json's auto_map, and the converted
+    # folder carries it as a local folder's conversion does; nothing here runs it)
+    patterns = ["*.json", "*.txt", "*.model", "*.jinja", "*.py"]
     try:
         files = HfApi().list_repo_files(repo_id)
     except Exception:  # (offline, or not a repository: snapshot_download says which below)

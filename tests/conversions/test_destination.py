@@ -276,3 +276,35 @@ def test_token_ids_outside_the_vocabulary_leave_the_copied_generation_config_too
     assert generation.eos_token_id == AutoConfig.from_pretrained(tmp_path / "out").eos_token_id == kept
     assert (generation.bos_token_id, generation.pad_token_id, generation.temperature) == (1, 0, 0.7)  # (the rest kept)
     assert f"{tmp_path / 'src' / 'generation_config.json'} sets eos_token_id={eos!r}" in caplog.text
+
+
+def test_a_hub_repo_ids_tokenizer_code_is_downloaded_with_it(tmp_path, monkeypatch):
+    """The download fetched no *.py, so a repository whose tokenizer has code of its own (tokenizer_config.json's
+    auto_map, as early Yi revisions) was refused for lacking the module the download had left out. snapshot_download
+    is emulated as it works: the repository's files that match the patterns asked for."""
+    import fnmatch
+    import shutil
+
+    import huggingface_hub
+
+    remote = _hub_snapshot("llama", tmp_path / "remote")
+    (remote / "tokenizer_config.json").write_text(json.dumps(
+        {"auto_map": {"AutoTokenizer": ["tokenization_yi.YiTokenizer", None]}}))
+    (remote / "tokenization_yi.py").write_text("# the tokenizer's code (never run here)\n")
+
+    class Api:
+        def list_repo_files(self, repo_id):
+            return sorted(path.name for path in remote.iterdir())
+
+    def snapshot_download(repo_id, allow_patterns=None):
+        snapshot = tmp_path / "cache" / "snapshots" / "abc"
+        snapshot.mkdir(parents=True, exist_ok=True)
+        for path in remote.iterdir():
+            if any(fnmatch.fnmatch(path.name, pattern) for pattern in allow_patterns):
+                shutil.copy(path, snapshot / path.name)
+        return str(snapshot)
+
+    monkeypatch.setattr(huggingface_hub, "HfApi", Api)
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", snapshot_download)
+    assert seqzoo_main(["convert", "llama", "someone/yi-like", str(tmp_path / "out")]) == 0
+    assert (tmp_path / "out" / "tokenization_yi.py").read_text() == "# the tokenizer's code (never run here)\n"
