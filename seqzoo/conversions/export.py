@@ -79,7 +79,9 @@ def _check_causal_lm(model: Any, target: str) -> None:
     from seqzoo.registry import architecture_for_model_type
 
     causal_lm = architecture_for_model_type(model.config.model_type).causal_lm_class
-    if not isinstance(model, causal_lm):
+    # (by name too: a model loaded through its checkpoint's bundled code, trust_remote_code=True, is of the bundle's
+    # copy of the class)
+    if not isinstance(model, causal_lm) and causal_lm.__name__ not in {klass.__name__ for klass in type(model).__mro__}:
         raise ValueError(f"cannot export a {type(model).__name__} to {target}: {TARGETS[target][1]} is a causal "
                          f"language model, and a {type(model).__name__} is none (a backbone without the vocabulary "
                          f"head, or a model with a task head); export a {causal_lm.__name__}")

@@ -449,6 +449,18 @@ def test_export_refuses_a_model_quantised_by_torch(preset, target, tmp_path):
     assert not (tmp_path / "out").exists()
 
 
+def test_export_takes_a_causal_lm_of_the_bundles_copy_of_the_class():
+    # A model loaded through its checkpoint's bundled code (trust_remote_code=True where the bundle was imported
+    # first) is of the bundle's copy of the class, same name, another object: it was refused as "no causal LM".
+    model = tiny_model("transformer-tiny")
+    copy = type("TransformerForCausalLM", type(model).__bases__, dict(vars(type(model))))
+    expected = to_native(model, "llama").state_dict()
+    model.__class__ = copy
+    assert not isinstance(model, seqzoo.TransformerForCausalLM)
+    exported = to_native(model, "llama").state_dict()
+    assert all(torch.equal(exported[key], value) for key, value in expected.items())
+
+
 def test_export_to_llama_names_the_dropout_it_leaves_out(caplog):
     # LlamaConfig has attention_dropout only: the dropout on embeddings and residual branches went without a word
     with caplog.at_level("WARNING", logger="seqzoo"):
