@@ -282,7 +282,9 @@ def initialise_anew(model: nn.Module, info: dict[str, Any]) -> None:
     std = getattr(model.config, "initializer_range", 0.02)
     tied = set(getattr(model, "all_tied_weights_keys", {}) or {})
     keys = {*info.get("missing_keys", []), *(key for key, *_ in info.get("mismatched_keys", []))} - tied
-    offloaded = [key for key in sorted(keys) if _is_meta(model, key)]
+    # (Not FSDP's RAM-efficient loading, which leaves them on meta on every rank but the first, whose values it
+    # broadcasts: only a device_map offloads.)
+    offloaded = [key for key in sorted(keys) if _is_meta(model, key)] if getattr(model, "hf_device_map", None) else []
     if offloaded:  # (accelerate's offload index has no entry for them: the first forward failed with a KeyError)
         raise ValueError(
             f"strict=False cannot give fresh values to tensors that a device_map offloads ({', '.join(offloaded[:4])}"
@@ -298,7 +300,7 @@ def initialise_anew(model: nn.Module, info: dict[str, Any]) -> None:
             except AttributeError:
                 continue
             tensor = module._parameters.get(name)
-            if (tensor is None or type(module) not in (nn.Linear, nn.Embedding)
+            if (tensor is None or tensor.is_meta or type(module) not in (nn.Linear, nn.Embedding)
                     or module is getattr(model, "score", None)):
                 continue
             if name == "weight":

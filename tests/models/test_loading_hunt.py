@@ -124,3 +124,19 @@ def test_a_repo_id_gets_the_file_checks_a_local_folder_gets(tmp_path, monkeypatc
         AutoModelForCausalLM.from_pretrained("me/tiny", **options)
     with pytest.raises(ValueError, match=r"generation_config\.json is damaged"):
         AutoModelForCausalLM.from_pretrained("me/tiny", revision="v2", **options)
+
+
+def test_only_a_device_maps_offloaded_tensors_are_refused_fresh_values():
+    """FSDP's RAM-efficient loading leaves a missing tensor on meta on every rank but the first (whose values it
+    broadcasts): strict=False must load there, as it did; a device_map's offloading is what is refused."""
+    from seqzoo.models.loading import initialise_anew
+
+    model = seqzoo.create_model("transformer-tiny")
+    key = "model.layers.1.mlp.down_proj.weight"
+    module = model.get_submodule(key.rsplit(".", 1)[0])
+    module.weight = torch.nn.Parameter(torch.empty_like(module.weight, device="meta"))
+    initialise_anew(model, {"missing_keys": [key]})
+    assert module.weight.is_meta
+    model.hf_device_map = {"": "disk"}
+    with pytest.raises(ValueError, match=r"strict=False cannot give fresh values to tensors that a device_map"):
+        initialise_anew(model, {"missing_keys": [key]})
