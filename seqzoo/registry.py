@@ -15,6 +15,7 @@ import difflib
 import fnmatch
 import json
 import logging
+import re
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -32,6 +33,11 @@ TASKS: dict[str, tuple[str, str]] = {
     "token-classification": ("AutoModelForTokenClassification", "token-classification"),
     "seq2seq": ("AutoModelForSeq2SeqLM", "text2text-generation"),
 }
+
+
+_ARCHITECTURE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
+# What a saved config.json adds to a model's fields: dropped from a preset copied from one.
+_SAVED_CONFIG_KEYS = ("architectures", "transformers_version", "auto_map")
 
 
 @dataclass
@@ -52,6 +58,10 @@ class ModelSpec:
     heads: dict[str, type] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        # The name becomes a folder (the lab's runs/<name>/) and a command-line word: one path component, no "..".
+        if not isinstance(self.name, str) or not _ARCHITECTURE_NAME.fullmatch(self.name):
+            raise ValueError(f"an architecture's name must be letters, digits, '_', '-' or '.', starting with a letter "
+                             f"or digit (it names folders, such as the lab's runs/<name>/), got {self.name!r}")
         given = self.heads.get("causal-lm")
         if self.causal_lm_class is not None and given is not None and given is not self.causal_lm_class:
             raise ValueError(f"architecture {self.name!r}: causal_lm_class {self.causal_lm_class.__name__} and "
@@ -102,6 +112,7 @@ class ModelSpec:
 
 _ARCHITECTURES: dict[str, ModelSpec] = {}
 _PLUGIN_PRESETS: dict[str, tuple[str, dict[str, Any]]] = {}
+_ENTRY_POINT_ARCHITECTURES: set[str] = set()  # registered by a seqzoo.models entry point (load_plugins)
 _plugins_loaded = False
 
 
@@ -138,17 +149,13 @@ def register_architecture(spec: ModelSpec, *, exist_ok: bool = False) -> ModelSp
                 raise ValueError(f"architecture {spec.name!r}: model_type {spec.model_type!r} is already used by "
                                  f"architecture {other.name!r}")
         files = _file_presets()
-        for preset, values in spec.presets.items():
-            # A preset copied from another architecture's config.json would name that model_type, and the config
-            # built from it would make create_model build that architecture's model.
-            if not isinstance(values, dict) or values.get("model_type", spec.model_type) != spec.model_type:
-                raise ValueError(f"architecture {spec.name!r}: preset {preset!r} must be a dict of "
-                                 f"{spec.config_class.__name__} fields (a model_type in it must be "
-                                 f"{spec.model_type!r}), got {values!r:.120}")
+        for preset in spec.presets:
             owner = _PLUGIN_PRESETS.get(preset, (spec.name,))[0]
             if preset in files or owner != spec.name:
                 raise ValueError(f"architecture {spec.name!r}: preset {preset!r} is already defined by "
                                  f"{'configs/' + preset + '.json' if preset in files else repr(owner)}")
+    for preset, values in spec.presets.items():
+        _check_preset(spec, preset, values)
     AutoConfig.register(spec.model_type, spec.config_class, exist_ok=True)
     AutoModel.register(spec.config_class, spec.model_class, exist_ok=True)
     for task, head in spec.heads.items():
@@ -168,6 +175,23 @@ def register_architecture(spec: ModelSpec, *, exist_ok: bool = False) -> ModelSp
     return spec
 
 
+def _check_preset(spec: ModelSpec, preset: str, values: Any) -> None:
+    """Refuse a preset of ``spec`` that does not build its config, naming the preset: found later, it broke every
+    listing of the presets (``seqzoo list``, the lab) with an error naming neither the preset nor the plugin."""
+    # A preset copied from another architecture's config.json would name that model_type, and the config built from
+    # it would make create_model build that architecture's model.
+    if not isinstance(values, dict) or values.get("model_type", spec.model_type) != spec.model_type:
+        raise ValueError(f"architecture {spec.name!r}: preset {preset!r} must be a dict of "
+                         f"{spec.config_class.__name__} fields (a model_type in it must be {spec.model_type!r}), got "
+                         f"{values!r:.120}")
+    fields_given = {key: value for key, value in values.items() if key not in ("model_type", *_SAVED_CONFIG_KEYS)}
+    try:
+        spec.config_class(**fields_given)
+    except Exception as err:  # (a misspelt field is a TypeError, a bad value a ValueError)
+        raise ValueError(f"architecture {spec.name!r}: preset {preset!r} does not build a "
+                         f"{spec.config_class.__name__}: {err}") from err
+
+
 def load_plugins(force: bool = False) -> None:
     """Load architectures from the ``seqzoo.models`` entry points (once, unless ``force``)."""
     global _plugins_loaded
@@ -178,6 +202,7 @@ def load_plugins(force: bool = False) -> None:
 
     for ep in entry_points(group=ENTRY_POINT_GROUP):
         registered = []
+        before = set(_ARCHITECTURES)
         try:
             result = ep.load()()
             for spec in result if isinstance(result, (list, tuple)) else [result]:
@@ -191,6 +216,17 @@ def load_plugins(force: bool = False) -> None:
                     if registered else "")
             logger.error("seqzoo model plugin %r (%s) failed to load and the rest of it is skipped%s", ep.name,
                          ep.value, kept, exc_info=True)
+        finally:  # (also those a plugin registered itself, with register_architecture)
+            _ENTRY_POINT_ARCHITECTURES.update(set(_ARCHITECTURES) - before)
+
+
+def in_every_process(name: str) -> bool:
+    """Whether a new process that imports seqzoo has architecture ``name`` (registered) as this one does: seqzoo's
+    own and an entry point's do; one registered by a call to :func:`register_architecture` in this process (a script,
+    a notebook, a module not imported there) does not, so work handed to another process (the lab's workers) cannot
+    build it."""
+    spec = get_architecture(name)
+    return name in _ENTRY_POINT_ARCHITECTURES or spec.config_class.__module__.partition(".")[0] == "seqzoo"
 
 
 def list_architectures(task: str | None = None) -> list[str]:
@@ -255,7 +291,7 @@ def preset_values(name: str) -> tuple[ModelSpec, dict[str, Any]]:
             raise ValueError(_unknown("model preset", name, list_models()))
         values = json.loads(path.read_text())
         spec = architecture_for_model_type(values.pop("model_type"))
-    for key in ("architectures", "transformers_version", "auto_map"):  # what a saved config.json adds
+    for key in _SAVED_CONFIG_KEYS:
         values.pop(key, None)
     return spec, values
 

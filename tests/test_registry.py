@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 import sys
 import textwrap
 
@@ -392,3 +393,80 @@ def test_preset_files_of_unregistered_architectures_and_saved_config_fields(tmp_
     assert seqzoo.list_models() == ["lstm-copy"]  # (a preset of an architecture not registered is not listed)
     config = seqzoo.get_config("lstm-copy")
     assert config.hidden_size == 24 and getattr(config, "auto_map", None) is None  # (a saved config.json's own)
+
+
+TYPO_PLUGIN = '''
+from seqzoo.models.lstm import LSTMConfig, LSTMForCausalLM, LSTMModel
+from seqzoo.registry import ModelSpec
+
+
+class TypoConfig(LSTMConfig):
+    model_type = "seqzoo_testtypo"
+
+
+class TypoModel(LSTMModel):
+    config_class = TypoConfig
+
+
+class TypoForCausalLM(LSTMForCausalLM):
+    config_class = TypoConfig
+    base_model_class = TypoModel
+
+
+def register():  # one preset has a misspelt field
+    return ModelSpec("testtypo", TypoConfig, TypoModel, TypoForCausalLM,
+                     presets={"testtypo-tiny": {"hidden_size": 16, "num_hidden_layers": 1},
+                              "testtypo-small": {"hiden_size": 32, "num_hidden_layers": 1}})
+'''
+
+
+def test_a_plugin_preset_that_builds_no_config_is_refused_when_it_registers(tmp_path, monkeypatch, caplog, capsys):
+    # It was registered, and then `seqzoo list` and the lab failed with an "unexpected TypeError" naming neither the
+    # preset nor the plugin. Now the plugin is logged and skipped, and the listing works.
+    install_plugin(tmp_path, monkeypatch, "testtypo", textwrap.dedent(TYPO_PLUGIN), "seqzoo.models",
+                   {"testtypo": "register"})
+    try:
+        with caplog.at_level(logging.ERROR, logger="seqzoo"):
+            registry.load_plugins(force=True)
+        (record,) = [r for r in caplog.records if "'testtypo'" in r.getMessage()]
+        assert record.getMessage().startswith("seqzoo model plugin 'testtypo' (seqzoo_testtypo:register) failed to "
+                                              "load")
+        assert ("architecture 'testtypo': preset 'testtypo-small' does not build a TypoConfig: TypoConfig got "
+                "unknown keyword argument(s) 'hiden_size' (did you mean 'hidden_size'?)") in caplog.text
+        assert "testtypo" not in seqzoo.list_architectures() and "testtypo-tiny" not in seqzoo.list_models()
+        from seqzoo.cli import main
+
+        assert main(["list"]) == 0
+    finally:
+        sys.modules.pop("seqzoo_testtypo", None)
+        registry._ARCHITECTURES.pop("testtypo", None)
+        for preset in ("testtypo-tiny", "testtypo-small"):
+            registry._PLUGIN_PRESETS.pop(preset, None)
+
+
+def test_register_architecture_refuses_a_preset_of_a_bad_value_by_name_also_with_exist_ok():
+    spec = registry.ModelSpec("badvalue", *lstm_classes("Badvalue", "seqzoo_badvalue")[:3],
+                              presets={"badvalue-tiny": {"hidden_size": -4}})
+    for exist_ok in (False, True):
+        with pytest.raises(ValueError, match=r"architecture 'badvalue': preset 'badvalue-tiny' does not build a "
+                                             r"BadvalueConfig: .*hidden_size"):
+            registry.register_architecture(spec, exist_ok=exist_ok)
+    assert "badvalue" not in seqzoo.list_architectures() and "badvalue-tiny" not in seqzoo.list_models()
+
+
+@pytest.mark.parametrize("name", ["../escape", "a/b", "..", ".hidden", "", " lstm2", "a\\b", 3])
+def test_an_architecture_name_that_is_no_plain_folder_name_is_refused(name):
+    # The lab makes folders runs/<name>/: "../escape" wrote outside the lab's folder.
+    with pytest.raises(ValueError, match=r"an architecture's name must be letters, digits, '_', '-' or '.', starting "
+                                         r"with a letter or digit .* got " + re.escape(repr(name))):
+        registry.ModelSpec(name, *lstm_classes("Oddname", "seqzoo_oddname")[:3])
+    assert registry.ModelSpec("my_arch-2.0", *lstm_classes("Goodname", "seqzoo_goodname")[:3]).name == "my_arch-2.0"
+
+
+def test_the_architectures_of_entry_points_are_known_to_reach_every_process(plugin_dist, monkeypatch):
+    # (the lab's workers import seqzoo afresh: an architecture registered by a call in this process is not there)
+    monkeypatch.setattr(registry, "_ENTRY_POINT_ARCHITECTURES", set())
+    registry.load_plugins(force=True)
+    assert registry.in_every_process("testplugin") and registry.in_every_process("lstm")
+    registry._ENTRY_POINT_ARCHITECTURES.clear()
+    assert not registry.in_every_process("testplugin")

@@ -17,6 +17,13 @@ needs into a flat set of sibling files:
   ``from . import seqzoo_kernels_rnn_cells as rnn_cells``, preceded by ``from .seqzoo_kernels_rnn_cells import
   __name__ as ...`` because transformers only fetches files named in ``from .x import`` lines.
 
+A hybrid whose ``mixer_types`` name a plugin's token mixer (``seqzoo.mixers``; seqzoo looks mixers up by name) gets
+that mixer's code too: the modules of its class and config class are followed as an architecture plugin's are, and
+two generated entry modules, which ``auto_map`` names instead (``configuration_<model_type>_mixers.py`` for the
+config, ``modeling_<model_type>_mixers.py`` for the models), register the bundled mixer under its name before the
+config is read or a model built. Where the mixer's code cannot be bundled, the folder is saved without it and a
+warning says it loads only where the plugin is installed.
+
 Parent packages are not bundled: their ``__init__`` (``seqzoo/__init__.py`` registers every architecture) is not
 needed by the modules themselves. Kernel backends registered lazily as ``"seqzoo....:fn"`` strings are not
 followed; inside the bundle their module cannot be found, so the kernel registry reports them unavailable and the
@@ -28,10 +35,13 @@ from __future__ import annotations
 import ast
 import importlib.util
 import json
+import logging
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+logger = logging.getLogger("seqzoo")
 
 RECORD_FILE = "seqzoo_bundle.json"
 
@@ -94,47 +104,133 @@ def write_bundle(folder: str | Path, spec: Any) -> list[str]:
     its config.json, set the config's ``auto_map`` and write ``seqzoo_bundle.json``. Returns the code file names.
 
     ``save_pretrained`` of every seqzoo model calls this, so a folder from ``save_pretrained``, ``seqzoo new``,
-    ``seqzoo train`` or ``seqzoo publish`` carries the same code."""
+    ``seqzoo train`` or ``seqzoo publish`` carries the same code. A plugin mixer the config names whose code cannot be
+    bundled is warned about, and the folder then loads only where the plugin is installed."""
     folder = Path(folder)
-    bundle = _cached_bundle(spec)
-    names = [path.name for path in bundle.write(folder)]
     config_file = folder / "config.json"
     config = json.loads(config_file.read_text())
+    mixers = plugin_mixers(spec, config)
+    try:
+        bundle = _cached_bundle(spec, mixers)
+    except BundleError as err:
+        if not mixers:
+            raise
+        bundle = _cached_bundle(spec)
+        logger.warning("the code bundle of %s holds none of its plugin mixer(s) %s (%s): the saved folder loads only "
+                       "where the plugin is installed (its mixers are looked up by name)", folder,
+                       ", ".join(f"{mixer.name!r} ({mixer.mixer_class.__module__}.{mixer.mixer_class.__qualname__})"
+                                 for mixer in mixers), err)
+    names = [path.name for path in bundle.write(folder)]
     config["auto_map"] = bundle.auto_map
     config_file.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
     (folder / RECORD_FILE).write_text(json.dumps(bundle_record(), indent=2) + "\n")
     return names
 
 
-# Built once per architecture and process: a bundle reads and parses a dozen to forty source files, and a training
-# run or a test session saves the same architecture many times. Sources do not change under a running process.
-_BUNDLES: dict[int, tuple[Any, Bundle]] = {}
+def plugin_mixers(spec: Any, config: dict[str, Any]) -> tuple[Any, ...]:
+    """The plugin token mixers (:class:`seqzoo.models.mixers.MixerSpec`, not seqzoo's own) that the saved
+    ``config`` (config.json's dict) of a hybrid of ``spec`` names in its ``mixer_types``; () for other
+    architectures."""
+    from seqzoo.models.hybrid.configuration_hybrid import HybridConfig
+    from seqzoo.models.mixers import BUILTIN_MIXERS, get_mixer
+
+    names = config.get("mixer_types")
+    if not issubclass(spec.config_class, HybridConfig) or not isinstance(names, list):
+        return ()
+    return tuple(mixer for mixer in map(get_mixer, dict.fromkeys(names)) if mixer not in BUILTIN_MIXERS)
 
 
-def _cached_bundle(spec: Any) -> Bundle:
-    held = _BUNDLES.get(id(spec))
+# Built once per architecture (and plugin mixers) and process: a bundle reads and parses a dozen to forty source
+# files, and a training run or a test session saves the same architecture many times. Sources do not change under a
+# running process.
+_BUNDLES: dict[tuple[int, tuple[Any, ...]], tuple[Any, Bundle]] = {}
+
+
+def _cached_bundle(spec: Any, mixers: tuple[Any, ...] = ()) -> Bundle:
+    key = (id(spec), mixers)
+    held = _BUNDLES.get(key)
     if held is None or held[0] is not spec:
-        held = _BUNDLES[id(spec)] = (spec, build_bundle(spec))
+        held = _BUNDLES[key] = (spec, build_bundle(spec, mixers))
     return held[1]
 
 
-def build_bundle(spec: Any) -> Bundle:
-    """The bundle of one registered architecture (a :class:`seqzoo.registry.ModelSpec`)."""
+def build_bundle(spec: Any, mixers: tuple[Any, ...] = ()) -> Bundle:
+    """The bundle of one registered architecture (a :class:`seqzoo.registry.ModelSpec`), with the code of the
+    plugin token ``mixers`` (:func:`plugin_mixers`) a hybrid's config names and the module that registers them."""
     from seqzoo.registry import TASKS
 
     model_type = re.sub(r"\W", "_", spec.model_type)
     classes = {"AutoConfig": spec.config_class, "AutoModel": spec.model_class}
     classes.update({TASKS[task][0]: head for task, head in spec.heads.items()})
+    mixer_classes = [cls for mixer in mixers for cls in (mixer.mixer_class, mixer.config_class)]
+    for cls in (*classes.values(), *mixer_classes):
+        _check_importable(cls)
     first_head = next(iter(spec.heads.values())).__module__
     fixed_names = {first_head: f"modeling_{model_type}"}
     fixed_names.setdefault(spec.config_class.__module__, f"configuration_{model_type}")
-    packages = {"seqzoo"} | {cls.__module__.partition(".")[0] for cls in classes.values()}
+    packages = {"seqzoo"} | {cls.__module__.partition(".")[0] for cls in (*classes.values(), *mixer_classes)}
 
     bundler = _Bundler(packages, fixed_names)
-    for cls in classes.values():
+    for cls in (*classes.values(), *mixer_classes):
         bundler.add(cls.__module__)
     auto_map = {auto: f"{bundler.flat_name(cls.__module__)}.{cls.__name__}" for auto, cls in classes.items()}
+    if mixers:
+        # transformers imports the config's and the models' auto_map modules each into a package of its own (named by
+        # a hash of the files it reaches), each with its own mixer registry: both entry modules register the mixers.
+        bundler.add(type(mixers[0]).__module__)  # (seqzoo.models.mixers, which the hybrid's config imports anyway)
+        configuration, modeling = f"configuration_{model_type}_mixers", f"modeling_{model_type}_mixers"
+        bundler.files[configuration] = _mixers_module(bundler, spec.config_class, mixers)
+        bundler.files[modeling] = _reexport(configuration, spec.config_class, auto_map)
+        auto_map = {auto: f"{configuration if auto == 'AutoConfig' else modeling}.{target.rpartition('.')[2]}"
+                    for auto, target in auto_map.items()}
     return Bundle(bundler.files, auto_map, bundler.origins)
+
+
+def _check_importable(cls: type) -> None:
+    # A class of the script being run is found by no import: find_spec('__main__') failed with "__main__.__spec__ is
+    # None", naming neither the class nor the fix.
+    if cls.__module__ == "__main__":
+        raise BundleError(f"{cls.__qualname__} is defined in the script being run (module __main__), so its code "
+                          "cannot go into the code bundle, which imports every class from its module: define it in an "
+                          "importable module (a file beside the script that the script imports) and register it "
+                          "from there")
+
+
+def _mixers_module(bundler: _Bundler, config_class: type, mixers: tuple[Any, ...]) -> str:
+    """The generated entry module that registers the bundled plugin ``mixers`` with the bundle's mixer registry and
+    hands on the config class (auto_map's AutoConfig names it, so it runs before the config is read)."""
+    import seqzoo
+
+    registry = bundler.flat_name(type(mixers[0]).__module__)
+    lines = [
+        f"# Written by seqzoo {seqzoo.__version__} for this checkpoint: registers the plugin token mixer(s) its "
+        "mixer_types name,\n",
+        "# from their code bundled beside it, so that it loads where neither seqzoo nor the plugin is installed.\n",
+        f"from .{bundler.flat_name(config_class.__module__)} import {config_class.__name__}\n",
+        f"from .{registry} import MixerSpec, register_mixer\n",
+    ]
+    for index, mixer in enumerate(mixers):
+        lines.append(f"from .{bundler.flat_name(mixer.mixer_class.__module__)} import "
+                     f"{mixer.mixer_class.__name__} as _mixer_{index}\n")
+        lines.append(f"from .{bundler.flat_name(mixer.config_class.__module__)} import "
+                     f"{mixer.config_class.__name__} as _config_{index}\n")
+    lines.append("\n")
+    for index, mixer in enumerate(mixers):
+        lines.append(f"register_mixer(MixerSpec({mixer.name!r}, _mixer_{index}, _config_{index}, {mixer.fields!r}, "
+                     f"{mixer.description!r}))\n")
+    return "".join(lines)
+
+
+def _reexport(configuration: str, config_class: type, auto_map: dict[str, str]) -> str:
+    """The models' generated entry module: the mixers' registration (``configuration``), then the model classes."""
+    classes: dict[str, list[str]] = {}
+    for auto, target in auto_map.items():
+        if auto != "AutoConfig":
+            module, _, name = target.rpartition(".")
+            classes.setdefault(module, []).append(name)
+    return ("# Written by seqzoo for this checkpoint: its model classes, after its plugin mixers are registered.\n"
+            f"from .{configuration} import {config_class.__name__}\n"
+            + "".join(_from_import(module, list(dict.fromkeys(names)), 0) + "\n" for module, names in classes.items()))
 
 
 class _Bundler:
@@ -240,7 +336,7 @@ def _from_import(module: str, names: list[str], indent: int) -> str:
 def _source_file(module: str) -> Path:
     try:
         spec = importlib.util.find_spec(module)
-    except ModuleNotFoundError as err:
+    except (ModuleNotFoundError, ValueError) as err:  # (ValueError: a module whose __spec__ is None)
         raise BundleError(f"cannot bundle module {module!r}: {err}") from err
     if spec is None:
         raise BundleError(f"cannot bundle module {module!r}: the code imports it, but there is no such module (a "
@@ -300,4 +396,4 @@ def _apply_edits(source: bytes, edits: list[tuple[ast.stmt, list[str]]]) -> str:
     return result.decode("utf-8")
 
 
-__all__ = ["RECORD_FILE", "Bundle", "BundleError", "bundle_record", "build_bundle", "write_bundle"]
+__all__ = ["RECORD_FILE", "Bundle", "BundleError", "bundle_record", "build_bundle", "plugin_mixers", "write_bundle"]

@@ -59,15 +59,32 @@ class BidirectionalLabConfig:
         """architecture -> the preset trained: its smallest (the memory lab's rule)."""
         import seqzoo
         from seqzoo.lab.runner import lab_presets
-        from seqzoo.registry import architecture_presets
+        from seqzoo.registry import architecture_presets, in_every_process
 
-        able = [name for name in seqzoo.list_architectures("token-classification")
-                if seqzoo.get_architecture(name).config_class.supports_bidirectional]
+        heads = {TASKS[task][0]: task for task in self.tasks if task in TASKS}  # the heads the tasks train
+
+        def lacking(name: str) -> list[str]:
+            return [head for head in heads if head not in seqzoo.get_architecture(name).heads]
+
+        encoders = [name for name in seqzoo.list_architectures()
+                    if seqzoo.get_architecture(name).config_class.supports_bidirectional]
+        able = [name for name in encoders if not lacking(name)]
         for arch in self.architectures or []:
-            if arch in seqzoo.list_architectures() and arch not in able:
+            if arch in seqzoo.list_architectures() and arch not in encoders:
                 raise ValueError(f"architecture {arch!r} cannot be a bidirectional encoder in seqzoo; the ones that "
                                  f"can: {', '.join(able)}")
-        return lab_presets(self.architectures or [name for name in able if architecture_presets(name)])
+            if arch in encoders and lacking(arch):
+                # (a plugin's architecture: one that can be bidirectional, without the heads the lab trains)
+                missing = lacking(arch)
+                others = [task for head, task in heads.items() if head not in missing]
+                raise ValueError(
+                    f"architecture {arch!r} can be a bidirectional encoder but has no {' or '.join(missing)} head, "
+                    f"which the bidirectional lab's task(s) {', '.join(heads[head] for head in missing)} train: give "
+                    f"its ModelSpec heads for {', '.join(map(repr, missing))}"
+                    + (f", or run only --tasks {' '.join(others)}" if others else "")
+                    + f"; the architectures that have them: {', '.join(able)}")
+        return lab_presets(self.architectures
+                           or [name for name in able if architecture_presets(name) and in_every_process(name)])
 
     def validate(self) -> None:
         for task in self.tasks:

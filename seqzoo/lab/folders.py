@@ -40,8 +40,9 @@ def write_results(path: Path, results: dict[str, Any]) -> None:
 def prepare_output(out: Path, force: bool, log: Callable[[str], None], resume: bool = False) -> dict[str, Any] | None:
     """Create ``out``. A finished report there is replaced only with ``force``; an unfinished run (interrupted or
     crashed) is replaced with a note, unless it recorded finished training runs: those are replaced only with
-    ``force``, or kept with ``resume`` (which returns that lab's results.json, for :func:`seqzoo.lab.runner.run_lab`
-    to take the runs from). A folder that is not a lab report is never touched."""
+    ``force``, or kept with ``resume``, which returns that lab's results.json and touches nothing:
+    :func:`seqzoo.lab.runner.run_lab` checks that it can resume that lab (its settings) before it removes the stopped
+    lab's report and plots (:func:`remove_stopped_report`). A folder that is not a lab report is never touched."""
     import shutil
 
     if out.exists() and not out.is_dir():
@@ -91,11 +92,6 @@ def prepare_output(out: Path, force: bool, log: Callable[[str], None], resume: b
             if not trained:
                 raise ValueError(f"--resume: the unfinished lab in {str(out)!r} ({status}) recorded no finished "
                                  "training run to keep; leave out --resume to start again there")
-            log(f"resuming the unfinished lab in {out} (status: {status})")
-            for name in LAB_OUTPUTS:  # (its results.json and runs/ stay: the runs a resumed lab keeps)
-                path = out / name
-                if name not in ("results.json", "runs") and (path.is_file() or path.is_symlink()):
-                    path.unlink()
             return previous
         if trained and not force:
             raise ValueError(f"{str(out)!r} holds an unfinished lab ({status}): its results.json records {trained} "
@@ -116,6 +112,16 @@ def prepare_output(out: Path, force: bool, log: Callable[[str], None], resume: b
                 path.unlink()
     out.mkdir(parents=True, exist_ok=True)
     return None
+
+
+def remove_stopped_report(out: Path) -> None:
+    """Before a resumed lab trains (its settings checked): remove what the stopped lab in ``out`` wrote of a report
+    (a report or plots it got to before it stopped). Its results.json and runs/ stay: the runs the resumed lab
+    keeps."""
+    for name in LAB_OUTPUTS:
+        path = out / name
+        if name not in ("results.json", "runs") and (path.is_file() or path.is_symlink()):
+            path.unlink()
 
 
 def _remove_lab_runs(runs: Path, previous: dict[str, Any]) -> None:

@@ -28,7 +28,7 @@ from typing import Any, Callable
 
 from seqzoo.lab import recipes
 from seqzoo.lab.environment import available_cores, describe_environment
-from seqzoo.lab.folders import prepare_output, stopped_status
+from seqzoo.lab.folders import prepare_output, remove_stopped_report, stopped_status
 from seqzoo.lab.recipes import SOLVED_ACCURACY, SOLVED_WINDOW, TEXT
 from seqzoo.lab.workers import run_in_workers
 from seqzoo.outputs import write_atomically
@@ -123,10 +123,11 @@ class LabConfig:
 def lab_presets(architectures: list[str] | None = None) -> dict[str, str]:
     """architecture -> the preset the lab trains: the architecture's smallest preset."""
     import seqzoo
-    from seqzoo.registry import architecture_presets, smallest_preset
+    from seqzoo.registry import architecture_presets, in_every_process, smallest_preset
 
     registered = seqzoo.list_architectures("causal-lm")  # the lab's tasks train language models
-    chosen = registered if architectures is None else architectures
+    # (by default, those the workers have: one registered in this process only would fail every run there)
+    chosen = [arch for arch in registered if in_every_process(arch)] if architectures is None else architectures
     repeated = sorted({arch for arch in chosen if chosen.count(arch) > 1})
     if repeated:  # (else trained once, and the list the user gave silently shortened)
         raise ValueError(f"architecture {', '.join(map(repr, repeated))} given more than once; name each once")
@@ -140,6 +141,12 @@ def lab_presets(architectures: list[str] | None = None) -> dict[str, str]:
             close = difflib.get_close_matches(arch, registered, n=1)
             hint = f" Did you mean {close[0]!r}?" if close else ""
             raise ValueError(f"unknown architecture {arch!r}.{hint} Registered: {', '.join(registered)}")
+        if not in_every_process(arch):
+            # (the workers import seqzoo afresh: every run failed there with "expected a model preset")
+            raise ValueError(f"architecture {arch!r} was registered in this process (register_architecture), but the "
+                             "lab trains in worker processes of their own, which import seqzoo afresh and do not have "
+                             "it: register it through a `seqzoo.models` entry point of an installed package (a "
+                             "plugin) to run the lab on it")
     # (one left out by default has no preset; one the caller named raises, with smallest_preset's reason)
     return {arch: smallest_preset(arch) for arch in chosen if architectures is not None or architecture_presets(arch)}
 
@@ -382,7 +389,10 @@ def run_lab(cfg: LabConfig, out: str | Path, log: Callable[[str], None] = print,
     started = time.perf_counter()
     jobs = build_jobs(cfg, presets, out)
     order = {_key(job): i for i, job in enumerate(jobs)}
-    runs = resumable_runs(previous, cfg, jobs, out) if previous is not None else []
+    runs = resumable_runs(previous, cfg, jobs, out) if previous is not None else []  # (raises touching nothing)
+    if previous is not None:
+        log(f"resuming the unfinished lab in {out} (status: {previous.get('status')})")
+        remove_stopped_report(out)
     # (the report's wall time counts the training of the runs kept)
     earlier = previous.get("seconds") if runs and previous is not None else None
     earlier_training = earlier.get("training", 0.0) if isinstance(earlier, dict) else 0.0

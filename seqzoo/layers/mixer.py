@@ -158,6 +158,10 @@ class Block(GradientCheckpointingLayer):
         self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
         self.has_dropout = dropout > 0  # an Identity call per part and token is measurable when decoding
         self.residual_in_fp32 = residual_in_fp32
+        # Whether forward checks what the mixer returns (check_mixer_output): a plugin's mixer may return an output
+        # the residual sum would broadcast without an error. seqzoo's own mixers return theirs as the protocol says
+        # and are not checked, decided here once: forward runs for every decoded token.
+        self.checks_mixer_output = not seqzoo_mixer(mixer)
 
     def forward(
         self, hidden_states: torch.Tensor, *, state: Any = None, mask: torch.Tensor | None = None, **context: Any
@@ -172,11 +176,8 @@ class Block(GradientCheckpointingLayer):
             # A float32 residual stream enters the norm in the weights' dtype (as transformers' Mamba does).
             hidden_states = norm(hidden_states.to(norm.weight.dtype) if self.residual_in_fp32 else hidden_states)
         out = mixer(hidden_states, state=state, mask=mask, **context)
-        if type(out) is not tuple or len(out) != 2:
-            # A tensor would be unpacked along its batch dimension: with two rows, row 0's output would be added to
-            # every row, without an error.
-            raise TypeError(f"{type(mixer).__name__}.forward must return (hidden_states, state), as every token mixer "
-                            f"does (seqzoo.layers.mixer.Mixer); it returned {type(out).__name__}")
+        if self.checks_mixer_output:
+            check_mixer_output(mixer, out, hidden_states)
         mixed, new_state = out
         hidden_states = residual + (self.dropout(mixed) if self.has_dropout else mixed)
         if not self.pre_norm:
@@ -196,6 +197,46 @@ class Block(GradientCheckpointingLayer):
         if not self.pre_norm:
             hidden_states = mlp_norm(hidden_states)
         return hidden_states, new_state
+
+
+def check_mixer_output(mixer: nn.Module, out: Any, hidden_states: torch.Tensor) -> None:
+    """Refuse what a plugin's ``mixer`` returned for its input ``hidden_states`` unless it is ``(hidden_states,
+    state)`` with hidden states of the input's shape and dtype. The residual sum would broadcast a (B, 1, D), (1, T, D),
+    (D,) or 0-d output without an error (one position's or one row's output added to every position or row), and a
+    wider or float64 output would fail inside torch, far from the mixer."""
+    name = type(mixer).__name__
+    if type(out) is not tuple or len(out) != 2:
+        # A tensor would be unpacked along its batch dimension: with two rows, row 0's output would be added to every
+        # row, without an error.
+        raise TypeError(f"{name}.forward must return (hidden_states, state), as every token mixer does "
+                        f"(seqzoo.layers.mixer.Mixer); it returned {type(out).__name__}")
+    mixed = out[0]
+    if not isinstance(mixed, torch.Tensor):
+        raise TypeError(f"{name}.forward returned hidden states of type {type(mixed).__name__}; a token mixer returns "
+                        "(hidden_states, state) with hidden_states a tensor of its input's shape and dtype")
+    if mixed.shape != hidden_states.shape:
+        raise ValueError(f"{name}.forward returned hidden states of shape {tuple(mixed.shape)} for an input of shape "
+                         f"{tuple(hidden_states.shape)}; a token mixer returns one output per input position, of the "
+                         "input's shape (batch, length, hidden_size)")
+    device = mixed.device.type
+    if mixed.dtype != hidden_states.dtype and not (
+            torch.is_autocast_enabled(device) and mixed.dtype == torch.get_autocast_dtype(device)):
+        raise TypeError(f"{name}.forward returned hidden states of dtype {mixed.dtype} for an input of "
+                        f"{hidden_states.dtype}; a token mixer returns its input's dtype (or, under autocast, "
+                        f"the autocast dtype)")
+
+
+# Every one of seqzoo's mixers is defined in seqzoo/layers/: "seqzoo.layers." (in a Hub code bundle, where this module
+# is "<package>.seqzoo_layers_mixer": "<package>.seqzoo_layers_").
+_OWN_MIXER_MODULES = __name__.rpartition("mixer")[0]
+
+
+def seqzoo_mixer(mixer: nn.Module) -> bool:
+    """Whether ``mixer`` runs a forward of seqzoo's own (a plugin's subclass that keeps its base's forward does too);
+    a bidirectional pair when both of its directions do."""
+    if isinstance(mixer, BidirectionalMixer):
+        return seqzoo_mixer(mixer.left_to_right) and seqzoo_mixer(mixer.right_to_left)
+    return (getattr(type(mixer).forward, "__module__", None) or "").startswith(_OWN_MIXER_MODULES)
 
 
 class BidirectionalMixer(Mixer):

@@ -8,11 +8,13 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
+import torch
 from transformers.dynamic_module_utils import get_imports, get_relative_import_files
 
 import seqzoo
 from seqzoo.hub import BundleError, build_bundle
 from seqzoo.kernels.registry import Backend
+from seqzoo.layers.mixer import Mixer
 from tests.hub.conftest import ARCHITECTURES
 
 ALLOWED = {"torch", "transformers", "__future__"} | set(sys.stdlib_module_names)
@@ -314,5 +316,136 @@ def test_a_cached_bundle_is_that_of_the_spec_asked_for(monkeypatch):
     from seqzoo.hub import bundle as bundling
 
     lstm = seqzoo.get_architecture("lstm")
-    monkeypatch.setitem(bundling._BUNDLES, id(lstm), (seqzoo.get_architecture("gru"), "the gru spec's bundle"))
+    monkeypatch.setitem(bundling._BUNDLES, (id(lstm), ()), (seqzoo.get_architecture("gru"), "the gru spec's bundle"))
     assert "modeling_seqzoo_lstm" in bundling._cached_bundle(lstm).files
+
+
+SUMZOO = {
+    "__init__.py": "",
+    "helpers.py": "def running_sum(hidden_states, total, mask):\n"
+                  "    import torch\n\n"
+                  "    outputs = []\n"
+                  "    for t in range(hidden_states.shape[1]):\n"
+                  "        added = total + hidden_states[:, t]\n"
+                  "        total = added if mask is None else torch.where(mask[:, t, None], added, total)\n"
+                  "        outputs.append(total)\n"
+                  "    return torch.stack(outputs, 1), total\n",
+    "mixing.py": """
+import torch
+from seqzoo.layers.mixer import Mixer
+
+from .helpers import running_sum
+
+
+class RunningSum(Mixer):
+    def __init__(self, config, layer_idx):
+        super().__init__(config, layer_idx)
+        self.proj = torch.nn.Linear(config.hidden_size, config.hidden_size, bias=False)
+
+    def forward(self, hidden_states, *, state=None, mask=None, **context):
+        total = hidden_states.new_zeros(hidden_states[:, 0].shape) if state is None else state["sum"]
+        outputs, total = running_sum(hidden_states, total, mask)
+        return self.proj(outputs), {"sum": total}
+
+    @classmethod
+    def state_bytes(cls, config, dtype_bytes=4):
+        return config.hidden_size * dtype_bytes
+""",
+}
+
+# Where neither seqzoo nor the plugin that defines the hybrid's mixer is installed.
+_WITHOUT_SEQZOO_OR_PLUGIN = """
+import importlib.abc, sys
+class Absent(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in ("seqzoo", "sumzoo"):
+            raise ImportError(name + " is not installed here")
+sys.meta_path.insert(0, Absent())
+import torch
+from transformers import AutoModelForCausalLM
+model = AutoModelForCausalLM.from_pretrained(sys.argv[1], trust_remote_code=True).eval()
+with torch.no_grad():
+    print("logits:", model(input_ids=torch.tensor([[5, 17, 33, 8]])).logits[0, -1].tolist())
+"""
+
+
+def plugin_mixer_hybrid(mixer_class, monkeypatch):
+    from seqzoo.models import mixers
+    from seqzoo.models.gru.configuration_gru import GRUConfig
+
+    monkeypatch.setattr(mixers, "_MIXERS", dict(mixers._MIXERS))
+    mixers.register_mixer(mixers.MixerSpec("runsum", mixer_class, GRUConfig, ("orthogonal_init",), "running sum"))
+    torch.manual_seed(0)
+    config = seqzoo.HybridConfig(hidden_size=16, vocab_size=300, mixer_types=["runsum", "attention"],
+                                 mixer_config={"attention": {"num_attention_heads": 2}})
+    return seqzoo.HybridForCausalLM(config).eval()
+
+
+def test_a_hybrid_with_a_plugin_mixer_loads_where_neither_seqzoo_nor_the_plugin_is(tmp_path, monkeypatch,
+                                                                                     forget_plugins):
+    # The bundle held seqzoo's hybrid code only, and the mixer is looked up by name: the folder loaded nowhere the
+    # plugin was not installed ("unknown mixer 'runsum'"). Now its code is bundled and registered by the bundle.
+    import json
+    import os
+    import subprocess
+
+    plugin_spec(tmp_path, monkeypatch, "sumzoo", {**SUMZOO, "modeling.py": CLASSES})  # (importable here)
+    from sumzoo.mixing import RunningSum
+
+    model = plugin_mixer_hybrid(RunningSum, monkeypatch)
+    with torch.no_grad():
+        want = model(torch.tensor([[5, 17, 33, 8]])).logits[0, -1]
+    model.save_pretrained(tmp_path / "model")
+    files = code_files(tmp_path / "model")
+    assert {"sumzoo_mixing.py", "sumzoo_helpers.py", "configuration_seqzoo_hybrid_mixers.py",
+            "modeling_seqzoo_hybrid_mixers.py"} <= files
+    for name in sorted(files):
+        assert import_problems(tmp_path / "model" / name, files) == []
+    auto_map = json.loads((tmp_path / "model" / "config.json").read_text())["auto_map"]
+    assert auto_map["AutoConfig"] == "configuration_seqzoo_hybrid_mixers.HybridConfig"
+    assert auto_map["AutoModelForCausalLM"] == "modeling_seqzoo_hybrid_mixers.HybridForCausalLM"
+    env = {**os.environ, "HF_MODULES_CACHE": str(tmp_path / "modules")}
+    run = subprocess.run([sys.executable, "-c", _WITHOUT_SEQZOO_OR_PLUGIN, str(tmp_path / "model")],
+                         capture_output=True, text=True, timeout=300, env=env, cwd=tmp_path)
+    assert run.returncode == 0, run.stderr[-3000:]
+    got = json.loads(run.stdout.split("logits:")[1])
+    torch.testing.assert_close(torch.tensor(got), want, rtol=1e-5, atol=1e-6)
+
+
+class UnbundledSum(Mixer):
+    """A plugin mixer whose module (this test file, which imports `seqzoo` whole) cannot go into a code bundle."""
+
+    def __init__(self, config, layer_idx):
+        super().__init__(config, layer_idx)
+        self.proj = torch.nn.Linear(config.hidden_size, config.hidden_size, bias=False)
+
+    def forward(self, hidden_states, *, state=None, mask=None, **context):
+        total = hidden_states.cumsum(1) + (0 if state is None else state["sum"][:, None])
+        return self.proj(total), {"sum": total[:, -1]}
+
+
+def test_a_plugin_mixer_whose_code_cannot_be_bundled_is_warned_about_at_save(tmp_path, monkeypatch, caplog):
+    import json
+
+    model = plugin_mixer_hybrid(UnbundledSum, monkeypatch)
+    with caplog.at_level("WARNING", logger="seqzoo"):
+        model.save_pretrained(tmp_path)
+    assert (f"the code bundle of {tmp_path} holds none of its plugin mixer(s) 'runsum' "
+            f"(tests.hub.test_bundle.UnbundledSum) (") in caplog.text
+    assert "the saved folder loads only where the plugin is installed" in caplog.text
+    assert "`import seqzoo` binds the package name 'seqzoo'" in caplog.text  # (why)
+    assert "modeling_seqzoo_hybrid.py" in code_files(tmp_path)
+    assert json.loads((tmp_path / "config.json").read_text())["auto_map"]["AutoConfig"] == (
+        "configuration_seqzoo_hybrid.HybridConfig")
+
+
+def test_an_architecture_defined_in_the_script_being_run_is_named(monkeypatch):
+    # find_spec('__main__') failed with "__main__.__spec__ is None", naming neither the class nor the fix.
+    monkeypatch.setattr(sys.modules["__main__"], "__spec__", None)
+    config = type("ScriptConfig", (seqzoo.LSTMConfig,), {"model_type": "seqzoo_scriptarch", "__module__": "__main__"})
+    spec = SimpleNamespace(model_type="seqzoo_scriptarch", config_class=config, model_class=seqzoo.LSTMModel,
+                           heads={"causal-lm": seqzoo.LSTMForCausalLM})
+    with pytest.raises(BundleError, match=r"ScriptConfig is defined in the script being run \(module __main__\), so "
+                                          r"its code cannot go into the code bundle.*define it in an importable "
+                                          r"module"):
+        build_bundle(spec)

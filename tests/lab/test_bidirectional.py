@@ -153,3 +153,33 @@ def test_a_lab_that_fails_after_some_runs_keeps_them_on_disk_and_says_why(tmp_pa
     kept = json.loads((out / "bidirectional-results.json").read_text())
     assert kept["status"] == "failed" and kept["error"] == "OSError: disk full"
     assert len(kept["runs"]) == 2 * len(cfg.architectures) * len(cfg.tasks) and "baselines" in kept
+
+
+def test_an_encoder_without_the_heads_the_lab_trains_is_told_which_it_lacks(monkeypatch):
+    # A plugin's LSTM with a causal-LM head only was "cannot be a bidirectional encoder", which it can be.
+    from seqzoo import registry
+
+    monkeypatch.setattr(registry, "_ARCHITECTURES", dict(registry._ARCHITECTURES))
+    monkeypatch.setattr(registry, "_PLUGIN_PRESETS", dict(registry._PLUGIN_PRESETS))
+    config = type("HeadlessConfig", (seqzoo.LSTMConfig,), {"model_type": "seqzoo_lab_headless"})
+    model = type("HeadlessModel", (seqzoo.LSTMModel,), {"config_class": config})
+    lm = type("HeadlessForCausalLM", (seqzoo.LSTMForCausalLM,), {"config_class": config, "base_model_class": model})
+    tagger = type("HeadlessForTokenClassification", (seqzoo.LSTMForTokenClassification,), {"config_class": config})
+    registry.register_architecture(registry.ModelSpec("headless", config, model, lm,
+                                                      heads={"token-classification": tagger},
+                                                      presets={"headless-tiny": {"hidden_size": 16}}))
+    with pytest.raises(ValueError, match=r"architecture 'headless' can be a bidirectional encoder but has no "
+                                         r"sequence-classification head, which the bidirectional lab's task\(s\) "
+                                         r"first_letter train: give its ModelSpec heads for 'sequence-classification', "
+                                         r"or run only --tasks appears_later; the architectures that have them: gru, "
+                                         r"lstm, mamba, mamba2, rnn, rwkv7"):
+        BidirectionalLabConfig(architectures=["headless"]).presets()
+    with pytest.raises(ValueError, match=r"'headless' can be a bidirectional encoder but has no "
+                                         r"sequence-classification head, .*first_letter train: give its ModelSpec "
+                                         r"heads for 'sequence-classification'; the"):
+        BidirectionalLabConfig(architectures=["headless"], tasks=["first_letter"]).presets()
+    # The default run leaves it out; with the task it has a head for, it is trained (as an entry point's: one
+    # registered in this process only would not reach the workers).
+    monkeypatch.setattr(registry, "_ENTRY_POINT_ARCHITECTURES", {"headless"})
+    assert "headless" not in BidirectionalLabConfig().presets()
+    assert BidirectionalLabConfig(tasks=["appears_later"]).presets()["headless"] == "headless-tiny"

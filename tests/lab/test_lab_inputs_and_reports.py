@@ -293,3 +293,31 @@ def test_an_interrupted_sweep_marks_its_folder_so_that_the_same_process_can_repl
         run_sweep(cfg, out, log=lambda line: None)
     with pytest.raises(KeyboardInterrupt):
         run_sweep(cfg, out, log=lambda line: None, force=True)
+
+
+def test_an_architecture_registered_in_this_process_only_is_refused_before_anything_is_written(tmp_path,
+                                                                                                 monkeypatch):
+    # The spawned workers import seqzoo afresh and did not have it: every run failed there with "recipe field
+    # model.preset='inproc-tiny' is invalid: expected a model preset", and a report of failures was written.
+    import seqzoo
+    from seqzoo import registry
+
+    monkeypatch.setattr(registry, "_ARCHITECTURES", dict(registry._ARCHITECTURES))
+    monkeypatch.setattr(registry, "_PLUGIN_PRESETS", dict(registry._PLUGIN_PRESETS))
+    monkeypatch.setattr(registry, "_ENTRY_POINT_ARCHITECTURES", set(registry._ENTRY_POINT_ARCHITECTURES))
+    config = type("InprocConfig", (seqzoo.LSTMConfig,), {"model_type": "seqzoo_lab_inproc"})
+    model = type("InprocModel", (seqzoo.LSTMModel,), {"config_class": config})
+    lm = type("InprocForCausalLM", (seqzoo.LSTMForCausalLM,), {"config_class": config, "base_model_class": model})
+    registry.register_architecture(registry.ModelSpec("inproc", config, model, lm,
+                                                      presets={"inproc-tiny": {"hidden_size": 16}}))
+    assert not registry.in_every_process("inproc") and registry.in_every_process("lstm")
+    with pytest.raises(ValueError, match=r"architecture 'inproc' was registered in this process "
+                                         r"\(register_architecture\), but the lab trains in worker processes of their "
+                                         r"own, which import seqzoo afresh and do not have it: register it through a "
+                                         r"`seqzoo.models` entry point"):
+        run_lab(LabConfig.smoke(architectures=["inproc"], tasks=["copy"], seeds=[0], distances=[2], workers=1),
+                tmp_path / "lab", log=lambda line: None)
+    assert not (tmp_path / "lab").exists()
+    assert "inproc" not in lab_presets()  # (the default: every architecture the workers have)
+    registry._ENTRY_POINT_ARCHITECTURES.add("inproc")  # (as load_plugins records an entry point's)
+    assert lab_presets(["inproc"]) == {"inproc": "inproc-tiny"} and "inproc" in lab_presets()

@@ -129,3 +129,33 @@ def test_seqzoo_lab_resume_reaches_the_lab(monkeypatch):
     monkeypatch.setattr(runner, "run_lab", lambda cfg, out, **kwargs: calls.append(kwargs) or {"runs": []})
     assert main(["lab", "--resume", "--out", "mine"]) == 0
     assert calls[0]["resume"] is True and calls[0]["force"] is False
+
+
+def test_a_refused_resume_touches_nothing_of_the_stopped_lab(tmp_path, monkeypatch):
+    # prepare_output deleted the stopped lab's report and plots before the settings were compared: a --resume with
+    # other settings was refused after the files were gone.
+    from seqzoo.lab.plots import PLOT_FILES
+
+    cfg = LabConfig.smoke(architectures=["rnn"], tasks=["copy"], seeds=[0], distances=[2], workers=1)
+    out = tmp_path / "lab"
+
+    def stopped(jobs, workers, log, on_result, **kwargs):
+        on_result(_run("copy"))
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(runner, "run_jobs", stopped)
+    with pytest.raises(KeyboardInterrupt):
+        run_lab(cfg, out, log=lambda line: None)
+    # What a lab stopped while writing its report (after its plots) leaves beside its results.json.
+    written = {name: f"the stopped lab's {name}" for name in ("report.md", PLOT_FILES[0])}
+    for name, text in written.items():
+        (out / name).write_text(text)
+    before = {path.name: path.read_bytes() for path in out.iterdir() if path.is_file()}
+    other = LabConfig.smoke(architectures=["rnn"], tasks=["copy"], seeds=[0], distances=[3], workers=1)
+    with pytest.raises(ValueError, match=r"ran with other settings \(distances \[2\] there, \[3\] here\)"):
+        run_lab(other, out, log=lambda line: None, resume=True)
+    assert {path.name: path.read_bytes() for path in out.iterdir() if path.is_file()} == before
+    # Resumed with its own settings, the stopped lab's report and plots go (the new ones replace them).
+    with pytest.raises(KeyboardInterrupt):
+        run_lab(cfg, out, log=lambda line: None, resume=True)
+    assert not any((out / name).exists() for name in written) and (out / "results.json").is_file()

@@ -8,7 +8,7 @@ import torch
 
 import seqzoo
 from seqzoo.layers.attention import SelfAttention
-from seqzoo.layers.mixer import Mixer
+from seqzoo.layers.mixer import Block, Mixer
 from seqzoo.models import mixers
 from seqzoo.models.compat import output_cache
 from seqzoo.models.gru.configuration_gru import GRUConfig
@@ -313,3 +313,150 @@ def test_a_plugin_state_bytes_is_asked_only_for_the_size_its_state_has():
     with torch.no_grad():
         model(torch.tensor([[5, 17, 33]]), use_cache=True)
         model.to(torch.bfloat16)(torch.tensor([[5, 17, 33]]), use_cache=True)
+
+
+class LastPositionOnly(RunningSum):
+    def forward(self, hidden_states, *, state=None, mask=None, **context):
+        out, new = self.step(hidden_states, state, mask)
+        return out[:, -1:], new
+
+
+class FirstRowOnly(RunningSum):
+    def forward(self, hidden_states, *, state=None, mask=None, **context):
+        out, new = self.step(hidden_states, state, mask)
+        return out[:1], new
+
+
+class OneVector(RunningSum):
+    def forward(self, hidden_states, *, state=None, mask=None, **context):
+        out, new = self.step(hidden_states, state, mask)
+        return out[0, 0], new
+
+
+class OneNumber(RunningSum):
+    def forward(self, hidden_states, *, state=None, mask=None, **context):
+        out, new = self.step(hidden_states, state, mask)
+        return out.sum(), new
+
+
+class Wider(RunningSum):
+    def forward(self, hidden_states, *, state=None, mask=None, **context):
+        out, new = self.step(hidden_states, state, mask)
+        return torch.cat([out, out], -1), new
+
+
+class InFloat64(RunningSum):
+    def forward(self, hidden_states, *, state=None, mask=None, **context):
+        out, new = self.step(hidden_states, state, mask)
+        return out.double(), new
+
+
+class ReturnsAList(RunningSum):
+    def forward(self, hidden_states, *, state=None, mask=None, **context):
+        return list(self.step(hidden_states, state, mask))
+
+
+class OutputNotATensor(RunningSum):
+    def forward(self, hidden_states, *, state=None, mask=None, **context):
+        out, new = self.step(hidden_states, state, mask)
+        return out.tolist(), new
+
+
+@pytest.mark.parametrize("mixer_class, error, match", [
+    (LastPositionOnly, ValueError, r"LastPositionOnly.forward returned hidden states of shape \(2, 1, 16\) for an "
+                                   r"input of shape \(2, 4, 16\); a token mixer returns one output per input position"),
+    (FirstRowOnly, ValueError, r"FirstRowOnly.forward returned hidden states of shape \(1, 4, 16\) for an input of "
+                               r"shape \(2, 4, 16\)"),
+    (OneVector, ValueError, r"OneVector.forward returned hidden states of shape \(16,\) for an input of shape "
+                            r"\(2, 4, 16\)"),
+    (OneNumber, ValueError, r"OneNumber.forward returned hidden states of shape \(\) for an input of shape "
+                            r"\(2, 4, 16\)"),
+    (Wider, ValueError, r"Wider.forward returned hidden states of shape \(2, 4, 32\) for an input of shape "
+                        r"\(2, 4, 16\)"),
+    (InFloat64, TypeError, r"InFloat64.forward returned hidden states of dtype torch.float64 for an input of "
+                           r"torch.float32; a token mixer returns its input's dtype"),
+    (ReturnsAList, TypeError, r"ReturnsAList.forward must return \(hidden_states, state\), .* it returned list"),
+    (OutputNotATensor, TypeError, r"OutputNotATensor.forward returned hidden states of type list"),
+])
+def test_a_plugin_output_of_another_shape_or_dtype_is_refused_naming_the_mixer(mixer_class, error, match):
+    # The residual sum broadcast a (B, 1, D), (1, T, D), (D,) or 0-d output without an error (FirstRowOnly added
+    # row 0's outputs to every row); a wider or float64 output failed inside torch without naming the mixer.
+    model = hybrid("bad", mixer_class)
+    with torch.no_grad(), pytest.raises(error, match=match):
+        model(torch.tensor([[5, 17, 33, 8], [9, 1, 4, 30]]))
+
+
+class InAutocastDtype(RunningSum):
+    """What a plugin built of nn.Linear layers returns under autocast: the autocast dtype for a float32 input."""
+
+    def forward(self, hidden_states, *, state=None, mask=None, **context):
+        out, new = self.step(hidden_states.float(), None if state is None else state, mask)
+        return out.to(torch.bfloat16), new
+
+
+def test_a_plugin_output_in_the_autocast_dtype_is_accepted_under_autocast_only():
+    model = hybrid("autocast", InAutocastDtype)
+    ids = torch.tensor([[5, 17, 33, 8], [9, 1, 4, 30]])
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        model(ids)
+    with torch.no_grad(), pytest.raises(TypeError, match=r"returned hidden states of dtype torch.bfloat16 for an "
+                                                         r"input of torch.float32"):
+        model(ids)
+
+
+def test_only_plugin_mixers_are_checked_on_every_call():
+    # The check runs on every decoded token: seqzoo's own mixers (every built-in preset's, a bidirectional pair of
+    # them, a plugin's subclass that keeps a built-in forward) skip it, decided when the block is built.
+    blocks = []
+    for name in seqzoo.list_models():
+        with torch.device("meta"):
+            model = seqzoo.create_model(name)
+        blocks += [module for module in model.modules() if isinstance(module, Block)]
+    assert len(blocks) > 20 and not any(block.checks_mixer_output for block in blocks)
+    with torch.device("meta"):
+        bidirectional = seqzoo.create_model("mamba-tiny", "token-classification", bidirectional=True, num_labels=2)
+    assert [block.checks_mixer_output for block in bidirectional.modules() if isinstance(block, Block)] == [False] * 2
+    register_mixer(MixerSpec("running-sum", RunningSum, GRUConfig, ()))
+    model = hybrid("my-attention", RenamedAttention, TransformerConfig, ("num_attention_heads",),
+                   ["running-sum", "my-attention"])
+    assert [layer.checks_mixer_output for layer in model.model.layers] == [True, False]
+
+
+@pytest.mark.parametrize("field", ["hidden_size", "num_hidden_layers", "vocab_size", "tie_word_embeddings",
+                                   "initializer_range"])
+def test_a_mixer_field_the_hybrid_sets_itself_is_refused_when_declared(field):
+    # It was accepted, and every hybrid that set it failed with "GRUConfig() got multiple values for keyword
+    # argument 'hidden_size'".
+    with pytest.raises(TypeError, match=rf"mixer 'shadow': fields \['{field}'\] are set by the hybrid itself \(from "
+                                        rf"its own config\), so a hybrid's mixer_config cannot set them"):
+        MixerSpec("shadow", RunningSum, GRUConfig, ("orthogonal_init", field))
+
+
+def recording(config_class, monkeypatch):
+    """The fields each config of ``config_class`` is built with, from now on (its __init__ patched to record them)."""
+    built_with, init = [], config_class.__init__
+
+    def recorded(self, **values):
+        built_with.append(set(values))
+        init(self, **values)
+
+    monkeypatch.setattr(config_class, "__init__", recorded)
+    return built_with
+
+
+@pytest.mark.parametrize("config_class, fields, settings", [
+    (GRUConfig, ("orthogonal_init",), {"orthogonal_init": False}),  # (a classic config: embedding_size too)
+    (TransformerConfig, ("num_attention_heads",), {"num_attention_heads": 2}),
+])
+@pytest.mark.parametrize("position_embedding", ["rope", "none"])
+def test_the_fields_a_mixer_may_not_declare_are_all_the_hybrid_sets(config_class, fields, settings, position_embedding,
+                                                                    monkeypatch):
+    # (mixers.HYBRID_FIELDS lists what HybridConfig.mixer_settings and mixer_config set: one it missed would let a
+    # mixer declare it, and the raw "multiple values" error would come back)
+    register_mixer(MixerSpec("recorded", RenamedAttention, config_class, fields))
+    built_with = recording(config_class, monkeypatch)
+    seqzoo.HybridConfig(hidden_size=16, vocab_size=50, mixer_types=["recorded"], position_embedding=position_embedding,
+                        mixer_config={"recorded": settings})
+    assert built_with
+    for values in built_with:
+        assert values - set(settings) <= set(mixers.HYBRID_FIELDS)
