@@ -255,9 +255,8 @@ class HeldLoadReports(logging.Filter):
 
 
 @contextlib.contextmanager
-def held_load_reports() -> Iterator[HeldLoadReports]:
-    """Hold transformers' load report back inside the block (see :class:`HeldLoadReports`)."""
-    reports = HeldLoadReports()
+def held_load_reports(reports: HeldLoadReports) -> Iterator[HeldLoadReports]:
+    """Hold transformers' load report back in ``reports`` inside the block (see :class:`HeldLoadReports`)."""
     logger = logging.getLogger(_REPORTING_LOGGER)
     logger.addFilter(reports)
     try:

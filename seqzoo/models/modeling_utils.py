@@ -54,6 +54,7 @@ from seqzoo.models.generation_setup import ATTRIBUTE as GENERATION_DEFAULTS
 from seqzoo.models.generation_setup import PreparedGeneration
 from seqzoo.models.inputs import index_labels
 from seqzoo.models.loading import (
+    HeldLoadReports,
     check_checkpoint_model_type,
     check_finite_weights,
     check_generation_config_file,
@@ -224,9 +225,13 @@ class SeqzooPreTrainedModel(PreTrainedModel):
         if self._auto_class is not None:  # the bundled copy, where seqzoo's publisher is absent
             result = super().push_to_hub(repo_id, private=private, revision=revision, commit_message=commit_message,
                                          token=token, **kwargs)
-            if tokenizer is not None:  # (transformers' upload of a model takes none: the tokenizer's own, beside it)
-                tokenizer.push_to_hub(repo_id, private=private, revision=revision, token=token,
-                                      commit_message=commit_message or "Upload tokenizer")
+            if tokenizer is not None:  # (transformers' upload of a model takes none: the tokenizer's own, beside it,
+                # with the upload's options, and into the model's pull request where it opened one: with
+                # create_pr=True the model went up as a pull request and the tokenizer straight to the branch)
+                shared = {key: kwargs[key] for key in ("commit_description", "tags") if key in kwargs}
+                opened = getattr(result, "pr_revision", None) if kwargs.get("create_pr") else None
+                tokenizer.push_to_hub(repo_id, private=private, revision=opened or revision, token=token,
+                                      commit_message=commit_message or "Upload tokenizer", **shared)
             return result
         unsupported = sorted(set(kwargs) - {"license", "license_name", "license_link", "training"})
         if unsupported:
@@ -275,13 +280,15 @@ class SeqzooPreTrainedModel(PreTrainedModel):
         allow_mismatch = kwargs.pop("ignore_mismatched_sizes", False)
         # Load leniently and judge here, so the error names every offending tensor with both shapes. (Leniently also
         # with strict=False: its mis-shaped tensors are then re-initialised, as the strict error says.)
+        reports = HeldLoadReports()
         try:
-            with held_load_reports() as reports:  # (told once the load is accepted: not before a refusal)
+            with held_load_reports(reports):  # (told once the load is accepted: not before seqzoo's refusal)
                 model, info = super().from_pretrained(
                     pretrained_model_name_or_path, *args, output_loading_info=True, ignore_mismatched_sizes=True,
                     **kwargs,
                 )
         except Exception as err:
+            reports.release()  # (transformers' own error points to its report: "look at the ... above report!")
             explain_load_error(err, pretrained_model_name_or_path)
             unknown = _unknown_init_keyword(err, kwargs)
             if unknown is not None:

@@ -437,3 +437,22 @@ def test_the_bundled_push_to_hub_uploads_the_tokenizer_it_is_given(hub, exports,
     run_python(["-c", _BUNDLED_PUSH, str(exports["gru"]), repo_id("gru")], env, tmp_path)
     files = set(hub.repos[repo_id("gru")])
     assert {"model.safetensors", "config.json", "tokenizer.json", "tokenizer_config.json"} <= files, files
+
+
+def test_the_bundled_push_hands_the_tokenizer_the_uploads_options_and_pull_request(monkeypatch):
+    """With create_pr=True the model went up as a pull request and the tokenizer straight to the branch, and the
+    description and tags were the model's only."""
+    from types import SimpleNamespace
+
+    from transformers import PreTrainedModel
+
+    pushed = {}
+    monkeypatch.setattr(PreTrainedModel, "push_to_hub", lambda self, repo_id, **options: (
+        pushed.setdefault("model", options), SimpleNamespace(pr_revision="refs/pr/7"))[1])
+    tokenizer = SimpleNamespace(push_to_hub=lambda repo_id, **options: pushed.setdefault("tokenizer", options))
+    model = tiny_byte_model("gru")
+    model._auto_class = "AutoModelForCausalLM"  # (as the bundled copy, where seqzoo's publisher is absent)
+    model.push_to_hub("me/a", tokenizer=tokenizer, create_pr=True, commit_description="why", tags=["x"])
+    assert pushed["model"]["create_pr"] is True
+    assert pushed["tokenizer"]["revision"] == "refs/pr/7" and "create_pr" not in pushed["tokenizer"]
+    assert (pushed["tokenizer"]["commit_description"], pushed["tokenizer"]["tags"]) == ("why", ["x"])

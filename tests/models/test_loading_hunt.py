@@ -140,3 +140,36 @@ def test_only_a_device_maps_offloaded_tensors_are_refused_fresh_values():
     model.hf_device_map = {"": "disk"}
     with pytest.raises(ValueError, match=r"strict=False cannot give fresh values to tensors that a device_map"):
         initialise_anew(model, {"missing_keys": [key]})
+
+
+def test_transformers_own_load_error_keeps_the_report_it_points_to(tmp_path, monkeypatch):
+    """transformers raises "look at the CONVERSION entries of the above report!" after logging its report: held
+    back for seqzoo's judgement, the report was lost with transformers' own error."""
+    import logging
+
+    import transformers.modeling_utils as transformers_loading
+
+    class Records(logging.Handler):
+        def __init__(self):
+            super().__init__()
+            self.messages = []
+
+        def emit(self, record):
+            self.messages.append(record.getMessage())
+
+    seqzoo.create_model("gru-tiny").save_pretrained(tmp_path)
+    report = transformers_loading.log_state_dict_report
+
+    def with_a_conversion_error(**options):  # (as a failed on-the-fly conversion records one)
+        options["loading_info"].conversion_errors["model.embed_tokens.weight"] = "a conversion failed"
+        return report(**options)
+
+    monkeypatch.setattr(transformers_loading, "log_state_dict_report", with_a_conversion_error)
+    records = Records()
+    logging.getLogger("transformers").addHandler(records)
+    try:
+        with pytest.raises(RuntimeError, match="CONVERSION"):
+            AutoModelForCausalLM.from_pretrained(tmp_path)
+    finally:
+        logging.getLogger("transformers").removeHandler(records)
+    assert any("LOAD REPORT" in message and "a conversion failed" in message for message in records.messages)

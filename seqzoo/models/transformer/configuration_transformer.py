@@ -99,8 +99,9 @@ class TransformerConfig(SeqzooConfig):
     def from_dict(cls, config_dict: dict[str, Any], **kwargs: Any) -> Any:
         """The config of ``config_dict``; ``variant`` names both this config's field and the weights file's variant
         of transformers' loading (``model.v1.safetensors``), and the Auto classes hand every keyword to the config
-        first: there, one that names no architecture variant is handed back, for the model's loading to read (it was
-        refused as an architecture), and one that names both is refused, saying so."""
+        first, asking for what it leaves unused: there, one that names no architecture variant is handed back, for
+        the model's loading to read (it was refused as an architecture). One that names an architecture variant is
+        this field, as it always was (a weights variant of that name loads through the model's own class)."""
         variant = kwargs.get("variant")
         if variant is not None and variant not in VARIANTS and not kwargs.get("return_unused_kwargs"):
             # (AutoConfig, and a pipeline, which reads the config with its model_kwargs before the model)
@@ -110,15 +111,7 @@ class TransformerConfig(SeqzooConfig):
                 f"(model.{variant}.safetensors), load the model (AutoModelForCausalLM.from_pretrained(path, "
                 f"variant={variant!r})), and hand a pipeline the loaded model"
             )
-        if kwargs.get("return_unused_kwargs") and variant is not None:
-            if variant in VARIANTS:
-                raise ValueError(
-                    f"variant={variant!r} names both a TransformerConfig variant and a weights file's variant "
-                    f"(model.{variant}.safetensors), and the Auto classes read it as the former; to load weights "
-                    f"saved with variant={variant!r}, call {cls.__name__.removesuffix('Config')}ForCausalLM (or the "
-                    "head's class).from_pretrained(path, variant=...); to change the architecture, build the config "
-                    "first (AutoConfig.from_pretrained(path, variant=...)) and pass it as config="
-                )
+        if kwargs.get("return_unused_kwargs") and variant is not None and variant not in VARIANTS:
             kwargs = {key: value for key, value in kwargs.items() if key != "variant"}
             config, unused = super().from_dict(config_dict, **kwargs)
             return config, {**unused, "variant": variant}
