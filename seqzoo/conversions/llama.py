@@ -83,17 +83,18 @@ def without_disabled_biases(hf_config: Any, stated: Any, source: SourceWeights) 
     """``source`` less the bias tensors its Llama config turns off. transformers' Llama has biases only where the
     config sets ``attention_bias`` / ``mlp_bias``, and leaves such tensors unloaded (unexpected keys in its load
     report): the converted model leaves them out too, and a warning names them (turned on from the tensors, its logits
-    differed from transformers'). Where config.json does not set the flag (``stated``, its fields), the tensors decide
-    (see :func:`config_from_llama`)."""
-    if hf_config.model_type != "llama":  # (Qwen2's q/k/v biases are always on, whatever its config.json says)
+    differed from transformers'). A config.json without the flag (``stated``: its fields; written before transformers
+    had it) has it off, as transformers reads it; Mistral has no flag, and no biases in transformers."""
+    if hf_config.model_type not in ("llama", "mistral"):  # (Qwen2's q/k/v biases are always on)
         return source
     dropped, flags = [], []
     for flag, module, projections in BIAS_FLAGS:
-        if flag in stated and not getattr(hf_config, flag):
+        if not getattr(hf_config, flag, False):
             pattern = re.compile(rf"model\.layers\.\d+\.{module}\.({'|'.join(projections)})\.bias")
             found = [key for key in source if pattern.fullmatch(key)]
             dropped += found
-            flags += [f"{flag}={getattr(hf_config, flag)!r}"] if found else []
+            flags += [f"{flag}={getattr(hf_config, flag, False)!r}" + ("" if flag in stated else " (not set: off)")
+                      ] if found else []
     if dropped:
         logger.warning("%s: its config sets %s, but its weights hold bias tensors (%s); left out, as transformers' "
                        "LlamaForCausalLM leaves them out (set the flag true in config.json if the model was trained "

@@ -123,7 +123,7 @@ def test_a_hub_source_downloads_the_weight_files_transformers_reads(monkeypatch,
     monkeypatch.setattr(huggingface_hub, "snapshot_download", snapshot)
     monkeypatch.setattr(huggingface_hub, "hf_hub_download", one_file)
     assert checkpoints.download("someone/model") == tmp_path
-    assert asked["patterns"] == ["*.json", "*.txt", "*.model", "*.jinja", *weights]
+    assert asked["patterns"] == ["*.json", "*.txt", "*.model", "*.jinja", "*.py", *weights]
 
 
 def test_a_damaged_tokenizer_or_generation_file_is_refused_before_anything_is_written(sharded_source, tmp_path,

@@ -293,6 +293,21 @@ def test_bias_tensors_a_llama_config_turns_off_are_left_out_as_transformers_does
     assert f"model.layers.1.{projection}.bias" in caplog.text
 
 
+def test_bias_tensors_of_a_llama_config_without_the_flags_are_left_out_as_transformers_does(tmp_path, caplog):
+    """A config.json written before transformers had attention_bias / mlp_bias: transformers reads them as off, and
+    its Llama leaves the bias tensors unloaded; the tensors decided, and the logits differed by 0.4."""
+    llama(attention_bias=True, mlp_bias=True).save_pretrained(tmp_path)
+    config = json.loads((tmp_path / "config.json").read_text())
+    del config["attention_bias"], config["mlp_bias"]
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    peer = LlamaForCausalLM.from_pretrained(tmp_path).eval()
+    with caplog.at_level("WARNING", logger="seqzoo"):
+        converted = convert_llama(tmp_path)
+    assert (converted.config.attention_bias, converted.config.mlp_bias) == (False, False)
+    torch.testing.assert_close(logits(converted), logits(peer), atol=2e-5, rtol=1e-5)
+    assert "attention_bias=False (not set: off) and mlp_bias=False (not set: off)" in caplog.text
+
+
 def test_biases_decide_where_the_config_has_no_flag(tmp_path, caplog):
     # Qwen2's config has no attention_bias (its q/k/v biases are always on), whatever a config.json sets
     peer = qwen2()
