@@ -776,3 +776,34 @@ def test_train_without_a_recipe_names_the_recipe_alone_as_required(capsys):
     assert stopped.value.code == 2
     assert one_error_line(capsys.readouterr().err) == ("error: seqzoo train: the following arguments are required: "
                                                        "recipe (see `seqzoo train --help`)")
+
+
+def _saved_generation_settings(folder: Path, **values) -> None:
+    path = folder / "generation_config.json"
+    path.write_text(json.dumps({**json.loads(path.read_text()), **values}))
+
+
+def test_generate_prints_text_whatever_the_saved_generation_settings_say(tmp_path, capsys):
+    """A folder's generation_config.json with return_dict_in_generate: true made --no-stream and beams print a Python
+    list (['Hello...']), and --show-attention fail as "unexpected"; one with stop_strings was refused for want of the
+    tokenizer, which seqzoo generate never passed."""
+    assert main(["new", "transformer-tiny", str(tmp_path / "lm"), "--set", "num_hidden_layers=1"]) == 0
+    assert main(["new", "seq2seq-bahdanau-tiny", str(tmp_path / "s2s")]) == 0
+    capsys.readouterr()
+    for flags in (["--no-stream"], ["--num-beams", "2"]):
+        assert main(["generate", str(tmp_path / "lm"), "Hello", "--max-new-tokens", "3", *flags]) == 0
+        plain = capsys.readouterr().out
+        _saved_generation_settings(tmp_path / "lm", return_dict_in_generate=True)
+        assert main(["generate", str(tmp_path / "lm"), "Hello", "--max-new-tokens", "3", *flags]) == 0
+        assert capsys.readouterr().out == plain and plain.startswith("Hello")
+        _saved_generation_settings(tmp_path / "lm", return_dict_in_generate=False)
+    _saved_generation_settings(tmp_path / "s2s", return_dict_in_generate=True)
+    assert main(["generate", str(tmp_path / "s2s"), "abc", "--max-new-tokens", "3", "--show-attention"]) == 0
+    assert "attends most to" in capsys.readouterr().out
+    model = AutoModelForCausalLM.from_pretrained(tmp_path / "lm")
+    tokenizer = AutoTokenizer.from_pretrained(tmp_path / "lm")
+    inputs = tokenizer("Hello", return_tensors="pt")
+    stop = tokenizer.decode(model.generate(**inputs, max_new_tokens=2, do_sample=False)[0, -1])
+    _saved_generation_settings(tmp_path / "lm", stop_strings=[stop])
+    assert main(["generate", str(tmp_path / "lm"), "Hello", "--max-new-tokens", "8", "--no-stream"]) == 0
+    assert capsys.readouterr().out.rstrip("\n").endswith(stop)

@@ -74,6 +74,7 @@ def check_generation_config_file(source: Any, kwargs: dict[str, Any]) -> None:
         path = folder / "generation_config.json"
         if path.is_file():  # token ids of the wrong type failed inside generate() ("invalid data type 'str'")
             values = json.loads(path.read_bytes())
+            vocab_size = _vocab_size(folder, kwargs)
             for name in ("bos_token_id", "eos_token_id", "pad_token_id", "decoder_start_token_id"):
                 value = values.get(name)
                 ids = value if isinstance(value, list) and name == "eos_token_id" else [value]
@@ -81,6 +82,27 @@ def check_generation_config_file(source: Any, kwargs: dict[str, Any]) -> None:
                     raise ValueError(f"{str(path)!r}: {name}={value!r} is invalid: a token id is an integer >= 0"
                                      f"{' (or, for eos_token_id, a list of them)' if name == 'eos_token_id' else ''}"
                                      "; fix or delete the file (or pass generation_config=...)")
+                # (an eos outside the vocabulary never ended a generation; a pad outside it failed in the middle of
+                # one, naming no file)
+                if value is not None and vocab_size is not None and any(i >= vocab_size for i in ids):
+                    raise ValueError(f"{str(path)!r}: {name}={value!r} is invalid: token ids must be in [0, "
+                                     f"vocab_size={vocab_size}) of the model's config; fix or delete the file (or "
+                                     "pass generation_config=...)")
+
+
+def _vocab_size(folder: Path, kwargs: dict[str, Any]) -> int | None:
+    """The vocabulary size a load of ``folder`` gives the model: the keyword's, else config.json's (None where
+    neither says one)."""
+    size = kwargs.get("vocab_size")
+    if size is None:
+        config = kwargs.get("config")
+        size = None if isinstance(config, (str, os.PathLike)) else getattr(config, "vocab_size", None)
+    if size is None:
+        try:
+            size = json.loads((folder / "config.json").read_bytes()).get("vocab_size")
+        except (OSError, ValueError, AttributeError, RecursionError):
+            return None
+    return size if type(size) is int else None
 
 
 # safetensors dtype names of floating-point tensors; any other (I8 ... I64, U8, BOOL) in a float parameter's place would

@@ -173,3 +173,36 @@ def test_transformers_own_load_error_keeps_the_report_it_points_to(tmp_path, mon
     finally:
         logging.getLogger("transformers").removeHandler(records)
     assert any("LOAD REPORT" in message and "a conversion failed" in message for message in records.messages)
+
+
+@pytest.mark.parametrize("name, value", [("eos_token_id", 300), ("pad_token_id", 999), ("eos_token_id", [257, 300])])
+def test_a_saved_generation_token_id_outside_the_vocabulary_is_refused(name, value, tmp_path):
+    """config.json refuses such an id; generation_config.json's loaded without a word: an eos never ended a
+    generation, a pad failed in the middle of one naming no file."""
+    import json
+
+    seqzoo.create_model("gru-tiny").save_pretrained(tmp_path)
+    path = tmp_path / "generation_config.json"
+    path.write_text(json.dumps({**json.loads(path.read_text()), name: value}))
+    with pytest.raises(ValueError, match=rf"generation_config\.json'?: {name}=.* is invalid: token ids must be in "
+                                         r"\[0, vocab_size=258\)"):
+        AutoModelForCausalLM.from_pretrained(tmp_path)
+
+
+def test_seq2seq_generate_reads_the_models_saved_settings(tmp_path):
+    """It sampled with a saved do_sample (its docstring said greedy) yet wrote 64 tokens over a saved
+    max_new_tokens=3, and failed with a KeyError on a saved return_dict_in_generate."""
+    import json
+
+    from transformers import AutoModelForSeq2SeqLM
+
+    seqzoo.create_model("seq2seq-bahdanau-tiny").save_pretrained(tmp_path)
+    path = tmp_path / "generation_config.json"
+    path.write_text(json.dumps({**json.loads(path.read_text()), "max_new_tokens": 3,
+                                "return_dict_in_generate": True}))
+    model = AutoModelForSeq2SeqLM.from_pretrained(tmp_path)
+    tokenizer = seqzoo.byte_tokenizer()
+    (text,) = seqzoo.seq2seq_generate(model, tokenizer, ["abc"])
+    assert len(text) <= 3  # (a byte a token: at most one character each, a lone byte of a character as U+FFFD)
+    longer = seqzoo.seq2seq_generate(model, tokenizer, ["abc"], max_new_tokens=40, min_new_tokens=40)[0]
+    assert 3 < len(longer) <= 40  # (40 bytes: at least 10 characters)

@@ -21,14 +21,18 @@ import torch
 
 
 def seq2seq_generate(model: Any, tokenizer: Any, sources: str | list[str], **generate_kwargs: Any) -> list[str]:
-    """Decode the generated target of each source (greedy unless ``generate_kwargs`` say otherwise; at most 64
-    new tokens by default)."""
+    """Decode the generated target of each source, with the model's generation settings as ``generate()`` reads
+    them (its ``generation_config``: greedy unless it or ``generate_kwargs`` say otherwise; at most 64 new tokens
+    where neither sets a number)."""
     sources = [sources] if isinstance(sources, str) else list(sources)
     if not sources:
         raise ValueError("seq2seq_generate needs at least one source; got none")
     inputs = tokenizer(sources, return_tensors="pt", padding=True).to(model.device)
-    generate_kwargs.setdefault("max_new_tokens", 64)
+    saved = getattr(model, "generation_config", None)
+    if getattr(saved, "max_new_tokens", None) is None and "max_length" not in generate_kwargs:
+        generate_kwargs.setdefault("max_new_tokens", 64)  # (a saved max_new_tokens was overridden by 64)
     generate_kwargs.setdefault("pad_token_id", tokenizer.pad_token_id)
+    generate_kwargs["return_dict_in_generate"] = False  # (the sequences, whatever the saved settings say)
     with torch.no_grad():
         output = model.generate(**inputs, **generate_kwargs)
     return tokenizer.batch_decode(output, skip_special_tokens=True)
@@ -105,8 +109,8 @@ def attention_map(
     start = torch.tensor([[config.decoder_start_token_id]], device=model.device)
     with torch.no_grad():
         if target is None:
-            generated = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False,
-                                       pad_token_id=tokenizer.pad_token_id)
+            generated = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False, num_beams=1,
+                                       pad_token_id=tokenizer.pad_token_id, return_dict_in_generate=False)
             decoder_input_ids = generated[:, :-1] if generated.shape[1] > 1 else generated
             predicted = generated[0, 1:].tolist()
         else:
