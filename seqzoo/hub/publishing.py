@@ -23,7 +23,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
-from seqzoo.hub.bundle import BUNDLED_MARK, RECORD_FILE, build_bundle, bundle_record, write_bundle
+from seqzoo.hub.bundle import (
+    BUNDLED_MARK,
+    RECORD_FILE,
+    build_bundle,
+    bundle_record,
+    plugin_mixers,
+    write_bundle,
+)
 from seqzoo.hub.cards import (
     DEFAULT_LICENSE,
     TRAINING_FILE,
@@ -178,7 +185,12 @@ def refresh_code(
             spec = architecture_for_model_type(config.get("model_type"))
         except ValueError as err:
             raise PublishError(f"{repo_id!r} does not hold a seqzoo model this seqzoo knows: {err}") from err
-        bundle = build_bundle(spec)
+        try:  # (a hybrid's plugin mixers are bundled with it, as save_pretrained bundles them)
+            mixers = plugin_mixers(spec, config)
+        except ValueError as err:
+            raise PublishError(f"{repo_id!r}: {err}; install the plugin that registers it to refresh this "
+                               "repository's code") from err
+        bundle = build_bundle(spec, mixers)
         packages = {origin.partition(".")[0] for origin in bundle.origins.values()}
         candidates = sorted(
             name for name in existing

@@ -449,3 +449,28 @@ def test_an_architecture_defined_in_the_script_being_run_is_named(monkeypatch):
                                           r"its code cannot go into the code bundle.*define it in an importable "
                                           r"module"):
         build_bundle(spec)
+
+
+def test_refreshing_a_hybrids_code_bundles_its_plugin_mixers_too(tmp_path, monkeypatch, forget_plugins):
+    """`seqzoo publish --refresh-code` built the bundle of the architecture alone: a hybrid's plugin mixer code, which
+    save_pretrained bundles, went missing from the refreshed repository (its auto_map then named seqzoo's plain
+    hybrid, which knows no such mixer)."""
+    from huggingface_hub import constants
+
+    from seqzoo.hub import publishing
+    from tests.hub.fake_hub import FakeHub
+
+    plugin_spec(tmp_path, monkeypatch, "sumzoo", {**SUMZOO, "modeling.py": CLASSES})
+    from sumzoo.mixing import RunningSum
+
+    plugin_mixer_hybrid(RunningSum, monkeypatch).save_pretrained(tmp_path / "model")
+    monkeypatch.setenv("HF_TOKEN", "hf_fake")
+    with FakeHub() as hub:
+        monkeypatch.setattr(constants, "ENDPOINT", hub.endpoint)
+        monkeypatch.setattr(constants, "HUGGINGFACE_CO_URL_TEMPLATE",
+                            hub.endpoint + "/{repo_id}/resolve/{revision}/{filename}")
+        monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+        hub.repos["me/hybrid"] = {path.name: path.read_bytes() for path in (tmp_path / "model").iterdir()}
+        publishing.refresh_code("me/hybrid")
+        (commit,) = hub.commits
+    assert "sumzoo_mixing.py" in commit.files and "modeling_seqzoo_hybrid_mixers.py" in commit.files
