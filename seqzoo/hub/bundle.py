@@ -146,6 +146,12 @@ def plugin_mixers(spec: Any, config: dict[str, Any]) -> tuple[Any, ...]:
 _BUNDLES: dict[tuple[int, tuple[Any, ...]], tuple[Any, Bundle]] = {}
 
 
+def check_bundle(spec: Any) -> None:
+    """Raise :class:`BundleError` where the code of ``spec``'s architecture cannot be bundled (built once, kept for
+    :func:`write_bundle`): ``save_pretrained`` asks before it writes anything."""
+    _cached_bundle(spec)
+
+
 def _cached_bundle(spec: Any, mixers: tuple[Any, ...] = ()) -> Bundle:
     key = (id(spec), mixers)
     held = _BUNDLES.get(key)

@@ -200,6 +200,11 @@ class SeqzooPreTrainedModel(PreTrainedModel):
         if kwargs.get("state_dict") is not None:
             kwargs["state_dict"] = contiguous_state_dict(kwargs["state_dict"])
         variant, is_main_process = options.get("variant"), options.get("is_main_process", True)
+        # A class loaded with trust_remote_code=True has _auto_class set: transformers then copies its own code.
+        spec = _own_architecture(self) if self._auto_class is None and is_main_process else None
+        if spec is not None:  # (a bundle that cannot be made, an architecture defined in a script run as __main__,
+            # is refused before anything is written: it failed with the weights already saved)
+            _seqzoo_module("hub.bundle").check_bundle(spec)
         if is_main_process:
             check_other_variants_kept(save_directory, variant)
         before = weight_file_states(save_directory, variant)
@@ -207,11 +212,8 @@ class SeqzooPreTrainedModel(PreTrainedModel):
             super().save_pretrained(save_directory, *args, **kwargs)
         if is_main_process:
             remove_stale_weights(save_directory, variant, before)
-        # A class loaded with trust_remote_code=True has _auto_class set: transformers then copies its own code.
-        if self._auto_class is None and is_main_process:
-            spec = _own_architecture(self)
-            if spec is not None:
-                _seqzoo_module("hub.bundle").write_bundle(save_directory, spec)
+        if spec is not None:
+            _seqzoo_module("hub.bundle").write_bundle(save_directory, spec)
 
     def push_to_hub(
         self, repo_id: str, *, tokenizer: Any = None, private: bool | None = None, revision: str | None = None,

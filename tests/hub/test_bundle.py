@@ -451,6 +451,23 @@ def test_an_architecture_defined_in_the_script_being_run_is_named(monkeypatch):
         build_bundle(spec)
 
 
+def test_a_model_whose_code_cannot_be_bundled_is_refused_before_anything_is_written(tmp_path, monkeypatch):
+    # (save_pretrained wrote config.json and the weights, then failed on the bundle: a folder without code or
+    # auto_map was left behind)
+    from seqzoo.hub import bundle
+    from seqzoo.models import modeling_utils
+
+    def unbundlable(spec):
+        raise BundleError("ScriptConfig is defined in the script being run (module __main__)")
+
+    monkeypatch.setattr(bundle, "_cached_bundle", unbundlable)
+    model = seqzoo.create_model("lstm-tiny")
+    assert modeling_utils._own_architecture(model) is not None
+    with pytest.raises(BundleError, match="defined in the script being run"):
+        model.save_pretrained(tmp_path / "saved")
+    assert not (tmp_path / "saved").exists()
+
+
 def test_refreshing_a_hybrids_code_bundles_its_plugin_mixers_too(tmp_path, monkeypatch, forget_plugins):
     """`seqzoo publish --refresh-code` built the bundle of the architecture alone: a hybrid's plugin mixer code, which
     save_pretrained bundles, went missing from the refreshed repository (its auto_map then named seqzoo's plain
