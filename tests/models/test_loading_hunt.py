@@ -5,6 +5,7 @@ config passed without ``architectures`` still told what head the checkpoint was 
 
 from __future__ import annotations
 
+import logging
 import math
 
 import pytest
@@ -13,6 +14,17 @@ from safetensors.torch import load_file, save_file
 from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoModelForTokenClassification
 
 import seqzoo
+
+
+class Records(logging.Handler):
+    """The messages logged to a logger it is added to (transformers' own handler writes to the stderr it found)."""
+
+    def __init__(self):
+        super().__init__()
+        self.messages = []
+
+    def emit(self, record):
+        self.messages.append(record.getMessage())
 
 
 def _without(folder, key):
@@ -79,16 +91,6 @@ def test_a_config_without_architectures_still_tells_the_head_a_checkpoint_was_sa
 def test_transformers_load_report_is_told_only_for_a_load_that_is_accepted(tmp_path):
     """transformers' report ("MISSING: those params were newly initialized ...") described a strict load that seqzoo
     then refused; an accepted load (strict=False, or a causal LM's checkpoint into a classifier) still reports."""
-    import logging
-
-    class Records(logging.Handler):
-        def __init__(self):
-            super().__init__()
-            self.messages = []
-
-        def emit(self, record):
-            self.messages.append(record.getMessage())
-
     seqzoo.create_model("gru-tiny").save_pretrained(tmp_path)
     _without(tmp_path, "model.layers.1.weight_hh")
     records = Records()
@@ -145,17 +147,7 @@ def test_only_a_device_maps_offloaded_tensors_are_refused_fresh_values():
 def test_transformers_own_load_error_keeps_the_report_it_points_to(tmp_path, monkeypatch):
     """transformers raises "look at the CONVERSION entries of the above report!" after logging its report: held
     back for seqzoo's judgement, the report was lost with transformers' own error."""
-    import logging
-
     import transformers.modeling_utils as transformers_loading
-
-    class Records(logging.Handler):
-        def __init__(self):
-            super().__init__()
-            self.messages = []
-
-        def emit(self, record):
-            self.messages.append(record.getMessage())
 
     seqzoo.create_model("gru-tiny").save_pretrained(tmp_path)
     report = transformers_loading.log_state_dict_report
