@@ -296,7 +296,7 @@ def test_damaged_tokenizer_and_generation_config_files_are_named(saved):
 
     folder, model = saved
     seqzoo.byte_tokenizer().save_pretrained(folder)
-    GenerationConfig(max_new_tokens=7, eos_token_id=257).save_pretrained(folder)
+    GenerationConfig(max_new_tokens=7, eos_token_id=98).save_pretrained(folder)
     assert AutoModelForCausalLM.from_pretrained(folder).generation_config.max_new_tokens == 7
     (folder / "generation_config.json").write_text('{"max_new_tokens": 7,')
     with pytest.raises(ValueError, match=r"generation_config.json is damaged .*Fix or delete the file"):
@@ -313,7 +313,7 @@ def test_damaged_tokenizer_and_generation_config_files_are_named(saved):
         (folder / "generation_config.json").write_text(json.dumps({name: value}))
         with pytest.raises(ValueError, match=rf"{name}={re.escape(repr(value))} is invalid: a token id is an integer"):
             AutoModelForCausalLM.from_pretrained(folder)
-    (folder / "generation_config.json").write_text(json.dumps({"eos_token_id": [257, 0], "pad_token_id": None}))
+    (folder / "generation_config.json").write_text(json.dumps({"eos_token_id": [98, 0], "pad_token_id": None}))
     AutoModelForCausalLM.from_pretrained(folder)
     (folder / "generation_config.json").unlink()
     (folder / "tokenizer_config.json").write_text("[]")  # (transformers: AttributeError)
