@@ -218,12 +218,14 @@ def check_mixer_output(mixer: nn.Module, out: Any, hidden_states: torch.Tensor) 
         raise ValueError(f"{name}.forward returned hidden states of shape {tuple(mixed.shape)} for an input of shape "
                          f"{tuple(hidden_states.shape)}; a token mixer returns one output per input position, of the "
                          "input's shape (batch, length, hidden_size)")
+    # A narrower dtype is promoted by the residual sum (a kernel that runs in bf16 inside a float32 model), and
+    # autocast mixes dtypes by design; a wider one outside autocast (float64 in a float32 model) would carry the
+    # residual stream into it and fail in the next layer, far from the mixer.
     device = mixed.device.type
-    if mixed.dtype != hidden_states.dtype and not (
-            torch.is_autocast_enabled(device) and mixed.dtype == torch.get_autocast_dtype(device)):
+    if (torch.promote_types(mixed.dtype, hidden_states.dtype) != hidden_states.dtype
+            and not torch.is_autocast_enabled(device)):
         raise TypeError(f"{name}.forward returned hidden states of dtype {mixed.dtype} for an input of "
-                        f"{hidden_states.dtype}; a token mixer returns its input's dtype (or, under autocast, "
-                        f"the autocast dtype)")
+                        f"{hidden_states.dtype}; a token mixer returns its input's dtype (or a narrower one)")
 
 
 # Every one of seqzoo's mixers is defined in seqzoo/layers/: "seqzoo.layers." (in a Hub code bundle, where this module
@@ -232,11 +234,12 @@ _OWN_MIXER_MODULES = __name__.rpartition("mixer")[0]
 
 
 def seqzoo_mixer(mixer: nn.Module) -> bool:
-    """Whether ``mixer`` runs a forward of seqzoo's own (a plugin's subclass that keeps its base's forward does too);
-    a bidirectional pair when both of its directions do."""
-    if isinstance(mixer, BidirectionalMixer):
+    """Whether ``mixer`` is of one of seqzoo's own mixer classes (a plugin's subclass is not, whatever it overrides:
+    a recurrent mixer's forward returns what its ``run`` returns); a bidirectional pair when both of its directions
+    are."""
+    if type(mixer) is BidirectionalMixer:
         return seqzoo_mixer(mixer.left_to_right) and seqzoo_mixer(mixer.right_to_left)
-    return (getattr(type(mixer).forward, "__module__", None) or "").startswith(_OWN_MIXER_MODULES)
+    return type(mixer).__module__.startswith(_OWN_MIXER_MODULES)
 
 
 class BidirectionalMixer(Mixer):

@@ -39,10 +39,21 @@ logger = logging.getLogger("seqzoo")
 ENTRY_POINT_GROUP = "seqzoo.mixers"
 
 # What a hybrid sets itself in the config of each of its mixers (HybridConfig.mixer_settings; embedding_size for the
-# classic recurrent configs in mixer_config below; position_embedding for attention without rotary positions): never a
-# mixer's own setting.
+# classic recurrent configs in mixer_config below; position_embedding for the Transformer's attention without rotary
+# positions): never a mixer's own setting. (hybrid_fields: those of one config class.)
 HYBRID_FIELDS = ("vocab_size", "hidden_size", "num_hidden_layers", "initializer_range", "tie_word_embeddings",
                  "embedding_size", "position_embedding")
+
+
+def hybrid_fields(config_class: type) -> tuple[str, ...]:
+    """The fields a hybrid sets itself in a mixer config of ``config_class`` (see :data:`HYBRID_FIELDS`): the last
+    two only for the classes it sets them on, so a plugin's own ``position_embedding`` stays the plugin's."""
+    fields = HYBRID_FIELDS[:5]
+    if isinstance(config_class, type) and issubclass(config_class, ClassicRecurrentConfig):
+        fields += ("embedding_size",)
+    if config_class is TransformerConfig:
+        fields += ("position_embedding",)
+    return fields
 
 
 @dataclass(frozen=True)
@@ -77,11 +88,12 @@ class MixerSpec:
             raise TypeError(f"mixer {self.name!r}: fields must be a tuple of field names, got {self.fields!r}")
         object.__setattr__(self, "fields", tuple(self.fields))
         # (else every hybrid that set one failed with "got multiple values for keyword argument")
-        taken = [f for f in self.fields if f in HYBRID_FIELDS]
+        shared = hybrid_fields(self.config_class)
+        taken = [f for f in self.fields if f in shared]
         if taken:
             raise TypeError(f"mixer {self.name!r}: fields {taken} are set by the hybrid itself (from its own config), "
                             f"so a hybrid's mixer_config cannot set them; a mixer's fields may be any but "
-                            f"{', '.join(HYBRID_FIELDS)}")
+                            f"{', '.join(shared)}")
         if dataclasses.is_dataclass(self.config_class):
             known = {f.name for f in dataclasses.fields(self.config_class)}
             unknown = [f for f in self.fields if f not in known]
@@ -201,5 +213,5 @@ def mixer_config(spec: MixerSpec, shared: dict[str, Any], settings: dict[str, An
         raise ValueError(f"{where}: mixer_config[{spec.name!r}]: {err}") from err
 
 
-__all__ = ["BUILTIN_MIXERS", "HYBRID_FIELDS", "MixerSpec", "get_mixer", "list_mixers", "load_mixer_plugins",
+__all__ = ["BUILTIN_MIXERS", "HYBRID_FIELDS", "MixerSpec", "get_mixer", "hybrid_fields", "list_mixers", "load_mixer_plugins",
            "mixer_config", "register_mixer"]

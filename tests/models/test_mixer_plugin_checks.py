@@ -9,6 +9,7 @@ import torch
 import seqzoo
 from seqzoo.layers.attention import SelfAttention
 from seqzoo.layers.mixer import Block, Mixer
+from seqzoo.layers.recurrent import GRUMixer
 from seqzoo.models import mixers
 from seqzoo.models.compat import output_cache
 from seqzoo.models.gru.configuration_gru import GRUConfig
@@ -394,19 +395,24 @@ class InAutocastDtype(RunningSum):
         return out.to(torch.bfloat16), new
 
 
-def test_a_plugin_output_in_the_autocast_dtype_is_accepted_under_autocast_only():
+def test_a_plugin_output_the_residual_sum_promotes_is_accepted():
+    # A narrower output (a kernel that runs in bf16 inside a float32 model) is promoted by the residual sum, and
+    # under autocast dtypes mix by design: both ran before the output was checked, and still do. (A wider one
+    # outside autocast is refused above.)
     model = hybrid("autocast", InAutocastDtype)
     ids = torch.tensor([[5, 17, 33, 8], [9, 1, 4, 30]])
     with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
         model(ids)
-    with torch.no_grad(), pytest.raises(TypeError, match=r"returned hidden states of dtype torch.bfloat16 for an "
-                                                         r"input of torch.float32"):
-        model(ids)
+    with torch.no_grad():
+        assert model(ids).logits.dtype == torch.float32
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        model.to(torch.bfloat16)(ids)  # (and a float32 output in a bf16 model under autocast)
 
 
 def test_only_plugin_mixers_are_checked_on_every_call():
     # The check runs on every decoded token: seqzoo's own mixers (every built-in preset's, a bidirectional pair of
-    # them, a plugin's subclass that keeps a built-in forward) skip it, decided when the block is built.
+    # them) skip it, decided when the block is built; a plugin's subclass of one is checked (a recurrent mixer's
+    # forward returns what a plugin's run returns).
     blocks = []
     for name in seqzoo.list_models():
         with torch.device("meta"):
@@ -419,7 +425,22 @@ def test_only_plugin_mixers_are_checked_on_every_call():
     register_mixer(MixerSpec("running-sum", RunningSum, GRUConfig, ()))
     model = hybrid("my-attention", RenamedAttention, TransformerConfig, ("num_attention_heads",),
                    ["running-sum", "my-attention"])
-    assert [layer.checks_mixer_output for layer in model.model.layers] == [True, False]
+    assert [layer.checks_mixer_output for layer in model.model.layers] == [True, True]
+
+
+class TensorOnlyRun(GRUMixer):
+    """A plugin's subclass of a built-in recurrent mixer whose run returns the output alone (forward is the base's)."""
+
+    def run(self, *args, **kwargs):
+        return super().run(*args, **kwargs)[0]
+
+
+def test_a_plugin_subclass_overriding_only_run_is_checked():
+    # (judged by its forward's module, it counted as seqzoo's own: one row's output was added to every row)
+    model = hybrid("gru-run", TensorOnlyRun, GRUConfig, ())
+    with torch.no_grad(), pytest.raises(TypeError, match=r"TensorOnlyRun.forward must return \(hidden_states, "
+                                                         r"state\)"):
+        model(torch.tensor([[5, 17, 33, 8], [9, 1, 4, 30]]))
 
 
 @pytest.mark.parametrize("field", ["hidden_size", "num_hidden_layers", "vocab_size", "tie_word_embeddings",
@@ -459,4 +480,13 @@ def test_the_fields_a_mixer_may_not_declare_are_all_the_hybrid_sets(config_class
                         mixer_config={"recorded": settings})
     assert built_with
     for values in built_with:
-        assert values - set(settings) <= set(mixers.HYBRID_FIELDS)
+        assert values - set(settings) <= set(mixers.hybrid_fields(config_class))
+
+
+def test_a_plugin_configs_own_field_named_like_one_the_hybrid_sets_elsewhere_is_the_plugins():
+    # (the hybrid sets position_embedding only on the Transformer's config, embedding_size only on the classic
+    # ones: a plugin config's own position_embedding was refused as the hybrid's)
+    assert "position_embedding" not in mixers.hybrid_fields(GRUConfig)
+    assert "embedding_size" not in mixers.hybrid_fields(TransformerConfig)
+    assert {"hidden_size", "embedding_size"} <= set(mixers.hybrid_fields(GRUConfig))
+    assert "position_embedding" in mixers.hybrid_fields(TransformerConfig)
