@@ -213,5 +213,5 @@ def mixer_config(spec: MixerSpec, shared: dict[str, Any], settings: dict[str, An
         raise ValueError(f"{where}: mixer_config[{spec.name!r}]: {err}") from err
 
 
-__all__ = ["BUILTIN_MIXERS", "HYBRID_FIELDS", "MixerSpec", "get_mixer", "hybrid_fields", "list_mixers", "load_mixer_plugins",
-           "mixer_config", "register_mixer"]
+__all__ = ["BUILTIN_MIXERS", "HYBRID_FIELDS", "MixerSpec", "get_mixer", "hybrid_fields", "list_mixers",
+           "load_mixer_plugins", "mixer_config", "register_mixer"]
