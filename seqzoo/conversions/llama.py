@@ -93,12 +93,13 @@ def without_disabled_biases(hf_config: Any, stated: Any, source: SourceWeights) 
             pattern = re.compile(rf"model\.layers\.\d+\.{module}\.({'|'.join(projections)})\.bias")
             found = [key for key in source if pattern.fullmatch(key)]
             dropped += found
-            flags += [f"{flag}={getattr(hf_config, flag, False)!r}" + ("" if flag in stated else " (not set: off)")
+            flags += [f"{flag}={getattr(hf_config, flag, False)!r}" if flag in stated else f"no {flag} (off)"
                       ] if found else []
     if dropped:
-        logger.warning("%s: its config sets %s, but its weights hold bias tensors (%s); left out, as transformers' "
-                       "LlamaForCausalLM leaves them out (set the flag true in config.json if the model was trained "
-                       "with them)", source.origin, " and ".join(flags), show(dropped))
+        logger.warning("%s: its config has %s, but its weights hold bias tensors (%s); left out, as transformers' "
+                       "%s leaves them out (set the flag true in config.json if the model was trained with them)",
+                       source.origin, " and ".join(flags), show(dropped),
+                       "MistralForCausalLM" if hf_config.model_type == "mistral" else "LlamaForCausalLM")
     return source.without(dropped)
 
 

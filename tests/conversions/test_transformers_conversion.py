@@ -288,7 +288,7 @@ def test_bias_tensors_a_llama_config_turns_off_are_left_out_as_transformers_does
         flags.get("attention_bias", True), flags.get("mlp_bias", True))
     torch.testing.assert_close(logits(converted), logits(peer), atol=2e-5, rtol=1e-5)
     said = " and ".join(f"{flag}=False" for flag in flags)
-    assert f"its config sets {said}, but its weights hold bias tensors (model.layers.0." in caplog.text
+    assert f"its config has {said}, but its weights hold bias tensors (model.layers.0." in caplog.text
     projection = "self_attn.q_proj" if "attention_bias" in flags else "mlp.up_proj"
     assert f"model.layers.1.{projection}.bias" in caplog.text
 
@@ -305,7 +305,7 @@ def test_bias_tensors_of_a_llama_config_without_the_flags_are_left_out_as_transf
         converted = convert_llama(tmp_path)
     assert (converted.config.attention_bias, converted.config.mlp_bias) == (False, False)
     torch.testing.assert_close(logits(converted), logits(peer), atol=2e-5, rtol=1e-5)
-    assert "attention_bias=False (not set: off) and mlp_bias=False (not set: off)" in caplog.text
+    assert "its config has no attention_bias (off) and no mlp_bias (off), but its weights hold bias" in caplog.text
 
 
 def test_biases_decide_where_the_config_has_no_flag(tmp_path, caplog):

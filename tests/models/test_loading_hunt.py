@@ -198,3 +198,29 @@ def test_seq2seq_generate_reads_the_models_saved_settings(tmp_path):
     assert len(text) <= 3  # (a byte a token: at most one character each, a lone byte of a character as U+FFFD)
     longer = seqzoo.seq2seq_generate(model, tokenizer, ["abc"], max_new_tokens=40, min_new_tokens=40)[0]
     assert 3 < len(longer) <= 40  # (40 bytes: at least 10 characters)
+
+
+def test_seq2seq_generate_and_attention_map_read_the_other_saved_settings_too(tmp_path):
+    """A saved stop_strings failed for want of the tokenizer, a saved max_length (or a generation_config given) was
+    overridden by 64 new tokens, and a saved num_return_sequences failed the attention map's greedy decode."""
+    import json
+
+    from transformers import AutoModelForSeq2SeqLM, GenerationConfig
+
+    torch.manual_seed(0)
+    seqzoo.create_model("seq2seq-bahdanau-tiny").save_pretrained(tmp_path)
+    path = tmp_path / "generation_config.json"
+    saved = json.loads(path.read_text())
+    tokenizer = seqzoo.byte_tokenizer()
+    path.write_text(json.dumps({**saved, "max_length": 5}))
+    model = AutoModelForSeq2SeqLM.from_pretrained(tmp_path)
+    assert len(seqzoo.seq2seq_generate(model, tokenizer, ["abc"])[0]) <= 5
+    given = GenerationConfig(**{**saved, "max_new_tokens": 2})
+    assert len(seqzoo.seq2seq_generate(model, tokenizer, ["abc"], generation_config=given)[0]) <= 2
+    first = seqzoo.seq2seq_generate(model, tokenizer, ["abc"], max_new_tokens=3)[0]
+    path.write_text(json.dumps({**saved, "stop_strings": [first[:1] or "x"]}))
+    model = AutoModelForSeq2SeqLM.from_pretrained(tmp_path)
+    assert len(seqzoo.seq2seq_generate(model, tokenizer, ["abc"], max_new_tokens=40)[0]) < 40
+    path.write_text(json.dumps({**saved, "num_beams": 4, "num_return_sequences": 2}))
+    model = AutoModelForSeq2SeqLM.from_pretrained(tmp_path)
+    assert seqzoo.attention_map(model, tokenizer, "abc", max_new_tokens=3).weights.shape[1] == 3

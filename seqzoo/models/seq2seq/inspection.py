@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from transformers import GenerationConfig
 
 
 def seq2seq_generate(model: Any, tokenizer: Any, sources: str | list[str], **generate_kwargs: Any) -> list[str]:
@@ -28,10 +29,15 @@ def seq2seq_generate(model: Any, tokenizer: Any, sources: str | list[str], **gen
     if not sources:
         raise ValueError("seq2seq_generate needs at least one source; got none")
     inputs = tokenizer(sources, return_tensors="pt", padding=True).to(model.device)
-    saved = getattr(model, "generation_config", None)
-    if getattr(saved, "max_new_tokens", None) is None and "max_length" not in generate_kwargs:
-        generate_kwargs.setdefault("max_new_tokens", 64)  # (a saved max_new_tokens was overridden by 64)
+    # (a length the generation config sets, saved or given, was overridden by 64)
+    settings = generate_kwargs.get("generation_config") or getattr(model, "generation_config", None)
+    default_length = GenerationConfig().max_length
+    if (getattr(settings, "max_new_tokens", None) is None
+            and getattr(settings, "max_length", default_length) == default_length
+            and "max_length" not in generate_kwargs):
+        generate_kwargs.setdefault("max_new_tokens", 64)
     generate_kwargs.setdefault("pad_token_id", tokenizer.pad_token_id)
+    generate_kwargs.setdefault("tokenizer", tokenizer)  # (what a saved stop_strings needs)
     generate_kwargs["return_dict_in_generate"] = False  # (the sequences, whatever the saved settings say)
     with torch.no_grad():
         output = model.generate(**inputs, **generate_kwargs)
@@ -110,7 +116,8 @@ def attention_map(
     with torch.no_grad():
         if target is None:
             generated = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False, num_beams=1,
-                                       pad_token_id=tokenizer.pad_token_id, return_dict_in_generate=False)
+                                       num_return_sequences=1, pad_token_id=tokenizer.pad_token_id,
+                                       return_dict_in_generate=False)
             decoder_input_ids = generated[:, :-1] if generated.shape[1] > 1 else generated
             predicted = generated[0, 1:].tolist()
         else:
