@@ -180,3 +180,25 @@ def test_weights_start_as_jambas_and_a_tensor_missing_from_a_checkpoint_starts_s
     layer = loaded.model.layers[1]
     assert bool((layer.mlp_norm.weight == 1).all()) and not layer.mlp.up_proj.bias.any()
     assert 0.09 < float(layer.mlp.up_proj.weight.detach().std()) < 0.11
+
+
+def test_a_mamba2_eps_nothing_reads_in_a_hybrid_is_refused_and_warned_about_in_a_saved_config(tmp_path, caplog):
+    """In a hybrid the blocks' norms read norm_eps: a Mamba-2 mixer's layer_norm_epsilon is its gated RMSNorm's alone,
+    and with rms_norm=False nothing read it (the same logits as without it)."""
+    import json
+
+    from transformers import AutoConfig
+
+    mamba2 = {"head_dim": 8, "state_size": 4, "rms_norm": False}
+    values = dict(vocab_size=20, hidden_size=16, mixer_types=["mamba2"])
+    with pytest.raises(ValueError, match=r"mixer_config\['mamba2'\]\.layer_norm_epsilon=0\.5 is not read: in a hybrid "
+                                         r"it is the eps of Mamba-2's gated RMSNorm alone"):
+        seqzoo.HybridConfig(**values, mixer_config={"mamba2": {**mamba2, "layer_norm_epsilon": 0.5}})
+    seqzoo.HybridConfig(**values, mixer_config={"mamba2": {**mamba2, "rms_norm": True, "layer_norm_epsilon": 0.5}})
+    seqzoo.HybridConfig(**values, mixer_config={"mamba2": mamba2}).save_pretrained(tmp_path)
+    saved = json.loads((tmp_path / "config.json").read_text())
+    saved["mixer_config"]["mamba2"]["layer_norm_epsilon"] = 0.5
+    (tmp_path / "config.json").write_text(json.dumps(saved))
+    with caplog.at_level("WARNING", logger="seqzoo"):
+        assert AutoConfig.from_pretrained(tmp_path).mixer_types == ["mamba2"]
+    assert "layer_norm_epsilon=0.5 is not read" in caplog.text

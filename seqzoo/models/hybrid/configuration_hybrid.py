@@ -3,11 +3,13 @@ RWKV-7 layers with a few attention layers)."""
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from seqzoo.cache import ATTENTION, RECURRENT
 from seqzoo.models.configuration_utils import (
     SeqzooConfig,
+    loading_config,
     require_bool,
     require_choice,
     require_float,
@@ -17,6 +19,8 @@ from seqzoo.models.configuration_utils import (
 )
 from seqzoo.models.mixers import get_mixer, mixer_config
 from seqzoo.models.transformer.configuration_transformer import TransformerConfig
+
+logger = logging.getLogger("seqzoo")
 
 ACTIVATIONS = ("relu", "gelu", "gelu_new", "gelu_pytorch_tanh", "silu", "swish")
 
@@ -178,7 +182,17 @@ class HybridConfig(SeqzooConfig):
             # No rotary positions here: the attention layers' head_dim need not be even (any non-rope choice of
             # the Transformer's own config skips that check; its positions are not read by the mixer).
             shared["position_embedding"] = "learned"
-        return mixer_config(spec, shared, self.mixer_config.get(kind, {}), type(self).__name__)
+        settings = self.mixer_config.get(kind, {})
+        if kind == "mamba2" and settings.get("rms_norm") is False and "layer_norm_epsilon" in settings:
+            # In a hybrid the blocks' norms are the hybrid's (norm_eps): Mamba-2's eps is its gated RMSNorm's alone,
+            # which rms_norm=False leaves out (a plain Mamba2Config reads it in its blocks' norms too).
+            message = (f"{type(self).__name__}.mixer_config['mamba2'].layer_norm_epsilon="
+                       f"{settings['layer_norm_epsilon']!r} is not read: in a hybrid it is the eps of Mamba-2's gated "
+                       "RMSNorm alone, which rms_norm=False leaves out (the blocks' norms read norm_eps); leave it out")
+            if not loading_config():
+                raise ValueError(message)
+            logger.warning("%s; loaded as saved", message)
+        return mixer_config(spec, shared, settings, type(self).__name__)
 
     def layer_mixer_types(self) -> list[str]:
         return list(self.mixer_types)
