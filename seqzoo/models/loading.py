@@ -277,8 +277,9 @@ class HeldLoadReports(logging.Filter):
 
 
 @contextlib.contextmanager
-def held_load_reports(reports: HeldLoadReports) -> Iterator[HeldLoadReports]:
-    """Hold transformers' load report back in ``reports`` inside the block (see :class:`HeldLoadReports`)."""
+def held_load_reports() -> Iterator[HeldLoadReports]:
+    """Hold transformers' load report back inside the block (see :class:`HeldLoadReports`)."""
+    reports = HeldLoadReports()
     logger = logging.getLogger(_REPORTING_LOGGER)
     logger.addFilter(reports)
     try:
@@ -333,23 +334,27 @@ def initialise_anew(model: nn.Module, info: dict[str, Any]) -> None:
         # uniform bound, where normal(0, initializer_range), the embedding's scale of 1, gave a first loss of 6.8
         # nats against ln(V) = 5.5; RWKV-7's orthogonal head), its loaded tensors put back after it.
         for path, module in modules.items():
-            tensors = module._parameters
-            kept = {name: tensor.clone() for name, tensor in tensors.items()
+            kept = {name: tensor.clone() for name, tensor in module._parameters.items()
                     if tensor is not None and f"{path}.{name}" not in keys}
-            marks = {name: getattr(tensor, "_is_hf_initialized", None) for name, tensor in tensors.items()}
-            for tensor in tensors.values():
-                if tensor is not None:  # (the load marked them: transformers' init functions skip those)
-                    tensor._is_hf_initialized = False
-            model._init_weights(module)
-            for name, tensor in tensors.items():
-                if tensor is not None:
-                    if marks[name] is None:
-                        del tensor._is_hf_initialized
-                    else:
-                        tensor._is_hf_initialized = marks[name]
-                    if name in kept:
-                        tensor.copy_(kept[name])
+            _initialise_loaded(model, module)
+            for name, value in kept.items():
+                module._parameters[name].copy_(value)
     _replay_mixer_initialisation(model, keys)
+
+
+def _initialise_loaded(model: nn.Module, module: nn.Module) -> None:
+    """Run the model's ``_init_weights`` on ``module`` after a load: transformers' init functions skip a tensor the
+    load marked initialised, so the marks are lifted for the call and put back after it."""
+    tensors = [tensor for tensor in module._parameters.values() if tensor is not None]
+    marks = [getattr(tensor, "_is_hf_initialized", None) for tensor in tensors]
+    for tensor in tensors:
+        tensor._is_hf_initialized = False
+    model._init_weights(module)
+    for tensor, mark in zip(tensors, marks):
+        if mark is None:
+            del tensor._is_hf_initialized
+        else:
+            tensor._is_hf_initialized = mark
 
 
 def _is_meta(model: nn.Module, key: str) -> bool:
@@ -396,13 +401,8 @@ def check_loaded_tensors(cls: type, model: nn.Module, info: dict[str, Any], sour
         with torch.no_grad():
             for name in shared:
                 for module in model.get_submodule(name).modules():
-                    tensors = list(module.parameters(recurse=False))
-                    if not any(tensor.is_meta for tensor in tensors):
-                        for tensor in tensors:  # (the load marked them: transformers' init functions skip those)
-                            tensor._is_hf_initialized = False
-                        model._init_weights(module)
-                        for tensor in tensors:
-                            tensor._is_hf_initialized = True
+                    if not any(tensor.is_meta for tensor in module.parameters(recurse=False)):
+                        _initialise_loaded(model, module)
         shared = []
     tied = set(getattr(model, "all_tied_weights_keys", {}) or {})
     missing = sorted(set(info.get("missing_keys", [])) - tied)

@@ -54,7 +54,6 @@ from seqzoo.models.generation_setup import ATTRIBUTE as GENERATION_DEFAULTS
 from seqzoo.models.generation_setup import PreparedGeneration
 from seqzoo.models.inputs import index_labels
 from seqzoo.models.loading import (
-    HeldLoadReports,
     check_checkpoint_model_type,
     check_finite_weights,
     check_generation_config_file,
@@ -282,9 +281,8 @@ class SeqzooPreTrainedModel(PreTrainedModel):
         allow_mismatch = kwargs.pop("ignore_mismatched_sizes", False)
         # Load leniently and judge here, so the error names every offending tensor with both shapes. (Leniently also
         # with strict=False: its mis-shaped tensors are then re-initialised, as the strict error says.)
-        reports = HeldLoadReports()
         try:
-            with held_load_reports(reports):  # (told once the load is accepted: not before seqzoo's refusal)
+            with held_load_reports() as reports:  # (told once the load is accepted: not before seqzoo's refusal)
                 model, info = super().from_pretrained(
                     pretrained_model_name_or_path, *args, output_loading_info=True, ignore_mismatched_sizes=True,
                     **kwargs,
