@@ -188,6 +188,16 @@ class PreparedGeneration:
         return super()._supports_mm_encoder_outputs()
 
 
+def signature_read_once(function: Any) -> Any:
+    """``function`` with its signature read now and kept as its ``__signature__``, which ``inspect.signature`` returns
+    without reading the function again. transformers' ``generate()`` reads a model's ``forward`` signature twice at
+    every call (whether it takes ``attention_mask`` and ``position_ids``), inline, 15-25 µs a read on a 2-core CPU;
+    with this a read costs what binding it to the model does. The same answer: a function redefined or wrapped
+    later is read anew (a ``functools.wraps`` wrapper copies it, the signature inspect would unwrap it to)."""
+    function.__signature__ = inspect.signature(function)
+    return function
+
+
 @dataclasses.dataclass(frozen=True)
 class SignatureNames:
     """The parameter names ``inspect.signature`` reads from a model's bound ``forward``, and what transformers'

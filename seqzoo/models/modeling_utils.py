@@ -51,7 +51,7 @@ from seqzoo.models.generation import (
     refuse_continuous_batching,
 )
 from seqzoo.models.generation_setup import ATTRIBUTE as GENERATION_DEFAULTS
-from seqzoo.models.generation_setup import PreparedGeneration
+from seqzoo.models.generation_setup import PreparedGeneration, signature_read_once
 from seqzoo.models.inputs import index_labels
 from seqzoo.models.loading import (
     check_checkpoint_model_type,
@@ -395,6 +395,7 @@ class SeqzooForCausalLM(SeqzooPreTrainedModel, PreparedGeneration, GenerationMix
     def set_output_embeddings(self, new_embeddings: nn.Module) -> None:
         self.lm_head = new_embeddings
 
+    @signature_read_once  # (generate() reads it twice a call)
     def forward(
         self,
         input_ids: torch.LongTensor | None = None,
@@ -639,6 +640,7 @@ class SeqzooForCausalLM(SeqzooPreTrainedModel, PreparedGeneration, GenerationMix
         self.generate_loop = loop
         return self
 
+    @signature_read_once  # (generate() reads it at every call: whether it takes ``inputs_tensor``)
     def _sample(self, input_ids: torch.Tensor, logits_processor: Any, stopping_criteria: Any, generation_config: Any,
                 synced_gpus: bool = False, streamer: Any = None, **model_kwargs: Any) -> Any:
         # generate() runs its greedy and multinomial modes through the model class's _sample: seqzoo's loop where it
@@ -649,10 +651,6 @@ class SeqzooForCausalLM(SeqzooPreTrainedModel, PreparedGeneration, GenerationMix
                           model_kwargs)
         return super()._sample(input_ids, logits_processor, stopping_criteria, generation_config,
                                synced_gpus=synced_gpus, streamer=streamer, **model_kwargs)
-
-    # generate() reads this method's signature at every call (whether it takes ``inputs_tensor``): read once here, the
-    # same answer (a wrapper made with functools.wraps answers with it too, as inspect would unwrap it to this).
-    _sample.__signature__ = inspect.signature(_sample)
 
     def generate(self, *args: Any, cache: Any = None, **kwargs: Any) -> Any:
         """transformers' ``generate``; a cache to continue from may be passed as ``cache`` on every supported
