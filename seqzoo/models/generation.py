@@ -44,17 +44,40 @@ def check_generate_cache(model: nn.Module, cache: Any, config: Any, kwargs: dict
       on top of the cache, which already holds its start: wrong tokens, and the cache left holding the sequence
       several times over;
     - a cache a beam search returned (:func:`mark_beam_search_cache`);
+    - a cache holding positions with assisted decoding (``assistant_model``, ``prompt_lookup_num_tokens`` or
+      ``assistant_early_exit``): transformers' assisted loop feeds the whole prompt on top of it at its first step
+      (LlamaForCausalLM's too), so the cache ends up holding the prompt twice and the tokens are wrong;
+    - ``prefill_chunk_size`` with ``inputs_embeds`` (transformers' chunks slice the empty ``input_ids``);
     and a draft model (``assistant_model``) whose state cannot be cropped, which failed after its first round."""
     use_cache = kwargs.get("use_cache", config.use_cache)
     where = f"{type(model).__name__}.generate"
     if cache is not None and use_cache is False:
         raise ValueError(f"{where}: a cache to continue was passed with use_cache=False; pass the cache and leave "
                          "use_cache unset (or True), or pass no cache to decode without one")
+    # (transformers decodes assisted with greedy or sampled decoding only: with beams it warns and ignores these)
+    beams = kwargs.get("num_beams", config.num_beams) or 1
+    assisted = [name for name in _ASSISTED if kwargs.get(name, getattr(config, name, None)) not in (None, False)
+                ] if beams == 1 else []
+    if assisted and getattr(model, "_is_stateful", False):
+        # (before the draft's check below, whose advice would not help this model)
+        raise ValueError(_assisted_refusal(model))
     assistant = kwargs.get("assistant_model")
     if getattr(assistant, "_is_stateful", False):  # (transformers checks the main model only)
         raise ValueError(f"{where}: assistant_model {type(assistant).__name__} keeps a recurrent state, which "
                          "cannot be rolled back past the draft tokens the main model rejects; use a draft model "
                          "with attention layers only (a Transformer), or prompt_lookup_num_tokens")
+    cached = cache.get_seq_length() if isinstance(cache, SeqzooCache) else 0
+    if assisted and cached:
+        raise ValueError(
+            f"{where}: assisted decoding ({'=, '.join(assisted)}=) cannot continue a cache that already holds "
+            f"positions ({cached} here): transformers' assisted loop feeds the whole prompt on top of it, which "
+            "decodes wrong tokens. Pass the whole sequence without the cache (assisted decoding reads the prompt "
+            "anew), or continue the cache without assisted decoding")
+    chunk = kwargs.get("prefill_chunk_size", config.prefill_chunk_size)
+    if chunk is not None and kwargs.get("inputs_embeds") is not None and not model.config.is_encoder_decoder:
+        # (transformers' chunked prefill slices input_ids, empty here: the forward then got inputs of length 0)
+        raise ValueError(f"{where}: prefill_chunk_size={chunk} reads the prompt from input_ids in chunks, and this "
+                         "call passes inputs_embeds; pass input_ids, or leave prefill_chunk_size unset")
     if getattr(cache, "from_beam_search", False):
         raise ValueError(f"{where}: this cache comes from a beam search, whose rows hold the beams of its last step, "
                          "not the sequences it returned (transformers keeps no cache per returned sequence); decode "
@@ -84,18 +107,25 @@ def explained_assisted_refusal(model: nn.Module) -> Iterator[None]:
     except (ValueError, RuntimeError) as err:
         if not (getattr(model, "_is_stateful", False) and str(err).startswith(_STATEFUL_REFUSAL)):
             raise
-        config = model.config
-        if getattr(config, "is_encoder_decoder", False):
-            state, instead = "this model's decoding state cannot be rolled back", ""
-        else:
-            kinds = sorted(set(config.layer_mixer_types()) - {"attention"})
-            state = f"this model keeps a recurrent state ({', '.join(kinds)} layers), which cannot be rolled back"
-            instead = ", or use a model whose every layer is attention (a Transformer) for assisted decoding"
-        raise ValueError(
-            f"{type(model).__name__}.generate: assisted decoding (assistant_model=, prompt_lookup_num_tokens= or "
+        raise ValueError(_assisted_refusal(model)) from err
+
+
+# What asks generate() for assisted decoding.
+_ASSISTED = ("assistant_model", "prompt_lookup_num_tokens", "assistant_early_exit", "use_mtp")
+
+
+def _assisted_refusal(model: nn.Module) -> str:
+    """Why a model that keeps a state which cannot be rolled back does not decode assisted, and what it can do."""
+    config = model.config
+    if getattr(config, "is_encoder_decoder", False):
+        state, instead = "this model's decoding state cannot be rolled back", ""
+    else:
+        kinds = sorted(set(config.layer_mixer_types()) - {"attention"})
+        state = f"this model keeps a recurrent state ({', '.join(kinds)} layers), which cannot be rolled back"
+        instead = ", or use a model whose every layer is attention (a Transformer) for assisted decoding"
+    return (f"{type(model).__name__}.generate: assisted decoding (assistant_model=, prompt_lookup_num_tokens= or "
             f"assistant_early_exit=) is not supported with stateful models: {state} past the draft tokens it "
-            f"rejects. Decode without them (greedy, sampling and beam search work){instead}"
-        ) from err
+            f"rejects. Decode without them (greedy, sampling and beam search work){instead}")
 
 
 @contextlib.contextmanager
@@ -230,7 +260,8 @@ def generation_settings(model: nn.Module, args: tuple, kwargs: dict[str, Any]) -
     return SimpleNamespace(**values)
 
 
-SETTINGS = ("num_beams", "num_return_sequences", "use_cache", "cache_implementation", "pad_token_id", "eos_token_id")
+SETTINGS = ("num_beams", "num_return_sequences", "use_cache", "cache_implementation", "pad_token_id", "eos_token_id",
+            "prompt_lookup_num_tokens", "assistant_early_exit", "use_mtp", "prefill_chunk_size")
 
 
 def check_cache_implementation(model: nn.Module, config: Any, kwargs: dict[str, Any]) -> None:

@@ -345,6 +345,44 @@ def test_a_draft_model_that_keeps_a_state_is_refused_by_name(draft):
                        model.generate(ids, **ASSISTED))
 
 
+def test_a_stateful_model_with_a_stateful_draft_is_refused_for_itself():
+    # The main model's refusal comes first: the draft's advice (an attention-only draft, or prompt lookup) would not
+    # help a main model that keeps a recurrent state.
+    model = tiny_model("rnn-tiny")
+    with pytest.raises(ValueError, match=r"RNNForCausalLM\.generate: assisted decoding .* this model keeps a recurrent"):
+        model.generate(torch.tensor([[5, 6, 7, 5, 6, 7]]), assistant_model=tiny_model("lstm-tiny"), **ASSISTED)
+
+
+@pytest.mark.parametrize("assisted", [{"prompt_lookup_num_tokens": 2}, {"assistant_model": "draft"}])
+def test_assisted_decoding_does_not_continue_a_cache_holding_positions(assisted):
+    # transformers' assisted loop feeds the whole prompt on top of a cache passed in (LlamaForCausalLM's too): the
+    # cache held the prompt twice and the tokens were wrong. Refused; from the whole sequence without the cache it
+    # decodes as plain greedy decoding continues the cache.
+    model = tiny_model("transformer-tiny")
+    if "assistant_model" in assisted:
+        assisted = {"assistant_model": tiny_model("transformer-tiny", seed=1)}
+    ids = torch.tensor([[5, 6, 7, 5, 6, 7]])
+    out = model.generate(ids, return_dict_in_generate=True, **ASSISTED)
+    cache = output_cache(out)
+    longer = torch.cat([out.sequences, torch.tensor([[5, 6]])], dim=1)
+    held = cache.get_seq_length()
+    with pytest.raises(ValueError, match=r"assisted decoding \((prompt_lookup_num_tokens|assistant_model)=\) cannot "
+                                         rf"continue a cache that already holds positions \({held} here\)"):
+        model.generate(longer, cache=cache, **assisted, **ASSISTED)
+    assert cache.get_seq_length() == held  # (untouched)
+    assert torch.equal(model.generate(longer, **assisted, **ASSISTED), model.generate(longer, cache=cache, **ASSISTED))
+
+
+@pytest.mark.parametrize("preset", ["transformer-tiny", "gru-tiny"])
+def test_chunked_prefill_from_inputs_embeds_is_refused(preset):
+    # transformers' chunked prefill slices input_ids, empty beside inputs_embeds: the forward got length-0 inputs
+    model = tiny_model(preset)
+    embeds = model.get_input_embeddings()(torch.tensor([[5, 6, 7, 8, 9, 10]]))
+    with pytest.raises(ValueError, match=r"prefill_chunk_size=2 reads the prompt from input_ids .* inputs_embeds"):
+        model.generate(inputs_embeds=embeds, prefill_chunk_size=2, **ASSISTED)
+    assert model.generate(inputs_embeds=embeds, **ASSISTED).shape == (1, 4)
+
+
 def test_hf_trainer_trains_and_evaluates(family_preset, tmp_path):
     from transformers import Trainer, TrainingArguments
 
