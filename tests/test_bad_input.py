@@ -30,6 +30,8 @@ BASE = dict(vocab_size=99, hidden_size=32, num_hidden_layers=2)
         ("tie_word_embeddings", "yes", "tie_word_embeddings='yes' is invalid: expected true or false"),
         ("dtype", "float65", "dtype='float65' is invalid: expected a floating-point dtype"),
         ("dtype", "int8", "dtype='int8' is invalid: expected a floating-point dtype"),
+        ("dtype", "float8_e5m2", "dtype='float8_e5m2' is invalid: expected a floating-point dtype: float32, bfloat16"),
+        ("dtype", torch.float8_e4m3fn, "dtype=torch.float8_e4m3fn is invalid: expected a floating-point dtype"),
         ("torch_dtype", "float65", "torch_dtype='float65' is invalid: expected a floating-point dtype"),
     ],
 )

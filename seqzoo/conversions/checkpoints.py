@@ -19,6 +19,7 @@ from typing import Any, Callable, NamedTuple
 import torch
 
 from seqzoo.conversions.downloads import download
+from seqzoo.models.configuration_utils import COMPUTE_DTYPES
 
 logger = logging.getLogger("seqzoo")
 
@@ -28,7 +29,7 @@ DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch
 
 
 def conversion_dtype(dtype: Any) -> torch.dtype | None:
-    """The ``dtype`` argument of a converter as a torch dtype: a floating-point ``torch.dtype``, one of
+    """The ``dtype`` argument of a converter as a torch dtype: a ``torch.dtype`` models compute in, one of
     :data:`DTYPES`' names (as ``--dtype`` takes them), or None (the source's). Checked before anything is read:
     anything else is refused, where a name reached ``Tensor.to`` as a device ("Invalid device string: 'bfloat16'")
     after every tensor was read, and an integer dtype failed inside ``load_state_dict``."""
@@ -36,10 +37,10 @@ def conversion_dtype(dtype: Any) -> torch.dtype | None:
         return None
     if isinstance(dtype, str) and dtype in DTYPES:
         return DTYPES[dtype]
-    if isinstance(dtype, torch.dtype) and dtype.is_floating_point:
+    if isinstance(dtype, torch.dtype) and dtype in COMPUTE_DTYPES:  # (float8 is floating point, and computes nothing)
         return dtype
-    raise ValueError(f"dtype={dtype!r} is not a floating-point dtype to convert to; give a torch dtype such as "
-                     f"torch.bfloat16, one of the names {', '.join(map(repr, DTYPES))}, or None for the source's")
+    raise ValueError(f"dtype={dtype!r} is not a dtype to convert to; give a torch dtype (float32, bfloat16, float16 "
+                     f"or float64), one of the names {', '.join(map(repr, DTYPES))}, or None for the source's")
 
 
 class SourceWeights(Mapping):
@@ -206,14 +207,14 @@ def _unreadable(path: Path, err: Exception) -> ValueError:
 
 
 def require_floating_point(tensors: Mapping[str, torch.Tensor], origin: str) -> None:
-    """Refuse integer (quantized) or boolean weights: casting them to the model's dtype would keep their codes, not
-    the values they stand for."""
+    """Refuse integer (quantized), float8 or boolean weights: casting them to the model's dtype would keep their codes,
+    not the values they stand for (float8 checkpoints hold their scales in other tensors)."""
     odd = [f"{key} ({str(tensor.dtype).removeprefix('torch.')})" for key, tensor in tensors.items()
-           if not tensor.is_floating_point()]
+           if not tensor.is_floating_point() or tensor.dtype.itemsize == 1]  # (float8: scaled codes, as int8's)
     if odd:
-        raise ValueError(f"{origin} holds tensors that are not floating point: {show(odd)}; seqzoo converts "
-                         f"floating-point weights (float32, bfloat16, float16 ...): dequantize a quantized checkpoint "
-                         f"first")
+        raise ValueError(f"{origin} holds tensors that are not floating point, or float8: {show(odd)}; seqzoo "
+                         f"converts floating-point weights (float32, bfloat16, float16 ...): dequantize a quantized "
+                         f"checkpoint first")
 
 
 def require_values(tensors: Mapping[str, torch.Tensor], origin: str) -> None:

@@ -60,7 +60,15 @@ def to_native(model: Any, target: str) -> Any:
     native.load_state_dict(weights, strict=True, assign=True)
     native.tie_weights()
     materialize_buffers(native)
-    return native.to(model.dtype).eval()
+    # The weights in the model's dtype; the float32 buffers computed from the config (rotary frequencies) stay float32,
+    # as transformers keeps them in a model it loads in half precision: the exported folder loaded again computes
+    # with those, and this object computed with rounded ones (logits 4e-3 apart in bfloat16).
+    computed = [(module, name, buffer) for module in native.modules() for name, buffer in module._buffers.items()
+                if buffer is not None and buffer.dtype == torch.float32 and name in module._non_persistent_buffers_set]
+    native.to(model.dtype)
+    for module, name, buffer in computed:
+        module._buffers[name] = buffer
+    return native.eval()
 
 
 def _check_target(found: Any, target: str) -> None:

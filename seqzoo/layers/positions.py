@@ -12,39 +12,49 @@ def sinusoidal_table(num_positions: int, dim: int) -> torch.Tensor:
     """PE[pos, 2i] = sin(pos / 10000^(2i/d)), PE[pos, 2i+1] = cos(pos / 10000^(2i/d))."""
     position = torch.arange(num_positions, dtype=torch.float32)[:, None]
     inv_freq = torch.exp(torch.arange(0, dim, 2, dtype=torch.float32) * (-math.log(10000.0) / dim))
-    table = torch.zeros(num_positions, dim)
+    table = torch.zeros(num_positions, dim, dtype=torch.float32)  # (not the default dtype: a half one rounds it)
     table[:, 0::2] = torch.sin(position * inv_freq)
     table[:, 1::2] = torch.cos(position * inv_freq[: dim // 2])
     return table
 
 
-class SinusoidalPositions(nn.Module):
+class _KeptInFullPrecision(nn.Module):
+    """A module whose buffer ``KEPT`` (a function of the config, not a weight: never saved) stays float32 when the
+    model is cast to half precision (.to(torch.bfloat16), .half()). A model built or loaded in bfloat16 computes it
+    in float32; one cast after building rounded it, and a later .float() kept the rounded values, so the model's
+    logits changed when it was saved and loaded again (by up to 4e-3). Its users cast what they read from it."""
+    KEPT: str
+
+    def _apply(self, fn, recurse=True):  # noqa: ANN001, ANN202 -- torch.nn.Module's own signature
+        original = getattr(self, self.KEPT)
+        result = super()._apply(fn, recurse)
+        cast = getattr(self, self.KEPT)
+        if cast.dtype in _HALF and original.dtype in _FULL:  # (float64 stays: a float64 model's are)
+            setattr(self, self.KEPT, original.to(cast.device, torch.float32))  # (where fn put the buffer)
+        return result
+
+
+class SinusoidalPositions(_KeptInFullPrecision):
+    KEPT = "table"
+
     def __init__(self, max_positions: int, dim: int) -> None:
         super().__init__()
         # A function of the config, not a weight: kept out of checkpoints.
         self.register_buffer("table", sinusoidal_table(max_positions, dim), persistent=False)
 
     def forward(self, position_ids: torch.Tensor) -> torch.Tensor:
-        return self.table[position_ids]  # (B, T, D)
+        return self.table[position_ids]  # (B, T, D), float32 in a half-precision model: cast by the caller
 
 
-class RotaryEmbedding(nn.Module):
+class RotaryEmbedding(_KeptInFullPrecision):
     """Returns (cos, sin) for the given positions; apply with :func:`apply_rotary`."""
+
+    KEPT = "inv_freq"
 
     def __init__(self, head_dim: int, theta: float = 10000.0) -> None:
         super().__init__()
         inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim))
         self.register_buffer("inv_freq", inv_freq, persistent=False)
-
-    def _apply(self, fn, recurse=True):  # noqa: ANN001, ANN202 -- torch.nn.Module's own signature
-        # The frequencies stay float32 when the model is cast to half precision (.to(torch.bfloat16), .half()): a
-        # model built or loaded in bfloat16 computes them in float32, and one cast after building computed positions
-        # with bfloat16 frequencies (its logits then changed by up to 4e-3 when saved and loaded again).
-        original = self.inv_freq
-        result = super()._apply(fn, recurse)
-        if self.inv_freq.dtype in _HALF and original.dtype in _FULL:  # (float64 stays: a float64 model's are)
-            self.inv_freq = original.to(self.inv_freq.device, torch.float32)  # (where fn put the buffer)
-        return result
 
     @torch.no_grad()
     def forward(self, x: torch.Tensor, position_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -50,6 +50,10 @@ PROBLEM_TYPES = (None, "regression", "single_label_classification", "multi_label
 POOLINGS = ("last", "mean", "first+last")
 
 
+# The dtypes a model computes in (``dtype=``): torch's float8 types are floating point, but store only.
+COMPUTE_DTYPES = frozenset({torch.float32, torch.bfloat16, torch.float16, torch.float64})
+
+
 class SeqzooConfig(PreTrainedConfig):
     """Fields common to all seqzoo architectures (HF names), and:
 
@@ -108,7 +112,8 @@ class SeqzooConfig(PreTrainedConfig):
         # (checked as given: transformers looks a dtype name up on torch, an unknown one as a bare AttributeError)
         for name, dtype in (("dtype", self.dtype), ("torch_dtype", kwargs.get("torch_dtype"))):
             found = getattr(torch, dtype, None) if isinstance(dtype, str) else dtype
-            if dtype is not None and not (isinstance(found, torch.dtype) and found.is_floating_point):
+            # (float8 is floating point, and computes nothing)
+            if dtype is not None and not (isinstance(found, torch.dtype) and found in COMPUTE_DTYPES):
                 _fail(self, name, dtype, "expected a floating-point dtype: float32, bfloat16, float16 or float64")
         # (transformers reads both with .items(): a list of names failed there with a bare AttributeError)
         for name, example in (("id2label", "{0: 'negative', 1: 'positive'}"),

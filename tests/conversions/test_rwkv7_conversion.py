@@ -139,7 +139,7 @@ def test_integer_tensors_are_refused_naming_the_dtype(checkpoint, tmp_path, caps
     torch.save({k: (v * 10).to(torch.int8) for k, v in checkpoint.items()}, tmp_path / "int8.pth")
     assert seqzoo_main(["convert", "rwkv7", str(tmp_path / "int8.pth"), str(tmp_path / "out")]) == 2
     err = capsys.readouterr().err
-    assert "not floating point: emb.weight (int8)" in err and "seqzoo converts floating-point weights" in err
+    assert "not floating point, or float8: emb.weight (int8)" in err and "seqzoo converts floating-point weights" in err
     assert not (tmp_path / "out").exists()
 
 

@@ -104,11 +104,11 @@ def test_dtype_is_a_floating_point_torch_dtype_or_its_name(tmp_path):
     torch.testing.assert_close(logits(convert_gpt2(peer, dtype="bfloat16")),
                                logits(convert_gpt2(peer, dtype=torch.bfloat16)), rtol=0, atol=0)
     assert convert_llama(llama(), dtype="float16").dtype == torch.float16
-    for bad in ("float64", "bf16", torch.int8, torch.bool, 16):
-        with pytest.raises(ValueError, match=r"dtype=.* is not a floating-point dtype .* 'bfloat16'"):
+    for bad in ("float64", "bf16", torch.int8, torch.bool, 16, torch.float8_e4m3fn, torch.float8_e5m2, [1]):
+        with pytest.raises(ValueError, match=r"dtype=.* is not a dtype to convert to; .*float64.* 'bfloat16'"):
             convert_gpt2(peer, dtype=bad)
     save_sharded(peer, tmp_path / "src")
-    with pytest.raises(ValueError, match=r"dtype='half' is not a floating-point dtype"):
+    with pytest.raises(ValueError, match=r"dtype='half' is not a dtype to convert to"):
         convert_gpt2_folder(tmp_path / "src", tmp_path / "out", dtype="half")
     assert not (tmp_path / "out").exists()
 
@@ -371,6 +371,17 @@ def test_export_loads_in_transformers_with_the_same_logits(target, tmp_path):
     torch.testing.assert_close(logits(to_native(model, target)), logits(model), atol=2e-5, rtol=1e-5)
 
 
+def test_the_native_model_of_a_bfloat16_model_keeps_float32_rope_frequencies(tmp_path):
+    # to_native cast the whole model to bfloat16, its rotary frequencies too: the object returned computed other
+    # logits (4e-3 apart) than the folder export_native wrote, loaded by transformers in bfloat16.
+    model = randomize(tiny_model("transformer-tiny"), seed=4, scale=0.2).to(torch.bfloat16)
+    native = export_native(model, tmp_path / "out", "llama")
+    loaded = LlamaForCausalLM.from_pretrained(tmp_path / "out", dtype=torch.bfloat16).eval()
+    assert native.dtype == loaded.dtype == torch.bfloat16
+    assert native.model.rotary_emb.inv_freq.dtype == loaded.model.rotary_emb.inv_freq.dtype == torch.float32
+    torch.testing.assert_close(logits(native), logits(loaded), atol=0, rtol=0)
+
+
 @pytest.mark.parametrize("target", ["gpt2", "mamba"])
 def test_export_of_a_model_stored_by_columns(target, tmp_path):
     # set_weight_layout("columns") changes only the memory order: the export writes the same folder. transformers'
@@ -533,17 +544,21 @@ def test_a_tied_config_with_a_head_of_its_own_converts_as_transformers_loads_it(
     assert convert(tmp_path / "src").config.tie_word_embeddings
 
 
-@pytest.mark.parametrize("kind", ["llama", "gpt2"])
-def test_integer_weights_are_refused_not_cast(kind, tmp_path, capsys):
-    # An int8 tensor of the right shape (a hand-quantized checkpoint) would otherwise be cast to float codes.
+@pytest.mark.parametrize("kind,stored", [("llama", torch.int8), ("gpt2", torch.int8), ("llama", torch.float8_e4m3fn)])
+def test_integer_weights_are_refused_not_cast(kind, stored, tmp_path, capsys):
+    # An int8 tensor of the right shape (a hand-quantized checkpoint) would otherwise be cast to float codes; a
+    # float8 one is cast without the scales a float8 checkpoint keeps in other tensors.
     peer = llama() if kind == "llama" else gpt2()
     peer.save_pretrained(tmp_path / "src")
     weights = load_file(tmp_path / "src" / "model.safetensors")
     key = next(k for k in weights if k.endswith("mlp.c_fc.weight" if kind == "gpt2" else "mlp.up_proj.weight"))
-    weights[key] = (weights[key] * 100).to(torch.int8)
+    weights[key] = (weights[key] * 100).to(stored)
     save_file(weights, tmp_path / "src" / "model.safetensors", metadata={"format": "pt"})
     assert seqzoo_main(["convert", kind, str(tmp_path / "src"), str(tmp_path / "out")]) == 2
-    assert "not floating point" in capsys.readouterr().err and not (tmp_path / "out" / "config.json").exists()
+    err = capsys.readouterr().err
+    assert "not floating point, or float8: " in err
+    assert f"up_proj.weight ({str(stored).removeprefix('torch.')})" in err  # (named as converted)
+    assert not (tmp_path / "out" / "config.json").exists()
 
 
 @pytest.mark.parametrize("kind", ["llama", "gpt2"])

@@ -256,3 +256,33 @@ def test_rope_frequencies_stay_float32_under_a_half_precision_cast(preset, cast,
     with torch.no_grad():
         assert torch.equal(loaded(ids).logits, model(ids).logits)
     assert model.double().model.rotary_emb.inv_freq.dtype == torch.float64  # (a float64 model computes in float64)
+
+
+@pytest.mark.parametrize("preset", ["transformer-tiny", "seq2seq-transformer-tiny"])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_the_sinusoidal_table_stays_float32_under_a_half_precision_cast(preset, dtype, tmp_path):
+    # The table was rounded by a cast to half precision and kept rounded by a later .float(): a bfloat16 checkpoint
+    # loaded and cast to float32 for fine-tuning computed other logits (by up to 3e-3) than the same weights loaded
+    # in float32, since the table is never saved.
+    from transformers import AutoModel
+
+    from seqzoo.layers.positions import SinusoidalPositions
+    from tests.conftest import tiny_model
+
+    kwargs = {"variant": "vaswani"} if preset == "transformer-tiny" else {}
+    built = tiny_model(preset, **kwargs)
+    tables = [m for m in built.modules() if isinstance(m, SinusoidalPositions)]
+    assert tables
+    exact = tables[0].table.clone()
+    built.to(dtype).save_pretrained(tmp_path)
+    assert tables[0].table.dtype == torch.float32 and torch.equal(tables[0].table, exact)
+    loaded_half = AutoModel.from_pretrained(tmp_path, dtype=dtype)
+    assert next(m for m in loaded_half.modules() if isinstance(m, SinusoidalPositions)).table.dtype == torch.float32
+    back = loaded_half.float().eval()
+    loaded = AutoModel.from_pretrained(tmp_path, dtype=torch.float32).eval()
+    ids = torch.tensor([[5, 6, 7, 8, 9, 10, 11, 12, 13]])
+    inputs = {"input_ids": ids} if preset == "transformer-tiny" else {"input_ids": ids, "decoder_input_ids": ids}
+    with torch.no_grad():
+        assert torch.equal(back(**inputs).last_hidden_state, loaded(**inputs).last_hidden_state)
+        assert torch.equal(built.float().eval()(**inputs).logits.float(),
+                           type(built).from_pretrained(tmp_path, dtype=torch.float32).eval()(**inputs).logits)
