@@ -11,9 +11,9 @@ from typing import Any
 import torch
 
 
-def check_launch(mixed_precision: str) -> None:
+def check_launch(mixed_precision: str, accumulation: int = 1) -> None:
     """Refuse a launch whose run would not be what it says: fp16 where Accelerate runs it as float32, one process
-    where several were asked for, a launch's mixed precision the recipe's would override."""
+    where several were asked for, a launch's mixed precision or gradient accumulation the recipe's would override."""
     if mixed_precision == "fp16" and (_launched_on_cpu_only() or not _has_accelerator()):
         # Accelerate sets up neither fp16 autocast nor a gradient scaler on the CPU: the run would train in float32
         # while its records said fp16 (and skip no non-finite step, which the scaler handles where there is one).
@@ -21,15 +21,20 @@ def check_launch(mixed_precision: str) -> None:
                          "(CPU autocast) or no")
     _refuse_one_process_of_many()
     _refuse_launch_precision(mixed_precision)
+    _refuse_launch_accumulation(accumulation)
 
 
 def make_accelerator(mixed_precision: str) -> Any:
     """The run's Accelerator, in the precision its recipe names (an earlier run's in this process forgotten), joined
     to the other CPU processes of a launch over gloo."""
     from accelerate import Accelerator
+    from accelerate.utils import GradientAccumulationPlugin
 
     _forget_an_earlier_runs_precision(mixed_precision)
-    return Accelerator(mixed_precision=mixed_precision, cpu=_launched_on_cpu_only())
+    # One step per update for Accelerate: the run accumulates its micro-batches itself, scaling each loss by what it
+    # scores (Accelerate's own count, from ACCELERATE_GRADIENT_ACCUMULATION_STEPS, divided every loss again).
+    return Accelerator(mixed_precision=mixed_precision, cpu=_launched_on_cpu_only(),
+                       gradient_accumulation_plugin=GradientAccumulationPlugin(num_steps=1))
 
 
 def _forget_an_earlier_runs_precision(mixed_precision: str) -> None:
@@ -54,6 +59,21 @@ def _refuse_one_process_of_many() -> None:
             "accelerate starts several processes only with --multi_gpu, or under mpirun; --cpu alone starts one). "
             "Launch with `accelerate launch "
             "--multi_gpu --num_processes N -m seqzoo train ...` or `torchrun --nproc_per_node N -m seqzoo train ...`"
+        )
+
+
+def _refuse_launch_accumulation(accumulation: int) -> None:
+    """`accelerate launch --gradient_accumulation_steps N` (or a shell that kept it) puts
+    ACCELERATE_GRADIENT_ACCUMULATION_STEPS in the environment, where Accelerate divides every loss by it: the run's
+    gradients (their norm, the clipping) were N times too small while its records said the recipe's accumulation.
+    The run accumulates as its recipe says; a launch that asks for another count is refused naming both."""
+    launched = os.environ.get("ACCELERATE_GRADIENT_ACCUMULATION_STEPS", "").strip()
+    if launched and launched != str(accumulation):
+        raise ValueError(
+            f"the launch asks for gradient accumulation {launched!r} (accelerate launch --gradient_accumulation_steps,"
+            f" or the environment: ACCELERATE_GRADIENT_ACCUMULATION_STEPS={launched}), but the recipe says "
+            f"train.gradient_accumulation_steps={accumulation}, which is what seqzoo train runs: add the override train."
+            f"gradient_accumulation_steps={launched}, or unset ACCELERATE_GRADIENT_ACCUMULATION_STEPS"
         )
 
 

@@ -31,6 +31,7 @@ import torch
 from torch.optim.lr_scheduler import LambdaLR
 
 from seqzoo.outputs import OutputError, staged_folder, write_atomically
+from seqzoo.tokenizer import PAD_TOKEN_ID
 from seqzoo.training.building import build_model, check_batch_split, lr_factor, make_optimizer
 from seqzoo.training.checkpoint import (
     STATE_FILE,
@@ -52,7 +53,7 @@ from seqzoo.training.fsdp import gradient_sync_off, is_sharded, seqzoo_shards, s
 from seqzoo.training.grad_health import EXPLODING, OK, GradientHealth
 from seqzoo.training.launch import check_launch, make_accelerator
 from seqzoo.training.recipe import DataSection, Recipe
-from seqzoo.training.seq2seq import build_seq2seq_data, is_seq2seq, seq2seq_logits
+from seqzoo.training.seq2seq import Seq2SeqPairs, build_seq2seq_data, is_seq2seq, seq2seq_logits
 from seqzoo.training.state import NonFiniteError, nonfinite_names, require_finite, tied_parameter_names
 from seqzoo.training.tbptt import (
     backward_sequence,
@@ -192,7 +193,7 @@ def train(recipe: Recipe, *, resume: str | Path | bool | None = None, dataset: A
     from seqzoo.kernels.registry import check_environment
 
     t = recipe.train
-    check_launch(t.mixed_precision)
+    check_launch(t.mixed_precision, t.gradient_accumulation_steps)
     # (a misspelt SEQZOO_KERNELS entry was otherwise named at the first kernel call, after the run folder was made, or
     # never, for a model that calls no kernel)
     check_environment()
@@ -418,9 +419,10 @@ def _run(recipe: Recipe, accelerator: Any, model: Any, optimizer: Any, scheduler
         row = _train_step(recipe, accelerator, model, optimizer, scheduler, inputs, targets, micro_batch, health,
                           step, packed)
         step += 1
-        tokens_seen += inputs.numel()
+        read = tokens_read(data, inputs, targets)
+        tokens_seen += read
         train_seconds += time.perf_counter() - started
-        train_tokens += inputs.numel()
+        train_tokens += read
         row = {"step": step, **row, "tokens_seen": tokens_seen}
         if not isinstance(data, (MemoryTask, LabelledTexts)):
             row.pop("accuracy")  # next-byte accuracy of text says little; the eval reports it anyway
@@ -488,6 +490,16 @@ def _check_same_saved_config(state: dict[str, Any], saved_config: dict[str, Any]
     raise ValueError(f"--resume: the model saved in model.path={recipe.model.path!r} changed since {str(checkpoint)!r} "
                      f"was written (its config: {'; '.join(differ)}); put back the model the run started from to "
                      "resume, or start a new run")
+
+
+def tokens_read(data: Any, inputs: torch.Tensor, targets: torch.Tensor) -> int:
+    """The tokens one global batch gives the model (what ``tokens_seen`` and the throughput count): a padded batch's
+    inputs less their padding, and a seq2seq batch's targets too, which its decoder reads (each scored label: the
+    bytes and the end-of-sequence token); every token of a corpus's or a memory task's rows, which hold no padding."""
+    if isinstance(data, (Seq2SeqPairs, LabelledTexts)):
+        read = int((inputs != PAD_TOKEN_ID).sum())
+        return read + int((targets != IGNORE).sum()) if isinstance(data, Seq2SeqPairs) else read
+    return inputs.numel()
 
 
 def _train_step(recipe: Recipe, accelerator: Any, model: Any, optimizer: Any, scheduler: Any,

@@ -289,3 +289,19 @@ def test_jsonl_strings_may_hold_unicode_line_separators(tmp_path):
     rows = [{"source": "a\u2028b", "target": "c\x85d"}, {"source": "e", "target": "f"}]
     path.write_text("".join(json.dumps(row, ensure_ascii=False) + "\r\n" for row in rows), encoding="utf-8")
     assert read_jsonl(path) == [("a\u2028b", "c\x85d"), ("e", "f")]
+
+
+def test_tokens_seen_counts_what_the_model_read_not_padding():
+    # tokens_seen (and the throughput) counted a seq2seq batch's padded sources only: its pads, and none of the
+    # targets its decoder reads. A labelled batch's padding is left out too; a corpus row has none.
+    from seqzoo.training.classification import LabelledTexts
+    from seqzoo.training.trainer import tokens_read
+
+    data = task_pairs("reverse", [2], 4, 1, 0)
+    sources, labels = data.batch([("abc", "cba"), ("d", "d")])
+    assert tokens_read(data, sources, labels) == (3 + 1) + (4 + 2)  # the sources' bytes, the targets' and their EOS
+    texts = LabelledTexts("sequence-classification", lambda *_: [], {}, ["a", "b"], "t", None, {})
+    inputs, targets = texts.batch([("abc", "a"), ("d", "b")])
+    assert inputs.numel() == 6 and tokens_read(texts, inputs, targets) == 4
+    window = torch.randint(0, 256, (2, 5))
+    assert tokens_read(object(), window, window) == 10

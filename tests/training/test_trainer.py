@@ -559,6 +559,27 @@ def test_a_launch_asking_for_other_mixed_precision_is_refused_not_ignored(tmp_pa
     assert train(make_recipe(tmp_path, "c", train=steps), progress=False).steps == 1
 
 
+def test_a_launch_asking_for_other_gradient_accumulation_is_refused_not_applied_twice(tmp_path, monkeypatch):
+    # `accelerate launch --gradient_accumulation_steps 4` (or a shell that kept it) sets this, and Accelerate divided
+    # every loss by it on top of the run's own scaling: gradients (their logged norm, the clipping) 4 times too small
+    # while the run's records said 1.
+    def norms(name):
+        rows = [json.loads(line) for line in (tmp_path / name / "metrics.jsonl").read_text().splitlines()]
+        return [row["grad_norm"] for row in rows if "grad_norm" in row]
+
+    steps = {"max_steps": 2, "save_every": 0, "log_every": 1, "eval_every": 0, "gradient_accumulation_steps": 2}
+    monkeypatch.setenv("ACCELERATE_GRADIENT_ACCUMULATION_STEPS", "4")
+    with pytest.raises(ValueError, match=r"the launch asks for gradient accumulation '4'.*"
+                                         r"train.gradient_accumulation_steps=2.*override train.gradient_acc"):
+        train(make_recipe(tmp_path, "a", train=steps), progress=False)
+    assert not (tmp_path / "a").exists()
+    monkeypatch.setenv("ACCELERATE_GRADIENT_ACCUMULATION_STEPS", "2")  # the two agree: the run accumulates once
+    train(make_recipe(tmp_path, "b", train=steps), progress=False)
+    monkeypatch.delenv("ACCELERATE_GRADIENT_ACCUMULATION_STEPS")
+    train(make_recipe(tmp_path, "c", train=steps), progress=False)
+    assert norms("b") == norms("c") and len(norms("c")) == 2
+
+
 def test_a_model_compiled_by_accelerate_launch_is_saved_under_its_own_names(tmp_path, monkeypatch):
     # `accelerate launch --dynamo_backend ...` compiles the prepared model; its state dict said `_orig_mod.<name>`.
     from accelerate.state import AcceleratorState
