@@ -25,6 +25,7 @@ COMMAND_MODULES: list[str] = [
 
 DEBUG_ENV = "SEQZOO_DEBUG"
 EXIT_USAGE, EXIT_INTERNAL, EXIT_INTERRUPTED = 2, 1, 130
+EXIT_BROKEN_PIPE = 141  # (128 + SIGPIPE: what a shell reports for a writer whose reader went away)
 
 # What to do after Ctrl-C, per command; the message is one line either way.
 INTERRUPT_HINTS = {
@@ -408,6 +409,11 @@ def main(argv: list[str] | None = None, *, before_command: Callable[[], None] | 
         hint = INTERRUPT_HINTS.get(args.command)
         print("\ninterrupted" + (f"; {hint}" if hint else ""), file=sys.stderr)
         return EXIT_INTERRUPTED
+    except BrokenPipeError:
+        if debug or not _stdout_closed():
+            raise
+        # The output's reader went away (``seqzoo list | head -1``): nothing went wrong to report.
+        return EXIT_BROKEN_PIPE
     except Exception as err:  # noqa: BLE001 -- one line for the user; --debug shows the traceback
         if debug:
             raise
@@ -417,6 +423,23 @@ def main(argv: list[str] | None = None, *, before_command: Callable[[], None] | 
                   file=sys.stderr)
             return EXIT_INTERNAL
         return EXIT_USAGE
+
+
+def _stdout_closed() -> bool:
+    """Whether standard output's reader has gone (its pipe reports an error); if so, standard output is pointed at
+    the null device, so that the interpreter's own flush at exit does not fail and print a traceback. False where
+    that cannot be told (no poll on Windows: the error is then reported as any other)."""
+    import select
+
+    try:
+        poller = select.poll()
+        poller.register(sys.stdout.fileno(), select.POLLOUT)
+        closed = any(events & (select.POLLERR | select.POLLHUP) for _, events in poller.poll(0))
+        if closed:
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return closed
+    except (AttributeError, OSError, ValueError):  # (no poll, or a stdout that is no file)
+        return False
 
 
 def is_user_error(err: BaseException) -> bool:

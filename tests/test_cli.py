@@ -807,3 +807,18 @@ def test_generate_prints_text_whatever_the_saved_generation_settings_say(tmp_pat
     _saved_generation_settings(tmp_path / "lm", stop_strings=[stop])
     assert main(["generate", str(tmp_path / "lm"), "Hello", "--max-new-tokens", "8", "--no-stream"]) == 0
     assert capsys.readouterr().out.rstrip("\n").endswith(stop)
+
+
+def test_output_whose_reader_went_away_ends_quietly():
+    # `seqzoo list | head -1`: the pipe's reader closed; that was reported as "error: [Errno 32] Broken pipe", exit 2.
+    if not SCRIPT.exists():
+        pytest.skip(f"the seqzoo console script is not installed next to {sys.executable} (pip install -e .)")
+    read, write = os.pipe()
+    os.close(read)  # (the reader is gone before anything is written: every write fails)
+    try:
+        done = subprocess.run([str(SCRIPT), "list", "--params"], stdout=write, stderr=subprocess.PIPE, text=True,
+                              timeout=120)
+    finally:
+        os.close(write)
+    assert done.returncode == 141, done.stderr
+    assert done.stderr == ""
