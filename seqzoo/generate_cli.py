@@ -182,6 +182,7 @@ def _generate(args: argparse.Namespace, device: str, forced: dict[str, Any]) -> 
     )
 
     from seqzoo.kernels.registry import selections as kernel_selections
+    from seqzoo.models.compiled_decoding import backend_installed
     from seqzoo.tokenizer import load_tokenizer
 
     chosen_before = {op: kernel_selections(op) for op in forced}
@@ -243,7 +244,9 @@ def _generate(args: argparse.Namespace, device: str, forced: dict[str, Any]) -> 
                              f"{source!r} holds an encoder-decoder (seq2seq) model, whose steps run eagerly")
         _check_seqzoo_method(model, "compile_decoding", f"--compile {args.compile}", source)
         if args.compile not in torch._dynamo.list_backends(exclude_tags=()):
-            usual = sorted({*torch._dynamo.list_backends(), "eager", "aot_eager"})
+            # (the ones usable here: a backend whose package is missing, or CUDA graphs without CUDA, is refused)
+            usual = sorted(name for name in {*torch._dynamo.list_backends(), "eager", "aot_eager"}
+                           if backend_installed(name) and (name != "cudagraphs" or torch.cuda.is_available()))
             raise ValueError(f"--compile {args.compile!r} is not a torch.compile backend here; choose from "
                              f"{', '.join(usual)} (default inductor)")
         model.compile_decoding(backend=args.compile)

@@ -406,8 +406,12 @@ def test_a_loaded_config_with_a_field_its_model_does_not_read_warns_and_a_keywor
     ids = torch.randint(3, 90, (2, 7))
     with torch.no_grad():
         torch.testing.assert_close(loaded(ids).logits, model(ids).logits)
-    with pytest.raises(ValueError, match=r"rope_theta=1000.0 \(read only by rotary positions.*\) is not read"):
+    caplog.clear()
+    with pytest.raises(ValueError, match=r"rope_theta=1000.0 \(read only by rotary positions.*\) is not read"), \
+            caplog.at_level("WARNING", logger="seqzoo"):
         AutoConfig.from_pretrained(tmp_path, rope_theta=1000.0)
+    # (only refused: the file's values are warned about as they build the config, and the keyword was not one)
+    assert "rope_theta=1000.0" not in caplog.text and "rope_theta=500.0" not in caplog.text
 
 
 def test_a_keyword_beside_a_config_json_is_checked_as_a_built_config_would_be(tmp_path):

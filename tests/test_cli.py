@@ -241,8 +241,15 @@ def test_generate_with_a_compiled_decode_step(model_dir, capsys):
     assert capsys.readouterr().out == eager
     assert counters["stats"]["unique_graphs"] >= 1  # the steps did run compiled
     torch._dynamo.reset()
-    assert "is not a torch.compile backend here; choose from" in _error(
-        capsys, ["generate", str(model_dir), "Hi", "--compile", "inductr"])
+    error = _error(capsys, ["generate", str(model_dir), "Hi", "--compile", "inductr"])
+    assert "is not a torch.compile backend here; choose from" in error and "inductor" in error
+    # (only backends usable here: tvm and openxla need packages this machine lacks, CUDA graphs a GPU)
+    from seqzoo.models.compiled_decoding import backend_installed
+    suggested = error.split("choose from ")[1].split(" (default")[0].split(", ")
+    assert all(backend_installed(name) for name in suggested)
+    assert ("cudagraphs" in suggested) == torch.cuda.is_available()
+    if not backend_installed("tvm"):
+        assert "tvm" not in suggested
 
 
 def test_generate_with_the_head_by_columns(model_dir, capsys, monkeypatch):

@@ -63,10 +63,16 @@ BACKEND_PACKAGES = {"tvm": "tvm", "openxla": "torch_xla", "openxla_eval": "torch
                     "ipex": "intel_extension_for_pytorch"}
 
 
+def backend_installed(backend: str) -> bool:
+    """Whether a ``torch.compile`` backend's own package (if it needs one) is installed here."""
+    package = BACKEND_PACKAGES.get(backend)
+    return package is None or importlib.util.find_spec(package) is not None
+
+
 def check_backend(backend: Any) -> None:
     """Refuse a ``torch.compile`` backend name whose package is not installed."""
     package = BACKEND_PACKAGES.get(backend) if isinstance(backend, str) else None
-    if package is not None and importlib.util.find_spec(package) is None:
+    if package is not None and not backend_installed(backend):
         raise ValueError(f"torch.compile's backend {backend!r} needs the package {package!r}, which is not installed "
                          "here; install it, or choose another backend (inductor, the default; aot_eager; eager)")
 

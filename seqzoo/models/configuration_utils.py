@@ -139,7 +139,7 @@ class SeqzooConfig(PreTrainedConfig):
         # (AutoModel.from_pretrained does, and hands it to the model, which refuses what it does not take):
         # AutoConfig.from_pretrained(path, hiden_size=512) loaded the file's config without a word.
         wants_unused = kwargs.pop("return_unused_kwargs", False)
-        token = _LOADING.set(True)
+        token, given = _LOADING.set(True), _GIVEN_BESIDE.set(frozenset(kwargs))
         try:
             config_dict = cls._derived_anew(config_dict, kwargs)
             config, unused = super().from_dict(config_dict, return_unused_kwargs=True, **kwargs)
@@ -147,6 +147,7 @@ class SeqzooConfig(PreTrainedConfig):
                 config.check_keywords_set_after_loading(set(kwargs) - set(unused))
         finally:
             _LOADING.reset(token)
+            _GIVEN_BESIDE.reset(given)
         if unused and not wants_unused:
             refuse_unused_keywords(config, unused)
         return (config, unused) if wants_unused else config
@@ -213,12 +214,15 @@ class SeqzooConfig(PreTrainedConfig):
         checkpoint saved before the check still loads, and computes what it always computed); checked when the config
         is built, not when it is saved (a loaded config that warned is saved as it was). ``only``: check just these
         fields, strictly (keywords a user set on a loaded config)."""
+        loading = only is None and (loading_config() or not STRICT)
+        beside = _GIVEN_BESIDE.get() if loading else frozenset()  # (refused once the config is built)
         unread = [f"{name}={getattr(self, name)!r} (read only by {owner})" for name, default, owner
-                  in self.unread_fields() if getattr(self, name) != default and (only is None or name in only)]
+                  in self.unread_fields() if getattr(self, name) != default and (only is None or name in only)
+                  and name not in beside]
         if not unread:
             return
         name = type(self).__name__
-        if only is None and (loading_config() or not STRICT):
+        if loading:
             logger.warning("%s: the config sets %s, which a model of %s does not read; it is kept on the config and "
                            "ignored", name, ", ".join(unread), self.architecture_summary())
             return
@@ -421,6 +425,9 @@ TRANSFORMERS_KEYWORDS = frozenset({
     "rope_scaling", "rope_theta", "_from_auto", "_from_pipeline",
 })
 _LOADING = contextvars.ContextVar("seqzoo_config_loading", default=False)
+# The keywords given beside a config.json that loads (checked strictly once it is built: not warned about as the
+# file's values while it builds, which transformers builds it with).
+_GIVEN_BESIDE = contextvars.ContextVar("seqzoo_config_given_beside", default=frozenset())
 
 
 def _generation_keywords() -> frozenset[str]:

@@ -223,6 +223,20 @@ def test_generate_continues_a_user_cache_into_several_sequences_per_prompt(famil
     assert cache.batch_size == 2 and cache.get_seq_length() == 4
 
 
+def test_a_cache_passed_is_returned_advanced_whatever_use_cache_says(family_preset):
+    # A forward given a cache advances it in place; the Transformer then returned cache=None under use_cache=False
+    # while every other family (and LlamaForCausalLM) returned the cache it advanced.
+    model = tiny_model(family_preset).eval()
+    ids = torch.tensor([[5, 6, 7, 8, 9, 10]])
+    with torch.no_grad():
+        cache = output_cache(model(ids[:, :4], use_cache=True))
+        out = model(ids[:, 4:], cache=cache, use_cache=False)
+        full = model(ids).logits
+    assert output_cache(out) is cache and cache.get_seq_length() == 6
+    torch.testing.assert_close(out.logits, full[:, 4:], atol=1e-5, rtol=1e-5)
+    assert output_cache(model(ids, use_cache=False)) is None
+
+
 def test_a_cache_holding_the_whole_input_is_refused(family_preset):
     # generate() advances the cache it is given in place: passing it again with the same inputs, or a cache of the
     # whole prompt, made transformers feed the cached tokens a second time on top of it (garbage, silently).

@@ -140,6 +140,19 @@ def test_cached_decoding_equals_full_recompute(preset):
     assert cache.get_seq_length() == 6
 
 
+def test_a_decoder_cache_passed_is_returned_advanced_whatever_use_cache_says(preset):
+    # The cache passed was advanced in place but not returned under use_cache=False, unlike the causal LMs'.
+    model = tiny_model(preset)
+    ids, mask = padded()
+    target = torch.randint(3, 99, (3, 4))
+    with torch.no_grad():
+        full = model(ids, attention_mask=mask, decoder_input_ids=target).logits
+        cache = output_cache(model(ids, attention_mask=mask, decoder_input_ids=target[:, :2], use_cache=True))
+        out = model(ids, attention_mask=mask, decoder_input_ids=target[:, 2:], cache=cache, use_cache=False)
+    assert output_cache(out) is cache and cache.get_seq_length() == 4
+    torch.testing.assert_close(out.logits, full[:, 2:], rtol=1e-5, atol=1e-5)
+
+
 def test_greedy_generation_with_cache_equals_without(preset):
     model = tiny_model(preset)
     ids, mask = padded()
@@ -665,7 +678,8 @@ def test_the_transformer_takes_exactly_max_position_embeddings_positions():
     ("seq2seq-transformer-tiny", {"embedding_size": 16, "tie_word_embeddings": False},
      "a Transformer's embedding_size must equal hidden_size"),
     ("seq2seq-bahdanau-tiny", {"attention_dropout": 0.1}, "attention_dropout=0.1 is invalid for a recurrent"),
-    ("seq2seq-bahdanau-tiny", {"input_feeding": True}, "input_feeding=True is Luong's"),
+    ("seq2seq-bahdanau-tiny", {"input_feeding": True}, r"input_feeding=True is Luong's.*\(Bahdanau's decoder reads"),
+    ("seq2seq-sutskever-tiny", {"input_feeding": True}, r"input_feeding=True is Luong's.*without attention has no"),
     ("seq2seq-luong-dot-tiny", {"bidirectional": True, "bridge": "projection"}, "attention='luong-dot' scores"),
     ("seq2seq-sutskever-tiny", {"bidirectional": True, "bridge": "copy"}, "bridge='copy' starts each decoder layer"),
     ("seq2seq-sutskever-tiny", {"encoder_type": "gru", "decoder_type": "lstm", "bridge": "copy"},

@@ -273,8 +273,10 @@ class Seq2SeqConfig(SeqzooConfig):
                              " it is the Transformer's; use dropout")
         require_choice(self, "bridge", BRIDGES)
         if self.input_feeding and not self.attention.startswith("luong"):
+            why = ("Bahdanau's decoder reads its context through its input already" if self.attention == "bahdanau"
+                   else "a decoder without attention has no attentional vector to feed")
             raise ValueError(f"{name}: input_feeding=True is Luong's and needs a Luong attention; got attention="
-                             f"{self.attention!r} (Bahdanau's decoder reads its context through its input already)")
+                             f"{self.attention!r} ({why})")
         if self.attention == "luong-dot" and self.annotation_size != self.hidden_size:
             raise ValueError(f"{name}: attention='luong-dot' scores s . h_j, which needs annotations as wide as the "
                              f"decoder state ({self.hidden_size}); a bidirectional encoder's are {self.annotation_size}"

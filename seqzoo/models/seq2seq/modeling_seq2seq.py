@@ -215,7 +215,7 @@ class Seq2SeqModel(Seq2SeqPreTrainedModel):
             cache.advance(inputs.length)
         output = model_output(
             Seq2SeqModelOutput,
-            cache=cache if use_cache else None,
+            cache=cache,  # (a cache passed is returned, advanced, whatever use_cache says: as the causal LMs do)
             last_hidden_state=decoded.output,
             decoder_hidden_states=decoded.hidden_states,
             decoder_attentions=decoded.self_attentions,

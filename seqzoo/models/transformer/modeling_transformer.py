@@ -187,7 +187,7 @@ class TransformerModel(TransformerPreTrainedModel):
             all_hidden_states += (hidden_states,)  # after the final norm, as transformers' models do
         output = model_output(
             BaseModelOutputWithPast,
-            cache=cache if use_cache else None,
+            cache=cache,  # (a cache passed is returned, advanced, whatever use_cache says: as LlamaModel does)
             last_hidden_state=hidden_states,
             hidden_states=all_hidden_states,
             attentions=tuple(shared["attentions"]) if output_attentions else None,
