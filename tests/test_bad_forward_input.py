@@ -307,6 +307,17 @@ def test_damaged_tokenizer_and_generation_config_files_are_named(saved):
     (folder / "generation_config.json").write_text("[7]")  # JSON, but no object: transformers' TypeError
     with pytest.raises(ValueError, match=r"generation_config.json is damaged \(it holds a JSON list, not an object"):
         AutoModelForCausalLM.from_pretrained(folder)
+    # A link to nothing (a Hub cache's snapshot copied without its blobs) or a folder: transformers passed over it as
+    # if absent, and generated 20 tokens where 7 were saved.
+    (folder / "generation_config.json").unlink()
+    (folder / "generation_config.json").symlink_to("../blobs/gone")
+    with pytest.raises(ValueError, match=r"generation_config.json is damaged \(a link to '../blobs/gone', which does "):
+        AutoModelForCausalLM.from_pretrained(folder)
+    (folder / "generation_config.json").unlink()
+    (folder / "generation_config.json").mkdir()
+    with pytest.raises(ValueError, match=r"generation_config.json is damaged \(a folder, not a file\)"):
+        AutoModelForCausalLM.from_pretrained(folder)
+    (folder / "generation_config.json").rmdir()
     # token ids of the wrong type loaded, and failed inside generate() ("invalid data type 'str'")
     for name, value in (("eos_token_id", "x"), ("pad_token_id", -1), ("eos_token_id", [257, 1.5]),
                         ("bos_token_id", True)):

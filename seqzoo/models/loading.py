@@ -45,11 +45,17 @@ def check_checkpoint_model_type(cls: type, source: Any, kwargs: dict[str, Any]) 
 
 
 def damaged_json_files(folder: Path, names: Any) -> str:
-    """Which of ``names`` in ``folder`` are there but not JSON, with the parser's message (empty when none)."""
+    """Which of ``names`` in ``folder`` are there but not JSON, with the parser's message (empty when none). A name
+    that is there but no file is damaged too: a link to nothing (a Hub cache's snapshot copied without the blobs its
+    links point to) or a folder, which transformers passes over as if the file were absent."""
     found = []
     for name in names:
         path = folder / name
-        if path.is_file():
+        if path.is_symlink() and not path.exists():
+            found.append(f"{name} is damaged (a link to {os.readlink(path)!r}, which does not exist)")
+        elif path.exists() and not path.is_file():
+            found.append(f"{name} is damaged (a folder, not a file)")
+        elif path.is_file():
             try:
                 value = json.loads(path.read_bytes())
             except (ValueError, UnicodeDecodeError, RecursionError) as err:

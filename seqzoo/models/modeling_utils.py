@@ -10,6 +10,7 @@ import difflib
 import importlib
 import inspect
 import logging
+import os
 import re
 from typing import Any
 
@@ -188,6 +189,10 @@ class SeqzooPreTrainedModel(PreTrainedModel):
                 "use model.push_to_hub(repo_id, tokenizer=...) or `seqzoo publish FOLDER REPO_ID`"
             )
         options = _save_options(type(self), save_directory, args, kwargs)
+        if os.path.isfile(save_directory):  # (transformers logs an error and returns; the bundle's write then failed
+            # with a bare NotADirectoryError)
+            raise ValueError(f"save_pretrained: {str(save_directory)!r} is a file; give a folder to save into (it is "
+                             "made if missing)")
         # (a state_dict passed in, as accelerate's get_state_dict(model) gives, holds the same quantised tensors)
         quantised = quantised_weights(self, kwargs.get("state_dict"))
         if quantised:  # (torchao's int8 tensors, and torch's packed ones, failed deep in transformers, with

@@ -118,3 +118,13 @@ def test_an_unknown_loading_keyword_is_named_with_the_configs_fields(models, tmp
                                         r"fields are .*hidden_size"):
         AutoModelForCausalLM.from_pretrained(tmp_path, dropuot=0.1)
     assert AutoModelForCausalLM.from_pretrained(tmp_path, dropout=0.1).config.dropout == 0.1
+
+
+def test_a_file_to_save_into_is_refused_before_anything_is_written(models, tmp_path):
+    # transformers logs an error and returns for a path that is a file; the code bundle's write then failed with a
+    # bare NotADirectoryError
+    notes = tmp_path / "notes.txt"
+    notes.write_text("mine")
+    with pytest.raises(ValueError, match=r"save_pretrained: '.*notes.txt' is a file; give a folder to save into"):
+        models[0].save_pretrained(notes)
+    assert notes.read_text() == "mine" and sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt"]
