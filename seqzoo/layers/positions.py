@@ -8,11 +8,15 @@ import torch
 from torch import nn
 
 
-def sinusoidal_table(num_positions: int, dim: int) -> torch.Tensor:
-    """PE[pos, 2i] = sin(pos / 10000^(2i/d)), PE[pos, 2i+1] = cos(pos / 10000^(2i/d))."""
-    position = torch.arange(num_positions, dtype=torch.float32)[:, None]
-    inv_freq = torch.exp(torch.arange(0, dim, 2, dtype=torch.float32) * (-math.log(10000.0) / dim))
-    table = torch.zeros(num_positions, dim, dtype=torch.float32)  # (not the default dtype: a half one rounds it)
+def sinusoidal_table(num_positions: int, dim: int, dtype: torch.dtype | None = None) -> torch.Tensor:
+    """PE[pos, 2i] = sin(pos / 10000^(2i/d)), PE[pos, 2i+1] = cos(pos / 10000^(2i/d)), computed in ``dtype``:
+    float64 for a float64 model (or where float64 is the default dtype), else float32 (a half-precision default
+    would round it)."""
+    if dtype != torch.float64:
+        dtype = torch.float64 if dtype is None and torch.get_default_dtype() == torch.float64 else torch.float32
+    position = torch.arange(num_positions, dtype=dtype)[:, None]
+    inv_freq = torch.exp(torch.arange(0, dim, 2, dtype=dtype) * (-math.log(10000.0) / dim))
+    table = torch.zeros(num_positions, dim, dtype=dtype)
     table[:, 0::2] = torch.sin(position * inv_freq)
     table[:, 1::2] = torch.cos(position * inv_freq[: dim // 2])
     return table
@@ -41,6 +45,13 @@ class SinusoidalPositions(_KeptInFullPrecision):
         super().__init__()
         # A function of the config, not a weight: kept out of checkpoints.
         self.register_buffer("table", sinusoidal_table(max_positions, dim), persistent=False)
+
+    def _apply(self, fn, recurse=True):  # noqa: ANN001, ANN202 -- torch.nn.Module's own signature
+        before = self.table.dtype
+        result = super()._apply(fn, recurse)
+        if self.table.dtype == torch.float64 and before != torch.float64:  # (.double(): exact, not float32's values)
+            self.table = sinusoidal_table(*self.table.shape, dtype=torch.float64).to(self.table.device)
+        return result
 
     def forward(self, position_ids: torch.Tensor) -> torch.Tensor:
         return self.table[position_ids]  # (B, T, D), float32 in a half-precision model: cast by the caller

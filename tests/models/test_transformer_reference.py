@@ -272,6 +272,7 @@ def test_the_sinusoidal_table_stays_float32_under_a_half_precision_cast(preset, 
     kwargs = {"variant": "vaswani"} if preset == "transformer-tiny" else {}
     built = tiny_model(preset, **kwargs)
     tables = [m for m in built.modules() if isinstance(m, SinusoidalPositions)]
+    table_name = next(name for name, m in built.named_modules() if isinstance(m, SinusoidalPositions))
     assert tables
     exact = tables[0].table.clone()
     built.to(dtype).save_pretrained(tmp_path)
@@ -286,3 +287,11 @@ def test_the_sinusoidal_table_stays_float32_under_a_half_precision_cast(preset, 
         assert torch.equal(back(**inputs).last_hidden_state, loaded(**inputs).last_hidden_state)
         assert torch.equal(built.float().eval()(**inputs).logits.float(),
                            type(built).from_pretrained(tmp_path, dtype=torch.float32).eval()(**inputs).logits)
+    # A float64 model's table is float64's, not float32's values cast (6e-5 off at position 2047): cast or loaded.
+    from seqzoo.layers.positions import sinusoidal_table
+
+    exact = sinusoidal_table(*tables[0].table.shape, dtype=torch.float64)
+    assert exact.dtype == torch.float64 and not torch.equal(exact, exact.float().double())
+    assert torch.equal(built.double().get_submodule(table_name).table, exact)
+    loaded64 = type(built).from_pretrained(tmp_path, dtype=torch.float64)
+    assert torch.equal(loaded64.get_submodule(table_name).table, exact)

@@ -109,7 +109,7 @@ class Seq2SeqPreTrainedModel(SeqzooPreTrainedModel):
             init.ones_(module.weight)
             init.zeros_(module.bias)
         elif isinstance(module, SinusoidalPositions):
-            init.copy_(module.table, sinusoidal_table(*module.table.shape))
+            init.copy_(module.table, sinusoidal_table(*module.table.shape, dtype=module.table.dtype))
 
 
 class Seq2SeqModel(Seq2SeqPreTrainedModel):

@@ -78,7 +78,7 @@ class TransformerPreTrainedModel(SeqzooPreTrainedModel):
         elif isinstance(module, SinusoidalPositions):
             from seqzoo.layers.positions import sinusoidal_table
 
-            init.copy_(module.table, sinusoidal_table(*module.table.shape))
+            init.copy_(module.table, sinusoidal_table(*module.table.shape, dtype=module.table.dtype))
 
 
 class TransformerModel(TransformerPreTrainedModel):
