@@ -1,7 +1,8 @@
 """Final outputs that appear whole or not at all, and write errors that say what happened.
 
-``seqzoo new``, ``seqzoo train`` and ``seqzoo publish --dry-run`` build their folder in a temporary sibling
-(``.<name>.<random>.partial``, on the same filesystem) and move it into place only when every file is written:
+``seqzoo new``, ``seqzoo train``, ``seqzoo publish --dry-run``, ``seqzoo convert`` and ``seqzoo export`` build
+their folder in a temporary sibling (``.<name>.<random>.partial``, on the same filesystem) and move it into place
+only when every file is written:
 
 - a destination that does not exist, or an empty folder, is replaced by one rename (atomic) -- but the folder the
   process stands in (``seqzoo new lstm-tiny .``), which receives the files as below;
@@ -13,7 +14,8 @@
   first: a folder shows either no ``config.json`` or one that loads exactly the new model.
 
 A failed write (a read-only folder, a full disk) removes the partial folder and raises :class:`OutputError`, an
-``OSError`` whose message names the destination and the reason in one line.
+``OSError`` whose message names the destination and the reason in one line (a file of the partial folder by the path
+it was to have: the partial folder's random name is gone by the time the message is read).
 """
 
 from __future__ import annotations
@@ -76,7 +78,10 @@ def staged_folder(destination: str | os.PathLike, *, merge: bool = False,
     except OSError as err:
         # A file where a folder of the path should be: "File exists (/x/file)" said neither which nor why.
         blocker = next((p for p in (parent, *parent.parents) if p.exists() and not p.is_dir()), None)
-        reason = f"{blocker} is a file, not a folder" if blocker is not None else describe(err)
+        # mkdtemp names the partial folder it tried to make; the folder it could not make it in is what to fix.
+        tried = Path(os.fsdecode(err.filename)) if isinstance(err.filename, (str, os.PathLike)) else parent
+        shown = _named_as(err, tried, parent) if tried.parent == parent and tried.name.endswith(".partial") else err
+        reason = f"{blocker} is a file, not a folder" if blocker is not None else describe(shown)
         raise OutputError(f"cannot write {destination}: {reason}") from err
     try:
         yield staging
@@ -91,8 +96,20 @@ def staged_folder(destination: str | os.PathLike, *, merge: bool = False,
     except BaseException as err:
         shutil.rmtree(staging, ignore_errors=True)
         if isinstance(err, write_errors()) and not isinstance(err, OutputError):
-            raise OutputError(f"cannot write {destination}: {describe(err)}; nothing was left there") from err
+            reason = describe(_named_as(err, staging, destination))
+            raise OutputError(f"cannot write {destination}: {reason}; nothing was left there") from err
         raise
+
+
+def _named_as(err: BaseException, partial: Path, shown_as: Path) -> BaseException:
+    """``err`` naming ``shown_as`` (or the file in it) where it named the partial folder ``partial`` (or the file in
+    it): that folder's random name is gone by the time the message is read."""
+    if not (isinstance(err, OSError) and isinstance(err.filename, (str, os.PathLike))):
+        return err
+    path = Path(os.fsdecode(err.filename))
+    if path != partial and partial not in path.parents:
+        return err
+    return OSError(err.errno, err.strerror, str(shown_as / path.relative_to(partial)))
 
 
 def _move_files(staging: Path, destination: Path, replaces: tuple[str, ...] = ()) -> None:

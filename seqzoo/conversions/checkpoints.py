@@ -9,6 +9,7 @@ mapped tensors (``assign=True``), so peak memory stays near one copy of the weig
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import shutil
@@ -20,6 +21,7 @@ import torch
 
 from seqzoo.conversions.downloads import download
 from seqzoo.models.configuration_utils import COMPUTE_DTYPES
+from seqzoo.outputs import staged_folder
 
 logger = logging.getLogger("seqzoo")
 
@@ -423,6 +425,33 @@ def conversion_source(source: Any, destination: str | Path) -> Any:
     return folder
 
 
+@contextlib.contextmanager
+def staged_destination(destination: str | Path) -> Iterator[Path]:
+    """An empty folder beside ``destination`` (checked by :func:`check_destination`) to write a conversion's whole
+    output into, moved into place only once every file is written (:func:`seqzoo.outputs.staged_folder`). A failure
+    midway (a full disk, a read-only folder, any error) leaves ``destination`` as it was, so the same command runs
+    again: written in place, a full disk left a ``config.json`` and weights that loaded, without the tokenizer and
+    half the code bundle, and the rerun was refused as a destination holding a checkpoint. A write failure raises
+    :class:`seqzoo.outputs.OutputError`, an OSError naming the destination and the reason ("No space left on
+    device"); safetensors' own error named neither."""
+    destination = Path(destination)
+    if destination.is_symlink():  # staged beside the folder it names: a rename cannot cross filesystems
+        destination = destination.resolve()
+    # A folder holding other files, which check_destination lets through (notes, the vocab.txt given to --vocab),
+    # keeps them: the new files join them one rename each, config.json last.
+    keeps_files = destination.is_dir() and any(destination.iterdir())
+    with staged_folder(destination, merge=keeps_files) as staging:
+        yield staging
+
+
+def save_converted(model: Any, source: Any, destination: str | Path) -> None:
+    """Save the converted ``model`` to ``destination`` with the tokenizer and generation-config files of the source
+    folder ``source`` (:func:`copy_tokenizer_files`), whole or not at all (:func:`staged_destination`)."""
+    with staged_destination(destination) as staging:
+        model.save_pretrained(staging)
+        copy_tokenizer_files(source, staging, vocab_size=model.config.vocab_size)
+
+
 def tokenizer_code_files(folder: Path) -> tuple[list[str], list[str]]:
     """(modules, elsewhere) of a tokenizer with its own code: the files of the modules tokenizer_config.json's
     ``auto_map`` names for ``AutoTokenizer``, and its references to code in another Hub repository
@@ -601,8 +630,9 @@ __all__ = ["CHECKPOINT_FILES", "DTYPES", "Reader", "SourceWeights", "TOKENIZER_F
            "TransformersSource", "build_model", "check_destination", "check_tensors", "config_dict",
            "conversion_dtype", "conversion_source", "copy_tokenizer_files", "download", "head_is_tied",
            "is_torch_save_file", "load_transformers_source", "load_torch_file", "local_source", "materialize_buffers",
-           "read_folder_weights", "read_json", "refuse_adapters", "require_floating_point", "require_values", "show",
-           "tokenizer_code_files", "valid_token_ids", "weights_only_refusal"]
+           "read_folder_weights", "read_json", "refuse_adapters", "require_floating_point", "require_values",
+           "save_converted", "show", "staged_destination", "tokenizer_code_files", "valid_token_ids",
+           "weights_only_refusal"]
 
 
 class TransformersSource(NamedTuple):

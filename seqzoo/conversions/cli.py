@@ -7,7 +7,6 @@ to ``SOURCES``.
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 from typing import Any, Callable
 
 DTYPE_CHOICES = ["float32", "bfloat16", "float16"]
@@ -47,19 +46,21 @@ def _world_tokenizer(args: argparse.Namespace) -> Any:
 
 
 def _save_world_tokenizer(args: argparse.Namespace, model: Any, tokenizer: Any) -> str:
-    """Save ``tokenizer`` (from :func:`_world_tokenizer`) and ``model``; refuses a model whose embedding is not the
-    World vocabulary's (a Pile / GPT-NeoX RWKV-7 would read World ids as other tokens, silently)."""
+    """Save ``tokenizer`` (from :func:`_world_tokenizer`) and ``model``, whole or not at all
+    (:func:`~seqzoo.conversions.checkpoints.staged_destination`); refuses a model whose embedding is not the World
+    vocabulary's (a Pile / GPT-NeoX RWKV-7 would read World ids as other tokens, silently)."""
+    from seqzoo.conversions.checkpoints import staged_destination
     from seqzoo.conversions.world_tokenizer import WORLD_VOCAB_SIZE
 
     if tokenizer is not None and model.config.vocab_size != WORLD_VOCAB_SIZE:
         raise ValueError(f"--world-tokenizer: the checkpoint's embedding has {model.config.vocab_size} rows, but RWKV "
                          f"World models have {WORLD_VOCAB_SIZE}; this checkpoint was trained with another tokenizer. "
                          "Convert it without --world-tokenizer")
-    model.save_pretrained(Path(args.destination))
-    if tokenizer is None:
-        return ""
-    tokenizer.save_pretrained(args.destination)
-    return "; RWKV World tokenizer saved with it"
+    with staged_destination(args.destination) as staging:
+        model.save_pretrained(staging)
+        if tokenizer is not None:
+            tokenizer.save_pretrained(staging)
+    return "" if tokenizer is None else "; RWKV World tokenizer saved with it"
 
 
 def _take_world_token_ids(model: Any, tokenizer: Any) -> str:

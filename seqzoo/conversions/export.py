@@ -24,6 +24,7 @@ from seqzoo.conversions.checkpoints import (
     materialize_buffers,
     refuse_adapters,
     require_values,
+    staged_destination,
 )
 from seqzoo.models.weight_storage import contiguous_state_dict, quantised_weights
 
@@ -96,13 +97,14 @@ def _check_causal_lm(model: Any, target: str) -> None:
 
 
 def export_native(source: Any, destination: str | Path, target: str) -> Any:
-    """Export a seqzoo model (object or saved folder) as a ``target`` folder; returns the transformers model."""
+    """Export a seqzoo model (object or saved folder) as a ``target`` folder, written whole or not at all
+    (:func:`seqzoo.conversions.checkpoints.staged_destination`); returns the transformers model."""
     check_destination(source, destination)
     model = _load_seqzoo(source, target)
     native = to_native(model, target)
-    destination = Path(destination)
-    native.save_pretrained(destination)
-    copy_tokenizer_files(source, destination)
+    with staged_destination(destination) as staging:
+        native.save_pretrained(staging)
+        copy_tokenizer_files(source, staging)
     return native
 
 

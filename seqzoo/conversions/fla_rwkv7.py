@@ -29,9 +29,9 @@ from seqzoo.conversions.checkpoints import (
     check_destination,
     config_dict,
     conversion_dtype,
-    copy_tokenizer_files,
     read_folder_weights,
     read_json,
+    save_converted,
     show,
     valid_token_ids,
 )
@@ -158,8 +158,7 @@ def convert_fla_rwkv7_folder(source: str | Path, destination: str | Path, dtype:
     checkpoints ship their own tokenizer code; ``seqzoo convert fla-rwkv7 --world-tokenizer`` builds seqzoo's)."""
     check_destination(source, destination)
     model = convert_fla_rwkv7(source, dtype=dtype)
-    model.save_pretrained(Path(destination))
-    copy_tokenizer_files(source, Path(destination), vocab_size=model.config.vocab_size)
+    save_converted(model, source, destination)  # (whole or not at all)
     return model
 
 

@@ -26,8 +26,8 @@ from seqzoo.conversions.checkpoints import (
     build_model,
     conversion_dtype,
     conversion_source,
-    copy_tokenizer_files,
     load_transformers_source,
+    save_converted,
     valid_token_ids,
 )
 
@@ -122,8 +122,7 @@ def convert_gpt2_folder(source: Any, destination: str | Path, dtype: torch.dtype
     source folder (of the folder a Hub repo id downloads to)."""
     source = conversion_source(source, destination)  # (a Hub repo id: the folder it downloads to)
     model = convert_gpt2(source, dtype)
-    model.save_pretrained(Path(destination))
-    copy_tokenizer_files(source, Path(destination), vocab_size=model.config.vocab_size)
+    save_converted(model, source, destination)  # (whole or not at all)
     return model
 
 

@@ -24,10 +24,10 @@ from seqzoo.conversions.checkpoints import (
     build_model,
     conversion_dtype,
     conversion_source,
-    copy_tokenizer_files,
     head_is_tied,
     load_transformers_source,
     require_values,
+    save_converted,
     valid_token_ids,
 )
 
@@ -146,8 +146,7 @@ def convert_hf_mamba_folder(source: Any, destination: str | Path, dtype: torch.d
     the converted model."""
     source = conversion_source(source, destination)  # (a Hub repo id: the folder it downloads to)
     model = convert_hf_mamba(source, dtype)
-    model.save_pretrained(Path(destination))
-    copy_tokenizer_files(source, Path(destination), vocab_size=model.config.vocab_size)
+    save_converted(model, source, destination)  # (whole or not at all)
     return model
 
 

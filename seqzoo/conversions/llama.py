@@ -29,8 +29,8 @@ from seqzoo.conversions.checkpoints import (
     build_model,
     conversion_dtype,
     conversion_source,
-    copy_tokenizer_files,
     load_transformers_source,
+    save_converted,
     show,
     valid_token_ids,
 )
@@ -202,8 +202,7 @@ def convert_llama_folder(source: Any, destination: str | Path, dtype: torch.dtyp
     source folder (of the folder a Hub repo id downloads to)."""
     source = conversion_source(source, destination)  # (a Hub repo id: the folder it downloads to)
     model = convert_llama(source, dtype)
-    model.save_pretrained(Path(destination))
-    copy_tokenizer_files(source, Path(destination), vocab_size=model.config.vocab_size)
+    save_converted(model, source, destination)  # (whole or not at all)
     return model
 
 

@@ -29,9 +29,9 @@ from seqzoo.conversions.checkpoints import (
     check_destination,
     config_dict,
     conversion_dtype,
-    copy_tokenizer_files,
     read_folder_weights,
     read_json,
+    save_converted,
     valid_token_ids,
 )
 from seqzoo.conversions.hf_mamba import convert_state_dict
@@ -164,8 +164,7 @@ def convert_mamba_ssm_folder(source: str | Path, destination: str | Path, dtype:
     """Convert a mamba_ssm folder and save it to ``destination``, with any tokenizer files the folder has."""
     check_destination(source, destination)
     model = convert_mamba_ssm(source, dtype=dtype)
-    model.save_pretrained(Path(destination))
-    copy_tokenizer_files(source, Path(destination), vocab_size=model.config.vocab_size)
+    save_converted(model, source, destination)  # (whole or not at all)
     return model
 
 

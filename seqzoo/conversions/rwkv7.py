@@ -22,7 +22,7 @@ from typing import Any
 
 import torch
 
-from seqzoo.conversions.checkpoints import check_destination, conversion_dtype
+from seqzoo.conversions.checkpoints import check_destination, conversion_dtype, staged_destination
 
 # (seqzoo pattern, reference replacement): the reference key of every seqzoo parameter.
 KEY_MAP = (
@@ -212,10 +212,12 @@ def convert_rwkv7(
 def convert_rwkv7_file(
     source: str | Path, destination: str | Path, dtype: torch.dtype | None = None, **config_overrides: Any
 ) -> Any:
-    """Convert ``source`` and save it to ``destination`` (safetensors + config.json). Returns the model."""
+    """Convert ``source`` and save it to ``destination`` (safetensors + config.json), whole or not at all
+    (:func:`seqzoo.conversions.checkpoints.staged_destination`). Returns the model."""
     check_destination(source, destination)
     model = convert_rwkv7(source, dtype, **config_overrides)
-    model.save_pretrained(Path(destination))
+    with staged_destination(destination) as staging:
+        model.save_pretrained(staging)
     return model
 
 

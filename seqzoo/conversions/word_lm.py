@@ -38,6 +38,7 @@ from seqzoo.conversions.checkpoints import (
     is_torch_save_file,
     load_torch_file,
     require_floating_point,
+    staged_destination,
     weights_only_refusal,
 )
 
@@ -268,7 +269,8 @@ def convert_word_lm_file(source: Any, destination: str | Path, nonlinearity: str
                          key_map: dict[str, str] | None = None, vocabulary: Any = None, hidden: Any = None,
                          dtype: torch.dtype | None = None, **config_overrides: Any) -> Any:
     """Convert ``source`` and save it to ``destination``, with a word tokenizer when ``vocabulary`` is given and the
-    hidden state (a tensor / tuple, or a ``.pt`` file of one) as ``hidden_state.safetensors`` when ``hidden`` is."""
+    hidden state (a tensor / tuple, or a ``.pt`` file of one) as ``hidden_state.safetensors`` when ``hidden`` is; all
+    of it or nothing (:func:`seqzoo.conversions.checkpoints.staged_destination`)."""
     destination = check_destination(source, destination)
     model = convert_word_lm(source, nonlinearity, key_map, dtype, **config_overrides)
     if vocabulary is not None:
@@ -280,11 +282,12 @@ def convert_word_lm_file(source: Any, destination: str | Path, nonlinearity: str
         hidden = _load_hidden_file(Path(hidden))
     if hidden is not None:
         hidden_to_cache(hidden, model.config)  # a hidden state of the wrong shape or type is refused before writing
-    model.save_pretrained(destination)
-    if vocabulary is not None:
-        tokenizer.save_pretrained(destination)
-    if hidden is not None:
-        save_hidden_state(hidden, model.config, destination / "hidden_state.safetensors")
+    with staged_destination(destination) as staging:
+        model.save_pretrained(staging)
+        if vocabulary is not None:
+            tokenizer.save_pretrained(staging)
+        if hidden is not None:
+            save_hidden_state(hidden, model.config, staging / "hidden_state.safetensors")
     return model
 
 
