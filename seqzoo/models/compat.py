@@ -219,6 +219,22 @@ def source_fingerprint(*functions: Any) -> str | None:
     return digest.hexdigest()[:16]
 
 
+def checked_source(functions: tuple, fingerprints: frozenset[str]) -> bool:
+    """Whether ``functions`` are the ones whose sources have these fingerprints, not wrappers of them (whose source
+    ``inspect`` reads from what they wrap); remembered by the functions themselves, so a method patched since (or
+    put back) is checked as it is now."""
+    key = (functions, fingerprints)
+    found = _CHECKED_SOURCES.get(key)
+    if found is None:
+        found = (all(getattr(function, "__wrapped__", None) is None for function in functions)
+                 and source_fingerprint(*functions) in fingerprints)
+        _CHECKED_SOURCES[key] = found
+    return found
+
+
+_CHECKED_SOURCES: dict[tuple, bool] = {}
+
+
 def causal_mask(**kwargs: Any) -> Any:
     """transformers' ``create_causal_mask`` with the cache passed under the name the installed release takes."""
     kwargs[_MASK_CACHE_KWARG] = kwargs.pop(CACHE_ARGUMENT)

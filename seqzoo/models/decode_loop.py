@@ -48,7 +48,6 @@ forward calls.
 
 from __future__ import annotations
 
-import functools
 import sys
 from typing import Any
 
@@ -76,12 +75,20 @@ _CACHE_KEYS = (GENERATE_CACHE_KWARG, "past_key_values")
 _STEP_INPUTS = frozenset({"input_ids", "attention_mask", "position_ids", "logits_to_keep", "use_cache", *_CACHE_KEYS})
 
 
-@functools.cache
 def loop_checked() -> bool:
-    """Whether :func:`sample` was checked against the installed transformers' loop."""
-    fingerprints = (source_fingerprint(GenerationMixin._sample),
-                    source_fingerprint(GenerationMixin._update_model_kwargs_for_generation))
-    return fingerprints in _CHECKED_LOOPS
+    """Whether :func:`sample` was checked against the installed transformers' loop, as it is now (a method patched
+    since, even after a first generate(), or wrapped, is not: transformers' own loop then runs)."""
+    key = (GenerationMixin._sample, GenerationMixin._update_model_kwargs_for_generation, _CHECKED_LOOPS)
+    found = _LOOPS_FOUND.get(key)
+    if found is None:
+        functions = key[:2]
+        found = (all(getattr(function, "__wrapped__", None) is None for function in functions)
+                 and tuple(map(source_fingerprint, functions)) in _CHECKED_LOOPS)
+        _LOOPS_FOUND[key] = found
+    return found
+
+
+_LOOPS_FOUND: dict[tuple, bool] = {}
 
 
 def check_loop_name(loop: str) -> None:

@@ -10,7 +10,6 @@ from their ``generate`` and ``prepare_inputs_for_generation``.
 from __future__ import annotations
 
 import contextlib
-import functools
 import inspect
 from collections.abc import Iterator
 from types import SimpleNamespace
@@ -343,7 +342,17 @@ def _preparation_fingerprint() -> str | None:
     return source_fingerprint(GenerationMixin.prepare_inputs_for_generation)
 
 
-@functools.cache
 def preparation_checked() -> bool:
-    """Whether :func:`decode_step_inputs` was checked against the installed transformers' method."""
-    return _MULTIMODAL_INPUTS is not None and _preparation_fingerprint() in _CHECKED_PREPARATIONS
+    """Whether :func:`decode_step_inputs` was checked against the installed transformers' method, as it is now: the
+    one seqzoo found as it was imported (transformers wraps it itself), with a checked source. One patched since,
+    even after a first generate() and with functools.wraps, is another: its own code then runs at every step."""
+    global _IMPORTED_FINGERPRINT
+    if GenerationMixin.prepare_inputs_for_generation is not _IMPORTED_PREPARATION or _MULTIMODAL_INPUTS is None:
+        return False
+    if _IMPORTED_FINGERPRINT is None:
+        _IMPORTED_FINGERPRINT = _preparation_fingerprint() or ""
+    return _IMPORTED_FINGERPRINT in _CHECKED_PREPARATIONS
+
+
+_IMPORTED_PREPARATION = GenerationMixin.prepare_inputs_for_generation
+_IMPORTED_FINGERPRINT: str | None = None  # (read at the first call: reading a source takes milliseconds)

@@ -33,7 +33,7 @@ from transformers import GenerationConfig, GenerationMixin, PreTrainedConfig
 from transformers.utils import TransformersKwargs
 from transformers.utils.logging import get_verbosity
 
-from seqzoo.models.compat import source_fingerprint
+from seqzoo.models.compat import checked_source
 from seqzoo.models.configuration_utils import _seqzoo_config_getattribute
 from seqzoo.models.generation import without_cache_implementation
 
@@ -64,22 +64,10 @@ _CONTAINERS = frozenset({list, tuple, dict})
 def preparation_checked() -> bool:
     """Whether :func:`prepare_generation_config` was checked against the installed transformers' methods, as they are
     now (one patched since, or wrapped, is not)."""
-    return _checked((GenerationMixin._prepare_generation_config, PreTrainedConfig._get_generation_parameters),
+    return checked_source((GenerationMixin._prepare_generation_config, PreTrainedConfig._get_generation_parameters),
                     _CHECKED_PREPARATIONS)
 
 
-def _checked(functions: tuple, fingerprints: frozenset[str]) -> bool:
-    """Whether ``functions`` are the ones whose sources have these fingerprints, not wrappers of them (whose source
-    ``inspect`` reads from what they wrap); remembered by the functions themselves."""
-    found = _FOUND.get(functions)
-    if found is None:
-        found = (all(getattr(function, "__wrapped__", None) is None for function in functions)
-                 and source_fingerprint(*functions) in fingerprints)
-        _FOUND[functions] = found
-    return found
-
-
-_FOUND: dict[tuple, bool] = {}
 
 
 def prepare_generation_config(model: nn.Module, generation_config: Any,
@@ -118,7 +106,7 @@ def prepare_generation_config(model: nn.Module, generation_config: Any,
 def mask_preparation_checked() -> bool:
     """Whether :func:`attention_mask_for_generation` was checked against the installed transformers' method, as it
     is now."""
-    return _checked((GenerationMixin._prepare_attention_mask_for_generation,), _CHECKED_MASK_PREPARATIONS)
+    return checked_source((GenerationMixin._prepare_attention_mask_for_generation,), _CHECKED_MASK_PREPARATIONS)
 
 
 def attention_mask_for_generation(inputs_tensor: Any, generation_config: Any,
@@ -217,7 +205,7 @@ def signature_names(model: nn.Module) -> SignatureNames | None:
     None where transformers' methods must read them: either method set on the model itself (accelerate's
     hooks set a wrapped forward there) or transformers' three methods not the ones checked."""
     own = vars(model)
-    if "forward" in own or "prepare_inputs_for_generation" in own or not _checked(
+    if "forward" in own or "prepare_inputs_for_generation" in own or not checked_source(
             (GenerationMixin._validate_model_kwargs, GenerationMixin._supports_logits_to_keep,
              GenerationMixin._supports_mm_encoder_outputs), _CHECKED_SIGNATURE_READS):
         return None

@@ -240,12 +240,10 @@ def test_an_unchecked_step_preparation_prepares_every_step_through_both_methods(
     # transformers' preparation, and seqzoo's loop builds no step from another's inputs.
     model = tiny_model(FAMILIES["transformer"])
     monkeypatch.setattr(generation, "_CHECKED_PREPARATIONS", frozenset())
-    generation.preparation_checked.cache_clear()
     try:
         assert_same_generation(model, monkeypatch, fast=False, input_ids=PROMPT, attention_mask=MASK, **GREEDY)
     finally:
         monkeypatch.undo()
-        generation.preparation_checked.cache_clear()
 
 
 def test_only_plain_first_step_inputs_are_built_on():
@@ -521,7 +519,6 @@ def test_what_seqzoo_loop_was_not_checked_for_runs_transformers_loop(change, mon
         model.set_generate_loop("transformers")
     elif change == "unchecked release":
         monkeypatch.setattr(decode_loop, "_CHECKED_LOOPS", frozenset())
-        decode_loop.loop_checked.cache_clear()
     elif change == "instance preparation":  # as peft's prompt tuning sets it while it generates
         own = model.prepare_inputs_for_generation
         model.prepare_inputs_for_generation = functools.wraps(own)(lambda *args, **kw: own(*args, **kw))
@@ -535,10 +532,7 @@ def test_what_seqzoo_loop_was_not_checked_for_runs_transformers_loop(change, mon
     else:
         kwargs.update(num_beams=2)
     spy = Spy(monkeypatch)
-    try:
-        out = model.generate(**kwargs)
-    finally:
-        decode_loop.loop_checked.cache_clear()
+    out = model.generate(**kwargs)
     assert spy.runs == 0
     sequences = out.sequences if change == "return_dict_in_generate" else out
     if change != "beam search":
@@ -945,3 +939,26 @@ def test_a_call_set_on_transformers_classes_while_generating_is_called_from_then
     assert len(seen["seqzoo"]) == len(seen["transformers"]) == 5
     assert all(map(torch.equal, seen["seqzoo"], seen["transformers"]))
     assert appends.runs and appends.runs[0] >= 2  # (tokens were kept aside before the call was set)
+
+
+@pytest.mark.parametrize("name", ["prepare_inputs_for_generation", "_update_model_kwargs_for_generation"])
+@pytest.mark.parametrize("wrapped", [False, True], ids=["patched", "wrapped"])
+def test_a_transformers_method_patched_after_a_first_generate_runs_at_every_step(name, wrapped, monkeypatch):
+    # Whether transformers' methods were the ones checked was read once a process: one patched after the first
+    # generate() (a profiler, a library) ran at the prompt's step only, and a functools.wraps wrapper was never seen.
+    model = tiny_model(FAMILIES["transformer"])
+    kwargs = {"input_ids": PROMPT, "attention_mask": MASK, **GREEDY}
+    expected = model.generate(**kwargs)  # (the first use)
+    original, calls = getattr(GenerationMixin, name), []
+
+    def patched(*args, **kw):
+        calls.append(name)
+        return original(*args, **kw)
+
+    monkeypatch.setattr(GenerationMixin, name, functools.wraps(original)(patched) if wrapped else patched)
+    assert torch.equal(model.generate(**kwargs), expected)
+    assert len(calls) == GREEDY["max_new_tokens"]
+    monkeypatch.undo()  # (put back: seqzoo's own steps again)
+    calls.clear()
+    assert torch.equal(model.generate(**kwargs), expected) and not calls
+    assert decode_loop.loop_checked() and generation.preparation_checked()

@@ -199,7 +199,6 @@ def test_an_unchecked_release_prepares_every_step_with_transformers_method(monke
     model = tiny_model(FAMILIES["transformer"])
     expected = model.generate(PROMPT, attention_mask=MASK, max_new_tokens=4, do_sample=False, pad_token_id=0)
     monkeypatch.setattr(generation, "_CHECKED_PREPARATIONS", frozenset())
-    generation.preparation_checked.cache_clear()
     try:
         calls = recorded_steps(model, monkeypatch, input_ids=PROMPT, attention_mask=MASK)
         assert len(calls) == 4 and all(result is None for _, _, result in calls)
@@ -207,7 +206,6 @@ def test_an_unchecked_release_prepares_every_step_with_transformers_method(monke
         assert torch.equal(got, expected)
     finally:
         monkeypatch.undo()
-        generation.preparation_checked.cache_clear()
     assert generation.preparation_checked()
 
 
