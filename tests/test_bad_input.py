@@ -115,6 +115,13 @@ def test_a_loaded_config_with_a_field_this_seqzoo_does_not_know_loads_with_a_war
     assert "vocab_size" not in caplog.text
     with pytest.raises(TypeError, match="hidden_sise"):  # and after a load, building one refuses again
         seqzoo.LSTMConfig(**BASE, hidden_sise=1)
+    # Another file with the same misspelt field (another value) is named too: the warning was once per class and
+    # field name in a process, and a second damaged folder loaded silently.
+    (tmp_path / "config.json").write_text(json.dumps({**values, "hidden_sise": 128}))
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="seqzoo"):
+        AutoConfig.from_pretrained(tmp_path)
+    assert "'hidden_sise' (did you mean 'hidden_size'?)" in caplog.text
 
 
 @pytest.mark.parametrize(("preset", "key", "value"), [

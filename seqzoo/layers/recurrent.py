@@ -248,6 +248,15 @@ class _BuiltTable:
         # (a copied cache decodes with the same table, and copies none of the weights it refers to)
         return self
 
+    def __reduce__(self) -> tuple:
+        # A pickled cache (torch.save(cache)) is saved without the model's weights the table refers to (its
+        # embedding and weight_ih, 150 times the state of a tiny model): the next step builds the table again.
+        return _no_table, ()
+
+
+def _no_table() -> None:
+    return None
+
 
 def step_stack(
     layers: Sequence[nn.Module], hidden_states: torch.Tensor, states: Sequence[dict | None],

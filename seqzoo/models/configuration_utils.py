@@ -491,7 +491,7 @@ def loading_config() -> bool:
     return _LOADING.get()
 
 
-_WARNED_UNKNOWN: set[tuple[str, tuple[str, ...]]] = set()
+_WARNED_UNKNOWN: set[tuple[str, tuple[tuple[str, str], ...]]] = set()
 
 
 def check_unknown_keywords(config: PreTrainedConfig, kwargs: dict[str, Any]) -> None:
@@ -509,17 +509,18 @@ def check_unknown_keywords(config: PreTrainedConfig, kwargs: dict[str, Any]) -> 
         return
     names, hints = _own_fields_and_hints(cls, unknown)
     if loading_config() or not STRICT:
+        # Warned once per class and set of fields with their values in a process: one command loads a folder's
+        # config.json several times (the config, the model, the tokenizer each read it); another file's are named.
+        seen = (cls.__name__, tuple((key, repr(kwargs[key])) for key in unknown))
         # A key naming what the class defines (a value it computes, such as Mamba's intermediate_size, which
         # transformers' MambaConfig writes; a method) cannot be stored on the config: transformers' setattr failed on
         # a property without a setter, and a method would be replaced by the value. Dropped, and said so.
         defined = [key for key in unknown if hasattr(cls, key)]
         dropped = [f"{key}={kwargs.pop(key)!r}{_computed(config, key)}" for key in defined]
         kept = [hint for key, hint in zip(unknown, hints) if key not in defined]
-        # Once per class and set of fields in a process: one command loads a folder's config.json several times (the
-        # config, the model, the tokenizer each read it).
-        if (cls.__name__, tuple(unknown)) in _WARNED_UNKNOWN:
+        if seen in _WARNED_UNKNOWN:
             return
-        _WARNED_UNKNOWN.add((cls.__name__, tuple(unknown)))
+        _WARNED_UNKNOWN.add(seen)
         if kept:
             logger.warning("%s: the config has field(s) %s that this seqzoo does not know; they are kept on the "
                            "config, but nothing reads them (a config saved by a later seqzoo, or edited by hand?)",
@@ -577,6 +578,11 @@ def _own_fields_and_hints(cls: type, keys: list[str]) -> tuple[list[str], list[s
 
 
 _CAPABILITIES: dict[tuple, Capabilities] = {}
+
+
+def forget_capabilities() -> None:
+    """Derive every config's capabilities anew at its next read (a mixer name re-registered as another mixer)."""
+    _CAPABILITIES.clear()
 _SCALARS = frozenset({int, bool, float, str, type(None)})  # hashable as they are
 _FIELDS_OF: dict[type, tuple[str, ...] | None] = {}
 

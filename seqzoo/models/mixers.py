@@ -26,6 +26,7 @@ from seqzoo.layers.mixer import Mixer
 from seqzoo.layers.recurrent import GRUMixer, LSTMMixer, RNNMixer
 from seqzoo.layers.rwkv7 import RWKV7TimeMix
 from seqzoo.models.classic.configuration_classic import ClassicRecurrentConfig
+from seqzoo.models.configuration_utils import forget_capabilities
 from seqzoo.models.gru.configuration_gru import GRUConfig
 from seqzoo.models.lstm.configuration_lstm import LSTMConfig
 from seqzoo.models.mamba.configuration_mamba import MambaConfig
@@ -141,6 +142,11 @@ def register_mixer(spec: MixerSpec, *, exist_ok: bool = False) -> MixerSpec:
     if not exist_ok:
         _check_name_free(spec)
     _MIXERS[spec.name] = spec
+    # A config's capabilities are kept per mixer names: a name now meaning another mixer (re-registered with
+    # exist_ok=True, a plugin reworked in a notebook, or one taken out of the registry and registered anew) must be
+    # derived anew, or a hybrid naming it kept the old mixer's (a recurrent state where the new one is attention:
+    # assisted decoding refused, no position ids built).
+    forget_capabilities()
     return spec
 
 

@@ -490,3 +490,24 @@ def test_a_plugin_configs_own_field_named_like_one_the_hybrid_sets_elsewhere_is_
     assert "embedding_size" not in mixers.hybrid_fields(TransformerConfig)
     assert {"hidden_size", "embedding_size"} <= set(mixers.hybrid_fields(GRUConfig))
     assert "position_embedding" in mixers.hybrid_fields(TransformerConfig)
+
+
+def test_a_mixer_name_registered_again_as_another_mixer_gives_configs_its_capabilities():
+    # A config's capabilities are kept per mixer names: after "toy" became an attention mixer, a new hybrid naming it
+    # kept the recurrent mixer's (stateful: assisted decoding refused, no position ids built for generate()).
+    from seqzoo.layers.attention import SelfAttention
+    from seqzoo.layers.recurrent import RNNMixer
+    from seqzoo.models.hybrid.configuration_hybrid import HybridConfig
+    from seqzoo.models.mixers import MixerSpec, register_mixer
+    from seqzoo.models.rnn.configuration_rnn import RNNConfig
+    from seqzoo.models.transformer.configuration_transformer import TransformerConfig
+
+    register_mixer(MixerSpec("toy", RNNMixer, RNNConfig, ("nonlinearity",)))
+    recurrent = HybridConfig(hidden_size=16, mixer_types=["toy", "toy"], vocab_size=32)
+    assert recurrent.capabilities.constant_state_decode and not recurrent.capabilities.can_crop_cache
+    register_mixer(MixerSpec("toy", SelfAttention, TransformerConfig, ("num_attention_heads", "num_key_value_heads")),
+                   exist_ok=True)
+    attention = HybridConfig(hidden_size=16, mixer_types=["toy", "toy"], vocab_size=32,
+                             mixer_config={"toy": {"num_attention_heads": 2, "num_key_value_heads": 2}})
+    assert attention.cache_layer_kinds == ["attention", "attention"]
+    assert attention.capabilities == attention.derive_capabilities() and attention.capabilities.can_crop_cache
