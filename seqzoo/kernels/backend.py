@@ -83,6 +83,8 @@ class Op:
     name: str
     description: str
     backends: dict[str, Backend] = field(default_factory=dict)
+    # Called with every call's arguments before a backend is chosen (see ``register_op``); None: nothing to check.
+    check: Callable[..., None] | None = None
 
 
 def _call_device(args: tuple, kwargs: dict) -> str | None:
@@ -168,6 +170,30 @@ def autocast_device_type(tensor: Any) -> str | None:
         return None
     device_type = tensor.device.type
     return device_type if torch.is_autocast_enabled(device_type) else None
+
+
+def check_floating(op: str, names: tuple[str, ...], values: tuple) -> None:
+    """ValueError unless every tensor of ``values`` (None entries skipped) has a real floating-point dtype, naming
+    the first that has not (``names`` are their argument names); TypeError naming one that is not a tensor.
+
+    A kernel computes in floating point and returns its output in its input's dtype: an integer input came back
+    truncated (the reference backends cast it), or was declined by one backend's ``supports()`` only to be run by
+    another. An op's check (``register_op``) calls this on every call, so the loop reads one dtype per tensor."""
+    try:
+        for value in values:
+            if value is not None and not value.dtype.is_floating_point:
+                break
+        else:
+            return
+    except AttributeError:  # (not a tensor: a list, a number, a numpy array, whose dtype has no is_floating_point)
+        pass
+    for name, value in zip(names, values):
+        dtype = getattr(value, "dtype", None)
+        if value is not None and not isinstance(getattr(dtype, "is_floating_point", None), bool):
+            raise TypeError(f"{op}: {name} must be a tensor, got {type(value).__name__}")
+        if value is not None and not dtype.is_floating_point:
+            raise ValueError(f"{op}: {name} has dtype {dtype}; the op takes real floating-point tensors (float16, "
+                             f"bfloat16, float32 or float64): convert it, e.g. {name}.float()")
 
 
 def to_float32(value: Any) -> Any:

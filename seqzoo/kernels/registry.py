@@ -4,6 +4,11 @@ Every op (``lstm``, ``selective_scan``, ``wkv7`` ...) has a ``reference`` backen
 implementation that is always available, and may have faster ones (fused torch, chunked torch, Triton, adapters to
 installed third-party kernels). All backends of an op share one signature.
 
+Before any backend sees a call, the call itself is checked: a keyword the op does not take (its reference backend's
+signature, read once per op) raises a TypeError naming the op, the keyword and those it takes, and the op's own
+check (``register_op(..., check=fn)``: real floating-point inputs, valid options) raises for a call no backend may
+run, which a ``supports()`` that declined it would otherwise have handed to another backend.
+
 Selection for a call, in order:
   1. an explicit request: :func:`set_backend` / :func:`use_backend` (API) or ``SEQZOO_KERNELS="op=backend,..."``;
      the requested backend must be available and must support the call, otherwise the call raises, naming the
@@ -36,6 +41,7 @@ from __future__ import annotations
 import contextlib
 import difflib
 import importlib
+import inspect
 import logging
 import os
 import threading
@@ -68,12 +74,15 @@ CACHE_LIMIT = 4096  # cached choices per state; a stream of ever-new keys (shape
 @dataclass
 class _Plan:
     """How one op is selected under the current settings: the forced backend (or None) and the candidates in
-    priority order, available ones only; ``keyed`` are the candidates whose key is not constant."""
+    priority order, available ones only; ``keyed`` are the candidates whose key is not constant. ``keywords`` are
+    the keyword arguments a call may pass (None: any), ``check`` the op's check of a call (see register_op)."""
 
     forced: str | None
     candidates: tuple[Backend, ...]
     keyed: tuple[Backend, ...]
     cacheable: bool
+    keywords: frozenset[str] | None = None
+    check: Callable[..., None] | None = None
 
 
 @dataclass
@@ -97,16 +106,26 @@ _plugins_loaded = False
 _state: _State | None = None
 
 
-def register_op(name: str, description: str = "") -> Op:
+def register_op(name: str, description: str = "", check: Callable[..., None] | None = None) -> Op:
+    """Declare op ``name``. ``check``, called with every call's arguments before a backend is chosen, raises for a
+    call that no backend may run (ValueError naming the argument: an integer input, an invalid option): a
+    ``supports()`` that declined such a call would otherwise hand it to another backend, which ran it wrongly.
+    Keep it cheap (dtypes, Python values): it runs on every call, decode steps included."""
     # The name must be writable in SEQZOO_KERNELS ("op=backend,..."), as a backend's is.
     if not isinstance(name, str) or not name or not name.replace("_", "").replace("-", "").isalnum():
         raise ValueError(f"kernel op name must be a non-empty identifier, got {name!r}")
+    if check is not None and not callable(check):
+        raise ValueError(f"kernel op {name!r}: check must be a function, got {check!r}")
     with _LOCK:
         if name not in _OPS:
-            _OPS[name] = Op(name, description)
+            _OPS[name] = Op(name, description, check=check)
             _invalidate()
-        elif description and not _OPS[name].description:
-            _OPS[name].description = description
+        else:
+            if description and not _OPS[name].description:
+                _OPS[name].description = description
+            if check is not None and _OPS[name].check is None:
+                _OPS[name].check = check
+                _invalidate()
         return _OPS[name]
 
 
@@ -427,9 +446,51 @@ def _plan(state: _State, op: str) -> _Plan:
         candidates = tuple(b for b in ordered if b.available())
     keyed = tuple(b for b in candidates if b.cache_key is not None)
     cacheable = all(b.cache_key is not None or b.supports is supports_everything for b in candidates)
-    plan = _Plan(forced, candidates, keyed, cacheable)
+    plan = _Plan(forced, candidates, keyed, cacheable, _keywords(entry), entry.check)
     state.plans[op] = plan
     return plan
+
+
+_KEYWORDS: dict[Callable[..., Any], frozenset[str] | None] = {}  # a function -> the keywords it takes (read once)
+
+
+def _keywords(entry: Op) -> frozenset[str] | None:
+    """The keyword arguments a call of op ``entry`` may pass: the parameters of its reference backend (every
+    backend of an op shares its signature), or None (any) where it has none or takes ``**kwargs``. A signature is
+    read once per function: reading one costs more than a whole selection."""
+    reference = entry.backends.get("reference")
+    if reference is None or not callable(reference.impl):  # (a plugin's lazy reference is not imported for this)
+        return None
+    if reference.impl not in _KEYWORDS:
+        names = _signature_keywords(reference.impl)
+        _KEYWORDS[reference.impl] = None if names is None else frozenset(names)
+    return _KEYWORDS[reference.impl]
+
+
+def _signature_keywords(fn: Callable[..., Any]) -> tuple[str, ...] | None:
+    """The parameters of ``fn`` that a call may pass by name, in order; None where it takes ``**kwargs`` (or its
+    signature cannot be read)."""
+    try:
+        parameters = inspect.signature(fn).parameters.values()
+    except (TypeError, ValueError):  # (a builtin without a readable signature)
+        return None
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters):
+        return None
+    named = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+    return tuple(p.name for p in parameters if p.kind in named)
+
+
+def _refuse_keywords(op: str, keywords: frozenset[str], kwargs: dict) -> None:
+    """TypeError naming the op, the keywords of a call that it does not take, and those it does (a misspelt keyword
+    failed inside a backend's ``supports_key()``, naming neither the op nor the keyword's right spelling)."""
+    unknown = [name for name in kwargs if name not in keywords]
+    hints = [f"{name!r}" + (f" (did you mean {close[0]!r}?)" if close else "")
+             for name in unknown for close in [difflib.get_close_matches(str(name), keywords, n=1)]]
+    reference = _OPS[op].backends.get("reference") if op in _OPS else None
+    ordered = (reference is not None and callable(reference.impl) and _signature_keywords(reference.impl)
+               or sorted(keywords))
+    raise TypeError(f"kernel op {op!r} got the unknown keyword argument{'s' if len(unknown) > 1 else ''} "
+                    f"{', '.join(hints)}; it takes {', '.join(ordered)} (the signature of its reference backend)")
 
 
 def select(op: str, *args: Any, **kwargs: Any) -> Backend:
@@ -441,6 +502,11 @@ def select(op: str, *args: Any, **kwargs: Any) -> Backend:
     if state.env_error is not None:
         raise KernelError(state.env_error)
     plan = state.plans.get(op) or _plan(state, op)
+    # The call itself first, so that no backend's cache_key() or supports() sees a call that none may run.
+    if kwargs and plan.keywords is not None and not plan.keywords.issuperset(kwargs):
+        _refuse_keywords(op, plan.keywords, kwargs)
+    if plan.check is not None:
+        plan.check(*args, **kwargs)
     key = None
     if plan.cacheable:
         keyed = plan.keyed

@@ -162,15 +162,17 @@ def test_supports_must_answer_a_pair(added):
         select("lstm", *args, **kwargs)
 
 
-def test_each_choice_is_logged_once_whatever_the_cache_keys(caplog):
-    registry._LOGGED.discard(("ssd", "chunked"))
+def test_each_choice_is_logged_once_whatever_the_cache_keys(caplog, added):
+    registry._LOGGED.discard(("ssd", "keyed"))
+    added("ssd", "keyed", priority=99, supports=lambda *a, **k: (True, ""),
+          cache_key=lambda *a, chunk_size=64, **k: chunk_size)
     args, kwargs = test_ssd.call_args(test_ssd.make_inputs(3))
     with caplog.at_level(logging.INFO, logger="seqzoo.kernels"):
         for chunk_size in (4, 8, 16, 8):  # three keys
             select("ssd", *args, **kwargs, chunk_size=chunk_size)
         registry.refresh()
         select("ssd", *args, **kwargs, chunk_size=4)
-    assert sum("seqzoo kernel ssd -> backend 'chunked'" in r.getMessage() for r in caplog.records) == 1
+    assert sum("seqzoo kernel ssd -> backend 'keyed'" in r.getMessage() for r in caplog.records) == 1
 
 
 def test_a_misspelt_variable_is_warned_about_once(monkeypatch, caplog):
@@ -326,3 +328,142 @@ def test_a_document_index_is_refused_as_a_reset(backend):
         test_ssd.run(backend, t, reset=seq_idx)
     reset = torch.diff(seq_idx, dim=1, prepend=seq_idx[:, :1]) != 0  # (the way the message gives)
     assert reset.tolist()[0] == [False, False, True, False, True]
+
+
+def op_calls():
+    """A valid call of every built-in op: (op, the names of its positional arguments, args, kwargs)."""
+    from tests.kernels import test_selective_scan, test_wkv7
+
+    (x, h, c, *w), _ = lstm_call(5)
+    yield "lstm", ("x", "h0", "c0", "weight_ih", "weight_hh", "bias_ih", "bias_hh"), (x, h, c, *w), {}
+    yield "gru", ("x", "h0", "weight_ih", "weight_hh"), gru_call()[:4], {"mask": None}
+    yield "rnn", ("x", "h0", "weight_ih", "weight_hh"), (x, h, torch.randn(3, 4), torch.randn(3, 3)), {
+        "nonlinearity": "relu"}
+    t = test_causal_conv1d.make_inputs(6)
+    yield "causal_conv1d", ("x", "weight", "bias"), (t["x"], t["weight"], t["bias"]), {
+        "initial_state": t["initial_state"], "activation": "silu"}
+    t = test_selective_scan.make_inputs(5)
+    names = ("u", "delta", "A", "B", "C", "D", "z")
+    yield "selective_scan", names, tuple(t[n] for n in names), {"initial_state": t["initial_state"]}
+    args, kwargs = test_ssd.call_args(test_ssd.make_inputs(5))
+    yield "ssd", ("x", "dt", "A", "B", "C", "D"), args, {**kwargs, "chunk_size": 4}
+    t = test_wkv7.make_inputs(5)
+    yield "wkv7", test_wkv7.NAMES, tuple(t[n] for n in test_wkv7.NAMES), {"initial_state": t["initial_state"]}
+
+
+@pytest.fixture
+def watched(added):
+    """A backend of top priority for each op whose supports() and cache_key() record that they were called."""
+    seen = []
+
+    def supports(*args, **kwargs):
+        seen.append("supports")
+        return True, ""
+
+    def key(*args, **kwargs):
+        seen.append("cache_key")
+        return 1
+
+    for op in registry.BUILTIN_OPS:
+        added(op, "watched", priority=99, supports=supports, cache_key=key)
+    return seen
+
+
+@pytest.mark.parametrize("op", registry.BUILTIN_OPS)
+@pytest.mark.parametrize("requested", [None, "reference", "watched"])
+def test_an_input_that_is_not_floating_point_is_refused_before_a_backend_is_chosen(watched, op, requested):
+    """A kernel computes in floating point and returns its input's dtype: an integer input came back truncated
+    (selective_scan and wkv7: the chunked supports() declined it and the reference ran it, casting its output back;
+    causal_conv1d's chunked ran it). Every tensor argument but the mask and reset, of every op, refused by name with
+    its dtype, before any backend's cache_key() or supports() sees the call, whichever backend is requested."""
+    (_, names, args, kwargs), = (call for call in op_calls() if call[0] == op)
+    named = dict(zip(names, args), **{k: v for k, v in kwargs.items() if isinstance(v, torch.Tensor)})
+    assert len(named) >= 4
+    for name, tensor in named.items():
+        for dtype in (torch.int64, torch.bool, torch.complex64):
+            bad = tensor.to(dtype)
+            call_args = tuple(bad if n == name else a for n, a in zip(names, args))
+            call_kwargs = {k: bad if k == name else v for k, v in kwargs.items()}
+            message = rf"^{op}: {name} has dtype {dtype}; the op takes real floating-point tensors"
+            with use_backend(op, requested):
+                with pytest.raises(ValueError, match=message):
+                    dispatch(op, *call_args, **call_kwargs)
+                with pytest.raises(ValueError, match=message):
+                    select(op, *call_args, **call_kwargs)
+    assert not watched
+    assert select(op, *args, **kwargs).name == "watched" and watched  # (and a valid call reaches it)
+
+
+def test_an_input_that_is_not_a_tensor_is_named():
+    (_, names, args, kwargs), = (call for call in op_calls() if call[0] == "wkv7")
+    with pytest.raises(TypeError, match=r"^wkv7: k must be a tensor, got list"):
+        dispatch("wkv7", args[0], args[1], args[2].tolist(), *args[3:], **kwargs)
+
+
+MISSPELT = {"lstm": ("maks", "mask"), "gru": ("msk", "mask"), "rnn": ("nonlinerity", "nonlinearity"),
+            "causal_conv1d": ("activaton", "activation"), "selective_scan": ("rest", "reset"),
+            "ssd": ("chunksize", "chunk_size"), "wkv7": ("intial_state", "initial_state")}
+
+
+@pytest.mark.parametrize("op", registry.BUILTIN_OPS)
+def test_a_misspelt_keyword_is_refused_naming_the_op_and_its_keywords(watched, op):
+    """A misspelt keyword failed in the first backend's supports_key() or supports() ("supports_key() got an
+    unexpected keyword argument 'chunksize'"), naming neither the op nor the keywords it takes."""
+    (_, names, args, kwargs), = (call for call in op_calls() if call[0] == op)
+    wrong, right = MISSPELT[op]
+    takes = ", ".join(name for name, p in inspect.signature(get_kernel(op, "reference")).parameters.items())
+    message = (rf"^kernel op '{op}' got the unknown keyword argument '{wrong}' \(did you mean '{right}'\?\); "
+               rf"it takes {takes} \(the signature of its reference backend\)$")
+    for requested in (None, "reference"):
+        with use_backend(op, requested):
+            with pytest.raises(TypeError, match=message):
+                dispatch(op, *args, **kwargs, **{wrong: None})
+            with pytest.raises(TypeError, match=message):
+                select(op, *args, **kwargs, **{wrong: None})
+    with pytest.raises(TypeError, match=rf"arguments '{wrong}' \(did you mean '{right}'\?\), 'zzz'; it takes"):
+        select(op, *args, **kwargs, **{wrong: None, "zzz": 1})
+    assert not watched
+    # Every parameter of the signature may be passed by name.
+    by_name = dict(zip(names[1:], args[1:]), **kwargs)
+    assert select(op, args[0], **by_name).name == "watched"
+
+
+def test_an_ops_check_runs_before_selection_and_a_reference_with_any_keywords_takes_any(monkeypatch):
+    """``register_op(..., check=fn)``: fn sees every call before a backend's supports(); an op whose reference
+    takes ``**kwargs`` (or has no reference) has no keyword list to hold calls to."""
+    monkeypatch.setattr(registry, "_OPS", dict(registry._OPS))
+    registry.refresh()
+    seen = []
+
+    def check(x, **options):
+        seen.append("check")
+        if x < 0:
+            raise ValueError(f"plugin_op: x must be >= 0, got {x}")
+
+    def supports(x, **options):
+        seen.append("supports")
+        return True, ""
+
+    registry.register_op("plugin_op", "a test op", check=check)
+    with pytest.raises(ValueError, match="check must be a function, got 'nope'"):
+        registry.register_op("other_op", check="nope")
+    register_backend("plugin_op", "reference", lambda x, **options: x + len(options), supports=supports)
+    assert dispatch("plugin_op", 1, anything=2, goes=3) == 3
+    assert seen == ["check", "supports"]
+    with pytest.raises(ValueError, match="x must be >= 0, got -1"):
+        dispatch("plugin_op", -1)
+    assert seen == ["check", "supports", "check"]
+    monkeypatch.undo()
+    registry.refresh()
+
+
+def test_the_checks_of_a_call_add_no_graph_break_under_torch_compile():
+    (_, names, args, kwargs), = (call for call in op_calls() if call[0] == "wkv7")
+    args = tuple(a[:, :1] for a in args)  # one token: the step
+
+    def step(*args, initial_state):
+        return dispatch("wkv7", *args, initial_state=initial_state, reset=None)[0] * 2
+
+    step(*args, **kwargs)
+    compiled = torch.compile(step, backend="eager", fullgraph=True)  # fullgraph: a graph break raises
+    torch.testing.assert_close(compiled(*args, **kwargs), step(*args, **kwargs))

@@ -371,6 +371,81 @@ def test_an_input_of_another_width_is_refused_before_the_kernel(monkeypatch, op,
         run(op, backend, bad, states, params)
 
 
+def bad_weights(op):
+    """(argument, bad tensor, the message's expected part) for weights and biases not in torch.nn's layout of op."""
+    rows = GATES[op] * H
+    other = {"rnn": 2, "lstm": 3, "gru": 4}[op]  # another op's gate count (the LSTM: a GRU's weight_ih)
+    return [
+        (0, torch.zeros(other * H, I), rf"weight_ih has shape \({other * H}, {I}\); expected \({rows}, input_size\)"),
+        (0, torch.zeros(rows + 1, I), rf"weight_ih has shape \({rows + 1}, {I}\); expected \({rows}, input_size\)"),
+        (0, torch.zeros(rows * I), rf"weight_ih has shape \({rows * I},\); expected \({rows}, input_size\)"),
+        (1, torch.zeros(rows + 4, H), rf"weight_hh has shape \({rows + 4}, {H}\); expected \({GATES[op]} \* "
+                                      rf"hidden_size, hidden_size\) = \({rows}, {H}\)"),
+        (1, torch.zeros(rows, H + 2), rf"weight_hh has shape \({rows}, {H + 2}\); expected \({GATES[op]} \* "
+                                      rf"hidden_size, hidden_size\) = \({GATES[op] * (H + 2)}, {H + 2}\)"),
+        (1, torch.zeros(rows, H, 1), rf"weight_hh has shape \({rows}, {H}, 1\); expected \({GATES[op]} \* "
+                                     r"hidden_size, hidden_size\):"),
+        (2, torch.zeros(rows - 3), rf"bias_ih has shape \({rows - 3},\); expected \({rows},\)"),
+        (3, torch.zeros(rows + 8), rf"bias_hh has shape \({rows + 8},\); expected \({rows},\)"),
+        (3, torch.zeros(1, rows), rf"bias_hh has shape \(1, {rows}\); expected \({rows},\)"),
+    ]
+
+
+@pytest.mark.parametrize("op", ["rnn", "lstm", "gru"])
+@pytest.mark.parametrize("backend", ["torch", "reference", None])
+@pytest.mark.parametrize("length", [1, 5])
+@pytest.mark.parametrize("padded", [False, True])
+def test_weights_of_another_layout_are_refused_before_the_kernel(monkeypatch, op, backend, length, padded):
+    """Every weight and bias is checked against torch.nn's layout for the op (G = 1, 4, 3 gate blocks of hidden_size
+    rows): torch's fused LSTM over a sequence ran a weight_ih of a GRU's 3 * H rows, or a weight_hh of 4 * H + 4,
+    without an error, reading memory it does not own (nan, or values that changed from call to call); the other
+    ops and the reference failed with torch's broadcast errors, naming no argument. ``None``: through dispatch."""
+    from seqzoo.kernels import dispatch
+
+    _kernels_refused(monkeypatch)
+    x, states, params = make_inputs(op, length, torch.float32)
+    mask = None
+    if padded and length > 1:
+        mask = torch.ones(B, length, dtype=torch.bool)
+        mask[0, :2] = False
+    for index, bad, expected in bad_weights(op):
+        wrong = list(params)
+        wrong[index] = bad
+        with pytest.raises(ValueError, match=rf"^{op}: {expected}"):
+            if backend is None:
+                dispatch(op, x, *states, *wrong, mask=mask)
+            else:
+                run(op, backend, x, states, wrong, mask=mask)
+
+
+def test_torch_nn_weights_pass_the_layout_check():
+    # The layout the check expects is torch.nn's own: its modules' parameters run on both backends.
+    for op, module in (("rnn", torch.nn.RNN(I, H, batch_first=True)), ("lstm", torch.nn.LSTM(I, H, batch_first=True)),
+                       ("gru", torch.nn.GRU(I, H, batch_first=True))):
+        x = torch.randn(B, 4, I)
+        states = [torch.zeros(B, H)] * (2 if op == "lstm" else 1)
+        params = [module.weight_ih_l0, module.weight_hh_l0, module.bias_ih_l0, module.bias_hh_l0]
+        want, _ = module(x)
+        for backend in ("torch", "reference"):
+            y, _ = run(op, backend, x, states, params)
+            torch.testing.assert_close(y, want)
+
+
+@pytest.mark.parametrize("backend", ["torch", "reference", None])
+@pytest.mark.parametrize("nonlinearity", ["sigmoid", "Tanh", None])
+def test_an_unknown_nonlinearity_is_refused_by_name(backend, nonlinearity):
+    """Both backends looked the nonlinearity up in a dict: KeyError: 'sigmoid', naming nothing allowed."""
+    from seqzoo.kernels import dispatch
+
+    x, states, params = make_inputs("rnn", 5, torch.float32)
+    expected = rf"rnn: unknown nonlinearity {nonlinearity!r}; the Elman RNN takes 'tanh' or 'relu'"
+    with pytest.raises(ValueError, match=expected):
+        if backend is None:
+            dispatch("rnn", x, *states, *params, nonlinearity=nonlinearity)
+        else:
+            run("rnn", backend, x, states, params, nonlinearity=nonlinearity)
+
+
 @pytest.mark.parametrize("mixer_type", ["rnn", "lstm", "gru"])
 def test_a_mixer_called_with_a_state_of_the_wrong_shape_raises(monkeypatch, mixer_type):
     # The mixers are public API: a state of another batch size reached torch's unchecked kernel.

@@ -39,15 +39,16 @@ def masks(length):
 
 
 def variants():
-    """(op, args, kwargs) calls whose supports() answers differ: masks with and without holes, dtypes, chunk sizes,
-    one token and many."""
+    """(op, args, kwargs) calls whose supports() answers differ: masks with and without holes, one token and many;
+    and calls of other dtypes and chunk sizes. (An integer input or an invalid chunk size is refused before any
+    supports() runs: tests/kernels/test_registry_rules.py, test_ssd.py.)"""
     for length in (1, 5):
         for mask in masks(length):
             (x, h, c, *w), kwargs = lstm_call(length, mask)
             yield "lstm", (x, h, c, *w), kwargs
             yield "gru", (x, h, *w), kwargs
             yield "rnn", (x, h, *w), kwargs
-    for dtype in (torch.float32, torch.float64, torch.int32):
+    for dtype in (torch.float32, torch.float64, torch.bfloat16):
         t = test_selective_scan.make_inputs(4, torch.float64)
         t["u"] = t["u"].to(dtype)
         yield "selective_scan", (t["u"], t["delta"], t["A"], t["B"], t["C"], t["D"], t["z"]), {
@@ -55,7 +56,7 @@ def variants():
         t = test_wkv7.make_inputs(3)
         t["k"] = t["k"].to(dtype)
         yield "wkv7", tuple(t[n] for n in test_wkv7.NAMES), {"initial_state": t["initial_state"]}
-    for chunk_size in (16, 0, -4, 16, True):
+    for chunk_size in (16, 1, 4, 16):
         args, kwargs = test_ssd.call_args(test_ssd.make_inputs(5))
         yield "ssd", args, {**kwargs, "chunk_size": chunk_size}
     for length in (1, 6):
@@ -271,9 +272,14 @@ def test_selection_adds_no_graph_break_under_torch_compile(warm, monkeypatch):
 def test_the_cache_stays_bounded(monkeypatch):
     monkeypatch.setattr(registry, "CACHE_LIMIT", 8)
     args, kwargs = test_ssd.call_args(test_ssd.make_inputs(3))
-    for chunk_size in range(1, 21):  # every chunk size is a new key
-        select("ssd", *args, **kwargs, chunk_size=chunk_size)
-    assert 0 < len(registry._current().chosen) <= 8
+    register_backend("ssd", "keyed", registry.get_kernel("ssd", "reference"), priority=-1,
+                     supports=lambda *a, **k: (True, ""), cache_key=lambda *a, chunk_size=64, **k: chunk_size)
+    try:
+        for chunk_size in range(1, 21):  # every chunk size is a new key
+            select("ssd", *args, **kwargs, chunk_size=chunk_size)
+        assert 0 < len(registry._current().chosen) <= 8
+    finally:
+        unregister_backend("ssd", "keyed")
 
 
 def test_an_entry_for_a_built_in_op_absent_here_is_ignored(monkeypatch):

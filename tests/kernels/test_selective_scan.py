@@ -125,6 +125,32 @@ def test_two_pieces_equal_whole(backend, split):
     check_two_pieces_equal_whole(run, backend, tensors, split, SEQUENCE_ARGS)
 
 
+@pytest.mark.parametrize("length", [9, 37])
+def test_a_decay_of_exactly_zero_matches_reference(length):
+    """A = -inf in one channel and state index (decay exp(delta A) = 0: that entry forgets its state every step)
+    with T not a multiple of the chunk (4 for T = 9, 8 for T = 37): the padding steps' delta = 0 gave 0 * -inf = nan
+    in the chunked backend, and a nan final state. Values, state and gradients in float64; delta's gradient where
+    the reference's is finite (its own derivative of exp(delta * -inf) is 0 * -inf = nan)."""
+    tensors = make_inputs(length, torch.float64)
+    tensors["A"] = tensors["A"].clone()
+    tensors["A"][1, 2] = -math.inf
+    assert length % chunked.chunk_length(length)
+    check_float64_matches_reference(run, tensors, "A = -inf", finite_only=("delta",))
+    float32 = {name: t.float() for name, t in tensors.items()}
+    for got, want, what in zip(run("chunked", float32), run("reference", float32), ("output", "state")):
+        assert got.isfinite().all(), what
+        assert_close(got, want, torch.float32, what, "A = -inf")
+
+
+@pytest.mark.parametrize("shape", [(0, CHANNELS, STATE), (BATCH, CHANNELS, 0), (BATCH, 0, STATE)])
+def test_an_empty_dimension_runs_forward_and_backward(shape):
+    """An empty batch, state or channel dimension: the chunked backward divided its step-buffer budget by the
+    product of the sizes (ZeroDivisionError); the reference gives empty outputs and zero gradients."""
+    batch, channels, state = shape
+    tensors = make_inputs(9, torch.float64, batch=batch, channels=channels, state=state)
+    check_float64_matches_reference(run, tensors, f"shape {shape}")
+
+
 @pytest.mark.parametrize("backend", ["reference", "chunked"])
 def test_identity_steps_leave_state_unchanged(backend):
     tensors = make_inputs(37)

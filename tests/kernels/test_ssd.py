@@ -15,8 +15,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from seqzoo.kernels import KernelError, dispatch, get_kernel, select, use_backend
-from seqzoo.kernels.ssd import chunked
+from seqzoo.kernels import dispatch, get_kernel, select, use_backend
 from tests.kernels.scan_checks import (
     check_chunked_matches_reference,
     check_float64_matches_reference,
@@ -167,18 +166,38 @@ def test_registry_selects_chunked_and_can_force_reference(monkeypatch):
     assert select(OP, *args, **kwargs).name == "chunked"
 
 
-@pytest.mark.parametrize("chunk_size", [0, -4])
-def test_non_positive_chunk_size(monkeypatch, chunk_size):
+@pytest.mark.parametrize("length,chunk_size", [(9, 4), (37, 8)])
+def test_a_decay_of_exactly_zero_matches_reference(length, chunk_size):
+    """A = -inf in one head (decay exp(dt A) = 0: that head forgets its state every step) with T not a multiple of
+    the chunk: the padding steps' dt = 0 gave 0 * -inf = nan in the chunked backend, and a nan final state. Values,
+    state and gradients in float64; dt's gradient where the reference's is finite (its own derivative of
+    exp(dt * -inf) by dt is 0 * -inf = nan)."""
+    tensors = make_inputs(length, torch.float64)
+    tensors["A"] = tensors["A"].clone()
+    tensors["A"][1] = -math.inf
+    assert length % chunk_size
+    check_float64_matches_reference(run, tensors, "A = -inf", finite_only=("dt",), common={"chunk_size": chunk_size})
+    float32 = {name: t.float() for name, t in tensors.items()}
+    for got, want, what in zip(run("chunked", float32, chunk_size), run("reference", float32), ("output", "state")):
+        assert got.isfinite().all(), what
+        assert_close(got, want, torch.float32, what, "A = -inf")
+
+
+@pytest.mark.parametrize("chunk_size", [0, -4, "64", 2.5, True, None])
+@pytest.mark.parametrize("backend", ["reference", "chunked", None])
+def test_invalid_chunk_size_is_refused_by_every_backend(monkeypatch, backend, chunk_size):
+    """chunk_size is checked at dispatch, before a backend is chosen: the chunked backend's supports() declined one
+    that is no positive int and the registry then ran the call on the reference, which ignored it without a word."""
     monkeypatch.delenv("SEQZOO_KERNELS", raising=False)
     args, kwargs = call_args(make_inputs(9))
-    ok, reason = chunked.supports(*args, chunk_size=chunk_size, **kwargs)
-    assert not ok and "chunk_size" in reason and str(chunk_size) in reason
-    # Automatic selection falls back to the reference, which ignores chunk_size.
-    assert select(OP, *args, chunk_size=chunk_size, **kwargs).name == "reference"
-    with use_backend(OP, "chunked"), pytest.raises(KernelError, match="chunk_size"):
+    message = re.escape(f"ssd: chunk_size must be a positive integer, got {chunk_size!r} ({type(chunk_size).__name__})")
+    with use_backend(OP, backend), pytest.raises(ValueError, match=message):
         dispatch(OP, *args, chunk_size=chunk_size, **kwargs)
-    with pytest.raises(ValueError, match=f"chunk_size must be a positive integer, got {chunk_size}"):
-        get_kernel(OP, "chunked")(*args, chunk_size=chunk_size, **kwargs)
+    with use_backend(OP, backend), pytest.raises(ValueError, match=message):
+        select(OP, *args, chunk_size=chunk_size, **kwargs)
+    if backend is not None:  # and each backend called directly
+        with pytest.raises(ValueError, match=message):
+            get_kernel(OP, backend)(*args, chunk_size=chunk_size, **kwargs)
 
 
 @pytest.mark.parametrize("backend", ["reference", "chunked", None])

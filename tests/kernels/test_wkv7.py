@@ -125,6 +125,27 @@ def test_strong_decay_takes_the_pairwise_form(monkeypatch):
     assert calls and torch.isfinite(y).all() and torch.isfinite(state).all()
 
 
+@pytest.mark.parametrize("length", [4, 40, 77])
+@pytest.mark.parametrize("with_resets", [False, True])
+def test_a_decay_of_exactly_zero_matches_reference(length, with_resets):
+    """w = -inf (decay exp(w) = 0: those channels forget the state at once), which "w <= 0" allows: the chunked
+    backend's cumulative log decays gave -inf - -inf = nan, and every output and the final state were nan. One
+    chunk (T = 4), a padded one (40), several (77); in one channel, in a whole head, at the last token. Values,
+    state and gradients in float64; values and state in float32 (T = 4 is the bug hunt's case)."""
+    tensors = make_inputs(length, torch.float64)
+    tensors["w"] = tensors["w"].clone()
+    tensors["w"][0, length // 2, 0, 0] = -math.inf
+    tensors["w"][1, 1, 1, :] = -math.inf
+    tensors["w"][1, -1, 0, 3] = -math.inf
+    common = {"reset": scattered_resets(BATCH, length)} if with_resets else {}
+    check_float64_matches_reference(run, tensors, "w = -inf", common=common)
+    float32 = {name: t.float() for name, t in tensors.items()}
+    for got, want, what in zip(run("chunked", float32, **common), run("reference", float32, **common),
+                               ("output", "state")):
+        assert got.isfinite().all(), what
+        assert_close(got, want, torch.float32, what, "w = -inf")
+
+
 @pytest.mark.parametrize("value,decay_scale", [(5, 1.0), (KEY, 50.0)])
 def test_value_size_and_fast_decay_float64(value, decay_scale):
     # V != K, and per-step decays down to exp(-30): ratios stay exp(c_t - c_s) <= 1, nothing overflows.

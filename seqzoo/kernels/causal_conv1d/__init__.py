@@ -4,7 +4,8 @@ from seqzoo.kernels.registry import register_backend, register_op
 
 from . import chunked, reference
 
-register_op("causal_conv1d", "depthwise causal conv1d with exact padding (masked positions are skipped)")
+register_op("causal_conv1d", "depthwise causal conv1d with exact padding (masked positions are skipped)",
+            check=reference.check_call)
 register_backend("causal_conv1d", "reference", reference.causal_conv1d, priority=0,
                  description="explicit per-token window loop in PyTorch")
 register_backend("causal_conv1d", "chunked", chunked.causal_conv1d, priority=10, supports=chunked.supports,

@@ -19,6 +19,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from seqzoo.kernels.backend import check_floating
 from seqzoo.kernels.reset import check_mask, check_reset
 
 ACTIVATIONS = (None, "silu")
@@ -27,6 +28,15 @@ ACTIVATIONS = (None, "silu")
 def compute_dtype(*tensors):
     """float64 if any input is float64, else float32: states and sums are never kept in half precision."""
     return torch.float64 if any(t is not None and t.dtype == torch.float64 for t in tensors) else torch.float32
+
+
+FLOATING = ("x", "weight", "bias", "initial_state")  # every tensor but the mask and reset
+
+
+def check_call(x, weight, bias=None, *, initial_state=None, activation=None, mask=None, reset=None):
+    """The registry's check of a call before it chooses a backend (``register_op``): every input but ``mask`` and
+    ``reset`` in a real floating-point dtype."""
+    check_floating("causal_conv1d", FLOATING, (x, weight, bias, initial_state))
 
 
 def check_inputs(x, weight, bias, initial_state, activation, mask):

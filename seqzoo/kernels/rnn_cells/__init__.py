@@ -9,7 +9,7 @@ for _op, _doc in (
     ("lstm", "LSTM layer"),
     ("gru", "GRU layer"),
 ):
-    register_op(_op, _doc)
+    register_op(_op, _doc, check=getattr(reference, f"check_{_op}_call"))
     register_backend(_op, "reference", getattr(reference, _op), priority=0,
                      description="explicit cell loop in PyTorch; handles any padding mask")
     register_backend(_op, "torch", getattr(fused, _op), priority=10, supports=fused.supports,

@@ -18,7 +18,7 @@ from __future__ import annotations
 import torch
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
-from seqzoo.kernels.rnn_cells.reference import check_positions, check_shapes
+from seqzoo.kernels.rnn_cells.reference import check_nonlinearity, check_positions, check_shapes
 
 _OPS = {"tanh": torch.rnn_tanh, "relu": torch.rnn_relu, "lstm": torch.lstm, "gru": torch.gru}
 # One token (decoding): the fused cell, one ATen call without the sequence kernel's set-up (what nn.GRUCell runs).
@@ -247,21 +247,22 @@ def _checked_reset(op, x, mask, reset):
 
 
 def rnn(x, h0, weight_ih, weight_hh, bias_ih=None, bias_hh=None, *, nonlinearity="tanh", mask=None, reset=None):
-    check_shapes("rnn", x, weight_ih, weight_hh, h0)
+    check_nonlinearity(nonlinearity)
+    check_shapes("rnn", x, weight_ih, weight_hh, bias_ih, bias_hh, h0)
     reset = _checked_reset("rnn", x, mask, reset)
     y, (h,) = _run(nonlinearity, x, [h0[None]], _params(weight_ih, weight_hh, bias_ih, bias_hh), mask, reset)
     return y, h[0]
 
 
 def lstm(x, h0, c0, weight_ih, weight_hh, bias_ih=None, bias_hh=None, *, mask=None, reset=None):
-    check_shapes("lstm", x, weight_ih, weight_hh, h0, c0)
+    check_shapes("lstm", x, weight_ih, weight_hh, bias_ih, bias_hh, h0, c0)
     reset = _checked_reset("lstm", x, mask, reset)
     y, (h, c) = _run("lstm", x, [h0[None], c0[None]], _params(weight_ih, weight_hh, bias_ih, bias_hh), mask, reset)
     return y, (h[0], c[0])
 
 
 def gru(x, h0, weight_ih, weight_hh, bias_ih=None, bias_hh=None, *, mask=None, reset=None):
-    check_shapes("gru", x, weight_ih, weight_hh, h0)
+    check_shapes("gru", x, weight_ih, weight_hh, bias_ih, bias_hh, h0)
     reset = _checked_reset("gru", x, mask, reset)
     y, (h,) = _run("gru", x, [h0[None]], _params(weight_ih, weight_hh, bias_ih, bias_hh), mask, reset)
     return y, h[0]

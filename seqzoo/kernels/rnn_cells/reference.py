@@ -15,6 +15,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from seqzoo.kernels.backend import check_floating
 from seqzoo.kernels.reset import check_mask, check_reset
 from seqzoo.kernels.symbolic import is_symbolic, scan
 
@@ -37,25 +38,73 @@ def check_positions(op, x, mask, reset):
     return check_reset(op, reset, *x.shape[:2])
 
 
-def check_shapes(op, x, weight_ih, weight_hh, *states):
-    """Refuse an input that is not (B, T, I) with I the width weight_ih (G*H, I) takes, and an initial state (h0, and
-    c0 for the LSTM) that is not (B, H) for weight_hh (G*H, H), naming the shapes. torch's fused sequence kernels do
-    not check (torch.nn.LSTM does, in Python): on the CPU the LSTM's returned garbage for an input of another width
-    without an error (a wider one's non-finite and different on every call), and read and wrote past a smaller
-    state's memory, corrupting the heap and crashing the process; the other ops failed with torch's shape errors,
-    which name no argument. Comparisons of shapes, nothing read from the device."""
-    shape = x.shape  # (read once: this runs on every decode step, about 0.7 us in all)
-    if len(shape) != 3 or shape[2] != weight_ih.shape[-1]:
-        raise ValueError(f"{op}: the input has shape {tuple(shape)}; expected (batch, length, "
-                         f"{weight_ih.shape[-1]}): the layer's weight_ih {tuple(weight_ih.shape)} takes inputs of "
-                         f"width {weight_ih.shape[-1]}")
-    expected = (shape[0], weight_hh.shape[-1])
+GATES = {"rnn": 1, "lstm": 4, "gru": 3}  # gate blocks of hidden_size rows in each weight and bias
+NONLINEARITIES = ("tanh", "relu")  # the Elman RNN's, as torch.nn.RNN's
+
+
+# The registry's checks of a call before it chooses a backend (``register_op``): every tensor but the mask and reset
+# in a real floating-point dtype (an integer input was cast by the reference backend, and its output truncated).
+def check_rnn_call(x, h0, weight_ih, weight_hh, bias_ih=None, bias_hh=None, *, nonlinearity="tanh", mask=None,
+                   reset=None):
+    check_floating("rnn", _FLOATING, (x, h0, weight_ih, weight_hh, bias_ih, bias_hh))
+
+
+def check_lstm_call(x, h0, c0, weight_ih, weight_hh, bias_ih=None, bias_hh=None, *, mask=None, reset=None):
+    check_floating("lstm", _FLOATING_LSTM, (x, h0, c0, weight_ih, weight_hh, bias_ih, bias_hh))
+
+
+def check_gru_call(x, h0, weight_ih, weight_hh, bias_ih=None, bias_hh=None, *, mask=None, reset=None):
+    check_floating("gru", _FLOATING, (x, h0, weight_ih, weight_hh, bias_ih, bias_hh))
+
+
+_FLOATING = ("x", "h0", "weight_ih", "weight_hh", "bias_ih", "bias_hh")
+_FLOATING_LSTM = ("x", "h0", "c0", "weight_ih", "weight_hh", "bias_ih", "bias_hh")
+
+
+def check_nonlinearity(nonlinearity):
+    """ValueError unless ``nonlinearity`` is one the Elman RNN has (a KeyError named only the value)."""
+    if nonlinearity not in NONLINEARITIES:
+        raise ValueError(f"rnn: unknown nonlinearity {nonlinearity!r}; the Elman RNN takes 'tanh' or 'relu' "
+                         "(as torch.nn.RNN)")
+
+
+def check_shapes(op, x, weight_ih, weight_hh, bias_ih, bias_hh, *states):
+    """Refuse weights that are not torch.nn's layout for ``op`` with G gates (1 rnn, 4 lstm, 3 gru) and hidden size H
+    (weight_hh's columns): weight_hh (G*H, H), weight_ih (G*H, I), biases (G*H,) or None; an input that is not
+    (B, T, I); and an initial state (h0, and c0 for the LSTM) that is not (B, H); each naming the argument, its shape
+    and the one expected. torch's fused sequence kernels do not check (torch.nn.LSTM does, in Python, and builds
+    its own weights): on the CPU the LSTM returned garbage for an input of another width, or a weight_ih of a
+    GRU's 3*H rows, without an error (non-finite and different on every call: it read memory it does not own), and
+    read and wrote past a smaller state's memory, corrupting the heap and crashing the process; the other ops
+    failed with torch's shape errors, which name no argument. Comparisons of shapes, nothing read from the device
+    (this runs on every decode step)."""
+    shape = x.shape  # (each shape read once: this runs on every decode step)
+    hh = weight_hh.shape
+    gates = GATES[op]
+    hidden = hh[-1] if hh else 0
+    rows = gates * hidden
+    if hh != (rows, hidden):
+        example = f" = ({rows}, {hidden}) for its {hidden} columns" if len(hh) == 2 else ""
+        raise ValueError(f"{op}: weight_hh has shape {tuple(hh)}; expected ({gates} * hidden_size, hidden_size)"
+                         f"{example}: torch.nn's layout, one block of hidden_size rows per gate")
+    ih = weight_ih.shape
+    if len(ih) != 2 or ih[0] != rows:
+        raise ValueError(f"{op}: weight_ih has shape {tuple(ih)}; expected ({rows}, input_size): {gates} * "
+                         f"hidden_size rows, as weight_hh {tuple(hh)} has (torch.nn's layout, hidden size {hidden})")
+    if len(shape) != 3 or shape[2] != ih[1]:
+        raise ValueError(f"{op}: the input has shape {tuple(shape)}; expected (batch, length, {ih[1]}): the "
+                         f"layer's weight_ih {tuple(ih)} takes inputs of width {ih[1]}")
+    if bias_ih is not None and bias_ih.shape != (rows,) or bias_hh is not None and bias_hh.shape != (rows,):
+        name, bias = ("bias_ih", bias_ih) if bias_ih is not None and bias_ih.shape != (rows,) else ("bias_hh", bias_hh)
+        raise ValueError(f"{op}: {name} has shape {tuple(bias.shape)}; expected ({rows},), one value per row of "
+                         f"weight_hh {tuple(hh)} (or None)")
+    expected = (shape[0], hidden)
     for state in states:
         if state.shape != expected:
             name = ("h0", "c0")[next(i for i, s in enumerate(states) if s.shape != expected)]
             raise ValueError(f"{op}: the initial state {name} has shape {tuple(state.shape)}; "
                              f"expected {expected} (batch, hidden_size: the input's {shape[0]} rows, the layer's "
-                             f"hidden size {weight_hh.shape[-1]})")
+                             f"hidden size {hidden})")
 
 
 def _masked(mask, t, new, old):
@@ -79,8 +128,9 @@ def _output(mask, t, h):
 
 def rnn(x, h0, weight_ih, weight_hh, bias_ih=None, bias_hh=None, *, nonlinearity="tanh", mask=None, reset=None):
     """Elman RNN: h_t = act(W_ih x_t + b_ih + W_hh h_{t-1} + b_hh). Returns (y, h_T)."""
+    check_nonlinearity(nonlinearity)
     act = {"tanh": torch.tanh, "relu": torch.relu}[nonlinearity]
-    check_shapes("rnn", x, weight_ih, weight_hh, h0)
+    check_shapes("rnn", x, weight_ih, weight_hh, bias_ih, bias_hh, h0)
     reset = check_positions("rnn", x, mask, reset)
 
     def cell(xp_t, h):
@@ -96,7 +146,7 @@ def lstm(x, h0, c0, weight_ih, weight_hh, bias_ih=None, bias_hh=None, *, mask=No
     i, f, g, o = split(W_ih x_t + b_ih + W_hh h_{t-1} + b_hh);  c_t = sig(f) c_{t-1} + sig(i) tanh(g);
     h_t = sig(o) tanh(c_t)
     """
-    check_shapes("lstm", x, weight_ih, weight_hh, h0, c0)
+    check_shapes("lstm", x, weight_ih, weight_hh, bias_ih, bias_hh, h0, c0)
     reset = check_positions("lstm", x, mask, reset)
 
     def cell(xp_t, h, c):
@@ -114,7 +164,7 @@ def gru(x, h0, weight_ih, weight_hh, bias_ih=None, bias_hh=None, *, mask=None, r
     r = sig(W_ir x + b_ir + W_hr h + b_hr);  z = sig(W_iz x + b_iz + W_hz h + b_hz)
     n = tanh(W_in x + b_in + r * (W_hn h + b_hn));  h_t = (1 - z) n + z h_{t-1}
     """
-    check_shapes("gru", x, weight_ih, weight_hh, h0)
+    check_shapes("gru", x, weight_ih, weight_hh, bias_ih, bias_hh, h0)
     reset = check_positions("gru", x, mask, reset)
 
     def cell(xp_t, h):

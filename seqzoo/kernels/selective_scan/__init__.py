@@ -4,11 +4,11 @@ from seqzoo.kernels.registry import register_backend, register_op
 
 from . import chunked, reference
 
-register_op("selective_scan", "Mamba-1 selective scan (delta already softplus'ed); delta = 0 is an identity step")
+register_op("selective_scan", "Mamba-1 selective scan (delta already softplus'ed); delta = 0 is an identity step",
+            check=reference.check_call)
 register_backend("selective_scan", "reference", reference.selective_scan, priority=0,
                  description="explicit per-token state update in PyTorch")
-register_backend("selective_scan", "chunked", chunked.selective_scan, priority=10, supports=chunked.supports,
-                 cache_key=chunked.supports_key,
+register_backend("selective_scan", "chunked", chunked.selective_scan, priority=10,
                  description="chunk-parallel three-pass scan in pure PyTorch, no per-token loop")
 
 from seqzoo.kernels import triton_support  # noqa: E402  (no Triton import: availability and supports() only)

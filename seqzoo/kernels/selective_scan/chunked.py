@@ -50,18 +50,6 @@ LOG2_E = 1.4426950408889634
 GROUP_ELEMENTS = 1 << 24
 
 
-def supports(u, delta, A, B, C, D=None, z=None, *, initial_state=None, reset=None):
-    tensors = {"u": u, "delta": delta, "A": A, "B": B, "C": C}
-    for name, t in tensors.items():
-        if not t.is_floating_point():
-            return False, f"needs real floating-point inputs; {name} has dtype {t.dtype}"
-    return True, ""
-
-
-def supports_key(u, delta, A, B, C, D=None, z=None, *, initial_state=None, reset=None):
-    return u.dtype, delta.dtype, A.dtype, B.dtype, C.dtype  # all that supports() reads
-
-
 def chunk_length(length):
     """Tokens per chunk: the power of two nearest sqrt(T) in [4, 64], which balances the two Q-step passes against
     the pass over T / Q chunks."""
@@ -69,6 +57,14 @@ def chunk_length(length):
     while chunk < MAX_CHUNK and chunk * chunk < length:
         chunk *= 2
     return chunk
+
+
+def _log2_rates(A):
+    """A (Dm, N) -> A log2(e) as (N, Dm), contiguous (or every step reads it with stride N), with -inf (a decay of
+    exactly zero, which the reference computes as exp(delta * -inf) = 0) made the most negative finite value: a
+    padding step's delta = 0 then gives 2^0 = 1, the identity step, where 0 * -inf gave nan (and a nan final state);
+    every step with delta > 0 still decays by 2^(-huge) = 0."""
+    return (A * LOG2_E).clamp_(min=torch.finfo(A.dtype).min).t().contiguous()
 
 
 def _step_major(x, chunks, chunk):
@@ -104,7 +100,7 @@ def _forward(u, delta, A, B, C, h0, chunk, reset=None):
     B_q = _step_major(B, chunks, chunk)  # (B, Q, chunks, N)
     C_q = _step_major(C, chunks, chunk).unsqueeze(-2)  # (B, Q, chunks, 1, N)
     # exp(x) = 2^(x log2 e): torch's exp2 is about twice as fast as exp on CPU, and 2^0 is still exactly 1.
-    A2 = (A * LOG2_E).t().contiguous()  # (N, Dm); contiguous, or every step reads it with stride N
+    A2 = _log2_rates(A)  # (N, Dm)
     decay = torch.empty(batch, chunks, A.shape[1], channels, dtype=u.dtype, device=u.device)  # (B, chunks, N, Dm)
     keep, chunk_keep = _keep(reset, chunks, chunk, u.dtype)
 
@@ -164,7 +160,7 @@ def _backward(u, delta, A, B, C, starts, grad_y, grad_h, chunk, reset=None):
     C_q = _step_major(C, chunks, chunk)
     gy_q = _step_major(grad_y.to(u.dtype), chunks, chunk)  # zero at padding
     A_t = A.t().contiguous()  # (N, Dm)
-    A2 = A_t * LOG2_E
+    A2 = _log2_rates(A)
 
     keep, chunk_keep = _keep(reset, chunks, chunk, u.dtype)
 
@@ -197,7 +193,8 @@ def _backward(u, delta, A, B, C, starts, grad_y, grad_h, chunk, reset=None):
     grad_u_q, grad_delta_q = torch.empty_like(u_q), torch.empty_like(delta_q)
     grad_B_q, grad_C_q = torch.empty_like(B_q), torch.empty_like(C_q)
     grad_A = torch.zeros_like(A_t)
-    size = max(1, min(chunks, GROUP_ELEMENTS // (batch * chunk * state * channels)))
+    # (an empty batch, state or channel dimension holds no elements: one group, where the division raised)
+    size = max(1, min(chunks, GROUP_ELEMENTS // max(1, batch * chunk * state * channels)))
     for first in range(0, chunks, size):
         group = slice(first, min(first + size, chunks))
         # states[q] = h_{q-1} for every step of the group (step-first, so each step is one contiguous block)

@@ -20,6 +20,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from seqzoo.kernels.backend import check_floating
 from seqzoo.kernels.reset import check_reset
 from seqzoo.kernels.symbolic import over_tokens
 
@@ -27,6 +28,15 @@ from seqzoo.kernels.symbolic import over_tokens
 def compute_dtype(*tensors):
     """float64 if any input is float64, else float32: the state is never kept in half precision."""
     return torch.float64 if any(t is not None and t.dtype == torch.float64 for t in tensors) else torch.float32
+
+
+FLOATING = ("u", "delta", "A", "B", "C", "D", "z", "initial_state")  # every input but reset
+
+
+def check_call(u, delta, A, B, C, D=None, z=None, *, initial_state=None, reset=None):
+    """The registry's check of a call before it chooses a backend (``register_op``): every input but ``reset`` in
+    a real floating-point dtype."""
+    check_floating("selective_scan", FLOATING, (u, delta, A, B, C, D, z, initial_state))
 
 
 def check_inputs(u, delta, A, B, C, D, z, initial_state):

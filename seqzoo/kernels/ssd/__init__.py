@@ -4,11 +4,11 @@ from seqzoo.kernels.registry import register_backend, register_op
 
 from . import chunked, reference
 
-register_op("ssd", "Mamba-2 state-space duality scan (dt already softplus'ed); dt = 0 is an identity step")
+register_op("ssd", "Mamba-2 state-space duality scan (dt already softplus'ed); dt = 0 is an identity step",
+            check=reference.check_call)
 register_backend("ssd", "reference", reference.ssd, priority=0,
-                 description="explicit per-token state update in PyTorch (ignores chunk_size)")
-register_backend("ssd", "chunked", chunked.ssd, priority=10, supports=chunked.supports,
-                 cache_key=chunked.supports_key,
+                 description="explicit per-token state update in PyTorch (chunk_size has no effect)")
+register_backend("ssd", "chunked", chunked.ssd, priority=10,
                  description="SSD block decomposition: intra-chunk quadratic form + inter-chunk state passing")
 
 from seqzoo.kernels import triton_support  # noqa: E402  (no Triton import: availability and supports() only)

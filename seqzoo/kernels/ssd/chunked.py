@@ -27,25 +27,7 @@ from seqzoo.kernels.reset import check_reset, chunk_segments
 from seqzoo.kernels.symbolic import is_symbolic
 
 from . import reference
-from .reference import check_inputs, compute_dtype, initial
-
-
-def check_chunk_size(chunk_size):
-    if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size <= 0:
-        return f"chunk_size must be a positive integer, got {chunk_size!r}"
-    return ""
-
-
-def supports(x, dt, A, B, C, D=None, *, initial_state=None, chunk_size=64, reset=None):
-    problem = check_chunk_size(chunk_size)
-    if problem:
-        return False, problem
-    return True, ""
-
-
-def supports_key(x, dt, A, B, C, D=None, *, initial_state=None, chunk_size=64, reset=None):
-    # supports() reads only chunk_size; its type is part of the key (True == 1, but only 1 is a chunk size).
-    return (type(chunk_size), chunk_size) if isinstance(chunk_size, (int, float, str, type(None))) else None
+from .reference import check_chunk_size, check_inputs, compute_dtype, initial
 
 
 def segsum(log_decay):
@@ -61,9 +43,7 @@ def segsum(log_decay):
 def ssd(x, dt, A, B, C, D=None, *, initial_state=None, chunk_size=64, reset=None):
     """Mamba-2 SSD over (B, T, H, P); returns (y, final_state). Formulas in ``reference.py``; resets in README.md."""
     check_inputs(x, dt, A, B, C, D, initial_state)
-    problem = check_chunk_size(chunk_size)
-    if problem:
-        raise ValueError(f"ssd: {problem}")
+    check_chunk_size(chunk_size)
     batch, length, heads, head_dim = x.shape
     reset = check_reset("ssd", reset, batch, length)
     if length == 1:  # a decode step: the reference's single update is the cheapest form
@@ -92,7 +72,10 @@ def ssd(x, dt, A, B, C, D=None, *, initial_state=None, chunk_size=64, reset=None
     dts = blocks(dt, groups, repeat)  # (B, nc, Q, G, R)
     Bs = blocks(B, groups, state_size)  # (B, nc, Q, G, N)
     Cs = blocks(C, groups, state_size)  # (B, nc, Q, G, N)
-    log_decay = dts * A.to(dtype).view(groups, repeat)  # (B, nc, Q, G, R)
+    # A = -inf (a decay of exactly zero) as the most negative finite value: a padding step's dt = 0 then gives a log
+    # decay of 0, the identity step, where 0 * -inf gave nan (and a nan final state); a real step's is still -huge.
+    rates = A.to(dtype).clamp(min=torch.finfo(dtype).min)
+    log_decay = dts * rates.view(groups, repeat)  # (B, nc, Q, G, R)
     inputs = xs * dts.unsqueeze(-1)  # dt x, (B, nc, Q, G, R, P)
 
     seg = segsum(log_decay.permute(0, 1, 3, 4, 2))  # (B, nc, G, R, Q, Q) as [t, s]

@@ -3,7 +3,8 @@
 Shapes (batch-first, channels-last): x (B, T, H, P); dt (B, T, H), already softplus'ed and clamped; A (H,), negative;
 B, C (B, T, G, N) with H % G == 0, head h reading group h // (H // G); D (H,) or None; initial_state (B, H, P, N),
 zeros when None. Returns y (B, T, H, P) in x's dtype and final_state (B, H, P, N) in float32 (float64 for float64
-inputs). ``chunk_size`` is accepted for signature parity with the chunked backend and ignored here.
+inputs). ``chunk_size`` (a positive int) is accepted for signature parity with the chunked backend and has no effect
+here.
 
 Per head h (with g = h // (H // G)):
 
@@ -19,6 +20,7 @@ from __future__ import annotations
 
 import torch
 
+from seqzoo.kernels.backend import check_floating
 from seqzoo.kernels.reset import check_reset
 from seqzoo.kernels.symbolic import over_tokens
 
@@ -26,6 +28,24 @@ from seqzoo.kernels.symbolic import over_tokens
 def compute_dtype(*tensors):
     """float64 if any input is float64, else float32: the state is never kept in half precision."""
     return torch.float64 if any(t is not None and t.dtype == torch.float64 for t in tensors) else torch.float32
+
+
+FLOATING = ("x", "dt", "A", "B", "C", "D", "initial_state")  # every input but reset (and chunk_size)
+
+
+def check_chunk_size(chunk_size):
+    """ValueError unless ``chunk_size`` is an int >= 1 (bool, an int subclass, is refused: True is no size)."""
+    if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size <= 0:
+        raise ValueError(f"ssd: chunk_size must be a positive integer, got {chunk_size!r} "
+                         f"({type(chunk_size).__name__})")
+
+
+def check_call(x, dt, A, B, C, D=None, *, initial_state=None, chunk_size=64, reset=None):
+    """The registry's check of a call before it chooses a backend (``register_op``): every input but ``reset`` in
+    a real floating-point dtype, and a valid ``chunk_size`` (which only the chunked backend reads: another one
+    would run an invalid one without a word)."""
+    check_floating("ssd", FLOATING, (x, dt, A, B, C, D, initial_state))
+    check_chunk_size(chunk_size)
 
 
 def check_inputs(x, dt, A, B, C, D, initial_state):
@@ -65,6 +85,7 @@ def ssd(x, dt, A, B, C, D=None, *, initial_state=None, chunk_size=64, reset=None
     """Mamba-2 SSD recurrence over (B, T, H, P); returns (y, final_state). Formulas in the module docstring;
     ``reset`` (B, T): the state entering a token marked True is zero (seqzoo/kernels/reset.py)."""
     check_inputs(x, dt, A, B, C, D, initial_state)
+    check_chunk_size(chunk_size)
     batch, length, heads, head_dim = x.shape
     reset = check_reset("ssd", reset, batch, length)
     repeat = heads // B.shape[2]

@@ -9,11 +9,10 @@ from seqzoo.kernels.registry import register_backend, register_op
 from . import chunked, reference
 from .reference import wkv7_step
 
-register_op("wkv7", "RWKV-7 x070 WKV (log decay w); w = k = b = 0 is an identity step")
+register_op("wkv7", "RWKV-7 x070 WKV (log decay w); w = k = b = 0 is an identity step", check=reference.check_call)
 register_backend("wkv7", "reference", reference.wkv7, priority=0,
                  description="explicit per-token state update in PyTorch")
-register_backend("wkv7", "chunked", chunked.wkv7, priority=10, supports=chunked.supports,
-                 cache_key=chunked.supports_key,
+register_backend("wkv7", "chunked", chunked.wkv7, priority=10,
                  description="chunked generalized delta rule (triangular solve per chunk, loop over chunks)")
 
 from seqzoo.kernels import triton_support  # noqa: E402  (no Triton import: availability and supports() only)

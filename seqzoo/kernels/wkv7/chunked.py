@@ -38,17 +38,17 @@ CHUNK = 32
 # whose total log decay is -60, far inside float32. RWKV-7 models stay below 32 * exp(-0.5) = 19.4 per chunk of 32;
 # stronger decays (possible through the kernel API) take the pairwise path, which never forms a factor above 1.
 FACTORED_MAX_DECAY = 60.0
+# A decay of exactly zero (w = -inf: decay = exp(w) allows it) enters the pairwise form's cumulative log decays as
+# this instead: -inf there gives differences -inf - -inf = nan. exp(-120) is 0 in float32 and 8e-53 in float64, so
+# the state is forgotten as the reference forgets it; chunks holding such a step decay by more than
+# FACTORED_MAX_DECAY, so only the pairwise form (every ratio <= 1) meets it.
+LOG_DECAY_FLOOR = -120.0
 
 
-def supports(r, w, k, v, a, b, *, initial_state=None, reset=None):
-    for name, t in (("r", r), ("w", w), ("k", k), ("v", v), ("a", a), ("b", b)):
-        if not t.is_floating_point():
-            return False, f"needs real floating-point inputs; {name} has dtype {t.dtype}"
-    return True, ""
-
-
-def supports_key(r, w, k, v, a, b, *, initial_state=None, reset=None):
-    return r.dtype, w.dtype, k.dtype, v.dtype, a.dtype, b.dtype  # all that supports() reads
+def _cumulative(w_):
+    """Log decays (B, H, nc, Q, K) -> c_t = w_0 + ... + w_t, c_{t-1} (c_{-1} = 0) and c_{Q-1} (B, H, nc, 1, K)."""
+    cum = w_.cumsum(dim=-2)
+    return cum, F.pad(cum[..., :-1, :], (0, 0, 1, 0)), cum[..., -1:, :]
 
 
 def _shift_down(m):
@@ -137,14 +137,14 @@ def wkv7(r, w, k, v, a, b, *, initial_state=None, reset=None):
         return t.reshape(batch, chunks, chunk, heads, t.shape[-1]).permute(0, 3, 1, 2, 4)
 
     r_, w_, k_, v_, a_, b_ = (blocks(t) for t in (r, w, k, v, a, b))
-    cum = w_.cumsum(dim=-2)  # c_t, (B, H, nc, Q, K)
-    cum_before = F.pad(cum[..., :-1, :], (0, 0, 1, 0))  # c_{t-1}, with c_{-1} = 0
-    total = cum[..., -1:, :]  # c_{Q-1}, (B, H, nc, 1, K)
+    cum, cum_before, total = _cumulative(w_)
     # The factored form is faster but overflows for strong decays. Which one applies depends on the data, a branch
     # torch.compile cannot trace without a graph break: compiled code takes the pairwise form, exact for any decay.
     if not torch.compiler.is_compiling() and (total.numel() == 0 or bool(total.min() >= -FACTORED_MAX_DECAY)):
         A_rb, A_rk, A_ab, A_ak = _scores_factored(r_, k_, a_, b_, cum, cum_before, total)
     else:
+        # (a pass over w in this form only: a chunk with w = -inf always takes it, and the factored one never)
+        cum, cum_before, total = _cumulative(w_.clamp(min=LOG_DECAY_FLOOR))
         A_rb, A_rk, A_ab, A_ak = _scores_pairwise(r_, k_, a_, b_, cum)
 
     a_decayed = a_ * torch.exp(cum_before)  # aw, (B, H, nc, Q, K)

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import torch
 
+from seqzoo.kernels.backend import check_floating
 from seqzoo.kernels.reset import check_reset
 from seqzoo.kernels.symbolic import is_symbolic, scan
 
@@ -29,6 +30,15 @@ from seqzoo.kernels.symbolic import is_symbolic, scan
 def compute_dtype(*tensors):
     """float64 if any input is float64, else float32: the state is never kept in half precision."""
     return torch.float64 if any(t is not None and t.dtype == torch.float64 for t in tensors) else torch.float32
+
+
+FLOATING = ("r", "w", "k", "v", "a", "b", "initial_state")  # every input but reset
+
+
+def check_call(r, w, k, v, a, b, *, initial_state=None, reset=None):
+    """The registry's check of a call before it chooses a backend (``register_op``): every input but ``reset`` in
+    a real floating-point dtype."""
+    check_floating("wkv7", FLOATING, (r, w, k, v, a, b, initial_state))
 
 
 def check_inputs(r, w, k, v, a, b, initial_state):
