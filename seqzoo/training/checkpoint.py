@@ -58,7 +58,8 @@ def list_checkpoints(run_dir: str | Path) -> list[tuple[int, Path]]:
 def save_checkpoint(accelerator: Any, model: Any, optimizer: Any, scheduler: Any, run_dir: str | Path, step: int,
                     state: dict[str, Any], keep: int) -> Path:
     """Write checkpoint ``step`` atomically on all processes; keep the newest ``keep`` checkpoints. A write that
-    fails on any process (the main one writes most files) raises on every process."""
+    fails on any process (the main one writes most files) raises on every process; an older checkpoint that cannot be
+    removed once the new one is complete is named in a warning, and the run goes on."""
     folder = Path(run_dir) / CHECKPOINTS
     final = folder / f"checkpoint-{step}"
     tmp = folder / f"checkpoint-{step}.tmp"
@@ -77,9 +78,13 @@ def save_checkpoint(accelerator: Any, model: Any, optimizer: Any, scheduler: Any
         body = json.loads(json.dumps({**state, "format": files.FORMAT, "files": records}))  # as read back
         (tmp / STATE_FILE).write_text(json.dumps({**body, SEAL: state_seal(body)}, indent=2))
         fsync_tree(tmp)
-        if final.exists():  # a resumed run passing a step it had already saved before it was killed
-            shutil.rmtree(final)
+        if final.exists() or final.is_symlink():  # a resumed run passing a step it saved before it was killed
+            _remove_checkpoint(final)
         os.replace(tmp, final)
+
+    def rotate() -> None:
+        if not accelerator.is_main_process:
+            return
         # Checkpoints past this step were written before a resume from an earlier one: this run rewrites
         # those steps, so they are no part of it (kept, the rotation below would count them as the newest
         # and delete the checkpoint just written, and --resume would continue from one of them).
@@ -88,10 +93,13 @@ def save_checkpoint(accelerator: Any, model: Any, optimizer: Any, scheduler: Any
         if later:
             logger.warning("resumed before them, this run writes its own steps in place of %s (removed)",
                            ", ".join(path.name for path in later))
-        for path in later:
-            shutil.rmtree(path)
-        for _, old in [c for c in saved if c[0] <= step][:-keep]:
-            shutil.rmtree(old)
+        for path in later + [old for _, old in [c for c in saved if c[0] <= step][:-keep]]:
+            try:
+                _remove_checkpoint(path)
+            except OSError as err:  # (the checkpoint just written is complete: the run goes on)
+                logger.warning("checkpoint %s is written, but the older %s could not be removed (%s); remove it "
+                               "yourself%s", final, path, describe(err),
+                               ": --resume would continue from it" if path in later else "")
 
     try:
         on_every_process(accelerator, prepare)
@@ -100,11 +108,32 @@ def save_checkpoint(accelerator: Any, model: Any, optimizer: Any, scheduler: Any
     except write_errors() as err:
         if accelerator.is_main_process:
             shutil.rmtree(tmp, ignore_errors=True)  # a full disk gets its space back
-        previous = list_checkpoints(run_dir)
-        left = (f"the newest complete checkpoint, {str(previous[-1][1])!r}, is intact: continue from it with "
-                "--resume once the problem is fixed" if previous else "there is no earlier checkpoint to resume from")
-        raise OutputError(f"cannot write checkpoint {str(final)!r}: {describe(err)}; {left}") from err
+        raise OutputError(f"cannot write checkpoint {str(final)!r}: {describe(err)}; {what_is_left(run_dir)}") from err
+    on_every_process(accelerator, rotate)  # (after the checkpoint is complete: its write error no longer applies)
     return final
+
+
+def _remove_checkpoint(path: Path) -> None:
+    """Delete the checkpoint folder ``path``. One that is a symbolic link (a checkpoint moved to another disk and
+    linked back; shutil.rmtree refuses a link) loses the link only, and a log line says so: the folder it points to
+    may be a copy kept on purpose, and is no part of the run folder that the rotation keeps to save_total_limit."""
+    if path.is_symlink():
+        target = os.readlink(path)
+        path.unlink()
+        logger.warning("%s was a symbolic link to %s: removed the link, kept the checkpoint it points to (delete it "
+                       "yourself if it is not needed)", path, target)
+    else:
+        shutil.rmtree(path)
+
+
+def what_is_left(run_dir: str | Path) -> str:
+    """For the error of a run stopped by a failed write (a full disk, a read-only folder): the checkpoint that it
+    continues from, or that there is none."""
+    previous = list_checkpoints(run_dir)
+    if previous:
+        return (f"the newest complete checkpoint, {str(previous[-1][1])!r}, is intact: continue from it with "
+                "--resume once the problem is fixed")
+    return "there is no earlier checkpoint to resume from, so the run must start again"
 
 
 def on_every_process(accelerator: Any, work: Callable[[], None]) -> None:
@@ -354,15 +383,46 @@ def _form(value: Any) -> str:
     return f"a tensor of shape {tuple(value.shape)}" if isinstance(value, torch.Tensor) else type(value).__name__
 
 
+# Keys of LambdaLR.state_dict() that one torch version stores and another does not, none of which moves the schedule:
+# older torch stored `verbose` (print each new lr; gone since), newer torch stores `_is_initial` (True only inside the
+# scheduler's constructor, so False in every saved state, as in this run's).
+TORCH_VERSION_SCHEDULER_KEYS = frozenset({"verbose", "_is_initial"})
+
+
 def _restore_scheduler(path: Path, scheduler: Any, step: int) -> None:
+    """Load the LR scheduler's state, each value checked first: LambdaLR.load_state_dict copies whatever keys and
+    values it is given into the scheduler, and its next lr is ``base_lrs * factor(last_epoch)``. A base_lrs of 100x
+    the recipe's lr trained 100x too fast without a word, a string failed as an unexpected TypeError, a NaN stopped
+    the run later, blamed on its learning rate. A key that only another torch version writes
+    (TORCH_VERSION_SCHEDULER_KEYS) keeps this run's value; any other key of another set is refused, as the state of
+    another schedule."""
     saved = files.load_json_state(path)
     ours = scheduler.state_dict()
-    # LambdaLR.load_state_dict copies whatever keys it is given into the scheduler: check them first.
-    if set(saved) != set(ours) or saved.get("last_epoch") != step:
-        raise CheckpointError(
-            f"checkpoint file {str(path)!r} does not hold this run's LR schedule position at step {step} (keys "
-            f"{sorted(saved)}, last_epoch {saved.get('last_epoch')!r}); the run cannot be resumed exactly"
-        )
+    saved = {k: v for k, v in saved.items() if k not in TORCH_VERSION_SCHEDULER_KEYS}  # (this run's values kept)
+
+    def refuse(what: str) -> CheckpointError:
+        return CheckpointError(f"checkpoint file {str(path)!r} does not hold this run's LR schedule position at step "
+                               f"{step} ({what}); the run cannot be resumed exactly from it")
+
+    expected = set(ours) - TORCH_VERSION_SCHEDULER_KEYS
+    if set(saved) != expected:
+        raise refuse(f"its keys are {sorted(saved)}, expected {sorted(expected)}, a LambdaLR's (besides "
+                     f"{', '.join(sorted(TORCH_VERSION_SCHEDULER_KEYS))}, which differ with the torch version)")
+    if not (_integer(saved["last_epoch"]) and saved["last_epoch"] == step):
+        raise refuse(f"its last_epoch is {saved['last_epoch']!r}, expected {step}, the checkpoint's step")
+    if not _same(saved["base_lrs"], ours["base_lrs"]):
+        raise refuse(f"its base_lrs are {saved['base_lrs']!r}, expected {ours['base_lrs']!r}: the recipe's "
+                     "optim.lr for each param group, which the schedule scales at every step")
+    groups = len(ours["base_lrs"])
+    last = saved["_last_lr"]
+    if not (isinstance(last, list) and len(last) == groups and all(_number(v) and 0 <= v < math.inf for v in last)):
+        raise refuse(f"its _last_lr is {last!r}, expected {groups} finite number(s) of 0 or more (the lr of each "
+                     "param group at the step)")
+    if not (_integer(saved["_step_count"]) and saved["_step_count"] >= 1):
+        raise refuse(f"its _step_count is {saved['_step_count']!r}, expected an integer of 1 or more")
+    for key in sorted(set(saved) - {"last_epoch", "base_lrs", "_last_lr", "_step_count"}):
+        if not _same(saved[key], ours[key]):  # lr_lambdas (None each: a lambda is stored as None), the flags
+            raise refuse(f"its {key} is {saved[key]!r}, expected {ours[key]!r}")
     scheduler.load_state_dict(saved)
 
 

@@ -15,6 +15,7 @@ import difflib
 import hashlib
 import json
 import math
+import os
 import re
 import typing
 from dataclasses import asdict, dataclass, field, fields
@@ -147,7 +148,23 @@ class Recipe:
     def __post_init__(self) -> None:
         if self.output_dir is None:
             self.output_dir = str(Path("runs") / self.name)
+        self._expand_home()
         self.validate()
+
+    def _expand_home(self) -> None:
+        """``~`` (and ``~user``) at the start of ``output_dir``, ``model.path`` or a ``data.path`` is the home folder,
+        as a shell and transformers' ``TrainingArguments`` (its ``output_dir``) read it: unexpanded, a run trained
+        into a folder named ``~`` under the current one, and a ``~/corpus.txt`` was not found. Expanded here, once,
+        so that the run id, ``recipe.yaml`` and every message name the folder meant."""
+        if isinstance(self.output_dir, str):
+            self.output_dir = os.path.expanduser(self.output_dir)
+        if isinstance(self.model.path, str):
+            self.model.path = os.path.expanduser(self.model.path)
+        path = self.data.path
+        if isinstance(path, str):
+            self.data.path = os.path.expanduser(path)
+        elif isinstance(path, list):
+            self.data.path = [os.path.expanduser(p) if isinstance(p, str) else p for p in path]
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

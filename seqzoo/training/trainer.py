@@ -30,7 +30,7 @@ from typing import Any, Callable
 import torch
 from torch.optim.lr_scheduler import LambdaLR
 
-from seqzoo.outputs import OutputError, staged_folder, write_atomically
+from seqzoo.outputs import OutputError, describe, staged_folder, write_atomically
 from seqzoo.tokenizer import PAD_TOKEN_ID
 from seqzoo.training.building import build_model, check_batch_split, lr_factor, make_optimizer
 from seqzoo.training.checkpoint import (
@@ -45,6 +45,7 @@ from seqzoo.training.checkpoint import (
     resolve_resume,
     restore_training_state,
     save_checkpoint,
+    what_is_left,
     without_origin,
 )
 from seqzoo.training.classification import LabelledTexts, build_label_data, classifier_logits, is_classifier
@@ -207,6 +208,8 @@ def train(recipe: Recipe, *, resume: str | Path | bool | None = None, dataset: A
     world = accelerator.num_processes
     micro_batch = check_batch_split(t, world)
     run_dir = Path(recipe.output_dir)
+    # (before the folder is looked at: the run put back is what it holds)
+    on_every_process(accelerator, lambda: _put_back_replaced(run_dir) if accelerator.is_main_process else None)
     saved = Path(recipe.model.path).resolve() if recipe.model.path is not None else None
     if not resume and saved is not None and (saved == run_dir.resolve() or run_dir.resolve() in saved.parents):
         # (--force would delete the model this run starts from before loading it)
@@ -231,8 +234,9 @@ def train(recipe: Recipe, *, resume: str | Path | bool | None = None, dataset: A
             f"its first step)"
         )
     if resume not in (None, False, True) and occupied:
-        source = resolve_resume(resume, run_dir).resolve()
-        if run_dir.resolve() not in source.parents:
+        source = resolve_resume(resume, run_dir)
+        # (a checkpoint folder may be a link to another disk: where it is listed counts, as well as where it is)
+        if not {run_dir.resolve()} & {*source.resolve().parents, *(source.parent.resolve() / source.name).parents}:
             raise ValueError(
                 f"--resume {str(resume)!r}: output_dir {str(run_dir)!r} holds files of another run; resume into an "
                 f"empty output_dir, or into the checkpoint's own run folder"
@@ -296,8 +300,8 @@ def train(recipe: Recipe, *, resume: str | Path | bool | None = None, dataset: A
         def first_step_done() -> None:
             nonlocal aside
             if aside is not None:
-                shutil.rmtree(aside)
-                aside = None
+                doomed, aside = aside, None
+                _delete_aside(doomed, run_dir)
 
         return _run(recipe, accelerator, model, optimizer, scheduler, data, micro_batch, run_dir, checkpoint,
                     progress, save_model, stop, first_step_done)
@@ -310,12 +314,76 @@ def train(recipe: Recipe, *, resume: str | Path | bool | None = None, dataset: A
         torch.use_deterministic_algorithms(previous_determinism)
 
 
+# The hidden siblings of a run folder ``NAME`` that --force leaves: ``.NAME.replaced-XXXX`` holds the old run until the
+# new run's first step is done, ``.NAME.deleting-XXXX`` the old run being deleted after that.
+REPLACED, DELETING = "replaced", "deleting"
+
+
+def _sibling_prefix(run_dir: Path, what: str) -> str:
+    return f".{run_dir.name}.{what}-"
+
+
 def _move_aside(run_dir: Path) -> Path:
     """``run_dir`` renamed to a new hidden sibling (the same file system: one rename), which is returned."""
-    aside = Path(tempfile.mkdtemp(prefix=f".{run_dir.name}.replaced-", dir=run_dir.resolve().parent))
+    aside = Path(tempfile.mkdtemp(prefix=_sibling_prefix(run_dir, REPLACED), dir=run_dir.resolve().parent))
     aside.rmdir()
     run_dir.rename(aside)
     return aside
+
+
+def _delete_aside(aside: Path, run_dir: Path) -> None:
+    """Delete the old run that --force moved aside, renamed first: a process killed while deleting it leaves a
+    ``.deleting-`` sibling that the next run finishes deleting, never a half-deleted run that it would put back."""
+    doomed = aside.with_name(_sibling_prefix(run_dir, DELETING) + aside.name[len(_sibling_prefix(run_dir, REPLACED)):])
+    aside.rename(doomed)
+    shutil.rmtree(doomed)
+
+
+def _put_back_replaced(run_dir: Path) -> None:
+    """Put back the old run that --force moved aside (:func:`_move_aside`) where the process was killed before the new
+    run's first step was done (SIGKILL: the OOM killer, a preempted machine), which no ``except`` can: the output
+    folder then held nothing, or only what the new run writes before its first step, and ``--resume`` said the run
+    did not exist. Where the output folder holds a run of its own, or several runs were moved aside, none is put
+    back, but each is named in a warning (it is never deleted)."""
+    parent = run_dir.resolve().parent
+    if not parent.is_dir():
+        return
+    replaced, deleting = _sibling_prefix(run_dir, REPLACED), _sibling_prefix(run_dir, DELETING)
+    siblings = sorted(path for path in parent.iterdir() if path.name.startswith((replaced, deleting)))
+    for path in [path for path in siblings if path.name.startswith(deleting)]:
+        logger.warning("%s: finishing the deletion of %s, the run that --force replaced (its new run had done its "
+                       "first step when the process was stopped)", run_dir, path)
+        shutil.rmtree(path)
+    aside = [path for path in siblings if path.name.startswith(replaced) and path.is_dir()]
+    if not aside:
+        return
+    left = _left_before_a_first_step(run_dir)
+    if len(aside) == 1 and left is not None:
+        if run_dir.exists():
+            shutil.rmtree(run_dir)
+        aside[0].rename(run_dir)
+        logger.warning("%s: put back the run that --force had moved aside to %s: the process was stopped before the "
+                       "new run's first step was done%s", run_dir, aside[0],
+                       f" (the new run's {', '.join(left)} deleted)" if left else "")
+        return
+    why = (f"{len(aside)} runs were moved aside, and which one to keep is yours to choose" if len(aside) > 1 else
+           "the output folder holds files of its own")
+    logger.warning("%s: %s hold(s) a run that --force moved aside, stopped before the new run's first step was done; "
+                   "not put back, as %s: move it back yourself to keep it, or delete it", run_dir,
+                   ", ".join(map(str, aside)), why)
+
+
+def _left_before_a_first_step(run_dir: Path) -> list[str] | None:
+    """The names in ``run_dir`` where it holds at most what a run writes before its first step is done (nothing, or
+    its recipe and metrics: nothing to keep); None where it holds anything else (a run of its own, other files)."""
+    if run_dir.is_symlink() or (run_dir.exists() and not run_dir.is_dir()):
+        return None
+    if not run_dir.exists():
+        return []
+    names = sorted(path.name for path in run_dir.iterdir())
+    if not names or (_stopped_before_a_checkpoint(run_dir) and not list_checkpoints(run_dir)):
+        return names
+    return None
 
 
 # What a training run writes into its folder (recipe.yaml and metrics.jsonl first): --force deletes a folder holding
@@ -577,10 +645,18 @@ def check_finite_parameters(model: Any, accelerator: Any, step: int, grad_norm: 
 
 
 def _record(row: dict[str, Any], history: list[dict[str, Any]], path: Path, accelerator: Any) -> None:
+    """Keep ``row`` in ``history`` and append it to ``path`` (metrics.jsonl). A failed append (a full disk) says which
+    file, and what the run continues from: the line it cut short lies past the newest checkpoint, and --resume
+    drops it (:func:`_read_history`)."""
     history.append(row)
     if accelerator.is_main_process:
-        with path.open("a") as handle:
-            handle.write(_json_line(row))
+        try:
+            with path.open("a") as handle:
+                handle.write(_json_line(row))
+        except OSError as err:
+            what = f"the evaluation of step {row['step']}" if "eval" in row else f"step {row['step']}"
+            raise OutputError(f"cannot append {what} to {str(path)!r}: {describe(err)}; "
+                              f"{what_is_left(path.parent)}") from err
 
 
 def _json_line(row: dict[str, Any]) -> str:
@@ -681,11 +757,8 @@ def _save_final(accelerator: Any, model: Any, recipe: Recipe, data: Any, run_dir
                     tokenizer_for(unwrapped).save_pretrained(staging)
                 (staging / TRAINING_INFO_FILE).write_text(json.dumps(info, indent=2))
         except OutputError as err:
-            checkpoints = list_checkpoints(run_dir)
-            left = (f"the newest checkpoint, {str(checkpoints[-1][1])!r}, is intact: continue from it with --resume "
-                    "once the problem is fixed" if checkpoints else
-                    "the run wrote no checkpoints (train.save_every=0), so it must start again")
-            raise OutputError(f"training finished but the final model could not be saved: {err}; {left}") from err
+            raise OutputError(f"training finished but the final model could not be saved: {err}; "
+                              f"{what_is_left(run_dir)}") from err
 
     on_every_process(accelerator, save)
     return unwrapped

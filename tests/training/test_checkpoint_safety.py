@@ -4,6 +4,7 @@ pickle checkpoints are refused, and a missing or damaged state file is refused w
 from __future__ import annotations
 
 import json
+import math
 import pickle
 import shutil
 import threading
@@ -310,6 +311,61 @@ def test_a_scheduler_file_with_keys_of_another_scheduler_is_refused(saved_run, t
 
     rewrite(checkpoint, "scheduler.json", add_a_key)
     with pytest.raises(CheckpointError, match=r"does not hold this run's LR schedule position at step 2 \(.*'gamma'"):
+        train(recipe, resume=True, progress=False)
+
+
+def _edit_scheduler(checkpoint: Path, **values) -> None:
+    """Rewrite the checkpoint's scheduler.json with ``values`` set (a value of None: the key removed), resealed."""
+
+    def edit(path):
+        state = json.loads(path.read_text())
+        state.update(values)
+        path.write_text(json.dumps({k: v for k, v in state.items() if v is not None}))
+
+    rewrite(checkpoint, "scheduler.json", edit)
+
+
+@pytest.mark.parametrize("key,value,named", [
+    ("base_lrs", [1.0, 1.0], r"its base_lrs are \[1.0, 1.0\], expected \[0.01, 0.01\]: the recipe's optim.lr "
+                             r"for each param group"),  # (100x the lr)
+    ("base_lrs", ["0.01", "0.01"], r"its base_lrs are \['0.01', '0.01'\], expected \[0.01, 0.01\]"),
+    ("base_lrs", [math.nan, math.nan], r"its base_lrs are \[nan, nan\]"),
+    ("base_lrs", [0.01], r"its base_lrs are \[0.01\], expected \[0.01, 0.01\]"),
+    ("_last_lr", [math.inf, 0.0], r"its _last_lr is \[inf, 0.0\], expected 2 finite number\(s\) of 0 or more"),
+    ("last_epoch", "2", r"its last_epoch is '2', expected 2"),
+    ("_step_count", 0, r"its _step_count is 0, expected an integer of 1 or more"),
+    ("lr_lambdas", [{"x": 1}, None], r"its lr_lambdas is \[\{'x': 1\}, None\], expected \[None, None\]"),
+])
+def test_a_scheduler_file_whose_values_are_not_this_runs_schedule_is_refused(saved_run, tmp_path, key, value, named):
+    # LambdaLR.load_state_dict copies every value as it is: base_lrs [1.0, 1.0] against the recipe's 0.01 trained at
+    # 100x the learning rate without a word, a string stopped the run with an unexpected TypeError, a NaN stopped it
+    # at the next step, blamed on "a learning rate of nan".
+    recipe, checkpoint = copy_run(saved_run, tmp_path)
+    _edit_scheduler(checkpoint, **{key: value})
+    with pytest.raises(CheckpointError, match=r"checkpoint file '.*scheduler.json' does not hold this run's LR "
+                                              r"schedule position at step 2 \(" + named):
+        train(recipe, resume=True, progress=False)
+
+
+def test_a_scheduler_file_of_an_older_torch_resumes_exactly(saved_run, tmp_path):
+    # torch 2.4's LambdaLR state has `verbose` and no `_is_initial`: refused as "does not hold this run's LR schedule
+    # position", though the README says any torch >= 2.4 works. The keys that differ only by torch version are
+    # tolerated, the run resumes as from its own file; another key is still refused (another schedule).
+    recipe, checkpoint = copy_run(saved_run, tmp_path)
+    straight = train(recipe, resume=True, progress=False)
+    shutil.rmtree(tmp_path / "run")
+    recipe, checkpoint = copy_run(saved_run, tmp_path)
+    _edit_scheduler(checkpoint, verbose=False, _is_initial=None)
+    resumed = train(recipe, resume=True, progress=False)
+    assert [row["lr"] for row in resumed.history if "lr" in row] == [row["lr"] for row in straight.history
+                                                                     if "lr" in row]
+    for (name, a), b in zip(resumed.model.state_dict().items(), straight.model.state_dict().values()):
+        assert torch.equal(a, b), name
+    shutil.rmtree(tmp_path / "run")
+    recipe, checkpoint = copy_run(saved_run, tmp_path)
+    _edit_scheduler(checkpoint, verbose=False, T_max=10)  # (CosineAnnealingLR's)
+    with pytest.raises(CheckpointError, match=r"its keys are \[.*'T_max'.*\], expected \[.*\], a LambdaLR's "
+                                              r"\(besides _is_initial, verbose, which differ with the torch version\)"):
         train(recipe, resume=True, progress=False)
 
 

@@ -209,8 +209,8 @@ def test_a_scheduler_file_of_another_step_is_refused(tmp_path):
     state = json.loads((checkpoint / STATE_FILE).read_text())
     state["files"]["scheduler.json"] = file_record(path)
     _reseal(checkpoint, state)
-    with pytest.raises(CheckpointError, match=r"does not hold this run's LR schedule position at step 2 .*"
-                                              r"last_epoch 1"):
+    with pytest.raises(CheckpointError, match=r"does not hold this run's LR schedule position at step 2 \(its "
+                                              r"last_epoch is 1, expected 2, the checkpoint's step\)"):
         train(recipe, resume=True, progress=False)
 
 

@@ -686,3 +686,34 @@ def test_a_recipe_built_in_python_checks_its_model_config(config):
 
     with pytest.raises(ValueError, match=r"recipe field model.config=.* is invalid: expected a mapping of names"):
         Recipe(model=ModelSection(config=config))
+
+
+def test_a_tilde_in_the_recipes_paths_is_the_home_folder_as_for_transformers(tmp_path, monkeypatch):
+    # `output_dir: ~/runs/x` trained into ./~/runs/x and said "saved to ~/runs/x"; `data.path: ~/corpus.txt` was
+    # "does not exist". transformers' TrainingArguments expands its output_dir so.
+    from transformers import TrainingArguments
+
+    monkeypatch.setenv("HOME", str(tmp_path))
+    for name in ("corpus.txt", "more.txt"):
+        (tmp_path / name).write_text("some text to train on\n" * 20)
+    (tmp_path / "work").mkdir()
+    monkeypatch.chdir(tmp_path / "work")
+    recipe = load_recipe("gru-tiny", {"data.source": "text", "data.path": "~/corpus.txt", "output_dir": "~/runs/x"})
+    assert recipe.output_dir == str(tmp_path / "runs" / "x") == TrainingArguments(output_dir="~/runs/x").output_dir
+    assert recipe.data.path == str(tmp_path / "corpus.txt")
+    listed = load_recipe("gru-tiny", {"data.source": "text", "data.path": ["~/corpus.txt", "~/more.txt"]})
+    assert listed.data.path == [str(tmp_path / "corpus.txt"), str(tmp_path / "more.txt")]
+    assert "~" not in recipe.to_yaml()  # (recipe.yaml and --print-recipe show the folder meant)
+    with pytest.raises(ValueError, match=re.escape(f"model.path={str(tmp_path / 'saved')!r}")):
+        load_recipe("gru-tiny", {"model.path": "~/saved"})  # (no model saved there: named by its real path)
+    plain = load_recipe("gru-tiny", {"data.source": "text", "data.path": "corpus~1.txt", "output_dir": "runs/a~b"})
+    assert (plain.data.path, plain.output_dir) == ("corpus~1.txt", "runs/a~b")
+
+    from seqzoo.training.trainer import train
+
+    small = {"model.config.hidden_size": 8, "max_steps": 1, "save_every": 0, "seq_len": 16, "batch_size": 2,
+             "eval_samples": 2}
+    result = train(load_recipe("gru-tiny", {**small, "data.source": "text", "data.path": "~/corpus.txt",
+                                            "output_dir": "~/runs/x"}), progress=False)
+    assert result.output_dir == tmp_path / "runs" / "x" and (result.output_dir / "model.safetensors").is_file()
+    assert not (tmp_path / "work" / "~").exists()

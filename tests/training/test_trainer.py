@@ -161,6 +161,83 @@ def test_resuming_an_earlier_checkpoint_keeps_the_new_checkpoints_not_the_old_ru
     assert_same_weights(resumed.model.state_dict(), reference.model.state_dict())
 
 
+def test_symlinked_checkpoints_are_rotated_by_their_link_and_the_run_goes_on(tmp_path, caplog):
+    # Checkpoints moved to another disk and linked back: the rotation's shutil.rmtree refused the link and stopped the
+    # run with "cannot write checkpoint ... checkpoint-6 is intact" (both), and no final model.
+    reference = train(make_recipe(tmp_path, "reference", train={"save_every": 2}), progress=False)
+    run, other_disk = tmp_path / "run", tmp_path / "other-disk"
+    train(make_recipe(tmp_path, train={"save_every": 2, "save_total_limit": 3}), progress=False)
+    shutil.rmtree(run / "checkpoints" / "checkpoint-6")
+    other_disk.mkdir()
+    for step in (2, 4):
+        shutil.move(run / "checkpoints" / f"checkpoint-{step}", other_disk / f"checkpoint-{step}")
+        (run / "checkpoints" / f"checkpoint-{step}").symlink_to(other_disk / f"checkpoint-{step}")
+    kept = _files(other_disk)
+    recipe = make_recipe(tmp_path, train={"save_every": 2, "save_total_limit": 1})
+    with caplog.at_level("WARNING", logger="seqzoo.training"):
+        # (from checkpoint-2: step 4 is written in place of the linked checkpoint-4, then the rotation meets the links)
+        result = train(recipe, resume=run / "checkpoints" / "checkpoint-2", progress=False)
+    assert result.steps == 6 and (run / "model.safetensors").is_file()
+    assert [p.name for p in (run / "checkpoints").iterdir()] == ["checkpoint-6"]
+    assert _files(other_disk) == kept  # (only the links went)
+    for step in (2, 4):
+        assert (f"checkpoint-{step} was a symbolic link to {other_disk / f'checkpoint-{step}'}: removed the link, kept "
+                "the checkpoint it points to") in caplog.text
+    assert_same_weights(weights(run), weights(tmp_path / "reference"))
+    assert [r["loss"] for r in result.history if "loss" in r] == [r["loss"] for r in reference.history if "loss" in r]
+
+
+def test_a_checkpoint_the_rotation_cannot_remove_is_named_and_the_run_goes_on(tmp_path, monkeypatch, caplog):
+    real = checkpoint._remove_checkpoint
+
+    def refuses_checkpoint_2(path):
+        if path.name == "checkpoint-2":
+            raise PermissionError(13, "Permission denied", str(path))
+        real(path)
+
+    monkeypatch.setattr(checkpoint, "_remove_checkpoint", refuses_checkpoint_2)
+    with caplog.at_level("WARNING", logger="seqzoo.training"):
+        result = train(make_recipe(tmp_path, train={"save_every": 2, "save_total_limit": 1}), progress=False)
+    assert result.steps == 6 and (tmp_path / "run" / "model.safetensors").is_file()
+    assert [step for step, _ in list_checkpoints(tmp_path / "run")] == [2, 6]
+    folder = tmp_path / "run" / "checkpoints"
+    assert (f"checkpoint {folder / 'checkpoint-4'} is written, but the older {folder / 'checkpoint-2'} could not be "
+            "removed (Permission denied") in caplog.text
+
+
+def test_a_full_disk_while_appending_to_the_metrics_names_the_file_and_the_checkpoint_to_resume(tmp_path,
+                                                                                                monkeypatch):
+    # It said only "No space left on device", where a checkpoint write names its folder and the checkpoint intact.
+    import errno
+    import io
+
+    from seqzoo.outputs import OutputError
+
+    class FullDisk(io.StringIO):
+        def write(self, text):
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+    real_open, appends = Path.open, []
+
+    def opening(path, mode="r", *args, **kwargs):
+        if path.name == "metrics.jsonl" and mode == "a":
+            appends.append(path)
+            if len(appends) == 5:  # (step 5's row; checkpoint-4 is written)
+                return FullDisk()
+        return real_open(path, mode, *args, **kwargs)
+
+    recipe = make_recipe(tmp_path, train={"save_every": 2, "eval_every": 0})
+    run = tmp_path / "run"
+    monkeypatch.setattr(Path, "open", opening)
+    with pytest.raises(OutputError, match=re.escape(
+            f"cannot append step 5 to {str(run / 'metrics.jsonl')!r}: No space left on device; the newest complete "
+            f"checkpoint, {str(run / 'checkpoints' / 'checkpoint-4')!r}, is intact: continue from it with --resume")):
+        train(recipe, progress=False)
+    monkeypatch.undo()
+    resumed = train(recipe, resume=True, progress=False)
+    assert [r["step"] for r in resumed.history if "loss" in r] == list(range(1, 7))
+
+
 def test_resume_refuses_another_runs_checkpoint_and_fresh_runs_refuse_a_used_folder(tmp_path):
     train(make_recipe(tmp_path, "a", train={"max_steps": 2, "save_every": 2}), progress=False)
     other = make_recipe(tmp_path, "b", optim={"lr": 0.02})
@@ -285,6 +362,99 @@ def test_force_puts_the_old_run_back_when_the_new_one_fails_before_its_first_ste
     monkeypatch.setattr(trainer, "_train_step", real_step)
     train(recipe, progress=False, force=True)
     assert (tmp_path / "a" / "model.safetensors").is_file() and sorted(p.name for p in tmp_path.iterdir()) == ["a"]
+
+
+class Killed(BaseException):
+    """SIGKILL (the OOM killer, a preempted machine) as a test can have it: no ``except`` of train() runs."""
+
+
+def _killed_after_the_move_aside(monkeypatch, recipe) -> None:
+    """Run ``recipe`` with --force, killed right after the old run was moved aside (before the new run's first step:
+    what the process leaves when the OOM killer takes it while the model is prepared or the first step runs)."""
+    import seqzoo.training.trainer as trainer
+
+    real = trainer._move_aside
+
+    def moves_then_dies(run_dir):
+        real(run_dir)
+        raise Killed
+
+    monkeypatch.setattr(trainer, "_move_aside", moves_then_dies)
+    with pytest.raises(Killed):
+        train(recipe, progress=False, force=True)
+    monkeypatch.undo()
+
+
+def test_a_run_killed_after_force_moved_the_old_run_aside_gets_it_back(tmp_path, monkeypatch, caplog):
+    # Killed there, the output folder held only the hidden `.a.replaced-XXXX`: --resume said the run did not exist,
+    # and nothing ever put the old run back or named it.
+    recipe = make_recipe(tmp_path, "a", train={"max_steps": 4, "save_every": 2})
+    train(recipe, progress=False)
+    before = _files(tmp_path / "a")
+    _killed_after_the_move_aside(monkeypatch, recipe)
+    [aside] = list(tmp_path.iterdir())
+    assert aside.name.startswith(".a.replaced-") and _files(aside) == before
+    with caplog.at_level("WARNING", logger="seqzoo.training"):
+        assert train(recipe, resume=True, progress=False).steps == 4
+    assert f"put back the run that --force had moved aside to {aside}" in caplog.text
+    assert [p.name for p in tmp_path.iterdir()] == ["a"] and (tmp_path / "a" / "model.safetensors").is_file()
+
+    # Killed in its first step, the new run had written its recipe and metrics: they go, the old run comes back (a
+    # plain start then refuses the folder, as it would have before --force).
+    before = _files(tmp_path / "a")
+    _killed_after_the_move_aside(monkeypatch, recipe)
+    (tmp_path / "a").mkdir()
+    (tmp_path / "a" / "recipe.yaml").write_text(recipe.to_yaml())
+    (tmp_path / "a" / "metrics.jsonl").write_text("")
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="seqzoo.training"):
+        with pytest.raises(ValueError, match=r"already holds checkpoints of a run; pass --resume"):
+            train(recipe, progress=False)
+    assert "(the new run's metrics.jsonl, recipe.yaml deleted)" in caplog.text
+    assert _files(tmp_path / "a") == before and [p.name for p in tmp_path.iterdir()] == ["a"]
+
+    # --force again puts it back first, then replaces it as asked.
+    _killed_after_the_move_aside(monkeypatch, recipe)
+    train(recipe, progress=False, force=True)
+    assert [p.name for p in tmp_path.iterdir()] == ["a"]
+
+
+def test_a_run_moved_aside_is_named_not_put_back_over_a_run_and_a_killed_deletion_is_finished(tmp_path, monkeypatch,
+                                                                                              caplog):
+    recipe = make_recipe(tmp_path, "a", train={"max_steps": 2, "save_every": 0})
+    train(recipe, progress=False)
+    _killed_after_the_move_aside(monkeypatch, recipe)
+    [aside] = list(tmp_path.iterdir())
+    shutil.copytree(aside, tmp_path / "a")  # (a run of its own in the folder since: it is never replaced)
+    before = _files(tmp_path / "a")
+    with caplog.at_level("WARNING", logger="seqzoo.training"):
+        with pytest.raises(ValueError, match="already holds files"):
+            train(recipe, progress=False)
+    assert (f"{aside} hold(s) a run that --force moved aside, stopped before the new run's first step was done; "
+            "not put back, as the output folder holds files of its own: move it back yourself") in caplog.text
+    assert _files(tmp_path / "a") == before and aside.is_dir()
+    # Killed while --force deleted the old run after the new run's first step: the next run finishes the deletion,
+    # and never puts back the half-deleted run.
+    shutil.rmtree(aside)
+    real_rmtree = shutil.rmtree
+
+    def dies_half_way(path, *args, **kwargs):
+        if Path(path).name.startswith(".a."):
+            (Path(path) / "model.safetensors").unlink()
+            raise Killed
+        real_rmtree(path, *args, **kwargs)
+
+    monkeypatch.setattr(shutil, "rmtree", dies_half_way)
+    with pytest.raises(Killed):
+        train(recipe, progress=False, force=True)
+    monkeypatch.undo()
+    [doomed] = [p for p in tmp_path.iterdir() if p.name != "a"]
+    assert doomed.name.startswith(".a.deleting-")
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="seqzoo.training"):
+        train(recipe, progress=False, force=True)
+    assert f"finishing the deletion of {doomed}" in caplog.text and "put back" not in caplog.text
+    assert [p.name for p in tmp_path.iterdir()] == ["a"]
 
 
 def test_force_never_deletes_a_folder_that_holds_no_training_run(tmp_path):
