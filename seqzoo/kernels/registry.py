@@ -412,18 +412,34 @@ def set_backend(op: str, backend: str | None) -> None:
 
 @contextlib.contextmanager
 def use_backend(op: str, backend: str | None) -> Iterator[None]:
-    """Context manager form of :func:`set_backend`."""
-    previous = _FORCED.get(op)
-    set_backend(op, backend)
+    """Context manager form of :func:`set_backend`: ``backend`` for ``op`` while the block runs, then what was in
+    force before the first block still open for ``op`` began. The setting is process-wide (calls in every thread see
+    it); blocks that end out of order (two threads, generators) each leave the latest block still open in force, and
+    the last to end restores the setting from before them all (each block put back what it found, so the first to end
+    left the other's request forced for good)."""
+    with _LOCK:
+        blocks = _BLOCKS.setdefault(op, [])
+        if not blocks:
+            _BEFORE_BLOCKS[op] = _FORCED.get(op)
+        set_backend(op, backend)
+        mine = (object(), backend)
+        blocks.append(mine)
     try:
         yield
     finally:
         with _LOCK:
-            if previous is None:
+            blocks.remove(mine)
+            value = blocks[-1][1] if blocks else _BEFORE_BLOCKS.pop(op, None)
+            if value is None:
                 _FORCED.pop(op, None)
             else:
-                _FORCED[op] = previous
+                _FORCED[op] = value
             _invalidate()
+
+
+# The use_backend blocks open per op (a token and the backend each asked for), and what was forced before the first.
+_BLOCKS: dict[str, list[tuple[object, str | None]]] = {}
+_BEFORE_BLOCKS: dict[str, str | None] = {}
 
 
 def available_backends(op: str) -> list[str]:

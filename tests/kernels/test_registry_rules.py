@@ -209,6 +209,24 @@ def test_nested_use_backend_restores_the_outer_request():
         set_backend("lstm", None)
 
 
+@pytest.mark.parametrize("outside", [None, "reference"])
+def test_use_backend_blocks_that_end_out_of_order_leave_nothing_forced_behind(outside):
+    # Two threads (or generators) each in a block: A ("reference") began first and ended first. A put back what it
+    # found (nothing), so B, still open, ran unforced; B then put back A's "reference", forced for good.
+    args, kwargs = lstm_call()
+    set_backend("lstm", outside)
+    try:
+        first, second = use_backend("lstm", "reference"), use_backend("lstm", "torch")
+        first.__enter__()
+        second.__enter__()
+        first.__exit__(None, None, None)
+        assert requested_backend("lstm") == "torch" and select("lstm", *args, **kwargs).name == "torch"
+        second.__exit__(None, None, None)
+        assert requested_backend("lstm") == outside
+    finally:
+        set_backend("lstm", None)
+
+
 def test_requested_backend_names_a_misspelt_environment_entry_or_op(monkeypatch):
     monkeypatch.setenv("SEQZOO_KERNELS", "lstm=torh")
     with pytest.raises(KernelError, match="Did you mean 'torch'"):
