@@ -96,7 +96,17 @@ def cmd_kernels(args: argparse.Namespace) -> int:
         if r["forced"] and not r["available"]:  # every call of the op would raise: say so, as for a typo
             raise KernelError(f"SEQZOO_KERNELS requests backend {r['backend']!r} for op {r['op']!r}, which is not "
                               f"available here; every {r['op']} call would raise")
+        if r["forced"] and not r.get("runs_here", True):  # (Triton's interpreter makes them importable on a CPU)
+            raise KernelError(f"SEQZOO_KERNELS requests backend {r['backend']!r} for op {r['op']!r}, which runs on "
+                              f"another device than this machine's ({_this_device()}): every {r['op']} call on its "
+                              "tensors would raise")
     return 0
+
+
+def _this_device() -> str:
+    from seqzoo.kernels.registry import _default_device
+
+    return _default_device()
 
 
 def _unavailable_reason(backend: str) -> str:

@@ -190,6 +190,28 @@ def test_list_and_kernels(capsys, monkeypatch):
     assert "SEQZOO_KERNELS entry 'lstm=bogus': unknown kernel backend" in captured.err
 
 
+def test_kernels_names_a_forced_backend_that_runs_on_another_device(capsys, monkeypatch):
+    # Under TRITON_INTERPRET=1 the Triton backends are available on a CPU machine, but their kernels take CUDA
+    # tensors: `seqzoo kernels` showed a forced one as fine (status 0) and every call then raised.
+    from seqzoo.kernels import registry
+    from seqzoo.kernels.triton_support import triton_installed
+
+    if torch.cuda.is_available() or not triton_installed():
+        pytest.skip("needs a machine without CUDA, with Triton installed")
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    monkeypatch.setenv("SEQZOO_KERNELS", "wkv7=triton")
+    registry.refresh()
+    try:
+        if not next(r for r in registry.list_kernels() if r["backend"] == "triton" and r["op"] == "wkv7")["available"]:
+            pytest.skip("this Triton offers no interpreter")
+        assert main(["kernels"]) == 2
+        assert ("requests backend 'triton' for op 'wkv7', which runs on another device than this machine's (cpu)"
+                in capsys.readouterr().err)
+    finally:
+        monkeypatch.undo()
+        registry.refresh()
+
+
 def test_new_then_generate(model_dir, capsys):
     model = AutoModelForCausalLM.from_pretrained(model_dir)
     assert model.config.hidden_size == 40

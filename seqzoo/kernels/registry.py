@@ -669,6 +669,7 @@ def list_kernels() -> list[dict[str, Any]]:
                     "backend": backend.name,
                     "priority": backend.priority,
                     "available": backend.available(),
+                    "runs_here": _on_this_machine(backend),  # (on this machine's default device)
                     "selected": backend.name == default,
                     "forced": forced == backend.name,
                     "description": backend.description,
