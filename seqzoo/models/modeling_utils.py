@@ -162,9 +162,14 @@ class SeqzooPreTrainedModel(PreTrainedModel):
         """transformers' resize, refused where the new vocabulary would leave out a special token of the config
         (a pad, bos, eos or decoder start id at or above its size): generate() could never end on such an eos, and
         the saved folder did not load (the config refused its own ids)."""
-        if isinstance(new_num_tokens, int) and not isinstance(new_num_tokens, bool):
+        for name, value in (("new_num_tokens", new_num_tokens), ("pad_to_multiple_of", pad_to_multiple_of)):
+            # (transformers rounded a negative multiple down, past the check below, took True as 1, and divided by 0)
+            if value is not None and (type(value) is not int or value < 1):
+                raise ValueError(f"resize_token_embeddings: {name}={value!r} is invalid: expected an integer >= 1, "
+                                 "or None")
+        if new_num_tokens is not None:
             size = new_num_tokens
-            if isinstance(pad_to_multiple_of, int) and pad_to_multiple_of > 0:
+            if pad_to_multiple_of is not None:
                 size = -(-size // pad_to_multiple_of) * pad_to_multiple_of
             config = self.config
             named = {name: getattr(config, name, None) for name in

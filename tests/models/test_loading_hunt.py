@@ -72,6 +72,16 @@ def test_a_vocabulary_resized_below_a_special_token_is_refused(preset, tmp_path)
     with pytest.raises(ValueError, match=r"resize_token_embeddings\(250\) leaves 256 token\(s\)"):
         model.resize_token_embeddings(250, pad_to_multiple_of=8)
     assert model.get_input_embeddings().weight.shape[0] == size == model.config.vocab_size
+    # transformers rounds a negative multiple down (258 -> 256, past the check), takes True as 1, divides by 0
+    for name, value, kwargs in (("pad_to_multiple_of", -8, {"new_num_tokens": 258, "pad_to_multiple_of": -8}),
+                                ("pad_to_multiple_of", 0, {"new_num_tokens": 258, "pad_to_multiple_of": 0}),
+                                ("pad_to_multiple_of", True, {"new_num_tokens": 258, "pad_to_multiple_of": True}),
+                                ("new_num_tokens", 300.0, {"new_num_tokens": 300.0}),
+                                ("new_num_tokens", -1, {"new_num_tokens": -1})):
+        with pytest.raises(ValueError, match=rf"resize_token_embeddings: {name}={value!r} is invalid: expected an "
+                                             "integer >= 1, or None"):
+            model.resize_token_embeddings(**kwargs)
+    assert model.get_input_embeddings().weight.shape[0] == size == model.config.vocab_size
     model.resize_token_embeddings(264, pad_to_multiple_of=8)  # (more is fine)
     assert model.config.vocab_size == 264
 
