@@ -6,16 +6,32 @@ reentrant checkpoint, whose gradient would be wrong."""
 
 from __future__ import annotations
 
+import difflib
 import functools
+import inspect
 from typing import Any
 
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 
-def layer_checkpoint_function(model: nn.Module, enable: bool, gradient_checkpointing_func: Any) -> Any:
+def layer_checkpoint_function(model: nn.Module, enable: bool, gradient_checkpointing_func: Any,
+                              every_n_layers: Any = 1) -> Any:
     """The function ``model``'s checkpointed layer calls go through (``gradient_checkpointing_func`` wrapped by
     :func:`checkpoint_with_positional_states`); raises when enabling a reentrant checkpoint that would drop a
-    gradient."""
+    gradient, an ``every_n_layers`` that is not an integer >= 1, or an option torch's checkpoint does not take
+    (each failed at the first training step: a division by zero, or torch handing the option to the layer)."""
+    where = f"{type(model).__name__}.activation_checkpointing_enable"
+    if enable and (type(every_n_layers) is not int or every_n_layers < 1):
+        raise ValueError(f"{where}: every_n_layers={every_n_layers!r} is invalid: expected an integer >= 1 "
+                         "(1 checkpoints every layer)")
+    options = getattr(gradient_checkpointing_func, "keywords", None) or {}
+    unknown = sorted(set(options) - _CHECKPOINT_OPTIONS)
+    if enable and unknown and isinstance(gradient_checkpointing_func, functools.partial):
+        hints = [name + "".join(f" (did you mean {close!r}?)" for close in
+                                difflib.get_close_matches(name, _CHECKPOINT_OPTIONS, n=1)) for name in unknown]
+        raise ValueError(f"{where}: torch.utils.checkpoint.checkpoint takes no option {', '.join(hints)}; it takes "
+                         f"{', '.join(sorted(_CHECKPOINT_OPTIONS))}")
     # torch's reentrant checkpoint carries gradients only through a layer's positional tensors: RWKV-7's value
     # residual (layer 0's values, handed to the later layers beside the hidden states) would lose its gradient
     # path into layer 0, and every parameter before it would get a wrong gradient without an error.
@@ -35,6 +51,15 @@ def layer_checkpoint_function(model: nn.Module, enable: bool, gradient_checkpoin
     return functools.partial(checkpoint_with_positional_states, gradient_checkpointing_func)
 
 
+def _checkpoint_options() -> frozenset[str]:
+    """The options torch's checkpoint takes by name (its keyword parameters, and preserve_rng_state, which it reads
+    from its **kwargs); any other it hands on to the checkpointed function."""
+    parameters = inspect.signature(checkpoint).parameters.values()
+    named = {p.name for p in parameters if p.kind is inspect.Parameter.KEYWORD_ONLY}
+    return frozenset(named | {"preserve_rng_state"})
+
+
+_CHECKPOINT_OPTIONS = _checkpoint_options()
 _NO_STATE = object()
 
 

@@ -110,8 +110,8 @@ class SeqzooPreTrainedModel(PreTrainedModel):
     def _set_gradient_checkpointing(self, enable: bool = True,
                                     gradient_checkpointing_func: Any = torch.utils.checkpoint.checkpoint,
                                     **kwargs: Any) -> None:
-        super()._set_gradient_checkpointing(
-            enable, layer_checkpoint_function(self, enable, gradient_checkpointing_func), **kwargs)
+        super()._set_gradient_checkpointing(enable, layer_checkpoint_function(
+            self, enable, gradient_checkpointing_func, kwargs.get("every_n_layers", 1)), **kwargs)
 
     def takes_step(self, input_ids: Any, inputs_embeds: Any, cache: Any, output_hidden_states: bool | None,
                    kwargs: dict[str, Any]) -> bool:

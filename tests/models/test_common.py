@@ -474,6 +474,24 @@ def test_gradient_checkpointing_gives_the_same_gradients(family_preset):
     assert calls.count(1) == 2 and calls.count(2) == 1  # layer 0 run again in the backward pass, layer 1 not
 
 
+@pytest.mark.parametrize("kwargs, message", [
+    ({"every_n_layers": 0}, r"every_n_layers=0 is invalid: expected an integer >= 1"),
+    ({"every_n_layers": True}, r"every_n_layers=True is invalid"),
+    ({"every_n_layers": "2"}, r"every_n_layers='2' is invalid"),
+    ({"activation_checkpointing_kwargs": {"use_reentrant": False, "use_reentrantt": True}},
+     r"torch\.utils\.checkpoint\.checkpoint takes no option use_reentrantt \(did you mean 'use_reentrant'\?\); it takes context_fn, debug"),
+])
+def test_checkpointing_options_that_fail_at_the_first_step_are_refused_when_enabled(family_preset, kwargs, message):
+    # Accepted, then a division by zero in the classic loop, or torch handing the misspelt option to the layer, at
+    # the first training step
+    model = tiny_model(family_preset)
+    with pytest.raises(ValueError, match=rf"{type(model).__name__}\.activation_checkpointing_enable: {message}"):
+        model.activation_checkpointing_enable(**kwargs)
+    assert not model.is_gradient_checkpointing
+    model.activation_checkpointing_enable({"use_reentrant": False, "preserve_rng_state": False}, every_n_layers=2)
+    assert model.is_gradient_checkpointing
+
+
 # Every family that continues a state from one call to the next (truncated BPTT), and a hybrid of recurrent mixers
 # only (its own layer loop), which is the kind of hybrid that continues a state in training.
 RECURRENT_HYBRID = {"mixer_types": ["mamba", "lstm", "mamba2"], "mixer_config": {"mamba2": {"head_dim": 16}}}
