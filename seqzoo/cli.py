@@ -419,14 +419,13 @@ def main(argv: list[str] | None = None, *, before_command: Callable[[], None] | 
         hint = INTERRUPT_HINTS.get(args.command)
         print("\ninterrupted" + (f"; {hint}" if hint else ""), file=sys.stderr)
         return EXIT_INTERRUPTED
-    except BrokenPipeError:
-        if debug or not _stdout_closed():
-            raise
-        # The output's reader went away (``seqzoo list | head -1``): nothing went wrong to report.
-        return EXIT_BROKEN_PIPE
     except Exception as err:  # noqa: BLE001 -- one line for the user; --debug shows the traceback
         if debug:
             raise
+        if isinstance(err, BrokenPipeError) and _stdout_closed():
+            # The output's reader went away (``seqzoo list | head -1``): nothing went wrong to report. (Another
+            # pipe's, a child process's or a socket's, is an error as any other.)
+            return EXIT_BROKEN_PIPE
         print(f"error: {describe_error(err)}", file=sys.stderr)
         if not is_user_error(err):
             print(f"(an unexpected {type(err).__name__}; run again with --debug for the traceback and report it)",

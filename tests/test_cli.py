@@ -851,3 +851,19 @@ def test_output_whose_reader_went_away_ends_quietly():
         os.close(write)
     assert done.returncode == 141, done.stderr
     assert done.stderr == ""
+
+
+def test_a_broken_pipe_that_is_not_the_output_is_an_error_line(capsys, monkeypatch):
+    # (a child process's pipe or a socket inside a command, standard output fine: one line and status 2, not a
+    # traceback)
+    def broken(args):
+        raise BrokenPipeError(32, "Broken pipe (a child process's pipe)")
+
+    monkeypatch.setattr("seqzoo.cli.cmd_list", broken)
+    parser = build_parser()
+    monkeypatch.setattr("seqzoo.cli.build_parser", lambda: parser)
+    for action in parser._subparsers._group_actions[0].choices.values():
+        if action.get_default("func") is not None and action.prog.endswith(" list"):
+            action.set_defaults(func=broken)
+    assert main(["list"]) == 2
+    assert "error: [Errno 32] Broken pipe (a child process's pipe)" in capsys.readouterr().err
