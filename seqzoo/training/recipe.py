@@ -14,7 +14,6 @@ from __future__ import annotations
 import difflib
 import hashlib
 import json
-import math
 import os
 import re
 import typing
@@ -146,6 +145,7 @@ class Recipe:
     train: TrainSection = field(default_factory=TrainSection)
 
     def __post_init__(self) -> None:
+        self._check_types()  # (before output_dir is made from name: a name of None stopped in pathlib)
         if self.output_dir is None:
             self.output_dir = str(Path("runs") / self.name)
         self._expand_home()
@@ -185,15 +185,27 @@ class Recipe:
         canonical = json.dumps(trajectory_fields(self.to_dict()), sort_keys=True)
         return hashlib.sha256(canonical.encode()).hexdigest()[:12]
 
+    def _check_types(self) -> None:
+        """Check each field's value against its annotation, as recipe_from_dict checks a recipe file's: a recipe
+        built in Python skipped that, so ``max_steps=True`` trained one step, ``batch_size=True`` one row, and a
+        truthy string (``deterministic='no'``) turned a flag on. Numbers must be numbers here (YAML's ``3e-3`` is
+        text, parsed by recipe_from_dict), and each number field takes its float (``lr=1`` is ``1.0``, as read from
+        YAML, so the run id is the same)."""
+        for key, annotation in typing.get_type_hints(Recipe).items():
+            if key not in SECTIONS:
+                setattr(self, key, coerce(getattr(self, key), annotation, key, from_text=False))
+        for section, cls in SECTIONS.items():
+            body = getattr(self, section)
+            _check(isinstance(body, cls), section, body, f"a {cls.__name__}: Recipe({section}={cls.__name__}(...)) "
+                   f"(recipe_from_dict builds a recipe from mappings: recipe_from_dict({{{section!r}: {{...}}}}))")
+            for name, annotation in typing.get_type_hints(cls).items():
+                setattr(body, name, coerce(getattr(body, name), annotation, f"{section}.{name}", from_text=False))
+
     def validate(self) -> None:
         import seqzoo
 
+        self._check_types()  # (again: a field may have been set since the recipe was built)
         d, o, t = self.data, self.optim, self.train
-        for section in SECTIONS:
-            for name, value in asdict(getattr(self, section)).items():
-                numbers = value if isinstance(value, list) else [value]
-                finite = all(math.isfinite(v) for v in numbers if isinstance(v, float))
-                _check(finite, f"{section}.{name}", value, "finite numbers (not inf or nan)")
         _check(isinstance(self.name, str) and self.name != "", "name", self.name, "a non-empty string")
         # (an empty output_dir, from an unset variable in an override, trained into the current folder)
         _check(isinstance(self.output_dir, str) and self.output_dir.strip() != "", "output_dir", self.output_dir,
@@ -272,7 +284,6 @@ class Recipe:
         _check(d.seq_len is None or d.seq_len >= 1, "data.seq_len", d.seq_len, "an integer >= 1 or null")
         _check(0.0 < d.eval_fraction < 1.0, "data.eval_fraction", d.eval_fraction, "a number in (0, 1)")
         _check(d.eval_samples >= 1, "data.eval_samples", d.eval_samples, "an integer >= 1")
-        _check(isinstance(d.tuning_set, bool), "data.tuning_set", d.tuning_set, "true or false")
         if d.tuning_set:
             _check(self.task == "causal-lm" and (d.source == "task" or d.source in CORPORA), "data.tuning_set",
                    d.tuning_set, f"false with task {self.task!r} and data.source={d.source!r}: a tuning set is drawn "
@@ -356,7 +367,6 @@ class Recipe:
     def _validate_packing(self) -> None:
         d, chunk = self.data, self.train.tbptt_chunk
         corpus = self.task == "causal-lm" and d.source in CORPORA
-        _check(d.packing is None or isinstance(d.packing, bool), "data.packing", d.packing, "true, false or null")
         if not corpus:
             _check(d.packing is None, "data.packing", d.packing,
                    f"null: packing applies to causal-lm text ({', '.join(CORPORA)}); with data.source="

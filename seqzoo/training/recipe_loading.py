@@ -38,10 +38,11 @@ def _folder_is_no_recipe(path: Path) -> str:
             f"model.path={path}`)")
 
 
-def load_recipe(source: str, overrides: dict[str, Any] | None = None) -> Recipe:
+def load_recipe(source: str | os.PathLike[str], overrides: dict[str, Any] | None = None) -> Recipe:
     """Read ``source`` -- a YAML file, a recipe preset or a model preset -- and apply dotted ``overrides``."""
     import seqzoo
 
+    source = _check_arguments(source, overrides)
     path = Path(source)
     named_from_preset = False  # a model preset as the recipe: the run is named after its model and data
     # A folder that happens to share a preset's name (an output folder, say) is not a recipe file.
@@ -111,6 +112,21 @@ def load_recipe(source: str, overrides: dict[str, Any] | None = None) -> Recipe:
     if named_from_preset and "name" not in given:
         values["name"] = _preset_run_name(values, source)
     return recipe_from_dict(values, source=f"recipe {source!r}")
+
+
+def _check_arguments(source: Any, overrides: Any) -> str:
+    """``source`` as a string, once it and ``overrides`` are of a kind load_recipe reads (None, a Path or a list of
+    pairs stopped in pathlib, difflib or a dict method, naming none of them)."""
+    if isinstance(source, os.PathLike):
+        source = os.fspath(source)
+    if not isinstance(source, str):
+        raise ValueError(f"load_recipe(source={source!r}) is invalid: expected a recipe file's path (a str or "
+                         "os.PathLike), the name of a recipe preset (seqzoo.training.list_recipes()) or of a model "
+                         "preset (seqzoo.list_models())")
+    if overrides is not None and not (isinstance(overrides, dict) and all(isinstance(k, str) for k in overrides)):
+        raise ValueError(f"load_recipe(overrides={overrides!r}) is invalid: expected a mapping of field names, "
+                         "dotted or unique to one section, to values ({'train.max_steps': 100, 'lr': 1e-3}), or None")
+    return source
 
 
 def _preset_run_name(values: dict[str, Any], preset: str) -> str:

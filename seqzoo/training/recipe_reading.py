@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import types
 import typing
 from pathlib import Path
@@ -17,29 +18,44 @@ from typing import Any
 import yaml
 
 
-def coerce(value: Any, annotation: Any, name: str) -> Any:
-    """Check ``value`` against a field's annotation; YAML reads ``3e-3`` as a string, so numbers are parsed."""
+def coerce(value: Any, annotation: Any, name: str, from_text: bool = True) -> Any:
+    """Check ``value`` against a field's annotation; YAML reads ``3e-3`` as a string, so numbers are parsed, unless
+    ``from_text`` is False (a recipe built in Python, whose numbers are numbers: ``lr='1e-3'`` there is refused)."""
     options = typing.get_args(annotation) if _is_union(annotation) else (annotation,)
     if value is None:
         if type(None) in options:
             return None
         raise ValueError(f"recipe field {name}=None is invalid: a value is required ({_describe(annotation)})")
     for option in options:
-        ok, converted = _try(value, option)
+        ok, converted = _try(value, option, from_text)
         if ok:
             return converted
-    hint = ""
-    if isinstance(value, bool) and str in options:  # (mixed_precision: no)
+    hint, field_name = "", name.rsplit(".", 1)[-1]
+    if isinstance(value, bool) and str in options and from_text:  # (mixed_precision: no)
         hint = ("; YAML reads an unquoted no, yes, off, on, false or true as a boolean: write the value in quotes "
-                f"({name.rsplit('.', 1)[-1]}: '{'yes' if value else 'no'}')")
+                f"({field_name}: '{'yes' if value else 'no'}')")
+    elif isinstance(value, str) and not from_text and any(_try(_number(value), o, False)[0] for o in options):
+        hint = f"; give the number itself, not text ({field_name}={value} rather than {field_name}={value!r})"
+    elif isinstance(value, os.PathLike) and str in options:
+        hint = f"; give the path as a string ({field_name}=str(path))"
     raise ValueError(f"recipe field {name}={value!r} is invalid: expected {_describe(annotation)}{hint}")
+
+
+def _number(text: str) -> int | float | None:
+    """The number ``text`` spells (an int where it spells one), or None."""
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    return None
 
 
 def _is_union(annotation: Any) -> bool:
     return typing.get_origin(annotation) in (typing.Union, types.UnionType)
 
 
-def _try(value: Any, option: Any) -> tuple[bool, Any]:
+def _try(value: Any, option: Any, from_text: bool) -> tuple[bool, Any]:
     origin = typing.get_origin(option)
     if option is type(None):
         return False, None
@@ -52,7 +68,7 @@ def _try(value: Any, option: Any) -> tuple[bool, Any]:
         # optimizer and turn every weight into NaN.
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             return math.isfinite(value), float(value)
-        if isinstance(value, str):
+        if isinstance(value, str) and from_text:
             try:
                 number = float(value)
             except ValueError:
@@ -65,11 +81,14 @@ def _try(value: Any, option: Any) -> tuple[bool, Any]:
         (item,) = typing.get_args(option)
         if not isinstance(value, (list, tuple)):
             return False, None
-        converted = [_try(v, item) for v in value]
+        converted = [_try(v, item, from_text) for v in value]
         return all(ok for ok, _ in converted), [v for _, v in converted]
     if origin is dict:  # (model.config's keys are checked in Recipe.validate, for a Recipe built in Python too)
         return isinstance(value, dict), dict(value) if isinstance(value, dict) else None
     return False, None
+
+
+_PLURALS = {int: "integers", float: "finite numbers", str: "strings"}
 
 
 def _describe(annotation: Any) -> str:
@@ -80,12 +99,14 @@ def _describe(annotation: Any) -> str:
             names.append("null")
         elif typing.get_origin(option) is list:
             item = typing.get_args(option)[0]
-            names.append(f"a list of {'finite numbers' if item is float else item.__name__}")
+            names.append(f"a list of {_PLURALS[item]}")
         elif typing.get_origin(option) is dict:
             names.append("a mapping of names (strings) to values")
+        elif option is bool:
+            names += ["true", "false"]
         else:
-            names.append({int: "an integer", float: "a finite number", str: "a string", bool: "true/false"}[option])
-    return " or ".join(names)
+            names.append({int: "an integer", float: "a finite number", str: "a string"}[option])
+    return " or ".join([", ".join(names[:-1]), names[-1]] if len(names) > 2 else names)  # (true, false or null)
 
 
 class DuplicateKeyError(ValueError):

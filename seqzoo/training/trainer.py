@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 import shutil
 import tempfile
 import time
@@ -169,6 +170,31 @@ def _check_data_given(recipe: Recipe, dataset: Any) -> None:
                          f"train(..., dataset=...), or leave data.text_column at its default ({default!r})")
 
 
+def _check_arguments(recipe: Any, resume: Any, progress: Any, save_model: Any, force: Any, stop: Any) -> None:
+    """Refuse, before anything is looked at, an argument of a kind train() does not take: the flags were read by
+    truthiness, so ``force="no"`` deleted the run in output_dir, ``resume=1`` stopped in pathlib and ``resume=""``
+    started a fresh run."""
+    if not isinstance(recipe, Recipe):
+        how = f"train(load_recipe({recipe!r}))" if isinstance(recipe, str) else "Recipe(...) builds one"
+        raise ValueError(f"train(recipe={recipe!r}) is invalid: expected a Recipe (seqzoo.training.load_recipe "
+                         f"reads one from a recipe file, a recipe preset or a model preset: {how})")
+    for name, value in (("progress", progress), ("save_model", save_model), ("force", force)):
+        if type(value) is not bool:
+            raise ValueError(f"train({name}={value!r}) is invalid: expected True or False (a flag is not read by "
+                             f"truthiness: {value!r} would count as {bool(value)})")
+    if not (resume is None or type(resume) is bool or isinstance(resume, (str, os.PathLike))):
+        raise ValueError(f"train(resume={resume!r}) is invalid: expected True (the newest checkpoint in "
+                         "output_dir), the path of a run or checkpoint folder (a str or os.PathLike), or None or "
+                         "False (a fresh run)")
+    if isinstance(resume, (str, os.PathLike)) and not os.fspath(resume):
+        # (`seqzoo train ... --resume "$CHECKPOINT"` with the variable unset started a fresh run)
+        raise ValueError("train(resume='') is invalid: expected the path of a run or checkpoint folder, not an "
+                         "empty one (or True for the newest checkpoint in output_dir, None for a fresh run)")
+    if stop is not None and not callable(stop):
+        raise ValueError(f"train(stop={stop!r}) is invalid: expected a function of each logged row (a dict) that "
+                         "returns True to end training, or None")
+
+
 def train(recipe: Recipe, *, resume: str | Path | bool | None = None, dataset: Any = None,
           progress: bool = True, save_model: bool = True,
           stop: Callable[[dict[str, Any]], bool] | None = None, force: bool = False) -> TrainResult:
@@ -193,6 +219,7 @@ def train(recipe: Recipe, *, resume: str | Path | bool | None = None, dataset: A
 
     from seqzoo.kernels.registry import check_environment
 
+    _check_arguments(recipe, resume, progress, save_model, force, stop)
     t = recipe.train
     check_launch(t.mixed_precision, t.gradient_accumulation_steps)
     # (a misspelt SEQZOO_KERNELS entry was otherwise named at the first kernel call, after the run folder was made, or

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from seqzoo.training.recipe import DataSection, OptimSection, Recipe, recipe_from_dict
+from seqzoo.training.recipe import DataSection, ModelSection, OptimSection, Recipe, TrainSection, recipe_from_dict
 from seqzoo.training.recipe_loading import list_recipes, load_recipe
 
 
@@ -113,7 +113,7 @@ def test_yaml_infinity_and_direct_construction_are_refused(tmp_path):
     recipe.write_text("optim:\n  lr: .inf\n")
     with pytest.raises(ValueError, match="optim.lr=inf is invalid: expected a finite number"):
         load_recipe(str(recipe))
-    with pytest.raises(ValueError, match="optim.lr=inf is invalid: expected finite numbers"):
+    with pytest.raises(ValueError, match="optim.lr=inf is invalid: expected a finite number"):
         Recipe(optim=OptimSection(lr=float("inf")))
     with pytest.raises(ValueError, match="data.eval_fraction=nan is invalid"):
         Recipe(data=DataSection(eval_fraction=float("nan")))
@@ -582,10 +582,10 @@ FIRST = {"model": {"preset": "lstm-tiny"}, "task": "sequence-classification"}
     ({"train": {"vanishing_grad_norm": 5.0, "exploding_grad_norm": 5.0}},
      "train.vanishing_grad_norm=5.0 is invalid: expected a number in [0, exploding_grad_norm=5.0)"),
     ({"train": {"vanishing_grad_norm": -1.0}}, "train.vanishing_grad_norm=-1.0 is invalid"),
-    ({"train": {"deterministic": 1}}, "train.deterministic=1 is invalid: expected true/false"),
+    ({"train": {"deterministic": 1}}, "train.deterministic=1 is invalid: expected true or false"),
     ({"train": {"max_steps": True}}, "train.max_steps=True is invalid: expected an integer"),
     ({"data": {"seq_len": "64"}}, "data.seq_len='64' is invalid: expected an integer or null"),
-    ({"data": {**COPY, "distances": [4, "8"]}}, "data.distances=[4, '8'] is invalid: expected a list of int"),
+    ({"data": {**COPY, "distances": [4, "8"]}}, "data.distances=[4, '8'] is invalid: expected a list of integers"),
     ({"model": {"config": []}}, "model.config=[] is invalid: expected a mapping"),
     # (a YAML key `1:` under config stopped the run with "TypeError: keywords must be strings")
     ({"model": {"config": {1: "x"}}}, "model.config={1: 'x'} is invalid: expected a mapping of names (strings) to "
@@ -717,3 +717,74 @@ def test_a_tilde_in_the_recipes_paths_is_the_home_folder_as_for_transformers(tmp
                                             "output_dir": "~/runs/x"}), progress=False)
     assert result.output_dir == tmp_path / "runs" / "x" and (result.output_dir / "model.safetensors").is_file()
     assert not (tmp_path / "work" / "~").exists()
+
+
+@pytest.mark.parametrize("section, message", [
+    # Each was taken by Recipe(...), which checked values but not their types: max_steps=True trained one step, and
+    # a truthy string turned a flag on ('no' made the run deterministic).
+    (TrainSection(max_steps=True), "train.max_steps=True is invalid: expected an integer"),
+    (TrainSection(max_steps=2.5), "train.max_steps=2.5 is invalid: expected an integer"),
+    (TrainSection(batch_size=True), "train.batch_size=True is invalid: expected an integer"),
+    (TrainSection(deterministic="no"), "train.deterministic='no' is invalid: expected true or false"),
+    (TrainSection(skip_nonfinite_steps="false"), "train.skip_nonfinite_steps='false' is invalid: expected true or "
+                                                 "false"),
+    (TrainSection(mixed_precision=False), "train.mixed_precision=False is invalid: expected a string"),
+    (OptimSection(lr=True), "optim.lr=True is invalid: expected a finite number"),
+    (OptimSection(betas=[0.9, True]), "optim.betas=[0.9, True] is invalid: expected a list of finite numbers"),
+    (DataSection(source="task", task="copy", distances=[8, 2.5]),
+     "data.distances=[8, 2.5] is invalid: expected a list of integers"),
+    # (a bare TypeError, "'>=' not supported between instances of 'str' and 'int'")
+    (TrainSection(max_steps="3"), "train.max_steps='3' is invalid: expected an integer; give the number itself, "
+                                  "not text (max_steps=3 rather than max_steps='3')"),
+    (OptimSection(lr="1e-3"), "optim.lr='1e-3' is invalid: expected a finite number; give the number itself"),
+    (DataSection(source="text", path=Path("corpus.txt")), "data.path=PosixPath('corpus.txt') is invalid: expected "
+     "a string, a list of strings or null; give the path as a string (path=str(path))"),
+    (ModelSection(path=Path("runs/mine")), "model.path=PosixPath('runs/mine') is invalid"),
+])
+def test_a_recipe_built_in_python_checks_each_fields_type_as_a_recipe_file_does(section, message):
+    name = {TrainSection: "train", OptimSection: "optim", DataSection: "data", ModelSection: "model"}[
+        type(section)]
+    with pytest.raises(ValueError, match=re.escape(f"recipe field {message}")):
+        Recipe(**{name: section})
+
+
+def test_a_recipe_built_in_python_is_checked_again_by_validate_and_takes_floats_as_from_yaml():
+    recipe = Recipe(optim=OptimSection(lr=1, betas=(0.9, 0.95)))  # (an int and a tuple: taken as YAML gives them)
+    assert recipe.optim.lr == 1.0 and type(recipe.optim.lr) is float and recipe.optim.betas == [0.9, 0.95]
+    assert recipe.run_id == recipe_from_dict({"optim": {"lr": 1, "betas": [0.9, 0.95]}}).run_id
+    recipe.train.max_steps = "10"  # (a field set after the recipe was built)
+    with pytest.raises(ValueError, match=r"train.max_steps='10' is invalid: expected an integer"):
+        recipe.validate()
+    with pytest.raises(ValueError, match=r"recipe field name=None is invalid: a value is required \(a string\)"):
+        Recipe(name=None)  # (a TypeError in pathlib, making output_dir from it)
+
+
+def test_a_section_given_to_recipe_as_a_mapping_names_the_class_to_use():
+    # ("asdict() should be called on dataclass instances"); recipe_from_dict is what reads mappings
+    with pytest.raises(ValueError, match=re.escape("recipe field train={'max_steps': 3} is invalid: expected a "
+                                                   "TrainSection: Recipe(train=TrainSection(...)) (recipe_from_dict "
+                                                   "builds a recipe from mappings")):
+        Recipe(train={"max_steps": 3})
+    with pytest.raises(ValueError, match=r"recipe field model='lstm-tiny' is invalid: expected a ModelSection"):
+        Recipe(model="lstm-tiny")
+
+
+@pytest.mark.parametrize("source, overrides, message", [
+    (None, None, "load_recipe(source=None) is invalid: expected a recipe file's path (a str or os.PathLike), the "
+                 "name of a recipe preset"),  # (a TypeError in pathlib)
+    (b"lstm-tiny", None, "load_recipe(source=b'lstm-tiny') is invalid"),
+    ("lstm-tiny", [("train.max_steps", 3)], "load_recipe(overrides=[('train.max_steps', 3)]) is invalid: expected "
+                                            "a mapping of field names"),  # (AttributeError: 'list' ... 'items')
+    ("lstm-tiny", {("train", "max_steps"): 3}, "load_recipe(overrides={('train', 'max_steps'): 3}) is invalid"),
+])
+def test_load_recipe_names_an_argument_of_another_kind(source, overrides, message):
+    with pytest.raises(ValueError, match=re.escape(message)):
+        load_recipe(source, overrides)
+
+
+def test_load_recipe_takes_a_path(tmp_path):
+    # (Path('lstm-tiny') stopped in difflib: "'PosixPath' object is not iterable")
+    assert load_recipe(Path("lstm-tiny")).name == load_recipe("lstm-tiny").name
+    recipe = tmp_path / "mine.yaml"
+    recipe.write_text("model: {preset: lstm-tiny}\ntrain: {max_steps: 5}\n")
+    assert load_recipe(recipe).train.max_steps == 5

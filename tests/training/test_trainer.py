@@ -457,6 +457,39 @@ def test_a_run_moved_aside_is_named_not_put_back_over_a_run_and_a_killed_deletio
     assert [p.name for p in tmp_path.iterdir()] == ["a"]
 
 
+@pytest.mark.parametrize("arguments, message", [
+    # (force="no" deleted the run: the flags were read by truthiness)
+    ({"force": "no"}, "train(force='no') is invalid: expected True or False (a flag is not read by truthiness: "
+                      "'no' would count as True)"),
+    ({"force": 1}, "train(force=1) is invalid: expected True or False"),
+    ({"save_model": "false"}, "train(save_model='false') is invalid: expected True or False"),
+    ({"progress": None}, "train(progress=None) is invalid: expected True or False"),
+    # (resume=1 stopped in pathlib; resume="", an unset variable, started a fresh run)
+    ({"resume": 1}, "train(resume=1) is invalid: expected True (the newest checkpoint in output_dir), the path of a "
+                    "run or checkpoint folder (a str or os.PathLike), or None or False (a fresh run)"),
+    ({"resume": ""}, "train(resume='') is invalid: expected the path of a run or checkpoint folder, not an empty one"),
+    ({"stop": 5}, "train(stop=5) is invalid: expected a function of each logged row"),
+])
+def test_train_refuses_an_argument_of_another_kind_before_it_touches_the_run(tmp_path, arguments, message):
+    run = tmp_path / "a"  # (a run's folder, as --force deletes one)
+    run.mkdir()
+    (run / "recipe.yaml").write_text("name: a\n")
+    (run / "notes.txt").write_text("mine")
+    before = _files(run)
+    with pytest.raises(ValueError, match=re.escape(message)):
+        train(make_recipe(tmp_path, "a", train={"max_steps": 1, "save_every": 0}), **{"progress": False, **arguments})
+    assert _files(run) == before
+
+
+def test_train_given_a_recipes_name_says_how_to_read_it():
+    # (AttributeError: 'str' object has no attribute 'train')
+    with pytest.raises(ValueError, match=re.escape("train(recipe='lstm-tiny') is invalid: expected a Recipe "
+                                                   "(seqzoo.training.load_recipe reads one from a recipe file, a "
+                                                   "recipe preset or a model preset: "
+                                                   "train(load_recipe('lstm-tiny')))")):
+        train("lstm-tiny")
+
+
 def test_force_never_deletes_a_folder_that_holds_no_training_run(tmp_path):
     # (a mistyped --output-dir naming a project: its .git and sources were deleted)
     project = tmp_path / "project"
