@@ -178,10 +178,10 @@ class PreparedGeneration:
 
 def signature_read_once(function: Any) -> Any:
     """``function`` with its signature read now and kept as its ``__signature__``, which ``inspect.signature`` returns
-    without reading the function again. transformers' ``generate()`` reads a model's ``forward`` signature twice at
-    every call (whether it takes ``attention_mask`` and ``position_ids``), inline, 15-25 µs a read on a 2-core CPU;
-    with this a read costs what binding it to the model does. The same answer: a function redefined or wrapped
-    later is read anew (a ``functools.wraps`` wrapper copies it, the signature inspect would unwrap it to)."""
+    without reading the function again: for ``_sample``, whose signature transformers' ``generate()`` reads at every
+    call (whether it takes ``inputs_tensor``). Not for a model's ``forward``: a wrapper of the bound method
+    (accelerate's hooks, ``functools.wraps``) copies the function's ``__dict__``, and would answer with the unbound
+    signature, ``self`` first, to anything binding arguments through it."""
     function.__signature__ = inspect.signature(function)
     return function
 

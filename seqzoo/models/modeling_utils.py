@@ -405,7 +405,6 @@ class SeqzooForCausalLM(SeqzooPreTrainedModel, PreparedGeneration, GenerationMix
     def set_output_embeddings(self, new_embeddings: nn.Module) -> None:
         self.lm_head = new_embeddings
 
-    @signature_read_once  # (generate() reads it twice a call)
     def forward(
         self,
         input_ids: torch.LongTensor | None = None,

@@ -44,7 +44,7 @@ from seqzoo.models.generation import (
     mark_beam_search_cache,
     refuse_continuous_batching,
 )
-from seqzoo.models.generation_setup import PreparedGeneration, mask_from_pad_token, signature_read_once
+from seqzoo.models.generation_setup import PreparedGeneration, mask_from_pad_token
 from seqzoo.models.inputs import (
     cache_under_checkpointing,
     check_label_range,
@@ -309,7 +309,6 @@ class Seq2SeqForConditionalGeneration(Seq2SeqPreTrainedModel, PreparedGeneration
         """``labels`` shifted right (what DataCollatorForSeq2Seq asks for)."""
         return shift_tokens_right(labels, self.config.pad_token_id, self.config.decoder_start_token_id)
 
-    @signature_read_once  # (generate() reads it twice a call)
     def forward(
         self,
         input_ids: torch.LongTensor | None = None,
