@@ -522,7 +522,13 @@ def select(op: str, *args: Any, **kwargs: Any) -> Backend:
     if kwargs and plan.keywords is not None and not plan.keywords.issuperset(kwargs):
         _refuse_keywords(op, plan.keywords, kwargs)
     if plan.check is not None:
-        plan.check(*args, **kwargs)
+        try:
+            plan.check(*args, **kwargs)
+        except TypeError as err:
+            if err.__traceback__ is None or err.__traceback__.tb_next is not None:
+                raise  # (raised by the check itself, naming the argument)
+            # Arguments that do not bind (too few, one given twice): named as the op's, as a backend would name them.
+            raise TypeError(str(err).replace(f"{plan.check.__name__}()", f"{op}()")) from None
     key = None
     if plan.cacheable:
         keyed = plan.keyed

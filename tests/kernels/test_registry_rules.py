@@ -424,6 +424,17 @@ MISSPELT = {"lstm": ("maks", "mask"), "gru": ("msk", "mask"), "rnn": ("nonlineri
 
 
 @pytest.mark.parametrize("op", registry.BUILTIN_OPS)
+def test_arguments_that_do_not_bind_are_named_as_the_ops(op):
+    # The op's check runs first: too few arguments, or one given twice, were named as its check function's
+    # ("check_gru_call() missing 1 required positional argument"), where a backend named them as the op's.
+    (_, names, args, kwargs), = (call for call in op_calls() if call[0] == op)
+    with pytest.raises(TypeError, match=rf"^{op}\(\) missing \d+ required positional argument.*'{names[1]}'"):
+        dispatch(op, args[0])
+    with pytest.raises(TypeError, match=rf"^{op}\(\) got multiple values for argument '{names[0]}'"):
+        dispatch(op, *args, **{names[0]: args[0]}, **kwargs)
+
+
+@pytest.mark.parametrize("op", registry.BUILTIN_OPS)
 def test_a_misspelt_keyword_is_refused_naming_the_op_and_its_keywords(watched, op):
     """A misspelt keyword failed in the first backend's supports_key() or supports() ("supports_key() got an
     unexpected keyword argument 'chunksize'"), naming neither the op nor the keywords it takes."""

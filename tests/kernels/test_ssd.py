@@ -277,3 +277,26 @@ def test_non_contiguous_inputs_match_reference():
 @pytest.mark.parametrize("dtype", [torch.float64, torch.bfloat16])
 def test_no_tokens_return_the_initial_state(backend, dtype):
     check_no_tokens(run, make_inputs, backend, dtype, (BATCH, 0, HEADS, HEAD_DIM))
+
+
+def test_a_zero_step_with_a_decay_of_exactly_zero_is_the_identity_on_every_path():
+    """dt = 0 is an identity step, also in a head with A = -inf: the reference (and the chunked backend's one-token
+    step, which runs its update) computed exp(0 * -inf) = nan, so a prompt decoded token by token gave nan where its
+    prefill did not."""
+    tensors = make_inputs(4)
+    tensors["A"] = tensors["A"].clone()
+    tensors["A"][1] = -math.inf
+    tensors["dt"] = tensors["dt"].clone()
+    tensors["dt"][:, 3] = 0.0  # (the last token: an identity step)
+    whole = {backend: run(backend, tensors, 2) for backend in ("reference", "chunked")}
+    head = {name: (t[:, :3] if t is not None and t.dim() > 1 and name != "initial_state" else t)
+            for name, t in tensors.items()}
+    _, state = run("chunked", head, 2)
+    step = {name: (t[:, 3:] if t is not None and t.dim() > 1 and name != "initial_state" else t)
+            for name, t in tensors.items()}
+    step["initial_state"] = state
+    stepped = run("chunked", step, 2)
+    for got in (*whole["reference"], *whole["chunked"], *stepped):
+        assert got.isfinite().all()
+    assert_close(stepped[1], whole["reference"][1], torch.float32, "state", "dt = 0 step")
+    assert_close(whole["chunked"][1], whole["reference"][1], torch.float32, "state", "dt = 0 step")

@@ -87,6 +87,9 @@ def selective_scan(u, delta, A, B, C, D=None, z=None, *, initial_state=None, res
     out_dtype = u.dtype
     # Convert once: a per-step cast of a bf16 parameter would also accumulate its gradient in bf16.
     u, delta, A, B, C = (t.to(dtype) for t in (u, delta, A, B, C))
+    # A decay of exactly zero (A = -inf) as the most negative finite rate: a delta = 0 step then stays the identity
+    # step (exp(0 * -inf) was nan), and any delta > 0 still decays to 0, as the chunked kernel computes it.
+    A = A.clamp(min=torch.finfo(dtype).min)
     D = None if D is None else D.to(dtype)
     z = None if z is None else z.to(dtype)
     if initial_state is None:

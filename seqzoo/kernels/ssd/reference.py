@@ -94,6 +94,9 @@ def ssd(x, dt, A, B, C, D=None, *, initial_state=None, chunk_size=64, reset=None
     out_dtype = x.dtype
     # Convert once: a per-step cast of a bf16 parameter would also accumulate its gradient in bf16.
     x, dt, A = x.to(dtype), dt.to(dtype), A.to(dtype)
+    # A decay of exactly zero (A = -inf) as the most negative finite rate: a dt = 0 step then stays the identity step
+    # (exp(0 * -inf) was nan), and any dt > 0 still decays to 0, as the chunked kernel computes it.
+    A = A.clamp(min=torch.finfo(dtype).min)
     B, C = (t.to(dtype).repeat_interleave(repeat, dim=2) for t in (B, C))  # (B, T, H, N): head h reads its group
     D = None if D is None else D.to(dtype)
 
