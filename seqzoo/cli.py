@@ -416,7 +416,8 @@ def main(argv: list[str] | None = None, *, before_command: Callable[[], None] | 
     except KeyboardInterrupt:
         if debug:
             raise
-        hint = INTERRUPT_HINTS.get(args.command)
+        # (the lab's sub-commands have no --resume: their own line says so)
+        hint = None if getattr(args, "lab_command", None) else INTERRUPT_HINTS.get(args.command)
         print("\ninterrupted" + (f"; {hint}" if hint else ""), file=sys.stderr)
         return EXIT_INTERRUPTED
     except Exception as err:  # noqa: BLE001 -- one line for the user; --debug shows the traceback

@@ -867,3 +867,28 @@ def test_a_broken_pipe_that_is_not_the_output_is_an_error_line(capsys, monkeypat
             action.set_defaults(func=broken)
     assert main(["list"]) == 2
     assert "error: [Errno 32] Broken pipe (a child process's pipe)" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("argv, hint", [(["lab", "--smoke"], "`seqzoo lab --resume`"),
+                                        (["lab", "bidirectional", "--smoke"], None),
+                                        (["lab", "seq2seq", "--smoke"], None)])
+def test_an_interrupted_lab_sub_command_is_not_told_to_resume(argv, hint, capsys, monkeypatch):
+    # `seqzoo lab bidirectional` has no --resume (its own line says so), but Ctrl-C told it to run
+    # `seqzoo lab --resume`, which it then refused as an unknown argument
+    import seqzoo.lab.cli as lab_cli
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    for name in ("cmd_lab", "run_lab", "run_bidirectional", "run_seq2seq", "cmd_bidirectional", "cmd_seq2seq"):
+        if hasattr(lab_cli, name):
+            monkeypatch.setattr(lab_cli, name, interrupted)
+    parser = build_parser()
+    args, _ = parser.parse_known_args(argv)
+    monkeypatch.setattr(args, "func", interrupted, raising=False)
+    monkeypatch.setattr("seqzoo.cli.build_parser", lambda: type("P", (), {
+        "parse_known_args": lambda self, argv: (args, [])})())
+    assert main(argv) == 130
+    err = capsys.readouterr().err
+    assert err.strip().splitlines()[-1].startswith("interrupted")
+    assert (hint in err) if hint else "--resume" not in err
