@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import inspect
+import os
 from collections.abc import Iterator
 from types import SimpleNamespace
 from typing import Any
@@ -350,8 +351,24 @@ def preparation_checked() -> bool:
     if GenerationMixin.prepare_inputs_for_generation is not _IMPORTED_PREPARATION or _MULTIMODAL_INPUTS is None:
         return False
     if _IMPORTED_FINGERPRINT is None:
-        _IMPORTED_FINGERPRINT = _preparation_fingerprint() or ""
+        # transformers' own, wrapped by transformers alone: a wrapper set before seqzoo was imported fingerprints as
+        # what it wraps (inspect reads the source through __wrapped__), and would be skipped at every step.
+        _IMPORTED_FINGERPRINT = (_preparation_fingerprint() or "") if _transformers_own(_IMPORTED_PREPARATION) else ""
     return _IMPORTED_FINGERPRINT in _CHECKED_PREPARATIONS
+
+
+def _transformers_own(function: Any) -> bool:
+    """Whether ``function`` and every function it wraps (``__wrapped__``) have their code in transformers' package
+    (a ``functools.wraps`` wrapper takes the wrapped function's ``__module__``, not its code)."""
+    import transformers
+
+    package = os.path.dirname(os.path.abspath(transformers.__file__)) + os.sep
+    while function is not None:
+        code = getattr(function, "__code__", None)
+        if code is None or not os.path.abspath(code.co_filename).startswith(package):
+            return False
+        function = getattr(function, "__wrapped__", None)
+    return True
 
 
 _IMPORTED_PREPARATION = GenerationMixin.prepare_inputs_for_generation

@@ -10,6 +10,7 @@ from __future__ import annotations
 import copy
 import functools
 import weakref
+from pathlib import Path
 
 import pytest
 import torch
@@ -962,3 +963,34 @@ def test_a_transformers_method_patched_after_a_first_generate_runs_at_every_step
     calls.clear()
     assert torch.equal(model.generate(**kwargs), expected) and not calls
     assert decode_loop.loop_checked() and generation.preparation_checked()
+
+
+def test_a_preparation_wrapped_before_seqzoo_is_imported_runs_at_every_step():
+    # A functools.wraps wrapper set before seqzoo's import was the method found at import, and fingerprinted as what
+    # it wraps (inspect reads through __wrapped__): seqzoo's steps skipped it after the prompt's.
+    import subprocess
+    import sys
+    import textwrap
+
+    script = textwrap.dedent("""
+        import functools
+        import torch
+        from transformers import GenerationMixin
+        calls = []
+        original = GenerationMixin.prepare_inputs_for_generation
+        @functools.wraps(original)
+        def patched(self, *args, **kwargs):
+            calls.append(1)
+            return original(self, *args, **kwargs)
+        GenerationMixin.prepare_inputs_for_generation = patched
+        from seqzoo.models import generation
+        from tests.conftest import tiny_model
+        assert not generation.preparation_checked()
+        tiny_model("transformer-tiny").generate(torch.tensor([[1, 2, 3]]), max_new_tokens=5, do_sample=False,
+                                                pad_token_id=0)
+        print(len(calls))
+    """)
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300,
+                          cwd=str(Path(__file__).resolve().parents[2]))
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split()[-1] == "5"
