@@ -23,7 +23,10 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import difflib
+import numbers
 import warnings
+from collections.abc import Iterable
 from typing import Any, Iterator, Sequence
 
 import torch
@@ -81,8 +84,8 @@ class StateLayer:
         self._map(lambda value: value.repeat_interleave(repeats, dim=0))
 
     def batch_select_indices(self, indices: torch.Tensor) -> None:
-        # Indices as transformers' DynamicLayer takes them, a list too: refused here, they would leave a hybrid
-        # cache's attention layers (cut before this one) holding other rows than its recurrent states.
+        # Indices as transformers' DynamicLayer takes them, a list too (SeqzooCache.batch_select_indices checks them
+        # for every layer first, so that none is cut to rows another layer then refuses).
         self._map(lambda value: value[torch.as_tensor(indices, device=value.device)])
 
     def crop(self, *args: Any, **kwargs: Any) -> None:
@@ -118,12 +121,17 @@ class SeqzooCache(Cache):
 
     def __init__(self, layer_kinds: Sequence[str], model_type: str | None = None,
                  mixer_types: Sequence[str] | None = None) -> None:
-        layer_kinds = list(layer_kinds)
+        layer_kinds = _names_per_layer(layer_kinds, "layer_kinds", "['recurrent', 'attention']")
         if not layer_kinds:
             raise ValueError("SeqzooCache needs at least one layer")
         bad = [kind for kind in layer_kinds if kind not in LAYER_KINDS]
         if bad:
             raise ValueError(f"unknown cache layer kind(s) {bad}; allowed: {', '.join(LAYER_KINDS)}")
+        if mixer_types is not None:
+            mixer_types = _names_per_layer(mixer_types, "mixer_types", "['mamba', 'attention']")
+            if len(mixer_types) != len(layer_kinds):
+                raise ValueError(f"SeqzooCache: mixer_types names {len(mixer_types)} mixer(s) {mixer_types} for "
+                                 f"{len(layer_kinds)} layer(s) {layer_kinds}; give one per layer (or None)")
         super().__init__(layers=[DynamicLayer() if kind == ATTENTION else StateLayer() for kind in layer_kinds])
         self.layer_kinds = tuple(layer_kinds)
         self.model_type = model_type
@@ -141,6 +149,11 @@ class SeqzooCache(Cache):
     def for_model(cls, model: Any) -> "SeqzooCache":
         """An empty cache laid out for ``model`` (a seqzoo model or its config)."""
         config = getattr(model, "config", model)
+        if getattr(config, "cache_layer_kinds", None) is None:
+            hint = (f" (a preset name: build it first, SeqzooCache.for_model(seqzoo.create_model({model!r})))"
+                    if isinstance(model, str) else "")
+            raise TypeError(f"SeqzooCache.for_model takes a seqzoo model or its config (one that says its "
+                            f"cache_layer_kinds); got {_described(model)}{hint}")
         mixers = getattr(config, "layer_mixer_types", None)
         cache = cls(config.cache_layer_kinds, config.model_type, mixers() if mixers is not None else None)
         cache._layout_config = config
@@ -151,20 +164,53 @@ class SeqzooCache(Cache):
 
     # -- per layer ------------------------------------------------------------------------------------------------
 
+    def _entry(self, idx: int, method: str) -> Any:
+        """``self.layers[idx]`` for an int index in range (from the end if negative, as a list's), else an error
+        naming ``method``, the index and how many layers there are. A bool is no index (True would be layer 1)."""
+        if type(idx) is int:
+            try:
+                return self.layers[idx]
+            except IndexError:
+                pass
+        count = len(self.layers)
+        if isinstance(idx, bool) or not isinstance(idx, numbers.Integral):
+            raise TypeError(f"{method}({idx!r}): a layer index is an int from 0 to {count - 1}; got "
+                            f"{type(idx).__name__}")
+        if not -count <= idx < count:
+            raise IndexError(f"{method}({idx}): this cache has {count} layer(s); a layer index is from 0 to "
+                             f"{count - 1} (or from -{count}, counting from the end)")
+        return self.layers[int(idx)]
+
     def layer(self, idx: int) -> Any:
         """What layer ``idx`` continues from: its state dict (None before its first call) or its K/V layer."""
-        entry = self.layers[idx]
+        entry = self._entry(idx, "layer")
         return entry.state if isinstance(entry, StateLayer) else entry
 
     def update_layer(self, idx: int, state: Any) -> None:
-        """Store what layer ``idx`` returned. An attention layer updates its K/V in place and returns them."""
-        entry = self.layers[idx]
+        """Store what layer ``idx`` returned. An attention layer updates its K/V in place and returns them.
+
+        A recurrent layer's state is a non-empty dict of named tensors, the batch first, or None (the layer then
+        starts from zero). One that replaces a state must have its names -- a layer reads its state by name, and one
+        it does not find (a misspelt or missing name) would start from zero without a word -- and each tensor the
+        dimensions of the one it replaces past the first, in a floating-point dtype where that one is. The rows (the
+        first dimension) are the model's to check against its inputs (a state of one row broadcasts), and a float
+        dtype its to cast: a model continues a float32 cache in bf16."""
+        entry = self._entry(idx, "update_layer")
         if isinstance(entry, StateLayer):
+            held = entry.state
+            if state is not held and state is not None:
+                if held is None:
+                    _check_state(idx, state)
+                else:
+                    _check_replacement(idx, held, state)
             entry.state = state
         elif state is not entry:
             raise ValueError(f"layer {idx} of this cache is an attention layer; it updates its own keys and values")
 
     def advance(self, num_positions: int) -> None:
+        """Count ``num_positions`` more positions seen (an int >= 0: a model's forward advances by its length)."""
+        if type(num_positions) is not int or num_positions < 0:
+            num_positions = _count(num_positions)
         self.seen_tokens += num_positions
 
     def unchanged_on_error(self) -> contextlib.AbstractContextManager:
@@ -288,6 +334,59 @@ class SeqzooCache(Cache):
     def is_croppable(self) -> bool:
         return all(kind == ATTENTION for kind in self.layer_kinds)
 
+    def reorder_cache(self, beam_idx: torch.LongTensor) -> None:
+        """Row ``i`` becomes row ``beam_idx[i]`` (beam search), in every layer; the indices as for
+        :meth:`batch_select_indices`."""
+        super().reorder_cache(self._rows(beam_idx, "reorder_cache"))
+
+    def batch_select_indices(self, indices: torch.Tensor) -> None:
+        """Keep the rows ``indices`` names, in that order, in every layer: a 1-d integer tensor or a list or tuple
+        of ints, each a row of the cache (from 0). Checked before any layer changes, so that a refused index leaves
+        no layer holding other rows than the others (transformers' layers would take an int and drop the batch
+        dimension, or a bool and add one)."""
+        super().batch_select_indices(self._rows(indices, "batch_select_indices"))
+
+    def batch_repeat_interleave(self, repeats: int) -> None:
+        """Repeat each row ``repeats`` times in place (rows 0, 0, 1, 1 for 2), in every layer: an int >= 1 (0 would
+        empty the cache)."""
+        if type(repeats) is not int or repeats < 1:
+            called = f"batch_repeat_interleave({repeats!r}): repeats is how many times each row is repeated, an int"
+            if isinstance(repeats, bool) or not isinstance(repeats, numbers.Integral):
+                raise TypeError(f"{called} >= 1; got {_described(repeats)}")
+            if repeats < 1:
+                raise ValueError(f"{called} >= 1 ({repeats} would leave the cache no rows)")
+            repeats = int(repeats)
+        super().batch_repeat_interleave(repeats)
+
+    def _rows(self, indices: Any, method: str) -> torch.Tensor:
+        """``indices`` as a 1-d integer tensor of rows of this cache, or an error naming ``method``, the value and
+        what is allowed. The tensors generate() passes (1-d, int64) take the first branch and one range check: an
+        index out of range on a GPU would otherwise end in a device-side assert."""
+        allowed = "a 1-d tensor of int64 or int32, or a list or tuple of ints, each a row from 0 to the batch size - 1"
+        if isinstance(indices, torch.Tensor):
+            if indices.dim() != 1 or indices.dtype not in (torch.int64, torch.int32):
+                hint = " (for a mask of rows, pass mask.nonzero().flatten())" if indices.dtype == torch.bool else ""
+                raise TypeError(f"{method}(tensor of shape {tuple(indices.shape)} and dtype {indices.dtype}): "
+                                f"allowed is {allowed}{hint}")
+            rows = indices
+        elif isinstance(indices, (list, tuple)):
+            bad = [value for value in indices if isinstance(value, bool) or not isinstance(value, numbers.Integral)]
+            if bad:
+                raise TypeError(f"{method}({indices!r}): {bad[0]!r} is no row index; allowed is {allowed}")
+            rows = torch.tensor([int(value) for value in indices], dtype=torch.int64)
+        else:
+            raise TypeError(f"{method}({indices!r}): got {_described(indices)}; allowed is {allowed} (an int would "
+                            "drop the batch dimension: select one row with [i])")
+        if not rows.numel():
+            raise ValueError(f"{method}({indices!r}): no row is named; a cache keeps at least one row ({allowed})")
+        batch = self.batch_size
+        if batch is not None:  # (an empty cache holds no rows to select: every layer skips it, as transformers')
+            low, high = torch.aminmax(rows)
+            if bool((low < 0) | (high >= batch)):  # (one wait for a device, not two)
+                raise ValueError(f"{method}: the indices {rows.tolist()} name rows from {int(low)} to {int(high)}, "
+                                 f"but this cache holds {batch} row(s): each index is from 0 to {batch - 1}")
+        return rows
+
     def crop(self, *args: Any, **kwargs: Any) -> None:
         # transformers' arguments differ between releases; every layer crops its own, and a recurrent one refuses --
         # before any layer is cut, so that a refused crop leaves the attention layers' keys and values as they were.
@@ -373,11 +472,119 @@ class SeqzooCache(Cache):
 
     def get(self, layer_idx: int, name: str) -> torch.Tensor | None:
         _deprecated("get(layer_idx, name)", "layer(layer_idx)[name]")
-        return (self.layer(layer_idx) or {}).get(name)
+        return (self._held_state(layer_idx, "get") or {}).get(name)
 
     def set(self, layer_idx: int, name: str, value: torch.Tensor) -> None:
+        """Replace one named tensor of layer ``layer_idx``'s state (or give an empty layer a state of that one name):
+        a name the state does not hold is refused, as :meth:`update_layer` refuses it."""
         _deprecated("set(layer_idx, name, value)", "update_layer(layer_idx, {...})")
-        self.update_layer(layer_idx, {**(self.layer(layer_idx) or {}), name: value})
+        held = self._held_state(layer_idx, "set")
+        if held is not None and name not in held:
+            raise ValueError(
+                f"set({layer_idx}, {name!r}, ...): layer {layer_idx} holds a state named {_names(held)}, not "
+                f"{name!r}{_did_you_mean(name, held)}: the layer would never read it; set one of those names (a "
+                f"state of other names is given whole: update_layer({layer_idx}, None) empties the layer, then "
+                f"update_layer({layer_idx}, {{...}}))")
+        self.update_layer(layer_idx, {**(held or {}), name: value})
+
+    def _held_state(self, layer_idx: int, method: str) -> State | None:
+        entry = self._entry(layer_idx, method)
+        if not isinstance(entry, StateLayer):
+            raise ValueError(f"{method}({layer_idx}, ...): layer {layer_idx} of this cache is an attention layer, "
+                             "which holds keys and values, not named states: read it with layer(layer_idx)")
+        return entry.state
+
+
+def _check_state(idx: int, state: Any) -> None:
+    """Refuse a first state for recurrent layer ``idx`` (its entry empty) that no layer could read: not a non-empty
+    dict of named tensors with the batch as their first dimension."""
+    if not isinstance(state, dict) or not state:
+        raise TypeError(f"update_layer({idx}, ...): a recurrent layer's state is a non-empty dict of named tensors "
+                        f"(or None, to start the layer from zero); got {_described(state)}")
+    for name, value in state.items():
+        if not isinstance(value, torch.Tensor):
+            raise TypeError(f"update_layer({idx}, ...): state[{name!r}] is {_described(value)}; a state holds "
+                            "tensors with the batch as their first dimension")
+        if not value.dim():
+            raise ValueError(f"update_layer({idx}, ...): state[{name!r}] is a 0-d tensor; a state holds tensors "
+                             "with the batch as their first dimension")
+
+
+def _check_replacement(idx: int, held: State, state: Any) -> None:
+    """Refuse a state for recurrent layer ``idx`` that does not fit the one it replaces, ``held`` (see
+    :meth:`SeqzooCache.update_layer`). Every decode step stores its new states through here: the common case is
+    a comparison of the names and, per tensor, of its shape and dtype."""
+    if not isinstance(state, dict) or state.keys() != held.keys():
+        if not isinstance(state, dict):
+            raise TypeError(f"update_layer({idx}, ...): a recurrent layer's state is a dict of named tensors (or "
+                            f"None, to start the layer from zero); got {_described(state)}")
+        missing = [name for name in held if name not in state]
+        unknown = [name for name in state if name not in held]
+        differs = []
+        if missing:
+            differs.append(f"missing {missing}")
+        if unknown:
+            differs.append(f"not held {unknown}{_did_you_mean(unknown[0], held)}")
+        raise ValueError(
+            f"update_layer({idx}, ...): layer {idx} holds a state named {_names(held)}, but the state given is named "
+            f"{_names(state)} ({'; '.join(differs)}): the layer reads its state by name, and would start a name it "
+            f"does not find from zero; give the same names (update_layer({idx}, None) empties the layer first, for "
+            "a state of other names)")
+    for name, value in state.items():
+        before = held[name]
+        if not isinstance(value, torch.Tensor):
+            raise TypeError(f"update_layer({idx}, ...): state[{name!r}] is {_described(value)}; a state holds "
+                            "tensors")
+        if value.shape == before.shape and value.dtype == before.dtype:
+            continue  # (what a model's step stores)
+        if value.shape[1:] != before.shape[1:] or value.dim() != before.dim():
+            raise ValueError(
+                f"update_layer({idx}, ...): state[{name!r}] has shape {tuple(value.shape)}, where the state it "
+                f"replaces has {tuple(before.shape)}: past the rows (the first dimension), a layer's state keeps "
+                f"its shape: (rows, {', '.join(str(size) for size in before.shape[1:])})")
+        if value.dtype != before.dtype and not (value.is_floating_point() and before.is_floating_point()):
+            raise ValueError(
+                f"update_layer({idx}, ...): state[{name!r}] is {value.dtype}, where the state it replaces is "
+                f"{before.dtype}: a state takes the dtype it has"
+                + (" or another floating-point one (the model casts it to its own)"
+                   if before.is_floating_point() else ""))
+
+
+def _count(num_positions: Any) -> int:
+    """``num_positions`` as :meth:`SeqzooCache.advance` takes it (an int >= 0; a symbolic one while compiling), or
+    an error naming it."""
+    if isinstance(num_positions, torch.SymInt):
+        return num_positions
+    if isinstance(num_positions, bool) or not isinstance(num_positions, numbers.Integral):
+        raise TypeError(f"advance({num_positions!r}): the number of positions seen is an int >= 0; got "
+                        f"{_described(num_positions)}")
+    if num_positions < 0:
+        raise ValueError(f"advance({num_positions}): the number of positions seen is an int >= 0; a cache cannot "
+                         "go back (a cache of attention layers only is cut back with crop)")
+    return int(num_positions)
+
+
+def _names_per_layer(names: Any, argument: str, example: str) -> list:
+    """``names`` (one per layer) as a list; a string or a non-iterable is refused, not read letter by letter."""
+    if isinstance(names, (str, bytes)) or not isinstance(names, Iterable):
+        raise TypeError(f"SeqzooCache: {argument} is a list with one name per layer, e.g. {example}; got "
+                        f"{_described(names)}")
+    return list(names)
+
+
+def _described(value: Any) -> str:
+    """A value for an error message: its type, and its repr where that is short."""
+    shown = repr(value)
+    return f"{type(value).__name__} {shown}" if len(shown) <= 60 else type(value).__name__
+
+
+def _names(state: dict) -> str:
+    return ", ".join(repr(name) for name in state) or "nothing"
+
+
+def _did_you_mean(name: Any, names: Iterable) -> str:
+    close = difflib.get_close_matches(name, [str(each) for each in names], n=1) if isinstance(name, str) else []
+    return f" (did you mean {close[0]!r}?)" if close else ""
 
 
 def check_kv_layout(entry: Any, key: torch.Tensor) -> None:

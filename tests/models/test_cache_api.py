@@ -220,11 +220,20 @@ def test_the_deprecated_get_and_set_read_and_write_one_named_state():
     with pytest.warns(FutureWarning, match=r"get\(layer_idx, name\) is deprecated .* use layer\(layer_idx\)\[name\]"):
         assert cache.get(0, "h") is None
     with pytest.warns(FutureWarning, match=r"set\(layer_idx, name, value\) is deprecated"):
-        cache.set(0, "h", h)
-        cache.set(0, "c", c)  # beside h, not in its place
-    assert cache.layer(0)["h"] is h and cache.layer(0)["c"] is c
+        cache.set(0, "h", h)  # an empty layer: its first state
+    assert cache.layer(0) == {"h": h}
+    # A name beside the ones a layer holds is refused: a misspelt one would never be read (the layer would start it
+    # from zero); a state of several names is given whole.
+    with pytest.warns(FutureWarning), pytest.raises(ValueError, match=r"layer 0 holds a state named 'h', not 'c'"):
+        cache.set(0, "c", c)
+    with pytest.raises(ValueError, match=r"update_layer\(0, None\) empties the layer first"):
+        cache.update_layer(0, {"h": h, "c": c})
+    cache.update_layer(0, None)
+    cache.update_layer(0, {"h": h, "c": c})
     with pytest.warns(FutureWarning):
-        assert cache.get(0, "c") is c
+        cache.set(0, "c", h)  # in its place
+        assert cache.get(0, "c") is h
+    assert cache.layer(0)["h"] is h
 
 
 def test_the_deprecated_recurrent_cache_is_a_cache_of_that_many_recurrent_layers():
