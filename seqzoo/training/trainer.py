@@ -20,7 +20,9 @@ import json
 import logging
 import math
 import os
+import re
 import shutil
+import socket
 import tempfile
 import time
 from contextlib import nullcontext
@@ -341,19 +343,35 @@ def train(recipe: Recipe, *, resume: str | Path | bool | None = None, dataset: A
         torch.use_deterministic_algorithms(previous_determinism)
 
 
-# The hidden siblings of a run folder ``NAME`` that --force leaves: ``.NAME.replaced-XXXX`` holds the old run until the
-# new run's first step is done, ``.NAME.deleting-XXXX`` the old run being deleted after that.
+# The hidden siblings of a run folder ``NAME`` that --force leaves: ``.NAME.replaced-PID@HOST-XXXX`` holds the old run
+# until the new run's first step is done, ``.NAME.deleting-PID@HOST-XXXX`` the old run being deleted after that. The
+# name records the process that made it, so that another run touches only one whose process has ended: a --force run
+# still building its model looks, from outside, like one killed before its first step.
 REPLACED, DELETING = "replaced", "deleting"
+ENDED, RUNNING, UNKNOWN = "ended", "running", "unknown"
 
 
 def _sibling_prefix(run_dir: Path, what: str) -> str:
     return f".{run_dir.name}.{what}-"
 
 
+def _owner_tag() -> str:
+    """``PID@HOST`` of this process, recorded in the name of each hidden sibling it makes."""
+    return f"{os.getpid()}@{socket.gethostname()}"
+
+
+def _new_sibling(run_dir: Path, what: str) -> Path:
+    """A free name for a hidden sibling of ``run_dir`` owned by this process (not created: a rename makes it, which
+    gives it its name and its contents at once)."""
+    path = Path(tempfile.mkdtemp(prefix=_sibling_prefix(run_dir, what) + _owner_tag() + "-",
+                                 dir=run_dir.resolve().parent))
+    path.rmdir()
+    return path
+
+
 def _move_aside(run_dir: Path) -> Path:
     """``run_dir`` renamed to a new hidden sibling (the same file system: one rename), which is returned."""
-    aside = Path(tempfile.mkdtemp(prefix=_sibling_prefix(run_dir, REPLACED), dir=run_dir.resolve().parent))
-    aside.rmdir()
+    aside = _new_sibling(run_dir, REPLACED)
     run_dir.rename(aside)
     return aside
 
@@ -366,29 +384,83 @@ def _delete_aside(aside: Path, run_dir: Path) -> None:
     shutil.rmtree(doomed)
 
 
+def _owner_state(path: Path, run_dir: Path) -> tuple[str, str]:
+    """Whether the process that made ``path``, a hidden sibling of ``run_dir``, still runs: (ENDED, ...), (RUNNING,
+    "process PID") or (UNKNOWN, why), where it cannot be told: a process of another host, or a sibling whose name
+    records none (made before seqzoo recorded its owner)."""
+    what = REPLACED if path.name.startswith(_sibling_prefix(run_dir, REPLACED)) else DELETING
+    owner = re.fullmatch(r"(\d+)@(.+)-[^-]+", path.name[len(_sibling_prefix(run_dir, what)):])
+    if owner is None:
+        return UNKNOWN, "its name records no process"
+    pid, host = int(owner[1]), owner[2]
+    if host != socket.gethostname():
+        return UNKNOWN, f"its process, {pid} of host {host!r}, cannot be looked at from {socket.gethostname()!r}"
+    try:
+        os.kill(pid, 0)  # (signal 0: only asks whether the process exists)
+    except ProcessLookupError:
+        return ENDED, f"process {pid} has ended"
+    except PermissionError:  # (it exists, as another user's)
+        pass
+    return RUNNING, f"process {pid}"
+
+
 def _put_back_replaced(run_dir: Path) -> None:
     """Put back the old run that --force moved aside (:func:`_move_aside`) where the process was killed before the new
     run's first step was done (SIGKILL: the OOM killer, a preempted machine), which no ``except`` can: the output
     folder then held nothing, or only what the new run writes before its first step, and ``--resume`` said the run
     did not exist. Where the output folder holds a run of its own, or several runs were moved aside, none is put
-    back, but each is named in a warning (it is never deleted)."""
+    back, but each is named in a warning (it is never deleted).
+
+    Only a sibling whose process has ended on this host is put back or deleted: a --force run still before its first
+    step (a model that takes minutes to build) has this run refused, and a sibling of another host's process is named
+    in a warning and left. Each is renamed to this process's name before it is touched, so that of two runs that
+    find it, one alone puts it back or deletes it."""
     parent = run_dir.resolve().parent
     if not parent.is_dir():
         return
     replaced, deleting = _sibling_prefix(run_dir, REPLACED), _sibling_prefix(run_dir, DELETING)
     siblings = sorted(path for path in parent.iterdir() if path.name.startswith((replaced, deleting)))
-    for path in [path for path in siblings if path.name.startswith(deleting)]:
+    states = {path: _owner_state(path, run_dir) for path in siblings}
+    running = [path for path in siblings if path.name.startswith(replaced) and states[path][0] == RUNNING]
+    if running:
+        raise ValueError(
+            f"{str(run_dir)!r} is being replaced by a --force run that has not done its first step yet ("
+            f"{states[running[0]][1]} of this host moved the old run aside to {str(running[0])!r}, and puts it back "
+            "if it fails before then); wait for that run to finish or stop it, or choose another output_dir. If no "
+            f"such run is going on (the process id is another program's now), move {str(running[0])!r} back to "
+            f"{str(run_dir)!r} yourself, or delete it")
+    for path in siblings:
+        state, why = states[path]
+        if state == UNKNOWN:
+            logger.warning("%s: %s holds a run that --force %s, left as it is: %s; once that run has ended, %s",
+                           run_dir, path, "moved aside" if path.name.startswith(replaced) else "was deleting", why,
+                           "move it back yourself to keep it, or delete it" if path.name.startswith(replaced) else
+                           "delete it")
+    for path in [path for path in siblings if path.name.startswith(deleting) and states[path][0] == ENDED]:
         logger.warning("%s: finishing the deletion of %s, the run that --force replaced (its new run had done its "
                        "first step when the process was stopped)", run_dir, path)
-        shutil.rmtree(path)
-    aside = [path for path in siblings if path.name.startswith(replaced) and path.is_dir()]
+        claimed = _new_sibling(run_dir, DELETING)
+        try:
+            path.rename(claimed)
+        except FileNotFoundError:  # (another run is finishing it)
+            continue
+        shutil.rmtree(claimed)
+    aside = [path for path in siblings
+             if path.name.startswith(replaced) and states[path][0] == ENDED and path.is_dir()]
     if not aside:
         return
     left = _left_before_a_first_step(run_dir)
     if len(aside) == 1 and left is not None:
+        claimed = _new_sibling(run_dir, REPLACED)
+        try:
+            aside[0].rename(claimed)
+        except FileNotFoundError as err:
+            raise ValueError(f"{str(run_dir)!r}: another run is putting back the run that --force had moved aside to "
+                             f"{str(aside[0])!r}, at the same time as this one; start this run again once it has "
+                             "done so") from err
         if run_dir.exists():
             shutil.rmtree(run_dir)
-        aside[0].rename(run_dir)
+        claimed.rename(run_dir)
         logger.warning("%s: put back the run that --force had moved aside to %s: the process was stopped before the "
                        "new run's first step was done%s", run_dir, aside[0],
                        f" (the new run's {', '.join(left)} deleted)" if left else "")

@@ -5,8 +5,12 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import re
 import shutil
+import socket
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -368,11 +372,26 @@ class Killed(BaseException):
     """SIGKILL (the OOM killer, a preempted machine) as a test can have it: no ``except`` of train() runs."""
 
 
+def _ended_process_id() -> int:
+    """The id of a process that has ended (what a killed run's id is, seen from the next run)."""
+    child = subprocess.Popen([sys.executable, "-c", ""])
+    child.wait()
+    return child.pid
+
+
+def _as_a_process_that_ended(monkeypatch) -> None:
+    """Have the hidden siblings made from now on name a process of this host that has ended as their owner."""
+    import seqzoo.training.trainer as trainer
+
+    monkeypatch.setattr(trainer, "_owner_tag", lambda tag=f"{_ended_process_id()}@{socket.gethostname()}": tag)
+
+
 def _killed_after_the_move_aside(monkeypatch, recipe) -> None:
     """Run ``recipe`` with --force, killed right after the old run was moved aside (before the new run's first step:
     what the process leaves when the OOM killer takes it while the model is prepared or the first step runs)."""
     import seqzoo.training.trainer as trainer
 
+    _as_a_process_that_ended(monkeypatch)
     real = trainer._move_aside
 
     def moves_then_dies(run_dir):
@@ -445,6 +464,7 @@ def test_a_run_moved_aside_is_named_not_put_back_over_a_run_and_a_killed_deletio
         real_rmtree(path, *args, **kwargs)
 
     monkeypatch.setattr(shutil, "rmtree", dies_half_way)
+    _as_a_process_that_ended(monkeypatch)
     with pytest.raises(Killed):
         train(recipe, progress=False, force=True)
     monkeypatch.undo()
@@ -454,6 +474,111 @@ def test_a_run_moved_aside_is_named_not_put_back_over_a_run_and_a_killed_deletio
     with caplog.at_level("WARNING", logger="seqzoo.training"):
         train(recipe, progress=False, force=True)
     assert f"finishing the deletion of {doomed}" in caplog.text and "put back" not in caplog.text
+    assert [p.name for p in tmp_path.iterdir()] == ["a"]
+
+
+def test_a_run_moved_aside_by_a_force_run_still_before_its_first_step_is_left_to_that_run(tmp_path, caplog):
+    # Nothing told a --force run still before its first step (a model that takes minutes to build) from one killed
+    # there: a second run on its output folder deleted the live run's folder and put the old run back, and the live
+    # run failed at its first step (FileNotFoundError), its first row appended to the old run's metrics.jsonl.
+    import seqzoo.training.trainer as trainer
+
+    recipe = make_recipe(tmp_path, "a", train={"max_steps": 2, "save_every": 0})
+    train(recipe, progress=False)
+    before = _files(tmp_path / "a")
+    aside = trainer._move_aside(tmp_path / "a")  # (by this process, which runs on)
+    (tmp_path / "a").mkdir()
+    (tmp_path / "a" / "recipe.yaml").write_text("the new run's\n")
+    for arguments in ({}, {"force": True}, {"resume": True}):
+        with pytest.raises(ValueError, match=re.escape(
+                f"{str(tmp_path / 'a')!r} is being replaced by a --force run that has not done its first step yet "
+                f"(process {os.getpid()} of this host moved the old run aside to {str(aside)!r}")):
+            train(recipe, progress=False, **arguments)
+        assert _files(aside) == before and _files(tmp_path / "a") == {"recipe.yaml": b"the new run's\n"}
+    trainer._delete_aside(aside, tmp_path / "a")  # (its first step done: the old run goes, as --force asked)
+    assert [p.name for p in tmp_path.iterdir()] == ["a"]
+
+    # The same with the owner in a process of its own, until that process ends: then the old run is put back.
+    shutil.rmtree(tmp_path / "a")
+    train(recipe, progress=False)
+    before = _files(tmp_path / "a")
+    owner = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
+    try:
+        aside = tmp_path / f".a.replaced-{owner.pid}@{socket.gethostname()}-x1"
+        (tmp_path / "a").rename(aside)
+        with pytest.raises(ValueError, match=f"process {owner.pid} of this host moved the old run aside"):
+            train(recipe, progress=False, force=True)
+        assert _files(aside) == before and not (tmp_path / "a").exists()
+    finally:
+        owner.kill()
+        owner.wait()
+    with caplog.at_level("WARNING", logger="seqzoo.training"):
+        with pytest.raises(ValueError, match="already holds files"):
+            train(recipe, progress=False)
+    assert f"put back the run that --force had moved aside to {aside}" in caplog.text
+    assert _files(tmp_path / "a") == before and [p.name for p in tmp_path.iterdir()] == ["a"]
+
+
+def test_a_sibling_whose_process_runs_or_cannot_be_looked_at_is_left_as_it_is(tmp_path, caplog):
+    recipe = make_recipe(tmp_path, "a", train={"max_steps": 2, "save_every": 0})
+    train(recipe, progress=False)
+    host = socket.gethostname()
+    siblings = [f".a.deleting-{os.getpid()}@{host}-x1",  # (a run of this process deleting the run it replaced)
+                ".a.deleting-123@another-host-x2", ".a.replaced-123@another-host-x3",
+                ".a.replaced-x4"]  # (named before seqzoo recorded the process)
+    for name in siblings:
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "recipe.yaml").write_text(name)
+    with caplog.at_level("WARNING", logger="seqzoo.training"):
+        with pytest.raises(ValueError, match="already holds files"):
+            train(recipe, progress=False)
+    assert all((tmp_path / name / "recipe.yaml").read_text() == name for name in siblings)
+    elsewhere = f"its process, 123 of host 'another-host', cannot be looked at from {host!r}"
+    assert (f"{tmp_path / siblings[1]} holds a run that --force was deleting, left as it is: {elsewhere}; once that "
+            "run has ended, delete it") in caplog.text
+    assert (f"{tmp_path / siblings[2]} holds a run that --force moved aside, left as it is: {elsewhere}; once that "
+            "run has ended, move it back yourself to keep it, or delete it") in caplog.text
+    assert f"{tmp_path / siblings[3]} holds a run that --force moved aside, left as it is: its name records no " \
+        "process" in caplog.text
+    assert siblings[0] not in caplog.text and "finishing" not in caplog.text
+
+
+def test_of_two_runs_that_find_one_abandoned_sibling_one_alone_takes_it(tmp_path, monkeypatch):
+    # Both deleted it (the second failed with FileNotFoundError), or both put it back: the second deleted the run the
+    # first had just put back.
+    import seqzoo.training.trainer as trainer
+
+    ended, host = _ended_process_id(), socket.gethostname()
+    doomed = tmp_path / f".a.deleting-{ended}@{host}-x1"
+    doomed.mkdir()
+    real_state = trainer._owner_state
+
+    def finished_meanwhile(path, run_dir):  # (the other run deletes it once this one has listed it)
+        state = real_state(path, run_dir)
+        shutil.rmtree(path)
+        return state
+
+    monkeypatch.setattr(trainer, "_owner_state", finished_meanwhile)
+    trainer._put_back_replaced(tmp_path / "a")
+    monkeypatch.undo()
+    assert list(tmp_path.iterdir()) == []
+
+    aside = tmp_path / f".a.replaced-{ended}@{host}-x2"
+    aside.mkdir()
+    (aside / "recipe.yaml").write_text("the old run's\n")
+    real_left = trainer._left_before_a_first_step
+
+    def put_back_meanwhile(run_dir):  # (the other run puts it back once this one has looked at the output folder)
+        left = real_left(run_dir)
+        aside.rename(run_dir)
+        return left
+
+    monkeypatch.setattr(trainer, "_left_before_a_first_step", put_back_meanwhile)
+    with pytest.raises(ValueError, match=re.escape(
+            f"{str(tmp_path / 'a')!r}: another run is putting back the run that --force had moved aside to "
+            f"{str(aside)!r}, at the same time as this one; start this run again once it has done so")):
+        trainer._put_back_replaced(tmp_path / "a")
+    assert _files(tmp_path / "a") == {"recipe.yaml": b"the old run's\n"}
     assert [p.name for p in tmp_path.iterdir()] == ["a"]
 
 
