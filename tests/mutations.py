@@ -293,8 +293,9 @@ MUTATIONS: dict[str, Mutation] = {
     ),
     "cache_row_list_refused": Mutation(
         "a recurrent cache layer refuses rows selected by a list, after the attention layers before it were cut",
-        lambda: edit("seqzoo.cache:StateLayer.batch_select_indices", "torch.as_tensor(indices, device=value.device)",
-                     "indices.to(value.device)"),
+        lambda: edit("seqzoo.cache:SeqzooCache._rows",
+                     "rows = torch.tensor([int(value) for value in indices], dtype=torch.int64)",
+                     "rows = indices"),
         ["tests/models/test_cache_api.py"],
     ),
     "cache_layout_kept_after_failed_forward": Mutation(
