@@ -7,11 +7,12 @@ what an earlier report wrote when it is replaced.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import platform
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 from seqzoo.lab.plots import PLOT_FILES
 
@@ -37,6 +38,90 @@ def write_results(path: Path, results: dict[str, Any]) -> None:
     write_atomically(path, strict_json(results, indent=1))
 
 
+# The file that claims a folder for one lab (``pid host``) while it runs: created whole or not at all, so that of two
+# labs started into one folder at the same moment one goes on and the other is refused (the results.json marker is
+# written after the folder is checked, and both had found it free).
+LOCK = ".seqzoo-lab.lock"
+
+
+@contextlib.contextmanager
+def claim_output(out: Path) -> Iterator[None]:
+    """Hold ``out`` for one lab (``seqzoo lab``, ``seqzoo lab sweep``) until the block ends: creates the folder and
+    its :data:`LOCK`, and refuses a folder another lab holds (naming its process). A lock whose process has ended
+    (killed, the machine restarted) is stale and taken over. The lock goes when the block ends, and so does a folder
+    it created if nothing else was written there (a refused ``--resume`` leaves no empty folder behind)."""
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"{str(out)!r} is a file; choose a folder for --out")
+    created = not out.exists()
+    out.mkdir(parents=True, exist_ok=True)
+    lock = out / LOCK
+    try:
+        _take_lock(lock)
+        try:
+            yield
+        finally:
+            lock.unlink(missing_ok=True)
+    finally:
+        if created and out.is_dir() and not any(out.iterdir()):
+            with contextlib.suppress(OSError):  # (another lab's lock arrived meanwhile)
+                out.rmdir()
+
+
+def _take_lock(lock: Path) -> None:
+    mine = f"{os.getpid()} {platform.node()}\n"
+    staged = lock.with_name(f"{lock.name}.{os.getpid()}")
+    staged.write_text(mine)
+    try:
+        for _ in range(5):
+            try:
+                os.link(staged, lock)  # (fails if the lock exists: the check and the claim in one step)
+                return
+            except FileExistsError:
+                pass
+            seen = _read_lock(lock)
+            if seen is None:  # (released between the two calls)
+                continue
+            pid, host = _lock_owner(seen)
+            if host is not None and host != platform.node():
+                raise ValueError(f"{str(lock.parent)!r} is the folder of a lab running on {host} (process {pid}); "
+                                 f"wait for it or choose another --out folder (if no lab runs there, delete {lock})")
+            if _process_alive(pid):
+                raise ValueError(f"{str(lock.parent)!r} is the folder of a lab still running (process {pid}); wait "
+                                 "for it, stop it, or choose another --out folder")
+            # Stale (its process ended): moved aside, then checked, for another lab may have taken it over since.
+            aside = lock.with_name(f"{lock.name}.stale.{os.getpid()}")
+            try:
+                os.replace(lock, aside)
+            except FileNotFoundError:
+                continue
+            moved = _read_lock(aside)
+            if moved != seen:  # (that lab's live lock: put back)
+                with contextlib.suppress(FileExistsError):
+                    os.link(aside, lock)
+                aside.unlink(missing_ok=True)
+                raise ValueError(f"{str(lock.parent)!r} is the folder of a lab still running (process "
+                                 f"{_lock_owner(moved or '')[0]}); wait for it, stop it, or choose another --out "
+                                 "folder")
+            aside.unlink(missing_ok=True)
+        raise ValueError(f"could not claim {str(lock.parent)!r} for this lab: other labs start and stop there at this "
+                         "moment; choose another --out folder")
+    finally:
+        staged.unlink(missing_ok=True)
+
+
+def _read_lock(lock: Path) -> str | None:
+    try:
+        return lock.read_text(errors="replace")
+    except FileNotFoundError:
+        return None
+
+
+def _lock_owner(text: str) -> tuple[str | None, str | None]:
+    """``pid host`` -> (pid, host); an unreadable lock (an edited file) names no process, and counts as stale."""
+    pid, _, host = text.strip().partition(" ")
+    return (pid or None), (host or None)
+
+
 def prepare_output(out: Path, force: bool, log: Callable[[str], None], resume: bool = False) -> dict[str, Any] | None:
     """Create ``out``. A finished report there is replaced only with ``force``; an unfinished run (interrupted or
     crashed) is replaced with a note, unless it recorded finished training runs: those are replaced only with
@@ -50,7 +135,8 @@ def prepare_output(out: Path, force: bool, log: Callable[[str], None], resume: b
     if resume and not (out.is_dir() and (out / "results.json").is_file()):
         raise ValueError(f"--resume: {str(out)!r} holds no unfinished lab to resume (no results.json); leave out "
                          "--resume to start one there")
-    if out.exists() and any(out.iterdir()):
+    # (the lock of this lab, and the one another lab stages to claim the folder, which it will be refused)
+    if out.exists() and any(not path.name.startswith(LOCK) for path in out.iterdir()):
         marker = out / "results.json"
         if not marker.is_file():
             raise ValueError(f"{str(out)!r} exists and is not a seqzoo lab report; choose another --out folder")
@@ -101,8 +187,9 @@ def prepare_output(out: Path, force: bool, log: Callable[[str], None], resume: b
         if status != "finished":
             log(f"replacing the unfinished lab run in {out} (status: {status})")
         # Only what a lab wrote: a seq2seq or bidirectional report beside it (or any other file) stays, and so do
-        # their run folders under runs/ (a lab's own are runs/<architecture>/).
-        for name in LAB_OUTPUTS:
+        # their run folders under runs/ (a lab's own are runs/<architecture>/). results.json goes last: it is what
+        # marks the folder as a lab's, so a replacement stopped half-way (Ctrl-C) can be replaced again with --force.
+        for name in sorted(LAB_OUTPUTS, key=lambda name: name == "results.json"):
             path = out / name
             if name == "runs" and path.is_dir() and not path.is_symlink():
                 _remove_lab_runs(path, previous)

@@ -179,8 +179,12 @@ def _provenance(results: dict[str, Any]) -> str:
         f"- Code: seqzoo {env['seqzoo']}" + (f" (git {env['git']})" if env.get("git") else "")
         + f"; Python {env['python']}, torch {env['torch']}, transformers {env['transformers']}",
         f"- Machine: {env['cpu']}, {env['cores']} core(s) available; {env['workers']} worker process(es) of "
-        f"{env['threads_per_worker']} thread each" + (f"; load average {load[0]:.1f} when the lab started "
-                                                     f"(other work on the machine slows every timing)" if load else ""),
+        f"{env['threads_per_worker']} thread each"
+        # (a resumed lab's kept runs trained in the stopped lab, on its workers)
+        + (f" ({kept} for the runs kept from the lab it resumed)"
+           if (kept := env.get("kept_runs_workers")) not in (None, env["workers"]) else "")
+        + (f"; load average {load[0]:.1f} when the lab started (other work on the machine slows every timing)"
+           if load else ""),
         f"- Seeds: {', '.join(map(str, cfg['seeds']))} (memory tasks); {cfg['seeds'][0]} (text, decode, gradients)",
         f"- {len(results['runs'])} training runs; wall time {minutes} min {secs:02d} s for the training, the "
         f"measurements and the plots ({env['started']} → {env.get('finished', '?')})"

@@ -28,7 +28,7 @@ from typing import Any, Callable
 
 from seqzoo.lab import recipes
 from seqzoo.lab.environment import available_cores, describe_environment
-from seqzoo.lab.folders import prepare_output, remove_stopped_report, stopped_status
+from seqzoo.lab.folders import claim_output, prepare_output, remove_stopped_report, stopped_status
 from seqzoo.lab.recipes import SOLVED_ACCURACY, SOLVED_WINDOW, TEXT
 from seqzoo.lab.workers import run_in_workers
 from seqzoo.outputs import write_atomically
@@ -375,8 +375,6 @@ def run_lab(cfg: LabConfig, out: str | Path, log: Callable[[str], None] = print,
     ``results.json`` records every training run as it ends, so that a lab interrupted or failed later (in training,
     measuring or the report) loses no finished training; ``resume`` keeps those runs (:func:`resumable_runs`) and
     trains only the rest."""
-    from seqzoo.lab.report import draw_plots, write_report
-
     cfg.validate()
     presets = lab_presets(cfg.architectures)
     if not presets:
@@ -385,6 +383,14 @@ def run_lab(cfg: LabConfig, out: str | Path, log: Callable[[str], None] = print,
         raise ValueError("--resume keeps the runs an unfinished lab in --out recorded and --force replaces them; "
                          "pass one")
     out = Path(out)
+    with claim_output(out):  # (two labs started into one folder: the second is refused, before it looks at it)
+        return _run_claimed_lab(cfg, presets, out, log, command, force, resume)
+
+
+def _run_claimed_lab(cfg: LabConfig, presets: dict[str, str], out: Path, log: Callable[[str], None], command: str,
+                     force: bool, resume: bool) -> dict[str, Any]:
+    from seqzoo.lab.report import draw_plots, write_report
+
     previous = prepare_output(out, force, log, resume=resume)
     started = time.perf_counter()
     jobs = build_jobs(cfg, presets, out)
@@ -393,7 +399,8 @@ def run_lab(cfg: LabConfig, out: str | Path, log: Callable[[str], None] = print,
     if previous is not None:
         log(f"resuming the unfinished lab in {out} (status: {previous.get('status')})")
         remove_stopped_report(out)
-    # (the report's wall time counts the training of the runs kept)
+    # (the report's wall time counts the training of the runs kept: "training" of the stopped lab is its training
+    # alone, not the measuring or plots it stopped in, which this lab does again)
     earlier = previous.get("seconds") if runs and previous is not None else None
     earlier_training = earlier.get("training", 0.0) if isinstance(earlier, dict) else 0.0
     earlier_training = earlier_training if isinstance(earlier_training, (int, float)) else 0.0
@@ -401,13 +408,22 @@ def run_lab(cfg: LabConfig, out: str | Path, log: Callable[[str], None] = print,
     to_train = [job for job in jobs if _key(job) not in kept]
     workers = cfg.worker_count(len(to_train))
     environment = describe_environment(command, workers)
+    if runs:
+        # The workers the kept runs trained on (the stopped lab's): with nothing left to train, the report's figures
+        # come from them alone, not from the one process this lab would have started.
+        before = previous.get("environment", {}).get("workers") if previous is not None else None
+        if isinstance(before, int) and not isinstance(before, bool) and before >= 1:
+            environment["kept_runs_workers"] = before
+            if not to_train:
+                environment["workers"] = before
     marker = out / "results.json"
     extra: dict[str, Any] = {"resumed_runs": len(runs)} if runs else {}
+    trained_for: list[float] = []  # (this lab's training time, once its training has ended)
 
     def record(status: str, **more: Any) -> None:
         # (what marks a lab folder, and every finished run: "running" until the report is written, so that the
         # folder is not taken for a finished report)
-        seconds = {"training": earlier_training + time.perf_counter() - started}
+        seconds = {"training": earlier_training + (trained_for[0] if trained_for else time.perf_counter() - started)}
         write_atomically(marker, strict_json({"status": status, "config": asdict(cfg), "presets": presets,
                                               "runs": runs, "environment": environment, "seconds": seconds,
                                               **extra, **more}, indent=1))
@@ -424,7 +440,8 @@ def run_lab(cfg: LabConfig, out: str | Path, log: Callable[[str], None] = print,
         if to_train:
             run_jobs(longest_first(to_train, cfg), workers, log, on_result=keep)
         runs.sort(key=lambda r: order[_key(r)])
-        training_seconds = earlier_training + time.perf_counter() - started
+        trained_for.append(time.perf_counter() - started)
+        training_seconds = earlier_training + trained_for[0]
         record("running")  # (in report order)
 
         log("measuring decode speed, state size and gradients ...")
@@ -463,7 +480,7 @@ def resumable_runs(previous: dict[str, Any], cfg: LabConfig, jobs: list[dict[str
                    out: Path) -> list[dict[str, Any]]:
     """The runs an unfinished lab recorded (``previous``, its results.json) that a resumed one keeps instead of
     training again: those that finished, of a job it has (same architecture, preset, task, distances, seed, steps and
-    learning rate), a text run only with its saved model (which the measurements load). The settings must be the
+    learning rate), a text run only with its saved model whole (which the measurements load). The settings must be the
     lab's own, but for ``workers``, which changes no figure.
 
     A run whose figures hold a null (results.json writes a diverged run's NaN as null) is trained again: the report
@@ -484,13 +501,25 @@ def resumable_runs(previous: dict[str, Any], cfg: LabConfig, jobs: list[dict[str
         job = wanted.pop(identity(run), None) if isinstance(run, dict) else None
         if job is None or run.get("ok") is not True or _holds_null(run):
             continue
-        if run["task"] == TEXT and not (Path(job["output_dir"]) / "model.safetensors").is_file():
+        if run["task"] == TEXT and not _weights_read(Path(job["output_dir"]) / "model.safetensors"):
             continue
         for figures in ("accuracy", "trained_share"):  # (JSON's keys are strings; the lab's are distances)
             if figures in run:
                 run[figures] = {int(distance): value for distance, value in run[figures].items()}
         kept.append(run)
     return kept
+
+
+def _weights_read(path: Path) -> bool:
+    """Whether the weights file ``path`` is there and whole: its header parses and its tensors cover the file (one
+    cut short by a kill, or a full disk, is trained again rather than failing the measurements on every resume)."""
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(str(path), framework="pt"):
+            return True
+    except (OSError, SafetensorError):
+        return False
 
 
 def _holds_null(value: Any) -> bool:

@@ -26,7 +26,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from seqzoo.lab.folders import prepare_output, stopped_status, write_results
+from seqzoo.lab.folders import claim_output, prepare_output, stopped_status, write_results
 from seqzoo.lab.recipes import TEXT
 from seqzoo.lab.runner import LabConfig, lab_presets, longest_first, make_job, run_jobs
 from seqzoo.training.data import TASKS
@@ -91,11 +91,17 @@ def sweep_jobs(cfg: SweepConfig, presets: dict[str, str], out: Path) -> list[dic
 
 def run_sweep(cfg: SweepConfig, out: str | Path, log: Callable[[str], None] = print, command: str = "",
               force: bool = False) -> dict[str, Any]:
-    from seqzoo.lab.environment import describe_environment
-
     cfg.validate()
     presets = lab_presets(cfg.architectures)
     out = Path(out)
+    with claim_output(out):  # (two sweeps, or a sweep and a lab, started into one folder: the second is refused)
+        return _run_claimed_sweep(cfg, presets, out, log, command, force)
+
+
+def _run_claimed_sweep(cfg: SweepConfig, presets: dict[str, str], out: Path, log: Callable[[str], None],
+                       command: str, force: bool) -> dict[str, Any]:
+    from seqzoo.lab.environment import describe_environment
+
     partial = out / "runs.jsonl"  # one line per finished run: what survives if the sweep is killed
     prepare_output(out, force, log)  # (which keeps an unfinished sweep's runs.jsonl without --force)
     jobs = sweep_jobs(cfg, presets, out)

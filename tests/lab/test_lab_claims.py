@@ -1,0 +1,176 @@
+"""`seqzoo lab`'s folder under stress: two labs started into one folder at once, a `--force` replacement stopped
+half-way, a resumed lab whose kept text model is damaged, and the provenance figures of a resumed lab."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import shutil
+import time
+from pathlib import Path
+
+import pytest
+
+from seqzoo.lab import report, runner
+from seqzoo.lab.folders import LOCK, claim_output, prepare_output
+from seqzoo.lab.runner import LabConfig, run_lab
+
+
+def _cfg(**overrides) -> LabConfig:
+    return LabConfig.smoke(**{"architectures": ["rnn"], "tasks": ["copy"], "seeds": [0], "distances": [2],
+                              "workers": 1, **overrides})
+
+
+def _results(out: Path) -> dict:
+    return json.loads((out / "results.json").read_text())
+
+
+def _quiet(line: str) -> None:
+    pass
+
+
+def test_a_lab_started_while_another_prepares_the_same_folder_is_refused_naming_it(tmp_path, monkeypatch):
+    """Both checked the empty folder before either wrote its results.json: both exited 0, and one lab's report and
+    runs were silently replaced by the other's."""
+    out, refusals = tmp_path / "lab", []
+    real = runner.prepare_output
+
+    def second_lab_starts_now(*args, **kwargs):
+        previous = real(*args, **kwargs)
+        if not refusals:  # (the first lab has checked the folder and not yet written its marker)
+            refusals.append("the second lab was not refused")
+            with pytest.raises(ValueError) as refused:
+                run_lab(_cfg(), out, log=_quiet)
+            refusals[0] = str(refused.value)
+        return previous
+
+    def stopped(jobs, workers, log, on_result, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(runner, "prepare_output", second_lab_starts_now)
+    monkeypatch.setattr(runner, "run_jobs", stopped)
+    with pytest.raises(KeyboardInterrupt):
+        run_lab(_cfg(), out, log=_quiet)
+    assert refusals == [f"{str(out)!r} is the folder of a lab still running (process {os.getpid()}); wait for it, "
+                        "stop it, or choose another --out folder"]
+    assert _results(out)["status"] == "interrupted" and not (out / LOCK).exists()  # (released when it stopped)
+
+
+def test_a_stale_claim_is_taken_over_and_a_live_one_refuses_a_resume(tmp_path, monkeypatch):
+    out = tmp_path / "lab"
+    out.mkdir()
+    # A lab killed (SIGKILL) leaves its claim behind: its process is gone, so the folder is free.
+    (out / LOCK).write_text(f"999999999 {platform.node()}\n")
+
+    def one_run_then_stopped(jobs, workers, log, on_result, **kwargs):
+        on_result(_fake_run(jobs[0]))
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(runner, "run_jobs", one_run_then_stopped)
+    with pytest.raises(KeyboardInterrupt):
+        run_lab(_cfg(), out, log=_quiet)
+    assert _results(out)["status"] == "interrupted" and not (out / LOCK).exists()
+    # Two `--resume` of one stopped lab: the second is refused while the first holds the folder.
+    with claim_output(out):
+        with pytest.raises(ValueError, match=rf"is the folder of a lab still running \(process {os.getpid()}\)"):
+            run_lab(_cfg(), out, log=_quiet, resume=True)
+    assert _results(out)["status"] == "interrupted"
+    # A refused --resume into a new folder leaves none behind (the claim made it).
+    with pytest.raises(ValueError, match="holds no unfinished lab to resume"):
+        run_lab(_cfg(), tmp_path / "new", log=_quiet, resume=True)
+    assert not (tmp_path / "new").exists()
+
+
+def test_a_force_replacement_stopped_half_way_can_be_replaced_again(tmp_path, monkeypatch):
+    """prepare_output deleted results.json first: Ctrl-C while it deleted the rest left a folder that --force
+    refused ("not a seqzoo lab report") and --resume could not take (no results.json)."""
+    out = tmp_path / "lab"
+    (out / "runs" / "rnn" / "copy-s0").mkdir(parents=True)
+    (out / "report.md").write_text("the earlier report")
+    (out / "results.json").write_text(json.dumps({"status": "finished", "runs": [],
+                                                  "environment": {"command": "seqzoo lab"}}))
+
+    def interrupted(path, *args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(shutil, "rmtree", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        prepare_output(out, force=True, log=_quiet)
+    monkeypatch.undo()
+    assert _results(out)["status"] == "finished"  # (still marked as a lab's: replaceable)
+    prepare_output(out, force=True, log=_quiet)
+    assert list(out.iterdir()) == []
+
+
+def _fake_run(job: dict) -> dict:
+    """A finished run of ``job`` as a worker reports it (a text run saves a model the measurements can load)."""
+    import torch
+    from safetensors.torch import save_file
+
+    run = {k: job[k] for k in ("arch", "preset", "task", "distances", "seed", "steps", "lr")}
+    if job["task"] == "text":
+        Path(job["output_dir"]).mkdir(parents=True, exist_ok=True)
+        save_file({"weight": torch.zeros(256)}, str(Path(job["output_dir"]) / "model.safetensors"))
+        return {**run, "ok": True, "seconds": 0.1, "eval": {"perplexity": 9.0}, "validation": [[6, 9.0]]}
+    return {**run, "ok": True, "seconds": 0.1, "accuracy": {2: 0.5}, "losses": [1.0], "steps_run": 6}
+
+
+def test_a_kept_text_run_whose_weights_are_cut_short_trains_again(tmp_path, monkeypatch):
+    """Only the file's presence was checked: a resumed lab kept the run, and its measurements failed loading the
+    model on every --resume."""
+    out = tmp_path / "lab"
+
+    def every_run(jobs, workers, log, on_result, **kwargs):
+        for job in jobs:
+            on_result(_fake_run(job))
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("measuring broke")
+
+    monkeypatch.setattr(runner, "run_jobs", every_run)
+    monkeypatch.setattr(runner, "measure_architectures", broken)
+    with pytest.raises(RuntimeError, match="measuring broke"):
+        run_lab(_cfg(), out, log=_quiet)
+    weights = out / "runs" / "rnn" / "text-s0" / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:-100])  # (a kill, or a full disk, while it was written)
+    trained = []
+
+    def record_then_stop(jobs, workers, log, on_result, **kwargs):
+        trained.extend(job["task"] for job in jobs)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(runner, "run_jobs", record_then_stop)
+    with pytest.raises(KeyboardInterrupt):
+        run_lab(_cfg(), out, log=_quiet, resume=True)
+    assert trained == ["text"] and [run["task"] for run in _results(out)["runs"]] == ["copy"]
+
+
+def test_a_resumed_lab_reports_the_training_time_and_the_workers_of_the_runs_it_kept(tmp_path, monkeypatch):
+    """The stopped lab's "training" seconds counted its measuring (and plotting), and a resumed lab with nothing left
+    to train said "1 worker process(es)" though its runs had trained on 2."""
+    out, pause = tmp_path / "lab", 1.0
+
+    def every_run(jobs, workers, log, on_result, **kwargs):
+        for job in jobs:
+            on_result(_fake_run(job))
+
+    def slow_then_broken(*args, **kwargs):
+        time.sleep(pause)
+        raise RuntimeError("measuring broke")
+
+    monkeypatch.setattr(runner, "run_jobs", every_run)
+    monkeypatch.setattr(runner, "measure_architectures", slow_then_broken)
+    with pytest.raises(RuntimeError, match="measuring broke"):
+        run_lab(_cfg(workers=2), out, log=_quiet)
+    stopped = _results(out)
+    assert stopped["environment"]["workers"] == 2 and stopped["seconds"]["training"] < pause / 2
+    with pytest.raises(RuntimeError, match="measuring broke"):  # (resumed: every run kept, none to train)
+        run_lab(_cfg(workers=0), out, log=_quiet, resume=True)
+    resumed = _results(out)
+    assert resumed["resumed_runs"] == 2 and resumed["environment"]["workers"] == 2
+    assert resumed["seconds"]["training"] < pause / 2
+    # A lab resumed on other workers than the stopped one's says both.
+    line = report._provenance({**resumed, "environment": {**resumed["environment"], "workers": 1},
+                               "seconds": {"training": 1.0, "total": 2.0}})
+    assert "1 worker process(es) of 1 thread each (2 for the runs kept from the lab it resumed)" in line
