@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers
-from transformers import PreTrainedTokenizerFast
+from transformers import PreTrainedConfig, PreTrainedTokenizerFast
 
 PAD_TOKEN = "<|pad|>"
 EOS_TOKEN = "<|endoftext|>"
@@ -95,6 +95,10 @@ def tokenizer_for(model: Any) -> PreTrainedTokenizerFast:
     token-classification pipeline reports for a batch count from each text's start (seqzoo's models read either side
     alike). Given a config, the model is taken to be its causal LM (or its encoder-decoder)."""
     config = getattr(model, "config", model)
+    if not isinstance(config, PreTrainedConfig):  # (None, a preset's name: a byte tokenizer for nothing in particular)
+        raise TypeError(f"tokenizer_for takes a model or its config; got {type(model).__name__} {model!r:.60} "
+                        "(for a preset, tokenizer_for(seqzoo.create_model(name)); seqzoo.byte_tokenizer() is the "
+                        "byte tokenizer itself)")
     if getattr(config, "is_encoder_decoder", False):
         side = "right"
     elif config is model:
@@ -181,14 +185,19 @@ def load_tokenizer(source: Any) -> PreTrainedTokenizerFast:
     defined by code in the folder."""
     from transformers import AutoTokenizer
 
-    folder = Path(source) if isinstance(source, (str, os.PathLike)) else None
-    if folder is not None and folder.is_dir() and not any((folder / name).is_file() for name in TOKENIZER_FILES):
+    if not isinstance(source, (str, os.PathLike)) or not str(source):
+        # (None was looked up on the Hub as a repository named "None", retried for about 30 s)
+        raise TypeError(f"load_tokenizer takes a folder or a Hub repository id (a str or a path); got {source!r:.60}")
+    folder = Path(source)
+    if folder.is_absolute() and not folder.exists():  # (an absolute path is no Hub id: transformers said it was one)
+        raise ValueError(f"load_tokenizer: no folder {str(folder)!r} here")
+    if folder.is_dir() and not any((folder / name).is_file() for name in TOKENIZER_FILES):
         raise ValueError(
             f"{folder} has no tokenizer ({' or '.join(TOKENIZER_FILES)}); save the model's tokenizer into it with "
             "tokenizer.save_pretrained(folder) (seqzoo.byte_tokenizer() is seqzoo's byte-level one; `seqzoo new` and "
             "`seqzoo train` save it)"
         )
-    if folder is not None and folder.is_dir():
+    if folder.is_dir():
         _refuse_tokenizer_code(folder)
     try:
         # (never transformers' interactive "run the custom code? [y/N]" prompt, nor code from the folder: seqzoo's own

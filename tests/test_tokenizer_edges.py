@@ -122,3 +122,19 @@ def test_a_special_token_object_transformers_reads_loads(tmp_path, file, value):
     path = tmp_path / file
     path.write_text(json.dumps({**(json.loads(path.read_text()) if path.is_file() else {}), "eos_token": value}))
     assert load_tokenizer(tmp_path).eos_token_id == 257
+
+
+def test_tokenizer_helpers_name_an_argument_of_another_kind():
+    # load_tokenizer(None) asked the Hub for a repository named "None" for about 30 s, an absolute path that does not
+    # exist was called a malformed repository id, and tokenizer_for(None) returned a byte tokenizer without a word.
+    import pytest
+
+    from seqzoo.tokenizer import load_tokenizer, tokenizer_for
+
+    with pytest.raises(TypeError, match=r"load_tokenizer takes a folder or a Hub repository id .*got None"):
+        load_tokenizer(None)
+    with pytest.raises(ValueError, match=r"load_tokenizer: no folder '/nonexistent/tokenizer' here"):
+        load_tokenizer("/nonexistent/tokenizer")
+    for given in (None, "lstm-tiny"):
+        with pytest.raises(TypeError, match=r"tokenizer_for takes a model or its config; got "):
+            tokenizer_for(given)

@@ -185,6 +185,11 @@ def hidden_to_cache(hidden: Any, config: Any) -> Any:
         if part.dim() != 3 or part.shape[0] != config.num_hidden_layers or part.shape[2] != config.hidden_size:
             raise ValueError(f"hidden state {name!r} has shape {tuple(part.shape)}; expected (layers="
                              f"{config.num_hidden_layers}, batch, hidden={config.hidden_size})")
+        if not part.is_floating_point():
+            raise ValueError(f"hidden state {name!r} has dtype {part.dtype}; expected a floating-point state")
+    if len({part.shape[1] for part in parts}) > 1:  # (generate() failed inside the LSTM kernel)
+        raise ValueError(f"the hidden state's h and c hold {parts[0].shape[1]} and {parts[1].shape[1]} sequences; "
+                         "an nn.LSTM state holds one h and one c per sequence")
     cache = SeqzooCache.for_model(config)
     for i in range(config.num_hidden_layers):
         cache.update_layer(i, {name: part[i].detach().clone() for name, part in zip(names, parts)})

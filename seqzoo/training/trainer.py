@@ -195,6 +195,9 @@ def _check_arguments(recipe: Any, resume: Any, progress: Any, save_model: Any, f
     if stop is not None and not callable(stop):
         raise ValueError(f"train(stop={stop!r}) is invalid: expected a function of each logged row (a dict) that "
                          "returns True to end training, or None")
+    if resume not in (None, False) and force:  # (force is read for a fresh run only: it was ignored, as the CLI says)
+        raise ValueError("train(resume=..., force=True) contradict each other: resume continues the run in "
+                         "output_dir, force deletes what it holds to start over; give one of them")
 
 
 def train(recipe: Recipe, *, resume: str | Path | bool | None = None, dataset: Any = None,

@@ -190,6 +190,11 @@ def test_hidden_state_of_the_wrong_shape_is_refused():
         hidden_to_cache(torch.zeros(2, 1, 32), model.config)
     with pytest.raises(ValueError, match=r"shape \(3, 1, 32\); expected \(layers=2"):
         hidden_to_cache((torch.zeros(3, 1, 32), torch.zeros(3, 1, 32)), model.config)
+    # (h and c of other batch sizes failed inside the LSTM kernel at generate(); an integer state was kept as such)
+    with pytest.raises(ValueError, match=r"h and c hold 2 and 3 sequences"):
+        hidden_to_cache((torch.zeros(2, 2, 32), torch.zeros(2, 3, 32)), model.config)
+    with pytest.raises(ValueError, match=r"hidden state 'h' has dtype torch.int64; expected a floating-point state"):
+        hidden_to_cache((torch.zeros(2, 1, 32, dtype=torch.long), torch.zeros(2, 1, 32)), model.config)
 
 
 def test_a_nested_training_checkpoint_names_the_entry_holding_the_weights(tmp_path):

@@ -233,11 +233,17 @@ def test_attention_map_of_a_given_target_is_the_models_cross_attention():
     assert [source for _, source, _ in found.favourite()] == [found.source_tokens[j] for j in want.argmax(-1)]
     empty = attention_map(model, tokenizer, "a b", target="")  # only the end of the sequence is predicted
     assert empty.target_tokens == ["<eos>"] and empty.weights.shape == (1, 3)
-    for where, message in (({"layer": 1}, "layer=1 is out of range"), ({"head": 1}, "head=1 is out of range")):
+    for where, message in (({"layer": 1}, "layer=1 is out of range"), ({"head": 1}, "head=1 is out of range"),
+                           # (True was head 1, 1.0 an IndexError from torch)
+                           ({"head": True}, r"head=True is invalid: expected an integer index, or None"),
+                           ({"head": 0.0}, r"head=0.0 is invalid"), ({"layer": "0"}, r"layer='0' is invalid")):
         with pytest.raises(ValueError, match=message):
             attention_map(model, tokenizer, "a b", target="xy", **where)
     with pytest.raises(ValueError, match="needs at least one source"):
         seq2seq_generate(model, tokenizer, [])
+    # (it returns text: an explicit return_dict_in_generate=True was overridden without a word)
+    with pytest.raises(ValueError, match=r"seq2seq_generate returns the decoded texts; .*return_dict_in_generate"):
+        seq2seq_generate(model, tokenizer, ["a b"], return_dict_in_generate=True)
 
 
 def test_seq2seq_generate_decodes_each_source_of_a_padded_batch_as_alone():

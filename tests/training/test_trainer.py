@@ -594,6 +594,8 @@ def test_of_two_runs_that_find_one_abandoned_sibling_one_alone_takes_it(tmp_path
                     "run or checkpoint folder (a str or os.PathLike), or None or False (a fresh run)"),
     ({"resume": ""}, "train(resume='') is invalid: expected the path of a run or checkpoint folder, not an empty one"),
     ({"stop": 5}, "train(stop=5) is invalid: expected a function of each logged row"),
+    # (force was read for a fresh run only, and ignored beside resume; the command line refuses the pair)
+    ({"resume": True, "force": True}, "train(resume=..., force=True) contradict each other"),
 ])
 def test_train_refuses_an_argument_of_another_kind_before_it_touches_the_run(tmp_path, arguments, message):
     run = tmp_path / "a"  # (a run's folder, as --force deletes one)

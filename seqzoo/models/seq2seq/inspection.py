@@ -38,6 +38,9 @@ def seq2seq_generate(model: Any, tokenizer: Any, sources: str | list[str], **gen
         generate_kwargs.setdefault("max_new_tokens", 64)
     generate_kwargs.setdefault("pad_token_id", tokenizer.pad_token_id)
     generate_kwargs.setdefault("tokenizer", tokenizer)  # (what a saved stop_strings needs)
+    if generate_kwargs.get("return_dict_in_generate"):  # (it returns text: an explicit True was overridden)
+        raise ValueError("seq2seq_generate returns the decoded texts; call model.generate(..., "
+                         "return_dict_in_generate=True) for the scores and the other outputs")
     generate_kwargs["return_dict_in_generate"] = False  # (the sequences, whatever the saved settings say)
     with torch.no_grad():
         output = model.generate(**inputs, **generate_kwargs)
@@ -130,6 +133,10 @@ def attention_map(
                 [start, torch.tensor([predicted[:-1]], dtype=torch.long, device=model.device)], dim=1)
         output = model(**inputs, decoder_input_ids=decoder_input_ids, output_attentions=True)
     layers = output.cross_attentions
+    for name, value in (("layer", layer), ("head", head)):  # (True was head 1, and 1.0 an IndexError from torch)
+        if not (value is None and name == "head") and type(value) is not int:
+            raise ValueError(f"{name}={value!r} is invalid: expected an integer index"
+                             f"{', or None for the mean of the heads' if name == 'head' else ''}")
     if not -len(layers) <= layer < len(layers):
         raise ValueError(f"layer={layer} is out of range: this model has {len(layers)} attention layer(s) over its "
                          f"source (0 .. {len(layers) - 1}, or negative from the end)")
