@@ -232,13 +232,13 @@ def in_every_process(name: str) -> bool:
 def list_architectures(task: str | None = None) -> list[str]:
     """Names of the registered architectures; with ``task``, those with a head for it (``"causal-lm"``: the
     language models, ``"seq2seq"``: the encoder-decoders)."""
-    if task is not None and task not in TASKS:
+    if task is not None and not (isinstance(task, str) and task in TASKS):  # (a list: "unhashable type")
         raise ValueError(_unknown("task", task, list(TASKS)))
     return sorted(name for name, spec in _ARCHITECTURES.items() if task is None or task in spec.heads)
 
 
 def get_architecture(name: str) -> ModelSpec:
-    if name not in _ARCHITECTURES:
+    if not (isinstance(name, str) and name in _ARCHITECTURES):  # (a list: "unhashable type")
         raise ValueError(_unknown("architecture", name, list_architectures()))
     return _ARCHITECTURES[name]
 
@@ -280,6 +280,10 @@ def list_models(pattern: str | None = None) -> list[str]:
 
 def preset_values(name: str) -> tuple[ModelSpec, dict[str, Any]]:
     """The architecture of preset ``name`` and its config values."""
+    if not isinstance(name, str):  # (a config object: "unhashable type")
+        how = (" (for a config, AutoModelForCausalLM.from_config(config), or the head's Auto class)"
+               if hasattr(name, "model_type") else "")
+        raise TypeError(f"a model preset is named by a string such as 'lstm-tiny'; got {type(name).__name__}{how}")
     if name in _PLUGIN_PRESETS:
         arch, values = _PLUGIN_PRESETS[name]
         values = dict(values)

@@ -470,3 +470,30 @@ def test_the_architectures_of_entry_points_are_known_to_reach_every_process(plug
     assert registry.in_every_process("testplugin") and registry.in_every_process("lstm")
     registry._ENTRY_POINT_ARCHITECTURES.clear()
     assert not registry.in_every_process("testplugin")
+
+
+def test_a_name_of_another_type_is_named_not_an_unhashable_type_error():
+    # A list given as a name failed with a bare "unhashable type: 'list'", and a config given to create_model with
+    # "unhashable type: 'LSTMConfig'"
+    import pytest
+
+    import seqzoo
+    from seqzoo.conversions.export import to_native
+    from seqzoo.kernels.registry import KernelError, requested_backend
+    from seqzoo.registry import get_architecture, list_architectures
+
+    with pytest.raises(ValueError, match=r"unknown architecture \['lstm'\]"):
+        get_architecture(["lstm"])
+    with pytest.raises(ValueError, match=r"unknown task \['causal-lm'\]"):
+        list_architectures(["causal-lm"])
+    with pytest.raises(KernelError, match=r"unknown kernel op \['lstm'\]"):
+        requested_backend(["lstm"])
+    with pytest.raises(KernelError, match=r"unknown kernel op \['selective_scan'\]"):
+        seqzoo.set_kernel_backend(["selective_scan"], None)
+    with pytest.raises(KernelError, match=r"unknown kernel backend for op 'lstm': \['reference'\]"):
+        seqzoo.set_kernel_backend("lstm", ["reference"])
+    with pytest.raises(ValueError, match=r"unknown export target \['llama'\]"):
+        to_native(seqzoo.create_model("transformer-tiny"), ["llama"])
+    with pytest.raises(TypeError, match=r"a model preset is named by a string .*got LSTMConfig \(for a config, "
+                                        r"AutoModelForCausalLM.from_config\(config\)"):
+        seqzoo.create_model(seqzoo.get_config("lstm-tiny"))

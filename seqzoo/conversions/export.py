@@ -74,7 +74,7 @@ def to_native(model: Any, target: str) -> Any:
 
 def _check_target(found: Any, target: str) -> None:
     """Refuse an unknown ``target``, or a model of type ``found`` that it cannot hold."""
-    if target not in TARGETS:
+    if not (isinstance(target, str) and target in TARGETS):  # (a list: "unhashable type")
         raise ValueError(f"unknown export target {target!r}; allowed: {', '.join(TARGETS)}")
     model_type, class_name, _ = TARGETS[target]
     if found != model_type:

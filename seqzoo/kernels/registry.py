@@ -274,7 +274,7 @@ def _load_entry_point_plugins() -> None:
 
 def get_op(name: str) -> Op:
     _ensure_loaded()
-    if name not in _OPS:
+    if not (isinstance(name, str) and name in _OPS):  # (a list: "unhashable type")
         raise KernelError(_unknown(name, sorted(_OPS), "kernel op"))
     return _OPS[name]
 
@@ -369,7 +369,8 @@ def check_environment() -> None:
 def requested_backend(op: str) -> str | None:
     """The backend explicitly requested for ``op`` (API first, then the environment), or None."""
     _ensure_loaded()
-    if op not in _OPS and op not in BUILTIN_OPS:  # a misspelt op would answer "nothing requested"
+    if not isinstance(op, str) or (op not in _OPS and op not in BUILTIN_OPS):  # a misspelt op would answer "nothing
+        # requested"
         raise KernelError(_unknown(op, sorted(_OPS), "kernel op"))
     if op in _FORCED:
         return _FORCED[op]
@@ -379,7 +380,7 @@ def requested_backend(op: str) -> str | None:
 
 def _check_name(op: str, backend: str) -> Backend:
     entry = get_op(op)
-    if backend not in entry.backends:
+    if not (isinstance(backend, str) and backend in entry.backends):
         raise KernelError(_unknown(backend, sorted(entry.backends), f"kernel backend for op {op!r}:"))
     return entry.backends[backend]
 
@@ -401,7 +402,8 @@ def set_backend(op: str, backend: str | None) -> None:
     with _LOCK:
         if backend is None:
             _ensure_loaded()
-            if op not in _OPS and op not in BUILTIN_OPS:  # a typo would leave the real op's request in force
+            if not isinstance(op, str) or (op not in _OPS and op not in BUILTIN_OPS):  # a typo would leave the real
+                # op's request in force
                 raise KernelError(_unknown(op, sorted(_OPS), "kernel op"))
             _FORCED.pop(op, None)
         else:
