@@ -219,15 +219,15 @@ def source_fingerprint(*functions: Any) -> str | None:
     return digest.hexdigest()[:16]
 
 
-def checked_source(functions: tuple, fingerprints: frozenset[str]) -> bool:
-    """Whether ``functions`` are the ones whose sources have these fingerprints, not wrappers of them (whose source
-    ``inspect`` reads from what they wrap); remembered by the functions themselves, so a method patched since (or
-    put back) is checked as it is now."""
+def checked_source(functions: tuple, fingerprints: frozenset, each: bool = False) -> bool:
+    """Whether ``functions`` are the ones whose sources have these fingerprints (one of them all together, or with
+    ``each`` a tuple of one per function), not wrappers of them (whose source ``inspect`` reads from what they wrap);
+    remembered by the functions themselves, so a method patched since (or put back) is checked as it is now."""
     key = (functions, fingerprints)
     found = _CHECKED_SOURCES.get(key)
     if found is None:
-        found = (all(getattr(function, "__wrapped__", None) is None for function in functions)
-                 and source_fingerprint(*functions) in fingerprints)
+        read = tuple(map(source_fingerprint, functions)) if each else source_fingerprint(*functions)
+        found = all(getattr(function, "__wrapped__", None) is None for function in functions) and read in fingerprints
         _CHECKED_SOURCES[key] = found
     return found
 

@@ -56,7 +56,7 @@ from transformers import GenerationMixin, LogitsProcessorList
 from transformers.generation.stopping_criteria import EosTokenCriteria, MaxLengthCriteria, StoppingCriteriaList
 
 from seqzoo.cache import SeqzooCache
-from seqzoo.models.compat import GENERATE_CACHE_KWARG, output_cache, source_fingerprint
+from seqzoo.models.compat import GENERATE_CACHE_KWARG, checked_source, output_cache
 from seqzoo.models.generation import GENERATE_ONLY_INPUTS, preparation_checked
 
 LOOPS = ("seqzoo", "transformers")
@@ -78,17 +78,8 @@ _STEP_INPUTS = frozenset({"input_ids", "attention_mask", "position_ids", "logits
 def loop_checked() -> bool:
     """Whether :func:`sample` was checked against the installed transformers' loop, as it is now (a method patched
     since, even after a first generate(), or wrapped, is not: transformers' own loop then runs)."""
-    key = (GenerationMixin._sample, GenerationMixin._update_model_kwargs_for_generation, _CHECKED_LOOPS)
-    found = _LOOPS_FOUND.get(key)
-    if found is None:
-        functions = key[:2]
-        found = (all(getattr(function, "__wrapped__", None) is None for function in functions)
-                 and tuple(map(source_fingerprint, functions)) in _CHECKED_LOOPS)
-        _LOOPS_FOUND[key] = found
-    return found
-
-
-_LOOPS_FOUND: dict[tuple, bool] = {}
+    return checked_source((GenerationMixin._sample, GenerationMixin._update_model_kwargs_for_generation),
+                          _CHECKED_LOOPS, each=True)
 
 
 def check_loop_name(loop: str) -> None:
