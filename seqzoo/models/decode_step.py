@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from seqzoo.cache import SeqzooCache
+from seqzoo.kernels import onednn_linear
 from seqzoo.layers.mixer import global_module_hooks, has_hooks, plain_module_call, torch_forward
 from seqzoo.models.inputs import checked_token_ids, current_padding_mask
 
@@ -87,10 +88,11 @@ def call_plainly(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
     """``module(x)`` for the decode step's embedding and vocabulary head. An unhooked ``nn.Embedding`` or
     ``nn.Linear`` (that exact class: not a subclass, nor a peft or quantisation wrapper) runs its one operation
     directly, as its forward would: at decode sizes the module call costs a few per cent of the step. (A forward
-    replaced on the class since, by a library or a user, is called.)"""
+    replaced on the class since, by a library or a user, is called.) A large head's product runs by oneDNN
+    (``seqzoo/kernels/onednn_linear.py``): the same values within rounding."""
     if runs_plainly(module):
-        if type(module) is nn.Linear:
-            return torch.nn.functional.linear(x, module.weight, module.bias)
+        if type(module) is nn.Linear:  # (by oneDNN for a large head: seqzoo/kernels/onednn_linear.py)
+            return onednn_linear.linear(x, module.weight, module.bias)
         padding_idx = module.padding_idx
         if (module.max_norm is None and (padding_idx is None or padding_idx >= 0)
                 and type(module.weight) in _PLAIN_WEIGHTS):
