@@ -5,7 +5,9 @@ The two compute the same function: RoPE (half-split layout), pre-norm RMSNorm, S
 weight mapping is a rename (``input_layernorm`` <-> ``attn_norm``, ``post_attention_layernorm`` <-> ``mlp_norm``);
 Qwen2's q/k/v biases come with a zero ``o_proj`` bias, because seqzoo's ``attention_bias`` covers all four
 projections. What has no seqzoo equivalent is refused with an error naming the field: RoPE scaling
-(``rope_parameters.rope_type`` other than ``default``), partial rotary factors, sliding-window attention.
+(``rope_parameters.rope_type`` other than ``default``), and a partial rotary factor or a sliding window where the
+source's own transformers class computes it. Where that class ignores the field (transformers 5.24's Llama ignores
+both, its Mistral and Qwen2 the partial rotary factor), it is left out with a warning, as the class leaves it out.
 
     from seqzoo.conversions.llama import convert_llama
     model = convert_llama("path/to/llama-folder")            # or a LlamaForCausalLM object, or a Hub repo id
@@ -16,6 +18,7 @@ From the shell: ``seqzoo convert llama <source> <destination>``; back: ``seqzoo 
 
 from __future__ import annotations
 
+import copy
 import logging
 import re
 from pathlib import Path
@@ -48,10 +51,17 @@ LAYER_NAMES = (("attn_norm", "input_layernorm"), ("mlp_norm", "post_attention_la
 IGNORED = (r"model\.layers\.\d+\.self_attn\.rotary_emb\.inv_freq",)
 # Llama's config flags that give projections biases: (flag, module, its projections). (Mistral and Qwen2 have none.)
 BIAS_FLAGS = (("attention_bias", "self_attn", PROJECTIONS), ("mlp_bias", "mlp", MLP_PROJECTIONS))
+# The tiny model that asks transformers whether its class reads a field (source_class_reads): one head of the
+# source's head_dim (a partial rotary factor is rounded by it), the source's layers (a window may be in some only), and
+# more tokens than its window.
+PROBE_SIZES = dict(vocab_size=16, num_attention_heads=1, num_key_value_heads=1, intermediate_size=4,
+                   pad_token_id=None, bos_token_id=None, eos_token_id=None)
+PROBE_WINDOW, PROBE_TOKENS = 2, 6
 
 
 def rope_theta_of(hf_config: Any) -> float:
-    """The RoPE base of a transformers config; refuses every RoPE variant seqzoo does not compute."""
+    """The RoPE base of a transformers config; refuses a scaled RoPE, which seqzoo does not compute (a partial rotary
+    factor: :func:`check_partial_rotary_factor`)."""
     parameters = getattr(hf_config, "rope_parameters", None) or {}
     legacy = getattr(hf_config, "rope_scaling", None) or {}
     rope_type = parameters.get("rope_type", legacy.get("rope_type", legacy.get("type", "default")))
@@ -60,23 +70,101 @@ def rope_theta_of(hf_config: Any) -> float:
             f"the source uses rope_parameters.rope_type={rope_type!r}; seqzoo's Transformer computes plain RoPE "
             f"(rope_type 'default') only, so its logits would differ beyond the original context"
         )
-    factor = parameters.get("partial_rotary_factor", getattr(hf_config, "partial_rotary_factor", 1.0))
-    if factor not in (None, 1, 1.0):
-        raise ValueError(f"the source uses partial_rotary_factor={factor!r}; seqzoo rotates every channel of a "
-                         f"head (1.0)")
     theta = parameters.get("rope_theta", getattr(hf_config, "rope_theta", None))
     return 10000.0 if theta is None else float(theta)
 
 
+def source_class_reads(hf_config: Any, setting: dict[str, Any], neutral: dict[str, Any]) -> tuple[bool, str]:
+    """(whether, class name): whether transformers' own class for ``hf_config`` computes other logits with the fields
+    ``setting`` than with ``neutral`` (the same fields set so that they change nothing), measured on two tiny models
+    of that class with the config's layer pattern and the same random weights. Asked of the installed transformers
+    rather than assumed per model type: its classes differ in the fields they read (5.24's Llama reads neither
+    ``sliding_window`` nor ``partial_rotary_factor``, its Mistral reads ``sliding_window``), and a release may change
+    that."""
+    from transformers import AutoModelForCausalLM
+
+    head_dim = getattr(hf_config, "head_dim", None) or hf_config.hidden_size // hf_config.num_attention_heads
+    ids = torch.arange(PROBE_TOKENS)[None] % PROBE_SIZES["vocab_size"]
+    logits, name = [], ""
+    for changes in (setting, neutral):
+        config = copy.deepcopy(hf_config)
+        for field, value in {**PROBE_SIZES, "hidden_size": head_dim, "head_dim": head_dim, **changes}.items():
+            setattr(config, field, value)
+        with torch.random.fork_rng(devices=[]):  # (its initialisation must not move the caller's random stream)
+            model = AutoModelForCausalLM.from_config(config, attn_implementation="eager", dtype=torch.float32)
+        generator = torch.Generator().manual_seed(0)
+        with torch.no_grad():
+            for parameter in model.parameters():
+                parameter.copy_(torch.randn(parameter.shape, generator=generator) * 0.5)
+            logits.append(model.eval()(ids).logits)
+        name = type(model).__name__
+    return not torch.equal(*logits), name
+
+
+def partial_rotary_factor_of(hf_config: Any) -> Any:
+    """The source's ``partial_rotary_factor`` (where transformers keeps it: in ``rope_parameters``, the legacy
+    ``rope_scaling`` or the config itself); 1.0 without one."""
+    parameters = getattr(hf_config, "rope_parameters", None) or {}
+    legacy = getattr(hf_config, "rope_scaling", None) or {}
+    return parameters.get("partial_rotary_factor",
+                          legacy.get("partial_rotary_factor", getattr(hf_config, "partial_rotary_factor", 1.0)))
+
+
+def check_partial_rotary_factor(hf_config: Any) -> None:
+    """Refuse a ``partial_rotary_factor`` below 1.0 that the source's transformers class computes (it rotates only
+    that share of each head's channels; seqzoo rotates them all); one it ignores is left out, with a warning."""
+    factor = partial_rotary_factor_of(hf_config)
+    if factor in (None, 1, 1.0):
+        return
+    neutral = {}  # the factor 1.0 wherever the config holds one
+    for field in ("rope_parameters", "rope_scaling"):  # (5.24's rope_scaling is rope_parameters under an old name)
+        parameters = getattr(hf_config, field, None)
+        if isinstance(parameters, dict) and "partial_rotary_factor" in parameters:
+            neutral[field] = {**parameters, "partial_rotary_factor": 1.0}
+            break
+    if hasattr(hf_config, "partial_rotary_factor"):
+        neutral["partial_rotary_factor"] = 1.0
+    reads, name = source_class_reads(hf_config, {}, neutral)
+    if reads:
+        raise ValueError(f"the source uses partial_rotary_factor={factor!r}, and transformers' {name} rotates only "
+                         f"that share of each head's channels; seqzoo rotates every channel of a head (1.0)")
+    logger.warning("the source's config sets partial_rotary_factor=%r, which transformers' %s ignores (it rotates "
+                   "every channel of a head, as the converted model does); left out", factor, name)
+
+
 def sliding_layers(hf_config: Any) -> list[int]:
-    """The layers transformers computes with a sliding window: every layer of a Mistral whose ``sliding_window`` is
-    set; those of a Qwen2 that its ``layer_types`` name ``sliding_attention`` (with ``use_sliding_window``, from
-    layer ``max_window_layers`` on: none where that is the number of layers or more)."""
+    """The layers the config gives a sliding window: with ``sliding_window`` set, those its ``layer_types`` name
+    ``sliding_attention`` (a Qwen2 with ``use_sliding_window``, from layer ``max_window_layers`` on: none where that
+    is the number of layers or more), every layer of a config without ``layer_types`` (Mistral, Llama)."""
     if getattr(hf_config, "sliding_window", None) is None:
         return []
-    if hf_config.model_type == "qwen2":
-        return [i for i, kind in enumerate(hf_config.layer_types) if kind == "sliding_attention"]
-    return list(range(hf_config.num_hidden_layers))
+    layer_types = getattr(hf_config, "layer_types", None)
+    if layer_types is None:
+        return list(range(hf_config.num_hidden_layers))
+    return [i for i, kind in enumerate(layer_types) if kind == "sliding_attention"]
+
+
+def check_sliding_window(hf_config: Any) -> None:
+    """Refuse a ``sliding_window`` that the source's transformers class computes in some layer (seqzoo attends over
+    the whole context); one it ignores (5.24's Llama) is left out, with a warning."""
+    sliding = sliding_layers(hf_config)
+    if not sliding:
+        return
+    window = hf_config.sliding_window
+    reads, name = source_class_reads(hf_config, {"sliding_window": PROBE_WINDOW}, {"sliding_window": PROBE_TOKENS})
+    if reads:
+        where = "" if getattr(hf_config, "layer_types", None) is None else \
+            f" in layers {show([str(i) for i in sliding])} (layer_types)"
+        raise ValueError(
+            f"the source uses sliding_window={window!r}{where}; seqzoo's Transformer attends over the whole context, "
+            f"transformers' {name} over the last {window} tokens only. For a checkpoint that will only see contexts "
+            f"of at most {window} tokens (where the two agree), set sliding_window to null in its config.json and "
+            f"convert again"
+        )
+    logger.warning("the source's config sets sliding_window=%r, which transformers' %s ignores in its forward pass "
+                   "(it attends over the whole context, as the converted model does); left out. (transformers' "
+                   "generate() may still attend to only the last %r tokens when it decodes with its cache, so its "
+                   "own generations past that many tokens differ from its forward pass)", window, name, window)
 
 
 def without_disabled_biases(hf_config: Any, stated: Any, source: SourceWeights) -> SourceWeights:
@@ -112,15 +200,9 @@ def config_from_llama(hf_config: Any, source: Any = None) -> Any:
     from seqzoo.models.transformer.configuration_transformer import ACTIVATIONS
 
     model_type = hf_config.model_type
-    sliding = sliding_layers(hf_config)
-    if sliding:
-        window = hf_config.sliding_window
-        where = "" if model_type != "qwen2" else f" in layers {show([str(i) for i in sliding])} (layer_types)"
-        raise ValueError(
-            f"the source uses sliding_window={window!r}{where}; seqzoo's Transformer attends over the whole context. "
-            f"For a checkpoint that will only see contexts of at most {window} tokens (where the two agree), set "
-            f"sliding_window to null in its config.json and convert again"
-        )
+    rope_theta = rope_theta_of(hf_config)  # (a scaled RoPE is refused before its partial factor is looked at)
+    check_partial_rotary_factor(hf_config)
+    check_sliding_window(hf_config)
     act = hf_config.hidden_act
     if act not in ACTIVATIONS:
         raise ValueError(f"the source uses hidden_act={act!r}; seqzoo's Transformer supports {', '.join(ACTIVATIONS)}")
@@ -140,7 +222,7 @@ def config_from_llama(hf_config: Any, source: Any = None) -> Any:
         num_key_value_heads=getattr(hf_config, "num_key_value_heads", None) or heads,
         head_dim=getattr(hf_config, "head_dim", None) or hf_config.hidden_size // heads,
         max_position_embeddings=hf_config.max_position_embeddings,
-        rope_theta=rope_theta_of(hf_config),
+        rope_theta=rope_theta,
         hidden_act=act,
         attention_bias=attention_bias,
         mlp_bias=mlp_bias,
@@ -243,5 +325,6 @@ def native_weights(state_dict: dict[str, torch.Tensor], config: Any) -> dict[str
     return out
 
 
-__all__ = ["config_from_llama", "convert_llama", "convert_llama_folder", "native_config", "native_weights",
-           "rope_theta_of", "seqzoo_weights", "sliding_layers", "without_disabled_biases"]
+__all__ = ["check_partial_rotary_factor", "check_sliding_window", "config_from_llama", "convert_llama",
+           "convert_llama_folder", "native_config", "native_weights", "partial_rotary_factor_of", "rope_theta_of",
+           "seqzoo_weights", "sliding_layers", "source_class_reads", "without_disabled_biases"]

@@ -94,9 +94,16 @@ def register_world_tokenizer() -> None:
 
 
 def save_world_tokenizer(destination: str | Path) -> RWKVWorldTokenizer:
-    """Save the World tokenizer into ``destination`` (beside a converted model) and return it."""
+    """Save the World tokenizer into ``destination`` (beside a converted model) and return it, whole or not at all,
+    as the converters write (:func:`seqzoo.conversions.checkpoints.staged_destination`): its files are written in a
+    folder beside ``destination`` and moved in only once all are, so a failure (a full disk, a missing rwkv package)
+    leaves ``destination`` as it was. Written in place, a full disk left a tokenizer_config.json naming the World
+    tokenizer without its vocabulary, and the model folder's tokenizer no longer loaded."""
+    from seqzoo.conversions.checkpoints import staged_destination
+
     tokenizer = world_tokenizer()
-    tokenizer.save_pretrained(destination)
+    with staged_destination(destination) as staging:
+        tokenizer.save_pretrained(staging)
     return tokenizer
 
 

@@ -246,3 +246,41 @@ def test_the_world_tokenizer_is_written_with_the_model_or_neither_is(kind, tmp_p
     assert seqzoo_main(argv) == 0
     written = {path.name for path in (tmp_path / "out").iterdir()}
     assert {"config.json", "model.safetensors", "rwkv_world_vocab.json"} <= written
+
+
+@pytest.mark.parametrize("destination", ["new", "a model folder"])
+def test_save_world_tokenizer_failing_midway_leaves_the_destination_as_it_was(destination, sources, tmp_path,
+                                                                              monkeypatch):
+    """The public helper wrote in place: a full disk after tokenizer_config.json left a model folder whose tokenizer
+    config named the World tokenizer without its vocabulary (and the folder's own tokenizer config replaced)."""
+    pytest.importorskip("rwkv", reason="BlinkDL's rwkv package is not installed (pip install rwkv)")
+    from seqzoo.conversions.tokenization_rwkv_world import RWKVWorldTokenizer
+    from seqzoo.conversions.world_tokenizer import save_world_tokenizer
+
+    out = tmp_path / "out"
+    if destination == "a model folder":  # (a converted model with its source's tokenizer: the helper's use)
+        assert seqzoo_main(["convert", "llama", str(sources("llama")), str(out)]) == 0
+        assert (out / "tokenizer_config.json").is_file()
+    before = fingerprint(out) if out.exists() else None
+    written = []
+
+    def vocabulary_on_a_full_disk(self, save_directory, filename_prefix=None):
+        written.extend(os.listdir(save_directory))  # (what save_pretrained wrote before it)
+        raise no_space(os.path.join(save_directory, "rwkv_world_vocab.json"))
+
+    with monkeypatch.context() as patch:
+        patch.setattr(RWKVWorldTokenizer, "save_vocabulary", vocabulary_on_a_full_disk)
+        with pytest.raises(OutputError, match=rf"^cannot write {out}: No space left on device "
+                                              rf"\({out / 'rwkv_world_vocab.json'}\); nothing was left there$"):
+            save_world_tokenizer(out)
+    assert "tokenizer_config.json" in written, "the failure must come halfway, after a file is written"
+    assert (fingerprint(out) if out.exists() else None) == before
+    assert sorted(path.name for path in tmp_path.iterdir()) == (["out"] if out.exists() else [])  # no partial folder
+
+    tokenizer = save_world_tokenizer(out)
+    assert AutoTokenizer.from_pretrained(out)("Hello").input_ids == tokenizer("Hello").input_ids
+    if before is not None:  # (the model's files stay beside it)
+        after = fingerprint(out)
+        assert {name: after[name] for name in ("config.json", "model.safetensors")} == \
+            {name: before[name] for name in ("config.json", "model.safetensors")}
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["out"]

@@ -190,12 +190,11 @@ def test_converted_model_does_not_share_memory_with_the_source():
         (lambda: llama(hidden_act="gelu_fast"), r"hidden_act='gelu_fast'"),
         (lambda: gpt2(scale_attn_weights=False), r"scale_attn_weights=False"),
         (lambda: gpt2(scale_attn_by_inverse_layer_idx=True), r"scale_attn_by_inverse_layer_idx=True"),
-        (lambda: llama(partial_rotary_factor=0.5), r"partial_rotary_factor=0.5; seqzoo rotates every channel"),
         (lambda: gpt2(activation_function="quick_gelu"), r"activation_function='quick_gelu'; seqzoo's Transformer "
                                                          r"supports relu, gelu"),
     ],
     ids=["rope-scaling", "sliding-window", "qwen2-sliding-window", "activation", "unscaled-attention",
-         "layer-scaled-attention", "partial-rotary", "gpt2-activation"],
+         "layer-scaled-attention", "gpt2-activation"],
 )
 def test_what_does_not_map_is_refused_naming_the_field(make, message):
     peer = make()
