@@ -10,13 +10,43 @@ from typing import Any
 
 from seqzoo.utils import bounded_int, training_seed
 
-# The memory tasks, by name (seqzoo.training.data.TASKS, which a test keeps equal). Spelled out here so that the
-# parser, and `seqzoo lab --help`, need no torch.
+# The options' values are checked here, by argparse, so that a bad one is named as typed (`--steps`), not by the
+# setting it fills (LabConfig.task_steps, whose own check names the field for the Python API).
 # --workers: a count of processes, 0 for one per available core.
 worker_count = bounded_int(0, None, "a number of processes >= 1, or 0 for one per core")
+step_count = bounded_int(1, None, "a number of training steps >= 1")
+memory_distance = bounded_int(1, None, "a distance in tokens >= 1")
+words_per_text = bounded_int(2, None, "a number of words >= 2")
+gradient_length = bounded_int(2, None, "a sequence length >= 2 tokens")
+
+
+def learning_rate(text: str) -> float:
+    """An argparse type: a learning rate in (0, 1) (nan and inf are not)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not 0 < value < 1:  # (False for nan)
+        raise argparse.ArgumentTypeError(f"{text} is out of range: a learning rate in (0, 1)")
+    return value
+
+
+class Distinct(argparse.Action):
+    """A list option whose values must differ (--distances, --seeds, --tasks, --rates): each value names runs, or a
+    column of the report, so a repeat is a mistake (which the lab's settings refused naming their own fields)."""
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: Any,
+                 option_string: str | None = None) -> None:
+        repeated = [value for i, value in enumerate(values) if value in values[:i]]
+        if repeated:
+            raise argparse.ArgumentError(self, f"{' '.join(map(str, dict.fromkeys(repeated)))} given more than "
+                                               "once: give each value once")
+        setattr(namespace, self.dest, values)
 
 
 SEQ2SEQ_LAB_TASKS = ("reverse", "copy", "sort", "digits")  # the seq2seq tasks whose sources grow
+# The memory tasks, by name (seqzoo.training.data.TASKS, which a test keeps equal). Spelled out here so that the
+# parser, and `seqzoo lab --help`, need no torch.
 TASK_NAMES = ("copy", "selective_copy", "associative_recall", "induction")
 BIDIRECTIONAL_TASKS = ("appears_later", "first_letter")  # seqzoo.lab.bidirectional.TASKS (a test keeps them equal)
 ARCHITECTURES_HELP = ("architectures to include (default: every registered one; the names in the architecture column "
@@ -47,16 +77,17 @@ def register(subparsers: Any) -> None:
     p.add_argument("--smoke", action="store_true", help="a seconds-long run of every code path (for CI); its "
                    "figures mean nothing")
     p.add_argument("--architectures", nargs="+", metavar="ARCH", help=ARCHITECTURES_HELP)
-    p.add_argument("--tasks", nargs="+", choices=TASK_NAMES, metavar="TASK",
+    p.add_argument("--tasks", nargs="+", choices=TASK_NAMES, metavar="TASK", action=Distinct,
                    help=f"memory tasks (default: all: {' '.join(TASK_NAMES)})")
-    p.add_argument("--distances", nargs="+", type=int, metavar="D",
+    p.add_argument("--distances", nargs="+", type=memory_distance, metavar="D", action=Distinct,
                    help="distances in tokens between what is stored and when it is asked for (default: 4 16 64)")
-    p.add_argument("--seeds", nargs="+", type=training_seed, metavar="SEED",
+    p.add_argument("--seeds", nargs="+", type=training_seed, metavar="SEED", action=Distinct,
                    help="seeds of the memory-task models; the spread across them is reported (default: 0 1 2)")
-    p.add_argument("--steps", type=int,
+    p.add_argument("--steps", type=step_count,
                    help="training steps of every memory-task model (default: per task, from the lab's recipes)")
-    p.add_argument("--text-steps", type=int, help="training steps of every text model (default: from the recipes)")
-    p.add_argument("--lr", type=float,
+    p.add_argument("--text-steps", type=step_count,
+                   help="training steps of every text model (default: from the recipes)")
+    p.add_argument("--lr", type=learning_rate,
                    help="one learning rate for every run (default: each architecture's rate from the recipes)")
     p.add_argument("--workers", type=worker_count,
                    help="parallel single-threaded training processes (default: one per core, at most 8)")
@@ -68,7 +99,7 @@ def register(subparsers: Any) -> None:
                        description="How far back does the gradient reach at initialisation? Seconds of work.")
     g.add_argument("--out", default="lab-gradients",
                    help="folder for gradients.md and gradients.png (default: lab-gradients)")
-    g.add_argument("--length", type=int, default=256, help="sequence length in tokens (default: 256)")
+    g.add_argument("--length", type=gradient_length, default=256, help="sequence length in tokens (default: 256)")
     g.add_argument("--architectures", nargs="+", metavar="ARCH", help=ARCHITECTURES_HELP)
     g.add_argument("--seed", type=training_seed, default=0, help="seed of the model and the input (default: 0)")
     g.add_argument("--force", action="store_true", help="replace gradients.md / gradients.png already in --out")
@@ -81,10 +112,10 @@ def register(subparsers: Any) -> None:
     s.add_argument("--force", action="store_true", help="replace the seq2seq report already in --out")
     s.add_argument("--larger", action="store_true", help="all four tasks, longer sources, 3x the steps")
     s.add_argument("--smoke", action="store_true", help="a seconds-long run of every code path (for CI)")
-    s.add_argument("--tasks", nargs="+", choices=SEQ2SEQ_LAB_TASKS, metavar="TASK",
+    s.add_argument("--tasks", nargs="+", choices=SEQ2SEQ_LAB_TASKS, metavar="TASK", action=Distinct,
                    help=f"{' '.join(SEQ2SEQ_LAB_TASKS)} (default: reverse digits; a task of growing sources: the "
                         "fixed-length 'dates' task of seqzoo train has no source length to grow)")
-    s.add_argument("--steps", type=int, help="training steps per model (default: 200)")
+    s.add_argument("--steps", type=step_count, help="training steps per model (default: 200)")
     s.add_argument("--workers", type=worker_count, help="parallel single-threaded training processes")
     s.add_argument("--seed", type=training_seed, default=None, help="seed (default: 0)")
     s.set_defaults(func=cmd_seq2seq)
@@ -102,10 +133,11 @@ def register(subparsers: Any) -> None:
     b.add_argument("--smoke", action="store_true", help="a seconds-long run of every code path (for CI)")
     b.add_argument("--architectures", nargs="+", metavar="ARCH",
                    help="architectures (default: every one that can be bidirectional: rnn lstm gru mamba mamba2 rwkv7)")
-    b.add_argument("--tasks", nargs="+", choices=BIDIRECTIONAL_TASKS, metavar="TASK",
+    b.add_argument("--tasks", nargs="+", choices=BIDIRECTIONAL_TASKS, metavar="TASK", action=Distinct,
                    help=f"tasks (default: both: {' '.join(BIDIRECTIONAL_TASKS)})")
-    b.add_argument("--distances", nargs="+", type=int, metavar="WORDS", help="words per text (default: 8 16 32)")
-    b.add_argument("--steps", type=int, help="training steps per model (default: 150)")
+    b.add_argument("--distances", nargs="+", type=words_per_text, metavar="WORDS", action=Distinct,
+                   help="words per text (default: 8 16 32)")
+    b.add_argument("--steps", type=step_count, help="training steps per model (default: 150)")
     b.add_argument("--workers", type=worker_count, help="parallel single-threaded training processes")
     b.add_argument("--seed", type=training_seed, default=None, help="seed (default: 0)")
     b.set_defaults(func=cmd_bidirectional)
@@ -117,7 +149,8 @@ def register(subparsers: Any) -> None:
     s.add_argument("--out", default="lab-sweep", help="folder for sweep.md and results.json (default: lab-sweep)")
     s.add_argument("--force", action="store_true", help="replace the sweep already in --out")
     s.add_argument("--architectures", nargs="+", metavar="ARCH", help=ARCHITECTURES_HELP)
-    s.add_argument("--rates", nargs="+", type=float, metavar="LR", help="learning rates (default: 3e-3 1e-2 3e-2)")
+    s.add_argument("--rates", nargs="+", type=learning_rate, metavar="LR", action=Distinct,
+                   help="learning rates (default: 3e-3 1e-2 3e-2)")
     s.add_argument("--workers", type=worker_count, help="parallel single-threaded training processes")
     s.add_argument("--device", default="cpu", choices=["cpu", "cuda"],
                    help="where the runs train (default: cpu; rates found on cuda carry over: same models, same data)")
@@ -188,8 +221,6 @@ def cmd_gradients(args: argparse.Namespace) -> int:
     from seqzoo.lab.report import markdown_table
     from seqzoo.lab.runner import lab_presets
 
-    if args.length < 2:
-        raise ValueError(f"--length={args.length} is invalid: must be >= 2")
     out = Path(args.out)
     if out.exists() and not out.is_dir():
         raise ValueError(f"{str(out)!r} is a file; choose a folder for --out")

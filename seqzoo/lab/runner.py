@@ -62,11 +62,7 @@ class LabConfig:
     @classmethod
     def smoke(cls, **overrides: Any) -> "LabConfig":
         """Every code path, seconds of work: for CI."""
-        values = dict(distances=[2, 6], seeds=[0, 1], task_steps=6, text_steps=6, batch_size=8, text_seq_len=32,
-                      warmup_steps=2, eval_samples=16, text_evaluations=2, sample_tokens=8,
-                      decode_contexts=[16, 64], gradient_length=32, items=2, is_smoke=True)
-        values.update(overrides)
-        return cls(**values)
+        return cls(**{**SMOKE_SETTINGS, **overrides})
 
     def validate(self) -> None:
         unknown = [t for t in self.tasks if t not in TASKS]
@@ -118,6 +114,16 @@ class LabConfig:
 
     def lr_for(self, arch: str, task: str) -> float:
         return self.lr or recipes.learning_rate(arch, "text" if task == TEXT else "memory")
+
+
+SMOKE_SETTINGS: dict[str, Any] = dict(
+    distances=[2, 6], seeds=[0, 1], task_steps=6, text_steps=6, batch_size=8, text_seq_len=32, warmup_steps=2,
+    eval_samples=16, text_evaluations=2, sample_tokens=8, decode_contexts=[16, 64], gradient_length=32, items=2,
+    is_smoke=True)
+# The `seqzoo lab` option that sets each setting, for the messages a user of the command reads (--resume's).
+SETTING_OPTIONS = {"architectures": "--architectures", "tasks": "--tasks", "distances": "--distances",
+                   "seeds": "--seeds", "task_steps": "--steps", "text_steps": "--text-steps", "lr": "--lr",
+                   "workers": "--workers", "is_smoke": "--smoke"}
 
 
 def lab_presets(architectures: list[str] | None = None) -> dict[str, str]:
@@ -488,8 +494,11 @@ def resumable_runs(previous: dict[str, Any], cfg: LabConfig, jobs: list[dict[str
     earlier = previous.get("config") if isinstance(previous.get("config"), dict) else {}
     mine = asdict(cfg)
     differ = [name for name in mine if name != "workers" and earlier.get(name) != mine[name]]
+    if "is_smoke" in differ:  # (the settings only --smoke sets change with it: it names them all)
+        differ = [name for name in differ if name in SETTING_OPTIONS or name not in SMOKE_SETTINGS]
     if differ:
-        changes = "; ".join(f"{name} {earlier.get(name)!r} there, {mine[name]!r} here" for name in differ)
+        changes = "; ".join(f"{_setting_name(name)} {_setting_value(name, earlier.get(name))} there, "
+                            f"{_setting_value(name, mine[name])} here" for name in differ)
         raise ValueError(f"--resume: the unfinished lab in {str(out)!r} ran with other settings ({changes}); resume "
                          "it with its own options, or pass --force (without --resume) to replace it")
     def identity(run: dict[str, Any]) -> str:
@@ -508,6 +517,21 @@ def resumable_runs(previous: dict[str, Any], cfg: LabConfig, jobs: list[dict[str
                 run[figures] = {int(distance): value for distance, value in run[figures].items()}
         kept.append(run)
     return kept
+
+
+def _setting_name(name: str) -> str:
+    """A setting as the command line sets it, and as LabConfig names it where that differs: ``--steps
+    (task_steps)``, ``--distances``, ``batch_size`` (no option)."""
+    option = SETTING_OPTIONS.get(name)
+    if option is None:
+        return name
+    return option if option[2:].replace("-", "_") == name else f"{option} ({name})"
+
+
+def _setting_value(name: str, value: Any) -> str:
+    if name == "is_smoke":  # (a flag)
+        return "given" if value else "not given"
+    return "not given" if value is None else repr(value)
 
 
 def _weights_read(path: Path) -> bool:

@@ -8,13 +8,14 @@ others (``seqzoo lab seq2seq``, ``bidirectional``).
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing
 import os
 import signal
 import threading
 import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 
 def run_in_workers(run: Callable[[dict[str, Any]], dict[str, Any]], jobs: list[dict[str, Any]], workers: int,
@@ -28,7 +29,8 @@ def run_in_workers(run: Callable[[dict[str, Any]], dict[str, Any]], jobs: list[d
     pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"), initializer=_worker_setup,
                                initargs=(device,))
     try:
-        futures = [pool.submit(run, job) for job in jobs]
+        with _sigint_held():  # (the workers start here, spawned by submit)
+            futures = [pool.submit(run, job) for job in jobs]
         for future in as_completed(futures):
             if future.cancelled():
                 continue
@@ -86,14 +88,34 @@ def run_lab_jobs(run: Callable[[dict[str, Any]], dict[str, Any]], jobs: list[dic
     return runs
 
 
+@contextlib.contextmanager
+def _sigint_held() -> Iterator[None]:
+    """SIGINT blocked in this thread while it spawns workers: a spawned process keeps the blocked mask from its
+    first instruction, so the terminal's Ctrl-C (sent to every process of its group) cannot reach a worker while
+    it imports site, seqzoo and torch (seconds), before it can ignore SIGINT (:func:`_worker_setup`); there a
+    KeyboardInterrupt printed the worker's traceback, or "Fatal Python error: init_import_site". A Ctrl-C meanwhile
+    is not lost: it stays pending for this process, and stops the lab once unblocked."""
+    if not hasattr(signal, "pthread_sigmask"):  # (Windows has no signal mask: its workers start as before)
+        yield
+        return
+    before = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, before)
+
+
 def _worker_setup(device: str = "cpu") -> None:
     """A lab worker: one thread, on the CPU (the lab compares architectures as a laptop runs them, also where a GPU
     exists) unless ``device`` is "cuda" (the sweep may run there)."""
+    # Ctrl-C reaches every process of the terminal's group; the parent alone stops the lab, so a worker neither
+    # prints a traceback nor dies half-way through writing a file. (It started with SIGINT blocked, _sigint_held:
+    # ignored from here on, it need not stay blocked.)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    if hasattr(signal, "pthread_sigmask"):
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
     import torch
 
-    # Ctrl-C reaches every process of the terminal's group; the parent alone stops the lab, so a worker neither
-    # prints a traceback nor dies half-way through writing a file.
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
     if device == "cpu":
         os.environ["ACCELERATE_USE_CPU"] = "true"
     torch.set_num_threads(1)

@@ -38,7 +38,7 @@ def test_a_lab_stopped_while_measuring_keeps_its_trained_runs_and_resumes_withou
     with pytest.raises(ValueError, match=r"unfinished lab \(failed\): its results.json records 2 finished training "
                                          r"run\(s\); run the same `seqzoo lab` command with --resume"):
         run_lab(cfg, out, log=lines.append)
-    with pytest.raises(ValueError, match=r"ran with other settings \(distances \[2\] there, \[3\] here\)"):
+    with pytest.raises(ValueError, match=r"ran with other settings \(--distances \[2\] there, \[3\] here\)"):
         run_lab(LabConfig.smoke(architectures=["rnn"], tasks=["copy"], seeds=[0], distances=[3], workers=1), out,
                 log=lines.append, resume=True)
 
@@ -152,7 +152,7 @@ def test_a_refused_resume_touches_nothing_of_the_stopped_lab(tmp_path, monkeypat
         (out / name).write_text(text)
     before = {path.name: path.read_bytes() for path in out.iterdir() if path.is_file()}
     other = LabConfig.smoke(architectures=["rnn"], tasks=["copy"], seeds=[0], distances=[3], workers=1)
-    with pytest.raises(ValueError, match=r"ran with other settings \(distances \[2\] there, \[3\] here\)"):
+    with pytest.raises(ValueError, match=r"ran with other settings \(--distances \[2\] there, \[3\] here\)"):
         run_lab(other, out, log=lambda line: None, resume=True)
     assert {path.name: path.read_bytes() for path in out.iterdir() if path.is_file()} == before
     # Resumed with its own settings, the stopped lab's report and plots go (the new ones replace them).
