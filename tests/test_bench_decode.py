@@ -211,3 +211,13 @@ def test_steps_sets_the_length_of_each_timed_decode_loop(capsys, monkeypatch):
         runner, ids, steps))
     [result] = bench.main(["--smoke", "--families", "gru", "--steps", "3"])
     assert result["settings"]["steps"] == 3 and loops and set(loops) == {3}
+
+
+def test_head_layout_benchmark_times_the_decode_steps_product_beside(capsys):
+    bench = load_benchmark("bench_head_layout")
+    report = bench.main(["--hidden", "1024", "--vocab", "512", "--batch", "1", "--repeats", "1", "--onednn"])
+    lines = report.splitlines()
+    assert "by rows, decode step's product µs | rows / step's |" in lines[2]
+    (row,) = [line for line in lines if line.startswith("| 1024 | 512 | 1 |")]
+    cells = [cell.strip() for cell in row.strip(" |").split("|")]
+    assert len(cells) == 8 and cells[5].endswith("x") and cells[7].endswith("x") and float(cells[6]) > 0
