@@ -12,8 +12,8 @@ holds, and ``F.linear`` otherwise:
   False and every product is ``F.linear``'s), and its product agreed with ``F.linear`` on a small check the first
   time it was asked for (a torch whose private operator changed is not used);
 - plain float32 CPU tensors (no subclass: a quantised weight's own operators must run), no gradient recorded
-  (oneDNN's product has no backward), ``F.linear`` not replaced since seqzoo was imported (a profiler counting
-  its calls must see them);
+  (oneDNN's product has no backward), no autocast (``F.linear`` runs in its dtype there), ``F.linear`` not
+  replaced since seqzoo was imported (a profiler counting its calls must see them);
 - the weight stored by rows (contiguous) with at least :data:`MIN_WEIGHT_ELEMENTS` elements, and at most
   :data:`MAX_ROWS` rows of input (a prompt's thousands of rows stay with MKL's matrix product).
 
@@ -68,9 +68,10 @@ def _agrees() -> bool:
 
 def usable() -> bool:
     """Whether a decode step may run oneDNN's product now: it is in this torch and agreed with ``F.linear``, oneDNN is
-    enabled (``torch.backends.mkldnn.enabled``), no gradient is recorded, and ``F.linear`` is torch's own."""
-    return (not torch.is_grad_enabled() and torch._C._get_mkldnn_enabled() and F.linear is _F_LINEAR
-            and (_checked if _checked is not None else _agrees()))
+    enabled (``torch.backends.mkldnn.enabled``), no gradient is recorded, no autocast is on (it would run
+    ``F.linear`` in its lower precision), and ``F.linear`` is torch's own."""
+    return (not torch.is_grad_enabled() and not torch._C._is_any_autocast_enabled() and torch._C._get_mkldnn_enabled()
+            and F.linear is _F_LINEAR and (_checked if _checked is not None else _agrees()))
 
 
 def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:

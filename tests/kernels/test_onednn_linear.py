@@ -89,6 +89,9 @@ def test_f_linear_runs_where_the_conditions_do_not_hold(monkeypatch):
         stays_with_f_linear(x, weight.as_subclass(Marked))  # a quantised weight is a subclass with operators of its own
         with torch.backends.mkldnn.flags(enabled=False):
             stays_with_f_linear(x, weight)
+        with torch.autocast("cpu", dtype=torch.bfloat16):  # F.linear runs in bf16 there
+            out, calls = ran_onednn(onednn_linear.linear, x, weight)
+            assert calls == 0 and out.dtype == torch.bfloat16
         # a profiler or a library counting F.linear's calls sees every one
         seen = []
         real = F.linear
