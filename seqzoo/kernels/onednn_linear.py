@@ -11,7 +11,8 @@ holds, and ``F.linear`` otherwise:
 - oneDNN is in this torch build and enabled (``torch.backends.mkldnn.enabled``, or its ``flags()`` block: set it
   False and every product is ``F.linear``'s), and its product agreed with ``F.linear`` on a small check the first
   time it was asked for (a torch whose private operator changed is not used);
-- plain float32 CPU tensors (no subclass: a quantised weight's own operators must run), no gradient recorded
+- plain strided float32 CPU tensors (no subclass: a quantised weight's own operators must run; no sparse weight),
+  a bias (if any) of one packed vector (oneDNN reads it as packed, whatever its strides), no gradient recorded
   (oneDNN's product has no backward), no autocast (``F.linear`` runs in its dtype there), ``F.linear`` not
   replaced since seqzoo was imported (a profiler counting its calls must see them);
 - the weight stored by rows (contiguous) with at least :data:`MIN_WEIGHT_ELEMENTS` elements, and at most
@@ -53,8 +54,10 @@ def _agrees() -> bool:
     if _checked is None:
         _checked = False
         if OP_PRESENT:
+            # (float32 on the CPU whatever the default dtype and device: the check is of the operator, not of them)
             generator = torch.Generator().manual_seed(0)
-            x, weight, bias = (torch.randn(*shape, generator=generator) for shape in ((3, 40), (24, 40), (24,)))
+            x, weight, bias = (torch.randn(*shape, generator=generator, dtype=torch.float32, device="cpu")
+                               for shape in ((3, 40), (24, 40), (24,)))
             try:
                 with torch.no_grad():
                     _checked = all(
@@ -76,11 +79,15 @@ def usable() -> bool:
 
 def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
     """``F.linear(x, weight, bias)``, by oneDNN where the module docstring's conditions hold. ``x``: (..., in)."""
-    if (weight.numel() >= MIN_WEIGHT_ELEMENTS and type(weight) in _PLAIN and type(x) is torch.Tensor
+    # (oneDNN reads the bias as packed: one of other strides or a broadcast one computed other values, or read past its
+    # end; a sparse weight has no strides to ask about)
+    if (type(weight) in _PLAIN and type(x) is torch.Tensor and weight.layout == torch.strided
+            and x.layout == torch.strided and weight.dim() == 2 and weight.numel() >= MIN_WEIGHT_ELEMENTS
             and weight.dtype == torch.float32 and x.dtype == torch.float32 and weight.device.type == "cpu"
             and x.device.type == "cpu" and weight.is_contiguous() and x.dim() >= 2
-            and (bias is None or (type(bias) in _PLAIN and bias.dtype == torch.float32 and bias.dim() == 1
-                                  and bias.device.type == "cpu"))
+            and (bias is None or (type(bias) in _PLAIN and bias.layout == torch.strided
+                                  and bias.dtype == torch.float32 and bias.shape == weight.shape[:1]
+                                  and bias.device.type == "cpu" and bias.is_contiguous()))
             and usable()):
         rows = x.reshape(-1, x.shape[-1])
         if 0 < rows.shape[0] <= MAX_ROWS and rows.shape[1] == weight.shape[1]:
@@ -94,7 +101,7 @@ if OP_PRESENT:
         """``F.linear(x, weight)`` of a (B, in) ``x`` without bias, for TorchScript: by oneDNN where ``onednn`` (the
         caller's :func:`usable` and plain float32 CPU tensors) and the weight's size, layout and the rows allow."""
         # (TorchScript reads no module constants: MIN_WEIGHT_ELEMENTS and MAX_ROWS written out, held equal by a test)
-        if (onednn and weight.numel() >= 524288 and weight.is_contiguous()
+        if (onednn and weight.layout == torch.strided and weight.numel() >= 524288 and weight.is_contiguous()
                 and 0 < x.size(0) <= 16 and x.is_contiguous()):
             no_scalars = torch.jit.annotate(List[Optional[Union[int, float, complex]]], [])
             return torch.ops.mkldnn._linear_pointwise(x, weight, None, "none", no_scalars, "")

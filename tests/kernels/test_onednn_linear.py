@@ -15,7 +15,8 @@ from tests.conftest import tiny_model
 
 pytestmark = [pytest.mark.skipif(not onednn_linear.OP_PRESENT, reason="this torch has no oneDNN linear"),
               # (torch.backends.mkldnn.flags() warns that TF32 on oneDNN is for Intel GPUs, whatever it is asked)
-              pytest.mark.filterwarnings("ignore:TF32 acceleration on top of oneDNN:UserWarning")]
+              pytest.mark.filterwarnings("ignore:TF32 acceleration on top of oneDNN:UserWarning"),
+              pytest.mark.filterwarnings("ignore:Sparse CSR tensor support is in beta state:UserWarning")]
 
 
 @pytest.fixture(autouse=True)
@@ -100,6 +101,36 @@ def test_f_linear_runs_where_the_conditions_do_not_hold(monkeypatch):
         assert calls == 0 and seen == [1]
         monkeypatch.setattr(F, "linear", real)
         assert ran_onednn(onednn_linear.linear, x, weight)[1] == 1
+
+
+def test_a_bias_oneDNN_would_misread_and_a_sparse_weight_stay_with_f_linear():
+    """oneDNN reads a bias as packed: one of other strides computed other logits, a broadcast one read past its end.
+    A sparse weight has no strides: asking whether it is contiguous raised, with oneDNN off too."""
+    x, weight = random(2, 1024), random(768, 1024, seed=1)
+    with torch.no_grad():
+        for bias in (random(768, 2, seed=2)[:, 0], random(1536, seed=2)[::2], torch.ones(1).expand(768),
+                     random(1, seed=2)):
+            stays_with_f_linear(x, weight, bias)
+        for enabled in (True, False):
+            with torch.backends.mkldnn.flags(enabled=enabled):
+                stays_with_f_linear(x, weight.to_sparse_csr())
+        scripted = torch.jit.script(onednn_linear.scripted_linear)
+        out, calls = ran_onednn(scripted, x, weight.to_sparse_csr(), True)
+        assert calls == 0
+        torch.testing.assert_close(out, F.linear(x, weight), rtol=1e-5, atol=1e-4)
+
+
+def test_the_first_check_holds_whatever_the_default_dtype(monkeypatch):
+    """The operator's check at first use builds float32 tensors itself: run first under another default dtype, it
+    passed the operator over for the whole process."""
+    monkeypatch.setattr(onednn_linear, "_checked", None)
+    before = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    try:
+        with torch.no_grad():
+            assert onednn_linear.usable()
+    finally:
+        torch.set_default_dtype(before)
 
 
 class Marked(torch.Tensor):
