@@ -48,7 +48,8 @@ def register(sub: Any) -> None:
     p.add_argument("--weight-layout", choices=["auto", "rows", "columns"], default="auto",
                    help="columns: store every weight matrix by columns (the vocabulary head's included), faster for "
                         "one sequence on CPU (model.set_weight_layout; see BENCHMARKS.md); auto (default): columns "
-                        "for a seqzoo causal LM decoding one sequence on the CPU in float32, else rows")
+                        "for a seqzoo causal LM decoding one sequence on the CPU in float32 (but rows for an RWKV-7 "
+                        "768 wide or more at two threads or more, whose step then runs by oneDNN), else rows")
     p.add_argument("--head-layout", choices=["rows", "columns"],
                    help="the vocabulary head's alone (after --weight-layout): columns is faster for one sequence on "
                         "CPU with a large vocabulary (model.set_head_layout; see BENCHMARKS.md)")
@@ -432,9 +433,19 @@ def _columns_pay(model: Any, seq2seq: bool, device: Any, args: argparse.Namespac
     sequence decoding, on the CPU, in float32: 1.03-1.48x a step for every causal family but the Elman RNN, which is
     the same either way; BENCHMARKS.md, "Every weight matrix by columns"). A one-shot command trains nothing after,
     so the layout's caveats for optimizers do not arise. Rows for beams (a batch), other dtypes and devices, an
-    encoder-decoder, a model of another library, and weights that are not plain tensors (quantised)."""
+    encoder-decoder, a model of another library, and weights that are not plain tensors (quantised). Rows, too, for
+    an RWKV-7 whose square maps are large enough for its step to multiply them by oneDNN (768 wide and up), at two
+    threads or more: by rows its step then runs every large product by oneDNN, on every thread, where MKL's product
+    by columns ran on one (BENCHMARKS.md, run AI: 768 / 12 / 65536 at two threads 32-37 against 39-42 ms a token; at
+    one thread columns stays ahead, 41 against 44)."""
     import torch
 
+    from seqzoo.kernels import onednn_linear
+    from seqzoo.models.rwkv7.configuration_rwkv7 import RWKV7Config
+
+    if (isinstance(getattr(model, "config", None), RWKV7Config) and torch.get_num_threads() >= 2
+            and model.config.hidden_size ** 2 >= onednn_linear.MIN_WEIGHT_ELEMENTS and onednn_linear.available()):
+        return False
     return (not seq2seq and callable(getattr(model, "set_weight_layout", None)) and torch.device(device).type == "cpu"
             and args.dtype == "float32" and args.num_beams == 1
             and all(type(p) is torch.nn.Parameter for p in model.parameters()))

@@ -335,6 +335,34 @@ def test_weight_layout_auto_keeps_rows_off_the_cpu_and_for_weights_that_are_not_
     assert not _columns_pay(model, False, "cpu", args)
 
 
+def test_weight_layout_auto_keeps_rows_for_an_rwkv7_whose_step_runs_by_onednn(monkeypatch):
+    # At two threads or more, a 768-wide RWKV-7's step by rows runs its large products by oneDNN on every thread, and
+    # was measured faster than by columns (BENCHMARKS.md, run AI); narrower, at one thread, or without oneDNN, columns.
+    import argparse
+
+    from seqzoo.generate_cli import _columns_pay
+    from seqzoo.kernels import onednn_linear
+    from tests.conftest import tiny_model
+
+    args = argparse.Namespace(dtype="float32", num_beams=1)
+    wide = tiny_model("rwkv7-tiny", hidden_size=768, num_hidden_layers=1, head_size=64, intermediate_size=64,
+                      vocab_size=50)
+    narrow = tiny_model("rwkv7-tiny", hidden_size=512, num_hidden_layers=1, head_size=64, intermediate_size=64,
+                        vocab_size=50)
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        assert _columns_pay(narrow, False, "cpu", args)
+        assert _columns_pay(wide, False, "cpu", args) is (not onednn_linear.available())
+        if onednn_linear.available():
+            with torch.backends.mkldnn.flags(enabled=False):
+                assert _columns_pay(wide, False, "cpu", args)
+        torch.set_num_threads(1)
+        assert _columns_pay(wide, False, "cpu", args)
+    finally:
+        torch.set_num_threads(before)
+
+
 def test_an_os_error_is_the_users_one_line_naming_the_file(capsys, monkeypatch):
     # (a missing or unreadable file is the input's fault: status 2 and its name, not "an unexpected ... report it")
     import seqzoo.cli as cli

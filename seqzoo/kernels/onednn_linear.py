@@ -69,6 +69,12 @@ def _agrees() -> bool:
     return _checked
 
 
+def available() -> bool:
+    """Whether oneDNN's product can run in this process as things are set (in this torch, agreed with ``F.linear``,
+    oneDNN enabled), whatever the gradient and autocast modes of the moment (:func:`usable` asks those too)."""
+    return OP_PRESENT and torch._C._get_mkldnn_enabled() and (_checked if _checked is not None else _agrees())
+
+
 def usable() -> bool:
     """Whether a decode step may run oneDNN's product now: it is in this torch and agreed with ``F.linear``, oneDNN is
     enabled (``torch.backends.mkldnn.enabled``), no gradient is recorded, no autocast is on (it would run
@@ -112,4 +118,4 @@ else:
         return F.linear(x, weight)
 
 
-__all__ = ["MAX_ROWS", "MIN_WEIGHT_ELEMENTS", "OP_PRESENT", "linear", "scripted_linear", "usable"]
+__all__ = ["MAX_ROWS", "MIN_WEIGHT_ELEMENTS", "OP_PRESENT", "available", "linear", "scripted_linear", "usable"]
