@@ -53,7 +53,7 @@ def _agrees() -> bool:
     global _checked
     if _checked is None:
         _checked = False
-        if OP_PRESENT:
+        if OP_PRESENT:  # (its result is kept: every decode step asks)
             # (float32 on the CPU whatever the default dtype and device: the check is of the operator, not of them)
             generator = torch.Generator().manual_seed(0)
             x, weight, bias = (torch.randn(*shape, generator=generator, dtype=torch.float32, device="cpu")
@@ -70,25 +70,26 @@ def _agrees() -> bool:
 
 
 def available() -> bool:
-    """Whether oneDNN's product can run in this process as things are set (in this torch, agreed with ``F.linear``,
-    oneDNN enabled), whatever the gradient and autocast modes of the moment (:func:`usable` asks those too)."""
-    return OP_PRESENT and torch._C._get_mkldnn_enabled() and (_checked if _checked is not None else _agrees())
+    """Whether oneDNN's product can run in this process as things are set: it is in this torch and agreed with
+    ``F.linear``, and oneDNN is enabled (``torch.backends.mkldnn.enabled``), whatever the gradient and autocast modes
+    of the moment (RWKV-7's step has checked those itself; :func:`usable` asks them too)."""
+    return OP_PRESENT and torch._C._get_mkldnn_enabled() and _agrees()
 
 
 def usable() -> bool:
-    """Whether a decode step may run oneDNN's product now: it is in this torch and agreed with ``F.linear``, oneDNN is
-    enabled (``torch.backends.mkldnn.enabled``), no gradient is recorded, no autocast is on (it would run
-    ``F.linear`` in its lower precision), and ``F.linear`` is torch's own."""
-    return (not torch.is_grad_enabled() and not torch._C._is_any_autocast_enabled() and torch._C._get_mkldnn_enabled()
-            and F.linear is _F_LINEAR and (_checked if _checked is not None else _agrees()))
+    """Whether a decode step may run oneDNN's product now: :func:`available`, no gradient is recorded, no autocast is
+    on (it would run ``F.linear`` in its lower precision), and ``F.linear`` is torch's own."""
+    return (not torch.is_grad_enabled() and not torch._C._is_any_autocast_enabled() and F.linear is _F_LINEAR
+            and available())
 
 
 def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
     """``F.linear(x, weight, bias)``, by oneDNN where the module docstring's conditions hold. ``x``: (..., in)."""
     # (oneDNN reads the bias as packed: one of other strides or a broadcast one computed other values, or read past its
     # end; a sparse weight has no strides to ask about)
-    if (type(weight) in _PLAIN and type(x) is torch.Tensor and weight.layout == torch.strided
-            and x.layout == torch.strided and weight.dim() == 2 and weight.numel() >= MIN_WEIGHT_ELEMENTS
+    # (the size first: most heads are smaller, and this runs at every decode step)
+    if (type(weight) in _PLAIN and weight.numel() >= MIN_WEIGHT_ELEMENTS and type(x) is torch.Tensor
+            and weight.layout == torch.strided and x.layout == torch.strided and weight.dim() == 2
             and weight.dtype == torch.float32 and x.dtype == torch.float32 and weight.device.type == "cpu"
             and x.device.type == "cpu" and weight.is_contiguous() and x.dim() >= 2
             and (bias is None or (type(bias) in _PLAIN and bias.layout == torch.strided

@@ -59,7 +59,8 @@ def _block_step(
 ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """One RWKV7Block on one token. x (B, C) the block's input; p its parameters in _parameters' order; shift,
     ffn_shift (B, C) and wkv (B, H, N, N) its state; v_first (B, C) layer 0's values (None in layer 0); mask (B, 1)
-    bool or None; onednn: whether the large matrix products may run by oneDNN (onednn_linear.usable()). Returns the
+    bool or None; onednn: whether the large matrix products may run by oneDNN (onednn_linear.available(): the
+    gradient, autocast and F.linear conditions of onednn_linear.usable() step_blocks has checked). Returns the
     block's output, its new attn_shift, wkv and ffn_shift, and v_first."""
     (norm_w, norm_b, x_r, x_k, x_v, x_w, x_a, x_g, w0, w1, w2, a0, a1, a2, g1, g2, k_k, k_a, r_k, receptance, key,
      value, output, ln_x_w, ln_x_b, ffn_norm_w, ffn_norm_b, ffn_x_k, ffn_key, ffn_value) = p[:30]
@@ -266,7 +267,7 @@ def step_blocks(
     shifts, wkvs, ffn_shifts = (list(column) for column in zip(*carried))
     x, shifts, wkvs, ffn_shifts = step(hidden_states[:, 0], [tensors for tensors, _ in blocks_parameters], shifts,
                                        wkvs, ffn_shifts, mask, heads, [list(eps) for _, eps in blocks_parameters],
-                                       DECAY_LOG_SCALE, onednn_linear.usable())
+                                       DECAY_LOG_SCALE, onednn_linear.available())
     new_states = [{"attn_shift": shift, "wkv": wkv, "ffn_shift": ffn_shift}
                   for shift, wkv, ffn_shift in zip(shifts, wkvs, ffn_shifts)]
     return x[:, None], new_states
