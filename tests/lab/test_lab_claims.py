@@ -15,15 +15,13 @@ import pytest
 from seqzoo.lab import report, runner
 from seqzoo.lab.folders import LOCK, claim_output, prepare_output
 from seqzoo.lab.runner import LabConfig, run_lab
+from tests.lab.resume_checks import results as _results
+from tests.lab.resume_checks import tasks_a_resume_trains
 
 
 def _cfg(**overrides) -> LabConfig:
     return LabConfig.smoke(**{"architectures": ["rnn"], "tasks": ["copy"], "seeds": [0], "distances": [2],
                               "workers": 1, **overrides})
-
-
-def _results(out: Path) -> dict:
-    return json.loads((out / "results.json").read_text())
 
 
 def _quiet(line: str) -> None:
@@ -134,16 +132,8 @@ def test_a_kept_text_run_whose_weights_are_cut_short_trains_again(tmp_path, monk
         run_lab(_cfg(), out, log=_quiet)
     weights = out / "runs" / "rnn" / "text-s0" / "model.safetensors"
     weights.write_bytes(weights.read_bytes()[:-100])  # (a kill, or a full disk, while it was written)
-    trained = []
-
-    def record_then_stop(jobs, workers, log, on_result, **kwargs):
-        trained.extend(job["task"] for job in jobs)
-        raise KeyboardInterrupt
-
-    monkeypatch.setattr(runner, "run_jobs", record_then_stop)
-    with pytest.raises(KeyboardInterrupt):
-        run_lab(_cfg(), out, log=_quiet, resume=True)
-    assert trained == ["text"] and [run["task"] for run in _results(out)["runs"]] == ["copy"]
+    assert tasks_a_resume_trains(_cfg(), out, monkeypatch, _quiet) == ["text"]
+    assert [run["task"] for run in _results(out)["runs"]] == ["copy"]
 
 
 def test_a_resumed_lab_reports_the_training_time_and_the_workers_of_the_runs_it_kept(tmp_path, monkeypatch):

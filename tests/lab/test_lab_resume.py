@@ -10,10 +10,8 @@ import pytest
 from seqzoo.cli import main
 from seqzoo.lab import runner
 from seqzoo.lab.runner import LabConfig, run_lab
-
-
-def _results(out):
-    return json.loads((out / "results.json").read_text())
+from tests.lab.resume_checks import results as _results
+from tests.lab.resume_checks import tasks_a_resume_trains
 
 
 def test_a_lab_stopped_while_measuring_keeps_its_trained_runs_and_resumes_without_training_them(tmp_path,
@@ -93,16 +91,9 @@ def test_each_run_is_recorded_as_it_ends_and_a_rerun_keeps_or_replaces_them_only
         run_lab(cfg, out, log=lambda line: None, resume=True, force=True)
 
     # --resume trains only what is missing (the text run here) and keeps the copy run it recorded.
-    trained = []
-
-    def text_only(jobs, workers, log, on_result, **kwargs):
-        trained.extend(job["task"] for job in jobs)
-        raise KeyboardInterrupt
-
-    monkeypatch.setattr(runner, "run_jobs", text_only)
-    with pytest.raises(KeyboardInterrupt):
-        run_lab(cfg, out, log=lambda line: None, resume=True)
-    assert trained == ["text"] and [run["task"] for run in _results(out)["runs"]] == ["copy"]
+    trained = tasks_a_resume_trains(cfg, out, monkeypatch, lambda line: None)
+    assert trained == ["text"]
+    assert [run["task"] for run in _results(out)["runs"]] == ["copy"]
     # A failed run is a result, not training to keep: no failed run alone makes a folder to resume.
     (out / "results.json").write_text(json.dumps({**_results(out), "runs": [_run("copy", ok=False)]}))
     with pytest.raises(ValueError, match="recorded no finished training run to keep"):
