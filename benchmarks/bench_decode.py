@@ -6,6 +6,7 @@ runtime its users have, and ``generate()`` against the model's own raw cached st
     python benchmarks/bench_decode.py --quick    # the -small sizes only, the same repeats (a couple of minutes)
     python benchmarks/bench_decode.py --smoke    # tiny sizes, one repeat: checks that the script runs (seconds)
     python benchmarks/bench_decode.py --compile  # also seqzoo's compiled decode step (model.compile_decoding())
+    python benchmarks/bench_decode.py --compile --compile-plain  # and compiled by inductor without seqzoo's pass
     python benchmarks/bench_decode.py --head-layout columns  # also the vocabulary head stored by columns
     python benchmarks/bench_decode.py --weight-layout columns  # also every weight matrix stored by columns
     python benchmarks/bench_decode.py --generate-only --repeats 15 --new-tokens 32  # generate() overhead alone
@@ -474,6 +475,9 @@ def measure(pair: Pair, mode: dict) -> dict[str, Any]:
             variants[name.replace("seqzoo", "seqzoo compiled")] = SeqzooRunner(
                 copy.deepcopy(variants[name].model).compile_decoding(backend=mode["compile"]))
         variants["seqzoo compiled"] = SeqzooRunner(copy.deepcopy(pair.ours).compile_decoding(backend=mode["compile"]))
+        if mode.get("compile_plain"):  # (inductor without seqzoo's pass: seqzoo/kernels/one_row_products.py)
+            variants["seqzoo compiled, plain inductor"] = SeqzooRunner(copy.deepcopy(pair.ours).compile_decoding(
+                backend=mode["compile"], options={"post_grad_custom_pre_pass": None}))
     result["compile_s"] = {}
     for batch in () if mode.get("generate_only") else BATCHES:
         ids = torch.randint(0, vocab, (batch, PROMPT), generator=gen)
@@ -588,6 +592,9 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     parser.add_argument("--compile", nargs="?", const="inductor", metavar="BACKEND",
                         help="also time seqzoo's decode step compiled (model.compile_decoding(), inductor unless a "
                              "backend is named), with the compile time of its first steps")
+    parser.add_argument("--compile-plain", action="store_true",
+                        help="with --compile: also time the step compiled by inductor without seqzoo's one-row "
+                             "products pass (compile_decoding(options={'post_grad_custom_pre_pass': None}))")
     parser.add_argument("--head-layout", choices=["rows", "columns"], default="rows",
                         help="columns: also time seqzoo's model with its vocabulary head stored by columns "
                              "(model.set_head_layout('columns')), and compiled if --compile is given")
@@ -629,10 +636,13 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     if args.generate_only and args.steps is not None:
         parser.error("--generate-only times generate() against the raw loop, not the decode loop that --steps sets; "
                      "drop one of them")
+    if args.compile_plain and args.compile != "inductor":
+        parser.error("--compile-plain times inductor without seqzoo's graph pass beside --compile's inductor; give "
+                     f"--compile (inductor){'' if args.compile is None else f', not --compile {args.compile}'}")
     for flag, value in (("--repeats", args.repeats), ("--new-tokens", args.new_tokens), ("--steps", args.steps)):
         if value is not None and value < 1:
             parser.error(f"{flag} must be at least 1, got {value}")
-    mode = dict(MODES[args.mode], compile=args.compile, head_layout=args.head_layout,
+    mode = dict(MODES[args.mode], compile=args.compile, compile_plain=args.compile_plain, head_layout=args.head_layout,
                 weight_layout=args.weight_layout, generate_only=args.generate_only)
     mode.update({key: value for key, value in (("repeats", args.repeats), ("new_tokens", args.new_tokens),
                                                ("steps", args.steps)) if value is not None})

@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from seqzoo.cache import SeqzooCache
+from seqzoo.kernels import one_row_products
 from seqzoo.layers.mixer import global_module_hooks
 from seqzoo.models.compat import CACHE_ALIASES
 from seqzoo.models.inputs import check_mask_values, check_token_ids
@@ -88,7 +89,9 @@ def compile_forward(model: nn.Module, options: dict[str, Any]) -> CompiledDecodi
     own.__kwdefaults__ = forward.__kwdefaults__
     # What the graphs are traced through (a forward put on a module's class later is not seen by dynamo's guards,
     # so such a step runs eagerly; see run_compiled_step, which adds the classes of modules put in later).
-    return CompiledDecoding(torch.compile(types.MethodType(own, model), **options), _module_forwards(model))
+    # (inductor writes one sequence's products with weights stored by rows as its own loops: one_row_products)
+    return CompiledDecoding(torch.compile(types.MethodType(own, model), **one_row_products.with_pass(options)),
+                            _module_forwards(model))
 
 
 def run_compiled_step(model: nn.Module, compiled: CompiledDecoding, args: tuple,

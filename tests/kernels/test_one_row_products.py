@@ -1,0 +1,143 @@
+"""A compiled decode step's one-row products as inductor's own loops (``seqzoo.kernels.one_row_products``): which
+products the pass rewrites (one row, a float32 CPU weight stored by rows) and which it leaves to inductor, the same
+values as eager within rounding, how ``compile_decoding()`` adds it to torch.compile's options, and a model's
+compiled decode against its eager one. These compile with inductor (seconds each); the other compile tests trace
+with the "eager" backend."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+from torch._dynamo.utils import counters
+
+from seqzoo.kernels import one_row_products
+from seqzoo.models.compat import output_cache
+from tests.conftest import FAMILIES, tiny_model
+
+pytestmark = [pytest.mark.skipif(not one_row_products.AVAILABLE, reason="this torch has no inductor graph passes"),
+              # (inductor's caches off, as the fixture sets them, turn off dynamo's profile-guided shapes too)
+              pytest.mark.filterwarnings("ignore:dynamo_pgo force disabled:UserWarning")]
+
+
+@pytest.fixture(autouse=True)
+def fresh_compile():
+    """A fresh dynamo, and inductor's caches off (a cached graph does not run the pass again, so counts nothing)."""
+    torch._dynamo.reset()
+    counters.clear()
+    with torch._inductor.config.patch(force_disable_caches=True):
+        yield
+    torch._dynamo.reset()
+
+
+def random(*shape, seed=0, dtype=torch.float32):
+    return torch.randn(*shape, generator=torch.Generator().manual_seed(seed), dtype=dtype)
+
+
+def compiled_with_pass(fn):
+    return torch.compile(fn, **one_row_products.with_pass({"fullgraph": True}))
+
+
+def rewrites():
+    return counters["seqzoo"][one_row_products.COUNTER]
+
+
+@pytest.mark.parametrize("shape", [(1, 48), (1, 1, 48)])
+def test_one_row_products_with_weights_by_rows_are_rewritten(shape):
+    up, down = nn.Linear(48, 96), nn.Linear(96, 40, bias=False)
+    with torch.no_grad():
+        up.bias.copy_(random(96, seed=3))  # (a bias the sum must add)
+
+    def step(x):
+        return down(torch.tanh(up(x)))
+
+    x = random(*shape, seed=1)
+    with torch.no_grad():
+        got, want = compiled_with_pass(step)(x), step(x)
+    assert rewrites() == 2
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("case", ["two rows", "weight by columns", "float64", "scaled addmm"])
+def test_other_products_are_left_to_inductor(case):
+    dtype = torch.float64 if case == "float64" else torch.float32
+    weight, bias = random(40, 48, seed=2, dtype=dtype), random(40, seed=3, dtype=dtype)
+    x = random(2 if case == "two rows" else 1, 48, seed=1, dtype=dtype)
+    if case == "weight by columns":
+        weight_t = weight.t().contiguous()
+
+        def step(x):
+            return torch.addmm(bias, x, weight_t)
+    elif case == "scaled addmm":
+        def step(x):
+            return torch.addmm(bias, x, weight.t(), beta=0.5)
+    else:
+        def step(x):
+            return nn.functional.linear(x, weight, bias)
+    with torch.no_grad():
+        got, want = compiled_with_pass(step)(x), step(x)
+    assert rewrites() == 0
+    torch.testing.assert_close(got, want)
+
+
+def test_a_symbolic_row_count_is_left_to_inductor():
+    weight = random(40, 48, seed=2)
+    step = torch.compile(lambda x: nn.functional.linear(x, weight),
+                         **one_row_products.with_pass({"fullgraph": True, "dynamic": True}))
+    with torch.no_grad():
+        for rows in (1, 3):
+            x = random(rows, 48, seed=rows)
+            torch.testing.assert_close(step(x), nn.functional.linear(x, weight))
+    assert rewrites() == 0
+
+
+def test_inductors_cache_tells_a_graph_with_the_pass_from_one_without(tmp_path, monkeypatch):
+    """With the caches on: a graph compiled without the pass is not reused where the pass was asked for."""
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path))
+    weight = random(40, 48, seed=2)
+    x = random(1, 48, seed=1)
+
+    def step(x):
+        return nn.functional.linear(x, weight)
+
+    with torch._inductor.config.patch(force_disable_caches=False), torch.no_grad():
+        torch.compile(step, fullgraph=True)(x)
+        assert rewrites() == 0
+        torch._dynamo.reset()
+        compiled_with_pass(step)(x)
+    assert rewrites() == 1
+
+
+def test_the_pass_joins_inductors_options():
+    with_pass = one_row_products.with_pass
+    default = with_pass({"fullgraph": True})
+    assert default["fullgraph"] is True
+    assert isinstance(default["options"]["post_grad_custom_pre_pass"], one_row_products.OneRowProducts)
+    named = with_pass({"backend": "inductor", "options": {"max_autotune": False}})
+    assert named["options"]["max_autotune"] is False and "post_grad_custom_pre_pass" in named["options"]
+    # A mode becomes its options (torch takes one or the other).
+    moded = with_pass({"mode": "max-autotune-no-cudagraphs"})
+    assert "mode" not in moded and moded["options"]["max_autotune"] is True
+    assert "post_grad_custom_pre_pass" in moded["options"]
+    # Left as given: another backend, the caller's own pass (None: none), and what torch itself refuses.
+    for options in ({"backend": "eager"}, {"backend": "aot_eager", "mode": "default"},
+                    {"options": {"post_grad_custom_pre_pass": None}},
+                    {"mode": "max-autotune", "options": {}}, {"mode": "fastest"}, {"options": "fast"}):
+        assert with_pass(options) == options
+
+
+@pytest.mark.newest_release_only
+def test_a_compiled_rwkv7_decodes_as_eager_with_its_products_rewritten():
+    model = tiny_model(FAMILIES["rwkv7"])
+    ids = torch.tensor([[5, 17, 33, 8, 61]])
+    with torch.no_grad():
+        want = model.generate(ids, max_new_tokens=4, do_sample=False)
+        eager_cache = output_cache(model(ids, use_cache=True))
+        eager = model(want[:, 5:6], cache=eager_cache, use_cache=True).logits
+        model.compile_decoding()
+        got = model.generate(ids, max_new_tokens=4, do_sample=False)
+        cache = output_cache(model(ids, use_cache=True))
+        compiled = model(want[:, 5:6], cache=cache, use_cache=True).logits
+    torch.testing.assert_close(got, want)
+    torch.testing.assert_close(compiled, eager, rtol=1e-5, atol=1e-5)
+    assert rewrites() > 0
