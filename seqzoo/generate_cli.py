@@ -49,7 +49,8 @@ def register(sub: Any) -> None:
                    help="columns: store every weight matrix by columns (the vocabulary head's included), faster for "
                         "one sequence on CPU (model.set_weight_layout; see BENCHMARKS.md); auto (default): columns "
                         "for a seqzoo causal LM decoding one sequence on the CPU in float32 (but rows for an RWKV-7 "
-                        "768 wide or more at two threads or more, whose step then runs by oneDNN), else rows")
+                        "768 wide or more at two threads or more, whose step then runs by oneDNN, and with --compile "
+                        "(inductor), whose step then runs by rows in its own loops), else rows")
     p.add_argument("--head-layout", choices=["rows", "columns"],
                    help="the vocabulary head's alone (after --weight-layout): columns is faster for one sequence on "
                         "CPU with a large vocabulary (model.set_head_layout; see BENCHMARKS.md)")
@@ -437,12 +438,17 @@ def _columns_pay(model: Any, seq2seq: bool, device: Any, args: argparse.Namespac
     an RWKV-7 whose square maps are large enough for its step to multiply them by oneDNN (768 wide and up), at two
     threads or more: by rows its step then runs every large product by oneDNN, on every thread, where MKL's product
     by columns ran on one (BENCHMARKS.md, run AI: 768 / 12 / 65536 at two threads 32-37 against 39-42 ms a token; at
-    one thread columns stays ahead, 41 against 44)."""
+    one thread columns stays ahead, 41 against 44). And rows where inductor compiles the decode steps
+    (``--compile``): its steps then multiply one sequence by weights stored by rows in loops of their own
+    (seqzoo/kernels/one_row_products.py), which ran faster than its steps by columns for every family (BENCHMARKS.md,
+    run AJ)."""
     import torch
 
-    from seqzoo.kernels import onednn_linear
+    from seqzoo.kernels import one_row_products, onednn_linear
     from seqzoo.models.rwkv7.configuration_rwkv7 import RWKV7Config
 
+    if getattr(args, "compile", None) == "inductor" and one_row_products.AVAILABLE:
+        return False
     if (isinstance(getattr(model, "config", None), RWKV7Config) and torch.get_num_threads() >= 2
             and model.config.hidden_size ** 2 >= onednn_linear.MIN_WEIGHT_ELEMENTS and onednn_linear.available()):
         return False

@@ -335,6 +335,21 @@ def test_weight_layout_auto_keeps_rows_off_the_cpu_and_for_weights_that_are_not_
     assert not _columns_pay(model, False, "cpu", args)
 
 
+def test_weight_layout_auto_keeps_rows_where_inductor_compiles_the_steps(lstm_dir):
+    # Inductor's compiled step multiplies one sequence by weights stored by rows in its own loops
+    # (seqzoo/kernels/one_row_products.py), measured faster than its step by columns (BENCHMARKS.md, run AJ).
+    import argparse
+
+    from seqzoo.generate_cli import _columns_pay
+    from seqzoo.kernels import one_row_products
+
+    model = AutoModelForCausalLM.from_pretrained(lstm_dir)
+    assert _columns_pay(model, False, "cpu", argparse.Namespace(dtype="float32", num_beams=1, compile=None))
+    assert _columns_pay(model, False, "cpu", argparse.Namespace(dtype="float32", num_beams=1, compile="eager"))
+    compiled = argparse.Namespace(dtype="float32", num_beams=1, compile="inductor")
+    assert _columns_pay(model, False, "cpu", compiled) is not one_row_products.AVAILABLE
+
+
 def test_weight_layout_auto_keeps_rows_for_an_rwkv7_whose_step_runs_by_onednn(monkeypatch):
     # At two threads or more, a 768-wide RWKV-7's step by rows runs its large products by oneDNN on every thread, and
     # was measured faster than by columns (BENCHMARKS.md, run AI); narrower, at one thread, or without oneDNN, columns.

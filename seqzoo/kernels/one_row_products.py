@@ -18,8 +18,10 @@ and 9-10 ms by columns (run AJ).
 - ``addmm``'s ``beta`` and ``alpha`` are 1.
 
 At two rows and more the loop reads the weight once a row and is slower than MKL's, so batches keep MKL. Values differ
-from MKL's by rounding only (a sum in another order). Every rewrite counts in
-``torch._dynamo.utils.counters["seqzoo"]["one_row_products"]``.
+from MKL's by rounding only (a sum in another order). The second operand need not be a parameter: any one laid out so
+(a transposed activation too) is read the same way. Every rewrite counts in
+``torch._dynamo.utils.counters["seqzoo"]["one_row_products"]``; a graph inductor takes from its caches (with the
+rewrite in it) counts nothing, as the pass does not run again.
 """
 
 from __future__ import annotations
@@ -43,7 +45,10 @@ def _static(*sizes: Any) -> bool:
 
 
 def _float32_cpu(value: Any) -> bool:
-    return isinstance(value, torch.Tensor) and value.dtype == torch.float32 and value.device.type == "cpu"
+    """A traced float32 CPU tensor (a fake one, as inductor's graphs hold: the new nodes' values are made in its
+    fake mode)."""
+    return (isinstance(value, torch.Tensor) and value.dtype == torch.float32 and value.device.type == "cpu"
+            and getattr(value, "fake_mode", None) is not None)
 
 
 def rewritable(node: torch.fx.Node) -> tuple | None:
@@ -107,17 +112,24 @@ class OneRowProducts(CustomGraphPass if AVAILABLE else object):
             torch._dynamo.utils.counters["seqzoo"][COUNTER] += 1
 
     def uuid(self) -> Any:
-        # (inductor keys its caches on this: a graph compiled by another version of this file is not reused)
-        return get_hash_for_files((__file__,))
+        # (inductor keys its caches on this: a graph compiled by another version of this file is not reused; where
+        # the source cannot be read, None: inductor then caches nothing rather than reuse a graph it cannot tell)
+        try:
+            return get_hash_for_files((__file__,))
+        except OSError:
+            return None
 
 
 def with_pass(options: dict[str, Any]) -> dict[str, Any]:
     """``torch.compile``'s keyword ``options`` with :class:`OneRowProducts` among inductor's options, where inductor
     compiles (no backend named, or ``"inductor"``), this torch has the interface, and the caller set no
-    ``post_grad_custom_pre_pass`` of their own (``options={"post_grad_custom_pre_pass": None}`` compiles without
-    it). A ``mode`` becomes the inductor options it stands for (torch takes a mode or options, not both); options
-    torch would refuse are returned as given, for torch to refuse."""
+    ``post_grad_custom_pre_pass`` of their own, neither in ``options`` (``options={"post_grad_custom_pre_pass":
+    None}`` compiles without it) nor in ``torch._inductor.config`` (which inductor's options would override). A
+    ``mode`` becomes the inductor options it stands for (torch takes a mode or options, not both); options torch
+    would refuse are returned as given, for torch to refuse."""
     if not AVAILABLE or options.get("backend", "inductor") != "inductor":
+        return options
+    if torch._inductor.config.post_grad_custom_pre_pass is not None:
         return options
     mode, inductor = options.get("mode"), options.get("options")
     if mode is not None and inductor is not None:

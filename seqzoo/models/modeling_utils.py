@@ -528,7 +528,13 @@ class SeqzooForCausalLM(SeqzooPreTrainedModel, PreparedGeneration, GenerationMix
         CPU), and again for each new kind of step (the first after a prompt, a batch of one, a padding mask, the
         first change of batch size or cache length): a few ordinary ``generate()`` calls reach dynamo's limit of 8
         graphs, after which a new kind of step runs eagerly (one warning).
-        ``compile_decoding(False)`` returns to eager steps. Returns the model."""
+        ``compile_decoding(False)`` returns to eager steps. Returns the model.
+
+        With inductor, one sequence's matrix products by float32 weights stored by rows (the model as built) are
+        written as inductor's own reduction loops rather than handed to MKL (``seqzoo/kernels/one_row_products.py``,
+        a graph pass added to inductor's options; a ``mode`` becomes the options it stands for). Another backend, or
+        a ``post_grad_custom_pre_pass`` of your own, in ``options={...}`` (``None``: none) or in
+        ``torch._inductor.config``, compiles without it."""
         if type(enabled) is not bool:  # (a string "no" is true)
             raise TypeError(f"compile_decoding: enabled must be True or False; got {enabled!r}")
         if not enabled:

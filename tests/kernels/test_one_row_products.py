@@ -126,6 +126,27 @@ def test_the_pass_joins_inductors_options():
         assert with_pass(options) == options
 
 
+def test_a_pass_set_in_inductors_config_is_kept_and_runs():
+    """Inductor's options override its config: a pass of the caller's set there is left to run, without ours."""
+    ran = []
+
+    class Theirs(one_row_products.CustomGraphPass):
+        def __call__(self, graph):
+            ran.append(graph)
+
+        def uuid(self):
+            return "theirs"
+
+    weight, x = random(40, 48, seed=2), random(1, 48, seed=1)
+    with torch._inductor.config.patch(post_grad_custom_pre_pass=Theirs()):
+        options = one_row_products.with_pass({"fullgraph": True})
+        assert options == {"fullgraph": True}
+        with torch.no_grad():
+            torch.testing.assert_close(torch.compile(lambda x: nn.functional.linear(x, weight), **options)(x),
+                                       nn.functional.linear(x, weight))
+    assert ran and rewrites() == 0
+
+
 @pytest.mark.newest_release_only
 def test_a_compiled_rwkv7_decodes_as_eager_with_its_products_rewritten():
     model = tiny_model(FAMILIES["rwkv7"])
