@@ -6,6 +6,8 @@ with the "eager" backend."""
 
 from __future__ import annotations
 
+import shutil
+
 import pytest
 import torch
 from torch import nn
@@ -16,6 +18,8 @@ from seqzoo.models.compat import output_cache
 from tests.conftest import FAMILIES, tiny_model
 
 pytestmark = [pytest.mark.skipif(not one_row_products.AVAILABLE, reason="this torch has no inductor graph passes"),
+              pytest.mark.skipif(not any(map(shutil.which, ("g++", "c++", "clang++"))),
+                                 reason="inductor compiles C++ on the CPU, and no C++ compiler is here"),
               # (inductor's caches off, as the fixture sets them, turn off dynamo's profile-guided shapes too)
               pytest.mark.filterwarnings("ignore:dynamo_pgo force disabled:UserWarning")]
 
