@@ -106,6 +106,13 @@ def test_generate_only_times_generate_alone_with_the_repeats_and_tokens_asked_fo
     with pytest.raises(SystemExit) as exit_info:
         bench.main(["--smoke", "--generate-only", "--steps", "4"])
     assert exit_info.value.code == 2 and "not the decode loop that --steps sets" in capsys.readouterr().err
+    # --compile-plain times inductor without seqzoo's pass beside --compile's inductor: alone or with another backend,
+    # it would time nothing.
+    for flags, named in ((["--compile-plain"], "give --compile (inductor)\n"),
+                         (["--compile", "eager", "--compile-plain"], "not --compile eager")):
+        with pytest.raises(SystemExit) as exit_info:
+            bench.main(["--smoke", *flags])
+        assert exit_info.value.code == 2 and named in capsys.readouterr().err
     # The variants of the decode step are not built when only generate() is timed: asking for one is refused.
     for flags in (["--compile"], ["--head-layout", "columns"], ["--weight-layout", "columns", "--compile", "eager"]):
         with pytest.raises(SystemExit) as exit_info:

@@ -350,7 +350,7 @@ def test_weight_layout_auto_keeps_rows_where_inductor_compiles_the_steps(lstm_di
     assert _columns_pay(model, False, "cpu", compiled) is not one_row_products.AVAILABLE
 
 
-def test_weight_layout_auto_keeps_rows_for_an_rwkv7_whose_step_runs_by_onednn(monkeypatch):
+def test_weight_layout_auto_keeps_rows_for_an_rwkv7_whose_step_runs_by_onednn():
     # At two threads or more, a 768-wide RWKV-7's step by rows runs its large products by oneDNN on every thread, and
     # was measured faster than by columns (BENCHMARKS.md, run AI); narrower, at one thread, or without oneDNN, columns.
     import argparse
