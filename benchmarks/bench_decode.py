@@ -9,6 +9,7 @@ runtime its users have, and ``generate()`` against the model's own raw cached st
     python benchmarks/bench_decode.py --compile --compile-plain  # and compiled by inductor without seqzoo's pass
     python benchmarks/bench_decode.py --head-layout columns  # also the vocabulary head stored by columns
     python benchmarks/bench_decode.py --weight-layout columns  # also every weight matrix stored by columns
+    python benchmarks/bench_decode.py --other-products  # also the other choice of products than this processor's
     python benchmarks/bench_decode.py --generate-only --repeats 15 --new-tokens 32  # generate() overhead alone
 
 Peers, each holding the same weights as the seqzoo model it is timed against (checked: same logits first):
@@ -56,6 +57,7 @@ from torch import nn
 import seqzoo
 from seqzoo.conversions import hf_mamba, llama
 from seqzoo.conversions.rwkv7 import convert_rwkv7
+from seqzoo.kernels import product_choice
 from seqzoo.models import decode_loop
 from seqzoo.models.compat import output_cache
 
@@ -112,21 +114,36 @@ class Runner:
 
 
 class SeqzooRunner(Runner):
-    def __init__(self, model: nn.Module) -> None:
-        self.model = model
+    """A seqzoo model; ``products``, where given, the choice of who multiplies one sequence by a weight stored by rows
+    that its calls run under (``seqzoo.kernels.product_choice``: "torch" or "seqzoo"), else the process's."""
+
+    def __init__(self, model: nn.Module, products: str | None = None) -> None:
+        self.model, self.products = model, products
+
+    def _choice(self):
+        return contextlib.nullcontext() if self.products is None else product_choice.products(self.products)
 
     def prefill(self, ids):
         # The last position's logits only, as generate() asks (the rwkv package and the classic peer compute no
         # others); every position's would be a (T, V) product the peer does not make.
-        out = self.model(ids, use_cache=True, logits_to_keep=1)
+        with self._choice():
+            out = self.model(ids, use_cache=True, logits_to_keep=1)
         return out.logits[:, -1], output_cache(out)
 
     def step(self, tokens, state):
-        out = self.model(tokens[:, None], cache=state, use_cache=True)
+        with self._choice():
+            out = self.model(tokens[:, None], cache=state, use_cache=True)
         return out.logits[:, -1], output_cache(out)
 
+    def compiled(self, backend: str, **options: Any) -> SeqzooRunner:
+        """A copy of this runner's model with its decode steps compiled (under its choice of products, which
+        ``compile_decoding()`` reads as it compiles)."""
+        with self._choice():
+            model = copy.deepcopy(self.model).compile_decoding(backend=backend, **options)
+        return SeqzooRunner(model, self.products)
+
     def in_float64(self):
-        return SeqzooRunner(copy.deepcopy(self.model).double())
+        return SeqzooRunner(copy.deepcopy(self.model).double(), self.products)
 
 
 class TransformersRunner(Runner):
@@ -459,7 +476,8 @@ def measure(pair: Pair, mode: dict) -> dict[str, Any]:
     check_same_function(pair, vocab)
     ours = SeqzooRunner(pair.ours)
     result: dict[str, Any] = {"family": pair.family, "size": pair.size, "peer": pair.peer_name,
-                              "threads": torch.get_num_threads(),
+                              "threads": torch.get_num_threads(), "processor": product_choice.processor_vendor(),
+                              "products": "seqzoo" if product_choice.seqzoo_products() else "torch",
                               "settings": {k: mode[k] for k in ("steps", "repeats", "prefill", "new_tokens")}}
     # Variants of seqzoo's model timed beside it: compiled decode steps (model.compile_decoding(); the compile is
     # paid on their first steps, timed here once per batch size before the interleaved repeats), the vocabulary
@@ -470,14 +488,16 @@ def measure(pair: Pair, mode: dict) -> dict[str, Any]:
         variants["seqzoo columns"] = SeqzooRunner(copy.deepcopy(pair.ours).set_head_layout("columns"))
     if mode.get("weight_layout") == "columns":
         variants["seqzoo all columns"] = SeqzooRunner(copy.deepcopy(pair.ours).set_weight_layout("columns"))
+    if mode.get("other_products"):  # (the other choice than this processor's: seqzoo/kernels/product_choice.py)
+        other = "torch" if product_choice.seqzoo_products() else "seqzoo"
+        variants[f"seqzoo, {other}'s products"] = SeqzooRunner(copy.deepcopy(pair.ours), other)
     if mode.get("compile"):
         for name in [*variants]:
-            variants[name.replace("seqzoo", "seqzoo compiled")] = SeqzooRunner(
-                copy.deepcopy(variants[name].model).compile_decoding(backend=mode["compile"]))
-        variants["seqzoo compiled"] = SeqzooRunner(copy.deepcopy(pair.ours).compile_decoding(backend=mode["compile"]))
+            variants[name.replace("seqzoo", "seqzoo compiled", 1)] = variants[name].compiled(mode["compile"])
+        variants["seqzoo compiled"] = ours.compiled(mode["compile"])
         if mode.get("compile_plain"):  # (inductor without seqzoo's pass: seqzoo/kernels/one_row_products.py)
-            variants["seqzoo compiled, plain inductor"] = SeqzooRunner(copy.deepcopy(pair.ours).compile_decoding(
-                backend=mode["compile"], options={"post_grad_custom_pre_pass": None}))
+            variants["seqzoo compiled, plain inductor"] = ours.compiled(
+                mode["compile"], options={"post_grad_custom_pre_pass": None})
     result["compile_s"] = {}
     for batch in () if mode.get("generate_only") else BATCHES:
         ids = torch.randint(0, vocab, (batch, PROMPT), generator=gen)
@@ -517,7 +537,10 @@ def ratio(a: float, b: float) -> str:
 def report(results: list[dict[str, Any]], args: argparse.Namespace) -> str:
     lines = [f"torch {torch.__version__}, transformers {transformers.__version__}, rwkv "
              f"{_version('rwkv')}, Python {platform.python_version()}, "
-             f"{results[0].get('threads', '?') if results else torch.get_num_threads()} torch thread(s)", ""]
+             f"{results[0].get('threads', '?') if results else torch.get_num_threads()} torch thread(s)"
+             + ("" if not results or "products" not in results[0] else  # (not in runs before run AK)
+                f", processor {results[0]['processor'] or 'unknown'}, one sequence's products by "
+                f"{results[0]['products']}'s (seqzoo.kernels.product_choice)"), ""]
     decoded = [r for r in results if "decode_b1" in r]  # (not with --generate-only)
     if decoded:
         lines += ["| family | size | peer | B | seqzoo ms/token | peer ms/token | peer / seqzoo |",
@@ -595,6 +618,11 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     parser.add_argument("--compile-plain", action="store_true",
                         help="with --compile: also time the step compiled by inductor without seqzoo's one-row "
                              "products pass (compile_decoding(options={'post_grad_custom_pre_pass': None}))")
+    parser.add_argument("--other-products", action="store_true",
+                        help="also time seqzoo's model with the other choice of who multiplies one sequence by a "
+                             "weight stored by rows than this processor's (seqzoo.kernels.product_choice: torch's "
+                             "F.linear where seqzoo's oneDNN product and compiled loops run by default, seqzoo's "
+                             "where torch's do), and compiled if --compile is given")
     parser.add_argument("--head-layout", choices=["rows", "columns"], default="rows",
                         help="columns: also time seqzoo's model with its vocabulary head stored by columns "
                              "(model.set_head_layout('columns')), and compiled if --compile is given")
@@ -628,8 +656,8 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     torch.set_num_threads(args.threads)
     if args.generate_only:
         variants = [flag for flag, asked in (("--compile", args.compile), ("--head-layout columns",
-                    args.head_layout == "columns"), ("--weight-layout columns", args.weight_layout == "columns"))
-                    if asked]
+                    args.head_layout == "columns"), ("--weight-layout columns", args.weight_layout == "columns"),
+                    ("--other-products", args.other_products)) if asked]
         if variants:
             parser.error(f"--generate-only times generate() of the model as built; {', '.join(variants)} would time "
                          "nothing (they vary the decode step); drop them, or drop --generate-only")
@@ -643,7 +671,8 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
         if value is not None and value < 1:
             parser.error(f"{flag} must be at least 1, got {value}")
     mode = dict(MODES[args.mode], compile=args.compile, compile_plain=args.compile_plain, head_layout=args.head_layout,
-                weight_layout=args.weight_layout, generate_only=args.generate_only)
+                weight_layout=args.weight_layout, generate_only=args.generate_only,
+                other_products=args.other_products)
     mode.update({key: value for key, value in (("repeats", args.repeats), ("new_tokens", args.new_tokens),
                                                ("steps", args.steps)) if value is not None})
     if args.rwkv7_sizes:

@@ -15,8 +15,9 @@ all of them (``set_weight_layout``). ``--set-mb N`` cycles through as many disti
 MB, so that each product reads its weight from memory or the last-level cache, as a model's step does.
 
 ``--onednn`` adds a third column: the weight by rows through ``seqzoo.kernels.onednn_linear.linear``, the product a
-decode step runs (oneDNN's for a weight of 2^19 elements or more and at most 16 rows, ``F.linear`` otherwise), and
-its ratio rows / that (above 1: it is faster than ``F.linear`` by rows).
+decode step runs where seqzoo's products are chosen (oneDNN's for a weight of 2^19 elements or more and at most 16
+rows, ``F.linear`` otherwise; timed so whatever the processor, though by default an Intel one runs ``F.linear``:
+``seqzoo/kernels/product_choice.py``), and its ratio rows / that (above 1: it is faster than ``F.linear`` by rows).
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ from torch.nn import functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from timing import compare  # noqa: E402
 
-from seqzoo.kernels import onednn_linear  # noqa: E402
+from seqzoo.kernels import onednn_linear, product_choice  # noqa: E402
 
 
 def measure(hidden: int, vocab: int, batch: int, repeats: int, set_mb: float = 0.0,
@@ -48,10 +49,11 @@ def measure(hidden: int, vocab: int, batch: int, repeats: int, set_mb: float = 0
         "rows": lambda: [F.linear(x, rows[i % count]) for i in range(calls)],
         "columns": lambda: [F.linear(x, columns[i % count]) for i in range(calls)],
     }
-    if onednn:
-        torch.testing.assert_close(onednn_linear.linear(x, rows[0]), F.linear(x, rows[0]), rtol=1e-4, atol=1e-4)
-        cases["step"] = lambda: [onednn_linear.linear(x, rows[i % count]) for i in range(calls)]
-    times = compare(cases, repeats=repeats)
+    with product_choice.products("seqzoo"):  # (oneDNN's product on every processor, Intel's too)
+        if onednn:
+            torch.testing.assert_close(onednn_linear.linear(x, rows[0]), F.linear(x, rows[0]), rtol=1e-4, atol=1e-4)
+            cases["step"] = lambda: [onednn_linear.linear(x, rows[i % count]) for i in range(calls)]
+        times = compare(cases, repeats=repeats)
     return tuple(times[name] / calls for name in cases)
 
 

@@ -90,6 +90,7 @@ def cmd_kernels(args: argparse.Namespace) -> int:
     print_table(["op", "backend", "priority", "available", "selected", "notes"], rows)
     for reason, mark in reasons.items():
         print(f"[{mark}] {reason}")
+    print(_products_line())
     if broken is not None:
         raise broken
     for r in rows_seen:
@@ -101,6 +102,22 @@ def cmd_kernels(args: argparse.Namespace) -> int:
                               f"another device than this machine's ({_this_device()}): every {r['op']} call on its "
                               "tensors would raise")
     return 0
+
+
+def _products_line() -> str:
+    """Who multiplies one decoding sequence by a weight stored by rows on this CPU (seqzoo.kernels.product_choice)."""
+    from seqzoo.kernels import product_choice
+
+    vendor = product_choice.processor_vendor() or "of an unknown vendor"
+    one = ("seqzoo's (oneDNN's product eagerly, inductor's own loops compiled)" if product_choice.seqzoo_products()
+           else "torch's (F.linear, MKL's)")
+    rows = product_choice.onednn_rows()
+    few = ("" if rows == 1 else ", and a few more rows by torch's" if rows > 16
+           else f", {rows} rows and more by oneDNN's, fewer by torch's")
+    how = ("by default" if product_choice.chosen() == "auto"
+           else f"as set (seqzoo.kernels.product_choice.set_products({product_choice.chosen()!r}))")
+    return (f"CPU decoding, a decode step's rows times a weight stored by rows: one sequence by {one}{few}, {how}, on "
+            f"this processor ({vendor}); seqzoo.kernels.product_choice.set_products() chooses")
 
 
 def _this_device() -> str:

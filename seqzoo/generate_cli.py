@@ -436,12 +436,14 @@ def _columns_pay(model: Any, seq2seq: bool, device: Any, args: argparse.Namespac
     so the layout's caveats for optimizers do not arise. Rows for beams (a batch), other dtypes and devices, an
     encoder-decoder, a model of another library, and weights that are not plain tensors (quantised). Rows, too, for
     an RWKV-7 whose square maps are large enough for its step to multiply them by oneDNN (768 wide and up), at two
-    threads or more: by rows its step then runs every large product by oneDNN, on every thread, where MKL's product
-    by columns ran on one (BENCHMARKS.md, run AI: 768 / 12 / 65536 at two threads 32-37 against 39-42 ms a token; at
-    one thread columns stays ahead, 41 against 44). And rows where inductor compiles the decode steps
+    threads or more, where oneDNN's product multiplies one row (not by default where MKL runs on an Intel processor:
+    seqzoo/kernels/product_choice.py): by rows its step then runs every large product by oneDNN, on every thread, where
+    MKL's product by columns ran on one (BENCHMARKS.md, run AI: 768 / 12 / 65536 at two threads 32-37 against 39-42 ms
+    a token; at one thread columns stays ahead, 41 against 44). And rows where inductor compiles the decode steps
     (``--compile``): its steps then multiply one sequence by weights stored by rows in loops of their own
-    (seqzoo/kernels/one_row_products.py), which ran faster than its steps by columns for every family (BENCHMARKS.md,
-    run AJ)."""
+    (seqzoo/kernels/one_row_products.py), which ran faster than its steps by columns for every family on an AMD
+    processor (BENCHMARKS.md, run AJ); on an Intel one, which compiles without those loops, by rows read as fast as
+    by columns or faster (run AK)."""
     import torch
 
     from seqzoo.kernels import one_row_products, onednn_linear
@@ -450,7 +452,7 @@ def _columns_pay(model: Any, seq2seq: bool, device: Any, args: argparse.Namespac
     if getattr(args, "compile", None) == "inductor" and one_row_products.AVAILABLE:
         return False
     if (isinstance(getattr(model, "config", None), RWKV7Config) and torch.get_num_threads() >= 2
-            and model.config.hidden_size ** 2 >= onednn_linear.MIN_WEIGHT_ELEMENTS and onednn_linear.available()):
+            and model.config.hidden_size ** 2 >= onednn_linear.MIN_WEIGHT_ELEMENTS and onednn_linear.rows_from() == 1):
         return False
     return (not seq2seq and callable(getattr(model, "set_weight_layout", None)) and torch.device(device).type == "cpu"
             and args.dtype == "float32" and args.num_beams == 1

@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from seqzoo.kernels import product_choice
 from tests.conftest import load_benchmark
 
 # The benchmark scripts' smoke runs: their transformers peers (Llama, Mamba) are loaded by the tests of the
@@ -54,23 +55,27 @@ def test_smoke_run_measures_every_family(tmp_path):
 def test_smoke_run_with_compiled_steps(tmp_path):
     # --compile adds seqzoo's compiled decode step (model.compile_decoding()); dynamo's eager backend keeps it fast.
     # --head-layout columns adds the model with its vocabulary head stored by columns, eager and compiled;
-    # --weight-layout columns the model with every weight matrix stored by columns (its prefill timed too).
+    # --weight-layout columns the model with every weight matrix stored by columns (its prefill timed too);
+    # --other-products the model with the other choice of products than this processor's (product_choice).
     out = tmp_path / "decode.json"
     env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
     result = subprocess.run([sys.executable, "benchmarks/bench_decode.py", "--smoke", "--families", "gru",
                              "--compile", "eager", "--head-layout", "columns", "--weight-layout", "columns",
-                             "--json", str(out)],
+                             "--other-products", "--json", str(out)],
                             cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, f"bench_decode --compile failed:\n{result.stdout}\n{result.stderr[-4000:]}"
+    other = "torch" if product_choice.seqzoo_products() else "seqzoo"
     variants = ("seqzoo compiled", "seqzoo columns", "seqzoo all columns", "seqzoo compiled columns",
-                "seqzoo compiled all columns")
+                "seqzoo compiled all columns", f"seqzoo, {other}'s products", f"seqzoo compiled, {other}'s products")
     for r in json.loads(out.read_text()):
         for batch in (1, 8):
             assert set(r[f"decode_b{batch}"]) == {"seqzoo", "peer", *variants}
             assert all(r[f"decode_b{batch}"][name] > 0 for name in variants)
         compiled = [name for name in variants if "compiled" in name]
         assert set(r["compile_s"]) == {f"{name} b{batch}" for name in compiled for batch in (1, 8)}
-        assert set(r["prefill"]) == {"seqzoo", "peer", "seqzoo columns", "seqzoo all columns"}
+        assert set(r["prefill"]) == {"seqzoo", "peer", "seqzoo columns", "seqzoo all columns",
+                                     f"seqzoo, {other}'s products"}
+        assert r["products"] == ("seqzoo" if other == "torch" else "torch")
     assert "| gru | 64 x 2 (0.1M) | 8 | seqzoo compiled columns |" in result.stdout
     assert "| gru | 64 x 2 (0.1M) | 1 | seqzoo all columns |" in result.stdout
     assert "| gru | 64 x 2 (0.1M), seqzoo all columns | " in result.stdout
@@ -114,7 +119,8 @@ def test_generate_only_times_generate_alone_with_the_repeats_and_tokens_asked_fo
             bench.main(["--smoke", *flags])
         assert exit_info.value.code == 2 and named in capsys.readouterr().err
     # The variants of the decode step are not built when only generate() is timed: asking for one is refused.
-    for flags in (["--compile"], ["--head-layout", "columns"], ["--weight-layout", "columns", "--compile", "eager"]):
+    for flags in (["--compile"], ["--head-layout", "columns"], ["--weight-layout", "columns", "--compile", "eager"],
+                  ["--other-products"]):
         with pytest.raises(SystemExit) as exit_info:
             bench.main(["--smoke", "--generate-only", *flags])
         err = capsys.readouterr().err

@@ -179,6 +179,15 @@ def test_list_and_kernels(capsys, monkeypatch):
     assert main(["kernels"]) == 0
     out = capsys.readouterr().out
     assert "lstm" in out and "reference" in out and "torch" in out
+    # and who multiplies one decoding sequence by a weight on this CPU (seqzoo.kernels.product_choice)
+    from seqzoo.kernels import product_choice
+
+    who = "seqzoo's (oneDNN's" if product_choice.seqzoo_products() else "torch's (F.linear, MKL's), 4 rows and more"
+    assert f"times a weight stored by rows: one sequence by {who}" in out and ", by default, " in out
+    with product_choice.products("torch"):
+        assert main(["kernels"]) == 0
+    assert ("one sequence by torch's (F.linear, MKL's), and a few more rows by torch's, as set "
+            "(seqzoo.kernels.product_choice.set_products('torch'))") in capsys.readouterr().out
     if not torch.cuda.is_available():
         assert "no [1]" in out and "[1] " in out and "CUDA" in out.split("[1] ")[-1]  # why Triton is unavailable
     # A misspelt SEQZOO_KERNELS entry makes every kernel call raise: the table selects nothing, then the error.

@@ -352,11 +352,13 @@ def test_weight_layout_auto_keeps_rows_where_inductor_compiles_the_steps(lstm_di
 
 def test_weight_layout_auto_keeps_rows_for_an_rwkv7_whose_step_runs_by_onednn():
     # At two threads or more, a 768-wide RWKV-7's step by rows runs its large products by oneDNN on every thread, and
-    # was measured faster than by columns (BENCHMARKS.md, run AI); narrower, at one thread, or without oneDNN, columns.
+    # was measured faster than by columns (BENCHMARKS.md, run AI); narrower, at one thread, or without oneDNN for one
+    # row (turned off, or torch's own products chosen, as by default for one row where MKL runs on an Intel
+    # processor), columns.
     import argparse
 
     from seqzoo.generate_cli import _columns_pay
-    from seqzoo.kernels import onednn_linear
+    from seqzoo.kernels import onednn_linear, product_choice
     from tests.conftest import tiny_model
 
     args = argparse.Namespace(dtype="float32", num_beams=1)
@@ -368,10 +370,14 @@ def test_weight_layout_auto_keeps_rows_for_an_rwkv7_whose_step_runs_by_onednn():
     try:
         torch.set_num_threads(2)
         assert _columns_pay(narrow, False, "cpu", args)
-        assert _columns_pay(wide, False, "cpu", args) is (not onednn_linear.available())
-        if onednn_linear.available():
-            with torch.backends.mkldnn.flags(enabled=False):
-                assert _columns_pay(wide, False, "cpu", args)
+        assert _columns_pay(wide, False, "cpu", args) is (onednn_linear.rows_from() != 1)
+        with product_choice.products("seqzoo"):
+            if onednn_linear.available():
+                assert not _columns_pay(wide, False, "cpu", args)
+                with torch.backends.mkldnn.flags(enabled=False):
+                    assert _columns_pay(wide, False, "cpu", args)
+        with product_choice.products("torch"):
+            assert _columns_pay(wide, False, "cpu", args)
         torch.set_num_threads(1)
         assert _columns_pay(wide, False, "cpu", args)
     finally:

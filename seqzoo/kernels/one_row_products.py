@@ -9,7 +9,9 @@ fuses into one vectorised loop of its own: the 65536 x 768 vocabulary head in 7.
 and 9-10 ms by columns (run AJ).
 
 :class:`OneRowProducts` is that rewrite as a graph pass that inductor runs after its decompositions
-(``post_grad_custom_pre_pass``): ``compile_decoding()`` adds it unless told otherwise. It rewrites ``mm(x, w)`` and
+(``post_grad_custom_pre_pass``): ``compile_decoding()`` adds it where seqzoo's products are chosen
+(``seqzoo/kernels/product_choice.py``: by default everywhere but where MKL runs on an Intel processor, whose MKL
+product was the faster in run AK) and the caller did not say otherwise. It rewrites ``mm(x, w)`` and
 ``addmm(bias, x, w)`` where all of this holds, and leaves every other product to inductor as before:
 
 - ``x`` has one row (a static shape: a batch of one sequence decoding one token) and ``w`` is a weight stored by rows
@@ -29,6 +31,8 @@ from __future__ import annotations
 from typing import Any
 
 import torch
+
+from seqzoo.kernels import product_choice
 
 try:  # (torch 2.6 and later: a pass inductor runs and keys its caches on)
     from torch._inductor.custom_graph_pass import CustomGraphPass, get_hash_for_files
@@ -122,12 +126,13 @@ class OneRowProducts(CustomGraphPass if AVAILABLE else object):
 
 def with_pass(options: dict[str, Any]) -> dict[str, Any]:
     """``torch.compile``'s keyword ``options`` with :class:`OneRowProducts` among inductor's options, where inductor
-    compiles (no backend named, or ``"inductor"``), this torch has the interface, and the caller set no
-    ``post_grad_custom_pre_pass`` of their own, neither in ``options`` (``options={"post_grad_custom_pre_pass":
-    None}`` compiles without it) nor in ``torch._inductor.config`` (which inductor's options would override). A
-    ``mode`` becomes the inductor options it stands for (torch takes a mode or options, not both); options torch
-    would refuse are returned as given, for torch to refuse."""
-    if not AVAILABLE or options.get("backend", "inductor") != "inductor":
+    compiles (no backend named, or ``"inductor"``), this torch has the interface, seqzoo's products are chosen over
+    torch's (``seqzoo/kernels/product_choice.py``: by default not where MKL runs on an Intel processor), and the
+    caller set no ``post_grad_custom_pre_pass`` of their own, neither in ``options``
+    (``options={"post_grad_custom_pre_pass": None}`` compiles without it) nor in ``torch._inductor.config`` (which
+    inductor's options would override). A ``mode`` becomes the inductor options it stands for (torch takes a mode or
+    options, not both); options torch would refuse are returned as given, for torch to refuse."""
+    if not AVAILABLE or options.get("backend", "inductor") != "inductor" or not product_choice.seqzoo_products():
         return options
     if torch._inductor.config.post_grad_custom_pre_pass is not None:
         return options

@@ -11,12 +11,17 @@ holds, and ``F.linear`` otherwise:
 - oneDNN is in this torch build and enabled (``torch.backends.mkldnn.enabled``, or its ``flags()`` block: set it
   False and every product is ``F.linear``'s), and its product agreed with ``F.linear`` on a small check the first
   time it was asked for (a torch whose private operator changed is not used);
+- seqzoo's products are chosen for that many rows (``seqzoo/kernels/product_choice.py``): by default from one row,
+  but from four where MKL runs on an Intel processor, whose MKL product was the faster for one to three rows (run AK:
+  oneDNN's 0.68-0.98x of it) and the slower from four (oneDNN's 1.0-2.1x);
 - plain strided float32 CPU tensors (no subclass: a quantised weight's own operators must run; no sparse weight),
   a bias (if any) of one packed vector (oneDNN reads it as packed, whatever its strides), no gradient recorded
   (oneDNN's product has no backward), no autocast (``F.linear`` runs in its dtype there), ``F.linear`` not
   replaced since seqzoo was imported (a profiler counting its calls must see them);
 - the weight stored by rows (contiguous) with at least :data:`MIN_WEIGHT_ELEMENTS` elements, and at most
   :data:`MAX_ROWS` rows of input (a prompt's thousands of rows stay with MKL's matrix product).
+
+:func:`rows_from` says from how many rows oneDNN multiplies as things are set.
 
 Its results differ from ``F.linear``'s by rounding only (a sum in another order). :func:`scripted_linear` is the same
 product for TorchScript (RWKV-7's scripted step), told by its caller whether oneDNN may run.
@@ -28,6 +33,8 @@ from typing import List, Optional, Union  # noqa: UP035 -- TorchScript reads the
 
 import torch
 from torch.nn import functional as F
+
+from seqzoo.kernels import product_choice
 
 MIN_WEIGHT_ELEMENTS = 1 << 19  # 512 x 1024, a little under 768 x 768
 MAX_ROWS = 16
@@ -72,8 +79,16 @@ def _agrees() -> bool:
 def available() -> bool:
     """Whether oneDNN's product can run in this process as things are set: it is in this torch and agreed with
     ``F.linear``, and oneDNN is enabled (``torch.backends.mkldnn.enabled``), whatever the gradient and autocast modes
-    of the moment (RWKV-7's step has checked those itself; :func:`usable` asks them too)."""
+    of the moment (RWKV-7's step has checked those itself; :func:`usable` asks them too), and whatever the choice of
+    products (:func:`rows_from` reads it)."""
     return OP_PRESENT and torch._C._get_mkldnn_enabled() and _agrees()
+
+
+def rows_from() -> int:
+    """The fewest rows oneDNN's product multiplies as things are set: the choice of products
+    (``product_choice.onednn_rows()``) where it is :func:`available`, else ``product_choice.NEVER``."""
+    rows = product_choice.onednn_rows()
+    return rows if rows <= MAX_ROWS and available() else product_choice.NEVER
 
 
 def usable() -> bool:
@@ -97,26 +112,28 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = No
                                   and bias.device.type == "cpu" and bias.is_contiguous()))
             and usable()):
         rows = x.reshape(-1, x.shape[-1])
-        if 0 < rows.shape[0] <= MAX_ROWS and rows.shape[1] == weight.shape[1]:
+        if product_choice.onednn_rows() <= rows.shape[0] <= MAX_ROWS and rows.shape[1] == weight.shape[1]:
             out = torch.ops.mkldnn._linear_pointwise(rows.contiguous(), weight, bias, "none", [], "")
             return out.view(*x.shape[:-1], weight.shape[0])
     return F.linear(x, weight, bias)
 
 
 if OP_PRESENT:
-    def scripted_linear(x: torch.Tensor, weight: torch.Tensor, onednn: bool) -> torch.Tensor:
-        """``F.linear(x, weight)`` of a (B, in) ``x`` without bias, for TorchScript: by oneDNN where ``onednn`` (the
-        caller's :func:`usable` and plain float32 CPU tensors) and the weight's size, layout and the rows allow."""
+    def scripted_linear(x: torch.Tensor, weight: torch.Tensor, rows_from: int) -> torch.Tensor:
+        """``F.linear(x, weight)`` of a (B, in) ``x`` without bias, for TorchScript: by oneDNN where B is at least
+        ``rows_from`` (the caller's :func:`rows_from`, where :func:`usable` and plain float32 CPU tensors; else
+        ``product_choice.NEVER``) and the weight's size, layout and the rows allow."""
         # (TorchScript reads no module constants: MIN_WEIGHT_ELEMENTS and MAX_ROWS written out, held equal by a test)
-        if (onednn and weight.layout == torch.strided and weight.numel() >= 524288 and weight.is_contiguous()
-                and 0 < x.size(0) <= 16 and x.is_contiguous()):
+        if (rows_from <= x.size(0) <= 16 and weight.layout == torch.strided and weight.numel() >= 524288
+                and weight.is_contiguous() and x.is_contiguous()):
             no_scalars = torch.jit.annotate(List[Optional[Union[int, float, complex]]], [])
             return torch.ops.mkldnn._linear_pointwise(x, weight, None, "none", no_scalars, "")
         return F.linear(x, weight)
 else:
-    def scripted_linear(x: torch.Tensor, weight: torch.Tensor, onednn: bool) -> torch.Tensor:
+    def scripted_linear(x: torch.Tensor, weight: torch.Tensor, rows_from: int) -> torch.Tensor:
         """``F.linear(x, weight)``: this torch has no oneDNN product."""
         return F.linear(x, weight)
 
 
-__all__ = ["MAX_ROWS", "MIN_WEIGHT_ELEMENTS", "OP_PRESENT", "available", "linear", "scripted_linear", "usable"]
+__all__ = ["MAX_ROWS", "MIN_WEIGHT_ELEMENTS", "OP_PRESENT", "available", "linear", "rows_from", "scripted_linear",
+           "usable"]

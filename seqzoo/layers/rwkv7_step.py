@@ -19,7 +19,8 @@ the blocks keep (the step reshapes freely: a cache of another head layout must m
 kernel registry choosing the ``chunked`` backend for the step's ``wkv7`` call (a forced ``reference`` backend, or a
 plugin's, is honoured). The parameters are read from the modules on every call: nothing is copied, so a weight changed
 in place is seen. Its large matrix products run by oneDNN where that was measured faster
-(``seqzoo/kernels/onednn_linear.py``; ``torch.backends.mkldnn.enabled = False`` turns it off).
+(``seqzoo/kernels/onednn_linear.py``, for as many rows as ``seqzoo/kernels/product_choice.py`` says;
+``torch.backends.mkldnn.enabled = False`` turns it off).
 
 The function is scripted on first use. Where TorchScript cannot script it (a torch without it, sources not
 shipped), a warning says so once and decoding runs the Python path.
@@ -55,12 +56,12 @@ _VALUE_RESIDUAL = ("v0", "v1", "v2")
 def _block_step(
     x: torch.Tensor, p: List[torch.Tensor], shift: torch.Tensor, wkv: torch.Tensor, ffn_shift: torch.Tensor,
     v_first: Optional[torch.Tensor], mask: Optional[torch.Tensor], heads: int, norm_eps: float,
-    ffn_norm_eps: float, group_norm_eps: float, decay_log_scale: float, onednn: bool,
+    ffn_norm_eps: float, group_norm_eps: float, decay_log_scale: float, onednn_rows: int,
 ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """One RWKV7Block on one token. x (B, C) the block's input; p its parameters in _parameters' order; shift,
     ffn_shift (B, C) and wkv (B, H, N, N) its state; v_first (B, C) layer 0's values (None in layer 0); mask (B, 1)
-    bool or None; onednn: whether the large matrix products may run by oneDNN (onednn_linear.available(): the
-    gradient, autocast and F.linear conditions of onednn_linear.usable() step_blocks has checked). Returns the
+    bool or None; onednn_rows: the fewest rows the large matrix products run by oneDNN for (onednn_linear.rows_from():
+    the gradient, autocast and F.linear conditions of onednn_linear.usable() step_blocks has checked). Returns the
     block's output, its new attn_shift, wkv and ffn_shift, and v_first."""
     (norm_w, norm_b, x_r, x_k, x_v, x_w, x_a, x_g, w0, w1, w2, a0, a1, a2, g1, g2, k_k, k_a, r_k, receptance, key,
      value, output, ln_x_w, ln_x_b, ffn_norm_w, ffn_norm_b, ffn_x_k, ffn_key, ffn_value) = p[:30]
@@ -72,9 +73,9 @@ def _block_step(
     delta = shift - xn
     xr, xk, xv = torch.addcmul(xn, delta, x_r), torch.addcmul(xn, delta, x_k), torch.addcmul(xn, delta, x_v)
     xw, xa, xg = torch.addcmul(xn, delta, x_w), torch.addcmul(xn, delta, x_a), torch.addcmul(xn, delta, x_g)
-    r = scripted_linear(xr, receptance, onednn)
-    k = scripted_linear(xk, key, onednn)
-    v = scripted_linear(xv, value, onednn)
+    r = scripted_linear(xr, receptance, onednn_rows)
+    k = scripted_linear(xk, key, onednn_rows)
+    v = scripted_linear(xv, value, onednn_rows)
     if v_first is None:
         v_first = v
     else:
@@ -102,19 +103,19 @@ def _block_step(
     y = F.group_norm(y.reshape(B, C), heads, ln_x_w, ln_x_b, group_norm_eps).view(B, heads, N)
     bonus = (r_h * k_h * r_k).sum(dim=-1).view(B, heads, 1)
     y = torch.addcmul(y, bonus, v_h).view(B, C)
-    x = x + scripted_linear(y * g, output, onednn)
+    x = x + scripted_linear(y * g, output, onednn_rows)
     # The channel mix (RWKV7ChannelMix.forward).
     xn = F.layer_norm(x, [C], ffn_norm_w, ffn_norm_b, ffn_norm_eps)
     new_ffn_shift = xn if mask is None else torch.where(mask, xn, ffn_shift)
     mixed = torch.addcmul(xn, ffn_shift - xn, ffn_x_k)
-    x = x + scripted_linear(torch.relu(scripted_linear(mixed, ffn_key, onednn)).square(), ffn_value, onednn)
+    x = x + scripted_linear(torch.relu(scripted_linear(mixed, ffn_key, onednn_rows)).square(), ffn_value, onednn_rows)
     return x, new_shift, wkv, new_ffn_shift, v_first
 
 
 def _stack_step(
     x: torch.Tensor, parameters: List[List[torch.Tensor]], shifts: List[torch.Tensor], wkvs: List[torch.Tensor],
     ffn_shifts: List[torch.Tensor], mask: Optional[torch.Tensor], heads: int, eps: List[List[float]],
-    decay_log_scale: float, onednn: bool,
+    decay_log_scale: float, onednn_rows: int,
 ) -> Tuple[torch.Tensor, List[torch.Tensor], List[torch.Tensor], List[torch.Tensor]]:
     """Every block on one token, in one call: _block_step block after block, handing on layer 0's values. x (B, C)
     the first block's input; parameters[i], eps[i] (norm, ffn_norm, group_norm) and the i-th state of each list:
@@ -129,7 +130,7 @@ def _stack_step(
         block_eps = eps[i]
         x, shift, wkv, ffn_shift, v_first = _block_step(
             x, parameters[i], shifts[i], wkvs[i], ffn_shifts[i], v_first, mask, heads, block_eps[0], block_eps[1],
-            block_eps[2], decay_log_scale, onednn)
+            block_eps[2], decay_log_scale, onednn_rows)
         new_shifts.append(shift)
         new_wkvs.append(wkv)
         new_ffn_shifts.append(ffn_shift)
@@ -267,7 +268,7 @@ def step_blocks(
     shifts, wkvs, ffn_shifts = (list(column) for column in zip(*carried))
     x, shifts, wkvs, ffn_shifts = step(hidden_states[:, 0], [tensors for tensors, _ in blocks_parameters], shifts,
                                        wkvs, ffn_shifts, mask, heads, [list(eps) for _, eps in blocks_parameters],
-                                       DECAY_LOG_SCALE, onednn_linear.available())
+                                       DECAY_LOG_SCALE, onednn_linear.rows_from())
     new_states = [{"attn_shift": shift, "wkv": wkv, "ffn_shift": ffn_shift}
                   for shift, wkv, ffn_shift in zip(shifts, wkvs, ffn_shifts)]
     return x[:, None], new_states

@@ -532,7 +532,9 @@ class SeqzooForCausalLM(SeqzooPreTrainedModel, PreparedGeneration, GenerationMix
 
         With inductor, one sequence's matrix products by float32 weights stored by rows (the model as built) are
         written as inductor's own reduction loops rather than handed to MKL (``seqzoo/kernels/one_row_products.py``,
-        a graph pass added to inductor's options; a ``mode`` becomes the options it stands for). Another backend, or
+        a graph pass added to inductor's options; a ``mode`` becomes the options it stands for), where seqzoo's
+        products are chosen over torch's when this is called (``seqzoo.kernels.product_choice``: by default
+        everywhere but where MKL runs on an Intel processor, whose MKL product was the faster). Another backend, or
         a ``post_grad_custom_pre_pass`` of your own, in ``options={...}`` (``None``: none) or in
         ``torch._inductor.config``, compiles without it."""
         if type(enabled) is not bool:  # (a string "no" is true)

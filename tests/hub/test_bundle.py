@@ -159,9 +159,10 @@ OPS_BY_ARCHITECTURE = {
 def test_a_bundle_holds_only_the_kernels_its_architecture_uses(arch, exports):
     ops = {name[len("seqzoo_kernels_"):].split("_reference")[0].split("_chunked")[0].split("_fused")[0]
            .split("_triton")[0] for name in code_files(exports[arch]) if name.startswith("seqzoo_kernels_")}
-    # shared by every op, the decode step's large products (every causal LM's head) and compile_decoding()'s pass
+    # shared by every op, the decode step's large products (every causal LM's head), compile_decoding()'s pass and
+    # the choice of who multiplies
     ops -= {"registry.py", "backend.py", "triton_support.py", "reset.py", "symbolic.py", "onednn_linear.py",
-            "one_row_products.py"}
+            "one_row_products.py", "product_choice.py"}
     assert {op.removesuffix(".py") for op in ops} == OPS_BY_ARCHITECTURE[arch]
 
 

@@ -13,7 +13,7 @@ import torch
 from torch import nn
 from torch._dynamo.utils import counters
 
-from seqzoo.kernels import one_row_products
+from seqzoo.kernels import one_row_products, product_choice
 from seqzoo.models.compat import output_cache
 from tests.conftest import FAMILIES, tiny_model
 
@@ -26,10 +26,11 @@ pytestmark = [pytest.mark.skipif(not one_row_products.AVAILABLE, reason="this to
 
 @pytest.fixture(autouse=True)
 def fresh_compile():
-    """A fresh dynamo, and inductor's caches off (a cached graph does not run the pass again, so counts nothing)."""
+    """A fresh dynamo, inductor's caches off (a cached graph does not run the pass again, so counts nothing), and
+    seqzoo's products chosen over torch's whatever the processor (seqzoo/kernels/product_choice.py)."""
     torch._dynamo.reset()
     counters.clear()
-    with torch._inductor.config.patch(force_disable_caches=True):
+    with torch._inductor.config.patch(force_disable_caches=True), product_choice.products("seqzoo"):
         yield
     torch._dynamo.reset()
 
@@ -128,6 +129,10 @@ def test_the_pass_joins_inductors_options():
                     {"options": {"post_grad_custom_pre_pass": None}},
                     {"mode": "max-autotune", "options": {}}, {"mode": "fastest"}, {"options": "fast"}):
         assert with_pass(options) == options
+    # And where torch's own products are chosen (by default where MKL runs on Intel's processors).
+    with product_choice.products("torch"):
+        for options in ({"fullgraph": True}, {"mode": "max-autotune-no-cudagraphs"}):
+            assert with_pass(options) == options
 
 
 def test_a_pass_set_in_inductors_config_is_kept_and_runs():
@@ -166,3 +171,11 @@ def test_a_compiled_rwkv7_decodes_as_eager_with_its_products_rewritten():
     torch.testing.assert_close(got, want)
     torch.testing.assert_close(compiled, eager, rtol=1e-5, atol=1e-5)
     assert rewrites() > 0
+    # Torch's own products chosen when it compiles: no rewrite, the same tokens.
+    counters.clear()
+    with product_choice.products("torch"):
+        model.compile_decoding()
+    with torch.no_grad():
+        plain = model.generate(ids, max_new_tokens=4, do_sample=False)
+    torch.testing.assert_close(plain, want)
+    assert rewrites() == 0

@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch.nn import functional as F
 
-from seqzoo.kernels import onednn_linear
+from seqzoo.kernels import onednn_linear, product_choice
 from seqzoo.layers import rwkv7_step
 from seqzoo.models.compat import output_cache
 from tests.conftest import tiny_model
@@ -21,9 +21,12 @@ pytestmark = [pytest.mark.skipif(not onednn_linear.OP_PRESENT, reason="this torc
 
 @pytest.fixture(autouse=True)
 def checked():
-    """oneDNN's product checked against F.linear before a test counts the products it runs."""
-    with torch.no_grad():
-        assert onednn_linear.usable()
+    """seqzoo's products chosen over torch's whatever the processor (seqzoo/kernels/product_choice.py), and oneDNN's
+    product checked against F.linear before a test counts the products it runs."""
+    with product_choice.products("seqzoo"):
+        with torch.no_grad():
+            assert onednn_linear.usable()
+        yield
 
 ONEDNN_EVENT = "mkldnn::_linear_pointwise"
 
@@ -61,18 +64,39 @@ def test_the_scripted_product_has_the_same_bounds_as_the_python_one():
     rows, too_many = random(onednn_linear.MAX_ROWS, inner), random(onednn_linear.MAX_ROWS + 1, inner)
     with torch.no_grad():
         for weight, x, expected in ((at_bound, rows, 1), (below, rows, 0), (at_bound, too_many, 0)):
-            for fn, args in ((scripted, (x, weight, True)), (onednn_linear.linear, (x, weight))):
+            for fn, args in ((scripted, (x, weight, 1)), (onednn_linear.linear, (x, weight))):
                 out, calls = ran_onednn(fn, *args)
                 assert calls == expected, (fn, weight.shape, x.shape)
                 torch.testing.assert_close(out, F.linear(x, weight), rtol=1e-5, atol=1e-4)
-        # told no by its caller
-        assert ran_onednn(scripted, rows, at_bound, False)[1] == 0
+        # told no by its caller, or from more rows than it has
+        assert ran_onednn(scripted, rows, at_bound, product_choice.NEVER)[1] == 0
+        assert ran_onednn(scripted, rows[:3], at_bound, 4)[1] == 0
+        assert ran_onednn(scripted, rows[:4], at_bound, 4)[1] == 1
 
 
 def stays_with_f_linear(x, weight, bias=None):
     out, calls = ran_onednn(onednn_linear.linear, x, weight, bias)
     assert calls == 0
     torch.testing.assert_close(out, F.linear(x, weight, bias))
+
+
+@pytest.mark.parametrize("choice", ["auto", "seqzoo", "torch"])
+def test_the_rows_oneDNN_multiplies_follow_the_choice_of_products(choice, monkeypatch):
+    # By default where MKL runs on an Intel processor, oneDNN multiplies four rows and more, MKL fewer (run AK); on
+    # another processor, or with seqzoo's chosen, from one row; with torch's chosen, none.
+    monkeypatch.setattr(product_choice, "_mkl_on_intel", True)  # (as on an Intel processor with MKL)
+    weight = random(768, 1024, seed=1)
+    want = {"auto": product_choice.INTEL_ONEDNN_ROWS, "seqzoo": 1, "torch": product_choice.NEVER}[choice]
+    with product_choice.products(choice), torch.no_grad():
+        assert onednn_linear.rows_from() == want
+        for rows in (1, 2, 3, 4, 8, 16):
+            out, calls = ran_onednn(onednn_linear.linear, random(rows, 1024), weight)
+            assert calls == (rows >= want), (choice, rows)
+    monkeypatch.setattr(product_choice, "_mkl_on_intel", False)
+    with product_choice.products(choice):
+        assert onednn_linear.rows_from() == (product_choice.NEVER if choice == "torch" else 1)
+        with torch.backends.mkldnn.flags(enabled=False):
+            assert onednn_linear.rows_from() == product_choice.NEVER
 
 
 def test_f_linear_runs_where_the_conditions_do_not_hold(monkeypatch):
@@ -90,6 +114,9 @@ def test_f_linear_runs_where_the_conditions_do_not_hold(monkeypatch):
         stays_with_f_linear(x, weight.as_subclass(Marked))  # a quantised weight is a subclass with operators of its own
         with torch.backends.mkldnn.flags(enabled=False):
             stays_with_f_linear(x, weight)
+        with product_choice.products("torch"):  # torch's own product chosen, for every row count
+            stays_with_f_linear(x, weight)
+            stays_with_f_linear(random(16, 1024), weight)
         with torch.autocast("cpu", dtype=torch.bfloat16):  # F.linear runs in bf16 there
             out, calls = ran_onednn(onednn_linear.linear, x, weight)
             assert calls == 0 and out.dtype == torch.bfloat16
@@ -184,6 +211,13 @@ def test_rwkv7s_decode_step_by_onednn_equals_its_full_sequence_and_its_python_pa
     fast, calls = ran_onednn(decode)
     # every step: four 768 x 768 maps and the two of the channel mix in each of two blocks, and the head
     assert calls == 4 * (2 * 6 + 1)
+    with product_choice.products("torch"):  # the scripted step told so too
+        mkl, calls = ran_onednn(decode)
+    assert calls == 0
+    torch.testing.assert_close(fast, mkl, rtol=1e-5, atol=5e-5)
+    monkeypatch.setattr(product_choice, "_mkl_on_intel", True)  # (as on an Intel processor with MKL)
+    with product_choice.products("auto"):  # two rows: MKL's there
+        assert ran_onednn(decode)[1] == 0
     with torch.no_grad():
         full = model(tokens, attention_mask=mask).logits[:, 3:]
     torch.testing.assert_close(fast, full, rtol=1e-4, atol=1e-4)
