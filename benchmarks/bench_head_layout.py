@@ -16,8 +16,9 @@ MB, so that each product reads its weight from memory or the last-level cache, a
 
 ``--onednn`` adds a third column: the weight by rows through ``seqzoo.kernels.onednn_linear.linear``, the product a
 decode step runs where seqzoo's products are chosen (oneDNN's for a weight of 2^19 elements or more and at most 16
-rows, ``F.linear`` otherwise; timed so whatever the processor, though by default an Intel one runs ``F.linear``:
-``seqzoo/kernels/product_choice.py``), and its ratio rows / that (above 1: it is faster than ``F.linear`` by rows).
+rows, ``F.linear`` otherwise; timed so whatever the processor, though by default an Intel one runs ``F.linear``
+for one to three rows: ``seqzoo/kernels/product_choice.py``), and its ratio rows / that (above 1: it is faster than
+``F.linear`` by rows).
 """
 
 from __future__ import annotations

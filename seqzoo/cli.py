@@ -105,19 +105,27 @@ def cmd_kernels(args: argparse.Namespace) -> int:
 
 
 def _products_line() -> str:
-    """Who multiplies one decoding sequence by a weight stored by rows on this CPU (seqzoo.kernels.product_choice)."""
-    from seqzoo.kernels import product_choice
+    """Who multiplies a decode step's rows by a weight stored by rows on this CPU, as things are set: the choice
+    (seqzoo.kernels.product_choice) as oneDNN's product and inductor's graph passes, where present, apply it."""
+    import torch
+
+    from seqzoo.kernels import one_row_products, onednn_linear, product_choice
 
     vendor = product_choice.processor_vendor() or "of an unknown vendor"
-    one = ("seqzoo's (oneDNN's product eagerly, inductor's own loops compiled)" if product_choice.seqzoo_products()
-           else "torch's (F.linear, MKL's)")
-    rows = product_choice.onednn_rows()
-    few = ("" if rows == 1 else ", and a few more rows by torch's" if rows > 16
-           else f", {rows} rows and more by oneDNN's, fewer by torch's")
+    torchs = "torch's (F.linear, MKL's)" if torch.backends.mkl.is_available() else "torch's (F.linear)"
+    rows = onednn_linear.rows_from()  # (what runs: NEVER where oneDNN is off or not in this torch)
+    eager = (f"eagerly {torchs}" if rows > onednn_linear.MAX_ROWS
+             else "eagerly oneDNN's" if rows == 1 else f"eagerly {torchs} below {rows} rows and oneDNN's from {rows}")
+    loops = product_choice.seqzoo_products() and one_row_products.AVAILABLE
+    compiled = "compiled, inductor's own loops for one row" if loops else "compiled, inductor's product"
+    off = [] if onednn_linear.available() else ["oneDNN's product is off or not in this torch"]
+    if product_choice.seqzoo_products() and not one_row_products.AVAILABLE:
+        off.append("this torch has no inductor graph passes")
     how = ("by default" if product_choice.chosen() == "auto"
            else f"as set (seqzoo.kernels.product_choice.set_products({product_choice.chosen()!r}))")
-    return (f"CPU decoding, a decode step's rows times a weight stored by rows: one sequence by {one}{few}, {how}, on "
-            f"this processor ({vendor}); seqzoo.kernels.product_choice.set_products() chooses")
+    return (f"CPU decoding, up to {onednn_linear.MAX_ROWS} rows times a weight stored by rows: {eager}; {compiled}; "
+            f"{how}, on this processor ({vendor}){''.join(f'; {why}' for why in off)}; "
+            "seqzoo.kernels.product_choice.set_products() chooses")
 
 
 def _this_device() -> str:

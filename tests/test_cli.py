@@ -179,15 +179,8 @@ def test_list_and_kernels(capsys, monkeypatch):
     assert main(["kernels"]) == 0
     out = capsys.readouterr().out
     assert "lstm" in out and "reference" in out and "torch" in out
-    # and who multiplies one decoding sequence by a weight on this CPU (seqzoo.kernels.product_choice)
-    from seqzoo.kernels import product_choice
-
-    who = "seqzoo's (oneDNN's" if product_choice.seqzoo_products() else "torch's (F.linear, MKL's), 4 rows and more"
-    assert f"times a weight stored by rows: one sequence by {who}" in out and ", by default, " in out
-    with product_choice.products("torch"):
-        assert main(["kernels"]) == 0
-    assert ("one sequence by torch's (F.linear, MKL's), and a few more rows by torch's, as set "
-            "(seqzoo.kernels.product_choice.set_products('torch'))") in capsys.readouterr().out
+    # and who multiplies a decode step's rows by a weight on this CPU (test_kernels_says_who_multiplies_...)
+    assert "CPU decoding, up to 16 rows times a weight stored by rows: eagerly " in out and "; by default, " in out
     if not torch.cuda.is_available():
         assert "no [1]" in out and "[1] " in out and "CUDA" in out.split("[1] ")[-1]  # why Triton is unavailable
     # A misspelt SEQZOO_KERNELS entry makes every kernel call raise: the table selects nothing, then the error.
@@ -197,6 +190,32 @@ def test_list_and_kernels(capsys, monkeypatch):
     rows = [line.split() for line in captured.out.splitlines()[2:] if line.startswith(("lstm ", "gru "))]
     assert len(rows) == 4 and all(row[4] not in ("yes", "forced") for row in rows), rows
     assert "SEQZOO_KERNELS entry 'lstm=bogus': unknown kernel backend" in captured.err
+
+
+def test_kernels_says_who_multiplies_a_decode_steps_rows(capsys, monkeypatch):
+    # What runs (seqzoo.kernels.product_choice, as onednn_linear and one_row_products apply it), on either vendor.
+    from seqzoo.kernels import one_row_products, onednn_linear, product_choice
+
+    if not onednn_linear.available() or not one_row_products.AVAILABLE or not torch.backends.mkl.is_available():
+        pytest.skip("this torch lacks oneDNN, MKL or inductor's graph passes")
+    for vendor, line in (
+            (True, "eagerly torch's (F.linear, MKL's) below 4 rows and oneDNN's from 4; compiled, inductor's product; "
+                   "by default"),
+            (False, "eagerly oneDNN's; compiled, inductor's own loops for one row; by default")):
+        monkeypatch.setattr(product_choice, "_mkl_on_intel", vendor)  # (as on an Intel processor with MKL, or not)
+        assert main(["kernels"]) == 0
+        assert line in capsys.readouterr().out
+    with product_choice.products("torch"):
+        assert main(["kernels"]) == 0
+    assert ("eagerly torch's (F.linear, MKL's); compiled, inductor's product; as set "
+            "(seqzoo.kernels.product_choice.set_products('torch'))") in capsys.readouterr().out
+    # What runs, not only what is chosen: oneDNN turned off is said so.
+    with product_choice.products("seqzoo"), torch.backends.mkldnn.flags(enabled=False):
+        assert main(["kernels"]) == 0
+    assert ("eagerly torch's (F.linear, MKL's); compiled, inductor's own loops for one row; as set "
+            "(seqzoo.kernels.product_choice.set_products('seqzoo')), on this processor (") in (
+        out := capsys.readouterr().out)
+    assert "; oneDNN's product is off or not in this torch;" in out
 
 
 def test_kernels_names_a_forced_backend_that_runs_on_another_device(capsys, monkeypatch):

@@ -7,19 +7,20 @@ Which is faster depends on the processor MKL runs on, and on the rows. MKL is In
 on Intel's processors only. On the two-core AMD EPYC host of BENCHMARKS.md's runs T-AJ, MKL streamed a weight stored
 by rows at 11-17 GB/s, and seqzoo's products were faster: oneDNN's 1.15-1.5x for matrices of half a million elements
 and more, inductor's loops 1.1-1.6x a compiled step. On the two-core Intel Xeon host of run AK, MKL's was the faster
-for one to three rows (oneDNN's 0.68-0.98x of it from 768 x 768 to the 65536 x 768 head; inductor's loops 0.89-0.98x
+for one to three rows (oneDNN's 0.68-0.98x of it from 768 x 768 to the 65536 x 768 head; inductor's loops 0.86-0.98x
 of plain inductor in RWKV-7's compiled step), and oneDNN's for four to sixteen (1.0-2.1x: MKL's product of four rows
-and more took up to twice its time for three), so that RWKV-7's step by MKL ran 1.06-1.10x as fast as by oneDNN for
-one sequence, and 0.70-0.89x as fast for eight.
+took up to 1.8 times its time for three, of eight up to 2.9 times), so that RWKV-7's step by MKL ran 1.06-1.10x as
+fast as by oneDNN for one sequence, and 0.70-0.88x as fast for eight.
 
 So by default (``"auto"``) where this torch has MKL and the processor says it is Intel's (``vendor_id``
 ``GenuineIntel``), oneDNN multiplies four rows and more (:data:`INTEL_ONEDNN_ROWS`) and torch's product fewer, and a
 compiled step keeps inductor's product; elsewhere (AMD's processors, and any other where seqzoo's products ran: what
 was measured before run AK) seqzoo's products run from one row. :func:`set_products` overrides it for the process:
 ``"seqzoo"`` (seqzoo's from one row, on every processor) or ``"torch"`` (torch's product for every row count);
-:func:`products` does the same for a ``with`` block. An eager step reads the choice at each step;
-``compile_decoding()`` reads it when it compiles (a compiled step keeps the products it was compiled with). Every
-choice computes the same values within rounding (a sum in another order).
+:func:`products` does the same for a ``with`` block (the process's choice all the same, seen by every thread). A Hub
+bundle's code (``trust_remote_code``) carries its own copy of this module, which its own ``set_products`` sets. An
+eager step reads the choice at each step; ``compile_decoding()`` reads it when it compiles (a compiled step keeps the
+products it was compiled with). Every choice computes the same values within rounding (a sum in another order).
 """
 
 from __future__ import annotations
@@ -55,6 +56,7 @@ def _read_vendor() -> str | None:
                 key, _, value = line.partition(":")
                 if key.strip() == "vendor_id" and value.strip():
                     return value.strip()
+        return None  # (Linux on a processor that names no vendor there, as ARM's; platform's answer would run uname)
     except OSError:
         pass  # (not Linux, or no /proc: the platform module's answer below)
     described = platform.processor()  # (Windows: "Intel64 Family 6 Model 85 Stepping 7, GenuineIntel")
@@ -71,9 +73,13 @@ def set_products(choice: str) -> None:
     torch's for one to three rows and oneDNN's from four, seqzoo's from one row elsewhere; see the module's
     docstring)."""
     global _choice
+    _choice = _checked(choice, "set_products")
+
+
+def _checked(choice: str, caller: str) -> str:
     if choice not in CHOICES:
-        raise ValueError(f"set_products: {choice!r} is not a choice; choose one of {', '.join(map(repr, CHOICES))}")
-    _choice = choice
+        raise ValueError(f"{caller}: {choice!r} is not a choice; choose one of {', '.join(map(repr, CHOICES))}")
+    return choice
 
 
 def chosen() -> str:
@@ -83,9 +89,10 @@ def chosen() -> str:
 
 @contextlib.contextmanager
 def products(choice: str) -> Iterator[None]:
-    """:func:`set_products` for a ``with`` block; the choice before it comes back after, however the block ends."""
+    """:func:`set_products` for a ``with`` block; the choice before it comes back after, however the block ends. (The
+    choice is the process's, as set_products' is: decode steps in other threads see it while the block runs.)"""
     before = _choice
-    set_products(choice)
+    set_products(_checked(choice, "products"))
     try:
         yield
     finally:

@@ -90,7 +90,7 @@ def test_the_rows_oneDNN_multiplies_follow_the_choice_of_products(choice, monkey
     with product_choice.products(choice), torch.no_grad():
         assert onednn_linear.rows_from() == want
         for rows in (1, 2, 3, 4, 8, 16):
-            out, calls = ran_onednn(onednn_linear.linear, random(rows, 1024), weight)
+            calls = ran_onednn(onednn_linear.linear, random(rows, 1024), weight)[1]
             assert calls == (rows >= want), (choice, rows)
     monkeypatch.setattr(product_choice, "_mkl_on_intel", False)
     with product_choice.products(choice):
@@ -216,8 +216,11 @@ def test_rwkv7s_decode_step_by_onednn_equals_its_full_sequence_and_its_python_pa
     assert calls == 0
     torch.testing.assert_close(fast, mkl, rtol=1e-5, atol=5e-5)
     monkeypatch.setattr(product_choice, "_mkl_on_intel", True)  # (as on an Intel processor with MKL)
-    with product_choice.products("auto"):  # two rows: MKL's there
+    with product_choice.products("auto"):  # two rows: MKL's there; four rows: oneDNN's
         assert ran_onednn(decode)[1] == 0
+        tokens, mask = tokens.repeat(2, 1), mask.repeat(2, 1)
+        assert ran_onednn(decode)[1] == 4 * (2 * 6 + 1)
+        tokens, mask = tokens[:2], mask[:2]
     with torch.no_grad():
         full = model(tokens, attention_mask=mask).logits[:, 3:]
     torch.testing.assert_close(fast, full, rtol=1e-4, atol=1e-4)
