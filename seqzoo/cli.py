@@ -90,7 +90,8 @@ def cmd_kernels(args: argparse.Namespace) -> int:
     print_table(["op", "backend", "priority", "available", "selected", "notes"], rows)
     for reason, mark in reasons.items():
         print(f"[{mark}] {reason}")
-    print(_products_line())
+    if broken is None:  # (a SEQZOO_PRODUCTS that names no choice is the error below)
+        print(_products_line())
     if broken is not None:
         raise broken
     for r in rows_seen:
@@ -122,10 +123,11 @@ def _products_line() -> str:
     if product_choice.seqzoo_products() and not one_row_products.AVAILABLE:
         off.append("this torch has no inductor graph passes")
     how = ("by default" if product_choice.chosen() == "auto"
+           else f"as set ({product_choice.ENV}={product_choice.chosen()})" if product_choice._choice is None
            else f"as set (seqzoo.kernels.product_choice.set_products({product_choice.chosen()!r}))")
     return (f"CPU decoding, up to {onednn_linear.MAX_ROWS} rows times a weight stored by rows: {eager}; {compiled}; "
             f"{how}, on this processor ({vendor}){''.join(f'; {why}' for why in off)}; "
-            "seqzoo.kernels.product_choice.set_products() chooses")
+            f"{product_choice.ENV} or seqzoo.kernels.product_choice.set_products() chooses")
 
 
 def _this_device() -> str:
@@ -360,7 +362,7 @@ def debug_requested(args: argparse.Namespace | None = None) -> bool:
 
 
 # The environment variables seqzoo reads (the last three: its test suite's and benchmarks').
-KNOWN_ENV = ("SEQZOO_KERNELS", DEBUG_ENV, "SEQZOO_TRITON_AOT", "SEQZOO_OTHER_TRANSFORMERS_PYTHON",
+KNOWN_ENV = ("SEQZOO_KERNELS", DEBUG_ENV, "SEQZOO_PRODUCTS", "SEQZOO_TRITON_AOT", "SEQZOO_OTHER_TRANSFORMERS_PYTHON",
              "SEQZOO_REQUIRE_TORCHAO", "SEQZOO_MUTATION")
 
 

@@ -546,6 +546,37 @@ def test_generate_names_a_misspelt_seqzoo_kernels_entry_before_printing_anything
     assert out == "" and err.startswith("error: SEQZOO_KERNELS entry 'lstm=referense': unknown kernel backend")
 
 
+def test_seqzoo_products_in_the_environment_is_read_and_a_bad_value_named_before_anything(model_dir, capsys,
+                                                                                       monkeypatch):
+    from seqzoo.kernels import product_choice
+
+    def environment(value):
+        monkeypatch.setenv("SEQZOO_PRODUCTS", value)
+        monkeypatch.setattr(product_choice, "_env", None)  # (read once per process: read again)
+
+    try:
+        environment("mkl")
+        assert main(["generate", str(model_dir), "ab", "--max-new-tokens", "2"]) == 2
+        out, err = capsys.readouterr()
+        assert out == "" and err.startswith("error: the environment variable SEQZOO_PRODUCTS='mkl' is not a choice of "
+                                            "who multiplies a decode step's rows; choose one of 'auto', 'torch'")
+        assert main(["kernels"]) == 2
+        out, err = capsys.readouterr()
+        assert "SEQZOO_PRODUCTS='mkl' is not a choice" in err and "lstm" in out and "CPU decoding" not in out
+        environment("torch")
+        assert main(["kernels"]) == 0
+        out = capsys.readouterr().out
+        assert "eagerly torch's (F.linear" in out and "as set (SEQZOO_PRODUCTS=torch)" in out
+        assert main(["generate", str(model_dir), "ab", "--max-new-tokens", "2"]) == 0
+        # A misspelt name is one seqzoo does not read: said so, with the name meant.
+        monkeypatch.setenv("SEQZOO_PRODUCT", "torch")
+        assert main(["list"]) == 0
+        assert "SEQZOO_PRODUCT is not one seqzoo reads (did you mean SEQZOO_PRODUCTS?)" in capsys.readouterr().err
+    finally:
+        monkeypatch.undo()
+        product_choice._env = None
+
+
 def test_generate_refuses_more_positions_than_the_model_has(tmp_path, capsys):
     # (The model stopped part way, its text printed, with an error naming a position but not the flag.)
     folder = tmp_path / "learned"

@@ -16,8 +16,10 @@ So by default (``"auto"``) where this torch has MKL and the processor says it is
 ``GenuineIntel``), oneDNN multiplies four rows and more (:data:`INTEL_ONEDNN_ROWS`) and torch's product fewer, and a
 compiled step keeps inductor's product; elsewhere (AMD's processors, and any other where seqzoo's products ran: what
 was measured before run AK) seqzoo's products run from one row. :func:`set_products` overrides it for the process:
-``"seqzoo"`` (seqzoo's from one row, on every processor) or ``"torch"`` (torch's product for every row count);
-:func:`products` does the same for a ``with`` block (the process's choice all the same, seen by every thread). A Hub
+``"seqzoo"`` (seqzoo's from one row, on every processor) or ``"torch"`` (torch's product for every row count), and
+:func:`products` for a ``with`` block (the process's choice all the same, seen by every thread); where neither has
+chosen, the environment variable ``SEQZOO_PRODUCTS`` does (read once per process, at the first decode step that asks;
+a value that is not a choice raises there, and ``seqzoo kernels`` and ``seqzoo generate`` name it first). A Hub
 bundle's code (``trust_remote_code``) carries its own copy of this module, which its own ``set_products`` sets. An
 eager step reads the choice at each step; ``compile_decoding()`` reads it when it compiles (a compiled step keeps the
 products it was compiled with). Every choice computes the same values within rounding (a sum in another order).
@@ -26,6 +28,7 @@ products it was compiled with). Every choice computes the same values within rou
 from __future__ import annotations
 
 import contextlib
+import os
 import platform
 from collections.abc import Iterator
 
@@ -35,7 +38,9 @@ CHOICES = ("auto", "torch", "seqzoo")
 INTEL_ONEDNN_ROWS = 4  # the fewest rows oneDNN multiplies by default where MKL runs on an Intel processor (run AK)
 NEVER = 1 << 30  # onednn_rows() where oneDNN multiplies no rows (more than any decode step has)
 CPUINFO = "/proc/cpuinfo"  # where Linux names the processor's vendor
-_choice = "auto"
+ENV = "SEQZOO_PRODUCTS"  # the environment's choice, where set_products() has not chosen
+_choice: str | None = None  # set_products()'s choice; None: the environment's (ENV; "auto" where it is not set)
+_env: tuple[str, str | None] | None = None  # (ENV as read, its choice or None where it is not one); None: not read
 _vendor: str | None | bool = False  # the processor's vendor string once read (None: unknown); False: not read yet
 _mkl_on_intel: bool | None = None  # whether MKL runs on an Intel processor here, once asked
 
@@ -82,21 +87,49 @@ def _checked(choice: str, caller: str) -> str:
     return choice
 
 
+def _environment() -> str:
+    """The choice ``SEQZOO_PRODUCTS`` names (``"auto"`` where it is unset or empty), read once per process; a value
+    that is not a choice raises at each decode step that asks, as a misspelt ``SEQZOO_KERNELS`` entry does."""
+    choice = _read_environment()[1]
+    if choice is None:
+        raise ValueError(environment_error())
+    return choice
+
+
+def _read_environment() -> tuple[str, str | None]:
+    global _env
+    if _env is None:
+        raw = os.environ.get(ENV, "")
+        value = raw.strip().lower() or "auto"
+        _env = (raw, value if value in CHOICES else None)
+    return _env
+
+
+def environment_error() -> str | None:
+    """What is wrong with ``SEQZOO_PRODUCTS`` (read once per process), or None where it is unset or a choice."""
+    raw, choice = _read_environment()
+    if choice is not None:
+        return None
+    return (f"the environment variable {ENV}={raw!r} is not a choice of who multiplies a decode step's rows; "
+            f"choose one of {', '.join(map(repr, CHOICES))} (or leave it unset)")
+
+
 def chosen() -> str:
-    """The choice as set: ``"auto"``, ``"torch"`` or ``"seqzoo"``."""
-    return _choice
+    """The choice in force: ``set_products()``'s, else ``SEQZOO_PRODUCTS``'s, else ``"auto"``."""
+    return _environment() if _choice is None else _choice
 
 
 @contextlib.contextmanager
 def products(choice: str) -> Iterator[None]:
     """:func:`set_products` for a ``with`` block; the choice before it comes back after, however the block ends. (The
     choice is the process's, as set_products' is: decode steps in other threads see it while the block runs.)"""
-    before = _choice
+    global _choice
+    before = _choice  # (None: the environment's, again after the block)
     set_products(_checked(choice, "products"))
     try:
         yield
     finally:
-        set_products(before)
+        _choice = before
 
 
 def _on_intel_mkl() -> bool:
@@ -109,8 +142,9 @@ def _on_intel_mkl() -> bool:
 def seqzoo_products() -> bool:
     """Whether seqzoo's own products multiply one sequence (one row: oneDNN's eagerly, inductor's loops compiled):
     the choice set, and under ``"auto"`` not where MKL runs on an Intel processor."""
-    if _choice != "auto":
-        return _choice == "seqzoo"
+    choice = _environment() if _choice is None else _choice
+    if choice != "auto":
+        return choice == "seqzoo"
     return not _on_intel_mkl()
 
 
@@ -118,10 +152,11 @@ def onednn_rows() -> int:
     """The fewest rows of a decode step's product that oneDNN's product is to multiply (where its other conditions
     hold: ``seqzoo/kernels/onednn_linear.py``): 1 where seqzoo's products are chosen, :data:`INTEL_ONEDNN_ROWS` under
     ``"auto"`` where MKL runs on an Intel processor, and :data:`NEVER` where torch's are chosen."""
-    if _choice != "auto":
-        return 1 if _choice == "seqzoo" else NEVER
+    choice = _environment() if _choice is None else _choice
+    if choice != "auto":
+        return 1 if choice == "seqzoo" else NEVER
     return INTEL_ONEDNN_ROWS if _on_intel_mkl() else 1
 
 
-__all__ = ["CHOICES", "INTEL_ONEDNN_ROWS", "NEVER", "chosen", "onednn_rows", "processor_vendor", "products",
-           "seqzoo_products", "set_products"]
+__all__ = ["CHOICES", "ENV", "INTEL_ONEDNN_ROWS", "NEVER", "chosen", "environment_error", "onednn_rows",
+           "processor_vendor", "products", "seqzoo_products", "set_products"]

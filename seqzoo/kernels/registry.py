@@ -360,8 +360,11 @@ def _rebuild(raw: Any) -> _State:
 
 
 def check_environment() -> None:
-    """Raise KernelError if ``SEQZOO_KERNELS`` names an op or backend that does not exist or is malformed."""
-    error = _current().env_error
+    """Raise KernelError if ``SEQZOO_KERNELS`` names an op or backend that does not exist or is malformed, or
+    ``SEQZOO_PRODUCTS`` names no choice of who multiplies a decode step's rows (``product_choice``)."""
+    from seqzoo.kernels import product_choice
+
+    error = _current().env_error or product_choice.environment_error()
     if error is not None:
         raise KernelError(error)
 

@@ -90,9 +90,10 @@ def test_a_choice_set_holds_on_every_processor_and_the_with_block_restores_it(ho
     product_choice.set_products("torch")
     try:
         assert not product_choice.seqzoo_products()
-    finally:
         product_choice.set_products("auto")
-    assert product_choice.seqzoo_products()
+        assert product_choice.seqzoo_products()
+    finally:
+        product_choice._choice = None  # (the environment's again, as before the test)
 
 
 @pytest.mark.parametrize("bad", ["mkl", "Torch", None, True])
@@ -102,3 +103,47 @@ def test_an_unknown_choice_is_refused_with_the_choices(bad):
     with pytest.raises(ValueError, match=r"^products: .* is not a choice"), product_choice.products(bad):
         pass
     assert product_choice.chosen() == "auto"
+
+
+@pytest.fixture
+def environment(monkeypatch):
+    """``environment(value)``: SEQZOO_PRODUCTS set to ``value`` (None: unset), read afresh."""
+    def set_to(value):
+        if value is None:
+            monkeypatch.delenv(product_choice.ENV, raising=False)
+        else:
+            monkeypatch.setenv(product_choice.ENV, value)
+        monkeypatch.setattr(product_choice, "_env", None)
+    yield set_to
+    monkeypatch.undo()
+    product_choice._env = None  # (read again from the real environment)
+
+
+@pytest.mark.skipif(not torch.backends.mkl.is_available(), reason="this torch has no MKL")
+def test_the_environment_chooses_where_set_products_has_not(host, environment):
+    host(INTEL)
+    for value, one_row, rows in ((None, False, 4), ("", False, 4), ("auto", False, 4), ("seqzoo", True, 1),
+                                 (" Torch ", False, product_choice.NEVER)):
+        environment(value)
+        assert product_choice.environment_error() is None
+        assert (product_choice.seqzoo_products(), product_choice.onednn_rows()) == (one_row, rows), value
+    assert product_choice.chosen() == "torch"
+    with product_choice.products("seqzoo"):  # the API over the environment, and the environment's again after
+        assert product_choice.onednn_rows() == 1
+    assert product_choice.chosen() == "torch"
+
+
+def test_an_environment_value_that_is_no_choice_is_named_at_each_step_and_by_the_checks(environment):
+    from seqzoo.kernels import onednn_linear, registry
+
+    environment("mkl")
+    message = r"SEQZOO_PRODUCTS='mkl' is not a choice of who multiplies a decode step's rows; choose one of 'auto'"
+    assert "SEQZOO_PRODUCTS='mkl' is not a choice" in product_choice.environment_error()
+    for ask in (product_choice.seqzoo_products, product_choice.onednn_rows, product_choice.chosen,
+                onednn_linear.rows_from):
+        with pytest.raises(ValueError, match=message):
+            ask()
+    with pytest.raises(registry.KernelError, match=message):
+        registry.check_environment()
+    with product_choice.products("torch"):  # (set in Python: the environment is not asked)
+        assert not product_choice.seqzoo_products()
