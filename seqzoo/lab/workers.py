@@ -41,11 +41,16 @@ def run_in_workers(run: Callable[[dict[str, Any]], dict[str, Any]], jobs: list[d
                 deadline = None
     except BaseException:
         processes = list((getattr(pool, "_processes", None) or {}).values())
+        # (the pool's manager thread, which shutdown(wait=False) forgets without joining: left running, it closed its
+        # wake-up pipe while the interpreter's exit wrote to it, "Exception ignored ... OSError: Bad file descriptor")
+        manager = getattr(pool, "_executor_manager_thread", None)
         pool.shutdown(wait=False, cancel_futures=True)
         for process in processes:
             process.terminate()
         for process in processes:
             process.join(timeout=10)
+        if isinstance(manager, threading.Thread):
+            manager.join(timeout=10)
         pool.shutdown(wait=True)  # releases the pool's queues (else multiprocessing warns of leaked semaphores)
         raise
     pool.shutdown()
