@@ -123,7 +123,7 @@ def _products_line() -> str:
     if product_choice.seqzoo_products() and not one_row_products.AVAILABLE:
         off.append("this torch has no inductor graph passes")
     how = ("by default" if product_choice.chosen() == "auto"
-           else f"as set ({product_choice.ENV}={product_choice.chosen()})" if product_choice._choice is None
+           else f"as set ({product_choice.ENV}={product_choice.chosen()})" if product_choice.from_environment()
            else f"as set (seqzoo.kernels.product_choice.set_products({product_choice.chosen()!r}))")
     return (f"CPU decoding, up to {onednn_linear.MAX_ROWS} rows times a weight stored by rows: {eager}; {compiled}; "
             f"{how}, on this processor ({vendor}){''.join(f'; {why}' for why in off)}; "

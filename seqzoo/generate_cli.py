@@ -49,8 +49,9 @@ def register(sub: Any) -> None:
                    help="columns: store every weight matrix by columns (the vocabulary head's included), faster for "
                         "one sequence on CPU (model.set_weight_layout; see BENCHMARKS.md); auto (default): columns "
                         "for a seqzoo causal LM decoding one sequence on the CPU in float32 (but rows for an RWKV-7 "
-                        "768 wide or more at two threads or more, whose step then runs by oneDNN, and with --compile "
-                        "(inductor), whose step then runs by rows in its own loops), else rows")
+                        "768 wide or more at two threads or more where oneDNN multiplies one row, not by default on an "
+                        "Intel processor, and with --compile (inductor), whose compiled step by rows ran as fast "
+                        "or faster), else rows")
     p.add_argument("--head-layout", choices=["rows", "columns"],
                    help="the vocabulary head's alone (after --weight-layout): columns is faster for one sequence on "
                         "CPU with a large vocabulary (model.set_head_layout; see BENCHMARKS.md)")

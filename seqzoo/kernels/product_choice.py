@@ -119,13 +119,18 @@ def chosen() -> str:
     return _environment() if _choice is None else _choice
 
 
+def from_environment() -> bool:
+    """Whether the choice in force is ``SEQZOO_PRODUCTS``'s (or its default): ``set_products()`` has not chosen."""
+    return _choice is None
+
+
 @contextlib.contextmanager
 def products(choice: str) -> Iterator[None]:
     """:func:`set_products` for a ``with`` block; the choice before it comes back after, however the block ends. (The
     choice is the process's, as set_products' is: decode steps in other threads see it while the block runs.)"""
     global _choice
     before = _choice  # (None: the environment's, again after the block)
-    set_products(_checked(choice, "products"))
+    _choice = _checked(choice, "products")
     try:
         yield
     finally:
@@ -141,22 +146,19 @@ def _on_intel_mkl() -> bool:
 
 def seqzoo_products() -> bool:
     """Whether seqzoo's own products multiply one sequence (one row: oneDNN's eagerly, inductor's loops compiled):
-    the choice set, and under ``"auto"`` not where MKL runs on an Intel processor."""
-    choice = _environment() if _choice is None else _choice
-    if choice != "auto":
-        return choice == "seqzoo"
-    return not _on_intel_mkl()
+    the choice set, and under ``"auto"`` not where MKL runs on an Intel processor (where oneDNN starts at one row)."""
+    return onednn_rows() == 1
 
 
 def onednn_rows() -> int:
     """The fewest rows of a decode step's product that oneDNN's product is to multiply (where its other conditions
     hold: ``seqzoo/kernels/onednn_linear.py``): 1 where seqzoo's products are chosen, :data:`INTEL_ONEDNN_ROWS` under
     ``"auto"`` where MKL runs on an Intel processor, and :data:`NEVER` where torch's are chosen."""
-    choice = _environment() if _choice is None else _choice
+    choice = chosen()
     if choice != "auto":
         return 1 if choice == "seqzoo" else NEVER
     return INTEL_ONEDNN_ROWS if _on_intel_mkl() else 1
 
 
-__all__ = ["CHOICES", "ENV", "INTEL_ONEDNN_ROWS", "NEVER", "chosen", "environment_error", "onednn_rows",
-           "processor_vendor", "products", "seqzoo_products", "set_products"]
+__all__ = ["CHOICES", "ENV", "INTEL_ONEDNN_ROWS", "NEVER", "chosen", "environment_error", "from_environment",
+           "onednn_rows", "processor_vendor", "products", "seqzoo_products", "set_products"]
