@@ -181,11 +181,13 @@ _FUNCTIONS = tuple((owner, name, getattr(owner, name)) for owner, name in (
     (torch, "stack"), (torch.linalg, "vector_norm"), (torch.Tensor, "square")))
 
 
-def _parameters(block: nn.Module, block_class: type) -> tuple[list[torch.Tensor], tuple[float, float, float]] | None:
-    """The tensors _block_step takes for ``block`` (read from the modules now), and its three eps; None when the
-    block is not what _block_step computes. (Submodules and parameters are read from the modules' own dicts: a
-    module attribute read costs more than the check.)"""
-    if type(block) is not block_class or block.has_dropout or not block.pre_norm:
+def block_parts(block: nn.Module, block_class: type) -> tuple[nn.Module, ...] | None:
+    """``block``'s modules _block_step computes, in this order: the block, its two LayerNorms, time mix, channel mix,
+    the time mix's GroupNorm and its four linear maps, then the channel mix's two; None where the block is not what
+    _block_step computes (a part of another class, a linear map with a bias, a hook on any, a ``__call__`` of a
+    class's own). (Submodules are read from the modules' own dicts: a module attribute read costs more than the
+    check.)"""
+    if type(block) is not block_class:
         return None
     try:
         blocks = block._modules
@@ -193,19 +195,40 @@ def _parameters(block: nn.Module, block_class: type) -> tuple[list[torch.Tensor]
         attn_modules, ffn_modules = attn._modules, ffn._modules
         linears = [attn_modules[name] for name in _LINEARS] + [ffn_modules["key"], ffn_modules["value"]]
         group_norm = attn_modules["ln_x"]
-        # (ln_x is read, never called (see _step), but the Python path reads it through module_weights, which runs
-        # an accelerate hook on it: a hooked ln_x runs there)
-        modules = (block, norm, attn, ffn_norm, ffn, group_norm, *linears)
-        if (type(attn) is not RWKV7TimeMix or type(ffn) is not RWKV7ChannelMix or type(norm) is not nn.LayerNorm
-                or type(ffn_norm) is not nn.LayerNorm or type(group_norm) is not nn.GroupNorm
-                or len(norm.normalized_shape) != 1 or len(ffn_norm.normalized_shape) != 1):
+    except KeyError:  # a part removed or replaced by a plain attribute
+        return None
+    # (ln_x is read, never called (see _step), but the Python path reads it through module_weights, which runs an
+    # accelerate hook on it: a hooked ln_x runs there)
+    parts = (block, norm, attn, ffn_norm, ffn, group_norm, *linears)
+    if (type(attn) is not RWKV7TimeMix or type(ffn) is not RWKV7ChannelMix or type(norm) is not nn.LayerNorm
+            or type(ffn_norm) is not nn.LayerNorm or type(group_norm) is not nn.GroupNorm):
+        return None
+    for linear in linears:  # (plain loops: generator expressions show in a decode step's time)
+        if type(linear) is not nn.Linear or linear._parameters.get("bias") is not None:
             return None
-        for linear in linears:  # (plain loops: generator expressions show in a decode step's time)
-            if type(linear) is not nn.Linear or linear._parameters.get("bias") is not None:
-                return None
-        for module in modules:
-            if has_hooks(module) or not plain_module_call(type(module)):  # (a __call__ of the class's own runs)
-                return None
+    for module in parts:
+        if has_hooks(module) or not plain_module_call(type(module)):  # (a __call__ of the class's own runs)
+            return None
+    return parts
+
+
+def block_settings(parts: tuple[nn.Module, ...], idx: int, heads: int) -> list[float] | None:
+    """Block ``idx``'s three eps (norm, ffn_norm, group_norm) from its :func:`block_parts`, read now; None where the
+    block does not run as _block_step computes: dropout, a norm after the mixers, a norm over more than the channels,
+    the value residual not in every block but the first (layer 0 makes v_first, every later one reads it), or other
+    heads than ``heads``. (A weight of another width fails in either path, with torch's error.)"""
+    block, norm, attn, ffn_norm, _, group_norm = parts[:6]
+    if (block.has_dropout or not block.pre_norm or len(norm.normalized_shape) != 1
+            or len(ffn_norm.normalized_shape) != 1 or attn.has_value_residual != (idx > 0) or attn.num_heads != heads):
+        return None
+    return [norm.eps, ffn_norm.eps, group_norm.eps]
+
+
+def block_tensors(parts: tuple[nn.Module, ...]) -> list[torch.Tensor] | None:
+    """The tensors _block_step takes for a block's :func:`block_parts`, read from the modules now; None where one is
+    missing, not a plain float32 tensor (a quantised weight, an affine-less norm) or replaced by a plain attribute."""
+    _, norm, attn, ffn_norm, ffn, group_norm, *linears = parts
+    try:
         own = attn._parameters
         tensors = [norm._parameters["weight"], norm._parameters["bias"], *(own[name] for name in _TIME_MIX),
                    *(linear._parameters["weight"] for linear in linears[:4]), group_norm._parameters["weight"],
@@ -213,11 +236,44 @@ def _parameters(block: nn.Module, block_class: type) -> tuple[list[torch.Tensor]
                    ffn._parameters["x_k"], linears[4]._parameters["weight"], linears[5]._parameters["weight"]]
         if attn.has_value_residual:
             tensors += [own[name] for name in _VALUE_RESIDUAL]
-    except KeyError:  # a part or parameter removed or replaced by a plain attribute
+    except KeyError:  # a parameter removed or replaced by a plain attribute
         return None
     if not _plain(tensors):  # (None too: an affine-less norm)
         return None
-    return tensors, (norm.eps, ffn_norm.eps, group_norm.eps)
+    return tensors
+
+
+def stack_declined(block_class: type, block_forward: Any) -> bool:
+    """Whether the stack must run block by block whatever its blocks, as things are now: gradients recorded, a
+    ``torch.compile`` trace, autocast, a torch function mode, global module hooks, or a forward or function the step
+    stands in for replaced since (see the module docstring)."""
+    return (torch.is_grad_enabled() or torch.compiler.is_compiling() or torch._C._is_any_autocast_enabled()
+            or torch._C._is_torch_function_mode_enabled() or global_module_hooks()
+            or block_class.forward is not block_forward
+            or not all(getattr(cls, name) is fn for cls, name, fn in _FORWARDS)
+            or not all(getattr(owner, name) is fn for owner, name, fn in _FUNCTIONS))
+
+
+def chunked_chosen(hidden_states: torch.Tensor, heads: int, head_size: int) -> bool:
+    """Whether the kernel registry chooses the ``chunked`` backend for the step's ``wkv7`` call on ``hidden_states``
+    (B, 1, C) (a forced ``reference`` backend, or a plugin's, is honoured)."""
+    probe = hidden_states.new_empty(hidden_states.shape[0], 1, heads, head_size)  # what the step's call would be given
+    backend = kernel_registry.select("wkv7", probe, probe, probe, probe, probe, probe, initial_state=None)
+    return backend.load() is chunked.wkv7
+
+
+def run_stack(step: Any, hidden_states: torch.Tensor, parameters: list[list[torch.Tensor]],
+              eps: list[list[float]], carried: Sequence[Sequence[torch.Tensor]], mask: torch.Tensor | None,
+              heads: int) -> tuple[torch.Tensor, list[dict[str, torch.Tensor]]]:
+    """The scripted ``step`` on ``hidden_states`` (B, 1, C) through every block: ``parameters[i]`` and ``eps[i]``
+    block i's (:func:`block_tensors`, :func:`block_settings`), ``carried[i]`` its (attn_shift, wkv, ffn_shift) in
+    float32. Returns the last block's (B, 1, C) output and each block's new state dict."""
+    shifts, wkvs, ffn_shifts = (list(column) for column in zip(*carried))
+    x, shifts, wkvs, ffn_shifts = step(hidden_states[:, 0], parameters, shifts, wkvs, ffn_shifts, mask, heads, eps,
+                                       DECAY_LOG_SCALE, onednn_linear.rows_from())
+    new_states = [{"attn_shift": shift, "wkv": wkv, "ffn_shift": ffn_shift}
+                  for shift, wkv, ffn_shift in zip(shifts, wkvs, ffn_shifts)]
+    return x[:, None], new_states
 
 
 def step_blocks(
@@ -232,32 +288,24 @@ def step_blocks(
     hidden_states: (B, 1, C) the first block's input; ``states[i]``: block i's cache entry (None: zeros); mask:
     (B, 1) bool or None. Returns the last block's (B, 1, C) output and each block's new state dict."""
     blocks = list(blocks)
-    if (not blocks or torch.is_grad_enabled() or torch.compiler.is_compiling() or torch._C._is_any_autocast_enabled()
-            or torch._C._is_torch_function_mode_enabled() or global_module_hooks() or not _plain((hidden_states,))
-            or hidden_states.device.type != "cpu" or hidden_states.dim() != 3 or hidden_states.shape[1] != 1
-            or block_class.forward is not block_forward
-            or not all(getattr(cls, name) is fn for cls, name, fn in _FORWARDS)
-            or not all(getattr(owner, name) is fn for owner, name, fn in _FUNCTIONS)):
+    if (not blocks or stack_declined(block_class, block_forward) or not _plain((hidden_states,))
+            or hidden_states.device.type != "cpu" or hidden_states.dim() != 3 or hidden_states.shape[1] != 1):
         return None
     first = blocks[0]._modules.get("attn")
     if type(first) is not RWKV7TimeMix:
         return None
     batch, _, channels = hidden_states.shape
     heads, head_size = first.num_heads, first.head_size
-    blocks_parameters = []
+    parameters, eps = [], []
     for idx, block in enumerate(blocks):
-        found = _parameters(block, block_class)
-        if found is None:
+        parts = block_parts(block, block_class)
+        settings = None if parts is None else block_settings(parts, idx, heads)
+        tensors = None if settings is None else block_tensors(parts)
+        if tensors is None:
             return None
-        attn = block._modules["attn"]
-        # Layer 0 makes v_first, every later one reads it; all split into the same heads. (A weight of another width
-        # fails in either path, with torch's error.)
-        if attn.has_value_residual != (idx > 0) or attn.num_heads != heads:
-            return None
-        blocks_parameters.append(found)
-    probe = hidden_states.new_empty(batch, 1, heads, head_size)  # what the step's wkv7 call would be given
-    backend = kernel_registry.select("wkv7", probe, probe, probe, probe, probe, probe, initial_state=None)
-    if backend.load() is not chunked.wkv7:
+        parameters.append(tensors)
+        eps.append(settings)
+    if not chunked_chosen(hidden_states, heads, head_size):
         return None
     carried = [_state(state, batch, channels, heads, head_size, hidden_states) for state in states]
     if None in carried:
@@ -265,13 +313,7 @@ def step_blocks(
     step = scripted_stack_step()
     if step is None:
         return None
-    shifts, wkvs, ffn_shifts = (list(column) for column in zip(*carried))
-    x, shifts, wkvs, ffn_shifts = step(hidden_states[:, 0], [tensors for tensors, _ in blocks_parameters], shifts,
-                                       wkvs, ffn_shifts, mask, heads, [list(eps) for _, eps in blocks_parameters],
-                                       DECAY_LOG_SCALE, onednn_linear.rows_from())
-    new_states = [{"attn_shift": shift, "wkv": wkv, "ffn_shift": ffn_shift}
-                  for shift, wkv, ffn_shift in zip(shifts, wkvs, ffn_shifts)]
-    return x[:, None], new_states
+    return run_stack(step, hidden_states, parameters, eps, carried, mask, heads)
 
 
 def _state(state: dict | None, batch: int, channels: int, heads: int, head_size: int,

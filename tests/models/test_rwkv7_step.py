@@ -16,6 +16,7 @@ from seqzoo.cache import SeqzooCache
 from seqzoo.kernels import use_backend
 from seqzoo.layers import rwkv7_step
 from seqzoo.models.compat import output_cache
+from seqzoo.models.rwkv7.step_plan import RWKV7StepPlan
 from tests.conftest import decode_step_inputs, tiny_model
 
 
@@ -31,9 +32,11 @@ def random_model(seed=0, **overrides):
     return model
 
 
-@pytest.fixture
-def scripted_calls(monkeypatch):
-    """How many decode steps ran through the scripted blocks."""
+@pytest.fixture(params=["planned", "unplanned"])
+def scripted_calls(request, monkeypatch):
+    """How many decode steps ran through the scripted blocks: an entry per general step (True where it ran them) and
+    one per step a cache's plan ran (models/rwkv7/step_plan.py; a plan that declines leaves the step to the general
+    path, which records it). Each test runs twice: with plans, and with none ever made (every step general)."""
     calls = []
     real = rwkv7_step.step_blocks
 
@@ -45,6 +48,18 @@ def scripted_calls(monkeypatch):
     import seqzoo.models.rwkv7.modeling_rwkv7 as modeling
 
     monkeypatch.setattr(modeling, "step_blocks", spy)
+    if request.param == "unplanned":
+        monkeypatch.setattr(RWKV7StepPlan, "build", classmethod(lambda cls, *args: None))
+    else:
+        real_run = RWKV7StepPlan._run
+
+        def planned(self, *args):
+            result = real_run(self, *args)
+            if result is not None:
+                calls.append(True)
+            return result
+
+        monkeypatch.setattr(RWKV7StepPlan, "_run", planned)
     return calls
 
 

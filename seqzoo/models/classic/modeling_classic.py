@@ -19,6 +19,7 @@ from seqzoo.layers.mixer import build_mixer
 from seqzoo.layers.recurrent import RECURRENT_MIXERS, InputTable, step_stack
 from seqzoo.models.classic.step_plan import StepPlan
 from seqzoo.models.compat import as_returned, model_output
+from seqzoo.models.decode_plan import plannable
 from seqzoo.models.decode_step import finish_decode_step, is_plain_decode_step, prepare_step_inputs, runs_plainly
 from seqzoo.models.inputs import note_no_attention_weights, prepare_inputs, resolve_output_flags
 from seqzoo.models.modeling_utils import SeqzooForCausalLM, SeqzooPreTrainedModel, backbone_cache_argument
@@ -172,10 +173,7 @@ class ClassicRecurrentModel(ClassicRecurrentPreTrainedModel):
         subclass's own, or one put on the class since: :meth:`takes_step` declines those too), and where its
         :meth:`takes_step` or :meth:`decode_step` is not this class's own (the plan stands in for both), on the class
         or set on this instance."""
-        cls, attributes = type(self), self.__dict__
-        if (cls.forward is not _MODEL_FORWARD or cls.takes_step is not _MODEL_TAKES_STEP
-                or cls.decode_step is not _MODEL_DECODE_STEP or not self.config.capabilities.can_generate
-                or "forward" in attributes or "takes_step" in attributes or "decode_step" in attributes):
+        if not plannable(self, (_MODEL_FORWARD, _MODEL_TAKES_STEP, _MODEL_DECODE_STEP)):
             return None
         return StepPlan.build(lm, self, cache)
 

@@ -21,6 +21,7 @@ from seqzoo.layers.mixer import Block, SharedValues, build_mixer
 from seqzoo.layers.rwkv7 import RWKV7ChannelMix, RWKV7TimeMix
 from seqzoo.layers.rwkv7_step import step_blocks
 from seqzoo.models.compat import as_returned, model_output
+from seqzoo.models.decode_plan import plannable
 from seqzoo.models.decode_step import finish_decode_step, is_plain_decode_step, prepare_step_inputs
 from seqzoo.models.heads import SeqzooForSequenceClassification, SeqzooForTokenClassification
 from seqzoo.models.inputs import note_no_attention_weights, prepare_inputs, resolve_output_flags
@@ -28,6 +29,7 @@ from seqzoo.models.modeling_utils import SeqzooForCausalLM, SeqzooPreTrainedMode
 from seqzoo.models.packing import find_packing
 
 from .configuration_rwkv7 import RWKV7Config
+from .step_plan import RWKV7StepPlan
 
 
 class RWKV7Block(Block):
@@ -163,7 +165,20 @@ class RWKV7Model(RWKV7PreTrainedModel):
         return self.norm(hidden_states)
 
 
-_MODEL_FORWARD = RWKV7Model.forward  # as defined: one replaced on the class since is called (see takes_step)
+    def plan_steps(self, lm: nn.Module, cache: SeqzooCache) -> RWKV7StepPlan | None:
+        """After a general forward of ``lm`` (this backbone's causal LM) without gradients on ``cache`` (a prefill or
+        a decode step): the plan of the cache's later decode steps (``step_plan.py``), or None where they would not
+        run what a plan runs, or where this class's ``forward``, :meth:`takes_step` or :meth:`decode_step` is not its
+        own as defined (a subclass's, or one put on the class or the instance since: the plan stands in for them)."""
+        if not plannable(self, (_MODEL_FORWARD, _MODEL_TAKES_STEP, _MODEL_DECODE_STEP)):
+            return None
+        return RWKV7StepPlan.build(lm, self, cache, RWKV7Block, _BLOCK_FORWARD)
+
+
+# As defined: one replaced on the class since is called (takes_step), and a plan is made only for these (plan_steps).
+_MODEL_FORWARD = RWKV7Model.forward
+_MODEL_TAKES_STEP = RWKV7Model.takes_step
+_MODEL_DECODE_STEP = RWKV7Model.decode_step
 
 
 class RWKV7ForCausalLM(RWKV7PreTrainedModel, SeqzooForCausalLM):

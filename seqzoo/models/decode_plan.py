@@ -1,0 +1,185 @@
+"""A decoding cache's plan of its later steps (seqzoo/models/README.md, "The decode step's shortcut"): what the general
+decode step of one cache runs, found after the prompt's forward (or a general step) and kept on the cache, so that each
+later step checks that those decisions still hold and runs the operations alone.
+
+:class:`DecodePlan` holds what every family's plan shares: the checks of the call (a plain (B, 1) token, nothing else
+asked for, no gradients, autocast, hooks, torch function mode or trace), of the causal LM's modules (the same backbone,
+embedding and head, run by torch's own forward and unhooked, and the backbone's methods the general step goes through),
+the general step's own checks of the ids, the cache and the mask (with their errors), the embedding, the head and the
+storing of the new states. A family's plan adds its layers: which states it reads (:meth:`DecodePlan._states`), that
+they are unchanged (:meth:`DecodePlan._layers_unchanged`) and how they run (:meth:`DecodePlan._run`). The classic
+models' plan is ``models/classic/step_plan.py``, RWKV-7's ``models/rwkv7/step_plan.py``.
+
+A plan changes no result: it runs the same operations on the same tensors, and declines (returns None, for the general
+path to run) wherever that path would do anything else."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+from transformers.modeling_outputs import CausalLMOutputWithPast
+
+from seqzoo.cache import STEP_PLAN_ATTRIBUTE, SeqzooCache, StateLayer
+from seqzoo.kernels import onednn_linear
+from seqzoo.layers.mixer import global_module_hooks, has_hooks, plain_module_call
+from seqzoo.models.compat import model_output
+from seqzoo.models.decode_step import runs_plainly
+from seqzoo.models.inputs import check_token_ids, current_padding_mask
+
+# The backbone's methods the general step goes through: a plan is made only where they are its class's own, and one
+# that meets another (a patch since, or one set on the instance) drops itself.
+BACKBONE_METHODS = ("forward", "takes_step", "decode_step")
+_IDS = (torch.int64, torch.int32)  # (the general step converts others, or raises on them)
+_PLAIN = (torch.Tensor, nn.Parameter)  # (a tensor subclass, a quantised weight, goes through F.embedding)
+
+
+def plannable(backbone: nn.Module, own: tuple[Any, ...]) -> bool:
+    """What a backbone's ``plan_steps`` asks first: whether its class's ``forward``, ``takes_step`` and
+    ``decode_step`` are ``own`` (the class's as defined: a subclass's, or one put on the class since, is called by the
+    general path, which a plan would skip), none is set on the instance, and the backbone can generate."""
+    cls, attributes = type(backbone), backbone.__dict__
+    return (all(getattr(cls, name) is method for name, method in zip(BACKBONE_METHODS, own))
+            and not any(name in attributes for name in BACKBONE_METHODS) and backbone.config.capabilities.can_generate)
+
+
+def buildable(lm: nn.Module, backbone: nn.Module, cache: SeqzooCache) -> bool:
+    """What every plan needs to be made: no gradients, a ``SeqzooCache`` itself (a subclass may store or read states
+    its own way: the general step calls it), a plain embedding weight on the CPU, and an embedding and a head that run
+    as their one operation (``runs_plainly``)."""
+    weight = backbone.embed_tokens._parameters.get("weight")
+    return (not torch.is_grad_enabled() and type(cache) is SeqzooCache and type(weight) in _PLAIN and weight.is_cpu
+            and runs_plainly(backbone.embed_tokens) and runs_plainly(lm.lm_head))
+
+
+class DecodePlan:
+    """The modules one cache's decode steps run through, as they were after the forward that planned them. :meth:`step`
+    runs a later step if everything it was built from is still there and the call is the plain decode step it was
+    built for; else it returns None (and drops itself from the cache where the model changed: a new one is built after
+    the next general step)."""
+
+    __slots__ = ("backbone", "methods", "embedding", "head", "layers", "dtype")
+
+    def __init__(self, lm: nn.Module, backbone: nn.Module, layers: list[nn.Module]) -> None:
+        # The backbone's methods the general step went through, as its class had them (a patch since is called).
+        self.backbone, self.methods = backbone, tuple(getattr(type(backbone), name) for name in BACKBONE_METHODS)
+        self.embedding, self.head = backbone.embed_tokens, lm.lm_head
+        self.layers = tuple(layers)
+        self.dtype = self.embedding.weight.dtype
+
+    def __deepcopy__(self, memo: dict) -> DecodePlan:
+        # (a copied cache decodes with the same model: the plan holds no state of the cache)
+        return self
+
+    def __reduce__(self) -> tuple:
+        # (a pickled cache is saved without the model it decoded with: the next step plans again)
+        return _no_plan, ()
+
+    # -- a family's layers ---------------------------------------------------------------------------------------
+
+    def _layers_unchanged(self, backbone: nn.Module) -> bool:
+        """Whether the layers' modules and weights are those the plan was built from, as they must be for
+        :meth:`_run` (the layers themselves are the backbone's, checked by the caller)."""
+        raise NotImplementedError
+
+    def _states(self, entries: list, batch: int) -> list | None:
+        """What :meth:`_run` reads of each layer's cached state, or None where the general step must run (a state
+        missing, or of another dtype, shape or name than the layers keep)."""
+        raise NotImplementedError
+
+    def _run(self, backbone: nn.Module, input_ids: torch.Tensor, cache: SeqzooCache, x: torch.Tensor,
+             states: list) -> tuple[torch.Tensor, list[dict[str, torch.Tensor]]] | None:
+        """The layers (and any norm after them) on the embedded token ``x`` (B, 1, E): the hidden state the head
+        reads and each layer's new state dict; or None where the general step must run (a forced backend, say).
+        Changes nothing of the cache."""
+        raise NotImplementedError
+
+    # -- the step ------------------------------------------------------------------------------------------------
+
+    def step(self, lm: nn.Module, input_ids: Any, attention_mask: Any, cache: SeqzooCache, return_dict: bool | None,
+             logits_to_keep: Any) -> Any:
+        """The causal LM's forward for a call that passed only these (no labels, embeds, position ids, hidden states
+        or other keyword: the caller checked), or None where the general path must run."""
+        # (a torch function mode first: it would see the tensor methods the checks call)
+        if (torch._C._is_torch_function_mode_enabled() or type(input_ids) is not torch.Tensor or input_ids.dim() != 2
+                or input_ids.shape[1] != 1
+                or not input_ids.shape[0] or input_ids.dtype not in _IDS
+                or type(logits_to_keep) is not int  # (any int keeps the one position; a tensor indexes them)
+                or torch.is_grad_enabled() or global_module_hooks() or torch.compiler.is_compiling()
+                or torch._C._is_any_autocast_enabled()
+                or not self._model_unchanged(lm, cache)):
+            return None
+        backbone = self.backbone
+        config = backbone.config
+        if (config.output_hidden_states or backbone.training or has_hooks(backbone)
+                or not plain_module_call(type(backbone))):
+            return None
+        cls, attributes = type(backbone), backbone.__dict__
+        for name, method in zip(BACKBONE_METHODS, self.methods):
+            if getattr(cls, name) is not method or name in attributes:
+                cache.__dict__.pop(STEP_PLAN_ATTRIBUTE, None)  # (the next general forward plans again, if it may)
+                return None
+        batch = input_ids.shape[0]
+        # The general step's checks of the ids, the cache and the mask, and its errors.
+        check_token_ids(input_ids, config.vocab_size)
+        cache.check_fits(config, batch, type(backbone).__name__)
+        if current_padding_mask(backbone, attention_mask, batch, 1, cache.get_seq_length(), True) is not None:
+            return None  # (a padded token: the general step keeps its row's state)
+        entries = cache.layers
+        states = self._states(entries, batch)
+        if states is None:
+            return None
+        x = torch.embedding(self.embedding.weight, input_ids)  # (the embedding's one operation, without gradients)
+        ran = self._run(backbone, input_ids, cache, x, states)
+        if ran is None:
+            return None
+        y, new_states = ran
+        head = self.head
+        # (by oneDNN for a large head, as the general step's call_plainly: seqzoo/kernels/onednn_linear.py)
+        logits = onednn_linear.linear(y, head.weight, head.bias)
+        # Nothing above changed the cache: a step that raised leaves it as it was.
+        for entry, state in zip(entries, new_states):
+            entry.state = state
+        cache.seen_tokens += 1
+        if not (return_dict if return_dict is not None else lm.config.return_dict):
+            return logits, cache
+        return model_output(CausalLMOutputWithPast, cache=cache, loss=None, logits=logits, hidden_states=None,
+                            attentions=None)
+
+    def _model_unchanged(self, lm: nn.Module, cache: SeqzooCache) -> bool:
+        """Whether the modules and weights are those the plan was built from, unhooked and run by torch's own forward
+        where the plan skips their call. Drops the plan where not. (Global module hooks are the caller's check.)"""
+        backbone, head, embedding = self.backbone, self.head, self.embedding
+        unchanged = (lm._modules.get("model") is backbone and lm._modules.get("lm_head") is head
+                     and backbone._modules.get("embed_tokens") is embedding
+                     and runs_plainly(head) and runs_plainly(embedding) and embedding.max_norm is None
+                     and tuple(backbone._modules["layers"]._modules.values()) == self.layers
+                     and self._layers_unchanged(backbone))
+        if unchanged:
+            # (a weight whose storage was replaced through .data may be of another dtype, device or size)
+            weight = embedding._parameters.get("weight")
+            unchanged = type(weight) in _PLAIN and weight.dtype is self.dtype and weight.is_cpu
+        if not unchanged:
+            cache.__dict__.pop(STEP_PLAN_ATTRIBUTE, None)
+        return unchanged
+
+
+def state_entries(entries: list, names: tuple[str, ...]) -> list[list[torch.Tensor]] | None:
+    """Each layer's state tensors by ``names``, from a cache's layers; None where a layer is not a recurrent one with a
+    state of exactly these names, each a plain ``torch.Tensor``."""
+    found = []
+    for entry in entries:
+        state = entry.state if type(entry) is StateLayer else None
+        if type(state) is not dict or len(state) != len(names):
+            return None
+        values = [state.get(name) for name in names]
+        for value in values:
+            if type(value) is not torch.Tensor:
+                return None
+        found.append(values)
+    return found
+
+
+def _no_plan() -> None:
+    return None

@@ -1,0 +1,148 @@
+"""RWKV-7's planned decode step: what the general decode step of one cache runs (the embedding, ``embed_norm``, every
+block in one scripted call of ``layers/rwkv7_step.py``, the final norm and a plain vocabulary head), found after the
+prompt's forward (or a general step) and kept on the cache, so that each later step checks that those decisions still
+hold and runs the operations alone (``models/decode_plan.py`` holds what every family's plan shares).
+
+At 256 channels and four blocks the general step spent about 370 µs of a 1.65 ms step in Python outside the scripted
+blocks (the causal LM's and the backbone's argument handling, the cache's error restore, and reading every block's
+30 parameters through its modules, with the checks that they are what the script computes). A plan reads the
+parameters once; each step checks that they are still the same tensors in the same modules (by identity, a flat
+tuple per block of every parameter and submodule its parts hold), that no part has a hook, a ``__call__`` of its own
+or another class, that each tensor is still plain float32 (``.data`` may change a parameter's dtype and keep it), and
+reads each block's settings (eps, heads, dropout) again. A weight changed in place is seen, as in the general step:
+the plan holds the tensors, not copies. It changes no result: the same operations on the same tensors, and it declines
+(for the general step to run) wherever that step would do anything else."""
+
+from __future__ import annotations
+
+import operator
+from typing import Any
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from seqzoo.cache import SeqzooCache
+from seqzoo.layers import rwkv7_step
+from seqzoo.layers.mixer import has_hooks, plain_module_call
+from seqzoo.layers.rwkv7 import RWKV7TimeMix
+from seqzoo.layers.rwkv7_step import block_parts, block_settings, block_tensors
+from seqzoo.models.decode_plan import DecodePlan, buildable, state_entries
+
+_NAMES = ("attn_shift", "wkv", "ffn_shift")
+_NORMS = ("embed_norm", "norm")
+
+
+def _held(parts: tuple[nn.Module, ...]) -> tuple[Any, ...]:
+    """Every parameter (None included) and submodule ``parts`` hold, in their dicts' order: the same objects in the same
+    places while this is the same."""
+    held: list[Any] = []
+    for module in parts:
+        held += module._parameters.values()
+        held += module._modules.values()
+    return tuple(held)
+
+
+class RWKV7StepPlan(DecodePlan):
+    """The modules and tensors one RWKV-7 cache's decode steps run through, as they were after the forward that planned
+    them (see :class:`~seqzoo.models.decode_plan.DecodePlan`)."""
+
+    __slots__ = ("block_class", "block_forward", "norms", "parts", "modules", "types", "classes", "held", "tensors",
+                 "checked", "heads", "head_size", "channels")
+
+    def __init__(self, lm: nn.Module, backbone: nn.Module, layers: list[nn.Module], block_class: type,
+                 block_forward: Any, parts: list[tuple[nn.Module, ...]], tensors: list[list[torch.Tensor]]) -> None:
+        super().__init__(lm, backbone, layers)
+        self.block_class, self.block_forward = block_class, block_forward
+        self.norms = tuple(backbone._modules[name] for name in _NORMS)
+        self.parts, self.tensors = tuple(parts), tensors
+        # Every module the step stands in for, flat (the backbone's own holds the norms), their classes, and what they
+        # hold; the tensors read (the blocks', the norms' weights and biases) for the dtype check.
+        self.modules = (backbone, *self.norms, *(module for block in parts for module in block))
+        self.types = tuple(map(type, self.modules))
+        self.classes = tuple(set(self.types[1:]))  # (the backbone's call is the caller's check)
+        self.held = _held(self.modules)
+        self.checked = (*(tensor for block in tensors for tensor in block),
+                        *(tensor for norm in self.norms for tensor in (norm.weight, norm.bias)))
+        attn = parts[0][2]
+        self.heads, self.head_size, self.channels = attn.num_heads, attn.head_size, backbone.config.hidden_size
+
+    @classmethod
+    def build(cls, lm: nn.Module, backbone: nn.Module, cache: SeqzooCache, block_class: type,
+              block_forward: Any) -> RWKV7StepPlan | None:
+        """A plan for ``cache``'s later steps, after a general forward (the prompt's or a step's) without gradients on
+        the CPU; None where the blocks would not run in one scripted call (``step_blocks``' conditions on the
+        modules), the norms not as their one operation, or the embedding or head not as theirs. ``block_class``,
+        ``block_forward``: the blocks' class and its forward as defined."""
+        if not buildable(lm, backbone, cache) or backbone.embed_tokens.weight.dtype is not torch.float32:
+            return None
+        layers = list(backbone.layers)
+        first = layers[0]._modules.get("attn") if layers else None
+        if type(first) is not RWKV7TimeMix:
+            return None
+        for name in _NORMS:
+            norm = backbone._modules.get(name)
+            if type(norm) is not nn.LayerNorm or not rwkv7_step._plain((norm.weight, norm.bias)):
+                return None
+        parts, tensors = [], []
+        for idx, block in enumerate(layers):
+            found = block_parts(block, block_class)
+            found_tensors = None if found is None else block_tensors(found)
+            if found_tensors is None or block_settings(found, idx, first.num_heads) is None:
+                return None
+            parts.append(found)
+            tensors.append(found_tensors)
+        plan = cls(lm, backbone, layers, block_class, block_forward, parts, tensors)
+        return plan if plan._layers_unchanged(backbone) else None
+
+    def _layers_unchanged(self, backbone: nn.Module) -> bool:
+        """The same modules of the same classes holding the same parameters and submodules (the norms still the
+        backbone's), unhooked, called by torch's own ``__call__``, and every tensor read plain float32."""
+        modules = self.modules
+        if not all(map(operator.is_, map(type, modules), self.types)):
+            return False
+        for cls in self.classes:
+            if not plain_module_call(cls):
+                return False
+        for module in modules:
+            if has_hooks(module):
+                return False
+        now = _held(modules)
+        held = self.held
+        return len(now) == len(held) and all(map(operator.is_, now, held)) and rwkv7_step._plain(self.checked)
+
+    def _states(self, entries: list, batch: int) -> list | None:
+        carried = state_entries(entries, _NAMES)
+        if carried is None:
+            return None
+        shift_shape = (batch, self.channels)
+        wkv_shape = (batch, self.heads, self.head_size, self.head_size)
+        for shift, wkv, ffn_shift in carried:
+            if (shift.shape != shift_shape or ffn_shift.shape != shift_shape or wkv.shape != wkv_shape
+                    or not rwkv7_step._plain((shift, wkv, ffn_shift))):
+                return None  # (another dtype is cast by the general step; another shape is its to refuse)
+        return carried
+
+    def _run(self, backbone: nn.Module, input_ids: torch.Tensor, cache: SeqzooCache, x: torch.Tensor,
+             carried: list) -> tuple[torch.Tensor, list[dict[str, torch.Tensor]]] | None:
+        if (rwkv7_step.stack_declined(self.block_class, self.block_forward)
+                or self.parts[0][2].head_size != self.head_size):
+            return None
+        heads = self.heads
+        eps = []
+        for idx, parts in enumerate(self.parts):
+            settings = block_settings(parts, idx, heads)
+            if settings is None:
+                return None
+            eps.append(settings)
+        embed_norm, norm = self.norms
+        # (nn.LayerNorm's forward, whose class and F.layer_norm stack_declined has checked)
+        hidden_states = F.layer_norm(x, embed_norm.normalized_shape, embed_norm.weight, embed_norm.bias,
+                                     embed_norm.eps)
+        if not rwkv7_step.chunked_chosen(hidden_states, heads, self.head_size):
+            return None
+        step = rwkv7_step.scripted_stack_step()
+        if step is None:
+            return None
+        y, new_states = rwkv7_step.run_stack(step, hidden_states, self.tensors, eps, carried, None, heads)
+        return F.layer_norm(y, norm.normalized_shape, norm.weight, norm.bias, norm.eps), new_states
