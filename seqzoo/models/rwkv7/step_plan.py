@@ -33,11 +33,11 @@ _NAMES = ("attn_shift", "wkv", "ffn_shift")
 _NORMS = ("embed_norm", "norm")
 
 
-def _held(parts: tuple[nn.Module, ...]) -> tuple[Any, ...]:
-    """Every parameter (None included) and submodule ``parts`` hold, in their dicts' order: the same objects in the same
-    places while this is the same."""
+def _held(modules: tuple[nn.Module, ...]) -> tuple[Any, ...]:
+    """Every parameter (None included) and submodule ``modules`` hold, in their dicts' order: the same objects in the
+    same places while this is the same. (A plain loop: faster here than chained maps.)"""
     held: list[Any] = []
-    for module in parts:
+    for module in modules:
         held += module._parameters.values()
         held += module._modules.values()
     return tuple(held)
