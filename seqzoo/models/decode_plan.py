@@ -2,13 +2,15 @@
 decode step of one cache runs, found after the prompt's forward (or a general step) and kept on the cache, so that each
 later step checks that those decisions still hold and runs the operations alone.
 
-:class:`DecodePlan` holds what every family's plan shares: the checks of the call (a plain (B, 1) token, nothing else
-asked for, no gradients, autocast, hooks, torch function mode or trace), of the causal LM's modules (the same backbone,
-embedding and head, run by torch's own forward and unhooked, and the backbone's methods the general step goes through),
-the general step's own checks of the ids, the cache and the mask (with their errors), the embedding, the head and the
-storing of the new states. A family's plan adds its layers: which states it reads (:meth:`DecodePlan._states`), that
-they are unchanged (:meth:`DecodePlan._layers_unchanged`) and how they run (:meth:`DecodePlan._run`). The classic
-models' plan is ``models/classic/step_plan.py``, RWKV-7's ``models/rwkv7/step_plan.py``.
+:class:`DecodePlan` holds what every family's plan shares: the checks of the call (a plain (B, 1) token; no labels,
+embeds, positions or hidden states asked for, nor ``use_cache=False``: the caller checks those; no gradients,
+autocast, hooks, torch function or dispatch mode, or trace), of the cache (a ``SeqzooCache`` whose methods are
+seqzoo's own), of the causal LM's modules (the same backbone, embedding and head, run by torch's own forward and
+unhooked, and the backbone's methods the general step goes through), the general step's own checks of the ids, the
+cache and the mask in its order (with its errors), the embedding, the head and the storing of the new states. A
+family's plan adds its layers: which states it reads (:meth:`DecodePlan._states`), that they are unchanged
+(:meth:`DecodePlan._layers_unchanged`) and how they run (:meth:`DecodePlan._run`). The classic models' plan is
+``models/classic/step_plan.py``, RWKV-7's ``models/rwkv7/step_plan.py``.
 
 A plan changes no result: it runs the same operations on the same tensors, and declines (returns None, for the general
 path to run) wherever that path would do anything else."""
@@ -49,7 +51,7 @@ def buildable(lm: nn.Module, backbone: nn.Module, cache: SeqzooCache) -> bool:
     its own way: the general step calls it), a plain embedding weight on the CPU, and an embedding and a head that run
     as their one operation (``runs_plainly``)."""
     weight = backbone.embed_tokens._parameters.get("weight")
-    return (not torch.is_grad_enabled() and type(cache) is SeqzooCache and type(weight) in _PLAIN and weight.is_cpu
+    return (not torch.is_grad_enabled() and _plain_cache(cache) and type(weight) in _PLAIN and weight.is_cpu
             and runs_plainly(backbone.embed_tokens) and runs_plainly(lm.lm_head))
 
 
@@ -102,18 +104,21 @@ class DecodePlan:
         """The causal LM's forward for a call that passed only these (no labels, embeds, position ids, hidden states
         or other keyword: the caller checked), or None where the general path must run."""
         # (a torch function mode first: it would see the tensor methods the checks call)
-        if (torch._C._is_torch_function_mode_enabled() or type(input_ids) is not torch.Tensor or input_ids.dim() != 2
-                or input_ids.shape[1] != 1
+        # (a dynamo trace first: it would break its graph at the dispatch stack's length, and run the rest eagerly; a
+        # dispatch mode sees every aten operation, the general path's slicing of the one position included)
+        if (torch.compiler.is_compiling() or torch._C._is_torch_function_mode_enabled()
+                or torch._C._len_torch_dispatch_stack()
+                or type(input_ids) is not torch.Tensor or input_ids.dim() != 2 or input_ids.shape[1] != 1
                 or not input_ids.shape[0] or input_ids.dtype not in _IDS
                 or type(logits_to_keep) is not int  # (any int keeps the one position; a tensor indexes them)
-                or torch.is_grad_enabled() or global_module_hooks() or torch.compiler.is_compiling()
-                or torch._C._is_any_autocast_enabled()
+                or torch.is_grad_enabled() or global_module_hooks()
+                or torch._C._is_any_autocast_enabled() or not _plain_cache(cache)
                 or not self._model_unchanged(lm, cache)):
             return None
         backbone = self.backbone
         config = backbone.config
         if (config.output_hidden_states or backbone.training or has_hooks(backbone)
-                or not plain_module_call(type(backbone))):
+                or not plain_module_call(type(backbone)) or not config.capabilities.can_generate):
             return None
         cls, attributes = type(backbone), backbone.__dict__
         for name, method in zip(BACKBONE_METHODS, self.methods):
@@ -121,8 +126,10 @@ class DecodePlan:
                 cache.__dict__.pop(STEP_PLAN_ATTRIBUTE, None)  # (the next general forward plans again, if it may)
                 return None
         batch = input_ids.shape[0]
-        # The general step's checks of the ids, the cache and the mask, and its errors.
+        # The general step's checks of the ids, the embedding, the checks of the cache and the mask, in its order
+        # (decode_step.prepare_step_inputs), with its errors.
         check_token_ids(input_ids, config.vocab_size)
+        x = torch.embedding(self.embedding.weight, input_ids)  # (the embedding's one operation, without gradients)
         cache.check_fits(config, batch, type(backbone).__name__)
         if current_padding_mask(backbone, attention_mask, batch, 1, cache.get_seq_length(), True) is not None:
             return None  # (a padded token: the general step keeps its row's state)
@@ -130,7 +137,6 @@ class DecodePlan:
         states = self._states(entries, batch)
         if states is None:
             return None
-        x = torch.embedding(self.embedding.weight, input_ids)  # (the embedding's one operation, without gradients)
         ran = self._run(backbone, input_ids, cache, x, states)
         if ran is None:
             return None
@@ -163,6 +169,24 @@ class DecodePlan:
         if not unchanged:
             cache.__dict__.pop(STEP_PLAN_ATTRIBUTE, None)
         return unchanged
+
+
+# The cache's methods the general step calls (directly, or through those), as seqzoo defines them: a cache whose class
+# is another since it was planned, or that has one of them patched on its class or set on itself, is stepped by them.
+_CACHE_METHODS = ("unchanged_on_error", "_saved", "check_fits", "get_seq_length", "layer", "_entry", "update_layer",
+                  "advance")
+_OWN_CACHE_METHODS = tuple(getattr(SeqzooCache, name) for name in _CACHE_METHODS)
+
+
+def _plain_cache(cache: Any) -> bool:
+    """Whether ``cache`` is a ``SeqzooCache`` itself whose methods the general step calls are seqzoo's own."""
+    if type(cache) is not SeqzooCache:
+        return False
+    own = cache.__dict__
+    for name, method in zip(_CACHE_METHODS, _OWN_CACHE_METHODS):
+        if getattr(SeqzooCache, name) is not method or name in own:
+            return False
+    return True
 
 
 def state_entries(entries: list, names: tuple[str, ...]) -> list[list[torch.Tensor]] | None:

@@ -440,7 +440,7 @@ class SeqzooForCausalLM(SeqzooPreTrainedModel, PreparedGeneration, GenerationMix
         # A decode step of a cache planned by an earlier forward, its prompt's or a step's (classic/step_plan.py).
         plan = cache.__dict__.get(STEP_PLAN_ATTRIBUTE) if isinstance(cache, SeqzooCache) else None
         if (plan is not None and not kwargs and labels is None and inputs_embeds is None and position_ids is None
-                and not output_hidden_states):
+                and not output_hidden_states and (use_cache if use_cache is not None else self.config.use_cache)):
             output = plan.step(self, input_ids, attention_mask, cache, return_dict, logits_to_keep)
             if output is not None:
                 return output

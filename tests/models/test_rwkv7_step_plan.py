@@ -86,7 +86,10 @@ _SHARED = [
     "a layer's class changed", "every layer's class changed", "the head in training",
     "the embedding made float64 through .data", "decode_step wrapped on the backbone", "a torch function mode",
     "the embedding's weight of a subclass with its own lookup", "the vocabulary cut through .data",
-    "the causal LM alone in training",
+    "the causal LM alone in training", "the config made bidirectional", "update_layer set on the cache",
+    "advance patched on the cache's class", "get_seq_length patched on the cache's class",
+    "the cache's class made a subclass", "a dispatch mode, one position kept",
+    "the vocabulary cut, a row more and a token past the cut",
 ]
 
 
@@ -252,6 +255,9 @@ RWKV7_CHANGES = {
     "other heads in a block": _set("model.layers.1.attn.num_heads", 1),
     "another head size": _set("model.layers.0.attn.head_size", 8),
     "the value residual said off": _set("model.layers.1.attn.has_value_residual", False),
+    "a block's part names swapped": _set("model.layers.1.part_names", ("ffn_norm", "attn", "attn_norm", "ffn")),
+    "the heads given as a float": _set("model.layers.0.attn.num_heads", 2.0),
+    "the head size given as a float": _set("model.layers.0.attn.head_size", 16.0),
     # States.
     "a state of one row": _state_edited(lambda state: {k: v[:1].clone() for k, v in state.items()}),
     "a state with a name more": _state_edited(lambda state: {**state, "extra": state["attn_shift"].clone()}),
@@ -325,13 +331,15 @@ def test_a_large_head_runs_by_the_products_of_the_general_step(plans_ran, monkey
             with torch.no_grad(), product_choice.products("seqzoo"):  # (oneDNN's from one row, on any processor)
                 cache = prefilled(model)
                 got = [outcome(model, cache, torch.tensor([[6], [1]])) for _ in range(2)]
+                # (without a cache kept the general step is the full forward, whose head is the module's call)
+                got.append(outcome(model, cache, torch.tensor([[6], [1]]), use_cache=False))
         return got, calls
 
     model = model_of(1, vocab_size=20000)
     twin = copy.deepcopy(model)
     got, calls = run(model)
     assert plans_ran == [True, True, True]
-    assert calls.count(((2, 1, 32), (20000, 32))) == 3  # (the first step's and the two after it)
+    assert calls.count(((2, 1, 32), (20000, 32))) == 3  # (the first step's and the two after it, not use_cache=False's)
     without_plans(monkeypatch)
     assert_same((got, calls), run(twin))
 
@@ -487,3 +495,10 @@ def test_a_prompt_through_the_plan_path_matches_the_full_sequence():
         assert type(cache.__dict__.get(STEP_PLAN_ATTRIBUTE)) is RWKV7StepPlan
         stepped = [model(tokens[:, t : t + 1], cache=cache).logits[:, 0] for t in range(4, tokens.shape[1])]
     torch.testing.assert_close(torch.stack(stepped, 1), full[:, 4:], rtol=1e-5, atol=2e-5)
+
+
+def test_a_cache_pickled_before_the_plans_moved_still_loads():
+    """A cache saved (pickle, torch.save) before decode_plan.py held the plans' shared part names its plan by
+    ``seqzoo.models.classic.step_plan._no_plan``: that name still loads, as no plan."""
+    saved = b"cseqzoo.models.classic.step_plan\n_no_plan\n(tR."  # (protocol 0: call it with no arguments)
+    assert pickle.loads(saved) is None

@@ -351,6 +351,52 @@ def _mask_of_ones(model, cache, seen):
     return None, {"attention_mask": torch.ones(2, cache.get_seq_length() + 1, dtype=torch.long)}, None
 
 
+def _cache_method_set(name):
+    """A cache method the general step calls, set on the cache itself: logged, then run."""
+    def change(model, cache, seen):
+        real = getattr(cache, name)
+        setattr(cache, name, lambda *a, **k: seen.append(name) or real(*a, **k))
+        return None, {}, None
+    return change
+
+
+def _cache_method_patched(name):
+    def change(model, cache, seen):
+        real = getattr(SeqzooCache, name)
+        seen.patches.setattr(SeqzooCache, name, lambda self, *a, **k: seen.append(name) or real(self, *a, **k))
+        return None, {}, None
+    return change
+
+
+class _LoggedAdvance(SeqzooCache):
+    def advance(self, num_positions):
+        self.__dict__.setdefault("advanced", []).append(num_positions)
+        super().advance(num_positions)
+
+
+def _cache_subclassed(model, cache, seen):
+    cache.__class__ = _LoggedAdvance
+    return None, {}, None
+
+
+class _RecordingDispatch(torch.utils._python_dispatch.TorchDispatchMode):
+    """A dispatch mode (a FLOP counter's, say) that records every aten operation it sees."""
+
+    def __init__(self, seen):
+        super().__init__()
+        self.seen = seen
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.seen.append(str(func))
+        return func(*args, **(kwargs or {}))
+
+
+def _cut_and_a_row_more(model, cache, seen):
+    # The general step embeds first: its error is the embedding's, not the cache's check of the rows.
+    _cut_vocabulary(model)
+    return torch.tensor([[1], [2], [model.config.vocab_size - 1]]), {}, None
+
+
 CHANGES = {
     "nothing": _call(),
     "a mask of ones": _mask_of_ones,
@@ -438,6 +484,15 @@ CHANGES = {
     "the vocabulary cut through .data": _in_place(_cut_vocabulary),
     "the causal LM alone in training": lambda model, cache, seen: (model.train(), model.model.eval(),
                                                                   (None, {}, None))[2],
+    # Found by review (each ran planned, with another outcome than the general step's).
+    "the config made bidirectional": _set("config.bidirectional", True),
+    "update_layer set on the cache": _cache_method_set("update_layer"),
+    "advance patched on the cache's class": _cache_method_patched("advance"),
+    "get_seq_length patched on the cache's class": _cache_method_patched("get_seq_length"),
+    "the cache's class made a subclass": _cache_subclassed,
+    "a dispatch mode, one position kept": lambda model, cache, seen: (None, {"logits_to_keep": 1},
+                                                                      _RecordingDispatch(seen)),
+    "the vocabulary cut, a row more and a token past the cut": _cut_and_a_row_more,
 }
 RNN_ONLY = {"a layer's nonlinearity changed": _set("model.layers.1.nonlinearity", "relu")}
 

@@ -20,6 +20,7 @@ from seqzoo.kernels.rnn_cells import fused
 from seqzoo.layers.mixer import has_hooks
 from seqzoo.layers.recurrent import FUSED_KERNELS, WEIGHT_NAMES, stack_weights, stackable_class
 from seqzoo.models.decode_plan import DecodePlan, buildable, state_entries
+from seqzoo.models.decode_plan import _no_plan as _no_plan  # (named so by caches pickled before decode_plan.py)
 
 
 class StepPlan(DecodePlan):

@@ -6,12 +6,13 @@ hold and runs the operations alone (``models/decode_plan.py`` holds what every f
 At 256 channels and four blocks the general step spent about 370 µs of a 1.65 ms step in Python outside the scripted
 blocks (the causal LM's and the backbone's argument handling, the cache's error restore, and reading every block's
 30 parameters through its modules, with the checks that they are what the script computes). A plan reads the
-parameters once; each step checks that they are still the same tensors in the same modules (by identity, a flat
-tuple per block of every parameter and submodule its parts hold), that no part has a hook, a ``__call__`` of its own
-or another class, that each tensor is still plain float32 (``.data`` may change a parameter's dtype and keep it), and
-reads each block's settings (eps, heads, dropout) again. A weight changed in place is seen, as in the general step:
-the plan holds the tensors, not copies. It changes no result: the same operations on the same tensors, and it declines
-(for the general step to run) wherever that step would do anything else."""
+parameters once. Each step checks that they are still the same tensors in the same modules (by identity: one flat
+tuple of every parameter and submodule the blocks' parts and the norms hold), that no part has a hook, a
+``__call__`` of its own or another class, that each block's parts are under the names they had, and that each tensor
+is still plain float32 (``.data`` may change a parameter's dtype and keep it); it reads each block's settings (eps,
+heads, head size, dropout, norm position, value residual) again. A weight changed in place is seen, as in the general
+step: the plan holds the tensors, not copies. It changes no result: the same operations on the same tensors, and it
+declines (for the general step to run) wherever that step would do anything else."""
 
 from __future__ import annotations
 
@@ -47,8 +48,8 @@ class RWKV7StepPlan(DecodePlan):
     """The modules and tensors one RWKV-7 cache's decode steps run through, as they were after the forward that planned
     them (see :class:`~seqzoo.models.decode_plan.DecodePlan`)."""
 
-    __slots__ = ("block_class", "block_forward", "norms", "parts", "modules", "types", "classes", "held", "tensors",
-                 "checked", "heads", "head_size", "channels")
+    __slots__ = ("block_class", "block_forward", "norms", "parts", "names", "modules", "types", "classes", "held",
+                 "tensors", "checked", "heads", "head_size", "channels")
 
     def __init__(self, lm: nn.Module, backbone: nn.Module, layers: list[nn.Module], block_class: type,
                  block_forward: Any, parts: list[tuple[nn.Module, ...]], tensors: list[list[torch.Tensor]]) -> None:
@@ -56,6 +57,7 @@ class RWKV7StepPlan(DecodePlan):
         self.block_class, self.block_forward = block_class, block_forward
         self.norms = tuple(backbone._modules[name] for name in _NORMS)
         self.parts, self.tensors = tuple(parts), tensors
+        self.names = tuple(block.part_names for block in layers)  # (which attribute holds which part, per block)
         # Every module the step stands in for, flat (the backbone's own holds the norms), their classes, and what they
         # hold; the tensors read (the blocks', the norms' weights and biases) for the dtype check.
         self.modules = (backbone, *self.norms, *(module for block in parts for module in block))
@@ -97,7 +99,8 @@ class RWKV7StepPlan(DecodePlan):
 
     def _layers_unchanged(self, backbone: nn.Module) -> bool:
         """The same modules of the same classes holding the same parameters and submodules (the norms still the
-        backbone's), unhooked, called by torch's own ``__call__``, and every tensor read plain float32."""
+        backbone's), unhooked, called by torch's own ``__call__``, each block's parts under the names it had, and
+        every tensor read plain float32."""
         modules = self.modules
         if not all(map(operator.is_, map(type, modules), self.types)):
             return False
@@ -106,6 +109,9 @@ class RWKV7StepPlan(DecodePlan):
                 return False
         for module in modules:
             if has_hooks(module):
+                return False
+        for block, names in zip(self.layers, self.names):
+            if block.part_names != names:
                 return False
         now = _held(modules)
         held = self.held
@@ -125,10 +131,13 @@ class RWKV7StepPlan(DecodePlan):
 
     def _run(self, backbone: nn.Module, input_ids: torch.Tensor, cache: SeqzooCache, x: torch.Tensor,
              carried: list) -> tuple[torch.Tensor, list[dict[str, torch.Tensor]]] | None:
-        if (rwkv7_step.stack_declined(self.block_class, self.block_forward)
-                or self.parts[0][2].head_size != self.head_size):
+        # (the heads and head size as the general step reads them, from the first time mix: the objects themselves,
+        # which it hands on; values other than the states were checked against decline)
+        first = self.parts[0][2]
+        heads, head_size = first.num_heads, first.head_size
+        if (rwkv7_step.stack_declined(self.block_class, self.block_forward) or heads != self.heads
+                or head_size != self.head_size):
             return None
-        heads = self.heads
         eps = []
         for idx, parts in enumerate(self.parts):
             settings = block_settings(parts, idx, heads)
@@ -139,7 +148,7 @@ class RWKV7StepPlan(DecodePlan):
         # (nn.LayerNorm's forward, whose class and F.layer_norm stack_declined has checked)
         hidden_states = F.layer_norm(x, embed_norm.normalized_shape, embed_norm.weight, embed_norm.bias,
                                      embed_norm.eps)
-        if not rwkv7_step.chunked_chosen(hidden_states, heads, self.head_size):
+        if not rwkv7_step.chunked_chosen(hidden_states, heads, head_size):
             return None
         step = rwkv7_step.scripted_stack_step()
         if step is None:
