@@ -2,13 +2,14 @@
 first general step chose (the scripted blocks of ``layers/rwkv7_step.py``), and change nothing. As for the classic
 models (test_step_plan.py, whose calls and changes these reuse), every test runs the same calls twice, from copies of
 one model, once as it is and once with planning switched off, and compares logits, states, errors and what hooks saw,
-bitwise. The scripted blocks against the blocks in Python and the full-sequence forward, with plans and without, are
-test_rwkv7_step.py; against BlinkDL's package, test_rwkv7_blinkdl.py."""
+bitwise. The tests of any family's plan (generate(), copied, saved, reset and subclassed caches, another model's
+step, compiling, a backbone method of its own) run for RWKV-7 too in test_step_plan.py. The scripted blocks against
+the blocks in Python and the full-sequence forward, with plans and without, are test_rwkv7_step.py; against BlinkDL's
+package, test_rwkv7_blinkdl.py."""
 
 from __future__ import annotations
 
 import copy
-import io
 import pickle
 
 import pytest
@@ -21,9 +22,9 @@ from seqzoo.kernels import onednn_linear, product_choice
 from seqzoo.layers import rwkv7_step
 from seqzoo.layers.rwkv7 import RWKV7ChannelMix, RWKV7TimeMix
 from seqzoo.models.compat import output_cache
-from seqzoo.models.rwkv7 import modeling_rwkv7
 from seqzoo.models.rwkv7.modeling_rwkv7 import RWKV7Model
 from seqzoo.models.rwkv7.step_plan import RWKV7StepPlan
+from tests.models import test_step_plan
 from tests.models.test_rwkv7_step import random_model
 from tests.models.test_step_plan import (
     CHANGES,
@@ -35,31 +36,15 @@ from tests.models.test_step_plan import (
     _method_patched,
     _scaled,
     _set,
+    assert_a_decoding_loop_is_planned_and_exact,
     assert_same,
     outcome,
     prefilled,
     run_with_change,
-    snapshot,
+    without_plans,
 )
 
-
-@pytest.fixture
-def plans_ran(monkeypatch):
-    """An entry per step a plan was asked to run: True where it ran, False where it declined."""
-    ran = []
-    real = RWKV7StepPlan.step
-
-    def spy(self, *args, **kwargs):
-        out = real(self, *args, **kwargs)
-        ran.append(out is not None)
-        return out
-
-    monkeypatch.setattr(RWKV7StepPlan, "step", spy)
-    return ran
-
-
-def without_plans(monkeypatch):
-    monkeypatch.setattr(RWKV7StepPlan, "build", classmethod(lambda cls, *args: None))
+plans_ran = test_step_plan.plans_ran  # (the fixture: an entry per step a plan was asked to run, of any family)
 
 
 def model_of(layers: int = 2, **overrides) -> nn.Module:
@@ -293,25 +278,7 @@ def test_a_planned_step_gives_what_the_general_step_gives(name, after, plans_ran
 @pytest.mark.parametrize("layers", [1, 3])
 @pytest.mark.parametrize("batch", [1, 3])
 def test_every_later_step_of_a_decoding_loop_is_planned_and_exact(batch, layers, plans_ran, monkeypatch):
-    model = model_of(layers)
-    twin = copy.deepcopy(model)
-    gen = torch.Generator().manual_seed(1)
-    steps = torch.randint(0, model.config.vocab_size, (batch, 6), generator=gen)
-
-    def decode(m):
-        cache = prefilled(m, batch, first_step=False)  # (the prompt plans every step)
-        mask = torch.ones(batch, 5, dtype=torch.long)
-        logits = []
-        with torch.no_grad():
-            for t in range(steps.shape[1]):
-                mask = torch.cat([mask, mask[:, :1]], dim=1)
-                logits.append(m(steps[:, t : t + 1], attention_mask=mask, cache=cache).logits)
-        return logits, snapshot(cache)
-
-    got = decode(model)
-    assert plans_ran == [True] * steps.shape[1]
-    without_plans(monkeypatch)
-    assert_same(got, decode(twin))
+    assert_a_decoding_loop_is_planned_and_exact(model_of(layers), batch, plans_ran, monkeypatch)
 
 
 def test_a_large_head_runs_by_the_products_of_the_general_step(plans_ran, monkeypatch):
@@ -344,70 +311,6 @@ def test_a_large_head_runs_by_the_products_of_the_general_step(plans_ran, monkey
     assert_same((got, calls), run(twin))
 
 
-@pytest.mark.parametrize("beams", [1, 3])
-def test_generate_with_plans_gives_what_it_gives_without(beams, plans_ran, monkeypatch):
-    model = model_of()
-    prompt = torch.tensor([[5, 9, 2, 7], [0, 0, 4, 8]])
-    mask = torch.tensor([[1, 1, 1, 1], [0, 0, 1, 1]])
-    kwargs = dict(attention_mask=mask, max_new_tokens=6, min_new_tokens=6, do_sample=False, num_beams=beams,
-                  pad_token_id=0, output_scores=True, return_dict_in_generate=True)
-    got = model.generate(prompt, **kwargs)
-    assert plans_ran and all(plans_ran)
-    without_plans(monkeypatch)
-    expected = copy.deepcopy(model).generate(prompt, **kwargs)
-    assert_same(got.sequences, expected.sequences)
-    assert_same(list(got.scores), list(expected.scores))
-
-
-def test_a_copied_cache_shares_the_plan_and_each_continues_alone(plans_ran):
-    model = model_of()
-    cache = prefilled(model)
-    plan = cache.__dict__[STEP_PLAN_ATTRIBUTE]
-    assert type(plan) is RWKV7StepPlan
-    copied = copy.deepcopy(cache)
-    assert copied.__dict__[STEP_PLAN_ATTRIBUTE] is plan  # (no weights copied)
-    with torch.no_grad():
-        a = model(torch.tensor([[6], [1]]), cache=cache).logits
-        b = model(torch.tensor([[6], [1]]), cache=copied).logits
-    assert plans_ran == [True, True, True]
-    assert_same(a, b)
-    assert_same(snapshot(cache), snapshot(copied))
-
-
-@pytest.mark.parametrize("how", ["pickle", "torch.save"])
-def test_a_saved_cache_holds_no_plan_and_plans_again(how, plans_ran):
-    model = model_of()
-    cache = prefilled(model)
-    if how == "pickle":
-        loaded = pickle.loads(pickle.dumps(cache))
-    else:
-        buffer = io.BytesIO()
-        torch.save(cache, buffer)
-        buffer.seek(0)
-        loaded = torch.load(buffer, weights_only=False)
-    assert loaded.__dict__.get(STEP_PLAN_ATTRIBUTE) is None
-    with torch.no_grad():
-        expected = model(torch.tensor([[6], [1]]), cache=cache).logits
-        got = model(torch.tensor([[6], [1]]), cache=loaded).logits
-    assert_same(got, expected)
-    assert type(loaded.__dict__.get(STEP_PLAN_ATTRIBUTE)) is RWKV7StepPlan  # (planned again by that general step)
-
-
-def test_a_cache_stepped_by_another_model_is_stepped_by_that_model(plans_ran, monkeypatch):
-    model = model_of()
-    other = random_model(seed=1)
-    cache = prefilled(model)
-    copied = copy.deepcopy(cache)
-    with torch.no_grad():
-        got = other(torch.tensor([[6], [1]]), cache=cache).logits
-    assert plans_ran == [True, False]
-    without_plans(monkeypatch)
-    with torch.no_grad():
-        copied.__dict__.pop(STEP_PLAN_ATTRIBUTE)
-        expected = other(torch.tensor([[6], [1]]), cache=copied).logits
-    assert_same(got, expected)
-
-
 def test_no_plan_where_the_blocks_would_not_be_scripted(plans_ran):
     """Where the general step would run the blocks one by one from the start (bf16 weights, a hooked part, dropout
     in a block), no plan."""
@@ -419,70 +322,6 @@ def test_no_plan_where_the_blocks_would_not_be_scripted(plans_ran):
         cache = prefilled(model, first_step=False)
         assert STEP_PLAN_ATTRIBUTE not in cache.__dict__
     assert not plans_ran
-
-
-def test_compiled_decoding_after_planned_steps_compiles_the_general_step(plans_ran, monkeypatch):
-    """compile_decoding() after a cache was planned: the compiled steps trace the general forward."""
-    def run(model):
-        cache = prefilled(model)
-        model.compile_decoding(backend="eager")
-        with torch.no_grad():
-            return [outcome(model, cache, torch.tensor([[6], [1]])) for _ in range(2)]
-
-    model = model_of()
-    twin = copy.deepcopy(model)
-    got = run(model)
-    assert plans_ran[0] and not any(plans_ran[1:])  # (prefilled()'s step ran planned, before compiling)
-    without_plans(monkeypatch)
-    assert_same(got, run(twin))
-
-
-_REAL = {name: getattr(RWKV7Model, name) for name in ("forward", "takes_step", "decode_step")}
-
-
-def _replacement(name, called):
-    """A backbone method the general step calls and a plan would skip: logged, and for the decode step's two, one that
-    declines the lean step or doubles its output."""
-    def forward(self, *args, **kwargs):
-        called.append("forward")
-        return _REAL["forward"](self, *args, **kwargs)
-
-    def takes_step(self, *args):
-        called.append("takes_step")
-        return False
-
-    def decode_step(self, *args):
-        called.append("decode_step")
-        return _REAL["decode_step"](self, *args) * 2
-
-    return {"forward": forward, "takes_step": takes_step, "decode_step": decode_step}[name]
-
-
-@pytest.mark.parametrize("where", ["a subclass", "the class", "the instance"])
-@pytest.mark.parametrize("name", ["forward", "takes_step", "decode_step"])
-def test_a_backbone_method_of_its_own_before_the_prompt_is_never_planned(name, where, plans_ran, monkeypatch):
-    def run(model):
-        called = []
-        method = _replacement(name, called)
-        with monkeypatch.context() as patches:
-            if where == "a subclass":
-                model.model.__class__ = type("Mine", (type(model.model),), {name: method})
-            elif where == "the class":
-                patches.setattr(modeling_rwkv7.RWKV7Model, name, method)
-            else:
-                setattr(model.model, name, method.__get__(model.model))
-            cache = prefilled(model, first_step=False)
-            planned = STEP_PLAN_ATTRIBUTE in cache.__dict__
-            with torch.no_grad():
-                got = [outcome(model, cache, torch.tensor([[6], [1]])) for _ in range(2)]
-        return planned, got, called
-
-    model = model_of()
-    twin = copy.deepcopy(model)
-    planned, got, called = run(model)
-    assert not planned and not plans_ran
-    without_plans(monkeypatch)
-    assert_same((got, called), run(twin)[1:])
 
 
 def test_a_prompt_through_the_plan_path_matches_the_full_sequence():

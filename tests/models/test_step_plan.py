@@ -2,7 +2,9 @@
 operations its first general step chose, and change nothing. Every test runs the same calls twice, from copies of one
 model: once as it is, once with planning switched off (the general path at every step), and compares what came out
 (logits, states, errors, what hooks and backends saw). torch.nn's stepped RNN/LSTM/GRU, a reference we did not write,
-is compared with the planned steps in test_classic_step.py (test_stacked_step_equals_torch_nn_stepped)."""
+is compared with the planned steps in test_classic_step.py (test_stacked_step_equals_torch_nn_stepped). The tests
+that concern any family's plan run for RWKV-7's too (``FAMILIES``); its own calls and changes, which reuse these, are
+test_rwkv7_step_plan.py."""
 
 from __future__ import annotations
 
@@ -22,8 +24,12 @@ from seqzoo.kernels.rnn_cells import fused
 from seqzoo.models.classic import modeling_classic
 from seqzoo.models.classic.step_plan import StepPlan
 from seqzoo.models.compat import output_cache
+from seqzoo.models.decode_plan import DecodePlan
+from seqzoo.models.rwkv7.modeling_rwkv7 import RWKV7Model
+from seqzoo.models.rwkv7.step_plan import RWKV7StepPlan
 from tests.conftest import tiny_model
 from tests.models.test_classic_step import VARIANTS
+from tests.models.test_rwkv7_step import random_model
 
 
 def planned_model(variant: str = "gru", table: str = "always", **overrides) -> nn.Module:
@@ -32,23 +38,37 @@ def planned_model(variant: str = "gru", table: str = "always", **overrides) -> n
     return tiny_model(preset, **{**values, **overrides}).set_input_table(table)
 
 
+# The families whose caches plan their steps, for the tests below that concern any plan: a tiny model of each (every
+# RWKV-7 parameter random: its init zeroes parts whose loss a comparison would not see) and its backbone's class.
+FAMILIES = ("classic", "rwkv7")
+BACKBONES = {"classic": modeling_classic.ClassicRecurrentModel, "rwkv7": RWKV7Model}
+
+
+def family_model(family: str, seed: int = 0) -> nn.Module:
+    if family == "classic":
+        return planned_model("gru") if seed == 0 else tiny_model("gru-tiny", seed=seed).set_input_table("always")
+    return random_model(seed=seed, num_hidden_layers=2)
+
+
 @pytest.fixture
 def plans_ran(monkeypatch):
-    """How many steps a plan ran (an entry per planned step: True where it ran, False where it declined)."""
+    """How many steps a plan ran (an entry per planned step: True where it ran, False where it declined), of any
+    family."""
     ran = []
-    real = StepPlan.step
+    real = DecodePlan.step
 
     def spy(self, *args, **kwargs):
         out = real(self, *args, **kwargs)
         ran.append(out is not None)
         return out
 
-    monkeypatch.setattr(StepPlan, "step", spy)
+    monkeypatch.setattr(DecodePlan, "step", spy)
     return ran
 
 
 def without_plans(monkeypatch):
-    monkeypatch.setattr(StepPlan, "build", classmethod(lambda cls, *args: None))
+    for plan in (StepPlan, RWKV7StepPlan):
+        monkeypatch.setattr(plan, "build", classmethod(lambda cls, *args: None))
 
 
 def snapshot(cache: SeqzooCache) -> list:
@@ -549,7 +569,12 @@ def test_a_planned_step_gives_what_the_general_step_gives(name, variant, table, 
 @pytest.mark.parametrize("variant", sorted(VARIANTS))
 @pytest.mark.parametrize("batch", [1, 3])
 def test_every_later_step_of_a_decoding_loop_is_planned_and_exact(variant, batch, table, plans_ran, monkeypatch):
-    model = planned_model(variant, table)
+    assert_a_decoding_loop_is_planned_and_exact(planned_model(variant, table), batch, plans_ran, monkeypatch)
+
+
+def assert_a_decoding_loop_is_planned_and_exact(model, batch, plans_ran, monkeypatch) -> None:
+    """Six steps after a prompt, each with the mask grown by one (as generate() passes it): every one planned, and
+    bitwise what the general step gives for a copy of ``model``."""
     twin = copy.deepcopy(model)
     gen = torch.Generator().manual_seed(1)
     steps = torch.randint(0, model.config.vocab_size, (batch, 6), generator=gen)
@@ -570,13 +595,14 @@ def test_every_later_step_of_a_decoding_loop_is_planned_and_exact(variant, batch
     assert_same(got, decode(twin))
 
 
+@pytest.mark.parametrize("family", FAMILIES)
 @pytest.mark.parametrize("beams", [1, 3])
-def test_generate_with_plans_gives_what_it_gives_without(beams, plans_ran, monkeypatch):
-    model = planned_model("lstm")
+def test_generate_with_plans_gives_what_it_gives_without(beams, family, plans_ran, monkeypatch):
+    model = planned_model("lstm") if family == "classic" else family_model(family)
     prompt = torch.tensor([[5, 9, 2, 7], [0, 0, 4, 8]])
     mask = torch.tensor([[1, 1, 1, 1], [0, 0, 1, 1]])
     kwargs = dict(attention_mask=mask, max_new_tokens=6, min_new_tokens=6, do_sample=False, num_beams=beams,
-                  pad_token_id=model.config.pad_token_id, output_scores=True, return_dict_in_generate=True)
+                  pad_token_id=model.config.pad_token_id or 0, output_scores=True, return_dict_in_generate=True)
     got = model.generate(prompt, **kwargs)
     assert plans_ran and all(plans_ran)
     without_plans(monkeypatch)
@@ -585,8 +611,9 @@ def test_generate_with_plans_gives_what_it_gives_without(beams, plans_ran, monke
     assert_same(list(got.scores), list(expected.scores))
 
 
-def test_a_copied_cache_shares_the_plan_and_each_continues_alone(plans_ran):
-    model = planned_model("gru")
+@pytest.mark.parametrize("family", FAMILIES)
+def test_a_copied_cache_shares_the_plan_and_each_continues_alone(family, plans_ran):
+    model = family_model(family)
     cache = prefilled(model)
     plan = cache.__dict__[STEP_PLAN_ATTRIBUTE]
     copied = copy.deepcopy(cache)
@@ -599,9 +626,10 @@ def test_a_copied_cache_shares_the_plan_and_each_continues_alone(plans_ran):
     assert_same(snapshot(cache), snapshot(copied))
 
 
+@pytest.mark.parametrize("family", FAMILIES)
 @pytest.mark.parametrize("how", ["pickle", "torch.save"])
-def test_a_saved_cache_holds_no_plan_and_plans_again(how, plans_ran):
-    model = planned_model("gru")
+def test_a_saved_cache_holds_no_plan_and_plans_again(how, family, plans_ran):
+    model = family_model(family)
     cache = prefilled(model)
     if how == "pickle":
         loaded = pickle.loads(pickle.dumps(cache))
@@ -618,16 +646,18 @@ def test_a_saved_cache_holds_no_plan_and_plans_again(how, plans_ran):
     assert loaded.__dict__.get(STEP_PLAN_ATTRIBUTE) is not None  # (planned again by that general step)
 
 
-def test_a_reset_cache_drops_its_plan():
-    model = planned_model("gru")
+@pytest.mark.parametrize("family", FAMILIES)
+def test_a_reset_cache_drops_its_plan(family):
+    model = family_model(family)
     cache = prefilled(model)
     cache.reset()
     assert STEP_PLAN_ATTRIBUTE not in cache.__dict__
 
 
-def test_a_cache_stepped_by_another_model_is_stepped_by_that_model(plans_ran, monkeypatch):
-    model = planned_model("gru")
-    other = tiny_model("gru-tiny", seed=1).set_input_table("always")
+@pytest.mark.parametrize("family", FAMILIES)
+def test_a_cache_stepped_by_another_model_is_stepped_by_that_model(family, plans_ran, monkeypatch):
+    model = family_model(family)
+    other = family_model(family, seed=1)
     cache = prefilled(model)
     copied = copy.deepcopy(cache)
     with torch.no_grad():
@@ -652,8 +682,9 @@ class LoggedCache(SeqzooCache):
         super().advance(num_positions)
 
 
-def test_a_cache_of_a_subclass_is_never_planned(plans_ran):
-    model = planned_model("lstm")
+@pytest.mark.parametrize("family", FAMILIES)
+def test_a_cache_of_a_subclass_is_never_planned(family, plans_ran):
+    model = planned_model("lstm") if family == "classic" else family_model(family)
     cache = LoggedCache.for_model(model)
     with torch.no_grad():
         model(torch.tensor([[5, 9, 2]]), cache=cache)
@@ -663,7 +694,8 @@ def test_a_cache_of_a_subclass_is_never_planned(plans_ran):
     assert cache.log.count(("advance", 1)) == 3
 
 
-def test_compiled_decoding_after_planned_steps_compiles_the_general_step(plans_ran, monkeypatch):
+@pytest.mark.parametrize("family", FAMILIES)
+def test_compiled_decoding_after_planned_steps_compiles_the_general_step(family, plans_ran, monkeypatch):
     """compile_decoding() after a cache was planned: the compiled steps trace the general forward (the plan steps
     aside while dynamo traces), as they would without plans."""
     def run(model):
@@ -672,7 +704,7 @@ def test_compiled_decoding_after_planned_steps_compiles_the_general_step(plans_r
         with torch.no_grad():
             return [outcome(model, cache, torch.tensor([[6], [1]])) for _ in range(2)]
 
-    model = planned_model("gru")
+    model = family_model(family)
     twin = copy.deepcopy(model)
     got = run(model)
     assert plans_ran[0] and not any(plans_ran[1:])  # (prefilled()'s step ran planned, before compiling)
@@ -680,16 +712,18 @@ def test_compiled_decoding_after_planned_steps_compiles_the_general_step(plans_r
     assert_same(got, run(twin))
 
 
-_REAL = {name: getattr(modeling_classic.ClassicRecurrentModel, name)
-         for name in ("forward", "takes_step", "decode_step")}
+_REAL = {family: {name: getattr(cls, name) for name in ("forward", "takes_step", "decode_step")}
+         for family, cls in BACKBONES.items()}
 
 
-def _replacement(name, called):
+def _replacement(name, called, family="classic"):
     """A backbone method that the general step calls and the plan would skip: logged, and for the decode step's two
     methods, one that declines the lean step or doubles its output."""
+    real = _REAL[family]
+
     def forward(self, *args, **kwargs):
         called.append("forward")
-        return _REAL["forward"](self, *args, **kwargs)
+        return real["forward"](self, *args, **kwargs)
 
     def takes_step(self, *args):
         called.append("takes_step")
@@ -697,24 +731,26 @@ def _replacement(name, called):
 
     def decode_step(self, *args):
         called.append("decode_step")
-        return _REAL["decode_step"](self, *args) * 2
+        return real["decode_step"](self, *args) * 2
 
     return {"forward": forward, "takes_step": takes_step, "decode_step": decode_step}[name]
 
 
+@pytest.mark.parametrize("family", FAMILIES)
 @pytest.mark.parametrize("where", ["a subclass", "the class", "the instance"])
 @pytest.mark.parametrize("name", ["forward", "takes_step", "decode_step"])
-def test_a_backbone_method_of_its_own_before_the_prompt_is_never_planned(name, where, plans_ran, monkeypatch):
+def test_a_backbone_method_of_its_own_before_the_prompt_is_never_planned(name, where, family, plans_ran,
+                                                                        monkeypatch):
     """A backbone whose forward, takes_step or decode_step is not the library's own from the start (a subclass, a
     patch on the class, an attribute of the instance): no plan, and every step as the general path runs it."""
     def run(model):
         called = []
-        method = _replacement(name, called)
+        method = _replacement(name, called, family)
         with monkeypatch.context() as patches:
             if where == "a subclass":
                 model.model.__class__ = type("Mine", (type(model.model),), {name: method})
             elif where == "the class":
-                patches.setattr(modeling_classic.ClassicRecurrentModel, name, method)
+                patches.setattr(BACKBONES[family], name, method)
             else:
                 setattr(model.model, name, method.__get__(model.model))
             cache = prefilled(model, first_step=False)
@@ -723,7 +759,7 @@ def test_a_backbone_method_of_its_own_before_the_prompt_is_never_planned(name, w
                 got = [outcome(model, cache, torch.tensor([[6], [1]])) for _ in range(2)]
         return planned, got, called
 
-    model = planned_model("gru", "always")
+    model = family_model(family)
     twin = copy.deepcopy(model)
     planned, got, called = run(model)
     assert not planned and not plans_ran
