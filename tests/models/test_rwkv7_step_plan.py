@@ -28,6 +28,7 @@ from tests.models import test_step_plan
 from tests.models.test_rwkv7_step import random_model
 from tests.models.test_step_plan import (
     CHANGES,
+    RUNS_PLANNED,
     _call,
     _class_forward_patched,
     _Counted,
@@ -37,10 +38,10 @@ from tests.models.test_step_plan import (
     _scaled,
     _set,
     assert_a_decoding_loop_is_planned_and_exact,
+    assert_planned_as_general,
     assert_same,
     outcome,
     prefilled,
-    run_with_change,
     without_plans,
 )
 
@@ -255,24 +256,12 @@ RWKV7_CHANGES = {
 @pytest.mark.parametrize("after", ["prefill", "a step"])
 @pytest.mark.parametrize("name", _SHARED + sorted(RWKV7_CHANGES))
 def test_a_planned_step_gives_what_the_general_step_gives(name, after, plans_ran, monkeypatch):
-    change = RWKV7_CHANGES.get(name) or CHANGES[name]
-    model = model_of()
-    twin = copy.deepcopy(model)
-    with monkeypatch.context() as patches:
-        planned, got, seen = run_with_change(model, name, change, patches, after)
-    assert planned  # (else this compares the general path with itself)
-    without_plans(monkeypatch)
-    with monkeypatch.context() as patches:
-        unplanned, expected, expected_seen = run_with_change(twin, name, change, patches, after)
-    assert not unplanned
-    assert_same(got, expected)
-    assert seen == expected_seen
-    if name in ("nothing", "a mask of ones", "int32 ids", "return_dict=False", "logits_to_keep=1",
-                "the cache under an older name too", "x_k changed in place", "embed_norm's bias changed in place",
-                "a block norm's eps changed", "the group norm's eps changed", "the final norm's eps changed",
-                "torch's products", "seqzoo's products", "oneDNN switched off"):
-        # (the cases the plan runs: it must, or it speeds nothing)
-        assert plans_ran == [True] * (3 if after == "a step" else 2)
+    runs = name in RUNS_PLANNED or name in (
+        "x_k changed in place", "embed_norm's bias changed in place", "a block norm's eps changed",
+        "the group norm's eps changed", "the final norm's eps changed", "torch's products", "seqzoo's products",
+        "oneDNN switched off")
+    assert_planned_as_general(model_of(), name, RWKV7_CHANGES.get(name) or CHANGES[name], after, runs, plans_ran,
+                              monkeypatch)
 
 
 @pytest.mark.parametrize("layers", [1, 3])

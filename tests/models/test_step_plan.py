@@ -548,7 +548,18 @@ def test_a_planned_step_gives_what_the_general_step_gives(name, variant, table, 
     if name in RNN_ONLY and not variant.startswith("rnn"):
         pytest.skip("an RNN layer's own attribute")
     change = CHANGES.get(name) or RNN_ONLY[name]
-    model = planned_model(variant, table, dropout=0.3)
+    assert_planned_as_general(planned_model(variant, table, dropout=0.3), name, change, after, name in RUNS_PLANNED,
+                              plans_ran, monkeypatch)
+
+
+# The calls the plan runs itself (it must, or it speeds nothing).
+RUNS_PLANNED = ("nothing", "a mask of ones", "int32 ids", "return_dict=False", "logits_to_keep=1",
+                "the cache under an older name too")
+
+
+def assert_planned_as_general(model, name, change, after, runs, plans_ran, monkeypatch) -> None:
+    """``change`` made after the prompt (``after``: "prefill") or a step, then two steps, on ``model`` with plans and
+    on a copy without: the same logits, states, errors and calls seen; with ``runs``, every step planned."""
     twin = copy.deepcopy(model)
     with monkeypatch.context() as patches:
         planned, got, seen = run_with_change(model, name, change, patches, after)
@@ -559,9 +570,7 @@ def test_a_planned_step_gives_what_the_general_step_gives(name, variant, table, 
     assert not unplanned
     assert_same(got, expected)
     assert seen == expected_seen
-    if name in ("nothing", "a mask of ones", "int32 ids", "return_dict=False", "logits_to_keep=1",
-                "the cache under an older name too"):
-        # (the cases the plan runs: it must, or it speeds nothing)
+    if runs:
         assert plans_ran == [True] * (3 if after == "a step" else 2)
 
 
