@@ -21,12 +21,12 @@ from typing import Any
 
 import torch
 from torch import nn
-from torch.nn import functional as F
 
 from seqzoo.cache import SeqzooCache
+from seqzoo.kernels import onednn_linear
 from seqzoo.layers import rwkv7_step
 from seqzoo.layers.mixer import has_hooks, plain_module_call
-from seqzoo.layers.rwkv7 import RWKV7TimeMix
+from seqzoo.layers.rwkv7 import DECAY_LOG_SCALE, RWKV7TimeMix
 from seqzoo.layers.rwkv7_step import block_parts, block_settings, block_tensors
 from seqzoo.models.decode_plan import DecodePlan, buildable, state_entries
 
@@ -145,13 +145,19 @@ class RWKV7StepPlan(DecodePlan):
                 return None
             eps.append(settings)
         embed_norm, norm = self.norms
-        # (nn.LayerNorm's forward, whose class and F.layer_norm stack_declined has checked)
-        hidden_states = F.layer_norm(x, embed_norm.normalized_shape, embed_norm.weight, embed_norm.bias,
-                                     embed_norm.eps)
-        if not rwkv7_step.chunked_chosen(hidden_states, heads, head_size):
+        # (the norms over the channels, as the script computes them; nn.LayerNorm's forward, whose class and
+        # F.layer_norm stack_declined has checked, would raise on another shape or normalise over more)
+        channels = (x.shape[-1],)
+        if embed_norm.normalized_shape != channels or norm.normalized_shape != channels:
             return None
-        step = rwkv7_step.scripted_stack_step()
+        if not rwkv7_step.chunked_chosen(x, heads, head_size):
+            return None
+        step = rwkv7_step.scripted_normed_step()
         if step is None:
             return None
-        y, new_states = rwkv7_step.run_stack(step, hidden_states, self.tensors, eps, carried, None, heads)
-        return F.layer_norm(y, norm.normalized_shape, norm.weight, norm.bias, norm.eps), new_states
+        shifts, wkvs, ffn_shifts = (list(column) for column in zip(*carried))
+        y, shifts, wkvs, ffn_shifts = step(
+            x, embed_norm.weight, embed_norm.bias, embed_norm.eps, self.tensors, shifts, wkvs, ffn_shifts, heads, eps,
+            DECAY_LOG_SCALE, onednn_linear.rows_from(), norm.weight, norm.bias, norm.eps)
+        return y, [{"attn_shift": shift, "wkv": wkv, "ffn_shift": ffn_shift}
+                   for shift, wkv, ffn_shift in zip(shifts, wkvs, ffn_shifts)]
