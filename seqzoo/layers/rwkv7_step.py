@@ -289,18 +289,11 @@ def chunked_chosen(hidden_states: torch.Tensor, heads: int, head_size: int) -> b
     return backend.load() is chunked.wkv7
 
 
-def run_stack(step: Any, hidden_states: torch.Tensor, parameters: list[list[torch.Tensor]],
-              eps: list[list[float]], carried: Sequence[Sequence[torch.Tensor]], mask: torch.Tensor | None,
-              heads: int) -> tuple[torch.Tensor, list[dict[str, torch.Tensor]]]:
-    """The scripted ``step`` on ``hidden_states`` (B, 1, C) through every block: ``parameters[i]`` and ``eps[i]``
-    block i's (:func:`block_tensors`, :func:`block_settings`), ``carried[i]`` its (attn_shift, wkv, ffn_shift) in
-    float32. Returns the last block's (B, 1, C) output and each block's new state dict."""
-    shifts, wkvs, ffn_shifts = (list(column) for column in zip(*carried))
-    x, shifts, wkvs, ffn_shifts = step(hidden_states[:, 0], parameters, shifts, wkvs, ffn_shifts, mask, heads, eps,
-                                       DECAY_LOG_SCALE, onednn_linear.rows_from())
-    new_states = [{"attn_shift": shift, "wkv": wkv, "ffn_shift": ffn_shift}
-                  for shift, wkv, ffn_shift in zip(shifts, wkvs, ffn_shifts)]
-    return x[:, None], new_states
+def state_dicts(shifts: Sequence[torch.Tensor], wkvs: Sequence[torch.Tensor],
+                ffn_shifts: Sequence[torch.Tensor]) -> list[dict[str, torch.Tensor]]:
+    """Each block's new state dict, from the scripted step's three lists."""
+    return [{"attn_shift": shift, "wkv": wkv, "ffn_shift": ffn_shift}
+            for shift, wkv, ffn_shift in zip(shifts, wkvs, ffn_shifts)]
 
 
 def step_blocks(
@@ -340,7 +333,10 @@ def step_blocks(
     step = scripted_stack_step()
     if step is None:
         return None
-    return run_stack(step, hidden_states, parameters, eps, carried, mask, heads)
+    shifts, wkvs, ffn_shifts = (list(column) for column in zip(*carried))
+    x, shifts, wkvs, ffn_shifts = step(hidden_states[:, 0], parameters, shifts, wkvs, ffn_shifts, mask, heads, eps,
+                                       DECAY_LOG_SCALE, onednn_linear.rows_from())
+    return x[:, None], state_dicts(shifts, wkvs, ffn_shifts)
 
 
 def _state(state: dict | None, batch: int, channels: int, heads: int, head_size: int,

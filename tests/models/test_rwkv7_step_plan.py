@@ -306,12 +306,15 @@ def test_a_large_head_runs_by_the_products_of_the_general_step(plans_ran, monkey
 
 def test_no_plan_where_the_blocks_would_not_be_scripted(plans_ran):
     """Where the general step would run the blocks one by one from the start (bf16 weights, a hooked part, dropout
-    in a block), no plan."""
+    in a block), or call a norm (a hooked one, one of another class), no plan."""
     hooked, dropped, norm_hooked = model_of(), model_of(), model_of()
     hooked.model.layers[0].attn.output.register_forward_hook(lambda *args: None)
     dropped.model.layers[1].has_dropout = True
     norm_hooked.model.embed_norm.register_forward_pre_hook(lambda *args: None)
-    for model in (model_of().to(torch.bfloat16), hooked, dropped, norm_hooked):
+    norm_of_its_own = model_of()
+    norm_of_its_own.model.norm.__class__ = type("ScaledNorm", (nn.LayerNorm,),
+                                                {"forward": lambda self, x: nn.LayerNorm.forward(self, x) * 2})
+    for model in (model_of().to(torch.bfloat16), hooked, dropped, norm_hooked, norm_of_its_own):
         cache = prefilled(model, first_step=False)
         assert STEP_PLAN_ATTRIBUTE not in cache.__dict__
     assert not plans_ran

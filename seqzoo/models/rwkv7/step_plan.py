@@ -82,9 +82,8 @@ class RWKV7StepPlan(DecodePlan):
         first = layers[0]._modules.get("attn") if layers else None
         if type(first) is not RWKV7TimeMix:
             return None
-        for name in _NORMS:
-            norm = backbone._modules.get(name)
-            if type(norm) is not nn.LayerNorm or not rwkv7_step._plain((norm.weight, norm.bias)):
+        for name in _NORMS:  # (their weights' dtype: _layers_unchanged, below)
+            if type(backbone._modules.get(name)) is not nn.LayerNorm:
                 return None
         parts, tensors = [], []
         for idx, block in enumerate(layers):
@@ -159,5 +158,4 @@ class RWKV7StepPlan(DecodePlan):
         y, shifts, wkvs, ffn_shifts = step(
             x, embed_norm.weight, embed_norm.bias, embed_norm.eps, self.tensors, shifts, wkvs, ffn_shifts, heads, eps,
             DECAY_LOG_SCALE, onednn_linear.rows_from(), norm.weight, norm.bias, norm.eps)
-        return y, [{"attn_shift": shift, "wkv": wkv, "ffn_shift": ffn_shift}
-                   for shift, wkv, ffn_shift in zip(shifts, wkvs, ffn_shifts)]
+        return y, rwkv7_step.state_dicts(shifts, wkvs, ffn_shifts)
