@@ -83,12 +83,12 @@ def _block_step(
         v_first = v
     else:
         v0, v1, v2 = p[30], p[31], p[32]
-        v = torch.lerp(v, v_first, torch.sigmoid(torch.addmm(v0, xv @ v1, v2)))
-    a = torch.sigmoid(torch.addmm(a0, xa @ a1, a2))
-    g = torch.sigmoid(xg @ g1) @ g2
+        v = torch.lerp(v, v_first, torch.sigmoid(torch.addmm(v0, torch.mm(xv, v1), v2)))
+    a = torch.sigmoid(torch.addmm(a0, torch.mm(xa, a1), a2))
+    g = torch.mm(torch.sigmoid(torch.mm(xg, g1)), g2)
     kk = k * k_k
     k = k * torch.addcmul(torch.rsub(k_a, 1), a, k_a)
-    log_decay = torch.sigmoid(torch.addmm(w0, torch.tanh(xw @ w1), w2)) * -decay_log_scale
+    log_decay = torch.sigmoid(torch.addmm(w0, torch.tanh(torch.mm(xw, w1)), w2)) * -decay_log_scale
     kk = kk.view(B, heads, N)
     kk = kk / torch.linalg.vector_norm(kk, dim=-1, keepdim=True).clamp_min(1e-12)
     r_h, k_h, v_h = r.view(B, heads, N), k.view(B, heads, N), v.view(B, heads, N)
