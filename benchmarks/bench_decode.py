@@ -60,6 +60,7 @@ from seqzoo.conversions.rwkv7 import convert_rwkv7
 from seqzoo.kernels import product_choice
 from seqzoo.models import decode_loop
 from seqzoo.models.compat import output_cache
+from seqzoo.models.compiled_decoding import fixed_model_options
 
 # name -> what to time: (RWKV-7 sizes as (hidden, layers, vocab)), the other families' (preset, overrides) pairs.
 MODES = {
@@ -498,6 +499,8 @@ def measure(pair: Pair, mode: dict) -> dict[str, Any]:
         if mode.get("compile_plain"):  # (inductor without seqzoo's pass: seqzoo/kernels/one_row_products.py)
             variants["seqzoo compiled, plain inductor"] = ours.compiled(
                 mode["compile"], options={"post_grad_custom_pre_pass": None})
+        if mode.get("compile_unguarded"):  # (as seqzoo generate --compile compiles it)
+            variants["seqzoo compiled, unguarded"] = ours.compiled(mode["compile"], **fixed_model_options())
     result["compile_s"] = {}
     for batch in () if mode.get("generate_only") else BATCHES:
         ids = torch.randint(0, vocab, (batch, PROMPT), generator=gen)
@@ -618,6 +621,10 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     parser.add_argument("--compile-plain", action="store_true",
                         help="with --compile: also time the step compiled by inductor without seqzoo's one-row "
                              "products pass (compile_decoding(options={'post_grad_custom_pre_pass': None}))")
+    parser.add_argument("--compile-unguarded", action="store_true",
+                        help="with --compile: also time the step compiled as `seqzoo generate --compile` compiles it, "
+                             "without dynamo's guards on the model's modules and weights "
+                             "(seqzoo.models.compiled_decoding.fixed_model_options())")
     parser.add_argument("--other-products", action="store_true",
                         help="also time seqzoo's model with the other choice of who multiplies one sequence by a "
                              "weight stored by rows than this processor's (seqzoo.kernels.product_choice: torch's "
@@ -664,13 +671,16 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     if args.generate_only and args.steps is not None:
         parser.error("--generate-only times generate() against the raw loop, not the decode loop that --steps sets; "
                      "drop one of them")
+    if args.compile_unguarded and args.compile is None:
+        parser.error("--compile-unguarded times a compiled step beside --compile's; give --compile too")
     if args.compile_plain and args.compile != "inductor":
         parser.error("--compile-plain times inductor without seqzoo's graph pass beside --compile's inductor; give "
                      f"--compile (inductor){'' if args.compile is None else f', not --compile {args.compile}'}")
     for flag, value in (("--repeats", args.repeats), ("--new-tokens", args.new_tokens), ("--steps", args.steps)):
         if value is not None and value < 1:
             parser.error(f"{flag} must be at least 1, got {value}")
-    mode = dict(MODES[args.mode], compile=args.compile, compile_plain=args.compile_plain, head_layout=args.head_layout,
+    mode = dict(MODES[args.mode], compile=args.compile, compile_plain=args.compile_plain,
+                compile_unguarded=args.compile_unguarded, head_layout=args.head_layout,
                 weight_layout=args.weight_layout, generate_only=args.generate_only,
                 other_products=args.other_products)
     mode.update({key: value for key, value in (("repeats", args.repeats), ("new_tokens", args.new_tokens),

@@ -185,7 +185,7 @@ def _generate(args: argparse.Namespace, device: str, forced: dict[str, Any]) -> 
     )
 
     from seqzoo.kernels.registry import selections as kernel_selections
-    from seqzoo.models.compiled_decoding import backend_installed
+    from seqzoo.models.compiled_decoding import backend_installed, fixed_model_options
     from seqzoo.tokenizer import load_tokenizer
 
     chosen_before = {op: kernel_selections(op) for op in forced}
@@ -252,7 +252,9 @@ def _generate(args: argparse.Namespace, device: str, forced: dict[str, Any]) -> 
                            if backend_installed(name) and (name != "cudagraphs" or torch.cuda.is_available()))
             raise ValueError(f"--compile {args.compile!r} is not a torch.compile backend here; choose from "
                              f"{', '.join(usual)} (default inductor)")
-        model.compile_decoding(backend=args.compile)
+        # (nothing changes the model from here on but the layouts below, set before its first step: its steps skip
+        # dynamo's guards on its modules and weights)
+        model.compile_decoding(backend=args.compile, **fixed_model_options())
     # (flag, method, layout), the head's last: it may be laid out otherwise than the other matrices.
     weight_layout = args.weight_layout
     if weight_layout == "auto":

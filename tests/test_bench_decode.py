@@ -56,17 +56,19 @@ def test_smoke_run_with_compiled_steps(tmp_path):
     # --compile adds seqzoo's compiled decode step (model.compile_decoding()); dynamo's eager backend keeps it fast.
     # --head-layout columns adds the model with its vocabulary head stored by columns, eager and compiled;
     # --weight-layout columns the model with every weight matrix stored by columns (its prefill timed too);
-    # --other-products the model with the other choice of products than this processor's (product_choice).
+    # --other-products the model with the other choice of products than this processor's (product_choice);
+    # --compile-unguarded the step compiled as seqzoo generate --compile compiles it (fixed_model_options()).
     out = tmp_path / "decode.json"
     env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
     result = subprocess.run([sys.executable, "benchmarks/bench_decode.py", "--smoke", "--families", "gru",
                              "--compile", "eager", "--head-layout", "columns", "--weight-layout", "columns",
-                             "--other-products", "--json", str(out)],
+                             "--other-products", "--compile-unguarded", "--json", str(out)],
                             cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, f"bench_decode --compile failed:\n{result.stdout}\n{result.stderr[-4000:]}"
     other = "torch" if product_choice.seqzoo_products() else "seqzoo"
     variants = ("seqzoo compiled", "seqzoo columns", "seqzoo all columns", "seqzoo compiled columns",
-                "seqzoo compiled all columns", f"seqzoo, {other}'s products", f"seqzoo compiled, {other}'s products")
+                "seqzoo compiled all columns", f"seqzoo, {other}'s products", f"seqzoo compiled, {other}'s products",
+                "seqzoo compiled, unguarded")
     for r in json.loads(out.read_text()):
         for batch in (1, 8):
             assert set(r[f"decode_b{batch}"]) == {"seqzoo", "peer", *variants}
@@ -112,9 +114,10 @@ def test_generate_only_times_generate_alone_with_the_repeats_and_tokens_asked_fo
         bench.main(["--smoke", "--generate-only", "--steps", "4"])
     assert exit_info.value.code == 2 and "not the decode loop that --steps sets" in capsys.readouterr().err
     # --compile-plain times inductor without seqzoo's pass beside --compile's inductor: alone or with another backend,
-    # it would time nothing.
+    # it would time nothing; --compile-unguarded, alone, too.
     for flags, named in ((["--compile-plain"], "give --compile (inductor)\n"),
-                         (["--compile", "eager", "--compile-plain"], "not --compile eager")):
+                         (["--compile", "eager", "--compile-plain"], "not --compile eager"),
+                         (["--compile-unguarded"], "beside --compile's; give --compile too")):
         with pytest.raises(SystemExit) as exit_info:
             bench.main(["--smoke", *flags])
         assert exit_info.value.code == 2 and named in capsys.readouterr().err

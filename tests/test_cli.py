@@ -280,16 +280,29 @@ def test_streamed_text_is_the_text_printed_without_streaming(tmp_path, capsys):
     assert printed[0] == printed[1] == "Hi\n"  # (the EOS generated is left out of both)
 
 
-def test_generate_with_a_compiled_decode_step(model_dir, capsys):
+def test_generate_with_a_compiled_decode_step(model_dir, capsys, monkeypatch):
     torch._dynamo.reset()
     assert main(["generate", str(model_dir), "Hi", "--max-new-tokens", "5", "--no-stream"]) == 0
     eager = capsys.readouterr().out
     from torch._dynamo.utils import counters
 
+    from seqzoo.models.compiled_decoding import fixed_model_options
+    from seqzoo.models.modeling_utils import SeqzooForCausalLM
+
+    compiled_with = []
+    compile_decoding = SeqzooForCausalLM.compile_decoding
+
+    def recorded(model, *args, **kwargs):
+        compiled_with.append(kwargs)
+        return compile_decoding(model, *args, **kwargs)
+
+    monkeypatch.setattr(SeqzooForCausalLM, "compile_decoding", recorded)
     counters.clear()
     assert main(["generate", str(model_dir), "Hi", "--max-new-tokens", "5", "--no-stream", "--compile", "eager"]) == 0
     assert capsys.readouterr().out == eager
     assert counters["stats"]["unique_graphs"] >= 1  # the steps did run compiled
+    # (without dynamo's guards on the model, which the command changes no more once it decodes)
+    assert compiled_with == [{"backend": "eager", **fixed_model_options()}]
     torch._dynamo.reset()
     error = _error(capsys, ["generate", str(model_dir), "Hi", "--compile", "inductr"])
     assert "is not a torch.compile backend here; choose from" in error and "inductor" in error

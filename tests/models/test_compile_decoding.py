@@ -13,6 +13,7 @@ from torch._dynamo.utils import counters
 
 from seqzoo.kernels import registry as kernel_registry
 from seqzoo.models.compat import output_cache
+from seqzoo.models.compiled_decoding import fixed_model_options
 from tests.conftest import FAMILIES, tiny_model
 
 PROMPT = torch.tensor([[5, 17, 33, 8, 61], [70, 12, 3, 98, 44]])
@@ -242,3 +243,30 @@ def test_compile_decoding_refuses_a_backend_whose_package_is_missing_and_an_enab
     assert compiled_decoding.ATTRIBUTE not in vars(model)
     model.compile_decoding(backend="eager")
     assert compiled_decoding.ATTRIBUTE in vars(model)
+
+
+@pytest.mark.skipif(not hasattr(torch.compiler, "skip_guard_on_all_nn_modules_unsafe"),
+                    reason="this torch has no filter of dynamo's guards")
+def test_fixed_model_options_leave_out_the_guards_on_the_model():
+    """``seqzoo generate --compile``'s options (fixed_model_options): the steps decode as eagerly, and dynamo no longer
+    checks the model before each, so a setting changed after the first compiled step goes unseen (as documented),
+    where the steps of a plain ``compile_decoding()`` see it."""
+    base = tiny_model(FAMILIES["transformer"])
+    guarded = copy.deepcopy(base).compile_decoding(backend="eager")
+    fixed = copy.deepcopy(base).compile_decoding(backend="eager", **fixed_model_options())
+
+    def step(m):
+        with torch.no_grad():
+            return m(PROMPT[:, :1], cache=output_cache(m(PROMPT, use_cache=True))).logits
+
+    first = step(base)
+    for model in (guarded, fixed):
+        torch.testing.assert_close(step(model), first)
+    assert graphs() == 2  # (one each)
+    for model in (base, guarded, fixed):
+        norm = [m for m in model.modules() if isinstance(getattr(m, "eps", None), float)][-1]  # the final norm
+        norm.eps = 10.0
+    changed = step(base)
+    assert not torch.allclose(changed, first, atol=1e-3)
+    torch.testing.assert_close(step(guarded), changed)  # traced again
+    torch.testing.assert_close(step(fixed), first)  # the graph traced before the change
