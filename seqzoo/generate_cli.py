@@ -44,7 +44,9 @@ def register(sub: Any) -> None:
     p.add_argument("--no-stream", action="store_true", help="print once at the end instead of streaming")
     p.add_argument("--compile", nargs="?", const="inductor", metavar="BACKEND",
                    help="compile the decode step with torch.compile (backend inductor unless named): faster tokens "
-                        "after a compile of seconds to minutes on the first ones (causal LMs; see BENCHMARKS.md)")
+                        "after a compile of seconds to minutes on the first ones (causal LMs; see BENCHMARKS.md). "
+                        "The steps skip dynamo's checks of the model's modules and weights, which nothing changes "
+                        "while the command decodes")
     p.add_argument("--weight-layout", choices=["auto", "rows", "columns"], default="auto",
                    help="columns: store every weight matrix by columns (the vocabulary head's included), faster for "
                         "one sequence on CPU (model.set_weight_layout; see BENCHMARKS.md); auto (default): columns "

@@ -536,7 +536,13 @@ class SeqzooForCausalLM(SeqzooPreTrainedModel, PreparedGeneration, GenerationMix
         products are chosen over torch's when this is called (``seqzoo.kernels.product_choice``: by default
         everywhere but where MKL runs on an Intel processor, whose MKL product was the faster). Another backend, or
         a ``post_grad_custom_pre_pass`` of your own, in ``options={...}`` (``None``: none) or in
-        ``torch._inductor.config``, compiles without it."""
+        ``torch._inductor.config``, compiles without it.
+
+        Before each compiled step dynamo checks the model's modules, parameters and config against those it traced
+        (its guards). Where nothing changes the model once it decodes, ``compile_decoding(**fixed_model_options())``
+        (``seqzoo.models.compiled_decoding``; what ``seqzoo generate --compile`` does) leaves those checks out, about
+        170 µs of a 1.5 ms step of a small RWKV-7 (BENCHMARKS.md, run AM); a change made after the first compiled
+        step then goes unseen."""
         if type(enabled) is not bool:  # (a string "no" is true)
             raise TypeError(f"compile_decoding: enabled must be True or False; got {enabled!r}")
         if not enabled:
