@@ -31,14 +31,15 @@ def graphs() -> int:
     return counters["stats"]["unique_graphs"]
 
 
+@pytest.mark.parametrize("fixed", [False, True], ids=["guarded", "fixed_model_options"])
 @pytest.mark.parametrize("family", ["lstm", pytest.param("rwkv7", marks=pytest.mark.newest_release_only),
                                     "transformer"])
-def test_compiled_steps_generate_what_eager_steps_do(family):
+def test_compiled_steps_generate_what_eager_steps_do(family, fixed):
     model = tiny_model(FAMILIES[family])
     settings = dict(max_new_tokens=6, do_sample=False)
     with torch.no_grad():
         greedy, beams = model.generate(PROMPT, **settings), model.generate(PROMPT, num_beams=3, **settings)
-        assert model.compile_decoding(backend="eager") is model
+        assert model.compile_decoding(backend="eager", **(fixed_model_options() if fixed else {})) is model
         assert torch.equal(model.generate(PROMPT, **settings), greedy)
         assert 1 <= graphs() <= 2  # compiled on the first steps, once more with symbolic sizes, then reused
         assert torch.equal(model.generate(PROMPT, num_beams=3, **settings), beams)
