@@ -181,7 +181,7 @@ def scripted_stack_step() -> Any:
 
 def scripted_normed_step() -> Any:
     """The scripted :func:`_normed_stack_step`, where :func:`scripted_stack_step` is there; else None."""
-    return _scripted[1] if scripted_stack_step() is not None and _scripted else None
+    return _scripted[1] if scripted_stack_step() is not None else None
 
 
 def _plain(tensors: Sequence[Any]) -> bool:
