@@ -10,6 +10,7 @@ runtime its users have, and ``generate()`` against the model's own raw cached st
     python benchmarks/bench_decode.py --head-layout columns  # also the vocabulary head stored by columns
     python benchmarks/bench_decode.py --weight-layout columns  # also every weight matrix stored by columns
     python benchmarks/bench_decode.py --other-products  # also the other choice of products than this processor's
+    python benchmarks/bench_decode.py --fixed-model  # also the steps in model.fixed_while_decoding() (seqzoo generate)
     python benchmarks/bench_decode.py --generate-only --repeats 15 --new-tokens 32  # generate() overhead alone
 
 Peers, each holding the same weights as the seqzoo model it is timed against (checked: same logits first):
@@ -113,13 +114,21 @@ class Runner:
         runtime computes in float32 only."""
         return None
 
+    def decoding(self) -> contextlib.AbstractContextManager:
+        """The block a timed decode loop runs in."""
+        return contextlib.nullcontext()
+
 
 class SeqzooRunner(Runner):
     """A seqzoo model; ``products``, where given, the choice of who multiplies one sequence by a weight stored by rows
-    that its calls run under (``seqzoo.kernels.product_choice``: "torch" or "seqzoo"), else the process's."""
+    that its calls run under (``seqzoo.kernels.product_choice``: "torch" or "seqzoo"), else the process's; ``fixed``:
+    its decode loops run in ``model.fixed_while_decoding()``, as ``seqzoo generate`` decodes."""
 
-    def __init__(self, model: nn.Module, products: str | None = None) -> None:
-        self.model, self.products = model, products
+    def __init__(self, model: nn.Module, products: str | None = None, fixed: bool = False) -> None:
+        self.model, self.products, self.fixed = model, products, fixed
+
+    def decoding(self):
+        return self.model.fixed_while_decoding() if self.fixed else contextlib.nullcontext()
 
     def _choice(self):
         return contextlib.nullcontext() if self.products is None else product_choice.products(self.products)
@@ -410,9 +419,10 @@ def decode_case(runner: Runner, ids: torch.Tensor, steps: int) -> Callable[[], C
 
         def run():
             token, state = holder
-            for _ in range(steps):
-                logits, state = runner.step(token, state)
-                token = logits.argmax(-1)
+            with runner.decoding():
+                for _ in range(steps):
+                    logits, state = runner.step(token, state)
+                    token = logits.argmax(-1)
         return run
     return prepare
 
@@ -501,6 +511,8 @@ def measure(pair: Pair, mode: dict) -> dict[str, Any]:
                 mode["compile"], options={"post_grad_custom_pre_pass": None})
         if mode.get("compile_unguarded"):  # (as seqzoo generate --compile compiles it)
             variants["seqzoo compiled, unguarded"] = ours.compiled(mode["compile"], **fixed_model_options())
+    if mode.get("fixed_model"):  # (the same model, its steps in a model.fixed_while_decoding() block)
+        variants["seqzoo, model fixed"] = SeqzooRunner(pair.ours, fixed=True)
     result["compile_s"] = {}
     for batch in () if mode.get("generate_only") else BATCHES:
         ids = torch.randint(0, vocab, (batch, PROMPT), generator=gen)
@@ -516,7 +528,8 @@ def measure(pair: Pair, mode: dict) -> dict[str, Any]:
     if not mode.get("generate_only"):
         ids = torch.randint(0, vocab, (1, mode["prefill"]), generator=gen)
         cases = {"seqzoo": prefill_case(ours, ids), "peer": prefill_case(pair.peer, ids)}
-        cases.update({name: prefill_case(runner, ids) for name, runner in variants.items() if "compiled" not in name})
+        cases.update({name: prefill_case(runner, ids) for name, runner in variants.items()
+                      if "compiled" not in name and not runner.fixed})  # (the block changes no prefill)
         result["prefill"] = interleaved(cases, mode["prefill_repeats"])
     prompt = torch.randint(0, vocab, (1, PROMPT), generator=gen)
     # Each model's cases interleaved apart from the other's: both ratios are within one model, and a small model's
@@ -625,6 +638,10 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
                         help="with --compile: also time the step compiled as `seqzoo generate --compile` compiles it, "
                              "without dynamo's guards on the model's modules and weights "
                              "(seqzoo.models.compiled_decoding.fixed_model_options())")
+    parser.add_argument("--fixed-model", action="store_true",
+                        help="also time seqzoo's decode steps in a model.fixed_while_decoding() block, as `seqzoo "
+                             "generate` decodes: the classic models' and RWKV-7's planned steps check the model at a "
+                             "cache's first step there only")
     parser.add_argument("--other-products", action="store_true",
                         help="also time seqzoo's model with the other choice of who multiplies one sequence by a "
                              "weight stored by rows than this processor's (seqzoo.kernels.product_choice: torch's "
@@ -664,7 +681,7 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     if args.generate_only:
         variants = [flag for flag, asked in (("--compile", args.compile), ("--head-layout columns",
                     args.head_layout == "columns"), ("--weight-layout columns", args.weight_layout == "columns"),
-                    ("--other-products", args.other_products)) if asked]
+                    ("--other-products", args.other_products), ("--fixed-model", args.fixed_model)) if asked]
         if variants:
             parser.error(f"--generate-only times generate() of the model as built; {', '.join(variants)} would time "
                          "nothing (they vary the decode step); drop them, or drop --generate-only")
@@ -682,7 +699,7 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     mode = dict(MODES[args.mode], compile=args.compile, compile_plain=args.compile_plain,
                 compile_unguarded=args.compile_unguarded, head_layout=args.head_layout,
                 weight_layout=args.weight_layout, generate_only=args.generate_only,
-                other_products=args.other_products)
+                other_products=args.other_products, fixed_model=args.fixed_model)
     mode.update({key: value for key, value in (("repeats", args.repeats), ("new_tokens", args.new_tokens),
                                                ("steps", args.steps)) if value is not None})
     if args.rwkv7_sizes:

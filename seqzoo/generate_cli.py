@@ -4,6 +4,7 @@ with the checks that turn what generate() would reject deep inside, or silently 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 from pathlib import Path
@@ -308,7 +309,9 @@ def _generate(args: argparse.Namespace, device: str, forced: dict[str, Any]) -> 
     decode = {"skip_special_tokens": True}
     streamer = (TextStreamer(tokenizer, skip_prompt=False, **decode)
                 if args.num_beams == 1 and not args.no_stream else None)
-    with torch.no_grad(), quiet_transformers():
+    # (nothing changes the model while it decodes: a seqzoo causal LM's planned steps check it once, not at each token)
+    fixed = getattr(model, "fixed_while_decoding", None)
+    with torch.no_grad(), quiet_transformers(), fixed() if callable(fixed) else contextlib.nullcontext():
         output = model.generate(**inputs, streamer=streamer, **kwargs)
     if streamer is None:
         print(tokenizer.decode(output[0], skip_special_tokens=True))

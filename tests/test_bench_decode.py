@@ -57,18 +57,19 @@ def test_smoke_run_with_compiled_steps(tmp_path):
     # --head-layout columns adds the model with its vocabulary head stored by columns, eager and compiled;
     # --weight-layout columns the model with every weight matrix stored by columns (its prefill timed too);
     # --other-products the model with the other choice of products than this processor's (product_choice);
-    # --compile-unguarded the step compiled as seqzoo generate --compile compiles it (fixed_model_options()).
+    # --compile-unguarded the step compiled as seqzoo generate --compile compiles it (fixed_model_options());
+    # --fixed-model the eager steps in model.fixed_while_decoding(), as seqzoo generate decodes (no prefill of its own).
     out = tmp_path / "decode.json"
     env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
     result = subprocess.run([sys.executable, "benchmarks/bench_decode.py", "--smoke", "--families", "gru",
                              "--compile", "eager", "--head-layout", "columns", "--weight-layout", "columns",
-                             "--other-products", "--compile-unguarded", "--json", str(out)],
+                             "--other-products", "--compile-unguarded", "--fixed-model", "--json", str(out)],
                             cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, f"bench_decode --compile failed:\n{result.stdout}\n{result.stderr[-4000:]}"
     other = "torch" if product_choice.seqzoo_products() else "seqzoo"
     variants = ("seqzoo compiled", "seqzoo columns", "seqzoo all columns", "seqzoo compiled columns",
                 "seqzoo compiled all columns", f"seqzoo, {other}'s products", f"seqzoo compiled, {other}'s products",
-                "seqzoo compiled, unguarded")
+                "seqzoo compiled, unguarded", "seqzoo, model fixed")
     for r in json.loads(out.read_text()):
         for batch in (1, 8):
             assert set(r[f"decode_b{batch}"]) == {"seqzoo", "peer", *variants}
@@ -123,7 +124,7 @@ def test_generate_only_times_generate_alone_with_the_repeats_and_tokens_asked_fo
         assert exit_info.value.code == 2 and named in capsys.readouterr().err
     # The variants of the decode step are not built when only generate() is timed: asking for one is refused.
     for flags in (["--compile"], ["--head-layout", "columns"], ["--weight-layout", "columns", "--compile", "eager"],
-                  ["--other-products"]):
+                  ["--other-products"], ["--fixed-model"]):
         with pytest.raises(SystemExit) as exit_info:
             bench.main(["--smoke", "--generate-only", *flags])
         err = capsys.readouterr().err

@@ -315,6 +315,25 @@ def test_generate_with_a_compiled_decode_step(model_dir, capsys, monkeypatch):
         assert "tvm" not in suggested
 
 
+def test_generate_decodes_with_the_model_held_fixed(model_dir, capsys, monkeypatch):
+    # (its planned steps check the model at their first step only: model.fixed_while_decoding())
+    from seqzoo.models import decode_plan
+    from seqzoo.models.modeling_utils import SeqzooForCausalLM
+
+    held, generate = [], SeqzooForCausalLM.generate
+
+    def recorded(model, *args, **kwargs):
+        fixed = decode_plan._FIXED.get()
+        held.append(fixed is not None and fixed[0] is model)
+        return generate(model, *args, **kwargs)
+
+    monkeypatch.setattr(SeqzooForCausalLM, "generate", recorded)
+    for flags in ([], ["--num-beams", "2", "--no-stream"]):
+        assert main(["generate", str(model_dir), "Hi", "--max-new-tokens", "3", *flags]) == 0
+    assert held == [True, True]
+    assert decode_plan._FIXED.get() is None  # (and not after it)
+
+
 def test_generate_with_the_head_by_columns(model_dir, capsys, monkeypatch):
     assert main(["generate", str(model_dir), "Hi", "--max-new-tokens", "5", "--no-stream", "--weight-layout",
                  "rows"]) == 0

@@ -13,10 +13,16 @@ family's plan adds its layers: which states it reads (:meth:`DecodePlan._states`
 ``models/classic/step_plan.py``, RWKV-7's ``models/rwkv7/step_plan.py``.
 
 A plan changes no result: it runs the same operations on the same tensors, and declines (returns None, for the general
-path to run) wherever that path would do anything else."""
+path to run) wherever that path would do anything else.
+
+Inside :func:`fixed_model` (``model.fixed_while_decoding()``), a block in which the caller promises that the model stays
+as it is, a plan checks the model's modules once, at its first step in the block, and not at every later one there."""
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
+from contextvars import ContextVar
 from typing import Any
 
 import torch
@@ -35,6 +41,28 @@ from seqzoo.models.inputs import check_token_ids, current_padding_mask
 BACKBONE_METHODS = ("forward", "takes_step", "decode_step")
 _IDS = (torch.int64, torch.int32)  # (the general step converts others, or raises on them)
 _PLAIN = (torch.Tensor, nn.Parameter)  # (a tensor subclass, a quantised weight, goes through F.embedding)
+
+
+# The causal LM of the innermost fixed_model block (in this thread or task) and the block's own token; None outside.
+_FIXED: ContextVar[tuple[nn.Module, object] | None] = ContextVar("seqzoo_fixed_model", default=None)
+
+
+@contextlib.contextmanager
+def fixed_model(lm: nn.Module) -> Iterator[nn.Module]:
+    """A block in which ``lm`` (a causal LM) stays as it is: the same modules, weights, hooks, methods, modes and
+    config. A cache's plan (the classic models' and RWKV-7's) checks all of that at its first step in the block, as at
+    every step outside one, and then trusts it for its later steps in the same block: the model's checks cost a
+    small model's step 3-10% (BENCHMARKS.md, run AN). What the plan checks of each call is checked at every step (the
+    ids, the cache and the mask; gradients, autocast, global module hooks, torch function and dispatch modes, a
+    trace), and weights changed in place are read, as outside. A change to the model inside the block after the
+    first step (a weight or module replaced, a hook registered, ``train()``, a weight's dtype changed through
+    ``.data``) goes unseen by the steps of a cache that took one there. ``SeqzooForCausalLM.fixed_while_decoding()``
+    calls this; ``seqzoo generate`` decodes in such a block."""
+    token = _FIXED.set((lm, object()))
+    try:
+        yield lm
+    finally:
+        _FIXED.reset(token)
 
 
 def plannable(backbone: nn.Module, own: tuple[Any, ...]) -> bool:
@@ -61,7 +89,7 @@ class DecodePlan:
     built for; else it returns None (and drops itself from the cache where the model changed: a new one is built after
     the next general step)."""
 
-    __slots__ = ("backbone", "methods", "embedding", "head", "layers", "dtype")
+    __slots__ = ("backbone", "methods", "embedding", "head", "layers", "dtype", "fixed_in")
 
     def __init__(self, lm: nn.Module, backbone: nn.Module, layers: list[nn.Module]) -> None:
         # The backbone's methods the general step went through, as its class had them (a patch since is called).
@@ -69,6 +97,7 @@ class DecodePlan:
         self.embedding, self.head = backbone.embed_tokens, lm.lm_head
         self.layers = tuple(layers)
         self.dtype = self.embedding.weight.dtype
+        self.fixed_in: object | None = None  # (the token of the fixed_model block whose model it last found unchanged)
 
     def __deepcopy__(self, memo: dict) -> DecodePlan:
         # (a copied cache decodes with the same model: the plan holds no state of the cache)
@@ -112,19 +141,16 @@ class DecodePlan:
                 or not input_ids.shape[0] or input_ids.dtype not in _IDS
                 or type(logits_to_keep) is not int  # (any int keeps the one position; a tensor indexes them)
                 or torch.is_grad_enabled() or global_module_hooks()
-                or torch._C._is_any_autocast_enabled() or not _plain_cache(cache)
-                or not self._model_unchanged(lm, cache)):
+                or torch._C._is_any_autocast_enabled() or not _plain_cache(cache)):
             return None
         backbone = self.backbone
         config = backbone.config
-        if (config.output_hidden_states or backbone.training or has_hooks(backbone)
-                or not plain_module_call(type(backbone)) or not config.capabilities.can_generate):
-            return None
-        cls, attributes = type(backbone), backbone.__dict__
-        for name, method in zip(BACKBONE_METHODS, self.methods):
-            if getattr(cls, name) is not method or name in attributes:
-                cache.__dict__.pop(STEP_PLAN_ATTRIBUTE, None)  # (the next general forward plans again, if it may)
+        fixed = _FIXED.get()
+        if fixed is None or fixed[0] is not lm or self.fixed_in is not fixed[1]:  # (else: checked in this block)
+            if not self._model_checked(lm, cache, backbone, config):
                 return None
+            if fixed is not None and fixed[0] is lm:
+                self.fixed_in = fixed[1]
         batch = input_ids.shape[0]
         # The general step's checks of the ids, the embedding, the checks of the cache and the mask, in its order
         # (decode_step.prepare_step_inputs), with its errors.
@@ -152,6 +178,22 @@ class DecodePlan:
             return logits, cache
         return model_output(CausalLMOutputWithPast, cache=cache, loss=None, logits=logits, hidden_states=None,
                             attentions=None)
+
+    def _model_checked(self, lm: nn.Module, cache: SeqzooCache, backbone: nn.Module, config: Any) -> bool:
+        """Whether the model is as the plan needs it (:meth:`_model_unchanged`), and the backbone decoding: evaluated,
+        without hidden states asked for by its config, unhooked, called by torch's own ``__call__``, with the methods
+        the general step went through. Drops the plan where the model changed."""
+        if not self._model_unchanged(lm, cache):
+            return False
+        if (config.output_hidden_states or backbone.training or has_hooks(backbone)
+                or not plain_module_call(type(backbone)) or not config.capabilities.can_generate):
+            return False
+        cls, attributes = type(backbone), backbone.__dict__
+        for name, method in zip(BACKBONE_METHODS, self.methods):
+            if getattr(cls, name) is not method or name in attributes:
+                cache.__dict__.pop(STEP_PLAN_ATTRIBUTE, None)  # (the next general forward plans again, if it may)
+                return False
+        return True
 
     def _model_unchanged(self, lm: nn.Module, cache: SeqzooCache) -> bool:
         """Whether the modules and weights are those the plan was built from, unhooked and run by torch's own forward

@@ -6,6 +6,7 @@ are laid out and saved in weight_storage.py."""
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 import importlib
 import inspect
@@ -36,6 +37,7 @@ from seqzoo.models.compiled_decoding import ATTRIBUTE as COMPILED
 from seqzoo.models.compiled_decoding import check_backend, compile_forward, run_compiled_step
 from seqzoo.models.configuration_utils import unknown_loading_keyword
 from seqzoo.models.decode_loop import check_loop_name, runs_own_loop, sample
+from seqzoo.models.decode_plan import fixed_model
 from seqzoo.models.decode_step import call_plainly
 from seqzoo.models.generation import (
     cache_expanded_for_generation,
@@ -553,6 +555,23 @@ class SeqzooForCausalLM(SeqzooPreTrainedModel, PreparedGeneration, GenerationMix
         check_backend(options.get("backend"))
         self.__dict__[COMPILED] = compile_forward(self, {"fullgraph": True, **options})
         return self
+
+    def fixed_while_decoding(self) -> contextlib.AbstractContextManager[SeqzooForCausalLM]:
+        """A block in which you promise that this model stays as it is, for faster eager decode steps::
+
+            with model.fixed_while_decoding():
+                output = model.generate(input_ids, max_new_tokens=64)
+
+        The classic models' and RWKV-7's cached steps check at every token that the model's modules, weights, hooks,
+        methods and mode are those they planned with (seqzoo/models/README.md, "The decode step's shortcut"). In the
+        block they check it at a cache's first step there and not at its later ones: 3-10% of a small model's step
+        (BENCHMARKS.md, run AN). The other families' steps are unchanged. Each call's own checks stay (ids, cache,
+        mask, gradients, autocast, global hooks, torch function modes), and weights changed in place are read as
+        outside. A change made to the model inside the block after a cache's first step there (a weight or module
+        replaced, a hook registered, ``train()``, a weight's dtype changed through ``.data``, a config field) goes
+        unseen by that cache's steps until the block ends. ``seqzoo generate`` decodes in such a block; the block
+        holds for this thread (or async task) and may be nested. Yields the model."""
+        return fixed_model(self)
 
     def set_head_layout(self, layout: str) -> SeqzooForCausalLM:
         """How the vocabulary head's weight is stored in memory: ``"rows"`` (contiguous (vocab, hidden), as built,
