@@ -43,6 +43,7 @@ import inspect
 import json
 import os
 import platform
+import random
 import statistics
 import sys
 import tempfile
@@ -86,11 +87,15 @@ BATCHES = (1, 8)
 
 def interleaved(cases: dict[str, Callable[[], Callable[[], object]]], repeats: int, warmup: int = 1) -> dict[str, float]:
     """Median seconds of each case's timed part, interleaved. A case is ``prepare() -> run``: only ``run`` is timed
-    (the prefill before a decode loop is not)."""
+    (the prefill before a decode loop is not). Each round runs the cases in a shuffled order (the same from run to
+    run), so that no case always runs right after the same other: a model run after another finds its weights and
+    objects out of the caches, and in a fixed order a variant that always followed the peer read up to 6% slower
+    than the same steps run as the model (BENCHMARKS.md, run AN)."""
     samples: dict[str, list[float]] = {name: [] for name in cases}
+    names, order = list(cases), random.Random(0)
     for index in range(warmup + repeats):
-        for name, prepare in cases.items():
-            run = prepare()
+        for name in order.sample(names, len(names)):
+            run = cases[name]()
             start = time.perf_counter()
             run()
             if index >= warmup:
