@@ -516,8 +516,9 @@ def measure(pair: Pair, mode: dict) -> dict[str, Any]:
                 mode["compile"], options={"post_grad_custom_pre_pass": None})
         if mode.get("compile_unguarded"):  # (as seqzoo generate --compile compiles it)
             variants["seqzoo compiled, unguarded"] = ours.compiled(mode["compile"], **fixed_model_options())
-    if mode.get("fixed_model"):  # (the same model, its steps in a model.fixed_while_decoding() block)
-        variants["seqzoo, model fixed"] = SeqzooRunner(pair.ours, fixed=True)
+    if mode.get("fixed_model"):  # (its steps in a model.fixed_while_decoding() block; a copy, as the others: a case
+        # run right after the same model's finds its weights in the caches)
+        variants["seqzoo, model fixed"] = SeqzooRunner(copy.deepcopy(pair.ours), fixed=True)
     result["compile_s"] = {}
     for batch in () if mode.get("generate_only") else BATCHES:
         ids = torch.randint(0, vocab, (batch, PROMPT), generator=gen)
