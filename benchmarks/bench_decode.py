@@ -516,9 +516,11 @@ def measure(pair: Pair, mode: dict) -> dict[str, Any]:
                 mode["compile"], options={"post_grad_custom_pre_pass": None})
         if mode.get("compile_unguarded"):  # (as seqzoo generate --compile compiles it)
             variants["seqzoo compiled, unguarded"] = ours.compiled(mode["compile"], **fixed_model_options())
-    if mode.get("fixed_model"):  # (its steps in a model.fixed_while_decoding() block; a copy, as the others: a case
-        # run right after the same model's finds its weights in the caches)
-        variants["seqzoo, model fixed"] = SeqzooRunner(copy.deepcopy(pair.ours), fixed=True)
+    if mode.get("fixed_model"):  # (its steps in a model.fixed_while_decoding() block, and each eager variant's too; on
+        # copies, as the others: a case run right after the same model's finds its weights in the caches)
+        for name, runner in [("seqzoo", ours), *variants.items()]:
+            if "compiled" not in name:
+                variants[f"{name}, model fixed"] = SeqzooRunner(copy.deepcopy(runner.model), runner.products, True)
     result["compile_s"] = {}
     for batch in () if mode.get("generate_only") else BATCHES:
         ids = torch.randint(0, vocab, (batch, PROMPT), generator=gen)
@@ -646,8 +648,8 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
                              "(seqzoo.models.compiled_decoding.fixed_model_options())")
     parser.add_argument("--fixed-model", action="store_true",
                         help="also time seqzoo's decode steps in a model.fixed_while_decoding() block, as `seqzoo "
-                             "generate` decodes: the classic models' and RWKV-7's planned steps check the model at a "
-                             "cache's first step there only")
+                             "generate` decodes (the classic models' and RWKV-7's planned steps check the model at a "
+                             "cache's first step there only), and each eager variant's (--weight-layout columns ...)")
     parser.add_argument("--other-products", action="store_true",
                         help="also time seqzoo's model with the other choice of who multiplies one sequence by a "
                              "weight stored by rows than this processor's (seqzoo.kernels.product_choice: torch's "

@@ -58,7 +58,8 @@ def test_smoke_run_with_compiled_steps(tmp_path):
     # --weight-layout columns the model with every weight matrix stored by columns (its prefill timed too);
     # --other-products the model with the other choice of products than this processor's (product_choice);
     # --compile-unguarded the step compiled as seqzoo generate --compile compiles it (fixed_model_options());
-    # --fixed-model the eager steps in model.fixed_while_decoding(), as seqzoo generate decodes (no prefill of its own).
+    # --fixed-model the eager steps in model.fixed_while_decoding(), as seqzoo generate decodes, the model's and each
+    # eager variant's (no prefill of their own).
     out = tmp_path / "decode.json"
     env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
     result = subprocess.run([sys.executable, "benchmarks/bench_decode.py", "--smoke", "--families", "gru",
@@ -69,7 +70,8 @@ def test_smoke_run_with_compiled_steps(tmp_path):
     other = "torch" if product_choice.seqzoo_products() else "seqzoo"
     variants = ("seqzoo compiled", "seqzoo columns", "seqzoo all columns", "seqzoo compiled columns",
                 "seqzoo compiled all columns", f"seqzoo, {other}'s products", f"seqzoo compiled, {other}'s products",
-                "seqzoo compiled, unguarded", "seqzoo, model fixed")
+                "seqzoo compiled, unguarded", "seqzoo, model fixed", "seqzoo columns, model fixed",
+                "seqzoo all columns, model fixed", f"seqzoo, {other}'s products, model fixed")
     for r in json.loads(out.read_text()):
         for batch in (1, 8):
             assert set(r[f"decode_b{batch}"]) == {"seqzoo", "peer", *variants}
