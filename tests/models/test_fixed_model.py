@@ -15,7 +15,16 @@ import torch
 
 from seqzoo.cache import STEP_PLAN_ATTRIBUTE
 from seqzoo.models.decode_plan import DecodePlan, fixed_model
-from tests.models.test_step_plan import FAMILIES, assert_same, family_model, planned_model, prefilled, without_plans
+from tests.models.test_step_plan import (
+    FAMILIES,
+    assert_same,
+    assert_same_generated,
+    family_model,
+    generate_case,
+    planned_model,
+    prefilled,
+    without_plans,
+)
 
 TOKENS = torch.tensor([[6], [1]])
 
@@ -49,22 +58,16 @@ def test_the_method_is_a_block_that_yields_the_model():
 @pytest.mark.parametrize("beams", [1, 3])
 def test_generate_in_the_block_gives_what_it_gives_outside(family, beams, model_checks, monkeypatch):
     model = planned_model(family) if family not in FAMILIES else family_model(family)
-    prompt = torch.tensor([[5, 9, 2, 7], [0, 0, 4, 8]])
-    mask = torch.tensor([[1, 1, 1, 1], [0, 0, 1, 1]])
-    kwargs = dict(attention_mask=mask, max_new_tokens=6, min_new_tokens=6, do_sample=False, num_beams=beams,
-                  pad_token_id=model.config.pad_token_id or 0, output_scores=True, return_dict_in_generate=True)
+    prompt, kwargs = generate_case(model, beams)
     outside = model.generate(prompt, **kwargs)
     checked_outside = len(model_checks)
     with model.fixed_while_decoding():
         inside = model.generate(prompt, **kwargs)
     # (outside, every planned step checks the model; in the block, the first only)
     assert checked_outside >= 4 and len(model_checks) == checked_outside + 1
-    assert_same(inside.sequences, outside.sequences)
-    assert_same(list(inside.scores), list(outside.scores))
+    assert_same_generated(inside, outside)
     without_plans(monkeypatch)
-    general = copy.deepcopy(model).generate(prompt, **kwargs)
-    assert_same(inside.sequences, general.sequences)
-    assert_same(list(inside.scores), list(general.scores))
+    assert_same_generated(inside, copy.deepcopy(model).generate(prompt, **kwargs))
 
 
 @pytest.mark.parametrize("family", FAMILIES)

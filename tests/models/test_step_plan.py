@@ -608,14 +608,23 @@ def assert_a_decoding_loop_is_planned_and_exact(model, batch, plans_ran, monkeyp
 @pytest.mark.parametrize("beams", [1, 3])
 def test_generate_with_plans_gives_what_it_gives_without(beams, family, plans_ran, monkeypatch):
     model = planned_model("lstm") if family == "classic" else family_model(family)
-    prompt = torch.tensor([[5, 9, 2, 7], [0, 0, 4, 8]])
-    mask = torch.tensor([[1, 1, 1, 1], [0, 0, 1, 1]])
-    kwargs = dict(attention_mask=mask, max_new_tokens=6, min_new_tokens=6, do_sample=False, num_beams=beams,
-                  pad_token_id=model.config.pad_token_id or 0, output_scores=True, return_dict_in_generate=True)
+    prompt, kwargs = generate_case(model, beams)
     got = model.generate(prompt, **kwargs)
     assert plans_ran and all(plans_ran)
     without_plans(monkeypatch)
-    expected = copy.deepcopy(model).generate(prompt, **kwargs)
+    assert_same_generated(got, copy.deepcopy(model).generate(prompt, **kwargs))
+
+
+def generate_case(model, beams: int) -> tuple[torch.Tensor, dict]:
+    """A two-row prompt, one row left-padded, and generate()'s keywords: six new tokens, greedy or beams, scores
+    returned."""
+    prompt = torch.tensor([[5, 9, 2, 7], [0, 0, 4, 8]])
+    mask = torch.tensor([[1, 1, 1, 1], [0, 0, 1, 1]])
+    return prompt, dict(attention_mask=mask, max_new_tokens=6, min_new_tokens=6, do_sample=False, num_beams=beams,
+                        pad_token_id=model.config.pad_token_id or 0, output_scores=True, return_dict_in_generate=True)
+
+
+def assert_same_generated(got, expected) -> None:
     assert_same(got.sequences, expected.sequences)
     assert_same(list(got.scores), list(expected.scores))
 
