@@ -52,7 +52,7 @@ def fixed_model(lm: nn.Module) -> Iterator[nn.Module]:
     """A block in which ``lm`` (a causal LM) stays as it is: the same modules, weights, hooks, methods, modes and
     config. A cache's plan (the classic models' and RWKV-7's) checks all of that at its first step in the block, as at
     every step outside one, and then trusts it for its later steps in the same block: the model's checks cost a
-    small model's step 3-10% (BENCHMARKS.md, run AN). What the plan checks of each call is checked at every step (the
+    small model's step 3-7% (BENCHMARKS.md, run AN). What the plan checks of each call is checked at every step (the
     ids, the cache and the mask; gradients, autocast, global module hooks, torch function and dispatch modes, a
     trace), and weights changed in place are read, as outside. A change to the model inside the block after the
     first step (a weight or module replaced, a hook registered, ``train()``, a weight's dtype changed through

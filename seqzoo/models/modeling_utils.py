@@ -564,7 +564,7 @@ class SeqzooForCausalLM(SeqzooPreTrainedModel, PreparedGeneration, GenerationMix
 
         The classic models' and RWKV-7's cached steps check at every token that the model's modules, weights, hooks,
         methods and mode are those they planned with (seqzoo/models/README.md, "The decode step's shortcut"). In the
-        block they check it at a cache's first step there and not at its later ones: 3-10% of a small model's step
+        block they check it at a cache's first step there and not at its later ones: 3-7% of a small model's step
         (BENCHMARKS.md, run AN). The other families' steps are unchanged. Each call's own checks stay (ids, cache,
         mask, gradients, autocast, global hooks, torch function modes), and weights changed in place are read as
         outside. A change made to the model inside the block after a cache's first step there (a weight or module
