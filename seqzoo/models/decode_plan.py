@@ -33,7 +33,7 @@ from seqzoo.cache import STEP_PLAN_ATTRIBUTE, SeqzooCache, StateLayer
 from seqzoo.kernels import onednn_linear
 from seqzoo.layers.mixer import global_module_hooks, has_hooks, plain_module_call
 from seqzoo.models.compat import model_output
-from seqzoo.models.decode_step import runs_plainly
+from seqzoo.models.decode_step import class_runs_plainly, runs_plainly
 from seqzoo.models.inputs import check_token_ids, current_padding_mask
 
 # The backbone's methods the general step goes through: a plan is made only where they are its class's own, and one
@@ -43,26 +43,44 @@ _IDS = (torch.int64, torch.int32)  # (the general step converts others, or raise
 _PLAIN = (torch.Tensor, nn.Parameter)  # (a tensor subclass, a quantised weight, goes through F.embedding)
 
 
-# The causal LM of the innermost fixed_model block (in this thread or task) and the block's own token; None outside.
-_FIXED: ContextVar[tuple[nn.Module, object] | None] = ContextVar("seqzoo_fixed_model", default=None)
+class _Block:
+    """One fixed_model block: the causal LM it holds fixed while it is open, None once it has ended."""
+
+    __slots__ = ("model",)
+
+    def __init__(self, model: nn.Module) -> None:
+        self.model: nn.Module | None = model
+
+
+# The innermost fixed_model block of this context. A block that ended may still be found here (blocks that ended out of
+# order, a context copied while one was open: a task's), but holds no model then, and no plan trusts it.
+_FIXED: ContextVar[_Block | None] = ContextVar("seqzoo_fixed_model", default=None)
 
 
 @contextlib.contextmanager
 def fixed_model(lm: nn.Module) -> Iterator[nn.Module]:
-    """A block in which ``lm`` (a causal LM) stays as it is: the same modules, weights, hooks, methods, modes and
-    config. A cache's plan (the classic models' and RWKV-7's) checks all of that at its first step in the block, as at
-    every step outside one, and then trusts it for its later steps in the same block: the model's checks cost a
-    small model's step 3-7% (BENCHMARKS.md, run AN). What the plan checks of each call is checked at every step (the
-    ids, the cache and the mask; gradients, autocast, global module hooks, torch function and dispatch modes, a
-    trace), and weights changed in place are read, as outside. A change to the model inside the block after the
-    first step (a weight or module replaced, a hook registered, ``train()``, a weight's dtype changed through
-    ``.data``) goes unseen by the steps of a cache that took one there. ``SeqzooForCausalLM.fixed_while_decoding()``
-    calls this; ``seqzoo generate`` decodes in such a block."""
-    token = _FIXED.set((lm, object()))
+    """A block in which ``lm`` (a causal LM) stays as it is: its modules, their parameters and attributes, hooks and
+    methods set on them, the training mode and ``output_hidden_states`` of its config. A cache's plan (the classic
+    models' and RWKV-7's) checks all of that at its first step in the block, as at every step outside one, and then
+    trusts it for its later steps in the same block: the model's checks cost a small model's step 3-7% (BENCHMARKS.md,
+    run AN). What is not the model's own is checked at every step: the call (ids, cache, mask; gradients, autocast,
+    global module hooks, torch function and dispatch modes, a trace) and what every model shares (a forward or
+    ``__call__`` put on a class, ``F.embedding`` replaced). Weights changed in place are read, as outside. A change to
+    the model inside the block after a cache's first step there (a weight or module replaced, a hook registered,
+    ``train()``, a weight's dtype changed through ``.data``) goes unseen by that cache's steps. The block belongs to the
+    context it is entered in (``contextvars``: this thread, and a task or a copy of the context made in it) while it is
+    open; once it ends nothing trusts it. ``SeqzooForCausalLM.fixed_while_decoding()`` calls this; ``seqzoo generate``
+    decodes in such a block."""
+    block = _Block(lm)
+    token = _FIXED.set(block)
     try:
         yield lm
     finally:
-        _FIXED.reset(token)
+        block.model = None  # (ended: trusted by no plan, wherever the context holding it went)
+        try:
+            _FIXED.reset(token)
+        except ValueError:  # (exited from another context, a generator finalised elsewhere: the block is ended)
+            pass
 
 
 def plannable(backbone: nn.Module, own: tuple[Any, ...]) -> bool:
@@ -97,7 +115,7 @@ class DecodePlan:
         self.embedding, self.head = backbone.embed_tokens, lm.lm_head
         self.layers = tuple(layers)
         self.dtype = self.embedding.weight.dtype
-        self.fixed_in: object | None = None  # (the token of the fixed_model block whose model it last found unchanged)
+        self.fixed_in: _Block | None = None  # (the fixed_model block in which it last found the model unchanged)
 
     def __deepcopy__(self, memo: dict) -> DecodePlan:
         # (a copied cache decodes with the same model: the plan holds no state of the cache)
@@ -146,11 +164,13 @@ class DecodePlan:
         backbone = self.backbone
         config = backbone.config
         fixed = _FIXED.get()
-        if fixed is None or fixed[0] is not lm or self.fixed_in is not fixed[1]:  # (else: checked in this block)
+        # (in a block holding this model fixed, where this plan found it unchanged: what every model shares only)
+        if (fixed is None or fixed.model is not lm or self.fixed_in is not fixed
+                or not self._shared_unchanged(backbone)):
             if not self._model_checked(lm, cache, backbone, config):
                 return None
-            if fixed is not None and fixed[0] is lm:
-                self.fixed_in = fixed[1]
+            if fixed is not None and fixed.model is lm:
+                self.fixed_in = fixed
         batch = input_ids.shape[0]
         # The general step's checks of the ids, the embedding, the checks of the cache and the mask, in its order
         # (decode_step.prepare_step_inputs), with its errors.
@@ -194,6 +214,23 @@ class DecodePlan:
                 cache.__dict__.pop(STEP_PLAN_ATTRIBUTE, None)  # (the next general forward plans again, if it may)
                 return False
         return True
+
+    def _shared_unchanged(self, backbone: nn.Module) -> bool:
+        """What of :meth:`_model_checked` is not the model's own but shared by every model, checked at each step in a
+        fixed_model block too: the classes of the embedding, the head and the backbone still called by torch's own
+        ``__call__`` and running their forward (the backbone's methods its class's as planned), ``F.embedding`` torch's,
+        and the layers' classes (:meth:`_layer_classes_unchanged`)."""
+        cls = type(backbone)
+        for name, method in zip(BACKBONE_METHODS, self.methods):
+            if getattr(cls, name) is not method:
+                return False
+        return (class_runs_plainly(type(self.head)) and class_runs_plainly(type(self.embedding))
+                and plain_module_call(cls) and self._layer_classes_unchanged())
+
+    def _layer_classes_unchanged(self) -> bool:
+        """Whether the layers' classes still run as the plan runs them (a forward or ``__call__`` put on one since is
+        called)."""
+        raise NotImplementedError
 
     def _model_unchanged(self, lm: nn.Module, cache: SeqzooCache) -> bool:
         """Whether the modules and weights are those the plan was built from, unhooked and run by torch's own forward

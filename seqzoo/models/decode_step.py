@@ -74,9 +74,14 @@ def runs_plainly(module: nn.Module) -> bool:
     ``__call__``), and for an embedding torch's own ``F.embedding``, which its forward looks up at each call (a
     profiler may replace it). (Its callers run only where no torch function mode is on: a mode would see the
     functions the forward calls, F.embedding among them; ``is_plain_decode_step`` and the step plan check.)"""
-    cls = type(module)
-    return (_PLAIN_FORWARDS.get(cls) is cls.forward and plain_module_call(cls) and not has_hooks(module)
-            and not global_module_hooks()
+    return class_runs_plainly(type(module)) and not has_hooks(module) and not global_module_hooks()
+
+
+def class_runs_plainly(cls: type) -> bool:
+    """What :func:`runs_plainly` asks of the module's class and of torch, shared by every module: exactly
+    ``nn.Embedding`` or ``nn.Linear``, with torch's forward and ``__call__``, and for an embedding torch's own
+    ``F.embedding``."""
+    return (_PLAIN_FORWARDS.get(cls) is cls.forward and plain_module_call(cls)
             and (cls is not nn.Embedding or torch.nn.functional.embedding is _F_EMBEDDING))
 
 

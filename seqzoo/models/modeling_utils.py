@@ -566,11 +566,14 @@ class SeqzooForCausalLM(SeqzooPreTrainedModel, PreparedGeneration, GenerationMix
         methods and mode are those they planned with (seqzoo/models/README.md, "The decode step's shortcut"). In the
         block they check it at a cache's first step there and not at its later ones: 3-7% of a small model's step
         (BENCHMARKS.md, run AN). The other families' steps are unchanged. Each call's own checks stay (ids, cache,
-        mask, gradients, autocast, global hooks, torch function modes), and weights changed in place are read as
-        outside. A change made to the model inside the block after a cache's first step there (a weight or module
-        replaced, a hook registered, ``train()``, a weight's dtype changed through ``.data``, a config field) goes
-        unseen by that cache's steps until the block ends. ``seqzoo generate`` decodes in such a block; the block
-        holds for this thread (or async task) and may be nested. Yields the model."""
+        mask, gradients, autocast, global hooks, torch function modes), and so do the checks of what every model
+        shares (a forward or ``__call__`` put on a class, ``F.embedding`` replaced); weights changed in place are read
+        as outside. A change made to the model inside the block after a cache's first step there (a weight or module
+        replaced, a hook or a forward set on one of its modules, ``train()``, a weight's dtype changed through
+        ``.data``, ``config.output_hidden_states``) goes unseen by that cache's steps until the block ends.
+        ``seqzoo generate`` decodes in such a block. It belongs to the context it is entered in (``contextvars``: this
+        thread, and tasks or copies of the context made in it) while it is open, and may be nested; once it ends,
+        nothing trusts it. Yields the model."""
         return fixed_model(self)
 
     def set_head_layout(self, layout: str) -> SeqzooForCausalLM:

@@ -7,13 +7,17 @@ test of that is what shows the checks were skipped."""
 
 from __future__ import annotations
 
+import contextvars
 import copy
+import functools
 import threading
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from seqzoo.cache import STEP_PLAN_ATTRIBUTE
+from seqzoo.models import decode_plan
 from seqzoo.models.decode_plan import DecodePlan, fixed_model
 from tests.models.test_step_plan import (
     FAMILIES,
@@ -104,10 +108,78 @@ def test_a_block_for_another_model_or_in_another_thread_changes_no_check(family,
     assert model_checks == [model] * 3
     with fixed_model(model):
         steps(model, cache, 1)
-        thread = threading.Thread(target=steps, args=(model, cache, 3))
+        # (a thread's own context, without the block: a free-threaded Python may start threads in a copy of this one)
+        thread = threading.Thread(target=contextvars.Context().run, args=(steps, model, cache, 3))
         thread.start()
         thread.join()
     assert model_checks == [model] * 7
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("how", ["ended out of order", "context copied in it"])
+def test_an_ended_block_is_trusted_nowhere(family, how):
+    # Blocks that end out of order leave an ended one in the context, and a context copied in a block (a task's)
+    # keeps it after the block: neither skips a check, so a hook registered after the block is called.
+    model = family_model(family)
+    cache = prefilled(model)
+
+    def decoding():
+        with model.fixed_while_decoding():
+            yield steps(model, cache, 2)
+
+    if how == "ended out of order":
+        first, second = decoding(), decoding()
+        next(first)
+        next(second)
+        list(first)  # (the first ends before the second: the second's exit puts back the first's block)
+        list(second)
+        assert decode_plan._FIXED.get() is not None
+        run = steps
+    else:
+        with model.fixed_while_decoding():
+            steps(model, cache, 1)
+            copied = contextvars.copy_context()
+        run = functools.partial(copied.run, steps)
+    run(model, cache, 1)
+    seen = []
+    model.lm_head.register_forward_hook(lambda *args: seen.append("head"))
+    run(model, cache, 2)
+    assert seen == ["head"] * 2
+
+
+def test_a_block_left_by_an_exception_has_ended():
+    model = family_model("classic")
+    with pytest.raises(RuntimeError), fixed_model(model):
+        block = decode_plan._FIXED.get()
+        assert block.model is model
+        raise RuntimeError
+    assert block.model is None and decode_plan._FIXED.get() is not block
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("change", ["F.embedding", "nn.Linear.forward"])
+def test_what_every_model_shares_is_checked_at_each_step_in_the_block(family, change, monkeypatch):
+    # (not the model's own: another thread, a profiler, may patch it while the block is open)
+    model = family_model(family)
+    twin = copy.deepcopy(model)
+    cache, twin_cache = prefilled(model), prefilled(twin)
+    seen = []
+    owner, name = (F, "embedding") if change == "F.embedding" else (torch.nn.Linear, "forward")
+    real = getattr(owner, name)
+
+    def counted(*args, **kwargs):
+        seen.append(change)
+        return real(*args, **kwargs)
+
+    with fixed_model(model):
+        steps(model, cache, 1)
+        steps(twin, twin_cache, 1)
+        monkeypatch.setattr(owner, name, counted)
+        got = steps(model, cache, 2)
+        called = len(seen)
+        expected = steps(twin, twin_cache, 2)
+    assert called == len(seen) - called > 0
+    assert_same(got, expected)
 
 
 @pytest.mark.parametrize("family", FAMILIES)

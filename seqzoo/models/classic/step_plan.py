@@ -80,11 +80,14 @@ class StepPlan(DecodePlan):
         y, new = fused.step_layers(self.kind, x, hx, params, None, gates)
         return y, [dict(zip(self.names, layer_new)) for layer_new in new]
 
+    def _layer_classes_unchanged(self) -> bool:
+        return stackable_class(self.layer_class)  # (its forward or __call__ replaced on the class: called)
+
     def _layers_unchanged(self, backbone: nn.Module) -> bool:
         """The same layers' weights, of a class that stacks, unhooked (the input table's lookup checks the table
         against the weights itself)."""
         kind = self.layer_class
-        if not stackable_class(kind):  # (its forward or __call__ replaced on the class: called)
+        if not self._layer_classes_unchanged():
             return False
         for layer, parameters, weights in self.found:
             if type(layer) is not kind or has_hooks(layer) or (self.nonlinearity is not None

@@ -101,11 +101,8 @@ class RWKV7StepPlan(DecodePlan):
         backbone's), unhooked, called by torch's own ``__call__``, each block's parts under the names it had, and
         every tensor read plain float32."""
         modules = self.modules
-        if not all(map(operator.is_, map(type, modules), self.types)):
+        if not all(map(operator.is_, map(type, modules), self.types)) or not self._layer_classes_unchanged():
             return False
-        for cls in self.classes:
-            if not plain_module_call(cls):
-                return False
         for module in modules:
             if has_hooks(module):
                 return False
@@ -115,6 +112,12 @@ class RWKV7StepPlan(DecodePlan):
         now = _held(modules)
         held = self.held
         return len(now) == len(held) and all(map(operator.is_, now, held)) and rwkv7_step._plain(self.checked)
+
+    def _layer_classes_unchanged(self) -> bool:
+        for cls in self.classes:
+            if not plain_module_call(cls):
+                return False
+        return True
 
     def _states(self, entries: list, batch: int) -> list | None:
         carried = state_entries(entries, _NAMES)
