@@ -47,6 +47,13 @@ def model_checks(monkeypatch):
     return calls
 
 
+def twins(family: str) -> tuple:
+    """A model, a copy of it, and a prefilled cache of each."""
+    model = family_model(family)
+    twin = copy.deepcopy(model)
+    return model, twin, prefilled(model), prefilled(twin)
+
+
 def steps(model, cache, count: int) -> list[torch.Tensor]:
     with torch.no_grad():
         return [model(TOKENS, cache=cache).logits for _ in range(count)]
@@ -160,9 +167,7 @@ def test_a_block_left_by_an_exception_has_ended():
 @pytest.mark.parametrize("change", ["F.embedding", "nn.Linear.forward"])
 def test_what_every_model_shares_is_checked_at_each_step_in_the_block(family, change, monkeypatch):
     # (not the model's own: another thread, a profiler, may patch it while the block is open)
-    model = family_model(family)
-    twin = copy.deepcopy(model)
-    cache, twin_cache = prefilled(model), prefilled(twin)
+    model, twin, cache, twin_cache = twins(family)
     seen = []
     owner, name = (F, "embedding") if change == "F.embedding" else (torch.nn.Linear, "forward")
     real = getattr(owner, name)
@@ -184,9 +189,7 @@ def test_what_every_model_shares_is_checked_at_each_step_in_the_block(family, ch
 
 @pytest.mark.parametrize("family", FAMILIES)
 def test_a_change_made_before_the_block_is_seen_at_its_first_step(family):
-    model = family_model(family)
-    twin = copy.deepcopy(model)
-    cache, twin_cache = prefilled(model), prefilled(twin)
+    model, twin, cache, twin_cache = twins(family)
     with fixed_model(model):
         steps(model, cache, 1)
     steps(twin, twin_cache, 1)
@@ -203,9 +206,7 @@ def test_a_change_made_before_the_block_is_seen_at_its_first_step(family):
 
 @pytest.mark.parametrize("family", FAMILIES)
 def test_a_weight_changed_in_place_in_the_block_is_read(family):
-    model = family_model(family)
-    twin = copy.deepcopy(model)
-    cache, twin_cache = prefilled(model), prefilled(twin)
+    model, twin, cache, twin_cache = twins(family)
     got, expected = [], []
     with fixed_model(model):
         for each, each_cache, out in ((model, cache, got), (twin, twin_cache, expected)):
