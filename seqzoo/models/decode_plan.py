@@ -87,9 +87,16 @@ def plannable(backbone: nn.Module, own: tuple[Any, ...]) -> bool:
     """What a backbone's ``plan_steps`` asks first: whether its class's ``forward``, ``takes_step`` and
     ``decode_step`` are ``own`` (the class's as defined: a subclass's, or one put on the class since, is called by the
     general path, which a plan would skip), none is set on the instance, and the backbone can generate."""
-    cls, attributes = type(backbone), backbone.__dict__
-    return (all(getattr(cls, name) is method for name, method in zip(BACKBONE_METHODS, own))
-            and not any(name in attributes for name in BACKBONE_METHODS) and backbone.config.capabilities.can_generate)
+    return (_class_methods_kept(type(backbone), own) and backbone.__dict__.keys().isdisjoint(BACKBONE_METHODS)
+            and backbone.config.capabilities.can_generate)
+
+
+def _class_methods_kept(cls: type, methods: tuple[Any, ...]) -> bool:
+    """Whether ``cls``'s ``forward``, ``takes_step`` and ``decode_step`` are ``methods``."""
+    for name, method in zip(BACKBONE_METHODS, methods):
+        if getattr(cls, name) is not method:
+            return False
+    return True
 
 
 def buildable(lm: nn.Module, backbone: nn.Module, cache: SeqzooCache) -> bool:
@@ -208,11 +215,10 @@ class DecodePlan:
         if (config.output_hidden_states or backbone.training or has_hooks(backbone)
                 or not plain_module_call(type(backbone)) or not config.capabilities.can_generate):
             return False
-        cls, attributes = type(backbone), backbone.__dict__
-        for name, method in zip(BACKBONE_METHODS, self.methods):
-            if getattr(cls, name) is not method or name in attributes:
-                cache.__dict__.pop(STEP_PLAN_ATTRIBUTE, None)  # (the next general forward plans again, if it may)
-                return False
+        if (not _class_methods_kept(type(backbone), self.methods)
+                or not backbone.__dict__.keys().isdisjoint(BACKBONE_METHODS)):
+            cache.__dict__.pop(STEP_PLAN_ATTRIBUTE, None)  # (the next general forward plans again, if it may)
+            return False
         return True
 
     def _shared_unchanged(self, backbone: nn.Module) -> bool:
@@ -221,11 +227,9 @@ class DecodePlan:
         ``__call__`` and running their forward (the backbone's methods its class's as planned), ``F.embedding`` torch's,
         and the layers' classes (:meth:`_layer_classes_unchanged`)."""
         cls = type(backbone)
-        for name, method in zip(BACKBONE_METHODS, self.methods):
-            if getattr(cls, name) is not method:
-                return False
-        return (class_runs_plainly(type(self.head)) and class_runs_plainly(type(self.embedding))
-                and plain_module_call(cls) and self._layer_classes_unchanged())
+        return (_class_methods_kept(cls, self.methods) and class_runs_plainly(type(self.head))
+                and class_runs_plainly(type(self.embedding)) and plain_module_call(cls)
+                and self._layer_classes_unchanged())
 
     def _layer_classes_unchanged(self) -> bool:
         """Whether the layers' classes still run as the plan runs them (a forward or ``__call__`` put on one since is
