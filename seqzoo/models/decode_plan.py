@@ -87,8 +87,18 @@ def plannable(backbone: nn.Module, own: tuple[Any, ...]) -> bool:
     """What a backbone's ``plan_steps`` asks first: whether its class's ``forward``, ``takes_step`` and
     ``decode_step`` are ``own`` (the class's as defined: a subclass's, or one put on the class since, is called by the
     general path, which a plan would skip), none is set on the instance, and the backbone can generate."""
-    return (_class_methods_kept(type(backbone), own) and backbone.__dict__.keys().isdisjoint(BACKBONE_METHODS)
+    return (_class_methods_kept(type(backbone), own) and not _methods_set_on(backbone)
             and backbone.config.capabilities.can_generate)
+
+
+def _methods_set_on(backbone: nn.Module) -> bool:
+    """Whether one of the methods is set on the instance. (A plain loop: ``plannable`` runs in a compiled forward, and
+    dynamo traces no ``dict_keys.isdisjoint``.)"""
+    attributes = backbone.__dict__
+    for name in BACKBONE_METHODS:
+        if name in attributes:
+            return True
+    return False
 
 
 def _class_methods_kept(cls: type, methods: tuple[Any, ...]) -> bool:
@@ -215,8 +225,7 @@ class DecodePlan:
         if (config.output_hidden_states or backbone.training or has_hooks(backbone)
                 or not plain_module_call(type(backbone)) or not config.capabilities.can_generate):
             return False
-        if (not _class_methods_kept(type(backbone), self.methods)
-                or not backbone.__dict__.keys().isdisjoint(BACKBONE_METHODS)):
+        if not _class_methods_kept(type(backbone), self.methods) or _methods_set_on(backbone):
             cache.__dict__.pop(STEP_PLAN_ATTRIBUTE, None)  # (the next general forward plans again, if it may)
             return False
         return True
