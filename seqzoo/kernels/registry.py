@@ -30,7 +30,9 @@ for a call is cached under the keys of every candidate backend, so a cached choi
 make. A backend with a custom ``supports()`` and no ``cache_key`` is never cached. :func:`set_backend`,
 :func:`use_backend`, registering or unregistering a backend, :func:`refresh` and a change of ``SEQZOO_KERNELS``
 drop the cache. The hot path takes no lock (a cache that is dropped while a call fills it is simply replaced), so
-it adds no graph break under ``torch.compile``.
+it adds no graph break under ``torch.compile``. A caller that makes one call again and again (a decode plan) may
+keep a choice :func:`select_stamped` made and reuse it while :func:`selection_stamp` returns the stamp that came with
+it: the stamp changes with everything that drops the cache.
 
 Third-party packages add backends through the ``seqzoo.kernels`` entry-point group: each entry point is a callable
 that receives this module and calls :func:`register_backend`. A plugin that fails is logged and skipped.
@@ -516,6 +518,31 @@ def _refuse_keywords(op: str, keywords: frozenset[str], kwargs: dict) -> None:
 
 def select(op: str, *args: Any, **kwargs: Any) -> Backend:
     """Pick the backend that will run ``op(*args, **kwargs)`` (see the module docstring for the rules)."""
+    return _select(op, args, kwargs)[0]
+
+
+def select_stamped(op: str, *args: Any, **kwargs: Any) -> tuple[Backend, object | None]:
+    """:func:`select`, and a stamp of what the choice was made under: an object that :func:`selection_stamp` returns
+    while nothing that selection reads has changed (``SEQZOO_KERNELS``, a backend forced or released, a backend or op
+    registered, the probes reset); None where the choice is not one the registry keeps (an op with a backend whose
+    ``supports()`` has no ``cache_key()``, or a call whose key is None), which the next call must make again.
+
+    A caller that makes the same call again and again (a decode plan: the same weights, dtypes, batch and keywords at
+    every step) may keep the backend and reuse it while :func:`selection_stamp` is the stamp: the call's check, its
+    cache key and the kept choice would all be as they were."""
+    return _select(op, args, kwargs)
+
+
+def selection_stamp() -> object | None:
+    """The stamp :func:`select_stamped` returns for a choice it keeps, as things are now (see there); None where the
+    next selection must read the settings again. A fraction of a selection's cost."""
+    state = _state
+    return None if state is None or state.env != _raw_env() else state
+
+
+def _select(op: str, args: tuple, kwargs: dict) -> tuple[Backend, _State | None]:
+    """The backend chosen, and the selection state it was chosen under where the choice is one its cache keeps (else
+    None)."""
     # The hot path of every kernel call: plain reads, no lock, no generator.
     state = _state
     if state is None or state.env != _raw_env():
@@ -548,13 +575,14 @@ def select(op: str, *args: Any, **kwargs: Any) -> Backend:
         if key is not None:
             chosen = state.chosen.get(key)
             if chosen is not None:
-                return chosen
+                return chosen, state
     chosen = _choose(op, plan, args, kwargs)
-    if key is not None and not _compiling():  # left to the first eager call, which also logs the choice
-        if len(state.chosen) >= CACHE_LIMIT:
-            state.chosen.clear()
-        state.chosen[key] = chosen
-    return chosen
+    if key is None or _compiling():  # (left to the first eager call, which also logs the choice)
+        return chosen, None
+    if len(state.chosen) >= CACHE_LIMIT:
+        state.chosen.clear()
+    state.chosen[key] = chosen
+    return chosen, state
 
 
 def _choose(op: str, plan: _Plan, args: tuple, kwargs: dict) -> Backend:

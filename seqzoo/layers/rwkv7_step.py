@@ -284,9 +284,15 @@ def stack_declined(block_class: type, block_forward: Any) -> bool:
 def chunked_chosen(hidden_states: torch.Tensor, heads: int, head_size: int) -> bool:
     """Whether the kernel registry chooses the ``chunked`` backend for the step's ``wkv7`` call on ``hidden_states``
     (B, 1, C) (a forced ``reference`` backend, or a plugin's, is honoured)."""
+    return chunked_chosen_stamped(hidden_states, heads, head_size)[0]
+
+
+def chunked_chosen_stamped(hidden_states: torch.Tensor, heads: int, head_size: int) -> tuple[bool, object | None]:
+    """:func:`chunked_chosen`, and the registry's stamp of the choice (``registry.select_stamped``)."""
     probe = hidden_states.new_empty(hidden_states.shape[0], 1, heads, head_size)  # what the step's call would be given
-    backend = kernel_registry.select("wkv7", probe, probe, probe, probe, probe, probe, initial_state=None)
-    return backend.load() is chunked.wkv7
+    backend, stamp = kernel_registry.select_stamped("wkv7", probe, probe, probe, probe, probe, probe,
+                                                    initial_state=None)
+    return backend.load() is chunked.wkv7, stamp
 
 
 def state_dicts(shifts: Sequence[torch.Tensor], wkvs: Sequence[torch.Tensor],

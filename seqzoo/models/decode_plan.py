@@ -7,10 +7,10 @@ embeds, positions or hidden states asked for, nor ``use_cache=False``: the calle
 autocast, hooks, torch function or dispatch mode, or trace), of the cache (a ``SeqzooCache`` whose methods are
 seqzoo's own), of the causal LM's modules (the same backbone, embedding and head, run by torch's own forward and
 unhooked, and the backbone's methods the general step goes through), the general step's own checks of the ids, the
-cache and the mask in its order (with its errors), the embedding, the head and the storing of the new states. A
-family's plan adds its layers: which states it reads (:meth:`DecodePlan._states`), that they are unchanged
-(:meth:`DecodePlan._layers_unchanged`) and how they run (:meth:`DecodePlan._run`). The classic models' plan is
-``models/classic/step_plan.py``, RWKV-7's ``models/rwkv7/step_plan.py``.
+cache and the mask in its order (with its errors), the embedding (where the layers read it), the head and the
+storing of the new states. A family's plan adds its layers: which states it reads (:meth:`DecodePlan._states`), that
+they are unchanged (:meth:`DecodePlan._layers_unchanged`) and how they run (:meth:`DecodePlan._run`). The classic
+models' plan is ``models/classic/step_plan.py``, RWKV-7's ``models/rwkv7/step_plan.py``.
 
 A plan changes no result: it runs the same operations on the same tensors, and declines (returns None, for the general
 path to run) wherever that path would do anything else.
@@ -154,12 +154,17 @@ class DecodePlan:
         missing, or of another dtype, shape or name than the layers keep)."""
         raise NotImplementedError
 
-    def _run(self, backbone: nn.Module, input_ids: torch.Tensor, cache: SeqzooCache, x: torch.Tensor,
+    def _run(self, backbone: nn.Module, input_ids: torch.Tensor, cache: SeqzooCache, x: torch.Tensor | None,
              states: list) -> tuple[torch.Tensor, list[dict[str, torch.Tensor]]] | None:
-        """The layers (and any norm after them) on the embedded token ``x`` (B, 1, E): the hidden state the head
+        """The layers (and any norm after them) on the token ``input_ids`` (B, 1), embedded: ``x`` (B, 1, E), or None
+        where :meth:`step` left it to this (:meth:`_embedded`, where the layers read it): the hidden state the head
         reads and each layer's new state dict; or None where the general step must run (a forced backend, say).
         Changes nothing of the cache."""
         raise NotImplementedError
+
+    def _embedded(self, input_ids: torch.Tensor) -> torch.Tensor:
+        """The (B, 1, E) embedding of ``input_ids``: the embedding's one operation, without gradients."""
+        return torch.embedding(self.embedding.weight, input_ids)
 
     # -- the step ------------------------------------------------------------------------------------------------
 
@@ -190,9 +195,12 @@ class DecodePlan:
                 self.fixed_in = fixed
         batch = input_ids.shape[0]
         # The general step's checks of the ids, the embedding, the checks of the cache and the mask, in its order
-        # (decode_step.prepare_step_inputs), with its errors.
+        # (decode_step.prepare_step_inputs), with its errors. The embedding raises for no id that passed unless it has
+        # fewer rows than the vocabulary (its IndexError then comes first, as there); else the token is embedded in
+        # _run, where the layers read it (the classic models' input table stands in for it).
         check_token_ids(input_ids, config.vocab_size)
-        x = torch.embedding(self.embedding.weight, input_ids)  # (the embedding's one operation, without gradients)
+        weight = self.embedding.weight
+        x = None if weight.shape[0] >= config.vocab_size else torch.embedding(weight, input_ids)
         cache.check_fits(config, batch, type(backbone).__name__)
         if current_padding_mask(backbone, attention_mask, batch, 1, cache.get_seq_length(), True) is not None:
             return None  # (a padded token: the general step keeps its row's state)

@@ -171,6 +171,55 @@ def test_every_setting_change_drops_the_cache(monkeypatch):
     assert select("lstm", *args, **kwargs).name == "torch"
 
 
+def test_a_stamp_holds_until_a_setting_changes(monkeypatch):
+    # select_stamped's stamp is what selection_stamp() returns until anything selection reads changes: a decode
+    # plan reuses its choice while they are the same object (models/classic/step_plan.py).
+    args, kwargs = lstm_call(1)
+
+    def stamped():
+        backend, stamp = registry.select_stamped("lstm", *args, **kwargs)
+        assert stamp is not None and registry.selection_stamp() is stamp
+        return backend.name, stamp
+
+    name, stamp = stamped()
+    assert name == "torch" and stamped() == (name, stamp)
+    changes = [
+        lambda: registry.set_backend("lstm", "reference"),
+        lambda: registry.set_backend("lstm", None),
+        lambda: monkeypatch.setenv("SEQZOO_KERNELS", "gru=reference"),
+        lambda: monkeypatch.setenv("SEQZOO_KERNELS", "lstm=reference"),
+        lambda: monkeypatch.delenv("SEQZOO_KERNELS"),
+        lambda: register_backend("lstm", "newer", registry.get_kernel("lstm", "reference"), priority=-1),
+        lambda: unregister_backend("lstm", "newer"),
+        registry.refresh,
+    ]
+    names = []
+    for change in changes:
+        change()
+        assert registry.selection_stamp() is not stamp
+        name, stamp = stamped()
+        names.append(name)
+    assert names == ["reference", "torch", "torch", "reference", "torch", "torch", "torch", "torch"]
+    with use_backend("lstm", "reference"):
+        assert registry.selection_stamp() is not stamp
+        assert stamped()[0] == "reference"
+    assert registry.selection_stamp() is None and stamped()[0] == "torch"
+
+
+def test_a_choice_the_registry_does_not_keep_has_no_stamp():
+    holes = torch.tensor([[1, 0, 1, 1, 1], [1, 1, 1, 1, 1]])
+    assert registry.select_stamped("lstm", *lstm_call(5, holes)[0], mask=holes)[1] is None  # (a key of None)
+    args, kwargs = lstm_call(1)
+    # A backend whose supports() has no cache_key: every call of the op chooses.
+    register_backend("lstm", "unkeyed", registry.get_kernel("lstm", "reference"), priority=-1,
+                     supports=lambda *a, **k: (True, ""))
+    try:
+        assert registry.select_stamped("lstm", *args, **kwargs) == (get_op("lstm").backends["torch"], None)
+    finally:
+        unregister_backend("lstm", "unkeyed")
+    assert registry.select_stamped("lstm", *args, **kwargs)[1] is not None
+
+
 @pytest.mark.parametrize("value,message", [
     ("lstn=torch", r"SEQZOO_KERNELS entry 'lstn=torch': unknown kernel op 'lstn'; valid: .* Did you mean 'lstm'"),
     ("lstm=torh", r"SEQZOO_KERNELS entry 'lstm=torh': unknown kernel backend for op 'lstm': 'torh'; valid: "

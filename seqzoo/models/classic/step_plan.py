@@ -27,7 +27,8 @@ class StepPlan(DecodePlan):
     """The modules and weights one classic cache's decode steps run through, as they were after the forward that
     planned them, and the cell calls they make (see :class:`DecodePlan`)."""
 
-    __slots__ = ("layer_class", "weights", "kind", "names", "select", "extra", "fused", "found", "nonlinearity")
+    __slots__ = ("layer_class", "weights", "kind", "names", "select", "extra", "fused", "found", "nonlinearity",
+                 "chosen_under", "chosen_batch")
 
     def __init__(self, lm: nn.Module, backbone: nn.Module, layers: list[nn.Module],
                  weights: list[tuple[torch.Tensor | None, ...]]) -> None:
@@ -40,6 +41,9 @@ class StepPlan(DecodePlan):
         self.select, self.extra = cls.cell, ({} if nonlinearity is None else {"nonlinearity": nonlinearity})
         # Each layer's parameter dict and the weights it held.
         self.found = tuple((layer, layer._parameters, tuple(zip(WEIGHT_NAMES, w))) for layer, w in zip(layers, weights))
+        # The kernel registry's stamp when it last chose the fused cells for this plan's call, and the batch then.
+        self.chosen_under: object | None = None
+        self.chosen_batch = 0
 
     @classmethod
     def build(cls, lm: nn.Module, backbone: nn.Module, cache: SeqzooCache) -> StepPlan | None:
@@ -64,17 +68,27 @@ class StepPlan(DecodePlan):
                     return None
         return hx
 
-    def _run(self, backbone: nn.Module, input_ids: torch.Tensor, cache: SeqzooCache, x: torch.Tensor,
+    def _run(self, backbone: nn.Module, input_ids: torch.Tensor, cache: SeqzooCache, x: torch.Tensor | None,
              hx: list) -> tuple[torch.Tensor, list[dict[str, torch.Tensor]]] | None:
-        # The kernel registry is asked about the embedded token as in the general step (a plugin's or a forced
-        # backend's check may read it), and layer 0's input unless the table stands in for it.
-        backend = kernel_registry.select(self.select, x, *hx[0], *self.weights[0], mask=None, reset=None,
-                                         **self.extra)
-        if backend.load() is not self.fused:
-            return None  # (a forced or plugin backend)
+        batch = input_ids.shape[0]
+        stamp = kernel_registry.selection_stamp()
+        if stamp is None or stamp is not self.chosen_under or batch != self.chosen_batch:
+            # The kernel registry is asked about the embedded token as in the general step (a plugin's or a forced
+            # backend's check may read it). Its choice is kept while nothing it reads has changed: the plan's call is
+            # the same at every step (the same weights, the states of their dtype, this cache's batch, no mask).
+            if x is None:
+                x = self._embedded(input_ids)
+            backend, stamp = kernel_registry.select_stamped(self.select, x, *hx[0], *self.weights[0], mask=None,
+                                                           reset=None, **self.extra)
+            if backend.load() is not self.fused:
+                return None  # (a forced or plugin backend)
+            self.chosen_under, self.chosen_batch = stamp, batch
         # Layer 0's input projection by the general step's own lookup, which checks the table against the weights as
-        # they are (None: the cells compute it from the embedded token, as there).
+        # they are (None: the cells compute it from the embedded token, as there, which is then embedded: with the
+        # table, no layer reads it).
         gates = backbone.input_table.gates(self.embedding.weight, input_ids, cache, self.weights[0])
+        if gates is None and x is None:
+            x = self._embedded(input_ids)
         # (each step, as the general one: a missing bias is zeros of the weights' dtype as they are now)
         params = [fused._params(*w) for w in self.weights]
         y, new = fused.step_layers(self.kind, x, hx, params, None, gates)

@@ -24,6 +24,7 @@ from torch import nn
 
 from seqzoo.cache import SeqzooCache
 from seqzoo.kernels import onednn_linear
+from seqzoo.kernels import registry as kernel_registry
 from seqzoo.layers import rwkv7_step
 from seqzoo.layers.mixer import has_hooks, plain_module_call
 from seqzoo.layers.rwkv7 import DECAY_LOG_SCALE, RWKV7TimeMix
@@ -49,7 +50,7 @@ class RWKV7StepPlan(DecodePlan):
     them (see :class:`~seqzoo.models.decode_plan.DecodePlan`)."""
 
     __slots__ = ("block_class", "block_forward", "norms", "parts", "names", "modules", "types", "classes", "held",
-                 "tensors", "checked", "heads", "head_size", "channels")
+                 "tensors", "checked", "heads", "head_size", "channels", "chosen_under", "chosen_batch")
 
     def __init__(self, lm: nn.Module, backbone: nn.Module, layers: list[nn.Module], block_class: type,
                  block_forward: Any, parts: list[tuple[nn.Module, ...]], tensors: list[list[torch.Tensor]]) -> None:
@@ -68,6 +69,9 @@ class RWKV7StepPlan(DecodePlan):
                         *(tensor for norm in self.norms for tensor in (norm.weight, norm.bias)))
         attn = parts[0][2]
         self.heads, self.head_size, self.channels = attn.num_heads, attn.head_size, backbone.config.hidden_size
+        # The kernel registry's stamp when it last chose the chunked wkv7 for this plan's call, and the batch then.
+        self.chosen_under: object | None = None
+        self.chosen_batch = 0
 
     @classmethod
     def build(cls, lm: nn.Module, backbone: nn.Module, cache: SeqzooCache, block_class: type,
@@ -113,6 +117,20 @@ class RWKV7StepPlan(DecodePlan):
         held = self.held
         return len(now) == len(held) and all(map(operator.is_, now, held)) and rwkv7_step._plain(self.checked)
 
+    def _chunked_chosen(self, x: torch.Tensor, heads: Any, head_size: Any) -> bool:
+        """``rwkv7_step.chunked_chosen`` for the step's call, its answer kept while the kernel registry's stamp and
+        the batch are those it was chosen under: the plan's call is the same at every step (float32 states and
+        tensors, this cache's batch, the plan's heads and head size: the caller checked that ``heads`` and
+        ``head_size`` equal them; given as another type than int, they go to the registry's call, as there)."""
+        stamp, batch = kernel_registry.selection_stamp(), x.shape[0]
+        if (stamp is not None and stamp is self.chosen_under and batch == self.chosen_batch and type(heads) is int
+                and type(head_size) is int):
+            return True
+        chosen, stamp = rwkv7_step.chunked_chosen_stamped(x, heads, head_size)
+        if chosen:
+            self.chosen_under, self.chosen_batch = stamp, batch
+        return chosen
+
     def _layer_classes_unchanged(self) -> bool:
         for cls in self.classes:
             if not plain_module_call(cls):
@@ -131,8 +149,10 @@ class RWKV7StepPlan(DecodePlan):
                 return None  # (another dtype is cast by the general step; another shape is its to refuse)
         return carried
 
-    def _run(self, backbone: nn.Module, input_ids: torch.Tensor, cache: SeqzooCache, x: torch.Tensor,
+    def _run(self, backbone: nn.Module, input_ids: torch.Tensor, cache: SeqzooCache, x: torch.Tensor | None,
              carried: list) -> tuple[torch.Tensor, list[dict[str, torch.Tensor]]] | None:
+        if x is None:
+            x = self._embedded(input_ids)
         # (the heads and head size as the general step reads them, from the first time mix: the objects themselves,
         # which it hands on; values other than the states were checked against decline)
         first = self.parts[0][2]
@@ -152,7 +172,7 @@ class RWKV7StepPlan(DecodePlan):
         channels = (x.shape[-1],)
         if embed_norm.normalized_shape != channels or norm.normalized_shape != channels:
             return None
-        if not rwkv7_step.chunked_chosen(x, heads, head_size):
+        if not self._chunked_chosen(x, heads, head_size):
             return None
         step = rwkv7_step.scripted_normed_step()
         if step is None:

@@ -1,0 +1,170 @@
+"""A decode plan asks the kernel registry which backend runs its layers once, and reuses the answer while the
+registry's stamp says nothing it reads has changed (``registry.select_stamped`` / ``selection_stamp``): a backend
+forced or released, ``SEQZOO_KERNELS`` set, a backend registered between two steps is honoured at the next one, as
+when every step asked. The classic models' plan embeds no token that the input table stands in for. Each step is
+compared, bitwise, with a twin's decoding through the general path."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+
+from seqzoo.kernels import registry, use_backend
+from seqzoo.kernels.rnn_cells import fused
+from seqzoo.kernels.wkv7 import chunked
+from seqzoo.models.decode_plan import DecodePlan
+from tests.models.test_step_plan import (
+    FAMILIES,
+    assert_same,
+    family_model,
+    planned_model,
+    plans_ran,  # noqa: F401  (a fixture)
+    prefilled,
+    without_plans,
+)
+
+TOKENS = torch.tensor([[6], [1]])
+
+
+@pytest.fixture(autouse=True)
+def plain_environment(monkeypatch):
+    monkeypatch.delenv("SEQZOO_KERNELS", raising=False)
+
+
+def op_of(model) -> str:
+    return "wkv7" if model.config.model_type == "seqzoo_rwkv7" else model.config.mixer_type
+
+
+@pytest.fixture
+def selections(monkeypatch):
+    """The ops a plan asked the registry about, one entry per call."""
+    asked = []
+    real = registry.select_stamped
+
+    def spy(op, *args, **kwargs):
+        asked.append(op)
+        return real(op, *args, **kwargs)
+
+    monkeypatch.setattr(registry, "select_stamped", spy)
+    return asked
+
+
+@pytest.fixture
+def reference_calls(monkeypatch):
+    """Calls of each op's reference backend, by op."""
+    calls = []
+    for op in ("gru", "wkv7"):
+        backend = registry.get_op(op).backends["reference"]
+        real = registry.get_kernel(op, "reference")
+        monkeypatch.setattr(backend, "_loaded", lambda *a, _op=op, _real=real, **k: calls.append(_op) or _real(*a, **k))
+    return calls
+
+
+def twin_caches(family: str) -> tuple:
+    """A model and its prefilled cache (its first step planned and run), and a twin decoding without plans."""
+    model = family_model(family)
+    twin = copy.deepcopy(model)
+    return model, prefilled(model), twin, prefilled(twin)
+
+
+def step(model, cache) -> torch.Tensor:
+    with torch.no_grad():
+        return model(TOKENS, cache=cache).logits
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_a_plan_asks_the_registry_once_while_nothing_changes(family, selections, plans_ran, monkeypatch):
+    model, cache, twin, twin_cache = twin_caches(family)
+    op = op_of(model)
+    assert plans_ran == [True, True] and selections == [op, op]  # (each cache's first planned step asked)
+    got = [step(model, cache) for _ in range(4)]
+    assert plans_ran == [True] * 6 and selections == [op, op]
+    without_plans(monkeypatch)
+    for logits in got:
+        assert_same(logits, step(twin, twin_cache))
+
+
+def _forced(op, monkeypatch):
+    monkeypatch.setattr(registry, "_FORCED", {**registry._FORCED})  # (restored after the test)
+    registry.set_backend(op, "reference")
+
+
+def _environment(op, monkeypatch):
+    monkeypatch.setenv("SEQZOO_KERNELS", f"{op}=reference")
+
+
+def _registered(op, monkeypatch):
+    # A backend of a higher priority than the plan's, registered after its choice: the reference, under a new name.
+    registry.register_backend(op, "test_newer", registry.get_op(op).backends["reference"].load(), priority=99)
+    monkeypatch.setattr(registry, "_FORCED", {**registry._FORCED})
+    monkeypatch.callback = lambda: registry.unregister_backend(op, "test_newer")
+
+
+CHANGES = {"a backend forced": _forced, "SEQZOO_KERNELS set": _environment, "a backend registered": _registered}
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("change", CHANGES)
+def test_a_setting_changed_between_steps_is_honoured_at_the_next(family, change, reference_calls, plans_ran,
+                                                                 monkeypatch):
+    model, cache, twin, twin_cache = twin_caches(family)
+    op = op_of(model)
+    step(model, cache)
+    step(twin, twin_cache)
+    try:
+        CHANGES[change](op, monkeypatch)
+        assert not reference_calls
+        got = [step(model, cache) for _ in range(2)]
+        assert reference_calls and plans_ran[-2:] == [False, False]  # (declined: the general path ran the reference)
+        ran = len(reference_calls)
+        without_plans(monkeypatch)
+        for logits in got:
+            assert_same(logits, step(twin, twin_cache))
+        assert len(reference_calls) == 2 * ran
+    finally:
+        getattr(monkeypatch, "callback", lambda: None)()
+        registry.set_backend(op, None) if registry._FORCED.get(op) else None
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_a_choice_the_registry_does_not_keep_is_asked_at_every_step(family, selections, reference_calls,
+                                                                    plans_ran):
+    # A backend whose supports() has no cache_key, of a lower priority: the plan's backend is still chosen, but the
+    # registry keeps no choice of the op, so the plan asks at every step, and sees a backend forced then.
+    model, cache, twin, twin_cache = twin_caches(family)
+    op = op_of(model)
+    registry.register_backend(op, "test_unkeyed", registry.get_op(op).backends["reference"].load(), priority=-5,
+                              supports=lambda *a, **k: (True, ""))
+    try:
+        selections.clear()
+        for _ in range(3):
+            step(model, cache)
+        assert selections == [op] * 3 and plans_ran[-3:] == [True] * 3 and not reference_calls
+        with use_backend(op, "reference"):
+            step(model, cache)
+        assert reference_calls and plans_ran[-1] is False
+    finally:
+        registry.unregister_backend(op, "test_unkeyed")
+
+
+@pytest.mark.parametrize("table,embedded", [("always", 0), ("never", 3)])
+def test_the_classic_plan_embeds_no_token_the_table_stands_in_for(table, embedded, plans_ran, monkeypatch):
+    model = planned_model("gru", table)
+    twin = copy.deepcopy(model)
+    cache, twin_cache = prefilled(model), prefilled(twin)
+    calls = []
+    real = DecodePlan._embedded
+    monkeypatch.setattr(DecodePlan, "_embedded", lambda self, ids: calls.append(1) or real(self, ids))
+    got = [step(model, cache) for _ in range(3)]
+    assert plans_ran[-3:] == [True] * 3 and len(calls) == embedded
+    without_plans(monkeypatch)
+    for logits in got:
+        assert_same(logits, step(twin, twin_cache))
+
+
+def test_the_plans_run_the_backends_they_reuse():
+    # (what the tests above assume: a plan's layers are the fused cells' and the chunked wkv7's)
+    assert registry.get_op("gru").backends["torch"].load() is fused.gru
+    assert registry.get_op("wkv7").backends["chunked"].load() is chunked.wkv7
