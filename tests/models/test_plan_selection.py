@@ -15,17 +15,18 @@ from seqzoo.kernels import registry, use_backend
 from seqzoo.kernels.rnn_cells import fused
 from seqzoo.kernels.wkv7 import chunked
 from seqzoo.models.decode_plan import DecodePlan
+from tests.models import test_step_plan
 from tests.models.test_step_plan import (
     FAMILIES,
     assert_same,
     family_model,
     planned_model,
-    plans_ran,  # noqa: F401  (a fixture)
     prefilled,
     without_plans,
 )
 
 TOKENS = torch.tensor([[6], [1]])
+plans_ran = test_step_plan.plans_ran  # (the fixture: an entry per step a plan was asked to run, of any family)
 
 
 @pytest.fixture(autouse=True)
