@@ -32,7 +32,7 @@ make. A backend with a custom ``supports()`` and no ``cache_key`` is never cache
 drop the cache. The hot path takes no lock (a cache that is dropped while a call fills it is simply replaced), so
 it adds no graph break under ``torch.compile``. A caller that makes one call again and again (a decode plan) may
 keep a choice :func:`select_stamped` made and reuse it while :func:`selection_stamp` returns the stamp that came with
-it: the stamp changes with everything that drops the cache.
+it and the call would be summarised by the same keys: the stamp changes with every setting change that drops the cache.
 
 Third-party packages add backends through the ``seqzoo.kernels`` entry-point group: each entry point is a callable
 that receives this module and calls :func:`register_backend`. A plugin that fails is logged and skipped.
@@ -527,9 +527,10 @@ def select_stamped(op: str, *args: Any, **kwargs: Any) -> tuple[Backend, object 
     registered, the probes reset); None where the choice is not one the registry keeps (an op with a backend whose
     ``supports()`` has no ``cache_key()``, or a call whose key is None), which the next call must make again.
 
-    A caller that makes the same call again and again (a decode plan: the same weights, dtypes, batch and keywords at
-    every step) may keep the backend and reuse it while :func:`selection_stamp` is the stamp: the call's check, its
-    cache key and the kept choice would all be as they were."""
+    A caller that makes the same call again and again (a decode plan) may keep the backend and reuse it while
+    :func:`selection_stamp` is the stamp and nothing the op's check or a backend's ``cache_key`` reads of the call has
+    changed (the caller's to compare: the tensors' types, dtypes, shapes and devices, and the keywords): the kept
+    choice would then be made again."""
     return _select(op, args, kwargs)
 
 

@@ -195,12 +195,14 @@ class DecodePlan:
                 self.fixed_in = fixed
         batch = input_ids.shape[0]
         # The general step's checks of the ids, the embedding, the checks of the cache and the mask, in its order
-        # (decode_step.prepare_step_inputs), with its errors. The embedding raises for no id that passed unless it has
-        # fewer rows than the vocabulary (its IndexError then comes first, as there); else the token is embedded in
-        # _run, where the layers read it (the classic models' input table stands in for it).
+        # (decode_step.prepare_step_inputs), with its errors. The embedding raises for no id that passed where its
+        # weight is a matrix of at least a row per token; else it runs here, for its error to come first, as there.
+        # Otherwise the token is embedded in _run, where the layers read it (the classic models' input table stands
+        # in for it).
         check_token_ids(input_ids, config.vocab_size)
         weight = self.embedding.weight
-        x = None if weight.shape[0] >= config.vocab_size else torch.embedding(weight, input_ids)
+        x = (None if weight.dim() == 2 and weight.shape[0] >= config.vocab_size
+             else torch.embedding(weight, input_ids))
         cache.check_fits(config, batch, type(backbone).__name__)
         if current_padding_mask(backbone, attention_mask, batch, 1, cache.get_seq_length(), True) is not None:
             return None  # (a padded token: the general step keeps its row's state)

@@ -11,6 +11,7 @@ import copy
 import pytest
 import torch
 
+from seqzoo.cache import STEP_PLAN_ATTRIBUTE
 from seqzoo.kernels import registry, use_backend
 from seqzoo.kernels.rnn_cells import fused
 from seqzoo.kernels.wkv7 import chunked
@@ -64,10 +65,17 @@ def reference_calls(monkeypatch):
 
 
 def twin_caches(family: str) -> tuple:
-    """A model and its prefilled cache (its first step planned and run), and a twin decoding without plans."""
+    """A model and its prefilled cache (its first step planned and run), and a twin and its cache, which decode
+    through the general path once :func:`unplanned` is called."""
     model = family_model(family)
     twin = copy.deepcopy(model)
     return model, prefilled(model), twin, prefilled(twin)
+
+
+def unplanned(cache, monkeypatch) -> None:
+    """From now on no cache plans its steps, and ``cache`` has no plan: its steps run the general path."""
+    without_plans(monkeypatch)
+    cache.__dict__.pop(STEP_PLAN_ATTRIBUTE, None)
 
 
 def step(model, cache) -> torch.Tensor:
@@ -82,7 +90,7 @@ def test_a_plan_asks_the_registry_once_while_nothing_changes(family, selections,
     assert plans_ran == [True, True] and selections == [op, op]  # (each cache's first planned step asked)
     got = [step(model, cache) for _ in range(4)]
     assert plans_ran == [True] * 6 and selections == [op, op]
-    without_plans(monkeypatch)
+    unplanned(twin_cache, monkeypatch)
     for logits in got:
         assert_same(logits, step(twin, twin_cache))
 
@@ -120,7 +128,7 @@ def test_a_setting_changed_between_steps_is_honoured_at_the_next(family, change,
         got = [step(model, cache) for _ in range(2)]
         assert reference_calls and plans_ran[-2:] == [False, False]  # (declined: the general path ran the reference)
         ran = len(reference_calls)
-        without_plans(monkeypatch)
+        unplanned(twin_cache, monkeypatch)
         for logits in got:
             assert_same(logits, step(twin, twin_cache))
         assert len(reference_calls) == 2 * ran
@@ -150,6 +158,68 @@ def test_a_choice_the_registry_does_not_keep_is_asked_at_every_step(family, sele
         registry.unregister_backend(op, "test_unkeyed")
 
 
+@pytest.mark.parametrize("family", FAMILIES)
+def test_a_choice_that_reads_the_batch_is_asked_again_for_another_batch(family, reference_calls, plans_ran,
+                                                                       monkeypatch):
+    # A backend of a higher priority that runs only a batch of four, keyed on it: a cache grown from two rows to four
+    # (as beam search grows it) gets it, as the general step would.
+    model, cache, twin, twin_cache = twin_caches(family)
+    op = op_of(model)
+    registry.register_backend(op, "test_four_rows", registry.get_op(op).backends["reference"].load(), priority=99,
+                              supports=lambda x, *a, **k: (x.shape[0] == 4, "four rows only"),
+                              cache_key=lambda x, *a, **k: x.shape[0])
+    try:
+        four = torch.tensor([[6], [1], [3], [2]])
+        before = step(model, cache)
+        assert plans_ran[-1] is True and not reference_calls  # (two rows: the fused cells, planned)
+        cache.batch_repeat_interleave(2)
+        with torch.no_grad():
+            planned = model(four, cache=cache).logits
+        assert reference_calls and plans_ran[-1] is False
+        unplanned(twin_cache, monkeypatch)
+        assert_same(before, step(twin, twin_cache))
+        twin_cache.batch_repeat_interleave(2)
+        with torch.no_grad():
+            assert_same(planned, twin(four, cache=twin_cache).logits)
+    finally:
+        registry.unregister_backend(op, "test_four_rows")
+
+
+def test_a_choice_that_reads_a_weight_is_asked_again_when_it_changes_through_data(plans_ran, monkeypatch):
+    # A backend of a higher priority that runs only float64 weights, keyed on layer 0's input weight's dtype: after
+    # that weight and its bias become float64 through .data (the same tensors), the general step chooses it.
+    model = planned_model("gru", "never")
+    twin = copy.deepcopy(model)
+    cache, twin_cache = prefilled(model), prefilled(twin)
+    reference = registry.get_op("gru").backends["reference"].load()
+
+    def in_the_inputs_dtype(x, h, *weights, **kwargs):
+        return reference(x, h, *(w if w is None else w.to(x.dtype) for w in weights), **kwargs)
+
+    registry.register_backend("gru", "test_float64", in_the_inputs_dtype, priority=99,
+                              supports=lambda x, h, w_ih, *a, **k: (w_ih.dtype == torch.float64, "float64 only"),
+                              cache_key=lambda x, h, w_ih, *a, **k: w_ih.dtype)
+
+    def to_float64(m):
+        for name in ("weight_ih", "bias_ih"):
+            weight = getattr(m.model.layers[0], name)
+            weight.data = weight.data.double()
+
+    try:
+        calls = []
+        registry.get_op("gru").backends["test_float64"]._loaded = lambda *a, **k: calls.append(1) or \
+            in_the_inputs_dtype(*a, **k)
+        to_float64(model)
+        planned = [step(model, cache) for _ in range(2)]
+        assert calls and plans_ran[-2:] == [False, False]
+        unplanned(twin_cache, monkeypatch)
+        to_float64(twin)
+        for logits in planned:
+            assert_same(logits, step(twin, twin_cache))
+    finally:
+        registry.unregister_backend("gru", "test_float64")
+
+
 @pytest.mark.parametrize("table,embedded", [("always", 0), ("never", 3)])
 def test_the_classic_plan_embeds_no_token_the_table_stands_in_for(table, embedded, plans_ran, monkeypatch):
     model = planned_model("gru", table)
@@ -160,7 +230,7 @@ def test_the_classic_plan_embeds_no_token_the_table_stands_in_for(table, embedde
     monkeypatch.setattr(DecodePlan, "_embedded", lambda self, ids: calls.append(1) or real(self, ids))
     got = [step(model, cache) for _ in range(3)]
     assert plans_ran[-3:] == [True] * 3 and len(calls) == embedded
-    without_plans(monkeypatch)
+    unplanned(twin_cache, monkeypatch)
     for logits in got:
         assert_same(logits, step(twin, twin_cache))
 

@@ -72,6 +72,7 @@ _SHARED = [
     "a layer's class changed", "every layer's class changed", "the head in training",
     "the embedding made float64 through .data", "decode_step wrapped on the backbone", "a torch function mode",
     "the embedding's weight of a subclass with its own lookup", "the vocabulary cut through .data",
+    "the embedding flattened through .data", "the embedding flattened through .data, a row more",
     "the causal LM alone in training", "the config made bidirectional", "update_layer set on the cache",
     "advance patched on the cache's class", "get_seq_length patched on the cache's class",
     "the cache's class made a subclass", "a dispatch mode, one position kept",

@@ -411,6 +411,24 @@ class _RecordingDispatch(torch.utils._python_dispatch.TorchDispatchMode):
         return func(*args, **(kwargs or {}))
 
 
+def _integer_weight_hh(model):
+    # The op's own check refuses an integer weight (a ValueError naming it): the registry must be asked again.
+    weight = model.model.layers[0].weight_hh
+    weight.requires_grad_(False)
+    weight.data = weight.data.long()
+
+
+def _flattened_embedding(model):
+    # A weight of one dimension: the embedding's own error ("'weight' must be 2-D") comes first, as in the general step.
+    weight = model.model.embed_tokens.weight
+    weight.data = weight.data.reshape(-1)
+
+
+def _flattened_and_a_row_more(model, cache, seen):
+    _flattened_embedding(model)
+    return torch.tensor([[1], [2], [3]]), {}, None
+
+
 def _cut_and_a_row_more(model, cache, seen):
     # The general step embeds first: its error is the embedding's, not the cache's check of the rows.
     _cut_vocabulary(model)
@@ -513,6 +531,11 @@ CHANGES = {
     "a dispatch mode, one position kept": lambda model, cache, seen: (None, {"logits_to_keep": 1},
                                                                       _RecordingDispatch(seen)),
     "the vocabulary cut, a row more and a token past the cut": _cut_and_a_row_more,
+    # Found by review (each ran planned, with another error than the general step's, once the plan kept the registry's
+    # choice between steps).
+    "layer 0's weight_hh made integer through .data": _in_place(_integer_weight_hh),
+    "the embedding flattened through .data": _in_place(_flattened_embedding),
+    "the embedding flattened through .data, a row more": _flattened_and_a_row_more,
 }
 RNN_ONLY = {"a layer's nonlinearity changed": _set("model.layers.1.nonlinearity", "relu")}
 

@@ -23,12 +23,22 @@ from seqzoo.models.decode_plan import DecodePlan, buildable, state_entries
 from seqzoo.models.decode_plan import _no_plan as _no_plan  # (named so by caches pickled before decode_plan.py)
 
 
+def _call_read(embedding: torch.Tensor, batch: int, states: list, weights: tuple) -> tuple:
+    """What a selection reads of a classic plan's call, besides constants (no mask, no reset, the nonlinearity): the
+    type, dtype, shape and device of each tensor -- the embedded token's (batch, 1, the embedding's width, its dtype
+    and device), layer 0's states and weights (a weight's dtype or shape may change through ``.data``, the tensor
+    staying the same). The op's check reads dtypes, and a backend's ``cache_key`` summarises what its ``supports()``
+    reads in such terms (``seqzoo/kernels/registry.py``)."""
+    return (batch, embedding.dtype, embedding.shape[-1:], embedding.device,
+            *[(type(t), t.dtype, t.shape, t.device) for t in (*states, *weights) if t is not None])
+
+
 class StepPlan(DecodePlan):
     """The modules and weights one classic cache's decode steps run through, as they were after the forward that
     planned them, and the cell calls they make (see :class:`DecodePlan`)."""
 
     __slots__ = ("layer_class", "weights", "kind", "names", "select", "extra", "fused", "found", "nonlinearity",
-                 "chosen_under", "chosen_batch")
+                 "chosen")
 
     def __init__(self, lm: nn.Module, backbone: nn.Module, layers: list[nn.Module],
                  weights: list[tuple[torch.Tensor | None, ...]]) -> None:
@@ -41,9 +51,9 @@ class StepPlan(DecodePlan):
         self.select, self.extra = cls.cell, ({} if nonlinearity is None else {"nonlinearity": nonlinearity})
         # Each layer's parameter dict and the weights it held.
         self.found = tuple((layer, layer._parameters, tuple(zip(WEIGHT_NAMES, w))) for layer, w in zip(layers, weights))
-        # The kernel registry's stamp when it last chose the fused cells for this plan's call, and the batch then.
-        self.chosen_under: object | None = None
-        self.chosen_batch = 0
+        # The kernel registry's stamp when it last chose the fused cells for this plan's call, and what of the call a
+        # selection reads (one tuple: two caches sharing the plan, in two threads, each see a whole one).
+        self.chosen: tuple = (None, None)
 
     @classmethod
     def build(cls, lm: nn.Module, backbone: nn.Module, cache: SeqzooCache) -> StepPlan | None:
@@ -70,19 +80,20 @@ class StepPlan(DecodePlan):
 
     def _run(self, backbone: nn.Module, input_ids: torch.Tensor, cache: SeqzooCache, x: torch.Tensor | None,
              hx: list) -> tuple[torch.Tensor, list[dict[str, torch.Tensor]]] | None:
-        batch = input_ids.shape[0]
         stamp = kernel_registry.selection_stamp()
-        if stamp is None or stamp is not self.chosen_under or batch != self.chosen_batch:
+        call = _call_read(self.embedding.weight, input_ids.shape[0], hx[0], self.weights[0])
+        chosen = self.chosen
+        if stamp is None or stamp is not chosen[0] or call != chosen[1]:
             # The kernel registry is asked about the embedded token as in the general step (a plugin's or a forced
-            # backend's check may read it). Its choice is kept while nothing it reads has changed: the plan's call is
-            # the same at every step (the same weights, the states of their dtype, this cache's batch, no mask).
+            # backend's check may read it). Its choice is kept while neither its settings (the stamp) nor what the
+            # op's check and the backends' cache keys read of the call has changed (_call_read).
             if x is None:
                 x = self._embedded(input_ids)
             backend, stamp = kernel_registry.select_stamped(self.select, x, *hx[0], *self.weights[0], mask=None,
                                                            reset=None, **self.extra)
             if backend.load() is not self.fused:
                 return None  # (a forced or plugin backend)
-            self.chosen_under, self.chosen_batch = stamp, batch
+            self.chosen = (stamp, call)
         # Layer 0's input projection by the general step's own lookup, which checks the table against the weights as
         # they are (None: the cells compute it from the embedded token, as there, which is then embedded: with the
         # table, no layer reads it).

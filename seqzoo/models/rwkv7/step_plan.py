@@ -50,7 +50,7 @@ class RWKV7StepPlan(DecodePlan):
     them (see :class:`~seqzoo.models.decode_plan.DecodePlan`)."""
 
     __slots__ = ("block_class", "block_forward", "norms", "parts", "names", "modules", "types", "classes", "held",
-                 "tensors", "checked", "heads", "head_size", "channels", "chosen_under", "chosen_batch")
+                 "tensors", "checked", "heads", "head_size", "channels", "chosen")
 
     def __init__(self, lm: nn.Module, backbone: nn.Module, layers: list[nn.Module], block_class: type,
                  block_forward: Any, parts: list[tuple[nn.Module, ...]], tensors: list[list[torch.Tensor]]) -> None:
@@ -69,9 +69,9 @@ class RWKV7StepPlan(DecodePlan):
                         *(tensor for norm in self.norms for tensor in (norm.weight, norm.bias)))
         attn = parts[0][2]
         self.heads, self.head_size, self.channels = attn.num_heads, attn.head_size, backbone.config.hidden_size
-        # The kernel registry's stamp when it last chose the chunked wkv7 for this plan's call, and the batch then.
-        self.chosen_under: object | None = None
-        self.chosen_batch = 0
+        # The kernel registry's stamp when it last chose the chunked wkv7 for this plan's call, and the batch then (one
+        # tuple: two caches sharing the plan, in two threads, each see a whole one).
+        self.chosen: tuple = (None, 0)
 
     @classmethod
     def build(cls, lm: nn.Module, backbone: nn.Module, cache: SeqzooCache, block_class: type,
@@ -119,17 +119,19 @@ class RWKV7StepPlan(DecodePlan):
 
     def _chunked_chosen(self, x: torch.Tensor, heads: Any, head_size: Any) -> bool:
         """``rwkv7_step.chunked_chosen`` for the step's call, its answer kept while the kernel registry's stamp and
-        the batch are those it was chosen under: the plan's call is the same at every step (float32 states and
-        tensors, this cache's batch, the plan's heads and head size: the caller checked that ``heads`` and
-        ``head_size`` equal them; given as another type than int, they go to the registry's call, as there)."""
+        the batch are those it was chosen under: the rest of what the call hands the registry is the same at every
+        step (six empty float32 probes of the plan's heads and head size -- the caller checked that ``heads`` and
+        ``head_size`` equal them; given as another type than int, they go to the registry's call, as there -- on the
+        CPU, where the embedding the probes are made like is)."""
         stamp, batch = kernel_registry.selection_stamp(), x.shape[0]
-        if (stamp is not None and stamp is self.chosen_under and batch == self.chosen_batch and type(heads) is int
-                and type(head_size) is int):
+        chosen = self.chosen
+        if (stamp is not None and stamp is chosen[0] and batch == chosen[1] and type(heads) is int
+                and type(head_size) is int and x.dtype is torch.float32 and x.is_cpu):
             return True
-        chosen, stamp = rwkv7_step.chunked_chosen_stamped(x, heads, head_size)
-        if chosen:
-            self.chosen_under, self.chosen_batch = stamp, batch
-        return chosen
+        found, stamp = rwkv7_step.chunked_chosen_stamped(x, heads, head_size)
+        if found:
+            self.chosen = (stamp, batch)
+        return found
 
     def _layer_classes_unchanged(self) -> bool:
         for cls in self.classes:
