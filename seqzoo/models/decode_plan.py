@@ -31,6 +31,7 @@ from transformers.modeling_outputs import CausalLMOutputWithPast
 
 from seqzoo.cache import STEP_PLAN_ATTRIBUTE, SeqzooCache, StateLayer
 from seqzoo.kernels import onednn_linear
+from seqzoo.kernels import registry as kernel_registry
 from seqzoo.layers.mixer import global_module_hooks, has_hooks, plain_module_call
 from seqzoo.models.compat import model_output
 from seqzoo.models.decode_step import class_runs_plainly, runs_plainly
@@ -124,7 +125,7 @@ class DecodePlan:
     built for; else it returns None (and drops itself from the cache where the model changed: a new one is built after
     the next general step)."""
 
-    __slots__ = ("backbone", "methods", "embedding", "head", "layers", "dtype", "fixed_in")
+    __slots__ = ("backbone", "methods", "embedding", "head", "layers", "dtype", "fixed_in", "chosen")
 
     def __init__(self, lm: nn.Module, backbone: nn.Module, layers: list[nn.Module]) -> None:
         # The backbone's methods the general step went through, as its class had them (a patch since is called).
@@ -133,6 +134,10 @@ class DecodePlan:
         self.layers = tuple(layers)
         self.dtype = self.embedding.weight.dtype
         self.fixed_in: _Block | None = None  # (the fixed_model block in which it last found the model unchanged)
+        # The kernel registry's stamp when it last chose the layers' backend for the plan's call, and what a selection
+        # reads of that call then (:meth:`_choice_kept`; one tuple: two caches sharing the plan, in two threads, each
+        # see a whole one).
+        self.chosen: tuple = (None, None)
 
     def __deepcopy__(self, memo: dict) -> DecodePlan:
         # (a copied cache decodes with the same model: the plan holds no state of the cache)
@@ -161,6 +166,19 @@ class DecodePlan:
         reads and each layer's new state dict; or None where the general step must run (a forced backend, say).
         Changes nothing of the cache."""
         raise NotImplementedError
+
+    def _choice_kept(self, read: tuple) -> bool:
+        """Whether the kernel registry's choice for the layers, kept by :meth:`_keep_choice`, still holds: its stamp
+        (``registry.selection_stamp()``: no setting changed since) and ``read``, what the op's check and the backends'
+        cache keys read of the call (the tensors' types, dtypes, shapes and devices), the same as when it was made.
+        The rest of the plan's call is the same at every step."""
+        stamp = kernel_registry.selection_stamp()
+        chosen = self.chosen
+        return stamp is not None and stamp is chosen[0] and read == chosen[1]
+
+    def _keep_choice(self, stamp: object | None, read: tuple) -> None:
+        """Keep the choice ``registry.select_stamped`` made under ``stamp`` for a call that read ``read``."""
+        self.chosen = (stamp, read)
 
     def _embedded(self, input_ids: torch.Tensor) -> torch.Tensor:
         """The (B, 1, E) embedding of ``input_ids``: the embedding's one operation, without gradients."""
@@ -201,8 +219,7 @@ class DecodePlan:
         # in for it).
         check_token_ids(input_ids, config.vocab_size)
         weight = self.embedding.weight
-        x = (None if weight.dim() == 2 and weight.shape[0] >= config.vocab_size
-             else torch.embedding(weight, input_ids))
+        x = None if weight.dim() == 2 and weight.shape[0] >= config.vocab_size else self._embedded(input_ids)
         cache.check_fits(config, batch, type(backbone).__name__)
         if current_padding_mask(backbone, attention_mask, batch, 1, cache.get_seq_length(), True) is not None:
             return None  # (a padded token: the general step keeps its row's state)

@@ -37,8 +37,7 @@ class StepPlan(DecodePlan):
     """The modules and weights one classic cache's decode steps run through, as they were after the forward that
     planned them, and the cell calls they make (see :class:`DecodePlan`)."""
 
-    __slots__ = ("layer_class", "weights", "kind", "names", "select", "extra", "fused", "found", "nonlinearity",
-                 "chosen")
+    __slots__ = ("layer_class", "weights", "kind", "names", "select", "extra", "fused", "found", "nonlinearity")
 
     def __init__(self, lm: nn.Module, backbone: nn.Module, layers: list[nn.Module],
                  weights: list[tuple[torch.Tensor | None, ...]]) -> None:
@@ -51,9 +50,6 @@ class StepPlan(DecodePlan):
         self.select, self.extra = cls.cell, ({} if nonlinearity is None else {"nonlinearity": nonlinearity})
         # Each layer's parameter dict and the weights it held.
         self.found = tuple((layer, layer._parameters, tuple(zip(WEIGHT_NAMES, w))) for layer, w in zip(layers, weights))
-        # The kernel registry's stamp when it last chose the fused cells for this plan's call, and what of the call a
-        # selection reads (one tuple: two caches sharing the plan, in two threads, each see a whole one).
-        self.chosen: tuple = (None, None)
 
     @classmethod
     def build(cls, lm: nn.Module, backbone: nn.Module, cache: SeqzooCache) -> StepPlan | None:
@@ -80,20 +76,17 @@ class StepPlan(DecodePlan):
 
     def _run(self, backbone: nn.Module, input_ids: torch.Tensor, cache: SeqzooCache, x: torch.Tensor | None,
              hx: list) -> tuple[torch.Tensor, list[dict[str, torch.Tensor]]] | None:
-        stamp = kernel_registry.selection_stamp()
-        call = _call_read(self.embedding.weight, input_ids.shape[0], hx[0], self.weights[0])
-        chosen = self.chosen
-        if stamp is None or stamp is not chosen[0] or call != chosen[1]:
+        read = _call_read(self.embedding.weight, input_ids.shape[0], hx[0], self.weights[0])
+        if not self._choice_kept(read):
             # The kernel registry is asked about the embedded token as in the general step (a plugin's or a forced
-            # backend's check may read it). Its choice is kept while neither its settings (the stamp) nor what the
-            # op's check and the backends' cache keys read of the call has changed (_call_read).
+            # backend's check may read it), and its choice kept while it holds.
             if x is None:
                 x = self._embedded(input_ids)
             backend, stamp = kernel_registry.select_stamped(self.select, x, *hx[0], *self.weights[0], mask=None,
                                                            reset=None, **self.extra)
             if backend.load() is not self.fused:
                 return None  # (a forced or plugin backend)
-            self.chosen = (stamp, call)
+            self._keep_choice(stamp, read)
         # Layer 0's input projection by the general step's own lookup, which checks the table against the weights as
         # they are (None: the cells compute it from the embedded token, as there, which is then embedded: with the
         # table, no layer reads it).

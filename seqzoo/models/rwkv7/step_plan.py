@@ -24,7 +24,6 @@ from torch import nn
 
 from seqzoo.cache import SeqzooCache
 from seqzoo.kernels import onednn_linear
-from seqzoo.kernels import registry as kernel_registry
 from seqzoo.layers import rwkv7_step
 from seqzoo.layers.mixer import has_hooks, plain_module_call
 from seqzoo.layers.rwkv7 import DECAY_LOG_SCALE, RWKV7TimeMix
@@ -50,7 +49,7 @@ class RWKV7StepPlan(DecodePlan):
     them (see :class:`~seqzoo.models.decode_plan.DecodePlan`)."""
 
     __slots__ = ("block_class", "block_forward", "norms", "parts", "names", "modules", "types", "classes", "held",
-                 "tensors", "checked", "heads", "head_size", "channels", "chosen")
+                 "tensors", "checked", "heads", "head_size", "channels")
 
     def __init__(self, lm: nn.Module, backbone: nn.Module, layers: list[nn.Module], block_class: type,
                  block_forward: Any, parts: list[tuple[nn.Module, ...]], tensors: list[list[torch.Tensor]]) -> None:
@@ -69,9 +68,6 @@ class RWKV7StepPlan(DecodePlan):
                         *(tensor for norm in self.norms for tensor in (norm.weight, norm.bias)))
         attn = parts[0][2]
         self.heads, self.head_size, self.channels = attn.num_heads, attn.head_size, backbone.config.hidden_size
-        # The kernel registry's stamp when it last chose the chunked wkv7 for this plan's call, and the batch then (one
-        # tuple: two caches sharing the plan, in two threads, each see a whole one).
-        self.chosen: tuple = (None, 0)
 
     @classmethod
     def build(cls, lm: nn.Module, backbone: nn.Module, cache: SeqzooCache, block_class: type,
@@ -118,19 +114,16 @@ class RWKV7StepPlan(DecodePlan):
         return len(now) == len(held) and all(map(operator.is_, now, held)) and rwkv7_step._plain(self.checked)
 
     def _chunked_chosen(self, x: torch.Tensor, heads: Any, head_size: Any) -> bool:
-        """``rwkv7_step.chunked_chosen`` for the step's call, its answer kept while the kernel registry's stamp and
-        the batch are those it was chosen under: the rest of what the call hands the registry is the same at every
-        step (six empty float32 probes of the plan's heads and head size -- the caller checked that ``heads`` and
-        ``head_size`` equal them; given as another type than int, they go to the registry's call, as there -- on the
-        CPU, where the embedding the probes are made like is)."""
-        stamp, batch = kernel_registry.selection_stamp(), x.shape[0]
-        chosen = self.chosen
-        if (stamp is not None and stamp is chosen[0] and batch == chosen[1] and type(heads) is int
-                and type(head_size) is int and x.dtype is torch.float32 and x.is_cpu):
+        """``rwkv7_step.chunked_chosen`` for the step's call, its answer kept while it holds (:meth:`_choice_kept`).
+        The call hands the registry six empty probes made like ``x`` (B, 1, C) of the heads and head size (the
+        caller checked that they equal the plan's; given as another type than int, they go to the registry's call,
+        which refuses them, as there)."""
+        read = (x.shape[0], x.dtype, x.device, type(heads), type(head_size))
+        if self._choice_kept(read):
             return True
         found, stamp = rwkv7_step.chunked_chosen_stamped(x, heads, head_size)
         if found:
-            self.chosen = (stamp, batch)
+            self._keep_choice(stamp, read)
         return found
 
     def _layer_classes_unchanged(self) -> bool:
