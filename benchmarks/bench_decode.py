@@ -31,7 +31,8 @@ raw-loop ratio is measured after each family's (the Transformer's Llama peer; fo
 ``LlamaForCausalLM`` of the same width, depth and vocabulary), as the floor transformers' loop sets. Each model's
 ``generate()`` cases are interleaved among themselves, each timed call after an untimed one. Ratios are peer /
 seqzoo (above 1: seqzoo is faster) and generate / raw loop (1.00x: no overhead). One torch thread unless
-``--threads`` says otherwise; medians over interleaved repeats (``timing.py``).
+``--threads`` says otherwise; medians over interleaved rounds: the mode's repeats, and more for a set of fast cases,
+until its timed calls add up to a second (``--min-seconds``; at most 200 rounds).
 """
 
 from __future__ import annotations
@@ -67,11 +68,12 @@ from seqzoo.models.compiled_decoding import fixed_model_options
 # name -> what to time: (RWKV-7 sizes as (hidden, layers, vocab)), the other families' (preset, overrides) pairs.
 MODES = {
     "full": dict(rwkv7=[(256, 4, 300), (512, 8, 300), (768, 12, 300), (768, 12, 65536)],
-                 others=[{}, "larger"], steps=8, repeats=3, prefill=512, prefill_repeats=5, new_tokens=16),
+                 others=[{}, "larger"], steps=8, repeats=3, prefill=512, prefill_repeats=5, new_tokens=16,
+                 min_seconds=1.0),
     "quick": dict(rwkv7=[(256, 4, 300)], others=[{}], steps=8, repeats=3, prefill=512, prefill_repeats=5,
-                  new_tokens=16),
+                  new_tokens=16, min_seconds=1.0),
     "smoke": dict(rwkv7=[(128, 2, 99)], others=["tiny"], steps=2, repeats=1, prefill=16, prefill_repeats=1,
-                  new_tokens=4),
+                  new_tokens=4, min_seconds=0.0),
 }
 # The other families' "larger" size: about four times the -small presets' parameters.
 LARGER = {"mamba": dict(hidden_size=512, num_hidden_layers=8), "mamba2": dict(hidden_size=512, num_hidden_layers=8),
@@ -81,25 +83,37 @@ TINY = dict(hidden_size=64, num_hidden_layers=2, vocab_size=99, pad_token_id=98,
 FAMILIES = ("rwkv7", "mamba", "mamba2", "transformer", "lstm", "gru", "rnn")
 PROMPT = 16  # tokens before the timed decode steps
 BATCHES = (1, 8)
+MAX_ROUNDS = 200  # the most interleaved rounds a set of cases is timed in, however fast (interleaved())
 
 
 # ---- timing ---------------------------------------------------------------------------------------------------
 
-def interleaved(cases: dict[str, Callable[[], Callable[[], object]]], repeats: int, warmup: int = 1) -> dict[str, float]:
+def interleaved(cases: dict[str, Callable[[], Callable[[], object]]], repeats: int, warmup: int = 1,
+                min_seconds: float = 0.0, rounds: list[int] | None = None) -> dict[str, float]:
     """Median seconds of each case's timed part, interleaved. A case is ``prepare() -> run``: only ``run`` is timed
     (the prefill before a decode loop is not). Each round runs the cases in a shuffled order (the same from run to
     run), so that no case always runs right after the same other: a model run after another finds its weights and
     objects out of the caches, and in a fixed order a variant that always followed the peer read up to 6% slower
-    than the same steps run as the model (BENCHMARKS.md, run AN)."""
+    than the same steps run as the model (BENCHMARKS.md, run AN).
+
+    At least ``repeats`` rounds after the ``warmup``, and more, up to :data:`MAX_ROUNDS`, until the timed calls add
+    up to ``min_seconds``: a set of cases of a few milliseconds each (a small model's 8-step loop takes 2 ms) is
+    timed in dozens of rounds instead of three, whose median moved a ratio by up to a tenth from run to run
+    (BENCHMARKS.md, run AP); a slow set keeps ``repeats``. The rounds timed are appended to ``rounds`` where given."""
     samples: dict[str, list[float]] = {name: [] for name in cases}
     names, order = list(cases), random.Random(0)
-    for index in range(warmup + repeats):
+    index = timed = 0
+    while index < warmup + repeats or (timed < min_seconds and index < warmup + MAX_ROUNDS):
         for name in order.sample(names, len(names)):
             run = cases[name]()
             start = time.perf_counter()
             run()
             if index >= warmup:
                 samples[name].append(time.perf_counter() - start)
+                timed += samples[name][-1]
+        index += 1
+    if rounds is not None:
+        rounds.append(index - warmup)
     return {name: statistics.median(values) for name, values in samples.items()}
 
 
@@ -494,7 +508,16 @@ def measure(pair: Pair, mode: dict) -> dict[str, Any]:
     result: dict[str, Any] = {"family": pair.family, "size": pair.size, "peer": pair.peer_name,
                               "threads": torch.get_num_threads(), "processor": product_choice.processor_vendor(),
                               "products": "seqzoo" if product_choice.seqzoo_products() else "torch",
-                              "settings": {k: mode[k] for k in ("steps", "repeats", "prefill", "new_tokens")}}
+                              "settings": {k: mode[k] for k in ("steps", "repeats", "prefill", "new_tokens",
+                                                                "min_seconds")},
+                              "rounds": {}}  # (the rounds each set of cases was timed in: interleaved())
+
+    def timed(part: str, cases: dict, repeats: int) -> dict[str, float]:
+        rounds: list[int] = []
+        times = interleaved(cases, repeats, min_seconds=mode["min_seconds"], rounds=rounds)
+        result["rounds"][part] = rounds[0]
+        return times
+
     # Variants of seqzoo's model timed beside it: compiled decode steps (model.compile_decoding(); the compile is
     # paid on their first steps, timed here once per batch size before the interleaved repeats), the vocabulary
     # head stored by columns (model.set_head_layout("columns")) and every weight matrix stored by columns
@@ -531,23 +554,25 @@ def measure(pair: Pair, mode: dict) -> dict[str, Any]:
                 decode_case(runner, ids, 2)()()
                 result["compile_s"][f"{name} b{batch}"] = time.perf_counter() - start
             cases[name] = decode_case(runner, ids, mode["steps"])
-        times = interleaved(cases, mode["repeats"])
+        times = timed(f"decode_b{batch}", cases, mode["repeats"])
         result[f"decode_b{batch}"] = {k: v / mode["steps"] for k, v in times.items()}
     if not mode.get("generate_only"):
         ids = torch.randint(0, vocab, (1, mode["prefill"]), generator=gen)
         cases = {"seqzoo": prefill_case(ours, ids), "peer": prefill_case(pair.peer, ids)}
         cases.update({name: prefill_case(runner, ids) for name, runner in variants.items()
                       if "compiled" not in name and not runner.fixed})  # (the block changes no prefill)
-        result["prefill"] = interleaved(cases, mode["prefill_repeats"])
+        result["prefill"] = timed("prefill", cases, mode["prefill_repeats"])
     prompt = torch.randint(0, vocab, (1, PROMPT), generator=gen)
     # Each model's cases interleaved apart from the other's: both ratios are within one model, and a small model's
     # call right after a Llama's ran up to 1.5 ms slower (its weights and Python evicted from the caches), which
     # raised whichever of its cases came first (BENCHMARKS.md, run AB).
-    ours = interleaved({f"seqzoo {k}": v for k, v in generate_cases(pair.ours, prompt, mode["new_tokens"]).items()},
-                       mode["repeats"])
+    ours = timed("generate", {f"seqzoo {k}": v for k, v in generate_cases(pair.ours, prompt,
+                                                                          mode["new_tokens"]).items()},
+                 mode["repeats"])
     floor = pair.peer_generate if pair.peer_generate is not None else llama_of_equal_size(pair.ours)
-    theirs = interleaved({f"peer {k}": v for k, v in generate_cases(floor, prompt, mode["new_tokens"]).items()},
-                         mode["repeats"])
+    theirs = timed("peer generate", {f"peer {k}": v for k, v in generate_cases(floor, prompt,
+                                                                             mode["new_tokens"]).items()},
+                   mode["repeats"])
     result["generate"] = {**ours, **theirs}
     return result
 
@@ -558,13 +583,24 @@ def ratio(a: float, b: float) -> str:
     return f"{a / b:.2f}x"
 
 
+def _rounds_note(results: list[dict[str, Any]]) -> str:
+    """How many interleaved rounds the sets of cases were timed in (not in runs before run AP)."""
+    rounds = [n for r in results for n in r.get("rounds", {}).values()]
+    if not rounds:
+        return ""
+    settings = results[0]["settings"]
+    return (f", {min(rounds)}-{max(rounds)} interleaved rounds a set of cases (at least {settings['repeats']}, "
+            f"until {settings['min_seconds']:g} s timed)")
+
+
 def report(results: list[dict[str, Any]], args: argparse.Namespace) -> str:
     lines = [f"torch {torch.__version__}, transformers {transformers.__version__}, rwkv "
              f"{_version('rwkv')}, Python {platform.python_version()}, "
              f"{results[0].get('threads', '?') if results else torch.get_num_threads()} torch thread(s)"
              + ("" if not results or "products" not in results[0] else  # (not in runs before run AK)
                 f", processor {results[0]['processor'] or 'unknown'}, one sequence's products by "
-                f"{results[0]['products']}'s (seqzoo.kernels.product_choice)"), ""]
+                f"{results[0]['products']}'s (seqzoo.kernels.product_choice)")
+             + _rounds_note(results), ""]
     decoded = [r for r in results if "decode_b1" in r]  # (not with --generate-only)
     if decoded:
         lines += ["| family | size | peer | B | seqzoo ms/token | peer ms/token | peer / seqzoo |",
@@ -666,6 +702,10 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
                              "against the peer nor the prefill")
     parser.add_argument("--repeats", type=int, help="interleaved repeats of every decode and generate() case instead "
                         "of the mode's (the prefill keeps its own)")
+    parser.add_argument("--min-seconds", type=float,
+                        help="time each set of interleaved cases in more rounds than --repeats, up to "
+                             f"{MAX_ROUNDS}, until its timed calls add up to this many seconds (1 unless --smoke, "
+                             "which times 0: its repeats only)")
     parser.add_argument("--new-tokens", type=int, help="tokens generate() and the raw loop produce instead of the "
                         "mode's")
     parser.add_argument("--steps", type=int, help="cached steps in each timed decode loop instead of the mode's (8; "
@@ -704,12 +744,15 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     for flag, value in (("--repeats", args.repeats), ("--new-tokens", args.new_tokens), ("--steps", args.steps)):
         if value is not None and value < 1:
             parser.error(f"{flag} must be at least 1, got {value}")
+    if args.min_seconds is not None and not 0 <= args.min_seconds < float("inf"):
+        parser.error(f"--min-seconds must be a number of seconds, 0 or more, got {args.min_seconds}")
     mode = dict(MODES[args.mode], compile=args.compile, compile_plain=args.compile_plain,
                 compile_unguarded=args.compile_unguarded, head_layout=args.head_layout,
                 weight_layout=args.weight_layout, generate_only=args.generate_only,
                 other_products=args.other_products, fixed_model=args.fixed_model)
     mode.update({key: value for key, value in (("repeats", args.repeats), ("new_tokens", args.new_tokens),
-                                               ("steps", args.steps)) if value is not None})
+                                               ("steps", args.steps), ("min_seconds", args.min_seconds))
+                 if value is not None})
     if args.rwkv7_sizes:
         try:
             mode["rwkv7"] = [tuple(int(n) for n in size.split("x")) for size in args.rwkv7_sizes.split(",")]

@@ -99,6 +99,54 @@ def test_unknown_family_is_refused(capsys, monkeypatch):
     assert "unknown family rwkv8; choose from rwkv7, mamba" in capsys.readouterr().err
 
 
+class _Clock:
+    """time.perf_counter for interleaved(): each timed call takes the case's seconds."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+    def case(self, seconds: float, calls: list):
+        def run():
+            calls.append(seconds)
+            self.now += seconds
+        return lambda: run
+
+
+def test_fast_cases_are_timed_in_more_rounds_until_the_time_asked_for(monkeypatch):
+    # A set of cases of a few milliseconds is timed in as many rounds as make min_seconds of timed calls (at most
+    # MAX_ROUNDS); a slow set, or min_seconds 0, keeps the repeats; every round runs every case once.
+    bench = load_bench_decode(monkeypatch)
+    clock = _Clock()
+    monkeypatch.setattr(bench.time, "perf_counter", clock)
+    for seconds, min_seconds, expected in ((0.002, 1.0, 167), (0.002, 0.0, 3), (0.4, 1.0, 3), (0.1, 1.0, 4),
+                                           (1e-6, 1.0, bench.MAX_ROUNDS)):
+        calls: list = []
+        rounds: list = []
+        medians = bench.interleaved({"a": clock.case(seconds, calls), "b": clock.case(2 * seconds, calls)}, 3,
+                                    min_seconds=min_seconds, rounds=rounds)
+        assert rounds == [expected], (seconds, min_seconds)
+        assert len(calls) == 2 * (expected + 1)  # (and the warm-up round, untimed)
+        assert medians == pytest.approx({"a": seconds, "b": 2 * seconds})
+    assert bench.interleaved({"a": clock.case(0.5, [])}, 2, warmup=0, min_seconds=1.0) == {"a": 0.5}
+
+
+def test_the_rounds_are_recorded_and_the_time_asked_for_is_checked(capsys, monkeypatch):
+    bench = load_bench_decode(monkeypatch)
+    monkeypatch.setattr(torch, "set_num_threads", lambda n: None)
+    [result] = bench.main(["--smoke", "--families", "gru", "--generate-only", "--min-seconds", "0.05"])
+    assert result["settings"]["min_seconds"] == 0.05
+    assert set(result["rounds"]) == {"generate", "peer generate"} and min(result["rounds"].values()) >= 1
+    assert "interleaved rounds a set of cases (at least 1, until 0.05 s timed)" in capsys.readouterr().out
+    for value in ("-1", "nan", "inf"):
+        with pytest.raises(SystemExit) as exit_info:
+            bench.main(["--smoke", "--min-seconds", value])
+        assert exit_info.value.code == 2
+        assert f"--min-seconds must be a number of seconds, 0 or more, got {float(value)}" in capsys.readouterr().err
+
+
 def test_generate_only_times_generate_alone_with_the_repeats_and_tokens_asked_for(capsys, monkeypatch):
     bench = load_bench_decode(monkeypatch)
     monkeypatch.setattr(torch, "set_num_threads", lambda n: None)  # (the suite's thread count stays as it is)
