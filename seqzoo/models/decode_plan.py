@@ -21,6 +21,7 @@ as it is, a plan checks the model's modules once, at its first step in the block
 from __future__ import annotations
 
 import contextlib
+import weakref
 from collections.abc import Iterator
 from contextvars import ContextVar
 from typing import Any
@@ -134,9 +135,10 @@ class DecodePlan:
         self.layers = tuple(layers)
         self.dtype = self.embedding.weight.dtype
         self.fixed_in: _Block | None = None  # (the fixed_model block in which it last found the model unchanged)
-        # The kernel registry's stamp when it last chose the layers' backend for the plan's call, and what a selection
-        # reads of that call then (:meth:`_choice_kept`; one tuple: two caches sharing the plan, in two threads, each
-        # see a whole one).
+        # A weak reference to the kernel registry's stamp when it last chose the layers' backend for the plan's call
+        # (the registry's selection state, with every choice it caches: a plan whose cache lives on after a setting
+        # changed does not keep the state it replaced alive), and what a selection reads of that call then
+        # (:meth:`_choice_kept`; one tuple: two caches sharing the plan, in two threads, each see a whole one).
         self.chosen: tuple = (None, None)
 
     def __deepcopy__(self, memo: dict) -> DecodePlan:
@@ -173,12 +175,13 @@ class DecodePlan:
         cache keys read of the call (the tensors' types, dtypes, shapes and devices), the same as when it was made.
         The rest of the plan's call is the same at every step."""
         stamp = kernel_registry.selection_stamp()
-        chosen = self.chosen
-        return stamp is not None and stamp is chosen[0] and read == chosen[1]
+        kept, kept_read = self.chosen
+        return stamp is not None and kept is not None and kept() is stamp and read == kept_read
 
     def _keep_choice(self, stamp: object | None, read: tuple) -> None:
-        """Keep the choice ``registry.select_stamped`` made under ``stamp`` for a call that read ``read``."""
-        self.chosen = (stamp, read)
+        """Keep the choice ``registry.select_stamped`` made under ``stamp`` (None: one it does not keep) for a call
+        that read ``read``."""
+        self.chosen = (None if stamp is None else weakref.ref(stamp), read)
 
     def _embedded(self, input_ids: torch.Tensor) -> torch.Tensor:
         """The (B, 1, E) embedding of ``input_ids``: the embedding's one operation, without gradients."""

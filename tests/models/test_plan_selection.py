@@ -7,6 +7,8 @@ compared, bitwise, with a twin's decoding through the general path."""
 from __future__ import annotations
 
 import copy
+import gc
+import weakref
 
 import pytest
 import torch
@@ -239,3 +241,24 @@ def test_the_plans_run_the_backends_they_reuse():
     # (what the tests above assume: a plan's layers are the fused cells' and the chunked wkv7's)
     assert registry.get_op("gru").backends["torch"].load() is fused.gru
     assert registry.get_op("wkv7").backends["chunked"].load() is chunked.wkv7
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_a_plan_does_not_keep_the_registry_state_it_chose_under_alive(family, selections, plans_ran, monkeypatch):
+    # The registry replaces its selection state (every choice it caches) when a setting changes; a plan whose cache
+    # has not stepped since refers to the old one weakly, and asks again at its next step.
+    model, cache, twin, twin_cache = twin_caches(family)
+    op = op_of(model)
+    step(model, cache)
+    old = weakref.ref(registry.selection_stamp())
+    assert old() is not None
+    registry.refresh()
+    gc.collect()
+    assert old() is None
+    selections.clear()
+    got = [step(model, cache) for _ in range(2)]
+    assert selections == [op] and plans_ran[-2:] == [True, True]  # (asked once under the new state)
+    step(twin, twin_cache)
+    unplanned(twin_cache, monkeypatch)
+    for logits in got:
+        assert_same(logits, step(twin, twin_cache))
