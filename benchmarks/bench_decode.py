@@ -32,7 +32,7 @@ raw-loop ratio is measured after each family's (the Transformer's Llama peer; fo
 ``generate()`` cases are interleaved among themselves, each timed call after an untimed one. Ratios are peer /
 seqzoo (above 1: seqzoo is faster) and generate / raw loop (1.00x: no overhead). One torch thread unless
 ``--threads`` says otherwise; medians over interleaved rounds: the mode's repeats, and more for a set of fast cases,
-until its timed calls add up to a second (``--min-seconds``; at most 200 rounds).
+until its timed calls add up to three seconds (``--min-seconds``; at most 200 rounds).
 """
 
 from __future__ import annotations
@@ -69,9 +69,9 @@ from seqzoo.models.compiled_decoding import fixed_model_options
 MODES = {
     "full": dict(rwkv7=[(256, 4, 300), (512, 8, 300), (768, 12, 300), (768, 12, 65536)],
                  others=[{}, "larger"], steps=8, repeats=3, prefill=512, prefill_repeats=5, new_tokens=16,
-                 min_seconds=1.0),
+                 min_seconds=3.0),
     "quick": dict(rwkv7=[(256, 4, 300)], others=[{}], steps=8, repeats=3, prefill=512, prefill_repeats=5,
-                  new_tokens=16, min_seconds=1.0),
+                  new_tokens=16, min_seconds=3.0),
     "smoke": dict(rwkv7=[(128, 2, 99)], others=["tiny"], steps=2, repeats=1, prefill=16, prefill_repeats=1,
                   new_tokens=4, min_seconds=0.0),
 }
@@ -704,7 +704,7 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
                         "of the mode's (the prefill keeps its own)")
     parser.add_argument("--min-seconds", type=float,
                         help="time each set of interleaved cases in more rounds than --repeats, up to "
-                             f"{MAX_ROUNDS}, until its timed calls add up to this many seconds (1 unless --smoke, "
+                             f"{MAX_ROUNDS}, until its timed calls add up to this many seconds (3 unless --smoke, "
                              "which times 0: its repeats only)")
     parser.add_argument("--new-tokens", type=int, help="tokens generate() and the raw loop produce instead of the "
                         "mode's")
