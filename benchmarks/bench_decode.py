@@ -98,7 +98,7 @@ def interleaved(cases: dict[str, Callable[[], Callable[[], object]]], repeats: i
 
     At least ``repeats`` rounds after the ``warmup``, and more, up to :data:`MAX_ROUNDS`, until the timed calls add
     up to ``min_seconds``: a set of cases of a few milliseconds each (a small model's 8-step loop takes 2 ms) is
-    timed in dozens of rounds instead of three, whose median moved a ratio by up to a tenth from run to run
+    timed in dozens of rounds instead of three, whose median moved a ratio by up to a third from run to run
     (BENCHMARKS.md, run AP); a slow set keeps ``repeats``. The rounds timed are appended to ``rounds`` where given."""
     samples: dict[str, list[float]] = {name: [] for name in cases}
     names, order = list(cases), random.Random(0)
