@@ -25,7 +25,6 @@ import copy
 import dataclasses
 import functools
 import inspect
-import types
 from typing import Any
 
 import torch
@@ -143,12 +142,6 @@ class PreparedGeneration:
     """A generating model's ``generate()`` set-up, done as above where it applies (before ``GenerationMixin`` in the
     model class's bases); transformers' own methods otherwise."""
 
-    def __init_subclass__(cls, **kwargs: Any) -> None:
-        super().__init_subclass__(**kwargs)
-        forward = vars(cls).get("forward")
-        if isinstance(forward, types.FunctionType):
-            signature_read_once(forward)  # (read by generate() at every call: signature_read_once)
-
     def _prepare_generation_config(self, generation_config: Any, **kwargs: Any) -> tuple[Any, dict[str, Any]]:
         prepared = prepare_generation_config(self, generation_config, kwargs)
         if prepared is None:
@@ -183,31 +176,13 @@ class PreparedGeneration:
         return super()._supports_mm_encoder_outputs()
 
 
-def signature_read_once(function: Any, signature: inspect.Signature | None = None) -> Any:
-    """``function``, whose signature ``inspect.signature`` then answers from one read (``signature``, or the
-    function's own, read now) instead of reading the function again: transformers' ``generate()`` reads the model's
-    ``forward`` twice at every call (whether it takes ``attention_mask``, ``position_ids``) and ``_sample`` once,
-    about 130 µs of a small model's ``generate()`` on a 2-core CPU, its weights having pushed inspect's code out of
-    the caches (BENCHMARKS.md, run AQ).
-
-    The read is kept as the ``__signature__`` of a copy of the function (same code, globals, defaults and closure)
-    that ``function.__wrapped__`` refers to, which is where inspect looks, unwrapping, for a function without one of
-    its own; not on the function itself. A wrapper of the bound method (accelerate's hooks, ``functools.wraps``)
-    copies the function's ``__dict__`` and then sets its own ``__wrapped__``, the bound method, whose signature
-    inspect then reads without ``self``; a ``__signature__`` copied into it would answer with ``self`` first. A
-    function that already wraps another (``__wrapped__``) or carries a ``__signature__`` is left as it is. inspect
-    returns the kept signature as read, with ``eval_str=True`` too (its annotations stay strings)."""
-    own = vars(function)
-    if "__wrapped__" in own or "__signature__" in own:
-        return function
-    read = signature if signature is not None else inspect.signature(function)
-    copied = types.FunctionType(function.__code__, function.__globals__, function.__name__, function.__defaults__,
-                                function.__closure__)
-    copied.__kwdefaults__ = function.__kwdefaults__
-    for name in ("__module__", "__qualname__", "__doc__", "__annotations__"):
-        setattr(copied, name, getattr(function, name))
-    copied.__signature__ = read
-    function.__wrapped__ = copied
+def signature_read_once(function: Any) -> Any:
+    """``function`` with its signature read now and kept as its ``__signature__``, which ``inspect.signature`` returns
+    without reading the function again: for ``_sample``, whose signature transformers' ``generate()`` reads at every
+    call (whether it takes ``inputs_tensor``). Not for a model's ``forward``: a wrapper of the bound method
+    (accelerate's hooks, ``functools.wraps``) copies the function's ``__dict__``, and would answer with the unbound
+    signature, ``self`` first, to anything binding arguments through it."""
+    function.__signature__ = inspect.signature(function)
     return function
 
 

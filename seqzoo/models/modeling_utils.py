@@ -657,7 +657,7 @@ class SeqzooForCausalLM(SeqzooPreTrainedModel, PreparedGeneration, GenerationMix
         return inputs
 
     # generate() validates its keyword arguments against this method's signature: keep transformers' own.
-    signature_read_once(prepare_inputs_for_generation, inspect.signature(GenerationMixin.prepare_inputs_for_generation))
+    prepare_inputs_for_generation.__signature__ = inspect.signature(GenerationMixin.prepare_inputs_for_generation)
 
     def _prepare_position_ids_for_generation(self, inputs_tensor: torch.Tensor, model_kwargs: dict) -> Any:
         """None for a model whose every layer keeps a recurrent state: it reads position ids only to find the

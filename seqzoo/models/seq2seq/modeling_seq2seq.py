@@ -44,7 +44,7 @@ from seqzoo.models.generation import (
     mark_beam_search_cache,
     refuse_continuous_batching,
 )
-from seqzoo.models.generation_setup import PreparedGeneration, mask_from_pad_token, signature_read_once
+from seqzoo.models.generation_setup import PreparedGeneration, mask_from_pad_token
 from seqzoo.models.inputs import (
     cache_under_checkpointing,
     check_label_range,
@@ -388,7 +388,7 @@ class Seq2SeqForConditionalGeneration(Seq2SeqPreTrainedModel, PreparedGeneration
         return drop_generate_only_inputs(super().prepare_inputs_for_generation(*args, **kwargs))
 
     # generate() validates its keyword arguments against this method's signature: keep transformers' own.
-    signature_read_once(prepare_inputs_for_generation, inspect.signature(GenerationMixin.prepare_inputs_for_generation))
+    prepare_inputs_for_generation.__signature__ = inspect.signature(GenerationMixin.prepare_inputs_for_generation)
 
     init_continuous_batching = refuse_continuous_batching
 
