@@ -221,16 +221,16 @@ def _own_call(cls: type) -> bool:
     """Whether ``cls.__call__`` is the method transformers defines for the class, by where its code was defined (not
     one set on it since, before or after seqzoo was imported, nor a wrapper of it defined elsewhere)."""
     call = cls.__call__
-    own = _OWN_CALLS.get(call)
+    own = _OWN_CALLS.get((cls, call))  # (by class too: one class's own call set on another is not that one's)
     if own is None:
         code, module = getattr(call, "__code__", None), sys.modules.get(cls.__module__)
         own = (code is not None and module is not None and code.co_filename == getattr(module, "__file__", None)
                and getattr(call, "__qualname__", None) == f"{cls.__qualname__}.__call__")
-        _OWN_CALLS[call] = own
+        _OWN_CALLS[(cls, call)] = own
     return own
 
 
-_OWN_CALLS: dict[Any, bool] = {}
+_OWN_CALLS: dict[tuple[type, Any], bool] = {}
 _EXACT_IN_FLOAT32 = (torch.float32, torch.bfloat16, torch.float16)
 
 
