@@ -1,0 +1,117 @@
+"""Cases of ``seqzoo.models.decode_plan`` that a mutation check found unguarded: each step is compared with a twin
+decoding the same tokens through the general path (planning switched off), never with the plan itself."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from torch import nn
+
+from seqzoo.cache import STEP_PLAN_ATTRIBUTE
+from seqzoo.models.decode_plan import fixed_model
+from tests.models import test_step_plan
+from tests.models.test_step_plan import (
+    FAMILIES,
+    assert_same,
+    family_model,
+    prefilled,
+    without_plans,
+)
+
+TOKENS = torch.tensor([[6], [1]])
+plans_ran = test_step_plan.plans_ran  # (the fixture: an entry per step a plan was asked to run)
+
+
+def steps(model, cache, count: int, tokens=TOKENS) -> list[torch.Tensor]:
+    with torch.no_grad():
+        return [model(tokens, cache=cache).logits for _ in range(count)]
+
+
+def general_twin(model, monkeypatch) -> tuple:
+    """A copy of ``model`` and a prefilled cache of it whose steps all run the general path."""
+    twin = copy.deepcopy(model)
+    with monkeypatch.context() as patches:
+        without_plans(patches)
+        twin_cache = prefilled(twin)
+    return twin, twin_cache
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_a_plan_dropped_for_a_replaced_head_is_made_again_and_runs_from_the_next_step(family, plans_ran,
+                                                                                       monkeypatch):
+    # A plan that only declined (kept on the cache) would leave every later step to the general path.
+    model = family_model(family)
+    twin, twin_cache = general_twin(model, monkeypatch)
+    cache = prefilled(model)
+    for each in (model, twin):
+        head = copy.deepcopy(each.lm_head)
+        head.weight = nn.Parameter(each.lm_head.weight.detach() * 2)
+        each.lm_head = head
+    plans_ran.clear()
+    got = steps(model, cache, 3)
+    assert plans_ran == [False, True, True]
+    without_plans(monkeypatch)
+    assert_same(got, steps(twin, twin_cache, 3))
+
+
+def _layer_class(model) -> type:
+    layer = model.model.layers[0]
+    return type(layer._modules["attn"]) if "attn" in layer._modules else type(layer)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_a_layer_class_patched_in_the_block_after_the_first_step_is_called(family, monkeypatch):
+    # (a class is shared by every model: another thread may patch it while the block is open)
+    model = family_model(family)
+    twin, twin_cache = general_twin(model, monkeypatch)
+    cache = prefilled(model)
+    cls = _layer_class(model)
+    real = cls.forward
+    seen = []
+
+    def counted(self, *args, **kwargs):
+        seen.append(type(self).__name__)
+        return real(self, *args, **kwargs)
+
+    with fixed_model(model):
+        got = steps(model, cache, 1)
+        with monkeypatch.context() as patches:
+            without_plans(patches)
+            expected = steps(twin, twin_cache, 1)
+            patches.undo()
+            patches.setattr(cls, "forward", counted)
+            got += steps(model, cache, 2)
+            planned_seen = len(seen)
+            without_plans(patches)
+            expected += steps(twin, twin_cache, 2)
+    assert planned_seen > 0 and planned_seen == len(seen) - planned_seen
+    assert_same(got, expected)
+
+
+class RecordedIds(torch.Tensor):
+    """Token ids of a tensor subclass that records the torch functions called on it (the general step's)."""
+
+    seen: list = []
+
+    @classmethod
+    def __torch_function__(cls, func, types, args=(), kwargs=None):
+        cls.seen.append(getattr(func, "__name__", str(func)))
+        with torch._C.DisableTorchFunctionSubclass():
+            return func(*args, **(kwargs or {}))
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_ids_of_a_tensor_subclass_go_through_the_general_step(family, monkeypatch):
+    model = family_model(family)
+    twin, twin_cache = general_twin(model, monkeypatch)
+    cache = prefilled(model)
+    assert STEP_PLAN_ATTRIBUTE in cache.__dict__
+    monkeypatch.setattr(RecordedIds, "seen", [])
+    got = steps(model, cache, 2, TOKENS.as_subclass(RecordedIds))
+    planned_seen, RecordedIds.seen = RecordedIds.seen, []
+    without_plans(monkeypatch)
+    expected = steps(twin, twin_cache, 2, TOKENS.as_subclass(RecordedIds))
+    assert planned_seen == RecordedIds.seen
+    assert_same(got, expected)
