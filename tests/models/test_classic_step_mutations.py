@@ -16,22 +16,7 @@ from torch import nn
 from seqzoo.layers.recurrent import InputTable
 from seqzoo.models.compat import output_cache
 from tests.conftest import tiny_model
-
-WEIGHT_NAMES = ("weight_ih", "weight_hh", "bias_ih", "bias_hh")
-
-
-def torch_nn_twin(model: nn.Module) -> nn.Module:
-    """torch.nn's multi-layer RNN/LSTM/GRU holding the classic model's weights."""
-    config = model.config
-    kind = config.mixer_type
-    extra = {"nonlinearity": config.nonlinearity} if kind == "rnn" else {}
-    twin = {"rnn": nn.RNN, "lstm": nn.LSTM, "gru": nn.GRU}[kind](
-        config.embedding_size, config.hidden_size, config.num_hidden_layers, batch_first=True, **extra)
-    with torch.no_grad():
-        for i, layer in enumerate(model.model.layers):
-            for name in WEIGHT_NAMES:
-                getattr(twin, f"{name}_l{i}").copy_(getattr(layer, name))
-    return twin.to(model.dtype)
+from tests.models.test_classic_step import torch_nn_twin
 
 
 def test_a_weight_replaced_by_another_tensor_over_the_same_storage_is_seen_by_the_next_step():
@@ -70,7 +55,7 @@ def test_switching_the_table_off_lets_the_model_drop_it():
 def test_a_single_token_forward_without_a_cache_starts_each_layer_from_zeros_of_its_own_width():
     # (the embedding narrower than the state: zeros of the input's width would not fit the cells)
     model = tiny_model("lstm-tiny", tie_word_embeddings=False, embedding_size=24)
-    twin = torch_nn_twin(model)
+    twin = torch_nn_twin(model).to(model.dtype)  # (its weights copied from the model's: exact in either)
     tokens = torch.tensor([[5], [17]])
     with torch.no_grad():
         got = model(tokens, use_cache=False).logits

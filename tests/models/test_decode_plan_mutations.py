@@ -14,6 +14,7 @@ from seqzoo.cache import STEP_PLAN_ATTRIBUTE
 from seqzoo.models.compat import output_cache
 from seqzoo.models.decode_plan import fixed_model
 from tests.models import test_step_plan
+from tests.models.test_fixed_model import TOKENS, steps
 from tests.models.test_step_plan import (
     FAMILIES,
     assert_same,
@@ -23,13 +24,7 @@ from tests.models.test_step_plan import (
     without_plans,
 )
 
-TOKENS = torch.tensor([[6], [1]])
 plans_ran = test_step_plan.plans_ran  # (the fixture: an entry per step a plan was asked to run)
-
-
-def steps(model, cache, count: int, tokens=TOKENS) -> list[torch.Tensor]:
-    with torch.no_grad():
-        return [model(tokens, cache=cache).logits for _ in range(count)]
 
 
 def general_twin(model, monkeypatch) -> tuple:
@@ -64,14 +59,21 @@ def _layer_class(model) -> type:
     return type(layer._modules["attn"]) if "attn" in layer._modules else type(layer)
 
 
+# (what is patched: a class, its method, and how many calls one step makes of it, where that is fixed)
+PATCHED = {"a layer class": (_layer_class, "forward", None),
+           "the backbone class": (lambda model: type(model.model), "decode_step", 1)}
+
+
+@pytest.mark.parametrize("patched", PATCHED)
 @pytest.mark.parametrize("family", FAMILIES)
-def test_a_layer_class_patched_in_the_block_after_the_first_step_is_called(family, monkeypatch):
+def test_a_class_patched_in_the_block_after_the_first_step_is_called(family, patched, monkeypatch):
     # (a class is shared by every model: another thread may patch it while the block is open)
     model = family_model(family)
     twin, twin_cache = general_twin(model, monkeypatch)
     cache = prefilled(model)
-    cls = _layer_class(model)
-    real = cls.forward
+    class_of, name, per_step = PATCHED[patched]
+    cls = class_of(model)
+    real = getattr(cls, name)
     seen = []
 
     def counted(self, *args, **kwargs):
@@ -84,12 +86,13 @@ def test_a_layer_class_patched_in_the_block_after_the_first_step_is_called(famil
             without_plans(patches)
             expected = steps(twin, twin_cache, 1)
             patches.undo()
-            patches.setattr(cls, "forward", counted)
+            patches.setattr(cls, name, counted)
             got += steps(model, cache, 2)
             planned_seen = len(seen)
             without_plans(patches)
             expected += steps(twin, twin_cache, 2)
     assert planned_seen > 0 and planned_seen == len(seen) - planned_seen
+    assert per_step is None or planned_seen == 2 * per_step
     assert_same(got, expected)
 
 
@@ -180,32 +183,3 @@ def test_a_model_off_the_cpu_makes_no_plan(monkeypatch):
     got = decoded(model)
     without_plans(monkeypatch)
     assert got == (False, decoded(twin)[1])
-
-
-@pytest.mark.parametrize("family", FAMILIES)
-def test_the_backbone_class_patched_in_the_block_after_the_first_step_is_called(family, monkeypatch):
-    # (a class is shared by every model: another thread may patch it while the block is open)
-    model = family_model(family)
-    twin, twin_cache = general_twin(model, monkeypatch)
-    cache = prefilled(model)
-    cls = type(model.model)
-    real = cls.decode_step
-    seen = []
-
-    def counted(self, *args, **kwargs):
-        seen.append(type(self).__name__)
-        return real(self, *args, **kwargs)
-
-    with fixed_model(model):
-        got = steps(model, cache, 1)
-        with monkeypatch.context() as patches:
-            without_plans(patches)
-            expected = steps(twin, twin_cache, 1)
-            patches.undo()
-            patches.setattr(cls, "decode_step", counted)
-            got += steps(model, cache, 2)
-            planned_seen = len(seen)
-            without_plans(patches)
-            expected += steps(twin, twin_cache, 2)
-    assert planned_seen == 2 and len(seen) == 4
-    assert_same(got, expected)

@@ -54,9 +54,9 @@ def twins(family: str) -> tuple:
     return model, twin, prefilled(model), prefilled(twin)
 
 
-def steps(model, cache, count: int) -> list[torch.Tensor]:
+def steps(model, cache, count: int, tokens: torch.Tensor = TOKENS) -> list[torch.Tensor]:
     with torch.no_grad():
-        return [model(TOKENS, cache=cache).logits for _ in range(count)]
+        return [model(tokens, cache=cache).logits for _ in range(count)]
 
 
 def test_the_method_is_a_block_that_yields_the_model():

@@ -9,10 +9,7 @@ from transformers import GenerationConfig, GenerationMixin
 
 import seqzoo.models.generation_setup as generation_setup
 from tests.conftest import tiny_model
-
-
-def theirs(model, **kwargs):
-    return GenerationMixin._prepare_generation_config(model, None, **kwargs)
+from tests.models.test_generation_setup import theirs
 
 
 def assert_same(ours, expected):
