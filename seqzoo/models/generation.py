@@ -1,7 +1,8 @@
 """What seqzoo's generating models add to transformers' ``generate()``: the checks that refuse what it would decode
 wrongly or fail on obscurely (a cache it cannot continue, a mask of the wrong length, another cache implementation,
-assisted decoding of a recurrent model, continuous batching), the mark on a beam search's cache, and the lean
-preparation of a decode step's inputs (:func:`decode_step_inputs`), checked against transformers' own.
+assisted decoding of a recurrent model, continuous batching), a right-padded prompt padded on the left, the mark on
+a beam search's cache, and the lean preparation of a decode step's inputs (:func:`decode_step_inputs`), checked
+against transformers' own.
 
 ``SeqzooForCausalLM`` (``modeling_utils.py``) and the encoder-decoders (``seq2seq/modeling_seq2seq.py``) call these
 from their ``generate`` and ``prepare_inputs_for_generation``.
@@ -11,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import inspect
+import numbers
 import os
 from collections.abc import Iterator
 from types import SimpleNamespace
@@ -244,6 +246,64 @@ def check_generate_mask(model: nn.Module, args: tuple, kwargs: dict[str, Any]) -
             f"{tuple(prompt.shape[:2])} (batch, sequence_length): the mask needs one entry per prompt token, the "
             "tokens of a cache passed in included"
         )
+
+
+def prompt_padded_on_the_left(model: nn.Module, args: tuple, kwargs: dict[str, Any], config: Any,
+                              cache: Any) -> tuple[tuple, dict[str, Any]]:
+    """``generate()``'s arguments with a right-padded prompt padded on the left instead; else the same objects.
+
+    A causal LM continues each row from its last position. Where a row's prompt ends in padding (its
+    ``attention_mask`` ends in zeros; without a mask, where it ends in the pad token and transformers' rule would mask
+    it: the pad token is no EOS token), that position is a pad, and every model, transformers' own included, would
+    continue the row from it (transformers logs a warning for batches above one row and decodes on). Each such row
+    of the prompt's ids, embeddings, mask and position ids is rolled right by its count of trailing pads, so the pads
+    lead the row; its tokens keep their order and their positions (which seqzoo's models count from the mask), and
+    the row decodes exactly what it decodes padded on the left. The returned sequences hold the prompt so, as does
+    the cache: build a later call's mask from them. With a cache passed in, only the positions after those it holds
+    are rolled (a pad inside a sequence changes no state). A row that is all padding there is left as it is."""
+    mask = kwargs.get("attention_mask")
+    names = [name for name in ("inputs", "input_ids", "inputs_embeds") if isinstance(kwargs.get(name), torch.Tensor)]
+    prompt = args[0] if args and isinstance(args[0], torch.Tensor) else (kwargs[names[0]] if names else None)
+    if prompt is None or prompt.dim() < 2 or prompt.shape[1] == 0:
+        return args, kwargs
+    if mask is None:
+        pad = kwargs.get("pad_token_id", config.pad_token_id)
+        if (not isinstance(pad, (numbers.Integral, torch.Tensor)) or isinstance(pad, bool) or prompt.dim() != 2
+                or prompt.dtype not in (torch.int, torch.long)):
+            return args, kwargs
+        if isinstance(pad, torch.Tensor):
+            if pad.numel() != 1:
+                return args, kwargs
+            pad = pad.item()
+        ends_in_pad = int(prompt[0, -1]) == pad if prompt.shape[0] == 1 else bool((prompt[:, -1] == pad).any())
+        eos = kwargs.get("eos_token_id", config.eos_token_id)
+        if not ends_in_pad or pad in ([] if eos is None else torch.as_tensor(eos).reshape(-1).tolist()):
+            return args, kwargs
+        mask = prompt != pad
+    elif not isinstance(mask, torch.Tensor) or mask.dim() != 2 or tuple(mask.shape) != tuple(prompt.shape[:2]):
+        return args, kwargs  # (check_generate_mask refuses a 2-d mask of another shape; others are left to the model)
+    elif bool((mask[:, -1] != 0).all()):
+        return args, kwargs
+    cached = cache.get_seq_length() if isinstance(cache, SeqzooCache) else 0
+    length = prompt.shape[1] - cached
+    if length <= 0:
+        return args, kwargs  # (check_continued_cache refuses it at the first step)
+    real = mask[:, cached:] != 0
+    positions = torch.arange(length, device=real.device)
+    last = torch.where(real, positions, -1).amax(dim=1)
+    shift = torch.where(last >= 0, length - 1 - last, 0)
+    index = (positions - shift[:, None]) % length + cached
+    index = torch.cat([torch.arange(cached, device=real.device).expand(index.shape[0], cached), index], dim=1)
+
+    def rolled(tensor: Any) -> Any:
+        if not isinstance(tensor, torch.Tensor) or tensor.dim() < 2 or tuple(tensor.shape[:2]) != tuple(index.shape):
+            return tensor
+        where = index.to(tensor.device).reshape(*index.shape, *[1] * (tensor.dim() - 2)).expand(tensor.shape)
+        return tensor.gather(1, where)
+
+    kwargs = {name: rolled(value) if name in (*names, "attention_mask", "position_ids") else value
+              for name, value in kwargs.items()}
+    return ((rolled(args[0]), *args[1:]) if args else args), kwargs
 
 
 def generation_settings(model: nn.Module, args: tuple, kwargs: dict[str, Any]) -> SimpleNamespace:
