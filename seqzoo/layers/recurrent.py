@@ -242,7 +242,9 @@ class _BuiltTable:
         return True
 
     def same_values(self, sources: tuple[torch.Tensor, ...]) -> bool:
-        return all(torch.equal(a, b) for a, b in zip(self.prints, self._prints(sources)))
+        # Bit for bit: a NaN in a weight (an unused token's embedding row) makes its print NaN, which torch.equal
+        # never matches, so every new cache built the table again.
+        return all(torch.equal(_bits(a), _bits(b)) for a, b in zip(self.prints, self._prints(sources)))
 
     def __deepcopy__(self, memo: dict) -> _BuiltTable:
         # (a copied cache decodes with the same table, and copies none of the weights it refers to)
@@ -256,6 +258,14 @@ class _BuiltTable:
 
 def _no_table() -> None:
     return None
+
+
+def _bits(values: torch.Tensor) -> torch.Tensor:
+    """A float tensor's bit patterns, as the signed integers of its width."""
+    return values.view(_INTEGER_OF_WIDTH[values.element_size()])
+
+
+_INTEGER_OF_WIDTH = {2: torch.int16, 4: torch.int32, 8: torch.int64}
 
 
 def step_stack(
