@@ -249,8 +249,10 @@ def check_generate_mask(model: nn.Module, args: tuple, kwargs: dict[str, Any]) -
 
 
 def prompt_padded_on_the_left(model: nn.Module, args: tuple, kwargs: dict[str, Any], config: Any,
-                              cache: Any) -> tuple[tuple, dict[str, Any]]:
-    """``generate()``'s arguments with a right-padded prompt padded on the left instead; else the same objects.
+                              cache: Any) -> tuple[tuple, dict[str, Any], tuple[torch.Tensor, bool] | None]:
+    """``generate()``'s arguments with a right-padded prompt padded on the left instead, and what
+    :func:`prompt_put_back` needs to put the prompt back as it was given in what ``generate()`` returns; where nothing
+    is padded on the right, the same objects and None.
 
     A causal LM continues each row from its last position. Where a row's prompt ends in padding (its
     ``attention_mask`` ends in zeros; without a mask, where it ends in the pad token and transformers' rule would mask
@@ -258,52 +260,91 @@ def prompt_padded_on_the_left(model: nn.Module, args: tuple, kwargs: dict[str, A
     continue the row from it (transformers logs a warning for batches above one row and decodes on). Each such row
     of the prompt's ids, embeddings, mask and position ids is rolled right by its count of trailing pads, so the pads
     lead the row; its tokens keep their order and their positions (which seqzoo's models count from the mask), and
-    the row decodes exactly what it decodes padded on the left. The returned sequences hold the prompt so, as does
-    the cache: build a later call's mask from them. With a cache passed in, only the positions after those it holds
-    are rolled (a pad inside a sequence changes no state). A row that is all padding there is left as it is."""
+    the row decodes exactly what it decodes padded on the left. With a cache passed in, only the positions after
+    those it holds are rolled (a pad inside a sequence changes no state). A row that is all padding there is left as
+    it is."""
     mask = kwargs.get("attention_mask")
     names = [name for name in ("inputs", "input_ids", "inputs_embeds") if isinstance(kwargs.get(name), torch.Tensor)]
     prompt = args[0] if args and isinstance(args[0], torch.Tensor) else (kwargs[names[0]] if names else None)
     if prompt is None or prompt.dim() < 2 or prompt.shape[1] == 0:
-        return args, kwargs
+        return args, kwargs, None
     if mask is None:
         pad = kwargs.get("pad_token_id", config.pad_token_id)
         if (not isinstance(pad, (numbers.Integral, torch.Tensor)) or isinstance(pad, bool) or prompt.dim() != 2
                 or prompt.dtype not in (torch.int, torch.long)):
-            return args, kwargs
+            return args, kwargs, None
         if isinstance(pad, torch.Tensor):
             if pad.numel() != 1:
-                return args, kwargs
+                return args, kwargs, None
             pad = pad.item()
         ends_in_pad = int(prompt[0, -1]) == pad if prompt.shape[0] == 1 else bool((prompt[:, -1] == pad).any())
         eos = kwargs.get("eos_token_id", config.eos_token_id)
         if not ends_in_pad or pad in ([] if eos is None else torch.as_tensor(eos).reshape(-1).tolist()):
-            return args, kwargs
+            return args, kwargs, None
         mask = prompt != pad
     elif not isinstance(mask, torch.Tensor) or mask.dim() != 2 or tuple(mask.shape) != tuple(prompt.shape[:2]):
-        return args, kwargs  # (check_generate_mask refuses a 2-d mask of another shape; others are left to the model)
+        return args, kwargs, None  # (check_generate_mask refuses a 2-d mask of another shape; others are the model's)
     elif bool((mask[:, -1] != 0).all()):
-        return args, kwargs
+        return args, kwargs, None
     cached = cache.get_seq_length() if isinstance(cache, SeqzooCache) else 0
     length = prompt.shape[1] - cached
     if length <= 0:
-        return args, kwargs  # (check_continued_cache refuses it at the first step)
+        return args, kwargs, None  # (check_continued_cache refuses it at the first step)
     real = mask[:, cached:] != 0
     positions = torch.arange(length, device=real.device)
     last = torch.where(real, positions, -1).amax(dim=1)
     shift = torch.where(last >= 0, length - 1 - last, 0)
     index = (positions - shift[:, None]) % length + cached
     index = torch.cat([torch.arange(cached, device=real.device).expand(index.shape[0], cached), index], dim=1)
-
-    def rolled(tensor: Any) -> Any:
-        if not isinstance(tensor, torch.Tensor) or tensor.dim() < 2 or tuple(tensor.shape[:2]) != tuple(index.shape):
-            return tensor
-        where = index.to(tensor.device).reshape(*index.shape, *[1] * (tensor.dim() - 2)).expand(tensor.shape)
-        return tensor.gather(1, where)
-
-    kwargs = {name: rolled(value) if name in (*names, "attention_mask", "position_ids") else value
+    kwargs = {name: _rolled(value, index) if name in (*names, "attention_mask", "position_ids") else value
               for name, value in kwargs.items()}
-    return ((rolled(args[0]), *args[1:]) if args else args), kwargs
+    ids = args[0] if args and isinstance(args[0], torch.Tensor) else kwargs.get("input_ids", kwargs.get("inputs"))
+    in_sequences = isinstance(ids, torch.Tensor) and ids.dim() == 2 and not ids.is_floating_point()
+    return ((_rolled(args[0], index), *args[1:]) if args else args), kwargs, (index, in_sequences)
+
+
+def prompt_put_back(result: Any, cache: Any, rolled: tuple[torch.Tensor, bool]) -> Any:
+    """``generate()``'s ``result`` (and the ``cache`` it filled, in place) with the prompt that
+    :func:`prompt_padded_on_the_left` rolled put back where it was given (``rolled``: where each position came from,
+    and whether the sequences begin with the prompt's ids, as they do unless only embeddings were given): the
+    sequences' prompt positions, and the keys and values every attention layer holds for them (a recurrent layer's
+    state does not depend on where a pad sat), so that the mask the prompt came with, extended by ones, describes the
+    returned sequences and a cache continued with them. Rows that ``generate()`` repeated (beams,
+    ``num_return_sequences``) are put back as the prompt's row they came from."""
+    index, in_sequences = rolled
+    back = torch.empty_like(index).scatter_(1, index, torch.arange(index.shape[1], device=index.device)
+                                            .expand(index.shape))
+    sequences = result if isinstance(result, torch.Tensor) else getattr(result, "sequences", None)
+    if (in_sequences and isinstance(sequences, torch.Tensor) and sequences.dim() == 2
+            and sequences.shape[1] >= index.shape[1]):
+        sequences[:, :index.shape[1]] = _rolled(sequences[:, :index.shape[1]], back)
+    for each in {id(c): c for c in (cache, output_cache(result)) if isinstance(c, SeqzooCache)}.values():
+        for entry in each.layers:
+            keys = getattr(entry, "keys", None) if getattr(entry, "is_initialized", False) else None
+            if isinstance(keys, torch.Tensor) and keys.dim() == 4 and keys.shape[2] >= index.shape[1]:
+                for name in ("keys", "values"):
+                    held = getattr(entry, name)
+                    # (batch, heads, positions, head size): the positions are the second dimension of a row's heads
+                    moved = _rolled(held[:, :, :index.shape[1]].transpose(1, 2), back).transpose(1, 2)
+                    held[:, :, :index.shape[1]] = moved
+    return result
+
+
+def _rolled(tensor: Any, index: torch.Tensor) -> Any:
+    """``tensor``'s positions (its second dimension) taken in the order ``index`` (B, T) gives each row, for a tensor
+    of B rows or a multiple of B (rows repeated as generate() repeats them: 0, 0, 1, 1, ...), or of one row (a
+    position tensor shared by the batch); anything else as it is."""
+    if not isinstance(tensor, torch.Tensor) or tensor.dim() < 2 or tensor.shape[1] != index.shape[1]:
+        return tensor
+    rows = tensor.shape[0]
+    if rows == 1 and index.shape[0] > 1:
+        tensor = tensor.expand(index.shape[0], *tensor.shape[1:])
+    elif rows != index.shape[0]:
+        if rows % index.shape[0]:
+            return tensor
+        index = index.repeat_interleave(rows // index.shape[0], dim=0)
+    where = index.to(tensor.device).reshape(*index.shape, *[1] * (tensor.dim() - 2)).expand(tensor.shape)
+    return tensor.gather(1, where)
 
 
 def generation_settings(model: nn.Module, args: tuple, kwargs: dict[str, Any]) -> SimpleNamespace:

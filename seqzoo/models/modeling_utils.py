@@ -52,6 +52,7 @@ from seqzoo.models.generation import (
     mark_beam_search_cache,
     preparation_takes_cache,
     prompt_padded_on_the_left,
+    prompt_put_back,
     refuse_continuous_batching,
 )
 from seqzoo.models.generation_setup import ATTRIBUTE as GENERATION_DEFAULTS
@@ -700,14 +701,14 @@ class SeqzooForCausalLM(SeqzooPreTrainedModel, PreparedGeneration, GenerationMix
 
     def generate(self, *args: Any, cache: Any = None, **kwargs: Any) -> Any:
         """transformers' ``generate``; a cache to continue from may be passed as ``cache`` on every supported
-        release (or under its older names ``past_key_values`` / ``cache_params``). A right-padded prompt is padded
-        on the left instead (:func:`~seqzoo.models.generation.prompt_padded_on_the_left`), as are the returned
-        sequences."""
+        release (or under its older names ``past_key_values`` / ``cache_params``). A right-padded prompt is decoded
+        padded on the left (:func:`~seqzoo.models.generation.prompt_padded_on_the_left`), and put back as it was
+        given in the returned sequences and cache."""
         cache = take_cache(cache, kwargs)
         config = generation_settings(self, args, kwargs)
         check_cache_implementation(self, config, kwargs)
         check_generate_mask(self, args, kwargs)
-        args, kwargs = prompt_padded_on_the_left(self, args, kwargs, config, cache)
+        args, kwargs, rolled = prompt_padded_on_the_left(self, args, kwargs, config, cache)
         takes_cache = preparation_takes_cache(self)
         use_cache = check_generate_cache(self, cache, config, kwargs)
         if cache is None and use_cache is not False and takes_cache:
@@ -721,6 +722,8 @@ class SeqzooForCausalLM(SeqzooPreTrainedModel, PreparedGeneration, GenerationMix
             kwargs[GENERATE_CACHE_KWARG] = cache
         with cache_expanded_for_generation(cache, config, args, kwargs), explained_assisted_refusal(self):
             result = super().generate(*args, **kwargs)
+        if rolled is not None:
+            result = prompt_put_back(result, cache, rolled)
         return mark_beam_search_cache(result, cache, config, kwargs)
 
 

@@ -1,6 +1,6 @@
-"""generate() on a right-padded prompt: each row padded on the left instead (``prompt_padded_on_the_left``), so
-it decodes what it decodes padded on the left, where every model (transformers' own too) would continue it from a
-pad."""
+"""generate() on a right-padded prompt: each row decoded padded on the left (``prompt_padded_on_the_left``), where
+every model (transformers' own too) would continue it from a pad, and put back as it was given in the returned
+sequences and cache (``prompt_put_back``)."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from transformers import LlamaConfig, LlamaForCausalLM
 
 from seqzoo.cache import SeqzooCache
 from seqzoo.conversions.llama import convert_llama
+from seqzoo.models.compat import output_cache
 from seqzoo.models.generation import generation_settings, prompt_padded_on_the_left
 from tests.conftest import tiny_model
 
@@ -38,14 +39,22 @@ def run(model, ids, mask=None, **kwargs):
     return model.generate(ids, **{**settings, **kwargs})
 
 
+def check_same(mine, theirs, prompt, width=None):
+    """``mine`` (a right-padded ``prompt``'s generate() output) holds ``prompt`` as given, then the tokens and
+    logits of ``theirs`` (the same prompt padded on the left)."""
+    width = prompt.shape[1] if width is None else width
+    rows = mine.sequences.shape[0] // prompt.shape[0]
+    assert torch.equal(mine.sequences[:, :width], prompt.repeat_interleave(rows, dim=0)[:, :width])
+    assert torch.equal(mine.sequences[:, width:], theirs.sequences[:, width:])
+    torch.testing.assert_close(torch.stack(mine.logits), torch.stack(theirs.logits), atol=1e-5, rtol=1e-4)
+
+
 def test_right_padded_rows_decode_as_left_padded(family_preset):
     model = tiny_model(family_preset)
     right, right_mask = padded(PROMPTS, "right")
     left, left_mask = padded(PROMPTS, "left")
-    mine, theirs = run(model, right, right_mask), run(model, left, left_mask)
-    # The returned sequences hold the prompt padded on the left (as the cache does), then the same new tokens.
-    assert torch.equal(mine.sequences, theirs.sequences)
-    torch.testing.assert_close(torch.stack(mine.logits), torch.stack(theirs.logits), atol=1e-5, rtol=1e-4)
+    mine = run(model, right, right_mask)
+    check_same(mine, run(model, left, left_mask), right)
     for row, prompt in enumerate(PROMPTS):
         alone = run(model, torch.tensor([prompt])).sequences[0, len(prompt):]
         assert torch.equal(mine.sequences[row, right.shape[1]:], alone), f"row {row}"
@@ -55,18 +64,18 @@ def test_right_padding_found_from_the_pad_token_without_a_mask(family_preset):
     model = tiny_model(family_preset)
     right, _ = padded(PROMPTS, "right")
     left, left_mask = padded(PROMPTS, "left")
-    assert torch.equal(run(model, right).sequences, run(model, left, left_mask).sequences)
+    check_same(run(model, right), run(model, left, left_mask), right)
 
 
 def test_a_pad_token_that_is_also_eos_is_not_taken_for_padding():
     """transformers' rule: without a mask, a pad token that is an EOS token says nothing of padding (its mask is all
-    ones), so the prompt is passed on as it is."""
+    ones), so the prompt is decoded as it is."""
     model = tiny_model("rnn-tiny")
     right, _ = padded(PROMPTS, "right")
     out = run(model, right, eos_token_id=PAD)
-    assert torch.equal(out.sequences[:, :right.shape[1]], right)
     ones = run(model, right, torch.ones_like(right), eos_token_id=PAD)
     assert torch.equal(out.sequences, ones.sequences)
+    torch.testing.assert_close(torch.stack(out.logits), torch.stack(ones.logits))
 
 
 def test_an_unpadded_prompt_is_passed_on_untouched():
@@ -75,9 +84,8 @@ def test_an_unpadded_prompt_is_passed_on_untouched():
     ids, mask = padded(PROMPTS, "left")
     for args, kwargs in [((ids,), dict(attention_mask=mask)), ((), dict(input_ids=ids, pad_token_id=PAD)),
                          ((ids,), dict(pad_token_id=None)), ((ids,), dict(pad_token_id=PAD, eos_token_id=[3, PAD]))]:
-        assert prompt_padded_on_the_left(model, args, kwargs, config, None) == (args, kwargs)
         got = prompt_padded_on_the_left(model, args, kwargs, config, None)
-        assert got[0] is args and got[1] is kwargs
+        assert got[0] is args and got[1] is kwargs and got[2] is None
 
 
 def test_beams_sampling_and_several_sequences(family_preset):
@@ -85,65 +93,85 @@ def test_beams_sampling_and_several_sequences(family_preset):
     right, right_mask = padded(PROMPTS, "right")
     left, left_mask = padded(PROMPTS, "left")
     beams = dict(num_beams=3, num_return_sequences=2)
-    assert torch.equal(run(model, right, right_mask, **beams).sequences, run(model, left, left_mask, **beams).sequences)
+    check_same(run(model, right, right_mask, **beams), run(model, left, left_mask, **beams), right)
     sampled = []
     for ids, mask in ((right, right_mask), (left, left_mask)):
         torch.manual_seed(7)
-        sampled.append(run(model, ids, mask, do_sample=True, num_return_sequences=2).sequences)
-    assert torch.equal(*sampled)
+        sampled.append(run(model, ids, mask, do_sample=True, num_return_sequences=2))
+    check_same(*sampled, right)
 
 
 def test_right_padded_inputs_embeds():
+    """Only new tokens come back (no prompt ids were given), more of them than the prompt's length: none moved."""
     model = tiny_model("mamba2-tiny")
     right, right_mask = padded(PROMPTS, "right")
     left, left_mask = padded(PROMPTS, "left")
     embed = model.get_input_embeddings()
     with torch.no_grad():
-        mine = run(model, None, right_mask, inputs_embeds=embed(right))
-        theirs = run(model, None, left_mask, inputs_embeds=embed(left))
-    assert torch.equal(mine.sequences, theirs.sequences)
+        mine = run(model, None, right_mask, inputs_embeds=embed(right), max_new_tokens=9)
+        theirs = run(model, None, left_mask, inputs_embeds=embed(left), max_new_tokens=9)
+    assert mine.sequences.shape[1] == 9 and torch.equal(mine.sequences, theirs.sequences)
     torch.testing.assert_close(torch.stack(mine.logits), torch.stack(theirs.logits))
 
 
-def test_position_ids_are_rolled_with_their_tokens():
-    model = tiny_model("transformer-tiny")
+@pytest.mark.parametrize("shared", [False, True], ids=["per-row", "broadcast"])
+def test_position_ids_are_rolled_with_their_tokens(shared):
+    """Absolute positions (the gpt2 variant), given per row or as one (1, length) row for the batch."""
+    model = tiny_model("transformer-tiny", variant="gpt2")
     right, right_mask = padded(PROMPTS, "right")
     left, left_mask = padded(PROMPTS, "left")
     positions = [(mask.cumsum(-1) - 1).clamp(min=0) for mask in (right_mask, left_mask)]
-    mine = run(model, right, right_mask, position_ids=positions[0])
-    theirs = run(model, left, left_mask, position_ids=positions[1])
-    assert torch.equal(mine.sequences, theirs.sequences)
-    torch.testing.assert_close(torch.stack(mine.logits), torch.stack(theirs.logits))
+    if shared:
+        positions[0] = torch.arange(right.shape[1])[None]  # (right for every right-padded row's real tokens)
+    check_same(run(model, right, right_mask, position_ids=positions[0]),
+               run(model, left, left_mask, position_ids=positions[1]), right)
+
+
+def test_the_cache_holds_the_prompt_as_given(family_preset):
+    """Its attention layers' keys of the real tokens are those of a forward of the prompt as given; a later call
+    continues it with the mask the prompt came with, then ones, as the same sequences decode without a cache."""
+    model = tiny_model(family_preset)
+    right, right_mask = padded(PROMPTS, "right")
+    cache = SeqzooCache.for_model(model)
+    out = run(model, right, right_mask, cache=cache).sequences
+    forward = output_cache(model(right, attention_mask=right_mask, use_cache=True))
+    for held, fresh in zip(cache.layers, forward.layers):
+        if getattr(held, "keys", None) is not None:
+            for name in ("keys", "values"):
+                a, b = getattr(held, name)[:, :, :right.shape[1]], getattr(fresh, name)
+                rows = right_mask.bool()[:, None, :, None].expand_as(a)
+                torch.testing.assert_close(a[rows], b[rows], atol=1e-5, rtol=1e-4)
+    more = torch.tensor([[11, 22], [33, 44], [55, 66]])
+    prompt = torch.cat([out, more], dim=1)
+    mask = torch.cat([right_mask, torch.ones(len(PROMPTS), prompt.shape[1] - right.shape[1], dtype=torch.long)], 1)
+    continued = run(model, prompt, mask, cache=cache)
+    whole = run(model, prompt, mask)  # (no cache: the prompt, pads inside, read whole)
+    assert torch.equal(continued.sequences, whole.sequences)
+    torch.testing.assert_close(torch.stack(continued.logits), torch.stack(whole.logits), atol=1e-5, rtol=1e-4)
 
 
 def test_with_a_cache_only_the_new_positions_are_rolled(family_preset):
     """A cache holding the first turn (rows padded on the left), then a second turn padded on the right: only the
-    positions after the cached ones move, and the rows decode as with the second turn padded on the left (pads
-    inside a sequence change no state)."""
+    positions after the cached ones move while decoding, the rows decode as with the second turn padded on the left
+    (pads inside a sequence change no state), and the sequences come back as given."""
     model = tiny_model(family_preset)
     first, first_mask = padded([[5, 17, 33], [9, 3]], "left")
     cache = SeqzooCache.for_model(model)
     turn = run(model, first, first_mask, cache=cache, max_new_tokens=3).sequences
-    cached = cache.get_seq_length()  # (the last token generated is not in it yet)
-    done = {}
+    done, prompts = {}, {}
     for side in ("right", "left"):
         ids, mask = padded([[8, 61, 12, 40], [77, 21]], side)
-        prompt = torch.cat([turn, ids], dim=1)
+        prompts[side] = torch.cat([turn, ids], dim=1)
         full_mask = torch.cat([first_mask, torch.ones_like(turn[:, first.shape[1]:]), mask], dim=1)
-        done[side] = run(model, prompt, full_mask, cache=copy.deepcopy(cache), max_new_tokens=4)
-    width = done["left"].sequences.shape[1] - 4
-    assert torch.equal(done["right"].sequences[:, width:], done["left"].sequences[:, width:])
-    torch.testing.assert_close(torch.stack(done["right"].logits), torch.stack(done["left"].logits))
-    assert torch.equal(done["right"].sequences[:, :cached], turn[:, :cached])  # the cached positions stay
-    # (row 1's new positions: the turn's last token, then 77, 21 and two pads, now the two pads first)
-    assert done["right"].sequences[1, cached:width].tolist() == [PAD, PAD, int(turn[1, -1]), 77, 21]
+        done[side] = run(model, prompts[side], full_mask, cache=copy.deepcopy(cache), max_new_tokens=4)
+    check_same(done["right"], done["left"], prompts["right"])
 
 
 def test_a_row_of_padding_only_is_left_as_it_is():
     model = tiny_model("lstm-tiny")
     ids, mask = padded([[5, 17, 33], []], "right")
     out = run(model, ids, mask)
-    assert torch.equal(out.sequences[1, :ids.shape[1]], ids[1])
+    assert torch.equal(out.sequences[:, :ids.shape[1]], ids)
     alone = run(model, torch.tensor([[5, 17, 33]])).sequences[0, 3:]
     assert torch.equal(out.sequences[0, 3:], alone)
 
@@ -157,9 +185,9 @@ def test_llama_converted_decodes_a_right_padded_prompt_as_transformers_decodes_i
     ours = convert_llama(llama).eval()
     right, right_mask = padded(PROMPTS, "right")
     left, left_mask = padded(PROMPTS, "left")
-    theirs = run(llama, left, left_mask)
-    mine = run(ours, right, right_mask)
-    assert torch.equal(mine.sequences, theirs.sequences)
+    mine, theirs = run(ours, right, right_mask), run(llama, left, left_mask)
+    assert torch.equal(mine.sequences[:, :right.shape[1]], right)
+    assert torch.equal(mine.sequences[:, right.shape[1]:], theirs.sequences[:, left.shape[1]:])
     torch.testing.assert_close(torch.stack(mine.logits), torch.stack(theirs.logits), atol=1e-4, rtol=1e-4)
 
 
@@ -168,7 +196,7 @@ def test_masks_of_other_dtypes(dtype):
     model = tiny_model("gru-tiny")
     right, right_mask = padded(PROMPTS, "right")
     left, left_mask = padded(PROMPTS, "left")
-    assert torch.equal(run(model, right, right_mask.to(dtype)).sequences, run(model, left, left_mask).sequences)
+    check_same(run(model, right, right_mask.to(dtype)), run(model, left, left_mask), right)
 
 
 def test_a_cache_holding_the_whole_prompt_gets_the_continued_cache_error():
@@ -185,5 +213,5 @@ def test_one_row_ending_in_the_pad_token(pad):
     """One row, no mask: transformers logs nothing there and continues it from the pad."""
     model = tiny_model("mamba-tiny")
     out = run(model, torch.tensor([[5, 17, 33, PAD, PAD]]), pad_token_id=pad).sequences
-    assert out[0, :5].tolist() == [PAD, PAD, 5, 17, 33]
+    assert out[0, :5].tolist() == [5, 17, 33, PAD, PAD]
     assert torch.equal(out[0, 5:], run(model, torch.tensor([[5, 17, 33]])).sequences[0, 3:])
