@@ -386,6 +386,32 @@ def llama_of_equal_size(ours: nn.Module) -> nn.Module:
     return llama
 
 
+def llama_of_equal_parameters(ours: nn.Module) -> nn.Module:
+    """A ``LlamaForCausalLM`` (random weights) of the model's depth and vocabulary whose width gives the parameter
+    count nearest the model's (widths in steps of 16, a head per 64 channels): the floor of a Llama of equal size
+    counted in parameters. A classic model's layer holds 2-4 products of its width, a Llama's 16, so the Llama of
+    its width and depth is up to eight times larger and its forward costs more against the same loop around it."""
+    c = ours.config
+    target = sum(p.numel() for p in ours.parameters())
+    layers, vocab = c.num_hidden_layers, c.vocab_size
+
+    def count(width: int) -> int:  # (LlamaConfig's defaults: untied head, as many key-value heads as heads)
+        return layers * (16 * width * width + 2 * width) + width + 2 * vocab * width
+
+    widths = [w for w in range(16, 8193, 16) if w % max(1, w // 64) == 0]
+    width = min(widths, key=lambda w: abs(count(w) - target))
+    heads = max(1, width // 64)
+    config = transformers.LlamaConfig(
+        vocab_size=vocab, hidden_size=width, intermediate_size=4 * width, num_hidden_layers=layers,
+        num_attention_heads=heads, num_key_value_heads=heads,
+        pad_token_id=c.pad_token_id, bos_token_id=c.bos_token_id, eos_token_id=c.eos_token_id)
+    torch.manual_seed(0)
+    llama = transformers.LlamaForCausalLM(config).eval()
+    llama.set_attn_implementation("sdpa")
+    assert sum(p.numel() for p in llama.parameters()) == count(width)
+    return llama
+
+
 def transformers_peer(ours: nn.Module, exporter: Any) -> nn.Module:
     hf_config = exporter.native_config(ours.config)
     peer = transformers.AutoModelForCausalLM.from_config(hf_config)
@@ -574,6 +600,13 @@ def measure(pair: Pair, mode: dict) -> dict[str, Any]:
                                                                              mode["new_tokens"]).items()},
                    mode["repeats"])
     result["generate"] = {**ours, **theirs}
+    if pair.peer_generate is None:  # (the Transformer's peer is a Llama of its width, depth and parameters already)
+        equal = llama_of_equal_parameters(pair.ours)
+        result["equal_parameters_llama"] = (f"{equal.config.hidden_size} x {equal.config.num_hidden_layers} "
+                                            f"({sum(p.numel() for p in equal.parameters()) / 1e6:.1f}M)")
+        result["generate"].update(timed("equal-parameter peer generate", {
+            f"equal-parameter peer {k}": v for k, v in generate_cases(equal, prompt, mode["new_tokens"]).items()},
+            mode["repeats"]))
     return result
 
 
@@ -635,8 +668,9 @@ def report(results: list[dict[str, Any]], args: argparse.Namespace) -> str:
     # model; a small step shows it as a large ratio. The model's own ratio last (compare_revisions.py reads it).
     lines += [""] * bool(decoded) + [
         "| family | size | new tokens (B=1) | raw loop ms | generate ms | added µs/token | Llama added µs/token | "
-        "Llama generate / raw | generate / raw, transformers' loop | generate / raw |",
-        "|---|---|---|---|---|---|---|---|---|---|"]
+        "Llama generate / raw | Llama of equal parameters: generate / raw | generate / raw, transformers' loop | "
+        "generate / raw |",
+        "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in results:
         t = r["generate"]
         tokens = r["settings"]["new_tokens"]
@@ -646,9 +680,13 @@ def report(results: list[dict[str, Any]], args: argparse.Namespace) -> str:
         floor_added = f"{(t['peer generate'] - t['peer raw']) / tokens * 1e6:.0f}" if has_floor else ""
         theirs = t.get("seqzoo generate, transformers' loop")  # (not in runs before seqzoo's loop)
         their_ratio = "" if theirs is None else ratio(theirs, t["seqzoo raw"])
+        equal = ("same as Llama's" if "peer generate" in t and r["family"] == "transformer" else
+                 "" if "equal-parameter peer generate" not in t else  # (not in runs before run AR)
+                 f"{ratio(t['equal-parameter peer generate'], t['equal-parameter peer raw'])} "
+                 f"({r['equal_parameters_llama']})")
         lines.append(f"| {r['family']} | {r['size']} | {tokens} | {t['seqzoo raw'] * 1e3:.1f} | "
-                     f"{t['seqzoo generate'] * 1e3:.1f} | {added:.0f} | {floor_added} | {floor} | {their_ratio} | "
-                     f"{ratio(t['seqzoo generate'], t['seqzoo raw'])} |")
+                     f"{t['seqzoo generate'] * 1e3:.1f} | {added:.0f} | {floor_added} | {floor} | {equal} | "
+                     f"{their_ratio} | {ratio(t['seqzoo generate'], t['seqzoo raw'])} |")
     return "\n".join(lines)
 
 

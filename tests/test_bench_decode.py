@@ -44,12 +44,18 @@ def test_smoke_run_measures_every_family(tmp_path):
     assert all("peer generate" in r["generate"] for r in results)  # Llama's own generate / raw loop, the floor
     assert "| rwkv7 | 128 / 2 / 99 | rwkv package | 8 |" in result.stdout
     # The generate table: what generate() adds per token, for the model and for a Llama of its size.
-    assert ("| added µs/token | Llama added µs/token | Llama generate / raw | generate / raw, transformers' loop | "
-            "generate / raw |") in result.stdout
+    assert ("| added µs/token | Llama added µs/token | Llama generate / raw | Llama of equal parameters: generate / "
+            "raw | generate / raw, transformers' loop | generate / raw |") in result.stdout
     rows = [line.split("|")[1:-1] for line in result.stdout.splitlines()
-            if line.startswith("| gru |") and len(line.split("|")) == 12]
-    assert len(rows) == 1 and all(re.fullmatch(r"-?\d+", cell.strip()) for cell in rows[0][-5:-3]), rows
-    assert all(re.fullmatch(r"\d+\.\d\dx", cell.strip()) for cell in rows[0][-3:]), rows
+            if line.startswith("| gru |") and len(line.split("|")) == 13]
+    assert len(rows) == 1 and all(re.fullmatch(r"-?\d+", cell.strip()) for cell in rows[0][-6:-4]), rows
+    assert all(re.fullmatch(r"\d+\.\d\dx", rows[0][i].strip()) for i in (-4, -2, -1)), rows
+    # The ratio of a Llama of the GRU's depth and parameter count (0.06M at the smoke size, where the Llama of its
+    # width and depth holds 0.14M), and that Llama's size
+    assert re.fullmatch(r"\d+\.\d\dx \(\d+ x 2 \(0\.\d+M\)\)", rows[0][-3].strip()), rows
+    sizes = {r["family"]: r.get("equal_parameters_llama") for r in results}
+    assert sizes["transformer"] is None and all(sizes[f] for f in sizes if f != "transformer"), sizes
+    assert all("equal-parameter peer raw" in r["generate"] for r in results if r["family"] != "transformer")
 
 
 def test_smoke_run_with_compiled_steps(tmp_path):
@@ -138,7 +144,8 @@ def test_the_rounds_are_recorded_and_the_time_asked_for_is_checked(capsys, monke
     monkeypatch.setattr(torch, "set_num_threads", lambda n: None)
     [result] = bench.main(["--smoke", "--families", "gru", "--generate-only", "--min-seconds", "0.05"])
     assert result["settings"]["min_seconds"] == 0.05
-    assert set(result["rounds"]) == {"generate", "peer generate"} and min(result["rounds"].values()) >= 1
+    assert set(result["rounds"]) == {"generate", "peer generate", "equal-parameter peer generate"}
+    assert min(result["rounds"].values()) >= 1
     assert "interleaved rounds a set of cases (at least 1, until 0.05 s timed)" in capsys.readouterr().out
     for value in ("-1", "nan", "inf"):
         with pytest.raises(SystemExit) as exit_info:
@@ -153,7 +160,8 @@ def test_generate_only_times_generate_alone_with_the_repeats_and_tokens_asked_fo
     [result] = bench.main(["--smoke", "--families", "gru", "--generate-only", "--repeats", "2", "--new-tokens", "3"])
     assert "decode_b1" not in result and "prefill" not in result
     assert set(result["generate"]) == {"seqzoo generate", "seqzoo raw", "seqzoo generate, transformers' loop",
-                                       "peer generate", "peer raw"}
+                                       "peer generate", "peer raw", "equal-parameter peer generate",
+                                       "equal-parameter peer raw"}
     assert result["settings"]["repeats"] == 2 and result["settings"]["new_tokens"] == 3
     report = capsys.readouterr().out
     assert "| gru | 64 x 2 (0.1M) | 3 |" in report and "peer / seqzoo |" not in report
