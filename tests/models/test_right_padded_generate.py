@@ -215,3 +215,15 @@ def test_one_row_ending_in_the_pad_token(pad):
     out = run(model, torch.tensor([[5, 17, 33, PAD, PAD]]), pad_token_id=pad).sequences
     assert out[0, :5].tolist() == [5, 17, 33, PAD, PAD]
     assert torch.equal(out[0, 5:], run(model, torch.tensor([[5, 17, 33]])).sequences[0, 3:])
+
+
+def test_a_plain_tensor_result_and_the_caller_s_tensors_untouched():
+    model = tiny_model("transformer-tiny")
+    right, right_mask = padded(PROMPTS, "right")
+    left, left_mask = padded(PROMPTS, "left")
+    given = (right.clone(), right_mask.clone())
+    out = model.generate(right, attention_mask=right_mask, max_new_tokens=4, do_sample=False, pad_token_id=PAD)
+    theirs = model.generate(left, attention_mask=left_mask, max_new_tokens=4, do_sample=False, pad_token_id=PAD)
+    assert torch.equal(out[:, :right.shape[1]], right) and torch.equal(out[:, right.shape[1]:],
+                                                                       theirs[:, left.shape[1]:])
+    assert torch.equal(right, given[0]) and torch.equal(right_mask, given[1])
