@@ -388,9 +388,10 @@ def llama_of_equal_size(ours: nn.Module) -> nn.Module:
 
 def llama_of_equal_parameters(ours: nn.Module) -> nn.Module:
     """A ``LlamaForCausalLM`` (random weights) of the model's depth and vocabulary whose width gives the parameter
-    count nearest the model's (widths in steps of 16, a head per 64 channels): the floor of a Llama of equal size
-    counted in parameters. A classic model's layer holds 2-4 products of its width, a Llama's 16, so the Llama of
-    its width and depth is up to eight times larger and its forward costs more against the same loop around it."""
+    count nearest the model's (widths in steps of 16, a head per 64 channels, heads of an even size): the floor of a
+    Llama of equal size counted in parameters. A classic model's layer holds 2-4 products of its width, a Llama's 16,
+    so the Llama of its width and depth is up to eight times larger and its forward costs more against the same loop
+    around it."""
     c = ours.config
     target = sum(p.numel() for p in ours.parameters())
     layers, vocab = c.num_hidden_layers, c.vocab_size
@@ -398,7 +399,8 @@ def llama_of_equal_parameters(ours: nn.Module) -> nn.Module:
     def count(width: int) -> int:  # (LlamaConfig's defaults: untied head, as many key-value heads as heads)
         return layers * (16 * width * width + 2 * width) + width + 2 * vocab * width
 
-    widths = [w for w in range(16, 8193, 16) if w % max(1, w // 64) == 0]
+    # (heads of an even size that divide the width: Llama's rotary embedding turns pairs of channels)
+    widths = [w for w in range(16, 8193, 16) if w % max(1, w // 64) == 0 and w // max(1, w // 64) % 2 == 0]
     width = min(widths, key=lambda w: abs(count(w) - target))
     heads = max(1, width // 64)
     config = transformers.LlamaConfig(

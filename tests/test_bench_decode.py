@@ -12,10 +12,12 @@ import os
 import re
 import subprocess
 import sys
+import types
 from pathlib import Path
 
 import pytest
 import torch
+from torch import nn
 
 from seqzoo.kernels import product_choice
 from tests.conftest import load_benchmark
@@ -296,3 +298,22 @@ def test_head_layout_benchmark_times_the_decode_steps_product_beside(capsys):
     (row,) = [line for line in lines if line.startswith("| 1024 | 512 | 1 |")]
     cells = [cell.strip() for cell in row.strip(" |").split("|")]
     assert len(cells) == 8 and cells[5].endswith("x") and cells[7].endswith("x") and float(cells[6]) > 0
+
+
+@pytest.mark.parametrize("width", [1040, 1072])
+def test_llama_of_equal_parameters_never_picks_an_odd_head_dim(width, monkeypatch):
+    """Widths 1040, 1072, 2080, 3120 pass the filter ``w % (w // 64) == 0`` with head_dim 65 / 67, which LlamaConfig
+    refuses (RoPE needs an even head_dim); a real case: ``--rwkv7-sizes 1216x1x300`` lands on 1072."""
+    bench = load_bench_decode(monkeypatch)
+    layers, vocab = 1, 50
+    target = layers * (16 * width * width + 2 * width) + width + 2 * vocab * width
+
+    class Model(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.weight = nn.Parameter(torch.empty(target, device="meta"))
+            self.config = types.SimpleNamespace(num_hidden_layers=layers, vocab_size=vocab, pad_token_id=0,
+                                                bos_token_id=1, eos_token_id=1)
+
+    llama = bench.llama_of_equal_parameters(Model())
+    assert llama.config.head_dim % 2 == 0

@@ -310,23 +310,31 @@ def prompt_put_back(result: Any, cache: Any, rolled: tuple[torch.Tensor, bool]) 
     sequences' prompt positions, and the keys and values every attention layer holds for them (a recurrent layer's
     state does not depend on where a pad sat), so that the mask the prompt came with, extended by ones, describes the
     returned sequences and a cache continued with them. Rows that ``generate()`` repeated (beams,
-    ``num_return_sequences``) are put back as the prompt's row they came from."""
+    ``num_return_sequences``) are put back as the prompt's row they came from. The cache holds every position of the
+    sequences but the last, after any it held before the prompt (peft's prompt tuning puts its virtual tokens there):
+    the prompt's positions are counted from the end."""
     index, in_sequences = rolled
     back = torch.empty_like(index).scatter_(1, index, torch.arange(index.shape[1], device=index.device)
                                             .expand(index.shape))
     sequences = result if isinstance(result, torch.Tensor) else getattr(result, "sequences", None)
-    if (in_sequences and isinstance(sequences, torch.Tensor) and sequences.dim() == 2
-            and sequences.shape[1] >= index.shape[1]):
-        sequences[:, :index.shape[1]] = _rolled(sequences[:, :index.shape[1]], back)
+    prompt = index.shape[1]
+    if not isinstance(sequences, torch.Tensor) or sequences.dim() != 2 or sequences.shape[1] < prompt * in_sequences:
+        return result
+    if in_sequences:
+        sequences[:, :prompt] = _rolled(sequences[:, :prompt], back)
+    fed = prompt + sequences.shape[1] - prompt * in_sequences - 1  # (the prompt and every new token but the last)
     for each in {id(c): c for c in (cache, output_cache(result)) if isinstance(c, SeqzooCache)}.values():
         for entry in each.layers:
             keys = getattr(entry, "keys", None) if getattr(entry, "is_initialized", False) else None
-            if isinstance(keys, torch.Tensor) and keys.dim() == 4 and keys.shape[2] >= index.shape[1]:
-                for name in ("keys", "values"):
-                    held = getattr(entry, name)
-                    # (batch, heads, positions, head size): the positions are the second dimension of a row's heads
-                    moved = _rolled(held[:, :, :index.shape[1]].transpose(1, 2), back).transpose(1, 2)
-                    held[:, :, :index.shape[1]] = moved
+            if not (isinstance(keys, torch.Tensor) and keys.dim() == 4):
+                continue
+            start = keys.shape[2] - fed
+            if start < 0 or start + prompt > keys.shape[2]:
+                continue
+            for name in ("keys", "values"):
+                held = getattr(entry, name)[:, :, start:start + prompt]
+                # (batch, heads, positions, head size): the positions are the second dimension of a row's heads
+                held.copy_(_rolled(held.transpose(1, 2), back).transpose(1, 2))
     return result
 
 

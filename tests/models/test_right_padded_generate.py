@@ -227,3 +227,47 @@ def test_a_plain_tensor_result_and_the_caller_s_tensors_untouched():
     assert torch.equal(out[:, :right.shape[1]], right) and torch.equal(out[:, right.shape[1]:],
                                                                        theirs[:, left.shape[1]:])
     assert torch.equal(right, given[0]) and torch.equal(right_mask, given[1])
+
+
+def test_peft_prompt_tuning_cache_holds_virtual_tokens_then_the_prompt_as_given():
+    """With peft's prompt tuning the cache holds V virtual tokens before the prompt: the prompt's positions are put
+    back after them (a first version put back the cache's first P positions, the virtual tokens among them)."""
+    peft = pytest.importorskip("peft")
+    virtual = 3
+    model = peft.get_peft_model(tiny_model("transformer-tiny"), peft.PromptTuningConfig(
+        task_type=peft.TaskType.CAUSAL_LM, num_virtual_tokens=virtual)).eval()
+    right, right_mask = padded(PROMPTS, "right")
+    left, left_mask = padded(PROMPTS, "left")
+    settings = dict(max_new_tokens=2, do_sample=False, pad_token_id=PAD, return_dict_in_generate=True)
+    mine = output_cache(model.generate(input_ids=right, attention_mask=right_mask, **settings))
+    theirs = output_cache(model.generate(input_ids=left, attention_mask=left_mask, **settings))
+    width = right.shape[1]
+    for a, b in zip(mine.layers, theirs.layers):
+        if getattr(a, "keys", None) is None:
+            continue
+        for row, prompt in enumerate(PROMPTS):
+            n = len(prompt)
+            torch.testing.assert_close(a.keys[row, :, :virtual], b.keys[row, :, :virtual], atol=1e-5, rtol=1e-4)
+            torch.testing.assert_close(a.keys[row, :, virtual:virtual + n],
+                                       b.keys[row, :, virtual + width - n:virtual + width], atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("preset", ["transformer-tiny", "hybrid-tiny"])
+def test_the_cache_of_a_prompt_of_embeddings_holds_it_as_given(preset):
+    """No ids come back for a prompt of embeddings: the cache's prompt positions are counted without them."""
+    model = tiny_model(preset)
+    right, right_mask = padded(PROMPTS, "right")
+    with torch.no_grad():
+        embeds = model.get_input_embeddings()(right)
+    cache = SeqzooCache.for_model(model)
+    run(model, None, right_mask, inputs_embeds=embeds, cache=cache, max_new_tokens=3)
+    forward = output_cache(model(inputs_embeds=embeds, attention_mask=right_mask, use_cache=True))
+    compared = 0
+    for held, fresh in zip(cache.layers, forward.layers):
+        if getattr(held, "keys", None) is not None:
+            for name in ("keys", "values"):
+                a, b = getattr(held, name)[:, :, :right.shape[1]], getattr(fresh, name)
+                rows = right_mask.bool()[:, None, :, None].expand_as(a)
+                torch.testing.assert_close(a[rows], b[rows], atol=1e-5, rtol=1e-4)
+                compared += 1
+    assert compared
