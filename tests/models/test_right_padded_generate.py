@@ -127,6 +127,20 @@ def test_position_ids_are_rolled_with_their_tokens(shared):
                run(model, left, left_mask, position_ids=positions[1]), right)
 
 
+def assert_holds_the_prompt(cache, forward, mask):
+    """The attention layers' keys and values ``cache`` holds for the prompt's real tokens (``mask``) are those of
+    ``forward``, the cache of a forward of the prompt as given; how many layers were compared."""
+    compared = 0
+    for held, fresh in zip(cache.layers, forward.layers):
+        if getattr(held, "keys", None) is not None:
+            for name in ("keys", "values"):
+                a, b = getattr(held, name)[:, :, :mask.shape[1]], getattr(fresh, name)
+                rows = mask.bool()[:, None, :, None].expand_as(a)
+                torch.testing.assert_close(a[rows], b[rows], atol=1e-5, rtol=1e-4)
+            compared += 1
+    return compared
+
+
 def test_the_cache_holds_the_prompt_as_given(family_preset):
     """Its attention layers' keys of the real tokens are those of a forward of the prompt as given; a later call
     continues it with the mask the prompt came with, then ones, as the same sequences decode without a cache."""
@@ -134,13 +148,7 @@ def test_the_cache_holds_the_prompt_as_given(family_preset):
     right, right_mask = padded(PROMPTS, "right")
     cache = SeqzooCache.for_model(model)
     out = run(model, right, right_mask, cache=cache).sequences
-    forward = output_cache(model(right, attention_mask=right_mask, use_cache=True))
-    for held, fresh in zip(cache.layers, forward.layers):
-        if getattr(held, "keys", None) is not None:
-            for name in ("keys", "values"):
-                a, b = getattr(held, name)[:, :, :right.shape[1]], getattr(fresh, name)
-                rows = right_mask.bool()[:, None, :, None].expand_as(a)
-                torch.testing.assert_close(a[rows], b[rows], atol=1e-5, rtol=1e-4)
+    assert_holds_the_prompt(cache, output_cache(model(right, attention_mask=right_mask, use_cache=True)), right_mask)
     more = torch.tensor([[11, 22], [33, 44], [55, 66]])
     prompt = torch.cat([out, more], dim=1)
     mask = torch.cat([right_mask, torch.ones(len(PROMPTS), prompt.shape[1] - right.shape[1], dtype=torch.long)], 1)
@@ -262,12 +270,4 @@ def test_the_cache_of_a_prompt_of_embeddings_holds_it_as_given(preset):
     cache = SeqzooCache.for_model(model)
     run(model, None, right_mask, inputs_embeds=embeds, cache=cache, max_new_tokens=3)
     forward = output_cache(model(inputs_embeds=embeds, attention_mask=right_mask, use_cache=True))
-    compared = 0
-    for held, fresh in zip(cache.layers, forward.layers):
-        if getattr(held, "keys", None) is not None:
-            for name in ("keys", "values"):
-                a, b = getattr(held, name)[:, :, :right.shape[1]], getattr(fresh, name)
-                rows = right_mask.bool()[:, None, :, None].expand_as(a)
-                torch.testing.assert_close(a[rows], b[rows], atol=1e-5, rtol=1e-4)
-                compared += 1
-    assert compared
+    assert assert_holds_the_prompt(cache, forward, right_mask)
