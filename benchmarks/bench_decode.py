@@ -374,8 +374,12 @@ def family_pair(family: str, size: Any, folder: Path) -> Pair:
 def llama_of_equal_size(ours: nn.Module) -> nn.Module:
     """A ``LlamaForCausalLM`` (random weights) of the model's width, depth and vocabulary, whose own generate() /
     raw-loop ratio is the floor transformers' loop sets for a model of that size (issue 18's yardstick)."""
-    c = ours.config
-    hidden = c.hidden_size
+    return random_llama(ours.config, ours.config.hidden_size)
+
+
+def random_llama(c: Any, hidden: int) -> nn.Module:
+    """A ``LlamaForCausalLM`` (random weights, sdpa) of width ``hidden``, a head per 64 channels, and the depth,
+    vocabulary and special tokens of the seqzoo config ``c``."""
     config = transformers.LlamaConfig(
         vocab_size=c.vocab_size, hidden_size=hidden, intermediate_size=4 * hidden, num_hidden_layers=c.num_hidden_layers,
         num_attention_heads=max(1, hidden // 64), num_key_value_heads=max(1, hidden // 64),
@@ -402,14 +406,7 @@ def llama_of_equal_parameters(ours: nn.Module) -> nn.Module:
     # (heads of an even size that divide the width: Llama's rotary embedding turns pairs of channels)
     widths = [w for w in range(16, 8193, 16) if w % max(1, w // 64) == 0 and w // max(1, w // 64) % 2 == 0]
     width = min(widths, key=lambda w: abs(count(w) - target))
-    heads = max(1, width // 64)
-    config = transformers.LlamaConfig(
-        vocab_size=vocab, hidden_size=width, intermediate_size=4 * width, num_hidden_layers=layers,
-        num_attention_heads=heads, num_key_value_heads=heads,
-        pad_token_id=c.pad_token_id, bos_token_id=c.bos_token_id, eos_token_id=c.eos_token_id)
-    torch.manual_seed(0)
-    llama = transformers.LlamaForCausalLM(config).eval()
-    llama.set_attn_implementation("sdpa")
+    llama = random_llama(c, width)
     assert sum(p.numel() for p in llama.parameters()) == count(width)
     return llama
 

@@ -248,6 +248,16 @@ def check_generate_mask(model: nn.Module, args: tuple, kwargs: dict[str, Any]) -
         )
 
 
+def mask_from_pad_token(ids: torch.Tensor, pad: int, eos: list[int]) -> torch.Tensor | None:
+    """transformers' rule for the mask of a prompt passed without one: where the (B, T) token ``ids`` hold the pad
+    token and it is not one of the ``eos`` tokens, a long mask with a 0 at each pad token; else None (nothing
+    padded, or nothing to tell padding from an end by)."""
+    if pad in eos:
+        return None
+    padded = ids == pad
+    return padded.logical_not_().long() if bool(padded.any()) else None
+
+
 def prompt_padded_on_the_left(model: nn.Module, args: tuple, kwargs: dict[str, Any], config: Any,
                               cache: Any) -> tuple[tuple, dict[str, Any], tuple[torch.Tensor, bool] | None]:
     """``generate()``'s arguments with a right-padded prompt padded on the left instead, and what
@@ -268,10 +278,11 @@ def prompt_padded_on_the_left(model: nn.Module, args: tuple, kwargs: dict[str, A
     prompt = args[0] if args and isinstance(args[0], torch.Tensor) else (kwargs[names[0]] if names else None)
     if prompt is None or prompt.dim() < 2 or prompt.shape[1] == 0:
         return args, kwargs, None
+    # (the sequences generate() returns begin with the prompt's ids, unless it was given embeddings alone)
+    in_sequences = prompt.dim() == 2 and prompt.dtype in (torch.int, torch.long)
     if mask is None:
         pad = kwargs.get("pad_token_id", config.pad_token_id)
-        if (not isinstance(pad, (numbers.Integral, torch.Tensor)) or isinstance(pad, bool) or prompt.dim() != 2
-                or prompt.dtype not in (torch.int, torch.long)):
+        if not in_sequences or not isinstance(pad, (numbers.Integral, torch.Tensor)) or isinstance(pad, bool):
             return args, kwargs, None
         if isinstance(pad, torch.Tensor):
             if pad.numel() != 1:
@@ -279,9 +290,10 @@ def prompt_padded_on_the_left(model: nn.Module, args: tuple, kwargs: dict[str, A
             pad = pad.item()
         ends_in_pad = int(prompt[0, -1]) == pad if prompt.shape[0] == 1 else bool((prompt[:, -1] == pad).any())
         eos = kwargs.get("eos_token_id", config.eos_token_id)
-        if not ends_in_pad or pad in ([] if eos is None else torch.as_tensor(eos).reshape(-1).tolist()):
+        mask = mask_from_pad_token(prompt, pad, [] if eos is None else torch.as_tensor(eos).reshape(-1).tolist()
+                                   ) if ends_in_pad else None
+        if mask is None:
             return args, kwargs, None
-        mask = prompt != pad
     elif not isinstance(mask, torch.Tensor) or mask.dim() != 2 or tuple(mask.shape) != tuple(prompt.shape[:2]):
         return args, kwargs, None  # (check_generate_mask refuses a 2-d mask of another shape; others are the model's)
     elif bool((mask[:, -1] != 0).all()):
@@ -298,8 +310,6 @@ def prompt_padded_on_the_left(model: nn.Module, args: tuple, kwargs: dict[str, A
     index = torch.cat([torch.arange(cached, device=real.device).expand(index.shape[0], cached), index], dim=1)
     kwargs = {name: _rolled(value, index) if name in (*names, "attention_mask", "position_ids") else value
               for name, value in kwargs.items()}
-    ids = args[0] if args and isinstance(args[0], torch.Tensor) else kwargs.get("input_ids", kwargs.get("inputs"))
-    in_sequences = isinstance(ids, torch.Tensor) and ids.dim() == 2 and not ids.is_floating_point()
     return ((_rolled(args[0], index), *args[1:]) if args else args), kwargs, (index, in_sequences)
 
 

@@ -35,7 +35,7 @@ from transformers.utils.logging import get_verbosity
 
 from seqzoo.models.compat import checked_source
 from seqzoo.models.configuration_utils import _seqzoo_config_getattribute
-from seqzoo.models.generation import without_cache_implementation
+from seqzoo.models.generation import mask_from_pad_token, without_cache_implementation
 
 # (GenerationMixin._prepare_generation_config, PreTrainedConfig._get_generation_parameters) as this was checked
 # against, by source_fingerprint.
@@ -126,16 +126,6 @@ def attention_mask_for_generation(inputs_tensor: Any, generation_config: Any,
         return None
     mask = mask_from_pad_token(inputs_tensor, pad.item(), [] if eos is None else eos.reshape(-1).tolist())
     return torch.ones(inputs_tensor.shape, dtype=torch.long, device=inputs_tensor.device) if mask is None else mask
-
-
-def mask_from_pad_token(ids: torch.Tensor, pad: int, eos: list[int]) -> torch.Tensor | None:
-    """transformers' rule for the mask of a prompt passed without one: where the (B, T) token ``ids`` hold the pad
-    token and it is not one of the ``eos`` tokens, a long mask with a 0 at each pad token; else None (nothing
-    padded, or nothing to tell padding from an end by)."""
-    if pad in eos:
-        return None
-    padded = ids == pad
-    return padded.logical_not_().long() if bool(padded.any()) else None
 
 
 class PreparedGeneration:
@@ -330,5 +320,5 @@ _PLAIN_READS = frozenset({_OBJECT_READ, _seqzoo_config_getattribute,
                             if "__getattribute__" in vars(klass))})
 
 
-__all__ = ["ATTRIBUTE", "PreparedGeneration", "attention_mask_for_generation", "mask_from_pad_token",
-           "mask_preparation_checked", "prepare_generation_config", "preparation_checked"]
+__all__ = ["ATTRIBUTE", "PreparedGeneration", "attention_mask_for_generation", "mask_preparation_checked",
+           "prepare_generation_config", "preparation_checked"]

@@ -42,9 +42,10 @@ from seqzoo.models.generation import (
     explained_assisted_refusal,
     generation_settings,
     mark_beam_search_cache,
+    mask_from_pad_token,
     refuse_continuous_batching,
 )
-from seqzoo.models.generation_setup import PreparedGeneration, mask_from_pad_token
+from seqzoo.models.generation_setup import PreparedGeneration
 from seqzoo.models.inputs import (
     cache_under_checkpointing,
     check_label_range,
