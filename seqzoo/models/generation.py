@@ -310,10 +310,10 @@ def prompt_padded_on_the_left(model: nn.Module, args: tuple, kwargs: dict[str, A
     index = torch.cat([torch.arange(cached, device=real.device).expand(index.shape[0], cached), index], dim=1)
     kwargs = {name: _rolled(value, index) if name in (*names, "attention_mask", "position_ids") else value
               for name, value in kwargs.items()}
-    return ((_rolled(args[0], index), *args[1:]) if args else args), kwargs, (index, in_sequences)
+    return ((_rolled(args[0], index), *args[1:]) if args else args), kwargs, (index, in_sequences, cached)
 
 
-def prompt_put_back(result: Any, cache: Any, rolled: tuple[torch.Tensor, bool]) -> Any:
+def prompt_put_back(result: Any, cache: Any, rolled: tuple[torch.Tensor, bool, int]) -> Any:
     """``generate()``'s ``result`` (and the ``cache`` it filled, in place) with the prompt that
     :func:`prompt_padded_on_the_left` rolled put back where it was given (``rolled``: where each position came from,
     and whether the sequences begin with the prompt's ids, as they do unless only embeddings were given): the
@@ -322,8 +322,10 @@ def prompt_put_back(result: Any, cache: Any, rolled: tuple[torch.Tensor, bool]) 
     returned sequences and a cache continued with them. Rows that ``generate()`` repeated (beams,
     ``num_return_sequences``) are put back as the prompt's row they came from. The cache holds every position of the
     sequences but the last, after any it held before the prompt (peft's prompt tuning puts its virtual tokens there):
-    the prompt's positions are counted from the end."""
-    index, in_sequences = rolled
+    the prompt's positions are counted from the end. With ``return_dict_in_generate``, so are the prompt's positions
+    in the ``hidden_states`` and ``attentions`` of its forward, and in the keys every later step's ``attentions``
+    read. (``rolled``'s last item: how many of the prompt's positions a cache passed in held.)"""
+    index, in_sequences, cached = rolled
     back = torch.empty_like(index).scatter_(1, index, torch.arange(index.shape[1], device=index.device)
                                             .expand(index.shape))
     sequences = result if isinstance(result, torch.Tensor) else getattr(result, "sequences", None)
@@ -345,7 +347,45 @@ def prompt_put_back(result: Any, cache: Any, rolled: tuple[torch.Tensor, bool]) 
                 held = getattr(entry, name)[:, :, start:start + prompt]
                 # (batch, heads, positions, head size): the positions are the second dimension of a row's heads
                 held.copy_(_rolled(held.transpose(1, 2), back).transpose(1, 2))
+    _outputs_put_back(result, back, cached)
     return result
+
+
+def _outputs_put_back(result: Any, back: torch.Tensor, cached: int) -> None:
+    """The prompt's positions put back (``back``: where each was taken from) in ``result``'s per-step
+    ``hidden_states`` and ``attentions``, in place of the tuples: the forward of the prompt's positions after the
+    ``cached`` ones, (rows, positions, width) and (rows, heads, positions, keys); and the keys of every step's
+    attentions, where the prompt's positions end one key before the step's own (s - 1 new tokens after it at step s).
+    Anything of another shape (a custom model's outputs) is left as it is."""
+    hidden_states, attentions = (getattr(result, name, None) for name in ("hidden_states", "attentions"))
+    if not isinstance(result, dict) or not (isinstance(hidden_states, tuple) or isinstance(attentions, tuple)):
+        return
+    prompt = back.shape[1]
+    fed = back[:, cached:] - cached  # (the prompt's forward: its positions after the cached ones)
+
+    def keys_back(weights: Any, step: int) -> Any:
+        if not isinstance(weights, torch.Tensor) or weights.dim() != 4:
+            return weights
+        start = weights.shape[3] - step - prompt  # (step 0: the prompt's last position is the last key)
+        if start < 0:
+            return weights
+        weights = weights.clone()
+        held = weights[..., start:start + prompt]  # (rows, heads, queries, prompt): positions put back per row
+        held.copy_(_rolled(held.permute(0, 3, 1, 2), back).permute(0, 2, 3, 1))
+        return weights
+
+    if isinstance(hidden_states, tuple) and hidden_states and isinstance(hidden_states[0], tuple):
+        first = tuple(_rolled(h, fed) if isinstance(h, torch.Tensor) and h.dim() == 3 else h
+                      for h in hidden_states[0])
+        result["hidden_states"] = (first, *hidden_states[1:])
+    if isinstance(attentions, tuple) and attentions and all(isinstance(step, tuple) for step in attentions):
+        steps = []
+        for step, layers in enumerate(attentions):
+            if step == 0:  # (its queries are the prompt's positions too)
+                layers = tuple(_rolled(w.transpose(1, 2), fed).transpose(1, 2)
+                               if isinstance(w, torch.Tensor) and w.dim() == 4 else w for w in layers)
+            steps.append(tuple(keys_back(w, step) for w in layers))
+        result["attentions"] = tuple(steps)
 
 
 def _rolled(tensor: Any, index: torch.Tensor) -> Any:

@@ -271,3 +271,78 @@ def test_the_cache_of_a_prompt_of_embeddings_holds_it_as_given(preset):
     run(model, None, right_mask, inputs_embeds=embeds, cache=cache, max_new_tokens=3)
     forward = output_cache(model(inputs_embeds=embeds, attention_mask=right_mask, use_cache=True))
     assert assert_holds_the_prompt(cache, forward, right_mask)
+
+
+def real_positions(mask, rows):
+    """(rows, T) bool: the real tokens of ``mask``'s rows, each repeated for ``rows // B`` returned rows."""
+    return mask.bool().repeat_interleave(rows // mask.shape[0], dim=0)
+
+
+@pytest.mark.parametrize("beams", [1, 2])
+def test_the_prompt_s_hidden_states_come_back_as_given(family_preset, beams):
+    """The prompt's forward's hidden states at its real tokens are those of a forward of the prompt as given."""
+    model = tiny_model(family_preset)
+    right, right_mask = padded(PROMPTS, "right")
+    out = run(model, right, right_mask, output_hidden_states=True, num_beams=beams, max_new_tokens=3)
+    forward = model(right, attention_mask=right_mask, output_hidden_states=True).hidden_states
+    real = real_positions(right_mask, out.hidden_states[0][0].shape[0])
+    assert len(out.hidden_states[0]) == len(forward)
+    for mine, theirs in zip(out.hidden_states[0], forward):
+        theirs = theirs.repeat_interleave(beams, dim=0)
+        torch.testing.assert_close(mine[real], theirs[real], atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("preset", ["transformer-tiny", "hybrid-tiny"])
+def test_the_attentions_read_the_prompt_as_given(preset):
+    """Every step's attention weights are those of a forward of the returned sequences with the prompt's mask
+    extended by ones: the prompt's forward at its real queries, each later step's over every key."""
+    model = tiny_model(preset)
+    model.set_attn_implementation("eager")
+    right, right_mask = padded(PROMPTS, "right")
+    out = run(model, right, right_mask, output_attentions=True, max_new_tokens=4)
+    width = right.shape[1]
+    mask = torch.cat([right_mask, torch.ones(len(PROMPTS), out.sequences.shape[1] - width, dtype=torch.long)], 1)
+    forward = model(out.sequences, attention_mask=mask, output_attentions=True).attentions
+    compared = 0
+    for step, layers in enumerate(out.attentions):
+        assert len(layers) == len(forward)
+        for mine, whole in zip(layers, forward):
+            if mine is None:
+                assert whole is None
+                continue
+            compared += 1
+            if step == 0:
+                real = right_mask.bool()
+                torch.testing.assert_close(mine.transpose(1, 2)[real],
+                                           whole[:, :, :width, :width].transpose(1, 2)[real], atol=1e-5, rtol=1e-4)
+            else:
+                at = width + step - 1
+                torch.testing.assert_close(mine[:, :, 0], whole[:, :, at, :at + 1], atol=1e-5, rtol=1e-4)
+    assert compared
+
+
+@pytest.mark.parametrize("preset", ["lstm-tiny", "transformer-tiny", "hybrid-tiny"])
+def test_with_a_cache_the_outputs_of_the_new_positions_come_back_as_given(preset):
+    """A cache holding a first turn, then a second turn padded on the right: the hidden states and attention weights
+    of its forward (the positions after the cached ones) are a whole forward's of the prompt as given."""
+    model = tiny_model(preset)
+    attends = preset != "lstm-tiny"
+    if attends:
+        model.set_attn_implementation("eager")
+    first, first_mask = padded([[5, 17, 33], [9, 3]], "left")
+    cache = SeqzooCache.for_model(model)
+    turn = run(model, first, first_mask, cache=cache, max_new_tokens=3).sequences
+    ids, mask = padded([[8, 61, 12, 40], [77, 21]], "right")
+    prompt = torch.cat([turn, ids], dim=1)
+    full_mask = torch.cat([first_mask, torch.ones_like(turn[:, first.shape[1]:]), mask], dim=1)
+    held = cache.get_seq_length()
+    out = run(model, prompt, full_mask, cache=cache, max_new_tokens=2, output_hidden_states=True,
+              output_attentions=attends)
+    whole = model(prompt, attention_mask=full_mask, output_hidden_states=True, output_attentions=attends)
+    real = full_mask[:, held:].bool()
+    for mine, theirs in zip(out.hidden_states[0], whole.hidden_states):
+        torch.testing.assert_close(mine[real], theirs[:, held:][real], atol=1e-5, rtol=1e-4)
+    for mine, theirs in zip(out.attentions[0] if out.attentions else (), whole.attentions or ()):
+        if mine is not None:
+            torch.testing.assert_close(mine.transpose(1, 2)[real], theirs[:, :, held:].transpose(1, 2)[real],
+                                       atol=1e-5, rtol=1e-4)
