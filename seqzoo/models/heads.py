@@ -121,8 +121,9 @@ class SeqzooForSequenceClassification(_ClassifierHead):
             )
         outputs = self._run_backbone(input_ids, attention_mask, position_ids, inputs_embeds, output_hidden_states,
                                      kwargs)
-        pooled = pool(outputs.last_hidden_state, self.config.classifier_pooling,
-                      real_tokens(attention_mask, input_ids, self.config.pad_token_id, outputs.last_hidden_state))
+        real = real_tokens(attention_mask, input_ids, self.config.pad_token_id, outputs.last_hidden_state)
+        check_rows_not_empty(real, attention_mask is not None and attention_mask.dim() == 2, self.config.pad_token_id)
+        pooled = pool(outputs.last_hidden_state, self.config.classifier_pooling, real)
         logits = self.score(self.dropout(pooled))  # (B, num_labels)
         loss = None
         if labels is not None:
@@ -268,6 +269,18 @@ def real_tokens(
     if input_ids is not None and pad_token_id is not None:
         return input_ids != pad_token_id
     return torch.ones(batch, length, dtype=torch.bool, device=hidden_states.device)
+
+
+def check_rows_not_empty(real: torch.Tensor, from_mask: bool, pad_token_id: int | None) -> None:
+    """Refuse rows without a real token (``real``, (B, T) bool; from the attention mask, else from the pad token):
+    a row pooled from padding alone would get logits, and a label in the loss, from no text at all (an empty text in
+    a padded batch; alone, it is refused as an empty input)."""
+    if torch.compiler.is_compiling() or bool(real.any(dim=1).all()):
+        return
+    empty = (~real.any(dim=1)).nonzero().flatten().tolist()
+    why = "their attention_mask is all 0" if from_mask else f"they hold only the pad token {pad_token_id}"
+    raise ValueError(f"row(s) {empty[:8]} of the batch have no real token ({why}): a sequence label needs at least "
+                     "one token to be pooled from; leave empty texts out of the batch")
 
 
 def pool(hidden_states: torch.Tensor, how: str, real: torch.Tensor) -> torch.Tensor:

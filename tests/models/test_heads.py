@@ -537,3 +537,19 @@ def test_label_names_round_trip_and_a_saved_bad_pair_loads_with_a_warning(tmp_pa
     with caplog.at_level("WARNING", logger="seqzoo"):
         loaded = AutoModelForSequenceClassification.from_pretrained(tmp_path).config
     assert loaded.id2label == names and "it must map each name of id2label to its id" in caplog.text
+
+
+@pytest.mark.parametrize("pooling", ["last", "mean", "first+last"])
+def test_a_row_without_real_tokens_is_refused_by_index(pooling):
+    """An empty text in a padded batch (its mask all 0; without a mask, only pad tokens) would be pooled from padding:
+    logits from no text, and its label in the loss. It is refused by row, as an empty text alone is."""
+    model = head_model(FAMILIES["lstm"], "sequence-classification", classifier_pooling=pooling)
+    ids = torch.tensor([[0, 0, 0], [5, 6, 7], [0, 0, 0]])
+    mask = (ids != 0).long()
+    with pytest.raises(ValueError, match=r"row\(s\) \[0, 2\] of the batch have no real token \(their attention_mask"):
+        model(ids, attention_mask=mask, labels=torch.tensor([1, 0, 2]))
+    with pytest.raises(ValueError, match=r"row\(s\) \[0, 2\] of the batch have no real token \(they hold only the pad"):
+        model(ids)
+    one_token = torch.tensor([[5, 6, 7], [8, 0, 0]])  # (a row of one real token is pooled as it is alone)
+    torch.testing.assert_close(model(one_token, attention_mask=(one_token != 0).long()).logits[1],
+                               model(one_token[1:, :1]).logits[0])
