@@ -437,6 +437,16 @@ def check_loaded_tensors(cls: type, model: nn.Module, info: dict[str, Any], sour
             f"as this {cls.__name__}'s{shapes}; pass ignore_mismatched_sizes=True to start a new head on its "
             f"backbone, or load it as it was saved ({saved_as}, or the Auto class of its task)"
         )
+    directions = _directions_differ(missing, unexpected)
+    if directions is not None:
+        saved, built = directions
+        raise ValueError(
+            f"checkpoint {str(source)!r} holds a {saved} model's layers ({unexpected[0]} ...), but this "
+            f"{cls.__name__} is {built} (bidirectional={built == 'bidirectional'}, given beside the checkpoint or in "
+            f"its config), and its layers' weights are laid out otherwise ({missing[0]} ...): load it with the "
+            f"bidirectional setting it was saved with, or build the {built} model anew and train it "
+            "(strict=False would start every layer anew, keeping only the embedding)"
+        )
     if problems:
         labels = getattr(model.config, "num_labels", None)
         if (mismatched and not missing and not unexpected and "score" in cls.head_modules
@@ -472,6 +482,27 @@ def check_loaded_tensors(cls: type, model: nn.Module, info: dict[str, Any], sour
             "strict=False to load it anyway with the missing and mis-shaped weights re-initialised and the "
             "others ignored."
         )
+
+
+_DIRECTIONS = (".left_to_right.", ".right_to_left.")
+
+
+def _directions_differ(missing: list[str], unexpected: list[str]) -> tuple[str, str] | None:
+    """("one-direction", "bidirectional") where the ``unexpected`` tensors are a one-direction model's layers that
+    the ``missing`` ones hold in two directions (a causal LM's checkpoint loaded with ``bidirectional=True``), the
+    other way round for the converse; else None."""
+    def plain(key: str) -> str:
+        for direction in _DIRECTIONS:
+            key = key.replace(direction, ".")
+        return key
+
+    two = [key for key in missing if any(d in key for d in _DIRECTIONS)]
+    if two and any(plain(key) in unexpected for key in two):
+        return "one-direction", "bidirectional"
+    two = [key for key in unexpected if any(d in key for d in _DIRECTIONS)]
+    if two and any(plain(key) in missing for key in two):
+        return "bidirectional", "one-direction"
+    return None
 
 
 def _modules_of_another_head(cls: type, model: nn.Module, info: dict[str, Any], saved_as: str | None) -> list[str]:

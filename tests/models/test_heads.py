@@ -553,3 +553,16 @@ def test_a_row_without_real_tokens_is_refused_by_index(pooling):
     one_token = torch.tensor([[5, 6, 7], [8, 0, 0]])  # (a row of one real token is pooled as it is alone)
     torch.testing.assert_close(model(one_token, attention_mask=(one_token != 0).long()).logits[1],
                                model(one_token[1:, :1]).logits[0])
+
+
+def test_a_checkpoint_of_the_other_direction_setting_is_refused_naming_it(tmp_path):
+    """A causal LM's (one-direction) checkpoint loaded with bidirectional=True, and a bidirectional encoder's loaded
+    with bidirectional=False: the error says which layout each has, not that the checkpoint may be damaged."""
+    seqzoo.create_model(FAMILIES["lstm"]).save_pretrained(tmp_path / "lm")
+    with pytest.raises(ValueError, match=r"holds a one-direction model's layers \(model\.layers\.0\.\w+ \.\.\.\), but "
+                                         r"this LSTMForSequenceClassification is bidirectional"):
+        AutoModelForSequenceClassification.from_pretrained(tmp_path / "lm", bidirectional=True, num_labels=2)
+    head_model(FAMILIES["lstm"], "sequence-classification", bidirectional=True).save_pretrained(tmp_path / "both")
+    with pytest.raises(ValueError, match=r"holds a bidirectional model's layers \(model\.layers\.0\.left_to_right\."
+                                         r"\w+ \.\.\.\), but this LSTMForSequenceClassification is one-direction"):
+        AutoModelForSequenceClassification.from_pretrained(tmp_path / "both", bidirectional=False)

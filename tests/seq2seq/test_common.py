@@ -619,6 +619,8 @@ def test_int32_labels_give_the_int64_loss(preset):
     torch.testing.assert_close(model(ids, attention_mask=mask, labels=target.int()).loss, loss)
     with pytest.raises(ValueError, match="labels must be integer token ids"):
         model(ids, attention_mask=mask, labels=target.bool())
+    with pytest.raises(ValueError, match=r"labels of shape \(3, 0\) hold no target position"):
+        model(ids, attention_mask=mask, labels=target[:, :0])  # (not named as the decoder inputs it is shifted into)
 
 
 def test_hf_trainer_and_seq2seq_trainer(preset, tmp_path):

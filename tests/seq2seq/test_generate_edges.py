@@ -78,3 +78,20 @@ def test_the_encoders_tuple_of_attentions_alone_is_read_as_attentions():
             assert (getattr(read, name) is None) == (getattr(as_dict, name) is None), (flags, name)
         if as_dict.attentions is not None:
             assert all(torch.equal(a, b) for a, b in zip(read.attentions, as_dict.attentions))
+
+
+def test_a_decoder_prompt_of_another_batch_size_is_refused_by_name():
+    """As the forward refuses it, instead of torch's size error inside transformers' set-up; the source given as
+    ids, embeddings or encoder outputs."""
+    model = tiny_model(next(iter(SEQ2SEQ_FAMILIES.values())))
+    start = model.generation_config.decoder_start_token_id
+    prompt = torch.full((2, 1), start)
+    message = r"generate\(\): decoder_input_ids hold 2 sequence\(s\) but the source 3; pass one decoder prompt per"
+    encoded = model.get_encoder()(SOURCES)
+    for source in ({"input_ids": SOURCES}, {"inputs_embeds": model.get_input_embeddings()(SOURCES)},
+                   {"encoder_outputs": encoded}):
+        with pytest.raises(ValueError, match=message):
+            model.generate(**source, decoder_input_ids=prompt, **SETTINGS)
+    with pytest.raises(ValueError, match=message):
+        model.generate(SOURCES, decoder_input_ids=prompt, **SETTINGS)
+    assert model.generate(SOURCES, decoder_input_ids=torch.full((3, 1), start), **SETTINGS).shape[0] == 3

@@ -382,6 +382,9 @@ class Seq2SeqForConditionalGeneration(Seq2SeqPreTrainedModel, PreparedGeneration
                 or labels.dtype == torch.bool):
             raise ValueError(f"labels must be integer token ids of shape (batch, target_length); got a "
                              f"{labels.dtype} tensor of shape {tuple(labels.shape)}")
+        if labels.shape[1] == 0:
+            raise ValueError(f"labels of shape {tuple(labels.shape)} hold no target position: pass at least one "
+                             "target token per row (-100 where a position is not scored)")
         check_label_range(labels, self.config.vocab_size, "vocab_size", "token ids")
 
     def prepare_inputs_for_generation(self, *args: Any, **kwargs: Any) -> dict[str, Any]:
@@ -405,11 +408,27 @@ class Seq2SeqForConditionalGeneration(Seq2SeqPreTrainedModel, PreparedGeneration
             # repeats its tensors for beams and returned sequences in place, so the caller's grew at every call.
             kwargs["encoder_outputs"] = copy.copy(_as_encoder_output(kwargs["encoder_outputs"]))
         source_mask_from_padding(self, config, args, kwargs)
+        check_decoder_prompt_batch(args, kwargs)
         if cache is not None:
             kwargs[GENERATE_CACHE_KWARG] = cache
         with cache_expanded_for_generation(cache, config, args, kwargs), explained_assisted_refusal(self):
             result = super().generate(*args, **kwargs)
         return mark_beam_search_cache(result, cache, config, kwargs)
+
+
+def check_decoder_prompt_batch(args: tuple, kwargs: dict[str, Any]) -> None:
+    """Refuse ``decoder_input_ids`` (a decoder prompt) of another batch size than the source's, as the forward
+    refuses it, before transformers' set-up meets it in a concatenation with the start tokens (torch's size error)."""
+    prompt = kwargs.get("decoder_input_ids")
+    encoded = kwargs.get("encoder_outputs")
+    source = args[0] if args else next((kwargs[name] for name in ("input_ids", "inputs", "inputs_embeds")
+                                        if kwargs.get(name) is not None), None)
+    if source is None:  # (generate() has made encoder_outputs this model's output object by now)
+        source = getattr(encoded, "last_hidden_state", None)
+    if (isinstance(prompt, torch.Tensor) and prompt.dim() == 2 and isinstance(source, torch.Tensor)
+            and source.dim() >= 2 and prompt.shape[0] != source.shape[0]):
+        raise ValueError(f"generate(): decoder_input_ids hold {prompt.shape[0]} sequence(s) but the source "
+                         f"{source.shape[0]}; pass one decoder prompt per source")
 
 
 def source_mask_from_padding(model: nn.Module, config: Any, args: tuple, kwargs: dict[str, Any]) -> None:

@@ -105,7 +105,8 @@ class _Embedding(CheckpointedStack):
     def embed(self, embeds: torch.Tensor, position_ids: torch.Tensor) -> torch.Tensor:
         if not torch.compiler.is_compiling() and int(position_ids.max()) >= self.max_positions:
             raise ValueError(f"position {int(position_ids.max())} is beyond max_position_embeddings="
-                             f"{self.max_positions} of this model; pass shorter sequences")
+                             f"{self.max_positions} of this model; pass shorter sequences (in generate(), or fewer "
+                             "new tokens: max_new_tokens / max_length)")
         return self.dropout(embeds * self.scale + self.embed_positions(position_ids).to(embeds.dtype))
 
 

@@ -115,7 +115,8 @@ class TransformerModel(TransformerPreTrainedModel):
             if high >= self.config.max_position_embeddings:
                 raise ValueError(
                     f"position {high} is beyond max_position_embeddings="
-                    f"{self.config.max_position_embeddings} of this model"
+                    f"{self.config.max_position_embeddings} of this model; pass shorter sequences (in generate(), "
+                    "or fewer new tokens: max_new_tokens / max_length)"
                 )
             if low < 0:  # (a sinusoidal table would read its last rows, a learned one raise an IndexError)
                 raise ValueError(f"position_ids contain {low}: positions must be in [0, max_position_embeddings="
