@@ -151,6 +151,14 @@ class PreparedGeneration:
     # call, 20-25 µs each on a 2-core CPU; these three methods answer from the names read once per class.
 
     def _validate_model_kwargs(self, model_kwargs: dict[str, Any]) -> None:
+        if "return_dict" in model_kwargs:
+            # (the forward names it, so it passes the check of names, then meets the return_dict=True generate()
+            # calls the forward with: a TypeError whose text was the model's whole repr)
+            raise ValueError(
+                f"{type(self).__name__}.generate: return_dict is a forward argument, which generate() sets itself; "
+                "for an output object of the sequences with scores, hidden states or attentions, pass "
+                "return_dict_in_generate=True"
+            )
         names = None if self.config.is_encoder_decoder else signature_names(self)
         if names is None or not names.accepts(model_kwargs):
             super()._validate_model_kwargs(model_kwargs)  # (which names what it refuses)

@@ -202,3 +202,15 @@ def test_whether_the_input_preparation_takes_the_cache_is_read_as_inspect_reads_
     assert preparation_takes_cache(model) is False
     monkeypatch.setattr(type(model), "prepare_inputs_for_generation", named_with_cache)
     assert preparation_takes_cache(model) is True
+
+
+@pytest.mark.parametrize("preset", [FAMILIES["gru"], FAMILIES["transformer"], *SEQ2SEQ_FAMILIES.values()])
+@pytest.mark.parametrize("value", [True, False])
+def test_return_dict_to_generate_is_refused_naming_return_dict_in_generate(preset, value):
+    """The forward names return_dict, so the check of generate()'s model keywords let it through to the loop's
+    forward(..., return_dict=True): a TypeError whose text was the model's repr. (transformers' Llama refuses it as
+    a keyword its model does not use.)"""
+    model = tiny_model(preset)
+    with pytest.raises(ValueError, match="generate: return_dict is a forward argument, which generate\\(\\) sets "
+                                         "itself; .* pass return_dict_in_generate=True"):
+        model.generate(torch.tensor([[5, 6, 7]]), max_new_tokens=2, return_dict=value)
