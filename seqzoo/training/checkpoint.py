@@ -40,6 +40,10 @@ logger = logging.getLogger("seqzoo.training")
 CHECKPOINTS = "checkpoints"
 STATE_FILE = "trainer_state.json"
 SEAL = "state_sha256"  # trainer_state.json's SHA-256 of its own other fields: an edited figure is refused, not resumed
+# trainer_state.json's format: 2, the files' format (checkpoints written before the seal have none), or 3, the same
+# always sealed, so that a seal taken out by hand is refused too.
+STATE_FORMAT = 3
+_STATE_FORMATS = (files.FORMAT, STATE_FORMAT)
 _NAME = re.compile(r"^checkpoint-(\d+)$")
 
 
@@ -75,7 +79,7 @@ def save_checkpoint(accelerator: Any, model: Any, optimizer: Any, scheduler: Any
         if not accelerator.is_main_process:
             return
         records = {path.name: files.file_record(path) for path in sorted(tmp.iterdir())}
-        body = json.loads(json.dumps({**state, "format": files.FORMAT, "files": records}))  # as read back
+        body = json.loads(json.dumps({**state, "format": STATE_FORMAT, "files": records}))  # as read back
         (tmp / STATE_FILE).write_text(json.dumps({**body, SEAL: state_seal(body)}, indent=2))
         fsync_tree(tmp)
         if final.exists() or final.is_symlink():  # a resumed run passing a step it saved before it was killed
@@ -482,17 +486,23 @@ def read_state(checkpoint: Path) -> dict[str, Any]:
             "run cannot continue exactly. Start the run again (a new output_dir, or delete "
             f"{str(checkpoint.parent)!r}); its final weights will be saved in safetensors as before"
         )
-    seal = state.pop(SEAL, None)  # (checkpoints written before the seal have none)
+    seal = state.pop(SEAL, None)  # (checkpoints of format 2 written before the seal have none)
+    if seal is None and state["format"] == STATE_FORMAT:
+        raise CheckpointError(
+            f"--resume: {str(path)!r} has lost its seal ({SEAL!r}, the SHA-256 of its fields that every checkpoint "
+            f"of format {STATE_FORMAT} holds), so its step, token count and other figures cannot be trusted (edited "
+            "by hand or damaged). Resume from an unchanged checkpoint, or start the run again"
+        )
     if seal is not None and seal != state_seal(state):
         raise CheckpointError(
             f"--resume: {str(path)!r} was changed after it was written: its fields no longer match the SHA-256 "
             f"recorded in it ({SEAL!r}), so its step, token count and other figures cannot be trusted (edited by "
             "hand or damaged). Resume from an unchanged checkpoint, or start the run again"
         )
-    if state["format"] != files.FORMAT:
+    if state["format"] not in _STATE_FORMATS:
         raise CheckpointError(
-            f"--resume: {str(path)!r} has checkpoint format {state['format']!r}; this seqzoo reads format "
-            f"{files.FORMAT}. Resume it with the seqzoo version that wrote it"
+            f"--resume: {str(path)!r} has checkpoint format {state['format']!r}; this seqzoo reads formats "
+            f"{' and '.join(map(str, _STATE_FORMATS))}. Resume it with the seqzoo version that wrote it"
         )
     for key, kind in (("step", int), ("tokens_seen", int), ("data_position", dict), ("grad_health", dict),
                       ("files", dict)):

@@ -510,7 +510,9 @@ def recipe_from_dict(values: dict[str, Any], source: str = "recipe") -> Recipe:
         if key in values:
             kwargs[key] = coerce(values[key], top_hints[key], key)
     for section, cls in SECTIONS.items():
-        body = values.get(section) or {}
+        body = values.get(section)
+        if body is None:  # (absent, or `train:` with nothing under it; a 0, false, [] or '' is no empty section)
+            body = {}
         if not isinstance(body, dict):
             raise ValueError(f"{source}: section {section!r} must be a mapping of fields, got {body!r}")
         _reject_unknown(body, {f.name for f in fields(cls)}, source, f"{section}.")

@@ -37,6 +37,7 @@ from seqzoo.outputs import OutputError, describe, staged_folder, write_atomicall
 from seqzoo.tokenizer import PAD_TOKEN_ID
 from seqzoo.training.building import build_model, check_batch_split, lr_factor, make_optimizer
 from seqzoo.training.checkpoint import (
+    CHECKPOINTS,
     STATE_FILE,
     CheckpointError,
     check_same_run,
@@ -566,7 +567,9 @@ def _run(recipe: Recipe, accelerator: Any, model: Any, optimizer: Any, scheduler
             return
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / "recipe.yaml").write_text(recipe.to_yaml())
-        history = _read_history(metrics_path, up_to=step)  # a killed run may have logged steps past its checkpoint
+        # (a killed run may have logged steps past its checkpoint; a run resumed from another run's checkpoint, into
+        # a folder of its own, starts from that run's rows)
+        history = _read_history(_history_of(checkpoint, metrics_path), up_to=step)
         # Whole or not at all: truncating it in place, a run killed here would lose the history it resumes with.
         write_atomically(metrics_path, "".join(_json_line(row) for row in history))
 
@@ -773,13 +776,28 @@ def _as_figures(value: Any) -> Any:
     return {key: _as_figures(item) for key, item in value.items()} if isinstance(value, dict) else value
 
 
+def _history_of(checkpoint: Path | None, metrics_path: Path) -> Path:
+    """Where a resumed run's history is read from: its own metrics.jsonl, or where it has none and the checkpoint is
+    another run's (``<run>/checkpoints/<checkpoint>``), that run's."""
+    if checkpoint is None or metrics_path.exists() or checkpoint.parent.name != CHECKPOINTS:
+        return metrics_path
+    theirs = checkpoint.parent.parent / METRICS_FILE
+    return theirs if theirs.is_file() else metrics_path
+
+
+_ROW_STEP = re.compile(r'\{"step": (\d+)[,}]')  # (how _json_line begins a row)
+
+
 def _read_history(path: Path, up_to: int) -> list[dict[str, Any]]:
     """The logged rows of ``path`` (metrics.jsonl) up to step ``up_to``, the checkpoint resumed from. A last line
-    cut short (the run killed, or the disk full, while appending it) is dropped: it lies past the checkpoint, which
-    was complete before it. Any other damaged line is an error naming the file and the line."""
-    if up_to == 0 or not path.is_file():
+    cut short (the run killed, or the disk full, while appending it) is dropped where it lies past the checkpoint
+    (every row of a step is appended before the step's checkpoint is written): by the step it begins with, or where
+    that is cut off too, by a whole row past the checkpoint before it. A cut line of a step the checkpoint covers,
+    and any other damaged line, is an error naming the file and the line. Steps the checkpoint covers that no row
+    logs (the file deleted, rows taken out) are warned about: the resumed history lacks them."""
+    if up_to == 0:
         return []
-    lines = path.read_text(encoding="utf-8", errors="replace").splitlines()
+    lines = path.read_text(encoding="utf-8", errors="replace").splitlines() if path.is_file() else []
     rows = []
     for number, line in enumerate(lines, 1):
         if not line.strip():
@@ -787,16 +805,30 @@ def _read_history(path: Path, up_to: int) -> list[dict[str, Any]]:
         try:
             row = json.loads(line)
         except json.JSONDecodeError as err:
-            if number == len(lines):
+            begun = _ROW_STEP.match(line)
+            past = (int(begun.group(1)) > up_to if begun is not None
+                    else any(row["step"] > up_to for row in rows))
+            if number == len(lines) and past:
                 logger.warning("%s: its last line is cut short (%s); dropped, it lies past the checkpoint", path, err)
                 continue
-            raise ValueError(f"{str(path)!r} line {number} is not a JSON object ({err}); repair or delete the line "
-                             "to resume") from err
+            where = (f"a row of step {begun.group(1)}, which the checkpoint (step {up_to}) covers" if begun
+                     else f"a row that may be one the checkpoint (step {up_to}) covers")
+            cut = f"cut short: {where}" if number == len(lines) else "not a JSON object"
+            raise ValueError(f"{str(path)!r} line {number} is {cut} ({err}); repair or delete the line to resume "
+                             "(deleted, the resumed history lacks it)") from err
         if not isinstance(row, dict) or not isinstance(row.get("step"), int):
             raise ValueError(f"{str(path)!r} line {number} is not a logged row with a step; repair or delete the "
                              "line to resume")
         rows.append(_as_figures(row))
-    return [row for row in rows if row["step"] <= up_to]
+    rows = [row for row in rows if row["step"] <= up_to]
+    logged = {row["step"] for row in rows if "eval" not in row}
+    missing = [step for step in range(1, up_to + 1) if step not in logged]
+    if missing:
+        shown = ", ".join(map(str, missing[:5])) + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
+        logger.warning("%s logs no row of step(s) %s of the %d the checkpoint covers (%s): the resumed history, and "
+                       "the metrics.jsonl it writes, lack them", path, shown, up_to,
+                       "the file is missing" if not path.is_file() else "taken out of the file")
+    return rows
 
 
 def _figures(evaluation: dict[str, Any]) -> dict[str, float]:

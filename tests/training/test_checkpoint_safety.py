@@ -165,7 +165,7 @@ def test_missing_or_damaged_state_file_is_refused_by_name(saved_run, tmp_path, n
     (lambda s: s.pop("files"), "'files' is None, expected a dict"),
     (lambda s: s["files"].pop("rng_state_0.json"), "records no checksum for 'rng_state_0.json'"),
     (lambda s: s.update(step="2"), "'step' is '2', expected a int"),
-    (lambda s: s.update(format=3), "has checkpoint format 3; this seqzoo reads format 2"),
+    (lambda s: s.update(format=4), "has checkpoint format 4; this seqzoo reads formats 2 and 3"),
     (lambda s: s["grad_health"].pop("counts"), "grad_health"),
     (lambda s: s.update(data=[1]), "'data' is \\[1\\], expected a dict"),
     # a check that let a boolean step, a text token count or a non-dict gradient health through (the run would crash
@@ -173,7 +173,7 @@ def test_missing_or_damaged_state_file_is_refused_by_name(saved_run, tmp_path, n
     (lambda s: s.update(step=True), "'step' is True, expected a int"),  # JSON true is a Python int subclass
     (lambda s: s.update(tokens_seen="12"), "'tokens_seen' is '12', expected a int"),
     (lambda s: s.update(grad_health=[]), r"'grad_health' is \[\], expected a dict"),
-    (lambda s: s.update(format=1), "has checkpoint format 1; this seqzoo reads format 2"),  # older, with a field
+    (lambda s: s.update(format=1), "has checkpoint format 1; this seqzoo reads formats 2 and 3"),  # older
 ])
 def test_damaged_trainer_state_is_refused(saved_run, tmp_path, edit, message):
     recipe, checkpoint = copy_run(saved_run, tmp_path)
@@ -210,15 +210,31 @@ def test_a_hand_edited_trainer_state_is_refused(saved_run, tmp_path, edit):
 
 
 def test_a_reformatted_or_unsealed_trainer_state_resumes(saved_run, tmp_path):
-    """The seal covers the values, not the layout; a checkpoint written before the seal (none) still resumes."""
+    """The seal covers the values, not the layout; a checkpoint written before the seal (format 2, none) still
+    resumes."""
     recipe, checkpoint = copy_run(saved_run, tmp_path)
     state = json.loads((checkpoint / STATE_FILE).read_text())
+    assert state["format"] == 3 and SEAL in state
     (checkpoint / STATE_FILE).write_text(json.dumps(dict(reversed(state.items())), indent=4))
     train(recipe, resume=True, progress=False)
     shutil.rmtree(tmp_path / "run")
     recipe, checkpoint = copy_run(saved_run, tmp_path)
-    (checkpoint / STATE_FILE).write_text(json.dumps({k: v for k, v in state.items() if k != SEAL}))
+    unsealed = {k: v for k, v in state.items() if k != SEAL}
+    (checkpoint / STATE_FILE).write_text(json.dumps({**unsealed, "format": 2}))
     train(recipe, resume=True, progress=False)
+
+
+def test_a_seal_taken_out_by_hand_is_refused(saved_run, tmp_path):
+    """A checkpoint of format 3 is always sealed: an edited figure whose seal was deleted with it is refused too."""
+    recipe, checkpoint = copy_run(saved_run, tmp_path)
+    state = json.loads((checkpoint / STATE_FILE).read_text())
+    edited = {k: v for k, v in state.items() if k != SEAL}
+    edited["tokens_seen"] += 1000
+    (checkpoint / STATE_FILE).write_text(json.dumps(edited))
+    with pytest.raises(CheckpointError, match=r"trainer_state.json' has lost its seal \('state_sha256', the SHA-256 "
+                                              r"of its fields that every checkpoint of format 3 holds\)"):
+        train(recipe, resume=True, progress=False)
+    assert not (tmp_path / "run" / "model.safetensors").exists(), "the run went on"
 
 
 def test_resume_from_a_checkpoint_equals_an_uninterrupted_run(saved_run, tmp_path):

@@ -101,6 +101,11 @@ def test_yaml_file_and_typed_overrides(tmp_path):
     ({"model": {"preset": "lstm-huge"}}, "model.preset='lstm-huge' is invalid: expected a model preset"),
     ({"train": {"mixed_precision": "fp8"}}, "train.mixed_precision='fp8' is invalid"),
     ({"train": "fast"}, "section 'train' must be a mapping of fields, got 'fast'"),
+    # (a falsy value was taken for an empty section, and the defaults trained: `model: ''` as lstm-tiny)
+    ({"train": 0}, "section 'train' must be a mapping of fields, got 0"),
+    ({"optim": False}, "section 'optim' must be a mapping of fields, got False"),
+    ({"data": []}, "section 'data' must be a mapping of fields, got []"),
+    ({"model": ""}, "section 'model' must be a mapping of fields, got ''"),
 ])
 def test_bad_fields_are_named(values, message):
     with pytest.raises(ValueError) as info:

@@ -669,6 +669,44 @@ def test_resume_drops_a_metrics_line_cut_short_and_names_a_damaged_one(tmp_path,
         train(make_recipe(tmp_path, "a", train=steps), resume=True, progress=False)
 
 
+def test_a_metrics_line_cut_short_that_the_checkpoint_covers_is_named_not_dropped(tmp_path, caplog):
+    """A cut line was dropped as lying past the checkpoint whatever its step, and the rows of the steps it covered
+    after it went with it (the file cut inside step 2's row, resumed at step 4: the history held steps 1, 5, 6)."""
+    steps = {"max_steps": 4, "save_every": 2}
+    train(make_recipe(tmp_path, "a", train=steps), progress=False)
+    metrics = tmp_path / "a" / "metrics.jsonl"
+    lines = metrics.read_text().splitlines()
+    second = next(number for number, line in enumerate(lines) if json.loads(line)["step"] == 2)
+    metrics.write_text("\n".join(lines[:second]) + "\n" + lines[second][:25])
+    with pytest.raises(ValueError, match=rf"metrics.jsonl' line {second + 1} is cut short: a row of step 2, which the "
+                                         r"checkpoint \(step 4\) covers .*repair or delete the line to resume"):
+        train(make_recipe(tmp_path, "a", train=steps), resume=True, progress=False)
+    metrics.write_text("\n".join(lines) + '\n{"st')  # (its step cut off too: only a whole row past it tells)
+    with pytest.raises(ValueError, match=r"cut short: a row that may be one the checkpoint \(step 4\) covers"):
+        train(make_recipe(tmp_path, "a", train=steps), resume=True, progress=False)
+    metrics.write_text("\n".join(lines[:second]) + "\n")  # the line deleted: resumed, the steps it lacks named
+    with caplog.at_level("WARNING", logger="seqzoo.training.trainer"):
+        assert train(make_recipe(tmp_path, "a", train=steps), resume=True, progress=False).steps == 4
+    assert "logs no row of step(s) 2, 3, 4 of the 4 the checkpoint covers (taken out of the file)" in caplog.text
+
+
+def test_a_run_resumed_into_a_folder_of_its_own_starts_from_the_other_run_s_history(tmp_path, caplog):
+    """Its metrics.jsonl began after the checkpoint, and nothing said so; without any history, it is said."""
+    steps = {"max_steps": 4, "save_every": 2}
+    train(make_recipe(tmp_path, "a", train=steps), progress=False)
+    checkpoint = tmp_path / "a" / "checkpoints" / "checkpoint-2"
+    train(make_recipe(tmp_path, "b", train=steps), resume=str(checkpoint), progress=False)
+    a = [json.loads(line) for line in (tmp_path / "a" / "metrics.jsonl").read_text().splitlines()]
+    b = [json.loads(line) for line in (tmp_path / "b" / "metrics.jsonl").read_text().splitlines()]
+    early = [row for row in a if row["step"] <= 2]
+    assert b[:len(early)] == early and {row["step"] for row in b} == {1, 2, 3, 4}
+    (tmp_path / "a" / "metrics.jsonl").unlink()
+    with caplog.at_level("WARNING", logger="seqzoo.training.trainer"):
+        train(make_recipe(tmp_path, "c", train=steps), resume=str(checkpoint), progress=False)
+    assert "logs no row of step(s) 1, 2 of the 2 the checkpoint covers (the file is missing)" in caplog.text
+    assert {json.loads(line)["step"] for line in (tmp_path / "c" / "metrics.jsonl").read_text().splitlines()} == {3, 4}
+
+
 def test_a_world_size_that_is_no_number_is_named(tmp_path, monkeypatch):
     monkeypatch.setenv("WORLD_SIZE", "abc")
     with pytest.raises(ValueError, match="WORLD_SIZE='abc' is invalid: expected the number of processes"):
