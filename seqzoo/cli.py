@@ -282,7 +282,33 @@ class _Parser(argparse.ArgumentParser):
     Sub-command parsers are of this class too (``add_subparsers`` makes them with the parent's class)."""
 
     def error(self, message: str) -> Any:  # argparse's signature: never returns
-        self.exit(2, f"error: {self.prog}: {message} (see `{self.prog} --help`)\n")
+        self.exit(2, f"error: {self.prog}: {message}{self._dash_hint()} (see `{self.prog} --help`)\n")
+
+    def parse_known_args(self, args: Any = None, namespace: Any = None) -> Any:
+        self._words = list(sys.argv[1:] if args is None else args)  # (what the hint below reads)
+        return super().parse_known_args(args, namespace)
+
+    def _dash_hint(self) -> str:
+        """Where a word that begins with one '-' and is none of this command's options stands among its words (a
+        prompt such as "-hello", which argparse reads as -h given "ello"): how to pass it as a value."""
+        words = getattr(self, "_words", [])
+        if "--" in words or all(action.option_strings for action in self._actions):  # (no value to give)
+            return ""
+        options = self._option_string_actions
+        dashed = next((word for before, word in zip([None, *words], words)
+                       if word.startswith("-") and not word.startswith("--") and len(word) > 2 and word not in options
+                       and not _number(word) and getattr(options.get(before), "nargs", 0) == 0), None)
+        if dashed is None:
+            return ""
+        return f"; a value that begins with '-', such as {dashed!r}, goes after '--': `{self.prog} ... -- {dashed!r}`"
+
+
+def _number(word: str) -> bool:
+    try:
+        float(word)
+    except ValueError:
+        return False
+    return True
 
 
 def build_parser() -> argparse.ArgumentParser:

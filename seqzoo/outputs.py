@@ -54,6 +54,15 @@ def describe(err: BaseException) -> str:
     return os.strerror(int(code.group(1))) if code else text
 
 
+def _remove_empty(folders: list[Path]) -> None:
+    """Remove ``folders`` (innermost first) that are empty, as a failed write found the path before it made them."""
+    for folder in folders:
+        try:
+            folder.rmdir()
+        except OSError:  # (not empty: something else was written there meanwhile; or gone already)
+            return
+
+
 @contextlib.contextmanager
 def staged_folder(destination: str | os.PathLike, *, merge: bool = False,
                   replaces: Iterable[str] = ()) -> Iterator[Path]:
@@ -72,6 +81,8 @@ def staged_folder(destination: str | os.PathLike, *, merge: bool = False,
     except FileNotFoundError:  # (the folder the process stands in was deleted: a relative path fails below)
         destination = Path(destination)
     parent = destination if merge else destination.parent
+    # (the folders of the path made here: a failed write removes them again, where they are still empty)
+    made = [folder for folder in (parent, *parent.parents) if not folder.exists()]
     try:
         parent.mkdir(parents=True, exist_ok=True)
         staging = Path(tempfile.mkdtemp(prefix=f".{destination.name}.", suffix=".partial", dir=parent))
@@ -82,6 +93,7 @@ def staged_folder(destination: str | os.PathLike, *, merge: bool = False,
         tried = Path(os.fsdecode(err.filename)) if isinstance(err.filename, (str, os.PathLike)) else parent
         shown = _named_as(err, tried, parent) if tried.parent == parent and tried.name.endswith(".partial") else err
         reason = f"{blocker} is a file, not a folder" if blocker is not None else describe(shown)
+        _remove_empty(made)
         raise OutputError(f"cannot write {destination}: {reason}") from err
     try:
         yield staging
@@ -95,6 +107,7 @@ def staged_folder(destination: str | os.PathLike, *, merge: bool = False,
             os.replace(staging, destination)
     except BaseException as err:
         shutil.rmtree(staging, ignore_errors=True)
+        _remove_empty(made)
         if isinstance(err, write_errors()) and not isinstance(err, OutputError):
             reason = describe(_named_as(err, staging, destination))
             raise OutputError(f"cannot write {destination}: {reason}; nothing was left there") from err

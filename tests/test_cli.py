@@ -760,6 +760,11 @@ def test_an_argument_with_a_surrogate_that_stands_for_no_byte_is_refused_by_name
      "error: seqzoo generate: unrecognized arguments: --prompt y (see `seqzoo generate --help`)"),
     (["lab", "gradients", "--bogus"],
      "error: seqzoo lab gradients: unrecognized arguments: --bogus (see `seqzoo lab gradients --help`)"),
+    # a prompt beginning with '-': argparse read it as -h given "ello", and the line said nothing of '--'
+    (["generate", "m", "-hello"], "error: seqzoo generate: argument -h/--help: ignored explicit argument 'ello'; a "
+     "value that begins with '-', such as '-hello', goes after '--': `seqzoo generate ... -- '-hello'` (see"),
+    (["generate", "m", "x", "--num-beams", "-2x"],  # (an option's value: '--' is no help there)
+     "error: seqzoo generate: argument --num-beams: expected one argument (see `seqzoo generate --help`)"),
 ])
 def test_argparse_usage_errors_are_one_error_line_too(argv, message, capsys):
     """argparse printed its usage block before its own error line; the README promises one `error:` line."""

@@ -88,6 +88,22 @@ def test_staged_folder_appears_in_one_rename_or_not_at_all(tmp_path):
     assert leftovers(tmp_path) == ["out"]
 
 
+@pytest.mark.parametrize("merge", [False, True])
+def test_a_failed_write_removes_the_folders_it_made_on_the_way(tmp_path, merge):
+    """'nothing was left there', but the new folders of a nested destination stayed (empty); those that were there
+    before stay, and so does one that something else wrote into meanwhile."""
+    (tmp_path / "kept").mkdir()
+    with pytest.raises(OutputError, match="nothing was left there"), \
+            staged_folder(tmp_path / "kept" / "new" / "deep" / "out", merge=merge) as staging:
+        (staging / "model.safetensors").write_bytes(b"half")
+        raise OSError(28, "No space left on device")
+    assert leftovers(tmp_path) == ["kept"] and leftovers(tmp_path / "kept") == []
+    with pytest.raises(RuntimeError, match="boom"), staged_folder(tmp_path / "kept" / "a" / "out") as staging:
+        (tmp_path / "kept" / "a" / "theirs.txt").write_text("written meanwhile")
+        raise RuntimeError("boom")
+    assert leftovers(tmp_path / "kept" / "a") == ["theirs.txt"]
+
+
 def test_merge_renames_config_json_last(tmp_path, monkeypatch):
     run = tmp_path / "run"
     (run / "checkpoints").mkdir(parents=True)
