@@ -10,6 +10,7 @@ mapped tensors (``assign=True``), so peak memory stays near one copy of the weig
 from __future__ import annotations
 
 import contextlib
+import difflib
 import json
 import logging
 import shutil
@@ -409,8 +410,25 @@ def local_source(source: Any) -> Any:
     """``source`` with a Hub repo id replaced by the folder it downloads to (into the Hub cache, once); a model
     object, a folder or a file as it is."""
     if isinstance(source, (str, Path)) and not Path(source).exists():
-        return download(str(source))
+        try:
+            return download(str(source))
+        except ValueError as err:
+            near = _near_folders(Path(source))
+            if not near:
+                raise
+            raise ValueError(f"{err} (no folder {str(source)!r} here either: did you mean "
+                             f"{', '.join(map(repr, near))}?)") from err.__cause__
     return source
+
+
+def _near_folders(path: Path) -> list[str]:
+    """Folders beside ``path`` whose names are close to its name (a mistyped local source)."""
+    parent = path.parent if str(path.parent) else Path(".")
+    try:
+        siblings = [p.name for p in parent.iterdir() if p.is_dir()] if parent.is_dir() else []
+    except OSError:
+        return []
+    return [str(parent / name) for name in difflib.get_close_matches(path.name, siblings, n=3)]
 
 
 def conversion_source(source: Any, destination: str | Path) -> Any:

@@ -589,3 +589,22 @@ def test_a_tied_model_exports_to_a_tied_native_model(target):
     assert type(native) is native_class and native.config.tie_word_embeddings
     assert native.get_output_embeddings().weight is native.get_input_embeddings().weight
     torch.testing.assert_close(logits(native), logits(model), atol=2e-5, rtol=1e-5)
+
+
+def test_a_mistyped_source_that_no_hub_repo_answers_names_the_folders_it_is_near(tmp_path, monkeypatch):
+    """An id without an owner may be a Hub repo's (gpt2), so it is tried there; where that fails, the folders beside
+    it named like it are suggested (the error named the Hub alone)."""
+    from seqzoo.conversions import checkpoints
+
+    def offline(repo_id):
+        raise ValueError(f"{repo_id!r} is neither a local folder nor a downloadable Hub repo: offline")
+
+    monkeypatch.setattr(checkpoints, "download", offline)
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "llama_hf").mkdir()
+    with pytest.raises(ValueError, match=r"^'lama_hf' is neither a local folder nor a downloadable Hub repo: offline "
+                                         r"\(no folder 'lama_hf' here either: did you mean 'llama_hf'\?\)$"):
+        checkpoints.local_source("lama_hf")
+    with pytest.raises(ValueError, match=r"^'unrelated' is neither a local folder nor a downloadable Hub repo: "
+                                         r"offline$"):
+        checkpoints.local_source("unrelated")
