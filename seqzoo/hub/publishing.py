@@ -346,6 +346,8 @@ def _load_checkpoint(source: Any, tokenizer: Any, training: dict[str, Any] | Non
             tokenizer = load_tokenizer(folder)
         if training is None:
             training = load_training_record(folder)
+            if training is not None:
+                check_record_describes(folder, config, training)
         extra_files = tuple(folder / name for name in CARRIED_FILES if (folder / name).is_file())
     else:
         extra_files = ()
@@ -376,6 +378,37 @@ def _load_checkpoint(source: Any, tokenizer: Any, training: dict[str, Any] | Non
     return _Checkpoint(model, spec, tokenizer, training, extra_files)
 
 
+def check_record_describes(folder: Path, config: dict[str, Any], record: dict[str, Any]) -> None:
+    """Refuse the training record of a model ``folder`` that describes other weights than the folder's: by the
+    fingerprint of the weights the run saved beside it (``weights_sha256``), or in a record without one, by the
+    architecture of the model preset its recipe trained. A model saved into a run's folder since (fine-tuned, or
+    another model) would be published with the run's figures."""
+    from seqzoo.models.loading import weights_fingerprint
+    from seqzoo.registry import preset_values
+
+    path = folder / TRAINING_FILE
+    remedy = ("move or delete the record to publish the model without it, or pass the record of these weights "
+              "(training=...)")
+    recorded = record.get("weights_sha256")
+    if isinstance(recorded, dict):
+        if recorded != weights_fingerprint(folder):
+            raise ValueError(f"{path} describes other weights than {folder} holds (they were saved there again since "
+                             f"the run that wrote it: fine-tuned, or another model), so its figures would be "
+                             f"published for a model they do not describe; {remedy}")
+        return
+    recipe = record.get("recipe")
+    model = recipe.get("model") if isinstance(recipe, dict) else None
+    preset = model.get("preset") if isinstance(model, dict) else None
+    try:
+        trained = preset_values(preset)[0].model_type if isinstance(preset, str) else None
+    except ValueError:  # (a preset this seqzoo does not know)
+        trained = None
+    if trained is not None and trained != config.get("model_type"):
+        raise ValueError(f"{path} records a run that trained the preset {preset!r} ({trained}), but {folder} holds a "
+                         f"{config.get('model_type')} model, so its figures would be published for a model they do "
+                         f"not describe; {remedy}")
+
+
 def _write_folder(checkpoint: _Checkpoint, folder: Path, *, repo_id: str, licensing: dict[str, Any]) -> list[str]:
     model, spec = checkpoint.model, checkpoint.spec
     model.save_pretrained(folder)  # model.safetensors, config.json, generation_config.json and the code bundle
@@ -384,7 +417,12 @@ def _write_folder(checkpoint: _Checkpoint, folder: Path, *, repo_id: str, licens
     # the card lists the files, and the published code is always this seqzoo's.
     code_files = write_bundle(folder, spec)
     if checkpoint.training:
-        (folder / TRAINING_FILE).write_text(json.dumps(checkpoint.training, indent=2) + "\n")
+        training = checkpoint.training
+        if "weights_sha256" in training:  # (of the weights published, as saved here: a later publish checks them)
+            from seqzoo.models.loading import weights_fingerprint
+
+            training = {**training, "weights_sha256": weights_fingerprint(folder)}
+        (folder / TRAINING_FILE).write_text(json.dumps(training, indent=2) + "\n")
     for path in checkpoint.extra_files:
         shutil.copyfile(path, folder / path.name)
     card = render_model_card(model, spec, repo_id=repo_id, code_files=code_files, **licensing,

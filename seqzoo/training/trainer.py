@@ -33,6 +33,7 @@ from typing import Any, Callable
 import torch
 from torch.optim.lr_scheduler import LambdaLR
 
+from seqzoo.models.loading import weights_fingerprint
 from seqzoo.outputs import OutputError, describe, staged_folder, write_atomically
 from seqzoo.tokenizer import PAD_TOKEN_ID
 from seqzoo.training.building import build_model, check_batch_split, lr_factor, make_optimizer
@@ -889,6 +890,8 @@ def _save_final(accelerator: Any, model: Any, recipe: Recipe, data: Any, run_dir
                     unwrapped.save_pretrained(staging, state_dict=state_dict)
                 if with_tokenizer:
                     tokenizer_for(unwrapped).save_pretrained(staging)
+                # (the weights the record describes: publishing refuses it beside weights saved there since)
+                info["weights_sha256"] = weights_fingerprint(staging)
                 (staging / TRAINING_INFO_FILE).write_text(json.dumps(info, indent=2))
         except OutputError as err:
             raise OutputError(f"training finished but the final model could not be saved: {err}; "

@@ -6,12 +6,13 @@ import dataclasses
 import json
 import logging
 import re
+import shutil
 
 import jinja2
 import pytest
 import torch
 from huggingface_hub import ModelCard
-from transformers import PreTrainedConfig
+from transformers import AutoModelForCausalLM, PreTrainedConfig
 
 import seqzoo
 from seqzoo.cli import main, save_with_tokenizer
@@ -24,6 +25,7 @@ from seqzoo.hub.cards import (
     template_path,
     validate_training_record,
 )
+from seqzoo.models.loading import weights_fingerprint
 from seqzoo.tokenizer import byte_tokenizer
 from tests.hub.conftest import ARCHITECTURES, TRAINING_RECORD, repo_id, tiny_byte_model
 
@@ -425,3 +427,48 @@ def test_license_other_is_named_as_the_hub_reads_it(saved_models, tmp_path, link
                            license_name="my-terms-1.0", license_link=link)
     card = ModelCard.load(folder / "README.md")
     assert (card.data.license, card.data.license_name, card.data.license_link) == ("other", "my-terms-1.0", link)
+
+
+def test_a_training_record_beside_other_weights_is_not_published(tmp_path):
+    """A run's record stayed in its folder when another model, or the run's model fine-tuned, was saved there, and
+    the card credited the new weights with the run's data, tokens and evaluation. A record of seqzoo train holds
+    the fingerprint of the weights it describes; one without it, the preset its recipe trained."""
+    from seqzoo.training import train
+    from tests.training.test_trainer import make_recipe
+
+    train(make_recipe(tmp_path, data={"source": "pydoc", "seq_len": 16, "eval_samples": 2},
+                      model={"preset": "gru-tiny"}, train={"max_steps": 1, "eval_every": 1, "save_every": 0}),
+          progress=False)
+    run = tmp_path / "run"
+    record = json.loads((run / "seqzoo_training.json").read_text())
+    assert set(record["weights_sha256"]) == {"model.safetensors"}
+    out = export_folder(run, tmp_path / "out", repo_id=repo_id("gru"))  # (as trained: published)
+    published = json.loads((out / "seqzoo_training.json").read_text())
+    assert published["weights_sha256"] == weights_fingerprint(out)  # (of the weights published, for a later publish)
+    assert export_folder(out, tmp_path / "again", repo_id=repo_id("gru")).is_dir()
+    sharded = tmp_path / "sharded"  # (a record of weights in shards: published as one file, described as such)
+    shutil.copytree(run, sharded)
+    (sharded / "model.safetensors").unlink()
+    AutoModelForCausalLM.from_pretrained(run).save_pretrained(sharded, max_shard_size="20KB")
+    json.dump({**record, "weights_sha256": weights_fingerprint(sharded)}, (sharded / "seqzoo_training.json").open("w"))
+    assert len(weights_fingerprint(sharded)) > 1
+    out = export_folder(sharded, tmp_path / "from-shards", repo_id=repo_id("gru"))
+    assert json.loads((out / "seqzoo_training.json").read_text())["weights_sha256"] == weights_fingerprint(out)
+    assert set(weights_fingerprint(out)) == {"model.safetensors"}
+    model = AutoModelForCausalLM.from_pretrained(run)
+    with torch.no_grad():
+        model.lm_head.weight.add_(0.01)  # fine-tuned, saved back into the run's folder
+    model.save_pretrained(run)
+    with pytest.raises(ValueError, match=r"seqzoo_training.json describes other weights than .*run holds \(they were "
+                                         r"saved there again since the run that wrote it"):
+        export_folder(run, tmp_path / "tuned", repo_id=repo_id("gru"))
+    assert not (tmp_path / "tuned").exists()
+    # A record without a fingerprint (hand-written, or older): by the preset its recipe trained.
+    folder = tmp_path / "hand"
+    save_with_tokenizer(tiny_byte_model("gru"), folder)
+    (folder / "seqzoo_training.json").write_text(json.dumps({"steps": 3, "recipe": {"model": {"preset": "lstm-tiny"}}}))
+    with pytest.raises(ValueError, match=r"records a run that trained the preset 'lstm-tiny' \(seqzoo_lstm\), but .* "
+                                         r"holds a seqzoo_gru model"):
+        export_folder(folder, tmp_path / "other", repo_id=repo_id("gru"))
+    (folder / "seqzoo_training.json").write_text(json.dumps({"steps": 3, "recipe": {"model": {"preset": "gru-small"}}}))
+    assert export_folder(folder, tmp_path / "same", repo_id=repo_id("gru")).is_dir()
