@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import inspect
 import logging
 from dataclasses import dataclass
 from typing import Any
@@ -95,12 +96,16 @@ class MixerSpec:
             raise TypeError(f"mixer {self.name!r}: fields {taken} are set by the hybrid itself (from its own config), "
                             f"so a hybrid's mixer_config cannot set them; a mixer's fields may be any but "
                             f"{', '.join(shared)}")
+        # Its fields: a dataclass's, and the named parameters of its __init__ (a config written in transformers'
+        # older style, which sets its fields there: transformers keeps such an __init__).
+        parameters = inspect.signature(self.config_class.__init__).parameters.values()
+        known = {p.name for p in parameters if p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)}
         if dataclasses.is_dataclass(self.config_class):
-            known = {f.name for f in dataclasses.fields(self.config_class)}
-            unknown = [f for f in self.fields if f not in known]
-            if unknown:
-                raise TypeError(f"mixer {self.name!r}: fields {unknown} are not fields of "
-                                f"{self.config_class.__name__}")
+            known |= {f.name for f in dataclasses.fields(self.config_class)}
+        unknown = [f for f in self.fields if f not in known]
+        if unknown:
+            raise TypeError(f"mixer {self.name!r}: fields {unknown} are not fields of {self.config_class.__name__} "
+                            "(a dataclass field, or a parameter of its __init__)")
 
     @property
     def cache_kind(self) -> str:

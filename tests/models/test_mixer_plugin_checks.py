@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from transformers import PreTrainedConfig
 
 import seqzoo
 from seqzoo.layers.attention import SelfAttention
@@ -511,3 +512,42 @@ def test_a_mixer_name_registered_again_as_another_mixer_gives_configs_its_capabi
                              mixer_config={"toy": {"num_attention_heads": 2, "num_key_value_heads": 2}})
     assert attention.cache_layer_kinds == ["attention", "attention"]
     assert attention.capabilities == attention.derive_capabilities() and attention.capabilities.can_crop_cache
+
+
+class ScaledSumConfig(PreTrainedConfig):
+    """A plugin's config in transformers' older style: its fields set in __init__, no dataclass fields of its own."""
+
+    model_type = "scaled_sum_test"
+
+    def __init__(self, hidden_size=16, scale=1.0, vocab_size=50, num_hidden_layers=1, **kwargs):
+        self.hidden_size, self.scale, self.vocab_size, self.num_hidden_layers = hidden_size, scale, vocab_size, \
+            num_hidden_layers
+        super().__init__(**kwargs)
+
+
+class ScaledSum(RunningSum):
+    def __init__(self, config, layer_idx):
+        super().__init__(config, layer_idx)
+        self.scale = config.scale
+
+    def forward(self, hidden_states, *, state=None, mask=None, **context):
+        out, state = super().forward(hidden_states, state=state, mask=mask, **context)
+        return out * self.scale, state
+
+
+def test_a_plugin_config_that_sets_its_fields_in_init_is_taken():
+    """Its fields were read from dataclass fields alone: 'fields ['scale'] are not fields of ScaledSumConfig'."""
+    with pytest.raises(TypeError, match=r"fields \['scael'\] are not fields of ScaledSumConfig \(a dataclass field, "
+                                        r"or a parameter of its __init__\)"):
+        MixerSpec("scaled-sum", ScaledSum, ScaledSumConfig, ("scael",))
+    register_mixer(MixerSpec("scaled-sum", ScaledSum, ScaledSumConfig, ("scale",)))
+    torch.manual_seed(0)
+    config = seqzoo.HybridConfig(hidden_size=16, vocab_size=50, mixer_types=["scaled-sum", "attention"],
+                                 mixer_config={"scaled-sum": {"scale": 0.5}, "attention": {"num_attention_heads": 2}})
+    model = seqzoo.HybridForCausalLM(config).eval()
+    assert model.model.layers[0].mixer.scale == 0.5
+    ids = torch.tensor([[5, 17, 33, 8, 2], [9, 1, 4, 4, 30]])
+    with torch.no_grad():
+        full = model(ids).logits
+        step = model(ids[:, 3:], cache=output_cache(model(ids[:, :3], use_cache=True))).logits
+    torch.testing.assert_close(step, full[:, 3:], rtol=1e-5, atol=1e-5)
