@@ -174,14 +174,18 @@ def takeaways(results: dict[str, Any], accuracy: dict[str, dict[str, dict[int, l
             continue
         chance = chance_level(task, cfg["symbols"])
         solved = sorted((a for a, acc in at_far.items() if acc >= SOLVED), key=lambda a: -at_far[a])
-        failed = sorted(a for a, acc in at_far.items() if acc <= chance + NEAR_CHANCE)
-        middle = sorted((a for a in at_far if a not in solved and a not in failed), key=lambda a: -at_far[a])
+        failed = sorted(a for a, acc in at_far.items() if abs(acc - chance) <= NEAR_CHANCE)
+        below = sorted(a for a, acc in at_far.items() if acc < chance - NEAR_CHANCE)  # (a diverged run, say)
+        middle = sorted((a for a in at_far if a not in solved and a not in failed and a not in below),
+                        key=lambda a: -at_far[a])
         text = f"**{task.replace('_', ' ')} at distance {far}**: "
         text += (f"solved by {_names([f'{a} ({at_far[a]:.2f})' for a in solved])}" if solved else "solved by none")
         if middle:
             text += f"; partly learnt by {_names([f'{a} ({at_far[a]:.2f})' for a in middle])}"
         if failed:
             text += f"; near chance ({chance:.2f}) for {_names([f'{a} ({at_far[a]:.2f})' for a in failed])}"
+        if below:
+            text += f"; below chance ({chance:.2f}) for {_names([f'{a} ({at_far[a]:.2f})' for a in below])}"
         bullets.append(text + ".")
     for check in reproduction_checks(results, accuracy):
         if not check["reproduced"]:
@@ -216,7 +220,8 @@ def _cost_takeaways(measured: dict[str, Any], cfg: dict[str, Any]) -> list[str]:
         out.append(f"{only}'s state stays the same size at any context: {_bytes(size)} per sequence.")
     elif fixed:
         smallest, largest = min(fixed, key=fixed.get), max(fixed, key=fixed.get)
-        out.append(f"Every other state stays the same size at any context: from {_bytes(fixed[smallest])} "
+        every = "Every other state" if growing else "Every state"
+        out.append(f"{every} stays the same size at any context: from {_bytes(fixed[smallest])} "
                    f"({smallest}) to {_bytes(fixed[largest])} ({largest}) per sequence.")
     return out
 

@@ -126,6 +126,15 @@ def test_the_memory_takeaway_sorts_architectures_at_the_longest_distance():
                     "and weak (0.30); near chance (0.12) for chance (0.20).")
 
 
+def test_a_score_far_below_chance_is_not_called_near_chance():
+    """acc <= chance + 0.1 was "near chance", so a diverged run's 0.00 against a chance of 0.12 was called that."""
+    results = _memory_results({"diverged": [{4: 0.5, 64: 0.0}], "near": [{4: 1.0, 64: 0.05}],
+                               "half": [{4: 1.0, 64: 0.5}]})
+    text = findings.takeaways(results, findings.accuracy_by_task(results))
+    assert text == ("- **copy at distance 64**: solved by none; partly learnt by half (0.50); near chance (0.12) for "
+                    "near (0.05); below chance (0.12) for diverged (0.00).")
+
+
 def test_the_partly_learnt_are_listed_by_accuracy_not_by_name():
     results = _memory_results({"alpha": [{4: 1.0, 64: 0.3}], "beta": [{4: 1.0, 64: 0.5}]})
     text = findings.takeaways(results, findings.accuracy_by_task(results))

@@ -159,8 +159,13 @@ def test_the_cost_takeaways_name_each_state_once_and_give_the_growth_as_measured
     assert _cost_takeaways({"transformer": decode(8192, 32768)}, cfg)[0].startswith(
         "transformer's state (with its KV cache) grows 4× from 16 to 64 tokens")  # (a whole factor stays whole)
     lines = _cost_takeaways({"lstm": decode(512, 512), "gru": decode(384, 384)}, cfg)
-    assert lines == ["Every other state stays the same size at any context: from 384 bytes (gru) to 512 bytes (lstm) "
+    # ("Every other state" where no growing one was named before it)
+    assert lines == ["Every state stays the same size at any context: from 384 bytes (gru) to 512 bytes (lstm) "
                      "per sequence."]
+    lines = _cost_takeaways({"transformer": decode(8192, 32768), "lstm": decode(512, 512), "gru": decode(384, 384)},
+                            cfg)
+    assert lines[1] == ("Every other state stays the same size at any context: from 384 bytes (gru) to 512 bytes "
+                        "(lstm) per sequence.")
 
 
 def _refuse_bare_constants(name):
