@@ -355,8 +355,8 @@ def _outputs_put_back(result: Any, back: torch.Tensor, cached: int) -> None:
     """The prompt's positions put back (``back``: where each was taken from) in ``result``'s per-step
     ``hidden_states`` and ``attentions``, in place of the tuples: the forward of the prompt's positions after the
     ``cached`` ones, (rows, positions, width) and (rows, heads, positions, keys); and the keys of every step's
-    attentions, where the prompt's positions end one key before the step's own (s - 1 new tokens after it at step s).
-    Anything of another shape (a custom model's outputs) is left as it is."""
+    attentions, where the prompt's positions are followed by the s new tokens fed since (none at step 0). Anything of
+    another shape (a custom model's outputs) is left as it is."""
     hidden_states, attentions = (getattr(result, name, None) for name in ("hidden_states", "attentions"))
     if not isinstance(result, dict) or not (isinstance(hidden_states, tuple) or isinstance(attentions, tuple)):
         return
