@@ -6,9 +6,11 @@ Nothing here imports torch at module level: the command line parses its argument
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import math
 import re
+from pathlib import Path
 from typing import Any, Callable
 
 # Numbers JSON does not accept but people type: ".5", "5.", "+3", "1.E-3".
@@ -144,6 +146,28 @@ def untrained_weights(model: Any, loading: dict[str, Any]) -> str:
     tied = set(getattr(model, "all_tied_weights_keys", {}) or {})
     missing = sorted(set(loading.get("missing_keys", [])) - tied)
     return ", ".join(missing[:4]) + (" ..." if len(missing) > 4 else "")
+
+
+def file_sha256(path: Any) -> str:
+    """The SHA-256 of the file at ``path``, read a MiB at a time (a checkpoint's files, a model's weights)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+# The weight files save_pretrained writes: model.safetensors, or its shards (model-00001-of-00002.safetensors), and
+# the pickled pytorch_model*.bin of older folders.
+_WEIGHT_FILE = re.compile(r"(model|pytorch_model)(-\d+-of-\d+)?\.(safetensors|bin)")
+
+
+def weights_fingerprint(folder: Any) -> dict[str, str]:
+    """{file name: SHA-256} of the weight files of a saved model ``folder``: what a training record written beside
+    them holds (``weights_sha256``), so that weights saved there again since (fine-tuned, or another model) are not
+    published with the record of the run that wrote it."""
+    return {path.name: file_sha256(path) for path in sorted(Path(folder).iterdir())
+            if path.is_file() and _WEIGHT_FILE.fullmatch(path.name)}
 
 
 def strict_json(value: Any, **kwargs: Any) -> str:

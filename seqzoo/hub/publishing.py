@@ -41,7 +41,7 @@ from seqzoo.hub.cards import (
     validate_training_record,
 )
 from seqzoo.outputs import staged_folder
-from seqzoo.utils import quiet_transformers
+from seqzoo.utils import quiet_transformers, weights_fingerprint
 
 
 class PublishError(RuntimeError):
@@ -383,7 +383,6 @@ def check_record_describes(folder: Path, config: dict[str, Any], record: dict[st
     fingerprint of the weights the run saved beside it (``weights_sha256``), or in a record without one, by the
     architecture of the model preset its recipe trained. A model saved into a run's folder since (fine-tuned, or
     another model) would be published with the run's figures."""
-    from seqzoo.models.loading import weights_fingerprint
     from seqzoo.registry import preset_values
 
     path = folder / TRAINING_FILE
@@ -419,8 +418,6 @@ def _write_folder(checkpoint: _Checkpoint, folder: Path, *, repo_id: str, licens
     if checkpoint.training:
         training = checkpoint.training
         if "weights_sha256" in training:  # (of the weights published, as saved here: a later publish checks them)
-            from seqzoo.models.loading import weights_fingerprint
-
             training = {**training, "weights_sha256": weights_fingerprint(folder)}
         (folder / TRAINING_FILE).write_text(json.dumps(training, indent=2) + "\n")
     for path in checkpoint.extra_files:

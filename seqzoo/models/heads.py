@@ -275,9 +275,12 @@ def check_rows_not_empty(real: torch.Tensor, from_mask: bool, pad_token_id: int 
     """Refuse rows without a real token (``real``, (B, T) bool; from the attention mask, else from the pad token):
     a row pooled from padding alone would get logits, and a label in the loss, from no text at all (an empty text in
     a padded batch; alone, it is refused as an empty input)."""
-    if torch.compiler.is_compiling() or bool(real.any(dim=1).all()):
+    if torch.compiler.is_compiling():
         return
-    empty = (~real.any(dim=1)).nonzero().flatten().tolist()
+    has_token = real.any(dim=1)
+    if bool(has_token.all()):
+        return
+    empty = (~has_token).nonzero().flatten().tolist()
     why = "their attention_mask is all 0" if from_mask else f"they hold only the pad token {pad_token_id}"
     raise ValueError(f"row(s) {empty[:8]} of the batch have no real token ({why}): a sequence label needs at least "
                      "one token to be pooled from; leave empty texts out of the batch")

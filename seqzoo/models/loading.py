@@ -7,7 +7,6 @@ one."""
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import logging
 import os
@@ -570,22 +569,3 @@ def _replay_mixer_initialisation(model: nn.Module, keys: set[str]) -> None:
             for name, value in kept.items():
                 tensors[name].copy_(value)
 
-
-# The weight files save_pretrained writes: model.safetensors, or its shards (model-00001-of-00002.safetensors), and
-# the pickled pytorch_model*.bin of older folders.
-_WEIGHT_FILE = re.compile(r"(model|pytorch_model)(-\d+-of-\d+)?\.(safetensors|bin)")
-
-
-def weights_fingerprint(folder: str | os.PathLike) -> dict[str, str]:
-    """{file name: SHA-256} of the weight files of a saved model ``folder``: what a training record written beside
-    them holds (``weights_sha256``), so that weights saved there again since (fine-tuned, or another model) are not
-    published with the record of the run that wrote it."""
-    prints = {}
-    for path in sorted(Path(folder).iterdir()):
-        if path.is_file() and _WEIGHT_FILE.fullmatch(path.name):
-            digest = hashlib.sha256()
-            with open(path, "rb") as handle:
-                for block in iter(lambda: handle.read(1 << 20), b""):
-                    digest.update(block)
-            prints[path.name] = digest.hexdigest()
-    return prints

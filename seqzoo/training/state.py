@@ -20,13 +20,14 @@ parse or shape errors) or incomplete, naming the file: a resume is exact or it d
 from __future__ import annotations
 
 import base64
-import hashlib
 import json
 import random
 from pathlib import Path
 from typing import Any
 
 import torch
+
+from seqzoo.utils import file_sha256
 
 FORMAT = 2  # 1: accelerate's save_state (pickles); 2: this module
 MODEL_FILE = "model.safetensors"
@@ -72,11 +73,7 @@ def rng_file(rank: int) -> str:
 
 
 def file_record(path: Path) -> dict[str, Any]:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return {"bytes": path.stat().st_size, "sha256": digest.hexdigest()}
+    return {"bytes": path.stat().st_size, "sha256": file_sha256(path)}
 
 
 def _write_json(path: Path, value: Any, indent: int | None = 1) -> None:

@@ -33,7 +33,6 @@ from typing import Any, Callable
 import torch
 from torch.optim.lr_scheduler import LambdaLR
 
-from seqzoo.models.loading import weights_fingerprint
 from seqzoo.outputs import OutputError, describe, staged_folder, write_atomically
 from seqzoo.tokenizer import PAD_TOKEN_ID
 from seqzoo.training.building import build_model, check_batch_split, lr_factor, make_optimizer
@@ -67,7 +66,7 @@ from seqzoo.training.tbptt import (
     supports_tbptt,
     token_loss_sum,
 )
-from seqzoo.utils import quiet_transformers, strict_json
+from seqzoo.utils import quiet_transformers, strict_json, weights_fingerprint
 
 METRICS_FILE = "metrics.jsonl"
 TRAINING_INFO_FILE = "seqzoo_training.json"

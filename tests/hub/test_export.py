@@ -25,8 +25,8 @@ from seqzoo.hub.cards import (
     template_path,
     validate_training_record,
 )
-from seqzoo.models.loading import weights_fingerprint
 from seqzoo.tokenizer import byte_tokenizer
+from seqzoo.utils import weights_fingerprint
 from tests.hub.conftest import ARCHITECTURES, TRAINING_RECORD, repo_id, tiny_byte_model
 
 
