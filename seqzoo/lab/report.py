@@ -297,7 +297,7 @@ Learning rates (from {_rates_source(cfg)}):
 {figure(TEXT_PNG, "validation perplexity against training step")}Batches of {cfg['batch_size']} ×
 {cfg['text_seq_len']} bytes of `pydoc_data.topics` (the documentation every Python ships with), read as one stream
 (`data.packing: false`: the context runs on from one topic into the next); perplexity per byte
-on the first {cfg['eval_samples']} × {cfg['text_seq_len']} bytes of the held-out last 5%, every
+on {cfg['eval_samples']} windows of {cfg['text_seq_len']} bytes spread evenly over the held-out last 5%, every
 {text_eval_every} steps along each run and at its end; seed {cfg['seeds'][0]}.{trained_models}
 
 {_text_section(results)}

@@ -47,6 +47,7 @@ from seqzoo.training.data import (
     _generator,
     content_hash,
     epoch_sampler,
+    held_out_scored,
     read_text_file,
     refuse_repeated_files,
 )
@@ -221,7 +222,8 @@ def jsonl_texts(task: str, paths: str | list[str], eval_fraction: float, eval_sa
     if len(rows) - held_out < 1:
         raise ValueError(f"{', '.join(paths)} hold {len(rows)} row(s): too few to hold out {held_out} for evaluation "
                          "and train on the rest")
-    train_rows, eval_rows = rows[:-held_out], rows[-held_out:][:eval_samples]
+    train_rows, held = rows[:-held_out], rows[-held_out:]
+    eval_rows = [held[i] for i in held_out_scored(held_out, eval_samples)]
     # The held-out rows are the file's tail, not a random draw: a file sorted by label holds out whole classes.
     trained = _label_names(train_rows, task)
     unseen = [label for label in id2label if label not in trained]

@@ -345,8 +345,8 @@ class TokenStream:
         return windows[:, :-1], windows[:, 1:]
 
     def eval_sets(self) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
-        count = min(self.eval_samples, self.eval_rows)
-        windows = torch.stack([self._window(self.eval_tokens, i) for i in range(count)])
+        windows = torch.stack([self._window(self.eval_tokens, i)
+                               for i in held_out_scored(self.eval_rows, self.eval_samples)])
         return {"validation": (windows[:, :-1], windows[:, 1:])}
 
 
@@ -498,6 +498,15 @@ def content_hash(items: list) -> str:
     """A SHA-256 of the training examples read from files (their repr: strings, numbers and lists of them), which a
     source's ``describe()`` records: ``--resume`` then refuses an edited file even when its counts stayed the same."""
     return hashlib.sha256(repr(items).encode("utf-8")).hexdigest()
+
+
+def held_out_scored(count: int, scored: int) -> list[int]:
+    """Which of ``count`` held-out items (rows, pairs, windows of text) an evaluation of ``scored`` of them reads:
+    all of them where ``scored`` covers them, else ``scored`` indices spread evenly from the first on. The first
+    ``scored`` alone would be one stretch of the held-out tail (in the lab's text, an ASCII table)."""
+    if scored >= count:
+        return list(range(count))
+    return [index * count // scored for index in range(scored)]
 
 
 def epoch_sampler(items: list, seed: int):

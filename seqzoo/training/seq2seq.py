@@ -36,6 +36,7 @@ from seqzoo.training.data import (
     _generator,
     content_hash,
     epoch_sampler,
+    held_out_scored,
     read_text_file,
     refuse_repeated_files,
 )
@@ -194,7 +195,8 @@ def jsonl_pairs(paths: str | list[str], eval_fraction: float, eval_samples: int,
     if len(pairs) - held_out < 1:
         raise ValueError(f"{', '.join(paths)} hold {len(pairs)} pair(s): too few to hold out {held_out} for "
                          "evaluation and train on the rest")
-    train_pairs, eval_pairs = pairs[:-held_out], pairs[-held_out:][:eval_samples]
+    train_pairs, held = pairs[:-held_out], pairs[-held_out:]
+    eval_pairs = [held[i] for i in held_out_scored(held_out, eval_samples)]
     train = epoch_sampler(train_pairs, seed)
 
     data = Seq2SeqPairs(train, {"validation": eval_pairs}, "jsonl:" + ",".join(paths), max_source_length,

@@ -119,7 +119,10 @@ def test_jsonl_files_that_cannot_train(tmp_path):
 
 def test_jsonl_holds_out_the_tail_and_visits_every_training_pair_each_epoch(tmp_path):
     data = jsonl_pairs(str(write_pairs(tmp_path / "pairs.jsonl", 40)), 0.1, 100, seed=0)
-    assert len(data.eval_pairs()["validation"]) == 4
+    pairs = read_jsonl(tmp_path / "pairs.jsonl")
+    assert data.eval_pairs()["validation"] == pairs[36:]  # fewer held out than eval_samples: every one of them
+    spread = jsonl_pairs(str(tmp_path / "pairs.jsonl"), 0.5, 4, seed=0)  # 20 held out, 4 scored: spread over them
+    assert spread.eval_pairs()["validation"] == [pairs[i] for i in (20, 25, 30, 35)]
     epoch = [pair for step in range(9) for pair in data._train(step, 4)]  # 36 training pairs, batches of 4
     assert sorted(epoch) == sorted(read_jsonl(tmp_path / "pairs.jsonl")[:36])
 

@@ -373,8 +373,11 @@ def test_jsonl_holds_out_at_least_one_row_at_most_eval_samples_and_checks_every_
     assert tiny.describe()["train_rows"] == 19 and tiny.eval_rows()["validation"] == [("row 19", "b")]
     capped = jsonl_texts("sequence-classification", str(path), 0.5, 4, seed=0)
     assert capped.describe()["train_rows"] == 10
-    assert capped.eval_rows()["validation"] == [(f"row {i}", "ab"[i % 2]) for i in range(10, 14)]
-    assert capped.rows == [(f"row {i}", "ab"[i % 2]) for i in range(14)]  # what check_fits reads: trained and scored
+    # Four of the ten held out, spread over them (the first four would be one stretch of the file's tail).
+    scored = [10, 12, 15, 17]
+    assert capped.eval_rows()["validation"] == [(f"row {i}", "ab"[i % 2]) for i in scored]
+    # (what check_fits reads: trained and scored)
+    assert capped.rows == [(f"row {i}", "ab"[i % 2]) for i in [*range(10), *scored]]
     single = write_jsonl(tmp_path / "one.jsonl", [rows[0]])
     with pytest.raises(ValueError, match=r"one.jsonl hold 1 row\(s\): too few to hold out 1 for evaluation"):
         jsonl_texts("sequence-classification", str(single), 0.1, 8, seed=0, labels=["a", "b"])

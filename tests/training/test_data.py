@@ -187,6 +187,16 @@ def test_token_stream_epochs_visit_every_window_once():
     assert stream.eval_sets()["validation"][0].shape == (4, 10)
 
 
+def test_a_corpus_scores_windows_spread_over_its_held_out_tail():
+    # The first eval_samples windows alone were one stretch of the tail (in the lab's pydoc text, an ASCII table).
+    tokens = torch.arange(1001)  # each token its own position
+    stream = TokenStream(tokens, "t", seq_len=10, eval_fraction=0.2, eval_samples=4, seed=0)  # 20 windows held out
+    inputs, targets = stream.eval_sets()["validation"]
+    assert inputs[:, 0].tolist() == [800, 850, 900, 950] and torch.equal(targets, inputs + 1)
+    every = TokenStream(tokens, "t", seq_len=10, eval_fraction=0.2, eval_samples=50, seed=0)
+    assert every.eval_sets()["validation"][0][:, 0].tolist() == list(range(800, 1000, 10))
+
+
 def test_sequence_longer_than_the_data_is_an_error():
     with pytest.raises(ValueError, match=r"data.seq_len=500 is longer than the training split of t \(450 tokens "):
         TokenStream(torch.zeros(500, dtype=torch.int16), "t", seq_len=500, eval_fraction=0.1, eval_samples=1, seed=0)
