@@ -110,6 +110,10 @@ def find_packing(
     ``kwargs`` except ``cu_seq_lens_*`` / ``max_length_*``, which attention kernels may read."""
     seq_idx = kwargs.pop("seq_idx", None)
     cu_q, cu_k = kwargs.get("cu_seq_lens_q"), kwargs.get("cu_seq_lens_k")
+    for side, cu in (("q", cu_q), ("k", cu_k)):
+        if kwargs.get(f"max_length_{side}") is not None and cu is None:
+            raise ValueError(f"{type(model).__name__}: max_length_{side} is the longest document of cu_seq_lens_{side} "
+                             f"(as DataCollatorWithFlattening writes them together); got it without cu_seq_lens_{side}")
     if position_ids is None and seq_idx is None and cu_q is None and cu_k is None:
         return None
     given = input_ids if input_ids is not None else inputs_embeds
@@ -151,10 +155,21 @@ def find_packing(
         starts = _with_row_starts(step != 1)
     if seq_idx is not None:
         seq_idx = _check_shape("seq_idx", seq_idx, batch, length)
-        starts = _agree(starts, _with_row_starts(torch.diff(seq_idx, dim=-1) != 0), "seq_idx", name)
-    for key, cu in (("cu_seq_lens_q", cu_q), ("cu_seq_lens_k", cu_k)):
+        seq_step = torch.diff(seq_idx, dim=-1)
+        if bool((seq_step < 0).any()):
+            row, column = (int(i) for i in (seq_step < 0).nonzero()[0])
+            raise ValueError(
+                f"{name}: seq_idx goes back from document {int(seq_idx[row, column])} to "
+                f"{int(seq_idx[row, column + 1])} at position {column + 1} of row {row}; it numbers a row's documents "
+                "in order (each document's tokens together), as DataCollatorWithFlattening writes it"
+            )
+        starts = _agree(starts, _with_row_starts(seq_step != 0), "seq_idx", name)
+    for side, cu in (("q", cu_q), ("k", cu_k)):
         if cu is not None:
-            starts = _agree(starts, _starts_from_cu_seq_lens(key, cu, batch, length, given.device), key, name)
+            key = f"cu_seq_lens_{side}"
+            cu_starts = _starts_from_cu_seq_lens(key, cu, batch, length, given.device)
+            _check_max_length(name, side, kwargs.get(f"max_length_{side}"), cu_starts)
+            starts = _agree(starts, cu_starts, key, name)
     if bool(starts[:, 1:].any()) is False:
         return None
     if use_cache:
@@ -186,9 +201,9 @@ def _check_shape(key: str, value: torch.Tensor, batch: int, length: int) -> torc
         shape = tuple(value.shape) if isinstance(value, torch.Tensor) else type(value).__name__
         also = f" or (1, {length})" if batch != 1 else ""
         raise ValueError(f"{key} must have shape ({batch}, {length}) (batch, sequence_length){also}; got {shape}")
-    if value.dtype.is_floating_point or value.dtype == torch.bool:
+    if value.dtype.is_floating_point or value.dtype.is_complex or value.dtype == torch.bool:
         raise ValueError(f"{key} must be an integer tensor, got dtype {value.dtype}")
-    return value.expand(batch, length)
+    return value.long().expand(batch, length)  # (uint8 differences wrap around)
 
 
 def _starts_from_cu_seq_lens(key: str, cu: Any, batch: int, length: int, device: torch.device) -> torch.Tensor:
@@ -205,8 +220,32 @@ def _starts_from_cu_seq_lens(key: str, cu: Any, batch: int, length: int, device:
     starts = torch.zeros(total, dtype=torch.bool, device=device)
     starts[cu[:-1]] = True
     starts = starts.view(batch, length)
-    starts[:, 0] = True  # a document cannot run on into the next row
+    if not bool(starts[:, 0].all()):
+        row = int((~starts[:, 0]).nonzero()[0])
+        raise ValueError(
+            f"{key}={cu.tolist()} has a document run on from row {row - 1} into row {row} of the batch's {batch} rows "
+            f"of {length} tokens; every row must begin a document (its first token's flattened index, a multiple of "
+            f"{length}, among the cumulative lengths)"
+        )
     return starts
+
+
+def _check_max_length(name: str, side: str, given: Any, starts: torch.Tensor) -> None:
+    """``max_length_q`` / ``max_length_k``, where given, must hold the longest document ``starts`` marks: attention
+    kernels that read it (FlashAttention's varlen calls) size their work by it."""
+    if given is None:
+        return
+    if isinstance(given, torch.Tensor) and given.numel() == 1 and not given.dtype.is_floating_point:
+        given = int(given)
+    if isinstance(given, bool) or not isinstance(given, int):
+        raise ValueError(f"{name}: max_length_{side} must be an integer (the longest document's length); "
+                         f"got {given!r}")
+    flat = starts.reshape(-1).nonzero().reshape(-1)
+    longest = int(torch.diff(flat, append=flat.new_tensor([starts.numel()])).max())
+    if given < longest:
+        raise ValueError(f"{name}: max_length_{side}={given} is shorter than the longest document of "
+                         f"cu_seq_lens_{side}, {longest} tokens; it must be at least that (DataCollatorWithFlattening "
+                         "writes the longest document's length)")
 
 
 def _agree(starts: torch.Tensor | None, other: torch.Tensor, key: str, name: str) -> torch.Tensor:
@@ -224,7 +263,15 @@ def _refuse_packing_with_padding(name, position_ids, attention_mask, batch, leng
     real = attention_mask[:, -length:].bool()
     if real.shape != (batch, length):
         return  # (a mask of another shape: prepare_inputs names it)
-    restart = (torch.diff(position_ids.expand(batch, length), dim=-1) != 1) & real[:, 1:] & real[:, :-1]
+    # Each real token against the last real one before it in its row (pads between them or not): its position id
+    # follows on by one (counting real tokens, as generate() numbers a mask with holes) or by the distance between
+    # them (counting every position); anything else restarts, where a pad would hide a document's start.
+    index = torch.arange(length, device=real.device).expand(batch, length)
+    last_real = torch.where(real, index, -1).cummax(dim=1).values
+    before = torch.cat([last_real.new_full((batch, 1), -1), last_real[:, :-1]], dim=1)
+    positions = position_ids.expand(batch, length).long()
+    step = positions - positions.gather(1, before.clamp(min=0))
+    restart = real & (before >= 0) & (step != 1) & (step != index - before)
     if bool(restart.any()):
         raise ValueError(
             f"{name}: position_ids restart between two real tokens of a row while an attention_mask is passed; "

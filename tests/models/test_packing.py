@@ -114,9 +114,25 @@ def test_packing_refuses_what_it_cannot_honour(preset):
         model(batch["input_ids"], position_ids=batch["position_ids"],
               attention_mask=torch.ones_like(batch["input_ids"]))
     wrong = batch["seq_idx"].clone()
-    wrong[0, 3] = 1
+    wrong[0, 4] = 1  # (the first document's last token put in the second)
     with pytest.raises(ValueError, match="seq_idx marks other document boundaries"):
         model(**{**batch, "seq_idx": wrong})
+    back = batch["seq_idx"].clone()
+    back[0, -1] = 0  # the last token back in the first document: a third one, before
+    with pytest.raises(ValueError, match="seq_idx goes back from document 2 to 0 at position 13 of row 0"):
+        model(batch["input_ids"], seq_idx=back)
+    flat = collate(return_flash_attn_kwargs=True)
+    ids, cu = flat["input_ids"], flat["cu_seq_lens_q"]
+    with pytest.raises(ValueError, match="max_length_q=6 is shorter than the longest document of cu_seq_lens_q, 7"):
+        model(ids, cu_seq_lens_q=cu, max_length_q=6)
+    model(ids, cu_seq_lens_q=cu, max_length_q=9, use_cache=False)  # (longer is what a fixed bound would pass)
+    with pytest.raises(ValueError, match="got it without cu_seq_lens_k"):
+        model(ids, cu_seq_lens_q=cu, max_length_k=7)
+    with pytest.raises(ValueError, match="got it without cu_seq_lens_q"):
+        model(ids, max_length_q=7)
+    # Rows of 2 tokens: the first document (5 tokens) runs on through three of them.
+    with pytest.raises(ValueError, match=r"has a document run on from row 0 into row 1 of the batch's 7 rows of 2"):
+        model(ids.view(7, 2), cu_seq_lens_q=cu)
     with pytest.raises(ValueError, match="cu_seq_lens_q must rise strictly from 0 to 14"):
         model(batch["input_ids"], cu_seq_lens_q=torch.tensor([0, 5, 4, 14], dtype=torch.int32))
     with pytest.raises(ValueError, match=r"position_ids must have shape \(1, 14\) \(batch, sequence_length\); got "
@@ -143,6 +159,17 @@ def test_bad_position_ids_are_named_whatever_else_is_given(family_preset, case):
             model(ids, position_ids=positions, **kwargs)
     with pytest.raises(ValueError, match=f"position_ids {message}"):
         model.generate(ids, attention_mask=mask, position_ids=positions, max_new_tokens=2, pad_token_id=0)
+
+
+@pytest.mark.parametrize("dtype", [torch.int16, torch.uint8, torch.int32])
+def test_position_ids_of_any_integer_dtype_read_as_int64(dtype):
+    # (a learned position table failed on int16 inside torch, a sinusoidal one read uint8 ids as a boolean mask)
+    ids = torch.tensor([[5, 17, 33, 8, 61], [70, 12, 3, 98, 44]])
+    positions = torch.tensor([[0, 1, 2, 3, 4], [3, 4, 5, 6, 7]])
+    for embedding in ("learned", "sinusoidal", "rope"):
+        model = tiny_model(FAMILIES["transformer"], position_embedding=embedding).eval()
+        torch.testing.assert_close(model(ids, position_ids=positions.to(dtype)).logits,
+                                   model(ids, position_ids=positions).logits, rtol=0, atol=0)
 
 
 def test_sequence_classification_refuses_packed_rows():

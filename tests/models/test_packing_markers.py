@@ -50,6 +50,20 @@ def test_restarting_position_ids_continuing_a_left_padded_cache_are_refused(pres
             model(ids[:, 5:], attention_mask=mask, cache=cache, position_ids=torch.tensor([[3, 0, 1], [5, 6, 7]]))
 
 
+@pytest.mark.parametrize("preset", ["lstm-tiny", "transformer-tiny"])
+def test_a_restart_behind_a_masked_pad_is_refused_and_positions_across_holes_are_not(preset):
+    # Two documents with a pad between them: the restart sits beside no real token, and was taken (the LSTM ran the
+    # second document on from the first's state).
+    model = tiny_model(preset)
+    ids = torch.tensor([[5, 17, 33, 8, 61, 0, 40, 9, 12]])
+    mask = torch.tensor([[1, 1, 1, 1, 1, 0, 1, 1, 1]])
+    with pytest.raises(ValueError, match="position_ids restart between two real tokens"):
+        model(ids, attention_mask=mask, position_ids=torch.tensor([[0, 1, 2, 3, 4, 5, 0, 1, 2]]))
+    # A hole numbered as generate() numbers it (counting real tokens) or counting every position: no restart.
+    for positions in ([0, 1, 2, 3, 4, 1, 5, 6, 7], list(range(9))):
+        model(ids, attention_mask=mask, position_ids=torch.tensor([positions]))
+
+
 def test_a_mask_shorter_than_the_inputs_with_position_ids_is_named():
     # (was torch's "The size of tensor a (4) must match the size of tensor b (2)" from the packing check)
     ids = torch.tensor([[5, 17, 33, 8, 61], [1, 2, 3, 4, 5]])

@@ -110,6 +110,8 @@ class TransformerModel(TransformerPreTrainedModel):
         """The first layer's input (the scaled embeddings, plus absolute positions where the model has them), the
         causal mask ``create_causal_mask`` builds, and RoPE's (cos, sin) or None: for :meth:`forward` and
         :meth:`decode_step` alike."""
+        if position_ids.dtype != torch.long:  # (a position table indexed by int16 fails, by uint8 reads a mask)
+            position_ids = position_ids.long()  # (other dtypes were refused by find_packing's check)
         if self.embed_positions is not None and not torch.compiler.is_compiling():
             low, high = (int(v) for v in torch.aminmax(position_ids))
             if high >= self.config.max_position_embeddings:
