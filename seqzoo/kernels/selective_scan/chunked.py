@@ -159,7 +159,7 @@ def _backward(u, delta, A, B, C, starts, grad_y, grad_h, chunk, reset=None):
     B_q = _step_major(B, chunks, chunk)  # (B, Q, chunks, N)
     C_q = _step_major(C, chunks, chunk)
     gy_q = _step_major(grad_y.to(u.dtype), chunks, chunk)  # zero at padding
-    A_t = A.t().contiguous()  # (N, Dm)
+    A_t = A.clamp(min=torch.finfo(A.dtype).min).t().contiguous()  # (N, Dm); A = -inf as the reference reads it
     A2 = _log2_rates(A)
 
     keep, chunk_keep = _keep(reset, chunks, chunk, u.dtype)
