@@ -304,7 +304,7 @@ def _parse_env(raw: str) -> dict[str, str]:
             _check_name(op, backend)
         except KernelError as err:
             raise KernelError(f"{ENV_VAR} entry {item!r}: {err}") from None
-        if op in forced and forced[op] != backend:
+        if op in forced:  # (the same backend twice too: a typo for another op is likelier than a repeat)
             raise KernelError(f"{ENV_VAR} names op {op!r} twice ({forced[op]!r} and {backend!r}); give it once")
         forced[op] = backend
     return forced

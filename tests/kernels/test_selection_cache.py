@@ -227,6 +227,8 @@ def test_a_choice_the_registry_does_not_keep_has_no_stamp():
     ("lstm=fast", r"unknown kernel backend for op 'lstm': 'fast'; valid: reference, torch\."),
     ("lstm", r"SEQZOO_KERNELS entry 'lstm' is not of the form op=backend"),
     ("lstm=reference,lstm=torch", r"SEQZOO_KERNELS names op 'lstm' twice \('reference' and 'torch'\); give it once"),
+    # (the same backend twice was taken: a typo for another op, lstm for gru, is likelier than a repeat)
+    ("lstm=reference,lstm=reference", r"names op 'lstm' twice \('reference' and 'reference'\); give it once"),
 ])
 def test_a_misspelt_environment_entry_raises_on_every_selection(monkeypatch, value, message):
     monkeypatch.setenv("SEQZOO_KERNELS", f"gru=reference,{value}")

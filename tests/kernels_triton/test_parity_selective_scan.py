@@ -50,6 +50,20 @@ def test_parity(length, dtype):
                  _call, dtype, out_dtype=dtype)
 
 
+@pytest.mark.parametrize("length", [1, 8, 16])
+def test_parity_with_a_decay_of_exactly_zero(length):
+    # Channel 1, state 2 has A = -inf: a step with delta > 0 forgets that entry, a delta = 0 step (steps 1-2 of row
+    # 0, a tile's padding past T = 8) is the identity. exp(0 * -inf) was nan: in the state at T = 8, in the gradients
+    # at every length, and the decode step (T = 1) changed the state at delta = 0.
+    inputs = _inputs(2, length, 6, 4, seed=12)
+    inputs["A"][1, 2] = -float("inf")
+    inputs["delta"][1, 0, 1] = 0.0  # (at T = 1 too: row 1's only step of channel 1 is the identity)
+    backend, reference = leaves(inputs, torch.float32, low_precision=())
+    check_parity(f"selective_scan A=-inf T={length}", triton_kernel("selective_scan"),
+                 get_kernel("selective_scan", "reference"), backend, reference, _call, torch.float32,
+                 out_dtype=torch.float32)
+
+
 def test_parity_across_checkpoint_segments(monkeypatch):
     fn = triton_kernel("selective_scan")
     # One tile per segment: T = 40 runs 3 tiles (the last one partial) as 3 segments in the backward.

@@ -57,6 +57,46 @@ def test_parity(length, dtype, small_chunks):
                  out_dtype=dtype)
 
 
+@pytest.mark.parametrize("length", [1, 16, 21])
+def test_parity_with_a_decay_of_exactly_zero(length, small_chunks):
+    # Head 1 has A = -inf: each step with dt > 0 forgets its state, and the padding of a partial chunk (dt = 0, at
+    # T = 21) is the identity. dt * -inf made the running sums cs -inf and every decay of the head nan, and
+    # 0 * -inf a padding step's.
+    inputs = _inputs(2, length, 2, 5, 1, 6, seed=21)
+    inputs["A"][1] = -float("inf")
+    inputs["dt"][..., 1] = inputs["dt"][..., 1].clamp(min=0.05)  # (at dt = 0 the derivative by dt is infinite)
+    backend, reference = leaves(inputs, torch.float32, low_precision=())
+    check_parity(f"ssd A=-inf T={length}", triton_kernel("ssd"), get_kernel("ssd", "reference"), backend, reference,
+                 _call, torch.float32, out_dtype=torch.float32)
+    # Identity steps of that head (dt = 0; at T = 1 the decode step): the state as the reference leaves it.
+    inputs["dt"][1, :, 1] = 0.0
+    t = {key: None if value is None else value.to(DEVICE) for key, value in inputs.items()}
+    with torch.no_grad():
+        for got, want, what in zip(_call(triton_kernel("ssd"), t), _call(get_kernel("ssd", "reference"), t),
+                                   ("output", "state")):
+            assert got.isfinite().all(), what
+            torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-4, msg=lambda m: f"ssd identity {what}: {m}")
+
+
+def test_parity_with_a_strong_decay_inside_a_chunk(small_chunks):
+    # One step of dt A = -1e4 first in a chunk, weak ones after it: the running sums' float32 differences lost 2e-3
+    # of the steps after it before dt A was floored at LOG_DECAY_FLOOR.
+    inputs = _inputs(1, 32, 1, 5, 1, 6, seed=22)
+    inputs["dt"] = torch.full_like(inputs["dt"], 0.01)
+    inputs["dt"][0, 16] = 1e4 / -inputs["A"][0]
+    backend, reference = leaves(inputs, torch.float32, low_precision=())
+    check_parity("ssd strong decay", triton_kernel("ssd"), get_kernel("ssd", "reference"), backend, reference,
+                 _call, torch.float32, out_dtype=torch.float32)
+
+
+@pytest.mark.parametrize("chunk_size", [0, -1, True, 2.0, "4", None])
+def test_the_kernel_called_directly_refuses_a_bad_chunk_size(chunk_size):
+    # (the registry checks it at dispatch; called directly, this backend took any value, where the others refuse)
+    t = {key: None if value is None else value.to(DEVICE) for key, value in _inputs(1, 4, 1, 5, 1, 6, 0).items()}
+    with pytest.raises(ValueError, match="ssd: chunk_size must be a positive integer"):
+        triton_kernel("ssd")(t["x"], t["dt"], t["A"], t["B"], t["C"], chunk_size=chunk_size)
+
+
 def test_parity_default_chunk_without_optional_inputs():
     fn = triton_kernel("ssd")
     inputs = _inputs(1, 70, 2, 16, 1, 16, seed=3, with_optional=False)  # float32: 32-step chunks, the last partial

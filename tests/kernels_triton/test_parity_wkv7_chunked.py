@@ -65,6 +65,16 @@ def test_parity_with_strongly_decaying_chunks(chunk16):
     _check("wkv7 chunked strong decay", inputs)
 
 
+@pytest.mark.parametrize("strength", [float("inf"), 1e4], ids=["w=-inf", "w=-1e4"])
+def test_parity_with_a_decay_of_exactly_zero(chunk16, strength):
+    # Two key channels decay to nothing at step 20 (w = -inf; or w = -1e4, exp of it 0 in float32 too): the running
+    # sums c were -inf there, and c_t - c_s nan in every output, state and gradient; -1e4 swamped the float32
+    # differences of the steps after it (errors of 3e-3). w is floored at chunked.LOG_DECAY_FLOOR, as on the CPU.
+    inputs = _inputs(1, 40, 1, 16, 16, seed=8)
+    inputs["w"][0, 20, 0, :2] = -strength
+    _check(f"wkv7 chunked w=-{strength}", inputs)
+
+
 def test_parity_pairwise_form_everywhere(chunk16, monkeypatch):
     monkeypatch.setattr(CHUNKED, "FACTORED_MAX_DECAY", -1.0)  # no chunk qualifies for the factored form
     _check("wkv7 chunked pairwise", _inputs(1, 20, 1, 16, 16, seed=6))

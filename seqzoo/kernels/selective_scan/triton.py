@@ -42,6 +42,9 @@ from .reference import check_inputs
 BLOCK_T = 16
 BLOCK_D = 16
 SEGMENT_TILES = 8
+# A = -inf (a decay of exactly zero) enters as the most negative float32, as the reference reads it: a delta = 0
+# step (a tile's padding, a decode step's identity) is then exp(0) = 1, not exp(0 * -inf) = nan.
+FLOAT32_MIN = tl.constexpr(torch.finfo(torch.float32).min)
 FWD_WARPS = 4
 BWD_WARPS = 8
 
@@ -102,7 +105,8 @@ def _scan_fwd_kernel(u_ptr, dl_ptr, A_ptr, b_ptr, c_ptr, D_ptr, z_ptr, h0_ptr, k
     n = tl.arange(0, BN)
     rows = tl.arange(0, BT)
     m_dn = (d[:, None] < channels) & (n[None, :] < state_size)
-    A = tl.load(A_ptr + d[:, None] * state_size + n[None, :], mask=m_dn, other=0.0).to(tl.float32)  # (BD, N)
+    A = tl.load(A_ptr + d[:, None] * state_size + n[None, :], mask=m_dn, other=0.0).to(tl.float32)
+    A = tl.maximum(A, FLOAT32_MIN)  # (BD, N)
     if HAS_D:
         Dv = tl.load(D_ptr + d, mask=d < channels, other=0.0).to(tl.float32)
     state_off = (bidx * channels + d[:, None]) * state_size + n[None, :]  # (B, Dm, N) contiguous
@@ -147,6 +151,7 @@ def _scan_bwd_kernel(u_ptr, dl_ptr, A_ptr, b_ptr, c_ptr, D_ptr, z_ptr, keep_ptr,
     rows = tl.arange(0, BT)
     m_dn = (d[:, None] < channels) & (n[None, :] < state_size)
     A = tl.load(A_ptr + d[:, None] * state_size + n[None, :], mask=m_dn, other=0.0).to(tl.float32)
+    A = tl.maximum(A, FLOAT32_MIN)
     if HAS_D:
         Dv = tl.load(D_ptr + d, mask=d < channels, other=0.0).to(tl.float32)
     state_off = (bidx * channels + d[:, None]) * state_size + n[None, :]
@@ -242,6 +247,7 @@ def _scan_step_kernel(u_ptr, dl_ptr, A_ptr, b_ptr, c_ptr, D_ptr, z_ptr, h0_ptr, 
     md = d < channels
     m_dn = md[:, None] & (n[None, :] < state_size)
     A = tl.load(A_ptr + d[:, None] * state_size + n[None, :], mask=m_dn, other=0.0).to(tl.float32)
+    A = tl.maximum(A, FLOAT32_MIN)
     u = tl.load(u_ptr + bidx * sub + d * sud, mask=md, other=0.0).to(tl.float32)
     dl = tl.load(dl_ptr + bidx * sdb + d * sdd, mask=md, other=0.0).to(tl.float32)
     bm = tl.load(b_ptr + bidx * sbb + n * sbn, mask=n < state_size, other=0.0).to(tl.float32)

@@ -40,7 +40,7 @@ import triton.language as tl
 from seqzoo.kernels.reset import check_reset
 from seqzoo.kernels.triton_support import refuse_double_backward
 
-from .reference import check_inputs
+from .reference import check_chunk_size, check_inputs
 
 # Chunk lengths (untuned: no GPU was available when this was written). float32 inputs use shorter chunks: exact
 # float32 dots need about twice the shared memory and registers of bf16 ones, and 64-step chunks would need 182 KB of
@@ -48,14 +48,21 @@ from .reference import check_inputs
 CHUNK = 64
 CHUNK_FP32 = 32
 STEP_BLOCK_P = 16
+# A = -inf (a decay of exactly zero) enters as the most negative float32, as the reference reads it: a dt = 0 step (a
+# chunk's padding, an identity step) is then exp(0) = 1, not exp(0 * -inf) = nan. A step's log decay dt A is also
+# floored at LOG_DECAY_FLOOR (exp of it is 0 in float32, as is that of anything below it), as the CPU wkv7 chunked
+# backend floors w: the running sums cs stay finite (-inf - -inf was nan), and a strong decay's magnitude does not
+# swamp the float32 differences cs_l - cs_s of the steps after it.
+FLOAT32_MIN = tl.constexpr(torch.finfo(torch.float32).min)
+LOG_DECAY_FLOOR = tl.constexpr(-120.0)
 
 
 @triton.jit
 def _chunk_decay(dt_ptr, A_ptr, bidx, h, t, length, sdb, sdt, sdh):
     # dt (L,) float32 (0 past the end) and the running log decay cs (L,) inside the chunk.
     dt = tl.load(dt_ptr + bidx * sdb + t * sdt + h * sdh, mask=t < length, other=0.0).to(tl.float32)
-    A = tl.load(A_ptr + h).to(tl.float32)
-    return dt, tl.cumsum(dt * A, axis=0)
+    A = tl.maximum(tl.load(A_ptr + h).to(tl.float32), FLOAT32_MIN)
+    return dt, tl.cumsum(tl.maximum(dt * A, LOG_DECAY_FLOOR), axis=0)
 
 
 @triton.jit
@@ -212,8 +219,9 @@ def _ssd_chunk_bwd_kernel(x_ptr, dt_ptr, A_ptr, b_ptr, c_ptr, D_ptr, reset_ptr, 
     n = tl.arange(0, BN)
     idx = tl.arange(0, L)
     t = c * L + idx
-    A = tl.load(A_ptr + h).to(tl.float32)
+    A = tl.maximum(tl.load(A_ptr + h).to(tl.float32), FLOAT32_MIN)
     dt, cs = _chunk_decay(dt_ptr, A_ptr, bidx, h, t, length, sdb, sdt, sdh)
+    floored = dt * A < LOG_DECAY_FLOOR  # (these steps' log decays are the floor: no gradient reaches dt or A there)
     cs_last = _last(cs, idx, L)
     x = _load_2d(x_ptr, bidx * sxb + h * sxh, t, p, sxt, sxp, length, head_dim).to(tl.float32)  # (L, P)
     dy = _load_2d(dy_ptr, bidx * sgb + h * sgh, t, p, sgt, sgp, length, head_dim).to(tl.float32)  # (L, P)
@@ -258,6 +266,7 @@ def _ssd_chunk_bwd_kernel(x_ptr, dt_ptr, A_ptr, b_ptr, c_ptr, D_ptr, reset_ptr, 
             tl.store(dD_ptr + pid_bh * num_chunks + c, tl.sum(tl.sum(dy * x, axis=1), axis=0))
         # cs_l = sum_{j<=l} dt_j A: the gradient of dt_j A is the reverse cumulative sum of dcs.
         d_dtA = tl.cumsum(dcs, axis=0, reverse=True)
+        d_dtA = tl.where(floored, 0.0, d_dtA)
         ddt += A * d_dtA
         tl.store(dA_ptr + pid_bh * num_chunks + c, tl.sum(dt * d_dtA, axis=0))
         tl.store(dx_ptr + ((bidx * length + t[:, None]) * heads + h) * head_dim + p[None, :], dx,
@@ -297,7 +306,7 @@ def _ssd_step_kernel(x_ptr, dt_ptr, A_ptr, b_ptr, c_ptr, D_ptr, h0_ptr, reset_pt
     state_off = (pid_bh * head_dim + p[:, None]) * state_size + n[None, :]
     S = (dt * x)[:, None] * bm[None, :]
     if HAS_H0:
-        decay = tl.exp(dt * tl.load(A_ptr + h).to(tl.float32))
+        decay = tl.exp(dt * tl.maximum(tl.load(A_ptr + h).to(tl.float32), FLOAT32_MIN))
         if HAS_RESET:
             decay = decay * (1.0 - tl.load(reset_ptr + bidx))  # (B, 1) resets: no state enters a document's start
         S += decay * tl.load(h0_ptr + state_off, mask=m_pn, other=0.0)
@@ -433,6 +442,7 @@ def ssd(x, dt, A, B, C, D=None, *, initial_state=None, chunk_size=64, reset=None
     accepted for signature parity, the kernels use chunks of CHUNK (CHUNK_FP32 for float32) steps; ``reset``
     (B, T): the state entering a token marked True is zero."""
     check_inputs(x, dt, A, B, C, D, initial_state)
+    check_chunk_size(chunk_size)  # (checked as every backend checks it, though no tile reads it)
     batch, length, heads, head_dim = x.shape
     reset = check_reset("ssd", reset, batch, length)
     resets = None if reset is None else reset.float().contiguous()  # (B, T): 1.0 where a document begins

@@ -38,6 +38,7 @@ import triton.language as tl
 
 from seqzoo.kernels.triton_support import refuse_double_backward
 
+from . import chunked
 from . import triton as fused
 from .reference import check_inputs
 
@@ -49,6 +50,10 @@ STATE_STAGES = 2
 # exp(+-g/2) factors stay below exp(30) for chunks that decay by at most 60, far inside float32 (the CPU backend's
 # bound). RWKV-7 models decay by at most 32 * exp(-0.5) = 19.4 per chunk of 32.
 FACTORED_MAX_DECAY = 60.0
+# w is floored here as the CPU chunked backend floors it (chunked.LOG_DECAY_FLOOR; exp of it is 0 in float32): w =
+# -inf made the running sums c -inf, and c_t - c_s nan; a finite but strong decay swamped the differences of the
+# steps after it. No gradient reaches a floored w (exp(w) is 0 there, as in the reference's own derivative).
+LOG_DECAY_FLOOR = tl.constexpr(chunked.LOG_DECAY_FLOOR)
 
 
 @triton.jit
@@ -111,6 +116,7 @@ def _row(x, idx, s):
 @triton.jit
 def _decays(w, Q: tl.constexpr):
     # c_t = w_0 + ... + w_t, cb_t = c_{t-1} (c_{-1} = 0), and g = c_{Q-1}: the chunk's total log decay per channel.
+    w = tl.maximum(w, LOG_DECAY_FLOOR)
     c = tl.cumsum(w, axis=0)
     return c, c - w, _row(c, tl.arange(0, Q), Q - 1)
 
@@ -398,6 +404,8 @@ def _bwd_grads_kernel(r_ptr, w_ptr, k_ptr, v_ptr, a_ptr, b_ptr, dy_ptr, states_p
     # w_j enters c_t for t >= j, cb_t for t > j and g: reverse cumulative sums.
     dw = (tl.sum(dc, axis=0)[None, :] - tl.cumsum(dc, axis=0) + dc
           + tl.sum(dcb, axis=0)[None, :] - tl.cumsum(dcb, axis=0) + d_gamma[None, :])
+    floored = _load_chunk(w_ptr, bidx, h, chunk, length, heads, key_dim, 0, Q, BK) < LOG_DECAY_FLOOR
+    dw = tl.where(floored, 0.0, dw)
     _store_chunk(dr_ptr, dr, bidx, h, chunk, length, heads, key_dim, 0, Q, BK)
     _store_chunk(dw_ptr, dw, bidx, h, chunk, length, heads, key_dim, 0, Q, BK)
     _store_chunk(dk_ptr, dk, bidx, h, chunk, length, heads, key_dim, 0, Q, BK)
