@@ -57,19 +57,37 @@ class SinusoidalPositions(_KeptInFullPrecision):
         return self.table[position_ids]  # (B, T, D), float32 in a half-precision model: cast by the caller
 
 
+def rope_inv_freq(head_dim: int, theta: float, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """RoPE's (head_dim / 2,) inverse frequencies theta^(-2i / head_dim), computed in ``dtype``."""
+    return 1.0 / (theta ** (torch.arange(0, head_dim, 2, dtype=dtype) / head_dim))
+
+
 class RotaryEmbedding(_KeptInFullPrecision):
-    """Returns (cos, sin) for the given positions; apply with :func:`apply_rotary`."""
+    """Returns (cos, sin) for the given positions; apply with :func:`apply_rotary`. In float32 (for a half-precision
+    model too), in float64 for a float64 model."""
 
     KEPT = "inv_freq"
 
     def __init__(self, head_dim: int, theta: float = 10000.0) -> None:
         super().__init__()
-        inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim))
-        self.register_buffer("inv_freq", inv_freq, persistent=False)
+        self.head_dim, self.theta = head_dim, theta
+        self.register_buffer("inv_freq", rope_inv_freq(head_dim, theta), persistent=False)
+
+    def _apply(self, fn, recurse=True):  # noqa: ANN001, ANN202 -- torch.nn.Module's own signature
+        before = self.inv_freq.dtype
+        result = super()._apply(fn, recurse)
+        if self.inv_freq.dtype == torch.float64 and before != torch.float64:  # (.double(): exact, not float32's)
+            self.inv_freq = rope_inv_freq(self.head_dim, self.theta, torch.float64).to(self.inv_freq.device)
+        return result
 
     @torch.no_grad()
     def forward(self, x: torch.Tensor, position_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        freqs = position_ids[..., None].float() * self.inv_freq.to(x.device)  # (B, T, D/2)
+        inv_freq = self.inv_freq
+        if x.dtype == torch.float64 and inv_freq.dtype != torch.float64:
+            # A model built or loaded in float64 keeps the float32 buffer its __init__ made (from_pretrained casts
+            # parameters, not buffers): its positions are rotated in float64 all the same, as after .double().
+            inv_freq = rope_inv_freq(self.head_dim, self.theta, torch.float64)
+        freqs = position_ids[..., None].to(inv_freq.dtype) * inv_freq.to(x.device)  # (B, T, D/2)
         emb = torch.cat((freqs, freqs), dim=-1)  # (B, T, D)
         return emb.cos().to(x.dtype), emb.sin().to(x.dtype)
 

@@ -18,7 +18,7 @@ from transformers.modeling_outputs import SequenceClassifierOutput, TokenClassif
 
 from seqzoo.models.compat import check_kwargs
 from seqzoo.models.configuration_utils import POOLINGS, PROBLEM_TYPES, require_choice
-from seqzoo.models.inputs import check_label_range, index_labels
+from seqzoo.models.inputs import check_label_range, float64_token_loss, index_labels
 from seqzoo.models.modeling_utils import SeqzooPreTrainedModel, forward_parameters
 from seqzoo.models.packing import find_packing
 
@@ -172,8 +172,10 @@ class SeqzooForTokenClassification(_ClassifierHead):
         loss = None
         if labels is not None:
             labels = index_labels(labels, logits.shape[:2], self.num_labels, "num_labels", "class indices")
-            loss = self.loss_function(logits=logits, labels=labels, config=self.config,
-                                      num_items_in_batch=kwargs.get("num_items_in_batch"))
+            loss = float64_token_loss(self.loss_function, logits, labels, kwargs.get("num_items_in_batch"))
+            if loss is None:
+                loss = self.loss_function(logits=logits, labels=labels, config=self.config,
+                                          num_items_in_batch=kwargs.get("num_items_in_batch"))
         return_dict = return_dict if return_dict is not None else self.config.return_dict
         attentions = getattr(outputs, "attentions", None)
         if not return_dict:

@@ -10,6 +10,7 @@ from typing import Any
 
 import torch
 from torch import nn
+from transformers.loss.loss_utils import ForCausalLMLoss, ForTokenClassification, fixed_cross_entropy
 
 from seqzoo.cache import ATTENTION, SeqzooCache
 
@@ -194,6 +195,23 @@ def index_labels(labels: Any, shape: tuple[int, ...], bound: int, bound_name: st
     labels = labels.long()
     check_label_range(labels, bound, bound_name, what)
     return labels
+
+
+def float64_token_loss(loss_function: Any, logits: torch.Tensor, labels: torch.Tensor,
+                       num_items_in_batch: Any) -> torch.Tensor | None:
+    """For float64 ``logits`` under transformers' own causal-LM (``ForCausalLMLoss``: labels shifted left) or
+    token-classification loss, that loss computed in float64, else None (the model's ``loss_function`` then runs):
+    transformers' casts the logits to float32 first, so a float64 model got a float32 loss (README: a float64 model
+    computes in float64 throughout). The same reduction: the mean over scored labels, or their sum divided by
+    ``num_items_in_batch``."""
+    if logits.dtype != torch.float64:
+        return None
+    if loss_function is ForCausalLMLoss:
+        labels = nn.functional.pad(labels, (0, 1), value=-100)[..., 1:]
+    elif loss_function is not ForTokenClassification:
+        return None  # (a loss function of the user's computes as it computes)
+    return fixed_cross_entropy(logits.reshape(-1, logits.shape[-1]), labels.reshape(-1).to(logits.device),
+                               num_items_in_batch, -100)
 
 
 def check_mask_values(attention_mask: torch.Tensor) -> bool:

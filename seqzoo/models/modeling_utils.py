@@ -57,7 +57,7 @@ from seqzoo.models.generation import (
 )
 from seqzoo.models.generation_setup import ATTRIBUTE as GENERATION_DEFAULTS
 from seqzoo.models.generation_setup import PreparedGeneration, signature_read_once
-from seqzoo.models.inputs import index_labels
+from seqzoo.models.inputs import float64_token_loss, index_labels
 from seqzoo.models.loading import (
     check_checkpoint_model_type,
     check_finite_weights,
@@ -494,10 +494,12 @@ class SeqzooForCausalLM(SeqzooPreTrainedModel, PreparedGeneration, GenerationMix
             loss = None
             if labels is not None:
                 labels = index_labels(labels, logits.shape[:2], self.config.vocab_size, "vocab_size", "token ids")
-                loss = self.loss_function(
-                    logits=logits, labels=labels, vocab_size=self.config.vocab_size,
-                    num_items_in_batch=kwargs.get("num_items_in_batch"),
-                )
+                loss = float64_token_loss(self.loss_function, logits, labels, kwargs.get("num_items_in_batch"))
+                if loss is None:
+                    loss = self.loss_function(
+                        logits=logits, labels=labels, vocab_size=self.config.vocab_size,
+                        num_items_in_batch=kwargs.get("num_items_in_batch"),
+                    )
         # The plan of the cache's later decode steps, made once after its prefill or its first step (each planned
         # step checks that it is a plain decode step of the model the plan was made from).
         plan_steps = getattr(type(backbone), "plan_steps", None)

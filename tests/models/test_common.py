@@ -579,3 +579,49 @@ def test_eager_attention_in_float64_keeps_a_left_padded_row_exact(preset):
         padded = model(ids, attention_mask=mask).logits[1, -3:]
         alone = model(torch.tensor([PROMPTS[0][:3]])).logits[0]
     torch.testing.assert_close(padded, alone)
+
+
+@pytest.mark.parametrize("preset", families_where("can_generate"))
+def test_a_float64_models_loss_is_float64(preset):
+    # (transformers' causal-LM and token-classification losses cast the logits to float32 first: the loss of a
+    # float64 model was float32, 1e-7 off its float64 value; README, a float64 model computes in float64 throughout)
+    from seqzoo.registry import architecture_for_model_type
+    from tests.conftest import tiny_config
+
+    ids = torch.tensor([PROMPTS[0], PROMPTS[0][::-1]])
+    model = tiny_model(preset).double()
+    out = model(ids, labels=ids)
+    assert out.loss.dtype == torch.float64
+    expected = torch.nn.functional.cross_entropy(out.logits[:, :-1].reshape(-1, out.logits.shape[-1]),
+                                                 ids[:, 1:].reshape(-1))
+    assert out.loss.item() == expected.item()
+    summed = model(ids, labels=ids, num_items_in_batch=torch.tensor(5)).loss
+    torch.testing.assert_close(summed, expected * ids[:, 1:].numel() / 5, rtol=1e-15, atol=0)
+    config = tiny_config(preset, num_labels=3)
+    tagger = architecture_for_model_type(config.model_type).heads["token-classification"](config).double().eval()
+    tags = torch.tensor([[0, 1, 2, 1, -100, 0, 2], [2, 2, 0, 1, 1, -100, 0]])
+    out = tagger(ids, labels=tags)
+    assert out.loss.dtype == torch.float64
+    assert out.loss.item() == torch.nn.functional.cross_entropy(out.logits.reshape(-1, 3), tags.reshape(-1)).item()
+
+
+@pytest.mark.parametrize("preset", [p for p in families_where("can_generate")
+                                    if "transformer" in p.id or "hybrid" in p.id])
+def test_a_float64_model_rotates_positions_in_float64_however_it_was_made(preset, tmp_path):
+    # (a model built or loaded in float64 kept its float32 RoPE frequencies; .double() computed them in float64 from
+    # float32's values: three models of the same weights, three sets of logits, 7e-6 apart at position 4000; at 1000
+    # here, below the learned and sinusoidal tables' ends)
+    model = tiny_model(preset).double()
+    model.save_pretrained(tmp_path)
+    loaded = AutoModelForCausalLM.from_pretrained(tmp_path, dtype=torch.float64).eval()
+    ids = torch.tensor([PROMPTS[0]])
+    positions = torch.arange(1000, 1000 + ids.shape[1])[None]
+    with torch.no_grad():
+        want = model(ids, position_ids=positions).logits
+        # (to float64's rounding: the loaded model's attention may run another kernel)
+        torch.testing.assert_close(loaded(ids, position_ids=positions).logits, want, rtol=1e-12, atol=1e-13)
+    for name, buffer in model.named_buffers():
+        if name.endswith("inv_freq"):
+            head_dim = 2 * buffer.numel()
+            theta = model.config.rope_theta
+            assert torch.equal(buffer, 1.0 / theta ** (torch.arange(0, head_dim, 2, dtype=torch.float64) / head_dim))

@@ -79,6 +79,23 @@ def test_loss_is_the_cross_entropy_of_the_labels_shifted_in(preset):
     torch.testing.assert_close(model.prepare_decoder_input_ids_from_labels(labels), shifted)
 
 
+def test_a_float64_models_loss_is_float64_and_a_compiled_forward_takes_labels(preset):
+    # (the loss was float32: logits.float(); and torch.compile(fullgraph=True) failed on labels holding -100, whose
+    # shift into decoder_input_ids read the tensor's values to decide whether to fill the pad token in)
+    model = tiny_model(preset)
+    ids, mask = padded()
+    labels = torch.randint(3, 99, (3, 5))
+    labels[2, 2:] = -100
+    out = model.double()(ids, attention_mask=mask, labels=labels)
+    assert out.loss.dtype == torch.float64
+    assert out.loss.item() == F.cross_entropy(out.logits.reshape(-1, 99), labels.reshape(-1)).item()
+    model.float()
+    compiled = torch.compile(model, fullgraph=True, backend="eager")(ids, attention_mask=mask, labels=labels)
+    eager = model(ids, attention_mask=mask, labels=labels)
+    torch.testing.assert_close(compiled.loss, eager.loss)
+    torch.testing.assert_close(compiled.logits, eager.logits)
+
+
 def test_decoder_inputs_given_beside_labels_are_used_and_num_items_in_batch_divides_the_summed_loss(preset):
     """As transformers' seq2seq models: labels are shifted into decoder_input_ids only when none are given; under
     gradient accumulation (Trainer passes num_items_in_batch) the loss is the summed cross-entropy over that count."""

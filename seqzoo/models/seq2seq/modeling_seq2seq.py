@@ -470,18 +470,21 @@ def shift_tokens_right(labels: torch.Tensor, pad_token_id: int | None, decoder_s
                              "DataCollatorForSeq2Seq), or pass decoder_input_ids and decoder_attention_mask")
     shifted = labels.new_full(labels.shape, decoder_start_token_id)
     shifted[:, 1:] = labels[:, :-1]
-    if bool((shifted == -100).any()):
-        if pad_token_id is None:
+    holes = shifted == -100
+    if pad_token_id is None:
+        # (read only outside a trace, as the checks above: a compiled forward takes pad_token_id from the config)
+        if not torch.compiler.is_compiling() and bool(holes.any()):
             raise ValueError("labels hold -100 (ignored positions), which become the pad token in "
                              "decoder_input_ids: set config.pad_token_id")
-        shifted = shifted.masked_fill(shifted == -100, pad_token_id)
-    return shifted
+        return shifted
+    return shifted.masked_fill(holes, pad_token_id)  # (without reading the tensor: torch.compile traces it whole)
 
 
 def _token_loss(logits: torch.Tensor, labels: torch.Tensor, num_items_in_batch: Any = None) -> torch.Tensor:
     """Mean cross-entropy over the scored labels; with ``num_items_in_batch`` (Trainer under gradient
     accumulation), the sum divided by it."""
-    flat_logits, flat_labels = logits.float().reshape(-1, logits.shape[-1]), labels.reshape(-1).to(logits.device)
+    wide = logits.to(torch.promote_types(logits.dtype, torch.float32))  # (a float64 model's loss in float64)
+    flat_logits, flat_labels = wide.reshape(-1, logits.shape[-1]), labels.reshape(-1).to(logits.device)
     if num_items_in_batch is None:
         return F.cross_entropy(flat_logits, flat_labels, ignore_index=-100)
     total = F.cross_entropy(flat_logits, flat_labels, ignore_index=-100, reduction="sum")

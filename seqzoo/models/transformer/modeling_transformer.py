@@ -15,7 +15,7 @@ from seqzoo.layers.attention import SelfAttention
 from seqzoo.layers.mixer import Block, SharedValues
 from seqzoo.layers.mlp import MLP, GatedMLP
 from seqzoo.layers.norms import make_norm
-from seqzoo.layers.positions import RotaryEmbedding, SinusoidalPositions
+from seqzoo.layers.positions import RotaryEmbedding, SinusoidalPositions, rope_inv_freq
 from seqzoo.models.compat import as_returned, model_output
 from seqzoo.models.compat import causal_mask as causal_mask_for
 from seqzoo.models.decode_step import is_plain_decode_step, prepare_step_inputs
@@ -72,9 +72,8 @@ class TransformerPreTrainedModel(SeqzooPreTrainedModel):
             if getattr(module, "bias", None) is not None:
                 init.zeros_(module.bias)
         elif isinstance(module, RotaryEmbedding):
-            head_dim = self.config.head_dim
-            inv_freq = 1.0 / (self.config.rope_theta ** (torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim))
-            init.copy_(module.inv_freq, inv_freq)
+            # (in the buffer's dtype: float64 where .double() made it so, else float32)
+            init.copy_(module.inv_freq, rope_inv_freq(module.head_dim, self.config.rope_theta, module.inv_freq.dtype))
         elif isinstance(module, SinusoidalPositions):
             from seqzoo.layers.positions import sinusoidal_table
 
