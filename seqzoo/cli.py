@@ -335,7 +335,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("preset", help="a model preset from `seqzoo list`, e.g. lstm-small")
     p.add_argument("directory", help="folder to write (created; must be empty unless --force)")
     p.add_argument("--seed", type=seed_value, default=0, help="seed of the random initialisation (default: 0)")
-    p.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE",
+    p.add_argument("--set", nargs="+", action="extend", default=[], metavar="KEY=VALUE",
                    help="config field overrides, e.g. --set hidden_size=128 dropout=0.1")
     p.add_argument("--force", action="store_true",
                    help="write into a folder that is not empty, replacing the model it held (its weights, shards, "

@@ -40,7 +40,7 @@ def register(sub: Any) -> None:
     p.add_argument("--device", default="cpu", help="cpu (default), cuda, cuda:N or mps")
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"],
                    help="dtype to load the weights in (default: float32)")
-    p.add_argument("--kernel", nargs="+", default=[], metavar="OP=BACKEND",
+    p.add_argument("--kernel", nargs="+", action="extend", default=[], metavar="OP=BACKEND",
                    help="force kernel backends, e.g. --kernel lstm=reference (see `seqzoo kernels`)")
     p.add_argument("--no-stream", action="store_true", help="print once at the end instead of streaming")
     p.add_argument("--compile", nargs="?", const="inductor", metavar="BACKEND",

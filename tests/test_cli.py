@@ -687,6 +687,23 @@ def test_one_override_parser():
         parse_overrides(["=3"])
 
 
+@pytest.mark.parametrize("argv, dest, expected", [
+    (["new", "lstm-tiny", "x", "--set", "hidden_size=32", "--set", "dropout=0.3"], "set",
+     ["hidden_size=32", "dropout=0.3"]),
+    (["generate", "m", "p", "--kernel", "lstm=reference", "--kernel", "gru=reference"], "kernel",
+     ["lstm=reference", "gru=reference"]),
+    (["convert", "word-lm", "a.pt", "out", "--set", "bos_token_id=0", "--set", "eos_token_id=1"], "set",
+     ["bos_token_id=0", "eos_token_id=1"]),
+    (["lab", "--distances", "4", "--distances", "8", "16", "--seeds", "0", "--seeds", "2"], "distances", [4, 8, 16]),
+    (["lab", "--architectures", "lstm", "--architectures", "gru"], "architectures", ["lstm", "gru"]),
+    (["lab", "sweep", "--rates", "0.01", "--rates", "0.02"], "rates", [0.01, 0.02]),
+])
+def test_a_list_option_given_twice_adds_to_its_list(argv, dest, expected):
+    # (the second replaced the first without a word: `--set hidden_size=32 --set dropout=0.3` made a model of the
+    # preset's width, and `--kernel` a typo in the first never reported)
+    assert getattr(build_parser().parse_args(argv), dest) == expected
+
+
 def test_a_misspelt_seqzoo_environment_variable_is_said(monkeypatch, capsys):
     monkeypatch.setenv("SEQZOO_KERNEL", "lstm=reference")
     assert main(["list"]) == 0

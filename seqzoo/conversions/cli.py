@@ -124,7 +124,7 @@ def add_mamba_ssm(sources: Any) -> None:
 def add_rwkv7(sources: Any) -> None:
     p = sources.add_parser("rwkv7", help="RWKV-LM RWKV-7 'x070' .pth checkpoint -> seqzoo RWKV-7")
     _common(p, ".pth state dict saved by RWKV-LM (RWKV-7 x070)")
-    p.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE",
+    p.add_argument("--set", nargs="+", action="extend", default=[], metavar="KEY=VALUE",
                    help="config fields the checkpoint does not fix: pad/bos/eos_token_id, layer_norm_eps, "
                         "group_norm_eps (RWKV World models use bos_token_id=0 eos_token_id=0, what "
                         "--world-tokenizer sets unless --set says otherwise)")
@@ -181,13 +181,14 @@ def add_word_lm(sources: Any) -> None:
     _common(p, ".pt file of torch.save(model.state_dict(), f) (encoder.weight, rnn.weight_ih_l0 ..., decoder.*)")
     p.add_argument("--nonlinearity", choices=["tanh", "relu"], default=None,
                    help="the nonlinearity of an nn.RNN (its state dict does not record it; required for one)")
-    p.add_argument("--key-map", nargs="*", default=[], metavar="THEIRS=OURS",
+    p.add_argument("--key-map", nargs="*", action="extend", default=[], metavar="THEIRS=OURS",
                    help="rename modules or keys onto the example's names, e.g. embedding=encoder lstm=rnn fc=decoder")
     p.add_argument("--vocab", default=None, metavar="FILE",
                    help="the vocabulary, one word per line in id order; saves a word-level tokenizer with the model")
     p.add_argument("--hidden", default=None, metavar="FILE",
                    help="a hidden state saved with torch.save(hidden, f); written as hidden_state.safetensors")
-    p.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE", help="dropout, pad/bos/eos_token_id")
+    p.add_argument("--set", nargs="+", action="extend", default=[], metavar="KEY=VALUE",
+                   help="dropout, pad/bos/eos_token_id")
 
     def run(args: argparse.Namespace) -> int:
         import seqzoo  # noqa: F401

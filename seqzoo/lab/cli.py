@@ -33,10 +33,14 @@ def learning_rate(text: str) -> float:
 
 class Distinct(argparse.Action):
     """A list option whose values must differ (--distances, --seeds, --tasks, --rates): each value names runs, or a
-    column of the report, so a repeat is a mistake (which the lab's settings refused naming their own fields)."""
+    column of the report, so a repeat is a mistake (which the lab's settings refused naming their own fields). The
+    option given twice adds to its list (``--distances 4 --distances 8`` is ``--distances 4 8``), as every list
+    option of the command line does: the second replaced the first."""
 
     def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: Any,
                  option_string: str | None = None) -> None:
+        before = getattr(namespace, self.dest, None)
+        values = [*(() if before is None or before is self.default else before), *values]
         repeated = [value for i, value in enumerate(values) if value in values[:i]]
         if repeated:
             raise argparse.ArgumentError(self, f"{' '.join(map(str, dict.fromkeys(repeated)))} given more than "
@@ -76,7 +80,7 @@ def register(subparsers: Any) -> None:
                         "and train only the rest; give the options it ran with")
     p.add_argument("--smoke", action="store_true", help="a seconds-long run of every code path (for CI); its "
                    "figures mean nothing")
-    p.add_argument("--architectures", nargs="+", metavar="ARCH", help=ARCHITECTURES_HELP)
+    p.add_argument("--architectures", nargs="+", action="extend", metavar="ARCH", help=ARCHITECTURES_HELP)
     p.add_argument("--tasks", nargs="+", choices=TASK_NAMES, metavar="TASK", action=Distinct,
                    help=f"memory tasks (default: all: {' '.join(TASK_NAMES)})")
     p.add_argument("--distances", nargs="+", type=memory_distance, metavar="D", action=Distinct,
@@ -100,7 +104,7 @@ def register(subparsers: Any) -> None:
     g.add_argument("--out", default="lab-gradients",
                    help="folder for gradients.md and gradients.png (default: lab-gradients)")
     g.add_argument("--length", type=gradient_length, default=256, help="sequence length in tokens (default: 256)")
-    g.add_argument("--architectures", nargs="+", metavar="ARCH", help=ARCHITECTURES_HELP)
+    g.add_argument("--architectures", nargs="+", action="extend", metavar="ARCH", help=ARCHITECTURES_HELP)
     g.add_argument("--seed", type=training_seed, default=0, help="seed of the model and the input (default: 0)")
     g.add_argument("--force", action="store_true", help="replace gradients.md / gradients.png already in --out")
     g.set_defaults(func=cmd_gradients)
@@ -131,7 +135,7 @@ def register(subparsers: Any) -> None:
                                 "--smoke)")
     b.add_argument("--force", action="store_true", help="replace the bidirectional report already in --out")
     b.add_argument("--smoke", action="store_true", help="a seconds-long run of every code path (for CI)")
-    b.add_argument("--architectures", nargs="+", metavar="ARCH",
+    b.add_argument("--architectures", nargs="+", action="extend", metavar="ARCH",
                    help="architectures (default: every one that can be bidirectional: rnn lstm gru mamba mamba2 rwkv7)")
     b.add_argument("--tasks", nargs="+", choices=BIDIRECTIONAL_TASKS, metavar="TASK", action=Distinct,
                    help=f"tasks (default: both: {' '.join(BIDIRECTIONAL_TASKS)})")
@@ -148,7 +152,7 @@ def register(subparsers: Any) -> None:
                                    "the rates to keep in seqzoo/lab/recipes.py. Writes sweep.md and results.json.")
     s.add_argument("--out", default="lab-sweep", help="folder for sweep.md and results.json (default: lab-sweep)")
     s.add_argument("--force", action="store_true", help="replace the sweep already in --out")
-    s.add_argument("--architectures", nargs="+", metavar="ARCH", help=ARCHITECTURES_HELP)
+    s.add_argument("--architectures", nargs="+", action="extend", metavar="ARCH", help=ARCHITECTURES_HELP)
     s.add_argument("--rates", nargs="+", type=learning_rate, metavar="LR", action=Distinct,
                    help="learning rates (default: 3e-3 1e-2 3e-2)")
     s.add_argument("--workers", type=worker_count, help="parallel single-threaded training processes")

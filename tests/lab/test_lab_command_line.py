@@ -49,6 +49,8 @@ ROOT = Path(__file__).resolve().parents[2]
     (["lab", "sweep", "--rates", "0.01", "1.5"], "seqzoo lab sweep: argument --rates: 1.5 is out of range: a "
                                                  "learning rate in (0, 1)"),
     (["lab", "sweep", "--rates", "0.01", "0.01"], "seqzoo lab sweep: argument --rates: 0.01 given more than once"),
+    # The option given twice adds to its list, so a value in both is a repeat too.
+    (["lab", "--distances", "4", "16", "--distances", "4"], "seqzoo lab: argument --distances: 4 given more than once"),
 ])
 def test_a_bad_option_value_is_named_as_typed(argv, message, capsys, monkeypatch):
     """`seqzoo lab --steps 0` said "lab setting task_steps=0 is invalid": the setting the option fills, which the
