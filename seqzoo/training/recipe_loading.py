@@ -158,6 +158,10 @@ def apply_override(values: dict[str, Any], key: str, value: Any) -> str:
     if key == "task" and value in TRAINED_TASKS:
         values["task"] = value
         return "task"
+    if key == "task" and isinstance(value, str) and (close := difflib.get_close_matches(value, TRAINED_TASKS, 1, 0.8)):
+        # (a misspelt recipe task went on to data.task, whose error named data.source and no recipe task)
+        raise ValueError(f"override task={value!r} names neither what a recipe trains ({', '.join(TRAINED_TASKS)}) "
+                         f"nor a data task; did you mean task={close[0]}?")
     if len(parts) == 1 and key not in ("name", "output_dir"):
         owners = [s for s, cls in SECTIONS.items() if key in {f.name for f in fields(cls)}]
         if len(owners) != 1:

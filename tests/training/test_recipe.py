@@ -475,6 +475,13 @@ def test_a_bare_task_override_is_the_memory_task_or_what_the_recipe_trains():
     assert values == {"model": {"preset": "lstm-tiny"}, "data": {"task": "copy"}}
     apply_override(values, "task", "token-classification")  # (no data task has a trained task's name)
     assert values["task"] == "token-classification" and values["data"] == {"task": "copy"}
+    # A misspelt recipe task went on to data.task, and was reported as a data field that data.source does not read.
+    with pytest.raises(ValueError, match=r"override task='sequence-clasification' names neither what a recipe "
+                                         r"trains \(causal-lm, .*\) nor a data task; did you mean "
+                                         r"task=sequence-classification"):
+        apply_override(values, "task", "sequence-clasification")
+    apply_override(values, "task", "cpy")  # (a data task's typo is named by data.task's own check, with its names)
+    assert values["data"] == {"task": "cpy"}
 
 
 @pytest.mark.parametrize("preset, overrides, field", [
