@@ -7,7 +7,9 @@ from __future__ import annotations
 import calendar
 import json
 import logging
+import os
 import re
+from pathlib import Path
 
 import pytest
 import torch
@@ -221,6 +223,25 @@ def test_show_attention_refuses_a_language_model_and_a_model_without_attention(t
     assert "need an encoder-decoder (seq2seq) model" in capsys.readouterr().err
     with pytest.raises(ValueError, match=r"no attention over its source \(attention='none'\)"):
         attention_map(tiny_model("seq2seq-sutskever-tiny"), byte_tokenizer(), "abc")
+
+
+@pytest.mark.skipif(not Path("/proc").is_dir() or os.access("/proc", os.W_OK) is False,
+                    reason="needs /proc, which os.access calls writable (as root)")
+def test_a_plot_folder_that_takes_no_file_is_refused_before_the_decode():
+    # os.access answers yes to root for /proc and /sys: the plot failed after the decode, /proc's as "No such file
+    # or directory". A file is made and removed beside it instead.
+    from seqzoo.models.seq2seq.inspection import check_plot_path
+
+    with pytest.raises(ValueError, match=r"cannot write a plot to '/proc/map.png': the folder '/proc' takes no new "
+                                         r"file \("):
+        check_plot_path("/proc/map.png")
+
+
+def test_a_plot_check_leaves_nothing_behind(tmp_path):
+    from seqzoo.models.seq2seq.inspection import check_plot_path
+
+    check_plot_path(tmp_path / "map.png")
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_attention_map_of_a_given_target_is_the_models_cross_attention():

@@ -13,6 +13,7 @@ Not part of the models' Hub bundle: these helpers need seqzoo.
 from __future__ import annotations
 
 import os
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -188,6 +189,16 @@ def check_plot_path(path: str | Path) -> Any:
         raise ValueError(f"cannot write a plot to {str(path)!r}: the folder {str(path.parent)!r} {what}")
     if not os.access(path if path.exists() else path.parent, os.W_OK):
         raise ValueError(f"cannot write a plot to {str(path)!r}: permission denied")
+    if not path.exists():
+        # os.access answers yes to root anywhere, and of /proc or /sys: a file made and removed beside it says whether
+        # one can be written there (they refused the plot after the decode, /proc's as "No such file or directory").
+        try:
+            handle, probe = tempfile.mkstemp(dir=path.parent, prefix=".seqzoo-plot-", suffix=path.suffix)
+        except OSError as err:
+            raise ValueError(f"cannot write a plot to {str(path)!r}: the folder {str(path.parent)!r} takes no new "
+                             f"file ({err.strerror or err})") from None
+        os.close(handle)
+        os.unlink(probe)
     return plt
 
 
