@@ -14,7 +14,7 @@ import contextlib
 import inspect
 import numbers
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from types import SimpleNamespace
 from typing import Any
 
@@ -226,6 +226,22 @@ def check_continued_cache(model: nn.Module, args: tuple, kwargs: dict[str, Any])
             f"{given}: pass the tokens the cache was built from followed by the new ones (generate() advances the "
             "cache it is given in place; to continue one cache more than once, pass copy.deepcopy(cache) each time)"
         )
+
+
+_TENSOR_INPUTS = ("inputs", "input_ids", "inputs_embeds", "attention_mask", "decoder_input_ids",
+                  "decoder_attention_mask")
+
+
+def check_generate_tensors(model: nn.Module, args: tuple, kwargs: dict[str, Any]) -> None:
+    """Refuse a prompt or mask given to ``generate()`` as anything but a tensor (a list of ids failed inside
+    transformers with "'list' object has no attribute 'shape'")."""
+    for name, value in (("inputs", args[0] if args else None), *((key, kwargs.get(key)) for key in _TENSOR_INPUTS)):
+        if value is not None and not isinstance(value, torch.Tensor):
+            hint = ("a tokenizer's output is passed as keywords: generate(**inputs)" if isinstance(value, Mapping)
+                    else "torch.tensor([[...]]) makes one of a list, or call the tokenizer with return_tensors='pt'")
+            shape = "(batch, sequence_length, hidden_size)" if name == "inputs_embeds" else "(batch, sequence_length)"
+            raise TypeError(f"{type(model).__name__}.generate: {name} must be a torch.Tensor of shape {shape}; got "
+                            f"{type(value).__name__} ({hint})")
 
 
 def check_generate_mask(model: nn.Module, args: tuple, kwargs: dict[str, Any]) -> None:

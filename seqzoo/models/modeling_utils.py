@@ -45,6 +45,7 @@ from seqzoo.models.generation import (
     check_continued_cache,
     check_generate_cache,
     check_generate_mask,
+    check_generate_tensors,
     decode_step_inputs,
     drop_generate_only_inputs,
     explained_assisted_refusal,
@@ -706,6 +707,7 @@ class SeqzooForCausalLM(SeqzooPreTrainedModel, PreparedGeneration, GenerationMix
         release (or under its older names ``past_key_values`` / ``cache_params``). A right-padded prompt is decoded
         padded on the left (:func:`~seqzoo.models.generation.prompt_padded_on_the_left`), and put back as it was
         given in the returned sequences and cache."""
+        check_generate_tensors(self, args, kwargs)
         cache = take_cache(cache, kwargs)
         config = generation_settings(self, args, kwargs)
         check_cache_implementation(self, config, kwargs)

@@ -235,3 +235,21 @@ def test_continuous_batching_is_refused_by_name(preset):
     model = tiny_model(preset)
     with pytest.raises(NotImplementedError, match="does not support continuous batching"):
         model.generate_batch(inputs=[[5, 6, 7]], generation_config=transformers.GenerationConfig(max_new_tokens=2))
+
+
+@pytest.mark.parametrize("preset", ["lstm-tiny", "seq2seq-bahdanau-tiny"])
+def test_a_prompt_or_mask_that_is_no_tensor_is_named(preset):
+    # (a list of ids failed inside transformers with "'list' object has no attribute 'shape'"; a tokenizer's output
+    # passed whole, as the prompt, likewise)
+    from transformers import BatchEncoding
+
+    model = tiny_model(preset)
+    ids = torch.tensor([[5, 6, 7]])
+    for args, kwargs, name, hint in (
+            (([[5, 6, 7]],), {}, "inputs", r"torch\.tensor\(\[\[\.\.\.\]\]\) makes one of a list"),
+            ((), {"input_ids": [[5, 6, 7]]}, "input_ids", "return_tensors='pt'"),
+            ((ids,), {"attention_mask": [[1, 1, 1]]}, "attention_mask", "makes one of a list"),
+            ((BatchEncoding({"input_ids": ids}),), {}, "inputs", r"generate\(\*\*inputs\)")):
+        with pytest.raises(TypeError, match=rf"{type(model).__name__}\.generate: {name} must be a torch\.Tensor of "
+                                            rf"shape \(batch, sequence_length\); got \w+ \(.*{hint}"):
+            model.generate(*args, max_new_tokens=2, **kwargs)

@@ -38,6 +38,7 @@ from seqzoo.models.generation import (
     check_cache_implementation,
     check_continued_cache,
     check_generate_cache,
+    check_generate_tensors,
     drop_generate_only_inputs,
     explained_assisted_refusal,
     generation_settings,
@@ -399,6 +400,7 @@ class Seq2SeqForConditionalGeneration(Seq2SeqPreTrainedModel, PreparedGeneration
     def generate(self, *args: Any, cache: Any = None, **kwargs: Any) -> Any:
         """transformers' ``generate``; a cache to continue from may be passed as ``cache`` on every supported
         release (or under its older names ``past_key_values`` / ``cache_params``)."""
+        check_generate_tensors(self, args, kwargs)
         cache = take_cache(cache, kwargs)
         config = generation_settings(self, args, kwargs)
         check_cache_implementation(self, config, kwargs)
