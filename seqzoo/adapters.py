@@ -22,6 +22,8 @@ import dataclasses
 import difflib
 import numbers
 import re
+import types
+import typing
 from typing import Any
 
 from torch import nn
@@ -99,6 +101,7 @@ def peft_config(model: nn.Module, method: str = "lora", task_type: Any = None, *
     if method not in METHODS:
         raise ValueError(f"unknown adapter method {method!r}; seqzoo.peft_config knows {', '.join(METHODS)}")
     _check_override_names(method, overrides)
+    _check_override_types(method, overrides)
     _check_name_lists(overrides)
     _refuse_adapted(model)
     spec = architecture_for_model_type(getattr(getattr(model, "config", None), "model_type", None))
@@ -152,6 +155,51 @@ def _check_override_names(method: str, overrides: dict[str, Any]) -> None:
         hint = f" Did you mean {close[0]!r}?" if close else ""
         raise ValueError(f"{method} takes no argument {unknown[0]!r} (peft's {config_class.__name__}).{hint} It takes "
                          f"{', '.join(allowed)}")
+
+
+def _check_override_types(method: str, overrides: dict[str, Any]) -> None:
+    """Each override whose peft annotation is a plain type (int, float, bool, str, a Literal, or a Union of those
+    with None) must be of it: ``r="8"`` was taken and failed inside peft's LoRA layer ("'<=' not supported between
+    instances of 'str' and 'int'"). Arguments of other annotations (lists, dicts) are left to peft and the checks
+    below."""
+    import peft
+
+    config_class = getattr(peft, CONFIG_CLASSES[method])
+    hints = typing.get_type_hints(config_class)
+    for name, value in overrides.items():
+        expected = hints.get(name)
+        if expected is not None and _fits(value, expected) is False:
+            raise ValueError(f"{method}: {name}={value!r} must be {_described(expected)} (peft's "
+                             f"{config_class.__name__})")
+
+
+_PLAIN = {int: "an integer", float: "a number", bool: "true or false", str: "a string", type(None): "None"}
+
+
+def _fits(value: Any, annotation: Any) -> bool | None:
+    """Whether ``value`` is of ``annotation``; None where the annotation is not one this checks."""
+    origin = typing.get_origin(annotation)
+    if origin is typing.Literal:  # (by type alone: peft lists patterns among them, 'pissa_niter_[number of iters]')
+        return any(type(value) is type(choice) for choice in typing.get_args(annotation))
+    if origin in (typing.Union, types.UnionType):
+        found = [_fits(value, member) for member in typing.get_args(annotation)]
+        return None if None in found else any(found)
+    if annotation is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if annotation is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if annotation in _PLAIN:
+        return isinstance(value, annotation)
+    return None
+
+
+def _described(annotation: Any) -> str:
+    origin = typing.get_origin(annotation)
+    if origin is typing.Literal:
+        return _described(typing.Union[tuple(type(choice) for choice in typing.get_args(annotation))])
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join(_described(member) for member in typing.get_args(annotation))
+    return _PLAIN.get(annotation, str(annotation))
 
 
 _NAME_LISTS = ("target_modules", "target_parameters", "modules_to_save", "exclude_modules")

@@ -125,7 +125,7 @@ def register(subparsers: Any) -> None:
     s.set_defaults(func=cmd_seq2seq)
 
     b = sub.add_parser("bidirectional", help="left to right against bidirectional encoders on tagging and "
-                       "classification at growing distances (about 2 minutes on two cores)",
+                       "classification at growing distances (about 2.5 minutes on two cores)",
                        description="Why reading both ways matters: every architecture that can be bidirectional "
                                    "(RNN, LSTM, GRU, Mamba, Mamba-2, RWKV-7) trained left to right and bidirectional "
                                    "on a tag that depends on what follows each word and a label that sits at the "

@@ -553,6 +553,23 @@ def test_an_override_the_peft_config_does_not_take_is_refused_naming_those_it_ta
         seqzoo.peft_config(build("gru", "causal-lm"), method, **overrides)
 
 
+@pytest.mark.parametrize("method, overrides, message", [
+    ("lora", {"r": "8"}, "lora: r='8' must be an integer (peft's LoraConfig)"),  # (failed inside peft's layer)
+    ("lora", {"r": True}, "lora: r=True must be an integer"),
+    ("lora", {"lora_dropout": "0.1"}, "lora: lora_dropout='0.1' must be a number"),
+    ("lora", {"use_rslora": 1}, "lora: use_rslora=1 must be true or false"),
+    ("lora", {"bias": 0}, "lora: bias=0 must be a string"),
+    # (1 is no bool: peft's annotation is a bool or a name; it was taken, as True, on Linear layers)
+    ("lora", {"init_lora_weights": 1}, "lora: init_lora_weights=1 must be true or false or a string"),
+    ("prompt_tuning", {"num_virtual_tokens": 8.0}, "prompt_tuning: num_virtual_tokens=8.0 must be an integer"),
+])
+def test_an_override_of_the_wrong_type_is_refused(method, overrides, message):
+    with pytest.raises(ValueError, match=re.escape(message)):
+        seqzoo.peft_config(build("gru", "causal-lm"), method, **overrides)
+    # Of the right types, and of an annotation this does not check (a list of layers), they pass the type check.
+    seqzoo.peft_config(build("gru", "causal-lm"), "lora", r=4, lora_alpha=8, lora_dropout=0, init_lora_weights=False)
+
+
 @pytest.mark.parametrize("overrides", [{"layers_to_transform": [0]},
                                        {"layers_to_transform": 0, "layers_pattern": "layers"}])
 def test_layers_to_transform_with_target_parameters_is_refused(overrides):
@@ -578,7 +595,6 @@ def test_layers_to_transform_with_target_parameters_is_refused(overrides):
                                      r"'gaussian'"),
     ({"init_lora_weights": "olora"}, r"init_lora_weights='olora'"),
     ({"init_lora_weights": "corda"}, r"init_lora_weights='corda'"),
-    ({"init_lora_weights": 1}, r"init_lora_weights=1"),
 ])
 def test_options_lora_on_a_cells_weights_does_not_apply_are_refused(overrides, refused):
     # bias="all" trained the head's bias alone (the cells' bias_ih / bias_hh are no "*.bias"); the weight-based
@@ -638,8 +654,8 @@ def test_a_model_quantised_by_torch_is_refused_as_one_no_adapter_could_train(arc
 @pytest.mark.parametrize("key, value, refused", [
     ("num_virtual_tokens", 0, "must be a positive integer"),  # (a prompt of no token: nothing to train, no word)
     ("num_virtual_tokens", -1, "must be a positive integer"),  # (torch: "negative dimension -1")
-    ("num_virtual_tokens", 2.5, "must be a positive integer"),
-    ("num_virtual_tokens", True, "must be a positive integer"),
+    ("num_virtual_tokens", 2.5, "must be an integer"),  # (by peft's annotation, before the size is read)
+    ("num_virtual_tokens", True, "must be an integer"),
     ("token_dim", 5, r"must be the width of GRUForCausalLM's input embeddings, \d+"),  # ("Sizes of tensors must match")
     ("num_transformer_submodules", 2, r"must be 1 for CAUSAL_LM"),  # (a mask that fits no input)
 ])
