@@ -1,0 +1,131 @@
+"""Keywords and values a config (or a model built from one) took without reading them, or failed on far from the
+field: each is refused by name, saying what is allowed."""
+
+from __future__ import annotations
+
+import json
+import warnings
+
+import pytest
+import torch
+from transformers import AutoConfig, AutoModelForCausalLM
+
+import seqzoo
+
+SMALL = dict(vocab_size=50, hidden_size=16, num_hidden_layers=1)
+
+
+@pytest.mark.parametrize(("cls", "given"), [
+    (seqzoo.LSTMConfig, dict(rope_theta=1e6)),
+    (seqzoo.MambaConfig, dict(rope_scaling={"rope_type": "linear", "factor": 4.0})),
+    (seqzoo.Seq2SeqConfig, dict(encoder_type="transformer", rope_theta=5e5)),
+], ids=lambda value: getattr(value, "__name__", None) or "-".join(value))
+def test_rope_keywords_on_a_config_without_rotary_positions_are_refused(cls, given):
+    key = next(key for key in given if key.startswith("rope"))
+    with pytest.raises(ValueError, match=rf"{cls.__name__}: {key}=.* is not read by a model of {cls.__name__}, which "
+                                         r"has no rotary positions"):
+        cls(**SMALL, **given)
+
+
+@pytest.mark.parametrize(("given", "message"), [
+    (dict(rope_scaling={"rope_type": "default", "factor": 8.0}), r"its 'factor' read only by a scaled RoPE"),
+    (dict(variant="gpt2", rope_scaling={"rope_type": "default"}), r"read only by rotary positions.* is not read by a "
+                                                                   r"model of position_embedding='learned'"),
+])
+def test_rope_scaling_nothing_reads_is_refused_on_a_transformer(given, message):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)  # (transformers: rope_scaling is deprecated)
+        with pytest.raises(ValueError, match=rf"TransformerConfig: rope_scaling=.*{message}"):
+            seqzoo.TransformerConfig(**SMALL, num_attention_heads=2, **given)
+        # plain RoPE named as such still builds
+        seqzoo.TransformerConfig(**SMALL, num_attention_heads=2, rope_scaling={"rope_type": "default"})
+
+
+def test_an_eos_token_id_list_holding_none_is_refused():
+    with pytest.raises(ValueError, match=r"LSTMConfig.eos_token_id=\[None, 5\] is invalid: token ids must be integers "
+                                         r"in \[0, vocab_size=50\) \(or null for none, as the whole value"):
+        seqzoo.LSTMConfig(**SMALL, eos_token_id=[None, 5])
+    assert seqzoo.LSTMConfig(**SMALL, eos_token_id=None).eos_token_id is None
+    assert seqzoo.LSTMConfig(**SMALL, eos_token_id=[3, 5]).eos_token_id == [3, 5]
+
+
+@pytest.mark.parametrize(("cls", "field", "value"), [
+    (seqzoo.LSTMConfig, "hidden_size", 2**63),
+    (seqzoo.MambaConfig, "state_size", 2**64),
+    (seqzoo.LSTMConfig, "vocab_size", 2**31),
+])
+def test_an_integer_size_beyond_what_torch_builds_is_refused_by_name(cls, field, value):
+    with pytest.raises(ValueError, match=rf"{cls.__name__}.{field}={value} is invalid: must be <= 2147483647"):
+        cls(**{**SMALL, field: value})
+
+
+@pytest.mark.parametrize("build", [
+    lambda: seqzoo.LSTMConfig(**SMALL, temperature=0.3, do_sample=True),
+    lambda: AutoConfig.for_model("seqzoo_lstm", num_beams=4),
+], ids=["constructor", "for_model"])
+def test_generation_parameters_given_to_a_config_are_refused(build):
+    """transformers' config drops them without a word: the model then sampled at its generation_config's defaults."""
+    with pytest.raises(TypeError, match=r"LSTMConfig got generation parameter\(s\) .*which a config does not hold "
+                                        r".*pass them to generate\(\), or set them on the model's generation_config"):
+        build()
+
+
+def test_a_config_json_holding_generation_parameters_still_loads(tmp_path):
+    seqzoo.LSTMConfig(**SMALL).save_pretrained(tmp_path)
+    values = json.loads((tmp_path / "config.json").read_text())
+    (tmp_path / "config.json").write_text(json.dumps({**values, "max_length": 20}))  # (an older transformers' file)
+    assert AutoConfig.from_pretrained(tmp_path).hidden_size == 16
+
+
+def test_a_config_field_beside_a_config_object_is_named_as_such(tmp_path):
+    seqzoo.create_model("lstm-tiny").save_pretrained(tmp_path)
+    config = AutoConfig.from_pretrained(tmp_path)
+    applied = r"beside a config passed as {}: keywords are not applied to a config given this way; set it on the config"
+    with pytest.raises(TypeError, match=r"LSTMForCausalLM.from_pretrained got the keyword 'dropout', a field of "
+                                        r"LSTMConfig, " + applied.format("config=")):
+        AutoModelForCausalLM.from_pretrained(tmp_path, config=config, dropout=0.5)
+    with pytest.raises(TypeError, match=r"LSTMForCausalLM.from_config got the keyword 'dropout', a field of "
+                                        r"LSTMConfig, " + applied.format("its argument")):
+        AutoModelForCausalLM.from_config(config, dropout=0.3)
+    with pytest.raises(TypeError, match=r"LSTMForCausalLM.from_config got unknown keyword argument 'dtpye' \(did you "
+                                        r"mean 'dtype'\?\): it takes attn_implementation, dtype"):
+        AutoModelForCausalLM.from_config(config, dtpye="float32")
+    assert AutoModelForCausalLM.from_config(config, dtype="float32").config.dropout == config.dropout
+
+
+def test_a_model_class_refuses_another_architectures_config():
+    from transformers import LlamaConfig
+
+    from seqzoo.models.lstm.modeling_lstm import LSTMForCausalLM, LSTMForSequenceClassification
+    from seqzoo.models.transformer.modeling_transformer import TransformerForCausalLM
+
+    for model_class, config in [(LSTMForCausalLM, seqzoo.GRUConfig(**SMALL)),
+                                (LSTMForSequenceClassification, seqzoo.MambaConfig(**SMALL)),
+                                (TransformerForCausalLM, LlamaConfig(**SMALL, num_attention_heads=2))]:
+        with pytest.raises(ValueError, match=rf"{model_class.__name__} is a model of .*Config \(model_type "
+                                             rf"'seqzoo_\w+'\); got a {type(config).__name__} \(model_type "
+                                             rf"'{config.model_type}'\)"):
+            model_class(config)
+    for config in [{"hidden_size": 16}, None]:
+        with pytest.raises(TypeError, match=rf"LSTMForCausalLM takes a config \(a LSTMConfig\); got "
+                                            rf"{type(config).__name__}"):
+            LSTMForCausalLM(config)
+    assert type(LSTMForCausalLM(seqzoo.LSTMConfig(**SMALL)).model.layers[0]).__name__.startswith("LSTM")
+
+
+@pytest.mark.parametrize(("given", "message"), [
+    # (a string "no" was stored and read as true: the model returned attentions)
+    (dict(output_attentions="no"), r"TransformerConfig.output_attentions='no' is invalid: expected true or false"),
+    (dict(attn_implementation=5), r"TransformerConfig.attn_implementation=5 is invalid: expected the name of an "
+                                  r"attention implementation"),
+    (dict(per_layer_config={"hidden_size": 8}), r"per_layer_config=\{'hidden_size': 8\} is invalid: seqzoo does not "
+                                                r"support per-layer configs"),
+    (dict(dtype="float32", torch_dtype="float16"), r"TransformerConfig: dtype='float32' and torch_dtype='float16' "
+                                                   r"disagree"),
+])
+def test_transformers_own_keywords_are_checked(given, message):
+    with pytest.raises(ValueError, match=message):
+        seqzoo.TransformerConfig(**SMALL, num_attention_heads=2, **given)
+    config = seqzoo.TransformerConfig(**SMALL, num_attention_heads=2, output_attentions=True,
+                                      attn_implementation="eager", dtype="float16", torch_dtype="float16")
+    assert config.output_attentions is True and config.dtype is torch.float16
