@@ -129,3 +129,26 @@ def test_transformers_own_keywords_are_checked(given, message):
     config = seqzoo.TransformerConfig(**SMALL, num_attention_heads=2, output_attentions=True,
                                       attn_implementation="eager", dtype="float16", torch_dtype="float16")
     assert config.output_attentions is True and config.dtype is torch.float16
+
+
+def test_architectures_that_is_no_list_is_refused(tmp_path):
+    """The saved head was read as architectures[0]: of a string, its first letter, which names no head, so a
+    tagger's checkpoint loaded as a sequence classifier without the saved-head check."""
+    from transformers import AutoModelForSequenceClassification
+
+    from seqzoo.models.lstm.modeling_lstm import LSTMForSequenceClassification
+
+    invalid = r"architectures='LSTMForTokenClassification' is invalid: expected a list of class names"
+    with pytest.raises(ValueError, match=rf"LSTMConfig: {invalid}"):
+        seqzoo.LSTMConfig(**SMALL, architectures="LSTMForTokenClassification")
+    with pytest.raises(ValueError, match=invalid):
+        seqzoo.registry.saved_head({"model_type": "seqzoo_lstm", "architectures": "LSTMForTokenClassification"})
+    seqzoo.create_model("lstm-tiny", "token-classification", num_labels=3).save_pretrained(tmp_path)
+    values = json.loads((tmp_path / "config.json").read_text())
+    (tmp_path / "config.json").write_text(json.dumps({**values, "architectures": "LSTMForTokenClassification"}))
+    with pytest.raises(ValueError, match=rf"checkpoint .*: {invalid}"):
+        LSTMForSequenceClassification.from_pretrained(tmp_path)
+    with pytest.raises(ValueError, match=invalid):
+        AutoModelForSequenceClassification.from_pretrained(tmp_path)
+    assert seqzoo.registry.saved_head({**values, "architectures": ["LSTMForCausalLM"]}) == ("LSTMForCausalLM",
+                                                                                           "causal-lm")

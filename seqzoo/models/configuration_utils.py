@@ -115,6 +115,7 @@ class SeqzooConfig(PreTrainedConfig):
             # (float8 is floating point, and computes nothing)
             if dtype is not None and not (isinstance(found, torch.dtype) and found in COMPUTE_DTYPES):
                 _fail(self, name, dtype, "expected a floating-point dtype: float32, bfloat16, float16 or float64")
+        saved_class_name(self.architectures, type(self).__name__)
         # (transformers keeps dtype and drops a torch_dtype given beside it, without a word)
         torch_dtype = kwargs.get("torch_dtype")
         if self.dtype is not None and torch_dtype is not None and _as_dtype(self.dtype) != _as_dtype(torch_dtype):
@@ -661,6 +662,18 @@ def _frozen(value: Any) -> Any:
         return (dict, *sorted((key, _frozen(item)) for key, item in value.items()))
     hash(value)
     return value
+
+
+def saved_class_name(architectures: Any, owner: str) -> str | None:
+    """The head class a checkpoint was saved as: the first name of ``architectures``, which transformers records as
+    a list (None when it records none). Anything else is refused, naming ``owner``: a string was read by its first
+    letter, so a tagger's checkpoint loaded as a sequence classifier without the saved-head check."""
+    if architectures is None or (isinstance(architectures, (list, tuple)) and not architectures):
+        return None
+    if not isinstance(architectures, (list, tuple)) or not all(isinstance(n, str) and n for n in architectures):
+        raise ValueError(f"{owner}: architectures={architectures!r} is invalid: expected a list of class names, such "
+                         "as ['LSTMForCausalLM'] (transformers records a list), or null")
+    return architectures[0]
 
 
 def _as_dtype(dtype: Any) -> Any:

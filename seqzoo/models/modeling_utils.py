@@ -36,7 +36,7 @@ from seqzoo.models.compat import (
 )
 from seqzoo.models.compiled_decoding import ATTRIBUTE as COMPILED
 from seqzoo.models.compiled_decoding import check_backend, compile_forward, run_compiled_step
-from seqzoo.models.configuration_utils import unknown_loading_keyword
+from seqzoo.models.configuration_utils import saved_class_name, unknown_loading_keyword
 from seqzoo.models.decode_loop import check_loop_name, runs_own_loop, sample
 from seqzoo.models.decode_plan import fixed_model
 from seqzoo.models.decode_step import call_plainly
@@ -308,7 +308,8 @@ class SeqzooPreTrainedModel(PreTrainedModel):
                 raise TypeError(f"{cls.__name__}.from_pretrained: {name} must be True or False; got {value!r}")
         config = kwargs.get("config")
         if isinstance(config, PreTrainedConfig) and (config.architectures or not strict):
-            saved_as = (config.architectures or [None])[0]  # (the Auto classes pass the checkpoint's own config)
+            # (the Auto classes pass the checkpoint's own config)
+            saved_as = saved_class_name(config.architectures, type(config).__name__)
         elif isinstance(config, PreTrainedConfig):
             # A config of the user's, which names no class: the checkpoint's own says what head it was saved with
             # (a tagger's score loaded as a sequence classifier's, silently). A source without one is left to the load.
