@@ -152,3 +152,11 @@ def test_architectures_that_is_no_list_is_refused(tmp_path):
         AutoModelForSequenceClassification.from_pretrained(tmp_path)
     assert seqzoo.registry.saved_head({**values, "architectures": ["LSTMForCausalLM"]}) == ("LSTMForCausalLM",
                                                                                            "causal-lm")
+
+
+def test_another_model_type_given_beside_a_config_json_is_refused(tmp_path):
+    seqzoo.create_model("lstm-tiny").save_pretrained(tmp_path)
+    with pytest.raises(ValueError, match=r"LSTMConfig.model_type='seqzoo_gru' is invalid: a LSTMConfig is "
+                                         r"'seqzoo_lstm'"):
+        seqzoo.LSTMConfig.from_pretrained(tmp_path, model_type="seqzoo_gru")
+    assert seqzoo.LSTMConfig.from_pretrained(tmp_path, model_type="seqzoo_lstm").model_type == "seqzoo_lstm"

@@ -203,6 +203,10 @@ class SeqzooConfig(PreTrainedConfig):
         checked as it loaded), and that the model reads them. An ``id2label`` given alone replaces the file's
         ``label2id`` by its inverse, as a config built with it would hold (transformers kept the file's, naming
         other classes); label names given are checked as a config built with them would be."""
+        # (transformers sets a model_type given beside the file on the instance: an LSTMConfig that said seqzoo_gru)
+        if "model_type" in given and self.model_type != type(self).model_type and STRICT:
+            _fail(self, "model_type", self.model_type, f"a {type(self).__name__} is {type(self).model_type!r}; to load "
+                  "another architecture, use its config class (or AutoConfig.from_pretrained)")
         if "id2label" in given and "label2id" not in given and self.id2label is not None:
             self.label2id = {label: index for index, label in self.id2label.items()}
         self.validate_architecture()
