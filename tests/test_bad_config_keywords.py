@@ -160,3 +160,14 @@ def test_another_model_type_given_beside_a_config_json_is_refused(tmp_path):
                                          r"'seqzoo_lstm'"):
         seqzoo.LSTMConfig.from_pretrained(tmp_path, model_type="seqzoo_gru")
     assert seqzoo.LSTMConfig.from_pretrained(tmp_path, model_type="seqzoo_lstm").model_type == "seqzoo_lstm"
+
+
+@pytest.mark.parametrize("given", [dict(num_labels=5), dict(id2label={0: "neg", 1: "pos"}),
+                                   dict(problem_type="regression")], ids=lambda given: next(iter(given)))
+def test_label_fields_on_an_encoder_decoder_are_refused_as_unread(given):
+    key = next(iter(given))
+    with pytest.raises(ValueError, match=rf"Seq2SeqConfig: {key}=.* \(read only by classification heads \(an "
+                                         r"encoder-decoder has none\)\).* not read by a model of"):
+        seqzoo.Seq2SeqConfig(**given)
+    config = seqzoo.Seq2SeqConfig()
+    assert type(config).from_dict(config.to_dict()).num_labels == 2  # (the defaults it holds load back)
