@@ -171,3 +171,18 @@ def test_label_fields_on_an_encoder_decoder_are_refused_as_unread(given):
         seqzoo.Seq2SeqConfig(**given)
     config = seqzoo.Seq2SeqConfig()
     assert type(config).from_dict(config.to_dict()).num_labels == 2  # (the defaults it holds load back)
+
+
+def test_a_saved_mamba2_config_json_builds_a_config_read_as_plain_json(tmp_path):
+    """save_pretrained writes time_step_limit's infinity as {"__float__": "Infinity"}, which only transformers' own
+    file reader decoded: the saved file, read with json, was refused as an invalid time_step_limit."""
+    import math
+
+    seqzoo.create_model("mamba2-tiny").save_pretrained(tmp_path)
+    values = json.loads((tmp_path / "config.json").read_text())
+    assert values["time_step_limit"] == [0.0, {"__float__": "Infinity"}]
+    assert seqzoo.Mamba2Config(**values).time_step_limit == (0.0, math.inf)
+    config = seqzoo.Mamba2Config.from_dict(json.loads(seqzoo.Mamba2Config().to_json_string()))
+    assert config.time_step_limit == (0.0, math.inf)
+    with pytest.raises(ValueError, match=r"time_step_limit=\(0.0, nan\) is invalid"):
+        seqzoo.Mamba2Config(time_step_limit=[0.0, {"__float__": "NaN"}])
