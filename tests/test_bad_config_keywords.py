@@ -186,3 +186,35 @@ def test_a_saved_mamba2_config_json_builds_a_config_read_as_plain_json(tmp_path)
     assert config.time_step_limit == (0.0, math.inf)
     with pytest.raises(ValueError, match=r"time_step_limit=\(0.0, nan\) is invalid"):
         seqzoo.Mamba2Config(time_step_limit=[0.0, {"__float__": "NaN"}])
+
+
+@pytest.mark.parametrize(("given", "message"), [
+    (dict(return_dict="no"), r"return_dict='no' is invalid: expected True, False or None"),
+    (dict(output_hidden_states="no"), r"output_hidden_states='no' is invalid: expected True, False or None"),
+    (dict(use_cache="no"), r"use_cache='no' is invalid: expected True, False or None"),
+    (dict(output_attentions="no"), r"output_attentions='no' is invalid: expected True, False or None"),
+    (dict(logits_to_keep=-1), r"logits_to_keep=-1 is invalid: expected an int >= 0"),
+    (dict(logits_to_keep=1.5), r"logits_to_keep=1.5 is invalid: expected an int >= 0"),
+    (dict(logits_to_keep=torch.tensor([0.5])), r"logits_to_keep \(a 1-d torch.float32 tensor\) is invalid"),
+], ids=lambda value: next(iter(value)) if isinstance(value, dict) else None)
+@pytest.mark.parametrize("preset", ["mamba-tiny", "transformer-tiny"])
+def test_forward_flags_of_another_type_are_refused(preset, given, message):
+    """A string "no" was read as true (a ModelOutput, hidden states, a cache returned), logits_to_keep=-1 kept
+    every position, 1.5 failed inside torch's indexing; also on a decode step, whose fast path skips the rest."""
+    model = seqzoo.create_model(preset).eval()
+    ids = torch.tensor([[1, 2, 3]])
+    with torch.no_grad():
+        with pytest.raises(ValueError, match=message):
+            model(ids, **given)
+        cache = model(ids, use_cache=True).cache
+        if "logits_to_keep" in given or "return_dict" in given or "use_cache" in given:
+            with pytest.raises(ValueError, match=message):
+                model(torch.tensor([[4]]), cache=cache, **given)
+        assert model(ids, logits_to_keep=torch.tensor([0, 2])).logits.shape[1] == 2
+
+
+def test_a_classifiers_return_dict_of_another_type_is_refused():
+    model = seqzoo.create_model("lstm-tiny", "sequence-classification", num_labels=2).eval()
+    with pytest.raises(ValueError, match=r"return_dict='no' is invalid: expected True, False or None"):
+        model(torch.tensor([[1, 2, 3]]), return_dict="no")
+    assert isinstance(model(torch.tensor([[1, 2, 3]]), return_dict=False), tuple)

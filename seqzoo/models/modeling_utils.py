@@ -58,7 +58,7 @@ from seqzoo.models.generation import (
 )
 from seqzoo.models.generation_setup import ATTRIBUTE as GENERATION_DEFAULTS
 from seqzoo.models.generation_setup import PreparedGeneration, signature_read_once
-from seqzoo.models.inputs import index_labels
+from seqzoo.models.inputs import FLAG_TYPES, check_flag, check_logits_to_keep, index_labels, resolved_return_dict
 from seqzoo.models.loading import (
     check_checkpoint_model_type,
     check_finite_weights,
@@ -482,6 +482,14 @@ class SeqzooForCausalLM(SeqzooPreTrainedModel, PreparedGeneration, GenerationMix
         kwargs: only what :data:`seqzoo.models.compat.PASSTHROUGH_KWARGS` lists, or what the backbone names in
             ``extra_forward_kwargs``; anything else raises.
         """
+        # (type checks only, and only the flags' own types on a decode step: a flag given as a string "no" was true,
+        # and logits_to_keep=-1 kept every position)
+        if (type(logits_to_keep) is not int or logits_to_keep < 0 or type(use_cache) not in FLAG_TYPES
+                or type(return_dict) not in FLAG_TYPES or type(output_hidden_states) not in FLAG_TYPES):
+            check_logits_to_keep(logits_to_keep)
+            for name, flag in (("use_cache", use_cache), ("return_dict", return_dict),
+                               ("output_hidden_states", output_hidden_states)):
+                check_flag(name, flag)
         compiled = self.__dict__.get(COMPILED)
         if (compiled is not None and input_ids is not None and input_ids.shape[-1] == 1 and labels is None
                 and not torch.is_grad_enabled() and not torch.compiler.is_compiling()
@@ -501,7 +509,7 @@ class SeqzooForCausalLM(SeqzooPreTrainedModel, PreparedGeneration, GenerationMix
                 return output
         if kwargs:
             check_kwargs(kwargs, forward_parameters(self), f"{type(self).__name__}.forward")
-        return_dict = return_dict if return_dict is not None else self.config.return_dict
+        return_dict = resolved_return_dict(self, return_dict)
         backbone = self.model
         # Looked up on the class: a module put in the backbone's place (a wrapper, perhaps one that hands attribute
         # reads on to the backbone it wraps) is always called.
