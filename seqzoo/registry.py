@@ -255,8 +255,10 @@ def saved_head(config: Any) -> tuple[str | None, str | None]:
     """(the class name, the task) of the head a seqzoo checkpoint was saved as, from its config (an object, or
     config.json's dict): transformers records the class in ``architectures``; the task is None when that names none
     of the architecture's heads. Raises ValueError for a model_type seqzoo does not register."""
+    from seqzoo.models.configuration_utils import saved_class_name
+
     read = config.get if isinstance(config, dict) else lambda name: getattr(config, name, None)
-    saved_as = (read("architectures") or [None])[0]
+    saved_as = saved_class_name(read("architectures"), f"the config of model_type {read('model_type')!r}")
     return saved_as, architecture_for_model_type(read("model_type")).task_saved_as(saved_as)
 
 

@@ -304,6 +304,7 @@ def _licensing(license: Any, license_name: Any, license_link: Any) -> dict[str, 
 def _load_checkpoint(source: Any, tokenizer: Any, training: dict[str, Any] | None) -> _Checkpoint:
     import seqzoo  # noqa: F401  (registers the architectures, so a config.json resolves to seqzoo's classes)
     from seqzoo.adapters import refuse_adapters
+    from seqzoo.models.configuration_utils import saved_class_name
     from seqzoo.registry import architecture_for_model_type
 
     if isinstance(source, (str, os.PathLike)):
@@ -328,7 +329,7 @@ def _load_checkpoint(source: Any, tokenizer: Any, training: dict[str, Any] | Non
             raise ValueError(f"{config_file} must hold a JSON object (a model's configuration); got {config!r:.60}")
         spec = architecture_for_model_type(config.get("model_type"))
         # The head the folder was saved with (transformers records its class name); a causal LM by default.
-        task = spec.task_saved_as((config.get("architectures") or [None])[0])
+        task = spec.task_saved_as(saved_class_name(config.get("architectures"), str(config_file)))
         head = spec.heads[task] if task is not None else spec.causal_lm_class
         with quiet_transformers():  # (its load report would print above the error that a misfit raises)
             model, info = head.from_pretrained(folder, dtype="auto", output_loading_info=True)

@@ -115,6 +115,24 @@ class SeqzooConfig(PreTrainedConfig):
             # (float8 is floating point, and computes nothing)
             if dtype is not None and not (isinstance(found, torch.dtype) and found in COMPUTE_DTYPES):
                 _fail(self, name, dtype, "expected a floating-point dtype: float32, bfloat16, float16 or float64")
+        saved_class_name(self.architectures, type(self).__name__)
+        # (transformers keeps dtype and drops a torch_dtype given beside it, without a word)
+        torch_dtype = kwargs.get("torch_dtype")
+        if self.dtype is not None and torch_dtype is not None and _as_dtype(self.dtype) != _as_dtype(torch_dtype):
+            message = (f"{type(self).__name__}: dtype={self.dtype!r} and torch_dtype={torch_dtype!r} disagree "
+                       "(transformers would keep dtype and drop torch_dtype); give dtype only")
+            if not (loading_config() or not STRICT):
+                raise ValueError(message)
+            logger.warning("%s; loaded with dtype", message)
+        # transformers' own keywords, checked as given: attn_implementation=5 failed inside transformers on a
+        # .startswith, and per_layer_config (a heterogeneous config) on an int() of a field's name
+        implementation = kwargs.get("attn_implementation")
+        if implementation is not None and not isinstance(implementation, str):
+            _fail(self, "attn_implementation", implementation, "expected the name of an attention implementation "
+                  "(a string such as 'eager' or 'sdpa') or null")
+        if kwargs.get("per_layer_config") is not None:
+            _fail(self, "per_layer_config", kwargs["per_layer_config"], "seqzoo does not support per-layer configs "
+                  "(transformers' heterogeneous configs); leave it out")
         # (transformers reads both with .items(): a list of names failed there with a bare AttributeError)
         for name, example in (("id2label", "{0: 'negative', 1: 'positive'}"),
                               ("label2id", "{'negative': 0, 'positive': 1}")):
@@ -185,6 +203,10 @@ class SeqzooConfig(PreTrainedConfig):
         checked as it loaded), and that the model reads them. An ``id2label`` given alone replaces the file's
         ``label2id`` by its inverse, as a config built with it would hold (transformers kept the file's, naming
         other classes); label names given are checked as a config built with them would be."""
+        # (transformers sets a model_type given beside the file on the instance: an LSTMConfig that said seqzoo_gru)
+        if "model_type" in given and self.model_type != type(self).model_type and STRICT:
+            _fail(self, "model_type", self.model_type, f"a {type(self).__name__} is {type(self).model_type!r}; to load "
+                  "another architecture, use its config class (or AutoConfig.from_pretrained)")
         if "id2label" in given and "label2id" not in given and self.id2label is not None:
             self.label2id = {label: index for index, label in self.id2label.items()}
         self.validate_architecture()
@@ -252,6 +274,7 @@ class SeqzooConfig(PreTrainedConfig):
         # transformers' generic fields that a seqzoo model reads: each as transformers reads it (a string "no" for
         # return_dict was true; is_encoder_decoder=True on a decoder-only model broke generate() obscurely)
         require_bool(self, "output_hidden_states")
+        require_bool(self, "output_attentions")
         require_bool(self, "return_dict")
         require_bool(self, "is_encoder_decoder")
         if self.is_encoder_decoder and not self.encoder_decoder:
@@ -278,11 +301,12 @@ class SeqzooConfig(PreTrainedConfig):
                 "only here (bidirectional encoders: the RNN, LSTM, GRU, Mamba, Mamba-2 and RWKV-7 models)"
             )
         eos = self.eos_token_id
+        # (None is valid only as the whole value: inside a list generate() failed on it with a bare TypeError)
         for token in eos if isinstance(eos, (list, tuple)) else [eos]:
-            if token is not None and not (_is_int(token) and 0 <= token < self.vocab_size):
+            if (token is not None or eos is not token) and not (_is_int(token) and 0 <= token < self.vocab_size):
                 raise ValueError(
                     f"{type(self).__name__}.eos_token_id={eos!r} is invalid: token ids must be integers in "
-                    f"[0, vocab_size={self.vocab_size})"
+                    f"[0, vocab_size={self.vocab_size}) (or null for none, as the whole value, not in a list)"
                 )
 
     def layer_mixer_types(self) -> list[str]:
@@ -503,6 +527,13 @@ def check_unknown_keywords(config: PreTrainedConfig, kwargs: dict[str, Any]) -> 
     transformers builds configs with a keyword of its own."""
     cls = type(config)
     known = {f.name for f in fields(cls)}
+    if "rope_theta" not in known:
+        refuse_rope_keywords(config, kwargs)
+    # transformers' __post_init__ drops generation parameters without a word (LSTMConfig(temperature=0.3) sampled at
+    # 1.0); a config.json saved by an older transformers may hold them, and loads as transformers loads it.
+    generation = sorted(key for key in kwargs if key in _GENERATION_KEYWORDS and key not in known)
+    if generation and not loading_config() and STRICT:
+        raise generation_keywords_error(f"{cls.__name__}", generation)
     unknown = sorted(key for key in kwargs if key not in known and key not in cls.attribute_map
                      and key not in TRANSFORMERS_KEYWORDS and key not in _GENERATION_KEYWORDS)
     if not unknown:
@@ -532,6 +563,31 @@ def check_unknown_keywords(config: PreTrainedConfig, kwargs: dict[str, Any]) -> 
         return
     raise TypeError(f"{cls.__name__} got unknown keyword argument(s) {', '.join(hints)}; its own fields are "
                     f"{', '.join(names)}")
+
+
+def generation_keywords_error(owner: str, keys: Iterable[str]) -> TypeError:
+    """The error for generation parameters given where a config is built: a config does not hold them."""
+    keys = list(keys)
+    return TypeError(f"{owner} got generation parameter(s) {', '.join(map(repr, keys))}, which a config does not hold "
+                     "(transformers would drop them): pass them to generate(), or set them on the model's "
+                     "generation_config (a transformers GenerationConfig)")
+
+
+def refuse_rope_keywords(config: PreTrainedConfig, kwargs: dict[str, Any]) -> None:
+    """Refuse ``rope_theta`` / ``rope_scaling`` given to a config whose models have no rotary positions (LSTM, Mamba,
+    Seq2Seq ...): transformers takes them as its own keywords and stores them, and nothing reads them. While a
+    config.json loads it is a warning, as for any field its model does not read (``check_fields_read``)."""
+    given = [f"{key}={kwargs[key]!r}" for key in ("rope_theta", "rope_scaling") if kwargs.get(key) is not None]
+    if not given:
+        return
+    name = type(config).__name__
+    message = (f"{name}: {', '.join(given)} {'is' if len(given) == 1 else 'are'} not read by a model of {name}, which "
+               "has no rotary positions (RoPE: TransformerConfig, HybridConfig); leave "
+               f"{'it' if len(given) == 1 else 'them'} out")
+    if loading_config() or not STRICT:
+        logger.warning("%s (kept on the config and ignored)", message)
+        return
+    raise ValueError(message)
 
 
 def _computed(config: PreTrainedConfig, key: str) -> str:
@@ -612,6 +668,23 @@ def _frozen(value: Any) -> Any:
     return value
 
 
+def saved_class_name(architectures: Any, owner: str) -> str | None:
+    """The head class a checkpoint was saved as: the first name of ``architectures``, which transformers records as
+    a list (None when it records none). Anything else is refused, naming ``owner``: a string was read by its first
+    letter, so a tagger's checkpoint loaded as a sequence classifier without the saved-head check."""
+    if architectures is None or (isinstance(architectures, (list, tuple)) and not architectures):
+        return None
+    if not isinstance(architectures, (list, tuple)) or not all(isinstance(n, str) and n for n in architectures):
+        raise ValueError(f"{owner}: architectures={architectures!r} is invalid: expected a list of class names, such "
+                         "as ['LSTMForCausalLM'] (transformers records a list), or null")
+    return architectures[0]
+
+
+def _as_dtype(dtype: Any) -> Any:
+    """A dtype given by name or as a torch.dtype, as the torch.dtype (names checked already)."""
+    return getattr(torch, dtype, dtype) if isinstance(dtype, str) else dtype
+
+
 def _is_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
@@ -624,6 +697,11 @@ def _fail(config: Any, name: str, value: Any, allowed: str) -> None:
     raise ValueError(f"{type(config).__name__}.{name}={value!r} is invalid: {allowed}")
 
 
+# The largest integer size a config takes: a size beyond it (hidden_size=2**63) was stored and saved, then failed
+# inside torch.empty with an error naming no field.
+MAX_SIZE = 2**31 - 1
+
+
 def require_int(config: Any, name: str, minimum: int | None = None, maximum: int | None = None) -> None:
     value = getattr(config, name)
     if not _is_int(value):
@@ -632,6 +710,8 @@ def require_int(config: Any, name: str, minimum: int | None = None, maximum: int
         _fail(config, name, value, f"must be >= {minimum}")
     if maximum is not None and value > maximum:
         _fail(config, name, value, f"must be <= {maximum}")
+    if value > MAX_SIZE:
+        _fail(config, name, value, f"must be <= {MAX_SIZE} (2**31 - 1, the largest size seqzoo builds)")
 
 
 def require_float(
@@ -683,6 +763,21 @@ def require_plain_rope(config: Any) -> None:
         return
     rope_type = parameters.get("rope_type", parameters.get("type", "default"))
     name = type(config).__name__
+    # Read by nothing where rope_theta is not read (learned or sinusoidal positions), or beside rope_type 'default'
+    # (a scaling factor): refused as an unread field is, a warning while a config.json loads.
+    unread = [f"rope_scaling={parameters!r} (read only by {owner})" for field, _, owner in config.unread_fields()
+              if field == "rope_theta"]
+    extra = sorted(set(parameters) - {"rope_type", "type", "rope_theta"})
+    if rope_type == "default" and extra:
+        unread.append(f"rope_scaling={parameters!r} (its {', '.join(map(repr, extra))} read only by a scaled RoPE, "
+                      "which seqzoo does not compute)")
+    if unread:
+        message = (f"{name}: {unread[0]} is not read by a model of {config.architecture_summary()}; remove "
+                   "rope_scaling / rope_parameters from the config")
+        if loading_config() or not STRICT:
+            logger.warning("%s (kept on the config and ignored)", message)
+        else:
+            raise ValueError(message)
     if rope_type != "default":
         raise ValueError(
             f"{name}: rope_scaling / rope_parameters with rope_type={rope_type!r} is not supported: seqzoo computes "

@@ -18,7 +18,7 @@ from transformers.modeling_outputs import SequenceClassifierOutput, TokenClassif
 
 from seqzoo.models.compat import check_kwargs
 from seqzoo.models.configuration_utils import POOLINGS, PROBLEM_TYPES, require_choice
-from seqzoo.models.inputs import check_label_range, float64_token_loss, index_labels
+from seqzoo.models.inputs import check_label_range, float64_token_loss, index_labels, resolved_return_dict
 from seqzoo.models.modeling_utils import SeqzooPreTrainedModel, forward_parameters
 from seqzoo.models.packing import find_packing
 
@@ -137,7 +137,7 @@ class SeqzooForSequenceClassification(_ClassifierHead):
             else:
                 loss = summed_sequence_loss(wide, labels, problem_type(self.config, labels, wide)[0])
                 loss = loss / (num_items.to(loss.device) if isinstance(num_items, torch.Tensor) else num_items)
-        return_dict = return_dict if return_dict is not None else self.config.return_dict
+        return_dict = resolved_return_dict(self, return_dict)
         attentions = getattr(outputs, "attentions", None)
         if not return_dict:
             output = tuple(v for v in (logits, outputs.hidden_states, attentions) if v is not None)
@@ -176,7 +176,7 @@ class SeqzooForTokenClassification(_ClassifierHead):
             if loss is None:
                 loss = self.loss_function(logits=logits, labels=labels, config=self.config,
                                           num_items_in_batch=kwargs.get("num_items_in_batch"))
-        return_dict = return_dict if return_dict is not None else self.config.return_dict
+        return_dict = resolved_return_dict(self, return_dict)
         attentions = getattr(outputs, "attentions", None)
         if not return_dict:
             output = tuple(v for v in (logits, outputs.hidden_states, attentions) if v is not None)

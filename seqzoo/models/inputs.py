@@ -70,12 +70,46 @@ def prepare_inputs(
 
 
 _WARNED_NO_ATTENTION: set[str] = set()  # the classes output_attentions=True was warned about
+# What a forward's true-or-false flags take: a string "no" was true (a ModelOutput, hidden states, a cache returned).
+FLAG_TYPES = (bool, type(None))
+
+
+def check_flag(name: str, value: Any) -> None:
+    """Refuse a forward flag (``return_dict``, ``use_cache``, ``output_hidden_states``, ``output_attentions``) that
+    is not True, False or None."""
+    if type(value) not in FLAG_TYPES:
+        raise ValueError(f"{name}={value!r} is invalid: expected True, False or None (None: the config's)")
+
+
+def check_logits_to_keep(value: Any) -> None:
+    """Refuse a ``logits_to_keep`` that is not an int >= 0 (how many last positions; 0: all) or a 1-d integer tensor
+    of positions: -1 was read as all positions, 1.5 failed inside torch's indexing naming no argument."""
+    if type(value) is int:
+        if value < 0:
+            raise ValueError(f"logits_to_keep={value} is invalid: expected an int >= 0 (how many last positions to "
+                             "compute logits for; 0: all) or a 1-d integer tensor of positions")
+        return
+    if (not isinstance(value, torch.Tensor) or value.dim() != 1 or value.dtype.is_floating_point
+            or value.dtype.is_complex or value.dtype == torch.bool):
+        described = (f" (a {value.dim()}-d {value.dtype} tensor)" if isinstance(value, torch.Tensor)
+                     else f"={value!r}")
+        raise ValueError(f"logits_to_keep{described} is invalid: expected an int >= 0 (how many last positions to "
+                         "compute logits for; 0: all) or a 1-d integer tensor of positions")
+
+
+def resolved_return_dict(model: nn.Module, return_dict: Any) -> bool:
+    """``return_dict`` as passed (checked), else the config's."""
+    if return_dict is None:
+        return model.config.return_dict
+    check_flag("return_dict", return_dict)
+    return return_dict
 
 
 def attentions_asked(config: Any, kwargs: dict[str, Any]) -> bool:
     """Whether a forward call asks for attention weights: its ``output_attentions`` when given (an explicit False
     wins over the config, as in transformers' models), else the config's."""
     asked = kwargs.get("output_attentions")
+    check_flag("output_attentions", asked)
     return bool(config.output_attentions if asked is None else asked)
 
 
@@ -280,7 +314,10 @@ def _prepare_cache(model: nn.Module, cache: Any, use_cache: bool, batch: int) ->
 def resolve_output_flags(
     model: nn.Module, use_cache: bool | None, output_hidden_states: bool | None
 ) -> tuple[bool, bool]:
-    """``use_cache`` and ``output_hidden_states`` as passed, else from the config (no cache while training)."""
+    """``use_cache`` and ``output_hidden_states`` as passed (checked), else from the config (no cache while
+    training)."""
+    check_flag("use_cache", use_cache)
+    check_flag("output_hidden_states", output_hidden_states)
     config = model.config
     if not config.capabilities.can_generate:  # a bidirectional encoder has no state to carry between calls
         if use_cache:

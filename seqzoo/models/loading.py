@@ -20,6 +20,7 @@ from torch import nn
 from transformers import PreTrainedConfig
 
 from seqzoo.layers.mixer import Mixer
+from seqzoo.models.configuration_utils import saved_class_name
 from seqzoo.models.weight_storage import offloaded_value
 
 logger = logging.getLogger(__name__)
@@ -41,7 +42,7 @@ def check_checkpoint_model_type(cls: type, source: Any, kwargs: dict[str, Any]) 
             f"checkpoint {str(source)!r} holds a {found!r} model, not {expected!r} ({cls.__name__}); load it with "
             f"AutoModelForCausalLM.from_pretrained, or with the class of its architecture"
         )
-    return (config_dict.get("architectures") or [None])[0]
+    return saved_class_name(config_dict.get("architectures"), f"checkpoint {str(source)!r}")
 
 
 def damaged_json_files(folder: Path, names: Any) -> str:

@@ -7,6 +7,7 @@ are laid out and saved in weight_storage.py."""
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import difflib
 import importlib
 import inspect
@@ -35,7 +36,7 @@ from seqzoo.models.compat import (
 )
 from seqzoo.models.compiled_decoding import ATTRIBUTE as COMPILED
 from seqzoo.models.compiled_decoding import check_backend, compile_forward, run_compiled_step
-from seqzoo.models.configuration_utils import unknown_loading_keyword
+from seqzoo.models.configuration_utils import saved_class_name, unknown_loading_keyword
 from seqzoo.models.decode_loop import check_loop_name, runs_own_loop, sample
 from seqzoo.models.decode_plan import fixed_model
 from seqzoo.models.decode_step import call_plainly
@@ -58,7 +59,14 @@ from seqzoo.models.generation import (
 )
 from seqzoo.models.generation_setup import ATTRIBUTE as GENERATION_DEFAULTS
 from seqzoo.models.generation_setup import PreparedGeneration, signature_read_once
-from seqzoo.models.inputs import float64_token_loss, index_labels
+from seqzoo.models.inputs import (
+    FLAG_TYPES,
+    check_flag,
+    check_logits_to_keep,
+    float64_token_loss,
+    index_labels,
+    resolved_return_dict,
+)
 from seqzoo.models.loading import (
     check_checkpoint_model_type,
     check_finite_weights,
@@ -97,7 +105,23 @@ class SeqzooPreTrainedModel(PreTrainedModel):
     # (seqzoo/models/packing.py), which every causal architecture reads; checked like the parameters.
     extra_forward_kwargs: tuple[str, ...] = PACKING_KWARGS
 
+    @classmethod
+    def check_config_class(cls, config: Any) -> None:
+        """Refuse a config that is not one of this class's architecture: another family's config built that family's
+        layers under this class's name (``LSTMForCausalLM(GRUConfig())``), or failed on an attribute it lacks. By
+        model_type, not class: a model loaded through a checkpoint's bundled code takes the bundle's config class."""
+        config_class = cls.config_class
+        if not isinstance(config, PreTrainedConfig):
+            raise TypeError(f"{cls.__name__} takes a config (a {getattr(config_class, '__name__', 'PreTrainedConfig')}"
+                            f"); got {type(config).__name__} {config!r:.80}")
+        expected = getattr(config_class, "model_type", None)
+        if expected and config.model_type != expected:
+            raise ValueError(f"{cls.__name__} is a model of {config_class.__name__} (model_type {expected!r}); got a "
+                             f"{type(config).__name__} (model_type {config.model_type!r}): build that config's model "
+                             "with the Auto classes, e.g. AutoModelForCausalLM.from_config(config)")
+
     def __init__(self, config: Any, *args: Any, **kwargs: Any) -> None:
+        self.check_config_class(config)
         # A config is validated when built, but a field set since (``config.x = ...``, or a keyword of
         # ``from_pretrained``, which transformers sets on the loaded config) was not: the model would be built from
         # it silently (a hybrid of fewer layers than its mixer_types, a seq2seq model of a combination its config
@@ -106,6 +130,20 @@ class SeqzooPreTrainedModel(PreTrainedModel):
         if validate is not None:
             validate()
         super().__init__(config, *args, **kwargs)
+
+    @classmethod
+    def _from_config(cls, config: Any, **kwargs: Any) -> Any:
+        """transformers' ``_from_config`` (``AutoModel.from_config``), which hands every keyword it does not read to
+        the model's ``__init__``: a config field (``from_config(config, dropout=0.3)``) or a misspelt name failed
+        there with a bare TypeError naming an internal class."""
+        for key in sorted(set(kwargs) - _FROM_CONFIG_OPTIONS):
+            if isinstance(config, PreTrainedConfig) and key in _config_fields(config):
+                raise config_given_with_keywords(cls, "from_config", config, key, "its argument")
+            close = difflib.get_close_matches(key, sorted(_FROM_CONFIG_OPTIONS), n=1)
+            raise TypeError(f"{cls.__name__}.from_config got unknown keyword argument {key!r}"
+                            f"{f' (did you mean {close[0]!r}?)' if close else ''}: it takes "
+                            f"{', '.join(sorted(_FROM_CONFIG_OPTIONS))}; set config fields on the config")
+        return super()._from_config(config, **kwargs)
 
     def __getstate__(self) -> dict[str, Any]:
         state = super().__getstate__()
@@ -278,7 +316,8 @@ class SeqzooPreTrainedModel(PreTrainedModel):
                 raise TypeError(f"{cls.__name__}.from_pretrained: {name} must be True or False; got {value!r}")
         config = kwargs.get("config")
         if isinstance(config, PreTrainedConfig) and (config.architectures or not strict):
-            saved_as = (config.architectures or [None])[0]  # (the Auto classes pass the checkpoint's own config)
+            # (the Auto classes pass the checkpoint's own config)
+            saved_as = saved_class_name(config.architectures, type(config).__name__)
         elif isinstance(config, PreTrainedConfig):
             # A config of the user's, which names no class: the checkpoint's own says what head it was saved with
             # (a tagger's score loaded as a sequence classifier's, silently). A source without one is left to the load.
@@ -306,6 +345,9 @@ class SeqzooPreTrainedModel(PreTrainedModel):
             reports.release()  # (transformers' own error points to its report: "look at the ... above report!")
             explain_load_error(err, pretrained_model_name_or_path)
             unknown = _unknown_init_keyword(err, kwargs)
+            if unknown is not None and isinstance(config, PreTrainedConfig) and unknown in _config_fields(config):
+                # (transformers applies keywords to the config it loads, not to one given with config=)
+                raise config_given_with_keywords(cls, "from_pretrained", config, unknown, "config=") from None
             if unknown is not None:
                 config_class = type(config) if isinstance(config, PreTrainedConfig) else cls.config_class
                 raise unknown_loading_keyword(config_class, cls, unknown) from None
@@ -366,6 +408,21 @@ _TRANSFORMERS_4_SAVE_OPTIONS = ("safe_serialization", "save_function")
 _TOKENIZER_SAVE_OPTIONS = ("legacy_format", "filename_prefix")
 
 
+# The keywords transformers' _from_config reads itself (the rest it hands to the model's __init__).
+_FROM_CONFIG_OPTIONS = frozenset({"dtype", "torch_dtype", "attn_implementation", "experts_implementation"})
+
+
+def _config_fields(config: PreTrainedConfig) -> set[str]:
+    return {f.name for f in dataclasses.fields(config)} | set(config.attribute_map)
+
+
+def config_given_with_keywords(cls: type, method: str, config: PreTrainedConfig, key: str, how: str) -> TypeError:
+    """The error for a config field given as a keyword beside a config object, which nothing applies to it."""
+    return TypeError(f"{cls.__name__}.{method} got the keyword {key!r}, a field of {type(config).__name__}, beside a "
+                     f"config passed as {how}: keywords are not applied to a config given this way; set it on the "
+                     f"config first (config.{key} = ...), or build the config with it")
+
+
 def _unknown_init_keyword(err: Exception, kwargs: dict[str, Any]) -> str | None:
     """The keyword of ``kwargs`` that a model's ``__init__`` refused in ``err`` (transformers hands the model what
     neither its loading nor the config takes), or None for any other error."""
@@ -393,6 +450,7 @@ class SeqzooForCausalLM(SeqzooPreTrainedModel, PreparedGeneration, GenerationMix
     base_model_class: type[nn.Module]
 
     def __init__(self, config: Any) -> None:
+        self.check_config_class(config)  # (before its capabilities are read)
         if not config.capabilities.can_generate:
             raise ValueError(
                 f"{type(self).__name__} needs a causal model, but this config is bidirectional: every position's "
@@ -432,6 +490,14 @@ class SeqzooForCausalLM(SeqzooPreTrainedModel, PreparedGeneration, GenerationMix
         kwargs: only what :data:`seqzoo.models.compat.PASSTHROUGH_KWARGS` lists, or what the backbone names in
             ``extra_forward_kwargs``; anything else raises.
         """
+        # (type checks only, and only the flags' own types on a decode step: a flag given as a string "no" was true,
+        # and logits_to_keep=-1 kept every position)
+        if (type(logits_to_keep) is not int or logits_to_keep < 0 or type(use_cache) not in FLAG_TYPES
+                or type(return_dict) not in FLAG_TYPES or type(output_hidden_states) not in FLAG_TYPES):
+            check_logits_to_keep(logits_to_keep)
+            for name, flag in (("use_cache", use_cache), ("return_dict", return_dict),
+                               ("output_hidden_states", output_hidden_states)):
+                check_flag(name, flag)
         compiled = self.__dict__.get(COMPILED)
         if (compiled is not None and input_ids is not None and input_ids.shape[-1] == 1 and labels is None
                 and not torch.is_grad_enabled() and not torch.compiler.is_compiling()
@@ -451,7 +517,7 @@ class SeqzooForCausalLM(SeqzooPreTrainedModel, PreparedGeneration, GenerationMix
                 return output
         if kwargs:
             check_kwargs(kwargs, forward_parameters(self), f"{type(self).__name__}.forward")
-        return_dict = return_dict if return_dict is not None else self.config.return_dict
+        return_dict = resolved_return_dict(self, return_dict)
         backbone = self.model
         # Looked up on the class: a module put in the backbone's place (a wrapper, perhaps one that hands attribute
         # reads on to the backbone it wraps) is always called.

@@ -13,6 +13,17 @@ from seqzoo.models.configuration_utils import (
     require_int,
 )
 
+# How transformers writes a float JSON cannot hold: {"__float__": "Infinity"}.
+_FLOAT_TAG = "__float__"
+_TAGGED_FLOATS = {"Infinity": math.inf, "-Infinity": -math.inf, "NaN": math.nan}
+
+
+def _decoded_float(value: Any) -> Any:
+    """``value``, or the float a transformers tag such as ``{"__float__": "Infinity"}`` stands for."""
+    if isinstance(value, dict) and set(value) == {_FLOAT_TAG} and value[_FLOAT_TAG] in _TAGGED_FLOATS:
+        return _TAGGED_FLOATS[value[_FLOAT_TAG]]
+    return value
+
 
 class Mamba2Config(SeqzooConfig):
     r"""
@@ -73,8 +84,10 @@ class Mamba2Config(SeqzooConfig):
         if self.num_heads is None and _positive_int(self.hidden_size) and _positive_int(self.expand) \
                 and _positive_int(self.head_dim):
             self.num_heads = self.expand * self.hidden_size // self.head_dim
-        if isinstance(self.time_step_limit, list):
-            self.time_step_limit = tuple(self.time_step_limit)  # config.json stores it as a list
+        if isinstance(self.time_step_limit, (list, tuple)):
+            # config.json stores it as a list, and its infinity tagged as transformers writes it, which only
+            # transformers' own file reader decodes (Mamba2Config(**json.load(file)) refused the saved value)
+            self.time_step_limit = tuple(_decoded_float(value) for value in self.time_step_limit)
         super().__post_init__(**kwargs)
 
     @classmethod

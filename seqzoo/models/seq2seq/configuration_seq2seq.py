@@ -201,6 +201,10 @@ class Seq2SeqConfig(SeqzooConfig):
             # (either default is no setting: "first+last" for a bidirectional encoder, "last" as saved before that)
             ("classifier_pooling", self.classifier_pooling if self.classifier_pooling in pooling_defaults else "last",
              False, "classification heads (an encoder-decoder has none)"),
+            # (transformers' label fields, at the two LABEL_i names every config holds unless given others)
+            ("num_labels", 2, False, "classification heads (an encoder-decoder has none)"),
+            ("id2label", {0: "LABEL_0", 1: "LABEL_1"}, False, "classification heads (an encoder-decoder has none)"),
+            ("problem_type", None, False, "classification heads (an encoder-decoder has none)"),
         )
         return [*super().unread_fields(), *((name, default, owner) for name, default, read, owner in fields
                                             if not read)]

@@ -49,10 +49,12 @@ from seqzoo.models.generation import (
 from seqzoo.models.generation_setup import PreparedGeneration
 from seqzoo.models.inputs import (
     cache_under_checkpointing,
+    check_flag,
     check_label_range,
     check_mask_values,
     prepare_inputs,
     resolve_output_flags,
+    resolved_return_dict,
 )
 from seqzoo.models.modeling_utils import SeqzooPreTrainedModel, forward_parameters
 
@@ -171,6 +173,7 @@ class Seq2SeqModel(Seq2SeqPreTrainedModel):
         cache = take_cache(cache, kwargs)
         check_kwargs(kwargs, forward_parameters(self), f"{type(self).__name__}.forward")
         use_cache, output_hidden_states = resolve_output_flags(self, use_cache, output_hidden_states)
+        check_flag("output_attentions", output_attentions)
         output_attentions = bool(output_attentions)
         use_cache = cache_under_checkpointing(
             self, self.decoder.gradient_checkpointing and self.training and torch.is_grad_enabled(), cache, use_cache)
@@ -341,7 +344,7 @@ class Seq2SeqForConditionalGeneration(Seq2SeqPreTrainedModel, PreparedGeneration
         """
         cache = take_cache(cache, kwargs)
         check_kwargs(kwargs, forward_parameters(self), f"{type(self).__name__}.forward")
-        return_dict = return_dict if return_dict is not None else self.config.return_dict
+        return_dict = resolved_return_dict(self, return_dict)
         if labels is not None:
             self._check_labels(labels)
             labels = labels.long()  # (int32 ids too: the loss takes int64)
