@@ -44,13 +44,17 @@ def test_cu_seq_lens_not_starting_at_0_are_refused():
         tiny_model("lstm-tiny")(IDS, cu_seq_lens_q=torch.tensor([1, 2, 5]))
 
 
-def test_a_document_of_cu_seq_lens_does_not_run_on_into_the_next_row():
+def test_a_document_of_cu_seq_lens_that_runs_on_into_the_next_row_is_refused():
+    # It was cut at the row's end without a word, its part in the next row computed without its start (FlashAttention's
+    # varlen kernels, which read cu_seq_lens over the flattened batch, would attend across the two rows).
     model = tiny_model("lstm-tiny").double().eval()
     ids = torch.tensor([[5, 17, 33, 8], [61, 40, 9, 70]])
-    with torch.no_grad():
-        over = model(ids, cu_seq_lens_q=torch.tensor([0, 3, 8])).logits
+    with torch.no_grad(), pytest.raises(ValueError, match=r"cu_seq_lens_q=\[0, 3, 8\] has a document run on from row 0 "
+                                                          r"into row 1 of the batch's 2 rows of 4 tokens"):
+        model(ids, cu_seq_lens_q=torch.tensor([0, 3, 8]))
+    with torch.no_grad():  # (each row beginning a document: taken)
         split = model(ids, cu_seq_lens_q=torch.tensor([0, 3, 4, 8])).logits
-    torch.testing.assert_close(over, split)
+        torch.testing.assert_close(split[1], model(ids[1:]).logits[0])
 
 
 @pytest.mark.parametrize("positions, message", [
