@@ -155,15 +155,8 @@ def find_packing(
         starts = _with_row_starts(step != 1)
     if seq_idx is not None:
         seq_idx = _check_shape("seq_idx", seq_idx, batch, length)
-        seq_step = torch.diff(seq_idx, dim=-1)
-        if bool((seq_step < 0).any()):
-            row, column = (int(i) for i in (seq_step < 0).nonzero()[0])
-            raise ValueError(
-                f"{name}: seq_idx goes back from document {int(seq_idx[row, column])} to "
-                f"{int(seq_idx[row, column + 1])} at position {column + 1} of row {row}; it numbers a row's documents "
-                "in order (each document's tokens together), as DataCollatorWithFlattening writes it"
-            )
-        starts = _agree(starts, _with_row_starts(seq_step != 0), "seq_idx", name)
+        # (mamba_ssm's convention: any change of seq_idx, up or down, begins a document)
+        starts = _agree(starts, _with_row_starts(torch.diff(seq_idx, dim=-1) != 0), "seq_idx", name)
     for side, cu in (("q", cu_q), ("k", cu_k)):
         if cu is not None:
             key = f"cu_seq_lens_{side}"
