@@ -11,6 +11,7 @@ import torch
 from transformers import AutoConfig, AutoModelForCausalLM
 
 import seqzoo
+from seqzoo.models.compat import output_cache
 
 SMALL = dict(vocab_size=50, hidden_size=16, num_hidden_layers=1)
 
@@ -206,7 +207,7 @@ def test_forward_flags_of_another_type_are_refused(preset, given, message):
     with torch.no_grad():
         with pytest.raises(ValueError, match=message):
             model(ids, **given)
-        cache = model(ids, use_cache=True).cache
+        cache = output_cache(model(ids, use_cache=True))
         if "logits_to_keep" in given or "return_dict" in given or "use_cache" in given:
             with pytest.raises(ValueError, match=message):
                 model(torch.tensor([[4]]), cache=cache, **given)
