@@ -121,9 +121,7 @@ class SeqzooConfig(PreTrainedConfig):
         if self.dtype is not None and torch_dtype is not None and _as_dtype(self.dtype) != _as_dtype(torch_dtype):
             message = (f"{type(self).__name__}: dtype={self.dtype!r} and torch_dtype={torch_dtype!r} disagree "
                        "(transformers would keep dtype and drop torch_dtype); give dtype only")
-            if not (loading_config() or not STRICT):
-                raise ValueError(message)
-            logger.warning("%s; loaded with dtype", message)
+            refuse_unless_loading(message, "loaded with dtype")
         # transformers' own keywords, checked as given: attn_implementation=5 failed inside transformers on a
         # .startswith, and per_layer_config (a heterogeneous config) on an int() of a field's name
         implementation = kwargs.get("attn_implementation")
@@ -302,8 +300,8 @@ class SeqzooConfig(PreTrainedConfig):
             )
         eos = self.eos_token_id
         # (None is valid only as the whole value: inside a list generate() failed on it with a bare TypeError)
-        for token in eos if isinstance(eos, (list, tuple)) else [eos]:
-            if (token is not None or eos is not token) and not (_is_int(token) and 0 <= token < self.vocab_size):
+        for token in () if eos is None else eos if isinstance(eos, (list, tuple)) else [eos]:
+            if not (_is_int(token) and 0 <= token < self.vocab_size):
                 raise ValueError(
                     f"{type(self).__name__}.eos_token_id={eos!r} is invalid: token ids must be integers in "
                     f"[0, vocab_size={self.vocab_size}) (or null for none, as the whole value, not in a list)"
@@ -584,8 +582,14 @@ def refuse_rope_keywords(config: PreTrainedConfig, kwargs: dict[str, Any]) -> No
     message = (f"{name}: {', '.join(given)} {'is' if len(given) == 1 else 'are'} not read by a model of {name}, which "
                "has no rotary positions (RoPE: TransformerConfig, HybridConfig); leave "
                f"{'it' if len(given) == 1 else 'them'} out")
+    refuse_unless_loading(message)
+
+
+def refuse_unless_loading(message: str, then: str = "kept on the config and ignored") -> None:
+    """Raise ``message`` where a config is built; while a config.json loads (or outside strict checking) log it as a
+    warning saying what happens instead (``then``): a saved file is read as transformers reads it."""
     if loading_config() or not STRICT:
-        logger.warning("%s (kept on the config and ignored)", message)
+        logger.warning("%s (%s)", message, then)
         return
     raise ValueError(message)
 
@@ -774,10 +778,7 @@ def require_plain_rope(config: Any) -> None:
     if unread:
         message = (f"{name}: {unread[0]} is not read by a model of {config.architecture_summary()}; remove "
                    "rope_scaling / rope_parameters from the config")
-        if loading_config() or not STRICT:
-            logger.warning("%s (kept on the config and ignored)", message)
-        else:
-            raise ValueError(message)
+        refuse_unless_loading(message)
     if rope_type != "default":
         raise ValueError(
             f"{name}: rope_scaling / rope_parameters with rope_type={rope_type!r} is not supported: seqzoo computes "
