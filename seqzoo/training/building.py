@@ -33,6 +33,7 @@ def check_recipe(recipe: Recipe) -> None:
     if recipe.model.path is None:
         overrides.update(recipe.model.config)
         config = seqzoo.get_config(recipe.model.preset, **overrides)
+        check_weight_dtype(config)
         check_tbptt_config(config, recipe.train.tbptt_chunk, f"preset {recipe.model.preset!r}")
     else:
         from transformers import AutoConfig
@@ -52,6 +53,19 @@ def check_batch_split(t: Any, world: int | None) -> int:
         raise ValueError(f"train.batch_size={t.batch_size} (global) must be divisible by {processes} x "
                          f"gradient_accumulation_steps ({t.gradient_accumulation_steps}) = {per_micro}")
     return t.batch_size // per_micro
+
+
+def check_weight_dtype(config: Any) -> None:
+    """Refuse ``model.config.dtype`` of half precision: the model is built in it, and AdamW then keeps the weights and
+    its moments in it too. In float16 the first update overflowed (the run stopped blaming optim.lr); in bfloat16 the
+    run trained and saved a bfloat16 model, its small updates rounded away, while its record said mixed_precision no.
+    A saved model (model.path) is loaded in float32 for the same reason."""
+    dtype = getattr(torch, config.dtype) if isinstance(config.dtype, str) else config.dtype
+    if dtype in (torch.float16, torch.bfloat16):
+        raise ValueError(f"recipe field model.config.dtype={str(dtype).removeprefix('torch.')!r} is invalid: expected "
+                         "float32 (the default) or float64, the dtype of the weights AdamW updates (in half precision "
+                         "its updates overflow or round away); train.mixed_precision=bf16 runs the forward and "
+                         "backward in bfloat16 over float32 weights")
 
 
 def check_saved_config(config: Any, path: str, overrides: dict[str, Any], data_name: str | None) -> None:
@@ -91,6 +105,7 @@ def build_model(recipe: Recipe, data: Any) -> Any:
     else:
         overrides.update(recipe.model.config)  # an explicit value wins; the vocabulary check below still applies
         model = seqzoo.create_model(recipe.model.preset, recipe.task, **overrides)
+        check_weight_dtype(model.config)
     if model.config.vocab_size < data.vocab_size:
         raise ValueError(
             f"model vocab_size={model.config.vocab_size} is smaller than the data's vocabulary ({data.vocab_size} "

@@ -222,9 +222,10 @@ class Recipe:
             heads = seqzoo.registry.preset_values(m.preset)[0].heads
             if self.task is None:
                 self.task = next(iter(heads))
-            _check(self.task in TRAINED_TASKS and self.task in heads, "task", self.task,
-                   f"a task model.preset={m.preset!r} has a head for: "
-                   f"{', '.join(t for t in heads if t in TRAINED_TASKS)}", choices=list(TRAINED_TASKS))
+            # (hints from this preset's heads: `task=seq2seq` on an LSTM was asked "did you mean 'seq2seq'?")
+            trained = [t for t in heads if t in TRAINED_TASKS]
+            _check(self.task in trained, "task", self.task,
+                   f"a task model.preset={m.preset!r} has a head for: {', '.join(trained)}", choices=trained)
         else:
             _check(m.preset is None, "model.preset", m.preset, "null with model.path (the model comes from the "
                    "saved folder; a preset builds a new one: give one of the two)")

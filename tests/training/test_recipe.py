@@ -484,6 +484,15 @@ def test_a_bare_task_override_is_the_memory_task_or_what_the_recipe_trains():
     assert values["data"] == {"task": "cpy"}
 
 
+def test_a_task_the_preset_has_no_head_for_hints_only_at_its_heads():
+    # TRAINED_TASKS gave the hints: task=seq2seq on an LSTM was answered "did you mean 'seq2seq'?"
+    with pytest.raises(ValueError, match=r"task='seq2seq' is invalid: expected a task model.preset='lstm-tiny' has a "
+                                         r"head for: causal-lm, sequence-classification, token-classification$"):
+        recipe_from_dict({"task": "seq2seq", "model": {"preset": "lstm-tiny"}})
+    with pytest.raises(ValueError, match=r"\(did you mean 'token-classification'\?\)"):
+        recipe_from_dict({"task": "token-clasification", "model": {"preset": "lstm-tiny"}})
+
+
 @pytest.mark.parametrize("preset, overrides, field", [
     # a recipe preset of a generated task switched to the user's file kept the task's settings, read by nothing
     ("bilstm-tagger", {"data.source": "jsonl", "data.path": "tags.jsonl"}, "data.task='appears_later'"),

@@ -20,7 +20,7 @@ from transformers import AutoModelForCausalLM
 
 import seqzoo.training.checkpoint as checkpoint
 import seqzoo.training.tbptt as tbptt
-from seqzoo.training.building import lr_factor
+from seqzoo.training.building import check_recipe, lr_factor
 from seqzoo.training.checkpoint import list_checkpoints
 from seqzoo.training.grad_health import GradientHealth, classify
 from seqzoo.training.recipe import recipe_from_dict
@@ -1052,6 +1052,24 @@ def test_a_model_saved_in_half_precision_trains_in_float32(tmp_path, dtype):
     result = train(from_saved(tmp_path, saved_lm(tmp_path, dtype=dtype)), progress=False)
     assert result.steps == 2 and {p.dtype for p in result.model.parameters()} == {torch.float32}
     assert json.loads((tmp_path / "again" / "config.json").read_text())["dtype"] == "float32"
+
+
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
+def test_a_preset_built_in_half_precision_is_refused_before_the_run(tmp_path, dtype):
+    # model.config.dtype builds the weights in it: AdamW made float16 weights inf at the first step (the error blamed
+    # optim.lr), and trained and saved bfloat16 ones, their small updates rounded away, while the record said
+    # mixed_precision no.
+    recipe = make_recipe(tmp_path, model={"preset": "lstm-tiny", "config": {"dtype": dtype}})
+    refused = rf"model.config.dtype='{dtype}' is invalid: expected float32 .* train.mixed_precision=bf16"
+    with pytest.raises(ValueError, match=refused):
+        check_recipe(recipe)  # (seqzoo train --print-recipe)
+    with pytest.raises(ValueError, match=refused):
+        train(recipe, progress=False)
+    assert not (tmp_path / "run").exists()
+    float64 = make_recipe(tmp_path, model={"preset": "lstm-tiny", "config": {"dtype": "float64"}},
+                          train={"max_steps": 1, "save_every": 0})
+    result = train(float64, progress=False, save_model=False)
+    assert {p.dtype for p in result.model.parameters()} == {torch.float64}
 
 
 def test_resuming_a_run_from_a_saved_model_refuses_a_saved_folder_that_changed(tmp_path):
