@@ -299,9 +299,10 @@ _REPORTING_LOGGER = "transformers.modeling_utils"  # (the logger transformers' l
 
 
 def initialise_anew(model: nn.Module, info: dict[str, Any]) -> None:
-    """Give the tensors that a lenient load left without a value (missing from the checkpoint or mis-shaped in it)
-    fresh values. transformers initialises a missing tensor through ``_init_weights``, but only for a module whose own
-    parameters are not all loaded (for a model outside its package): a tensor of a mixer's submodule (Mamba's
+    """Give the tensors that a lenient load (``strict=False``, or ``ignore_mismatched_sizes=True`` for mis-shaped
+    ones) left without a value (missing from the checkpoint or mis-shaped in it) fresh values. transformers
+    initialises a missing tensor through ``_init_weights``, but only for a module whose own parameters are not all
+    loaded (for a model outside its package): a tensor of a mixer's submodule (Mamba's
     convolution, Mamba-2's gated norm, RWKV-7's ``ln_x``), whose initialisation is the mixer's own, would keep
     whatever memory the loader allocated (NaN at times). So an ``nn.Linear`` or ``nn.Embedding`` gets transformers'
     usual values, normal(0, initializer_range) and zero biases (an untied vocabulary head has no other rule), and then
@@ -317,8 +318,8 @@ def initialise_anew(model: nn.Module, info: dict[str, Any]) -> None:
     if offloaded:  # (accelerate's offload index has no entry for them: the first forward failed with a KeyError)
         raise ValueError(
             f"strict=False cannot give fresh values to tensors that a device_map offloads ({', '.join(offloaded[:4])}"
-            f"{' ...' if len(offloaded) > 4 else ''}): load the checkpoint with strict=False without offloading, "
-            "save it, and load the saved folder with the device_map"
+            f"{' ...' if len(offloaded) > 4 else ''}), nor can ignore_mismatched_sizes=True: load the checkpoint "
+            "that way without offloading, save it, and load the saved folder with the device_map"
         )
     modules: dict[str, nn.Module] = {}
     with torch.no_grad():
@@ -351,8 +352,9 @@ def initialise_anew(model: nn.Module, info: dict[str, Any]) -> None:
 
 def _initialise_loaded(model: nn.Module, module: nn.Module) -> None:
     """Run the model's ``_init_weights`` on ``module`` after a load: transformers' init functions skip a tensor the
-    load marked initialised, so the marks are lifted for the call and put back after it."""
-    tensors = [tensor for tensor in module._parameters.values() if tensor is not None]
+    load marked initialised, so the marks (of its submodules' tensors too) are lifted for the call and put back after
+    it."""
+    tensors = list(module.parameters())
     marks = [getattr(tensor, "_is_hf_initialized", None) for tensor in tensors]
     for tensor in tensors:
         tensor._is_hf_initialized = False
@@ -410,6 +412,9 @@ def check_loaded_tensors(cls: type, model: nn.Module, info: dict[str, Any], sour
                 for module in model.get_submodule(name).modules():
                     if not any(tensor.is_meta for tensor in module.parameters(recurse=False)):
                         _initialise_loaded(model, module)
+        # output_loading_info reports them as what they now are: tensors given fresh values, not the checkpoint's
+        info["missing_keys"] = {*info.get("missing_keys", []),
+                                *(key for key in model.state_dict() if key.startswith(tuple(f"{m}." for m in shared)))}
         shared = []
     tied = set(getattr(model, "all_tied_weights_keys", {}) or {})
     missing = sorted(set(info.get("missing_keys", [])) - tied)
@@ -566,7 +571,8 @@ def _replay_mixer_initialisation(model: nn.Module, keys: set[str]) -> None:
             if any(tensor.is_meta for tensor in tensors.values()):
                 continue  # (offloaded by a device_map: nothing here to write to)
             kept = {name: tensor.clone() for name, tensor in tensors.items() if f"{prefix}.{name}" not in keys}
-            mixer.init_weights()
+            # (the model's rule for the mixer, not only the mixer's own: a classic LM's top layer starts smaller)
+            _initialise_loaded(model, mixer)
             for name, value in kept.items():
                 tensors[name].copy_(value)
 
