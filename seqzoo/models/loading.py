@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import math
 import os
 import re
 from collections.abc import Iterator
@@ -95,6 +96,37 @@ def check_generation_config_file(source: Any, kwargs: dict[str, Any]) -> None:
                     raise ValueError(f"{str(path)!r}: {name}={value!r} is invalid: token ids must be in [0, "
                                      f"vocab_size={vocab_size}) of the model's config; fix or delete the file (or "
                                      "pass generation_config=...)")
+            for name, (kind, lowest) in _GENERATION_SETTINGS.items():
+                value = values.get(name)
+                if value is not None and not _is_setting(value, kind, lowest):
+                    allowed = "true or false" if kind is bool else f"{'an integer' if kind is int else 'a number'}" + (
+                        f" >= {lowest}" if lowest is not None else "")
+                    raise ValueError(f"{str(path)!r}: {name}={value!r} is invalid: expected {allowed} (or null); "
+                                     "fix or delete the file (or pass generation_config=...)")
+
+
+# generation_config.json settings that transformers compares, counts or branches on, by what they must be: a
+# hand-edited "num_beams": "2" or "max_new_tokens": "20" failed inside transformers naming no file, "num_beams": 0
+# divided by zero, "do_sample": "false" sampled and "max_length": 5.5 was taken.
+_GENERATION_SETTINGS: dict[str, tuple[type, int | None]] = {
+    **dict.fromkeys(("max_length", "max_new_tokens", "min_length", "min_new_tokens", "top_k", "no_repeat_ngram_size",
+                     "encoder_no_repeat_ngram_size"), (int, 0)),
+    **dict.fromkeys(("num_beams", "num_beam_groups", "num_return_sequences"), (int, 1)),
+    **dict.fromkeys(("do_sample", "use_cache", "renormalize_logits", "remove_invalid_values", "output_scores",
+                     "output_logits", "return_dict_in_generate", "output_attentions", "output_hidden_states"),
+                    (bool, None)),
+    **dict.fromkeys(("temperature", "top_p", "min_p", "typical_p", "epsilon_cutoff", "eta_cutoff",
+                     "repetition_penalty", "encoder_repetition_penalty", "length_penalty", "diversity_penalty",
+                     "guidance_scale", "max_time"), (float, None)),
+}
+
+
+def _is_setting(value: Any, kind: type, lowest: int | None) -> bool:
+    """Whether a generation setting read from JSON is of ``kind`` (a float setting takes an integer; true is no
+    integer) and at least ``lowest``."""
+    if kind is float:
+        return type(value) in (int, float) and math.isfinite(value)
+    return type(value) is kind and (lowest is None or value >= lowest)
 
 
 def _vocab_size(folder: Path, kwargs: dict[str, Any]) -> int | None:

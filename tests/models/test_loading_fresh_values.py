@@ -44,3 +44,4 @@ def test_a_head_started_anew_on_another_heads_checkpoint_is_reported_missing(tmp
     assert not torch.equal(loaded.score.weight, saved.score.weight)
     assert "score.weight" in info["missing_keys"]
     assert not info["unexpected_keys"] and not info["mismatched_keys"]
+
