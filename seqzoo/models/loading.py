@@ -240,7 +240,8 @@ def hub_snapshot(source: Any, kwargs: dict[str, Any]) -> Path | None:
 
 def check_weight_files(source: Any, kwargs: dict[str, Any]) -> None:
     """Refuse a local folder whose checkpoint index is damaged (transformers fails with a KeyError or TypeError that
-    names no file) or whose safetensors weights hold integer or boolean tensors (transformers casts them silently).
+    names no file) or whose weights (safetensors, or else a pickle) hold integer or boolean tensors (transformers casts
+    them silently).
     A pre-quantised checkpoint (``quantization_config``) holds integer tensors by design and is left alone, as is a
     file that cannot be read (the load names it). With ``variant="v1"`` the files read are those transformers
     loads, ``model.v1.safetensors`` or ``model.safetensors.index.v1.json`` and its shards."""
@@ -255,8 +256,12 @@ def check_weight_files(source: Any, kwargs: dict[str, Any]) -> None:
     except (OSError, ValueError, TypeError, RecursionError):
         return  # (a damaged config.json is named by the config loader)
     variant = kwargs.get("variant")
-    single = folder / _with_variant("model.safetensors", variant)
-    index = folder / _with_variant("model.safetensors.index.json", variant)
+    # (transformers reads the safetensors weights where there are any, else the pickled ones)
+    for single, index in (("model.safetensors", "model.safetensors.index.json"),
+                          ("pytorch_model.bin", "pytorch_model.bin.index.json")):
+        single, index = folder / _with_variant(single, variant), folder / _with_variant(index, variant)
+        if single.is_file() or index.is_file():
+            break
     if single.is_file():
         files = [single]
     elif index.is_file():
@@ -278,13 +283,9 @@ def check_weight_files(source: Any, kwargs: dict[str, Any]) -> None:
         return
     odd = []
     for path in files:
-        try:  # a safetensors file starts with its header's length (8 bytes, little-endian) and the header, JSON
-            with open(path, "rb") as handle:
-                size = int.from_bytes(handle.read(8), "little")
-                header = json.loads(handle.read(size)) if 0 < size <= 100_000_000 else None
-            odd += [f"{key} ({entry['dtype']})" for key, entry in header.items()
-                    if key != "__metadata__" and entry["dtype"] not in _FLOAT_DTYPES]
-        except Exception:  # noqa: BLE001 -- missing or damaged: the load itself names it
+        try:
+            odd += [f"{key} ({dtype})" for key, dtype in _stored_dtypes(path) if dtype not in _FLOAT_DTYPES]
+        except Exception:  # noqa: BLE001 -- missing or damaged (or a pickle of more than tensors): the load names it
             return
     if odd:
         raise ValueError(
@@ -292,6 +293,25 @@ def check_weight_files(source: Any, kwargs: dict[str, Any]) -> None:
             f"{' ...' if len(odd) > 8 else ''}; loading would cast their integer codes to the model's dtype (a damaged "
             "or quantised file). Save or download the checkpoint again"
         )
+
+
+def _stored_dtypes(path: Path) -> list[tuple[str, str]]:
+    """(name, safetensors dtype name) of every tensor a weights file holds: a safetensors file's header, or the
+    tensors of a pickle (read with ``weights_only=True``, memory-mapped)."""
+    if path.suffix == ".bin":
+        state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        return [(key, _SAFETENSORS_DTYPE_NAMES.get(tensor.dtype, str(tensor.dtype).removeprefix("torch.")))
+                for key, tensor in state.items() if isinstance(tensor, torch.Tensor)]
+    with open(path, "rb") as handle:  # a safetensors file starts with its header's length (8 bytes) and the header
+        size = int.from_bytes(handle.read(8), "little")
+        header = json.loads(handle.read(size)) if 0 < size <= 100_000_000 else None
+    return [(key, entry["dtype"]) for key, entry in header.items() if key != "__metadata__"]
+
+
+_SAFETENSORS_DTYPE_NAMES = {torch.float64: "F64", torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16",
+                            torch.float8_e4m3fn: "F8_E4M3", torch.float8_e5m2: "F8_E5M2", torch.int64: "I64",
+                            torch.int32: "I32", torch.int16: "I16", torch.int8: "I8", torch.uint8: "U8",
+                            torch.bool: "BOOL"}
 
 
 class HeldLoadReports(logging.Filter):
