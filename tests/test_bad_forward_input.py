@@ -248,6 +248,10 @@ def test_integer_weights_of_a_pickled_checkpoint_are_refused(tmp_path, shards):
         (tmp_path / "pytorch_model.bin.index.json").write_text(json.dumps({"metadata": {}, "weight_map": files}))
     with pytest.raises(ValueError, match=rf"not floating point: {key} \(I32\)"):
         AutoModelForCausalLM.from_pretrained(tmp_path)
+    model.save_pretrained(tmp_path)  # (safetensors beside the pickle: read unless use_safetensors=False)
+    assert AutoModelForCausalLM.from_pretrained(tmp_path).config.vocab_size == model.config.vocab_size
+    with pytest.raises(ValueError, match=rf"not floating point: {key} \(I32\)"):
+        AutoModelForCausalLM.from_pretrained(tmp_path, use_safetensors=False)
 
 
 def test_a_checkpoint_in_a_subfolder_is_checked_there(tmp_path):

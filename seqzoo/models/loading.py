@@ -256,9 +256,11 @@ def check_weight_files(source: Any, kwargs: dict[str, Any]) -> None:
     except (OSError, ValueError, TypeError, RecursionError):
         return  # (a damaged config.json is named by the config loader)
     variant = kwargs.get("variant")
-    # (transformers reads the safetensors weights where there are any, else the pickled ones)
-    for single, index in (("model.safetensors", "model.safetensors.index.json"),
-                          ("pytorch_model.bin", "pytorch_model.bin.index.json")):
+    # (transformers reads the safetensors weights where there are any, else the pickled ones; with
+    # use_safetensors=False the pickled ones)
+    kinds = (("model.safetensors", "model.safetensors.index.json"),
+             ("pytorch_model.bin", "pytorch_model.bin.index.json"))
+    for single, index in kinds[kwargs.get("use_safetensors") is False:]:
         single, index = folder / _with_variant(single, variant), folder / _with_variant(index, variant)
         if single.is_file() or index.is_file():
             break
