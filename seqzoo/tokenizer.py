@@ -179,6 +179,18 @@ def _special_tokens_of_wrong_type(folder: Path) -> str:
     return "; ".join(found)
 
 
+def _model_max_length_of_wrong_type(folder: Path) -> str:
+    """tokenizer_config.json's model_max_length where it is no number >= 1 (``"model_max_length": "512"``; a float
+    such as 1e30, which some tools write for "no limit", works), named with its file (empty otherwise)."""
+    try:
+        value = json.loads((folder / "tokenizer_config.json").read_bytes()).get("model_max_length")
+    except (OSError, ValueError, RecursionError, AttributeError):
+        return ""  # (missing, or damaged: named by damaged_json_files)
+    if value is None or (type(value) in (int, float) and value >= 1):
+        return ""
+    return f"tokenizer_config.json has model_max_length={json.dumps(value)}"
+
+
 def load_tokenizer(source: Any) -> PreTrainedTokenizerFast:
     """``AutoTokenizer.from_pretrained(source, trust_remote_code=False)``, with a clear error for a local folder that
     holds no tokenizer (transformers would otherwise talk about sentencepiece or tiktoken not being installed) or one
@@ -199,6 +211,11 @@ def load_tokenizer(source: Any) -> PreTrainedTokenizerFast:
         )
     if folder.is_dir():
         _refuse_tokenizer_code(folder)
+        length = _model_max_length_of_wrong_type(folder)
+        if length:  # (it loaded, and every call that pads or truncates failed: "'>' not supported between ...")
+            raise ValueError(f"{folder}'s tokenizer cannot be read: {length}; it is the number of tokens the model "
+                             "reads at most, a number >= 1: save the tokenizer again "
+                             "(tokenizer.save_pretrained(folder))")
     try:
         # (never transformers' interactive "run the custom code? [y/N]" prompt, nor code from the folder: seqzoo's own
         # tokenizer classes are registered, and load without it)

@@ -138,3 +138,18 @@ def test_tokenizer_helpers_name_an_argument_of_another_kind():
     for given in (None, "lstm-tiny"):
         with pytest.raises(TypeError, match=r"tokenizer_for takes a model or its config; got "):
             tokenizer_for(given)
+
+
+@pytest.mark.parametrize("length", ["512", 0, True, [512]])
+def test_a_saved_model_max_length_that_is_no_number_is_named(tmp_path, length):
+    """A hand-edited "model_max_length": "512" loaded, and every call that pads or truncates failed inside
+    transformers ("'>' not supported between instances of 'int' and 'str'"); 0 cut every text to nothing."""
+    import json
+
+    byte_tokenizer().save_pretrained(tmp_path)
+    path = tmp_path / "tokenizer_config.json"
+    path.write_text(json.dumps({**json.loads(path.read_text()), "model_max_length": length}))
+    with pytest.raises(ValueError, match=r"tokenizer cannot be read: tokenizer_config\.json has model_max_length="):
+        load_tokenizer(tmp_path)
+    path.write_text(json.dumps({**json.loads(path.read_text()), "model_max_length": 1e30}))
+    assert load_tokenizer(tmp_path)(["ab", "c"], padding=True, truncation=True).input_ids == [[97, 98], [256, 99]]

@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import math
 import os
 import re
 from collections.abc import Iterator
@@ -95,6 +96,37 @@ def check_generation_config_file(source: Any, kwargs: dict[str, Any]) -> None:
                     raise ValueError(f"{str(path)!r}: {name}={value!r} is invalid: token ids must be in [0, "
                                      f"vocab_size={vocab_size}) of the model's config; fix or delete the file (or "
                                      "pass generation_config=...)")
+            for name, (kind, lowest) in _GENERATION_SETTINGS.items():
+                value = values.get(name)
+                if value is not None and not _is_setting(value, kind, lowest):
+                    allowed = "true or false" if kind is bool else f"{'an integer' if kind is int else 'a number'}" + (
+                        f" >= {lowest}" if lowest is not None else "")
+                    raise ValueError(f"{str(path)!r}: {name}={value!r} is invalid: expected {allowed} (or null); "
+                                     "fix or delete the file (or pass generation_config=...)")
+
+
+# generation_config.json settings that transformers compares, counts or branches on, by what they must be: a
+# hand-edited "num_beams": "2" or "max_new_tokens": "20" failed inside transformers naming no file, "num_beams": 0
+# divided by zero, "do_sample": "false" sampled and "max_length": 5.5 was taken.
+_GENERATION_SETTINGS: dict[str, tuple[type, int | None]] = {
+    **dict.fromkeys(("max_length", "max_new_tokens", "min_length", "min_new_tokens", "top_k", "no_repeat_ngram_size",
+                     "encoder_no_repeat_ngram_size"), (int, 0)),
+    **dict.fromkeys(("num_beams", "num_beam_groups", "num_return_sequences"), (int, 1)),
+    **dict.fromkeys(("do_sample", "use_cache", "renormalize_logits", "remove_invalid_values", "output_scores",
+                     "output_logits", "return_dict_in_generate", "output_attentions", "output_hidden_states"),
+                    (bool, None)),
+    **dict.fromkeys(("temperature", "top_p", "min_p", "typical_p", "epsilon_cutoff", "eta_cutoff",
+                     "repetition_penalty", "encoder_repetition_penalty", "length_penalty", "diversity_penalty",
+                     "guidance_scale", "max_time"), (float, None)),
+}
+
+
+def _is_setting(value: Any, kind: type, lowest: int | None) -> bool:
+    """Whether a generation setting read from JSON is of ``kind`` (a float setting takes an integer; true is no
+    integer) and at least ``lowest``."""
+    if kind is float:
+        return type(value) in (int, float) and math.isfinite(value)
+    return type(value) is kind and (lowest is None or value >= lowest)
 
 
 def _vocab_size(folder: Path, kwargs: dict[str, Any]) -> int | None:
@@ -208,7 +240,8 @@ def hub_snapshot(source: Any, kwargs: dict[str, Any]) -> Path | None:
 
 def check_weight_files(source: Any, kwargs: dict[str, Any]) -> None:
     """Refuse a local folder whose checkpoint index is damaged (transformers fails with a KeyError or TypeError that
-    names no file) or whose safetensors weights hold integer or boolean tensors (transformers casts them silently).
+    names no file) or whose weights (safetensors, or else a pickle) hold integer or boolean tensors (transformers casts
+    them silently).
     A pre-quantised checkpoint (``quantization_config``) holds integer tensors by design and is left alone, as is a
     file that cannot be read (the load names it). With ``variant="v1"`` the files read are those transformers
     loads, ``model.v1.safetensors`` or ``model.safetensors.index.v1.json`` and its shards."""
@@ -223,8 +256,14 @@ def check_weight_files(source: Any, kwargs: dict[str, Any]) -> None:
     except (OSError, ValueError, TypeError, RecursionError):
         return  # (a damaged config.json is named by the config loader)
     variant = kwargs.get("variant")
-    single = folder / _with_variant("model.safetensors", variant)
-    index = folder / _with_variant("model.safetensors.index.json", variant)
+    # (transformers reads the safetensors weights where there are any, else the pickled ones; with
+    # use_safetensors=False the pickled ones)
+    kinds = (("model.safetensors", "model.safetensors.index.json"),
+             ("pytorch_model.bin", "pytorch_model.bin.index.json"))
+    for single, index in kinds[kwargs.get("use_safetensors") is False:]:
+        single, index = folder / _with_variant(single, variant), folder / _with_variant(index, variant)
+        if single.is_file() or index.is_file():
+            break
     if single.is_file():
         files = [single]
     elif index.is_file():
@@ -246,13 +285,9 @@ def check_weight_files(source: Any, kwargs: dict[str, Any]) -> None:
         return
     odd = []
     for path in files:
-        try:  # a safetensors file starts with its header's length (8 bytes, little-endian) and the header, JSON
-            with open(path, "rb") as handle:
-                size = int.from_bytes(handle.read(8), "little")
-                header = json.loads(handle.read(size)) if 0 < size <= 100_000_000 else None
-            odd += [f"{key} ({entry['dtype']})" for key, entry in header.items()
-                    if key != "__metadata__" and entry["dtype"] not in _FLOAT_DTYPES]
-        except Exception:  # noqa: BLE001 -- missing or damaged: the load itself names it
+        try:
+            odd += [f"{key} ({dtype})" for key, dtype in _stored_dtypes(path) if dtype not in _FLOAT_DTYPES]
+        except Exception:  # noqa: BLE001 -- missing or damaged (or a pickle of more than tensors): the load names it
             return
     if odd:
         raise ValueError(
@@ -260,6 +295,25 @@ def check_weight_files(source: Any, kwargs: dict[str, Any]) -> None:
             f"{' ...' if len(odd) > 8 else ''}; loading would cast their integer codes to the model's dtype (a damaged "
             "or quantised file). Save or download the checkpoint again"
         )
+
+
+def _stored_dtypes(path: Path) -> list[tuple[str, str]]:
+    """(name, safetensors dtype name) of every tensor a weights file holds: a safetensors file's header, or the
+    tensors of a pickle (read with ``weights_only=True``, memory-mapped)."""
+    if path.suffix == ".bin":
+        state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        return [(key, _SAFETENSORS_DTYPE_NAMES.get(tensor.dtype, str(tensor.dtype).removeprefix("torch.")))
+                for key, tensor in state.items() if isinstance(tensor, torch.Tensor)]
+    with open(path, "rb") as handle:  # a safetensors file starts with its header's length (8 bytes) and the header
+        size = int.from_bytes(handle.read(8), "little")
+        header = json.loads(handle.read(size)) if 0 < size <= 100_000_000 else None
+    return [(key, entry["dtype"]) for key, entry in header.items() if key != "__metadata__"]
+
+
+_SAFETENSORS_DTYPE_NAMES = {torch.float64: "F64", torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16",
+                            torch.float8_e4m3fn: "F8_E4M3", torch.float8_e5m2: "F8_E5M2", torch.int64: "I64",
+                            torch.int32: "I32", torch.int16: "I16", torch.int8: "I8", torch.uint8: "U8",
+                            torch.bool: "BOOL"}
 
 
 class HeldLoadReports(logging.Filter):
@@ -299,9 +353,10 @@ _REPORTING_LOGGER = "transformers.modeling_utils"  # (the logger transformers' l
 
 
 def initialise_anew(model: nn.Module, info: dict[str, Any]) -> None:
-    """Give the tensors that a lenient load left without a value (missing from the checkpoint or mis-shaped in it)
-    fresh values. transformers initialises a missing tensor through ``_init_weights``, but only for a module whose own
-    parameters are not all loaded (for a model outside its package): a tensor of a mixer's submodule (Mamba's
+    """Give the tensors that a lenient load (``strict=False``, or ``ignore_mismatched_sizes=True`` for mis-shaped
+    ones) left without a value (missing from the checkpoint or mis-shaped in it) fresh values. transformers
+    initialises a missing tensor through ``_init_weights``, but only for a module whose own parameters are not all
+    loaded (for a model outside its package): a tensor of a mixer's submodule (Mamba's
     convolution, Mamba-2's gated norm, RWKV-7's ``ln_x``), whose initialisation is the mixer's own, would keep
     whatever memory the loader allocated (NaN at times). So an ``nn.Linear`` or ``nn.Embedding`` gets transformers'
     usual values, normal(0, initializer_range) and zero biases (an untied vocabulary head has no other rule), and then
@@ -317,8 +372,8 @@ def initialise_anew(model: nn.Module, info: dict[str, Any]) -> None:
     if offloaded:  # (accelerate's offload index has no entry for them: the first forward failed with a KeyError)
         raise ValueError(
             f"strict=False cannot give fresh values to tensors that a device_map offloads ({', '.join(offloaded[:4])}"
-            f"{' ...' if len(offloaded) > 4 else ''}): load the checkpoint with strict=False without offloading, "
-            "save it, and load the saved folder with the device_map"
+            f"{' ...' if len(offloaded) > 4 else ''}), nor can ignore_mismatched_sizes=True: load the checkpoint "
+            "that way without offloading, save it, and load the saved folder with the device_map"
         )
     modules: dict[str, nn.Module] = {}
     with torch.no_grad():
@@ -351,8 +406,9 @@ def initialise_anew(model: nn.Module, info: dict[str, Any]) -> None:
 
 def _initialise_loaded(model: nn.Module, module: nn.Module) -> None:
     """Run the model's ``_init_weights`` on ``module`` after a load: transformers' init functions skip a tensor the
-    load marked initialised, so the marks are lifted for the call and put back after it."""
-    tensors = [tensor for tensor in module._parameters.values() if tensor is not None]
+    load marked initialised, so the marks (of its submodules' tensors too) are lifted for the call and put back after
+    it."""
+    tensors = list(module.parameters())
     marks = [getattr(tensor, "_is_hf_initialized", None) for tensor in tensors]
     for tensor in tensors:
         tensor._is_hf_initialized = False
@@ -410,6 +466,9 @@ def check_loaded_tensors(cls: type, model: nn.Module, info: dict[str, Any], sour
                 for module in model.get_submodule(name).modules():
                     if not any(tensor.is_meta for tensor in module.parameters(recurse=False)):
                         _initialise_loaded(model, module)
+        # output_loading_info reports them as what they now are: tensors given fresh values, not the checkpoint's
+        info["missing_keys"] = {*info.get("missing_keys", []),
+                                *(key for key in model.state_dict() if key.startswith(tuple(f"{m}." for m in shared)))}
         shared = []
     tied = set(getattr(model, "all_tied_weights_keys", {}) or {})
     missing = sorted(set(info.get("missing_keys", [])) - tied)
@@ -566,7 +625,8 @@ def _replay_mixer_initialisation(model: nn.Module, keys: set[str]) -> None:
             if any(tensor.is_meta for tensor in tensors.values()):
                 continue  # (offloaded by a device_map: nothing here to write to)
             kept = {name: tensor.clone() for name, tensor in tensors.items() if f"{prefix}.{name}" not in keys}
-            mixer.init_weights()
+            # (the model's rule for the mixer, not only the mixer's own: a classic LM's top layer starts smaller)
+            _initialise_loaded(model, mixer)
             for name, value in kept.items():
                 tensors[name].copy_(value)
 

@@ -361,7 +361,7 @@ class SeqzooPreTrainedModel(PreTrainedModel):
         if strict:
             check_loaded_tensors(cls, model, info, pretrained_model_name_or_path, saved_as, allow_mismatch,
                                  _head_module_names())
-        if not strict:
+        if not strict or allow_mismatch:  # (what ignore_mismatched_sizes=True lets through starts anew too)
             initialise_anew(model, info)
         if not allow_nonfinite:
             check_finite_weights(model, pretrained_model_name_or_path)

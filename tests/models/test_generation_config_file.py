@@ -1,0 +1,31 @@
+"""A generation_config.json hand-edited to a setting of the wrong type is refused naming the file, as one holding a
+token id of the wrong type is: transformers failed inside its loading or inside generate() naming no file, divided by
+a num_beams of 0, and read a do_sample of "false" as true."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from transformers import AutoModelForCausalLM
+
+import seqzoo
+
+
+@pytest.mark.parametrize("name, value, allowed", [
+    ("max_new_tokens", "20", "an integer >= 0"),  # (failed inside transformers' loading, naming no file)
+    ("num_beams", "2", "an integer >= 1"),  # (failed inside generate())
+    ("num_beams", 0, "an integer >= 1"),  # (a division by zero)
+    ("max_length", 5.5, "an integer >= 0"),  # (taken)
+    ("do_sample", "false", "true or false"),  # (a true string: sampled)
+    ("temperature", "0.7", "a number"),
+])
+def test_a_saved_generation_setting_of_the_wrong_type_is_refused_naming_the_file(name, value, allowed, tmp_path):
+    seqzoo.create_model("gru-tiny").save_pretrained(tmp_path)
+    path = tmp_path / "generation_config.json"
+    path.write_text(json.dumps({**json.loads(path.read_text()), name: value}))
+    with pytest.raises(ValueError, match=rf"generation_config\.json'?: {name}={value!r} is invalid: expected "
+                                         rf"{allowed} \(or null\)"):
+        AutoModelForCausalLM.from_pretrained(tmp_path)
+    path.write_text(json.dumps({**json.loads(path.read_text()), name: None, "num_beams": 2, "temperature": 1}))
+    assert AutoModelForCausalLM.from_pretrained(tmp_path).generation_config.num_beams == 2
