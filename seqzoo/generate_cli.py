@@ -298,9 +298,12 @@ def _generate(args: argparse.Namespace, device: str, forced: dict[str, Any]) -> 
         return status
     sample = args.temperature > 0
     # (the sequences alone, whatever the folder's generation_config.json says of return_dict_in_generate: printed
-    # as a Python list otherwise; and the tokenizer, which a saved stop_strings needs)
+    # as a Python list otherwise; one sequence, the one printed, whatever it says of num_return_sequences: the
+    # streamer refused several, and greedy decoding refused a saved number above 1; and the tokenizer, which a saved
+    # stop_strings needs)
     kwargs = dict(max_new_tokens=args.max_new_tokens, num_beams=args.num_beams, do_sample=sample,
-                  pad_token_id=tokenizer.pad_token_id, return_dict_in_generate=False, tokenizer=tokenizer)
+                  num_return_sequences=1, pad_token_id=tokenizer.pad_token_id, return_dict_in_generate=False,
+                  tokenizer=tokenizer)
     if sample:
         kwargs.update(temperature=args.temperature, top_p=1.0 if args.top_p is None else args.top_p,
                       top_k=0 if args.top_k is None else args.top_k)

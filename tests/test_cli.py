@@ -952,6 +952,24 @@ def test_generate_prints_text_whatever_the_saved_generation_settings_say(tmp_pat
     assert capsys.readouterr().out.rstrip("\n").endswith(stop)
 
 
+def test_generate_prints_one_text_whatever_the_saved_number_of_sequences(tmp_path, capsys):
+    """A folder saved to sample two sequences (do_sample: true, num_return_sequences: 2) made seqzoo generate fail
+    with "TextStreamer only supports batch size 1" when sampling, and with transformers' "Greedy methods ... do not
+    support `num_return_sequences`" when greedy; it prints the one text, as --no-stream printed the first."""
+    assert main(["new", "lstm-tiny", str(tmp_path / "lm"), "--set", "num_hidden_layers=1"]) == 0
+    capsys.readouterr()
+    for flags in ([], ["--temperature", "0.8", "--seed", "3"]):
+        prompt = ["generate", str(tmp_path / "lm"), "Hello", "--max-new-tokens", "5", *flags]
+        _saved_generation_settings(tmp_path / "lm", do_sample=False, num_return_sequences=1)
+        assert main(prompt) == 0
+        plain = capsys.readouterr().out
+        _saved_generation_settings(tmp_path / "lm", do_sample=True, num_return_sequences=2)
+        assert main(prompt) == 0
+        assert capsys.readouterr().out == plain
+        assert main([*prompt, "--no-stream"]) == 0
+        assert capsys.readouterr().out == plain and plain.startswith("Hello")
+
+
 def test_output_whose_reader_went_away_ends_quietly():
     # `seqzoo list | head -1`: the pipe's reader closed; that was reported as "error: [Errno 32] Broken pipe", exit 2.
     if not SCRIPT.exists():

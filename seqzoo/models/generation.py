@@ -49,7 +49,8 @@ def check_generate_cache(model: nn.Module, cache: Any, config: Any, kwargs: dict
     - a cache holding positions with assisted decoding (``assistant_model``, ``prompt_lookup_num_tokens`` or
       ``assistant_early_exit``): transformers' assisted loop feeds the whole prompt on top of it at its first step
       (LlamaForCausalLM's too), so the cache ends up holding the prompt twice and the tokens are wrong;
-    - ``prefill_chunk_size`` with ``inputs_embeds`` (transformers' chunks slice the empty ``input_ids``);
+    - ``prefill_chunk_size`` with ``inputs_embeds`` (transformers' chunks slice the empty ``input_ids``), or for an
+      encoder-decoder (whose source mask transformers' chunks cut to the decoder's length);
     and a draft model (``assistant_model``) whose state cannot be cropped, which failed after its first round."""
     use_cache = kwargs.get("use_cache", config.use_cache)
     where = f"{type(model).__name__}.generate"
@@ -76,6 +77,13 @@ def check_generate_cache(model: nn.Module, cache: Any, config: Any, kwargs: dict
             "decodes wrong tokens. Pass the whole sequence without the cache (assisted decoding reads the prompt "
             "anew), or continue the cache without assisted decoding")
     chunk = kwargs.get("prefill_chunk_size", config.prefill_chunk_size)
+    if chunk is not None and model.config.is_encoder_decoder:
+        # (transformers' chunked prefill cuts the source's attention_mask to the decoder's chunk: its BART fails on the
+        # sizes; here it failed "without a cache", which the call never turned off)
+        raise ValueError(f"{where}: prefill_chunk_size={chunk} reads a decoder-only model's prompt in chunks; an "
+                         "encoder-decoder reads its source in one encoder pass and its decoder prompt in one step "
+                         "(transformers' chunked prefill does not apply to encoder-decoders): leave "
+                         "prefill_chunk_size unset")
     if chunk is not None and kwargs.get("inputs_embeds") is not None and not model.config.is_encoder_decoder:
         # (transformers' chunked prefill slices input_ids, empty here: the forward then got inputs of length 0)
         raise ValueError(f"{where}: prefill_chunk_size={chunk} reads the prompt from input_ids in chunks, and this "

@@ -95,3 +95,19 @@ def test_a_decoder_prompt_of_another_batch_size_is_refused_by_name():
     with pytest.raises(ValueError, match=message):
         model.generate(SOURCES, decoder_input_ids=prompt, **SETTINGS)
     assert model.generate(SOURCES, decoder_input_ids=torch.full((3, 1), start), **SETTINGS).shape[0] == 3
+
+
+@pytest.mark.parametrize("family", ["seq2seq-bahdanau", "seq2seq-transformer"])
+def test_a_chunked_prefill_is_refused_by_name(family):
+    """transformers' chunked prefill cuts the source's attention_mask to the decoder's chunk (its own BART fails on
+    the sizes); an encoder-decoder's generate() failed with "Cannot use prefill chunking without a cache", a cache
+    the call never turned off. Refused naming the setting, also when the model's generation config holds it."""
+    model = tiny_model(SEQ2SEQ_FAMILIES[family])
+    start = model.generation_config.decoder_start_token_id
+    prompt = torch.tensor([[start, 4, 5, 6]] * 3)
+    message = r"prefill_chunk_size=2 reads a decoder-only model's prompt in chunks; an encoder-decoder reads"
+    with pytest.raises(ValueError, match=message):
+        model.generate(SOURCES, decoder_input_ids=prompt, prefill_chunk_size=2, **SETTINGS)
+    model.generation_config.prefill_chunk_size = 2
+    with pytest.raises(ValueError, match=message):
+        model.generate(SOURCES, **SETTINGS)
