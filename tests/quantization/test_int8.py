@@ -236,3 +236,21 @@ def test_resizing_a_quantised_model_is_refused_before_anything_changes(tied, tor
 def test_resizing_a_model_quantised_by_torch_is_refused_before_anything_changes(arch):
     # ("'function' object has no attribute 'size'", from the packed Linear's weight(), with the embedding resized)
     _resize_is_refused_leaving_the_model_as_it_was(_torch_quantised(arch))
+
+
+def test_a_float64_model_is_refused_naming_the_dtypes_torchao_takes():
+    """torchao asserted deep inside its quantisation ("AssertionError: Unsupported input dtype: torch.float64")."""
+    model = tiny_model("lstm-tiny").double()
+    with pytest.raises(ValueError, match=r"holds torch\.float64 weights \(model\.layers\.0\.weight_ih, .*takes "
+                                         r"torch\.float32, torch\.bfloat16, torch\.float16 weights: convert the model "
+                                         r"first \(model\.float\(\)\)"):
+        seqzoo.quantize_int8(model)
+    assert all(type(p) is torch.nn.Parameter for p in model.parameters())
+
+
+def test_a_half_precision_model_quantises(torchao_quantization):
+    model = tiny_model("gru-tiny").to(torch.bfloat16)
+    reference = logits(model).float()
+    got = logits(seqzoo.quantize_int8(model))
+    assert got.dtype == torch.bfloat16
+    assert (got.float() - reference).abs().max() <= 0.05 * reference.abs().max()
