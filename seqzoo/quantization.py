@@ -100,6 +100,14 @@ def _refuse_training(model: nn.Module, args: Any) -> None:
                            "int8 layers pass no gradient to their inputs, so it cannot train. Call model.eval() or "
                            "run under torch.no_grad() to use it; to train, train the float model and quantise it "
                            "after")
+    # A model converted after quantising (model.double()) fed float64 activations to the int8 layers, which failed
+    # inside torchao ("AssertionError: Unsupported input dtype: torch.float64").
+    dtype = model.get_input_embeddings().weight.dtype
+    if dtype not in INT8_WEIGHT_DTYPES:
+        raise RuntimeError(f"{type(model).__name__} is quantised to int8 (seqzoo.quantize_int8), and its embeddings "
+                           f"have been converted to {dtype} since; torchao's int8 layers take "
+                           f"{', '.join(map(str, INT8_WEIGHT_DTYPES))} activations: convert the float model, then "
+                           "quantise it")
 
 
 def _target_tensor(model: nn.Module, modules: dict[str, nn.Module], target: str) -> Any:

@@ -254,3 +254,15 @@ def test_a_half_precision_model_quantises(torchao_quantization):
     got = logits(seqzoo.quantize_int8(model))
     assert got.dtype == torch.bfloat16
     assert (got.float() - reference).abs().max() <= 0.05 * reference.abs().max()
+
+
+@pytest.mark.parametrize("preset", ["lstm-tiny", "transformer-tiny"])
+def test_a_quantised_model_converted_to_float64_after_is_refused_at_its_call(preset, torchao_quantization):
+    """model.double() after quantising fed float64 activations to the int8 layers, which failed inside torchao
+    ("AssertionError: Unsupported input dtype: torch.float64")."""
+    model = seqzoo.quantize_int8(tiny_model(preset)).double()
+    for module in (model, model.model):
+        with pytest.raises(RuntimeError, match=r"is quantised to int8 .*embeddings have been converted to "
+                                               r"torch\.float64 since; .*convert the float model, then quantise it"):
+            with torch.no_grad():
+                module(input_ids=IDS, attention_mask=MASK)
