@@ -22,6 +22,9 @@ from torch import nn
 from seqzoo.layers.mixer import projection_parameters
 from seqzoo.models.weight_storage import quantised_weights
 
+# The weight dtypes torchao's int8 quantisation takes (float64 is not among them).
+INT8_WEIGHT_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+
 
 def int8_targets(model: nn.Module) -> list[str]:
     """The names quantise_int8 quantises: each ``nn.Linear`` module and each mixer projection parameter."""
@@ -37,7 +40,8 @@ def int8_targets(model: nn.Module) -> list[str]:
 def quantize_int8(model: nn.Module) -> nn.Module:
     """Quantise ``model`` in place (int8 dynamic activations, int8 weights, per output channel) and return it. For
     inference: the quantised weights take no gradient, and a tied output layer is untied (the embedding stays
-    float). A model holding peft adapters is refused (merge them first), as is one quantised already.
+    float). A model holding peft adapters is refused (merge them first), as is one quantised already or one of
+    float64 weights (torchao takes float32, bfloat16 and float16).
     A quantised model is for inference in its process: torchao's int8 weights do not save with ``save_pretrained``
     (save the float model, and quantise after loading it)."""
     from seqzoo.adapters import adapter_layers
@@ -68,6 +72,13 @@ def quantize_int8(model: nn.Module) -> nn.Module:
     if quantised:
         raise ValueError(f"{type(model).__name__} is quantised already ({', '.join(quantised[:3])} hold "
                          f"{kinds[quantised[0]].__name__} weights); quantise a float model once")
+    # (torchao asserted it deep inside its quantisation: "AssertionError: Unsupported input dtype: torch.float64")
+    unsupported = [name for name in targets if _target_tensor(model, modules, name).dtype not in INT8_WEIGHT_DTYPES]
+    if unsupported:
+        dtype = _target_tensor(model, modules, unsupported[0]).dtype
+        raise ValueError(f"{type(model).__name__} holds {dtype} weights ({', '.join(unsupported[:3])}), and torchao's "
+                         f"int8 quantisation takes {', '.join(map(str, INT8_WEIGHT_DTYPES))} weights: convert the "
+                         "model first (model.float()), then quantise it")
     try:
         from torchao.quantization import FqnToConfig, Int8DynamicActivationInt8WeightConfig, quantize_
     except ImportError as err:
@@ -89,6 +100,14 @@ def _refuse_training(model: nn.Module, args: Any) -> None:
                            "int8 layers pass no gradient to their inputs, so it cannot train. Call model.eval() or "
                            "run under torch.no_grad() to use it; to train, train the float model and quantise it "
                            "after")
+    # A model converted after quantising (model.double()) fed float64 activations to the int8 layers, which failed
+    # inside torchao ("AssertionError: Unsupported input dtype: torch.float64").
+    dtype = model.get_input_embeddings().weight.dtype
+    if dtype not in INT8_WEIGHT_DTYPES:
+        raise RuntimeError(f"{type(model).__name__} is quantised to int8 (seqzoo.quantize_int8), and its embeddings "
+                           f"have been converted to {dtype} since; torchao's int8 layers take "
+                           f"{', '.join(map(str, INT8_WEIGHT_DTYPES))} activations: convert the float model, then "
+                           "quantise it")
 
 
 def _target_tensor(model: nn.Module, modules: dict[str, nn.Module], target: str) -> Any:

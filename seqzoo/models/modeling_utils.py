@@ -204,12 +204,17 @@ class SeqzooPreTrainedModel(PreTrainedModel):
                                 *args: Any, **kwargs: Any) -> nn.Embedding:
         """transformers' resize, refused where the new vocabulary would leave out a special token of the config
         (a pad, bos, eos or decoder start id at or above its size): generate() could never end on such an eos, and
-        the saved folder did not load (the config refused its own ids)."""
+        the saved folder did not load (the config refused its own ids); refused for a quantised model too."""
         for name, value in (("new_num_tokens", new_num_tokens), ("pad_to_multiple_of", pad_to_multiple_of)):
             # (transformers rounded a negative multiple down, past the check below, took True as 1, and divided by 0)
             if value is not None and (type(value) is not int or value < 1):
                 raise ValueError(f"resize_token_embeddings: {name}={value!r} is invalid: expected an integer >= 1, "
                                  "or None")
+        quantised = quantised_weights(self)
+        if quantised:  # (it failed inside torchao or torch's packed Linear, with the embedding resized already and the
+            # head and config not: the model no longer ran)
+            raise ValueError(f"{type(self).__name__} is quantised ({'; '.join(quantised[:3])}), and quantised "
+                             "weights cannot be resized: resize the float model, then quantise it")
         if new_num_tokens is not None:
             size = new_num_tokens
             if pad_to_multiple_of is not None:

@@ -213,3 +213,56 @@ def test_a_model_quantised_by_torch_is_refused_by_save_and_by_quantize_int8(arch
     assert not (tmp_path / "saved").exists()
     with pytest.raises(ValueError, match=r"is quantised already \([a-z_.0-9]+ is a torch\.ao\.nn\.quantized"):
         seqzoo.quantize_int8(model)
+
+
+def _resize_is_refused_leaving_the_model_as_it_was(model) -> None:
+    before = logits(model)
+    with pytest.raises(ValueError, match=r"is quantised \(.*\), and quantised weights cannot be resized: resize the "
+                                         "float model, then quantise it"):
+        model.resize_token_embeddings(120)
+    assert model.get_input_embeddings().num_embeddings == model.config.vocab_size == 99
+    torch.testing.assert_close(logits(model), before, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("tied", [True, False])
+def test_resizing_a_quantised_model_is_refused_before_anything_changes(tied, torchao_quantization):
+    """transformers resized the embedding, then failed inside torchao on the int8 head (aten.mean, or
+    'tensor_data_names' with mean_resizing=False), leaving a 120-row embedding beside a 99-row head and config."""
+    _resize_is_refused_leaving_the_model_as_it_was(seqzoo.quantize_int8(tiny_model("lstm-tiny",
+                                                                                   tie_word_embeddings=tied)))
+
+
+@pytest.mark.parametrize("arch", ["lstm", "transformer"])
+def test_resizing_a_model_quantised_by_torch_is_refused_before_anything_changes(arch):
+    # ("'function' object has no attribute 'size'", from the packed Linear's weight(), with the embedding resized)
+    _resize_is_refused_leaving_the_model_as_it_was(_torch_quantised(arch))
+
+
+def test_a_float64_model_is_refused_naming_the_dtypes_torchao_takes():
+    """torchao asserted deep inside its quantisation ("AssertionError: Unsupported input dtype: torch.float64")."""
+    model = tiny_model("lstm-tiny").double()
+    with pytest.raises(ValueError, match=r"holds torch\.float64 weights \(model\.layers\.0\.weight_ih, .*takes "
+                                         r"torch\.float32, torch\.bfloat16, torch\.float16 weights: convert the model "
+                                         r"first \(model\.float\(\)\)"):
+        seqzoo.quantize_int8(model)
+    assert all(type(p) is torch.nn.Parameter for p in model.parameters())
+
+
+def test_a_half_precision_model_quantises(torchao_quantization):
+    model = tiny_model("gru-tiny").to(torch.bfloat16)
+    reference = logits(model).float()
+    got = logits(seqzoo.quantize_int8(model))
+    assert got.dtype == torch.bfloat16
+    assert (got.float() - reference).abs().max() <= 0.05 * reference.abs().max()
+
+
+@pytest.mark.parametrize("preset", ["lstm-tiny", "transformer-tiny"])
+def test_a_quantised_model_converted_to_float64_after_is_refused_at_its_call(preset, torchao_quantization):
+    """model.double() after quantising fed float64 activations to the int8 layers, which failed inside torchao
+    ("AssertionError: Unsupported input dtype: torch.float64")."""
+    model = seqzoo.quantize_int8(tiny_model(preset)).double()
+    for module in (model, model.model):
+        with pytest.raises(RuntimeError, match=r"is quantised to int8 .*embeddings have been converted to "
+                                               r"torch\.float64 since; .*convert the float model, then quantise it"):
+            with torch.no_grad():
+                module(input_ids=IDS, attention_mask=MASK)
