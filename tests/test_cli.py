@@ -469,6 +469,21 @@ def test_new_refuses_non_empty_folder_and_unknown_preset(tmp_path, capsys):
     assert "is a file" in _error(capsys, ["new", "lstm-tiny", str(tmp_path / "x")])
 
 
+@pytest.mark.parametrize("argv", [["new", "rnn-tiny", "", "--force"], ["new", "rnn-tiny", " "],
+                                  ["publish", "MODEL", "me/m", "--dry-run", "--output", ""]])
+def test_an_empty_folder_name_is_refused_not_read_as_the_current_folder(tmp_path, capsys, monkeypatch, argv):
+    # Path("") is ".": `seqzoo new rnn-tiny "$DIR" --force` with DIR unset replaced the model in the current folder
+    # (and `publish --output ""` built there), where `seqzoo convert` / `export` refused the empty destination.
+    model = tmp_path / "model"
+    assert main(["new", "lstm-tiny", str(model)]) == 0
+    capsys.readouterr()
+    before = {path.name: path.read_bytes() for path in model.iterdir()}
+    monkeypatch.chdir(model)
+    line = _error(capsys, [str(model) if a == "MODEL" else a for a in argv])
+    assert line.endswith("is empty; pass a folder (new or empty) to write to"), line
+    assert {path.name: path.read_bytes() for path in model.iterdir()} == before
+
+
 def test_new_refuses_a_vocabulary_smaller_than_the_byte_tokenizers_and_leaves_nothing(tmp_path, capsys):
     line = _error(capsys, ["new", "gru-tiny", str(tmp_path / "m"), "--set", "vocab_size=200", "pad_token_id=null",
                            "eos_token_id=null", "bos_token_id=null"])
