@@ -452,7 +452,8 @@ def test_generate_names_a_prompt_that_is_not_utf8_and_a_seed_out_of_range(model_
 
 
 @pytest.mark.parametrize("argv", [["new", "gru-tiny", "NEW", "--set"], ["generate", "NEW", "ab", "--kernel"],
-                                  ["convert", "word-lm", "x.pt", "NEW", "--set"]])
+                                  ["convert", "word-lm", "x.pt", "NEW", "--set"],
+                                  ["convert", "word-lm", "x.pt", "NEW", "--key-map"]])
 def test_an_option_of_pairs_given_no_pair_is_refused(tmp_path, capsys, argv):
     # --set and --kernel took no values at all, and did nothing without a word.
     with pytest.raises(SystemExit) as info:
