@@ -154,8 +154,10 @@ def cmd_new(args: argparse.Namespace) -> int:
     import torch
 
     import seqzoo
+    from seqzoo.outputs import check_named
     from seqzoo.utils import count_parameters
 
+    check_named(args.directory, "directory")
     out = Path(args.directory)
     if out.exists() and not out.is_dir():
         raise ValueError(f"{str(out)!r} is a file, not a folder")

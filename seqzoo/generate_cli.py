@@ -273,7 +273,7 @@ def _generate(args: argparse.Namespace, device: str, forced: dict[str, Any]) -> 
         _check_seqzoo_method(model, method, flag, source)
     for _, method, layout in layouts:
         getattr(model, method)(layout)
-    if args.show_attention or args.attention_plot or args.target is not None:
+    if args.show_attention or args.attention_plot is not None or args.target is not None:
         if not seq2seq:
             raise ValueError("--show-attention, --attention-plot and --target need an encoder-decoder (seq2seq) "
                              f"model; {source!r} holds a {model.config.model_type} language model")
@@ -285,7 +285,7 @@ def _generate(args: argparse.Namespace, device: str, forced: dict[str, Any]) -> 
         if args.no_stream:  # (it was accepted and changed nothing)
             raise ValueError("--no-stream has no effect with --show-attention, --attention-plot or --target: their "
                              "table is printed once, when the decode ends; leave it out")
-        if args.attention_plot:  # (before the decode and the table, not after them)
+        if args.attention_plot is not None:  # (before the decode and the table, not after them)
             from seqzoo.models.seq2seq.inspection import check_plot_path
 
             try:
@@ -344,7 +344,7 @@ def _show_attention(model: Any, tokenizer: Any, args: argparse.Namespace) -> int
     target = weights.target_text  # (not the tokens joined: a multi-byte character's bytes are a token each)
     print(f"source: {args.prompt}\ntarget: {target}" + ("" if args.target is not None else " (greedy)") + "\n")
     print(weights.text())
-    if args.attention_plot:
+    if args.attention_plot is not None:
         path = weights.plot(args.attention_plot, title=f"{weights.description}: {args.prompt!r} -> {target!r}")
         print(f"wrote {path}")
     return 0

@@ -54,6 +54,14 @@ def describe(err: BaseException) -> str:
     return os.strerror(int(code.group(1))) if code else text
 
 
+def check_named(destination: str | os.PathLike, what: str) -> None:
+    """Refuse an empty or blank folder name (an unset shell variable, ``seqzoo new lstm-tiny "$DIR"``):
+    ``Path("")`` is the current folder, where the output would land, and with ``--force`` replace its model, unasked.
+    ``"."`` names the current folder on purpose and is taken."""
+    if isinstance(destination, str) and not destination.strip():
+        raise ValueError(f"{what} {destination!r} is empty; pass a folder (new or empty) to write to")
+
+
 def _remove_empty(folders: list[Path]) -> None:
     """Remove ``folders`` (innermost first) that are empty, as a failed write found the path before it made them."""
     for folder in folders:

@@ -452,7 +452,8 @@ def test_generate_names_a_prompt_that_is_not_utf8_and_a_seed_out_of_range(model_
 
 
 @pytest.mark.parametrize("argv", [["new", "gru-tiny", "NEW", "--set"], ["generate", "NEW", "ab", "--kernel"],
-                                  ["convert", "word-lm", "x.pt", "NEW", "--set"]])
+                                  ["convert", "word-lm", "x.pt", "NEW", "--set"],
+                                  ["convert", "word-lm", "x.pt", "NEW", "--key-map"]])
 def test_an_option_of_pairs_given_no_pair_is_refused(tmp_path, capsys, argv):
     # --set and --kernel took no values at all, and did nothing without a word.
     with pytest.raises(SystemExit) as info:
@@ -467,6 +468,21 @@ def test_new_refuses_non_empty_folder_and_unknown_preset(tmp_path, capsys):
     assert (tmp_path / "x").read_text() == "keep me"
     assert "Did you mean 'lstm-tiny'" in _error(capsys, ["new", "lstm-tnyi", str(tmp_path / "new")])
     assert "is a file" in _error(capsys, ["new", "lstm-tiny", str(tmp_path / "x")])
+
+
+@pytest.mark.parametrize("argv", [["new", "rnn-tiny", "", "--force"], ["new", "rnn-tiny", " "],
+                                  ["publish", "MODEL", "me/m", "--dry-run", "--output", ""]])
+def test_an_empty_folder_name_is_refused_not_read_as_the_current_folder(tmp_path, capsys, monkeypatch, argv):
+    # Path("") is ".": `seqzoo new rnn-tiny "$DIR" --force` with DIR unset replaced the model in the current folder
+    # (and `publish --output ""` built there), where `seqzoo convert` / `export` refused the empty destination.
+    model = tmp_path / "model"
+    assert main(["new", "lstm-tiny", str(model)]) == 0
+    capsys.readouterr()
+    before = {path.name: path.read_bytes() for path in model.iterdir()}
+    monkeypatch.chdir(model)
+    line = _error(capsys, [str(model) if a == "MODEL" else a for a in argv])
+    assert line.endswith("is empty; pass a folder (new or empty) to write to"), line
+    assert {path.name: path.read_bytes() for path in model.iterdir()} == before
 
 
 def test_new_refuses_a_vocabulary_smaller_than_the_byte_tokenizers_and_leaves_nothing(tmp_path, capsys):

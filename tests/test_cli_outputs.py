@@ -275,6 +275,21 @@ def test_demo_prints_each_untrained_models_own_greedy_text(capsys):
         assert row.endswith(repr(text[:40])), (row, text)
 
 
+def test_an_empty_attention_plot_path_is_refused_not_ignored(tmp_path, capsys):
+    # `--attention-plot "$PLOT"` with PLOT unset decoded and wrote no plot without a word (an empty value read as
+    # no option), on a causal LM too, which has no attention map.
+    folder = tmp_path / "s2s"
+    assert main(["new", "seq2seq-sutskever-tiny", str(folder)]) == 0
+    capsys.readouterr()
+    line = _error(capsys, ["generate", str(folder), "abc", "--max-new-tokens", "3", "--attention-plot", ""])
+    assert line == ("error: --attention-plot: cannot write a plot to '': the path is empty; name the image file, "
+                    "e.g. 'attention.png'")
+    assert main(["new", "rnn-tiny", str(tmp_path / "lm")]) == 0
+    capsys.readouterr()
+    line = _error(capsys, ["generate", str(tmp_path / "lm"), "abc", "--max-new-tokens", "3", "--attention-plot", ""])
+    assert "need an encoder-decoder (seq2seq) model" in line
+
+
 def test_target_and_attention_plot_on_a_seq2seq_with_few_positions(tmp_path, capsys):
     # --target is read, not generated: the default --max-new-tokens (64) must not be held against the 16 positions
     # (the run was refused); and --attention-plot must write the file it names ("wrote ..." was all it did).

@@ -22,7 +22,7 @@ import torch
 
 from seqzoo.conversions.downloads import download
 from seqzoo.models.configuration_utils import COMPUTE_DTYPES
-from seqzoo.outputs import staged_folder
+from seqzoo.outputs import check_named, staged_folder
 
 logger = logging.getLogger("seqzoo")
 
@@ -371,8 +371,7 @@ def check_destination(source: Any, destination: str | Path, copies_tokenizer: bo
     sharded checkpoint's old shards), and (``copies_tokenizer``: the source folder's tokenizer and generation-config
     files are to be copied) a source folder holding one of them damaged, or whose tokenizer could not be copied whole
     (see :func:`tokenizer_code_files`); returns the destination as a Path."""
-    if isinstance(destination, str) and not destination.strip():  # (Path("") is the current folder)
-        raise ValueError(f"destination {destination!r} is empty; pass a folder (new or empty) to write to")
+    check_named(destination, "destination")
     destination = Path(destination)
     if destination.exists() and not destination.is_dir():
         raise ValueError(f"destination {str(destination)!r} is a file; pass a folder (new or empty) to write to")

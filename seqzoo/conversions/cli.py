@@ -181,7 +181,7 @@ def add_word_lm(sources: Any) -> None:
     _common(p, ".pt file of torch.save(model.state_dict(), f) (encoder.weight, rnn.weight_ih_l0 ..., decoder.*)")
     p.add_argument("--nonlinearity", choices=["tanh", "relu"], default=None,
                    help="the nonlinearity of an nn.RNN (its state dict does not record it; required for one)")
-    p.add_argument("--key-map", nargs="*", action="extend", default=[], metavar="THEIRS=OURS",
+    p.add_argument("--key-map", nargs="+", action="extend", default=[], metavar="THEIRS=OURS",
                    help="rename modules or keys onto the example's names, e.g. embedding=encoder lstm=rnn fc=decoder")
     p.add_argument("--vocab", default=None, metavar="FILE",
                    help="the vocabulary, one word per line in id order; saves a word-level tokenizer with the model")

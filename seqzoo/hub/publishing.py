@@ -40,7 +40,7 @@ from seqzoo.hub.cards import (
     render_model_card,
     validate_training_record,
 )
-from seqzoo.outputs import staged_folder
+from seqzoo.outputs import check_named, staged_folder
 from seqzoo.utils import quiet_transformers, weights_fingerprint
 
 
@@ -74,6 +74,7 @@ def export_folder(
     be empty), without uploading. ``source`` is a saved model folder or a seqzoo model (then pass ``tokenizer``).
     ``license`` is a Hub license identifier, or ``"other"`` with ``license_name`` and optionally ``license_link``
     (:func:`seqzoo.hub.cards.check_license`)."""
+    check_named(output, "output")
     output = Path(output)
     if output.exists() and (not output.is_dir() or any(output.iterdir())):
         raise ValueError(f"output {output} already exists and is not an empty folder; choose a new path")

@@ -172,6 +172,9 @@ def check_plot_path(path: str | Path) -> Any:
     from matplotlib.backend_bases import FigureCanvasBase
 
     text = os.fspath(path)
+    if not text.strip():  # (Path("") is the current folder)
+        raise ValueError(f"cannot write a plot to {text!r}: the path is empty; name the image file, e.g. "
+                         "'attention.png'")
     path = Path(path)
     example = f"e.g. {str(path / 'attention.png')!r}"
     if text.endswith(tuple(sep for sep in (os.sep, os.altsep) if sep)):  # (Path drops the trailing separator)
