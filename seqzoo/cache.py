@@ -91,11 +91,10 @@ class StateLayer:
     def crop(self, *args: Any, **kwargs: Any) -> None:
         if removes_nothing(*args, **kwargs):
             return  # as transformers' own layers: removing no position is nothing to undo
-        called = ", ".join([repr(value) for value in args] + [f"{name}={value!r}" for name, value in kwargs.items()])
         raise ValueError(
-            f"crop({called}): a recurrent state cannot be rolled back to an earlier position: this cache holds "
-            "recurrent layers, so it cannot be cropped; only crop(0), which removes no position, is accepted "
-            "(decoding that needs rollback, such as assisted decoding, is refused)"
+            f"crop({_called(args, kwargs)}): a recurrent state cannot be rolled back to an earlier position: this "
+            "cache holds recurrent layers, so it cannot be cropped; only crop(0), which removes no position, is "
+            "accepted (decoding that needs rollback, such as assisted decoding, is refused)"
         )
 
     def reset(self) -> None:
@@ -332,7 +331,11 @@ class SeqzooCache(Cache):
 
     @property
     def is_croppable(self) -> bool:
-        return all(kind == ATTENTION for kind in self.layer_kinds)
+        # Attention layers only, and of a model whose cache can be cropped: an encoder-decoder's cross-attention
+        # layers hold the source's keys and values, which a crop of the decoder's positions would cut.
+        config = self._layout_config or self._fits_config
+        return (all(kind == ATTENTION for kind in self.layer_kinds)
+                and (config is None or config.capabilities.can_crop_cache))
 
     def reorder_cache(self, beam_idx: torch.LongTensor) -> None:
         """Row ``i`` becomes row ``beam_idx[i]`` (beam search), in every layer; the indices as for
@@ -391,7 +394,15 @@ class SeqzooCache(Cache):
         # transformers' arguments differ between releases; every layer crops its own, and a recurrent one refuses --
         # before any layer is cut, so that a refused crop leaves the attention layers' keys and values as they were.
         if not self.is_croppable:
-            StateLayer().crop(*args, **kwargs)  # raises, unless no position is to be removed
+            if RECURRENT in self.layer_kinds:
+                StateLayer().crop(*args, **kwargs)  # raises, unless no position is to be removed
+            elif not removes_nothing(*args, **kwargs):
+                raise ValueError(
+                    f"crop({_called(args, kwargs)}): this cache was filled by a {self.model_type} model whose cache "
+                    "cannot be cropped (config.capabilities.can_crop_cache is False: an encoder-decoder's "
+                    "cross-attention layers hold the source's keys and values, not decoded positions, and a crop "
+                    "would cut them); only crop(0), which removes no position, is accepted (run the decoder inputs "
+                    "to keep afresh instead)")
             return
         super().crop(*args, **kwargs)
         self.seen_tokens = self.layers[0].get_seq_length()
@@ -548,6 +559,11 @@ def _check_replacement(idx: int, held: State, state: Any) -> None:
                 f"{before.dtype}: a state takes the dtype it has"
                 + (" or another floating-point one (the model casts it to its own)"
                    if before.is_floating_point() else ""))
+
+
+def _called(args: tuple, kwargs: dict) -> str:
+    """A call's arguments as written, for an error message."""
+    return ", ".join([repr(value) for value in args] + [f"{name}={value!r}" for name, value in kwargs.items()])
 
 
 def _count(num_positions: Any) -> int:
