@@ -47,6 +47,16 @@ def check_sources_not_empty(mask: torch.Tensor | None) -> None:
                          "cannot attend to, or start from, an empty source")
 
 
+def check_cached_source(cached_length: int, memory: torch.Tensor) -> None:
+    """Refuse to continue a cache whose attention keys were computed from a source of ``cached_length`` positions
+    with the annotations ``memory`` (B, S, D) of another length: a cache continues the source it was built from."""
+    if cached_length != memory.shape[1]:
+        raise ValueError(
+            f"the cache holds the attention's keys of a source of {cached_length} position(s), but the source given "
+            f"has {memory.shape[1]}: a cache continues the source it was built from; pass that source (or its "
+            "encoder_outputs) again, or start without a cache for a new source")
+
+
 class CheckpointedStack(nn.Module):
     """A stack of layers whose calls go through the model's activation checkpointing
     (``gradient_checkpointing_enable()``, which sets these attributes) when it is on, the module trains and
@@ -242,6 +252,8 @@ class RecurrentDecoder(DecoderStack):
         ``entries`` from :meth:`start` or the cache; ``source_mask`` (B, S) False at source padding."""
         count = len(self.layers)
         states, attention_state = entries[:count], (entries[count] if self.attention is not None else None)
+        if attention_state is not None:
+            attention_state = self._continued(attention_state, memory)
         target_mask = inputs.padding_mask  # (B, T) False at padding of the decoder inputs
         x = self.dropout(inputs.embeds)
         per_layer: list[list[torch.Tensor]] | None = [[] for _ in range(count)] if output_hidden_states else None
@@ -265,14 +277,24 @@ class RecurrentDecoder(DecoderStack):
         entries = states + ([attention_state] if attention_state is not None else [])
         return DecoderOutput(self.dropout(output), entries, hidden_states=hidden_states, cross_attentions=cross)
 
+    @staticmethod
+    def _continued(attention_state: dict, memory: torch.Tensor) -> dict:
+        """The attention's keys (and Luong's fed vector), from :meth:`start` or a cache, for the source ``memory``
+        (B, S, D): of its length, and in its dtype, as the layers cast a cached state to the model's."""
+        keys = attention_state["keys"]
+        check_cached_source(keys.shape[1], memory)
+        if keys.dtype == memory.dtype:
+            return attention_state
+        return {name: value.to(memory.dtype) for name, value in attention_state.items()}
+
     def _step_by_step(self, x, memory, source_mask, states, attention_state, target_mask, per_layer):
         keys, feed = attention_state["keys"], attention_state.get("feed")
         bahdanau = self.config.attention == "bahdanau"
         outputs, all_weights = [], []
         for t in range(x.shape[1]):
             step_mask = None if target_mask is None else target_mask[:, t : t + 1]  # (B, 1)
-            if bahdanau:  # the previous state queries; the context joins this step's input
-                context, weights = self.attention(states[-1]["h"][:, None], keys, memory, source_mask)
+            if bahdanau:  # the previous state queries (a cached one in the cache's dtype: the keys' then)
+                context, weights = self.attention(states[-1]["h"][:, None].to(keys.dtype), keys, memory, source_mask)
                 step_input = torch.cat([x[:, t : t + 1], context], dim=-1)
             else:
                 step_input = torch.cat([x[:, t : t + 1], feed[:, None]], dim=-1)
@@ -289,4 +311,4 @@ class RecurrentDecoder(DecoderStack):
 
 
 __all__ = ["Bridge", "CheckpointedStack", "DecoderStack", "RecurrentDecoder", "RecurrentEncoder",
-           "check_sources_not_empty", "recurrent_layer"]
+           "check_cached_source", "check_sources_not_empty", "recurrent_layer"]

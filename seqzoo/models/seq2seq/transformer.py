@@ -26,7 +26,7 @@ from seqzoo.models.inputs import ForwardInputs, position_ids_from_mask, prepare_
 
 from .configuration_seq2seq import Seq2SeqConfig
 from .outputs import DecoderOutput, Seq2SeqEncoderOutput
-from .recurrent import CheckpointedStack, DecoderStack, check_sources_not_empty
+from .recurrent import CheckpointedStack, DecoderStack, check_cached_source, check_sources_not_empty
 
 
 def additive_mask(allowed: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
@@ -83,6 +83,7 @@ class DecoderLayer(nn.Module):
         attention = self.cross_attn.sublayer
         if cross_entry is not None and cross_entry.is_initialized:
             key, value = cross_entry.keys, cross_entry.values  # the source's, from the first step
+            check_cached_source(key.shape[-2], memory)
         else:
             key, value = attention.key_values(memory)
             if cross_entry is not None:
