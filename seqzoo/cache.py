@@ -77,6 +77,14 @@ class StateLayer:
         if self.state is not None:
             self.state = {name: fn(value) for name, value in self.state.items()}
 
+    def update(self, *args: Any, **kwargs: Any) -> None:
+        # transformers' Cache.update(key_states, value_states, layer_idx) reaches here for a recurrent layer, which
+        # would otherwise end in an AttributeError that names no layer and no alternative.
+        raise ValueError(
+            "update(key_states, value_states, layer_idx): that layer of this cache is a recurrent layer, which holds "
+            f"a state of named tensors ({', '.join(sorted(self.state or {})) or 'empty so far'}), not keys and "
+            "values; read it with cache.layer(layer_idx) and replace it with cache.update_layer(layer_idx, state)")
+
     def reorder_cache(self, beam_idx: torch.LongTensor) -> None:
         self._map(lambda value: value.index_select(0, beam_idx.to(value.device)))
 

@@ -296,3 +296,14 @@ def test_the_deprecated_get_and_set_of_an_attention_layer_are_refused_by_name():
     with pytest.warns(FutureWarning), pytest.raises(ValueError, match=r"^get\(1, \.\.\.\): layer 1 .* attention"):
         cache.get(1, "h")
     assert cache.layer(1) is cache.layers[1] and not cache.layers[1].is_initialized
+
+
+def test_transformers_update_of_a_recurrent_layer_is_refused_naming_what_to_call():
+    # Cache.update(key_states, value_states, layer_idx) ended in AttributeError: 'StateLayer' object has no
+    # attribute 'update'.
+    model, cache = filled("hybrid-tiny")
+    key = torch.zeros(3, 2, 1, 16)
+    with pytest.raises(ValueError, match=r"recurrent layer, which holds a state of named tensors \(conv, ssm\), not "
+                                         r"keys and values; .*cache.update_layer\(layer_idx, state\)"):
+        cache.update(key, key, 0)
+    continues(model, cache)
