@@ -143,6 +143,25 @@ def test_a_pair_longer_than_the_models_positions_is_named_before_training(tmp_pa
     jsonl_pairs(str(path), 0.1, 8, seed=0, max_source_length=16).check_fits(31)
 
 
+@pytest.mark.parametrize("task", sorted(EXPECTED))
+def test_a_generated_task_longer_than_the_models_positions_is_named_before_training(task):
+    # Only a file's pairs were measured: a task's long pairs stopped the run at the step that drew them, in the
+    # model's forward, naming a position but no setting.
+    data = task_pairs(task, [3, 30], 10, 64, seed=0)
+    pairs = [pair for step in range(20) for pair in data._train(step, 16)]
+    pairs += [pair for rows in data.eval_pairs().values() for pair in rows]
+    source, target = max(data.longest.values())  # (the longest source length's)
+    assert max(len(s.encode()) for s, _ in pairs) <= source and max(len(t.encode()) for _, t in pairs) <= target
+    assert source == (len("September 30, 1999") if task == "dates" else 179 if task == "digits" else 30)
+    limit = max(source, target + 1)  # a target is read with its EOS
+    data.check_fits(limit)
+    with pytest.raises(ValueError, match=r"seq2seq-task:.*: the longest pair of (length=30|dates) has a (source|target)"
+                                         r" of .* tokens.*, longer than the"):
+        data.check_fits(limit - 1)
+    if target + 1 < source:  # a source cut at max_source_length fits
+        task_pairs(task, [3, 30], 10, 64, seed=0, max_source_length=target + 1).check_fits(target + 1)
+
+
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     """`seqzoo train` on a JSON-lines file, through the command line, into a folder."""
