@@ -207,14 +207,13 @@ def generated_texts(task: str, name: str, distances: list[int], symbols: int, ev
         distance = distances[step % len(distances)]
         return [make(gen, distance, symbols) for _ in range(batch_size)]
 
-    eval_sets = {}
+    eval_sets, longest = {}, {}
     for distance in distances:
         gen = _generator(seed, _EVAL_STREAM + distance)
         eval_sets[f"distance={distance}"] = [make(gen, distance, symbols) for _ in range(eval_samples)]
+        longest[f"distance={distance}"] = 2 * distance - 1  # one-letter words and the spaces between them
     return LabelledTexts(task, train, eval_sets, natural, f"{task}-task:{name}", seq_len,
-                         {"generated_task": name, "distances": distances, "symbols": symbols},
-                         longest={set_name: 2 * distance - 1  # one-letter words and the spaces between them
-                                  for set_name, distance in zip(eval_sets, distances)})
+                         {"generated_task": name, "distances": distances, "symbols": symbols}, longest=longest)
 
 
 def jsonl_texts(task: str, paths: str | list[str], eval_fraction: float, eval_samples: int, seed: int,

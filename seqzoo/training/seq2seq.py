@@ -191,14 +191,14 @@ def task_pairs(task: str, source_lengths: list[int], symbols: int, eval_samples:
         choice = torch.randint(len(lengths), (batch_size,), generator=gen).tolist()
         return [make(gen, lengths[c], symbols) for c in choice]
 
-    eval_sets = {}
+    eval_sets, longest = {}, {}
     for length in lengths:
         gen = _generator(seed, _EVAL_STREAM + length)
-        eval_sets[task if task in FIXED_LENGTH_TASKS else f"length={length}"] = [
-            make(gen, length, symbols) for _ in range(eval_samples)]
+        name = task if task in FIXED_LENGTH_TASKS else f"length={length}"
+        eval_sets[name] = [make(gen, length, symbols) for _ in range(eval_samples)]
+        longest[name] = longest_pair(task, length)
     return Seq2SeqPairs(train, eval_sets, f"seq2seq-task:{task}", max_source_length,
-                        {"task": task, "source_lengths": lengths, "symbols": symbols},
-                        longest={name: longest_pair(task, length) for name, length in zip(eval_sets, lengths)})
+                        {"task": task, "source_lengths": lengths, "symbols": symbols}, longest=longest)
 
 
 def jsonl_pairs(paths: str | list[str], eval_fraction: float, eval_samples: int, seed: int,

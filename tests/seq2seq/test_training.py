@@ -147,7 +147,7 @@ def test_a_pair_longer_than_the_models_positions_is_named_before_training(tmp_pa
 def test_a_generated_task_longer_than_the_models_positions_is_named_before_training(task):
     # Only a file's pairs were measured: a task's long pairs stopped the run at the step that drew them, in the
     # model's forward, naming a position but no setting.
-    data = task_pairs(task, [3, 30], 10, 64, seed=0)
+    data = task_pairs(task, [3, 30, 3], 10, 64, seed=0)  # (a length listed twice has one evaluation set)
     pairs = [pair for step in range(20) for pair in data._train(step, 16)]
     pairs += [pair for rows in data.eval_pairs().values() for pair in rows]
     source, target = max(data.longest.values())  # (the longest source length's)
@@ -159,7 +159,7 @@ def test_a_generated_task_longer_than_the_models_positions_is_named_before_train
                                          r" of .* tokens.*, longer than the"):
         data.check_fits(limit - 1)
     if target + 1 < source:  # a source cut at max_source_length fits
-        task_pairs(task, [3, 30], 10, 64, seed=0, max_source_length=target + 1).check_fits(target + 1)
+        task_pairs(task, [3, 30, 3], 10, 64, seed=0, max_source_length=target + 1).check_fits(target + 1)
 
 
 @pytest.fixture(scope="module")

@@ -370,7 +370,7 @@ def test_a_file_row_that_would_not_fit_the_model_is_measured_as_the_batch_encode
 def test_a_generated_task_longer_than_the_models_positions_is_named_before_training(task):
     # Only a file's rows were measured: a generated task's long texts stopped the run at the step that drew them.
     name = next(iter(classification.GENERATED_TASKS[task]))
-    data = generated_texts(task, name, [3, 20], 4, 8, seed=0)
+    data = generated_texts(task, name, [3, 20, 3], 4, 8, seed=0)  # (a distance listed twice has one evaluation set)
     width = max(data.batch(data._train(step, 4))[0].shape[1] for step in range(4))
     assert width == max(data.longest.values()) == 39
     data.check_fits(width)
