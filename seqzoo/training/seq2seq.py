@@ -238,8 +238,9 @@ def read_jsonl(path: str | Path) -> list[tuple[str, str]]:
         if not isinstance(row, dict) or not all(isinstance(row.get(k), str) for k in ("source", "target")):
             raise ValueError(f'{path}:{number}: expected an object with string fields "source" and "target"; '
                              f"got {line[:80]!r}")
-        if not row["source"] or not row["target"]:
-            raise ValueError(f"{path}:{number}: an empty source or target cannot be trained on")
+        if not row["source"]:  # (an encoder reads no token of it; an empty target is its EOS alone: say nothing)
+            raise ValueError(f"{path}:{number}: an empty source cannot be trained on (the encoder has no token to "
+                             "read); an empty target can (the model learns to end at once)")
         for field in ("source", "target"):
             check_trainable_text(row[field], f"{path}:{number} ({field})")
         pairs.append((row["source"], row["target"]))

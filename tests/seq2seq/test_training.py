@@ -18,7 +18,7 @@ from transformers import AutoModelForSeq2SeqLM
 from seqzoo.cli import main
 from seqzoo.models.seq2seq.inspection import attention_map, seq2seq_generate
 from seqzoo.tokenizer import EOS_TOKEN_ID, PAD_TOKEN_ID, byte_tokenizer
-from seqzoo.training.seq2seq import DIGIT_WORDS, exact_match, jsonl_pairs, read_jsonl, task_pairs
+from seqzoo.training.seq2seq import DIGIT_WORDS, exact_match, jsonl_pairs, read_jsonl, seq2seq_logits, task_pairs
 from tests.conftest import tiny_model
 
 MONTHS = {name: number for number, name in enumerate(calendar.month_name) if name}
@@ -96,7 +96,7 @@ def write_pairs(path, count=40):
     ('{"source": "a"}', r'pairs.jsonl:2: expected an object with string fields "source" and "target"'),
     ('{"source": "a", "target": 3}', r"expected an object with string fields"),
     ('["a", "b"]', r"expected an object with string fields"),
-    ('{"source": "", "target": "b"}', r"pairs.jsonl:2: an empty source or target cannot be trained on"),
+    ('{"source": "", "target": "b"}', r"pairs.jsonl:2: an empty source cannot be trained on"),
     ('{"source": "a", "target": "b<|endoftext|>"}', r"pairs.jsonl:2 \(target\): the text holds '<\|endoftext\|>'"),
     # a lone surrogate (a JSON escape can hold one) crashed the tokenizer with a bare UnicodeEncodeError
     ('{"source": "a\\ud800", "target": "b"}', r"pairs.jsonl:2 \(source\): the text holds .\\ud800. at character 1"),
@@ -106,6 +106,22 @@ def test_bad_jsonl_lines_are_named(tmp_path, line, message):
     path.write_text('{"source": "a", "target": "b"}\n' + line + "\n")
     with pytest.raises(ValueError, match=message):
         read_jsonl(path)
+
+
+def test_an_empty_target_trains_the_model_to_end_at_once(tmp_path):
+    # It was refused as untrainable ("an empty source or target cannot be trained on"): its labels are EOS alone.
+    path = tmp_path / "pairs.jsonl"
+    path.write_text('{"source": "ab", "target": ""}\n{"source": "c", "target": "d"}\n')
+    assert read_jsonl(path) == [("ab", ""), ("c", "d")]
+    data = jsonl_pairs(str(path), 0.5, 8, seed=0)
+    sources, labels = data.batch([("ab", ""), ("c", "d")])
+    assert labels.tolist() == [[EOS_TOKEN_ID, -100], [ord("d"), EOS_TOKEN_ID]]
+    model = tiny_model("seq2seq-luong-general-tiny", vocab_size=258, pad_token_id=256, bos_token_id=257,
+                       eos_token_id=257)
+    logits = seq2seq_logits(model, sources, labels)
+    loss = torch.nn.functional.cross_entropy(logits.flatten(0, 1), labels.flatten(), ignore_index=-100)
+    loss.backward()
+    assert torch.isfinite(loss)
 
 
 def test_jsonl_files_that_cannot_train(tmp_path):
