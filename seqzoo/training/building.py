@@ -31,6 +31,7 @@ def check_recipe(recipe: Recipe) -> None:
         # read: the task is built from the recipe); a dataset's (its labels) wait for the data.
         overrides.update(build_data(recipe.data, recipe.train.seed).model_overrides())
     if recipe.model.path is None:
+        check_byte_token_ids(recipe.model.config, overrides)
         overrides.update(recipe.model.config)
         config = seqzoo.get_config(recipe.model.preset, **overrides)
         check_weight_dtype(config)
@@ -53,6 +54,22 @@ def check_batch_split(t: Any, world: int | None) -> int:
         raise ValueError(f"train.batch_size={t.batch_size} (global) must be divisible by {processes} x "
                          f"gradient_accumulation_steps ({t.gradient_accumulation_steps}) = {per_micro}")
     return t.batch_size // per_micro
+
+
+def check_byte_token_ids(given: dict[str, Any], overrides: dict[str, Any]) -> None:
+    """Refuse special token ids in ``model.config`` (``given``) other than the byte tokenizer's, where the data are
+    UTF-8 bytes (a generated memory task names its own ids in ``overrides``): batches are padded with its pad token
+    and targets end with its EOS, and the tokenizer saved beside the model is it. Another id was taken and read by
+    the model alone: a seq2seq model masked its sources at it and its generate() stopped at it."""
+    from seqzoo.tokenizer import EOS_TOKEN_ID, PAD_TOKEN_ID
+
+    if "pad_token_id" in overrides:
+        return
+    for key, wanted in (("pad_token_id", PAD_TOKEN_ID), ("bos_token_id", EOS_TOKEN_ID), ("eos_token_id", EOS_TOKEN_ID)):
+        if key in given and given[key] != wanted:
+            raise ValueError(f"recipe field model.config.{key}={given[key]!r} is invalid: the data are UTF-8 bytes in "
+                             f"seqzoo's byte tokenizer, saved beside the model, whose {key} is {wanted} (pad "
+                             f"{PAD_TOKEN_ID}, bos and eos {EOS_TOKEN_ID}); leave it unset")
 
 
 def check_weight_dtype(config: Any) -> None:
@@ -103,6 +120,7 @@ def build_model(recipe: Recipe, data: Any) -> Any:
     if recipe.model.path is not None:
         model = _load_saved_model(recipe, data, overrides)
     else:
+        check_byte_token_ids(recipe.model.config, overrides)
         overrides.update(recipe.model.config)  # an explicit value wins; the vocabulary check below still applies
         model = seqzoo.create_model(recipe.model.preset, recipe.task, **overrides)
         check_weight_dtype(model.config)

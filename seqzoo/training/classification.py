@@ -108,24 +108,29 @@ class LabelledTexts:
 
     def __init__(self, task: str, train: Callable[[int, int], list[Row]], eval_sets: dict[str, list[Row]],
                  id2label: list[str], name: str, seq_len: int | None, description: dict[str, Any],
-                 num_train: int | None = None) -> None:
+                 num_train: int | None = None, longest: dict[str, int] | None = None) -> None:
         self.task, self._train, self._eval_sets, self.name = task, train, eval_sets, name
         self.id2label, self.seq_len, self.num_train = list(id2label), seq_len, num_train
         self._label_ids = {label: i for i, label in enumerate(self.id2label)}
         self._description = description
         self._truncated_warned = False
         self.rows: list[Row] | None = None  # every row of a file source, for check_fits (set by jsonl_texts)
+        self.longest: dict[str, int] = longest or {}  # a generated task's bytes per text at each distance
 
     def check_fits(self, limit: int) -> None:
-        """Refuse, before training, a row of a file that is longer than the model's ``limit`` positions once
-        data.seq_len has cut it: the run would stop at the step that first drew it, with no file or fix named."""
-        for index, (text, _) in enumerate(self.rows or [], start=1):
-            words = " ".join(text) if self.task == "token-classification" else text
-            length = len(words.encode("utf-8"))
+        """Refuse, before training, a text longer than the model's ``limit`` positions once data.seq_len has cut it
+        (every row of a file, a generated task's texts at each distance): the run would stop at the step that first
+        drew it, with no file, setting or fix named."""
+        tagging = self.task == "token-classification"
+        measured = [(f"row {index}", len((" ".join(text) if tagging else text).encode("utf-8")), "")
+                    for index, (text, _) in enumerate(self.rows or [], start=1)]
+        measured += [(f"a text at {where}", length, "shorten data.distances, ")
+                     for where, length in self.longest.items()]
+        for where, length, shorten in measured:
             if min(length, self.seq_len or length) > limit:
-                raise ValueError(f"{self.name}: row {index} is {length} bytes, longer than the {limit} positions this "
+                raise ValueError(f"{self.name}: {where} is {length} bytes, longer than the {limit} positions this "
                                  f"model takes (model.config.max_position_embeddings); set data.seq_len={limit} to cut "
-                                 "texts there, or raise max_position_embeddings")
+                                 f"texts there, {shorten}or raise max_position_embeddings")
 
     def model_overrides(self) -> dict[str, Any]:
         return {"num_labels": len(self.id2label), "id2label": dict(enumerate(self.id2label)),
@@ -202,12 +207,13 @@ def generated_texts(task: str, name: str, distances: list[int], symbols: int, ev
         distance = distances[step % len(distances)]
         return [make(gen, distance, symbols) for _ in range(batch_size)]
 
-    eval_sets = {}
+    eval_sets, longest = {}, {}
     for distance in distances:
         gen = _generator(seed, _EVAL_STREAM + distance)
         eval_sets[f"distance={distance}"] = [make(gen, distance, symbols) for _ in range(eval_samples)]
+        longest[f"distance={distance}"] = 2 * distance - 1  # one-letter words and the spaces between them
     return LabelledTexts(task, train, eval_sets, natural, f"{task}-task:{name}", seq_len,
-                         {"generated_task": name, "distances": distances, "symbols": symbols})
+                         {"generated_task": name, "distances": distances, "symbols": symbols}, longest=longest)
 
 
 def jsonl_texts(task: str, paths: str | list[str], eval_fraction: float, eval_samples: int, seed: int,

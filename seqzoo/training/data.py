@@ -403,13 +403,16 @@ def read_text_file(path: str | Path, reads: str = "data.source='text' trains on 
         text = raw.decode("utf-8-sig")
     except UnicodeDecodeError as err:
         offset = err.start + 3 * raw.startswith(b"\xef\xbb\xbf")
+        line = raw.count(b"\n", 0, offset) + 1  # (a file of a million JSON lines is not searched by offset)
         raise ValueError(
-            f"data file {str(path)!r} is not UTF-8 text: byte 0x{raw[offset]:02x} at offset {offset} is "
-            f"invalid ({reads})"
+            f"data file {str(path)!r} is not UTF-8 text: byte 0x{raw[offset]:02x} at offset {offset} (line {line}) "
+            f"is invalid ({reads})"
         ) from err
     if "\x00" in text:
+        first = text.index("\x00")
+        line = text.count("\n", 0, first) + 1
         raise ValueError(
-            f"data file {str(path)!r} is not text: it holds NUL bytes (first at character {text.index(chr(0))}); "
+            f"data file {str(path)!r} is not text: it holds NUL bytes (first at character {first}, line {line}); "
             f"{reads}"
         )
     return text

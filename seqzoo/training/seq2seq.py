@@ -73,6 +73,15 @@ SEQ2SEQ_TASKS: dict[str, PairFn] = {
 FIXED_LENGTH_TASKS = ("dates",)
 
 
+def longest_pair(task: str, length: int) -> tuple[int, int]:
+    """The most bytes a source and a target of ``task`` at source length ``length`` can hold."""
+    if task == "digits":  # the longest digit words, a space between each two
+        return length * max(map(len, DIGIT_WORDS)) + length - 1, length
+    if task == "dates":  # "September 30, 1999" -> "1999-09-30"
+        return max(map(len, calendar.month_name)) + len(" 30, 1999"), len("1999-09-30")
+    return length, length
+
+
 def encode(text: str) -> list[int]:
     """The byte tokenizer's ids of ``text`` (its UTF-8 bytes)."""
     return list(text.encode("utf-8"))
@@ -84,30 +93,36 @@ class Seq2SeqPairs:
     vocab_size = VOCAB_SIZE
 
     def __init__(self, train: Callable[[int, int], list[tuple[str, str]]], eval_sets: dict[str, list[tuple[str, str]]],
-                 name: str, max_source_length: int | None, description: dict[str, Any], num_train: int | None = None):
+                 name: str, max_source_length: int | None, description: dict[str, Any], num_train: int | None = None,
+                 longest: dict[str, tuple[int, int]] | None = None):
         self._train, self._eval_sets, self.name = train, eval_sets, name
         self.max_source_length, self.num_train = max_source_length, num_train
         self._description = description
         self._truncated_warned = False
         self.pairs: list[tuple[str, str]] | None = None  # every pair of a file source, for check_fits (jsonl_pairs)
+        # a generated task's longest (source, target) bytes at each of its source lengths, for check_fits
+        self.longest: dict[str, tuple[int, int]] = longest or {}
 
     def check_fits(self, limit: int) -> None:
-        """Refuse, before training, a pair of a file longer than the model's ``limit`` positions: a source once
-        data.max_source_length has cut it, a target with its EOS (targets are never cut). The run would otherwise
-        stop at the step that first drew it, with no file or fix named."""
-        for index, (source, target) in enumerate(self.pairs or [], start=1):
-            length = len(source.encode("utf-8"))
-            if min(length, self.max_source_length or length) > limit:
-                raise ValueError(f"{self.name}: pair {index} has a source of {length} tokens, longer than the {limit} "
+        """Refuse, before training, a pair longer than the model's ``limit`` positions: a source once
+        data.max_source_length has cut it, a target with its EOS (targets are never cut); every pair of a file, the
+        longest a generated task draws at each source length. The run would otherwise stop at the step that first
+        drew it, with no file, setting or fix named."""
+        measured = [(f"pair {index}", len(source.encode("utf-8")), len(target.encode("utf-8")),
+                     "shorten or leave out that pair, or ")
+                    for index, (source, target) in enumerate(self.pairs or [], start=1)]
+        measured += [(f"the longest pair of {where}", source, target, "" if where in FIXED_LENGTH_TASKS
+                      else "lower data.source_lengths, or ") for where, (source, target) in self.longest.items()]
+        for where, source, target, shorten in measured:
+            if min(source, self.max_source_length or source) > limit:
+                raise ValueError(f"{self.name}: {where} has a source of {source} tokens, longer than the {limit} "
                                  "positions this model takes (model.config.max_position_embeddings); set "
                                  f"data.max_source_length={limit} to cut sources there, or raise "
                                  "max_position_embeddings")
-            length = len(target.encode("utf-8")) + 1
-            if length > limit:
-                raise ValueError(f"{self.name}: pair {index} has a target of {length} tokens with its EOS, longer than "
+            if target + 1 > limit:
+                raise ValueError(f"{self.name}: {where} has a target of {target + 1} tokens with its EOS, longer than "
                                  f"the {limit} positions this model takes (model.config.max_position_embeddings); "
-                                 "targets are never cut: shorten or leave out that pair, or raise "
-                                 "max_position_embeddings")
+                                 f"targets are never cut: {shorten}raise max_position_embeddings")
 
     def model_overrides(self) -> dict[str, Any]:
         return {}
@@ -176,13 +191,14 @@ def task_pairs(task: str, source_lengths: list[int], symbols: int, eval_samples:
         choice = torch.randint(len(lengths), (batch_size,), generator=gen).tolist()
         return [make(gen, lengths[c], symbols) for c in choice]
 
-    eval_sets = {}
+    eval_sets, longest = {}, {}
     for length in lengths:
         gen = _generator(seed, _EVAL_STREAM + length)
-        eval_sets[task if task in FIXED_LENGTH_TASKS else f"length={length}"] = [
-            make(gen, length, symbols) for _ in range(eval_samples)]
+        name = task if task in FIXED_LENGTH_TASKS else f"length={length}"
+        eval_sets[name] = [make(gen, length, symbols) for _ in range(eval_samples)]
+        longest[name] = longest_pair(task, length)
     return Seq2SeqPairs(train, eval_sets, f"seq2seq-task:{task}", max_source_length,
-                        {"task": task, "source_lengths": lengths, "symbols": symbols})
+                        {"task": task, "source_lengths": lengths, "symbols": symbols}, longest=longest)
 
 
 def jsonl_pairs(paths: str | list[str], eval_fraction: float, eval_samples: int, seed: int,
@@ -222,8 +238,9 @@ def read_jsonl(path: str | Path) -> list[tuple[str, str]]:
         if not isinstance(row, dict) or not all(isinstance(row.get(k), str) for k in ("source", "target")):
             raise ValueError(f'{path}:{number}: expected an object with string fields "source" and "target"; '
                              f"got {line[:80]!r}")
-        if not row["source"] or not row["target"]:
-            raise ValueError(f"{path}:{number}: an empty source or target cannot be trained on")
+        if not row["source"]:  # (an encoder reads no token of it; an empty target is its EOS alone: say nothing)
+            raise ValueError(f"{path}:{number}: an empty source cannot be trained on (the encoder has no token to "
+                             "read); an empty target can (the model learns to end at once)")
         for field in ("source", "target"):
             check_trainable_text(row[field], f"{path}:{number} ({field})")
         pairs.append((row["source"], row["target"]))

@@ -18,7 +18,7 @@ from transformers import AutoModelForSeq2SeqLM
 from seqzoo.cli import main
 from seqzoo.models.seq2seq.inspection import attention_map, seq2seq_generate
 from seqzoo.tokenizer import EOS_TOKEN_ID, PAD_TOKEN_ID, byte_tokenizer
-from seqzoo.training.seq2seq import DIGIT_WORDS, exact_match, jsonl_pairs, read_jsonl, task_pairs
+from seqzoo.training.seq2seq import DIGIT_WORDS, exact_match, jsonl_pairs, read_jsonl, seq2seq_logits, task_pairs
 from tests.conftest import tiny_model
 
 MONTHS = {name: number for number, name in enumerate(calendar.month_name) if name}
@@ -96,7 +96,7 @@ def write_pairs(path, count=40):
     ('{"source": "a"}', r'pairs.jsonl:2: expected an object with string fields "source" and "target"'),
     ('{"source": "a", "target": 3}', r"expected an object with string fields"),
     ('["a", "b"]', r"expected an object with string fields"),
-    ('{"source": "", "target": "b"}', r"pairs.jsonl:2: an empty source or target cannot be trained on"),
+    ('{"source": "", "target": "b"}', r"pairs.jsonl:2: an empty source cannot be trained on"),
     ('{"source": "a", "target": "b<|endoftext|>"}', r"pairs.jsonl:2 \(target\): the text holds '<\|endoftext\|>'"),
     # a lone surrogate (a JSON escape can hold one) crashed the tokenizer with a bare UnicodeEncodeError
     ('{"source": "a\\ud800", "target": "b"}', r"pairs.jsonl:2 \(source\): the text holds .\\ud800. at character 1"),
@@ -106,6 +106,22 @@ def test_bad_jsonl_lines_are_named(tmp_path, line, message):
     path.write_text('{"source": "a", "target": "b"}\n' + line + "\n")
     with pytest.raises(ValueError, match=message):
         read_jsonl(path)
+
+
+def test_an_empty_target_trains_the_model_to_end_at_once(tmp_path):
+    # It was refused as untrainable ("an empty source or target cannot be trained on"): its labels are EOS alone.
+    path = tmp_path / "pairs.jsonl"
+    path.write_text('{"source": "ab", "target": ""}\n{"source": "c", "target": "d"}\n')
+    assert read_jsonl(path) == [("ab", ""), ("c", "d")]
+    data = jsonl_pairs(str(path), 0.5, 8, seed=0)
+    sources, labels = data.batch([("ab", ""), ("c", "d")])
+    assert labels.tolist() == [[EOS_TOKEN_ID, -100], [ord("d"), EOS_TOKEN_ID]]
+    model = tiny_model("seq2seq-luong-general-tiny", vocab_size=258, pad_token_id=256, bos_token_id=257,
+                       eos_token_id=257)
+    logits = seq2seq_logits(model, sources, labels)
+    loss = torch.nn.functional.cross_entropy(logits.flatten(0, 1), labels.flatten(), ignore_index=-100)
+    loss.backward()
+    assert torch.isfinite(loss)
 
 
 def test_jsonl_files_that_cannot_train(tmp_path):
@@ -141,6 +157,25 @@ def test_a_pair_longer_than_the_models_positions_is_named_before_training(tmp_pa
                                          r"positions .* targets are never cut"):
         jsonl_pairs(str(path), 0.1, 8, seed=0, max_source_length=16).check_fits(16)
     jsonl_pairs(str(path), 0.1, 8, seed=0, max_source_length=16).check_fits(31)
+
+
+@pytest.mark.parametrize("task", sorted(EXPECTED))
+def test_a_generated_task_longer_than_the_models_positions_is_named_before_training(task):
+    # Only a file's pairs were measured: a task's long pairs stopped the run at the step that drew them, in the
+    # model's forward, naming a position but no setting.
+    data = task_pairs(task, [3, 30, 3], 10, 64, seed=0)  # (a length listed twice has one evaluation set)
+    pairs = [pair for step in range(20) for pair in data._train(step, 16)]
+    pairs += [pair for rows in data.eval_pairs().values() for pair in rows]
+    source, target = max(data.longest.values())  # (the longest source length's)
+    assert max(len(s.encode()) for s, _ in pairs) <= source and max(len(t.encode()) for _, t in pairs) <= target
+    assert source == (len("September 30, 1999") if task == "dates" else 179 if task == "digits" else 30)
+    limit = max(source, target + 1)  # a target is read with its EOS
+    data.check_fits(limit)
+    with pytest.raises(ValueError, match=r"seq2seq-task:.*: the longest pair of (length=30|dates) has a (source|target)"
+                                         r" of .* tokens.*, longer than the"):
+        data.check_fits(limit - 1)
+    if target + 1 < source:  # a source cut at max_source_length fits
+        task_pairs(task, [3, 30, 3], 10, 64, seed=0, max_source_length=target + 1).check_fits(target + 1)
 
 
 @pytest.fixture(scope="module")

@@ -366,6 +366,21 @@ def test_a_file_row_that_would_not_fit_the_model_is_measured_as_the_batch_encode
         data.check_fits(width - 1)
 
 
+@pytest.mark.parametrize("task", ["sequence-classification", "token-classification"])
+def test_a_generated_task_longer_than_the_models_positions_is_named_before_training(task):
+    # Only a file's rows were measured: a generated task's long texts stopped the run at the step that drew them.
+    name = next(iter(classification.GENERATED_TASKS[task]))
+    data = generated_texts(task, name, [3, 20, 3], 4, 8, seed=0)  # (a distance listed twice has one evaluation set)
+    width = max(data.batch(data._train(step, 4))[0].shape[1] for step in range(4))
+    assert width == max(data.longest.values()) == 39
+    data.check_fits(width)
+    with pytest.raises(ValueError, match=f"{task}-task:{name}: a text at distance=20 is 39 bytes, longer than the "
+                                         r"38 positions .* set data.seq_len=38 to cut texts there, shorten "
+                                         "data.distances, or raise"):
+        data.check_fits(width - 1)
+    generated_texts(task, name, [3, 20], 4, 8, seed=0, seq_len=38).check_fits(38)  # cut there, it fits
+
+
 def test_jsonl_holds_out_at_least_one_row_at_most_eval_samples_and_checks_every_row(tmp_path):
     rows = [{"text": f"row {i}", "label": "ab"[i % 2]} for i in range(20)]
     path = write_jsonl(tmp_path / "texts.jsonl", rows)

@@ -209,11 +209,18 @@ def test_text_file_errors(tmp_path):
         read_text_file(tmp_path / "nope.txt")
     binary = tmp_path / "weights.bin"
     binary.write_bytes(b"abc\xff\xfe\x00")
-    with pytest.raises(ValueError, match=r"is not UTF-8 text: byte 0xff at offset 3 is invalid"):
+    with pytest.raises(ValueError, match=r"is not UTF-8 text: byte 0xff at offset 3 \(line 1\) is invalid"):
         read_text_file(binary)
     nul = tmp_path / "nul.txt"
     nul.write_bytes(b"ab\x00cd")
-    with pytest.raises(ValueError, match="is not text: it holds NUL bytes"):
+    with pytest.raises(ValueError, match=r"is not text: it holds NUL bytes \(first at character 2, line 1\)"):
+        read_text_file(nul)
+    # The line too, where a JSON-lines file of many rows is looked at by line (its own errors name lines).
+    binary.write_bytes(b'{"a": 1}\r\n{"a": 2}\n{"a": "\xe9"}\n')
+    with pytest.raises(ValueError, match=r"byte 0xe9 at offset 26 \(line 3\) is invalid"):
+        read_text_file(binary)
+    nul.write_bytes("é\n\n\nab\x00cd".encode())
+    with pytest.raises(ValueError, match=r"NUL bytes \(first at character 6, line 4\)"):
         read_text_file(nul)
     good = tmp_path / "good.txt"
     good.write_text("x" * 400)
@@ -242,7 +249,7 @@ def test_a_byte_order_mark_is_no_part_of_a_data_file(tmp_path):
     rows.write_bytes(b'\xef\xbb\xbf{"text": "a", "label": "x"}\n')
     assert [row for row, _ in read_labelled_jsonl(rows, "sequence-classification")] == [("a", "x")]
     text.write_bytes(b"\xef\xbb\xbfab\xff")  # (offsets still count the file's bytes)
-    with pytest.raises(ValueError, match=r"byte 0xff at offset 5 is invalid"):
+    with pytest.raises(ValueError, match=r"byte 0xff at offset 5 \(line 1\) is invalid"):
         read_text_file(text)
 
 

@@ -557,6 +557,44 @@ def test_print_recipe_reads_a_synthetic_tasks_vocabulary_as_train_does(tmp_path,
     assert main(["train", str(path), "model.config.vocab_size=-1", "--print-recipe"]) == 2  # still checked
 
 
+@pytest.mark.parametrize("task, preset, data", [
+    ("causal-lm", "gru-tiny", {"source": "pydoc"}),
+    ("seq2seq", "seq2seq-luong-general-tiny", {"source": "task", "task": "copy"}),
+    ("sequence-classification", "lstm-tiny", {"source": "task", "task": "first_letter"}),
+])
+@pytest.mark.parametrize("key, value", [("pad_token_id", 0), ("eos_token_id", 3), ("bos_token_id", None)])
+def test_special_ids_other_than_the_byte_tokenizers_are_refused_on_byte_data(task, preset, data, key, value):
+    # They were taken: the batches were padded with 256 and ended with 257 while the model masked its sources at
+    # pad_token_id=0, and the saved model, beside the byte tokenizer, generated until byte 3.
+    from seqzoo.training.building import build_model, check_recipe
+    from seqzoo.training.classification import build_label_data
+    from seqzoo.training.data import build_data
+    from seqzoo.training.seq2seq import build_seq2seq_data
+
+    def recipe(config):
+        return recipe_from_dict({"task": task, "model": {"preset": preset, "config": config}, "data": data})
+
+    build = {"causal-lm": build_data, "seq2seq": build_seq2seq_data}.get(task)
+    read = (lambda r: build(r.data, 0)) if build else (lambda r: build_label_data(task, r.data, 0))
+    bad = recipe({key: value})
+    message = rf"recipe field model.config.{key}={value!r} is invalid: .* byte tokenizer"
+    with pytest.raises(ValueError, match=message):
+        check_recipe(bad)  # (--print-recipe)
+    with pytest.raises(ValueError, match=message):
+        build_model(bad, read(bad))
+    good = recipe({key: 256 if key == "pad_token_id" else 257})
+    assert getattr(build_model(good, read(good)).config, key) == good.model.config[key]
+
+
+def test_a_memory_task_takes_special_ids_of_its_own():
+    from seqzoo.training.building import build_model
+    from seqzoo.training.data import build_data
+
+    recipe = recipe_from_dict({"model": {"preset": "gru-tiny", "config": {"pad_token_id": 1}},
+                               "data": {"source": "task", "task": "copy", "distances": [4]}})
+    assert build_model(recipe, build_data(recipe.data, 0)).config.pad_token_id == 1
+
+
 COPY = {"source": "task", "task": "copy"}
 S2S = {"model": {"preset": "seq2seq-sutskever-tiny"}}
 TAGGER = {"model": {"preset": "lstm-tiny"}, "task": "token-classification"}
