@@ -229,22 +229,25 @@ def test_integer_weights_of_a_variant_are_refused(tmp_path, shards):
         AutoModelForCausalLM.from_pretrained(tmp_path, variant="v1")
 
 
+@pytest.mark.parametrize("legacy", [False, True])
 @pytest.mark.parametrize("shards", [1, 3])
-def test_integer_weights_of_a_pickled_checkpoint_are_refused(tmp_path, shards):
+def test_integer_weights_of_a_pickled_checkpoint_are_refused(tmp_path, shards, legacy):
     """A folder of pytorch_model.bin (or its shards) is read by transformers where no safetensors weights are: its
-    integer tensors were cast to floats without a word (only safetensors files were checked)."""
+    integer tensors were cast to floats without a word (only safetensors files were checked). torch.save's legacy
+    format, which cannot be memory-mapped, too."""
     model = tiny_model(FAMILIES["mamba"])
     model.save_pretrained(tmp_path)
     (tmp_path / "model.safetensors").unlink()
     key = "model.embed_tokens.weight"
     weights = {**model.state_dict(), key: (model.state_dict()[key] * 100).to(torch.int32)}
     if shards == 1:
-        torch.save(weights, tmp_path / "pytorch_model.bin")
+        torch.save(weights, tmp_path / "pytorch_model.bin", _use_new_zipfile_serialization=not legacy)
     else:
         names = sorted(weights)
         files = {name: f"pytorch_model-0000{i % shards + 1}-of-0000{shards}.bin" for i, name in enumerate(names)}
         for file in set(files.values()):
-            torch.save({name: weights[name] for name in names if files[name] == file}, tmp_path / file)
+            torch.save({name: weights[name] for name in names if files[name] == file}, tmp_path / file,
+                       _use_new_zipfile_serialization=not legacy)
         (tmp_path / "pytorch_model.bin.index.json").write_text(json.dumps({"metadata": {}, "weight_map": files}))
     with pytest.raises(ValueError, match=rf"not floating point: {key} \(I32\)"):
         AutoModelForCausalLM.from_pretrained(tmp_path)

@@ -12,6 +12,7 @@ import logging
 import math
 import os
 import re
+import zipfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -299,9 +300,11 @@ def check_weight_files(source: Any, kwargs: dict[str, Any]) -> None:
 
 def _stored_dtypes(path: Path) -> list[tuple[str, str]]:
     """(name, safetensors dtype name) of every tensor a weights file holds: a safetensors file's header, or the
-    tensors of a pickle (read with ``weights_only=True``, memory-mapped)."""
+    tensors of a pickle (read with ``weights_only=True``, memory-mapped where it can be)."""
     if path.suffix == ".bin":
-        state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        # (torch.save's legacy format, which transformers reads too, cannot be memory-mapped: refusing to map it
+        # left its integer tensors unchecked)
+        state = torch.load(path, map_location="cpu", weights_only=True, mmap=zipfile.is_zipfile(path))
         return [(key, _SAFETENSORS_DTYPE_NAMES.get(tensor.dtype, str(tensor.dtype).removeprefix("torch.")))
                 for key, tensor in state.items() if isinstance(tensor, torch.Tensor)]
     with open(path, "rb") as handle:  # a safetensors file starts with its header's length (8 bytes) and the header
