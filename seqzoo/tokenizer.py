@@ -16,6 +16,7 @@ from typing import Any
 
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers
 from transformers import PreTrainedConfig, PreTrainedTokenizerFast
+from transformers.tokenization_utils_base import LARGE_INTEGER
 
 PAD_TOKEN = "<|pad|>"
 EOS_TOKEN = "<|endoftext|>"
@@ -180,13 +181,15 @@ def _special_tokens_of_wrong_type(folder: Path) -> str:
 
 
 def _model_max_length_of_wrong_type(folder: Path) -> str:
-    """tokenizer_config.json's model_max_length where it is no number >= 1 (``"model_max_length": "512"``; a float
-    such as 1e30, which some tools write for "no limit", works), named with its file (empty otherwise)."""
+    """tokenizer_config.json's model_max_length where it is no integer >= 1 (``"model_max_length": "512"``; a float
+    above transformers' LARGE_INTEGER, 1e20, such as the 1e30 some tools write for "no limit", works: transformers
+    then never truncates at it, where a 512.0 failed in every truncating call, "'float' object cannot be interpreted
+    as an integer"), named with its file (empty otherwise)."""
     try:
         value = json.loads((folder / "tokenizer_config.json").read_bytes()).get("model_max_length")
     except (OSError, ValueError, RecursionError, AttributeError):
         return ""  # (missing, or damaged: named by damaged_json_files)
-    if value is None or (type(value) in (int, float) and value >= 1):
+    if value is None or (type(value) is int and value >= 1) or (type(value) is float and value > LARGE_INTEGER):
         return ""
     return f"tokenizer_config.json has model_max_length={json.dumps(value)}"
 
@@ -214,8 +217,8 @@ def load_tokenizer(source: Any) -> PreTrainedTokenizerFast:
         length = _model_max_length_of_wrong_type(folder)
         if length:  # (it loaded, and every call that pads or truncates failed: "'>' not supported between ...")
             raise ValueError(f"{folder}'s tokenizer cannot be read: {length}; it is the number of tokens the model "
-                             "reads at most, a number >= 1: save the tokenizer again "
-                             "(tokenizer.save_pretrained(folder))")
+                             "reads at most, an integer >= 1 (or a number above 1e20: no limit): save the tokenizer "
+                             "again (tokenizer.save_pretrained(folder))")
     try:
         # (never transformers' interactive "run the custom code? [y/N]" prompt, nor code from the folder: seqzoo's own
         # tokenizer classes are registered, and load without it)

@@ -140,7 +140,7 @@ def test_tokenizer_helpers_name_an_argument_of_another_kind():
             tokenizer_for(given)
 
 
-@pytest.mark.parametrize("length", ["512", 0, True, [512]])
+@pytest.mark.parametrize("length", ["512", 0, True, [512], 512.0, 1e20])  # (a float 512.0 failed to truncate)
 def test_a_saved_model_max_length_that_is_no_number_is_named(tmp_path, length):
     """A hand-edited "model_max_length": "512" loaded, and every call that pads or truncates failed inside
     transformers ("'>' not supported between instances of 'int' and 'str'"); 0 cut every text to nothing."""
