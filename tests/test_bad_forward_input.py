@@ -257,6 +257,19 @@ def test_integer_weights_of_a_pickled_checkpoint_are_refused(tmp_path, shards, l
         AutoModelForCausalLM.from_pretrained(tmp_path, use_safetensors=False)
 
 
+@pytest.mark.parametrize("dtype", [torch.float8_e4m3fnuz, torch.float8_e8m0fnu, torch.float16])
+def test_float_weights_of_a_pickled_checkpoint_that_safetensors_has_no_name_for_load(tmp_path, dtype):
+    # They were refused as "not floating point: ... (float8_e4m3fnuz)": a pickle's dtypes were judged by safetensors'
+    # names, which lack some of torch's float types.
+    model = tiny_model(FAMILIES["mamba"])
+    model.save_pretrained(tmp_path)
+    (tmp_path / "model.safetensors").unlink()
+    key = "model.embed_tokens.weight"
+    torch.save({**model.state_dict(), key: model.state_dict()[key].to(dtype)}, tmp_path / "pytorch_model.bin")
+    loaded = AutoModelForCausalLM.from_pretrained(tmp_path)
+    torch.testing.assert_close(loaded.get_input_embeddings().weight, model.state_dict()[key].to(dtype).float())
+
+
 def test_a_checkpoint_in_a_subfolder_is_checked_there(tmp_path):
     from safetensors.torch import load_file, save_file
 

@@ -287,7 +287,7 @@ def check_weight_files(source: Any, kwargs: dict[str, Any]) -> None:
     odd = []
     for path in files:
         try:
-            odd += [f"{key} ({dtype})" for key, dtype in _stored_dtypes(path) if dtype not in _FLOAT_DTYPES]
+            odd += _non_float_tensors(path)
         except Exception:  # noqa: BLE001 -- missing or damaged (or a pickle of more than tensors): the load names it
             return
     if odd:
@@ -298,25 +298,27 @@ def check_weight_files(source: Any, kwargs: dict[str, Any]) -> None:
         )
 
 
-def _stored_dtypes(path: Path) -> list[tuple[str, str]]:
-    """(name, safetensors dtype name) of every tensor a weights file holds: a safetensors file's header, or the
-    tensors of a pickle (read with ``weights_only=True``, memory-mapped where it can be)."""
+def _non_float_tensors(path: Path) -> list[str]:
+    """"name (dtype)" of every tensor a weights file holds that is not floating point: read from a safetensors file's
+    header, or from the tensors of a pickle (read with ``weights_only=True``, memory-mapped where it can be)."""
     if path.suffix == ".bin":
         # (torch.save's legacy format, which transformers reads too, cannot be memory-mapped: refusing to map it
-        # left its integer tensors unchecked)
+        # left its integer tensors unchecked. Judged by torch, which knows float types safetensors has no name for,
+        # such as float8_e4m3fnuz.)
         state = torch.load(path, map_location="cpu", weights_only=True, mmap=zipfile.is_zipfile(path))
-        return [(key, _SAFETENSORS_DTYPE_NAMES.get(tensor.dtype, str(tensor.dtype).removeprefix("torch.")))
-                for key, tensor in state.items() if isinstance(tensor, torch.Tensor)]
+        return [f"{key} ({_SAFETENSORS_DTYPE_NAMES.get(tensor.dtype, str(tensor.dtype).removeprefix('torch.'))})"
+                for key, tensor in state.items() if isinstance(tensor, torch.Tensor) and not tensor.is_floating_point()]
     with open(path, "rb") as handle:  # a safetensors file starts with its header's length (8 bytes) and the header
         size = int.from_bytes(handle.read(8), "little")
         header = json.loads(handle.read(size)) if 0 < size <= 100_000_000 else None
-    return [(key, entry["dtype"]) for key, entry in header.items() if key != "__metadata__"]
+    return [f"{key} ({entry['dtype']})" for key, entry in header.items()
+            if key != "__metadata__" and entry["dtype"] not in _FLOAT_DTYPES]
 
 
-_SAFETENSORS_DTYPE_NAMES = {torch.float64: "F64", torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16",
-                            torch.float8_e4m3fn: "F8_E4M3", torch.float8_e5m2: "F8_E5M2", torch.int64: "I64",
-                            torch.int32: "I32", torch.int16: "I16", torch.int8: "I8", torch.uint8: "U8",
-                            torch.bool: "BOOL"}
+# The safetensors names of torch's integer and boolean dtypes, by which a pickle's such tensors are named as a
+# safetensors file's are.
+_SAFETENSORS_DTYPE_NAMES = {torch.int64: "I64", torch.int32: "I32", torch.int16: "I16", torch.int8: "I8",
+                            torch.uint8: "U8", torch.bool: "BOOL"}
 
 
 class HeldLoadReports(logging.Filter):
