@@ -66,7 +66,8 @@ def check_byte_token_ids(given: dict[str, Any], overrides: dict[str, Any]) -> No
     if "pad_token_id" in overrides:
         return
     for key, wanted in (("pad_token_id", PAD_TOKEN_ID), ("bos_token_id", EOS_TOKEN_ID), ("eos_token_id", EOS_TOKEN_ID)):
-        if key in given and given[key] != wanted:
+        # (an eos_token_id may be a list of ids: [257] is the tokenizer's, as seqzoo new takes it)
+        if key in given and given[key] != wanted and not (key == "eos_token_id" and given[key] == [wanted]):
             raise ValueError(f"recipe field model.config.{key}={given[key]!r} is invalid: the data are UTF-8 bytes in "
                              f"seqzoo's byte tokenizer, saved beside the model, whose {key} is {wanted} (pad "
                              f"{PAD_TOKEN_ID}, bos and eos {EOS_TOKEN_ID}); leave it unset")

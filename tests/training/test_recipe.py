@@ -584,6 +584,10 @@ def test_special_ids_other_than_the_byte_tokenizers_are_refused_on_byte_data(tas
         build_model(bad, read(bad))
     good = recipe({key: 256 if key == "pad_token_id" else 257})
     assert getattr(build_model(good, read(good)).config, key) == good.model.config[key]
+    if key == "eos_token_id":  # (a list of eos ids, as transformers takes them: the tokenizer's alone)
+        listed = recipe({key: [257]})
+        check_recipe(listed)
+        assert build_model(listed, read(listed)).config.eos_token_id == [257]
 
 
 def test_a_memory_task_takes_special_ids_of_its_own():
