@@ -188,7 +188,7 @@ def cmd_new(args: argparse.Namespace) -> int:
 
 def save_with_tokenizer(model: Any, directory: Path) -> None:
     """Save a model with the byte tokenizer and a generation config, ready for AutoTokenizer and pipelines."""
-    from seqzoo.tokenizer import VOCAB_SIZE, tokenizer_for
+    from seqzoo.tokenizer import VOCAB_SIZE, ids_other_than_bytes, tokenizer_for
 
     if model.config.vocab_size < VOCAB_SIZE:
         raise ValueError(
@@ -197,8 +197,8 @@ def save_with_tokenizer(model: Any, directory: Path) -> None:
     tokenizer = tokenizer_for(model)
     # (the tokenizer saved beside the model fixes its special tokens; a config's other ids would be read by nothing
     # that generates: the generation config below takes the tokenizer's)
-    differing = [f"{name}={getattr(model.config, name)}" for name in ("pad_token_id", "bos_token_id", "eos_token_id")
-                 if getattr(model.config, name, None) not in (None, own := getattr(tokenizer, name), [own])]
+    differing = ids_other_than_bytes({name: getattr(model.config, name, None)
+                                      for name in ("pad_token_id", "bos_token_id", "eos_token_id")})
     if differing:
         raise ValueError(
             f"{', '.join(differing)} disagree with the byte tokenizer saved beside the model, whose pad token is "

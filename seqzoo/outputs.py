@@ -59,7 +59,7 @@ def check_named(destination: str | os.PathLike, what: str) -> None:
     ``Path("")`` is the current folder, where the output would land, and with ``--force`` replace its model, unasked.
     ``"."`` names the current folder on purpose and is taken."""
     if isinstance(destination, str) and not destination.strip():
-        raise ValueError(f"{what} {destination!r} is empty; pass a folder (new or empty) to write to")
+        raise ValueError(f"{what} {destination!r} is an empty name; pass the folder to write to (new or empty)")
 
 
 def _remove_empty(folders: list[Path]) -> None:

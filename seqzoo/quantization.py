@@ -14,6 +14,7 @@ projections are ``F.linear``; torch's fused kernels take plain float weights and
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import torch
@@ -87,12 +88,14 @@ def quantize_int8(model: nn.Module) -> nn.Module:
     config = Int8DynamicActivationInt8WeightConfig()
     quantize_(model, FqnToConfig({name: config for name in targets}), filter_fn=None)
     # (on the backbone too: a training loop that calls model.model directly, as a custom head does, is refused alike)
+    # (the embedding module looked up once: its weight's dtype is what each call reads, a method call less a token)
+    hook = functools.partial(_refuse_training, embeddings=model.get_input_embeddings())
     for module in {model, getattr(model, "base_model", model)}:
-        module.register_forward_pre_hook(_refuse_training)
+        module.register_forward_pre_hook(hook)
     return model
 
 
-def _refuse_training(model: nn.Module, args: Any) -> None:
+def _refuse_training(model: nn.Module, args: Any, embeddings: nn.Module) -> None:
     # torchao's int8 dynamic-activation layers pass no gradient to their inputs: a training step's backward failed
     # with "element 0 of tensors does not require grad", or trained only what lies above the last quantised layer.
     if model.training and torch.is_grad_enabled():
@@ -102,7 +105,7 @@ def _refuse_training(model: nn.Module, args: Any) -> None:
                            "after")
     # A model converted after quantising (model.double()) fed float64 activations to the int8 layers, which failed
     # inside torchao ("AssertionError: Unsupported input dtype: torch.float64").
-    dtype = model.get_input_embeddings().weight.dtype
+    dtype = embeddings.weight.dtype
     if dtype not in INT8_WEIGHT_DTYPES:
         raise RuntimeError(f"{type(model).__name__} is quantised to int8 (seqzoo.quantize_int8), and its embeddings "
                            f"have been converted to {dtype} since; torchao's int8 layers take "

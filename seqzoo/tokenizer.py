@@ -25,6 +25,18 @@ EOS_TOKEN_ID = 257
 VOCAB_SIZE = 258
 
 
+# The byte tokenizer's special ids, by the config field that names each (its bos is its eos).
+BYTE_SPECIAL_IDS = {"pad_token_id": PAD_TOKEN_ID, "bos_token_id": EOS_TOKEN_ID, "eos_token_id": EOS_TOKEN_ID}
+
+
+def ids_other_than_bytes(values: dict[str, Any]) -> list[str]:
+    """``"name=value"`` for each special token id among ``values`` (a config's fields or a recipe's ``model.config``)
+    that the byte tokenizer does not hold. Unset (None) is taken, and an id written as a one-id list (``[257]``, as
+    eos lists are written): the tokenizer saved beside a model gives the ids it generates and pads with."""
+    return [f"{name}={values[name]!r}" for name, own in BYTE_SPECIAL_IDS.items()
+            if name in values and values[name] not in (None, own, [own])]
+
+
 def check_utf8(text: str, where: str) -> None:
     """Refuse text that has no UTF-8 bytes: a lone surrogate (``"\\ud800"``, which a JSON escape or a Python string
     can hold) stopped training with a bare UnicodeEncodeError at the step that first drew it."""

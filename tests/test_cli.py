@@ -481,7 +481,7 @@ def test_an_empty_folder_name_is_refused_not_read_as_the_current_folder(tmp_path
     before = {path.name: path.read_bytes() for path in model.iterdir()}
     monkeypatch.chdir(model)
     line = _error(capsys, [str(model) if a == "MODEL" else a for a in argv])
-    assert line.endswith("is empty; pass a folder (new or empty) to write to"), line
+    assert line.endswith("is an empty name; pass the folder to write to (new or empty)"), line
     assert {path.name: path.read_bytes() for path in model.iterdir()} == before
 
 

@@ -61,16 +61,13 @@ def check_byte_token_ids(given: dict[str, Any], overrides: dict[str, Any]) -> No
     UTF-8 bytes (a generated memory task names its own ids in ``overrides``): batches are padded with its pad token
     and targets end with its EOS, and the tokenizer saved beside the model is it. Another id was taken and read by
     the model alone: a seq2seq model masked its sources at it and its generate() stopped at it."""
-    from seqzoo.tokenizer import EOS_TOKEN_ID, PAD_TOKEN_ID
+    from seqzoo.tokenizer import EOS_TOKEN_ID, PAD_TOKEN_ID, ids_other_than_bytes
 
-    if "pad_token_id" in overrides:
-        return
-    for key, wanted in (("pad_token_id", PAD_TOKEN_ID), ("bos_token_id", EOS_TOKEN_ID), ("eos_token_id", EOS_TOKEN_ID)):
-        # (an eos_token_id may be a list of ids: [257] is the tokenizer's, as seqzoo new takes it)
-        if key in given and given[key] != wanted and not (key == "eos_token_id" and given[key] == [wanted]):
-            raise ValueError(f"recipe field model.config.{key}={given[key]!r} is invalid: the data are UTF-8 bytes in "
-                             f"seqzoo's byte tokenizer, saved beside the model, whose {key} is {wanted} (pad "
-                             f"{PAD_TOKEN_ID}, bos and eos {EOS_TOKEN_ID}); leave it unset")
+    differing = [] if "pad_token_id" in overrides else ids_other_than_bytes(given)
+    if differing:  # (the rule seqzoo new applies: unset, or the tokenizer's id, alone or as a one-id list)
+        raise ValueError(f"recipe field model.config.{differing[0]} is invalid: the data are UTF-8 bytes in seqzoo's "
+                         f"byte tokenizer, saved beside the model, whose ids are pad {PAD_TOKEN_ID}, bos and eos "
+                         f"{EOS_TOKEN_ID}; leave it unset")
 
 
 def check_weight_dtype(config: Any) -> None:

@@ -79,7 +79,7 @@ def test_every_converter_checks_its_destination_first(name, holds, tmp_path):
     assert (out / holds).read_text() == "{}"
     with pytest.raises(ValueError, match="is a file; pass a folder"):
         CONVERTERS[name](tmp_path / "no-such-source", out / holds)
-    with pytest.raises(ValueError, match="destination '' is empty"):  # (Path("") is the current folder)
+    with pytest.raises(ValueError, match="destination '' is an empty name"):  # (Path("") is the current folder)
         CONVERTERS[name](tmp_path / "no-such-source", "")
 
 

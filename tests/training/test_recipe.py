@@ -562,7 +562,7 @@ def test_print_recipe_reads_a_synthetic_tasks_vocabulary_as_train_does(tmp_path,
     ("seq2seq", "seq2seq-luong-general-tiny", {"source": "task", "task": "copy"}),
     ("sequence-classification", "lstm-tiny", {"source": "task", "task": "first_letter"}),
 ])
-@pytest.mark.parametrize("key, value", [("pad_token_id", 0), ("eos_token_id", 3), ("bos_token_id", None)])
+@pytest.mark.parametrize("key, value", [("pad_token_id", 0), ("eos_token_id", 3), ("bos_token_id", 5)])
 def test_special_ids_other_than_the_byte_tokenizers_are_refused_on_byte_data(task, preset, data, key, value):
     # They were taken: the batches were padded with 256 and ended with 257 while the model masked its sources at
     # pad_token_id=0, and the saved model, beside the byte tokenizer, generated until byte 3.
@@ -588,6 +588,9 @@ def test_special_ids_other_than_the_byte_tokenizers_are_refused_on_byte_data(tas
         listed = recipe({key: [257]})
         check_recipe(listed)
         assert build_model(listed, read(listed)).config.eos_token_id == [257]
+    unset = recipe({key: None})  # (taken, as seqzoo new takes it: the tokenizer saved beside the model gives the id)
+    check_recipe(unset)
+    build_model(unset, read(unset))
 
 
 def test_a_memory_task_takes_special_ids_of_its_own():
