@@ -317,3 +317,12 @@ def test_llama_of_equal_parameters_never_picks_an_odd_head_dim(width, monkeypatc
 
     llama = bench.llama_of_equal_parameters(Model())
     assert llama.config.head_dim % 2 == 0
+
+
+def test_rnn_step_parts_runs_and_checks_its_operations():
+    # (the script refuses to time hand-written operations that do not give the model's logits)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
+    result = subprocess.run([sys.executable, "benchmarks/bench_rnn_step_parts.py", "--hidden-size", "32", "--calls",
+                             "2", "--batches", "1"], cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-4000:]
+    assert "| the seqzoo model's step, called directly, model fixed |" in result.stdout
