@@ -171,11 +171,25 @@ def test_a_compiled_rwkv7_decodes_as_eager_with_its_products_rewritten():
     torch.testing.assert_close(got, want)
     torch.testing.assert_close(compiled, eager, rtol=1e-5, atol=1e-5)
     assert rewrites() > 0
-    # Torch's own products chosen when it compiles: no rewrite, the same tokens.
-    counters.clear()
+
+
+def test_compile_decoding_reads_the_product_choice_when_it_compiles(monkeypatch):
+    """The choice in force when ``compile_decoding()`` is called decides the options: the pass with seqzoo's
+    products, torch.compile's own options with torch's (the pass's graphs are compiled above; torch.compile is not
+    run here, only asked)."""
+    asked = []
+
+    def compile_asked(function, **options):
+        asked.append(options)
+        return function
+
+    monkeypatch.setattr(torch, "compile", compile_asked)
+    model = tiny_model(FAMILIES["rwkv7"])
+    model.compile_decoding()
     with product_choice.products("torch"):
         model.compile_decoding()
-    with torch.no_grad():
-        plain = model.generate(ids, max_new_tokens=4, do_sample=False)
-    torch.testing.assert_close(plain, want)
-    assert rewrites() == 0
+    model.compile_decoding(mode="max-autotune-no-cudagraphs")
+    ours, theirs, moded = asked
+    assert isinstance(ours["options"]["post_grad_custom_pre_pass"], one_row_products.OneRowProducts)
+    assert "post_grad_custom_pre_pass" not in theirs.get("options", {})
+    assert "mode" not in moded and moded["options"]["max_autotune"] is True
