@@ -69,6 +69,7 @@ def config_from_gpt2(hf_config: Any) -> Any:
         attention_dropout=float(hf_config.attn_pdrop),
         initializer_range=hf_config.initializer_range,
         tie_word_embeddings=bool(hf_config.tie_word_embeddings),
+        use_cache=hf_config.use_cache,
         **valid_token_ids(hf_config.to_dict(), hf_config.vocab_size, "the gpt2 config"),
     )
 
@@ -146,7 +147,8 @@ def native_config(config: Any) -> Any:
         activation_function=config.hidden_act, layer_norm_epsilon=config.layer_norm_eps,
         resid_pdrop=config.dropout, embd_pdrop=config.dropout, attn_pdrop=config.attention_dropout,
         initializer_range=config.initializer_range, tie_word_embeddings=config.tie_word_embeddings,
-        pad_token_id=config.pad_token_id, bos_token_id=config.bos_token_id, eos_token_id=config.eos_token_id,
+        use_cache=config.use_cache, pad_token_id=config.pad_token_id, bos_token_id=config.bos_token_id,
+        eos_token_id=config.eos_token_id,
     )
 
 

@@ -230,6 +230,7 @@ def config_from_llama(hf_config: Any, source: Any = None) -> Any:
         attention_dropout=float(getattr(hf_config, "attention_dropout", 0.0)),
         initializer_range=hf_config.initializer_range,
         tie_word_embeddings=bool(hf_config.tie_word_embeddings),
+        use_cache=hf_config.use_cache,
         **valid_token_ids(hf_config.to_dict(), hf_config.vocab_size, f"the {model_type} config"),
     )
     return TransformerConfig(**values)
@@ -310,7 +311,8 @@ def native_config(config: Any) -> Any:
         rope_parameters={"rope_type": "default", "rope_theta": config.rope_theta},
         attention_bias=config.attention_bias, mlp_bias=config.mlp_bias, attention_dropout=config.attention_dropout,
         initializer_range=config.initializer_range, tie_word_embeddings=config.tie_word_embeddings,
-        pad_token_id=config.pad_token_id, bos_token_id=config.bos_token_id, eos_token_id=config.eos_token_id,
+        use_cache=config.use_cache, pad_token_id=config.pad_token_id, bos_token_id=config.bos_token_id,
+        eos_token_id=config.eos_token_id,
     )
 
 

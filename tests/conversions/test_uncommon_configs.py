@@ -96,3 +96,18 @@ def test_convert_and_export_back_keep_the_logits(kind, overrides):
         back = to_native(converted, KINDS[kind][4]).double()
         assert type(back) is type(source)
         torch.testing.assert_close(back(IDS).logits.double(), expected, atol=5e-5, rtol=0)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_use_cache_false_is_carried_both_ways(kind):
+    # A source saved with use_cache: false returns no cache from a plain forward; the converted model and its export
+    # back must not start returning one (the llama and gpt2 mappings dropped the field).
+    from seqzoo.models.compat import output_cache
+
+    source = peer(kind, use_cache=False)
+    converted = KINDS[kind][3](source)
+    back = to_native(converted, KINDS[kind][4])
+    with torch.no_grad():
+        for model in (source, converted, back):
+            assert model.config.use_cache is False
+            assert output_cache(model(IDS[:, :4])) is None
