@@ -111,11 +111,11 @@ def convert_gpt2(source: Any, dtype: torch.dtype | None = None) -> Any:
     """A seqzoo Transformer with the weights of ``source``: a transformers ``GPT2LMHeadModel``, a folder saved from
     one, or a Hub repo id. ``dtype`` defaults to the source's (its embedding's)."""
     dtype = conversion_dtype(dtype)
-    hf_config, source_weights, _ = load_transformers_source(source, MODEL_TYPES, "convert gpt2")
+    hf_config, source_weights, _, generation = load_transformers_source(source, MODEL_TYPES, "convert gpt2")
     config = config_from_gpt2(hf_config)
     weights = seqzoo_weights(source_weights, config)
     dtype = dtype or weights["model.embed_tokens.weight"].dtype
-    return build_model(config, weights, dtype, "the gpt2 source")
+    return build_model(config, weights, dtype, "the gpt2 source", generation)
 
 
 def convert_gpt2_folder(source: Any, destination: str | Path, dtype: torch.dtype | None = None) -> Any:

@@ -272,12 +272,12 @@ def convert_llama(source: Any, dtype: torch.dtype | None = None) -> Any:
     ``MistralForCausalLM`` / ``Qwen2ForCausalLM`` object, a folder saved from one (sharded safetensors are read
     tensor by tensor), or a Hub repo id. ``dtype`` defaults to the source's (its embedding's)."""
     dtype = conversion_dtype(dtype)
-    hf_config, source_weights, stated = load_transformers_source(source, MODEL_TYPES, "convert llama")
+    hf_config, source_weights, stated, generation = load_transformers_source(source, MODEL_TYPES, "convert llama")
     source_weights = without_disabled_biases(hf_config, stated, source_weights)
     config = config_from_llama(hf_config, source_weights)
     weights = seqzoo_weights(source_weights, config)
     dtype = dtype or weights["model.embed_tokens.weight"].dtype
-    return build_model(config, weights, dtype, f"the {hf_config.model_type} source")
+    return build_model(config, weights, dtype, f"the {hf_config.model_type} source", generation)
 
 
 def convert_llama_folder(source: Any, destination: str | Path, dtype: torch.dtype | None = None) -> Any:
