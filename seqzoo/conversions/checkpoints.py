@@ -10,6 +10,7 @@ mapped tensors (``assign=True``), so peak memory stays near one copy of the weig
 from __future__ import annotations
 
 import contextlib
+import copy
 import difflib
 import json
 import logging
@@ -577,10 +578,12 @@ def head_is_tied(config: Any, head: torch.Tensor | None, embedding: torch.Tensor
     return False
 
 
-def build_model(config: Any, weights: dict[str, torch.Tensor], dtype: torch.dtype, origin: str) -> Any:
+def build_model(config: Any, weights: dict[str, torch.Tensor], dtype: torch.dtype, origin: str,
+                generation: Any = None) -> Any:
     """The seqzoo causal LM of ``config`` holding copies of ``weights`` (seqzoo names; the dict is emptied) cast to
-    ``dtype``, in eval mode. Raises ValueError naming every missing, unexpected or mis-shaped tensor. A tied head may
-    be left out."""
+    ``dtype``, in eval mode, generating with the source's ``generation`` config where it has one (its token ids
+    outside the vocabulary dropped, as from the config). Raises ValueError naming every missing, unexpected or
+    mis-shaped tensor. A tied head may be left out."""
     from seqzoo.registry import architecture_for_model_type
 
     require_values(weights, origin)
@@ -607,7 +610,22 @@ def build_model(config: Any, weights: dict[str, torch.Tensor], dtype: torch.dtyp
     if tied:
         model.tie_weights()
     materialize_buffers(model)
+    if generation is not None:
+        model.generation_config = generation_inside_vocabulary(generation, config.vocab_size, origin)
     return model.eval()
+
+
+def generation_inside_vocabulary(generation: Any, vocab_size: int, origin: str) -> Any:
+    """A copy of the transformers GenerationConfig ``generation`` without its pad/bos/eos ids outside a vocabulary
+    of ``vocab_size`` (:func:`valid_token_ids`)."""
+    generation = copy.deepcopy(generation)
+    try:
+        kept = valid_token_ids(generation.to_dict(), vocab_size, f"the generation config of {origin}")
+    except ValueError:  # (no token ids at all)
+        return generation
+    for name, ids in kept.items():
+        setattr(generation, name, ids)
+    return generation
 
 
 def check_tensors(found: Mapping[str, torch.Tensor], expected: Mapping[str, Any], message: str) -> None:
@@ -645,11 +663,11 @@ def show(items: list[str], limit: int = 8) -> str:
 
 __all__ = ["CHECKPOINT_FILES", "DTYPES", "Reader", "SourceWeights", "TOKENIZER_FILES", "TOKENIZER_READS",
            "TransformersSource", "build_model", "check_destination", "check_tensors", "config_dict",
-           "conversion_dtype", "conversion_source", "copy_tokenizer_files", "download", "head_is_tied",
-           "is_torch_save_file", "load_transformers_source", "load_torch_file", "local_source", "materialize_buffers",
-           "read_folder_weights", "read_json", "refuse_adapters", "require_floating_point", "require_values",
-           "save_converted", "show", "staged_destination", "tokenizer_code_files", "valid_token_ids",
-           "weights_only_refusal"]
+           "conversion_dtype", "conversion_source", "copy_tokenizer_files", "download", "generation_inside_vocabulary",
+           "head_is_tied", "is_torch_save_file", "load_torch_file", "load_transformers_source", "local_source",
+           "materialize_buffers", "read_folder_weights", "read_generation_config", "read_json", "refuse_adapters",
+           "require_floating_point", "require_values", "save_converted", "show", "staged_destination",
+           "tokenizer_code_files", "valid_token_ids", "weights_only_refusal"]
 
 
 class TransformersSource(NamedTuple):
@@ -660,6 +678,9 @@ class TransformersSource(NamedTuple):
     # The fields its config.json sets (of a model object, every field of its config): where transformers reads a
     # field's default, a converter may read the tensors instead (Qwen2's config has no attention_bias at all).
     stated: frozenset[str]
+    # Its GenerationConfig (a model object's, a folder's generation_config.json), or None: how the source generates
+    # (Llama 3's second end-of-text id is there only), which the converted model keeps.
+    generation: Any
 
 
 def load_transformers_source(source: Any, model_types: tuple[str, ...], command: str) -> TransformersSource:
@@ -674,7 +695,8 @@ def load_transformers_source(source: Any, model_types: tuple[str, ...], command:
         _refuse_quantized(getattr(source.config, "quantization_config", None), type(source).__name__, command)
         weights = SourceWeights.from_dict({k: v.detach() for k, v in source.state_dict().items()},
                                           type(source).__name__)
-        return TransformersSource(source.config, weights, frozenset(source.config.to_dict()))
+        return TransformersSource(source.config, weights, frozenset(source.config.to_dict()),
+                                  getattr(source, "generation_config", None))
     if not isinstance(source, (str, Path)):
         raise ValueError(f"source must be a transformers model, a folder or a Hub repo id; got {type(source).__name__}")
     if Path(source).is_file():  # (else looked up as a Hub repo id, which failed offline after five retries)
@@ -696,7 +718,22 @@ def load_transformers_source(source: Any, model_types: tuple[str, ...], command:
         # transformers' configs check field types: '"hidden_size": "32"' in config.json fails here
         raise ValueError(f"{str(folder / 'config.json')!r} has a value of the wrong type or range: "
                          f"{' '.join(str(err).split())}") from err
-    return TransformersSource(config, read_folder_weights(folder), frozenset(values))
+    return TransformersSource(config, read_folder_weights(folder), frozenset(values), read_generation_config(folder))
+
+
+def read_generation_config(folder: Path) -> Any:
+    """The GenerationConfig of ``folder``'s generation_config.json, or None without one; a file transformers cannot
+    read is named."""
+    from transformers import GenerationConfig
+
+    path = folder / "generation_config.json"
+    if not path.is_file():
+        return None
+    try:
+        return GenerationConfig.from_pretrained(folder)
+    except (OSError, ValueError, TypeError) as err:
+        raise ValueError(f"{str(path)!r} is no generation config transformers reads: {' '.join(str(err).split())}"
+                         ) from err
 
 
 def refuse_adapters(source: Any) -> None:

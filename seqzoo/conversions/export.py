@@ -11,6 +11,7 @@ From the shell: ``seqzoo export --to llama|gpt2|mamba|mamba2 <seqzoo folder> <de
 
 from __future__ import annotations
 
+import copy
 import json
 from pathlib import Path
 from typing import Any
@@ -61,6 +62,8 @@ def to_native(model: Any, target: str) -> Any:
     native.load_state_dict(weights, strict=True, assign=True)
     native.tie_weights()
     materialize_buffers(native)
+    if getattr(model, "generation_config", None) is not None:  # (how the model generates: its eos ids, lengths)
+        native.generation_config = copy.deepcopy(model.generation_config)
     # The weights in the model's dtype; the float32 buffers computed from the config (rotary frequencies) stay float32,
     # as transformers keeps them in a model it loads in half precision: the exported folder loaded again computes
     # with those, and this object computed with rounded ones (logits 4e-3 apart in bfloat16).

@@ -69,6 +69,7 @@ def config_from_gpt2(hf_config: Any) -> Any:
         attention_dropout=float(hf_config.attn_pdrop),
         initializer_range=hf_config.initializer_range,
         tie_word_embeddings=bool(hf_config.tie_word_embeddings),
+        use_cache=hf_config.use_cache,
         **valid_token_ids(hf_config.to_dict(), hf_config.vocab_size, "the gpt2 config"),
     )
 
@@ -110,11 +111,11 @@ def convert_gpt2(source: Any, dtype: torch.dtype | None = None) -> Any:
     """A seqzoo Transformer with the weights of ``source``: a transformers ``GPT2LMHeadModel``, a folder saved from
     one, or a Hub repo id. ``dtype`` defaults to the source's (its embedding's)."""
     dtype = conversion_dtype(dtype)
-    hf_config, source_weights, _ = load_transformers_source(source, MODEL_TYPES, "convert gpt2")
+    hf_config, source_weights, _, generation = load_transformers_source(source, MODEL_TYPES, "convert gpt2")
     config = config_from_gpt2(hf_config)
     weights = seqzoo_weights(source_weights, config)
     dtype = dtype or weights["model.embed_tokens.weight"].dtype
-    return build_model(config, weights, dtype, "the gpt2 source")
+    return build_model(config, weights, dtype, "the gpt2 source", generation)
 
 
 def convert_gpt2_folder(source: Any, destination: str | Path, dtype: torch.dtype | None = None) -> Any:
@@ -146,7 +147,8 @@ def native_config(config: Any) -> Any:
         activation_function=config.hidden_act, layer_norm_epsilon=config.layer_norm_eps,
         resid_pdrop=config.dropout, embd_pdrop=config.dropout, attn_pdrop=config.attention_dropout,
         initializer_range=config.initializer_range, tie_word_embeddings=config.tie_word_embeddings,
-        pad_token_id=config.pad_token_id, bos_token_id=config.bos_token_id, eos_token_id=config.eos_token_id,
+        use_cache=config.use_cache, pad_token_id=config.pad_token_id, bos_token_id=config.bos_token_id,
+        eos_token_id=config.eos_token_id,
     )
 
 

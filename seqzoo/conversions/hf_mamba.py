@@ -132,12 +132,12 @@ def convert_hf_mamba(source: Any, dtype: torch.dtype | None = None) -> Any:
     ``Mamba2ForCausalLM`` object, a folder saved from one (sharded safetensors are read tensor by tensor), or a Hub
     repo id. ``dtype`` defaults to the source's."""
     dtype = conversion_dtype(dtype)
-    hf_config, source_weights, _ = load_transformers_source(source, SUPPORTED_MODEL_TYPES, "hf-mamba")
+    hf_config, source_weights, _, generation = load_transformers_source(source, SUPPORTED_MODEL_TYPES, "hf-mamba")
     config = config_from_hf(hf_config)
     origin = f"the {hf_config.model_type} source"
     weights = convert_state_dict(dict(source_weights.items()), config, origin)
     dtype = dtype or weights["model.embed_tokens.weight"].dtype
-    return build_model(config, weights, dtype, origin)
+    return build_model(config, weights, dtype, origin, generation)
 
 
 def convert_hf_mamba_folder(source: Any, destination: str | Path, dtype: torch.dtype | None = None) -> Any:

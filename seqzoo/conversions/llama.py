@@ -230,6 +230,7 @@ def config_from_llama(hf_config: Any, source: Any = None) -> Any:
         attention_dropout=float(getattr(hf_config, "attention_dropout", 0.0)),
         initializer_range=hf_config.initializer_range,
         tie_word_embeddings=bool(hf_config.tie_word_embeddings),
+        use_cache=hf_config.use_cache,
         **valid_token_ids(hf_config.to_dict(), hf_config.vocab_size, f"the {model_type} config"),
     )
     return TransformerConfig(**values)
@@ -271,12 +272,12 @@ def convert_llama(source: Any, dtype: torch.dtype | None = None) -> Any:
     ``MistralForCausalLM`` / ``Qwen2ForCausalLM`` object, a folder saved from one (sharded safetensors are read
     tensor by tensor), or a Hub repo id. ``dtype`` defaults to the source's (its embedding's)."""
     dtype = conversion_dtype(dtype)
-    hf_config, source_weights, stated = load_transformers_source(source, MODEL_TYPES, "convert llama")
+    hf_config, source_weights, stated, generation = load_transformers_source(source, MODEL_TYPES, "convert llama")
     source_weights = without_disabled_biases(hf_config, stated, source_weights)
     config = config_from_llama(hf_config, source_weights)
     weights = seqzoo_weights(source_weights, config)
     dtype = dtype or weights["model.embed_tokens.weight"].dtype
-    return build_model(config, weights, dtype, f"the {hf_config.model_type} source")
+    return build_model(config, weights, dtype, f"the {hf_config.model_type} source", generation)
 
 
 def convert_llama_folder(source: Any, destination: str | Path, dtype: torch.dtype | None = None) -> Any:
@@ -310,7 +311,8 @@ def native_config(config: Any) -> Any:
         rope_parameters={"rope_type": "default", "rope_theta": config.rope_theta},
         attention_bias=config.attention_bias, mlp_bias=config.mlp_bias, attention_dropout=config.attention_dropout,
         initializer_range=config.initializer_range, tie_word_embeddings=config.tie_word_embeddings,
-        pad_token_id=config.pad_token_id, bos_token_id=config.bos_token_id, eos_token_id=config.eos_token_id,
+        use_cache=config.use_cache, pad_token_id=config.pad_token_id, bos_token_id=config.bos_token_id,
+        eos_token_id=config.eos_token_id,
     )
 
 

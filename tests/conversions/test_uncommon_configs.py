@@ -96,3 +96,36 @@ def test_convert_and_export_back_keep_the_logits(kind, overrides):
         back = to_native(converted, KINDS[kind][4]).double()
         assert type(back) is type(source)
         torch.testing.assert_close(back(IDS).logits.double(), expected, atol=5e-5, rtol=0)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_use_cache_false_is_carried_both_ways(kind):
+    # A source saved with use_cache: false returns no cache from a plain forward; the converted model and its export
+    # back must not start returning one (the llama and gpt2 mappings dropped the field).
+    from seqzoo.models.compat import output_cache
+
+    source = peer(kind, use_cache=False)
+    converted = KINDS[kind][3](source)
+    back = to_native(converted, KINDS[kind][4])
+    with torch.no_grad():
+        for model in (source, converted, back):
+            assert model.config.use_cache is False
+            assert output_cache(model(IDS[:, :4])) is None
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_the_source_generation_config_is_kept_both_ways(kind, tmp_path):
+    # How the source generates (a second end-of-text id, as Llama 3 Instruct's generation_config.json holds, a length)
+    # comes with the converted model, from an object or a folder, and goes back with its export; an id outside the
+    # vocabulary is dropped as from the config. (convert returned a model generating from its config.json alone, and
+    # its save_pretrained, the usage the converters' docstrings show, wrote that.)
+    source = peer(kind)
+    source.generation_config.eos_token_id = [2, 5, 500]
+    source.generation_config.max_new_tokens = 3
+    source.save_pretrained(tmp_path)
+    for converted in (KINDS[kind][3](source), KINDS[kind][3](tmp_path)):
+        assert converted.generation_config.eos_token_id == [2, 5]
+        assert converted.generation_config.max_new_tokens == 3
+        back = to_native(converted, KINDS[kind][4])
+        assert back.generation_config.eos_token_id == [2, 5]
+        assert back.generation_config.max_new_tokens == 3
