@@ -7,6 +7,7 @@ import pytest
 from transformers import AutoConfig
 
 import seqzoo  # noqa: F401  (registers the architectures)
+from seqzoo import HybridConfig
 from seqzoo.models.rwkv7 import RWKV7Config
 
 
@@ -44,7 +45,8 @@ def test_round_trips_through_auto_config(tmp_path):
     [
         (dict(hidden_size=100), r"head_size=64 is invalid: it must divide hidden_size=100"),
         (dict(hidden_size=64, head_size=24), r"head_size=24 is invalid: it must divide hidden_size=64"),
-        (dict(head_size=0), r"head_size=0 is invalid: must be >= 1"),
+        (dict(head_size=0), r"head_size=0 is invalid: must be >= 2"),
+        (dict(hidden_size=4, head_size=1), r"head_size=1 is invalid: must be >= 2 \(ln_x, the per-head GroupNorm"),
         (dict(head_size=16.0), r"head_size=16.0 is invalid: expected an integer"),
         (dict(hidden_size=0), r"hidden_size=0 is invalid: must be >= 1"),
         (dict(hidden_size="256"), r"hidden_size='256' is invalid: expected an integer"),
@@ -71,3 +73,10 @@ def test_bad_values_in_a_config_json_raise_on_load(tmp_path):
     (tmp_path / "config.json").write_text('{"model_type": "seqzoo_rwkv7", "hidden_size": 96, "head_size": 64}')
     with pytest.raises(ValueError, match="head_size=64 is invalid: it must divide hidden_size=96"):
         AutoConfig.from_pretrained(tmp_path)
+
+
+def test_a_head_of_one_channel_is_refused_in_a_hybrids_rwkv7_layers_too():
+    # ln_x normalised a one-channel head to 0 (the WKV state never reached the output), and a one-token forward of
+    # one row failed inside torch's group_norm ('Expected more than 1 value per channel when training')
+    with pytest.raises(ValueError, match=r"mixer_config\['rwkv7'\]: RWKV7Config\.head_size=1 is invalid: must be >= 2"):
+        HybridConfig(hidden_size=4, mixer_types=["rwkv7"], mixer_config={"rwkv7": {"head_size": 1}})

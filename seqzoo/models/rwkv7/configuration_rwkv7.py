@@ -32,7 +32,8 @@ class RWKV7Config(SeqzooConfig):
         vocab_size: vocabulary size.
         hidden_size: model width C (the reference's ``n_embd``; the attention width equals it).
         num_hidden_layers: number of blocks.
-        head_size: channels per WKV head (64 in every published model); must divide ``hidden_size``.
+        head_size: channels per WKV head (64 in every published model); must divide ``hidden_size``, and be at least
+            2 (the per-head GroupNorm of one channel would zero every head's WKV output).
         intermediate_size: channel-mix width (default 4 * hidden_size, as in the released x070 models).
         decay_low_rank_dim: rank of the decay LoRA ``w1 @ w2``.
         a_low_rank_dim: rank of the in-context learning rate LoRA ``a1 @ a2``.
@@ -79,7 +80,14 @@ class RWKV7Config(SeqzooConfig):
 
     def validate_architecture(self) -> None:
         super().validate_architecture()
-        require_int(self, "head_size", minimum=1)
+        require_int(self, "head_size")
+        if self.head_size < 2:
+            # (a one-token forward of one row then failed inside torch's group_norm, 'Expected more than 1 value per
+            # channel when training', while longer inputs computed a model whose state was never read)
+            raise ValueError(
+                f"RWKV7Config.head_size={self.head_size} is invalid: must be >= 2 (ln_x, the per-head GroupNorm, "
+                "normalises a head of one channel to 0: the WKV state would never reach the output)"
+            )
         if self.hidden_size % self.head_size:
             raise ValueError(
                 f"RWKV7Config.head_size={self.head_size} is invalid: it must divide hidden_size={self.hidden_size} "
