@@ -617,12 +617,9 @@ def build_model(config: Any, weights: dict[str, torch.Tensor], dtype: torch.dtyp
 
 def generation_inside_vocabulary(generation: Any, vocab_size: int, origin: str) -> Any:
     """A copy of the transformers GenerationConfig ``generation`` without its pad/bos/eos ids outside a vocabulary
-    of ``vocab_size`` (:func:`valid_token_ids`)."""
+    of ``vocab_size`` (:func:`valid_token_ids`; an id that is no token id at all is named)."""
     generation = copy.deepcopy(generation)
-    try:
-        kept = valid_token_ids(generation.to_dict(), vocab_size, f"the generation config of {origin}")
-    except ValueError:  # (no token ids at all)
-        return generation
+    kept = valid_token_ids(generation.to_dict(), vocab_size, f"the generation config of {origin}")
     for name, ids in kept.items():
         setattr(generation, name, ids)
     return generation

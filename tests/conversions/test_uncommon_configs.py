@@ -129,3 +129,12 @@ def test_the_source_generation_config_is_kept_both_ways(kind, tmp_path):
         back = to_native(converted, KINDS[kind][4])
         assert back.generation_config.eos_token_id == [2, 5]
         assert back.generation_config.max_new_tokens == 3
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_a_source_generation_config_holding_no_token_id_is_refused(kind):
+    # (a damaged id was kept as it was: the converted model carried eos_token_id="2")
+    source = peer(kind)
+    source.generation_config.eos_token_id = "2"
+    with pytest.raises(ValueError, match=r"the generation config of .* sets eos_token_id='2': a token id is an"):
+        KINDS[kind][3](source)
