@@ -577,3 +577,20 @@ def test_a_bidirectional_job_reports_each_distances_accuracy(tmp_path, monkeypat
                    "config": asdict(cfg), "output_dir": str(tmp_path)})
     assert row["ok"], row.get("traceback")
     assert row["accuracy"] == {2: 0.25, 4: 0.75} and row["params"] == 9 and row["steps"] == 3
+
+
+def test_the_gradient_plot_marks_a_profile_that_turns_exactly_0_past_the_last_power_of_two(tmp_path, monkeypatch):
+    """The GRU's gradient underflows to exactly 0 about 150 tokens back, past the last power of two (128) of a
+    256-token profile: its line ended there with no hollow marker on the "exactly 0" line, as if unmeasured."""
+    pytest.importorskip("matplotlib")
+    from matplotlib.figure import Figure
+
+    from seqzoo.lab import plots
+
+    drawn = []
+    monkeypatch.setattr(Figure, "savefig", lambda figure, *args, **kwargs: drawn.append(figure))
+    profile = [1.0, 0.5, 0.1, 0.01, 0.001, 0.0, 0.0]  # exactly 0 at distances 5 and 6, past 4
+    plots.gradient_plot({"after training": {"gru": profile}}, tmp_path / "gradients.png")
+    (axes,) = drawn[0].axes
+    hollow = [line for line in axes.lines if line.get_markerfacecolor() == "none"]
+    assert [list(line.get_xdata()) for line in hollow] == [[5, 6]]
