@@ -20,6 +20,17 @@ words_per_text = bounded_int(2, None, "a number of words >= 2")
 gradient_length = bounded_int(2, None, "a sequence length >= 2 tokens")
 
 
+def folder_name(text: str) -> str:
+    """An argparse type for --out: a folder's name. An empty one (an unset shell variable, ``--out "$DIR"``) is
+    refused: ``Path("")`` is the current folder, where `seqzoo lab gradients` wrote, and the labs whose default
+    folder an empty value fell back to (``args.out or "lab-report"``) wrote there without a word. ``.`` names the
+    current folder on purpose and is taken."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError(f"{text!r} is an empty name: give the folder to write to ('.' for the "
+                                         "current one), or leave the option out for its default")
+    return text
+
+
 def learning_rate(text: str) -> float:
     """An argparse type: a learning rate in (0, 1) (nan and inf are not)."""
     try:
@@ -72,7 +83,7 @@ def register(subparsers: Any) -> None:
     p = subparsers.add_parser(
         "lab", help="train tiny models of every architecture on memory tasks and text; write a report",
         description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--out", default=None,
+    p.add_argument("--out", default=None, type=folder_name,
                    help="report folder (default: lab-report, or lab-report-smoke with --smoke)")
     p.add_argument("--force", action="store_true", help="replace the report already in --out")
     p.add_argument("--resume", action="store_true",
@@ -101,7 +112,7 @@ def register(subparsers: Any) -> None:
                            description="or, instead of the whole lab:")
     g = sub.add_parser("gradients", help="‖∂ loss(last) / ∂ input(t)‖ against distance, for every architecture",
                        description="How far back does the gradient reach at initialisation? Seconds of work.")
-    g.add_argument("--out", default="lab-gradients",
+    g.add_argument("--out", default="lab-gradients", type=folder_name,
                    help="folder for gradients.md and gradients.png (default: lab-gradients)")
     g.add_argument("--length", type=gradient_length, default=256, help="sequence length in tokens (default: 256)")
     g.add_argument("--architectures", nargs="+", action="extend", metavar="ARCH", help=ARCHITECTURES_HELP)
@@ -112,7 +123,8 @@ def register(subparsers: Any) -> None:
     s = sub.add_parser("seq2seq", help="encoder-decoders with and without attention on growing sources: the "
                        "bottleneck, with attention heat maps (under 200 CPU-seconds: under two minutes on two idle "
                        "cores; --larger for more)")
-    s.add_argument("--out", help="report folder (default: lab-seq2seq, or lab-seq2seq-smoke with --smoke)")
+    s.add_argument("--out", type=folder_name,
+                   help="report folder (default: lab-seq2seq, or lab-seq2seq-smoke with --smoke)")
     s.add_argument("--force", action="store_true", help="replace the seq2seq report already in --out")
     s.add_argument("--larger", action="store_true", help="all four tasks, longer sources, 3x the steps")
     s.add_argument("--smoke", action="store_true", help="a seconds-long run of every code path (for CI)")
@@ -131,8 +143,8 @@ def register(subparsers: Any) -> None:
                                    "on a tag that depends on what follows each word and a label that sits at the "
                                    "start of the text. Writes bidirectional.md, bidirectional.png and "
                                    "bidirectional-results.json. Not part of the default `seqzoo lab` run.")
-    b.add_argument("--out", help="report folder (default: lab-bidirectional, or lab-bidirectional-smoke with "
-                                "--smoke)")
+    b.add_argument("--out", type=folder_name,
+                   help="report folder (default: lab-bidirectional, or lab-bidirectional-smoke with --smoke)")
     b.add_argument("--force", action="store_true", help="replace the bidirectional report already in --out")
     b.add_argument("--smoke", action="store_true", help="a seconds-long run of every code path (for CI)")
     b.add_argument("--architectures", nargs="+", action="extend", metavar="ARCH",
@@ -150,7 +162,8 @@ def register(subparsers: Any) -> None:
                        description="Train every architecture at each learning rate on every memory task (on all "
                                    "the lab's distances at once, as the lab trains) and on text, one seed, and print "
                                    "the rates to keep in seqzoo/lab/recipes.py. Writes sweep.md and results.json.")
-    s.add_argument("--out", default="lab-sweep", help="folder for sweep.md and results.json (default: lab-sweep)")
+    s.add_argument("--out", default="lab-sweep", type=folder_name,
+                   help="folder for sweep.md and results.json (default: lab-sweep)")
     s.add_argument("--force", action="store_true", help="replace the sweep already in --out")
     s.add_argument("--architectures", nargs="+", action="extend", metavar="ARCH", help=ARCHITECTURES_HELP)
     s.add_argument("--rates", nargs="+", type=learning_rate, metavar="LR", action=Distinct,

@@ -167,7 +167,11 @@ def gradient_plot(profiles: dict[str, dict[str, list[float]]], path: Path) -> No
             distances = range(len(rel))
             ax.plot(list(distances), [v if v > 0 else float("nan") for v in rel], label=arch, linewidth=1.3,
                     color=look[arch]["color"], linestyle=look[arch]["linestyle"])
-            marks = [d for d in distances if d == 0 or d & (d - 1) == 0]  # powers of two: markers, not a smear
+            # Powers of two: markers, not a smear; and where the gradient turns exactly 0 and the last distance,
+            # so that a profile that underflows to 0 past the last power of two (the GRU's after ~150 tokens) is
+            # marked on the "exactly 0" line instead of ending without a word.
+            marks = [d for d in distances if d == 0 or d & (d - 1) == 0 or d == len(rel) - 1
+                     or (rel[d] <= 0 < rel[d - 1])]
             alive = [d for d in marks if rel[d] > 0]
             dead = [d for d in marks if rel[d] <= 0]
             ax.plot(alive, [rel[d] for d in alive], linestyle="none", marker=look[arch]["marker"],

@@ -69,6 +69,30 @@ def test_a_bad_option_value_is_named_as_typed(argv, message, capsys, monkeypatch
     assert "setting" not in err and "task_steps" not in err
 
 
+@pytest.mark.parametrize("argv", [
+    ["lab"], ["lab", "--smoke"], ["lab", "gradients", "--architectures", "rnn", "--length", "2"], ["lab", "seq2seq"],
+    ["lab", "bidirectional"], ["lab", "sweep"],
+])
+@pytest.mark.parametrize("name", ["", "  "])
+def test_an_empty_out_folder_is_refused_not_read_as_the_default_or_the_current_folder(argv, name, tmp_path,
+                                                                                       monkeypatch, capsys):
+    """`seqzoo lab --out "$DIR"` with DIR unset: the lab fell back to lab-report (``args.out or ...``) and
+    `seqzoo lab gradients` wrote gradients.md into the current folder (Path("") is "."), without a word."""
+    def no_lab(*args, **kwargs):
+        raise AssertionError("the lab started with an empty --out")
+
+    for module, function in (("seqzoo.lab.runner", "run_lab"), ("seqzoo.lab.seq2seq", "run_seq2seq_lab"),
+                             ("seqzoo.lab.bidirectional", "run_bidirectional_lab"), ("seqzoo.lab.sweep", "run_sweep")):
+        monkeypatch.setattr(f"{module}.{function}", no_lab)
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as exit_info:
+        main([*argv, "--out", name])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert f"argument --out: {name!r} is an empty name: give the folder to write to ('.' for the current one)" in err
+    assert not any(tmp_path.iterdir())
+
+
 def test_a_refused_resume_names_the_options_that_differ(tmp_path, monkeypatch, capsys):
     """--resume with other options said "task_steps 6 there, 3 here" and, without --smoke, listed a dozen settings
     no option sets (batch_size, text_seq_len, ...)."""

@@ -203,6 +203,18 @@ def test_gradient_health_says_whether_a_run_recovered_from_its_flagged_steps():
                         "ended well above its best loss: these steps set it back (accuracy 0.50).")
 
 
+def test_gradient_health_calls_a_solved_run_near_zero_loss_recovered():
+    """The default lab's RWKV-7 copy runs: one flagged step at step 1, then solved (accuracy 0.99) with a best loss
+    of 0.0055 and a last ten steps' mean of 0.0315, from 2.65: 'the run ended well above its best loss: these steps
+    set it back' (0.0315 > 1.5 x 0.0055), for 8 of its 12 runs."""
+    run = {"ok": True, "arch": "rwkv7", "task": "copy", "seed": 0, "eval": {"accuracy": 0.99},
+           "losses": [2.65, 1.0, 0.2, 0.0055] + [0.0315] * 10,
+           "grad_health": {"flagged_steps": {"vanishing": 0, "exploding": 1, "nonfinite": 0},
+                           "first_flagged_step": {"exploding": 1}, "max_grad_norm": 1480.0}}
+    line = findings.gradient_health_notes({"runs": [run]}).splitlines()[-1]
+    assert "the run ended near its best loss" in line and "set it back" not in line, line
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # report.py: every table of report.md from hand-made results.
 
@@ -577,3 +589,20 @@ def test_a_bidirectional_job_reports_each_distances_accuracy(tmp_path, monkeypat
                    "config": asdict(cfg), "output_dir": str(tmp_path)})
     assert row["ok"], row.get("traceback")
     assert row["accuracy"] == {2: 0.25, 4: 0.75} and row["params"] == 9 and row["steps"] == 3
+
+
+def test_the_gradient_plot_marks_a_profile_that_turns_exactly_0_past_the_last_power_of_two(tmp_path, monkeypatch):
+    """The GRU's gradient underflows to exactly 0 about 150 tokens back, past the last power of two (128) of a
+    256-token profile: its line ended there with no hollow marker on the "exactly 0" line, as if unmeasured."""
+    pytest.importorskip("matplotlib")
+    from matplotlib.figure import Figure
+
+    from seqzoo.lab import plots
+
+    drawn = []
+    monkeypatch.setattr(Figure, "savefig", lambda figure, *args, **kwargs: drawn.append(figure))
+    profile = [1.0, 0.5, 0.1, 0.01, 0.001, 0.0, 0.0]  # exactly 0 at distances 5 and 6, past 4
+    plots.gradient_plot({"after training": {"gru": profile}}, tmp_path / "gradients.png")
+    (axes,) = drawn[0].axes
+    hollow = [line for line in axes.lines if line.get_markerfacecolor() == "none"]
+    assert [list(line.get_xdata()) for line in hollow] == [[5, 6]]
