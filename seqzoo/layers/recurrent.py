@@ -8,6 +8,7 @@ the state size); every later layer reads the previous layer's ``hidden_size`` ou
 from __future__ import annotations
 
 import math
+import weakref
 from typing import Any, Callable, ClassVar, Sequence
 
 import torch
@@ -213,15 +214,18 @@ class InputTable:
 
 
 class _BuiltTable:
-    """An input table and what it was built from: the weights (embedding, weight_ih[, bias_ih]) at their storage and
-    version, and their values as seen through a fixed random vector."""
+    """An input table and what it was built from: the weights (embedding, weight_ih[, bias_ih]), referred to weakly, at
+    their storage and version, and their values as seen through a fixed random vector."""
 
     __slots__ = ("sources", "probe", "prints", "table")
 
     def __init__(self, sources: tuple[torch.Tensor, ...]) -> None:
         embedding, weight_ih = sources[:2]
         self.table = torch.nn.functional.linear(embedding, weight_ih, sources[2] if len(sources) == 3 else None)
-        self.sources = tuple((t, t._version, t.data_ptr()) for t in sources)
+        # Weakly: the model holds its latest table, and a weight replaced since (load_state_dict(assign=True),
+        # resize_token_embeddings) is not kept alive by it until the next decode on the CPU builds another (never, for
+        # a model moved to another device).
+        self.sources = tuple((weakref.ref(t), t._version, t.data_ptr()) for t in sources)
         probe = torch.randn(embedding.shape[1], generator=torch.Generator().manual_seed(0), dtype=torch.float64)
         # A bf16 / fp16 product rounds to 8 / 11 bits, which hides a change of a weight whose probe entry is small
         # (one value of weight_ih moved by 20x its row's mean went unseen): those are read in float64.
@@ -237,7 +241,7 @@ class _BuiltTable:
         if len(self.sources) != len(sources):
             return False
         for (s, version, pointer), t in zip(self.sources, sources):  # (read on every decode step)
-            if t is not s or t._version != version or t.data_ptr() != pointer:
+            if s() is not t or t._version != version or t.data_ptr() != pointer:
                 return False
         return True
 

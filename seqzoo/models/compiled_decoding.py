@@ -6,6 +6,7 @@ from __future__ import annotations
 import importlib.util
 import logging
 import types
+from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any
 
@@ -152,9 +153,21 @@ def run_compiled_step(model: nn.Module, compiled: CompiledDecoding, args: tuple,
                 # its forward now is the one later steps check (the classes kept have theirs, checked above).
                 for cls, forward in _module_forwards(model).items():
                     compiled.forwards.setdefault(cls, forward)
-    # Eagerly: the forward raises the check's own error (or computes the step).
-    del model.__dict__[ATTRIBUTE]
+    # Eagerly: the forward raises the check's own error (or computes the step). The model keeps its compiled forward
+    # meanwhile, for other threads' steps (taking it off the model for this step made another thread's eager step
+    # fail with a KeyError, and put it back after compile_decoding(False) had taken it off).
+    token = _EAGER_STEP.set(model)
     try:
         return type(model).forward(model, *args, **kwargs)
     finally:
-        model.__dict__[ATTRIBUTE] = compiled
+        _EAGER_STEP.reset(token)
+
+
+# The model whose decode step this context (thread) runs eagerly in run_compiled_step: its forward runs the step
+# itself, not through the compiled forward (runs_eagerly).
+_EAGER_STEP: ContextVar[nn.Module | None] = ContextVar("seqzoo_eager_compiled_step", default=None)
+
+
+def runs_eagerly(model: nn.Module) -> bool:
+    """Whether this context is running a decode step of ``model`` eagerly for run_compiled_step."""
+    return _EAGER_STEP.get() is model

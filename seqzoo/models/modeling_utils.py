@@ -35,7 +35,7 @@ from seqzoo.models.compat import (
     take_cache,
 )
 from seqzoo.models.compiled_decoding import ATTRIBUTE as COMPILED
-from seqzoo.models.compiled_decoding import check_backend, compile_forward, run_compiled_step
+from seqzoo.models.compiled_decoding import check_backend, compile_forward, run_compiled_step, runs_eagerly
 from seqzoo.models.configuration_utils import saved_class_name, unknown_loading_keyword
 from seqzoo.models.decode_loop import check_loop_name, runs_own_loop, sample
 from seqzoo.models.decode_plan import fixed_model
@@ -506,7 +506,8 @@ class SeqzooForCausalLM(SeqzooPreTrainedModel, PreparedGeneration, GenerationMix
         compiled = self.__dict__.get(COMPILED)
         if (compiled is not None and input_ids is not None and input_ids.shape[-1] == 1 and labels is None
                 and not torch.is_grad_enabled() and not torch.compiler.is_compiling()
-                and (cache is not None or any(kwargs.get(name) is not None for name in CACHE_ALIASES))):
+                and (cache is not None or any(kwargs.get(name) is not None for name in CACHE_ALIASES))
+                and not runs_eagerly(self)):
             args = (input_ids, attention_mask, position_ids, cache, inputs_embeds, labels, use_cache,
                     output_hidden_states, return_dict, logits_to_keep)
             check_kwargs({k: v for k, v in kwargs.items() if k not in CACHE_ALIASES}, forward_parameters(self),

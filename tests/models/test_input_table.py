@@ -7,6 +7,8 @@ where its policy says."""
 from __future__ import annotations
 
 import copy
+import gc
+import weakref
 
 import pytest
 import torch
@@ -341,7 +343,7 @@ def test_a_copied_cache_shares_its_table_and_copies_no_weights():
         copied = copy.deepcopy(cache)
         held = getattr(cache, InputTable.CACHE_ATTRIBUTE)
         assert getattr(copied, InputTable.CACHE_ATTRIBUTE) is held
-        assert held.sources[0][0] is model.model.embed_tokens.weight  # (the model's own, not a copy)
+        assert held.sources[0][0]() is model.model.embed_tokens.weight  # (the model's own, not a copy)
         assert built_of(copied) is held
         first = model(steps[:, 1:2], cache=cache, use_cache=True).logits
         second = model(steps[:, 1:2], cache=copied, use_cache=True).logits
@@ -478,3 +480,22 @@ def test_a_weight_holding_a_nan_does_not_build_the_table_for_every_cache(where):
     data[-1, 0] = 1.0
     decode(model, *args)
     assert built_of() is not first
+
+
+def test_the_models_table_keeps_no_weight_alive_that_the_model_replaced():
+    # The model holds its latest table between decodes; it held the weights it was built from too, so weights replaced
+    # since (load_state_dict(assign=True), resize_token_embeddings) stayed in memory until the next decode on the CPU,
+    # and for good where the model was moved to another device (where no table is built).
+    model = tiny_model("lstm-tiny").set_input_table("always")
+    prompt = torch.tensor([[5, 17, 33]])
+    model.generate(prompt, max_new_tokens=2, do_sample=False)
+    assert model.model.input_table.built is not None
+    replaced = [weakref.ref(model.model.embed_tokens.weight), weakref.ref(model.model.layers[0].weight_ih)]
+    model.load_state_dict(tiny_model("lstm-tiny", seed=1).state_dict(), assign=True)
+    gc.collect()
+    assert [ref() for ref in replaced] == [None, None]
+    fresh = tiny_model("lstm-tiny", seed=1).set_input_table("always")
+    torch.testing.assert_close(model.generate(prompt, max_new_tokens=4, do_sample=False, output_scores=True,
+                                              return_dict_in_generate=True).scores,
+                               fresh.generate(prompt, max_new_tokens=4, do_sample=False, output_scores=True,
+                                              return_dict_in_generate=True).scores, rtol=0, atol=0)
