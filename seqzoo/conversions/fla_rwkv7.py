@@ -29,7 +29,9 @@ from seqzoo.conversions.checkpoints import (
     check_destination,
     config_dict,
     conversion_dtype,
+    generation_inside_vocabulary,
     read_folder_weights,
+    read_generation_config,
     read_json,
     save_converted,
     show,
@@ -119,7 +121,9 @@ def convert_fla_rwkv7(source: Any, config: dict[str, Any] | None = None, dtype: 
             raise ValueError(f"{str(source)!r} is not an fla checkpoint folder (no config.json)")
         config = config if config is not None else read_json(Path(source) / "config.json", "fla config")
         weights: Any = read_folder_weights(source)
+        generation = read_generation_config(Path(source))
     else:
+        generation = None
         if config is None:
             raise ValueError("an fla RWKV-7 state dict needs its config (the dict in config.json): pass config=...")
         weights = SourceWeights.from_dict(source, "the fla RWKV-7 state dict")
@@ -146,11 +150,14 @@ def convert_fla_rwkv7(source: Any, config: dict[str, Any] | None = None, dtype: 
         raise ValueError(f"fla RWKV-7 config sets norm_eps={eps!r}; expected a positive number (fla's default is 1e-5)")
     head_size = state_dict["blocks.0.att.r_k"].shape[1]
     try:
-        return convert_rwkv7(state_dict, dtype, layer_norm_eps=eps, group_norm_eps=head_size * eps,
-                             **valid_token_ids(config, vocab, "the fla config"))
+        model = convert_rwkv7(state_dict, dtype, layer_norm_eps=eps, group_norm_eps=head_size * eps,
+                              **valid_token_ids(config, vocab, "the fla config"))
     except ValueError as err:
         raise ValueError(f"{err} (names in RWKV-LM's layout: fla's model.layers.N.attn.* is blocks.N.att.*, "
                          f"attn_norm ln1, ffn_norm ln2, pre_norm ln0)") from err
+    if generation is not None:  # (a folder's generation_config.json: how the source generates)
+        model.generation_config = generation_inside_vocabulary(generation, vocab, "the fla checkpoint")
+    return model
 
 
 def convert_fla_rwkv7_folder(source: str | Path, destination: str | Path, dtype: torch.dtype | None = None) -> Any:

@@ -30,6 +30,7 @@ from seqzoo.conversions.checkpoints import (
     config_dict,
     conversion_dtype,
     read_folder_weights,
+    read_generation_config,
     read_json,
     save_converted,
     valid_token_ids,
@@ -144,8 +145,9 @@ def convert_mamba_ssm(source: Any, config: dict[str, Any] | None = None, dtype: 
         if config is None:
             config = read_json(folder / "config.json", "mamba_ssm config")
         weights: Any = read_folder_weights(folder)
+        generation = read_generation_config(folder)
     else:
-        weights = SourceWeights.from_dict(source, "the mamba_ssm state dict")
+        weights, generation = SourceWeights.from_dict(source, "the mamba_ssm state dict"), None
         if config is None:
             raise ValueError("a mamba_ssm state dict needs its config (the dict in config.json): pass config=...")
     config = config_dict(config, "the mamba_ssm config")
@@ -157,7 +159,7 @@ def convert_mamba_ssm(source: Any, config: dict[str, Any] | None = None, dtype: 
         raise ValueError("the checkpoint has no backbone.embedding.weight: not a mamba_ssm MambaLMHeadModel")
     seqzoo_config = config_from_mamba_ssm(config, weights[embedding].shape[0])
     state = convert_state_dict(dict(weights.items()), seqzoo_config, "the mamba_ssm checkpoint")
-    return build_model(seqzoo_config, state, dtype or weights[embedding].dtype, "the mamba_ssm checkpoint")
+    return build_model(seqzoo_config, state, dtype or weights[embedding].dtype, "the mamba_ssm checkpoint", generation)
 
 
 def convert_mamba_ssm_folder(source: str | Path, destination: str | Path, dtype: torch.dtype | None = None) -> Any:

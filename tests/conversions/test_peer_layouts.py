@@ -427,3 +427,33 @@ def test_a_mamba_ssm_mamba2_without_its_gated_norm_converts_whatever_norm_before
     config = config_from_mamba_ssm({"d_model": 16, "n_layer": 1, "ssm_cfg": {
         "layer": "Mamba2", "d_state": 4, "headdim": 8, "rmsnorm": False, "norm_before_gate": True}}, 32)
     assert (config.rms_norm, config.norm_before_gate) == (False, False)
+
+
+# ---- a folder's generation_config.json ------------------------------------------------------------------------
+
+def _fla_folder(pth, folder):
+    from safetensors.torch import save_file
+
+    folder.mkdir()
+    save_file({k: v.contiguous() for k, v in fla_layout(pth).items()}, folder / "model.safetensors")
+    (folder / "config.json").write_text(json.dumps(FLA_CONFIG))
+    return folder
+
+
+@pytest.mark.parametrize("kind", ["mamba_ssm", "fla"])
+def test_a_folders_generation_config_comes_with_the_converted_model(kind, pth, tmp_path):
+    # (the model returned generated from config.json alone; only the *_folder functions copied the file)
+    if kind == "mamba_ssm":
+        peer, config = mamba1_pair()
+        folder, convert = mamba_ssm_folder(tmp_path / "src", peer, config), convert_mamba_ssm
+    else:
+        folder, convert = _fla_folder(pth, tmp_path / "src"), convert_fla_rwkv7
+    (folder / "generation_config.json").write_text(json.dumps({"eos_token_id": [5, 500], "max_new_tokens": 3}))
+    model = convert(folder)
+    assert model.generation_config.eos_token_id == [5] and model.generation_config.max_new_tokens == 3
+    (folder / "generation_config.json").write_text(json.dumps({"eos_token_id": "2"}))
+    with pytest.raises(ValueError, match=r"sets eos_token_id='2': a token id is an integer"):
+        convert(folder)
+    (folder / "generation_config.json").write_text("{not json")
+    with pytest.raises(ValueError, match=r"generation_config.json' is no generation config transformers reads"):
+        convert(folder)
