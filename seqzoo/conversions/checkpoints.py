@@ -27,8 +27,11 @@ from seqzoo.outputs import check_named, staged_folder
 
 logger = logging.getLogger("seqzoo")
 
+# The tokenizer files a converted folder takes from its source folder. (Its generation_config.json is the model's:
+# every converter reading a folder carries the folder's generation config on the model it returns, whose
+# save_pretrained writes it.)
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.json", "merges.txt",
-                   "tokenizer.model", "added_tokens.json", "chat_template.jinja", "generation_config.json")
+                   "tokenizer.model", "added_tokens.json", "chat_template.jinja")
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
@@ -362,8 +365,7 @@ CHECKPOINT_FILES = ("config.json", "*.safetensors", "*.safetensors.index.json", 
 # What a tokenizer is read from: left in a destination by an earlier conversion (whose config and weights were
 # removed, or which failed before writing them), these would stay beside the new model and AutoTokenizer would read
 # them in place of the new source's tokenizer (a stale tokenizer.json over the new vocabulary files, say).
-# (generation_config.json is written with every model.)
-TOKENIZER_READS = tuple(name for name in TOKENIZER_FILES if name != "generation_config.json") + ("tokenization_*.py",)
+TOKENIZER_READS = (*TOKENIZER_FILES, "tokenization_*.py")
 
 
 def check_destination(source: Any, destination: str | Path, copies_tokenizer: bool = True) -> Path:
@@ -394,11 +396,12 @@ def check_destination(source: Any, destination: str | Path, copies_tokenizer: bo
                              "would read them in place of the new source's tokenizer; pass a new or empty folder, or "
                              "remove those files first")
     if copies_tokenizer and isinstance(source, (str, Path)) and Path(source).is_dir():
-        # The tokenizer and generation-config files are copied as they are: a damaged one would be handed on. (Where
-        # none is copied, as with fla-rwkv7 --world-tokenizer, the files are no concern of the conversion.)
+        # The tokenizer files are copied as they are, and the generation config read: a damaged one would be handed
+        # on. (Where none is copied, as with fla-rwkv7 --world-tokenizer, the files are no concern of the conversion.)
         from seqzoo.models.loading import damaged_json_files
 
-        damaged = damaged_json_files(Path(source), [name for name in TOKENIZER_FILES if name.endswith(".json")])
+        damaged = damaged_json_files(Path(source), [name for name in (*TOKENIZER_FILES, "generation_config.json")
+                                                    if name.endswith(".json")])
         if damaged:
             raise ValueError(f"{str(source)!r}: {damaged}, and it would be copied into {str(destination)!r} as it is; "
                              "fix or delete the file, or copy it again from where the model came from")
@@ -433,9 +436,9 @@ def _near_folders(path: Path) -> list[str]:
 
 def conversion_source(source: Any, destination: str | Path) -> Any:
     """The source of a conversion into the folder ``destination``, checked with it (:func:`check_destination`), and
-    a Hub repo id replaced by the folder it downloads to: that folder's tokenizer and generation-config files are then
-    checked and copied as a local folder's (given the repo id, which is no folder, they were left behind). The
-    destination is checked before the download, so that one refused costs none."""
+    a Hub repo id replaced by the folder it downloads to: that folder's tokenizer files are then checked and copied,
+    and its generation config read, as a local folder's (given the repo id, which is no folder, they were left
+    behind). The destination is checked before the download, so that one refused costs none."""
     check_destination(source, destination)
     folder = local_source(source)
     if folder is not source:
@@ -463,11 +466,11 @@ def staged_destination(destination: str | Path) -> Iterator[Path]:
 
 
 def save_converted(model: Any, source: Any, destination: str | Path) -> None:
-    """Save the converted ``model`` to ``destination`` with the tokenizer and generation-config files of the source
-    folder ``source`` (:func:`copy_tokenizer_files`), whole or not at all (:func:`staged_destination`)."""
+    """Save the converted ``model`` (with the generation config it carries) to ``destination`` with the tokenizer files
+    of the source folder ``source`` (:func:`copy_tokenizer_files`), whole or not at all (:func:`staged_destination`)."""
     with staged_destination(destination) as staging:
         model.save_pretrained(staging)
-        copy_tokenizer_files(source, staging, vocab_size=model.config.vocab_size)
+        copy_tokenizer_files(source, staging)
 
 
 def tokenizer_code_files(folder: Path) -> tuple[list[str], list[str]]:
@@ -494,11 +497,8 @@ def tokenizer_code_files(folder: Path) -> tuple[list[str], list[str]]:
     return modules, elsewhere
 
 
-def copy_tokenizer_files(source: Any, destination: Path, names: tuple[str, ...] = TOKENIZER_FILES,
-                         vocab_size: int | None = None) -> list[str]:
-    """Copy the tokenizer and generation-config files a source folder has; returns the names copied. With
-    ``vocab_size`` (the converted model's), the token ids of a copied generation_config.json outside the vocabulary
-    are dropped, as :func:`valid_token_ids` dropped them from the converted config.json (the copy put them back)."""
+def copy_tokenizer_files(source: Any, destination: Path, names: tuple[str, ...] = TOKENIZER_FILES) -> list[str]:
+    """Copy the tokenizer files a source folder has; returns the names copied."""
     if not (isinstance(source, (str, Path)) and Path(source).is_dir()):
         return []
     folder = Path(source)
@@ -517,22 +517,7 @@ def copy_tokenizer_files(source: Any, destination: Path, names: tuple[str, ...] 
         if (folder / name).is_file():
             shutil.copy2(folder / name, destination / name)
             copied.append(name)
-    if vocab_size is not None and "generation_config.json" in copied:
-        _keep_token_ids_inside(destination / "generation_config.json", vocab_size, folder / "generation_config.json")
     return copied
-
-
-def _keep_token_ids_inside(path: Path, vocab_size: int, origin: Path) -> None:
-    """Rewrite the generation config ``path`` (a copy of ``origin``) without its pad/bos/eos ids outside a vocabulary
-    of ``vocab_size`` (a warning names each); left as it is where none is outside."""
-    values = read_json(path, "generation config")
-    try:
-        kept = valid_token_ids(values, vocab_size, str(origin))
-    except ValueError:  # (no token ids at all: transformers' GenerationConfig names the field when it reads them)
-        return
-    changed = {name: ids for name, ids in kept.items() if name in values and values[name] != ids}
-    if changed:
-        path.write_text(json.dumps({**values, **changed}, indent=2, sort_keys=True) + "\n")
 
 
 def valid_token_ids(values: dict[str, Any], vocab_size: int, origin: str) -> dict[str, Any]:

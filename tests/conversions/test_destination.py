@@ -260,9 +260,9 @@ def test_a_damaged_tokenizer_file_that_is_not_copied_is_no_obstacle(sharded_sour
 
 
 @pytest.mark.parametrize("eos, kept", [(100, None), ([2, 100], [2])])
-def test_token_ids_outside_the_vocabulary_leave_the_copied_generation_config_too(eos, kept, tmp_path, caplog):
+def test_token_ids_outside_the_vocabulary_leave_the_saved_generation_config_too(eos, kept, tmp_path, caplog):
     """config.json drops an end id outside the vocabulary (valid_token_ids); the source's generation_config.json,
-    copied over the one the model wrote, put it back."""
+    once copied over the one the model wrote, put it back (the model now carries the source's, without it)."""
     from transformers import AutoConfig, GenerationConfig, LlamaConfig, LlamaForCausalLM
 
     torch.manual_seed(0)
@@ -275,7 +275,7 @@ def test_token_ids_outside_the_vocabulary_leave_the_copied_generation_config_too
     generation = GenerationConfig.from_pretrained(tmp_path / "out")
     assert generation.eos_token_id == AutoConfig.from_pretrained(tmp_path / "out").eos_token_id == kept
     assert (generation.bos_token_id, generation.pad_token_id, generation.temperature) == (1, 0, 0.7)  # (the rest kept)
-    assert f"{tmp_path / 'src' / 'generation_config.json'} sets eos_token_id={eos!r}" in caplog.text
+    assert f"the generation config of the llama source sets eos_token_id={eos!r}" in caplog.text
 
 
 def test_a_hub_repo_ids_tokenizer_code_is_downloaded_with_it(tmp_path, monkeypatch):
