@@ -129,6 +129,10 @@ def test_the_source_generation_config_is_kept_both_ways(kind, tmp_path):
         back = to_native(converted, KINDS[kind][4])
         assert back.generation_config.eos_token_id == [2, 5]
         assert back.generation_config.max_new_tokens == 3
+        # Copies: the source object keeps its own ids, and the export's settings are its own, not the model's.
+        back.generation_config.max_new_tokens = 9
+        assert converted.generation_config.max_new_tokens == 3
+    assert source.generation_config.eos_token_id == [2, 5, 500]
 
 
 @pytest.mark.parametrize("kind", KINDS)
