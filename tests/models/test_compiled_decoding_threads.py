@@ -56,3 +56,35 @@ def test_a_step_run_eagerly_leaves_the_compiled_forward_to_other_threads_and_com
     assert held
     assert ATTRIBUTE not in model.__dict__
     torch.testing.assert_close(outputs[0].logits, _step(model, cache).logits)  # (the eager step computed the step)
+
+
+def _stand_in(model, calls, forwards=None):
+    """A compiled forward that records its calls (nothing is traced)."""
+    model.__dict__[ATTRIBUTE] = CompiledDecoding(lambda *args, **kwargs: calls.append(model) or "compiled",
+                                                 _module_forwards(model) if forwards is None else forwards)
+
+
+def test_the_step_after_one_run_eagerly_runs_compiled_again():
+    # The mark that this thread steps the model eagerly ends with that step: the thread's next step is compiled.
+    model, cache = _model_and_cache()
+    calls = []
+    _stand_in(model, calls)
+    handle = torch.nn.modules.module.register_module_forward_hook(lambda module, args, output: None)
+    try:
+        eager = _step(model, cache)  # (a global module hook: run eagerly)
+    finally:
+        handle.remove()
+    assert calls == [] and eager.logits.shape[:2] == (1, 1)
+    assert _step(model, cache) == "compiled" and calls == [model]
+
+
+def test_another_model_stepped_inside_an_eager_step_runs_compiled():
+    # The mark is the model's own: another compiled model's step made inside it (from a hook) is not run eagerly.
+    model, cache = _model_and_cache()
+    other, other_cache = _model_and_cache()
+    calls, inner = [], []
+    _stand_in(model, calls, forwards={torch.nn.Identity: None})  # (a class's forward changed since: run eagerly)
+    _stand_in(other, calls)
+    model.lm_head.register_forward_hook(lambda module, args, output: inner.append(_step(other, other_cache)))
+    assert _step(model, cache).logits.shape[:2] == (1, 1)
+    assert inner == ["compiled"] and calls == [other]
