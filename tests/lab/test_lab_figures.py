@@ -213,6 +213,11 @@ def test_gradient_health_calls_a_solved_run_near_zero_loss_recovered():
                            "first_flagged_step": {"exploding": 1}, "max_grad_norm": 1480.0}}
     line = findings.gradient_health_notes({"runs": [run]}).splitlines()[-1]
     assert "the run ended near its best loss" in line and "set it back" not in line, line
+    # Within 5% of the way down from the first step, not more: a run back half way up from its best (5 -> 1 -> 3),
+    # or within 5% of a peak above its first step only (1 -> 3 -> 0.1, ending at 0.2), was set back.
+    for losses in ([5.0, 1.0] + [3.0] * 10, [1.0, 3.0, 0.1] + [0.2] * 10):
+        line = findings.gradient_health_notes({"runs": [{**run, "losses": losses}]}).splitlines()[-1]
+        assert "the run ended well above its best loss: these steps set it back" in line, (losses, line)
 
 
 # ----------------------------------------------------------------------------------------------------------------
