@@ -705,17 +705,26 @@ def load_transformers_source(source: Any, model_types: tuple[str, ...], command:
 
 def read_generation_config(folder: Path) -> Any:
     """The GenerationConfig of ``folder``'s generation_config.json, or None without one; a file transformers cannot
-    read is named."""
+    read is named, and so is a setting of the wrong type or range that seqzoo's loading refuses in a saved folder
+    (transformers takes "do_sample": "false", which samples, and "num_beams": 0, which divides by zero in
+    generate())."""
     from transformers import GenerationConfig
+
+    from seqzoo.models.loading import generation_setting_problem
 
     path = folder / "generation_config.json"
     if not path.is_file():
         return None
     try:
-        return GenerationConfig.from_pretrained(folder)
+        generation = GenerationConfig.from_pretrained(folder)
     except (OSError, ValueError, TypeError) as err:
         raise ValueError(f"{str(path)!r} is no generation config transformers reads: {' '.join(str(err).split())}"
                          ) from err
+    problem = generation_setting_problem(read_json(path, "generation config"))
+    if problem:
+        raise ValueError(f"{str(path)!r}: {problem}; fix or delete the file, or copy it again from where the model "
+                         "came from")
+    return generation
 
 
 def refuse_adapters(source: Any) -> None:

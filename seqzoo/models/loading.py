@@ -97,13 +97,21 @@ def check_generation_config_file(source: Any, kwargs: dict[str, Any]) -> None:
                     raise ValueError(f"{str(path)!r}: {name}={value!r} is invalid: token ids must be in [0, "
                                      f"vocab_size={vocab_size}) of the model's config; fix or delete the file (or "
                                      "pass generation_config=...)")
-            for name, (kind, lowest) in _GENERATION_SETTINGS.items():
-                value = values.get(name)
-                if value is not None and not _is_setting(value, kind, lowest):
-                    allowed = "true or false" if kind is bool else f"{'an integer' if kind is int else 'a number'}" + (
-                        f" >= {lowest}" if lowest is not None else "")
-                    raise ValueError(f"{str(path)!r}: {name}={value!r} is invalid: expected {allowed} (or null); "
-                                     "fix or delete the file (or pass generation_config=...)")
+            problem = generation_setting_problem(values)
+            if problem:
+                raise ValueError(f"{str(path)!r}: {problem}; fix or delete the file (or pass generation_config=...)")
+
+
+def generation_setting_problem(values: dict[str, Any]) -> str | None:
+    """The first setting of a generation_config.json's ``values`` of the wrong type or range (_GENERATION_SETTINGS),
+    said as "name=value is invalid: expected ..."; None where there is none."""
+    for name, (kind, lowest) in _GENERATION_SETTINGS.items():
+        value = values.get(name)
+        if value is not None and not _is_setting(value, kind, lowest):
+            allowed = "true or false" if kind is bool else f"{'an integer' if kind is int else 'a number'}" + (
+                f" >= {lowest}" if lowest is not None else "")
+            return f"{name}={value!r} is invalid: expected {allowed} (or null)"
+    return None
 
 
 # generation_config.json settings that transformers compares, counts or branches on, by what they must be: a

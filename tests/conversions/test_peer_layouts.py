@@ -457,3 +457,7 @@ def test_a_folders_generation_config_comes_with_the_converted_model(kind, pth, t
     (folder / "generation_config.json").write_text("{not json")
     with pytest.raises(ValueError, match=r"generation_config.json' is no generation config transformers reads"):
         convert(folder)
+    # (a setting seqzoo's loading refuses in a saved folder: transformers took it, and the model sampled)
+    (folder / "generation_config.json").write_text(json.dumps({"do_sample": "false"}))
+    with pytest.raises(ValueError, match=r"generation_config.json': do_sample='false' is invalid: expected true or"):
+        convert(folder)

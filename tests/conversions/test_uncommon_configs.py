@@ -6,6 +6,8 @@ the 5e-5 tolerance.)"""
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 from transformers import (
@@ -133,6 +135,17 @@ def test_the_source_generation_config_is_kept_both_ways(kind, tmp_path):
         back.generation_config.max_new_tokens = 9
         assert converted.generation_config.max_new_tokens == 3
     assert source.generation_config.eos_token_id == [2, 5, 500]
+
+
+@pytest.mark.parametrize("setting", [{"do_sample": "false"}, {"num_beams": 0}, {"max_length": 5.5}])
+def test_a_source_folders_generation_setting_of_the_wrong_type_is_refused(setting, tmp_path):
+    # As seqzoo's loading refuses it in a saved folder: the converted model took it as it was ("do_sample": "false"
+    # sampled, "num_beams": 0 divided by zero in generate()), and its folder, written with it, was refused on loading.
+    peer("llama").save_pretrained(tmp_path)
+    (tmp_path / "generation_config.json").write_text(json.dumps({"eos_token_id": 2, **setting}))
+    name, value = next(iter(setting.items()))
+    with pytest.raises(ValueError, match=rf"generation_config.json': {name}={value!r} is invalid: expected"):
+        convert_llama(tmp_path)
 
 
 @pytest.mark.parametrize("kind", KINDS)
