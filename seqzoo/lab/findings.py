@@ -275,15 +275,17 @@ def gradient_health_notes(results: dict[str, Any]) -> str:
         if not flagged:
             continue
         name = f"{run['arch']} / {run['task']}, seed {run['seed']}"
-        losses = run.get("losses") or [math.nan]
-        tail = statistics.mean(losses[-10:])
+        # (a non-finite step's update was skipped: a run that skipped one and ended at its best was said to have been
+        # set back by it, the NaN in its losses read as never recovering)
+        losses = [x for x in run.get("losses") or [] if math.isfinite(x)]
         outcome = (f"accuracy {run['eval']['accuracy']:.2f}" if run["task"] != "text"
                    else f"perplexity {run['eval']['perplexity']:.2f}")
         # Near its best loss: within half again of it, or within 5% of the way down from the first step (a solved
         # run's best is a few thousandths, and a tail at 0.03 from a start at 2.6 was called "well above" it).
-        best = min(losses)
-        recovered = ((tail <= best * 1.5 or tail - best <= 0.05 * (losses[0] - best))
-                     if all(math.isfinite(x) for x in losses) else False)
+        recovered = False
+        if losses:
+            tail, best = statistics.mean(losses[-10:]), min(losses)
+            recovered = tail <= best * 1.5 or tail - best <= 0.05 * (losses[0] - best)
         # (a non-finite step is counted among the exploding ones too, and skipped rather than clipped)
         nonfinite = flagged.pop("nonfinite", 0) if "exploding" in flagged else 0
         if not recovered:

@@ -3,6 +3,7 @@ table and sentence of the reports from hand-made results whose right answer is k
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict
 from types import SimpleNamespace
 
@@ -523,6 +524,14 @@ def test_gradient_health_counts_a_non_finite_step_once_and_reads_vanishing_steps
     assert line == ("- gru / text, seed 0: 3 exploding step(s) (first at step 7; 2 of them non-finite); largest norm "
                     "5e+03; clipping capped each of those updates (the non-finite ones were skipped), and the run "
                     "ended near its best loss: large raw gradients, not divergence (perplexity 3.00).")
+    # The non-finite step's own loss in the history (its update skipped): the run is read from its finite losses (it
+    # was said to have been set back, the NaN read as never recovering); one without a finite loss did not recover.
+    for losses, meaning in (([2.0, math.nan, 1.5, math.inf, 1.0], "and the run ended near its best loss"),
+                            ([math.nan], "the run ended well above its best loss: these steps set it back"),
+                            ([], "the run ended well above its best loss: these steps set it back")):
+        (line,) = findings.gradient_health_notes({"runs": [run({"exploding": 2, "nonfinite": 2}, {"exploding": 2},
+                                                               losses, 5e3)]}).splitlines()[2:]
+        assert meaning in line, (losses, line)
     # Vanishing steps alone: nothing was clipped, and no gradient was large.
     (line,) = findings.gradient_health_notes({"runs": [run({"vanishing": 4}, {"vanishing": 2}, [2.0, 1.0],
                                                            0.5)]}).splitlines()[2:]
