@@ -1,5 +1,6 @@
-"""``compile_decoding()`` with two threads decoding one model at once. The compiled forward is a stand-in (nothing is
-traced), and a hook holds one thread's step where the test needs it."""
+"""``compile_decoding()`` with two threads decoding one model at once, and the mark of a step run eagerly (this
+thread's, this model's). The compiled forward is a stand-in (nothing is traced), and a hook holds one thread's step
+where the test needs it."""
 
 from __future__ import annotations
 
