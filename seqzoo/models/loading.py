@@ -6,6 +6,7 @@ one."""
 
 from __future__ import annotations
 
+import codecs
 import contextlib
 import json
 import logging
@@ -24,6 +25,7 @@ from transformers import PreTrainedConfig
 from seqzoo.layers.mixer import Mixer
 from seqzoo.models.configuration_utils import saved_class_name
 from seqzoo.models.weight_storage import offloaded_value
+from seqzoo.utils import unique_json_pairs
 
 logger = logging.getLogger(__name__)
 
@@ -48,9 +50,12 @@ def check_checkpoint_model_type(cls: type, source: Any, kwargs: dict[str, Any]) 
 
 
 def damaged_json_files(folder: Path, names: Any) -> str:
-    """Which of ``names`` in ``folder`` are there but not JSON, with the parser's message (empty when none). A name
-    that is there but no file is damaged too: a link to nothing (a Hub cache's snapshot copied without the blobs its
-    links point to) or a folder, which transformers passes over as if the file were absent."""
+    """Which of ``names`` in ``folder`` are there but not JSON as transformers reads it, with the reason (empty when
+    none). A name that is there but no file is damaged too: a link to nothing (a Hub cache's snapshot copied without
+    the blobs its links point to) or a folder, which transformers passes over as if the file were absent. So is a file
+    that begins with a byte-order mark, which transformers' JSON reading stops at (it then passed over a
+    generation_config.json or tokenizer_config.json so written), and one giving a key twice in one object, whose
+    first value transformers would drop without a word."""
     found = []
     for name in names:
         path = folder / name
@@ -59,14 +64,32 @@ def damaged_json_files(folder: Path, names: Any) -> str:
         elif path.exists() and not path.is_file():
             found.append(f"{name} is damaged (a folder, not a file)")
         elif path.is_file():
+            raw = path.read_bytes()
+            if raw.startswith(codecs.BOM_UTF8):
+                found.append(f"{name} is damaged (it begins with a byte-order mark, which transformers does not read: "
+                             "save it as UTF-8 without one)")
+                continue
             try:
-                value = json.loads(path.read_bytes())
-            except (ValueError, UnicodeDecodeError, RecursionError) as err:
+                value = json.loads(raw.decode("utf-8"), object_pairs_hook=unique_json_pairs)
+            except (ValueError, RecursionError) as err:  # (UnicodeDecodeError is a ValueError)
                 found.append(f"{name} is damaged ({err})")
                 continue
             if not isinstance(value, dict):  # (transformers then fails with a TypeError or AttributeError)
                 found.append(f"{name} is damaged (it holds a JSON {type(value).__name__}, not an object)")
     return "; ".join(found)
+
+
+def check_config_file(source: Any, kwargs: dict[str, Any]) -> None:
+    """Refuse a local folder whose config.json transformers read otherwise than it was written: one giving a key
+    twice (a hand-edited "dropout" added below the saved one) loaded with the last value, the first dropped silently.
+    (One that is no JSON at all transformers refuses itself, naming the file.)"""
+    if not isinstance(source, (str, os.PathLike)):
+        return
+    folder = Path(source) / kwargs.get("subfolder", "")
+    if folder.is_dir():
+        damaged = damaged_json_files(folder, ("config.json",))
+        if damaged:
+            raise ValueError(f"{str(source)!r}: {damaged}; fix the file, or save or download the checkpoint again")
 
 
 def check_generation_config_file(source: Any, kwargs: dict[str, Any]) -> None:
