@@ -255,9 +255,9 @@ def _read_index(path: Path) -> dict[str, str]:
     if bad:
         raise ValueError(f"{str(path)!r} is not a checkpoint index: its weight_map must map tensor names to shard file "
                          f"names, got {bad}")
-    missing = sorted({shard for shard in weight_map.values() if not (path.parent / shard).is_file()})
-    if missing:
-        raise ValueError(f"{str(path)!r} names shards that are not in the folder: {', '.join(missing)}")
+    from seqzoo.models.loading import check_shard_names
+
+    check_shard_names(path, weight_map.values())
     return weight_map
 
 

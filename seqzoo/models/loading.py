@@ -304,6 +304,7 @@ def check_weight_files(source: Any, kwargs: dict[str, Any]) -> None:
         if "metadata" not in value:  # (transformers: KeyError 'metadata')
             raise ValueError(f"{str(index)!r} has no 'metadata' entry, which transformers needs (an empty one will "
                              'do: {"metadata": {}, "weight_map": ...})')
+        check_shard_names(index, weight_map.values())
         files = [folder / name for name in sorted(set(weight_map.values()))]
     else:
         return
@@ -319,6 +320,21 @@ def check_weight_files(source: Any, kwargs: dict[str, Any]) -> None:
             f"{' ...' if len(odd) > 8 else ''}; loading would cast their integer codes to the model's dtype (a damaged "
             "or quantised file). Save or download the checkpoint again"
         )
+
+
+def check_shard_names(index: Path, names: Any) -> None:
+    """Refuse a checkpoint index that names a shard outside its folder (``"../x.safetensors"``, an absolute path:
+    transformers read whatever file that was) or one the folder lacks (transformers' FileNotFoundError said nothing of
+    the index)."""
+    outside = sorted({name for name in names if Path(name).is_absolute() or ".." in Path(name).parts})
+    if outside:
+        raise ValueError(f"{str(index)!r} names shard files outside its folder: {', '.join(map(repr, outside))}; an "
+                         "index names the shards beside it (model-00001-of-00002.safetensors): save or download the "
+                         "checkpoint again")
+    missing = sorted({name for name in names if not (index.parent / name).is_file()})
+    if missing:
+        raise ValueError(f"{str(index)!r} names shard files that are not in its folder: {', '.join(map(repr, missing))}"
+                         "; save or download the checkpoint again")
 
 
 def _non_float_tensors(path: Path) -> list[str]:
