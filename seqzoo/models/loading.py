@@ -59,10 +59,8 @@ def damaged_json_files(folder: Path, names: Any) -> str:
     found = []
     for name in names:
         path = folder / name
-        if path.is_symlink() and not path.exists():
-            found.append(f"{name} is damaged (a link to {os.readlink(path)!r}, which does not exist)")
-        elif path.exists() and not path.is_file():
-            found.append(f"{name} is damaged (a folder, not a file)")
+        if _not_a_file(path):
+            found.append(f"{name} is damaged ({_not_a_file(path)})")
         elif path.is_file():
             raw = path.read_bytes()
             if raw.startswith(codecs.BOM_UTF8):
@@ -77,6 +75,16 @@ def damaged_json_files(folder: Path, names: Any) -> str:
             if not isinstance(value, dict):  # (transformers then fails with a TypeError or AttributeError)
                 found.append(f"{name} is damaged (it holds a JSON {type(value).__name__}, not an object)")
     return "; ".join(found)
+
+
+def _not_a_file(path: Path) -> str:
+    """Why ``path``, which is there, is no file: a link to nothing (or a loop of links) or a folder; empty where it
+    is a file or absent."""
+    if path.is_symlink() and not path.exists():
+        return f"a link to {os.readlink(path)!r}, which does not exist"
+    if path.exists() and not path.is_file():
+        return "a folder, not a file"
+    return ""
 
 
 def check_config_file(source: Any, kwargs: dict[str, Any]) -> None:
@@ -264,8 +272,9 @@ def hub_snapshot(source: Any, kwargs: dict[str, Any]) -> Path | None:
 
 def check_weight_files(source: Any, kwargs: dict[str, Any]) -> None:
     """Refuse a local folder whose checkpoint index is damaged (transformers fails with a KeyError or TypeError that
-    names no file) or whose weights (safetensors, or else a pickle) hold integer or boolean tensors (transformers casts
-    them silently).
+    names no file), whose weights (safetensors, or else a pickle) hold integer or boolean tensors (transformers casts
+    them silently), or whose weight file or index is a folder or a link to nothing (transformers passes over it, to a
+    pytorch_model.bin beside a model.safetensors so damaged: an older save's weights).
     A pre-quantised checkpoint (``quantization_config``) holds integer tensors by design and is left alone, as is a
     file that cannot be read (the load names it). With ``variant="v1"`` the files read are those transformers
     loads, ``model.v1.safetensors`` or ``model.safetensors.index.v1.json`` and its shards."""
@@ -284,6 +293,11 @@ def check_weight_files(source: Any, kwargs: dict[str, Any]) -> None:
     # use_safetensors=False the pickled ones)
     kinds = (("model.safetensors", "model.safetensors.index.json"),
              ("pytorch_model.bin", "pytorch_model.bin.index.json"))
+    for name in (name for pair in kinds[kwargs.get("use_safetensors") is False:] for name in pair):
+        path = folder / _with_variant(name, variant)
+        if _not_a_file(path):  # (transformers passes over it as if absent: to older pickled weights beside it)
+            raise ValueError(f"{str(path)!r} is damaged ({_not_a_file(path)}); transformers would pass over it and "
+                             "read other weights or none: save or download the checkpoint again")
     for single, index in kinds[kwargs.get("use_safetensors") is False:]:
         single, index = folder / _with_variant(single, variant), folder / _with_variant(index, variant)
         if single.is_file() or index.is_file():
