@@ -91,3 +91,32 @@ def test_a_damaged_tokenizer_config_is_named_not_passed_over(tokenizer_folder, d
                "twice": r"\(key 'padding_side' is given twice in one object\)"}[damage]
     with pytest.raises(ValueError, match=rf"tokenizer cannot be read: tokenizer_config\.json is damaged {message}"):
         load_tokenizer(tokenizer_folder)
+
+
+@pytest.mark.parametrize("text, message", [
+    ("", r"is damaged \(Expecting value"),  # (json's bare JSONDecodeError named no file)
+    ('\ufeff{"<|endoftext|>": 0, "a": 1}', r"is damaged \(Unexpected UTF-8 BOM"),
+    # (json gave the token its last id: "a" encoded as 2, and id 1 decoded as "a" still)
+    ('{"<|endoftext|>": 0, "a": 1, "b": 2, "a": 2}', r"is damaged \(token 'a' is given twice, ids 1 and 2\)"),
+    ('{"<|endoftext|>": 0, "a": 1, "b": 1}', r"is damaged \(id 1 is given to several tokens: 'a', 'b'\)"),
+    ('{"<|endoftext|>": 0, "a": -1}', r"must map byte-level token strings to integer ids >= 0"),
+])
+def test_a_damaged_world_vocabulary_json_is_named(tmp_path, text, message):
+    from seqzoo.conversions.tokenization_rwkv_world import RWKVWorldTokenizer
+
+    path = tmp_path / "rwkv_world_vocab.json"
+    path.write_text(text, encoding="utf-8")
+    with pytest.raises(ValueError, match=rf"rwkv_world_vocab\.json {message}"):
+        RWKVWorldTokenizer(str(path))
+
+
+def test_a_world_vocabulary_text_file_with_a_byte_order_mark_reads_as_without(tmp_path):
+    from seqzoo.conversions.world_tokenizer import read_rwkv_vocab
+
+    lines = "1 'a' 1\n2 b'\\xff' 1\n"
+    (tmp_path / "plain.txt").write_text(lines, encoding="utf-8")
+    (tmp_path / "marked.txt").write_text(lines, encoding="utf-8-sig")
+    assert read_rwkv_vocab(tmp_path / "marked.txt") == read_rwkv_vocab(tmp_path / "plain.txt") == {1: b"a", 2: b"\xff"}
+    (tmp_path / "latin1.txt").write_bytes(b"1 'caf\xe9' 4\n")
+    with pytest.raises(ValueError, match=r"World vocabulary file '.*latin1\.txt' is not UTF-8 text"):
+        read_rwkv_vocab(tmp_path / "latin1.txt")
