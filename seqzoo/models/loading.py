@@ -306,8 +306,8 @@ def check_weight_files(source: Any, kwargs: dict[str, Any]) -> None:
         files = [single]
     elif index.is_file():
         try:
-            value = json.loads(index.read_bytes())
-        except (ValueError, RecursionError) as err:
+            value = json.loads(index.read_bytes().decode("utf-8"), object_pairs_hook=unique_json_pairs)
+        except (ValueError, RecursionError) as err:  # (a tensor named twice: transformers reads the last shard named)
             raise ValueError(f"{str(index)!r} is damaged ({err}); save or download the checkpoint again") from None
         weight_map = value.get("weight_map") if isinstance(value, dict) else None
         if not (isinstance(weight_map, dict) and weight_map

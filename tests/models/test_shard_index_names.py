@@ -53,3 +53,17 @@ def test_shards_in_a_subfolder_of_the_index_are_read(tmp_path):
     (tmp_path / "model.safetensors.index.json").write_text(
         json.dumps({"metadata": {}, "weight_map": {"a": "shards/a.safetensors"}}))
     assert torch.equal(read_folder_weights(tmp_path)["a"], torch.ones(2))
+
+
+def test_an_index_naming_a_tensor_twice_is_refused(sharded):
+    """transformers read the tensor from the shard named last."""
+    root, index_path, index, first = sharded
+    (root / first).rename(root / "model" / first)
+    try:
+        key, name = next(iter(index["weight_map"].items()))
+        text = json.dumps(index)
+        index_path.write_text(text.replace(f'"{key}": "{name}"', f'"{key}": "{first}", "{key}": "{name}"', 1))
+        with pytest.raises(ValueError, match=rf"index\.json' is damaged \(key '{key}' is given twice in one object\)"):
+            AutoModelForCausalLM.from_pretrained(root / "model")
+    finally:
+        (root / "model" / first).rename(root / first)
