@@ -505,7 +505,12 @@ def build_data(data: Any, seed: int, dataset: Any = None) -> MemoryTask | TokenS
     elif data.source == "text":
         paths = [data.path] if isinstance(data.path, str) else list(data.path)
         refuse_repeated_files(paths)
-        tokens = tokens_from_documents([read_text_file(p) for p in paths])
+        texts = [read_text_file(p) for p in paths]
+        blank = next((p for p, text in zip(paths, texts) if not text.strip()), None)
+        if blank is not None:  # (it was trained on as a document of its EOS alone, without a word)
+            raise ValueError(f"data file {blank!r} holds no text (it is empty, or only whitespace): a truncated copy, "
+                             "or another file than meant? Remove it from data.path")
+        tokens = tokens_from_documents(texts)
         name = "text:" + ",".join(paths)
     else:
         tokens = tokens_from_documents(pydoc_documents())
