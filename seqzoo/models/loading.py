@@ -115,13 +115,16 @@ def check_generation_config_file(source: Any, kwargs: dict[str, Any]) -> None:
         if path.is_file():  # token ids of the wrong type failed inside generate() ("invalid data type 'str'")
             values = json.loads(path.read_bytes())
             vocab_size = _vocab_size(folder, kwargs)
-            for name in ("bos_token_id", "eos_token_id", "pad_token_id", "decoder_start_token_id"):
+            for name, holds in _GENERATION_TOKEN_IDS.items():
                 value = values.get(name)
-                ids = value if isinstance(value, list) and name == "eos_token_id" else [value]
-                if value is not None and not all(type(i) is int and i >= 0 for i in ids):
-                    raise ValueError(f"{str(path)!r}: {name}={value!r} is invalid: a token id is an integer >= 0"
-                                     f"{' (or, for eos_token_id, a list of them)' if name == 'eos_token_id' else ''}"
-                                     "; fix or delete the file (or pass generation_config=...)")
+                ids = value if isinstance(value, list) and holds != "id" else [value]
+                if value is not None and (holds == "list" and not isinstance(value, list)
+                                          or not all(type(i) is int and i >= 0 for i in ids)):
+                    allowed = {"id": "a token id is an integer >= 0",
+                               "id or list": f"a token id is an integer >= 0 (or, for {name}, a list of them)",
+                               "list": "expected a list of token ids (integers >= 0)"}[holds]
+                    raise ValueError(f"{str(path)!r}: {name}={value!r} is invalid: {allowed}; fix or delete the file "
+                                     "(or pass generation_config=...)")
                 # (an eos outside the vocabulary never ended a generation; a pad outside it failed in the middle of
                 # one, naming no file)
                 if value is not None and vocab_size is not None and any(i >= vocab_size for i in ids):
@@ -136,6 +139,15 @@ def check_generation_config_file(source: Any, kwargs: dict[str, Any]) -> None:
                     raise ValueError(f"{str(path)!r}: {name}={value!r} is invalid: expected {allowed} (or null); "
                                      "fix or delete the file (or pass generation_config=...)")
 
+
+# generation_config.json's token ids, by what each holds: one id, one or a list of them, or a list (a hand-edited
+# "forced_eos_token_id": "1" failed inside generate() with "invalid data type 'str'", 999 with an IndexError, and
+# "suppress_tokens": "a" with "too many dimensions 'str'", naming no file; one outside the vocabulary was taken).
+_GENERATION_TOKEN_IDS = {
+    **dict.fromkeys(("bos_token_id", "pad_token_id", "decoder_start_token_id", "forced_bos_token_id"), "id"),
+    **dict.fromkeys(("eos_token_id", "forced_eos_token_id"), "id or list"),
+    **dict.fromkeys(("suppress_tokens", "begin_suppress_tokens"), "list"),
+}
 
 # generation_config.json settings that transformers compares, counts or branches on, by what they must be: a
 # hand-edited "num_beams": "2" or "max_new_tokens": "20" failed inside transformers naming no file, "num_beams": 0
