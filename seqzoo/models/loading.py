@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import codecs
 import contextlib
+import difflib
 import json
 import logging
 import math
@@ -138,6 +139,21 @@ def check_generation_config_file(source: Any, kwargs: dict[str, Any]) -> None:
                         f" >= {lowest}" if lowest is not None else "")
                     raise ValueError(f"{str(path)!r}: {name}={value!r} is invalid: expected {allowed} (or null); "
                                      "fix or delete the file (or pass generation_config=...)")
+            _warn_unknown_generation_settings(path, values)
+
+
+def _warn_unknown_generation_settings(path: Path, values: dict[str, Any]) -> None:
+    """Warn of generation_config.json keys that are no setting of transformers' GenerationConfig: transformers keeps
+    them as attributes nothing reads, so a misspelt "max_new_token": 5 generated 20 tokens without a word. (A warning,
+    not an error: a folder saved by a newer transformers may hold a setting this one lacks.)"""
+    from transformers import GenerationConfig
+
+    known = set(GenerationConfig().to_dict())
+    for name in values:
+        if name not in known:
+            close = difflib.get_close_matches(name, known, n=1)
+            logger.warning("%s: %r is no generation setting of this transformers' GenerationConfig%s; it is not read",
+                           path, name, f" (did you mean {close[0]!r}?)" if close else "")
 
 
 # generation_config.json's token ids, by what each holds: one id, one or a list of them, or a list (a hand-edited

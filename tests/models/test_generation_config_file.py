@@ -51,3 +51,20 @@ def test_a_saved_token_id_list_of_the_wrong_type_is_refused_naming_the_file(name
     taken = {"forced_eos_token_id": [257, 0], "suppress_tokens": [], "begin_suppress_tokens": [3]}
     path.write_text(json.dumps({**saved, **taken}))
     assert AutoModelForCausalLM.from_pretrained(tmp_path).generation_config.begin_suppress_tokens == [3]
+
+
+def test_a_saved_key_that_is_no_generation_setting_is_warned_about(tmp_path, caplog):
+    """transformers keeps it as an attribute nothing reads: a misspelt "max_new_token": 2 generated 20 tokens."""
+    import logging
+
+    seqzoo.create_model("gru-tiny").save_pretrained(tmp_path)
+    path = tmp_path / "generation_config.json"
+    saved = json.loads(path.read_text())
+    with caplog.at_level(logging.WARNING, logger="seqzoo.models.loading"):
+        AutoModelForCausalLM.from_pretrained(tmp_path)
+    assert "no generation setting" not in caplog.text  # (a saved file's own keys are all settings)
+    path.write_text(json.dumps({**saved, "max_new_token": 2}))
+    with caplog.at_level(logging.WARNING, logger="seqzoo.models.loading"):
+        AutoModelForCausalLM.from_pretrained(tmp_path)
+    assert ("generation_config.json: 'max_new_token' is no generation setting of this transformers' GenerationConfig "
+            "(did you mean 'max_new_tokens'?); it is not read") in caplog.text
