@@ -223,6 +223,9 @@ def load_tokenizer(source: Any) -> PreTrainedTokenizerFast:
     folder = Path(source)
     if folder.is_absolute() and not folder.exists():  # (an absolute path is no Hub id: transformers said it was one)
         raise ValueError(f"load_tokenizer: no folder {str(folder)!r} here")
+    if folder.is_file():  # (transformers read it as a Hub id: "Repo id must be in the form 'repo_name' or ...")
+        raise ValueError(f"load_tokenizer: {str(folder)!r} is a file; give the folder that holds the tokenizer's files "
+                         f"({' and '.join(TOKENIZER_FILES)}), such as {str(folder.parent)!r}")
     if folder.is_dir() and not any((folder / name).is_file() for name in TOKENIZER_FILES):
         raise ValueError(
             f"{folder} has no tokenizer ({' or '.join(TOKENIZER_FILES)}); save the model's tokenizer into it with "

@@ -320,6 +320,12 @@ class SeqzooPreTrainedModel(PreTrainedModel):
         for name, value in (("strict", strict), ("allow_nonfinite", allow_nonfinite)):
             if type(value) is not bool:  # (a string "false" from a command line or a YAML file is true)
                 raise TypeError(f"{cls.__name__}.from_pretrained: {name} must be True or False; got {value!r}")
+        source = pretrained_model_name_or_path
+        if isinstance(source, (str, os.PathLike)) and os.path.isfile(source):
+            # (transformers read the file as a config.json: "It looks like the config file at 'model.safetensors' is
+            # not a valid JSON file"; the Auto classes take it for a Hub id)
+            raise ValueError(f"{cls.__name__}.from_pretrained: {str(source)!r} is a file; give the folder that holds "
+                             "the model's config.json and weights")
         check_config_file(pretrained_model_name_or_path, kwargs)
         config = kwargs.get("config")
         if isinstance(config, PreTrainedConfig) and (config.architectures or not strict):

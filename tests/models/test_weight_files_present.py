@@ -30,3 +30,21 @@ def test_a_weight_file_that_is_no_file_is_refused_not_passed_over(tmp_path, dama
     with pytest.raises(ValueError, match=rf"{name}' is damaged {message}; transformers would pass over it"):
         AutoModelForCausalLM.from_pretrained(tmp_path)
     AutoModelForCausalLM.from_pretrained(tmp_path, use_safetensors=False)  # (the pickle asked for: read alone)
+
+
+def test_a_file_given_for_the_models_folder_is_named(tmp_path):
+    """transformers read the weights file as a config.json ("It looks like the config file at ... is not a valid
+    JSON file")."""
+    _tiny().save_pretrained(tmp_path)
+    with pytest.raises(ValueError, match=r"GRUForCausalLM.from_pretrained: '.*model\.safetensors' is a file; give the "
+                                         r"folder that holds the model's config\.json and weights"):
+        seqzoo.GRUForCausalLM.from_pretrained(tmp_path / "model.safetensors")
+
+
+def test_a_file_given_for_the_tokenizers_folder_is_named(tmp_path):
+    """transformers took it for a Hub id ("Repo id must be in the form 'repo_name' or 'namespace/repo_name'")."""
+    from seqzoo.tokenizer import load_tokenizer
+
+    seqzoo.byte_tokenizer().save_pretrained(tmp_path)
+    with pytest.raises(ValueError, match=r"load_tokenizer: '.*tokenizer\.json' is a file; give the folder that holds"):
+        load_tokenizer(tmp_path / "tokenizer.json")
