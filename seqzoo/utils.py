@@ -148,21 +148,6 @@ def untrained_weights(model: Any, loading: dict[str, Any]) -> str:
     return ", ".join(missing[:4]) + (" ..." if len(missing) > 4 else "")
 
 
-class DuplicateKeyError(ValueError):
-    """A file gives one key twice in one mapping (JSON and YAML readers keep the last silently)."""
-
-
-def unique_json_pairs(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    """``json.loads``'s ``object_pairs_hook`` that refuses a key given twice in one object, which ``json`` (and
-    transformers, reading a config.json) would take the last of without a word."""
-    values: dict[str, Any] = {}
-    for key, value in pairs:
-        if key in values:
-            raise DuplicateKeyError(f"key {key!r} is given twice in one object")
-        values[key] = value
-    return values
-
-
 def file_sha256(path: Any) -> str:
     """The SHA-256 of the file at ``path``, read a MiB at a time (a checkpoint's files, a model's weights)."""
     digest = hashlib.sha256()

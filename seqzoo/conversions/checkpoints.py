@@ -22,9 +22,9 @@ from typing import Any, Callable, NamedTuple
 import torch
 
 from seqzoo.conversions.downloads import download
+from seqzoo.json_keys import unique_json_pairs
 from seqzoo.models.configuration_utils import COMPUTE_DTYPES
 from seqzoo.outputs import check_named, staged_folder
-from seqzoo.utils import unique_json_pairs
 
 logger = logging.getLogger("seqzoo")
 

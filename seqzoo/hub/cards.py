@@ -41,8 +41,8 @@ from typing import Any
 
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
+from seqzoo.json_keys import DuplicateKeyError, unique_json_pairs
 from seqzoo.registry import TASKS
-from seqzoo.utils import DuplicateKeyError, unique_json_pairs
 
 logger = logging.getLogger("seqzoo.hub")
 

@@ -23,10 +23,10 @@ import torch
 from torch import nn
 from transformers import PreTrainedConfig
 
+from seqzoo.json_keys import unique_json_pairs
 from seqzoo.layers.mixer import Mixer
 from seqzoo.models.configuration_utils import saved_class_name
 from seqzoo.models.weight_storage import offloaded_value
-from seqzoo.utils import unique_json_pairs
 
 logger = logging.getLogger(__name__)
 

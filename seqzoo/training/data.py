@@ -36,8 +36,8 @@ from typing import Any, Callable
 
 import torch
 
+from seqzoo.json_keys import DuplicateKeyError, unique_json_pairs
 from seqzoo.tokenizer import EOS_TOKEN, EOS_TOKEN_ID, PAD_TOKEN, PAD_TOKEN_ID, VOCAB_SIZE, check_utf8
-from seqzoo.utils import DuplicateKeyError, unique_json_pairs
 
 logger = logging.getLogger("seqzoo.training")
 

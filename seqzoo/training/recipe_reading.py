@@ -17,7 +17,7 @@ from typing import Any
 
 import yaml
 
-from seqzoo.utils import DuplicateKeyError, unique_json_pairs
+from seqzoo.json_keys import DuplicateKeyError, unique_json_pairs
 
 
 def coerce(value: Any, annotation: Any, name: str, from_text: bool = True) -> Any:
