@@ -192,6 +192,11 @@ def _special_tokens_of_wrong_type(folder: Path) -> str:
     return "; ".join(found)
 
 
+def _tokenizer_damaged(folder: Path, damaged: str) -> ValueError:
+    return ValueError(f"{folder}'s tokenizer cannot be read: {damaged}; save the tokenizer again "
+                      "(tokenizer.save_pretrained(folder))")
+
+
 def _model_max_length_of_wrong_type(folder: Path) -> str:
     """tokenizer_config.json's model_max_length where it is no integer >= 1 (``"model_max_length": "512"``; a float
     above transformers' LARGE_INTEGER, 1e20, such as the 1e30 some tools write for "no limit", works: transformers
@@ -218,6 +223,9 @@ def load_tokenizer(source: Any) -> PreTrainedTokenizerFast:
     folder = Path(source)
     if folder.is_absolute() and not folder.exists():  # (an absolute path is no Hub id: transformers said it was one)
         raise ValueError(f"load_tokenizer: no folder {str(folder)!r} here")
+    if folder.is_file():  # (transformers read it as a Hub id: "Repo id must be in the form 'repo_name' or ...")
+        raise ValueError(f"load_tokenizer: {str(folder)!r} is a file; give the folder that holds the tokenizer's files "
+                         f"({' and '.join(TOKENIZER_FILES)}), such as {str(folder.parent)!r}")
     if folder.is_dir() and not any((folder / name).is_file() for name in TOKENIZER_FILES):
         raise ValueError(
             f"{folder} has no tokenizer ({' or '.join(TOKENIZER_FILES)}); save the model's tokenizer into it with "
@@ -225,6 +233,14 @@ def load_tokenizer(source: Any) -> PreTrainedTokenizerFast:
             "`seqzoo train` save it)"
         )
     if folder.is_dir():
+        from seqzoo.models.loading import damaged_json_files
+
+        # (transformers passes over a tokenizer_config.json that is a folder or a link to nothing, or written with a
+        # byte-order mark, and loads the tokenizer without its special tokens and padding side; tokenizer.json, which
+        # may be large, is read only where the load fails)
+        damaged = damaged_json_files(folder, ("tokenizer_config.json", "special_tokens_map.json"))
+        if damaged:
+            raise _tokenizer_damaged(folder, damaged)
         _refuse_tokenizer_code(folder)
         length = _model_max_length_of_wrong_type(folder)
         if length:  # (it loaded, and every call that pads or truncates failed: "'>' not supported between ...")
@@ -242,8 +258,7 @@ def load_tokenizer(source: Any) -> PreTrainedTokenizerFast:
 
         damaged = damaged_json_files(folder, (*TOKENIZER_FILES, "special_tokens_map.json")) if folder else None
         if damaged:  # (the tokenizers library's error names no file: "expected value at line 1 column 1")
-            raise ValueError(f"{folder}'s tokenizer cannot be read: {damaged}; save the tokenizer again "
-                             "(tokenizer.save_pretrained(folder))") from err
+            raise _tokenizer_damaged(folder, damaged) from err
         wrong = _special_tokens_of_wrong_type(folder) if folder is not None else ""
         if wrong:  # (transformers' TypeError names the token, not the file nor what it holds)
             raise ValueError(f"{folder}'s tokenizer cannot be read: {wrong}; a special token is its text "

@@ -22,6 +22,7 @@ from typing import Any, Callable, NamedTuple
 import torch
 
 from seqzoo.conversions.downloads import download
+from seqzoo.json_keys import unique_json_pairs
 from seqzoo.models.configuration_utils import COMPUTE_DTYPES
 from seqzoo.outputs import check_named, staged_folder
 
@@ -247,17 +248,17 @@ def require_finite(tensors: Mapping[str, torch.Tensor], origin: str, dtype: torc
 
 def _read_index(path: Path) -> dict[str, str]:
     try:
-        weight_map = json.loads(path.read_text())["weight_map"]
-    except (OSError, ValueError, KeyError, TypeError) as err:
+        weight_map = json.loads(path.read_text(encoding="utf-8"), object_pairs_hook=unique_json_pairs)["weight_map"]
+    except (OSError, ValueError, KeyError, TypeError, RecursionError) as err:
         raise ValueError(f"{str(path)!r} is not a checkpoint index (a JSON object with a 'weight_map'): {err}") from err
     bad = (f"a {type(weight_map).__name__}" if not isinstance(weight_map, dict) else
            next((f"{key!r}: {shard!r}" for key, shard in weight_map.items() if not isinstance(shard, str)), None))
     if bad:
         raise ValueError(f"{str(path)!r} is not a checkpoint index: its weight_map must map tensor names to shard file "
                          f"names, got {bad}")
-    missing = sorted({shard for shard in weight_map.values() if not (path.parent / shard).is_file()})
-    if missing:
-        raise ValueError(f"{str(path)!r} names shards that are not in the folder: {', '.join(missing)}")
+    from seqzoo.models.loading import check_shard_names
+
+    check_shard_names(path, weight_map.values())
     return weight_map
 
 
@@ -333,9 +334,11 @@ class Reader:
 
 
 def read_json(path: Path, what: str) -> dict[str, Any]:
+    """The JSON object in ``path``: a key given twice in one object (which json, and transformers, would read as the
+    last value) is refused, as anything else that is no JSON object."""
     try:
-        value = json.loads(path.read_text())
-    except (OSError, ValueError) as err:
+        value = json.loads(path.read_text(encoding="utf-8"), object_pairs_hook=unique_json_pairs)
+    except (OSError, ValueError, RecursionError) as err:
         raise ValueError(f"cannot read {what} {str(path)!r}: {err}") from err
     if not isinstance(value, dict):
         raise ValueError(f"{what} {str(path)!r} must hold a JSON object, got {type(value).__name__}")

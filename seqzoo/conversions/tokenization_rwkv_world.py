@@ -22,6 +22,7 @@ import json
 import logging
 import os
 import re
+from collections import Counter
 from typing import Any
 
 from transformers import PreTrainedTokenizer
@@ -67,6 +68,16 @@ def symbols_to_bytes(text: str) -> bytes:
     return text.translate(FROM_SYMBOLS).encode("latin-1")
 
 
+def _tokens_once(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """json's object_pairs_hook refusing a token given twice, which json would give the last id alone."""
+    vocab: dict[str, Any] = {}
+    for token, token_id in pairs:
+        if token in vocab:
+            raise ValueError(f"token {token!r} is given twice, ids {vocab[token]!r} and {token_id!r}")
+        vocab[token] = token_id
+    return vocab
+
+
 class RWKVWorldTokenizer(PreTrainedTokenizer):
     """RWKV World tokenizer: greedy longest match over UTF-8 bytes (a trie walk per token)."""
 
@@ -81,10 +92,18 @@ class RWKVWorldTokenizer(PreTrainedTokenizer):
         if not vocab_file or not os.path.isfile(vocab_file):
             raise ValueError(f"the RWKV World tokenizer needs its vocabulary file {VOCAB_FILE} (got {vocab_file!r}); "
                              f"a folder without it has no World tokenizer")
-        with open(vocab_file, encoding="utf-8") as f:
-            vocab = json.load(f)
-        if not isinstance(vocab, dict) or not all(isinstance(i, int) for i in vocab.values()):
-            raise ValueError(f"{vocab_file} must map byte-level token strings to integer ids")
+        try:  # (json's own error named no file)
+            with open(vocab_file, encoding="utf-8") as f:
+                vocab = json.load(f, object_pairs_hook=_tokens_once)
+        except (ValueError, RecursionError) as err:  # (not JSON or not UTF-8, a byte-order mark, a token twice)
+            raise ValueError(f"{vocab_file} is damaged ({err}); save the tokenizer again") from err
+        if not isinstance(vocab, dict) or not all(type(i) is int and i >= 0 for i in vocab.values()):
+            raise ValueError(f"{vocab_file} must map byte-level token strings to integer ids >= 0")
+        shared = next((i for i, count in Counter(vocab.values()).items() if count > 1), None)
+        if shared is not None:  # (decoding would give one of them for both)
+            tokens = ", ".join(repr(token) for token, i in vocab.items() if i == shared)
+            raise ValueError(f"{vocab_file} is damaged (id {shared} is given to several tokens: {tokens}); save the "
+                             "tokenizer again")
         self.encoder: dict[str, int] = vocab
         self.decoder: dict[int, str] = {i: token for token, i in vocab.items()}
         # The trie: one dict per node, byte -> child; a node that ends a token holds its id under the key -1.

@@ -46,7 +46,11 @@ def rwkv_vocab_path() -> Path:
 def read_rwkv_vocab(path: str | Path) -> dict[int, bytes]:
     """id -> token bytes of a World vocabulary file."""
     tokens: dict[int, bytes] = {}
-    for number, line in enumerate(Path(path).read_text(encoding="utf-8").splitlines(), 1):
+    try:  # utf-8-sig: a byte-order mark (Windows editors write one) is no part of the first line
+        text = Path(path).read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError as err:
+        raise ValueError(f"World vocabulary file {str(path)!r} is not UTF-8 text ({err})") from err
+    for number, line in enumerate(text.splitlines(), 1):
         try:
             token_id, rest = line.split(" ", 1)
             literal, length = rest.rsplit(" ", 1)

@@ -41,6 +41,7 @@ from typing import Any
 
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
+from seqzoo.json_keys import DuplicateKeyError, unique_json_pairs
 from seqzoo.registry import TASKS
 
 logger = logging.getLogger("seqzoo.hub")
@@ -91,11 +92,17 @@ def template_path(architecture: str) -> Path:
 def load_training_record(folder: str | Path) -> dict[str, Any] | None:
     """The validated ``seqzoo_training.json`` of a model folder, or None when the folder has none."""
     path = Path(folder) / TRAINING_FILE
+    if path.is_symlink() and not path.exists() or path.exists() and not path.is_file():
+        # (passed over as if absent: the model was published without its record, and its card without its data)
+        raise ValueError(f"{path} is damaged: a {'folder' if path.is_dir() else 'link to nothing'}, not a file; "
+                         "put the record written by seqzoo train back, or remove it")
     if not path.is_file():
         return None
     try:
-        record = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as err:
+        record = json.loads(path.read_text(encoding="utf-8"), object_pairs_hook=unique_json_pairs)
+    except DuplicateKeyError as err:  # (JSON readers keep the last value)
+        raise ValueError(f"{path} is damaged: {err}") from None
+    except (json.JSONDecodeError, RecursionError) as err:
         raise ValueError(f"{path} is not valid JSON: {err}") from err
     except UnicodeDecodeError as err:
         raise ValueError(f"{path} is not UTF-8 text ({err})") from err

@@ -6,7 +6,9 @@ one."""
 
 from __future__ import annotations
 
+import codecs
 import contextlib
+import difflib
 import json
 import logging
 import math
@@ -21,6 +23,7 @@ import torch
 from torch import nn
 from transformers import PreTrainedConfig
 
+from seqzoo.json_keys import unique_json_pairs
 from seqzoo.layers.mixer import Mixer
 from seqzoo.models.configuration_utils import saved_class_name
 from seqzoo.models.weight_storage import offloaded_value
@@ -48,25 +51,54 @@ def check_checkpoint_model_type(cls: type, source: Any, kwargs: dict[str, Any]) 
 
 
 def damaged_json_files(folder: Path, names: Any) -> str:
-    """Which of ``names`` in ``folder`` are there but not JSON, with the parser's message (empty when none). A name
-    that is there but no file is damaged too: a link to nothing (a Hub cache's snapshot copied without the blobs its
-    links point to) or a folder, which transformers passes over as if the file were absent."""
+    """Which of ``names`` in ``folder`` are there but not JSON as transformers reads it, with the reason (empty when
+    none). A name that is there but no file is damaged too: a link to nothing (a Hub cache's snapshot copied without
+    the blobs its links point to) or a folder, which transformers passes over as if the file were absent. So is a file
+    that begins with a byte-order mark, which transformers' JSON reading stops at (it then passed over a
+    generation_config.json or tokenizer_config.json so written), and one giving a key twice in one object, whose
+    first value transformers would drop without a word."""
     found = []
     for name in names:
         path = folder / name
-        if path.is_symlink() and not path.exists():
-            found.append(f"{name} is damaged (a link to {os.readlink(path)!r}, which does not exist)")
-        elif path.exists() and not path.is_file():
-            found.append(f"{name} is damaged (a folder, not a file)")
+        if _not_a_file(path):
+            found.append(f"{name} is damaged ({_not_a_file(path)})")
         elif path.is_file():
+            raw = path.read_bytes()
+            if raw.startswith(codecs.BOM_UTF8):
+                found.append(f"{name} is damaged (it begins with a byte-order mark, which transformers does not read: "
+                             "save it as UTF-8 without one)")
+                continue
             try:
-                value = json.loads(path.read_bytes())
-            except (ValueError, UnicodeDecodeError, RecursionError) as err:
+                value = json.loads(raw.decode("utf-8"), object_pairs_hook=unique_json_pairs)
+            except (ValueError, RecursionError) as err:  # (UnicodeDecodeError is a ValueError)
                 found.append(f"{name} is damaged ({err})")
                 continue
             if not isinstance(value, dict):  # (transformers then fails with a TypeError or AttributeError)
                 found.append(f"{name} is damaged (it holds a JSON {type(value).__name__}, not an object)")
     return "; ".join(found)
+
+
+def _not_a_file(path: Path) -> str:
+    """Why ``path``, which is there, is no file: a link to nothing (or a loop of links) or a folder; empty where it
+    is a file or absent."""
+    if path.is_symlink() and not path.exists():
+        return f"a link to {os.readlink(path)!r}, which does not exist"
+    if path.exists() and not path.is_file():
+        return "a folder, not a file"
+    return ""
+
+
+def check_config_file(source: Any, kwargs: dict[str, Any]) -> None:
+    """Refuse a local folder whose config.json transformers read otherwise than it was written: one giving a key
+    twice (a hand-edited "dropout" added below the saved one) loaded with the last value, the first dropped silently.
+    (One that is no JSON at all transformers refuses itself, naming the file.)"""
+    if not isinstance(source, (str, os.PathLike)):
+        return
+    folder = Path(source) / kwargs.get("subfolder", "")
+    if folder.is_dir():
+        damaged = damaged_json_files(folder, ("config.json",))
+        if damaged:
+            raise ValueError(f"{str(source)!r}: {damaged}; fix the file, or save or download the checkpoint again")
 
 
 def check_generation_config_file(source: Any, kwargs: dict[str, Any]) -> None:
@@ -84,13 +116,16 @@ def check_generation_config_file(source: Any, kwargs: dict[str, Any]) -> None:
         if path.is_file():  # token ids of the wrong type failed inside generate() ("invalid data type 'str'")
             values = json.loads(path.read_bytes())
             vocab_size = _vocab_size(folder, kwargs)
-            for name in ("bos_token_id", "eos_token_id", "pad_token_id", "decoder_start_token_id"):
+            for name, holds in _GENERATION_TOKEN_IDS.items():
                 value = values.get(name)
-                ids = value if isinstance(value, list) and name == "eos_token_id" else [value]
-                if value is not None and not all(type(i) is int and i >= 0 for i in ids):
-                    raise ValueError(f"{str(path)!r}: {name}={value!r} is invalid: a token id is an integer >= 0"
-                                     f"{' (or, for eos_token_id, a list of them)' if name == 'eos_token_id' else ''}"
-                                     "; fix or delete the file (or pass generation_config=...)")
+                ids = value if isinstance(value, list) and holds != "id" else [value]
+                if value is not None and (holds == "list" and not isinstance(value, list)
+                                          or not all(type(i) is int and i >= 0 for i in ids)):
+                    allowed = {"id": "a token id is an integer >= 0",
+                               "id or list": f"a token id is an integer >= 0 (or, for {name}, a list of them)",
+                               "list": "expected a list of token ids (integers >= 0)"}[holds]
+                    raise ValueError(f"{str(path)!r}: {name}={value!r} is invalid: {allowed}; fix or delete the file "
+                                     "(or pass generation_config=...)")
                 # (an eos outside the vocabulary never ended a generation; a pad outside it failed in the middle of
                 # one, naming no file)
                 if value is not None and vocab_size is not None and any(i >= vocab_size for i in ids):
@@ -100,6 +135,7 @@ def check_generation_config_file(source: Any, kwargs: dict[str, Any]) -> None:
             problem = generation_setting_problem(values)
             if problem:
                 raise ValueError(f"{str(path)!r}: {problem}; fix or delete the file (or pass generation_config=...)")
+            _warn_unknown_generation_settings(path, values)
 
 
 def generation_setting_problem(values: dict[str, Any]) -> str | None:
@@ -113,6 +149,29 @@ def generation_setting_problem(values: dict[str, Any]) -> str | None:
             return f"{name}={value!r} is invalid: expected {allowed} (or null)"
     return None
 
+
+def _warn_unknown_generation_settings(path: Path, values: dict[str, Any]) -> None:
+    """Warn of generation_config.json keys that are no setting of transformers' GenerationConfig: transformers keeps
+    them as attributes nothing reads, so a misspelt "max_new_token": 5 generated 20 tokens without a word. (A warning,
+    not an error: a folder saved by a newer transformers may hold a setting this one lacks.)"""
+    from transformers import GenerationConfig
+
+    known = set(GenerationConfig().to_dict())
+    for name in values:
+        if name not in known:
+            close = difflib.get_close_matches(name, known, n=1)
+            logger.warning("%s: %r is no generation setting of this transformers' GenerationConfig%s; it is not read",
+                           path, name, f" (did you mean {close[0]!r}?)" if close else "")
+
+
+# generation_config.json's token ids, by what each holds: one id, one or a list of them, or a list (a hand-edited
+# "forced_eos_token_id": "1" failed inside generate() with "invalid data type 'str'", 999 with an IndexError, and
+# "suppress_tokens": "a" with "too many dimensions 'str'", naming no file; one outside the vocabulary was taken).
+_GENERATION_TOKEN_IDS = {
+    **dict.fromkeys(("bos_token_id", "pad_token_id", "decoder_start_token_id", "forced_bos_token_id"), "id"),
+    **dict.fromkeys(("eos_token_id", "forced_eos_token_id"), "id or list"),
+    **dict.fromkeys(("suppress_tokens", "begin_suppress_tokens"), "list"),
+}
 
 # generation_config.json settings that transformers compares, counts or branches on, by what they must be: a
 # hand-edited "num_beams": "2" or "max_new_tokens": "20" failed inside transformers naming no file, "num_beams": 0
@@ -249,8 +308,9 @@ def hub_snapshot(source: Any, kwargs: dict[str, Any]) -> Path | None:
 
 def check_weight_files(source: Any, kwargs: dict[str, Any]) -> None:
     """Refuse a local folder whose checkpoint index is damaged (transformers fails with a KeyError or TypeError that
-    names no file) or whose weights (safetensors, or else a pickle) hold integer or boolean tensors (transformers casts
-    them silently).
+    names no file), whose weights (safetensors, or else a pickle) hold integer or boolean tensors (transformers casts
+    them silently), or whose weight file or index is a folder or a link to nothing (transformers passes over it, to a
+    pytorch_model.bin beside a model.safetensors so damaged: an older save's weights).
     A pre-quantised checkpoint (``quantization_config``) holds integer tensors by design and is left alone, as is a
     file that cannot be read (the load names it). With ``variant="v1"`` the files read are those transformers
     loads, ``model.v1.safetensors`` or ``model.safetensors.index.v1.json`` and its shards."""
@@ -269,6 +329,11 @@ def check_weight_files(source: Any, kwargs: dict[str, Any]) -> None:
     # use_safetensors=False the pickled ones)
     kinds = (("model.safetensors", "model.safetensors.index.json"),
              ("pytorch_model.bin", "pytorch_model.bin.index.json"))
+    for name in (name for pair in kinds[kwargs.get("use_safetensors") is False:] for name in pair):
+        path = folder / _with_variant(name, variant)
+        if _not_a_file(path):  # (transformers passes over it as if absent: to older pickled weights beside it)
+            raise ValueError(f"{str(path)!r} is damaged ({_not_a_file(path)}); transformers would pass over it and "
+                             "read other weights or none: save or download the checkpoint again")
     for single, index in kinds[kwargs.get("use_safetensors") is False:]:
         single, index = folder / _with_variant(single, variant), folder / _with_variant(index, variant)
         if single.is_file() or index.is_file():
@@ -277,8 +342,8 @@ def check_weight_files(source: Any, kwargs: dict[str, Any]) -> None:
         files = [single]
     elif index.is_file():
         try:
-            value = json.loads(index.read_bytes())
-        except (ValueError, RecursionError) as err:
+            value = json.loads(index.read_bytes().decode("utf-8"), object_pairs_hook=unique_json_pairs)
+        except (ValueError, RecursionError) as err:  # (a tensor named twice: transformers reads the last shard named)
             raise ValueError(f"{str(index)!r} is damaged ({err}); save or download the checkpoint again") from None
         weight_map = value.get("weight_map") if isinstance(value, dict) else None
         if not (isinstance(weight_map, dict) and weight_map
@@ -289,6 +354,7 @@ def check_weight_files(source: Any, kwargs: dict[str, Any]) -> None:
         if "metadata" not in value:  # (transformers: KeyError 'metadata')
             raise ValueError(f"{str(index)!r} has no 'metadata' entry, which transformers needs (an empty one will "
                              'do: {"metadata": {}, "weight_map": ...})')
+        check_shard_names(index, weight_map.values())
         files = [folder / name for name in sorted(set(weight_map.values()))]
     else:
         return
@@ -304,6 +370,21 @@ def check_weight_files(source: Any, kwargs: dict[str, Any]) -> None:
             f"{' ...' if len(odd) > 8 else ''}; loading would cast their integer codes to the model's dtype (a damaged "
             "or quantised file). Save or download the checkpoint again"
         )
+
+
+def check_shard_names(index: Path, names: Any) -> None:
+    """Refuse a checkpoint index that names a shard outside its folder (``"../x.safetensors"``, an absolute path:
+    transformers read whatever file that was) or one the folder lacks (transformers' FileNotFoundError said nothing of
+    the index)."""
+    outside = sorted({name for name in names if Path(name).is_absolute() or ".." in Path(name).parts})
+    if outside:
+        raise ValueError(f"{str(index)!r} names shard files outside its folder: {', '.join(map(repr, outside))}; an "
+                         "index names the shards beside it (model-00001-of-00002.safetensors): save or download the "
+                         "checkpoint again")
+    missing = sorted({name for name in names if not (index.parent / name).is_file()})
+    if missing:
+        raise ValueError(f"{str(index)!r} names shard files that are not in its folder: {', '.join(map(repr, missing))}"
+                         "; save or download the checkpoint again")
 
 
 def _non_float_tensors(path: Path) -> list[str]:

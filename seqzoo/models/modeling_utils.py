@@ -69,6 +69,7 @@ from seqzoo.models.inputs import (
 )
 from seqzoo.models.loading import (
     check_checkpoint_model_type,
+    check_config_file,
     check_finite_weights,
     check_generation_config_file,
     check_loaded_tensors,
@@ -319,6 +320,13 @@ class SeqzooPreTrainedModel(PreTrainedModel):
         for name, value in (("strict", strict), ("allow_nonfinite", allow_nonfinite)):
             if type(value) is not bool:  # (a string "false" from a command line or a YAML file is true)
                 raise TypeError(f"{cls.__name__}.from_pretrained: {name} must be True or False; got {value!r}")
+        source = pretrained_model_name_or_path
+        if isinstance(source, (str, os.PathLike)) and os.path.isfile(source):
+            # (transformers read the file as a config.json: "It looks like the config file at 'model.safetensors' is
+            # not a valid JSON file"; the Auto classes take it for a Hub id)
+            raise ValueError(f"{cls.__name__}.from_pretrained: {str(source)!r} is a file; give the folder that holds "
+                             "the model's config.json and weights")
+        check_config_file(pretrained_model_name_or_path, kwargs)
         config = kwargs.get("config")
         if isinstance(config, PreTrainedConfig) and (config.architectures or not strict):
             # (the Auto classes pass the checkpoint's own config)
@@ -359,6 +367,7 @@ class SeqzooPreTrainedModel(PreTrainedModel):
             raise
         snapshot = hub_snapshot(pretrained_model_name_or_path, kwargs)
         if snapshot is not None:  # a repo id: its files, now in the Hub cache, are checked as a local folder's
+            check_config_file(snapshot, kwargs)
             check_generation_config_file(snapshot, kwargs)
             check_weight_files(snapshot, kwargs)
         # What does not fit first: a tensor that was missing or mis-shaped is left uninitialised here, and would

@@ -33,7 +33,6 @@ than ``data.seq_len`` bytes are cut there, with a warning that counts them.
 
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 from typing import Any, Callable
@@ -48,7 +47,7 @@ from seqzoo.training.data import (
     content_hash,
     epoch_sampler,
     held_out_scored,
-    read_text_file,
+    json_lines,
     refuse_repeated_files,
 )
 from seqzoo.utils import unwrap
@@ -258,16 +257,9 @@ def read_labelled_jsonl(path: str | Path, task: str) -> list[tuple[Row, str]]:
     tagging = task == "token-classification"
     expected = '{"tokens": ["word", ...], "tags": ["TAG", ...]}' if tagging else '{"text": "...", "label": "..."}'
     rows = []
-    text = read_text_file(path, f"a {task} data file holds one JSON object per line, {expected}")
-    # Lines end at "\n" only: splitlines() also splits at U+2028, U+0085 ..., which JSON strings hold unescaped.
-    for number, line in enumerate(text.split("\n"), start=1):
-        if not line.strip():
-            continue
+    reads = f"a {task} data file holds one JSON object per line, {expected}"
+    for number, line, row in json_lines(path, reads, expected):
         where = f"{path}:{number}"
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as err:
-            raise ValueError(f"{where} is not valid JSON ({err.msg}); each line must be {expected}") from err
         if not isinstance(row, dict):
             raise ValueError(f"{where}: expected an object {expected}; got {line[:80]!r}")
         fields = ("tokens", "tags") if tagging else ("text", "label")

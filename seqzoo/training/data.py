@@ -27,13 +27,16 @@ one batch without padding masks.
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import re
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Callable
 
 import torch
 
+from seqzoo.json_keys import DuplicateKeyError, unique_json_pairs
 from seqzoo.tokenizer import EOS_TOKEN, EOS_TOKEN_ID, PAD_TOKEN, PAD_TOKEN_ID, VOCAB_SIZE, check_utf8
 
 logger = logging.getLogger("seqzoo.training")
@@ -418,6 +421,25 @@ def read_text_file(path: str | Path, reads: str = "data.source='text' trains on 
     return text
 
 
+def json_lines(path: Path, reads: str, expected: str) -> Iterator[tuple[int, str, Any]]:
+    """(line number, line, value) of each line of a JSON-lines data file that is not blank. ``reads`` says, as for
+    read_text_file, what the file should hold, ``expected`` what one line is. A key given twice in one object is
+    refused: JSON readers keep the last, so a row's second "label" replaced its first without a word."""
+    text = read_text_file(path, reads)
+    # Lines end at "\n" only: splitlines() also splits at U+2028, U+0085 ..., which JSON strings hold unescaped.
+    for number, line in enumerate(text.split("\n"), start=1):
+        if not line.strip():
+            continue
+        try:
+            value = json.loads(line, object_pairs_hook=unique_json_pairs)
+        except DuplicateKeyError as err:
+            raise ValueError(f"{path}:{number}: {err}; each line must be {expected}") from None
+        except (ValueError, RecursionError) as err:  # (a JSONDecodeError, or arrays nested too deep to read)
+            raise ValueError(f"{path}:{number} is not valid JSON ({getattr(err, 'msg', err)}); each line must be "
+                             f"{expected}") from err
+        yield number, line, value
+
+
 def dataset_documents(dataset: Any, column: str) -> list[str]:
     """Texts from a ``datasets.Dataset`` (or any object indexable by column name), or a DatasetDict's train split."""
     if hasattr(dataset, "keys") and hasattr(dataset, "column_names") and isinstance(dataset.column_names, dict):
@@ -483,7 +505,12 @@ def build_data(data: Any, seed: int, dataset: Any = None) -> MemoryTask | TokenS
     elif data.source == "text":
         paths = [data.path] if isinstance(data.path, str) else list(data.path)
         refuse_repeated_files(paths)
-        tokens = tokens_from_documents([read_text_file(p) for p in paths])
+        texts = [read_text_file(p) for p in paths]
+        blank = next((p for p, text in zip(paths, texts) if not text.strip()), None)
+        if blank is not None:  # (it was trained on as a document of its EOS alone, without a word)
+            raise ValueError(f"data file {blank!r} holds no text (it is empty, or only whitespace): a truncated copy, "
+                             "or another file than meant? Remove it from data.path")
+        tokens = tokens_from_documents(texts)
         name = "text:" + ",".join(paths)
     else:
         tokens = tokens_from_documents(pydoc_documents())

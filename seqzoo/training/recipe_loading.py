@@ -61,6 +61,8 @@ def load_recipe(source: str | os.PathLike[str], overrides: dict[str, Any] | None
             raise ValueError(f"recipe file {str(path)!r} is not valid JSON: {err}") from err
         except DuplicateKeyError as err:
             raise ValueError(f"recipe file {str(path)!r}: {err}; give each key once") from err
+        except RecursionError as err:  # (a bare RecursionError from inside the JSON or YAML reader)
+            raise ValueError(f"recipe file {str(path)!r} nests lists or mappings too deep to read ({err})") from None
         if values is None:  # empty, or comments only: it would train the default recipe without a word
             raise ValueError(f"recipe file {str(path)!r} is empty (or only comments); a recipe names at least its "
                              "model (model: {preset: lstm-tiny}), see configs/ for examples")

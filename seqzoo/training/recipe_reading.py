@@ -17,6 +17,8 @@ from typing import Any
 
 import yaml
 
+from seqzoo.json_keys import DuplicateKeyError, unique_json_pairs
+
 
 def coerce(value: Any, annotation: Any, name: str, from_text: bool = True) -> Any:
     """Check ``value`` against a field's annotation; YAML reads ``3e-3`` as a string, so numbers are parsed, unless
@@ -109,10 +111,6 @@ def _describe(annotation: Any) -> str:
     return " or ".join([", ".join(names[:-1]), names[-1]] if len(names) > 2 else names)  # (true, false or null)
 
 
-class DuplicateKeyError(ValueError):
-    """A recipe file gives one key twice (YAML and JSON readers keep the last silently)."""
-
-
 class _UniqueKeyLoader(yaml.SafeLoader):
     """yaml.SafeLoader that refuses a key given twice in one mapping: PyYAML keeps the last one, so a second
     ``train:`` section would silently drop the first one's fields."""
@@ -134,21 +132,12 @@ class _UniqueKeyLoader(yaml.SafeLoader):
         return super().construct_mapping(node, deep=deep)
 
 
-def _unique_pairs(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    values: dict[str, Any] = {}
-    for key, value in pairs:
-        if key in values:
-            raise DuplicateKeyError(f"key {key!r} is given twice in one object")
-        values[key] = value
-    return values
-
-
 def read_recipe_file(path: Path) -> Any:
     """The values of a recipe file: JSON for ``.json`` (YAML refuses JSON indented with tabs), else YAML; a key
     given twice in one mapping raises :class:`DuplicateKeyError`."""
     text = path.read_text(encoding="utf-8-sig")  # a byte-order mark is no part of the recipe
     if path.suffix == ".json":
-        return json.loads(text, object_pairs_hook=_unique_pairs)
+        return json.loads(text, object_pairs_hook=unique_json_pairs)
     values = yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 -- a SafeLoader subclass
     _check_expanded_size(values)
     return values

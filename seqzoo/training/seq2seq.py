@@ -22,7 +22,6 @@ Sources longer than ``max_source_length`` tokens are cut there, with a warning t
 from __future__ import annotations
 
 import calendar
-import json
 import logging
 from pathlib import Path
 from typing import Any, Callable
@@ -37,7 +36,7 @@ from seqzoo.training.data import (
     content_hash,
     epoch_sampler,
     held_out_scored,
-    read_text_file,
+    json_lines,
     refuse_repeated_files,
 )
 from seqzoo.utils import unwrap
@@ -225,16 +224,8 @@ def jsonl_pairs(paths: str | list[str], eval_fraction: float, eval_samples: int,
 def read_jsonl(path: str | Path) -> list[tuple[str, str]]:
     path = Path(path)
     pairs = []
-    text = read_text_file(path, "a seq2seq data file holds one JSON object per line")
-    # Lines end at "\n" only: splitlines() also splits at U+2028, U+0085 ..., which JSON strings hold unescaped.
-    for number, line in enumerate(text.split("\n"), start=1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as err:
-            raise ValueError(f"{path}:{number} is not valid JSON ({err.msg}); each line must be "
-                             '{"source": "...", "target": "..."}') from err
+    expected = '{"source": "...", "target": "..."}'
+    for number, line, row in json_lines(path, "a seq2seq data file holds one JSON object per line", expected):
         if not isinstance(row, dict) or not all(isinstance(row.get(k), str) for k in ("source", "target")):
             raise ValueError(f'{path}:{number}: expected an object with string fields "source" and "target"; '
                              f"got {line[:80]!r}")

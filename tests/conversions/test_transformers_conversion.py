@@ -70,13 +70,28 @@ def test_reader_is_lazy_over_shards(tmp_path):
     # these two failed with an AttributeError / TypeError from inside the reader
     ({"weight_map": ["a"]}, r"its weight_map must map tensor names to shard file names, got a list$"),
     ({"weight_map": {"a": None}}, r"its weight_map must map tensor names to shard file names, got 'a': None$"),
-    ({"weight_map": {"a": "model-2.safetensors"}}, r"names shards that are not in the folder: model-2.safetensors$"),
-], ids=["not-json", "no-weight-map", "list", "null-shard", "absent-shard"])
+    ({"weight_map": {"a": "model-2.safetensors"}},
+     r"names shard files that are not in its folder: 'model-2.safetensors'; save or download the checkpoint again$"),
+    # (json read the tensor from the shard named last)
+    ('{"weight_map": {"a": "model-2.safetensors", "a": "model-1.safetensors"}}',
+     r"is not a checkpoint index \(a JSON object with a 'weight_map'\): key 'a' is given twice in one object"),
+], ids=["not-json", "no-weight-map", "list", "null-shard", "absent-shard", "key-twice"])
 def test_a_damaged_index_is_named(index, message, tmp_path):
     save_file({"a": torch.zeros(2)}, tmp_path / "model-1.safetensors")
     (tmp_path / "model.safetensors.index.json").write_text(index if isinstance(index, str) else json.dumps(index))
     with pytest.raises(ValueError, match=message):
         read_folder_weights(tmp_path)
+
+
+def test_a_source_config_giving_a_key_twice_is_refused(tmp_path):
+    """json (and transformers' AutoConfig) read the last value: a source's rms_norm_eps edited below the saved one
+    converted silently with the second."""
+    llama().save_pretrained(tmp_path / "src")
+    path = tmp_path / "src" / "config.json"
+    values = json.loads(path.read_text())
+    path.write_text(json.dumps(values)[:-1] + f', "rms_norm_eps": {values["rms_norm_eps"] * 10}}}')
+    with pytest.raises(ValueError, match=r"cannot read config '.*config\.json': key 'rms_norm_eps' is given twice"):
+        convert_llama(tmp_path / "src")
 
 
 def test_an_index_naming_the_wrong_shard_of_a_tensor_is_named_when_it_is_read(tmp_path):

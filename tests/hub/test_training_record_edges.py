@@ -71,3 +71,25 @@ def test_a_record_of_nulls_only_reads_as_a_record_without_figures():
                                "evaluation")
         assert "without a training record" not in text
     assert training_section(None).startswith("This checkpoint was published without a training record")
+
+
+@pytest.mark.parametrize("damage, message", [
+    # (passed over as absent: the model was published without its record, its card without its data and figures)
+    ("folder", r"seqzoo_training\.json is damaged: a folder, not a file"),
+    ("link", r"seqzoo_training\.json is damaged: a link to nothing, not a file"),
+    ("twice", r"seqzoo_training\.json is damaged: key 'steps' is given twice in one object"),  # (the last was taken)
+    ("deep", r"seqzoo_training\.json is not valid JSON: maximum recursion depth"),  # (a bare RecursionError)
+])
+def test_a_damaged_training_record_file_is_named(tmp_path, damage, message):
+    from seqzoo.hub.cards import load_training_record
+
+    path = tmp_path / "seqzoo_training.json"
+    if damage == "folder":
+        path.mkdir()
+    elif damage == "link":
+        path.symlink_to(tmp_path / "gone.json")
+    else:
+        path.write_text('{"steps": 5, "steps": 7}' if damage == "twice" else "[" * 100_000)
+    with pytest.raises(ValueError, match=message):
+        load_training_record(tmp_path)
+    assert load_training_record(tmp_path / "elsewhere") is None  # (a folder without a record has none)

@@ -93,6 +93,8 @@ def write_pairs(path, count=40):
 
 @pytest.mark.parametrize("line, message", [
     ("{not json", r"pairs.jsonl:2 is not valid JSON"),
+    # (json keeps the last of a key given twice: the pair was trained with the second target)
+    ('{"source": "a", "target": "b", "target": "c"}', r"pairs.jsonl:2: key 'target' is given twice in one object"),
     ('{"source": "a"}', r'pairs.jsonl:2: expected an object with string fields "source" and "target"'),
     ('{"source": "a", "target": 3}', r"expected an object with string fields"),
     ('["a", "b"]', r"expected an object with string fields"),

@@ -97,6 +97,10 @@ def test_jsonl_labels_come_from_the_data_sorted_or_from_the_recipe_in_its_order(
     ("sequence-classification", [{"text": "ok", "label": 1}], "tags.jsonl:1: 'label' must be a label name"),
     ("sequence-classification", [{"text": "", "label": "a"}], "tags.jsonl:1: 'text' must be a non-empty string"),
     ("sequence-classification", ["{not json"], "tags.jsonl:1 is not valid JSON"),
+    # (json keeps the last of a key given twice: the row was trained as 'pos')
+    ("sequence-classification", ['{"text": "ok", "label": "neg", "label": "pos"}'],
+     "tags.jsonl:1: key 'label' is given twice in one object; each line must be"),
+    ("sequence-classification", ["[" * 100_000], "tags.jsonl:1 is not valid JSON (maximum recursion depth"),
     # (training reads these bytes, the saved tokenizer one special token: another input than the model gets)
     ("sequence-classification", [{"text": "a<|pad|>b", "label": "a"}], "tags.jsonl:1: the text holds '<|pad|>'"),
     ("token-classification", [{"tokens": ["x", "<|endoftext|>"], "tags": ["O", "O"]}],

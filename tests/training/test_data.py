@@ -342,6 +342,19 @@ def test_a_file_listed_twice_in_data_path_is_refused(tmp_path):
         "eval_tokens"] == 17 * 20 + 8 * 20 + 2
 
 
+@pytest.mark.parametrize("content", [b"", b"\xef\xbb\xbf", b" \r\n\n\t\n"], ids=["empty", "mark-only", "whitespace"])
+def test_a_text_file_without_text_is_refused_naming_it(tmp_path, content):
+    """Listed beside other files, it was trained on as a document of its EOS alone, without a word (a truncated
+    copy, another file than meant)."""
+    story = tmp_path / "story.txt"
+    story.write_text("once upon a time " * 20)
+    (tmp_path / "blank.txt").write_bytes(content)
+    data = recipe_from_dict({"data": {"source": "text", "path": [str(story), str(tmp_path / "blank.txt")],
+                                      "seq_len": 8}}).data
+    with pytest.raises(ValueError, match=r"data file '.*blank\.txt' holds no text \(it is empty, or only whitespace\)"):
+        build_data(data, seed=0)
+
+
 def test_data_path_lists_are_checked_when_the_recipe_is_read():
     # An empty list read no file ("the corpus has no documents"); a list given to a dataset source, which reads one
     # folder, stopped with a bare TypeError from pathlib.

@@ -459,6 +459,14 @@ def test_a_json_recipe_is_read_as_json(tmp_path):
         load_recipe(str(path))
 
 
+@pytest.mark.parametrize("name, text", [("deep.json", "[" * 100_000), ("deep.yaml", "a: " + "[" * 600 + "]" * 600)])
+def test_a_recipe_nested_too_deep_to_read_is_named(tmp_path, name, text):
+    """The JSON and YAML readers stopped with a bare RecursionError, naming no file."""
+    (tmp_path / name).write_text(text)
+    with pytest.raises(ValueError, match=rf"recipe file '.*{name}' nests lists or mappings too deep to read"):
+        load_recipe(str(tmp_path / name))
+
+
 def test_a_printed_recipe_with_the_task_fields_at_their_defaults_loads_again(tmp_path):
     """--print-recipe writes every field, the tasks' settings at their defaults included: a corpus recipe takes them
     back (only a value other than the default is refused, as ignored)."""
