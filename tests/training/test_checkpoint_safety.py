@@ -365,8 +365,8 @@ def test_a_scheduler_file_whose_values_are_not_this_runs_schedule_is_refused(sav
 
 def test_a_scheduler_file_of_an_older_torch_resumes_exactly(saved_run, tmp_path):
     # torch 2.4's LambdaLR state has `verbose` and no `_is_initial`: refused as "does not hold this run's LR schedule
-    # position", though the README says any torch >= 2.4 works. The keys that differ only by torch version are
-    # tolerated, the run resumes as from its own file; another key is still refused (another schedule).
+    # position" (a run checkpointed under an older torch, resumed under a supported one). The keys that differ only
+    # by torch version are tolerated, the run resumes as from its own file; another key is still refused.
     recipe, checkpoint = copy_run(saved_run, tmp_path)
     straight = train(recipe, resume=True, progress=False)
     shutil.rmtree(tmp_path / "run")
