@@ -168,9 +168,10 @@ def scripted_stack_step() -> Any:
     if _scripted is None:
         try:
             with warnings.catch_warnings():
-                # torch marks TorchScript deprecated (it points to torch.compile, which compile_decoding() offers);
-                # where a release removes it, this path steps aside as below.
-                warnings.simplefilter("ignore", DeprecationWarning)
+                # torch marks TorchScript deprecated (it points to torch.compile, which compile_decoding() offers):
+                # torch 2.13 with a DeprecationWarning, which Python hides, 2.15 with a FutureWarning, which every
+                # user saw at their first RWKV-7 decode. Where a release removes it, this path steps aside as below.
+                warnings.filterwarnings("ignore", message=r"`torch\.jit\.script` is ")
                 _scripted = (torch.jit.script(_stack_step), torch.jit.script(_normed_stack_step))
         except Exception as err:  # noqa: BLE001 -- any failure of TorchScript leaves the Python path, said once
             logger.warning("RWKV-7's TorchScript decode step could not be scripted (%s: %s); decoding runs the "
