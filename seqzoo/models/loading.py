@@ -23,7 +23,7 @@ import torch
 from torch import nn
 from transformers import PreTrainedConfig
 
-from seqzoo.json_keys import unique_json_pairs
+from seqzoo.json_keys import DuplicateKeyError, unique_json_pairs
 from seqzoo.layers.mixer import Mixer
 from seqzoo.models.configuration_utils import saved_class_name
 from seqzoo.models.weight_storage import offloaded_value
@@ -94,11 +94,15 @@ def check_config_file(source: Any, kwargs: dict[str, Any]) -> None:
     (One that is no JSON at all transformers refuses itself, naming the file.)"""
     if not isinstance(source, (str, os.PathLike)):
         return
-    folder = Path(source) / kwargs.get("subfolder", "")
-    if folder.is_dir():
-        damaged = damaged_json_files(folder, ("config.json",))
-        if damaged:
-            raise ValueError(f"{str(source)!r}: {damaged}; fix the file, or save or download the checkpoint again")
+    path = Path(source) / kwargs.get("subfolder", "") / "config.json"
+    if path.is_file():
+        try:
+            json.loads(path.read_bytes().decode("utf-8"), object_pairs_hook=unique_json_pairs)
+        except DuplicateKeyError as err:
+            raise ValueError(f"{str(source)!r}: config.json is damaged ({err}); fix the file, or save or download the "
+                             "checkpoint again") from None
+        except (ValueError, RecursionError):  # (transformers' own OSError names it: "... is not a valid JSON file")
+            pass
 
 
 def check_generation_config_file(source: Any, kwargs: dict[str, Any]) -> None:
