@@ -674,6 +674,9 @@ def load_transformers_source(source: Any, model_types: tuple[str, ...], command:
     from huggingface_hub.errors import StrictDataclassClassValidationError, StrictDataclassFieldValidationError
     from transformers import AutoConfig, PreTrainedModel
 
+    from seqzoo.utils import unwrap
+
+    source = unwrap(source)  # (torch.compile's wrapper: its state dict names every tensor `_orig_mod.<name>`)
     refuse_adapters(source)
     if isinstance(source, PreTrainedModel):
         _require_model_type(getattr(source.config, "model_type", None), model_types, command)

@@ -42,6 +42,9 @@ def to_native(model: Any, target: str) -> Any:
     """The transformers model (``target``'s class) holding the weights of the seqzoo ``model``."""
     import transformers
 
+    from seqzoo.utils import unwrap
+
+    model = unwrap(model)  # (torch.compile's wrapper: its state dict names every tensor `_orig_mod.<name>`)
     refuse_adapters(model)
     quantised = quantised_weights(model)
     if quantised:  # (torch's packed int8 weights are no tensors: the state dict's copy failed on a dtype)
@@ -115,7 +118,9 @@ def _load_seqzoo(source: Any, target: str) -> Any:
     from transformers import AutoModelForCausalLM, PreTrainedModel
 
     import seqzoo  # noqa: F401  (registers the architectures)
+    from seqzoo.utils import unwrap
 
+    source = unwrap(source)  # (torch.compile's wrapper)
     refuse_adapters(source)
     if isinstance(source, PreTrainedModel):
         return source

@@ -41,7 +41,7 @@ from seqzoo.hub.cards import (
     validate_training_record,
 )
 from seqzoo.outputs import check_named, staged_folder
-from seqzoo.utils import quiet_transformers, weights_fingerprint
+from seqzoo.utils import quiet_transformers, unwrap, weights_fingerprint
 
 
 class PublishError(RuntimeError):
@@ -353,7 +353,7 @@ def _load_checkpoint(source: Any, tokenizer: Any, training: dict[str, Any] | Non
         extra_files = tuple(folder / name for name in CARRIED_FILES if (folder / name).is_file())
     else:
         extra_files = ()
-        model = source
+        model = unwrap(source)  # (torch.compile's wrapper: the model it compiles is the one to publish)
         refuse_adapters(model, "publish the merged model, or publish the adapter alone with peft's push_to_hub")
         spec = architecture_for_model_type(getattr(getattr(model, "config", None), "model_type", None))
         if tokenizer is None:

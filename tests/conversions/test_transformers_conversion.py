@@ -170,6 +170,20 @@ def test_a_model_holding_peft_adapters_is_refused_with_the_merge(tmp_path):
             export_native(source, tmp_path / "out", "llama")
 
 
+def test_a_compiled_model_converts_and_exports_as_the_model_it_compiles(tmp_path):
+    # torch.compile's wrapper was refused as "source must be a transformers model ...; got OptimizedModule" (convert),
+    # "a OptimizedModule is none (a backbone ...)" (to_native) and "is not a saved seqzoo model folder" (export)
+    peer = llama()
+    converted = convert_llama(torch.compile(peer, backend="eager"))
+    torch.testing.assert_close(logits(converted), logits(peer), rtol=0, atol=0)
+    ours = tiny_model("transformer-tiny")
+    native = to_native(torch.compile(ours, backend="eager"), "llama")
+    assert type(native) is LlamaForCausalLM and not any(k.startswith("_orig_mod") for k in native.state_dict())
+    torch.testing.assert_close(logits(native), logits(ours), rtol=0, atol=0)
+    export_native(torch.compile(ours, backend="eager"), tmp_path / "out", "llama")
+    torch.testing.assert_close(logits(LlamaForCausalLM.from_pretrained(tmp_path / "out")), logits(ours), rtol=0, atol=0)
+
+
 def test_original_gpt2_layout_without_prefix(tmp_path):
     # The OpenAI-era files have no "transformer." prefix and carry the attention-mask buffers.
     peer = gpt2()

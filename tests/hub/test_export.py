@@ -327,6 +327,19 @@ def test_export_from_a_model_object(tmp_path):
         assert torch.equal(loaded.state_dict()[key], value), key
 
 
+def test_export_from_a_compiled_model_object(tmp_path):
+    # torch.compile's wrapper was refused after the weights were written: "OptimizedModule is not a head of
+    # architecture 'lstm'", read from the card's head
+    model = tiny_byte_model("lstm")
+    folder = export_folder(torch.compile(model, backend="eager"), tmp_path / "lstm", repo_id="someone/lstm",
+                           tokenizer=byte_tokenizer())
+    assert "pipeline_tag: text-generation" in (folder / "README.md").read_text()
+    loaded = seqzoo.get_architecture("lstm").causal_lm_class.from_pretrained(folder)
+    assert loaded.state_dict().keys() == model.state_dict().keys()
+    for key, value in model.state_dict().items():
+        assert torch.equal(loaded.state_dict()[key], value), key
+
+
 def test_build_hub_folder_writes_into_an_existing_folder_what_it_is_given(saved_models, tmp_path):
     """The tokenizer and training record passed are the ones written, over whatever the saved folder holds."""
     folder = tmp_path / "repo"
