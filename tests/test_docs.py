@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import inspect
+import re
 
 import pytest
+import torch
 from torch import nn
 
 import seqzoo
@@ -46,3 +48,47 @@ def test_a_role_class_without_docstring_reads_as_its_role() -> None:
     assert inspect.getdoc(seqzoo.MambaForCausalLM) == inspect.getdoc(SeqzooForCausalLM)
     assert inspect.getdoc(seqzoo.MambaPreTrainedModel) != inspect.getdoc(SeqzooPreTrainedModel)  # its own stays
 
+
+CONFIGS = [getattr(seqzoo, name) for name in seqzoo.__all__ if name.endswith("Config")]
+
+
+def _documented_args(config_class: type) -> str:
+    """The ``Args:`` sections of the docstrings of ``config_class`` and its seqzoo bases."""
+    return "\n".join(klass.__doc__.split("Args:", 1)[-1] for klass in config_class.__mro__
+                     if klass.__module__.startswith("seqzoo.") and klass.__doc__ and "Args:" in klass.__doc__)
+
+
+@pytest.mark.parametrize("config_class", CONFIGS, ids=lambda c: c.__name__)
+def test_every_config_field_is_documented(config_class: type) -> None:
+    # (TransformerConfig.layer_norm_eps, the common vocab_size ... eos_token_id and Seq2SeqConfig.is_encoder_decoder
+    # were documented nowhere a help() reader finds them)
+    from transformers import PreTrainedConfig
+
+    args = _documented_args(config_class)
+    fields = {name for klass in config_class.__mro__ if issubclass(klass, PreTrainedConfig)
+              and klass is not PreTrainedConfig and klass.__module__.startswith("seqzoo.")
+              for name, kind in vars(klass).get("__annotations__", {}).items() if "ClassVar" not in str(kind)}
+    missing = sorted(name for name in fields if not re.search(rf"\b{name}\b", args))
+    assert not missing, f"{config_class.__name__}: no Args entry for {missing}"
+
+
+def test_documented_common_defaults() -> None:
+    for config_class in CONFIGS:
+        config = config_class()
+        assert config.vocab_size == 258 and config.use_cache is True
+        assert config.pad_token_id is None and config.bos_token_id is None and config.eos_token_id is None
+        classic = config_class in (seqzoo.RNNConfig, seqzoo.LSTMConfig, seqzoo.GRUConfig)
+        assert config.initializer_range == (1.0 if classic or config_class is seqzoo.Seq2SeqConfig else 0.02)
+        assert config.tie_word_embeddings is (config_class is not seqzoo.RWKV7Config)
+        concat = classic or config_class is seqzoo.Seq2SeqConfig
+        assert config.bidirectional_merge == ("concat" if concat else "sum"), config_class.__name__
+    for variant, eps in (("llama", 1e-6), ("gpt2", 1e-5), ("vaswani", 1e-5)):
+        assert seqzoo.TransformerConfig(variant=variant).layer_norm_eps == eps
+
+
+def test_classic_untied_decoder_init() -> None:
+    torch.manual_seed(0)
+    model = seqzoo.LSTMForCausalLM(seqzoo.LSTMConfig(vocab_size=99, hidden_size=16, num_hidden_layers=1,
+                                                     tie_word_embeddings=False))
+    assert torch.count_nonzero(model.lm_head.bias) == 0
+    assert model.lm_head.weight.abs().max() <= 16**-0.5
