@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import ast
+import dataclasses
+import importlib
 import inspect
 import re
 
@@ -92,3 +95,40 @@ def test_classic_untied_decoder_init() -> None:
                                                      tie_word_embeddings=False))
     assert torch.count_nonzero(model.lm_head.bias) == 0
     assert model.lm_head.weight.abs().max() <= 16**-0.5
+
+
+PUBLIC_MODULES = ("seqzoo", "seqzoo.training", "seqzoo.kernels", "seqzoo.hub", "seqzoo.lab", "seqzoo.models")
+
+
+def _public_callables() -> list[tuple[str, object]]:
+    found = []
+    for module_name in PUBLIC_MODULES:
+        module = importlib.import_module(module_name)
+        names = getattr(module, "__all__", None) or [n for n in vars(module) if not n.startswith("_")]
+        for name in names:
+            obj = getattr(module, name, None)
+            if callable(obj) and not inspect.ismodule(obj) and not name.endswith("PreTrainedModel"):
+                found.append((f"{module_name}.{name}", obj))
+    return found
+
+
+@pytest.mark.parametrize(("name", "obj"), _public_callables(), ids=[name for name, _ in _public_callables()])
+def test_every_public_callable_has_its_own_docstring(name: str, obj: object) -> None:
+    # (get_architecture, list_recipes, recipe_from_dict, available_backends, list_ops, builtin_architectures had
+    # none; Recipe, TrainResult and LabConfig only the signature dataclasses write)
+    own = vars(obj).get("__doc__") if isinstance(obj, type) else obj.__doc__
+    assert own and not own.startswith(f"{getattr(obj, '__name__', '')}("), name
+
+
+def test_recipe_docstring_gives_every_field_and_its_default() -> None:
+    from seqzoo.training.recipe import SECTIONS, Recipe
+
+    entries = re.findall(r"``([a-z_]+(?:\.[a-z_]+)?)``\s+=\s+``([^`]+)``", Recipe.__doc__)  # ``field`` = ``default``
+    documented = {key: ast.literal_eval(value) for key, value in entries}
+    defaults = {f.name: f.default for f in dataclasses.fields(Recipe) if f.name not in SECTIONS}
+    for section, section_class in SECTIONS.items():
+        for f in dataclasses.fields(section_class):
+            default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+            defaults[f"{section}.{f.name}"] = default
+    assert sorted(documented) == sorted(defaults)
+    assert {key: value for key, value in documented.items() if value != defaults[key]} == {}
