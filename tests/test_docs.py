@@ -132,3 +132,19 @@ def test_recipe_docstring_gives_every_field_and_its_default() -> None:
             defaults[f"{section}.{f.name}"] = default
     assert sorted(documented) == sorted(defaults)
     assert {key: value for key, value in documented.items() if value != defaults[key]} == {}
+
+
+def test_cache_methods_say_what_this_cache_does() -> None:
+    # (help(SeqzooCache) gave transformers' docstrings of methods seqzoo overrides: crop "restricts linear
+    # attention layers' states" where a recurrent cache refuses, is_linear "whether the layers are Mamba/SSM
+    # layers" where a Mamba cache answers False, batch_size "-1" where it is None)
+    from seqzoo.cache import SeqzooCache
+
+    undocumented = []
+    for name, member in vars(SeqzooCache).items():
+        function = member.fget if isinstance(member, property) else member
+        if not name.startswith("_") and callable(function) and not function.__doc__:
+            undocumented.append(name)
+    assert undocumented == []
+    empty = SeqzooCache.for_model(seqzoo.MambaConfig(hidden_size=16, num_hidden_layers=2))
+    assert empty.batch_size is None and empty.get_seq_length(1) == 0 and empty.is_linear == [False, False]
