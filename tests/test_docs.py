@@ -148,3 +148,12 @@ def test_cache_methods_say_what_this_cache_does() -> None:
     assert undocumented == []
     empty = SeqzooCache.for_model(seqzoo.MambaConfig(hidden_size=16, num_hidden_layers=2))
     assert empty.batch_size is None and empty.get_seq_length(1) == 0 and empty.is_linear == [False, False]
+
+
+def test_sequence_head_docstring_gives_each_direction_its_default_pooling() -> None:
+    # (it said "last" was the default; a bidirectional model's is "first+last")
+    doc = inspect.getdoc(seqzoo.LSTMForSequenceClassification)
+    for bidirectional, said in ((False, "the default reading left to right"),
+                                (True, "a bidirectional model's default")):
+        pooling = seqzoo.LSTMConfig(bidirectional=bidirectional).classifier_pooling
+        assert f'``"{pooling}"`` ({said})' in doc, pooling
