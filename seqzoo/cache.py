@@ -324,10 +324,14 @@ class SeqzooCache(Cache):
     # -- what transformers asks of a cache -------------------------------------------------------------------------
 
     def get_seq_length(self, layer_idx: int = 0) -> int:
+        """The positions this cache has seen, padding included: the same for every layer (``layer_idx`` is
+        transformers' argument, and read by nothing here)."""
         return self.seen_tokens
 
     @property
     def is_linear(self) -> list[bool]:
+        """False for every layer, recurrent layers too (transformers asks whether its generate() may skip slicing
+        cached prompt tokens off; this cache counts its positions, as an attention cache does)."""
         # transformers >= 5.24 does not slice already-cached prompt tokens off for a cache whose layers are all
         # "linear", because its own linear caches do not count positions. This one does, so it answers like an
         # attention cache and generate() continues from it as on 5.23.
@@ -335,10 +339,14 @@ class SeqzooCache(Cache):
 
     @property
     def is_compileable(self) -> bool:
+        """False: transformers' static-cache compilation does not apply (``model.compile_decoding()`` compiles
+        seqzoo's decode step)."""
         return False
 
     @property
     def is_croppable(self) -> bool:
+        """Whether :meth:`crop` can remove positions: a cache of attention layers only, of a model whose
+        ``config.capabilities.can_crop_cache`` says so (the causal Transformer's)."""
         # Attention layers only, and of a model whose cache can be cropped: an encoder-decoder's cross-attention
         # layers hold the source's keys and values, which a crop of the decoder's positions would cut.
         config = self._layout_config or self._fits_config
@@ -399,6 +407,9 @@ class SeqzooCache(Cache):
         return rows
 
     def crop(self, *args: Any, **kwargs: Any) -> None:
+        """Remove the last positions, as transformers' ``crop`` does (``crop(-n)``: the last ``n``), where
+        :attr:`is_croppable`; any other cache (a recurrent layer, which cannot be rolled back, or an encoder-decoder's)
+        refuses every crop but one that removes nothing, ``crop(0)``, and changes no layer."""
         # transformers' arguments differ between releases; every layer crops its own, and a recurrent one refuses --
         # before any layer is cut, so that a refused crop leaves the attention layers' keys and values as they were.
         if not self.is_croppable:
@@ -416,6 +427,7 @@ class SeqzooCache(Cache):
         self.seen_tokens = self.layers[0].get_seq_length()
 
     def reset(self) -> None:
+        """Empty every layer and the position count: the cache then decodes as a new one."""
         super().reset()
         self.seen_tokens = 0
         self.from_beam_search = False
@@ -427,6 +439,8 @@ class SeqzooCache(Cache):
     # -- seqzoo's own ----------------------------------------------------------------------------------------------
 
     def tensors(self) -> Iterator[torch.Tensor]:
+        """Every tensor the cache holds: each recurrent layer's named states, each attention layer's keys and
+        values."""
         for entry in self.layers:
             if isinstance(entry, StateLayer):
                 yield from entry.tensors()
@@ -436,6 +450,7 @@ class SeqzooCache(Cache):
 
     @property
     def batch_size(self) -> int | None:
+        """The rows the cache holds, or None while it holds no tensor (transformers' own caches say -1)."""
         # The first tensor's batch size (what tensors() yields first), read without generators: every decode step
         # asks (check_fits).
         for entry in self.layers:
@@ -490,6 +505,8 @@ class SeqzooCache(Cache):
     # -- the RecurrentCache API of seqzoo 0.1, kept for one release ----------------------------------------------
 
     def get(self, layer_idx: int, name: str) -> torch.Tensor | None:
+        """Deprecated: ``cache.layer(layer_idx)[name]``, one named tensor of a recurrent layer's state (None where
+        the layer holds no state yet)."""
         _deprecated("get(layer_idx, name)", "layer(layer_idx)[name]")
         return (self._held_state(layer_idx, "get") or {}).get(name)
 

@@ -349,7 +349,8 @@ def build_parser() -> argparse.ArgumentParser:
                                    "generate from each: the text is noise; the point is that every architecture "
                                    "runs end to end through the same transformers API. The timing is decode only "
                                    "(the prompt and the first token are timed apart).")
-    p.add_argument("--prompt", default="How does a network remember? ", help="text to continue")
+    p.add_argument("--prompt", default="How does a network remember? ",
+                   help="text to continue (default: 'How does a network remember? ')")
     p.add_argument("--max-new-tokens", type=int, default=24, help="tokens to generate per model (default: 24)")
     p.add_argument("--seed", type=seed_value, default=0, help="seed of the random initialisation (default: 0)")
     p.set_defaults(func=cmd_demo)

@@ -238,6 +238,8 @@ def list_architectures(task: str | None = None) -> list[str]:
 
 
 def get_architecture(name: str) -> ModelSpec:
+    """The registered architecture ``name`` (``"lstm"``; the names of :func:`list_architectures`) as its
+    :class:`ModelSpec`; an unknown name raises ``ValueError`` with a did-you-mean."""
     if not (isinstance(name, str) and name in _ARCHITECTURES):  # (a list: "unhashable type")
         raise ValueError(_unknown("architecture", name, list_architectures()))
     return _ARCHITECTURES[name]

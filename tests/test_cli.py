@@ -687,6 +687,9 @@ def test_every_option_has_help_and_no_description_prints_markup():
         for action in parser._actions:
             if action.option_strings and action.help is None:
                 raise AssertionError(f"`{name}` option {action.option_strings} has no help text")
+            # (an option that has a value unless given says which: `seqzoo demo --prompt` did not)
+            if action.default not in (None, False, [], argparse.SUPPRESS) and action.help != argparse.SUPPRESS:
+                assert "default" in action.help and str(action.default).strip() in action.help, (name, action.help)
     lab_usage = build_parser()._subparsers._group_actions[0].choices["lab"].format_usage()
     assert "[gradients | seq2seq | bidirectional | sweep]" in lab_usage and "{gradients" not in lab_usage
 

@@ -125,7 +125,7 @@ def add_rwkv7(sources: Any) -> None:
     p = sources.add_parser("rwkv7", help="RWKV-LM RWKV-7 'x070' .pth checkpoint -> seqzoo RWKV-7")
     _common(p, ".pth state dict saved by RWKV-LM (RWKV-7 x070)")
     p.add_argument("--set", nargs="+", action="extend", default=[], metavar="KEY=VALUE",
-                   help="config fields the checkpoint does not fix: pad/bos/eos_token_id, layer_norm_eps, "
+                   help="config fields the checkpoint does not fix: pad/bos/eos_token_id, use_cache, layer_norm_eps, "
                         "group_norm_eps (RWKV World models use bos_token_id=0 eos_token_id=0, what "
                         "--world-tokenizer sets unless --set says otherwise)")
     p.add_argument("--world-tokenizer", action="store_true",

@@ -450,6 +450,7 @@ _BEFORE_BLOCKS: dict[str, str | None] = {}
 
 
 def available_backends(op: str) -> list[str]:
+    """The backends of ``op`` that can run on this machine, highest priority first."""
     entry = get_op(op)
     ordered = sorted(entry.backends.values(), key=lambda b: -b.priority)
     return [b.name for b in ordered if b.available()]
@@ -681,6 +682,7 @@ def get_kernel(op: str, backend: str) -> Callable[..., Any]:
 
 
 def list_ops() -> list[str]:
+    """The names of the kernel ops (``selective_scan``, ``ssd``, ``wkv7`` ...), plugins' included."""
     _ensure_loaded()
     return sorted(_OPS)
 

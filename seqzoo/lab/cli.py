@@ -64,6 +64,7 @@ SEQ2SEQ_LAB_TASKS = ("reverse", "copy", "sort", "digits")  # the seq2seq tasks w
 # parser, and `seqzoo lab --help`, need no torch.
 TASK_NAMES = ("copy", "selective_copy", "associative_recall", "induction")
 BIDIRECTIONAL_TASKS = ("appears_later", "first_letter")  # seqzoo.lab.bidirectional.TASKS (a test keeps them equal)
+WORKERS_HELP = "parallel single-threaded training processes (default: one per core, at most 8)"
 ARCHITECTURES_HELP = ("architectures to include (default: every registered one; the names in the architecture column "
                       "of `seqzoo list`: rnn lstm gru transformer rwkv7 mamba mamba2 hybrid, and any plugin's)")
 
@@ -104,8 +105,7 @@ def register(subparsers: Any) -> None:
                    help="training steps of every text model (default: from the recipes)")
     p.add_argument("--lr", type=learning_rate,
                    help="one learning rate for every run (default: each architecture's rate from the recipes)")
-    p.add_argument("--workers", type=worker_count,
-                   help="parallel single-threaded training processes (default: one per core, at most 8)")
+    p.add_argument("--workers", type=worker_count, help=WORKERS_HELP)
     p.set_defaults(func=cmd_lab)
 
     sub = p.add_subparsers(dest="lab_command", metavar="[gradients | seq2seq | bidirectional | sweep]",
@@ -132,7 +132,7 @@ def register(subparsers: Any) -> None:
                    help=f"{' '.join(SEQ2SEQ_LAB_TASKS)} (default: reverse digits; a task of growing sources: the "
                         "fixed-length 'dates' task of seqzoo train has no source length to grow)")
     s.add_argument("--steps", type=step_count, help="training steps per model (default: 200)")
-    s.add_argument("--workers", type=worker_count, help="parallel single-threaded training processes")
+    s.add_argument("--workers", type=worker_count, help=WORKERS_HELP)
     s.add_argument("--seed", type=training_seed, default=None, help="seed (default: 0)")
     s.set_defaults(func=cmd_seq2seq)
 
@@ -154,7 +154,7 @@ def register(subparsers: Any) -> None:
     b.add_argument("--distances", nargs="+", type=words_per_text, metavar="WORDS", action=Distinct,
                    help="words per text (default: 8 16 32)")
     b.add_argument("--steps", type=step_count, help="training steps per model (default: 150)")
-    b.add_argument("--workers", type=worker_count, help="parallel single-threaded training processes")
+    b.add_argument("--workers", type=worker_count, help=WORKERS_HELP)
     b.add_argument("--seed", type=training_seed, default=None, help="seed (default: 0)")
     b.set_defaults(func=cmd_bidirectional)
 
@@ -168,7 +168,7 @@ def register(subparsers: Any) -> None:
     s.add_argument("--architectures", nargs="+", action="extend", metavar="ARCH", help=ARCHITECTURES_HELP)
     s.add_argument("--rates", nargs="+", type=learning_rate, metavar="LR", action=Distinct,
                    help="learning rates (default: 3e-3 1e-2 3e-2)")
-    s.add_argument("--workers", type=worker_count, help="parallel single-threaded training processes")
+    s.add_argument("--workers", type=worker_count, help=WORKERS_HELP)
     s.add_argument("--device", default="cpu", choices=["cpu", "cuda"],
                    help="where the runs train (default: cpu; rates found on cuda carry over: same models, same data)")
     s.add_argument("--deadline-minutes", type=float, default=0.0,

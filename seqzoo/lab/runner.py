@@ -38,6 +38,11 @@ from seqzoo.utils import strict_json
 
 @dataclass
 class LabConfig:
+    """The settings of :func:`run_lab` (``seqzoo lab``'s options fill them; each field's comment says more):
+    the architectures, memory tasks, distances and seeds trained, the tasks' content vocabulary (``symbols``) and
+    ``items``, training steps, batch size, the text models' sequence length, learning rate and warmup, evaluation
+    samples, the decoding contexts timed, the gradient probe's length and the worker processes."""
+
     architectures: list[str] | None = None  # None: every registered architecture
     tasks: list[str] = field(default_factory=lambda: list(TASKS))
     distances: list[int] = field(default_factory=lambda: [4, 16, 64])

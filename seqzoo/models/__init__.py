@@ -22,6 +22,7 @@ def spec_of(name: str, package: ModuleType, prefix: str, description: str):
 
 
 def builtin_architectures() -> list:
+    """A :class:`~seqzoo.registry.ModelSpec` of every architecture seqzoo ships (``import seqzoo`` registers them)."""
     from seqzoo.models import gru, hybrid, lstm, mamba, mamba2, rnn, rwkv7, seq2seq, transformer
     from seqzoo.registry import ModelSpec
 

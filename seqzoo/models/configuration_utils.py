@@ -55,13 +55,26 @@ COMPUTE_DTYPES = frozenset({torch.float32, torch.bfloat16, torch.float16, torch.
 
 
 class SeqzooConfig(PreTrainedConfig):
-    """Fields common to all seqzoo architectures (HF names), and:
+    """Fields common to all seqzoo architectures (HF names; their defaults, where an architecture sets its own, are
+    its config class's: ``LSTMConfig().num_hidden_layers``), and:
 
     Args:
+        vocab_size: vocabulary size (default 258: seqzoo's byte tokenizer, 256 bytes, pad and EOS).
+        hidden_size: the model's width (of each recurrent layer's state in the recurrent families).
+        num_hidden_layers: number of layers.
+        initializer_range: std of the normal init of the token embedding (and of whatever else each architecture
+            says; default 0.02, 1.0 in the classic recurrent LMs).
+        tie_word_embeddings: share the output layer's weight with the token embedding (default True; False for
+            RWKV-7).
+        use_cache: whether a forward not told otherwise returns the decoding cache (default True; never while
+            the model is in training mode).
+        pad_token_id, bos_token_id, eos_token_id: special token ids, each in ``[0, vocab_size)`` or None (default);
+            ``eos_token_id`` may be a list of ids.
         bidirectional: run every layer left to right and right to left and join the two (an encoder for
             classification and tagging; it cannot generate). For the recurrent families only.
         bidirectional_merge: ``"concat"`` (the classic BiRNN; RNN, LSTM and GRU, whose next layer reads both) or
-            ``"sum"`` (every family; blocks with a residual stream keep its width).
+            ``"sum"`` (every family; blocks with a residual stream keep its width). Default: ``"concat"`` for the
+            RNN, LSTM, GRU and the encoder-decoders, else ``"sum"``.
         classifier_pooling: what sequence classification reads: ``"last"`` real token (where a causal model has
             seen everything), ``"mean"`` of the real tokens, or ``"first+last"`` side by side (a bidirectional
             encoder's two directions each see everything at one end). Default: ``"first+last"`` for a

@@ -75,10 +75,12 @@ class _ClassifierHead(SeqzooPreTrainedModel):
 class SeqzooForSequenceClassification(_ClassifierHead):
     """One label (or one value) per sequence, from the positions ``config.classifier_pooling`` names:
 
-    * ``"last"`` (default): the last real token, where a causal model has seen the whole sequence;
+    * ``"last"`` (the default reading left to right): the last real token, where a causal model has seen the whole
+      sequence;
     * ``"mean"``: the mean over the real tokens;
-    * ``"first+last"``: the first and the last real token side by side, for a bidirectional encoder: its
-      right-to-left direction has seen the whole sequence at the first token, its left-to-right one at the last.
+    * ``"first+last"`` (a bidirectional model's default): the first and the last real token side by side, for a
+      bidirectional encoder: its right-to-left direction has seen the whole sequence at the first token, its
+      left-to-right one at the last.
 
     With an attention mask every pooling is exact for left and right padding alike. Given ``num_items_in_batch``
     (what transformers' Trainer counts in the labels of every micro-batch of an accumulated step: the labelled rows,

@@ -106,6 +106,14 @@ class SeqzooPreTrainedModel(PreTrainedModel):
     # (seqzoo/models/packing.py), which every causal architecture reads; checked like the parameters.
     extra_forward_kwargs: tuple[str, ...] = PACKING_KWARGS
 
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        # A class named for its role and written without a docstring (MambaForSequenceClassification(
+        # MambaPreTrainedModel, SeqzooForSequenceClassification)) is documented by its role, the last of its bases:
+        # help() would otherwise show the first's, the architecture's base ("The base of every Mamba model class").
+        if cls.__doc__ is None and len(cls.__bases__) > 1:
+            cls.__doc__ = inspect.getdoc(cls.__bases__[-1])
+
     @classmethod
     def check_config_class(cls, config: Any) -> None:
         """Refuse a config that is not one of this class's architecture: another family's config built that family's

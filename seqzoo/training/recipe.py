@@ -134,6 +134,49 @@ class TrainSection:
 
 @dataclass
 class Recipe:
+    """A training run, as ``seqzoo train`` reads it from a recipe file (one mapping per section) and ``train()``
+    takes it. Every field and its default (``seqzoo train NAME --print-recipe`` prints a whole recipe; the README's
+    Training section says more):
+
+    Args:
+        ``name`` = ``'run'``: the run's name; ``output_dir`` = ``None``: where it writes (None: ``runs/<name>``);
+        ``task`` = ``None``: causal-lm | seq2seq | sequence-classification | token-classification (None: what the
+            model's architecture does first: causal-lm, or seq2seq for an encoder-decoder).
+        ``model.preset`` = ``None``: a name from ``seqzoo list`` (None, and no ``model.path``: lstm-tiny);
+        ``model.config`` = ``{}``: config field overrides; ``model.path`` = ``None``: a saved model's folder to
+            train further instead.
+        ``data.source`` = ``'pydoc'``: pydoc | text | dataset | task | jsonl; ``data.path`` = ``None``: the text
+            file(s), the dataset folder (``save_to_disk``) or the JSON-lines file; ``data.text_column`` =
+            ``'text'``: a dataset's column of text; ``data.seq_len`` = ``None``: tokens per training sequence (None:
+            128 for a corpus, what a task needs); ``data.eval_fraction`` = ``0.05``: a corpus's held-out tail;
+            ``data.eval_samples`` = ``64``: sequences evaluated (per distance for tasks); ``data.tuning_set`` =
+            ``False``: evaluate on a tuning set instead (``seqzoo lab sweep``); ``data.packing`` = ``None``: each
+            document trained on alone (None: True unless ``train.tbptt_chunk`` > 0).
+        ``data.task`` = ``None``: a generated task (copy, selective_copy, associative_recall, induction; seq2seq:
+            copy, reverse, sort, digits, dates; classification: appears_later, first_letter);
+            ``data.distances`` = ``[8, 32]``, ``data.symbols`` = ``16``, ``data.items`` = ``4``,
+            ``data.distance_mix`` = ``'sample'``: the memory tasks' distances, content vocabulary, items to copy or
+            recall, and whether each sequence (sample) or each step (batch) draws a distance;
+            ``data.source_lengths`` = ``[4, 8, 16]``, ``data.max_source_length`` = ``None``: seq2seq sources' lengths
+            drawn, and where longer ones are cut (None: never); ``data.labels`` = ``None``: a classifier's label
+            names in id order (None: the data's, sorted).
+        ``optim.lr`` = ``0.003``, ``optim.weight_decay`` = ``0.01``, ``optim.betas`` = ``[0.9, 0.95]``,
+            ``optim.eps`` = ``1e-08``: AdamW's; ``optim.warmup_steps`` = ``None``: (None: 10% of
+            ``train.max_steps``, at most 100); ``optim.schedule`` = ``'cosine'``: cosine | linear | constant after
+            the warmup; ``optim.min_lr_ratio`` = ``0.1``: where the decay ends, as a fraction of lr;
+            ``optim.max_grad_norm`` = ``1.0``: gradient clipping (0: none).
+        ``train.max_steps`` = ``200``; ``train.batch_size`` = ``32``: sequences per optimizer step over all processes
+            and accumulation steps; ``train.gradient_accumulation_steps`` = ``1``; ``train.mixed_precision`` =
+            ``'no'``: no | fp16 | bf16; ``train.seed`` = ``0``; ``train.eval_every`` = ``100`` (0: at the end only);
+            ``train.save_every`` = ``100``: checkpoints (0: none); ``train.save_total_limit`` = ``2``: checkpoints
+            kept; ``train.log_every`` = ``10``: steps between log lines; ``train.tbptt_chunk`` = ``0``: truncated
+            BPTT in chunks of this many tokens (recurrent architectures); ``train.deterministic`` = ``False``:
+            ``torch.use_deterministic_algorithms(True)``; ``train.vanishing_grad_norm`` = ``1e-06``,
+            ``train.exploding_grad_norm`` = ``1000.0``: the gradient norms below or above which a step is flagged;
+            ``train.skip_nonfinite_steps`` = ``True``: drop a NaN/inf-gradient step's update;
+            ``train.max_nonfinite_steps`` = ``3``: such steps in a row skipped before the run stops.
+    """
+
     name: str = "run"
     output_dir: str | None = None  # default: runs/<name>
     # causal-lm | seq2seq | sequence-classification | token-classification; default: what the model preset's
@@ -501,6 +544,9 @@ SECTIONS = {"model": ModelSection, "data": DataSection, "optim": OptimSection, "
 
 
 def recipe_from_dict(values: dict[str, Any], source: str = "recipe") -> Recipe:
+    """The :class:`Recipe` of ``values``, a mapping of sections as a recipe file holds them (``{"train":
+    {"max_steps": 100}}``); an unknown key or a value of the wrong type raises ``ValueError`` naming it, and
+    ``source`` (the file) in the message."""
     if not isinstance(values, dict):
         raise ValueError(f"{source}: a recipe must be a mapping of sections, got {type(values).__name__}")
     top = {"name", "output_dir", "task", *SECTIONS}

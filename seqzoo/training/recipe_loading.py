@@ -23,6 +23,7 @@ RECIPE_DIR = Path(__file__).resolve().parent.parent / "configs"
 
 
 def list_recipes() -> list[str]:
+    """The names of the recipe presets (``lstm-pydoc``, ...), which :func:`load_recipe` and ``seqzoo train`` take."""
     return sorted(path.stem for path in RECIPE_DIR.glob("*.yaml"))
 
 

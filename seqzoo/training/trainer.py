@@ -77,6 +77,10 @@ logger = logging.getLogger(__name__)
 
 @dataclass
 class TrainResult:
+    """What :func:`train` returns: the run's folder, its optimizer steps and training tokens, the final evaluation
+    (``eval``), the gradient-health summary, training throughput, every logged row (``history``) and the trained
+    model."""
+
     output_dir: Path
     steps: int
     tokens_seen: int

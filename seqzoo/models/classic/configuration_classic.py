@@ -31,7 +31,7 @@ class ClassicRecurrentConfig(SeqzooConfig):
             torch.nn.Embedding's default and what a hand-written nn.LSTM LM uses: against the recurrent layers'
             U(+-1/sqrt(H)) input weights it gives O(1) pre-activations. The transformer-style 0.02 leaves a
             classic LM at the unigram plateau for hundreds of steps (measured in the lab). An untied decoder gets
-            torch.nn.Linear's default init.
+            torch.nn.Linear's default bound for its weight, and a zero bias.
     """
 
     model_type = ""

@@ -85,6 +85,13 @@ class ClassicRecurrentModel(ClassicRecurrentPreTrainedModel):
         return_dict: bool | None = None,
         **kwargs: Any,
     ) -> BaseModelOutputWithPast | tuple:
+        r"""
+        attention_mask: (batch, past_length + sequence_length) 0/1; positions with 0 never change any state.
+        cache: a :class:`~seqzoo.cache.SeqzooCache` to continue from (``past_key_values`` and ``cache_params`` are
+            accepted as older names of the same argument).
+        kwargs: only what :data:`seqzoo.models.compat.PASSTHROUGH_KWARGS` lists, or the markers of packed rows
+            (``seqzoo/models/packing.py``); anything else raises.
+        """
         cache = backbone_cache_argument(self, cache, kwargs)
         note_no_attention_weights(self, kwargs)
         packing = find_packing(self, input_ids, inputs_embeds, attention_mask, position_ids, cache, use_cache, kwargs)

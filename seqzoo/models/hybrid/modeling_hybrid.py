@@ -135,6 +135,9 @@ class HybridPreTrainedModel(SeqzooPreTrainedModel):
 
 
 class HybridModel(HybridPreTrainedModel):
+    """Embedding -> dropout -> [norm -> the layer's own mixer -> residual (-> norm -> MLP -> residual)] x N -> norm,
+    one mixer per entry of ``config.mixer_types``. Returns the normalised output of the last layer."""
+
     def __init__(self, config: HybridConfig) -> None:
         super().__init__(config)
         self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size)
@@ -171,6 +174,14 @@ class HybridModel(HybridPreTrainedModel):
         return_dict: bool | None = None,
         **kwargs: Any,
     ) -> BaseModelOutputWithPast | tuple:
+        r"""
+        attention_mask: (batch, past_length + sequence_length) 0/1; positions with 0 never change a recurrent
+            layer's state and are never attended to.
+        cache: a :class:`~seqzoo.cache.SeqzooCache` to continue from (``past_key_values`` and ``cache_params`` are
+            accepted as older names of the same argument).
+        kwargs: only what :data:`seqzoo.models.compat.PASSTHROUGH_KWARGS` lists, or the markers of packed rows
+            (``seqzoo/models/packing.py``); anything else raises.
+        """
         cache = backbone_cache_argument(self, cache, kwargs)
         packing = find_packing(self, input_ids, inputs_embeds, attention_mask, position_ids, cache, use_cache, kwargs)
         if packing is not None:  # several documents in a row: each runs alone (see seqzoo/models/packing.py)

@@ -45,6 +45,8 @@ class RWKV7Config(SeqzooConfig):
         output_init_gain: gain of the orthogonal init of the two projections that write into the residual stream
             (time-mix ``output``, channel-mix ``value``). 0, as in RWKV-LM x070, starts every block as the identity;
             a positive gain makes a fresh model mix across positions from the first step.
+        initializer_range: not read: an RWKV-7 model starts as RWKV-LM x070's does (a uniform +-1e-4 embedding and an
+            orthogonal head; tied, the orthogonal init for both).
     """
 
     model_type = "seqzoo_rwkv7"

@@ -77,6 +77,7 @@ class Seq2SeqConfig(SeqzooConfig):
             the classic LMs'; ``hidden_size ** -0.5`` for the Transformer, whose embeddings are scaled by
             ``sqrt(hidden_size)``).
         decoder_start_token_id: the first decoder input (default ``bos_token_id``).
+        is_encoder_decoder: always True (transformers reads it to run ``generate()`` as an encoder-decoder).
 
     A field the chosen architecture does not read (the Transformer's on a recurrent one, ``nonlinearity`` without an
     Elman RNN, ``forget_bias`` without an LSTM, ``attention_size`` without an additive score) must stay at its

@@ -48,7 +48,8 @@ class TransformerConfig(SeqzooConfig):
         max_position_embeddings: longest sequence for learned/sinusoidal positions.
         position_embedding: ``"rope"`` | ``"learned"`` | ``"sinusoidal"``.
         rope_theta: RoPE base.
-        norm_type: ``"rmsnorm"`` | ``"layernorm"``;  norm_position: ``"pre"`` | ``"post"``.
+        norm_type: ``"rmsnorm"`` | ``"layernorm"``;  norm_position: ``"pre"`` | ``"post"``;  layer_norm_eps: their
+            epsilon (1e-6 for llama, 1e-5 for gpt2 and vaswani).
         mlp_type: ``"gated"`` | ``"standard"``;  hidden_act: activation name.
         attention_bias, mlp_bias: biases in the projections.
         scale_embeddings: multiply token embeddings by sqrt(hidden_size) (Vaswani).

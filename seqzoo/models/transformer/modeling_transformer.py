@@ -81,6 +81,9 @@ class TransformerPreTrainedModel(SeqzooPreTrainedModel):
 
 
 class TransformerModel(TransformerPreTrainedModel):
+    """Embedding (+ learned or sinusoidal positions) -> dropout -> [Transformer block] x N -> final norm (pre-norm
+    stacks; post-norm blocks end in one). Returns the last block's output, normalised."""
+
     def __init__(self, config: TransformerConfig) -> None:
         super().__init__(config)
         self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size)
@@ -148,6 +151,14 @@ class TransformerModel(TransformerPreTrainedModel):
         return_dict: bool | None = None,
         **kwargs: Any,
     ) -> BaseModelOutputWithPast | tuple:
+        r"""
+        attention_mask: (batch, past_length + sequence_length) 0/1; positions with 0 are never attended
+            to.
+        cache: a :class:`~seqzoo.cache.SeqzooCache` to continue from (``past_key_values`` and ``cache_params`` are
+            accepted as older names of the same argument).
+        kwargs: only what :data:`seqzoo.models.compat.PASSTHROUGH_KWARGS` lists, or the markers of packed rows
+            (``seqzoo/models/packing.py``); anything else raises.
+        """
         cache = backbone_cache_argument(self, cache, kwargs)
         packing = find_packing(self, input_ids, inputs_embeds, attention_mask, position_ids, cache, use_cache, kwargs)
         if packing is not None:
