@@ -376,6 +376,7 @@ UNREAD_FIELDS = [
     ("intermediate_size", 48, ("hybrid-tiny", NO_MLP), ("hybrid-tiny", {})),
     ("bidirectional_merge", "sum", ("lstm-tiny", {}), ("lstm-tiny", dict(bidirectional=True))),
     ("norm_before_gate", True, ("mamba2-tiny", dict(rms_norm=False)), ("mamba2-tiny", {})),
+    ("initializer_range", 0.1, ("rwkv7-tiny", {}), ("mamba-tiny", {})),  # (RWKV-7: x070's own init)
 ]
 
 

@@ -91,6 +91,10 @@ class SeqzooConfig(PreTrainedConfig):
     supports_bidirectional: ClassVar[bool] = False
     # Whether the architecture is an encoder-decoder (what its is_encoder_decoder must say).
     encoder_decoder: ClassVar[bool] = False
+    # Fields every seqzoo config has that this architecture never reads, each with what does read it (RWKV-7 starts
+    # from x070's own init, without initializer_range): refused set away from the default as unread_fields says,
+    # and left out of the config a hybrid builds for such a mixer (seqzoo.models.mixers.mixer_config).
+    unread_shared_fields: ClassVar[dict[str, str]] = {}
     # Output fields Trainer's evaluation leaves out of the gathered predictions (the decoding cache, by every name).
     keys_to_ignore_at_inference = ["cache", "past_key_values", "cache_params"]
 
@@ -233,9 +237,11 @@ class SeqzooConfig(PreTrainedConfig):
         """The fields a model of this config does not read, as (name, its default, what reads it). Set away from its
         default, such a field would be ignored: refused when the config is built (a warning while a config.json
         loads). Subclasses add their own to the list."""
-        if self.bidirectional:
-            return []
-        return [("bidirectional_merge", type(self).bidirectional_merge, "a bidirectional model: bidirectional=True")]
+        unread = [(name, getattr(type(self), name), owner) for name, owner in self.unread_shared_fields.items()]
+        if not self.bidirectional:
+            unread.append(("bidirectional_merge", type(self).bidirectional_merge,
+                           "a bidirectional model: bidirectional=True"))
+        return unread
 
     def architecture_summary(self) -> str:
         """The fields that decide which others a model of this config reads, for the message naming an unread one."""

@@ -215,7 +215,9 @@ def mixer_config(spec: MixerSpec, shared: dict[str, Any], settings: dict[str, An
             hints.append(f"{key!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
         raise ValueError(f"{where}: unknown setting(s) {', '.join(hints)} for the {spec.name!r} mixer; it takes "
                          f"{', '.join(spec.fields)}")
-    values = dict(shared)
+    # (a shared field the mixer's architecture never reads, RWKV-7's initializer_range, is the hybrid's alone)
+    unread = getattr(spec.config_class, "unread_shared_fields", {})
+    values = {name: value for name, value in shared.items() if name not in unread}
     if issubclass(spec.config_class, ClassicRecurrentConfig):
         values["embedding_size"] = values["hidden_size"]  # inside a hybrid every layer reads hidden_size inputs
     try:

@@ -34,7 +34,9 @@ def test_a_mixers_settings_count_the_layers_of_its_kind_and_take_the_shared_fiel
                           mixer_config={"rwkv7": {"head_size": 16}, **ATTENTION}, initializer_range=0.05)
     rwkv7 = config.mixer_settings("rwkv7")
     assert rwkv7.num_hidden_layers == 2 and config.mixer_settings("attention").num_hidden_layers == 1
-    assert (rwkv7.hidden_size, rwkv7.vocab_size, rwkv7.initializer_range, rwkv7.head_size) == (32, 99, 0.05, 16)
+    assert (rwkv7.hidden_size, rwkv7.vocab_size, rwkv7.head_size) == (32, 99, 16)
+    # (RWKV-7 reads no initializer_range, so its config keeps the default: the hybrid's value is the hybrid's own)
+    assert config.mixer_settings("mamba").initializer_range == 0.05 and rwkv7.initializer_range == 0.02
 
 
 def test_mlp_settings_are_read_where_only_some_layers_have_an_mlp():

@@ -46,12 +46,15 @@ class RWKV7Config(SeqzooConfig):
             (time-mix ``output``, channel-mix ``value``). 0, as in RWKV-LM x070, starts every block as the identity;
             a positive gain makes a fresh model mix across positions from the first step.
         initializer_range: not read: an RWKV-7 model starts as RWKV-LM x070's does (a uniform +-1e-4 embedding and an
-            orthogonal head; tied, the orthogonal init for both).
+            orthogonal head; tied, the orthogonal init for both). Set away from its default (0.02) it is refused, a
+            warning where a config.json holds it.
     """
 
     model_type = "seqzoo_rwkv7"
     mixer_type: ClassVar[str] = "rwkv7"
     supports_bidirectional: ClassVar[bool] = True
+    unread_shared_fields: ClassVar[dict[str, str]] = {
+        "initializer_range": "the other architectures (an RWKV-7 model starts from RWKV-LM x070's init)"}
 
     vocab_size: int = 258
     hidden_size: int = 256
