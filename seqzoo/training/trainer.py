@@ -62,7 +62,7 @@ from seqzoo.training.seq2seq import Seq2SeqPairs, build_seq2seq_data, is_seq2seq
 from seqzoo.training.state import NonFiniteError, nonfinite_names, require_finite, tied_parameter_names
 from seqzoo.training.tbptt import (
     backward_sequence,
-    chunked_forward,
+    chunked_loss_sum,
     supports_tbptt,
     token_loss_sum,
 )
@@ -123,14 +123,15 @@ def evaluate(model: Any, eval_sets: dict[str, tuple[torch.Tensor, torch.Tensor]]
             x, y = inputs[rows].to(accelerator.device), targets[rows].to(accelerator.device)
             with accelerator.autocast():
                 if is_seq2seq(model):
-                    logits = seq2seq_logits(model, x, y)
+                    loss, correct = token_loss_sum(seq2seq_logits(model, x, y), y)
                 elif is_classifier(model):
-                    logits = classifier_logits(model, x)
+                    loss, correct = token_loss_sum(classifier_logits(model, x), y)
+                elif chunk:
+                    loss, correct = chunked_loss_sum(model, x, y, chunk)
                 else:
                     position_ids = document_position_ids(x) if packed else None
-                    logits, _ = chunked_forward(model, x, chunk) if chunk else (
-                        model(input_ids=x, position_ids=position_ids, use_cache=False).logits, None)
-            loss, correct = token_loss_sum(logits, y)
+                    logits = model(input_ids=x, position_ids=position_ids, use_cache=False).logits
+                    loss, correct = token_loss_sum(logits, y)
             sums += torch.stack([loss.double(), correct.double(), (y != IGNORE).sum().double()])
         sums = accelerator.reduce(sums, "sum").cpu()
         total += sums

@@ -252,3 +252,30 @@ def test_chunked_forward_hands_on_a_detached_state():
     assert not any(t.requires_grad for t in cache.tensors())
     logits[:, -1].sum().backward()  # the last chunk's output reaches no earlier chunk's inputs
     assert [total == 0 for _, total in sorted(grads)] == [True, True, False]
+
+
+def test_evaluate_in_tbptt_chunks_scores_each_chunk_as_it_comes(monkeypatch):
+    """evaluate() with a TBPTT chunk holds one chunk's logits at a time, as training does; it concatenated the whole
+    window's (B, T, vocab) logits first (32x training's for a window of 8,192 read in chunks of 256)."""
+    from accelerate import Accelerator
+
+    import seqzoo.training.tbptt as tbptt_module
+    import seqzoo.training.trainer as trainer_module
+
+    model = tiny_model(FAMILIES["lstm"]).eval()
+    ids = torch.randint(3, 99, (3, 11))
+    targets = torch.randint(3, 99, (3, 11))
+    targets[1, 2::3] = -100
+    whole = evaluate(model, {"set": (ids, targets)}, Accelerator(cpu=True), batch_size=3, chunk=0)
+    lengths, original = [], tbptt_module.token_loss_sum
+
+    def recording(logits, y):
+        lengths.append(logits.shape[1])
+        return original(logits, y)
+
+    monkeypatch.setattr(tbptt_module, "token_loss_sum", recording)
+    monkeypatch.setattr(trainer_module, "token_loss_sum", recording)
+    chunked = evaluate(model, {"set": (ids, targets)}, Accelerator(cpu=True), batch_size=3, chunk=4)
+    assert lengths and max(lengths) <= 4, f"evaluate() scored logits of {max(lengths)} positions at once"
+    assert chunked["loss"] == pytest.approx(whole["loss"], rel=1e-5)
+    assert chunked["accuracy"] == whole["accuracy"] and chunked["scored_tokens"] == whole["scored_tokens"]

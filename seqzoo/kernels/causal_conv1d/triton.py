@@ -87,7 +87,7 @@ def _conv_fwd_kernel(x_ptr, w_ptr, bias_ptr, init_ptr, doc_ptr, y_ptr, final_ptr
                      sxb, sxt, sxd, sib, sid, sik, syb, syt, syd,
                      K: tl.constexpr, KM: tl.constexpr, BT: tl.constexpr, BD: tl.constexpr,
                      HAS_BIAS: tl.constexpr, HAS_INIT: tl.constexpr, SILU: tl.constexpr, HAS_RESET: tl.constexpr):
-    pid_t, pid_d, b = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    pid_t, pid_d, b = tl.program_id(0), tl.program_id(1), tl.program_id(2).to(tl.int64)
     t = pid_t * BT + tl.arange(0, BT)
     d = pid_d * BD + tl.arange(0, BD)
     if pid_t == 0:
@@ -112,7 +112,7 @@ def _conv_bwd_ds_kernel(x_ptr, w_ptr, bias_ptr, init_ptr, doc_ptr, dy_ptr, ds_pt
                         K: tl.constexpr, BT: tl.constexpr, BD: tl.constexpr,
                         HAS_BIAS: tl.constexpr, HAS_INIT: tl.constexpr, SILU: tl.constexpr,
                         HAS_RESET: tl.constexpr):
-    pid_t, pid_d, b = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    pid_t, pid_d, b = tl.program_id(0), tl.program_id(1), tl.program_id(2).to(tl.int64)
     t = pid_t * BT + tl.arange(0, BT)
     d = pid_d * BD + tl.arange(0, BD)
     mask = (t[:, None] < length) & (d[None, :] < channels)
@@ -142,7 +142,7 @@ def _conv_bwd_dx_kernel(ds_ptr, w_ptr, doc_ptr, dx_ptr, dinit_ptr, length, chann
                         K: tl.constexpr, BT: tl.constexpr, BD: tl.constexpr, HAS_INIT: tl.constexpr,
                         HAS_RESET: tl.constexpr):
     # Positions q in [-(K-1), T): q >= 0 is x, q < 0 is initial_state[K-1+q]. dx[q] = sum_k ds[q+K-1-k] * w[k].
-    pid_t, pid_d, b = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    pid_t, pid_d, b = tl.program_id(0), tl.program_id(1), tl.program_id(2).to(tl.int64)
     q = pid_t * BT + tl.arange(0, BT) - (K - 1)
     d = pid_d * BD + tl.arange(0, BD)
     acc = tl.zeros((BT, BD), dtype=tl.float32)

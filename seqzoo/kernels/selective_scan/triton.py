@@ -100,7 +100,7 @@ def _scan_fwd_kernel(u_ptr, dl_ptr, A_ptr, b_ptr, c_ptr, D_ptr, z_ptr, h0_ptr, k
                      BT: tl.constexpr, BD: tl.constexpr, BN: tl.constexpr, SEGMENT: tl.constexpr,
                      HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_H0: tl.constexpr, SAVE: tl.constexpr,
                      HAS_RESET: tl.constexpr):
-    pid_d, bidx = tl.program_id(0), tl.program_id(1)
+    pid_d, bidx = tl.program_id(0), tl.program_id(1).to(tl.int64)
     d = pid_d * BD + tl.arange(0, BD)
     n = tl.arange(0, BN)
     rows = tl.arange(0, BT)
@@ -145,7 +145,7 @@ def _scan_bwd_kernel(u_ptr, dl_ptr, A_ptr, b_ptr, c_ptr, D_ptr, z_ptr, keep_ptr,
                      sgb, sgt, sgd,
                      BT: tl.constexpr, BD: tl.constexpr, BN: tl.constexpr, SEGMENT: tl.constexpr,
                      HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_DHT: tl.constexpr, HAS_RESET: tl.constexpr):
-    pid_d, bidx = tl.program_id(0), tl.program_id(1)
+    pid_d, bidx = tl.program_id(0), tl.program_id(1).to(tl.int64)
     d = pid_d * BD + tl.arange(0, BD)
     n = tl.arange(0, BN)
     rows = tl.arange(0, BT)
@@ -241,7 +241,7 @@ def _scan_step_kernel(u_ptr, dl_ptr, A_ptr, b_ptr, c_ptr, D_ptr, z_ptr, h0_ptr, 
                       BD: tl.constexpr, BN: tl.constexpr,
                       HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_H0: tl.constexpr, HAS_RESET: tl.constexpr):
     # One decoding step for BD channels of one row: state update and output in one launch.
-    pid_d, bidx = tl.program_id(0), tl.program_id(1)
+    pid_d, bidx = tl.program_id(0), tl.program_id(1).to(tl.int64)
     d = pid_d * BD + tl.arange(0, BD)
     n = tl.arange(0, BN)
     md = d < channels

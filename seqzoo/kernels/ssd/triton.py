@@ -109,7 +109,7 @@ def _ssd_states_kernel(x_ptr, dt_ptr, A_ptr, b_ptr, h0_ptr, reset_ptr, states_pt
                        L: tl.constexpr, BP: tl.constexpr, BN: tl.constexpr, HAS_H0: tl.constexpr,
                        DOT_DTYPE: tl.constexpr, PRECISION: tl.constexpr, EMULATE: tl.constexpr,
                        HAS_RESET: tl.constexpr):
-    pid_p, pid_bh = tl.program_id(0), tl.program_id(1)
+    pid_p, pid_bh = tl.program_id(0), tl.program_id(1).to(tl.int64)
     bidx, h = pid_bh // heads, pid_bh % heads
     g = h // heads_per_group
     p = pid_p * BP + tl.arange(0, BP)
@@ -142,7 +142,7 @@ def _ssd_output_kernel(x_ptr, dt_ptr, A_ptr, b_ptr, c_ptr, D_ptr, reset_ptr, sta
                        L: tl.constexpr, BP: tl.constexpr, BN: tl.constexpr, HAS_D: tl.constexpr,
                        DOT_DTYPE: tl.constexpr, PRECISION: tl.constexpr, EMULATE: tl.constexpr,
                        HAS_RESET: tl.constexpr):
-    c, pid_p, pid_bh = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    c, pid_p, pid_bh = tl.program_id(0), tl.program_id(1), tl.program_id(2).to(tl.int64)
     bidx, h = pid_bh // heads, pid_bh % heads
     g = h // heads_per_group
     p = pid_p * BP + tl.arange(0, BP)
@@ -175,7 +175,7 @@ def _ssd_dstates_kernel(dy_ptr, dt_ptr, A_ptr, c_ptr, reset_ptr, dhT_ptr, dstate
                         L: tl.constexpr, BP: tl.constexpr, BN: tl.constexpr, HAS_DHT: tl.constexpr,
                         DOT_DTYPE: tl.constexpr, PRECISION: tl.constexpr, EMULATE: tl.constexpr,
                         HAS_RESET: tl.constexpr):
-    pid_p, pid_bh = tl.program_id(0), tl.program_id(1)
+    pid_p, pid_bh = tl.program_id(0), tl.program_id(1).to(tl.int64)
     bidx, h = pid_bh // heads, pid_bh % heads
     g = h // heads_per_group
     p = pid_p * BP + tl.arange(0, BP)
@@ -212,7 +212,7 @@ def _ssd_chunk_bwd_kernel(x_ptr, dt_ptr, A_ptr, b_ptr, c_ptr, D_ptr, reset_ptr, 
                           PART: tl.constexpr, HAS_RESET: tl.constexpr):
     # One chunk of one (batch, head), the whole head dim (BP >= P). Launched twice: PART 0 computes dx, ddt, dA,
     # dD; PART 1 dB, dC. Split so that fewer (L, L) and (L, N) tiles are live at once (register spills).
-    c, pid_bh = tl.program_id(0), tl.program_id(1)
+    c, pid_bh = tl.program_id(0), tl.program_id(1).to(tl.int64)
     bidx, h = pid_bh // heads, pid_bh % heads
     g = h // heads_per_group
     p = tl.arange(0, BP)
@@ -292,7 +292,7 @@ def _ssd_step_kernel(x_ptr, dt_ptr, A_ptr, b_ptr, c_ptr, D_ptr, h0_ptr, reset_pt
                      BP: tl.constexpr, BN: tl.constexpr, HAS_D: tl.constexpr, HAS_H0: tl.constexpr,
                      HAS_RESET: tl.constexpr):
     # One decoding step for a block of P rows of one (batch, head): state update and output in one launch.
-    pid_p, pid_bh = tl.program_id(0), tl.program_id(1)
+    pid_p, pid_bh = tl.program_id(0), tl.program_id(1).to(tl.int64)
     bidx, h = pid_bh // heads, pid_bh % heads
     g = h // heads_per_group
     p = pid_p * BP + tl.arange(0, BP)

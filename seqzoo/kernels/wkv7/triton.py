@@ -70,7 +70,7 @@ def _wkv7_fwd_kernel(r_ptr, w_ptr, k_ptr, v_ptr, a_ptr, b_ptr, h0_ptr, keep_ptr,
                      length, heads, key_dim, value_dim, num_ckpts,
                      BV: tl.constexpr, BK: tl.constexpr, CKPT: tl.constexpr,
                      HAS_H0: tl.constexpr, SAVE: tl.constexpr, HAS_RESET: tl.constexpr):
-    pid_v, pid_bh = tl.program_id(0), tl.program_id(1)
+    pid_v, pid_bh = tl.program_id(0), tl.program_id(1).to(tl.int64)
     bidx, h = pid_bh // heads, pid_bh % heads
     vi = pid_v * BV + tl.arange(0, BV)
     ki = tl.arange(0, BK)
@@ -113,7 +113,7 @@ def _wkv7_bwd_kernel(r_ptr, w_ptr, k_ptr, v_ptr, a_ptr, b_ptr, keep_ptr, dy_ptr,
                      length, heads, key_dim, value_dim, num_ckpts,
                      BV: tl.constexpr, BK: tl.constexpr, CKPT: tl.constexpr, HAS_DHT: tl.constexpr,
                      HAS_RESET: tl.constexpr):
-    pid_bh = tl.program_id(0)
+    pid_bh = tl.program_id(0).to(tl.int64)
     bidx, h = pid_bh // heads, pid_bh % heads
     vi = tl.arange(0, BV)
     ki = tl.arange(0, BK)

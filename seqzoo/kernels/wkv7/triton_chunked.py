@@ -244,7 +244,7 @@ def _fwd_intra_kernel(r_ptr, w_ptr, k_ptr, v_ptr, a_ptr, b_ptr, W_ptr, U0_ptr, R
                       length, heads, key_dim, value_dim, num_chunks, max_decay,
                       Q: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
                       PRECISION: tl.constexpr, EMULATE: tl.constexpr):
-    chunk, pid_bh = tl.program_id(0), tl.program_id(1)
+    chunk, pid_bh = tl.program_id(0), tl.program_id(1).to(tl.int64)
     bidx, h = pid_bh // heads, pid_bh % heads
     r, k, a, b, c, cb, gamma, A_rb, A_rk, A_ab, A_ak = _chunk_setup(
         r_ptr, w_ptr, k_ptr, a_ptr, b_ptr, bidx, h, chunk, length, heads, key_dim, max_decay, Q, BK,
@@ -270,7 +270,7 @@ def _fwd_state_kernel(w_ptr, k_ptr, v_ptr, b_ptr, W_ptr, U0_ptr, R_ptr, Y0_ptr, 
                       Q: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, BVS: tl.constexpr,
                       HAS_H0: tl.constexpr, SAVE: tl.constexpr,
                       PRECISION: tl.constexpr, EMULATE: tl.constexpr):
-    pid_v, pid_bh = tl.program_id(0), tl.program_id(1)
+    pid_v, pid_bh = tl.program_id(0), tl.program_id(1).to(tl.int64)
     bidx, h = pid_bh // heads, pid_bh % heads
     vi = pid_v * BVS + tl.arange(0, BVS)  # this program's value rows
     ki = tl.arange(0, BK)
@@ -306,7 +306,7 @@ def _bwd_intra_kernel(r_ptr, w_ptr, k_ptr, a_ptr, b_ptr, dy_ptr, Gy_ptr, Bt_ptr,
                       length, heads, key_dim, value_dim, num_chunks, max_decay,
                       Q: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
                       PRECISION: tl.constexpr, EMULATE: tl.constexpr):
-    chunk, pid_bh = tl.program_id(0), tl.program_id(1)
+    chunk, pid_bh = tl.program_id(0), tl.program_id(1).to(tl.int64)
     bidx, h = pid_bh // heads, pid_bh % heads
     r, k, a, b, c, cb, gamma, A_rb, A_rk, A_ab, A_ak = _chunk_setup(
         r_ptr, w_ptr, k_ptr, a_ptr, b_ptr, bidx, h, chunk, length, heads, key_dim, max_decay, Q, BK,
@@ -326,7 +326,7 @@ def _bwd_state_kernel(r_ptr, w_ptr, a_ptr, dy_ptr, Gy_ptr, Bt_ptr, dhT_ptr, dh0_
                       Q: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, BVS: tl.constexpr,
                       HAS_DHT: tl.constexpr,
                       PRECISION: tl.constexpr, EMULATE: tl.constexpr):
-    pid_v, pid_bh = tl.program_id(0), tl.program_id(1)
+    pid_v, pid_bh = tl.program_id(0), tl.program_id(1).to(tl.int64)
     bidx, h = pid_bh // heads, pid_bh % heads
     vi = pid_v * BVS + tl.arange(0, BVS)
     ki = tl.arange(0, BK)
@@ -359,7 +359,7 @@ def _bwd_grads_kernel(r_ptr, w_ptr, k_ptr, v_ptr, a_ptr, b_ptr, dy_ptr, states_p
                       length, heads, key_dim, value_dim, num_chunks, max_decay,
                       Q: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
                       PRECISION: tl.constexpr, EMULATE: tl.constexpr):
-    chunk, pid_bh = tl.program_id(0), tl.program_id(1)
+    chunk, pid_bh = tl.program_id(0), tl.program_id(1).to(tl.int64)
     bidx, h = pid_bh // heads, pid_bh % heads
     idx = tl.arange(0, Q)
     r, k, a, b, c, cb, gamma, A_rb, A_rk, A_ab, A_ak = _chunk_setup(
