@@ -60,7 +60,7 @@ class LabConfig:
     sample_prompt: str = "The "
     sample_tokens: int = 120
     decode_contexts: list[int] = field(default_factory=lambda: [64, 256, 1024, 4096])
-    gradient_length: int = 256
+    gradient_length: int = 256  # tokens (>= 2) of the sequences the gradient is measured back through
     workers: int = 0  # 0: one per available core, at most 8
     is_smoke: bool = False  # set by smoke(): the report says its figures mean nothing
 
@@ -75,10 +75,12 @@ class LabConfig:
             raise ValueError(f"unknown task {unknown[0]!r}; allowed: {', '.join(TASKS)}")
         if not self.tasks or len(set(self.tasks)) != len(self.tasks):
             raise ValueError(f"lab setting tasks={self.tasks} is invalid: a non-empty list of distinct tasks")
-        for name in ("batch_size", "text_seq_len", "eval_samples", "gradient_length", "items", "text_evaluations",
-                     "sample_tokens"):
+        for name in ("batch_size", "text_seq_len", "eval_samples", "items", "text_evaluations", "sample_tokens"):
             if getattr(self, name) < 1:
                 raise ValueError(f"lab setting {name}={getattr(self, name)} is invalid: must be >= 1")
+        if self.gradient_length < 2:  # (one token has no earlier input to reach: as `seqzoo lab gradients --length`)
+            raise ValueError(f"lab setting gradient_length={self.gradient_length} is invalid: a sequence length >= 2 "
+                             "tokens (the gradient is measured from the last token back to the ones before it)")
         # (what every memory-task run's data would refuse, one run at a time, in its worker)
         if self.symbols < 2:
             raise ValueError(f"lab setting symbols={self.symbols} is invalid: must be >= 2")

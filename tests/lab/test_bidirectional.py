@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import asdict
 
 import pytest
 import torch
@@ -104,6 +105,40 @@ def test_the_summary_sentence_reads_the_gap_at_the_longest_distance():
     ]}
     assert ("on tagging at 32 words, reading both ways is worth +0.15 accuracy on average (rnn +0.10 to lstm +0.20)"
             in summary_sentence(results))
+
+
+def test_the_summary_sentence_reads_the_longest_distance_however_the_distances_were_listed():
+    runs = [{"arch": "lstm", "task": "first_letter", "direction": direction, "ok": True, "accuracy": accuracy}
+            for direction, accuracy in (("left to right", {8: 0.5, 32: 0.25}), ("bidirectional", {8: 0.5, 32: 1.0}))]
+    sentence = summary_sentence({"config": {"tasks": ["first_letter"], "distances": [32, 8]}, "runs": runs})
+    assert "on classification at 32 words, reading both ways is worth +0.75 accuracy" in sentence
+
+
+def test_each_direction_trains_its_own_pooling_with_the_labs_seed(tmp_path):
+    cfg = BidirectionalLabConfig(seed=7)
+    poolings = {}
+    for direction in bidirectional.DIRECTIONS:
+        recipe = job_recipe({"arch": "lstm", "preset": "lstm-tiny", "task": "first_letter", "direction": direction,
+                             "config": asdict(cfg), "output_dir": str(tmp_path)})
+        assert recipe.train.seed == 7 and recipe.model.config["bidirectional"] == (direction == "bidirectional")
+        poolings[direction] = recipe.model.config["classifier_pooling"]
+    assert poolings == {"left to right": "last", "bidirectional": "first+last"}
+
+
+def test_the_commonest_label_baseline_counts_every_label_of_the_held_out_texts():
+    from collections import Counter
+
+    from seqzoo.training.classification import generated_texts
+
+    cfg = {"tasks": ["appears_later", "first_letter"], "distances": [4, 6], "symbols": 3, "eval_samples": 16,
+           "seed": 5}
+    table = bidirectional.baselines(cfg)
+    for task, head in (("appears_later", "token-classification"), ("first_letter", "sequence-classification")):
+        for distance in (4, 6):
+            rows = generated_texts(head, task, [distance], 3, 16, 5).eval_rows()[f"distance={distance}"]
+            labels = [label for _, tags in rows for label in (tags if isinstance(tags, list) else [tags])]
+            assert table[task][distance] == Counter(labels).most_common(1)[0][1] / len(labels)
+    assert table["appears_later"] != bidirectional.baselines({**cfg, "seed": 0})["appears_later"]
 
 
 def test_a_negative_worker_count_or_a_learning_rate_out_of_range_is_refused_before_any_training():

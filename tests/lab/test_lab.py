@@ -21,6 +21,7 @@ from seqzoo.lab.folders import LAB_OUTPUTS, prepare_output
 from seqzoo.lab.gradients import gradient_profile
 from seqzoo.lab.measure import decode_profile, describe_state
 from seqzoo.lab.runner import LabConfig, lab_presets, run_lab, solved
+from seqzoo.models.compat import output_cache
 from seqzoo.training.data import TASKS
 from tests.conftest import tiny_model
 
@@ -130,6 +131,9 @@ def test_state_is_measured_right_after_the_prompt():
     assert state["layers"] == 2 and state["bytes"] == {8: 512, 40: 512}
     state = describe_state(transformer, 8, 40)
     assert all("T" in t["shape"] for t in state["tensors"]) and state["bytes"][40] == 5 * state["bytes"][8]
+    # (each tensor's shape without the batch, T where the context is: a key is (heads, T, head size))
+    keys = output_cache(transformer(input_ids=torch.zeros(1, 8, dtype=torch.long), use_cache=True)).layers[0].keys
+    assert keys.shape[2] == 8 and [t["shape"] for t in state["tensors"]] == [[keys.shape[1], "T", keys.shape[3]]] * 2
     assert "the same after 8 and after 40 tokens" in findings.state_line(describe_state(lstm, 8, 40))
     assert "(5×: T is the number of tokens read)" in findings.state_line(state)
 
@@ -163,6 +167,61 @@ def test_stop_rule_waits_for_a_full_window_of_solved_steps():
     stop = solved(window=3, accuracy=0.9)
     assert [stop({"accuracy": a}) for a in (1.0, 1.0, 0.5, 1.0, 1.0, 1.0)] == [False, False, False, False, False,
                                                                               True]
+    stop = solved(window=2, accuracy=0.75)  # a mean exactly at the threshold holds it
+    assert [stop({"accuracy": a}) for a in (0.5, 1.0, 0.4)] == [False, True, False]
+
+
+def test_a_jobs_recipe_trains_what_the_report_describes(tmp_path):
+    """Text: evaluated every steps // text_evaluations steps (as the report says); memory: one distance per batch
+    in turn; warmup no longer than the run; the job's seed."""
+    from seqzoo.lab.runner import job_recipe, make_job
+
+    cfg = LabConfig(text_steps=100, text_evaluations=10, task_steps=10, warmup_steps=20, distances=[16, 4])
+    text = job_recipe(make_job(cfg, "lstm", "lstm-tiny", recipes.TEXT, 3, tmp_path))
+    assert (text.train.eval_every, text.train.max_steps, text.optim.warmup_steps, text.train.seed) == (10, 100, 20, 3)
+    memory = job_recipe(make_job(cfg, "lstm", "lstm-tiny", "copy", 2, tmp_path))
+    assert (memory.data.distance_mix, memory.data.distances, memory.optim.warmup_steps, memory.train.seed) == (
+        "batch", [4, 16], 10, 2)
+
+
+def test_a_memory_runs_trained_share_counts_the_steps_it_ran_with_its_seed(tmp_path, monkeypatch):
+    from types import SimpleNamespace
+
+    from seqzoo.lab import runner
+    from seqzoo.training import trainer
+    from seqzoo.training.data import MemoryTask
+
+    sets = {"distance=1": {"accuracy": 0.5}, "distance=2": {"accuracy": 0.25}}
+    monkeypatch.setattr(trainer, "train", lambda recipe, **kwargs: SimpleNamespace(  # (stopped, solved, at step 2)
+        steps=2, history=[{"step": 1, "loss": 2.0}, {"step": 2, "loss": 1.0}], eval={"sets": sets}, model=None,
+        train_tokens_per_second=1.0, grad_health={}))
+    cfg = LabConfig(task_steps=40, batch_size=8, distances=[1, 2], symbols=3, items=2, eval_samples=8)
+    run = runner.run_job(runner.make_job(cfg, "gru", "gru-tiny", "copy", 5, tmp_path))
+    assert run["ok"] and (run["steps"], run["steps_run"]) == (40, 2) and run["accuracy"] == {1: 0.5, 2: 0.25}
+
+    def shares(seed: int, steps: int) -> dict[int, float]:
+        task = MemoryTask("copy", [1, 2], symbols=3, items=2, seq_len=None, eval_samples=8, seed=seed,
+                          distance_mix="batch")
+        return {int(name.split("=")[1]): share for name, share in task.trained_share(steps, 8).items()}
+
+    assert run["trained_share"] == shares(5, 2) and shares(5, 2) not in (shares(0, 2), shares(5, 40))
+
+
+def test_a_text_run_keeps_every_steps_loss_and_samples_with_its_own_seed(tmp_path, monkeypatch):
+    from types import SimpleNamespace
+
+    from seqzoo.lab import runner
+    from seqzoo.training import trainer
+
+    history = [{"step": 1, "loss": 3.0}, {"step": 2, "loss": 2.0, "eval": {"perplexity": 7.0}},
+               {"step": 3, "loss": 1.0, "eval": {"perplexity": 5.0}}]
+    monkeypatch.setattr(trainer, "train", lambda recipe, **kwargs: SimpleNamespace(
+        steps=3, history=history, eval={"perplexity": 5.0}, model=None, train_tokens_per_second=1.0, grad_health={}))
+    sampled = []
+    monkeypatch.setattr(runner, "sample_text", lambda model, prompt, tokens, seed: sampled.append(seed) or "x")
+    run = runner.run_job(runner.make_job(LabConfig(text_steps=3), "gru", "gru-tiny", recipes.TEXT, 3, tmp_path))
+    assert run["ok"] and run["losses"] == [3.0, 2.0, 1.0] and sampled == [3] and run["sample"] == "x"
+    assert run["validation"] == [(2, 7.0), (3, 5.0)]
 
 
 def test_training_stops_early_when_told(tmp_path):

@@ -164,3 +164,24 @@ def test_a_resumed_lab_reports_the_training_time_and_the_workers_of_the_runs_it_
     line = report._provenance({**resumed, "environment": {**resumed["environment"], "workers": 1},
                                "seconds": {"training": 1.0, "total": 2.0}})
     assert "1 worker process(es) of 1 thread each (2 for the runs kept from the lab it resumed)" in line
+
+
+def test_only_a_text_run_that_finished_has_its_trained_model_measured(tmp_path, monkeypatch):
+    """The measurements load each text model that trained (of the run's seed); a failed text run has no model to
+    load, and its architecture is measured at initialisation alone."""
+    seen = []
+
+    def runs(jobs, workers, log, on_result, **kwargs):
+        for job in jobs:
+            run = _fake_run(job)
+            on_result(run if job["arch"] == "rnn" else {**run, "ok": False, "error": "RuntimeError: diverged"})
+
+    def measured(presets, cfg, out, trained):
+        seen.append(trained)
+        raise RuntimeError("measured")
+
+    monkeypatch.setattr(runner, "run_jobs", runs)
+    monkeypatch.setattr(runner, "measure_architectures", measured)
+    with pytest.raises(RuntimeError, match="measured"):
+        run_lab(_cfg(architectures=["rnn", "gru"], seeds=[4, 1]), tmp_path / "lab", log=_quiet)
+    assert seen == [{"rnn": 4}]

@@ -74,18 +74,57 @@ def test_the_gradient_profile_matches_a_per_sequence_autograd_reference(preset):
     assert profile == pytest.approx(_reference_profile(model, 6, 3, 1), rel=1e-4, abs=1e-10)
 
 
+def test_the_gradient_profile_is_measured_without_dropout():
+    """A model handed over in training mode (a text run's model, dropout on) is measured as in evaluation: its
+    profile is the reference's of the model in eval mode."""
+    model = tiny_model("lstm-tiny", dropout=0.5).train()
+    profile = gradient_profile(model, length=6, batch=3, seed=1)
+    assert profile == pytest.approx(_reference_profile(model.eval(), 6, 3, 1), rel=1e-4, abs=1e-10)
+
+
 def test_the_gradient_table_is_relative_to_distance_0_at_the_chosen_distances():
     halving = [2.0 / 2 ** d for d in range(16)]
     header, rows = table_rows({"a": halving, "b": [4.0, 1.0]})
     assert header == ["architecture", "‖∂L/∂x‖ at distance 0", "d=1 (relative)", "d=4 (relative)",
                       "d=15 (relative)"]
     assert rows == [["a", "2", "5.00e-01", "6.25e-02", "3.05e-05"], ["b", "4", "2.50e-01", "–", "–"]]
+    # The farthest position is a column once, where it is one of the chosen distances too (256 of 257 tokens).
+    header, rows = table_rows({"a": [1.0, 0.5, 0.25, 0.125, 0.0625]})
+    assert header == ["architecture", "‖∂L/∂x‖ at distance 0", "d=1 (relative)", "d=4 (relative)"]
+    assert rows == [["a", "1", "5.00e-01", "6.25e-02"]]
 
 
 def test_only_a_gradient_that_is_zero_at_every_earlier_position_gets_the_note():
     assert identity_notes({"rnn": [1.0, 0.5, 0.0, 0.0]}) == []
     (note,) = identity_notes({"rnn": [1.0, 0.0, 0.0, 0.0]})
     assert note.startswith("\nrnn: exactly 0 beyond distance 0")
+
+
+def test_the_measurements_read_the_seeded_preset_and_the_saved_text_model(tmp_path, monkeypatch):
+    """measure_architectures: the state after the first and the last context, the gradients of the preset built
+    under the lab's first seed and of the text model loaded from its run folder (not of the fresh one)."""
+    import transformers
+
+    import seqzoo
+    from seqzoo.lab import gradients, runner
+
+    def fingerprint(model, length, seed):  # (the profile itself is checked against autograd above)
+        return [sum(p.double().sum().item() for p in model.parameters()), length, seed]
+
+    torch.manual_seed(7)
+    trained = seqzoo.create_model("gru-tiny")
+    loaded = []
+    monkeypatch.setattr(transformers.AutoModelForCausalLM, "from_pretrained",
+                        lambda folder: loaded.append(folder) or trained)
+    monkeypatch.setattr(measure, "decode_profile", lambda model, contexts, seed: [])  # (timed elsewhere)
+    monkeypatch.setattr(gradients, "gradient_profile", fingerprint)
+    cfg = LabConfig(seeds=[3, 1], decode_contexts=[4, 6, 9], gradient_length=5)
+    torch.manual_seed(99)  # (whatever the random state was: the lab seeds its models)
+    (row,) = runner.measure_architectures({"gru": "gru-tiny"}, cfg, tmp_path, {"gru": 3}).values()
+    torch.manual_seed(3)
+    assert row["gradients_init"] == pytest.approx(fingerprint(seqzoo.create_model("gru-tiny"), 5, 3))
+    assert row["gradients_trained"] == pytest.approx(fingerprint(trained, 5, 3)) != row["gradients_init"]
+    assert loaded == [tmp_path / "runs" / "gru" / "text-s3"] and sorted(row["state"]["bytes"]) == [4, 9]
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -127,6 +166,13 @@ def test_the_memory_takeaway_sorts_architectures_at_the_longest_distance():
                     "and weak (0.30); near chance (0.12) for chance (0.20).")
 
 
+def test_the_memory_takeaway_reads_the_seeds_mean_at_the_longest_distance_however_the_distances_were_listed():
+    results = _memory_results({"lstm": [{4: 1.0, 64: 0.4}, {4: 1.0, 64: 0.6}]})
+    results["config"]["distances"] = [64, 4]  # (LabConfig keeps --distances 64 4 as given)
+    assert findings.takeaways(results, findings.accuracy_by_task(results)).startswith(
+        "- **copy at distance 64**: solved by none; partly learnt by lstm (0.50).")
+
+
 def test_a_score_far_below_chance_is_not_called_near_chance():
     """acc <= chance + 0.1 was "near chance", so a diverged run's 0.00 against a chance of 0.12 was called that."""
     results = _memory_results({"diverged": [{4: 0.5, 64: 0.0}], "near": [{4: 1.0, 64: 0.05}],
@@ -134,6 +180,13 @@ def test_a_score_far_below_chance_is_not_called_near_chance():
     text = findings.takeaways(results, findings.accuracy_by_task(results))
     assert text == ("- **copy at distance 64**: solved by none; partly learnt by half (0.50); near chance (0.12) for "
                     "near (0.05); below chance (0.12) for diverged (0.00).")
+
+
+def test_a_score_exactly_0_1_from_chance_is_near_chance_on_either_side():
+    results = _memory_results({"low": [{4: 1.0, 64: 0.15}], "high": [{4: 1.0, 64: 0.35}]})
+    results["config"]["symbols"] = 4  # chance 0.25
+    assert findings.takeaways(results, findings.accuracy_by_task(results)) == (
+        "- **copy at distance 64**: solved by none; near chance (0.25) for high (0.35) and low (0.15).")
 
 
 def test_the_partly_learnt_are_listed_by_accuracy_not_by_name():
@@ -185,6 +238,23 @@ def test_the_gradient_takeaway_reads_the_farthest_measured_position_and_sorts_by
         ("Gradient 31 tokens back, relative to the last token (at initialisation): near 2e-01, weak 1e-03, faded "
          "1e-05; exactly 0 for none. faded barely learns from that far back: the vanishing gradient of Hochreiter "
          "(1991) and Bengio et al. (1994), measured.")]
+
+
+def test_the_gradient_takeaway_reads_the_trained_profile_and_calls_below_1e_4_fading():
+    measured = {"gru": {"gradients_init": [1.0] + [1e-5] * 8, "gradients_trained": [2.0] + [1e-3] * 8},
+                "lstm": {"gradients_init": [1.0] + [5e-4] * 8, "gradients_trained": [1.0] + [5e-5] * 8}}
+    (text,) = findings._gradient_takeaways(measured, {"gradient_length": 9})
+    assert text == ("Gradient 8 tokens back, relative to the last token (after training on text): gru 5e-04, lstm "
+                    "5e-05. lstm barely learns from that far back: the vanishing gradient of Hochreiter (1991) and "
+                    "Bengio et al. (1994), measured.")
+
+
+def test_only_a_gradient_of_exactly_0_is_called_so_and_sizes_keep_their_fraction():
+    measured = {"tiny": {"gradients_init": [1.0, 1e-35, 1e-35]}, "none": {"gradients_init": [1.0, 0.0, 0.0]}}
+    (text,) = findings._gradient_takeaways(measured, {"gradient_length": 3})
+    assert text.startswith("Gradient 2 tokens back, relative to the last token (at initialisation): tiny 1e-35; "
+                           "exactly 0 for none.")
+    assert [findings._bytes(n) for n in (1536, 3 << 19, 1023)] == ["1.5 KiB", "1.5 MiB", "1023 bytes"]
 
 
 def test_gradient_health_says_whether_a_run_recovered_from_its_flagged_steps():
@@ -359,6 +429,25 @@ def test_the_memory_table_and_its_caption(lab_report):
                     ["gru", "0.50 (0.40–0.60)", "0.20"]]
 
 
+def test_the_memory_caption_gives_the_step_budget_and_the_means_and_shares_read_every_value(tmp_path, monkeypatch):
+    """A run that stopped once solved is captioned with the task's budget, not the steps it ran; a seed's summary is
+    the mean (not the median) over its tasks and distances; the trained share the lowest and highest in any order."""
+    from seqzoo.lab import plots
+    from seqzoo.lab.report import _trained_share_line, memory_mean_by_seed, write_report
+
+    monkeypatch.setattr(plots, "matplotlib_available", lambda: False)
+    results = _lab_results()
+    results["runs"][0]["steps_run"] = 120
+    write_report(results, tmp_path)
+    assert "(k=2; 6, 10 tokens; 600 steps; chance 0.12)" in (tmp_path / "report.md").read_text()
+    runs = [{"ok": True, "arch": "lstm", "task": task, "seed": 0, "accuracy": accuracy}
+            for task, accuracy in (("copy", {2: 0.0, 6: 0.1}), ("induction", {2: 1.0}))]
+    assert memory_mean_by_seed({"config": {"tasks": ["copy", "induction"]}, "runs": runs}, "lstm") == [
+        pytest.approx(1.1 / 3)]
+    shares = [{"task": "copy", "ok": True, "trained_share": {"2": share}} for share in (0.5, 0.25, 0.375)]
+    assert _trained_share_line({"runs": shares}, "copy", [2]).endswith(": distance 2 25%–50%.")
+
+
 def test_the_learning_rate_and_cost_tables(lab_report):
     assert _table_after(lab_report, "Learning rates (from") == [
         ["architecture", "learning rate (memory tasks)", "learning rate (text)"], ["lstm", "0.003", "0.01"],
@@ -512,6 +601,21 @@ def test_the_seq2seq_table_and_its_cpu_time(tmp_path, monkeypatch):
     assert "4 runs on 2 single-threaded worker(s): 100 CPU-seconds" in report  # 10 + 20 + 30 + 40
 
 
+def test_each_seq2seq_task_gives_its_own_trained_share(tmp_path, monkeypatch):
+    from seqzoo.lab import plots
+    from seqzoo.lab.seq2seq import write_report
+
+    monkeypatch.setattr(plots, "matplotlib_available", lambda: False)
+    results = _seq2seq_results()
+    results["config"]["tasks"] = ["digits", "reverse"]
+    results["config"]["source_lengths"]["digits"] = [2]
+    results["runs"].insert(0, {**results["runs"][0], "task": "digits", "accuracy": {2: 1.0},
+                               "trained_share": {2: 0.75}})
+    report = write_report(results, tmp_path)
+    assert "Evaluation sources also drawn in training: 2 digits 75%." in report
+    assert "Evaluation sources also drawn in training: 4 characters 50%, 8 characters 0%, 16 characters 0%." in report
+
+
 def test_gradient_health_counts_a_non_finite_step_once_and_reads_vanishing_steps_as_such():
     def run(flags, first, losses, norm):
         return {"ok": True, "arch": "gru", "task": "text", "seed": 0, "eval": {"perplexity": 3.0}, "losses": losses,
@@ -591,6 +695,33 @@ def test_a_seq2seq_job_scores_each_length_maps_the_longest_fitting_source_and_co
                                     for name, pairs in data.eval_pairs().items()}
     assert row["trained_share"][4] > 0  # (else the count above would not tell batch sizes apart)
     assert recipes[0].train.batch_size == 8
+
+
+def test_a_seq2seq_job_maps_a_source_of_exactly_24_characters_and_a_generation_running_on_is_wrong(
+        tmp_path, monkeypatch):
+    from seqzoo.lab import seq2seq
+    from seqzoo.models.seq2seq import inspection
+    from seqzoo.training import seq2seq as seq2seq_training
+
+    _fake_training(monkeypatch, {"loss": 0.5})
+    monkeypatch.setattr(seq2seq_training, "exact_match", lambda model, pairs, **kw: 0.0)
+    mapped = []
+
+    def attention_map(model, tokenizer, source, max_new_tokens):  # the reversal, then one character too many
+        mapped.append(source)
+        return SimpleNamespace(source_tokens=list(source), target_tokens=[*source[::-1], "a", "<eos>"],
+                               weights=torch.zeros(len(source) + 2, len(source)), target_text=source[::-1] + "a")
+
+    monkeypatch.setattr(inspection, "attention_map", attention_map)
+    cfg = seq2seq.Seq2SeqLabConfig(tasks=["reverse"], source_lengths={"reverse": [3, 24, 32]}, symbols=2, steps=3,
+                                   batch_size=8, eval_samples=4)
+    row = seq2seq.run_job({"model": "bahdanau", "task": "reverse", "config": asdict(cfg),
+                           "output_dir": str(tmp_path)})
+    assert [len(source) for source in mapped] == [24] and row["attention"]["correct"] is False
+    data = seq2seq_training.task_pairs("reverse", [3, 24, 32], 2, 4, cfg.seed)
+    assert row["trained_share"] == {int(name.split("=")[1]): share for name, share in
+                                    data.trained_share(3, 8).items()} != {
+        int(name.split("=")[1]): share for name, share in data.trained_share(2, 8).items()}
 
 
 def test_a_bidirectional_job_reports_each_distances_accuracy(tmp_path, monkeypatch):

@@ -242,6 +242,10 @@ def test_the_lab_refuses_settings_every_run_would_fail_on_before_any_training():
                                          r"// 2 distinct keys \(4 here\)"):
         LabConfig.smoke(items=5).validate()
     LabConfig.smoke(items=5, tasks=["copy"]).validate()  # (the other tasks take any number of items)
+    # (one token: the report's gradient takeaway read "Gradient 0 tokens back, relative to the last token: 1e+00")
+    with pytest.raises(ValueError, match="gradient_length=1 is invalid: a sequence length >= 2 tokens"):
+        LabConfig.smoke(gradient_length=1).validate()
+    LabConfig.smoke(gradient_length=2).validate()
 
 
 def test_a_named_architecture_without_a_preset_is_refused_not_left_out(monkeypatch):

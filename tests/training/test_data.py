@@ -49,6 +49,9 @@ def test_selective_copy_returns_the_scattered_symbols_in_order(distance):
     region = inputs[:, :distance + 3]  # the region before "go" (inputs end: region, go, 2 of 3 answers)
     assert (inputs[:, distance + 3] == GO).all()
     assert ((region == BLANK).sum(dim=1) == distance).all()
+    # (the region is distance + k tokens wide: its farthest position, distance + k before go, holds a symbol in some
+    # samples; a region a token shorter behind a blank of the row's fill held the same count of blanks)
+    assert (region[:, 0] >= FIRST_SYMBOL).any()
     for row in range(50):
         assert region[row][region[row] >= FIRST_SYMBOL].tolist() == answers[row].tolist()
 
