@@ -47,6 +47,7 @@ def peft_targets(model: nn.Module) -> dict[str, list[str]]:
     """``target_modules``: the names (last component, as peft matches them; the full name where another module's
     last component is the same) of the backbone's ``nn.Linear`` layers;
     ``target_parameters``: the parameter names the mixers list in ``projection_parameters``. Both sorted."""
+    _refuse_wrapped(model)
     heads = tuple(getattr(type(model), "head_modules", ()))
     linears, parameters = [], set()
     for name, module in model.named_modules():
@@ -61,6 +62,21 @@ def peft_targets(model: nn.Module) -> dict[str, list[str]]:
     others = {name.rpartition(".")[2] for name, module in model.named_modules() if not isinstance(module, nn.Linear)}
     modules = {name if name.rpartition(".")[2] in others else name.rpartition(".")[2] for name in linears}
     return {"target_modules": sorted(modules), "target_parameters": sorted(parameters)}
+
+
+def _refuse_wrapped(model: nn.Module) -> None:
+    """A model inside torch.compile's wrapper (or DDP's) is refused, naming the order that works: peft adapts the
+    wrapper too, but saves the adapter under the wrapper's names (``base_model.model._orig_mod.model...``), which load
+    onto no unwrapped model (peft warns of missing adapter keys and the trained adapter is lost); and the head the
+    targets leave out, and the task type, are read from the model's class, not the wrapper's."""
+    from seqzoo.utils import unwrap
+
+    if unwrap(model) is model:
+        return
+    raise ValueError(f"{type(model).__name__} wraps {type(unwrap(model)).__name__} (torch.compile or DDP): call "
+                     "seqzoo.peft_config and peft.get_peft_model on the model before torch.compile, then compile the "
+                     "PeftModel (peft on the compiled wrapper saves its adapter under '_orig_mod.' names, which load "
+                     "onto no uncompiled model)")
 
 
 def _refuse_adapted(model: nn.Module) -> None:
@@ -103,6 +119,7 @@ def peft_config(model: nn.Module, method: str = "lora", task_type: Any = None, *
     _check_override_names(method, overrides)
     _check_override_types(method, overrides)
     _check_name_lists(overrides)
+    _refuse_wrapped(model)
     _refuse_adapted(model)
     spec = architecture_for_model_type(getattr(getattr(model, "config", None), "model_type", None))
     expected = PEFT_TASK_TYPES[spec.task_of(type(model))]

@@ -99,14 +99,18 @@ def byte_tokenizer(model_max_length: int = 1_000_000, padding_side: str = "left"
     return tokenizer
 
 
-def tokenizer_for(model: Any) -> PreTrainedTokenizerFast:
+def tokenizer_for(model: Any, saved: Any = None) -> PreTrainedTokenizerFast:
     """The byte tokenizer saved beside ``model`` (a model, or its config): its ``model_max_length`` is the longest
     input the model's positions allow (``config.max_input_length``), so that ``truncation=True`` (pipelines, a user's
     own call) cuts an input there instead of passing it on to fail in the model. A causal LM's pads on the left, as
     ``generate()`` wants a batch of prompts; every other model's on the right: an encoder-decoder's, as transformers'
     ``DataCollatorForSeq2Seq`` needs its labels, and a classifier's or a backbone's, so that the token indices a
     token-classification pipeline reports for a batch count from each text's start (seqzoo's models read either side
-    alike). Given a config, the model is taken to be its causal LM (or its encoder-decoder)."""
+    alike). Given a config, the model is taken to be its causal LM (or its encoder-decoder).
+
+    ``saved``: the byte tokenizer the model was saved with (:func:`saved_byte_tokenizer`), which is returned, with
+    its added tokens, chat template and other settings, and the padding side and length set as above (a model
+    without a position limit keeps its ``model_max_length``)."""
     config = getattr(model, "config", model)
     if not isinstance(config, PreTrainedConfig):  # (None, a preset's name: a byte tokenizer for nothing in particular)
         raise TypeError(f"tokenizer_for takes a model or its config; got {type(model).__name__} {model!r:.60} "
@@ -119,7 +123,74 @@ def tokenizer_for(model: Any) -> PreTrainedTokenizerFast:
     else:
         side = "left" if model.can_generate() else "right"
     longest = getattr(config, "max_input_length", None)
+    if saved is not None:
+        saved.padding_side = side
+        if longest is not None:
+            saved.model_max_length = longest
+        return saved
     return byte_tokenizer(padding_side=side) if longest is None else byte_tokenizer(longest, padding_side=side)
+
+
+def _byte_probe() -> str:
+    """A text whose UTF-8 bytes are every byte UTF-8 uses: ASCII, and a character of every lead byte with
+    continuation bytes 0x80-0xBF."""
+    ascii_text = "".join(map(chr, range(128)))
+    two = [bytes([lead, cont]) for lead in range(0xC2, 0xE0) for cont in (0x80, 0xBF)]
+    two += [bytes([0xC2, cont]) for cont in range(0x80, 0xC0)]
+    three = [bytes([lead, 0xA0 if lead == 0xE0 else 0x80, 0x80]) for lead in range(0xE0, 0xF0)]
+    four = [bytes([lead, 0x90 if lead == 0xF0 else 0x80, 0x80, 0x80]) for lead in range(0xF0, 0xF5)]
+    return ascii_text + b"".join(two + three + four).decode("utf-8")
+
+
+def byte_tokenizer_problem(tokenizer: Any, vocab_size: int | None = None) -> str:
+    """What makes ``tokenizer`` other than seqzoo's byte tokenizer, with whatever tokens, chat template or settings
+    were added to it (empty when nothing does): it must encode a text as its UTF-8 bytes and decode them back, hold
+    ``<|pad|>`` as its pad token (id 256) and ``<|endoftext|>`` as its eos (257), and have no more tokens than
+    ``vocab_size``, the model's embedding rows."""
+    name = type(tokenizer).__name__
+    if not callable(getattr(tokenizer, "decode", None)) or not hasattr(tokenizer, "pad_token_id"):
+        return f"it is a {name}, not a transformers tokenizer"
+    probe = _byte_probe()
+    expected = list(probe.encode("utf-8"))
+    try:
+        ids = list(tokenizer(probe, verbose=False)["input_ids"])  # (no warning of a length past model_max_length)
+        decoded = tokenizer.decode(expected)
+    except Exception as err:  # noqa: BLE001 -- (another tokenizer's failure is the answer: it is not this one)
+        return f"{name} failed to encode and decode UTF-8 text ({type(err).__name__}: {err})"
+    if ids != expected:
+        first = next((i for i, (a, b) in enumerate(zip(ids, expected)) if a != b), min(len(ids), len(expected)))
+        return (f"{name} encodes a text as other ids than its UTF-8 bytes ({len(ids)} ids for {len(expected)} "
+                f"bytes, the first differing at position {first})")
+    if decoded != probe:
+        return f"{name} decodes UTF-8 bytes as another text"
+    for token, (kind, own) in {PAD_TOKEN: ("pad", PAD_TOKEN_ID), EOS_TOKEN: ("eos", EOS_TOKEN_ID)}.items():
+        have = (getattr(tokenizer, f"{kind}_token", None), getattr(tokenizer, f"{kind}_token_id", None))
+        if have != (token, own):
+            return f"its {kind} token is {have[0]!r} (id {have[1]!r}), where the byte tokenizer's is {token!r} ({own})"
+    if vocab_size is not None and len(tokenizer) > vocab_size:
+        return (f"it has {len(tokenizer)} tokens, more than the {vocab_size} rows of the model's embedding "
+                "(vocab_size): resize the model (model.resize_token_embeddings(len(tokenizer)))")
+    return ""
+
+
+def saved_byte_tokenizer(folder: Any, vocab_size: int | None = None) -> PreTrainedTokenizerFast | None:
+    """The tokenizer saved in ``folder`` (:func:`load_tokenizer`) for a model trained further from it (``seqzoo train
+    model.path=folder``), where it is seqzoo's byte tokenizer with what was added to it (tokens, a chat template,
+    settings; :func:`byte_tokenizer_problem`); None where the folder holds no tokenizer. Another tokenizer is refused:
+    a model trained on UTF-8 bytes beside it would be served with other ids than it was trained on, and a byte
+    tokenizer saved in its place would lose it."""
+    folder = Path(folder)
+    if not any((folder / name).is_file() for name in TOKENIZER_FILES):
+        return None
+    tokenizer = load_tokenizer(folder)
+    problem = byte_tokenizer_problem(tokenizer, vocab_size)
+    if problem:
+        raise ValueError(f"the tokenizer saved in {str(folder)!r} is not seqzoo's byte tokenizer: {problem}. The data "
+                         "are trained as UTF-8 bytes in the byte tokenizer's ids, and the model is saved with the "
+                         "tokenizer of its folder (its added tokens and chat template): fine-tune a model of another "
+                         "tokenizer with it, through transformers' Trainer, or save "
+                         "seqzoo.tokenizer.tokenizer_for(model) into the folder in its place")
+    return tokenizer
 
 
 def _refuse_tokenizer_code(folder: Path) -> None:

@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+import logging
 import math
 from typing import Any
 
@@ -14,6 +15,8 @@ from seqzoo.training.data import build_data
 from seqzoo.training.recipe import Recipe
 from seqzoo.training.tbptt import check_tbptt_config, check_tbptt_supported
 from seqzoo.utils import quiet_transformers
+
+logger = logging.getLogger("seqzoo.training")
 
 
 def check_recipe(recipe: Recipe) -> None:
@@ -41,6 +44,8 @@ def check_recipe(recipe: Recipe) -> None:
 
         config = AutoConfig.from_pretrained(recipe.model.path, trust_remote_code=False)
         check_saved_config(config, recipe.model.path, overrides, None)
+        if "pad_token_id" not in overrides:
+            _check_saved_tokenizer(recipe.model.path, config.vocab_size)
         check_tbptt_config(config, recipe.train.tbptt_chunk, f"the model saved in {recipe.model.path!r}")
     check_batch_split(recipe.train, None)
 
@@ -153,7 +158,25 @@ def _load_saved_model(recipe: Recipe, data: Any, overrides: dict[str, Any]) -> A
         first_line = (str(err).strip().splitlines() or [type(err).__name__])[0]
         raise ValueError(f"cannot load the model saved in {path!r} (model.path): {first_line}") from err
     check_saved_config(model.config, path, overrides, getattr(data, "name", None))
+    if "pad_token_id" not in overrides:  # (UTF-8 bytes: the folder's tokenizer goes with the trained model)
+        _check_saved_tokenizer(path, model.config.vocab_size)
     return model
+
+
+def _check_saved_tokenizer(path: str, vocab_size: int) -> None:
+    """Refuse a tokenizer in ``path`` that is not the byte tokenizer (with tokens, a chat template or settings added),
+    before any step: the trained model is saved with it (see ``_save_final``). Tokens added to it are named: the
+    data are read as UTF-8 bytes, so a text holding one is trained as its bytes."""
+    from seqzoo.tokenizer import VOCAB_SIZE, saved_byte_tokenizer
+
+    tokenizer = saved_byte_tokenizer(path, vocab_size)
+    added = [] if tokenizer is None else \
+        [token for token, token_id in tokenizer.get_added_vocab().items() if token_id >= VOCAB_SIZE]
+    if added:
+        logger.warning("the tokenizer saved in %r has tokens added to the byte tokenizer (%s), which the trained model "
+                       "is saved with; the data are read as UTF-8 bytes, so their text in the data is trained as its "
+                       "bytes, not as these tokens", path, ", ".join(map(repr, added[:5])) +
+                       (f" and {len(added) - 5} more" if len(added) > 5 else ""))
 
 
 def make_optimizer(model: Any, recipe: Recipe) -> torch.optim.Optimizer:

@@ -848,10 +848,11 @@ def _uncompiled(model: Any) -> Any:
 
 def _save_final(accelerator: Any, model: Any, recipe: Recipe, data: Any, run_dir: Path, step: int, tokens_seen: int,
                 last_eval: dict[str, Any], health: GradientHealth) -> Any:
-    """save_pretrained (+ the byte tokenizer for text data) and seqzoo_training.json, which model cards read."""
+    """save_pretrained (+ the byte tokenizer for text data: a model.path run's is the folder's, with its added tokens,
+    chat template and settings, checked before the run) and seqzoo_training.json, which model cards read."""
     from accelerate.utils import DistributedType
 
-    from seqzoo.tokenizer import VOCAB_SIZE, tokenizer_for
+    from seqzoo.tokenizer import VOCAB_SIZE, saved_byte_tokenizer, tokenizer_for
 
     accelerator.wait_for_everyone()
     unwrapped = _uncompiled(accelerator.unwrap_model(model))
@@ -873,6 +874,8 @@ def _save_final(accelerator: Any, model: Any, recipe: Recipe, data: Any, run_dir
         require_finite(state_dict, "the final model")
         # Memory tasks use their own small vocabulary, which the byte tokenizer does not describe.
         with_tokenizer = not isinstance(data, MemoryTask) and unwrapped.config.vocab_size >= VOCAB_SIZE
+        saved = None if not with_tokenizer or recipe.model.path is None else \
+            saved_byte_tokenizer(recipe.model.path, unwrapped.config.vocab_size)
         info = {
             "dataset": data.name,
             "data": data.describe(),
@@ -893,7 +896,7 @@ def _save_final(accelerator: Any, model: Any, recipe: Recipe, data: Any, run_dir
                 with quiet_transformers():  # no "Writing model shards" bar under the run's own progress
                     unwrapped.save_pretrained(staging, state_dict=state_dict)
                 if with_tokenizer:
-                    tokenizer_for(unwrapped).save_pretrained(staging)
+                    tokenizer_for(unwrapped, saved).save_pretrained(staging)
                 # (the weights the record describes: publishing refuses it beside weights saved there since)
                 info["weights_sha256"] = weights_fingerprint(staging)
                 (staging / TRAINING_INFO_FILE).write_text(json.dumps(info, indent=2))

@@ -17,7 +17,7 @@ from torch import nn
 import seqzoo
 from seqzoo.layers.recurrent import RecurrentMixer
 from seqzoo.registry import smallest_preset
-from tests.conftest import tiny_config
+from tests.conftest import tiny_config, tiny_model
 
 ARCHITECTURES = seqzoo.list_architectures("causal-lm")
 IDS = torch.tensor([[5, 17, 3, 44, 9, 21, 8], [11, 2, 30, 7, 60, 4, 13]])
@@ -672,3 +672,14 @@ def test_a_name_list_holding_no_strings_is_refused(key, value):
     modules_to_save=[1] failed in seqzoo's own check ("endswith first arg must be str"); 5 was "not iterable"."""
     with pytest.raises(ValueError, match=rf"{key}={re.escape(repr(value))} must be a list of names \(strings\)"):
         seqzoo.peft_config(build("transformer", "causal-lm"), **{key: value})
+
+
+@pytest.mark.parametrize("call", [seqzoo.peft_config, seqzoo.peft_targets])
+def test_a_compiled_model_is_refused_naming_the_order_that_works(call):
+    # peft adapts torch.compile's wrapper, but saves the adapter under '_orig_mod.' names that load onto no
+    # uncompiled model (a warning of missing keys, the trained adapter lost); peft_targets listed the head's layers.
+    model = tiny_model("gru-tiny")
+    with pytest.raises(ValueError, match=r"OptimizedModule wraps GRUForCausalLM \(torch.compile or DDP\): call "
+                                         r"seqzoo.peft_config and peft.get_peft_model on the model before "
+                                         r"torch.compile, then compile the PeftModel"):
+        call(torch.compile(model, backend="eager"))
