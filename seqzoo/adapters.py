@@ -110,7 +110,11 @@ def peft_config(model: nn.Module, method: str = "lora", task_type: Any = None, *
     input embeddings placed before every sequence (an encoder-decoder's source) and leaves every weight alone, so it
     works on every architecture (causal LMs, sequence classifiers, encoder-decoders); there is nothing to merge into
     the weights."""
-    import peft
+    try:
+        import peft
+    except ImportError as err:  # (peft is an extra: a bare "No module named 'peft'" named none)
+        raise ImportError(f"seqzoo.peft_config needs peft ({err}); install it with pip install 'seqzoo[peft]'") \
+            from err
 
     from seqzoo.registry import architecture_for_model_type
 

@@ -82,7 +82,7 @@ def cmd_kernels(args: argparse.Namespace) -> int:
         broken = err  # (no backend is selected then: the column stays empty)
     for r in rows_seen:
         available = "yes" if r["available"] else "no"
-        reason = "" if r["available"] else _unavailable_reason(r["backend"])
+        reason = r["why_unavailable"]
         if reason:
             available = f"no [{reasons.setdefault(reason, len(reasons) + 1)}]"
         selected = ("forced" if r["forced"] else "yes") if r["selected"] and broken is None else ""
@@ -134,20 +134,6 @@ def _this_device() -> str:
     from seqzoo.kernels.registry import _default_device
 
     return _default_device()
-
-
-def _unavailable_reason(backend: str) -> str:
-    if not backend.startswith("triton"):
-        return ""
-    import torch
-
-    from seqzoo.kernels.triton_support import triton_installed
-
-    if not triton_installed():
-        return "Triton is not installed (pip install 'seqzoo[triton]'), and the Triton kernels need a CUDA GPU"
-    if not torch.cuda.is_available():
-        return "the Triton kernels need a CUDA GPU and torch sees none here (CPU runs use the chunked backends)"
-    return ""
 
 
 def cmd_new(args: argparse.Namespace) -> int:

@@ -44,6 +44,9 @@ class Backend:
     description: str = ""
     devices: tuple[str, ...] | None = None  # the device types it runs on; None: any
     cache_key: CacheKeyFn | None = None
+    # Why ``is_available()`` says no here, in words a user acts on ("Triton is not installed (pip install ...)");
+    # None, or "" from it: no reason beyond the backend's name.
+    unavailable_reason: Callable[[], str] | None = None
     plugin: str | None = None  # the entry point that registered it ("name (module:attr)"), for errors at call time
     _loaded: Callable[..., Any] | None = field(default=None, repr=False)
     _available: bool | None = field(default=None, repr=False)
@@ -124,12 +127,17 @@ def limit_to_devices(devices: tuple[str, ...], supports: SupportsFn,
 
 
 def why_unavailable(backend: Backend) -> str:
-    # A lazy "module:attr" whose module cannot be found (a misspelt or uninstalled plugin module) says so.
+    """Why ``backend`` cannot run here, or "" where nothing more is known: its own reason (the Triton backends name
+    the extra to install), or a lazy "module:attr" whose module cannot be found (a misspelt or uninstalled plugin
+    module)."""
+    reason = backend.unavailable_reason() if backend.unavailable_reason is not None else ""
+    if reason:
+        return reason
     try:
         found = backend._module_found()
     except Exception:  # find_spec raises where a parent package is missing
         found = False
-    return "" if found else f" (its module {backend.impl.partition(':')[0]!r} cannot be found)"
+    return "" if found else f"its module {backend.impl.partition(':')[0]!r} cannot be found"
 
 
 def check_supports(backend: Backend, args: tuple, kwargs: dict) -> tuple[bool, str]:

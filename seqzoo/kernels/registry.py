@@ -142,13 +142,16 @@ def register_backend(
     cache_key: CacheKeyFn | None = None,
     description: str = "",
     devices: tuple[str, ...] | None = None,
+    unavailable_reason: Callable[[], str] | None = None,
     replace: bool = False,
 ) -> Backend:
     """Add backend ``name`` for ``op`` (declared with :func:`register_op`: a misspelt op would otherwise become a new
     one whose backend no call ever selects). ``impl`` is a function or a lazy ``"module:attr"`` path; ``cache_key``
     summarises what ``supports`` reads from a call (see the module docstring). ``devices`` (``("cuda",)``) limits
     the backend to calls whose first tensor is on one of those device types: it is not selected for another (and,
-    requested, raises naming the device); ``None`` (the default) runs on any device."""
+    requested, raises naming the device); ``None`` (the default) runs on any device. ``unavailable_reason`` says
+    why ``is_available`` answers no here (what to install), for the error a request for it raises and for
+    ``seqzoo kernels``."""
     if not isinstance(name, str) or not name or not name.replace("_", "").replace("-", "").isalnum():
         raise ValueError(f"backend name must be a non-empty identifier, got {name!r}")
     if not isinstance(priority, int) or isinstance(priority, bool):
@@ -157,7 +160,8 @@ def register_backend(
         part.replace(".", "").replace("_", "").isalnum() for part in impl.split(":"))
     if not callable(impl) and not lazy_path:
         raise ValueError(f"backend {name!r}: impl must be a function or a lazy 'module:attribute' path, got {impl!r}")
-    for what, fn in (("is_available", is_available), ("supports", supports), ("cache_key", cache_key)):
+    for what, fn in (("is_available", is_available), ("supports", supports), ("cache_key", cache_key),
+                     ("unavailable_reason", unavailable_reason)):
         if fn is not None and not callable(fn):
             raise ValueError(f"backend {name!r}: {what} must be a function, got {fn!r}")
     if devices is not None and (isinstance(devices, str) or not isinstance(devices, (tuple, list)) or not devices
@@ -176,7 +180,8 @@ def register_backend(
         if devices is not None:
             devices = tuple(devices)
             supports, cache_key = limit_to_devices(devices, supports, cache_key)
-        backend = Backend(op, name, impl, priority, is_available, supports, description, devices, cache_key)
+        backend = Backend(op, name, impl, priority, is_available, supports, description, devices, cache_key,
+                          unavailable_reason)
         entry.backends[name] = backend
         _invalidate()
         return backend
@@ -395,9 +400,10 @@ def _available(op: str, backend: str, requested: str = "for op {op!r} is") -> Ba
     backends that are); ``requested`` words the error."""
     chosen = _check_name(op, backend)
     if not chosen.available():
+        reason = why_unavailable(chosen)
         raise KernelError(
             f"kernel backend {backend!r} {requested.format(op=op)} not available on this machine"
-            f"{why_unavailable(chosen)}; available backends: {', '.join(available_backends(op))}"
+            f"{f' ({reason})' if reason else ''}; available backends: {', '.join(available_backends(op))}"
         )
     return chosen
 
@@ -711,6 +717,7 @@ def list_kernels() -> list[dict[str, Any]]:
                     "backend": backend.name,
                     "priority": backend.priority,
                     "available": backend.available(),
+                    "why_unavailable": "" if backend.available() else why_unavailable(backend),
                     "runs_here": _on_this_machine(backend),  # (on this machine's default device)
                     "selected": backend.name == default,
                     "forced": forced == backend.name,

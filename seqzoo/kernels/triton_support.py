@@ -41,6 +41,15 @@ def triton_available() -> bool:
     return triton_installed() and (interpreter_requested() or torch.cuda.is_available())
 
 
+def unavailable_reason() -> str:
+    """Why the Triton backends cannot run here ("" where they can), naming the extra that installs Triton."""
+    if not triton_installed():
+        return "Triton is not installed (pip install 'seqzoo[triton]'), and the Triton kernels need a CUDA GPU"
+    if not triton_available():
+        return "the Triton kernels need a CUDA GPU and torch sees none here (CPU runs use the chunked backends)"
+    return ""
+
+
 def check_tensors(op: str, named: dict[str, torch.Tensor | None]) -> tuple[bool, str]:
     """(ok, reason) for the device and dtype of the tensors the kernel reads; ``None`` entries are skipped."""
     present = {name: t for name, t in named.items() if t is not None}

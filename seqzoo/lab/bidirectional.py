@@ -280,7 +280,9 @@ def write_report(results: dict[str, Any], out: Path) -> str:
               f"{cfg['eval_samples']} held-out texts per distance. Left to right and bidirectional models are the same "
               "preset with `bidirectional` false or true (a classifier pools its last token left to right, its first "
               "and last bidirectional).", "", summary_sentence(results), ""]
-    if plots.matplotlib_available() and runs:
+    if not plots.matplotlib_available():
+        lines += [f"> {plots.SKIPPED}", ""]
+    elif runs:
         accuracy_plot(results, out / PLOT_FILE)
         lines += [f"![accuracy against distance, left to right and bidirectional]({PLOT_FILE})", ""]
     for task in cfg["tasks"]:

@@ -261,6 +261,9 @@ def cmd_gradients(args: argparse.Namespace) -> int:
         plots.gradient_plot({"at initialisation": profiles}, out / "gradients.png")
         text += "![gradient norm against distance](gradients.png)\n\n"
         print(f"wrote {out / 'gradients.png'}")
+    else:  # (gradients.png, which --out's help promises, was left out without a word)
+        text += f"> {plots.SKIPPED}\n\n"
+        print(plots.SKIPPED)
     (out / "gradients.md").write_text(text + table + "\n")
     print(f"wrote {out / 'gradients.md'}")
     return 0

@@ -11,6 +11,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+# What a report without its figures says in their place (lab, seq2seq, bidirectional, gradients).
+SKIPPED = "Plots skipped: matplotlib is not installed (`pip install 'seqzoo[lab]'`)."
+
 # The report's figures, by file name (written beside report.md in a lab folder).
 MEMORY_PNG, TEXT_PNG, COST_PNG, GRADIENTS_PNG = "lab-memory.png", "lab-text.png", "lab-cost.png", "lab-gradients.png"
 PLOT_FILES = (MEMORY_PNG, TEXT_PNG, COST_PNG, GRADIENTS_PNG)

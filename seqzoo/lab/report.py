@@ -241,7 +241,7 @@ def write_report(results: dict[str, Any], out: Path, draw: bool = True) -> None:
 
     smoke = ("\n> **Smoke run** (`--smoke`): every code path with a handful of steps. Its figures mean nothing.\n"
              if cfg.get("is_smoke") else "")
-    no_plots = "" if has_plots else "\n> Plots skipped: matplotlib is not installed (`pip install 'seqzoo[lab]'`).\n"
+    no_plots = "" if has_plots else f"\n> {plots.SKIPPED}\n"
     notes = reproduction_notes(results, accuracy)
     seed = cfg["seeds"][0]  # (where no text run succeeded, no folder holds a model to point at)
     trained_models = (f" The trained models\nare in `runs/<architecture>/text-s{seed}/` (`seqzoo generate "

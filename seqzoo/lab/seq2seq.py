@@ -257,7 +257,9 @@ def write_report(results: dict[str, Any], out: Path) -> str:
               "sees the source only through the encoder's final state, so the seeds' picture is that its accuracy "
               "falls first as sources grow, while attention reads every source position at every step.", "",
               *findings(results), ""]
-    if plots.matplotlib_available() and runs:
+    if not plots.matplotlib_available():
+        lines += [f"> {plots.SKIPPED}", ""]
+    elif runs:
         accuracy_plot(results, out / ACCURACY_PNG)
         lines += [f"![exact match against source length]({ACCURACY_PNG})", ""]
     for task in cfg["tasks"]:

@@ -6,6 +6,7 @@ nothing to merge) on every architecture."""
 from __future__ import annotations
 
 import re
+import sys
 
 import pytest
 import torch
@@ -187,6 +188,13 @@ def test_peft_config_refuses_what_it_cannot_do():
     # peft refuses a string target_parameters itself, with a clear message; it is not read letter by letter here
     with pytest.raises(TypeError, match=r"`target_parameters` must be a list of strings"):
         seqzoo.peft_config(lstm, target_parameters="weight_hh")
+
+
+def test_peft_config_names_the_extra_it_needs(monkeypatch):
+    """peft is the optional peft extra: without it, peft_config failed with a bare "No module named 'peft'"."""
+    monkeypatch.setitem(sys.modules, "peft", None)
+    with pytest.raises(ImportError, match=r"seqzoo.peft_config needs peft.*pip install 'seqzoo\[peft\]'"):
+        seqzoo.peft_config(build("lstm", "causal-lm"))
 
 
 def test_the_documented_defaults():

@@ -135,6 +135,31 @@ def test_get_kernel_of_a_backend_that_is_not_available_raises(added):
         get_kernel("lstm", "phantom")
 
 
+def test_a_backend_that_is_not_available_says_why(monkeypatch, added):
+    """A Triton backend requested where Triton is not installed named no reason ("not available on this machine;
+    available backends: chunked, reference"): only `seqzoo kernels` named the extra that installs it."""
+    from seqzoo.kernels import triton_support
+
+    added("lstm", "phantom", lambda *a, **k: None, is_available=lambda: False,
+          unavailable_reason=lambda: "phantom needs its package (pip install phantom)")
+    with pytest.raises(KernelError, match=r"'phantom' for op 'lstm' is not available on this machine \(phantom "
+                                          r"needs its package \(pip install phantom\)\); available backends"):
+        get_kernel("lstm", "phantom")
+    monkeypatch.setattr(triton_support, "triton_installed", lambda: False)
+    registry.refresh()
+    try:
+        with pytest.raises(KernelError, match=r"'triton' for op 'wkv7' is not available on this machine \(Triton is "
+                                              r"not installed \(pip install 'seqzoo\[triton\]'\)"):
+            set_backend("wkv7", "triton")
+        row = next(r for r in seqzoo.kernels.list_kernels() if (r["op"], r["backend"]) == ("ssd", "triton"))
+        assert row["why_unavailable"].startswith("Triton is not installed (pip install 'seqzoo[triton]')")
+    finally:
+        monkeypatch.undo()
+        registry.refresh()
+    with pytest.raises(ValueError, match=r"unavailable_reason must be a function"):
+        added("lstm", "phantom2", lambda *a, **k: None, unavailable_reason="no")
+
+
 def long_only(x, *args, **kwargs):
     return x.shape[1] > 3, "needs more than 3 tokens"
 

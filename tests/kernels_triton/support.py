@@ -39,7 +39,7 @@ def interpreter_active() -> bool:
 def triton_kernel(op: str, backend: str = "triton"):
     """A Triton backend of ``op``, runnable on DEVICE, or a skip saying why it cannot run here."""
     if TRITON_MISSING:
-        pytest.skip("triton is not installed (pip install 'triton>=3')")
+        pytest.skip("triton is not installed (pip install 'seqzoo[triton]')")
     if DEVICE == "cpu" and not interpreter_active():
         pytest.skip("no CUDA: Triton kernels run on CPU only when TRITON_INTERPRET=1 is set before Triton is "
                     "imported; tests/kernels_triton/test_interpreter.py runs these tests that way in a subprocess")

@@ -15,7 +15,7 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(TRITON_MISSING, reason="triton is not installed (pip install 'triton>=3')")
+@pytest.mark.skipif(TRITON_MISSING, reason="triton is not installed (pip install 'seqzoo[triton]')")
 @pytest.mark.skipif(os.environ.get("SEQZOO_TRITON_AOT") != "1",
                     reason="opt-in (about 2.5 minutes): set SEQZOO_TRITON_AOT=1 to compile every kernel for sm_80/90")
 def test_every_kernel_compiles_for_ampere_and_hopper():

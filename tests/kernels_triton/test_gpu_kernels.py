@@ -14,7 +14,7 @@ from tests.kernels_triton.support import TRITON_MISSING, check_parity, leaves, t
 pytestmark = [
     pytest.mark.gpu,
     pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU"),
-    pytest.mark.skipif(TRITON_MISSING, reason="triton is not installed (pip install 'triton>=3')"),
+    pytest.mark.skipif(TRITON_MISSING, reason="triton is not installed (pip install 'seqzoo[triton]')"),
 ]
 
 LENGTHS = [1023, 4096]

@@ -16,7 +16,7 @@ HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]
 
 
-@pytest.mark.skipif(TRITON_MISSING, reason="triton is not installed (pip install 'triton>=3')")
+@pytest.mark.skipif(TRITON_MISSING, reason="triton is not installed (pip install 'seqzoo[triton]')")
 @pytest.mark.skipif(torch.cuda.is_available(), reason="with CUDA the parity tests run compiled in this process")
 @pytest.mark.skipif(os.environ.get("TRITON_INTERPRET") == "1", reason="this process already is the interpreter run")
 def test_parity_under_triton_interpreter():
@@ -33,7 +33,7 @@ def test_parity_under_triton_interpreter():
         f"the interpreter run skipped tests it should have run:\n{tail}"
 
 
-@pytest.mark.skipif(TRITON_MISSING, reason="triton is not installed (pip install 'triton>=3')")
+@pytest.mark.skipif(TRITON_MISSING, reason="triton is not installed (pip install 'seqzoo[triton]')")
 @pytest.mark.parametrize("value", ["1", "y", "Y", "yes", "On", "TRUE", "true", " 1 ", "1 ", "0", "no", "t", "2", ""])
 def test_seqzoo_reads_triton_interpret_as_triton_does(value, monkeypatch):
     """seqzoo took " 1 " for true and "y" for false, Triton the other way round: the kernels were then chosen as

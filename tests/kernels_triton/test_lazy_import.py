@@ -39,7 +39,7 @@ def test_import_seqzoo_loads_no_triton_backend_and_works_without_triton():
     """)
 
 
-@pytest.mark.skipif(TRITON_MISSING, reason="triton is not installed (pip install 'triton>=3')")
+@pytest.mark.skipif(TRITON_MISSING, reason="triton is not installed (pip install 'seqzoo[triton]')")
 def test_triton_backend_is_available_under_the_interpreter_but_declines_cpu_tensors():
     _run("""
         import os

@@ -254,7 +254,7 @@ def test_report_says_which_published_result_it_does_not_reproduce():
     assert checks == {"mamba": True, "mamba2": False}
 
 
-def test_lab_gradients_command(tmp_path, capsys):
+def test_lab_gradients_command(tmp_path, capsys, monkeypatch):
     code = main(["lab", "gradients", "--out", str(tmp_path), "--length", "16", "--architectures", "rnn",
                  "transformer"])
     assert code == 0
@@ -266,9 +266,16 @@ def test_lab_gradients_command(tmp_path, capsys):
     assert main(["lab", "gradients", "--out", str(tmp_path), "--length", "8", "--architectures", "rnn"]) == 2
     assert "already holds gradients.md and gradients.png; pass --out NEW_FOLDER" in capsys.readouterr().err
     assert "d=15 (relative)" in (tmp_path / "gradients.md").read_text()
+    # Without matplotlib (the lab extra) gradients.png, which --out's help promises, was left out without a word.
+    from seqzoo.lab import plots
+
+    monkeypatch.setattr(plots, "matplotlib_available", lambda: False)
     assert main(["lab", "gradients", "--out", str(tmp_path), "--length", "8", "--architectures", "rnn",
                  "--force"]) == 0
+    skipped = "Plots skipped: matplotlib is not installed (`pip install 'seqzoo[lab]'`)."
+    assert skipped in capsys.readouterr().out
     assert "d=7 (relative)" in (tmp_path / "gradients.md").read_text()
+    assert f"> {skipped}" in (tmp_path / "gradients.md").read_text()
     assert main(["lab", "gradients", "--architectures", "nope"]) == 2  # a clear error, not a traceback
     assert "exactly 0" not in printed  # both reach back
     with pytest.raises(SystemExit):  # a seed training cannot take is named by argparse, before any work

@@ -616,6 +616,19 @@ def test_each_seq2seq_task_gives_its_own_trained_share(tmp_path, monkeypatch):
     assert "Evaluation sources also drawn in training: 4 characters 50%, 8 characters 0%, 16 characters 0%." in report
 
 
+def test_reports_without_matplotlib_say_how_to_get_their_figures(tmp_path, monkeypatch):
+    """Without matplotlib (the lab extra) the seq2seq and bidirectional reports left their figures out without a
+    word; the lab's report.md said how to get them (`seqzoo lab gradients`: tests/lab/test_lab.py)."""
+    from seqzoo.lab import bidirectional, plots, seq2seq
+
+    monkeypatch.setattr(plots, "matplotlib_available", lambda: False)
+    skipped = "Plots skipped: matplotlib is not installed (`pip install 'seqzoo[lab]'`)."
+    assert f"> {skipped}" in seq2seq.write_report(_seq2seq_results(), tmp_path)
+    config = {"steps": 10, "batch_size": 4, "lr": 0.01, "distances": [4], "eval_samples": 8, "tasks": []}
+    results = {"config": config, "runs": [], "baselines": {}, "workers": 1, "seconds": 1.0, "command": "seqzoo"}
+    assert f"> {skipped}" in bidirectional.write_report(results, tmp_path)
+
+
 def test_gradient_health_counts_a_non_finite_step_once_and_reads_vanishing_steps_as_such():
     def run(flags, first, losses, norm):
         return {"ok": True, "arch": "gru", "task": "text", "seed": 0, "eval": {"perplexity": 3.0}, "losses": losses,

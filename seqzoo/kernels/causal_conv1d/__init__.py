@@ -16,6 +16,7 @@ from seqzoo.kernels import triton_support  # noqa: E402  (no Triton import: avai
 
 register_backend("causal_conv1d", "triton", "seqzoo.kernels.causal_conv1d.triton:causal_conv1d", priority=20,
                  devices=("cuda",), is_available=triton_support.triton_available,
+                 unavailable_reason=triton_support.unavailable_reason,
                  supports=triton_support.supports_causal_conv1d,
                  cache_key=triton_support.supports_key_causal_conv1d,
                  description="Triton forward/backward conv kernels; padding by compaction around the kernel")

@@ -15,6 +15,7 @@ from seqzoo.kernels import triton_support  # noqa: E402  (no Triton import: avai
 
 register_backend("selective_scan", "triton", "seqzoo.kernels.selective_scan.triton:selective_scan", priority=20,
                  devices=("cuda",), is_available=triton_support.triton_available,
+                 unavailable_reason=triton_support.unavailable_reason,
                  supports=triton_support.supports_selective_scan,
                  cache_key=triton_support.supports_key_selective_scan,
                  description="Triton tile scan (forward, checkpointed reverse-time backward, fused decode step)")

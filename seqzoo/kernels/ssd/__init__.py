@@ -15,6 +15,7 @@ from seqzoo.kernels import triton_support  # noqa: E402  (no Triton import: avai
 
 register_backend("ssd", "triton", "seqzoo.kernels.ssd.triton:ssd", priority=20,
                  devices=("cuda",), is_available=triton_support.triton_available,
+                 unavailable_reason=triton_support.unavailable_reason,
                  supports=triton_support.supports_ssd,
                  cache_key=triton_support.supports_key_ssd,
                  description="Triton chunked SSD (states, output, reverse state pass, chunk backward; fused decode)")

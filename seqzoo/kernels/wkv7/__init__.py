@@ -19,11 +19,13 @@ from seqzoo.kernels import triton_support  # noqa: E402  (no Triton import: avai
 
 register_backend("wkv7", "triton", "seqzoo.kernels.wkv7.triton:wkv7", priority=20,
                  devices=("cuda",), is_available=triton_support.triton_available,
+                 unavailable_reason=triton_support.unavailable_reason,
                  supports=triton_support.supports_wkv7,
                  cache_key=triton_support.supports_key_wkv7,
                  description="Triton fused recurrent WKV (state in registers; checkpointed backward; T=1 decode)")
 register_backend("wkv7", "triton_chunked", "seqzoo.kernels.wkv7.triton_chunked:wkv7", priority=30,
                  devices=("cuda",), is_available=triton_support.triton_available,
+                 unavailable_reason=triton_support.unavailable_reason,
                  supports=triton_support.supports_wkv7_chunked,
                  cache_key=triton_support.supports_key_wkv7,
                  description="Triton chunked WKV for training and prefill (tensor-core products per chunk of 32, "
