@@ -46,7 +46,8 @@ def test_shared_fields(cls, field, value, message):
 @pytest.mark.parametrize(
     "cls,kwargs,message",
     [
-        (seqzoo.RNNConfig, dict(nonlinearity="sigmoid"), "nonlinearity='sigmoid' is invalid: allowed values are 'tanh', 'relu'"),
+        (seqzoo.RNNConfig, dict(nonlinearity="sigmoid"),
+         "nonlinearity='sigmoid' is invalid: allowed values are 'tanh', 'relu'"),
         (seqzoo.RNNConfig, dict(nonlinearity="rleu"), "did you mean 'relu'"),
         (seqzoo.LSTMConfig, dict(forget_bias="big"), "forget_bias='big' is invalid: expected a number"),
         (seqzoo.LSTMConfig, dict(embedding_size=16), "tie_word_embeddings=True needs embedding_size == hidden_size"),
@@ -54,7 +55,8 @@ def test_shared_fields(cls, field, value, message):
         (seqzoo.TransformerConfig, dict(num_attention_heads=5), "num_attention_heads=5 does not divide hidden_size=32"),
         (seqzoo.TransformerConfig, dict(num_attention_heads=4, num_key_value_heads=3),
          "num_key_value_heads=3 must divide num_attention_heads=4"),
-        (seqzoo.TransformerConfig, dict(variant="gpt3"), "variant='gpt3' is invalid: allowed values are 'vaswani', 'gpt2', 'llama'"),
+        (seqzoo.TransformerConfig, dict(variant="gpt3"),
+         "variant='gpt3' is invalid: allowed values are 'vaswani', 'gpt2', 'llama'"),
         (seqzoo.TransformerConfig, dict(hidden_act="gleu"), "hidden_act='gleu' is invalid.*did you mean 'gelu'"),
         (seqzoo.TransformerConfig, dict(position_embedding="alibi"), "position_embedding='alibi' is invalid"),
         (seqzoo.TransformerConfig, dict(norm_type="batchnorm"), "norm_type='batchnorm' is invalid"),
@@ -241,7 +243,8 @@ def test_checkpoint_with_misshaped_tensor(saved_lstm):
     weights = load_file(saved_lstm / "model.safetensors")
     weights["model.layers.0.bias_ih"] = torch.zeros(7)
     save_file(weights, saved_lstm / "model.safetensors", metadata={"format": "pt"})
-    with pytest.raises(ValueError, match=r"mis-shaped tensors: model.layers.0.bias_ih \(checkpoint \(7,\), model \(128,\)\)"):
+    with pytest.raises(ValueError,
+                       match=r"mis-shaped tensors: model.layers.0.bias_ih \(checkpoint \(7,\), model \(128,\)\)"):
         AutoModelForCausalLM.from_pretrained(saved_lstm)
     # What the error advises works: strict=False loads it, that tensor re-initialised (not transformers' own error).
     model = AutoModelForCausalLM.from_pretrained(saved_lstm, strict=False)

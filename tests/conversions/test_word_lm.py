@@ -180,7 +180,8 @@ def test_bad_hidden_file_is_refused_before_anything_is_written(hidden, message, 
 
 def test_integer_tensors_are_refused_naming_the_dtype():
     state_dict = {k: v.to(torch.int64) for k, v in reference("lstm").state_dict().items()}
-    with pytest.raises(ValueError, match=r"not floating point, or float8: encoder.weight \(int64\).*floating-point weights"):
+    with pytest.raises(ValueError,
+                       match=r"not floating point, or float8: encoder.weight \(int64\).*floating-point weights"):
         convert_word_lm(state_dict)
 
 

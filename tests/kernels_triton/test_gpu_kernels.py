@@ -7,8 +7,10 @@ import pytest
 import torch
 
 from seqzoo.kernels import get_kernel
-from tests.kernels_triton import (test_parity_causal_conv1d as conv, test_parity_selective_scan as scan,
-                                  test_parity_ssd as ssd, test_parity_wkv7 as wkv7)
+from tests.kernels_triton import test_parity_causal_conv1d as conv
+from tests.kernels_triton import test_parity_selective_scan as scan
+from tests.kernels_triton import test_parity_ssd as ssd
+from tests.kernels_triton import test_parity_wkv7 as wkv7
 from tests.kernels_triton.support import TRITON_MISSING, check_parity, leaves, triton_kernel
 
 pytestmark = [
