@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import functools
 import numbers
 import re
 import types
@@ -148,7 +149,9 @@ def peft_config(model: nn.Module, method: str = "lora", task_type: Any = None, *
         _refuse_options_parameters_do_not_take(values)
         _refuse_quantised_parameters(model, values.get("target_parameters") or ())
         _refuse_quantised_model(model, method)
-        return peft.LoraConfig(**values)
+        config = peft.LoraConfig(**values)
+        _refuse_parameters_above_adapted_modules(model, config)
+        return config
     if not targets["target_modules"] and "target_modules" not in overrides:
         raise ValueError(
             f"{type(model).__name__} has no nn.Linear layer in its backbone for IA3 to scale: its recurrent weights "
@@ -414,6 +417,67 @@ def _refuse_options_parameters_do_not_take(values: dict[str, Any]) -> None:
 
 
 _PARAMETER_INITS = (True, False, "gaussian")
+
+
+def _refuse_parameters_above_adapted_modules(model: nn.Module, config: Any) -> None:
+    """A ``target_parameters`` entry whose parameter belongs to a module above one that ``target_modules`` adapts
+    (RWKV-7's ``w1`` beside its ``receptance``, Mamba's ``A_log`` beside its ``in_proj``): peft 0.22 wraps that module
+    for its parameter before it adapts the modules, and then cannot reach the module below it (an AttributeError,
+    "ParamWrapper has no attribute 'receptance'", from inside get_peft_model). Refused where the installed peft does
+    that (judged by behaviour, see _peft_adapts_modules_below_parameters), naming what works."""
+    names = getattr(config, "target_parameters", None)
+    if not names or isinstance(names, str) or not config.target_modules or _peft_adapts_modules_below_parameters():
+        return
+    from peft.tuners.tuners_utils import check_target_module_exists
+
+    owners = [(module_name, f"{module_name}.{name}") for module_name, module in model.named_modules() if module_name
+              for name, _ in module.named_parameters(recurse=False)
+              if any(f"{module_name}.{name}" == n or f"{module_name}.{name}".endswith(f".{n}") for n in names)]
+    for key, _ in model.named_modules():
+        found = check_target_module_exists(config, key) if key else None
+        if not found or type(found).__name__ == "_ExcludedModule":  # (excluded modules are not adapted)
+            continue
+        for owner, parameter in owners:
+            if key.startswith(f"{owner}."):
+                import peft
+
+                raise ValueError(
+                    f"target_parameters adapt {parameter}, a parameter of {owner}, and target_modules adapt {key} "
+                    f"inside it: peft {peft.__version__} wraps {owner} for its parameter first and then cannot reach "
+                    f"{key} (get_peft_model fails). Adapt the two in separate adapters, both configs made before "
+                    f"get_peft_model: modules = seqzoo.peft_config(model, target_parameters=[]) (or target_modules "
+                    f"naming no module inside {owner}), parameters = seqzoo.peft_config(model, target_modules=[], "
+                    f"target_parameters={list(names)!r}); peft_model = get_peft_model(model, modules); "
+                    "peft_model.add_adapter('on_parameters', parameters); "
+                    "peft_model.base_model.set_adapter(['default', 'on_parameters'])")
+
+
+@functools.lru_cache(maxsize=None)
+def _peft_adapts_modules_below_parameters() -> bool:
+    """Whether the installed peft adapts, in one LoRA adapter, a parameter of a module and a Linear layer inside that
+    module (0.21 did, adapting the modules first; 0.22 adapts the parameters first and fails). Tried on a two-layer
+    toy model, once per process."""
+    import warnings
+
+    import peft
+    import torch
+
+    class Holder(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.weight_own = nn.Parameter(torch.zeros(2, 2))
+            self.inner = nn.Linear(2, 2)
+
+    root = nn.Module()
+    root.holder = Holder()
+    config = peft.LoraConfig(r=1, target_modules=["inner"], target_parameters=["weight_own"])
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            peft.inject_adapter_in_model(config, root)
+    except AttributeError:
+        return False
+    return True
 
 
 def _refuse_quantised_parameters(model: nn.Module, names: Any) -> None:

@@ -440,10 +440,63 @@ def test_a_misspelt_target_parameter_is_refused(arch, targets):
         seqzoo.peft_config(model, **targets)
     # A parameter's own name, or a full name's last components, as peft matches them.
     name = next(n for n, _ in model.named_parameters() if n.endswith(".w1" if arch == "rwkv7" else ".weight_hh"))
+    # (RWKV-7's w1 sits above its adapted receptance: adapted alone here, see the test below for the pair)
+    alone = {"target_modules": []} if arch == "rwkv7" else {}
     for given in (name, name.partition(".")[2], name.rpartition(".")[2]):
-        config = seqzoo.peft_config(model, target_parameters=[given])
+        config = seqzoo.peft_config(model, target_parameters=[given], **alone)
         wrapped = get_peft_model(build(arch, "causal-lm"), config)
         assert any(isinstance(m, ParamWrapper) for m in wrapped.modules())
+
+
+@pytest.mark.parametrize("arch, parameter, module", [("rwkv7", "w1", "receptance"), ("mamba", "A_log", "in_proj")])
+def test_a_parameter_above_an_adapted_module_is_adapted_where_peft_can_and_refused_where_it_cannot(arch, parameter,
+                                                                                                   module):
+    """peft 0.22 adapts target_parameters before target_modules: a parameter of a module above an adapted one
+    (RWKV-7's w1 beside its receptance) made get_peft_model fail inside peft ("ParamWrapper has no attribute
+    'receptance'"); 0.21 adapted both. Judged against peft itself, not its version: the bare LoraConfig is tried."""
+    from peft import LoraConfig
+
+    from seqzoo.adapters import peft_targets
+
+    targets = peft_targets(build(arch, "causal-lm"))
+    bare = LoraConfig(r=4, target_modules=targets["target_modules"], target_parameters=[parameter])
+    try:
+        get_peft_model(build(arch, "causal-lm"), bare)
+    except AttributeError as err:
+        assert module in str(err)
+        with pytest.raises(ValueError, match=rf"target_parameters adapt model.layers.0.\w+.{parameter}, a parameter of "
+                                             rf"model.layers.0.\w+, and target_modules adapt .*\.{module} inside it.*"
+                                             r"separate adapters"):
+            seqzoo.peft_config(build(arch, "causal-lm"), target_parameters=[parameter])
+    else:  # (peft adapts both: so does seqzoo's config)
+        wrapped = get_peft_model(build(arch, "causal-lm"),
+                                 seqzoo.peft_config(build(arch, "causal-lm"), target_parameters=[parameter]))
+        assert any(isinstance(m, ParamWrapper) for m in wrapped.modules())
+        assert any(isinstance(m, LoraLayer) and n.endswith(module) for n, m in wrapped.named_modules())
+    # target_modules naming no module inside the parameter's module: no conflict
+    seqzoo.peft_config(build(arch, "causal-lm"), target_parameters=[parameter], target_modules=["lm_head"])
+
+
+def test_the_refusal_of_a_parameter_above_an_adapted_module_names_a_route_that_trains_both(monkeypatch):
+    """The refusal (made here whatever peft is installed) names two adapters, both configs made before
+    get_peft_model: that route adapts the parameter and the modules, and a step trains both adapters."""
+    import seqzoo.adapters as adapters
+
+    monkeypatch.setattr(adapters, "_peft_adapts_modules_below_parameters", lambda: False)
+    model = build("rwkv7", "causal-lm")
+    with pytest.raises(ValueError, match=r"peft \S+ wraps model.layers.0.attn for its parameter first") as refused:
+        seqzoo.peft_config(model, target_parameters=["w1"])
+    assert "add_adapter('on_parameters', parameters)" in str(refused.value)
+    modules = seqzoo.peft_config(model, target_parameters=[])
+    parameters = seqzoo.peft_config(model, target_modules=[], target_parameters=["w1"])
+    peft_model = get_peft_model(model, modules)
+    peft_model.add_adapter("on_parameters", parameters)
+    peft_model.base_model.set_adapter(["default", "on_parameters"])
+    before = {n: p.detach().clone() for n, p in peft_model.named_parameters() if "lora_B" in n}
+    assert any(".on_parameters" in n for n in before) and any(".default" in n for n in before)
+    train_step(peft_model, "causal-lm")
+    changed = {n for n, p in peft_model.named_parameters() if n in before and not torch.equal(p, before[n])}
+    assert any(".on_parameters" in n for n in changed) and any("receptance.lora_B.default" in n for n in changed)
 
 
 @pytest.mark.parametrize("arch, overrides, refused", [
