@@ -170,7 +170,11 @@ def fsync_tree(folder: Path) -> None:
 
 def write_atomically(path: Path, text: str) -> None:
     """Write ``text`` to ``path`` whole or not at all (a file beside it, then renamed over it): a process killed while
-    writing leaves the file it had (a lab's marker, a run's metrics.jsonl), not a truncated one."""
+    writing leaves the file it had (a lab's marker, a run's metrics.jsonl), not a truncated one. The file beside it
+    is made anew ("x": never opened through a link of that name, which would write the text into the file it points
+    to, nor into one left by a killed process)."""
     partial = path.with_name(path.name + ".partial")
-    partial.write_text(text)
+    partial.unlink(missing_ok=True)
+    with open(partial, "x") as handle:
+        handle.write(text)
     os.replace(partial, path)

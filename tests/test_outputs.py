@@ -154,6 +154,22 @@ def test_replacing_a_model_removes_its_config_json_first_then_its_stale_files(tm
     assert (out / "config.json").read_text() == "new" and (out / "notes.txt").read_text() == "old"
 
 
+@pytest.mark.parametrize("left", ["link", "file"])
+def test_write_atomically_never_writes_through_what_its_partial_name_holds(tmp_path, left):
+    # A link named results.json.partial (in a folder from elsewhere), or the file a killed write left: the text went
+    # into the file the link points to (a user's file overwritten), and results.json became that link.
+    elsewhere = tmp_path / "notes.txt"
+    elsewhere.write_text("mine")
+    out = tmp_path / "lab"
+    out.mkdir()
+    partial = out / "results.json.partial"
+    partial.symlink_to(elsewhere) if left == "link" else partial.write_text("x" * 100)
+    outputs.write_atomically(out / "results.json", "{}")
+    assert elsewhere.read_text() == "mine"
+    assert not (out / "results.json").is_symlink() and (out / "results.json").read_text() == "{}"
+    assert leftovers(out) == ["results.json"]
+
+
 def test_a_safetensors_write_error_becomes_one_line(tmp_path):
     from safetensors import SafetensorError
 
