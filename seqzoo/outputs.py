@@ -5,7 +5,8 @@ their folder in a temporary sibling (``.<name>.<random>.partial``, on the same f
 only when every file is written:
 
 - a destination that does not exist, or an empty folder, is replaced by one rename (atomic) -- but the folder the
-  process stands in (``seqzoo new lstm-tiny .``), which receives the files as below;
+  process stands in (``seqzoo new lstm-tiny .``), which receives the files as below; a link to a folder stands for
+  the folder it names, staged beside that folder;
 - an existing folder that keeps other files (a training run's folder holds ``checkpoints/`` and
   ``metrics.jsonl``; ``seqzoo new --force``) receives the files one rename each, ``config.json`` last, so a
   folder never shows a ``config.json`` whose weights are missing or half-written;
@@ -84,6 +85,10 @@ def staged_folder(destination: str | os.PathLike, *, merge: bool = False,
     replaces = tuple(replaces)
     try:
         destination = Path(os.path.abspath(destination))  # ("." and "" name no folder to stage beside: EINVAL)
+        if destination.is_symlink() and destination.is_dir():
+            # A link to a folder: the files go into the folder it names, staged beside that folder (its rmdir failed
+            # with "Not a directory", and the rename would replace the link, not fill the folder)
+            destination = destination.resolve()
         if not merge and destination.is_dir() and Path.cwd().is_relative_to(destination):
             merge = True  # (replacing the folder a shell stands in would leave it in a deleted one, showing nothing)
     except FileNotFoundError:  # (the folder the process stands in was deleted: a relative path fails below)

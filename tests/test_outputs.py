@@ -210,6 +210,15 @@ def test_new_into_a_read_only_folder(readonly_dir, capsys):
     assert "Read-only file system" in message or "Permission denied" in message
 
 
+def test_new_into_a_link_to_an_empty_folder_fills_that_folder(tmp_path, capsys):
+    # (refused with "Not a directory": the link was rmdir'ed as the empty folder it names)
+    (tmp_path / "elsewhere").mkdir()
+    (tmp_path / "m").symlink_to(tmp_path / "elsewhere")
+    assert main(["new", "lstm-tiny", str(tmp_path / "m")]) == 0
+    assert (tmp_path / "m").is_symlink() and "config.json" in leftovers(tmp_path / "elsewhere")
+    assert leftovers(tmp_path) == ["elsewhere", "m"]
+
+
 def test_staged_folder_works_where_the_folder_one_stands_in_was_deleted(tmp_path, monkeypatch):
     (tmp_path / "gone").mkdir()
     monkeypatch.chdir(tmp_path / "gone")
