@@ -324,10 +324,15 @@ def final_weights(run: Path) -> dict:
 
 
 @pytest.fixture(scope="module")
-def uninterrupted(tmp_path_factory):
+def straight_run(tmp_path_factory):
     run = tmp_path_factory.mktemp("straight") / "run"
     assert main(TRAIN + ["--output-dir", str(run)]) == 0
-    return final_weights(run)
+    return run
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(straight_run):
+    return final_weights(straight_run)
 
 
 def test_a_checkpoint_write_failing_leaves_the_previous_one_and_the_run_resumes(tmp_path, monkeypatch, capsys,
@@ -372,6 +377,21 @@ def test_the_final_save_failing_leaves_no_half_model_and_the_run_resumes(tmp_pat
     assert main(TRAIN + ["--output-dir", str(run), "--resume"]) == 0
     for name, tensor in final_weights(run).items():
         assert torch.equal(tensor, uninterrupted[name]), name
+
+
+def test_resume_replaces_a_link_named_recipe_yaml_instead_of_writing_through_it(straight_run, tmp_path):
+    # A run folder from elsewhere whose recipe.yaml links to a file of the user's: --resume wrote the recipe into it.
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(straight_run, run)
+    notes = tmp_path / "notes.txt"
+    notes.write_text("mine")
+    (run / "recipe.yaml").unlink()
+    (run / "recipe.yaml").symlink_to(notes)
+    assert main(TRAIN + ["--output-dir", str(run), "--resume"]) == 0
+    assert notes.read_text() == "mine"
+    assert not (run / "recipe.yaml").is_symlink() and "task: causal-lm" in (run / "recipe.yaml").read_text()
 
 
 def test_train_into_a_read_only_folder(readonly_dir, capsys):

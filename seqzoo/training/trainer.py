@@ -571,7 +571,8 @@ def _run(recipe: Recipe, accelerator: Any, model: Any, optimizer: Any, scheduler
         if not accelerator.is_main_process:
             return
         run_dir.mkdir(parents=True, exist_ok=True)
-        (run_dir / "recipe.yaml").write_text(recipe.to_yaml())
+        # (whole, and never through a link of that name in a run folder from elsewhere, which --resume wrote into)
+        write_atomically(run_dir / "recipe.yaml", recipe.to_yaml())
         # (a killed run may have logged steps past its checkpoint; a run resumed from another run's checkpoint, into
         # a folder of its own, starts from that run's rows)
         history = _read_history(_history_of(checkpoint, metrics_path), up_to=step)
