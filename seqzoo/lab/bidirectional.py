@@ -173,8 +173,12 @@ def run_bidirectional_lab(cfg: BidirectionalLabConfig, out: str | Path, command:
     from seqzoo.lab.workers import run_lab_jobs
 
     out = Path(out)
-    check_report_folder(out, RESULTS_FILE, "bidirectional", force)
-    remove_previous_report(out, RESULTS_FILE, (RESULTS_FILE, REPORT_FILE, PLOT_FILE), (), lambda run: _run_folder(
+    written = (RESULTS_FILE, REPORT_FILE, PLOT_FILE)
+    runs = [f"runs/{_run_folder(arch, task, direction)}" for task in cfg.tasks for arch in presets
+            for direction in DIRECTIONS]
+    # (each run trains with force=True in its folder: one there of the user's would be deleted)
+    check_report_folder(out, RESULTS_FILE, "bidirectional", force, (*written, *runs))
+    remove_previous_report(out, RESULTS_FILE, written, (), lambda run: _run_folder(
         run["arch"], run["task"], run["direction"]))
     out.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()

@@ -242,12 +242,18 @@ def _process_alive(pid: Any) -> bool:
     return True
 
 
-def check_report_folder(out: Path, results_file: str, what: str, force: bool) -> None:
+def check_report_folder(out: Path, results_file: str, what: str, force: bool, files: tuple[str, ...] = ()) -> None:
     """The guard of a lab that writes its report beside others (``seqzoo lab seq2seq``, ``bidirectional``): ``out``
     must be a folder, and one holding this lab's ``results_file`` (a finished report, or the runs an unfinished one
-    recorded, :func:`record_stopped`) is replaced only with ``force``."""
+    recorded, :func:`record_stopped`), or any of the other ``files`` this run writes (its report and figures, which
+    it would write over), is replaced only with ``force``."""
     if out.exists() and not out.is_dir():
         raise ValueError(f"{str(out)!r} is a file; choose a folder for --out")
+    held = [name for name in files if (out / name).exists() or (out / name).is_symlink()]
+    if held and not (out / results_file).is_file() and not force:
+        # (a file of the user's under a name the lab writes: it was written over without a word)
+        raise ValueError(f"{str(out)!r} already holds {', '.join(held)}, which this {what} lab writes, without its "
+                         f"{results_file}; pass --out NEW_FOLDER to keep them, or --force to replace them")
     if (out / results_file).is_file() and not force:
         try:
             previous = json.loads((out / results_file).read_text())

@@ -190,6 +190,11 @@ def _run_folder(model: str, task: str) -> str:
     return f"{model}-{task}"
 
 
+def attention_png(task: str) -> str:
+    """The file of ``task``'s attention heat maps."""
+    return f"seq2seq-attention-{task}.png"
+
+
 def run_seq2seq_lab(cfg: Seq2SeqLabConfig, out: str | Path, log: Callable[[str], None] = print, *,
                     force: bool = False) -> dict[str, Any]:
     """Train every model on every task, then write the report section and its figures into ``out`` (a finished
@@ -199,8 +204,11 @@ def run_seq2seq_lab(cfg: Seq2SeqLabConfig, out: str | Path, log: Callable[[str],
     from seqzoo.lab.workers import run_lab_jobs
 
     out = Path(out)
-    check_report_folder(out, RESULTS_FILE, "seq2seq", force)
-    remove_previous_report(out, RESULTS_FILE, (RESULTS_FILE, REPORT_FILE, ACCURACY_PNG), ("seq2seq-attention-*.png",),
+    written = (RESULTS_FILE, REPORT_FILE, ACCURACY_PNG)
+    runs = [f"runs/{_run_folder(name, task)}" for task in cfg.tasks for name in cfg.models]
+    # (each run trains with force=True in its folder: one there of the user's would be deleted)
+    check_report_folder(out, RESULTS_FILE, "seq2seq", force, (*written, *map(attention_png, cfg.tasks), *runs))
+    remove_previous_report(out, RESULTS_FILE, written, (attention_png("*"),),
                            lambda run: _run_folder(run["model"], run["task"]))
     out.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
@@ -278,7 +286,7 @@ def write_report(results: dict[str, Any], out: Path) -> str:
                 f"{n} {unit} {shares.get(n, shares.get(str(n), 0.0)):.0%}" for n in lengths) + ".", ""]
         maps = [run for run in runs if run["task"] == task and "attention" in run]
         if maps and plots.matplotlib_available():
-            name = f"seq2seq-attention-{task}.png"
+            name = attention_png(task)
             heat_maps(maps, task, out / name)
             lines += [f"![attention heat maps, {TASK_TITLES.get(task, task)}]({name})", ""]
     failed = [run for run in results["runs"] if not run["ok"]]

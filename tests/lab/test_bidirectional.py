@@ -19,6 +19,14 @@ from seqzoo.training.classification import build_label_data
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
+def test_a_report_of_the_users_under_the_labs_name_is_kept_without_force(tmp_path):
+    # (without the lab's results file beside it, bidirectional.md was written over without a word)
+    (tmp_path / bidirectional.REPORT_FILE).write_text("mine")
+    with pytest.raises(ValueError, match=r"already holds bidirectional.md, which this bidirectional lab writes"):
+        bidirectional.run_bidirectional_lab(BidirectionalLabConfig.smoke(workers=1), tmp_path, log=lambda line: None)
+    assert (tmp_path / bidirectional.REPORT_FILE).read_text() == "mine"
+
+
 def test_smoke_run_compares_both_directions_of_every_architecture(tmp_path, capsys):
     out = tmp_path / "bi"
     assert main(["lab", "bidirectional", "--smoke", "--workers", "1", "--out", str(out)]) == 0

@@ -40,6 +40,19 @@ def test_smoke_seq2seq_lab_writes_its_report_and_keeps_a_finished_one(tmp_path):
         run_seq2seq_lab(cfg, out, log=lambda line: None)
 
 
+@pytest.mark.parametrize("name", [REPORT_FILE, "seq2seq-attention-reverse.png", "runs/bahdanau-reverse/recipe.yaml"])
+def test_a_file_under_a_name_the_lab_writes_is_kept_without_force(tmp_path, name):
+    # Without the lab's results file beside it, a report or figure of that name was written over without a word, and
+    # a training run's folder where a run of the lab goes was deleted (the lab's runs train with force=True).
+    (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+    (tmp_path / name).write_text("mine")
+    held = name.removesuffix("/recipe.yaml")
+    with pytest.raises(ValueError, match=rf"already holds {held}, which this seq2seq lab writes, .*--force"):
+        run_seq2seq_lab(Seq2SeqLabConfig.smoke(tasks=["reverse"], workers=1), tmp_path, log=lambda line: None)
+    assert (tmp_path / name).read_text() == "mine"
+    assert sorted(p.name for p in tmp_path.iterdir()) == [name.split("/")[0]]
+
+
 def test_the_command_line_offers_the_tasks_whose_sources_grow(capsys):
     """`dates` was listed, then refused after start-up for want of source lengths no option could give."""
     from seqzoo.cli import main
