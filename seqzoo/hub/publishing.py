@@ -251,6 +251,18 @@ _MODEL_FILE = re.compile(r"(generation_)?config\.json|adapter_config\.json|adapt
 CARRIED_FILES = ("hidden_state.safetensors",)
 
 
+def check_carried_hidden_state(path: Path, config: Any) -> None:
+    """Refuse a ``hidden_state.safetensors`` that is no hidden state of the model published with it: it is uploaded
+    as it is, so a damaged file, another model's state, or a link to any other file (a private key) would go up."""
+    from seqzoo.conversions.word_lm import load_hidden_state
+    from seqzoo.models.classic.configuration_classic import ClassicRecurrentConfig
+
+    if not isinstance(config, ClassicRecurrentConfig):
+        raise ValueError(f"{str(path)!r}: a saved hidden state goes with an Elman RNN, LSTM or GRU (seqzoo convert "
+                         f"word-lm --hidden), not with a {type(config).__name__} model; remove it before publishing")
+    load_hidden_state(path, config)  # (a ValueError naming the file where it is none of this model's)
+
+
 def model_files(folder: str | os.PathLike) -> list[str]:
     """The names of the files in ``folder`` that make up a model (weights or shards and their index, config, adapter,
     tokenizer, seqzoo's records and the code it bundled), which a model written over it must replace or remove: left
@@ -351,6 +363,8 @@ def _load_checkpoint(source: Any, tokenizer: Any, training: dict[str, Any] | Non
             if training is not None:
                 check_record_describes(folder, config, training)
         extra_files = tuple(folder / name for name in CARRIED_FILES if (folder / name).is_file())
+        for path in extra_files:
+            check_carried_hidden_state(path, model.config)
     else:
         extra_files = ()
         model = unwrap(source)  # (torch.compile's wrapper: the model it compiles is the one to publish)

@@ -393,6 +393,38 @@ def test_the_hidden_state_a_converted_word_lm_starts_from_is_published_with_it(h
     assert (tmp_path / "built" / "hidden_state.safetensors").read_bytes() == saved
 
 
+@pytest.mark.parametrize("planted", ["link to a private file", "another model's state", "a Mamba model's"])
+def test_a_hidden_state_file_that_is_none_of_the_models_is_refused_not_uploaded(hub, saved_models, tmp_path, planted):
+    # (it was carried as it was: a hidden_state.safetensors linking to ~/.ssh/id_rsa, in a folder from elsewhere, went
+    # up with the model, and so did a damaged file or another model's state)
+    import torch
+    from transformers import AutoConfig
+
+    from seqzoo.conversions.word_lm import save_hidden_state
+
+    folder = tmp_path / "word-lm"
+    shutil.copytree(saved_models["mamba" if "Mamba" in planted else "lstm"], folder)
+    planted_file = folder / "hidden_state.safetensors"
+    if planted.startswith("link"):
+        (tmp_path / "id_rsa").write_text("-----BEGIN OPENSSH PRIVATE KEY-----")
+        planted_file.symlink_to(tmp_path / "id_rsa")
+        error = "cannot read .*hidden_state.safetensors' as a hidden state"
+    elif planted.startswith("another"):
+        config = AutoConfig.from_pretrained(folder)
+        save_hidden_state(torch.zeros(config.num_hidden_layers + 1, 1, config.hidden_size),
+                          AutoConfig.for_model("seqzoo_gru", num_hidden_layers=config.num_hidden_layers + 1,
+                                               hidden_size=config.hidden_size), planted_file)
+        error = "is not a hidden state of this model"
+    else:
+        planted_file.write_bytes(b"")
+        error = "a saved hidden state goes with an Elman RNN, LSTM or GRU .* not with a MambaConfig model"
+    with pytest.raises(ValueError, match=error):
+        publish(folder, repo_id("word-lm"))
+    with pytest.raises(ValueError, match=error):
+        export_folder(folder, tmp_path / "built", repo_id=repo_id("word-lm"))
+    assert not hub.commits and not (tmp_path / "built").exists()
+
+
 def test_a_model_holding_peft_adapters_is_refused_with_the_merge(hub, saved_models, tmp_path):
     # (a PeftModel saved its adapter alone, and the bundle failed on a config.json never written; a folder with the
     # adapter saved beside the model failed in transformers' load, on peft's version)
