@@ -394,6 +394,21 @@ def test_resume_replaces_a_link_named_recipe_yaml_instead_of_writing_through_it(
     assert not (run / "recipe.yaml").is_symlink() and "task: causal-lm" in (run / "recipe.yaml").read_text()
 
 
+def test_force_refuses_to_delete_the_recipe_file_given_inside_the_output_folder(straight_run, tmp_path, capsys):
+    # (the old run, the recipe given with it, was deleted once the new run's first step was done)
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(straight_run, run)
+    mine = run / "mine.yaml"
+    mine.write_text("# my sweep\n" + (run / "recipe.yaml").read_text())
+    message = error_line(["train", str(mine), "--output-dir", str(run), "--force", "--no-progress"], capsys)
+    assert f"--force would delete {str(run)!r}, which holds the recipe file given, {str(mine)!r}" in message
+    assert mine.read_text().startswith("# my sweep") and (run / "model.safetensors").is_file()
+    # The run's own recipe.yaml is written again by the new run: starting over from it is no loss.
+    assert main(["train", str(run / "recipe.yaml"), "--output-dir", str(run), "--force", "--no-progress"]) == 0
+
+
 def test_train_into_a_read_only_folder(readonly_dir, capsys):
     message = error_line(TRAIN + ["--output-dir", str(readonly_dir / f"run-{uuid.uuid4().hex[:6]}")], capsys)
     assert "Read-only file system" in message or "Permission denied" in message

@@ -61,6 +61,8 @@ def cmd_train(args: argparse.Namespace) -> int:
                              f"{overrides['output_dir']!r} both set the output folder; give it once")
         overrides["output_dir"] = args.output_dir
     recipe = load_recipe(args.recipe, overrides)
+    if args.force:
+        _refuse_deleting_the_recipe(args.recipe, recipe.output_dir)
     if args.print_recipe:
         check_recipe(recipe)  # (what train would refuse before reading data)
         print(recipe.to_yaml(), end="")
@@ -79,3 +81,16 @@ def cmd_train(args: argparse.Namespace) -> int:
               f"{recipe.task}): eval loss {result.eval['loss']:.4f}{perplexity}, accuracy "
               f"{result.eval['accuracy']:.3f}; saved to {result.output_dir}")
     return 0
+
+
+def _refuse_deleting_the_recipe(given: str, output_dir: str) -> None:
+    """--force deletes the output folder's run once the new one has done its first step: refuse it where that folder
+    holds the recipe file given (it was deleted with the run). The run's own ``recipe.yaml`` is no loss: the new run
+    writes it again, from the recipe read from it."""
+    from pathlib import Path
+
+    recipe_file, run_dir = Path(given), Path(output_dir).resolve()
+    if (recipe_file.is_file() and run_dir in recipe_file.resolve().parents
+            and recipe_file.resolve() != run_dir / "recipe.yaml"):
+        raise ValueError(f"--force would delete {output_dir!r}, which holds the recipe file given, {given!r}; move the "
+                         "recipe out of it, or choose another output_dir (--output-dir)")
