@@ -897,6 +897,35 @@ def test_generate_runs_no_tokenizer_code_from_the_folder(model_dir, tmp_path, ca
         assert not marker.exists()
 
 
+@pytest.mark.parametrize("model_type", ["seqzoo_lstm", "planted"])
+def test_model_code_a_folder_names_in_auto_map_never_runs(model_dir, tmp_path, monkeypatch, capsys, model_type):
+    # A downloaded folder's config.json pointing auto_map at a module of its own: seqzoo's registered classes load a
+    # seqzoo model_type (and publish writes its own bundle and auto_map), another is refused by name; no command
+    # asks transformers' "run the custom code? [y/N]" (stdin answers yes) or imports the module.
+    import io
+    import json
+    import shutil
+
+    folder = tmp_path / "planted"
+    shutil.copytree(model_dir, folder)
+    config = json.loads((folder / "config.json").read_text())
+    config.update(model_type=model_type, auto_map={"AutoConfig": "planted.PlantedConfig",
+                                                   "AutoModelForCausalLM": "planted.PlantedModel"})
+    (folder / "config.json").write_text(json.dumps(config))
+    marker = tmp_path / "ran"
+    (folder / "planted.py").write_text(f"open({str(marker)!r}, 'w').close()\n")
+    monkeypatch.setattr("sys.stdin", io.StringIO("y\n" * 8))
+    generate = ["generate", str(folder), "hi", "--max-new-tokens", "2"]
+    publish = ["publish", str(folder), "me/planted", "--dry-run", "--output", str(tmp_path / "hub")]
+    if model_type == "planted":
+        assert "'planted'" in _error(capsys, generate) and "'planted'" in _error(capsys, publish)
+    else:
+        assert main(generate) == 0 and main(publish) == 0
+        assert type(AutoModelForCausalLM.from_pretrained(folder)).__module__.startswith("seqzoo.")
+        assert "planted" not in json.dumps(json.loads((tmp_path / "hub" / "config.json").read_text())["auto_map"])
+    assert not marker.exists()
+
+
 def test_new_refuses_token_ids_the_byte_tokenizer_does_not_have(tmp_path, capsys):
     # (accepted, then overwritten in generation_config.json by the tokenizer's: the config disagreed with both)
     line = _error(capsys, ["new", "lstm-tiny", str(tmp_path / "a"), "--set", "eos_token_id=10", "pad_token_id=0"])
