@@ -425,6 +425,17 @@ def test_a_misspelt_kernels_variable_is_refused_before_the_run_folder_is_made(re
     assert not (tmp_path / "run").exists()
 
 
+@pytest.mark.parametrize("tag", ["!!python/object/apply:builtins.open", "!!python/object/new:builtins.open"])
+def test_a_recipe_yaml_never_builds_python_objects(tmp_path, tag):
+    # (a recipe from elsewhere: PyYAML's unsafe loaders call what a python/ tag names while reading)
+    marker = tmp_path / "ran"
+    path = tmp_path / "recipe.yaml"
+    path.write_text(f"name: x\nmodel: {tag} [{str(marker)!r}, w]\n")
+    with pytest.raises(ValueError, match="is not valid YAML: could not determine a constructor for the tag"):
+        load_recipe(path)
+    assert not marker.exists()
+
+
 def test_a_yaml_boolean_where_a_string_is_expected_says_to_quote_it(tmp_path):
     path = tmp_path / "r.yaml"
     path.write_text("model: {preset: gru-tiny}\ntrain: {mixed_precision: no}\n")
