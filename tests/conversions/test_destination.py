@@ -308,3 +308,31 @@ def test_a_hub_repo_ids_tokenizer_code_is_downloaded_with_it(tmp_path, monkeypat
     monkeypatch.setattr(huggingface_hub, "snapshot_download", snapshot_download)
     assert seqzoo_main(["convert", "llama", "someone/yi-like", str(tmp_path / "out")]) == 0
     assert (tmp_path / "out" / "tokenization_yi.py").read_text() == "# the tokenizer's code (never run here)\n"
+
+
+@pytest.mark.parametrize("command", ["rwkv7", "word-lm --hidden"])
+def test_a_checkpoint_whose_pickle_would_run_code_is_refused_and_runs_nothing(tmp_path, capsys, command):
+    # A .pth / hidden-state file from elsewhere whose pickle calls open() while it is read (weights_only=False would).
+    import torch
+
+    from seqzoo.cli import main
+
+    marker = tmp_path / "ran"
+
+    class Payload:
+        def __reduce__(self):
+            return (open, (str(marker), "w"))
+
+    torch.save({"emb.weight": torch.zeros(4, 2), "payload": Payload()}, tmp_path / "planted.pth")
+    if command == "rwkv7":
+        argv = ["convert", "rwkv7", str(tmp_path / "planted.pth"), str(tmp_path / "out")]
+    else:
+        parts = {"encoder": torch.nn.Embedding(10, 4), "rnn": torch.nn.LSTM(4, 4), "decoder": torch.nn.Linear(4, 10)}
+        torch.save({f"{name}.{key}": value for name, part in parts.items() for key, value in part.state_dict().items()},
+                   tmp_path / "weights.pt")
+        argv = ["convert", "word-lm", str(tmp_path / "weights.pt"), str(tmp_path / "out"), "--hidden",
+                str(tmp_path / "planted.pth")]
+    assert main(argv) == 2
+    assert "pickled Python objects" in capsys.readouterr().err
+    assert not marker.exists() and not (tmp_path / "out").exists()
+
