@@ -158,6 +158,8 @@ def cmd_new(args: argparse.Namespace) -> int:
     # --force replaces the model the folder held: its files the new model does not write (a shard index and its
     # shards, an adapter, another tokenizer, its training record) would be read with the new model. Other files stay.
     old = model_files(out) if occupied else []
+    if "config.json" in old:
+        _refuse_other_config(out, old)
     try:
         # Built beside `out` and moved into place whole, so a failure never leaves a config.json without weights.
         with staged_folder(out, merge=occupied, replaces=old) as staging:
@@ -170,6 +172,24 @@ def cmd_new(args: argparse.Namespace) -> int:
         if removed else ""
     print(f"saved {args.preset} ({type(model).__name__}, {count_parameters(model):,} parameters) to {out}{note}")
     return 0
+
+
+def _refuse_other_config(out: Path, old: list[str]) -> None:
+    """--force replaces the model a folder holds: refuse a ``config.json`` that is no model's (a JSON object without
+    a ``model_type``, or no JSON, with no weights beside it), such as a program's settings, which the new model's
+    config.json was written over."""
+    import json
+
+    from seqzoo.hub.publishing import is_weight_file
+
+    try:
+        values = json.loads((out / "config.json").read_bytes())
+    except (OSError, ValueError, RecursionError):
+        values = None
+    if (isinstance(values, dict) and isinstance(values.get("model_type"), str)) or any(map(is_weight_file, old)):
+        return
+    raise ValueError(f"{str(out / 'config.json')!r} is no model's config (it names no model_type, and no weights are "
+                     "beside it), and --force would write the new model's over it; move it, or choose another folder")
 
 
 def save_with_tokenizer(model: Any, directory: Path) -> None:
@@ -327,7 +347,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="config field overrides, e.g. --set hidden_size=128 dropout=0.1")
     p.add_argument("--force", action="store_true",
                    help="write into a folder that is not empty, replacing the model it held (its weights, shards, "
-                        "adapter, tokenizer files are removed); other files stay")
+                        "adapter, tokenizer files are removed); other files stay (a config.json that is no model's "
+                        "is refused)")
     p.set_defaults(func=cmd_new)
 
     p = sub.add_parser("demo", help="build a tiny model of every architecture and generate from each",

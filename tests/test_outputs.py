@@ -8,6 +8,7 @@ A real read-only folder and a real full disk need either a non-root user (chmod)
 from __future__ import annotations
 
 import errno
+import json
 import os
 import subprocess
 import uuid
@@ -255,6 +256,21 @@ def test_new_force_into_a_used_folder_keeps_other_files(tmp_path, capsys):
     assert main(["new", "gru-tiny", str(out), "--force"]) == 0
     assert {"notes.txt", "config.json", "model.safetensors", "tokenizer.json"} <= set(leftovers(out))
     assert not [name for name in leftovers(tmp_path) if name.endswith(".partial")]
+
+
+@pytest.mark.parametrize("settings", ['{"db": "postgres://localhost", "port": 8080}', "port = 8080\n"])
+def test_new_force_keeps_a_config_json_that_is_no_models(tmp_path, capsys, settings):
+    # (a program's settings in config.json were written over by the new model's, without a word)
+    out = tmp_path / "m"
+    out.mkdir()
+    (out / "config.json").write_text(settings)
+    message = error_line(["new", "gru-tiny", str(out), "--force"], capsys)
+    assert f"{str(out / 'config.json')!r} is no model's config" in message
+    assert (out / "config.json").read_text() == settings and leftovers(out) == ["config.json"]
+    # A model's config.json, or one beside weights (a damaged model), is replaced as before.
+    (out / "model.safetensors").write_text("damaged")
+    assert main(["new", "gru-tiny", str(out), "--force"]) == 0
+    assert json.loads((out / "config.json").read_text())["model_type"] == "seqzoo_gru"
 
 
 def test_new_force_over_a_sharded_model_with_an_adapter_loads_exactly_the_new_model(tmp_path, capsys):

@@ -224,6 +224,11 @@ _WEIGHT_FILE = re.compile(rf"(model|pytorch_model){_VARIANT}(-\d+-of-\d+)?\.(saf
                           rf"|(model\.safetensors|pytorch_model\.bin)\.index{_VARIANT}\.json")
 
 
+def is_weight_file(name: str) -> bool:
+    """Whether ``name`` is a weights file (or a shard, or their index) transformers reads as a model's."""
+    return _WEIGHT_FILE.fullmatch(name) is not None
+
+
 def _bundled_files(api: Any, repo_id: str, revision: str | None, names: list[str], folder: Path) -> list[str]:
     """Which of the repository's Python files ``names`` seqzoo bundled (they open with its note), downloading each
     into ``folder``; a module of the owner's is not one of them."""
