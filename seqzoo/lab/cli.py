@@ -241,7 +241,7 @@ def cmd_gradients(args: argparse.Namespace) -> int:
     out = Path(args.out)
     if out.exists() and not out.is_dir():
         raise ValueError(f"{str(out)!r} is a file; choose a folder for --out")
-    held = [name for name in ("gradients.md", "gradients.png") if (out / name).exists()]
+    held = [name for name in ("gradients.md", "gradients.png") if (out / name).exists() or (out / name).is_symlink()]
     if held and not args.force:  # (as the other labs keep a report: never replaced without --force)
         raise ValueError(f"{str(out)!r} already holds {' and '.join(held)}; pass --out NEW_FOLDER to keep them, or "
                          "--force to replace them")
@@ -255,6 +255,8 @@ def cmd_gradients(args: argparse.Namespace) -> int:
     table += "".join(f"\n{note}" for note in notes)
     print(table)
     out.mkdir(parents=True, exist_ok=True)
+    for name in held:  # (replaced, never written through a link of that name to a file elsewhere)
+        (out / name).unlink()
     text = (f"# Gradient reach at initialisation\n\n‖∂ loss(last position) / ∂ input embedding(t)‖ over "
             f"{args.length} random bytes, seed {args.seed}, relative to distance 0.\n\n")
     if plots.matplotlib_available():

@@ -283,6 +283,22 @@ def test_lab_gradients_command(tmp_path, capsys, monkeypatch):
     assert "argument --seed: -1 is out of range: a training seed is an integer in [0, 2**32)" in capsys.readouterr().err
 
 
+def test_lab_gradients_replaces_links_of_its_file_names_instead_of_writing_through_them(tmp_path, capsys):
+    # A link gradients.md to a file elsewhere was written through with --force (the file it points to overwritten),
+    # and a link to no file yet was not seen as held: the report was written outside --out without --force.
+    out = tmp_path / "g"
+    out.mkdir()
+    (tmp_path / "notes.md").write_text("mine")
+    (out / "gradients.md").symlink_to(tmp_path / "notes.md")
+    (out / "gradients.png").symlink_to(tmp_path / "elsewhere.png")
+    argv = ["lab", "gradients", "--out", str(out), "--length", "4", "--architectures", "rnn"]
+    assert main(argv) == 2
+    assert "already holds gradients.md and gradients.png" in capsys.readouterr().err
+    assert main([*argv, "--force"]) == 0
+    assert (tmp_path / "notes.md").read_text() == "mine" and not (tmp_path / "elsewhere.png").exists()
+    assert not (out / "gradients.md").is_symlink() and "Gradient reach" in (out / "gradients.md").read_text()
+
+
 def test_lab_gradients_explains_a_gradient_that_stops_at_distance_0(tmp_path, capsys):
     """RWKV-7's blocks start as the identity (x070 init): nothing reaches back yet, which the report says."""
     assert main(["lab", "gradients", "--out", str(tmp_path), "--length", "8", "--architectures", "rwkv7"]) == 0
