@@ -159,8 +159,8 @@ def test_cli_publish_reports_errors_plainly(saved_models, monkeypatch, tmp_path,
 
 def test_publish_over_an_earlier_checkpoint_deletes_what_it_left(hub, saved_models, exports):
     """A repository that held a trained LSTM in shards gets a GRU without a training record: the LSTM's weights,
-    adapter, tokenizer files, code and training record go (else transformers or a reader of the record would find them beside the GRU's);
-    the owner's own files stay."""
+    adapter, tokenizer files, code and training record go (else transformers or a reader of the record would find them
+    beside the GRU's); the owner's own files stay."""
     repo = repo_id("gru")
     earlier = folder_bytes(exports["lstm"])
     assert "seqzoo_training.json" in earlier and "modeling_seqzoo_lstm.py" in earlier
@@ -193,7 +193,8 @@ def test_publish_over_an_earlier_checkpoint_deletes_what_it_left(hub, saved_mode
         ["seqzoo_training.json", "model-00001-of-00002.safetensors", "model-00002-of-00002.safetensors",
          "model.safetensors.index.json", "pytorch_model.bin", "adapter_config.json", "adapter_model.safetensors",
          "model.fp16.safetensors", "model.fp16-00001-of-00002.safetensors", "model.safetensors.index.fp16.json",
-         "pytorch_model.fp16.bin", "vocab.json", "merges.txt", *(["generation_config.json"] if "generation_config.json" not in fresh else []),
+         "pytorch_model.fp16.bin", "vocab.json", "merges.txt",
+         *(["generation_config.json"] if "generation_config.json" not in fresh else []),
          *bundled_for_lstm])
     assert sorted(hub.repos[repo]) == sorted([*fresh, "notes.py", "modeling_my_helpers.py", "seqzoo_notes.py",
                                               "data/train.csv", "data/adapter_config.json", ".gitattributes"])
@@ -428,8 +429,9 @@ def test_a_hidden_state_file_that_is_none_of_the_models_is_refused_not_uploaded(
 def test_a_model_holding_peft_adapters_is_refused_with_the_merge(hub, saved_models, tmp_path):
     # (a PeftModel saved its adapter alone, and the bundle failed on a config.json never written; a folder with the
     # adapter saved beside the model failed in transformers' load, on peft's version)
-    import seqzoo
     from peft import get_peft_model
+
+    import seqzoo
 
     model = tiny_byte_model("lstm")
     adapted = get_peft_model(model, seqzoo.peft_config(model))
