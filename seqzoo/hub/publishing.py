@@ -360,9 +360,14 @@ def _load_checkpoint(source: Any, tokenizer: Any, training: dict[str, Any] | Non
                 f"saved as (one of {', '.join(cls.__name__ for cls in spec.heads.values())})"
             )
         if tokenizer is None:
-            from seqzoo.tokenizer import load_tokenizer  # (transformers: imported only when publishing)
+            from seqzoo.tokenizer import byte_tokenizer_problem, load_tokenizer, tokenizer_for
 
             tokenizer = load_tokenizer(folder)
+            # A byte tokenizer saved by seqzoo before 2026-12-01 pads a classifier's and an encoder-decoder's rows
+            # on the left and truncates nowhere: it is published with the padding side and length seqzoo saves
+            # beside this model now, as `seqzoo train model.path=` saves it.
+            if not byte_tokenizer_problem(tokenizer, model.config.vocab_size):
+                tokenizer = tokenizer_for(model, tokenizer)
         if training is None:
             training = load_training_record(folder)
             if training is not None:

@@ -485,3 +485,19 @@ def test_a_training_record_beside_other_weights_is_not_published(tmp_path):
         export_folder(folder, tmp_path / "other", repo_id=repo_id("gru"))
     (folder / "seqzoo_training.json").write_text(json.dumps({"steps": 3, "recipe": {"model": {"preset": "gru-small"}}}))
     assert export_folder(folder, tmp_path / "same", repo_id=repo_id("gru")).is_dir()
+
+
+def test_a_byte_tokenizer_saved_by_an_older_seqzoo_is_published_with_todays_settings(tmp_path):
+    """seqzoo before 2026-12-01 saved byte_tokenizer() beside every model: padded on the left (a tagger's batched
+    pipeline then reported token indices counted from the pad) and truncating nowhere (truncation=True passed a
+    GPT-2-style model more positions than it has). Publishing such a folder gives the settings saved today."""
+    from transformers import AutoTokenizer
+
+    tagger = seqzoo.create_model("lstm-tiny", "token-classification", num_labels=2)
+    gpt2 = seqzoo.create_model("transformer-tiny", variant="gpt2", max_position_embeddings=16)
+    for name, model, side, length in (("tagger", tagger, "right", 1_000_000), ("gpt2", gpt2, "left", 16)):
+        model.save_pretrained(tmp_path / name)
+        byte_tokenizer().save_pretrained(tmp_path / name)  # (what the older seqzoo new / train saved)
+        folder = export_folder(tmp_path / name, tmp_path / f"{name}-hub", repo_id=f"someone/{name}")
+        published = AutoTokenizer.from_pretrained(folder)
+        assert (published.padding_side, published.model_max_length) == (side, length)
