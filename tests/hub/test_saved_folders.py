@@ -13,10 +13,10 @@ from transformers import AutoModelForCausalLM
 import seqzoo
 from seqzoo.cli import main
 from seqzoo.hub.bundle import RECORD_FILE
-from seqzoo.registry import TASKS, smallest_preset
+from seqzoo.registry import TASKS, architecture_for_model_type, smallest_preset
 from seqzoo.training.recipe import recipe_from_dict
 from seqzoo.training.trainer import train
-from tests.conftest import tiny_config
+from tests.conftest import FAMILIES, SEQ2SEQ_FAMILIES, tiny_config
 from tests.hub.conftest import HERE, hub_env, run_python
 
 # The classification heads are one shared class each (seqzoo/models/heads.py) and every architecture's auto_map
@@ -53,6 +53,27 @@ def written(tmp_path_factory) -> dict[str, dict]:
             folder = root / f"{arch}-{task}"
             model.save_pretrained(folder)
             folders[f"{arch}/{task}"] = {"folder": folder, "task": task, "logits": native_logits(model, task)}
+    # The preset families an architecture's smallest preset leaves out take other code paths of the same bundle
+    # (rnn-relu, the Transformer's gpt2 / vaswani positions, the other hybrids, each attention of the
+    # encoder-decoders), and so does a bidirectional classifier's second direction.
+    for family, preset in {**FAMILIES, **SEQ2SEQ_FAMILIES}.items():
+        config = tiny_config(preset)
+        spec = architecture_for_model_type(config.model_type)
+        if preset == smallest_preset(spec.name):
+            continue
+        torch.manual_seed(0)
+        model = spec.default_head(config).eval()
+        task = "seq2seq" if family in SEQ2SEQ_FAMILIES else "causal-lm"
+        model.save_pretrained(root / family)
+        folders[family] = {"folder": root / family, "task": task, "logits": native_logits(model, task)}
+    for arch in CLASSIFIERS:
+        for task in ("sequence-classification", "token-classification"):
+            torch.manual_seed(0)
+            config = tiny_config(smallest_preset(arch), num_labels=3, bidirectional=True)
+            model = seqzoo.get_architecture(arch).heads[task](config).eval()
+            model.save_pretrained(root / f"bi-{arch}-{task}")
+            folders[f"bidirectional {arch}/{task}"] = {"folder": root / f"bi-{arch}-{task}", "task": task,
+                                                       "logits": native_logits(model, task)}
     main(["new", "gru-tiny", str(root / "new")])
     run = train(recipe_from_dict({
         "name": "run", "output_dir": str(root / "train"),

@@ -9,6 +9,7 @@ import pytest
 import torch
 from safetensors import safe_open
 from transformers import AutoConfig, AutoModel, AutoModelForCausalLM
+from transformers.generation.streamers import BaseStreamer
 
 from seqzoo.models.compat import output_cache
 from tests.conftest import families_where, tiny_model
@@ -202,6 +203,54 @@ def test_generate_continues_from_a_user_cache(family_preset):
     assert torch.equal(model.generate(ids, cache=cache, **kwargs), expected)
 
 
+@pytest.mark.parametrize("mode", [dict(do_sample=False), dict(num_beams=3, num_return_sequences=2, do_sample=False)],
+                         ids=["greedy", "beams"])
+def test_generate_continues_a_user_cache_of_a_left_padded_prompt(family_preset, mode):
+    # The cache of a padded batch's first positions, made by a forward with their mask, continued by generate()
+    # with the whole mask: what the padded batch generates without it.
+    model = tiny_model(family_preset)
+    ids, mask = left_pad(PROMPTS)
+    kwargs = dict(attention_mask=mask, max_new_tokens=4, pad_token_id=0, eos_token_id=None, **mode)
+    expected = model.generate(ids, **kwargs)
+    with torch.no_grad():
+        cache = output_cache(model(ids[:, :5], attention_mask=mask[:, :5], use_cache=True))
+    assert torch.equal(model.generate(ids, cache=cache, **kwargs), expected)
+
+
+def test_several_sequences_per_prompt_of_a_left_padded_batch_equal_each_prompt_alone(family_preset):
+    # top_k=1 sampling is greedy: each of a row's num_return_sequences copies decodes what its prompt alone does.
+    model = tiny_model(family_preset)
+    ids, mask = left_pad(PROMPTS[:2])
+    kwargs = dict(max_new_tokens=4, pad_token_id=0, eos_token_id=None)
+    batch = model.generate(ids, attention_mask=mask, do_sample=True, top_k=1, num_return_sequences=2, **kwargs)
+    for row, prompt in enumerate(PROMPTS[:2]):
+        alone = model.generate(torch.tensor([prompt]), do_sample=False, **kwargs)[0, len(prompt):]
+        for copy_ in (2 * row, 2 * row + 1):
+            assert torch.equal(batch[copy_, ids.shape[1]:], alone), (row, copy_)
+
+
+class CollectingStreamer(BaseStreamer):
+    def __init__(self):
+        self.chunks, self.ended = [], False
+
+    def put(self, value):
+        self.chunks.append(value.clone().reshape(-1))
+
+    def end(self):
+        self.ended = True
+
+
+def test_streaming_sends_the_tokens_returned_and_beam_search_refuses_a_streamer(family_preset):
+    model = tiny_model(family_preset)
+    ids = torch.tensor([PROMPTS[0]])
+    streamer = CollectingStreamer()
+    out = model.generate(ids, max_new_tokens=NEW_TOKENS, do_sample=False, pad_token_id=0, eos_token_id=None,
+                         streamer=streamer)
+    assert streamer.ended and torch.equal(torch.cat(streamer.chunks), out[0])
+    with pytest.raises(ValueError, match="streamer"):
+        model.generate(ids, max_new_tokens=2, num_beams=2, pad_token_id=0, streamer=CollectingStreamer())
+
+
 @pytest.mark.parametrize("mode", [dict(num_beams=3, num_return_sequences=2, do_sample=False),
                                   dict(do_sample=True, top_k=20, num_return_sequences=3)], ids=["beams", "sampled"])
 def test_generate_continues_a_user_cache_into_several_sequences_per_prompt(family_preset, mode):
@@ -363,7 +412,8 @@ def test_a_stateful_model_with_a_stateful_draft_is_refused_for_itself():
     # The main model's refusal comes first: the draft's advice (an attention-only draft, or prompt lookup) would not
     # help a main model that keeps a recurrent state.
     model = tiny_model("rnn-tiny")
-    with pytest.raises(ValueError, match=r"RNNForCausalLM\.generate: assisted decoding .* this model keeps a recurrent"):
+    with pytest.raises(ValueError,
+                       match=r"RNNForCausalLM\.generate: assisted decoding .* this model keeps a recurrent"):
         model.generate(torch.tensor([[5, 6, 7, 5, 6, 7]]), assistant_model=tiny_model("lstm-tiny"), **ASSISTED)
 
 
@@ -479,7 +529,8 @@ def test_gradient_checkpointing_gives_the_same_gradients(family_preset):
     ({"every_n_layers": True}, r"every_n_layers=True is invalid"),
     ({"every_n_layers": "2"}, r"every_n_layers='2' is invalid"),
     ({"activation_checkpointing_kwargs": {"use_reentrant": False, "use_reentrantt": True}},
-     r"torch\.utils\.checkpoint\.checkpoint takes no option use_reentrantt \(did you mean 'use_reentrant'\?\); it takes context_fn, debug"),
+     r"torch\.utils\.checkpoint\.checkpoint takes no option use_reentrantt \(did you mean 'use_reentrant'\?\); "
+     r"it takes context_fn, debug"),
 ])
 def test_checkpointing_options_that_fail_at_the_first_step_are_refused_when_enabled(family_preset, kwargs, message):
     # Accepted, then a division by zero in the classic loop, or torch handing the misspelt option to the layer, at

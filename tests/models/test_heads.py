@@ -19,9 +19,11 @@ from transformers import (
 
 import seqzoo
 from seqzoo.models.compat import output_cache
+from seqzoo.models.configuration_utils import POOLINGS
 from seqzoo.registry import architecture_for_model_type
 from tests.conftest import FAMILIES, tiny_config, tiny_model
 from tests.models.test_common import PROMPTS, left_pad
+from tests.models.test_state_exactness import TOKENS, with_holes
 
 HEADS = {"sequence-classification": AutoModelForSequenceClassification,
          "token-classification": AutoModelForTokenClassification}
@@ -221,6 +223,30 @@ def test_a_bidirectional_model_encodes_but_cannot_generate(preset):
     logits = model(ids, attention_mask=mask).logits
     for row, prompt in enumerate(PROMPTS):
         torch.testing.assert_close(logits[row], model(torch.tensor([prompt])).logits[0], rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("pooling", ["tagger", *POOLINGS])
+@pytest.mark.parametrize("merge", ["sum", "concat"])
+@pytest.mark.parametrize("preset", BIDIRECTIONAL)
+def test_a_bidirectional_models_rows_padded_anywhere_equal_alone(preset, merge, pooling):
+    # "Padding stays exact in both directions": a row with pads at its start, inside it and at its end beside a
+    # right-padded row, with every pooling, in float64.
+    if merge not in type(tiny_config(preset)).bidirectional_merges:
+        pytest.skip("concat is the classic RNN / LSTM / GRU merge")
+    holes, holes_mask = with_holes(TOKENS)
+    short = PROMPTS[1]
+    ids = torch.cat([holes, torch.zeros_like(holes)])
+    mask = torch.cat([holes_mask, torch.zeros_like(holes_mask)])
+    ids[1, :len(short)], mask[1, :len(short)] = torch.tensor(short), 1
+    task, pooled = (("token-classification", {}) if pooling == "tagger"
+                    else ("sequence-classification", {"classifier_pooling": pooling}))
+    model = head_model(preset, task, bidirectional=True, bidirectional_merge=merge, **pooled).double()
+    with torch.no_grad():
+        logits = model(ids, attention_mask=mask).logits
+        for row, prompt in enumerate([TOKENS, short]):
+            alone = model(torch.tensor([prompt])).logits[0]
+            got = logits[row] if pooled else logits[row][mask[row].bool()]
+            torch.testing.assert_close(got, alone, rtol=1e-9, atol=1e-9)
 
 
 @pytest.mark.parametrize("task", sorted(HEADS))

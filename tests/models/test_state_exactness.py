@@ -1,4 +1,5 @@
-"""Recurrent state is exact where it must be: a pad anywhere (start, middle, end) changes no state, and beam search
+"""State is exact where it must be: a pad anywhere (start, middle, end) changes no state (every family: the README's
+"pads inside a sequence" holds for attention, a hybrid and every variant too, and across a cache), and beam search
 carries every state tensor with its beam. In float64 with tight tolerances, so a pad step that changes the state by
 1e-3, or a beam that keeps another beam's LSTM cell state, shows.
 
@@ -10,9 +11,12 @@ from __future__ import annotations
 import pytest
 import torch
 
+import seqzoo
+from seqzoo.models.compat import output_cache
 from tests.conftest import FAMILIES, tiny_model
 
 RECURRENT = ["rnn", "lstm", "gru", "mamba", "mamba2", "rwkv7"]
+EVERY_FAMILY = sorted(FAMILIES)  # the recurrent ones, the Transformer's variants, rnn-relu and the hybrids
 TIGHT = dict(rtol=1e-9, atol=1e-9)
 
 
@@ -39,7 +43,7 @@ def with_holes(tokens: list[int], trailing: bool = True) -> tuple[torch.Tensor, 
 TOKENS = [5, 17, 42, 8, 91, 33, 7, 60, 12]
 
 
-@pytest.mark.parametrize("family", RECURRENT)
+@pytest.mark.parametrize("family", EVERY_FAMILY)
 def test_pads_anywhere_change_no_logit_of_a_real_token(family):
     model = model_of(family)
     ids, mask = with_holes(TOKENS)
@@ -49,7 +53,7 @@ def test_pads_anywhere_change_no_logit_of_a_real_token(family):
     torch.testing.assert_close(padded, compact, **TIGHT)
 
 
-@pytest.mark.parametrize("family", RECURRENT)
+@pytest.mark.parametrize("family", EVERY_FAMILY)
 def test_generation_after_a_prompt_with_pads_equals_the_compact_prompt(family):
     # Generation continues through the cache from the state the prompt's pads must not have touched. (A prompt
     # ends with a real token: the logits at its last position pick the first new token.)
@@ -65,7 +69,39 @@ def test_generation_after_a_prompt_with_pads_equals_the_compact_prompt(family):
         torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-6)
 
 
-@pytest.mark.parametrize("family", RECURRENT)
+@pytest.mark.parametrize("family", EVERY_FAMILY)
+def test_pads_on_both_sides_of_a_cache_change_no_logit_of_a_real_token(family):
+    # "also with pads inside a sequence and when continuing from a cache": the prompt with holes split in two, the
+    # second part fed on the first's cache with the whole mask, gives every real token the logits of one forward.
+    model = model_of(family)
+    ids, mask = with_holes(TOKENS)
+    with torch.no_grad():
+        cache = output_cache(model(ids[:, :6], attention_mask=mask[:, :6], use_cache=True))
+        continued = model(ids[:, 6:], attention_mask=mask, cache=cache).logits[0, mask[0, 6:].bool()]
+        compact = model(torch.tensor([TOKENS])).logits[0, int(mask[0, :6].sum()):]
+    torch.testing.assert_close(continued, compact, **TIGHT)
+
+
+def test_a_hybrid_of_the_classic_mixers_keeps_pads_out_of_every_state():
+    # The hybrid presets mix Mamba, Mamba-2 or RWKV-7 with attention; "any mixer per layer" includes the classic
+    # cells (an Elman RNN with relu too), each keeping pads out of its state beside the attention's keys.
+    torch.manual_seed(0)
+    config = seqzoo.HybridConfig(vocab_size=99, hidden_size=32, mixer_types=["lstm", "attention", "gru", "rnn"],
+                                 mixer_config={"attention": {"num_attention_heads": 4, "num_key_value_heads": 2},
+                                               "rnn": {"nonlinearity": "relu"}},
+                                 pad_token_id=0, bos_token_id=1, eos_token_id=2)
+    model = seqzoo.HybridForCausalLM(config).eval().double()
+    ids, mask = with_holes(TOKENS)
+    with torch.no_grad():
+        padded = model(ids, attention_mask=mask).logits[0, mask[0].bool()]
+        compact = model(torch.tensor([TOKENS])).logits[0]
+        cache = output_cache(model(ids[:, :6], attention_mask=mask[:, :6], use_cache=True))
+        continued = model(ids[:, 6:], attention_mask=mask, cache=cache).logits[0, mask[0, 6:].bool()]
+    torch.testing.assert_close(padded, compact, **TIGHT)
+    torch.testing.assert_close(continued, compact[int(mask[0, :6].sum()):], **TIGHT)
+
+
+@pytest.mark.parametrize("family", EVERY_FAMILY)
 def test_beam_scores_equal_a_plain_forward_over_each_returned_sequence(family):
     # With length_penalty=0 a beam's score is the sum of its tokens' log-probabilities. Recomputed by one forward
     # over the returned sequence (no cache), it must be the same: a beam that carried another beam's state (one

@@ -15,6 +15,8 @@ from seqzoo.models.compat import CACHE_ALIASES, OUTPUT_CACHE_FIELD, output_cache
 from seqzoo.models.seq2seq.configuration_seq2seq import Seq2SeqConfig
 from seqzoo.models.seq2seq.modeling_seq2seq import shift_tokens_right
 from tests.conftest import FAMILIES, SEQ2SEQ_FAMILIES, tiny_config, tiny_model
+from tests.models.test_common import CollectingStreamer
+from tests.models.test_state_exactness import TOKENS, with_holes
 from tests.seq2seq.test_reference import sinusoids
 
 SOURCES = [[5, 17, 33, 8, 61, 12, 40], [9, 3, 77], [44, 21, 6, 90, 13]]  # odd, unequal lengths
@@ -215,6 +217,34 @@ def test_padded_rows_equal_alone(preset, side):
         beam_alone = model.generate(alone, max_new_tokens=NEW_TOKENS, num_beams=3, do_sample=False,
                                     pad_token_id=0, eos_token_id=None)
         assert torch.equal(beams[row], beam_alone[0]), row
+
+
+def test_pads_inside_a_source_and_several_sequences_per_padded_source_equal_each_alone(preset):
+    # A source with pads at its start, inside it and at its end decodes as the source alone; top_k=1 sampling of
+    # two sequences per row of a padded batch decodes each row's source alone twice.
+    model = tiny_model(preset).double()
+    holes, holes_mask = with_holes(TOKENS)
+    kwargs = dict(max_new_tokens=4, pad_token_id=0, eos_token_id=None)
+    tokens, logits = greedy(model, holes, holes_mask)
+    tokens_alone, logits_alone = greedy(model, torch.tensor([TOKENS]), torch.ones(1, len(TOKENS), dtype=torch.long))
+    assert torch.equal(tokens, tokens_alone)
+    torch.testing.assert_close(logits, logits_alone, rtol=1e-9, atol=1e-9)
+    ids, mask = padded(SOURCES[:2])
+    several = model.generate(ids, attention_mask=mask, do_sample=True, top_k=1, num_return_sequences=2, **kwargs)
+    for row, source in enumerate(SOURCES[:2]):
+        alone = model.generate(torch.tensor([source]), do_sample=False, **kwargs)[0]
+        assert torch.equal(several[2 * row], alone) and torch.equal(several[2 * row + 1], alone), row
+
+
+def test_streaming_sends_the_tokens_returned_and_beam_search_refuses_a_streamer(preset):
+    model = tiny_model(preset)
+    ids = torch.tensor([SOURCES[0]])
+    streamer = CollectingStreamer()
+    out = model.generate(ids, max_new_tokens=NEW_TOKENS, do_sample=False, pad_token_id=0, eos_token_id=None,
+                         streamer=streamer)
+    assert streamer.ended and torch.equal(torch.cat(streamer.chunks), out[0])
+    with pytest.raises(ValueError, match="streamer"):
+        model.generate(ids, max_new_tokens=2, num_beams=2, pad_token_id=0, streamer=CollectingStreamer())
 
 
 @pytest.mark.parametrize("side", ["left", "right"])
