@@ -194,6 +194,21 @@ def test_state_size_is_reported(family_preset):
     json.dumps(config.to_dict())  # configs stay JSON-serialisable
 
 
+def test_a_decoded_token_adds_only_its_keys_and_values_to_the_cache(family_preset):
+    # "O(1) time and memory per decoded token": a recurrent layer's state keeps its shapes step after step; an
+    # attention layer (the Transformer, a hybrid's) grows by one position's keys and values.
+    model = tiny_model(family_preset)
+    config = model.config
+    with torch.no_grad():
+        out = model(torch.tensor([PROMPTS[1]]), use_cache=True)
+        cache = output_cache(out)
+        for _ in range(5):
+            out = model(out.logits[:, -1:].argmax(-1), cache=cache)
+    length = len(PROMPTS[1]) + 5
+    assert cache.state_bytes() == config.state_bytes_per_sequence(4) + length * config.kv_bytes_per_token(4)
+    assert (config.kv_bytes_per_token(4) == 0) == config.capabilities.constant_state_decode
+
+
 def test_generate_continues_from_a_user_cache(family_preset):
     model = tiny_model(family_preset)
     ids = torch.tensor([PROMPTS[0]])
