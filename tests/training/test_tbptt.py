@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+import seqzoo
 from seqzoo.models.compat import output_cache
 from seqzoo.training.tbptt import backward_sequence, check_tbptt_supported, chunk_slices, chunked_forward
 from tests.conftest import FAMILIES, tiny_model
@@ -29,6 +30,23 @@ def test_chunked_forward_equals_full_forward(family, chunk):
     torch.testing.assert_close(chunked, full.logits, rtol=1e-4, atol=1e-5)
     assert cache.get_seq_length() == 19
     for ours, theirs in zip(cache.tensors(), output_cache(full).tensors()):
+        torch.testing.assert_close(ours, theirs, rtol=1e-4, atol=1e-5)
+
+
+def test_a_hybrid_of_recurrent_layers_only_takes_truncated_bptt():
+    # "TBPTT only if every layer is recurrent": the hybrid presets all hold attention (refused below); one without
+    # it, of the classic cells and the scans, carries every layer's state across the chunks.
+    torch.manual_seed(0)
+    config = seqzoo.HybridConfig(vocab_size=99, hidden_size=32, mixer_types=["lstm", "mamba", "rwkv7", "gru"],
+                                 mixer_config={"rwkv7": {"head_size": 16}}, pad_token_id=0)
+    model = seqzoo.HybridForCausalLM(config).eval()
+    check_tbptt_supported(model, 7)
+    ids = torch.randint(3, 99, (3, 19))
+    with torch.no_grad():
+        full = model(ids, use_cache=True)
+        chunked, cache = chunked_forward(model, ids, 7)
+    torch.testing.assert_close(chunked, full.logits, rtol=1e-4, atol=1e-5)
+    for ours, theirs in zip(cache.tensors(), output_cache(full).tensors(), strict=True):
         torch.testing.assert_close(ours, theirs, rtol=1e-4, atol=1e-5)
 
 
