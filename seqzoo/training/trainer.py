@@ -33,7 +33,7 @@ from typing import Any, Callable
 import torch
 from torch.optim.lr_scheduler import LambdaLR
 
-from seqzoo.outputs import OutputError, describe, staged_folder, write_atomically
+from seqzoo.outputs import OutputError, describe, sibling_stem, staged_folder, write_atomically
 from seqzoo.tokenizer import PAD_TOKEN_ID
 from seqzoo.training.building import build_model, check_batch_split, lr_factor, make_optimizer
 from seqzoo.training.checkpoint import (
@@ -361,7 +361,7 @@ ENDED, RUNNING, UNKNOWN = "ended", "running", "unknown"
 
 
 def _sibling_prefix(run_dir: Path, what: str) -> str:
-    return f".{run_dir.name}.{what}-"
+    return f".{sibling_stem(run_dir.name)}.{what}-"
 
 
 def _owner_tag() -> str:

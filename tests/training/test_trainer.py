@@ -584,6 +584,25 @@ def test_of_two_runs_that_find_one_abandoned_sibling_one_alone_takes_it(tmp_path
     assert [p.name for p in tmp_path.iterdir()] == ["a"]
 
 
+def test_a_run_folder_of_a_long_name_is_moved_aside_and_found_by_its_own_runs_alone(tmp_path):
+    # (.NAME.replaced-PID@HOST-XXXX held the whole name: --force on a folder of more than ~200 bytes, which the file
+    # system takes, failed with "File name too long"; a long name is cut in the sibling's, and a hash of the whole
+    # keeps two names that share their first bytes apart)
+    import seqzoo.training.trainer as trainer
+
+    run, other = tmp_path / ("r" * 250), tmp_path / ("r" * 249 + "s")
+    run.mkdir()
+    (run / "recipe.yaml").write_text("the old run's\n")
+    aside = trainer._move_aside(run)
+    assert _files(aside) == {"recipe.yaml": b"the old run's\n"} and len(aside.name) < 255
+    trainer._put_back_replaced(other)  # (not its run: left as it is)
+    assert [p.name for p in tmp_path.iterdir()] == [aside.name]
+    with pytest.raises(ValueError, match="is being replaced by a --force run that has not done its first step yet"):
+        trainer._put_back_replaced(run)
+    trainer._delete_aside(aside, run)
+    assert list(tmp_path.iterdir()) == []
+
+
 @pytest.mark.parametrize("arguments, message", [
     # (force="no" deleted the run: the flags were read by truthiness)
     ({"force": "no"}, "train(force='no') is invalid: expected True or False (a flag is not read by truthiness: "
