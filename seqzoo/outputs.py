@@ -6,7 +6,7 @@ only when every file is written:
 
 - a destination that does not exist, or an empty folder, is replaced by one rename (atomic) -- but the folder the
   process stands in (``seqzoo new lstm-tiny .``), which receives the files as below; a link to a folder stands for
-  the folder it names, staged beside that folder;
+  the folder it names, staged beside that folder; ``..`` is read as the file system reads it (:func:`physical_path`);
 - an existing folder that keeps other files (a training run's folder holds ``checkpoints/`` and
   ``metrics.jsonl``; ``seqzoo new --force``) receives the files one rename each, ``config.json`` last, so a
   folder never shows a ``config.json`` whose weights are missing or half-written;
@@ -87,6 +87,18 @@ def _remove_empty(folders: list[Path]) -> None:
             return
 
 
+def physical_path(path: str | os.PathLike) -> Path:
+    """``path`` made absolute as the file system reads it: its folder with links followed, then its own name (a link
+    of that name stays one). ``os.path.abspath`` dropped ``..`` with the name before it, so ``link/../out``, which
+    every file operation (and so a training run's checkpoints) reads as the folder beside the one the link names,
+    was written beside the link. ``"."``, ``""`` and a name ``..`` are their folder (none names one to stage
+    beside)."""
+    path = Path(path).absolute()
+    if path.name in ("", ".."):
+        return Path(os.path.realpath(path))
+    return Path(os.path.realpath(path.parent)) / path.name
+
+
 @contextlib.contextmanager
 def staged_folder(destination: str | os.PathLike, *, merge: bool = False,
                   replaces: Iterable[str] = ()) -> Iterator[Path]:
@@ -99,7 +111,7 @@ def staged_folder(destination: str | os.PathLike, *, merge: bool = False,
     """
     replaces = tuple(replaces)
     try:
-        destination = Path(os.path.abspath(destination))  # ("." and "" name no folder to stage beside: EINVAL)
+        destination = physical_path(destination)
         if destination.is_symlink() and destination.is_dir():
             # A link to a folder: the files go into the folder it names, staged beside that folder (its rmdir failed
             # with "Not a directory", and the rename would replace the link, not fill the folder)

@@ -100,6 +100,16 @@ def test_staged_folder_into_a_name_of_up_to_255_bytes(tmp_path, name, merge):
     assert leftovers(tmp_path / name) == ["config.json"] and leftovers(tmp_path) == [name]
 
 
+def test_staged_folder_reads_dot_dot_after_a_link_as_the_file_system_does(tmp_path):
+    # (os.path.abspath dropped "link/..": the model went beside the link, where a training run's checkpoints and
+    # metrics, written through the file system, went beside the folder the link names: one run in two folders)
+    (tmp_path / "other" / "sub").mkdir(parents=True)
+    (tmp_path / "link").symlink_to(tmp_path / "other" / "sub")
+    with staged_folder(tmp_path / "link" / ".." / "out") as staging:
+        (staging / "config.json").write_text("{}")
+    assert leftovers(tmp_path / "other" / "out") == ["config.json"] and leftovers(tmp_path) == ["link", "other"]
+
+
 def test_new_into_a_long_folder_name(tmp_path, capsys):
     assert main(["new", "gru-tiny", str(tmp_path / ("é" * 127))]) == 0
     assert "config.json" in leftovers(tmp_path / ("é" * 127)) and leftovers(tmp_path) == ["é" * 127]
