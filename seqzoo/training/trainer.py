@@ -231,6 +231,8 @@ def train(recipe: Recipe, *, resume: str | Path | bool | None = None, dataset: A
     from seqzoo.kernels.registry import check_environment
 
     _check_arguments(recipe, resume, progress, save_model, force, stop)
+    if isinstance(resume, (str, os.PathLike)):  # (~ as in the recipe's output_dir: --resume=~/runs/x, which a shell
+        resume = os.path.expanduser(resume)  # leaves, was "'~/runs/x' does not exist" beside --output-dir=~/runs/x)
     t = recipe.train
     check_launch(t.mixed_precision, t.gradient_accumulation_steps)
     # (a misspelt SEQZOO_KERNELS entry was otherwise named at the first kernel call, after the run folder was made, or

@@ -1186,3 +1186,13 @@ def test_a_saved_models_ids_are_checked_against_the_data_one_by_one():
     for key, value in {"vocab_size": 257, "pad_token_id": 0, "eos_token_id": 1}.items():
         with pytest.raises(ValueError, match=rf"'m' reads the ids of another tokenizer \(.*{key}={value}"):
             check_saved_config(SimpleNamespace(**{**byte, key: value}), "m", {}, "pydoc")
+
+
+def test_resume_path_starting_with_a_tilde_is_read_under_the_home_folder(tmp_path, monkeypatch):
+    # (output_dir=~/runs/a is the home folder's, as documented; --resume=~/runs/a, which a shell leaves as it is,
+    # was refused: "'~/runs/a' does not exist")
+    monkeypatch.setenv("HOME", str(tmp_path))
+    fields = {"max_steps": 1, "save_every": 1, "eval_every": 0}
+    train(make_recipe(tmp_path, "a", train=fields), progress=False, save_model=False)
+    assert train(make_recipe(tmp_path, "b", train=fields), resume="~/a", progress=False, save_model=False).steps == 1
+    assert (tmp_path / "b" / "metrics.jsonl").read_text() == (tmp_path / "a" / "metrics.jsonl").read_text()
