@@ -110,6 +110,18 @@ def test_staged_folder_reads_dot_dot_after_a_link_as_the_file_system_does(tmp_pa
     assert leftovers(tmp_path / "other" / "out") == ["config.json"] and leftovers(tmp_path) == ["link", "other"]
 
 
+def test_the_empty_folder_one_stands_in_named_through_a_link_above_it_receives_the_files(tmp_path, monkeypatch):
+    # (abspath kept the link in the name, so the folder was not seen as the one the process stands in, which the
+    # rename replaced: the shell was left in a deleted folder, showing nothing)
+    (tmp_path / "real" / "sub").mkdir(parents=True)
+    (tmp_path / "link").symlink_to(tmp_path / "real")
+    monkeypatch.chdir(tmp_path / "real" / "sub")
+    here = os.stat(".").st_ino
+    with staged_folder(tmp_path / "link" / "sub") as staging:
+        (staging / "config.json").write_text("{}")
+    assert os.stat(os.getcwd()).st_ino == here and leftovers(Path.cwd()) == ["config.json"]
+
+
 def test_new_into_a_long_folder_name(tmp_path, capsys):
     assert main(["new", "gru-tiny", str(tmp_path / ("é" * 127))]) == 0
     assert "config.json" in leftovers(tmp_path / ("é" * 127)) and leftovers(tmp_path) == ["é" * 127]
