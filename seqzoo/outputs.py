@@ -6,7 +6,7 @@ only when every file is written:
 
 - a destination that does not exist, or an empty folder, is replaced by one rename (atomic) -- but the folder the
   process stands in (``seqzoo new lstm-tiny .``), which receives the files as below; a link to a folder stands for
-  the folder it names, staged beside that folder;
+  the folder it names, staged beside that folder; ``..`` is read as the file system reads it (:func:`physical_path`);
 - an existing folder that keeps other files (a training run's folder holds ``checkpoints/`` and
   ``metrics.jsonl``; ``seqzoo new --force``) receives the files one rename each, ``config.json`` last, so a
   folder never shows a ``config.json`` whose weights are missing or half-written;
@@ -22,6 +22,7 @@ it was to have: the partial folder's random name is gone by the time the message
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import re
 import shutil
@@ -63,6 +64,20 @@ def check_named(destination: str | os.PathLike, what: str) -> None:
         raise ValueError(f"{what} {destination!r} is an empty name; pass the folder to write to (new or empty)")
 
 
+SIBLING_STEM_BYTES = 100  # a hidden sibling's name holds its folder's name and up to ~90 bytes more, within 255
+
+
+def sibling_stem(name: str) -> str:
+    """``name`` as a hidden sibling's name holds it (``.NAME.<random>.partial``, a run's ``.NAME.replaced-...``): a
+    name of more than 100 bytes (a folder name may have 255) is cut to 80 and given a hash of the whole, so that the
+    sibling's name stays within the file system's 255 bytes and still tells two long names apart."""
+    encoded = os.fsencode(name)
+    if len(encoded) <= SIBLING_STEM_BYTES:
+        return name
+    digest = hashlib.sha256(encoded).hexdigest()[:16]
+    return f"{encoded[:80].decode('utf-8', 'ignore')}~{digest}"  # (a letter cut in two is left out)
+
+
 def _remove_empty(folders: list[Path]) -> None:
     """Remove ``folders`` (innermost first) that are empty, as a failed write found the path before it made them."""
     for folder in folders:
@@ -70,6 +85,18 @@ def _remove_empty(folders: list[Path]) -> None:
             folder.rmdir()
         except OSError:  # (not empty: something else was written there meanwhile; or gone already)
             return
+
+
+def physical_path(path: str | os.PathLike) -> Path:
+    """``path`` made absolute as the file system reads it: its folder with links followed, then its own name (a link
+    of that name stays one). ``os.path.abspath`` dropped ``..`` with the name before it, so ``link/../out``, which
+    every file operation (and so a training run's checkpoints) reads as the folder beside the one the link names,
+    was written beside the link. ``"."``, ``""`` and a name ``..`` are their folder (none names one to stage
+    beside)."""
+    path = Path(path).absolute()
+    if path.name in ("", ".."):
+        return Path(os.path.realpath(path))
+    return Path(os.path.realpath(path.parent)) / path.name
 
 
 @contextlib.contextmanager
@@ -84,7 +111,7 @@ def staged_folder(destination: str | os.PathLike, *, merge: bool = False,
     """
     replaces = tuple(replaces)
     try:
-        destination = Path(os.path.abspath(destination))  # ("." and "" name no folder to stage beside: EINVAL)
+        destination = physical_path(destination)
         if destination.is_symlink() and destination.is_dir():
             # A link to a folder: the files go into the folder it names, staged beside that folder (its rmdir failed
             # with "Not a directory", and the rename would replace the link, not fill the folder)
@@ -98,7 +125,7 @@ def staged_folder(destination: str | os.PathLike, *, merge: bool = False,
     made = [folder for folder in (parent, *parent.parents) if not folder.exists()]
     try:
         parent.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(prefix=f".{destination.name}.", suffix=".partial", dir=parent))
+        staging = Path(tempfile.mkdtemp(prefix=f".{sibling_stem(destination.name)}.", suffix=".partial", dir=parent))
     except OSError as err:
         # A file where a folder of the path should be: "File exists (/x/file)" said neither which nor why.
         blocker = next((p for p in (parent, *parent.parents) if p.exists() and not p.is_dir()), None)

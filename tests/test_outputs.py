@@ -89,6 +89,44 @@ def test_staged_folder_appears_in_one_rename_or_not_at_all(tmp_path):
     assert leftovers(tmp_path) == ["out"]
 
 
+@pytest.mark.parametrize("name", ["m" * 255, "é" * 127, "日本" * 42], ids=["ascii", "two-byte", "three-byte"])
+@pytest.mark.parametrize("merge", [False, True])
+def test_staged_folder_into_a_name_of_up_to_255_bytes(tmp_path, name, merge):
+    # (the partial folder, .NAME.<random>.partial, was 18 bytes longer than the name: a folder of more than 237 bytes,
+    # which the file system takes, failed with "File name too long", after a whole training run)
+    with staged_folder(tmp_path / name, merge=merge) as staging:
+        assert len(os.fsencode(staging.name)) < 255
+        (staging / "config.json").write_text("{}")
+    assert leftovers(tmp_path / name) == ["config.json"] and leftovers(tmp_path) == [name]
+
+
+def test_staged_folder_reads_dot_dot_after_a_link_as_the_file_system_does(tmp_path):
+    # (os.path.abspath dropped "link/..": the model went beside the link, where a training run's checkpoints and
+    # metrics, written through the file system, went beside the folder the link names: one run in two folders)
+    (tmp_path / "other" / "sub").mkdir(parents=True)
+    (tmp_path / "link").symlink_to(tmp_path / "other" / "sub")
+    with staged_folder(tmp_path / "link" / ".." / "out") as staging:
+        (staging / "config.json").write_text("{}")
+    assert leftovers(tmp_path / "other" / "out") == ["config.json"] and leftovers(tmp_path) == ["link", "other"]
+
+
+def test_the_empty_folder_one_stands_in_named_through_a_link_above_it_receives_the_files(tmp_path, monkeypatch):
+    # (abspath kept the link in the name, so the folder was not seen as the one the process stands in, which the
+    # rename replaced: the shell was left in a deleted folder, showing nothing)
+    (tmp_path / "real" / "sub").mkdir(parents=True)
+    (tmp_path / "link").symlink_to(tmp_path / "real")
+    monkeypatch.chdir(tmp_path / "real" / "sub")
+    here = os.stat(".").st_ino
+    with staged_folder(tmp_path / "link" / "sub") as staging:
+        (staging / "config.json").write_text("{}")
+    assert os.stat(os.getcwd()).st_ino == here and leftovers(Path.cwd()) == ["config.json"]
+
+
+def test_new_into_a_long_folder_name(tmp_path, capsys):
+    assert main(["new", "gru-tiny", str(tmp_path / ("é" * 127))]) == 0
+    assert "config.json" in leftovers(tmp_path / ("é" * 127)) and leftovers(tmp_path) == ["é" * 127]
+
+
 @pytest.mark.parametrize("merge", [False, True])
 def test_a_failed_write_removes_the_folders_it_made_on_the_way(tmp_path, merge):
     """'nothing was left there', but the new folders of a nested destination stayed (empty); those that were there

@@ -169,10 +169,16 @@ def run_bidirectional_lab(cfg: BidirectionalLabConfig, out: str | Path, command:
     there is replaced only with ``force``)."""
     cfg.validate()
     presets = cfg.presets()
-    from seqzoo.lab.folders import check_report_folder, record_stopped, remove_previous_report, write_results
+    from seqzoo.lab.folders import (
+        check_report_folder,
+        lab_folder,
+        record_stopped,
+        remove_previous_report,
+        write_results,
+    )
     from seqzoo.lab.workers import run_lab_jobs
 
-    out = Path(out)
+    out = lab_folder(out)
     written = (RESULTS_FILE, REPORT_FILE, PLOT_FILE)
     runs = [f"runs/{_run_folder(arch, task, direction)}" for task in cfg.tasks for arch in presets
             for direction in DIRECTIONS]

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import argparse
 import shlex
-from pathlib import Path
 from typing import Any
 
 from seqzoo.utils import bounded_int, training_seed
@@ -234,11 +233,12 @@ def cmd_gradients(args: argparse.Namespace) -> int:
 
     import seqzoo
     from seqzoo.lab import plots
+    from seqzoo.lab.folders import lab_folder
     from seqzoo.lab.gradients import gradient_profile, identity_notes, table_rows
     from seqzoo.lab.report import markdown_table
     from seqzoo.lab.runner import lab_presets
 
-    out = Path(args.out)
+    out = lab_folder(args.out)  # (as the other labs read it)
     if out.exists() and not out.is_dir():
         raise ValueError(f"{str(out)!r} is a file; choose a folder for --out")
     held = [name for name in ("gradients.md", "gradients.png") if (out / name).exists() or (out / name).is_symlink()]

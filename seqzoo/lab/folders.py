@@ -21,6 +21,14 @@ from seqzoo.lab.plots import PLOT_FILES
 STATUSES = ("running", "interrupted", "failed", "finished")
 
 
+def lab_folder(out: str | os.PathLike) -> Path:
+    """A lab's folder ``out``, ``~`` (and ``~user``) at its start read as the home folder, as a recipe's
+    ``output_dir`` is: the lab's runs train through recipes, so ``--out=~/lab`` (a shell leaves that ``~``) put the
+    runs under the home folder and the results beside them in a folder named ``~``, and the report failed to find
+    the runs it had trained."""
+    return Path(out).expanduser()
+
+
 def stopped_status(err: BaseException) -> dict[str, str]:
     """What a lab's results file says when ``err`` stopped it before its report: ``interrupted`` for Ctrl-C, else
     ``failed`` with the error (no longer ``running``, whose live process id refuses the folder)."""

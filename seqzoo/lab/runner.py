@@ -28,7 +28,7 @@ from typing import Any, Callable
 
 from seqzoo.lab import recipes
 from seqzoo.lab.environment import available_cores, describe_environment
-from seqzoo.lab.folders import claim_output, prepare_output, remove_stopped_report, stopped_status
+from seqzoo.lab.folders import claim_output, lab_folder, prepare_output, remove_stopped_report, stopped_status
 from seqzoo.lab.recipes import SOLVED_ACCURACY, SOLVED_WINDOW, TEXT
 from seqzoo.lab.workers import run_in_workers
 from seqzoo.outputs import write_atomically
@@ -395,7 +395,7 @@ def run_lab(cfg: LabConfig, out: str | Path, log: Callable[[str], None] = print,
     if resume and force:
         raise ValueError("--resume keeps the runs an unfinished lab in --out recorded and --force replaces them; "
                          "pass one")
-    out = Path(out)
+    out = lab_folder(out)
     with claim_output(out):  # (two labs started into one folder: the second is refused, before it looks at it)
         return _run_claimed_lab(cfg, presets, out, log, command, force, resume)
 

@@ -200,10 +200,16 @@ def run_seq2seq_lab(cfg: Seq2SeqLabConfig, out: str | Path, log: Callable[[str],
     """Train every model on every task, then write the report section and its figures into ``out`` (a finished
     report there is replaced only with ``force``)."""
     cfg.validate()
-    from seqzoo.lab.folders import check_report_folder, record_stopped, remove_previous_report, write_results
+    from seqzoo.lab.folders import (
+        check_report_folder,
+        lab_folder,
+        record_stopped,
+        remove_previous_report,
+        write_results,
+    )
     from seqzoo.lab.workers import run_lab_jobs
 
-    out = Path(out)
+    out = lab_folder(out)
     written = (RESULTS_FILE, REPORT_FILE, ACCURACY_PNG)
     runs = [f"runs/{_run_folder(name, task)}" for task in cfg.tasks for name in cfg.models]
     # (each run trains with force=True in its folder: one there of the user's would be deleted)

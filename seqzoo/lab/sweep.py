@@ -26,7 +26,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from seqzoo.lab.folders import claim_output, prepare_output, stopped_status, write_results
+from seqzoo.lab.folders import claim_output, lab_folder, prepare_output, stopped_status, write_results
 from seqzoo.lab.recipes import TEXT
 from seqzoo.lab.runner import LabConfig, lab_presets, longest_first, make_job, run_jobs
 from seqzoo.training.data import TASKS
@@ -93,7 +93,7 @@ def run_sweep(cfg: SweepConfig, out: str | Path, log: Callable[[str], None] = pr
               force: bool = False) -> dict[str, Any]:
     cfg.validate()
     presets = lab_presets(cfg.architectures)
-    out = Path(out)
+    out = lab_folder(out)
     with claim_output(out):  # (two sweeps, or a sweep and a lab, started into one folder: the second is refused)
         return _run_claimed_sweep(cfg, presets, out, log, command, force)
 

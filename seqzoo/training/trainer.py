@@ -33,7 +33,7 @@ from typing import Any, Callable
 import torch
 from torch.optim.lr_scheduler import LambdaLR
 
-from seqzoo.outputs import OutputError, describe, staged_folder, write_atomically
+from seqzoo.outputs import OutputError, describe, sibling_stem, staged_folder, write_atomically
 from seqzoo.tokenizer import PAD_TOKEN_ID
 from seqzoo.training.building import build_model, check_batch_split, lr_factor, make_optimizer
 from seqzoo.training.checkpoint import (
@@ -231,6 +231,8 @@ def train(recipe: Recipe, *, resume: str | Path | bool | None = None, dataset: A
     from seqzoo.kernels.registry import check_environment
 
     _check_arguments(recipe, resume, progress, save_model, force, stop)
+    if isinstance(resume, (str, os.PathLike)):  # (~ as in the recipe's output_dir: --resume=~/runs/x, which a shell
+        resume = os.path.expanduser(resume)  # leaves, was "'~/runs/x' does not exist" beside --output-dir=~/runs/x)
     t = recipe.train
     check_launch(t.mixed_precision, t.gradient_accumulation_steps)
     # (a misspelt SEQZOO_KERNELS entry was otherwise named at the first kernel call, after the run folder was made, or
@@ -361,7 +363,7 @@ ENDED, RUNNING, UNKNOWN = "ended", "running", "unknown"
 
 
 def _sibling_prefix(run_dir: Path, what: str) -> str:
-    return f".{run_dir.name}.{what}-"
+    return f".{sibling_stem(run_dir.name)}.{what}-"
 
 
 def _owner_tag() -> str:

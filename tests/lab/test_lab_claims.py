@@ -185,3 +185,32 @@ def test_only_a_text_run_that_finished_has_its_trained_model_measured(tmp_path, 
     with pytest.raises(RuntimeError, match="measured"):
         run_lab(_cfg(architectures=["rnn", "gru"], seeds=[4, 1]), tmp_path / "lab", log=_quiet)
     assert seen == [{"rnn": 4}]
+
+
+def test_a_lab_folder_starting_with_a_tilde_holds_its_runs_and_its_results(tmp_path, monkeypatch):
+    """--out=~/lab (a shell leaves that ~): the runs train through recipes, which read a leading ~ as the home folder,
+    so they went to ~/lab/runs while results.json went to a folder named ~ under the current one, and the lab's
+    measurements then failed to find the text run it had trained (as the seq2seq lab's report its runs)."""
+    import seqzoo.lab.workers as workers
+    from seqzoo.lab.seq2seq import Seq2SeqLabConfig, run_seq2seq_lab
+
+    home, here, folders = tmp_path / "home", tmp_path / "here", []
+    home.mkdir(), here.mkdir()
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.chdir(here)
+
+    def stopped(*args, **kwargs):
+        jobs = next(arg for arg in args if isinstance(arg, list))
+        folders.extend(Path(job["output_dir"]) for job in jobs)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(runner, "run_jobs", stopped)
+    monkeypatch.setattr(workers, "run_lab_jobs", stopped)
+    with pytest.raises(KeyboardInterrupt):
+        run_lab(_cfg(), "~/lab", log=_quiet)
+    with pytest.raises(KeyboardInterrupt):
+        run_seq2seq_lab(Seq2SeqLabConfig.smoke(tasks=["reverse"], workers=1), "~/s2s", log=_quiet)
+    assert _results(home / "lab")["status"] == "interrupted" and (home / "s2s" / "seq2seq-results.json").is_file()
+    assert folders and all(folder.is_relative_to(home / "lab" / "runs") or folder.is_relative_to(home / "s2s" / "runs")
+                           for folder in folders)
+    assert list(here.iterdir()) == []

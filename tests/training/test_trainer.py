@@ -584,6 +584,25 @@ def test_of_two_runs_that_find_one_abandoned_sibling_one_alone_takes_it(tmp_path
     assert [p.name for p in tmp_path.iterdir()] == ["a"]
 
 
+def test_a_run_folder_of_a_long_name_is_moved_aside_and_found_by_its_own_runs_alone(tmp_path):
+    # (.NAME.replaced-PID@HOST-XXXX held the whole name: --force on a folder of more than ~200 bytes, which the file
+    # system takes, failed with "File name too long"; a long name is cut in the sibling's, and a hash of the whole
+    # keeps two names that share their first bytes apart)
+    import seqzoo.training.trainer as trainer
+
+    run, other = tmp_path / ("r" * 250), tmp_path / ("r" * 249 + "s")
+    run.mkdir()
+    (run / "recipe.yaml").write_text("the old run's\n")
+    aside = trainer._move_aside(run)
+    assert _files(aside) == {"recipe.yaml": b"the old run's\n"} and len(aside.name) < 255
+    trainer._put_back_replaced(other)  # (not its run: left as it is)
+    assert [p.name for p in tmp_path.iterdir()] == [aside.name]
+    with pytest.raises(ValueError, match="is being replaced by a --force run that has not done its first step yet"):
+        trainer._put_back_replaced(run)
+    trainer._delete_aside(aside, run)
+    assert list(tmp_path.iterdir()) == []
+
+
 @pytest.mark.parametrize("arguments, message", [
     # (force="no" deleted the run: the flags were read by truthiness)
     ({"force": "no"}, "train(force='no') is invalid: expected True or False (a flag is not read by truthiness: "
@@ -1167,3 +1186,13 @@ def test_a_saved_models_ids_are_checked_against_the_data_one_by_one():
     for key, value in {"vocab_size": 257, "pad_token_id": 0, "eos_token_id": 1}.items():
         with pytest.raises(ValueError, match=rf"'m' reads the ids of another tokenizer \(.*{key}={value}"):
             check_saved_config(SimpleNamespace(**{**byte, key: value}), "m", {}, "pydoc")
+
+
+def test_resume_path_starting_with_a_tilde_is_read_under_the_home_folder(tmp_path, monkeypatch):
+    # (output_dir=~/runs/a is the home folder's, as documented; --resume=~/runs/a, which a shell leaves as it is,
+    # was refused: "'~/runs/a' does not exist")
+    monkeypatch.setenv("HOME", str(tmp_path))
+    fields = {"max_steps": 1, "save_every": 1, "eval_every": 0}
+    train(make_recipe(tmp_path, "a", train=fields), progress=False, save_model=False)
+    assert train(make_recipe(tmp_path, "b", train=fields), resume="~/a", progress=False, save_model=False).steps == 1
+    assert (tmp_path / "b" / "metrics.jsonl").read_text() == (tmp_path / "a" / "metrics.jsonl").read_text()
