@@ -1072,3 +1072,18 @@ def test_an_interrupted_lab_sub_command_is_not_told_to_resume(argv, hint, capsys
     err = capsys.readouterr().err
     assert err.strip().splitlines()[-1].startswith("interrupted")
     assert (hint in err) if hint else "--resume" not in err
+
+
+@pytest.mark.parametrize("converter, module", [("rwkv7", "seqzoo.conversions.rwkv7"),
+                                               ("word-lm", "seqzoo.conversions.word_lm")])
+def test_a_converters_set_option_help_names_every_settable_field(converter, module):
+    # (`seqzoo convert rwkv7 --help` left use_cache out)
+    import importlib
+
+    def subcommands(parser):
+        return next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices
+
+    (option,) = [a for a in subcommands(subcommands(build_parser())["convert"])[converter]._actions
+                 if "--set" in a.option_strings]
+    named = option.help.replace("pad/bos/eos_token_id", "pad_token_id bos_token_id eos_token_id")
+    assert [field for field in importlib.import_module(module).OVERRIDABLE if field not in named] == []

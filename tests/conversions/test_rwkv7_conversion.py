@@ -181,17 +181,3 @@ def test_a_one_layer_checkpoint_without_layer_0s_unused_value_lora_converts():
     with torch.no_grad():
         torch.testing.assert_close(convert_rwkv7(pruned)(IDS).logits, convert_rwkv7(one_layer)(IDS).logits,
                                    rtol=0, atol=0)
-
-
-def test_set_option_help_names_every_settable_field():
-    # (`seqzoo convert rwkv7 --help` left use_cache out)
-    import argparse
-
-    from seqzoo.cli import build_parser
-    from seqzoo.conversions.rwkv7 import OVERRIDABLE
-
-    convert = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction)).choices["convert"]
-    rwkv7 = next(a for a in convert._actions if isinstance(a, argparse._SubParsersAction)).choices["rwkv7"]
-    (option,) = [a for a in rwkv7._actions if "--set" in a.option_strings]
-    named = option.help.replace("pad/bos/eos_token_id", "pad_token_id bos_token_id eos_token_id")
-    assert [field for field in OVERRIDABLE if field not in named] == []

@@ -392,16 +392,3 @@ def test_an_untied_decoder_of_the_embedding_s_shape_is_kept(cell):
         expected, _ = ref(IDS.t())
         actual = model(IDS).logits.log_softmax(-1)
     torch.testing.assert_close(actual, expected.transpose(0, 1), atol=1e-5, rtol=1e-5)
-
-
-def test_set_option_help_names_every_settable_field():
-    import argparse
-
-    from seqzoo.cli import build_parser
-    from seqzoo.conversions.word_lm import OVERRIDABLE
-
-    convert = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction)).choices["convert"]
-    word_lm = next(a for a in convert._actions if isinstance(a, argparse._SubParsersAction)).choices["word-lm"]
-    (option,) = [a for a in word_lm._actions if "--set" in a.option_strings]
-    named = option.help.replace("pad/bos/eos_token_id", "pad_token_id bos_token_id eos_token_id")
-    assert [field for field in OVERRIDABLE if field not in named] == []

@@ -256,8 +256,12 @@ class CollectingStreamer(BaseStreamer):
 
 
 def test_streaming_sends_the_tokens_returned_and_beam_search_refuses_a_streamer(family_preset):
-    model = tiny_model(family_preset)
-    ids = torch.tensor([PROMPTS[0]])
+    check_streaming(tiny_model(family_preset), torch.tensor([PROMPTS[0]]))
+
+
+def check_streaming(model, ids):
+    """A streamer receives exactly the tokens generate() returns, and beam search refuses one (also run by
+    tests/seq2seq/test_common.py)."""
     streamer = CollectingStreamer()
     out = model.generate(ids, max_new_tokens=NEW_TOKENS, do_sample=False, pad_token_id=0, eos_token_id=None,
                          streamer=streamer)

@@ -15,7 +15,7 @@ from seqzoo.models.compat import CACHE_ALIASES, OUTPUT_CACHE_FIELD, output_cache
 from seqzoo.models.seq2seq.configuration_seq2seq import Seq2SeqConfig
 from seqzoo.models.seq2seq.modeling_seq2seq import shift_tokens_right
 from tests.conftest import FAMILIES, SEQ2SEQ_FAMILIES, tiny_config, tiny_model
-from tests.models.test_common import CollectingStreamer
+from tests.models.test_common import check_streaming
 from tests.models.test_state_exactness import TOKENS, with_holes
 from tests.seq2seq.test_reference import sinusoids
 
@@ -237,14 +237,7 @@ def test_pads_inside_a_source_and_several_sequences_per_padded_source_equal_each
 
 
 def test_streaming_sends_the_tokens_returned_and_beam_search_refuses_a_streamer(preset):
-    model = tiny_model(preset)
-    ids = torch.tensor([SOURCES[0]])
-    streamer = CollectingStreamer()
-    out = model.generate(ids, max_new_tokens=NEW_TOKENS, do_sample=False, pad_token_id=0, eos_token_id=None,
-                         streamer=streamer)
-    assert streamer.ended and torch.equal(torch.cat(streamer.chunks), out[0])
-    with pytest.raises(ValueError, match="streamer"):
-        model.generate(ids, max_new_tokens=2, num_beams=2, pad_token_id=0, streamer=CollectingStreamer())
+    check_streaming(tiny_model(preset), torch.tensor([SOURCES[0]]))
 
 
 @pytest.mark.parametrize("side", ["left", "right"])
