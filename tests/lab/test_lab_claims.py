@@ -214,3 +214,31 @@ def test_a_lab_folder_starting_with_a_tilde_holds_its_runs_and_its_results(tmp_p
     assert folders and all(folder.is_relative_to(home / "lab" / "runs") or folder.is_relative_to(home / "s2s" / "runs")
                            for folder in folders)
     assert list(here.iterdir()) == []
+
+
+@pytest.mark.parametrize("lab", ["seq2seq", "bidirectional"])
+def test_force_replaces_a_link_named_as_a_report_instead_of_writing_through_it(tmp_path, monkeypatch, lab):
+    """--force over a link of the report's name to a file elsewhere (a folder from elsewhere, without the lab's
+    results file): the report was written into the file the link named, a user's file overwritten, as a link named
+    gradients.md was by `seqzoo lab gradients`. The link is replaced, and so is one of a figure's name."""
+    import seqzoo.lab.workers as workers
+    from seqzoo.lab import bidirectional, plots, seq2seq
+
+    module = {"seq2seq": seq2seq, "bidirectional": bidirectional}[lab]
+    cfg = seq2seq.Seq2SeqLabConfig.smoke(tasks=["reverse"], workers=1) if lab == "seq2seq" else \
+        bidirectional.BidirectionalLabConfig.smoke(architectures=["lstm"], tasks=["first_letter"], workers=1)
+    run = seq2seq.run_seq2seq_lab if lab == "seq2seq" else bidirectional.run_bidirectional_lab
+    figure = seq2seq.ACCURACY_PNG if lab == "seq2seq" else bidirectional.PLOT_FILE
+    monkeypatch.setattr(workers, "run_lab_jobs", lambda *args, **kwargs: None)  # (a report of no runs)
+    monkeypatch.setattr(plots, "matplotlib_available", lambda: False)
+    out = tmp_path / "out"
+    out.mkdir()
+    (tmp_path / "notes.md").write_text("mine")
+    (out / module.REPORT_FILE).symlink_to(tmp_path / "notes.md")
+    (out / figure).symlink_to(tmp_path / "elsewhere.png")
+    with pytest.raises(ValueError, match="--force to replace them"):
+        run(cfg, out, log=_quiet)
+    run(cfg, out, log=_quiet, force=True)
+    assert (tmp_path / "notes.md").read_text() == "mine" and not (tmp_path / "elsewhere.png").exists()
+    assert not (out / module.REPORT_FILE).is_symlink() and (out / module.REPORT_FILE).read_text().startswith("## ")
+    assert not (out / figure).is_symlink()
