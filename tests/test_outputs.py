@@ -108,6 +108,10 @@ def test_staged_folder_reads_dot_dot_after_a_link_as_the_file_system_does(tmp_pa
     with staged_folder(tmp_path / "link" / ".." / "out") as staging:
         (staging / "config.json").write_text("{}")
     assert leftovers(tmp_path / "other" / "out") == ["config.json"] and leftovers(tmp_path) == ["link", "other"]
+    # A name ".." itself (seqzoo new --force link/..): the folder above the one the link names, as the shell's ls.
+    with staged_folder(tmp_path / "link" / "..", merge=True) as staging:
+        (staging / "notes.txt").write_text("new")
+    assert leftovers(tmp_path / "other") == ["notes.txt", "out", "sub"] and leftovers(tmp_path) == ["link", "other"]
 
 
 def test_the_empty_folder_one_stands_in_named_through_a_link_above_it_receives_the_files(tmp_path, monkeypatch):
@@ -291,8 +295,10 @@ def test_new_force_into_a_used_folder_keeps_other_files(tmp_path, capsys):
     out = tmp_path / "m"
     out.mkdir()
     (out / "notes.txt").write_text("mine")
+    (out / "config.json").write_text('{"model_type": "seqzoo_lstm"}')  # (a model's, without weights: replaced)
     assert main(["new", "gru-tiny", str(out), "--force"]) == 0
     assert {"notes.txt", "config.json", "model.safetensors", "tokenizer.json"} <= set(leftovers(out))
+    assert json.loads((out / "config.json").read_text())["model_type"] == "seqzoo_gru"
     assert not [name for name in leftovers(tmp_path) if name.endswith(".partial")]
 
 
@@ -309,6 +315,15 @@ def test_new_force_keeps_a_config_json_that_is_no_models(tmp_path, capsys, setti
     (out / "model.safetensors").write_text("damaged")
     assert main(["new", "gru-tiny", str(out), "--force"]) == 0
     assert json.loads((out / "config.json").read_text())["model_type"] == "seqzoo_gru"
+
+
+def test_new_force_names_a_config_json_nested_too_deep_to_read_as_no_models(tmp_path, capsys):
+    # (json.loads raises RecursionError, not a ValueError, for such a file: it is no model's config all the same)
+    out = tmp_path / "m"
+    out.mkdir()
+    (out / "config.json").write_text("[" * 100_000)
+    assert "is no model's config" in error_line(["new", "gru-tiny", str(out), "--force"], capsys)
+    assert leftovers(out) == ["config.json"]
 
 
 def test_new_force_over_a_sharded_model_with_an_adapter_loads_exactly_the_new_model(tmp_path, capsys):
@@ -461,6 +476,24 @@ def test_force_refuses_to_delete_the_recipe_file_given_inside_the_output_folder(
     assert mine.read_text().startswith("# my sweep") and (run / "model.safetensors").is_file()
     # The run's own recipe.yaml is written again by the new run: starting over from it is no loss.
     assert main(["train", str(run / "recipe.yaml"), "--output-dir", str(run), "--force", "--no-progress"]) == 0
+
+
+def test_force_refuses_to_delete_a_recipe_file_given_by_a_relative_path_or_in_a_subfolder(straight_run, tmp_path,
+                                                                                           capsys, monkeypatch):
+    # (the paths are compared resolved: `seqzoo train run/mine.yaml --output-dir run` from the folder above, and a
+    # recipe kept in a subfolder of the run, are deleted with the run as well; a run that deletes nothing reads it)
+    import shutil
+
+    shutil.copytree(straight_run, tmp_path / "run")
+    (tmp_path / "run" / "sweeps").mkdir()
+    monkeypatch.chdir(tmp_path)
+    for given in ("run/mine.yaml", "run/sweeps/mine.yaml"):
+        Path(given).write_text("# my sweep\n" + Path("run/recipe.yaml").read_text())
+        message = error_line(["train", given, "--output-dir", "run", "--force", "--no-progress"], capsys)
+        assert f"--force would delete 'run', which holds the recipe file given, {given!r}" in message
+        assert Path(given).read_text().startswith("# my sweep")
+    assert main(["train", "run/mine.yaml", "--output-dir", "run", "--print-recipe"]) == 0
+    assert "task: causal-lm" in capsys.readouterr().out
 
 
 def test_train_into_a_read_only_folder(readonly_dir, capsys):

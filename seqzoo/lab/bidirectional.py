@@ -183,9 +183,9 @@ def run_bidirectional_lab(cfg: BidirectionalLabConfig, out: str | Path, command:
     runs = [f"runs/{_run_folder(arch, task, direction)}" for task in cfg.tasks for arch in presets
             for direction in DIRECTIONS]
     # (each run trains with force=True in its folder: one there of the user's would be deleted)
-    check_report_folder(out, RESULTS_FILE, "bidirectional", force, (*written, *runs))
+    held = check_report_folder(out, RESULTS_FILE, "bidirectional", force, (*written, *runs))
     remove_previous_report(out, RESULTS_FILE, written, (), lambda run: _run_folder(
-        run["arch"], run["task"], run["direction"]))
+        run["arch"], run["task"], run["direction"]), held)
     out.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
     jobs = [{"arch": arch, "preset": preset, "task": task, "direction": direction, "config": asdict(cfg),

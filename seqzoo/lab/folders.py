@@ -12,7 +12,7 @@ import json
 import os
 import platform
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterable, Iterator
 
 from seqzoo.lab.plots import PLOT_FILES
 
@@ -250,11 +250,13 @@ def _process_alive(pid: Any) -> bool:
     return True
 
 
-def check_report_folder(out: Path, results_file: str, what: str, force: bool, files: tuple[str, ...] = ()) -> None:
+def check_report_folder(out: Path, results_file: str, what: str, force: bool,
+                        files: tuple[str, ...] = ()) -> list[str]:
     """The guard of a lab that writes its report beside others (``seqzoo lab seq2seq``, ``bidirectional``): ``out``
     must be a folder, and one holding this lab's ``results_file`` (a finished report, or the runs an unfinished one
     recorded, :func:`record_stopped`), or any of the other ``files`` this run writes (its report and figures, which
-    it would write over), is replaced only with ``force``."""
+    it would write over), is replaced only with ``force``. Returns the names of ``files`` that ``out`` holds (for
+    :func:`remove_previous_report`)."""
     if out.exists() and not out.is_dir():
         raise ValueError(f"{str(out)!r} is a file; choose a folder for --out")
     held = [name for name in files if (out / name).exists() or (out / name).is_symlink()]
@@ -277,6 +279,7 @@ def check_report_folder(out: Path, results_file: str, what: str, force: bool, fi
                              "replace them (this lab has no --resume)")
         raise ValueError(f"{str(out)!r} already holds a {what} lab report ({results_file}); pass --out NEW_FOLDER "
                          "to keep it, or --force to replace it")
+    return held
 
 
 def record_stopped(path: Path, results: dict[str, Any], err: BaseException, log: Callable[[str], None],
@@ -291,29 +294,33 @@ def record_stopped(path: Path, results: dict[str, Any], err: BaseException, log:
 
 
 def remove_previous_report(out: Path, results_file: str, files: tuple[str, ...], patterns: tuple[str, ...],
-                           run_folder: Callable[[dict[str, Any]], str]) -> None:
+                           run_folder: Callable[[dict[str, Any]], str], held: Iterable[str] = ()) -> None:
     """Before a lab that writes its report beside others replaces its own (``--force``): delete what that report
     wrote, so that a run with fewer tasks or models leaves none of the earlier figures or run folders behind. That
     is ``files``, whatever matches ``patterns`` (per-task figures), and the run folder under ``runs/`` of every run
     the earlier results list (``run_folder(run)`` names it; a name that is not a single folder name, as an edited
-    file could hold, is left alone, as are runs an unreadable results file no longer lists)."""
+    file could hold, is left alone, as are runs an unreadable results file no longer lists). ``held``
+    (:func:`check_report_folder`'s, without a results file beside them: ``--force`` replaces them) are removed where
+    they are files or links: the report and figures are written in place, so a link of such a name to a file
+    elsewhere had that file overwritten (a run folder of the user's is replaced by the run that trains into it)."""
     import shutil
 
     previous = out / results_file
-    if not previous.is_file():
-        return
-    try:
-        runs = json.loads(previous.read_text()).get("runs", [])
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError, AttributeError):
-        runs = []
-    for run in runs if isinstance(runs, list) else []:
+    removed = [out / name for name in held]
+    if previous.is_file():
         try:
-            name = run_folder(run)
-        except (KeyError, TypeError, AttributeError):
-            continue
-        folder = out / "runs" / name
-        if name not in ("", ".", "..") and Path(name).name == name and folder.is_dir() and not folder.is_symlink():
-            shutil.rmtree(folder)
-    for path in [out / name for name in files] + [path for pattern in patterns for path in out.glob(pattern)]:
+            runs = json.loads(previous.read_text()).get("runs", [])
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError, AttributeError):
+            runs = []
+        for run in runs if isinstance(runs, list) else []:
+            try:
+                name = run_folder(run)
+            except (KeyError, TypeError, AttributeError):
+                continue
+            folder = out / "runs" / name
+            if name not in ("", ".", "..") and Path(name).name == name and folder.is_dir() and not folder.is_symlink():
+                shutil.rmtree(folder)
+        removed += [out / name for name in files] + [path for pattern in patterns for path in out.glob(pattern)]
+    for path in removed:
         if path.is_file() or path.is_symlink():
             path.unlink()

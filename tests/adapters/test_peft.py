@@ -499,6 +499,26 @@ def test_the_refusal_of_a_parameter_above_an_adapted_module_names_a_route_that_t
     assert any(".on_parameters" in n for n in changed) and any("receptance.lora_B.default" in n for n in changed)
 
 
+def test_a_peft_that_refuses_the_pair_in_its_own_words_has_it_refused_by_seqzoo(monkeypatch):
+    """The probe takes any error of peft's on its toy model as "cannot adapt the pair" (0.22 fails with an
+    AttributeError; a later peft refusing the pair with a ValueError would otherwise stop peft_config in the probe,
+    with peft's message about the toy model, for every config that holds both target lists)."""
+    import peft
+
+    import seqzoo.adapters as adapters
+
+    def refuses(config, model, *args, **kwargs):
+        raise ValueError("target_parameters and target_modules overlap in module 'holder'")
+
+    monkeypatch.setattr(peft, "inject_adapter_in_model", refuses)
+    adapters._peft_adapts_modules_below_parameters.cache_clear()
+    try:
+        with pytest.raises(ValueError, match=r"wraps model.layers.0.attn for its parameter first.*separate adapters"):
+            seqzoo.peft_config(build("rwkv7", "causal-lm"), target_parameters=["w1"])
+    finally:
+        adapters._peft_adapts_modules_below_parameters.cache_clear()  # (judged again with the real peft)
+
+
 @pytest.mark.parametrize("arch, overrides, refused", [
     ("gru", {"modules_to_save": ["lm_hed"]}, r"modules_to_save \['lm_hed'\] name no module of GRUForCausalLM \(peft "
                                              r"matches the end of a module's full name\); its top-level modules are "

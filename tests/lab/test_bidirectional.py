@@ -19,12 +19,18 @@ from seqzoo.training.classification import build_label_data
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
-def test_a_report_of_the_users_under_the_labs_name_is_kept_without_force(tmp_path):
-    # (without the lab's results file beside it, bidirectional.md was written over without a word)
-    (tmp_path / bidirectional.REPORT_FILE).write_text("mine")
-    with pytest.raises(ValueError, match=r"already holds bidirectional.md, which this bidirectional lab writes"):
-        bidirectional.run_bidirectional_lab(BidirectionalLabConfig.smoke(workers=1), tmp_path, log=lambda line: None)
-    assert (tmp_path / bidirectional.REPORT_FILE).read_text() == "mine"
+@pytest.mark.parametrize("name", [bidirectional.REPORT_FILE, "runs/lstm-TASK-left-to-right/recipe.yaml"])
+def test_a_report_of_the_users_under_the_labs_name_is_kept_without_force(tmp_path, name):
+    # (without the lab's results file beside it, bidirectional.md was written over without a word, and a training
+    # run of the user's where a run of the lab goes was deleted: the lab's runs train with force=True)
+    cfg = BidirectionalLabConfig.smoke(workers=1)
+    name = name.replace("TASK", cfg.tasks[0])
+    (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+    (tmp_path / name).write_text("mine")
+    held = name.removesuffix("/recipe.yaml")
+    with pytest.raises(ValueError, match=rf"already holds {held}, which this bidirectional lab writes"):
+        bidirectional.run_bidirectional_lab(cfg, tmp_path, log=lambda line: None)
+    assert (tmp_path / name).read_text() == "mine"
 
 
 def test_smoke_run_compares_both_directions_of_every_architecture(tmp_path, capsys):

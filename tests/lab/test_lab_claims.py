@@ -214,3 +214,68 @@ def test_a_lab_folder_starting_with_a_tilde_holds_its_runs_and_its_results(tmp_p
     assert folders and all(folder.is_relative_to(home / "lab" / "runs") or folder.is_relative_to(home / "s2s" / "runs")
                            for folder in folders)
     assert list(here.iterdir()) == []
+
+
+@pytest.mark.parametrize("lab", ["seq2seq", "bidirectional"])
+def test_force_replaces_a_link_named_as_a_report_instead_of_writing_through_it(tmp_path, monkeypatch, lab):
+    """--force over a link of the report's name to a file elsewhere (a folder from elsewhere, without the lab's
+    results file): the report was written into the file the link named, a user's file overwritten, as a link named
+    gradients.md was by `seqzoo lab gradients`. The link is replaced, and so is one of a figure's name."""
+    import seqzoo.lab.workers as workers
+    from seqzoo.lab import bidirectional, plots, seq2seq
+
+    module = {"seq2seq": seq2seq, "bidirectional": bidirectional}[lab]
+    cfg = seq2seq.Seq2SeqLabConfig.smoke(tasks=["reverse"], workers=1) if lab == "seq2seq" else \
+        bidirectional.BidirectionalLabConfig.smoke(architectures=["lstm"], tasks=["first_letter"], workers=1)
+    run = seq2seq.run_seq2seq_lab if lab == "seq2seq" else bidirectional.run_bidirectional_lab
+    figure = seq2seq.ACCURACY_PNG if lab == "seq2seq" else bidirectional.PLOT_FILE
+    monkeypatch.setattr(workers, "run_lab_jobs", lambda *args, **kwargs: None)  # (a report of no runs)
+    monkeypatch.setattr(plots, "matplotlib_available", lambda: False)
+    out = tmp_path / "out"
+    out.mkdir()
+    (tmp_path / "notes.md").write_text("mine")
+    (out / module.REPORT_FILE).symlink_to(tmp_path / "notes.md")
+    (out / figure).symlink_to(tmp_path / "elsewhere.png")
+    with pytest.raises(ValueError, match="--force to replace them"):
+        run(cfg, out, log=_quiet)
+    run(cfg, out, log=_quiet, force=True)
+    assert (tmp_path / "notes.md").read_text() == "mine" and not (tmp_path / "elsewhere.png").exists()
+    assert not (out / module.REPORT_FILE).is_symlink() and (out / module.REPORT_FILE).read_text().startswith("## ")
+    assert not (out / figure).is_symlink()
+
+
+def test_the_bidirectional_sweep_and_gradients_labs_read_a_tilde_in_their_folder_as_the_home_folder(tmp_path,
+                                                                                                     monkeypatch):
+    """The same --out=~/... for the three other lab commands (one lab_folder for all five): their runs under the home
+    folder, their results there too, and nothing in a folder named ~ under the current one."""
+    import seqzoo.lab.sweep as sweep
+    import seqzoo.lab.workers as workers
+    from seqzoo.cli import main
+    from seqzoo.lab import plots
+    from seqzoo.lab.bidirectional import BidirectionalLabConfig, run_bidirectional_lab
+    from seqzoo.lab.sweep import SweepConfig, run_sweep
+
+    home, here, folders = tmp_path / "home", tmp_path / "here", []
+    home.mkdir(), here.mkdir()
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.chdir(here)
+
+    def stopped(*args, **kwargs):
+        jobs = next(arg for arg in args if isinstance(arg, list))
+        folders.extend(Path(job["output_dir"]) for job in jobs)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(sweep, "run_jobs", stopped)
+    monkeypatch.setattr(workers, "run_lab_jobs", stopped)
+    monkeypatch.setattr(plots, "matplotlib_available", lambda: False)  # (the figure takes seconds; not the point)
+    with pytest.raises(KeyboardInterrupt):
+        run_bidirectional_lab(BidirectionalLabConfig.smoke(architectures=["lstm"], workers=1), "~/bi", log=_quiet)
+    with pytest.raises(KeyboardInterrupt):
+        run_sweep(SweepConfig(architectures=["rnn"], tasks=["copy"], distances=[2], rates=[0.01], workers=1),
+                  "~/sweep", log=_quiet)
+    assert main(["lab", "gradients", "--out", "~/grad", "--length", "4", "--architectures", "rnn"]) == 0
+    assert (home / "bi" / "bidirectional-results.json").is_file() and _results(home / "sweep")["status"] == \
+        "interrupted" and (home / "grad" / "gradients.md").is_file()
+    assert folders and all(folder.is_relative_to(home / "bi" / "runs") or folder.is_relative_to(home / "sweep")
+                           for folder in folders)
+    assert list(here.iterdir()) == []

@@ -53,6 +53,21 @@ def test_a_file_under_a_name_the_lab_writes_is_kept_without_force(tmp_path, name
     assert sorted(p.name for p in tmp_path.iterdir()) == [name.split("/")[0]]
 
 
+def test_force_removes_the_attention_maps_of_every_task_of_the_earlier_report(tmp_path, monkeypatch):
+    # (a rerun with fewer tasks leaves none of the earlier report's figures beside the new one: a task's heat maps
+    # are named after it, so every seq2seq-attention-*.png goes)
+    import seqzoo.lab.workers as workers
+    from seqzoo.lab import plots
+
+    (tmp_path / RESULTS_FILE).write_text('{"status": "finished", "runs": []}')
+    (tmp_path / "seq2seq-attention-copy.png").write_bytes(b"the earlier report's")
+    (tmp_path / "notes.png").write_bytes(b"mine")
+    monkeypatch.setattr(workers, "run_lab_jobs", lambda *args, **kwargs: None)  # (a report of no runs)
+    monkeypatch.setattr(plots, "matplotlib_available", lambda: False)
+    run_seq2seq_lab(Seq2SeqLabConfig.smoke(tasks=["reverse"], workers=1), tmp_path, log=lambda line: None, force=True)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.png", RESULTS_FILE, REPORT_FILE]
+
+
 def test_the_command_line_offers_the_tasks_whose_sources_grow(capsys):
     """`dates` was listed, then refused after start-up for want of source lengths no option could give."""
     from seqzoo.cli import main

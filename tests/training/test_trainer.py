@@ -479,6 +479,25 @@ def test_a_run_moved_aside_is_named_not_put_back_over_a_run_and_a_killed_deletio
     assert [p.name for p in tmp_path.iterdir()] == ["a"]
 
 
+def test_of_two_runs_moved_aside_by_killed_force_runs_neither_is_put_back(tmp_path, monkeypatch, caplog):
+    # (two --force runs killed before their first step, one after the other: which old run to keep is the user's
+    # choice; both are named and kept, none is put back over the output folder)
+    import seqzoo.training.trainer as trainer
+
+    _as_a_process_that_ended(monkeypatch)
+    run = tmp_path / "a"
+    for text in ("first", "second"):
+        run.mkdir()
+        (run / "recipe.yaml").write_text(text)
+        trainer._move_aside(run)
+    asides = sorted(tmp_path.iterdir())
+    with caplog.at_level("WARNING", logger="seqzoo.training"):
+        trainer._put_back_replaced(run)
+    assert "2 runs were moved aside, and which one to keep is yours to choose" in caplog.text
+    assert sorted(tmp_path.iterdir()) == asides and sorted(_files(p)["recipe.yaml"] for p in asides) == [b"first",
+                                                                                                       b"second"]
+
+
 def test_a_run_moved_aside_by_a_force_run_still_before_its_first_step_is_left_to_that_run(tmp_path, caplog):
     # Nothing told a --force run still before its first step (a model that takes minutes to build) from one killed
     # there: a second run on its output folder deleted the live run's folder and put the old run back, and the live
@@ -584,12 +603,13 @@ def test_of_two_runs_that_find_one_abandoned_sibling_one_alone_takes_it(tmp_path
     assert [p.name for p in tmp_path.iterdir()] == ["a"]
 
 
-def test_a_run_folder_of_a_long_name_is_moved_aside_and_found_by_its_own_runs_alone(tmp_path):
+def test_a_run_folder_of_a_long_name_is_moved_aside_and_found_by_its_own_runs_alone(tmp_path, monkeypatch):
     # (.NAME.replaced-PID@HOST-XXXX held the whole name: --force on a folder of more than ~200 bytes, which the file
     # system takes, failed with "File name too long"; a long name is cut in the sibling's, and a hash of the whole
-    # keeps two names that share their first bytes apart)
+    # keeps two names that share their first bytes apart. The cut leaves room for the longest host name, 64 bytes)
     import seqzoo.training.trainer as trainer
 
+    monkeypatch.setattr(trainer.socket, "gethostname", lambda: "h" * 64)
     run, other = tmp_path / ("r" * 250), tmp_path / ("r" * 249 + "s")
     run.mkdir()
     (run / "recipe.yaml").write_text("the old run's\n")
