@@ -127,6 +127,27 @@ def test_the_measurements_read_the_seeded_preset_and_the_saved_text_model(tmp_pa
     assert loaded == [tmp_path / "runs" / "gru" / "text-s3"] and sorted(row["state"]["bytes"]) == [4, 9]
 
 
+def test_the_measurements_leave_the_callers_progress_bars_and_random_stream_as_they_were(tmp_path, monkeypatch):
+    """measure_architectures (run_lab's last step) turns transformers' progress bars off and seeds torch for its
+    models: a caller that had the bars off found them on for good after run_lab, and its torch stream seeded."""
+    from transformers.utils import logging as hf_logging
+
+    from seqzoo.lab import gradients, runner
+
+    monkeypatch.setattr(measure, "decode_profile", lambda model, contexts, seed: [])  # (timed elsewhere)
+    monkeypatch.setattr(gradients, "gradient_profile", lambda model, length, seed: [1.0])
+    cfg = LabConfig(seeds=[3], decode_contexts=[4, 6], gradient_length=5)
+    hf_logging.disable_progress_bar()
+    try:
+        torch.manual_seed(99)
+        before = torch.get_rng_state()
+        runner.measure_architectures({"gru": "gru-tiny"}, cfg, tmp_path, {})
+        assert not hf_logging.is_progress_bar_enabled()
+        assert torch.equal(torch.get_rng_state(), before)
+    finally:
+        hf_logging.enable_progress_bar()
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # findings.py: chance levels and sentences.
 
