@@ -770,6 +770,25 @@ def test_a_bidirectional_job_reports_each_distances_accuracy(tmp_path, monkeypat
     assert row["accuracy"] == {2: 0.25, 4: 0.75} and row["params"] == 9 and row["steps"] == 3
 
 
+def test_the_lab_figures_leave_the_callers_matplotlib_backend_and_figures(tmp_path):
+    """The lab's figures (run_lab, run_seq2seq_lab and run_bidirectional_lab draw them in the caller's process) are
+    figures of their own: matplotlib.use("Agg") switched a notebook's or a window's backend for the session."""
+    matplotlib = pytest.importorskip("matplotlib")
+    import matplotlib.pyplot as plt
+
+    from seqzoo.lab import plots
+
+    previous = matplotlib.get_backend()
+    plt.switch_backend("svg")  # (the caller's, other than Agg)
+    try:
+        figures = plt.get_fignums()
+        plots.text_plot({"gru": [(1, 9.0), (2, 5.0)]}, tmp_path / "text.png")
+        assert (tmp_path / "text.png").stat().st_size > 0
+        assert matplotlib.get_backend() == "svg" and plt.get_fignums() == figures
+    finally:
+        plt.switch_backend(previous)
+
+
 def test_the_gradient_plot_marks_a_profile_that_turns_exactly_0_past_the_last_power_of_two(tmp_path, monkeypatch):
     """The GRU's gradient underflows to exactly 0 about 150 tokens back, past the last power of two (128) of a
     256-token profile: its line ended there with no hollow marker on the "exactly 0" line, as if unmeasured."""
