@@ -56,7 +56,7 @@ from seqzoo.training.classification import LabelledTexts, build_label_data, clas
 from seqzoo.training.data import IGNORE, MemoryTask, build_data, document_position_ids
 from seqzoo.training.fsdp import gradient_sync_off, is_sharded, seqzoo_shards, shard_on_cpu
 from seqzoo.training.grad_health import EXPLODING, OK, GradientHealth
-from seqzoo.training.launch import check_launch, make_accelerator
+from seqzoo.training.launch import callers_accelerator_state, check_launch, make_accelerator
 from seqzoo.training.recipe import DataSection, Recipe
 from seqzoo.training.seq2seq import Seq2SeqPairs, build_seq2seq_data, is_seq2seq, seq2seq_logits
 from seqzoo.training.state import (
@@ -212,6 +212,8 @@ def _check_arguments(recipe: Any, resume: Any, progress: Any, save_model: Any, f
                          "output_dir, force deletes what it holds to start over; give one of them")
 
 
+# (the whole call: the run's Accelerator is made before its recipe's folders are checked, which may refuse them)
+@callers_accelerator_state()
 def train(recipe: Recipe, *, resume: str | Path | bool | None = None, dataset: Any = None,
           progress: bool = True, save_model: bool = True,
           stop: Callable[[dict[str, Any]], bool] | None = None, force: bool = False) -> TrainResult:
@@ -232,7 +234,8 @@ def train(recipe: Recipe, *, resume: str | Path | bool | None = None, dataset: A
     stops a memory-task run once it is solved). Launched as several processes, call
     ``seqzoo.training.leave_process_group()`` after the last ``train()``, as ``seqzoo train`` does. The run seeds
     Python's, NumPy's and torch's generators from ``train.seed``; the caller's generator states (CUDA's where CUDA
-    was initialised before the call) and its ``torch.use_deterministic_algorithms`` setting come back when it ends.
+    was initialised before the call), its ``torch.use_deterministic_algorithms`` setting and accelerate's
+    AcceleratorState come back when it ends.
     """
     from accelerate.utils import set_seed
 

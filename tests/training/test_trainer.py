@@ -114,6 +114,19 @@ def test_a_run_leaves_the_callers_random_streams_and_determinism_setting_as_they
     assert (np.random.get_state()[1] == before[1]).all() and torch.equal(torch.get_rng_state(), before[2])
 
 
+def test_a_run_leaves_accelerates_state_as_the_caller_had_it(tmp_path):
+    """accelerate keeps one AcceleratorState per process, fixed by its first Accelerator: the run's was left behind,
+    so the caller's next Accelerator of another precision (its own, transformers' Trainer(bf16=True)) failed with
+    "AcceleratorState has already been initialized and cannot be changed, restart your runtime completely"."""
+    from accelerate.state import AcceleratorState
+
+    before = dict(AcceleratorState._shared_state)
+    recipe = make_recipe(tmp_path, data={"eval_samples": 2},
+                         train={"max_steps": 1, "eval_every": 1, "mixed_precision": "bf16"})
+    train(recipe, progress=False, save_model=False)
+    assert dict(AcceleratorState._shared_state) == before
+
+
 def test_task_run_reports_accuracy_per_distance_without_a_tokenizer(tmp_path):
     result = train(make_recipe(tmp_path), progress=False)
     assert set(result.eval["sets"]) == {"distance=2", "distance=5"}
