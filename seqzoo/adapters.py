@@ -456,7 +456,9 @@ def _refuse_parameters_above_adapted_modules(model: nn.Module, config: Any) -> N
 def _peft_adapts_modules_below_parameters() -> bool:
     """Whether the installed peft adapts, in one LoRA adapter, a parameter of a module and a Linear layer inside that
     module (0.21 did, adapting the modules first; 0.22 adapts the parameters first and fails). Tried on a two-layer
-    toy model, once per process."""
+    toy model, once per process, on a generator of its own: the toy's initialisation drew from the caller's, so a
+    seeded get_peft_model after the first peft_config of a process started from other LoRA weights than after any
+    later one."""
     import warnings
 
     import peft
@@ -468,15 +470,16 @@ def _peft_adapts_modules_below_parameters() -> bool:
             self.weight_own = nn.Parameter(torch.zeros(2, 2))
             self.inner = nn.Linear(2, 2)
 
-    root = nn.Module()
-    root.holder = Holder()
-    config = peft.LoraConfig(r=1, target_modules=["inner"], target_parameters=["weight_own"])
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            peft.inject_adapter_in_model(config, root)
-    except Exception:  # (0.22: an AttributeError; a later refusal of the pair would be a ValueError: either way not)
-        return False
+    with torch.random.fork_rng(devices=[]):
+        root = nn.Module()
+        root.holder = Holder()
+        config = peft.LoraConfig(r=1, target_modules=["inner"], target_parameters=["weight_own"])
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                peft.inject_adapter_in_model(config, root)
+        except Exception:  # (0.22: an AttributeError; a later refusal of the pair a ValueError: either way not)
+            return False
     return True
 
 

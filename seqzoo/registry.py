@@ -123,11 +123,12 @@ def _same_architecture(a: ModelSpec, b: ModelSpec) -> bool:
 def register_architecture(spec: ModelSpec, *, exist_ok: bool = False) -> ModelSpec:
     """Register ``spec`` and its classes with transformers' Auto classes. Everything is checked before anything is
     registered, so a refused spec leaves no trace. Without ``exist_ok``, an architecture name, a ``model_type`` or a
-    preset name that is already taken (by a built-in, another plugin, or transformers itself) raises instead of
-    silently replacing what was there; registering the same classes again is allowed."""
+    preset name that is already taken (by a built-in, another plugin, transformers itself, or another library's
+    ``AutoConfig.register``) raises instead of silently replacing what was there; registering the same classes again
+    is allowed."""
     import transformers
     from transformers import AutoConfig, AutoModel
-    from transformers.models.auto.configuration_auto import CONFIG_MAPPING_NAMES
+    from transformers.models.auto.configuration_auto import CONFIG_MAPPING, CONFIG_MAPPING_NAMES
 
     if not spec.model_type:
         raise ValueError(f"architecture {spec.name!r}: its config class must set model_type")
@@ -148,6 +149,12 @@ def register_architecture(spec: ModelSpec, *, exist_ok: bool = False) -> ModelSp
             if other.name != spec.name and other.model_type == spec.model_type:
                 raise ValueError(f"architecture {spec.name!r}: model_type {spec.model_type!r} is already used by "
                                  f"architecture {other.name!r}")
+        # (another library's registration, which AutoConfig.register(..., exist_ok=True) below replaced without a word
+        # for the whole process: its configs then loaded as this architecture's)
+        taken = CONFIG_MAPPING[spec.model_type] if spec.model_type in CONFIG_MAPPING else spec.config_class
+        if taken is not spec.config_class:
+            raise ValueError(f"architecture {spec.name!r}: model_type {spec.model_type!r} is registered with "
+                             f"AutoConfig by {taken.__module__}.{taken.__qualname__}; pick another name")
         files = _file_presets()
         for preset in spec.presets:
             owner = _PLUGIN_PRESETS.get(preset, (spec.name,))[0]

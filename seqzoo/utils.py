@@ -85,6 +85,16 @@ def parse_overrides(items: list[str], what: str = "override") -> dict[str, Any]:
     return values
 
 
+def new_figure(**options: Any) -> Any:
+    """A matplotlib ``Figure`` (``options``: figsize, layout ...) drawn and saved by a canvas of its own (``savefig``
+    picks the writer from the file's suffix), made without pyplot: the caller's pyplot stays as it was, its backend
+    and its open figures. (``matplotlib.use("Agg")``, which the lab's figures and ``AttentionMap.plot`` called,
+    switched a notebook's inline backend, or an interactive one, to Agg for the rest of the session.)"""
+    from matplotlib.figure import Figure
+
+    return Figure(**options)
+
+
 class quiet_transformers:
     """Silence transformers' warnings, log lines and progress bars for a block (they would land in the middle of
     streamed text, or print a bar for saving one small file); with ``bars_only=True`` only its progress bars (a

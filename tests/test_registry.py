@@ -93,9 +93,13 @@ def plugin_dist(tmp_path, monkeypatch):
     install_plugin(tmp_path, monkeypatch, "testplugin", textwrap.dedent(PLUGIN_MODULE), "seqzoo.models",
                    {"testplugin": "register", "broken": "broken", "half": "half"})
     yield
+    from transformers.models.auto.configuration_auto import CONFIG_MAPPING
+
     sys.modules.pop("seqzoo_testplugin", None)
     registry._ARCHITECTURES.pop("testplugin", None)
     registry._PLUGIN_PRESETS.pop("testplugin-tiny", None)
+    # (the next import of the module makes another PluginConfig, which a model_type still registered would refuse)
+    CONFIG_MAPPING._extra_content.pop("seqzoo_testplugin", None)
 
 
 def test_entry_point_plugin_is_registered_and_broken_one_is_skipped(plugin_dist, caplog):
@@ -270,6 +274,25 @@ def test_register_architecture_refuses_to_replace_what_is_taken():
     with pytest.raises(ValueError, match="preset 'other-tiny' must be a dict"):
         registry.register_architecture(spec("other", "seqzoo_other", {"other-tiny": [16]}))
     assert "other" not in seqzoo.list_architectures()
+
+
+def test_register_architecture_refuses_a_model_type_another_library_registered(monkeypatch):
+    """A model_type that another library registered with AutoConfig (fla's configs, a user's own) is refused: it was
+    replaced for the whole process without a word (AutoConfig.register with exist_ok), its configs then loading as
+    the new architecture's."""
+    from transformers import PretrainedConfig
+    from transformers.models.auto.configuration_auto import CONFIG_MAPPING
+
+    from seqzoo.models.lstm import LSTMConfig, LSTMForCausalLM, LSTMModel
+
+    theirs = type("TheirConfig", (PretrainedConfig,), {"model_type": "otherlib_rnn"})
+    monkeypatch.setitem(CONFIG_MAPPING._extra_content, "otherlib_rnn", theirs)  # (AutoConfig.register's, undone)
+    config = type("MineConfig", (LSTMConfig,), {"model_type": "otherlib_rnn"})
+    model = type("MineModel", (LSTMModel,), {"config_class": config})
+    head = type("MineForCausalLM", (LSTMForCausalLM,), {"config_class": config})
+    with pytest.raises(ValueError, match=r"model_type 'otherlib_rnn' is registered with AutoConfig by .*TheirConfig"):
+        registry.register_architecture(registry.ModelSpec("mine", config, model, head))
+    assert CONFIG_MAPPING["otherlib_rnn"] is theirs and "mine" not in seqzoo.list_architectures()
 
 
 def test_kernel_registration_mistakes_are_refused_by_name():

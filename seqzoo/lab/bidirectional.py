@@ -320,14 +320,14 @@ def _accuracy(run: dict[str, Any], distance: int) -> float:
 
 def accuracy_plot(results: dict[str, Any], path: Path) -> None:
     """A column per task, a row per direction: accuracy against distance, one line per architecture."""
-    from seqzoo.lab.plots import _dodged, _log2_ticks, _pyplot, styles
+    from seqzoo.lab.plots import _dodged, _log2_ticks, styles
+    from seqzoo.utils import new_figure
 
-    plt = _pyplot()
     cfg, runs = results["config"], [run for run in results["runs"] if run["ok"]]
     archs = sorted({run["arch"] for run in runs})
     look = styles(archs)
-    fig, axes = plt.subplots(2, len(cfg["tasks"]), figsize=(4.2 * len(cfg["tasks"]) + 1.8, 6.0), sharey=True,
-                             sharex=True, squeeze=False)
+    fig = new_figure(figsize=(4.2 * len(cfg["tasks"]) + 1.8, 6.0))
+    axes = fig.subplots(2, len(cfg["tasks"]), sharey=True, sharex=True, squeeze=False)
     for column, task in enumerate(cfg["tasks"]):
         base = sorted((int(d), a) for d, a in results["baselines"][task].items())
         for row, direction in enumerate(DIRECTIONS):
@@ -352,7 +352,6 @@ def accuracy_plot(results: dict[str, Any], path: Path) -> None:
     fig.suptitle("The same models read left to right only (top) and both ways (bottom)", fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
-    plt.close(fig)
 
 
 __all__ = ["BidirectionalLabConfig", "run_bidirectional_lab", "write_report"]

@@ -1,4 +1,5 @@
-"""The lab's figures (matplotlib, Agg backend: no display needed). matplotlib is the optional ``lab`` extra; without
+"""The lab's figures (matplotlib figures of their own, saved without pyplot: no display needed, and the caller's
+pyplot backend and figures untouched). matplotlib is the optional ``lab`` extra; without
 it the report keeps its tables and says how to get the plots.
 
 Every architecture keeps one colour, marker and line style in every figure, and lines that would sit on top of
@@ -10,6 +11,8 @@ from __future__ import annotations
 
 from pathlib import Path
 from typing import Any
+
+from seqzoo.utils import new_figure
 
 # What a report without its figures says in their place (lab, seq2seq, bidirectional, gradients).
 SKIPPED = "Plots skipped: matplotlib is not installed (`pip install 'seqzoo[lab]'`)."
@@ -32,18 +35,11 @@ def matplotlib_available() -> bool:
     return True
 
 
-def _pyplot() -> Any:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
 def styles(archs: list[str]) -> dict[str, dict[str, Any]]:
     """One look per architecture (sorted, so every figure of every report agrees)."""
-    cycle = _pyplot().get_cmap("tab10")
+    import matplotlib
+
+    cycle = matplotlib.colormaps["tab10"]
     return {arch: {"color": cycle(i % 10), "marker": MARKERS[i % len(MARKERS)],
                    "linestyle": LINESTYLES[i % len(LINESTYLES)]} for i, arch in enumerate(sorted(archs))}
 
@@ -68,7 +64,6 @@ def memory_plot(accuracy: dict[str, dict[str, dict[int, list[float]]]], chance: 
                 path: Path) -> None:
     """accuracy[task][arch][distance] = per-seed accuracies -> one panel per task: the mean across seeds, with a bar
     from the lowest to the highest seed."""
-    plt = _pyplot()
     tasks = [task for task in accuracy if accuracy[task]]  # a task none of whose runs succeeded has no panel
     if not tasks:
         return
@@ -76,8 +71,8 @@ def memory_plot(accuracy: dict[str, dict[str, dict[int, list[float]]]], chance: 
     look = styles(archs)
     distances = sorted({d for per_arch in accuracy.values() for per_d in per_arch.values() for d in per_d})
     # (at least 8 inches: the title is one line that a single panel's width would cut at both ends)
-    fig, axes = plt.subplots(1, len(tasks), figsize=(max(8.0, 3.3 * len(tasks) + 1.6), 3.5), sharey=True,
-                             squeeze=False)
+    fig = new_figure(figsize=(max(8.0, 3.3 * len(tasks) + 1.6), 3.5))
+    axes = fig.subplots(1, len(tasks), sharey=True, squeeze=False)
     for ax, task in zip(axes[0], tasks):
         for i, arch in enumerate(archs):
             points = sorted(accuracy[task].get(arch, {}).items())
@@ -101,14 +96,13 @@ def memory_plot(accuracy: dict[str, dict[str, dict[int, list[float]]]], chance: 
                  "dotted: chance)", fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
-    plt.close(fig)
 
 
 def text_plot(curves: dict[str, list[tuple[int, float]]], path: Path) -> None:
     """curves[arch] = [(step, validation perplexity), ...]."""
-    plt = _pyplot()
     look = styles(list(curves))
-    fig, ax = plt.subplots(figsize=(6.2, 3.6))
+    fig = new_figure(figsize=(6.2, 3.6))
+    ax = fig.subplots()
     steps: set[int] = set()
     for arch in sorted(curves):
         points = curves[arch]
@@ -123,16 +117,15 @@ def text_plot(curves: dict[str, list[tuple[int, float]]], path: Path) -> None:
     ax.legend(frameon=False, fontsize=8, loc="center left", bbox_to_anchor=(1.02, 0.5))
     fig.tight_layout()
     fig.savefig(path, dpi=110)
-    plt.close(fig)
 
 
 def cost_plot(decode: dict[str, list[dict[str, float]]], path: Path) -> None:
     """Decode milliseconds per token and state bytes per sequence against context length."""
-    plt = _pyplot()
     archs = sorted(decode)
     look = styles(archs)
     contexts = sorted({row["context"] for rows in decode.values() for row in rows})
-    fig, (left, right) = plt.subplots(1, 2, figsize=(10.5, 3.7))
+    fig = new_figure(figsize=(10.5, 3.7))
+    left, right = fig.subplots(1, 2)
     for i, arch in enumerate(archs):
         xs = _dodged([row["context"] for row in decode[arch]], i, len(archs))
         left.plot(xs, [row["ms_per_token"] for row in decode[arch]], label=arch, markersize=5, **look[arch])
@@ -147,18 +140,17 @@ def cost_plot(decode: dict[str, list[dict[str, float]]], path: Path) -> None:
     fig.suptitle("What remembering costs at inference", fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
-    plt.close(fig)
 
 
 def gradient_plot(profiles: dict[str, dict[str, list[float]]], path: Path) -> None:
     """profiles[label][arch] = gradient norm by distance; one panel per label (e.g. at init, after training), each
     relative to the architecture's own gradient at distance 0. An exact zero (no path from that input at all)
     has no place on a log axis: it is drawn on the "exactly 0" line at the bottom."""
-    plt = _pyplot()
     labels = list(profiles)
     archs = sorted({arch for per_arch in profiles.values() for arch in per_arch})
     look = styles(archs)
-    fig, axes = plt.subplots(1, len(labels), figsize=(5.0 * len(labels) + 1.4, 3.6), squeeze=False)
+    fig = new_figure(figsize=(5.0 * len(labels) + 1.4, 3.6))
+    axes = fig.subplots(1, len(labels), squeeze=False)
     for ax, label in zip(axes[0], labels):
         relative = {arch: [v / p[0] if p[0] > 0 else 0.0 for v in p] for arch, p in profiles[label].items()}
         positive = [v for rel in relative.values() for v in rel if v > 0]
@@ -193,4 +185,3 @@ def gradient_plot(profiles: dict[str, dict[str, list[float]]], path: Path) -> No
                  fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
-    plt.close(fig)

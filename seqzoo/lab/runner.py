@@ -323,34 +323,35 @@ def measure_architectures(presets: dict[str, str], cfg: LabConfig, out: Path,
                           trained: dict[str, int]) -> dict[str, dict[str, Any]]:
     import torch
     from transformers import AutoModelForCausalLM
-    from transformers.utils import logging as hf_logging
 
     import seqzoo
     from seqzoo.lab.gradients import gradient_profile
     from seqzoo.lab.measure import decode_profile, describe_state
-    from seqzoo.utils import count_parameters
+    from seqzoo.utils import count_parameters, quiet_transformers
 
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # the same single thread the training runs had
-    hf_logging.disable_progress_bar()  # "Loading weights" bars, one per text model
     seed = cfg.seeds[0]
     measured = {}
+    # No "Loading weights" bar per text model; the caller's progress-bar setting and torch random stream come back
+    # after (run_lab turned transformers' bars on for good where its caller had them off, and left torch seeded).
     try:
-        for arch, preset in presets.items():
-            torch.manual_seed(seed)
-            model = seqzoo.create_model(preset)
-            decode = decode_profile(model, cfg.decode_contexts, seed=seed)
-            row: dict[str, Any] = {"params": count_parameters(model), "decode": decode,
-                                   "state": describe_state(model, cfg.decode_contexts[0], cfg.decode_contexts[-1]),
-                                   "gradients_init": gradient_profile(model, cfg.gradient_length, seed=seed)}
-            if arch in trained:
-                folder = out / "runs" / arch / f"{TEXT}-s{trained[arch]}"
-                text_model = AutoModelForCausalLM.from_pretrained(folder)
-                row["gradients_trained"] = gradient_profile(text_model, cfg.gradient_length, seed=seed)
-            measured[arch] = row
+        with quiet_transformers(bars_only=True), torch.random.fork_rng(devices=[]):
+            for arch, preset in presets.items():
+                torch.manual_seed(seed)
+                model = seqzoo.create_model(preset)
+                decode = decode_profile(model, cfg.decode_contexts, seed=seed)
+                row: dict[str, Any] = {"params": count_parameters(model), "decode": decode,
+                                       "state": describe_state(model, cfg.decode_contexts[0],
+                                                               cfg.decode_contexts[-1]),
+                                       "gradients_init": gradient_profile(model, cfg.gradient_length, seed=seed)}
+                if arch in trained:
+                    folder = out / "runs" / arch / f"{TEXT}-s{trained[arch]}"
+                    text_model = AutoModelForCausalLM.from_pretrained(folder)
+                    row["gradients_trained"] = gradient_profile(text_model, cfg.gradient_length, seed=seed)
+                measured[arch] = row
     finally:
         torch.set_num_threads(threads)
-        hf_logging.enable_progress_bar()
     return measured
 
 

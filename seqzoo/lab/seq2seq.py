@@ -348,14 +348,15 @@ def _table(header: list[str], rows: list[list[Any]]) -> str:
 
 
 def accuracy_plot(results: dict[str, Any], path: Path) -> None:
-    from seqzoo.lab.plots import _dodged, _pyplot, styles
+    from seqzoo.lab.plots import _dodged, styles
+    from seqzoo.utils import new_figure
 
-    plt = _pyplot()
     cfg, runs = results["config"], [run for run in results["runs"] if run["ok"]]
     names = list(cfg["models"])
     looks = styles(names)
     tasks = cfg["tasks"]
-    fig, axes = plt.subplots(1, len(tasks), figsize=(3.4 * len(tasks) + 1.6, 3.2), sharey=True, squeeze=False)
+    fig = new_figure(figsize=(3.4 * len(tasks) + 1.6, 3.2))
+    axes = fig.subplots(1, len(tasks), sharey=True, squeeze=False)
     for ax, task in zip(axes[0], tasks):
         for run in (run for run in runs if run["task"] == task):
             points = sorted((int(n), a) for n, a in run["accuracy"].items())
@@ -375,21 +376,19 @@ def accuracy_plot(results: dict[str, Any], path: Path) -> None:
     fig.suptitle(f"Exact match against source length ({cfg['steps']} training steps for every model)", fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
-    plt.close(fig)
 
 
 def heat_maps(runs: list[dict[str, Any]], task: str, path: Path) -> None:
     """One panel per model: its attention over one source (across) for each generated token (down)."""
-    from seqzoo.lab.plots import _pyplot
+    from seqzoo.utils import new_figure
 
-    plt = _pyplot()
     source = runs[0]["attention"]["source"]
     rows = max(len(run["attention"]["target"]) for run in runs)
     columns = len(runs) if len(source) <= 16 else 2
     lines = -(-len(runs) // columns)
-    fig, axes = plt.subplots(lines, columns, figsize=((0.22 * len(source) + 0.8) * columns + 0.6,
-                                                      (0.22 * rows + 1.2) * lines + 0.4), squeeze=False,
-                             layout="constrained")
+    fig = new_figure(figsize=((0.22 * len(source) + 0.8) * columns + 0.6, (0.22 * rows + 1.2) * lines + 0.4),
+                     layout="constrained")
+    axes = fig.subplots(lines, columns, squeeze=False)
     for ax, run in zip(axes.flat, runs):
         attention = run["attention"]
         image = ax.imshow(attention["weights"], cmap="viridis", vmin=0.0, vmax=1.0, aspect="auto")
@@ -406,7 +405,6 @@ def heat_maps(runs: list[dict[str, Any]], task: str, path: Path) -> None:
     fig.suptitle(f"{TASK_TITLES.get(task, task)}: {''.join(source).replace('␣', ' ')!r} -> expected "
                  f"{runs[0]['attention']['expected']!r}\n(the Transformer: its last layer, heads averaged)", fontsize=9)
     fig.savefig(path, dpi=110)
-    plt.close(fig)
 
 
 __all__ = ["Seq2SeqLabConfig", "run_seq2seq_lab", "write_report"]

@@ -4,9 +4,10 @@ flags and environment that the run would otherwise drop without a word) and the 
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
-from typing import Any
+from typing import Any, Iterator
 
 import torch
 
@@ -35,6 +36,22 @@ def make_accelerator(mixed_precision: str) -> Any:
     # scores (Accelerate's own count, from ACCELERATE_GRADIENT_ACCUMULATION_STEPS, divided every loss again).
     return Accelerator(mixed_precision=mixed_precision, cpu=_launched_on_cpu_only(),
                        gradient_accumulation_plugin=GradientAccumulationPlugin(num_steps=1))
+
+
+@contextlib.contextmanager
+def callers_accelerator_state() -> Iterator[None]:
+    """accelerate's AcceleratorState (one per process, fixed by its first Accelerator) as the block's caller had it:
+    a ``train()`` left its run's behind, so the caller's next Accelerator of another precision (its own, or
+    transformers' ``Trainer(bf16=True)``) failed with accelerate's "restart your runtime completely". The process
+    state (the process group) stays."""
+    from accelerate.state import AcceleratorState
+
+    before = dict(AcceleratorState._shared_state)
+    try:
+        yield
+    finally:
+        AcceleratorState._shared_state.clear()
+        AcceleratorState._shared_state.update(before)
 
 
 def _forget_an_earlier_runs_precision(mixed_precision: str) -> None:
@@ -72,8 +89,8 @@ def _refuse_launch_accumulation(accumulation: int) -> None:
         raise ValueError(
             f"the launch asks for gradient accumulation {launched!r} (accelerate launch --gradient_accumulation_steps,"
             f" or the environment: ACCELERATE_GRADIENT_ACCUMULATION_STEPS={launched}), but the recipe says "
-            f"train.gradient_accumulation_steps={accumulation}, which is what seqzoo train runs: add the override train."
-            f"gradient_accumulation_steps={launched}, or unset ACCELERATE_GRADIENT_ACCUMULATION_STEPS"
+            f"train.gradient_accumulation_steps={accumulation}, which is what seqzoo train runs: add the override "
+            f"train.gradient_accumulation_steps={launched}, or unset ACCELERATE_GRADIENT_ACCUMULATION_STEPS"
         )
 
 

@@ -20,10 +20,11 @@ parse or shape errors) or incomplete, naming the file: a resume is exact or it d
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import random
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import torch
 
@@ -158,6 +159,25 @@ def rng_state() -> dict[str, Any]:
     if torch.cuda.is_available():
         state["cuda"] = [_encode(s) for s in torch.cuda.get_rng_state_all()]
     return state
+
+
+@contextlib.contextmanager
+def callers_generators() -> Iterator[None]:
+    """The block's caller finds Python's, NumPy's and torch's generators as it left them (CPU, and each CUDA device's
+    where CUDA was initialised before the block): a training run seeds them all (accelerate's ``set_seed``) and draws
+    from them, and left so, every run moved the caller's random stream to the same place whatever its own seed."""
+    import numpy as np
+
+    python, numpy_state, cpu = random.getstate(), np.random.get_state(), torch.get_rng_state()
+    cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else None
+    try:
+        yield
+    finally:
+        random.setstate(python)
+        np.random.set_state(numpy_state)
+        torch.set_rng_state(cpu)
+        if cuda is not None:
+            torch.cuda.set_rng_state_all(cuda)
 
 
 def _encode(byte_tensor: torch.Tensor) -> str:

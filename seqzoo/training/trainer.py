@@ -56,10 +56,16 @@ from seqzoo.training.classification import LabelledTexts, build_label_data, clas
 from seqzoo.training.data import IGNORE, MemoryTask, build_data, document_position_ids
 from seqzoo.training.fsdp import gradient_sync_off, is_sharded, seqzoo_shards, shard_on_cpu
 from seqzoo.training.grad_health import EXPLODING, OK, GradientHealth
-from seqzoo.training.launch import check_launch, make_accelerator
+from seqzoo.training.launch import callers_accelerator_state, check_launch, make_accelerator
 from seqzoo.training.recipe import DataSection, Recipe
 from seqzoo.training.seq2seq import Seq2SeqPairs, build_seq2seq_data, is_seq2seq, seq2seq_logits
-from seqzoo.training.state import NonFiniteError, nonfinite_names, require_finite, tied_parameter_names
+from seqzoo.training.state import (
+    NonFiniteError,
+    callers_generators,
+    nonfinite_names,
+    require_finite,
+    tied_parameter_names,
+)
 from seqzoo.training.tbptt import (
     backward_sequence,
     chunked_loss_sum,
@@ -206,6 +212,8 @@ def _check_arguments(recipe: Any, resume: Any, progress: Any, save_model: Any, f
                          "output_dir, force deletes what it holds to start over; give one of them")
 
 
+# (the whole call: the run's Accelerator is made before its recipe's folders are checked, which may refuse them)
+@callers_accelerator_state()
 def train(recipe: Recipe, *, resume: str | Path | bool | None = None, dataset: Any = None,
           progress: bool = True, save_model: bool = True,
           stop: Callable[[dict[str, Any]], bool] | None = None, force: bool = False) -> TrainResult:
@@ -224,7 +232,10 @@ def train(recipe: Recipe, *, resume: str | Path | bool | None = None, dataset: A
     the models worth loading again). ``stop``, called with each step's logged row (step, loss, accuracy, ...),
     ends training early when it returns True: the final evaluation and save happen as after the last step (the lab
     stops a memory-task run once it is solved). Launched as several processes, call
-    ``seqzoo.training.leave_process_group()`` after the last ``train()``, as ``seqzoo train`` does.
+    ``seqzoo.training.leave_process_group()`` after the last ``train()``, as ``seqzoo train`` does. The run seeds
+    Python's, NumPy's and torch's generators from ``train.seed``; the caller's generator states (CUDA's where CUDA
+    was initialised before the call), its ``torch.use_deterministic_algorithms`` setting and accelerate's
+    AcceleratorState come back when it ends.
     """
     from accelerate.utils import set_seed
 
@@ -312,46 +323,50 @@ def train(recipe: Recipe, *, resume: str | Path | bool | None = None, dataset: A
                          f"{why}. Start the run again {again} (add save_every=N to checkpoint every N steps)")
     checkpoint = resolve_resume(resume, run_dir) if resume else None
 
-    previous_determinism = torch.are_deterministic_algorithms_enabled()
+    # (the caller's determinism setting and random streams come back when the run ends: a script or notebook calling
+    # train() goes on as it was, whatever the run seeded and drew)
+    previous_determinism = (torch.are_deterministic_algorithms_enabled(),
+                            torch.is_deterministic_algorithms_warn_only_enabled())
     aside: Path | None = None  # (where --force moved the old run, until the new run's first step is done)
     if t.deterministic:
         torch.use_deterministic_algorithms(True)
-    try:
-        set_seed(t.seed)  # identical initial weights on every process
-        if recipe.task == "seq2seq":
-            data = build_seq2seq_data(recipe.data, t.seed)
-        elif recipe.task in ("sequence-classification", "token-classification"):
-            data = build_label_data(recipe.task, recipe.data, t.seed)
-        else:
-            data = build_data(recipe.data, t.seed, dataset)
-        model = build_model(recipe, data)
-        # --force replaces the old run only now, once the new one has its data and model (a recipe, data or model
-        # refused above leaves it as it was), and in two moves: the old folder is moved aside, and deleted once the
-        # new run's first step is done; a run that fails before that (a step that runs out of memory, Ctrl-C) puts
-        # it back. Every process has looked at the folder before any writes to it; a move that fails stops every
-        # process, not the main one alone while the others wait at the next barrier.
-        moved: list[Path] = []
-        on_every_process(accelerator, lambda: moved.append(_move_aside(run_dir)) if delete else None)
-        aside = moved[0] if moved else None
-        torch.manual_seed(t.seed + accelerator.process_index)  # dropout masks differ between processes
-        model, optimizer = _prepare(accelerator, model, recipe)
-        scheduler = LambdaLR(optimizer, lambda step: lr_factor(step, recipe))
+    with callers_generators():
+        try:
+            set_seed(t.seed)  # identical initial weights on every process
+            if recipe.task == "seq2seq":
+                data = build_seq2seq_data(recipe.data, t.seed)
+            elif recipe.task in ("sequence-classification", "token-classification"):
+                data = build_label_data(recipe.task, recipe.data, t.seed)
+            else:
+                data = build_data(recipe.data, t.seed, dataset)
+            model = build_model(recipe, data)
+            # --force replaces the old run only now, once the new one has its data and model (a recipe, data or model
+            # refused above leaves it as it was), and in two moves: the old folder is moved aside, and deleted once the
+            # new run's first step is done; a run that fails before that (a step that runs out of memory, Ctrl-C) puts
+            # it back. Every process has looked at the folder before any writes to it; a move that fails stops every
+            # process, not the main one alone while the others wait at the next barrier.
+            moved: list[Path] = []
+            on_every_process(accelerator, lambda: moved.append(_move_aside(run_dir)) if delete else None)
+            aside = moved[0] if moved else None
+            torch.manual_seed(t.seed + accelerator.process_index)  # dropout masks differ between processes
+            model, optimizer = _prepare(accelerator, model, recipe)
+            scheduler = LambdaLR(optimizer, lambda step: lr_factor(step, recipe))
 
-        def first_step_done() -> None:
-            nonlocal aside
-            if aside is not None:
-                doomed, aside = aside, None
-                _delete_aside(doomed, run_dir)
+            def first_step_done() -> None:
+                nonlocal aside
+                if aside is not None:
+                    doomed, aside = aside, None
+                    _delete_aside(doomed, run_dir)
 
-        return _run(recipe, accelerator, model, optimizer, scheduler, data, micro_batch, run_dir, checkpoint,
-                    progress, save_model, stop, first_step_done)
-    except BaseException:
-        if aside is not None:  # (the new run's first step never finished: the old run goes back)
-            shutil.rmtree(run_dir, ignore_errors=True)
-            aside.rename(run_dir)
-        raise
-    finally:
-        torch.use_deterministic_algorithms(previous_determinism)
+            return _run(recipe, accelerator, model, optimizer, scheduler, data, micro_batch, run_dir, checkpoint,
+                        progress, save_model, stop, first_step_done)
+        except BaseException:
+            if aside is not None:  # (the new run's first step never finished: the old run goes back)
+                shutil.rmtree(run_dir, ignore_errors=True)
+                aside.rename(run_dir)
+            raise
+        finally:
+            torch.use_deterministic_algorithms(previous_determinism[0], warn_only=previous_determinism[1])
 
 
 # The hidden siblings of a run folder ``NAME`` that --force leaves: ``.NAME.replaced-PID@HOST-XXXX`` holds the old run

@@ -764,3 +764,15 @@ def test_a_compiled_model_is_refused_naming_the_order_that_works(call):
                                          r"seqzoo.peft_config and peft.get_peft_model on the model before "
                                          r"torch.compile, then compile the PeftModel"):
         call(torch.compile(model, backend="eager"))
+
+
+def test_the_probe_of_peft_leaves_the_callers_random_stream_alone():
+    """The one-time probe of peft's injection order builds a toy model on a generator of its own: it drew from the
+    caller's, so a seeded get_peft_model after the process's first peft_config started from other LoRA weights."""
+    import seqzoo.adapters as adapters
+
+    adapters._peft_adapts_modules_below_parameters.cache_clear()
+    torch.manual_seed(0)
+    before = torch.get_rng_state()
+    adapters._peft_adapts_modules_below_parameters()
+    assert torch.equal(torch.get_rng_state(), before)

@@ -210,6 +210,10 @@ def test_an_encoder_without_the_heads_the_lab_trains_is_told_which_it_lacks(monk
 
     monkeypatch.setattr(registry, "_ARCHITECTURES", dict(registry._ARCHITECTURES))
     monkeypatch.setattr(registry, "_PLUGIN_PRESETS", dict(registry._PLUGIN_PRESETS))
+    from transformers.models.auto.configuration_auto import CONFIG_MAPPING
+
+    # (its model_type's AutoConfig registration undone too: registering the test's classes again would be refused)
+    monkeypatch.setattr(CONFIG_MAPPING, "_extra_content", dict(CONFIG_MAPPING._extra_content))
     config = type("HeadlessConfig", (seqzoo.LSTMConfig,), {"model_type": "seqzoo_lab_headless"})
     model = type("HeadlessModel", (seqzoo.LSTMModel,), {"config_class": config})
     lm = type("HeadlessForCausalLM", (seqzoo.LSTMForCausalLM,), {"config_class": config, "base_model_class": model})

@@ -127,6 +127,27 @@ def test_the_measurements_read_the_seeded_preset_and_the_saved_text_model(tmp_pa
     assert loaded == [tmp_path / "runs" / "gru" / "text-s3"] and sorted(row["state"]["bytes"]) == [4, 9]
 
 
+def test_the_measurements_leave_the_callers_progress_bars_and_random_stream_as_they_were(tmp_path, monkeypatch):
+    """measure_architectures (run_lab's last step) turns transformers' progress bars off and seeds torch for its
+    models: a caller that had the bars off found them on for good after run_lab, and its torch stream seeded."""
+    from transformers.utils import logging as hf_logging
+
+    from seqzoo.lab import gradients, runner
+
+    monkeypatch.setattr(measure, "decode_profile", lambda model, contexts, seed: [])  # (timed elsewhere)
+    monkeypatch.setattr(gradients, "gradient_profile", lambda model, length, seed: [1.0])
+    cfg = LabConfig(seeds=[3], decode_contexts=[4, 6], gradient_length=5)
+    hf_logging.disable_progress_bar()
+    try:
+        torch.manual_seed(99)
+        before = torch.get_rng_state()
+        runner.measure_architectures({"gru": "gru-tiny"}, cfg, tmp_path, {})
+        assert not hf_logging.is_progress_bar_enabled()
+        assert torch.equal(torch.get_rng_state(), before)
+    finally:
+        hf_logging.enable_progress_bar()
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # findings.py: chance levels and sentences.
 
@@ -747,6 +768,25 @@ def test_a_bidirectional_job_reports_each_distances_accuracy(tmp_path, monkeypat
                    "config": asdict(cfg), "output_dir": str(tmp_path)})
     assert row["ok"], row.get("traceback")
     assert row["accuracy"] == {2: 0.25, 4: 0.75} and row["params"] == 9 and row["steps"] == 3
+
+
+def test_the_lab_figures_leave_the_callers_matplotlib_backend_and_figures(tmp_path):
+    """The lab's figures (run_lab, run_seq2seq_lab and run_bidirectional_lab draw them in the caller's process) are
+    figures of their own: matplotlib.use("Agg") switched a notebook's or a window's backend for the session."""
+    matplotlib = pytest.importorskip("matplotlib")
+    import matplotlib.pyplot as plt
+
+    from seqzoo.lab import plots
+
+    previous = matplotlib.get_backend()
+    plt.switch_backend("svg")  # (the caller's, other than Agg)
+    try:
+        figures = plt.get_fignums()
+        plots.text_plot({"gru": [(1, 9.0), (2, 5.0)]}, tmp_path / "text.png")
+        assert (tmp_path / "text.png").stat().st_size > 0
+        assert matplotlib.get_backend() == "svg" and plt.get_fignums() == figures
+    finally:
+        plt.switch_backend(previous)
 
 
 def test_the_gradient_plot_marks_a_profile_that_turns_exactly_0_past_the_last_power_of_two(tmp_path, monkeypatch):

@@ -314,6 +314,10 @@ def test_an_architecture_registered_in_this_process_only_is_refused_before_anyth
     monkeypatch.setattr(registry, "_ARCHITECTURES", dict(registry._ARCHITECTURES))
     monkeypatch.setattr(registry, "_PLUGIN_PRESETS", dict(registry._PLUGIN_PRESETS))
     monkeypatch.setattr(registry, "_ENTRY_POINT_ARCHITECTURES", set(registry._ENTRY_POINT_ARCHITECTURES))
+    from transformers.models.auto.configuration_auto import CONFIG_MAPPING
+
+    # (its model_type's AutoConfig registration undone too: registering the test's classes again would be refused)
+    monkeypatch.setattr(CONFIG_MAPPING, "_extra_content", dict(CONFIG_MAPPING._extra_content))
     config = type("InprocConfig", (seqzoo.LSTMConfig,), {"model_type": "seqzoo_lab_inproc"})
     model = type("InprocModel", (seqzoo.LSTMModel,), {"config_class": config})
     lm = type("InprocForCausalLM", (seqzoo.LSTMForCausalLM,), {"config_class": config, "base_model_class": model})

@@ -281,6 +281,25 @@ def test_a_plot_check_leaves_nothing_behind(tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
+def test_plotting_an_attention_map_leaves_the_callers_matplotlib_backend_and_figures(tmp_path):
+    """AttentionMap.plot draws on a figure of its own: it called matplotlib.use("Agg"), which switched the caller's
+    backend (a notebook's inline one, an interactive window's) to Agg for the rest of the session."""
+    matplotlib = pytest.importorskip("matplotlib")
+    import matplotlib.pyplot as plt
+
+    model = tiny_model("seq2seq-bahdanau-tiny", vocab_size=258, pad_token_id=256, bos_token_id=257,
+                       eos_token_id=257, decoder_start_token_id=257)
+    found = attention_map(model, byte_tokenizer(), "a b", target="xy")
+    previous = matplotlib.get_backend()
+    plt.switch_backend("svg")  # (the caller's, other than Agg)
+    try:
+        figures = plt.get_fignums()
+        assert found.plot(tmp_path / "map.png").stat().st_size > 0
+        assert matplotlib.get_backend() == "svg" and plt.get_fignums() == figures
+    finally:
+        plt.switch_backend(previous)
+
+
 def test_attention_map_of_a_given_target_is_the_models_cross_attention():
     model = tiny_model("seq2seq-bahdanau-tiny", vocab_size=258, pad_token_id=256, bos_token_id=257,
                        eos_token_id=257, decoder_start_token_id=257)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import random
 import re
 import shutil
 import socket
@@ -13,6 +14,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
@@ -90,6 +92,39 @@ def test_the_saved_tokenizer_truncates_where_the_models_positions_end(tmp_path):
     train(make_recipe(tmp_path, model=model, data={"source": "pydoc", "seq_len": 16, "eval_samples": 2},
                       train={"max_steps": 1, "eval_every": 1}), progress=False)
     assert AutoTokenizer.from_pretrained(tmp_path / "run").model_max_length == 40
+
+
+def test_a_run_leaves_the_callers_random_streams_and_determinism_setting_as_they_were(tmp_path):
+    """train() seeds Python's, NumPy's and torch's generators and draws from them; a caller (a notebook, a script
+    between two runs) finds its own streams back afterwards, and its torch.use_deterministic_algorithms(True,
+    warn_only=True), which came back without warn_only (errors where the caller had asked for warnings)."""
+    random.seed(5)
+    np.random.seed(5)
+    torch.manual_seed(5)
+    before = (random.getstate(), np.random.get_state()[1].copy(), torch.get_rng_state())
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    try:
+        recipe = make_recipe(tmp_path, data={"eval_samples": 2},
+                             train={"max_steps": 1, "eval_every": 1, "deterministic": True})
+        train(recipe, progress=False, save_model=False)
+        assert torch.are_deterministic_algorithms_enabled() and torch.is_deterministic_algorithms_warn_only_enabled()
+    finally:
+        torch.use_deterministic_algorithms(False)
+    assert random.getstate() == before[0]
+    assert (np.random.get_state()[1] == before[1]).all() and torch.equal(torch.get_rng_state(), before[2])
+
+
+def test_a_run_leaves_accelerates_state_as_the_caller_had_it(tmp_path):
+    """accelerate keeps one AcceleratorState per process, fixed by its first Accelerator: the run's was left behind,
+    so the caller's next Accelerator of another precision (its own, transformers' Trainer(bf16=True)) failed with
+    "AcceleratorState has already been initialized and cannot be changed, restart your runtime completely"."""
+    from accelerate.state import AcceleratorState
+
+    before = dict(AcceleratorState._shared_state)
+    recipe = make_recipe(tmp_path, data={"eval_samples": 2},
+                         train={"max_steps": 1, "eval_every": 1, "mixed_precision": "bf16"})
+    train(recipe, progress=False, save_model=False)
+    assert dict(AcceleratorState._shared_state) == before
 
 
 def test_task_run_reports_accuracy_per_distance_without_a_tokenizer(tmp_path):

@@ -21,6 +21,8 @@ from typing import Any
 import torch
 from transformers import GenerationConfig
 
+from seqzoo.utils import new_figure
+
 
 def seq2seq_generate(model: Any, tokenizer: Any, sources: str | list[str], **generate_kwargs: Any) -> list[str]:
     """Decode the generated target of each source, with the model's generation settings as ``generate()`` reads
@@ -82,9 +84,10 @@ class AttentionMap:
     def plot(self, path: str | Path, title: str | None = None) -> Path:
         """Save the heat map (source across, target down) as a PNG (or another format matplotlib writes, by the
         file's suffix)."""
-        plt = check_plot_path(path)
+        check_plot_path(path)
         rows, cols = self.weights.shape
-        fig, ax = plt.subplots(figsize=(1.2 + 0.32 * cols, 1.0 + 0.32 * rows))
+        fig = new_figure(figsize=(1.2 + 0.32 * cols, 1.0 + 0.32 * rows))
+        ax = fig.subplots()
         image = ax.imshow(self.weights.float().numpy(), cmap="viridis", vmin=0.0, vmax=1.0, aspect="auto")
         ax.set_xticks(range(cols), self.source_tokens, fontsize=8)
         ax.set_yticks(range(rows), self.target_tokens, fontsize=8)
@@ -94,7 +97,6 @@ class AttentionMap:
         fig.colorbar(image, ax=ax, fraction=0.04, pad=0.02)
         fig.tight_layout()
         fig.savefig(path, dpi=110)
-        plt.close(fig)
         return Path(path)
 
 
@@ -164,11 +166,11 @@ def _shown(tokenizer: Any, token_id: int) -> str:
     return {" ": "␣", "\n": "⏎", "\t": "⇥"}.get(text, text if text.isprintable() and text else f"<{token_id}>")
 
 
-def check_plot_path(path: str | Path) -> Any:
+def check_plot_path(path: str | Path) -> None:
     """Refuse, before any work, a plot path that names a folder (an existing one, or one ending in a separator),
-    whose folder does not exist or cannot be written, or whose suffix names no format matplotlib writes; return
-    pyplot. (Found by savefig, these came after the decode and its table were printed.)"""
-    plt = _pyplot()
+    whose folder does not exist or cannot be written, or whose suffix names no format matplotlib writes, or a missing
+    matplotlib. (Found by savefig, these came after the decode and its table were printed.)"""
+    _require_matplotlib()
     from matplotlib.backend_bases import FigureCanvasBase
 
     text = os.fspath(path)
@@ -202,19 +204,14 @@ def check_plot_path(path: str | Path) -> Any:
                              f"file ({err.strerror or err})") from None
         os.close(handle)
         os.unlink(probe)
-    return plt
 
 
-def _pyplot() -> Any:
+def _require_matplotlib() -> None:
     try:
-        import matplotlib
+        import matplotlib  # noqa: F401
     except ImportError as err:
         raise ValueError("plotting attention needs matplotlib: pip install matplotlib (or seqzoo's `lab` extra)") \
             from err
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
 
 
 __all__ = ["AttentionMap", "attention_map", "seq2seq_generate"]
