@@ -24,6 +24,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
+import platform
 import re
 import shutil
 import tempfile
@@ -210,3 +211,103 @@ def write_atomically(path: Path, text: str) -> None:
     with open(partial, "x") as handle:
         handle.write(text)
     os.replace(partial, path)
+
+
+# A claim: a lock file (``pid host``) that holds a folder for one process while it writes there (``seqzoo lab``'s
+# ``.seqzoo-lab.lock`` in its folder, ``seqzoo train``'s ``.NAME.training.lock`` beside its output_dir), made whole or
+# not at all, so that of two processes started on one folder at the same moment one goes on and the other is refused
+# (each had checked the folder and found it free). A lock whose process has ended (killed, the machine restarted) is
+# stale and taken over.
+_HELD: set[Path] = set()  # the locks this process holds
+
+
+def take_lock(lock: Path, folder: Path, held_as: str, elsewhere: str) -> None:
+    """Create ``lock``, claiming ``folder`` for this process, or raise ValueError naming the process that holds it
+    and the lock (``held_as``, "the folder of a lab", and ``elsewhere``, what to choose instead, word the message). A
+    lock naming this process's id that this process does not hold is stale too: left by an earlier process given the
+    same id (in a container started again, the same program gets the same process id)."""
+    mine = f"{os.getpid()} {platform.node()}\n"
+    staged = lock.with_name(f"{lock.name}.{os.getpid()}")
+    staged.write_text(mine)
+    try:
+        for _ in range(5):
+            try:
+                _create_whole(staged, lock, mine)
+                _HELD.add(lock)
+                return
+            except FileExistsError:
+                pass
+            seen = _read_lock(lock)
+            if seen is None:  # (released between the two calls)
+                continue
+            pid, host = _lock_owner(seen)
+            if host is not None and host != platform.node():
+                raise ValueError(f"{str(folder)!r} is {held_as} running on {host} (process {pid}); wait "
+                                 f"for it or choose {elsewhere} (if none runs there, delete {lock})")
+            if process_alive(pid) and (str(pid) != str(os.getpid()) or lock in _HELD):
+                raise ValueError(f"{str(folder)!r} is {held_as} still running (process {pid}); wait for "
+                                 f"it, stop it, or choose {elsewhere} (if none runs, the process id being another "
+                                 f"program's now, delete {lock})")
+            # Stale (its process ended): moved aside, then checked, for another process may have taken it over since.
+            aside = lock.with_name(f"{lock.name}.stale.{os.getpid()}")
+            try:
+                os.replace(lock, aside)
+            except FileNotFoundError:
+                continue
+            moved = _read_lock(aside)
+            if moved != seen:  # (a live lock taken since: put back)
+                with contextlib.suppress(FileExistsError):
+                    _create_whole(aside, lock, moved or "")
+                aside.unlink(missing_ok=True)
+                raise ValueError(f"{str(folder)!r} is {held_as} still running (process "
+                                 f"{_lock_owner(moved or '')[0]}); wait for it, stop it, or choose {elsewhere}")
+            aside.unlink(missing_ok=True)
+        raise ValueError(f"could not claim {str(folder)!r}: other processes start and stop there at this moment; "
+                         f"choose {elsewhere}")
+    finally:
+        staged.unlink(missing_ok=True)
+
+
+def _create_whole(staged: Path, lock: Path, text: str) -> None:
+    """Create ``lock`` holding ``text`` (written to ``staged`` already), or raise FileExistsError: a hard link, which
+    makes it with its text in one step (the check and the claim too); on a file system without hard links, created
+    exclusively and then written."""
+    try:
+        os.link(staged, lock)
+    except FileExistsError:
+        raise
+    except OSError:  # (no hard links there: EPERM, ENOTSUP)
+        descriptor = os.open(lock, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        with os.fdopen(descriptor, "w") as handle:
+            handle.write(text)
+
+
+def release_lock(lock: Path) -> None:
+    """Remove ``lock``, which :func:`take_lock` made."""
+    _HELD.discard(lock)
+    lock.unlink(missing_ok=True)
+
+
+def _read_lock(lock: Path) -> str | None:
+    try:
+        return lock.read_text(errors="replace")
+    except FileNotFoundError:
+        return None
+
+
+def _lock_owner(text: str) -> tuple[str | None, str | None]:
+    """``pid host`` -> (pid, host); an unreadable lock (an edited file) names no process, and counts as stale."""
+    pid, _, host = text.strip().partition(" ")
+    return (pid or None), (host or None)
+
+
+def process_alive(pid: object) -> bool:
+    """Whether process ``pid`` (of this host) exists; False for no process id at all (an edited file)."""
+    try:
+        os.kill(int(pid), 0)  # (signal 0: only asks whether the process exists)
+    except PermissionError:  # a process of another user
+        return True
+    except (ProcessLookupError, OverflowError, ValueError, TypeError):
+        return False
+    return True
+

@@ -25,15 +25,23 @@ import shutil
 import socket
 import tempfile
 import time
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import torch
 from torch.optim.lr_scheduler import LambdaLR
 
-from seqzoo.outputs import OutputError, describe, sibling_stem, staged_folder, write_atomically
+from seqzoo.outputs import (
+    OutputError,
+    describe,
+    release_lock,
+    sibling_stem,
+    staged_folder,
+    take_lock,
+    write_atomically,
+)
 from seqzoo.tokenizer import PAD_TOKEN_ID
 from seqzoo.training.building import build_model, check_batch_split, lr_factor, make_optimizer
 from seqzoo.training.checkpoint import (
@@ -216,7 +224,8 @@ def train(recipe: Recipe, *, resume: str | Path | bool | None = None, dataset: A
     otherwise be left beside the new model) once the new run has its data and model, and has done its first step (a
     run that fails before then puts the old one back): a training run's folder only (RUN_FOLDER_MARKS), never one
     holding this run's data. Resuming from a checkpoint elsewhere likewise needs an empty
-    output_dir, or that checkpoint's own run folder.
+    output_dir, or that checkpoint's own run folder. The run holds output_dir while it runs (:func:`run_lock`): a
+    second run on it, in this process or another, is refused naming the first.
 
     ``dataset`` (a ``datasets.Dataset`` or any object indexable by column name) replaces the recipe's data
     source. Returns the final evaluation, gradient health and throughput; the model, its tokenizer and
@@ -226,8 +235,6 @@ def train(recipe: Recipe, *, resume: str | Path | bool | None = None, dataset: A
     stops a memory-task run once it is solved). Launched as several processes, call
     ``seqzoo.training.leave_process_group()`` after the last ``train()``, as ``seqzoo train`` does.
     """
-    from accelerate.utils import set_seed
-
     from seqzoo.kernels.registry import check_environment
 
     _check_arguments(recipe, resume, progress, save_model, force, stop)
@@ -248,6 +255,20 @@ def train(recipe: Recipe, *, resume: str | Path | bool | None = None, dataset: A
     world = accelerator.num_processes
     micro_batch = check_batch_split(t, world)
     run_dir = Path(recipe.output_dir)
+    # (held from before the folder is looked at until the run has ended: two runs started on one output_dir, or two
+    # --resume of one run, both found it as they expected, and wrote one folder of two runs' files)
+    with _claimed(run_dir, accelerator):
+        return _train_claimed(recipe, accelerator, run_dir, micro_batch, resume, dataset, progress, save_model, stop,
+                              force)
+
+
+def _train_claimed(recipe: Recipe, accelerator: Any, run_dir: Path, micro_batch: int, resume: str | Path | bool | None,
+                   dataset: Any, progress: bool, save_model: bool, stop: Callable[[dict[str, Any]], bool] | None,
+                   force: bool) -> TrainResult:
+    """:func:`train` once this process holds ``run_dir``: its checks of the folder, the data and model, the run."""
+    from accelerate.utils import set_seed
+
+    t = recipe.train
     # (before the folder is looked at: the run put back is what it holds)
     on_every_process(accelerator, lambda: _put_back_replaced(run_dir) if accelerator.is_main_process else None)
     saved = Path(recipe.model.path).resolve() if recipe.model.path is not None else None
@@ -413,6 +434,46 @@ def _owner_state(path: Path, run_dir: Path) -> tuple[str, str]:
     except PermissionError:  # (it exists, as another user's)
         pass
     return RUNNING, f"process {pid}"
+
+
+def run_lock(run_dir: Path) -> Path:
+    """The lock file that holds ``run_dir`` for one training run while it runs: ``.NAME.training.lock`` beside the
+    folder (it names the folder's owner, ``pid host``), where no check of what the folder holds counts it and --force
+    does not move it aside with the old run. Beside the folder a link names, as the run writes there."""
+    real = run_dir.resolve()
+    return real.parent / f".{sibling_stem(real.name)}.training.lock"
+
+
+@contextmanager
+def _claimed(run_dir: Path, accelerator: Any) -> Iterator[None]:
+    """Hold ``run_dir`` for this run (the main process takes :func:`run_lock`; another training run holding it, alive,
+    has every process refused, naming it), until the block ends. Folders made above ``run_dir`` for the lock are
+    removed again where the run wrote nothing into them (a refused run leaves no empty folder behind)."""
+    lock = run_lock(run_dir)
+    made = [folder for folder in (lock.parent, *lock.parent.parents) if not folder.exists()]
+    taken: list[Path] = []
+
+    def claim() -> None:
+        if not accelerator.is_main_process:
+            return
+        try:
+            lock.parent.mkdir(parents=True, exist_ok=True)
+            take_lock(lock, run_dir, "the output_dir of a training run", "another output_dir (--output-dir)")
+        except OSError as err:  # (a read-only folder, a file where a folder of the path should be)
+            blocker = next((p for p in (lock.parent, *lock.parent.parents) if p.exists() and not p.is_dir()), None)
+            reason = f"{blocker} is a file, not a folder" if blocker is not None else describe(err)
+            raise OutputError(f"cannot write output_dir {str(run_dir)!r}: {reason}") from err
+        taken.append(lock)
+
+    try:
+        on_every_process(accelerator, claim)
+        yield
+    finally:
+        if taken:
+            release_lock(lock)
+        for folder in made:
+            with suppress(OSError):  # (not empty: the run wrote there; or gone already)
+                folder.rmdir()
 
 
 def _put_back_replaced(run_dir: Path) -> None:

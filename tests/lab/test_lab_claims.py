@@ -51,7 +51,8 @@ def test_a_lab_started_while_another_prepares_the_same_folder_is_refused_naming_
     with pytest.raises(KeyboardInterrupt):
         run_lab(_cfg(), out, log=_quiet)
     assert refusals == [f"{str(out)!r} is the folder of a lab still running (process {os.getpid()}); wait for it, "
-                        "stop it, or choose another --out folder"]
+                        "stop it, or choose another --out folder (if none runs, the process id being another "
+                        f"program's now, delete {out / LOCK})"]
     assert _results(out)["status"] == "interrupted" and not (out / LOCK).exists()  # (released when it stopped)
 
 
@@ -214,3 +215,4 @@ def test_a_lab_folder_starting_with_a_tilde_holds_its_runs_and_its_results(tmp_p
     assert folders and all(folder.is_relative_to(home / "lab" / "runs") or folder.is_relative_to(home / "s2s" / "runs")
                            for folder in folders)
     assert list(here.iterdir()) == []
+
