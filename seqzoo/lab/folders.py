@@ -51,21 +51,26 @@ def write_results(path: Path, results: dict[str, Any]) -> None:
 # folder at the same moment one goes on and the other is refused (the results.json marker is written after the folder
 # is checked, and both had found it free).
 LOCK = ".seqzoo-lab.lock"
+# ``seqzoo lab seq2seq`` and ``bidirectional`` write beside other reports (a ``seqzoo lab``'s among them), so each
+# claims the folder for its own kind of lab only.
+LAB_LOCKS = {"lab": LOCK, "seq2seq lab": ".seqzoo-lab-seq2seq.lock",
+             "bidirectional lab": ".seqzoo-lab-bidirectional.lock"}
 
 
 @contextlib.contextmanager
-def claim_output(out: Path) -> Iterator[None]:
-    """Hold ``out`` for one lab (``seqzoo lab``, ``seqzoo lab sweep``) until the block ends: creates the folder and
-    its :data:`LOCK`, and refuses a folder another lab holds (naming its process). A lock whose process has ended
-    (killed, the machine restarted) is stale and taken over. The lock goes when the block ends, and so does a folder
-    it created if nothing else was written there (a refused ``--resume`` leaves no empty folder behind)."""
+def claim_output(out: Path, lab: str = "lab") -> Iterator[None]:
+    """Hold ``out`` for one lab (``seqzoo lab``, ``seqzoo lab sweep``; ``lab`` names another kind, whose lock is its
+    own, :data:`LAB_LOCKS`) until the block ends: creates the folder and its lock, and refuses a folder another lab
+    of that kind holds (naming its process). A lock whose process has ended (killed, the machine restarted) is stale
+    and taken over. The lock goes when the block ends, and so does a folder it created if nothing else was written
+    there (a refused ``--resume`` leaves no empty folder behind)."""
     if out.exists() and not out.is_dir():
         raise ValueError(f"{str(out)!r} is a file; choose a folder for --out")
     created = not out.exists()
     out.mkdir(parents=True, exist_ok=True)
-    lock = out / LOCK
+    lock = out / LAB_LOCKS[lab]
     try:
-        take_lock(lock, out, "the folder of a lab", "another --out folder")
+        take_lock(lock, out, f"the folder of a {lab}", "another --out folder")
         try:
             yield
         finally:
