@@ -612,7 +612,8 @@ def _run(recipe: Recipe, accelerator: Any, model: Any, optimizer: Any, scheduler
     history: list[dict[str, Any]] = []
     saved_config = _saved_config(recipe, _uncompiled(accelerator.unwrap_model(model)))
     if checkpoint is not None:
-        state = read_state(checkpoint)
+        with _removed_meanwhile(checkpoint):
+            state = read_state(checkpoint)
         check_same_run(state, run_id, recipe.to_dict(), checkpoint, world, data.describe(), saved_config)
         _check_same_saved_config(state, saved_config, recipe, checkpoint)
         step, tokens_seen = state["step"], state["tokens_seen"]
@@ -626,7 +627,8 @@ def _run(recipe: Recipe, accelerator: Any, model: Any, optimizer: Any, scheduler
         except (KeyError, TypeError, ValueError, AttributeError) as err:
             raise CheckpointError(f"--resume: {str(checkpoint / STATE_FILE)!r} is damaged: grad_health "
                                   f"{state['grad_health']!r} ({type(err).__name__}: {err})") from err
-        restore_training_state(checkpoint, state, accelerator, model, optimizer, scheduler)
+        with _removed_meanwhile(checkpoint):
+            restore_training_state(checkpoint, state, accelerator, model, optimizer, scheduler)
     metrics_path = run_dir / "metrics.jsonl"
 
     def prepare_run_dir() -> None:  # (on the main process; a failure there reaches every process)
@@ -710,6 +712,26 @@ def _run(recipe: Recipe, accelerator: Any, model: Any, optimizer: Any, scheduler
                        grad_health=health.summary(),
                        train_tokens_per_second=train_tokens / train_seconds if train_seconds else 0.0,
                        history=history, model=final_model, is_main_process=accelerator.is_main_process)
+
+
+@contextmanager
+def _removed_meanwhile(checkpoint: Path) -> Iterator[None]:
+    """Name a checkpoint that was removed after --resume chose it, where reading it fails: the newest checkpoint of a
+    run still training elsewhere (``--resume runs/a`` into a folder of its own) goes at that run's next save, rotated
+    out by its save_total_limit, while this run builds its data and model. Its read failed as if the checkpoint were
+    damaged ("cannot read .../trainer_state.json: No such file or directory")."""
+    try:
+        yield
+    except (CheckpointError, OSError) as err:
+        if checkpoint.is_dir():
+            raise
+        folder = checkpoint.parent.parent
+        lock = run_lock(folder)
+        held = f" (a run trains there now: {lock} is held)" if lock.exists() else ""
+        raise CheckpointError(f"--resume: checkpoint {str(checkpoint)!r} was removed after this run chose it: the run "
+                              f"in {str(folder)!r} went on writing checkpoints and keeps only its newest "
+                              f"(train.save_total_limit), or it was deleted{held}; resume again to continue from the "
+                              "newest one there") from err
 
 
 def _saved_config(recipe: Recipe, model: Any) -> dict[str, Any] | None:

@@ -89,3 +89,30 @@ def test_a_lock_of_another_host_or_held_here_is_named_and_kept(tmp_path):
     with pytest.raises(ValueError, match="does not exist: no run wrote there"):
         train(nested, progress=False, resume=True)
     assert sorted(p.name for p in tmp_path.iterdir()) == [] and _files(tmp_path) == {}
+
+
+def test_a_checkpoint_rotated_out_by_the_run_still_writing_it_is_named_as_removed(tmp_path, monkeypatch):
+    """--resume runs/a into a folder of its own, while runs/a trains on: its next save removed the checkpoint this run
+    had chosen (save_total_limit) while this run built its data and model, and the resume failed as if the
+    checkpoint were damaged, "cannot read '.../trainer_state.json': No such file or directory"."""
+    from seqzoo.training.checkpoint import list_checkpoints
+
+    a = make_recipe(tmp_path, "a", train={"max_steps": 2, "save_every": 2, "save_total_limit": 1, "eval_every": 0})
+    train(a, progress=False)
+    [(_, chosen)] = list_checkpoints(tmp_path / "a")
+    lock = run_lock(tmp_path / "a")
+    real = trainer.build_model
+
+    def the_run_saves_again_meanwhile(*args, **kwargs):
+        chosen.rename(chosen.with_name("checkpoint-4"))  # (written, and the older one rotated out)
+        lock.write_text(f"{os.getpid()} {platform.node()}\n")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(trainer, "build_model", the_run_saves_again_meanwhile)
+    b = make_recipe(tmp_path, "b", train={"max_steps": 2, "save_every": 2, "save_total_limit": 1, "eval_every": 0})
+    with pytest.raises(ValueError, match=re.escape(
+            f"--resume: checkpoint {str(chosen)!r} was removed after this run chose it: the run in "
+            f"{str(tmp_path / 'a')!r} went on writing checkpoints and keeps only its newest (train.save_total_limit), "
+            f"or it was deleted (a run trains there now: {lock} is held); resume again to continue from the newest "
+            "one there")):
+        train(b, progress=False, resume=str(tmp_path / "a"))
