@@ -9,7 +9,8 @@ only when every file is written:
   the folder it names, staged beside that folder; ``..`` is read as the file system reads it (:func:`physical_path`);
 - an existing folder that keeps other files (a training run's folder holds ``checkpoints/`` and
   ``metrics.jsonl``; ``seqzoo new --force``) receives the files one rename each, ``config.json`` last, so a
-  folder never shows a ``config.json`` whose weights are missing or half-written;
+  folder never shows a ``config.json`` whose weights are missing or half-written; a second process merging into the
+  same folder meanwhile waits until the first has moved its files in (``.seqzoo-writing.lock`` in the folder);
 - a model written over another (``seqzoo new --force``, ``replaces=``) first removes the old model's files that the
   new one does not write (a shard index and its shards, an adapter, another tokenizer's files), its ``config.json``
   first: a folder shows either no ``config.json`` or one that loads exactly the new model.
@@ -28,8 +29,9 @@ import platform
 import re
 import shutil
 import tempfile
+import time
 from pathlib import Path
-from typing import Iterable, Iterator
+from typing import Callable, Iterable, Iterator
 
 LAST = "config.json"  # the file whose presence makes a folder a model folder
 
@@ -102,15 +104,15 @@ def physical_path(path: str | os.PathLike) -> Path:
 
 @contextlib.contextmanager
 def staged_folder(destination: str | os.PathLike, *, merge: bool = False,
-                  replaces: Iterable[str] = ()) -> Iterator[Path]:
+                  replaces: Iterable[str] | Callable[[], Iterable[str]] = ()) -> Iterator[Path]:
     """Yield an empty temporary folder beside ``destination``; on success move its files into ``destination``.
 
     ``merge=False``: ``destination`` must be missing or an empty folder, and appears in one rename. ``merge=True``:
     files are renamed into an existing folder one by one, ``config.json`` last (see the module docstring).
     ``replaces``: names of files in ``destination`` (the model it held, see ``seqzoo.hub.publishing.model_files``)
-    that are removed before the new files move in, unless a new file takes their name.
+    that are removed before the new files move in, unless a new file takes their name; a function giving them is
+    called once this process holds the folder, so that what another process moved in meanwhile is replaced too.
     """
-    replaces = tuple(replaces)
     try:
         destination = physical_path(destination)
         if destination.is_symlink() and destination.is_dir():
@@ -141,7 +143,8 @@ def staged_folder(destination: str | os.PathLike, *, merge: bool = False,
         staging.chmod(0o755)  # mkdtemp makes it private to the user; a model folder is not
         fsync_tree(staging)  # the rename must not become visible before the files are on disk
         if merge:
-            _move_files(staging, destination, replaces)
+            with _merging(destination):
+                _move_files(staging, destination, tuple(replaces() if callable(replaces) else replaces))
         else:
             if destination.exists():
                 destination.rmdir()  # raises unless empty: a non-empty destination is the caller's mistake
@@ -153,6 +156,32 @@ def staged_folder(destination: str | os.PathLike, *, merge: bool = False,
             reason = describe(_named_as(err, staging, destination))
             raise OutputError(f"cannot write {destination}: {reason}; nothing was left there") from err
         raise
+
+
+MERGING = ".seqzoo-writing.lock"  # in a folder while files are renamed into it (see _merging)
+MERGE_WAIT_SECONDS = 60.0
+
+
+@contextlib.contextmanager
+def _merging(destination: Path) -> Iterator[None]:
+    """Hold ``destination`` while files are renamed into it (:data:`MERGING`): two processes merging into one folder
+    at once (two ``seqzoo new --force``, a converter and ``seqzoo new``) interleaved their renames, and the folder held
+    one's ``config.json`` beside the other's weights. A second writer waits for the first (renames take milliseconds,
+    up to :data:`MERGE_WAIT_SECONDS`), then moves its own files in: the last to write is the model the folder holds."""
+    lock = destination / MERGING
+    waited_until = time.monotonic() + MERGE_WAIT_SECONDS
+    while True:
+        try:
+            take_lock(lock, destination, "a folder that another seqzoo process writes", "another folder")
+            break
+        except ValueError:
+            if time.monotonic() > waited_until:
+                raise
+            time.sleep(0.05)
+    try:
+        yield
+    finally:
+        release_lock(lock)
 
 
 def _named_as(err: BaseException, partial: Path, shown_as: Path) -> BaseException:
