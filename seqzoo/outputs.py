@@ -23,6 +23,7 @@ it was to have: the partial folder's random name is gone by the time the message
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import os
 import platform
@@ -146,9 +147,17 @@ def staged_folder(destination: str | os.PathLike, *, merge: bool = False,
             with _merging(destination):
                 _move_files(staging, destination, tuple(replaces() if callable(replaces) else replaces))
         else:
-            if destination.exists():
-                destination.rmdir()  # raises unless empty: a non-empty destination is the caller's mistake
-            os.replace(staging, destination)
+            try:
+                if destination.exists():
+                    destination.rmdir()  # raises unless empty: a non-empty destination is the caller's mistake
+                os.replace(staging, destination)
+            except OSError as err:
+                if err.errno not in (errno.ENOTEMPTY, errno.EEXIST):
+                    raise
+                # (the callers found it new or empty: another process has written there since, two `seqzoo new`
+                # into one folder at once; the first to finish keeps it whole, and this one says so)
+                raise OutputError(f"cannot write {destination}: it is no longer empty (another process wrote there "
+                                  "while this one was writing); nothing was left there") from err
     except BaseException as err:
         shutil.rmtree(staging, ignore_errors=True)
         _remove_empty(made)

@@ -525,3 +525,24 @@ def test_two_writers_merging_into_one_folder_at_once_leave_the_last_ones_model_w
     assert waited, "the second writer moved its files in while the first was half-way"
     assert {p.name: p.read_text() for p in out.iterdir()} == {"config.json": "b", "model.safetensors": "b",
                                                               "notes.txt": "old"}
+
+
+@pytest.mark.parametrize("was", ["new", "empty"])
+def test_new_into_a_folder_another_process_filled_meanwhile_says_so_and_keeps_it(tmp_path, monkeypatch, capsys, was):
+    """Two `seqzoo new` into one new folder at once: the one to finish second failed with 'Directory not empty',
+    which said nothing of the other process."""
+    out = tmp_path / "m"
+    if was == "empty":
+        out.mkdir()
+    real = outputs.fsync_tree
+
+    def the_other_finishes_first(folder):
+        real(folder)
+        out.mkdir(exist_ok=True)
+        (out / "config.json").write_text("the other's")
+
+    monkeypatch.setattr(outputs, "fsync_tree", the_other_finishes_first)
+    assert error_line(["new", "gru-tiny", str(out)], capsys) == (
+        f"error: cannot write {out}: it is no longer empty (another process wrote there while this one was writing); "
+        "nothing was left there")
+    assert leftovers(out) == ["config.json"] and leftovers(tmp_path) == ["m"]
