@@ -16,6 +16,7 @@ and then a 2-process run could not reproduce a 1-process one.
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import math
@@ -461,6 +462,12 @@ def _claimed(run_dir: Path, accelerator: Any) -> Iterator[None]:
             take_lock(lock, run_dir, "the output_dir of a training run", "another output_dir (--output-dir)")
         except OSError as err:  # (a read-only folder, a file where a folder of the path should be)
             blocker = next((p for p in (lock.parent, *lock.parent.parents) if p.exists() and not p.is_dir()), None)
+            if blocker is None and err.errno in (errno.EACCES, errno.EPERM, errno.EROFS) and run_dir.is_dir():
+                # (an output_dir that can be written in a folder that cannot: a volume mounted on a read-only root,
+                # which trained before the lock; the run goes on unclaimed, and says so)
+                logger.warning("%s: cannot claim it for this run (%s), as the folder it is in cannot be written: a "
+                               "second run started on it would not be refused", run_dir, describe(err))
+                return
             reason = f"{blocker} is a file, not a folder" if blocker is not None else describe(err)
             raise OutputError(f"cannot write output_dir {str(run_dir)!r}: {reason}") from err
         taken.append(lock)

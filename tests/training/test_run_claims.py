@@ -12,7 +12,7 @@ import re
 import pytest
 
 import seqzoo.training.trainer as trainer
-from seqzoo.outputs import take_lock
+from seqzoo.outputs import OutputError, take_lock
 from seqzoo.training.trainer import run_lock, train
 from tests.training.test_trainer import _ended_process_id, _files, make_recipe
 
@@ -116,3 +116,21 @@ def test_a_checkpoint_rotated_out_by_the_run_still_writing_it_is_named_as_remove
             f"or it was deleted (a run trains there now: {lock} is held); resume again to continue from the newest "
             "one there")):
         train(b, progress=False, resume=str(tmp_path / "a"))
+
+
+def test_an_output_dir_in_a_folder_that_cannot_be_written_trains_unclaimed(tmp_path, monkeypatch, caplog):
+    """A volume mounted on a read-only root (--output-dir /output) trains as before the lock, with a warning."""
+    import errno
+
+    recipe = make_recipe(tmp_path, "a", train={"max_steps": 1, "save_every": 0, "eval_every": 0})
+    (tmp_path / "a").mkdir()
+
+    def read_only(lock, *args):
+        raise PermissionError(errno.EROFS, "Read-only file system", str(lock.with_name(lock.name + ".1")))
+
+    monkeypatch.setattr(trainer, "take_lock", read_only)
+    with caplog.at_level("WARNING", logger="seqzoo.training"):
+        assert train(recipe, progress=False).steps == 1
+    assert f"{tmp_path / 'a'}: cannot claim it for this run (Read-only file system" in caplog.text
+    with pytest.raises(OutputError, match=re.escape(f"cannot write output_dir {str(tmp_path / 'b')!r}: Read-only")):
+        train(make_recipe(tmp_path, "b", train={"max_steps": 1}), progress=False)  # (a folder it would have to make)
