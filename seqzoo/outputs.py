@@ -181,7 +181,7 @@ def _merging(destination: Path) -> Iterator[None]:
     waited_until = time.monotonic() + MERGE_WAIT_SECONDS
     while True:
         try:
-            take_lock(lock, destination, "a folder that another seqzoo process writes", "another folder")
+            take_lock(lock, destination, "the folder of a seqzoo command", "another folder")
             break
         except ValueError:
             if time.monotonic() > waited_until:

@@ -478,7 +478,7 @@ def _claimed(run_dir: Path, accelerator: Any) -> Iterator[None]:
     finally:
         if taken:
             release_lock(lock)
-        for folder in made:
+        for folder in made if accelerator.is_main_process else []:
             with suppress(OSError):  # (not empty: the run wrote there; or gone already)
                 folder.rmdir()
 
