@@ -8,6 +8,7 @@ import json
 import os
 import platform
 import re
+from pathlib import Path
 
 import pytest
 
@@ -134,3 +135,50 @@ def test_an_output_dir_in_a_folder_that_cannot_be_written_trains_unclaimed(tmp_p
     assert f"{tmp_path / 'a'}: cannot claim it for this run (Read-only file system" in caplog.text
     with pytest.raises(OutputError, match=re.escape(f"cannot write output_dir {str(tmp_path / 'b')!r}: Read-only")):
         train(make_recipe(tmp_path, "b", train={"max_steps": 1}), progress=False)  # (a folder it would have to make)
+
+
+def test_a_checkpoint_is_rotated_out_in_one_step_so_a_reader_finds_it_whole_or_gone(tmp_path, monkeypatch):
+    """The rotation deleted a checkpoint file by file: a run resuming from it meanwhile found it half deleted and was
+    told it was damaged ("is missing ..."); it is renamed away first, then deleted, and what a killed deletion leaves
+    goes at the next rotation."""
+    import shutil
+
+    import seqzoo.training.checkpoint as checkpoint
+
+    a = make_recipe(tmp_path, "a", train={"max_steps": 2, "save_every": 2, "eval_every": 0})
+    train(a, progress=False)
+    chosen = tmp_path / "a" / "checkpoints" / "checkpoint-2"
+    real_rmtree = shutil.rmtree
+
+    def halfway(path, *args, **kwargs):  # (the rotation of the run still training in a, stopped half-way)
+        (Path(path) / "model.safetensors").unlink()
+
+    def rotated_meanwhile(*args, **kwargs):
+        monkeypatch.setattr(checkpoint.shutil, "rmtree", halfway)
+        checkpoint._remove_checkpoint(chosen)
+        monkeypatch.setattr(checkpoint.shutil, "rmtree", real_rmtree)
+        return real(*args, **kwargs)
+
+    real = trainer.build_model
+    monkeypatch.setattr(trainer, "build_model", rotated_meanwhile)
+    b = make_recipe(tmp_path, "b", train={"max_steps": 2, "save_every": 2, "eval_every": 0})
+    with pytest.raises(ValueError, match=re.escape(f"--resume: checkpoint {str(chosen)!r} was removed after this run "
+                                                   "chose it")):
+        train(b, progress=False, resume=str(chosen))
+    assert (tmp_path / "a" / "checkpoints" / ".checkpoint-2.deleting").is_dir()  # (whole or gone: gone)
+
+    # A deletion stopped half-way (a full disk, a kill) is finished by the next rotation.
+    monkeypatch.undo()
+    first = []
+
+    def fails_once(path, *args, **kwargs):
+        if not first:
+            first.append(path)
+            raise OSError(5, "Input/output error", str(path))
+        real_rmtree(path, *args, **kwargs)
+
+    monkeypatch.setattr(checkpoint.shutil, "rmtree", fails_once)
+    train(make_recipe(tmp_path, "c", train={"max_steps": 3, "save_every": 1, "save_total_limit": 1, "eval_every": 0}),
+          progress=False)
+    assert Path(first[0]).name == ".checkpoint-1.deleting"
+    assert sorted(p.name for p in (tmp_path / "c" / "checkpoints").iterdir()) == ["checkpoint-3"]
