@@ -162,7 +162,8 @@ def cmd_new(args: argparse.Namespace) -> int:
         _refuse_other_config(out, old)
     try:
         # Built beside `out` and moved into place whole, so a failure never leaves a config.json without weights.
-        with staged_folder(out, merge=occupied, replaces=old) as staging:
+        # (the model's files listed again once this process holds the folder: another may have written one since)
+        with staged_folder(out, merge=occupied, replaces=lambda: model_files(out)) as staging:
             save_with_tokenizer(model, staging)
     except OSError as err:
         raise ValueError(describe(err)) from err

@@ -9,7 +9,8 @@ only when every file is written:
   the folder it names, staged beside that folder; ``..`` is read as the file system reads it (:func:`physical_path`);
 - an existing folder that keeps other files (a training run's folder holds ``checkpoints/`` and
   ``metrics.jsonl``; ``seqzoo new --force``) receives the files one rename each, ``config.json`` last, so a
-  folder never shows a ``config.json`` whose weights are missing or half-written;
+  folder never shows a ``config.json`` whose weights are missing or half-written; a second process merging into the
+  same folder meanwhile waits until the first has moved its files in (``.seqzoo-writing.lock`` in the folder);
 - a model written over another (``seqzoo new --force``, ``replaces=``) first removes the old model's files that the
   new one does not write (a shard index and its shards, an adapter, another tokenizer's files), its ``config.json``
   first: a folder shows either no ``config.json`` or one that loads exactly the new model.
@@ -22,13 +23,16 @@ it was to have: the partial folder's random name is gone by the time the message
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import os
+import platform
 import re
 import shutil
 import tempfile
+import time
 from pathlib import Path
-from typing import Iterable, Iterator
+from typing import Callable, Iterable, Iterator
 
 LAST = "config.json"  # the file whose presence makes a folder a model folder
 
@@ -101,15 +105,15 @@ def physical_path(path: str | os.PathLike) -> Path:
 
 @contextlib.contextmanager
 def staged_folder(destination: str | os.PathLike, *, merge: bool = False,
-                  replaces: Iterable[str] = ()) -> Iterator[Path]:
+                  replaces: Iterable[str] | Callable[[], Iterable[str]] = ()) -> Iterator[Path]:
     """Yield an empty temporary folder beside ``destination``; on success move its files into ``destination``.
 
     ``merge=False``: ``destination`` must be missing or an empty folder, and appears in one rename. ``merge=True``:
     files are renamed into an existing folder one by one, ``config.json`` last (see the module docstring).
     ``replaces``: names of files in ``destination`` (the model it held, see ``seqzoo.hub.publishing.model_files``)
-    that are removed before the new files move in, unless a new file takes their name.
+    that are removed before the new files move in, unless a new file takes their name; a function giving them is
+    called once this process holds the folder, so that what another process moved in meanwhile is replaced too.
     """
-    replaces = tuple(replaces)
     try:
         destination = physical_path(destination)
         if destination.is_symlink() and destination.is_dir():
@@ -140,11 +144,20 @@ def staged_folder(destination: str | os.PathLike, *, merge: bool = False,
         staging.chmod(0o755)  # mkdtemp makes it private to the user; a model folder is not
         fsync_tree(staging)  # the rename must not become visible before the files are on disk
         if merge:
-            _move_files(staging, destination, replaces)
+            with _merging(destination):
+                _move_files(staging, destination, tuple(replaces() if callable(replaces) else replaces))
         else:
-            if destination.exists():
-                destination.rmdir()  # raises unless empty: a non-empty destination is the caller's mistake
-            os.replace(staging, destination)
+            try:
+                if destination.exists():
+                    destination.rmdir()  # raises unless empty: a non-empty destination is the caller's mistake
+                os.replace(staging, destination)
+            except OSError as err:
+                if err.errno not in (errno.ENOTEMPTY, errno.EEXIST):
+                    raise
+                # (the callers found it new or empty: another process has written there since, two `seqzoo new`
+                # into one folder at once; the first to finish keeps it whole, and this one says so)
+                raise OutputError(f"cannot write {destination}: it is no longer empty (another process wrote there "
+                                  "while this one was writing); nothing was left there") from err
     except BaseException as err:
         shutil.rmtree(staging, ignore_errors=True)
         _remove_empty(made)
@@ -152,6 +165,32 @@ def staged_folder(destination: str | os.PathLike, *, merge: bool = False,
             reason = describe(_named_as(err, staging, destination))
             raise OutputError(f"cannot write {destination}: {reason}; nothing was left there") from err
         raise
+
+
+MERGING = ".seqzoo-writing.lock"  # in a folder while files are renamed into it (see _merging)
+MERGE_WAIT_SECONDS = 60.0
+
+
+@contextlib.contextmanager
+def _merging(destination: Path) -> Iterator[None]:
+    """Hold ``destination`` while files are renamed into it (:data:`MERGING`): two processes merging into one folder
+    at once (two ``seqzoo new --force``, a converter and ``seqzoo new``) interleaved their renames, and the folder held
+    one's ``config.json`` beside the other's weights. A second writer waits for the first (renames take milliseconds,
+    up to :data:`MERGE_WAIT_SECONDS`), then moves its own files in: the last to write is the model the folder holds."""
+    lock = destination / MERGING
+    waited_until = time.monotonic() + MERGE_WAIT_SECONDS
+    while True:
+        try:
+            take_lock(lock, destination, "the folder of a seqzoo command", "another folder")
+            break
+        except ValueError:
+            if time.monotonic() > waited_until:
+                raise
+            time.sleep(0.05)
+    try:
+        yield
+    finally:
+        release_lock(lock)
 
 
 def _named_as(err: BaseException, partial: Path, shown_as: Path) -> BaseException:
@@ -210,3 +249,103 @@ def write_atomically(path: Path, text: str) -> None:
     with open(partial, "x") as handle:
         handle.write(text)
     os.replace(partial, path)
+
+
+# A claim: a lock file (``pid host``) that holds a folder for one process while it writes there (``seqzoo lab``'s
+# ``.seqzoo-lab.lock`` in its folder, ``seqzoo train``'s ``.NAME.training.lock`` beside its output_dir), made whole or
+# not at all, so that of two processes started on one folder at the same moment one goes on and the other is refused
+# (each had checked the folder and found it free). A lock whose process has ended (killed, the machine restarted) is
+# stale and taken over.
+_HELD: set[Path] = set()  # the locks this process holds
+
+
+def take_lock(lock: Path, folder: Path, held_as: str, elsewhere: str) -> None:
+    """Create ``lock``, claiming ``folder`` for this process, or raise ValueError naming the process that holds it
+    and the lock (``held_as``, "the folder of a lab", and ``elsewhere``, what to choose instead, word the message). A
+    lock naming this process's id that this process does not hold is stale too: left by an earlier process given the
+    same id (in a container started again, the same program gets the same process id)."""
+    mine = f"{os.getpid()} {platform.node()}\n"
+    staged = lock.with_name(f"{lock.name}.{os.getpid()}")
+    staged.write_text(mine)
+    try:
+        for _ in range(5):
+            try:
+                _create_whole(staged, lock, mine)
+                _HELD.add(lock)
+                return
+            except FileExistsError:
+                pass
+            seen = _read_lock(lock)
+            if seen is None:  # (released between the two calls)
+                continue
+            pid, host = _lock_owner(seen)
+            if host is not None and host != platform.node():
+                raise ValueError(f"{str(folder)!r} is {held_as} running on {host} (process {pid}); wait "
+                                 f"for it or choose {elsewhere} (if none runs there, delete {lock})")
+            if process_alive(pid) and (str(pid) != str(os.getpid()) or lock in _HELD):
+                raise ValueError(f"{str(folder)!r} is {held_as} still running (process {pid}); wait for "
+                                 f"it, stop it, or choose {elsewhere} (if none runs, the process id being another "
+                                 f"program's now, delete {lock})")
+            # Stale (its process ended): moved aside, then checked, for another process may have taken it over since.
+            aside = lock.with_name(f"{lock.name}.stale.{os.getpid()}")
+            try:
+                os.replace(lock, aside)
+            except FileNotFoundError:
+                continue
+            moved = _read_lock(aside)
+            if moved != seen:  # (a live lock taken since: put back)
+                with contextlib.suppress(FileExistsError):
+                    _create_whole(aside, lock, moved or "")
+                aside.unlink(missing_ok=True)
+                raise ValueError(f"{str(folder)!r} is {held_as} still running (process "
+                                 f"{_lock_owner(moved or '')[0]}); wait for it, stop it, or choose {elsewhere}")
+            aside.unlink(missing_ok=True)
+        raise ValueError(f"could not claim {str(folder)!r}: other processes start and stop there at this moment; "
+                         f"choose {elsewhere}")
+    finally:
+        staged.unlink(missing_ok=True)
+
+
+def _create_whole(staged: Path, lock: Path, text: str) -> None:
+    """Create ``lock`` holding ``text`` (written to ``staged`` already), or raise FileExistsError: a hard link, which
+    makes it with its text in one step (the check and the claim too); on a file system without hard links, created
+    exclusively and then written."""
+    try:
+        os.link(staged, lock)
+    except FileExistsError:
+        raise
+    except OSError:  # (no hard links there: EPERM, ENOTSUP)
+        descriptor = os.open(lock, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        with os.fdopen(descriptor, "w") as handle:
+            handle.write(text)
+
+
+def release_lock(lock: Path) -> None:
+    """Remove ``lock``, which :func:`take_lock` made."""
+    _HELD.discard(lock)
+    lock.unlink(missing_ok=True)
+
+
+def _read_lock(lock: Path) -> str | None:
+    try:
+        return lock.read_text(errors="replace")
+    except FileNotFoundError:
+        return None
+
+
+def _lock_owner(text: str) -> tuple[str | None, str | None]:
+    """``pid host`` -> (pid, host); an unreadable lock (an edited file) names no process, and counts as stale."""
+    pid, _, host = text.strip().partition(" ")
+    return (pid or None), (host or None)
+
+
+def process_alive(pid: object) -> bool:
+    """Whether process ``pid`` (of this host) exists; False for no process id at all (an edited file)."""
+    try:
+        os.kill(int(pid), 0)  # (signal 0: only asks whether the process exists)
+    except PermissionError:  # a process of another user
+        return True
+    except (ProcessLookupError, OverflowError, ValueError, TypeError):
+        return False
+    return True
+

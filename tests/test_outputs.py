@@ -184,8 +184,17 @@ def test_replacing_a_model_removes_its_config_json_first_then_its_stale_files(tm
         (out / name).write_text("old")
     seen, removed = [], []
     real_replace, real_unlink = os.replace, Path.unlink
-    monkeypatch.setattr(Path, "unlink", lambda path, **kw: removed.append(path.name) or real_unlink(path, **kw))
-    shown = lambda: [name for name in leftovers(out) if not name.endswith(".partial")]  # noqa: E731
+
+    def mine(name: str) -> bool:  # (the lock this write holds while it moves its files in, and its staged file)
+        return name.startswith(outputs.MERGING)
+
+    def unlink(path, **kw):
+        if not mine(path.name):
+            removed.append(path.name)
+        real_unlink(path, **kw)
+
+    monkeypatch.setattr(Path, "unlink", unlink)
+    shown = lambda: [name for name in leftovers(out) if not name.endswith(".partial") and not mine(name)]  # noqa: E731
     monkeypatch.setattr(outputs.os, "replace", lambda a, b: seen.append(shown()) or real_replace(a, b))
     old = ["config.json", "model.safetensors.index.json", "model-00001-of-00002.safetensors"]
     with staged_folder(out, merge=True, replaces=old) as staging:
@@ -508,3 +517,65 @@ def test_train_onto_a_real_full_disk(full_disk, capsys):
     assert f"cannot write checkpoint '{run / 'checkpoints' / 'checkpoint-2'}': No space left on device" in message
     assert "there is no earlier checkpoint" in message
     assert leftovers(run / "checkpoints") == [] and "config.json" not in leftovers(run)
+
+
+def test_two_writers_merging_into_one_folder_at_once_leave_the_last_ones_model_whole(tmp_path, monkeypatch):
+    """Two `seqzoo new --force` (or a converter and `seqzoo new`) into one folder interleaved their renames: the folder
+    held the config.json of one beside the weights of the other (and its code files, which the other does not write).
+    The second now waits for the first to move its files in, then replaces that model as it does any other."""
+    import threading
+
+    out = tmp_path / "model"
+    out.mkdir()
+    for name in ("config.json", "model.safetensors", "notes.txt"):
+        (out / name).write_text("old")
+    first_paused, go_on = threading.Event(), threading.Event()
+    real_replace = os.replace
+
+    def replace(source, target):
+        real_replace(source, target)
+        if threading.current_thread().name == "first" and Path(target).name == "model.safetensors":
+            first_paused.set()  # (its weights are in, its config.json not yet)
+            go_on.wait(5)
+
+    def write(model: str, names: tuple[str, ...]) -> None:
+        held = lambda: [p.name for p in out.iterdir() if p.name not in ("notes.txt", outputs.MERGING)]  # noqa: E731
+        with staged_folder(out, merge=True, replaces=held) as staging:
+            for name in names:
+                (staging / name).write_text(model)
+
+    monkeypatch.setattr(outputs.os, "replace", replace)
+    first = threading.Thread(target=write, args=("a", ("config.json", "model.safetensors", "modeling_a.py")),
+                             name="first")
+    second = threading.Thread(target=write, args=("b", ("config.json", "model.safetensors")), name="second")
+    first.start()
+    assert first_paused.wait(5)
+    second.start()
+    second.join(0.3)
+    waited = second.is_alive()
+    go_on.set()
+    first.join(5), second.join(5)
+    assert waited, "the second writer moved its files in while the first was half-way"
+    assert {p.name: p.read_text() for p in out.iterdir()} == {"config.json": "b", "model.safetensors": "b",
+                                                              "notes.txt": "old"}
+
+
+@pytest.mark.parametrize("was", ["new", "empty"])
+def test_new_into_a_folder_another_process_filled_meanwhile_says_so_and_keeps_it(tmp_path, monkeypatch, capsys, was):
+    """Two `seqzoo new` into one new folder at once: the one to finish second failed with 'Directory not empty',
+    which said nothing of the other process."""
+    out = tmp_path / "m"
+    if was == "empty":
+        out.mkdir()
+    real = outputs.fsync_tree
+
+    def the_other_finishes_first(folder):
+        real(folder)
+        out.mkdir(exist_ok=True)
+        (out / "config.json").write_text("the other's")
+
+    monkeypatch.setattr(outputs, "fsync_tree", the_other_finishes_first)
+    assert error_line(["new", "gru-tiny", str(out)], capsys) == (
+        f"error: cannot write {out}: it is no longer empty (another process wrote there while this one was writing); "
+        "nothing was left there")
+    assert leftovers(out) == ["config.json"] and leftovers(tmp_path) == ["m"]

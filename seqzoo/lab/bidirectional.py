@@ -168,17 +168,27 @@ def run_bidirectional_lab(cfg: BidirectionalLabConfig, out: str | Path, command:
     """Train every (architecture, task, direction), then write the report and its figure into ``out`` (a report
     there is replaced only with ``force``)."""
     cfg.validate()
+    from seqzoo.lab.folders import claim_output, lab_folder
+
+    out = lab_folder(out)
+    # (two bidirectional labs on one folder at once, or one with --force while another runs: each had checked the
+    # folder, and one deleted or wrote over the runs and results of the other)
+    with claim_output(out, "bidirectional lab"):
+        return _run_bidirectional_lab_claimed(cfg, out, command, log, force)
+
+
+def _run_bidirectional_lab_claimed(cfg: BidirectionalLabConfig, out: Path, command: str, log: Callable[[str], None],
+                                   force: bool) -> dict[str, Any]:
+    """:func:`run_bidirectional_lab` once this process holds ``out``."""
     presets = cfg.presets()
     from seqzoo.lab.folders import (
         check_report_folder,
-        lab_folder,
         record_stopped,
         remove_previous_report,
         write_results,
     )
     from seqzoo.lab.workers import run_lab_jobs
 
-    out = lab_folder(out)
     written = (RESULTS_FILE, REPORT_FILE, PLOT_FILE)
     runs = [f"runs/{_run_folder(arch, task, direction)}" for task in cfg.tasks for arch in presets
             for direction in DIRECTIONS]

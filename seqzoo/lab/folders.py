@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
 
 from seqzoo.lab.plots import PLOT_FILES
+from seqzoo.outputs import process_alive, release_lock, take_lock
 
 # The statuses of a lab's results.json: "running" while it trains and measures, then "finished"; "interrupted"
 # (Ctrl-C) or "failed" (an error) when it stopped before its report was written.
@@ -46,88 +47,38 @@ def write_results(path: Path, results: dict[str, Any]) -> None:
     write_atomically(path, strict_json(results, indent=1))
 
 
-# The file that claims a folder for one lab (``pid host``) while it runs: created whole or not at all, so that of two
-# labs started into one folder at the same moment one goes on and the other is refused (the results.json marker is
-# written after the folder is checked, and both had found it free).
+# The file that claims a folder for one lab while it runs (seqzoo.outputs.take_lock): of two labs started into one
+# folder at the same moment one goes on and the other is refused (the results.json marker is written after the folder
+# is checked, and both had found it free).
 LOCK = ".seqzoo-lab.lock"
+# ``seqzoo lab seq2seq`` and ``bidirectional`` write beside other reports (a ``seqzoo lab``'s among them), so each
+# claims the folder for its own kind of lab only.
+LAB_LOCKS = {"lab": LOCK, "seq2seq lab": ".seqzoo-lab-seq2seq.lock",
+             "bidirectional lab": ".seqzoo-lab-bidirectional.lock"}
 
 
 @contextlib.contextmanager
-def claim_output(out: Path) -> Iterator[None]:
-    """Hold ``out`` for one lab (``seqzoo lab``, ``seqzoo lab sweep``) until the block ends: creates the folder and
-    its :data:`LOCK`, and refuses a folder another lab holds (naming its process). A lock whose process has ended
-    (killed, the machine restarted) is stale and taken over. The lock goes when the block ends, and so does a folder
-    it created if nothing else was written there (a refused ``--resume`` leaves no empty folder behind)."""
+def claim_output(out: Path, lab: str = "lab") -> Iterator[None]:
+    """Hold ``out`` for one lab (``seqzoo lab``, ``seqzoo lab sweep``; ``lab`` names another kind, whose lock is its
+    own, :data:`LAB_LOCKS`) until the block ends: creates the folder and its lock, and refuses a folder another lab
+    of that kind holds (naming its process). A lock whose process has ended (killed, the machine restarted) is stale
+    and taken over. The lock goes when the block ends, and so does a folder it created if nothing else was written
+    there (a refused ``--resume`` leaves no empty folder behind)."""
     if out.exists() and not out.is_dir():
         raise ValueError(f"{str(out)!r} is a file; choose a folder for --out")
     created = not out.exists()
     out.mkdir(parents=True, exist_ok=True)
-    lock = out / LOCK
+    lock = out / LAB_LOCKS[lab]
     try:
-        _take_lock(lock)
+        take_lock(lock, out, f"the folder of a {lab}", "another --out folder")
         try:
             yield
         finally:
-            lock.unlink(missing_ok=True)
+            release_lock(lock)
     finally:
         if created and out.is_dir() and not any(out.iterdir()):
             with contextlib.suppress(OSError):  # (another lab's lock arrived meanwhile)
                 out.rmdir()
-
-
-def _take_lock(lock: Path) -> None:
-    mine = f"{os.getpid()} {platform.node()}\n"
-    staged = lock.with_name(f"{lock.name}.{os.getpid()}")
-    staged.write_text(mine)
-    try:
-        for _ in range(5):
-            try:
-                os.link(staged, lock)  # (fails if the lock exists: the check and the claim in one step)
-                return
-            except FileExistsError:
-                pass
-            seen = _read_lock(lock)
-            if seen is None:  # (released between the two calls)
-                continue
-            pid, host = _lock_owner(seen)
-            if host is not None and host != platform.node():
-                raise ValueError(f"{str(lock.parent)!r} is the folder of a lab running on {host} (process {pid}); "
-                                 f"wait for it or choose another --out folder (if no lab runs there, delete {lock})")
-            if _process_alive(pid):
-                raise ValueError(f"{str(lock.parent)!r} is the folder of a lab still running (process {pid}); wait "
-                                 "for it, stop it, or choose another --out folder")
-            # Stale (its process ended): moved aside, then checked, for another lab may have taken it over since.
-            aside = lock.with_name(f"{lock.name}.stale.{os.getpid()}")
-            try:
-                os.replace(lock, aside)
-            except FileNotFoundError:
-                continue
-            moved = _read_lock(aside)
-            if moved != seen:  # (that lab's live lock: put back)
-                with contextlib.suppress(FileExistsError):
-                    os.link(aside, lock)
-                aside.unlink(missing_ok=True)
-                raise ValueError(f"{str(lock.parent)!r} is the folder of a lab still running (process "
-                                 f"{_lock_owner(moved or '')[0]}); wait for it, stop it, or choose another --out "
-                                 "folder")
-            aside.unlink(missing_ok=True)
-        raise ValueError(f"could not claim {str(lock.parent)!r} for this lab: other labs start and stop there at this "
-                         "moment; choose another --out folder")
-    finally:
-        staged.unlink(missing_ok=True)
-
-
-def _read_lock(lock: Path) -> str | None:
-    try:
-        return lock.read_text(errors="replace")
-    except FileNotFoundError:
-        return None
-
-
-def _lock_owner(text: str) -> tuple[str | None, str | None]:
-    """``pid host`` -> (pid, host); an unreadable lock (an edited file) names no process, and counts as stale."""
-    pid, _, host = text.strip().partition(" ")
-    return (pid or None), (host or None)
 
 
 def prepare_output(out: Path, force: bool, log: Callable[[str], None], resume: bool = False) -> dict[str, Any] | None:
@@ -169,7 +120,7 @@ def prepare_output(out: Path, force: bool, log: Callable[[str], None], resume: b
                 f"{made.get('finished', 'date unknown')}); pass --out NEW_FOLDER to keep it, or --force to replace it")
         owner = environment.get("pid"), environment.get("host")
         if (previous.get("status") == "running" and owner[0] and owner[1] == platform.node()
-                and _process_alive(owner[0])):
+                and process_alive(owner[0])):
             raise ValueError(f"{str(out)!r} is the folder of a lab still running (process {owner[0]}); wait for it, "
                              "stop it, or choose another --out folder")
         # An unfinished sweep's finished runs, one a line (bytes: a line cut short by a kill is still a run kept).
@@ -238,16 +189,6 @@ def _remove_lab_runs(runs: Path, previous: dict[str, Any]) -> None:
 
 # What `seqzoo lab` and `seqzoo lab sweep` write into their folder (and all that a replacement removes).
 LAB_OUTPUTS = ("results.json", "results.json.partial", "report.md", *PLOT_FILES, "runs", "sweep.md", "runs.jsonl")
-
-
-def _process_alive(pid: Any) -> bool:
-    try:
-        os.kill(int(pid), 0)
-    except PermissionError:  # a process of another user
-        return True
-    except (ProcessLookupError, OverflowError, ValueError, TypeError):  # none, or no pid at all (an edited marker)
-        return False
-    return True
 
 
 def check_report_folder(out: Path, results_file: str, what: str, force: bool,

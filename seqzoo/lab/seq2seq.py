@@ -200,16 +200,26 @@ def run_seq2seq_lab(cfg: Seq2SeqLabConfig, out: str | Path, log: Callable[[str],
     """Train every model on every task, then write the report section and its figures into ``out`` (a finished
     report there is replaced only with ``force``)."""
     cfg.validate()
+    from seqzoo.lab.folders import claim_output, lab_folder
+
+    out = lab_folder(out)
+    # (two seq2seq labs on one folder at once, or one with --force while another runs: each had checked the
+    # folder, and one deleted or wrote over the runs and results of the other)
+    with claim_output(out, "seq2seq lab"):
+        return _run_seq2seq_lab_claimed(cfg, out, log, force)
+
+
+def _run_seq2seq_lab_claimed(cfg: Seq2SeqLabConfig, out: Path, log: Callable[[str], None],
+                             force: bool) -> dict[str, Any]:
+    """:func:`run_seq2seq_lab` once this process holds ``out``."""
     from seqzoo.lab.folders import (
         check_report_folder,
-        lab_folder,
         record_stopped,
         remove_previous_report,
         write_results,
     )
     from seqzoo.lab.workers import run_lab_jobs
 
-    out = lab_folder(out)
     written = (RESULTS_FILE, REPORT_FILE, ACCURACY_PNG)
     runs = [f"runs/{_run_folder(name, task)}" for task in cfg.tasks for name in cfg.models]
     # (each run trains with force=True in its folder: one there of the user's would be deleted)

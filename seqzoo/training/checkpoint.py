@@ -45,6 +45,7 @@ SEAL = "state_sha256"  # trainer_state.json's SHA-256 of its own other fields: a
 STATE_FORMAT = 3
 _STATE_FORMATS = (files.FORMAT, STATE_FORMAT)
 _NAME = re.compile(r"^checkpoint-(\d+)$")
+DELETING = ".deleting"  # a checkpoint being deleted: .checkpoint-N.deleting
 
 
 def list_checkpoints(run_dir: str | Path) -> list[tuple[int, Path]]:
@@ -89,6 +90,8 @@ def save_checkpoint(accelerator: Any, model: Any, optimizer: Any, scheduler: Any
     def rotate() -> None:
         if not accelerator.is_main_process:
             return
+        for left in folder.glob(f".checkpoint-*{DELETING}"):  # (a rotation stopped while it deleted)
+            shutil.rmtree(left, ignore_errors=True)
         # Checkpoints past this step were written before a resume from an earlier one: this run rewrites
         # those steps, so they are no part of it (kept, the rotation below would count them as the newest
         # and delete the checkpoint just written, and --resume would continue from one of them).
@@ -127,7 +130,12 @@ def _remove_checkpoint(path: Path) -> None:
         logger.warning("%s was a symbolic link to %s: removed the link, kept the checkpoint it points to (delete it "
                        "yourself if it is not needed)", path, target)
     else:
-        shutil.rmtree(path)
+        # Renamed first, so that it goes in one step: a process reading it (another run resumed from this run's
+        # folder, or from this checkpoint) finds it whole or gone, never half deleted, which read as damaged. A
+        # process killed while deleting it leaves the hidden .checkpoint-N.deleting, which the next rotation deletes.
+        doomed = path.with_name(f".{path.name}{DELETING}")
+        os.replace(path, doomed)
+        shutil.rmtree(doomed)
 
 
 def what_is_left(run_dir: str | Path) -> str:

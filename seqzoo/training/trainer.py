@@ -16,6 +16,7 @@ and then a 2-process run could not reproduce a 1-process one.
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import math
@@ -25,15 +26,23 @@ import shutil
 import socket
 import tempfile
 import time
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import torch
 from torch.optim.lr_scheduler import LambdaLR
 
-from seqzoo.outputs import OutputError, describe, sibling_stem, staged_folder, write_atomically
+from seqzoo.outputs import (
+    OutputError,
+    describe,
+    release_lock,
+    sibling_stem,
+    staged_folder,
+    take_lock,
+    write_atomically,
+)
 from seqzoo.tokenizer import PAD_TOKEN_ID
 from seqzoo.training.building import build_model, check_batch_split, lr_factor, make_optimizer
 from seqzoo.training.checkpoint import (
@@ -224,7 +233,8 @@ def train(recipe: Recipe, *, resume: str | Path | bool | None = None, dataset: A
     otherwise be left beside the new model) once the new run has its data and model, and has done its first step (a
     run that fails before then puts the old one back): a training run's folder only (RUN_FOLDER_MARKS), never one
     holding this run's data. Resuming from a checkpoint elsewhere likewise needs an empty
-    output_dir, or that checkpoint's own run folder.
+    output_dir, or that checkpoint's own run folder. The run holds output_dir while it runs (:func:`run_lock`): a
+    second run on it, in this process or another, is refused naming the first.
 
     ``dataset`` (a ``datasets.Dataset`` or any object indexable by column name) replaces the recipe's data
     source. Returns the final evaluation, gradient health and throughput; the model, its tokenizer and
@@ -237,8 +247,6 @@ def train(recipe: Recipe, *, resume: str | Path | bool | None = None, dataset: A
     was initialised before the call), its ``torch.use_deterministic_algorithms`` setting and accelerate's
     AcceleratorState come back when it ends.
     """
-    from accelerate.utils import set_seed
-
     from seqzoo.kernels.registry import check_environment
 
     _check_arguments(recipe, resume, progress, save_model, force, stop)
@@ -259,6 +267,20 @@ def train(recipe: Recipe, *, resume: str | Path | bool | None = None, dataset: A
     world = accelerator.num_processes
     micro_batch = check_batch_split(t, world)
     run_dir = Path(recipe.output_dir)
+    # (held from before the folder is looked at until the run has ended: two runs started on one output_dir, or two
+    # --resume of one run, both found it as they expected, and wrote one folder of two runs' files)
+    with _claimed(run_dir, accelerator):
+        return _train_claimed(recipe, accelerator, run_dir, micro_batch, resume, dataset, progress, save_model, stop,
+                              force)
+
+
+def _train_claimed(recipe: Recipe, accelerator: Any, run_dir: Path, micro_batch: int, resume: str | Path | bool | None,
+                   dataset: Any, progress: bool, save_model: bool, stop: Callable[[dict[str, Any]], bool] | None,
+                   force: bool) -> TrainResult:
+    """:func:`train` once this process holds ``run_dir``: its checks of the folder, the data and model, the run."""
+    from accelerate.utils import set_seed
+
+    t = recipe.train
     # (before the folder is looked at: the run put back is what it holds)
     on_every_process(accelerator, lambda: _put_back_replaced(run_dir) if accelerator.is_main_process else None)
     saved = Path(recipe.model.path).resolve() if recipe.model.path is not None else None
@@ -430,6 +452,52 @@ def _owner_state(path: Path, run_dir: Path) -> tuple[str, str]:
     return RUNNING, f"process {pid}"
 
 
+def run_lock(run_dir: Path) -> Path:
+    """The lock file that holds ``run_dir`` for one training run while it runs: ``.NAME.training.lock`` beside the
+    folder (it names the folder's owner, ``pid host``), where no check of what the folder holds counts it and --force
+    does not move it aside with the old run. Beside the folder a link names, as the run writes there."""
+    real = run_dir.resolve()
+    return real.parent / f".{sibling_stem(real.name)}.training.lock"
+
+
+@contextmanager
+def _claimed(run_dir: Path, accelerator: Any) -> Iterator[None]:
+    """Hold ``run_dir`` for this run (the main process takes :func:`run_lock`; another training run holding it, alive,
+    has every process refused, naming it), until the block ends. Folders made above ``run_dir`` for the lock are
+    removed again where the run wrote nothing into them (a refused run leaves no empty folder behind)."""
+    lock = run_lock(run_dir)
+    made = [folder for folder in (lock.parent, *lock.parent.parents) if not folder.exists()]
+    taken: list[Path] = []
+
+    def claim() -> None:
+        if not accelerator.is_main_process:
+            return
+        try:
+            lock.parent.mkdir(parents=True, exist_ok=True)
+            take_lock(lock, run_dir, "the output_dir of a training run", "another output_dir (--output-dir)")
+        except OSError as err:  # (a read-only folder, a file where a folder of the path should be)
+            blocker = next((p for p in (lock.parent, *lock.parent.parents) if p.exists() and not p.is_dir()), None)
+            if blocker is None and err.errno in (errno.EACCES, errno.EPERM, errno.EROFS) and run_dir.is_dir():
+                # (an output_dir that can be written in a folder that cannot: a volume mounted on a read-only root,
+                # which trained before the lock; the run goes on unclaimed, and says so)
+                logger.warning("%s: cannot claim it for this run (%s), as the folder it is in cannot be written: a "
+                               "second run started on it would not be refused", run_dir, describe(err))
+                return
+            reason = f"{blocker} is a file, not a folder" if blocker is not None else describe(err)
+            raise OutputError(f"cannot write output_dir {str(run_dir)!r}: {reason}") from err
+        taken.append(lock)
+
+    try:
+        on_every_process(accelerator, claim)
+        yield
+    finally:
+        if taken:
+            release_lock(lock)
+        for folder in made if accelerator.is_main_process else []:
+            with suppress(OSError):  # (not empty: the run wrote there; or gone already)
+                folder.rmdir()
+
+
 def _put_back_replaced(run_dir: Path) -> None:
     """Put back the old run that --force moved aside (:func:`_move_aside`) where the process was killed before the new
     run's first step was done (SIGKILL: the OOM killer, a preempted machine), which no ``except`` can: the output
@@ -566,7 +634,8 @@ def _run(recipe: Recipe, accelerator: Any, model: Any, optimizer: Any, scheduler
     history: list[dict[str, Any]] = []
     saved_config = _saved_config(recipe, _uncompiled(accelerator.unwrap_model(model)))
     if checkpoint is not None:
-        state = read_state(checkpoint)
+        with _removed_meanwhile(checkpoint):
+            state = read_state(checkpoint)
         check_same_run(state, run_id, recipe.to_dict(), checkpoint, world, data.describe(), saved_config)
         _check_same_saved_config(state, saved_config, recipe, checkpoint)
         step, tokens_seen = state["step"], state["tokens_seen"]
@@ -580,7 +649,8 @@ def _run(recipe: Recipe, accelerator: Any, model: Any, optimizer: Any, scheduler
         except (KeyError, TypeError, ValueError, AttributeError) as err:
             raise CheckpointError(f"--resume: {str(checkpoint / STATE_FILE)!r} is damaged: grad_health "
                                   f"{state['grad_health']!r} ({type(err).__name__}: {err})") from err
-        restore_training_state(checkpoint, state, accelerator, model, optimizer, scheduler)
+        with _removed_meanwhile(checkpoint):
+            restore_training_state(checkpoint, state, accelerator, model, optimizer, scheduler)
     metrics_path = run_dir / "metrics.jsonl"
 
     def prepare_run_dir() -> None:  # (on the main process; a failure there reaches every process)
@@ -664,6 +734,26 @@ def _run(recipe: Recipe, accelerator: Any, model: Any, optimizer: Any, scheduler
                        grad_health=health.summary(),
                        train_tokens_per_second=train_tokens / train_seconds if train_seconds else 0.0,
                        history=history, model=final_model, is_main_process=accelerator.is_main_process)
+
+
+@contextmanager
+def _removed_meanwhile(checkpoint: Path) -> Iterator[None]:
+    """Name a checkpoint that was removed after --resume chose it, where reading it fails: the newest checkpoint of a
+    run still training elsewhere (``--resume runs/a`` into a folder of its own) goes at that run's next save, rotated
+    out by its save_total_limit, while this run builds its data and model. Its read failed as if the checkpoint were
+    damaged ("cannot read .../trainer_state.json: No such file or directory")."""
+    try:
+        yield
+    except (CheckpointError, OSError) as err:
+        if checkpoint.is_dir():
+            raise
+        folder = checkpoint.parent.parent
+        lock = run_lock(folder)
+        held = f" (a run trains there now: {lock} is held)" if lock.exists() else ""
+        raise CheckpointError(f"--resume: checkpoint {str(checkpoint)!r} was removed after this run chose it: the run "
+                              f"in {str(folder)!r} went on writing checkpoints and keeps only its newest "
+                              f"(train.save_total_limit), or it was deleted{held}; resume again to continue from the "
+                              "newest one there") from err
 
 
 def _saved_config(recipe: Recipe, model: Any) -> dict[str, Any] | None:

@@ -51,7 +51,8 @@ def test_a_lab_started_while_another_prepares_the_same_folder_is_refused_naming_
     with pytest.raises(KeyboardInterrupt):
         run_lab(_cfg(), out, log=_quiet)
     assert refusals == [f"{str(out)!r} is the folder of a lab still running (process {os.getpid()}); wait for it, "
-                        "stop it, or choose another --out folder"]
+                        "stop it, or choose another --out folder (if none runs, the process id being another "
+                        f"program's now, delete {out / LOCK})"]
     assert _results(out)["status"] == "interrupted" and not (out / LOCK).exists()  # (released when it stopped)
 
 
@@ -279,3 +280,42 @@ def test_the_bidirectional_sweep_and_gradients_labs_read_a_tilde_in_their_folder
     assert folders and all(folder.is_relative_to(home / "bi" / "runs") or folder.is_relative_to(home / "sweep")
                            for folder in folders)
     assert list(here.iterdir()) == []
+
+
+@pytest.mark.parametrize("lab", ["seq2seq", "bidirectional"])
+def test_a_report_lab_started_while_another_writes_its_folder_is_refused_naming_it(tmp_path, monkeypatch, lab):
+    """`seqzoo lab seq2seq` and `bidirectional` claimed no folder: a second one on the folder of one still training
+    (with --force, as the first's 'unfinished' refusal asks) deleted the first's results and runs, and both then
+    trained the same run folders and wrote one results file."""
+    import seqzoo.lab.workers as workers
+    from seqzoo.lab.bidirectional import BidirectionalLabConfig, run_bidirectional_lab
+    from seqzoo.lab.seq2seq import Seq2SeqLabConfig, run_seq2seq_lab
+
+    def start(force=False):
+        if lab == "seq2seq":
+            return run_seq2seq_lab(Seq2SeqLabConfig.smoke(tasks=["reverse"], workers=1), out, log=_quiet, force=force)
+        return run_bidirectional_lab(BidirectionalLabConfig.smoke(architectures=["lstm"], workers=1), out, log=_quiet,
+                                     force=force)
+
+    out, refusals = tmp_path / "lab", []
+    lock = out / f".seqzoo-lab-{lab}.lock"
+
+    def second_lab_starts_now(*args, **kwargs):  # (the first has checked the folder and trains)
+        monkeypatch.setattr(workers, "run_lab_jobs", stopped)
+        for force in (False, True):
+            with pytest.raises(ValueError) as refused:
+                start(force)
+            refusals.append(str(refused.value))
+        raise KeyboardInterrupt
+
+    def stopped(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(workers, "run_lab_jobs", second_lab_starts_now)
+    with pytest.raises(KeyboardInterrupt):
+        start()
+    assert refusals == 2 * [f"{str(out)!r} is the folder of a {lab} lab still running (process {os.getpid()}); wait "
+                            "for it, stop it, or choose another --out folder (if none runs, the process id being "
+                            f"another program's now, delete {lock})"]
+    [results] = [path for path in out.iterdir() if path.name.endswith("results.json")]
+    assert json.loads(results.read_text())["status"] == "interrupted" and not lock.exists()
