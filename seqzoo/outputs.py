@@ -340,7 +340,14 @@ def _lock_owner(text: str) -> tuple[str | None, str | None]:
 
 
 def process_alive(pid: object) -> bool:
-    """Whether process ``pid`` (of this host) exists; False for no process id at all (an edited file)."""
+    """Whether process ``pid`` (of this host) exists; False for no process id at all (an edited file). On Windows,
+    where ``os.kill`` ends the process it names whatever the signal, any process id counts as alive: a lock left by
+    a process that has ended is then named for the user to delete rather than taken over."""
+    if os.name == "nt":
+        try:
+            return int(pid) > 0
+        except (ValueError, TypeError):
+            return False
     try:
         os.kill(int(pid), 0)  # (signal 0: only asks whether the process exists)
     except PermissionError:  # a process of another user

@@ -579,3 +579,23 @@ def test_new_into_a_folder_another_process_filled_meanwhile_says_so_and_keeps_it
         f"error: cannot write {out}: it is no longer empty (another process wrote there while this one was writing); "
         "nothing was left there")
     assert leftovers(out) == ["config.json"] and leftovers(tmp_path) == ["m"]
+
+
+def test_on_windows_a_lock_owners_process_is_not_signalled(monkeypatch):
+    """os.kill(pid, 0) ends the process on Windows (any signal there is TerminateProcess): the liveness check of a
+    lock's owner must not call it there, and counts any process id as alive (the refusal names the lock to delete)."""
+    from seqzoo import outputs
+
+    def kill(*args):
+        raise AssertionError(f"os.kill{args} would end that process on Windows")
+
+    def alive_on_windows(pid):
+        name, os.name = os.name, "nt"  # (set for the call alone: pytest's own reporting reads os.name)
+        try:
+            return outputs.process_alive(pid)
+        finally:
+            os.name = name
+
+    monkeypatch.setattr(outputs.os, "kill", kill)
+    assert alive_on_windows(12345) and alive_on_windows("12345")
+    assert not alive_on_windows(None) and not alive_on_windows("edited")

@@ -37,6 +37,7 @@ from torch.optim.lr_scheduler import LambdaLR
 from seqzoo.outputs import (
     OutputError,
     describe,
+    process_alive,
     release_lock,
     sibling_stem,
     staged_folder,
@@ -443,12 +444,8 @@ def _owner_state(path: Path, run_dir: Path) -> tuple[str, str]:
     pid, host = int(owner[1]), owner[2]
     if host != socket.gethostname():
         return UNKNOWN, f"its process, {pid} of host {host!r}, cannot be looked at from {socket.gethostname()!r}"
-    try:
-        os.kill(pid, 0)  # (signal 0: only asks whether the process exists)
-    except ProcessLookupError:
+    if not process_alive(pid):
         return ENDED, f"process {pid} has ended"
-    except PermissionError:  # (it exists, as another user's)
-        pass
     return RUNNING, f"process {pid}"
 
 
