@@ -188,13 +188,9 @@ def test_only_a_text_run_that_finished_has_its_trained_model_measured(tmp_path, 
     assert seen == [{"rnn": 4}]
 
 
-def test_a_lab_folder_starting_with_a_tilde_holds_its_runs_and_its_results(tmp_path, monkeypatch):
-    """--out=~/lab (a shell leaves that ~): the runs train through recipes, which read a leading ~ as the home folder,
-    so they went to ~/lab/runs while results.json went to a folder named ~ under the current one, and the lab's
-    measurements then failed to find the text run it had trained (as the seq2seq lab's report its runs)."""
-    import seqzoo.lab.workers as workers
-    from seqzoo.lab.seq2seq import Seq2SeqLabConfig, run_seq2seq_lab
-
+def _home_and_stopped_runs(tmp_path, monkeypatch):
+    """For the tests of a leading ~ in --out: a home folder and a current folder of their own, a list of the folders
+    the lab's runs were to train in, and a stand-in for the runs' launcher that records them and stops the lab."""
     home, here, folders = tmp_path / "home", tmp_path / "here", []
     home.mkdir(), here.mkdir()
     monkeypatch.setenv("HOME", str(home))
@@ -205,6 +201,17 @@ def test_a_lab_folder_starting_with_a_tilde_holds_its_runs_and_its_results(tmp_p
         folders.extend(Path(job["output_dir"]) for job in jobs)
         raise KeyboardInterrupt
 
+    return home, here, folders, stopped
+
+
+def test_a_lab_folder_starting_with_a_tilde_holds_its_runs_and_its_results(tmp_path, monkeypatch):
+    """--out=~/lab (a shell leaves that ~): the runs train through recipes, which read a leading ~ as the home folder,
+    so they went to ~/lab/runs while results.json went to a folder named ~ under the current one, and the lab's
+    measurements then failed to find the text run it had trained (as the seq2seq lab's report its runs)."""
+    import seqzoo.lab.workers as workers
+    from seqzoo.lab.seq2seq import Seq2SeqLabConfig, run_seq2seq_lab
+
+    home, here, folders, stopped = _home_and_stopped_runs(tmp_path, monkeypatch)
     monkeypatch.setattr(runner, "run_jobs", stopped)
     monkeypatch.setattr(workers, "run_lab_jobs", stopped)
     with pytest.raises(KeyboardInterrupt):
@@ -256,16 +263,7 @@ def test_the_bidirectional_sweep_and_gradients_labs_read_a_tilde_in_their_folder
     from seqzoo.lab.bidirectional import BidirectionalLabConfig, run_bidirectional_lab
     from seqzoo.lab.sweep import SweepConfig, run_sweep
 
-    home, here, folders = tmp_path / "home", tmp_path / "here", []
-    home.mkdir(), here.mkdir()
-    monkeypatch.setenv("HOME", str(home))
-    monkeypatch.chdir(here)
-
-    def stopped(*args, **kwargs):
-        jobs = next(arg for arg in args if isinstance(arg, list))
-        folders.extend(Path(job["output_dir"]) for job in jobs)
-        raise KeyboardInterrupt
-
+    home, here, folders, stopped = _home_and_stopped_runs(tmp_path, monkeypatch)
     monkeypatch.setattr(sweep, "run_jobs", stopped)
     monkeypatch.setattr(workers, "run_lab_jobs", stopped)
     monkeypatch.setattr(plots, "matplotlib_available", lambda: False)  # (the figure takes seconds; not the point)
