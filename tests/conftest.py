@@ -5,7 +5,6 @@ from __future__ import annotations
 import importlib.util
 import os
 import re
-import socket
 import sys
 from pathlib import Path
 
@@ -24,40 +23,21 @@ if os.environ.get("PYTEST_XDIST_WORKER"):
 
 # No test reaches the network: tests build their models, tokenizers and checkpoints themselves (a hub download would
 # pass only where a network is at hand, or hang where there is none). A connection or name lookup for anything but this
-# machine fails at once, naming the address. Processes a test starts are not covered.
-_THIS_MACHINE = {"localhost", "::1", "0.0.0.0", "", socket.gethostname()}
+# machine fails at once, naming the address, in this process and in every Python process a test starts (through
+# OFFLINE_SITE's sitecustomize.py on PYTHONPATH; a test that sets PYTHONPATH itself uses python_path()).
+OFFLINE_SITE = Path(__file__).resolve().parent / "offline_site"
+_guard_spec = importlib.util.spec_from_file_location("network_guard", OFFLINE_SITE / "network_guard.py")
+network_guard = importlib.util.module_from_spec(_guard_spec)
+_guard_spec.loader.exec_module(network_guard)
+network_guard.install()
 
 
-def _on_this_machine(host) -> bool:
-    host = host.decode() if isinstance(host, bytes) else str(host)
-    return host in _THIS_MACHINE or host.startswith(("127.", "::ffff:127."))
+def python_path(*entries) -> str:
+    """A PYTHONPATH of ``entries`` that keeps the network guard in the processes it is given to."""
+    return os.pathsep.join([str(OFFLINE_SITE), *(str(entry) for entry in entries if str(entry) != str(OFFLINE_SITE))])
 
 
-def _refuse_remote(address) -> None:
-    if isinstance(address, tuple) and not _on_this_machine(address[0]):
-        raise RuntimeError(f"a test tried to reach {address[0]!r} over the network; tests must not (build what they "
-                           f"need locally: tiny_model(), a tokenizer made in tmp_path)")
-
-
-def _guarded(original):
-    def connect(self, address):
-        _refuse_remote(address)
-        return original(self, address)
-    return connect
-
-
-_getaddrinfo = socket.getaddrinfo
-
-
-def _guarded_getaddrinfo(host, *args, **kwargs):
-    if host is not None:
-        _refuse_remote((host,))
-    return _getaddrinfo(host, *args, **kwargs)
-
-
-socket.socket.connect = _guarded(socket.socket.connect)
-socket.socket.connect_ex = _guarded(socket.socket.connect_ex)
-socket.getaddrinfo = _guarded_getaddrinfo
+os.environ["PYTHONPATH"] = python_path(*filter(None, os.environ.get("PYTHONPATH", "").split(os.pathsep)))
 
 # Tiny, deliberately odd sizes so shape bugs cannot hide behind powers of two.
 TINY = dict(vocab_size=99, hidden_size=32, num_hidden_layers=2, pad_token_id=0, bos_token_id=1, eos_token_id=2)

@@ -9,13 +9,15 @@ import subprocess
 import sys
 from pathlib import Path
 
+from tests.conftest import python_path
+
 HERE = Path(__file__).resolve().parent
 
 
 def test_no_deprecation_notice_from_seqzoo_calls(tmp_path):
     env = {k: v for k, v in os.environ.items() if not k.startswith(("HF_", "TRANSFORMERS_"))}
     env.update(HF_HUB_OFFLINE="1", HF_HOME=str(tmp_path / "hf"), TRANSFORMERS_VERBOSITY="warning",
-               PYTHONPATH=str(HERE.parent))
+               PYTHONPATH=python_path(HERE.parent))
     result_file = tmp_path / "result.json"
     run = subprocess.run([sys.executable, str(HERE / "deprecation_probe.py"), str(result_file)], env=env,
                          capture_output=True, text=True, timeout=600)

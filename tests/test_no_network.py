@@ -1,9 +1,17 @@
-"""The suite's guard against reaching the network (tests/conftest.py): a hub download fails at once, naming the host;
-connections on this machine (the two-process runs' rendezvous) still work."""
+"""The suite's guard against reaching the network (tests/offline_site/network_guard.py, installed by tests/conftest.py):
+a hub download fails at once, naming the host, in the test process and in the processes tests start; connections on
+this machine (the two-process runs' rendezvous) still work."""
 
+import os
 import socket
+import subprocess
+import sys
 
 import pytest
+
+from tests.conftest import OFFLINE_SITE, python_path
+
+_LOOKUP = "import socket; socket.getaddrinfo('huggingface.co', 443)"
 
 
 @pytest.mark.parametrize("connect", [
@@ -37,3 +45,25 @@ def test_this_machine_is_reachable():
         with socket.create_connection(server.getsockname(), timeout=5):
             pass
     assert socket.getaddrinfo("localhost", 80)
+
+
+def _python(code: str, env: dict) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60)
+
+
+@pytest.mark.parametrize("pythonpath", ["inherited", "set by a test"])
+def test_a_process_a_test_starts_is_guarded_too(pythonpath, tmp_path):
+    env = dict(os.environ) if pythonpath == "inherited" else {**os.environ, "PYTHONPATH": python_path(tmp_path)}
+    done = _python(_LOOKUP, env)
+    assert done.returncode != 0 and "'huggingface.co' over the network" in done.stderr, done.stderr[-2000:]
+    # (this machine still answers there, and the guard's folder is off the process's sys.path)
+    done = _python("import socket, sys; socket.getaddrinfo('localhost', 80); print(sys.path)", env)
+    assert done.returncode == 0 and done.stderr == "", done.stderr[-2000:]
+    assert str(OFFLINE_SITE) not in done.stdout
+
+
+def test_the_sitecustomize_it_hides_still_runs(tmp_path):
+    (tmp_path / "sitecustomize.py").write_text("import os\nos.environ['HIDDEN_SITE_RAN'] = '1'\n")
+    env = {**os.environ, "PYTHONPATH": python_path(tmp_path)}
+    done = _python("import os; print(os.environ.get('HIDDEN_SITE_RAN'))", env)
+    assert done.returncode == 0 and done.stdout.strip() == "1" and done.stderr == "", done.stderr[-2000:]

@@ -22,7 +22,7 @@ import seqzoo
 from seqzoo.cli import save_with_tokenizer
 from seqzoo.hub import build_bundle, export_folder
 from seqzoo.registry import ModelSpec, architecture_for_model_type, smallest_preset
-from tests.conftest import tiny_config
+from tests.conftest import python_path, tiny_config
 
 # The language models; the encoder-decoders' bundles are tested in tests/seq2seq/test_hub.py.
 ARCHITECTURES = seqzoo.list_architectures("causal-lm")
@@ -225,7 +225,7 @@ def hub_env(home: Path, **extra: str) -> dict[str, str]:
     env = {key: value for key, value in os.environ.items() if not key.startswith(("HF_", "HUGGING_FACE"))}
     env.update(HF_HOME=str(home), HF_HUB_CACHE=str(home / "hub"), HF_MODULES_CACHE=str(home / "modules"),
                HF_HUB_OFFLINE="1", HF_HUB_DISABLE_PROGRESS_BARS="1", NO_PROXY="127.0.0.1,localhost",
-               TRANSFORMERS_VERBOSITY="error", PYTHONPATH=str(HERE.parent.parent))
+               TRANSFORMERS_VERBOSITY="error", PYTHONPATH=python_path(HERE.parent.parent))
     env.update(extra)
     return env
 

@@ -14,7 +14,7 @@ from huggingface_hub import ModelCard, constants
 from seqzoo.cli import main
 from seqzoo.hub import PublishError, export_folder, publish
 from seqzoo.tokenizer import byte_tokenizer
-from tests.conftest import tiny_model
+from tests.conftest import python_path, tiny_model
 from tests.hub.conftest import hub_env, repo_id, run_python, tiny_byte_model
 from tests.hub.fake_hub import FakeHub
 
@@ -467,7 +467,7 @@ def test_the_bundled_push_to_hub_uploads_the_tokenizer_it_is_given(hub, exports,
     """Where seqzoo is absent the bundled model pushes through transformers' upload, which takes no tokenizer: the
     tokenizer is pushed beside it (it was dropped without a word)."""
     env = hub_env(tmp_path / "home", HF_HUB_OFFLINE="0", HF_ENDPOINT=hub.endpoint, HF_TOKEN=TOKEN)
-    env.pop("PYTHONPATH")
+    env["PYTHONPATH"] = python_path()  # (the network guard only)
     run_python(["-c", _BUNDLED_PUSH, str(exports["gru"]), repo_id("gru")], env, tmp_path)
     files = set(hub.repos[repo_id("gru")])
     assert {"model.safetensors", "config.json", "tokenizer.json", "tokenizer_config.json"} <= files, files

@@ -23,7 +23,7 @@ from seqzoo.lab.measure import decode_profile, describe_state
 from seqzoo.lab.runner import LabConfig, lab_presets, run_lab, solved
 from seqzoo.models.compat import output_cache
 from seqzoo.training.data import TASKS
-from tests.conftest import tiny_model
+from tests.conftest import python_path, tiny_model
 
 ROOT = Path(__file__).resolve().parents[2]
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -32,7 +32,7 @@ PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 @pytest.mark.newest_release_only  # (training, saving and loading are tested on every release elsewhere)
 def test_smoke_lab_reports_every_architecture(tmp_path):
     out = tmp_path / "report"
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    env = {**os.environ, "PYTHONPATH": python_path(ROOT)}
     done = subprocess.run([sys.executable, "-m", "seqzoo", "lab", "--smoke", "--out", str(out)], env=env,
                           capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]

@@ -17,6 +17,7 @@ import pytest
 from seqzoo.cli import main
 from seqzoo.lab import runner
 from seqzoo.lab.runner import LabConfig, run_lab
+from tests.conftest import python_path
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -148,7 +149,7 @@ def test_ctrl_c_while_the_workers_start_stops_the_lab_with_its_one_line_message(
         "    time.sleep(4)\n"
         "    signal.signal(signal.SIGINT, signal.default_int_handler)\n"
         "    signal.signal(signal.SIGTERM, signal.SIG_DFL)\n")
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(slow), str(ROOT)]), "PYTHONUNBUFFERED": "1",
+    env = {**os.environ, "PYTHONPATH": python_path(slow, ROOT), "PYTHONUNBUFFERED": "1",
            "OMP_NUM_THREADS": "1"}
     # A process group of its own (the terminal's, here), with Ctrl-C's default action whatever started the tests.
     process = subprocess.Popen(

@@ -19,6 +19,7 @@ from safetensors.torch import load_file
 
 from seqzoo.training.recipe_loading import load_recipe
 from seqzoo.training.trainer import train
+from tests.conftest import python_path
 
 # Process launch, gloo and signals: nothing here differs between transformers releases (CI's oldest-release pass skips
 # it).
@@ -43,7 +44,7 @@ def write_recipe(path: Path, model: dict | None = None, **train_fields) -> Path:
 
 def env() -> dict[str, str]:
     # One thread per process: the in-process reference runs with one thread too, so float sums are ordered alike.
-    return {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT), "TOKENIZERS_PARALLELISM": "false"}
+    return {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": python_path(ROOT), "TOKENIZERS_PARALLELISM": "false"}
 
 
 def seqzoo_train(*args: str) -> list[str]:
