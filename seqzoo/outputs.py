@@ -60,6 +60,15 @@ def describe(err: BaseException) -> str:
     return os.strerror(int(code.group(1))) if code else text
 
 
+def dangling_link(path: str | os.PathLike) -> str | None:
+    """Why ``path`` cannot be made a folder where it is a link to nothing (a folder on a drive not mounted, one
+    deleted since): the rename over it or ``mkdir`` failed with "Not a directory" or "File exists", naming neither
+    the link nor where it points. None where it is not such a link."""
+    if os.path.islink(path) and not os.path.exists(path):
+        return f"it is a link to {os.readlink(path)}, which does not exist; make that folder, or remove the link"
+    return None
+
+
 def check_named(destination: str | os.PathLike, what: str) -> None:
     """Refuse an empty or blank folder name (an unset shell variable, ``seqzoo new lstm-tiny "$DIR"``):
     ``Path("")`` is the current folder, where the output would land, and with ``--force`` replace its model, unasked.
@@ -124,6 +133,9 @@ def staged_folder(destination: str | os.PathLike, *, merge: bool = False,
             merge = True  # (replacing the folder a shell stands in would leave it in a deleted one, showing nothing)
     except FileNotFoundError:  # (the folder the process stands in was deleted: a relative path fails below)
         destination = Path(destination)
+    dangling = dangling_link(destination)
+    if dangling is not None:
+        raise OutputError(f"cannot write {destination}: {dangling}")
     parent = destination if merge else destination.parent
     # (the folders of the path made here: a failed write removes them again, where they are still empty)
     made = [folder for folder in (parent, *parent.parents) if not folder.exists()]

@@ -599,3 +599,21 @@ def test_on_windows_a_lock_owners_process_is_not_signalled(monkeypatch):
     monkeypatch.setattr(outputs.os, "kill", kill)
     assert alive_on_windows(12345) and alive_on_windows("12345")
     assert not alive_on_windows(None) and not alive_on_windows("edited")
+
+
+@pytest.mark.parametrize("command", [["new", "gru-tiny"], ["new", "gru-tiny", "--force"], TRAIN + ["--output-dir"],
+                                     ["lab", "--smoke", "--out"], ["lab", "seq2seq", "--smoke", "--out"],
+                                     ["lab", "bidirectional", "--smoke", "--out"], ["lab", "sweep", "--out"],
+                                     ["lab", "gradients", "--out"]],
+                         ids=["new", "new --force", "train", "lab", "lab seq2seq", "lab bidirectional", "lab sweep",
+                              "lab gradients"])
+def test_a_link_to_nothing_as_the_output_folder_is_named_with_where_it_points(tmp_path, capsys, command):
+    # (a folder on a drive not mounted: "Not a directory" or "File exists", naming neither the link nor its target)
+    link = tmp_path / "out"
+    link.symlink_to(tmp_path / "unmounted" / "models")
+    message = error_line(command + [str(link)], capsys)
+    assert message.endswith(f"{link}': it is a link to {tmp_path / 'unmounted' / 'models'}, which does not exist; "
+                            "make that folder, or remove the link") or message == (
+        f"error: cannot write {link}: it is a link to {tmp_path / 'unmounted' / 'models'}, which does not exist; "
+        "make that folder, or remove the link"), message
+    assert sorted(os.listdir(tmp_path)) == ["out"] and link.is_symlink()

@@ -233,14 +233,13 @@ def cmd_gradients(args: argparse.Namespace) -> int:
 
     import seqzoo
     from seqzoo.lab import plots
-    from seqzoo.lab.folders import lab_folder
+    from seqzoo.lab.folders import check_out_folder, lab_folder
     from seqzoo.lab.gradients import gradient_profile, identity_notes, table_rows
     from seqzoo.lab.report import markdown_table
     from seqzoo.lab.runner import lab_presets
 
     out = lab_folder(args.out)  # (as the other labs read it)
-    if out.exists() and not out.is_dir():
-        raise ValueError(f"{str(out)!r} is a file; choose a folder for --out")
+    check_out_folder(out)
     held = [name for name in ("gradients.md", "gradients.png") if (out / name).exists() or (out / name).is_symlink()]
     if held and not args.force:  # (as the other labs keep a report: never replaced without --force)
         raise ValueError(f"{str(out)!r} already holds {' and '.join(held)}; pass --out NEW_FOLDER to keep them, or "

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
 
 from seqzoo.lab.plots import PLOT_FILES
-from seqzoo.outputs import process_alive, release_lock, take_lock
+from seqzoo.outputs import dangling_link, process_alive, release_lock, take_lock
 
 # The statuses of a lab's results.json: "running" while it trains and measures, then "finished"; "interrupted"
 # (Ctrl-C) or "failed" (an error) when it stopped before its report was written.
@@ -57,6 +57,15 @@ LAB_LOCKS = {"lab": LOCK, "seq2seq lab": ".seqzoo-lab-seq2seq.lock",
              "bidirectional lab": ".seqzoo-lab-bidirectional.lock"}
 
 
+def check_out_folder(out: Path) -> None:
+    """Refuse an ``--out`` that cannot be made a folder: a file, or a link to nothing."""
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"{str(out)!r} is a file; choose a folder for --out")
+    dangling = dangling_link(out)
+    if dangling is not None:
+        raise ValueError(f"--out {str(out)!r}: {dangling}")
+
+
 @contextlib.contextmanager
 def claim_output(out: Path, lab: str = "lab") -> Iterator[None]:
     """Hold ``out`` for one lab (``seqzoo lab``, ``seqzoo lab sweep``; ``lab`` names another kind, whose lock is its
@@ -64,8 +73,7 @@ def claim_output(out: Path, lab: str = "lab") -> Iterator[None]:
     of that kind holds (naming its process). A lock whose process has ended (killed, the machine restarted) is stale
     and taken over. The lock goes when the block ends, and so does a folder it created if nothing else was written
     there (a refused ``--resume`` leaves no empty folder behind)."""
-    if out.exists() and not out.is_dir():
-        raise ValueError(f"{str(out)!r} is a file; choose a folder for --out")
+    check_out_folder(out)
     created = not out.exists()
     out.mkdir(parents=True, exist_ok=True)
     lock = out / LAB_LOCKS[lab]
@@ -89,8 +97,7 @@ def prepare_output(out: Path, force: bool, log: Callable[[str], None], resume: b
     lab's report and plots (:func:`remove_stopped_report`). A folder that is not a lab report is never touched."""
     import shutil
 
-    if out.exists() and not out.is_dir():
-        raise ValueError(f"{str(out)!r} is a file; choose a folder for --out")
+    check_out_folder(out)
     if resume and not (out.is_dir() and (out / "results.json").is_file()):
         raise ValueError(f"--resume: {str(out)!r} holds no unfinished lab to resume (no results.json); leave out "
                          "--resume to start one there")
@@ -198,8 +205,7 @@ def check_report_folder(out: Path, results_file: str, what: str, force: bool,
     recorded, :func:`record_stopped`), or any of the other ``files`` this run writes (its report and figures, which
     it would write over), is replaced only with ``force``. Returns the names of ``files`` that ``out`` holds (for
     :func:`remove_previous_report`)."""
-    if out.exists() and not out.is_dir():
-        raise ValueError(f"{str(out)!r} is a file; choose a folder for --out")
+    check_out_folder(out)
     held = [name for name in files if (out / name).exists() or (out / name).is_symlink()]
     if held and not (out / results_file).is_file() and not force:
         # (a file of the user's under a name the lab writes: it was written over without a word)

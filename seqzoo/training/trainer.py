@@ -36,6 +36,7 @@ from torch.optim.lr_scheduler import LambdaLR
 
 from seqzoo.outputs import (
     OutputError,
+    dangling_link,
     describe,
     process_alive,
     release_lock,
@@ -293,6 +294,9 @@ def _train_claimed(recipe: Recipe, accelerator: Any, run_dir: Path, micro_batch:
     occupied = run_dir.is_dir() and any(run_dir.iterdir())
     if run_dir.exists() and not run_dir.is_dir():
         raise ValueError(f"output_dir {str(run_dir)!r} is a file, not a folder; choose another output_dir")
+    dangling = dangling_link(run_dir)
+    if dangling is not None:
+        raise ValueError(f"output_dir {str(run_dir)!r}: {dangling}")
     if not resume and occupied and not force:
         if not list_checkpoints(run_dir) and _stopped_before_a_checkpoint(run_dir):
             raise ValueError(
