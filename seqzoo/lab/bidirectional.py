@@ -193,7 +193,7 @@ def _run_bidirectional_lab_claimed(cfg: BidirectionalLabConfig, out: Path, comma
     runs = [f"runs/{_run_folder(arch, task, direction)}" for task in cfg.tasks for arch in presets
             for direction in DIRECTIONS]
     # (each run trains with force=True in its folder: one there of the user's would be deleted)
-    held = check_report_folder(out, RESULTS_FILE, "bidirectional", force, (*written, *runs))
+    held = check_report_folder(out, RESULTS_FILE, "bidirectional", force, written, tuple(runs))
     remove_previous_report(out, RESULTS_FILE, written, (), lambda run: _run_folder(
         run["arch"], run["task"], run["direction"]), held)
     out.mkdir(parents=True, exist_ok=True)

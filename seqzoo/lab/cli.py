@@ -241,6 +241,10 @@ def cmd_gradients(args: argparse.Namespace) -> int:
     out = lab_folder(args.out)  # (as the other labs read it)
     check_out_folder(out)
     held = [name for name in ("gradients.md", "gradients.png") if (out / name).exists() or (out / name).is_symlink()]
+    folders = [name for name in held if (out / name).is_dir() and not (out / name).is_symlink()]
+    if folders:  # (a folder of the user's by that name: never deleted, --force or not)
+        raise ValueError(f"{str(out / folders[0])!r} is a folder, not this lab's report; move it, or pass --out "
+                         "NEW_FOLDER")
     if held and not args.force:  # (as the other labs keep a report: never replaced without --force)
         raise ValueError(f"{str(out)!r} already holds {' and '.join(held)}; pass --out NEW_FOLDER to keep them, or "
                          "--force to replace them")

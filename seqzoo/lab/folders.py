@@ -199,14 +199,18 @@ LAB_OUTPUTS = ("results.json", "results.json.partial", "report.md", *PLOT_FILES,
 
 
 def check_report_folder(out: Path, results_file: str, what: str, force: bool,
-                        files: tuple[str, ...] = ()) -> list[str]:
+                        files: tuple[str, ...] = (), run_folders: tuple[str, ...] = ()) -> list[str]:
     """The guard of a lab that writes its report beside others (``seqzoo lab seq2seq``, ``bidirectional``): ``out``
     must be a folder, and one holding this lab's ``results_file`` (a finished report, or the runs an unfinished one
-    recorded, :func:`record_stopped`), or any of the other ``files`` this run writes (its report and figures, which
-    it would write over), is replaced only with ``force``. Returns the names of ``files`` that ``out`` holds (for
-    :func:`remove_previous_report`)."""
+    recorded, :func:`record_stopped`), or any of the other ``files`` or ``run_folders`` this run writes (its report,
+    figures and runs, which it would write over), is replaced only with ``force``; a folder named as one of the
+    ``files`` never is. Returns the names of those ``out`` holds (for :func:`remove_previous_report`)."""
     check_out_folder(out)
-    held = [name for name in files if (out / name).exists() or (out / name).is_symlink()]
+    for name in files:  # (a folder of the user's there: --force failed on it after every run had trained)
+        if (out / name).is_dir() and not (out / name).is_symlink():
+            raise ValueError(f"{str(out / name)!r} is a folder, not this {what} lab's {name}; move it, or pass --out "
+                             "NEW_FOLDER")
+    held = [name for name in (*files, *run_folders) if (out / name).exists() or (out / name).is_symlink()]
     if held and not (out / results_file).is_file() and not force:
         # (a file of the user's under a name the lab writes: it was written over without a word)
         raise ValueError(f"{str(out)!r} already holds {', '.join(held)}, which this {what} lab writes, without its "

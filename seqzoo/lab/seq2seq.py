@@ -223,8 +223,8 @@ def _run_seq2seq_lab_claimed(cfg: Seq2SeqLabConfig, out: Path, log: Callable[[st
     written = (RESULTS_FILE, REPORT_FILE, ACCURACY_PNG)
     runs = [f"runs/{_run_folder(name, task)}" for task in cfg.tasks for name in cfg.models]
     # (each run trains with force=True in its folder: one there of the user's would be deleted)
-    held = check_report_folder(out, RESULTS_FILE, "seq2seq", force,
-                               (*written, *map(attention_png, cfg.tasks), *runs))
+    held = check_report_folder(out, RESULTS_FILE, "seq2seq", force, (*written, *map(attention_png, cfg.tasks)),
+                               tuple(runs))
     remove_previous_report(out, RESULTS_FILE, written, (attention_png("*"),),
                            lambda run: _run_folder(run["model"], run["task"]), held)
     out.mkdir(parents=True, exist_ok=True)

@@ -252,6 +252,28 @@ def test_force_replaces_a_link_named_as_a_report_instead_of_writing_through_it(t
     assert not (out / figure).is_symlink()
 
 
+@pytest.mark.parametrize("lab", ["seq2seq", "bidirectional", "gradients"])
+def test_force_keeps_a_folder_of_the_users_named_as_a_report_and_says_so_before_any_run(tmp_path, monkeypatch, capsys,
+                                                                                         lab):
+    """A folder of the user's named as the report (seq2seq.md/, gradients.md/): --force failed on it with 'Is a
+    directory' once every run had trained (seq2seq, bidirectional) or every profile was taken (gradients). It is
+    refused first, and kept; a run folder of that lab's name is still the lab's to replace."""
+    import seqzoo.lab.gradients as gradients
+    import seqzoo.lab.workers as workers
+    from seqzoo.cli import main
+    from seqzoo.lab import bidirectional, seq2seq
+
+    monkeypatch.setattr(workers, "run_lab_jobs", None)  # (fails if reached)
+    monkeypatch.setattr(gradients, "gradient_profile", None)
+    report = {"seq2seq": seq2seq.REPORT_FILE, "bidirectional": bidirectional.REPORT_FILE,
+              "gradients": "gradients.md"}[lab]
+    (tmp_path / report).mkdir()
+    (tmp_path / report / "keep.txt").write_text("mine")
+    assert main(["lab", lab, "--out", str(tmp_path), "--force"]) == 2
+    assert f"{str(tmp_path / report)!r} is a folder, not this" in capsys.readouterr().err
+    assert (tmp_path / report / "keep.txt").read_text() == "mine"
+
+
 def test_the_bidirectional_sweep_and_gradients_labs_read_a_tilde_in_their_folder_as_the_home_folder(tmp_path,
                                                                                                      monkeypatch):
     """The same --out=~/... for the three other lab commands (one lab_folder for all five): their runs under the home
