@@ -246,7 +246,7 @@ def write_atomically(path: Path, text: str) -> None:
     to, nor into one left by a killed process)."""
     partial = path.with_name(path.name + ".partial")
     partial.unlink(missing_ok=True)
-    with open(partial, "x") as handle:
+    with open(partial, "x", encoding="utf-8") as handle:
         handle.write(text)
     os.replace(partial, path)
 
@@ -266,7 +266,7 @@ def take_lock(lock: Path, folder: Path, held_as: str, elsewhere: str) -> None:
     same id (in a container started again, the same program gets the same process id)."""
     mine = f"{os.getpid()} {platform.node()}\n"
     staged = lock.with_name(f"{lock.name}.{os.getpid()}")
-    staged.write_text(mine)
+    staged.write_text(mine, encoding="utf-8")
     try:
         for _ in range(5):
             try:
@@ -316,7 +316,7 @@ def _create_whole(staged: Path, lock: Path, text: str) -> None:
         raise
     except OSError:  # (no hard links there: EPERM, ENOTSUP)
         descriptor = os.open(lock, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
-        with os.fdopen(descriptor, "w") as handle:
+        with os.fdopen(descriptor, "w", encoding="utf-8") as handle:
             handle.write(text)
 
 
@@ -328,7 +328,7 @@ def release_lock(lock: Path) -> None:
 
 def _read_lock(lock: Path) -> str | None:
     try:
-        return lock.read_text(errors="replace")
+        return lock.read_text(encoding="utf-8", errors="replace")
     except FileNotFoundError:
         return None
 

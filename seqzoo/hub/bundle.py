@@ -108,7 +108,7 @@ def write_bundle(folder: str | Path, spec: Any) -> list[str]:
     bundled is warned about, and the folder then loads only where the plugin is installed."""
     folder = Path(folder)
     config_file = folder / "config.json"
-    config = json.loads(config_file.read_text())
+    config = json.loads(config_file.read_text(encoding="utf-8"))
     mixers = plugin_mixers(spec, config)
     try:
         bundle = _cached_bundle(spec, mixers)
@@ -122,8 +122,8 @@ def write_bundle(folder: str | Path, spec: Any) -> list[str]:
                                  for mixer in mixers), err)
     names = [path.name for path in bundle.write(folder)]
     config["auto_map"] = bundle.auto_map
-    config_file.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
-    (folder / RECORD_FILE).write_text(json.dumps(bundle_record(), indent=2) + "\n")
+    config_file.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    (folder / RECORD_FILE).write_text(json.dumps(bundle_record(), indent=2) + "\n", encoding="utf-8")
     return names
 
 

@@ -266,7 +266,7 @@ def cmd_gradients(args: argparse.Namespace) -> int:
     else:  # (gradients.png, which --out's help promises, was left out without a word)
         text += f"> {plots.SKIPPED}\n\n"
         print(plots.SKIPPED)
-    (out / "gradients.md").write_text(text + table + "\n")
+    (out / "gradients.md").write_text(text + table + "\n", encoding="utf-8")
     print(f"wrote {out / 'gradients.md'}")
     return 0
 

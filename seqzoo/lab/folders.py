@@ -100,7 +100,7 @@ def prepare_output(out: Path, force: bool, log: Callable[[str], None], resume: b
         if not marker.is_file():
             raise ValueError(f"{str(out)!r} exists and is not a seqzoo lab report; choose another --out folder")
         try:
-            previous = json.loads(marker.read_text())
+            previous = json.loads(marker.read_text(encoding="utf-8"))
         except (OSError, UnicodeDecodeError, json.JSONDecodeError):
             previous = None
         # Only a lab's own marker (its status and the command that made it) lets the folder be replaced: a
@@ -207,7 +207,7 @@ def check_report_folder(out: Path, results_file: str, what: str, force: bool,
                          f"{results_file}; pass --out NEW_FOLDER to keep them, or --force to replace them")
     if (out / results_file).is_file() and not force:
         try:
-            previous = json.loads((out / results_file).read_text())
+            previous = json.loads((out / results_file).read_text(encoding="utf-8"))
         except (OSError, UnicodeDecodeError, json.JSONDecodeError):
             previous = None
         status = previous.get("status") if isinstance(previous, dict) else None
@@ -250,7 +250,7 @@ def remove_previous_report(out: Path, results_file: str, files: tuple[str, ...],
     removed = [out / name for name in held]
     if previous.is_file():
         try:
-            runs = json.loads(previous.read_text()).get("runs", [])
+            runs = json.loads(previous.read_text(encoding="utf-8")).get("runs", [])
         except (OSError, UnicodeDecodeError, json.JSONDecodeError, AttributeError):
             runs = []
         for run in runs if isinstance(runs, list) else []:

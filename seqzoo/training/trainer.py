@@ -866,7 +866,7 @@ def _record(row: dict[str, Any], history: list[dict[str, Any]], path: Path, acce
     history.append(row)
     if accelerator.is_main_process:
         try:
-            with path.open("a") as handle:
+            with path.open("a", encoding="utf-8") as handle:
                 handle.write(_json_line(row))
         except OSError as err:
             what = f"the evaluation of step {row['step']}" if "eval" in row else f"step {row['step']}"
@@ -1004,7 +1004,7 @@ def _save_final(accelerator: Any, model: Any, recipe: Recipe, data: Any, run_dir
                     tokenizer_for(unwrapped, saved).save_pretrained(staging)
                 # (the weights the record describes: publishing refuses it beside weights saved there since)
                 info["weights_sha256"] = weights_fingerprint(staging)
-                (staging / TRAINING_INFO_FILE).write_text(json.dumps(info, indent=2))
+                (staging / TRAINING_INFO_FILE).write_text(json.dumps(info, indent=2), encoding="utf-8")
         except OutputError as err:
             raise OutputError(f"training finished but the final model could not be saved: {err}; "
                               f"{what_is_left(run_dir)}") from err

@@ -1,0 +1,71 @@
+"""What differs on Windows and macOS, simulated here: Windows' text files (open() without encoding= reads and writes
+cp1252, and writes "\\r\\n" for "\\n")."""
+
+from __future__ import annotations
+
+import builtins
+import io
+import json
+
+import pytest
+
+import seqzoo
+from tests.conftest import tiny_model
+
+
+@pytest.fixture
+def windows_text_files(monkeypatch):
+    """open(), Path.read_text / write_text and os.fdopen as on Windows (Python's default there until 3.15): a file
+    opened in text mode without an encoding is cp1252, and a "\\n" written is "\\r\\n" on disk."""
+    real_open = io.open
+
+    def windows_open(file, mode="r", buffering=-1, encoding=None, errors=None, newline=None, closefd=True,
+                     opener=None):
+        if "b" not in mode:
+            encoding = "cp1252" if encoding in (None, "locale") else encoding
+            if newline is None and any(flag in mode for flag in "wax+"):
+                newline = "\r\n"
+        return real_open(file, mode, buffering, encoding, errors, newline, closefd, opener)
+
+    monkeypatch.setattr(io, "open", windows_open)
+    monkeypatch.setattr(builtins, "open", windows_open)
+
+
+def test_the_lab_report_is_written_as_utf8_on_windows(tmp_path, monkeypatch, windows_text_files):
+    """report.md was written in the locale's encoding: on Windows the lab failed at its very end, 'charmap' codec
+    can't encode '→' (its summary table's header), after every run had trained; seq2seq.md, bidirectional.md,
+    sweep.md and gradients.md were written so too."""
+    from seqzoo.lab import plots
+    from seqzoo.lab.report import write_report
+    from tests.lab.test_lab_figures import _lab_results
+
+    monkeypatch.setattr(plots, "matplotlib_available", lambda: False)
+    write_report(_lab_results(), tmp_path)
+    assert "state bytes / seq @ 16 → 256 tokens" in (tmp_path / "report.md").read_bytes().decode("utf-8")
+
+
+def test_the_model_cards_prose_in_the_lab_report_is_read_as_utf8_on_windows(windows_text_files):
+    """hub_cards/*.md (UTF-8) were read in the locale's encoding: on Windows the lab report quoted RWKV-7's card as
+    'a 64 Ã— 64 matrix' and the Transformer's with 'â€”' for its dash."""
+    from seqzoo.lab.findings import how_it_remembers
+
+    text = how_it_remembers("rwkv7")
+    assert "×" in text and "Ã" not in text
+    assert "—" in how_it_remembers("transformer")
+
+
+def test_publishing_reads_a_config_json_as_utf8_on_windows(tmp_path, windows_text_files):
+    """A config.json holding text that is not ASCII as it is (labels in Russian, written by an editor or a tool with
+    ensure_ascii=False: transformers itself reads it as UTF-8) was read in the locale's encoding: on Windows
+    publish / export_folder refused it as 'not valid JSON ... save the model again'."""
+    from seqzoo.hub import export_folder
+
+    model = tiny_model("lstm-tiny", vocab_size=258)
+    model.save_pretrained(tmp_path / "model")
+    seqzoo.byte_tokenizer().save_pretrained(tmp_path / "model")
+    config_file = tmp_path / "model" / "config.json"
+    config = json.loads(config_file.read_bytes())
+    config["label2id"], config["id2label"] = {"сильный": 0, "слабый": 1}, {"0": "сильный", "1": "слабый"}
+    config_file.write_bytes(json.dumps(config, ensure_ascii=False).encode("utf-8"))
+    out = export_folder(tmp_path / "model", tmp_path / "hub", repo_id="someone/lstm")
+    assert json.loads((out / "config.json").read_bytes())["id2label"] == {"0": "сильный", "1": "слабый"}
