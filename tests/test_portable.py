@@ -1,5 +1,5 @@
 """What differs on Windows and macOS, simulated here: Windows' text files (open() without encoding= reads and writes
-cp1252, and writes "\\r\\n" for "\\n")."""
+cp1252, and writes "\\r\\n" for "\\n"), a console or redirected output in cp1252."""
 
 from __future__ import annotations
 
@@ -29,6 +29,14 @@ def windows_text_files(monkeypatch):
 
     monkeypatch.setattr(io, "open", windows_open)
     monkeypatch.setattr(builtins, "open", windows_open)
+
+
+def cp1252_output(monkeypatch):
+    """Standard output as Windows gives it redirected to a file or a pipe (``seqzoo lab gradients > out.txt``)."""
+    raw = io.BytesIO()
+    stream = io.TextIOWrapper(raw, encoding="cp1252", write_through=True)
+    monkeypatch.setattr("sys.stdout", stream)
+    return raw
 
 
 def test_the_lab_report_is_written_as_utf8_on_windows(tmp_path, monkeypatch, windows_text_files):
@@ -69,3 +77,38 @@ def test_publishing_reads_a_config_json_as_utf8_on_windows(tmp_path, windows_tex
     config_file.write_bytes(json.dumps(config, ensure_ascii=False).encode("utf-8"))
     out = export_folder(tmp_path / "model", tmp_path / "hub", repo_id="someone/lstm")
     assert json.loads((out / "config.json").read_bytes())["id2label"] == {"0": "сильный", "1": "слабый"}
+
+
+def test_help_prints_on_a_cp1252_output(monkeypatch):
+    """`seqzoo lab --help` redirected on Windows failed with a traceback, 'charmap' codec can't encode characters
+    (the gradients command's help: ‖∂ loss(last) / ∂ input(t)‖). Every command's help is ASCII."""
+    import argparse
+
+    from seqzoo.cli import build_parser, main
+
+    def parsers(parser):
+        yield parser
+        for action in parser._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                for sub in action.choices.values():
+                    yield from parsers(sub)
+
+    assert [p.prog for p in parsers(build_parser()) if not p.format_help().isascii()] == []
+    raw = cp1252_output(monkeypatch)
+    with pytest.raises(SystemExit) as stopped:
+        main(["lab", "--help"])
+    assert stopped.value.code == 0 and b"gradients" in raw.getvalue()
+
+
+def test_lab_gradients_prints_its_table_on_a_cp1252_output(tmp_path, monkeypatch, windows_text_files):
+    """`seqzoo lab gradients` redirected on Windows printed 'error: cannot print ...' once its gradients were
+    measured, and wrote no gradients.md (the table's header held ‖∂L/∂x‖, its empty cells an en dash)."""
+    from seqzoo.cli import main
+    from seqzoo.lab import plots
+
+    monkeypatch.setattr(plots, "matplotlib_available", lambda: False)  # (seconds; the figure is no text)
+    raw = cp1252_output(monkeypatch)
+    out = tmp_path / "g"
+    assert main(["lab", "gradients", "--architectures", "lstm", "--length", "8", "--out", str(out)]) == 0
+    assert b"norm of dL/dx at distance 0" in raw.getvalue()
+    assert "Gradient reach" in (out / "gradients.md").read_bytes().decode("utf-8")

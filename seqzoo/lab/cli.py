@@ -109,7 +109,8 @@ def register(subparsers: Any) -> None:
 
     sub = p.add_subparsers(dest="lab_command", metavar="[gradients | seq2seq | bidirectional | sweep]",
                            description="or, instead of the whole lab:")
-    g = sub.add_parser("gradients", help="‖∂ loss(last) / ∂ input(t)‖ against distance, for every architecture",
+    g = sub.add_parser("gradients", help="norm of d loss(last) / d input(t) against distance, for every "
+                       "architecture",
                        description="How far back does the gradient reach at initialisation? Seconds of work.")
     g.add_argument("--out", default="lab-gradients", type=folder_name,
                    help="folder for gradients.md and gradients.png (default: lab-gradients)")
