@@ -1,5 +1,6 @@
 """What differs on Windows and macOS, simulated here: Windows' text files (open() without encoding= reads and writes
-cp1252, and writes "\\r\\n" for "\\n"), a console or redirected output in cp1252."""
+cp1252, and writes "\\r\\n" for "\\n"), a console or redirected output in cp1252, a checkout with
+Windows line ends."""
 
 from __future__ import annotations
 
@@ -112,3 +113,28 @@ def test_lab_gradients_prints_its_table_on_a_cp1252_output(tmp_path, monkeypatch
     assert main(["lab", "gradients", "--architectures", "lstm", "--length", "8", "--out", str(out)]) == 0
     assert b"norm of dL/dx at distance 0" in raw.getvalue()
     assert "Gradient reach" in (out / "gradients.md").read_bytes().decode("utf-8")
+
+
+def test_a_bundle_from_a_checkout_with_windows_line_ends_loads(tmp_path, monkeypatch, windows_text_files):
+    """seqzoo installed from a checkout with Windows line ends (git's autocrlf): its modules' "\\r\\n" beside the
+    rewritten imports' "\\n", written in text mode on Windows, became "\\r\\r\\n", so every bundled file read with a
+    blank line after each line, and Mamba-2's (lines ending in a backslash) failed to load with a SyntaxError.
+    A bundle's files are the same bytes on every system."""
+    from seqzoo.hub import bundle
+
+    real_source_file = bundle._source_file
+
+    def windows_checkout(module):
+        path = real_source_file(module)
+        copy = tmp_path / "checkout" / f"{module}.py"
+        copy.parent.mkdir(exist_ok=True)
+        copy.write_bytes(path.read_bytes().replace(b"\n", b"\r\n"))
+        return copy
+
+    monkeypatch.setattr(bundle, "_source_file", windows_checkout)
+    built = bundle.build_bundle(seqzoo.get_architecture("mamba2"))
+    (tmp_path / "bundle").mkdir()
+    for path in built.write(tmp_path / "bundle"):
+        source = path.read_bytes()
+        assert b"\r" not in source, path.name
+        compile(source, str(path), "exec")
