@@ -227,11 +227,17 @@ def _move_files(staging: Path, destination: Path, replaces: tuple[str, ...] = ()
 
 
 def fsync_tree(folder: Path) -> None:
-    """Flush every file of ``folder`` and the folder itself to disk (power loss, not just a killed process)."""
+    """Flush every file of ``folder`` and the folder itself to disk (power loss, not just a killed process). On
+    Windows a file is flushed through a handle that may write (FlushFileBuffers refuses a read-only one: "Bad file
+    descriptor"), one it holds read-only (copied with that attribute) is left to it, and the folder is not flushed:
+    Windows opens no folder as a file ("Permission denied"). Both failed every staged write and checkpoint there."""
+    windows = os.name == "nt"
     for path in sorted(folder.rglob("*")):
-        if path.is_file():
-            with open(path, "rb") as handle:
+        if path.is_file() and not (windows and not os.access(path, os.W_OK)):
+            with open(path, "r+b" if windows else "rb") as handle:
                 os.fsync(handle.fileno())
+    if windows:
+        return
     descriptor = os.open(folder, os.O_RDONLY)
     try:
         os.fsync(descriptor)

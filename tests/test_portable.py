@@ -7,6 +7,7 @@ from __future__ import annotations
 import builtins
 import io
 import json
+import os
 
 import pytest
 
@@ -138,3 +139,40 @@ def test_a_bundle_from_a_checkout_with_windows_line_ends_loads(tmp_path, monkeyp
         source = path.read_bytes()
         assert b"\r" not in source, path.name
         compile(source, str(path), "exec")
+
+
+def test_a_staged_folder_is_flushed_as_windows_allows(tmp_path, monkeypatch):
+    """fsync_tree flushed each file through a read-only handle, which Windows' FlushFileBuffers refuses ('Bad file
+    descriptor'), and then opened the folder itself, which Windows opens as no file ('Permission denied'): every
+    staged write (seqzoo new, convert, export, a run's final save) and every checkpoint failed there."""
+    import fcntl
+    import stat
+
+    from seqzoo import outputs
+
+    real_open, real_fsync = os.open, os.fsync
+
+    def windows_os_open(path, flags, *args, **kwargs):
+        if stat.S_ISDIR(os.stat(path).st_mode):
+            raise PermissionError(13, "Permission denied", str(path))
+        return real_open(path, flags, *args, **kwargs)
+
+    def windows_fsync(descriptor):
+        if fcntl.fcntl(descriptor, fcntl.F_GETFL) & os.O_ACCMODE == os.O_RDONLY:
+            raise OSError(9, "Bad file descriptor")
+        real_fsync(descriptor)
+
+    folder = tmp_path / "model"
+    (folder / "sub").mkdir(parents=True)
+    (folder / "config.json").write_text("{}")
+    (folder / "sub" / "weights.bin").write_bytes(b"123")
+    (folder / "copied.json").write_text("{}")
+    (folder / "copied.json").chmod(0o444)  # (Windows' read-only attribute, which copy2 carries from a source)
+    monkeypatch.setattr(os, "open", windows_os_open)
+    monkeypatch.setattr(os, "fsync", windows_fsync)
+    name, os.name = os.name, "nt"  # (set for the call alone: pathlib and pytest's own reporting read os.name)
+    try:
+        outputs.fsync_tree(folder)
+    finally:
+        os.name = name
+    assert (folder / "sub" / "weights.bin").read_bytes() == b"123"
