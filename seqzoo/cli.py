@@ -255,7 +255,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
         steps = clock.times[1:]
         decode_ms = f"{1000 * (steps[-1] - steps[0]) / (len(steps) - 1):.2f}" if len(steps) > 1 else "-"
         text = tokenizer.decode(new_tokens, skip_special_tokens=True)
-        rows.append([preset, f"{count_parameters(model):,}", decode_ms, repr(text[:40])])
+        # (escaped to ASCII: an untrained model's random bytes, which repr kept as they are, and an output in cp1252,
+        # Windows' redirected to a file or a pipe, could not print: "cannot print '\ufffd\ufffd\u0683'")
+        rows.append([preset, f"{count_parameters(model):,}", decode_ms, ascii(text[:40])])
     print_table(["preset", "params", "decode ms/token", "greedy continuation (untrained)"], rows)
     print(f"decode ms/token: the time of tokens 2..{args.max_new_tokens}, after the prompt and the first token, "
           f"on {torch.get_num_threads()} thread(s).")
