@@ -531,7 +531,11 @@ def is_user_error(err: BaseException) -> bool:
 
 def describe_error(err: BaseException) -> str:
     if isinstance(err, UnicodeEncodeError):  # (printing text the console's encoding cannot hold)
-        return (f"cannot print {err.object[err.start:err.end]!r}: the output's encoding is {err.encoding}; set "
+        # (a code page's codec, Windows' cp1252 among them, calls itself 'charmap' in its error: the output names it)
+        encoding = err.encoding
+        if encoding == "charmap":
+            encoding = getattr(sys.stdout, "encoding", None) or encoding
+        return (f"cannot print {err.object[err.start:err.end]!r}: the output's encoding is {encoding}; set "
                 "PYTHONIOENCODING=utf-8 (or a UTF-8 locale) to print any text")
     text = str(err).strip()
     if isinstance(err, OSError) and err.filename is not None and err.strerror:

@@ -102,6 +102,16 @@ def test_help_prints_on_a_cp1252_output(monkeypatch):
     assert stopped.value.code == 0 and b"gradients" in raw.getvalue()
 
 
+def test_an_output_that_cannot_print_is_named_by_its_code_page(monkeypatch):
+    """cp1252's codec calls itself 'charmap' in its errors: the line read "the output's encoding is charmap"."""
+    from seqzoo.cli import describe_error
+
+    cp1252_output(monkeypatch)
+    with pytest.raises(UnicodeEncodeError) as raised:
+        print("→")
+    assert "the output's encoding is cp1252; set PYTHONIOENCODING=utf-8" in describe_error(raised.value)
+
+
 def test_lab_gradients_prints_its_table_on_a_cp1252_output(tmp_path, monkeypatch, windows_text_files):
     """`seqzoo lab gradients` redirected on Windows printed 'error: cannot print ...' once its gradients were
     measured, and wrote no gradients.md (the table's header held ‖∂L/∂x‖, its empty cells an en dash)."""
