@@ -326,6 +326,11 @@ def _create_whole(staged: Path, lock: Path, text: str) -> None:
             handle.write(text)
 
 
+def holds_lock(lock: Path) -> bool:
+    """Whether this process holds ``lock`` (:func:`take_lock`)."""
+    return lock in _HELD
+
+
 def release_lock(lock: Path) -> None:
     """Remove ``lock``, which :func:`take_lock` made."""
     _HELD.discard(lock)

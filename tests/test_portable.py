@@ -186,3 +186,24 @@ def test_a_staged_folder_is_flushed_as_windows_allows(tmp_path, monkeypatch):
     finally:
         os.name = name
     assert (folder / "sub" / "weights.bin").read_bytes() == b"123"
+
+
+@pytest.mark.parametrize("windows", [False, True], ids=["process-id-reused", "windows"])
+def test_a_killed_labs_folder_is_taken_once_its_claim_is(tmp_path, monkeypatch, windows):
+    """A lab killed leaves its results.json 'running' with its process id. Once the next lab holds the folder (the
+    killed lab's lock taken over, or on Windows deleted by the user as its refusal says), that lab has ended; but its
+    process id, alive (given to another program, or any on Windows, where seqzoo looks at no process), refused the
+    folder for good: 'the folder of a lab still running', with --force and --resume too."""
+    import platform
+
+    from seqzoo.lab import folders
+
+    if windows:
+        monkeypatch.setattr(folders, "process_alive", lambda pid: True)  # (outputs.process_alive's answer there)
+    out = tmp_path / "lab"
+    out.mkdir()
+    (out / "results.json").write_text(json.dumps({"status": "running", "environment": {
+        "command": "seqzoo lab", "pid": os.getppid(), "host": platform.node()}}))
+    with folders.claim_output(out):
+        folders.prepare_output(out, force=True, log=lambda line: None)
+    assert not (out / "results.json").exists()

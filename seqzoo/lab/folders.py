@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
 
 from seqzoo.lab.plots import PLOT_FILES
-from seqzoo.outputs import process_alive, release_lock, take_lock
+from seqzoo.outputs import holds_lock, process_alive, release_lock, take_lock
 
 # The statuses of a lab's results.json: "running" while it trains and measures, then "finished"; "interrupted"
 # (Ctrl-C) or "failed" (an error) when it stopped before its report was written.
@@ -119,8 +119,11 @@ def prepare_output(out: Path, force: bool, log: Callable[[str], None], resume: b
                 f"{str(out)!r} already holds a finished lab report (`{made.get('command', 'seqzoo lab')}`, "
                 f"{made.get('finished', 'date unknown')}); pass --out NEW_FOLDER to keep it, or --force to replace it")
         owner = environment.get("pid"), environment.get("host")
+        # (where this process holds the folder, claim_output, the lab its results.json calls running has ended,
+        # whatever its process id names now: another program's, or on Windows, where none is looked at, any; its
+        # folder was refused for good there, --force and --resume too)
         if (previous.get("status") == "running" and owner[0] and owner[1] == platform.node()
-                and process_alive(owner[0])):
+                and not holds_lock(out / LOCK) and process_alive(owner[0])):
             raise ValueError(f"{str(out)!r} is the folder of a lab still running (process {owner[0]}); wait for it, "
                              "stop it, or choose another --out folder")
         # An unfinished sweep's finished runs, one a line (bytes: a line cut short by a kill is still a run kept).
