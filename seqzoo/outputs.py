@@ -103,6 +103,23 @@ def physical_path(path: str | os.PathLike) -> Path:
     return Path(os.path.realpath(path.parent)) / path.name
 
 
+def is_within(path: str | os.PathLike, folder: str | os.PathLike) -> bool:
+    """Whether ``path`` is ``folder`` or inside it, as the file system has it: each existing folder on ``path``'s way
+    up is compared with ``folder`` as a file (``os.path.samestat``), so that another name for the same folder counts:
+    another letter case on macOS (whose file system takes ``Runs/A`` for ``runs/a``, and whose path resolution keeps
+    the case given), a bind mount. Compared by resolved names where ``folder`` does not exist."""
+    path, folder = Path(path).resolve(), Path(folder).resolve()
+    try:
+        seen = folder.stat()
+    except OSError:
+        return folder == path or folder in path.parents
+    for above in (path, *path.parents):
+        with contextlib.suppress(OSError):
+            if os.path.samestat(above.stat(), seen):
+                return True
+    return False
+
+
 @contextlib.contextmanager
 def staged_folder(destination: str | os.PathLike, *, merge: bool = False,
                   replaces: Iterable[str] | Callable[[], Iterable[str]] = ()) -> Iterator[Path]:

@@ -207,3 +207,44 @@ def test_a_killed_labs_folder_is_taken_once_its_claim_is(tmp_path, monkeypatch, 
     with folders.claim_output(out):
         folders.prepare_output(out, force=True, log=lambda line: None)
     assert not (out / "results.json").exists()
+
+
+@pytest.fixture
+def one_folder_two_names(tmp_path):
+    """A folder reachable by two names that no path resolution makes one, as on macOS, whose file system takes
+    ``Runs/A`` for ``runs/a`` while Python's resolve() keeps the case given (here a bind mount: it needs root)."""
+    import subprocess
+
+    real, other = tmp_path / "real", tmp_path / "other"
+    real.mkdir()
+    other.mkdir()
+    if subprocess.run(["mount", "--bind", str(real), str(other)], capture_output=True).returncode:
+        pytest.skip("cannot bind-mount a folder here (needs root in a container)")
+    yield real, other
+    subprocess.run(["umount", str(other)], check=True)
+
+
+def test_force_knows_a_run_folder_by_another_name(one_folder_two_names, monkeypatch):
+    """--force compared resolved names: a run folder given in another letter case on macOS was not the current
+    folder, nor the folder holding the run's data or recipe, so --force deleted the folder the shell stood in, the
+    corpus the new run had just read, or the recipe file given."""
+    from seqzoo.training import train
+    from seqzoo.training.cli import _refuse_deleting_the_recipe
+    from tests.training.test_trainer import make_recipe
+
+    real, other = one_folder_two_names
+    (real / "a").mkdir()
+    (real / "a" / "recipe.yaml").write_text("an earlier run's\n")
+    (real / "a" / "corpus.txt").write_text("the cat sat on the mat. " * 200)
+    corpus = {"source": "text", "path": str(other / "a" / "corpus.txt"), "seq_len": 16}
+    with pytest.raises(ValueError, match=r"which holds this run's data \(data.path="):
+        train(make_recipe(real, "a", data=corpus), progress=False, force=True)
+    monkeypatch.chdir(other / "a")
+    with pytest.raises(ValueError, match="which is the current folder, one of its parents or the home folder"):
+        train(make_recipe(real, "a"), progress=False, force=True)
+    assert sorted(path.name for path in (real / "a").iterdir()) == ["corpus.txt", "recipe.yaml"]
+    # (seqzoo train other/a/mine.yaml --output-dir real/a --force deleted the recipe file given with the old run)
+    (real / "a" / "mine.yaml").write_text("model:\n  preset: lstm-tiny\n")
+    with pytest.raises(ValueError, match="which holds the recipe file given"):
+        _refuse_deleting_the_recipe(str(other / "a" / "mine.yaml"), str(real / "a"))
+    _refuse_deleting_the_recipe(str(other / "a" / "recipe.yaml"), str(real / "a"))  # (the run's own: written again)

@@ -37,6 +37,7 @@ from torch.optim.lr_scheduler import LambdaLR
 from seqzoo.outputs import (
     OutputError,
     describe,
+    is_within,
     process_alive,
     release_lock,
     sibling_stem,
@@ -284,8 +285,7 @@ def _train_claimed(recipe: Recipe, accelerator: Any, run_dir: Path, micro_batch:
     t = recipe.train
     # (before the folder is looked at: the run put back is what it holds)
     on_every_process(accelerator, lambda: _put_back_replaced(run_dir) if accelerator.is_main_process else None)
-    saved = Path(recipe.model.path).resolve() if recipe.model.path is not None else None
-    if not resume and saved is not None and (saved == run_dir.resolve() or run_dir.resolve() in saved.parents):
+    if not resume and recipe.model.path is not None and is_within(recipe.model.path, run_dir):
         # (--force would delete the model this run starts from before loading it)
         raise ValueError(f"output_dir {str(run_dir)!r} holds the model this run starts from (model.path="
                          f"{recipe.model.path!r}): a new run writes its model to a folder of its own; choose another "
@@ -316,8 +316,8 @@ def _train_claimed(recipe: Recipe, accelerator: Any, run_dir: Path, micro_batch:
                 f"empty output_dir, or into the checkpoint's own run folder"
             )
     if not resume and occupied and force:
-        here = Path.cwd().resolve()
-        if run_dir.resolve() == here or run_dir.resolve() in here.parents or run_dir.resolve() == Path.home():
+        home = Path.home()
+        if is_within(Path.cwd(), run_dir) or (is_within(run_dir, home) and is_within(home, run_dir)):
             raise ValueError(f"--force would delete {str(run_dir)!r}, which is the current folder, one of its parents "
                              "or the home folder; choose an output_dir of its own (runs/NAME)")
         if run_dir.is_symlink():  # (shutil.rmtree refuses one with an error naming no path)
@@ -599,8 +599,7 @@ def _check_deletable_run(run_dir: Path, recipe: Recipe) -> None:
                          f"{marks} (it holds {shown}); choose another output_dir (--output-dir), or empty that "
                          "folder yourself")
     paths = recipe.data.path if isinstance(recipe.data.path, list) else [recipe.data.path]
-    inside = [path for path in paths if path is not None
-              and run_dir.resolve() in (Path(path).resolve(), *Path(path).resolve().parents)]
+    inside = [path for path in paths if path is not None and is_within(path, run_dir)]
     if inside:
         raise ValueError(f"--force would delete {str(run_dir)!r}, which holds this run's data (data.path="
                          f"{inside[0]!r}); move the data out of it, or choose another output_dir (--output-dir)")
