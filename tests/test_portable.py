@@ -1,6 +1,7 @@
 """What differs on Windows and macOS, simulated here: Windows' text files (open() without encoding= reads and writes
-cp1252, and writes "\\r\\n" for "\\n"), a console or redirected output in cp1252, a checkout with
-Windows line ends."""
+cp1252, and writes "\\r\\n" for "\\n"), a console or redirected output in cp1252, a checkout with Windows line
+ends, Windows' os.open and os.fsync, its process ids (no process looked at), and one folder by two names (macOS's
+letter case; a bind mount here)."""
 
 from __future__ import annotations
 
