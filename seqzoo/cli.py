@@ -255,7 +255,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
         steps = clock.times[1:]
         decode_ms = f"{1000 * (steps[-1] - steps[0]) / (len(steps) - 1):.2f}" if len(steps) > 1 else "-"
         text = tokenizer.decode(new_tokens, skip_special_tokens=True)
-        rows.append([preset, f"{count_parameters(model):,}", decode_ms, repr(text[:40])])
+        # (escaped to ASCII: an untrained model's random bytes, which repr kept as they are, and an output in cp1252,
+        # Windows' redirected to a file or a pipe, could not print: "cannot print '\ufffd\ufffd\u0683'")
+        rows.append([preset, f"{count_parameters(model):,}", decode_ms, ascii(text[:40])])
     print_table(["preset", "params", "decode ms/token", "greedy continuation (untrained)"], rows)
     print(f"decode ms/token: the time of tokens 2..{args.max_new_tokens}, after the prompt and the first token, "
           f"on {torch.get_num_threads()} thread(s).")
@@ -529,7 +531,11 @@ def is_user_error(err: BaseException) -> bool:
 
 def describe_error(err: BaseException) -> str:
     if isinstance(err, UnicodeEncodeError):  # (printing text the console's encoding cannot hold)
-        return (f"cannot print {err.object[err.start:err.end]!r}: the output's encoding is {err.encoding}; set "
+        # (a code page's codec, Windows' cp1252 among them, calls itself 'charmap' in its error: the output names it)
+        encoding = err.encoding
+        if encoding == "charmap":
+            encoding = getattr(sys.stdout, "encoding", None) or encoding
+        return (f"cannot print {err.object[err.start:err.end]!r}: the output's encoding is {encoding}; set "
                 "PYTHONIOENCODING=utf-8 (or a UTF-8 locale) to print any text")
     text = str(err).strip()
     if isinstance(err, OSError) and err.filename is not None and err.strerror:

@@ -112,6 +112,23 @@ def physical_path(path: str | os.PathLike) -> Path:
     return Path(os.path.realpath(path.parent)) / path.name
 
 
+def is_within(path: str | os.PathLike, folder: str | os.PathLike) -> bool:
+    """Whether ``path`` is ``folder`` or inside it, as the file system has it: each existing folder on ``path``'s way
+    up is compared with ``folder`` as a file (``os.path.samestat``), so that another name for the same folder counts:
+    another letter case on macOS (whose file system takes ``Runs/A`` for ``runs/a``, and whose path resolution keeps
+    the case given), a bind mount. Compared by resolved names where ``folder`` does not exist."""
+    path, folder = Path(path).resolve(), Path(folder).resolve()
+    try:
+        seen = folder.stat()
+    except OSError:
+        return folder == path or folder in path.parents
+    for above in (path, *path.parents):
+        with contextlib.suppress(OSError):
+            if os.path.samestat(above.stat(), seen):
+                return True
+    return False
+
+
 @contextlib.contextmanager
 def staged_folder(destination: str | os.PathLike, *, merge: bool = False,
                   replaces: Iterable[str] | Callable[[], Iterable[str]] = ()) -> Iterator[Path]:
@@ -239,11 +256,17 @@ def _move_files(staging: Path, destination: Path, replaces: tuple[str, ...] = ()
 
 
 def fsync_tree(folder: Path) -> None:
-    """Flush every file of ``folder`` and the folder itself to disk (power loss, not just a killed process)."""
+    """Flush every file of ``folder`` and the folder itself to disk (power loss, not just a killed process). On
+    Windows a file is flushed through a handle that may write (FlushFileBuffers refuses a read-only one: "Bad file
+    descriptor"), one it holds read-only (copied with that attribute) is left to it, and the folder is not flushed:
+    Windows opens no folder as a file ("Permission denied"). Both failed every staged write and checkpoint there."""
+    windows = os.name == "nt"
     for path in sorted(folder.rglob("*")):
-        if path.is_file():
-            with open(path, "rb") as handle:
+        if path.is_file() and not (windows and not os.access(path, os.W_OK)):
+            with open(path, "r+b" if windows else "rb") as handle:
                 os.fsync(handle.fileno())
+    if windows:
+        return
     descriptor = os.open(folder, os.O_RDONLY)
     try:
         os.fsync(descriptor)
@@ -258,7 +281,7 @@ def write_atomically(path: Path, text: str) -> None:
     to, nor into one left by a killed process)."""
     partial = path.with_name(path.name + ".partial")
     partial.unlink(missing_ok=True)
-    with open(partial, "x") as handle:
+    with open(partial, "x", encoding="utf-8") as handle:
         handle.write(text)
     os.replace(partial, path)
 
@@ -278,7 +301,7 @@ def take_lock(lock: Path, folder: Path, held_as: str, elsewhere: str) -> None:
     same id (in a container started again, the same program gets the same process id)."""
     mine = f"{os.getpid()} {platform.node()}\n"
     staged = lock.with_name(f"{lock.name}.{os.getpid()}")
-    staged.write_text(mine)
+    staged.write_text(mine, encoding="utf-8")
     try:
         for _ in range(5):
             try:
@@ -328,8 +351,13 @@ def _create_whole(staged: Path, lock: Path, text: str) -> None:
         raise
     except OSError:  # (no hard links there: EPERM, ENOTSUP)
         descriptor = os.open(lock, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
-        with os.fdopen(descriptor, "w") as handle:
+        with os.fdopen(descriptor, "w", encoding="utf-8") as handle:
             handle.write(text)
+
+
+def holds_lock(lock: Path) -> bool:
+    """Whether this process holds ``lock`` (:func:`take_lock`)."""
+    return lock in _HELD
 
 
 def release_lock(lock: Path) -> None:
@@ -340,7 +368,7 @@ def release_lock(lock: Path) -> None:
 
 def _read_lock(lock: Path) -> str | None:
     try:
-        return lock.read_text(errors="replace")
+        return lock.read_text(encoding="utf-8", errors="replace")
     except FileNotFoundError:
         return None
 

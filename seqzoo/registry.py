@@ -282,7 +282,7 @@ def list_models(pattern: str | None = None) -> list[str]:
                         f"{type(pattern).__name__} {pattern!r}")
     names = set(_PLUGIN_PRESETS)
     for name, path in _file_presets().items():
-        model_type = json.loads(path.read_text()).get("model_type")
+        model_type = json.loads(path.read_text(encoding="utf-8")).get("model_type")
         if any(spec.model_type == model_type for spec in _ARCHITECTURES.values()):
             names.add(name)
     names = sorted(names)
@@ -304,7 +304,7 @@ def preset_values(name: str) -> tuple[ModelSpec, dict[str, Any]]:
         path = _file_presets().get(name)
         if path is None or name not in list_models():
             raise ValueError(_unknown("model preset", name, list_models()))
-        values = json.loads(path.read_text())
+        values = json.loads(path.read_text(encoding="utf-8"))
         spec = architecture_for_model_type(values.pop("model_type"))
     for key in _SAVED_CONFIG_KEYS:
         values.pop(key, None)

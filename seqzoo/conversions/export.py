@@ -127,7 +127,7 @@ def _load_seqzoo(source: Any, target: str) -> Any:
     if not (isinstance(source, (str, Path)) and (Path(source) / "config.json").is_file()):
         raise ValueError(f"export source {str(source)!r} is not a saved seqzoo model folder (no config.json)")
     try:  # the model type first: a folder of another architecture (or an encoder-decoder) is refused unread
-        config = json.loads((Path(source) / "config.json").read_text())
+        config = json.loads((Path(source) / "config.json").read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError):
         config = None  # (from_pretrained names what is wrong with it)
     if isinstance(config, dict):

@@ -70,7 +70,7 @@ class Bundle:
         paths = []
         for name, text in sorted(self.files.items()):
             path = Path(folder) / f"{name}.py"
-            path.write_text(text, encoding="utf-8")
+            path.write_text(text, encoding="utf-8", newline="\n")  # (the same bytes on every system)
             paths.append(path)
         return paths
 
@@ -108,7 +108,7 @@ def write_bundle(folder: str | Path, spec: Any) -> list[str]:
     bundled is warned about, and the folder then loads only where the plugin is installed."""
     folder = Path(folder)
     config_file = folder / "config.json"
-    config = json.loads(config_file.read_text())
+    config = json.loads(config_file.read_text(encoding="utf-8"))
     mixers = plugin_mixers(spec, config)
     try:
         bundle = _cached_bundle(spec, mixers)
@@ -122,8 +122,8 @@ def write_bundle(folder: str | Path, spec: Any) -> list[str]:
                                  for mixer in mixers), err)
     names = [path.name for path in bundle.write(folder)]
     config["auto_map"] = bundle.auto_map
-    config_file.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
-    (folder / RECORD_FILE).write_text(json.dumps(bundle_record(), indent=2) + "\n")
+    config_file.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    (folder / RECORD_FILE).write_text(json.dumps(bundle_record(), indent=2) + "\n", encoding="utf-8")
     return names
 
 
@@ -269,7 +269,10 @@ class _Bundler:
 
     def _rewrite(self, module: str, path: Path) -> tuple[str, list[str]]:
         """The module's source with its bundled imports rewritten, and the modules those imports need."""
-        source = path.read_bytes()
+        # Line ends as Python reads them: a checkout with Windows line ends (git's autocrlf) mixed with the rewritten
+        # imports' "\n", then written in text mode on Windows, gave "\r\r\n", a blank line after every line (a
+        # SyntaxError after a line ending in a backslash, extra lines inside every multi-line string).
+        source = path.read_bytes().replace(b"\r\n", b"\n").replace(b"\r", b"\n")
         tree = ast.parse(source, filename=str(path))
         package = module if path.name == "__init__.py" else module.rpartition(".")[0]
         edits: list[tuple[ast.stmt, list[str]]] = []

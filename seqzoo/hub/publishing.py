@@ -201,11 +201,11 @@ def refresh_code(
         with _hub_errors(api.endpoint, repo_id, "reading the repository", may_have_committed=False):
             stale = _bundled_files(api, repo_id, revision, candidates, folder / "old")
         files = [path.name for path in bundle.write(folder)]
-        (folder / RECORD_FILE).write_text(json.dumps(bundle_record(), indent=2) + "\n")
+        (folder / RECORD_FILE).write_text(json.dumps(bundle_record(), indent=2) + "\n", encoding="utf-8")
         files.append(RECORD_FILE)
         if config.get("auto_map") != bundle.auto_map:
             config["auto_map"] = bundle.auto_map
-            (folder / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+            (folder / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n", encoding="utf-8")
             files.append("config.json")
         operations = [CommitOperationAdd(path_in_repo=name, path_or_fileobj=str(folder / name)) for name in files]
         operations += [CommitOperationDelete(path_in_repo=name) for name in stale]
@@ -340,7 +340,7 @@ def _load_checkpoint(source: Any, tokenizer: Any, training: dict[str, Any] | Non
                 "folder of its own) and publish that, or publish the adapter alone with peft's push_to_hub"
             )
         try:
-            config = json.loads(config_file.read_text())
+            config = json.loads(config_file.read_text(encoding="utf-8"))
         except (json.JSONDecodeError, UnicodeDecodeError) as err:
             raise ValueError(f"{config_file} is not valid JSON ({err}); save the model again") from err
         if not isinstance(config, dict):
@@ -445,7 +445,7 @@ def _write_folder(checkpoint: _Checkpoint, folder: Path, *, repo_id: str, licens
         training = checkpoint.training
         if "weights_sha256" in training:  # (of the weights published, as saved here: a later publish checks them)
             training = {**training, "weights_sha256": weights_fingerprint(folder)}
-        (folder / TRAINING_FILE).write_text(json.dumps(training, indent=2) + "\n")
+        (folder / TRAINING_FILE).write_text(json.dumps(training, indent=2) + "\n", encoding="utf-8")
     for path in checkpoint.extra_files:
         shutil.copyfile(path, folder / path.name)
     card = render_model_card(model, spec, repo_id=repo_id, code_files=code_files, **licensing,

@@ -320,7 +320,7 @@ def write_report(results: dict[str, Any], out: Path) -> str:
     lines.append(f"{len(results['runs'])} runs on {results['workers']} single-threaded worker(s) in "
                  f"{results['seconds']:.0f} s. Command: `{results['command']}`")
     text = "\n".join(lines) + "\n"
-    (out / REPORT_FILE).write_text(text)
+    (out / REPORT_FILE).write_text(text, encoding="utf-8")
     return text
 
 

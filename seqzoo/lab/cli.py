@@ -109,7 +109,8 @@ def register(subparsers: Any) -> None:
 
     sub = p.add_subparsers(dest="lab_command", metavar="[gradients | seq2seq | bidirectional | sweep]",
                            description="or, instead of the whole lab:")
-    g = sub.add_parser("gradients", help="‖∂ loss(last) / ∂ input(t)‖ against distance, for every architecture",
+    g = sub.add_parser("gradients", help="norm of d loss(last) / d input(t) against distance, for every "
+                       "architecture",
                        description="How far back does the gradient reach at initialisation? Seconds of work.")
     g.add_argument("--out", default="lab-gradients", type=folder_name,
                    help="folder for gradients.md and gradients.png (default: lab-gradients)")
@@ -269,7 +270,7 @@ def cmd_gradients(args: argparse.Namespace) -> int:
     else:  # (gradients.png, which --out's help promises, was left out without a word)
         text += f"> {plots.SKIPPED}\n\n"
         print(plots.SKIPPED)
-    (out / "gradients.md").write_text(text + table + "\n")
+    (out / "gradients.md").write_text(text + table + "\n", encoding="utf-8")
     print(f"wrote {out / 'gradients.md'}")
     return 0
 

@@ -106,7 +106,8 @@ def how_it_remembers(arch: str, preset: str | None = None) -> str:
     path = CARD_DIR / f"{arch}.md"
     if not path.is_file():
         return ""
-    match = re.search(r"^## How it remembers[ \t]*\n+(.+?)(?:\n[ \t]*\n|\Z)", path.read_text(), re.S | re.M)
+    match = re.search(r"^## How it remembers[ \t]*\n+(.+?)(?:\n[ \t]*\n|\Z)", path.read_text(encoding="utf-8"),
+                      re.S | re.M)
     if not match:
         return ""
     text = match.group(1)

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
 
 from seqzoo.lab.plots import PLOT_FILES
-from seqzoo.outputs import dangling_link, process_alive, release_lock, take_lock
+from seqzoo.outputs import dangling_link, holds_lock, process_alive, release_lock, take_lock
 
 # The statuses of a lab's results.json: "running" while it trains and measures, then "finished"; "interrupted"
 # (Ctrl-C) or "failed" (an error) when it stopped before its report was written.
@@ -107,7 +107,7 @@ def prepare_output(out: Path, force: bool, log: Callable[[str], None], resume: b
         if not marker.is_file():
             raise ValueError(f"{str(out)!r} exists and is not a seqzoo lab report; choose another --out folder")
         try:
-            previous = json.loads(marker.read_text())
+            previous = json.loads(marker.read_text(encoding="utf-8"))
         except (OSError, UnicodeDecodeError, json.JSONDecodeError):
             previous = None
         # Only a lab's own marker (its status and the command that made it) lets the folder be replaced: a
@@ -126,8 +126,11 @@ def prepare_output(out: Path, force: bool, log: Callable[[str], None], resume: b
                 f"{str(out)!r} already holds a finished lab report (`{made.get('command', 'seqzoo lab')}`, "
                 f"{made.get('finished', 'date unknown')}); pass --out NEW_FOLDER to keep it, or --force to replace it")
         owner = environment.get("pid"), environment.get("host")
+        # (where this process holds the folder, claim_output, the lab its results.json calls running has ended,
+        # whatever its process id names now: another program's, or on Windows, where none is looked at, any; its
+        # folder was refused for good there, --force and --resume too)
         if (previous.get("status") == "running" and owner[0] and owner[1] == platform.node()
-                and process_alive(owner[0])):
+                and not holds_lock(out / LOCK) and process_alive(owner[0])):
             raise ValueError(f"{str(out)!r} is the folder of a lab still running (process {owner[0]}); wait for it, "
                              "stop it, or choose another --out folder")
         # An unfinished sweep's finished runs, one a line (bytes: a line cut short by a kill is still a run kept).
@@ -217,7 +220,7 @@ def check_report_folder(out: Path, results_file: str, what: str, force: bool,
                          f"{results_file}; pass --out NEW_FOLDER to keep them, or --force to replace them")
     if (out / results_file).is_file() and not force:
         try:
-            previous = json.loads((out / results_file).read_text())
+            previous = json.loads((out / results_file).read_text(encoding="utf-8"))
         except (OSError, UnicodeDecodeError, json.JSONDecodeError):
             previous = None
         status = previous.get("status") if isinstance(previous, dict) else None
@@ -260,7 +263,7 @@ def remove_previous_report(out: Path, results_file: str, files: tuple[str, ...],
     removed = [out / name for name in held]
     if previous.is_file():
         try:
-            runs = json.loads(previous.read_text()).get("runs", [])
+            runs = json.loads(previous.read_text(encoding="utf-8")).get("runs", [])
         except (OSError, UnicodeDecodeError, json.JSONDecodeError, AttributeError):
             runs = []
         for run in runs if isinstance(runs, list) else []:

@@ -49,11 +49,11 @@ def table_rows(profiles: dict[str, list[float]]) -> tuple[list[str], list[list[s
     distances = [d for d in TABLE_DISTANCES if d < longest]
     if distances[-1] != longest - 1:
         distances.append(longest - 1)
-    header = ["architecture", "‖∂L/∂x‖ at distance 0"] + [f"d={d} (relative)" for d in distances[1:]]
+    header = ["architecture", "norm of dL/dx at distance 0"] + [f"d={d} (relative)" for d in distances[1:]]
     rows = []
     for name, profile in profiles.items():
         base = profile[0] if profile[0] > 0 else float("nan")
-        rows.append([name, f"{profile[0]:.3g}"] + [f"{profile[d] / base:.2e}" if d < len(profile) else "–"
+        rows.append([name, f"{profile[0]:.3g}"] + [f"{profile[d] / base:.2e}" if d < len(profile) else "-"
                                                    for d in distances[1:]])
     return header, rows
 

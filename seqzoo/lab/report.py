@@ -322,4 +322,4 @@ alone in seconds.
 
 {gradient_health_notes(results)}
 {_failures(results)}"""
-    (out / "report.md").write_text(report)
+    (out / "report.md").write_text(report, encoding="utf-8")

@@ -315,7 +315,7 @@ def write_report(results: dict[str, Any], out: Path) -> str:
                  "workers when the machine is shared). Training tokens/s counts target tokens, measured while the "
                  "other runs shared the machine: compare them within one report, not across reports.")
     text = "\n".join(lines) + "\n"
-    (out / REPORT_FILE).write_text(text)
+    (out / REPORT_FILE).write_text(text, encoding="utf-8")
     return text
 
 

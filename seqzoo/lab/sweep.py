@@ -115,7 +115,7 @@ def _run_claimed_sweep(cfg: SweepConfig, presets: dict[str, str], out: Path, log
 
     def keep(result: dict[str, Any]) -> None:
         result.pop("losses", None)  # hundreds of runs x every step: too much to keep
-        with partial.open("a") as f:
+        with partial.open("a", encoding="utf-8") as f:
             f.write(strict_json(result) + "\n")
         kept.append(result["ok"])
 
@@ -125,7 +125,7 @@ def _run_claimed_sweep(cfg: SweepConfig, presets: dict[str, str], out: Path, log
         results = {"status": "finished", "config": asdict(cfg), "presets": presets, "runs": runs,
                    "planned_runs": len(jobs), "environment": environment, "seconds": time.perf_counter() - started}
         results["proposal"] = propose(results)
-        (out / "sweep.md").write_text(sweep_report(results))
+        (out / "sweep.md").write_text(sweep_report(results), encoding="utf-8")
         write_results(marker, results)  # (last: "finished" only once the report is there)
     except BaseException as err:
         # As the lab: not "running" any more (with this process's pid, a notebook's, that refused the folder for as

@@ -130,15 +130,17 @@ def _worker_setup(device: str = "cpu") -> None:
 
     tqdm.set_lock(threading.RLock())
     _quiet_libraries()
-    threading.Thread(target=_exit_with_parent, args=(os.getppid(),), daemon=True).start()
+    threading.Thread(target=_exit_with_parent, daemon=True).start()
 
 
-def _exit_with_parent(parent: int) -> None:
-    # A lab killed with SIGTERM/SIGKILL cannot tell its workers; without this each would finish its current run
-    # (minutes) before noticing.
-    while os.getppid() == parent:
-        time.sleep(1.0)
-    os._exit(1)
+def _exit_with_parent() -> None:
+    # A lab killed with SIGTERM/SIGKILL (or ended from Windows' Task Manager) cannot tell its workers; without this
+    # each would finish its current run (minutes) before noticing. multiprocessing's handle on the parent ends with it
+    # on every system, where os.getppid() changes on POSIX alone: Windows keeps an orphan's parent id.
+    parent = multiprocessing.parent_process()
+    if parent is not None:
+        parent.join()
+        os._exit(1)
 
 
 def _quiet_libraries() -> None:

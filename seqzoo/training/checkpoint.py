@@ -81,7 +81,7 @@ def save_checkpoint(accelerator: Any, model: Any, optimizer: Any, scheduler: Any
             return
         records = {path.name: files.file_record(path) for path in sorted(tmp.iterdir())}
         body = json.loads(json.dumps({**state, "format": STATE_FORMAT, "files": records}))  # as read back
-        (tmp / STATE_FILE).write_text(json.dumps({**body, SEAL: state_seal(body)}, indent=2))
+        (tmp / STATE_FILE).write_text(json.dumps({**body, SEAL: state_seal(body)}, indent=2), encoding="utf-8")
         fsync_tree(tmp)
         if final.exists() or final.is_symlink():  # a resumed run passing a step it saved before it was killed
             _remove_checkpoint(final)
@@ -480,7 +480,7 @@ def read_state(checkpoint: Path) -> dict[str, Any]:
     accelerate's pickle format is refused without reading any of its pickles."""
     path = checkpoint / STATE_FILE
     try:
-        state = json.loads(path.read_text())
+        state = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as err:
         raise CheckpointError(f"--resume: cannot read {str(path)!r}: {err}") from err
     if not isinstance(state, dict):

@@ -87,10 +87,13 @@ def _refuse_deleting_the_recipe(given: str, output_dir: str) -> None:
     """--force deletes the output folder's run once the new one has done its first step: refuse it where that folder
     holds the recipe file given (it was deleted with the run). The run's own ``recipe.yaml`` is no loss: the new run
     writes it again, from the recipe read from it."""
+    import os
     from pathlib import Path
 
-    recipe_file, run_dir = Path(given), Path(output_dir).resolve()
-    if (recipe_file.is_file() and run_dir in recipe_file.resolve().parents
-            and recipe_file.resolve() != run_dir / "recipe.yaml"):
+    from seqzoo.outputs import is_within
+
+    recipe_file, own = Path(given), Path(output_dir) / "recipe.yaml"
+    if (recipe_file.is_file() and is_within(recipe_file.resolve().parent, output_dir)
+            and not (own.is_file() and os.path.samefile(recipe_file, own))):
         raise ValueError(f"--force would delete {output_dir!r}, which holds the recipe file given, {given!r}; move the "
                          "recipe out of it, or choose another output_dir (--output-dir)")

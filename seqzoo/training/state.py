@@ -78,7 +78,7 @@ def file_record(path: Path) -> dict[str, Any]:
 
 
 def _write_json(path: Path, value: Any, indent: int | None = 1) -> None:
-    path.write_text(json.dumps(value, indent=indent))
+    path.write_text(json.dumps(value, indent=indent), encoding="utf-8")
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -269,7 +269,7 @@ def load_optimizer_state(path: Path) -> dict[str, Any]:
 
 def load_json_state(path: Path) -> dict[str, Any]:
     try:
-        value = json.loads(path.read_text())
+        value = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as err:
         raise _damaged(path, err) from err
     if not isinstance(value, dict):

@@ -38,6 +38,7 @@ from seqzoo.outputs import (
     OutputError,
     dangling_link,
     describe,
+    is_within,
     process_alive,
     release_lock,
     sibling_stem,
@@ -285,8 +286,7 @@ def _train_claimed(recipe: Recipe, accelerator: Any, run_dir: Path, micro_batch:
     t = recipe.train
     # (before the folder is looked at: the run put back is what it holds)
     on_every_process(accelerator, lambda: _put_back_replaced(run_dir) if accelerator.is_main_process else None)
-    saved = Path(recipe.model.path).resolve() if recipe.model.path is not None else None
-    if not resume and saved is not None and (saved == run_dir.resolve() or run_dir.resolve() in saved.parents):
+    if not resume and recipe.model.path is not None and is_within(recipe.model.path, run_dir):
         # (--force would delete the model this run starts from before loading it)
         raise ValueError(f"output_dir {str(run_dir)!r} holds the model this run starts from (model.path="
                          f"{recipe.model.path!r}): a new run writes its model to a folder of its own; choose another "
@@ -320,8 +320,8 @@ def _train_claimed(recipe: Recipe, accelerator: Any, run_dir: Path, micro_batch:
                 f"empty output_dir, or into the checkpoint's own run folder"
             )
     if not resume and occupied and force:
-        here = Path.cwd().resolve()
-        if run_dir.resolve() == here or run_dir.resolve() in here.parents or run_dir.resolve() == Path.home():
+        home = Path.home()
+        if is_within(Path.cwd(), run_dir) or (is_within(run_dir, home) and is_within(home, run_dir)):
             raise ValueError(f"--force would delete {str(run_dir)!r}, which is the current folder, one of its parents "
                              "or the home folder; choose an output_dir of its own (runs/NAME)")
         if run_dir.is_symlink():  # (shutil.rmtree refuses one with an error naming no path)
@@ -603,8 +603,7 @@ def _check_deletable_run(run_dir: Path, recipe: Recipe) -> None:
                          f"{marks} (it holds {shown}); choose another output_dir (--output-dir), or empty that "
                          "folder yourself")
     paths = recipe.data.path if isinstance(recipe.data.path, list) else [recipe.data.path]
-    inside = [path for path in paths if path is not None
-              and run_dir.resolve() in (Path(path).resolve(), *Path(path).resolve().parents)]
+    inside = [path for path in paths if path is not None and is_within(path, run_dir)]
     if inside:
         raise ValueError(f"--force would delete {str(run_dir)!r}, which holds this run's data (data.path="
                          f"{inside[0]!r}); move the data out of it, or choose another output_dir (--output-dir)")
@@ -870,7 +869,7 @@ def _record(row: dict[str, Any], history: list[dict[str, Any]], path: Path, acce
     history.append(row)
     if accelerator.is_main_process:
         try:
-            with path.open("a") as handle:
+            with path.open("a", encoding="utf-8") as handle:
                 handle.write(_json_line(row))
         except OSError as err:
             what = f"the evaluation of step {row['step']}" if "eval" in row else f"step {row['step']}"
@@ -1008,7 +1007,7 @@ def _save_final(accelerator: Any, model: Any, recipe: Recipe, data: Any, run_dir
                     tokenizer_for(unwrapped, saved).save_pretrained(staging)
                 # (the weights the record describes: publishing refuses it beside weights saved there since)
                 info["weights_sha256"] = weights_fingerprint(staging)
-                (staging / TRAINING_INFO_FILE).write_text(json.dumps(info, indent=2))
+                (staging / TRAINING_INFO_FILE).write_text(json.dumps(info, indent=2), encoding="utf-8")
         except OutputError as err:
             raise OutputError(f"training finished but the final model could not be saved: {err}; "
                               f"{what_is_left(run_dir)}") from err
