@@ -1,0 +1,140 @@
+"""Exact resume across families and recipe kinds: a run stopped after a checkpoint and resumed ends as the run that
+was never stopped, its weights bit for bit, its metrics.jsonl row for row, its checkpoints and final files alike."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors import safe_open
+
+import seqzoo.training.trainer as trainer
+from seqzoo.training.recipe import recipe_from_dict
+from seqzoo.training.trainer import train
+
+W = 8  # every width: the runs are a few steps of a few rows
+TASK = {"source": "task", "task": "copy", "distances": [2, 3], "symbols": 4, "items": 2, "eval_samples": 4}
+TRAIN = {"max_steps": 4, "batch_size": 2, "eval_every": 2, "save_every": 2, "log_every": 100}
+ATTENTION = {"num_attention_heads": 2, "num_key_value_heads": 1}
+FAMILIES = {  # (preset, config): dropout where the family has it, so that the RNG state must come back too
+    "rnn": ("rnn-tiny", {"embedding_size": W, "dropout": 0.1}),
+    "lstm": ("lstm-tiny", {"embedding_size": W, "dropout": 0.1}),
+    "gru": ("gru-tiny", {"embedding_size": W, "dropout": 0.1}),
+    "transformer": ("transformer-tiny", {**ATTENTION, "dropout": 0.1}),
+    "rwkv7": ("rwkv7-tiny", {"head_size": 4}),
+    "mamba": ("mamba-tiny", {"state_size": 2}),
+    "mamba2": ("mamba2-tiny", {"head_dim": 4, "state_size": 2, "chunk_size": 4}),
+    "hybrid": ("hybrid-tiny", {"dropout": 0.1, "mixer_config": {"mamba": {"state_size": 2}, "attention": ATTENTION}}),
+}
+BILSTM = {"preset": "lstm-tiny", "config": {"hidden_size": W, "embedding_size": W, "bidirectional": True,
+                                            "dropout": 0.1}}
+
+
+def corpus(folder: Path) -> str:
+    path = folder / "corpus.txt"
+    words = ["alpha", "beta", "gamma", "delta"]
+    path.write_text("<|endoftext|>".join(" ".join(words[(i + j) % 4] for j in range(3 + i % 4)) for i in range(14)))
+    return str(path)
+
+
+def family(name: str) -> dict:
+    preset, config = FAMILIES[name]
+    return {"preset": preset, "config": {"hidden_size": W, **config}}
+
+
+KINDS = {  # (model, data, task, train) of each recipe kind; data given as a function of the test's folder
+    **{f"{name}-task": (family(name), lambda folder: TASK, None, {}) for name in FAMILIES},
+    "lstm-text-tbptt-accumulation": (family("lstm"), lambda folder: {"source": "text", "path": corpus(folder),
+                                                                     "seq_len": 8, "eval_samples": 2},
+                                     None, {"tbptt_chunk": 4, "gradient_accumulation_steps": 2}),
+    "transformer-packed-text": (family("transformer"), lambda folder: {
+        "source": "text", "path": corpus(folder), "seq_len": 8, "eval_samples": 2, "packing": True}, None, {}),
+    "gru-sequence-classification": (family("gru"), lambda folder: {
+        "source": "task", "task": "first_letter", "distances": [3, 4], "symbols": 4, "eval_samples": 2},
+        "sequence-classification", {}),
+    "bilstm-token-classification": (BILSTM, lambda folder: {
+        "source": "task", "task": "appears_later", "distances": [4, 6], "eval_samples": 2},
+        "token-classification", {}),
+    "seq2seq": ({"preset": "seq2seq-bahdanau-tiny", "config": {"hidden_size": W, "dropout": 0.1}}, lambda folder: {
+        "source": "task", "task": "reverse", "source_lengths": [2, 3], "eval_samples": 2}, "seq2seq", {}),
+}
+
+
+def make_recipe(folder: Path, model: dict, data: dict, task: str | None = None, **train_fields):
+    values = {"name": "run", "output_dir": str(folder / "run"), "model": model, "data": data,
+              "optim": {"lr": 0.01, "warmup_steps": 2, "schedule": "linear"}, "train": {**TRAIN, **train_fields}}
+    return recipe_from_dict({**values, **({"task": task} if task else {})})
+
+
+def killed_before_step(monkeypatch, step: int) -> None:
+    """The next run dies (as under Ctrl-C) before optimizer step ``step`` (counted from 1)."""
+    real = trainer._train_step
+
+    def dies(*args, **kwargs):
+        if args[9] == step - 1:
+            raise KeyboardInterrupt(f"killed before step {step}")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(trainer, "_train_step", dies)
+
+
+def files(folder: Path) -> dict[str, object]:
+    """What a run folder holds, file by file: tensors and metadata of safetensors (whose header order varies),
+    JSON without its checksums (of those files), other files' bytes."""
+    held: dict[str, object] = {}
+    for path in sorted(folder.rglob("*")):
+        name = str(path.relative_to(folder))
+        if not path.is_file() or name == "recipe.yaml":
+            continue
+        if path.suffix == ".safetensors":
+            with safe_open(str(path), "pt") as opened:
+                held[name] = (opened.metadata(), {key: opened.get_tensor(key) for key in opened.keys()})
+        elif path.name in ("trainer_state.json", "seqzoo_training.json"):
+            content = json.loads(path.read_text())
+            for key in ("state_sha256", "weights_sha256"):
+                content.pop(key, None)
+            for record in content.get("files", {}).values():
+                record.pop("sha256")
+            held[name] = content
+        else:
+            held[name] = path.read_bytes()
+    return held
+
+
+def assert_same_folders(a: Path, b: Path) -> None:
+    held_a, held_b = files(a), files(b)
+    assert held_a.keys() == held_b.keys()
+    for name, content in held_a.items():
+        if isinstance(content, tuple):
+            assert content[0] == held_b[name][0], name
+            assert content[1].keys() == held_b[name][1].keys(), name
+            assert all(torch.equal(tensor, held_b[name][1][key]) for key, tensor in content[1].items()), name
+        else:
+            assert content == held_b[name], name
+
+
+def uninterrupted(tmp_path: Path, recipe_of, **kwargs) -> Path:
+    """Run the recipe once without a stop, in the folder the stopped run uses too (the recipe names it), and move it
+    aside to compare."""
+    train(recipe_of(), progress=False, **kwargs)
+    (tmp_path / "run").rename(tmp_path / "uninterrupted")
+    return tmp_path / "uninterrupted"
+
+
+@pytest.mark.parametrize("kind", list(KINDS))
+def test_a_run_stopped_after_a_checkpoint_and_resumed_ends_as_the_uninterrupted_run(tmp_path, monkeypatch, kind):
+    model, data_of, task, train_fields = KINDS[kind]
+
+    def recipe_of():
+        return make_recipe(tmp_path, model, data_of(tmp_path), task, **train_fields)
+
+    reference = uninterrupted(tmp_path, recipe_of)
+    killed_before_step(monkeypatch, 4)  # (step 3 logged past checkpoint-2, evaluated at 2)
+    with pytest.raises(KeyboardInterrupt):
+        train(recipe_of(), progress=False)
+    monkeypatch.undo()
+    resumed = train(recipe_of(), resume=True, progress=False)
+    assert resumed.steps == 4
+    assert_same_folders(reference, tmp_path / "run")
