@@ -1,5 +1,6 @@
 """Exact resume across families and recipe kinds: a run stopped after a checkpoint and resumed ends as the run that
-was never stopped, its weights bit for bit, its metrics.jsonl row for row, its checkpoints and final files alike."""
+was never stopped, its weights bit for bit, its metrics.jsonl row for row, its checkpoints and final files alike; a
+run that ``stop`` ended at a checkpoint's step ends there again when resumed."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import torch
 from safetensors import safe_open
 
 import seqzoo.training.trainer as trainer
+from seqzoo.outputs import OutputError
 from seqzoo.training.recipe import recipe_from_dict
 from seqzoo.training.trainer import train
 
@@ -138,3 +140,29 @@ def test_a_run_stopped_after_a_checkpoint_and_resumed_ends_as_the_uninterrupted_
     resumed = train(recipe_of(), resume=True, progress=False)
     assert resumed.steps == 4
     assert_same_folders(reference, tmp_path / "run")
+
+
+def test_a_run_that_stop_ended_at_a_checkpoint_ends_there_again_when_resumed(tmp_path, monkeypatch):
+    # stop ended the run at step 2, a checkpoint's; a full disk then failed its final save. Resumed with the same stop,
+    # the run trained on from checkpoint-2 to max_steps (another model, and metrics of 4 steps after the stop's
+    # evaluation), as the stop was asked only of the steps the resumed run trained.
+    def stop(row):
+        return row["step"] == 2
+
+    def recipe_of():
+        return make_recipe(tmp_path, family("lstm"), TASK, eval_every=0)
+
+    reference = uninterrupted(tmp_path, recipe_of, stop=stop)
+
+    def full_disk(*args, **kwargs):
+        raise OutputError("training finished but the final model could not be saved: No space left on device")
+
+    monkeypatch.setattr(trainer, "_save_final", full_disk)
+    with pytest.raises(OutputError):
+        train(recipe_of(), progress=False, stop=stop)
+    monkeypatch.undo()
+    resumed = train(recipe_of(), resume=True, progress=False, stop=stop)
+    assert resumed.steps == 2
+    assert_same_folders(reference, tmp_path / "run")
+    # Resumed without a stop, the run trains on to max_steps.
+    assert train(recipe_of(), resume=True, progress=False).steps == 4
