@@ -58,6 +58,7 @@ from seqzoo.training.checkpoint import (
     read_state,
     resolve_resume,
     restore_training_state,
+    rotate_checkpoints,
     save_checkpoint,
     what_is_left,
     without_origin,
@@ -653,6 +654,11 @@ def _run(recipe: Recipe, accelerator: Any, model: Any, optimizer: Any, scheduler
                                   f"{state['grad_health']!r} ({type(err).__name__}: {err})") from err
         with _removed_meanwhile(checkpoint):
             restore_training_state(checkpoint, state, accelerator, model, optimizer, scheduler)
+        if t.save_every:  # (a run killed while rotating out its last checkpoint's oldest left it, which no later save
+            # of a run resumed there rotates: it ended with one checkpoint more than save_total_limit, or a half-deleted
+            # hidden one)
+            on_every_process(accelerator, lambda: rotate_checkpoints(run_dir, step, t.save_total_limit, None)
+                             if accelerator.is_main_process else None)
     metrics_path = run_dir / "metrics.jsonl"
 
     def prepare_run_dir() -> None:  # (on the main process; a failure there reaches every process)

@@ -1,6 +1,7 @@
 """Exact resume across families and recipe kinds: a run stopped after a checkpoint and resumed ends as the run that
 was never stopped, its weights bit for bit, its metrics.jsonl row for row, its checkpoints and final files alike; a
-run that ``stop`` ended at a checkpoint's step ends there again when resumed."""
+run that ``stop`` ended at a checkpoint's step ends there again when resumed, and a resumed run leaves no more
+checkpoints than save_total_limit."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import pytest
 import torch
 from safetensors import safe_open
 
+import seqzoo.training.checkpoint as checkpoint
 import seqzoo.training.trainer as trainer
 from seqzoo.outputs import OutputError
 from seqzoo.training.recipe import recipe_from_dict
@@ -166,3 +168,27 @@ def test_a_run_that_stop_ended_at_a_checkpoint_ends_there_again_when_resumed(tmp
     assert_same_folders(reference, tmp_path / "run")
     # Resumed without a stop, the run trains on to max_steps.
     assert train(recipe_of(), resume=True, progress=False).steps == 4
+
+
+def test_a_run_killed_while_rotating_out_its_last_checkpoints_oldest_keeps_save_total_limit(tmp_path, monkeypatch):
+    # Killed after checkpoint-4 was written, before checkpoint-2 was rotated out: the resumed run, which writes no
+    # checkpoint of its own, ended with checkpoint-2 too (or with a hidden, half-deleted .checkpoint-2.deleting).
+    def recipe_of():
+        return make_recipe(tmp_path, family("gru"), TASK, save_total_limit=1)
+
+    reference = uninterrupted(tmp_path, recipe_of)
+    real = checkpoint._remove_checkpoint
+
+    def killed_at_the_last_rotation(path):
+        if (path.parent / "checkpoint-4").is_dir():
+            raise KeyboardInterrupt("killed while rotating")
+        real(path)
+
+    monkeypatch.setattr(checkpoint, "_remove_checkpoint", killed_at_the_last_rotation)
+    with pytest.raises(KeyboardInterrupt):
+        train(recipe_of(), progress=False)
+    monkeypatch.undo()
+    (tmp_path / "run" / "checkpoints" / ".checkpoint-0.deleting").mkdir()  # (as a deletion stopped half-way leaves)
+    train(recipe_of(), resume=True, progress=False)
+    assert sorted(path.name for path in (tmp_path / "run" / "checkpoints").iterdir()) == ["checkpoint-4"]
+    assert_same_folders(reference, tmp_path / "run")
