@@ -192,3 +192,24 @@ def test_a_run_killed_while_rotating_out_its_last_checkpoints_oldest_keeps_save_
     train(recipe_of(), resume=True, progress=False)
     assert sorted(path.name for path in (tmp_path / "run" / "checkpoints").iterdir()) == ["checkpoint-4"]
     assert_same_folders(reference, tmp_path / "run")
+
+
+def test_a_resume_may_change_what_is_evaluated_logged_and_kept_and_ends_with_the_same_weights(tmp_path, monkeypatch):
+    # The fields the run id leaves out (README: "may change on --resume"): evaluation never draws from the training
+    # random streams, so evaluating more often or on other rows changes only the evaluation rows after the resume.
+    def recipe_of(**changed):
+        data = {**TASK, **changed.pop("data", {})}
+        return make_recipe(tmp_path, family("transformer"), data, **changed)
+
+    reference = uninterrupted(tmp_path, recipe_of)
+    killed_before_step(monkeypatch, 4)
+    with pytest.raises(KeyboardInterrupt):
+        train(recipe_of(), progress=False)
+    monkeypatch.undo()
+    changed = {"eval_every": 1, "log_every": 1, "save_every": 1, "save_total_limit": 3, "data": {"eval_samples": 2}}
+    resumed = train(recipe_of(**changed), resume=True, progress=False)
+    assert [(row["step"], "eval" in row) for row in resumed.history] == [
+        (1, False), (2, False), (2, True), (3, False), (3, True), (4, False), (4, True)]
+    weights, resumed_weights = (files(folder)["model.safetensors"][1] for folder in (reference, tmp_path / "run"))
+    assert weights.keys() == resumed_weights.keys()
+    assert all(torch.equal(tensor, resumed_weights[key]) for key, tensor in weights.items())
