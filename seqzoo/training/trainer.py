@@ -244,7 +244,8 @@ def train(recipe: Recipe, *, resume: str | Path | bool | None = None, dataset: A
     the models worth loading again). ``stop``, called with each step's logged row (step, loss, accuracy, ...),
     ends training early when it returns True: the final evaluation and save happen as after the last step (the lab
     stops a memory-task run once it is solved); resumed with a ``stop`` from a checkpoint of the step where it ended
-    the run (the run was stopped before its final save), the run ends there again. Launched as several processes, call
+    the run (the run was stopped before its final save), the run ends there again; ``stop`` is asked of the steps a
+    resumed run trains only (one that keeps earlier rows starts afresh). Launched as several processes, call
     ``seqzoo.training.leave_process_group()`` after the last ``train()``, as ``seqzoo train`` does. The run seeds
     Python's, NumPy's and torch's generators from ``train.seed``; the caller's generator states (CUDA's where CUDA
     was initialised before the call), its ``torch.use_deterministic_algorithms`` setting and accelerate's
