@@ -102,18 +102,19 @@ def save_checkpoint(accelerator: Any, model: Any, optimizer: Any, scheduler: Any
 
 
 def rotate_checkpoints(run_dir: str | Path, step: int, keep: int, written: Path | None) -> None:
-    """Keep the newest ``keep`` checkpoints of ``run_dir`` up to ``step``, and finish the deletions a rotation stopped
-    half-way left. ``written``: the checkpoint of ``step`` just written, after which the checkpoints past ``step``
-    go too; None where a resumed run starts from ``step``, which keeps those until it writes its own. An old
-    checkpoint that cannot be removed is named in a warning, and the run goes on. On the main process only."""
+    """Keep the newest ``keep`` checkpoints of ``run_dir`` up to ``step`` and none past it, and finish the deletions a
+    rotation stopped half-way left: after checkpoint ``written`` of ``step`` is written, and where a resumed run
+    starts from ``step`` (``written`` None). An old checkpoint that cannot be removed is named in a warning, and the
+    run goes on. On the main process only."""
     folder = Path(run_dir) / CHECKPOINTS
     for left in folder.glob(f".checkpoint-*{DELETING}"):  # (a rotation stopped while it deleted)
         shutil.rmtree(left, ignore_errors=True)
     # Checkpoints past this step were written before a resume from an earlier one: this run rewrites those steps, so
-    # they are no part of it (kept, the rotation below would count them as the newest and delete the checkpoint just
-    # written, and --resume would continue from one of them).
+    # they are no part of it, as their rows of metrics.jsonl are not (kept, the rotation below would count them as the
+    # newest and delete the checkpoint just written, and a resumed run killed before its first checkpoint was resumed
+    # by --resume from one of them, with no row of their steps left).
     saved = list_checkpoints(run_dir)
-    later = [path for later_step, path in saved if later_step > step] if written is not None else []
+    later = [path for later_step, path in saved if later_step > step]
     if later:
         logger.warning("resumed before them, this run writes its own steps in place of %s (removed)",
                        ", ".join(path.name for path in later))

@@ -657,7 +657,7 @@ def _run(recipe: Recipe, accelerator: Any, model: Any, optimizer: Any, scheduler
             restore_training_state(checkpoint, state, accelerator, model, optimizer, scheduler)
         if t.save_every:  # (a run killed while rotating out its last checkpoint's oldest left it, which no later save
             # of a run resumed there rotates: it ended with one checkpoint more than save_total_limit, or a half-deleted
-            # hidden one)
+            # hidden one; and the checkpoints past this one go with their rows of metrics.jsonl, below)
             on_every_process(accelerator, lambda: rotate_checkpoints(run_dir, step, t.save_total_limit, None)
                              if accelerator.is_main_process else None)
     metrics_path = run_dir / "metrics.jsonl"

@@ -213,3 +213,21 @@ def test_a_resume_may_change_what_is_evaluated_logged_and_kept_and_ends_with_the
     weights, resumed_weights = (files(folder)["model.safetensors"][1] for folder in (reference, tmp_path / "run"))
     assert weights.keys() == resumed_weights.keys()
     assert all(torch.equal(tensor, resumed_weights[key]) for key, tensor in weights.items())
+
+
+def test_a_run_resumed_from_an_earlier_checkpoint_and_killed_goes_on_from_there(tmp_path, monkeypatch, caplog):
+    # Resumed from checkpoint-2 of a run that had written 2 and 4, and killed before its first checkpoint: its
+    # metrics.jsonl held steps 1-3 alone, but checkpoint-4 was still there, so --resume went on from it and the run
+    # ended without the rows of step 4 and its evaluation (a warning said so).
+    def recipe_of():
+        return make_recipe(tmp_path, family("lstm"), TASK, save_total_limit=3, eval_every=0)
+
+    reference = uninterrupted(tmp_path, recipe_of)
+    train(recipe_of(), progress=False)
+    killed_before_step(monkeypatch, 4)
+    with caplog.at_level("WARNING", logger="seqzoo.training"), pytest.raises(KeyboardInterrupt):
+        train(recipe_of(), resume=tmp_path / "run" / "checkpoints" / "checkpoint-2", progress=False)
+    assert "this run writes its own steps in place of checkpoint-4 (removed)" in caplog.text
+    monkeypatch.undo()
+    train(recipe_of(), resume=True, progress=False)
+    assert_same_folders(reference, tmp_path / "run")
