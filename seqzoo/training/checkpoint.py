@@ -122,9 +122,10 @@ def rotate_checkpoints(run_dir: str | Path, step: int, keep: int, written: Path 
         try:
             _remove_checkpoint(path)
         except OSError as err:  # (the newest checkpoint is complete: the run goes on)
-            logger.warning("%sthe older %s could not be removed (%s); remove it yourself%s",
-                           f"checkpoint {written} is written, but " if written is not None else "", path,
-                           describe(err), ": --resume would continue from it" if path in later else "")
+            logger.warning("%sthe %s %s could not be removed (%s); remove it yourself%s",
+                           f"checkpoint {written} is written, but " if written is not None else "",
+                           "later" if path in later else "older", path, describe(err),
+                           ": --resume would continue from it" if path in later else "")
 
 
 def _remove_checkpoint(path: Path) -> None:
