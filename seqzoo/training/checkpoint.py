@@ -87,27 +87,6 @@ def save_checkpoint(accelerator: Any, model: Any, optimizer: Any, scheduler: Any
             _remove_checkpoint(final)
         os.replace(tmp, final)
 
-    def rotate() -> None:
-        if not accelerator.is_main_process:
-            return
-        for left in folder.glob(f".checkpoint-*{DELETING}"):  # (a rotation stopped while it deleted)
-            shutil.rmtree(left, ignore_errors=True)
-        # Checkpoints past this step were written before a resume from an earlier one: this run rewrites
-        # those steps, so they are no part of it (kept, the rotation below would count them as the newest
-        # and delete the checkpoint just written, and --resume would continue from one of them).
-        saved = list_checkpoints(run_dir)
-        later = [path for later_step, path in saved if later_step > step]
-        if later:
-            logger.warning("resumed before them, this run writes its own steps in place of %s (removed)",
-                           ", ".join(path.name for path in later))
-        for path in later + [old for _, old in [c for c in saved if c[0] <= step][:-keep]]:
-            try:
-                _remove_checkpoint(path)
-            except OSError as err:  # (the checkpoint just written is complete: the run goes on)
-                logger.warning("checkpoint %s is written, but the older %s could not be removed (%s); remove it "
-                               "yourself%s", final, path, describe(err),
-                               ": --resume would continue from it" if path in later else "")
-
     try:
         on_every_process(accelerator, prepare)
         on_every_process(accelerator, lambda: write_training_state(accelerator, model, optimizer, scheduler, tmp))
@@ -116,8 +95,37 @@ def save_checkpoint(accelerator: Any, model: Any, optimizer: Any, scheduler: Any
         if accelerator.is_main_process:
             shutil.rmtree(tmp, ignore_errors=True)  # a full disk gets its space back
         raise OutputError(f"cannot write checkpoint {str(final)!r}: {describe(err)}; {what_is_left(run_dir)}") from err
-    on_every_process(accelerator, rotate)  # (after the checkpoint is complete: its write error no longer applies)
+    # (after the checkpoint is complete: its write error no longer applies)
+    on_every_process(accelerator, lambda: rotate_checkpoints(run_dir, step, keep, final)
+                     if accelerator.is_main_process else None)
     return final
+
+
+def rotate_checkpoints(run_dir: str | Path, step: int, keep: int, written: Path | None) -> None:
+    """Keep the newest ``keep`` checkpoints of ``run_dir`` up to ``step`` and none past it, and finish the deletions a
+    rotation stopped half-way left: after checkpoint ``written`` of ``step`` is written, and where a resumed run
+    starts from ``step`` (``written`` None). An old checkpoint that cannot be removed is named in a warning, and the
+    run goes on. On the main process only."""
+    folder = Path(run_dir) / CHECKPOINTS
+    for left in folder.glob(f".checkpoint-*{DELETING}"):  # (a rotation stopped while it deleted)
+        shutil.rmtree(left, ignore_errors=True)
+    # Checkpoints past this step were written before a resume from an earlier one: this run rewrites those steps, so
+    # they are no part of it, as their rows of metrics.jsonl are not (kept, the rotation below would count them as the
+    # newest and delete the checkpoint just written, and a resumed run killed before its first checkpoint was resumed
+    # by --resume from one of them, with no row of their steps left).
+    saved = list_checkpoints(run_dir)
+    later = [path for later_step, path in saved if later_step > step]
+    if later:
+        logger.warning("resumed before them, this run writes its own steps in place of %s (removed)",
+                       ", ".join(path.name for path in later))
+    for path in later + [old for _, old in [c for c in saved if c[0] <= step][:-keep]]:
+        try:
+            _remove_checkpoint(path)
+        except OSError as err:  # (the newest checkpoint is complete: the run goes on)
+            logger.warning("%sthe %s %s could not be removed (%s); remove it yourself%s",
+                           f"checkpoint {written} is written, but " if written is not None else "",
+                           "later" if path in later else "older", path, describe(err),
+                           ": --resume would continue from it" if path in later else "")
 
 
 def _remove_checkpoint(path: Path) -> None:

@@ -60,6 +60,7 @@ from seqzoo.training.checkpoint import (
     read_state,
     resolve_resume,
     restore_training_state,
+    rotate_checkpoints,
     save_checkpoint,
     what_is_left,
     without_origin,
@@ -244,7 +245,9 @@ def train(recipe: Recipe, *, resume: str | Path | bool | None = None, dataset: A
     ``seqzoo_training.json`` are saved in ``recipe.output_dir`` unless ``save_model`` is False (the lab keeps only
     the models worth loading again). ``stop``, called with each step's logged row (step, loss, accuracy, ...),
     ends training early when it returns True: the final evaluation and save happen as after the last step (the lab
-    stops a memory-task run once it is solved). Launched as several processes, call
+    stops a memory-task run once it is solved); resumed with a ``stop`` from a checkpoint of the step where it ended
+    the run (the run was stopped before its final save), the run ends there again; ``stop`` is asked of the steps a
+    resumed run trains only (one that keeps earlier rows starts afresh). Launched as several processes, call
     ``seqzoo.training.leave_process_group()`` after the last ``train()``, as ``seqzoo train`` does. The run seeds
     Python's, NumPy's and torch's generators from ``train.seed``; the caller's generator states (CUDA's where CUDA
     was initialised before the call), its ``torch.use_deterministic_algorithms`` setting and accelerate's
@@ -631,6 +634,7 @@ def _run(recipe: Recipe, accelerator: Any, model: Any, optimizer: Any, scheduler
     run_id = recipe.run_id
     health = GradientHealth(t.vanishing_grad_norm, t.exploding_grad_norm)
     step, tokens_seen = 0, 0
+    stopped = False
     history: list[dict[str, Any]] = []
     saved_config = _saved_config(recipe, _uncompiled(accelerator.unwrap_model(model)))
     if checkpoint is not None:
@@ -639,6 +643,9 @@ def _run(recipe: Recipe, accelerator: Any, model: Any, optimizer: Any, scheduler
         check_same_run(state, run_id, recipe.to_dict(), checkpoint, world, data.describe(), saved_config)
         _check_same_saved_config(state, saved_config, recipe, checkpoint)
         step, tokens_seen = state["step"], state["tokens_seen"]
+        # (stop ended the run at this checkpoint's step, and the run was stopped before its final save: resumed with a
+        # stop function it ends there too, where it trained on to max_steps, another model than the run's)
+        stopped = stop is not None and state.get("stopped") is True
         if state["data_position"] != data.position(step * t.batch_size):
             raise CheckpointError(
                 f"--resume: {str(checkpoint / STATE_FILE)!r} is damaged: data position {state['data_position']!r} "
@@ -651,6 +658,11 @@ def _run(recipe: Recipe, accelerator: Any, model: Any, optimizer: Any, scheduler
                                   f"{state['grad_health']!r} ({type(err).__name__}: {err})") from err
         with _removed_meanwhile(checkpoint):
             restore_training_state(checkpoint, state, accelerator, model, optimizer, scheduler)
+        if t.save_every:  # (a run killed while rotating out its last checkpoint's oldest left it, which no later save
+            # of a run resumed there rotates: it ended with one checkpoint more than save_total_limit, or a half-deleted
+            # hidden one; and the checkpoints past this one go with their rows of metrics.jsonl, below)
+            on_every_process(accelerator, lambda: rotate_checkpoints(run_dir, step, t.save_total_limit, None)
+                             if accelerator.is_main_process else None)
     metrics_path = run_dir / "metrics.jsonl"
 
     def prepare_run_dir() -> None:  # (on the main process; a failure there reaches every process)
@@ -676,10 +688,11 @@ def _run(recipe: Recipe, accelerator: Any, model: Any, optimizer: Any, scheduler
     talk = progress and accelerator.is_main_process
     bar = tqdm(total=t.max_steps, initial=step, disable=not talk, desc=recipe.name, dynamic_ncols=True)
     if talk and checkpoint is not None:
-        bar.write(f"resumed from {checkpoint} at step {step} of {t.max_steps}")
+        bar.write(f"resumed from {checkpoint} at step {step} of {t.max_steps}"
+                  + (" (where stop ended the run: nothing left to train)" if stopped else ""))
     train_seconds, train_tokens, first_step = 0.0, 0, step
     last_eval: dict[str, Any] | None = None
-    while step < t.max_steps:
+    while step < t.max_steps and not stopped:
         started = time.perf_counter()
         inputs, targets = data.train_batch(step, t.batch_size)  # (B, T) global batch
         row = _train_step(recipe, accelerator, model, optimizer, scheduler, inputs, targets, micro_batch, health,
@@ -703,7 +716,10 @@ def _run(recipe: Recipe, accelerator: Any, model: Any, optimizer: Any, scheduler
             bar.write(f"step {step}/{t.max_steps}  loss {row['loss']:.4f}  lr {row['lr']:.3e}  grad_norm "
                       f"{row['grad_norm']:.3g}  eta {int(left) // 60}:{int(left) % 60:02d}"
                       + (f"  [{row['grad_flag']}]" if row["grad_flag"] != OK else ""))
-        if (t.eval_every and step % t.eval_every == 0) or step == t.max_steps:
+        # (asked before the evaluation and the checkpoint: a run that stop ends is evaluated at that step, and its
+        # checkpoint of that step says so, for a resume)
+        stopped = stop is not None and step < t.max_steps and stop(row)
+        if (t.eval_every and step % t.eval_every == 0) or step == t.max_steps or stopped:
             last_eval = evaluate(model, eval_sets, accelerator, micro_batch, eval_chunk, packed)
             _record({"step": step, "eval": last_eval}, history, metrics_path, accelerator)
             if talk:
@@ -716,15 +732,11 @@ def _run(recipe: Recipe, accelerator: Any, model: Any, optimizer: Any, scheduler
                 "data_position": data.position(step * t.batch_size), "data": data.describe(),
                 "num_processes": world, "grad_health": health.state_dict(),
                 **({} if saved_config is None else {"saved_config": saved_config}),
+                **({"stopped": True} if stopped else {}),
             }, keep=t.save_total_limit)
-        if stop is not None and step < t.max_steps and stop(row):
-            if last_eval is None or history[-1].get("step") != step or "eval" not in history[-1]:
-                last_eval = evaluate(model, eval_sets, accelerator, micro_batch, eval_chunk, packed)
-                _record({"step": step, "eval": last_eval}, history, metrics_path, accelerator)
-            break
     bar.close()
 
-    if last_eval is None:  # resumed from the final checkpoint: nothing left to train
+    if last_eval is None:  # resumed from the final checkpoint, or one where stop ended the run: nothing left to train
         last_eval = evaluate(model, eval_sets, accelerator, micro_batch, eval_chunk, packed)
     if save_model:
         final_model = _save_final(accelerator, model, recipe, data, run_dir, step, tokens_seen, last_eval, health)
