@@ -225,6 +225,10 @@ def test_a_config_json_that_leaves_settings_out_gets_mamba_ssms_defaults(ssm_cfg
     (tmp_path / "src" / "config.json").write_text(json.dumps(config))
     model = convert_mamba_ssm(tmp_path / "src").eval()
     assert model.config.tie_word_embeddings is True and model.config.residual_in_fp32 is True
+    # the time-step init (a model trained on from the conversion uses it): mamba_ssm's defaults, transformers' too
+    init = ("time_step_min", "time_step_max", "time_step_floor", *(() if ssm_cfg else ("time_step_scale",
+                                                                                       "time_step_init_scheme")))
+    assert {f: getattr(model.config, f) for f in init} == {f: getattr(peer_config, f) for f in init}
     torch.testing.assert_close(logits(model), logits(peer), atol=1e-4, rtol=1e-4)
 
 
@@ -386,6 +390,9 @@ def test_fla_tied_head_and_layernorms_without_bias(pth):
     model = convert_fla_rwkv7(sd, config={**FLA_CONFIG, "tie_word_embeddings": True, "norm_bias": False})
     expected = convert_rwkv7(no_bias, group_norm_eps=16e-5)
     torch.testing.assert_close(logits(model), logits(expected), rtol=0, atol=0)
+    # untied, the head is missing, not the embedding (else a folder lacking its head shard converted tied, silently)
+    with pytest.raises(ValueError, match=r"missing tensors head.weight"):
+        convert_fla_rwkv7(sd, config={**FLA_CONFIG, "tie_word_embeddings": False, "norm_bias": False})
 
 
 @pytest.mark.parametrize("norm_eps", [1e-3, None], ids=["set", "fla-default"])

@@ -181,3 +181,23 @@ def test_a_one_layer_checkpoint_without_layer_0s_unused_value_lora_converts():
     with torch.no_grad():
         torch.testing.assert_close(convert_rwkv7(pruned)(IDS).logits, convert_rwkv7(one_layer)(IDS).logits,
                                    rtol=0, atol=0)
+
+
+def test_the_converted_model_does_not_share_memory_with_the_state_dict_given(checkpoint):
+    # (the caller's tensors, in the dtype converted to, were adopted as the parameters: training the model changed
+    # the caller's state dict)
+    state = {key: value.clone() for key, value in checkpoint.items()}
+    model = convert_rwkv7(state, dtype=torch.float32)
+    with torch.no_grad():
+        for parameter in model.parameters():
+            parameter.zero_()
+    assert all(torch.equal(state[key], checkpoint[key]) for key in checkpoint)
+
+
+def test_layer_0s_unused_value_lora_does_not_decide_the_rank_of_the_others(checkpoint):
+    # (RWKV-LM saves it at the others' rank; a file that trimmed the unused LoRA still converts as it computes)
+    trimmed = dict(checkpoint, **{"blocks.0.att.v1": checkpoint["blocks.0.att.v1"][:, :1],
+                                  "blocks.0.att.v2": checkpoint["blocks.0.att.v2"][:1]})
+    with torch.no_grad():
+        torch.testing.assert_close(convert_rwkv7(trimmed)(IDS).logits, convert_rwkv7(checkpoint)(IDS).logits,
+                                   rtol=0, atol=0)

@@ -193,6 +193,11 @@ def test_original_gpt2_layout_without_prefix(tmp_path):
     weights["h.1.attn.masked_bias"] = torch.tensor(-1e4)
     save_file(weights, tmp_path / "model.safetensors", metadata={"format": "pt"})
     torch.testing.assert_close(logits(convert_gpt2(tmp_path)), logits(peer), atol=2e-5, rtol=1e-5)
+    # only those buffers are passed over: another tensor of an attention layer (an adapter saved unmerged) is named
+    weights["h.1.attn.c_attn.lora_A.weight"] = torch.zeros(4, 32)
+    save_file(weights, tmp_path / "model.safetensors", metadata={"format": "pt"})
+    with pytest.raises(ValueError, match=r"unexpected tensors h\.1\.attn\.c_attn\.lora_A\.weight"):
+        convert_gpt2(tmp_path)
 
 
 def test_converted_model_does_not_share_memory_with_the_source():
@@ -245,12 +250,13 @@ def test_bad_tensors_and_wrong_sources_are_named(tmp_path):
     del weights["model.layers.1.mlp.up_proj.weight"]
     weights["model.layers.0.self_attn.k_proj.weight"] = torch.zeros(8, 32)
     weights["model.layers.0.extra.weight"] = torch.zeros(3)
+    weights["model.layers.1.self_attn.q_norm.weight"] = torch.ones(8)  # (a Qwen3's, beside the buffers left out)
     save_file(weights, tmp_path / "bad" / "model.safetensors", metadata={"format": "pt"})
     with pytest.raises(ValueError) as err:
         convert_llama(tmp_path / "bad")
     text = str(err.value)
     assert "missing tensors model.layers.1.mlp.up_proj.weight" in text
-    assert "unexpected tensors model.layers.0.extra.weight" in text
+    assert "unexpected tensors model.layers.0.extra.weight, model.layers.1.self_attn.q_norm.weight" in text
     assert "model.layers.0.self_attn.k_proj.weight (source (8, 32), expected (16, 32))" in text
     with pytest.raises(ValueError, match="cannot convert a 'gpt2' model with convert llama"):
         convert_llama(gpt2())
@@ -336,6 +342,28 @@ def test_bias_tensors_of_a_llama_config_without_the_flags_are_left_out_as_transf
     assert "its config has no attention_bias (off) and no mlp_bias (off), but its weights hold bias" in caplog.text
 
 
+def test_bias_tensors_of_a_mistral_are_left_out_as_transformers_does(tmp_path, caplog):
+    """Mistral's config has no bias flags and transformers' Mistral no biases: bias tensors in its weights are left
+    unloaded there, and must be left out here too (taken from the tensors, the logits differed)."""
+    source = randomize(MistralForCausalLM(MistralConfig(vocab_size=99, hidden_size=32, intermediate_size=40,
+                                                        num_hidden_layers=2, num_attention_heads=4,
+                                                        num_key_value_heads=2, sliding_window=None)))
+    source.save_pretrained(tmp_path)
+    weights = load_file(tmp_path / "model.safetensors")
+    generator = torch.Generator().manual_seed(3)
+    for i in range(2):
+        for name in ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj", "mlp.up_proj"):
+            rows = weights[f"model.layers.{i}.{name}.weight"].shape[0]
+            weights[f"model.layers.{i}.{name}.bias"] = torch.randn(rows, generator=generator)
+    save_file(weights, tmp_path / "model.safetensors", metadata={"format": "pt"})
+    peer = MistralForCausalLM.from_pretrained(tmp_path).eval()
+    with caplog.at_level("WARNING", logger="seqzoo"):
+        converted = convert_llama(tmp_path)
+    assert (converted.config.attention_bias, converted.config.mlp_bias) == (False, False)
+    torch.testing.assert_close(logits(converted), logits(peer), atol=2e-5, rtol=1e-5)
+    assert "as transformers' MistralForCausalLM leaves them out" in caplog.text
+
+
 def test_biases_decide_where_the_config_has_no_flag(tmp_path, caplog):
     # Qwen2's config has no attention_bias (its q/k/v biases are always on), whatever a config.json sets
     peer = qwen2()
@@ -399,6 +427,25 @@ def test_export_loads_in_transformers_with_the_same_logits(target, tmp_path):
     torch.testing.assert_close(logits(to_native(model, target)), logits(model), atol=2e-5, rtol=1e-5)
 
 
+def test_a_model_without_biases_exports_to_gpt2_with_zero_biases():
+    # GPT-2 has a bias on every projection; those seqzoo's model lacks are zeros in the export
+    model = randomize(tiny_model("transformer-gpt2-small", attention_bias=False, mlp_bias=False), seed=4, scale=0.2)
+    native = to_native(model, "gpt2")
+    assert not native.transformer.h[0].attn.c_attn.bias.any() and not native.transformer.h[1].mlp.c_proj.bias.any()
+    torch.testing.assert_close(logits(native), logits(model), atol=2e-5, rtol=1e-5)
+
+
+def test_an_untied_source_whose_head_equals_its_embedding_stays_untied():
+    # (its config says untied: trained on, the head and the embedding part; taken as tied, they moved together)
+    for peer, convert in ((llama(tie_word_embeddings=False), convert_llama),
+                          (gpt2(tie_word_embeddings=False), convert_gpt2)):
+        with torch.no_grad():
+            peer.lm_head.weight.copy_(peer.get_input_embeddings().weight)
+        converted = convert(peer)
+        assert not converted.config.tie_word_embeddings
+        assert converted.lm_head.weight is not converted.model.embed_tokens.weight
+
+
 def test_the_native_model_of_a_bfloat16_model_keeps_float32_rope_frequencies(tmp_path):
     # to_native cast the whole model to bfloat16, its rotary frequencies too: the object returned computed other
     # logits (4e-3 apart) than the folder export_native wrote, loaded by transformers in bfloat16.
@@ -431,6 +478,10 @@ def test_export_of_a_model_stored_by_columns(target, tmp_path):
         ("transformer-vaswani-small", {}, "gpt2", r"position_embedding='sinusoidal' has no GPT-2 equivalent"),
         ("transformer-gpt2-small", {}, "llama", r"position_embedding='learned' has no Llama equivalent"),
         ("transformer-tiny", {}, "gpt2", r"position_embedding='rope' has no GPT-2 equivalent"),
+        # (the embedding's scale by sqrt(hidden_size), which neither class has: exported, the logits differed)
+        ("transformer-tiny", dict(scale_embeddings=True), "llama", r"scale_embeddings=True has no Llama equivalent"),
+        ("transformer-gpt2-small", dict(scale_embeddings=True), "gpt2",
+         r"scale_embeddings=True has no GPT-2 equivalent"),
         ("transformer-gpt2-small", dict(head_dim=4), "gpt2", r"num_attention_heads \* head_dim = 16 must equal "
                                                              r"hidden_size=32"),
         ("mamba2-tiny", dict(norm_before_gate=True), "mamba2", r"norm_before_gate=True"),

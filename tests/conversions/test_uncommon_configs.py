@@ -155,3 +155,26 @@ def test_a_source_generation_config_holding_no_token_id_is_refused(kind):
     source.generation_config.eos_token_id = "2"
     with pytest.raises(ValueError, match=r"the generation config of .* sets eos_token_id='2': a token id is an"):
         KINDS[kind][3](source)
+
+
+# Fields that change no logit of the converted model but are part of what it is: dropout for training on, the init
+# scale of weights made later (resized embeddings, a new head), the context length a server reads, the time-step
+# init. Each set away from transformers' default; an embd_pdrop other than resid_pdrop has no seqzoo field (one
+# dropout, resid_pdrop's, with a warning), so only resid_pdrop and attn_pdrop are compared for it.
+CARRIED = {"llama": dict(attention_dropout=0.25, initializer_range=0.05, max_position_embeddings=48),
+           "gpt2": dict(resid_pdrop=0.2, embd_pdrop=0.15, attn_pdrop=0.3, initializer_range=0.05, n_positions=40),
+           "mamba": dict(time_step_min=0.002, time_step_max=0.2, time_step_floor=2e-4, time_step_scale=0.5,
+                         time_step_init_scheme="constant", initializer_range=0.05, rescale_prenorm_residual=True),
+           "mamba2": dict(time_step_min=0.002, time_step_max=0.2, time_step_floor=2e-4, initializer_range=0.05,
+                          rescale_prenorm_residual=True)}
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_fields_that_change_no_logit_are_carried_both_ways(kind):
+    # (the llama mapping dropped attention_dropout, initializer_range and max_position_embeddings: the converted model
+    # trained without the source's attention dropout, and its export told a server another context length)
+    source = peer(kind, **CARRIED[kind])
+    back = to_native(KINDS[kind][3](source), KINDS[kind][4])
+    for field in CARRIED[kind]:
+        if field != "embd_pdrop":
+            assert getattr(back.config, field) == getattr(source.config, field), field

@@ -379,6 +379,9 @@ def test_weights_packed_into_one_buffer_are_not_taken_for_tied():
     tied = reference("gru-tied").state_dict()
     assert tied["encoder.weight"].data_ptr() == tied["decoder.weight"].data_ptr()
     assert convert_word_lm(tied).config.tie_word_embeddings
+    # tied weights saved apart (a copy of the state dict, a file written without shared storage) are equal: tied
+    copied = {key: value.clone() for key, value in tied.items()}
+    assert convert_word_lm(copied).config.tie_word_embeddings
 
 
 @pytest.mark.parametrize("cell", ["lstm", "gru"])
@@ -392,3 +395,12 @@ def test_an_untied_decoder_of_the_embedding_s_shape_is_kept(cell):
         expected, _ = ref(IDS.t())
         actual = model(IDS).logits.log_softmax(-1)
     torch.testing.assert_close(actual, expected.transpose(0, 1), atol=1e-5, rtol=1e-5)
+
+
+def test_the_checkpoints_dtype_is_kept_and_dropout_starts_unset():
+    # (the example's dropout is not in its state dict: the converted model has none unless asked, and keeps the
+    # dtype the checkpoint was saved in)
+    state = {key: value.to(torch.float64) for key, value in reference("lstm").state_dict().items()}
+    model = convert_word_lm(state)
+    assert model.dtype == torch.float64 and model.config.dropout == 0.0
+    assert convert_word_lm(state, dropout=0.3).config.dropout == 0.3
