@@ -234,18 +234,15 @@ def cmd_gradients(args: argparse.Namespace) -> int:
 
     import seqzoo
     from seqzoo.lab import plots
-    from seqzoo.lab.folders import check_out_folder, lab_folder
+    from seqzoo.lab.folders import check_out_folder, lab_folder, refuse_folders_named_as
     from seqzoo.lab.gradients import gradient_profile, identity_notes, table_rows
     from seqzoo.lab.report import markdown_table
     from seqzoo.lab.runner import lab_presets
 
     out = lab_folder(args.out)  # (as the other labs read it)
     check_out_folder(out)
+    refuse_folders_named_as(out, ("gradients.md", "gradients.png"), "gradients")
     held = [name for name in ("gradients.md", "gradients.png") if (out / name).exists() or (out / name).is_symlink()]
-    folders = [name for name in held if (out / name).is_dir() and not (out / name).is_symlink()]
-    if folders:  # (a folder of the user's by that name: never deleted, --force or not)
-        raise ValueError(f"{str(out / folders[0])!r} is a folder, not this lab's report; move it, or pass --out "
-                         "NEW_FOLDER")
     if held and not args.force:  # (as the other labs keep a report: never replaced without --force)
         raise ValueError(f"{str(out)!r} already holds {' and '.join(held)}; pass --out NEW_FOLDER to keep them, or "
                          "--force to replace them")

@@ -66,6 +66,15 @@ def check_out_folder(out: Path) -> None:
         raise ValueError(f"--out {str(out)!r}: {dangling}")
 
 
+def refuse_folders_named_as(out: Path, files: Iterable[str], what: str) -> None:
+    """Refuse a folder of the user's in ``out`` under the name of one of the ``files`` a lab writes: never deleted,
+    ``--force`` or not (it failed with 'Is a directory' once every run had trained, or every profile was taken)."""
+    for name in files:
+        if (out / name).is_dir() and not (out / name).is_symlink():
+            raise ValueError(f"{str(out / name)!r} is a folder, not this {what} lab's {name}; move it, or pass --out "
+                             "NEW_FOLDER")
+
+
 @contextlib.contextmanager
 def claim_output(out: Path, lab: str = "lab") -> Iterator[None]:
     """Hold ``out`` for one lab (``seqzoo lab``, ``seqzoo lab sweep``; ``lab`` names another kind, whose lock is its
@@ -209,10 +218,7 @@ def check_report_folder(out: Path, results_file: str, what: str, force: bool,
     figures and runs, which it would write over), is replaced only with ``force``; a folder named as one of the
     ``files`` never is. Returns the names of those ``out`` holds (for :func:`remove_previous_report`)."""
     check_out_folder(out)
-    for name in files:  # (a folder of the user's there: --force failed on it after every run had trained)
-        if (out / name).is_dir() and not (out / name).is_symlink():
-            raise ValueError(f"{str(out / name)!r} is a folder, not this {what} lab's {name}; move it, or pass --out "
-                             "NEW_FOLDER")
+    refuse_folders_named_as(out, files, what)
     held = [name for name in (*files, *run_folders) if (out / name).exists() or (out / name).is_symlink()]
     if held and not (out / results_file).is_file() and not force:
         # (a file of the user's under a name the lab writes: it was written over without a word)

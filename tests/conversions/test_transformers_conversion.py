@@ -334,12 +334,18 @@ def test_bias_tensors_of_a_llama_config_without_the_flags_are_left_out_as_transf
     config = json.loads((tmp_path / "config.json").read_text())
     del config["attention_bias"], config["mlp_bias"]
     (tmp_path / "config.json").write_text(json.dumps(config))
-    peer = LlamaForCausalLM.from_pretrained(tmp_path).eval()
+    _biases_left_out_as_by(LlamaForCausalLM, tmp_path, caplog,
+                           "its config has no attention_bias (off) and no mlp_bias (off), but its weights hold bias")
+
+
+def _biases_left_out_as_by(peer_class, folder, caplog, said: str) -> None:
+    """The folder's bias tensors are left out, as ``peer_class`` leaves them, and the log says ``said``."""
+    peer = peer_class.from_pretrained(folder).eval()
     with caplog.at_level("WARNING", logger="seqzoo"):
-        converted = convert_llama(tmp_path)
+        converted = convert_llama(folder)
     assert (converted.config.attention_bias, converted.config.mlp_bias) == (False, False)
     torch.testing.assert_close(logits(converted), logits(peer), atol=2e-5, rtol=1e-5)
-    assert "its config has no attention_bias (off) and no mlp_bias (off), but its weights hold bias" in caplog.text
+    assert said in caplog.text
 
 
 def test_bias_tensors_of_a_mistral_are_left_out_as_transformers_does(tmp_path, caplog):
@@ -356,12 +362,7 @@ def test_bias_tensors_of_a_mistral_are_left_out_as_transformers_does(tmp_path, c
             rows = weights[f"model.layers.{i}.{name}.weight"].shape[0]
             weights[f"model.layers.{i}.{name}.bias"] = torch.randn(rows, generator=generator)
     save_file(weights, tmp_path / "model.safetensors", metadata={"format": "pt"})
-    peer = MistralForCausalLM.from_pretrained(tmp_path).eval()
-    with caplog.at_level("WARNING", logger="seqzoo"):
-        converted = convert_llama(tmp_path)
-    assert (converted.config.attention_bias, converted.config.mlp_bias) == (False, False)
-    torch.testing.assert_close(logits(converted), logits(peer), atol=2e-5, rtol=1e-5)
-    assert "as transformers' MistralForCausalLM leaves them out" in caplog.text
+    _biases_left_out_as_by(MistralForCausalLM, tmp_path, caplog, "as transformers' MistralForCausalLM leaves them out")
 
 
 def test_biases_decide_where_the_config_has_no_flag(tmp_path, caplog):
