@@ -8,6 +8,14 @@ directly (``model(token, cache=cache)`` in ``fixed_while_decoding()``); and the 
 ``bench_decode.py`` with the same weights. What the model's step costs above its operations is seqzoo's Python
 around them (BENCHMARKS.md, run AU).
 
+Then what a new cache costs (``--loops``, run AW): ``bench_decode.py``'s 8-step loops each start from a new prefill,
+and a new cache's first step checks the input table's values against the weights (``_BuiltTable.same_values``: a
+product of the embedding and of ``weight_ih`` with a fixed vector, which streams both from memory). Timed,
+interleaved in a shuffled order, the median of ``--loops`` loops each: the model as built; the same model with that
+check replaced, in this process only, by ``True`` (what the check costs: not a seqzoo option, and wrong wherever a
+weight changed through ``.data`` or a fused optimizer); and the ``nn.RNN`` loop -- each loop's first step, and the
+whole loop per token.
+
     python benchmarks/bench_rnn_step_parts.py                      # rnn-small: 512 x 2
     python benchmarks/bench_rnn_step_parts.py --hidden-size 1024
 """
@@ -15,6 +23,8 @@ around them (BENCHMARKS.md, run AU).
 from __future__ import annotations
 
 import argparse
+import random
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -26,6 +36,7 @@ from torch.nn import functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import bench_decode  # noqa: E402  (the benchmark's model and its nn.RNN peer)
 
+from seqzoo.layers import recurrent  # noqa: E402  (the input table's value check, taken out by --loops' variant)
 from seqzoo.models.compat import output_cache  # noqa: E402
 
 
@@ -49,9 +60,11 @@ def main() -> None:
     parser.add_argument("--hidden-size", type=int, default=512)
     parser.add_argument("--calls", type=int, default=200)
     parser.add_argument("--batches", type=int, default=25)
+    parser.add_argument("--loops", type=int, default=600, help="new-cache loops of each case (0: none)")
+    parser.add_argument("--steps", type=int, default=8, help="steps of each new-cache loop")
     args = parser.parse_args()
-    if args.hidden_size < 1 or args.calls < 1 or args.batches < 1:
-        parser.error("--hidden-size, --calls and --batches must be at least 1")
+    if args.hidden_size < 1 or args.calls < 1 or args.batches < 1 or args.loops < 0 or args.steps < 1:
+        parser.error("--hidden-size, --calls, --batches and --steps must be at least 1, --loops at least 0")
     torch.set_num_threads(1)
     pair = bench_decode.family_pair("rnn", {"hidden_size": args.hidden_size}, Path("."))
     model, peer = pair.ours, pair.peer
@@ -101,6 +114,45 @@ def main() -> None:
     print(f"| the nn.RNN step loop (bench_decode.py's peer) | {found['peer']:.1f} |")
     around = found["model"] - found["operations"]
     print(f"| seqzoo's Python around the operations (model - operations) | {around:.1f} |")
+    if args.loops:
+        new_cache_loops(pair, args.loops, args.steps)
+
+
+def new_cache_loops(pair: bench_decode.Pair, loops: int, steps: int) -> None:
+    """Median µs of a new cache's first step and of its whole loop per token: the model as built, the model with the
+    input table's value check replaced by ``True`` (here only), the ``nn.RNN`` loop; interleaved, shuffled."""
+    checked = recurrent._BuiltTable.same_values
+    cases = {"seqzoo, as built": (bench_decode.SeqzooRunner(pair.ours), checked),
+             "seqzoo, the table's value check taken out": (bench_decode.SeqzooRunner(pair.ours), lambda *_: True),
+             "the nn.RNN step loop": (pair.peer, checked)}
+    first: dict[str, list[float]] = {name: [] for name in cases}
+    whole: dict[str, list[float]] = {name: [] for name in cases}
+    prompt, order = torch.randint(0, 256, (1, 16)), random.Random(0)
+    try:
+        with torch.inference_mode():
+            for index in range(loops + 5):  # (the first five: warm-up)
+                for name in order.sample(list(cases), len(cases)):
+                    runner, check = cases[name]
+                    recurrent._BuiltTable.same_values = check
+                    logits, state = runner.prefill(prompt)
+                    token = logits.argmax(-1)
+                    start = time.perf_counter()
+                    logits, state = runner.step(token, state)
+                    token = logits.argmax(-1)
+                    after_first = time.perf_counter()
+                    for _ in range(steps - 1):
+                        logits, state = runner.step(token, state)
+                        token = logits.argmax(-1)
+                    end = time.perf_counter()
+                    if index >= 5:
+                        first[name].append((after_first - start) * 1e6)
+                        whole[name].append((end - start) * 1e6 / steps)
+    finally:
+        recurrent._BuiltTable.same_values = checked
+    print(f"\nA new cache: a 16-token prefill (not timed), then {steps} steps; medians of {loops} loops, in µs")
+    print("| case | first step | the loop, per token |\n|---|---|---|")
+    for name in cases:
+        print(f"| {name} | {statistics.median(first[name]):.1f} | {statistics.median(whole[name]):.1f} |")
 
 
 if __name__ == "__main__":

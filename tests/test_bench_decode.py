@@ -323,6 +323,10 @@ def test_rnn_step_parts_runs_and_checks_its_operations():
     # (the script refuses to time hand-written operations that do not give the model's logits)
     env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
     result = subprocess.run([sys.executable, "benchmarks/bench_rnn_step_parts.py", "--hidden-size", "32", "--calls",
-                             "2", "--batches", "1"], cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+                             "2", "--batches", "1", "--loops", "2", "--steps", "3"], cwd=REPO, env=env,
+                            capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-4000:]
     assert "| the seqzoo model's step, called directly, model fixed |" in result.stdout
+    assert "then 3 steps; medians of 2 loops" in result.stdout
+    for case in ("seqzoo, as built", "seqzoo, the table's value check taken out", "the nn.RNN step loop"):
+        assert f"| {case} | " in result.stdout
