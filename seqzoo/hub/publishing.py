@@ -346,9 +346,10 @@ def _load_checkpoint(source: Any, tokenizer: Any, training: dict[str, Any] | Non
         if not isinstance(config, dict):
             raise ValueError(f"{config_file} must hold a JSON object (a model's configuration); got {config!r:.60}")
         spec = architecture_for_model_type(config.get("model_type"))
-        # The head the folder was saved with (transformers records its class name); a causal LM by default.
+        # The head the folder was saved with (transformers records its class name); else the architecture's default
+        # head: the causal LM, or the seq2seq head of an encoder-decoder, which has no causal LM to fall back on.
         task = spec.task_saved_as(saved_class_name(config.get("architectures"), str(config_file)))
-        head = spec.heads[task] if task is not None else spec.causal_lm_class
+        head = spec.heads[task] if task is not None else spec.default_head
         with quiet_transformers():  # (its load report would print above the error that a misfit raises)
             model, info = head.from_pretrained(folder, dtype="auto", output_loading_info=True)
         # Tensors of another head load as "unexpected" and would be left out of the published weights.
