@@ -360,6 +360,15 @@ def _load_checkpoint(source: Any, tokenizer: Any, training: dict[str, Any] | Non
                 f"publishing would leave them out; set 'architectures' in {config_file} to the class the model was "
                 f"saved as (one of {', '.join(cls.__name__ for cls in spec.heads.values())})"
             )
+        # Tensors the head needs that the folder lacks (an untied vocabulary head of a folder saved from the backbone
+        # alone) are newly initialised, and would be published as if trained (the load report saying so is quieted).
+        new = sorted(info.get("missing_keys") or [])
+        if new:
+            raise ValueError(
+                f"{folder}: its weights lack {', '.join(new[:8])}{' ...' if len(new) > 8 else ''}, which "
+                f"{head.__name__} needs, so publishing would upload them newly initialised (random); publish a "
+                f"folder saved from the whole model with its head (its save_pretrained)"
+            )
         if tokenizer is None:
             from seqzoo.tokenizer import byte_tokenizer_problem, load_tokenizer, tokenizer_for
 
