@@ -346,9 +346,10 @@ def _load_checkpoint(source: Any, tokenizer: Any, training: dict[str, Any] | Non
         if not isinstance(config, dict):
             raise ValueError(f"{config_file} must hold a JSON object (a model's configuration); got {config!r:.60}")
         spec = architecture_for_model_type(config.get("model_type"))
-        # The head the folder was saved with (transformers records its class name); a causal LM by default.
+        # The head the folder was saved with (transformers records its class name); else the architecture's default
+        # head: the causal LM, or the seq2seq head of an encoder-decoder, which has no causal LM to fall back on.
         task = spec.task_saved_as(saved_class_name(config.get("architectures"), str(config_file)))
-        head = spec.heads[task] if task is not None else spec.causal_lm_class
+        head = spec.heads[task] if task is not None else spec.default_head
         with quiet_transformers():  # (its load report would print above the error that a misfit raises)
             model, info = head.from_pretrained(folder, dtype="auto", output_loading_info=True)
         # Tensors of another head load as "unexpected" and would be left out of the published weights.
@@ -358,6 +359,15 @@ def _load_checkpoint(source: Any, tokenizer: Any, training: dict[str, Any] | Non
                 f"{folder}: its weights hold {', '.join(dropped[:8])}, which {head.__name__} has no place for, so "
                 f"publishing would leave them out; set 'architectures' in {config_file} to the class the model was "
                 f"saved as (one of {', '.join(cls.__name__ for cls in spec.heads.values())})"
+            )
+        # Tensors the head needs that the folder lacks (an untied vocabulary head of a folder saved from the backbone
+        # alone) are newly initialised, and would be published as if trained (the load report saying so is quieted).
+        new = sorted(info.get("missing_keys") or [])
+        if new:
+            raise ValueError(
+                f"{folder}: its weights lack {', '.join(new[:8])}{' ...' if len(new) > 8 else ''}, which "
+                f"{head.__name__} needs, so publishing would upload them newly initialised (random); publish a "
+                f"folder saved from the whole model with its head (its save_pretrained)"
             )
         if tokenizer is None:
             from seqzoo.tokenizer import byte_tokenizer_problem, load_tokenizer, tokenizer_for

@@ -283,7 +283,7 @@ def mask_from_pad_token(ids: torch.Tensor, pad: int, eos: list[int]) -> torch.Te
 
 
 def prompt_padded_on_the_left(model: nn.Module, args: tuple, kwargs: dict[str, Any], config: Any,
-                              cache: Any) -> tuple[tuple, dict[str, Any], tuple[torch.Tensor, bool] | None]:
+                              cache: Any) -> tuple[tuple, dict[str, Any], tuple[torch.Tensor, bool, int] | None]:
     """``generate()``'s arguments with a right-padded prompt padded on the left instead, and what
     :func:`prompt_put_back` needs to put the prompt back as it was given in what ``generate()`` returns; where nothing
     is padded on the right, the same objects and None.

@@ -306,6 +306,33 @@ def test_export_refuses_a_config_that_does_not_describe_the_weights(tmp_path):
     assert sorted(path.name for path in tmp_path.iterdir()) == ["classifier", "saved-head"]  # (the refused: none)
 
 
+
+def test_export_refuses_a_backbone_folder_that_lacks_the_heads_weights(tmp_path):
+    # A folder saved from the backbone alone (XModel.save_pretrained) loads into the causal LM with the head's own
+    # tensors newly initialised; the export quiets transformers' load report, and published them as the model's.
+    def backbone_folder(preset: str, name: str, **overrides):
+        torch.manual_seed(0)
+        model = seqzoo.create_model(preset, vocab_size=258, pad_token_id=256, bos_token_id=257, eos_token_id=257,
+                                    **overrides).eval()
+        model.model.save_pretrained(tmp_path / name)
+        byte_tokenizer().save_pretrained(tmp_path / name)
+        return model
+
+    backbone_folder("transformer-tiny", "untied", tie_word_embeddings=False)
+    with pytest.raises(ValueError, match=r"lack lm_head\.weight, which TransformerForCausalLM needs.*newly initial"):
+        export_folder(tmp_path / "untied", tmp_path / "a", repo_id=repo_id("transformer"))
+    backbone_folder("lstm-tiny", "decoder-bias", tie_word_embeddings=True)  # (the classic LM's decoder has a bias)
+    with pytest.raises(ValueError, match=r"lack lm_head\.bias, which LSTMForCausalLM needs"):
+        export_folder(tmp_path / "decoder-bias", tmp_path / "b", repo_id=repo_id("lstm"))
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+    # Where the backbone holds every weight of the head (tied, without a bias), it publishes as the causal LM.
+    tied = backbone_folder("transformer-tiny", "tied", tie_word_embeddings=True)
+    exported = export_folder(tmp_path / "tied", tmp_path / "c", repo_id=repo_id("transformer"))
+    ids = torch.tensor([list(b"a dog")])
+    with torch.no_grad():
+        assert torch.equal(AutoModelForCausalLM.from_pretrained(exported)(ids).logits, tied(ids).logits)
+
+
 def test_export_from_a_model_object(tmp_path):
     model = tiny_byte_model("rnn")
     folder = export_folder(model, tmp_path / "rnn", repo_id="someone/rnn", tokenizer=byte_tokenizer(),

@@ -142,3 +142,29 @@ def test_bundle_loads_under_the_other_transformers_release(exports, tmp_path):
     assert results["transformers_version"] != transformers.__version__
     for name, folder in exports.items():
         assert_same(results["checkpoints"][name], native(folder))
+
+
+@pytest.mark.parametrize("saved_as", [None, "Seq2SeqModel"], ids=["no-architectures", "backbone"])
+def test_a_folder_that_names_no_seq2seq_head_publishes_as_the_seq2seq_head(tmp_path, saved_as):
+    # A config.json without `architectures`, or naming the backbone (Seq2SeqModel.save_pretrained), defaults to the
+    # architecture's head. An encoder-decoder has no causal LM to default to: the export failed with "'NoneType'
+    # object has no attribute 'from_pretrained'".
+    torch.manual_seed(0)
+    config = tiny_config("seq2seq-bahdanau-tiny", vocab_size=258, pad_token_id=256, bos_token_id=257,
+                         eos_token_id=257)
+    model = architecture_for_model_type(config.model_type).default_head(config).eval()
+    folder = tmp_path / "saved"
+    save_with_tokenizer(model, folder)
+    values = json.loads((folder / "config.json").read_text())
+    if saved_as is None:
+        del values["architectures"]
+    else:
+        values["architectures"] = [saved_as]
+    (folder / "config.json").write_text(json.dumps(values))
+    exported = export_folder(folder, tmp_path / "exported", repo_id="seqzoo-test/tiny-seq2seq")
+    assert json.loads((exported / "config.json").read_text())["architectures"] == ["Seq2SeqForConditionalGeneration"]
+    loaded = AutoModelForSeq2SeqLM.from_pretrained(exported).eval()
+    ids = torch.tensor([list(b"a dog")])
+    with torch.no_grad():
+        assert torch.equal(loaded.generate(ids, max_new_tokens=4, do_sample=False),
+                           model.generate(ids, max_new_tokens=4, do_sample=False))
