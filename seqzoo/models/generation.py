@@ -51,7 +51,8 @@ def check_generate_cache(model: nn.Module, cache: Any, config: Any, kwargs: dict
       (LlamaForCausalLM's too), so the cache ends up holding the prompt twice and the tokens are wrong;
     - ``prefill_chunk_size`` with ``inputs_embeds`` (transformers' chunks slice the empty ``input_ids``), or for an
       encoder-decoder (whose source mask transformers' chunks cut to the decoder's length);
-    and a draft model (``assistant_model``) whose state cannot be cropped, which failed after its first round."""
+    and a draft model (``assistant_model``) whose state cannot be cropped, which failed after its first round, and
+    ``assistant_early_exit`` (which transformers drafts by changing the model's ``config.num_hidden_layers``)."""
     use_cache = kwargs.get("use_cache", config.use_cache)
     where = f"{type(model).__name__}.generate"
     if cache is not None and use_cache is False:
@@ -64,6 +65,16 @@ def check_generate_cache(model: nn.Module, cache: Any, config: Any, kwargs: dict
     if assisted and getattr(model, "_is_stateful", False):
         # (before the draft's check below, whose advice would not help this model)
         raise ValueError(_assisted_refusal(model))
+    if "assistant_early_exit" in assisted:
+        # transformers drafts with the model itself, its config's num_hidden_layers set to the exit layer for each
+        # draft call (Llama's loop reads it). A seqzoo model runs every layer it holds: the draft's cache, built for
+        # fewer layers, failed with an IndexError, and the failure left num_hidden_layers changed on the model's
+        # config, so every later forward failed too and save_pretrained wrote a config of fewer layers.
+        exit_layer = kwargs.get("assistant_early_exit", getattr(config, "assistant_early_exit", None))
+        raise ValueError(f"{where}: assistant_early_exit={exit_layer!r} is not supported: transformers drafts with "
+                         "the model's first layers by changing config.num_hidden_layers for each draft, which seqzoo "
+                         "models do not read (they run every layer they hold). For assisted decoding, pass "
+                         "assistant_model= (a smaller Transformer) or prompt_lookup_num_tokens=")
     assistant = kwargs.get("assistant_model")
     if getattr(assistant, "_is_stateful", False):  # (transformers checks the main model only)
         raise ValueError(f"{where}: assistant_model {type(assistant).__name__} keeps a recurrent state, which "

@@ -436,6 +436,28 @@ def test_a_stateful_model_with_a_stateful_draft_is_refused_for_itself():
         model.generate(torch.tensor([[5, 6, 7, 5, 6, 7]]), assistant_model=tiny_model("lstm-tiny"), **ASSISTED)
 
 
+@pytest.mark.parametrize("preset", families_where("can_crop_cache"))
+def test_early_exit_drafting_is_refused_and_leaves_the_model_as_it_was(preset):
+    # transformers drafts with the model itself, setting config.num_hidden_layers to the exit layer for each draft
+    # (its Llama's loop reads it; with a Llama the tokens are greedy's). A seqzoo model runs every layer it holds:
+    # the draft failed with an IndexError from the cache, and left num_hidden_layers changed, so every later forward
+    # failed too. Refused by name before anything changes, from a keyword or a generation config.
+    from transformers import GenerationConfig
+
+    model = tiny_model(preset)
+    ids = torch.tensor([[5, 6, 7, 5, 6, 7]])
+    layers = model.config.num_hidden_layers
+    for call in ({"assistant_early_exit": 1}, {"generation_config": GenerationConfig(assistant_early_exit=1)}):
+        with pytest.raises(ValueError, match=rf"{type(model).__name__}\.generate: assistant_early_exit=1 is not "
+                                             r"supported: .* pass assistant_model= .* or prompt_lookup_num_tokens="):
+            model.generate(ids, **call, **ASSISTED)
+        assert model.config.num_hidden_layers == layers
+    assert torch.equal(model.generate(ids, prompt_lookup_num_tokens=2, **ASSISTED), model.generate(ids, **ASSISTED))
+    # With beam search transformers decodes without drafts and leaves the config alone: allowed, as for the others.
+    beams = dict(ASSISTED, num_beams=2)
+    assert torch.equal(model.generate(ids, assistant_early_exit=1, **beams), model.generate(ids, **beams))
+
+
 @pytest.mark.parametrize("assisted", [{"prompt_lookup_num_tokens": 2}, {"assistant_model": "draft"}])
 def test_assisted_decoding_does_not_continue_a_cache_holding_positions(assisted):
     # transformers' assisted loop feeds the whole prompt on top of a cache passed in (LlamaForCausalLM's too): the
