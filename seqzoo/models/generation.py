@@ -60,7 +60,7 @@ def check_generate_cache(model: nn.Module, cache: Any, config: Any, kwargs: dict
                          "use_cache unset (or True), or pass no cache to decode without one")
     # (transformers decodes assisted with greedy or sampled decoding only: with beams it warns and ignores these)
     beams = kwargs.get("num_beams", config.num_beams) or 1
-    assisted = [name for name in _ASSISTED if kwargs.get(name, getattr(config, name, None)) not in (None, False)
+    assisted = [name for name in _ASSISTED if _asks_for_assisted(name, kwargs.get(name, getattr(config, name, None)))
                 ] if beams == 1 else []
     if assisted and getattr(model, "_is_stateful", False):
         # (before the draft's check below, whose advice would not help this model)
@@ -133,6 +133,14 @@ def explained_assisted_refusal(model: nn.Module) -> Iterator[None]:
 
 # What asks generate() for assisted decoding.
 _ASSISTED = ("assistant_model", "prompt_lookup_num_tokens", "assistant_early_exit", "use_mtp")
+
+
+def _asks_for_assisted(name: str, value: Any) -> bool:
+    """Whether ``value`` of the :data:`_ASSISTED` setting ``name`` asks for assisted decoding, as transformers'
+    ``GenerationConfig.get_generation_mode`` reads it: ``use_mtp`` when true, the others when not None. (A 0 asks too:
+    ``assistant_early_exit=0`` drafted with no layers, and read as unset here, it broke the model as any other exit
+    layer did.)"""
+    return bool(value) if name == "use_mtp" else value is not None
 
 
 def _assisted_refusal(model: nn.Module) -> str:
