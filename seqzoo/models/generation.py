@@ -51,7 +51,8 @@ def check_generate_cache(model: nn.Module, cache: Any, config: Any, kwargs: dict
       (LlamaForCausalLM's too), so the cache ends up holding the prompt twice and the tokens are wrong;
     - ``prefill_chunk_size`` with ``inputs_embeds`` (transformers' chunks slice the empty ``input_ids``), or for an
       encoder-decoder (whose source mask transformers' chunks cut to the decoder's length);
-    and a draft model (``assistant_model``) whose state cannot be cropped, which failed after its first round."""
+    and a draft model (``assistant_model``) whose state cannot be cropped, which failed after its first round, and
+    ``assistant_early_exit`` (which transformers drafts by changing the model's ``config.num_hidden_layers``)."""
     use_cache = kwargs.get("use_cache", config.use_cache)
     where = f"{type(model).__name__}.generate"
     if cache is not None and use_cache is False:
@@ -59,11 +60,21 @@ def check_generate_cache(model: nn.Module, cache: Any, config: Any, kwargs: dict
                          "use_cache unset (or True), or pass no cache to decode without one")
     # (transformers decodes assisted with greedy or sampled decoding only: with beams it warns and ignores these)
     beams = kwargs.get("num_beams", config.num_beams) or 1
-    assisted = [name for name in _ASSISTED if kwargs.get(name, getattr(config, name, None)) not in (None, False)
+    assisted = [name for name in _ASSISTED if _asks_for_assisted(name, kwargs.get(name, getattr(config, name, None)))
                 ] if beams == 1 else []
     if assisted and getattr(model, "_is_stateful", False):
         # (before the draft's check below, whose advice would not help this model)
         raise ValueError(_assisted_refusal(model))
+    if "assistant_early_exit" in assisted:
+        # transformers drafts with the model itself, its config's num_hidden_layers set to the exit layer for each
+        # draft call (Llama's loop reads it). A seqzoo model runs every layer it holds: the draft's cache, built for
+        # fewer layers, failed with an IndexError, and the failure left num_hidden_layers changed on the model's
+        # config, so every later forward failed too and save_pretrained wrote a config of fewer layers.
+        exit_layer = kwargs.get("assistant_early_exit", getattr(config, "assistant_early_exit", None))
+        raise ValueError(f"{where}: assistant_early_exit={exit_layer!r} is not supported: transformers drafts with "
+                         "the model's first layers by changing config.num_hidden_layers for each draft, which seqzoo "
+                         "models do not read (they run every layer they hold). For assisted decoding, pass "
+                         "assistant_model= (a smaller Transformer) or prompt_lookup_num_tokens=")
     assistant = kwargs.get("assistant_model")
     if getattr(assistant, "_is_stateful", False):  # (transformers checks the main model only)
         raise ValueError(f"{where}: assistant_model {type(assistant).__name__} keeps a recurrent state, which "
@@ -122,6 +133,14 @@ def explained_assisted_refusal(model: nn.Module) -> Iterator[None]:
 
 # What asks generate() for assisted decoding.
 _ASSISTED = ("assistant_model", "prompt_lookup_num_tokens", "assistant_early_exit", "use_mtp")
+
+
+def _asks_for_assisted(name: str, value: Any) -> bool:
+    """Whether ``value`` of the :data:`_ASSISTED` setting ``name`` asks for assisted decoding, as transformers'
+    ``GenerationConfig.get_generation_mode`` reads it: ``use_mtp`` when true, the others when not None. (A 0 asks too:
+    ``assistant_early_exit=0`` drafted with no layers, and read as unset here, it broke the model as any other exit
+    layer did.)"""
+    return bool(value) if name == "use_mtp" else value is not None
 
 
 def _assisted_refusal(model: nn.Module) -> str:

@@ -407,9 +407,12 @@ def test_assisted_decoding_is_refused_when_the_cache_cannot_be_cropped(preset):
     ids = torch.tensor([[5, 6, 7, 5, 6, 7]])
     why = (rf"{type(model).__name__}\.generate: assisted decoding .* stateful models: this model keeps a recurrent "
            r"state \(\w+.* layers\), which cannot be rolled back .*greedy, sampling and beam search work")
-    for assisted in ({"prompt_lookup_num_tokens": 2}, {"assistant_model": tiny_model("transformer-tiny")}):
+    layers = model.config.num_hidden_layers
+    for assisted in ({"prompt_lookup_num_tokens": 2}, {"assistant_model": tiny_model("transformer-tiny")},
+                     {"assistant_early_exit": 0}):  # (0 asks for early exit as transformers reads it)
         with pytest.raises(ValueError, match=why):
             model.generate(ids, **assisted, **ASSISTED)
+    assert model.config.num_hidden_layers == layers  # (early exit left it at 0: every later forward failed)
     # With beam search transformers decodes without the draft (as for an attention model): still allowed.
     beams = dict(ASSISTED, num_beams=2)
     assert torch.equal(model.generate(ids, prompt_lookup_num_tokens=2, **beams), model.generate(ids, **beams))
@@ -434,6 +437,31 @@ def test_a_stateful_model_with_a_stateful_draft_is_refused_for_itself():
     with pytest.raises(ValueError,
                        match=r"RNNForCausalLM\.generate: assisted decoding .* this model keeps a recurrent"):
         model.generate(torch.tensor([[5, 6, 7, 5, 6, 7]]), assistant_model=tiny_model("lstm-tiny"), **ASSISTED)
+
+
+@pytest.mark.parametrize("preset", families_where("can_crop_cache"))
+def test_early_exit_drafting_is_refused_and_leaves_the_model_as_it_was(preset):
+    # transformers drafts with the model itself, setting config.num_hidden_layers to the exit layer for each draft
+    # (its Llama's loop reads it; with a Llama the tokens are greedy's). A seqzoo model runs every layer it holds:
+    # the draft failed with an IndexError from the cache, and left num_hidden_layers changed, so every later forward
+    # failed too. Refused by name before anything changes, from a keyword or a generation config.
+    from transformers import GenerationConfig
+
+    model = tiny_model(preset)
+    ids = torch.tensor([[5, 6, 7, 5, 6, 7]])
+    layers = model.config.num_hidden_layers
+    for exit_layer in (1, 0):  # (0 asks for it too, as transformers reads it)
+        for call in ({"assistant_early_exit": exit_layer},
+                     {"generation_config": GenerationConfig(assistant_early_exit=exit_layer)}):
+            with pytest.raises(ValueError, match=rf"{type(model).__name__}\.generate: assistant_early_exit="
+                                                 rf"{exit_layer} is not supported: .* pass assistant_model= .* or "
+                                                 r"prompt_lookup_num_tokens="):
+                model.generate(ids, **call, **ASSISTED)
+            assert model.config.num_hidden_layers == layers
+    assert torch.equal(model.generate(ids, prompt_lookup_num_tokens=2, **ASSISTED), model.generate(ids, **ASSISTED))
+    # With beam search transformers decodes without drafts and leaves the config alone: allowed, as for the others.
+    beams = dict(ASSISTED, num_beams=2)
+    assert torch.equal(model.generate(ids, assistant_early_exit=1, **beams), model.generate(ids, **beams))
 
 
 @pytest.mark.parametrize("assisted", [{"prompt_lookup_num_tokens": 2}, {"assistant_model": "draft"}])
