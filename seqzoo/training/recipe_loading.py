@@ -1,5 +1,6 @@
-"""Loading a recipe: a YAML (or JSON) file, a recipe preset (``configs/<name>.yaml``) or a model preset (the default
-recipe for that model), with overrides applied before the recipe is built and validated (seqzoo.training.recipe).
+"""Loading a recipe: a YAML (or JSON) file, a recipe preset (``seqzoo/configs/<name>.yaml``) or a model preset (the
+default recipe for that model), with overrides applied before the recipe is built and validated
+(seqzoo.training.recipe).
 
 Overrides from the command line are ``key=value`` pairs where ``key`` is a dotted path (``train.max_steps=100``,
 ``model.config.dropout=0.1``) or a field name that exists in only one section (``max_steps=100``).
