@@ -25,8 +25,8 @@ from tests.conftest import python_path
 
 REPO = Path(__file__).resolve().parents[1]
 PACKAGE = REPO / "seqzoo"
-# What pyproject.toml builds the wheel and the sdist from.
-BUILD_INPUTS = ("pyproject.toml", "README.md", "LICENSE", "seqzoo_cli.py", "seqzoo")
+# What pyproject.toml builds the wheel and the sdist from (tests/ is copied too: the sdist must leave it out).
+BUILD_INPUTS = ("pyproject.toml", "MANIFEST.in", "README.md", "LICENSE", "seqzoo_cli.py", "seqzoo", "tests")
 # The folders of package data the code reads through Path(__file__) at run time.
 DATA_FOLDERS = {"presets": seqzoo.registry.PRESET_DIR, "recipes": recipe_loading.RECIPE_DIR,
                 "card templates": cards.TEMPLATE_DIR, "the lab's card prose": findings.CARD_DIR}
@@ -124,6 +124,11 @@ def test_the_wheel_holds_every_file_the_package_reads(built):
 def test_the_sdist_builds_the_same_wheel(built):
     with zipfile.ZipFile(built["wheel"]) as wheel, zipfile.ZipFile(built["wheel_from_sdist"]) as again:
         assert {n: wheel.read(n) for n in wheel.namelist()} == {n: again.read(n) for n in again.namelist()}
+    with tarfile.open(built["sdist"]) as sdist:
+        top = {Path(name).parts[1] for name in sdist.getnames() if len(Path(name).parts) > 1}
+    # (setuptools adds tests/test*.py to an sdist of its own accord: without conftest.py, the fixtures and the
+    # benchmarks they import, that part of the suite fails; the suite runs from a checkout)
+    assert "tests" not in top, sorted(top)
 
 
 def test_an_installed_wheel_makes_what_the_checkout_makes(built, tmp_path, monkeypatch):
