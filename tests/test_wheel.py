@@ -131,6 +131,19 @@ def test_the_sdist_builds_the_same_wheel(built):
     assert "tests" not in top, sorted(top)
 
 
+def test_what_a_user_reads_names_no_folder_of_the_checkout(tmp_path, capsys):
+    # (an installed user has no configs/: the train command's help and an empty recipe's refusal sent them there)
+    with pytest.raises(SystemExit):
+        main(["train", "--help"])
+    help_text = capsys.readouterr().out
+    empty = tmp_path / "empty.yaml"
+    empty.write_text("# nothing yet\n", encoding="utf-8")
+    with pytest.raises(ValueError, match="--print-recipe") as refused:
+        recipe_loading.load_recipe(empty)
+    for text in (help_text, str(refused.value)):
+        assert "configs/" not in text, text
+
+
 def test_an_installed_wheel_makes_what_the_checkout_makes(built, tmp_path, monkeypatch):
     site, work = tmp_path / "site", tmp_path / "work"
     with zipfile.ZipFile(built["wheel"]) as wheel:

@@ -67,7 +67,8 @@ def load_recipe(source: str | os.PathLike[str], overrides: dict[str, Any] | None
             raise ValueError(f"recipe file {str(path)!r} nests lists or mappings too deep to read ({err})") from None
         if values is None:  # empty, or comments only: it would train the default recipe without a word
             raise ValueError(f"recipe file {str(path)!r} is empty (or only comments); a recipe names at least its "
-                             "model (model: {preset: lstm-tiny}), see configs/ for examples")
+                             "model (model: {preset: lstm-tiny}); `seqzoo train lstm-pydoc --print-recipe` prints "
+                             "a whole one to start from")
         default_name = path.stem
     elif source in list_recipes():
         values = read_recipe_file(RECIPE_DIR / f"{source}.yaml") or {}
