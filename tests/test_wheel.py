@@ -111,8 +111,11 @@ def test_the_wheel_holds_every_file_the_package_reads(built):
     with zipfile.ZipFile(built["wheel"]) as wheel:
         names = set(wheel.namelist())
         entry_points = next(wheel.read(name).decode() for name in names if name.endswith(".dist-info/entry_points.txt"))
-    sources = {path.relative_to(REPO).as_posix() for path in PACKAGE.rglob("*.py") if "__pycache__" not in path.parts}
-    assert sources | {"seqzoo_cli.py"} <= names, sorted(sources | {"seqzoo_cli.py"} - names)
+    # (every file of the package folder: its modules, its data, and the pages beside the code that its docstrings
+    # send a reader to, kernels/<op>/README.md and models/README.md)
+    package = {path.relative_to(REPO).as_posix() for path in PACKAGE.rglob("*")
+               if path.is_file() and "__pycache__" not in path.parts}
+    assert package | {"seqzoo_cli.py"} <= names, sorted((package | {"seqzoo_cli.py"}) - names)
     assert "seqzoo = seqzoo_cli:main" in entry_points
     for what, folder in DATA_FOLDERS.items():
         inside = folder.relative_to(PACKAGE.resolve()).as_posix()
