@@ -93,7 +93,8 @@ def built(tmp_path_factory) -> dict[str, Path]:
     wheel = _build("wheel", source, root / "wheel")
     sdist = _build("sdist", source, root / "sdist")
     with tarfile.open(sdist) as archive:
-        archive.extractall(root / "unpacked", filter="data")
+        # (extraction filters came with Python 3.11.4; seqzoo supports 3.11.0)
+        archive.extractall(root / "unpacked", **({"filter": "data"} if hasattr(tarfile, "data_filter") else {}))
     from_sdist = _build("wheel", next((root / "unpacked").iterdir()), root / "wheel-from-sdist")
     return {"root": root, "wheel": wheel, "sdist": sdist, "wheel_from_sdist": from_sdist}
 
