@@ -1,8 +1,8 @@
 """Model registry: architectures (config + model classes), named presets, and entry-point plugins.
 
 Built-in architectures are registered by ``import seqzoo``; each registration also registers the classes with
-``AutoConfig``, ``AutoModel`` and ``AutoModelForCausalLM``. Presets are ``configs/<name>.json`` files -- each a
-valid config.json -- plus any presets a plugin declares.
+``AutoConfig``, ``AutoModel`` and ``AutoModelForCausalLM``. Presets are ``seqzoo/configs/<name>.json`` files (package
+data, installed with seqzoo) -- each a valid config.json -- plus any presets a plugin declares.
 
 Third-party architectures arrive through the ``seqzoo.models`` entry-point group. An entry point names a callable;
 seqzoo calls it with no arguments, and it returns a :class:`ModelSpec` (or a list of them) or registers itself with
@@ -43,7 +43,7 @@ _SAVED_CONFIG_KEYS = ("architectures", "transformers_version", "auto_map")
 @dataclass
 class ModelSpec:
     """One architecture: its name (``"lstm"``), config and backbone classes, a head class per task (``heads``:
-    task -> class, tasks from :data:`TASKS`), and presets beyond ``configs/`` (name -> config dict).
+    task -> class, tasks from :data:`TASKS`), and presets beyond ``seqzoo/configs/`` (name -> config dict).
 
     ``causal_lm_class`` is the ``"causal-lm"`` head, given on its own for the architectures (and plugins) of
     seqzoo 0.1; it joins ``heads``. The Auto classes, a Hub bundle's ``auto_map`` and a model card's
@@ -160,7 +160,7 @@ def register_architecture(spec: ModelSpec, *, exist_ok: bool = False) -> ModelSp
             owner = _PLUGIN_PRESETS.get(preset, (spec.name,))[0]
             if preset in files or owner != spec.name:
                 raise ValueError(f"architecture {spec.name!r}: preset {preset!r} is already defined by "
-                                 f"{'configs/' + preset + '.json' if preset in files else repr(owner)}")
+                                 f"{'seqzoo/configs/' + preset + '.json' if preset in files else repr(owner)}")
     for preset, values in spec.presets.items():
         _check_preset(spec, preset, values)
     AutoConfig.register(spec.model_type, spec.config_class, exist_ok=True)
@@ -370,7 +370,7 @@ def smallest_preset(architecture: str | None = None, *, among: list[str] | None 
     """
     names = list(among) if among is not None else architecture_presets(architecture or "")
     if not names:
-        raise ValueError(f"architecture {architecture!r} has no preset; add configs/{architecture}-tiny.json or "
+        raise ValueError(f"architecture {architecture!r} has no preset; add seqzoo/configs/{architecture}-tiny.json or "
                          f"declare presets in its ModelSpec")
     return min(names, key=lambda name: (preset_parameter_count(name), name))
 

@@ -1,5 +1,5 @@
 """Publishing seqzoo checkpoints: a self-contained Hub export (flat code bundle for ``trust_remote_code``), model
-cards rendered from ``hub_cards/`` templates, and upload through huggingface_hub.
+cards rendered from ``seqzoo/hub_cards/`` templates, and upload through huggingface_hub.
 
     from seqzoo.hub import export_folder, publish
     export_folder("my-lstm", "my-lstm-hub", repo_id="me/my-lstm")   # build the repository folder only

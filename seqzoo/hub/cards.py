@@ -1,9 +1,9 @@
-"""Model cards for published checkpoints, rendered from ``hub_cards/<architecture>.md`` with huggingface_hub.
+"""Model cards for published checkpoints, rendered from ``seqzoo/hub_cards/<architecture>.md`` with huggingface_hub.
 
 A template is Markdown with Jinja2 placeholders, rendered by ``huggingface_hub.ModelCard.from_template``; it starts
 with the ``{{ card_data }}`` metadata block and arranges the prose about how its architecture remembers around the
 sections seqzoo computes for every card (see :func:`card_sections`). An architecture without its own template
-(a plugin) gets ``hub_cards/generic.md`` and a logged warning.
+(a plugin) gets ``seqzoo/hub_cards/generic.md`` and a logged warning.
 
 The training record
 -------------------
@@ -78,13 +78,13 @@ CONTEXT_EXAMPLE = 4096  # context length at which a card quotes the size of a gr
 
 
 def template_path(architecture: str) -> Path:
-    """``hub_cards/<architecture>.md``, or the generic template (with a warning) when there is none."""
+    """``seqzoo/hub_cards/<architecture>.md``, or the generic template (with a warning) when there is none."""
     path = TEMPLATE_DIR / f"{architecture}.md"
     if path.is_file():
         return path
     logger.warning(
-        "no model-card template %s for architecture %r; using the generic one (add hub_cards/%s.md to describe it)",
-        path, architecture, architecture,
+        "no model-card template %s for architecture %r; using the generic one (add seqzoo/hub_cards/%s.md to "
+        "describe it)", path, architecture, architecture,
     )
     return TEMPLATE_DIR / f"{GENERIC_TEMPLATE}.md"
 

@@ -23,7 +23,8 @@ def register(subparsers: Any) -> None:
         "train", help="train a model from a recipe (YAML file, recipe preset or model preset) with Accelerate",
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("recipe", help="a recipe YAML file, a recipe preset in configs/ (e.g. lstm-pydoc) or a model preset")
+    p.add_argument("recipe", help="a recipe YAML file, a recipe preset that ships with seqzoo (e.g. lstm-pydoc; "
+                   "--print-recipe shows it whole) or a model preset")
     p.add_argument("overrides", nargs="*", default=[], metavar="KEY=VALUE",  # (default: not listed as required)
                    help="recipe overrides: train.max_steps=100, lr=1e-3, model.config.dropout=0.1, ...")
     p.add_argument("--resume", nargs="?", const=True, default=None, metavar="PATH",

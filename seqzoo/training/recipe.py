@@ -1,4 +1,4 @@
-"""Training recipes: a YAML file (or a preset in ``configs/``) read into a validated dataclass tree.
+"""Training recipes: a YAML file (or a preset in ``seqzoo/configs/``) read into a validated dataclass tree.
 
 A recipe has four sections -- ``model``, ``data``, ``optim``, ``train`` -- plus ``name`` and ``output_dir``.
 Every field is checked when the recipe is built; an unknown or badly typed field raises ``ValueError`` naming the

@@ -1,5 +1,6 @@
-"""Loading a recipe: a YAML (or JSON) file, a recipe preset (``configs/<name>.yaml``) or a model preset (the default
-recipe for that model), with overrides applied before the recipe is built and validated (seqzoo.training.recipe).
+"""Loading a recipe: a YAML (or JSON) file, a recipe preset (``seqzoo/configs/<name>.yaml``) or a model preset (the
+default recipe for that model), with overrides applied before the recipe is built and validated
+(seqzoo.training.recipe).
 
 Overrides from the command line are ``key=value`` pairs where ``key`` is a dotted path (``train.max_steps=100``,
 ``model.config.dropout=0.1``) or a field name that exists in only one section (``max_steps=100``).
@@ -66,7 +67,8 @@ def load_recipe(source: str | os.PathLike[str], overrides: dict[str, Any] | None
             raise ValueError(f"recipe file {str(path)!r} nests lists or mappings too deep to read ({err})") from None
         if values is None:  # empty, or comments only: it would train the default recipe without a word
             raise ValueError(f"recipe file {str(path)!r} is empty (or only comments); a recipe names at least its "
-                             "model (model: {preset: lstm-tiny}), see configs/ for examples")
+                             "model (model: {preset: lstm-tiny}); `seqzoo train lstm-pydoc --print-recipe` prints "
+                             "a whole one to start from")
         default_name = path.stem
     elif source in list_recipes():
         values = read_recipe_file(RECIPE_DIR / f"{source}.yaml") or {}
