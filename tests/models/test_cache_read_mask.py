@@ -15,8 +15,10 @@ import io
 
 import pytest
 import torch
+from transformers import LlamaConfig, LlamaForCausalLM
 
-from seqzoo.models.compat import output_cache
+from seqzoo.conversions.llama import convert_llama
+from seqzoo.models.compat import GENERATE_CACHE_KWARG, output_cache
 from tests.conftest import families_where, tiny_model
 
 PAD = 0
@@ -120,16 +122,23 @@ def test_a_left_padded_turn_continued_with_a_mask_of_ones_there_is_refused(prese
     check_same_as_without_cache(model, following, extended(mask, following.shape[1]), cache)
 
 
-@pytest.mark.parametrize("preset", ["transformer-tiny"])
-def test_a_model_of_attention_layers_only_masks_its_keys_as_asked_and_is_not_refused(preset):
-    # As transformers' LlamaForCausalLM: the cached keys of the pads after the EOS are masked by the next mask, so the
-    # cache continues as the same call without it.
-    model = tiny_model(preset)
-    ids, mask, out, _ = chat_first_turn(model)
-    cache = output_cache(out)
-    assert cache.read_mask is None
+def test_a_model_of_attention_layers_only_continues_as_transformers_llama_and_is_not_refused():
+    # LlamaForCausalLM masks the cached keys of the pads after the EOS as the next turn's mask asks; the Transformer
+    # converted from it continues the same chat with its cache to the same tokens and logits.
+    torch.manual_seed(0)
+    llama = LlamaForCausalLM(LlamaConfig(vocab_size=99, hidden_size=32, intermediate_size=40, num_hidden_layers=2,
+                                         num_attention_heads=4, num_key_value_heads=2, pad_token_id=PAD)).eval()
+    llama.set_attn_implementation("eager")
+    ours = convert_llama(llama).eval()
+    ids, mask, out, eos = chat_first_turn(ours)
+    theirs = llama.generate(ids, attention_mask=mask, max_new_tokens=4, do_sample=False, pad_token_id=PAD,
+                            eos_token_id=eos, return_dict_in_generate=True)
+    assert torch.equal(out.sequences, theirs.sequences) and output_cache(out).read_mask is None
     following = torch.cat([out.sequences, NEW], dim=1)
-    check_same_as_without_cache(model, following, None, cache)
+    mine = ours.generate(following, cache=output_cache(out), **NEXT_TURN)
+    reference = llama.generate(following, **{GENERATE_CACHE_KWARG: output_cache(theirs)}, **NEXT_TURN)
+    assert torch.equal(mine.sequences, reference.sequences)
+    torch.testing.assert_close(torch.stack(mine.logits), torch.stack(reference.logits), atol=1e-4, rtol=1e-4)
 
 
 @pytest.mark.parametrize("preset", ["lstm-tiny", "hybrid-tiny"])
