@@ -130,7 +130,8 @@ class SeqzooCache(Cache):
     by ones for what it generated, a finished row's pad tokens after its EOS included); None where not known (a
     cache filled by a direct forward, or of attention layers only, which honour any later mask). A later
     ``generate()`` refuses a mask that calls those positions otherwise: a recurrent state cannot unread a token.
-    It travels with copies and pickles, follows the row operations, and ``reset()`` clears it.
+    It travels with copies and pickles, follows rows selected or repeated, and ``reset()`` and ``reorder_cache()``
+    clear it.
     """
 
     # (a class default: a cache pickled before the attribute existed unpickles without it)
@@ -367,10 +368,10 @@ class SeqzooCache(Cache):
 
     def reorder_cache(self, beam_idx: torch.LongTensor) -> None:
         """Row ``i`` becomes row ``beam_idx[i]`` (beam search), in every layer; the indices as for
-        :meth:`batch_select_indices`."""
-        rows = self._rows(beam_idx, "reorder_cache")
-        super().reorder_cache(rows)
-        self._read_mask_rows(rows)
+        :meth:`batch_select_indices`. :attr:`read_mask` is dropped (unknown from then on) rather than reordered at
+        every step of a beam search, whose cache is refused for continuing anyway."""
+        super().reorder_cache(self._rows(beam_idx, "reorder_cache"))
+        self.read_mask = None
 
     def batch_select_indices(self, indices: torch.Tensor) -> None:
         """Keep the rows ``indices`` names, in that order, in every layer: a 1-d integer tensor or a list or tuple

@@ -155,6 +155,13 @@ def test_the_record_travels_with_copies_and_pickles_and_reset_clears_it(preset):
         with pytest.raises(ValueError, match=r"row 0 position \d+, read as a token"):
             model.generate(following, cache=each, **NEXT_TURN)
         check_same_as_without_cache(model, following, extended(mask, following.shape[1]), each)
+    row = copy.deepcopy(cache)  # a row selected keeps its record, and is checked by it
+    row.batch_select_indices([0])
+    assert torch.equal(row.read_mask, cache.read_mask[:1])
+    with pytest.raises(ValueError, match=r"row 0 position \d+, read as a token"):
+        model.generate(following[:1], cache=row, **NEXT_TURN)
+    row.reorder_cache(torch.tensor([0]))  # (beam search's: the record is dropped, not reordered at every step)
+    assert row.read_mask is None
     cache.reset()
     assert cache.read_mask is None
 
