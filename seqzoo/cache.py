@@ -124,7 +124,18 @@ class SeqzooCache(Cache):
     Build one with :meth:`for_model` (or let the model's first forward build it). ``layer(i)`` is what layer ``i``
     continues from and ``update_layer(i, state)`` stores what it returned; ``get_seq_length()`` counts every
     position seen, padding included.
+
+    ``read_mask``: for a cache with a recurrent layer that ``generate()`` filled, a (rows, positions) bool tensor,
+    True where the state read a position as a token, False where it skipped it as padding (the call's mask, extended
+    by ones for what it generated, a finished row's pad tokens after its EOS included); None where not known (a
+    cache filled by a direct forward, or of attention layers only, which honour any later mask). A later
+    ``generate()`` refuses a mask that calls those positions otherwise: a recurrent state cannot unread a token.
+    It travels with copies and pickles, follows rows selected or repeated, and ``reset()`` and ``reorder_cache()``
+    clear it.
     """
+
+    # (a class default: a cache pickled before the attribute existed unpickles without it)
+    read_mask: torch.Tensor | None = None
 
     def __init__(self, layer_kinds: Sequence[str], model_type: str | None = None,
                  mixer_types: Sequence[str] | None = None) -> None:
@@ -151,6 +162,8 @@ class SeqzooCache(Cache):
         # Set by generate() after a beam search: the rows hold the beams of its last step, not the sequences it
         # returned, so continuing the cache would decode from other states (generate() refuses it).
         self.from_beam_search = False
+        # Set by generate() on a cache with a recurrent layer: which of its positions the state read as tokens.
+        self.read_mask = None
 
     @classmethod
     def for_model(cls, model: Any) -> "SeqzooCache":
@@ -355,15 +368,19 @@ class SeqzooCache(Cache):
 
     def reorder_cache(self, beam_idx: torch.LongTensor) -> None:
         """Row ``i`` becomes row ``beam_idx[i]`` (beam search), in every layer; the indices as for
-        :meth:`batch_select_indices`."""
+        :meth:`batch_select_indices`. :attr:`read_mask` is dropped (unknown from then on) rather than reordered at
+        every step of a beam search, whose cache is refused for continuing anyway."""
         super().reorder_cache(self._rows(beam_idx, "reorder_cache"))
+        self.read_mask = None
 
     def batch_select_indices(self, indices: torch.Tensor) -> None:
         """Keep the rows ``indices`` names, in that order, in every layer: a 1-d integer tensor or a list or tuple
         of ints, each a row of the cache (from 0). Checked before any layer changes, so that a refused index leaves
         no layer holding other rows than the others (transformers' layers would take an int and drop the batch
         dimension, or a bool and add one)."""
-        super().batch_select_indices(self._rows(indices, "batch_select_indices"))
+        rows = self._rows(indices, "batch_select_indices")
+        super().batch_select_indices(rows)
+        self._read_mask_rows(rows)
 
     def batch_repeat_interleave(self, repeats: int) -> None:
         """Repeat each row ``repeats`` times in place (rows 0, 0, 1, 1 for 2), in every layer: an int >= 1 (0 would
@@ -376,6 +393,13 @@ class SeqzooCache(Cache):
                 raise ValueError(f"{called} >= 1 ({repeats} would leave the cache no rows)")
             repeats = int(repeats)
         super().batch_repeat_interleave(repeats)
+        if self.read_mask is not None:
+            self.read_mask = self.read_mask.repeat_interleave(repeats, dim=0)
+
+    def _read_mask_rows(self, rows: torch.Tensor) -> None:
+        """:attr:`read_mask` of the rows ``rows`` names (checked), as the layers now hold them."""
+        if self.read_mask is not None:
+            self.read_mask = self.read_mask[rows.to(self.read_mask.device)]
 
     def _rows(self, indices: Any, method: str) -> torch.Tensor:
         """``indices`` as a 1-d integer tensor of rows of this cache, or an error naming ``method``, the value and
@@ -431,6 +455,7 @@ class SeqzooCache(Cache):
         super().reset()
         self.seen_tokens = 0
         self.from_beam_search = False
+        self.read_mask = None
         # A reset cache decodes as a new one: the classic models' input table it held is checked against the weights
         # again on its next step (a fused optimizer's step or a change through .data since leaves no version behind).
         self.__dict__.pop(INPUT_TABLE_ATTRIBUTE, None)

@@ -16,14 +16,14 @@ import numbers
 import os
 from collections.abc import Iterator, Mapping
 from types import SimpleNamespace
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 from torch import nn
 from transformers import GenerationMixin, PreTrainedModel
 from transformers.generation import utils as generation_utils
 
-from seqzoo.cache import SeqzooCache
+from seqzoo.cache import RECURRENT, SeqzooCache
 from seqzoo.models.compat import GENERATE_CACHE_KWARG, output_cache, source_fingerprint
 
 
@@ -301,6 +301,133 @@ def mask_from_pad_token(ids: torch.Tensor, pad: int, eos: list[int]) -> torch.Te
     return padded.logical_not_().long() if bool(padded.any()) else None
 
 
+class ReadMask(NamedTuple):
+    """How ``generate()`` reads its prompt (:func:`prompt_read_mask`)."""
+
+    mask: torch.Tensor | None  # (B, T) bool, True at each position fed as a token; None: every position is one
+    rows: int | None  # B (None where not known: an encoder-decoder's start token alone)
+    length: int  # T, the prompt's positions
+    source: str  # where the mask comes from, for an error message
+    in_sequences: bool  # whether the returned sequences begin with the prompt (not for a prompt of embeddings)
+
+
+def prompt_read_mask(model: nn.Module, args: tuple, kwargs: dict[str, Any], config: Any) -> ReadMask | None:
+    """How ``generate(*args, **kwargs)`` reads its prompt (a causal LM's) or its decoder prompt (an
+    encoder-decoder's): which positions it feeds as tokens, as given (before :func:`prompt_padded_on_the_left`
+    rolls a right-padded prompt). A causal LM's: the ``attention_mask`` passed, else the one transformers builds from
+    the pad token (:func:`mask_from_pad_token`; none where the pad token is unset, or an EOS token, which
+    transformers then takes for the pad token). An encoder-decoder's: its ``decoder_attention_mask`` (transformers
+    builds none), after the decoder start token that transformers puts first where no row of ``decoder_input_ids``
+    begins with it. None where the prompt is not a tensor (refused elsewhere)."""
+    if model.config.is_encoder_decoder:
+        ids, mask = kwargs.get("decoder_input_ids"), kwargs.get("decoder_attention_mask")
+        if ids is None:  # (every row starts from the start token alone)
+            return ReadMask(None, None, 1, "no decoder_input_ids", True)
+        if not isinstance(ids, torch.Tensor) or ids.dim() != 2:
+            return None
+        given = isinstance(mask, torch.Tensor) and tuple(mask.shape) == tuple(ids.shape)
+        read = (mask != 0) if given else None
+        start = kwargs.get("decoder_start_token_id", config.decoder_start_token_id)
+        start = kwargs.get("bos_token_id", config.bos_token_id) if start is None else start
+        length = ids.shape[1]
+        if start is not None and length and bool(
+                (ids[:, 0] != torch.as_tensor(start, device=ids.device).reshape(-1)[:1]).all()):
+            length += 1
+            read = None if read is None else torch.cat([read.new_ones(read.shape[0], 1), read], dim=1)
+        source = "decoder_attention_mask" if given else "no decoder_attention_mask: every position a token"
+        return ReadMask(read, ids.shape[0], length, source, True)
+    prompt = args[0] if args else next((kwargs[name] for name in ("input_ids", "inputs", "inputs_embeds")
+                                        if isinstance(kwargs.get(name), torch.Tensor)), None)
+    if not isinstance(prompt, torch.Tensor) or prompt.dim() < 2:
+        return None
+    in_sequences = prompt.dim() == 2 and prompt.dtype in (torch.int, torch.long)
+    mask = kwargs.get("attention_mask")
+    if isinstance(mask, torch.Tensor):  # (one of another shape is refused: check_generate_mask, the forward)
+        return ReadMask(mask != 0, *mask.shape, "attention_mask", in_sequences) if tuple(mask.shape) == tuple(
+            prompt.shape[:2]) else None
+    pad = kwargs.get("pad_token_id", config.pad_token_id)
+    if isinstance(pad, torch.Tensor) and pad.numel() == 1:
+        pad = pad.item()
+    if mask is None and in_sequences and isinstance(pad, numbers.Integral) and not isinstance(pad, bool):
+        eos = kwargs.get("eos_token_id", config.eos_token_id)
+        inferred = mask_from_pad_token(prompt, int(pad), [] if eos is None else
+                                       torch.as_tensor(eos).reshape(-1).tolist())
+        if inferred is not None:
+            return ReadMask(inferred != 0, *inferred.shape,
+                            f"no attention_mask: the one generate() builds from pad_token_id={int(pad)}", True)
+    return ReadMask(None, *prompt.shape[:2], "no attention_mask: every position a token", in_sequences)
+
+
+def check_read_mask(model: nn.Module, cache: Any, read: ReadMask | None) -> bool:
+    """Refuse, before any layer runs, to continue a cache whose recurrent state read its positions otherwise than
+    the mask of this call says (``read``, from :func:`prompt_read_mask`): a position read as a token (a finished
+    row's pad token after its EOS, which transformers' loop feeds as a token) cannot be unread, nor padding skipped be
+    read, so such a row would continue from another state than the same call without the cache, silently. Compared
+    with the cache's :attr:`~seqzoo.cache.SeqzooCache.read_mask`, which :func:`record_read_mask` keeps. Return
+    whether every position the cache holds is known and was compared (what the next record may build on): so for
+    no cache, which the call then builds."""
+    if not isinstance(cache, SeqzooCache):
+        return cache is None
+    cached = cache.get_seq_length()
+    if not cached:
+        return True
+    record = cache.read_mask
+    if read is None or record is None or record.dim() != 2 or record.shape[1] > cached:
+        return False
+    rows, known = record.shape
+    if read.length < known or not read.rows or rows % read.rows:
+        # (check_continued_cache refuses a prompt no longer than the cache, the cache's batch check other rows)
+        return False
+    if read.mask is None:
+        differs = ~record
+    else:
+        said = read.mask[:, :known].repeat_interleave(rows // read.rows, dim=0)  # (rows generate() repeated)
+        differs = said != record.to(said.device)
+    if bool(differs.any()):
+        where = differs.nonzero().tolist()
+        shown = "; ".join(f"row {row} position {position}, read as "
+                          f"{'a token' if record[row, position] else 'padding'}" for row, position in where[:4])
+        more = f" (and {len(where) - 4} more)" if len(where) > 4 else ""
+        name = "decoder_attention_mask" if model.config.is_encoder_decoder else "attention_mask"
+        raise ValueError(
+            f"{type(model).__name__}.generate: the cache's recurrent state read {len(where)} of the {cached} "
+            f"position(s) it holds otherwise than this call's mask says ({read.source}): {shown}{more}. A recurrent "
+            "state cannot unread a token nor read a position it skipped as padding (generate() feeds a finished "
+            "row's pad tokens after its EOS as tokens), so those rows would continue differently from the same call "
+            f"without the cache. Pass as {name} the mask the cache was filled with followed by ones for the new "
+            "positions: the previous call's mask m extended by ones for what it generated, "
+            "torch.cat([m, m.new_ones(m.shape[0], ids.shape[1] - m.shape[1])], dim=1) for ids the sequences "
+            "followed by the new tokens (cache.read_mask holds what the cache read, True for a token)")
+    return known == cached
+
+
+def record_read_mask(cache: Any, read: ReadMask | None, checked: bool, result: Any, config: Any,
+                     kwargs: dict[str, Any]) -> None:
+    """Record on ``cache``, which a ``generate()`` returning ``result`` filled in place, which positions its
+    recurrent state read as tokens (:attr:`~seqzoo.cache.SeqzooCache.read_mask`): the prompt's mask ``read``
+    followed by ones for each generated token fed (transformers extends the mask by ones, a finished row's pad
+    tokens included), its rows repeated as ``generate()`` repeated them. None (not known: no check) where the
+    positions the cache held before were not all known and compared (``checked``), after a beam search (its cache
+    is refused), or where the cache holds other positions than the prompt's and the tokens fed (a peft prompt's
+    virtual tokens). Once per call, after it: no decode step pays for it."""
+    if not isinstance(cache, SeqzooCache) or RECURRENT not in cache.layer_kinds:
+        return
+    cache.read_mask = None
+    sequences = result if isinstance(result, torch.Tensor) else getattr(result, "sequences", None)
+    if (read is None or not checked or not isinstance(sequences, torch.Tensor) or sequences.dim() != 2
+            or (kwargs.get("num_beams", config.num_beams) or 1) > 1):
+        return
+    fed = sequences.shape[1] - 1 + (0 if read.in_sequences else read.length)
+    rows = cache.batch_size
+    if cache.get_seq_length() != fed or fed < read.length or rows != sequences.shape[0]:
+        return
+    if read.mask is None:
+        cache.read_mask = torch.ones(rows, fed, dtype=torch.bool, device=sequences.device)
+    elif rows % read.mask.shape[0] == 0:
+        record = torch.cat([read.mask, read.mask.new_ones(read.mask.shape[0], fed - read.length)], dim=1)
+        cache.read_mask = record.repeat_interleave(rows // read.mask.shape[0], dim=0)
+
+
 def prompt_padded_on_the_left(model: nn.Module, args: tuple, kwargs: dict[str, Any], config: Any,
                               cache: Any) -> tuple[tuple, dict[str, Any], tuple[torch.Tensor, bool, int] | None]:
     """``generate()``'s arguments with a right-padded prompt padded on the left instead, and what
@@ -463,7 +590,8 @@ def generation_settings(model: nn.Module, args: tuple, kwargs: dict[str, Any]) -
 
 
 SETTINGS = ("num_beams", "num_return_sequences", "use_cache", "cache_implementation", "pad_token_id", "eos_token_id",
-            "prompt_lookup_num_tokens", "assistant_early_exit", "use_mtp", "prefill_chunk_size")
+            "prompt_lookup_num_tokens", "assistant_early_exit", "use_mtp", "prefill_chunk_size",
+            "decoder_start_token_id", "bos_token_id")
 
 
 def check_cache_implementation(model: nn.Module, config: Any, kwargs: dict[str, Any]) -> None:

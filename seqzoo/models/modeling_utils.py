@@ -47,6 +47,7 @@ from seqzoo.models.generation import (
     check_generate_cache,
     check_generate_mask,
     check_generate_tensors,
+    check_read_mask,
     decode_step_inputs,
     drop_generate_only_inputs,
     explained_assisted_refusal,
@@ -55,6 +56,8 @@ from seqzoo.models.generation import (
     preparation_takes_cache,
     prompt_padded_on_the_left,
     prompt_put_back,
+    prompt_read_mask,
+    record_read_mask,
     refuse_continuous_batching,
 )
 from seqzoo.models.generation_setup import ATTRIBUTE as GENERATION_DEFAULTS
@@ -801,9 +804,11 @@ class SeqzooForCausalLM(SeqzooPreTrainedModel, PreparedGeneration, GenerationMix
         config = generation_settings(self, args, kwargs)
         check_cache_implementation(self, config, kwargs)
         check_generate_mask(self, args, kwargs)
+        read = prompt_read_mask(self, args, kwargs, config)  # (as given, before a right-padded prompt is rolled)
         args, kwargs, rolled = prompt_padded_on_the_left(self, args, kwargs, config, cache)
         takes_cache = preparation_takes_cache(self)
         use_cache = check_generate_cache(self, cache, config, kwargs)
+        checked = check_read_mask(self, cache, read)
         if cache is None and use_cache is not False and takes_cache:
             # generate() builds no cache for a model that declines the default DynamicCache, but some of its modes
             # (assisted decoding) need one before the first forward. Not when a wrapper has replaced the step's
@@ -817,6 +822,7 @@ class SeqzooForCausalLM(SeqzooPreTrainedModel, PreparedGeneration, GenerationMix
             result = super().generate(*args, **kwargs)
         if rolled is not None:
             result = prompt_put_back(result, cache, rolled)
+        record_read_mask(cache, read, checked, result, config, kwargs)
         return mark_beam_search_cache(result, cache, config, kwargs)
 
 

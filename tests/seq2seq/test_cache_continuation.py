@@ -60,3 +60,32 @@ def test_a_float32_cache_is_continued_by_the_model_in_float64(family):
         full = wide(input_ids=SOURCE, decoder_input_ids=TARGET).logits
     assert continued.dtype == torch.float64
     torch.testing.assert_close(continued, full[:, 4:], rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("family", sorted(SEQ2SEQ_FAMILIES))
+def test_a_decoder_cache_continued_with_a_mask_that_says_otherwise_than_its_state_read_is_refused(family):
+    # A recurrent decoder skipped a left-padded decoder prompt's pad as its decoder_attention_mask said; continued
+    # with no mask (every position a token), it would have gone on from a state that never read it, silently. The
+    # Transformer's decoder masks its cached keys as asked, and is left as it is.
+    model = tiny_model(SEQ2SEQ_FAMILIES[family])
+    start = model.config.decoder_start_token_id
+    decoder_ids = torch.tensor([[0, start, 7], [start, 8, 9]])
+    decoder_mask = torch.tensor([[0, 1, 1], [1, 1, 1]])
+    kwargs = dict(max_new_tokens=3, do_sample=False, eos_token_id=None, pad_token_id=0)
+    out = model.generate(SOURCE, decoder_input_ids=decoder_ids, decoder_attention_mask=decoder_mask,
+                         return_dict_in_generate=True, **kwargs)
+    cache = output_cache(out)
+    following = torch.cat([out.sequences, torch.tensor([[5], [6]])], dim=1)
+    right = torch.cat([decoder_mask, decoder_mask.new_ones(2, following.shape[1] - 3)], dim=1)
+    if model.config.is_transformer:
+        assert cache.read_mask is None
+    else:
+        assert cache.read_mask.tolist() == right[:, :5].bool().tolist()
+        with pytest.raises(ValueError, match=r"read 1 of the 5 position\(s\) .*\(no decoder_attention_mask: every "
+                                             r"position a token\): row 0 position 0, read as padding\. .*Pass as "
+                                             r"decoder_attention_mask"):
+            model.generate(SOURCE, decoder_input_ids=following, cache=cache, **kwargs)
+        assert cache.get_seq_length() == 5
+    expected = model.generate(SOURCE, decoder_input_ids=following, decoder_attention_mask=right, **kwargs)
+    continued = model.generate(SOURCE, decoder_input_ids=following, decoder_attention_mask=right, cache=cache, **kwargs)
+    assert torch.equal(continued, expected)

@@ -39,11 +39,14 @@ from seqzoo.models.generation import (
     check_continued_cache,
     check_generate_cache,
     check_generate_tensors,
+    check_read_mask,
     drop_generate_only_inputs,
     explained_assisted_refusal,
     generation_settings,
     mark_beam_search_cache,
     mask_from_pad_token,
+    prompt_read_mask,
+    record_read_mask,
     refuse_continuous_batching,
 )
 from seqzoo.models.generation_setup import PreparedGeneration
@@ -408,6 +411,8 @@ class Seq2SeqForConditionalGeneration(Seq2SeqPreTrainedModel, PreparedGeneration
         config = generation_settings(self, args, kwargs)
         check_cache_implementation(self, config, kwargs)
         check_generate_cache(self, cache, config, kwargs)
+        read = prompt_read_mask(self, args, kwargs, config)
+        checked = check_read_mask(self, cache, read)
         if kwargs.get("encoder_outputs") is not None:
             # As this model's encoder output (transformers reads a tuple's batch size as 1), and a copy: transformers
             # repeats its tensors for beams and returned sequences in place, so the caller's grew at every call.
@@ -418,6 +423,7 @@ class Seq2SeqForConditionalGeneration(Seq2SeqPreTrainedModel, PreparedGeneration
             kwargs[GENERATE_CACHE_KWARG] = cache
         with cache_expanded_for_generation(cache, config, args, kwargs), explained_assisted_refusal(self):
             result = super().generate(*args, **kwargs)
+        record_read_mask(cache if cache is not None else output_cache(result), read, checked, result, config, kwargs)
         return mark_beam_search_cache(result, cache, config, kwargs)
 
 
