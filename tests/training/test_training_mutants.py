@@ -1,0 +1,136 @@
+"""Checks written by breaking the training loop's arithmetic on purpose (a mutation check): each test here failed
+with a deliberate fault that the other training tests let through, and compares against an implementation seqzoo
+did not write where there is one (torch's AdamW and cross_entropy, a loop written here)."""
+
+from __future__ import annotations
+
+import copy
+from contextlib import contextmanager
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from seqzoo.training.building import build_model
+from seqzoo.training.data import build_data
+from seqzoo.training.grad_health import GradientHealth
+from seqzoo.training.trainer import _train_step, evaluate, train
+from tests.training.test_loop_reference import NO_DROPOUT, plain_torch_run, reference_evaluation
+from tests.training.test_trainer import make_recipe
+
+
+def test_adamw_gets_the_recipes_eps_and_betas(tmp_path):
+    # Catches: optim.eps (or betas) not handed to AdamW; the defaults (1e-8) equal torch's, so every other test
+    # trained the same weights without it.
+    recipe = make_recipe(tmp_path, model=NO_DROPOUT,
+                         optim={"lr": 0.01, "warmup_steps": 1, "schedule": "constant", "eps": 0.05,
+                                "betas": [0.8, 0.9], "max_grad_norm": 0.0},
+                         train={"max_steps": 3, "eval_every": 0})
+    result = train(recipe, progress=False, save_model=False)
+    _, model = plain_torch_run(recipe)
+    for (name, ours), theirs in zip(result.model.state_dict().items(), model.state_dict().values()):
+        torch.testing.assert_close(ours, theirs, rtol=1e-5, atol=1e-6, msg=name)
+
+
+def test_the_final_evaluation_is_of_the_final_model_when_eval_every_does_not_divide_max_steps(tmp_path):
+    # Catches: the last step evaluated only where eval_every divides it (the run reported, and saved in its model
+    # card, the figures of step 4 for the model of step 6).
+    recipe = make_recipe(tmp_path, model=NO_DROPOUT, train={"max_steps": 6, "eval_every": 4})
+    result = train(recipe, progress=False, save_model=False)
+    assert [row["step"] for row in result.history if "eval" in row] == [4, 6]
+    total, _ = reference_evaluation(result.model, build_data(recipe.data, recipe.train.seed).eval_sets())
+    assert result.eval["loss"] == pytest.approx(float(total[0] / total[2]), rel=1e-5)
+    assert result.eval["accuracy"] == pytest.approx(float(total[1] / total[2]), rel=1e-9)
+
+
+class OneRankOfTwo:
+    """What evaluate() asks of an Accelerator, as rank ``rank`` of two processes; reduce() keeps this rank's sums
+    (the test adds the two ranks' up, as the all-reduce would)."""
+
+    num_processes, device = 2, torch.device("cpu")
+
+    def __init__(self, rank: int) -> None:
+        self.process_index, self.reduced = rank, []
+
+    def autocast(self):
+        return torch.autocast("cpu", enabled=False)
+
+    def reduce(self, tensor: torch.Tensor, reduction: str) -> torch.Tensor:
+        assert reduction == "sum"
+        self.reduced.append(tensor.clone())
+        return tensor
+
+
+def test_two_processes_evaluate_every_row_once_between_them(tmp_path):
+    # Catches: each process scoring the first rows of every step (rank not read) or steps of one process's batch
+    # (the rows of the other process read twice, others never): the two-process test compares training losses
+    # only. 5 rows in batches of 2 per process: rank 0 reads rows 0, 1 and 4, rank 1 rows 2 and 3 (the rest is padding,
+    # scored nothing).
+    recipe = make_recipe(tmp_path, model=NO_DROPOUT, data={"eval_samples": 5})
+    data = build_data(recipe.data, recipe.train.seed)
+    torch.manual_seed(0)
+    model = build_model(recipe, data)
+    eval_sets = data.eval_sets()
+    _, expected = reference_evaluation(model, eval_sets)
+    ranks = [OneRankOfTwo(rank) for rank in (0, 1)]
+    for accelerator in ranks:
+        evaluate(model, eval_sets, accelerator, batch_size=2, chunk=0)
+    for index, name in enumerate(eval_sets):
+        summed = ranks[0].reduced[index] + ranks[1].reduced[index]
+        assert float(summed[2]) == float(expected[name][2]) > 0, name
+        torch.testing.assert_close(summed, expected[name], rtol=1e-5, atol=1e-5, msg=name)
+
+
+class GradientsTaken(Exception):
+    pass
+
+
+class TrainingRankOfTwo:
+    """What a training step asks of an Accelerator, as rank ``rank`` of two DDP processes: it records whether each
+    backward ran with gradient synchronisation on, and stops the step at clipping with the gradients it holds (the
+    test averages the two ranks', as DDP's all-reduce does)."""
+
+    num_processes, device = 2, torch.device("cpu")
+
+    def __init__(self, rank: int) -> None:
+        self.process_index, self.syncing, self.synced, self.grads = rank, True, [], None
+
+    @contextmanager
+    def no_sync(self, model):
+        self.syncing = False
+        try:
+            yield
+        finally:
+            self.syncing = True
+
+    def backward(self, loss: torch.Tensor) -> None:
+        self.synced.append(self.syncing)
+        loss.backward()
+
+    def clip_grad_norm_(self, parameters, max_norm):
+        self.grads = [p.grad.clone() for p in parameters]
+        raise GradientsTaken
+
+
+def test_two_processes_accumulating_give_the_gradient_of_the_global_batchs_mean_token_loss(tmp_path):
+    # Catches: the loss scaled without the number of processes (DDP's average then halves the gradient: the logged
+    # norm and the clipping threshold are off by the number of processes, which Adam's scale invariance hides from
+    # the two-process test's weights), and synchronisation on another micro-batch than the last (each process
+    # would step with gradients of its own).
+    recipe = make_recipe(tmp_path, model=NO_DROPOUT, train={"batch_size": 8, "gradient_accumulation_steps": 2})
+    data = build_data(recipe.data, recipe.train.seed)
+    torch.manual_seed(0)
+    model = build_model(recipe, data).train()
+    inputs, targets = data.train_batch(0, 8)
+    reference = copy.deepcopy(model)
+    logits = reference(input_ids=inputs).logits
+    F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1), ignore_index=-100).backward()
+    ranks = [TrainingRankOfTwo(rank) for rank in (0, 1)]
+    for accelerator in ranks:
+        replica = copy.deepcopy(model)
+        with pytest.raises(GradientsTaken):
+            _train_step(recipe, accelerator, replica, None, None, inputs, targets, micro_batch=2,
+                        health=GradientHealth(1e-9, 1e9), step=0)
+        assert accelerator.synced == [False, True], "gradients must be synchronised on the last micro-batch only"
+    for (name, p), ours, theirs in zip(reference.named_parameters(), *[rank.grads for rank in ranks]):
+        torch.testing.assert_close((ours + theirs) / 2, p.grad, rtol=1e-5, atol=1e-7, msg=name)
