@@ -5,6 +5,7 @@ did not write where there is one (torch's AdamW and cross_entropy, a loop writte
 from __future__ import annotations
 
 import copy
+import math
 from contextlib import contextmanager
 
 import pytest
@@ -15,6 +16,7 @@ from seqzoo.training.building import build_model
 from seqzoo.training.data import build_data
 from seqzoo.training.grad_health import GradientHealth
 from seqzoo.training.trainer import _train_step, evaluate, train
+from tests.conftest import FAMILIES, tiny_model
 from tests.training.test_loop_reference import NO_DROPOUT, plain_torch_run, reference_evaluation
 from tests.training.test_trainer import make_recipe
 
@@ -79,6 +81,24 @@ def test_two_processes_evaluate_every_row_once_between_them(tmp_path):
         summed = ranks[0].reduced[index] + ranks[1].reduced[index]
         assert float(summed[2]) == float(expected[name][2]) > 0, name
         torch.testing.assert_close(summed, expected[name], rtol=1e-5, atol=1e-5, msg=name)
+
+
+def test_perplexity_is_the_exponential_of_the_mean_token_loss_beyond_five_nats():
+    # Catches: a perplexity capped too low or computed off the mean loss (every other test compares loss and accuracy
+    # only, and a memory task's loss starts under 5 nats). A byte vocabulary's untrained loss is ~ln(300) = 5.7.
+    from accelerate import Accelerator
+
+    model = tiny_model(FAMILIES["lstm"], vocab_size=300)
+    ids = torch.randint(0, 300, (3, 9), generator=torch.Generator().manual_seed(0))
+    targets = torch.randint(0, 300, (3, 9), generator=torch.Generator().manual_seed(1))
+    targets[0, :4] = -100
+    figures = evaluate(model, {"set": (ids, targets)}, Accelerator(cpu=True), batch_size=2, chunk=0)
+    with torch.no_grad():
+        logits = model(input_ids=ids).logits
+    loss = float(F.cross_entropy(logits.reshape(-1, 300), targets.reshape(-1), ignore_index=-100))
+    assert loss > 5 and figures["loss"] == pytest.approx(loss, rel=1e-5)
+    assert figures["perplexity"] == pytest.approx(math.exp(loss), rel=1e-5)
+    assert figures["sets"]["set"]["perplexity"] == pytest.approx(math.exp(loss), rel=1e-5)
 
 
 class GradientsTaken(Exception):
