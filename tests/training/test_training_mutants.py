@@ -12,9 +12,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from seqzoo.training.building import build_model
+from seqzoo.training.building import build_model, lr_factor
 from seqzoo.training.data import build_data
 from seqzoo.training.grad_health import GradientHealth
+from seqzoo.training.recipe import recipe_from_dict
 from seqzoo.training.trainer import _train_step, evaluate, train
 from tests.conftest import FAMILIES, tiny_model
 from tests.training.test_loop_reference import NO_DROPOUT, plain_torch_run, reference_evaluation
@@ -32,6 +33,35 @@ def test_adamw_gets_the_recipes_eps_and_betas(tmp_path):
     _, model = plain_torch_run(recipe)
     for (name, ours), theirs in zip(result.model.state_dict().items(), model.state_dict().values()):
         torch.testing.assert_close(ours, theirs, rtol=1e-5, atol=1e-6, msg=name)
+
+
+@pytest.mark.parametrize("schedule", ["constant", "linear", "cosine"])
+@pytest.mark.parametrize("warmup", [0, 3])
+def test_the_schedule_after_warmup_is_transformers_own(schedule, warmup):
+    # Catches: a schedule that is wrong where no test looked: with no warmup at all (the constant schedule's first
+    # step), or a decay off by a step. transformers' schedules are the reference; their warmup starts at 0 where
+    # seqzoo's first step already trains at lr / warmup, so the warmup steps themselves are checked elsewhere.
+    from transformers.optimization import (
+        get_constant_schedule,
+        get_cosine_with_min_lr_schedule_with_warmup,
+        get_linear_schedule_with_warmup,
+    )
+
+    total, floor = 11, 0.0 if schedule == "linear" else 0.2
+    optim = {"warmup_steps": warmup, "schedule": schedule}
+    if schedule != "constant":  # (the recipe refuses a floor for a schedule that never decays)
+        optim["min_lr_ratio"] = floor
+    recipe = recipe_from_dict({"optim": optim, "train": {"max_steps": total}})
+    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+    theirs = {"constant": lambda: get_constant_schedule(optimizer),
+              "linear": lambda: get_linear_schedule_with_warmup(optimizer, warmup, total),
+              "cosine": lambda: get_cosine_with_min_lr_schedule_with_warmup(optimizer, warmup, total,
+                                                                            min_lr_rate=floor)}[schedule]()
+    for step in range(total):
+        if step >= warmup:
+            assert lr_factor(step, recipe) == pytest.approx(theirs.get_last_lr()[0], rel=1e-12, abs=1e-15), step
+        optimizer.step()
+        theirs.step()
 
 
 def test_the_final_evaluation_is_of_the_final_model_when_eval_every_does_not_divide_max_steps(tmp_path):
