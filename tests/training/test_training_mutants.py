@@ -184,3 +184,16 @@ def test_two_processes_accumulating_give_the_gradient_of_the_global_batchs_mean_
         assert accelerator.synced == [False, True], "gradients must be synchronised on the last micro-batch only"
     for (name, p), ours, theirs in zip(reference.named_parameters(), *[rank.grads for rank in ranks]):
         torch.testing.assert_close((ours + theirs) / 2, p.grad, rtol=1e-5, atol=1e-7, msg=name)
+
+
+def test_a_seq2seq_batch_scores_each_targets_bytes_and_eos_and_nothing_after():
+    # Catches: labels padded with the pad token rather than -100 (the shorter targets' pad positions were scored, and
+    # trained as predictions of padding after EOS), and a target without its EOS (generation would never stop).
+    # The layout DataCollatorForSeq2Seq gives: sources right-padded with the pad token, labels with -100.
+    from seqzoo.tokenizer import EOS_TOKEN_ID, PAD_TOKEN_ID
+    from seqzoo.training.seq2seq import Seq2SeqPairs
+
+    pairs = Seq2SeqPairs(lambda step, size: [], {}, "pairs", None, {})
+    sources, labels = pairs.batch([("abc", "x"), ("d", "yzé")])
+    assert sources.tolist() == [[97, 98, 99], [100, PAD_TOKEN_ID, PAD_TOKEN_ID]]
+    assert labels.tolist() == [[120, EOS_TOKEN_ID, -100, -100, -100], [121, 122, 0xC3, 0xA9, EOS_TOKEN_ID]]
