@@ -17,7 +17,7 @@ from seqzoo.training.data import build_data
 from seqzoo.training.grad_health import GradientHealth
 from seqzoo.training.recipe import recipe_from_dict
 from seqzoo.training.trainer import _train_step, evaluate, train
-from tests.conftest import FAMILIES, tiny_model
+from tests.conftest import FAMILIES, SEQ2SEQ_FAMILIES, tiny_model
 from tests.training.test_loop_reference import NO_DROPOUT, plain_torch_run, reference_evaluation
 from tests.training.test_trainer import make_recipe
 
@@ -197,3 +197,20 @@ def test_a_seq2seq_batch_scores_each_targets_bytes_and_eos_and_nothing_after():
     sources, labels = pairs.batch([("abc", "x"), ("d", "yzé")])
     assert sources.tolist() == [[97, 98, 99], [100, PAD_TOKEN_ID, PAD_TOKEN_ID]]
     assert labels.tolist() == [[120, EOS_TOKEN_ID, -100, -100, -100], [121, 122, 0xC3, 0xA9, EOS_TOKEN_ID]]
+
+
+@pytest.mark.parametrize("family", sorted(SEQ2SEQ_FAMILIES))
+def test_a_seq2seq_training_forward_masks_the_sources_padding(family):
+    # Catches: the sources' pad tokens left unmasked in the training and evaluation forward (a short source in a
+    # batch of longer ones was encoded with its padding: trained and scored on other inputs than it has alone).
+    from seqzoo.tokenizer import EOS_TOKEN_ID, PAD_TOKEN_ID
+    from seqzoo.training.seq2seq import Seq2SeqPairs, seq2seq_logits
+
+    model = tiny_model(SEQ2SEQ_FAMILIES[family], vocab_size=260, pad_token_id=PAD_TOKEN_ID,  # (the batch's ids)
+                       eos_token_id=EOS_TOKEN_ID, decoder_start_token_id=EOS_TOKEN_ID)
+    pairs = Seq2SeqPairs(lambda step, size: [], {}, "pairs", None, {})
+    batch = [("a longer source", "xy"), ("ab", "zw")]
+    with torch.no_grad():
+        together = seq2seq_logits(model, *pairs.batch(batch))
+        alone = seq2seq_logits(model, *pairs.batch(batch[1:]))
+    torch.testing.assert_close(together[1], alone[0], rtol=1e-5, atol=1e-5)
