@@ -1,6 +1,7 @@
-"""Checks written by breaking the training loop's arithmetic on purpose (a mutation check): each test here failed
-with a deliberate fault that the other training tests let through, and compares against an implementation seqzoo
-did not write where there is one (torch's AdamW and cross_entropy, a loop written here)."""
+"""Checks written by breaking the training loop's arithmetic on purpose (a mutation check): each test here fails
+with a deliberate fault that the in-process training tests let through, and compares against an implementation
+seqzoo did not write where there is one (torch's AdamW and cross_entropy, transformers' schedules, a loop written
+here)."""
 
 from __future__ import annotations
 
@@ -163,10 +164,10 @@ class TrainingRankOfTwo:
 
 
 def test_two_processes_accumulating_give_the_gradient_of_the_global_batchs_mean_token_loss(tmp_path):
-    # Catches: the loss scaled without the number of processes (DDP's average then halves the gradient: the logged
-    # norm and the clipping threshold are off by the number of processes, which Adam's scale invariance hides from
-    # the two-process test's weights), and synchronisation on another micro-batch than the last (each process
-    # would step with gradients of its own).
+    # Catches, in one process and against a gradient torch computes itself: the loss scaled without the number of
+    # processes (DDP's average then halves the gradient, its logged norm and the clipping threshold), and
+    # synchronisation on another micro-batch than the last (each process would step with gradients of its own).
+    # test_processes.py's gloo run catches both too, by launching two processes; this one checks the gradient.
     recipe = make_recipe(tmp_path, model=NO_DROPOUT, train={"batch_size": 8, "gradient_accumulation_steps": 2})
     data = build_data(recipe.data, recipe.train.seed)
     torch.manual_seed(0)
