@@ -120,6 +120,21 @@ def tiny_config(preset: str, **overrides):
     return spec.config_class(**values)
 
 
+def tiny_llama_pair(pad_token_id: int, seed: int = 0):
+    """A tiny eager ``LlamaForCausalLM`` of transformers' own (vocabulary 99, 2 layers, grouped keys and values) and
+    the seqzoo Transformer converted from it: a reference that seqzoo did not write, for the generate() tests."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from seqzoo.conversions.llama import convert_llama
+
+    torch.manual_seed(seed)
+    llama = LlamaForCausalLM(LlamaConfig(vocab_size=99, hidden_size=32, intermediate_size=40, num_hidden_layers=2,
+                                         num_attention_heads=4, num_key_value_heads=2,
+                                         pad_token_id=pad_token_id)).eval()
+    llama.set_attn_implementation("eager")
+    return llama, convert_llama(llama).eval()
+
+
 def tiny_model(preset: str, seed: int = 0, **overrides):
     torch.manual_seed(seed)
     config = tiny_config(preset, **overrides)

@@ -15,11 +15,9 @@ import io
 
 import pytest
 import torch
-from transformers import LlamaConfig, LlamaForCausalLM
 
-from seqzoo.conversions.llama import convert_llama
 from seqzoo.models.compat import GENERATE_CACHE_KWARG, output_cache
-from tests.conftest import families_where, tiny_model
+from tests.conftest import families_where, tiny_llama_pair, tiny_model
 
 PAD = 0
 NEW = torch.tensor([[7, 8], [7, 8]])
@@ -125,11 +123,7 @@ def test_a_left_padded_turn_continued_with_a_mask_of_ones_there_is_refused(prese
 def test_a_model_of_attention_layers_only_continues_as_transformers_llama_and_is_not_refused():
     # LlamaForCausalLM masks the cached keys of the pads after the EOS as the next turn's mask asks; the Transformer
     # converted from it continues the same chat with its cache to the same tokens and logits.
-    torch.manual_seed(0)
-    llama = LlamaForCausalLM(LlamaConfig(vocab_size=99, hidden_size=32, intermediate_size=40, num_hidden_layers=2,
-                                         num_attention_heads=4, num_key_value_heads=2, pad_token_id=PAD)).eval()
-    llama.set_attn_implementation("eager")
-    ours = convert_llama(llama).eval()
+    llama, ours = tiny_llama_pair(PAD)
     ids, mask, out, eos = chat_first_turn(ours)
     theirs = llama.generate(ids, attention_mask=mask, max_new_tokens=4, do_sample=False, pad_token_id=PAD,
                             eos_token_id=eos, return_dict_in_generate=True)

@@ -8,13 +8,11 @@ import copy
 
 import pytest
 import torch
-from transformers import LlamaConfig, LlamaForCausalLM
 
 from seqzoo.cache import SeqzooCache
-from seqzoo.conversions.llama import convert_llama
 from seqzoo.models.compat import output_cache
 from seqzoo.models.generation import generation_settings, prompt_padded_on_the_left
-from tests.conftest import tiny_model
+from tests.conftest import tiny_llama_pair, tiny_model
 
 PROMPTS = [[5, 17, 33, 8, 61, 12, 40], [9, 3, 77], [44, 21, 6, 90, 13]]  # odd, unequal lengths
 PAD = 0
@@ -186,11 +184,7 @@ def test_a_row_of_padding_only_is_left_as_it_is():
 
 def test_llama_converted_decodes_a_right_padded_prompt_as_transformers_decodes_it_padded_on_the_left():
     """Against transformers' own LlamaForCausalLM, which must be given the prompt padded on the left."""
-    torch.manual_seed(0)
-    llama = LlamaForCausalLM(LlamaConfig(vocab_size=99, hidden_size=32, intermediate_size=40, num_hidden_layers=2,
-                                         num_attention_heads=4, num_key_value_heads=2, pad_token_id=PAD)).eval()
-    llama.set_attn_implementation("eager")
-    ours = convert_llama(llama).eval()
+    llama, ours = tiny_llama_pair(PAD)
     right, right_mask = padded(PROMPTS, "right")
     left, left_mask = padded(PROMPTS, "left")
     mine, theirs = run(ours, right, right_mask), run(llama, left, left_mask)
