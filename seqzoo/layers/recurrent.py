@@ -157,8 +157,11 @@ class InputTable:
     does not see every change, since torch's fused optimizers, transformers' default ``adamw_torch_fused``, and
     changes through ``.data``, as peft's ``merge_and_unload`` makes, keep it). Otherwise it is built again. Within
     one cache every step checks the tensors, storage and version, not the values: weights changed through ``.data``
-    or by a fused optimizer between two steps of one cache are not seen by it. Not a parameter, never saved (nor
-    pickled with the model).
+    or by a fused optimizer between two steps of one cache are not seen by it. In a block where the caller holds the
+    model fixed (``fixed_while_decoding()``: the classic step plan passes :meth:`gates` its block) the values are
+    checked at the block's first cache only, and its later caches take the table on the tensors, storage and version:
+    a change through ``.data`` or by a fused optimizer inside the block is not seen until it ends. Not a parameter,
+    never saved (nor pickled with the model).
 
     ``policy``: ``"auto"`` (the default) when the vocabulary is at most twice the embedding width (byte- and
     character-level models: the table then holds at most twice the values of ``weight_ih``), ``"always"`` for any
@@ -191,10 +194,12 @@ class InputTable:
                 and not (self.policy == "auto" and embedding.shape[0] > 2 * embedding.shape[1]))
 
     def gates(self, embedding: torch.Tensor, input_ids: torch.Tensor, cache: Any,
-              weights: Sequence[torch.Tensor | None]) -> torch.Tensor | None:
+              weights: Sequence[torch.Tensor | None], fixed: object | None = None) -> torch.Tensor | None:
         """The (B, gates * H) input projection of ``input_ids`` (B, 1) through ``embedding`` (vocab, E) and layer 0's
         ``weights`` (weight_ih, weight_hh, bias_ih, bias_hh), read from the table ``cache`` decodes with; None where
-        the table is not used."""
+        the table is not used. ``fixed``: the open block in which the caller holds the model fixed
+        (``fixed_while_decoding()``, as the classic step plan finds it), or None: a table whose values were checked
+        (or which was built) in that block is not checked again there."""
         if torch.is_grad_enabled() or not self.applies(embedding):
             return None
         weight_ih, bias_ih = weights[0], weights[2]
@@ -205,8 +210,11 @@ class InputTable:
                    or t.device != embedding.device for t in sources):
                 return None  # (a quantised or offloaded weight: the cells' own path)
             built = self.built
-            if built is None or not built.made_from(sources) or not built.same_values(sources):
+            if (built is None or not built.made_from(sources)
+                    or ((fixed is None or built.checked_in is not fixed) and not built.same_values(sources))):
                 built = self.built = _BuiltTable(sources)
+            if fixed is not None:
+                built.checked_in = fixed
             setattr(cache, self.CACHE_ATTRIBUTE, built)
         if input_ids.dtype not in (torch.int64, torch.int32):  # (what the embedding would convert)
             input_ids = input_ids.long()
@@ -217,7 +225,7 @@ class _BuiltTable:
     """An input table and what it was built from: the weights (embedding, weight_ih[, bias_ih]), referred to weakly, at
     their storage and version, and their values as seen through a fixed random vector."""
 
-    __slots__ = ("sources", "probe", "prints", "table")
+    __slots__ = ("sources", "probe", "prints", "table", "checked_in")
 
     def __init__(self, sources: tuple[torch.Tensor, ...]) -> None:
         embedding, weight_ih = sources[:2]
@@ -231,11 +239,16 @@ class _BuiltTable:
         # (one value of weight_ih moved by 20x its row's mean went unseen): those are read in float64.
         self.probe = probe if embedding.dtype in (torch.bfloat16, torch.float16) else probe.to(embedding.dtype)
         self.prints = self._prints(sources)
+        # The fixed_while_decoding() block in which its values were last found those of the weights (or it was built):
+        # the caller's promise that the model stays as it is there stands for them at the block's later caches.
+        self.checked_in: object | None = None
 
-    def _prints(self, sources: tuple[torch.Tensor, ...]) -> list[torch.Tensor]:
+    def _prints(self, sources: tuple[torch.Tensor, ...]) -> torch.Tensor:
         # A matrix's product with the probe changes with any change of its values (short of one orthogonal to it);
-        # the bias is its own print.
-        return [t.to(self.probe.dtype) @ self.probe if t.dim() == 2 else t.clone() for t in sources]
+        # the bias is its own print (in the probe's dtype: float64 holds a bf16 / fp16 value exactly). One tensor, for
+        # one comparison: each operation of the check costs a new cache's first step a few µs (BENCHMARKS.md, run AX).
+        dtype = self.probe.dtype
+        return torch.cat([t.to(dtype) @ self.probe if t.dim() == 2 else t.to(dtype) for t in sources])
 
     def made_from(self, sources: tuple[torch.Tensor, ...]) -> bool:
         if len(self.sources) != len(sources):
@@ -248,7 +261,7 @@ class _BuiltTable:
     def same_values(self, sources: tuple[torch.Tensor, ...]) -> bool:
         # Bit for bit: a NaN in a weight (an unused token's embedding row) makes its print NaN, which torch.equal
         # never matches, so every new cache built the table again.
-        return all(torch.equal(_bits(a), _bits(b)) for a, b in zip(self.prints, self._prints(sources)))
+        return torch.equal(_bits(self.prints), _bits(self._prints(sources)))
 
     def __deepcopy__(self, memo: dict) -> _BuiltTable:
         # (a copied cache decodes with the same table, and copies none of the weights it refers to)

@@ -69,10 +69,12 @@ def fixed_model(lm: nn.Module) -> Iterator[nn.Module]:
     global module hooks, torch function and dispatch modes, a trace) and what every model shares (a forward or
     ``__call__`` put on a class, ``F.embedding`` replaced). Weights changed in place are read, as outside. A change to
     the model inside the block after a cache's first step there (a weight or module replaced, a hook registered,
-    ``train()``, a weight's dtype changed through ``.data``) goes unseen by that cache's steps. The block belongs to the
-    context it is entered in (``contextvars``: this thread, and a task or a copy of the context made in it) while it is
-    open; once it ends nothing trusts it. ``SeqzooForCausalLM.fixed_while_decoding()`` calls this; ``seqzoo generate``
-    decodes in such a block."""
+    ``train()``, a weight's dtype changed through ``.data``) goes unseen by that cache's steps. The classic models'
+    input table checks its values against the weights at the block's first cache and not at its later ones
+    (:meth:`DecodePlan._fixed_block`): a weight's values changed in the block through ``.data`` or by a fused optimizer
+    go unseen by them until it ends. The block belongs to the context it is entered in (``contextvars``: this thread,
+    and a task or a copy of the context made in it) while it is open; once it ends nothing trusts it.
+    ``SeqzooForCausalLM.fixed_while_decoding()`` calls this; ``seqzoo generate`` decodes in such a block."""
     block = _Block(lm)
     token = _FIXED.set(block)
     try:
@@ -182,6 +184,12 @@ class DecodePlan:
         """Keep the choice ``registry.select_stamped`` made under ``stamp`` (None: one it does not keep) for a call
         that read ``read``."""
         self.chosen = (None if stamp is None else weakref.ref(stamp), read)
+
+    def _fixed_block(self) -> _Block | None:
+        """The open fixed_model block of this context where the plan found its model unchanged at a step (the block
+        holds the plan's model: :meth:`step` notes only such a block), or None."""
+        fixed = _FIXED.get()
+        return fixed if fixed is not None and fixed is self.fixed_in and fixed.model is not None else None
 
     def _embedded(self, input_ids: torch.Tensor) -> torch.Tensor:
         """The (B, 1, E) embedding of ``input_ids``: the embedding's one operation, without gradients."""

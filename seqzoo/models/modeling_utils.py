@@ -662,12 +662,16 @@ class SeqzooForCausalLM(SeqzooPreTrainedModel, PreparedGeneration, GenerationMix
         The classic models' and RWKV-7's cached steps check at every token that the model's modules, weights, hooks,
         methods and mode are those they planned with (seqzoo/models/README.md, "The decode step's shortcut"). In the
         block they check it at a cache's first step there and not at its later ones: 3-7% of a small model's step
-        (BENCHMARKS.md, run AN). The other families' steps are unchanged. Each call's own checks stay (ids, cache,
+        (BENCHMARKS.md, run AN). The classic models' input table's values are checked against the weights at the
+        block's first new cache, not at each new cache (BENCHMARKS.md, run AX: a server holding its model fixed saves
+        that check on every request). The other families' steps are unchanged. Each call's own checks stay (ids, cache,
         mask, gradients, autocast, global hooks, torch function modes), and so do the checks of what every model
         shares (a forward or ``__call__`` put on a class, ``F.embedding`` replaced); weights changed in place are read
         as outside. A change made to the model inside the block after a cache's first step there (a weight or module
         replaced, a hook or a forward set on one of its modules, ``train()``, a weight's dtype changed through
-        ``.data``, ``config.output_hidden_states``) goes unseen by that cache's steps until the block ends.
+        ``.data``, ``config.output_hidden_states``) goes unseen by that cache's steps until the block ends, and a
+        weight's values changed inside the block without a trace on the tensor (through ``.data``, by a fused
+        optimizer) go unseen by the input table of the block's later caches too.
         ``seqzoo generate`` decodes in such a block. It belongs to the context it is entered in (``contextvars``: this
         thread, and tasks or copies of the context made in it) while it is open, and may be nested; once it ends,
         nothing trusts it. Yields the model."""

@@ -6,6 +6,7 @@ where its policy says."""
 
 from __future__ import annotations
 
+import contextvars
 import copy
 import gc
 import weakref
@@ -15,7 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from seqzoo.kernels.rnn_cells import fused
-from seqzoo.layers.recurrent import InputTable
+from seqzoo.layers.recurrent import InputTable, _BuiltTable
 from seqzoo.models.compat import output_cache
 from tests.conftest import decode_step_inputs, tiny_model
 from tests.models.test_classic_step import VARIANTS
@@ -499,3 +500,136 @@ def test_the_models_table_keeps_no_weight_alive_that_the_model_replaced():
                                               return_dict_in_generate=True).scores,
                                fresh.generate(prompt, max_new_tokens=4, do_sample=False, output_scores=True,
                                               return_dict_in_generate=True).scores, rtol=0, atol=0)
+
+
+# -- in a block holding the model fixed (model.fixed_while_decoding()) ----------------------------------------------
+
+
+@pytest.fixture
+def value_checks(monkeypatch):
+    """The table each check of its values against the weights was made on (``_BuiltTable.same_values``)."""
+    calls = []
+    real = _BuiltTable.same_values
+
+    def counted(self, sources):
+        calls.append(self)
+        return real(self, sources)
+
+    monkeypatch.setattr(_BuiltTable, "same_values", counted)
+    return calls
+
+
+def planned_decode(model, prompt, steps):
+    """A prefill, then ``steps`` (B, T) fed one token at a time without a mask (the steps the cache's plan runs): the
+    logits of every step and the final states."""
+    with torch.no_grad():
+        cache = output_cache(model(prompt, use_cache=True))
+        logits = [model(steps[:, t : t + 1], cache=cache, use_cache=True).logits[:, -1] for t in range(steps.shape[1])]
+    LAST["cache"] = cache
+    return torch.stack(logits, 1), [dict(cache.layer(i)) for i in range(model.config.num_hidden_layers)]
+
+
+PLAIN = (torch.tensor([[3, 9, 14, 2, 30], [7, 7, 1, 0, 12]]), torch.tensor([[5, 8, 21, 4], [2, 19, 6, 11]]))
+
+
+def test_in_a_block_holding_the_model_fixed_its_values_are_checked_at_the_first_cache_only(value_checks):
+    """The caller promises the model stays as it is in the block: the first cache there checks the table's values (or
+    builds it), the block's later caches take it on the weights' tensors, storage and version alone. Every cache
+    outside a block, and the first of each new block, checks again. The same logits as without the table."""
+    model = tiny_model("gru-tiny").set_input_table("always")
+    expected = planned_decode(copy.deepcopy(model).set_input_table("never"), *PLAIN)
+    planned_decode(model, *PLAIN)  # (built outside a block: no check)
+    table = built_of()
+    for block in range(2):
+        with model.fixed_while_decoding():
+            for _ in range(3):
+                assert_same_decoding(planned_decode(model, *PLAIN), expected, 1e-5)
+                assert built_of() is table
+        assert len(value_checks) == block + 1
+    for count in (4, 5):
+        planned_decode(model, *PLAIN)
+        assert len(value_checks) == count - 1 and built_of() is table
+
+
+def test_a_table_built_in_the_block_is_not_checked_again_there(value_checks):
+    model = tiny_model("lstm-tiny").set_input_table("always")
+    with model.fixed_while_decoding():
+        planned_decode(model, *PLAIN)
+        table = built_of()
+        planned_decode(model, *PLAIN)
+    assert value_checks == [] and built_of() is table
+
+
+@pytest.mark.parametrize("change", ["weight_ih through .data", "fused optimizer step"])
+def test_a_change_the_version_does_not_show_is_seen_at_the_next_blocks_first_cache(change, value_checks):
+    """Made between two blocks, or inside one (which breaks the block's promise: unseen until it ends), a change
+    that leaves the weights' versions as they were is read by the first cache after the block."""
+    model = tiny_model("gru-tiny").set_input_table("always")
+    with model.fixed_while_decoding():
+        planned_decode(model, *PLAIN)
+    with torch.no_grad():
+        CHANGES[change](model)
+    twin = copy.deepcopy(model).set_input_table("never")
+    with model.fixed_while_decoding():
+        assert_same_decoding(planned_decode(model, *PLAIN), planned_decode(twin, *PLAIN), 1e-5)
+        before = model.model.input_table.built
+        with torch.no_grad():
+            model.model.layers[0].weight_ih.data.add_(0.05)  # (inside the block, after its first cache)
+        twin = copy.deepcopy(model).set_input_table("never")
+        planned_decode(model, *PLAIN)
+        assert built_of() is before  # (unseen in the block, as fixed_while_decoding() says)
+    assert_same_decoding(planned_decode(model, *PLAIN), planned_decode(twin, *PLAIN), 1e-5)
+    assert built_of() is not before
+
+
+def test_a_change_through_the_weight_itself_is_seen_in_the_block():
+    model = tiny_model("rnn-tiny").set_input_table("always")
+    with model.fixed_while_decoding():
+        planned_decode(model, *PLAIN)
+        before = built_of()
+        with torch.no_grad():
+            model.model.layers[0].weight_ih.add_(0.05)  # (its version moves)
+        twin = copy.deepcopy(model).set_input_table("never")
+        assert_same_decoding(planned_decode(model, *PLAIN), planned_decode(twin, *PLAIN), 1e-5)
+        assert built_of() is not before
+
+
+def test_a_block_holding_another_model_or_one_that_ended_trusts_nothing(value_checks):
+    model = tiny_model("gru-tiny").set_input_table("always")
+    other = tiny_model("gru-tiny", seed=1)
+    planned_decode(model, *PLAIN)
+    with other.fixed_while_decoding():
+        planned_decode(model, *PLAIN)
+        planned_decode(model, *PLAIN)
+    assert len(value_checks) == 2
+    with model.fixed_while_decoding():
+        planned_decode(model, *PLAIN)
+        copied = contextvars.copy_context()  # (holds the block, which ends below)
+    assert len(value_checks) == 3
+    copied.run(planned_decode, model, *PLAIN)
+    assert len(value_checks) == 4
+
+
+def test_a_cache_stepped_in_a_block_that_ended_checks_the_values_of_the_table_it_takes_then(value_checks):
+    """A cache planned in a block, stepped on in a context copied while the block was open (its task's) after the
+    block ended: the table it takes then (built in the block for another cache) is checked against the weights, for
+    the block's promise ended with it."""
+    model = tiny_model("gru-tiny").set_input_table("always")
+    with model.fixed_while_decoding():
+        with torch.no_grad():
+            cache = output_cache(model(PLAIN[0], use_cache=True))
+            model(PLAIN[1][:, :1], cache=cache, use_cache=True)
+            model.model.layers[0].weight_ih.add_(0.05)  # (its version moves: the next cache builds another table)
+        planned_decode(model, *PLAIN)
+        copied = contextvars.copy_context()
+    assert value_checks == []
+    with torch.no_grad():
+        model.model.layers[0].weight_ih.data.add_(0.05)  # (after the block: no version)
+    twin = copy.deepcopy(model).set_input_table("never")
+    twin_cache = copy.deepcopy(cache)
+    step = PLAIN[1][:, 1:2]
+    with torch.no_grad():
+        got = copied.run(model, step, cache=cache, use_cache=True).logits
+        expected = twin(step, cache=twin_cache, use_cache=True).logits
+    assert len(value_checks) == 1
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)

@@ -206,6 +206,7 @@ class ClassicRecurrentForCausalLM(ClassicRecurrentPreTrainedModel, SeqzooForCaus
         (``generate()``, a loop under ``torch.no_grad()``); each new cache checks that the weights are still those
         it was built from (values included) and it is built again where not; never saved. The same values up to
         float rounding. A weight changed through ``.data`` or by a fused optimizer between two steps of one cache is
-        not seen by that cache (``seqzoo.layers.recurrent.InputTable``). Returns the model."""
+        not seen by that cache, nor, inside a ``fixed_while_decoding()`` block, by the block's later caches (their
+        values are checked at its first; ``seqzoo.layers.recurrent.InputTable``). Returns the model."""
         self.model.input_table.set_policy(policy)
         return self

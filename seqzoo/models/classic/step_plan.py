@@ -89,8 +89,9 @@ class StepPlan(DecodePlan):
             self._keep_choice(stamp, read)
         # Layer 0's input projection by the general step's own lookup, which checks the table against the weights as
         # they are (None: the cells compute it from the embedded token, as there, which is then embedded: with the
-        # table, no layer reads it).
-        gates = backbone.input_table.gates(self.embedding.weight, input_ids, cache, self.weights[0])
+        # table, no layer reads it); in a block holding the model fixed, its values once in the block.
+        gates = backbone.input_table.gates(self.embedding.weight, input_ids, cache, self.weights[0],
+                                           self._fixed_block())
         if gates is None and x is None:
             x = self._embedded(input_ids)
         # (each step, as the general one: a missing bias is zeros of the weights' dtype as they are now)
