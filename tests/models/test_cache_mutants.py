@@ -69,3 +69,12 @@ def test_a_negative_layer_index_of_numpy_counts_from_the_end_as_an_int_does():
     assert cache.layer(np.int64(-1)) is cache.layer(-1) is cache.layer(1)
     with pytest.raises(IndexError, match="this cache has 2 layer"):
         cache.layer(np.int64(-3))
+
+
+@pytest.mark.parametrize("preset", ["lstm-tiny", "transformer-tiny"])
+def test_position_ids_restarting_in_two_tokens_with_a_padding_mask_are_refused(preset):
+    # (mutant: the check skips inputs shorter than 3 tokens) two documents of one token each, with a mask, would
+    # run as one: the second token read the first's state. Only a one-token decode step cannot restart.
+    model = tiny_model(preset)
+    with torch.no_grad(), pytest.raises(ValueError, match="position_ids restart between two real tokens"):
+        model(IDS[:1, :2], attention_mask=torch.ones(1, 2, dtype=torch.long), position_ids=torch.tensor([[0, 0]]))
