@@ -380,7 +380,8 @@ class SeqzooCache(Cache):
         dimension, or a bool and add one)."""
         rows = self._rows(indices, "batch_select_indices")
         super().batch_select_indices(rows)
-        self._read_mask_rows(rows)
+        if self.read_mask is not None:
+            self.read_mask = self.read_mask[rows.to(self.read_mask.device)]
 
     def batch_repeat_interleave(self, repeats: int) -> None:
         """Repeat each row ``repeats`` times in place (rows 0, 0, 1, 1 for 2), in every layer: an int >= 1 (0 would
@@ -395,11 +396,6 @@ class SeqzooCache(Cache):
         super().batch_repeat_interleave(repeats)
         if self.read_mask is not None:
             self.read_mask = self.read_mask.repeat_interleave(repeats, dim=0)
-
-    def _read_mask_rows(self, rows: torch.Tensor) -> None:
-        """:attr:`read_mask` of the rows ``rows`` names (checked), as the layers now hold them."""
-        if self.read_mask is not None:
-            self.read_mask = self.read_mask[rows.to(self.read_mask.device)]
 
     def _rows(self, indices: Any, method: str) -> torch.Tensor:
         """``indices`` as a 1-d integer tensor of rows of this cache, or an error naming ``method``, the value and

@@ -291,6 +291,21 @@ def check_generate_mask(model: nn.Module, args: tuple, kwargs: dict[str, Any]) -
         )
 
 
+def generate_pad_id(kwargs: dict[str, Any], config: Any) -> int | None:
+    """The pad token id a ``generate()`` call infers a prompt's mask from (its ``pad_token_id``, else ``config``'s):
+    an int, or a one-element tensor of one; None for none or anything else (a bool, a float, several ids)."""
+    pad = kwargs.get("pad_token_id", config.pad_token_id)
+    if isinstance(pad, torch.Tensor):
+        pad = pad.item() if pad.numel() == 1 else None
+    return int(pad) if isinstance(pad, numbers.Integral) and not isinstance(pad, bool) else None
+
+
+def generate_eos_ids(kwargs: dict[str, Any], config: Any) -> list[int]:
+    """The EOS token ids of a ``generate()`` call (its ``eos_token_id``, else ``config``'s) as a list."""
+    eos = kwargs.get("eos_token_id", config.eos_token_id)
+    return [] if eos is None else torch.as_tensor(eos).reshape(-1).tolist()
+
+
 def mask_from_pad_token(ids: torch.Tensor, pad: int, eos: list[int]) -> torch.Tensor | None:
     """transformers' rule for the mask of a prompt passed without one: where the (B, T) token ``ids`` hold the pad
     token and it is not one of the ``eos`` tokens, a long mask with a 0 at each pad token; else None (nothing
@@ -345,16 +360,12 @@ def prompt_read_mask(model: nn.Module, args: tuple, kwargs: dict[str, Any], conf
     if isinstance(mask, torch.Tensor):  # (one of another shape is refused: check_generate_mask, the forward)
         return ReadMask(mask != 0, *mask.shape, "attention_mask", in_sequences) if tuple(mask.shape) == tuple(
             prompt.shape[:2]) else None
-    pad = kwargs.get("pad_token_id", config.pad_token_id)
-    if isinstance(pad, torch.Tensor) and pad.numel() == 1:
-        pad = pad.item()
-    if mask is None and in_sequences and isinstance(pad, numbers.Integral) and not isinstance(pad, bool):
-        eos = kwargs.get("eos_token_id", config.eos_token_id)
-        inferred = mask_from_pad_token(prompt, int(pad), [] if eos is None else
-                                       torch.as_tensor(eos).reshape(-1).tolist())
+    pad = generate_pad_id(kwargs, config)
+    if mask is None and in_sequences and pad is not None:
+        inferred = mask_from_pad_token(prompt, pad, generate_eos_ids(kwargs, config))
         if inferred is not None:
             return ReadMask(inferred != 0, *inferred.shape,
-                            f"no attention_mask: the one generate() builds from pad_token_id={int(pad)}", True)
+                            f"no attention_mask: the one generate() builds from pad_token_id={pad}", True)
     return ReadMask(None, *prompt.shape[:2], "no attention_mask: every position a token", in_sequences)
 
 
@@ -451,17 +462,11 @@ def prompt_padded_on_the_left(model: nn.Module, args: tuple, kwargs: dict[str, A
     # (the sequences generate() returns begin with the prompt's ids, unless it was given embeddings alone)
     in_sequences = prompt.dim() == 2 and prompt.dtype in (torch.int, torch.long)
     if mask is None:
-        pad = kwargs.get("pad_token_id", config.pad_token_id)
-        if not in_sequences or not isinstance(pad, (numbers.Integral, torch.Tensor)) or isinstance(pad, bool):
+        pad = generate_pad_id(kwargs, config)
+        if not in_sequences or pad is None:
             return args, kwargs, None
-        if isinstance(pad, torch.Tensor):
-            if pad.numel() != 1:
-                return args, kwargs, None
-            pad = pad.item()
         ends_in_pad = int(prompt[0, -1]) == pad if prompt.shape[0] == 1 else bool((prompt[:, -1] == pad).any())
-        eos = kwargs.get("eos_token_id", config.eos_token_id)
-        mask = mask_from_pad_token(prompt, pad, [] if eos is None else torch.as_tensor(eos).reshape(-1).tolist()
-                                   ) if ends_in_pad else None
+        mask = mask_from_pad_token(prompt, pad, generate_eos_ids(kwargs, config)) if ends_in_pad else None
         if mask is None:
             return args, kwargs, None
     elif not isinstance(mask, torch.Tensor) or mask.dim() != 2 or tuple(mask.shape) != tuple(prompt.shape[:2]):

@@ -42,6 +42,8 @@ from seqzoo.models.generation import (
     check_read_mask,
     drop_generate_only_inputs,
     explained_assisted_refusal,
+    generate_eos_ids,
+    generate_pad_id,
     generation_settings,
     mark_beam_search_cache,
     mask_from_pad_token,
@@ -451,13 +453,9 @@ def source_mask_from_padding(model: nn.Module, config: Any, args: tuple, kwargs:
     if (kwargs.get("attention_mask") is not None or kwargs.get("encoder_outputs") is not None
             or type(ids) is not torch.Tensor or ids.dim() != 2 or ids.dtype not in (torch.int32, torch.int64)):
         return
-    pad = kwargs.get("pad_token_id", config.pad_token_id)
-    eos = kwargs.get("eos_token_id", config.eos_token_id)
-    eos = [] if eos is None else torch.as_tensor(eos).reshape(-1).tolist()
-    if isinstance(pad, torch.Tensor):
-        pad = pad.item() if pad.numel() == 1 else None
-    if isinstance(pad, int) and not isinstance(pad, bool):
-        mask = mask_from_pad_token(ids, pad, eos)
+    pad = generate_pad_id(kwargs, config)
+    if pad is not None:
+        mask = mask_from_pad_token(ids, pad, generate_eos_ids(kwargs, config))
         if mask is not None:
             kwargs["attention_mask"] = mask
 
